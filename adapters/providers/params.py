@@ -1,0 +1,55 @@
+"""Declarative parameter tables, interpreted by one function (the Portkey idea).
+
+A provider that differs from OpenAI only in parameter names, ranges or support declares a table of
+`Rule`s instead of code branches; `apply_rules` turns an OpenAI-form body into the provider's and
+returns the names it could not honour, for `x-gateway-dropped-params`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What to do with one top-level parameter.
+
+    `rename` moves it to another name; `drop` removes it (reported); `clamp` bounds a number
+    (reported when it changed the value); `values` maps enum values (an unmapped value is kept);
+    `only` keeps it only when its value is one of these (otherwise dropped and reported).
+    """
+
+    rename: str | None = None
+    drop: bool = False
+    clamp: tuple[float, float] | None = None
+    values: Mapping[str, Any] | None = None
+    only: tuple[Any, ...] | None = None
+
+
+def apply_rules(
+    body: dict[str, Any], rules: Mapping[str, Rule], defaults: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Rewrite `body` in place by `rules`; fill `defaults` for absent keys; return what was not honoured."""
+    dropped: list[str] = []
+    for name, rule in rules.items():
+        if name not in body:
+            continue
+        value = body.pop(name)
+        if rule.drop or (rule.only is not None and value not in rule.only):
+            if value is not None:
+                dropped.append(name)
+            continue
+        if rule.clamp is not None and isinstance(value, int | float) and not isinstance(value, bool):
+            low, high = rule.clamp
+            bounded = min(max(value, low), high)
+            if bounded != value:
+                dropped.append(name)
+            value = bounded
+        if rule.values is not None and isinstance(value, str):
+            value = rule.values.get(value, value)
+        body[rule.rename or name] = value
+    for name, value in (defaults or {}).items():
+        body.setdefault(name, value)
+    return dropped

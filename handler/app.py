@@ -1,0 +1,274 @@
+"""The Starlette application: routes, request parsing, error rendering."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from handler.errors import GatewayError, InvalidRequestError, RequestTooLargeError
+from handler.gateway import Gateway
+from handler.keys import model_allowed
+from handler.ports import KeyRecord
+from handler.proxy import ChunkStream, Controls, Exchange, Pipeline
+from handler.routing import RouteControls
+from handler.schemas import ChatRequest, EmbeddingsRequest
+from handler.streaming import DONE, sse_chunk, sse_error, sse_json
+
+logger = logging.getLogger("gateway")
+M = TypeVar("M", bound=BaseModel)
+JSON = "application/json"
+
+
+def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    return Response(body, status_code=status, headers=headers, media_type=JSON)
+
+
+def error_response(request: Request, exc: GatewayError) -> Response:
+    body = exc.anthropic_body() if request.url.path.startswith("/v1/messages") else exc.openai_body()
+    headers = dict(exc.headers)
+    request_id = request.scope.get("state", {}).get("request_id")
+    if request_id:
+        headers["x-request-id"] = request_id
+    return json_response(body, exc.status, headers)
+
+
+class Api:
+    """Route handlers bound to one gateway."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.pipeline = Pipeline(gateway)
+        settings = gateway.config.gateway
+        self.max_body = settings.max_body_bytes
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies]
+
+    # --- request helpers --------------------------------------------------------------------
+
+    async def body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise InvalidRequestError("content-length is not a number") from None
+            if size > self.max_body:
+                raise RequestTooLargeError(f"request body of {size} bytes exceeds the {self.max_body}-byte limit")
+        chunks = []
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > self.max_body:
+                raise RequestTooLargeError(f"request body exceeds the {self.max_body}-byte limit")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def parse(self, request: Request, model: type[M]) -> M:
+        content_type = request.headers.get("content-type", JSON).split(";", 1)[0].strip().lower()
+        if content_type and content_type != JSON and not content_type.endswith("+json"):
+            raise InvalidRequestError(f"content-type must be application/json, not '{content_type}'")
+        raw = await self.body(request)
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise InvalidRequestError("the request body must be a JSON object")
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise invalid_from_validation(exc) from None
+        except RecursionError:
+            raise InvalidRequestError("the request body is nested too deeply") from None
+
+    def client_ip(self, request: Request) -> str | None:
+        peer = request.client.host if request.client else None
+        if not self.trusted or peer is None:
+            return peer
+        hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+        chain = [*hops, peer]
+        for hop in reversed(chain):
+            try:
+                address = ipaddress.ip_address(hop)
+            except ValueError:
+                return hop
+            if not any(address in net for net in self.trusted):
+                return hop
+        return chain[0]
+
+    async def authenticate(self, request: Request, *, allow_x_api_key: bool = False) -> KeyRecord:
+        token = None
+        auth = request.headers.get("authorization")
+        if auth:
+            scheme, _, value = auth.partition(" ")
+            if scheme.lower() == "bearer":
+                token = value.strip()
+        if token is None and allow_x_api_key:
+            token = request.headers.get("x-api-key")
+        return await self.gateway.keys.authenticate(token, self.client_ip(request))
+
+    def exchange(self, request: Request, key: KeyRecord, model: str) -> Exchange:
+        self.gateway.keys.check_model(key, model)
+        return Exchange(request.state.request_id, key, model, parse_controls(request))
+
+    # --- routes -----------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        return json_response({"status": "ok", "region": self.gateway.region})
+
+    async def models(self, request: Request) -> Response:
+        key = await self.authenticate(request)
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "gateway", "kind": spec.kind}
+            for name, spec in self.gateway.config.models.items()
+            if model_allowed(key.models, name)
+        ]
+        return json_response({"object": "list", "data": data})
+
+    async def chat_completions(self, request: Request) -> Response:
+        key = await self.authenticate(request)
+        req = await self.parse(request, ChatRequest)
+        ex = self.exchange(request, key, req.model)
+        if req.stream:
+            stream = await self.pipeline.chat_stream(req, ex)
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(
+                openai_events(stream, include_usage), media_type="text/event-stream", headers=stream_headers(ex)
+            )
+        completion = await self.pipeline.chat(req, ex)
+        return json_response(completion.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
+
+    async def embeddings(self, request: Request) -> Response:
+        key = await self.authenticate(request)
+        req = await self.parse(request, EmbeddingsRequest)
+        ex = self.exchange(request, key, req.model)
+        result = await self.pipeline.embeddings(req, ex)
+        return json_response(result.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
+
+
+def stream_headers(ex: Exchange) -> dict[str, str]:
+    return {**ex.headers(), "cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+async def openai_events(stream: ChunkStream, include_usage: bool) -> AsyncIterator[bytes]:
+    """The client's SSE body: chunks, one final event with usage and cost, `[DONE]`."""
+    try:
+        async for chunk in stream:
+            yield sse_chunk(chunk)
+        await stream.complete()
+        yield sse_json(stream.final_chunk(include_usage))
+    except GatewayError as exc:
+        yield sse_error(exc)
+    finally:
+        await stream.close()
+    yield DONE
+
+
+def invalid_from_validation(exc: ValidationError) -> InvalidRequestError:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    return InvalidRequestError(f"{loc}: {first['msg']}{extra}" if loc else f"{first['msg']}{extra}", param=loc or None)
+
+
+def parse_controls(request: Request) -> Controls:
+    headers = request.headers
+    fallbacks_header = headers.get("x-gateway-fallbacks")
+    fallbacks = None
+    if fallbacks_header is not None:
+        value = fallbacks_header.strip()
+        fallbacks = [] if value.lower() == "none" else [m.strip() for m in value.split(",") if m.strip()]
+    deadline = _number(headers.get("x-gateway-deadline-ms"), "x-gateway-deadline-ms", positive=True)
+    max_cost = _number(headers.get("x-gateway-max-cost-usd"), "x-gateway-max-cost-usd", positive=False)
+    return Controls(
+        route=RouteControls(
+            fallbacks=fallbacks,
+            provider=headers.get("x-gateway-provider") or None,
+            region=headers.get("x-gateway-region") or None,
+        ),
+        deadline_s=deadline / 1000 if deadline is not None else None,
+        max_cost_usd=max_cost,
+        strict=headers.get("x-gateway-strict", "").strip().lower() == "true",
+    )
+
+
+def _number(raw: str | None, name: str, *, positive: bool) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequestError(f"{name} must be a number, not '{raw[:40]}'", param=name) from None
+    if value != value or value in (float("inf"), float("-inf")) or value < 0 or (positive and value == 0):
+        raise InvalidRequestError(f"{name} must be a {'positive' if positive else 'non-negative'} number", param=name)
+    return value
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (the client's `x-request-id` is not trusted: it could collide in the
+    ledger, whose writes are idempotent by request id)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = "req_" + uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.setdefault("headers", [])
+                if not any(name == b"x-request-id" for name, _ in headers):
+                    headers.append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def create_app(gateway: Gateway) -> Starlette:
+    """The ASGI app for one gateway; build the gateway once per process and pass it in."""
+    api = Api(gateway)
+
+    async def on_gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return error_response(request, exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error = GatewayError(f"{request.method} {request.url.path}: {exc.detail}", code="not_found")
+        error.status = exc.status_code  # type: ignore[misc]
+        error.error_type = "invalid_request_error"  # type: ignore[misc]
+        return error_response(request, error)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error", extra={"path": request.url.path})
+        error = GatewayError("the gateway failed to handle this request; it has been logged")
+        return error_response(request, error)
+
+    routes = [
+        Route("/health", api.health, methods=["GET"]),
+        Route("/v1/models", api.models, methods=["GET"]),
+        Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", api.embeddings, methods=["POST"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={GatewayError: on_gateway_error, HTTPException: on_http_error, Exception: on_unexpected},
+    )
+    app.state.gateway = gateway
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,210 @@
+"""Budgets and rate limits: reserve the worst case before the call, settle the actual cost after.
+
+One admission is one store round trip (the key's and its ancestors' budget counters and the rate
+counters, atomically); one settlement is one more. A key with no budget and no limits costs no store
+call before the upstream call at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from handler.errors import BudgetExceededError, RateLimitError, ServiceUnavailableError
+from handler.keys import KeyService, model_allowed
+from handler.ports import (
+    Admission,
+    BudgetCharge,
+    BudgetRefused,
+    KeyRecord,
+    LedgerItem,
+    MeterSnapshot,
+    RateCharge,
+    RateRefused,
+    Settlement,
+    Store,
+    StoreError,
+)
+
+
+def period_of(kind: str, now: float) -> str:
+    """The budget period containing `now` (UTC): `total`, `day:YYYY-MM-DD` or `month:YYYY-MM`."""
+    t = time.gmtime(now)
+    if kind == "day":
+        return f"day:{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+    if kind == "month":
+        return f"month:{t.tm_year:04d}-{t.tm_mon:02d}"
+    return "total"
+
+
+def model_limits(key: KeyRecord, model: str) -> dict[str, int]:
+    """The per-model limits of `key` that apply to `model` (first matching glob wins)."""
+    for pattern, limits in key.model_limits.items():
+        if model_allowed([pattern], model):
+            return limits
+    return {}
+
+
+@dataclass(slots=True)
+class Reservation:
+    """What an admission holds until settlement."""
+
+    admission: Admission | None
+    amount_usd: float
+    tokens: int
+    snapshot: MeterSnapshot = field(default_factory=MeterSnapshot)
+    budget_limit: float | None = None
+    budget_key: str | None = None
+    store_ms: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Meter:
+    """Admission and settlement against a `Store`."""
+
+    def __init__(
+        self,
+        store: Store,
+        keys: KeyService,
+        reservation_ttl: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.reservation_ttl = reservation_ttl
+        self.clock = clock
+
+    async def chain(self, key: KeyRecord) -> list[KeyRecord]:
+        """The key and its ancestors that carry a budget, nearest first."""
+        records = [key]
+        for ancestor_id in reversed(key.ancestors):
+            ancestor = await self.keys.lookup(ancestor_id)
+            if ancestor is not None:
+                records.append(ancestor)
+        return [r for r in records if r.budget_usd is not None]
+
+    async def admit(
+        self, key: KeyRecord, model: str, worst_usd: float | None, tokens: int, request_id: str
+    ) -> Reservation:
+        now = self.clock()
+        budgeted = await self.chain(key)
+        if budgeted and worst_usd is None:
+            raise BudgetExceededError(
+                f"model '{model}' has no known price, so a key with a budget cannot use it",
+                code="budget_exceeded",
+            )
+        amount = worst_usd or 0.0
+        budgets = [
+            BudgetCharge(r.id, period_of(r.budget_period, now), float(r.budget_usd or 0.0), amount) for r in budgeted
+        ]
+        window = int(now // 60)
+        rates = self._rates(key, model, window, tokens)
+        reservation = Reservation(None, amount, tokens)
+        if budgeted:
+            reservation.budget_key, reservation.budget_limit = budgeted[0].id, float(budgeted[0].budget_usd or 0.0)
+        if not budgets and not rates:
+            return reservation
+        admission = Admission(request_id, key.id, budgets, rates, now + self.reservation_ttl)
+        started = time.perf_counter()
+        try:
+            try:
+                snapshot = await self.store.admit(admission)
+            except BudgetRefused as refused:
+                # Reservations of requests that died hold budget until they expire; free them and retry once.
+                if await self.store.release_expired(refused.key_id, now) <= 0:
+                    raise
+                snapshot = await self.store.admit(admission)
+        except BudgetRefused as refused:
+            remaining = "" if refused.remaining_usd is None else f" (${max(refused.remaining_usd, 0):.6f} left)"
+            whose = "this key's" if refused.key_id == key.id else "a parent key's"
+            raise BudgetExceededError(
+                f"{whose} budget cannot cover this request's worst case of ${amount:.6f}{remaining}"
+            ) from None
+        except RateRefused as refused:
+            wait = max(1, int(refused.retry_after + 0.999))
+            raise RateLimitError(
+                f"rate limit {refused.limit_name}={refused.limit} per minute reached; retry in {wait}s",
+                headers={"retry-after": str(wait), **self._rate_headers(rates, None, window)},
+            ) from None
+        except StoreError as exc:
+            raise ServiceUnavailableError(
+                "the key store is unavailable, so limits cannot be checked; retry shortly", code="store_unavailable"
+            ) from exc
+        reservation.store_ms = (time.perf_counter() - started) * 1000
+        reservation.admission = admission
+        reservation.snapshot = snapshot
+        reservation.headers = self._rate_headers(rates, snapshot, window)
+        return reservation
+
+    def _rates(self, key: KeyRecord, model: str, window: int, tokens: int) -> list[RateCharge]:
+        rates = []
+        if key.rpm:
+            rates.append(RateCharge("rpm", window, key.rpm, 1))
+        if key.tpm:
+            rates.append(RateCharge("tpm", window, key.tpm, tokens))
+        per_model = model_limits(key, model)
+        if per_model.get("rpm"):
+            rates.append(RateCharge(f"rpm:{model}", window, per_model["rpm"], 1))
+        if per_model.get("tpm"):
+            rates.append(RateCharge(f"tpm:{model}", window, per_model["tpm"], tokens))
+        return rates
+
+    def _rate_headers(self, rates: list[RateCharge], snapshot: MeterSnapshot | None, window: int) -> dict[str, str]:
+        reset = f"{max(1, int((window + 1) * 60 - self.clock()))}s"
+        headers: dict[str, str] = {}
+        for kind, label in (("rpm", "requests"), ("tpm", "tokens")):
+            charges = [r for r in rates if r.name.split(":", 1)[0] == kind]
+            if not charges:
+                continue
+            remaining = []
+            for charge in charges:
+                used = snapshot.rates.get(charge.name) if snapshot else None
+                remaining.append(charge.limit - used if used is not None else charge.limit - charge.amount)
+            tightest = min(range(len(charges)), key=lambda i: remaining[i])
+            headers[f"x-ratelimit-limit-{label}"] = str(charges[tightest].limit)
+            headers[f"x-ratelimit-remaining-{label}"] = str(max(0, remaining[tightest]))
+            headers[f"x-ratelimit-reset-{label}"] = reset
+        return headers
+
+    def remaining_usd(self, reservation: Reservation, actual_usd: float) -> float | None:
+        """The key's own budget left once this request settles at `actual_usd`."""
+        if reservation.budget_limit is None or reservation.admission is None:
+            return None
+        charge = reservation.admission.budgets[0]
+        committed = reservation.snapshot.committed_usd.get(charge.period)
+        if committed is None:
+            committed = reservation.snapshot.committed_usd.get(charge.key_id)
+        if committed is None:
+            return None
+        return max(0.0, reservation.budget_limit - (committed - reservation.amount_usd + actual_usd))
+
+    def settlement(
+        self, reservation: Reservation, actual_usd: float, tokens: int, item: LedgerItem | None
+    ) -> Settlement:
+        admission = reservation.admission
+        if admission is None:
+            return Settlement(item.request_id if item else "", [], 0.0, [], item)
+        budgets = [BudgetCharge(b.key_id, b.period, b.limit_usd, actual_usd) for b in admission.budgets]
+        rates = [
+            RateCharge(r.name, r.window, r.limit, tokens - r.amount)
+            for r in admission.rates
+            if r.name.startswith("tpm")
+        ]
+        return Settlement(admission.reservation_id, budgets, reservation.amount_usd, rates, item)
+
+    async def settle(self, settlement: Settlement) -> None:
+        """Apply a settlement, retrying a failed store call: a settled cost must never be lost."""
+        if not settlement.budgets and not settlement.rates and settlement.item is None:
+            return
+        delay = 0.05
+        for attempt in range(6):
+            try:
+                await self.store.settle(settlement)
+                return
+            except StoreError:
+                if attempt == 5:
+                    raise
+                await asyncio.sleep(delay)
+                delay *= 3

@@ -1,0 +1,231 @@
+"""The `gateway` command: serve, keys, usage, config check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from handler.config import ConfigError, load_config
+from handler.gateway import DEFAULT_STORE_URL
+from handler.keys import KeyService, validate_networks
+from handler.ports import KeyRecord, Store
+
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    match = DURATION.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a duration like 30m, 12h or 7d")
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def _store(url: str | None) -> Store:
+    from adapters.store import open_store
+
+    return open_store(url or os.environ.get("GATEWAY_STORE") or DEFAULT_STORE_URL)
+
+
+def _known_types() -> set[str]:
+    from adapters.providers import REGISTRY
+
+    return set(REGISTRY)
+
+
+def key_view(record: KeyRecord) -> dict[str, Any]:
+    """A key as shown to people: everything but its hashes."""
+    return {
+        "id": record.id,
+        "name": record.name,
+        "models": record.models,
+        "budget_usd": record.budget_usd,
+        "budget_period": record.budget_period,
+        "expires_at": record.expires_at,
+        "rpm": record.rpm,
+        "tpm": record.tpm,
+        "allow_ips": record.allow_ips,
+        "admin": record.admin,
+        "parent_id": record.parent_id,
+        "created_at": record.created_at,
+        "revoked_at": record.revoked_at,
+        "rotation_grace_until": record.prev_valid_until,
+    }
+
+
+def _print_json(payload: Any) -> None:
+    sys.stdout.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+async def ensure_admin_key(store: Store) -> str | None:
+    """On first start (no key at all), create an admin key and return its secret to print once."""
+    if await store.list_keys():
+        return None
+    service = KeyService(store, 0)
+    minted = await service.mint(KeyRecord(id="", name="admin", secret_hash="", created_at=0, admin=True))
+    return minted.key
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.config:
+        os.environ["GATEWAY_CONFIG"] = args.config
+    if args.store:
+        os.environ["GATEWAY_STORE"] = args.store
+    try:
+        load_config(os.environ.get("GATEWAY_CONFIG") or None, _known_types())
+    except ConfigError as exc:
+        sys.stderr.write(f"config error:\n{exc}\n")
+        return 2
+    store = _store(None)
+    secret = asyncio.run(ensure_admin_key(store))
+    asyncio.run(store.close())
+    if secret:
+        sys.stdout.write(
+            "\nCreated the first admin key. It is shown once; keep it somewhere safe:\n\n"
+            f"    {secret}\n\n"
+            f"    export OPENAI_BASE_URL=http://{args.host}:{args.port}/v1 OPENAI_API_KEY={secret}\n\n"
+        )
+        sys.stdout.flush()
+    uvicorn.run(
+        "handler.asgi:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="warning",
+        access_log=False,
+    )
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config or os.environ.get("GATEWAY_CONFIG") or None, _known_types())
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    from handler.pricing import price_for
+
+    problems = []
+    for name, spec in config.models.items():
+        for i, dep in enumerate(spec.deployments):
+            if spec.price is None and price_for(name, spec, dep.model) is None:
+                problems.append(
+                    f"models.{name}.deployments[{i}]: no price known for '{dep.model}'; "
+                    "set models.{name}.price or mark it `price: unknown`".replace("{name}", name)
+                )
+    if problems:
+        sys.stderr.write("\n".join(problems) + "\n")
+        return 1
+    sys.stdout.write(f"ok: {len(config.providers)} providers, {len(config.models)} models\n")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    return asyncio.run(_keys(args))
+
+
+async def _keys(args: argparse.Namespace) -> int:
+    store = _store(args.store)
+    service = KeyService(store, 0)
+    try:
+        if args.keys_command == "create":
+            record = KeyRecord(
+                id="",
+                name=args.name,
+                secret_hash="",
+                created_at=0,
+                models=[m.strip() for m in args.models.split(",") if m.strip()] if args.models else ["*"],
+                budget_usd=args.budget_usd,
+                budget_period=args.budget_period,
+                expires_at=time.time() + args.expires_in if args.expires_in else None,
+                rpm=args.rpm,
+                tpm=args.tpm,
+                allow_ips=validate_networks(args.allow_ip.split(",")) if args.allow_ip else [],
+                admin=args.admin,
+            )
+            minted = await service.mint(record)
+            if args.json:
+                _print_json({**key_view(minted.record), "key": minted.key})
+            else:
+                sys.stdout.write(f"created key {minted.record.id} ({args.name}); shown once:\n{minted.key}\n")
+            return 0
+        if args.keys_command == "list":
+            _print_json([key_view(r) for r in await store.list_keys()])
+            return 0
+        existing = await store.get_key(args.id)
+        if existing is None:
+            sys.stderr.write(f"no key with id '{args.id}'\n")
+            return 1
+        if args.keys_command == "show":
+            _print_json(key_view(existing))
+        elif args.keys_command == "revoke":
+            _print_json(key_view(await service.revoke(existing)))
+        elif args.keys_command == "rotate":
+            minted = await service.rotate(existing, args.grace)
+            _print_json({**key_view(minted.record), "key": minted.key})
+        return 0
+    finally:
+        await store.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="One API key in front of many LLM providers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway locally (uvicorn)")
+    serve.add_argument("--config", help="config file (default: GATEWAY_CONFIG or the shipped default)")
+    serve.add_argument("--store", help=f"store URL (default: GATEWAY_STORE or {DEFAULT_STORE_URL})")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="manage gateway keys")
+    keys.add_argument("--store", help="store URL")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    create = ksub.add_parser("create", help="create a key; the secret is printed once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--models", help="comma-separated model globs (default: all)")
+    create.add_argument("--budget-usd", type=float)
+    create.add_argument("--budget-period", choices=["day", "month", "total"], default="total")
+    create.add_argument("--expires-in", type=parse_duration)
+    create.add_argument("--rpm", type=int)
+    create.add_argument("--tpm", type=int)
+    create.add_argument("--allow-ip", help="comma-separated CIDR ranges")
+    create.add_argument("--admin", action="store_true")
+    create.add_argument("--json", action="store_true")
+    ksub.add_parser("list", help="list keys")
+    for name in ("show", "revoke"):
+        cmd = ksub.add_parser(name)
+        cmd.add_argument("id")
+    rotate = ksub.add_parser("rotate", help="new secret; the old one works for --grace")
+    rotate.add_argument("id")
+    rotate.add_argument("--grace", type=parse_duration, default=3600.0)
+    keys.set_defaults(func=cmd_keys)
+
+    config = sub.add_parser("config", help="config file tools")
+    csub = config.add_subparsers(dest="config_command", required=True)
+    check = csub.add_parser("check", help="validate a config file")
+    check.add_argument("--config")
+    check.set_defaults(func=cmd_config_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

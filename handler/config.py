@@ -1,0 +1,239 @@
+"""The config file: YAML validated by pydantic, with errors that name the offending path.
+
+Secrets are references (`env:NAME`, `ssm:/path`, `secretsmanager:NAME`), resolved once per warm
+process by `resolve_secret`; a literal key in the file is accepted but discouraged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(Exception):
+    """The config is invalid; `problems` lists one `path: message` line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProviderConfig(BaseModel):
+    """A named provider instance. Fields beyond these are adapter options (`api_version`, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    api_key: str | None = None
+    base_url: str | None = None
+    region: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {}) | ({"base_url": self.base_url} if self.base_url else {})
+
+
+class DeploymentConfig(BaseModel):
+    """One place a public model is served: provider instance, upstream model, region."""
+
+    model_config = ConfigDict(extra="allow")
+
+    provider: str
+    model: str
+    region: str | None = None
+    base_url: str | None = None
+
+
+class LongContextPrice(_Strict):
+    threshold: int = Field(gt=0, description="prompt tokens above which the long-context prices apply")
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+    cache_write: float | None = Field(default=None, ge=0)
+
+
+class Price(_Strict):
+    """USD per 1M tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(default=0.0, ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+    cache_write: float | None = Field(default=None, ge=0)
+    long_context: LongContextPrice | None = None
+
+
+class ModelConfig(_Strict):
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+    price: Price | Literal["unknown"] | None = None
+    fallbacks: list[str] = Field(default_factory=list)
+    kind: Literal["chat", "embedding"] = "chat"
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    context_window: int | None = Field(default=None, gt=0)
+    enforce_schema: bool = False
+
+
+class FeeConfig(_Strict):
+    percent: float = Field(default=0.0, ge=0, le=100)
+    per_request_usd: float = Field(default=0.0, ge=0)
+
+
+class TimeoutConfig(_Strict):
+    connect: float = Field(default=5.0, gt=0)
+    first_byte: float = Field(default=120.0, gt=0)
+    between_chunks: float = Field(default=60.0, gt=0)
+
+
+class GatewaySettings(_Strict):
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    key_cache_seconds: float = Field(default=5.0, ge=0)
+    reservation_ttl_seconds: float = Field(default=900.0, gt=0)
+    default_max_output_tokens: int = Field(default=4096, gt=0)
+    trusted_proxies: list[str] = Field(default_factory=list)
+    fee: FeeConfig = Field(default_factory=FeeConfig)
+    timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    max_retries_per_deployment: int = Field(default=1, ge=0, le=5)
+    region_latency_ms: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+
+class Config(_Strict):
+    """The whole config file."""
+
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+
+    @field_validator("providers")
+    @classmethod
+    def _names(cls, value: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
+        for name in value:
+            if not name or "/" in name or "@" in name:
+                raise ValueError(f"provider name '{name}' may not be empty or contain '/' or '@'")
+        return value
+
+
+DEFAULT_CONFIG_RESOURCE = "default_config.yaml"
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(root)"
+
+
+def parse_config(data: Any, known_types: set[str]) -> Config:
+    """Validate a parsed YAML document; raise `ConfigError` naming each offending path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(["(root): the config must be a mapping with providers and models"])
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            problems.append(f"{_format_loc(loc)}: {err['msg']}")
+        raise ConfigError(problems) from None
+    problems = _cross_check(config, known_types)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _cross_check(config: Config, known_types: set[str]) -> list[str]:
+    problems: list[str] = []
+    for name, provider in config.providers.items():
+        if provider.type not in known_types:
+            kinds = ", ".join(sorted(known_types))
+            problems.append(f"providers.{name}.type: unknown provider type '{provider.type}' (one of: {kinds})")
+    for model, spec in config.models.items():
+        for i, dep in enumerate(spec.deployments):
+            if dep.provider not in config.providers:
+                problems.append(f"models.{model}.deployments[{i}].provider: unknown provider '{dep.provider}'")
+        for i, fallback in enumerate(spec.fallbacks):
+            if fallback not in config.models:
+                problems.append(f"models.{model}.fallbacks[{i}]: unknown model '{fallback}'")
+            elif fallback == model:
+                problems.append(f"models.{model}.fallbacks[{i}]: a model cannot fall back to itself")
+    return problems
+
+
+def load_config(path: str | os.PathLike[str] | None, known_types: set[str]) -> Config:
+    """Load the config at `path`, or the shipped default when `path` is None."""
+    if path is None:
+        text = resources.files("handler").joinpath(DEFAULT_CONFIG_RESOURCE).read_text()
+        source = "default config"
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read the config file ({exc.strerror})"]) from None
+        source = str(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: not valid YAML: {exc}"]) from None
+    return parse_config(data, known_types)
+
+
+SecretFetcher = Callable[[str, str], str | None]
+
+
+def resolve_secret(
+    reference: str | None,
+    environ: Mapping[str, str] | None = None,
+    fetch: SecretFetcher | None = None,
+) -> str | None:
+    """Resolve `env:NAME`, `ssm:/path` or `secretsmanager:NAME`; None when unset or absent.
+
+    `fetch(kind, name)` reads SSM and Secrets Manager; the default builds boto3 clients on first
+    use only, so a deployment without such references never pays boto3's import at cold start.
+    """
+    if not reference:
+        return None
+    env = os.environ if environ is None else environ
+    if reference.startswith("env:"):
+        return env.get(reference[4:]) or None
+    if reference.startswith("ssm:"):
+        return (fetch or _aws_fetch)("ssm", reference[4:])
+    if reference.startswith("secretsmanager:"):
+        return (fetch or _aws_fetch)("secretsmanager", reference[len("secretsmanager:") :])
+    return reference
+
+
+def reference_hint(reference: str | None) -> str:
+    """Where an operator should put a missing secret, without revealing any value."""
+    if not reference:
+        return "set api_key in the provider's config"
+    if reference.startswith("env:"):
+        return f"set the environment variable {reference[4:]}"
+    kind, _, name = reference.partition(":")
+    return f"store the key in {kind} as {name}"
+
+
+def _aws_fetch(kind: str, name: str) -> str | None:
+    import boto3  # deferred: ~230 ms of import that only SSM/Secrets Manager references need
+
+    try:
+        if kind == "ssm":
+            ssm = boto3.client("ssm")
+            value = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"].get("Value")
+            return str(value) if value else None
+        secrets = boto3.client("secretsmanager")
+        secret = secrets.get_secret_value(SecretId=name).get("SecretString")
+        return str(secret) if secret else None
+    except Exception:  # noqa: BLE001 - an unreachable secret leaves the provider unconfigured (503)
+        return None

@@ -1,0 +1,175 @@
+"""The gateway's one error hierarchy, rendered by one exception handler (see `handler.app`).
+
+    GatewayError                      status, code, message, param, headers
+    ├── InvalidRequestError           400 invalid_request
+    │   └── StrictParamsError         400 invalid_request (x-gateway-strict and a dropped parameter)
+    ├── AuthenticationError           401 invalid_api_key | key_expired | key_revoked
+    ├── BudgetExceededError           402 budget_exceeded
+    ├── PermissionDeniedError         403 model_not_allowed | ip_not_allowed | admin_only
+    ├── NotFoundError                 404 model_not_found | not_found
+    ├── RequestTooLargeError          413 request_too_large
+    ├── RateLimitError                429 rate_limit_exceeded (+ retry-after)
+    ├── UpstreamError                 502 upstream_error (the provider's status and message, never its key)
+    │   ├── UpstreamTimeoutError      504 upstream_timeout
+    │   └── SchemaViolationError      502 schema_violation
+    ├── ServiceUnavailableError       503 provider_not_configured | no_deployment_available | store_unavailable
+    └── CostLimitError                402 cost_limit_exceeded (x-gateway-max-cost-usd)
+
+`UpstreamError.retryable` tells the router whether another deployment may succeed. Library errors are
+mapped at the boundary with `raise ... from exc`; nothing else reaches the client.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway answers with."""
+
+    status: ClassVar[int] = 500
+    default_code: ClassVar[str] = "internal_error"
+    error_type: ClassVar[str] = "api_error"
+    anthropic_type: ClassVar[str] = "api_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.param = param
+        self.headers = headers or {}
+
+    def openai_body(self) -> dict[str, object]:
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+    def anthropic_body(self) -> dict[str, object]:
+        return {"type": "error", "error": {"type": self.anthropic_type, "message": self.message}}
+
+
+class InvalidRequestError(GatewayError):
+    status = 400
+    default_code = "invalid_request"
+    error_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+
+
+class StrictParamsError(InvalidRequestError):
+    """A parameter the provider cannot honour, with `x-gateway-strict: true`."""
+
+
+class AuthenticationError(GatewayError):
+    status = 401
+    default_code = "invalid_api_key"
+    error_type = "authentication_error"
+    anthropic_type = "authentication_error"
+
+
+class BudgetExceededError(GatewayError):
+    status = 402
+    default_code = "budget_exceeded"
+    error_type = "insufficient_quota"
+    anthropic_type = "billing_error"
+
+
+class CostLimitError(GatewayError):
+    status = 402
+    default_code = "cost_limit_exceeded"
+    error_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+
+
+class PermissionDeniedError(GatewayError):
+    status = 403
+    default_code = "model_not_allowed"
+    error_type = "permission_error"
+    anthropic_type = "permission_error"
+
+
+class NotFoundError(GatewayError):
+    status = 404
+    default_code = "model_not_found"
+    error_type = "invalid_request_error"
+    anthropic_type = "not_found_error"
+
+
+class RequestTooLargeError(GatewayError):
+    status = 413
+    default_code = "request_too_large"
+    error_type = "invalid_request_error"
+    anthropic_type = "request_too_large"
+
+
+class RateLimitError(GatewayError):
+    status = 429
+    default_code = "rate_limit_exceeded"
+    error_type = "rate_limit_error"
+    anthropic_type = "rate_limit_error"
+
+
+class UpstreamError(GatewayError):
+    """A provider answered with an error, or could not be reached.
+
+    `upstream_status` is the provider's HTTP status (0 when no answer came); `retryable` says whether
+    another attempt (same or next deployment) may succeed; `retry_after` is the provider's hint in seconds.
+    """
+
+    status = 502
+    default_code = "upstream_error"
+    error_type = "upstream_error"
+    anthropic_type = "api_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream_status: int = 0,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        upstream_type: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, param=param)
+        self.upstream_status = upstream_status
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.upstream_type = upstream_type
+
+    def openai_body(self) -> dict[str, object]:
+        body = super().openai_body()
+        error = body["error"]
+        assert isinstance(error, dict)
+        error["upstream_status"] = self.upstream_status
+        if self.upstream_type:
+            error["upstream_type"] = self.upstream_type
+        return body
+
+    @property
+    def outcome(self) -> str:
+        """How this attempt ended, for `x-gateway-route`."""
+        return str(self.upstream_status) if self.upstream_status else self.code
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status = 504
+    default_code = "upstream_timeout"
+    error_type = "timeout_error"
+    anthropic_type = "timeout_error"
+
+
+class SchemaViolationError(UpstreamError):
+    default_code = "schema_violation"
+
+
+class ServiceUnavailableError(GatewayError):
+    status = 503
+    default_code = "no_deployment_available"
+    error_type = "service_unavailable"
+    anthropic_type = "overloaded_error"

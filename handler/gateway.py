@@ -1,0 +1,102 @@
+"""The composition root: config, adapters, store, router and upstream client, built once per process.
+
+On Lambda this runs at module import (init phase), so a warm invocation does no set-up work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from handler.config import Config, SecretFetcher, load_config, resolve_secret
+from handler.keys import KeyService
+from handler.ports import ProviderAdapter, Store
+from handler.routing import Router
+from handler.upstream import UpstreamClient
+
+DEFAULT_STORE_URL = "sqlite:///.gateway/gateway.db"
+
+
+@dataclass
+class Gateway:
+    """Everything a request needs, shared by all requests of the process."""
+
+    config: Config
+    region: str
+    store: Store
+    keys: KeyService
+    router: Router
+    upstream: UpstreamClient
+    adapters: dict[str, ProviderAdapter]
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run work that must finish even if the request that started it is cancelled."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def drain(self) -> None:
+        """Wait for background settlements (tests, shutdown, end of a Lambda invocation)."""
+        while self.background:
+            await asyncio.gather(*list(self.background), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        await self.drain()
+        await self.upstream.aclose()
+        await self.store.close()
+
+
+def gateway_region(environ: Mapping[str, str]) -> str:
+    return environ.get("AWS_REGION") or environ.get("GATEWAY_REGION") or "us-east-1"
+
+
+def build_adapters(
+    config: Config,
+    registry: Mapping[str, type[ProviderAdapter]],
+    environ: Mapping[str, str],
+    fetch: SecretFetcher | None = None,
+) -> dict[str, ProviderAdapter]:
+    adapters: dict[str, ProviderAdapter] = {}
+    for name, provider in config.providers.items():
+        cls = registry[provider.type]
+        ref = provider.api_key if provider.api_key else (f"env:{cls.key_env_var}" if cls.key_env_var else None)
+        adapters[name] = cls(name, resolve_secret(ref, environ, fetch), provider.options())
+    return adapters
+
+
+def build_gateway(
+    *,
+    config: Config | None = None,
+    config_path: str | None = None,
+    store: Store | None = None,
+    store_url: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    fetch: SecretFetcher | None = None,
+) -> Gateway:
+    """Build the process's gateway from explicit parts or the environment."""
+    from adapters.providers import REGISTRY
+    from adapters.store import open_store
+
+    env = os.environ if environ is None else environ
+    if config is None:
+        config = load_config(config_path or env.get("GATEWAY_CONFIG") or None, set(REGISTRY))
+    if store is None:
+        store = open_store(store_url or env.get("GATEWAY_STORE") or DEFAULT_STORE_URL)
+    region = gateway_region(env)
+    adapters = build_adapters(config, REGISTRY, env, fetch)
+    return Gateway(
+        config=config,
+        region=region,
+        store=store,
+        keys=KeyService(store, config.gateway.key_cache_seconds),
+        router=Router(config, adapters, region),
+        upstream=UpstreamClient(config.gateway.timeouts, transport),
+        adapters=adapters,
+    )

@@ -1,0 +1,187 @@
+"""Gateway keys: minting, hashing, verification with a short warm-process cache, and scope checks.
+
+A key reads `gwk_<id>_<secret>`: the id finds the record, the secret (256 random bits) is checked
+against its SHA-256 hash. A fast hash is right here because the secret is random, not a password:
+there is nothing to brute-force. The cache keeps a record for `key_cache_seconds` (5 s by default),
+which is the window in which a revoked, rotated-out or narrowed key may still be accepted by a warm
+process that saw it just before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
+
+from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
+from handler.ports import KeyRecord, Store
+
+KEY_PREFIX = "gwk"
+ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
+ID_LENGTH = 12
+
+
+def new_key_id() -> str:
+    return "".join(secrets.choice(ID_ALPHABET) for _ in range(ID_LENGTH))
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def format_key(key_id: str, secret: str) -> str:
+    return f"{KEY_PREFIX}_{key_id}_{secret}"
+
+
+def split_key(token: str) -> tuple[str, str] | None:
+    """`(id, secret)` of a well-formed key, else None."""
+    prefix, _, rest = token.partition("_")
+    key_id, _, secret = rest.partition("_")
+    if prefix != KEY_PREFIX or len(key_id) != ID_LENGTH or len(secret) < 32:
+        return None
+    return key_id, secret
+
+
+def model_allowed(patterns: list[str], model: str) -> bool:
+    return any(fnmatchcase(model, pattern) for pattern in patterns)
+
+
+def models_within(child: list[str], parent: list[str]) -> bool:
+    """Every child pattern is covered by some parent pattern (a pattern covers itself)."""
+    return all(any(c == p or fnmatchcase(c, p) for p in parent) for c in child)
+
+
+def ip_allowed(networks: list[str], address: str | None) -> bool:
+    if not networks:
+        return True
+    if address is None:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
+
+
+def validate_networks(networks: list[str]) -> list[str]:
+    out = []
+    for net in networks:
+        try:
+            out.append(str(ipaddress.ip_network(net.strip(), strict=False)))
+        except ValueError:
+            raise InvalidRequestError(f"'{net}' is not an IP address or CIDR range", param="allow_ips") from None
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class MintedKey:
+    """A new key: the record as stored and the secret shown once."""
+
+    record: KeyRecord
+    key: str
+
+
+class KeyService:
+    """Key lifecycle and verification over a `Store`."""
+
+    def __init__(self, store: Store, cache_seconds: float, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.cache_seconds = cache_seconds
+        self.clock = clock
+        self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+
+    async def mint(self, template: KeyRecord) -> MintedKey:
+        """Store a new key built from `template` (its id, hash and timestamps are replaced)."""
+        secret = secrets.token_urlsafe(32)
+        record = replace(template, id=new_key_id(), secret_hash=hash_secret(secret), created_at=self.clock(), version=1)
+        await self.store.create_key(record)
+        return MintedKey(record, format_key(record.id, secret))
+
+    async def rotate(self, record: KeyRecord, grace_seconds: float) -> MintedKey:
+        """A new secret for the same key; the old one keeps working for `grace_seconds`."""
+        secret = secrets.token_urlsafe(32)
+        now = self.clock()
+        rotated = replace(
+            record,
+            secret_hash=hash_secret(secret),
+            prev_secret_hash=record.secret_hash if grace_seconds > 0 else None,
+            prev_valid_until=now + grace_seconds if grace_seconds > 0 else None,
+            version=record.version + 1,
+        )
+        await self.store.update_key(rotated)
+        self._cache.pop(record.id, None)
+        return MintedKey(rotated, format_key(record.id, secret))
+
+    async def revoke(self, record: KeyRecord) -> KeyRecord:
+        revoked = replace(record, revoked_at=self.clock(), version=record.version + 1)
+        await self.store.update_key(revoked)
+        self._cache.pop(record.id, None)
+        return revoked
+
+    async def lookup(self, key_id: str) -> KeyRecord | None:
+        """The record, from the warm cache when fresh."""
+        now = self.clock()
+        cached = self._cache.get(key_id)
+        if cached is not None and now - cached[0] < self.cache_seconds:
+            return cached[1]
+        record = await self.store.get_key(key_id)
+        if self.cache_seconds > 0:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key_id] = (now, record)
+        return record
+
+    async def authenticate(self, token: str | None, client_ip: str | None) -> KeyRecord:
+        """The live key behind `token`, or the matching 401/403."""
+        if not token:
+            raise AuthenticationError("missing API key: send Authorization: Bearer <key>")
+        parts = split_key(token)
+        if parts is None:
+            raise AuthenticationError("invalid API key")
+        key_id, secret = parts
+        record = await self.lookup(key_id)
+        if record is None:
+            raise AuthenticationError("invalid API key")
+        now = self.clock()
+        digest = hash_secret(secret)
+        if not hmac.compare_digest(digest, record.secret_hash):
+            grace = record.prev_secret_hash and record.prev_valid_until and now < record.prev_valid_until
+            if not (grace and hmac.compare_digest(digest, record.prev_secret_hash or "")):
+                raise AuthenticationError("invalid API key")
+        await self._check_live(record, now)
+        for ancestor_id in record.ancestors:
+            ancestor = await self.lookup(ancestor_id)
+            if ancestor is None:
+                raise AuthenticationError("this key's parent no longer exists", code="key_revoked")
+            await self._check_live(ancestor, now, inherited=True)
+        if not ip_allowed(record.allow_ips, client_ip):
+            raise PermissionDeniedError(
+                f"requests from {client_ip} are not allowed for this key", code="ip_not_allowed"
+            )
+        return record
+
+    async def _check_live(self, record: KeyRecord, now: float, inherited: bool = False) -> None:
+        whose = "this key's parent" if inherited else "this key"
+        if record.revoked_at is not None and record.revoked_at <= now:
+            raise AuthenticationError(f"{whose} has been revoked", code="key_revoked")
+        if record.expires_at is not None and record.expires_at <= now:
+            raise AuthenticationError(f"{whose} has expired", code="key_expired")
+
+    @staticmethod
+    def check_model(record: KeyRecord, model: str) -> None:
+        if not model_allowed(record.models, model):
+            raise PermissionDeniedError(
+                f"this key may not use model '{model}'", code="model_not_allowed", param="model"
+            )
+
+    @staticmethod
+    def require_admin(record: KeyRecord) -> None:
+        if not record.admin:
+            raise PermissionDeniedError("this route needs an admin key", code="admin_only")

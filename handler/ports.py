@@ -1,0 +1,432 @@
+"""The two ports of the hexagon: what a provider adapter and a store backend must provide.
+
+The application (`handler/`) depends only on these; `adapters/providers/<name>/` and `adapters/store/`
+implement them. The provider registry (`adapters.providers.REGISTRY`) is the one place mapping a config
+`type:` to an adapter class.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import orjson
+
+from handler.errors import InvalidRequestError, UpstreamError
+from handler.schemas import ChatCompletion, ChatCompletionChunk, ChatRequest, EmbeddingsRequest, EmbeddingsResponse
+
+# --- providers -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One deployment resolved for a request: provider instance, upstream model, where it runs."""
+
+    provider: str
+    provider_type: str
+    model: str
+    region: str
+    base_url: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """`provider/model@region`, as `x-gateway-route` names an attempt."""
+        return f"{self.provider}/{self.model}@{self.region}"
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    """An HTTP request ready to send: the adapter has applied auth, URL and body."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class BuiltRequest:
+    """An upstream request plus the client parameters the provider cannot honour."""
+
+    request: UpstreamRequest
+    dropped: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One decoded frame of an upstream stream: an SSE event or an AWS event-stream message."""
+
+    event: str | None
+    data: bytes
+
+
+class FrameDecoder(Protocol):
+    """Layer 1 of streaming: turns raw upstream bytes into events."""
+
+    def feed(self, chunk: bytes) -> list[StreamEvent]: ...
+
+    def finish(self) -> list[StreamEvent]: ...
+
+
+class StreamParser(Protocol):
+    """Layer 2 of streaming: one provider's events into OpenAI chunks.
+
+    `feed` raises `UpstreamError` for an in-stream error event. `finish` returns any chunks still held
+    (a final usage chunk with `choices=[]` among them). After `finish`, `usage` holds the totals.
+    """
+
+    usage: Any
+
+    def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]: ...
+
+    def finish(self) -> list[ChatCompletionChunk]: ...
+
+
+class SSEDecoder:
+    """Incremental decoder for `text/event-stream` (the WHATWG rules: `event:`, `data:`, blank line)."""
+
+    __slots__ = ("_buffer", "_event", "_data")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._event: str | None = None
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[StreamEvent]:
+        self._buffer += chunk
+        events: list[StreamEvent] = []
+        while True:
+            nl = self._buffer.find(b"\n")
+            if nl < 0:
+                break
+            line = self._buffer[:nl]
+            self._buffer = self._buffer[nl + 1 :]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def finish(self) -> list[StreamEvent]:
+        events: list[StreamEvent] = []
+        if self._buffer:
+            line, self._buffer = self._buffer.rstrip(b"\r"), b""
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        event = self._line(b"")
+        if event is not None:
+            events.append(event)
+        return events
+
+    def _line(self, line: bytes) -> StreamEvent | None:
+        if not line:
+            if not self._data and self._event is None:
+                return None
+            event = StreamEvent(self._event, b"\n".join(self._data))
+            self._event, self._data = None, []
+            return event
+        if line.startswith(b":"):
+            return None
+        name, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        return None
+
+
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The provider's `retry-after` (seconds or HTTP date) or `retry-after-ms` hint, if any."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def upstream_error(
+    status: int,
+    message: str,
+    headers: Mapping[str, str],
+    *,
+    upstream_type: str | None = None,
+    code: str | None = None,
+) -> UpstreamError:
+    """The common mapping from a provider's error answer to `UpstreamError`."""
+    return UpstreamError(
+        f"upstream returned {status}: {message}",
+        upstream_status=status,
+        retryable=status in RETRYABLE_STATUSES,
+        retry_after=retry_after_seconds(headers),
+        upstream_type=upstream_type,
+        code=code,
+    )
+
+
+def json_body(body: bytes) -> Any:
+    """Parse an upstream JSON body; a malformed one is a (retryable) upstream error."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError("upstream returned a body that is not JSON", upstream_status=200) from exc
+
+
+class ProviderAdapter(ABC):
+    """One provider type's translation, the LiteLLM `BaseConfig` idea with typed edges.
+
+    An adapter is built once per provider instance at start-up with its resolved secret (which it
+    must never put in an error, a log line or a header other than the upstream's auth header).
+    """
+
+    type_name: ClassVar[str]
+    default_base_url: ClassVar[str] = ""
+    key_env_var: ClassVar[str | None] = None
+    requires_key: bool = True
+    supports_embeddings: ClassVar[bool] = False
+
+    def __init__(self, name: str, secret: str | None, options: Mapping[str, Any]) -> None:
+        self.name = name
+        self.secret = secret
+        self.options = dict(options)
+
+    def base_url(self, region: str, override: str | None) -> str:
+        """The upstream's base URL for a region; adapters with regional endpoints override it."""
+        return (override or self.options.get("base_url") or self.default_base_url).rstrip("/")
+
+    @abstractmethod
+    def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
+        """Build the upstream request for a chat completion."""
+
+    @abstractmethod
+    def chat_response(self, body: bytes, req: ChatRequest, target: Target) -> ChatCompletion:
+        """Parse a successful (2xx) non-streaming answer."""
+
+    @abstractmethod
+    def stream_parser(self, req: ChatRequest, target: Target) -> StreamParser:
+        """A fresh parser for one streaming answer."""
+
+    def frame_decoder(self) -> FrameDecoder:
+        """How this provider frames a stream; SSE unless the adapter says otherwise."""
+        return SSEDecoder()
+
+    @abstractmethod
+    def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+        """Map a non-2xx answer to `UpstreamError` (the provider's message, never a secret)."""
+
+    def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> BuiltRequest:
+        raise InvalidRequestError(f"provider type '{self.type_name}' does not serve embeddings", param="model")
+
+    def embeddings_response(self, body: bytes, req: EmbeddingsRequest, target: Target) -> EmbeddingsResponse:
+        raise InvalidRequestError(f"provider type '{self.type_name}' does not serve embeddings", param="model")
+
+
+# --- store ---------------------------------------------------------------------------------------
+
+
+class StoreError(Exception):
+    """The store could not be reached or failed; budgeted requests fail closed on it."""
+
+
+class ConflictError(StoreError):
+    """A conditional write lost: the item exists already, or changed since it was read."""
+
+
+class BudgetRefused(Exception):
+    """Admission refused: `key_id`'s budget has less than the reservation left."""
+
+    def __init__(self, key_id: str, remaining_usd: float | None) -> None:
+        super().__init__(key_id)
+        self.key_id = key_id
+        self.remaining_usd = remaining_usd
+
+
+class RateRefused(Exception):
+    """Admission refused: a rate-limit counter is full for this window."""
+
+    def __init__(self, limit_name: str, limit: int, retry_after: float) -> None:
+        super().__init__(limit_name)
+        self.limit_name = limit_name
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class KeyRecord:
+    """A gateway key as stored. The secret itself is never stored, only its hash."""
+
+    id: str
+    name: str
+    secret_hash: str
+    created_at: float
+    models: list[str] = field(default_factory=lambda: ["*"])
+    budget_usd: float | None = None
+    budget_period: str = "total"
+    expires_at: float | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    model_limits: dict[str, dict[str, int]] = field(default_factory=dict)
+    allow_ips: list[str] = field(default_factory=list)
+    admin: bool = False
+    parent_id: str | None = None
+    ancestors: list[str] = field(default_factory=list)
+    revoked_at: float | None = None
+    prev_secret_hash: str | None = None
+    prev_valid_until: float | None = None
+    version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetCharge:
+    """Reserve `amount_usd` on `key_id`'s counter for `period` if it stays within `limit_usd`."""
+
+    key_id: str
+    period: str
+    limit_usd: float
+    amount_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class RateCharge:
+    """Count against one rate limit for the window `window` (epoch minute).
+
+    `name` is `rpm`, `tpm`, `rpm:<model>` or `tpm:<model>`; the counter must stay `<= limit` after
+    adding `amount` (for `rpm` the amount is 1).
+    """
+
+    name: str
+    window: int
+    limit: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Everything checked and counted before the upstream call, in one store round trip."""
+
+    reservation_id: str
+    key_id: str
+    budgets: list[BudgetCharge]
+    rates: list[RateCharge]
+    expires_at: float
+
+
+@dataclass(slots=True)
+class MeterSnapshot:
+    """A key's counters: per budget period, `committed_usd` (spent plus live reservations) and
+    `spent_usd` (settled only); per rate-limit name, the count in the current window."""
+
+    committed_usd: dict[str, float] = field(default_factory=dict)
+    spent_usd: dict[str, float] = field(default_factory=dict)
+    rates: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class LedgerItem:
+    """One line item: a request that reached a provider."""
+
+    request_id: str
+    ts: float
+    key_id: str
+    ancestors: list[str]
+    model: str
+    provider: str
+    region: str
+    upstream_model: str
+    input_tokens: int
+    cached_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+    fee_usd: float
+    status: int
+    gateway_ms: float = 0.0
+    store_ms: float = 0.0
+    upstream_ms: float = 0.0
+    route: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """After the answer: turn the reservation into the actual cost and record the line item.
+
+    Idempotent: settling the same `reservation_id` twice changes nothing the second time.
+    `budgets` carries the same (key, period) pairs as the admission with `amount_usd` now the
+    actual cost; `reserved_usd` is what the admission reserved on each. `rates` adds the token
+    difference (actual minus estimated) to the `tpm` counters of the admission's window.
+    """
+
+    reservation_id: str
+    budgets: list[BudgetCharge]
+    reserved_usd: float
+    rates: list[RateCharge]
+    item: LedgerItem | None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageQuery:
+    key_ids: list[str] | None
+    since: float
+    until: float
+
+
+class Store(ABC):
+    """Keys, meters and the ledger. Every method is one round trip to the backend at most."""
+
+    @abstractmethod
+    async def create_key(self, record: KeyRecord) -> None:
+        """Insert a new key; `ConflictError` if the id exists."""
+
+    @abstractmethod
+    async def get_key(self, key_id: str) -> KeyRecord | None: ...
+
+    @abstractmethod
+    async def update_key(self, record: KeyRecord) -> None:
+        """Write `record` if the stored version is `record.version - 1`; else `ConflictError`."""
+
+    @abstractmethod
+    async def list_keys(self, parent_id: str | None = None) -> list[KeyRecord]: ...
+
+    @abstractmethod
+    async def admit(self, admission: Admission) -> MeterSnapshot:
+        """Reserve the budgets and count the rates atomically, or change nothing and raise
+        `BudgetRefused` / `RateRefused`."""
+
+    @abstractmethod
+    async def settle(self, settlement: Settlement) -> None:
+        """Apply a settlement exactly once (see `Settlement`)."""
+
+    @abstractmethod
+    async def release_expired(self, key_id: str, now: float) -> float:
+        """Release reservations on `key_id`'s counters whose expiry passed; returns USD released."""
+
+    @abstractmethod
+    async def meter(self, key_id: str, period: str) -> MeterSnapshot:
+        """The key's committed spend (spent plus live reservations) for `period`."""
+
+    @abstractmethod
+    async def usage(self, query: UsageQuery) -> list[LedgerItem]:
+        """Ledger items in `[since, until)`, for the given keys (None: all)."""
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,161 @@
+"""Prices, the cost of one request, the gateway's fee, and the worst case reserved before a call."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from handler.config import FeeConfig, ModelConfig, Price
+from handler.schemas import ChatRequest, ImagePart, Usage
+
+PRICE_TABLE_RESOURCE = "prices.yaml"
+IMAGE_TOKEN_ALLOWANCE = 1600
+MESSAGE_OVERHEAD_TOKENS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTable:
+    """The shipped table: exact ids and prefix aliases, with the date it was checked."""
+
+    as_of: str
+    prices: dict[str, Price]
+    aliases: list[tuple[str, str]]
+
+    def find(self, *names: str) -> Price | None:
+        for name in names:
+            if name in self.prices:
+                return self.prices[name]
+        for name in names:
+            for prefix, target in self.aliases:
+                if name.startswith(prefix):
+                    return self.prices[target]
+        return None
+
+
+@lru_cache(maxsize=1)
+def builtin_prices() -> PriceTable:
+    raw: dict[str, Any] = yaml.safe_load(resources.files("handler").joinpath(PRICE_TABLE_RESOURCE).read_text())
+    prices = {name: Price.model_validate(spec) for name, spec in raw["models"].items()}
+    aliases = sorted(
+        ((prefix, target) for target, prefixes in raw.get("aliases", {}).items() for prefix in prefixes),
+        key=lambda pair: -len(pair[0]),
+    )
+    return PriceTable(str(raw["as_of"]), prices, aliases)
+
+
+def price_for(model: str, spec: ModelConfig, upstream_model: str) -> Price | None:
+    """The config's price, else the table's for the upstream model, else for the public name."""
+    if isinstance(spec.price, Price):
+        return spec.price
+    if spec.price == "unknown":
+        return None
+    return builtin_prices().find(upstream_model, model)
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """What one request cost: the provider's charge, the gateway's fee, and what they were computed from."""
+
+    provider_usd: float | None
+    fee_usd: float
+    usage: Usage
+    unit_prices: dict[str, float] | None
+
+    @property
+    def total_usd(self) -> float | None:
+        return None if self.provider_usd is None else self.provider_usd + self.fee_usd
+
+    def as_event(self) -> dict[str, Any]:
+        """The `cost` object of a stream's last event."""
+        return {
+            "provider_usd": self.provider_usd,
+            "fee_usd": self.fee_usd,
+            "total_usd": self.total_usd,
+            "currency": "USD",
+            "input_tokens": self.usage.prompt_tokens,
+            "cached_tokens": self.usage.cached_tokens,
+            "cache_write_tokens": self.usage.cache_write_tokens,
+            "output_tokens": self.usage.completion_tokens,
+            "unit_prices_per_million": self.unit_prices,
+        }
+
+
+def _effective(price: Price, prompt_tokens: int) -> dict[str, float]:
+    long = price.long_context
+    if long is not None and prompt_tokens > long.threshold:
+        return {
+            "input": long.input,
+            "output": long.output,
+            "cached_input": long.cached_input if long.cached_input is not None else long.input,
+            "cache_write": long.cache_write if long.cache_write is not None else long.input,
+        }
+    return {
+        "input": price.input,
+        "output": price.output,
+        "cached_input": price.cached_input if price.cached_input is not None else price.input,
+        "cache_write": price.cache_write if price.cache_write is not None else price.input,
+    }
+
+
+def fee_for(provider_usd: float | None, fee: FeeConfig) -> float:
+    if fee.percent == 0 and fee.per_request_usd == 0:
+        return 0.0
+    return (provider_usd or 0.0) * fee.percent / 100 + fee.per_request_usd
+
+
+def cost_of(usage: Usage, price: Price | None, fee: FeeConfig) -> Cost:
+    """The cost of an answer; `provider_usd` is None (unknown, never 0) without a price."""
+    if price is None:
+        return Cost(None, fee_for(None, fee), usage, None)
+    unit = _effective(price, usage.prompt_tokens)
+    cached, written = usage.cached_tokens, usage.cache_write_tokens
+    uncached = max(0, usage.prompt_tokens - cached - written)
+    provider = (
+        uncached * unit["input"]
+        + cached * unit["cached_input"]
+        + written * unit["cache_write"]
+        + usage.completion_tokens * unit["output"]
+    ) / 1_000_000
+    return Cost(provider, fee_for(provider, fee), usage, unit)
+
+
+def estimate_prompt_tokens(req: ChatRequest) -> int:
+    """An upper-bound estimate of the prompt's tokens, cheap enough for the hot path.
+
+    Half the UTF-8 byte length over-counts every tokenizer we price (English runs about four
+    characters a token, CJK about one character of three bytes), so a reservation is not undercut.
+    """
+    total = 0
+    for message in req.messages:
+        total += MESSAGE_OVERHEAD_TOKENS
+        content = message.content
+        if isinstance(content, str):
+            total += len(content.encode()) // 2 + 1
+        elif content is not None:
+            for part in content:
+                if isinstance(part, ImagePart):
+                    total += IMAGE_TOKEN_ALLOWANCE
+                else:
+                    total += len(part.model_dump_json().encode()) // 2 + 1
+        for call in message.tool_calls or ():
+            total += (len(call.function.arguments.encode()) + len(call.function.name)) // 2 + 4
+    for tool in req.tools or ():
+        total += len(tool.function.model_dump_json().encode()) // 2 + 4
+    if req.response_format is not None and req.response_format.json_schema is not None:
+        total += len(req.response_format.model_dump_json().encode()) // 2
+    return total
+
+
+def worst_case_usd(prompt_tokens: int, max_output: int, price: Price | None, fee: FeeConfig) -> float | None:
+    """The most a request can cost: estimated prompt at full input price plus every output token."""
+    if price is None:
+        return None
+    unit = _effective(price, prompt_tokens)
+    input_rate = max(unit["input"], unit["cache_write"])
+    provider = (prompt_tokens * input_rate + max_output * unit["output"]) / 1_000_000
+    return math.ceil((provider + fee_for(provider, fee)) * 1e9) / 1e9

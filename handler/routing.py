@@ -1,0 +1,154 @@
+"""Which deployments a request may try, in which order: nearest region first, then fallbacks.
+
+The order is a pure function of the config, the gateway's region, the client's pins and the
+breakers' state, so `GET /v1/route` can show it without sending anything.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from handler.config import Config, ModelConfig, reference_hint
+from handler.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
+from handler.ports import ProviderAdapter, Target
+
+# Approximate locations (latitude, longitude) of AWS regions; distance orders deployments when the
+# config gives no measured round-trip times.
+REGION_COORDINATES: dict[str, tuple[float, float]] = {
+    "us-east-1": (38.9, -77.4),
+    "us-east-2": (40.0, -83.0),
+    "us-west-1": (37.4, -121.9),
+    "us-west-2": (45.8, -119.7),
+    "ca-central-1": (45.5, -73.6),
+    "ca-west-1": (51.0, -114.1),
+    "mx-central-1": (20.6, -100.4),
+    "sa-east-1": (-23.5, -46.6),
+    "eu-west-1": (53.3, -6.3),
+    "eu-west-2": (51.5, -0.1),
+    "eu-west-3": (48.9, 2.4),
+    "eu-central-1": (50.1, 8.7),
+    "eu-central-2": (47.4, 8.5),
+    "eu-north-1": (59.3, 18.1),
+    "eu-south-1": (45.5, 9.2),
+    "eu-south-2": (41.6, -0.9),
+    "me-south-1": (26.1, 50.6),
+    "me-central-1": (24.5, 54.4),
+    "il-central-1": (32.1, 34.8),
+    "af-south-1": (-33.9, 18.4),
+    "ap-east-1": (22.3, 114.2),
+    "ap-south-1": (19.1, 72.9),
+    "ap-south-2": (17.4, 78.5),
+    "ap-northeast-1": (35.7, 139.7),
+    "ap-northeast-2": (37.6, 127.0),
+    "ap-northeast-3": (34.7, 135.5),
+    "ap-southeast-1": (1.3, 103.8),
+    "ap-southeast-2": (-33.9, 151.2),
+    "ap-southeast-3": (-6.2, 106.8),
+    "ap-southeast-4": (-37.8, 145.0),
+    "ap-southeast-5": (3.1, 101.7),
+}
+GLOBAL = "global"
+# Provider-global endpoints (api.openai.com and the like) mostly serve from the US east coast.
+GLOBAL_LOCATION = "us-east-1"
+
+
+def distance_km(a: str, b: str) -> float:
+    """Great-circle distance between two regions; unknown regions sort last."""
+    pa = REGION_COORDINATES.get(GLOBAL_LOCATION if a == GLOBAL else a)
+    pb = REGION_COORDINATES.get(GLOBAL_LOCATION if b == GLOBAL else b)
+    if pa is None or pb is None:
+        return 40_000.0
+    lat1, lon1, lat2, lon2 = map(math.radians, (*pa, *pb))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 12_742 * math.asin(math.sqrt(h))
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One deployment to try: the public model it serves and how to reach it."""
+
+    model: str
+    spec: ModelConfig
+    target: Target
+    adapter: ProviderAdapter
+    distance: float
+
+
+@dataclass(frozen=True, slots=True)
+class RouteControls:
+    """The client's routing headers."""
+
+    fallbacks: list[str] | None = None
+    provider: str | None = None
+    region: str | None = None
+
+
+class Router:
+    """Plans attempts for a public model."""
+
+    def __init__(self, config: Config, adapters: dict[str, ProviderAdapter], region: str) -> None:
+        self.config = config
+        self.adapters = adapters
+        self.region = region
+        self._latency = config.gateway.region_latency_ms.get(region, {})
+        self._targets = {model: self._build(model, spec) for model, spec in config.models.items()}
+
+    def _build(self, model: str, spec: ModelConfig) -> list[Attempt]:
+        attempts = []
+        for dep in spec.deployments:
+            adapter = self.adapters[dep.provider]
+            provider = self.config.providers[dep.provider]
+            region = dep.region or provider.region or GLOBAL
+            base_url = adapter.base_url(region, dep.base_url)
+            options = dict(dep.model_extra or {})
+            target = Target(dep.provider, provider.type, dep.model, region, base_url, options)
+            attempts.append(Attempt(model, spec, target, adapter, self.distance(region)))
+        return sorted(attempts, key=lambda a: a.distance)
+
+    def distance(self, region: str) -> float:
+        """Measured round-trip ms from the config when given, else kilometres (same order)."""
+        if region in self._latency:
+            return self._latency[region]
+        return distance_km(self.region, region)
+
+    def spec(self, model: str) -> ModelConfig:
+        spec = self.config.models.get(model)
+        if spec is None:
+            raise NotFoundError(f"model '{model}' does not exist on this gateway", param="model")
+        return spec
+
+    def plan(self, model: str, controls: RouteControls, kind: str = "chat") -> list[Attempt]:
+        """Attempts in order: the model's deployments nearest first, then its fallbacks'."""
+        spec = self.spec(model)
+        if spec.kind != kind:
+            raise InvalidRequestError(f"model '{model}' is a {spec.kind} model, not a {kind} model", param="model")
+        chain = [model]
+        fallbacks = spec.fallbacks if controls.fallbacks is None else controls.fallbacks
+        for name in fallbacks:
+            if name not in self.config.models:
+                raise NotFoundError(f"fallback model '{name}' does not exist on this gateway", param="model")
+            if name not in chain and self.config.models[name].kind == kind:
+                chain.append(name)
+        attempts = [a for name in chain for a in self._targets[name] if self._pinned(a, controls)]
+        if not attempts:
+            raise ServiceUnavailableError(
+                f"no deployment of '{model}' matches the pinned provider/region",
+                code="no_deployment_available",
+            )
+        usable = [a for a in attempts if not (a.adapter.requires_key and not a.adapter.secret)]
+        if not usable:
+            first = attempts[0]
+            ref = self.config.providers[first.target.provider].api_key
+            ref = ref or (f"env:{first.adapter.key_env_var}" if first.adapter.key_env_var else None)
+            raise ServiceUnavailableError(
+                f"provider '{first.target.provider}' for model '{model}' has no API key: {reference_hint(ref)}",
+                code="provider_not_configured",
+            )
+        return usable
+
+    @staticmethod
+    def _pinned(attempt: Attempt, controls: RouteControls) -> bool:
+        if controls.provider and attempt.target.provider != controls.provider:
+            return False
+        return not (controls.region and attempt.target.region != controls.region)

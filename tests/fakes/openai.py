@@ -1,0 +1,167 @@
+"""A fake OpenAI Chat Completions and Embeddings API, speaking OpenAI's documented wire format.
+
+Behaviour is chosen by the requested model name, so tests need no side channel:
+`fail-429` (rate limit with retry-after: 0), `fail-500`, `fail-400`, `fail-401`, `slow` (waits
+`SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way without [DONE]),
+`drip` (a stream whose chunks come `SLOW_SECONDS` apart), `bad-json` (a 200 whose body is not JSON).
+Every request is recorded on `app.state.requests`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+API_KEY = "test-openai-key"
+TEXT = "Hello from fake OpenAI."
+SLOW_SECONDS = 2.0
+
+
+def _error(status: int, message: str, kind: str, code: str | None, headers: dict[str, str] | None = None) -> Response:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    return max(1, len(orjson.dumps(body.get("messages", body.get("input", "")))) // 4)
+
+
+def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice")
+    if not tools or choice in (None, "auto", "none"):
+        return None
+    name = choice["function"]["name"] if isinstance(choice, dict) else tools[0]["function"]["name"]
+    return {"id": "call_fake123", "type": "function", "function": {"name": name, "arguments": '{"city":"Paris"}'}}
+
+
+def create_app() -> Starlette:
+    requests: list[dict[str, Any]] = []
+
+    async def guard(request: Request) -> tuple[dict[str, Any] | None, Response | None]:
+        raw = await request.body()
+        body = orjson.loads(raw) if raw else {}
+        requests.append(
+            {
+                "path": request.url.path,
+                "headers": dict(request.headers),
+                "json": body,
+                "peer": f"{request.client.host}:{request.client.port}" if request.client else "",
+            }
+        )
+        if request.headers.get("authorization") != f"Bearer {API_KEY}":
+            return None, _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+        model = str(body.get("model", ""))
+        if "fail-429" in model:
+            return None, _error(
+                429, "Rate limit reached for requests", "requests", "rate_limit_exceeded", {"retry-after": "0"}
+            )
+        if "fail-500" in model:
+            return None, _error(500, "The server had an error while processing your request.", "server_error", None)
+        if "fail-400" in model:
+            return None, _error(400, "Invalid value for 'messages'.", "invalid_request_error", "invalid_value")
+        if "slow" in model:
+            await asyncio.sleep(SLOW_SECONDS)
+        return body, None
+
+    async def chat(request: Request) -> Response:
+        body, failure = await guard(request)
+        if failure is not None or body is None:
+            return failure or _error(400, "no body", "invalid_request_error", None)
+        model = body["model"]
+        if "bad-json" in model:
+            return Response(b"{not json", 200, media_type="application/json")
+        call = _tool_call(body)
+        usage = {
+            "prompt_tokens": prompt_tokens(body),
+            "completion_tokens": 7,
+            "total_tokens": prompt_tokens(body) + 7,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+        }
+        if body.get("stream"):
+            return StreamingResponse(_stream(body, call, usage), media_type="text/event-stream")
+        message: dict[str, Any] = {"role": "assistant", "content": None if call else TEXT, "refusal": None}
+        if call:
+            message["tool_calls"] = [call]
+        answer = {
+            "id": "chatcmpl-fake1",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls" if call else "stop"}
+            ],
+            "usage": usage,
+            "system_fingerprint": "fp_fake",
+        }
+        return Response(orjson.dumps(answer), media_type="application/json")
+
+    async def _stream(body: dict[str, Any], call: dict[str, Any] | None, usage: dict[str, Any]) -> AsyncIterator[bytes]:
+        model = body["model"]
+        base = {"id": "chatcmpl-fake1", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            return (
+                b"data: "
+                + orjson.dumps({**base, "system_fingerprint": "fp_fake", "choices": choices, **extra})
+                + b"\n\n"
+            )
+
+        yield event(
+            [{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None}, "finish_reason": None}]
+        )
+        if call:
+            first = {
+                "index": 0,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
+            yield event([{"index": 0, "delta": {"tool_calls": [first]}, "finish_reason": None}])
+            for piece in ('{"city"', ':"Paris"}'):
+                delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+                yield event([{"index": 0, "delta": delta, "finish_reason": None}])
+        else:
+            for i, word in enumerate(TEXT.split(" ")):
+                if "stream-cut" in model and i == 2:
+                    return
+                if "drip" in model:
+                    await asyncio.sleep(SLOW_SECONDS)
+                yield event([{"index": 0, "delta": {"content": (" " if i else "") + word}, "finish_reason": None}])
+        yield event([{"index": 0, "delta": {}, "finish_reason": "tool_calls" if call else "stop"}])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            yield event([], usage=usage)
+        yield b"data: [DONE]\n\n"
+
+    async def embeddings(request: Request) -> Response:
+        body, failure = await guard(request)
+        if failure is not None or body is None:
+            return failure or _error(400, "no body", "invalid_request_error", None)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))]
+        tokens = prompt_tokens(body)
+        answer = {
+            "object": "list",
+            "data": data,
+            "model": body["model"],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return Response(orjson.dumps(answer), media_type="application/json")
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+        ]
+    )
+    app.state.requests = requests
+    return app

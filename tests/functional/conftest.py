@@ -1,0 +1,137 @@
+"""The whole gateway on a real socket, in front of fake upstreams on another, driven by the official SDKs."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from adapters.providers import REGISTRY
+from adapters.store import open_store
+from handler.app import create_app
+from handler.config import Config, parse_config
+from handler.gateway import Gateway, build_gateway
+from handler.keys import KeyService
+from handler.ports import KeyRecord
+from tests.support.servers import ServerThread
+
+FAKE_KEYS = {
+    "OPENAI_API_KEY": "test-openai-key",
+    "ANTHROPIC_API_KEY": "test-anthropic-key",
+    "GEMINI_API_KEY": "test-gemini-key",
+}
+FAKES = {"openai": "tests.fakes.openai", "anthropic": "tests.fakes.anthropic", "gemini": "tests.fakes.gemini"}
+
+
+def available_fakes() -> dict[str, Any]:
+    """Fake upstream apps by provider, for the provider types the registry has."""
+    apps = {}
+    for name, module in FAKES.items():
+        if name in REGISTRY:
+            apps[name] = importlib.import_module(module).create_app()
+    return apps
+
+
+def gateway_config(upstream_url: str, providers: set[str]) -> Config:
+    """Models served by the fakes: one per provider, plus fault models and fallbacks."""
+    data: dict[str, Any] = {
+        "gateway": {"timeouts": {"connect": 2, "first_byte": 1.5, "between_chunks": 1.5}},
+        "providers": {
+            "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"},
+            "nokey": {"type": "openai", "api_key": "env:NOKEY_API_KEY", "base_url": f"{upstream_url}/openai/v1"},
+        },
+        "models": {
+            "gpt-4o-mini": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]},
+            "tools-model": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]},
+            "text-embedding-3-small": {
+                "kind": "embedding",
+                "deployments": [{"provider": "openai", "model": "text-embedding-3-small"}],
+            },
+            "unconfigured": {"deployments": [{"provider": "nokey", "model": "gpt-4o-mini"}], "price": "unknown"},
+            "flaky": {
+                "deployments": [
+                    {"provider": "openai", "model": "fail-500"},
+                    {"provider": "openai", "model": "gpt-4o-mini"},
+                ],
+                "price": {"input": 1.0, "output": 2.0},
+            },
+            "broken": {"deployments": [{"provider": "openai", "model": "fail-500"}], "price": {"input": 1, "output": 2}},
+            "rejects": {"deployments": [{"provider": "openai", "model": "fail-400"}], "price": {"input": 1, "output": 2}},
+            "slow": {"deployments": [{"provider": "openai", "model": "slow"}], "price": {"input": 1, "output": 2}},
+            "cut": {"deployments": [{"provider": "openai", "model": "stream-cut"}], "price": {"input": 1, "output": 2}},
+        },
+    }
+    if "anthropic" in providers:
+        data["providers"]["anthropic"] = {
+            "type": "anthropic",
+            "api_key": "env:ANTHROPIC_API_KEY",
+            "base_url": f"{upstream_url}/anthropic",
+        }
+        data["models"]["claude-haiku-4-5"] = {"deployments": [{"provider": "anthropic", "model": "claude-haiku-4-5"}]}
+        data["models"]["broken"]["fallbacks"] = ["claude-haiku-4-5"]
+    if "gemini" in providers:
+        data["providers"]["gemini"] = {"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": f"{upstream_url}/gemini"}
+        data["models"]["gemini-2.5-flash"] = {"deployments": [{"provider": "gemini", "model": "gemini-2.5-flash"}]}
+    return parse_config(data, set(REGISTRY))
+
+
+@dataclass
+class Running:
+    """A running gateway and its fakes."""
+
+    url: str
+    gateway: Gateway
+    store_url: str
+    upstream: ServerThread
+    fakes: dict[str, Any]
+
+    def mint(self, **fields: Any) -> str:
+        """A new key (stored through a separate store connection, as another process would)."""
+
+        async def go() -> str:
+            store = open_store(self.store_url)
+            try:
+                record = KeyRecord(id="", name=fields.pop("name", "test"), secret_hash="", created_at=0, **fields)
+                return (await KeyService(store, 0).mint(record)).key
+            finally:
+                await store.close()
+
+        return asyncio.run(go())
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[tuple[ServerThread, dict[str, Any]]]:
+    fakes = available_fakes()
+    app = Starlette(routes=[Mount(f"/{name}", app=fake) for name, fake in fakes.items()])
+    server = ServerThread(app).start()
+    yield server, fakes
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def running(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    server, fakes = upstream
+    store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('store')) / 'gateway.db'}"
+    config = gateway_config(server.url, set(fakes))
+    gateway = build_gateway(config=config, store_url=store_url, environ={**FAKE_KEYS, "GATEWAY_REGION": "us-east-1"})
+    app = create_app(gateway)
+    gateway_server = ServerThread(app).start()
+    yield Running(gateway_server.url, gateway, store_url, server, fakes)
+    gateway_server.stop()
+
+
+@pytest.fixture
+def key(running: Running) -> str:
+    return running.mint(name="functional")
+
+
+@pytest.fixture
+def mint(running: Running) -> Callable[..., str]:
+    return running.mint

@@ -1,0 +1,156 @@
+"""The official openai SDK against the gateway, with an OpenAI-compatible upstream behind it."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.fakes.openai import TEXT
+from tests.functional.conftest import Running
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def client(running: Running, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{running.url}/v1", api_key=key, max_retries=0)
+
+
+def test_completion_carries_answer_usage_route_and_cost(running: Running, key: str) -> None:
+    raw = client(running, key).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}]
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content == TEXT
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.completion_tokens == 7
+    headers = raw.headers
+    assert headers["x-gateway-provider"] == "openai"
+    assert headers["x-gateway-model"] == "gpt-4o-mini"
+    assert headers["x-gateway-region"] == "global"
+    assert headers["x-gateway-route"] == "openai/gpt-4o-mini@global=200"
+    assert headers["x-request-id"].startswith("req_")
+    expected = (completion.usage.prompt_tokens * 0.15 + 7 * 0.60) / 1_000_000
+    assert float(headers["x-gateway-cost-usd"]) == pytest.approx(expected, abs=1e-10)
+    assert float(headers["x-gateway-fee-usd"]) == 0
+    assert "gateway;dur=" in headers["server-timing"] and "upstream;dur=" in headers["server-timing"]
+
+
+def test_upstream_receives_the_provider_key_not_the_gateway_key(running: Running, key: str) -> None:
+    requests = running.fakes["openai"].state.requests
+    client(running, key).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+    sent = requests[-1]
+    assert sent["headers"]["authorization"] == "Bearer test-openai-key"
+    assert key not in str(sent)
+    assert sent["json"]["model"] == "gpt-4o-mini"
+
+
+def test_stream_assembles_text_and_ends_with_usage_and_cost(running: Running, key: str) -> None:
+    stream = client(running, key).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == TEXT
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None and last.usage.completion_tokens == 7
+    cost = (last.model_extra or {})["cost"]
+    assert cost["provider_usd"] == pytest.approx((last.usage.prompt_tokens * 0.15 + 7 * 0.60) / 1e6)
+    assert cost["fee_usd"] == 0 and cost["output_tokens"] == 7
+
+
+def test_stream_without_include_usage_still_reports_cost(running: Running, key: str) -> None:
+    chunks = list(
+        client(running, key).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], stream=True
+        )
+    )
+    assert chunks[-1].usage is None
+    assert (chunks[-1].model_extra or {})["cost"]["provider_usd"] > 0
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+def test_tools_round_trip_stream_and_not(running: Running, key: str) -> None:
+    oa = client(running, key)
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    completion = oa.chat.completions.create(
+        model="tools-model", messages=messages, tools=[WEATHER_TOOL], tool_choice="required"
+    )
+    call = completion.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and call.function.arguments == '{"city":"Paris"}'
+    assert completion.choices[0].finish_reason == "tool_calls"
+    chunks = list(
+        oa.chat.completions.create(
+            model="tools-model", messages=messages, tools=[WEATHER_TOOL], tool_choice="required", stream=True
+        )
+    )
+    args = "".join(
+        tc.function.arguments or ""
+        for c in chunks
+        if c.choices
+        for tc in c.choices[0].delta.tool_calls or []
+        if tc.function
+    )
+    assert args == '{"city":"Paris"}'
+
+
+def test_embeddings(running: Running, key: str) -> None:
+    result = client(running, key).embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    assert [d.index for d in result.data] == [0, 1] and result.data[0].embedding == [0.1, 0.2, 0.3]
+
+
+def test_models_lists_what_the_key_may_use(running: Running, mint) -> None:  # type: ignore[no-untyped-def]
+    narrow = mint(models=["gpt-*"])
+    ids = {m.id for m in client(running, narrow).models.list()}
+    assert "gpt-4o-mini" in ids and "tools-model" not in ids
+
+
+def test_errors_have_openai_shape(running: Running, key: str) -> None:
+    oa = client(running, key)
+    with pytest.raises(openai.AuthenticationError) as bad_key:
+        client(running, "gwk_aaaaaaaaaaaa_" + "x" * 43).models.list()
+    assert bad_key.value.code == "invalid_api_key"
+    with pytest.raises(openai.NotFoundError) as unknown:
+        oa.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert unknown.value.code == "model_not_found"
+    with pytest.raises(openai.InternalServerError) as unconfigured:
+        oa.chat.completions.create(model="unconfigured", messages=[{"role": "user", "content": "x"}])
+    assert unconfigured.value.status_code == 503 and unconfigured.value.code == "provider_not_configured"
+    assert "NOKEY_API_KEY" in unconfigured.value.message
+
+
+def test_malformed_and_oversized_bodies(running: Running, key: str) -> None:
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    url = f"{running.url}/v1/chat/completions"
+    bad = httpx.post(url, content=b"{not json", headers=headers)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
+    wrong_type = httpx.post(url, json={"model": "gpt-4o-mini", "messages": "hi"}, headers=headers)
+    assert wrong_type.status_code == 400 and wrong_type.json()["error"]["param"] == "messages"
+    huge = httpx.post(url, content=b"x" * (9 * 1024 * 1024), headers=headers)
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
+
+
+def test_upstream_failures_fail_over_or_map(running: Running, key: str) -> None:
+    oa = client(running, key)
+    raw = oa.chat.completions.with_raw_response.create(model="flaky", messages=[{"role": "user", "content": "x"}])
+    assert raw.headers["x-gateway-route"] == "openai/fail-500@global=500, openai/gpt-4o-mini@global=200"
+    with pytest.raises(openai.BadRequestError) as rejected:
+        oa.chat.completions.create(model="rejects", messages=[{"role": "user", "content": "x"}])
+    assert "Invalid value" in rejected.value.message
+    with pytest.raises(openai.APIStatusError) as broken:
+        oa.chat.completions.create(
+            model="broken", messages=[{"role": "user", "content": "x"}], extra_headers={"x-gateway-fallbacks": "none"}
+        )
+    assert broken.value.status_code == 502
+    assert broken.value.body["upstream_status"] == 500  # type: ignore[index]
+    assert "test-openai-key" not in str(broken.value.body)

@@ -1,0 +1,114 @@
+"""Every `events/*.json` through the Lambda handler, in one warm environment (a fresh interpreter)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from adapters.store import open_store
+from handler.keys import hash_secret
+from handler.ports import KeyRecord
+from tests.fakes.openai import TEXT
+from tests.support.events import EVENTS, SAMPLE_KEY_ID, SAMPLE_SECRET
+from tests.support.servers import ServerThread
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPECTED: dict[str, tuple[int, str | None]] = {
+    "health": (200, None),
+    "models": (200, None),
+    "chat-completions-ok": (200, None),
+    "chat-completions-stream": (200, None),
+    "chat-completions-base64-body": (200, None),
+    "chat-completions-bad-key": (401, "invalid_api_key"),
+    "chat-completions-no-key": (401, "invalid_api_key"),
+    "chat-completions-unknown-model": (404, "model_not_found"),
+    "chat-completions-bad-json": (400, "invalid_request"),
+    "chat-completions-wrong-types": (400, "invalid_request"),
+    "embeddings-ok": (200, None),
+    "not-found-route": (404, "not_found"),
+}
+
+
+async def seed_sample_key(store_url: str) -> None:
+    store = open_store(store_url)
+    try:
+        record = KeyRecord(id=SAMPLE_KEY_ID, name="sample", secret_hash=hash_secret(SAMPLE_SECRET), created_at=0)
+        await store.create_key(record)
+    finally:
+        await store.close()
+
+
+def replay(tmp_path: Path, upstream_url: str, paths: list[Path]) -> list[dict[str, Any]]:
+    config = {
+        "providers": {"openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"}},
+        "models": {
+            "gpt-4o-mini": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]},
+            "text-embedding-3-small": {
+                "kind": "embedding",
+                "deployments": [{"provider": "openai", "model": "text-embedding-3-small"}],
+            },
+        },
+    }
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    store_url = f"sqlite:///{tmp_path / 'lambda.db'}"
+    asyncio.run(seed_sample_key(store_url))
+    env = {
+        **os.environ,
+        "GATEWAY_CONFIG": str(config_path),
+        "GATEWAY_STORE": store_url,
+        "OPENAI_API_KEY": "test-openai-key",
+        "AWS_REGION": "eu-central-1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.support.lambda_replay", *map(str, paths)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_every_event_file_has_an_expectation() -> None:
+    assert {p.stem for p in EVENTS.glob("*.json")} == set(EXPECTED)
+
+
+def test_events_replay_through_the_handler(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    server, _ = upstream
+    results = replay(tmp_path, server.url, sorted(EVENTS.glob("*.json")))
+    assert len(results) == len(EXPECTED)
+    for result in results:
+        status, code = EXPECTED[result["event"]]
+        assert result["status"] == status, result
+        if code is not None:
+            assert json.loads(result["body"])["error"]["code"] == code, result
+        else:
+            assert "x-request-id" in result["headers"]
+    by_name = {r["event"]: r for r in results}
+    assert json.loads(by_name["chat-completions-ok"]["body"])["choices"][0]["message"]["content"] == TEXT
+    stream_body = by_name["chat-completions-stream"]["body"]
+    assert stream_body.rstrip().endswith("data: [DONE]") and '"cost"' in stream_body
+    assert by_name["chat-completions-ok"]["headers"]["x-gateway-region"] == "global"
+
+
+@pytest.mark.parametrize("invocations", [8])
+def test_warm_invocations_reuse_one_upstream_connection(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]], invocations: int
+) -> None:
+    server, fakes = upstream
+    recorded = fakes["openai"].state.requests
+    before = len(recorded)
+    results = replay(tmp_path, server.url, [EVENTS / "chat-completions-ok.json"] * invocations)
+    assert [r["status"] for r in results] == [200] * invocations
+    peers = {r["peer"] for r in recorded[before:]}
+    assert len(recorded) - before == invocations
+    assert len(peers) == 1, f"expected one upstream connection, saw {len(peers)}: {peers}"

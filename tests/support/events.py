@@ -1,0 +1,94 @@
+"""Writes `events/*.json`: one API Gateway HTTP API (v2) event per route and case.
+
+Run `python -m tests.support.events` after changing a case; the tests replay every file.
+The events carry a sample key, `SAMPLE_KEY`, that the replay tests (and `sam local invoke` users,
+via `gateway keys create --sample` ... see README) seed into the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+SAMPLE_KEY_ID = "samp1ekeyevt"
+SAMPLE_SECRET = "sample-secret-for-local-events-only-never-in-production"
+SAMPLE_KEY = f"gwk_{SAMPLE_KEY_ID}_{SAMPLE_SECRET}"
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+
+
+def event(method: str, path: str, body: Any = None, *, key: str | None = SAMPLE_KEY, headers: dict[str, str] | None = None,
+          query: str = "", raw_body: str | None = None, base64_body: bool = False) -> dict[str, Any]:
+    all_headers = {
+        "accept": "application/json",
+        "content-type": "application/json",
+        "host": "abcdef1234.execute-api.eu-central-1.amazonaws.com",
+        "user-agent": "OpenAI/Python 1.0",
+        "x-forwarded-for": "203.0.113.10",
+        "x-forwarded-port": "443",
+        "x-forwarded-proto": "https",
+    }
+    if key:
+        all_headers["authorization"] = f"Bearer {key}"
+    all_headers.update(headers or {})
+    text = raw_body if raw_body is not None else (json.dumps(body) if body is not None else None)
+    result: dict[str, Any] = {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": all_headers,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abcdef1234",
+            "domainName": "abcdef1234.execute-api.eu-central-1.amazonaws.com",
+            "domainPrefix": "abcdef1234",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "203.0.113.10",
+                     "userAgent": "OpenAI/Python 1.0"},
+            "requestId": "JKJaXmPLvHcESHA=",
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "24/Nov/2026:10:00:00 +0000",
+            "timeEpoch": 1795514400000,
+        },
+        "isBase64Encoded": base64_body,
+    }
+    if text is not None:
+        result["body"] = base64.b64encode(text.encode()).decode() if base64_body else text
+    return result
+
+
+HI = [{"role": "user", "content": "Say hello."}]
+CASES: dict[str, dict[str, Any]] = {
+    "health": event("GET", "/health", key=None),
+    "models": event("GET", "/v1/models"),
+    "chat-completions-ok": event("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HI}),
+    "chat-completions-stream": event(
+        "POST", "/v1/chat/completions",
+        {"model": "gpt-4o-mini", "messages": HI, "stream": True, "stream_options": {"include_usage": True}},
+    ),
+    "chat-completions-base64-body": event(
+        "POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HI}, base64_body=True
+    ),
+    "chat-completions-bad-key": event(
+        "POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HI},
+        key="gwk_aaaaaaaaaaaa_" + "x" * 43,
+    ),
+    "chat-completions-no-key": event("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HI}, key=None),
+    "chat-completions-unknown-model": event("POST", "/v1/chat/completions", {"model": "gpt-0", "messages": HI}),
+    "chat-completions-bad-json": event("POST", "/v1/chat/completions", raw_body='{"model": "gpt-4o-mini", '),
+    "chat-completions-wrong-types": event("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": "hi"}),
+    "embeddings-ok": event("POST", "/v1/embeddings", {"model": "text-embedding-3-small", "input": ["hello", "world"]}),
+    "not-found-route": event("GET", "/v2/nothing"),
+}
+
+
+def main() -> None:
+    EVENTS.mkdir(exist_ok=True)
+    for name, payload in CASES.items():
+        (EVENTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

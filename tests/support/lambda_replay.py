@@ -1,0 +1,42 @@
+"""Replays events through the Lambda handler in a fresh interpreter, as one warm execution environment.
+
+Usage: python -m tests.support.lambda_replay EVENT.json [EVENT.json ...] — prints one JSON line per
+invocation: {"event", "status", "headers", "body", "ms"}. The environment (GATEWAY_CONFIG,
+GATEWAY_STORE, provider keys) comes from the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+class Context:
+    function_name = "GatewayFunction"
+    memory_limit_in_mb = 1024
+    invoked_function_arn = "arn:aws:lambda:eu-central-1:123456789012:function:GatewayFunction"
+    aws_request_id = "00000000-0000-0000-0000-000000000000"
+
+
+def main(paths: list[str]) -> None:
+    from handler.lambda_handler import handler
+
+    for path in paths:
+        event = json.loads(Path(path).read_text())
+        started = time.perf_counter()
+        response = handler(event, Context())
+        elapsed = (time.perf_counter() - started) * 1000
+        body = response.get("body", "")
+        if response.get("isBase64Encoded"):
+            import base64
+
+            body = base64.b64decode(body).decode()
+        line = {"event": Path(path).stem, "status": response["statusCode"], "headers": response.get("headers", {}),
+                "body": body, "ms": elapsed}
+        sys.stdout.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
