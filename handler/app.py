@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from handler.errors import GatewayError, InvalidRequestError, RequestTooLargeError
 from handler.gateway import Gateway
+from handler.key_routes import KeyRoutes
 from handler.keys import model_allowed
 from handler.ports import KeyRecord
 from handler.proxy import ChunkStream, Controls, Exchange, Pipeline
@@ -74,11 +75,16 @@ class Api:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def parse(self, request: Request, model: type[M]) -> M:
+    def json(self, payload: Any, status: int = 200) -> Response:
+        return json_response(payload, status)
+
+    async def parse(self, request: Request, model: type[M], *, empty_ok: bool = False) -> M:
         content_type = request.headers.get("content-type", JSON).split(";", 1)[0].strip().lower()
         if content_type and content_type != JSON and not content_type.endswith("+json"):
             raise InvalidRequestError(f"content-type must be application/json, not '{content_type}'")
         raw = await self.body(request)
+        if empty_ok and not raw.strip():
+            raw = b"{}"
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -242,6 +248,7 @@ class RequestIdMiddleware:
 def create_app(gateway: Gateway) -> Starlette:
     """The ASGI app for one gateway; build the gateway once per process and pass it in."""
     api = Api(gateway)
+    keys = KeyRoutes(api)
 
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
@@ -264,6 +271,13 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),
+        Route("/v1/key", keys.whoami, methods=["GET"]),
+        Route("/v1/keys", keys.mint_child, methods=["POST"]),
+        Route("/admin/keys", keys.admin_list, methods=["GET"]),
+        Route("/admin/keys", keys.admin_create, methods=["POST"]),
+        Route("/admin/keys/{key_id}", keys.admin_show, methods=["GET"]),
+        Route("/admin/keys/{key_id}/rotate", keys.admin_rotate, methods=["POST"]),
+        Route("/admin/keys/{key_id}/revoke", keys.admin_revoke, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,

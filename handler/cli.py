@@ -15,6 +15,7 @@ import orjson
 
 from handler.config import ConfigError, load_config
 from handler.gateway import DEFAULT_STORE_URL
+from handler.key_routes import key_view
 from handler.keys import KeyService, validate_networks
 from handler.ports import KeyRecord, Store
 
@@ -39,26 +40,6 @@ def _known_types() -> set[str]:
     from adapters.providers import REGISTRY
 
     return set(REGISTRY)
-
-
-def key_view(record: KeyRecord) -> dict[str, Any]:
-    """A key as shown to people: everything but its hashes."""
-    return {
-        "id": record.id,
-        "name": record.name,
-        "models": record.models,
-        "budget_usd": record.budget_usd,
-        "budget_period": record.budget_period,
-        "expires_at": record.expires_at,
-        "rpm": record.rpm,
-        "tpm": record.tpm,
-        "allow_ips": record.allow_ips,
-        "admin": record.admin,
-        "parent_id": record.parent_id,
-        "created_at": record.created_at,
-        "revoked_at": record.revoked_at,
-        "rotation_grace_until": record.prev_valid_until,
-    }
 
 
 def _print_json(payload: Any) -> None:

@@ -122,7 +122,7 @@ def running(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pyt
     config = gateway_config(server.url, set(fakes))
     gateway = build_gateway(config=config, store_url=store_url, environ={**FAKE_KEYS, "GATEWAY_REGION": "us-east-1"})
     app = create_app(gateway)
-    gateway_server = ServerThread(app).start()
+    gateway_server = ServerThread(app, cleanup=gateway.aclose).start()
     yield Running(gateway_server.url, gateway, store_url, server, fakes)
     gateway_server.stop()
 

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
@@ -21,7 +22,10 @@ def free_port() -> int:
 class ServerThread:
     """Runs an ASGI app under uvicorn on 127.0.0.1 until `stop()`."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(
+        self, app: Any, port: int | None = None, cleanup: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        self.cleanup = cleanup
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
@@ -35,6 +39,9 @@ class ServerThread:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self.server.serve())
+        if self.cleanup is not None:
+            self.loop.run_until_complete(self.cleanup())
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         self.loop.close()
 
     def start(self) -> ServerThread:

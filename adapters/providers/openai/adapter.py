@@ -30,6 +30,7 @@ from handler.schemas import (
     ChatRequest,
     EmbeddingsRequest,
     EmbeddingsResponse,
+    PromptTokensDetails,
     Usage,
 )
 
@@ -56,6 +57,19 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> Ups
     return upstream_error(status, message, headers, upstream_type=kind)
 
 
+def normalize_usage(usage: Usage | None) -> Usage | None:
+    """Fold provider variants into the gateway's usage: DeepSeek reports cache hits as
+    `prompt_cache_hit_tokens` rather than `prompt_tokens_details.cached_tokens`."""
+    if usage is None or not usage.model_extra:
+        return usage
+    hits = usage.model_extra.get("prompt_cache_hit_tokens")
+    if isinstance(hits, int) and hits and not usage.cached_tokens:
+        details = usage.prompt_tokens_details or PromptTokensDetails()
+        details.cached_tokens = hits
+        usage.prompt_tokens_details = details
+    return usage
+
+
 class OpenAIStreamParser:
     """Chunks are already in the gateway's form; this validates them and keeps the usage."""
 
@@ -74,7 +88,7 @@ class OpenAIStreamParser:
             raise error_from_body(500, data, {})
         chunk = ChatCompletionChunk.model_validate(payload)
         if chunk.usage is not None:
-            self.usage = chunk.usage
+            self.usage = normalize_usage(chunk.usage)
         return [chunk]
 
     def finish(self) -> list[ChatCompletionChunk]:
@@ -135,7 +149,9 @@ class OpenAIAdapter(ProviderAdapter):
         data = json_body(body)
         if not isinstance(data, dict) or "choices" not in data:
             raise UpstreamError("upstream answered without choices", upstream_status=200)
-        return ChatCompletion.model_validate(data)
+        completion = ChatCompletion.model_validate(data)
+        completion.usage = normalize_usage(completion.usage)
+        return completion
 
     def stream_parser(self, req: ChatRequest, target: Target) -> OpenAIStreamParser:
         return OpenAIStreamParser()

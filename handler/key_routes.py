@@ -1,0 +1,207 @@
+"""Key routes: `GET /v1/key`, `POST /v1/keys` (child keys), and the admin key API."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import replace
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+
+from handler.budgets import period_of
+from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from handler.keys import models_within, validate_networks
+from handler.ports import ConflictError, KeyRecord
+
+MAX_GRACE_SECONDS = 7 * 86400
+
+
+class KeySpec(BaseModel):
+    """The body of a key-creating request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    models: list[str] | None = Field(default=None, min_length=1)
+    budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    budget_period: Literal["day", "month", "total"] = "total"
+    expires_in_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    model_limits: dict[str, dict[Literal["rpm", "tpm"], int]] | None = None
+    allow_ips: list[str] | None = None
+
+
+class AdminKeySpec(KeySpec):
+    admin: bool = False
+
+
+class RotateSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_seconds: float = Field(default=3600, ge=0, le=MAX_GRACE_SECONDS, allow_inf_nan=False)
+
+
+def key_view(record: KeyRecord) -> dict[str, Any]:
+    """A key as shown to its holder or an admin: never a hash, never a secret."""
+    return {
+        "id": record.id,
+        "name": record.name,
+        "models": record.models,
+        "budget_usd": record.budget_usd,
+        "budget_period": record.budget_period if record.budget_usd is not None else None,
+        "expires_at": record.expires_at,
+        "rpm": record.rpm,
+        "tpm": record.tpm,
+        "model_limits": record.model_limits,
+        "allow_ips": record.allow_ips,
+        "admin": record.admin,
+        "parent_id": record.parent_id,
+        "ancestors": record.ancestors,
+        "created_at": record.created_at,
+        "revoked_at": record.revoked_at,
+        "rotation_grace_until": record.prev_valid_until,
+    }
+
+
+def record_from(spec: KeySpec, *, admin: bool = False, now: float) -> KeyRecord:
+    limits = {pattern: dict(values) for pattern, values in (spec.model_limits or {}).items()}
+    for pattern, values in limits.items():
+        if any(v < 1 for v in values.values()):
+            raise InvalidRequestError(f"model_limits.{pattern}: limits must be at least 1", param="model_limits")
+    return KeyRecord(
+        id="",
+        name=spec.name,
+        secret_hash="",
+        created_at=now,
+        models=spec.models or ["*"],
+        budget_usd=spec.budget_usd,
+        budget_period=spec.budget_period,
+        expires_at=now + spec.expires_in_seconds if spec.expires_in_seconds else None,
+        rpm=spec.rpm,
+        tpm=spec.tpm,
+        model_limits=limits,
+        allow_ips=validate_networks(spec.allow_ips or []),
+        admin=admin,
+    )
+
+
+def networks_within(child: list[str], parent: list[str]) -> bool:
+    if not parent:
+        return True
+    parents = [ipaddress.ip_network(p) for p in parent]
+    for net in child:
+        network = ipaddress.ip_network(net)
+        if not any(network.version == p.version and network.subnet_of(p) for p in parents):  # type: ignore[arg-type]
+            return False
+    return True
+
+
+class KeyRoutes:
+    """Handlers for the key API; `api` supplies authentication, parsing and the gateway."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api
+        self.gateway = api.gateway
+
+    async def _budget_state(self, record: KeyRecord) -> dict[str, Any]:
+        if record.budget_usd is None:
+            return {"spent_usd": None, "reserved_usd": None, "remaining_usd": None, "period": None}
+        period = period_of(record.budget_period, time.time())
+        snapshot = await self.gateway.store.meter(record.id, period)
+        committed = snapshot.committed_usd.get(period, 0.0)
+        spent = snapshot.spent_usd.get(period, 0.0)
+        return {
+            "period": period,
+            "spent_usd": spent,
+            "reserved_usd": max(0.0, committed - spent),
+            "remaining_usd": max(0.0, record.budget_usd - committed),
+        }
+
+    async def whoami(self, request: Request) -> Response:
+        key = await self.api.authenticate(request, allow_x_api_key=True)
+        return self.api.json({**key_view(key), **await self._budget_state(key)})
+
+    async def mint_child(self, request: Request) -> Response:
+        parent = await self.api.authenticate(request)
+        spec = await self.api.parse(request, KeySpec)
+        now = time.time()
+        child = record_from(spec, now=now)
+        if spec.models is None:
+            child.models = list(parent.models)
+        elif not models_within(child.models, parent.models):
+            raise PermissionDeniedError("a child key's models must be within its parent's", code="model_not_allowed")
+        if parent.expires_at is not None:
+            if child.expires_at is None:
+                child.expires_at = parent.expires_at
+            elif child.expires_at > parent.expires_at:
+                raise InvalidRequestError("a child key cannot outlive its parent", param="expires_in_seconds")
+        if spec.allow_ips is None:
+            child.allow_ips = list(parent.allow_ips)
+        elif not networks_within(child.allow_ips, parent.allow_ips):
+            raise InvalidRequestError("a child key's IP ranges must be within its parent's", param="allow_ips")
+        if parent.budget_usd is not None:
+            state = await self._budget_state(parent)
+            remaining = float(state["remaining_usd"])
+            if child.budget_usd is None:
+                child.budget_usd = remaining
+            elif child.budget_usd > remaining + 1e-12:
+                raise InvalidRequestError(
+                    f"budget_usd {child.budget_usd} exceeds the parent's remaining ${remaining:.6f}",
+                    param="budget_usd",
+                )
+        child = replace(child, parent_id=parent.id, ancestors=[*parent.ancestors, parent.id])
+        minted = await self.gateway.keys.mint(child)
+        return self.api.json({**key_view(minted.record), "key": minted.key}, status=201)
+
+    # --- admin ------------------------------------------------------------------------------
+
+    async def _admin(self, request: Request) -> KeyRecord:
+        key: KeyRecord = await self.api.authenticate(request)
+        self.gateway.keys.require_admin(key)
+        return key
+
+    async def _target(self, request: Request) -> KeyRecord:
+        record: KeyRecord | None = await self.gateway.store.get_key(request.path_params["key_id"])
+        if record is None:
+            raise NotFoundError(f"no key with id '{request.path_params['key_id']}'", code="not_found")
+        return record
+
+    async def admin_list(self, request: Request) -> Response:
+        await self._admin(request)
+        parent = request.query_params.get("parent_id")
+        records = await self.gateway.store.list_keys(parent)
+        return self.api.json({"object": "list", "data": [key_view(r) for r in records]})
+
+    async def admin_create(self, request: Request) -> Response:
+        await self._admin(request)
+        spec = await self.api.parse(request, AdminKeySpec)
+        minted = await self.gateway.keys.mint(record_from(spec, admin=spec.admin, now=time.time()))
+        return self.api.json({**key_view(minted.record), "key": minted.key}, status=201)
+
+    async def admin_show(self, request: Request) -> Response:
+        await self._admin(request)
+        record = await self._target(request)
+        return self.api.json({**key_view(record), **await self._budget_state(record)})
+
+    async def admin_rotate(self, request: Request) -> Response:
+        await self._admin(request)
+        record = await self._target(request)
+        spec = await self.api.parse(request, RotateSpec, empty_ok=True)
+        try:
+            minted = await self.gateway.keys.rotate(record, spec.grace_seconds)
+        except ConflictError:
+            raise InvalidRequestError("the key changed while rotating; retry") from None
+        return self.api.json({**key_view(minted.record), "key": minted.key})
+
+    async def admin_revoke(self, request: Request) -> Response:
+        await self._admin(request)
+        record = await self._target(request)
+        try:
+            revoked = await self.gateway.keys.revoke(record)
+        except ConflictError:
+            raise InvalidRequestError("the key changed while revoking; retry") from None
+        return self.api.json(key_view(revoked))

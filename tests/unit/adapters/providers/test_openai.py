@@ -1,0 +1,115 @@
+"""The OpenAI-compatible adapter against recorded OpenAI and DeepSeek bodies and transcripts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from adapters.providers.openai import OpenAIAdapter
+from handler.errors import UpstreamError
+from handler.ports import SSEDecoder, Target
+from handler.schemas import ChatRequest
+
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "openai"
+
+
+def target(base_url: str = "https://api.openai.com/v1", model: str = "gpt-4o-mini") -> Target:
+    return Target("p", "openai", model, "global", base_url)
+
+
+def adapter(**options: object) -> OpenAIAdapter:
+    return OpenAIAdapter("p", "sk-test", options)
+
+
+def request(**fields: object) -> ChatRequest:
+    return ChatRequest.model_validate({"model": "public", "messages": [{"role": "user", "content": "hi"}], **fields})
+
+
+def parse_stream(a: OpenAIAdapter, name: str) -> tuple[list[dict[str, object]], object]:
+    decoder, parser = a.frame_decoder(), a.stream_parser(request(), target())
+    raw = (FIXTURES / name).read_bytes()
+    chunks = []
+    for i in range(0, len(raw), 37):  # odd-sized reads: frames split anywhere
+        for event in decoder.feed(raw[i : i + 37]):
+            chunks.extend(parser.feed(event))
+    for event in decoder.finish():
+        chunks.extend(parser.feed(event))
+    chunks.extend(parser.finish())
+    return [c.model_dump(exclude_none=True) for c in chunks], parser.usage
+
+
+def test_request_passes_unknown_fields_and_sets_upstream_model_and_auth() -> None:
+    built = adapter().chat_request(request(seed=3, logprobs=True, reasoning_effort="low"), target(), stream=False)
+    body = orjson.loads(built.request.body)
+    assert body["model"] == "gpt-4o-mini" and body["seed"] == 3 and body["reasoning_effort"] == "low"
+    assert "stream" not in body and built.dropped == []
+    assert built.request.url == "https://api.openai.com/v1/chat/completions"
+    assert built.request.headers["authorization"] == "Bearer sk-test"
+
+
+def test_stream_request_always_asks_for_usage() -> None:
+    body = orjson.loads(adapter().chat_request(request(stream=True), target(), stream=True).request.body)
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+
+
+def test_deepseek_profile_from_host_renames_and_reports_dropped() -> None:
+    req = request(max_completion_tokens=50, n=2, logit_bias={"1": 2}, seed=1, temperature=0.3)
+    req.messages.append(req.messages[0].model_copy(update={"role": "assistant", "reasoning_content": "thoughts"}))
+    built = adapter().chat_request(req, target("https://api.deepseek.com/v1", "deepseek-chat"), stream=False)
+    body = orjson.loads(built.request.body)
+    assert body["max_tokens"] == 50 and "max_completion_tokens" not in body and body["temperature"] == 0.3
+    assert sorted(built.dropped) == ["logit_bias", "n", "seed"]
+    assert all("reasoning_content" not in m for m in body["messages"])
+
+
+def test_mistral_profile_renames_seed_and_maps_required_tool_choice() -> None:
+    req = request(seed=7, tool_choice="required", stream=True)
+    built = adapter(profile="mistral").chat_request(req, target("http://localhost:9/v1"), stream=True)
+    body = orjson.loads(built.request.body)
+    assert body["random_seed"] == 7 and body["tool_choice"] == "any" and "stream_options" not in body
+
+
+def test_unknown_profile_is_refused_at_start_up() -> None:
+    with pytest.raises(ValueError, match="unknown profile"):
+        adapter(profile="nope")
+
+
+def test_response_parses_usage_with_cached_tokens() -> None:
+    completion = adapter().chat_response((FIXTURES / "chat-response.json").read_bytes(), request(), target())
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.cached_tokens == 1024
+
+
+def test_tool_call_stream_keeps_argument_deltas_and_usage() -> None:
+    chunks, usage = parse_stream(adapter(), "chat-tool-calls-stream.sse")
+    args = "".join(
+        tc["function"].get("arguments", "")
+        for c in chunks
+        for ch in c["choices"]
+        for tc in ch["delta"].get("tool_calls", [])
+    )
+    assert args == '{"location":"Paris"}'
+    assert usage is not None and usage.completion_tokens == 17  # type: ignore[attr-defined]
+
+
+def test_deepseek_stream_passes_reasoning_and_maps_cache_hits() -> None:
+    chunks, usage = parse_stream(adapter(), "deepseek-reasoner-stream.sse")
+    reasoning = "".join(ch["delta"].get("reasoning_content", "") for c in chunks for ch in c["choices"])
+    assert reasoning == "Think"
+    assert usage.completion_tokens == 20  # type: ignore[attr-defined]
+
+
+def test_error_body_maps_to_retryable_upstream_error_with_retry_after() -> None:
+    error = adapter().error(429, (FIXTURES / "error-429.json").read_bytes(), {"retry-after": "2"})
+    assert isinstance(error, UpstreamError) and error.retryable and error.retry_after == 2.0
+    assert error.upstream_type == "requests" and "Rate limit reached" in error.message
+    assert not adapter().error(400, b"<html>bad</html>", {}).retryable
+
+
+def test_in_stream_error_event_raises() -> None:
+    parser = adapter().stream_parser(request(), target())
+    events = SSEDecoder().feed(b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n')
+    with pytest.raises(UpstreamError, match="overloaded"):
+        parser.feed(events[0])

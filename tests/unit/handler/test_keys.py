@@ -1,0 +1,28 @@
+"""Key format, scopes and networks."""
+
+from __future__ import annotations
+
+from handler.keys import format_key, hash_secret, ip_allowed, model_allowed, models_within, split_key
+
+
+def test_key_round_trip_and_malformed_keys() -> None:
+    key = format_key("abcdefghijkm", "s" * 43)
+    assert split_key(key) == ("abcdefghijkm", "s" * 43)
+    assert split_key("sk-openai-abc") is None
+    assert split_key("gwk_short_" + "s" * 43) is None
+    assert split_key("gwk_abcdefghijkm_short") is None
+    assert hash_secret("a") != hash_secret("b") and len(hash_secret("a")) == 64
+
+
+def test_model_globs_and_subsets() -> None:
+    assert model_allowed(["gpt-*"], "gpt-4o") and not model_allowed(["gpt-*"], "claude-3")
+    assert models_within(["gpt-4o", "gpt-4o-*"], ["gpt-*"])
+    assert not models_within(["*"], ["gpt-*"])
+
+
+def test_ip_ranges_v4_v6_and_mapped() -> None:
+    nets = ["10.0.0.0/8", "2001:db8::/32"]
+    assert ip_allowed(nets, "10.1.2.3") and ip_allowed(nets, "2001:db8::1")
+    assert ip_allowed(nets, "::ffff:10.0.0.1")
+    assert not ip_allowed(nets, "11.0.0.1") and not ip_allowed(nets, None) and not ip_allowed(nets, "junk")
+    assert ip_allowed([], None)

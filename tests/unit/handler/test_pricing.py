@@ -1,0 +1,59 @@
+"""Prices, costs, fees and worst cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from handler.config import FeeConfig, ModelConfig, Price
+from handler.pricing import builtin_prices, cost_of, estimate_prompt_tokens, price_for, worst_case_usd
+from handler.schemas import ChatRequest, Usage
+
+NO_FEE = FeeConfig()
+
+
+def spec(price: object = None) -> ModelConfig:
+    return ModelConfig.model_validate({"deployments": [{"provider": "p", "model": "m"}], "price": price})
+
+
+def test_cost_splits_uncached_cached_and_cache_write() -> None:
+    price = Price(input=3.0, output=15.0, cached_input=0.3, cache_write=3.75)
+    cost = cost_of(Usage.of(prompt=1000, completion=100, cached=600, cache_write=200), price, NO_FEE)
+    expected = (200 * 3.0 + 600 * 0.3 + 200 * 3.75 + 100 * 15.0) / 1e6
+    assert cost.provider_usd == pytest.approx(expected, abs=1e-15)
+    assert cost.fee_usd == 0 and cost.total_usd == cost.provider_usd
+
+
+def test_long_context_tier_applies_above_threshold() -> None:
+    table = builtin_prices()
+    sonnet = table.find("claude-sonnet-4-5-20250929")
+    assert sonnet is not None and sonnet.long_context is not None
+    short = cost_of(Usage.of(200_000, 0), sonnet, NO_FEE).provider_usd
+    long = cost_of(Usage.of(200_001, 0), sonnet, NO_FEE).provider_usd
+    assert short == pytest.approx(0.6) and long == pytest.approx(200_001 * 6.0 / 1e6)
+
+
+def test_fee_is_shown_apart_and_unknown_price_is_not_zero() -> None:
+    fee = FeeConfig(percent=10, per_request_usd=0.001)
+    cost = cost_of(Usage.of(1_000_000, 0), Price(input=1.0, output=2.0), fee)
+    assert cost.provider_usd == pytest.approx(1.0) and cost.fee_usd == pytest.approx(0.101)
+    unknown = cost_of(Usage.of(10, 10), None, NO_FEE)
+    assert unknown.provider_usd is None and unknown.total_usd is None
+
+
+def test_price_lookup_order() -> None:
+    assert price_for("x", spec({"input": 9, "output": 9}), "gpt-4o-mini") == Price(input=9, output=9)
+    assert price_for("x", spec("unknown"), "gpt-4o-mini") is None
+    found = price_for("x", spec(), "gpt-4o-mini-2024-07-18")
+    assert found is not None and found.input == 0.15
+    assert price_for("gpt-4o", spec(), "my-azure-deployment") == builtin_prices().prices["gpt-4o"]
+
+
+def test_worst_case_covers_the_actual_cost() -> None:
+    req = ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "héllo wörld " * 50}]})
+    estimate = estimate_prompt_tokens(req)
+    assert estimate >= len("héllo wörld " * 50) // 4
+    price = Price(input=1.0, output=4.0)
+    worst = worst_case_usd(estimate, 100, price, NO_FEE)
+    actual = cost_of(Usage.of(estimate, 100), price, NO_FEE).provider_usd
+    assert worst is not None and actual is not None and worst >= actual
+    assert worst_case_usd(10, 10, None, NO_FEE) is None

@@ -1,0 +1,64 @@
+"""Deployment order by distance from the gateway's region, pins and fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.providers import REGISTRY
+from handler.config import parse_config
+from handler.errors import NotFoundError, ServiceUnavailableError
+from handler.gateway import build_adapters
+from handler.routing import RouteControls, Router
+
+CONFIG = {
+    "providers": {
+        "a": {"type": "openai", "api_key": "env:A"},
+        "b": {"type": "openai", "api_key": "env:B"},
+    },
+    "models": {
+        "m": {
+            "deployments": [
+                {"provider": "a", "model": "m-us", "region": "us-east-1"},
+                {"provider": "a", "model": "m-eu", "region": "eu-central-1"},
+                {"provider": "b", "model": "m-ap", "region": "ap-northeast-1"},
+            ],
+            "fallbacks": ["n"],
+        },
+        "n": {"deployments": [{"provider": "b", "model": "n-global"}]},
+    },
+}
+
+
+def router(region: str, env: dict[str, str] | None = None) -> Router:
+    config = parse_config(CONFIG, set(REGISTRY))
+    return Router(config, build_adapters(config, REGISTRY, env if env is not None else {"A": "x", "B": "y"}), region)
+
+
+@pytest.mark.parametrize(
+    ("region", "order"),
+    [
+        ("eu-west-1", ["m-eu", "m-us", "m-ap", "n-global"]),
+        ("us-west-2", ["m-us", "m-ap", "m-eu", "n-global"]),
+        ("ap-southeast-1", ["m-ap", "m-eu", "m-us", "n-global"]),
+    ],
+)
+def test_nearest_deployment_first_then_fallbacks(region: str, order: list[str]) -> None:
+    assert [a.target.model for a in router(region).plan("m", RouteControls())] == order
+
+
+def test_pins_and_fallback_override() -> None:
+    r = router("eu-west-1")
+    assert [a.target.model for a in r.plan("m", RouteControls(provider="b"))] == ["m-ap", "n-global"]
+    assert [a.target.model for a in r.plan("m", RouteControls(region="us-east-1", fallbacks=[]))] == ["m-us"]
+    with pytest.raises(ServiceUnavailableError):
+        r.plan("m", RouteControls(region="sa-east-1", fallbacks=[]))
+    with pytest.raises(NotFoundError):
+        r.plan("ghost", RouteControls())
+
+
+def test_unconfigured_provider_is_skipped_or_named() -> None:
+    r = router("eu-west-1", {"B": "y"})
+    assert [a.target.provider for a in r.plan("m", RouteControls())] == ["b", "b"]
+    with pytest.raises(ServiceUnavailableError, match="environment variable A") as info:
+        router("eu-west-1", {}).plan("m", RouteControls(provider="a"))
+    assert info.value.code == "provider_not_configured"
