@@ -16,11 +16,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from handler.errors import GatewayError, InvalidRequestError, RequestTooLargeError
+from handler.errors import GatewayError, InvalidRequestError, RequestTooLargeError, StrictParamsError
 from handler.gateway import Gateway
 from handler.key_routes import KeyRoutes
 from handler.keys import model_allowed
+from handler.messages_api import MessagesRequest, anthropic_events, to_chat_request, to_message
 from handler.ports import KeyRecord
+from handler.pricing import estimate_prompt_tokens
 from handler.proxy import ChunkStream, Controls, Exchange, Pipeline
 from handler.routing import RouteControls
 from handler.schemas import ChatRequest, EmbeddingsRequest
@@ -124,9 +126,16 @@ class Api:
             token = request.headers.get("x-api-key")
         return await self.gateway.keys.authenticate(token, self.client_ip(request))
 
-    def exchange(self, request: Request, key: KeyRecord, model: str) -> Exchange:
+    def exchange(
+        self, request: Request, key: KeyRecord, model: str, inbound_dropped: list[str] | None = None
+    ) -> Exchange:
         self.gateway.keys.check_model(key, model)
-        return Exchange(request.state.request_id, key, model, parse_controls(request))
+        controls = parse_controls(request)
+        if inbound_dropped and controls.strict:
+            raise StrictParamsError(
+                f"cannot honour: {', '.join(inbound_dropped)} (x-gateway-strict is on)", param=inbound_dropped[0]
+            )
+        return Exchange(request.state.request_id, key, model, controls, inbound_dropped=inbound_dropped or [])
 
     # --- routes -----------------------------------------------------------------------------
 
@@ -154,6 +163,18 @@ class Api:
             )
         completion = await self.pipeline.chat(req, ex)
         return json_response(completion.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
+
+    async def messages(self, request: Request) -> Response:
+        key = await self.authenticate(request, allow_x_api_key=True)
+        body = await self.parse(request, MessagesRequest)
+        req, dropped = to_chat_request(body)
+        ex = self.exchange(request, key, req.model, dropped)
+        if req.stream:
+            stream = await self.pipeline.chat_stream(req, ex)
+            events = anthropic_events(stream, req.model, estimate_prompt_tokens(req))
+            return StreamingResponse(events, media_type="text/event-stream", headers=stream_headers(ex))
+        completion = await self.pipeline.chat(req, ex)
+        return json_response(to_message(completion, req.model, ex.cost), headers=ex.headers())
 
     async def embeddings(self, request: Request) -> Response:
         key = await self.authenticate(request)
@@ -271,6 +292,7 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),
+        Route("/v1/messages", api.messages, methods=["POST"]),
         Route("/v1/key", keys.whoami, methods=["GET"]),
         Route("/v1/keys", keys.mint_child, methods=["POST"]),
         Route("/admin/keys", keys.admin_list, methods=["GET"]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from dataclasses import replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -15,6 +15,9 @@ from handler.budgets import period_of
 from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from handler.keys import models_within, validate_networks
 from handler.ports import ConflictError, KeyRecord
+
+if TYPE_CHECKING:
+    from handler.app import Api
 
 MAX_GRACE_SECONDS = 7 * 86400
 
@@ -68,7 +71,10 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
 
 
 def record_from(spec: KeySpec, *, admin: bool = False, now: float) -> KeyRecord:
-    limits = {pattern: dict(values) for pattern, values in (spec.model_limits or {}).items()}
+    limits: dict[str, dict[str, int]] = {
+        pattern: {str(name): value for name, value in values.items()}
+        for pattern, values in (spec.model_limits or {}).items()
+    }
     for pattern, values in limits.items():
         if any(v < 1 for v in values.values()):
             raise InvalidRequestError(f"model_limits.{pattern}: limits must be at least 1", param="model_limits")
@@ -103,7 +109,7 @@ def networks_within(child: list[str], parent: list[str]) -> bool:
 class KeyRoutes:
     """Handlers for the key API; `api` supplies authentication, parsing and the gateway."""
 
-    def __init__(self, api: Any) -> None:
+    def __init__(self, api: Api) -> None:
         self.api = api
         self.gateway = api.gateway
 

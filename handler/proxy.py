@@ -63,6 +63,7 @@ class Exchange:
     started: float = field(default_factory=time.perf_counter)
     route: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    inbound_dropped: list[str] = field(default_factory=list)
     store_ms: float = 0.0
     upstream_ms: float = 0.0
     attempt: Attempt | None = None
@@ -81,8 +82,8 @@ class Exchange:
             headers["x-gateway-region"] = target.region
         if self.route:
             headers["x-gateway-route"] = ", ".join(self.route)
-        if self.dropped:
-            headers["x-gateway-dropped-params"] = ",".join(self.dropped)
+        if self.dropped or self.inbound_dropped:
+            headers["x-gateway-dropped-params"] = ",".join([*self.inbound_dropped, *self.dropped])
         if self.cost is not None:
             provider = self.cost.provider_usd
             headers["x-gateway-cost-usd"] = "unknown" if provider is None else f"{provider:.10f}"

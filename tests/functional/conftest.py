@@ -62,8 +62,14 @@ def gateway_config(upstream_url: str, providers: set[str]) -> Config:
                 ],
                 "price": {"input": 1.0, "output": 2.0},
             },
-            "broken": {"deployments": [{"provider": "openai", "model": "fail-500"}], "price": {"input": 1, "output": 2}},
-            "rejects": {"deployments": [{"provider": "openai", "model": "fail-400"}], "price": {"input": 1, "output": 2}},
+            "broken": {
+                "deployments": [{"provider": "openai", "model": "fail-500"}],
+                "price": {"input": 1, "output": 2},
+            },
+            "rejects": {
+                "deployments": [{"provider": "openai", "model": "fail-400"}],
+                "price": {"input": 1, "output": 2},
+            },
             "slow": {"deployments": [{"provider": "openai", "model": "slow"}], "price": {"input": 1, "output": 2}},
             "cut": {"deployments": [{"provider": "openai", "model": "stream-cut"}], "price": {"input": 1, "output": 2}},
         },
@@ -77,7 +83,11 @@ def gateway_config(upstream_url: str, providers: set[str]) -> Config:
         data["models"]["claude-haiku-4-5"] = {"deployments": [{"provider": "anthropic", "model": "claude-haiku-4-5"}]}
         data["models"]["broken"]["fallbacks"] = ["claude-haiku-4-5"]
     if "gemini" in providers:
-        data["providers"]["gemini"] = {"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": f"{upstream_url}/gemini"}
+        data["providers"]["gemini"] = {
+            "type": "gemini",
+            "api_key": "env:GEMINI_API_KEY",
+            "base_url": f"{upstream_url}/gemini",
+        }
         data["models"]["gemini-2.5-flash"] = {"deployments": [{"provider": "gemini", "model": "gemini-2.5-flash"}]}
     return parse_config(data, set(REGISTRY))
 
@@ -116,7 +126,9 @@ def upstream() -> Iterator[tuple[ServerThread, dict[str, Any]]]:
 
 
 @pytest.fixture(scope="session")
-def running(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def running(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
     server, fakes = upstream
     store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('store')) / 'gateway.db'}"
     config = gateway_config(server.url, set(fakes))

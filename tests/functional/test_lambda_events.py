@@ -48,7 +48,9 @@ async def seed_sample_key(store_url: str) -> None:
 
 def replay(tmp_path: Path, upstream_url: str, paths: list[Path]) -> list[dict[str, Any]]:
     config = {
-        "providers": {"openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"}},
+        "providers": {
+            "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"}
+        },
         "models": {
             "gpt-4o-mini": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]},
             "text-embedding-3-small": {
@@ -70,7 +72,11 @@ def replay(tmp_path: Path, upstream_url: str, paths: list[Path]) -> list[dict[st
     }
     result = subprocess.run(
         [sys.executable, "-m", "tests.support.lambda_replay", *map(str, paths)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return [json.loads(line) for line in result.stdout.splitlines()]
@@ -80,9 +86,7 @@ def test_every_event_file_has_an_expectation() -> None:
     assert {p.stem for p in EVENTS.glob("*.json")} == set(EXPECTED)
 
 
-def test_events_replay_through_the_handler(
-    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
-) -> None:
+def test_events_replay_through_the_handler(tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]) -> None:
     server, _ = upstream
     results = replay(tmp_path, server.url, sorted(EVENTS.glob("*.json")))
     assert len(results) == len(EXPECTED)

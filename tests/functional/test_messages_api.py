@@ -1,0 +1,108 @@
+"""The official anthropic SDK against the gateway's /v1/messages, with any provider behind it."""
+
+from __future__ import annotations
+
+import anthropic
+import pytest
+
+from tests.fakes.openai import TEXT
+from tests.functional.conftest import Running
+
+TOOL = {
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def client(running: Running, key: str, *, bearer: bool = False) -> anthropic.Anthropic:
+    if bearer:
+        return anthropic.Anthropic(base_url=running.url, auth_token=key, max_retries=0)
+    return anthropic.Anthropic(base_url=running.url, api_key=key, max_retries=0)
+
+
+@pytest.mark.parametrize("bearer", [False, True])
+def test_message_from_an_openai_model(running: Running, key: str, bearer: bool) -> None:
+    raw = client(running, key, bearer=bearer).messages.with_raw_response.create(
+        model="gpt-4o-mini",
+        max_tokens=100,
+        system="Be brief.",
+        messages=[{"role": "user", "content": "Hi"}],
+        top_k=5,
+    )
+    message = raw.parse()
+    assert message.content[0].type == "text" and message.content[0].text == TEXT
+    assert message.stop_reason == "end_turn" and message.usage.output_tokens == 7
+    assert raw.headers["x-gateway-provider"] == "openai"
+    assert raw.headers["x-gateway-dropped-params"] == "top_k"
+    sent = running.fakes["openai"].state.requests[-1]["json"]
+    assert sent["messages"][0] == {"role": "system", "content": "Be brief."} and sent["max_tokens"] == 100
+    assert "top_k" not in sent
+
+
+def test_stream_events_accumulate_in_the_sdk(running: Running, key: str) -> None:
+    with client(running, key).messages.stream(
+        model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": "Hi"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == TEXT
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens == 7
+
+
+def test_tool_use_round_trip(running: Running, key: str) -> None:
+    ac = client(running, key)
+    message = ac.messages.create(
+        model="tools-model",
+        max_tokens=50,
+        tools=[TOOL],
+        tool_choice={"type": "any"},
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+    )
+    block = message.content[0]
+    assert message.stop_reason == "tool_use" and block.type == "tool_use" and block.input == {"city": "Paris"}
+    with ac.messages.stream(
+        model="tools-model",
+        max_tokens=50,
+        tools=[TOOL],
+        tool_choice={"type": "any"},
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].type == "tool_use" and final.content[0].input == {"city": "Paris"}
+    follow_up = ac.messages.create(
+        model="tools-model",
+        max_tokens=50,
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": block.id, "name": "get_weather", "input": {"city": "Paris"}}],
+            },
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": block.id, "content": "sunny"}]},
+        ],
+    )
+    assert follow_up.content[0].type == "text"
+    sent = running.fakes["openai"].state.requests[-1]["json"]["messages"]
+    assert sent[1]["tool_calls"][0]["function"]["arguments"] == '{"city":"Paris"}'
+    assert sent[2] == {"role": "tool", "tool_call_id": block.id, "content": "sunny"}
+
+
+def test_errors_are_in_anthropic_shape(running: Running, key: str) -> None:
+    with pytest.raises(anthropic.AuthenticationError) as bad:
+        client(running, "gwk_aaaaaaaaaaaa_" + "x" * 43).messages.create(
+            model="gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    assert bad.value.body == {"type": "error", "error": {"type": "authentication_error", "message": "invalid API key"}}
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        client(running, key).messages.create(model="nope", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    with pytest.raises(anthropic.BadRequestError) as strict:
+        client(running, key).messages.create(
+            model="gpt-4o-mini",
+            max_tokens=5,
+            messages=[{"role": "user", "content": "x"}],
+            top_k=3,
+            extra_headers={"x-gateway-strict": "true"},
+        )
+    assert "top_k" in strict.value.message
