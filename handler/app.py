@@ -151,6 +151,21 @@ class Api:
         ]
         return json_response({"object": "list", "data": data})
 
+    async def route(self, request: Request) -> Response:
+        key = await self.authenticate(request)
+        model = request.query_params.get("model")
+        if not model:
+            raise InvalidRequestError("the query parameter 'model' is required", param="model")
+        self.gateway.keys.check_model(key, model)
+        controls = parse_controls(request)
+        return json_response(
+            {
+                "model": model,
+                "gateway_region": self.gateway.region,
+                "attempts": self.gateway.router.explain(model, controls.route),
+            }
+        )
+
     async def chat_completions(self, request: Request) -> Response:
         key = await self.authenticate(request)
         req = await self.parse(request, ChatRequest)
@@ -227,6 +242,7 @@ def parse_controls(request: Request) -> Controls:
         deadline_s=deadline / 1000 if deadline is not None else None,
         max_cost_usd=max_cost,
         strict=headers.get("x-gateway-strict", "").strip().lower() == "true",
+        enforce_schema=headers.get("x-gateway-enforce-schema", "").strip().lower() == "true",
     )
 
 
@@ -290,6 +306,7 @@ def create_app(gateway: Gateway) -> Starlette:
     routes = [
         Route("/health", api.health, methods=["GET"]),
         Route("/v1/models", api.models, methods=["GET"]),
+        Route("/v1/route", api.route, methods=["GET"]),
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),
         Route("/v1/messages", api.messages, methods=["POST"]),

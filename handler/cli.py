@@ -159,6 +159,29 @@ async def _keys(args: argparse.Namespace) -> int:
         await store.close()
 
 
+def cmd_route_explain(args: argparse.Namespace) -> int:
+    from adapters.providers import REGISTRY
+    from handler.gateway import build_adapters, gateway_region
+    from handler.routing import RouteControls, Router
+
+    try:
+        config = load_config(args.config or os.environ.get("GATEWAY_CONFIG") or None, set(REGISTRY))
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    region = args.region or gateway_region(os.environ)
+    router = Router(config, build_adapters(config, REGISTRY, os.environ), region)
+    from handler.errors import GatewayError
+
+    try:
+        attempts = router.explain(args.model, RouteControls(provider=args.provider, region=args.pin_region))
+    except GatewayError as exc:
+        sys.stderr.write(f"{exc.code}: {exc.message}\n")
+        return 1
+    _print_json({"model": args.model, "gateway_region": region, "attempts": attempts})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="One API key in front of many LLM providers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("id")
     rotate.add_argument("--grace", type=parse_duration, default=3600.0)
     keys.set_defaults(func=cmd_keys)
+
+    route = sub.add_parser("route", help="routing tools")
+    rsub = route.add_subparsers(dest="route_command", required=True)
+    explain = rsub.add_parser("explain", help="the order the gateway would try a model's deployments now")
+    explain.add_argument("model")
+    explain.add_argument("--config")
+    explain.add_argument("--region", help="the gateway's region (default: AWS_REGION or GATEWAY_REGION)")
+    explain.add_argument("--provider", help="pin a provider, as x-gateway-provider does")
+    explain.add_argument("--pin-region", help="pin a region, as x-gateway-region does")
+    explain.set_defaults(func=cmd_route_explain)
 
     config = sub.add_parser("config", help="config file tools")
     csub = config.add_subparsers(dest="config_command", required=True)

@@ -11,13 +11,15 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from handler.budgets import Meter, Reservation
 from handler.errors import (
     CostLimitError,
     GatewayError,
     InvalidRequestError,
+    SchemaViolationError,
+    ServiceUnavailableError,
     StrictParamsError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -26,6 +28,7 @@ from handler.gateway import Gateway
 from handler.ports import BuiltRequest, KeyRecord, LedgerItem, StreamParser
 from handler.pricing import Cost, cost_of, estimate_prompt_tokens, price_for, worst_case_usd
 from handler.routing import Attempt, RouteControls
+from handler.schema_check import enforce, schema_of, violation
 from handler.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -50,6 +53,7 @@ class Controls:
     deadline_s: float | None = None
     max_cost_usd: float | None = None
     strict: bool = False
+    enforce_schema: bool = False
 
 
 @dataclass(slots=True)
@@ -70,6 +74,7 @@ class Exchange:
     reservation: Reservation | None = None
     cost: Cost | None = None
     budget_remaining: float | None = None
+    wasted_usd: float = 0.0
     limit_headers: dict[str, str] = field(default_factory=dict)
 
     def headers(self) -> dict[str, str]:
@@ -115,7 +120,16 @@ class Pipeline:
         await self._admit(ex, plan, req)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> ChatCompletion:
-            return attempt.adapter.chat_response(await response.read(), req, attempt.target)
+            completion = attempt.adapter.chat_response(await response.read(), req, attempt.target)
+            schema = self._enforced_schema(req, attempt, ex)
+            if schema is not None and completion.choices:
+                try:
+                    enforce(schema, completion.choices[0].message.content)
+                except SchemaViolationError:
+                    # The provider billed this answer even though it is thrown away.
+                    self._waste(ex, attempt, completion.usage)
+                    raise
+            return completion
 
         def build(attempt: Attempt) -> BuiltRequest:
             return attempt.adapter.chat_request(req, attempt.target, stream=False)
@@ -147,6 +161,16 @@ class Pipeline:
         except BaseException:
             await self._settle(ex, None, 0)
             raise
+
+    def _enforced_schema(self, req: ChatRequest, attempt: Attempt, ex: Exchange) -> dict[str, Any] | None:
+        if not (ex.controls.enforce_schema or attempt.spec.enforce_schema):
+            return None
+        return schema_of(req)
+
+    def _waste(self, ex: Exchange, attempt: Attempt, usage: Usage | None) -> None:
+        if usage is not None:
+            price = price_for(attempt.model, attempt.spec, attempt.target.model)
+            ex.wasted_usd += cost_of(usage, price, self.fee).total_usd or 0.0
 
     # --- embeddings -------------------------------------------------------------------------
 
@@ -221,7 +245,12 @@ class Pipeline:
     ) -> T:
         last: UpstreamError | None = None
         retries = self.gateway.config.gateway.max_retries_per_deployment
-        for attempt in plan:
+        breakers = self.gateway.router.breakers
+        for position, attempt in enumerate(plan):
+            label = attempt.target.label
+            if position < len(plan) - 1 and not breakers.allow(label):
+                ex.route.append(f"{label}=breaker-open")
+                continue
             built = build(attempt)
             if built.dropped and ex.controls.strict:
                 raise StrictParamsError(
@@ -237,20 +266,24 @@ class Pipeline:
                     result = await accept(attempt, response)
                 except UpstreamError as err:
                     ex.upstream_ms += (time.perf_counter() - started) * 1000
-                    ex.route.append(f"{attempt.target.label}={err.outcome}")
+                    ex.route.append(f"{label}={err.outcome}")
                     last = err
                     if not err.retryable:
+                        breakers.success(label)
                         raise self._client_facing(err) from None
+                    breakers.failure(label)
                     if retry < retries and err.retry_after is not None and err.retry_after <= 5:
                         await asyncio.sleep(err.retry_after)
                         continue
                     break
                 ex.upstream_ms += (time.perf_counter() - started) * 1000
-                ex.route.append(f"{attempt.target.label}=200")
+                ex.route.append(f"{label}=200")
+                breakers.success(label)
                 ex.attempt = attempt
                 ex.dropped = built.dropped
                 return result
-        assert last is not None
+        if last is None:
+            raise ServiceUnavailableError("every deployment's circuit breaker is open", code="no_deployment_available")
         raise last
 
     @staticmethod
@@ -274,6 +307,9 @@ class Pipeline:
         if usage is not None and attempt is not None:
             price = price_for(attempt.model, attempt.spec, attempt.target.model)
             ex.cost = cost_of(usage, price, self.fee)
+            if ex.wasted_usd and ex.cost.provider_usd is not None:
+                wasted = ex.wasted_usd
+                ex.cost = Cost(ex.cost.provider_usd + wasted, ex.cost.fee_usd, usage, ex.cost.unit_prices)
             actual = ex.cost.total_usd or 0.0
             tokens = usage.prompt_tokens + usage.completion_tokens
             ex.budget_remaining = self.meter.remaining_usd(reservation, actual)
@@ -328,6 +364,9 @@ class ChunkStream:
         self._finished = False
         self._settled = False
         self._chars = 0
+        self.schema = pipeline._enforced_schema(req, attempt, ex)
+        self._text: list[str] = []
+        self.schema_violation: str | None = None
 
     async def prime(self) -> None:
         """Read until the first chunk; an error before it lets the router fail over."""
@@ -361,6 +400,8 @@ class ChunkStream:
                 chunk = self._pending.pop(0)
                 for choice in chunk.choices:
                     self._chars += len(choice.delta.content or "") + len(choice.delta.reasoning_content or "")
+                    if self.schema is not None and choice.index == 0 and choice.delta.content:
+                        self._text.append(choice.delta.content)
                     for call in choice.delta.tool_calls or ():
                         self._chars += len(call.function.arguments or "") if call.function else 0
                 yield chunk
@@ -390,10 +431,14 @@ class ChunkStream:
             payload["usage"] = self.usage().model_dump(exclude_none=True)
         cost = self.ex.cost
         payload["cost"] = cost.as_event() if cost else None
+        if self.schema_violation is not None:
+            payload["schema_violation"] = {"code": "schema_violation", "message": self.schema_violation}
         return payload
 
     async def complete(self) -> None:
         """The upstream finished: cost it and settle (in the background)."""
+        if self.schema is not None:
+            self.schema_violation = violation(self.schema, "".join(self._text))
         if not self._settled:
             self._settled = True
             await self.pipeline._settle(self.ex, self.usage(), 200, background=True)

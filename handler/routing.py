@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
+from handler.breakers import Breakers
 from handler.config import Config, ModelConfig, reference_hint
 from handler.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
 from handler.ports import ProviderAdapter, Target
@@ -87,10 +89,17 @@ class RouteControls:
 class Router:
     """Plans attempts for a public model."""
 
-    def __init__(self, config: Config, adapters: dict[str, ProviderAdapter], region: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        adapters: dict[str, ProviderAdapter],
+        region: str,
+        breakers: Breakers | None = None,
+    ) -> None:
         self.config = config
         self.adapters = adapters
         self.region = region
+        self.breakers = breakers or Breakers()
         self._latency = config.gateway.region_latency_ms.get(region, {})
         self._targets = {model: self._build(model, spec) for model, spec in config.models.items()}
 
@@ -137,6 +146,8 @@ class Router:
                 code="no_deployment_available",
             )
         usable = [a for a in attempts if not (a.adapter.requires_key and not a.adapter.secret)]
+        # A deployment whose breaker is open goes last rather than away: if all else fails, try it.
+        usable.sort(key=lambda a: self.breakers.state(a.target.label) == "open")
         if not usable:
             first = attempts[0]
             ref = self.config.providers[first.target.provider].api_key
@@ -146,6 +157,26 @@ class Router:
                 code="provider_not_configured",
             )
         return usable
+
+    def explain(self, model: str, controls: RouteControls) -> list[dict[str, Any]]:
+        """The order `plan` would try now, with the reason for each place."""
+        spec = self.spec(model)
+        plan = self.plan(model, controls, kind=spec.kind)
+        unit = "rtt_ms" if self._latency else "distance_km"
+        return [
+            {
+                "model": a.model,
+                "provider": a.target.provider,
+                "type": a.target.provider_type,
+                "upstream_model": a.target.model,
+                "region": a.target.region,
+                unit: round(a.distance, 1),
+                "breaker": self.breakers.state(a.target.label),
+                "role": "primary" if a.model == model else "fallback",
+                "pinned": bool(controls.provider or controls.region),
+            }
+            for a in plan
+        ]
 
     @staticmethod
     def _pinned(attempt: Attempt, controls: RouteControls) -> bool:

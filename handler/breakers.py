@@ -1,0 +1,63 @@
+"""Per-deployment circuit breakers, in the process: skip a deployment that keeps failing.
+
+Closed: requests flow. After `threshold` consecutive retryable failures the breaker opens for
+`cooldown` seconds, during which the router puts the deployment last. Then it is half-open: one
+request may probe it; success closes the breaker, failure opens it again for another cooldown.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class _State:
+    failures: int = 0
+    opened_at: float | None = None
+    probe_at: float | None = None
+
+
+class Breakers:
+    """The breakers of every deployment this process has called, by `Target.label`."""
+
+    def __init__(self, threshold: int = 5, cooldown: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.clock = clock
+        self._states: dict[str, _State] = {}
+
+    def state(self, label: str) -> str:
+        """`closed`, `open` or `half-open`."""
+        s = self._states.get(label)
+        if s is None or s.opened_at is None:
+            return "closed"
+        return "open" if self.clock() - s.opened_at < self.cooldown else "half-open"
+
+    def allow(self, label: str) -> bool:
+        """Whether to try this deployment now; a half-open breaker lets one probe through."""
+        state = self.state(label)
+        if state == "closed":
+            return True
+        if state == "open":
+            return False
+        s = self._states[label]
+        now = self.clock()
+        # A probe whose request never reported back (cancelled) must not hold the breaker shut forever.
+        if s.probe_at is not None and now - s.probe_at < self.cooldown:
+            return False
+        s.probe_at = now
+        return True
+
+    def success(self, label: str) -> None:
+        s = self._states.get(label)
+        if s is not None:
+            s.failures, s.opened_at, s.probe_at = 0, None, None
+
+    def failure(self, label: str) -> None:
+        s = self._states.setdefault(label, _State())
+        s.failures += 1
+        s.probe_at = None
+        if s.opened_at is not None or s.failures >= self.threshold:
+            s.opened_at = self.clock()
