@@ -312,6 +312,8 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/v1/messages", api.messages, methods=["POST"]),
         Route("/v1/key", keys.whoami, methods=["GET"]),
         Route("/v1/keys", keys.mint_child, methods=["POST"]),
+        Route("/v1/usage", keys.usage, methods=["GET"]),
+        Route("/admin/usage", keys.admin_usage, methods=["GET"]),
         Route("/admin/keys", keys.admin_list, methods=["GET"]),
         Route("/admin/keys", keys.admin_create, methods=["POST"]),
         Route("/admin/keys/{key_id}", keys.admin_show, methods=["GET"]),

@@ -159,6 +159,35 @@ async def _keys(args: argparse.Namespace) -> int:
         await store.close()
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    from handler.errors import GatewayError
+    from handler.ports import UsageQuery
+    from handler.usage import aggregate, parse_group_by, to_csv, to_table, window
+
+    try:
+        since, until = window(args.since, args.until)
+        group_by = parse_group_by(args.group_by)
+    except GatewayError as exc:
+        sys.stderr.write(f"{exc.message}\n")
+        return 2
+
+    async def fetch() -> list[dict[str, Any]]:
+        store = _store(args.store)
+        try:
+            return aggregate(await store.usage(UsageQuery([args.key] if args.key else None, since, until)), group_by)
+        finally:
+            await store.close()
+
+    rows = asyncio.run(fetch())
+    if args.format == "json":
+        _print_json(rows)
+    elif args.format == "csv":
+        sys.stdout.write(to_csv(rows))
+    else:
+        sys.stdout.write(to_table(rows))
+    return 0
+
+
 def cmd_route_explain(args: argparse.Namespace) -> int:
     from adapters.providers import REGISTRY
     from handler.gateway import build_adapters, gateway_region
@@ -216,6 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("id")
     rotate.add_argument("--grace", type=parse_duration, default=3600.0)
     keys.set_defaults(func=cmd_keys)
+
+    usage = sub.add_parser("usage", help="cost line items, grouped")
+    usage.add_argument("--store", help="store URL")
+    usage.add_argument("--key", help="one key id (its children included)")
+    usage.add_argument("--since", help="YYYY-MM-DD, ISO time or epoch seconds (default: 30 days ago)")
+    usage.add_argument("--until", help="YYYY-MM-DD, ISO time or epoch seconds (default: now)")
+    usage.add_argument("--group-by", help="any of key,model,day")
+    usage.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    usage.set_defaults(func=cmd_usage)
 
     route = sub.add_parser("route", help="routing tools")
     rsub = route.add_subparsers(dest="route_command", required=True)

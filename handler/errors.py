@@ -135,12 +135,14 @@ class UpstreamError(GatewayError):
         code: str | None = None,
         param: str | None = None,
         upstream_type: str | None = None,
+        outcome: str | None = None,
     ) -> None:
         super().__init__(message, code=code, param=param)
         self.upstream_status = upstream_status
         self.retryable = retryable
         self.retry_after = retry_after
         self.upstream_type = upstream_type
+        self._outcome = outcome
 
     def openai_body(self) -> dict[str, object]:
         body = super().openai_body()
@@ -153,8 +155,10 @@ class UpstreamError(GatewayError):
 
     @property
     def outcome(self) -> str:
-        """How this attempt ended, for `x-gateway-route`."""
-        return str(self.upstream_status) if self.upstream_status else self.code
+        """How this attempt ended, for `x-gateway-route`: the provider's status, else what went wrong."""
+        if self._outcome:
+            return self._outcome
+        return str(self.upstream_status) if self.upstream_status >= 400 else self.code
 
 
 class UpstreamTimeoutError(UpstreamError):

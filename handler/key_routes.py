@@ -14,7 +14,8 @@ from starlette.responses import Response
 from handler.budgets import period_of
 from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from handler.keys import models_within, validate_networks
-from handler.ports import ConflictError, KeyRecord
+from handler.ports import ConflictError, KeyRecord, UsageQuery
+from handler.usage import aggregate, parse_group_by, to_csv, window
 
 if TYPE_CHECKING:
     from handler.app import Api
@@ -202,6 +203,25 @@ class KeyRoutes:
         except ConflictError:
             raise InvalidRequestError("the key changed while rotating; retry") from None
         return self.api.json({**key_view(minted.record), "key": minted.key})
+
+    async def usage(self, request: Request) -> Response:
+        key = await self.api.authenticate(request, allow_x_api_key=True)
+        return await self._usage(request, [key.id])
+
+    async def admin_usage(self, request: Request) -> Response:
+        await self._admin(request)
+        key_id = request.query_params.get("key")
+        return await self._usage(request, [key_id] if key_id else None)
+
+    async def _usage(self, request: Request, key_ids: list[str] | None) -> Response:
+        params = request.query_params
+        since, until = window(params.get("since"), params.get("until"))
+        group_by = parse_group_by(params.get("group_by"))
+        items = await self.gateway.store.usage(UsageQuery(key_ids, since, until))
+        rows = aggregate(items, group_by)
+        if params.get("format") == "csv":
+            return Response(to_csv(rows), media_type="text/csv")
+        return self.api.json({"object": "list", "since": since, "until": until, "group_by": group_by, "data": rows})
 
     async def admin_revoke(self, request: Request) -> Response:
         await self._admin(request)

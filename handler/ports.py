@@ -184,12 +184,17 @@ def upstream_error(
     )
 
 
+def malformed(message: str, outcome: str = "invalid_response") -> UpstreamError:
+    """A 2xx answer the gateway cannot use: another deployment may do better, so it is retryable."""
+    return UpstreamError(message, upstream_status=200, retryable=True, outcome=outcome)
+
+
 def json_body(body: bytes) -> Any:
     """Parse an upstream JSON body; a malformed one is a (retryable) upstream error."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise UpstreamError("upstream returned a body that is not JSON", upstream_status=200) from exc
+        raise malformed("upstream returned a body that is not JSON", "invalid_json") from exc
 
 
 class ProviderAdapter(ABC):

@@ -38,6 +38,7 @@ from handler.schemas import (
     Usage,
 )
 from handler.upstream import UpstreamResponse
+from handler.usage import usd
 
 T = TypeVar("T")
 CLIENT_CLOSED = 499
@@ -91,10 +92,10 @@ class Exchange:
             headers["x-gateway-dropped-params"] = ",".join([*self.inbound_dropped, *self.dropped])
         if self.cost is not None:
             provider = self.cost.provider_usd
-            headers["x-gateway-cost-usd"] = "unknown" if provider is None else f"{provider:.10f}"
-            headers["x-gateway-fee-usd"] = f"{self.cost.fee_usd:.10f}"
+            headers["x-gateway-cost-usd"] = "unknown" if provider is None else usd(provider)
+            headers["x-gateway-fee-usd"] = usd(self.cost.fee_usd)
         if self.budget_remaining is not None:
-            headers["x-gateway-budget-remaining-usd"] = f"{self.budget_remaining:.10f}"
+            headers["x-gateway-budget-remaining-usd"] = usd(self.budget_remaining)
         headers.update(self.limit_headers)
         total = (time.perf_counter() - self.started) * 1000
         gateway = max(0.0, total - self.store_ms - self.upstream_ms)

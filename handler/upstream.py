@@ -84,7 +84,9 @@ class UpstreamClient:
         except httpx.TimeoutException as exc:
             raise UpstreamTimeoutError(f"upstream timed out ({type(exc).__name__})", retryable=True) from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"upstream unreachable ({type(exc).__name__})", retryable=True) from exc
+            raise UpstreamError(
+                f"upstream unreachable ({type(exc).__name__})", retryable=True, outcome="connect_error"
+            ) from exc
         return UpstreamResponse(response)
 
     async def warm(self, url: str) -> None:

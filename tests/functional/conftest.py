@@ -20,7 +20,7 @@ from handler.config import Config, parse_config
 from handler.gateway import Gateway, build_gateway
 from handler.keys import KeyService
 from handler.ports import KeyRecord
-from tests.support.servers import ServerThread
+from tests.support.servers import ServerThread, free_port
 
 FAKE_KEYS = {
     "OPENAI_API_KEY": "test-openai-key",
@@ -39,6 +39,11 @@ def available_fakes() -> dict[str, Any]:
     return apps
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on: connections are refused at once."""
+    return free_port()
+
+
 def gateway_config(upstream_url: str, providers: set[str]) -> Config:
     """Models served by the fakes: one per provider, plus fault models and fallbacks."""
     data: dict[str, Any] = {
@@ -46,6 +51,11 @@ def gateway_config(upstream_url: str, providers: set[str]) -> Config:
         "providers": {
             "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"},
             "nokey": {"type": "openai", "api_key": "env:NOKEY_API_KEY", "base_url": f"{upstream_url}/openai/v1"},
+            "dead": {
+                "type": "openai",
+                "api_key": "env:OPENAI_API_KEY",
+                "base_url": f"http://127.0.0.1:{closed_port()}/v1",
+            },
         },
         "models": {
             "gpt-4o-mini": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]},
@@ -72,6 +82,47 @@ def gateway_config(upstream_url: str, providers: set[str]) -> Config:
             },
             "slow": {"deployments": [{"provider": "openai", "model": "slow"}], "price": {"input": 1, "output": 2}},
             "cut": {"deployments": [{"provider": "openai", "model": "stream-cut"}], "price": {"input": 1, "output": 2}},
+            "cut-then-ok": {
+                "deployments": [
+                    {"provider": "openai", "model": "stream-cut"},
+                    {"provider": "openai", "model": "gpt-4o-mini"},
+                ],
+                "price": {"input": 1, "output": 2},
+            },
+            "limited": {
+                "deployments": [{"provider": "openai", "model": "fail-429"}],
+                "price": {"input": 1, "output": 2},
+                "fallbacks": ["gpt-4o-mini"],
+            },
+            "slow-then-ok": {
+                "deployments": [{"provider": "openai", "model": "slow"}],
+                "price": {"input": 1, "output": 2},
+                "fallbacks": ["gpt-4o-mini"],
+            },
+            "refused": {
+                "deployments": [
+                    {"provider": "dead", "model": "gpt-4o-mini"},
+                    {"provider": "openai", "model": "gpt-4o-mini"},
+                ],
+                "price": {"input": 1, "output": 2},
+            },
+            "garbage": {
+                "deployments": [{"provider": "openai", "model": "bad-json"}],
+                "price": {"input": 1, "output": 2},
+                "fallbacks": ["gpt-4o-mini"],
+            },
+            "regional": {
+                "deployments": [
+                    {"provider": "openai", "model": "gpt-4o-mini", "region": "us-east-1"},
+                    {"provider": "openai", "model": "gpt-4o-mini", "region": "eu-central-1"},
+                ],
+                "price": {"input": 1, "output": 2},
+            },
+            "json-model": {
+                "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
+                "price": {"input": 1, "output": 2},
+                "enforce_schema": True,
+            },
         },
     }
     if "anthropic" in providers:

@@ -1,0 +1,126 @@
+"""Usage reports: ledger line items grouped by key, model and day, as JSON rows, CSV or a table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from handler.errors import InvalidRequestError
+from handler.ports import LedgerItem
+
+GROUPS = ("key", "model", "day")
+DEFAULT_WINDOW_DAYS = 30
+
+
+def usd(value: float) -> str:
+    """A USD amount as a header or CSV value: the float's exact shortest form, never exponent notation,
+    so summing the headers gives back the ledger's figures."""
+    return format(Decimal(repr(float(value))), "f")
+
+
+def parse_when(text: str | None, default: float, name: str) -> float:
+    """`YYYY-MM-DD`, an ISO 8601 time, or epoch seconds; UTC unless an offset is given."""
+    if text is None or text == "":
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequestError(
+            f"{name} must be a date (YYYY-MM-DD), an ISO time or epoch seconds", param=name
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def parse_group_by(text: str | None) -> list[str]:
+    if not text:
+        return []
+    groups = [g.strip() for g in text.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise InvalidRequestError(f"group_by takes key, model and day, not {', '.join(unknown)}", param="group_by")
+    return list(dict.fromkeys(groups))
+
+
+def window(since: str | None, until: str | None) -> tuple[float, float]:
+    now = time.time()
+    start = parse_when(since, now - DEFAULT_WINDOW_DAYS * 86400, "since")
+    end = parse_when(until, now + 1, "until")
+    if end <= start:
+        raise InvalidRequestError("until must be after since", param="until")
+    return start, end
+
+
+def day_of(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+def aggregate(items: Iterable[LedgerItem], group_by: list[str]) -> list[dict[str, Any]]:
+    """One row per group (one row in all without groups), sorted by group values."""
+    rows: dict[tuple[str, ...], dict[str, Any]] = {}
+    for item in items:
+        values = {"key": item.key_id, "model": item.model, "day": day_of(item.ts)}
+        group = tuple(values[g] for g in group_by)
+        row = rows.get(group)
+        if row is None:
+            row = {g: values[g] for g in group_by}
+            row.update(
+                requests=0,
+                input_tokens=0,
+                cached_tokens=0,
+                output_tokens=0,
+                cost_usd=0.0,
+                fee_usd=0.0,
+                total_usd=0.0,
+                unknown_cost_requests=0,
+            )
+            rows[group] = row
+        row["requests"] += 1
+        row["input_tokens"] += item.input_tokens
+        row["cached_tokens"] += item.cached_tokens
+        row["output_tokens"] += item.output_tokens
+        if item.cost_usd is None:
+            row["unknown_cost_requests"] += 1
+        else:
+            row["cost_usd"] += item.cost_usd
+        row["fee_usd"] += item.fee_usd
+        row["total_usd"] = row["cost_usd"] + row["fee_usd"]
+    return [rows[k] for k in sorted(rows)]
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: usd(v) if k.endswith("_usd") else v for k, v in row.items()})
+    return out.getvalue()
+
+
+def to_table(rows: list[dict[str, Any]]) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Usage")
+    if not rows:
+        return "no usage in this window\n"
+    for column in rows[0]:
+        table.add_column(column, justify="left" if column in GROUPS else "right")
+    for row in rows:
+        table.add_row(*(f"{v:.6f}" if k.endswith("_usd") else str(v) for k, v in row.items()))
+    console = Console(file=io.StringIO(), width=160, color_system=None)
+    console.print(table)
+    output = console.file.getvalue()  # type: ignore[attr-defined]
+    return str(output)

@@ -1,0 +1,136 @@
+"""Routing rules, one fault each: retries, fallbacks, deadlines, pins, cost caps, schema enforcement."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.fakes.openai import TEXT
+from tests.functional.conftest import Running
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def client(running: Running, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{running.url}/v1", api_key=key, max_retries=0)
+
+
+def route_of(running: Running, key: str, model: str, **headers: str) -> str:
+    raw = client(running, key).chat.completions.with_raw_response.create(
+        model=model, messages=HI, extra_headers=headers
+    )
+    assert raw.parse().choices[0].message.content == TEXT
+    return raw.headers["x-gateway-route"]
+
+
+def test_429_falls_back_to_the_next_model(running: Running, key: str) -> None:
+    assert route_of(running, key, "limited") == "openai/fail-429@global=429, openai/gpt-4o-mini@global=200"
+
+
+def test_refused_connection_moves_to_the_next_deployment(running: Running, key: str) -> None:
+    route = route_of(running, key, "refused")
+    assert route.startswith("dead/gpt-4o-mini@global=connect_error") and route.endswith(
+        "openai/gpt-4o-mini@global=200"
+    )
+
+
+def test_first_byte_timeout_falls_back(running: Running, key: str) -> None:
+    started = time.monotonic()
+    assert (
+        route_of(running, key, "slow-then-ok") == "openai/slow@global=upstream_timeout, openai/gpt-4o-mini@global=200"
+    )
+    assert time.monotonic() - started < 2.0  # first_byte timeout is 1.5 s in the test config
+
+
+def test_invalid_json_answer_falls_back(running: Running, key: str) -> None:
+    assert route_of(running, key, "garbage") == "openai/bad-json@global=invalid_json, openai/gpt-4o-mini@global=200"
+
+
+def test_stream_fails_over_before_its_first_byte_only(running: Running, key: str) -> None:
+    stream = client(running, key).chat.completions.with_raw_response.create(
+        model="cut-then-ok", messages=HI, stream=True
+    )
+    assert stream.headers["x-gateway-route"] == "openai/stream-cut@global=200"
+    text = "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices)
+    assert text == "Hello from"  # cut after its first bytes reached us: no failover, the stream ends early
+
+
+def test_fallbacks_header_none_and_override(running: Running, key: str) -> None:
+    with pytest.raises(openai.APIStatusError) as info:
+        client(running, key).chat.completions.create(
+            model="limited", messages=HI, extra_headers={"x-gateway-fallbacks": "none"}
+        )
+    assert info.value.status_code == 502
+    assert route_of(running, key, "broken", **{"x-gateway-fallbacks": "gpt-4o-mini"}).endswith("gpt-4o-mini@global=200")
+
+
+def test_deadline_covers_the_whole_request(running: Running, key: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        client(running, key).chat.completions.create(
+            model="slow", messages=HI, extra_headers={"x-gateway-deadline-ms": "300"}
+        )
+    assert info.value.status_code == 504 and info.value.code == "upstream_timeout"
+    assert time.monotonic() - started < 1.0
+
+
+def test_region_and_provider_pins(running: Running, key: str) -> None:
+    assert route_of(running, key, "regional") == "openai/gpt-4o-mini@us-east-1=200"  # gateway in us-east-1
+    pinned = route_of(running, key, "regional", **{"x-gateway-region": "eu-central-1"})
+    assert pinned == "openai/gpt-4o-mini@eu-central-1=200"
+    with pytest.raises(openai.InternalServerError) as info:
+        client(running, key).chat.completions.create(
+            model="regional", messages=HI, extra_headers={"x-gateway-provider": "nobody"}
+        )
+    assert info.value.status_code == 503 and info.value.code == "no_deployment_available"
+
+
+def test_max_cost_refuses_an_expensive_worst_case(running: Running, key: str) -> None:
+    with pytest.raises(openai.APIStatusError) as info:
+        client(running, key).chat.completions.create(
+            model="gpt-4o-mini", messages=HI, max_tokens=10_000, extra_headers={"x-gateway-max-cost-usd": "0.000001"}
+        )
+    assert info.value.status_code == 402 and info.value.code == "cost_limit_exceeded"
+    assert route_of(running, key, "gpt-4o-mini", **{"x-gateway-max-cost-usd": "1"}).endswith("=200")
+
+
+def test_bad_control_headers_are_400(running: Running, key: str) -> None:
+    for name, value in (("x-gateway-deadline-ms", "soon"), ("x-gateway-max-cost-usd", "-1")):
+        with pytest.raises(openai.BadRequestError) as info:
+            client(running, key).chat.completions.create(model="gpt-4o-mini", messages=HI, extra_headers={name: value})
+        assert info.value.param == name
+
+
+def test_route_explain_shows_order_and_reasons(running: Running, key: str) -> None:
+    answer = httpx.get(
+        f"{running.url}/v1/route", params={"model": "regional"}, headers={"authorization": f"Bearer {key}"}
+    )
+    attempts = answer.json()["attempts"]
+    assert [a["region"] for a in attempts] == ["us-east-1", "eu-central-1"]
+    assert attempts[0]["distance_km"] == 0 and attempts[0]["breaker"] == "closed"
+
+
+SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {"name": "city", "schema": {"type": "object", "required": ["city"]}, "strict": True},
+}
+
+
+def test_schema_violation_is_a_502_after_every_attempt(running: Running, key: str) -> None:
+    with pytest.raises(openai.APIStatusError) as info:
+        client(running, key).chat.completions.create(model="json-model", messages=HI, response_format=SCHEMA)  # type: ignore[arg-type]
+    assert info.value.status_code == 502 and info.value.code == "schema_violation"
+    assert "not JSON" in info.value.message
+    chunks = list(
+        client(running, key).chat.completions.create(
+            model="gpt-4o-mini",
+            messages=HI,
+            response_format=SCHEMA,  # type: ignore[arg-type]
+            stream=True,
+            extra_headers={"x-gateway-enforce-schema": "true"},
+        )
+    )
+    assert (chunks[-1].model_extra or {})["schema_violation"]["code"] == "schema_violation"
