@@ -22,6 +22,7 @@ from handler.ports import (
     Target,
     UpstreamRequest,
     json_body,
+    malformed,
     upstream_error,
 )
 from handler.schemas import (
@@ -83,7 +84,7 @@ class OpenAIStreamParser:
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise UpstreamError("upstream sent a stream event that is not JSON", upstream_status=200) from exc
+            raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
         if isinstance(payload, dict) and "error" in payload and "choices" not in payload:
             raise error_from_body(500, data, {})
         chunk = ChatCompletionChunk.model_validate(payload)
@@ -148,7 +149,7 @@ class OpenAIAdapter(ProviderAdapter):
     def chat_response(self, body: bytes, req: ChatRequest, target: Target) -> ChatCompletion:
         data = json_body(body)
         if not isinstance(data, dict) or "choices" not in data:
-            raise UpstreamError("upstream answered without choices", upstream_status=200)
+            raise malformed("upstream answered without choices")
         completion = ChatCompletion.model_validate(data)
         completion.usage = normalize_usage(completion.usage)
         return completion
@@ -168,8 +169,8 @@ class OpenAIAdapter(ProviderAdapter):
     def embeddings_response(self, body: bytes, req: EmbeddingsRequest, target: Target) -> EmbeddingsResponse:
         data = json_body(body)
         if not isinstance(data, dict) or "data" not in data:
-            raise UpstreamError("upstream answered embeddings without data", upstream_status=200)
+            raise malformed("upstream answered embeddings without data")
         try:
             return EmbeddingsResponse.model_validate(data)
         except ValueError as exc:
-            raise UpstreamError("upstream embeddings answer did not parse", upstream_status=200) from exc
+            raise malformed("upstream embeddings answer did not parse") from exc
