@@ -21,6 +21,7 @@ from handler.gateway import Gateway
 from handler.key_routes import KeyRoutes
 from handler.keys import model_allowed
 from handler.messages_api import MessagesRequest, anthropic_events, to_chat_request, to_message
+from handler.observability import observe, observe_failure
 from handler.ports import KeyRecord
 from handler.pricing import estimate_prompt_tokens
 from handler.proxy import ChunkStream, Controls, Exchange, Pipeline
@@ -41,9 +42,15 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
 def error_response(request: Request, exc: GatewayError) -> Response:
     body = exc.anthropic_body() if request.url.path.startswith("/v1/messages") else exc.openai_body()
     headers = dict(exc.headers)
-    request_id = request.scope.get("state", {}).get("request_id")
-    if request_id:
-        headers["x-request-id"] = request_id
+    state = request.scope.get("state", {})
+    ex: Exchange | None = state.get("exchange")
+    if ex is not None:
+        headers = {**ex.headers(), **headers}
+        observe(ex, exc.status, code=exc.code)
+    else:
+        observe_failure(state.get("request_id"), request.url.path, exc.status, exc.code)
+    if state.get("request_id"):
+        headers["x-request-id"] = state["request_id"]
     return json_response(body, exc.status, headers)
 
 
@@ -135,7 +142,9 @@ class Api:
             raise StrictParamsError(
                 f"cannot honour: {', '.join(inbound_dropped)} (x-gateway-strict is on)", param=inbound_dropped[0]
             )
-        return Exchange(request.state.request_id, key, model, controls, inbound_dropped=inbound_dropped or [])
+        ex = Exchange(request.state.request_id, key, model, controls, inbound_dropped=inbound_dropped or [])
+        request.state.exchange = ex
+        return ex
 
     # --- routes -----------------------------------------------------------------------------
 
@@ -177,7 +186,9 @@ class Api:
                 openai_events(stream, include_usage), media_type="text/event-stream", headers=stream_headers(ex)
             )
         completion = await self.pipeline.chat(req, ex)
-        return json_response(completion.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
+        response = json_response(completion.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
+        observe(ex, 200)
+        return response
 
     async def messages(self, request: Request) -> Response:
         key = await self.authenticate(request, allow_x_api_key=True)
@@ -189,14 +200,18 @@ class Api:
             events = anthropic_events(stream, req.model, estimate_prompt_tokens(req))
             return StreamingResponse(events, media_type="text/event-stream", headers=stream_headers(ex))
         completion = await self.pipeline.chat(req, ex)
-        return json_response(to_message(completion, req.model, ex.cost), headers=ex.headers())
+        response = json_response(to_message(completion, req.model, ex.cost), headers=ex.headers())
+        observe(ex, 200)
+        return response
 
     async def embeddings(self, request: Request) -> Response:
         key = await self.authenticate(request)
         req = await self.parse(request, EmbeddingsRequest)
         ex = self.exchange(request, key, req.model)
         result = await self.pipeline.embeddings(req, ex)
-        return json_response(result.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
+        response = json_response(result.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
+        observe(ex, 200)
+        return response
 
 
 def stream_headers(ex: Exchange) -> dict[str, str]:
@@ -205,15 +220,18 @@ def stream_headers(ex: Exchange) -> dict[str, str]:
 
 async def openai_events(stream: ChunkStream, include_usage: bool) -> AsyncIterator[bytes]:
     """The client's SSE body: chunks, one final event with usage and cost, `[DONE]`."""
+    failure: GatewayError | None = None
     try:
         async for chunk in stream:
             yield sse_chunk(chunk)
         await stream.complete()
         yield sse_json(stream.final_chunk(include_usage))
     except GatewayError as exc:
+        failure = exc
         yield sse_error(exc)
     finally:
         await stream.close()
+        observe(stream.ex, 200, stream=True, code=failure.code if failure else None)
     yield DONE
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from handler.errors import BudgetExceededError, RateLimitError, ServiceUnavailableError
 from handler.keys import KeyService, model_allowed
+from handler.observability import span
 from handler.ports import (
     Admission,
     BudgetCharge,
@@ -110,7 +111,8 @@ class Meter:
         started = time.perf_counter()
         try:
             try:
-                snapshot = await self.store.admit(admission)
+                async with span("store.admit"):
+                    snapshot = await self.store.admit(admission)
             except BudgetRefused as refused:
                 # Reservations of requests that died hold budget until they expire; free them and retry once.
                 if await self.store.release_expired(refused.key_id, now) <= 0:

@@ -14,6 +14,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from handler.errors import GatewayError, InvalidRequestError
+from handler.observability import observe
 from handler.pricing import Cost
 from handler.proxy import ChunkStream
 from handler.schemas import ChatCompletion, ChatCompletionChunk, ChatRequest, Usage
@@ -321,6 +322,7 @@ async def anthropic_events(stream: ChunkStream, model: str, input_tokens: int) -
     """The client's Anthropic event stream for an internal chunk stream."""
     writer = EventWriter(model, f"msg_{stream.ex.request_id}")
     yield writer.start(input_tokens)
+    failure: GatewayError | None = None
     try:
         async for chunk in stream:
             data = writer.chunk(chunk)
@@ -329,6 +331,8 @@ async def anthropic_events(stream: ChunkStream, model: str, input_tokens: int) -
         await stream.complete()
         yield writer.finish(stream.usage(), stream.ex.cost)
     except GatewayError as exc:
+        failure = exc
         yield sse_event("error", exc.anthropic_body())
     finally:
         await stream.close()
+        observe(stream.ex, 200, stream=True, code=failure.code if failure else None)

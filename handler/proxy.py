@@ -25,6 +25,7 @@ from handler.errors import (
     UpstreamTimeoutError,
 )
 from handler.gateway import Gateway
+from handler.observability import span
 from handler.ports import BuiltRequest, KeyRecord, LedgerItem, StreamParser
 from handler.pricing import Cost, cost_of, estimate_prompt_tokens, price_for, worst_case_usd
 from handler.routing import Attempt, RouteControls
@@ -261,7 +262,8 @@ class Pipeline:
             for retry in range(retries + 1):
                 started = time.perf_counter()
                 try:
-                    response = await self.gateway.upstream.send(built.request)
+                    async with span("upstream", provider=attempt.target.provider, region=attempt.target.region):
+                        response = await self.gateway.upstream.send(built.request)
                     if response.status >= 400:
                         raise attempt.adapter.error(response.status, await response.read(), response.headers)
                     result = await accept(attempt, response)

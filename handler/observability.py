@@ -1,0 +1,99 @@
+"""Logs, metrics and traces with Powertools for AWS Lambda.
+
+One JSON log line per request (request id, key id, model, provider, region, status, cost, latency
+split, route), never a secret: nothing from request headers or bodies is logged. Metrics go out in
+CloudWatch's embedded metric format (EMF) on Lambda, or anywhere `GATEWAY_METRICS=on`. Traces wrap
+upstream and store calls in X-Ray subsegments when Powertools tracing is active on Lambda.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+if TYPE_CHECKING:
+    from handler.proxy import Exchange
+
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "llm-gateway")
+logger = Logger(service=SERVICE, level=os.environ.get("POWERTOOLS_LOG_LEVEL", "INFO"))
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "LLMGateway"), service=SERVICE)
+METRICS_ON = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME")) or os.environ.get("GATEWAY_METRICS") == "on"
+TRACING_ON = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME")) and os.environ.get("POWERTOOLS_TRACE_DISABLED") != "true"
+
+
+def _tracer() -> Any:
+    if not TRACING_ON:
+        return None
+    try:
+        from aws_lambda_powertools import Tracer
+
+        return Tracer(service=SERVICE)
+    except Exception:  # noqa: BLE001 - no X-Ray SDK in this build: run untraced rather than fail
+        return None
+
+
+tracer = _tracer()
+
+
+@contextlib.asynccontextmanager
+async def span(name: str, **annotations: str) -> AsyncIterator[None]:
+    """An X-Ray subsegment around an upstream or store call; nothing when tracing is off."""
+    if tracer is None:
+        yield
+        return
+    async with tracer.provider.in_subsegment_async(name) as subsegment:
+        for key, value in annotations.items():
+            subsegment.put_annotation(key, value)
+        yield
+
+
+def observe(ex: Exchange, status: int, *, stream: bool = False, code: str | None = None) -> None:
+    """The request's one log line, and its metrics."""
+    total = (time.perf_counter() - ex.started) * 1000
+    target = ex.attempt.target if ex.attempt else None
+    cost = ex.cost
+    fields: dict[str, Any] = {
+        "request_id": ex.request_id,
+        "key_id": ex.key.id,
+        "model": ex.model,
+        "provider": target.provider if target else None,
+        "upstream_model": target.model if target else None,
+        "region": target.region if target else None,
+        "status": status,
+        "stream": stream,
+        "route": ", ".join(ex.route),
+        "cost_usd": cost.provider_usd if cost else None,
+        "fee_usd": cost.fee_usd if cost else None,
+        "input_tokens": cost.usage.prompt_tokens if cost else None,
+        "output_tokens": cost.usage.completion_tokens if cost else None,
+        "latency_ms": round(total, 3),
+        "gateway_ms": round(max(0.0, total - ex.store_ms - ex.upstream_ms), 3),
+        "store_ms": round(ex.store_ms, 3),
+        "upstream_ms": round(ex.upstream_ms, 3),
+    }
+    if code:
+        fields["error_code"] = code
+    logger.info("request", extra=fields)
+    if not METRICS_ON:
+        return
+    metrics.add_dimension("provider", target.provider if target else "none")
+    metrics.add_dimension("model", ex.model)
+    metrics.add_metric("latency", MetricUnit.Milliseconds, total)
+    metrics.add_metric("gateway_overhead", MetricUnit.Milliseconds, fields["gateway_ms"])
+    metrics.add_metric("requests", MetricUnit.Count, 1)
+    metrics.add_metric("errors", MetricUnit.Count, 1 if status >= 500 else 0)
+    metrics.add_metric("fallbacks", MetricUnit.Count, max(0, len(ex.route) - 1))
+    if cost is not None and cost.total_usd is not None:
+        metrics.add_metric("cost_usd", MetricUnit.NoUnit, cost.total_usd)
+    metrics.flush_metrics()
+
+
+def observe_failure(request_id: str | None, path: str, status: int, code: str) -> None:
+    """A request that failed before it had an exchange (bad key, bad JSON, ...)."""
+    logger.info("request", extra={"request_id": request_id, "path": path, "status": status, "error_code": code})
