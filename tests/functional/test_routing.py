@@ -32,9 +32,7 @@ def test_429_falls_back_to_the_next_model(running: Running, key: str) -> None:
 
 def test_refused_connection_moves_to_the_next_deployment(running: Running, key: str) -> None:
     route = route_of(running, key, "refused")
-    assert route.startswith("dead/gpt-4o-mini@global=connect_error") and route.endswith(
-        "openai/gpt-4o-mini@global=200"
-    )
+    assert route.startswith("dead/gpt-4o-mini@global=connect_error") and route.endswith("openai/gpt-4o-mini@global=200")
 
 
 def test_first_byte_timeout_falls_back(running: Running, key: str) -> None:

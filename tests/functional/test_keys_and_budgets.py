@@ -1,0 +1,189 @@
+"""Keys, scopes, budgets and rate limits through the running gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.functional.conftest import Running
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def headers(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def chat(running: Running, key: str, **extra: Any) -> httpx.Response:
+    body = {"model": "gpt-4o-mini", "messages": HI, **extra}
+    return httpx.post(f"{running.url}/v1/chat/completions", json=body, headers=headers(key), timeout=10)
+
+
+def test_admin_routes_need_an_admin_key(running: Running, key: str, mint: Any) -> None:
+    denied = httpx.get(f"{running.url}/admin/keys", headers=headers(key))
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "admin_only"
+    admin = mint(admin=True)
+    created = httpx.post(
+        f"{running.url}/admin/keys",
+        headers=headers(admin),
+        json={"name": "svc", "models": ["gpt-*"], "budget_usd": 1, "rpm": 5, "allow_ips": ["127.0.0.0/8"]},
+    )
+    assert created.status_code == 201
+    body = created.json()
+    assert body["key"].startswith("gwk_") and "secret_hash" not in body
+    shown = httpx.get(f"{running.url}/admin/keys/{body['id']}", headers=headers(admin)).json()
+    assert shown["budget_usd"] == 1 and shown["remaining_usd"] == 1 and "key" not in shown
+    bad = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "x", "budget_usd": -1})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "budget_usd"
+    unknown = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "x", "colour": "red"})
+    assert unknown.status_code == 400
+
+
+def test_revoke_and_rotate_with_grace(running: Running, mint: Any) -> None:
+    admin = mint(admin=True)
+    victim = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "v"}).json()
+    assert chat(running, victim["key"]).status_code == 200
+    rotated = httpx.post(
+        f"{running.url}/admin/keys/{victim['id']}/rotate", headers=headers(admin), json={"grace_seconds": 60}
+    ).json()
+    assert chat(running, rotated["key"]).status_code == 200
+    assert chat(running, victim["key"]).status_code == 200  # old secret within its grace period
+    no_grace = httpx.post(
+        f"{running.url}/admin/keys/{victim['id']}/rotate", headers=headers(admin), json={"grace_seconds": 0}
+    ).json()
+    assert chat(running, no_grace["key"]).status_code == 200
+    assert chat(running, rotated["key"]).status_code == 401
+    httpx.post(f"{running.url}/admin/keys/{victim['id']}/revoke", headers=headers(admin))
+    revoked = chat(running, no_grace["key"])
+    assert revoked.status_code == 401 and revoked.json()["error"]["code"] == "key_revoked"
+
+
+def test_revoked_key_works_at_most_for_the_cache_window(running: Running, mint: Any) -> None:
+    """Another process revokes the key; this gateway trusts its cached copy for key_cache_seconds (5 s)."""
+    key = mint()
+    assert chat(running, key).status_code == 200
+    key_id = key.split("_")[1]
+
+    async def revoke_elsewhere() -> None:
+        from adapters.store import open_store
+        from handler.keys import KeyService
+
+        store = open_store(running.store_url)
+        try:
+            record = await store.get_key(key_id)
+            assert record is not None
+            await KeyService(store, 0).revoke(record)
+        finally:
+            await store.close()
+
+    asyncio.run(revoke_elsewhere())
+    revoked_at = time.monotonic()
+    window = running.gateway.config.gateway.key_cache_seconds
+    while chat(running, key).status_code == 200:
+        assert time.monotonic() - revoked_at <= window + 0.5
+        time.sleep(0.25)
+    assert chat(running, key).json()["error"]["code"] == "key_revoked"
+
+
+def test_expired_key_and_ip_allowlist(running: Running, mint: Any) -> None:
+    expired = mint(expires_at=time.time() - 1)
+    assert chat(running, expired).json()["error"]["code"] == "key_expired"
+    elsewhere = mint(allow_ips=["10.0.0.0/8"])
+    refused = httpx.post(
+        f"{running.url}/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": HI},
+        headers={**headers(elsewhere), "x-forwarded-for": "10.1.2.3"},
+    )
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "ip_not_allowed"
+    assert chat(running, mint(allow_ips=["127.0.0.1/32", "::1/128"])).status_code == 200
+
+
+def test_whoami_and_child_keys(running: Running, mint: Any) -> None:
+    parent = mint(models=["gpt-*", "tools-model"], budget_usd=1.0, expires_at=time.time() + 3600)
+    me = httpx.get(f"{running.url}/v1/key", headers=headers(parent)).json()
+    assert me["budget_usd"] == 1.0 and me["remaining_usd"] == 1.0 and me["spent_usd"] == 0
+    url = f"{running.url}/v1/keys"
+    too_wide = httpx.post(url, headers=headers(parent), json={"name": "c", "models": ["claude-*"]})
+    assert too_wide.status_code == 403 and too_wide.json()["error"]["code"] == "model_not_allowed"
+    too_rich = httpx.post(url, headers=headers(parent), json={"name": "c", "budget_usd": 2})
+    assert too_rich.status_code == 400 and too_rich.json()["error"]["param"] == "budget_usd"
+    too_long = httpx.post(url, headers=headers(parent), json={"name": "c", "expires_in_seconds": 7200})
+    assert too_long.status_code == 400
+    child = httpx.post(url, headers=headers(parent), json={"name": "c", "models": ["gpt-4o-mini"], "budget_usd": 0.5})
+    assert child.status_code == 201
+    body = child.json()
+    assert body["parent_id"] == me["id"] and body["expires_at"] <= me["expires_at"]
+    assert chat(running, body["key"]).status_code == 200
+    denied = httpx.post(
+        f"{running.url}/v1/chat/completions",
+        json={"model": "tools-model", "messages": HI},
+        headers=headers(body["key"]),
+    )
+    assert denied.status_code == 403
+    time.sleep(0.3)  # settlement runs after the answer
+    spent_parent = httpx.get(f"{running.url}/v1/key", headers=headers(parent)).json()["spent_usd"]
+    assert spent_parent > 0  # the child's spend counts against its parent
+    httpx.post(f"{running.url}/admin/keys/{me['id']}/revoke", headers=headers(mint(admin=True)))
+    time.sleep(running.gateway.config.gateway.key_cache_seconds + 0.1)
+    assert chat(running, body["key"]).json()["error"]["code"] == "key_revoked"
+
+
+def test_budget_holds_under_concurrency(running: Running, mint: Any) -> None:
+    """100 concurrent requests against a budget that fits about 20 worst cases."""
+    probe = chat(running, mint(), max_tokens=50)
+    assert probe.status_code == 200
+    worst = (20 * 0.15 + 50 * 0.60) / 1e6  # generous bound per request for gpt-4o-mini at these sizes
+    budget = 20 * worst
+    key = mint(budget_usd=budget)
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=100)) as client:
+            body = {"model": "gpt-4o-mini", "messages": HI, "max_tokens": 50}
+            return await asyncio.gather(
+                *(
+                    client.post(f"{running.url}/v1/chat/completions", json=body, headers=headers(key))
+                    for _ in range(100)
+                )
+            )
+
+    answers = asyncio.run(fire())
+    statuses = [a.status_code for a in answers]
+    assert set(statuses) <= {200, 402}, statuses
+    served = [a for a in answers if a.status_code == 200]
+    assert all(a.json()["error"]["code"] == "budget_exceeded" for a in answers if a.status_code == 402)
+    charged = sum(float(a.headers["x-gateway-cost-usd"]) for a in served)
+    assert charged <= budget + 1e-12
+    time.sleep(0.5)
+    me = httpx.get(f"{running.url}/v1/key", headers=headers(key)).json()
+    assert me["spent_usd"] == pytest.approx(charged, abs=1e-9) and me["spent_usd"] <= budget + 1e-12
+    assert me["reserved_usd"] == pytest.approx(0, abs=1e-12)
+    assert len(served) >= 10  # requests whose worst case fit were not refused
+    assert chat(running, key, max_tokens=50).status_code in (200, 402)
+
+
+def test_rate_limits_answer_429_with_headers(running: Running, mint: Any) -> None:
+    key = mint(rpm=3, tpm=100_000)
+    answers = [chat(running, key) for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    first, limited = answers[0], answers[3]
+    assert first.headers["x-ratelimit-limit-requests"] == "3"
+    assert first.headers["x-ratelimit-remaining-requests"] == "2"
+    assert first.headers["x-ratelimit-limit-tokens"] == "100000"
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+    with pytest.raises(openai.RateLimitError):
+        openai.OpenAI(base_url=f"{running.url}/v1", api_key=key, max_retries=0).chat.completions.create(
+            model="gpt-4o-mini",
+            messages=HI,  # type: ignore[arg-type]
+        )
+
+
+def test_budget_refusal_is_402_not_429(running: Running, mint: Any) -> None:
+    broke = mint(budget_usd=0.0)
+    answer = chat(running, broke)
+    assert answer.status_code == 402 and answer.json()["error"]["code"] == "budget_exceeded"
