@@ -84,8 +84,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_level="warning",
         access_log=False,
+        # uvicorn would otherwise take X-Forwarded-For from loopback peers as the client's address and
+        # let it pass an IP allowlist; the app trusts only `gateway.trusted_proxies`.
+        proxy_headers=False,
+        loop="uvloop" if _has("uvloop") else "asyncio",
     )
     return 0
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -54,6 +55,15 @@ class UpstreamResponse:
         await self._response.aclose()
 
 
+def refused(exc: BaseException) -> bool:
+    """A connection refused or reset, which httpx-aiohttp reports as `ConnectTimeout` (its exception
+    map prefers the timeout class for every `ClientConnectionError`)."""
+    cause = exc.__cause__
+    return isinstance(cause, aiohttp.ClientConnectorError | ConnectionError) and not isinstance(
+        cause, aiohttp.ServerTimeoutError
+    )
+
+
 class UpstreamClient:
     """Sends `UpstreamRequest`s over persistent connections."""
 
@@ -82,7 +92,9 @@ class UpstreamClient:
         except TimeoutError as exc:
             raise UpstreamTimeoutError("upstream did not answer in time", retryable=True) from exc
         except httpx.TimeoutException as exc:
-            raise UpstreamTimeoutError(f"upstream timed out ({type(exc).__name__})", retryable=True) from exc
+            if not refused(exc):
+                raise UpstreamTimeoutError(f"upstream timed out ({type(exc).__name__})", retryable=True) from exc
+            raise UpstreamError("upstream refused the connection", retryable=True, outcome="connect_error") from exc
         except httpx.HTTPError as exc:
             raise UpstreamError(
                 f"upstream unreachable ({type(exc).__name__})", retryable=True, outcome="connect_error"

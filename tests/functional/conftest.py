@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import httpx
+import openai
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -143,6 +146,24 @@ def gateway_config(upstream_url: str, providers: set[str]) -> Config:
     return parse_config(data, set(REGISTRY))
 
 
+# One connection pool for every SDK client of the session: an SDK client left to the garbage collector
+# leaves its sockets open, which pytest (warnings are errors) reports.
+SDK_HTTP = httpx.Client(timeout=30)
+ANTHROPIC_HTTP = anthropic.DefaultHttpxClient(timeout=30)  # the Anthropic SDK brings its own httpx
+
+
+def openai_client(running: Running, key: str) -> openai.OpenAI:
+    """The official OpenAI SDK pointed at the gateway, as users configure it."""
+    return openai.OpenAI(base_url=f"{running.url}/v1", api_key=key, max_retries=0, http_client=SDK_HTTP)
+
+
+def anthropic_client(running: Running, key: str, *, bearer: bool = False) -> anthropic.Anthropic:
+    """The official Anthropic SDK pointed at the gateway (`x-api-key`, or `authorization: Bearer`)."""
+    if bearer:
+        return anthropic.Anthropic(base_url=running.url, auth_token=key, max_retries=0, http_client=ANTHROPIC_HTTP)
+    return anthropic.Anthropic(base_url=running.url, api_key=key, max_retries=0, http_client=ANTHROPIC_HTTP)
+
+
 @dataclass
 class Running:
     """A running gateway and its fakes."""
@@ -174,6 +195,8 @@ def upstream() -> Iterator[tuple[ServerThread, dict[str, Any]]]:
     server = ServerThread(app).start()
     yield server, fakes
     server.stop()
+    SDK_HTTP.close()
+    ANTHROPIC_HTTP.close()
 
 
 @pytest.fixture(scope="session")

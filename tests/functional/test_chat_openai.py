@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from tests.fakes.openai import TEXT
-from tests.functional.conftest import Running
+from tests.functional.conftest import Running, openai_client
 
 WEATHER_TOOL = {
     "type": "function",
@@ -20,7 +20,7 @@ WEATHER_TOOL = {
 
 
 def client(running: Running, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{running.url}/v1", api_key=key, max_retries=0)
+    return openai_client(running, key)
 
 
 def test_completion_carries_answer_usage_route_and_cost(running: Running, key: str) -> None:

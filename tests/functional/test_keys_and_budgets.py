@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.functional.conftest import Running
+from tests.functional.conftest import Running, openai_client
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -177,7 +177,7 @@ def test_rate_limits_answer_429_with_headers(running: Running, mint: Any) -> Non
     assert int(limited.headers["retry-after"]) >= 1
     assert limited.json()["error"]["code"] == "rate_limit_exceeded"
     with pytest.raises(openai.RateLimitError):
-        openai.OpenAI(base_url=f"{running.url}/v1", api_key=key, max_retries=0).chat.completions.create(
+        openai_client(running, key).chat.completions.create(
             model="gpt-4o-mini",
             messages=HI,  # type: ignore[arg-type]
         )

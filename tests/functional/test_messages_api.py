@@ -6,7 +6,7 @@ import anthropic
 import pytest
 
 from tests.fakes.openai import TEXT
-from tests.functional.conftest import Running
+from tests.functional.conftest import Running, anthropic_client
 
 TOOL = {
     "name": "get_weather",
@@ -16,9 +16,7 @@ TOOL = {
 
 
 def client(running: Running, key: str, *, bearer: bool = False) -> anthropic.Anthropic:
-    if bearer:
-        return anthropic.Anthropic(base_url=running.url, auth_token=key, max_retries=0)
-    return anthropic.Anthropic(base_url=running.url, api_key=key, max_retries=0)
+    return anthropic_client(running, key, bearer=bearer)
 
 
 @pytest.mark.parametrize("bearer", [False, True])
@@ -28,7 +26,7 @@ def test_message_from_an_openai_model(running: Running, key: str, bearer: bool) 
         max_tokens=100,
         system="Be brief.",
         messages=[{"role": "user", "content": "Hi"}],
-        top_k=5,
+        extra_body={"top_k": 5},  # this SDK version has no top_k argument
     )
     message = raw.parse()
     assert message.content[0].type == "text" and message.content[0].text == TEXT
@@ -102,7 +100,7 @@ def test_errors_are_in_anthropic_shape(running: Running, key: str) -> None:
             model="gpt-4o-mini",
             max_tokens=5,
             messages=[{"role": "user", "content": "x"}],
-            top_k=3,
+            extra_body={"top_k": 3},
             extra_headers={"x-gateway-strict": "true"},
         )
     assert "top_k" in strict.value.message

@@ -9,13 +9,13 @@ import openai
 import pytest
 
 from tests.fakes.openai import TEXT
-from tests.functional.conftest import Running
+from tests.functional.conftest import Running, openai_client
 
 HI = [{"role": "user", "content": "Hi"}]
 
 
 def client(running: Running, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{running.url}/v1", api_key=key, max_retries=0)
+    return openai_client(running, key)
 
 
 def route_of(running: Running, key: str, model: str, **headers: str) -> str:
@@ -26,8 +26,11 @@ def route_of(running: Running, key: str, model: str, **headers: str) -> str:
     return raw.headers["x-gateway-route"]
 
 
-def test_429_falls_back_to_the_next_model(running: Running, key: str) -> None:
-    assert route_of(running, key, "limited") == "openai/fail-429@global=429, openai/gpt-4o-mini@global=200"
+def test_429_honours_retry_after_then_falls_back_to_the_next_model(running: Running, key: str) -> None:
+    # The fake's 429 says `retry-after: 0`: one retry of the same deployment, then the fallback model.
+    assert route_of(running, key, "limited") == (
+        "openai/fail-429@global=429, openai/fail-429@global=429, openai/gpt-4o-mini@global=200"
+    )
 
 
 def test_refused_connection_moves_to_the_next_deployment(running: Running, key: str) -> None:

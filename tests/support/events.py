@@ -18,8 +18,17 @@ SAMPLE_KEY = f"gwk_{SAMPLE_KEY_ID}_{SAMPLE_SECRET}"
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 
 
-def event(method: str, path: str, body: Any = None, *, key: str | None = SAMPLE_KEY, headers: dict[str, str] | None = None,
-          query: str = "", raw_body: str | None = None, base64_body: bool = False) -> dict[str, Any]:
+def event(
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    key: str | None = SAMPLE_KEY,
+    headers: dict[str, str] | None = None,
+    query: str = "",
+    raw_body: str | None = None,
+    base64_body: bool = False,
+) -> dict[str, Any]:
     all_headers = {
         "accept": "application/json",
         "content-type": "application/json",
@@ -44,8 +53,13 @@ def event(method: str, path: str, body: Any = None, *, key: str | None = SAMPLE_
             "apiId": "abcdef1234",
             "domainName": "abcdef1234.execute-api.eu-central-1.amazonaws.com",
             "domainPrefix": "abcdef1234",
-            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "203.0.113.10",
-                     "userAgent": "OpenAI/Python 1.0"},
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "203.0.113.10",
+                "userAgent": "OpenAI/Python 1.0",
+            },
             "requestId": "JKJaXmPLvHcESHA=",
             "routeKey": "$default",
             "stage": "$default",
@@ -65,17 +79,22 @@ CASES: dict[str, dict[str, Any]] = {
     "models": event("GET", "/v1/models"),
     "chat-completions-ok": event("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HI}),
     "chat-completions-stream": event(
-        "POST", "/v1/chat/completions",
+        "POST",
+        "/v1/chat/completions",
         {"model": "gpt-4o-mini", "messages": HI, "stream": True, "stream_options": {"include_usage": True}},
     ),
     "chat-completions-base64-body": event(
         "POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HI}, base64_body=True
     ),
     "chat-completions-bad-key": event(
-        "POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HI},
+        "POST",
+        "/v1/chat/completions",
+        {"model": "gpt-4o-mini", "messages": HI},
         key="gwk_aaaaaaaaaaaa_" + "x" * 43,
     ),
-    "chat-completions-no-key": event("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HI}, key=None),
+    "chat-completions-no-key": event(
+        "POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HI}, key=None
+    ),
     "chat-completions-unknown-model": event("POST", "/v1/chat/completions", {"model": "gpt-0", "messages": HI}),
     "chat-completions-bad-json": event("POST", "/v1/chat/completions", raw_body='{"model": "gpt-4o-mini", '),
     "chat-completions-wrong-types": event("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": "hi"}),

@@ -21,6 +21,8 @@ class Context:
 
 
 def main(paths: list[str]) -> None:
+    results = sys.stdout
+    sys.stdout = sys.stderr  # the handler's log lines go to stderr here, leaving stdout to the results
     from handler.lambda_handler import handler
 
     for path in paths:
@@ -33,9 +35,15 @@ def main(paths: list[str]) -> None:
             import base64
 
             body = base64.b64decode(body).decode()
-        line = {"event": Path(path).stem, "status": response["statusCode"], "headers": response.get("headers", {}),
-                "body": body, "ms": elapsed}
-        sys.stdout.write(json.dumps(line) + "\n")
+        line = {
+            "event": Path(path).stem,
+            "status": response["statusCode"],
+            "headers": response.get("headers", {}),
+            "body": body,
+            "ms": elapsed,
+        }
+        results.write(json.dumps(line) + "\n")
+        results.flush()
 
 
 if __name__ == "__main__":

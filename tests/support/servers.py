@@ -22,14 +22,19 @@ def free_port() -> int:
 class ServerThread:
     """Runs an ASGI app under uvicorn on 127.0.0.1 until `stop()`."""
 
-    def __init__(
-        self, app: Any, port: int | None = None, cleanup: Callable[[], Awaitable[None]] | None = None
-    ) -> None:
+    def __init__(self, app: Any, port: int | None = None, cleanup: Callable[[], Awaitable[None]] | None = None) -> None:
         self.cleanup = cleanup
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="error", lifespan="off", ws="none", access_log=False
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="error",
+            lifespan="off",
+            ws="none",
+            access_log=False,
+            proxy_headers=False,  # as `gateway serve`: the app alone decides whom to trust
         )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None

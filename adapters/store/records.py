@@ -1,0 +1,53 @@
+"""How store records turn into bytes and back, shared by every backend."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import orjson
+
+from handler.ports import KeyRecord, LedgerItem
+
+KEY_FIELDS = {f.name for f in dataclasses.fields(KeyRecord)}
+LEDGER_FIELDS = {f.name for f in dataclasses.fields(LedgerItem)}
+
+# How long line items and settlement markers live before the store's TTL removes them.
+LEDGER_TTL_SECONDS = 400 * 86400
+SETTLED_TTL_SECONDS = 7 * 86400
+# An expired key stays visible this long (so `keys show` can say it expired) before the TTL removes it.
+EXPIRED_KEY_GRACE_SECONDS = 86400
+
+
+def key_to_json(record: KeyRecord) -> str:
+    return orjson.dumps(dataclasses.asdict(record)).decode()
+
+
+def key_from_json(raw: bytes | str) -> KeyRecord:
+    data = orjson.loads(raw)
+    return KeyRecord(**{k: v for k, v in data.items() if k in KEY_FIELDS})
+
+
+def ledger_to_json(item: LedgerItem) -> str:
+    return orjson.dumps(dataclasses.asdict(item)).decode()
+
+
+def ledger_from_json(raw: bytes | str) -> LedgerItem:
+    data: dict[str, Any] = orjson.loads(raw)
+    return LedgerItem(**{k: v for k, v in data.items() if k in LEDGER_FIELDS})
+
+
+def key_purge_after(record: KeyRecord) -> float | None:
+    """When the store may forget the key: a day after it expired, or after it was revoked."""
+    ends = [t for t in (record.expires_at, record.revoked_at) if t is not None]
+    return min(ends) + EXPIRED_KEY_GRACE_SECONDS if ends else None
+
+
+def day_of(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def ledger_sort_key(item: LedgerItem) -> str:
+    """Sorts line items by time as a string; the request id makes it unique."""
+    return f"{item.ts:017.6f}#{item.request_id}"

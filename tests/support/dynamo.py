@@ -1,0 +1,146 @@
+"""A DynamoDB-compatible server for the tests: moto's server mode in a child process, over HTTP.
+
+moto serves one request at a time here (werkzeug `threaded=False`): its threaded mode has no lock
+around condition checks, so two concurrent conditional writes could both pass, which DynamoDB never
+allows on one item. Tables are created from `template.yaml`, the one source of the table's schema.
+
+Run as `python -m tests.support.dynamo PORT` to serve on that port.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+class CloudFormationLoader(yaml.SafeLoader):
+    """Reads CloudFormation YAML: short-form intrinsics (`!Ref`, `!Sub`, ...) become `{Fn::...: ...}`."""
+
+
+def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+        if suffix == "GetAtt":
+            value = str(value).split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    return {name: value}
+
+
+CloudFormationLoader.add_multi_constructor("!", _intrinsic)
+
+
+def load_template(path: Path = ROOT / "template.yaml") -> dict[str, Any]:
+    with path.open() as file:
+        template: dict[str, Any] = yaml.load(file, Loader=CloudFormationLoader)  # noqa: S506 - a safe loader
+    return template
+
+
+def table_spec(template: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`create_table` arguments for the gateway's table, from the template's `GatewayTable`."""
+    resource = (template or load_template())["Resources"]["GatewayTable"]["Properties"]
+    spec: dict[str, Any] = {
+        "AttributeDefinitions": resource["AttributeDefinitions"],
+        "KeySchema": resource["KeySchema"],
+        "BillingMode": resource["BillingMode"],
+    }
+    if resource.get("GlobalSecondaryIndexes"):
+        spec["GlobalSecondaryIndexes"] = resource["GlobalSecondaryIndexes"]
+    return spec
+
+
+def ttl_attribute(template: dict[str, Any] | None = None) -> str:
+    resource = (template or load_template())["Resources"]["GatewayTable"]["Properties"]
+    name: str = resource["TimeToLiveSpecification"]["AttributeName"]
+    return name
+
+
+class DynamoServer:
+    """moto's DynamoDB on a loopback port, in a child process."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DynamoServer:
+        env = {**os.environ, **CREDENTIALS}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.dynamo", str(self.port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = self.client()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.list_tables()
+                return self
+            except Exception:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("the DynamoDB test server did not start") from None
+                time.sleep(0.1)
+
+    def client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.session.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+        ).client(
+            "dynamodb",
+            endpoint_url=self.url,
+            config=Config(retries={"max_attempts": 2, "mode": "standard"}, max_pool_connections=128),
+        )
+
+    def create_table(self, name: str | None = None) -> str:
+        """A new, empty gateway table named after the template's schema; returns its name."""
+        name = name or f"gateway-{uuid.uuid4().hex[:8]}"
+        client = self.client()
+        client.create_table(TableName=name, **table_spec())
+        client.update_time_to_live(
+            TableName=name, TimeToLiveSpecification={"AttributeName": ttl_attribute(), "Enabled": True}
+        )
+        return name
+
+    def store_url(self, table: str) -> str:
+        return f"dynamodb://{table}?region=us-east-1&endpoint_url={self.url}"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def main(port: int) -> None:
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import run_simple
+
+    app = DomainDispatcherApplication(create_backend_app)
+    run_simple("127.0.0.1", port, app, threaded=False, use_reloader=False)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))
