@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from adapters.providers.anthropic import AnthropicAdapter
+from adapters.providers.gemini import GeminiAdapter
 from adapters.providers.openai import OpenAIAdapter
 from handler.ports import ProviderAdapter
 
 REGISTRY: dict[str, type[ProviderAdapter]] = {
+    AnthropicAdapter.type_name: AnthropicAdapter,
     OpenAIAdapter.type_name: OpenAIAdapter,
+    GeminiAdapter.type_name: GeminiAdapter,
 }
 
 __all__ = ["REGISTRY"]

@@ -1,0 +1,571 @@
+"""Google's Gemini API (Generative Language API v1beta) behind the OpenAI Chat Completions form.
+
+Requests go to `models/{model}:generateContent` (or `:streamGenerateContent?alt=sse`), with the key in
+the `x-goog-api-key` header so it never appears in a URL that a log or a proxy could keep. Messages become
+`contents` (roles `user` and `model`, consecutive turns of one role merged, as Gemini requires
+alternation), system and developer messages become `systemInstruction`, sampling parameters go into
+`generationConfig` by a `Rule` table, and whatever Gemini cannot honour is reported as dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+import re
+import secrets
+import struct
+import time
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from adapters.providers.params import Rule, apply_rules
+from handler.errors import InvalidRequestError, UpstreamError
+from handler.ports import (
+    BuiltRequest,
+    ProviderAdapter,
+    StreamEvent,
+    Target,
+    UpstreamRequest,
+    json_body,
+    malformed,
+    upstream_error,
+)
+from handler.schemas import (
+    AssistantMessage,
+    AudioPart,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatRequest,
+    Choice,
+    ChunkChoice,
+    ChunkDelta,
+    CompletionTokensDetails,
+    ContentPart,
+    Embedding,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    EmbeddingsUsage,
+    FilePart,
+    FinishReason,
+    FunctionCall,
+    FunctionCallDelta,
+    ImagePart,
+    Message,
+    TextPart,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+API_VERSION = "v1beta"
+MAX_STOP_SEQUENCES = 5  # Gemini rejects more than five stop sequences
+
+DROP = Rule(drop=True)
+
+# OpenAI top-level parameters that land in `generationConfig`. `max_completion_tokens` comes after
+# `max_tokens` so it wins when a client sends both, as OpenAI itself reads them.
+GENERATION_RULES: dict[str, Rule] = {
+    "max_tokens": Rule(rename="maxOutputTokens"),
+    "max_completion_tokens": Rule(rename="maxOutputTokens"),
+    "temperature": Rule(),
+    "top_p": Rule(rename="topP"),
+    "n": Rule(rename="candidateCount", clamp=(1, 8)),
+    "presence_penalty": Rule(rename="presencePenalty"),
+    "frequency_penalty": Rule(rename="frequencyPenalty"),
+    "seed": Rule(),
+    # Gemini may call several functions in one turn and has no switch to forbid it.
+    "parallel_tool_calls": Rule(only=(True,)),
+    # Gemini's logprobs come back in another shape on few models; never promise them.
+    "logprobs": DROP,
+    "top_logprobs": DROP,
+    "logit_bias": DROP,
+    "user": DROP,
+}
+
+# Handled by code below rather than by the table.
+STRUCTURAL = frozenset(
+    {"model", "messages", "stream", "stream_options", "tools", "tool_choice", "response_format", "stop"}
+)
+
+FINISH_REASONS: dict[str, FinishReason] = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+}
+
+TOOL_CHOICE_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+
+_DATA_URL = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(;[^,]*)?),(?P<data>.*)$", re.DOTALL)
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def _duration_seconds(value: Any) -> float | None:
+    """A protobuf Duration in JSON (`"27s"`, `"1.5s"`) as seconds."""
+    if isinstance(value, str) and value.endswith("s"):
+        try:
+            return max(0.0, float(value[:-1]))
+        except ValueError:
+            return None
+    return None
+
+
+def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+    """Google's `{"error": {"code", "message", "status", "details"}}`, also wrapped in a list."""
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        data = None
+    return _error_from_data(status, data, body, headers)
+
+
+def _error_from_data(status: int, data: Any, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+    if isinstance(data, list) and data:
+        data = data[0]
+    error = data.get("error") if isinstance(data, dict) else None
+    message, kind, retry_delay = "", None, None
+    if isinstance(error, dict):
+        message = str(error.get("message") or "")
+        kind = str(error["status"]) if error.get("status") else None
+        for detail in error.get("details") or ():
+            if not isinstance(detail, dict):
+                continue
+            retry_delay = _duration_seconds(detail.get("retryDelay")) if retry_delay is None else retry_delay
+            if detail.get("reason") == "API_KEY_INVALID":
+                # Google answers a bad key with 400; it is the gateway's configuration, not the client's request.
+                status = 401
+    if not message:
+        message = body[:200].decode("utf-8", "replace") if body else "no error body"
+    err = upstream_error(status, message, headers, upstream_type=kind)
+    if err.retry_after is None:
+        err.retry_after = retry_delay
+    return err
+
+
+# --- request ------------------------------------------------------------------------------------
+
+
+def _data_url(url: str) -> tuple[str, str] | None:
+    """`data:<mime>[;base64],<payload>` as (mime type, base64 data)."""
+    match = _DATA_URL.match(url)
+    if match is None:
+        return None
+    payload = match["data"]
+    if ";base64" not in match["params"]:
+        payload = base64.b64encode(urllib.parse.unquote_to_bytes(payload)).decode()
+    return match["mime"] or "application/octet-stream", payload
+
+
+def _media_part(url: str, dropped: list[str], what: str) -> dict[str, Any] | None:
+    inline = _data_url(url)
+    if inline is not None:
+        return {"inlineData": {"mimeType": inline[0], "data": inline[1]}}
+    if url.startswith(("http://", "https://", "gs://")):
+        file_data = {"fileUri": url}
+        mime, _ = mimetypes.guess_type(urllib.parse.urlsplit(url).path)
+        if mime:
+            file_data = {"mimeType": mime, **file_data}
+        return {"fileData": file_data}
+    dropped.append(what)
+    return None
+
+
+def _content_parts(content: str | list[ContentPart] | None, dropped: list[str]) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        converted: dict[str, Any] | None = None
+        if isinstance(part, TextPart):
+            converted = {"text": part.text}
+        elif isinstance(part, ImagePart):
+            converted = _media_part(part.image_url.url, dropped, "messages.image_url")
+        elif isinstance(part, AudioPart):
+            mime = f"audio/{part.input_audio.format}"
+            converted = {"inlineData": {"mimeType": mime, "data": part.input_audio.data}}
+        elif isinstance(part, FilePart):
+            file_data = part.file.get("file_data")
+            if isinstance(file_data, str):
+                converted = _media_part(file_data, dropped, "messages.file")
+            else:
+                dropped.append("messages.file")  # a `file_id` names an OpenAI upload Gemini cannot see
+        if converted is not None:
+            parts.append(converted)
+    return parts
+
+
+def _json_object(raw: str, key: str) -> dict[str, Any]:
+    """Gemini wants a JSON object (a protobuf Struct): wrap anything else under `key`."""
+    try:
+        value = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        value = raw
+    return value if isinstance(value, dict) else {key: value}
+
+
+def _contents(req: ChatRequest, dropped: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """`contents` and `systemInstruction` from the OpenAI messages."""
+    system: list[dict[str, Any]] = []
+    contents: list[dict[str, Any]] = []
+    call_names: dict[str, str] = {}
+
+    def add(role: str, parts: list[dict[str, Any]]) -> None:
+        if not parts:
+            return
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": role, "parts": parts})
+
+    for message in req.messages:
+        if message.role in ("system", "developer"):
+            system.extend(_content_parts(message.content, dropped))
+        elif message.role == "user":
+            add("user", _content_parts(message.content, dropped))
+        elif message.role == "assistant":
+            parts = _content_parts(message.content, dropped)
+            for call in message.tool_calls or ():
+                call_names[call.id] = call.function.name
+                args = _json_object(call.function.arguments, "arguments")
+                parts.append({"functionCall": {"name": call.function.name, "args": args}})
+            add("model", parts)
+        else:
+            add("user", [_function_response(message, call_names)])
+    return contents, ({"parts": system} if system else None)
+
+
+def _function_response(message: Message, call_names: Mapping[str, str]) -> dict[str, Any]:
+    name = call_names.get(message.tool_call_id or "") or message.name
+    if not name:
+        raise InvalidRequestError(
+            f"tool message '{message.tool_call_id}' answers no earlier tool call; Gemini needs the function name",
+            param="messages",
+        )
+    return {"functionResponse": {"name": name, "response": _json_object(message.text(), "result")}}
+
+
+def _tools(req: ChatRequest, dropped: list[str]) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
+    """`tools` and `toolConfig`."""
+    tools = None
+    if req.tools:
+        declarations = []
+        for tool in req.tools:
+            declaration: dict[str, Any] = {"name": tool.function.name}
+            if tool.function.description:
+                declaration["description"] = tool.function.description
+            if tool.function.parameters is not None:
+                # `parametersJsonSchema` takes standard JSON Schema; `parameters` takes Google's OpenAPI
+                # subset and rejects keys OpenAI clients routinely send (`additionalProperties`, `$defs`).
+                declaration["parametersJsonSchema"] = tool.function.parameters
+            if tool.function.strict and "tools.strict" not in dropped:
+                dropped.append("tools.strict")
+            declarations.append(declaration)
+        tools = [{"functionDeclarations": declarations}]
+    choice = req.tool_choice
+    if choice is None:
+        return tools, None
+    if isinstance(choice, str):
+        config: dict[str, Any] = {"mode": TOOL_CHOICE_MODES[choice]}
+    else:
+        config = {"mode": "ANY", "allowedFunctionNames": [choice.function.name]}
+    return tools, {"functionCallingConfig": config}
+
+
+def _response_format(req: ChatRequest) -> dict[str, Any]:
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return {}
+    config: dict[str, Any] = {"responseMimeType": "application/json"}
+    if fmt.type == "json_schema" and fmt.json_schema is not None and fmt.json_schema.schema_ is not None:
+        # `responseJsonSchema` accepts standard JSON Schema as OpenAI clients write it (`$ref`,
+        # `additionalProperties`, `anyOf`, ...); `responseSchema` is Google's OpenAPI subset and would
+        # need a lossy rewrite of every schema.
+        config["responseJsonSchema"] = fmt.json_schema.schema_
+    return config
+
+
+# --- response -----------------------------------------------------------------------------------
+
+
+def usage_of(meta: Any) -> Usage | None:
+    """`usageMetadata` as the gateway's usage: thinking tokens are billed as output, tool-use prompt
+    tokens as input; `promptTokenCount` already includes the cached tokens."""
+    if not isinstance(meta, dict):
+        return None
+
+    def count(name: str) -> int:
+        value = meta.get(name)
+        return value if isinstance(value, int) else 0
+
+    thoughts = count("thoughtsTokenCount")
+    usage = Usage.of(
+        count("promptTokenCount") + count("toolUsePromptTokenCount"),
+        count("candidatesTokenCount") + thoughts,
+        count("cachedContentTokenCount"),
+    )
+    if thoughts:
+        usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=thoughts)
+    return usage
+
+
+def finish_reason(raw: Any, has_calls: bool) -> FinishReason:
+    mapped = FINISH_REASONS.get(str(raw), "stop")
+    return "tool_calls" if mapped == "stop" and has_calls else mapped
+
+
+def call_id(index: int) -> str:
+    """Gemini's generateContent gives function calls no id; OpenAI clients need one to answer."""
+    return f"call_{index}_{secrets.token_hex(8)}"
+
+
+def _parts(candidate: Mapping[str, Any]) -> list[dict[str, Any]]:
+    content = candidate.get("content")
+    parts = content.get("parts") if isinstance(content, dict) else None
+    return [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
+
+
+def _tool_call(part: Mapping[str, Any], index: int) -> ToolCall | None:
+    call = part.get("functionCall")
+    if not isinstance(call, dict):
+        return None
+    args = orjson.dumps(call.get("args") or {}).decode()
+    return ToolCall(
+        id=str(call.get("id") or call_id(index)), function=FunctionCall(name=str(call["name"]), arguments=args)
+    )
+
+
+def _block_message(data: Mapping[str, Any]) -> str | None:
+    feedback = data.get("promptFeedback")
+    reason = feedback.get("blockReason") if isinstance(feedback, dict) else None
+    return f"Gemini blocked the prompt ({reason})" if reason else None
+
+
+def _check_payload(data: Any) -> dict[str, Any]:
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]
+    if not isinstance(data, dict):
+        raise malformed("upstream answered with something other than a GenerateContentResponse")
+    if "error" in data and "candidates" not in data:
+        code = data["error"].get("code") if isinstance(data["error"], dict) else None
+        raise _error_from_data(code if isinstance(code, int) else 500, data, b"", {})
+    return data
+
+
+class GeminiStreamParser:
+    """`streamGenerateContent?alt=sse` events, each a whole `GenerateContentResponse`, into chunks.
+
+    Gemini sends text in pieces but every function call whole, so a call becomes one complete tool-call
+    delta. Each event repeats the running `usageMetadata`; the last one is the bill.
+    """
+
+    def __init__(self, model: str) -> None:
+        self.usage: Usage | None = None
+        self._id = f"chatcmpl-{secrets.token_hex(12)}"
+        self._created = int(time.time())
+        self._model = model
+        self._started: set[int] = set()
+        self._calls: dict[int, int] = {}
+
+    def _chunk(self, index: int, delta: ChunkDelta, reason: FinishReason | None = None) -> ChatCompletionChunk:
+        choice = ChunkChoice(index=index, delta=delta, finish_reason=reason)
+        return ChatCompletionChunk(id=self._id, created=self._created, model=self._model, choices=[choice])
+
+    def _start(self, index: int) -> list[ChatCompletionChunk]:
+        if index in self._started:
+            return []
+        self._started.add(index)
+        return [self._chunk(index, ChunkDelta(role="assistant", content=""))]
+
+    def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
+        if not event.data.strip():
+            return []
+        data = _check_payload(json_body(event.data))
+        if not self._started and isinstance(data.get("responseId"), str):
+            self._id = f"chatcmpl-{data['responseId']}"
+        if isinstance(data.get("modelVersion"), str):
+            self._model = data["modelVersion"]
+        usage = usage_of(data.get("usageMetadata"))
+        if usage is not None:
+            self.usage = usage
+        chunks: list[ChatCompletionChunk] = []
+        candidates = [c for c in data.get("candidates") or () if isinstance(c, dict)]
+        blocked = _block_message(data)
+        if not candidates and blocked:
+            chunks += self._start(0)
+            chunks.append(self._chunk(0, ChunkDelta(refusal=blocked), "content_filter"))
+        for position, candidate in enumerate(candidates):
+            index = candidate.get("index", position)
+            chunks += self._start(index)
+            for part in _parts(candidate):
+                call = _tool_call(part, self._calls.get(index, 0))
+                if call is not None:
+                    n = self._calls.get(index, 0)
+                    self._calls[index] = n + 1
+                    delta = ToolCallDelta(
+                        index=n,
+                        id=call.id,
+                        type="function",
+                        function=FunctionCallDelta(name=call.function.name, arguments=call.function.arguments),
+                    )
+                    chunks.append(self._chunk(index, ChunkDelta(tool_calls=[delta])))
+                elif isinstance(part.get("text"), str) and part["text"]:
+                    if part.get("thought"):
+                        chunks.append(self._chunk(index, ChunkDelta(reasoning_content=part["text"])))
+                    else:
+                        chunks.append(self._chunk(index, ChunkDelta(content=part["text"])))
+            if candidate.get("finishReason"):
+                reason = finish_reason(candidate["finishReason"], bool(self._calls.get(index)))
+                chunks.append(self._chunk(index, ChunkDelta(), reason))
+        return chunks
+
+    def finish(self) -> list[ChatCompletionChunk]:
+        if self.usage is None:
+            return []
+        return [ChatCompletionChunk(id=self._id, created=self._created, model=self._model, usage=self.usage)]
+
+
+# --- the adapter --------------------------------------------------------------------------------
+
+
+class GeminiAdapter(ProviderAdapter):
+    """The `gemini` provider type: Google AI Studio's Gemini API with an API key."""
+
+    type_name = "gemini"
+    default_base_url = "https://generativelanguage.googleapis.com"
+    key_env_var = "GEMINI_API_KEY"
+    supports_embeddings = True
+
+    def headers(self) -> dict[str, str]:
+        headers = {"content-type": "application/json"}
+        if self.secret:
+            headers["x-goog-api-key"] = self.secret
+        return headers
+
+    def url(self, target: Target, method: str) -> str:
+        model = target.model.removeprefix("models/")
+        return f"{target.base_url}/{API_VERSION}/models/{urllib.parse.quote(model, safe='-._~')}:{method}"
+
+    def chat_body(self, req: ChatRequest) -> tuple[dict[str, Any], list[str]]:
+        """The `GenerateContentRequest` and the client parameters it could not carry."""
+        dropped: list[str] = []
+        contents, system = _contents(req, dropped)
+        body: dict[str, Any] = {"contents": contents}
+        if system is not None:
+            body["systemInstruction"] = system
+        tools, tool_config = _tools(req, dropped)
+        if tools is not None:
+            body["tools"] = tools
+        if tool_config is not None:
+            body["toolConfig"] = tool_config
+
+        params = req.model_dump(exclude_unset=True, by_alias=True)
+        config = {name: params.pop(name) for name in GENERATION_RULES if name in params}
+        dropped += apply_rules(config, GENERATION_RULES)
+        config.pop("parallel_tool_calls", None)
+        config = {name: value for name, value in config.items() if value is not None}
+        stops = req.stop_list()
+        if stops:
+            config["stopSequences"] = stops[:MAX_STOP_SEQUENCES]
+            if len(stops) > MAX_STOP_SEQUENCES:
+                dropped.append("stop")
+        config.update(_response_format(req))
+        if config:
+            body["generationConfig"] = config
+        dropped += [name for name, value in params.items() if name not in STRUCTURAL and value is not None]
+        return body, list(dict.fromkeys(dropped))
+
+    def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
+        body, dropped = self.chat_body(req)
+        url = self.url(target, "streamGenerateContent?alt=sse" if stream else "generateContent")
+        return BuiltRequest(UpstreamRequest("POST", url, self.headers(), orjson.dumps(body)), dropped)
+
+    def chat_response(self, body: bytes, req: ChatRequest, target: Target) -> ChatCompletion:
+        data = _check_payload(json_body(body))
+        candidates = [c for c in data.get("candidates") or () if isinstance(c, dict)]
+        blocked = _block_message(data)
+        if not candidates and not blocked:
+            raise malformed("upstream answered without candidates")
+        choices: list[Choice] = []
+        for position, candidate in enumerate(candidates):
+            texts: list[str] = []
+            thoughts: list[str] = []
+            calls: list[ToolCall] = []
+            for part in _parts(candidate):
+                call = _tool_call(part, len(calls))
+                if call is not None:
+                    calls.append(call)
+                elif isinstance(part.get("text"), str):
+                    (thoughts if part.get("thought") else texts).append(part["text"])
+            message = AssistantMessage(
+                content="".join(texts) if texts or not calls else None,
+                tool_calls=calls or None,
+                reasoning_content="".join(thoughts) or None,
+            )
+            reason = finish_reason(candidate.get("finishReason"), bool(calls))
+            choices.append(Choice(index=candidate.get("index", position), message=message, finish_reason=reason))
+        if not choices:
+            message = AssistantMessage(content=None, refusal=blocked)
+            choices.append(Choice(index=0, message=message, finish_reason="content_filter"))
+        response_id = data.get("responseId")
+        return ChatCompletion(
+            id=f"chatcmpl-{response_id}" if isinstance(response_id, str) else f"chatcmpl-{secrets.token_hex(12)}",
+            created=int(time.time()),
+            model=str(data.get("modelVersion") or target.model),
+            choices=choices,
+            usage=usage_of(data.get("usageMetadata")),
+        )
+
+    def stream_parser(self, req: ChatRequest, target: Target) -> GeminiStreamParser:
+        return GeminiStreamParser(target.model)
+
+    def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+        return error_from_body(status, body, headers)
+
+    def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> BuiltRequest:
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        if not all(isinstance(text, str) for text in texts):
+            raise InvalidRequestError("Gemini embeddings take text input, not token ids", param="input")
+        model = f"models/{target.model.removeprefix('models/')}"
+        requests = []
+        for text in texts:
+            item: dict[str, Any] = {"model": model, "content": {"parts": [{"text": text}]}}
+            if req.dimensions is not None:
+                item["outputDimensionality"] = req.dimensions
+            requests.append(item)
+        dropped = ["user"] if req.user is not None else []
+        request = UpstreamRequest(
+            "POST", self.url(target, "batchEmbedContents"), self.headers(), orjson.dumps({"requests": requests})
+        )
+        return BuiltRequest(request, dropped)
+
+    def embeddings_response(self, body: bytes, req: EmbeddingsRequest, target: Target) -> EmbeddingsResponse:
+        data = _check_payload(json_body(body))
+        embeddings = data.get("embeddings")
+        if not isinstance(embeddings, list):
+            raise malformed("upstream answered embeddings without embeddings")
+        items: list[Embedding] = []
+        for index, item in enumerate(embeddings):
+            values = item.get("values") if isinstance(item, dict) else None
+            if not isinstance(values, list):
+                raise malformed("upstream embedding has no values")
+            vector: list[float] | str = [float(v) for v in values]
+            if req.encoding_format == "base64":
+                vector = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+            items.append(Embedding(index=index, embedding=vector))
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        # batchEmbedContents reports no token counts; about four characters a token is Google's own rule of thumb.
+        tokens = sum(len(str(text)) // 4 + 1 for text in texts)
+        return EmbeddingsResponse(
+            data=items, model=target.model, usage=EmbeddingsUsage(prompt_tokens=tokens, total_tokens=tokens)
+        )

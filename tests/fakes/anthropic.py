@@ -1,0 +1,168 @@
+"""A fake Anthropic Messages API (`POST /v1/messages`), speaking Anthropic's documented wire format.
+
+Behaviour is chosen by the requested model name, or by `metadata.user_id` (the OpenAI `user`) so a
+gateway test can pick a fault on a configured model: `fail-429` (rate_limit_error with retry-after: 0),
+`fail-500` (api_error), `fail-529` (overloaded_error), `fail-400` (invalid_request_error), `slow`
+(waits `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way, without
+`message_delta` or `message_stop`), `bad-json` (a 200 whose body is not JSON). A request with tools and a
+`tool_choice` of `any` or `tool` is answered with a `tool_use` block. Every request is recorded on
+`app.state.requests`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+API_KEY = "test-anthropic-key"
+TEXT = "Hello from fake Anthropic."
+TOOL_INPUT = {"city": "Paris"}
+OUTPUT_TOKENS = 7
+SLOW_SECONDS = 2.0
+MESSAGE_ID = "msg_01FakeAnthropic"
+TOOL_USE_ID = "toolu_01FakeAnthropic"
+
+
+def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = {"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_fake"}
+    return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
+
+
+def input_tokens(body: dict[str, Any]) -> int:
+    return max(1, len(orjson.dumps([body.get("system"), body.get("messages")])) // 4)
+
+
+def _problem(body: dict[str, Any]) -> str | None:
+    """What the real API would reject in a body, for the few rules an adapter may get wrong."""
+    if not isinstance(body.get("max_tokens"), int):
+        return "max_tokens: Field required"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages: at least one message is required"
+    for i, message in enumerate(messages):
+        if message.get("role") not in ("user", "assistant"):
+            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+    if body.get("tool_choice") and not body.get("tools"):
+        return "tool_choice may only be specified while providing tools."
+    return None
+
+
+def _tool_name(body: dict[str, Any]) -> str | None:
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice") or {}
+    if not tools or choice.get("type") not in ("any", "tool"):
+        return None
+    return str(choice.get("name") or tools[0]["name"])
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def create_app() -> Starlette:
+    requests: list[dict[str, Any]] = []
+
+    async def messages(request: Request) -> Response:
+        raw = await request.body()
+        body = orjson.loads(raw) if raw else {}
+        requests.append({"path": request.url.path, "headers": dict(request.headers), "json": body})
+        if request.headers.get("x-api-key") != API_KEY:
+            return _error(401, "authentication_error", "invalid x-api-key")
+        if not request.headers.get("anthropic-version"):
+            return _error(400, "invalid_request_error", "anthropic-version: header is required")
+        model = str(body.get("model", ""))
+        faults = f"{model} {(body.get('metadata') or {}).get('user_id', '')}"
+        if "fail-429" in faults:
+            return _error(
+                429, "rate_limit_error", "Number of request tokens has exceeded your rate limit.", {"retry-after": "0"}
+            )
+        if "fail-500" in faults:
+            return _error(500, "api_error", "Internal server error")
+        if "fail-529" in faults:
+            return _error(529, "overloaded_error", "Overloaded")
+        if "fail-400" in faults:
+            return _error(400, "invalid_request_error", "messages: text content blocks must be non-empty")
+        problem = _problem(body)
+        if problem:
+            return _error(400, "invalid_request_error", problem)
+        if "slow" in faults:
+            await asyncio.sleep(SLOW_SECONDS)
+        if "bad-json" in faults:
+            return Response(b"{not json", 200, media_type="application/json")
+        tool = _tool_name(body)
+        if body.get("stream"):
+            return StreamingResponse(_stream(body, model, tool, "stream-cut" in faults), media_type="text/event-stream")
+        content: list[dict[str, Any]]
+        if tool:
+            content = [{"type": "tool_use", "id": TOOL_USE_ID, "name": tool, "input": TOOL_INPUT}]
+        else:
+            content = [{"type": "text", "text": TEXT}]
+        answer = {
+            "id": MESSAGE_ID,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": content,
+            "stop_reason": "tool_use" if tool else "end_turn",
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": input_tokens(body),
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": OUTPUT_TOKENS,
+                "service_tier": "standard",
+            },
+        }
+        return Response(orjson.dumps(answer), media_type="application/json")
+
+    async def _stream(body: dict[str, Any], model: str, tool: str | None, cut: bool) -> AsyncIterator[bytes]:
+        start: dict[str, Any] = {
+            "id": MESSAGE_ID,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": input_tokens(body),
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": 1,
+            },
+        }
+        yield _sse("message_start", {"type": "message_start", "message": start})
+        if tool:
+            block: dict[str, Any] = {"type": "tool_use", "id": TOOL_USE_ID, "name": tool, "input": {}}
+            deltas = [{"type": "input_json_delta", "partial_json": p} for p in ("", '{"city"', ': "Paris"}')]
+        else:
+            block = {"type": "text", "text": ""}
+            words = TEXT.split(" ")
+            deltas = [{"type": "text_delta", "text": (" " if i else "") + w} for i, w in enumerate(words)]
+        yield _sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
+        yield _sse("ping", {"type": "ping"})
+        for i, delta in enumerate(deltas):
+            if cut and i == 2:
+                return
+            yield _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+        yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+        yield _sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "tool_use" if tool else "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": OUTPUT_TOKENS},
+            },
+        )
+        yield _sse("message_stop", {"type": "message_stop"})
+
+    app = Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])])
+    app.state.requests = requests
+    return app

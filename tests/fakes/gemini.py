@@ -1,0 +1,224 @@
+"""A fake Gemini API (Generative Language API v1beta), speaking Google's documented wire format.
+
+It serves `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse` and
+`:batchEmbedContents`, checks `x-goog-api-key`, and refuses what Google refuses (unknown fields, empty
+`contents`, roles other than `user`/`model`) with Google's error body. With tools and function-calling
+mode `ANY` it answers with a `functionCall`. Behaviour is chosen by the model name, as in the OpenAI fake:
+`fail-429` (RESOURCE_EXHAUSTED, retry delay 0s), `fail-500`, `fail-400` (INVALID_ARGUMENT), `slow` (waits
+`SLOW_SECONDS`), `stream-cut` (a stream that stops before its finishReason), `bad-json` (a 200 whose
+body is not JSON). Every request is recorded on `app.state.requests`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+API_KEY = "test-gemini-key"
+TEXT = "Hello from fake Gemini."
+SLOW_SECONDS = 2.0
+MODEL_VERSION = "gemini-2.5-flash"
+RESPONSE_ID = "fakeGeminiResponse01"
+CALL_ARGS = {"city": "Paris"}
+
+REQUEST_FIELDS = {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig", "safetySettings"}
+GENERATION_FIELDS = {
+    "maxOutputTokens",
+    "temperature",
+    "topP",
+    "topK",
+    "candidateCount",
+    "stopSequences",
+    "presencePenalty",
+    "frequencyPenalty",
+    "seed",
+    "responseMimeType",
+    "responseSchema",
+    "responseJsonSchema",
+    "thinkingConfig",
+}
+METHODS = {"generateContent", "streamGenerateContent", "batchEmbedContents"}
+
+
+def _error(
+    code: int,
+    message: str,
+    status: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    error: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if details:
+        error["details"] = details
+    return Response(orjson.dumps({"error": error}), code, headers=headers, media_type="application/json")
+
+
+def _invalid(message: str) -> Response:
+    return _error(400, message, "INVALID_ARGUMENT")
+
+
+def _validate(body: dict[str, Any]) -> Response | None:
+    """What Google refuses before generating: the fake is as strict as the real API about shape."""
+    for name in body:
+        if name not in REQUEST_FIELDS:
+            return _invalid(f'Invalid JSON payload received. Unknown name "{name}": Cannot find field.')
+    for name in body.get("generationConfig") or {}:
+        if name not in GENERATION_FIELDS:
+            return _invalid(
+                f"Invalid JSON payload received. Unknown name \"{name}\" at 'generation_config': Cannot find field."
+            )
+    contents = body.get("contents")
+    if not contents:
+        return _invalid("* GenerateContentRequest.contents: contents is not specified\n")
+    for i, content in enumerate(contents):
+        if content.get("role") not in ("user", "model"):
+            return _invalid(f"Please use a valid role: user, model. (contents[{i}])")
+        if not content.get("parts"):
+            return _invalid(f"* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty.\n")
+    count = (body.get("generationConfig") or {}).get("candidateCount", 1)
+    if not 1 <= count <= 8:
+        return _invalid("* GenerateContentRequest.generation_config.candidate_count: must be between 1 and 8\n")
+    return None
+
+
+def _function_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    declarations = [d for tool in body.get("tools") or [] for d in tool.get("functionDeclarations") or []]
+    config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    if not declarations or config.get("mode") != "ANY":
+        return None
+    allowed = config.get("allowedFunctionNames") or [declarations[0]["name"]]
+    return {"name": allowed[0], "args": CALL_ARGS}
+
+
+def _usage(body: dict[str, Any], candidates: int, thoughts: int) -> dict[str, Any]:
+    prompt = max(1, len(orjson.dumps(body.get("contents", body.get("requests", "")))) // 4)
+    usage = {
+        "promptTokenCount": prompt,
+        "candidatesTokenCount": candidates,
+        "totalTokenCount": prompt + candidates + thoughts,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}],
+    }
+    if thoughts:
+        usage["thoughtsTokenCount"] = thoughts
+    return usage
+
+
+def _answer(parts: list[dict[str, Any]], usage: dict[str, Any], finish: str | None) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
+    if finish:
+        candidate["finishReason"] = finish
+    return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": MODEL_VERSION, "responseId": RESPONSE_ID}
+
+
+def create_app() -> Starlette:
+    requests: list[dict[str, Any]] = []
+
+    async def dispatch(request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            return _invalid("Invalid JSON payload received.")
+        model, _, method = request.path_params["target"].partition(":")
+        requests.append(
+            {
+                "path": request.url.path,
+                "query": request.url.query,
+                "model": model,
+                "method": method,
+                "headers": dict(request.headers),
+                "json": body,
+            }
+        )
+        key = request.headers.get("x-goog-api-key")
+        if not key:
+            return _error(
+                403,
+                "Method doesn't allow unregistered callers (callers without established identity). "
+                "Please use API Key or other form of API consumer identity to call this API.",
+                "PERMISSION_DENIED",
+            )
+        if key != API_KEY:
+            info = {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            }
+            return _error(400, "API key not valid. Please pass a valid API key.", "INVALID_ARGUMENT", [info])
+        if method not in METHODS:
+            return _error(404, f"models/{model} is not found for API version v1beta.", "NOT_FOUND")
+        if "fail-429" in model:
+            retry = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0s"}
+            return _error(
+                429,
+                "You exceeded your current quota, please check your plan and billing details.",
+                "RESOURCE_EXHAUSTED",
+                [retry],
+            )
+        if "fail-500" in model:
+            return _error(500, "An internal error has occurred. Please retry or report.", "INTERNAL")
+        if "fail-400" in model:
+            return _invalid(
+                "* GenerateContentRequest.contents[0].parts[0].data: "
+                "required oneof field 'data' must have one initialized field\n"
+            )
+        if "slow" in model:
+            await asyncio.sleep(SLOW_SECONDS)
+        if method == "batchEmbedContents":
+            return _embed(model, body)
+        failure = _validate(body)
+        if failure is not None:
+            return failure
+        if "bad-json" in model:
+            return Response(b"{not json", 200, media_type="application/json")
+        call = _function_call(body)
+        if method == "streamGenerateContent":
+            if request.query_params.get("alt") != "sse":
+                return _invalid("the fake only streams with alt=sse")
+            return StreamingResponse(_stream(model, body, call), media_type="text/event-stream")
+        parts = [{"functionCall": call}] if call else [{"text": TEXT}]
+        answer = _answer(parts, _usage(body, 5, 2), "STOP")
+        return Response(orjson.dumps(answer), media_type="application/json")
+
+    async def _stream(model: str, body: dict[str, Any], call: dict[str, Any] | None) -> AsyncIterator[bytes]:
+        def event(payload: dict[str, Any]) -> bytes:
+            return b"data: " + orjson.dumps(payload) + b"\r\n\r\n"
+
+        if call:
+            yield event(_answer([{"functionCall": call}], _usage(body, 5, 2), "STOP"))
+            return
+        words = TEXT.split(" ")
+        for i, word in enumerate(words):
+            if "stream-cut" in model and i == 2:
+                return
+            last = i == len(words) - 1
+            usage = _usage(body, 5, 2) if last else _usage(body, 0, 2)
+            yield event(_answer([{"text": (" " if i else "") + word}], usage, "STOP" if last else None))
+
+    def _embed(model: str, body: dict[str, Any]) -> Response:
+        items = body.get("requests")
+        if not isinstance(items, list) or not items:
+            return _invalid("* BatchEmbedContentsRequest.requests: requests is not specified\n")
+        embeddings = []
+        for i, item in enumerate(items):
+            if item.get("model") != f"models/{model}":
+                return _invalid(
+                    f"Model names should be the same for all requests; requests[{i}].model is {item.get('model')}."
+                )
+            if not (item.get("content") or {}).get("parts"):
+                return _invalid(f"* BatchEmbedContentsRequest.requests[{i}].content: content is not specified\n")
+            size = item.get("outputDimensionality") or 3
+            embeddings.append({"values": [round(0.1 * (n + 1), 1) for n in range(size)]})
+        return Response(orjson.dumps({"embeddings": embeddings}), media_type="application/json")
+
+    app = Starlette(routes=[Route("/v1beta/models/{target}", dispatch, methods=["POST"])])
+    app.state.requests = requests
+    return app

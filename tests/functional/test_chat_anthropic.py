@@ -1,0 +1,136 @@
+"""The official openai SDK against the gateway, with the Anthropic Messages API behind it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageFunctionToolCall
+
+from tests.fakes.anthropic import OUTPUT_TOKENS, TEXT, TOOL_INPUT
+from tests.functional.conftest import Running
+
+MODEL = "claude-haiku-4-5"
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+HI: Any = [{"role": "user", "content": "Hi"}]
+
+
+def client(running: Running, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{running.url}/v1", api_key=key, max_retries=0)
+
+
+def sent(running: Running) -> dict[str, Any]:
+    request: dict[str, Any] = running.fakes["anthropic"].state.requests[-1]
+    return request
+
+
+def test_completion_is_translated_both_ways(running: Running, key: str) -> None:
+    raw = client(running, key).chat.completions.with_raw_response.create(model=MODEL, messages=HI, stop="END")
+    completion = raw.parse()
+    assert completion.choices[0].message.content == TEXT
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.completion_tokens == OUTPUT_TOKENS
+    assert raw.headers["x-gateway-provider"] == "anthropic"
+    assert raw.headers["x-gateway-route"] == f"anthropic/{MODEL}@global=200"
+    upstream = sent(running)
+    assert upstream["path"].endswith("/v1/messages")
+    assert upstream["headers"]["x-api-key"] == "test-anthropic-key" and key not in str(upstream)
+    assert upstream["headers"]["anthropic-version"] == "2023-06-01"
+    body = upstream["json"]
+    assert body["model"] == MODEL and body["max_tokens"] > 0 and body["stop_sequences"] == ["END"]
+    assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+
+
+def test_system_prompt_reaches_the_system_field(running: Running, key: str) -> None:
+    messages: Any = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Hi"},
+        {"role": "user", "content": "Still there?"},
+    ]
+    client(running, key).chat.completions.create(model=MODEL, messages=messages)
+    body = sent(running)["json"]
+    assert body["system"] == "You are terse."
+    assert [m["role"] for m in body["messages"]] == ["user"] and len(body["messages"][0]["content"]) == 2
+
+
+def test_stream_assembles_text_and_ends_with_usage(running: Running, key: str) -> None:
+    chunks = list(
+        client(running, key).chat.completions.create(
+            model=MODEL, messages=HI, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == TEXT
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None and last.usage.completion_tokens == OUTPUT_TOKENS
+    assert last.usage.prompt_tokens > 0
+    assert sent(running)["json"]["stream"] is True
+
+
+def test_tool_call_returned_and_streamed(running: Running, key: str) -> None:
+    oa = client(running, key)
+    completion = oa.chat.completions.create(
+        model=MODEL, messages=HI, tools=[WEATHER_TOOL], tool_choice="required", parallel_tool_calls=False
+    )
+    assert sent(running)["json"]["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
+    call = (completion.choices[0].message.tool_calls or [])[0]
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == TOOL_INPUT
+    assert completion.choices[0].finish_reason == "tool_calls"
+    chunks = list(
+        oa.chat.completions.create(
+            model=MODEL,
+            messages=HI,
+            tools=[WEATHER_TOOL],
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            stream=True,
+        )
+    )
+    calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    assert calls[0].id and calls[0].function and calls[0].function.name == "get_weather"
+    args = "".join(tc.function.arguments or "" for tc in calls if tc.function)
+    assert json.loads(args) == TOOL_INPUT
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+def test_json_schema_is_answered_through_a_forced_tool(running: Running, key: str) -> None:
+    schema: Any = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    completion = client(running, key).chat.completions.create(
+        model=MODEL,
+        messages=HI,
+        response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}},
+    )
+    assert json.loads(completion.choices[0].message.content or "") == TOOL_INPUT
+    assert completion.choices[0].finish_reason == "stop"
+
+
+def test_dropped_parameters_are_reported(running: Running, key: str) -> None:
+    raw = client(running, key).chat.completions.with_raw_response.create(
+        model=MODEL, messages=HI, seed=3, presence_penalty=0.5
+    )
+    assert set(raw.headers["x-gateway-dropped-params"].split(",")) == {"seed", "presence_penalty"}
+    assert "seed" not in sent(running)["json"]
+
+
+def test_upstream_errors_are_mapped(running: Running, key: str) -> None:
+    oa = client(running, key)
+    with pytest.raises(openai.APIStatusError) as overloaded:
+        oa.chat.completions.create(
+            model=MODEL, messages=HI, user="fail-529", extra_headers={"x-gateway-fallbacks": "none"}
+        )
+    assert overloaded.value.status_code == 502
+    assert overloaded.value.body["upstream_status"] == 529  # type: ignore[index]
+    assert overloaded.value.body["upstream_type"] == "overloaded_error"  # type: ignore[index]
+    assert "test-anthropic-key" not in str(overloaded.value.body)
+    with pytest.raises(openai.BadRequestError) as rejected:
+        oa.chat.completions.create(model=MODEL, messages=HI, user="fail-400")
+    assert "text content blocks must be non-empty" in rejected.value.message

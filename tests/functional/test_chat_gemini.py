@@ -1,0 +1,243 @@
+"""The official openai SDK against the gateway, with the fake Gemini API behind it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from adapters.providers import REGISTRY
+from handler.app import create_app
+from handler.config import parse_config
+from handler.gateway import build_gateway
+from tests.fakes.gemini import TEXT
+from tests.functional.conftest import FAKE_KEYS, Running
+from tests.support.servers import ServerThread
+
+pytestmark = pytest.mark.skipif("gemini" not in REGISTRY, reason="no gemini adapter registered")
+
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+HI: Any = [{"role": "user", "content": "Hi"}]
+PRICE = {"input": 1, "output": 2}
+
+
+_clients: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Close every SDK client after its test, so no keep-alive socket outlives the servers."""
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
+def client(running: Running, key: str) -> openai.OpenAI:
+    oa = openai.OpenAI(base_url=f"{running.url}/v1", api_key=key, max_retries=0)
+    _clients.append(oa)
+    return oa
+
+
+def sent(running: Running) -> dict[str, Any]:
+    requests: list[dict[str, Any]] = running.fakes["gemini"].state.requests
+    return requests[-1]
+
+
+def test_completion_translates_both_ways(running: Running, key: str) -> None:
+    raw = client(running, key).chat.completions.with_raw_response.create(model="gemini-2.5-flash", messages=HI)
+    completion = raw.parse()
+    assert completion.choices[0].message.content == TEXT
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.completion_tokens == 7  # 5 answer + 2 thinking
+    assert raw.headers["x-gateway-route"] == "gemini/gemini-2.5-flash@global=200"
+    upstream = sent(running)
+    assert upstream["path"].endswith("/v1beta/models/gemini-2.5-flash:generateContent")
+    assert upstream["headers"]["x-goog-api-key"] == "test-gemini-key"
+    assert key not in str(upstream) and "key=" not in upstream["query"]
+    assert upstream["json"]["contents"] == [{"role": "user", "parts": [{"text": "Hi"}]}]
+
+
+def test_system_messages_reach_gemini_as_system_instruction(running: Running, key: str) -> None:
+    messages: Any = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "user", "content": "Still there?"},
+    ]
+    client(running, key).chat.completions.create(
+        model="gemini-2.5-flash", messages=messages, max_tokens=50, stop="END", temperature=0.5
+    )
+    body = sent(running)["json"]
+    assert body["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+    assert body["contents"] == [{"role": "user", "parts": [{"text": "Hi"}, {"text": "Still there?"}]}]
+    assert body["generationConfig"] == {"maxOutputTokens": 50, "temperature": 0.5, "stopSequences": ["END"]}
+
+
+def test_stream_assembles_text_and_ends_with_usage(running: Running, key: str) -> None:
+    stream = client(running, key).chat.completions.create(
+        model="gemini-2.5-flash", messages=HI, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == TEXT
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None and last.usage.completion_tokens == 7
+    assert sent(running)["path"].endswith(":streamGenerateContent") and sent(running)["query"] == "alt=sse"
+
+
+def test_tools_return_tool_calls_stream_and_not(running: Running, key: str) -> None:
+    oa = client(running, key)
+    messages: Any = [{"role": "user", "content": "Weather in Paris?"}]
+    completion = oa.chat.completions.create(
+        model="gemini-2.5-flash", messages=messages, tools=[WEATHER_TOOL], tool_choice="required"
+    )
+    assert completion.choices[0].finish_reason == "tool_calls"
+    calls = completion.choices[0].message.tool_calls or []
+    call: Any = calls[0]
+    assert call.function.name == "get_weather" and call.function.arguments == '{"city":"Paris"}'
+    tools = sent(running)["json"]["tools"][0]["functionDeclarations"]
+    assert tools[0]["name"] == "get_weather" and tools[0]["parametersJsonSchema"]["required"] == ["city"]
+    assert sent(running)["json"]["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
+
+    chunks = list(
+        oa.chat.completions.create(
+            model="gemini-2.5-flash",
+            messages=messages,
+            tools=[WEATHER_TOOL],
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            stream=True,
+        )
+    )
+    deltas = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    assert len(deltas) == 1 and deltas[0].function is not None
+    assert deltas[0].function.name == "get_weather" and deltas[0].function.arguments == '{"city":"Paris"}'
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+    # the tool result goes back as a functionResponse named after the call
+    answer: Any = [
+        *messages,
+        {"role": "assistant", "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "21C"},
+    ]
+    assert oa.chat.completions.create(model="gemini-2.5-flash", messages=answer).choices[0].message.content == TEXT
+    contents = sent(running)["json"]["contents"]
+    assert contents[1] == {
+        "role": "model",
+        "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}],
+    }
+    assert contents[2] == {
+        "role": "user",
+        "parts": [{"functionResponse": {"name": "get_weather", "response": {"result": "21C"}}}],
+    }
+
+
+def test_dropped_parameters_are_named(running: Running, key: str) -> None:
+    raw = client(running, key).chat.completions.with_raw_response.create(
+        model="gemini-2.5-flash", messages=HI, logit_bias={"1": 1}, user="u-1"
+    )
+    assert set(raw.headers["x-gateway-dropped-params"].split(",")) == {"logit_bias", "user"}
+
+
+def test_upstream_rejection_is_mapped_to_a_client_error(running: Running, key: str) -> None:
+    with pytest.raises(openai.BadRequestError) as rejected:
+        client(running, key).chat.completions.create(
+            model="gemini-2.5-flash", messages=[{"role": "system", "content": "Only a system prompt."}]
+        )
+    assert "contents is not specified" in rejected.value.message
+    assert "test-gemini-key" not in str(rejected.value.body)
+
+
+# --- fault models, on a gateway of their own (the shared config has one Gemini model) -----------
+
+
+@pytest.fixture(scope="module")
+def faulty(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    server, fakes = upstream
+    provider = {"provider": "gemini"}
+    data = {
+        "gateway": {"timeouts": {"connect": 2, "first_byte": 1.5, "between_chunks": 1.5}},
+        "providers": {
+            "gemini": {"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": f"{server.url}/gemini"}
+        },
+        "models": {
+            "gemini-ok": {"deployments": [{**provider, "model": "gemini-2.5-flash"}], "price": PRICE},
+            "gemini-limited": {
+                "deployments": [{**provider, "model": "fail-429"}],
+                "price": PRICE,
+                "fallbacks": ["gemini-ok"],
+            },
+            "gemini-broken": {"deployments": [{**provider, "model": "fail-500"}], "price": PRICE},
+            "gemini-rejects": {"deployments": [{**provider, "model": "fail-400"}], "price": PRICE},
+            "gemini-garbage": {
+                "deployments": [{**provider, "model": "bad-json"}],
+                "price": PRICE,
+                "fallbacks": ["gemini-ok"],
+            },
+            "gemini-embedding-001": {
+                "kind": "embedding",
+                "deployments": [{**provider, "model": "gemini-embedding-001"}],
+                "price": {"input": 0.15},
+            },
+        },
+    }
+    store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('gemini-store')) / 'gateway.db'}"
+    gateway = build_gateway(
+        config=parse_config(data, set(REGISTRY)),
+        store_url=store_url,
+        environ={**FAKE_KEYS, "GATEWAY_REGION": "us-east-1"},
+    )
+    gateway_server = ServerThread(create_app(gateway), cleanup=gateway.aclose).start()
+    yield Running(gateway_server.url, gateway, store_url, server, fakes)
+    gateway_server.stop()
+
+
+def test_rate_limit_falls_back_and_bad_json_fails_over(faulty: Running) -> None:
+    oa = client(faulty, faulty.mint(name="gemini-faults"))
+    raw = oa.chat.completions.with_raw_response.create(model="gemini-limited", messages=HI)
+    assert raw.parse().choices[0].message.content == TEXT
+    route = raw.headers["x-gateway-route"]
+    assert route.startswith("gemini/fail-429@global=429") and route.endswith("gemini/gemini-2.5-flash@global=200")
+    raw = oa.chat.completions.with_raw_response.create(model="gemini-garbage", messages=HI)
+    assert raw.parse().choices[0].message.content == TEXT
+    assert raw.headers["x-gateway-route"].startswith("gemini/bad-json@global=invalid_json")
+
+
+def test_server_errors_and_rejections_are_mapped(faulty: Running) -> None:
+    oa = client(faulty, faulty.mint(name="gemini-faults"))
+    with pytest.raises(openai.APIStatusError) as broken:
+        oa.chat.completions.create(model="gemini-broken", messages=HI)
+    assert broken.value.status_code == 502
+    assert broken.value.body["upstream_status"] == 500  # type: ignore[index]
+    assert broken.value.body["upstream_type"] == "INTERNAL"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as rejected:
+        oa.chat.completions.create(model="gemini-rejects", messages=HI)
+    assert "required oneof field" in rejected.value.message
+
+
+def test_embeddings(faulty: Running) -> None:
+    oa = client(faulty, faulty.mint(name="gemini-embed"))
+    result = oa.embeddings.create(model="gemini-embedding-001", input=["a", "b"], dimensions=4)
+    assert [d.index for d in result.data] == [0, 1] and result.data[0].embedding == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    body = sent(faulty)["json"]
+    assert body["requests"][1] == {
+        "model": "models/gemini-embedding-001",
+        "content": {"parts": [{"text": "b"}]},
+        "outputDimensionality": 4,
+    }

@@ -1,0 +1,514 @@
+"""The Anthropic adapter against recorded Messages API bodies, SSE transcripts and error bodies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from adapters.providers import REGISTRY
+from adapters.providers.anthropic import AnthropicAdapter
+from adapters.providers.anthropic.adapter import JSON_OBJECT_INSTRUCTION, JSON_TOOL, AnthropicStreamParser
+from handler.errors import InvalidRequestError, UpstreamError
+from handler.ports import SSEDecoder, StreamEvent, Target
+from handler.schemas import ChatRequest, Usage
+
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "anthropic"
+MODEL = "claude-sonnet-4-5-20250929"
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+
+
+def target(model: str = MODEL, base_url: str = "https://api.anthropic.com", **options: Any) -> Target:
+    return Target("claude", "anthropic", model, "global", base_url, options)
+
+
+def adapter(**options: object) -> AnthropicAdapter:
+    return AnthropicAdapter("claude", "sk-ant-test", options)
+
+
+def request(**fields: object) -> ChatRequest:
+    return ChatRequest.model_validate({"model": "public", "messages": [{"role": "user", "content": "hi"}], **fields})
+
+
+def built(req: ChatRequest, t: Target | None = None, *, stream: bool = False) -> tuple[dict[str, Any], list[str]]:
+    result = adapter().chat_request(req, t or target(), stream=stream)
+    return orjson.loads(result.request.body), result.dropped
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def parse_stream(name: str, req: ChatRequest | None = None) -> tuple[list[dict[str, Any]], Usage | None]:
+    decoder = adapter().frame_decoder()
+    parser = adapter().stream_parser(req or request(), target())
+    raw = fixture(name)
+    chunks = []
+    for i in range(0, len(raw), 29):  # odd-sized reads: frames split anywhere
+        for event in decoder.feed(raw[i : i + 29]):
+            chunks.extend(parser.feed(event))
+    for event in decoder.finish():
+        chunks.extend(parser.feed(event))
+    chunks.extend(parser.finish())
+    return [c.model_dump(exclude_none=True) for c in chunks], parser.usage
+
+
+def feed(parser: AnthropicStreamParser, event: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+    chunks = parser.feed(StreamEvent(event, orjson.dumps(data)))
+    return [c.model_dump(exclude_none=True) for c in chunks]
+
+
+def deltas(chunks: list[dict[str, Any]], field: str) -> str:
+    return "".join(str(ch["delta"].get(field) or "") for c in chunks for ch in c["choices"])
+
+
+def arguments(chunks: list[dict[str, Any]]) -> str:
+    return "".join(
+        tc.get("function", {}).get("arguments", "")
+        for c in chunks
+        for ch in c["choices"]
+        for tc in ch["delta"].get("tool_calls", [])
+    )
+
+
+# --- request -------------------------------------------------------------------------------------
+
+
+def test_registry_maps_the_anthropic_type() -> None:
+    assert REGISTRY["anthropic"] is AnthropicAdapter
+
+
+def test_representative_request_becomes_the_recorded_messages_body() -> None:
+    req = ChatRequest.model_validate_json(fixture("openai-request.json"))
+    result = adapter().chat_request(req, target(), stream=False)
+    assert orjson.loads(result.request.body) == orjson.loads(fixture("messages-request.json"))
+    assert result.dropped == []
+    assert result.request.method == "POST" and result.request.url == "https://api.anthropic.com/v1/messages"
+    assert result.request.headers["x-api-key"] == "sk-ant-test"
+    assert result.request.headers["anthropic-version"] == "2023-06-01"
+    assert result.request.headers["content-type"] == "application/json"
+    assert "authorization" not in result.request.headers
+
+
+def test_base_url_that_already_ends_in_v1_is_not_doubled() -> None:
+    result = adapter().chat_request(request(), target(base_url="https://proxy.example/v1"), stream=False)
+    assert result.request.url == "https://proxy.example/v1/messages"
+
+
+def test_stream_request_asks_for_a_stream_without_openai_stream_options() -> None:
+    body, dropped = built(request(stream=True, stream_options={"include_usage": True}), stream=True)
+    assert body["stream"] is True and "stream_options" not in body and dropped == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "model", "options", "expected"),
+    [
+        ({"max_tokens": 100}, MODEL, {}, 100),
+        ({"max_completion_tokens": 200, "max_tokens": 100}, MODEL, {}, 200),
+        ({}, "claude-opus-4-1-20250805", {}, 16384),
+        ({}, "claude-sonnet-4-5", {}, 16384),
+        ({}, "claude-haiku-4-5", {}, 8192),
+        ({}, "claude-3-5-haiku-latest", {}, 8192),
+        ({}, "some-future-model", {}, 4096),
+        ({}, MODEL, {"max_output_tokens": 1000}, 1000),
+    ],
+)
+def test_max_tokens_is_always_sent(fields: dict[str, Any], model: str, options: dict[str, Any], expected: int) -> None:
+    body, _ = built(request(**fields), target(model, **options))
+    assert body["max_tokens"] == expected
+
+
+def test_provider_option_sets_the_default_max_tokens() -> None:
+    result = adapter(max_output_tokens=777).chat_request(request(), target(), stream=False)
+    assert orjson.loads(result.request.body)["max_tokens"] == 777
+
+
+def test_single_stop_string_becomes_a_list_of_stop_sequences() -> None:
+    body, _ = built(request(stop="END"))
+    assert body["stop_sequences"] == ["END"] and "stop" not in body
+
+
+def test_temperature_above_one_is_clamped_and_reported() -> None:
+    body, dropped = built(request(temperature=1.7, top_p=0.5))
+    assert body["temperature"] == 1.0 and body["top_p"] == 0.5 and dropped == ["temperature"]
+
+
+def test_parameters_anthropic_cannot_honour_are_reported_not_sent() -> None:
+    req = request(
+        n=2,
+        presence_penalty=0.5,
+        frequency_penalty=0.1,
+        logprobs=True,
+        top_logprobs=3,
+        logit_bias={"50256": -100},
+        seed=42,
+        service_tier="flex",
+        reasoning_effort="low",
+    )
+    body, dropped = built(req)
+    expected = [
+        "n",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "presence_penalty",
+        "reasoning_effort",
+        "seed",
+        "service_tier",
+        "top_logprobs",
+    ]
+    assert dropped == expected
+    assert not set(expected) & set(body)
+
+
+def test_harmless_values_are_not_reported() -> None:
+    body, dropped = built(request(n=1, seed=None, top_k=5, response_format={"type": "text"}))
+    assert dropped == [] and body["top_k"] == 5 and "n" not in body and "seed" not in body
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        ("auto", {"type": "auto"}),
+        ("none", {"type": "none"}),
+        ("required", {"type": "any"}),
+        ({"type": "function", "function": {"name": "get_weather"}}, {"type": "tool", "name": "get_weather"}),
+    ],
+)
+def test_tool_choice_maps_to_anthropic_form(choice: object, expected: dict[str, Any]) -> None:
+    body, dropped = built(request(tools=[WEATHER], tool_choice=choice))
+    assert body["tool_choice"] == expected and dropped == []
+    assert body["tools"] == [{"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}]  # type: ignore[index]
+
+
+def test_disabling_parallel_tool_calls_defaults_to_auto() -> None:
+    body, _ = built(request(tools=[WEATHER], parallel_tool_calls=False))
+    assert body["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+
+
+def test_tool_without_parameters_gets_an_object_schema() -> None:
+    body, _ = built(request(tools=[{"type": "function", "function": {"name": "now"}}]))
+    assert body["tools"] == [{"name": "now", "input_schema": {"type": "object"}}]
+
+
+def test_tool_choice_without_tools_is_reported() -> None:
+    body, dropped = built(request(tool_choice="required"))
+    assert "tool_choice" not in body and dropped == ["tool_choice"]
+
+
+def test_parallel_tool_results_merge_into_one_user_turn_before_its_text() -> None:
+    calls = [
+        {"id": f"toolu_{i}", "type": "function", "function": {"name": "get_weather", "arguments": ""}} for i in (1, 2)
+    ]
+    messages = [
+        {"role": "user", "content": "Paris and Rome?"},
+        {"role": "assistant", "content": "Checking both.", "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "toolu_2", "content": [{"type": "text", "text": "rain"}]},
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Summarise."},
+    ]
+    body, _ = built(ChatRequest.model_validate({"model": "m", "messages": messages}))
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    assert body["messages"][1]["content"] == [
+        {"type": "text", "text": "Checking both."},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}},
+        {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {}},
+    ]
+    last = body["messages"][2]["content"]
+    assert [b["type"] for b in last] == ["tool_result", "tool_result", "text"]
+    assert last[0]["tool_use_id"] == "toolu_1" and last[1]["content"] == [{"type": "text", "text": "rain"}]
+    assert body["system"] == "Be brief."
+
+
+def test_empty_assistant_turns_and_empty_text_are_not_sent() -> None:
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "again"},
+    ]
+    body, _ = built(ChatRequest.model_validate({"model": "m", "messages": messages}))
+    assert body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "again"}]}
+    ]
+    assert "system" not in body and "metadata" not in body
+
+
+def test_pdf_file_becomes_a_document_block() -> None:
+    part = {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"}}
+    body, _ = built(request(messages=[{"role": "user", "content": [part]}]))
+    source = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}
+    assert body["messages"][0]["content"] == [{"type": "document", "source": source}]
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+        {"type": "image_url", "image_url": {"url": "ftp://example.com/a.png"}},
+        {"type": "image_url", "image_url": {"url": "data:image/png,notbase64"}},
+        {"type": "file", "file": {"file_id": "file-abc"}},
+    ],
+)
+def test_content_anthropic_cannot_take_is_refused(part: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequestError) as refused:
+        built(request(messages=[{"role": "user", "content": [part]}]))
+    assert refused.value.param == "messages"
+
+
+def test_tool_call_arguments_that_are_not_json_are_refused() -> None:
+    call = {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{oops"}}
+    messages = [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [call]}]
+    with pytest.raises(InvalidRequestError):
+        built(request(messages=messages))
+
+
+def test_json_object_mode_adds_an_instruction_to_the_system_prompt() -> None:
+    messages = [{"role": "system", "content": "You grade essays."}, {"role": "user", "content": "Grade this."}]
+    body, dropped = built(request(messages=messages, response_format={"type": "json_object"}))
+    assert body["system"] == f"You grade essays.\n\n{JSON_OBJECT_INSTRUCTION}"
+    assert "tools" not in body and dropped == []
+
+
+def test_json_schema_mode_forces_a_tool_with_the_schema() -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "grade", "schema": SCHEMA, "strict": True}}
+    body, dropped = built(request(response_format=fmt))
+    assert body["tools"] == [
+        {"name": JSON_TOOL, "description": "Give the answer as this tool's input.", "input_schema": SCHEMA}
+    ]
+    assert body["tool_choice"] == {"type": "tool", "name": JSON_TOOL} and dropped == []
+
+
+def test_json_schema_with_client_tools_requires_some_tool() -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "grade", "schema": SCHEMA}}
+    body, _ = built(request(response_format=fmt, tools=[WEATHER], tool_choice="auto"))
+    assert [t["name"] for t in body["tools"]] == ["get_weather", JSON_TOOL] and body["tool_choice"] == {"type": "any"}
+
+
+# --- answer --------------------------------------------------------------------------------------
+
+
+def test_text_answer_with_cache_usage() -> None:
+    completion = adapter().chat_response(fixture("message-response.json"), request(), target())
+    choice = completion.choices[0]
+    assert choice.message.content == "Hi! My name is Claude." and choice.message.tool_calls is None
+    assert choice.finish_reason == "stop" and completion.id == "msg_013Zva2CMHLNnXjNJJKqJ2EF"
+    assert completion.model == MODEL
+    usage = completion.usage
+    assert usage is not None
+    assert usage.prompt_tokens == 2095 + 1024 + 100 and usage.completion_tokens == 503
+    assert usage.total_tokens == 2095 + 1024 + 100 + 503
+    assert usage.cached_tokens == 1024 and usage.cache_write_tokens == 100
+
+
+def test_tool_use_answer_becomes_tool_calls() -> None:
+    completion = adapter().chat_response(fixture("message-tool-use-response.json"), request(), target())
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == "I'll check the current weather in San Francisco for you."
+    [call] = choice.message.tool_calls or []
+    assert call.id == "toolu_01A09q90qw90lq917835lq9" and call.function.name == "get_weather"
+    assert orjson.loads(call.function.arguments) == {"location": "San Francisco, CA", "unit": "celsius"}
+
+
+def test_json_schema_answer_comes_back_as_message_text() -> None:
+    answer = orjson.loads(fixture("message-tool-use-response.json"))
+    answer["content"][1].update(name=JSON_TOOL, input={"answer": 42})
+    fmt = {"type": "json_schema", "json_schema": {"name": "grade", "schema": SCHEMA}}
+    completion = adapter().chat_response(orjson.dumps(answer), request(response_format=fmt), target())
+    choice = completion.choices[0]
+    assert orjson.loads(choice.message.content or "") == {"answer": 42}
+    assert choice.message.tool_calls is None and choice.finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "finish"),
+    [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("pause_turn", "stop"),
+        ("max_tokens", "length"),
+        ("model_context_window_exceeded", "length"),
+        ("refusal", "content_filter"),
+        (None, "stop"),
+    ],
+)
+def test_stop_reasons_map_to_finish_reasons(stop_reason: str | None, finish: str) -> None:
+    answer = orjson.loads(fixture("message-response.json")) | {"stop_reason": stop_reason}
+    assert adapter().chat_response(orjson.dumps(answer), request(), target()).choices[0].finish_reason == finish
+
+
+def test_thinking_blocks_become_reasoning_content() -> None:
+    answer = orjson.loads(fixture("message-response.json"))
+    answer["content"].insert(0, {"type": "thinking", "thinking": "Let me think.", "signature": "sig"})
+    completion = adapter().chat_response(orjson.dumps(answer), request(), target())
+    assert completion.choices[0].message.reasoning_content == "Let me think."
+    assert completion.choices[0].message.content == "Hi! My name is Claude."
+
+
+@pytest.mark.parametrize(
+    ("body", "outcome"),
+    [
+        (b"<html>502 Bad Gateway</html>", "invalid_json"),
+        (b'{"type": "message", "content": []}', "invalid_response"),
+        (b'{"choices": []}', "invalid_response"),
+    ],
+)
+def test_unusable_200_answers_are_retryable_upstream_errors(body: bytes, outcome: str) -> None:
+    with pytest.raises(UpstreamError) as bad:
+        adapter().chat_response(body, request(), target())
+    assert bad.value.retryable and bad.value.upstream_status == 200 and bad.value.outcome == outcome
+
+
+# --- stream --------------------------------------------------------------------------------------
+
+
+def test_stream_with_text_and_tool_use() -> None:
+    chunks, usage = parse_stream("messages-stream.sse")
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all(c["id"] == "msg_014p7gG3wDgGV9EUtLvnow3U" and c["model"] == MODEL for c in chunks)
+    assert deltas(chunks, "content") == "Okay, let's check the weather for San Francisco, CA:"
+    starts = [tc for c in chunks for ch in c["choices"] for tc in ch["delta"].get("tool_calls", []) if "id" in tc]
+    assert starts == [
+        {
+            "index": 0,
+            "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": ""},
+        }
+    ]
+    assert orjson.loads(arguments(chunks)) == {"location": "San Francisco, CA", "unit": "fahrenheit"}
+    finishes = [ch["finish_reason"] for c in chunks for ch in c["choices"] if ch.get("finish_reason")]
+    assert finishes == ["tool_calls"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 89
+    assert usage is not None and usage.prompt_tokens == 472 + 256 and usage.cached_tokens == 256
+    assert usage.completion_tokens == 89
+
+
+def test_stream_thinking_becomes_reasoning_and_signatures_are_ignored() -> None:
+    chunks, usage = parse_stream("messages-thinking-stream.sse")
+    assert deltas(chunks, "reasoning_content") == "27 * 453 = 12231"
+    assert deltas(chunks, "content") == "27 * 453 = 12,231"
+    assert [ch["finish_reason"] for c in chunks for ch in c["choices"] if ch.get("finish_reason")] == ["length"]
+    assert usage is not None and usage.prompt_tokens == 30 and usage.completion_tokens == 40
+
+
+def test_second_tool_block_gets_the_next_tool_call_index() -> None:
+    parser = adapter().stream_parser(request(), target())
+    feed(parser, "message_start", {"type": "message_start", "message": orjson.loads(fixture("message-response.json"))})
+    for index, tool_id in ((0, "toolu_a"), (1, "toolu_b")):
+        block = {"type": "tool_use", "id": tool_id, "name": "get_weather", "input": {}}
+        feed(parser, "content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
+    delta = {"type": "input_json_delta", "partial_json": '{"city": "Rome"}'}
+    chunks = feed(parser, "content_block_delta", {"type": "content_block_delta", "index": 1, "delta": delta})
+    assert chunks[0]["choices"][0]["delta"]["tool_calls"] == [
+        {"index": 1, "function": {"arguments": '{"city": "Rome"}'}}
+    ]
+
+
+def test_stream_json_schema_tool_input_streams_as_content() -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "weather", "schema": SCHEMA}}
+    transcript = fixture("messages-stream.sse").replace(b'"name":"get_weather"', f'"name":"{JSON_TOOL}"'.encode())
+    decoder, parser = SSEDecoder(), adapter().stream_parser(request(response_format=fmt), target())
+    chunks = [c.model_dump(exclude_none=True) for e in decoder.feed(transcript) for c in parser.feed(e)]
+    chunks += [c.model_dump(exclude_none=True) for c in parser.finish()]
+    assert arguments(chunks) == ""
+    assert deltas(chunks, "content").endswith('{"location": "San Francisco, CA", "unit": "fahrenheit"}')
+    assert [ch["finish_reason"] for c in chunks for ch in c["choices"] if ch.get("finish_reason")] == ["stop"]
+
+
+def test_usage_chunk_is_sent_once_and_only_after_message_delta() -> None:
+    parser = adapter().stream_parser(request(), target())
+    start = {"type": "message_start", "message": orjson.loads(fixture("message-response.json")) | {"content": []}}
+    feed(parser, "message_start", start)
+    assert parser.usage is None and parser.finish() == []  # cut short: the pipeline estimates instead
+    usage = {"output_tokens": 10, "input_tokens": 2095, "cache_read_input_tokens": 1024}
+    chunks = feed(
+        parser, "message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}
+    )
+    assert chunks[0]["choices"][0]["finish_reason"] == "stop"
+    assert parser.usage is not None and parser.usage.prompt_tokens == 2095 + 1024 + 100
+    assert len(feed(parser, "message_stop", {"type": "message_stop"})) == 1 and parser.finish() == []
+
+
+@pytest.mark.parametrize("event", ["ping", "content_block_stop", "some_future_event"])
+def test_events_without_content_yield_nothing(event: str) -> None:
+    parser = adapter().stream_parser(request(), target())
+    assert feed(parser, event, {"type": event, "index": 0}) == []
+    assert parser.feed(StreamEvent(None, b"")) == []
+
+
+def test_in_stream_overloaded_error_is_retryable() -> None:
+    parser = adapter().stream_parser(request(), target())
+    events = SSEDecoder().feed(fixture("messages-error-stream.sse"))
+    for event in events[:-1]:
+        parser.feed(event)
+    with pytest.raises(UpstreamError) as overloaded:
+        parser.feed(events[-1])
+    error = overloaded.value
+    assert error.retryable and error.upstream_status == 529 and error.upstream_type == "overloaded_error"
+    assert "Overloaded" in error.message
+
+
+def test_in_stream_invalid_request_error_is_not_retryable() -> None:
+    parser = adapter().stream_parser(request(), target())
+    with pytest.raises(UpstreamError) as invalid:
+        feed(parser, "error", {"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}})
+    assert not invalid.value.retryable and invalid.value.upstream_status == 400
+
+
+@pytest.mark.parametrize("data", [b"{not json", b"[1, 2]", b'{"type": "message_start", "message": {"id": 1}}'])
+def test_malformed_stream_events_are_retryable_upstream_errors(data: bytes) -> None:
+    with pytest.raises(UpstreamError) as bad:
+        adapter().stream_parser(request(), target()).feed(StreamEvent("message_start", data))
+    assert bad.value.retryable and bad.value.upstream_status == 200
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def test_overloaded_529_is_retryable_with_the_providers_message() -> None:
+    error = adapter().error(529, fixture("error-529.json"), {})
+    assert error.retryable and error.upstream_status == 529 and error.upstream_type == "overloaded_error"
+    assert error.message == "upstream returned 529: Overloaded" and error.retry_after is None
+
+
+def test_rate_limit_429_carries_retry_after() -> None:
+    error = adapter().error(429, fixture("error-429.json"), {"retry-after": "7"})
+    assert error.retryable and error.retry_after == 7.0 and error.upstream_type == "rate_limit_error"
+    assert "exceed the rate limit" in error.message
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "retryable"),
+    [
+        (400, "invalid_request_error", False),
+        (401, "authentication_error", False),
+        (403, "permission_error", False),
+        (404, "not_found_error", False),
+        (413, "request_too_large", False),
+        (500, "api_error", True),
+    ],
+)
+def test_error_statuses(status: int, kind: str, retryable: bool) -> None:
+    body = orjson.dumps({"type": "error", "error": {"type": kind, "message": "nope"}})
+    error = adapter().error(status, body, {})
+    assert error.retryable is retryable and error.upstream_type == kind and error.upstream_status == status
+    assert "sk-ant-test" not in error.message
+
+
+def test_error_without_an_anthropic_body_keeps_a_readable_message() -> None:
+    error = adapter().error(502, b"<html>Bad Gateway</html>", {})
+    assert error.retryable and "Bad Gateway" in error.message and error.upstream_type is None
+    assert "no error body" in adapter().error(500, b"", {}).message
+
+
+def test_parallel_tool_calls_without_tools_is_harmless() -> None:
+    body, dropped = built(request(parallel_tool_calls=False))
+    assert "tool_choice" not in body and "tools" not in body and dropped == []

@@ -1,0 +1,475 @@
+"""The Gemini adapter against request, response, stream and error bodies in Gemini's documented format."""
+
+from __future__ import annotations
+
+import base64
+import struct
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from adapters.providers import REGISTRY
+from adapters.providers.gemini import GeminiAdapter
+from adapters.providers.gemini.adapter import GeminiStreamParser
+from handler.errors import InvalidRequestError, UpstreamError
+from handler.ports import SSEDecoder, StreamEvent, Target
+from handler.schemas import ChatRequest, EmbeddingsRequest, Usage
+
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "gemini"
+BASE = "https://generativelanguage.googleapis.com"
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Local time in a time zone",
+        "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}},
+    },
+}
+CALLS = [
+    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
+    {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": '{"tz":"CET"}'}},
+]
+
+# A representative client request; its Gemini form is tests/fixtures/gemini/generate-content-request.json.
+REPRESENTATIVE: dict[str, Any] = {
+    "model": "public",
+    "messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Look at this."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is it?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUg=="}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "detail": "low"}},
+            ],
+        },
+        {"role": "assistant", "content": None, "tool_calls": CALLS},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 21}'},
+        {"role": "tool", "tool_call_id": "call_2", "content": "12:00"},
+        {"role": "developer", "content": "Answer in English."},
+        {"role": "assistant", "content": "A cat. It is 21 degrees at noon in Paris."},
+        {"role": "user", "content": "And tomorrow?"},
+    ],
+    "tools": [WEATHER, TIME],
+    "tool_choice": "auto",
+    "stop": ["END"],
+    "max_completion_tokens": 256,
+    "temperature": 0.2,
+    "top_p": 0.9,
+    "seed": 7,
+    "response_format": {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "weather",
+            "strict": True,
+            "schema": {
+                "type": "object",
+                "properties": {"forecast": {"type": "string"}, "temp_c": {"type": "number"}},
+                "required": ["forecast", "temp_c"],
+                "additionalProperties": False,
+            },
+        },
+    },
+}
+
+
+def target(model: str = "gemini-2.5-flash", base_url: str = BASE) -> Target:
+    return Target("g", "gemini", model, "global", base_url)
+
+
+def adapter() -> GeminiAdapter:
+    return GeminiAdapter("g", "AIza-test-key", {})
+
+
+def request(**fields: Any) -> ChatRequest:
+    return ChatRequest.model_validate({"model": "public", "messages": [{"role": "user", "content": "hi"}], **fields})
+
+
+def built(**fields: Any) -> tuple[dict[str, Any], list[str]]:
+    result = adapter().chat_request(request(**fields), target(), stream=False)
+    return orjson.loads(result.request.body), result.dropped
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def parse_stream(raw: bytes) -> tuple[list[dict[str, Any]], Usage | None]:
+    a = adapter()
+    decoder, parser = a.frame_decoder(), a.stream_parser(request(), target())
+    chunks = []
+    for i in range(0, len(raw), 37):  # odd-sized reads: frames split anywhere
+        for event in decoder.feed(raw[i : i + 37]):
+            chunks.extend(parser.feed(event))
+    for event in decoder.finish():
+        chunks.extend(parser.feed(event))
+    chunks.extend(parser.finish())
+    return [c.model_dump(exclude_none=True) for c in chunks], parser.usage
+
+
+# --- request --------------------------------------------------------------------------------------
+
+
+def test_registry_maps_the_gemini_type() -> None:
+    assert REGISTRY["gemini"] is GeminiAdapter
+
+
+def test_representative_request_matches_geminis_documented_form() -> None:
+    result = adapter().chat_request(ChatRequest.model_validate(REPRESENTATIVE), target(), stream=False)
+    assert orjson.loads(result.request.body) == orjson.loads(fixture("generate-content-request.json"))
+    assert result.dropped == []
+
+
+def test_key_goes_in_the_header_never_the_url() -> None:
+    result = adapter().chat_request(request(), target(), stream=False)
+    assert result.request.url == f"{BASE}/v1beta/models/gemini-2.5-flash:generateContent"
+    assert result.request.headers["x-goog-api-key"] == "AIza-test-key"
+    assert "AIza-test-key" not in result.request.url and "authorization" not in result.request.headers
+
+
+def test_stream_request_uses_sse_endpoint() -> None:
+    result = adapter().chat_request(request(stream=True), target("models/gemini-2.5-pro"), stream=True)
+    assert result.request.url == f"{BASE}/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
+    body = orjson.loads(result.request.body)
+    assert "stream" not in body and "stream_options" not in body
+
+
+def test_generation_config_maps_sampling_parameters() -> None:
+    body, dropped = built(max_tokens=10, n=2, stop="STOP", presence_penalty=0.5, frequency_penalty=-0.5, seed=1)
+    assert body["generationConfig"] == {
+        "maxOutputTokens": 10,
+        "candidateCount": 2,
+        "stopSequences": ["STOP"],
+        "presencePenalty": 0.5,
+        "frequencyPenalty": -0.5,
+        "seed": 1,
+    }
+    assert dropped == []
+
+
+def test_max_completion_tokens_wins_over_max_tokens() -> None:
+    body, _ = built(max_tokens=10, max_completion_tokens=20)
+    assert body["generationConfig"]["maxOutputTokens"] == 20
+
+
+def test_parameters_gemini_cannot_honour_are_reported() -> None:
+    body, dropped = built(
+        logit_bias={"50256": -100},
+        logprobs=True,
+        top_logprobs=2,
+        user="u-1",
+        parallel_tool_calls=False,
+        reasoning_effort="low",
+        n=10,
+        stop=["a", "b", "c", "d", "e", "f"],
+    )
+    assert sorted(dropped) == sorted(
+        ["logit_bias", "logprobs", "top_logprobs", "user", "parallel_tool_calls", "reasoning_effort", "n", "stop"]
+    )
+    config = body["generationConfig"]
+    assert config["candidateCount"] == 8 and config["stopSequences"] == ["a", "b", "c", "d", "e"]
+    assert set(config) == {"candidateCount", "stopSequences"}
+
+
+def test_parallel_tool_calls_true_is_geminis_behaviour_and_not_reported() -> None:
+    body, dropped = built(parallel_tool_calls=True, temperature=0)
+    assert dropped == [] and body["generationConfig"] == {"temperature": 0}
+
+
+def test_json_object_asks_for_json_without_schema() -> None:
+    body, _ = built(response_format={"type": "json_object"})
+    assert body["generationConfig"] == {"responseMimeType": "application/json"}
+    body, _ = built(response_format={"type": "text"})
+    assert "generationConfig" not in body
+
+
+@pytest.mark.parametrize(
+    ("choice", "config"),
+    [
+        ("none", {"mode": "NONE"}),
+        ("auto", {"mode": "AUTO"}),
+        ("required", {"mode": "ANY"}),
+        ({"type": "function", "function": {"name": "get_time"}}, {"mode": "ANY", "allowedFunctionNames": ["get_time"]}),
+    ],
+)
+def test_tool_choice_maps_to_function_calling_config(choice: Any, config: dict[str, Any]) -> None:
+    body, _ = built(tools=[WEATHER, TIME], tool_choice=choice)
+    assert body["toolConfig"] == {"functionCallingConfig": config}
+    assert [d["name"] for d in body["tools"][0]["functionDeclarations"]] == ["get_weather", "get_time"]
+
+
+def test_strict_tools_are_reported() -> None:
+    strict = {"type": "function", "function": {**WEATHER["function"], "strict": True}}
+    body, dropped = built(tools=[strict])
+    assert dropped == ["tools.strict"] and "toolConfig" not in body
+
+
+def test_tool_results_find_their_function_name_and_become_objects() -> None:
+    messages = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "tool_calls": CALLS[:1]},
+        {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "[1, 2]"}]},
+    ]
+    body, _ = built(messages=messages)
+    assert [c["role"] for c in body["contents"]] == ["user", "model", "user"]
+    assert body["contents"][2]["parts"] == [
+        {"functionResponse": {"name": "get_weather", "response": {"result": [1, 2]}}}
+    ]
+
+
+def test_tool_result_for_an_unknown_call_is_a_client_error() -> None:
+    messages = [{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "call_nope", "content": "1"}]
+    with pytest.raises(InvalidRequestError, match="call_nope"):
+        built(messages=messages)
+
+
+def test_media_urls_become_inline_or_file_data_and_unusable_ones_are_reported() -> None:
+    content = [
+        {"type": "image_url", "image_url": {"url": "https://example.com/photo"}},
+        {"type": "image_url", "image_url": {"url": "data:text/plain,hello%20world"}},
+        {"type": "image_url", "image_url": {"url": "ftp://example.com/a.png"}},
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+        {"type": "file", "file": {"file_id": "file-abc"}},
+    ]
+    body, dropped = built(messages=[{"role": "user", "content": content}])
+    assert body["contents"][0]["parts"] == [
+        {"fileData": {"fileUri": "https://example.com/photo"}},
+        {"inlineData": {"mimeType": "text/plain", "data": base64.b64encode(b"hello world").decode()}},
+        {"inlineData": {"mimeType": "audio/wav", "data": "UklGRg=="}},
+    ]
+    assert dropped == ["messages.image_url", "messages.file"]
+
+
+def test_only_system_messages_leave_contents_empty_for_gemini_to_refuse() -> None:
+    body, _ = built(messages=[{"role": "system", "content": "Be brief."}])
+    assert body["contents"] == [] and body["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+
+
+# --- answer ---------------------------------------------------------------------------------------
+
+
+def test_text_answer_joins_parts_keeps_thoughts_apart_and_counts_usage() -> None:
+    completion = adapter().chat_response(fixture("generate-content-response.json"), request(), target())
+    message = completion.choices[0].message
+    assert message.content == "Hello! How can I help you today?"
+    assert message.reasoning_content == "The user greets me; answer briefly."
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.id == "chatcmpl-mHxKaPK0Io2Ez7IPwY3B-Ac" and completion.model == "gemini-2.5-flash"
+    usage = completion.usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (2100, 41, 2141)
+    assert usage.cached_tokens == 2048
+    assert usage.completion_tokens_details is not None and usage.completion_tokens_details.reasoning_tokens == 32
+
+
+def test_function_calls_become_tool_calls_with_generated_ids() -> None:
+    completion = adapter().chat_response(fixture("function-call-response.json"), request(), target())
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    calls = choice.message.tool_calls or []
+    assert [(c.function.name, orjson.loads(c.function.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Paris"}),
+        ("get_time", {"tz": "CET"}),
+    ]
+    assert calls[0].id.startswith("call_0_") and calls[1].id.startswith("call_1_")
+    assert calls[0].id != calls[1].id
+
+
+def test_generated_ids_answer_back_into_function_responses() -> None:
+    completion = adapter().chat_response(fixture("function-call-response.json"), request(), target())
+    calls = [c.model_dump() for c in completion.choices[0].message.tool_calls or []]
+    messages = [
+        {"role": "user", "content": "Weather and time?"},
+        {"role": "assistant", "tool_calls": calls},
+        {"role": "tool", "tool_call_id": calls[1]["id"], "content": '{"time": "12:00"}'},
+    ]
+    body, _ = built(messages=messages)
+    assert body["contents"][2]["parts"][0]["functionResponse"]["name"] == "get_time"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("STOP", "stop"),
+        ("MAX_TOKENS", "length"),
+        ("SAFETY", "content_filter"),
+        ("RECITATION", "content_filter"),
+        ("BLOCKLIST", "content_filter"),
+        ("PROHIBITED_CONTENT", "content_filter"),
+        ("SPII", "content_filter"),
+        ("OTHER", "stop"),
+        ("MALFORMED_FUNCTION_CALL", "stop"),
+    ],
+)
+def test_finish_reasons(raw: str, expected: str) -> None:
+    answer = {"candidates": [{"content": {"parts": [{"text": "x"}], "role": "model"}, "finishReason": raw}]}
+    completion = adapter().chat_response(orjson.dumps(answer), request(), target())
+    assert completion.choices[0].finish_reason == expected
+
+
+def test_several_candidates_become_several_choices() -> None:
+    answer = {
+        "candidates": [
+            {"content": {"parts": [{"text": "a"}], "role": "model"}, "finishReason": "STOP", "index": 0},
+            {"content": {"parts": [{"text": "b"}], "role": "model"}, "finishReason": "MAX_TOKENS", "index": 1},
+        ]
+    }
+    completion = adapter().chat_response(orjson.dumps(answer), request(n=2), target())
+    assert [(c.index, c.message.content, c.finish_reason) for c in completion.choices] == [
+        (0, "a", "stop"),
+        (1, "b", "length"),
+    ]
+
+
+def test_blocked_prompt_is_a_content_filter_answer() -> None:
+    completion = adapter().chat_response(fixture("prompt-blocked-response.json"), request(), target())
+    choice = completion.choices[0]
+    assert choice.finish_reason == "content_filter" and choice.message.content is None
+    assert choice.message.refusal is not None and "PROHIBITED_CONTENT" in choice.message.refusal
+    assert completion.usage is not None and completion.usage.prompt_tokens == 12
+
+
+@pytest.mark.parametrize("body", [b"<html>oops</html>", b"[]", b"{}", b'{"candidates": []}'])
+def test_unusable_200_is_a_retryable_upstream_error(body: bytes) -> None:
+    with pytest.raises(UpstreamError) as caught:
+        adapter().chat_response(body, request(), target())
+    assert caught.value.retryable and caught.value.upstream_status == 200
+
+
+# --- stream ---------------------------------------------------------------------------------------
+
+
+def test_stream_starts_with_role_then_text_then_finish_and_keeps_last_usage() -> None:
+    chunks, usage = parse_stream(fixture("stream.sse"))
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    deltas = [ch["delta"] for c in chunks for ch in c["choices"]]
+    assert "".join(d.get("content", "") for d in deltas) == "Hello there! How can I help you today?"
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == "Thinking about greetings."
+    reasons = [ch.get("finish_reason") for c in chunks for ch in c["choices"]]
+    assert reasons[-1] == "stop" and reasons.count("stop") == 1
+    assert {c["id"] for c in chunks} == {"chatcmpl-s3xKaKvVBOOVz7IP9fXbwQ4"}
+    # the last chunk carries only usage, as an OpenAI stream with include_usage ends
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 30
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (6, 30)
+
+
+def test_stream_function_calls_arrive_whole() -> None:
+    chunks, usage = parse_stream(fixture("function-call-stream.sse"))
+    calls = [tc for c in chunks for ch in c["choices"] for tc in ch["delta"].get("tool_calls", [])]
+    assert [(tc["index"], tc["function"]["name"], tc["function"]["arguments"]) for tc in calls] == [
+        (0, "get_weather", '{"city":"Paris"}'),
+        (1, "get_time", '{"tz":"CET"}'),
+    ]
+    assert all(tc["id"].startswith("call_") and tc["type"] == "function" for tc in calls)
+    assert [ch.get("finish_reason") for c in chunks for ch in c["choices"]][-1] == "tool_calls"
+    assert usage is not None and usage.prompt_tokens == 74
+
+
+def test_stream_cut_short_has_no_finish_and_no_usage_chunk_without_metadata() -> None:
+    parser = GeminiStreamParser("gemini-2.5-flash")
+    event = StreamEvent(None, b'{"candidates": [{"content": {"parts": [{"text": "Hel"}], "role": "model"}}]}')
+    chunks = parser.feed(event) + parser.finish()
+    assert [c.choices[0].delta.content for c in chunks] == ["", "Hel"]
+    assert all(c.choices[0].finish_reason is None for c in chunks) and parser.usage is None
+
+
+def test_stream_blocked_prompt_ends_with_content_filter() -> None:
+    parser = GeminiStreamParser("gemini-2.5-flash")
+    chunks = parser.feed(StreamEvent(None, fixture("prompt-blocked-response.json"))) + parser.finish()
+    assert chunks[1].choices[0].finish_reason == "content_filter"
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 12
+
+
+def test_in_stream_error_raises_and_bad_json_is_malformed() -> None:
+    parser = adapter().stream_parser(request(), target())
+    events = SSEDecoder().feed(b'data: {"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}}\n\n')
+    with pytest.raises(UpstreamError, match="overloaded") as caught:
+        parser.feed(events[0])
+    assert caught.value.upstream_status == 503 and caught.value.retryable
+    with pytest.raises(UpstreamError) as bad:
+        parser.feed(StreamEvent(None, b"{not json"))
+    assert bad.value.upstream_status == 200 and bad.value.retryable
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def test_429_is_retryable_with_googles_retry_delay() -> None:
+    error = adapter().error(429, fixture("error-429.json"), {})
+    assert error.retryable and error.retry_after == 27.0 and error.upstream_type == "RESOURCE_EXHAUSTED"
+    assert "exceeded your current quota" in error.message
+    assert adapter().error(429, fixture("error-429.json"), {"retry-after": "2"}).retry_after == 2.0
+
+
+def test_400_is_not_retryable_and_keeps_googles_message() -> None:
+    error = adapter().error(400, fixture("error-400.json"), {})
+    assert not error.retryable and error.upstream_status == 400 and error.upstream_type == "INVALID_ARGUMENT"
+    assert "contents is not specified" in error.message
+
+
+def test_list_wrapped_503_is_retryable() -> None:
+    error = adapter().error(503, fixture("error-503-list.json"), {})
+    assert error.retryable and error.upstream_type == "UNAVAILABLE" and "overloaded" in error.message
+
+
+def test_rejected_api_key_is_the_gateways_fault_not_the_clients() -> None:
+    error = adapter().error(400, fixture("error-400-api-key.json"), {})
+    assert error.upstream_status == 401 and not error.retryable
+    assert "AIza-test-key" not in error.message
+
+
+def test_500_and_non_json_bodies_still_map() -> None:
+    error = adapter().error(500, b"<html>Internal</html>", {})
+    assert error.retryable and "Internal" in error.message
+
+
+# --- embeddings -----------------------------------------------------------------------------------
+
+
+def test_embeddings_request_is_a_batch_with_output_dimensionality() -> None:
+    req = EmbeddingsRequest(model="e", input=["a", "b"], dimensions=768, user="u")
+    result = adapter().embeddings_request(req, target("gemini-embedding-001"))
+    assert result.request.url == f"{BASE}/v1beta/models/gemini-embedding-001:batchEmbedContents"
+    assert result.request.headers["x-goog-api-key"] == "AIza-test-key" and result.dropped == ["user"]
+    assert orjson.loads(result.request.body) == {
+        "requests": [
+            {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": t}]}, "outputDimensionality": 768}
+            for t in ("a", "b")
+        ]
+    }
+
+
+def test_embeddings_refuse_token_ids() -> None:
+    with pytest.raises(InvalidRequestError):
+        adapter().embeddings_request(EmbeddingsRequest(model="e", input=[1, 2, 3]), target())
+
+
+def test_embeddings_response_in_order_as_floats_or_base64() -> None:
+    req = EmbeddingsRequest(model="e", input=["first", "second"])
+    result = adapter().embeddings_response(fixture("batch-embed-response.json"), req, target("gemini-embedding-001"))
+    assert [d.index for d in result.data] == [0, 1]
+    assert result.data[0].embedding == [0.013168523, -0.008711934, -0.046782676, 0.00069968984]
+    assert result.usage.prompt_tokens > 0
+    req64 = EmbeddingsRequest(model="e", input=["first", "second"], encoding_format="base64")
+    encoded = adapter().embeddings_response(fixture("batch-embed-response.json"), req64, target()).data[1].embedding
+    assert isinstance(encoded, str)
+    assert struct.unpack("<4f", base64.b64decode(encoded)) == pytest.approx(
+        [-0.021315768, 0.0127201, 0.0081643835, -0.03429174]
+    )
