@@ -207,6 +207,13 @@ class Pipeline:
             cap = attempt.spec.max_output_tokens or self.gateway.config.gateway.default_max_output_tokens
             worst_output = max(worst_output, min(limit, cap) if limit else cap)
         await self._admit_tokens(ex, plan, prompt, worst_output * (req.n or 1))
+        if ex.reservation is not None and ex.reservation.budget_key is not None and (not limit or limit > worst_output):
+            # The reservation covers `worst_output` tokens; the upstream must not be allowed more, or a
+            # provider's own (larger) default could spend past what was reserved.
+            if req.max_tokens is not None and req.max_completion_tokens is None:
+                req.max_tokens = worst_output
+            else:
+                req.max_completion_tokens = worst_output
 
     async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], prompt: int, output: int) -> None:
         worst: float | None = 0.0

@@ -23,6 +23,7 @@ from handler.config import Config, parse_config
 from handler.gateway import Gateway, build_gateway
 from handler.keys import KeyService
 from handler.ports import KeyRecord
+from tests.support.dynamo import DynamoServer
 from tests.support.servers import ServerThread, free_port
 
 FAKE_KEYS = {
@@ -199,18 +200,38 @@ def upstream() -> Iterator[tuple[ServerThread, dict[str, Any]]]:
     ANTHROPIC_HTTP.close()
 
 
+def start_gateway(upstream: tuple[ServerThread, dict[str, Any]], store_url: str) -> tuple[Running, ServerThread]:
+    server, fakes = upstream
+    config = gateway_config(server.url, set(fakes))
+    gateway = build_gateway(config=config, store_url=store_url, environ={**FAKE_KEYS, "GATEWAY_REGION": "us-east-1"})
+    gateway_server = ServerThread(create_app(gateway), cleanup=gateway.aclose).start()
+    return Running(gateway_server.url, gateway, store_url, server, fakes), gateway_server
+
+
 @pytest.fixture(scope="session")
 def running(
     upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Running]:
-    server, fakes = upstream
-    store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('store')) / 'gateway.db'}"
-    config = gateway_config(server.url, set(fakes))
-    gateway = build_gateway(config=config, store_url=store_url, environ={**FAKE_KEYS, "GATEWAY_REGION": "us-east-1"})
-    app = create_app(gateway)
-    gateway_server = ServerThread(app, cleanup=gateway.aclose).start()
-    yield Running(gateway_server.url, gateway, store_url, server, fakes)
-    gateway_server.stop()
+    """The gateway on the embedded store."""
+    running, server = start_gateway(upstream, f"sqlite:///{Path(tmp_path_factory.mktemp('store')) / 'gateway.db'}")
+    yield running
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def running_dynamodb(upstream: tuple[ServerThread, dict[str, Any]], dynamo: DynamoServer) -> Iterator[Running]:
+    """The same gateway on DynamoDB (moto's server over HTTP)."""
+    running, server = start_gateway(upstream, dynamo.store_url(dynamo.create_table()))
+    yield running
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def on_each_store(request: pytest.FixtureRequest) -> Running:
+    """The gateway on each store in turn, for tests that must hold on both."""
+    fixture = "running" if request.param == "sqlite" else "running_dynamodb"
+    gateway: Running = request.getfixturevalue(fixture)
+    return gateway
 
 
 @pytest.fixture
