@@ -1,0 +1,121 @@
+"""Azure OpenAI Service: OpenAI's bodies, Azure's URLs, key header and content filtering.
+
+A request goes to `{base_url}/openai/deployments/{deployment}/{operation}?api-version=...`, where the
+deployment is the config deployment's `model` and `base_url` is the resource's endpoint
+(`https://NAME.openai.azure.com`), set on the provider or on each deployment (one resource per region).
+The key travels in `api-key`. Bodies, answers and streams are OpenAI's, handled by the OpenAI adapter;
+what Azure adds is its content filter: a refused prompt comes back as a 400 whose `innererror` names
+the filtered categories, and a stream opens with a choice-less chunk of `prompt_filter_results`.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from adapters.providers.openai.adapter import OpenAIAdapter, OpenAIStreamParser, error_from_body
+from handler.config import ConfigError
+from handler.errors import UpstreamError
+from handler.ports import BuiltRequest, StreamEvent, Target
+from handler.schemas import ChatCompletionChunk, ChatRequest, EmbeddingsRequest
+
+DEFAULT_API_VERSION = "2024-10-21"  # the current GA data-plane version
+
+
+def filtered_categories(result: Any) -> list[str]:
+    """The names of the categories Azure's content filter blocked, from a `content_filter_result(s)`."""
+    if not isinstance(result, dict):
+        return []
+    return sorted(name for name, verdict in result.items() if isinstance(verdict, dict) and verdict.get("filtered"))
+
+
+def azure_error(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+    """OpenAI's error body plus Azure's `innererror`: a content-filter refusal names what was filtered."""
+    err = error_from_body(status, body, headers)
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return err
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return err
+    inner = error.get("innererror")
+    if error.get("code") == "content_filter" or (isinstance(inner, dict) and "content_filter_result" in inner):
+        err.upstream_type = "content_filter"
+        categories = filtered_categories(inner.get("content_filter_result") if isinstance(inner, dict) else None)
+        if categories:
+            err.message = f"{err.message} (content filter: {', '.join(categories)})"
+    elif err.upstream_type is None and error.get("code"):
+        err.upstream_type = str(error["code"])
+    return err
+
+
+def prompt_filter_only(data: bytes) -> bool:
+    """Azure's opening stream chunk: prompt-filter results, no choices, and blank `object` and `model`."""
+    if b'"prompt_filter_results"' not in data:
+        return False
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(payload, dict) and not payload.get("choices") and payload.get("usage") is None
+
+
+class AzureStreamParser(OpenAIStreamParser):
+    """OpenAI's stream parser, leaving out Azure's chunk that carries only prompt-filter results
+    (it is not a valid OpenAI chunk, and clients have no use for it)."""
+
+    def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
+        return [] if prompt_filter_only(event.data) else super().feed(event)
+
+
+class AzureOpenAIAdapter(OpenAIAdapter):
+    """The `azure` provider type. Options: `api_version` (provider-wide or per deployment), `headers`."""
+
+    type_name = "azure"
+    default_base_url = ""
+    key_env_var = "AZURE_OPENAI_API_KEY"
+    supports_embeddings = True
+
+    def base_url(self, region: str, override: str | None) -> str:
+        url = super().base_url(region, override)
+        if not url:
+            raise ConfigError(
+                [
+                    f"providers.{self.name}.base_url: the Azure OpenAI resource endpoint "
+                    "(https://NAME.openai.azure.com) is required, on the provider or on each deployment"
+                ]
+            )
+        return url.removesuffix("/openai")
+
+    def headers(self) -> dict[str, str]:
+        headers = super().headers()
+        headers.pop("authorization", None)
+        if self.secret:
+            headers["api-key"] = self.secret
+        return headers
+
+    def endpoint(self, target: Target, operation: str) -> str:
+        version = target.options.get("api_version") or self.options.get("api_version") or DEFAULT_API_VERSION
+        deployment = urllib.parse.quote(target.model, safe="")
+        query = urllib.parse.urlencode({"api-version": version})
+        return f"{target.base_url}/openai/deployments/{deployment}/{operation}?{query}"
+
+    def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
+        built = super().chat_request(req, target, stream=stream)
+        built.request.url = self.endpoint(target, "chat/completions")
+        return built
+
+    def stream_parser(self, req: ChatRequest, target: Target) -> AzureStreamParser:
+        return AzureStreamParser()
+
+    def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+        return azure_error(status, body, headers)
+
+    def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> BuiltRequest:
+        built = super().embeddings_request(req, target)
+        built.request.url = self.endpoint(target, "embeddings")
+        return built

@@ -1,0 +1,496 @@
+"""AWS Bedrock's Converse and ConverseStream APIs, behind the OpenAI Chat Completions form.
+
+Requests are signed with SigV4 (service `bedrock`, the deployment's region) by the function's own AWS
+credentials, resolved once per process through botocore's chain and refreshed when they near expiry,
+and go over the gateway's shared HTTP client like every other provider's. Messages become Converse
+turns by way of the Anthropic adapter's conversion (the two APIs share the turn model: system apart,
+alternating roles, tool results in the user turn), re-shaped into Converse content blocks. A stream is
+AWS event-stream framing (see `eventstream`) carrying one JSON event per frame.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+import urllib.parse
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from pydantic import ValidationError
+
+from adapters.providers.anthropic.adapter import (
+    JSON_OBJECT_INSTRUCTION,
+    JSON_TOOL,
+    AnthropicStreamParser,
+    WireBlock,
+    convert_messages,
+    json_tool,
+)
+from adapters.providers.bedrock.eventstream import EventStreamDecoder
+from adapters.providers.params import Rule, apply_rules
+from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
+from handler.ports import (
+    BuiltRequest,
+    ProviderAdapter,
+    StreamEvent,
+    Target,
+    UpstreamRequest,
+    json_body,
+    malformed,
+    upstream_error,
+)
+from handler.schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatRequest,
+    Choice,
+    ChunkDelta,
+    FinishReason,
+    FunctionCall,
+    ToolCall,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from botocore.credentials import Credentials
+
+SERVICE = "bedrock"
+GLOBAL = "global"
+DEFAULT_REGION = "us-east-1"
+
+# Client parameters that land in `inferenceConfig`; `max_completion_tokens` after `max_tokens` so it wins.
+INFERENCE_RULES: dict[str, Rule] = {
+    "max_tokens": Rule(rename="maxTokens"),
+    "max_completion_tokens": Rule(rename="maxTokens"),
+    "temperature": Rule(clamp=(0.0, 1.0)),
+    "top_p": Rule(rename="topP"),
+}
+# Accepted when harmless: one choice; parallel tool calls, which Converse cannot forbid.
+HARMLESS_RULES: dict[str, Rule] = {"n": Rule(only=(1,)), "parallel_tool_calls": Rule(only=(True,))}
+TRANSLATED = frozenset(
+    {"model", "messages", "stream", "stream_options", "stop", "tools", "tool_choice", "response_format"}
+)
+
+STOP_REASONS: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "guardrail_intervened": "content_filter",
+    "content_filtered": "content_filter",
+}
+
+# Bedrock's error names (HTTP `x-amzn-errortype`, or an in-stream `:exception-type` in camel case) and
+# the status each carries. Throttling and a model that is not ready yet are worth another attempt.
+ERROR_STATUS: dict[str, int] = {
+    "validationexception": 400,
+    "accessdeniedexception": 403,
+    "unrecognizedclientexception": 403,
+    "resourcenotfoundexception": 404,
+    "modeltimeoutexception": 408,
+    "modelerrorexception": 424,
+    "modelstreamerrorexception": 424,
+    "throttlingexception": 429,
+    "modelnotreadyexception": 429,
+    "servicequotaexceededexception": 429,
+    "internalserverexception": 500,
+    "serviceunavailableexception": 503,
+}
+# A model that failed mid-answer may well answer on the next attempt or deployment.
+RETRYABLE_TYPES = frozenset({"modelstreamerrorexception"})
+
+IMAGE_FORMATS = {
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",
+    "image/gif": "gif",
+    "image/webp": "webp",
+}
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def _error_type(raw: str) -> str:
+    """`ValidationException:http://internal.amazon.com/...` or `com.amazon...#ValidationException` -> name."""
+    return raw.split(":", 1)[0].rsplit("#", 1)[-1].strip()
+
+
+def bedrock_error(status: int | None, kind: str, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+    """An `UpstreamError` from Bedrock's error name and `{"message": ...}` body; `status` None: from the name."""
+    message = ""
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        message = str(data.get("message") or data.get("Message") or "")
+        kind = kind or _error_type(str(data.get("__type") or ""))
+    if not message:
+        message = body[:200].decode("utf-8", "replace") if body else "no error body"
+    name = _error_type(kind)
+    code = status if status is not None else ERROR_STATUS.get(name.lower(), 500)
+    err = upstream_error(code, message, headers, upstream_type=name or None)
+    if name.lower() in RETRYABLE_TYPES:
+        err.retryable = True
+    return err
+
+
+def stream_exception(message_type: str, name: str, payload: bytes) -> UpstreamError:
+    """An event-stream `exception` (typed) or `error` (coded) message as an `UpstreamError`."""
+    if message_type == "error":
+        payload = orjson.dumps({"message": payload.decode("utf-8", "replace")})
+    return bedrock_error(None, name, payload, {})
+
+
+# --- credentials and signing ---------------------------------------------------------------------
+
+_credentials: Credentials | None = None
+_credentials_lock = threading.Lock()
+
+
+def process_credentials() -> Credentials:
+    """The function's AWS credentials from botocore's chain, resolved once per process.
+
+    botocore's refreshable credentials (assumed roles, container and instance roles) renew themselves
+    when read near their expiry, so the object is kept and read on every request.
+    """
+    global _credentials
+    with _credentials_lock:
+        if _credentials is None:
+            import botocore.session  # deferred: a gateway without Bedrock never pays botocore's import
+
+            found = botocore.session.get_session().get_credentials()
+            if found is None:
+                raise ServiceUnavailableError(
+                    "no AWS credentials found for Bedrock (environment, profile or role)",
+                    code="provider_not_configured",
+                )
+            _credentials = found
+        return _credentials
+
+
+def reset_credentials() -> None:
+    """Forget the process's credentials (tests, or after the environment changed)."""
+    global _credentials
+    with _credentials_lock:
+        _credentials = None
+
+
+def sign(request: UpstreamRequest, region: str, credentials: Credentials) -> None:
+    """Add SigV4 headers (`x-amz-date`, `authorization`, a session token) for exactly these bytes."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    aws = AWSRequest(method=request.method, url=request.url, data=request.body, headers=dict(request.headers))
+    SigV4Auth(credentials.get_frozen_credentials(), SERVICE, region).add_auth(aws)
+    request.headers.update({name.lower(): str(value) for name, value in aws.headers.items()})
+
+
+def aws_region(region: str) -> str:
+    """A deployment's AWS region; one configured without a region runs where the function runs."""
+    if region and region != GLOBAL:
+        return region
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+
+# --- request -------------------------------------------------------------------------------------
+
+
+def _data_bytes(source: Mapping[str, Any]) -> str:
+    return str(source.get("data", ""))
+
+
+def _image(block: Mapping[str, Any]) -> dict[str, Any]:
+    source = block["source"]
+    if source.get("type") != "base64":
+        raise InvalidRequestError("Bedrock takes images as base64 data URLs only, not http(s) URLs", param="messages")
+    media_type = str(source.get("media_type", ""))
+    image_format = IMAGE_FORMATS.get(media_type)
+    if image_format is None:
+        raise InvalidRequestError(f"Bedrock does not take images of type '{media_type}'", param="messages")
+    return {"image": {"format": image_format, "source": {"bytes": _data_bytes(source)}}}
+
+
+def converse_block(block: Mapping[str, Any], position: int) -> dict[str, Any]:
+    """One Anthropic-form content block (as `convert_messages` builds them) as a Converse block."""
+    kind = block["type"]
+    if kind == "text":
+        return {"text": block["text"]}
+    if kind == "image":
+        return _image(block)
+    if kind == "document":
+        document = {"format": "pdf", "name": f"document-{position}", "source": {"bytes": _data_bytes(block["source"])}}
+        return {"document": document}
+    if kind == "tool_use":
+        return {"toolUse": {"toolUseId": block["id"], "name": block["name"], "input": block["input"]}}
+    if kind == "tool_result":
+        content = [converse_block(inner, position) for inner in block.get("content") or ()]
+        # Converse requires a result's content; a tool that printed nothing still answered.
+        return {"toolResult": {"toolUseId": block["tool_use_id"], "content": content or [{"text": "(no output)"}]}}
+    raise InvalidRequestError(f"content of type '{kind}' cannot be sent to Bedrock", param="messages")
+
+
+def converse_messages(req: ChatRequest) -> tuple[list[str], list[dict[str, Any]]]:
+    """System texts and Converse turns of the client's messages."""
+    system, turns = convert_messages(req.messages)
+    position = 0
+    messages = []
+    for turn in turns:
+        content = []
+        for block in turn["content"]:
+            position += 1
+            content.append(converse_block(block, position))
+        messages.append({"role": turn["role"], "content": content})
+    return system, messages
+
+
+def _tool_spec(name: str, description: str | None, schema: dict[str, Any] | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"name": name, "inputSchema": {"json": {"type": "object", **(schema or {})}}}
+    if description:
+        spec["description"] = description
+    return {"toolSpec": spec}
+
+
+def _uses_tools(messages: list[dict[str, Any]]) -> bool:
+    return any("toolUse" in block or "toolResult" in block for m in messages for block in m["content"])
+
+
+def tool_config(req: ChatRequest, messages: list[dict[str, Any]], dropped: list[str]) -> dict[str, Any] | None:
+    """`toolConfig`: the client's tools and choice, plus the forced tool of a `json_schema` answer."""
+    tools = [_tool_spec(t.function.name, t.function.description, t.function.parameters) for t in req.tools or ()]
+    choice = req.tool_choice
+    if choice == "none":
+        if not _uses_tools(messages):
+            tools = []  # no tools offered: "none" honoured exactly
+        else:
+            dropped.append("tool_choice")  # Converse needs the tools to read earlier tool turns
+    chosen: dict[str, Any] | None = None
+    if choice == "auto":
+        chosen = {"auto": {}}
+    elif choice == "required":
+        chosen = {"any": {}}
+    elif choice is not None and not isinstance(choice, str):
+        chosen = {"tool": {"name": choice.function.name}}
+    forced = json_tool(req)
+    if forced is not None:
+        if chosen is None or "tool" not in chosen:
+            chosen = {"tool": {"name": JSON_TOOL}} if not tools else {"any": {}}
+        tools.append(_tool_spec(forced["name"], forced["description"], forced["input_schema"]))
+    if not tools:
+        if choice not in (None, "none"):
+            dropped.append("tool_choice")
+        return None
+    config: dict[str, Any] = {"tools": tools}
+    if chosen is not None:
+        config["toolChoice"] = chosen
+    return config
+
+
+# --- answer --------------------------------------------------------------------------------------
+
+
+def usage_of(raw: Any) -> Usage | None:
+    """Converse usage: `inputTokens` leaves out cache reads and writes, which OpenAI counts in."""
+    if not isinstance(raw, dict):
+        return None
+    counts = {name: value for name, value in raw.items() if isinstance(value, int)}
+    read, write = counts.get("cacheReadInputTokens", 0), counts.get("cacheWriteInputTokens", 0)
+    prompt = counts.get("inputTokens", 0) + read + write
+    return Usage.of(prompt, counts.get("outputTokens", 0), cached=read, cache_write=write)
+
+
+def finish_reason(stop_reason: Any, json_answer: bool, tool_calls: bool) -> FinishReason:
+    if json_answer and not tool_calls:
+        return "stop"
+    return STOP_REASONS.get(str(stop_reason), "stop")
+
+
+def completion_id() -> str:
+    """Converse answers carry no id; OpenAI clients expect one."""
+    return f"chatcmpl-{secrets.token_hex(12)}"
+
+
+class BedrockStreamParser(AnthropicStreamParser):
+    """ConverseStream events into OpenAI chunks.
+
+    ConverseStream is Anthropic's stream under other names: `messageStart` gives the role chunk, a
+    `contentBlockStart` with `toolUse` a tool-call delta (index, id, name) whose `contentBlockDelta` input
+    fragments follow, `messageStop` the finish reason and `metadata` (which comes last) the usage. So each
+    event is renamed into its Anthropic counterpart and the Anthropic parser's block bookkeeping (tool-call
+    positions, a `json_schema` tool streaming as content) does the rest.
+    """
+
+    def __init__(self, model: str, json_mode: bool) -> None:
+        super().__init__(model, json_mode)
+        self._id = completion_id()
+
+    def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
+        if not event.data:
+            return []
+        payload = json_body(event.data)
+        if not isinstance(payload, dict):
+            raise malformed("upstream sent a stream event that is not an object")
+        try:
+            return self._converse_event(event.event or "", payload)
+        except (ValidationError, AttributeError, TypeError, ValueError) as exc:
+            raise malformed(f"upstream sent a malformed '{event.event}' event") from exc
+
+    def _converse_event(self, kind: str, payload: dict[str, Any]) -> list[ChatCompletionChunk]:
+        index = int(payload.get("contentBlockIndex", 0))
+        if kind == "messageStart":
+            return [self._chunk(ChunkDelta(role="assistant", content=""))]
+        if kind == "contentBlockStart":
+            tool = (payload.get("start") or {}).get("toolUse")
+            if not isinstance(tool, dict):
+                return []
+            block = WireBlock(type="tool_use", id=tool.get("toolUseId"), name=tool.get("name"))
+            return self._block_start(index, block)
+        if kind == "contentBlockDelta":
+            return self._block_delta(index, anthropic_delta(payload.get("delta")))
+        if kind == "messageStop":
+            finish = finish_reason(payload.get("stopReason"), self._json_answer, self._tools > 0)
+            return [self._chunk(finish=finish)]
+        if kind == "metadata":
+            self.usage = usage_of(payload.get("usage"))
+            return self._usage_chunk()
+        return []  # contentBlockStop, and event types added after this was written
+
+
+def anthropic_delta(delta: Any) -> dict[str, Any]:
+    """A Converse content delta in Anthropic's form (`text_delta`, `thinking_delta`, `input_json_delta`)."""
+    if not isinstance(delta, dict):
+        return {}
+    if isinstance(delta.get("text"), str):
+        return {"type": "text_delta", "text": delta["text"]}
+    reasoning = delta.get("reasoningContent")
+    if isinstance(reasoning, dict) and isinstance(reasoning.get("text"), str):
+        return {"type": "thinking_delta", "thinking": reasoning["text"]}
+    tool = delta.get("toolUse")
+    if isinstance(tool, dict) and isinstance(tool.get("input"), str):
+        return {"type": "input_json_delta", "partial_json": tool["input"]}
+    return {}  # reasoning signatures, citations: nothing the OpenAI form carries
+
+
+# --- adapter -------------------------------------------------------------------------------------
+
+
+class BedrockAdapter(ProviderAdapter):
+    """The `bedrock` provider type: the Converse API of Amazon Bedrock Runtime.
+
+    Needs no key: the function's AWS credentials sign each request. A deployment's `model` is a model
+    id, an inference profile id (`us.`, `eu.`, `apac.`, `global.` prefixes) or an ARN; its `region` picks
+    the endpoint (the function's own region when none is given). Option `max_output_tokens` (provider-wide
+    or per deployment) sets `maxTokens` when the client gives none.
+    """
+
+    type_name = "bedrock"
+    requires_key = False
+
+    def base_url(self, region: str, override: str | None) -> str:
+        configured = override or self.options.get("base_url")
+        if configured:
+            return str(configured).rstrip("/")
+        return f"https://bedrock-runtime.{aws_region(region)}.amazonaws.com"
+
+    def url(self, target: Target, operation: str) -> str:
+        """The operation's URL, in the form every HTTP client sends unchanged.
+
+        The signature covers the path as sent. aiohttp (the gateway's transport) decodes `%3A` back to
+        `:` while httpx keeps it, so the `:` of a model id is left as is (Bedrock reads it either way)
+        and only what must be encoded (`/` of an ARN, spaces) is.
+        """
+        return f"{target.base_url}/model/{urllib.parse.quote(target.model, safe=':')}/{operation}"
+
+    def chat_body(self, req: ChatRequest) -> tuple[dict[str, Any], list[str]]:
+        """The Converse request body (the model id goes in the URL) and what it could not carry."""
+        params = req.model_dump(exclude_unset=True, by_alias=True)
+        inference = {name: params.pop(name) for name in INFERENCE_RULES if name in params}
+        dropped = apply_rules(inference, INFERENCE_RULES)
+        harmless = {name: params.pop(name) for name in HARMLESS_RULES if name in params}
+        dropped += apply_rules(harmless, HARMLESS_RULES)
+        dropped += sorted(name for name, value in params.items() if name not in TRANSLATED and value is not None)
+
+        system, messages = converse_messages(req)
+        body: dict[str, Any] = {"messages": messages}
+        config = tool_config(req, messages, dropped)
+        if config is not None:
+            body["toolConfig"] = config
+        if req.response_format is not None and req.response_format.type == "json_object":
+            system.append(JSON_OBJECT_INSTRUCTION)
+        if system:
+            body["system"] = [{"text": text} for text in system]
+        inference = {name: value for name, value in inference.items() if value is not None}
+        if req.stop_list():
+            inference["stopSequences"] = req.stop_list()
+        if inference:
+            body["inferenceConfig"] = inference
+        return body, list(dict.fromkeys(dropped))
+
+    def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
+        body, dropped = self.chat_body(req)
+        if "maxTokens" not in body.get("inferenceConfig", {}):
+            configured = target.options.get("max_output_tokens") or self.options.get("max_output_tokens")
+            if configured:
+                body.setdefault("inferenceConfig", {})["maxTokens"] = int(configured)
+        headers = {"content-type": "application/json"}
+        if stream:
+            headers["accept"] = "application/vnd.amazon.eventstream"
+        request = UpstreamRequest(
+            "POST", self.url(target, "converse-stream" if stream else "converse"), headers, orjson.dumps(body)
+        )
+        sign(request, aws_region(target.region), process_credentials())
+        return BuiltRequest(request, dropped)
+
+    def chat_response(self, body: bytes, req: ChatRequest, target: Target) -> ChatCompletion:
+        data = json_body(body)
+        output = data.get("output") if isinstance(data, dict) else None
+        message = output.get("message") if isinstance(output, dict) else None
+        if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+            raise malformed("upstream answer is not a Converse response")
+        json_mode = json_tool(req) is not None
+        texts: list[str] = []
+        thinking: list[str] = []
+        calls: list[ToolCall] = []
+        json_answer: str | None = None
+        for block in message["content"]:
+            if not isinstance(block, dict):
+                continue
+            tool = block.get("toolUse")
+            reasoning = block.get("reasoningContent")
+            if isinstance(block.get("text"), str):
+                texts.append(block["text"])
+            elif isinstance(tool, dict) and json_mode and tool.get("name") == JSON_TOOL:
+                json_answer = orjson.dumps(tool.get("input") or {}).decode()
+            elif isinstance(tool, dict):
+                arguments = orjson.dumps(tool.get("input") or {}).decode()
+                function = FunctionCall(name=str(tool.get("name", "")), arguments=arguments)
+                calls.append(ToolCall(id=str(tool.get("toolUseId", "")), function=function))
+            elif isinstance(reasoning, dict) and isinstance(reasoning.get("reasoningText"), dict):
+                thinking.append(str(reasoning["reasoningText"].get("text", "")))
+        content = json_answer if json_answer is not None else ("".join(texts) if texts else None)
+        reply = AssistantMessage(
+            content=content, tool_calls=calls or None, reasoning_content="".join(thinking) if thinking else None
+        )
+        finish = finish_reason(data.get("stopReason"), json_answer is not None, bool(calls))
+        return ChatCompletion(
+            id=completion_id(),
+            created=int(time.time()),
+            model=target.model,
+            choices=[Choice(message=reply, finish_reason=finish)],
+            usage=usage_of(data.get("usage")),
+        )
+
+    def frame_decoder(self) -> EventStreamDecoder:
+        return EventStreamDecoder(stream_exception)
+
+    def stream_parser(self, req: ChatRequest, target: Target) -> BedrockStreamParser:
+        return BedrockStreamParser(target.model, json_tool(req) is not None)
+
+    def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+        return bedrock_error(status, headers.get("x-amzn-errortype", ""), body, headers)

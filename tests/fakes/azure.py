@@ -1,0 +1,93 @@
+"""A fake Azure OpenAI Service: Azure's URLs, `api-key` header and content filter around the fake OpenAI API.
+
+It serves `POST /openai/deployments/{deployment}/chat/completions` and `/embeddings`, requires the
+`api-key` header and a known `api-version`, and answers as the fake OpenAI API does for a model named
+like the deployment (so `fail-429`, `fail-500`, ... work here too), adding what Azure adds: a stream opens
+with a choice-less `prompt_filter_results` chunk. A deployment named `content-filter` refuses the prompt
+with Azure's content-filter error. Every request is recorded on `app.state.requests`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tests.fakes import openai as openai_fake
+
+API_KEY = "test-azure-key"
+API_VERSIONS = {"2024-10-21", "2024-06-01", "2025-01-01-preview"}
+SAFE = {"filtered": False, "severity": "safe"}
+FILTER_RESULTS = {"hate": SAFE, "self_harm": SAFE, "sexual": SAFE, "violence": SAFE}
+PROMPT_FILTER_CHUNK = {
+    "choices": [],
+    "created": 0,
+    "id": "",
+    "model": "",
+    "object": "",
+    "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": FILTER_RESULTS}],
+}
+CONTENT_FILTER_ERROR = {
+    "error": {
+        "message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy.",
+        "type": None,
+        "param": "prompt",
+        "code": "content_filter",
+        "status": 400,
+        "innererror": {
+            "code": "ResponsibleAIPolicyViolation",
+            "content_filter_result": {**FILTER_RESULTS, "violence": {"filtered": True, "severity": "high"}},
+        },
+    }
+}
+
+
+def _json(status: int, body: Any) -> Response:
+    return Response(orjson.dumps(body), status, media_type="application/json")
+
+
+def create_app() -> Starlette:
+    requests: list[dict[str, Any]] = []
+    upstream = openai_fake.create_app()
+
+    async def operation(request: Request) -> Response:
+        raw = await request.body()
+        deployment, name = request.path_params["deployment"], request.path_params["operation"]
+        body = orjson.loads(raw) if raw else {}
+        requests.append(
+            {
+                "path": request.url.path,
+                "query": dict(request.query_params),
+                "headers": dict(request.headers),
+                "json": body,
+            }
+        )
+        if request.headers.get("api-key") != API_KEY:
+            message = "Access denied due to invalid subscription key or wrong API endpoint."
+            return _json(401, {"error": {"code": "401", "message": message}})
+        if request.query_params.get("api-version") not in API_VERSIONS:
+            return _json(404, {"error": {"code": "404", "message": "Resource not found"}})
+        if "content-filter" in deployment:
+            return _json(400, CONTENT_FILTER_ERROR)
+        body["model"] = deployment
+        headers = {"authorization": f"Bearer {openai_fake.API_KEY}", "content-type": "application/json"}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=upstream), base_url="http://openai") as client:
+            answer = await client.post(f"/v1/{name}", content=orjson.dumps(body), headers=headers)
+        content = answer.content
+        if body.get("stream") and answer.status_code == 200:
+            content = b"data: " + orjson.dumps(PROMPT_FILTER_CHUNK) + b"\n\n" + content
+        passed = {k: v for k, v in answer.headers.items() if k in ("content-type", "retry-after")}
+        return Response(content, answer.status_code, headers=passed)
+
+    app = Starlette(
+        routes=[
+            Route("/openai/deployments/{deployment:str}/{operation:path}", operation, methods=["POST"]),
+        ]
+    )
+    app.state.requests = requests
+    return app

@@ -1,0 +1,262 @@
+"""A fake Amazon Bedrock Runtime (Converse and ConverseStream), speaking AWS's documented wire format.
+
+It serves `POST /model/{modelId}/converse` and `/converse-stream`, the stream as
+`application/vnd.amazon.eventstream` frames (built by `encode_frame`, with real CRCs), and checks that
+each request carries a SigV4 `Authorization` for service `bedrock` in `REGION` whose signature verifies
+against the test credentials over the exact bytes received (`verify_sigv4`, written from the SigV4
+specification, independent of botocore). It refuses what Bedrock refuses (unknown fields, roles that
+do not alternate, a conversation not opening with the user) with a `ValidationException`. With tools
+and a `toolChoice` of `any` or `tool` it answers with a `toolUse`.
+
+Behaviour by model id: `fail-throttle` (HTTP 429 ThrottlingException), `fail-validation` (400),
+`fail-500` (InternalServerException), `stream-exception` (a stream whose first frame is a
+throttlingException).
+Every request is recorded on `app.state.requests`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+import urllib.parse
+import zlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+ACCESS_KEY = "testing"
+SECRET_KEY = "testing"
+REGION = "us-east-1"
+SERVICE = "bedrock"
+TEXT = "Hello from fake Bedrock."
+CALL_INPUT = {"city": "Paris"}
+TOOL_USE_ID = "tooluse_fake01"
+USAGE = {"inputTokens": 11, "outputTokens": 6, "totalTokens": 20, "cacheReadInputTokens": 3}
+
+REQUEST_FIELDS = {
+    "messages",
+    "system",
+    "inferenceConfig",
+    "toolConfig",
+    "guardrailConfig",
+    "additionalModelRequestFields",
+    "additionalModelResponseFieldPaths",
+    "requestMetadata",
+    "performanceConfig",
+}
+INFERENCE_FIELDS = {"maxTokens", "temperature", "topP", "stopSequences"}
+BLOCK_FIELDS = {"text", "image", "document", "toolUse", "toolResult", "reasoningContent", "cachePoint"}
+
+
+# --- event-stream encoding ------------------------------------------------------------------------
+
+
+def encode_frame(headers: Mapping[str, str], payload: bytes) -> bytes:
+    """One event-stream message: prelude (lengths + CRC), string headers, payload, message CRC."""
+    encoded = b""
+    for name, value in headers.items():
+        raw_name, raw_value = name.encode(), value.encode()
+        encoded += struct.pack(">B", len(raw_name)) + raw_name + b"\x07" + struct.pack(">H", len(raw_value)) + raw_value
+    total = 12 + len(encoded) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(encoded))
+    prelude += struct.pack(">I", zlib.crc32(prelude))
+    message = prelude + encoded + payload
+    return message + struct.pack(">I", zlib.crc32(message))
+
+
+def event_frame(event_type: str, body: Mapping[str, Any]) -> bytes:
+    """A Converse stream event as Bedrock frames it (with the `p` padding field it adds)."""
+    headers = {":event-type": event_type, ":content-type": "application/json", ":message-type": "event"}
+    return encode_frame(headers, orjson.dumps({**body, "p": "abcdefghijklmnopqrstuvwxyzABCD"}))
+
+
+def exception_frame(exception_type: str, message: str) -> bytes:
+    headers = {":exception-type": exception_type, ":content-type": "application/json", ":message-type": "exception"}
+    return encode_frame(headers, orjson.dumps({"message": message}))
+
+
+def stream_frames(answer: Mapping[str, Any]) -> list[bytes]:
+    """The ConverseStream transcript of a Converse answer: text in word pieces, tool input in two."""
+    frames = [event_frame("messageStart", {"role": "assistant"})]
+    for index, block in enumerate(answer["output"]["message"]["content"]):
+        if "text" in block:
+            words = block["text"].split(" ")
+            for i, word in enumerate(words):
+                piece = word if i == 0 else " " + word
+                frames.append(event_frame("contentBlockDelta", {"contentBlockIndex": index, "delta": {"text": piece}}))
+        else:
+            use = block["toolUse"]
+            start = {"toolUse": {"toolUseId": use["toolUseId"], "name": use["name"]}}
+            frames.append(event_frame("contentBlockStart", {"contentBlockIndex": index, "start": start}))
+            raw = orjson.dumps(use["input"]).decode()
+            for piece in (raw[: len(raw) // 2], raw[len(raw) // 2 :]):
+                delta = {"toolUse": {"input": piece}}
+                frames.append(event_frame("contentBlockDelta", {"contentBlockIndex": index, "delta": delta}))
+        frames.append(event_frame("contentBlockStop", {"contentBlockIndex": index}))
+    frames.append(event_frame("messageStop", {"stopReason": answer["stopReason"]}))
+    frames.append(event_frame("metadata", {"usage": answer["usage"], "metrics": {"latencyMs": 120}}))
+    return frames
+
+
+# --- SigV4 verification ---------------------------------------------------------------------------
+
+
+def _hmac(key: bytes, text: str) -> bytes:
+    return hmac.new(key, text.encode(), hashlib.sha256).digest()
+
+
+def verify_sigv4(
+    method: str, raw_path: str, query: str, headers: Mapping[str, str], body: bytes, *, region: str = REGION
+) -> str | None:
+    """None when `Authorization` is a valid SigV4 signature for `bedrock` in `region`, else what is wrong."""
+    auth = headers.get("authorization", "")
+    if not auth.startswith("AWS4-HMAC-SHA256 "):
+        return "missing SigV4 Authorization header"
+    fields = dict(part.strip().split("=", 1) for part in auth.removeprefix("AWS4-HMAC-SHA256 ").split(","))
+    access_key, date, scope_region, service, terminator = fields["Credential"].split("/")
+    if (access_key, scope_region, service, terminator) != (ACCESS_KEY, region, SERVICE, "aws4_request"):
+        return f"wrong credential scope {fields['Credential']}"
+    signed = fields["SignedHeaders"].split(";")
+    if "host" not in signed or "x-amz-date" not in signed:
+        return "host and x-amz-date must be signed"
+    canonical = "\n".join(
+        [
+            method,
+            urllib.parse.quote(raw_path, safe="/~"),  # AWS signs the already-encoded path, encoded again
+            "&".join(sorted(query.split("&"))) if query else "",
+            "".join(f"{name}:{' '.join(headers[name].split())}\n" for name in signed),
+            fields["SignedHeaders"],
+            hashlib.sha256(body).hexdigest(),
+        ]
+    )
+    timestamp = headers["x-amz-date"]
+    to_sign = "\n".join(
+        [
+            "AWS4-HMAC-SHA256",
+            timestamp,
+            f"{date}/{region}/{SERVICE}/aws4_request",
+            hashlib.sha256(canonical.encode()).hexdigest(),
+        ]
+    )
+    key = _hmac(_hmac(_hmac(_hmac(f"AWS4{SECRET_KEY}".encode(), date), region), SERVICE), "aws4_request")
+    expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    return None if hmac.compare_digest(expected, fields["Signature"]) else "signature does not match"
+
+
+# --- the fake service -----------------------------------------------------------------------------
+
+
+def _error(status: int, kind: str, message: str) -> Response:
+    headers = {"x-amzn-errortype": f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"}
+    return Response(orjson.dumps({"message": message}), status, headers=headers, media_type="application/json")
+
+
+def _invalid(body: dict[str, Any]) -> str | None:
+    for name in body:
+        if name not in REQUEST_FIELDS:
+            return f"Malformed input request: extraneous key [{name}] is not permitted"
+    for name in body.get("inferenceConfig") or {}:
+        if name not in INFERENCE_FIELDS:
+            return f"Malformed input request: extraneous key [{name}] in inferenceConfig is not permitted"
+    messages = body.get("messages") or []
+    if not messages or messages[0].get("role") != "user":
+        return "A conversation must start with a user message."
+    for previous, message in zip(messages, messages[1:], strict=False):
+        if previous["role"] == message["role"]:
+            return "A conversation must alternate between user and assistant roles."
+    for message in messages:
+        for block in message.get("content") or ():
+            if len(block) != 1 or next(iter(block)) not in BLOCK_FIELDS:
+                return f"Malformed content block {sorted(block)}"
+            if "text" in block and not block["text"].strip():
+                return "The text field in the ContentBlock object is blank."
+    uses_tools = any("toolUse" in b or "toolResult" in b for m in messages for b in m["content"])
+    if uses_tools and "toolConfig" not in body:
+        return "The toolConfig field must be defined when using toolUse and toolResult content blocks."
+    return None
+
+
+def answer_for(body: dict[str, Any]) -> dict[str, Any]:
+    """A Converse answer: a `toolUse` when a tool is forced, else the fixed text."""
+    config = body.get("toolConfig") or {}
+    choice = config.get("toolChoice") or {}
+    last = body["messages"][-1]["content"]
+    answered = any("toolResult" in block for block in last)
+    content: list[dict[str, Any]]
+    if config.get("tools") and not answered and ("any" in choice or "tool" in choice):
+        name = choice["tool"]["name"] if "tool" in choice else config["tools"][0]["toolSpec"]["name"]
+        content = [{"toolUse": {"toolUseId": TOOL_USE_ID, "name": name, "input": CALL_INPUT}}]
+        stop = "tool_use"
+    else:
+        content, stop = [{"text": TEXT}], "end_turn"
+    return {
+        "output": {"message": {"role": "assistant", "content": content}},
+        "stopReason": stop,
+        "usage": USAGE,
+        "metrics": {"latencyMs": 120},
+    }
+
+
+def create_app() -> Starlette:
+    requests: list[dict[str, Any]] = []
+
+    async def guard(request: Request) -> tuple[str, dict[str, Any] | None, Response | None]:
+        raw = await request.body()
+        raw_path = request.scope["raw_path"].decode()
+        headers = dict(request.headers)
+        body = orjson.loads(raw) if raw else {}
+        model = urllib.parse.unquote(raw_path.split("/")[2])
+        requests.append({"path": raw_path, "model": model, "headers": headers, "json": body})
+        problem = verify_sigv4("POST", raw_path, request.url.query, headers, raw)
+        if problem is not None:
+            return model, None, _error(403, "InvalidSignatureException", problem)
+        if "fail-throttle" in model:
+            return (
+                model,
+                None,
+                _error(429, "ThrottlingException", "Too many requests, please wait before trying again."),
+            )
+        if "fail-validation" in model:
+            return model, None, _error(400, "ValidationException", "The provided model identifier is invalid.")
+        if "fail-500" in model:
+            return model, None, _error(500, "InternalServerException", "The server encountered an internal error.")
+        invalid = _invalid(body)
+        if invalid is not None:
+            return model, None, _error(400, "ValidationException", invalid)
+        return model, body, None
+
+    async def converse(request: Request) -> Response:
+        _, body, failure = await guard(request)
+        if failure is not None or body is None:
+            return failure or _error(400, "ValidationException", "no body")
+        return Response(orjson.dumps(answer_for(body)), media_type="application/json")
+
+    async def converse_stream(request: Request) -> Response:
+        model, body, failure = await guard(request)
+        if failure is not None or body is None:
+            return failure or _error(400, "ValidationException", "no body")
+
+        async def frames() -> AsyncIterator[bytes]:
+            if "stream-exception" in model:
+                yield exception_frame("throttlingException", "Too many tokens, please wait before trying again.")
+                return
+            for frame in stream_frames(answer_for(body)):
+                yield frame[:7]  # frames split across network writes, as a real stream may be
+                yield frame[7:]
+
+        return StreamingResponse(frames(), media_type="application/vnd.amazon.eventstream")
+
+    app = Starlette(
+        routes=[
+            Route("/model/{model_id:str}/converse", converse, methods=["POST"]),
+            Route("/model/{model_id:str}/converse-stream", converse_stream, methods=["POST"]),
+        ]
+    )
+    app.state.requests = requests
+    return app

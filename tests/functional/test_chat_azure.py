@@ -1,0 +1,138 @@
+"""The official openai SDK against the gateway, with a fake Azure OpenAI resource behind it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from adapters.providers import REGISTRY
+from handler.app import create_app
+from handler.config import parse_config
+from handler.gateway import build_gateway
+from tests.fakes import azure as fake
+from tests.fakes.openai import TEXT
+from tests.functional.conftest import Running
+from tests.support.servers import ServerThread
+
+pytestmark = pytest.mark.skipif("azure" not in REGISTRY, reason="no azure adapter registered")
+
+PRICE = {"input": 1, "output": 2}
+HI: Any = [{"role": "user", "content": "Hi"}]
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
+
+
+@pytest.fixture(scope="module")
+def azure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """A gateway whose only provider is Azure OpenAI, in front of the fake Azure resource."""
+    app = fake.create_app()
+    upstream = ServerThread(app).start()
+    provider = {"provider": "azure"}
+    data = {
+        "gateway": {"timeouts": {"connect": 2, "first_byte": 1.5, "between_chunks": 1.5}},
+        "providers": {"azure": {"type": "azure", "base_url": upstream.url, "region": "eastus"}},
+        "models": {
+            "gpt-4o": {"deployments": [{**provider, "model": "gpt-4o-prod"}], "price": PRICE},
+            "gpt-4o-preview": {
+                "deployments": [{**provider, "model": "gpt-4o-prod", "api_version": "2025-01-01-preview"}],
+                "price": PRICE,
+            },
+            "limited": {
+                "deployments": [{**provider, "model": "fail-429"}],
+                "price": PRICE,
+                "fallbacks": ["gpt-4o"],
+            },
+            "filtered": {"deployments": [{**provider, "model": "content-filter"}], "price": PRICE},
+            "embed": {
+                "kind": "embedding",
+                "deployments": [{**provider, "model": "embed-small"}],
+                "price": {"input": 1},
+            },
+        },
+    }
+    store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('azure-store')) / 'gateway.db'}"
+    gateway = build_gateway(
+        config=parse_config(data, set(REGISTRY)),
+        store_url=store_url,
+        environ={"AZURE_OPENAI_API_KEY": fake.API_KEY, "GATEWAY_REGION": "us-east-1"},
+    )
+    server = ServerThread(create_app(gateway), cleanup=gateway.aclose).start()
+    yield Running(server.url, gateway, store_url, upstream, {"azure": app})
+    server.stop()
+    upstream.stop()
+
+
+@pytest.fixture
+def client(azure: Running) -> Iterator[openai.OpenAI]:
+    """The SDK with its own connection pool, closed after the test so no socket outlives the servers."""
+    with openai.OpenAI(base_url=f"{azure.url}/v1", api_key=azure.mint(name="azure"), max_retries=0) as sdk:
+        yield sdk
+
+
+def sent(running: Running) -> dict[str, Any]:
+    requests: list[dict[str, Any]] = running.fakes["azure"].state.requests
+    return requests[-1]
+
+
+def test_completion_reaches_the_deployment_with_the_azure_key(azure: Running, client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
+    assert raw.parse().choices[0].message.content == TEXT
+    assert raw.headers["x-gateway-route"] == "azure/gpt-4o-prod@eastus=200"
+    upstream = sent(azure)
+    assert upstream["path"] == "/openai/deployments/gpt-4o-prod/chat/completions"
+    assert upstream["query"] == {"api-version": "2024-10-21"}
+    assert upstream["headers"]["api-key"] == fake.API_KEY and "authorization" not in upstream["headers"]
+
+
+def test_deployment_option_sets_the_api_version(azure: Running, client: openai.OpenAI) -> None:
+    client.chat.completions.create(model="gpt-4o-preview", messages=HI)
+    assert sent(azure)["query"] == {"api-version": "2025-01-01-preview"}
+
+
+def test_stream_skips_the_prompt_filter_chunk_and_ends_with_usage(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(model="gpt-4o", messages=HI, stream=True, stream_options={"include_usage": True})
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == TEXT
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 7
+
+
+def test_tools_stream_and_not(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model="gpt-4o", messages=HI, tools=[WEATHER_TOOL], tool_choice="required"
+    )
+    calls = completion.choices[0].message.tool_calls
+    assert calls is not None and calls[0].function.name == "get_weather"  # type: ignore[union-attr]
+    stream = client.chat.completions.create(
+        model="gpt-4o", messages=HI, tools=[WEATHER_TOOL], tool_choice="required", stream=True
+    )
+    arguments = ""
+    for chunk in stream:
+        for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            arguments += delta.function.arguments or "" if delta.function else ""
+    assert arguments == '{"city":"Paris"}'
+
+
+def test_rate_limit_falls_back(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(model="limited", messages=HI)
+    assert raw.parse().choices[0].message.content == TEXT
+    assert raw.headers["x-gateway-route"].startswith("azure/fail-429@eastus=429, ")
+
+
+def test_content_filter_refusal_is_a_client_error_naming_the_category(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="filtered", messages=HI)
+    assert "content filter: violence" in caught.value.message
+
+
+def test_embeddings(azure: Running, client: openai.OpenAI) -> None:
+    result = client.embeddings.create(model="embed", input=["a", "b"])
+    assert len(result.data) == 2
+    assert sent(azure)["path"] == "/openai/deployments/embed-small/embeddings"

@@ -1,0 +1,172 @@
+"""The official openai SDK against the gateway, with a fake Bedrock Runtime (SigV4-checking) behind it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from adapters.providers import REGISTRY
+from handler.app import create_app
+from handler.config import parse_config
+from handler.gateway import build_gateway
+from tests.fakes import bedrock as fake
+from tests.functional.conftest import Running
+from tests.support.servers import ServerThread
+
+pytestmark = pytest.mark.skipif("bedrock" not in REGISTRY, reason="no bedrock adapter registered")
+
+MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+PRICE = {"input": 1, "output": 2}
+HI: Any = [{"role": "user", "content": "Hi"}]
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def bedrock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """A gateway whose only provider is Bedrock, in front of the fake Bedrock Runtime."""
+    app = fake.create_app()
+    upstream = ServerThread(app).start()
+    deployment = {"provider": "bedrock", "region": fake.REGION}
+    data = {
+        "gateway": {"timeouts": {"connect": 2, "first_byte": 1.5, "between_chunks": 1.5}},
+        "providers": {"bedrock": {"type": "bedrock", "base_url": upstream.url}},
+        "models": {
+            "claude-haiku": {"deployments": [{**deployment, "model": MODEL}], "price": PRICE},
+            "nova-anywhere": {
+                "deployments": [{"provider": "bedrock", "model": "amazon.nova-lite-v1:0"}],
+                "price": PRICE,
+            },
+            "throttled": {
+                "deployments": [{**deployment, "model": "fail-throttle"}],
+                "price": PRICE,
+                "fallbacks": ["claude-haiku"],
+            },
+            "stream-throttled": {
+                "deployments": [{**deployment, "model": "stream-exception"}, {**deployment, "model": MODEL}],
+                "price": PRICE,
+            },
+            "rejects": {"deployments": [{**deployment, "model": "fail-validation"}], "price": PRICE},
+        },
+    }
+    store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('bedrock-store')) / 'gateway.db'}"
+    gateway = build_gateway(
+        config=parse_config(data, set(REGISTRY)), store_url=store_url, environ={"GATEWAY_REGION": "us-east-1"}
+    )
+    server = ServerThread(create_app(gateway), cleanup=gateway.aclose).start()
+    yield Running(server.url, gateway, store_url, upstream, {"bedrock": app})
+    server.stop()
+    upstream.stop()
+
+
+@pytest.fixture
+def client(bedrock: Running) -> Iterator[openai.OpenAI]:
+    """The SDK with its own connection pool, closed after the test so no socket outlives the servers."""
+    with openai.OpenAI(base_url=f"{bedrock.url}/v1", api_key=bedrock.mint(name="bedrock"), max_retries=0) as sdk:
+        yield sdk
+
+
+def sent(running: Running) -> dict[str, Any]:
+    requests: list[dict[str, Any]] = running.fakes["bedrock"].state.requests
+    return requests[-1]
+
+
+def test_completion_is_signed_and_translated_both_ways(bedrock: Running, client: openai.OpenAI) -> None:
+    messages: Any = [{"role": "system", "content": "Be brief."}, *HI]
+    raw = client.chat.completions.with_raw_response.create(model="claude-haiku", messages=messages, max_tokens=50)
+    completion = raw.parse()
+    assert completion.choices[0].message.content == fake.TEXT
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (14, 6)  # 11 + 3 cache reads
+    assert raw.headers["x-gateway-route"] == f"bedrock/{MODEL}@us-east-1=200"
+    upstream = sent(bedrock)
+    assert upstream["path"] == "/model/us.anthropic.claude-3-5-haiku-20241022-v1:0/converse"
+    assert "/us-east-1/bedrock/aws4_request" in upstream["headers"]["authorization"]
+    assert upstream["json"]["system"] == [{"text": "Be brief."}]
+    assert upstream["json"]["inferenceConfig"] == {"maxTokens": 50}
+
+
+def test_deployment_without_a_region_signs_for_the_functions_region(bedrock: Running, client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(model="nova-anywhere", messages=HI)
+    assert raw.parse().choices[0].message.content == fake.TEXT
+    assert sent(bedrock)["path"] == "/model/amazon.nova-lite-v1:0/converse"
+
+
+def test_stream_assembles_text_and_ends_with_usage(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="claude-haiku", messages=HI, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == fake.TEXT
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+
+
+def test_tools_stream_and_not_and_the_result_goes_back(bedrock: Running, client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model="claude-haiku", messages=HI, tools=[WEATHER_TOOL], tool_choice="required"
+    )
+    message = completion.choices[0].message
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert message.tool_calls is not None
+    call = message.tool_calls[0]
+    assert call.id == fake.TOOL_USE_ID and call.function.name == "get_weather"  # type: ignore[union-attr]
+    assert call.function.arguments == '{"city":"Paris"}'  # type: ignore[union-attr]
+    assert sent(bedrock)["json"]["toolConfig"]["toolChoice"] == {"any": {}}
+
+    stream = client.chat.completions.create(
+        model="claude-haiku", messages=HI, tools=[WEATHER_TOOL], tool_choice="required", stream=True
+    )
+    arguments, ids = "", []
+    for chunk in stream:
+        for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            ids += [delta.id] if delta.id else []
+            arguments += delta.function.arguments or "" if delta.function else ""
+    assert ids == [fake.TOOL_USE_ID] and arguments == '{"city":"Paris"}'
+
+    follow_up: Any = [
+        *HI,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "18 C and clear"},
+    ]
+    answer = client.chat.completions.create(model="claude-haiku", messages=follow_up, tools=[WEATHER_TOOL])
+    assert answer.choices[0].message.content == fake.TEXT
+    turns = sent(bedrock)["json"]["messages"]
+    assert turns[1]["content"][0]["toolUse"]["toolUseId"] == fake.TOOL_USE_ID
+    assert turns[2]["content"][0]["toolResult"] == {
+        "toolUseId": fake.TOOL_USE_ID,
+        "content": [{"text": "18 C and clear"}],
+    }
+
+
+def test_throttling_falls_back_stream_and_not(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(model="throttled", messages=HI)
+    assert raw.parse().choices[0].message.content == fake.TEXT
+    assert raw.headers["x-gateway-route"].startswith("bedrock/fail-throttle@us-east-1=429, ")
+
+    with client.chat.completions.with_streaming_response.create(
+        model="stream-throttled", messages=HI, stream=True
+    ) as response:
+        route = response.headers["x-gateway-route"]
+        text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+    assert text == fake.TEXT
+    assert route.startswith("bedrock/stream-exception@us-east-1=429, ")
+
+
+def test_validation_exception_is_a_client_error(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="rejects", messages=HI)
+    assert "model identifier is invalid" in caught.value.message

@@ -1,0 +1,119 @@
+"""The Azure OpenAI adapter: Azure's URLs, key header, content-filter errors and stream chunks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from adapters.providers import REGISTRY
+from adapters.providers.azure import AzureOpenAIAdapter
+from handler.config import ConfigError, parse_config
+from handler.gateway import build_adapters
+from handler.ports import Target
+from handler.schemas import ChatRequest, EmbeddingsRequest
+
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "azure"
+ENDPOINT = "https://contoso-eastus.openai.azure.com"
+
+
+def adapter(**options: Any) -> AzureOpenAIAdapter:
+    return AzureOpenAIAdapter("azure", "azure-secret", {"base_url": ENDPOINT, **options})
+
+
+def target(deployment: str = "gpt-4o-prod", **options: Any) -> Target:
+    return Target("azure", "azure", deployment, "eastus", adapter().base_url("eastus", None), options)
+
+
+def request(**fields: object) -> ChatRequest:
+    return ChatRequest.model_validate({"model": "public", "messages": [{"role": "user", "content": "hi"}], **fields})
+
+
+def test_registry_maps_the_azure_type_and_reads_its_key_variable() -> None:
+    config = parse_config({"providers": {"az": {"type": "azure", "base_url": ENDPOINT}}, "models": {}}, set(REGISTRY))
+    adapters = build_adapters(config, REGISTRY, {"AZURE_OPENAI_API_KEY": "from-env"})
+    assert isinstance(adapters["az"], AzureOpenAIAdapter) and adapters["az"].secret == "from-env"
+
+
+def test_chat_goes_to_the_deployment_with_the_api_version_and_api_key_header() -> None:
+    built = adapter().chat_request(request(temperature=0.3), target(), stream=False)
+    assert built.request.url == f"{ENDPOINT}/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21"
+    assert built.request.headers["api-key"] == "azure-secret"
+    assert "authorization" not in built.request.headers
+    body = orjson.loads(built.request.body)
+    assert body["temperature"] == 0.3 and body["messages"] == [{"role": "user", "content": "hi"}]
+    assert built.dropped == []
+
+
+def test_api_version_comes_from_the_deployment_then_the_provider() -> None:
+    provider_wide = adapter(api_version="2024-06-01").chat_request(request(), target(), stream=False)
+    assert provider_wide.request.url.endswith("?api-version=2024-06-01")
+    per_deployment = adapter(api_version="2024-06-01").chat_request(
+        request(), target(api_version="2025-01-01-preview"), stream=False
+    )
+    assert per_deployment.request.url.endswith("?api-version=2025-01-01-preview")
+
+
+def test_stream_asks_for_usage_as_openai_does() -> None:
+    body = orjson.loads(adapter().chat_request(request(), target(), stream=True).request.body)
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+
+
+def test_base_url_is_required_with_the_offending_path() -> None:
+    with pytest.raises(ConfigError, match=r"providers\.az\.base_url"):
+        AzureOpenAIAdapter("az", "k", {}).base_url("eastus", None)
+    assert AzureOpenAIAdapter("az", "k", {}).base_url("eastus", f"{ENDPOINT}/openai/") == ENDPOINT
+
+
+def test_embeddings_go_to_the_deployment() -> None:
+    built = adapter().embeddings_request(EmbeddingsRequest(model="e", input="hi"), target("embed-small"))
+    assert built.request.url == f"{ENDPOINT}/openai/deployments/embed-small/embeddings?api-version=2024-10-21"
+    assert built.request.headers["api-key"] == "azure-secret"
+
+
+def test_stream_leaves_out_prompt_filter_chunks_and_keeps_usage() -> None:
+    a = adapter()
+    decoder, parser = a.frame_decoder(), a.stream_parser(request(), target())
+    raw = (FIXTURES / "chat-stream.sse").read_bytes()
+    chunks = [c for e in decoder.feed(raw) + decoder.finish() for c in parser.feed(e)] + parser.finish()
+    assert all(c.model == "gpt-4o-2024-08-06" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from Azure."
+    assert parser.usage is not None and parser.usage.total_tokens == 13
+
+
+def test_content_filtered_answer_keeps_its_finish_reason() -> None:
+    completion = adapter().chat_response(
+        (FIXTURES / "chat-content-filter-response.json").read_bytes(), request(), target()
+    )
+    assert completion.choices[0].finish_reason == "content_filter"
+    assert completion.choices[0].message.content == "Once upon a time"
+
+
+def test_content_filter_refusal_names_the_categories() -> None:
+    err = adapter().error(400, (FIXTURES / "error-content-filter.json").read_bytes(), {})
+    assert err.upstream_status == 400 and not err.retryable
+    assert err.upstream_type == "content_filter"
+    assert err.message.endswith("(content filter: jailbreak, violence)")
+    assert "azure-secret" not in err.message
+
+
+def test_rate_limit_is_retryable_with_retry_after() -> None:
+    body = orjson.dumps(
+        {
+            "error": {
+                "code": "429",
+                "message": "Requests to the ChatCompletions_Create Operation have exceeded the rate limit.",
+            }
+        }
+    )
+    err = adapter().error(429, body, {"retry-after": "3"})
+    assert err.retryable and err.retry_after == 3.0 and "rate limit" in err.message
+    assert err.upstream_type == "429"
+
+
+def test_gateway_auth_error_shape_keeps_its_message() -> None:
+    err = adapter().error(401, (FIXTURES / "error-401.json").read_bytes(), {})
+    assert err.upstream_status == 401 and err.message.startswith("upstream returned 401: Unauthorized.")

@@ -1,0 +1,594 @@
+"""The Bedrock adapter: Converse bodies, SigV4 signing, AWS event-stream framing, stream events, errors."""
+
+from __future__ import annotations
+
+import datetime
+import struct
+import sys
+import uuid
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import botocore.auth
+import botocore.session
+import orjson
+import pytest
+from botocore.credentials import Credentials
+from botocore.eventstream import EventStreamBuffer
+
+from adapters.providers import REGISTRY
+from adapters.providers.bedrock import BedrockAdapter
+from adapters.providers.bedrock import adapter as bedrock
+from adapters.providers.bedrock.eventstream import EventStreamDecoder, parse_headers
+from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
+from handler.ports import StreamEvent, Target
+from handler.schemas import ChatRequest
+from tests.fakes.bedrock import encode_frame, event_frame, exception_frame, stream_frames, verify_sigv4
+
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "bedrock"
+MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+FIXED_CLOCK = datetime.datetime(2024, 5, 1, 12, 30, 45)
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def target(model: str = MODEL, region: str = "eu-central-1", **options: Any) -> Target:
+    a = adapter()
+    return Target("bedrock", "bedrock", model, region, a.base_url(region, None), options)
+
+
+def adapter(**options: object) -> BedrockAdapter:
+    return BedrockAdapter("bedrock", None, options)
+
+
+def request(**fields: object) -> ChatRequest:
+    return ChatRequest.model_validate({"model": "public", "messages": [{"role": "user", "content": "hi"}], **fields})
+
+
+def built(req: ChatRequest, t: Target | None = None, *, stream: bool = False) -> tuple[dict[str, Any], list[str]]:
+    result = adapter().chat_request(req, t or target(), stream=stream)
+    return orjson.loads(result.request.body), result.dropped
+
+
+@pytest.fixture(autouse=True)
+def fresh_credentials() -> Iterator[None]:
+    """Each test resolves the (fake, environment) credentials anew."""
+    bedrock.reset_credentials()
+    yield
+    bedrock.reset_credentials()
+
+
+@pytest.fixture
+def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda *args, **kwargs: FIXED_CLOCK)
+
+
+def decode(raw: bytes, sizes: int | None = None) -> list[StreamEvent]:
+    decoder = EventStreamDecoder(bedrock.stream_exception)
+    events: list[StreamEvent] = []
+    step = sizes or len(raw) or 1
+    for i in range(0, len(raw), step):
+        events += decoder.feed(raw[i : i + step])
+    return events + decoder.finish()
+
+
+def parse(raw: bytes, req: ChatRequest | None = None) -> tuple[list[dict[str, Any]], Any]:
+    a = adapter()
+    parser = a.stream_parser(req or request(), target())
+    chunks = [c for event in decode(raw, 29) for c in parser.feed(event)] + parser.finish()
+    return [c.model_dump(exclude_none=True) for c in chunks], parser.usage
+
+
+def deltas(chunks: list[dict[str, Any]], field: str) -> str:
+    return "".join(c["choices"][0]["delta"].get(field) or "" for c in chunks if c.get("choices"))
+
+
+# --- request ---------------------------------------------------------------------------------------
+
+
+def test_registry_maps_the_bedrock_type_and_needs_no_key() -> None:
+    assert REGISTRY["bedrock"] is BedrockAdapter
+    assert BedrockAdapter.requires_key is False
+
+
+def test_representative_request_becomes_the_recorded_converse_body() -> None:
+    req = ChatRequest.model_validate(orjson.loads(fixture("openai-request.json")))
+    body, dropped = built(req)
+    assert body == orjson.loads(fixture("converse-request.json"))
+    assert dropped == []
+
+
+def test_url_quotes_an_inference_profile_id_and_picks_the_regional_endpoint() -> None:
+    result = adapter().chat_request(request(), target(), stream=False)
+    assert result.request.url == (
+        "https://bedrock-runtime.eu-central-1.amazonaws.com/model/us.anthropic.claude-3-5-haiku-20241022-v1:0/converse"
+    )
+    streamed = adapter().chat_request(request(), target("global.amazon.nova-pro-v1:0"), stream=True)
+    assert streamed.request.url.endswith("/model/global.amazon.nova-pro-v1:0/converse-stream")
+    arn = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123"
+    by_arn = adapter().chat_request(request(), target(arn), stream=False)
+    assert (
+        "/model/arn:aws:bedrock:us-east-1:123456789012:application-inference-profile%2Fabc123/converse"
+        in by_arn.request.url
+    )
+    assert streamed.request.headers["accept"] == "application/vnd.amazon.eventstream"
+
+
+def test_deployment_without_region_uses_the_functions_region(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_REGION", "ap-southeast-2")
+    assert adapter().base_url("global", None) == "https://bedrock-runtime.ap-southeast-2.amazonaws.com"
+    assert adapter(base_url="http://127.0.0.1:9/").base_url("us-east-1", None) == "http://127.0.0.1:9"
+
+
+def test_signature_is_sigv4_over_the_exact_bytes_sent(fixed_clock: None) -> None:
+    result = adapter().chat_request(request(temperature=0.2), target(), stream=False).request
+    headers = result.headers
+    assert headers["x-amz-date"] == "20240501T123045Z"
+    assert headers["authorization"].startswith(
+        "AWS4-HMAC-SHA256 Credential=testing/20240501/eu-central-1/bedrock/aws4_request, "
+        "SignedHeaders=content-type;host;x-amz-date, Signature="
+    )
+    path = result.url.split(".amazonaws.com", 1)[1]
+    received = headers | {"host": "bedrock-runtime.eu-central-1.amazonaws.com"}
+    assert verify_sigv4("POST", path, "", received, result.body, region="eu-central-1") is None
+    assert verify_sigv4("POST", path, "", received, result.body + b" ", region="eu-central-1") is not None
+    assert verify_sigv4("POST", path, "", received, result.body, region="us-east-1") is not None
+
+
+def test_session_token_is_sent_and_signed(monkeypatch: pytest.MonkeyPatch, fixed_clock: None) -> None:
+    monkeypatch.setattr(bedrock, "process_credentials", lambda: Credentials("AKID", "SECRET", "SESSION-TOKEN"))
+    headers = adapter().chat_request(request(), target(), stream=False).request.headers
+    assert headers["x-amz-security-token"] == "SESSION-TOKEN"
+    assert "x-amz-security-token" in headers["authorization"].split("SignedHeaders=")[1].split(",")[0]
+    assert "Credential=AKID/" in headers["authorization"]
+
+
+def test_credentials_are_resolved_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = botocore.session.get_session
+
+    def counting() -> Any:
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(botocore.session, "get_session", counting)
+    adapter().chat_request(request(), target(), stream=False)
+    adapter().chat_request(request(), target(), stream=True)
+    assert len(calls) == 1
+
+
+def test_expiring_credentials_are_read_fresh_for_each_signature(fixed_clock: None) -> None:
+    class Rotating(Credentials):
+        def __init__(self) -> None:
+            super().__init__("OLD", "x")
+            self.keys = iter(["FIRST", "SECOND"])
+
+        def get_frozen_credentials(self) -> Any:
+            return Credentials(next(self.keys), "x").get_frozen_credentials()
+
+    credentials = Rotating()
+    bedrock._credentials = credentials
+    first = adapter().chat_request(request(), target(), stream=False).request.headers["authorization"]
+    second = adapter().chat_request(request(), target(), stream=False).request.headers["authorization"]
+    assert "Credential=FIRST/" in first and "Credential=SECOND/" in second
+
+
+def test_missing_credentials_answer_provider_not_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    class NoCredentials:
+        def get_credentials(self) -> None:
+            return None
+
+    monkeypatch.setattr(botocore.session, "get_session", lambda: NoCredentials())
+    with pytest.raises(ServiceUnavailableError) as caught:
+        adapter().chat_request(request(), target(), stream=False)
+    assert caught.value.code == "provider_not_configured"
+
+
+def test_parameters_bedrock_cannot_honour_are_reported_not_sent() -> None:
+    req = request(
+        temperature=1.5,
+        seed=7,
+        presence_penalty=0.5,
+        logprobs=True,
+        n=2,
+        parallel_tool_calls=False,
+        user="u-1",
+        top_k=5,
+    )
+    body, dropped = built(req)
+    assert body["inferenceConfig"] == {"temperature": 1.0}
+    assert set(dropped) == {
+        "temperature",
+        "seed",
+        "presence_penalty",
+        "logprobs",
+        "n",
+        "parallel_tool_calls",
+        "user",
+        "top_k",
+    }
+    assert set(body) == {"messages", "inferenceConfig"}
+
+
+def test_harmless_values_are_not_reported() -> None:
+    _, dropped = built(request(n=1, parallel_tool_calls=True, temperature=0.5, max_completion_tokens=20))
+    assert dropped == []
+
+
+def test_max_completion_tokens_wins_and_config_supplies_a_default() -> None:
+    body, _ = built(request(max_tokens=10, max_completion_tokens=20))
+    assert body["inferenceConfig"]["maxTokens"] == 20
+    body, _ = built(request(), target(max_output_tokens=512))
+    assert body["inferenceConfig"] == {"maxTokens": 512}
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        ("auto", {"auto": {}}),
+        ("required", {"any": {}}),
+        ({"type": "function", "function": {"name": "get_weather"}}, {"tool": {"name": "get_weather"}}),
+    ],
+)
+def test_tool_choice_maps_to_converse(choice: object, expected: dict[str, Any]) -> None:
+    body, dropped = built(request(tools=[WEATHER], tool_choice=choice))
+    assert body["toolConfig"]["toolChoice"] == expected
+    assert body["toolConfig"]["tools"] == [
+        {"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object"}}}}
+    ]
+    assert dropped == []
+
+
+def test_tool_choice_none_offers_no_tools() -> None:
+    body, dropped = built(request(tools=[WEATHER], tool_choice="none"))
+    assert "toolConfig" not in body and dropped == []
+
+
+def test_tool_choice_none_keeps_tools_a_tool_history_needs_and_says_so() -> None:
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "tool_calls": [{"id": "t1", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "t1", "content": ""},
+    ]
+    body, dropped = built(request(messages=messages, tools=[WEATHER], tool_choice="none"))
+    assert body["toolConfig"]["tools"] and "toolChoice" not in body["toolConfig"]
+    assert dropped == ["tool_choice"]
+    assert body["messages"][2]["content"][0]["toolResult"]["content"] == [{"text": "(no output)"}]
+
+
+def test_tool_choice_without_tools_is_reported() -> None:
+    body, dropped = built(request(tool_choice="required"))
+    assert "toolConfig" not in body and dropped == ["tool_choice"]
+
+
+def test_json_schema_is_served_by_a_forced_tool_and_json_object_by_an_instruction() -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    body, dropped = built(request(response_format=fmt))
+    assert body["toolConfig"]["toolChoice"] == {"tool": {"name": "json_response"}}
+    assert body["toolConfig"]["tools"][0]["toolSpec"]["inputSchema"] == {"json": schema}
+    assert dropped == []
+    body, _ = built(request(response_format={"type": "json_object"}))
+    assert "JSON" in body["system"][0]["text"]
+
+
+def test_json_schema_with_client_tools_requires_some_tool() -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+    body, _ = built(request(tools=[WEATHER], response_format=fmt))
+    assert body["toolConfig"]["toolChoice"] == {"any": {}}
+    assert [t["toolSpec"]["name"] for t in body["toolConfig"]["tools"]] == ["get_weather", "json_response"]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://example.com/cat.png", "base64 data URLs only"),
+        ("data:image/tiff;base64,AAAA", "image/tiff"),
+    ],
+)
+def test_images_bedrock_cannot_take_are_refused_with_a_clear_400(url: str, message: str) -> None:
+    part = {"type": "image_url", "image_url": {"url": url}}
+    with pytest.raises(InvalidRequestError, match=message) as caught:
+        built(request(messages=[{"role": "user", "content": [part]}]))
+    assert caught.value.status == 400
+
+
+def test_pdf_file_becomes_a_document_block() -> None:
+    part = {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}}
+    body, _ = built(request(messages=[{"role": "user", "content": [part]}]))
+    assert body["messages"][0]["content"] == [
+        {"document": {"format": "pdf", "name": "document-1", "source": {"bytes": "JVBERi0="}}}
+    ]
+
+
+# --- answer ----------------------------------------------------------------------------------------
+
+
+def test_text_answer_with_cache_usage() -> None:
+    completion = adapter().chat_response(fixture("converse-response.json"), request(), target())
+    assert completion.choices[0].message.content == "It is 18 °C and clear in Paris; a light jacket will do."
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.model == MODEL and completion.id.startswith("chatcmpl-")
+    usage = completion.usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (2860, 19, 2879)
+    assert (usage.cached_tokens, usage.cache_write_tokens) == (2048, 0)
+
+
+def test_tool_use_answer_becomes_tool_calls() -> None:
+    completion = adapter().chat_response(fixture("converse-tool-use-response.json"), request(), target())
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == "Let me check the weather."
+    assert choice.message.tool_calls is not None
+    call = choice.message.tool_calls[0]
+    assert call.id == "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q" and call.function.name == "get_weather"
+    assert orjson.loads(call.function.arguments) == {"city": "Paris", "unit": "celsius"}
+
+
+def test_json_schema_answer_comes_back_as_message_text() -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+    answer = {
+        "output": {
+            "message": {
+                "role": "assistant",
+                "content": [{"toolUse": {"toolUseId": "t", "name": "json_response", "input": {"a": 1}}}],
+            }
+        },
+        "stopReason": "tool_use",
+        "usage": {"inputTokens": 1, "outputTokens": 1},
+    }
+    completion = adapter().chat_response(orjson.dumps(answer), request(response_format=fmt), target())
+    assert completion.choices[0].message.content == '{"a":1}'
+    assert completion.choices[0].message.tool_calls is None
+    assert completion.choices[0].finish_reason == "stop"
+
+
+def test_reasoning_blocks_become_reasoning_content() -> None:
+    content = [{"reasoningContent": {"reasoningText": {"text": "Hmm.", "signature": "sig"}}}, {"text": "Yes."}]
+    answer = {"output": {"message": {"role": "assistant", "content": content}}, "stopReason": "end_turn", "usage": {}}
+    message = adapter().chat_response(orjson.dumps(answer), request(), target()).choices[0].message
+    assert (message.reasoning_content, message.content) == ("Hmm.", "Yes.")
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "finish"),
+    [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("tool_use", "tool_calls"),
+        ("guardrail_intervened", "content_filter"),
+        ("content_filtered", "content_filter"),
+        ("some_new_reason", "stop"),
+    ],
+)
+def test_stop_reasons_map_to_finish_reasons(stop_reason: str, finish: str) -> None:
+    answer = {"output": {"message": {"role": "assistant", "content": [{"text": "x"}]}}, "stopReason": stop_reason}
+    assert adapter().chat_response(orjson.dumps(answer), request(), target()).choices[0].finish_reason == finish
+
+
+@pytest.mark.parametrize(("body", "outcome"), [(b"{nope", "invalid_json"), (b'{"output": {}}', "invalid_response")])
+def test_unusable_200_answers_are_retryable_upstream_errors(body: bytes, outcome: str) -> None:
+    with pytest.raises(UpstreamError) as caught:
+        adapter().chat_response(body, request(), target())
+    assert caught.value.retryable and caught.value.outcome == outcome
+
+
+# --- event-stream framing ----------------------------------------------------------------------------
+
+
+def test_fixture_frames_are_valid_for_botocores_own_decoder() -> None:
+    buffer = EventStreamBuffer()
+    buffer.add_data(fixture("converse-stream.bin"))
+    messages: list[Any] = list(buffer)  # the stubs type the iteration loosely
+    theirs = [(m.headers[":event-type"], m.payload) for m in messages]
+    ours = [(e.event, e.data) for e in decode(fixture("converse-stream.bin"))]
+    assert ours == theirs and len(ours) == 13
+
+
+def test_frames_split_at_every_byte_boundary_decode_the_same() -> None:
+    raw = fixture("converse-stream.bin")
+    whole = decode(raw)
+    for split in range(1, len(raw)):
+        decoder = EventStreamDecoder(bedrock.stream_exception)
+        assert decoder.feed(raw[:split]) + decoder.feed(raw[split:]) + decoder.finish() == whole
+    assert decode(raw, 1) == whole
+
+
+@pytest.mark.parametrize("position", [2, 9, 40, -2])
+def test_a_corrupted_byte_fails_the_crc(position: int) -> None:
+    raw = bytearray(event_frame("messageStart", {"role": "assistant"}))
+    raw[position] ^= 0x01
+    with pytest.raises(UpstreamError) as caught:
+        decode(bytes(raw))
+    assert caught.value.retryable and caught.value.outcome == "invalid_frame"
+
+
+def test_a_stream_ending_inside_a_frame_is_an_error() -> None:
+    decoder = EventStreamDecoder(bedrock.stream_exception)
+    assert decoder.feed(event_frame("messageStart", {"role": "assistant"})[:-3]) == []
+    with pytest.raises(UpstreamError, match="ended inside a message"):
+        decoder.finish()
+
+
+def test_an_impossible_length_is_an_error() -> None:
+    prelude = struct.pack(">II", 8, 0)
+    with pytest.raises(UpstreamError, match="impossible"):
+        decode(prelude + struct.pack(">I", zlib.crc32(prelude)))
+
+
+def test_headers_of_every_type_parse() -> None:
+    value = uuid.UUID(int=7)
+    raw = (
+        b"\x01a\x00"
+        + b"\x01b\x01"
+        + b"\x01c\x02\x05"
+        + b"\x01d\x03\x01\x00"
+        + b"\x01e\x04\x00\x00\x01\x00"
+        + b"\x01f\x05"
+        + struct.pack(">q", -2)
+        + b"\x01g\x06\x00\x02\xff\xfe"
+        + b"\x01h\x07\x00\x02hi"
+        + b"\x01i\x08"
+        + struct.pack(">q", 1_700_000_000_000)
+        + b"\x01j\x09"
+        + value.bytes
+    )
+    assert parse_headers(raw) == {
+        "a": True,
+        "b": False,
+        "c": 5,
+        "d": 256,
+        "e": 256,
+        "f": -2,
+        "g": b"\xff\xfe",
+        "h": "hi",
+        "i": 1_700_000_000_000,
+        "j": value,
+    }
+    with pytest.raises(UpstreamError):
+        parse_headers(b"\x01a\x0c")
+
+
+def test_non_event_messages_are_skipped() -> None:
+    raw = encode_frame({":message-type": "initial-response"}, b"{}") + event_frame("messageStop", {"stopReason": "x"})
+    assert [e.event for e in decode(raw)] == ["messageStop"]
+
+
+# --- stream events -----------------------------------------------------------------------------------
+
+
+def test_stream_with_text_and_tool_use() -> None:
+    chunks, usage = parse(fixture("converse-stream.bin"))
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert deltas(chunks, "content") == "Let me check the weather."
+    calls = [
+        c["choices"][0]["delta"]["tool_calls"][0]
+        for c in chunks
+        if c.get("choices") and c["choices"][0]["delta"].get("tool_calls")
+    ]
+    assert calls[0] == {
+        "index": 0,
+        "id": "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
+    arguments = "".join(call["function"].get("arguments", "") for call in calls)
+    assert orjson.loads(arguments) == {"city": "Paris", "unit": "celsius"}
+    finishes = [
+        c["choices"][0]["finish_reason"] for c in chunks if c.get("choices") and c["choices"][0].get("finish_reason")
+    ]
+    assert finishes == ["tool_calls"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["prompt_tokens"] == 420
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (420, 58)
+    assert len({c["id"] for c in chunks}) == 1
+
+
+def test_stream_reasoning_and_json_schema_tool_input() -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+    frames = [
+        event_frame("messageStart", {"role": "assistant"}),
+        event_frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "Think."}}}),
+        event_frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"reasoningContent": {"signature": "s"}}}),
+        event_frame(
+            "contentBlockStart",
+            {"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "t", "name": "json_response"}}},
+        ),
+        event_frame("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": '{"a":'}}}),
+        event_frame("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": "1}"}}}),
+        event_frame("messageStop", {"stopReason": "tool_use"}),
+    ]
+    chunks, usage = parse(b"".join(frames), request(response_format=fmt))
+    assert deltas(chunks, "reasoning_content") == "Think."
+    assert deltas(chunks, "content") == '{"a":1}'
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert usage is None
+
+
+def test_usage_is_sent_once() -> None:
+    parser = adapter().stream_parser(request(), target())
+    metadata = StreamEvent("metadata", orjson.dumps({"usage": {"inputTokens": 5, "outputTokens": 2}}))
+    assert len(parser.feed(metadata)) == 1
+    assert parser.finish() == []
+
+
+@pytest.mark.parametrize(
+    ("exception", "status", "retryable"),
+    [
+        ("throttlingException", 429, True),
+        ("modelStreamErrorException", 424, True),
+        ("serviceUnavailableException", 503, True),
+        ("internalServerException", 500, True),
+        ("validationException", 400, False),
+    ],
+)
+def test_exception_frames_raise_the_matching_upstream_error(exception: str, status: int, retryable: bool) -> None:
+    raw = event_frame("messageStart", {"role": "assistant"}) + exception_frame(exception, "it broke")
+    decoder = adapter().frame_decoder()
+    with pytest.raises(UpstreamError) as caught:
+        decoder.feed(raw)
+    assert caught.value.upstream_status == status and caught.value.retryable is retryable
+    assert "it broke" in caught.value.message and caught.value.upstream_type == exception
+
+
+def test_error_frames_carry_their_code_and_message() -> None:
+    raw = encode_frame({":message-type": "error", ":error-code": "InternalFailure", ":error-message": "boom"}, b"")
+    with pytest.raises(UpstreamError, match="boom") as caught:
+        decode(raw)
+    assert caught.value.upstream_status == 500 and caught.value.upstream_type == "InternalFailure"
+
+
+def test_recorded_exception_stream() -> None:
+    with pytest.raises(UpstreamError) as caught:
+        parse(fixture("stream-exception.bin"))
+    assert caught.value.upstream_status == 429 and caught.value.retryable
+
+
+# --- errors ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "retryable"),
+    [
+        (400, "ValidationException", False),
+        (403, "AccessDeniedException", False),
+        (404, "ResourceNotFoundException", False),
+        (408, "ModelTimeoutException", True),
+        (429, "ThrottlingException", True),
+        (500, "InternalServerException", True),
+        (503, "ServiceUnavailableException", True),
+    ],
+)
+def test_http_errors_keep_status_type_and_message(status: int, kind: str, retryable: bool) -> None:
+    headers = {"x-amzn-errortype": f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"}
+    err = adapter().error(status, fixture("error-throttling.json"), headers)
+    assert err.upstream_status == status and err.retryable is retryable and err.upstream_type == kind
+    assert "Too many requests" in err.message
+
+
+def test_error_without_a_json_body_keeps_a_readable_message() -> None:
+    err = adapter().error(502, b"<html>Bad Gateway</html>", {})
+    assert "Bad Gateway" in err.message and err.retryable and err.upstream_type is None
+
+
+def write_fixtures() -> None:
+    """Regenerate the binary stream fixtures from the JSON answer (run this module as a script)."""
+    answer = orjson.loads(fixture("converse-tool-use-response.json"))
+    (FIXTURES / "converse-stream.bin").write_bytes(b"".join(stream_frames(answer)))
+    frames = [
+        event_frame("messageStart", {"role": "assistant"}),
+        exception_frame("throttlingException", "Too many tokens, please wait before trying again."),
+    ]
+    (FIXTURES / "stream-exception.bin").write_bytes(b"".join(frames))
+
+
+if __name__ == "__main__" and "--write" in sys.argv:
+    write_fixtures()

@@ -1,0 +1,78 @@
+"""The DeepSeek adapter: reasoning passed both ways and cache-hit usage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from adapters.providers import REGISTRY
+from adapters.providers.deepseek import DeepSeekAdapter
+from handler.ports import Target
+from handler.schemas import ChatRequest
+
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures"
+
+
+def adapter(**options: object) -> DeepSeekAdapter:
+    return DeepSeekAdapter("deepseek", "ds-key", options)
+
+
+def target(model: str = "deepseek-reasoner") -> Target:
+    return Target("deepseek", "deepseek", model, "global", adapter().base_url("global", None))
+
+
+def request(**fields: object) -> ChatRequest:
+    return ChatRequest.model_validate({"model": "public", "messages": [{"role": "user", "content": "hi"}], **fields})
+
+
+def test_registry_defaults_base_url_and_key_variable() -> None:
+    assert REGISTRY["deepseek"] is DeepSeekAdapter and DeepSeekAdapter.key_env_var == "DEEPSEEK_API_KEY"
+    assert (
+        adapter().chat_request(request(), target(), stream=False).request.url
+        == "https://api.deepseek.com/chat/completions"
+    )
+
+
+def test_earlier_reasoning_goes_back_with_its_tool_calls() -> None:
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "reasoning_content": "I should call the tool.",
+            "tool_calls": [{"id": "call_0", "function": {"name": "get_weather", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "call_0", "content": "sunny"},
+    ]
+    req = request(messages=messages, reasoning_effort="high", thinking={"type": "enabled"})
+    built = adapter().chat_request(req, target(), stream=False)
+    body = orjson.loads(built.request.body)
+    assert body["messages"][1]["reasoning_content"] == "I should call the tool."
+    assert body["reasoning_effort"] == "high" and body["thinking"] == {"type": "enabled"}
+    assert built.dropped == []
+
+
+def test_parameters_deepseek_lacks_are_reported() -> None:
+    built = adapter().chat_request(request(n=2, seed=1, max_completion_tokens=10), target(), stream=True)
+    body = orjson.loads(built.request.body)
+    assert body["max_tokens"] == 10 and body["stream_options"] == {"include_usage": True}
+    assert set(built.dropped) == {"n", "seed"}
+
+
+def test_answer_keeps_reasoning_and_counts_cache_hits() -> None:
+    body = (FIXTURES / "deepseek" / "chat-reasoner-response.json").read_bytes()
+    completion = adapter().chat_response(body, request(), target())
+    message = completion.choices[0].message
+    assert message.reasoning_content == "Compare the tenths: 1 < 8."
+    assert completion.usage is not None and completion.usage.cached_tokens == 64
+    assert completion.usage.prompt_tokens == 128
+
+
+def test_stream_passes_reasoning_deltas_and_usage() -> None:
+    a = adapter()
+    decoder, parser = a.frame_decoder(), a.stream_parser(request(), target())
+    raw = (FIXTURES / "openai" / "deepseek-reasoner-stream.sse").read_bytes()
+    chunks = [c for e in decoder.feed(raw) + decoder.finish() for c in parser.feed(e)] + parser.finish()
+    assert "".join(c.choices[0].delta.reasoning_content or "" for c in chunks if c.choices)
+    assert parser.usage is not None and parser.usage.prompt_tokens == 13

@@ -1,0 +1,80 @@
+"""The Mistral adapter: Mistral's parameter names and its nine-character tool-call ids."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import orjson
+
+from adapters.providers import REGISTRY
+from adapters.providers.mistral import MistralAdapter
+from adapters.providers.mistral.adapter import mistral_tool_id
+from handler.ports import Target
+from handler.schemas import ChatRequest
+
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "mistral"
+NINE = re.compile(r"^[A-Za-z0-9]{9}$")
+
+
+def adapter(**options: object) -> MistralAdapter:
+    return MistralAdapter("mistral", "m-key", options)
+
+
+def target(model: str = "mistral-large-latest") -> Target:
+    return Target("mistral", "mistral", model, "global", adapter().base_url("global", None))
+
+
+def request(**fields: object) -> ChatRequest:
+    return ChatRequest.model_validate({"model": "public", "messages": [{"role": "user", "content": "hi"}], **fields})
+
+
+def test_registry_defaults_base_url_and_key_variable() -> None:
+    assert REGISTRY["mistral"] is MistralAdapter and MistralAdapter.key_env_var == "MISTRAL_API_KEY"
+    built = adapter().chat_request(request(), target(), stream=False)
+    assert built.request.url == "https://api.mistral.ai/v1/chat/completions"
+    assert built.request.headers["authorization"] == "Bearer m-key"
+
+
+def test_parameters_are_renamed_and_mistral_fields_pass_through() -> None:
+    req = request(seed=42, tool_choice="required", max_completion_tokens=64, n=2, safe_prompt=True, user="u1")
+    built = adapter().chat_request(req, target(), stream=True)
+    body = orjson.loads(built.request.body)
+    assert body["random_seed"] == 42 and "seed" not in body
+    assert body["tool_choice"] == "any" and body["max_tokens"] == 64
+    assert body["n"] == 2 and body["safe_prompt"] is True
+    assert "stream_options" not in body and body["stream"] is True
+    assert built.dropped == ["user"]
+
+
+def test_foreign_tool_call_ids_map_to_nine_characters_consistently() -> None:
+    messages = [
+        {"role": "user", "content": "weather in Paris and Rome?"},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {"id": "call_abc123XYZ", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
+                {"id": "D681PevKs", "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'}},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_abc123XYZ", "content": "18 C"},
+        {"role": "tool", "tool_call_id": "D681PevKs", "content": "24 C"},
+    ]
+    body = orjson.loads(adapter().chat_request(request(messages=messages), target(), stream=False).request.body)
+    first, second = (call["id"] for call in body["messages"][1]["tool_calls"])
+    assert NINE.match(first) and first != "call_abc123XYZ"
+    assert second == "D681PevKs"  # an id Mistral issued is sent back as it was
+    assert [m["tool_call_id"] for m in body["messages"][2:]] == [first, second]
+
+
+def test_mapped_ids_are_stable_and_distinct() -> None:
+    ids = {mistral_tool_id(f"call_{i}") for i in range(2000)}
+    assert len(ids) == 2000 and all(NINE.match(i) for i in ids)
+    assert mistral_tool_id("toolu_01A") == mistral_tool_id("toolu_01A")
+
+
+def test_tool_call_answer_keeps_mistral_ids() -> None:
+    body = (FIXTURES / "chat-tool-call-response.json").read_bytes()
+    completion = adapter().chat_response(body, request(), target())
+    calls = completion.choices[0].message.tool_calls
+    assert calls is not None and calls[0].id == "D681PevKs" and completion.choices[0].finish_reason == "tool_calls"
