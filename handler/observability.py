@@ -1,7 +1,11 @@
 """Logs, metrics and traces with Powertools for AWS Lambda.
 
 One JSON log line per request (request id, key id, model, provider, region, status, cost, latency
-split, route), never a secret: nothing from request headers or bodies is logged. Metrics go out in
+split, route), never a secret: nothing from request headers or bodies is logged. The request line has
+the layout of Powertools' Logger (level, location, message, timestamp, service, then the fields) but
+is written with one `orjson.dumps` and one write: going through `logging` and Powertools' formatter
+cost ~0.2 ms a request, more than the rest of the gateway's own work. Everything else logs through
+Powertools' Logger. Metrics go out in
 CloudWatch's embedded metric format (EMF) on Lambda, or anywhere `GATEWAY_METRICS=on`. Traces wrap
 upstream and store calls in X-Ray subsegments when Powertools tracing is active on Lambda.
 """
@@ -9,11 +13,14 @@ upstream and store calls in X-Ray subsegments when Powertools tracing is active 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -39,6 +46,17 @@ def _tracer() -> Any:
 
 
 tracer = _tracer()
+REQUEST_LINES = logger.log_level <= logging.INFO
+
+
+def request_line(fields: dict[str, Any], location: str) -> None:
+    """Write one request's log line (see the module docstring)."""
+    if not REQUEST_LINES:
+        return
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now)) + f",{int(now % 1 * 1000):03d}+0000"
+    head = {"level": "INFO", "location": location, "message": "request", "timestamp": stamp, "service": SERVICE}
+    sys.stdout.write(orjson.dumps({**head, **fields}).decode() + "\n")
 
 
 @contextlib.asynccontextmanager
@@ -79,7 +97,7 @@ def observe(ex: Exchange, status: int, *, stream: bool = False, code: str | None
     }
     if code:
         fields["error_code"] = code
-    logger.info("request", extra=fields)
+    request_line(fields, "observe")
     if not METRICS_ON:
         return
     metrics.add_dimension("provider", target.provider if target else "none")
@@ -96,4 +114,4 @@ def observe(ex: Exchange, status: int, *, stream: bool = False, code: str | None
 
 def observe_failure(request_id: str | None, path: str, status: int, code: str) -> None:
     """A request that failed before it had an exchange (bad key, bad JSON, ...)."""
-    logger.info("request", extra={"request_id": request_id, "path": path, "status": status, "error_code": code})
+    request_line({"request_id": request_id, "path": path, "status": status, "error_code": code}, "observe_failure")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from http.cookiejar import CookieJar
+from typing import Any
 
 import aiohttp
 import httpx
@@ -55,6 +57,17 @@ class UpstreamResponse:
         await self._response.aclose()
 
 
+class NoCookies(CookieJar):
+    """Keeps nothing: upstream cookies must never pass from one gateway key's request to another's,
+    and parsing them cost more than anything else httpx did per request."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def set_cookie(self, cookie: Any) -> None:
+        return None
+
+
 def refused(exc: BaseException) -> bool:
     """A connection refused or reset, which httpx-aiohttp reports as `ConnectTimeout` (its exception
     map prefers the timeout class for every `ClientConnectionError`)."""
@@ -71,6 +84,7 @@ class UpstreamClient:
         self.timeouts = timeouts
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
         self._client = httpx.AsyncClient(
+            cookies=NoCookies(),
             transport=transport or AiohttpTransport(limits=limits, trust_env=False),
             timeout=httpx.Timeout(
                 connect=timeouts.connect,

@@ -21,7 +21,7 @@ EXPIRED_KEY_GRACE_SECONDS = 86400
 
 
 def key_to_json(record: KeyRecord) -> str:
-    return orjson.dumps(dataclasses.asdict(record)).decode()
+    return orjson.dumps(record).decode()
 
 
 def key_from_json(raw: bytes | str) -> KeyRecord:
@@ -30,7 +30,7 @@ def key_from_json(raw: bytes | str) -> KeyRecord:
 
 
 def ledger_to_json(item: LedgerItem) -> str:
-    return orjson.dumps(dataclasses.asdict(item)).decode()
+    return orjson.dumps(item).decode()
 
 
 def ledger_from_json(raw: bytes | str) -> LedgerItem:

@@ -4,17 +4,26 @@ Calls run inline on the event loop: each is a few indexed statements on a local 
 microseconds in WAL mode), cheaper than a hop to a thread. Writes take the database's write lock
 first (`BEGIN IMMEDIATE`), so several processes (the server, its workers, the CLI) share one file
 safely and an admission's checks and increments are atomic.
+
+A commit costs more than the statements it commits (the WAL frames it writes, ~0.15 ms here), so
+admissions and settlements that arrive in the same event-loop turn share one transaction: each runs
+in its own savepoint (a refused admission rolls back only itself), the batch commits once, and every
+caller resumes only after that commit. Under load this turns N commits into one; alone, a call pays
+what it would anyway. Tables are `WITHOUT ROWID`, clustered by key, so a write touches few pages.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from adapters.store.records import (
+    SETTLED_TTL_SECONDS,
     key_from_json,
     key_purge_after,
     key_to_json,
@@ -37,24 +46,29 @@ from handler.ports import (
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
-    id TEXT PRIMARY KEY, parent_id TEXT, version INTEGER NOT NULL, purge_after REAL, data TEXT NOT NULL);
+    id TEXT PRIMARY KEY, parent_id TEXT, version INTEGER NOT NULL, purge_after REAL, data TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS keys_parent ON keys (parent_id);
 CREATE TABLE IF NOT EXISTS meters (
     key_id TEXT NOT NULL, period TEXT NOT NULL, committed REAL NOT NULL DEFAULT 0, spent REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (key_id, period));
+    PRIMARY KEY (key_id, period)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reservations (
-    id TEXT NOT NULL, key_id TEXT NOT NULL, period TEXT NOT NULL, amount REAL NOT NULL, expires_at REAL NOT NULL,
-    PRIMARY KEY (id, key_id, period));
-CREATE INDEX IF NOT EXISTS reservations_key ON reservations (key_id, expires_at);
+    key_id TEXT NOT NULL, id TEXT NOT NULL, period TEXT NOT NULL, amount REAL NOT NULL, expires_at REAL NOT NULL,
+    PRIMARY KEY (key_id, id, period)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rates (
     key_id TEXT NOT NULL, name TEXT NOT NULL, window INTEGER NOT NULL, count INTEGER NOT NULL,
-    PRIMARY KEY (key_id, name));
-CREATE TABLE IF NOT EXISTS settled (id TEXT PRIMARY KEY, at REAL NOT NULL);
+    PRIMARY KEY (key_id, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS settled (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger (
-    request_id TEXT PRIMARY KEY, ts REAL NOT NULL, key_id TEXT NOT NULL, data TEXT NOT NULL);
+    key_id TEXT NOT NULL, ts REAL NOT NULL, request_id TEXT NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (key_id, ts, request_id)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
-CREATE INDEX IF NOT EXISTS ledger_key ON ledger (key_id, ts);
 """
+T = TypeVar("T")
 # Tolerance for float sums when comparing spend with a limit: far below a thousandth of a cent.
 EPSILON = 1e-12
 
@@ -70,9 +84,48 @@ class SQLiteStore(Store):
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            self.db.execute("PRAGMA user_version = 1")
+            # Settlement markers only need to outlive retries.
+            self.db.execute("DELETE FROM settled WHERE at < ?", (time.time() - SETTLED_TTL_SECONDS,))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the SQLite store at {path}: {exc}") from exc
         self.path = path
+        self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] | None = None
+
+    async def _batched(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `operation` in the transaction shared by this event-loop turn (see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        if self._batch is None:
+            self._batch = []
+            loop.call_soon(self._flush)
+        done: asyncio.Future[T] = loop.create_future()
+        self._batch.append((operation, done))
+        return await done
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch or [], None
+        outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        try:
+            with self._write() as db:
+                for operation, done in batch:
+                    db.execute("SAVEPOINT op")
+                    try:
+                        outcomes.append((done, True, operation(db)))
+                        db.execute("RELEASE op")
+                    except Exception as exc:  # the caller gets its own exception; the batch goes on
+                        db.execute("ROLLBACK TO op")
+                        db.execute("RELEASE op")
+                        outcomes.append((done, False, exc))
+        except Exception as exc:  # the commit itself failed: nothing of the batch happened
+            failure = exc if isinstance(exc, StoreError) else StoreError(f"SQLite write failed: {exc}")
+            outcomes = [(done, False, failure) for _, done in batch]
+        for done, ok, value in outcomes:
+            if done.cancelled():
+                continue
+            if ok:
+                done.set_result(value)
+            else:
+                done.set_exception(value)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -135,75 +188,80 @@ class SQLiteStore(Store):
     # --- meters -------------------------------------------------------------------------------
 
     async def admit(self, admission: Admission) -> MeterSnapshot:
+        return await self._batched(lambda db: self._admit(db, admission))
+
+    @staticmethod
+    def _admit(db: sqlite3.Connection, admission: Admission) -> MeterSnapshot:
         snapshot = MeterSnapshot()
-        with self._write() as db:
-            for charge in admission.budgets:
-                row = db.execute(
-                    "SELECT committed FROM meters WHERE key_id = ? AND period = ?", (charge.key_id, charge.period)
-                ).fetchone()
-                committed = row[0] if row else 0.0
-                if committed + charge.amount_usd > charge.limit_usd + EPSILON:
-                    raise BudgetRefused(charge.key_id, charge.limit_usd - committed)
-                snapshot.committed_usd.setdefault(charge.period, committed + charge.amount_usd)
-            for rate in admission.rates:
-                row = db.execute(
-                    "SELECT window, count FROM rates WHERE key_id = ? AND name = ?", (admission.key_id, rate.name)
-                ).fetchone()
-                count = row[1] if row and row[0] == rate.window else 0
-                if count + rate.amount > rate.limit:
-                    raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - time.time())
-                snapshot.rates[rate.name] = count + rate.amount
-            for charge in admission.budgets:
-                db.execute(
-                    "INSERT INTO meters (key_id, period, committed) VALUES (?, ?, ?) "
-                    "ON CONFLICT (key_id, period) DO UPDATE SET committed = committed + excluded.committed",
-                    (charge.key_id, charge.period, charge.amount_usd),
-                )
-                db.execute(
-                    "INSERT OR IGNORE INTO reservations (id, key_id, period, amount, expires_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (admission.reservation_id, charge.key_id, charge.period, charge.amount_usd, admission.expires_at),
-                )
-            for rate in admission.rates:
-                db.execute(
-                    "INSERT INTO rates (key_id, name, window, count) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (key_id, name) DO UPDATE SET "
-                    "count = CASE WHEN window = excluded.window THEN count + excluded.count ELSE excluded.count END, "
-                    "window = excluded.window",
-                    (admission.key_id, rate.name, rate.window, rate.amount),
-                )
+        for charge in admission.budgets:
+            row = db.execute(
+                "SELECT committed FROM meters WHERE key_id = ? AND period = ?", (charge.key_id, charge.period)
+            ).fetchone()
+            committed = row[0] if row else 0.0
+            if committed + charge.amount_usd > charge.limit_usd + EPSILON:
+                raise BudgetRefused(charge.key_id, charge.limit_usd - committed)
+            snapshot.committed_usd.setdefault(charge.period, committed + charge.amount_usd)
+        for rate in admission.rates:
+            row = db.execute(
+                "SELECT window, count FROM rates WHERE key_id = ? AND name = ?", (admission.key_id, rate.name)
+            ).fetchone()
+            count = row[1] if row and row[0] == rate.window else 0
+            if count + rate.amount > rate.limit:
+                raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - time.time())
+            snapshot.rates[rate.name] = count + rate.amount
+        for charge in admission.budgets:
+            db.execute(
+                "INSERT INTO meters (key_id, period, committed) VALUES (?, ?, ?) "
+                "ON CONFLICT (key_id, period) DO UPDATE SET committed = committed + excluded.committed",
+                (charge.key_id, charge.period, charge.amount_usd),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO reservations (key_id, id, period, amount, expires_at) VALUES (?, ?, ?, ?, ?)",
+                (charge.key_id, admission.reservation_id, charge.period, charge.amount_usd, admission.expires_at),
+            )
+        for rate in admission.rates:
+            db.execute(
+                "INSERT INTO rates (key_id, name, window, count) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (key_id, name) DO UPDATE SET "
+                "count = CASE WHEN window = excluded.window THEN count + excluded.count ELSE excluded.count END, "
+                "window = excluded.window",
+                (admission.key_id, rate.name, rate.window, rate.amount),
+            )
         return snapshot
 
     async def settle(self, settlement: Settlement) -> None:
-        with self._write() as db:
-            try:
-                db.execute("INSERT INTO settled (id, at) VALUES (?, ?)", (settlement.reservation_id, time.time()))
-            except sqlite3.IntegrityError:
-                return  # settled before: a retry changes nothing
-            for charge in settlement.budgets:
-                row = db.execute(
-                    "DELETE FROM reservations WHERE id = ? AND key_id = ? AND period = ? RETURNING amount",
-                    (settlement.reservation_id, charge.key_id, charge.period),
-                ).fetchone()
-                released = row[0] if row else 0.0  # an expired reservation was released already
-                db.execute(
-                    "INSERT INTO meters (key_id, period, committed, spent) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (key_id, period) DO UPDATE SET "
-                    "committed = max(0, committed + excluded.committed), spent = spent + excluded.spent",
-                    (charge.key_id, charge.period, charge.amount_usd - released, charge.amount_usd),
-                )
-            item = settlement.item
-            for rate in settlement.rates:
-                if item is not None:
-                    db.execute(
-                        "UPDATE rates SET count = max(0, count + ?) WHERE key_id = ? AND name = ? AND window = ?",
-                        (rate.amount, item.key_id, rate.name, rate.window),
-                    )
+        await self._batched(lambda db: self._settle(db, settlement))
+
+    @staticmethod
+    def _settle(db: sqlite3.Connection, settlement: Settlement) -> None:
+        try:
+            db.execute("INSERT INTO settled (id, at) VALUES (?, ?)", (settlement.reservation_id, time.time()))
+        except sqlite3.IntegrityError:
+            return  # settled before: a retry changes nothing
+        for charge in settlement.budgets:
+            row = db.execute(
+                "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ? RETURNING amount",
+                (charge.key_id, settlement.reservation_id, charge.period),
+            ).fetchone()
+            released = row[0] if row else 0.0  # an expired reservation was released already
+            db.execute(
+                "INSERT INTO meters (key_id, period, committed, spent) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (key_id, period) DO UPDATE SET "
+                "committed = max(0, committed + excluded.committed), spent = spent + excluded.spent",
+                (charge.key_id, charge.period, charge.amount_usd - released, charge.amount_usd),
+            )
+        item = settlement.item
+        for rate in settlement.rates:
             if item is not None:
                 db.execute(
-                    "INSERT OR IGNORE INTO ledger (request_id, ts, key_id, data) VALUES (?, ?, ?, ?)",
-                    (item.request_id, item.ts, item.key_id, ledger_to_json(item)),
+                    "UPDATE rates SET count = max(0, count + ?) WHERE key_id = ? AND name = ? AND window = ?",
+                    (rate.amount, item.key_id, rate.name, rate.window),
                 )
+        if item is not None:
+            db.execute(
+                "INSERT OR IGNORE INTO ledger (key_id, ts, request_id, data) VALUES (?, ?, ?, ?)",
+                (item.key_id, item.ts, item.request_id, ledger_to_json(item)),
+            )
 
     async def release_expired(self, key_id: str, now: float) -> float:
         released = 0.0

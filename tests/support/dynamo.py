@@ -124,6 +124,13 @@ class DynamoServer:
     def store_url(self, table: str) -> str:
         return f"dynamodb://{table}?region=us-east-1&endpoint_url={self.url}"
 
+    def calls(self) -> int:
+        """DynamoDB calls served so far."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/__calls", timeout=5) as answer:  # noqa: S310 - loopback
+            return int(answer.read())
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -138,7 +145,17 @@ def main(port: int) -> None:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import run_simple
 
-    app = DomainDispatcherApplication(create_backend_app)
+    moto = DomainDispatcherApplication(create_backend_app)
+    served = [0]
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        # GET /__calls answers how many DynamoDB calls were served: the benchmark counts store round trips.
+        if environ.get("PATH_INFO") == "/__calls" and environ.get("REQUEST_METHOD") == "GET":
+            start_response("200 OK", [("content-type", "text/plain")])
+            return [str(served[0]).encode()]
+        served[0] += 1
+        return moto(environ, start_response)
+
     run_simple("127.0.0.1", port, app, threaded=False, use_reloader=False)
 
 

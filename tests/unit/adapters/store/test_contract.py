@@ -294,3 +294,13 @@ async def test_budget_holds_under_100_concurrent_admissions(store: Store, store_
 def test_dynamodb_store_is_selected_by_url(dynamo: DynamoServer) -> None:
     store = open_store(dynamo.store_url("some-table"))
     assert isinstance(store, DynamoDBStore) and store.table == "some-table"
+
+
+async def test_concurrent_calls_on_one_connection_each_get_their_own_answer(store: Store) -> None:
+    """Calls that share a transaction (SQLite batches one event-loop turn) still succeed or fail alone."""
+    key = uuid.uuid4().hex[:12]
+    outcomes = await asyncio.gather(*(store.admit(admission(key, 0.05)) for _ in range(30)), return_exceptions=True)
+    assert sum(1 for o in outcomes if isinstance(o, BudgetRefused)) == 10
+    admitted = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(admitted) == 20 and max(s.committed_usd[PERIOD] for s in admitted) == pytest.approx(1.0)
+    assert (await store.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(1.0)

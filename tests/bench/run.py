@@ -1,0 +1,431 @@
+"""The overhead benchmark: the gateway against a direct call to the same static upstream, in one run.
+
+    python -m tests.bench.run [--duration 10] [--smoke] [--json FILE]
+
+nginx (Debian's package) answers a fixed OpenAI chat completion (and a fixed SSE stream); the gateway
+runs as `gateway serve` (one uvicorn worker, the embedded store, a key with a budget and rate limits
+so every feature is on); wrk (Debian's package) drives both at 1, 8 and 64 connections. Reported:
+requests/s and their ratio, latency p50/p99 and the gateway's added latency, added time to first byte
+for a stream, the gateway's RSS, warm Lambda invocations (in-process Mangum, upstream mocked: the
+gateway's own work), DynamoDB calls per request (moto's server counts them), and cold import time.
+`--smoke` runs a few seconds in all and fails only on errors, never on timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+UPSTREAM_KEY = "bench-upstream-key"
+BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+COMPLETION = {
+    "id": "chatcmpl-bench",
+    "object": "chat.completion",
+    "created": 1764000000,
+    "model": "gpt-4o-mini-2024-07-18",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello! How can I help you today?", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 11, "completion_tokens": 9, "total_tokens": 20},
+    "system_fingerprint": "fp_bench",
+}
+
+
+def sse_transcript() -> str:
+    base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1764000000, "model": "gpt-4o-mini"}
+    events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+    for word in ["Hello", "!", " How", " can", " I", " help", "?"]:
+        events.append({**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
+    events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    events.append({**base, "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}})
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+
+def nginx_conf(port: int, workdir: Path) -> str:
+    def quoted(text: str) -> str:
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+    return f"""
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        location = /v1/chat/completions {{
+            default_type application/json;
+            return 200 {quoted(json.dumps(COMPLETION))};
+        }}
+        location = /stream/v1/chat/completions {{
+            default_type text/event-stream;
+            return 200 {quoted(sse_transcript())};
+        }}
+    }}
+}}
+"""
+
+
+def bench_config(upstream: str) -> dict[str, Any]:
+    price = {"input": 0.15, "output": 0.60}
+    return {
+        "providers": {
+            "static": {"type": "openai", "api_key": "env:BENCH_UPSTREAM_KEY", "base_url": f"{upstream}/v1"},
+            "static-stream": {
+                "type": "openai",
+                "api_key": "env:BENCH_UPSTREAM_KEY",
+                "base_url": f"{upstream}/stream/v1",
+            },
+        },
+        "models": {
+            "bench": {"deployments": [{"provider": "static", "model": "gpt-4o-mini"}], "price": price},
+            "bench-stream": {"deployments": [{"provider": "static-stream", "model": "gpt-4o-mini"}], "price": price},
+        },
+    }
+
+
+@contextmanager
+def process(
+    args: list[str], env: dict[str, str] | None = None, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    out = log.open("wb") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_ready(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+"""
+
+
+def parse_ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url: str, key: str, body: dict[str, Any], connections: int, duration: float, workdir: Path) -> dict[str, Any]:
+    script = workdir / "post.lua"
+    script.write_text(WRK_SCRIPT.format(body=json.dumps(json.dumps(body)), key=key))
+    threads = 1 if connections == 1 else 2
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            str(threads),
+            "-c",
+            str(connections),
+            "-d",
+            f"{max(1, round(duration))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result: dict[str, Any] = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for pct in ("50", "99"):
+        result[f"p{pct}_ms"] = parse_ms(re.search(rf"\s{pct}(?:\.000)?%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    result["errors"] = (int(errors.group(1)) if errors else 0) + (sum(map(int, sockets.groups())) if sockets else 0)
+    result["requests"] = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return result
+
+
+def time_to_first_byte(url: str, key: str, body: dict[str, Any], n: int) -> list[float]:
+    samples = []
+    with httpx.Client(timeout=10) as client:
+        for _ in range(n):
+            started = time.perf_counter()
+            with client.stream("POST", url, json=body, headers={"authorization": f"Bearer {key}"}) as response:
+                first = True
+                for _chunk in response.iter_raw():
+                    if first:
+                        samples.append((time.perf_counter() - started) * 1000)
+                        first = False
+                if response.status_code != 200:
+                    raise RuntimeError(f"stream answered {response.status_code}")
+    return samples
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def gateway_pid(serve: subprocess.Popen[bytes]) -> int:
+    return serve.pid
+
+
+def mint_key(env: dict[str, str]) -> str:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "handler.cli",
+            "keys",
+            "create",
+            "--name",
+            "bench",
+            "--budget-usd",
+            "1000000",
+            "--rpm",
+            "10000000",
+            "--tpm",
+            "1000000000",
+            "--json",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    key: str = json.loads(out)["key"]
+    return key
+
+
+def cold_import_ms(env: dict[str, str], runs: int) -> float:
+    code = (
+        "import time; t = time.perf_counter(); import handler.lambda_handler; print((time.perf_counter() - t) * 1000)"
+    )
+    samples = [
+        float(
+            subprocess.run(
+                [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+            ).stdout
+        )
+        for _ in range(runs)
+    ]
+    return statistics.median(samples)
+
+
+def lambda_warm_us(env: dict[str, str], invocations: int) -> float:
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.bench.lambda_warm", str(invocations)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def run(duration: float, smoke: bool) -> dict[str, Any]:
+    if not shutil.which("nginx") or not shutil.which("wrk"):
+        raise SystemExit("the benchmark needs nginx and wrk: `make bench-tools` installs them")
+    results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, {sys.version.split()[0]}", "runs": []}
+    connections = [1, 8] if smoke else [1, 8, 64]
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        workdir = Path(tmp)
+        upstream_port, gateway_port = free_port(), free_port()
+        upstream = f"http://127.0.0.1:{upstream_port}"
+        gateway = f"http://127.0.0.1:{gateway_port}"
+        (workdir / "nginx.conf").write_text(nginx_conf(upstream_port, workdir))
+        (workdir / "config.yaml").write_text(json.dumps(bench_config(upstream)))
+        env = {
+            **os.environ,
+            "GATEWAY_CONFIG": str(workdir / "config.yaml"),
+            "GATEWAY_STORE": f"sqlite:///{workdir / 'bench.db'}",
+            "BENCH_UPSTREAM_KEY": UPSTREAM_KEY,
+            "GATEWAY_REGION": "us-east-1",
+        }
+        key = mint_key(env)
+        nginx = ["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx-error.log")]
+        serve = [sys.executable, "-m", "handler.cli", "serve", "--host", "127.0.0.1", "--port", str(gateway_port)]
+        with process(nginx), process(serve, env, workdir / "gateway.log") as served:
+            wait_ready(f"{upstream}/v1/chat/completions")
+            wait_ready(f"{gateway}/health")
+            chat = f"{gateway}/v1/chat/completions"
+            direct = f"{upstream}/v1/chat/completions"
+            wrk(chat, key, BODY, 8, 1, workdir)  # warm both sides
+            for c in connections:
+                d = wrk(direct, key, BODY, c, duration, workdir)
+                g = wrk(chat, key, BODY, c, duration, workdir)
+                results["runs"].append({"connections": c, "direct": d, "gateway": g})
+            ttfb_n = 50 if smoke else 500
+            stream_body = {**BODY, "model": "bench-stream", "stream": True}
+            direct_ttfb = time_to_first_byte(f"{upstream}/stream/v1/chat/completions", key, stream_body, ttfb_n)
+            gateway_ttfb = time_to_first_byte(chat, key, stream_body, ttfb_n)
+            results["stream"] = {
+                "direct_ttfb_p50_ms": statistics.median(direct_ttfb),
+                "gateway_ttfb_p50_ms": statistics.median(gateway_ttfb),
+            }
+            results["rss_mb"] = rss_mb(served.pid)
+            log = (workdir / "gateway.log").read_text()
+            results["gateway_5xx_or_tracebacks"] = log.count("Traceback")
+        results["lambda_warm_us"] = lambda_warm_us({**env, "BENCH_GATEWAY_KEY": key}, 300 if smoke else 3000)
+        results["cold_import_ms"] = cold_import_ms(env, 1 if smoke else 5)
+        results["dynamodb"] = dynamodb_calls(workdir, upstream_port, 20 if smoke else 200)
+    return results
+
+
+def dynamodb_calls(workdir: Path, upstream_port: int, requests: int) -> dict[str, Any]:
+    """Requests through a gateway on moto's DynamoDB server, which counts the calls it serves."""
+    from tests.support.dynamo import DynamoServer
+
+    server = DynamoServer().start()
+    try:
+        table = server.create_table()
+        upstream = f"http://127.0.0.1:{upstream_port}"
+        (workdir / "config.yaml").write_text(json.dumps(bench_config(upstream)))
+        env = {
+            **os.environ,
+            "GATEWAY_CONFIG": str(workdir / "config.yaml"),
+            "GATEWAY_STORE": server.store_url(table),
+            "BENCH_UPSTREAM_KEY": UPSTREAM_KEY,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+        }
+        key = mint_key(env)
+        port = free_port()
+        serve = [sys.executable, "-m", "handler.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        nginx = ["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx-error.log")]
+        with process(nginx), process(serve, env, workdir / "gateway-ddb.log"):
+            wait_ready(f"http://127.0.0.1:{port}/health")
+            wait_ready(f"{upstream}/v1/chat/completions")
+            statuses = asyncio.run(fire(f"http://127.0.0.1:{port}/v1/chat/completions", key, 1))  # key now cached
+            before = server.calls()
+            statuses += asyncio.run(fire(f"http://127.0.0.1:{port}/v1/chat/completions", key, requests))
+            time.sleep(0.5)  # settlements run after the answer
+            calls = server.calls() - before
+            failures = [line for line in (workdir / "gateway-ddb.log").read_text().splitlines() if '"status":2' not in line]
+        return {
+            "requests": requests,
+            "calls_per_request": calls / requests,
+            "non_200": sum(1 for s in statuses if s != 200),
+            "failures": failures[:5],
+        }
+    finally:
+        server.stop()
+
+
+async def fire(url: str, key: str, n: int) -> list[int]:
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=8)) as client:
+        semaphore = asyncio.Semaphore(8)
+
+        async def one() -> int:
+            async with semaphore:
+                response = await client.post(url, json=BODY, headers={"authorization": f"Bearer {key}"})
+                return response.status_code
+
+        return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        f"machine: {results['machine']}",
+        "| conns | direct req/s | gateway req/s | ratio | direct p50/p99 ms | gateway p50/p99 ms "
+        "| added p50/p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in results["runs"]:
+        d, g = run["direct"], run["gateway"]
+        lines.append(
+            f"| {run['connections']} | {d['rps']:,.0f} | {g['rps']:,.0f} | {g['rps'] / d['rps']:.2f} "
+            f"| {d['p50_ms']:.3f} / {d['p99_ms']:.3f} | {g['p50_ms']:.3f} / {g['p99_ms']:.3f} "
+            f"| {g['p50_ms'] - d['p50_ms']:.3f} / {g['p99_ms'] - d['p99_ms']:.3f} | {d['errors'] + g['errors']} |"
+        )
+    s = results["stream"]
+    lines += [
+        "",
+        f"stream: time to first byte p50 direct {s['direct_ttfb_p50_ms']:.3f} ms, "
+        f"gateway {s['gateway_ttfb_p50_ms']:.3f} ms, added {s['gateway_ttfb_p50_ms'] - s['direct_ttfb_p50_ms']:.3f} ms",
+        f"gateway RSS after load: {results['rss_mb']:.0f} MB",
+        f"warm Lambda invocation (Mangum, upstream mocked): {results['lambda_warm_us']:.0f} µs",
+        f"cold import of handler.lambda_handler: {results['cold_import_ms']:.0f} ms",
+        f"DynamoDB store: {results['dynamodb']['calls_per_request']:.2f} calls per request "
+        f"over {results['dynamodb']['requests']} requests ({results['dynamodb']['non_200']} not 200)",
+    ]
+    return "\n".join(lines)
+
+
+def errors_in(results: dict[str, Any]) -> list[str]:
+    found = []
+    for run in results["runs"]:
+        for side in ("direct", "gateway"):
+            if run[side]["errors"] or not run[side]["requests"]:
+                found.append(f"{side} at {run['connections']} connections: {run[side]['errors']} errors")
+    if results["gateway_5xx_or_tracebacks"]:
+        found.append("the gateway logged tracebacks")
+    if results["dynamodb"]["non_200"]:
+        found.append(f"{results['dynamodb']['non_200']} DynamoDB-store requests failed")
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds in all; fails only on errors")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    results = run(1.0 if args.smoke else args.duration, args.smoke)
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    problems = errors_in(results)
+    for problem in problems:
+        print(f"ERROR: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
