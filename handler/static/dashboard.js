@@ -1,0 +1,389 @@
+// The spend dashboard. Plain JS and hand-drawn SVG: no build step, nothing fetched but this gateway's API.
+// Every figure comes from /admin/usage as the API computed it; amounts are shown to 9 decimals at most.
+// Untrusted text (key names, model names) only ever goes through textContent.
+"use strict";
+
+(() => {
+  const STORAGE_KEY = "gateway.dashboard.adminKey";
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const PALETTE = ["#2b6cb0", "#dd6b20", "#2f855a", "#c53030", "#6b46c1", "#b7791f", "#00838f", "#d53f8c"];
+  const OTHER_COLOUR = "#8a94a3";
+  const TOP_KEYS = 10;
+  const DAY_MS = 86400000;
+
+  const $ = (id) => document.getElementById(id);
+
+  class ApiError extends Error {
+    constructor(status, code, message) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  // --- formatting --------------------------------------------------------------------------
+
+  function groupThousands(digits) {
+    return digits.replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+  }
+
+  // USD to at most 9 decimals (the ledger's precision), at least 2, no exponent.
+  function usd(value) {
+    const [whole, frac] = Number(value).toFixed(9).split(".");
+    const trimmed = frac.replace(/0+$/, "");
+    return "$" + groupThousands(whole) + "." + trimmed.padEnd(2, "0");
+  }
+
+  function count(value) {
+    return groupThousands(String(Math.round(value)));
+  }
+
+  // Code-point order, not the locale's: the same order on every machine, and the API's.
+  function byText(a, b) {
+    return a < b ? -1 : a > b ? 1 : 0;
+  }
+
+  function isoDay(ms) {
+    return new Date(ms).toISOString().slice(0, 10);
+  }
+
+  function el(tag, attrs, text) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, value);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function svg(tag, attrs, text) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, String(value));
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function swatch(colour) {
+    const box = svg("svg", { class: "swatch", width: 10, height: 10, viewBox: "0 0 10 10", "aria-hidden": "true" });
+    box.append(svg("rect", { width: 10, height: 10, rx: 2, fill: colour }));
+    return box;
+  }
+
+  // --- the API -----------------------------------------------------------------------------
+
+  function adminKey() {
+    return sessionStorage.getItem(STORAGE_KEY);
+  }
+
+  async function api(path) {
+    const response = await fetch(path, {
+      headers: { authorization: "Bearer " + adminKey() },
+      cache: "no-store",
+      credentials: "omit",
+      referrerPolicy: "no-referrer",
+    });
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (_) {
+      body = null;
+    }
+    if (!response.ok) {
+      const error = (body && body.error) || {};
+      throw new ApiError(response.status, error.code || "http_" + response.status, error.message || response.statusText);
+    }
+    return body;
+  }
+
+  function usage(period, groupBy) {
+    const params = new URLSearchParams({ since: period.since, until: period.until });
+    if (groupBy) params.set("group_by", groupBy);
+    return api("admin/usage?" + params.toString()).then((body) => body.data);
+  }
+
+  // --- loading -----------------------------------------------------------------------------
+
+  function periodWindow(days) {
+    const now = Date.now();
+    const todayStart = Math.floor(now / DAY_MS) * DAY_MS; // UTC, as the ledger's days are
+    const start = todayStart - (days - 1) * DAY_MS;
+    const dayList = [];
+    for (let t = start; t <= todayStart; t += DAY_MS) dayList.push(isoDay(t));
+    // One fixed `until` for every call, so the five answers describe the same ledger.
+    return { since: isoDay(start), until: String(now / 1000), days: dayList };
+  }
+
+  function setState(state, message, isError) {
+    document.documentElement.dataset.state = state;
+    const status = $("status");
+    status.textContent = message || "";
+    status.classList.toggle("error", Boolean(isError));
+  }
+
+  function showSignIn(message) {
+    $("sign-in").hidden = false;
+    $("controls").hidden = true;
+    $("report").hidden = true;
+    setState("signed-out", message, Boolean(message));
+    $("key").focus();
+  }
+
+  let generation = 0;
+
+  async function load() {
+    if (!adminKey()) {
+      showSignIn("");
+      return;
+    }
+    const mine = ++generation;
+    $("sign-in").hidden = true;
+    $("controls").hidden = false;
+    setState("loading", "Loading…");
+    const period = periodWindow(Number($("period").value));
+    try {
+      const [total, byDayModel, byDayKey, byKey, keys] = await Promise.all([
+        usage(period, ""),
+        usage(period, "day,model"),
+        usage(period, "day,key"),
+        usage(period, "key"),
+        api("admin/keys").then((body) => body.data),
+      ]);
+      if (mine !== generation) return;
+      const names = new Map(keys.map((k) => [k.id, k.name]));
+      const keyLabel = (id) => (names.has(id) ? names.get(id) + " · " + id : id);
+      const report = $("report");
+      report.dataset.since = period.since;
+      report.dataset.until = period.until;
+      renderTotals(total[0] || null);
+      stackedBars($("chart-model"), period.days, byDayModel, "model", (m) => m);
+      stackedBars($("chart-key"), period.days, byDayKey, "key", keyLabel);
+      renderTopKeys(byKey, total[0] || null, keyLabel);
+      report.hidden = false;
+      setState("ready", `${period.since} to ${isoDay(Number(period.until) * 1000)} (UTC), as of ${new Date().toLocaleTimeString()}`);
+    } catch (error) {
+      if (mine !== generation) return;
+      if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
+        sessionStorage.removeItem(STORAGE_KEY);
+        showSignIn(`${error.status} ${error.code}: ${error.message}`);
+        document.documentElement.dataset.state = "refused";
+        return;
+      }
+      const detail = error instanceof ApiError ? `${error.status} ${error.code}: ${error.message}` : String(error);
+      setState("error", "Could not load usage: " + detail, true);
+    }
+  }
+
+  // --- totals ------------------------------------------------------------------------------
+
+  const ZERO = {
+    requests: 0, input_tokens: 0, cached_tokens: 0, output_tokens: 0,
+    cost_usd: 0, fee_usd: 0, total_usd: 0, unknown_cost_requests: 0,
+  };
+
+  function renderTotals(row) {
+    const t = row || ZERO;
+    const cards = [
+      ["Spend", usd(t.total_usd), "total-spend"],
+      ["Provider cost", usd(t.cost_usd), "total-cost"],
+      ["Gateway fee", usd(t.fee_usd), "total-fee"],
+      ["Requests", count(t.requests), "total-requests"],
+      ["Tokens in / out", `${count(t.input_tokens)} / ${count(t.output_tokens)}`, "total-tokens"],
+    ];
+    const box = $("totals");
+    box.replaceChildren();
+    for (const [label, value, id] of cards) {
+      const card = el("div", { class: "total" });
+      card.append(el("div", { class: "label" }, label), el("div", { class: "value", id }, value));
+      box.append(card);
+    }
+  }
+
+  // --- stacked bars ------------------------------------------------------------------------
+
+  // The largest series get a colour each; the rest share one bar segment, "other".
+  function seriesOf(rows, field) {
+    const sums = new Map();
+    for (const row of rows) sums.set(row[field], (sums.get(row[field]) || 0) + row.total_usd);
+    const ranked = [...sums.entries()].sort((a, b) => b[1] - a[1] || byText(String(a[0]), String(b[0])));
+    const shown = ranked.length > PALETTE.length ? PALETTE.length - 1 : ranked.length;
+    const series = ranked.slice(0, shown).map(([name, sum], i) => ({ name, sum, colour: PALETTE[i], members: [name] }));
+    if (ranked.length > shown) {
+      const rest = ranked.slice(shown);
+      series.push({
+        name: null,
+        sum: rest.reduce((s, [, v]) => s + v, 0),
+        colour: OTHER_COLOUR,
+        members: rest.map(([name]) => name),
+      });
+    }
+    return series;
+  }
+
+  function niceScale(max) {
+    if (!(max > 0)) return { top: 1, step: 0.25 };
+    const raw = max / 4;
+    const magnitude = 10 ** Math.floor(Math.log10(raw));
+    const step = [1, 2, 2.5, 5, 10].map((m) => m * magnitude).find((s) => s >= raw * (1 - 1e-12));
+    return { top: Math.ceil(max / step - 1e-9) * step, step };
+  }
+
+  function tickLabel(value, step) {
+    const decimals = Math.min(9, Math.max(2, Math.ceil(-Math.log10(step)) + 1));
+    const [whole, frac] = value.toFixed(decimals).split(".");
+    const trimmed = frac.replace(/0+$/, "").padEnd(2, "0");
+    return "$" + groupThousands(whole) + "." + trimmed;
+  }
+
+  function stackedBars(container, days, rows, field, labelOf) {
+    const series = seriesOf(rows, field);
+    const seriesOfName = new Map();
+    for (const s of series) for (const m of s.members) seriesOfName.set(m, s);
+
+    // spend[day][series index]
+    const spend = new Map(days.map((d) => [d, series.map(() => 0)]));
+    for (const row of rows) {
+      const perDay = spend.get(row.day);
+      if (perDay) perDay[series.indexOf(seriesOfName.get(row[field]))] += row.total_usd;
+    }
+    const dayTotals = days.map((d) => spend.get(d).reduce((a, b) => a + b, 0));
+    const { top, step } = niceScale(Math.max(0, ...dayTotals));
+
+    const width = 1100;
+    const height = 280;
+    const margin = { left: 96, right: 12, top: 10, bottom: 26 };
+    const plotW = width - margin.left - margin.right;
+    const plotH = height - margin.top - margin.bottom;
+    const band = plotW / days.length;
+    const barW = Math.max(1, band * 0.72);
+    const y = (v) => margin.top + plotH - (v / top) * plotH;
+
+    const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `spend per day by ${field}` });
+    const axis = svg("g", { class: "axis" });
+    for (let v = 0; v <= top + step / 2; v += step) {
+      const yy = y(v);
+      axis.append(svg("line", { class: "grid", x1: margin.left, x2: width - margin.right, y1: yy, y2: yy }));
+      axis.append(svg("text", { x: margin.left - 8, y: yy + 4, "text-anchor": "end" }, tickLabel(v, step)));
+    }
+    const labelEvery = Math.ceil(days.length / 12);
+    days.forEach((day, i) => {
+      if ((days.length - 1 - i) % labelEvery !== 0) return;
+      const x = margin.left + band * (i + 0.5);
+      axis.append(svg("text", { x, y: height - 8, "text-anchor": "middle" }, day.slice(5)));
+    });
+    chart.append(axis);
+
+    const bars = svg("g", { class: "bars" });
+    days.forEach((day, i) => {
+      let base = 0;
+      const x = margin.left + band * i + (band - barW) / 2;
+      spend.get(day).forEach((value, s) => {
+        if (!(value > 0)) return;
+        const y0 = y(base);
+        const y1 = y(base + value);
+        base += value;
+        const rect = svg("rect", {
+          class: "bar",
+          x: x.toFixed(2),
+          y: y1.toFixed(2),
+          width: barW.toFixed(2),
+          height: Math.max(0.5, y0 - y1).toFixed(2),
+          fill: series[s].colour,
+          "data-series": series[s].name === null ? "other" : series[s].name,
+        });
+        const name = series[s].name === null ? "other" : labelOf(series[s].name);
+        rect.append(svg("title", {}, `${day} · ${name}: ${usd(value)}`));
+        bars.append(rect);
+      });
+    });
+    chart.append(bars);
+    chart.append(svg("line", { class: "baseline", x1: margin.left, x2: width - margin.right, y1: y(0), y2: y(0) }));
+    if (!rows.length) {
+      chart.append(svg("text", { class: "empty", x: margin.left + plotW / 2, y: margin.top + plotH / 2, "text-anchor": "middle" }, "No spend in this period"));
+    }
+
+    const legend = el("ul", { class: "legend" });
+    for (const s of series) {
+      const item = el("li");
+      const label = s.name === null ? `other (${s.members.length})` : labelOf(s.name);
+      item.append(swatch(s.colour), el("span", { class: "name" }, label), el("span", { class: "sum" }, usd(s.sum)));
+      legend.append(item);
+    }
+    container.replaceChildren(chart, legend);
+  }
+
+  // --- top keys ----------------------------------------------------------------------------
+
+  function keyRow(label, row, colour) {
+    const tr = el("tr");
+    const name = el("td", { class: "text" });
+    if (colour) name.append(swatch(colour));
+    name.append(document.createTextNode(label));
+    tr.append(
+      name,
+      el("td", {}, count(row.requests)),
+      el("td", {}, count(row.input_tokens)),
+      el("td", {}, count(row.cached_tokens)),
+      el("td", {}, count(row.output_tokens)),
+      el("td", {}, usd(row.cost_usd)),
+      el("td", {}, usd(row.fee_usd)),
+      el("td", { class: "spend" }, usd(row.total_usd)),
+    );
+    return tr;
+  }
+
+  function renderTopKeys(rows, total, keyLabel) {
+    const ranked = [...rows].sort((a, b) => b.total_usd - a.total_usd || byText(a.key, b.key));
+    const body = $("top-keys").tBodies[0];
+    body.replaceChildren();
+    for (const row of ranked.slice(0, TOP_KEYS)) {
+      const tr = keyRow(keyLabel(row.key), row);
+      tr.dataset.key = row.key;
+      body.append(tr);
+    }
+    const rest = ranked.slice(TOP_KEYS);
+    if (rest.length) {
+      const other = { ...ZERO };
+      for (const row of rest) for (const field of Object.keys(ZERO)) other[field] += row[field];
+      body.append(keyRow(`${rest.length} other keys`, other));
+    }
+    if (!ranked.length) {
+      const tr = el("tr");
+      tr.append(el("td", { class: "text", colspan: "8" }, "No requests in this period"));
+      body.append(tr);
+    }
+    const foot = $("top-keys").tFoot;
+    const all = keyRow(`All keys (${ranked.length})`, total || ZERO);
+    all.id = "all-keys";
+    foot.replaceChildren(all);
+
+    const unpriced = (total || ZERO).unknown_cost_requests;
+    const note = $("unpriced");
+    note.hidden = !unpriced;
+    note.textContent = unpriced
+      ? `${count(unpriced)} requests used a model with no known price; their cost is unknown and not in these sums.`
+      : "";
+  }
+
+  // --- wiring ------------------------------------------------------------------------------
+
+  function start() {
+    $("sign-in").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const input = $("key");
+      const value = input.value.trim();
+      input.value = "";
+      if (!value) return;
+      sessionStorage.setItem(STORAGE_KEY, value);
+      load();
+    });
+    $("period").addEventListener("change", load);
+    $("refresh").addEventListener("click", load);
+    $("sign-out").addEventListener("click", () => {
+      sessionStorage.removeItem(STORAGE_KEY);
+      generation++;
+      showSignIn("Key forgotten.");
+    });
+    load();
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
