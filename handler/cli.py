@@ -88,6 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # let it pass an IP allowlist; the app trusts only `gateway.trusted_proxies`.
         proxy_headers=False,
         loop="uvloop" if _has("uvloop") else "asyncio",
+        http="httptools" if _has("httptools") else "h11",
     )
     return 0
 

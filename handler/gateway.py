@@ -16,7 +16,7 @@ import httpx
 from handler.config import Config, SecretFetcher, load_config, resolve_secret
 from handler.keys import KeyService
 from handler.ports import ProviderAdapter, Store
-from handler.routing import Router
+from handler.routing import RouteControls, Router
 from handler.upstream import UpstreamClient
 
 DEFAULT_STORE_URL = "sqlite:///.gateway/gateway.db"
@@ -45,6 +45,26 @@ class Gateway:
         """Wait for background settlements (tests, shutdown, end of a Lambda invocation)."""
         while self.background:
             await asyncio.gather(*list(self.background), return_exceptions=True)
+
+    def origins(self) -> list[str]:
+        """The base URL of every model's nearest deployment: where the first requests will go."""
+        seen: dict[str, None] = {}
+        for model in self.config.models:
+            attempts = self.router.plan(model, RouteControls())
+            if attempts:
+                seen[attempts[0].target.base_url] = None
+        return list(seen)
+
+    async def warm(self, limit: int = 16) -> None:
+        """Open connections to the nearest deployments ahead of the first request (Lambda init)."""
+        await asyncio.gather(*(self.upstream.warm(url) for url in self.origins()[:limit]))
+
+    async def reopen(self) -> None:
+        """After a SnapStart restore: sockets in the snapshot are dead and cached keys may be stale."""
+        await self.upstream.aclose()
+        self.upstream = UpstreamClient(self.config.gateway.timeouts)
+        self.keys.forget()
+        await self.warm()
 
     async def aclose(self) -> None:
         await self.drain()

@@ -125,6 +125,10 @@ class KeyService:
         self._cache.pop(record.id, None)
         return revoked
 
+    def forget(self) -> None:
+        """Drop every cached record (after a SnapStart restore the cache may be arbitrarily old)."""
+        self._cache.clear()
+
     async def lookup(self, key_id: str) -> KeyRecord | None:
         """The record, from the warm cache when fresh."""
         now = self.clock()

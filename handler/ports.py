@@ -209,6 +209,8 @@ class ProviderAdapter(ABC):
     key_env_var: ClassVar[str | None] = None
     requires_key: bool = True
     supports_embeddings: ClassVar[bool] = False
+    # A regional API (Bedrock): a deployment that names no region runs in the gateway's own region.
+    regional: ClassVar[bool] = False
 
     def __init__(self, name: str, secret: str | None, options: Mapping[str, Any]) -> None:
         self.name = name

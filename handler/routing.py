@@ -108,7 +108,7 @@ class Router:
         for dep in spec.deployments:
             adapter = self.adapters[dep.provider]
             provider = self.config.providers[dep.provider]
-            region = dep.region or provider.region or GLOBAL
+            region = dep.region or provider.region or (self.region if adapter.regional else GLOBAL)
             base_url = adapter.base_url(region, dep.base_url)
             options = dict(dep.model_extra or {})
             target = Target(dep.provider, provider.type, dep.model, region, base_url, options)

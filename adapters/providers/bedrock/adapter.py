@@ -391,6 +391,7 @@ class BedrockAdapter(ProviderAdapter):
 
     type_name = "bedrock"
     requires_key = False
+    regional = True
 
     def base_url(self, region: str, override: str | None) -> str:
         configured = override or self.options.get("base_url")
