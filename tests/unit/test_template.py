@@ -1,0 +1,245 @@
+"""The deployment as the code expects it: template.yaml, infra/ and samconfig.toml, checked without an AWS account.
+
+cfn-lint (and `sam validate --lint` where the sam CLI is installed, e.g. by `make sam-check`) must pass; the
+table, the two endpoints, the streaming set-up and the IAM scope are asserted against what the code reads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.dynamo import load_template
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES = [ROOT / "template.yaml", *sorted((ROOT / "infra").glob("*.yaml"))]
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template()
+
+
+def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def function(template: dict[str, Any], name: str) -> dict[str, Any]:
+    """A function's properties with the template's Globals merged in, as SAM does."""
+    merged: dict[str, Any] = dict(template["Globals"]["Function"])
+    props = template["Resources"][name]["Properties"]
+    for key, value in props.items():
+        if key == "Environment":
+            variables = {**merged["Environment"]["Variables"], **value["Variables"]}
+            merged["Environment"] = {"Variables": variables}
+        else:
+            merged[key] = value
+    return merged
+
+
+def sub_text(value: Any) -> str:
+    """The template string of a `!Sub`, with or without its variable map."""
+    sub = value["Fn::Sub"]
+    return str(sub[0] if isinstance(sub, list) else sub)
+
+
+def source(relative: str) -> str:
+    return (ROOT / relative).read_text()
+
+
+def sam_cli() -> str | None:
+    local = ROOT / ".venv-sam" / "bin" / "sam"
+    return str(local) if local.exists() else shutil.which("sam")
+
+
+def test_cfn_lint_is_clean() -> None:
+    cfn_lint = Path(sys.executable).with_name("cfn-lint")
+    answer = subprocess.run(
+        [str(cfn_lint), *map(str, TEMPLATES)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+
+
+def test_sam_validate_lint_is_clean() -> None:
+    sam = sam_cli()
+    if sam is None:
+        pytest.skip("no sam CLI here (make sam-check installs one)")
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "AWS_DEFAULT_REGION": "us-east-1"}
+    answer = subprocess.run([sam, "validate", "--lint"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+
+
+def test_table_has_the_schema_the_store_uses(template: dict[str, Any]) -> None:
+    table = template["Resources"]["GatewayTable"]
+    assert table["Type"] == "AWS::DynamoDB::Table"
+    assert table["DeletionPolicy"] == "Retain"
+    props = table["Properties"]
+    assert props["KeySchema"] == [
+        {"AttributeName": "pk", "KeyType": "HASH"},
+        {"AttributeName": "sk", "KeyType": "RANGE"},
+    ]
+    [index] = props["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "gsi1"
+    assert index["KeySchema"] == [
+        {"AttributeName": "gsi1pk", "KeyType": "HASH"},
+        {"AttributeName": "gsi1sk", "KeyType": "RANGE"},
+    ]
+    assert index["Projection"] == {"ProjectionType": "ALL"}
+    assert {d["AttributeName"]: d["AttributeType"] for d in props["AttributeDefinitions"]} == {
+        "pk": "S",
+        "sk": "S",
+        "gsi1pk": "S",
+        "gsi1sk": "S",
+    }
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert props["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}, "global table replicas need it"
+
+    store = source("adapters/store/dynamodb.py")
+    assert 'IndexName="gsi1"' in store
+    for attribute in ('"pk"', '"sk"', '"gsi1pk"', '"gsi1sk"', '"ttl"'):
+        assert attribute in store
+
+
+def test_both_functions_run_the_app_on_arm64_with_tracing(template: dict[str, Any]) -> None:
+    for name in ("GatewayFunction", "GatewayStreamFunction"):
+        fn = function(template, name)
+        assert fn["Architectures"] == ["arm64"]
+        assert fn["Tracing"] == "Active"
+        assert fn["Runtime"] in {"python3.12", "python3.13"}
+        assert template["Resources"][name]["Metadata"] == {"BuildMethod": "makefile", "ContextPath": "infra"}
+        assert f"build-{name}:" in source("infra/Makefile") or f"build-{name} " in source("infra/Makefile")
+        variables = fn["Environment"]["Variables"]
+        assert sub_text(variables["GATEWAY_STORE"]) == "dynamodb://${Name}?region=${AWS::Region}"
+        assert "GATEWAY_CONFIG" in variables
+        for setting in ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"):
+            assert setting in variables
+            assert setting in source("handler/observability.py")
+    assert function(template, "GatewayFunction")["Handler"] == "handler.lambda_handler.handler"
+
+
+def test_buffered_function_takes_every_route_of_the_http_api(template: dict[str, Any]) -> None:
+    fn = function(template, "GatewayFunction")
+    [event] = fn["Events"].values()
+    assert event["Type"] == "HttpApi"
+    assert event["Properties"]["ApiId"] == {"Ref": "GatewayHttpApi"}
+    # No Path or Method: the $default route, the routeKey every events/*.json carries.
+    assert "Path" not in event["Properties"] and "Method" not in event["Properties"]
+    assert fn["Timeout"] <= 30, "an HTTP API gives up after 30 s"
+    assert fn["SnapStart"]["ApplyOn"]["Fn::If"][1:] == ["PublishedVersions", "None"]
+    assert fn["AutoPublishAlias"], "SnapStart applies to published versions only"
+
+
+def test_streaming_function_streams_through_the_web_adapter(template: dict[str, Any]) -> None:
+    fn = function(template, "GatewayStreamFunction")
+    assert fn["FunctionUrlConfig"] == {"AuthType": "NONE", "InvokeMode": "RESPONSE_STREAM"}
+    [layer] = fn["Layers"]
+    assert re.fullmatch(
+        r"arn:\$\{AWS::Partition\}:lambda:\$\{AWS::Region\}:753240598075:layer:LambdaAdapterLayerArm64:\$\{\w+\}",
+        sub_text(layer),
+    )
+    variables = fn["Environment"]["Variables"]
+    assert variables["AWS_LAMBDA_EXEC_WRAPPER"] == "/opt/bootstrap"
+    assert variables["AWS_LWA_INVOKE_MODE"] == "response_stream"
+    assert variables["AWS_LWA_READINESS_CHECK_PATH"] == "/health"
+    assert fn["Handler"] == "run.sh"
+    run = ROOT / "infra" / "run.sh"
+    assert os.access(run, os.X_OK)
+    script = run.read_text()
+    assert "handler.asgi:app" in script and "AWS_LWA_PORT" in script and "--no-proxy-headers" in script
+    assert "SnapStart" not in template["Resources"]["GatewayStreamFunction"]["Properties"]
+
+
+def test_outputs_name_both_endpoints_and_the_table(template: dict[str, Any]) -> None:
+    outputs = template["Outputs"]
+    assert sub_text(outputs["ApiEndpoint"]["Value"]).startswith("https://${GatewayHttpApi}.execute-api.")
+    assert outputs["StreamEndpoint"]["Value"] == {"Fn::GetAtt": ["GatewayStreamFunctionUrl", "FunctionUrl"]}
+    assert "TableName" in outputs and "HttpApiId" in outputs
+
+
+def test_iam_is_scoped_to_the_table_the_secrets_prefix_and_bedrock(template: dict[str, Any]) -> None:
+    [policy] = resources(template, "AWS::IAM::ManagedPolicy").values()
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    for name in ("GatewayFunction", "GatewayStreamFunction"):
+        assert template["Resources"][name]["Properties"]["Policies"] == [{"Ref": "GatewayAccessPolicy"}]
+    actions: set[str] = set()
+    for statement in statements:
+        assert statement["Effect"] == "Allow"
+        granted = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        actions.update(granted)
+        assert all("*" not in action for action in granted)
+        targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        texts = [sub_text(t) for t in targets]
+        assert "*" not in texts
+        service = granted[0].split(":")[0]
+        if service == "dynamodb":
+            assert texts == [
+                "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/${Name}",
+                "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/${Name}/index/gsi1",
+            ]
+        elif service in {"ssm", "secretsmanager"}:
+            prefixed = ("parameter/${ProviderSecretsPrefix}/*", "secret:${ProviderSecretsPrefix}/*")
+            assert all("${AWS::Region}:${AWS::AccountId}:" in t and t.endswith(prefixed) for t in texts)
+        elif service == "kms":
+            assert statement["Condition"]["StringEquals"]["kms:ViaService"]
+        else:
+            assert service == "bedrock"
+    assert actions == {
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:Query",
+        "ssm:GetParameter",
+        "ssm:GetParameters",
+        "secretsmanager:GetSecretValue",
+        "kms:Decrypt",
+        "bedrock:InvokeModel",
+        "bedrock:InvokeModelWithResponseStream",
+    }
+
+
+def test_alarms_watch_5xx_throttles_errors_and_the_metric_the_gateway_emits(template: dict[str, Any]) -> None:
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
+    metric_names = {a["Properties"].get("MetricName") for a in alarms.values()}
+    assert {"5xx", "Url5xxCount"} <= metric_names
+    watched = {
+        m["MetricStat"]["Metric"]["MetricName"]
+        for a in alarms.values()
+        for m in a["Properties"].get("Metrics", [])
+        if "MetricStat" in m
+    }
+    assert {"Errors", "Throttles"} <= watched
+    spend = alarms["SpendAlarm"]["Properties"]["Metrics"][0]["Expression"]
+    assert "SUM(cost_usd)" in sub_text(spend) and '"${MetricsNamespace}"' in sub_text(spend)
+    observability = source("handler/observability.py")
+    assert '"cost_usd"' in observability
+    assert f'"{template["Parameters"]["MetricsNamespace"]["Default"]}"' in observability
+
+
+def test_samconfig_and_the_multi_region_script() -> None:
+    config = tomllib.loads(source("samconfig.toml"))
+    assert config["default"]["deploy"]["parameters"]["capabilities"] == "CAPABILITY_IAM"
+    prod = {name: env for name, env in config.items() if name.startswith("prod-")}
+    assert len(prod) >= 2
+    creates = [
+        name for name, env in prod.items() if "CreateTable=true" in env["deploy"]["parameters"]["parameter_overrides"]
+    ]
+    assert len(creates) == 1, "exactly one region creates the global table"
+    for name, env in prod.items():
+        assert env["deploy"]["parameters"]["region"] == name.removeprefix("prod-")
+        assert "TableName=llm-gateway" in env["deploy"]["parameters"]["parameter_overrides"]
+
+    deploy = ROOT / "infra" / "deploy.sh"
+    assert os.access(deploy, os.X_OK)
+    assert subprocess.run(["bash", "-n", str(deploy)], capture_output=True).returncode == 0
+    script = deploy.read_text()
+    assert "--replica-updates" in script and "CreateTable=" in script and 'sam deploy --region "$region"' in script
