@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck unit bench clean sam-check
+.PHONY: serve test lint typecheck unit bench tools clean sam-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,27 @@ serve: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check handler adapters tests
+	$(BIN)/ruff format --check handler adapters tests
 	$(BIN)/mypy
 
-test: $(STAMP) lint
+# Debian packages the tests drive: nginx and wrk (the benchmark's smoke run), chromium (the dashboard test).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+tools:
+	@missing=""; \
+	[ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+
+test: $(STAMP) tools lint
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# The full benchmark (a few minutes): the gateway against nginx directly, wrk at 1, 8 and 64 connections.
+bench: $(STAMP) tools
+	$(BIN)/python -m tests.bench.run --json .bench.json
 
 clean:
 	rm -rf $(VENV) .gateway .pytest_cache .mypy_cache .ruff_cache

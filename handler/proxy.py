@@ -242,7 +242,8 @@ class Pipeline:
                 return await work
         except TimeoutError:
             raise UpstreamTimeoutError(
-                f"x-gateway-deadline-ms of {ex.controls.deadline_s * 1000:.0f} ms passed before an answer"
+                f"the deadline of {ex.controls.deadline_s * 1000:.0f} ms (x-gateway-deadline-ms, or the Lambda "
+                "invocation's remaining time) passed before an answer"
             ) from None
 
     async def _failover(

@@ -1,0 +1,26 @@
+"""A few seconds of the benchmark in every test run: it fails on errors, never on timings."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(not (shutil.which("nginx") and shutil.which("wrk")), reason="nginx and wrk: `make tools`")
+def test_benchmark_smoke_run_has_no_errors(tmp_path: Path) -> None:
+    report = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.bench.run", "--smoke", "--json", str(report)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "gateway req/s" in result.stdout and report.exists()

@@ -1,0 +1,54 @@
+"""Request details the app reads from its environment: Lambda's time left, the Web Adapter's client address."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.requests import Request
+
+from handler import app as app_module
+from handler.app import lambda_time_left_s, lwa_source_ip, parse_controls
+
+
+class LambdaContext:
+    def __init__(self, remaining_ms: int) -> None:
+        self.remaining_ms = remaining_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+def request(headers: dict[str, str] | None = None, **scope: Any) -> Request:
+    raw = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": raw, **scope})
+
+
+def test_a_lambda_invocation_caps_the_deadline_at_its_remaining_time() -> None:
+    on_lambda = request(**{"aws.context": LambdaContext(10_000)})
+    assert lambda_time_left_s(on_lambda) == pytest.approx(8.5)
+    assert parse_controls(on_lambda).deadline_s == pytest.approx(8.5)
+    tighter = request({"x-gateway-deadline-ms": "2000"}, **{"aws.context": LambdaContext(10_000)})
+    assert parse_controls(tighter).deadline_s == pytest.approx(2.0)
+    assert parse_controls(request()).deadline_s is None
+    assert lambda_time_left_s(request(**{"aws.context": LambdaContext(100)})) == pytest.approx(0.1)
+
+
+def test_web_adapter_request_context_gives_the_client_address() -> None:
+    context = '{"http": {"method": "POST", "path": "/v1/chat/completions", "sourceIp": "203.0.113.7"}}'
+    assert lwa_source_ip(context) == "203.0.113.7"
+    assert lwa_source_ip('{"identity": {"sourceIp": "2001:db8::1"}}') == "2001:db8::1"
+    for bad in (None, "", "not json", "[]", '{"http": {"sourceIp": "evil"}}', '{"http": 5}'):
+        assert lwa_source_ip(bad) is None
+
+
+def test_the_request_context_counts_only_behind_the_web_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = app_module.Api.__new__(app_module.Api)
+    api.trusted = []
+    spoofed = request({"x-amzn-request-context": '{"http": {"sourceIp": "10.0.0.1"}}'}, client=("127.0.0.1", 5000))
+    monkeypatch.setattr(app_module, "BEHIND_WEB_ADAPTER", False)
+    assert api.client_ip(spoofed) == "127.0.0.1"
+    monkeypatch.setattr(app_module, "BEHIND_WEB_ADAPTER", True)
+    assert api.client_ip(spoofed) == "10.0.0.1"
+    remote = request({"x-amzn-request-context": '{"http": {"sourceIp": "10.0.0.1"}}'}, client=("198.51.100.2", 5000))
+    assert api.client_ip(remote) == "198.51.100.2"  # only the adapter itself, on loopback, is believed
