@@ -16,7 +16,7 @@ import orjson
 from handler.config import ConfigError, load_config
 from handler.gateway import DEFAULT_STORE_URL
 from handler.key_routes import key_view
-from handler.keys import KeyService, validate_networks
+from handler.keys import KeyService, validate_networks, with_descendants
 from handler.ports import KeyRecord, Store
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -185,7 +185,8 @@ def cmd_usage(args: argparse.Namespace) -> int:
     async def fetch() -> list[dict[str, Any]]:
         store = _store(args.store)
         try:
-            return aggregate(await store.usage(UsageQuery([args.key] if args.key else None, since, until)), group_by)
+            family = await with_descendants(store, args.key) if args.key else None
+            return aggregate(await store.usage(UsageQuery(family, since, until)), group_by)
         finally:
             await store.close()
 

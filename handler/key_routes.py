@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from handler.budgets import period_of
 from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
-from handler.keys import models_within, validate_networks
+from handler.keys import models_within, validate_networks, with_descendants
 from handler.ports import ConflictError, KeyRecord, UsageQuery
 from handler.usage import aggregate, parse_group_by, to_csv, window
 
@@ -206,12 +206,13 @@ class KeyRoutes:
 
     async def usage(self, request: Request) -> Response:
         key = await self.api.authenticate(request, allow_x_api_key=True)
-        return await self._usage(request, [key.id])
+        return await self._usage(request, await with_descendants(self.gateway.store, key.id))
 
     async def admin_usage(self, request: Request) -> Response:
         await self._admin(request)
         key_id = request.query_params.get("key")
-        return await self._usage(request, [key_id] if key_id else None)
+        family = await with_descendants(self.gateway.store, key_id) if key_id else None
+        return await self._usage(request, family)
 
     async def _usage(self, request: Request, key_ids: list[str] | None) -> Response:
         params = request.query_params

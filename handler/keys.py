@@ -88,6 +88,16 @@ class MintedKey:
     key: str
 
 
+async def with_descendants(store: Store, key_id: str, limit: int = 10_000) -> list[str]:
+    """`key_id` and every key minted under it, at any depth (breadth first)."""
+    found, frontier = [key_id], [key_id]
+    while frontier and len(found) < limit:
+        children = [child.id for parent in frontier for child in await store.list_keys(parent)]
+        found += children
+        frontier = children
+    return found
+
+
 class KeyService:
     """Key lifecycle and verification over a `Store`."""
 

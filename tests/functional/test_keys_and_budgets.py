@@ -208,3 +208,21 @@ def test_budget_refusal_is_402_not_429(running: Running, mint: Any) -> None:
     broke = mint(budget_usd=0.0)
     answer = chat(running, broke)
     assert answer.status_code == 402 and answer.json()["error"]["code"] == "budget_exceeded"
+
+
+def test_usage_of_a_key_includes_its_children(running: Running, mint: Any) -> None:
+    parent = mint(models=["gpt-4o-mini"])
+    child = httpx.post(
+        f"{running.url}/v1/keys", json={"name": "child", "budget_usd": 0.01}, headers=headers(parent)
+    ).json()["key"]
+    grandchild = httpx.post(f"{running.url}/v1/keys", json={"name": "grandchild"}, headers=headers(child)).json()["key"]
+    answers = [chat(running, k) for k in (parent, child, grandchild)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    time.sleep(0.3)  # settlements are written after the answer
+    mine = httpx.get(f"{running.url}/v1/usage", params={"group_by": "key"}, headers=headers(parent)).json()["data"]
+    assert sum(row["requests"] for row in mine) == 3
+    assert sum(row["cost_usd"] for row in mine) == pytest.approx(
+        sum(float(a.headers["x-gateway-cost-usd"]) for a in answers), abs=1e-9
+    )
+    theirs = httpx.get(f"{running.url}/v1/usage", headers=headers(child)).json()["data"]
+    assert theirs[0]["requests"] == 2  # a child sees itself and its own children, never its parent
