@@ -1,17 +1,19 @@
 """The one upstream HTTP client of a process, reused across requests and warm Lambda invocations.
 
-httpx is the API; the transport is aiohttp's (`httpx-aiohttp`), chosen by measurement: on this
-machine a minimal proxy did ~1.4k req/s with httpx's own pool and ~3.7k with the aiohttp transport
-(see tests/bench). Timeouts: connect, first byte (until the status line and headers arrive), and
+httpx is the API (its `Request` and `Response`, and its transport interface); the transport is
+aiohttp's (`httpx-aiohttp`), chosen by measurement: on this machine a minimal proxy did ~1.4k req/s with
+httpx's own pool and ~3.7k with the aiohttp transport (see tests/bench). Requests go straight to the
+transport, not through `httpx.AsyncClient`, whose per-request work (auth and redirect flows, cookie jar,
+default headers) cost more than the transport itself and does nothing a proxy wants: redirects are not
+followed, upstream cookies are never kept, and no `accept-encoding` is sent, so answers come back as they
+are streamed. Timeouts: connect, first byte (until the status line and headers arrive), and
 between chunks (each read of the body).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from http.cookiejar import CookieJar
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 import httpx
@@ -20,6 +22,8 @@ from httpx_aiohttp import AiohttpTransport
 from handler.config import TimeoutConfig
 from handler.errors import UpstreamError, UpstreamTimeoutError
 from handler.ports import UpstreamRequest
+
+USER_AGENT = "llm-edge-gateway/0.1"
 
 
 class UpstreamResponse:
@@ -57,17 +61,6 @@ class UpstreamResponse:
         await self._response.aclose()
 
 
-class NoCookies(CookieJar):
-    """Keeps nothing: upstream cookies must never pass from one gateway key's request to another's,
-    and parsing them cost more than anything else httpx did per request."""
-
-    def extract_cookies(self, response: Any, request: Any) -> None:
-        return None
-
-    def set_cookie(self, cookie: Any) -> None:
-        return None
-
-
 def refused(exc: BaseException) -> bool:
     """A connection refused or reset, which httpx-aiohttp reports as `ConnectTimeout` (its exception
     map prefers the timeout class for every `ClientConnectionError`)."""
@@ -83,26 +76,26 @@ class UpstreamClient:
     def __init__(self, timeouts: TimeoutConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.timeouts = timeouts
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
-        self._client = httpx.AsyncClient(
-            cookies=NoCookies(),
-            transport=transport or AiohttpTransport(limits=limits, trust_env=False),
-            timeout=httpx.Timeout(
-                connect=timeouts.connect,
-                read=timeouts.between_chunks,
-                write=timeouts.between_chunks,
-                pool=timeouts.connect,
-            ),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        self._transport = transport or AiohttpTransport(limits=limits, trust_env=False)
+        self._timeout = {
+            "connect": timeouts.connect,
+            "read": timeouts.between_chunks,
+            "write": timeouts.between_chunks,
+            "pool": timeouts.connect,
+        }
+
+    def _request(self, method: str, url: str, headers: Mapping[str, str] | None, body: bytes | None) -> httpx.Request:
+        request = httpx.Request(method, url, headers=headers, content=body, extensions={"timeout": self._timeout})
+        request.headers.setdefault("user-agent", USER_AGENT)
+        return request
 
     async def send(self, request: UpstreamRequest, first_byte_timeout: float | None = None) -> UpstreamResponse:
         """Send and wait for the status line and headers; the body is read by the caller."""
         limit = self.timeouts.first_byte if first_byte_timeout is None else first_byte_timeout
-        built = self._client.build_request(request.method, request.url, headers=request.headers, content=request.body)
+        built = self._request(request.method, request.url, request.headers, request.body)
         try:
             async with asyncio.timeout(limit):
-                response = await self._client.send(built, stream=True)
+                response = await self._transport.handle_async_request(built)
         except TimeoutError as exc:
             raise UpstreamTimeoutError("upstream did not answer in time", retryable=True) from exc
         except httpx.TimeoutException as exc:
@@ -119,10 +112,10 @@ class UpstreamClient:
         """Open a connection ahead of the first request (any answer will do)."""
         try:
             async with asyncio.timeout(self.timeouts.connect):
-                response = await self._client.request("HEAD", url)
+                response = await self._transport.handle_async_request(self._request("HEAD", url, None, None))
                 await response.aclose()
         except (TimeoutError, httpx.HTTPError):
             pass
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
