@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
@@ -16,13 +17,21 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from handler.errors import GatewayError, InvalidRequestError, RequestTooLargeError, StrictParamsError
+from handler.dashboard import dashboard_routes
+from handler.errors import (
+    GatewayError,
+    InvalidRequestError,
+    RequestTooLargeError,
+    ServiceUnavailableError,
+    StrictParamsError,
+)
 from handler.gateway import Gateway
 from handler.key_routes import KeyRoutes
 from handler.keys import model_allowed
 from handler.messages_api import MessagesRequest, anthropic_events, to_chat_request, to_message
 from handler.observability import observe, observe_failure
-from handler.ports import KeyRecord
+from handler.openapi import openapi_json
+from handler.ports import KeyRecord, StoreError
 from handler.pricing import estimate_prompt_tokens
 from handler.proxy import ChunkStream, Controls, Exchange, Pipeline
 from handler.routing import RouteControls
@@ -32,6 +41,7 @@ from handler.streaming import DONE, sse_chunk, sse_error, sse_json
 logger = logging.getLogger("gateway")
 M = TypeVar("M", bound=BaseModel)
 JSON = "application/json"
+MAX_JSON_DEPTH = 128  # well under the 254 levels orjson can write back out (see nested_deeper_than)
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -100,6 +110,8 @@ class Api:
             raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise InvalidRequestError("the request body must be a JSON object")
+        if nested_deeper_than(data, MAX_JSON_DEPTH):
+            raise InvalidRequestError(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
         try:
             return model.model_validate(data)
         except ValidationError as exc:
@@ -109,6 +121,12 @@ class Api:
 
     def client_ip(self, request: Request) -> str | None:
         peer = request.client.host if request.client else None
+        if BEHIND_WEB_ADAPTER and peer in LOOPBACK:
+            # The streaming function: the Lambda Web Adapter connects from loopback and puts the Function
+            # URL's request context (with the caller's address) in this header, replacing any the caller sent.
+            source = lwa_source_ip(request.headers.get("x-amzn-request-context"))
+            if source:
+                return source
         if not self.trusted or peer is None:
             return peer
         hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
@@ -235,11 +253,54 @@ async def openai_events(stream: ChunkStream, include_usage: bool) -> AsyncIterat
     yield DONE
 
 
+def nested_deeper_than(data: Any, limit: int) -> bool:
+    """Whether JSON `data` nests deeper than `limit` levels. orjson parses 1024 levels but writes only 254,
+    so a deeper body would parse, then fail (a 500) when the adapter serializes it for the upstream."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return False
+
+
 def invalid_from_validation(exc: ValidationError) -> InvalidRequestError:
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
     extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
     return InvalidRequestError(f"{loc}: {first['msg']}{extra}" if loc else f"{first['msg']}{extra}", param=loc or None)
+
+
+BEHIND_WEB_ADAPTER = bool(os.environ.get("AWS_LWA_INVOKE_MODE") or os.environ.get("AWS_LWA_PORT"))
+LOOPBACK = {"127.0.0.1", "::1"}
+# What a Lambda invocation keeps back from its deadline for settling and answering.
+LAMBDA_MARGIN_MS = 1500
+
+
+def lwa_source_ip(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    try:
+        context = orjson.loads(raw)
+        source = context.get("http", {}).get("sourceIp") or context.get("identity", {}).get("sourceIp")
+        return str(ipaddress.ip_address(source))
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return None
+
+
+def lambda_time_left_s(request: Request) -> float | None:
+    """On Lambda (Mangum puts the context in the scope): the invocation's remaining time, less a margin,
+    so a slow upstream ends in our 504 with its settlement written, not in the function being killed."""
+    context = request.scope.get("aws.context")
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining is None:
+        return None
+    try:
+        return max(0.1, (float(remaining()) - LAMBDA_MARGIN_MS) / 1000)
+    except (TypeError, ValueError):
+        return None
 
 
 def parse_controls(request: Request) -> Controls:
@@ -257,7 +318,10 @@ def parse_controls(request: Request) -> Controls:
             provider=headers.get("x-gateway-provider") or None,
             region=headers.get("x-gateway-region") or None,
         ),
-        deadline_s=deadline / 1000 if deadline is not None else None,
+        deadline_s=min(
+            (d for d in (deadline / 1000 if deadline is not None else None, lambda_time_left_s(request)) if d),
+            default=None,
+        ),
         max_cost_usd=max_cost,
         strict=headers.get("x-gateway-strict", "").strip().lower() == "true",
         enforce_schema=headers.get("x-gateway-enforce-schema", "").strip().lower() == "true",
@@ -316,6 +380,12 @@ def create_app(gateway: Gateway) -> Starlette:
         error.error_type = "invalid_request_error"  # type: ignore[misc]
         return error_response(request, error)
 
+    async def on_store_error(request: Request, exc: Exception) -> Response:
+        # A store outage outside metering (key lookups, usage, admin): 503, not an "unhandled" 500.
+        logger.warning("store unavailable: %s", exc, extra={"path": request.url.path})
+        error = ServiceUnavailableError("the key store is unavailable; retry shortly", code="store_unavailable")
+        return error_response(request, error)
+
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error", extra={"path": request.url.path})
         error = GatewayError("the gateway failed to handle this request; it has been logged")
@@ -323,6 +393,7 @@ def create_app(gateway: Gateway) -> Starlette:
 
     routes = [
         Route("/health", api.health, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/v1/route", api.route, methods=["GET"]),
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
@@ -337,10 +408,16 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/admin/keys/{key_id}", keys.admin_show, methods=["GET"]),
         Route("/admin/keys/{key_id}/rotate", keys.admin_rotate, methods=["POST"]),
         Route("/admin/keys/{key_id}/revoke", keys.admin_revoke, methods=["POST"]),
+        *dashboard_routes(),
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={GatewayError: on_gateway_error, HTTPException: on_http_error, Exception: on_unexpected},
+        exception_handlers={
+            GatewayError: on_gateway_error,
+            HTTPException: on_http_error,
+            StoreError: on_store_error,
+            Exception: on_unexpected,
+        },
     )
     app.state.gateway = gateway
     app.add_middleware(RequestIdMiddleware)

@@ -3,6 +3,9 @@
 One admission is one store round trip (the key's and its ancestors' budget counters and the rate
 counters, atomically); one settlement is one more. A key with no budget and no limits costs no store
 call before the upstream call at all.
+
+Across regions the store spends a key homed elsewhere from this region's lease of its budget; the charges
+carry each key's `home_region` so the store can tell (`adapters/store/leases.py`).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from handler.errors import BudgetExceededError, RateLimitError, ServiceUnavailableError
 from handler.keys import KeyService, model_allowed
@@ -98,7 +101,8 @@ class Meter:
             )
         amount = worst_usd or 0.0
         budgets = [
-            BudgetCharge(r.id, period_of(r.budget_period, now), float(r.budget_usd or 0.0), amount) for r in budgeted
+            BudgetCharge(r.id, period_of(r.budget_period, now), float(r.budget_usd or 0.0), amount, r.home_region)
+            for r in budgeted
         ]
         window = int(now // 60)
         rates = self._rates(key, model, window, tokens)
@@ -107,7 +111,7 @@ class Meter:
             reservation.budget_key, reservation.budget_limit = budgeted[0].id, float(budgeted[0].budget_usd or 0.0)
         if not budgets and not rates:
             return reservation
-        admission = Admission(request_id, key.id, budgets, rates, now + self.reservation_ttl)
+        admission = Admission(request_id, key.id, budgets, rates, now + self.reservation_ttl, key.home_region)
         started = time.perf_counter()
         try:
             try:
@@ -188,13 +192,13 @@ class Meter:
         admission = reservation.admission
         if admission is None:
             return Settlement(item.request_id if item else "", [], 0.0, [], item)
-        budgets = [BudgetCharge(b.key_id, b.period, b.limit_usd, actual_usd) for b in admission.budgets]
+        budgets = [replace(b, amount_usd=actual_usd) for b in admission.budgets]
         rates = [
             RateCharge(r.name, r.window, r.limit, tokens - r.amount)
             for r in admission.rates
             if r.name.startswith("tpm")
         ]
-        return Settlement(admission.reservation_id, budgets, reservation.amount_usd, rates, item)
+        return Settlement(admission.reservation_id, budgets, reservation.amount_usd, rates, item, admission.home_region)
 
     async def settle(self, settlement: Settlement) -> None:
         """Apply a settlement, retrying a failed store call: a settled cost must never be lost."""

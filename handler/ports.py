@@ -301,16 +301,23 @@ class KeyRecord:
     prev_secret_hash: str | None = None
     prev_valid_until: float | None = None
     version: int = 1
+    # The region whose store item is the budget's ledger of record (None: records from before regions, which
+    # keep one meter item in whichever region serves them). See `adapters/store/leases.py`.
+    home_region: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class BudgetCharge:
-    """Reserve `amount_usd` on `key_id`'s counter for `period` if it stays within `limit_usd`."""
+    """Reserve `amount_usd` on `key_id`'s counter for `period` if it stays within `limit_usd`.
+
+    `home_region` is the key's (`KeyRecord.home_region`): a store in another region spends from its own
+    lease of the budget instead of the key's counter (None: the counter is local)."""
 
     key_id: str
     period: str
     limit_usd: float
     amount_usd: float
+    home_region: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +343,7 @@ class Admission:
     budgets: list[BudgetCharge]
     rates: list[RateCharge]
     expires_at: float
+    home_region: str | None = None  # `key_id`'s home region: where its rate counters live (None: local)
 
 
 @dataclass(slots=True)
@@ -388,6 +396,7 @@ class Settlement:
     reserved_usd: float
     rates: list[RateCharge]
     item: LedgerItem | None
+    home_region: str | None = None  # the admission's `home_region`
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,11 +407,14 @@ class UsageQuery:
 
 
 class Store(ABC):
-    """Keys, meters and the ledger. Every method is one round trip to the backend at most."""
+    """Keys, meters and the ledger. Every method is one round trip to the backend at most, except an
+    admission in a region that must first top up its lease of a budget homed in another region (two more:
+    the home region's conditional write and the lease's credit; see `adapters/store/leases.py`)."""
 
     @abstractmethod
     async def create_key(self, record: KeyRecord) -> None:
-        """Insert a new key; `ConflictError` if the id exists."""
+        """Insert a new key; `ConflictError` if the id exists. A record without `home_region` is homed in
+        the store's own region, if the store has one (set on `record`)."""
 
     @abstractmethod
     async def get_key(self, key_id: str) -> KeyRecord | None: ...
@@ -425,11 +437,13 @@ class Store(ABC):
 
     @abstractmethod
     async def release_expired(self, key_id: str, now: float) -> float:
-        """Release reservations on `key_id`'s counters whose expiry passed; returns USD released."""
+        """Release reservations on `key_id`'s counters written in this store's region whose expiry passed;
+        returns USD released."""
 
     @abstractmethod
     async def meter(self, key_id: str, period: str) -> MeterSnapshot:
-        """The key's committed spend (spent plus live reservations) for `period`."""
+        """The key's committed spend (spent plus live reservations) for `period`, summed over every region
+        (as far as replication has brought the other regions' counters here)."""
 
     @abstractmethod
     async def usage(self, query: UsageQuery) -> list[LedgerItem]:

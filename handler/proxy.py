@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -90,7 +91,9 @@ class Exchange:
         if self.route:
             headers["x-gateway-route"] = ", ".join(self.route)
         if self.dropped or self.inbound_dropped:
-            headers["x-gateway-dropped-params"] = ",".join([*self.inbound_dropped, *self.dropped])
+            # The names come from the client's body: percent-encoded, a header value stays Latin-1 with no CR/LF.
+            names = [*self.inbound_dropped, *self.dropped]
+            headers["x-gateway-dropped-params"] = ",".join(urllib.parse.quote(n, safe="") for n in names)
         if self.cost is not None:
             provider = self.cost.provider_usd
             headers["x-gateway-cost-usd"] = "unknown" if provider is None else usd(provider)

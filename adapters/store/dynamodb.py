@@ -10,11 +10,17 @@ Items (`pk`, `sk`; `gsi1pk`/`gsi1sk` feed the one index; `ttl` is the table's TT
 | line item | `LEDGER#<key id>` | `<ts>#<request id>` | the item as JSON; `gsi1pk=LEDGER#<day>` for all-keys reports |
 | daily aggregate | `AGG#<day>` | `<key id>#<model>` | requests, tokens and USD, summed with `ADD` |
 
+| lease | `METER#<id>` | `LEASE#<region>` | a region's lease of a key homed elsewhere (`adapters/store/leases.py`) |
+
 A key's budget counters, its reservations and its rate counters sit in one item, so an admission for a
 key without budgeted parents is one conditional `UpdateItem` whose new values come back in the same
 call; with budgeted ancestors it is one `TransactWriteItems` over their meter items, plus one read of
 the key's own counters for the answer's headers. A settlement is one `TransactWriteItems`: the marker
 (so a retry is a no-op), the meter updates, the line item and the daily aggregate.
+
+Across regions (the table as a global table) a key's meter item is written only in the key's home region;
+another region spends from its own lease item, topped up from the home meter (see `leases.py`), so no item
+with counters is ever written in two regions. A store without a region treats every key as local.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from adapters.store.expressions import Expression, Item, num, read_num, text
+from adapters.store.leases import IDLE_SECONDS, LEASE_PREFIX, ConditionFailed, Leases, LeaseShort, call, dec, number
 from adapters.store.records import (
     LEDGER_TTL_SECONDS,
     SETTLED_TTL_SECONDS,
@@ -53,65 +61,39 @@ from handler.ports import (
 )
 
 T = TypeVar("T")
-Item = dict[str, Any]
 METER_SK = "METER"
 FAILED = "ConditionalCheckFailed"
-
-
-def num(value: float | int) -> dict[str, str]:
-    """A DynamoDB number from a float, exactly as Python prints it (no binary noise, no exponent)."""
-    return {"N": format(Decimal(repr(value)), "f")}
-
-
-def text(value: str) -> dict[str, str]:
-    return {"S": value}
-
-
-def read_num(item: Item, name: str) -> float:
-    value = item.get(name)
-    return float(value["N"]) if value else 0.0
-
-
-class Expression:
-    """Builds an update: placeholders for names and values, SET/ADD/REMOVE clauses, a condition."""
-
-    def __init__(self) -> None:
-        self.names: dict[str, str] = {}
-        self.values: dict[str, Any] = {}
-        self.clauses: dict[str, list[str]] = {"SET": [], "ADD": [], "REMOVE": []}
-        self.conditions: list[str] = []
-
-    def name(self, attribute: str) -> str:
-        placeholder = f"#a{len(self.names)}"
-        self.names[placeholder] = attribute
-        return placeholder
-
-    def value(self, value: Any) -> str:
-        placeholder = f":v{len(self.values)}"
-        self.values[placeholder] = value
-        return placeholder
-
-    def update(self, key: Item, table: str) -> Item:
-        parts = [f"{verb} {', '.join(items)}" for verb, items in self.clauses.items() if items]
-        request: Item = {"TableName": table, "Key": key, "UpdateExpression": " ".join(parts)}
-        if self.names:
-            request["ExpressionAttributeNames"] = self.names
-        if self.values:
-            request["ExpressionAttributeValues"] = self.values
-        if self.conditions:
-            request["ConditionExpression"] = " AND ".join(f"({c})" for c in self.conditions)
-        return request
+MAX_GRANT_ROUNDS = 100
 
 
 class DynamoDBStore(Store):
     """`Store` on one DynamoDB table; `client` is a boto3 DynamoDB client (injected, so tests and
     Lambda's init choose endpoint, retries and timeouts)."""
 
-    def __init__(self, client: Any, table: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        client: Any,
+        table: str,
+        clock: Callable[[], float] = time.time,
+        *,
+        region: str | None = None,
+        client_for: Callable[[str], Any] | None = None,
+        lease_idle_seconds: float = IDLE_SECONDS,
+    ) -> None:
+        """`region` is this replica's region; `client_for(region)` gives a client for another region's
+        replica (the home meters of keys homed there)."""
         self.client = client
         self.table = table
         self.clock = clock
+        self.region = region
         self.errors = client.exceptions
+        self.leases = Leases(table, region, client, client_for or self._no_other_region, clock, lease_idle_seconds)
+
+    def _no_other_region(self, region: str) -> Any:
+        raise StoreError(f"no endpoint configured for region {region}, the home of a key used here")
+
+    def _client_for(self, home: str | None) -> Any:
+        return self.leases.client_for(home) if self.leases.remote(home) and home else self.client
 
     async def _call(self, operation: str, **request: Any) -> Any:
         try:
@@ -126,6 +108,14 @@ class DynamoDBStore(Store):
     @staticmethod
     def _meter_key(key_id: str) -> Item:
         return {"pk": text(f"METER#{key_id}"), "sk": text(METER_SK)}
+
+    async def _meter_items(self, key_id: str) -> list[Item]:
+        """The key's home meter and every region's lease, as this replica has them: one query."""
+        return await self._query(
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": text(f"METER#{key_id}")},
+            ConsistentRead=True,
+        )
 
     # --- keys ---------------------------------------------------------------------------------
 
@@ -144,6 +134,8 @@ class DynamoDBStore(Store):
         return item
 
     async def create_key(self, record: KeyRecord) -> None:
+        if record.home_region is None:
+            record.home_region = self.region
         try:
             await self._call(
                 "put_item",
@@ -169,15 +161,17 @@ class DynamoDBStore(Store):
         return self._live(item) if item else None
 
     async def update_key(self, record: KeyRecord) -> None:
+        """Written in the key's home region, like its meter, so two regions never race on the record."""
         try:
-            await self._call(
+            await call(
+                self._client_for(record.home_region),
                 "put_item",
                 TableName=self.table,
                 Item=self._key_item(record),
                 ConditionExpression="version = :previous",
                 ExpressionAttributeValues={":previous": num(record.version - 1)},
             )
-        except self.errors.ConditionalCheckFailedException as exc:
+        except ConditionFailed as exc:
             raise ConflictError(f"key {record.id} changed since it was read") from exc
 
     async def list_keys(self, parent_id: str | None = None) -> list[KeyRecord]:
@@ -201,18 +195,35 @@ class DynamoDBStore(Store):
 
     # --- admission ----------------------------------------------------------------------------
 
+    @staticmethod
+    def _home_of(admission: Admission | Settlement, key_id: str) -> str | None:
+        for charge in admission.budgets:
+            if charge.key_id == key_id:
+                return charge.home_region
+        return admission.home_region
+
     def _admit_update(
         self, admission: Admission, key_id: str, budgets: list[BudgetCharge], rates: list[RateCharge], fresh: set[str]
     ) -> Item:
-        """The conditional update of one key's meter item; `fresh` names the rate counters whose stored
-        window is older than the admission's, which restart at this request's amount."""
+        """The conditional update of one key's meter item (or, for a key homed elsewhere, this region's lease
+        of it); `fresh` names the rate counters whose stored window is older than the admission's, which
+        restart at this request's amount."""
         e = Expression()
+        home = self._home_of(admission, key_id)
         for charge in budgets:
+            if self.leases.remote(home):
+                self.leases.admit_clause(e, admission, charge)
+                continue
             committed = e.name(f"c:{charge.period}")
             e.clauses["ADD"].append(f"{committed} {e.value(num(charge.amount_usd))}")
             ceiling = e.value(num(charge.limit_usd - charge.amount_usd))
-            e.conditions.append(f"attribute_not_exists({committed}) OR {committed} <= {ceiling}")
+            if charge.amount_usd <= charge.limit_usd:
+                e.conditions.append(f"attribute_not_exists({committed}) OR {committed} <= {ceiling}")
+            else:  # a missing counter is zero, and zero plus this amount is over the limit
+                e.conditions.append(f"{committed} <= {ceiling}")
             reservation = {"p": text(charge.period), "a": num(charge.amount_usd), "e": num(admission.expires_at)}
+            if self.region:
+                reservation["w"] = text(self.region)  # only the region that wrote it may release it
             e.clauses["SET"].append(f"{e.name(f'r:{admission.reservation_id}')} = {e.value({'M': reservation})}")
         for rate in rates:
             count, window = e.name(f"w:{rate.name}"), e.name(f"n:{rate.name}")
@@ -226,13 +237,17 @@ class DynamoDBStore(Store):
                 e.clauses["SET"].append(f"{window} = {current}")
                 same_window = f"{window} = {current} AND {count} <= {ceiling}"
                 e.conditions.append(f"attribute_not_exists({window}) OR ({same_window})")
-        return e.update(self._meter_key(key_id), self.table)
+        return e.update(self.leases.item_key(key_id, home), self.table)
 
     def _diagnose(self, admission: Admission, key_id: str, old: Item, fresh: set[str]) -> None:
-        """Why a meter update's condition failed, from the item as it was: raise the refusal, or add the
-        rate counters whose window rolled over to `fresh` so the caller retries with them reset."""
+        """Why a meter update's condition failed, from the item as it was: raise the refusal (or `LeaseShort`
+        for a lease that needs topping up), or add the rate counters whose window rolled over to `fresh` so
+        the caller retries with them reset."""
         for charge in admission.budgets:
             if charge.key_id == key_id:
+                if self.leases.remote(charge.home_region):
+                    self.leases.diagnose(charge, old)
+                    continue
                 committed = read_num(old, f"c:{charge.period}")
                 if committed + charge.amount_usd > charge.limit_usd:
                     raise BudgetRefused(key_id, charge.limit_usd - committed)
@@ -252,56 +267,77 @@ class DynamoDBStore(Store):
         for rate in admission.rates:
             if rate.amount > rate.limit:
                 raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - self.clock())
-        key_ids = list(dict.fromkeys([admission.key_id, *(b.key_id for b in admission.budgets)]))
         fresh: set[str] = set()
-        for _ in range(3):  # each retry resets rolled-over windows; a third try means a race with a clock
-            updates = {
-                key_id: self._admit_update(
-                    admission,
-                    key_id,
-                    [b for b in admission.budgets if b.key_id == key_id],
-                    admission.rates if key_id == admission.key_id else [],
-                    fresh,
-                )
-                for key_id in key_ids
-            }
-            updates = {k: u for k, u in updates.items() if u["UpdateExpression"]}
+        # A retry resets rolled-over windows (a third means a race with a clock) or follows a lease grant (each
+        # grant moves budget into this region or refuses, so those end when concurrent requests drain the lease).
+        tries = grants = 0
+        while tries < 3 and grants < MAX_GRANT_ROUNDS:
+            seen = {(b.key_id, b.period): self.leases.generation(b.key_id, b.period) for b in admission.budgets}
             try:
-                if len(updates) == 1:
-                    ((key_id, update),) = updates.items()
-                    answer = await self._call(
-                        "update_item", **update, ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD"
-                    )
-                    return self._snapshot(admission, answer.get("Attributes", {}))
-                await self._call(
-                    "transact_write_items",
-                    TransactItems=[
-                        {"Update": {**u, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}} for u in updates.values()
-                    ],
-                )
-                own = admission.budgets[0].key_id if admission.budgets else admission.key_id
-                answer = await self._call(
-                    "get_item", TableName=self.table, Key=self._meter_key(own), ConsistentRead=True
-                )
-                return self._snapshot(admission, answer.get("Item", {}))
-            except self.errors.ConditionalCheckFailedException as exc:
-                self._diagnose(admission, key_id, exc.response.get("Item", {}), fresh)
-            except self.errors.TransactionCanceledException as exc:
-                reasons = exc.response.get("CancellationReasons", [])
-                if not any(r.get("Code") == FAILED for r in reasons):
-                    raise StoreError("DynamoDB transaction conflict; retry") from exc
-                for key_id, reason in zip(updates, reasons, strict=False):
-                    if reason.get("Code") == FAILED:
-                        self._diagnose(admission, key_id, reason.get("Item", {}), fresh)
+                snapshot = await self._admit_once(admission, fresh)
+            except LeaseShort as short:
+                grants += 1
+                charge = short.charge
+                await self.leases.grant(charge, short.lease, seen[(charge.key_id, charge.period)])
+                continue
+            if snapshot is not None:
+                return snapshot
+            tries += 1
         raise StoreError("meter update kept failing its condition")
 
-    @staticmethod
-    def _snapshot(admission: Admission, item: Item) -> MeterSnapshot:
+    async def _admit_once(self, admission: Admission, fresh: set[str]) -> MeterSnapshot | None:
+        """One try: the snapshot, a refusal, `LeaseShort`, or None to try again."""
+        key_ids = list(dict.fromkeys([admission.key_id, *(b.key_id for b in admission.budgets)]))
+        updates = {
+            key_id: self._admit_update(
+                admission,
+                key_id,
+                [b for b in admission.budgets if b.key_id == key_id],
+                admission.rates if key_id == admission.key_id else [],
+                fresh,
+            )
+            for key_id in key_ids
+        }
+        updates = {k: u for k, u in updates.items() if u["UpdateExpression"]}
+        try:
+            if len(updates) == 1:
+                ((key_id, update),) = updates.items()
+                answer = await self._call(
+                    "update_item", **update, ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD"
+                )
+                return self._snapshot(admission, answer.get("Attributes", {}))
+            await self._call(
+                "transact_write_items",
+                TransactItems=[
+                    {"Update": {**u, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}} for u in updates.values()
+                ],
+            )
+            own = admission.budgets[0].key_id if admission.budgets else admission.key_id
+            key = self.leases.item_key(own, self._home_of(admission, own))
+            answer = await self._call("get_item", TableName=self.table, Key=key, ConsistentRead=True)
+            return self._snapshot(admission, answer.get("Item", {}))
+        except self.errors.ConditionalCheckFailedException as exc:
+            self._diagnose(admission, key_id, exc.response.get("Item", {}), fresh)
+        except self.errors.TransactionCanceledException as exc:
+            reasons = exc.response.get("CancellationReasons", [])
+            if not any(r.get("Code") == FAILED for r in reasons):
+                raise StoreError("DynamoDB transaction conflict; retry") from exc
+            for key_id, reason in zip(updates, reasons, strict=False):
+                if reason.get("Code") == FAILED:
+                    self._diagnose(admission, key_id, reason.get("Item", {}), fresh)
+        return None
+
+    def _snapshot(self, admission: Admission, item: Item) -> MeterSnapshot:
         snapshot = MeterSnapshot()
         if admission.budgets:
-            period = admission.budgets[0].period
+            charge = admission.budgets[0]
+            period = charge.period
             snapshot.committed_usd[period] = read_num(item, f"c:{period}")
             snapshot.spent_usd[period] = read_num(item, f"s:{period}")
+            if item.get("sk", {}).get("S", "").startswith(LEASE_PREFIX):
+                # What this region can still draw: its lease, plus what the home had unleased when last asked.
+                usable = read_num(item, f"a:{period}") + self.leases.unleased_hint(charge.key_id, period)
+                snapshot.committed_usd[period] = charge.limit_usd - usable
         for rate in admission.rates:
             if read_num(item, f"n:{rate.name}") == rate.window:
                 snapshot.rates[rate.name] = int(read_num(item, f"w:{rate.name}"))
@@ -316,7 +352,11 @@ class DynamoDBStore(Store):
         released already, so the whole actual cost is added to committed."""
         e = Expression()
         reservation = e.name(f"r:{settlement.reservation_id}")
+        home = self._home_of(settlement, key_id)
         for charge in budgets:
+            if self.leases.remote(home):
+                self.leases.settle_clause(e, settlement, charge, released)
+                continue
             delta = charge.amount_usd if released else charge.amount_usd - settlement.reserved_usd
             e.clauses["ADD"] += [
                 f"{e.name(f'c:{charge.period}')} {e.value(num(delta))}",
@@ -329,7 +369,7 @@ class DynamoDBStore(Store):
         for rate in rates:
             if rate.window == now_window and rate.amount:  # a rolled-over window has nothing to correct
                 e.clauses["ADD"].append(f"{e.name(f'w:{rate.name}')} {e.value(num(rate.amount))}")
-        return e.update(self._meter_key(key_id), self.table)
+        return e.update(self.leases.item_key(key_id, home), self.table)
 
     def _ledger_writes(self, item: LedgerItem) -> list[Item]:
         day = day_of(item.ts)
@@ -407,36 +447,59 @@ class DynamoDBStore(Store):
         raise StoreError("settlement kept failing its condition")
 
     async def release_expired(self, key_id: str, now: float) -> float:
-        answer = await self._call("get_item", TableName=self.table, Key=self._meter_key(key_id), ConsistentRead=True)
-        item: Item = answer.get("Item", {})
-        reservations = [(name, value["M"]) for name, value in item.items() if name.startswith("r:")]
-        expired = [(name, reservation) for name, reservation in reservations if read_num(reservation, "e") < now]
+        released = 0.0
+        for item in await self._meter_items(key_id):
+            sk = item["sk"]["S"]
+            if sk == METER_SK or sk == f"{LEASE_PREFIX}{self.region}":
+                released += await self._release(key_id, item, sk != METER_SK, now)
+        return released
+
+    async def _release(self, key_id: str, item: Item, lease: bool, now: float) -> float:
+        """Release the expired reservations this region wrote on one meter or lease item."""
+        expired = [
+            (name, value["M"])
+            for name, value in item.items()
+            if name.startswith("r:")
+            and read_num(value["M"], "e") < now
+            and value["M"].get("w", {}).get("S", self.region) == self.region
+        ]
         if not expired:
             return 0.0
         e = Expression()
-        released: dict[str, float] = {}
+        released: dict[str, Decimal] = {}
         for name, reservation in expired:
             placeholder = e.name(name)
             e.clauses["REMOVE"].append(placeholder)
             e.conditions.append(f"attribute_exists({placeholder})")
             period = reservation["p"]["S"]
-            released[period] = released.get(period, 0.0) + read_num(reservation, "a")
-        e.clauses["ADD"] += [f"{e.name(f'c:{period}')} {e.value(num(-amount))}" for period, amount in released.items()]
+            released[period] = released.get(period, Decimal(0)) + dec(reservation, "a")
+        e.clauses["ADD"] += [f"{e.name(f'c:{p}')} {e.value(number(-amount))}" for p, amount in released.items()]
+        if lease:
+            e.clauses["ADD"] += [f"{e.name(f'a:{p}')} {e.value(number(amount))}" for p, amount in released.items()]
         try:
-            await self._call("update_item", **e.update(self._meter_key(key_id), self.table))
+            await self._call("update_item", **e.update({"pk": item["pk"], "sk": item["sk"]}, self.table))
         except self.errors.ConditionalCheckFailedException:
             return 0.0  # settled meanwhile; the caller's next admission sees the new counters
-        return sum(released.values())
+        return float(sum(released.values()))
 
     async def meter(self, key_id: str, period: str) -> MeterSnapshot:
-        answer = await self._call("get_item", TableName=self.table, Key=self._meter_key(key_id), ConsistentRead=True)
-        item: Item = answer.get("Item", {})
-        snapshot = MeterSnapshot({period: read_num(item, f"c:{period}")}, {period: read_num(item, f"s:{period}")})
+        """Committed and spent summed over the home meter and every region's lease; rates as counted here."""
+        items = await self._meter_items(key_id)
+        committed, spent = self.leases.totals(items, period)
+        snapshot = MeterSnapshot({period: committed}, {period: spent})
+        local = {f"{LEASE_PREFIX}{self.region}", METER_SK}
         window = int(self.clock() // 60)
-        for name in item:
-            if name.startswith("n:") and read_num(item, name) == window:
-                snapshot.rates[name[2:]] = int(read_num(item, f"w:{name[2:]}"))
+        for item in sorted(items, key=lambda i: i["sk"]["S"] == METER_SK):  # this region's lease before the home
+            if item["sk"]["S"] not in local:
+                continue
+            for name in item:
+                if name.startswith("n:") and read_num(item, name) == window:
+                    snapshot.rates.setdefault(name[2:], int(read_num(item, f"w:{name[2:]}")))
         return snapshot
+
+    async def return_idle_leases(self, force: bool = False) -> float:
+        """Give back to their home regions the leases this process holds that sat idle (all, if `force`)."""
+        return await self.leases.return_idle(force)
 
     # --- ledger -------------------------------------------------------------------------------
 
@@ -475,7 +538,7 @@ class DynamoDBStore(Store):
         return rows
 
     async def close(self) -> None:
-        return None
+        await self.leases.close()
 
 
 def days_between(since: float, until: float) -> Iterable[str]:

@@ -347,7 +347,8 @@ def dynamodb_calls(workdir: Path, upstream_port: int, requests: int) -> dict[str
             statuses += asyncio.run(fire(f"http://127.0.0.1:{port}/v1/chat/completions", key, requests))
             time.sleep(0.5)  # settlements run after the answer
             calls = server.calls() - before
-            failures = [line for line in (workdir / "gateway-ddb.log").read_text().splitlines() if '"status":2' not in line]
+            log = (workdir / "gateway-ddb.log").read_text().splitlines()
+            failures = [line for line in log if '"status":2' not in line]
         return {
             "requests": requests,
             "calls_per_request": calls / requests,

@@ -121,8 +121,9 @@ class DynamoServer:
         )
         return name
 
-    def store_url(self, table: str) -> str:
-        return f"dynamodb://{table}?region=us-east-1&endpoint_url={self.url}"
+    def store_url(self, table: str, region: str = "us-east-1") -> str:
+        # moto serves one call at a time, so under load a call can wait far longer than on DynamoDB.
+        return f"dynamodb://{table}?region={region}&endpoint_url={self.url}&read_timeout=15"
 
     def calls(self) -> int:
         """DynamoDB calls served so far."""

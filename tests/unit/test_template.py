@@ -183,8 +183,8 @@ def test_iam_is_scoped_to_the_table_the_secrets_prefix_and_bedrock(template: dic
         service = granted[0].split(":")[0]
         if service == "dynamodb":
             assert texts == [
-                "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/${Name}",
-                "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/${Name}/index/gsi1",
+                "arn:${AWS::Partition}:dynamodb:*:${AWS::AccountId}:table/${Name}",
+                "arn:${AWS::Partition}:dynamodb:*:${AWS::AccountId}:table/${Name}/index/gsi1",
             ]
         elif service in {"ssm", "secretsmanager"}:
             prefixed = ("parameter/${ProviderSecretsPrefix}/*", "secret:${ProviderSecretsPrefix}/*")

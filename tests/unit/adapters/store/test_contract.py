@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,11 @@ from handler.ports import (
     RateRefused,
     Settlement,
     Store,
+    StoreError,
     UsageQuery,
 )
 from tests.support.dynamo import DynamoServer, load_template, table_spec, ttl_attribute
+from tests.support.servers import free_port
 
 PERIOD = "total"
 
@@ -304,3 +307,110 @@ async def test_concurrent_calls_on_one_connection_each_get_their_own_answer(stor
     admitted = [o for o in outcomes if not isinstance(o, BaseException)]
     assert len(admitted) == 20 and max(s.committed_usd[PERIOD] for s in admitted) == pytest.approx(1.0)
     assert (await store.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(1.0)
+
+
+# --- across regions (DynamoDB only): moto keeps one backend per region, so one server holds both replicas ---
+
+HOME_REGION, LEASE_REGION = "us-east-1", "eu-west-1"
+
+
+@pytest.fixture
+def regional(dynamo: DynamoServer) -> Callable[..., Store]:
+    """`open(region, home_endpoint=URL)`: a store for `region`'s replica of one global table (without a
+    replicator: each region sees only what it wrote, the worst case of replication lag)."""
+    import boto3
+
+    table = f"global-{uuid.uuid4().hex[:8]}"
+    for region in (HOME_REGION, LEASE_REGION):
+        client = boto3.session.Session(region_name=region).client("dynamodb", endpoint_url=dynamo.url)
+        client.create_table(TableName=table, **table_spec())
+
+    def open_regional(region: str, home_endpoint: str | None = None) -> Store:
+        other = LEASE_REGION if region == HOME_REGION else HOME_REGION
+        return open_store(
+            f"dynamodb://{table}?region={region}&endpoint_url={dynamo.url}"
+            f"&home_endpoint_{other}={home_endpoint or dynamo.url}"
+        )
+
+    return open_regional
+
+
+def homed(key: str, amount: float, limit: float = 1.0) -> Admission:
+    charge = BudgetCharge(key, PERIOD, limit, amount, HOME_REGION)
+    return Admission(uuid.uuid4().hex, key, [charge], [], time.time() + 60, HOME_REGION)
+
+
+async def admit_all(store: Store, admissions: list[Admission]) -> list[BudgetRefused | None]:
+    async def one(adm: Admission) -> BudgetRefused | None:
+        try:
+            await store.admit(adm)
+        except BudgetRefused as refused:
+            return refused
+        return None
+
+    return list(await asyncio.gather(*(one(a) for a in admissions)))
+
+
+async def test_a_key_is_homed_where_it_is_created(regional: Callable[..., Store]) -> None:
+    store = regional(LEASE_REGION)
+    minted = await KeyService(store, 0).mint(record())
+    assert minted.record.home_region == LEASE_REGION
+    assert (await store.get_key(minted.record.id)) == minted.record
+    await store.close()
+
+
+async def test_two_regions_never_commit_more_than_the_budget(regional: Callable[..., Store]) -> None:
+    home, other = regional(HOME_REGION), regional(LEASE_REGION)
+    key = uuid.uuid4().hex[:12]
+    outcomes = await asyncio.gather(
+        admit_all(home, [homed(key, 0.1) for _ in range(15)]),
+        admit_all(other, [homed(key, 0.1) for _ in range(15)]),
+    )
+    refusals = [r for region in outcomes for r in region if r is not None]
+    admitted = 30 - len(refusals)
+    assert 0 < admitted <= 10
+    # Refused only when what that region could draw (its lease plus the unleased rest) was short of 0.1.
+    assert all(r.remaining_usd is not None and r.remaining_usd < 0.1 for r in refusals)
+    # The lease region gives back what it holds; then the home region can use every cent that is left.
+    await other.return_idle_leases(force=True)  # type: ignore[attr-defined]
+    more = await admit_all(home, [homed(key, 0.1) for _ in range(10)])
+    assert admitted + more.count(None) == 10
+    assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(1.0)
+    await home.close()
+    await other.close()
+
+
+async def test_a_lease_settles_exactly_and_the_meter_sums_regions(regional: Callable[..., Store]) -> None:
+    home, other = regional(HOME_REGION), regional(LEASE_REGION)
+    key = uuid.uuid4().hex[:12]
+    adm = homed(key, 0.5)
+    await other.admit(adm)
+    await home.admit(homed(key, 0.1))
+    await other.settle(Settlement(adm.reservation_id, [replace(adm.budgets[0], amount_usd=0.2)], 0.5, [], None))
+    assert (await other.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.2)
+    # Replicate the lease to the home region by hand: the home's meter then sums both regions.
+    assert isinstance(home, DynamoDBStore) and isinstance(other, DynamoDBStore)
+    lease_key = {"pk": {"S": f"METER#{key}"}, "sk": {"S": f"LEASE#{LEASE_REGION}"}}
+    lease = other.client.get_item(TableName=other.table, Key=lease_key)["Item"]
+    home.client.put_item(TableName=home.table, Item=lease)
+    meter = await home.meter(key, PERIOD)
+    assert meter.committed_usd[PERIOD] == pytest.approx(0.3) and meter.spent_usd[PERIOD] == pytest.approx(0.2)
+    await home.close()
+    await other.close()
+
+
+async def test_an_unreachable_home_leaves_leases_spendable_and_fails_closed_beyond(
+    regional: Callable[..., Store],
+) -> None:
+    reachable = regional(LEASE_REGION)
+    key = uuid.uuid4().hex[:12]
+    await reachable.admit(homed(key, 0.1))  # the first grant: a quarter of the budget
+    await reachable.close()
+    cut_off = regional(LEASE_REGION, home_endpoint=f"http://127.0.0.1:{free_port()}")
+    served = 0
+    with pytest.raises(StoreError):
+        for _ in range(10):
+            await cut_off.admit(homed(key, 0.05))
+            served += 1
+    assert served == 3  # the lease's 0.15 left, then a new grant is needed and the home cannot be reached
+    await cut_off.close()

@@ -1,0 +1,53 @@
+"""DynamoDB attribute values and update expressions, shared by the store and its lease logic."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+Item = dict[str, Any]
+
+
+def num(value: float | int) -> dict[str, str]:
+    """A DynamoDB number from a float, exactly as Python prints it (no binary noise, no exponent)."""
+    return {"N": format(Decimal(repr(value)), "f")}
+
+
+def text(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def read_num(item: Item, name: str) -> float:
+    value = item.get(name)
+    return float(value["N"]) if value else 0.0
+
+
+class Expression:
+    """Builds an update: placeholders for names and values, SET/ADD/REMOVE clauses, a condition."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.values: dict[str, Any] = {}
+        self.clauses: dict[str, list[str]] = {"SET": [], "ADD": [], "REMOVE": []}
+        self.conditions: list[str] = []
+
+    def name(self, attribute: str) -> str:
+        placeholder = f"#a{len(self.names)}"
+        self.names[placeholder] = attribute
+        return placeholder
+
+    def value(self, value: Any) -> str:
+        placeholder = f":v{len(self.values)}"
+        self.values[placeholder] = value
+        return placeholder
+
+    def update(self, key: Item, table: str) -> Item:
+        parts = [f"{verb} {', '.join(items)}" for verb, items in self.clauses.items() if items]
+        request: Item = {"TableName": table, "Key": key, "UpdateExpression": " ".join(parts)}
+        if self.names:
+            request["ExpressionAttributeNames"] = self.names
+        if self.values:
+            request["ExpressionAttributeValues"] = self.values
+        if self.conditions:
+            request["ConditionExpression"] = " AND ".join(f"({c})" for c in self.conditions)
+        return request

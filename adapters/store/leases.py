@@ -1,0 +1,417 @@
+"""Budgets across regions: every region spends from its own lease of a key's budget.
+
+DynamoDB global tables settle concurrent writes to one item in two regions by last writer wins, so a
+budget counter written in two regions loses increments and overspends. Here every item with counters is
+written in exactly one region, so replication never has to merge concurrent writes.
+
+Items (per budget period `P`; both under `pk = METER#<key id>`, so one query reads a key's whole budget):
+
+- home meter, `sk = METER`, written only in the key's home region: `c:P` committed, the home region's own
+  spend and reservations **plus every lease granted out**; `g:P#<R>` / `b:P#<R>` USD granted to /
+  returned by region R (cumulative).
+- lease, `sk = LEASE#<R>`, written only in region R: `a:P` available, `c:P` committed, `s:P` spent,
+  `g:P` / `b:P` granted / returned (cumulative, as credited here), `t:P` last use, `r:<id>` reservations,
+  and R's rate counters (rate limits hold per region).
+
+The home meter is the item a single-region gateway has always used, so the home region's hot path is
+unchanged: one conditional `ADD c:P amount IF c:P <= limit - amount`. A grant to another region is the same
+write with the chunk as amount, so `limit - c:P` is what is still unleased, and a budget edit needs no
+migration (the next condition is checked against the new limit).
+
+In region R (not home) an admission is one conditional write on R's lease: `ADD a:P -amount, c:P amount IF
+a:P >= amount`. When the lease cannot cover it, one process-wide single-flight grant: one conditional write
+on the home meter through the home region's endpoint (chunk = max(need, unleased / 4), so one region cannot
+take everything at once), then one write crediting R's lease up to the home's cumulative grant `g:P#R`
+(idempotent: a grant whose credit was lost is credited by the next one), then the admission again. A lease
+no request in R used for `idle_seconds` (`t:P`) is returned by a sweeper task in every process that drew on
+it: the lease gives up its `a:P` (`b:P += a`), then the home's `c:P` drops by what R has returned and the
+home has not yet counted (again cumulative, so a lost second write heals on the next return).
+
+Invariant, each inequality kept by a conditional write in one region: sum over regions of committed <= sum
+of leases (per lease, `a:P >= 0`) and home committed (own + leases) <= limit. Overspend is zero, except for
+what a request spends beyond its reservation (as in one region). Home unreachable: leases keep serving; a
+request needing a grant fails closed (`StoreError`, 503). Region R unreachable: what R holds stays leased
+to R (at most R's lease) until R returns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any
+
+from adapters.store.expressions import Expression, Item, num, read_num, text
+from handler.ports import Admission, BudgetCharge, BudgetRefused, Settlement, StoreError
+
+HOME_SK = "METER"
+LEASE_PREFIX = "LEASE#"
+GRANT_FRACTION = Decimal("0.25")
+IDLE_SECONDS = 30.0
+# Grants beyond what a request needs are whole micro-dollars: lease counters stay short decimals.
+MICRO = Decimal("0.000001")
+MAX_TRACKED = 10_000
+
+
+def meter_pk(key_id: str) -> dict[str, str]:
+    return text(f"METER#{key_id}")
+
+
+def dec(item: Item, name: str) -> Decimal:
+    """A number attribute exactly as stored (0 when absent)."""
+    value = item.get(name)
+    return Decimal(value["N"]) if value else Decimal(0)
+
+
+def number(value: Decimal) -> dict[str, str]:
+    return {"N": format(value, "f")}
+
+
+def exact(value: float) -> Decimal:
+    """A float as the decimal `num` stores for it."""
+    return Decimal(repr(value))
+
+
+class ConditionFailed(Exception):
+    """A conditional write (or a transaction) lost; `item` is the item as it was (ALL_OLD), if returned."""
+
+    def __init__(self, item: Item, reasons: list[Item] | None = None) -> None:
+        super().__init__("condition failed")
+        self.item = item
+        self.reasons = reasons or []
+
+
+class LeaseShort(Exception):
+    """An admission failed on a lease that cannot cover `charge`; `lease` is the lease item as it was."""
+
+    def __init__(self, charge: BudgetCharge, lease: Item) -> None:
+        super().__init__(charge.key_id)
+        self.charge = charge
+        self.lease = lease
+
+
+async def call(client: Any, operation: str, **request: Any) -> Any:
+    """One DynamoDB call off the event loop: a lost condition is `ConditionFailed`, anything else `StoreError`.
+
+    Checks error codes rather than `client.exceptions` classes, which differ between clients of two sessions."""
+    try:
+        return await asyncio.to_thread(getattr(client, operation), **request)
+    except Exception as exc:  # botocore raises many unrelated classes; every one means "store failed"
+        response = getattr(exc, "response", None) or {}
+        code = response.get("Error", {}).get("Code")
+        if code == "ConditionalCheckFailedException":
+            raise ConditionFailed(response.get("Item", {})) from exc
+        if code == "TransactionCanceledException":
+            reasons = response.get("CancellationReasons", [])
+            if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
+                raise ConditionFailed({}, reasons) from exc
+        raise StoreError(f"DynamoDB {operation} failed: {type(exc).__name__}") from exc
+
+
+@dataclass(slots=True)
+class HeldLease:
+    """A lease this process has drawn on, watched so it can be returned when idle."""
+
+    key_id: str
+    period: str
+    home: str
+    last_used: float
+
+
+@dataclass(slots=True)
+class LeaseStats:
+    """What this process's lease traffic did: the multi-region test reports it."""
+
+    grants: int = 0
+    granted_usd: float = 0.0
+    returns: int = 0
+    returned_usd: float = 0.0
+    refusals: int = 0
+
+
+class Leases:
+    """The lease side of `DynamoDBStore` for one region; `client_for(region)` is a client for that region's
+    replica of the same table (its endpoint; in AWS the region's standard one)."""
+
+    def __init__(
+        self,
+        table: str,
+        region: str | None,
+        local: Any,
+        client_for: Callable[[str], Any],
+        clock: Callable[[], float],
+        idle_seconds: float = IDLE_SECONDS,
+        fraction: Decimal = GRANT_FRACTION,
+    ) -> None:
+        self.table = table
+        self.region = region
+        self.local = local
+        self.client_for = client_for
+        self.clock = clock
+        self.idle_seconds = idle_seconds
+        self.fraction = fraction
+        self.stats = LeaseStats()
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._generation: dict[tuple[str, str], int] = {}
+        self._unleased: dict[tuple[str, str], Decimal] = {}
+        self._held: dict[tuple[str, str], HeldLease] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # --- where a key's counters live ------------------------------------------------------------
+
+    def remote(self, home: str | None) -> bool:
+        """Whether a key homed in `home` spends from a lease here (else from its home meter, as ever)."""
+        return self.region is not None and home is not None and home != self.region
+
+    def item_key(self, key_id: str, home: str | None) -> Item:
+        sk = f"{LEASE_PREFIX}{self.region}" if self.remote(home) else HOME_SK
+        return {"pk": meter_pk(key_id), "sk": text(sk)}
+
+    def generation(self, key_id: str, period: str) -> int:
+        """Bumped by every grant this process lands: a request that saw an older one retries, not re-grants."""
+        return self._generation.get((key_id, period), 0)
+
+    # --- admission and settlement on a lease ------------------------------------------------------
+
+    def admit_clause(self, e: Expression, admission: Admission, charge: BudgetCharge) -> None:
+        """Spend `charge` from this region's lease: the condition is a plain comparison, no arithmetic."""
+        avail = e.name(f"a:{charge.period}")
+        amount = e.value(num(charge.amount_usd))
+        e.clauses["ADD"] += [f"{avail} {e.value(num(-charge.amount_usd))}", f"{e.name(f'c:{charge.period}')} {amount}"]
+        reservation = {"p": text(charge.period), "a": num(charge.amount_usd), "e": num(admission.expires_at)}
+        e.clauses["SET"] += [
+            f"{e.name(f'r:{admission.reservation_id}')} = {e.value({'M': reservation})}",
+            f"{e.name(f't:{charge.period}')} = {e.value(num(self.clock()))}",
+        ]
+        e.conditions.append(f"{avail} >= {amount}")
+        self._hold(charge)
+
+    def _hold(self, charge: BudgetCharge) -> None:
+        """Watch the lease this process draws on, so that it goes home once idle even if the process that
+        took the grant is gone."""
+        key = (charge.key_id, charge.period)
+        if len(self._held) > MAX_TRACKED and key not in self._held:
+            return  # the others' sweeps, and the next grant of this key, still return it
+        held = self._held.setdefault(key, HeldLease(charge.key_id, charge.period, charge.home_region or "", 0.0))
+        held.last_used = self.clock()
+        self._watch()
+
+    @staticmethod
+    def diagnose(charge: BudgetCharge, lease: Item) -> None:
+        """Raise `LeaseShort` if the lease as it was cannot cover `charge`."""
+        if dec(lease, f"a:{charge.period}") < exact(charge.amount_usd):
+            raise LeaseShort(charge, lease)
+
+    @staticmethod
+    def settle_clause(e: Expression, settlement: Settlement, charge: BudgetCharge, released: bool) -> None:
+        """Turn the reservation into spend; what was reserved and not spent is available again."""
+        # In decimals: float differences would leave counters like 0.00019999999999999987 that never reach zero.
+        unused = (Decimal(0) if released else exact(settlement.reserved_usd)) - exact(charge.amount_usd)
+        p = charge.period
+        e.clauses["ADD"] += [
+            f"{e.name(f'a:{p}')} {e.value(number(unused))}",
+            f"{e.name(f'c:{p}')} {e.value(number(-unused))}",
+            f"{e.name(f's:{p}')} {e.value(num(charge.amount_usd))}",
+        ]
+
+    # --- grants -----------------------------------------------------------------------------------
+
+    async def grant(self, charge: BudgetCharge, lease: Item, seen_generation: int) -> None:
+        """Top this region's lease up from the home meter so `charge` fits, or raise `BudgetRefused`.
+
+        Single-flight per key and period: requests queued behind a grant retry their admission first."""
+        key = (charge.key_id, charge.period)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if self.generation(*key) != seen_generation:
+                return
+            home = charge.home_region or ""
+            avail = dec(lease, f"a:{charge.period}")
+            need = exact(charge.amount_usd) - avail
+            total = await self._take_from_home(charge, home, need, avail)
+            await self._credit(charge, total, dec(lease, f"g:{charge.period}"))
+            if len(self._generation) > MAX_TRACKED:  # a long-lived process: forget hints of long-gone keys
+                self._generation.clear()
+                self._unleased.clear()
+                self._locks = {k: lock for k, lock in self._locks.items() if lock.locked()}
+            self._generation[key] = self.generation(*key) + 1
+            self._hold(charge)
+
+    def _chunk(self, unleased: Decimal, need: Decimal) -> Decimal:
+        """What to ask the home for: this request's shortfall, or a fraction of what is unleased if more."""
+        share = (unleased * self.fraction).quantize(MICRO, rounding=ROUND_FLOOR)
+        return max(need, share) if unleased >= need else need
+
+    async def _take_from_home(self, charge: BudgetCharge, home: str, need: Decimal, avail: Decimal) -> Decimal:
+        """One conditional write on the home meter; returns the cumulative USD granted to this region."""
+        key = (charge.key_id, charge.period)
+        limit = exact(charge.limit_usd)
+        unleased = self._unleased.get(key, limit)
+        client = self.client_for(home)
+        for _ in range(3):
+            chunk = self._chunk(unleased, need)
+            e = Expression()
+            committed = e.name(f"c:{charge.period}")
+            granted = e.name(f"g:{charge.period}#{self.region}")
+            e.clauses["ADD"] += [f"{committed} {e.value(number(chunk))}", f"{granted} {e.value(number(chunk))}"]
+            ceiling = e.value(number(limit - chunk))
+            if limit - chunk >= 0:
+                e.conditions.append(f"attribute_not_exists({committed}) OR {committed} <= {ceiling}")
+            else:
+                e.conditions.append(f"{committed} <= {ceiling}")
+            update = e.update({"pk": meter_pk(charge.key_id), "sk": text(HOME_SK)}, self.table)
+            try:
+                answer = await call(
+                    client,
+                    "update_item",
+                    **update,
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except ConditionFailed as failed:
+                unleased = limit - dec(failed.item, f"c:{charge.period}")
+                self._unleased[key] = unleased
+                if unleased < need:
+                    self.stats.refusals += 1
+                    raise BudgetRefused(charge.key_id, float(avail + max(unleased, Decimal(0)))) from None
+                continue
+            item = answer.get("Attributes", {})
+            self._unleased[key] = limit - dec(item, f"c:{charge.period}")
+            self.stats.grants += 1
+            self.stats.granted_usd += float(chunk)
+            return dec(item, f"g:{charge.period}#{self.region}")
+        raise StoreError("the home meter kept changing during a lease grant; retry")
+
+    async def _credit(self, charge: BudgetCharge, total: Decimal, credited: Decimal) -> None:
+        """Raise this region's lease to the home's cumulative grant `total`, from `credited` as last seen."""
+        for _ in range(5):
+            if credited >= total:
+                return
+            e = Expression()
+            granted = e.name(f"g:{charge.period}")
+            e.clauses["SET"].append(f"{granted} = {e.value(number(total))}")
+            e.clauses["ADD"].append(f"{e.name(f'a:{charge.period}')} {e.value(number(total - credited))}")
+            if credited:
+                e.conditions.append(f"{granted} = {e.value(number(credited))}")
+            else:
+                e.conditions.append(f"attribute_not_exists({granted})")
+            update = e.update(self.item_key(charge.key_id, charge.home_region), self.table)
+            try:
+                await call(self.local, "update_item", **update, ReturnValuesOnConditionCheckFailure="ALL_OLD")
+                return
+            except ConditionFailed as failed:
+                credited = dec(failed.item, f"g:{charge.period}")
+        raise StoreError("could not credit a lease grant; retry")
+
+    # --- returns ------------------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while self._held:
+            await asyncio.sleep(max(self.idle_seconds / 2, 0.05))
+            with contextlib.suppress(StoreError):
+                await self.return_idle()
+
+    async def return_idle(self, force: bool = False) -> float:
+        """Return every lease this process holds that no request in this region used for `idle_seconds`
+        (all of them if `force`); returns the USD given back."""
+        returned = 0.0
+        for key, held in list(self._held.items()):
+            if not force and self.clock() - held.last_used < self.idle_seconds:
+                continue
+            try:
+                amount = await self._give_back(held, force)
+            except ConditionFailed:
+                continue  # used meanwhile: try again when idle
+            returned += amount
+            if amount >= 0:
+                self._held.pop(key, None)
+        return returned
+
+    async def _give_back(self, held: HeldLease, force: bool) -> float:
+        """Give up the lease's available USD, then tell the home meter; -1 if the lease is in use."""
+        p = held.period
+        lease_key = self.item_key(held.key_id, held.home)
+        answer = await call(self.local, "get_item", TableName=self.table, Key=lease_key, ConsistentRead=True)
+        lease: Item = answer.get("Item", {})
+        if not force and self.clock() - read_num(lease, f"t:{p}") < self.idle_seconds:
+            held.last_used = read_num(lease, f"t:{p}")
+            return -1.0
+        avail = dec(lease, f"a:{p}")
+        returned_total = dec(lease, f"b:{p}")
+        if avail > 0:
+            e = Expression()
+            available = e.name(f"a:{p}")
+            e.clauses["ADD"] += [
+                f"{available} {e.value(number(-avail))}",
+                f"{e.name(f'b:{p}')} {e.value(number(avail))}",
+            ]
+            e.conditions.append(f"{available} >= {e.value(number(avail))}")
+            answer = await call(self.local, "update_item", **e.update(lease_key, self.table), ReturnValues="ALL_NEW")
+            returned_total = dec(answer.get("Attributes", {}), f"b:{p}")
+        await self._sync_returned(held, returned_total, returned_total - max(avail, Decimal(0)))
+        if avail > 0:
+            self.stats.returns += 1
+            self.stats.returned_usd += float(avail)
+            self._unleased.pop((held.key_id, p), None)
+        return float(max(avail, Decimal(0)))
+
+    async def _sync_returned(self, held: HeldLease, total: Decimal, counted: Decimal) -> None:
+        """Lower the home meter by what this region returned beyond what the home has counted (`counted`,
+        as guessed; the condition corrects the guess)."""
+        client = self.client_for(held.home)
+        key = {"pk": meter_pk(held.key_id), "sk": text(HOME_SK)}
+        for _ in range(5):
+            if counted >= total:
+                return
+            e = Expression()
+            returned = e.name(f"b:{held.period}#{self.region}")
+            e.clauses["SET"].append(f"{returned} = {e.value(number(total))}")
+            e.clauses["ADD"].append(f"{e.name(f'c:{held.period}')} {e.value(number(counted - total))}")
+            if counted:
+                e.conditions.append(f"{returned} = {e.value(number(counted))}")
+            else:
+                e.conditions.append(f"attribute_not_exists({returned})")
+            update = e.update(key, self.table)
+            try:
+                await call(client, "update_item", **update, ReturnValuesOnConditionCheckFailure="ALL_OLD")
+                return
+            except ConditionFailed as failed:
+                counted = dec(failed.item, f"b:{held.period}#{self.region}")
+        raise StoreError("could not return a lease to its home; it is retried when next idle")
+
+    # --- reads ------------------------------------------------------------------------------------
+
+    def unleased_hint(self, key_id: str, period: str) -> float:
+        """What the home meter had unleased when this process last asked (0 if it never did)."""
+        return max(float(self._unleased.get((key_id, period), 0)), 0.0)
+
+    @staticmethod
+    def totals(items: Iterable[Item], period: str) -> tuple[float, float]:
+        """(committed, spent) summed over the home meter and every region's lease, as replicated here: the
+        home's committed counts leases granted out, which the leases' own committed replaces."""
+        committed = spent = 0.0
+        for item in items:
+            sk = item.get("sk", {}).get("S", "")
+            if sk not in (HOME_SK,) and not sk.startswith(LEASE_PREFIX):
+                continue
+            committed += read_num(item, f"c:{period}")
+            spent += read_num(item, f"s:{period}")
+            if sk == HOME_SK:
+                for name in item:
+                    if name.startswith(f"g:{period}#"):
+                        committed -= read_num(item, name)
+                    elif name.startswith(f"b:{period}#"):
+                        committed += read_num(item, name)
+        return committed, spent
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await self._sweeper

@@ -1,0 +1,265 @@
+"""One key used from two regions at once: each gateway on its own DynamoDB server, kept in sync by a
+replicator that behaves like a global table (asynchronous, last writer wins per item).
+
+With leases (the key homed in us-east-1, eu-west-1 spending from its lease) the budget holds: total spend
+never exceeds it and a request is refused only when what its region can still draw (its lease plus what the
+home has not leased out) is less than its worst case. The same burst against one shared meter item (a key
+without a home region, as every key was before) overspends: the demonstration of the bug this design fixes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from botocore.config import Config as BotoConfig
+
+from adapters.providers import REGISTRY
+from adapters.store import open_store
+from adapters.store.dynamodb import DynamoDBStore
+from handler.app import create_app
+from handler.config import Config, parse_config
+from handler.gateway import Gateway, build_gateway
+from handler.keys import KeyService
+from handler.ports import KeyRecord
+from handler.pricing import estimate_prompt_tokens, price_for, worst_case_usd
+from handler.schemas import ChatRequest
+from tests.functional.conftest import FAKE_KEYS
+from tests.support.dynamo import DynamoServer, table_spec, ttl_attribute
+from tests.support.replicator import Replica, Replicator
+from tests.support.servers import ServerThread
+
+HOME, OTHER = "us-east-1", "eu-west-1"
+TABLE = "gateway-global"
+PER_REGION = 60
+FITS = 40
+REPLICATION_DELAY = 0.5
+LEASE_IDLE_SECONDS = 2.0
+# The fake answers 7 tokens: with max_tokens 7 a request's worst case is close to its actual cost.
+BODY = {"model": "metered", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 7}
+
+
+def region_client(server: DynamoServer, region: str) -> Any:
+    """A client for one region's server: moto keeps tables per region, as DynamoDB does."""
+    return boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region
+    ).client("dynamodb", endpoint_url=server.url, config=BotoConfig(retries={"max_attempts": 2, "mode": "standard"}))
+
+
+def config(upstream_url: str) -> Config:
+    return parse_config(
+        {
+            "providers": {
+                "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"}
+            },
+            "models": {
+                "metered": {
+                    "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
+                    "price": {"input": 100, "output": 200},
+                }
+            },
+        },
+        set(REGISTRY),
+    )
+
+
+@dataclass
+class Region:
+    name: str
+    server: DynamoServer
+    client: Any
+    store_url: str
+    gateway: Gateway
+    http: ServerThread
+
+    @property
+    def url(self) -> str:
+        return self.http.url
+
+    @property
+    def store(self) -> DynamoDBStore:
+        assert isinstance(self.gateway.store, DynamoDBStore)
+        return self.gateway.store
+
+
+@dataclass
+class World:
+    regions: dict[str, Region]
+    replicator: Replicator
+    worst: float
+
+
+@pytest.fixture(scope="module")
+def world(upstream: tuple[ServerThread, dict[str, Any]]) -> Iterator[World]:
+    servers = {name: DynamoServer().start() for name in (HOME, OTHER)}
+    clients = {name: region_client(server, name) for name, server in servers.items()}
+    for client in clients.values():
+        client.create_table(TableName=TABLE, **table_spec())
+        client.update_time_to_live(
+            TableName=TABLE, TimeToLiveSpecification={"AttributeName": ttl_attribute(), "Enabled": True}
+        )
+    replicator = Replicator(Replica(clients[HOME], TABLE), Replica(clients[OTHER], TABLE), REPLICATION_DELAY).start()
+    gateway_config = config(upstream[0].url)
+    regions = {}
+    for name, server in servers.items():
+        other = OTHER if name == HOME else HOME
+        url = (
+            f"dynamodb://{TABLE}?region={name}&endpoint_url={server.url}"
+            f"&home_endpoint_{other}={servers[other].url}&lease_idle_seconds={LEASE_IDLE_SECONDS}"
+        )
+        gateway = build_gateway(config=gateway_config, store_url=url, environ={**FAKE_KEYS, "GATEWAY_REGION": name})
+        http = ServerThread(create_app(gateway), cleanup=gateway.aclose).start()
+        regions[name] = Region(name, server, clients[name], url, gateway, http)
+    spec = gateway_config.models["metered"]
+    worst = worst_case_usd(
+        estimate_prompt_tokens(ChatRequest.model_validate(BODY)),
+        7,
+        price_for("metered", spec, "gpt-4o-mini"),
+        gateway_config.gateway.fee,
+    )
+    assert worst is not None
+    yield World(regions, replicator, worst)
+    for region in regions.values():
+        region.http.stop()
+    replicator.stop()
+    for server in servers.values():
+        server.stop()
+
+
+def mint(region: Region, budget: float, homed: bool = True) -> str:
+    """A key created in `region`; `homed=False` makes a key as before home regions (one shared meter)."""
+
+    async def go() -> str:
+        store = open_store(region.store_url) if homed else DynamoDBStore(region.client, TABLE)
+        try:
+            record = KeyRecord(id="", name="multi", secret_hash="", created_at=0, budget_usd=budget)
+            return (await KeyService(store, 0).mint(record)).key
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def wait_for_key_everywhere(world: World, key: str) -> None:
+    key_id = key.split("_")[1]
+    deadline = time.monotonic() + 10
+    for region in world.regions.values():
+        while "Item" not in region.client.get_item(
+            TableName=TABLE, Key={"pk": {"S": f"KEY#{key_id}"}, "sk": {"S": "KEY"}}
+        ):
+            assert time.monotonic() < deadline, "the key never replicated"
+            time.sleep(0.05)
+
+
+def burst(world: World, key: str) -> dict[str, list[httpx.Response]]:
+    """`PER_REGION` requests to each region, all at once."""
+
+    async def fire() -> dict[str, list[httpx.Response]]:
+        limits = httpx.Limits(max_connections=2 * PER_REGION)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            names = list(world.regions)
+            calls = [  # interleaved, so that neither region starts first
+                client.post(
+                    f"{world.regions[name].url}/v1/chat/completions",
+                    json=BODY,
+                    headers={"authorization": f"Bearer {key}"},
+                )
+                for _ in range(PER_REGION)
+                for name in names
+            ]
+            answers = await asyncio.gather(*calls)
+            return {name: list(answers[i :: len(names)]) for i, name in enumerate(names)}
+
+    return asyncio.run(fire())
+
+
+def charged(answers: list[httpx.Response]) -> float:
+    return sum(float(a.headers["x-gateway-cost-usd"]) for a in answers if a.status_code == 200)
+
+
+def whoami(region: Region, key: str) -> dict[str, Any]:
+    answer = httpx.get(f"{region.url}/v1/key", headers={"authorization": f"Bearer {key}"})
+    assert answer.status_code == 200
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+LEFT = re.compile(r"\(\$([0-9.]+) left\)")
+
+
+def test_leased_budget_holds_across_two_regions(world: World) -> None:
+    budget = FITS * world.worst
+    key = mint(world.regions[HOME], budget)
+    wait_for_key_everywhere(world, key)
+    answers = burst(world, key)
+
+    everything = [a for region in answers.values() for a in region]
+    assert {a.status_code for a in everything} <= {200, 402}, [a.text for a in everything if a.status_code >= 400]
+    spent = sum(charged(a) for a in answers.values())
+    assert spent <= budget + 1e-12, (spent, budget)
+    # A refusal says what its region could still draw: its lease plus what the home had not leased out.
+    for answer in everything:
+        if answer.status_code == 402:
+            match = LEFT.search(answer.json()["error"]["message"])
+            assert match is not None and float(match.group(1)) < world.worst + 1e-6, answer.json()
+    served = {name: sum(a.status_code == 200 for a in region) for name, region in answers.items()}
+    assert sum(served.values()) >= FITS - 2, served  # at most one worst case stranded per region's lease
+
+    # Idle leases go home, replication settles, and both regions report the same spend.
+    time.sleep(LEASE_IDLE_SECONDS * 2)
+    world.replicator.wait_until_settled()
+    views = {name: whoami(region, key) for name, region in world.regions.items()}
+    for view in views.values():
+        assert view["spent_usd"] == pytest.approx(spent, abs=1e-9)
+        assert view["reserved_usd"] == pytest.approx(0, abs=1e-9)
+        assert view["remaining_usd"] == pytest.approx(budget - spent, abs=1e-9)
+    stats = world.regions[OTHER].store.leases.stats
+    assert stats.grants >= 1  # the other region did draw on the budget
+    # The idle lease went home: the home meter counts only what was spent, nothing leased and unspent.
+    home = world.regions[HOME].client.get_item(
+        TableName=TABLE, Key={"pk": {"S": f"METER#{key.split('_')[1]}"}, "sk": {"S": "METER"}}
+    )["Item"]
+    assert float(home["c:total"]["N"]) == pytest.approx(spent, abs=1e-9)
+    report = {
+        "budget_usd": budget,
+        "worst_case_usd": world.worst,
+        "served": served,
+        "refused": {name: PER_REGION - n for name, n in served.items()},
+        "spent_usd": spent,
+        "grants": stats.grants,
+        "granted_usd": stats.granted_usd,
+        "returned_usd": stats.returned_usd,
+        "replicated_items": world.replicator.stats.copied,
+    }
+    print("multi-region leases:", report)
+
+
+def test_one_shared_meter_item_overspends_under_last_writer_wins(world: World) -> None:
+    """The naive design: both regions admit against one replicated meter item. Each region's conditions
+    see only its own writes (and replication overwrites the other's), so together they overspend."""
+    budget = FITS * world.worst
+    key = mint(world.regions[HOME], budget, homed=False)
+    wait_for_key_everywhere(world, key)
+    before = world.replicator.stats.overwritten_concurrent
+    answers = burst(world, key)
+    spent = sum(charged(a) for a in answers.values())
+    served = {name: sum(a.status_code == 200 for a in region) for name, region in answers.items()}
+    world.replicator.wait_until_settled()
+    print(
+        "one shared meter item:",
+        {
+            "budget_usd": budget,
+            "spent_usd": spent,
+            "overspend": spent / budget,
+            "served": served,
+            "lost_updates": world.replicator.stats.overwritten_concurrent - before,
+        },
+    )
+    assert spent > 1.2 * budget

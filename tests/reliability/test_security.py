@@ -1,0 +1,205 @@
+"""Secrets, headers, upstream choice, admin routes, key lifetimes and the IP allowlist."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.functional.conftest import FAKE_KEYS, Running
+from tests.support.dynamo import DynamoServer
+
+HI = [{"role": "user", "content": "Hi"}]
+PROVIDER_SECRETS = list(FAKE_KEYS.values())
+HOP_BY_HOP = ["connection", "keep-alive", "te", "transfer-encoding", "upgrade", "proxy-authorization"]
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def chat(running: Running, key: str, model: str = "gpt-4o-mini", **headers: str) -> httpx.Response:
+    body = {"model": model, "messages": HI}
+    return httpx.post(f"{running.url}/v1/chat/completions", json=body, headers={**auth(key), **headers}, timeout=15)
+
+
+def test_keys_are_hashed_at_rest_in_sqlite(running: Running) -> None:
+    key = running.mint(name="at-rest")
+    secret = key.split("_", 2)[2]
+    path = running.store_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        dump = "\n".join(db.iterdump())
+    assert key.split("_")[1] in dump  # the id is stored ...
+    assert secret not in dump and key not in dump  # ... the secret never
+
+
+def test_keys_are_hashed_at_rest_in_dynamodb(running_dynamodb: Running, dynamo: DynamoServer) -> None:
+    key = running_dynamodb.mint(name="at-rest")
+    secret = key.split("_", 2)[2]
+    table = running_dynamodb.store_url.split("://", 1)[1].split("?", 1)[0]
+    assert chat(running_dynamodb, key).status_code == 200
+    items = dynamo.client().scan(TableName=table)["Items"]
+    raw = repr(items)
+    assert key.split("_")[1] in raw and secret not in raw and key not in raw
+    assert not any(s in raw for s in PROVIDER_SECRETS)
+
+
+def test_no_secret_in_logs_errors_headers_or_ledger(
+    running: Running, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    for name in ("gateway", "llm-gateway", "httpx", "uvicorn", ""):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    key = running.mint(name="scan", budget_usd=5.0)
+    admin = running.mint(name="scan-admin", admin=True)
+    answers: list[httpx.Response] = []
+    for model in ("gpt-4o-mini", "broken", "rejects", "unconfigured", "limited", "garbage", "refused", "nope"):
+        answers.append(chat(running, key, model))
+    answers.append(chat(running, key + "x"))
+    answers.append(chat(running, "gwk_" + key.split("_")[1] + "_" + "A" * 43))
+    answers.append(httpx.get(f"{running.url}/admin/keys", headers=auth(key)))
+    answers.append(httpx.get(f"{running.url}/admin/keys", headers=auth(admin)))
+    answers.append(httpx.get(f"{running.url}/admin/usage", headers=auth(admin)))
+    answers.append(httpx.get(f"{running.url}/v1/usage", headers=auth(key), params={"format": "csv"}))
+    answers.append(httpx.post(f"{running.url}/v1/messages", headers={"x-api-key": key}, json={"model": "broken"}))
+    stream = {"model": "cut", "messages": HI, "stream": True}
+    answers.append(httpx.post(f"{running.url}/v1/chat/completions", json=stream, headers=auth(key), timeout=15))
+    time.sleep(0.5)
+    out, err = capfd.readouterr()
+    logged = out + err + "\n".join(r.getMessage() + repr(r.__dict__) for r in caplog.records)
+    assert "request" in out  # the request lines were captured
+    secrets = [*PROVIDER_SECRETS, key, key.split("_", 2)[2], admin, admin.split("_", 2)[2]]
+    seen = [logged, *(a.text + repr(a.headers) for a in answers)]
+    for secret in secrets:
+        for text in seen:
+            assert secret not in text
+    ledger = httpx.get(f"{running.url}/admin/usage", headers=auth(admin), params={"group_by": "key"}).text
+    assert not any(s in ledger for s in secrets)
+
+
+def test_client_auth_and_hop_by_hop_headers_never_reach_the_upstream(running: Running, key: str) -> None:
+    recorded = running.fakes["openai"].state.requests
+    before = len(recorded)
+    headers = {
+        "x-api-key": key,
+        "cookie": "session=client-cookie",
+        "proxy-authorization": "Basic Y2xpZW50OnNlY3JldA==",
+        "keep-alive": "timeout=5",
+        "te": "trailers",
+        "connection": "keep-alive, x-hop",
+        "x-hop": "named-in-connection",
+        "x-forwarded-for": "203.0.113.9",
+        "openai-organization": "org-client",
+    }
+    assert chat(running, key, **headers).status_code == 200
+    stream = {"model": "gpt-4o-mini", "messages": HI, "stream": True}
+    answer = httpx.post(f"{running.url}/v1/chat/completions", json=stream, headers={**auth(key), **headers})
+    assert answer.status_code == 200
+    sent = recorded[before:]
+    assert len(sent) == 2
+    for request in sent:
+        upstream = request["headers"]
+        assert upstream["authorization"] == "Bearer test-openai-key"  # the provider's key, not the client's
+        assert key not in repr(upstream)
+        for name in ("x-api-key", "cookie", "proxy-authorization", "keep-alive", "te", "x-hop", "x-forwarded-for"):
+            assert name not in upstream, name
+        assert "x-hop" not in upstream.get("connection", "")
+        assert "org-client" not in repr(upstream)
+
+
+@pytest.mark.parametrize(
+    "attempt",
+    [
+        {"body": {"base_url": "http://127.0.0.1:1/evil"}},
+        {"body": {"api_base": "http://127.0.0.1:1/evil", "extra_headers": {"host": "evil"}}},
+        {"headers": {"x-gateway-base-url": "http://127.0.0.1:1", "host": "evil.example"}},
+        {"headers": {"x-forwarded-host": "evil.example", "x-original-url": "/evil"}},
+        {"model": "http://127.0.0.1:1/v1"},
+        {"model": "../../evil"},
+        {"model": "gpt-4o-mini/../../evil"},
+        {"model": "gpt-4o-mini@evil.example"},
+        {"headers": {"x-gateway-provider": "http://127.0.0.1:1"}},
+        {"headers": {"x-gateway-region": "../../evil"}},
+    ],
+)
+def test_no_request_chooses_the_upstream_url(running: Running, key: str, attempt: dict[str, Any]) -> None:
+    recorded = running.fakes["openai"].state.requests
+    before = len(recorded)
+    body = {"model": attempt.get("model", "gpt-4o-mini"), "messages": HI, **attempt.get("body", {})}
+    headers = {**auth(key), **attempt.get("headers", {})}
+    answer = httpx.post(f"{running.url}/v1/chat/completions", json=body, headers=headers, timeout=15)
+    assert answer.status_code < 500 or answer.json()["error"]["code"] == "no_deployment_available"
+    for request in recorded[before:]:  # whatever reached an upstream went where the config says
+        assert request["path"] == "/openai/v1/chat/completions"
+        assert request["json"]["model"] == "gpt-4o-mini"
+    if "model" in attempt:
+        assert answer.status_code == 404 and len(recorded) == before
+
+
+def test_admin_routes_need_an_admin_key(running: Running, key: str) -> None:
+    routes = [
+        ("GET", "/admin/keys"),
+        ("POST", "/admin/keys"),
+        ("GET", "/admin/usage"),
+        ("GET", f"/admin/keys/{key.split('_')[1]}"),
+        ("POST", f"/admin/keys/{key.split('_')[1]}/rotate"),
+        ("POST", f"/admin/keys/{key.split('_')[1]}/revoke"),
+    ]
+    for method, path in routes:
+        for headers, status in (({}, 401), (auth(key), 403), ({"x-api-key": key}, 401)):
+            answer = httpx.request(method, f"{running.url}{path}", headers=headers, json={"name": "x"})
+            assert answer.status_code == status, (method, path, headers.keys(), answer.text)
+    assert chat(running, key).status_code == 200  # the key survived every attempt
+
+
+def test_expired_revoked_and_rotated_keys_stop_within_the_window(running: Running, mint: Any) -> None:
+    window = running.gateway.config.gateway.key_cache_seconds
+    admin = mint(admin=True)
+    soon = httpx.post(
+        f"{running.url}/admin/keys", headers=auth(admin), json={"name": "soon", "expires_in_seconds": 1.0}
+    ).json()
+    assert chat(running, soon["key"]).status_code == 200
+    victim = httpx.post(f"{running.url}/admin/keys", headers=auth(admin), json={"name": "v"}).json()
+    rotated = httpx.post(f"{running.url}/admin/keys", headers=auth(admin), json={"name": "r"}).json()
+    assert chat(running, victim["key"]).status_code == 200 and chat(running, rotated["key"]).status_code == 200
+    httpx.post(f"{running.url}/admin/keys/{victim['id']}/revoke", headers=auth(admin))
+    new = httpx.post(
+        f"{running.url}/admin/keys/{rotated['id']}/rotate", headers=auth(admin), json={"grace_seconds": 0}
+    ).json()
+    changed = time.monotonic()
+    stopped: dict[str, float] = {}
+    while len(stopped) < 3 and time.monotonic() - changed < window + 2:
+        for name, secret in (("expired", soon["key"]), ("revoked", victim["key"]), ("rotated", rotated["key"])):
+            if name not in stopped and chat(running, secret).status_code == 401:
+                stopped[name] = time.monotonic() - changed
+        time.sleep(0.1)
+    # This process revoked and rotated, so its cache was dropped at once; expiry needs no store read.
+    assert stopped["revoked"] < 0.5 and stopped["rotated"] < 0.5 and stopped["expired"] <= 1.5
+    assert chat(running, new["key"]).status_code == 200
+    assert chat(running, victim["key"]).json()["error"]["code"] == "key_revoked"
+    assert chat(running, soon["key"]).json()["error"]["code"] == "key_expired"
+
+
+@pytest.mark.parametrize(
+    "spoof",
+    [
+        {"x-forwarded-for": "10.1.2.3"},
+        {"x-forwarded-for": "127.0.0.1, 10.1.2.3"},
+        {"forwarded": "for=10.1.2.3"},
+        {"x-real-ip": "10.1.2.3"},
+        {"x-client-ip": "10.1.2.3", "true-client-ip": "10.1.2.3", "cf-connecting-ip": "10.1.2.3"},
+    ],
+)
+def test_the_ip_allowlist_cannot_be_bypassed_with_forwarding_headers(
+    running: Running, mint: Any, spoof: dict[str, str]
+) -> None:
+    elsewhere = mint(allow_ips=["10.0.0.0/8"])
+    answer = chat(running, elsewhere, **spoof)
+    assert answer.status_code == 403 and answer.json()["error"]["code"] == "ip_not_allowed"
+    here = mint(allow_ips=["127.0.0.1/32"])
+    spoofed_away = {name: value.replace("10.1.2.3", "8.8.8.8") for name, value in spoof.items()}
+    assert chat(running, here, **spoofed_away).status_code == 200  # nor can one be locked out by them
