@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from handler.errors import InvalidRequestError
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -53,3 +55,13 @@ def apply_rules(
     for name, value in (defaults or {}).items():
         body.setdefault(name, value)
     return dropped
+
+
+def require_turns(turns: list[Any], provider: str) -> None:
+    """Refuse, as the client's 400, a conversation that left nothing this provider can be sent (only system
+    messages, or only empty or unsendable content): the provider would refuse it with a vaguer error."""
+    if not turns:
+        raise InvalidRequestError(
+            f"{provider} needs at least one user or assistant message with content it can take; this request has none",
+            param="messages",
+        )

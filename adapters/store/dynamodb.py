@@ -256,6 +256,7 @@ class DynamoDBStore(Store):
         for rate in admission.rates:
             stored_window = read_num(old, f"n:{rate.name}")
             if stored_window == rate.window:
+                fresh.discard(rate.name)  # another request started this window first: add to its count
                 if read_num(old, f"w:{rate.name}") + rate.amount > rate.limit:
                     raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - self.clock())
             elif stored_window < rate.window:

@@ -218,20 +218,7 @@ def test_every_registered_type_is_covered() -> None:
     assert set(REGISTRY) <= set(UPSTREAM_MODELS)
 
 
-@pytest.mark.parametrize(
-    "type_name",
-    [
-        pytest.param(
-            t,
-            marks=pytest.mark.xfail(
-                t in {"anthropic", "gemini", "bedrock"},
-                strict=True,
-                reason="known gap: the translator sends an empty message list (the provider answers 400)",
-            ),
-        )
-        for t in sorted(REGISTRY)
-    ],
-)
+@pytest.mark.parametrize("type_name", sorted(REGISTRY))
 @pytest.mark.parametrize("messages", [[SYSTEM], [SYSTEM, {"role": "user", "content": ""}]], ids=["system", "empty"])
 def test_a_conversation_with_nothing_to_answer_is_a_clear_400_or_a_valid_request(
     type_name: str, messages: list[dict[str, Any]]

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from adapters.providers.params import Rule, apply_rules
+from adapters.providers.params import Rule, apply_rules, require_turns
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import (
     BuiltRequest,
@@ -484,6 +484,7 @@ class AnthropicAdapter(ProviderAdapter):
         dropped += [name for name in unknown if params.pop(name) is not None]
 
         system, messages = convert_messages(req.messages)
+        require_turns(messages, "Anthropic")
         body: dict[str, Any] = {"model": target.model, "max_tokens": self.max_tokens(req, target), "messages": messages}
         body.update(params)
         if req.stop_list():

@@ -30,7 +30,7 @@ from adapters.providers.anthropic.adapter import (
     json_tool,
 )
 from adapters.providers.bedrock.eventstream import EventStreamDecoder
-from adapters.providers.params import Rule, apply_rules
+from adapters.providers.params import Rule, apply_rules, require_turns
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
 from handler.ports import (
     BuiltRequest,
@@ -418,6 +418,7 @@ class BedrockAdapter(ProviderAdapter):
         dropped += sorted(name for name, value in params.items() if name not in TRANSLATED and value is not None)
 
         system, messages = converse_messages(req)
+        require_turns(messages, "Bedrock")
         body: dict[str, Any] = {"messages": messages}
         config = tool_config(req, messages, dropped)
         if config is not None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from adapters.providers.params import Rule, apply_rules
+from adapters.providers.params import Rule, apply_rules, require_turns
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import (
     BuiltRequest,
@@ -460,6 +460,7 @@ class GeminiAdapter(ProviderAdapter):
         """The `GenerateContentRequest` and the client parameters it could not carry."""
         dropped: list[str] = []
         contents, system = _contents(req, dropped)
+        require_turns(contents, "Gemini")
         body: dict[str, Any] = {"contents": contents}
         if system is not None:
             body["systemInstruction"] = system

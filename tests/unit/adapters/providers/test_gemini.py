@@ -257,9 +257,10 @@ def test_media_urls_become_inline_or_file_data_and_unusable_ones_are_reported() 
     assert dropped == ["messages.image_url", "messages.file"]
 
 
-def test_only_system_messages_leave_contents_empty_for_gemini_to_refuse() -> None:
-    body, _ = built(messages=[{"role": "system", "content": "Be brief."}])
-    assert body["contents"] == [] and body["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+def test_only_system_messages_are_a_clear_400_not_an_empty_request() -> None:
+    with pytest.raises(InvalidRequestError) as refused:
+        built(messages=[{"role": "system", "content": "Be brief."}])
+    assert refused.value.param == "messages"
 
 
 # --- answer ---------------------------------------------------------------------------------------

@@ -414,3 +414,17 @@ async def test_an_unreachable_home_leaves_leases_spendable_and_fails_closed_beyo
             served += 1
     assert served == 3  # the lease's 0.15 left, then a new grant is needed and the home cannot be reached
     await cut_off.close()
+
+
+async def test_many_admissions_racing_into_a_new_rate_window_all_pass(store: Store) -> None:
+    """When a minute rolls over under load, every request races to start the new window's counter."""
+    key = uuid.uuid4().hex[:12]
+    window = int(time.time() // 60)
+
+    def rpm(at: int) -> Admission:
+        return Admission(uuid.uuid4().hex, key, [], [RateCharge("rpm", at, 1000, 1)], time.time() + 60)
+
+    await store.admit(rpm(window - 1))
+    outcomes = await asyncio.gather(*(store.admit(rpm(window)) for _ in range(24)), return_exceptions=True)
+    assert [o for o in outcomes if isinstance(o, BaseException)] == []
+    assert (await store.meter(key, PERIOD)).rates["rpm"] == 24
