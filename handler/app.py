@@ -375,7 +375,10 @@ def create_app(gateway: Gateway) -> Starlette:
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        error = GatewayError(f"{request.method} {request.url.path}: {exc.detail}", code="not_found")
+        code = "method_not_allowed" if exc.status_code == 405 else "not_found"
+        error = GatewayError(
+            f"{request.method} {request.url.path}: {exc.detail}", code=code, headers=dict(exc.headers or {})
+        )
         error.status = exc.status_code  # type: ignore[misc]
         error.error_type = "invalid_request_error"  # type: ignore[misc]
         return error_response(request, error)

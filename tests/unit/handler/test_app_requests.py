@@ -52,3 +52,16 @@ def test_the_request_context_counts_only_behind_the_web_adapter(monkeypatch: pyt
     assert api.client_ip(spoofed) == "10.0.0.1"
     remote = request({"x-amzn-request-context": '{"http": {"sourceIp": "10.0.0.1"}}'}, client=("198.51.100.2", 5000))
     assert api.client_ip(remote) == "198.51.100.2"  # only the adapter itself, on loopback, is believed
+
+
+def test_a_wrong_method_is_405_with_allow() -> None:
+    from starlette.testclient import TestClient
+
+    from handler.app import create_app
+    from handler.gateway import build_gateway
+
+    gateway = build_gateway(store_url="sqlite://", environ={})
+    with TestClient(create_app(gateway)) as client:
+        answer = client.get("/v1/chat/completions")
+    assert answer.status_code == 405 and answer.headers["allow"] == "POST"
+    assert answer.json()["error"]["code"] == "method_not_allowed"
