@@ -35,6 +35,9 @@ class ServerThread:
             ws="none",
             access_log=False,
             proxy_headers=False,  # as `gateway serve`: the app alone decides whom to trust
+            # Longer than any pause a test client's pool sees: a server closing an idle keep-alive connection
+            # just as the client reuses it shows up as a ReadError, a race of the harness, not of the gateway.
+            timeout_keep_alive=75,
         )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
