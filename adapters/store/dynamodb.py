@@ -8,7 +8,7 @@ Items (`pk`, `sk`; `gsi1pk`/`gsi1sk` feed the one index; `ttl` is the table's TT
 | meter | `METER#<id>` | `METER`| `c:`/`s:<period>` committed/spent USD, `r:<id>` reservations, `w:`/`n:<name>` rates |
 | settled marker | `SETTLED#<reservation>` | `SETTLED` | makes settlement idempotent |
 | line item | `LEDGER#<key id>` | `<ts>#<request id>` | the item as JSON; `gsi1pk=LEDGER#<day>` for all-keys reports |
-| daily aggregate | `AGG#<day>` | `<key id>#<model>` | requests, tokens and USD, summed with `ADD` |
+| daily aggregate | `AGG#<day>` | `<key id>#<model>@<region>` | requests, tokens, USD (`ADD`; one writer) |
 
 | lease | `METER#<id>` | `LEASE#<region>` | a region's lease of a key homed elsewhere (`adapters/store/leases.py`) |
 
@@ -394,7 +394,9 @@ class DynamoDBStore(Store):
         e.clauses["ADD"] += [f"{e.name(name)} {e.value(num(value))}" for name, value in sums.items()]
         if item.cost_usd is None:
             e.clauses["ADD"].append(f"{e.name('unpriced_requests')} {e.value(num(1))}")
-        aggregate = e.update({"pk": text(f"AGG#{day}"), "sk": text(f"{item.key_id}#{item.model}")}, self.table)
+        # One aggregate per writing region: a global table would lose one of two regions' concurrent ADDs.
+        sk = f"{item.key_id}#{item.model}@{self.region or '-'}"
+        aggregate = e.update({"pk": text(f"AGG#{day}"), "sk": text(sk)}, self.table)
         del aggregate["TableName"]
         return [
             {"Put": {"TableName": self.table, "Item": line, "ConditionExpression": "attribute_not_exists(pk)"}},
@@ -524,19 +526,19 @@ class DynamoDBStore(Store):
         return sorted((i for i in lines if query.since <= i.ts < query.until), key=lambda i: i.ts)
 
     async def daily_totals(self, day: str) -> list[dict[str, Any]]:
-        """The daily aggregates of `day`: one row per key and model, as summed at settlement."""
+        """The daily aggregates of `day`: one row per key and model, summed over the regions that wrote them."""
         items = await self._query(
             KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": text(f"AGG#{day}")}
         )
-        rows = []
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
         for item in items:
-            key_id, _, model = item["sk"]["S"].partition("#")
-            row: dict[str, Any] = {"key_id": key_id, "model": model}
+            key_id, _, rest = item["sk"]["S"].partition("#")
+            model = rest.rpartition("@")[0] or rest
+            row = rows.setdefault((key_id, model), {"key_id": key_id, "model": model})
             for name, value in item.items():
-                if "N" in value:
-                    row[name] = Decimal(value["N"])
-            rows.append(row)
-        return rows
+                if "N" in value and name != "ttl":
+                    row[name] = row.get(name, Decimal(0)) + Decimal(value["N"])
+        return [rows[k] for k in sorted(rows)]
 
     async def close(self) -> None:
         await self.leases.close()
