@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,12 +200,22 @@ def upstream() -> Iterator[tuple[ServerThread, dict[str, Any]]]:
     ANTHROPIC_HTTP.close()
 
 
+def serve_gateway(
+    config: Config,
+    store_url: str,
+    upstream: ServerThread,
+    fakes: dict[str, Any],
+    environ: Mapping[str, str] = FAKE_KEYS,
+) -> tuple[Running, ServerThread]:
+    """A gateway for `config` on its own socket, in region us-east-1; stop the returned server after use."""
+    gateway = build_gateway(config=config, store_url=store_url, environ={**environ, "GATEWAY_REGION": "us-east-1"})
+    gateway_server = ServerThread(create_app(gateway), cleanup=gateway.aclose).start()
+    return Running(gateway_server.url, gateway, store_url, upstream, fakes), gateway_server
+
+
 def start_gateway(upstream: tuple[ServerThread, dict[str, Any]], store_url: str) -> tuple[Running, ServerThread]:
     server, fakes = upstream
-    config = gateway_config(server.url, set(fakes))
-    gateway = build_gateway(config=config, store_url=store_url, environ={**FAKE_KEYS, "GATEWAY_REGION": "us-east-1"})
-    gateway_server = ServerThread(create_app(gateway), cleanup=gateway.aclose).start()
-    return Running(gateway_server.url, gateway, store_url, server, fakes), gateway_server
+    return serve_gateway(gateway_config(server.url, set(fakes)), store_url, server, fakes)
 
 
 @pytest.fixture(scope="session")

@@ -10,12 +10,10 @@ import openai
 import pytest
 
 from adapters.providers import REGISTRY
-from handler.app import create_app
 from handler.config import parse_config
-from handler.gateway import build_gateway
 from tests.fakes import azure as fake
 from tests.fakes.openai import TEXT
-from tests.functional.conftest import Running
+from tests.functional.conftest import Running, serve_gateway
 from tests.support.servers import ServerThread
 
 pytestmark = pytest.mark.skipif("azure" not in REGISTRY, reason="no azure adapter registered")
@@ -57,13 +55,10 @@ def azure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         },
     }
     store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('azure-store')) / 'gateway.db'}"
-    gateway = build_gateway(
-        config=parse_config(data, set(REGISTRY)),
-        store_url=store_url,
-        environ={"AZURE_OPENAI_API_KEY": fake.API_KEY, "GATEWAY_REGION": "us-east-1"},
+    running, server = serve_gateway(
+        parse_config(data, set(REGISTRY)), store_url, upstream, {"azure": app}, {"AZURE_OPENAI_API_KEY": fake.API_KEY}
     )
-    server = ServerThread(create_app(gateway), cleanup=gateway.aclose).start()
-    yield Running(server.url, gateway, store_url, upstream, {"azure": app})
+    yield running
     server.stop()
     upstream.stop()
 

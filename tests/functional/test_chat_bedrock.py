@@ -10,11 +10,9 @@ import openai
 import pytest
 
 from adapters.providers import REGISTRY
-from handler.app import create_app
 from handler.config import parse_config
-from handler.gateway import build_gateway
 from tests.fakes import bedrock as fake
-from tests.functional.conftest import Running
+from tests.functional.conftest import Running, serve_gateway
 from tests.support.servers import ServerThread
 
 pytestmark = pytest.mark.skipif("bedrock" not in REGISTRY, reason="no bedrock adapter registered")
@@ -60,11 +58,8 @@ def bedrock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         },
     }
     store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('bedrock-store')) / 'gateway.db'}"
-    gateway = build_gateway(
-        config=parse_config(data, set(REGISTRY)), store_url=store_url, environ={"GATEWAY_REGION": "us-east-1"}
-    )
-    server = ServerThread(create_app(gateway), cleanup=gateway.aclose).start()
-    yield Running(server.url, gateway, store_url, upstream, {"bedrock": app})
+    running, server = serve_gateway(parse_config(data, set(REGISTRY)), store_url, upstream, {"bedrock": app}, {})
+    yield running
     server.stop()
     upstream.stop()
 

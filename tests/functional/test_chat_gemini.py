@@ -10,11 +10,9 @@ import openai
 import pytest
 
 from adapters.providers import REGISTRY
-from handler.app import create_app
 from handler.config import parse_config
-from handler.gateway import build_gateway
 from tests.fakes.gemini import TEXT
-from tests.functional.conftest import FAKE_KEYS, Running
+from tests.functional.conftest import Running, serve_gateway
 from tests.support.servers import ServerThread
 
 pytestmark = pytest.mark.skipif("gemini" not in REGISTRY, reason="no gemini adapter registered")
@@ -200,13 +198,8 @@ def faulty(
         },
     }
     store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('gemini-store')) / 'gateway.db'}"
-    gateway = build_gateway(
-        config=parse_config(data, set(REGISTRY)),
-        store_url=store_url,
-        environ={**FAKE_KEYS, "GATEWAY_REGION": "us-east-1"},
-    )
-    gateway_server = ServerThread(create_app(gateway), cleanup=gateway.aclose).start()
-    yield Running(gateway_server.url, gateway, store_url, server, fakes)
+    running, gateway_server = serve_gateway(parse_config(data, set(REGISTRY)), store_url, server, fakes)
+    yield running
     gateway_server.stop()
 
 
