@@ -31,12 +31,11 @@ from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from adapters.store.expressions import Expression, Item, num, read_num, text
-from adapters.store.leases import IDLE_SECONDS, LEASE_PREFIX, ConditionFailed, Leases, LeaseShort, call, dec, number
+from adapters.store.expressions import Expression, Item, dec, num, number, read_num, text
+from adapters.store.leases import IDLE_SECONDS, LEASE_PREFIX, ConditionFailed, Leases, LeaseShort, call
 from adapters.store.records import (
     LEDGER_TTL_SECONDS,
     SETTLED_TTL_SECONDS,
-    day_of,
     key_from_json,
     key_purge_after,
     key_to_json,
@@ -59,6 +58,7 @@ from handler.ports import (
     StoreError,
     UsageQuery,
 )
+from handler.usage import day_of
 
 T = TypeVar("T")
 METER_SK = "METER"

@@ -8,9 +8,25 @@ from typing import Any
 Item = dict[str, Any]
 
 
+def exact(value: float) -> Decimal:
+    """A float as the decimal Python prints for it (no binary noise)."""
+    return Decimal(repr(value))
+
+
+def number(value: Decimal) -> dict[str, str]:
+    """A DynamoDB number, written without an exponent."""
+    return {"N": format(value, "f")}
+
+
 def num(value: float | int) -> dict[str, str]:
-    """A DynamoDB number from a float, exactly as Python prints it (no binary noise, no exponent)."""
-    return {"N": format(Decimal(repr(value)), "f")}
+    """A DynamoDB number from a float, exactly as Python prints it."""
+    return number(exact(value))
+
+
+def dec(item: Item, name: str) -> Decimal:
+    """A number attribute exactly as stored (0 when absent)."""
+    value = item.get(name)
+    return Decimal(value["N"]) if value else Decimal(0)
 
 
 def text(value: str) -> dict[str, str]:

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
-from adapters.store.expressions import Expression, Item, num, read_num, text
+from adapters.store.expressions import Expression, Item, dec, exact, num, number, read_num, text
 from handler.ports import Admission, BudgetCharge, BudgetRefused, Settlement, StoreError
 
 HOME_SK = "METER"
@@ -57,21 +57,6 @@ MAX_TRACKED = 10_000
 
 def meter_pk(key_id: str) -> dict[str, str]:
     return text(f"METER#{key_id}")
-
-
-def dec(item: Item, name: str) -> Decimal:
-    """A number attribute exactly as stored (0 when absent)."""
-    value = item.get(name)
-    return Decimal(value["N"]) if value else Decimal(0)
-
-
-def number(value: Decimal) -> dict[str, str]:
-    return {"N": format(value, "f")}
-
-
-def exact(value: float) -> Decimal:
-    """A float as the decimal `num` stores for it."""
-    return Decimal(repr(value))
 
 
 class ConditionFailed(Exception):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 import orjson
@@ -42,10 +41,6 @@ def key_purge_after(record: KeyRecord) -> float | None:
     """When the store may forget the key: a day after it expired, or after it was revoked."""
     ends = [t for t in (record.expires_at, record.revoked_at) if t is not None]
     return min(ends) + EXPIRED_KEY_GRACE_SECONDS if ends else None
-
-
-def day_of(ts: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ts))
 
 
 def ledger_sort_key(item: LedgerItem) -> str:
