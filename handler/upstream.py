@@ -1,12 +1,16 @@
 """The one upstream HTTP client of a process, reused across requests and warm Lambda invocations.
 
-httpx is the API (its `Request` and `Response`, and its transport interface); the transport is
-aiohttp's (`httpx-aiohttp`), chosen by measurement: on this machine a minimal proxy did ~1.4k req/s with
-httpx's own pool and ~3.7k with the aiohttp transport (see tests/bench). Requests go straight to the
-transport, not through `httpx.AsyncClient`, whose per-request work (auth and redirect flows, cookie jar,
-default headers) cost more than the transport itself and does nothing a proxy wants: redirects are not
-followed, upstream cookies are never kept, and no `accept-encoding` is sent, so answers come back as they
-are streamed. Timeouts: connect, first byte (until the status line and headers arrive), and
+httpx is the API: adapters' requests become `httpx.Request`s and go to an `httpx.AsyncBaseTransport`
+(tests plug in `MockTransport` or `ASGITransport`). The transport in production is the gateway's own
+HTTP/1.1 client (handler/http1.py), chosen by measurement: see tests/bench/transports.py, where the same
+minimal proxy is run over httpx's own pool, the `httpx-aiohttp` transport, aiohttp itself and this
+client. URLs are parsed once per upstream address, not per request (`httpx.URL` parsing costs more
+than the rest of `httpx.Request`).
+
+Requests go straight to the transport, not through `httpx.AsyncClient`, whose per-request work (auth
+and redirect flows, cookie jar, default headers) does nothing a proxy wants: redirects are not
+followed, upstream cookies are never kept, and no `accept-encoding` is sent, so answers come back as
+they are streamed. Timeouts: connect, first byte (until the status line and headers arrive), and
 between chunks (each read of the body).
 """
 
@@ -15,15 +19,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 
-import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from handler.config import TimeoutConfig
 from handler.errors import UpstreamError, UpstreamTimeoutError
+from handler.http1 import Http1Stream, Http1Transport
 from handler.ports import UpstreamRequest
 
 USER_AGENT = "llm-edge-gateway/0.1"
+URL_CACHE_SIZE = 512
 
 
 class UpstreamResponse:
@@ -37,7 +41,10 @@ class UpstreamResponse:
         self.headers = response.headers
 
     async def read(self) -> bytes:
+        stream = self._response.stream
         try:
+            if isinstance(stream, Http1Stream):
+                return await stream.read()
             return await self._response.aread()
         except httpx.TimeoutException as exc:
             raise UpstreamTimeoutError("upstream stalled while sending its answer", retryable=True) from exc
@@ -49,8 +56,10 @@ class UpstreamResponse:
             await self._response.aclose()
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        stream = self._response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
         try:
-            async for chunk in self._response.aiter_raw():
+            async for chunk in stream:
                 yield chunk
         except httpx.TimeoutException as exc:
             raise UpstreamTimeoutError("upstream stalled between stream chunks", retryable=True) from exc
@@ -61,31 +70,32 @@ class UpstreamResponse:
         await self._response.aclose()
 
 
-def refused(exc: BaseException) -> bool:
-    """A connection refused or reset, which httpx-aiohttp reports as `ConnectTimeout` (its exception
-    map prefers the timeout class for every `ClientConnectionError`)."""
-    cause = exc.__cause__
-    return isinstance(cause, aiohttp.ClientConnectorError | ConnectionError) and not isinstance(
-        cause, aiohttp.ServerTimeoutError
-    )
-
-
 class UpstreamClient:
     """Sends `UpstreamRequest`s over persistent connections."""
 
     def __init__(self, timeouts: TimeoutConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.timeouts = timeouts
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
-        self._transport = transport or AiohttpTransport(limits=limits, trust_env=False)
-        self._timeout = {
-            "connect": timeouts.connect,
-            "read": timeouts.between_chunks,
-            "write": timeouts.between_chunks,
-            "pool": timeouts.connect,
+        self._transport = transport or Http1Transport()
+        self._extensions = {
+            "timeout": {
+                "connect": timeouts.connect,
+                "read": timeouts.between_chunks,
+                "write": timeouts.between_chunks,
+                "pool": timeouts.connect,
+            }
         }
+        self._urls: dict[str, httpx.URL] = {}
+
+    def _url(self, url: str) -> httpx.URL:
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) >= URL_CACHE_SIZE:
+                self._urls.clear()
+            parsed = self._urls[url] = httpx.URL(url)
+        return parsed
 
     def _request(self, method: str, url: str, headers: Mapping[str, str] | None, body: bytes | None) -> httpx.Request:
-        request = httpx.Request(method, url, headers=headers, content=body, extensions={"timeout": self._timeout})
+        request = httpx.Request(method, self._url(url), headers=headers, content=body, extensions=self._extensions)
         request.headers.setdefault("user-agent", USER_AGENT)
         return request
 
@@ -98,10 +108,10 @@ class UpstreamClient:
                 response = await self._transport.handle_async_request(built)
         except TimeoutError as exc:
             raise UpstreamTimeoutError("upstream did not answer in time", retryable=True) from exc
-        except httpx.TimeoutException as exc:
-            if not refused(exc):
-                raise UpstreamTimeoutError(f"upstream timed out ({type(exc).__name__})", retryable=True) from exc
+        except httpx.ConnectError as exc:
             raise UpstreamError("upstream refused the connection", retryable=True, outcome="connect_error") from exc
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeoutError(f"upstream timed out ({type(exc).__name__})", retryable=True) from exc
         except httpx.HTTPError as exc:
             raise UpstreamError(
                 f"upstream unreachable ({type(exc).__name__})", retryable=True, outcome="connect_error"
@@ -109,13 +119,12 @@ class UpstreamClient:
         return UpstreamResponse(response)
 
     async def warm(self, url: str) -> None:
-        """Open a connection ahead of the first request (any answer will do)."""
-        try:
-            async with asyncio.timeout(self.timeouts.connect):
-                response = await self._transport.handle_async_request(self._request("HEAD", url, None, None))
-                await response.aclose()
-        except (TimeoutError, httpx.HTTPError):
-            pass
+        """Open a connection (TCP and TLS) to `url`'s origin ahead of the first request; no request is sent."""
+        if isinstance(self._transport, Http1Transport):
+            try:
+                await self._transport.preconnect(url, self.timeouts.connect)
+            except httpx.HTTPError:
+                pass  # the first request will try again, and report what fails
 
     async def aclose(self) -> None:
         await self._transport.aclose()

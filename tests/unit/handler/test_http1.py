@@ -1,0 +1,396 @@
+"""The gateway's HTTP/1.1 client against scripted servers: framing, keep-alive, timeouts, failures, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from handler.http1 import HIGH_WATER, Http1Stream, Http1Transport
+
+pytestmark = pytest.mark.both_loops
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+TIMEOUTS = {"timeout": {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0}}
+
+
+class Scripted:
+    """A TCP server whose connections run `handler`; counts the connections it accepted."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the client went away, or the test ended
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def scripted(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[tuple[Scripted, str]]:
+    state = Scripted(handler)
+    server = await asyncio.start_server(state._serve, "127.0.0.1", 0, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield state, f"{'https' if tls else 'http'}://{'localhost' if tls else '127.0.0.1'}:{port}"
+    finally:
+        server.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head, await reader.readexactly(length)
+
+
+def answering(*answers: bytes, then_close: bool = False) -> Handler:
+    """Answer each request on a connection with the next of `answers`."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in answers:
+            await read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+        if not then_close:
+            await reader.read()  # keep the connection open until the client closes it
+
+    return handler
+
+
+OK = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}'
+
+
+async def send(transport: Http1Transport, url: str, method: str = "POST", body: bytes = b"{}") -> httpx.Response:
+    request = httpx.Request(method, url, content=body if method != "HEAD" else None, extensions=TIMEOUTS)
+    return await transport.handle_async_request(request)
+
+
+async def read_all(response: httpx.Response) -> bytes:
+    stream = response.stream
+    assert isinstance(stream, Http1Stream)
+    try:
+        return await stream.read()
+    finally:
+        await stream.aclose()
+
+
+async def test_content_length_answers_reuse_one_connection() -> None:
+    async with scripted(answering(OK, OK, OK)) as (server, url):
+        transport = Http1Transport()
+        for _ in range(3):
+            response = await send(transport, f"{url}/v1/chat")
+            assert response.status_code == 200
+            assert response.headers["content-type"] == "application/json"
+            assert await read_all(response) == b'{"ok":true}'
+        assert server.connections == 1
+        await transport.aclose()
+
+
+async def test_request_bytes_on_the_wire() -> None:
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, body = await read_request(reader)
+        seen.append(head + body)
+        writer.write(OK)
+        await reader.read()
+
+    async with scripted(handler) as (_, url):
+        transport = Http1Transport()
+        request = httpx.Request(
+            "POST", f"{url}/v1/x?a=1", headers={"authorization": "Bearer k"}, content=b"hello", extensions=TIMEOUTS
+        )
+        await read_all(await transport.handle_async_request(request))
+        await transport.aclose()
+    head, _, body = seen[0].partition(b"\r\n\r\n")
+    lines = head.lower().split(b"\r\n")
+    assert lines[0] == b"post /v1/x?a=1 http/1.1"
+    assert b"authorization: bearer k" in lines
+    assert b"content-length: 5" in lines
+    assert any(line.startswith(b"host: 127.0.0.1:") for line in lines)
+    assert body == b"hello"
+
+
+async def test_chunked_answer_streams_in_pieces() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        for event in (b"data: 1\n\n", b"data: 2\n\n"):
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.write(b"0\r\n\r\n")
+        await reader.read()
+
+    async with scripted(handler) as (server, url):
+        transport = Http1Transport()
+        response = await send(transport, url)
+        pieces = [chunk async for chunk in response.stream]  # type: ignore[union-attr]
+        await response.aclose()
+        assert pieces == [b"data: 1\n\n", b"data: 2\n\n"]
+        assert server.connections == 1
+        await transport.aclose()
+
+
+async def test_body_delimited_by_the_connection_closing() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end")
+        await writer.drain()
+
+    async with scripted(handler) as (_, url):
+        transport = Http1Transport()
+        assert await read_all(await send(transport, url)) == b"until the end"
+        await transport.aclose()
+
+
+async def test_no_body_answers_and_head() -> None:
+    no_content = b"HTTP/1.1 204 No Content\r\n\r\n"
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"
+    async with scripted(answering(no_content, head)) as (_, url):
+        transport = Http1Transport()
+        response = await send(transport, url)
+        assert response.status_code == 204
+        assert await read_all(response) == b""
+        response = await send(transport, url, method="HEAD")
+        assert response.headers["content-length"] == "100"
+        assert await read_all(response) == b""
+        await transport.aclose()
+
+
+async def test_interim_answer_is_skipped() -> None:
+    async with scripted(answering(b"HTTP/1.1 100 Continue\r\n\r\n" + OK)) as (_, url):
+        transport = Http1Transport()
+        response = await send(transport, url)
+        assert response.status_code == 200
+        assert await read_all(response) == b'{"ok":true}'
+        await transport.aclose()
+
+
+async def test_connection_close_is_not_reused() -> None:
+    closing = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
+    async with scripted(answering(closing, then_close=True)) as (server, url):
+        transport = Http1Transport()
+        for _ in range(2):
+            assert await read_all(await send(transport, url)) == b"ok"
+        assert server.connections == 2
+        await transport.aclose()
+
+
+async def test_unread_body_closes_its_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234")  # the rest never comes
+        await reader.read()
+
+    first = True
+
+    async def then_whole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal first
+        if first:
+            first = False
+            await handler(reader, writer)
+            return
+        await answering(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789")(reader, writer)
+
+    async with scripted(then_whole) as (server, url):
+        transport = Http1Transport()
+        response = await send(transport, url)
+        await response.aclose()  # not read: the connection cannot carry another exchange safely
+        assert await read_all(await send(transport, url)) == b"0123456789"
+        assert server.connections == 2
+        await transport.aclose()
+
+
+async def test_large_body_survives_paused_reading() -> None:
+    payload = bytes(range(256)) * (HIGH_WATER // 64)  # four times the high-water mark
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(payload), payload)
+    async with scripted(answering(answer)) as (_, url):
+        transport = Http1Transport()
+        response = await send(transport, url)
+        await asyncio.sleep(0.2)  # let the answer pile up unread
+        assert await read_all(response) == payload
+        await transport.aclose()
+
+
+async def test_refused_connection_is_a_connect_error() -> None:
+    async with scripted(answering(OK)) as (_, url):
+        pass  # closed: nothing listens on that port now
+    transport = Http1Transport()
+    with pytest.raises(httpx.ConnectError):
+        await send(transport, url)
+    await transport.aclose()
+
+
+async def test_read_timeout_between_chunks() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234")
+        await reader.read()
+
+    async with scripted(handler) as (_, url):
+        transport = Http1Transport()
+        request = httpx.Request("POST", url, content=b"{}", extensions={"timeout": {"connect": 1, "read": 0.2}})
+        response = await transport.handle_async_request(request)
+        with pytest.raises(httpx.ReadTimeout):
+            await read_all(response)
+        await transport.aclose()
+
+
+async def test_cut_mid_body_is_a_read_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234")
+        await writer.drain()
+
+    async with scripted(handler) as (_, url):
+        transport = Http1Transport()
+        response = await send(transport, url)
+        with pytest.raises(httpx.ReadError):
+            await read_all(response)
+        await transport.aclose()
+
+
+async def test_closed_before_answering_and_malformed_answers() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+
+    async with scripted(silent) as (_, url):
+        transport = Http1Transport()
+        with pytest.raises(httpx.RemoteProtocolError):
+            await send(transport, url)
+        await transport.aclose()
+    async with scripted(answering(b"NOT HTTP AT ALL\r\n\r\n")) as (_, url):
+        transport = Http1Transport()
+        with pytest.raises(httpx.RemoteProtocolError):
+            await send(transport, url)
+        await transport.aclose()
+
+
+async def test_header_injection_is_refused_before_sending() -> None:
+    async with scripted(answering(OK)) as (server, url):
+        transport = Http1Transport()
+        request = httpx.Request("POST", url, headers={"x-bad": "a\r\nx-injected: 1"}, content=b"{}")
+        with pytest.raises(httpx.LocalProtocolError):
+            await transport.handle_async_request(request)
+        assert server.connections == 0
+        await transport.aclose()
+
+
+async def test_cancelled_request_closes_its_connection() -> None:
+    async def slow_then_fast(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(0.5)
+        writer.write(OK)
+        await reader.read()
+
+    async with scripted(slow_then_fast) as (server, url):
+        transport = Http1Transport()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await send(transport, url)
+        # The late answer must not be read as the next request's.
+        assert await read_all(await send(transport, url)) == b'{"ok":true}'
+        assert server.connections == 2
+        await transport.aclose()
+
+
+async def test_connections_per_origin_are_capped() -> None:
+    open_now = 0
+    most = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, most
+        while True:
+            await read_request(reader)
+            open_now += 1
+            most = max(most, open_now)
+            await asyncio.sleep(0.05)
+            open_now -= 1
+            writer.write(OK)
+            await writer.drain()
+
+    async with scripted(handler) as (server, url):
+        transport = Http1Transport(max_per_origin=2)
+        bodies = await asyncio.gather(*(read_after(send(transport, url)) for _ in range(6)))
+        assert bodies == [b'{"ok":true}'] * 6
+        assert server.connections == 2
+        assert most == 2
+        await transport.aclose()
+
+
+async def read_after(response: Awaitable[httpx.Response]) -> bytes:
+    return await read_all(await response)
+
+
+async def test_preconnected_connection_serves_the_first_request() -> None:
+    async with scripted(answering(OK)) as (server, url):
+        transport = Http1Transport()
+        await transport.preconnect(url, 1.0)
+        assert server.connections == 1
+        assert await read_all(await send(transport, url)) == b'{"ok":true}'
+        assert server.connections == 1
+        await transport.aclose()
+
+
+async def test_idle_connection_past_keepalive_is_not_reused() -> None:
+    async with scripted(answering(OK, OK)) as (server, url):
+        transport = Http1Transport(keepalive_seconds=0.05)
+        await read_all(await send(transport, url))
+        await asyncio.sleep(0.1)
+        await read_all(await send(transport, url))
+        assert server.connections == 2
+        await transport.aclose()
+
+
+async def test_tls(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    async with scripted(answering(OK, OK), tls=server_tls) as (server, url):
+        trusting = Http1Transport(tls=ssl.create_default_context(cafile=str(tmp_path / "cert.pem")))
+        for _ in range(2):
+            assert await read_all(await send(trusting, url)) == b'{"ok":true}'
+        assert server.connections == 1
+        await trusting.aclose()
+        default = Http1Transport()  # certifi's roots do not include a self-signed certificate
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await send(default, url)
+        await default.aclose()
