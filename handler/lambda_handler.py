@@ -13,6 +13,7 @@ come from the Lambda runtime's `snapshot_restore_py`, absent elsewhere.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from typing import Any
 
@@ -31,6 +32,7 @@ ON_LAMBDA = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
 
 if ON_LAMBDA and os.environ.get("GATEWAY_WARM", "on") != "off":
     _loop.run_until_complete(gateway.warm())
+gc.freeze()  # what init built lives as long as the environment (see handler/asgi.py)
 
 
 def _before_snapshot() -> None:

@@ -9,13 +9,21 @@ A commit costs more than the statements it commits (the WAL frames it writes, ~0
 admissions and settlements that arrive in the same event-loop turn share one transaction: each runs
 in its own savepoint (a refused admission rolls back only itself), the batch commits once, and every
 caller resumes only after that commit. Under load this turns N commits into one; alone, a call pays
-what it would anyway. Tables are `WITHOUT ROWID`, clustered by key, so a write touches few pages.
+what it would anyway (a batch of one needs no savepoint). Settlements run after the answer has gone,
+so they wait up to `SETTLE_LINGER_S` for company: the next admission's batch, or other settlements.
+Tables are `WITHOUT ROWID`, clustered by key, so a write touches few pages.
+
+Checkpoints (copying the write-ahead log into the database file, with an fsync) would otherwise run
+inside whichever commit crosses SQLite's threshold, stalling the event loop for milliseconds; the
+serving connection turns them off and a thread with its own connection runs a passive checkpoint
+every `CHECKPOINT_EVERY_S`, off the loop (SQLite releases the GIL while it does I/O).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -69,6 +77,8 @@ CREATE TABLE IF NOT EXISTS ledger (
 CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
 """
 T = TypeVar("T")
+SETTLE_LINGER_S = 0.002
+CHECKPOINT_EVERY_S = 1.0
 CACHE_KIB = 64 * 1024
 MMAP_BYTES = 256 * 1024 * 1024
 # Tolerance for float sums when comparing spend with a limit: far below a thousandth of a cent.
@@ -89,6 +99,8 @@ class SQLiteStore(Store):
             # (and reads through mmap, not a syscall per page) keeps writes from slowing as the file grows.
             self.db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             self.db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
+            if path != ":memory:":
+                self.db.execute("PRAGMA wal_autocheckpoint = 0")
             self.db.executescript(SCHEMA)
             self.db.execute("PRAGMA user_version = 1")
             # Settlement markers only need to outlive retries.
@@ -97,31 +109,75 @@ class SQLiteStore(Store):
             raise StoreError(f"cannot open the SQLite store at {path}: {exc}") from exc
         self.path = path
         self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] | None = None
+        self._flush_soon: asyncio.Handle | None = None
+        self._flush_later: asyncio.TimerHandle | None = None
+        self._stop = threading.Event()
+        if path != ":memory:":
+            threading.Thread(target=self._checkpoints, name="sqlite-checkpoint", daemon=True).start()
 
-    async def _batched(self, operation: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `operation` in the transaction shared by this event-loop turn (see the module docstring)."""
+    def _checkpoints(self) -> None:
+        """The checkpoint thread (see the module docstring)."""
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+        except sqlite3.Error:
+            return
+        try:
+            while not self._stop.wait(CHECKPOINT_EVERY_S):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass  # busy or failing: the next round tries again
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            pass
+        finally:
+            db.close()
+
+    async def _batched(self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False) -> T:
+        """Run `operation` in the transaction shared by this event-loop turn (see the module docstring);
+        with `linger`, the batch may wait up to `SETTLE_LINGER_S` for more operations."""
         loop = asyncio.get_running_loop()
         if self._batch is None:
             self._batch = []
-            loop.call_soon(self._flush)
+        if not linger and self._flush_soon is None:
+            if self._flush_later is not None:
+                self._flush_later.cancel()
+                self._flush_later = None
+            self._flush_soon = loop.call_soon(self._flush)
+        elif self._flush_soon is None and self._flush_later is None:
+            self._flush_later = loop.call_later(SETTLE_LINGER_S, self._flush)
         done: asyncio.Future[T] = loop.create_future()
         self._batch.append((operation, done))
         return await done
 
     def _flush(self) -> None:
         batch, self._batch = self._batch or [], None
+        self._flush_soon = None
+        if self._flush_later is not None:
+            self._flush_later.cancel()
+            self._flush_later = None
         outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
-            with self._write() as db:
-                for operation, done in batch:
-                    db.execute("SAVEPOINT op")
-                    try:
+            if len(batch) == 1:  # alone: the transaction itself undoes a failed operation
+                operation, done = batch[0]
+                try:
+                    with self._write() as db:
                         outcomes.append((done, True, operation(db)))
-                        db.execute("RELEASE op")
-                    except Exception as exc:  # the caller gets its own exception; the batch goes on
-                        db.execute("ROLLBACK TO op")
-                        db.execute("RELEASE op")
-                        outcomes.append((done, False, exc))
+                except StoreError:
+                    raise
+                except Exception as exc:
+                    outcomes.append((done, False, exc))
+            else:
+                with self._write() as db:
+                    for operation, done in batch:
+                        db.execute("SAVEPOINT op")
+                        try:
+                            outcomes.append((done, True, operation(db)))
+                            db.execute("RELEASE op")
+                        except Exception as exc:  # the caller gets its own exception; the batch goes on
+                            db.execute("ROLLBACK TO op")
+                            db.execute("RELEASE op")
+                            outcomes.append((done, False, exc))
         except Exception as exc:  # the commit itself failed: nothing of the batch happened
             failure = exc if isinstance(exc, StoreError) else StoreError(f"SQLite write failed: {exc}")
             outcomes = [(done, False, failure) for _, done in batch]
@@ -229,7 +285,7 @@ class SQLiteStore(Store):
         return snapshot
 
     async def settle(self, settlement: Settlement) -> None:
-        await self._batched(lambda db: self._settle(db, settlement))
+        await self._batched(lambda db: self._settle(db, settlement), linger=True)
 
     @staticmethod
     def _settle(db: sqlite3.Connection, settlement: Settlement) -> None:
@@ -307,4 +363,7 @@ class SQLiteStore(Store):
         return [ledger_from_json(row[0]) for row in rows]
 
     async def close(self) -> None:
+        if self._batch:
+            self._flush()
+        self._stop.set()
         self.db.close()

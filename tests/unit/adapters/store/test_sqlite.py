@@ -1,0 +1,101 @@
+"""What only the SQLite store does: shared transactions, lingering settlements, checkpoints off the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from adapters.store.sqlite import CHECKPOINT_EVERY_S, SETTLE_LINGER_S, SQLiteStore
+from handler.ports import BudgetRefused
+from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    opened = SQLiteStore(str(tmp_path / "store.db"))
+    yield opened
+    await opened.close()
+
+
+def traced(store: SQLiteStore) -> list[str]:
+    statements: list[str] = []
+    store.db.set_trace_callback(statements.append)
+    return statements
+
+
+async def test_a_lone_call_commits_once_without_savepoints(store: SQLiteStore) -> None:
+    key = uuid.uuid4().hex[:12]
+    statements = traced(store)
+    await store.admit(admission(key, 0.6))
+    with pytest.raises(BudgetRefused):
+        await store.admit(admission(key, 0.6))  # alone and refused: its transaction rolls back
+    assert not any(s.startswith("SAVEPOINT") for s in statements)
+    assert statements.count("COMMIT") == 1 and statements.count("ROLLBACK") == 1
+    assert (await store.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.6)
+
+
+async def test_a_settlement_rides_along_with_the_next_admission(store: SQLiteStore) -> None:
+    key = uuid.uuid4().hex[:12]
+    first = admission(key, 0.5)
+    await store.admit(first)
+    statements = traced(store)
+    settling = asyncio.create_task(store.settle(settlement(first, 0.125, line(key, 0.125))))
+    await asyncio.sleep(0)  # the settlement is queued and lingers
+    assert "COMMIT" not in statements
+    await store.admit(admission(key, 0.25))
+    await settling
+    assert statements.count("COMMIT") == 1  # one transaction for both
+    meter = await store.meter(key, PERIOD)
+    assert meter.committed_usd[PERIOD] == pytest.approx(0.375)
+    assert meter.spent_usd[PERIOD] == pytest.approx(0.125)
+
+
+async def test_a_lone_settlement_waits_only_its_linger(store: SQLiteStore) -> None:
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.5)
+    await store.admit(adm)
+    started = time.perf_counter()
+    await store.settle(settlement(adm, 0.1, line(key, 0.1)))
+    assert SETTLE_LINGER_S <= time.perf_counter() - started < SETTLE_LINGER_S + 0.1
+    assert (await store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.1)
+
+
+async def test_close_writes_a_lingering_settlement(tmp_path: Path) -> None:
+    path = str(tmp_path / "store.db")
+    store = SQLiteStore(path)
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.5)
+    await store.admit(adm)
+    settling = asyncio.create_task(store.settle(settlement(adm, 0.2, line(key, 0.2))))
+    await asyncio.sleep(0)
+    await store.close()
+    await settling
+    reopened = SQLiteStore(path)
+    assert (await reopened.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.2)
+    await reopened.close()
+
+
+async def test_checkpoints_run_off_the_serving_connection(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = SQLiteStore(str(path))
+    assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+    key = uuid.uuid4().hex[:12]
+    for _ in range(20):
+        adm = admission(key, 0.01)
+        await store.admit(adm)
+        await store.settle(settlement(adm, 0.01, line(key, 0.01)))
+    await asyncio.sleep(CHECKPOINT_EVERY_S * 1.5)
+    # `immutable=1` reads the database file alone, without its write-ahead log: the rows are there only
+    # if the checkpoint thread copied them in.
+    snapshot = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        assert snapshot.execute("SELECT count(*) FROM ledger").fetchone() == (20,)
+    finally:
+        snapshot.close()
+    await store.close()
