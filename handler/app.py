@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -351,7 +350,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = "req_" + uuid.uuid4().hex
+        request_id = "req_" + os.urandom(16).hex()  # 128 random bits, as uuid4 has
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Any) -> None:

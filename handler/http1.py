@@ -38,10 +38,6 @@ HIGH_WATER = 256 * 1024  # buffered body bytes at which reading from the socket 
 CRLF = b"\r\n"
 
 
-def forbidden_in_header(value: bytes) -> bool:
-    return b"\r" in value or b"\n" in value or b"\0" in value
-
-
 class Connection(asyncio.Protocol):
     """One connection to an origin, carrying one exchange at a time."""
 
@@ -341,12 +337,16 @@ class Http1Transport(httpx.AsyncBaseTransport):
     @staticmethod
     def _head(request: httpx.Request) -> bytes:
         lines = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
-        for name, value in request.headers.raw:
-            if forbidden_in_header(name) or forbidden_in_header(value):
-                raise httpx.LocalProtocolError("a request header contains CR, LF or NUL")
+        raw = request.headers.raw
+        for name, value in raw:
             lines += (name, b": ", value, CRLF)
         lines.append(CRLF)
-        return b"".join(lines)
+        head = b"".join(lines)
+        # Exactly one CR and one LF per line we wrote: any other came from a header and would split it.
+        breaks = len(raw) + 2
+        if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b"\0" in head:
+            raise httpx.LocalProtocolError("a request header or the request target contains CR, LF or NUL")
+        return head
 
     async def aclose(self) -> None:
         pools, self._pools = self._pools, {}

@@ -49,14 +49,30 @@ tracer = _tracer()
 REQUEST_LINES = logger.log_level <= logging.INFO
 
 
+_second: list[Any] = [0, ""]  # the last second formatted, and its text
+
+
+def timestamp(now: float) -> str:
+    """Powertools' timestamp layout (`2026-11-28 05:33:48,123+0000`), formatting each second once."""
+    second = int(now)
+    if _second[0] != second:
+        _second[:] = [second, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))]
+    return f"{_second[1]},{int(now % 1 * 1000):03d}+0000"
+
+
 def request_line(fields: dict[str, Any], location: str) -> None:
     """Write one request's log line (see the module docstring)."""
     if not REQUEST_LINES:
         return
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now)) + f",{int(now % 1 * 1000):03d}+0000"
-    head = {"level": "INFO", "location": location, "message": "request", "timestamp": stamp, "service": SERVICE}
-    sys.stdout.write(orjson.dumps({**head, **fields}).decode() + "\n")
+    head = {
+        "level": "INFO",
+        "location": location,
+        "message": "request",
+        "timestamp": timestamp(time.time()),
+        "service": SERVICE,
+    }
+    head.update(fields)
+    sys.stdout.write(orjson.dumps(head).decode() + "\n")
 
 
 @contextlib.asynccontextmanager

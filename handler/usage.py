@@ -20,7 +20,10 @@ DEFAULT_WINDOW_DAYS = 30
 def usd(value: float) -> str:
     """A USD amount as a header or CSV value: the float's exact shortest form, never exponent notation,
     so summing the headers gives back the ledger's figures."""
-    return format(Decimal(repr(float(value))), "f")
+    text = repr(float(value))
+    if "e" not in text and text[-1].isdigit():  # already plain: what the Decimal round trip would give
+        return text
+    return format(Decimal(text), "f")
 
 
 def parse_when(text: str | None, default: float, name: str) -> float:

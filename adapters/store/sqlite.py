@@ -271,17 +271,26 @@ class SQLiteStore(Store):
                 "INSERT OR IGNORE INTO reservations (key_id, id, period, amount, expires_at) VALUES (?, ?, ?, ?, ?)",
                 (charge.key_id, admission.reservation_id, charge.period, charge.amount_usd, admission.expires_at),
             )
-        for rate in admission.rates:
-            (count,) = db.execute(
-                "INSERT INTO rates (key_id, name, window, count) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (key_id, name) DO UPDATE SET "
-                "count = CASE WHEN window = excluded.window THEN count + excluded.count ELSE excluded.count END, "
-                "window = excluded.window RETURNING count",
-                (admission.key_id, rate.name, rate.window, rate.amount),
-            ).fetchone()
-            if count > rate.limit:
-                raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - time.time())
-            snapshot.rates[rate.name] = count
+        if admission.rates:
+            # Every rate counter of the admission in one statement (rpm and tpm, per key and per model).
+            values: list[Any] = []
+            for rate in admission.rates:
+                values += (admission.key_id, rate.name, rate.window, rate.amount)
+            counts = dict(
+                db.execute(
+                    "INSERT INTO rates (key_id, name, window, count) VALUES "
+                    + ", ".join(["(?, ?, ?, ?)"] * len(admission.rates))
+                    + " ON CONFLICT (key_id, name) DO UPDATE SET "
+                    "count = CASE WHEN window = excluded.window THEN count + excluded.count ELSE excluded.count END, "
+                    "window = excluded.window RETURNING name, count",
+                    values,
+                ).fetchall()
+            )
+            for rate in admission.rates:
+                count = counts[rate.name]
+                if count > rate.limit:
+                    raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - time.time())
+                snapshot.rates[rate.name] = count
         return snapshot
 
     async def settle(self, settlement: Settlement) -> None:
