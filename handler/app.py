@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from handler.dashboard import dashboard_routes
@@ -35,7 +35,7 @@ from handler.pricing import estimate_prompt_tokens
 from handler.proxy import ChunkStream, Controls, Exchange, Pipeline
 from handler.routing import RouteControls
 from handler.schemas import ChatRequest, EmbeddingsRequest
-from handler.streaming import DONE, sse_chunk, sse_error, sse_json
+from handler.streaming import DONE, EventStream, sse_chunk, sse_error, sse_json
 
 logger = logging.getLogger("gateway")
 M = TypeVar("M", bound=BaseModel)
@@ -199,9 +199,7 @@ class Api:
         if req.stream:
             stream = await self.pipeline.chat_stream(req, ex)
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(
-                openai_events(stream, include_usage), media_type="text/event-stream", headers=stream_headers(ex)
-            )
+            return EventStream(openai_events(stream, include_usage), stream_headers(ex))
         completion = await self.pipeline.chat(req, ex)
         response = json_response(completion.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
         observe(ex, 200)
@@ -215,7 +213,7 @@ class Api:
         if req.stream:
             stream = await self.pipeline.chat_stream(req, ex)
             events = anthropic_events(stream, req.model, estimate_prompt_tokens(req))
-            return StreamingResponse(events, media_type="text/event-stream", headers=stream_headers(ex))
+            return EventStream(events, stream_headers(ex))
         completion = await self.pipeline.chat(req, ex)
         response = json_response(to_message(completion, req.model, ex.cost), headers=ex.headers())
         observe(ex, 200)
@@ -239,8 +237,8 @@ async def openai_events(stream: ChunkStream, include_usage: bool) -> AsyncIterat
     """The client's SSE body: chunks, one final event with usage and cost, `[DONE]`."""
     failure: GatewayError | None = None
     try:
-        async for chunk in stream:
-            yield sse_chunk(chunk)
+        async for batch in stream.batches():  # what one upstream read brought: one write to the client
+            yield b"".join(sse_chunk(chunk) for chunk in batch)
         await stream.complete()
         yield sse_json(stream.final_chunk(include_usage))
     except GatewayError as exc:

@@ -449,5 +449,9 @@ class Store(ABC):
     async def usage(self, query: UsageQuery) -> list[LedgerItem]:
         """Ledger items in `[since, until)`, for the given keys (None: all)."""
 
+    def hurry(self) -> None:
+        """Write now what the store holds back to batch with later calls (a Lambda invocation is ending)."""
+        return None
+
     async def close(self) -> None:
         return None

@@ -409,19 +409,29 @@ class ChunkStream:
             self._pending.append(chunk)
 
     async def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
-        while True:
-            while self._pending:
-                chunk = self._pending.pop(0)
-                for choice in chunk.choices:
-                    self._chars += len(choice.delta.content or "") + len(choice.delta.reasoning_content or "")
-                    if self.schema is not None and choice.index == 0 and choice.delta.content:
-                        self._text.append(choice.delta.content)
-                    for call in choice.delta.tool_calls or ():
-                        self._chars += len(call.function.arguments or "") if call.function else 0
+        async for batch in self.batches():
+            for chunk in batch:
                 yield chunk
+
+    async def batches(self) -> AsyncIterator[list[ChatCompletionChunk]]:
+        """The chunks as they arrive, grouped by the upstream read that brought them."""
+        while True:
+            if self._pending:
+                batch, self._pending = self._pending, []
+                for chunk in batch:
+                    self._count(chunk)
+                yield batch
             if self._finished:
                 return
             await self._pull()
+
+    def _count(self, chunk: ChatCompletionChunk) -> None:
+        for choice in chunk.choices:
+            self._chars += len(choice.delta.content or "") + len(choice.delta.reasoning_content or "")
+            if self.schema is not None and choice.index == 0 and choice.delta.content:
+                self._text.append(choice.delta.content)
+            for call in choice.delta.tool_calls or ():
+                self._chars += len(call.function.arguments or "") if call.function else 0
 
     def usage(self) -> Usage:
         """The provider's usage, or an estimate of what it bills for a stream cut short."""

@@ -6,9 +6,13 @@ Layers 1 (framing) and 2 (per-provider parsing) live with the adapters (`frame_d
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from handler.errors import GatewayError
 from handler.schemas import ChatCompletionChunk
@@ -32,3 +36,49 @@ def sse_error(error: GatewayError) -> bytes:
 def sse_event(event: str, payload: Any) -> bytes:
     """A named event, as the Anthropic Messages stream uses them."""
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+class EventStream(Response):
+    """An SSE answer: each piece of `events` is written as it comes, and a client that hangs up cancels
+    the stream (whose generator then closes the upstream and settles what was used).
+
+    Starlette's `StreamingResponse` does the same with an anyio task group per answer; on servers that
+    speak ASGI 2.3 (uvicorn) or 2.0 (Mangum) that costs more than the rest of the stream's own work.
+    Here one plain task watches for the disconnect and cancels the writer if it comes.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+        self.events = events
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        writer = asyncio.current_task()
+        assert writer is not None
+        client_gone = False
+
+        async def watch() -> None:
+            nonlocal client_gone
+            try:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+            except Exception:  # noqa: BLE001 - a server that cannot tell: keep writing until the end
+                return
+            client_gone = True
+            writer.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for piece in self.events:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not client_gone:
+                raise
+            writer.uncancel()  # the client left: nothing more to write, and nothing went wrong here
+        finally:
+            watcher.cancel()

@@ -21,9 +21,21 @@ def usd(value: float) -> str:
     """A USD amount as a header or CSV value: the float's exact shortest form, never exponent notation,
     so summing the headers gives back the ledger's figures."""
     text = repr(float(value))
-    if "e" not in text and text[-1].isdigit():  # already plain: what the Decimal round trip would give
+    if not text[-1].isdigit():  # inf, nan
+        return format(Decimal(text), "f")
+    if "e" not in text:  # already plain
         return text
-    return format(Decimal(text), "f")
+    # Exponent notation (a request's cost is often ~1e-06): move the point, digits unchanged.
+    mantissa, _, exponent = text.partition("e")
+    sign = "-" if mantissa.startswith("-") else ""
+    whole, _, fraction = mantissa.lstrip("-").partition(".")
+    digits = whole + fraction
+    point = len(whole) + int(exponent)
+    if point <= 0:
+        return f"{sign}0.{'0' * -point}{digits}"
+    if point >= len(digits):
+        return sign + digits + "0" * (point - len(digits))
+    return f"{sign}{digits[:point]}.{digits[point:]}"
 
 
 def parse_when(text: str | None, default: float, name: str) -> float:

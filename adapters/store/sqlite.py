@@ -150,6 +150,12 @@ class SQLiteStore(Store):
         self._batch.append((operation, done))
         return await done
 
+    def hurry(self) -> None:
+        if self._flush_later is not None and self._flush_soon is None:
+            self._flush_later.cancel()
+            self._flush_later = None
+            self._flush_soon = asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
         batch, self._batch = self._batch or [], None
         self._flush_soon = None

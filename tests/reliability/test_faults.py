@@ -173,3 +173,38 @@ def test_no_reservation_stays_stuck(throttled: Any) -> None:
         await gateway.aclose()
 
     asyncio.run(go())
+
+
+def test_a_client_that_hangs_up_mid_stream_is_settled_at_once(running: Running, mint: Any) -> None:
+    """The gateway notices the hang-up while waiting on the upstream (whose next chunk is 2 s away), closes
+    the upstream and settles the estimate: a 499 line in the ledger, no reservation left behind."""
+    from adapters.store import open_store
+    from handler.keys import split_key
+
+    key = mint(budget_usd=1.0)
+    key_id = split_key(key)[0]  # type: ignore[index]
+    body = {"model": "drip", "messages": HI, "stream": True}
+    with httpx.Client(timeout=10) as client:
+        with client.stream(
+            "POST", f"{running.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+        ) as answer:
+            assert answer.status_code == 200
+            request_id = answer.headers["x-request-id"]
+            next(answer.iter_raw())  # the first chunk, then hang up with the rest still coming
+        hung_up = time.monotonic()
+
+    async def settled() -> tuple[list[Any], Any]:
+        store = open_store(running.store_url)
+        try:
+            items = await store.usage(UsageQuery([key_id], 0, time.time() + 60))
+            return items, await store.meter(key_id, "total")
+        finally:
+            await store.close()
+
+    items: list[Any] = []
+    while time.monotonic() - hung_up < 1.2 and not items:  # before the drip's next chunk or any timeout
+        time.sleep(0.05)
+        items, meter = asyncio.run(settled())
+    assert [(i.request_id, i.status) for i in items] == [(request_id, 499)]
+    assert items[0].output_tokens >= 0 and items[0].cost_usd is not None
+    assert meter.committed_usd["total"] == pytest.approx(meter.spent_usd["total"])  # the reservation is gone

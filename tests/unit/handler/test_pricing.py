@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from handler.config import FeeConfig, ModelConfig, Price
 from handler.pricing import builtin_prices, cost_of, estimate_prompt_tokens, price_for, worst_case_usd
 from handler.schemas import ChatRequest, Usage
+from handler.usage import usd
 
 NO_FEE = FeeConfig()
 
@@ -57,3 +62,11 @@ def test_worst_case_covers_the_actual_cost() -> None:
     actual = cost_of(Usage.of(estimate, 100), price, NO_FEE).provider_usd
     assert worst is not None and actual is not None and worst >= actual
     assert worst_case_usd(10, 10, None, NO_FEE) is None
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_usd_is_the_floats_exact_shortest_decimal_without_exponent(value: float) -> None:
+    text = usd(value)
+    assert "e" not in text.lower()
+    assert text == format(Decimal(repr(value)), "f")
+    assert float(text) == value

@@ -99,3 +99,16 @@ async def test_checkpoints_run_off_the_serving_connection(tmp_path: Path) -> Non
     finally:
         snapshot.close()
     await store.close()
+
+
+async def test_hurry_writes_a_lingering_settlement_at_once(store: SQLiteStore) -> None:
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.5)
+    await store.admit(adm)
+    settling = asyncio.create_task(store.settle(settlement(adm, 0.1, line(key, 0.1))))
+    await asyncio.sleep(0)
+    started = time.perf_counter()
+    store.hurry()
+    await settling
+    assert time.perf_counter() - started < SETTLE_LINGER_S
+    assert (await store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.1)
