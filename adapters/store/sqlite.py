@@ -16,7 +16,10 @@ Tables are `WITHOUT ROWID`, clustered by key, so a write touches few pages.
 Checkpoints (copying the write-ahead log into the database file, with an fsync) would otherwise run
 inside whichever commit crosses SQLite's threshold, stalling the event loop for milliseconds; the
 serving connection turns them off and a thread with its own connection runs a passive checkpoint
-every `CHECKPOINT_EVERY_S`, off the loop (SQLite releases the GIL while it does I/O).
+every `CHECKPOINT_EVERY_S`, off the loop (SQLite releases the GIL while it does I/O). A passive
+checkpoint never waits for the writer, so under steady load the log would only grow (SQLite starts it
+over only when a write begins after every frame was copied): once it passes `WAL_TRUNCATE_FRAMES`, the
+thread truncates it, which holds the write lock only for the last few frames and the truncation.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
 T = TypeVar("T")
 SETTLE_LINGER_S = 0.002
 CHECKPOINT_EVERY_S = 1.0
+WAL_TRUNCATE_FRAMES = 4096  # pages: 16 MiB of log at the default page size
 CACHE_KIB = 64 * 1024
 MMAP_BYTES = 256 * 1024 * 1024
 # Tolerance for float sums when comparing spend with a limit: far below a thousandth of a cent.
@@ -124,7 +128,9 @@ class SQLiteStore(Store):
         try:
             while not self._stop.wait(CHECKPOINT_EVERY_S):
                 try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if frames >= WAL_TRUNCATE_FRAMES:
+                        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 except sqlite3.Error:
                     pass  # busy or failing: the next round tries again
             db.execute("PRAGMA wal_checkpoint(PASSIVE)")

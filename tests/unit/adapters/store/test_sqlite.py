@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.store import sqlite as sqlite_store
 from adapters.store.sqlite import CHECKPOINT_EVERY_S, SETTLE_LINGER_S, SQLiteStore
 from handler.ports import BudgetRefused
 from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement
@@ -112,3 +113,23 @@ async def test_hurry_writes_a_lingering_settlement_at_once(store: SQLiteStore) -
     await settling
     assert time.perf_counter() - started < SETTLE_LINGER_S
     assert (await store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.1)
+
+
+async def test_the_log_is_truncated_under_steady_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Passive checkpoints alone never start the log over while writes keep coming; the thread truncates it."""
+    monkeypatch.setattr(sqlite_store, "WAL_TRUNCATE_FRAMES", 50)
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY_S", 0.05)
+    path = tmp_path / "store.db"
+    store = SQLiteStore(str(path))
+    wal = Path(f"{path}-wal")
+    key = uuid.uuid4().hex[:12]
+    largest = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 1.5:  # writes all the while, as a loaded server does
+        adm = admission(key, 0.0001, limit=1e9)
+        await store.admit(adm)
+        await store.settle(settlement(adm, 0.0001, line(key, 0.0001)))
+        largest = max(largest, wal.stat().st_size)
+    assert wal.stat().st_size < largest / 2  # truncated at least once along the way
+    assert largest < 400 * 4096  # and never far past the threshold
+    await store.close()
