@@ -13,13 +13,13 @@ what it would anyway (a batch of one needs no savepoint). Settlements run after 
 so they wait up to `SETTLE_LINGER_S` for company: the next admission's batch, or other settlements.
 Tables are `WITHOUT ROWID`, clustered by key, so a write touches few pages.
 
-Checkpoints (copying the write-ahead log into the database file, with an fsync) would otherwise run
-inside whichever commit crosses SQLite's threshold, stalling the event loop for milliseconds; the
-serving connection turns them off and a thread with its own connection runs a passive checkpoint
-every `CHECKPOINT_EVERY_S`, off the loop (SQLite releases the GIL while it does I/O). A passive
-checkpoint never waits for the writer, so under steady load the log would only grow (SQLite starts it
-over only when a write begins after every frame was copied): once it passes `WAL_TRUNCATE_FRAMES`, the
-thread truncates it, which holds the write lock only for the last few frames and the truncation.
+Checkpoints copy the write-ahead log into the database file (and fsync it); SQLite runs one inside
+whichever commit finds the log past 1,000 pages, stalling the event loop while it copies them. A
+thread with its own connection runs a passive checkpoint every `CHECKPOINT_EVERY_S`, off the loop
+(SQLite releases the GIL while it does I/O), so the one in the loop finds nearly every page copied
+already; measured at 1 connection, p99 8.6 ms instead of 24 ms. (The loop's own checkpoint cannot go:
+passive checkpoints never start the log over while writes keep coming, and without it the log grew
+by 460 MB in 20 s.)
 """
 
 from __future__ import annotations
@@ -81,8 +81,7 @@ CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
 """
 T = TypeVar("T")
 SETTLE_LINGER_S = 0.002
-CHECKPOINT_EVERY_S = 1.0
-WAL_TRUNCATE_FRAMES = 4096  # pages: 16 MiB of log at the default page size
+CHECKPOINT_EVERY_S = 0.1
 CACHE_KIB = 64 * 1024
 MMAP_BYTES = 256 * 1024 * 1024
 # Tolerance for float sums when comparing spend with a limit: far below a thousandth of a cent.
@@ -103,8 +102,6 @@ class SQLiteStore(Store):
             # (and reads through mmap, not a syscall per page) keeps writes from slowing as the file grows.
             self.db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             self.db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
-            if path != ":memory:":
-                self.db.execute("PRAGMA wal_autocheckpoint = 0")
             self.db.executescript(SCHEMA)
             self.db.execute("PRAGMA user_version = 1")
             # Settlement markers only need to outlive retries.
@@ -128,9 +125,7 @@ class SQLiteStore(Store):
         try:
             while not self._stop.wait(CHECKPOINT_EVERY_S):
                 try:
-                    _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    if frames >= WAL_TRUNCATE_FRAMES:
-                        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.Error:
                     pass  # busy or failing: the next round tries again
             db.execute("PRAGMA wal_checkpoint(PASSIVE)")

@@ -85,7 +85,6 @@ async def test_close_writes_a_lingering_settlement(tmp_path: Path) -> None:
 async def test_checkpoints_run_off_the_serving_connection(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     store = SQLiteStore(str(path))
-    assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
     key = uuid.uuid4().hex[:12]
     for _ in range(20):
         adm = admission(key, 0.01)
@@ -115,21 +114,21 @@ async def test_hurry_writes_a_lingering_settlement_at_once(store: SQLiteStore) -
     assert (await store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.1)
 
 
-async def test_the_log_is_truncated_under_steady_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Passive checkpoints alone never start the log over while writes keep coming; the thread truncates it."""
-    monkeypatch.setattr(sqlite_store, "WAL_TRUNCATE_FRAMES", 50)
+async def test_the_log_stays_bounded_under_steady_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Passive checkpoints alone never start the log over while writes keep coming; the serving
+    connection keeps SQLite's own checkpoint at 1,000 pages, which does."""
     monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY_S", 0.05)
     path = tmp_path / "store.db"
     store = SQLiteStore(str(path))
+    assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
     wal = Path(f"{path}-wal")
     key = uuid.uuid4().hex[:12]
     largest = 0
     started = time.monotonic()
-    while time.monotonic() - started < 1.5:  # writes all the while, as a loaded server does
+    while time.monotonic() - started < 2.0:  # writes all the while, as a loaded server does
         adm = admission(key, 0.0001, limit=1e9)
         await store.admit(adm)
         await store.settle(settlement(adm, 0.0001, line(key, 0.0001)))
         largest = max(largest, wal.stat().st_size)
-    assert wal.stat().st_size < largest / 2  # truncated at least once along the way
-    assert largest < 400 * 4096  # and never far past the threshold
+    assert 0 < largest < 3 * 1000 * (4096 + 24)  # frames of a page and a 24-byte header
     await store.close()
