@@ -76,6 +76,7 @@ def answering(*answers: bytes, then_close: bool = False) -> Handler:
     return handler
 
 
+HALF = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234"  # half the body it announces
 OK = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}'
 
 
@@ -152,12 +153,8 @@ async def test_chunked_answer_streams_in_pieces() -> None:
 
 
 async def test_body_delimited_by_the_connection_closing() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end")
-        await writer.drain()
-
-    async with scripted(handler) as (_, url):
+    until_closed = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end"
+    async with scripted(answering(until_closed, then_close=True)) as (_, url):
         transport = Http1Transport()
         assert await read_all(await send(transport, url)) == b"until the end"
         await transport.aclose()
@@ -197,20 +194,11 @@ async def test_connection_close_is_not_reused() -> None:
 
 
 async def test_unread_body_closes_its_connection() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234")  # the rest never comes
-        await reader.read()
-
-    first = True
+    # The first connection sends half a body and stops; the second, the whole answer.
+    per_connection = iter([answering(HALF), answering(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789")])
 
     async def then_whole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal first
-        if first:
-            first = False
-            await handler(reader, writer)
-            return
-        await answering(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789")(reader, writer)
+        await next(per_connection)(reader, writer)
 
     async with scripted(then_whole) as (server, url):
         transport = Http1Transport()
@@ -242,12 +230,7 @@ async def test_refused_connection_is_a_connect_error() -> None:
 
 
 async def test_read_timeout_between_chunks() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234")
-        await reader.read()
-
-    async with scripted(handler) as (_, url):
+    async with scripted(answering(HALF)) as (_, url):
         transport = Http1Transport()
         request = httpx.Request("POST", url, content=b"{}", extensions={"timeout": {"connect": 1, "read": 0.2}})
         response = await transport.handle_async_request(request)
@@ -257,12 +240,7 @@ async def test_read_timeout_between_chunks() -> None:
 
 
 async def test_cut_mid_body_is_a_read_error() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234")
-        await writer.drain()
-
-    async with scripted(handler) as (_, url):
+    async with scripted(answering(HALF, then_close=True)) as (_, url):
         transport = Http1Transport()
         response = await send(transport, url)
         with pytest.raises(httpx.ReadError):
