@@ -8,17 +8,32 @@ servers); `lease_idle_seconds=S` sets when an unused lease goes back to its home
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from adapters.sigv4 import Credentials
+from adapters.store.dynamo_client import DynamoDBClient
 from handler.ports import Store, StoreError
 
 
 def dynamodb_client(
     region: str | None, endpoint_url: str | None, read_timeout: float = 2.0, connect_timeout: float = 1.0
 ) -> Any:
-    """A boto3 DynamoDB client tuned for the hot path: short timeouts, few retries, kept-alive sockets.
-    boto3 is imported here, not at module import, so a gateway on SQLite never pays its ~0.2 s import."""
+    """The DynamoDB client for the hot path: the gateway's own (adapters/store/dynamo_client.py) when the
+    environment carries credentials and a region is known, as on Lambda; else boto3's, tuned the same way
+    (short timeouts, few retries, kept-alive sockets). boto3 is imported only then, not at module import,
+    so a gateway that does not need it never pays its ~0.2 s import."""
+    credentials = Credentials.from_environ(os.environ)
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if credentials is not None and region:
+        return DynamoDBClient(region, credentials, endpoint_url, connect_timeout, read_timeout)
+    return boto3_dynamodb_client(region, endpoint_url, read_timeout, connect_timeout)
+
+
+def boto3_dynamodb_client(
+    region: str | None, endpoint_url: str | None, read_timeout: float = 2.0, connect_timeout: float = 1.0
+) -> Any:
     import boto3
     from botocore.config import Config as BotoConfig
 
@@ -51,17 +66,26 @@ def open_store(url: str, client: Any = None) -> Store:
             "read_timeout": float(query.get("read_timeout", 2.0)),
             "connect_timeout": float(query.get("connect_timeout", 1.0)),
         }
-        client = client or dynamodb_client(query.get("region"), query.get("endpoint_url"), **timeouts)
+        owned: list[Any] = []
+        if client is None:
+            client = dynamodb_client(query.get("region"), query.get("endpoint_url"), **timeouts)
+            owned.append(client)
         endpoints = {k.removeprefix("home_endpoint_"): v for k, v in query.items() if k.startswith("home_endpoint_")}
         clients: dict[str, Any] = {}
 
         def client_for(region: str) -> Any:
             if region not in clients:
                 clients[region] = dynamodb_client(region, endpoints.get(region), **timeouts)
+                owned.append(clients[region])
             return clients[region]
 
         idle = float(query.get("lease_idle_seconds", IDLE_SECONDS))
         return DynamoDBStore(
-            client, parts.netloc, region=query.get("region"), client_for=client_for, lease_idle_seconds=idle
+            client,
+            parts.netloc,
+            region=query.get("region"),
+            client_for=client_for,
+            lease_idle_seconds=idle,
+            owned=owned,
         )
     raise StoreError(f"unknown store URL '{url}': use sqlite:///PATH or dynamodb://TABLE?region=R")

@@ -25,12 +25,12 @@ with counters is ever written in two regions. A store without a region treats ev
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from adapters.store.dynamo_client import DynamoDBClient, error_code, invoke
 from adapters.store.expressions import Expression, Item, dec, num, number, read_num, text
 from adapters.store.leases import IDLE_SECONDS, LEASE_PREFIX, ConditionFailed, Leases, LeaseShort, call
 from adapters.store.records import (
@@ -79,10 +79,13 @@ class DynamoDBStore(Store):
         region: str | None = None,
         client_for: Callable[[str], Any] | None = None,
         lease_idle_seconds: float = IDLE_SECONDS,
+        owned: list[Any] | None = None,
     ) -> None:
         """`region` is this replica's region; `client_for(region)` gives a client for another region's
-        replica (the home meters of keys homed there)."""
+        replica (the home meters of keys homed there); `owned` lists the clients `close` closes (those
+        `open_store` built; it adds other regions' as it builds them)."""
         self.client = client
+        self.owned = owned if owned is not None else []
         self.table = table
         self.clock = clock
         self.region = region
@@ -97,13 +100,13 @@ class DynamoDBStore(Store):
 
     async def _call(self, operation: str, **request: Any) -> Any:
         try:
-            return await asyncio.to_thread(getattr(self.client, operation), **request)
+            return await invoke(self.client, operation, request)
         except self.errors.ConditionalCheckFailedException:
             raise
         except self.errors.TransactionCanceledException:
             raise
         except Exception as exc:  # botocore raises many unrelated classes; every one means "store failed"
-            raise StoreError(f"DynamoDB {operation} failed: {type(exc).__name__}") from exc
+            raise StoreError(f"DynamoDB {operation} failed: {error_code(exc)}") from exc
 
     @staticmethod
     def _meter_key(key_id: str) -> Item:
@@ -542,6 +545,9 @@ class DynamoDBStore(Store):
 
     async def close(self) -> None:
         await self.leases.close()
+        for client in self.owned:
+            if isinstance(client, DynamoDBClient):
+                await client.close()
 
 
 def days_between(since: float, until: float) -> Iterable[str]:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
+from adapters.store.dynamo_client import error_code, invoke
 from adapters.store.expressions import Expression, Item, dec, exact, num, number, read_num, text
 from handler.ports import Admission, BudgetCharge, BudgetRefused, Settlement, StoreError
 
@@ -82,7 +83,7 @@ async def call(client: Any, operation: str, **request: Any) -> Any:
 
     Checks error codes rather than `client.exceptions` classes, which differ between clients of two sessions."""
     try:
-        return await asyncio.to_thread(getattr(client, operation), **request)
+        return await invoke(client, operation, request)
     except Exception as exc:  # botocore raises many unrelated classes; every one means "store failed"
         response = getattr(exc, "response", None) or {}
         code = response.get("Error", {}).get("Code")
@@ -92,7 +93,7 @@ async def call(client: Any, operation: str, **request: Any) -> Any:
             reasons = response.get("CancellationReasons", [])
             if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
                 raise ConditionFailed({}, reasons) from exc
-        raise StoreError(f"DynamoDB {operation} failed: {type(exc).__name__}") from exc
+        raise StoreError(f"DynamoDB {operation} failed: {error_code(exc)}") from exc
 
 
 @dataclass(slots=True)

@@ -113,6 +113,7 @@ def world(upstream: tuple[ServerThread, dict[str, Any]]) -> Iterator[World]:
         url = (
             f"dynamodb://{TABLE}?region={name}&endpoint_url={server.url}"
             f"&home_endpoint_{other}={servers[other].url}&lease_idle_seconds={LEASE_IDLE_SECONDS}"
+            "&read_timeout=15"  # moto serves one call at a time: under this test's bursts a call can queue for seconds
         )
         gateway = build_gateway(config=gateway_config, store_url=url, environ={**FAKE_KEYS, "GATEWAY_REGION": name})
         http = ServerThread(create_app(gateway), cleanup=gateway.aclose).start()

@@ -402,9 +402,9 @@ class BedrockAdapter(ProviderAdapter):
     def url(self, target: Target, operation: str) -> str:
         """The operation's URL, in the form every HTTP client sends unchanged.
 
-        The signature covers the path as sent. aiohttp (the gateway's transport) decodes `%3A` back to
-        `:` while httpx keeps it, so the `:` of a model id is left as is (Bedrock reads it either way)
-        and only what must be encoded (`/` of an ARN, spaces) is.
+        The signature covers the path as sent. Some HTTP clients decode `%3A` back to `:` (aiohttp does)
+        while httpx and the gateway's own client keep it, so the `:` of a model id is left as is (Bedrock
+        reads it either way) and only what must be encoded (`/` of an ARN, spaces) is.
         """
         return f"{target.base_url}/model/{urllib.parse.quote(target.model, safe=':')}/{operation}"
 

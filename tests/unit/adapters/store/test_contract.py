@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from adapters.store import open_store
+from adapters.store.dynamo_client import invoke
 from adapters.store.dynamodb import DynamoDBStore
 from handler.keys import KeyService, hash_secret, split_key
 from handler.ports import (
@@ -391,8 +392,8 @@ async def test_a_lease_settles_exactly_and_the_meter_sums_regions(regional: Call
     # Replicate the lease to the home region by hand: the home's meter then sums both regions.
     assert isinstance(home, DynamoDBStore) and isinstance(other, DynamoDBStore)
     lease_key = {"pk": {"S": f"METER#{key}"}, "sk": {"S": f"LEASE#{LEASE_REGION}"}}
-    lease = other.client.get_item(TableName=other.table, Key=lease_key)["Item"]
-    home.client.put_item(TableName=home.table, Item=lease)
+    lease = (await invoke(other.client, "get_item", {"TableName": other.table, "Key": lease_key}))["Item"]
+    await invoke(home.client, "put_item", {"TableName": home.table, "Item": lease})
     meter = await home.meter(key, PERIOD)
     assert meter.committed_usd[PERIOD] == pytest.approx(0.3) and meter.spent_usd[PERIOD] == pytest.approx(0.2)
     await home.close()

@@ -1,0 +1,112 @@
+"""CPU per DynamoDB call: the gateway's own client against boto3's, on the same kept-alive upstream.
+
+    python -m tests.bench.dynamodb_client [--calls 2000]
+
+nginx answers every POST with a fixed `UpdateItem` answer, so what is measured is the client's own work
+(serialize, sign, send, parse) and not a DynamoDB server's. boto3 runs as the store ran it before, on a
+thread (`asyncio.to_thread`), and inline for comparison; the gateway's client on the event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from tests.bench.run import process, wait_ready
+from tests.support.servers import free_port
+
+ANSWER = '{"Attributes":{"n":{"N":"2"}}}'
+REQUEST: dict[str, Any] = {
+    "TableName": "t",
+    "Key": {"pk": {"S": "METER#k"}, "sk": {"S": "METER"}},
+    "UpdateExpression": "ADD n :one",
+    "ExpressionAttributeValues": {":one": {"N": "1"}},
+    "ReturnValues": "ALL_NEW",
+}
+
+
+def nginx_conf(port: int, workdir: Path) -> str:
+    return f"""
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/body;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ default_type application/x-amz-json-1.0; return 200 '{ANSWER}'; }}
+    }}
+}}
+"""
+
+
+async def per_call(call: Callable[[], Awaitable[Any]], calls: int) -> tuple[float, float]:
+    for _ in range(calls // 10):
+        await call()
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(calls):
+        await call()
+    return (time.process_time() - cpu) / calls * 1e6, (time.perf_counter() - wall) / calls * 1e6
+
+
+async def measure(url: str, calls: int) -> list[tuple[str, float, float]]:
+    from adapters.sigv4 import Credentials
+    from adapters.store import boto3_dynamodb_client
+    from adapters.store.dynamo_client import DynamoDBClient
+
+    boto = boto3_dynamodb_client("us-east-1", url)
+    native = DynamoDBClient("us-east-1", Credentials("bench", "bench"), url)
+
+    async def on_thread() -> Any:
+        return await asyncio.to_thread(boto.update_item, **REQUEST)
+
+    async def inline() -> Any:
+        return boto.update_item(**REQUEST)
+
+    async def own() -> Any:
+        return await native.update_item(**REQUEST)
+
+    try:
+        return [
+            ("boto3 on a thread (the store before)", *await per_call(on_thread, calls)),
+            ("boto3 inline", *await per_call(inline, calls)),
+            ("the gateway's client", *await per_call(own, calls)),
+        ]
+    finally:
+        await native.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=2000)
+    args = parser.parse_args()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.setdefault(name, "bench")  # boto3 signs too; nginx checks nothing
+    with tempfile.TemporaryDirectory(prefix="gateway-ddb-client-") as tmp:
+        workdir = Path(tmp)
+        port = free_port()
+        (workdir / "nginx.conf").write_text(nginx_conf(port, workdir))
+        with process(["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx-error.log")]):
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(url)
+            rows = asyncio.run(measure(url, args.calls))
+    print("| client | CPU µs per UpdateItem | wall µs per UpdateItem |\n|---|---|---|")
+    for name, cpu, wall in rows:
+        print(f"| {name} | {cpu:,.0f} | {wall:,.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The gateway's own DynamoDB client: wire format, errors as boto3 shapes them, retries, and when it is used."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from adapters.sigv4 import Credentials
+from adapters.store import open_store
+from adapters.store.dynamo_client import (
+    ConditionalCheckFailedException,
+    DynamoDBClient,
+    DynamoDBError,
+    TransactionCanceledException,
+)
+from adapters.store.dynamodb import DynamoDBStore
+from tests.support.dynamo import DynamoServer
+
+CREDENTIALS = Credentials("AKIDTEST", "secret", "token")
+KEY = {"pk": {"S": "METER#k"}, "sk": {"S": "METER"}}
+
+
+def scripted(*answers: Callable[[httpx.Request], httpx.Response]) -> tuple[DynamoDBClient, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+    script = list(answers)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return script.pop(0)(request)
+
+    client = DynamoDBClient("eu-west-1", CREDENTIALS, transport=httpx.MockTransport(answer))
+    return client, seen
+
+
+def ok(body: dict[str, Any]) -> Callable[[httpx.Request], httpx.Response]:
+    return lambda request: httpx.Response(200, json=body)
+
+
+def error(status: int, code: str, **fields: Any) -> Callable[[httpx.Request], httpx.Response]:
+    body = {"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": f"{code} happened", **fields}
+    return lambda request: httpx.Response(status, json=body, headers={"content-type": "application/x-amz-json-1.0"})
+
+
+def refused(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused")
+
+
+async def test_a_call_is_one_signed_json_post() -> None:
+    client, seen = scripted(ok({"Attributes": {"n": {"N": "2"}}}))
+    answer = await client.update_item(TableName="t", Key=KEY, UpdateExpression="ADD n :one")
+    assert answer == {"Attributes": {"n": {"N": "2"}}}
+    (request,) = seen
+    assert str(request.url) == "https://dynamodb.eu-west-1.amazonaws.com/"
+    assert request.method == "POST"
+    assert request.headers["x-amz-target"] == "DynamoDB_20120810.UpdateItem"
+    assert request.headers["content-type"] == "application/x-amz-json-1.0"
+    assert request.headers["x-amz-security-token"] == "token"
+    assert request.headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDTEST/")
+    assert "/eu-west-1/dynamodb/aws4_request" in request.headers["authorization"]
+    assert json.loads(request.content) == {"TableName": "t", "Key": KEY, "UpdateExpression": "ADD n :one"}
+
+
+async def test_errors_carry_botocores_response_shape() -> None:
+    client, _ = scripted(
+        error(400, "ConditionalCheckFailedException", Item={"n": {"N": "9"}}),
+        error(400, "TransactionCanceledException", CancellationReasons=[{"Code": "ConditionalCheckFailed"}]),
+        error(400, "ResourceNotFoundException"),
+    )
+    with pytest.raises(ConditionalCheckFailedException) as failed:
+        await client.update_item(TableName="t", Key=KEY)
+    assert failed.value.response["Error"] == {
+        "Code": "ConditionalCheckFailedException",
+        "Message": "ConditionalCheckFailedException happened",
+    }
+    assert failed.value.response["Item"] == {"n": {"N": "9"}}
+    with pytest.raises(client.exceptions.TransactionCanceledException) as canceled:
+        await client.transact_write_items(TransactItems=[])
+    assert isinstance(canceled.value, TransactionCanceledException)
+    assert canceled.value.response["CancellationReasons"] == [{"Code": "ConditionalCheckFailed"}]
+    with pytest.raises(DynamoDBError) as missing:
+        await client.get_item(TableName="nope", Key=KEY)
+    assert missing.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+async def test_throttling_server_errors_and_refused_connections_are_retried() -> None:
+    client, seen = scripted(error(400, "ProvisionedThroughputExceededException"), refused, ok({"Item": KEY}))
+    assert await client.get_item(TableName="t", Key=KEY) == {"Item": KEY}
+    assert len(seen) == 3
+    client, seen = scripted(*[error(500, "InternalServerError")] * 3)
+    with pytest.raises(DynamoDBError) as failed:
+        await client.get_item(TableName="t", Key=KEY)
+    assert failed.value.response["Error"]["Code"] == "InternalServerError" and len(seen) == 3
+    client, seen = scripted(error(400, "ConditionalCheckFailedException"), ok({}))
+    with pytest.raises(ConditionalCheckFailedException):  # never retried: the answer is final
+        await client.update_item(TableName="t", Key=KEY)
+    assert len(seen) == 1
+
+
+async def test_against_a_dynamodb_server(dynamo: DynamoServer) -> None:
+    table = dynamo.create_table()
+    client = DynamoDBClient("us-east-1", CREDENTIALS, endpoint_url=dynamo.url)
+    try:
+        await client.put_item(TableName=table, Item={**KEY, "n": {"N": "1"}})
+        answer = await client.update_item(
+            TableName=table,
+            Key=KEY,
+            UpdateExpression="ADD n :one",
+            ConditionExpression="n < :limit",
+            ExpressionAttributeValues={":one": {"N": "1"}, ":limit": {"N": "2"}},
+            ReturnValues="ALL_NEW",
+        )
+        assert answer["Attributes"]["n"] == {"N": "2"}
+        with pytest.raises(ConditionalCheckFailedException) as failed:
+            await client.update_item(
+                TableName=table,
+                Key=KEY,
+                UpdateExpression="ADD n :one",
+                ConditionExpression="n < :limit",
+                ExpressionAttributeValues={":one": {"N": "1"}, ":limit": {"N": "2"}},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        assert failed.value.response["Item"]["n"] == {"N": "2"}
+        assert (await client.get_item(TableName=table, Key=KEY, ConsistentRead=True))["Item"]["n"] == {"N": "2"}
+    finally:
+        await client.close()
+
+
+def test_the_store_uses_it_when_the_environment_has_credentials(
+    dynamo: DynamoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(dynamo.store_url("t"))
+    assert isinstance(store, DynamoDBStore) and isinstance(store.client, DynamoDBClient)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    store = open_store(dynamo.store_url("t"))
+    assert isinstance(store, DynamoDBStore) and not isinstance(store.client, DynamoDBClient)  # boto3's chain

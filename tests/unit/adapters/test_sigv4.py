@@ -1,0 +1,71 @@
+"""Our SigV4 signatures are byte for byte botocore's, for the requests the DynamoDB client sends."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials as BotoCredentials
+
+from adapters.sigv4 import Credentials, Signer
+
+NOW = 1_764_300_000.0  # 2025-11-28T03:20:00Z
+
+
+def botocore_headers(
+    credentials: Credentials, region: str, url: str, headers: dict[str, str], body: bytes
+) -> dict[str, str]:
+    request = AWSRequest(method="POST", url=url, data=body, headers=headers)
+    auth = SigV4Auth(
+        BotoCredentials(credentials.access_key, credentials.secret_key, credentials.token), "dynamodb", region
+    )
+    request.context["timestamp"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(NOW))
+    auth._modify_request_before_signing(request)  # what add_auth does before it signs: host, date, token
+    canonical = auth.canonical_request(request)
+    signature = auth.signature(auth.string_to_sign(request, canonical), request)
+    return {
+        "signed_headers": auth.signed_headers(auth.headers_to_sign(request)),
+        "signature": signature,
+        "canonical": canonical,
+    }
+
+
+@pytest.mark.parametrize("token", [None, "FwoGZXIvYXdzEBYaDH+session/token=="])
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("https://dynamodb.eu-west-1.amazonaws.com/", "dynamodb.eu-west-1.amazonaws.com"),
+        ("http://127.0.0.1:8123/", "127.0.0.1:8123"),
+    ],
+)
+def test_signature_matches_botocore(token: str | None, url: str, host: str) -> None:
+    credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
+    headers = {"content-type": "application/x-amz-json-1.0", "x-amz-target": "DynamoDB_20120810.UpdateItem"}
+    body = b'{"TableName":"t","Key":{"pk":{"S":"METER#k"}}}'
+    ours = Signer(credentials, "eu-west-1", "dynamodb").headers(host, "/", headers, body, now=NOW)
+    theirs = botocore_headers(credentials, "eu-west-1", url, headers, body)
+    authorization = ours["authorization"]
+    assert f"SignedHeaders={theirs['signed_headers']}," in authorization
+    assert authorization.endswith(f"Signature={theirs['signature']}")
+    assert authorization.startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20251128/eu-west-1/dynamodb/aws4_request")
+    assert ours.get("x-amz-security-token") == token
+    assert ours["host"] == host and ours["x-amz-date"] == "20251128T032000Z"
+
+
+def test_signing_key_is_derived_once_a_day() -> None:
+    signer = Signer(Credentials("AKID", "secret"), "us-east-1", "dynamodb")
+    signer.headers("h", "/", {}, b"{}", now=NOW)
+    first = dict(signer._keys)
+    signer.headers("h", "/", {}, b"{}", now=NOW + 60)
+    assert signer._keys == first
+    signer.headers("h", "/", {}, b"{}", now=NOW + 86_400)
+    assert signer._keys != first and len(signer._keys) == 1
+
+
+def test_credentials_come_from_the_environment_only_when_complete() -> None:
+    assert Credentials.from_environ({"AWS_ACCESS_KEY_ID": "a"}) is None
+    assert Credentials.from_environ({"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s"}) == Credentials("a", "s")
+    lambda_env = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s", "AWS_SESSION_TOKEN": "t"}
+    assert Credentials.from_environ(lambda_env) == Credentials("a", "s", "t")
