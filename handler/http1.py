@@ -91,6 +91,10 @@ class Connection(asyncio.Protocol):
 
     # --- httptools callbacks ------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:  # bytes after the answer, before any new request: the connection cannot be trusted
+            raise httptools.HttpParserError("upstream sent more than one answer to one request")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
         lowered = name.lower()
@@ -171,10 +175,10 @@ class Connection(asyncio.Protocol):
                     self.paused = False
                     self.transport.resume_reading()
                 return chunk
+            if self.complete:  # (a failure after the answer was whole, such as stray bytes, spoils only reuse)
+                return None
             if self.error is not None:
                 raise self.error
-            if self.complete:
-                return None
             self.waiter = self.loop.create_future()
             timer = self.loop.call_later(timeout, self._read_timed_out) if timeout else None
             try:

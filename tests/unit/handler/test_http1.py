@@ -193,6 +193,16 @@ async def test_connection_close_is_not_reused() -> None:
         await transport.aclose()
 
 
+async def test_bytes_after_the_answer_spoil_only_the_connection() -> None:
+    stray = OK + b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstray"
+    async with scripted(answering(stray, OK)) as (server, url):
+        transport = Http1Transport()
+        assert await read_all(await send(transport, url)) == b'{"ok":true}'
+        assert await read_all(await send(transport, url)) == b'{"ok":true}'
+        assert server.connections == 2  # the first connection was not trusted again
+        await transport.aclose()
+
+
 async def test_unread_body_closes_its_connection() -> None:
     # The first connection sends half a body and stops; the second, the whole answer.
     per_connection = iter([answering(HALF), answering(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789")])
