@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -57,7 +58,8 @@ class Signer:
         self, host: str, path: str, headers: Mapping[str, str], body: bytes, now: float | None = None
     ) -> dict[str, str]:
         """`headers` plus `host`, `x-amz-date`, the session token and `authorization`, for a POST of `body`
-        to `path` (no query string), signed over every one of them, as botocore signs a DynamoDB call."""
+        to `path` (as sent, percent-encoded; no query string), signed over every one of them, as botocore
+        signs a DynamoDB or Bedrock call."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
         day = stamp[:8]
         payload = hashlib.sha256(body).hexdigest()
@@ -66,8 +68,17 @@ class Signer:
         if self.credentials.token:
             signed["x-amz-security-token"] = self.credentials.token
         names = sorted(signed)
+        # Every service but S3 signs the path as sent, encoded once more (`%2F` is signed as `%252F`).
+        canonical_path = urllib.parse.quote(path or "/", safe="/~")
         canonical = "\n".join(
-            ["POST", path or "/", "", "".join(f"{name}:{signed[name]}\n" for name in names), ";".join(names), payload]
+            [
+                "POST",
+                canonical_path,
+                "",
+                "".join(f"{name}:{signed[name]}\n" for name in names),
+                ";".join(names),
+                payload,
+            ]
         )
         scope = f"{day}/{self.region}/{self.service}/aws4_request"
         to_sign = f"{ALGORITHM}\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"

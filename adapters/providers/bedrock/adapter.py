@@ -1,23 +1,26 @@
 """AWS Bedrock's Converse and ConverseStream APIs, behind the OpenAI Chat Completions form.
 
-Requests are signed with SigV4 (service `bedrock`, the deployment's region) by the function's own AWS
-credentials, resolved once per process through botocore's chain and refreshed when they near expiry,
-and go over the gateway's shared HTTP client like every other provider's. Messages become Converse
-turns by way of the Anthropic adapter's conversion (the two APIs share the turn model: system apart,
-alternating roles, tool results in the user turn), re-shaped into Converse content blocks. A stream is
-AWS event-stream framing (see `eventstream`) carrying one JSON event per frame.
+Requests are signed with SigV4 (service `bedrock`, the deployment's region; adapters/sigv4.py) by the
+function's own AWS credentials, resolved once per process: from the environment where it has them (Lambda
+always does), else through botocore's chain, whose credentials refresh themselves near expiry. They go
+over the gateway's shared HTTP client like every other provider's. Messages become Converse turns by way
+of the Anthropic adapter's conversion (the two APIs share the turn model: system apart, alternating
+roles, tool results in the user turn), re-shaped into Converse content blocks. A stream is AWS
+event-stream framing (see `eventstream`) carrying one JSON event per frame.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import httpx
 import orjson
 from pydantic import ValidationError
 
@@ -31,6 +34,8 @@ from adapters.providers.anthropic.adapter import (
 )
 from adapters.providers.bedrock.eventstream import EventStreamDecoder
 from adapters.providers.params import Rule, apply_rules, require_turns
+from adapters.sigv4 import Credentials as SigCredentials
+from adapters.sigv4 import Signer
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
 from handler.ports import (
     BuiltRequest,
@@ -54,9 +59,6 @@ from handler.schemas import (
     ToolCall,
     Usage,
 )
-
-if TYPE_CHECKING:
-    from botocore.credentials import Credentials
 
 SERVICE = "bedrock"
 GLOBAL = "global"
@@ -150,20 +152,27 @@ def stream_exception(message_type: str, name: str, payload: bytes) -> UpstreamEr
 
 # --- credentials and signing ---------------------------------------------------------------------
 
-_credentials: Credentials | None = None
+_credentials: Any = None  # adapters.sigv4.Credentials, or botocore's (refreshable) Credentials
 _credentials_lock = threading.Lock()
+_signers: dict[tuple[SigCredentials, str], Signer] = {}
+clock = time.time  # when a request is signed (tests fix it)
 
 
-def process_credentials() -> Credentials:
-    """The function's AWS credentials from botocore's chain, resolved once per process.
+def process_credentials() -> Any:
+    """The function's AWS credentials, resolved once per process.
 
-    botocore's refreshable credentials (assumed roles, container and instance roles) renew themselves
-    when read near their expiry, so the object is kept and read on every request.
+    From the environment when it carries them, as on Lambda: no botocore import at all. Else botocore's
+    chain (profiles, container and instance roles), whose refreshable credentials renew themselves when
+    read near their expiry, so the object is kept and read on every request.
     """
     global _credentials
     with _credentials_lock:
         if _credentials is None:
-            import botocore.session  # deferred: a gateway without Bedrock never pays botocore's import
+            from_environment = SigCredentials.from_environ(os.environ)
+            if from_environment is not None:
+                _credentials = from_environment
+                return _credentials
+            import botocore.session  # deferred: only a gateway with Bedrock and no credentials in its environment
 
             found = botocore.session.get_session().get_credentials()
             if found is None:
@@ -180,16 +189,28 @@ def reset_credentials() -> None:
     global _credentials
     with _credentials_lock:
         _credentials = None
+        _signers.clear()
 
 
-def sign(request: UpstreamRequest, region: str, credentials: Credentials) -> None:
-    """Add SigV4 headers (`x-amz-date`, `authorization`, a session token) for exactly these bytes."""
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
+@functools.lru_cache(maxsize=256)
+def host_and_path(url: str) -> tuple[str, str]:
+    """The `host` header and the path (as sent) of a URL: what the signature covers."""
+    parsed = httpx.URL(url)
+    return parsed.netloc.decode("ascii"), parsed.raw_path.decode("ascii")
 
-    aws = AWSRequest(method=request.method, url=request.url, data=request.body, headers=dict(request.headers))
-    SigV4Auth(credentials.get_frozen_credentials(), SERVICE, region).add_auth(aws)
-    request.headers.update({name.lower(): str(value) for name, value in aws.headers.items()})
+
+def sign(request: UpstreamRequest, region: str, credentials: Any) -> None:
+    """Add SigV4 headers (`host`, `x-amz-date`, `authorization`, a session token) for exactly these bytes."""
+    if not isinstance(credentials, SigCredentials):  # botocore's: read now, it may have been refreshed
+        frozen = credentials.get_frozen_credentials()
+        credentials = SigCredentials(frozen.access_key, frozen.secret_key, frozen.token)
+    signer = _signers.get((credentials, region))
+    if signer is None:
+        if len(_signers) >= 64:
+            _signers.clear()
+        signer = _signers[(credentials, region)] = Signer(credentials, region, SERVICE)
+    host, path = host_and_path(request.url)
+    request.headers.update(signer.headers(host, path, request.headers, request.body or b"", now=clock()))
 
 
 def aws_region(region: str) -> str:

@@ -15,12 +15,11 @@ NOW = 1_764_300_000.0  # 2025-11-28T03:20:00Z
 
 
 def botocore_headers(
-    credentials: Credentials, region: str, url: str, headers: dict[str, str], body: bytes
+    credentials: Credentials, region: str, url: str, headers: dict[str, str], body: bytes, service: str = "dynamodb"
 ) -> dict[str, str]:
     request = AWSRequest(method="POST", url=url, data=body, headers=headers)
-    auth = SigV4Auth(
-        BotoCredentials(credentials.access_key, credentials.secret_key, credentials.token), "dynamodb", region
-    )
+    boto = BotoCredentials(credentials.access_key, credentials.secret_key, credentials.token)
+    auth = SigV4Auth(boto, service, region)
     request.context["timestamp"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(NOW))
     auth._modify_request_before_signing(request)  # what add_auth does before it signs: host, date, token
     canonical = auth.canonical_request(request)
@@ -34,22 +33,35 @@ def botocore_headers(
 
 @pytest.mark.parametrize("token", [None, "FwoGZXIvYXdzEBYaDH+session/token=="])
 @pytest.mark.parametrize(
-    ("url", "host"),
+    ("url", "host", "path"),
     [
-        ("https://dynamodb.eu-west-1.amazonaws.com/", "dynamodb.eu-west-1.amazonaws.com"),
-        ("http://127.0.0.1:8123/", "127.0.0.1:8123"),
+        ("https://dynamodb.eu-west-1.amazonaws.com/", "dynamodb.eu-west-1.amazonaws.com", "/"),
+        ("http://127.0.0.1:8123/", "127.0.0.1:8123", "/"),
+        (
+            "https://bedrock-runtime.eu-west-1.amazonaws.com/model/eu.anthropic.claude-3-5-haiku-20241022-v1:0/converse",
+            "bedrock-runtime.eu-west-1.amazonaws.com",
+            "/model/eu.anthropic.claude-3-5-haiku-20241022-v1:0/converse",
+        ),
+        (
+            "https://bedrock-runtime.eu-west-1.amazonaws.com/model/arn%3Aaws%3Abedrock%3Aeu-west-1%3A1%3A"
+            "inference-profile%2Fmy%20profile/converse-stream",
+            "bedrock-runtime.eu-west-1.amazonaws.com",
+            "/model/arn%3Aaws%3Abedrock%3Aeu-west-1%3A1%3Ainference-profile%2Fmy%20profile/converse-stream",
+        ),
     ],
 )
-def test_signature_matches_botocore(token: str | None, url: str, host: str) -> None:
+def test_signature_matches_botocore(token: str | None, url: str, host: str, path: str) -> None:
     credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
     headers = {"content-type": "application/x-amz-json-1.0", "x-amz-target": "DynamoDB_20120810.UpdateItem"}
     body = b'{"TableName":"t","Key":{"pk":{"S":"METER#k"}}}'
-    ours = Signer(credentials, "eu-west-1", "dynamodb").headers(host, "/", headers, body, now=NOW)
-    theirs = botocore_headers(credentials, "eu-west-1", url, headers, body)
+    service = "bedrock" if "bedrock" in host else "dynamodb"
+    ours = Signer(credentials, "eu-west-1", service).headers(host, path, headers, body, now=NOW)
+    theirs = botocore_headers(credentials, "eu-west-1", url, headers, body, service)
     authorization = ours["authorization"]
     assert f"SignedHeaders={theirs['signed_headers']}," in authorization
     assert authorization.endswith(f"Signature={theirs['signature']}")
-    assert authorization.startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20251128/eu-west-1/dynamodb/aws4_request")
+    scope = f"20251128/eu-west-1/{service}/aws4_request"
+    assert authorization.startswith(f"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/{scope}")
     assert ours.get("x-amz-security-token") == token
     assert ours["host"] == host and ours["x-amz-date"] == "20251128T032000Z"
 

@@ -64,7 +64,7 @@ def fresh_credentials() -> Iterator[None]:
 
 @pytest.fixture
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda *args, **kwargs: FIXED_CLOCK)
+    monkeypatch.setattr(bedrock, "clock", lambda: FIXED_CLOCK.replace(tzinfo=datetime.UTC).timestamp())
 
 
 def decode(raw: bytes, sizes: int | None = None) -> list[StreamEvent]:
@@ -147,18 +147,29 @@ def test_session_token_is_sent_and_signed(monkeypatch: pytest.MonkeyPatch, fixed
     assert "Credential=AKID/" in headers["authorization"]
 
 
+def test_credentials_from_the_environment_need_no_botocore(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_botocore() -> Any:
+        raise AssertionError("botocore's chain consulted although the environment has credentials")
+
+    monkeypatch.setattr(botocore.session, "get_session", no_botocore)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "LAMBDA-TOKEN")
+    headers = adapter().chat_request(request(), target(), stream=False).request.headers
+    assert "Credential=testing/" in headers["authorization"] and headers["x-amz-security-token"] == "LAMBDA-TOKEN"
+
+
 def test_credentials_are_resolved_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = botocore.session.get_session
 
-    def counting() -> Any:
-        calls.append(1)
-        return real()
+    class Session:
+        def get_credentials(self) -> Credentials:
+            calls.append(1)
+            return Credentials("PROFILE", "SECRET")
 
-    monkeypatch.setattr(botocore.session, "get_session", counting)
-    adapter().chat_request(request(), target(), stream=False)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")  # no credentials in the environment: botocore's chain, once
+    monkeypatch.setattr(botocore.session, "get_session", Session)
+    first = adapter().chat_request(request(), target(), stream=False).request.headers["authorization"]
     adapter().chat_request(request(), target(), stream=True)
-    assert len(calls) == 1
+    assert len(calls) == 1 and "Credential=PROFILE/" in first
 
 
 def test_expiring_credentials_are_read_fresh_for_each_signature(fixed_clock: None) -> None:
@@ -182,6 +193,7 @@ def test_missing_credentials_answer_provider_not_configured(monkeypatch: pytest.
         def get_credentials(self) -> None:
             return None
 
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.setattr(botocore.session, "get_session", lambda: NoCredentials())
     with pytest.raises(ServiceUnavailableError) as caught:
         adapter().chat_request(request(), target(), stream=False)
