@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from handler.config import Config, SecretFetcher, load_config, resolve_secret
+from handler.errors import GatewayError
 from handler.keys import KeyService
 from handler.ports import ProviderAdapter, Store
 from handler.routing import RouteControls, Router
@@ -51,10 +52,14 @@ class Gateway:
             await asyncio.gather(*pending, return_exceptions=True)
 
     def origins(self) -> list[str]:
-        """The base URL of every model's nearest deployment: where the first requests will go."""
+        """The base URL of every model's nearest deployment: where the first requests will go. A model that
+        cannot be served as configured (a provider without its key) is left out: its requests will say why."""
         seen: dict[str, None] = {}
-        for model in self.config.models:
-            attempts = self.router.plan(model, RouteControls())
+        for model, spec in self.config.models.items():
+            try:
+                attempts = self.router.plan(model, RouteControls(), kind=spec.kind)
+            except GatewayError:
+                continue
             if attempts:
                 seen[attempts[0].target.base_url] = None
         return list(seen)
@@ -67,6 +72,7 @@ class Gateway:
         """After a SnapStart restore: sockets in the snapshot are dead and cached keys may be stale."""
         await self.upstream.aclose()
         self.upstream = UpstreamClient(self.config.gateway.timeouts)
+        await self.store.reconnect()
         self.keys.forget()
         await self.warm()
 

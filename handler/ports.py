@@ -449,6 +449,11 @@ class Store(ABC):
     async def usage(self, query: UsageQuery) -> list[LedgerItem]:
         """Ledger items in `[since, until)`, for the given keys (None: all)."""
 
+    async def reconnect(self) -> None:
+        """Drop the store's open connections (after a SnapStart restore they are dead); the next call opens
+        new ones."""
+        return None
+
     def hurry(self) -> None:
         """Write now what the store holds back to batch with later calls (a Lambda invocation is ending)."""
         return None

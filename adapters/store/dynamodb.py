@@ -543,11 +543,14 @@ class DynamoDBStore(Store):
                     row[name] = row.get(name, Decimal(0)) + Decimal(value["N"])
         return [rows[k] for k in sorted(rows)]
 
-    async def close(self) -> None:
-        await self.leases.close()
+    async def reconnect(self) -> None:
         for client in self.owned:
             if isinstance(client, DynamoDBClient):
-                await client.close()
+                await client.close()  # its pools are dropped; the next call opens a connection
+
+    async def close(self) -> None:
+        await self.leases.close()
+        await self.reconnect()
 
 
 def days_between(since: float, until: float) -> Iterable[str]:

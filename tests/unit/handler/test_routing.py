@@ -62,3 +62,18 @@ def test_unconfigured_provider_is_skipped_or_named() -> None:
     with pytest.raises(ServiceUnavailableError, match="environment variable A") as info:
         router("eu-west-1", {}).plan("m", RouteControls(provider="a"))
     assert info.value.code == "provider_not_configured"
+
+
+async def test_warm_up_origins_skip_what_cannot_be_served() -> None:
+    """Lambda's init opens connections to `origins()`: embedding models count, and a model whose provider has
+    no key (its requests answer 503 saying so) must not stop the function from starting."""
+    from handler.gateway import build_gateway
+    from tests.functional.conftest import FAKE_KEYS, gateway_config
+
+    config = gateway_config("http://127.0.0.1:9", {"openai"})
+    assert any(spec.kind == "embedding" for spec in config.models.values())
+    gateway = build_gateway(config=config, store_url="sqlite://", environ=FAKE_KEYS)
+    origins = gateway.origins()
+    assert "http://127.0.0.1:9/openai/v1" in origins
+    await gateway.warm()  # nothing listens there: the warm-up gives up quietly
+    await gateway.aclose()

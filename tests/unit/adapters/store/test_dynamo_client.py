@@ -138,3 +138,26 @@ def test_the_store_uses_it_when_the_environment_has_credentials(
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     store = open_store(dynamo.store_url("t"))
     assert isinstance(store, DynamoDBStore) and not isinstance(store.client, DynamoDBClient)  # boto3's chain
+
+
+async def test_a_snapstart_restore_drops_the_stores_connections(dynamo: DynamoServer) -> None:
+    """`Gateway.reopen` (the restore hook) closes the DynamoDB client's pooled connections, which a snapshot
+    froze dead; the next call opens a new one."""
+    import time
+
+    from handler.gateway import build_gateway
+    from handler.ports import KeyRecord
+    from tests.functional.conftest import FAKE_KEYS, gateway_config
+
+    store = open_store(dynamo.store_url(dynamo.create_table()))
+    assert isinstance(store, DynamoDBStore) and isinstance(store.client, DynamoDBClient)
+    pools = store.client.http._transport._pools  # type: ignore[attr-defined]
+    record = KeyRecord(id="snap", name="snap", secret_hash="h" * 64, created_at=time.time())
+    await store.create_key(record)
+    assert store.client.http._transport._pools  # type: ignore[attr-defined]
+    gateway = build_gateway(config=gateway_config("http://127.0.0.1:9", {"openai"}), store=store, environ=FAKE_KEYS)
+    await gateway.reopen()
+    assert not store.client.http._transport._pools  # type: ignore[attr-defined]
+    assert pools is not store.client.http._transport._pools or not pools  # type: ignore[attr-defined]
+    assert await store.get_key("snap") is not None
+    await gateway.aclose()
