@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tests.bench.run import process, wait_ready
+from tests.bench.run import nginx_server, process, wait_ready
 from tests.support.servers import free_port
 
 ANSWER = '{"Attributes":{"n":{"N":"2"}}}'
@@ -33,23 +33,9 @@ REQUEST: dict[str, Any] = {
 
 
 def nginx_conf(port: int, workdir: Path) -> str:
-    return f"""
-worker_processes 1;
-daemon off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/nginx-error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {workdir}/body;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ default_type application/x-amz-json-1.0; return 200 '{ANSWER}'; }}
-    }}
-}}
-"""
+    return nginx_server(
+        port, workdir, f"        location / {{ default_type application/x-amz-json-1.0; return 200 '{ANSWER}'; }}"
+    )
 
 
 async def per_call(call: Callable[[], Awaitable[Any]], calls: int) -> tuple[float, float]:

@@ -65,10 +65,9 @@ def sse_transcript() -> str:
     return "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
 
 
-def nginx_conf(port: int, workdir: Path) -> str:
-    def quoted(text: str) -> str:
-        return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
-
+def nginx_server(port: int, workdir: Path, locations: str) -> str:
+    """An nginx config for the benchmarks: one worker in the foreground, files under `workdir`, long
+    keep-alive, `locations` on 127.0.0.1:`port`."""
     return f"""
 worker_processes 1;
 daemon off;
@@ -86,17 +85,30 @@ http {{
     keepalive_timeout 300s;
     server {{
         listen 127.0.0.1:{port} reuseport;
-        location = /v1/chat/completions {{
+{locations}
+    }}
+}}
+"""
+
+
+def nginx_conf(port: int, workdir: Path) -> str:
+    """nginx answering a fixed completion and a fixed SSE stream, as OpenAI would."""
+
+    def quoted(text: str) -> str:
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+    return nginx_server(
+        port,
+        workdir,
+        f"""        location = /v1/chat/completions {{
             default_type application/json;
             return 200 {quoted(json.dumps(COMPLETION))};
         }}
         location = /stream/v1/chat/completions {{
             default_type text/event-stream;
             return 200 {quoted(sse_transcript())};
-        }}
-    }}
-}}
-"""
+        }}""",
+    )
 
 
 def bench_config(upstream: str) -> dict[str, Any]:

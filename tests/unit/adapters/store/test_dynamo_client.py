@@ -105,24 +105,17 @@ async def test_against_a_dynamodb_server(dynamo: DynamoServer) -> None:
     client = DynamoDBClient("us-east-1", CREDENTIALS, endpoint_url=dynamo.url)
     try:
         await client.put_item(TableName=table, Item={**KEY, "n": {"N": "1"}})
-        answer = await client.update_item(
-            TableName=table,
-            Key=KEY,
-            UpdateExpression="ADD n :one",
-            ConditionExpression="n < :limit",
-            ExpressionAttributeValues={":one": {"N": "1"}, ":limit": {"N": "2"}},
-            ReturnValues="ALL_NEW",
-        )
+        add_one_below_two = {
+            "TableName": table,
+            "Key": KEY,
+            "UpdateExpression": "ADD n :one",
+            "ConditionExpression": "n < :limit",
+            "ExpressionAttributeValues": {":one": {"N": "1"}, ":limit": {"N": "2"}},
+        }
+        answer = await client.update_item(**add_one_below_two, ReturnValues="ALL_NEW")
         assert answer["Attributes"]["n"] == {"N": "2"}
         with pytest.raises(ConditionalCheckFailedException) as failed:
-            await client.update_item(
-                TableName=table,
-                Key=KEY,
-                UpdateExpression="ADD n :one",
-                ConditionExpression="n < :limit",
-                ExpressionAttributeValues={":one": {"N": "1"}, ":limit": {"N": "2"}},
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
+            await client.update_item(**add_one_below_two, ReturnValuesOnConditionCheckFailure="ALL_OLD")
         assert failed.value.response["Item"]["n"] == {"N": "2"}
         assert (await client.get_item(TableName=table, Key=KEY, ConsistentRead=True))["Item"]["n"] == {"N": "2"}
     finally:
