@@ -17,6 +17,7 @@ between chunks (each read of the body).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Mapping
 
 import httpx
@@ -28,6 +29,12 @@ from handler.ports import UpstreamRequest
 
 USER_AGENT = "llm-edge-gateway/0.1"
 URL_CACHE_SIZE = 512
+
+
+@functools.lru_cache(maxsize=URL_CACHE_SIZE)
+def parsed_url(url: str) -> httpx.URL:
+    """`url` parsed, once per upstream address (an `httpx.URL` is immutable, so one serves every request)."""
+    return httpx.URL(url)
 
 
 class UpstreamResponse:
@@ -84,18 +91,9 @@ class UpstreamClient:
                 "pool": timeouts.connect,
             }
         }
-        self._urls: dict[str, httpx.URL] = {}
-
-    def _url(self, url: str) -> httpx.URL:
-        parsed = self._urls.get(url)
-        if parsed is None:
-            if len(self._urls) >= URL_CACHE_SIZE:
-                self._urls.clear()
-            parsed = self._urls[url] = httpx.URL(url)
-        return parsed
 
     def _request(self, method: str, url: str, headers: Mapping[str, str] | None, body: bytes | None) -> httpx.Request:
-        request = httpx.Request(method, self._url(url), headers=headers, content=body, extensions=self._extensions)
+        request = httpx.Request(method, parsed_url(url), headers=headers, content=body, extensions=self._extensions)
         request.headers.setdefault("user-agent", USER_AGENT)
         return request
 

@@ -11,7 +11,6 @@ event-stream framing (see `eventstream`) carrying one JSON event per frame.
 
 from __future__ import annotations
 
-import functools
 import os
 import secrets
 import threading
@@ -20,7 +19,6 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
 import orjson
 from pydantic import ValidationError
 
@@ -59,6 +57,7 @@ from handler.schemas import (
     ToolCall,
     Usage,
 )
+from handler.upstream import parsed_url
 
 SERVICE = "bedrock"
 GLOBAL = "global"
@@ -192,13 +191,6 @@ def reset_credentials() -> None:
         _signers.clear()
 
 
-@functools.lru_cache(maxsize=256)
-def host_and_path(url: str) -> tuple[str, str]:
-    """The `host` header and the path (as sent) of a URL: what the signature covers."""
-    parsed = httpx.URL(url)
-    return parsed.netloc.decode("ascii"), parsed.raw_path.decode("ascii")
-
-
 def sign(request: UpstreamRequest, region: str, credentials: Any) -> None:
     """Add SigV4 headers (`host`, `x-amz-date`, `authorization`, a session token) for exactly these bytes."""
     if not isinstance(credentials, SigCredentials):  # botocore's: read now, it may have been refreshed
@@ -209,7 +201,8 @@ def sign(request: UpstreamRequest, region: str, credentials: Any) -> None:
         if len(_signers) >= 64:
             _signers.clear()
         signer = _signers[(credentials, region)] = Signer(credentials, region, SERVICE)
-    host, path = host_and_path(request.url)
+    url = parsed_url(request.url)  # parsed as the upstream client will send it: the signature covers the path
+    host, path = url.netloc.decode("ascii"), url.raw_path.decode("ascii")
     request.headers.update(signer.headers(host, path, request.headers, request.body or b"", now=clock()))
 
 
