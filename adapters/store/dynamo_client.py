@@ -202,10 +202,9 @@ def parse_error(status: int, raw: bytes) -> dict[str, Any]:
 async def invoke(client: Any, operation: str, request: dict[str, Any]) -> Any:
     """`client.<operation>(**request)` for either client: awaited on the loop for this one, on a thread for
     boto3's (whose calls block)."""
-    method = getattr(client, operation)
     if isinstance(client, DynamoDBClient):
-        return await method(**request)
-    return await asyncio.to_thread(method, **request)
+        return await client.call(OPERATIONS[operation], request)
+    return await asyncio.to_thread(getattr(client, operation), **request)
 
 
 def error_code(exc: BaseException) -> str:

@@ -141,10 +141,7 @@ class SQLiteStore(Store):
         if self._batch is None:
             self._batch = []
         if not linger and self._flush_soon is None:
-            if self._flush_later is not None:
-                self._flush_later.cancel()
-                self._flush_later = None
-            self._flush_soon = loop.call_soon(self._flush)
+            self._flush_next_turn(loop)
         elif self._flush_soon is None and self._flush_later is None:
             self._flush_later = loop.call_later(SETTLE_LINGER_S, self._flush)
         done: asyncio.Future[T] = loop.create_future()
@@ -153,9 +150,14 @@ class SQLiteStore(Store):
 
     def hurry(self) -> None:
         if self._flush_later is not None and self._flush_soon is None:
+            self._flush_next_turn(asyncio.get_running_loop())
+
+    def _flush_next_turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Flush on the loop's next turn, not after a lingering settlement's wait."""
+        if self._flush_later is not None:
             self._flush_later.cancel()
             self._flush_later = None
-            self._flush_soon = asyncio.get_running_loop().call_soon(self._flush)
+        self._flush_soon = loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         batch, self._batch = self._batch or [], None
