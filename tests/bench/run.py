@@ -155,15 +155,7 @@ def bare_proxy(client: str, upstream: str) -> Iterator[str]:
              "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"]  # fmt: skip
     with process(serve, env):
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.post(url, json=BODY, timeout=2)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_ready(url)  # any answer will do (a GET here is a 405)
         yield url
 
 
