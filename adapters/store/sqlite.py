@@ -14,12 +14,14 @@ so they wait up to `SETTLE_LINGER_S` for company: the next admission's batch, or
 Tables are `WITHOUT ROWID`, clustered by key, so a write touches few pages.
 
 Checkpoints copy the write-ahead log into the database file (and fsync it); SQLite runs one inside
-whichever commit finds the log past 1,000 pages, stalling the event loop while it copies them. A
-thread with its own connection runs a passive checkpoint every `CHECKPOINT_EVERY_S`, off the loop
-(SQLite releases the GIL while it does I/O), so the one in the loop finds nearly every page copied
-already; measured at 1 connection, p99 8.6 ms instead of 24 ms. (The loop's own checkpoint cannot go:
-passive checkpoints never start the log over while writes keep coming, and without it the log grew
-by 460 MB in 20 s.)
+whichever commit finds the log past `AUTOCHECKPOINT_PAGES`, stalling the event loop while it copies
+what is left and fsyncs. A thread with its own connection runs a passive checkpoint every
+`CHECKPOINT_EVERY_S`, off the loop (SQLite releases the GIL while it does I/O), so the one in the loop
+finds most pages copied already. The loop's own checkpoint cannot go: passive checkpoints never start
+the log over while writes keep coming (without it the log grew by 460 MB in 20 s). At SQLite's default
+of 1,000 pages a loaded server (about ten pages a request) stalls once every hundred requests, which is
+its p99 at 1 connection: 11-13 ms, against 2.5-4.4 ms with no fsync at all. At 10,000 pages it stalls
+ten times less often (p99 3.4-4.5 ms), and the log stays under 40 MB.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
 T = TypeVar("T")
 SETTLE_LINGER_S = 0.002
 CHECKPOINT_EVERY_S = 0.1
+AUTOCHECKPOINT_PAGES = 10_000
 CACHE_KIB = 64 * 1024
 MMAP_BYTES = 256 * 1024 * 1024
 # Tolerance for float sums when comparing spend with a limit: far below a thousandth of a cent.
@@ -102,6 +105,7 @@ class SQLiteStore(Store):
             # (and reads through mmap, not a syscall per page) keeps writes from slowing as the file grows.
             self.db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             self.db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
+            self.db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
             self.db.executescript(SCHEMA)
             self.db.execute("PRAGMA user_version = 1")
             # Settlement markers only need to outlive retries.

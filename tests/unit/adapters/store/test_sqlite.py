@@ -116,8 +116,13 @@ async def test_hurry_writes_a_lingering_settlement_at_once(store: SQLiteStore) -
 
 async def test_the_log_stays_bounded_under_steady_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Passive checkpoints alone never start the log over while writes keep coming; the serving
-    connection keeps SQLite's own checkpoint at 1,000 pages, which does."""
+    connection keeps SQLite's own checkpoint (here at 1,000 pages, so two seconds of writes cross it
+    many times), which does."""
+    default = SQLiteStore(str(tmp_path / "default.db"))
+    assert default.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (sqlite_store.AUTOCHECKPOINT_PAGES,)
+    await default.close()
     monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY_S", 0.05)
+    monkeypatch.setattr(sqlite_store, "AUTOCHECKPOINT_PAGES", 1000)
     path = tmp_path / "store.db"
     store = SQLiteStore(str(path))
     assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
