@@ -75,12 +75,26 @@ def request_line(fields: dict[str, Any], location: str) -> None:
     sys.stdout.write(orjson.dumps(head).decode() + "\n")
 
 
-@contextlib.asynccontextmanager
-async def span(name: str, **annotations: str) -> AsyncIterator[None]:
+class _Untraced:
+    """What `span` gives when tracing is off: no generator, no context manager built per call."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+UNTRACED = _Untraced()
+
+
+def span(name: str, **annotations: str) -> contextlib.AbstractAsyncContextManager[None]:
     """An X-Ray subsegment around an upstream or store call; nothing when tracing is off."""
-    if tracer is None:
-        yield
-        return
+    return UNTRACED if tracer is None else _subsegment(name, annotations)
+
+
+@contextlib.asynccontextmanager
+async def _subsegment(name: str, annotations: dict[str, str]) -> AsyncIterator[None]:
     async with tracer.provider.in_subsegment_async(name) as subsegment:
         for key, value in annotations.items():
             subsegment.put_annotation(key, value)
