@@ -65,3 +65,70 @@ def test_a_wrong_method_is_405_with_allow() -> None:
         answer = client.get("/v1/chat/completions")
     assert answer.status_code == 405 and answer.headers["allow"] == "POST"
     assert answer.json()["error"]["code"] == "method_not_allowed"
+
+
+def gateway_app() -> Any:
+    from handler.app import create_app
+    from handler.gateway import build_gateway
+
+    return create_app(build_gateway(store_url="sqlite://", environ={}))
+
+
+def test_the_direct_lane_answers_errors_as_the_router_does() -> None:
+    """The proxied routes skip Starlette's router; their errors still come out in the interface's shapes."""
+    from starlette.testclient import TestClient
+
+    from handler.ports import StoreError
+
+    app = gateway_app()
+
+    async def store_down(request: Request) -> Any:
+        raise StoreError("connection refused to 10.0.0.5")
+
+    async def broken(request: Request) -> Any:
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        unauthenticated = client.post("/v1/chat/completions", json={"model": "m", "messages": []})
+        assert unauthenticated.status_code == 401
+        assert unauthenticated.json()["error"]["type"] == "authentication_error"
+        assert unauthenticated.headers["x-request-id"].startswith("req_")
+        anthropic = client.post("/v1/messages", json={})
+        assert anthropic.status_code == 401 and anthropic.json()["type"] == "error"  # Anthropic's shape
+        app.direct["/v1/embeddings"] = store_down
+        down = client.post("/v1/embeddings", json={})
+        assert down.status_code == 503 and down.json()["error"]["code"] == "store_unavailable"
+        assert "10.0.0.5" not in down.text
+        app.direct["/v1/chat/completions"] = broken
+        failed = client.post("/v1/chat/completions", json={})
+        assert failed.status_code == 500 and failed.json()["error"]["code"] == "internal_error"
+        assert failed.headers["x-request-id"].startswith("req_")
+        assert "a bug" not in failed.text
+    with TestClient(app) as client, pytest.raises(RuntimeError, match="a bug"):
+        client.post("/v1/chat/completions", json={})  # re-raised after the 500, for the server to log
+
+
+async def test_the_direct_lane_routes_under_a_root_path() -> None:
+    """Mounted under a prefix (a proxy's or Mangum's root path), the proxied routes are still found."""
+    app = gateway_app()
+    seen: list[str] = []
+
+    async def handler(request: Request) -> Any:
+        from starlette.responses import Response
+
+        seen.append(request.state.request_id)
+        return Response(b"{}", media_type="application/json")
+
+    app.direct["/v1/chat/completions"] = handler
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/prod/v1/chat/completions", "root_path": "/prod",
+             "headers": [], "query_string": b""}  # fmt: skip
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 200 and len(seen) == 1 and seen[0].startswith("req_")
