@@ -158,20 +158,22 @@ class Meter:
         return rates
 
     def _rate_headers(self, rates: list[RateCharge], snapshot: MeterSnapshot | None, window: int) -> dict[str, str]:
+        """OpenAI's `x-ratelimit-*` headers, for the tightest limit of each kind (requests, tokens)."""
         reset = f"{max(1, int((window + 1) * 60 - self.clock()))}s"
         headers: dict[str, str] = {}
         for kind, label in (("rpm", "requests"), ("tpm", "tokens")):
-            charges = [r for r in rates if r.name.split(":", 1)[0] == kind]
-            if not charges:
-                continue
-            remaining = []
-            for charge in charges:
+            tightest: tuple[int, int] | None = None  # (remaining, limit)
+            for charge in rates:
+                if charge.name[:3] != kind:  # "rpm", "tpm", "rpm:<model>", "tpm:<model>"
+                    continue
                 used = snapshot.rates.get(charge.name) if snapshot else None
-                remaining.append(charge.limit - used if used is not None else charge.limit - charge.amount)
-            tightest = min(range(len(charges)), key=lambda i: remaining[i])
-            headers[f"x-ratelimit-limit-{label}"] = str(charges[tightest].limit)
-            headers[f"x-ratelimit-remaining-{label}"] = str(max(0, remaining[tightest]))
-            headers[f"x-ratelimit-reset-{label}"] = reset
+                left = charge.limit - (charge.amount if used is None else used)
+                if tightest is None or left < tightest[0]:
+                    tightest = (left, charge.limit)
+            if tightest is not None:
+                headers[f"x-ratelimit-limit-{label}"] = str(tightest[1])
+                headers[f"x-ratelimit-remaining-{label}"] = str(max(0, tightest[0]))
+                headers[f"x-ratelimit-reset-{label}"] = reset
         return headers
 
     def remaining_usd(self, reservation: Reservation, actual_usd: float) -> float | None:

@@ -34,6 +34,31 @@ def test_a_lambda_invocation_caps_the_deadline_at_its_remaining_time() -> None:
     assert lambda_time_left_s(request(**{"aws.context": LambdaContext(100)})) == pytest.approx(0.1)
 
 
+def test_controls_come_from_the_gateway_headers_alone() -> None:
+    from handler.proxy import Controls
+    from handler.routing import RouteControls
+
+    assert parse_controls(request({"authorization": "Bearer k", "x-request-id": "r"})) == Controls()
+    full = request(
+        {
+            "x-gateway-fallbacks": "none",
+            "x-gateway-provider": "anthropic",
+            "x-gateway-region": "eu-west-1",
+            "x-gateway-deadline-ms": "2500",
+            "x-gateway-max-cost-usd": "0.01",
+            "x-gateway-strict": "TRUE",
+            "x-gateway-enforce-schema": "true",
+        }
+    )
+    assert parse_controls(full) == Controls(
+        route=RouteControls(fallbacks=[], provider="anthropic", region="eu-west-1"),
+        deadline_s=2.5,
+        max_cost_usd=0.01,
+        strict=True,
+        enforce_schema=True,
+    )
+
+
 def test_web_adapter_request_context_gives_the_client_address() -> None:
     context = '{"http": {"method": "POST", "path": "/v1/chat/completions", "sourceIp": "203.0.113.7"}}'
     assert lwa_source_ip(context) == "203.0.113.7"
