@@ -144,6 +144,18 @@ async def test_settle_is_exact_and_idempotent(store: Store) -> None:
     assert items[0] == item
 
 
+async def test_a_retried_settlement_without_a_ledger_line_counts_once(store: Store) -> None:
+    key = uuid.uuid4().hex[:12]
+    settled, other = admission(key, 0.5), admission(key, 0.3)
+    await store.admit(settled)
+    await store.admit(other)
+    await store.settle(settlement(settled, 0.125))  # no ledger line: the store marks it settled by itself
+    await store.settle(settlement(settled, 0.125))  # retried
+    meter = await store.meter(key, PERIOD)
+    assert meter.committed_usd[PERIOD] == pytest.approx(0.425)
+    assert meter.spent_usd[PERIOD] == pytest.approx(0.125)
+
+
 async def test_expired_reservations_are_released_and_settle_late_without_double_count(store: Store) -> None:
     key = uuid.uuid4().hex[:12]
     dead = Admission("dead-" + uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1.0, 0.9)], [], time.time() - 1)
