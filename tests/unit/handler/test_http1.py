@@ -85,6 +85,16 @@ async def send(transport: Http1Transport, url: str, method: str = "POST", body: 
     return await transport.handle_async_request(request)
 
 
+async def send_fails(url: str, error: type[Exception], match: str | None = None) -> None:
+    """A request to `url` over a new transport raises `error`; the transport is closed either way."""
+    transport = Http1Transport()
+    try:
+        with pytest.raises(error, match=match):
+            await send(transport, url)
+    finally:
+        await transport.aclose()
+
+
 async def read_all(response: httpx.Response) -> bytes:
     stream = response.stream
     assert isinstance(stream, Http1Stream)
@@ -233,10 +243,7 @@ async def test_large_body_survives_paused_reading() -> None:
 async def test_refused_connection_is_a_connect_error() -> None:
     async with scripted(answering(OK)) as (_, url):
         pass  # closed: nothing listens on that port now
-    transport = Http1Transport()
-    with pytest.raises(httpx.ConnectError):
-        await send(transport, url)
-    await transport.aclose()
+    await send_fails(url, httpx.ConnectError)
 
 
 async def test_read_timeout_between_chunks() -> None:
@@ -263,15 +270,9 @@ async def test_closed_before_answering_and_malformed_answers() -> None:
         await read_request(reader)
 
     async with scripted(silent) as (_, url):
-        transport = Http1Transport()
-        with pytest.raises(httpx.RemoteProtocolError):
-            await send(transport, url)
-        await transport.aclose()
+        await send_fails(url, httpx.RemoteProtocolError)
     async with scripted(answering(b"NOT HTTP AT ALL\r\n\r\n")) as (_, url):
-        transport = Http1Transport()
-        with pytest.raises(httpx.RemoteProtocolError):
-            await send(transport, url)
-        await transport.aclose()
+        await send_fails(url, httpx.RemoteProtocolError)
 
 
 async def test_header_injection_is_refused_before_sending() -> None:
@@ -378,7 +379,5 @@ async def test_tls(tmp_path: Path) -> None:
             assert await read_all(await send(trusting, url)) == b'{"ok":true}'
         assert server.connections == 1
         await trusting.aclose()
-        default = Http1Transport()  # certifi's roots do not include a self-signed certificate
-        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-            await send(default, url)
-        await default.aclose()
+        # A transport with certifi's roots, which do not include a self-signed certificate:
+        await send_fails(url, httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED")
