@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from adapters.store.dynamo_client import DynamoDBClient, error_code, invoke
+from adapters.store.dynamo_client import DynamoDBClient
 from adapters.store.expressions import Expression, Item, dec, num, number, read_num, text
 from adapters.store.leases import IDLE_SECONDS, LEASE_PREFIX, ConditionFailed, Leases, LeaseShort, call
 from adapters.store.records import (
@@ -89,7 +89,6 @@ class DynamoDBStore(Store):
         self.table = table
         self.clock = clock
         self.region = region
-        self.errors = client.exceptions
         self.leases = Leases(table, region, client, client_for or self._no_other_region, clock, lease_idle_seconds)
 
     def _no_other_region(self, region: str) -> Any:
@@ -99,14 +98,8 @@ class DynamoDBStore(Store):
         return self.leases.client_for(home) if self.leases.remote(home) and home else self.client
 
     async def _call(self, operation: str, **request: Any) -> Any:
-        try:
-            return await invoke(self.client, operation, request)
-        except self.errors.ConditionalCheckFailedException:
-            raise
-        except self.errors.TransactionCanceledException:
-            raise
-        except Exception as exc:  # botocore raises many unrelated classes; every one means "store failed"
-            raise StoreError(f"DynamoDB {operation} failed: {error_code(exc)}") from exc
+        """`leases.call` on this region's client: a lost condition is `ConditionFailed`, else `StoreError`."""
+        return await call(self.client, operation, **request)
 
     @staticmethod
     def _meter_key(key_id: str) -> Item:
@@ -146,7 +139,7 @@ class DynamoDBStore(Store):
                 Item=self._key_item(record),
                 ConditionExpression="attribute_not_exists(pk)",
             )
-        except self.errors.ConditionalCheckFailedException as exc:
+        except ConditionFailed as exc:
             raise ConflictError(f"key {record.id} exists") from exc
 
     def _live(self, item: Item) -> KeyRecord | None:
@@ -320,13 +313,10 @@ class DynamoDBStore(Store):
             key = self.leases.item_key(own, self._home_of(admission, own))
             answer = await self._call("get_item", TableName=self.table, Key=key, ConsistentRead=True)
             return self._snapshot(admission, answer.get("Item", {}))
-        except self.errors.ConditionalCheckFailedException as exc:
-            self._diagnose(admission, key_id, exc.response.get("Item", {}), fresh)
-        except self.errors.TransactionCanceledException as exc:
-            reasons = exc.response.get("CancellationReasons", [])
-            if not any(r.get("Code") == FAILED for r in reasons):
-                raise StoreError("DynamoDB transaction conflict; retry") from exc
-            for key_id, reason in zip(updates, reasons, strict=False):
+        except ConditionFailed as exc:
+            if not exc.reasons:  # the single update's condition
+                self._diagnose(admission, key_id, exc.item, fresh)
+            for key_id, reason in zip(updates, exc.reasons, strict=False):  # the transaction's
                 if reason.get("Code") == FAILED:
                     self._diagnose(admission, key_id, reason.get("Item", {}), fresh)
         return None
@@ -439,8 +429,8 @@ class DynamoDBStore(Store):
             try:
                 await self._call("transact_write_items", TransactItems=writes)
                 return
-            except self.errors.TransactionCanceledException as exc:
-                reasons = exc.response.get("CancellationReasons", [])
+            except ConditionFailed as exc:
+                reasons = exc.reasons
                 if reasons and reasons[0].get("Code") == FAILED:
                     return  # settled before: a retry changes nothing
                 line = len(meter_writes) + 1
@@ -484,7 +474,7 @@ class DynamoDBStore(Store):
             e.clauses["ADD"] += [f"{e.name(f'a:{p}')} {e.value(number(amount))}" for p, amount in released.items()]
         try:
             await self._call("update_item", **e.update({"pk": item["pk"], "sk": item["sk"]}, self.table))
-        except self.errors.ConditionalCheckFailedException:
+        except ConditionFailed:
             return 0.0  # settled meanwhile; the caller's next admission sees the new counters
         return float(sum(released.values()))
 

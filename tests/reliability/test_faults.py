@@ -66,7 +66,6 @@ class ThrottledClient:
 
     def __init__(self, client: Any) -> None:
         self._client = client
-        self.exceptions = client.exceptions
         self.failing: dict[str, int] = {}
         self.calls: dict[str, int] = {}
 
