@@ -4,7 +4,9 @@
 
 nginx (Debian's package) answers a fixed OpenAI chat completion (and a fixed SSE stream); the gateway
 runs as `gateway serve` (one uvicorn worker, the embedded store, a key with a budget and rate limits
-so every feature is on); wrk (Debian's package) drives both at 1, 8 and 64 connections. Reported:
+so every feature is on); wrk (Debian's package) drives both at 1, 8 and 64 connections, and at 1 and 8
+also issue 9's reference, a bare Starlette + aiohttp proxy, in interleaved rounds (medians reported), so the
+targets scaled to its speed compare figures taken under the same load on the machine. Reported:
 requests/s and their ratio, latency p50/p99 and the gateway's added latency, added time to first byte
 for a stream, the gateway's RSS, warm Lambda invocations (in-process Mangum, upstream mocked: the
 gateway's own work), DynamoDB calls per request (moto's server counts them), and cold import time.
@@ -347,16 +349,31 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
         key = mint_key(env)
         nginx = ["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx-error.log")]
         serve = [sys.executable, "-m", "handler.cli", "serve", "--host", "127.0.0.1", "--port", str(gateway_port)]
-        with process(nginx), process(serve, env, workdir / "gateway.log") as served:
-            wait_ready(f"{upstream}/v1/chat/completions")
+        direct = f"{upstream}/v1/chat/completions"
+        with (
+            process(nginx),
+            process(serve, env, workdir / "gateway.log") as served,
+            bare_proxy("aiohttp", direct) as ref,
+        ):
+            wait_ready(direct)
             wait_ready(f"{gateway}/health")
             chat = f"{gateway}/v1/chat/completions"
-            direct = f"{upstream}/v1/chat/completions"
-            wrk(chat, key, BODY, 8, 1, workdir)  # warm both sides
+            for url in (chat, ref):
+                wrk(url, key, BODY, 8, 1, workdir)  # warm up
+            rounds = 1 if smoke else ROUNDS
+            reference: dict[int, dict[str, Any]] = {}
             for c in connections:
-                d = wrk(direct, key, BODY, c, duration, workdir)
-                g = wrk(chat, key, BODY, c, duration, workdir)
-                results["runs"].append({"connections": c, "direct": d, "gateway": g})
+                # The issue's reference proxy is measured in the same rounds at 1 and 8 connections.
+                targets = {"direct": direct, "gateway": chat, **({"reference": ref} if c in (1, 8) else {})}
+                measured = interleaved(targets, key, c, duration, workdir, rounds)
+                results["runs"].append({"connections": c, "direct": measured["direct"], "gateway": measured["gateway"]})
+                if "reference" in measured:
+                    reference[c] = {**measured["reference"], "direct_p50_ms": measured["direct"]["p50_ms"]}
+            results["reference"] = {
+                "rps_8": reference[8]["rps"],
+                "added_p50_1_ms": reference[1]["p50_ms"] - reference[1]["direct_p50_ms"],
+                "errors": reference[1]["errors"] + reference[8]["errors"],
+            }
             ttfb_n = 50 if smoke else 500
             stream_body = {**BODY, "model": "bench-stream", "stream": True}
             direct_ttfb = time_to_first_byte(f"{upstream}/stream/v1/chat/completions", key, stream_body, ttfb_n)
@@ -368,7 +385,6 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
             results["rss_mb"] = rss_mb(served.pid)
             log = (workdir / "gateway.log").read_text()
             results["gateway_5xx_or_tracebacks"] = log.count("Traceback")
-            results["reference"] = reference_proxy(direct, workdir, duration)
         results["lambda_warm_us"] = lambda_warm_us({**env, "BENCH_GATEWAY_KEY": key}, 300 if smoke else 3000)
         results["cold_import_ms"] = cold_import_ms(env, 1 if smoke else 7)
         results["libraries_import_ms"] = cold_import_ms(env, 1 if smoke else 7, LIBRARIES)
@@ -383,14 +399,26 @@ ISSUE_BARE_ADDED_P50_MS = 0.20
 TARGETS = {"rps_8": 3500.0, "added_p50_ms": 0.5, "added_p99_ms": 2.0, "ttfb_ms": 1.0, "lambda_us": 300.0}
 
 
-def reference_proxy(direct: str, workdir: Path, duration: float) -> dict[str, Any]:
-    """The issue's reference, a bare Starlette + aiohttp proxy, against the same upstream in the same run."""
-    with bare_proxy("aiohttp", direct) as url:
-        wrk(url, "-", BODY, 8, 1, workdir)
-        eight = wrk(url, "-", BODY, 8, duration, workdir)
-        one = wrk(url, "-", BODY, 1, duration, workdir)
-        alone = wrk(direct, "-", BODY, 1, duration, workdir)
-    return {"rps_8": eight["rps"], "added_p50_1_ms": one["p50_ms"] - alone["p50_ms"]}
+ROUNDS = 3
+
+
+def interleaved(
+    targets: dict[str, str], key: str, connections: int, duration: float, workdir: Path, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """wrk on each target in turn, `rounds` times (`duration` shared out among the rounds), so that a
+    machine slowing down mid-run slows every target alike; per target, the medians of its rounds."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, url in targets.items():
+            runs[name].append(wrk(url, key, BODY, connections, duration / rounds, workdir))
+    return {
+        name: {
+            **{figure: statistics.median(r[figure] for r in results) for figure in ("rps", "p50_ms", "p99_ms")},
+            "errors": sum(r["errors"] for r in results),
+            "requests": sum(r["requests"] for r in results),
+        }
+        for name, results in runs.items()
+    }
 
 
 def dynamodb_calls(workdir: Path, upstream_port: int, requests: int) -> dict[str, Any]:
@@ -495,7 +523,7 @@ def table(results: dict[str, Any]) -> str:
     }
     lines += [
         "",
-        f"reference, a bare Starlette + aiohttp proxy in this run: {ref['rps_8']:,.0f} req/s at 8 connections "
+        f"reference, a bare Starlette + aiohttp proxy, in the same rounds: {ref['rps_8']:,.0f} req/s at 8 connections "
         f"(issue: {ISSUE_BARE_RPS_8:,.0f}), added p50 {ref['added_p50_1_ms']:.3f} ms at 1 (issue: "
         f"{ISSUE_BARE_ADDED_P50_MS} ms); issue 9's targets at this run's speed:",
         "| target | issue | at this run's speed | measured | met |",
@@ -520,6 +548,8 @@ def errors_in(results: dict[str, Any]) -> list[str]:
         for side in ("direct", "gateway"):
             if run[side]["errors"] or not run[side]["requests"]:
                 found.append(f"{side} at {run['connections']} connections: {run[side]['errors']} errors")
+    if results["reference"]["errors"]:
+        found.append(f"the reference proxy: {results['reference']['errors']} errors")
     if results["gateway_5xx_or_tracebacks"]:
         found.append("the gateway logged tracebacks")
     if results["dynamodb"]["non_200"]:
