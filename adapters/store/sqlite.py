@@ -3,14 +3,19 @@
 Calls run inline on the event loop: each is a few indexed statements on a local file (tens of
 microseconds in WAL mode), cheaper than a hop to a thread. Writes take the database's write lock
 first (`BEGIN IMMEDIATE`), so several processes (the server, its workers, the CLI) share one file
-safely and an admission's checks and increments are atomic.
+safely and a grant's checks and increments are atomic.
+
+Admissions come from leases of the counters held in memory (adapters/store/local_leases.py): most
+requests write nothing before the upstream call; a grant, every few seconds of traffic (or every
+request while another process is active on the key), is one transaction.
 
 A commit costs more than the statements it commits (the WAL frames it writes, ~0.15 ms here), so
-admissions and settlements that arrive in the same event-loop turn share one transaction: each runs
-in its own savepoint (a refused admission rolls back only itself), the batch commits once, and every
+grants and settlements that arrive in the same event-loop turn share one transaction: each runs
+in its own savepoint (a failing one rolls back only itself), the batch commits once, and every
 caller resumes only after that commit. Under load this turns N commits into one; alone, a call pays
-what it would anyway (a batch of one needs no savepoint). Settlements run after the answer has gone,
-so they wait up to `SETTLE_LINGER_S` for company: the next admission's batch, or other settlements.
+what it would anyway (a batch of one needs no savepoint). Local changes an operation makes (a lease
+topped up) are undone if the commit fails. Settlements run after the answer has gone,
+so they wait up to `SETTLE_LINGER_S` for company: the next grant's batch, or other settlements.
 Tables are `WITHOUT ROWID`, clustered by key, so a write touches few pages.
 
 Checkpoints copy the write-ahead log into the database file (and fsync it); SQLite runs one inside
@@ -27,14 +32,28 @@ ten times less often (p99 3.4-4.5 ms), and the log stays under 40 MB.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from adapters.store.local_leases import (
+    CONTEND_S,
+    EPSILON,
+    IDLE_S,
+    RENEW_S,
+    SWEEP_S,
+    BudgetLease,
+    LocalLeases,
+    RateLease,
+    slice_size,
+)
 from adapters.store.records import (
     SETTLED_TTL_SECONDS,
     key_from_json,
@@ -80,15 +99,20 @@ CREATE TABLE IF NOT EXISTS ledger (
     PRIMARY KEY (key_id, ts, request_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
+CREATE TABLE IF NOT EXISTS holders (
+    key_id TEXT NOT NULL, holder TEXT NOT NULL, active_at REAL NOT NULL, leasing INTEGER NOT NULL,
+    PRIMARY KEY (key_id, holder)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS holders_active ON holders (active_at);
 """
 T = TypeVar("T")
-SETTLE_LINGER_S = 0.002
+SETTLE_LINGER_S = 0.01
 CHECKPOINT_EVERY_S = 0.1
 AUTOCHECKPOINT_PAGES = 10_000
 CACHE_KIB = 64 * 1024
 MMAP_BYTES = 256 * 1024 * 1024
-# Tolerance for float sums when comparing spend with a limit: far below a thousandth of a cent.
-EPSILON = 1e-12
+# A refusal while another process may hold unused slices of the key waits this long for them, once.
+RECALL_WAIT_S = 1.5 * SWEEP_S
 
 
 class SQLiteStore(Store):
@@ -108,14 +132,21 @@ class SQLiteStore(Store):
             self.db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
             self.db.executescript(SCHEMA)
             self.db.execute("PRAGMA user_version = 1")
-            # Settlement markers only need to outlive retries.
+            # Settlement markers only need to outlive retries; holders, a day of quiet.
             self.db.execute("DELETE FROM settled WHERE at < ?", (time.time() - SETTLED_TTL_SECONDS,))
+            self.db.execute("DELETE FROM holders WHERE active_at < ?", (time.time() - 86400,))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the SQLite store at {path}: {exc}") from exc
         self.path = path
         self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] | None = None
         self._flush_soon: asyncio.Handle | None = None
         self._flush_later: asyncio.TimerHandle | None = None
+        # Local changes to undo if the batch's commit fails, and to make once it succeeds.
+        self._undo: list[Callable[[], None]] = []
+        self._after: list[Callable[[], None]] = []
+        self.leases = LocalLeases()
+        self._announced: dict[str, tuple[float, int]] = {}  # key id -> (active_at, leasing) last written
+        self._sweeper: asyncio.Task[None] | None = None
         self._stop = threading.Event()
         if path != ":memory:":
             threading.Thread(target=self._checkpoints, name="sqlite-checkpoint", daemon=True).start()
@@ -169,13 +200,14 @@ class SQLiteStore(Store):
         if self._flush_later is not None:
             self._flush_later.cancel()
             self._flush_later = None
+        self._undo, self._after = [], []
         outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
             if len(batch) == 1:  # alone: the transaction itself undoes a failed operation
                 operation, done = batch[0]
                 try:
                     with self._write() as db:
-                        outcomes.append((done, True, operation(db)))
+                        outcomes.append((done, True, self._run(operation, db)))
                 except StoreError:
                     raise
                 except Exception as exc:
@@ -185,15 +217,21 @@ class SQLiteStore(Store):
                     for operation, done in batch:
                         db.execute("SAVEPOINT op")
                         try:
-                            outcomes.append((done, True, operation(db)))
+                            outcomes.append((done, True, self._run(operation, db)))
                             db.execute("RELEASE op")
                         except Exception as exc:  # the caller gets its own exception; the batch goes on
                             db.execute("ROLLBACK TO op")
                             db.execute("RELEASE op")
                             outcomes.append((done, False, exc))
         except Exception as exc:  # the commit itself failed: nothing of the batch happened
+            for undo in reversed(self._undo):
+                undo()
+            self._after = []
             failure = exc if isinstance(exc, StoreError) else StoreError(f"SQLite write failed: {exc}")
             outcomes = [(done, False, failure) for _, done in batch]
+        for after in self._after:
+            after()
+        self._undo, self._after = [], []
         for done, ok, value in outcomes:
             if done.cancelled():
                 continue
@@ -201,6 +239,17 @@ class SQLiteStore(Store):
                 done.set_result(value)
             else:
                 done.set_exception(value)
+
+    def _run(self, operation: Callable[[sqlite3.Connection], T], db: sqlite3.Connection) -> T:
+        """Run one operation of a batch; if it fails, undo the local changes it registered."""
+        undo_mark, after_mark = len(self._undo), len(self._after)
+        try:
+            return operation(db)
+        except BaseException:
+            for undo in reversed(self._undo[undo_mark:]):
+                undo()
+            del self._undo[undo_mark:], self._after[after_mark:]
+            raise
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -263,55 +312,172 @@ class SQLiteStore(Store):
     # --- meters -------------------------------------------------------------------------------
 
     async def admit(self, admission: Admission) -> MeterSnapshot:
-        return await self._batched(lambda db: self._admit(db, admission))
+        """From the leases held, in memory; else one transaction that tops them up (see
+        adapters/store/local_leases.py)."""
+        snapshot = self.leases.take(admission, time.time())
+        if snapshot is not None:
+            return snapshot
+        outcome = await self._batched(lambda db: self._grant(db, admission))
+        if isinstance(outcome, Refusal) and outcome.others_hold:
+            # Another process may hold unused slices of this key; its sweeper returns them once it sees us.
+            await asyncio.sleep(RECALL_WAIT_S)
+            outcome = await self._batched(lambda db: self._grant(db, admission))
+        if isinstance(outcome, Refusal):
+            raise outcome.error
+        return outcome
 
-    @staticmethod
-    def _admit(db: sqlite3.Connection, admission: Admission) -> MeterSnapshot:
-        """Count first, check the new value, and raise if it is over: the caller's savepoint then undoes
-        every count of this admission. One statement per counter instead of a read and a write."""
-        snapshot = MeterSnapshot()
+    def _grant(self, db: sqlite3.Connection, admission: Admission) -> MeterSnapshot | Refusal:
+        """Top up every lease that cannot cover `admission` from the shared counters, then admit it from
+        them; or change no counter and return why not. Reads first, so a refusal writes nothing but,
+        when due, this process's presence on the key."""
+        now = time.time()
+        leases = self.leases
+        keys = {charge.key_id for charge in admission.budgets}
+        if admission.rates:
+            keys.add(admission.key_id)
+        others_hold = False
+        for key_id in keys:
+            (leasing,) = db.execute(
+                "SELECT max(leasing) FROM holders WHERE key_id = ? AND holder <> ? AND active_at > ?",
+                (key_id, leases.holder, now - CONTEND_S),
+            ).fetchone()
+            if leasing is not None:
+                leases.contended[key_id] = now
+                others_hold = others_hold or bool(leasing)
+        budget_plans: list[tuple[BudgetLease, bool, float, float]] = []
         for charge in admission.budgets:
+            lease = leases.budgets.get((charge.key_id, charge.period))
+            fresh = lease is None or lease.expires_at <= now  # an expired lease's row may be released already
+            if lease is None or fresh:
+                lease = leases.new_budget_lease()
+            row = db.execute(
+                "SELECT committed FROM meters WHERE key_id = ? AND period = ?", (charge.key_id, charge.period)
+            ).fetchone()
+            room = charge.limit_usd - (row[0] if row else 0.0)
+            need = charge.amount_usd - lease.avail
+            if need > room + EPSILON:
+                refused = BudgetRefused(charge.key_id, room + lease.avail)
+                return self._refuse(db, keys, refused, others_hold, now)
+            since = now - lease.granted_at
+            size = slice_size(need, room, lease.drawn, since, leases.exact(charge.key_id, now)) if need > 0 else 0.0
+            budget_plans.append((lease, fresh, size, max(lease.expires_at, admission.expires_at + RENEW_S)))
+        rate_plans: list[tuple[RateLease | None, int, int]] = []
+        for rate in admission.rates:
+            rate_lease = leases.rates.get((admission.key_id, rate.name))
+            current = rate_lease if rate_lease is not None and rate_lease.window == rate.window else None
+            row = db.execute(
+                "SELECT window, count FROM rates WHERE key_id = ? AND name = ?", (admission.key_id, rate.name)
+            ).fetchone()
+            count = row[1] if row and row[0] == rate.window else 0
+            need = rate.amount - (current.avail if current else 0)
+            if need > rate.limit - count:
+                refused_rate = RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - now)
+                return self._refuse(db, keys, refused_rate, others_hold, now)
+            exact = leases.exact(admission.key_id, now)
+            size = leases.rate_room(rate.limit, count, need, current, now, exact) if need > 0 else 0
+            rate_plans.append((current, count, size))
+        # Every check passed: write the grants, then change the leases held here.
+        committed_now = []
+        for charge, (lease, _, size, expires_at) in zip(admission.budgets, budget_plans, strict=True):
             (committed,) = db.execute(
                 "INSERT INTO meters (key_id, period, committed) VALUES (?, ?, ?) "
                 "ON CONFLICT (key_id, period) DO UPDATE SET committed = committed + excluded.committed "
                 "RETURNING committed",
-                (charge.key_id, charge.period, charge.amount_usd),
+                (charge.key_id, charge.period, size),
             ).fetchone()
-            if committed > charge.limit_usd + EPSILON:
-                raise BudgetRefused(charge.key_id, charge.limit_usd - (committed - charge.amount_usd))
-            snapshot.committed_usd.setdefault(charge.period, committed)
+            committed_now.append(committed)
             db.execute(
-                "INSERT OR IGNORE INTO reservations (key_id, id, period, amount, expires_at) VALUES (?, ?, ?, ?, ?)",
-                (charge.key_id, admission.reservation_id, charge.period, charge.amount_usd, admission.expires_at),
+                "INSERT INTO reservations (key_id, id, period, amount, expires_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (key_id, id, period) DO UPDATE SET "
+                "amount = amount + excluded.amount, expires_at = max(expires_at, excluded.expires_at)",
+                (charge.key_id, lease.row, charge.period, size, expires_at),
             )
-        if admission.rates:
-            # Every rate counter of the admission in one statement (rpm and tpm, per key and per model).
-            values: list[Any] = []
-            for rate in admission.rates:
-                values += (admission.key_id, rate.name, rate.window, rate.amount)
-            counts = dict(
+        for rate, (_, count, size) in zip(admission.rates, rate_plans, strict=True):
+            if size:
                 db.execute(
-                    "INSERT INTO rates (key_id, name, window, count) VALUES "
-                    + ", ".join(["(?, ?, ?, ?)"] * len(admission.rates))
-                    + " ON CONFLICT (key_id, name) DO UPDATE SET "
-                    "count = CASE WHEN window = excluded.window THEN count + excluded.count ELSE excluded.count END, "
-                    "window = excluded.window RETURNING name, count",
-                    values,
-                ).fetchall()
-            )
-            for rate in admission.rates:
-                count = counts[rate.name]
-                if count > rate.limit:
-                    raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - time.time())
-                snapshot.rates[rate.name] = count
+                    "INSERT INTO rates (key_id, name, window, count) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (key_id, name) DO UPDATE SET window = excluded.window, count = excluded.count",
+                    (admission.key_id, rate.name, rate.window, count + size),
+                )
+        leasing = {key_id: 0 for key_id in keys}
+        for charge, (lease, _, size, _) in zip(admission.budgets, budget_plans, strict=True):
+            if lease.avail + size - charge.amount_usd > EPSILON:
+                leasing[charge.key_id] = 1
+        for rate, (current, _, size) in zip(admission.rates, rate_plans, strict=True):
+            if (current.avail if current else 0) + size - rate.amount > 0:
+                leasing[admission.key_id] = 1
+        self._announce(db, leasing, now)
+        touched: list[tuple[dict[Any, Any], Any]] = []
+        for charge, (lease, fresh, size, expires_at), committed in zip(
+            admission.budgets, budget_plans, committed_now, strict=True
+        ):
+            if fresh:
+                leases.budgets[(charge.key_id, charge.period)] = lease
+            lease.avail += size
+            lease.expires_at = expires_at
+            lease.committed_seen = committed
+            if size:
+                lease.drawn, lease.granted_at = 0.0, now
+            touched.append((leases.budgets, (charge.key_id, charge.period)))
+        for rate, (current, count, size) in zip(admission.rates, rate_plans, strict=True):
+            if current is None:
+                current = leases.rates[(admission.key_id, rate.name)] = RateLease(rate.window)
+            current.avail += size
+            current.count_seen = count + size
+            if size:
+                current.drawn, current.granted_at = 0, now
+            touched.append((leases.rates, (admission.key_id, rate.name)))
+        snapshot = leases.take(admission, now)
+        if snapshot is None:  # cannot happen: every lease now covers its charge
+            raise StoreError("a lease grant did not cover its admission")
+
+        def forget() -> None:
+            """The commit failed: drop what this grant touched (the file keeps the slices until they expire,
+            or their minute ends: never more than it would have)."""
+            for table, key in touched:
+                table.pop(key, None)
+            leases.held.pop(admission.reservation_id, None)
+
+        self._undo.append(forget)
+        self._watch()
         return snapshot
 
-    async def settle(self, settlement: Settlement) -> None:
-        await self._batched(lambda db: self._settle(db, settlement), linger=True)
+    def _refuse(
+        self, db: sqlite3.Connection, keys: set[str], error: Exception, others_hold: bool, now: float
+    ) -> Refusal:
+        leasing = {key_id: 0 for key_id in keys}
+        for key_id in keys:
+            for (owner, _), lease in self.leases.budgets.items():
+                if owner == key_id and lease.avail > EPSILON:
+                    leasing[key_id] = 1
+        self._announce(db, leasing, now)
+        return Refusal(error, others_hold)
 
-    @staticmethod
-    def _settle(db: sqlite3.Connection, settlement: Settlement) -> None:
+    def _announce(self, db: sqlite3.Connection, leasing: dict[str, int], now: float) -> None:
+        """Tell other processes this one is active on these keys, and whether it holds unused slices: written
+        only when that changed or the last word is getting old."""
+        for key_id, holds in leasing.items():
+            said = self._announced.get(key_id)
+            if said is not None and said[1] == holds and now - said[0] < CONTEND_S / 2:
+                continue
+            db.execute(
+                "INSERT INTO holders (key_id, holder, active_at, leasing) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (key_id, holder) DO UPDATE SET active_at = excluded.active_at, leasing = excluded.leasing",
+                (key_id, self.leases.holder, now, holds),
+            )
+            self._announced[key_id] = (now, holds)
+            self._undo.append(functools.partial(self._announced.pop, key_id, None))  # type: ignore[arg-type]
+
+    async def settle(self, settlement: Settlement) -> None:
+        rows, rates = self.leases.adjust(settlement)
+        await self._batched(lambda db: self._settle(db, settlement, rows, rates), linger=True)
+
+    def _settle(self, db: sqlite3.Connection, settlement: Settlement, rows: list[str] | None, rates: list[int]) -> None:
+        """Record the line item and turn the reservation into spend. `rows`: the lease rows the request was
+        reserved in (None: its reservation is a row of its own); `rates`: the token adjustments no lease
+        absorbed."""
         item = settlement.item
+        self._after.append(lambda: self._settled(settlement.reservation_id))
         # Settled before, a retry changes nothing. The ledger line, unique by request, is the marker when
         # there is one (a random id in `settled` costs a page write per request); a bare release uses `settled`.
         if item is not None:
@@ -326,27 +492,39 @@ class SQLiteStore(Store):
                 db.execute("INSERT INTO settled (id, at) VALUES (?, ?)", (settlement.reservation_id, time.time()))
             except sqlite3.IntegrityError:
                 return
-        for charge in settlement.budgets:
-            row = db.execute(
-                "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ? RETURNING amount",
-                (charge.key_id, settlement.reservation_id, charge.period),
-            ).fetchone()
-            released = row[0] if row else 0.0  # an expired reservation was released already
+        for i, charge in enumerate(settlement.budgets):
+            if rows is not None:  # the spend leaves the lease: committed stays, unless the lease is gone
+                row = db.execute(
+                    "UPDATE reservations SET amount = amount - ? WHERE key_id = ? AND id = ? AND period = ? "
+                    "RETURNING amount",
+                    (charge.amount_usd, charge.key_id, rows[i], charge.period),
+                ).fetchone()
+                released = charge.amount_usd if row else 0.0
+            else:
+                row = db.execute(
+                    "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ? RETURNING amount",
+                    (charge.key_id, settlement.reservation_id, charge.period),
+                ).fetchone()
+                released = row[0] if row else 0.0  # an expired reservation was released already
             db.execute(
                 "INSERT INTO meters (key_id, period, committed, spent) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (key_id, period) DO UPDATE SET "
                 "committed = max(0, committed + excluded.committed), spent = spent + excluded.spent",
                 (charge.key_id, charge.period, charge.amount_usd - released, charge.amount_usd),
             )
-        for rate in settlement.rates:
-            if item is not None:
+        if item is not None:
+            for i in rates:
+                rate = settlement.rates[i]
                 db.execute(
                     "UPDATE rates SET count = max(0, count + ?) WHERE key_id = ? AND name = ? AND window = ?",
                     (rate.amount, item.key_id, rate.name, rate.window),
                 )
 
+    def _settled(self, reservation_id: str) -> None:
+        self.leases.held.pop(reservation_id, None)
+
     async def release_expired(self, key_id: str, now: float) -> float:
-        released = 0.0
+        released = self.leases.release_expired(key_id, now)
         with self._write() as db:
             rows = db.execute(
                 "DELETE FROM reservations WHERE key_id = ? AND expires_at < ? RETURNING period, amount", (key_id, now)
@@ -360,18 +538,100 @@ class SQLiteStore(Store):
         return released
 
     async def meter(self, key_id: str, period: str) -> MeterSnapshot:
+        """The counters as the file has them, less the unused slices this process holds."""
+        now = time.time()
         row = self.db.execute(
             "SELECT committed, spent FROM meters WHERE key_id = ? AND period = ?", (key_id, period)
         ).fetchone()
         snapshot = MeterSnapshot()
         if row:
-            snapshot.committed_usd[period], snapshot.spent_usd[period] = row
-        window = int(time.time() // 60)
+            committed, snapshot.spent_usd[period] = row
+            lease = self.leases.budgets.get((key_id, period))
+            if lease is not None and lease.expires_at > now:
+                committed -= lease.avail
+            snapshot.committed_usd[period] = committed
+        window = int(now // 60)
         for name, count in self.db.execute(
             "SELECT name, count FROM rates WHERE key_id = ? AND window = ?", (key_id, window)
         ):
-            snapshot.rates[name] = count
+            rate_lease = self.leases.rates.get((key_id, name))
+            snapshot.rates[name] = count - (rate_lease.avail if rate_lease and rate_lease.window == window else 0)
         return snapshot
+
+    # --- returning slices -------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Run the sweeper on the current event loop while this process holds leases."""
+        loop = asyncio.get_running_loop()
+        if self._sweeper is None or self._sweeper.done() or self._sweeper.get_loop() is not loop:
+            self._sweeper = loop.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while self.leases.budgets or self.leases.rates or self.leases.held:
+            await asyncio.sleep(SWEEP_S)
+            with contextlib.suppress(StoreError):
+                await self._batched(self._tidy)
+
+    def _tidy(self, db: sqlite3.Connection, everything: bool = False) -> None:
+        """Return the slices nobody here used for `IDLE_S` (or all, or those of keys another process is now
+        active on), forget finished leases, and requests whose reservations expired unsettled."""
+        now = time.time()
+        leases = self.leases
+        leases.release_expired(None, now)
+        others = {
+            key_id
+            for (key_id,) in db.execute(
+                "SELECT DISTINCT key_id FROM holders WHERE holder <> ? AND active_at > ?",
+                (leases.holder, now - CONTEND_S),
+            )
+        }
+        for key_id in others:
+            leases.contended[key_id] = now
+        returned: set[str] = set()
+        for (key_id, period), lease in list(leases.budgets.items()):
+            if lease.expires_at <= now:
+                del leases.budgets[(key_id, period)]
+                continue
+            idle = now - lease.used_at > IDLE_S
+            if lease.avail > EPSILON and (idle or everything or key_id in others):
+                unused, lease.avail = lease.avail, 0.0
+                lease.committed_seen -= unused
+                db.execute(
+                    "UPDATE reservations SET amount = amount - ? WHERE key_id = ? AND id = ? AND period = ?",
+                    (unused, key_id, lease.row, period),
+                )
+                db.execute(
+                    "UPDATE meters SET committed = max(0, committed - ?) WHERE key_id = ? AND period = ?",
+                    (unused, key_id, period),
+                )
+                returned.add(key_id)
+            if (idle or everything) and lease.holds <= 0 and lease.avail <= EPSILON:
+                del leases.budgets[(key_id, period)]
+                db.execute(
+                    "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ? AND abs(amount) < 1e-9",
+                    (key_id, lease.row, period),
+                )
+        window = int(now // 60)
+        for (key_id, name), rate_lease in list(leases.rates.items()):
+            idle = now - rate_lease.used_at > IDLE_S
+            if rate_lease.window < window:
+                del leases.rates[(key_id, name)]  # its minute is over, and what it held with it
+                continue
+            if rate_lease.avail and (idle or everything or key_id in others):
+                unused, rate_lease.avail = rate_lease.avail, 0
+                rate_lease.count_seen -= unused
+                db.execute(
+                    "UPDATE rates SET count = max(0, count - ?) WHERE key_id = ? AND name = ? AND window = ?",
+                    (unused, key_id, name, rate_lease.window),
+                )
+                returned.add(key_id)
+            if idle or everything:
+                del leases.rates[(key_id, name)]
+        for key_id in returned:  # without touching `active_at`: returning is not being active
+            db.execute("UPDATE holders SET leasing = 0 WHERE key_id = ? AND holder = ?", (key_id, leases.holder))
+            said = self._announced.get(key_id)
+            if said is not None:
+                self._announced[key_id] = (said[0], 0)
 
     # --- ledger -------------------------------------------------------------------------------
 
@@ -390,7 +650,23 @@ class SQLiteStore(Store):
         return [ledger_from_json(row[0]) for row in rows]
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await self._sweeper
         if self._batch:
             self._flush()
+        if self.leases.budgets or self.leases.rates:
+            with contextlib.suppress(StoreError, sqlite3.Error), self._write() as db:
+                self._tidy(db, everything=True)
         self._stop.set()
         self.db.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An admission the counters cannot take: `error` to raise; `others_hold`, whether another process
+    active on the key may hold unused slices of it."""
+
+    error: Exception
+    others_hold: bool

@@ -34,14 +34,16 @@ async def test_a_lone_call_commits_once_without_savepoints(store: SQLiteStore) -
     key = uuid.uuid4().hex[:12]
     statements = traced(store)
     await store.admit(admission(key, 0.6))
+    changes = store.db.total_changes
     with pytest.raises(BudgetRefused):
-        await store.admit(admission(key, 0.6))  # alone and refused: its transaction rolls back
+        await store.admit(admission(key, 0.6))  # alone and refused: its transaction writes nothing
+    assert store.db.total_changes == changes
     assert not any(s.startswith("SAVEPOINT") for s in statements)
-    assert statements.count("COMMIT") == 1 and statements.count("ROLLBACK") == 1
+    assert statements.count("BEGIN IMMEDIATE") == statements.count("COMMIT") == 2
     assert (await store.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.6)
 
 
-async def test_a_settlement_rides_along_with_the_next_admission(store: SQLiteStore) -> None:
+async def test_a_settlement_rides_along_with_the_next_grant(store: SQLiteStore) -> None:
     key = uuid.uuid4().hex[:12]
     first = admission(key, 0.5)
     await store.admit(first)
@@ -49,11 +51,11 @@ async def test_a_settlement_rides_along_with_the_next_admission(store: SQLiteSto
     settling = asyncio.create_task(store.settle(settlement(first, 0.125, line(key, 0.125))))
     await asyncio.sleep(0)  # the settlement is queued and lingers
     assert "COMMIT" not in statements
-    await store.admit(admission(key, 0.25))
+    await store.admit(admission(key, 0.45))  # more than the lease's 0.375 left: a grant
     await settling
     assert statements.count("COMMIT") == 1  # one transaction for both
     meter = await store.meter(key, PERIOD)
-    assert meter.committed_usd[PERIOD] == pytest.approx(0.375)
+    assert meter.committed_usd[PERIOD] == pytest.approx(0.575)
     assert meter.spent_usd[PERIOD] == pytest.approx(0.125)
 
 

@@ -1,0 +1,209 @@
+"""Budgets and rate limits admitted in memory, from leases of the shared counters.
+
+The embedded store's counters live in one file that several processes may share (the server's workers,
+the CLI, tests). An admission used to be a write transaction on that file: a few statements and a commit
+on every request, about a fifth of a request's CPU. Instead, a process takes a *lease* of a counter (a
+slice of a budget, or of a rate limit's count for the current minute), counted in the file as committed
+the moment it is granted, and admits requests against it in memory. The file's own checks still hold
+every lease within the limit, so no combination of processes can commit more than a limit; a lease
+only moves the write from every request to every few seconds of traffic.
+
+A lease is sized by the traffic that drew on it: `SPAN_S` seconds of what was used since the last grant,
+never more than `FRACTION` of what the counter has left, never less than the request needs (the first
+grant is exactly one request's worth). Near a limit, grants shrink to single requests, so one process
+alone admits exactly what fits.
+
+Several processes on one key would fragment the counter (one holds a slice it does not use while another
+is refused), so leasing stops while another process is active on the key (`holders` in the file, with
+whether each may hold unused slices): each grant is then exactly one request's worth, as before leases.
+A process that still holds slices returns them when its sweeper sees the other one (every `SWEEP_S`),
+and a refusal while another process may hold slices waits for that once before it stands.
+
+Slices nobody used for `IDLE_S` go back, so readers in other processes see near-exact counters; readers
+in the holding process see exact ones (the store subtracts what it holds). A budget lease is a row in
+`reservations` that outlives every request admitted from it: it expires (and is released like any
+reservation) only after its last request's reservation would have, so a crashed process's slices come
+back exactly as its reservations would. Rate slices live as long as their minute.
+
+This module keeps the process's side: the leases, the requests admitted from them, and the arithmetic.
+The store (adapters/store/sqlite.py) writes the grants and returns.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+
+from handler.ports import Admission, MeterSnapshot, Settlement
+
+SPAN_S = 2.0
+FRACTION = 0.25
+IDLE_S = 2.0
+SWEEP_S = 0.5
+# Another process counts as active on a key for this long after its last grant on it.
+CONTEND_S = 10.0
+# A budget lease outlives the requests admitted from it by this much, so it is renewed once a minute.
+RENEW_S = 60.0
+# Tolerance for float sums when comparing with a limit: far below a thousandth of a cent.
+EPSILON = 1e-12
+
+
+def slice_size(need: float, room: float, used: float, since_s: float, exact: bool) -> float:
+    """What to take from a shared counter with `room` left for a request that needs `need` more than the
+    lease holds, after `used` was drawn in the `since_s` seconds since the last grant (see the module
+    docstring). The caller has checked that `need <= room`."""
+    if exact:
+        return need
+    wanted = used / max(since_s, 0.001) * SPAN_S
+    return max(need, min(wanted, room * FRACTION))
+
+
+@dataclass(slots=True)
+class BudgetLease:
+    """A slice of one key's budget for one period: `row` in `reservations`, `avail` of it unused here."""
+
+    row: str
+    expires_at: float = 0.0
+    avail: float = 0.0
+    committed_seen: float = 0.0  # the counter after this process's last write on it, this lease included
+    drawn: float = 0.0  # drawn since the last grant
+    granted_at: float = 0.0
+    used_at: float = 0.0
+    holds: int = 0  # requests admitted from it and not yet settled
+
+    def usable(self, amount: float, limit: float, expires_at: float) -> bool:
+        return (
+            self.avail + EPSILON >= amount
+            and expires_at <= self.expires_at
+            and self.committed_seen - self.avail + amount <= limit + EPSILON  # a limit lowered since
+        )
+
+
+@dataclass(slots=True)
+class RateLease:
+    """A slice of one rate counter's count for the minute `window`."""
+
+    window: int
+    avail: int = 0
+    count_seen: int = 0
+    drawn: int = 0
+    granted_at: float = 0.0
+    used_at: float = 0.0
+
+    def usable(self, window: int, amount: int, limit: int) -> bool:
+        return self.window == window and self.avail >= amount and self.count_seen - self.avail + amount <= limit
+
+
+@dataclass(slots=True)
+class Held:
+    """A request admitted from leases, until it settles (or its reservation expires)."""
+
+    key_id: str
+    expires_at: float
+    amount_usd: float
+    budget_keys: list[str]
+    budgets: list[BudgetLease]
+    rates: dict[str, RateLease]
+    adjusted: bool = False  # the settlement has been applied to the leases (the store write may follow)
+
+
+@dataclass(slots=True)
+class LocalLeases:
+    """One process's leases on one store (see the module docstring)."""
+
+    holder: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    budgets: dict[tuple[str, str], BudgetLease] = field(default_factory=dict)
+    rates: dict[tuple[str, str], RateLease] = field(default_factory=dict)
+    held: dict[str, Held] = field(default_factory=dict)
+    contended: dict[str, float] = field(default_factory=dict)  # key id -> when another process was last seen
+    epoch: int = 0
+
+    def new_budget_lease(self) -> BudgetLease:
+        self.epoch += 1
+        return BudgetLease(f"lease:{self.holder}:{self.epoch}")
+
+    def take(self, admission: Admission, now: float) -> MeterSnapshot | None:
+        """Admit `admission` from the leases held, or None if one of them cannot cover it."""
+        budgets = []
+        for charge in admission.budgets:
+            lease = self.budgets.get((charge.key_id, charge.period))
+            if lease is None or not lease.usable(charge.amount_usd, charge.limit_usd, admission.expires_at):
+                return None
+            budgets.append(lease)
+        rates = {}
+        for rate in admission.rates:
+            rate_lease = self.rates.get((admission.key_id, rate.name))
+            if rate_lease is None or not rate_lease.usable(rate.window, rate.amount, rate.limit):
+                return None
+            rates[rate.name] = rate_lease
+        snapshot = MeterSnapshot()
+        for charge, lease in zip(admission.budgets, budgets, strict=True):
+            lease.avail -= charge.amount_usd
+            lease.drawn += charge.amount_usd
+            lease.used_at = now
+            lease.holds += 1
+            snapshot.committed_usd.setdefault(charge.period, lease.committed_seen - lease.avail)
+        for rate in admission.rates:
+            rate_lease = rates[rate.name]
+            rate_lease.avail -= rate.amount
+            rate_lease.drawn += rate.amount
+            rate_lease.used_at = now
+            snapshot.rates[rate.name] = rate_lease.count_seen - rate_lease.avail
+        amount = admission.budgets[0].amount_usd if admission.budgets else 0.0
+        keys = [charge.key_id for charge in admission.budgets]
+        self.held[admission.reservation_id] = Held(admission.key_id, admission.expires_at, amount, keys, budgets, rates)
+        return snapshot
+
+    def adjust(self, settlement: Settlement) -> tuple[list[str] | None, list[int]]:
+        """Apply a settlement to the leases its request was admitted from, once. Returns the lease rows its
+        budget charges were reserved in (None: not admitted here, so its reservation is a row of its own)
+        and the indexes of the rate adjustments the store must still write (those not absorbed here)."""
+        held = self.held.get(settlement.reservation_id)
+        if held is None:
+            return None, list(range(len(settlement.rates)))
+        rows = [lease.row for lease in held.budgets]
+        if held.adjusted:
+            return rows, [i for i, r in enumerate(settlement.rates) if r.name not in held.rates]
+        held.adjusted = True
+        for charge, lease in zip(settlement.budgets, held.budgets, strict=True):
+            lease.avail += held.amount_usd - charge.amount_usd
+            lease.holds -= 1
+        to_write = []
+        for i, rate in enumerate(settlement.rates):
+            rate_lease = held.rates.get(rate.name)
+            current = self.rates.get((held.key_id, rate.name))
+            if rate_lease is not None and rate_lease is current and rate_lease.window == rate.window:
+                rate_lease.avail -= rate.amount  # more tokens than estimated take from the slice, fewer add
+            else:
+                held.rates.pop(rate.name, None)
+                to_write.append(i)
+        return rows, to_write
+
+    def release_expired(self, key_id: str | None, now: float) -> float:
+        """Forget requests whose reservations expired unsettled (on `key_id`, or all), giving their
+        reservations back to the leases they came from; returns the USD given back."""
+        released = 0.0
+        for reservation_id, held in list(self.held.items()):
+            if held.expires_at >= now or (key_id is not None and key_id not in held.budget_keys):
+                continue
+            del self.held[reservation_id]
+            if held.adjusted:
+                continue
+            for budget_key, lease in zip(held.budget_keys, held.budgets, strict=True):
+                lease.holds -= 1
+                if lease.expires_at > now:  # an expired lease's row is released with what it held
+                    lease.avail += held.amount_usd
+                    if budget_key == key_id or key_id is None:
+                        released += held.amount_usd
+        return released
+
+    def exact(self, key_id: str, now: float) -> bool:
+        """Whether grants on `key_id` are one request's worth (another process is active on it)."""
+        seen = self.contended.get(key_id)
+        return seen is not None and now - seen < CONTEND_S
+
+    def rate_room(self, limit: int, count: int, need: int, lease: RateLease | None, now: float, exact: bool) -> int:
+        """The slice of a rate counter at `count` to take for a request needing `need` more."""
+        drawn, since = (lease.drawn, now - lease.granted_at) if lease is not None else (0, 0.0)
+        return max(need, math.floor(slice_size(need, limit - count, drawn, since, exact)))

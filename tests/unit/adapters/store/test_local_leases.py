@@ -1,0 +1,196 @@
+"""Leases of the embedded store's counters (adapters/store/local_leases.py): admissions in memory, exact
+counts, slices that go back, and what several processes on one file see. Two `SQLiteStore`s on one file
+stand for two processes: they share nothing but the file."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from adapters.store import sqlite as sqlite_store
+from adapters.store.local_leases import RENEW_S, slice_size
+from adapters.store.sqlite import SQLiteStore
+from handler.ports import Admission, BudgetCharge, BudgetRefused, RateCharge, Settlement, StoreError
+from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    return str(tmp_path / "store.db")
+
+
+@pytest.fixture
+async def store(path: str) -> AsyncIterator[SQLiteStore]:
+    opened = SQLiteStore(path)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sweeps every 20 ms, slices idle after 100 ms, a refusal waits 60 ms for others' slices."""
+    monkeypatch.setattr(sqlite_store, "SWEEP_S", 0.02)
+    monkeypatch.setattr(sqlite_store, "IDLE_S", 0.1)
+    monkeypatch.setattr(sqlite_store, "RECALL_WAIT_S", 0.06)
+
+
+def test_a_slice_is_what_the_request_needs_at_first_then_follows_the_traffic() -> None:
+    assert slice_size(0.01, 10.0, used=0.0, since_s=0.0, exact=False) == 0.01  # no traffic seen yet
+    assert slice_size(0.01, 10.0, used=0.5, since_s=1.0, exact=False) == pytest.approx(1.0)  # two seconds' worth
+    assert slice_size(0.01, 1.0, used=5.0, since_s=1.0, exact=False) == pytest.approx(0.25)  # a quarter of the room
+    assert slice_size(0.01, 0.02, used=5.0, since_s=1.0, exact=False) == 0.01  # near the limit: the need
+    assert slice_size(0.01, 10.0, used=5.0, since_s=1.0, exact=True) == 0.01  # another process active
+
+
+async def test_admissions_from_a_lease_write_nothing_and_count_exactly(store: SQLiteStore) -> None:
+    key = uuid.uuid4().hex[:12]
+    await store.admit(admission(key, 0.01))
+    await store.admit(admission(key, 0.01))  # the second grant takes a slice for the traffic seen
+    statements: list[str] = []
+    store.db.set_trace_callback(statements.append)
+    committed = [(await store.admit(admission(key, 0.01))).committed_usd[PERIOD] for _ in range(20)]
+    assert statements == []
+    assert committed == pytest.approx([0.01 * n for n in range(3, 23)])
+    assert (await store.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.22)
+
+
+async def test_rate_counts_come_from_a_lease_and_token_settlements_stay_in_it(store: SQLiteStore) -> None:
+    key = uuid.uuid4().hex[:12]
+    window = int(time.time() // 60)
+
+    def tokens(estimate: int) -> Admission:
+        rates = [RateCharge("rpm", window, 100, 1), RateCharge("tpm", window, 10_000, estimate)]
+        return Admission(uuid.uuid4().hex, key, [], rates, time.time() + 60)
+
+    first = tokens(100)
+    assert (await store.admit(first)).rates == {"rpm": 1, "tpm": 100}
+    second = tokens(100)
+    assert (await store.admit(second)).rates == {"rpm": 2, "tpm": 200}
+    statements: list[str] = []
+    store.db.set_trace_callback(statements.append)
+    # 40 tokens used of the 100 estimated: the difference goes back to the lease, not to the file.
+    adjust = [RateCharge("tpm", window, 10_000, -60)]
+    await store.settle(Settlement(second.reservation_id, [], 0.0, adjust, line(key, 0.0)))
+    assert not any("UPDATE rates" in s for s in statements)
+    assert (await store.meter(key, PERIOD)).rates == {"rpm": 2, "tpm": 140}
+    # A settlement for a minute the lease no longer covers is written to the file, as before leases.
+    stale = Settlement(first.reservation_id, [], 0.0, [RateCharge("tpm", window - 1, 10_000, 5)], line(key, 0.0))
+    await store.settle(stale)
+    assert any("UPDATE rates" in s for s in statements)
+
+
+async def test_idle_slices_go_back_so_other_processes_read_exact_counters(path: str, quick: None) -> None:
+    holder, reader = SQLiteStore(path), SQLiteStore(path)
+    key = uuid.uuid4().hex[:12]
+    window = int(time.time() // 60)
+    for _ in range(5):
+        rpm = [RateCharge("rpm", window, 1000, 1)]
+        await holder.admit(
+            Admission(uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1.0, 0.01)], rpm, time.time() + 60)
+        )
+    seen = await reader.meter(key, PERIOD)
+    assert seen.committed_usd[PERIOD] > 0.05 and seen.rates["rpm"] > 5  # the holder's unused slices count
+    assert (await holder.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.05)  # not to the holder
+    await asyncio.sleep(0.3)
+    seen = await reader.meter(key, PERIOD)
+    assert seen.committed_usd[PERIOD] == pytest.approx(0.05) and seen.rates["rpm"] == 5
+    await holder.close()
+    await reader.close()
+
+
+async def test_a_second_process_gets_what_the_first_holds_unused(path: str, quick: None) -> None:
+    first, second = SQLiteStore(path), SQLiteStore(path)
+    key = uuid.uuid4().hex[:12]
+    for _ in range(10):
+        await first.admit(admission(key, 0.01))
+    # The first process holds a slice beyond its 0.10: without it back, 0.90 would not fit.
+    row = first.db.execute("SELECT committed FROM meters WHERE key_id = ?", (key,)).fetchone()
+    assert row[0] > 0.1 + 1e-9
+    snapshot = await second.admit(admission(key, 0.9))
+    assert snapshot.committed_usd[PERIOD] == pytest.approx(1.0)
+    with pytest.raises(BudgetRefused):  # full: and the first process now grants one request at a time
+        await first.admit(admission(key, 0.01))
+    reader = SQLiteStore(path)
+    assert (await reader.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(1.0)
+    for store in (first, second, reader):
+        await store.close()
+
+
+async def test_a_failed_commit_forgets_the_grant_and_counts_nothing(store: SQLiteStore) -> None:
+    key = uuid.uuid4().hex[:12]
+    real = store._write
+
+    @contextmanager
+    def failing() -> Iterator[sqlite3.Connection]:
+        with real() as db:
+            yield db
+            raise StoreError("SQLite commit failed: disk I/O error")
+
+    store._write = failing  # type: ignore[method-assign]
+    with pytest.raises(StoreError):
+        await store.admit(admission(key, 0.3))
+    assert store.leases.budgets == {} and store.leases.held == {}
+    store._write = real  # type: ignore[method-assign]
+    assert await store.meter(key, PERIOD) == type(await store.meter(key, PERIOD))()  # nothing written
+    for _ in range(3):
+        await store.admit(admission(key, 0.3))
+    with pytest.raises(BudgetRefused):
+        await store.admit(admission(key, 0.3))
+    assert (await store.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.9)
+
+
+async def test_a_crashed_holders_slices_come_back_when_its_lease_expires(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "RENEW_S", 0.0)  # the lease lives exactly as long as its requests
+    crashed, survivor = SQLiteStore(path), SQLiteStore(path)
+    key = uuid.uuid4().hex[:12]
+
+    def short(amount: float) -> Admission:
+        return Admission(uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1.0, amount)], [], time.time() + 0.2)
+
+    await crashed.admit(short(0.4))
+    await crashed.admit(short(0.4))  # never settled: the process is gone
+    crashed.leases = type(crashed.leases)()  # and so is what it knew
+    with pytest.raises(BudgetRefused):
+        await survivor.admit(admission(key, 0.5))
+    await asyncio.sleep(0.3)
+    assert await survivor.release_expired(key, time.time()) == pytest.approx(0.8)
+    await survivor.admit(admission(key, 0.5))
+    assert (await survivor.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.5)
+    await crashed.close()
+    await survivor.close()
+
+
+async def test_a_lowered_limit_holds_against_a_lease_granted_under_the_old_one(store: SQLiteStore) -> None:
+    key = uuid.uuid4().hex[:12]
+    await store.admit(admission(key, 0.01))
+    await store.admit(admission(key, 0.01))
+    assert store.leases.budgets[(key, PERIOD)].avail > 0.01  # a slice covers the next request
+    with pytest.raises(BudgetRefused) as refused:
+        await store.admit(admission(key, 0.01, limit=0.025))
+    assert refused.value.remaining_usd == pytest.approx(0.005)
+    await store.admit(admission(key, 0.005, limit=0.025))  # exactly what the new limit leaves
+
+
+async def test_a_request_outliving_its_lease_renews_it_without_a_new_slice(store: SQLiteStore) -> None:
+    key = uuid.uuid4().hex[:12]
+    await store.admit(admission(key, 0.01))
+    await store.admit(admission(key, 0.01))
+    lease = store.leases.budgets[(key, PERIOD)]
+    avail, expires = lease.avail, lease.expires_at
+    long = Admission(uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1.0, 0.01)], [], expires + 30)
+    await store.admit(long)
+    assert lease.avail == pytest.approx(avail - 0.01) and lease.expires_at == expires + 30 + RENEW_S
+    (row_expiry,) = store.db.execute("SELECT expires_at FROM reservations WHERE id = ?", (lease.row,)).fetchone()
+    assert row_expiry == lease.expires_at
+    await store.settle(settlement(long, 0.004, line(key, 0.004)))
+    meter = await store.meter(key, PERIOD)
+    assert meter.committed_usd[PERIOD] == pytest.approx(0.024) and meter.spent_usd[PERIOD] == pytest.approx(0.004)
