@@ -138,12 +138,14 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the SQLite store at {path}: {exc}") from exc
         self.path = path
-        self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] | None = None
+        self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]] | None = None
         self._flush_soon: asyncio.Handle | None = None
         self._flush_later: asyncio.TimerHandle | None = None
         # Local changes to undo if the batch's commit fails, and to make once it succeeds.
         self._undo: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
+        # Spend settled from leases in this batch, summed per lease row: written once, before the commit.
+        self._spend: dict[tuple[str, str, str], float] = {}
         self.leases = LocalLeases()
         self._announced: dict[str, tuple[float, int]] = {}  # key id -> (active_at, leasing) last written
         self._sweeper: asyncio.Task[None] | None = None
@@ -169,9 +171,13 @@ class SQLiteStore(Store):
         finally:
             db.close()
 
-    async def _batched(self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False) -> T:
+    async def _batched(
+        self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False, single: bool = False
+    ) -> T:
         """Run `operation` in the transaction shared by this event-loop turn (see the module docstring);
-        with `linger`, the batch may wait up to `SETTLE_LINGER_S` for more operations."""
+        with `linger`, the batch may wait up to `SETTLE_LINGER_S` for more operations. `single`: the
+        operation writes with one statement at most, which SQLite undoes by itself if it fails, so it
+        needs no savepoint."""
         loop = asyncio.get_running_loop()
         if self._batch is None:
             self._batch = []
@@ -180,7 +186,7 @@ class SQLiteStore(Store):
         elif self._flush_soon is None and self._flush_later is None:
             self._flush_later = loop.call_later(SETTLE_LINGER_S, self._flush)
         done: asyncio.Future[T] = loop.create_future()
-        self._batch.append((operation, done))
+        self._batch.append((operation, done, single))
         return await done
 
     def hurry(self) -> None:
@@ -200,21 +206,30 @@ class SQLiteStore(Store):
         if self._flush_later is not None:
             self._flush_later.cancel()
             self._flush_later = None
-        self._undo, self._after = [], []
+        self._undo, self._after, self._spend = [], [], {}
         outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
             if len(batch) == 1:  # alone: the transaction itself undoes a failed operation
-                operation, done = batch[0]
+                operation, done, _ = batch[0]
                 try:
                     with self._write() as db:
                         outcomes.append((done, True, self._run(operation, db)))
+                        self._write_spend(db)
                 except StoreError:
                     raise
                 except Exception as exc:
                     outcomes.append((done, False, exc))
             else:
                 with self._write() as db:
-                    for operation, done in batch:
+                    for operation, done, single in batch:
+                        if single:
+                            try:
+                                outcomes.append((done, True, self._run(operation, db)))
+                            except Exception as exc:
+                                if not db.in_transaction:  # SQLite gave up the whole transaction
+                                    raise StoreError(f"SQLite write failed: {exc}") from exc
+                                outcomes.append((done, False, exc))
+                            continue
                         db.execute("SAVEPOINT op")
                         try:
                             outcomes.append((done, True, self._run(operation, db)))
@@ -223,12 +238,13 @@ class SQLiteStore(Store):
                             db.execute("ROLLBACK TO op")
                             db.execute("RELEASE op")
                             outcomes.append((done, False, exc))
+                    self._write_spend(db)
         except Exception as exc:  # the commit itself failed: nothing of the batch happened
             for undo in reversed(self._undo):
                 undo()
-            self._after = []
+            self._after, self._spend = [], {}
             failure = exc if isinstance(exc, StoreError) else StoreError(f"SQLite write failed: {exc}")
-            outcomes = [(done, False, failure) for _, done in batch]
+            outcomes = [(done, False, failure) for _, done, _ in batch]
         for after in self._after:
             after()
         self._undo, self._after = [], []
@@ -239,6 +255,32 @@ class SQLiteStore(Store):
                 done.set_result(value)
             else:
                 done.set_exception(value)
+
+    def _write_spend(self, db: sqlite3.Connection) -> None:
+        """Move the batch's settled spend out of the lease rows it was reserved in, one row at a time: the
+        counter's committed stays (reserved becomes spent), unless the lease is gone (expired and released),
+        whose spend is then committed anew, as a late settlement's is."""
+        spend, self._spend = self._spend, {}
+        try:
+            for (key_id, period, row), amount in spend.items():
+                held = db.execute(
+                    "UPDATE reservations SET amount = amount - ? WHERE key_id = ? AND id = ? AND period = ? "
+                    "RETURNING amount",
+                    (amount, key_id, row, period),
+                ).fetchone()
+                db.execute(
+                    "INSERT INTO meters (key_id, period, committed, spent) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (key_id, period) DO UPDATE SET "
+                    "committed = max(0, committed + excluded.committed), spent = spent + excluded.spent",
+                    (key_id, period, 0.0 if held else amount, amount),
+                )
+                lease = self.leases.budgets.get((key_id, period))
+                if held and abs(held[0]) < 1e-9 and (lease is None or lease.row != row):  # its lease is done
+                    db.execute(
+                        "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ?", (key_id, row, period)
+                    )
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write failed: {exc}") from exc
 
     def _run(self, operation: Callable[[sqlite3.Connection], T], db: sqlite3.Connection) -> T:
         """Run one operation of a batch; if it fails, undo the local changes it registered."""
@@ -470,7 +512,8 @@ class SQLiteStore(Store):
 
     async def settle(self, settlement: Settlement) -> None:
         rows, rates = self.leases.adjust(settlement)
-        await self._batched(lambda db: self._settle(db, settlement, rows, rates), linger=True)
+        single = rows is not None and (settlement.item is None or not rates)
+        await self._batched(lambda db: self._settle(db, settlement, rows, rates), linger=True, single=single)
 
     def _settle(self, db: sqlite3.Connection, settlement: Settlement, rows: list[str] | None, rates: list[int]) -> None:
         """Record the line item and turn the reservation into spend. `rows`: the lease rows the request was
@@ -492,26 +535,6 @@ class SQLiteStore(Store):
                 db.execute("INSERT INTO settled (id, at) VALUES (?, ?)", (settlement.reservation_id, time.time()))
             except sqlite3.IntegrityError:
                 return
-        for i, charge in enumerate(settlement.budgets):
-            if rows is not None:  # the spend leaves the lease: committed stays, unless the lease is gone
-                row = db.execute(
-                    "UPDATE reservations SET amount = amount - ? WHERE key_id = ? AND id = ? AND period = ? "
-                    "RETURNING amount",
-                    (charge.amount_usd, charge.key_id, rows[i], charge.period),
-                ).fetchone()
-                released = charge.amount_usd if row else 0.0
-            else:
-                row = db.execute(
-                    "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ? RETURNING amount",
-                    (charge.key_id, settlement.reservation_id, charge.period),
-                ).fetchone()
-                released = row[0] if row else 0.0  # an expired reservation was released already
-            db.execute(
-                "INSERT INTO meters (key_id, period, committed, spent) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (key_id, period) DO UPDATE SET "
-                "committed = max(0, committed + excluded.committed), spent = spent + excluded.spent",
-                (charge.key_id, charge.period, charge.amount_usd - released, charge.amount_usd),
-            )
         if item is not None:
             for i in rates:
                 rate = settlement.rates[i]
@@ -519,6 +542,25 @@ class SQLiteStore(Store):
                     "UPDATE rates SET count = max(0, count + ?) WHERE key_id = ? AND name = ? AND window = ?",
                     (rate.amount, item.key_id, rate.name, rate.window),
                 )
+        if rows is None:
+            for charge in settlement.budgets:
+                row = db.execute(
+                    "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ? RETURNING amount",
+                    (charge.key_id, settlement.reservation_id, charge.period),
+                ).fetchone()
+                released = row[0] if row else 0.0  # an expired reservation was released already
+                db.execute(
+                    "INSERT INTO meters (key_id, period, committed, spent) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (key_id, period) DO UPDATE SET "
+                    "committed = max(0, committed + excluded.committed), spent = spent + excluded.spent",
+                    (charge.key_id, charge.period, charge.amount_usd - released, charge.amount_usd),
+                )
+            return
+        # From leases: the spend leaves each lease row with the rest of the batch's (last: nothing after
+        # this can fail and leave it counted).
+        for row_id, charge in zip(rows, settlement.budgets, strict=True):
+            key = (charge.key_id, charge.period, row_id)
+            self._spend[key] = self._spend.get(key, 0.0) + charge.amount_usd
 
     def _settled(self, reservation_id: str) -> None:
         self.leases.held.pop(reservation_id, None)

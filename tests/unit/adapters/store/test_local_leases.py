@@ -194,3 +194,16 @@ async def test_a_request_outliving_its_lease_renews_it_without_a_new_slice(store
     await store.settle(settlement(long, 0.004, line(key, 0.004)))
     meter = await store.meter(key, PERIOD)
     assert meter.committed_usd[PERIOD] == pytest.approx(0.024) and meter.spent_usd[PERIOD] == pytest.approx(0.004)
+
+
+async def test_a_lease_done_with_leaves_no_row_behind(store: SQLiteStore, quick: None) -> None:
+    key = uuid.uuid4().hex[:12]
+    admitted = [admission(key, 0.01) for _ in range(4)]
+    for adm in admitted:
+        await store.admit(adm)
+    for adm in admitted:
+        await store.settle(settlement(adm, 0.005, line(key, 0.005)))
+    await asyncio.sleep(0.4)
+    assert store.db.execute("SELECT count(*) FROM reservations").fetchone() == (0,)
+    (committed, spent) = store.db.execute("SELECT committed, spent FROM meters WHERE key_id = ?", (key,)).fetchone()
+    assert committed == pytest.approx(0.02) and spent == pytest.approx(0.02)

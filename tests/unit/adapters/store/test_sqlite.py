@@ -139,3 +139,18 @@ async def test_the_log_stays_bounded_under_steady_writes(tmp_path: Path, monkeyp
         largest = max(largest, wal.stat().st_size)
     assert 0 < largest < 3 * 1000 * (4096 + 24)  # frames of a page and a 24-byte header
     await store.close()
+
+
+async def test_settlements_of_one_batch_move_their_spend_out_of_the_lease_at_once(store: SQLiteStore) -> None:
+    key = uuid.uuid4().hex[:12]
+    admitted = [admission(key, 0.01) for _ in range(5)]
+    for adm in admitted:
+        await store.admit(adm)
+    statements = traced(store)
+    await asyncio.gather(*(store.settle(settlement(adm, 0.002, line(key, 0.002))) for adm in admitted))
+    assert sum(s.startswith("INSERT OR IGNORE INTO ledger") for s in statements) == 5
+    assert sum(s.startswith("UPDATE reservations") for s in statements) == 1
+    assert sum(s.startswith("INSERT INTO meters") for s in statements) == 1
+    assert not any(s.startswith("SAVEPOINT") for s in statements)  # a ledger line is one statement
+    meter = await store.meter(key, PERIOD)
+    assert meter.committed_usd[PERIOD] == pytest.approx(0.01) and meter.spent_usd[PERIOD] == pytest.approx(0.01)
