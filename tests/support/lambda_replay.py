@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 
 class Context:
@@ -20,14 +21,34 @@ class Context:
     aws_request_id = "00000000-0000-0000-0000-000000000000"
 
 
+class LineCounter:
+    """`sys.stdout` for the handler: passes everything to `out`, counting the request log lines."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.buffer = self
+        self.requests = 0
+
+    def write(self, data: str | bytes) -> int:
+        text = data if isinstance(data, str) else data.decode()
+        self.requests += text.count('"message":"request"')
+        self.out.write(text)
+        return len(data)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
 def main(paths: list[str]) -> None:
     results = sys.stdout
-    sys.stdout = sys.stderr  # the handler's log lines go to stderr here, leaving stdout to the results
+    logged = LineCounter(sys.stderr)
+    sys.stdout = logged  # the handler's log lines go to stderr here, leaving stdout to the results
     from handler.lambda_handler import handler
 
     for path in paths:
         event = json.loads(Path(path).read_text())
         started = time.perf_counter()
+        before = logged.requests
         response = handler(event, Context())
         elapsed = (time.perf_counter() - started) * 1000
         body = response.get("body", "")
@@ -41,6 +62,7 @@ def main(paths: list[str]) -> None:
             "headers": response.get("headers", {}),
             "body": body,
             "ms": elapsed,
+            "request_lines": logged.requests - before,  # written before the handler returned
         }
         results.write(json.dumps(line) + "\n")
         results.flush()
