@@ -27,7 +27,7 @@ import collections
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 import httptools
@@ -323,36 +323,71 @@ class Http1Transport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
-        url = request.url
+        raw = request.headers.raw
+        head = checked_head([request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"], raw)
+        status, headers, stream = await self.exchange(
+            request.method, request.url, head, request.content, timeouts.get("connect"), timeouts.get("read")
+        )
+        return httpx.Response(status, headers=headers, stream=stream, request=request)
+
+    async def exchange(
+        self,
+        method: str,
+        url: httpx.URL,
+        head: bytes,
+        body: bytes | None,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+    ) -> tuple[int, list[tuple[bytes, bytes]], Http1Stream]:
+        """Send a request framed by `head` (see `request_head`) and wait for the answer's status line and
+        headers; the body comes from the stream, and closing the stream returns the connection."""
         pool = self._pool(url)
-        head = self._head(request)
-        body = request.content
-        connection = await pool.acquire(timeouts.get("connect"))
+        connection = await pool.acquire(connect_timeout)
         try:
-            connection.send(head, body, head_only=request.method == "HEAD")
+            connection.send(head, body, head_only=method == "HEAD")
             await connection.head_done
         except BaseException:
             connection.close()
             pool.release(connection)
             raise
-        stream = Http1Stream(connection, pool, timeouts.get("read"))
-        return httpx.Response(connection.status, headers=connection.headers, stream=stream, request=request)
-
-    @staticmethod
-    def _head(request: httpx.Request) -> bytes:
-        lines = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
-        raw = request.headers.raw
-        for name, value in raw:
-            lines += (name, b": ", value, CRLF)
-        lines.append(CRLF)
-        head = b"".join(lines)
-        # Exactly one CR and one LF per line we wrote: any other came from a header and would split it.
-        breaks = len(raw) + 2
-        if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b"\0" in head:
-            raise httpx.LocalProtocolError("a request header or the request target contains CR, LF or NUL")
-        return head
+        return connection.status, connection.headers, Http1Stream(connection, pool, read_timeout)
 
     async def aclose(self) -> None:
         pools, self._pools = self._pools, {}
         for pool in pools.values():
             pool.close()
+
+
+def request_head(
+    method: str, url: httpx.URL, headers: Mapping[str, str] | None, body: bytes | None, user_agent: str
+) -> bytes:
+    """The request line and headers, framed as `httpx.Request` frames them (a `Host` first and a
+    `Content-Length` last unless given), plus a `user-agent` unless given: no `httpx.Request` built."""
+    given = set()
+    fields: list[tuple[bytes, bytes]] = []
+    for name, value in (headers or {}).items():
+        given.add(name.lower())
+        fields.append((name.encode("ascii"), value.encode("ascii")))
+    if "host" not in given:
+        fields.insert(0, (b"Host", url.netloc))
+    if "content-length" not in given and "transfer-encoding" not in given:
+        if body is not None:
+            fields.append((b"Content-Length", str(len(body)).encode()))
+        elif method in ("POST", "PUT", "PATCH"):
+            fields.append((b"Content-Length", b"0"))
+    if "user-agent" not in given:
+        fields.append((b"user-agent", user_agent.encode("ascii")))
+    return checked_head([method.encode("ascii"), b" ", url.raw_path, b" HTTP/1.1\r\n"], fields)
+
+
+def checked_head(lines: list[bytes], fields: list[tuple[bytes, bytes]]) -> bytes:
+    """The request line in `lines` and `fields`, framed; refused if a field or the target would split it."""
+    for name, value in fields:
+        lines += (name, b": ", value, CRLF)
+    lines.append(CRLF)
+    head = b"".join(lines)
+    # Exactly one CR and one LF per line we wrote: any other came from a header and would split it.
+    breaks = len(fields) + 2
+    if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b"\0" in head:
+        raise httpx.LocalProtocolError("a request header or the request target contains CR, LF or NUL")
+    return head

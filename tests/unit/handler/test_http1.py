@@ -16,7 +16,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from handler.config import TimeoutConfig
+from handler.errors import UpstreamError
 from handler.http1 import HIGH_WATER, Http1Stream, Http1Transport
+from handler.ports import UpstreamRequest
+from handler.upstream import USER_AGENT, UpstreamClient
 
 pytestmark = pytest.mark.both_loops
 
@@ -381,3 +385,66 @@ async def test_tls(tmp_path: Path) -> None:
         await trusting.aclose()
         # A transport with certifi's roots, which do not include a self-signed certificate:
         await send_fails(url, httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED")
+
+
+def recording(answer: bytes, seen: list[bytes]) -> Handler:
+    """Answer every request on a connection with `answer`, recording each request's bytes."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, body = await read_request(reader)
+            seen.append(head + body)
+            writer.write(answer)
+            await writer.drain()
+
+    return handler
+
+
+async def test_the_upstream_client_frames_requests_as_httpx_does_without_building_them() -> None:
+    """`UpstreamClient` over this client writes the head itself: the same bytes an `httpx.Request` gives."""
+    seen: list[bytes] = []
+    async with scripted(recording(OK, seen)) as (server, url):
+        client = UpstreamClient(TimeoutConfig())
+        cases = [
+            UpstreamRequest("POST", f"{url}/v1/x?a=1", {"authorization": "Bearer k"}, b"hello"),
+            UpstreamRequest("POST", f"{url}/v1/empty", None, None),
+            UpstreamRequest("GET", f"{url}/v1/models", {"user-agent": "mine", "Host": "example.test"}, None),
+        ]
+        for case in cases:
+            answer = await client.send(case)
+            assert answer.status == 200 and await answer.read() == b'{"ok":true}'
+        transport = Http1Transport()
+        for case in cases:
+            headers = dict(case.headers or {})
+            built = httpx.Request(case.method, case.url, headers=headers, content=case.body, extensions=TIMEOUTS)
+            built.headers.setdefault("user-agent", USER_AGENT)
+            await read_all(await transport.handle_async_request(built))
+        await transport.aclose()
+        await client.aclose()
+        assert server.connections == 2
+    direct, through_httpx = seen[:3], seen[3:]
+    assert direct == through_httpx
+    assert direct[1].split(b"\r\n")[1:3] == [b"Host: " + url.removeprefix("http://").encode(), b"Content-Length: 0"]
+    assert b"\r\nHost: example.test\r\n" in direct[2] and b"\r\nuser-agent: mine\r\n" in direct[2]
+
+
+async def test_upstream_answer_headers_are_read_only_when_asked_for() -> None:
+    async with scripted(answering(b"HTTP/1.1 429 Too Many\r\nretry-after: 7\r\ncontent-length: 2\r\n\r\n{}")) as (
+        _,
+        url,
+    ):
+        client = UpstreamClient(TimeoutConfig())
+        answer = await client.send(UpstreamRequest("POST", url, None, b"{}"))
+        assert answer.status == 429 and answer._headers is None
+        assert answer.headers["Retry-After"] == "7"  # case-insensitive, as httpx's headers are
+        assert await answer.read() == b"{}"
+        await client.aclose()
+
+
+async def test_an_injected_header_never_leaves_the_upstream_client() -> None:
+    async with scripted(answering(OK)) as (server, url):
+        client = UpstreamClient(TimeoutConfig())
+        with pytest.raises(UpstreamError, match="LocalProtocolError"):
+            await client.send(UpstreamRequest("POST", url, {"x-bad": "a\r\nx-injected: 1"}, b"{}"))
+        assert server.connections == 0
+        await client.aclose()
