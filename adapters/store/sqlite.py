@@ -399,7 +399,7 @@ class SQLiteStore(Store):
             need = charge.amount_usd - lease.avail
             if need > room + EPSILON:
                 refused = BudgetRefused(charge.key_id, room + lease.avail)
-                return self._refuse(db, keys, refused, others_hold, now)
+                return self._refuse(db, admission, refused, others_hold, now)
             since = now - lease.granted_at
             size = slice_size(need, room, lease.drawn, since, leases.exact(charge.key_id, now)) if need > 0 else 0.0
             budget_plans.append((lease, fresh, size, max(lease.expires_at, admission.expires_at + RENEW_S)))
@@ -414,7 +414,7 @@ class SQLiteStore(Store):
             need = rate.amount - (current.avail if current else 0)
             if need > rate.limit - count:
                 refused_rate = RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - now)
-                return self._refuse(db, keys, refused_rate, others_hold, now)
+                return self._refuse(db, admission, refused_rate, others_hold, now)
             exact = leases.exact(admission.key_id, now)
             size = leases.rate_room(rate.limit, count, need, current, now, exact) if need > 0 else 0
             rate_plans.append((current, count, size))
@@ -485,13 +485,18 @@ class SQLiteStore(Store):
         return snapshot
 
     def _refuse(
-        self, db: sqlite3.Connection, keys: set[str], error: Exception, others_hold: bool, now: float
+        self, db: sqlite3.Connection, admission: Admission, error: Exception, others_hold: bool, now: float
     ) -> Refusal:
-        leasing = {key_id: 0 for key_id in keys}
-        for key_id in keys:
-            for (owner, _), lease in self.leases.budgets.items():
-                if owner == key_id and lease.avail > EPSILON:
-                    leasing[key_id] = 1
+        """Change no counter; tell other processes this one is here (and whether it holds unused slices of
+        the admission's counters), so that one holding slices gives them back."""
+        leasing = {charge.key_id: 0 for charge in admission.budgets}
+        for charge in admission.budgets:
+            lease = self.leases.budgets.get((charge.key_id, charge.period))
+            if lease is not None and lease.avail > EPSILON:
+                leasing[charge.key_id] = 1
+        if admission.rates:
+            held = (self.leases.rates.get((admission.key_id, rate.name)) for rate in admission.rates)
+            leasing[admission.key_id] = max(leasing.get(admission.key_id, 0), int(any(h and h.avail > 0 for h in held)))
         self._announce(db, leasing, now)
         return Refusal(error, others_hold)
 
