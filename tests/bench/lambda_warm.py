@@ -2,8 +2,9 @@
 
     python -m tests.bench.lambda_warm N    (environment: GATEWAY_CONFIG, GATEWAY_STORE, a key in the store)
 
-The upstream is an httpx transport answering at once, so what is timed is Mangum, the app, auth,
-admission and settlement on the embedded store, translation and serialization. The store's calls are
+The upstream is the gateway's own HTTP/1.1 client with the network taken out (requests framed, answered
+at once), so what is timed is Mangum, the app, auth, admission and settlement on the embedded store,
+translation and serialization. The store's calls are
 timed on their own too (on Lambda they are DynamoDB round trips, I/O rather than the gateway's work).
 Prints three medians, in µs: the whole invocation, the store calls within it, and the difference.
 """
@@ -15,11 +16,12 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 
+from handler.http1 import Http1Stream, Http1Transport
 from tests.bench.run import BODY, COMPLETION
 from tests.support.events import event
 
@@ -31,16 +33,41 @@ class Context:
     aws_request_id = "bench"
 
 
-class Canned(httpx.AsyncBaseTransport):
-    """An upstream that answers every request at once with the same completion (cheaper than httpx's
-    `MockTransport`, whose `Response(content=...)` would be counted as the gateway's work)."""
+class CannedStream(Http1Stream):
+    """A whole answer body, already here."""
 
     def __init__(self, answer: bytes) -> None:
         self.answer = answer
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.answer
+
+    async def read(self) -> bytes:
+        return self.answer
+
+    async def aclose(self) -> None:
+        pass
+
+
+class Canned(Http1Transport):
+    """The gateway's own HTTP/1.1 client with the network taken out: every request is framed as it would be
+    sent, and answered at once with the same completion, as a connection's parser would hand it over."""
+
+    def __init__(self, answer: bytes) -> None:
+        super().__init__()
+        self.answer = answer
         self.headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers=self.headers, stream=httpx.ByteStream(self.answer), request=request)
+    async def exchange(
+        self,
+        method: str,
+        url: httpx.URL,
+        head: bytes,
+        body: bytes | None,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+    ) -> tuple[int, list[tuple[bytes, bytes]], Http1Stream]:
+        return 200, self.headers, CannedStream(self.answer)
 
 
 class StoreClock:
