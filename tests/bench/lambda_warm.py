@@ -19,8 +19,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import httpx
-
 from handler.http1 import Http1Stream, Http1Transport
 from tests.bench.run import BODY, COMPLETION
 from tests.support.events import event
@@ -58,15 +56,8 @@ class Canned(Http1Transport):
         self.answer = answer
         self.headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
 
-    async def exchange(
-        self,
-        method: str,
-        url: httpx.URL,
-        head: bytes,
-        body: bytes | None,
-        connect_timeout: float | None,
-        read_timeout: float | None,
-    ) -> tuple[int, list[tuple[bytes, bytes]], Http1Stream]:
+    async def exchange(self, *request: Any) -> tuple[int, list[tuple[bytes, bytes]], Http1Stream]:
+        """Whatever was asked (method, URL, framed head, body, timeouts): the canned answer."""
         return 200, self.headers, CannedStream(self.answer)
 
 
