@@ -17,13 +17,16 @@ Several processes on one key would fragment the counter (one holds a slice it do
 is refused), so leasing stops while another process is active on the key (`holders` in the file, with
 whether each may hold unused slices): each grant is then exactly one request's worth, as before leases.
 A process that still holds slices returns them when its sweeper sees the other one (every `SWEEP_S`),
-and a refusal while another process may hold slices waits for that once before it stands.
+and a refusal while another process may hold slices waits for that once before it stands. A holder
+keeps its presence fresh while it holds slices, and says so when it no longer does.
 
 Slices nobody used for `IDLE_S` go back, so readers in other processes see near-exact counters; readers
 in the holding process see exact ones (the store subtracts what it holds). A budget lease is a row in
 `reservations` that outlives every request admitted from it: it expires (and is released like any
 reservation) only after its last request's reservation would have, so a crashed process's slices come
-back exactly as its reservations would. Rate slices live as long as their minute.
+back exactly as its reservations would. Rate slices live as long as their minute. A lease serves only
+limits at least as high as the one it was granted under (a lowered limit is checked in the file), and
+a request that spends beyond what its lease held has the excess committed with its settlement.
 
 This module keeps the process's side: the leases, the requests admitted from them, and the arithmetic.
 The store (adapters/store/sqlite.py) writes the grants and returns.
@@ -65,6 +68,7 @@ class BudgetLease:
 
     row: str
     expires_at: float = 0.0
+    limit: float = 0.0  # the limit it was granted under: a lower one must go back to the file
     avail: float = 0.0
     committed_seen: float = 0.0  # the counter after this process's last write on it, this lease included
     drawn: float = 0.0  # drawn since the last grant
@@ -76,7 +80,8 @@ class BudgetLease:
         return (
             self.avail + EPSILON >= amount
             and expires_at <= self.expires_at
-            and self.committed_seen - self.avail + amount <= limit + EPSILON  # a limit lowered since
+            and limit >= self.limit
+            and self.committed_seen - self.avail + amount <= limit + EPSILON
         )
 
 
@@ -85,6 +90,7 @@ class RateLease:
     """A slice of one rate counter's count for the minute `window`."""
 
     window: int
+    limit: int = 0
     avail: int = 0
     count_seen: int = 0
     drawn: int = 0
@@ -92,7 +98,12 @@ class RateLease:
     used_at: float = 0.0
 
     def usable(self, window: int, amount: int, limit: int) -> bool:
-        return self.window == window and self.avail >= amount and self.count_seen - self.avail + amount <= limit
+        return (
+            self.window == window
+            and self.avail >= amount
+            and limit >= self.limit
+            and self.count_seen - self.avail + amount <= limit
+        )
 
 
 @dataclass(slots=True)
@@ -106,6 +117,7 @@ class Held:
     budgets: list[BudgetLease]
     rates: dict[str, RateLease]
     adjusted: bool = False  # the settlement has been applied to the leases (the store write may follow)
+    deficits: list[float] = field(default_factory=list)  # per budget: spent beyond what the lease held
 
 
 @dataclass(slots=True)
@@ -155,30 +167,35 @@ class LocalLeases:
         self.held[admission.reservation_id] = Held(admission.key_id, admission.expires_at, amount, keys, budgets, rates)
         return snapshot
 
-    def adjust(self, settlement: Settlement) -> tuple[list[str] | None, list[int]]:
-        """Apply a settlement to the leases its request was admitted from, once. Returns the lease rows its
-        budget charges were reserved in (None: not admitted here, so its reservation is a row of its own)
-        and the indexes of the rate adjustments the store must still write (those not absorbed here)."""
+    def adjust(self, settlement: Settlement) -> tuple[list[tuple[str, float]] | None, list[int]]:
+        """Apply a settlement to the leases its request was admitted from, once. Returns, per budget charge,
+        the lease row it was reserved in and what it spent beyond what the lease held (None: not admitted
+        here, so its reservation is a row of its own); and the indexes of the rate adjustments the store
+        must still write (those not absorbed here)."""
         held = self.held.get(settlement.reservation_id)
         if held is None:
             return None, list(range(len(settlement.rates)))
-        rows = [lease.row for lease in held.budgets]
-        if held.adjusted:
-            return rows, [i for i, r in enumerate(settlement.rates) if r.name not in held.rates]
-        held.adjusted = True
-        for charge, lease in zip(settlement.budgets, held.budgets, strict=True):
-            lease.avail += held.amount_usd - charge.amount_usd
-            lease.holds -= 1
-        to_write = []
-        for i, rate in enumerate(settlement.rates):
-            rate_lease = held.rates.get(rate.name)
-            current = self.rates.get((held.key_id, rate.name))
-            if rate_lease is not None and rate_lease is current and rate_lease.window == rate.window:
-                rate_lease.avail -= rate.amount  # more tokens than estimated take from the slice, fewer add
-            else:
-                held.rates.pop(rate.name, None)
-                to_write.append(i)
-        return rows, to_write
+        if not held.adjusted:
+            held.adjusted = True
+            held.deficits = []
+            for charge, lease in zip(settlement.budgets, held.budgets, strict=True):
+                lease.avail += held.amount_usd - charge.amount_usd
+                lease.holds -= 1
+                # Spent beyond what the lease held: committed anew, as a late settlement's spend is.
+                deficit = max(0.0, -lease.avail)
+                lease.avail += deficit
+                lease.committed_seen += deficit
+                held.deficits.append(deficit)
+            for rate in settlement.rates:
+                rate_lease = held.rates.get(rate.name)
+                current = self.rates.get((held.key_id, rate.name))
+                absorbed = settlement.item is not None  # (without a line item the file never adjusts tokens)
+                if absorbed and rate_lease is current and rate_lease is not None and rate_lease.window == rate.window:
+                    rate_lease.avail -= rate.amount  # more tokens than estimated take from the slice, fewer add
+                else:
+                    held.rates.pop(rate.name, None)
+        rows = [(lease.row, deficit) for lease, deficit in zip(held.budgets, held.deficits, strict=True)]
+        return rows, [i for i, r in enumerate(settlement.rates) if r.name not in held.rates]
 
     def release_expired(self, key_id: str | None, now: float) -> float:
         """Forget requests whose reservations expired unsettled (on `key_id`, or all), giving their
@@ -187,9 +204,14 @@ class LocalLeases:
         for reservation_id, held in list(self.held.items()):
             if held.expires_at >= now or (key_id is not None and key_id not in held.budget_keys):
                 continue
-            del self.held[reservation_id]
             if held.adjusted:
+                # Settled here, its write still pending or being retried: the retry must find the lease rows
+                # it was reserved in. Past RENEW_S those rows may be released, and the rows-of-its-own path
+                # then counts its spend right.
+                if now > held.expires_at + RENEW_S:
+                    del self.held[reservation_id]
                 continue
+            del self.held[reservation_id]
             for budget_key, lease in zip(held.budget_keys, held.budgets, strict=True):
                 lease.holds -= 1
                 if lease.expires_at > now:  # an expired lease's row is released with what it held

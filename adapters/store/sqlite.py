@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import logging
 import sqlite3
 import threading
 import time
@@ -106,6 +108,7 @@ CREATE TABLE IF NOT EXISTS holders (
 CREATE INDEX IF NOT EXISTS holders_active ON holders (active_at);
 """
 T = TypeVar("T")
+logger = logging.getLogger("gateway")
 SETTLE_LINGER_S = 0.01
 CHECKPOINT_EVERY_S = 0.1
 AUTOCHECKPOINT_PAGES = 10_000
@@ -144,11 +147,13 @@ class SQLiteStore(Store):
         # Local changes to undo if the batch's commit fails, and to make once it succeeds.
         self._undo: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
-        # Spend settled from leases in this batch, summed per lease row: written once, before the commit.
-        self._spend: dict[tuple[str, str, str], float] = {}
+        # Spend settled from leases in this batch, per lease row (spent, and what of it went beyond what the
+        # lease held): written once, before the commit.
+        self._spend: dict[tuple[str, str, str], tuple[float, float]] = {}
         self.leases = LocalLeases()
         self._announced: dict[str, tuple[float, int]] = {}  # key id -> (active_at, leasing) last written
         self._sweeper: asyncio.Task[None] | None = None
+        self._closed = False
         self._stop = threading.Event()
         if path != ":memory:":
             threading.Thread(target=self._checkpoints, name="sqlite-checkpoint", daemon=True).start()
@@ -258,21 +263,22 @@ class SQLiteStore(Store):
 
     def _write_spend(self, db: sqlite3.Connection) -> None:
         """Move the batch's settled spend out of the lease rows it was reserved in, one row at a time: the
-        counter's committed stays (reserved becomes spent), unless the lease is gone (expired and released),
-        whose spend is then committed anew, as a late settlement's is."""
+        counter's committed stays (reserved becomes spent) but for spend beyond what the lease held, unless
+        the lease is gone (expired and released), whose spend is then committed anew, as a late
+        settlement's is."""
         spend, self._spend = self._spend, {}
         try:
-            for (key_id, period, row), amount in spend.items():
+            for (key_id, period, row), (amount, beyond) in spend.items():
                 held = db.execute(
                     "UPDATE reservations SET amount = amount - ? WHERE key_id = ? AND id = ? AND period = ? "
                     "RETURNING amount",
-                    (amount, key_id, row, period),
+                    (amount - beyond, key_id, row, period),
                 ).fetchone()
                 db.execute(
                     "INSERT INTO meters (key_id, period, committed, spent) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (key_id, period) DO UPDATE SET "
                     "committed = max(0, committed + excluded.committed), spent = spent + excluded.spent",
-                    (key_id, period, 0.0 if held else amount, amount),
+                    (key_id, period, beyond if held else amount, amount),
                 )
                 lease = self.leases.budgets.get((key_id, period))
                 if held and abs(held[0]) < 1e-9 and (lease is None or lease.row != row):  # its lease is done
@@ -449,7 +455,12 @@ class SQLiteStore(Store):
             if (current.avail if current else 0) + size - rate.amount > 0:
                 leasing[admission.key_id] = 1
         self._announce(db, leasing, now)
-        touched: list[tuple[dict[Any, Any], Any]] = []
+        # If the commit fails, the leases go back to what they were (the admission with them).
+        for charge in admission.budgets:
+            self._keep(leases.budgets, (charge.key_id, charge.period))
+        for rate in admission.rates:
+            self._keep(leases.rates, (admission.key_id, rate.name))
+        self._undo.append(functools.partial(leases.held.pop, admission.reservation_id, None))  # type: ignore[arg-type]
         for charge, (lease, fresh, size, expires_at), committed in zip(
             admission.budgets, budget_plans, committed_now, strict=True
         ):
@@ -458,31 +469,42 @@ class SQLiteStore(Store):
             lease.avail += size
             lease.expires_at = expires_at
             lease.committed_seen = committed
+            lease.limit = charge.limit_usd
             if size:
                 lease.drawn, lease.granted_at = 0.0, now
-            touched.append((leases.budgets, (charge.key_id, charge.period)))
         for rate, (current, count, size) in zip(admission.rates, rate_plans, strict=True):
             if current is None:
                 current = leases.rates[(admission.key_id, rate.name)] = RateLease(rate.window)
             current.avail += size
             current.count_seen = count + size
+            current.limit = rate.limit
             if size:
                 current.drawn, current.granted_at = 0, now
-            touched.append((leases.rates, (admission.key_id, rate.name)))
         snapshot = leases.take(admission, now)
         if snapshot is None:  # cannot happen: every lease now covers its charge
             raise StoreError("a lease grant did not cover its admission")
-
-        def forget() -> None:
-            """The commit failed: drop what this grant touched (the file keeps the slices until they expire,
-            or their minute ends: never more than it would have)."""
-            for table, key in touched:
-                table.pop(key, None)
-            leases.held.pop(admission.reservation_id, None)
-
-        self._undo.append(forget)
         self._watch()
         return snapshot
+
+    def _keep(self, table: dict[tuple[str, str], Any], key: tuple[str, str]) -> None:
+        """Register an undo that puts `table[key]` back as it is now: the same lease with the same fields, or
+        none."""
+        lease = table.get(key)
+        if lease is None:
+            self._undo.append(functools.partial(table.pop, key, None))
+            return
+        self._keep_fields(lease)
+        self._undo.append(functools.partial(table.__setitem__, key, lease))
+
+    def _keep_fields(self, lease: BudgetLease | RateLease) -> None:
+        """Register an undo that puts `lease`'s fields back as they are now."""
+        saved = [(f.name, getattr(lease, f.name)) for f in dataclasses.fields(lease)]
+
+        def restore() -> None:
+            for name, value in saved:
+                setattr(lease, name, value)
+
+        self._undo.append(restore)
 
     def _refuse(
         self, db: sqlite3.Connection, admission: Admission, error: Exception, others_hold: bool, now: float
@@ -520,10 +542,12 @@ class SQLiteStore(Store):
         single = rows is not None and (settlement.item is None or not rates)
         await self._batched(lambda db: self._settle(db, settlement, rows, rates), linger=True, single=single)
 
-    def _settle(self, db: sqlite3.Connection, settlement: Settlement, rows: list[str] | None, rates: list[int]) -> None:
-        """Record the line item and turn the reservation into spend. `rows`: the lease rows the request was
-        reserved in (None: its reservation is a row of its own); `rates`: the token adjustments no lease
-        absorbed."""
+    def _settle(
+        self, db: sqlite3.Connection, settlement: Settlement, rows: list[tuple[str, float]] | None, rates: list[int]
+    ) -> None:
+        """Record the line item and turn the reservation into spend. `rows`: per budget charge, the lease row
+        the request was reserved in and what it spent beyond what the lease held (None: its reservation is a
+        row of its own); `rates`: the token adjustments no lease absorbed."""
         item = settlement.item
         self._after.append(lambda: self._settled(settlement.reservation_id))
         # Settled before, a retry changes nothing. The ledger line, unique by request, is the marker when
@@ -563,9 +587,10 @@ class SQLiteStore(Store):
             return
         # From leases: the spend leaves each lease row with the rest of the batch's (last: nothing after
         # this can fail and leave it counted).
-        for row_id, charge in zip(rows, settlement.budgets, strict=True):
+        for (row_id, beyond), charge in zip(rows, settlement.budgets, strict=True):
             key = (charge.key_id, charge.period, row_id)
-            self._spend[key] = self._spend.get(key, 0.0) + charge.amount_usd
+            spent, over = self._spend.get(key, (0.0, 0.0))
+            self._spend[key] = (spent + charge.amount_usd, over + beyond)
 
     def _settled(self, reservation_id: str) -> None:
         self.leases.held.pop(reservation_id, None)
@@ -609,21 +634,32 @@ class SQLiteStore(Store):
 
     def _watch(self) -> None:
         """Run the sweeper on the current event loop while this process holds leases."""
+        if self._closed:
+            return
         loop = asyncio.get_running_loop()
         if self._sweeper is None or self._sweeper.done() or self._sweeper.get_loop() is not loop:
             self._sweeper = loop.create_task(self._sweep())
 
     async def _sweep(self) -> None:
-        while self.leases.budgets or self.leases.rates or self.leases.held:
+        while not self._closed and (self.leases.budgets or self.leases.rates or self.leases.held):
             await asyncio.sleep(SWEEP_S)
-            with contextlib.suppress(StoreError):
+            try:
                 await self._batched(self._tidy)
+            except Exception as exc:  # noqa: BLE001 - the next round tries again; close() returns what is left
+                logger.warning("returning idle lease slices failed: %s", exc)
 
     def _tidy(self, db: sqlite3.Connection, everything: bool = False) -> None:
         """Return the slices nobody here used for `IDLE_S` (or all, or those of keys another process is now
-        active on), forget finished leases, and requests whose reservations expired unsettled."""
+        active on), forget finished leases, and requests whose reservations expired unsettled; keep this
+        process's presence fresh on keys it holds slices of, and clear it where it holds none. Every change
+        to the leases is undone if the commit fails."""
         now = time.time()
         leases = self.leases
+        for reservation_id, held in list(leases.held.items()):
+            if held.expires_at < now:  # forgotten below; what it reserved goes back to its leases
+                self._undo.append(functools.partial(leases.held.__setitem__, reservation_id, held))
+                for lease in held.budgets:
+                    self._keep_fields(lease)
         leases.release_expired(None, now)
         others = {
             key_id
@@ -635,12 +671,18 @@ class SQLiteStore(Store):
         for key_id in others:
             leases.contended[key_id] = now
         returned: set[str] = set()
+        holding: set[str] = set()
         for (key_id, period), lease in list(leases.budgets.items()):
-            if lease.expires_at <= now:
+            idle = now - lease.used_at > IDLE_S
+            expired = lease.expires_at <= now
+            returning = not expired and abs(lease.avail) > EPSILON and (idle or everything or key_id in others)
+            done = expired or ((idle or everything) and lease.holds <= 0)
+            if returning or done:
+                self._keep(leases.budgets, (key_id, period))
+            if expired:  # its row goes with what it held when any process releases expired reservations
                 del leases.budgets[(key_id, period)]
                 continue
-            idle = now - lease.used_at > IDLE_S
-            if lease.avail > EPSILON and (idle or everything or key_id in others):
+            if returning:
                 unused, lease.avail = lease.avail, 0.0
                 lease.committed_seen -= unused
                 db.execute(
@@ -652,15 +694,19 @@ class SQLiteStore(Store):
                     (unused, key_id, period),
                 )
                 returned.add(key_id)
-            if (idle or everything) and lease.holds <= 0 and lease.avail <= EPSILON:
+            if done and abs(lease.avail) <= EPSILON:
                 del leases.budgets[(key_id, period)]
                 db.execute(
                     "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ? AND abs(amount) < 1e-9",
                     (key_id, lease.row, period),
                 )
+            elif lease.avail > EPSILON:
+                holding.add(key_id)
         window = int(now // 60)
         for (key_id, name), rate_lease in list(leases.rates.items()):
             idle = now - rate_lease.used_at > IDLE_S
+            if rate_lease.window < window or idle or everything or (rate_lease.avail and key_id in others):
+                self._keep(leases.rates, (key_id, name))
             if rate_lease.window < window:
                 del leases.rates[(key_id, name)]  # its minute is over, and what it held with it
                 continue
@@ -674,11 +720,18 @@ class SQLiteStore(Store):
                 returned.add(key_id)
             if idle or everything:
                 del leases.rates[(key_id, name)]
-        for key_id in returned:  # without touching `active_at`: returning is not being active
-            db.execute("UPDATE holders SET leasing = 0 WHERE key_id = ? AND holder = ?", (key_id, leases.holder))
+            elif rate_lease.avail > 0:
+                holding.add(key_id)
+        # Other processes wait for a holder's slices only while it says it holds some, and see it only while
+        # its word is fresh: a process drawing on one slice for long makes no grant to refresh it.
+        stale = {k for k, (_, says) in self._announced.items() if says and k not in holding}
+        for key_id in (stale | returned) - holding:
             said = self._announced.get(key_id)
+            db.execute("UPDATE holders SET leasing = 0 WHERE key_id = ? AND holder = ?", (key_id, leases.holder))
             if said is not None:
+                self._undo.append(functools.partial(self._announced.__setitem__, key_id, said))
                 self._announced[key_id] = (said[0], 0)
+        self._announce(db, dict.fromkeys(holding, 1), now)
 
     # --- ledger -------------------------------------------------------------------------------
 
@@ -697,10 +750,11 @@ class SQLiteStore(Store):
         return [ledger_from_json(row[0]) for row in rows]
 
     async def close(self) -> None:
+        self._closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
-                await self._sweeper
+            with contextlib.suppress(RuntimeError):  # (a sweeper of a loop already closed)
+                await asyncio.gather(self._sweeper, return_exceptions=True)
         if self._batch:
             self._flush()
         if self.leases.budgets or self.leases.rates:

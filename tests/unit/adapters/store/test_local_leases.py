@@ -207,3 +207,147 @@ async def test_a_lease_done_with_leaves_no_row_behind(store: SQLiteStore, quick:
     assert store.db.execute("SELECT count(*) FROM reservations").fetchone() == (0,)
     (committed, spent) = store.db.execute("SELECT committed, spent FROM meters WHERE key_id = ?", (key,)).fetchone()
     assert committed == pytest.approx(0.02) and spent == pytest.approx(0.02)
+
+
+@contextmanager
+def failing_commits(store: SQLiteStore) -> Iterator[None]:
+    """Every commit of `store` fails while inside."""
+    real = store._write
+
+    @contextmanager
+    def failing() -> Iterator[sqlite3.Connection]:
+        with real() as db:
+            yield db
+            raise StoreError("SQLite commit failed: disk I/O error")
+
+    store._write = failing  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        store._write = real  # type: ignore[method-assign]
+
+
+async def slice_held(store: SQLiteStore, key: str) -> None:
+    """Three requests admitted and settled at what they reserved: the lease holds a slice beyond them."""
+    admitted = [admission(key, 0.01) for _ in range(3)]
+    for adm in admitted:
+        await store.admit(adm)
+    for adm in admitted:
+        await store.settle(settlement(adm, 0.01, line(key, 0.01)))
+    assert store.leases.budgets[(key, PERIOD)].avail > 0.1
+
+
+async def test_a_failed_return_keeps_the_slice_it_could_not_give_back(store: SQLiteStore, quick: None) -> None:
+    key = uuid.uuid4().hex[:12]
+    await slice_held(store, key)
+    with failing_commits(store):
+        await asyncio.sleep(0.3)  # idle: the sweeper returns the slice, and its commit fails, again and again
+    assert (await store.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.03)
+    await store.admit(admission(key, 0.97))  # exactly what is left
+
+
+async def test_a_failed_grant_leaves_the_lease_as_it_was(store: SQLiteStore) -> None:
+    key = uuid.uuid4().hex[:12]
+    await slice_held(store, key)
+    with failing_commits(store), pytest.raises(StoreError):
+        await store.admit(admission(key, 0.5))  # more than the slice: a grant, whose commit fails
+    assert (await store.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.03)
+    await store.admit(admission(key, 0.97))
+
+
+async def test_spend_beyond_the_lease_is_committed_at_once(path: str) -> None:
+    holder, other = SQLiteStore(path), SQLiteStore(path)
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.01)
+    await holder.admit(adm)  # a first grant is exactly the request: nothing beyond it in the lease
+    await holder.settle(settlement(adm, 0.03, line(key, 0.03)))  # it spent three times its reservation
+    (committed,) = other.db.execute("SELECT committed FROM meters WHERE key_id = ?", (key,)).fetchone()
+    assert committed == pytest.approx(0.03)
+    with pytest.raises(BudgetRefused):
+        await other.admit(admission(key, 0.98))
+    for store in (holder, other):
+        await store.close()
+
+
+async def test_a_settlement_retried_after_its_reservation_expired_counts_once(store: SQLiteStore, quick: None) -> None:
+    key = uuid.uuid4().hex[:12]
+    adm = Admission(uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1.0, 0.4)], [], time.time() + 0.15)
+    await store.admit(adm)
+    with failing_commits(store), pytest.raises(StoreError):
+        await store.settle(settlement(adm, 0.1, line(key, 0.1)))
+    await asyncio.sleep(0.4)  # the reservation expires unsettled, and the sweeper runs
+    await store.settle(settlement(adm, 0.1, line(key, 0.1)))  # the caller's retry
+    await asyncio.sleep(0.3)
+    (committed, spent) = store.db.execute("SELECT committed, spent FROM meters WHERE key_id = ?", (key,)).fetchone()
+    assert committed == pytest.approx(0.1) and spent == pytest.approx(0.1)
+
+
+async def test_a_limit_lowered_while_another_process_spends_goes_back_to_the_file(path: str) -> None:
+    first, second = SQLiteStore(path), SQLiteStore(path)
+    key = uuid.uuid4().hex[:12]
+    await first.admit(admission(key, 0.01))
+    await first.admit(admission(key, 0.01))  # a slice beyond the request
+    assert first.leases.budgets[(key, PERIOD)].avail > 0.2
+    await second.admit(admission(key, 0.5))
+    with pytest.raises(BudgetRefused):  # 0.52 committed elsewhere: 0.2 more would pass a limit of 0.6
+        await first.admit(admission(key, 0.2, limit=0.6))
+    for store in (first, second):
+        await store.close()
+
+
+async def test_a_holder_drawing_on_its_slice_stays_visible_and_says_when_it_holds_none(
+    path: str, quick: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "CONTEND_S", 0.4)
+    holder, other = SQLiteStore(path), SQLiteStore(path)
+    key = uuid.uuid4().hex[:12]
+    await holder.admit(admission(key, 0.01))
+    await holder.admit(admission(key, 0.01))
+    for _ in range(10):  # 0.6 s of traffic from the slice: no grant, never idle
+        await holder.admit(admission(key, 0.01))
+        await asyncio.sleep(0.06)
+    started = time.perf_counter()
+    await other.admit(admission(key, 0.8))  # fits only once the holder gives its slice back
+    assert time.perf_counter() - started >= sqlite_store.RECALL_WAIT_S
+    # The holder now holds nothing: a refusal elsewhere no longer waits for it.
+    await asyncio.sleep(0.2)
+    started = time.perf_counter()
+    with pytest.raises(BudgetRefused):
+        await other.admit(admission(key, 0.5))
+    assert time.perf_counter() - started < sqlite_store.RECALL_WAIT_S
+    for store in (holder, other):
+        await store.close()
+
+
+async def test_the_sweeper_outlives_a_failed_round_and_not_its_store(store: SQLiteStore, quick: None) -> None:
+    key = uuid.uuid4().hex[:12]
+    await slice_held(store, key)
+    real, rounds = store._tidy, []
+
+    def flaky(db: sqlite3.Connection, everything: bool = False) -> None:
+        rounds.append(everything)
+        if len(rounds) == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        real(db, everything)
+
+    store._tidy = flaky  # type: ignore[method-assign]
+    await asyncio.sleep(0.3)
+    assert len(rounds) > 1 and store.leases.budgets == {}  # later rounds returned the idle slice
+    granting = asyncio.create_task(store.admit(admission(key, 0.5)))
+    await asyncio.sleep(0)  # the grant waits in the batch that close() writes
+    await store.close()
+    await granting
+    assert store._sweeper is None or store._sweeper.done()
+
+
+async def test_a_settlement_without_a_line_item_leaves_token_counts_alone(store: SQLiteStore) -> None:
+    """As the file does, with or without a lease: without a line item there are no actual tokens to count."""
+    key = uuid.uuid4().hex[:12]
+    window = int(time.time() // 60)
+    admitted = [Admission(uuid.uuid4().hex, key, [], [RateCharge("tpm", window, 10_000, 100)], time.time() + 60)]
+    admitted.append(Admission(uuid.uuid4().hex, key, [], [RateCharge("tpm", window, 10_000, 100)], time.time() + 60))
+    for adm in admitted:
+        await store.admit(adm)
+    adjust = [RateCharge("tpm", window, 10_000, -100)]
+    await store.settle(Settlement(admitted[1].reservation_id, [], 0.0, adjust, None))
+    assert (await store.meter(key, PERIOD)).rates == {"tpm": 200}
