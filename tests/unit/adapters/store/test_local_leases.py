@@ -123,8 +123,9 @@ async def test_a_second_process_gets_what_the_first_holds_unused(path: str, quic
         await store.close()
 
 
-async def test_a_failed_commit_forgets_the_grant_and_counts_nothing(store: SQLiteStore) -> None:
-    key = uuid.uuid4().hex[:12]
+@contextmanager
+def failing_commits(store: SQLiteStore) -> Iterator[None]:
+    """Every commit of `store` fails while inside."""
     real = store._write
 
     @contextmanager
@@ -134,10 +135,17 @@ async def test_a_failed_commit_forgets_the_grant_and_counts_nothing(store: SQLit
             raise StoreError("SQLite commit failed: disk I/O error")
 
     store._write = failing  # type: ignore[method-assign]
-    with pytest.raises(StoreError):
+    try:
+        yield
+    finally:
+        store._write = real  # type: ignore[method-assign]
+
+
+async def test_a_failed_commit_forgets_the_grant_and_counts_nothing(store: SQLiteStore) -> None:
+    key = uuid.uuid4().hex[:12]
+    with failing_commits(store), pytest.raises(StoreError):
         await store.admit(admission(key, 0.3))
     assert store.leases.budgets == {} and store.leases.held == {}
-    store._write = real  # type: ignore[method-assign]
     assert await store.meter(key, PERIOD) == type(await store.meter(key, PERIOD))()  # nothing written
     for _ in range(3):
         await store.admit(admission(key, 0.3))
@@ -207,24 +215,6 @@ async def test_a_lease_done_with_leaves_no_row_behind(store: SQLiteStore, quick:
     assert store.db.execute("SELECT count(*) FROM reservations").fetchone() == (0,)
     (committed, spent) = store.db.execute("SELECT committed, spent FROM meters WHERE key_id = ?", (key,)).fetchone()
     assert committed == pytest.approx(0.02) and spent == pytest.approx(0.02)
-
-
-@contextmanager
-def failing_commits(store: SQLiteStore) -> Iterator[None]:
-    """Every commit of `store` fails while inside."""
-    real = store._write
-
-    @contextmanager
-    def failing() -> Iterator[sqlite3.Connection]:
-        with real() as db:
-            yield db
-            raise StoreError("SQLite commit failed: disk I/O error")
-
-    store._write = failing  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        store._write = real  # type: ignore[method-assign]
 
 
 async def slice_held(store: SQLiteStore, key: str) -> None:
