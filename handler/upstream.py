@@ -13,8 +13,8 @@ followed, upstream cookies are never kept, and no `accept-encoding` is sent, so 
 they are streamed. Over the gateway's own client not even `httpx.Request` and `httpx.Response` are
 built (with their headers, a fifth of the gateway's own work per request): the request head is framed
 as httpx would frame it, and an answer's headers become `httpx.Headers` only if something reads them,
-which only error handling does. Timeouts: connect, first byte (until the status line and headers arrive), and
-between chunks (each read of the body).
+which only error handling does. Timeouts: connect, first byte (until the status line and headers
+arrive), and between chunks (each read of the body).
 """
 
 from __future__ import annotations
