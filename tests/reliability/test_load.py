@@ -11,6 +11,7 @@ ledger records requests a provider answered; a stream cut mid-way is billed and 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from typing import Any
@@ -21,7 +22,7 @@ import pytest
 
 from adapters.store import open_store
 from handler.ports import UsageQuery
-from tests.functional.conftest import Running
+from tests.functional.conftest import Running, gateway_config, serve_gateway
 
 MIX: list[tuple[str, bool]] = [
     ("gpt-4o-mini", False),
@@ -114,3 +115,61 @@ def test_requests_on_dynamodb(running_dynamodb: Running) -> None:
     # 500 requests at 16 connections test the same properties in reasonable time; the count is the moto
     # server's limit, not the gateway's.
     run_load(running_dynamodb, 500, 16)
+
+
+@pytest.mark.load
+def test_two_gateways_on_one_file_spend_a_budget_to_the_end_and_no_further(running: Running) -> None:
+    """Two gateways (two processes' worth: their own stores and leases) on one SQLite file serve one key at
+    16 connections until its budget runs out. Neither commits past it, the last refusal is for a request
+    that really did not fit, and every answered request is in the ledger exactly once at its header cost."""
+    second, server = serve_gateway(
+        gateway_config(running.upstream.url, set(running.fakes)), running.store_url, running.upstream, running.fakes
+    )
+    budget = 0.002  # about 370 requests at the fake's ~5.4e-6 each
+    key = running.mint(name="two-gateways", budget_usd=budget)
+    key_id = key.split("_")[1]
+    started = time.time()
+
+    async def ask(client: httpx.AsyncClient, i: int) -> tuple[int, dict[str, Any], float]:
+        url = (running.url, second.url)[i % 2]
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"two {i}"}], "max_tokens": 16}
+        answer = await client.post(f"{url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
+        cost = float(answer.headers["x-gateway-cost-usd"]) if answer.status_code == 200 else 0.0
+        return answer.status_code, answer.json(), cost
+
+    async def go() -> list[tuple[int, dict[str, Any], float]]:
+        gate = asyncio.Semaphore(16)
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=16)) as client:
+
+            async def bounded(i: int) -> tuple[int, dict[str, Any], float]:
+                async with gate:
+                    return await ask(client, i)
+
+            return await asyncio.gather(*(bounded(i) for i in range(800)))
+
+    try:
+        answers = asyncio.run(go())
+        statuses = Counter(status for status, _, _ in answers)
+        assert set(statuses) == {200, 402}, statuses
+        served, charged = statuses[200], sum(cost for _, _, cost in answers)
+        deadline = time.monotonic() + 30
+        while True:  # settlements, then the idle slices going back to the file
+            items = ledger(running, key_id, started)
+            reserved = [
+                httpx.get(f"{url}/v1/key", headers={"authorization": f"Bearer {key}"}).json()["reserved_usd"]
+                for url in (running.url, second.url)
+            ]
+            if (len(items) >= served and max(reserved) < 1e-12) or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+        assert len(items) == served and len({i.request_id for i in items}) == served
+        spent = sum(i.cost_usd or 0.0 for i in items)
+        assert spent == pytest.approx(charged, abs=1e-12)
+        assert reserved == [pytest.approx(0, abs=1e-12)] * 2
+        assert spent <= budget + 1e-12
+        refusal = next(body for status, body, _ in reversed(answers) if status == 402)["error"]["message"]
+        worst = float(re.search(r"worst case of \$([0-9.]+)", refusal).group(1))  # type: ignore[union-attr]
+        assert budget - spent < worst, (budget - spent, worst, refusal)
+        print(f"\ntwo gateways, one budget of ${budget}: {statuses}, spent ${spent:.7f}, worst case ${worst}")
+    finally:
+        server.stop()
