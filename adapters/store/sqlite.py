@@ -447,14 +447,6 @@ class SQLiteStore(Store):
                     "ON CONFLICT (key_id, name) DO UPDATE SET window = excluded.window, count = excluded.count",
                     (admission.key_id, rate.name, rate.window, count + size),
                 )
-        leasing = {key_id: 0 for key_id in keys}
-        for charge, (lease, _, size, _) in zip(admission.budgets, budget_plans, strict=True):
-            if lease.avail + size - charge.amount_usd > EPSILON:
-                leasing[charge.key_id] = 1
-        for rate, (current, _, size) in zip(admission.rates, rate_plans, strict=True):
-            if (current.avail if current else 0) + size - rate.amount > 0:
-                leasing[admission.key_id] = 1
-        self._announce(db, leasing, now)
         # If the commit fails, the leases go back to what they were (the admission with them).
         for charge in admission.budgets:
             self._keep(leases.budgets, (charge.key_id, charge.period))
@@ -483,6 +475,7 @@ class SQLiteStore(Store):
         snapshot = leases.take(admission, now)
         if snapshot is None:  # cannot happen: every lease now covers its charge
             raise StoreError("a lease grant did not cover its admission")
+        self._announce(db, self._leasing(admission), now)
         self._watch()
         return snapshot
 
@@ -511,6 +504,11 @@ class SQLiteStore(Store):
     ) -> Refusal:
         """Change no counter; tell other processes this one is here (and whether it holds unused slices of
         the admission's counters), so that one holding slices gives them back."""
+        self._announce(db, self._leasing(admission), now)
+        return Refusal(error, others_hold)
+
+    def _leasing(self, admission: Admission) -> dict[str, int]:
+        """Per key whose counters `admission` draws on: 1 if this process holds unused slices of them."""
         leasing = {charge.key_id: 0 for charge in admission.budgets}
         for charge in admission.budgets:
             lease = self.leases.budgets.get((charge.key_id, charge.period))
@@ -519,8 +517,7 @@ class SQLiteStore(Store):
         if admission.rates:
             held = (self.leases.rates.get((admission.key_id, rate.name)) for rate in admission.rates)
             leasing[admission.key_id] = max(leasing.get(admission.key_id, 0), int(any(h and h.avail > 0 for h in held)))
-        self._announce(db, leasing, now)
-        return Refusal(error, others_hold)
+        return leasing
 
     def _announce(self, db: sqlite3.Connection, leasing: dict[str, int], now: float) -> None:
         """Tell other processes this one is active on these keys, and whether it holds unused slices: written
