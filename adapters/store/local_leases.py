@@ -34,7 +34,6 @@ The store (adapters/store/sqlite.py) writes the grants and returns.
 
 from __future__ import annotations
 
-import math
 import uuid
 from dataclasses import dataclass, field
 
@@ -224,8 +223,3 @@ class LocalLeases:
         """Whether grants on `key_id` are one request's worth (another process is active on it)."""
         seen = self.contended.get(key_id)
         return seen is not None and now - seen < CONTEND_S
-
-    def rate_room(self, limit: int, count: int, need: int, lease: RateLease | None, now: float, exact: bool) -> int:
-        """The slice of a rate counter at `count` to take for a request needing `need` more."""
-        drawn, since = (lease.drawn, now - lease.granted_at) if lease is not None else (0, 0.0)
-        return max(need, math.floor(slice_size(need, limit - count, drawn, since, exact)))

@@ -36,6 +36,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -409,21 +410,24 @@ class SQLiteStore(Store):
             since = now - lease.granted_at
             size = slice_size(need, room, lease.drawn, since, leases.exact(charge.key_id, now)) if need > 0 else 0.0
             budget_plans.append((lease, fresh, size, max(lease.expires_at, admission.expires_at + RENEW_S)))
-        rate_plans: list[tuple[RateLease | None, int, int]] = []
+        rate_plans: list[tuple[RateLease, bool, int, int]] = []
         for rate in admission.rates:
             rate_lease = leases.rates.get((admission.key_id, rate.name))
-            current = rate_lease if rate_lease is not None and rate_lease.window == rate.window else None
+            new_window = rate_lease is None or rate_lease.window != rate.window
+            if rate_lease is None or new_window:
+                rate_lease = RateLease(rate.window)
             row = db.execute(
                 "SELECT window, count FROM rates WHERE key_id = ? AND name = ?", (admission.key_id, rate.name)
             ).fetchone()
             count = row[1] if row and row[0] == rate.window else 0
-            need = rate.amount - (current.avail if current else 0)
+            need = rate.amount - rate_lease.avail
             if need > rate.limit - count:
                 refused_rate = RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - now)
                 return self._refuse(db, admission, refused_rate, others_hold, now)
             exact = leases.exact(admission.key_id, now)
-            size = leases.rate_room(rate.limit, count, need, current, now, exact) if need > 0 else 0
-            rate_plans.append((current, count, size))
+            since = now - rate_lease.granted_at
+            wanted = math.floor(slice_size(need, rate.limit - count, rate_lease.drawn, since, exact))
+            rate_plans.append((rate_lease, new_window, count, max(need, wanted) if need > 0 else 0))
         # Every check passed: write the grants, then change the leases held here.
         committed_now = []
         for charge, (lease, _, size, expires_at) in zip(admission.budgets, budget_plans, strict=True):
@@ -440,7 +444,7 @@ class SQLiteStore(Store):
                 "amount = amount + excluded.amount, expires_at = max(expires_at, excluded.expires_at)",
                 (charge.key_id, lease.row, charge.period, size, expires_at),
             )
-        for rate, (_, count, size) in zip(admission.rates, rate_plans, strict=True):
+        for rate, (_, _, count, size) in zip(admission.rates, rate_plans, strict=True):
             if size:
                 db.execute(
                     "INSERT INTO rates (key_id, name, window, count) VALUES (?, ?, ?, ?) "
@@ -464,14 +468,14 @@ class SQLiteStore(Store):
             lease.limit = charge.limit_usd
             if size:
                 lease.drawn, lease.granted_at = 0.0, now
-        for rate, (current, count, size) in zip(admission.rates, rate_plans, strict=True):
-            if current is None:
-                current = leases.rates[(admission.key_id, rate.name)] = RateLease(rate.window)
-            current.avail += size
-            current.count_seen = count + size
-            current.limit = rate.limit
+        for rate, (rate_lease, new_window, count, size) in zip(admission.rates, rate_plans, strict=True):
+            if new_window:
+                leases.rates[(admission.key_id, rate.name)] = rate_lease
+            rate_lease.avail += size
+            rate_lease.count_seen = count + size
+            rate_lease.limit = rate.limit
             if size:
-                current.drawn, current.granted_at = 0, now
+                rate_lease.drawn, rate_lease.granted_at = 0, now
         snapshot = leases.take(admission, now)
         if snapshot is None:  # cannot happen: every lease now covers its charge
             raise StoreError("a lease grant did not cover its admission")
