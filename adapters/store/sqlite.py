@@ -108,6 +108,12 @@ CREATE TABLE IF NOT EXISTS holders (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS holders_active ON holders (active_at);
 """
+# A key's counters for a period move by (committed, spent); and committed down by what goes back.
+SPEND = (
+    "INSERT INTO meters (key_id, period, committed, spent) VALUES (?, ?, ?, ?) ON CONFLICT (key_id, period) "
+    "DO UPDATE SET committed = max(0, committed + excluded.committed), spent = spent + excluded.spent"
+)
+LOWER_COMMITTED = "UPDATE meters SET committed = max(0, committed - ?) WHERE key_id = ? AND period = ?"
 T = TypeVar("T")
 logger = logging.getLogger("gateway")
 SETTLE_LINGER_S = 0.01
@@ -276,9 +282,7 @@ class SQLiteStore(Store):
                     (amount - beyond, key_id, row, period),
                 ).fetchone()
                 db.execute(
-                    "INSERT INTO meters (key_id, period, committed, spent) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (key_id, period) DO UPDATE SET "
-                    "committed = max(0, committed + excluded.committed), spent = spent + excluded.spent",
+                    SPEND,
                     (key_id, period, beyond if held else amount, amount),
                 )
                 lease = self.leases.budgets.get((key_id, period))
@@ -580,9 +584,7 @@ class SQLiteStore(Store):
                 ).fetchone()
                 released = row[0] if row else 0.0  # an expired reservation was released already
                 db.execute(
-                    "INSERT INTO meters (key_id, period, committed, spent) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (key_id, period) DO UPDATE SET "
-                    "committed = max(0, committed + excluded.committed), spent = spent + excluded.spent",
+                    SPEND,
                     (charge.key_id, charge.period, charge.amount_usd - released, charge.amount_usd),
                 )
             return
@@ -604,7 +606,7 @@ class SQLiteStore(Store):
             ).fetchall()
             for period, amount in rows:
                 db.execute(
-                    "UPDATE meters SET committed = max(0, committed - ?) WHERE key_id = ? AND period = ?",
+                    LOWER_COMMITTED,
                     (amount, key_id, period),
                 )
                 released += amount
@@ -691,7 +693,7 @@ class SQLiteStore(Store):
                     (unused, key_id, lease.row, period),
                 )
                 db.execute(
-                    "UPDATE meters SET committed = max(0, committed - ?) WHERE key_id = ? AND period = ?",
+                    LOWER_COMMITTED,
                     (unused, key_id, period),
                 )
                 returned.add(key_id)
