@@ -80,6 +80,19 @@ def answering(*answers: bytes, then_close: bool = False) -> Handler:
     return handler
 
 
+def recording(answer: bytes, seen: list[bytes]) -> Handler:
+    """Answer every request on a connection with `answer`, recording each request's bytes."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, body = await read_request(reader)
+            seen.append(head + body)
+            writer.write(answer)
+            await writer.drain()
+
+    return handler
+
+
 HALF = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234"  # half the body it announces
 OK = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}'
 
@@ -122,14 +135,7 @@ async def test_content_length_answers_reuse_one_connection() -> None:
 
 async def test_request_bytes_on_the_wire() -> None:
     seen: list[bytes] = []
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head, body = await read_request(reader)
-        seen.append(head + body)
-        writer.write(OK)
-        await reader.read()
-
-    async with scripted(handler) as (_, url):
+    async with scripted(recording(OK, seen)) as (_, url):
         transport = Http1Transport()
         request = httpx.Request(
             "POST", f"{url}/v1/x?a=1", headers={"authorization": "Bearer k"}, content=b"hello", extensions=TIMEOUTS
@@ -385,19 +391,6 @@ async def test_tls(tmp_path: Path) -> None:
         await trusting.aclose()
         # A transport with certifi's roots, which do not include a self-signed certificate:
         await send_fails(url, httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED")
-
-
-def recording(answer: bytes, seen: list[bytes]) -> Handler:
-    """Answer every request on a connection with `answer`, recording each request's bytes."""
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            head, body = await read_request(reader)
-            seen.append(head + body)
-            writer.write(answer)
-            await writer.drain()
-
-    return handler
 
 
 async def test_the_upstream_client_frames_requests_as_httpx_does_without_building_them() -> None:

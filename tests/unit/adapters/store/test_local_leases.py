@@ -19,6 +19,7 @@ from adapters.store.local_leases import RENEW_S, slice_size
 from adapters.store.sqlite import SQLiteStore
 from handler.ports import Admission, BudgetCharge, BudgetRefused, RateCharge, Settlement, StoreError
 from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement
+from tests.unit.adapters.store.test_sqlite import traced
 
 
 @pytest.fixture
@@ -53,8 +54,7 @@ async def test_admissions_from_a_lease_write_nothing_and_count_exactly(store: SQ
     key = uuid.uuid4().hex[:12]
     await store.admit(admission(key, 0.01))
     await store.admit(admission(key, 0.01))  # the second grant takes a slice for the traffic seen
-    statements: list[str] = []
-    store.db.set_trace_callback(statements.append)
+    statements = traced(store)
     committed = [(await store.admit(admission(key, 0.01))).committed_usd[PERIOD] for _ in range(20)]
     assert statements == []
     assert committed == pytest.approx([0.01 * n for n in range(3, 23)])
@@ -73,8 +73,7 @@ async def test_rate_counts_come_from_a_lease_and_token_settlements_stay_in_it(st
     assert (await store.admit(first)).rates == {"rpm": 1, "tpm": 100}
     second = tokens(100)
     assert (await store.admit(second)).rates == {"rpm": 2, "tpm": 200}
-    statements: list[str] = []
-    store.db.set_trace_callback(statements.append)
+    statements = traced(store)
     # 40 tokens used of the 100 estimated: the difference goes back to the lease, not to the file.
     adjust = [RateCharge("tpm", window, 10_000, -60)]
     await store.settle(Settlement(second.reservation_id, [], 0.0, adjust, line(key, 0.0)))
