@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import orjson
@@ -26,13 +27,14 @@ from handler.errors import (
 )
 from handler.gateway import Gateway
 from handler.key_routes import KeyRoutes
-from handler.keys import model_allowed
+from handler.keys import allows_model
 from handler.messages_api import MessagesRequest, anthropic_events, to_chat_request, to_message
 from handler.observability import observe, observe_failure
 from handler.openapi import openapi_json
 from handler.ports import KeyRecord, StoreError
 from handler.pricing import estimate_prompt_tokens
 from handler.proxy import ChunkStream, Controls, Exchange, Pipeline
+from handler.redaction import scrub
 from handler.routing import RouteControls
 from handler.schemas import ChatRequest, EmbeddingsRequest
 from handler.streaming import DONE, EventStream, sse_chunk, sse_error, sse_json
@@ -44,7 +46,7 @@ MAX_JSON_DEPTH = 128  # well under the 254 levels orjson can write back out (see
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    body = scrub(payload if isinstance(payload, bytes) else orjson.dumps(payload))
     return Response(body, status_code=status, headers=headers, media_type=JSON)
 
 
@@ -149,18 +151,29 @@ class Api:
                 token = value.strip()
         if token is None and allow_x_api_key:
             token = request.headers.get("x-api-key")
-        return await self.gateway.keys.authenticate(token, self.client_ip(request))
+        lineage = await self.gateway.keys.authenticate_lineage(token, self.client_ip(request))
+        request.state.lineage = lineage
+        return lineage[0]
+
+    @staticmethod
+    def lineage(request: Request) -> list[KeyRecord]:
+        """The authenticated key and its ancestors, nearest first (set by `authenticate`)."""
+        lineage: list[KeyRecord] = request.state.lineage
+        return lineage
 
     def exchange(
         self, request: Request, key: KeyRecord, model: str, inbound_dropped: list[str] | None = None
     ) -> Exchange:
-        self.gateway.keys.check_model(key, model)
+        lineage = self.lineage(request)
+        self.gateway.keys.check_model(lineage, model)
         controls = parse_controls(request)
         if inbound_dropped and controls.strict:
             raise StrictParamsError(
                 f"cannot honour: {', '.join(inbound_dropped)} (x-gateway-strict is on)", param=inbound_dropped[0]
             )
-        ex = Exchange(request.state.request_id, key, model, controls, inbound_dropped=inbound_dropped or [])
+        ex = Exchange(
+            request.state.request_id, key, model, controls, inbound_dropped=inbound_dropped or [], lineage=lineage
+        )
         request.state.exchange = ex
         return ex
 
@@ -170,26 +183,29 @@ class Api:
         return json_response({"status": "ok", "region": self.gateway.region})
 
     async def models(self, request: Request) -> Response:
-        key = await self.authenticate(request)
+        await self.authenticate(request)
+        lineage = self.lineage(request)
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "gateway", "kind": spec.kind}
             for name, spec in self.gateway.config.models.items()
-            if model_allowed(key.models, name)
+            if allows_model(lineage, name)
         ]
         return json_response({"object": "list", "data": data})
 
     async def route(self, request: Request) -> Response:
-        key = await self.authenticate(request)
+        await self.authenticate(request)
         model = request.query_params.get("model")
         if not model:
             raise InvalidRequestError("the query parameter 'model' is required", param="model")
-        self.gateway.keys.check_model(key, model)
+        lineage = self.lineage(request)
+        self.gateway.keys.check_model(lineage, model)
         controls = parse_controls(request)
+        allowed = partial(allows_model, lineage)
         return json_response(
             {
                 "model": model,
                 "gateway_region": self.gateway.region,
-                "attempts": self.gateway.router.explain(model, controls.route),
+                "attempts": self.gateway.router.explain(model, controls.route, allowed),
             }
         )
 

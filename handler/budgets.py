@@ -64,6 +64,8 @@ class Reservation:
     budget_key: str | None = None
     store_ms: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    prompt_tokens: int = 0  # the estimate reserved for (the largest over the plan)
+    output_tokens: int = 0
 
 
 class Meter:
@@ -81,20 +83,14 @@ class Meter:
         self.reservation_ttl = reservation_ttl
         self.clock = clock
 
-    async def chain(self, key: KeyRecord) -> list[KeyRecord]:
-        """The key and its ancestors that carry a budget, nearest first."""
-        records = [key]
-        for ancestor_id in reversed(key.ancestors):
-            ancestor = await self.keys.lookup(ancestor_id)
-            if ancestor is not None:
-                records.append(ancestor)
-        return [r for r in records if r.budget_usd is not None]
-
     async def admit(
-        self, key: KeyRecord, model: str, worst_usd: float | None, tokens: int, request_id: str
+        self, lineage: list[KeyRecord], model: str, worst_usd: float | None, tokens: int, request_id: str
     ) -> Reservation:
+        """Reserve `worst_usd` on the budget of the key and of every ancestor that has one, and count the
+        request against the rate limits of each of them (`lineage`: the key and its ancestors, nearest first)."""
+        key = lineage[0]
         now = self.clock()
-        budgeted = await self.chain(key)
+        budgeted = [r for r in lineage if r.budget_usd is not None]
         if budgeted and worst_usd is None:
             raise BudgetExceededError(
                 f"model '{model}' has no known price, so a key with a budget cannot use it",
@@ -106,7 +102,7 @@ class Meter:
             for r in budgeted
         ]
         window = int(now // 60)
-        rates = self._rates(key, model, window, tokens)
+        rates = [rate for holder in lineage for rate in self._rates(holder, key, model, window, tokens)]
         reservation = Reservation(None, amount, tokens)
         if budgeted:
             reservation.budget_key, reservation.budget_limit = budgeted[0].id, float(budgeted[0].budget_usd or 0.0)
@@ -114,15 +110,35 @@ class Meter:
             return reservation
         admission = Admission(request_id, key.id, budgets, rates, now + self.reservation_ttl, key.home_region)
         started = time.perf_counter()
+        snapshot = await self._admit(admission, key, amount, window)
+        reservation.store_ms = (time.perf_counter() - started) * 1000
+        reservation.admission = admission
+        reservation.snapshot = snapshot
+        reservation.headers = self._rate_headers(rates, snapshot, window)
+        return reservation
+
+    async def count_request(self, lineage: list[KeyRecord], request_id: str, extra: list[RateCharge]) -> None:
+        """Count one request that spends nothing (minting a key) against every `rpm` limit along `lineage`,
+        plus the `extra` counters of its own, or raise the 429."""
+        key = lineage[0]
+        now = self.clock()
+        window = int(now // 60)
+        rates = [r for holder in lineage for r in self._rates(holder, key, "", window, 0) if r.name == "rpm"]
+        rates += [replace(charge, window=window) for charge in extra]
+        admission = Admission(request_id, key.id, [], rates, now + self.reservation_ttl, key.home_region)
+        await self._admit(admission, key, 0.0, window)
+
+    async def _admit(self, admission: Admission, key: KeyRecord, amount: float, window: int) -> MeterSnapshot:
+        """One store admission, with its refusals as the client's errors."""
         try:
             try:
                 async with span("store.admit"):
-                    snapshot = await self.store.admit(admission)
+                    return await self.store.admit(admission)
             except BudgetRefused as refused:
                 # Reservations of requests that died hold budget until they expire; free them and retry once.
-                if await self.store.release_expired(refused.key_id, now) <= 0:
+                if await self.store.release_expired(refused.key_id, self.clock()) <= 0:
                     raise
-                snapshot = await self.store.admit(admission)
+                return await self.store.admit(admission)
         except BudgetRefused as refused:
             remaining = "" if refused.remaining_usd is None else f" (${max(refused.remaining_usd, 0):.6f} left)"
             whose = "this key's" if refused.key_id == key.id else "a parent key's"
@@ -133,29 +149,28 @@ class Meter:
             wait = max(1, int(refused.retry_after + 0.999))
             raise RateLimitError(
                 f"rate limit {refused.limit_name}={refused.limit} per minute reached; retry in {wait}s",
-                headers={"retry-after": str(wait), **self._rate_headers(rates, None, window)},
+                headers={"retry-after": str(wait), **self._rate_headers(admission.rates, None, window)},
             ) from None
         except StoreError as exc:
             raise ServiceUnavailableError(
                 "the key store is unavailable, so limits cannot be checked; retry shortly", code="store_unavailable"
             ) from exc
-        reservation.store_ms = (time.perf_counter() - started) * 1000
-        reservation.admission = admission
-        reservation.snapshot = snapshot
-        reservation.headers = self._rate_headers(rates, snapshot, window)
-        return reservation
 
-    def _rates(self, key: KeyRecord, model: str, window: int, tokens: int) -> list[RateCharge]:
+    @staticmethod
+    def _rates(holder: KeyRecord, key: KeyRecord, model: str, window: int, tokens: int) -> list[RateCharge]:
+        """The rate charges of `holder`'s limits: `key` itself, or one of its ancestors, whose counters every
+        descendant shares (`RateCharge.key_id`)."""
+        owner, home = (None, None) if holder is key else (holder.id, holder.home_region)
         rates = []
-        if key.rpm:
-            rates.append(RateCharge("rpm", window, key.rpm, 1))
-        if key.tpm:
-            rates.append(RateCharge("tpm", window, key.tpm, tokens))
-        per_model = model_limits(key, model)
+        if holder.rpm:
+            rates.append(RateCharge("rpm", window, holder.rpm, 1, owner, home))
+        if holder.tpm:
+            rates.append(RateCharge("tpm", window, holder.tpm, tokens, owner, home))
+        per_model = model_limits(holder, model)
         if per_model.get("rpm"):
-            rates.append(RateCharge(f"rpm:{model}", window, per_model["rpm"], 1))
+            rates.append(RateCharge(f"rpm:{model}", window, per_model["rpm"], 1, owner, home))
         if per_model.get("tpm"):
-            rates.append(RateCharge(f"tpm:{model}", window, per_model["tpm"], tokens))
+            rates.append(RateCharge(f"tpm:{model}", window, per_model["tpm"], tokens, owner, home))
         return rates
 
     def _rate_headers(self, rates: list[RateCharge], snapshot: MeterSnapshot | None, window: int) -> dict[str, str]:
@@ -167,7 +182,7 @@ class Meter:
             for charge in rates:
                 if charge.name[:3] != kind:  # "rpm", "tpm", "rpm:<model>", "tpm:<model>"
                     continue
-                used = snapshot.rates.get(charge.name) if snapshot else None
+                used = snapshot.rates.get(charge.counter) if snapshot else None
                 left = charge.limit - (charge.amount if used is None else used)
                 if tightest is None or left < tightest[0]:
                     tightest = (left, charge.limit)
@@ -196,11 +211,7 @@ class Meter:
         if admission is None:
             return Settlement(item.request_id if item else "", [], 0.0, [], item)
         budgets = [replace(b, amount_usd=actual_usd) for b in admission.budgets]
-        rates = [
-            RateCharge(r.name, r.window, r.limit, tokens - r.amount)
-            for r in admission.rates
-            if r.name.startswith("tpm")
-        ]
+        rates = [replace(r, amount=tokens - r.amount) for r in admission.rates if r.name.startswith("tpm")]
         return Settlement(admission.reservation_id, budgets, reservation.amount_usd, rates, item, admission.home_region)
 
     async def settle(self, settlement: Settlement) -> None:

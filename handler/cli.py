@@ -203,7 +203,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
 def cmd_route_explain(args: argparse.Namespace) -> int:
     from adapters.providers import REGISTRY
     from handler.gateway import build_adapters, gateway_region
-    from handler.routing import RouteControls, Router
+    from handler.routing import RouteControls, Router, any_model
 
     try:
         config = load_config(args.config or os.environ.get("GATEWAY_CONFIG") or None, set(REGISTRY))
@@ -215,7 +215,7 @@ def cmd_route_explain(args: argparse.Namespace) -> int:
     from handler.errors import GatewayError
 
     try:
-        attempts = router.explain(args.model, RouteControls(provider=args.provider, region=args.pin_region))
+        attempts = router.explain(args.model, RouteControls(provider=args.provider, region=args.pin_region), any_model)
     except GatewayError as exc:
         sys.stderr.write(f"{exc.code}: {exc.message}\n")
         return 1

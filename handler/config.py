@@ -92,6 +92,27 @@ class TimeoutConfig(_Strict):
     between_chunks: float = Field(default=60.0, gt=0)
 
 
+class PricedOptions(_Strict):
+    """Request options that change what a provider bills. An option with no price here is refused (400), so a
+    key's budget can never be spent at a price the gateway does not know."""
+
+    # Multiplier on a model's token prices per OpenAI `service_tier`; `auto`/`default` are always allowed.
+    service_tier: dict[str, float] = Field(default_factory=lambda: {"flex": 1.0})
+    # USD per request that asks for web search (`web_search_options`); None: refused.
+    web_search_usd: float | None = Field(default=None, ge=0)
+    # Audio output (`modalities: [audio]`, `audio`): its tokens are priced apart and not in the price table.
+    audio_output: bool = False
+    # `store: true` keeps the tenant's prompts and answers in the operator's provider account: off unless allowed.
+    provider_store: bool = False
+
+
+class KeyMinting(_Strict):
+    """Limits on `POST /v1/keys` (child keys), per parent key."""
+
+    per_minute: int = Field(default=30, ge=1)
+    max_children: int = Field(default=1000, ge=1)
+
+
 class GatewaySettings(_Strict):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     key_cache_seconds: float = Field(default=5.0, ge=0)
@@ -102,6 +123,8 @@ class GatewaySettings(_Strict):
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
     max_retries_per_deployment: int = Field(default=1, ge=0, le=5)
     region_latency_ms: dict[str, dict[str, float]] = Field(default_factory=dict)
+    priced_options: PricedOptions = Field(default_factory=PricedOptions)
+    key_minting: KeyMinting = Field(default_factory=KeyMinting)
 
 
 class Config(_Strict):

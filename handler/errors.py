@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from handler.redaction import redact_message
+
 
 class GatewayError(Exception):
     """Base of every error the gateway answers with."""
@@ -137,7 +139,8 @@ class UpstreamError(GatewayError):
         upstream_type: str | None = None,
         outcome: str | None = None,
     ) -> None:
-        super().__init__(message, code=code, param=param)
+        # The provider's words may quote the request's credentials back: never relay them.
+        super().__init__(redact_message(message), code=code, param=param)
         self.upstream_status = upstream_status
         self.retryable = retryable
         self.retry_after = retry_after

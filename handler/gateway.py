@@ -6,6 +6,7 @@ On Lambda this runs at module import (init phase), so a warm invocation does no 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -13,14 +14,16 @@ from typing import Any
 
 import httpx
 
+from handler import redaction
 from handler.config import Config, SecretFetcher, load_config, resolve_secret
 from handler.errors import GatewayError
-from handler.keys import KeyService
+from handler.keys import KeyService, split_key
 from handler.ports import ProviderAdapter, Store
-from handler.routing import RouteControls, Router
+from handler.routing import RouteControls, Router, any_model
 from handler.upstream import UpstreamClient
 
 DEFAULT_STORE_URL = "sqlite:///.gateway/gateway.db"
+log = logging.getLogger("gateway")
 
 
 @dataclass
@@ -57,7 +60,7 @@ class Gateway:
         seen: dict[str, None] = {}
         for model, spec in self.config.models.items():
             try:
-                attempts = self.router.plan(model, RouteControls(), kind=spec.kind)
+                attempts = self.router.plan(model, RouteControls(), any_model, kind=spec.kind)
             except GatewayError:
                 continue
             if attempts:
@@ -96,7 +99,13 @@ def build_adapters(
     for name, provider in config.providers.items():
         cls = registry[provider.type]
         ref = provider.api_key if provider.api_key else (f"env:{cls.key_env_var}" if cls.key_env_var else None)
-        adapters[name] = cls(name, resolve_secret(ref, environ, fetch), provider.options())
+        secret = resolve_secret(ref, environ, fetch)
+        if secret is not None and split_key(secret.strip()) is not None:
+            # One of this gateway's own keys (a client's environment, say): it must never be sent upstream.
+            log.warning("provider %s: %s holds a gateway key (gwk_...), not a provider key; ignored", name, ref)
+            secret = None
+        redaction.register(secret)
+        adapters[name] = cls(name, secret, provider.options())
     return adapters
 
 
@@ -120,6 +129,7 @@ def build_gateway(
     if store is None:
         store = open_store(store_url or env.get("GATEWAY_STORE") or DEFAULT_STORE_URL)
     region = gateway_region(env)
+    redaction.register(env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN"))
     adapters = build_adapters(config, REGISTRY, env, fetch)
     return Gateway(
         config=config,

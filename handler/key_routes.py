@@ -14,7 +14,7 @@ from starlette.responses import Response
 from handler.budgets import period_of
 from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from handler.keys import models_within, validate_networks, with_descendants
-from handler.ports import ConflictError, KeyRecord, UsageQuery
+from handler.ports import ConflictError, KeyRecord, RateCharge, UsageQuery
 from handler.usage import aggregate, parse_group_by, to_csv, window
 
 if TYPE_CHECKING:
@@ -134,6 +134,7 @@ class KeyRoutes:
 
     async def mint_child(self, request: Request) -> Response:
         parent = await self.api.authenticate(request)
+        lineage = self.api.lineage(request)
         spec = await self.api.parse(request, KeySpec)
         now = time.time()
         child = record_from(spec, now=now)
@@ -146,10 +147,14 @@ class KeyRoutes:
                 child.expires_at = parent.expires_at
             elif child.expires_at > parent.expires_at:
                 raise InvalidRequestError("a child key cannot outlive its parent", param="expires_in_seconds")
-        if spec.allow_ips is None:
+        if not spec.allow_ips:  # none given (or an empty list, which would mean "anywhere"): the parent's
             child.allow_ips = list(parent.allow_ips)
         elif not networks_within(child.allow_ips, parent.allow_ips):
             raise InvalidRequestError("a child key's IP ranges must be within its parent's", param="allow_ips")
+        for name in ("rpm", "tpm"):
+            mine, theirs = getattr(child, name), getattr(parent, name)
+            if mine is not None and theirs is not None and mine > theirs:
+                raise InvalidRequestError(f"{name} {mine} exceeds the parent's {theirs}", param=name)
         if parent.budget_usd is not None:
             state = await self._budget_state(parent)
             remaining = float(state["remaining_usd"])
@@ -160,6 +165,14 @@ class KeyRoutes:
                     f"budget_usd {child.budget_usd} exceeds the parent's remaining ${remaining:.6f}",
                     param="budget_usd",
                 )
+        minting = self.gateway.config.gateway.key_minting
+        mints = RateCharge("mint", 0, minting.per_minute, 1)
+        await self.api.pipeline.meter.count_request(lineage, request.state.request_id, [mints])
+        if len(await self.gateway.store.list_keys(parent.id)) >= minting.max_children:
+            raise PermissionDeniedError(
+                f"this key has minted its {minting.max_children} child keys (gateway.key_minting.max_children)",
+                code="child_key_limit",
+            )
         child = replace(child, parent_id=parent.id, ancestors=[*parent.ancestors, parent.id])
         minted = await self.gateway.keys.mint(child)
         return self.api.json({**key_view(minted.record), "key": minted.key}, status=201)

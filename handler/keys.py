@@ -51,9 +51,92 @@ def model_allowed(patterns: list[str], model: str) -> bool:
     return any(fnmatchcase(model, pattern) for pattern in patterns)
 
 
+def allows_model(lineage: list[KeyRecord], model: str) -> bool:
+    """Whether the key and every ancestor in `lineage` may use `model`."""
+    return all(model_allowed(holder.models, model) for holder in lineage)
+
+
 def models_within(child: list[str], parent: list[str]) -> bool:
-    """Every child pattern is covered by some parent pattern (a pattern covers itself)."""
-    return all(any(c == p or fnmatchcase(c, p) for p in parent) for c in child)
+    """Every model a child pattern matches is matched by some parent pattern (glob containment).
+
+    Conservative: a pattern that only a union of several parent patterns would cover is refused."""
+    return all(any(glob_within(c, p) for p in parent) for c in child)
+
+
+_Token = tuple[str, frozenset[str] | None, bool]  # (kind: "*", "?", "c" char, "[" class; chars; negated)
+
+
+def _glob_tokens(pattern: str) -> list[_Token]:
+    """`fnmatch`'s syntax as tokens: `*`, `?`, `[...]`/`[!...]` classes (ranges expanded), literal characters."""
+    tokens: list[_Token] = []
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char in "*?":
+            if not (char == "*" and tokens and tokens[-1][0] == "*"):
+                tokens.append((char, None, False))
+            i += 1
+            continue
+        if char == "[":
+            end = i + 1
+            if end < len(pattern) and pattern[end] == "!":
+                end += 1
+            if end < len(pattern) and pattern[end] == "]":
+                end += 1
+            end = pattern.find("]", end)
+            if end >= 0:
+                body = pattern[i + 1 : end]
+                negated = body.startswith("!")
+                body = body[1:] if negated else body
+                chars: set[str] = set()
+                j = 0
+                while j < len(body):
+                    if j + 2 < len(body) and body[j + 1] == "-":
+                        low, high = ord(body[j]), ord(body[j + 2])
+                        chars.update(chr(c) for c in range(low, min(high, low + 4096) + 1))
+                        j += 3
+                    else:
+                        chars.add(body[j])
+                        j += 1
+                tokens.append(("[", frozenset(chars), negated))
+                i = end + 1
+                continue
+        tokens.append(("c", frozenset(char), False))
+        i += 1
+    return tokens
+
+
+def glob_within(child: str, parent: str) -> bool:
+    """Whether every string `child` matches is matched by `parent` (both `fnmatch` globs).
+
+    Sound, not complete: it never says yes wrongly. A `*` or `?` of the child must meet a `*`/`?` of the
+    parent; a class of the child must be a subset of what the parent's token at that place admits."""
+    c_tokens, p_tokens = _glob_tokens(child), _glob_tokens(parent)
+    memo: dict[tuple[int, int], bool] = {}
+
+    def covers(p: _Token, c: _Token) -> bool:
+        """Parent token `p` matches every single character child token `c` can match."""
+        if p[0] == "?":
+            return c[0] != "*"
+        if c[0] in "*?" or p[1] is None or c[1] is None:
+            return False
+        if c[2]:  # a negated child class matches almost anything: only a negated parent with fewer exclusions
+            return p[2] and p[1] <= c[1]
+        return not (c[1] & p[1]) if p[2] else c[1] <= p[1]
+
+    def within(i: int, j: int) -> bool:
+        if (i, j) in memo:
+            return memo[(i, j)]
+        if j < len(p_tokens) and p_tokens[j][0] == "*":
+            result = within(i, j + 1) or (i < len(c_tokens) and within(i + 1, j))
+        elif i == len(c_tokens) or j == len(p_tokens):
+            result = i == len(c_tokens) and j == len(p_tokens)
+        else:
+            result = covers(p_tokens[j], c_tokens[i]) and within(i + 1, j + 1)
+        memo[(i, j)] = result
+        return result
+
+    return within(0, 0)
 
 
 def ip_allowed(networks: list[str], address: str | None) -> bool:
@@ -154,6 +237,11 @@ class KeyService:
 
     async def authenticate(self, token: str | None, client_ip: str | None) -> KeyRecord:
         """The live key behind `token`, or the matching 401/403."""
+        return (await self.authenticate_lineage(token, client_ip))[0]
+
+    async def authenticate_lineage(self, token: str | None, client_ip: str | None) -> list[KeyRecord]:
+        """The live key behind `token` and its ancestors, nearest first; every one of them must be live and
+        allow `client_ip`, or the matching 401/403."""
         if not token:
             raise AuthenticationError("missing API key: send Authorization: Bearer <key>")
         parts = split_key(token)
@@ -170,16 +258,29 @@ class KeyService:
             if not (grace and hmac.compare_digest(digest, record.prev_secret_hash or "")):
                 raise AuthenticationError("invalid API key")
         await self._check_live(record, now)
-        for ancestor_id in record.ancestors:
+        lineage = [record]
+        for ancestor_id in reversed(record.ancestors):
             ancestor = await self.lookup(ancestor_id)
             if ancestor is None:
                 raise AuthenticationError("this key's parent no longer exists", code="key_revoked")
             await self._check_live(ancestor, now, inherited=True)
-        if not ip_allowed(record.allow_ips, client_ip):
-            raise PermissionDeniedError(
-                f"requests from {client_ip} are not allowed for this key", code="ip_not_allowed"
-            )
-        return record
+            lineage.append(ancestor)
+        for holder in lineage:
+            if not ip_allowed(holder.allow_ips, client_ip):
+                whose = "this key" if holder is record else "a parent of this key"
+                raise PermissionDeniedError(
+                    f"requests from {client_ip} are not allowed for {whose}", code="ip_not_allowed"
+                )
+        return lineage
+
+    async def lineage(self, record: KeyRecord) -> list[KeyRecord]:
+        """`record` and the ancestors that still exist, nearest first (from the warm cache when fresh)."""
+        found = [record]
+        for ancestor_id in reversed(record.ancestors):
+            ancestor = await self.lookup(ancestor_id)
+            if ancestor is not None:
+                found.append(ancestor)
+        return found
 
     async def _check_live(self, record: KeyRecord, now: float, inherited: bool = False) -> None:
         whose = "this key's parent" if inherited else "this key"
@@ -189,8 +290,9 @@ class KeyService:
             raise AuthenticationError(f"{whose} has expired", code="key_expired")
 
     @staticmethod
-    def check_model(record: KeyRecord, model: str) -> None:
-        if not model_allowed(record.models, model):
+    def check_model(lineage: list[KeyRecord], model: str) -> None:
+        """403 unless the key and every ancestor (`lineage`, nearest first) may use `model`."""
+        if not allows_model(lineage, model):
             raise PermissionDeniedError(
                 f"this key may not use model '{model}'", code="model_not_allowed", param="model"
             )

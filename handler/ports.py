@@ -332,6 +332,14 @@ class RateCharge:
     window: int
     limit: int
     amount: int
+    key_id: str | None = None
+    home_region: str | None = None
+
+    @property
+    def counter(self) -> str:
+        """The counter's name in a `MeterSnapshot`: `name` for the admission's own key, `name@key_id` for an
+        ancestor's limit."""
+        return self.name if self.key_id is None else f"{self.name}@{self.key_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +387,7 @@ class LedgerItem:
     store_ms: float = 0.0
     upstream_ms: float = 0.0
     route: str = ""
+    cost_source: str = "provider"
 
 
 @dataclass(frozen=True, slots=True)

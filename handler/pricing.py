@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from handler.config import FeeConfig, ModelConfig, Price
+from handler.images import image_tokens
 from handler.schemas import ChatRequest, ImagePart, Usage
 
 PRICE_TABLE_RESOURCE = "prices.yaml"
@@ -124,13 +125,28 @@ def cost_of(usage: Usage, price: Price | None, fee: FeeConfig) -> Cost:
     return Cost(provider, fee_for(provider, fee), usage, unit)
 
 
-def estimate_prompt_tokens(req: ChatRequest) -> int:
+@dataclass(frozen=True, slots=True)
+class PromptEstimate:
+    """An upper bound of a prompt's input tokens: its text, and its images, whose price depends on who reads them."""
+
+    text_tokens: int
+    images: tuple[tuple[str, str | None], ...]  # (url, detail)
+
+    def tokens(self, provider_type: str, model: str) -> int:
+        """The estimate for `model` of `provider_type`, each image by that provider's formula."""
+        if not self.images:
+            return self.text_tokens
+        return self.text_tokens + sum(image_tokens(url, detail, provider_type, model) for url, detail in self.images)
+
+
+def prompt_estimate(req: ChatRequest) -> PromptEstimate:
     """An upper-bound estimate of the prompt's tokens, cheap enough for the hot path.
 
     Half the UTF-8 byte length over-counts every tokenizer we price (English runs about four
     characters a token, CJK about one character of three bytes), so a reservation is not undercut.
     """
     total = 0
+    images: list[tuple[str, str | None]] = []
     for message in req.messages:
         total += MESSAGE_OVERHEAD_TOKENS
         content = message.content
@@ -139,7 +155,7 @@ def estimate_prompt_tokens(req: ChatRequest) -> int:
         elif content is not None:
             for part in content:
                 if isinstance(part, ImagePart):
-                    total += IMAGE_TOKEN_ALLOWANCE
+                    images.append((part.image_url.url, part.image_url.detail))
                 else:
                     total += len(part.model_dump_json().encode()) // 2 + 1
         for call in message.tool_calls or ():
@@ -148,7 +164,27 @@ def estimate_prompt_tokens(req: ChatRequest) -> int:
         total += len(tool.function.model_dump_json().encode()) // 2 + 4
     if req.response_format is not None and req.response_format.json_schema is not None:
         total += len(req.response_format.model_dump_json().encode()) // 2
-    return total
+    return PromptEstimate(total, tuple(images))
+
+
+def estimate_prompt_tokens(req: ChatRequest) -> int:
+    """The prompt estimate with each image at a typical allowance (for display, not for reservations)."""
+    estimate = prompt_estimate(req)
+    return estimate.text_tokens + IMAGE_TOKEN_ALLOWANCE * len(estimate.images)
+
+
+def scaled(price: Price | None, multiplier: float) -> Price | None:
+    """`price` with every token price times `multiplier` (a service tier's)."""
+    if price is None or multiplier == 1.0:
+        return price
+    fields = ("input", "output", "cached_input", "cache_write")
+    scaled_fields = {f: getattr(price, f) * multiplier for f in fields if getattr(price, f) is not None}
+    long = price.long_context
+    if long is not None:
+        long = long.model_copy(
+            update={f: getattr(long, f) * multiplier for f in fields if getattr(long, f, None) is not None}
+        )
+    return price.model_copy(update={**scaled_fields, "long_context": long})
 
 
 def worst_case_usd(prompt_tokens: int, max_output: int, price: Price | None, fee: FeeConfig) -> float | None:

@@ -7,14 +7,17 @@ happens in between is here and knows no provider by name.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from handler.budgets import Meter, Reservation
+from handler.config import Price
 from handler.errors import (
     CostLimitError,
     GatewayError,
@@ -26,10 +29,11 @@ from handler.errors import (
     UpstreamTimeoutError,
 )
 from handler.gateway import Gateway
+from handler.keys import allows_model
 from handler.observability import span
 from handler.ports import BuiltRequest, KeyRecord, LedgerItem, StreamParser
-from handler.pricing import Cost, cost_of, estimate_prompt_tokens, price_for, worst_case_usd
-from handler.routing import Attempt, RouteControls
+from handler.pricing import Cost, PromptEstimate, cost_of, fee_for, price_for, prompt_estimate, scaled, worst_case_usd
+from handler.routing import Attempt, Plan, RouteControls
 from handler.schema_check import enforce, schema_of, violation
 from handler.schemas import (
     ChatCompletion,
@@ -43,6 +47,7 @@ from handler.upstream import UpstreamResponse
 from handler.usage import usd
 
 T = TypeVar("T")
+log = logging.getLogger("gateway")
 CLIENT_CLOSED = 499
 # Upstream statuses that mean the client's request itself is wrong: answered as 400, not 502.
 CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
@@ -79,6 +84,19 @@ class Exchange:
     budget_remaining: float | None = None
     wasted_usd: float = 0.0
     limit_headers: dict[str, str] = field(default_factory=dict)
+    lineage: list[KeyRecord] = field(default_factory=list)
+    # The attempt whose request went out and has no answer yet: if the request is cut now (deadline, Lambda
+    # time cap, client gone), the provider may still run it to the end and bill it.
+    inflight: Attempt | None = None
+    # The last attempt the provider answered with an error (the request reached it; nothing to bill).
+    answered: tuple[Attempt, int] | None = None
+    prompt: PromptEstimate | None = None
+    price_multiplier: float = 1.0  # a service tier's
+    per_request_usd: float = 0.0  # options billed per request (web search)
+
+    def __post_init__(self) -> None:
+        if not self.lineage:
+            self.lineage = [self.key]
 
     def headers(self) -> dict[str, str]:
         """The gateway's headers for this answer, as far as they are known."""
@@ -121,7 +139,7 @@ class Pipeline:
 
     async def chat(self, req: ChatRequest, ex: Exchange) -> ChatCompletion:
         """A non-streaming chat completion."""
-        plan = self.gateway.router.plan(req.model, ex.controls.route)
+        plan = self._plan(ex, req.model)
         await self._admit(ex, plan, req)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> ChatCompletion:
@@ -141,16 +159,16 @@ class Pipeline:
 
         try:
             completion = await self._deadline(ex, self._failover(ex, plan, build, accept))
-        except BaseException:
-            await self._settle(ex, None, 0)
+        except BaseException as exc:
+            await self._unanswered(ex, exc)
             raise
-        usage = completion.usage or Usage()
-        await self._settle(ex, usage, 200, background=True)
+        usage, source = self._checked(completion.usage, ex, lambda: answer_chars(completion))
+        await self._settle(ex, usage, 200, background=True, source=source)
         return completion
 
     async def chat_stream(self, req: ChatRequest, ex: Exchange) -> ChunkStream:
         """A streaming chat completion whose first chunks have arrived (failover is over by then)."""
-        plan = self.gateway.router.plan(req.model, ex.controls.route)
+        plan = self._plan(ex, req.model)
         await self._admit(ex, plan, req)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> ChunkStream:
@@ -163,8 +181,8 @@ class Pipeline:
 
         try:
             return await self._deadline(ex, self._failover(ex, plan, build, accept))
-        except BaseException:
-            await self._settle(ex, None, 0)
+        except BaseException as exc:
+            await self._unanswered(ex, exc)
             raise
 
     def _enforced_schema(self, req: ChatRequest, attempt: Attempt, ex: Exchange) -> dict[str, Any] | None:
@@ -174,16 +192,16 @@ class Pipeline:
 
     def _waste(self, ex: Exchange, attempt: Attempt, usage: Usage | None) -> None:
         if usage is not None:
-            price = price_for(attempt.model, attempt.spec, attempt.target.model)
-            ex.wasted_usd += cost_of(usage, price, self.fee).total_usd or 0.0
+            ex.wasted_usd += self._cost(ex, attempt, usage).total_usd or 0.0
 
     # --- embeddings -------------------------------------------------------------------------
 
     async def embeddings(self, req: EmbeddingsRequest, ex: Exchange) -> EmbeddingsResponse:
-        plan = self.gateway.router.plan(req.model, ex.controls.route, kind="embedding")
+        plan = self._plan(ex, req.model, kind="embedding")
         texts = [req.input] if isinstance(req.input, str) else req.input
         tokens = sum(len(t.encode()) // 2 + 1 if isinstance(t, str) else len(str(t)) for t in texts)
-        await self._admit_tokens(ex, plan, tokens, 0)
+        ex.prompt = PromptEstimate(tokens, ())
+        await self._admit_tokens(ex, plan, 0)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> EmbeddingsResponse:
             return attempt.adapter.embeddings_response(await response.read(), req, attempt.target)
@@ -193,23 +211,31 @@ class Pipeline:
 
         try:
             result = await self._deadline(ex, self._failover(ex, plan, build, accept))
-        except BaseException:
-            await self._settle(ex, None, 0)
+        except BaseException as exc:
+            await self._unanswered(ex, exc)
             raise
-        usage = Usage.of(result.usage.prompt_tokens, 0)
-        await self._settle(ex, usage, 200, background=True)
+        usage, source = self._checked(Usage.of(result.usage.prompt_tokens, 0), ex, lambda: 0)
+        await self._settle(ex, usage, 200, background=True, source=source)
         return result
 
     # --- shared steps -----------------------------------------------------------------------
 
+    def _plan(self, ex: Exchange, model: str, kind: str = "chat") -> Plan:
+        """The attempts for `model` within the key's scope along its whole chain; a fallback the key (or an
+        ancestor) may not use is skipped and named in the route."""
+        plan = self.gateway.router.plan(model, ex.controls.route, partial(allows_model, ex.lineage), kind=kind)
+        ex.route.extend(f"{name}=model_not_allowed" for name in plan.skipped)
+        return plan
+
     async def _admit(self, ex: Exchange, plan: list[Attempt], req: ChatRequest) -> None:
-        prompt = estimate_prompt_tokens(req)
+        self._price_options(ex, req)
+        ex.prompt = prompt_estimate(req)
         limit = req.output_limit()
         worst_output = 0
         for attempt in plan:
             cap = attempt.spec.max_output_tokens or self.gateway.config.gateway.default_max_output_tokens
             worst_output = max(worst_output, min(limit, cap) if limit else cap)
-        await self._admit_tokens(ex, plan, prompt, worst_output * (req.n or 1))
+        await self._admit_tokens(ex, plan, worst_output * (req.n or 1))
         if ex.reservation is not None and ex.reservation.budget_key is not None and (not limit or limit > worst_output):
             # The reservation covers `worst_output` tokens; the upstream must not be allowed more, or a
             # provider's own (larger) default could spend past what was reserved.
@@ -218,11 +244,64 @@ class Pipeline:
             else:
                 req.max_completion_tokens = worst_output
 
-    async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], prompt: int, output: int) -> None:
+    def _price_options(self, ex: Exchange, req: ChatRequest) -> None:
+        """Options that change what the provider bills: priced as configured, else refused; `store: true`
+        (the tenant's data kept in the operator's provider account) dropped unless the operator allows it."""
+        extra = req.model_extra
+        if not extra:
+            return
+        options = self.gateway.config.gateway.priced_options
+        tier = extra.get("service_tier")
+        if tier is not None and tier not in ("auto", "default"):
+            if not isinstance(tier, str) or tier not in options.service_tier:
+                raise InvalidRequestError(
+                    f"service_tier '{tier}' is not priced on this gateway (gateway.priced_options.service_tier)",
+                    param="service_tier",
+                )
+            ex.price_multiplier = options.service_tier[tier]
+        if extra.get("web_search_options") is not None:
+            if options.web_search_usd is None:
+                raise InvalidRequestError(
+                    "web search is not priced on this gateway (gateway.priced_options.web_search_usd)",
+                    param="web_search_options",
+                )
+            ex.per_request_usd += options.web_search_usd
+        modalities = extra.get("modalities")
+        wants_audio = extra.get("audio") is not None or (isinstance(modalities, list) and "audio" in modalities)
+        if wants_audio and not options.audio_output:
+            raise InvalidRequestError(
+                "audio output is not priced on this gateway (gateway.priced_options.audio_output)", param="modalities"
+            )
+        if extra.get("store") is True and not options.provider_store:
+            del extra["store"]
+            if ex.controls.strict:
+                raise StrictParamsError(
+                    "store: true would keep this request in the provider's account; this gateway does not allow it",
+                    param="store",
+                )
+            ex.inbound_dropped.append("store")
+
+    def _price(self, ex: Exchange, attempt: Attempt) -> Price | None:
+        return scaled(price_for(attempt.model, attempt.spec, attempt.target.model), ex.price_multiplier)
+
+    def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage) -> Cost:
+        """What `usage` at `attempt` costs, with the options billed per request."""
+        cost = cost_of(usage, self._price(ex, attempt), self.fee)
+        if ex.per_request_usd and cost.provider_usd is not None:
+            provider = cost.provider_usd + ex.per_request_usd
+            cost = Cost(provider, fee_for(provider, self.fee), usage, cost.unit_prices)
+        return cost
+
+    async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], output: int) -> None:
+        estimate = ex.prompt or PromptEstimate(0, ())
         worst: float | None = 0.0
+        prompt = 0
         for attempt in plan:
-            price = price_for(attempt.model, attempt.spec, attempt.target.model)
-            case = worst_case_usd(prompt, output, price, self.fee)
+            tokens = estimate.tokens(attempt.target.provider_type, attempt.target.model)
+            prompt = max(prompt, tokens)
+            case = worst_case_usd(tokens, output, self._price(ex, attempt), self.fee)
+            if case is not None and ex.per_request_usd:
+                case += ex.per_request_usd * (1 + self.fee.percent / 100)
             worst = None if case is None or worst is None else max(worst, case)
         if ex.controls.max_cost_usd is not None:
             if worst is None:
@@ -231,10 +310,41 @@ class Pipeline:
                 raise CostLimitError(
                     f"worst-case cost ${worst:.6f} exceeds x-gateway-max-cost-usd ${ex.controls.max_cost_usd:.6f}"
                 )
-        reservation = await self.meter.admit(ex.key, ex.model, worst, prompt + output, ex.request_id)
+        reservation = await self.meter.admit(ex.lineage, ex.model, worst, prompt + output, ex.request_id)
+        reservation.prompt_tokens, reservation.output_tokens = prompt, output
         ex.reservation = reservation
         ex.limit_headers = reservation.headers
         ex.store_ms += reservation.store_ms
+
+    def _checked(self, usage: Usage | None, ex: Exchange, output_chars: Callable[[], int]) -> tuple[Usage, str]:
+        """The provider's usage when it is possible, else an estimate (`source` says which): an answer without
+        usage is not free, and negative or impossible counts are never credited."""
+        if usage is not None and plausible(usage):
+            return usage, "provider"
+        if usage is not None:
+            log.warning("upstream usage refused as impossible", extra={"request_id": ex.request_id})
+        attempt = ex.attempt
+        estimate = ex.prompt or PromptEstimate(0, ())
+        prompt = estimate.tokens(attempt.target.provider_type, attempt.target.model) if attempt else 0
+        return Usage.of(prompt, math.ceil(output_chars() / 3)), "estimate"
+
+    async def _unanswered(self, ex: Exchange, exc: BaseException) -> None:
+        """Settle a request that ends with no answer to relay. Sent and never answered (a deadline, the Lambda
+        time cap, the client gone): the provider may still run it to the end, so the reserved worst case is
+        charged. Answered with an error: one line at no cost. Never sent: the reservation is released."""
+        if ex.inflight is not None:
+            ex.attempt, ex.inflight = ex.inflight, None
+            status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else getattr(exc, "status", 500)
+            work = self._settle(ex, None, status, source="reserved")
+        elif ex.answered is not None:
+            ex.attempt, status = ex.answered
+            work = self._settle(ex, Usage.of(0, 0), status)
+        else:
+            work = self._settle(ex, None, 0)
+        if isinstance(exc, asyncio.CancelledError):
+            self.gateway.spawn(work)  # this task is being cancelled: the settlement must not be
+        else:
+            await work
 
     async def _deadline(self, ex: Exchange, work: Awaitable[T]) -> T:
         if ex.controls.deadline_s is None:
@@ -272,6 +382,7 @@ class Pipeline:
                 )
             for retry in range(retries + 1):
                 started = time.perf_counter()
+                ex.inflight = attempt
                 try:
                     async with span("upstream", provider=attempt.target.provider, region=attempt.target.region):
                         response = await self.gateway.upstream.send(built.request)
@@ -279,6 +390,9 @@ class Pipeline:
                         raise attempt.adapter.error(response.status, await response.read(), response.headers)
                     result = await accept(attempt, response)
                 except UpstreamError as err:
+                    ex.inflight = None
+                    if err.upstream_status >= 400:
+                        ex.answered = (attempt, err.upstream_status)
                     ex.upstream_ms += (time.perf_counter() - started) * 1000
                     ex.route.append(f"{label}={err.outcome}")
                     last = err
@@ -290,6 +404,7 @@ class Pipeline:
                         await asyncio.sleep(err.retry_after)
                         continue
                     break
+                ex.inflight = None
                 ex.upstream_ms += (time.perf_counter() - started) * 1000
                 ex.route.append(f"{label}=200")
                 breakers.success(label)
@@ -308,8 +423,13 @@ class Pipeline:
             return invalid
         return err
 
-    async def _settle(self, ex: Exchange, usage: Usage | None, status: int, background: bool = False) -> None:
-        """Cost the answer, release the reservation's rest and write the ledger line, exactly once."""
+    async def _settle(
+        self, ex: Exchange, usage: Usage | None, status: int, background: bool = False, source: str = "provider"
+    ) -> None:
+        """Cost the answer, release the reservation's rest and write the ledger line, exactly once.
+
+        `source` says how the cost is known: `provider` (its usage), `estimate` (none or impossible usage:
+        estimated), `reserved` (cut before any answer: the reserved worst case, `usage` unused)."""
         reservation = ex.reservation
         if reservation is None:
             return
@@ -318,9 +438,10 @@ class Pipeline:
         item: LedgerItem | None = None
         actual = 0.0
         tokens = 0
+        if source == "reserved":
+            usage = Usage.of(reservation.prompt_tokens, reservation.output_tokens)
         if usage is not None and attempt is not None:
-            price = price_for(attempt.model, attempt.spec, attempt.target.model)
-            ex.cost = cost_of(usage, price, self.fee)
+            ex.cost = self._cost(ex, attempt, usage)
             if ex.wasted_usd and ex.cost.provider_usd is not None:
                 wasted = ex.wasted_usd
                 ex.cost = Cost(ex.cost.provider_usd + wasted, ex.cost.fee_usd, usage, ex.cost.unit_prices)
@@ -348,12 +469,41 @@ class Pipeline:
                 store_ms=ex.store_ms,
                 upstream_ms=ex.upstream_ms,
                 route=", ".join(ex.route),
+                cost_source=source,
             )
         settlement = self.meter.settlement(reservation, actual, tokens, item)
         if background:
             self.gateway.spawn(self.meter.settle(settlement))
         else:
             await self.meter.settle(settlement)
+
+
+MAX_PLAUSIBLE_TOKENS = 50_000_000
+
+
+def plausible(usage: Usage) -> bool:
+    """Counts a provider could have billed: none negative or absurd, cache reads and writes within the prompt."""
+    counts = (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens)
+    if not all(0 <= count <= MAX_PLAUSIBLE_TOKENS for count in counts):
+        return False
+    return usage.cached_tokens + usage.cache_write_tokens <= usage.prompt_tokens
+
+
+def wants_reasoning(req: ChatRequest) -> bool:
+    """Whether the request asks for reasoning the provider may bill without showing it."""
+    extra = req.model_extra or {}
+    return bool(extra.get("reasoning_effort") or extra.get("reasoning") or extra.get("thinking"))
+
+
+def answer_chars(completion: ChatCompletion) -> int:
+    """The characters of everything an answer generated: text, reasoning and tool-call arguments."""
+    total = 0
+    for choice in completion.choices:
+        message = choice.message
+        total += len(message.content or "") + len(message.reasoning_content or "")
+        for call in message.tool_calls or ():
+            total += len(call.function.arguments or "") + len(call.function.name or "")
+    return total
 
 
 class ChunkStream:
@@ -434,12 +584,23 @@ class ChunkStream:
                 self._chars += len(call.function.arguments or "") if call.function else 0
 
     def usage(self) -> Usage:
-        """The provider's usage, or an estimate of what it bills for a stream cut short."""
+        """The usage this stream is charged for (see `metered`)."""
+        return self.metered()[0]
+
+    def metered(self) -> tuple[Usage, str]:
+        """The provider's usage, or, for a stream cut short or without usage, an estimate of what it bills:
+        the prompt, the relayed text, and the usage the provider reported so far, whichever is larger; and
+        for a reasoning request cut short, whose hidden reasoning cannot be seen, the reserved worst case."""
         usage = self.parser.usage
-        if isinstance(usage, Usage):
-            return usage
-        prompt = estimate_prompt_tokens(self.req)
-        return Usage.of(prompt, math.ceil(self._chars / 3))
+        if self._finished and isinstance(usage, Usage) and plausible(usage):
+            return usage, "provider"
+        if not self._finished and wants_reasoning(self.req):
+            return Usage(), "reserved"
+        estimate, source = self.pipeline._checked(None, self.ex, lambda: self._chars)
+        if isinstance(usage, Usage) and plausible(usage):
+            prompt = max(usage.prompt_tokens, estimate.prompt_tokens)
+            estimate = Usage.of(prompt, max(usage.completion_tokens, estimate.completion_tokens), usage.cached_tokens)
+        return estimate, source
 
     def final_chunk(self, include_usage: bool) -> dict[str, object]:
         """The last data event: no choices, the usage if asked for, and always the cost."""
@@ -465,11 +626,13 @@ class ChunkStream:
             self.schema_violation = violation(self.schema, "".join(self._text))
         if not self._settled:
             self._settled = True
-            await self.pipeline._settle(self.ex, self.usage(), 200, background=True)
+            usage, source = self.metered()
+            await self.pipeline._settle(self.ex, usage, 200, background=True, source=source)
 
     async def close(self) -> None:
         """Always called: a stream abandoned by the client still settles what the provider bills."""
         await self.response.close()
         if not self._settled:
             self._settled = True
-            self.pipeline.gateway.spawn(self.pipeline._settle(self.ex, self.usage(), CLIENT_CLOSED))
+            usage, source = self.metered()
+            self.pipeline.gateway.spawn(self.pipeline._settle(self.ex, usage, CLIENT_CLOSED, source=source))

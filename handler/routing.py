@@ -7,12 +7,13 @@ breakers' state, so `GET /v1/route` can show it without sending anything.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from handler.breakers import Breakers
 from handler.config import Config, ModelConfig, reference_hint
-from handler.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
+from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError, ServiceUnavailableError
 from handler.ports import ProviderAdapter, Target
 
 # Approximate locations (latitude, longitude) of AWS regions; distance orders deployments when the
@@ -77,6 +78,22 @@ class Attempt:
     distance: float
 
 
+class Plan(list[Attempt]):
+    """The attempts to make, in order, and the fallback models left out because the key (or an ancestor)
+    may not use them."""
+
+    skipped: list[str]
+
+    def __init__(self, attempts: list[Attempt], skipped: list[str]) -> None:
+        super().__init__(attempts)
+        self.skipped = skipped
+
+
+def any_model(model: str) -> bool:
+    """The scope of the gateway itself (no key): every configured model."""
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class RouteControls:
     """The client's routing headers."""
@@ -127,18 +144,29 @@ class Router:
             raise NotFoundError(f"model '{model}' does not exist on this gateway", param="model")
         return spec
 
-    def plan(self, model: str, controls: RouteControls, kind: str = "chat") -> list[Attempt]:
-        """Attempts in order: the model's deployments nearest first, then its fallbacks'."""
+    def plan(self, model: str, controls: RouteControls, allowed: Callable[[str], bool], kind: str = "chat") -> Plan:
+        """Attempts in order: the model's deployments nearest first, then its fallbacks'. Only models
+        `allowed` (the key's scope along its whole chain) are planned: a forbidden fallback, from the config
+        or the client's header, is skipped and named in `Plan.skipped`."""
         spec = self.spec(model)
+        if not allowed(model):
+            raise PermissionDeniedError(
+                f"this key may not use model '{model}'", code="model_not_allowed", param="model"
+            )
         if spec.kind != kind:
             raise InvalidRequestError(f"model '{model}' is a {spec.kind} model, not a {kind} model", param="model")
         chain = [model]
+        skipped: list[str] = []
         fallbacks = spec.fallbacks if controls.fallbacks is None else controls.fallbacks
         for name in fallbacks:
             if name not in self.config.models:
                 raise NotFoundError(f"fallback model '{name}' does not exist on this gateway", param="model")
-            if name not in chain and self.config.models[name].kind == kind:
+            if name in chain or name in skipped or self.config.models[name].kind != kind:
+                continue
+            if allowed(name):
                 chain.append(name)
+            else:
+                skipped.append(name)
         attempts = [a for name in chain for a in self._targets[name] if self._pinned(a, controls)]
         if not attempts:
             raise ServiceUnavailableError(
@@ -156,13 +184,14 @@ class Router:
                 f"provider '{first.target.provider}' for model '{model}' has no API key: {reference_hint(ref)}",
                 code="provider_not_configured",
             )
-        return usable
+        return Plan(usable, skipped)
 
-    def explain(self, model: str, controls: RouteControls) -> list[dict[str, Any]]:
+    def explain(self, model: str, controls: RouteControls, allowed: Callable[[str], bool]) -> list[dict[str, Any]]:
         """The order `plan` would try now, with the reason for each place."""
         spec = self.spec(model)
-        plan = self.plan(model, controls, kind=spec.kind)
+        plan = self.plan(model, controls, allowed, kind=spec.kind)
         unit = "rtt_ms" if self._latency else "distance_km"
+        skipped = [{"model": name, "role": "fallback", "skipped": "model_not_allowed"} for name in plan.skipped]
         return [
             {
                 "model": a.model,
@@ -176,7 +205,7 @@ class Router:
                 "pinned": bool(controls.provider or controls.region),
             }
             for a in plan
-        ]
+        ] + skipped
 
     @staticmethod
     def _pinned(attempt: Attempt, controls: RouteControls) -> bool:

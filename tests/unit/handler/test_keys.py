@@ -26,3 +26,31 @@ def test_ip_ranges_v4_v6_and_mapped() -> None:
     assert ip_allowed(nets, "::ffff:10.0.0.1")
     assert not ip_allowed(nets, "11.0.0.1") and not ip_allowed(nets, None) and not ip_allowed(nets, "junk")
     assert ip_allowed([], None)
+
+
+def test_glob_containment_is_sound() -> None:
+    """A child pattern is within a parent's only if every model it matches, the parent matches too."""
+    from handler.keys import glob_within
+
+    within = [
+        ("gpt-4o", "gpt-*"),
+        ("gpt-4?*", "gpt-4*"),
+        ("gpt-4?", "gpt-4*"),
+        ("gpt-4[ab]", "gpt-4?"),
+        ("gpt-4[ab]", "gpt-4[a-c]"),
+        ("gpt-*-mini", "gpt-*"),
+        ("gpt-4[!x]", "gpt-4?"),
+        ("*", "*"),
+    ]
+    outside = [
+        ("*", "gpt-*"),
+        ("gpt-4*", "gpt-4?*"),  # "gpt-4" itself: `?` of the parent needs a character the child may not have
+        ("gpt-4?", "gpt-4o"),  # `?` is not the letter o (fnmatch would say yes, reading the child as a name)
+        ("gpt-4?", "gpt-4[ab]"),
+        ("gpt-4[a-z]", "gpt-4[ab]"),
+        ("gpt-4?", "gpt-4[!x]"),
+        ("gpt-*", "gpt-*-mini"),
+    ]
+    assert all(glob_within(child, parent) for child, parent in within)
+    assert not any(glob_within(child, parent) for child, parent in outside)
+    assert not models_within(["gpt-4*"], ["gpt-4?*"])

@@ -6,9 +6,9 @@ import pytest
 
 from adapters.providers import REGISTRY
 from handler.config import parse_config
-from handler.errors import NotFoundError, ServiceUnavailableError
+from handler.errors import NotFoundError, PermissionDeniedError, ServiceUnavailableError
 from handler.gateway import build_adapters
-from handler.routing import RouteControls, Router
+from handler.routing import RouteControls, Router, any_model
 
 CONFIG = {
     "providers": {
@@ -43,24 +43,24 @@ def router(region: str, env: dict[str, str] | None = None) -> Router:
     ],
 )
 def test_nearest_deployment_first_then_fallbacks(region: str, order: list[str]) -> None:
-    assert [a.target.model for a in router(region).plan("m", RouteControls())] == order
+    assert [a.target.model for a in router(region).plan("m", RouteControls(), any_model)] == order
 
 
 def test_pins_and_fallback_override() -> None:
     r = router("eu-west-1")
-    assert [a.target.model for a in r.plan("m", RouteControls(provider="b"))] == ["m-ap", "n-global"]
-    assert [a.target.model for a in r.plan("m", RouteControls(region="us-east-1", fallbacks=[]))] == ["m-us"]
+    assert [a.target.model for a in r.plan("m", RouteControls(provider="b"), any_model)] == ["m-ap", "n-global"]
+    assert [a.target.model for a in r.plan("m", RouteControls(region="us-east-1", fallbacks=[]), any_model)] == ["m-us"]
     with pytest.raises(ServiceUnavailableError):
-        r.plan("m", RouteControls(region="sa-east-1", fallbacks=[]))
+        r.plan("m", RouteControls(region="sa-east-1", fallbacks=[]), any_model)
     with pytest.raises(NotFoundError):
-        r.plan("ghost", RouteControls())
+        r.plan("ghost", RouteControls(), any_model)
 
 
 def test_unconfigured_provider_is_skipped_or_named() -> None:
     r = router("eu-west-1", {"B": "y"})
-    assert [a.target.provider for a in r.plan("m", RouteControls())] == ["b", "b"]
+    assert [a.target.provider for a in r.plan("m", RouteControls(), any_model)] == ["b", "b"]
     with pytest.raises(ServiceUnavailableError, match="environment variable A") as info:
-        router("eu-west-1", {}).plan("m", RouteControls(provider="a"))
+        router("eu-west-1", {}).plan("m", RouteControls(provider="a"), any_model)
     assert info.value.code == "provider_not_configured"
 
 
@@ -77,3 +77,22 @@ async def test_warm_up_origins_skip_what_cannot_be_served() -> None:
     assert "http://127.0.0.1:9/openai/v1" in origins
     await gateway.warm()  # nothing listens there: the warm-up gives up quietly
     await gateway.aclose()
+
+
+def test_a_fallback_outside_the_scope_is_skipped_and_named() -> None:
+    r = router("eu-west-1")
+    plan = r.plan("m", RouteControls(), lambda model: model == "m")
+    assert [a.model for a in plan] == ["m", "m", "m"]
+    assert plan.skipped == ["n"]
+    # A header's fallbacks are held to the same scope, and a pin cannot reach around it.
+    pinned = r.plan("m", RouteControls(provider="b", fallbacks=["n"]), lambda model: model == "m")
+    assert [a.target.model for a in pinned] == ["m-ap"]
+    assert pinned.skipped == ["n"]
+    explained = r.explain("m", RouteControls(fallbacks=["n"]), lambda model: model == "m")
+    assert {"model": "n", "role": "fallback", "skipped": "model_not_allowed"} in explained
+    assert all(entry.get("upstream_model") != "n-global" for entry in explained)
+
+
+def test_the_requested_model_outside_the_scope_is_refused() -> None:
+    with pytest.raises(PermissionDeniedError):
+        router("eu-west-1").plan("m", RouteControls(), lambda model: model == "n")

@@ -1,0 +1,66 @@
+"""Secrets never leave the gateway in what it relays from an upstream.
+
+The gateway knows every secret it was configured with (provider keys, resolved at start-up); `register`
+adds them here. An upstream can still echo one back (an error that quotes the request's headers, a body
+that repeats them), so:
+- error messages relayed from an upstream are scrubbed of every known secret and of anything shaped like
+  a credential (bearer tokens, API-key shapes, this gateway's own `gwk_` keys, AWS access key ids, `key=`
+  query parameters);
+- every answer body and stream event is scrubbed of the known secrets, exactly: a plain substring test per
+  secret, which costs microseconds, and leaves ordinary content alone.
+"""
+
+from __future__ import annotations
+
+import re
+
+REDACTED = "[REDACTED]"
+MIN_SECRET_LENGTH = 8  # shorter values (test placeholders, "none") would redact ordinary words
+
+CREDENTIAL_SHAPES = re.compile(
+    r"(?i)(bearer\s+)[^\s\"',;]+"
+    r"|(x-api-key|x-goog-api-key|api[-_]key|authorization|aws_secret_access_key)(\"?\s*[:=]\s*\"?)[^\s\"',;&]+"
+    r"|([?&]key=)[^&\s\"']+"
+    r"|\b(sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{8,})"
+    r"|\b(gwk_[a-z0-9]{12}_[A-Za-z0-9_\-]{8,})"
+    r"|\b((?:AKIA|ASIA)[0-9A-Z]{16})\b"
+    r"|\b(AIza[0-9A-Za-z_\-]{30,})"
+)
+
+_secrets: set[str] = set()
+_secrets_bytes: tuple[bytes, ...] = ()
+
+
+def register(*secrets: str | None) -> None:
+    """Remember secrets the gateway holds, so nothing relayed carries them."""
+    global _secrets_bytes
+    for secret in secrets:
+        if secret and len(secret) >= MIN_SECRET_LENGTH:
+            _secrets.add(secret)
+    _secrets_bytes = tuple(s.encode() for s in sorted(_secrets, key=len, reverse=True))
+
+
+def _shape(match: re.Match[str]) -> str:
+    if match.group(1):
+        return match.group(1) + REDACTED
+    if match.group(2):
+        return match.group(2) + match.group(3) + REDACTED
+    if match.group(4):
+        return match.group(4) + REDACTED
+    return REDACTED
+
+
+def redact_message(text: str) -> str:
+    """An upstream's error message without any known secret or credential-shaped value."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return CREDENTIAL_SHAPES.sub(_shape, text)
+
+
+def scrub(body: bytes) -> bytes:
+    """`body` without any known secret (exact matches only)."""
+    for secret in _secrets_bytes:
+        if secret in body:
+            body = body.replace(secret, REDACTED.encode())
+    return body
