@@ -168,6 +168,12 @@ class Router:
             else:
                 skipped.append(name)
         attempts = [a for name in chain for a in self._targets[name] if self._pinned(a, controls)]
+        if not attempts and any(self._pinned(a, controls) for name in skipped for a in self._targets[name]):
+            raise PermissionDeniedError(
+                f"the pinned provider/region serves '{model}' only through fallbacks this key may not use: "
+                + ", ".join(skipped),
+                code="model_not_allowed",
+            )
         if not attempts:
             raise ServiceUnavailableError(
                 f"no deployment of '{model}' matches the pinned provider/region",

@@ -3,7 +3,9 @@
 Behaviour is chosen by the requested model name, so tests need no side channel:
 `fail-429` (rate limit with retry-after: 0), `fail-500`, `fail-400`, `fail-401`, `slow` (waits
 `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way without [DONE]),
-`drip` (a stream whose chunks come `SLOW_SECONDS` apart), `bad-json` (a 200 whose body is not JSON).
+`drip` (a stream whose chunks come `SLOW_SECONDS` apart), `bad-json` (a 200 whose body is not JSON),
+`no-usage` (an answer without `usage`), `negative-usage` (usage with negative counts), `echo-auth` (a 400
+whose message quotes the request's authorization header back, as some upstream errors do).
 Every request is recorded on `app.state.requests`.
 """
 
@@ -66,6 +68,9 @@ def create_app() -> Starlette:
             )
         if "fail-500" in model:
             return None, _error(500, "The server had an error while processing your request.", "server_error", None)
+        if "echo-auth" in model:
+            quoted = f"Invalid request; received headers: authorization={request.headers.get('authorization')}"
+            return None, _error(400, quoted, "invalid_request_error", None)
         if "fail-400" in model:
             return None, _error(400, "Invalid value for 'messages'.", "invalid_request_error", "invalid_value")
         if "slow" in model:
@@ -87,6 +92,8 @@ def create_app() -> Starlette:
             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
         }
+        if "negative-usage" in model:
+            usage = {"prompt_tokens": -1_000_000, "completion_tokens": -1_000_000, "total_tokens": -2_000_000}
         if body.get("stream"):
             return StreamingResponse(_stream(body, call, usage), media_type="text/event-stream")
         message: dict[str, Any] = {"role": "assistant", "content": None if call else TEXT, "refusal": None}
@@ -103,6 +110,8 @@ def create_app() -> Starlette:
             "usage": usage,
             "system_fingerprint": "fp_fake",
         }
+        if "no-usage" in model:
+            del answer["usage"]
         return Response(orjson.dumps(answer), media_type="application/json")
 
     async def _stream(body: dict[str, Any], call: dict[str, Any] | None, usage: dict[str, Any]) -> AsyncIterator[bytes]:

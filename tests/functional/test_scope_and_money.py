@@ -1,0 +1,310 @@
+"""A key can do no more than it was given, along its whole chain, and every request that reached a provider
+lands in the ledger once, on both stores."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from adapters.providers import REGISTRY
+from adapters.store import open_store
+from handler.config import Config, parse_config
+from handler.keys import split_key
+from handler.ports import LedgerItem, UsageQuery
+from tests.functional.conftest import FAKE_KEYS, Running, serve_gateway
+from tests.support.dynamo import DynamoServer
+from tests.support.servers import ServerThread
+
+HI = [{"role": "user", "content": "Hi"}]
+PRICE = {"input": 1.0, "output": 2.0}
+
+
+def scope_config(upstream_url: str) -> Config:
+    def model(upstream: str, provider: str = "openai", **extra: Any) -> dict[str, Any]:
+        return {"deployments": [{"provider": provider, "model": upstream}], "price": PRICE, **extra}
+
+    return parse_config(
+        {
+            "gateway": {
+                "timeouts": {"connect": 2, "first_byte": 5, "between_chunks": 5},
+                "priced_options": {"service_tier": {"flex": 1.0, "priority": 2.0}},
+                "key_minting": {"per_minute": 3, "max_children": 2},
+            },
+            "providers": {
+                "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"},
+                "anthropic": {
+                    "type": "anthropic",
+                    "api_key": "env:ANTHROPIC_API_KEY",
+                    "base_url": f"{upstream_url}/anthropic",
+                },
+            },
+            "models": {
+                "gpt-test": model("gpt-4o-mini"),
+                "claude-test": model("claude-haiku-4-5", "anthropic"),
+                "broken-test": model("fail-500"),
+                "slow-test": model("slow"),
+                "cut-test": model("stream-cut"),
+                "no-usage-test": model("no-usage"),
+                "negative-test": model("negative-usage"),
+                "echo-test": model("echo-auth"),
+                "vision-test": {
+                    "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
+                    "price": {"input": 0.15, "output": 0.60},
+                },
+            },
+        },
+        set(REGISTRY),
+    )
+
+
+@pytest.fixture(scope="module", params=["sqlite", "dynamodb"])
+def gw(
+    request: pytest.FixtureRequest,
+    upstream: tuple[ServerThread, dict[str, Any]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Running]:
+    server, fakes = upstream
+    if request.param == "sqlite":
+        store_url = f"sqlite:///{tmp_path_factory.mktemp('scope') / 'gateway.db'}"
+    else:
+        dynamo: DynamoServer = request.getfixturevalue("dynamo")
+        store_url = dynamo.store_url(dynamo.create_table())
+    running, gateway_server = serve_gateway(scope_config(server.url), store_url, server, fakes)
+    yield running
+    gateway_server.stop()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def post(gw: Running, path: str, key: str, body: dict[str, Any], **headers: str) -> httpx.Response:
+    return httpx.post(f"{gw.url}{path}", json=body, headers={**auth(key), **headers}, timeout=15)
+
+
+def chat(gw: Running, key: str, model: str = "gpt-test", **headers: str) -> httpx.Response:
+    return post(gw, "/v1/chat/completions", key, {"model": model, "messages": HI}, **headers)
+
+
+def child(gw: Running, parent: str, **spec: Any) -> str:
+    minted = post(gw, "/v1/keys", parent, {"name": "child", **spec})
+    assert minted.status_code == 201, minted.text
+    key: str = minted.json()["key"]
+    return key
+
+
+def ledger(gw: Running, key: str) -> list[LedgerItem]:
+    """The key's ledger lines once every settlement has landed, read as another process would."""
+    key_id = key_id_of(key)
+
+    async def read() -> list[LedgerItem]:
+        store = open_store(gw.store_url)
+        try:
+            return await store.usage(UsageQuery([key_id], 0, time.time() + 60))
+        finally:
+            await store.close()
+
+    deadline = time.monotonic() + 5
+    while True:
+        items = asyncio.run(read())
+        if items or time.monotonic() > deadline:
+            return items
+        time.sleep(0.05)
+
+
+def key_id_of(key: str) -> str:
+    return (split_key(key) or ("", ""))[0]
+
+
+def spent(gw: Running, key: str) -> float:
+    value = httpx.get(f"{gw.url}/v1/key", headers=auth(key)).json()["spent_usd"]
+    return float(value or 0.0)
+
+
+def received(gw: Running, provider: str, since: int) -> list[dict[str, Any]]:
+    requests: list[dict[str, Any]] = gw.fakes[provider].state.requests[since:]
+    return requests
+
+
+# --- scope -------------------------------------------------------------------------------------------
+
+
+def test_fallbacks_and_pins_stay_within_every_ancestors_models(gw: Running) -> None:
+    parent = gw.mint(models=["gpt-test", "broken-test"])
+    for key in (parent, child(gw, parent)):
+        before = len(gw.fakes["anthropic"].state.requests)
+        pinned = chat(gw, key, **{"x-gateway-fallbacks": "claude-test", "x-gateway-provider": "anthropic"})
+        assert pinned.status_code == 403 and pinned.json()["error"]["code"] == "model_not_allowed"
+        failing = chat(gw, key, "broken-test", **{"x-gateway-fallbacks": "claude-test"})
+        assert failing.status_code == 502
+        assert "claude-test=model_not_allowed" in failing.headers["x-gateway-route"]
+        messages = post(
+            gw,
+            "/v1/messages",
+            key,
+            {"model": "broken-test", "max_tokens": 20, "messages": HI},
+            **{"x-gateway-fallbacks": "claude-test"},
+        )
+        assert messages.status_code == 502 and "claude-test=model_not_allowed" in messages.headers["x-gateway-route"]
+        route = httpx.get(
+            f"{gw.url}/v1/route",
+            params={"model": "gpt-test"},
+            headers={**auth(key), "x-gateway-fallbacks": "claude-test"},
+        )
+        attempts = route.json()["attempts"]
+        assert {"model": "claude-test", "role": "fallback", "skipped": "model_not_allowed"} in attempts
+        assert all(a.get("provider") != "anthropic" for a in attempts)
+        assert received(gw, "anthropic", before) == []
+
+
+def test_a_child_cannot_drop_its_parents_ip_allowlist(gw: Running) -> None:
+    parent = gw.mint(allow_ips=["127.0.0.1/32"])
+    minted_open = child(gw, parent, allow_ips=[])
+    # A child stored without the parent's ranges (as minted before this rule) is still held to them.
+    parent_id = key_id_of(parent)
+    stored_open = gw.mint(parent_id=parent_id, ancestors=[parent_id], allow_ips=[])
+    elsewhere = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10)
+    with elsewhere:
+        for key in (parent, minted_open, stored_open):
+            body = {"model": "gpt-test", "messages": HI}
+            answer = elsewhere.post(f"{gw.url}/v1/chat/completions", json=body, headers=auth(key))
+            assert answer.status_code == 403 and answer.json()["error"]["code"] == "ip_not_allowed"
+    assert chat(gw, minted_open).status_code == 200
+
+
+def test_children_share_their_parents_rate_limits(gw: Running) -> None:
+    parent = gw.mint(rpm=2)
+    first, second = child(gw, parent), child(gw, parent)
+    assert chat(gw, first).status_code == 200
+    assert chat(gw, second).status_code == 200
+    refused = chat(gw, first)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(refused.headers["retry-after"]) >= 1
+    tokens = key_id_of(gw.mint(tpm=60))  # "Hi" is reserved at about 4,100 tokens: more than the parent's tpm
+    assert chat(gw, gw.mint(parent_id=tokens, ancestors=[tokens])).status_code == 429
+    too_fast = post(gw, "/v1/keys", parent, {"name": "x", "rpm": 5})
+    assert too_fast.status_code == 400 and too_fast.json()["error"]["param"] == "rpm"
+
+
+def test_minting_is_rate_limited_and_capped_per_parent(gw: Running) -> None:
+    capped = gw.mint()
+    child(gw, capped)
+    child(gw, capped)
+    third = post(gw, "/v1/keys", capped, {"name": "third"})
+    assert third.status_code == 403 and third.json()["error"]["code"] == "child_key_limit"
+    fast = gw.mint()
+    codes = [post(gw, "/v1/keys", fast, {"name": f"c{i}"}).status_code for i in range(5)]
+    assert 429 in codes and codes.count(201) <= 3
+
+
+def test_glob_containment_holds_when_minting(gw: Running) -> None:
+    parent = gw.mint(models=["gpt-te?t*"])
+    wider = post(gw, "/v1/keys", parent, {"name": "w", "models": ["gpt-te*"]})
+    assert wider.status_code == 403 and wider.json()["error"]["code"] == "model_not_allowed"
+    assert post(gw, "/v1/keys", parent, {"name": "n", "models": ["gpt-test"]}).status_code == 201
+
+
+# --- money -------------------------------------------------------------------------------------------
+
+
+def test_a_request_cut_by_its_deadline_is_charged_the_reserved_worst_case(gw: Running) -> None:
+    key = gw.mint(budget_usd=1.0)
+    cut = chat(gw, key, "slow-test", **{"x-gateway-deadline-ms": "500"})
+    assert cut.status_code == 504
+    [line] = ledger(gw, key)
+    assert line.cost_source == "reserved" and line.status == 504 and (line.cost_usd or 0) > 0
+    assert spent(gw, key) == pytest.approx((line.cost_usd or 0) + line.fee_usd)
+
+
+def test_an_answer_without_usage_is_estimated_and_impossible_usage_never_credits(gw: Running) -> None:
+    key = gw.mint(budget_usd=1.0)
+    assert chat(gw, key, "no-usage-test").status_code == 200
+    [line] = ledger(gw, key)
+    assert line.cost_source == "estimate" and line.input_tokens > 0 and line.output_tokens > 0
+    assert (line.cost_usd or 0) > 0
+    before = spent(gw, key)
+    assert chat(gw, key, "negative-test").status_code == 200
+    lines = ledger(gw, key)
+    while len(lines) < 2:
+        lines = ledger(gw, key)
+    negative = next(item for item in lines if item.upstream_model == "negative-usage")
+    assert negative.cost_source == "estimate" and (negative.cost_usd or 0) > 0
+    assert spent(gw, key) > before
+
+
+def test_an_upstream_cut_stream_is_charged_its_prompt_and_relayed_text(gw: Running) -> None:
+    key = gw.mint(budget_usd=1.0)
+    body = {"model": "cut-test", "messages": HI, "stream": True}
+    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, headers=auth(key), timeout=10) as answer:
+        b"".join(answer.iter_bytes())
+    [line] = ledger(gw, key)
+    assert line.cost_source == "estimate" and line.input_tokens > 0 and line.output_tokens > 0
+
+
+def test_images_are_reserved_by_the_providers_formula(gw: Running) -> None:
+    key = gw.mint(budget_usd=0.05)
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "high"}}
+    body = {"model": "vision-test", "messages": [{"role": "user", "content": [image] * 20}]}
+    refused = post(gw, "/v1/chat/completions", key, body)
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded"
+    assert spent(gw, key) == 0
+
+
+def test_options_that_change_the_price_are_priced_or_refused(gw: Running) -> None:
+    key = gw.mint()
+    base = {"model": "gpt-test", "messages": HI}
+    plain = post(gw, "/v1/chat/completions", key, base)
+    priority = post(gw, "/v1/chat/completions", key, {**base, "service_tier": "priority"})
+    assert priority.status_code == 200
+    assert float(priority.headers["x-gateway-cost-usd"]) == pytest.approx(
+        2 * float(plain.headers["x-gateway-cost-usd"])
+    )
+    for extra, param in (
+        ({"service_tier": "scale"}, "service_tier"),
+        ({"web_search_options": {}}, "web_search_options"),
+        ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "modalities"),
+    ):
+        refused = post(gw, "/v1/chat/completions", key, {**base, **extra})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param
+    since = len(gw.fakes["openai"].state.requests)
+    stored = post(gw, "/v1/chat/completions", key, {**base, "store": True})
+    assert stored.status_code == 200 and "store" in stored.headers["x-gateway-dropped-params"].split(",")
+    assert all("store" not in r["json"] for r in received(gw, "openai", since))
+    strict = post(gw, "/v1/chat/completions", key, {**base, "store": True}, **{"x-gateway-strict": "true"})
+    assert strict.status_code == 400 and strict.json()["error"]["param"] == "store"
+
+
+# --- secrets -----------------------------------------------------------------------------------------
+
+
+def test_a_provider_key_echoed_by_an_upstream_never_reaches_the_client(gw: Running) -> None:
+    answer = chat(gw, gw.mint(), "echo-test")
+    assert answer.status_code == 400
+    text = answer.text
+    assert FAKE_KEYS["OPENAI_API_KEY"] not in text and "[REDACTED]" in text
+
+
+def test_the_gateways_own_key_is_never_used_as_a_provider_key(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Any
+) -> None:
+    server, fakes = upstream
+    own = "gwk_abcdefghijkm_" + "s" * 43
+    running, gateway_server = serve_gateway(
+        scope_config(server.url),
+        f"sqlite:///{tmp_path / 'gateway.db'}",
+        server,
+        fakes,
+        {**FAKE_KEYS, "OPENAI_API_KEY": own},
+    )
+    try:
+        since = len(fakes["openai"].state.requests)
+        answer = chat(running, running.mint())
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "provider_not_configured"
+        assert all(own not in str(r["headers"]) for r in fakes["openai"].state.requests[since:])
+    finally:
+        gateway_server.stop()
