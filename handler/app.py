@@ -21,6 +21,7 @@ from handler.dashboard import dashboard_routes
 from handler.errors import (
     GatewayError,
     InvalidRequestError,
+    NotFoundError,
     RequestTooLargeError,
     ServiceUnavailableError,
     StrictParamsError,
@@ -62,6 +63,7 @@ def error_response(request: Request, exc: GatewayError) -> Response:
         observe_failure(state.get("request_id"), request.url.path, exc.status, exc.code)
     if state.get("request_id"):
         headers["x-request-id"] = state["request_id"]
+    headers["x-should-retry"] = "true" if exc.should_retry else "false"
     return json_response(body, exc.status, headers)
 
 
@@ -439,12 +441,13 @@ def create_app(gateway: Gateway) -> GatewayApp:
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        code = "method_not_allowed" if exc.status_code == 405 else "not_found"
-        error = GatewayError(
-            f"{request.method} {request.url.path}: {exc.detail}", code=code, headers=dict(exc.headers or {})
-        )
-        error.status = exc.status_code  # type: ignore[misc]
-        error.error_type = "invalid_request_error"  # type: ignore[misc]
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        error: GatewayError
+        if exc.status_code == 404:
+            error = NotFoundError(message, code="not_found", headers=dict(exc.headers or {}))
+        else:
+            error = InvalidRequestError(message, code="method_not_allowed", headers=dict(exc.headers or {}))
+            error.status = exc.status_code  # type: ignore[misc]
         return error_response(request, error)
 
     async def on_store_error(request: Request, exc: Exception) -> Response:

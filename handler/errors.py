@@ -10,6 +10,7 @@
     ├── RequestTooLargeError          413 request_too_large
     ├── RateLimitError                429 rate_limit_exceeded (+ retry-after)
     ├── UpstreamError                 502 upstream_error (the provider's status and message, never its key)
+    │   ├── UpstreamRateLimitedError  429 upstream_rate_limited (every candidate's provider said 429)
     │   ├── UpstreamTimeoutError      504 upstream_timeout
     │   └── SchemaViolationError      502 schema_violation
     ├── ServiceUnavailableError       503 provider_not_configured | no_deployment_available | store_unavailable
@@ -17,6 +18,11 @@
 
 `UpstreamError.retryable` tells the router whether another deployment may succeed. Library errors are
 mapped at the boundary with `raise ... from exc`; nothing else reaches the client.
+
+`should_retry` tells the client, as the `x-should-retry` header the official OpenAI and Anthropic SDKs honour:
+true only where the same request can succeed later (the key's own rate limit, an unavailable store, open
+breakers), with a `retry-after`; false where it cannot (a bad request, a missing key, a budget) or where the
+gateway has already spent its own retries on the providers.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class GatewayError(Exception):
     default_code: ClassVar[str] = "internal_error"
     error_type: ClassVar[str] = "api_error"
     anthropic_type: ClassVar[str] = "api_error"
+    should_retry: bool = False
 
     def __init__(
         self,
@@ -41,12 +48,15 @@ class GatewayError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        retry: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
         self.param = param
         self.headers = headers or {}
+        if retry is not None:
+            self.should_retry = retry
 
     def openai_body(self) -> dict[str, object]:
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
@@ -113,6 +123,7 @@ class RateLimitError(GatewayError):
     default_code = "rate_limit_exceeded"
     error_type = "rate_limit_error"
     anthropic_type = "rate_limit_error"
+    should_retry = True
 
 
 class UpstreamError(GatewayError):
@@ -138,9 +149,10 @@ class UpstreamError(GatewayError):
         param: str | None = None,
         upstream_type: str | None = None,
         outcome: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         # The provider's words may quote the request's credentials back: never relay them.
-        super().__init__(redact_message(message), code=code, param=param)
+        super().__init__(redact_message(message), code=code, param=param, headers=headers)
         self.upstream_status = upstream_status
         self.retryable = retryable
         self.retry_after = retry_after
@@ -164,6 +176,16 @@ class UpstreamError(GatewayError):
         return str(self.upstream_status) if self.upstream_status >= 400 else self.code
 
 
+class UpstreamRateLimitedError(UpstreamError):
+    """Every candidate's provider rate-limited the request, and the gateway's own waits and retries are spent:
+    a 429 with the providers' `retry-after`, which the client should not retry at once."""
+
+    status = 429
+    default_code = "upstream_rate_limited"
+    error_type = "rate_limit_error"
+    anthropic_type = "rate_limit_error"
+
+
 class UpstreamTimeoutError(UpstreamError):
     status = 504
     default_code = "upstream_timeout"
@@ -176,7 +198,28 @@ class SchemaViolationError(UpstreamError):
 
 
 class ServiceUnavailableError(GatewayError):
+    """503. Retrying helps while the store is down or every breaker is open (they close again); it cannot
+    while a provider has no key, so that one says so and is not an Anthropic `overloaded_error`."""
+
     status = 503
     default_code = "no_deployment_available"
     error_type = "service_unavailable"
-    anthropic_type = "overloaded_error"
+    anthropic_type = "api_error"
+    RETRY_AFTER: ClassVar[dict[str, str]] = {"store_unavailable": "1", "no_deployment_available": "5"}
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        retry: bool | None = None,
+    ) -> None:
+        super().__init__(message, code=code, param=param, headers=headers)
+        wait = self.RETRY_AFTER.get(self.code)
+        self.should_retry = retry if retry is not None else wait is not None
+        if self.should_retry and wait is not None:
+            self.headers.setdefault("retry-after", wait)
+        if self.code == "no_deployment_available" and self.should_retry:
+            self.anthropic_type = "overloaded_error"  # type: ignore[misc]

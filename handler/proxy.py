@@ -26,6 +26,7 @@ from handler.errors import (
     ServiceUnavailableError,
     StrictParamsError,
     UpstreamError,
+    UpstreamRateLimitedError,
     UpstreamTimeoutError,
 )
 from handler.gateway import Gateway
@@ -367,6 +368,8 @@ class Pipeline:
         accept: Callable[[Attempt, UpstreamResponse], Awaitable[T]],
     ) -> T:
         last: UpstreamError | None = None
+        limited: list[bool] = []  # per failed attempt: the provider said 429
+        limited_waits: list[float | None] = []
         retries = self.gateway.config.gateway.max_retries_per_deployment
         breakers = self.gateway.router.breakers
         for position, attempt in enumerate(plan):
@@ -390,6 +393,8 @@ class Pipeline:
                         raise attempt.adapter.error(response.status, await response.read(), response.headers)
                     result = await accept(attempt, response)
                 except UpstreamError as err:
+                    limited.append(err.upstream_status == 429)
+                    limited_waits.append(err.retry_after)
                     ex.inflight = None
                     if err.upstream_status >= 400:
                         ex.answered = (attempt, err.upstream_status)
@@ -413,6 +418,14 @@ class Pipeline:
                 return result
         if last is None:
             raise ServiceUnavailableError("every deployment's circuit breaker is open", code="no_deployment_available")
+        if limited and all(limited):
+            waits = [w for w in limited_waits if w is not None]
+            headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else {}
+            raise UpstreamRateLimitedError(
+                f"every provider rate-limited this request, after the gateway's own retries: {last.message}",
+                upstream_status=429,
+                headers=headers,
+            )
         raise last
 
     @staticmethod

@@ -178,6 +178,7 @@ class Router:
             raise ServiceUnavailableError(
                 f"no deployment of '{model}' matches the pinned provider/region",
                 code="no_deployment_available",
+                retry=False,
             )
         usable = [a for a in attempts if not (a.adapter.requires_key and not a.adapter.secret)]
         # A deployment whose breaker is open goes last rather than away: if all else fails, try it.

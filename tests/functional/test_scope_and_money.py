@@ -49,6 +49,7 @@ def scope_config(upstream_url: str) -> Config:
                 "broken-test": model("fail-500"),
                 "slow-test": model("slow"),
                 "cut-test": model("stream-cut"),
+                "drip-test": model("drip"),
                 "no-usage-test": model("no-usage"),
                 "negative-test": model("negative-usage"),
                 "echo-test": model("echo-auth"),
@@ -244,6 +245,16 @@ def test_an_upstream_cut_stream_is_charged_its_prompt_and_relayed_text(gw: Runni
         b"".join(answer.iter_bytes())
     [line] = ledger(gw, key)
     assert line.cost_source == "estimate" and line.input_tokens > 0 and line.output_tokens > 0
+
+
+def test_a_client_that_leaves_mid_stream_is_charged_the_prompt_too(gw: Running) -> None:
+    key = gw.mint(budget_usd=1.0)
+    body = {"model": "drip-test", "messages": [{"role": "user", "content": "word " * 400}], "stream": True}
+    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, headers=auth(key), timeout=10) as answer:
+        next(answer.iter_raw())  # the first chunk, then hang up
+    [line] = ledger(gw, key)
+    assert line.status == 499 and line.cost_source == "estimate"
+    assert line.input_tokens >= 400 and (line.cost_usd or 0) > 0  # the first chunk carried no text yet
 
 
 def test_images_are_reserved_by_the_providers_formula(gw: Running) -> None:

@@ -163,7 +163,7 @@ def test_no_reservation_stays_stuck(throttled: Any) -> None:
             KeyRecord(id="", name="r", secret_hash="", created_at=0, budget_usd=0.05)
         )
         pipeline = Pipeline(gateway)
-        reservation = await pipeline.meter.admit(minted.record, "gpt-4o-mini", 0.04, 10, "req_dead")
+        reservation = await pipeline.meter.admit([minted.record], "gpt-4o-mini", 0.04, 10, "req_dead")
         assert reservation.admission is not None  # ... and the request never settles
         refused = await asgi(gateway, minted.key)
         assert refused.status_code in (200, 402)

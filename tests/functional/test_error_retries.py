@@ -1,0 +1,120 @@
+"""Every error tells the client whether to retry, and the official SDKs, honouring it, send each request once
+where retrying cannot help."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from adapters.providers import REGISTRY
+from handler.config import parse_config
+from tests.functional.conftest import Running, serve_gateway
+from tests.support.servers import ServerThread
+
+PRICE = {"input": 1.0, "output": 2.0}
+HI = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.fixture(scope="module")
+def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    server, fakes = upstream
+    base = f"{server.url}/openai/v1"
+    config = parse_config(
+        {
+            "providers": {
+                "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": base},
+                "nokey": {"type": "openai", "api_key": "env:NOKEY_API_KEY", "base_url": base},
+            },
+            "models": {
+                "ok": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": PRICE},
+                "limited": {"deployments": [{"provider": "openai", "model": "fail-429"}], "price": PRICE},
+                "unconfigured": {"deployments": [{"provider": "nokey", "model": "gpt-4o-mini"}], "price": PRICE},
+            },
+        },
+        set(REGISTRY),
+    )
+    running, gateway_server = serve_gateway(config, f"sqlite:///{tmp_path_factory.mktemp('e') / 'g.db'}", server, fakes)
+    yield running
+    gateway_server.stop()
+
+
+class Counter:
+    """Counts the requests an SDK sends to the gateway, through its own httpx client."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def hook(self, request: httpx.Request) -> None:
+        self.sent += 1
+
+
+def sdk_openai(gw: Running, key: str, counter: Counter) -> openai.OpenAI:
+    http = httpx.Client(event_hooks={"request": [counter.hook]}, timeout=30)
+    # The SDK's default retries (2), as users run it.
+    return openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, http_client=http)
+
+
+def sdk_anthropic(gw: Running, key: str, counter: Counter) -> anthropic.Anthropic:
+    http = anthropic.DefaultHttpxClient(event_hooks={"request": [counter.hook]}, timeout=30)
+    return anthropic.Anthropic(base_url=gw.url, api_key=key, http_client=http)
+
+
+def test_a_providers_429_after_the_gateways_retries_is_a_429_the_sdk_does_not_repeat(gw: Running) -> None:
+    counter = Counter()
+    fake = gw.fakes["openai"].state.requests
+    since = len(fake)
+    client = sdk_openai(gw, gw.mint(), counter)
+    with pytest.raises(openai.RateLimitError) as raised:
+        client.chat.completions.create(model="limited", messages=HI)  # type: ignore[arg-type]
+    client.close()
+    answer = raised.value.response
+    assert answer.headers["x-should-retry"] == "false"
+    assert answer.json()["error"]["code"] == "upstream_rate_limited"
+    assert answer.headers["retry-after"] == "1"
+    assert counter.sent == 1
+    assert len(fake) - since == 2  # the gateway's own attempt and its one retry, nothing more
+
+
+def test_a_provider_without_a_key_is_not_retried_nor_called_overloaded(gw: Running) -> None:
+    key = gw.mint()
+    counter = Counter()
+    client = sdk_openai(gw, key, counter)
+    with pytest.raises(openai.InternalServerError) as raised:
+        client.chat.completions.create(model="unconfigured", messages=HI)  # type: ignore[arg-type]
+    client.close()
+    assert raised.value.status_code == 503 and raised.value.response.headers["x-should-retry"] == "false"
+    assert counter.sent == 1
+    counter = Counter()
+    claude = sdk_anthropic(gw, key, counter)
+    with pytest.raises(anthropic.APIStatusError) as failed:
+        claude.messages.create(model="unconfigured", max_tokens=10, messages=HI)  # type: ignore[arg-type]
+    claude.close()
+    assert failed.value.status_code == 503 and counter.sent == 1
+    assert failed.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+
+
+def test_unknown_routes_and_refusals_say_not_to_retry(gw: Running) -> None:
+    key = gw.mint(budget_usd=0.0)
+    headers = {"authorization": f"Bearer {key}", "anthropic-version": "2023-06-01"}
+    missing = httpx.post(f"{gw.url}/v1/messages/batches", json={}, headers=headers)
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+    assert missing.headers["x-should-retry"] == "false"
+    broke = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "ok", "messages": HI}, headers=headers)
+    assert broke.status_code == 402 and broke.headers["x-should-retry"] == "false"
+
+
+def test_the_keys_own_rate_limit_says_when_to_retry(gw: Running) -> None:
+    key = gw.mint(rpm=1)
+    counter = Counter()
+    client = sdk_openai(gw, key, counter).with_options(max_retries=0)
+    client.chat.completions.create(model="ok", messages=HI)  # type: ignore[arg-type]
+    with pytest.raises(openai.RateLimitError) as raised:
+        client.chat.completions.create(model="ok", messages=HI)  # type: ignore[arg-type]
+    client.close()
+    answer = raised.value.response
+    assert answer.headers["x-should-retry"] == "true" and int(answer.headers["retry-after"]) >= 1
