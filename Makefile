@@ -10,11 +10,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# `make serve` needs only the runtime; `make test` adds the test extras (SDKs, moto, linters) on top.
+RUNTIME := $(VENV)/.runtime
+
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $(RUNTIME)
+
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUNTIME)
 
-serve: $(STAMP)
+serve: $(RUNTIME)
 	$(BIN)/gateway serve
 
 lint: $(STAMP)

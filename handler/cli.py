@@ -9,6 +9,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -30,10 +31,35 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * UNITS[match.group(2)]
 
 
-def _store(url: str | None) -> Store:
+class MissingStoreError(Exception):
+    """A read-only command named a SQLite store that does not exist (it must not create an empty one)."""
+
+
+def _store_url(url: str | None) -> str:
+    return url or os.environ.get("GATEWAY_STORE") or DEFAULT_STORE_URL
+
+
+def _require_store(url: str | None) -> None:
+    """A read-only command must find the server's store: a SQLite file that is not there is an error naming the
+    path looked at, never a new empty database."""
+    chosen = _store_url(url)
+    if chosen.startswith("sqlite:///"):
+        path = Path(chosen.removeprefix("sqlite:///")).resolve()
+        if not path.exists():
+            default = "" if url or os.environ.get("GATEWAY_STORE") else " (the default, relative to this folder)"
+            raise MissingStoreError(
+                f"no store at {path}{default}: run this where `gateway serve` runs, or pass --store / set "
+                "GATEWAY_STORE to the server's store URL"
+            )
+
+
+def _store(url: str | None, *, must_exist: bool = False) -> Store:
+    """The store the command names: `--store`, else `GATEWAY_STORE`, else the default."""
     from adapters.store import open_store
 
-    return open_store(url or os.environ.get("GATEWAY_STORE") or DEFAULT_STORE_URL)
+    if must_exist:
+        _require_store(url)
+    return open_store(_store_url(url))
 
 
 def _known_types() -> set[str]:
@@ -70,13 +96,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store = _store(None)
     secret = asyncio.run(ensure_admin_key(store))
     asyncio.run(store.close())
+    url = f"http://{args.host}:{args.port}"
     if secret:
         sys.stdout.write(
             "\nCreated the first admin key. It is shown once; keep it somewhere safe:\n\n"
-            f"    {secret}\n\n"
-            f"    export OPENAI_BASE_URL=http://{args.host}:{args.port}/v1 OPENAI_API_KEY={secret}\n\n"
+            f"    export GATEWAY_KEY={secret}\n\n"
+            "Clients (the openai SDK, Codex, curl) then use:\n\n"
+            f"    export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY=$GATEWAY_KEY\n\n"
         )
-        sys.stdout.flush()
+    config = os.environ.get("GATEWAY_CONFIG") or "the shipped default config"
+    sys.stdout.write(f"gateway listening on {url} (store {_store_url(None)}, {config}); Ctrl-C stops it\n")
+    sys.stdout.flush()
     uvicorn.run(
         "handler.asgi:app",
         host=args.host,
@@ -127,7 +157,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 async def _keys(args: argparse.Namespace) -> int:
-    store = _store(args.store)
+    try:
+        store = _store(args.store, must_exist=args.keys_command in ("list", "show"))
+    except MissingStoreError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
     service = KeyService(store, 0)
     try:
         if args.keys_command == "create":
@@ -180,6 +214,12 @@ def cmd_usage(args: argparse.Namespace) -> int:
         group_by = parse_group_by(args.group_by)
     except GatewayError as exc:
         sys.stderr.write(f"{exc.message}\n")
+        return 2
+
+    try:
+        _require_store(args.store)
+    except MissingStoreError as exc:
+        sys.stderr.write(f"{exc}\n")
         return 2
 
     async def fetch() -> list[dict[str, Any]]:
