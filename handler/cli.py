@@ -17,7 +17,7 @@ import orjson
 from handler.config import ConfigError, load_config
 from handler.gateway import DEFAULT_STORE_URL
 from handler.key_routes import key_view
-from handler.keys import KeyService, validate_networks, with_descendants
+from handler.keys import KeyService, key_names, validate_networks, with_descendants
 from handler.ports import KeyRecord, Store
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -207,7 +207,7 @@ async def _keys(args: argparse.Namespace) -> int:
 def cmd_usage(args: argparse.Namespace) -> int:
     from handler.errors import GatewayError
     from handler.ports import UsageQuery
-    from handler.usage import aggregate, parse_group_by, to_csv, to_table, window
+    from handler.usage import aggregate, as_json, parse_group_by, to_csv, to_table, window
 
     try:
         since, until = window(args.since, args.until)
@@ -226,13 +226,15 @@ def cmd_usage(args: argparse.Namespace) -> int:
         store = _store(args.store)
         try:
             family = await with_descendants(store, args.key) if args.key else None
-            return aggregate(await store.usage(UsageQuery(family, since, until)), group_by)
+            items = await store.usage(UsageQuery(family, since, until))
+            names = await key_names(store.get_key, (i.key_id for i in items)) if "key" in group_by else None
+            return aggregate(items, group_by, names)
         finally:
             await store.close()
 
     rows = asyncio.run(fetch())
     if args.format == "json":
-        _print_json(rows)
+        _print_json(as_json(rows))
     elif args.format == "csv":
         sys.stdout.write(to_csv(rows))
     else:

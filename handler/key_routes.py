@@ -13,9 +13,9 @@ from starlette.responses import Response
 
 from handler.budgets import period_of
 from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
-from handler.keys import models_within, validate_networks, with_descendants
+from handler.keys import key_names, models_within, validate_networks, with_descendants
 from handler.ports import ConflictError, KeyRecord, RateCharge, UsageQuery
-from handler.usage import aggregate, parse_group_by, to_csv, window
+from handler.usage import aggregate, as_json, parse_group_by, to_csv, window
 
 if TYPE_CHECKING:
     from handler.app import Api
@@ -232,10 +232,12 @@ class KeyRoutes:
         since, until = window(params.get("since"), params.get("until"))
         group_by = parse_group_by(params.get("group_by"))
         items = await self.gateway.store.usage(UsageQuery(key_ids, since, until))
-        rows = aggregate(items, group_by)
+        names = await key_names(self.gateway.keys.lookup, (i.key_id for i in items)) if "key" in group_by else None
+        rows = aggregate(items, group_by, names)
         if params.get("format") == "csv":
             return Response(to_csv(rows), media_type="text/csv")
-        return self.api.json({"object": "list", "since": since, "until": until, "group_by": group_by, "data": rows})
+        data = as_json(rows)
+        return self.api.json({"object": "list", "since": since, "until": until, "group_by": group_by, "data": data})
 
     async def admin_revoke(self, request: Request) -> Response:
         await self._admin(request)

@@ -14,7 +14,7 @@ import hmac
 import ipaddress
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 
@@ -179,6 +179,15 @@ async def with_descendants(store: Store, key_id: str, limit: int = 10_000) -> li
         found += children
         frontier = children
     return found
+
+
+async def key_names(lookup: Callable[[str], Awaitable[KeyRecord | None]], key_ids: Iterable[str]) -> dict[str, str]:
+    """The names of the keys `key_ids`, for reports (a key deleted since has none)."""
+    names = {}
+    for key_id in set(key_ids):
+        record = await lookup(key_id)
+        names[key_id] = record.name if record is not None else ""
+    return names
 
 
 class KeyService:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -80,8 +80,15 @@ def day_of(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
 
 
-def aggregate(items: Iterable[LedgerItem], group_by: list[str]) -> list[dict[str, Any]]:
-    """One row per group (one row in all without groups), sorted by group values."""
+USD_COLUMNS = ("cost_usd", "fee_usd", "total_usd")
+
+
+def aggregate(
+    items: Iterable[LedgerItem], group_by: list[str], names: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """One row per group (one row in all without groups), sorted by group values. USD columns are summed as
+    decimals of each line's exact figure, so a total carries no binary float noise; a row grouped by key
+    carries the key's name (`names`, by id) beside its id."""
     rows: dict[tuple[str, ...], dict[str, Any]] = {}
     for item in items:
         values = {"key": item.key_id, "model": item.model, "day": day_of(item.ts)}
@@ -89,14 +96,16 @@ def aggregate(items: Iterable[LedgerItem], group_by: list[str]) -> list[dict[str
         row = rows.get(group)
         if row is None:
             row = {g: values[g] for g in group_by}
+            if "key" in group_by and names is not None:
+                row["key_name"] = names.get(item.key_id, "")
             row.update(
                 requests=0,
                 input_tokens=0,
                 cached_tokens=0,
                 output_tokens=0,
-                cost_usd=0.0,
-                fee_usd=0.0,
-                total_usd=0.0,
+                cost_usd=Decimal(0),
+                fee_usd=Decimal(0),
+                total_usd=Decimal(0),
                 unknown_cost_requests=0,
             )
             rows[group] = row
@@ -107,10 +116,26 @@ def aggregate(items: Iterable[LedgerItem], group_by: list[str]) -> list[dict[str
         if item.cost_usd is None:
             row["unknown_cost_requests"] += 1
         else:
-            row["cost_usd"] += item.cost_usd
-        row["fee_usd"] += item.fee_usd
+            row["cost_usd"] += Decimal(usd(item.cost_usd))
+        row["fee_usd"] += Decimal(usd(item.fee_usd))
         row["total_usd"] = row["cost_usd"] + row["fee_usd"]
     return [rows[k] for k in sorted(rows)]
+
+
+def as_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for JSON: each USD sum as the number nearest its exact decimal (which prints back as that decimal
+    wherever it has 17 significant digits or fewer)."""
+    return [{k: float(v) if k in USD_COLUMNS else v for k, v in row.items()} for row in rows]
+
+
+def usd_display(value: Decimal) -> str:
+    """A USD amount for people: cents for large sums, every significant digit (up to 1e-10) for tiny ones."""
+    if value == 0:
+        return "0"
+    if abs(value) >= 1:
+        return f"{value:,.2f}"
+    text = format(value.quantize(Decimal("1e-10")), "f").rstrip("0")
+    return text + "0" * max(0, 4 - len(text.partition(".")[2]))
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -120,7 +145,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: usd(v) if k.endswith("_usd") else v for k, v in row.items()})
+        writer.writerow({k: format(v, "f") if k in USD_COLUMNS else v for k, v in row.items()})
     return out.getvalue()
 
 
@@ -134,7 +159,7 @@ def to_table(rows: list[dict[str, Any]]) -> str:
     for column in rows[0]:
         table.add_column(column, justify="left" if column in GROUPS else "right")
     for row in rows:
-        table.add_row(*(f"{v:.6f}" if k.endswith("_usd") else str(v) for k, v in row.items()))
+        table.add_row(*(usd_display(v) if k in USD_COLUMNS else str(v) for k, v in row.items()))
     console = Console(file=io.StringIO(), width=160, color_system=None)
     console.print(table)
     output = console.file.getvalue()  # type: ignore[attr-defined]
