@@ -133,6 +133,17 @@ def test_registry_maps_the_gemini_type() -> None:
 
 def test_representative_request_matches_geminis_documented_form() -> None:
     result = adapter().chat_request(ChatRequest.model_validate(REPRESENTATIVE), target(), stream=False)
+    expected = orjson.loads(fixture("generate-content-request.json"))
+    # Gemini 2.5 refuses function calling with JSON output: the tools win and the format is reported.
+    del expected["generationConfig"]["responseMimeType"], expected["generationConfig"]["responseJsonSchema"]
+    assert orjson.loads(result.request.body) == expected
+    assert result.dropped == ["response_format"]
+
+
+def test_a_model_that_takes_tools_with_json_output_gets_both() -> None:
+    result = adapter().chat_request(
+        ChatRequest.model_validate(REPRESENTATIVE), target("gemini-2.0-flash"), stream=False
+    )
     assert orjson.loads(result.request.body) == orjson.loads(fixture("generate-content-request.json"))
     assert result.dropped == []
 
