@@ -83,6 +83,8 @@ PROFILES: dict[str, Profile] = {
     ),
     "together": Profile(rules={"max_completion_tokens": Rule(rename="max_tokens"), "store": DROP}),
     "xai": Profile(rules={"logit_bias": DROP, "store": DROP, "metadata": DROP}),
+    # Gemini's OpenAI-compatible endpoint reads a tool call's `extra_content` (its thought signature).
+    "google": Profile(strip_tool_call_fields=()),
 }
 
 HOST_PROFILES: dict[str, str] = {
@@ -92,6 +94,7 @@ HOST_PROFILES: dict[str, str] = {
     "api.groq.com": "groq",
     "api.together.xyz": "together",
     "api.x.ai": "xai",
+    "generativelanguage.googleapis.com": "google",
 }
 
 

@@ -520,3 +520,9 @@ def test_error_without_an_anthropic_body_keeps_a_readable_message() -> None:
 def test_parallel_tool_calls_without_tools_is_harmless() -> None:
     body, dropped = built(request(parallel_tool_calls=False))
     assert "tool_choice" not in body and "tools" not in body and dropped == []
+
+
+def test_a_strict_tool_stays_strict_and_a_message_name_is_reported() -> None:
+    tool = {"type": "function", "function": {**WEATHER["function"], "strict": True}}
+    body, dropped = built(request(messages=[{"role": "user", "content": "hi", "name": "alice"}], tools=[tool]))
+    assert body["tools"][0]["strict"] is True and dropped == ["messages.name"]
