@@ -198,83 +198,79 @@ _USAGE = {
         "completion_tokens_details": {"type": "object"},
     },
 }
-CHAT_COMPLETION = {
-    "type": "object",
-    "required": ["id", "object", "created", "model", "choices"],
-    "properties": {
-        "id": _STRING,
-        "object": {"const": "chat.completion"},
-        "created": {"type": "integer"},
-        "model": _STRING,
-        "system_fingerprint": _STRING,
-        "service_tier": {"type": ["string", "null"]},
-        "usage": _USAGE,
-        "choices": {
-            "type": "array",
-            "items": {
+
+
+def _answer(kind: str, usage: dict[str, Any], choice: dict[str, Any]) -> dict[str, Any]:
+    """The envelope both answer kinds share."""
+    return {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices"],
+        "properties": {
+            "id": _STRING,
+            "object": {"const": kind},
+            "created": {"type": "integer"},
+            "model": _STRING,
+            "system_fingerprint": _STRING,
+            "service_tier": {"type": ["string", "null"]},
+            "usage": usage,
+            "choices": {"type": "array", "items": choice},
+        },
+    }
+
+
+CHAT_COMPLETION = _answer(
+    "chat.completion",
+    _USAGE,
+    {
+        "type": "object",
+        "required": ["index", "message", "finish_reason", "logprobs"],
+        "properties": {
+            "index": {"type": "integer"},
+            "finish_reason": {"enum": _FINISH},
+            "logprobs": {"type": ["object", "null"]},
+            "message": {
                 "type": "object",
-                "required": ["index", "message", "finish_reason", "logprobs"],
+                "required": ["role", "content", "refusal"],
                 "properties": {
-                    "index": {"type": "integer"},
-                    "finish_reason": {"enum": _FINISH},
-                    "logprobs": {"type": ["object", "null"]},
-                    "message": {
-                        "type": "object",
-                        "required": ["role", "content", "refusal"],
-                        "properties": {
-                            "role": {"const": "assistant"},
-                            "content": _NULLABLE_STRING,
-                            "refusal": _NULLABLE_STRING,
-                            "tool_calls": {"type": "array", "items": _TOOL_CALL | {"additionalProperties": True}},
-                            "annotations": {"type": "array"},
-                            "audio": {"type": ["object", "null"]},
-                        },
-                    },
+                    "role": {"const": "assistant"},
+                    "content": _NULLABLE_STRING,
+                    "refusal": _NULLABLE_STRING,
+                    "tool_calls": {"type": "array", "items": _TOOL_CALL | {"additionalProperties": True}},
+                    "annotations": {"type": "array"},
+                    "audio": {"type": ["object", "null"]},
                 },
             },
         },
     },
-}
-CHAT_COMPLETION_CHUNK = {
-    "type": "object",
-    "required": ["id", "object", "created", "model", "choices"],
-    "properties": {
-        "id": _STRING,
-        "object": {"const": "chat.completion.chunk"},
-        "created": {"type": "integer"},
-        "model": _STRING,
-        "system_fingerprint": _STRING,
-        "service_tier": {"type": ["string", "null"]},
-        "usage": {"oneOf": [{"type": "null"}, _USAGE]},
-        "choices": {
-            "type": "array",
-            "items": {
+)
+CHAT_COMPLETION_CHUNK = _answer(
+    "chat.completion.chunk",
+    {"oneOf": [{"type": "null"}, _USAGE]},
+    {
+        "type": "object",
+        "required": ["index", "delta", "finish_reason"],
+        "properties": {
+            "index": {"type": "integer"},
+            "finish_reason": {"enum": [*_FINISH, None]},
+            "logprobs": {"type": ["object", "null"]},
+            "delta": {
                 "type": "object",
-                "required": ["index", "delta", "finish_reason"],
                 "properties": {
-                    "index": {"type": "integer"},
-                    "finish_reason": {"enum": [*_FINISH, None]},
-                    "logprobs": {"type": ["object", "null"]},
-                    "delta": {
-                        "type": "object",
-                        "properties": {
-                            "role": {"enum": ["developer", "system", "user", "assistant", "tool"]},
-                            "content": _NULLABLE_STRING,
-                            "refusal": _NULLABLE_STRING,
-                            "tool_calls": {
-                                "type": "array",
-                                "items": {
+                    "role": {"enum": ["developer", "system", "user", "assistant", "tool"]},
+                    "content": _NULLABLE_STRING,
+                    "refusal": _NULLABLE_STRING,
+                    "tool_calls": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["index"],
+                            "properties": {
+                                "index": {"type": "integer"},
+                                "id": _STRING,
+                                "type": {"const": "function"},
+                                "function": {
                                     "type": "object",
-                                    "required": ["index"],
-                                    "properties": {
-                                        "index": {"type": "integer"},
-                                        "id": _STRING,
-                                        "type": {"const": "function"},
-                                        "function": {
-                                            "type": "object",
-                                            "properties": {"name": _STRING, "arguments": _STRING},
-                                        },
-                                    },
+                                    "properties": {"name": _STRING, "arguments": _STRING},
                                 },
                             },
                         },
@@ -283,4 +279,4 @@ CHAT_COMPLETION_CHUNK = {
             },
         },
     },
-}
+)

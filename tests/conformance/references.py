@@ -20,6 +20,7 @@ import enum
 import functools
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import botocore.session
@@ -57,14 +58,6 @@ def _hints(tp: Any) -> dict[str, Any]:
     return typing.get_type_hints(tp, include_extras=True)
 
 
-def _model_fields(model: type[BaseModel]) -> dict[str, tuple[Any, bool]]:
-    """A pydantic model's members by wire name: (annotation, required)."""
-    fields: dict[str, tuple[Any, bool]] = {}
-    for name, info in model.model_fields.items():
-        fields[info.alias or name] = (info.annotation, info.is_required())
-    return fields
-
-
 def typed_problems(tp: Any, value: Any, path: str = "$") -> Problems:
     """What in `value` the type `tp` does not allow (empty: it conforms)."""
     tp = _unwrap(tp)
@@ -87,30 +80,12 @@ def typed_problems(tp: Any, value: Any, path: str = "$") -> Problems:
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return [] if value in {m.value for m in tp} else [f"{path}: {value!r} is not one of the enum's values"]
     if is_typeddict(tp):
-        if not isinstance(value, dict):
-            return [f"{path}: must be an object"]
-        hints = _hints(tp)
-        found = [f"{path}.{key}: required" for key in tp.__required_keys__ if key not in value]
-        for key, item in value.items():
-            if key not in hints:
-                found.append(f"{path}.{key}: not a member")
-            else:
-                found += typed_problems(hints[key], item, f"{path}.{key}")
-        return found
+        return _object_problems(value, path, _hints(tp), tp.__required_keys__)
     if isinstance(tp, type) and issubclass(tp, BaseModel):
-        if not isinstance(value, dict):
-            return [f"{path}: must be an object"]
-        fields = _model_fields(tp)
-        by_name = {name: key for key, _ in fields.items() for name in [key]}
-        by_name.update({name: info.alias or name for name, info in tp.model_fields.items()})
-        found = [f"{path}.{key}: required" for key, (_, required) in fields.items() if required and key not in value]
-        for key, item in value.items():
-            wire = by_name.get(key)
-            if wire is None:
-                found.append(f"{path}.{key}: not a member")
-            else:
-                found += typed_problems(fields[wire][0], item, f"{path}.{key}")
-        return found
+        members = {name: info.annotation for name, info in tp.model_fields.items()}
+        members.update({info.alias: info.annotation for info in tp.model_fields.values() if info.alias})
+        required = [info.alias or name for name, info in tp.model_fields.items() if info.is_required()]
+        return _object_problems(value, path, members, required)
     if origin in (list, collections.abc.Iterable, collections.abc.Sequence, typing.List):  # noqa: UP006
         if not isinstance(value, list):
             return [f"{path}: must be an array"]
@@ -136,6 +111,19 @@ def typed_problems(tp: Any, value: Any, path: str = "$") -> Problems:
     except (ValidationError, TypeError) as exc:
         return [f"{path}: {exc}"]
     return []
+
+
+def _object_problems(value: Any, path: str, members: Mapping[str, Any], required: Iterable[str]) -> Problems:
+    """An object against its members' types: the required ones present, no other member."""
+    if not isinstance(value, dict):
+        return [f"{path}: must be an object"]
+    found = [f"{path}.{key}: required" for key in required if key not in value]
+    for key, item in value.items():
+        if key not in members:
+            found.append(f"{path}.{key}: not a member")
+        else:
+            found += typed_problems(members[key], item, f"{path}.{key}")
+    return found
 
 
 @functools.cache
@@ -203,13 +191,7 @@ def gemini_request(body: dict[str, Any]) -> Problems:
         "safetySettings": list[g.SafetySetting],
         "cachedContent": str,
     }
-    found = [] if "contents" in body else ["$.contents: required"]
-    for key, value in body.items():
-        if key not in members:
-            found.append(f"$.{key}: not a member")
-        else:
-            found += typed_problems(members[key], value, f"$.{key}")
-    return found
+    return _object_problems(body, "$", members, ["contents"])
 
 
 # --- Mistral ----------------------------------------------------------------------------------------
