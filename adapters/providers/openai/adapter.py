@@ -158,7 +158,6 @@ class OpenAIAdapter(ProviderAdapter):
         if rules_for(target.model).completion_tokens_field and "max_tokens" in body:
             # Reasoning models refuse `max_tokens`; the client's cap still applies, under the field they read.
             body.setdefault("max_completion_tokens", body.pop("max_tokens"))
-            body.pop("max_tokens", None)
         if stream:
             body["stream"] = True
             if profile.stream_usage:
