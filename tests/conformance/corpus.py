@@ -214,6 +214,7 @@ MESSAGES_CASES = [
     messages("messages-system", system="Be brief."),
     messages("messages-system-blocks", system=[{"type": "text", "text": "Be brief."}]),
     messages("messages-stop", stop_sequences=["END"], temperature=0.2),
+    messages("messages-top-p", top_p=0.9, stream=True),
     messages(
         "messages-tools",
         tools=[{"name": "get_weather", "description": "Weather.", "input_schema": {"type": "object"}}],

@@ -16,7 +16,7 @@ from adapters.providers import REGISTRY
 from handler.errors import InvalidRequestError
 from handler.messages_api import MessagesRequest, to_chat_request
 from handler.ports import BuiltRequest, Target
-from handler.schemas import ChatRequest
+from handler.schemas import ChatRequest, Message
 from tests.conformance import references
 from tests.conformance.corpus import CASES, MODELS, Case
 from tests.conformance.openai_spec import (
@@ -221,3 +221,12 @@ def test_upstream_body_conforms(provider: str, case: Case) -> None:
 
 def test_every_registered_provider_has_a_reference() -> None:
     assert set(REGISTRY) == set(MODELS)
+
+
+def test_the_corpus_covers_every_field_the_gateway_accepts() -> None:
+    chat_fields = {key for case in CASES if not case.messages_api for key in case.body}
+    messages_fields = {key for case in CASES if case.messages_api for key in case.body}
+    assert set(ChatRequest.model_fields) <= chat_fields
+    assert set(MessagesRequest.model_fields) <= messages_fields
+    message_fields = {key for case in CASES if not case.messages_api for m in case.body["messages"] for key in m}
+    assert set(Message.model_fields) <= message_fields
