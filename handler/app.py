@@ -38,7 +38,7 @@ from handler.proxy import ChunkStream, Controls, Exchange, Pipeline
 from handler.redaction import scrub
 from handler.routing import RouteControls
 from handler.schemas import ChatRequest, EmbeddingsRequest
-from handler.streaming import DONE, EventStream, sse_chunk, sse_error, sse_json
+from handler.streaming import DONE, EventStream, answer_json, sse_chunk, sse_error, sse_json
 
 logger = logging.getLogger("gateway")
 M = TypeVar("M", bound=BaseModel)
@@ -220,7 +220,7 @@ class Api:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return EventStream(openai_events(stream, include_usage), stream_headers(ex))
         completion = await self.pipeline.chat(req, ex)
-        response = json_response(completion.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
+        response = json_response(answer_json(completion), headers=ex.headers())
         observe(ex, 200)
         return response
 

@@ -142,7 +142,9 @@ def to_chat_request(req: MessagesRequest) -> tuple[ChatRequest, list[str]]:
         body["tools"] = [
             {
                 "type": "function",
-                "function": {"name": t.name, "description": t.description, "parameters": t.input_schema},
+                # A tool without a description sends none, never `"description": null`.
+                "function": {"name": t.name, "parameters": t.input_schema}
+                | ({"description": t.description} if t.description is not None else {}),
             }
             for t in req.tools
         ]
@@ -205,6 +207,11 @@ def _arguments(raw: str) -> Any:
         return {"_raw": raw}
 
 
+def stop_reason(finish_reason: str | None, stop_sequence: str | None) -> str:
+    """Anthropic's stop reason: `stop_sequence` when the provider said which one fired."""
+    return "stop_sequence" if stop_sequence else STOP_REASONS.get(finish_reason or "stop", "end_turn")
+
+
 def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dict[str, Any]:
     """An Anthropic `message` for the first choice of a completion."""
     choice = completion.choices[0] if completion.choices else None
@@ -212,8 +219,8 @@ def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dic
     if choice is not None:
         if choice.message.reasoning_content:
             content.append({"type": "thinking", "thinking": choice.message.reasoning_content, "signature": ""})
-        if choice.message.content:
-            content.append({"type": "text", "text": choice.message.content})
+        if choice.message.content or choice.message.refusal:  # a refusal (a blocked prompt) is the answer's text
+            content.append({"type": "text", "text": choice.message.content or choice.message.refusal})
         for call in choice.message.tool_calls or ():
             content.append(
                 {
@@ -230,8 +237,8 @@ def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dic
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": STOP_REASONS.get(reason or "stop", "end_turn"),
-        "stop_sequence": None,
+        "stop_reason": stop_reason(reason, choice.stop_sequence if choice else None),
+        "stop_sequence": choice.stop_sequence if choice else None,
         "usage": anthropic_usage(completion.usage or Usage()),
     }
     if cost is not None:
@@ -248,6 +255,7 @@ class EventWriter:
         self.index = -1
         self.open: tuple[str, int] | None = None
         self.finish_reason: str | None = None
+        self.stop_sequence: str | None = None
 
     def start(self, input_tokens: int) -> bytes:
         message: dict[str, Any] = {
@@ -292,9 +300,9 @@ class EventWriter:
             if delta.reasoning_content:
                 out += self._switch("thinking", 0, {"type": "thinking", "thinking": "", "signature": ""})
                 out += self._delta({"type": "thinking_delta", "thinking": delta.reasoning_content})
-            if delta.content:
+            if delta.content or delta.refusal:
                 out += self._switch("text", 0, {"type": "text", "text": ""})
-                out += self._delta({"type": "text_delta", "text": delta.content})
+                out += self._delta({"type": "text_delta", "text": delta.content or delta.refusal})
             for call in delta.tool_calls or ():
                 function = call.function
                 block = {
@@ -308,10 +316,14 @@ class EventWriter:
                     out += self._delta({"type": "input_json_delta", "partial_json": function.arguments})
             if choice.finish_reason:
                 self.finish_reason = choice.finish_reason
+                self.stop_sequence = choice.stop_sequence
         return out
 
     def finish(self, usage: Usage, cost: Cost | None) -> bytes:
-        delta = {"stop_reason": STOP_REASONS.get(self.finish_reason or "stop", "end_turn"), "stop_sequence": None}
+        delta = {
+            "stop_reason": stop_reason(self.finish_reason, self.stop_sequence),
+            "stop_sequence": self.stop_sequence,
+        }
         payload: dict[str, Any] = {"type": "message_delta", "delta": delta, "usage": anthropic_usage(usage)}
         if cost is not None:
             payload["cost"] = cost.as_event()

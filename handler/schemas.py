@@ -8,9 +8,21 @@ OpenAI-compatible upstream receives them untouched, while other adapters report 
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# `value is None` as a C call: the answer writers run it for every optional field of every chunk.
+_is_none = functools.partial(operator.is_, None)
+
+
+def Omitted() -> Any:  # noqa: N802 - reads as a field type at the use site
+    """An optional answer field: written when it has a value, left out when it is None. The answer writers
+    dump with every field, so the fields OpenAI's schemas require even when null (`message.content`,
+    `message.refusal`, `choices[].logprobs`, a chunk's `finish_reason`) are always written."""
+    return Field(default=None, exclude_if=_is_none)
 
 
 class _Strict(BaseModel):
@@ -66,6 +78,9 @@ class ToolCall(_Open):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
+    # Provider state a tool call must carry back, in the shape Google's OpenAI-compatible API uses
+    # (`{"google": {"thought_signature": ...}}`): Gemini 3 refuses a tool-call history without it.
+    extra_content: dict[str, Any] | None = Omitted()
 
 
 class Message(_Open):
@@ -194,8 +209,8 @@ class Usage(_Open):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
-    prompt_tokens_details: PromptTokensDetails | None = None
-    completion_tokens_details: CompletionTokensDetails | None = None
+    prompt_tokens_details: PromptTokensDetails | None = Omitted()
+    completion_tokens_details: CompletionTokensDetails | None = Omitted()
 
     @property
     def cached_tokens(self) -> int:
@@ -222,9 +237,9 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "functi
 class AssistantMessage(_Open):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[ToolCall] | None = Omitted()
     refusal: str | None = None
-    reasoning_content: str | None = None
+    reasoning_content: str | None = Omitted()
 
 
 class Choice(_Open):
@@ -232,6 +247,8 @@ class Choice(_Open):
     message: AssistantMessage
     finish_reason: FinishReason | None = None
     logprobs: Any = None
+    # Which of the client's stop sequences ended the answer, where the provider says (Anthropic does).
+    stop_sequence: str | None = Omitted()
 
 
 class ChatCompletion(_Open):
@@ -240,28 +257,29 @@ class ChatCompletion(_Open):
     created: int
     model: str
     choices: list[Choice]
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
+    usage: Usage | None = Omitted()
+    system_fingerprint: str | None = Omitted()
 
 
 class FunctionCallDelta(_Open):
-    name: str | None = None
-    arguments: str | None = None
+    name: str | None = Omitted()
+    arguments: str | None = Omitted()
 
 
 class ToolCallDelta(_Open):
     index: int
-    id: str | None = None
-    type: Literal["function"] | None = None
-    function: FunctionCallDelta | None = None
+    id: str | None = Omitted()
+    type: Literal["function"] | None = Omitted()
+    function: FunctionCallDelta | None = Omitted()
+    extra_content: dict[str, Any] | None = Omitted()
 
 
 class ChunkDelta(_Open):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    tool_calls: list[ToolCallDelta] | None = None
-    refusal: str | None = None
-    reasoning_content: str | None = None
+    role: Literal["assistant"] | None = Omitted()
+    content: str | None = Omitted()
+    tool_calls: list[ToolCallDelta] | None = Omitted()
+    refusal: str | None = Omitted()
+    reasoning_content: str | None = Omitted()
 
 
 class ChunkChoice(_Open):
@@ -269,6 +287,7 @@ class ChunkChoice(_Open):
     delta: ChunkDelta
     finish_reason: FinishReason | None = None
     logprobs: Any = None
+    stop_sequence: str | None = Omitted()
 
 
 class ChatCompletionChunk(_Open):
@@ -277,8 +296,8 @@ class ChatCompletionChunk(_Open):
     created: int
     model: str
     choices: list[ChunkChoice] = Field(default_factory=list)
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
+    usage: Usage | None = Omitted()
+    system_fingerprint: str | None = Omitted()
 
 
 class Embedding(_Open):

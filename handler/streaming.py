@@ -16,13 +16,19 @@ from starlette.types import Receive, Scope, Send
 
 from handler.errors import GatewayError
 from handler.redaction import scrub
-from handler.schemas import ChatCompletionChunk
+from handler.schemas import ChatCompletion, ChatCompletionChunk
 
 DONE = b"data: [DONE]\n\n"
 
 
 def sse_chunk(chunk: ChatCompletionChunk) -> bytes:
-    return b"data: " + chunk.model_dump_json(exclude_none=True).encode() + b"\n\n"
+    """One chunk as a `data:` line, with the members OpenAI requires even when null (see `Omitted`)."""
+    return b"data: " + chunk.model_dump_json().encode() + b"\n\n"
+
+
+def answer_json(completion: ChatCompletion) -> bytes:
+    """A whole chat answer, with the members OpenAI requires even when null (see `Omitted`)."""
+    return completion.model_dump_json().encode()
 
 
 def sse_json(payload: Any) -> bytes:

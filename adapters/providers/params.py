@@ -20,7 +20,8 @@ class Rule:
 
     `rename` moves it to another name; `drop` removes it (reported); `clamp` bounds a number
     (reported when it changed the value); `values` maps enum values (an unmapped value is kept);
-    `only` keeps it only when its value is one of these (otherwise dropped and reported).
+    `only` keeps it only when its value is one of these (otherwise dropped and reported); `max_items`
+    keeps the first so many items of a list (reported when it cut some).
     """
 
     rename: str | None = None
@@ -28,6 +29,7 @@ class Rule:
     clamp: tuple[float, float] | None = None
     values: Mapping[str, Any] | None = None
     only: tuple[Any, ...] | None = None
+    max_items: int | None = None
 
 
 def apply_rules(
@@ -49,6 +51,9 @@ def apply_rules(
             if bounded != value:
                 dropped.append(name)
             value = bounded
+        if rule.max_items is not None and isinstance(value, list) and len(value) > rule.max_items:
+            value = value[: rule.max_items]
+            dropped.append(name)
         if rule.values is not None and isinstance(value, str):
             value = rule.values.get(value, value)
         body[rule.rename or name] = value
@@ -65,3 +70,10 @@ def require_turns(turns: list[Any], provider: str) -> None:
             f"{provider} needs at least one user or assistant message with content it can take; this request has none",
             param="messages",
         )
+
+
+def named_messages(messages: list[Any]) -> list[str]:
+    """`["messages.name"]` when a message other than a tool result names its author: a provider with no
+    such field reports it dropped rather than losing it without a word."""
+    named = any(m.name for m in messages if m.role not in ("tool", "function"))
+    return ["messages.name"] if named else []

@@ -15,7 +15,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from adapters.providers.params import Rule, apply_rules, require_turns
+from adapters.providers.model_rules import keep_one_sampling_knob
+from adapters.providers.params import Rule, apply_rules, named_messages, require_turns
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import (
     BuiltRequest,
@@ -182,6 +183,7 @@ class WireMessage(_Wire):
     model: str
     content: list[WireBlock]
     stop_reason: str | None = None
+    stop_sequence: str | None = None
     usage: WireUsage
 
 
@@ -316,6 +318,8 @@ def _tools(req: ChatRequest) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"name": tool.function.name, "input_schema": schema}
         if tool.function.description:
             entry["description"] = tool.function.description
+        if tool.function.strict is not None:
+            entry["strict"] = tool.function.strict
         tools.append(entry)
     return tools
 
@@ -354,8 +358,10 @@ class AnthropicStreamParser:
         self._json_answer = False
         self._usage_sent = False
 
-    def _chunk(self, delta: ChunkDelta | None = None, finish: FinishReason | None = None) -> ChatCompletionChunk:
-        choice = ChunkChoice(delta=delta or ChunkDelta(), finish_reason=finish)
+    def _chunk(
+        self, delta: ChunkDelta | None = None, finish: FinishReason | None = None, stop_sequence: str | None = None
+    ) -> ChatCompletionChunk:
+        choice = ChunkChoice(delta=delta or ChunkDelta(), finish_reason=finish, stop_sequence=stop_sequence)
         return ChatCompletionChunk(id=self._id, created=self._created, model=self._model, choices=[choice])
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
@@ -389,7 +395,8 @@ class AnthropicStreamParser:
                 self._wire_usage.update(WireUsage.model_validate(payload["usage"]))
             self.usage = self._wire_usage.to_usage()
             finish = _finish(delta.get("stop_reason"), self._json_answer, self._tools > 0)
-            return [self._chunk(finish=finish)]
+            stop_sequence = delta.get("stop_sequence")
+            return [self._chunk(finish=finish, stop_sequence=stop_sequence if isinstance(stop_sequence, str) else None)]
         if kind == "message_stop":
             return self._usage_chunk()
         if kind == "error":
@@ -482,6 +489,7 @@ class AnthropicAdapter(ProviderAdapter):
         params.pop("n", None)
         unknown = sorted(name for name in params if name not in RULES)
         dropped += [name for name in unknown if params.pop(name) is not None]
+        dropped += keep_one_sampling_knob(params, target.model) + named_messages(req.messages)
 
         system, messages = convert_messages(req.messages)
         require_turns(messages, "Anthropic")
@@ -554,7 +562,7 @@ class AnthropicAdapter(ProviderAdapter):
             id=message.id,
             created=int(time.time()),
             model=message.model,
-            choices=[Choice(message=reply, finish_reason=finish)],
+            choices=[Choice(message=reply, finish_reason=finish, stop_sequence=message.stop_sequence)],
             usage=message.usage.to_usage(),
         )
 

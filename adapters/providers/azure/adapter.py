@@ -18,11 +18,44 @@ import orjson
 
 from adapters.providers.openai.adapter import OpenAIAdapter, OpenAIStreamParser, error_from_body
 from handler.config import ConfigError
-from handler.errors import UpstreamError
+from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import BuiltRequest, StreamEvent, Target
 from handler.schemas import ChatCompletionChunk, ChatRequest, EmbeddingsRequest
 
 DEFAULT_API_VERSION = "2024-10-21"  # the current GA data-plane version
+
+
+# What Azure's data-plane API gained after a version: (first api-version that has it, what). Versions are
+# dated strings, so an older one sorts before. A request to an older version gets the `developer` role as
+# `system` (which older versions read the same way) and the newer parameters reported as dropped.
+DEVELOPER_ROLE_SINCE = "2024-12-01-preview"
+PARAMETERS_SINCE: dict[str, str] = {
+    "reasoning_effort": "2024-12-01-preview",
+    "store": "2024-12-01-preview",
+    "metadata": "2024-12-01-preview",
+    "modalities": "2025-01-01-preview",
+    "audio": "2025-01-01-preview",
+    "prediction": "2025-01-01-preview",
+}
+PARTS_SINCE: dict[str, str] = {"input_audio": "2025-01-01-preview", "file": "2025-03-01-preview"}
+
+
+def conform_to_version(body: dict[str, Any], version: str, dropped: list[str]) -> None:
+    """Fit an OpenAI body to what Azure's api-version `version` defines (in place)."""
+    for name, since in PARAMETERS_SINCE.items():
+        if version < since and name in body and body.pop(name) is not None:
+            dropped.append(name)
+    for message in body["messages"]:
+        if message["role"] == "developer" and version < DEVELOPER_ROLE_SINCE:
+            message["role"] = "system"
+        for part in message.get("content") if isinstance(message.get("content"), list) else ():
+            since = PARTS_SINCE.get(part.get("type", ""), "")
+            if version < since:
+                raise InvalidRequestError(
+                    f"content part '{part['type']}' needs Azure api-version {since} or later; "
+                    f"this deployment uses {version}",
+                    param="messages",
+                )
 
 
 def filtered_categories(result: Any) -> list[str]:
@@ -98,11 +131,19 @@ class AzureOpenAIAdapter(OpenAIAdapter):
             headers["api-key"] = self.secret
         return headers
 
+    def api_version(self, target: Target) -> str:
+        return str(target.options.get("api_version") or self.options.get("api_version") or DEFAULT_API_VERSION)
+
     def endpoint(self, target: Target, operation: str) -> str:
-        version = target.options.get("api_version") or self.options.get("api_version") or DEFAULT_API_VERSION
+        version = self.api_version(target)
         deployment = urllib.parse.quote(target.model, safe="")
         query = urllib.parse.urlencode({"api-version": version})
         return f"{target.base_url}/openai/deployments/{deployment}/{operation}?{query}"
+
+    def chat_body(self, req: ChatRequest, target: Target, *, stream: bool) -> tuple[dict[str, Any], list[str]]:
+        body, dropped = super().chat_body(req, target, stream=stream)
+        conform_to_version(body, self.api_version(target), dropped)
+        return body, dropped
 
     def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
         built = super().chat_request(req, target, stream=stream)

@@ -31,7 +31,8 @@ from adapters.providers.anthropic.adapter import (
     json_tool,
 )
 from adapters.providers.bedrock.eventstream import EventStreamDecoder
-from adapters.providers.params import Rule, apply_rules, require_turns
+from adapters.providers.model_rules import keep_one_sampling_knob
+from adapters.providers.params import Rule, apply_rules, named_messages, require_turns
 from adapters.sigv4 import Credentials as SigCredentials
 from adapters.sigv4 import Signer
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
@@ -264,11 +265,25 @@ def converse_messages(req: ChatRequest) -> tuple[list[str], list[dict[str, Any]]
     return system, messages
 
 
-def _tool_spec(name: str, description: str | None, schema: dict[str, Any] | None) -> dict[str, Any]:
+def _tool_spec(
+    name: str, description: str | None, schema: dict[str, Any] | None, strict: bool | None = None
+) -> dict[str, Any]:
     spec: dict[str, Any] = {"name": name, "inputSchema": {"json": {"type": "object", **(schema or {})}}}
     if description:
         spec["description"] = description
+    if strict is not None:
+        spec["strict"] = strict
     return {"toolSpec": spec}
+
+
+OPENING_TURN = {"role": "user", "content": [{"text": "(conversation start)"}]}
+
+
+def user_first(messages: list[dict[str, Any]]) -> None:
+    """Converse refuses a conversation that opens with the assistant (a client's greeting, or a first user
+    turn with nothing sendable): a short user turn goes first, keeping the assistant's words in place."""
+    if messages and messages[0]["role"] != "user":
+        messages.insert(0, OPENING_TURN)
 
 
 def _uses_tools(messages: list[dict[str, Any]]) -> bool:
@@ -277,7 +292,10 @@ def _uses_tools(messages: list[dict[str, Any]]) -> bool:
 
 def tool_config(req: ChatRequest, messages: list[dict[str, Any]], dropped: list[str]) -> dict[str, Any] | None:
     """`toolConfig`: the client's tools and choice, plus the forced tool of a `json_schema` answer."""
-    tools = [_tool_spec(t.function.name, t.function.description, t.function.parameters) for t in req.tools or ()]
+    tools = [
+        _tool_spec(t.function.name, t.function.description, t.function.parameters, t.function.strict)
+        for t in req.tools or ()
+    ]
     choice = req.tool_choice
     if choice == "none":
         if not _uses_tools(messages):
@@ -422,17 +440,19 @@ class BedrockAdapter(ProviderAdapter):
         """
         return f"{target.base_url}/model/{urllib.parse.quote(target.model, safe=':')}/{operation}"
 
-    def chat_body(self, req: ChatRequest) -> tuple[dict[str, Any], list[str]]:
+    def chat_body(self, req: ChatRequest, model: str = "") -> tuple[dict[str, Any], list[str]]:
         """The Converse request body (the model id goes in the URL) and what it could not carry."""
         params = req.model_dump(exclude_unset=True, by_alias=True)
         inference = {name: params.pop(name) for name in INFERENCE_RULES if name in params}
-        dropped = apply_rules(inference, INFERENCE_RULES)
+        dropped = apply_rules(inference, INFERENCE_RULES) + keep_one_sampling_knob(inference, model, "topP")
+        dropped += named_messages(req.messages)
         harmless = {name: params.pop(name) for name in HARMLESS_RULES if name in params}
         dropped += apply_rules(harmless, HARMLESS_RULES)
         dropped += sorted(name for name, value in params.items() if name not in TRANSLATED and value is not None)
 
         system, messages = converse_messages(req)
         require_turns(messages, "Bedrock")
+        user_first(messages)
         body: dict[str, Any] = {"messages": messages}
         config = tool_config(req, messages, dropped)
         if config is not None:
@@ -449,7 +469,7 @@ class BedrockAdapter(ProviderAdapter):
         return body, list(dict.fromkeys(dropped))
 
     def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
-        body, dropped = self.chat_body(req)
+        body, dropped = self.chat_body(req, target.model)
         if "maxTokens" not in body.get("inferenceConfig", {}):
             configured = target.options.get("max_output_tokens") or self.options.get("max_output_tokens")
             if configured:

@@ -21,7 +21,8 @@ from typing import Any
 
 import orjson
 
-from adapters.providers.params import Rule, apply_rules, require_turns
+from adapters.providers.model_rules import rules_for
+from adapters.providers.params import Rule, apply_rules, named_messages, require_turns
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import (
     BuiltRequest,
@@ -188,7 +189,7 @@ def _content_parts(content: str | list[ContentPart] | None, dropped: list[str]) 
     for part in content:
         converted: dict[str, Any] | None = None
         if isinstance(part, TextPart):
-            converted = {"text": part.text}
+            converted = {"text": part.text} if part.text else None  # Gemini refuses an empty text part
         elif isinstance(part, ImagePart):
             converted = _media_part(part.image_url.url, dropped, "messages.image_url")
         elif isinstance(part, AudioPart):
@@ -238,11 +239,49 @@ def _contents(req: ChatRequest, dropped: list[str]) -> tuple[list[dict[str, Any]
             for call in message.tool_calls or ():
                 call_names[call.id] = call.function.name
                 args = _json_object(call.function.arguments, "arguments")
-                parts.append({"functionCall": {"name": call.function.name, "args": args}})
+                parts.append(signed({"functionCall": {"name": call.function.name, "args": args}}, call.extra_content))
             add("model", parts)
         else:
             add("user", [_function_response(message, call_names)])
     return contents, ({"parts": system} if system else None)
+
+
+def signed(part: dict[str, Any], extra_content: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A function-call part with the thought signature Gemini gave it, as the client carried it back."""
+    google = (extra_content or {}).get("google")
+    signature = google.get("thought_signature") if isinstance(google, dict) else None
+    if isinstance(signature, str) and signature:
+        part["thoughtSignature"] = signature
+    return part
+
+
+def signature_of(part: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A part's thought signature in the tool call's `extra_content` (Google's OpenAI-compatible shape)."""
+    signature = part.get("thoughtSignature")
+    return {"google": {"thought_signature": signature}} if isinstance(signature, str) and signature else None
+
+
+# Gemini's documented stand-in for a signature it never issued (a history from another model, or from a
+# client that dropped it): Gemini 3 refuses a function-call turn whose first call carries none.
+UNSIGNED = "skip_thought_signature_validator"
+
+
+def apply_model_rules(body: dict[str, Any], model: str, dropped: list[str]) -> None:
+    """What the target model needs beyond the API (see `model_rules`), applied to a built request."""
+    rules = rules_for(model)
+    config = body.get("generationConfig") or {}
+    if rules.no_tools_with_json_mode and body.get("tools") and "responseMimeType" in config:
+        # Gemini 2.5 refuses function calling with a JSON mime type: the tools win, the format is reported.
+        config.pop("responseMimeType")
+        config.pop("responseJsonSchema", None)
+        if not config:
+            body.pop("generationConfig")
+        dropped.append("response_format")
+    if rules.signed_function_calls:
+        for content in body["contents"]:
+            calls = [part for part in content["parts"] if "functionCall" in part]
+            if calls:
+                calls[0].setdefault("thoughtSignature", UNSIGNED)
 
 
 def _function_response(message: Message, call_names: Mapping[str, str]) -> dict[str, Any]:
@@ -341,7 +380,9 @@ def _tool_call(part: Mapping[str, Any], index: int) -> ToolCall | None:
         return None
     args = orjson.dumps(call.get("args") or {}).decode()
     return ToolCall(
-        id=str(call.get("id") or call_id(index)), function=FunctionCall(name=str(call["name"]), arguments=args)
+        id=str(call.get("id") or call_id(index)),
+        function=FunctionCall(name=str(call["name"]), arguments=args),
+        extra_content=signature_of(part),
     )
 
 
@@ -417,6 +458,7 @@ class GeminiStreamParser:
                         id=call.id,
                         type="function",
                         function=FunctionCallDelta(name=call.function.name, arguments=call.function.arguments),
+                        extra_content=call.extra_content,
                     )
                     chunks.append(self._chunk(index, ChunkDelta(tool_calls=[delta])))
                 elif isinstance(part.get("text"), str) and part["text"]:
@@ -484,10 +526,12 @@ class GeminiAdapter(ProviderAdapter):
         if config:
             body["generationConfig"] = config
         dropped += [name for name, value in params.items() if name not in STRUCTURAL and value is not None]
+        dropped += named_messages(req.messages)
         return body, list(dict.fromkeys(dropped))
 
     def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
         body, dropped = self.chat_body(req)
+        apply_model_rules(body, target.model, dropped)
         url = self.url(target, "streamGenerateContent?alt=sse" if stream else "generateContent")
         return BuiltRequest(UpstreamRequest("POST", url, self.headers(), orjson.dumps(body)), dropped)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from adapters.providers.openai.adapter import OpenAIAdapter
 from adapters.providers.openai.profiles import PROFILES, Profile
+from handler.errors import InvalidRequestError
 from handler.ports import Target
 from handler.schemas import ChatRequest
 
@@ -47,6 +48,48 @@ def map_tool_ids(messages: list[dict[str, Any]]) -> None:
             message["tool_call_id"] = mistral_tool_id(message["tool_call_id"])
 
 
+# The members of Mistral's chat request (`mistralai`'s `ChatCompletionRequest`); Mistral refuses any other.
+MISTRAL_FIELDS = frozenset(
+    {
+        "model", "messages", "temperature", "top_p", "max_tokens", "stream", "stop", "random_seed", "metadata",
+        "response_format", "tools", "tool_choice", "presence_penalty", "frequency_penalty", "n", "prediction",
+        "parallel_tool_calls", "reasoning_effort", "prompt_mode", "guardrails", "prompt_cache_key", "service_tier",
+        "safe_prompt", "min_tokens", "repetition_penalty", "top_k", "logprobs", "top_logprobs",
+    }
+)  # fmt: skip
+NO_PARAMETERS = {"type": "object", "properties": {}}
+
+
+def _mistral_part(part: dict[str, Any]) -> dict[str, Any]:
+    """A content part in Mistral's shape: audio is the bare base64 string, a file a document URL or id."""
+    if part.get("type") == "input_audio":
+        return {"type": "input_audio", "input_audio": part["input_audio"]["data"]}
+    if part.get("type") == "file":
+        file = part["file"]
+        if isinstance(file.get("file_data"), str):
+            document = {"type": "document_url", "document_url": file["file_data"]}
+            return document | ({"document_name": file["filename"]} if file.get("filename") else {})
+        if isinstance(file.get("file_id"), str):
+            return {"type": "file", "file_id": file["file_id"]}
+        raise InvalidRequestError("a file part needs file_data or file_id", param="messages")
+    return part
+
+
+def conform_to_mistral(body: dict[str, Any], dropped: list[str]) -> None:
+    """What Mistral refuses in an OpenAI body, rewritten or reported (in place): a `name` outside tool
+    results, OpenAI's audio and file part shapes, a tool without `parameters`, unknown top-level fields."""
+    for message in body["messages"]:
+        if message["role"] != "tool" and message.pop("name", None) is not None and "messages.name" not in dropped:
+            dropped.append("messages.name")
+        if isinstance(message.get("content"), list):
+            message["content"] = [_mistral_part(part) for part in message["content"]]
+    for tool in body.get("tools") or ():
+        tool["function"].setdefault("parameters", NO_PARAMETERS)
+    for name in [name for name in body if name not in MISTRAL_FIELDS]:
+        if body.pop(name) is not None:
+            dropped.append(name)
+
+
 class MistralAdapter(OpenAIAdapter):
     """The `mistral` provider type (La Plateforme, or a self-hosted Mistral API at `base_url`)."""
 
@@ -60,4 +103,5 @@ class MistralAdapter(OpenAIAdapter):
     def chat_body(self, req: ChatRequest, target: Target, *, stream: bool) -> tuple[dict[str, Any], list[str]]:
         body, dropped = super().chat_body(req, target, stream=stream)
         map_tool_ids(body["messages"])
+        conform_to_mistral(body, dropped)
         return body, dropped

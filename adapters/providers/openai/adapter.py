@@ -12,9 +12,10 @@ from typing import Any
 
 import orjson
 
+from adapters.providers.model_rules import rules_for
 from adapters.providers.openai.profiles import PROFILES, Profile, profile_for
 from adapters.providers.params import apply_rules
-from handler.errors import UpstreamError
+from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import (
     BuiltRequest,
     ProviderAdapter,
@@ -69,6 +70,24 @@ def normalize_usage(usage: Usage | None) -> Usage | None:
         details.cached_tokens = hits
         usage.prompt_tokens_details = details
     return usage
+
+
+def conform_messages(messages: list[dict[str, Any]], profile: Profile) -> None:
+    """Rename roles the API does not know and leave out tool-call fields it refuses (in place); refuse, as
+    the client's 400, a role or content part the API has no equivalent for."""
+    for message in messages:
+        if message["role"] in profile.refused_roles:
+            raise InvalidRequestError(f"this provider does not take '{message['role']}' messages", param="messages")
+        message["role"] = profile.roles.get(message["role"], message["role"])
+        if profile.part_types is not None and isinstance(message.get("content"), list):
+            for part in message["content"]:
+                if part.get("type") not in profile.part_types:
+                    raise InvalidRequestError(
+                        f"content part '{part.get('type')}' is not supported by this provider", param="messages"
+                    )
+        for call in message.get("tool_calls") or ():
+            for name in profile.strip_tool_call_fields:
+                call.pop(name, None)
 
 
 class OpenAIStreamParser:
@@ -134,7 +153,11 @@ class OpenAIAdapter(ProviderAdapter):
             for message in body["messages"]:
                 for name in profile.strip_message_fields:
                     message.pop(name, None)
+        conform_messages(body["messages"], profile)
         dropped = apply_rules(body, profile.rules)
+        if rules_for(target.model).completion_tokens_field and "max_tokens" in body:
+            # Reasoning models refuse `max_tokens`; the client's cap still applies, under the field they read.
+            body.setdefault("max_completion_tokens", body.pop("max_tokens"))
         if stream:
             body["stream"] = True
             if profile.stream_usage:

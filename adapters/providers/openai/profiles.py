@@ -17,15 +17,26 @@ DROP = Rule(drop=True)
 class Profile:
     """`rules` rewrite top-level parameters; `stream_usage` says whether the API accepts
     `stream_options.include_usage` (otherwise it must not be sent); `strip_message_fields` are
-    message fields the API rejects in input (such as a previous turn's reasoning)."""
+    message fields the API rejects in input (such as a previous turn's reasoning); `strip_tool_call_fields`
+    the same for tool calls (another provider's state, such as Gemini's thought signature); `roles` maps
+    message roles the API does not know to the one it reads the same way; `part_types`, when set, are the
+    only content parts the API takes and `refused_roles` roles it has no equivalent for (either is the
+    client's 400, named, rather than the provider's)."""
 
     rules: dict[str, Rule] = field(default_factory=dict)
     stream_usage: bool = True
     strip_message_fields: tuple[str, ...] = ("reasoning_content",)
+    strip_tool_call_fields: tuple[str, ...] = ("extra_content",)
+    roles: dict[str, str] = field(default_factory=dict)
+    part_types: tuple[str, ...] | None = None
+    refused_roles: tuple[str, ...] = ()
+
+
+OPENAI_STOPS = Rule(max_items=4)  # OpenAI's spec: "up to 4 sequences"
 
 
 PROFILES: dict[str, Profile] = {
-    "openai": Profile(),
+    "openai": Profile(rules={"stop": OPENAI_STOPS}),
     "deepseek": Profile(
         rules={
             "max_completion_tokens": Rule(rename="max_tokens"),
@@ -37,7 +48,11 @@ PROFILES: dict[str, Profile] = {
             "reasoning_effort": DROP,
             "store": DROP,
             "metadata": DROP,
+            "stop": Rule(max_items=16),
         },
+        roles={"developer": "system"},
+        part_types=("text",),
+        refused_roles=("function",),
     ),
     "mistral": Profile(
         rules={
@@ -54,6 +69,7 @@ PROFILES: dict[str, Profile] = {
             "reasoning_effort": DROP,
         },
         stream_usage=False,
+        roles={"developer": "system", "function": "tool"},
     ),
     "groq": Profile(
         rules={
@@ -67,6 +83,8 @@ PROFILES: dict[str, Profile] = {
     ),
     "together": Profile(rules={"max_completion_tokens": Rule(rename="max_tokens"), "store": DROP}),
     "xai": Profile(rules={"logit_bias": DROP, "store": DROP, "metadata": DROP}),
+    # Gemini's OpenAI-compatible endpoint reads a tool call's `extra_content` (its thought signature).
+    "google": Profile(strip_tool_call_fields=()),
 }
 
 HOST_PROFILES: dict[str, str] = {
@@ -76,6 +94,7 @@ HOST_PROFILES: dict[str, str] = {
     "api.groq.com": "groq",
     "api.together.xyz": "together",
     "api.x.ai": "xai",
+    "generativelanguage.googleapis.com": "google",
 }
 
 

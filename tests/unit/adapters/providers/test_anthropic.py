@@ -88,7 +88,7 @@ def test_representative_request_becomes_the_recorded_messages_body() -> None:
     req = ChatRequest.model_validate_json(fixture("openai-request.json"))
     result = adapter().chat_request(req, target(), stream=False)
     assert orjson.loads(result.request.body) == orjson.loads(fixture("messages-request.json"))
-    assert result.dropped == []
+    assert result.dropped == ["top_p"]  # Claude Sonnet 4.5 refuses temperature and top_p together
     assert result.request.method == "POST" and result.request.url == "https://api.anthropic.com/v1/messages"
     assert result.request.headers["x-api-key"] == "sk-ant-test"
     assert result.request.headers["anthropic-version"] == "2023-06-01"
@@ -135,8 +135,16 @@ def test_single_stop_string_becomes_a_list_of_stop_sequences() -> None:
 
 
 def test_temperature_above_one_is_clamped_and_reported() -> None:
-    body, dropped = built(request(temperature=1.7, top_p=0.5))
+    body, dropped = built(request(temperature=1.7, top_p=0.5), target("claude-3-7-sonnet-latest"))
     assert body["temperature"] == 1.0 and body["top_p"] == 0.5 and dropped == ["temperature"]
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5-20250929", "claude-haiku-4-5", "claude-opus-4-1-20250805"])
+def test_claude_4_5_and_opus_4_get_temperature_or_top_p_never_both(model: str) -> None:
+    body, dropped = built(request(temperature=0.3, top_p=0.5), target(model))
+    assert body["temperature"] == 0.3 and "top_p" not in body and dropped == ["top_p"]
+    body, dropped = built(request(top_p=0.5), target(model))
+    assert body["top_p"] == 0.5 and dropped == []
 
 
 def test_parameters_anthropic_cannot_honour_are_reported_not_sent() -> None:
@@ -512,3 +520,9 @@ def test_error_without_an_anthropic_body_keeps_a_readable_message() -> None:
 def test_parallel_tool_calls_without_tools_is_harmless() -> None:
     body, dropped = built(request(parallel_tool_calls=False))
     assert "tool_choice" not in body and "tools" not in body and dropped == []
+
+
+def test_a_strict_tool_stays_strict_and_a_message_name_is_reported() -> None:
+    tool = {"type": "function", "function": {**WEATHER["function"], "strict": True}}
+    body, dropped = built(request(messages=[{"role": "user", "content": "hi", "name": "alice"}], tools=[tool]))
+    assert body["tools"][0]["strict"] is True and dropped == ["messages.name"]

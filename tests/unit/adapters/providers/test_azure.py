@@ -11,6 +11,7 @@ import pytest
 from adapters.providers import REGISTRY
 from adapters.providers.azure import AzureOpenAIAdapter
 from handler.config import ConfigError, parse_config
+from handler.errors import InvalidRequestError
 from handler.gateway import build_adapters
 from handler.ports import Target
 from handler.schemas import ChatRequest, EmbeddingsRequest
@@ -117,3 +118,29 @@ def test_rate_limit_is_retryable_with_retry_after() -> None:
 def test_gateway_auth_error_shape_keeps_its_message() -> None:
     err = adapter().error(401, (FIXTURES / "error-401.json").read_bytes(), {})
     assert err.upstream_status == 401 and err.message.startswith("upstream returned 401: Unauthorized.")
+
+
+def test_the_default_api_version_gets_no_field_it_predates() -> None:
+    req = ChatRequest.model_validate(
+        {
+            "model": "public",
+            "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+            "reasoning_effort": "low",
+        }
+    )
+    built = adapter().chat_request(req, target(), stream=False)
+    body = orjson.loads(built.request.body)
+    assert "api-version=2024-10-21" in built.request.url
+    assert body["messages"][0]["role"] == "system" and "reasoning_effort" not in body
+    assert built.dropped == ["reasoning_effort"]
+
+    newer = adapter().chat_request(req, target(api_version="2025-04-01-preview"), stream=False)
+    body = orjson.loads(newer.request.body)
+    assert body["messages"][0]["role"] == "developer" and body["reasoning_effort"] == "low" and newer.dropped == []
+
+
+def test_a_content_part_the_api_version_lacks_is_a_clear_400() -> None:
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+    req = ChatRequest.model_validate({"model": "public", "messages": [{"role": "user", "content": [audio]}]})
+    with pytest.raises(InvalidRequestError, match="2025-01-01-preview"):
+        adapter().chat_request(req, target(), stream=False)

@@ -604,3 +604,31 @@ def write_fixtures() -> None:
 
 if __name__ == "__main__" and "--write" in sys.argv:
     write_fixtures()
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "Weather?"}],
+        [
+            {"role": "user", "content": ""},
+            {"role": "assistant", "content": "Hi!"},
+            {"role": "user", "content": "Weather?"},
+        ],
+    ],
+    ids=["greeting", "empty-first-user-turn"],
+)
+def test_a_conversation_always_opens_with_a_user_turn(messages: list[dict[str, Any]]) -> None:
+    body, _ = built(ChatRequest.model_validate({"model": "public", "messages": messages}))
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    assert body["messages"][1]["content"][0]["text"] in ("Hello! How can I help?", "Hi!")
+
+
+def test_strict_tools_names_and_claude_4_5_sampling() -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": True}}
+    messages = [{"role": "user", "content": "hi", "name": "alice"}]
+    req = request(messages=messages, tools=[tool], temperature=0.2, top_p=0.5)
+    body, dropped = built(req, target("us.anthropic.claude-sonnet-4-5-20250929-v1:0"))
+    assert body["toolConfig"]["tools"][0]["toolSpec"]["strict"] is True
+    assert body["inferenceConfig"] == {"temperature": 0.2}
+    assert sorted(dropped) == ["messages.name", "top_p"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
 
 from adapters.providers import REGISTRY
 from adapters.providers.deepseek import DeepSeekAdapter
+from handler.errors import InvalidRequestError
 from handler.ports import Target
 from handler.schemas import ChatRequest
 
@@ -76,3 +78,16 @@ def test_stream_passes_reasoning_deltas_and_usage() -> None:
     chunks = [c for e in decoder.feed(raw) + decoder.finish() for c in parser.feed(e)] + parser.finish()
     assert "".join(c.choices[0].delta.reasoning_content or "" for c in chunks if c.choices)
     assert parser.usage is not None and parser.usage.prompt_tokens == 13
+
+
+def test_what_deepseek_cannot_read_is_a_clear_400() -> None:
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    for messages in ([{"role": "user", "content": [image]}], [{"role": "function", "name": "f", "content": "1"}]):
+        with pytest.raises(InvalidRequestError):
+            adapter().chat_request(request(messages=messages), target(), stream=False)
+
+
+def test_developer_messages_reach_deepseek_as_system() -> None:
+    messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    body = orjson.loads(adapter().chat_request(request(messages=messages), target(), stream=False).request.body)
+    assert [m["role"] for m in body["messages"]] == ["system", "user"]

@@ -133,6 +133,17 @@ def test_registry_maps_the_gemini_type() -> None:
 
 def test_representative_request_matches_geminis_documented_form() -> None:
     result = adapter().chat_request(ChatRequest.model_validate(REPRESENTATIVE), target(), stream=False)
+    expected = orjson.loads(fixture("generate-content-request.json"))
+    # Gemini 2.5 refuses function calling with JSON output: the tools win and the format is reported.
+    del expected["generationConfig"]["responseMimeType"], expected["generationConfig"]["responseJsonSchema"]
+    assert orjson.loads(result.request.body) == expected
+    assert result.dropped == ["response_format"]
+
+
+def test_a_model_that_takes_tools_with_json_output_gets_both() -> None:
+    result = adapter().chat_request(
+        ChatRequest.model_validate(REPRESENTATIVE), target("gemini-2.0-flash"), stream=False
+    )
     assert orjson.loads(result.request.body) == orjson.loads(fixture("generate-content-request.json"))
     assert result.dropped == []
 
@@ -474,3 +485,27 @@ def test_embeddings_response_in_order_as_floats_or_base64() -> None:
     assert struct.unpack("<4f", base64.b64decode(encoded)) == pytest.approx(
         [-0.021315768, 0.0127201, 0.0081643835, -0.03429174]
     )
+
+
+def test_empty_text_parts_are_left_out() -> None:
+    content = [{"type": "text", "text": ""}, {"type": "text", "text": "hi"}]
+    body, _ = built(messages=[{"role": "user", "content": content}])
+    assert body["contents"] == [{"role": "user", "parts": [{"text": "hi"}]}]
+
+
+def test_gemini_3_gets_a_signature_on_every_function_call_step() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18"},
+    ]
+    result = adapter().chat_request(request(messages=messages), target("gemini-3-pro-preview"), stream=False)
+    part = orjson.loads(result.request.body)["contents"][1]["parts"][0]
+    # A history from elsewhere has no signature: Gemini's documented stand-in keeps the request valid.
+    assert part["thoughtSignature"] == "skip_thought_signature_validator"
+
+
+def test_a_message_name_gemini_cannot_carry_is_reported() -> None:
+    _, dropped = built(messages=[{"role": "user", "content": "hi", "name": "alice"}])
+    assert dropped == ["messages.name"]

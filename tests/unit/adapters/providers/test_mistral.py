@@ -78,3 +78,33 @@ def test_tool_call_answer_keeps_mistral_ids() -> None:
     completion = adapter().chat_response(body, request(), target())
     calls = completion.choices[0].message.tool_calls
     assert calls is not None and calls[0].id == "D681PevKs" and completion.choices[0].finish_reason == "tool_calls"
+
+
+def test_what_mistral_refuses_is_rewritten_or_reported() -> None:
+    messages = [
+        {"role": "developer", "content": "Be brief."},
+        {
+            "role": "user",
+            "name": "alice",
+            "content": [{"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}}
+            ],
+        },
+        {"role": "function", "name": "lookup", "content": "42"},
+    ]
+    tools = [{"type": "function", "function": {"name": "ping"}}]
+    req = ChatRequest.model_validate({"model": "public", "messages": messages, "tools": tools, "frobnicate": 1})
+    built = adapter().chat_request(req, target(), stream=False)
+    body = orjson.loads(built.request.body)
+    assert [m["role"] for m in body["messages"]] == ["system", "user", "user", "tool"]
+    assert "name" not in body["messages"][1] and body["messages"][3]["name"] == "lookup"
+    assert body["messages"][1]["content"] == [{"type": "input_audio", "input_audio": "UklGRg=="}]
+    assert body["messages"][2]["content"] == [
+        {"type": "document_url", "document_url": "data:application/pdf;base64,JVBERi0=", "document_name": "a.pdf"}
+    ]
+    assert body["tools"][0]["function"]["parameters"] == {"type": "object", "properties": {}}
+    assert "frobnicate" not in body and sorted(built.dropped) == ["frobnicate", "messages.name"]

@@ -113,3 +113,35 @@ def test_in_stream_error_event_raises() -> None:
     events = SSEDecoder().feed(b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n')
     with pytest.raises(UpstreamError, match="overloaded"):
         parser.feed(events[0])
+
+
+def test_a_reasoning_model_gets_the_cap_as_max_completion_tokens() -> None:
+    body = orjson.loads(
+        adapter().chat_request(request(max_tokens=100), target(model="o3-mini"), stream=False).request.body
+    )
+    assert body["max_completion_tokens"] == 100 and "max_tokens" not in body
+    body = orjson.loads(adapter().chat_request(request(max_tokens=100), target(), stream=False).request.body)
+    assert body["max_tokens"] == 100
+
+
+def test_more_stop_sequences_than_openai_takes_are_cut_and_reported() -> None:
+    built = adapter().chat_request(request(stop=["a", "b", "c", "d", "e"]), target(), stream=False)
+    assert orjson.loads(built.request.body)["stop"] == ["a", "b", "c", "d"] and built.dropped == ["stop"]
+
+
+def test_another_providers_tool_call_state_is_not_sent() -> None:
+    call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "f", "arguments": "{}"},
+        "extra_content": {"google": {"thought_signature": "c2ln"}},
+    }
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    body = orjson.loads(adapter().chat_request(request(messages=messages), target(), stream=False).request.body)
+    assert body["messages"][1]["tool_calls"] == [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    ]
+    # Gemini's own OpenAI-compatible endpoint reads it back.
+    google = target(base_url="https://generativelanguage.googleapis.com/v1beta/openai")
+    body = orjson.loads(adapter().chat_request(request(messages=messages), google, stream=False).request.body)
+    assert body["messages"][1]["tool_calls"][0]["extra_content"] == call["extra_content"]

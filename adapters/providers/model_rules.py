@@ -1,0 +1,55 @@
+"""What depends on the upstream model rather than the provider, declared in one table.
+
+A provider's adapter asks `rules_for(model)` and acts on the flags; no adapter tests model names itself.
+Each entry names the model family by a pattern on the upstream model id (Bedrock's inference profile and
+version suffixes included) and what that family requires.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRules:
+    """`one_sampling_knob`: refuses `temperature` and `top_p` together (top_p is dropped, reported).
+    `completion_tokens_field`: takes the output cap only as `max_completion_tokens`.
+    `signed_function_calls`: refuses a function-call history whose calls lost their thought signature.
+    `no_tools_with_json_mode`: refuses function calling together with a JSON response mime type."""
+
+    one_sampling_knob: bool = False
+    completion_tokens_field: bool = False
+    signed_function_calls: bool = False
+    no_tools_with_json_mode: bool = False
+
+
+NO_RULES = ModelRules()
+
+# First match wins. Sources: Anthropic's "migrating to Claude 4.5" notes (sampling), OpenAI's reasoning
+# guide (max_completion_tokens), Gemini's thought-signatures and structured-output pages.
+MODEL_RULES: tuple[tuple[re.Pattern[str], ModelRules], ...] = (
+    (re.compile(r"claude-(sonnet|haiku|opus)-4-5|claude-opus-4"), ModelRules(one_sampling_knob=True)),
+    (re.compile(r"^(o\d|gpt-5)"), ModelRules(completion_tokens_field=True)),
+    (re.compile(r"gemini-3"), ModelRules(signed_function_calls=True)),
+    (re.compile(r"gemini-2\.5"), ModelRules(no_tools_with_json_mode=True)),
+)
+
+
+def rules_for(model: str) -> ModelRules:
+    """The rules of the model family `model` belongs to (none for a model the table does not name)."""
+    name = model.rsplit("/", 1)[-1]
+    for pattern, rules in MODEL_RULES:
+        if pattern.search(name):
+            return rules
+    return NO_RULES
+
+
+def keep_one_sampling_knob(params: dict[str, Any], model: str, top_p: str = "top_p") -> list[str]:
+    """For a model that takes `temperature` or `top_p` but not both, keep the temperature (the knob
+    clients reach for first) and report the top_p dropped; `params` is changed in place."""
+    if not rules_for(model).one_sampling_knob or "temperature" not in params or top_p not in params:
+        return []
+    del params[top_p]
+    return ["top_p"]

@@ -1,0 +1,232 @@
+"""Every corpus request through every adapter, each upstream body checked against the provider's own
+definition (see `references`), against the cross-field rules the providers document, and for loss: a
+field the client sent reaches the upstream body or `x-gateway-dropped-params`, never neither."""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from typing import Any
+
+import jsonschema
+import orjson
+import pytest
+
+from adapters.providers import REGISTRY
+from handler.errors import InvalidRequestError
+from handler.messages_api import MessagesRequest, to_chat_request
+from handler.ports import BuiltRequest, Target
+from handler.schemas import ChatRequest, Message
+from tests.conformance import references
+from tests.conformance.corpus import CASES, MODELS, Case
+from tests.conformance.openai_spec import (
+    AZURE_NEWER_MEMBERS,
+    AZURE_REQUEST,
+    AZURE_SPEC_VERSION,
+    DEEPSEEK_REQUEST,
+    OPENAI_REQUEST,
+)
+
+OPTIONS: dict[str, dict[str, Any]] = {"azure": {"base_url": "https://contoso.openai.azure.com"}}
+OPENAI_LIKE = ("openai", "azure", "deepseek", "mistral")
+
+# Where each client field lands in a translating provider's body (any of these paths present = carried).
+LANDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "anthropic": {
+        "max_tokens": ("max_tokens",),
+        "max_completion_tokens": ("max_tokens",),
+        "temperature": ("temperature",),
+        "top_p": ("top_p",),
+        "stop": ("stop_sequences",),
+        "tools": ("tools",),
+        "tool_choice": ("tool_choice",),
+        "parallel_tool_calls": ("tool_choice.disable_parallel_tool_use",),
+        "response_format": ("tools", "system"),
+        "user": ("metadata.user_id",),
+    },
+    "bedrock": {
+        "max_tokens": ("inferenceConfig.maxTokens",),
+        "max_completion_tokens": ("inferenceConfig.maxTokens",),
+        "temperature": ("inferenceConfig.temperature",),
+        "top_p": ("inferenceConfig.topP",),
+        "stop": ("inferenceConfig.stopSequences",),
+        "tools": ("toolConfig.tools",),
+        "tool_choice": ("toolConfig.toolChoice",),
+        "response_format": ("toolConfig", "system"),
+    },
+    "gemini": {
+        "max_tokens": ("generationConfig.maxOutputTokens",),
+        "max_completion_tokens": ("generationConfig.maxOutputTokens",),
+        "temperature": ("generationConfig.temperature",),
+        "top_p": ("generationConfig.topP",),
+        "n": ("generationConfig.candidateCount",),
+        "presence_penalty": ("generationConfig.presencePenalty",),
+        "frequency_penalty": ("generationConfig.frequencyPenalty",),
+        "seed": ("generationConfig.seed",),
+        "stop": ("generationConfig.stopSequences",),
+        "tools": ("tools",),
+        "tool_choice": ("toolConfig",),
+        "response_format": ("generationConfig.responseMimeType",),
+    },
+}
+STRUCTURAL = {"model", "messages", "stream", "stream_options"}
+OUTPUT_CAPS = {"max_tokens": ("max_completion_tokens",)}  # the same cap, under the field a model reads
+
+# Model-dependent rules, as the providers document them.
+CLAUDE_NO_TEMPERATURE_WITH_TOP_P = re.compile(r"claude-(sonnet-4-5|haiku-4-5|opus-4)")
+GEMINI_NO_TOOLS_WITH_JSON = re.compile(r"gemini-2\.5")
+GEMINI_SIGNED_CALLS = re.compile(r"gemini-3")
+OPENAI_REASONING = re.compile(r"^(o\d|gpt-5)")
+
+
+def at(body: Any, path: str) -> Any:
+    for key in path.split("."):
+        if not isinstance(body, dict) or key not in body:
+            return None
+        body = body[key]
+    return body
+
+
+def default_valued(name: str, value: Any) -> bool:
+    """A value that asks for what the provider does anyway: carrying it needs nothing in the body."""
+    return (
+        (name == "n" and value == 1)
+        or (name == "parallel_tool_calls" and value is True)
+        or (name == "response_format" and value == {"type": "text"})
+        or (name == "tool_choice" and value in ("auto", "none"))
+    )
+
+
+def internal_request(case: Case) -> tuple[ChatRequest, list[str]]:
+    if case.messages_api:
+        return to_chat_request(MessagesRequest.model_validate(case.body))
+    return ChatRequest.model_validate(case.body), []
+
+
+def build(provider: str, case: Case) -> tuple[ChatRequest, Target, BuiltRequest, list[str]]:
+    req, dropped = internal_request(case)
+    adapter = REGISTRY[provider](provider, "test-secret", OPTIONS.get(provider, {}))
+    model = case.models.get(provider, MODELS[provider])
+    target = Target(provider, provider, model, "us-east-1", adapter.base_url("us-east-1", None))
+    built = adapter.chat_request(req, target, stream=case.stream)
+    return req, target, built, dropped + built.dropped
+
+
+def definition_problems(provider: str, body: dict[str, Any], url: str) -> list[str]:
+    if provider in ("openai", "deepseek"):
+        validator = jsonschema.Draft202012Validator(OPENAI_REQUEST if provider == "openai" else DEEPSEEK_REQUEST)
+        return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(body)]
+    if provider == "azure":
+        validator = jsonschema.Draft202012Validator(AZURE_REQUEST)
+        found = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(body)]
+        version = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["api-version"][0]
+        if version <= AZURE_SPEC_VERSION:
+            found += [f"{name}: not in api-version {version}" for name in sorted(AZURE_NEWER_MEMBERS & set(body))]
+        return found
+    if provider == "mistral":
+        return references.mistral_request(body)
+    if provider == "anthropic":
+        return references.anthropic_request(body)
+    if provider == "gemini":
+        return references.gemini_request(body)
+    return references.bedrock_request(body, "ConverseStream" if url.endswith("converse-stream") else "Converse")
+
+
+def rule_problems(provider: str, model: str, body: dict[str, Any]) -> list[str]:
+    """The cross-field rules the providers' docs state, which no type can."""
+    found: list[str] = []
+    if provider in ("anthropic", "bedrock") and CLAUDE_NO_TEMPERATURE_WITH_TOP_P.search(model):
+        sampling = body if provider == "anthropic" else body.get("inferenceConfig") or {}
+        if "temperature" in sampling and ("top_p" in sampling or "topP" in sampling):
+            found.append(f"{model} refuses temperature and top_p together")
+    if provider == "bedrock" and body["messages"][0]["role"] != "user":
+        found.append("a Converse conversation must start with a user message")
+    if provider == "gemini":
+        config = body.get("generationConfig") or {}
+        if GEMINI_NO_TOOLS_WITH_JSON.search(model) and body.get("tools") and config.get("responseMimeType"):
+            found.append(f"{model} refuses function calling with a JSON response mime type")
+        for content in [*body["contents"], body.get("systemInstruction") or {"parts": []}]:
+            if any(part.get("text") == "" for part in content["parts"]):
+                found.append("Gemini refuses an empty text part")
+            calls = [part for part in content["parts"] if "functionCall" in part]
+            if GEMINI_SIGNED_CALLS.search(model) and calls and "thoughtSignature" not in calls[0]:
+                found.append(f"{model} refuses a function call without its thought signature")
+    if provider == "mistral":
+        for message in body["messages"]:
+            if message["role"] == "developer":
+                found.append("Mistral has no developer role")
+            if message["role"] == "user" and "name" in message:
+                found.append("Mistral refuses a name on a user message")
+        for tool in body.get("tools") or ():
+            if "parameters" not in tool["function"]:
+                found.append("Mistral needs a tool's parameters")
+    if provider == "openai" and OPENAI_REASONING.search(model) and "max_tokens" in body:
+        found.append(f"{model} refuses max_tokens (it takes max_completion_tokens)")
+    return found
+
+
+def loss_problems(provider: str, req: ChatRequest, body: dict[str, Any], dropped: list[str]) -> list[str]:
+    """Client fields that reach neither the body nor the dropped list."""
+    found = []
+    sent = req.model_dump(exclude_unset=True, by_alias=True)
+    for name, value in sent.items():
+        if name in STRUCTURAL or value is None or name in dropped or default_valued(name, value):
+            continue
+        if name == "tools" and sent.get("tool_choice") == "none":
+            continue  # no tool may be called: leaving them out honours the request exactly
+        if provider in OPENAI_LIKE:
+            aliases = (*renamed(provider, name), *OUTPUT_CAPS.get(name, ()))
+            carried = name in body or any(at(body, key) is not None for key in aliases)
+        else:
+            carried = any(at(body, path) is not None for path in LANDS[provider].get(name, ()))
+        if not carried:
+            found.append(f"{name}: lost without a word")
+    names = any(m.name for m in req.messages if m.role not in ("tool", "function"))
+    if names and "messages.name" not in dropped:
+        upstream = body.get("messages") if provider in OPENAI_LIKE else None
+        if not upstream or not any("name" in m for m in upstream):
+            found.append("messages.name: lost without a word")
+    if any(t.function.strict for t in req.tools or ()) and "tools.strict" not in dropped:
+        if "strict" not in orjson.dumps(body).decode():
+            found.append("tools.strict: lost without a word")
+    return found
+
+
+def renamed(provider: str, name: str) -> tuple[str, ...]:
+    from adapters.providers.openai.profiles import PROFILES
+
+    profile = PROFILES.get(provider)
+    rule = profile.rules.get(name) if profile else None
+    return (rule.rename,) if rule and rule.rename else ()
+
+
+def problems(provider: str, case: Case) -> list[str]:
+    """Everything wrong with what `provider` would be sent for `case` (a clear 400 is not wrong)."""
+    try:
+        req, target, built, dropped = build(provider, case)
+    except InvalidRequestError:
+        return []
+    body = orjson.loads(built.request.body)
+    found = definition_problems(provider, body, built.request.url)
+    found += rule_problems(provider, target.model, body)
+    found += loss_problems(provider, req, body, dropped)
+    return found
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+@pytest.mark.parametrize("provider", sorted(REGISTRY))
+def test_upstream_body_conforms(provider: str, case: Case) -> None:
+    assert problems(provider, case) == []
+
+
+def test_every_registered_provider_has_a_reference() -> None:
+    assert set(REGISTRY) == set(MODELS)
+
+
+def test_the_corpus_covers_every_field_the_gateway_accepts() -> None:
+    chat_fields = {key for case in CASES if not case.messages_api for key in case.body}
+    messages_fields = {key for case in CASES if case.messages_api for key in case.body}
+    assert set(ChatRequest.model_fields) <= chat_fields
+    assert set(MessagesRequest.model_fields) <= messages_fields
+    message_fields = {key for case in CASES if not case.messages_api for m in case.body["messages"] for key in m}
+    assert set(Message.model_fields) <= message_fields
