@@ -27,7 +27,8 @@ from handler.errors import (
 )
 from handler.gateway import Gateway
 from handler.observability import span
-from handler.ports import BuiltRequest, KeyRecord, LedgerItem, StreamParser
+from handler.passthrough import NativeReply, NativeStream
+from handler.ports import BuiltRequest, KeyRecord, LedgerItem, NativeCall, StreamParser, json_body, malformed
 from handler.pricing import Cost, cost_of, estimate_prompt_tokens, price_for, worst_case_usd
 from handler.routing import Attempt, RouteControls
 from handler.schema_check import enforce, schema_of, violation
@@ -125,16 +126,7 @@ class Pipeline:
         await self._admit(ex, plan, req)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> ChatCompletion:
-            completion = attempt.adapter.chat_response(await response.read(), req, attempt.target)
-            schema = self._enforced_schema(req, attempt, ex)
-            if schema is not None and completion.choices:
-                try:
-                    enforce(schema, completion.choices[0].message.content)
-                except SchemaViolationError:
-                    # The provider billed this answer even though it is thrown away.
-                    self._waste(ex, attempt, completion.usage)
-                    raise
-            return completion
+            return await self._chat_answer(req, ex, attempt, response)
 
         def build(attempt: Attempt) -> BuiltRequest:
             return attempt.adapter.chat_request(req, attempt.target, stream=False)
@@ -166,6 +158,80 @@ class Pipeline:
         except BaseException:
             await self._settle(ex, None, 0)
             raise
+
+    async def _chat_answer(
+        self, req: ChatRequest, ex: Exchange, attempt: Attempt, response: UpstreamResponse
+    ) -> ChatCompletion:
+        completion = attempt.adapter.chat_response(await response.read(), req, attempt.target)
+        schema = self._enforced_schema(req, attempt, ex)
+        if schema is not None and completion.choices:
+            try:
+                enforce(schema, completion.choices[0].message.content)
+            except SchemaViolationError:
+                # The provider billed this answer even though it is thrown away.
+                self._waste(ex, attempt, completion.usage)
+                raise
+        return completion
+
+    # --- native pass-through ------------------------------------------------------------------
+
+    async def native(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> NativeReply | ChatCompletion:
+        """A request in a provider API's own format (`call`), non-streaming: sent as written to a deployment
+        that speaks that API, and as `req` (the same request in the internal form) to any other in the plan."""
+        plan = self.gateway.router.plan(req.model, ex.controls.route)
+        await self._admit(ex, plan, req)
+
+        async def accept(attempt: Attempt, response: UpstreamResponse) -> NativeReply | ChatCompletion:
+            if call.api not in attempt.adapter.native_apis:
+                return await self._chat_answer(req, ex, attempt, response)
+            raw = await response.read()
+            usage = attempt.adapter.native_usage(call, raw)
+            body = json_body(raw)
+            if not isinstance(body, dict):
+                raise malformed("upstream answered with something other than a JSON object")
+            return NativeReply(body, usage)
+
+        try:
+            outcome = await self._deadline(ex, self._failover(ex, plan, self._native_build(call, req, False), accept))
+        except BaseException:
+            await self._settle(ex, None, 0)
+            raise
+        usage = outcome.usage if isinstance(outcome, NativeReply) else outcome.usage or Usage()
+        await self._settle(ex, usage, 200, background=True)
+        return outcome
+
+    async def native_stream(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> NativeStream | ChunkStream:
+        """`native`, streaming: the provider's own events from a deployment that speaks the API, the internal
+        chunk stream from any other; either has its first events in by the time it is returned."""
+        plan = self.gateway.router.plan(req.model, ex.controls.route)
+        await self._admit(ex, plan, req)
+
+        async def accept(attempt: Attempt, response: UpstreamResponse) -> NativeStream | ChunkStream:
+            stream: NativeStream | ChunkStream
+            if call.api in attempt.adapter.native_apis:
+                stream = NativeStream(self, ex, req, call, attempt, response)
+            else:
+                stream = ChunkStream(self, ex, req, attempt, response)
+            await stream.prime()
+            return stream
+
+        try:
+            return await self._deadline(ex, self._failover(ex, plan, self._native_build(call, req, True), accept))
+        except BaseException:
+            await self._settle(ex, None, 0)
+            raise
+
+    @staticmethod
+    def _native_build(call: NativeCall, req: ChatRequest, stream: bool) -> Callable[[Attempt], BuiltRequest]:
+        def build(attempt: Attempt) -> BuiltRequest:
+            if call.api in attempt.adapter.native_apis:
+                # `req` carries the output cap the admission reserved for (see `_admit`).
+                limit = req.output_limit()
+                return attempt.adapter.native_request(call, attempt.target, stream=stream, output_limit=limit)
+            built = attempt.adapter.chat_request(req, attempt.target, stream=stream)
+            return BuiltRequest(built.request, [*call.untranslated, *built.dropped])
+
+        return build
 
     def _enforced_schema(self, req: ChatRequest, attempt: Attempt, ex: Exchange) -> dict[str, Any] | None:
         if not (ex.controls.enforce_schema or attempt.spec.enforce_schema):

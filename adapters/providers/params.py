@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from handler.errors import InvalidRequestError
 
 
@@ -65,3 +67,17 @@ def require_turns(turns: list[Any], provider: str) -> None:
             f"{provider} needs at least one user or assistant message with content it can take; this request has none",
             param="messages",
         )
+
+
+def cache_control(part: BaseModel) -> dict[str, Any] | None:
+    """A content part's prompt-cache marker (`{"type": "ephemeral"}`, perhaps with a `ttl`), the convention
+    Chat Completions clients share with Anthropic's blocks; None when the part has none."""
+    marker = (part.model_extra or {}).get("cache_control")
+    return marker if isinstance(marker, dict) else None
+
+
+def thinking_blocks(message: BaseModel) -> list[dict[str, Any]]:
+    """An assistant turn's thinking blocks as a Messages client sent them (with their signatures), kept on the
+    internal message by the Messages front-end so a Claude deployment gets them back unchanged."""
+    blocks = (message.model_extra or {}).get("thinking_blocks")
+    return [b for b in blocks if isinstance(b, dict)] if isinstance(blocks, list) else []

@@ -22,16 +22,19 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from adapters.providers import reasoning
 from adapters.providers.anthropic.adapter import (
+    ADAPTIVE_FRAGMENTS,
     JSON_OBJECT_INSTRUCTION,
     JSON_TOOL,
     AnthropicStreamParser,
     WireBlock,
     convert_messages,
+    default_max_tokens,
     json_tool,
 )
 from adapters.providers.bedrock.eventstream import EventStreamDecoder
-from adapters.providers.params import Rule, apply_rules, require_turns
+from adapters.providers.params import Rule, apply_rules, cache_control, require_turns
 from adapters.sigv4 import Credentials as SigCredentials
 from adapters.sigv4 import Signer
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
@@ -73,8 +76,21 @@ INFERENCE_RULES: dict[str, Rule] = {
 # Accepted when harmless: one choice; parallel tool calls, which Converse cannot forbid.
 HARMLESS_RULES: dict[str, Rule] = {"n": Rule(only=(1,)), "parallel_tool_calls": Rule(only=(True,))}
 TRANSLATED = frozenset(
-    {"model", "messages", "stream", "stream_options", "stop", "tools", "tool_choice", "response_format"}
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "stop",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "reasoning_effort",
+        "thinking",
+    }
 )
+# Where a prompt-cache marker (`cache_control`) stood: Converse caches the prefix up to a cache point.
+CACHE_POINT = {"cachePoint": {"type": "default"}}
 
 STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -243,6 +259,11 @@ def converse_block(block: Mapping[str, Any], position: int) -> dict[str, Any]:
         return {"document": document}
     if kind == "tool_use":
         return {"toolUse": {"toolUseId": block["id"], "name": block["name"], "input": block["input"]}}
+    if kind == "thinking":
+        text = {"text": block.get("thinking", ""), "signature": block.get("signature", "")}
+        return {"reasoningContent": {"reasoningText": text}}
+    if kind == "redacted_thinking":
+        return {"reasoningContent": {"redactedContent": block.get("data", "")}}
     if kind == "tool_result":
         content = [converse_block(inner, position) for inner in block.get("content") or ()]
         # Converse requires a result's content; a tool that printed nothing still answered.
@@ -250,9 +271,14 @@ def converse_block(block: Mapping[str, Any], position: int) -> dict[str, Any]:
     raise InvalidRequestError(f"content of type '{kind}' cannot be sent to Bedrock", param="messages")
 
 
-def converse_messages(req: ChatRequest) -> tuple[list[str], list[dict[str, Any]]]:
-    """System texts and Converse turns of the client's messages."""
-    system, turns = convert_messages(req.messages)
+def converse_messages(req: ChatRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Converse system blocks and turns of the client's messages, a cache point after each marked block."""
+    system_blocks, turns = convert_messages(req.messages)
+    system: list[dict[str, Any]] = []
+    for block in system_blocks:
+        system.append({"text": block["text"]})
+        if "cache_control" in block:
+            system.append(CACHE_POINT)
     position = 0
     messages = []
     for turn in turns:
@@ -260,8 +286,39 @@ def converse_messages(req: ChatRequest) -> tuple[list[str], list[dict[str, Any]]
         for block in turn["content"]:
             position += 1
             content.append(converse_block(block, position))
+            if "cache_control" in block:
+                content.append(CACHE_POINT)
         messages.append({"role": turn["role"], "content": content})
     return system, messages
+
+
+def reasoning_fields(req: ChatRequest, model: str, max_tokens: int) -> tuple[dict[str, Any] | None, list[str]]:
+    """`additionalModelRequestFields` for the request's reasoning wish (`reasoning.LEVELS`): Claude's
+    `thinking`, Nova's `reasoningConfig`; and what could not be honoured."""
+    wish = reasoning.requested(req)
+    if wish is None or wish.off:
+        return None, []
+    asked = ["thinking"] if req.thinking is not None else ["reasoning_effort"]
+    if reasoning.reasons(model, reasoning.CLAUDE_THINKING_FRAGMENTS):
+        if wish.adaptive and wish.level is None and reasoning.reasons(model, ADAPTIVE_FRAGMENTS):
+            return {"thinking": {"type": "adaptive"}}, []
+        budget = reasoning.thinking_budget(wish, max_tokens)
+        if budget is None:
+            return None, asked
+        return {"thinking": {"type": "enabled", "budget_tokens": budget}}, []
+    if reasoning.reasons(model, reasoning.NOVA_REASONING_FRAGMENTS):
+        level = wish.level or reasoning.BY_EFFORT["medium"]
+        return {"reasoningConfig": {"type": "enabled", "maxReasoningEffort": level.nova}}, []
+    return None, asked
+
+
+def _tool_specs(req: ChatRequest) -> list[dict[str, Any]]:
+    specs = []
+    for tool in req.tools or ():
+        specs.append(_tool_spec(tool.function.name, tool.function.description, tool.function.parameters))
+        if cache_control(tool) is not None:
+            specs.append(CACHE_POINT)
+    return specs
 
 
 def _tool_spec(name: str, description: str | None, schema: dict[str, Any] | None) -> dict[str, Any]:
@@ -277,7 +334,7 @@ def _uses_tools(messages: list[dict[str, Any]]) -> bool:
 
 def tool_config(req: ChatRequest, messages: list[dict[str, Any]], dropped: list[str]) -> dict[str, Any] | None:
     """`toolConfig`: the client's tools and choice, plus the forced tool of a `json_schema` answer."""
-    tools = [_tool_spec(t.function.name, t.function.description, t.function.parameters) for t in req.tools or ()]
+    tools = _tool_specs(req)
     choice = req.tool_choice
     if choice == "none":
         if not _uses_tools(messages):
@@ -438,9 +495,9 @@ class BedrockAdapter(ProviderAdapter):
         if config is not None:
             body["toolConfig"] = config
         if req.response_format is not None and req.response_format.type == "json_object":
-            system.append(JSON_OBJECT_INSTRUCTION)
+            system.append({"text": JSON_OBJECT_INSTRUCTION})
         if system:
-            body["system"] = [{"text": text} for text in system]
+            body["system"] = system
         inference = {name: value for name, value in inference.items() if value is not None}
         if req.stop_list():
             inference["stopSequences"] = req.stop_list()
@@ -454,6 +511,20 @@ class BedrockAdapter(ProviderAdapter):
             configured = target.options.get("max_output_tokens") or self.options.get("max_output_tokens")
             if configured:
                 body.setdefault("inferenceConfig", {})["maxTokens"] = int(configured)
+        max_tokens = body.get("inferenceConfig", {}).get("maxTokens") or default_max_tokens(target.model)
+        fields, not_reasoning = reasoning_fields(req, target.model, max_tokens)
+        dropped += not_reasoning
+        if fields is not None:
+            body["additionalModelRequestFields"] = fields
+            if "thinking" in fields:
+                # Claude thinks only at its default sampling, and needs room beyond the budget.
+                inference = body.setdefault("inferenceConfig", {})
+                inference["maxTokens"] = max_tokens
+                dropped += [
+                    name
+                    for name, wire in (("temperature", "temperature"), ("top_p", "topP"))
+                    if inference.pop(wire, None) is not None
+                ]
         headers = {"content-type": "application/json"}
         if stream:
             headers["accept"] = "application/vnd.amazon.eventstream"
