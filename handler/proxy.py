@@ -221,6 +221,28 @@ class Pipeline:
             await self._settle(ex, None, 0)
             raise
 
+    async def count_tokens(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> int | None:
+        """The prompt's input tokens as the serving deployment's provider counts them, or None where it has
+        no count (the route then estimates). Free at the providers, so neither admitted nor settled."""
+        plan = self.gateway.router.plan(req.model, ex.controls.route)
+        kind = plan[0].target.provider_type
+        counting = [a for a in plan if a.target.provider_type == kind and a.adapter.counts_tokens]
+        if not counting:
+            return None
+
+        async def accept(attempt: Attempt, response: UpstreamResponse) -> int:
+            return attempt.adapter.count_tokens_response(await response.read())
+
+        def build(attempt: Attempt) -> BuiltRequest:
+            return attempt.adapter.count_tokens_request(call, req, attempt.target)
+
+        try:
+            return await self._deadline(ex, self._failover(ex, counting, build, accept))
+        except UpstreamError as err:
+            if isinstance(err, UpstreamTimeoutError) or err.retryable:
+                return None  # the provider's count is not to be had now: an estimate serves
+            raise
+
     @staticmethod
     def _native_build(call: NativeCall, req: ChatRequest, stream: bool) -> Callable[[Attempt], BuiltRequest]:
         def build(attempt: Attempt) -> BuiltRequest:

@@ -134,6 +134,9 @@ class ThinkingConfig(_Open):
 
     type: Literal["enabled", "adaptive", "disabled"]
     budget_tokens: int | None = Field(default=None, ge=0)
+    # A Messages request's `output_config.effort` (`low` ... `max`). Unlike Chat Completions' `reasoning_effort`
+    # it is a wish, not a parameter: it reaches only models that reason, and is reported as dropped elsewhere.
+    effort: str | None = None
 
 
 class ChatRequest(_Open):

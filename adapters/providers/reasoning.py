@@ -69,8 +69,9 @@ def level_for_budget(budget: int) -> Level:
 
 def requested(req: ChatRequest) -> Reasoning | None:
     """The request's reasoning wish, or None when it expressed none."""
-    effort = BY_EFFORT.get(req.reasoning_effort) if req.reasoning_effort else None
     thinking = req.thinking
+    named = req.reasoning_effort or (thinking.effort if thinking is not None else None)
+    effort = BY_EFFORT.get(named) if named else None
     if thinking is not None:
         if thinking.type == "disabled":
             return Reasoning(off=True)

@@ -21,10 +21,12 @@ from typing import Any
 
 import orjson
 
-from adapters.providers.params import Rule, apply_rules, require_turns
+from adapters.providers import reasoning
+from adapters.providers.params import Rule, apply_rules, require_turns, thinking_blocks
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import (
     BuiltRequest,
+    NativeCall,
     ProviderAdapter,
     StreamEvent,
     Target,
@@ -87,8 +89,21 @@ GENERATION_RULES: dict[str, Rule] = {
 
 # Handled by code below rather than by the table.
 STRUCTURAL = frozenset(
-    {"model", "messages", "stream", "stream_options", "tools", "tool_choice", "response_format", "stop"}
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "stop",
+        "reasoning_effort",
+        "thinking",
+    }
 )
+# Gemini 2.5's `thinkingBudget` for "think as much as the prompt needs".
+DYNAMIC_BUDGET = -1
 
 FINISH_REASONS: dict[str, FinishReason] = {
     "STOP": "stop",
@@ -234,6 +249,8 @@ def _contents(req: ChatRequest, dropped: list[str]) -> tuple[list[dict[str, Any]
         elif message.role == "user":
             add("user", _content_parts(message.content, dropped))
         elif message.role == "assistant":
+            if thinking_blocks(message) and "messages.thinking" not in dropped:
+                dropped.append("messages.thinking")  # Claude's signed thinking means nothing to Gemini
             parts = _content_parts(message.content, dropped)
             for call in message.tool_calls or ():
                 call_names[call.id] = call.function.name
@@ -293,6 +310,41 @@ def _response_format(req: ChatRequest) -> dict[str, Any]:
         # need a lossy rewrite of every schema.
         config["responseJsonSchema"] = fmt.json_schema.schema_
     return config
+
+
+def thinking_config(req: ChatRequest, model: str, dropped: list[str]) -> dict[str, Any] | None:
+    """`generationConfig.thinkingConfig` for the request's reasoning wish (`reasoning.LEVELS`): a
+    `thinkingLevel` for Gemini 3, a `thinkingBudget` for 2.5; thoughts come back when a Messages client
+    asked to see them."""
+    wish = reasoning.requested(req)
+    if wish is None:
+        return None
+    if not reasoning.reasons(model, reasoning.GEMINI_THINKING_FRAGMENTS):
+        if not wish.off:
+            dropped.append("thinking" if req.thinking is not None else "reasoning_effort")
+        return None
+    config: dict[str, Any] = {}
+    if "gemini-3" in model:
+        if wish.off:
+            config["thinkingLevel"] = reasoning.BY_EFFORT["none"].gemini_level
+        elif wish.level is not None:
+            config["thinkingLevel"] = wish.level.gemini_level
+    elif wish.off:
+        config["thinkingBudget"] = 0
+    elif wish.budget is not None:
+        config["thinkingBudget"] = wish.budget
+    elif wish.level is not None:
+        config["thinkingBudget"] = wish.level.budget
+    else:
+        config["thinkingBudget"] = DYNAMIC_BUDGET
+    thinking = req.thinking
+    if (
+        thinking is not None
+        and thinking.type != "disabled"
+        and (thinking.model_extra or {}).get("display") != "omitted"
+    ):
+        config["includeThoughts"] = True
+    return config or None
 
 
 # --- response -----------------------------------------------------------------------------------
@@ -456,7 +508,7 @@ class GeminiAdapter(ProviderAdapter):
         model = target.model.removeprefix("models/")
         return f"{target.base_url}/{API_VERSION}/models/{urllib.parse.quote(model, safe='-._~')}:{method}"
 
-    def chat_body(self, req: ChatRequest) -> tuple[dict[str, Any], list[str]]:
+    def chat_body(self, req: ChatRequest, target: Target) -> tuple[dict[str, Any], list[str]]:
         """The `GenerateContentRequest` and the client parameters it could not carry."""
         dropped: list[str] = []
         contents, system = _contents(req, dropped)
@@ -481,13 +533,16 @@ class GeminiAdapter(ProviderAdapter):
             if len(stops) > MAX_STOP_SEQUENCES:
                 dropped.append("stop")
         config.update(_response_format(req))
+        thinking = thinking_config(req, target.model, dropped)
+        if thinking is not None:
+            config["thinkingConfig"] = thinking
         if config:
             body["generationConfig"] = config
         dropped += [name for name, value in params.items() if name not in STRUCTURAL and value is not None]
         return body, list(dict.fromkeys(dropped))
 
     def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
-        body, dropped = self.chat_body(req)
+        body, dropped = self.chat_body(req, target)
         url = self.url(target, "streamGenerateContent?alt=sse" if stream else "generateContent")
         return BuiltRequest(UpstreamRequest("POST", url, self.headers(), orjson.dumps(body)), dropped)
 
@@ -529,6 +584,22 @@ class GeminiAdapter(ProviderAdapter):
 
     def stream_parser(self, req: ChatRequest, target: Target) -> GeminiStreamParser:
         return GeminiStreamParser(target.model)
+
+    counts_tokens = True
+
+    def count_tokens_request(self, call: NativeCall, req: ChatRequest, target: Target) -> BuiltRequest:
+        """Gemini's `countTokens` for the whole request (contents, system instruction, tools)."""
+        body, _ = self.chat_body(req, target)
+        body.pop("generationConfig", None)
+        body["model"] = f"models/{target.model.removeprefix('models/')}"
+        payload = orjson.dumps({"generateContentRequest": body})
+        return BuiltRequest(UpstreamRequest("POST", self.url(target, "countTokens"), self.headers(), payload))
+
+    def count_tokens_response(self, body: bytes) -> int:
+        data = _check_payload(json_body(body))
+        if not isinstance(data.get("totalTokens"), int):
+            raise malformed("upstream answered countTokens without totalTokens")
+        return int(data["totalTokens"])
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         return error_from_body(status, body, headers)

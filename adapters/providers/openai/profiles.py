@@ -17,11 +17,13 @@ DROP = Rule(drop=True)
 class Profile:
     """`rules` rewrite top-level parameters; `stream_usage` says whether the API accepts
     `stream_options.include_usage` (otherwise it must not be sent); `strip_message_fields` are
-    message fields the API rejects in input (such as a previous turn's reasoning)."""
+    message fields the API rejects in input (such as a previous turn's reasoning); `thinking` says whether
+    the API takes a `thinking: {"type": "enabled" | "disabled"}` switch (DeepSeek's)."""
 
     rules: dict[str, Rule] = field(default_factory=dict)
     stream_usage: bool = True
     strip_message_fields: tuple[str, ...] = ("reasoning_content",)
+    thinking: bool = False
 
 
 PROFILES: dict[str, Profile] = {

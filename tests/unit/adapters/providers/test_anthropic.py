@@ -149,7 +149,6 @@ def test_parameters_anthropic_cannot_honour_are_reported_not_sent() -> None:
         logit_bias={"50256": -100},
         seed=42,
         service_tier="flex",
-        reasoning_effort="low",
     )
     body, dropped = built(req)
     expected = [
@@ -158,13 +157,63 @@ def test_parameters_anthropic_cannot_honour_are_reported_not_sent() -> None:
         "logit_bias",
         "logprobs",
         "presence_penalty",
-        "reasoning_effort",
         "seed",
         "service_tier",
         "top_logprobs",
     ]
     assert dropped == expected
     assert not set(expected) & set(body)
+
+
+@pytest.mark.parametrize(
+    ("fields", "model", "expected", "dropped"),
+    [
+        ({"reasoning_effort": "low", "max_tokens": 8000}, MODEL, {"type": "enabled", "budget_tokens": 2048}, []),
+        ({"reasoning_effort": "high", "max_tokens": 4000}, MODEL, {"type": "enabled", "budget_tokens": 3999}, []),
+        ({"reasoning_effort": "high", "max_tokens": 1000}, MODEL, None, ["reasoning_effort"]),
+        ({"reasoning_effort": "low"}, "claude-3-5-haiku-latest", None, ["reasoning_effort"]),
+        ({"thinking": {"type": "adaptive"}}, "claude-opus-4-6", {"type": "adaptive"}, []),
+        ({"thinking": {"type": "adaptive"}}, MODEL, {"type": "enabled", "budget_tokens": 8192}, []),
+        (
+            {"thinking": {"type": "enabled", "budget_tokens": 5000}},
+            MODEL,
+            {"type": "enabled", "budget_tokens": 5000},
+            [],
+        ),
+        ({"reasoning_effort": "none"}, MODEL, None, []),
+    ],
+)
+def test_reasoning_effort_and_thinking_become_a_thinking_budget(
+    fields: dict[str, Any], model: str, expected: dict[str, Any] | None, dropped: list[str]
+) -> None:
+    body, not_honoured = built(request(**fields), target(model))
+    assert body.get("thinking") == expected and not_honoured == dropped
+
+
+def test_thinking_drops_a_changed_temperature_and_keeps_signed_blocks() -> None:
+    thinking = {"type": "thinking", "thinking": "Let me see.", "signature": "sig-1"}
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello.", "thinking_blocks": [thinking], "reasoning_content": "Let me see."},
+        {"role": "user", "content": "again"},
+    ]
+    body, dropped = built(request(messages=messages, reasoning_effort="low", temperature=0.2, max_tokens=9000))
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert "temperature" not in body and dropped == ["temperature"]
+    assert body["messages"][1]["content"] == [thinking, {"type": "text", "text": "Hello."}]
+
+
+def test_cache_markers_on_parts_reach_anthropic_and_keep_system_blocks() -> None:
+    marker = {"type": "ephemeral"}
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "Long rules.", "cache_control": marker}]},
+        {"role": "user", "content": [{"type": "text", "text": "Question", "cache_control": marker}]},
+    ]
+    tool = {**WEATHER, "cache_control": marker}
+    body, dropped = built(request(messages=messages, tools=[tool]))
+    assert body["system"] == [{"type": "text", "text": "Long rules.", "cache_control": marker}]
+    assert body["messages"][0]["content"] == [{"type": "text", "text": "Question", "cache_control": marker}]
+    assert body["tools"][0]["cache_control"] == marker and dropped == []
 
 
 def test_harmless_values_are_not_reported() -> None:

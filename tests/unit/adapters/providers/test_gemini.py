@@ -181,11 +181,42 @@ def test_parameters_gemini_cannot_honour_are_reported() -> None:
         stop=["a", "b", "c", "d", "e", "f"],
     )
     assert sorted(dropped) == sorted(
-        ["logit_bias", "logprobs", "top_logprobs", "user", "parallel_tool_calls", "reasoning_effort", "n", "stop"]
+        ["logit_bias", "logprobs", "top_logprobs", "user", "parallel_tool_calls", "n", "stop"]
     )
     config = body["generationConfig"]
     assert config["candidateCount"] == 8 and config["stopSequences"] == ["a", "b", "c", "d", "e"]
-    assert set(config) == {"candidateCount", "stopSequences"}
+    assert set(config) == {"candidateCount", "stopSequences", "thinkingConfig"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "model", "expected", "dropped"),
+    [
+        ({"reasoning_effort": "low"}, "gemini-2.5-flash", {"thinkingBudget": 2048}, []),
+        ({"reasoning_effort": "none"}, "gemini-2.5-flash", {"thinkingBudget": 0}, []),
+        ({"thinking": {"type": "adaptive"}}, "gemini-2.5-pro", {"thinkingBudget": -1, "includeThoughts": True}, []),
+        (
+            {"thinking": {"type": "enabled", "budget_tokens": 3000, "display": "omitted"}},
+            "gemini-2.5-flash",
+            {"thinkingBudget": 3000},
+            [],
+        ),
+        (
+            {"thinking": {"type": "adaptive", "effort": "high"}},
+            "gemini-3-pro-preview",
+            {"thinkingLevel": "high", "includeThoughts": True},
+            [],
+        ),
+        ({"reasoning_effort": "medium"}, "gemini-3-flash", {"thinkingLevel": "medium"}, []),
+        ({"reasoning_effort": "high"}, "gemini-2.0-flash", None, ["reasoning_effort"]),
+        ({"thinking": {"type": "adaptive"}}, "gemini-2.0-flash", None, ["thinking"]),
+    ],
+)
+def test_reasoning_becomes_a_thinking_config(
+    fields: dict[str, Any], model: str, expected: dict[str, Any] | None, dropped: list[str]
+) -> None:
+    result = adapter().chat_request(request(**fields), target(model), stream=False)
+    body = orjson.loads(result.request.body)
+    assert body.get("generationConfig", {}).get("thinkingConfig") == expected and result.dropped == dropped
 
 
 def test_parallel_tool_calls_true_is_geminis_behaviour_and_not_reported() -> None:
