@@ -240,9 +240,13 @@ class Translation:
         messages: list[dict[str, Any]] = []
         if req.system:
             messages.append(self.system(req.system))
-        for message in req.messages:
+        last_user = max((i for i, m in enumerate(req.messages) if m.role == "user"), default=-1)
+        for i, message in enumerate(req.messages):
             if message.role == "system":
-                messages.append(self.system(message.content))
+                # A `clear_at: next_user_message` instruction stops applying once a user turn follows it.
+                cleared = (message.model_extra or {}).get("clear_at") == "next_user_message" and i < last_user
+                if not cleared:
+                    messages.append(self.system(message.content))
                 continue
             blocks = (
                 [{"type": "text", "text": message.content}] if isinstance(message.content, str) else message.content

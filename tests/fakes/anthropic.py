@@ -95,8 +95,9 @@ def _problem(body: dict[str, Any]) -> str | None:
     if not isinstance(messages, list) or not messages:
         return "messages: at least one message is required"
     for i, message in enumerate(messages):
-        if message.get("role") not in ("user", "assistant"):
-            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        # `system` messages inside `messages` are a beta of Anthropic's, sent by current Claude Code.
+        if message.get("role") not in ("user", "assistant", "system"):
+            return f"messages.{i}.role: Input should be 'user', 'assistant' or 'system'"
     if body.get("tool_choice") and not body.get("tools"):
         return "tool_choice may only be specified while providing tools."
     return None
