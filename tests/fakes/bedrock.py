@@ -30,6 +30,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.fakes import agent
+
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
 REGION = "us-east-1"
@@ -183,16 +185,24 @@ def _invalid(body: dict[str, Any]) -> str | None:
 
 
 def answer_for(body: dict[str, Any]) -> dict[str, Any]:
-    """A Converse answer: a `toolUse` when a tool is forced, else the fixed text."""
+    """A Converse answer: a `toolUse` when a tool is forced, the coding-agent exchange of `tests.fakes.agent`
+    when a `Bash` tool is offered, else the fixed text."""
     config = body.get("toolConfig") or {}
     choice = config.get("toolChoice") or {}
     last = body["messages"][-1]["content"]
     answered = any("toolResult" in block for block in last)
+    names = [str(tool["toolSpec"]["name"]) for tool in config.get("tools") or [] if "toolSpec" in tool]
+    turn = agent.agent_turn(names, any("toolResult" in b for m in body["messages"] for b in m["content"]))
     content: list[dict[str, Any]]
     if config.get("tools") and not answered and ("any" in choice or "tool" in choice):
-        name = choice["tool"]["name"] if "tool" in choice else config["tools"][0]["toolSpec"]["name"]
+        name = choice["tool"]["name"] if "tool" in choice else names[0]
         content = [{"toolUse": {"toolUseId": TOOL_USE_ID, "name": name, "input": CALL_INPUT}}]
         stop = "tool_use"
+    elif turn == "call":
+        content = [{"toolUse": {"toolUseId": agent.CALL_ID, "name": agent.TOOL, "input": agent.call_input()}}]
+        stop = "tool_use"
+    elif turn == "answer":
+        content, stop = [{"text": agent.ANSWER}], "end_turn"
     else:
         content, stop = [{"text": TEXT}], "end_turn"
     return {
