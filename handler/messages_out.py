@@ -7,7 +7,7 @@ from the internal completion or chunk stream, block by block.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
@@ -34,11 +34,11 @@ def native_message(reply: NativeReply, cost: Cost | None) -> dict[str, Any]:
     return {**reply.body, "cost": cost.as_event() if cost else None}
 
 
-async def native_events(stream: NativeStream) -> AsyncIterator[bytes]:
+def native_events(stream: NativeStream) -> AsyncIterator[bytes]:
     """The provider's events as it sent them; its `message_delta` (which carries the final usage) also
     carries the gateway's cost, settled from that usage."""
-    failure: GatewayError | None = None
-    try:
+
+    async def relay() -> AsyncGenerator[bytes]:
         async for batch in stream.batches():
             out = b""
             for event in batch:
@@ -52,10 +52,22 @@ async def native_events(stream: NativeStream) -> AsyncIterator[bytes]:
                 out += sse_event("message_delta", payload)
             yield out
         await stream.complete()
+
+    return guarded(stream, relay())
+
+
+async def guarded(stream: NativeStream | ChunkStream, events: AsyncGenerator[bytes]) -> AsyncIterator[bytes]:
+    """`events`, then: an error after the first byte as Anthropic's in-stream `error` event; the stream
+    closed (and settled) however it ended; the request observed."""
+    failure: GatewayError | None = None
+    try:
+        async for data in events:
+            yield data
     except GatewayError as exc:
         failure = exc
         yield sse_event("error", exc.anthropic_body())
     finally:
+        await events.aclose()
         await stream.close()
         observe(stream.ex, 200, stream=True, code=failure.code if failure else None)
 
@@ -191,21 +203,17 @@ class EventWriter:
         return self._close() + sse_event("message_delta", payload) + sse_event("message_stop", {"type": "message_stop"})
 
 
-async def anthropic_events(stream: ChunkStream, model: str, input_tokens: int) -> AsyncIterator[bytes]:
+def anthropic_events(stream: ChunkStream, model: str, input_tokens: int) -> AsyncIterator[bytes]:
     """The client's Anthropic event stream for an internal chunk stream."""
     writer = EventWriter(model, f"msg_{stream.ex.request_id}")
-    yield writer.start(input_tokens)
-    failure: GatewayError | None = None
-    try:
+
+    async def render() -> AsyncGenerator[bytes]:
+        yield writer.start(input_tokens)
         async for chunk in stream:
             data = writer.chunk(chunk)
             if data:
                 yield data
         await stream.complete()
         yield writer.finish(stream.usage(), stream.ex.cost)
-    except GatewayError as exc:
-        failure = exc
-        yield sse_event("error", exc.anthropic_body())
-    finally:
-        await stream.close()
-        observe(stream.ex, 200, stream=True, code=failure.code if failure else None)
+
+    return guarded(stream, render())

@@ -8,9 +8,10 @@ adapter's meter reads the usage from them; the pipeline costs and settles as for
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from handler.ports import NativeCall, StreamEvent
 from handler.pricing import estimate_prompt_tokens
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
     from handler.proxy import Exchange, Pipeline
     from handler.routing import Attempt
 
-CLIENT_CLOSED = 499
+CLIENT_CLOSED = 499  # nginx's status for a client that hung up: the ledger's word for an abandoned stream
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -39,22 +41,14 @@ def sse_frame(event: StreamEvent) -> bytes:
     return head + data + b"\n"
 
 
-class NativeStream:
-    """A provider's stream in its own format, event by event, metered on the way through.
-
-    Like `ChunkStream`: `prime` reads until the first event (an error before it lets the pipeline fail
-    over), `complete` settles once the provider's final usage is in, `close` always runs and settles a
-    stream the client abandoned with what the provider will bill.
-    """
+class UpstreamStream(ABC, Generic[T]):
+    """What every upstream stream does the same way, whatever it yields (`T`: internal chunks, or a
+    provider's own events): read until the first item (`prime`: an error before it lets the pipeline fail
+    over), hand items out grouped by the upstream read that brought them, settle once (`complete`), and
+    always close, settling a stream the client abandoned with what the provider will bill."""
 
     def __init__(
-        self,
-        pipeline: Pipeline,
-        ex: Exchange,
-        req: ChatRequest,
-        call: NativeCall,
-        attempt: Attempt,
-        response: UpstreamResponse,
+        self, pipeline: Pipeline, ex: Exchange, req: ChatRequest, attempt: Attempt, response: UpstreamResponse
     ) -> None:
         self.pipeline = pipeline
         self.ex = ex
@@ -62,14 +56,24 @@ class NativeStream:
         self.attempt = attempt
         self.response = response
         self.decoder = attempt.adapter.frame_decoder()
-        self.meter = attempt.adapter.native_meter(call)
         self._raw = response.chunks()
-        self._pending: list[StreamEvent] = []
+        self._pending: list[T] = []
         self._finished = False
         self._settled = False
 
+    @abstractmethod
+    def _items(self, events: list[StreamEvent]) -> list[T]:
+        """The items these decoded events bring (the provider has finished when `_finished` is set)."""
+
+    @abstractmethod
+    def usage(self) -> Usage:
+        """The provider's usage, or an estimate of what it bills for a stream cut short."""
+
+    def _handing_out(self, batch: list[T]) -> None:
+        """Called with each batch as it goes to the client."""
+
     async def prime(self) -> None:
-        """Read until the first event."""
+        """Read until the first item."""
         try:
             while not self._pending and not self._finished:
                 await self._pull()
@@ -81,30 +85,24 @@ class NativeStream:
         try:
             raw = await self._raw.__anext__()
         except StopAsyncIteration:
-            events = self.decoder.finish()
             self._finished = True
+            self._pending.extend(self._items(self.decoder.finish()))
         else:
-            events = self.decoder.feed(raw)
-        for event in events:
-            self.meter.feed(event)
-            self._pending.append(event)
+            self._pending.extend(self._items(self.decoder.feed(raw)))
 
-    async def batches(self) -> AsyncIterator[list[StreamEvent]]:
-        """The events as they arrive, grouped by the upstream read that brought them."""
+    async def batches(self) -> AsyncIterator[list[T]]:
+        """The items as they arrive, grouped by the upstream read that brought them."""
         while True:
             if self._pending:
                 batch, self._pending = self._pending, []
+                self._handing_out(batch)
                 yield batch
             if self._finished:
                 return
             await self._pull()
 
-    def usage(self) -> Usage:
-        """The provider's usage, or an estimate (the whole prompt, no output) when it sent none."""
-        return self.meter.usage or Usage.of(estimate_prompt_tokens(self.req), 0)
-
     async def complete(self) -> None:
-        """The provider's final usage is in: cost the stream and settle (in the background)."""
+        """The upstream finished: cost it and settle (in the background)."""
         if not self._settled:
             self._settled = True
             await self.pipeline._settle(self.ex, self.usage(), 200, background=True)
@@ -115,3 +113,28 @@ class NativeStream:
         if not self._settled:
             self._settled = True
             self.pipeline.gateway.spawn(self.pipeline._settle(self.ex, self.usage(), CLIENT_CLOSED))
+
+
+class NativeStream(UpstreamStream[StreamEvent]):
+    """A provider's stream in its own format, event by event, metered on the way through by its adapter."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        ex: Exchange,
+        req: ChatRequest,
+        call: NativeCall,
+        attempt: Attempt,
+        response: UpstreamResponse,
+    ) -> None:
+        super().__init__(pipeline, ex, req, attempt, response)
+        self.meter = attempt.adapter.native_meter(call)
+
+    def _items(self, events: list[StreamEvent]) -> list[StreamEvent]:
+        for event in events:
+            self.meter.feed(event)
+        return events
+
+    def usage(self) -> Usage:
+        """The provider's usage, or an estimate (the whole prompt, no output) when it sent none."""
+        return self.meter.usage or Usage.of(estimate_prompt_tokens(self.req), 0)

@@ -27,8 +27,17 @@ from handler.errors import (
 )
 from handler.gateway import Gateway
 from handler.observability import span
-from handler.passthrough import NativeReply, NativeStream
-from handler.ports import BuiltRequest, KeyRecord, LedgerItem, NativeCall, StreamParser, json_body, malformed
+from handler.passthrough import NativeReply, NativeStream, UpstreamStream
+from handler.ports import (
+    BuiltRequest,
+    KeyRecord,
+    LedgerItem,
+    NativeCall,
+    StreamEvent,
+    StreamParser,
+    json_body,
+    malformed,
+)
 from handler.pricing import Cost, cost_of, estimate_prompt_tokens, price_for, worst_case_usd
 from handler.routing import Attempt, RouteControls
 from handler.schema_check import enforce, schema_of, violation
@@ -44,7 +53,6 @@ from handler.upstream import UpstreamResponse
 from handler.usage import usd
 
 T = TypeVar("T")
-CLIENT_CLOSED = 499
 # Upstream statuses that mean the client's request itself is wrong: answered as 400, not 502.
 CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
 
@@ -444,7 +452,7 @@ class Pipeline:
             await self.meter.settle(settlement)
 
 
-class ChunkStream:
+class ChunkStream(UpstreamStream[ChatCompletionChunk]):
     """An upstream stream in the gateway's chunk form, with its usage, cost and settlement.
 
     Chunks that carry only usage are withheld: the route writes one final event with usage and cost.
@@ -453,65 +461,36 @@ class ChunkStream:
     def __init__(
         self, pipeline: Pipeline, ex: Exchange, req: ChatRequest, attempt: Attempt, response: UpstreamResponse
     ) -> None:
-        self.pipeline = pipeline
-        self.ex = ex
-        self.req = req
-        self.attempt = attempt
-        self.response = response
-        self.decoder = attempt.adapter.frame_decoder()
+        super().__init__(pipeline, ex, req, attempt, response)
         self.parser: StreamParser = attempt.adapter.stream_parser(req, attempt.target)
-        self._raw = response.chunks()
-        self._pending: list[ChatCompletionChunk] = []
         self._template: ChatCompletionChunk | None = None
-        self._finished = False
-        self._settled = False
         self._chars = 0
         self.schema = pipeline._enforced_schema(req, attempt, ex)
         self._text: list[str] = []
         self.schema_violation: str | None = None
 
-    async def prime(self) -> None:
-        """Read until the first chunk; an error before it lets the router fail over."""
-        try:
-            while not self._pending and not self._finished:
-                await self._pull()
-        except BaseException:
-            await self.response.close()
-            raise
-
-    async def _pull(self) -> None:
-        try:
-            raw = await self._raw.__anext__()
-        except StopAsyncIteration:
-            events = self.decoder.finish()
-            chunks = [c for e in events for c in self.parser.feed(e)] + self.parser.finish()
-            self._finished = True
-        else:
-            chunks = [c for e in self.decoder.feed(raw) for c in self.parser.feed(e)]
+    def _items(self, events: list[StreamEvent]) -> list[ChatCompletionChunk]:
+        chunks = [c for e in events for c in self.parser.feed(e)]
+        if self._finished:
+            chunks += self.parser.finish()
+        kept = []
         for chunk in chunks:
             if self._template is None:
                 self._template = chunk
             if not chunk.choices and chunk.usage is not None:
                 continue
             chunk.usage = None
-            self._pending.append(chunk)
+            kept.append(chunk)
+        return kept
 
     async def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
         async for batch in self.batches():
             for chunk in batch:
                 yield chunk
 
-    async def batches(self) -> AsyncIterator[list[ChatCompletionChunk]]:
-        """The chunks as they arrive, grouped by the upstream read that brought them."""
-        while True:
-            if self._pending:
-                batch, self._pending = self._pending, []
-                for chunk in batch:
-                    self._count(chunk)
-                yield batch
-            if self._finished:
-                return
-            await self._pull()
+    def _handing_out(self, batch: list[ChatCompletionChunk]) -> None:
+        for chunk in batch:
+            self._count(chunk)
 
     def _count(self, chunk: ChatCompletionChunk) -> None:
         for choice in chunk.choices:
@@ -548,16 +527,7 @@ class ChunkStream:
         return payload
 
     async def complete(self) -> None:
-        """The upstream finished: cost it and settle (in the background)."""
+        """The upstream finished: check the schema if enforced, cost it and settle (in the background)."""
         if self.schema is not None:
             self.schema_violation = violation(self.schema, "".join(self._text))
-        if not self._settled:
-            self._settled = True
-            await self.pipeline._settle(self.ex, self.usage(), 200, background=True)
-
-    async def close(self) -> None:
-        """Always called: a stream abandoned by the client still settles what the provider bills."""
-        await self.response.close()
-        if not self._settled:
-            self._settled = True
-            self.pipeline.gateway.spawn(self.pipeline._settle(self.ex, self.usage(), CLIENT_CLOSED))
+        await super().complete()

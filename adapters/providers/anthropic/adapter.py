@@ -376,6 +376,17 @@ def json_tool(req: ChatRequest) -> dict[str, Any] | None:
 # --- stream --------------------------------------------------------------------------------------
 
 
+def event_payload(event: StreamEvent) -> dict[str, Any]:
+    """A stream event's JSON object; anything else is a (retryable) upstream error."""
+    try:
+        payload = orjson.loads(event.data)
+    except orjson.JSONDecodeError as exc:
+        raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
+    if not isinstance(payload, dict):
+        raise malformed("upstream sent a stream event that is not an object")
+    return payload
+
+
 class AnthropicStreamParser:
     """Anthropic's named SSE events into OpenAI chunks.
 
@@ -403,12 +414,7 @@ class AnthropicStreamParser:
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
         if not event.data:
             return []
-        try:
-            payload = orjson.loads(event.data)
-        except orjson.JSONDecodeError as exc:
-            raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
-        if not isinstance(payload, dict):
-            raise malformed("upstream sent a stream event that is not an object")
+        payload = event_payload(event)
         kind = payload.get("type") or event.event
         try:
             return self._event(str(kind), payload)
@@ -513,12 +519,7 @@ class MessagesMeter:
             return
         if kind not in ("message_start", "message_delta", "error"):
             return
-        try:
-            payload = orjson.loads(event.data)
-        except orjson.JSONDecodeError as exc:
-            raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
-        if not isinstance(payload, dict):
-            raise malformed("upstream sent a stream event that is not an object")
+        payload = event_payload(event)
         try:
             if kind == "message_start":
                 self._wire = WireMessage.model_validate(payload.get("message")).usage
