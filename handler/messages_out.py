@@ -95,7 +95,11 @@ def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dic
     choice = completion.choices[0] if completion.choices else None
     content: list[dict[str, Any]] = []
     if choice is not None:
-        if choice.message.reasoning_content:
+        signed = (choice.message.model_extra or {}).get("thinking_blocks")
+        if isinstance(signed, list):
+            content.extend(signed)
+        elif choice.message.reasoning_content:
+            # Reasoning of another provider: shown as thinking, with no signature (it cannot go back to Claude).
             content.append({"type": "thinking", "thinking": choice.message.reasoning_content, "signature": ""})
         if choice.message.content:
             content.append({"type": "text", "text": choice.message.content})
@@ -177,6 +181,10 @@ class EventWriter:
             if delta.reasoning_content:
                 out += self._switch("thinking", 0, {"type": "thinking", "thinking": "", "signature": ""})
                 out += self._delta({"type": "thinking_delta", "thinking": delta.reasoning_content})
+            signature = (delta.model_extra or {}).get("reasoning_signature")
+            if isinstance(signature, str):
+                out += self._switch("thinking", 0, {"type": "thinking", "thinking": "", "signature": ""})
+                out += self._delta({"type": "signature_delta", "signature": signature})
             if delta.content:
                 out += self._switch("text", 0, {"type": "text", "text": ""})
                 out += self._delta({"type": "text_delta", "text": delta.content})

@@ -37,6 +37,8 @@ SECRET_KEY = "testing"
 REGION = "us-east-1"
 SERVICE = "bedrock"
 TEXT = "Hello from fake Bedrock."
+THINKING = "Weighing the question."
+SIGNATURE = "bedrock-signature-01"
 CALL_INPUT = {"city": "Paris"}
 TOOL_USE_ID = "tooluse_fake01"
 USAGE = {"inputTokens": 11, "outputTokens": 6, "totalTokens": 20, "cacheReadInputTokens": 3}
@@ -87,7 +89,13 @@ def stream_frames(answer: Mapping[str, Any]) -> list[bytes]:
     """The ConverseStream transcript of a Converse answer: text in word pieces, tool input in two."""
     frames = [event_frame("messageStart", {"role": "assistant"})]
     for index, block in enumerate(answer["output"]["message"]["content"]):
-        if "text" in block:
+        if "reasoningContent" in block:
+            reasoning = block["reasoningContent"]["reasoningText"]
+            for delta in ({"text": reasoning["text"]}, {"signature": reasoning["signature"]}):
+                frames.append(
+                    event_frame("contentBlockDelta", {"contentBlockIndex": index, "delta": {"reasoningContent": delta}})
+                )
+        elif "text" in block:
             words = block["text"].split(" ")
             for i, word in enumerate(words):
                 piece = word if i == 0 else " " + word
@@ -205,6 +213,8 @@ def answer_for(body: dict[str, Any]) -> dict[str, Any]:
         content, stop = [{"text": agent.ANSWER}], "end_turn"
     else:
         content, stop = [{"text": TEXT}], "end_turn"
+    if "thinking" in (body.get("additionalModelRequestFields") or {}):
+        content = [{"reasoningContent": {"reasoningText": {"text": THINKING, "signature": SIGNATURE}}}, *content]
     return {
         "output": {"message": {"role": "assistant", "content": content}},
         "stopReason": stop,

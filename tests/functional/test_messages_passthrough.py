@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from tests.fakes import anthropic as fake_anthropic
+from tests.fakes import bedrock as fake_bedrock
 from tests.fakes import openai as fake_openai
 from tests.functional.agents_gateway import CLAUDE, agents_gateway
 from tests.functional.conftest import Running
@@ -234,6 +235,22 @@ def test_bedrock_gets_cache_points_and_a_thinking_budget(agents: Running, client
     assert sent["additionalModelRequestFields"] == {"thinking": {"type": "enabled", "budget_tokens": 2000}}
     assert sent["inferenceConfig"]["maxTokens"] == 4000
     assert raw.headers["x-gateway-dropped-params"] == "context_management"
+
+
+def test_bedrock_claudes_thinking_comes_back_signed(client: anthropic.Anthropic) -> None:
+    params: Any = {
+        "model": "bedrock-claude",
+        "max_tokens": 4000,
+        "thinking": {"type": "enabled", "budget_tokens": 2000},
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    message = client.messages.create(**params)
+    assert message.content[0].type == "thinking" and message.content[0].signature == fake_bedrock.SIGNATURE
+    with client.messages.stream(**params) as stream:
+        final = stream.get_final_message()
+    thinking = final.content[0]
+    assert thinking.type == "thinking" and thinking.thinking == fake_bedrock.THINKING
+    assert thinking.signature == fake_bedrock.SIGNATURE
 
 
 def test_signed_thinking_goes_back_to_claude_and_is_named_when_dropped(

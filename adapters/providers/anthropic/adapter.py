@@ -474,6 +474,9 @@ class AnthropicStreamParser:
             return [self._chunk(ChunkDelta(content=str(delta["text"])))]
         if delta_type == "thinking_delta" and delta.get("thinking"):
             return [self._chunk(ChunkDelta(reasoning_content=str(delta["thinking"])))]
+        if delta_type == "signature_delta" and delta.get("signature"):
+            # The signature that lets the thinking go back to Claude on the next turn (a Messages client's).
+            return [self._chunk(ChunkDelta(reasoning_signature=str(delta["signature"])))]
         if delta_type == "input_json_delta" and delta.get("partial_json"):
             fragment = str(delta["partial_json"])
             if kind == "json":

@@ -442,10 +442,12 @@ def anthropic_delta(delta: Any) -> dict[str, Any]:
     reasoning = delta.get("reasoningContent")
     if isinstance(reasoning, dict) and isinstance(reasoning.get("text"), str):
         return {"type": "thinking_delta", "thinking": reasoning["text"]}
+    if isinstance(reasoning, dict) and isinstance(reasoning.get("signature"), str):
+        return {"type": "signature_delta", "signature": reasoning["signature"]}
     tool = delta.get("toolUse")
     if isinstance(tool, dict) and isinstance(tool.get("input"), str):
         return {"type": "input_json_delta", "partial_json": tool["input"]}
-    return {}  # reasoning signatures, citations: nothing the OpenAI form carries
+    return {}  # redacted reasoning, citations: nothing the OpenAI form carries
 
 
 # --- adapter -------------------------------------------------------------------------------------
@@ -543,6 +545,7 @@ class BedrockAdapter(ProviderAdapter):
         json_mode = json_tool(req) is not None
         texts: list[str] = []
         thinking: list[str] = []
+        signed: list[dict[str, Any]] = []
         calls: list[ToolCall] = []
         json_answer: str | None = None
         for block in message["content"]:
@@ -559,11 +562,19 @@ class BedrockAdapter(ProviderAdapter):
                 function = FunctionCall(name=str(tool.get("name", "")), arguments=arguments)
                 calls.append(ToolCall(id=str(tool.get("toolUseId", "")), function=function))
             elif isinstance(reasoning, dict) and isinstance(reasoning.get("reasoningText"), dict):
-                thinking.append(str(reasoning["reasoningText"].get("text", "")))
+                text = str(reasoning["reasoningText"].get("text", ""))
+                thinking.append(text)
+                signature = str(reasoning["reasoningText"].get("signature", ""))
+                signed.append({"type": "thinking", "thinking": text, "signature": signature})
+            elif isinstance(reasoning, dict) and "redactedContent" in reasoning:
+                signed.append({"type": "redacted_thinking", "data": str(reasoning["redactedContent"])})
         content = json_answer if json_answer is not None else ("".join(texts) if texts else None)
         reply = AssistantMessage(
             content=content, tool_calls=calls or None, reasoning_content="".join(thinking) if thinking else None
         )
+        if signed:
+            # Claude's thinking as Anthropic's blocks, signatures kept: a Messages client sends them back.
+            reply.thinking_blocks = signed  # type: ignore[attr-defined]
         finish = finish_reason(data.get("stopReason"), json_answer is not None, bool(calls))
         return ChatCompletion(
             id=completion_id(),
