@@ -1,7 +1,8 @@
 """A gateway with one model on each provider type, in front of the fakes: for the coding-agent clients.
 
-`claude` is served by the anthropic type (natively), `gpt` and `o4` by the openai type, `gemini` by the gemini
-type, `bedrock-claude` by bedrock, and `claude-then-gpt` fails over from Anthropic to OpenAI.
+`claude` is served by the anthropic type (natively), `gpt` and `o4` by the openai type, `azure-gpt` by azure,
+`gemini` by the gemini type, `bedrock-claude` by bedrock; `claude-then-gpt` fails over from Anthropic to OpenAI
+and `claude-cut` is an Anthropic stream that stops half-way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from starlette.routing import Mount
 from adapters.providers import REGISTRY
 from handler.config import parse_config
 from tests.fakes import anthropic as fake_anthropic
+from tests.fakes import azure as fake_azure
 from tests.fakes import bedrock as fake_bedrock
 from tests.fakes import gemini as fake_gemini
 from tests.fakes import openai as fake_openai
@@ -35,6 +37,7 @@ def agents_gateway(directory: Path) -> Iterator[Running]:
         "anthropic": fake_anthropic.create_app(),
         "openai": fake_openai.create_app(),
         "gemini": fake_gemini.create_app(),
+        "azure": fake_azure.create_app(),
     }
     upstream = ServerThread(Starlette(routes=[Mount(f"/{n}", app=a) for n, a in fakes.items()])).start()
     bedrock_app = fake_bedrock.create_app()
@@ -48,6 +51,7 @@ def agents_gateway(directory: Path) -> Iterator[Running]:
             "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{url}/openai/v1"},
             "gemini": {"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": f"{url}/gemini"},
             "bedrock": {"type": "bedrock", "base_url": bedrock.url},
+            "azure": {"type": "azure", "base_url": f"{url}/azure", "region": "eastus"},
         },
         "models": {
             "claude": {
@@ -63,6 +67,8 @@ def agents_gateway(directory: Path) -> Iterator[Running]:
                 "price": PRICE,
             },
             "gpt": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": PRICE},
+            "azure-gpt": {"deployments": [{"provider": "azure", "model": "gpt-4o-mini"}], "price": PRICE},
+            "claude-cut": {"deployments": [{"provider": "anthropic", "model": "stream-cut"}], "price": CLAUDE_PRICE},
             "o4": {"deployments": [{"provider": "openai", "model": "o4-mini"}], "price": PRICE},
             "gemini": {"deployments": [{"provider": "gemini", "model": "gemini-2.5-flash"}], "price": PRICE},
             "bedrock-claude": {
@@ -72,7 +78,8 @@ def agents_gateway(directory: Path) -> Iterator[Running]:
         },
     }
     store_url = f"sqlite:///{directory / 'gateway.db'}"
-    running, server = serve_gateway(parse_config(data, set(REGISTRY)), store_url, upstream, fakes, FAKE_KEYS)
+    environ = {**FAKE_KEYS, "AZURE_OPENAI_API_KEY": fake_azure.API_KEY}
+    running, server = serve_gateway(parse_config(data, set(REGISTRY)), store_url, upstream, fakes, environ)
     try:
         yield running
     finally:

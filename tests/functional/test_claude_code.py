@@ -53,7 +53,14 @@ def requests_since(running: Running, provider: str, start: int) -> list[dict[str
 
 @pytest.mark.parametrize(
     ("model", "provider"),
-    [("claude", "anthropic"), ("gpt", "openai"), ("o4", "openai"), ("gemini", "gemini"), ("bedrock-claude", "bedrock")],
+    [
+        ("claude", "anthropic"),
+        ("gpt", "openai"),
+        ("o4", "openai"),
+        ("gemini", "gemini"),
+        ("bedrock-claude", "bedrock"),
+        ("azure-gpt", "azure"),
+    ],
 )
 def test_claude_code_runs_a_shell_command_and_answers(
     agents: Running, tmp_path: Path, model: str, provider: str

@@ -8,6 +8,7 @@ back as the provider sent them. Every other deployment gets a translation, with 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,32 @@ def test_failover_to_another_provider_translates_that_attempt(agents: Running, c
     assert last(agents, "openai")["json"]["messages"][0]["role"] == "system"
 
 
+def test_a_stream_failing_over_comes_back_translated(agents: Running, client: anthropic.Anthropic) -> None:
+    with client.beta.messages.stream(
+        model="claude-then-gpt", betas=BETAS, max_tokens=100, messages=[{"role": "user", "content": "Hi"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == fake_openai.TEXT and final.stop_reason == "end_turn"
+
+
+def test_a_pass_through_stream_cut_short_is_still_charged(agents: Running) -> None:
+    key = agents.mint(name="cut")
+    body = {"model": "claude-cut", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    with httpx.stream("POST", f"{agents.url}/v1/messages", json=body, headers=headers) as response:
+        text = response.read().decode()
+    assert "message_start" in text and "message_delta" not in text
+    auth = {"authorization": f"Bearer {key}"}
+    for _ in range(50):  # the settlement is written in the background
+        lines = httpx.get(f"{agents.url}/v1/usage", headers=auth).json()["data"]
+        if lines:
+            break
+        time.sleep(0.05)
+    [line] = lines
+    assert line["input_tokens"] > 0 and line["output_tokens"] > 0 and line["cost_usd"] > 0
+
+
 # --- every other provider: translated, with what is dropped named ---------------------------------
 
 
@@ -322,10 +349,12 @@ def test_count_tokens_keeps_to_the_keys_models(agents: Running) -> None:
 
 def test_models_come_in_anthropics_shape_for_anthropic_clients(client: anthropic.Anthropic, agents: Running) -> None:
     page = client.models.list(limit=2)
-    assert [m.id for m in page.data] == ["bedrock-claude", "claude"] and page.has_more
-    assert page.data[0].type == "model" and page.data[0].display_name == "bedrock-claude"
-    following = client.models.list(limit=2, after_id="claude")
+    assert [m.id for m in page.data] == ["azure-gpt", "bedrock-claude"] and page.has_more
+    assert page.data[0].type == "model" and page.data[0].display_name == "azure-gpt"
+    following = client.models.list(limit=2, after_id="claude-cut")
     assert [m.id for m in following.data] == ["claude-then-gpt", "gemini"]
+    earlier = client.models.list(limit=2, before_id="claude-cut")
+    assert [m.id for m in earlier.data] == ["bedrock-claude", "claude"] and earlier.has_more
     key = client.api_key
     openai_shape = httpx.get(f"{agents.url}/v1/models", headers={"authorization": f"Bearer {key}"}).json()
     assert openai_shape["object"] == "list" and openai_shape["data"][0]["object"] == "model"
