@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from adapters.providers import reasoning
 from adapters.providers.params import Rule, apply_rules, cache_control, require_turns, thinking_blocks
 from handler.errors import InvalidRequestError, UpstreamError
+from handler.messages_api import API as MESSAGES_API
+from handler.messages_api import FORWARDED_HEADERS
 from handler.ports import (
     BuiltRequest,
     NativeCall,
@@ -79,9 +81,6 @@ TRANSLATED = frozenset(
         "thinking",
     }
 )
-MESSAGES_API = "anthropic.messages"
-# Client headers a Messages request carries that Anthropic must see unchanged.
-FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
 # Claude models that take `thinking: {"type": "adaptive"}`; older thinking models get a budget instead.
 ADAPTIVE_FRAGMENTS = ("claude-opus-4-6", "claude-sonnet-4-6", "claude-opus-4-7", "claude-sonnet-4-7")
 

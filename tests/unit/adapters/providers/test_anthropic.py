@@ -10,9 +10,15 @@ import pytest
 
 from adapters.providers import REGISTRY
 from adapters.providers.anthropic import AnthropicAdapter
-from adapters.providers.anthropic.adapter import JSON_OBJECT_INSTRUCTION, JSON_TOOL, AnthropicStreamParser
+from adapters.providers.anthropic.adapter import (
+    JSON_OBJECT_INSTRUCTION,
+    JSON_TOOL,
+    MESSAGES_API,
+    AnthropicStreamParser,
+    MessagesMeter,
+)
 from handler.errors import InvalidRequestError, UpstreamError
-from handler.ports import SSEDecoder, StreamEvent, Target
+from handler.ports import NativeCall, SSEDecoder, StreamEvent, Target
 from handler.schemas import ChatRequest, Usage
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "anthropic"
@@ -561,3 +567,47 @@ def test_error_without_an_anthropic_body_keeps_a_readable_message() -> None:
 def test_parallel_tool_calls_without_tools_is_harmless() -> None:
     body, dropped = built(request(parallel_tool_calls=False))
     assert "tool_choice" not in body and "tools" not in body and dropped == []
+
+
+def test_a_native_request_keeps_the_body_and_the_clients_anthropic_headers() -> None:
+    body = {"model": "public", "max_tokens": 9000, "messages": [{"role": "system", "content": "x"}], "betaish": 1}
+    headers = {"anthropic-beta": "a-1,b-2", "anthropic-version": "2099-01-01"}
+    call = NativeCall(MESSAGES_API, body, headers)
+    built = adapter().native_request(call, target(), stream=True, output_limit=4000)
+    assert orjson.loads(built.request.body) == {**body, "model": MODEL, "max_tokens": 4000}
+    assert built.request.headers["anthropic-beta"] == "a-1,b-2"
+    assert built.request.headers["anthropic-version"] == "2099-01-01" and built.dropped == []
+    uncapped = adapter().native_request(call, target(), stream=True, output_limit=None)
+    assert orjson.loads(uncapped.request.body)["max_tokens"] == 9000
+
+
+def test_the_native_meter_reads_cache_usage_and_estimates_a_cut_stream() -> None:
+    meter = MessagesMeter()
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "m",
+            "type": "message",
+            "role": "assistant",
+            "model": MODEL,
+            "content": [],
+            "usage": {
+                "input_tokens": 10,
+                "cache_creation_input_tokens": 20,
+                "cache_read_input_tokens": 30,
+                "output_tokens": 1,
+            },
+        },
+    }
+    meter.feed(StreamEvent("message_start", orjson.dumps(start)))
+    delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x" * 400}}
+    meter.feed(StreamEvent("content_block_delta", orjson.dumps(delta)))
+    assert meter.usage is not None and meter.usage.completion_tokens > 1  # estimated while cut short
+    assert (meter.usage.prompt_tokens, meter.usage.cached_tokens, meter.usage.cache_write_tokens) == (60, 30, 20)
+    end = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 7}}
+    meter.feed(StreamEvent("message_delta", orjson.dumps(end)))
+    assert meter.usage.completion_tokens == 7 and meter.usage.prompt_tokens == 60
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    with pytest.raises(UpstreamError) as raised:
+        meter.feed(StreamEvent("error", orjson.dumps(error)))
+    assert raised.value.upstream_status == 529 and raised.value.retryable

@@ -76,3 +76,17 @@ def test_stream_passes_reasoning_deltas_and_usage() -> None:
     chunks = [c for e in decoder.feed(raw) + decoder.finish() for c in parser.feed(e)] + parser.finish()
     assert "".join(c.choices[0].delta.reasoning_content or "" for c in chunks if c.choices)
     assert parser.usage is not None and parser.usage.prompt_tokens == 13
+
+
+def test_a_messages_clients_thinking_goes_back_as_reasoning_content_and_the_switch() -> None:
+    thinking = [{"type": "thinking", "thinking": "Call the tool.", "signature": "s"}]
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "thinking_blocks": thinking, "reasoning_content": "Call the tool."},
+        {"role": "user", "content": "and now?"},
+    ]
+    req = request(messages=messages, thinking={"type": "adaptive", "effort": "high"})
+    built = adapter().chat_request(req, target(), stream=False)
+    body = orjson.loads(built.request.body)
+    assert body["messages"][1] == {"role": "assistant", "content": None, "reasoning_content": "Call the tool."}
+    assert body["thinking"] == {"type": "enabled"} and built.dropped == []
