@@ -50,6 +50,8 @@ GENERATION_FIELDS = {
 }
 METHODS = {"generateContent", "streamGenerateContent", "batchEmbedContents", "countTokens"}
 THINKING_FIELDS = {"thinkingBudget", "thinkingLevel", "includeThoughts"}
+# Gemini 3 signs its function calls and refuses a history whose calls come back without their signature.
+CALL_SIGNATURE = "CiQBcsjafake+thought/signature=="
 
 
 def _error(
@@ -101,6 +103,17 @@ def _validate(body: dict[str, Any]) -> Response | None:
     return None
 
 
+def _unsigned_call(model: str, body: dict[str, Any]) -> str | None:
+    if "gemini-3" not in model:
+        return None
+    for i, content in enumerate(body.get("contents") or []):
+        calls = [part for part in content.get("parts") or [] if "functionCall" in part]
+        if calls and "thoughtSignature" not in calls[0]:
+            name = calls[0]["functionCall"].get("name")
+            return f"Function call `{name}` in the `{i}.` content block is missing a `thought_signature`."
+    return None
+
+
 def _agent_turn(body: dict[str, Any]) -> str | None:
     names = [str(d.get("name")) for tool in body.get("tools") or [] for d in tool.get("functionDeclarations") or []]
     answered = any("functionResponse" in part for c in body.get("contents") or [] for part in c.get("parts") or [])
@@ -116,6 +129,13 @@ def _function_call(body: dict[str, Any]) -> dict[str, Any] | None:
         return None
     allowed = config.get("allowedFunctionNames") or [declarations[0]["name"]]
     return {"name": allowed[0], "args": CALL_ARGS}
+
+
+def _call_part(model: str, call: dict[str, Any]) -> dict[str, Any]:
+    part: dict[str, Any] = {"functionCall": call}
+    if "gemini-3" in model:
+        part["thoughtSignature"] = CALL_SIGNATURE
+    return part
 
 
 def _usage(body: dict[str, Any], candidates: int, thoughts: int) -> dict[str, Any]:
@@ -207,6 +227,9 @@ def create_app() -> Starlette:
         failure = _validate(body)
         if failure is not None:
             return failure
+        unsigned = _unsigned_call(model, body)
+        if unsigned:
+            return _invalid(unsigned)
         if "bad-json" in model:
             return Response(b"{not json", 200, media_type="application/json")
         call = _function_call(body)
@@ -215,7 +238,7 @@ def create_app() -> Starlette:
                 return _invalid("the fake only streams with alt=sse")
             return StreamingResponse(_stream(model, body, call), media_type="text/event-stream")
         text = agent.ANSWER if _agent_turn(body) == "answer" else TEXT
-        parts = [{"functionCall": call}] if call else [{"text": text}]
+        parts = [_call_part(model, call)] if call else [{"text": text}]
         answer = _answer(parts, _usage(body, 5, 2), "STOP")
         return Response(orjson.dumps(answer), media_type="application/json")
 
@@ -224,7 +247,7 @@ def create_app() -> Starlette:
             return b"data: " + orjson.dumps(payload) + b"\r\n\r\n"
 
         if call:
-            yield event(_answer([{"functionCall": call}], _usage(body, 5, 2), "STOP"))
+            yield event(_answer([_call_part(model, call)], _usage(body, 5, 2), "STOP"))
             return
         words = (agent.ANSWER if _agent_turn(body) == "answer" else TEXT).split(" ")
         for i, word in enumerate(words):

@@ -71,6 +71,7 @@ def agents_gateway(directory: Path) -> Iterator[Running]:
             "claude-cut": {"deployments": [{"provider": "anthropic", "model": "stream-cut"}], "price": CLAUDE_PRICE},
             "o4": {"deployments": [{"provider": "openai", "model": "o4-mini"}], "price": PRICE},
             "gemini": {"deployments": [{"provider": "gemini", "model": "gemini-2.5-flash"}], "price": PRICE},
+            "gemini-3": {"deployments": [{"provider": "gemini", "model": "gemini-3-pro-preview"}], "price": PRICE},
             "bedrock-claude": {
                 "deployments": [{"provider": "bedrock", "model": BEDROCK_CLAUDE, "region": fake_bedrock.REGION}],
                 "price": CLAUDE_PRICE,

@@ -58,6 +58,7 @@ def requests_since(running: Running, provider: str, start: int) -> list[dict[str
         ("gpt", "openai"),
         ("o4", "openai"),
         ("gemini", "gemini"),
+        ("gemini-3", "gemini"),
         ("bedrock-claude", "bedrock"),
         ("azure-gpt", "azure"),
     ],

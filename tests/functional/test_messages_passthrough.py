@@ -20,6 +20,7 @@ import pytest
 
 from tests.fakes import anthropic as fake_anthropic
 from tests.fakes import bedrock as fake_bedrock
+from tests.fakes import gemini as fake_gemini
 from tests.fakes import openai as fake_openai
 from tests.functional.agents_gateway import CLAUDE, agents_gateway
 from tests.functional.conftest import Running
@@ -358,3 +359,19 @@ def test_models_come_in_anthropics_shape_for_anthropic_clients(client: anthropic
     key = client.api_key
     openai_shape = httpx.get(f"{agents.url}/v1/models", headers={"authorization": f"Bearer {key}"}).json()
     assert openai_shape["object"] == "list" and openai_shape["data"][0]["object"] == "model"
+
+
+def test_gemini_3s_call_signature_comes_back_with_the_call(agents: Running, client: anthropic.Anthropic) -> None:
+    ask: Any = [{"role": "user", "content": "Write hi"}]
+    first = client.messages.create(model="gemini-3", max_tokens=500, tools=[BASH_TOOL], messages=ask)
+    call = first.content[0]
+    assert call.type == "tool_use" and call.name == "Bash"
+    history: Any = [
+        *ask,
+        {"role": "assistant", "content": [{"type": "tool_use", "id": call.id, "name": "Bash", "input": call.input}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "done"}]},
+    ]
+    final = client.messages.create(model="gemini-3", max_tokens=500, tools=[BASH_TOOL], messages=history)
+    assert final.content[0].type == "text"
+    parts = last(agents, "gemini")["json"]["contents"][1]["parts"]
+    assert parts[0]["thoughtSignature"] == fake_gemini.CALL_SIGNATURE

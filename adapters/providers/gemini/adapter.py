@@ -229,7 +229,32 @@ def _json_object(raw: str, key: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {key: value}
 
 
-def _contents(req: ChatRequest, dropped: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+# Gemini's thought signature of a function call rides in the call's id through clients that know nothing of it
+# (an OpenAI `tool_calls[].id`, an Anthropic `tool_use.id`: letters, digits, `_` and `-`), so it goes back
+# with the call on the next turn, as Gemini 3 requires.
+SIGNATURE_MARK = "__gts_"
+# Gemini's documented stand-in for a call whose signature was never seen (a history from another model).
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+
+
+def signed_call_id(call_id: str, signature: str | None) -> str:
+    """`call_id` carrying `signature` (base64) in URL-safe base64, or `call_id` itself."""
+    if not signature:
+        return call_id
+    return call_id + SIGNATURE_MARK + signature.replace("+", "-").replace("/", "_").rstrip("=")
+
+
+def call_signature(call_id: str) -> str | None:
+    """The thought signature a call id carries, back in standard base64."""
+    _, mark, encoded = call_id.partition(SIGNATURE_MARK)
+    if not mark or not encoded:
+        return None
+    return encoded.replace("-", "+").replace("_", "/") + "=" * (-len(encoded) % 4)
+
+
+def _contents(
+    req: ChatRequest, dropped: list[str], model: str = ""
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """`contents` and `systemInstruction` from the OpenAI messages."""
     system: list[dict[str, Any]] = []
     contents: list[dict[str, Any]] = []
@@ -252,10 +277,16 @@ def _contents(req: ChatRequest, dropped: list[str]) -> tuple[list[dict[str, Any]
             if thinking_blocks(message) and "messages.thinking" not in dropped:
                 dropped.append("messages.thinking")  # Claude's signed thinking means nothing to Gemini
             parts = _content_parts(message.content, dropped)
-            for call in message.tool_calls or ():
+            for position, call in enumerate(message.tool_calls or ()):
                 call_names[call.id] = call.function.name
                 args = _json_object(call.function.arguments, "arguments")
-                parts.append({"functionCall": {"name": call.function.name, "args": args}})
+                part: dict[str, Any] = {"functionCall": {"name": call.function.name, "args": args}}
+                signature = call_signature(call.id)
+                if signature is None and position == 0 and "gemini-3" in model:
+                    signature = SKIP_SIGNATURE
+                if signature is not None:
+                    part["thoughtSignature"] = signature
+                parts.append(part)
             add("model", parts)
         else:
             add("user", [_function_response(message, call_names)])
@@ -392,9 +423,11 @@ def _tool_call(part: Mapping[str, Any], index: int) -> ToolCall | None:
     if not isinstance(call, dict):
         return None
     args = orjson.dumps(call.get("args") or {}).decode()
-    return ToolCall(
-        id=str(call.get("id") or call_id(index)), function=FunctionCall(name=str(call["name"]), arguments=args)
+    signature = part.get("thoughtSignature")
+    identifier = signed_call_id(
+        str(call.get("id") or call_id(index)), signature if isinstance(signature, str) else None
     )
+    return ToolCall(id=identifier, function=FunctionCall(name=str(call["name"]), arguments=args))
 
 
 def _block_message(data: Mapping[str, Any]) -> str | None:
@@ -511,7 +544,7 @@ class GeminiAdapter(ProviderAdapter):
     def chat_body(self, req: ChatRequest, target: Target) -> tuple[dict[str, Any], list[str]]:
         """The `GenerateContentRequest` and the client parameters it could not carry."""
         dropped: list[str] = []
-        contents, system = _contents(req, dropped)
+        contents, system = _contents(req, dropped, target.model)
         require_turns(contents, "Gemini")
         body: dict[str, Any] = {"contents": contents}
         if system is not None:

@@ -12,7 +12,7 @@ import pytest
 
 from adapters.providers import REGISTRY
 from adapters.providers.gemini import GeminiAdapter
-from adapters.providers.gemini.adapter import GeminiStreamParser
+from adapters.providers.gemini.adapter import GeminiStreamParser, call_signature, signed_call_id
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import SSEDecoder, StreamEvent, Target
 from handler.schemas import ChatRequest, EmbeddingsRequest, Usage
@@ -505,3 +505,25 @@ def test_embeddings_response_in_order_as_floats_or_base64() -> None:
     assert struct.unpack("<4f", base64.b64decode(encoded)) == pytest.approx(
         [-0.021315768, 0.0127201, 0.0081643835, -0.03429174]
     )
+
+
+def test_a_calls_thought_signature_rides_in_its_id_and_goes_back() -> None:
+    signature = "CiQB+/xz9A=="
+    identifier = signed_call_id("call_0_ab", signature)
+    assert identifier.replace("_", "").replace("-", "").isalnum() and call_signature(identifier) == signature
+    messages = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "tool_calls": [{"id": identifier, "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": identifier, "content": "ok"},
+        {
+            "role": "assistant",
+            "tool_calls": [{"id": "call_from_elsewhere", "function": {"name": "f", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "call_from_elsewhere", "content": "ok"},
+    ]
+    result = adapter().chat_request(request(messages=messages), target("gemini-3-flash"), stream=False)
+    contents = orjson.loads(result.request.body)["contents"]
+    assert contents[1]["parts"][0]["thoughtSignature"] == signature
+    assert contents[3]["parts"][0]["thoughtSignature"] == "skip_thought_signature_validator"
+    older = adapter().chat_request(request(messages=messages[:3]), target("gemini-2.5-flash"), stream=False)
+    assert orjson.loads(older.request.body)["contents"][1]["parts"][0]["thoughtSignature"] == signature
