@@ -296,10 +296,12 @@ class ProviderAdapter(ABC):
 
     # --- token counting -----------------------------------------------------------------------
 
-    counts_tokens: ClassVar[bool] = False
+    def counts_tokens(self, target: Target) -> bool:
+        """Whether the provider counts a prompt's tokens for this deployment's model."""
+        return False
 
     def count_tokens_request(self, call: NativeCall, req: ChatRequest, target: Target) -> BuiltRequest:
-        """The provider's own token-counting request for a prompt (`counts_tokens` adapters only)."""
+        """The provider's own token-counting request for a prompt (where `counts_tokens`)."""
         raise NotImplementedError(f"provider type '{self.type_name}' does not count tokens")
 
     def count_tokens_response(self, body: bytes) -> int:

@@ -234,7 +234,7 @@ class Pipeline:
         no count (the route then estimates). Free at the providers, so neither admitted nor settled."""
         plan = self.gateway.router.plan(req.model, ex.controls.route)
         kind = plan[0].target.provider_type
-        counting = [a for a in plan if a.target.provider_type == kind and a.adapter.counts_tokens]
+        counting = [a for a in plan if a.target.provider_type == kind and a.adapter.counts_tokens(a.target)]
         if not counting:
             return None
 
@@ -246,9 +246,9 @@ class Pipeline:
 
         try:
             return await self._deadline(ex, self._failover(ex, counting, build, accept))
-        except UpstreamError as err:
-            if isinstance(err, UpstreamTimeoutError) or err.retryable:
-                return None  # the provider's count is not to be had now: an estimate serves
+        except GatewayError as err:
+            if isinstance(err, UpstreamError) or isinstance(err.__cause__, UpstreamError):
+                return None  # the provider would not count (now, or this prompt): an estimate serves
             raise
 
     @staticmethod

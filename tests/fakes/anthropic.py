@@ -103,6 +103,21 @@ def _problem(body: dict[str, Any]) -> str | None:
     return None
 
 
+def _fault(faults: str) -> Response | None:
+    """The error a fault name in the model (or `metadata.user_id`) asks for."""
+    if "fail-429" in faults:
+        return _error(
+            429, "rate_limit_error", "Number of request tokens has exceeded your rate limit.", {"retry-after": "0"}
+        )
+    if "fail-500" in faults:
+        return _error(500, "api_error", "Internal server error")
+    if "fail-529" in faults:
+        return _error(529, "overloaded_error", "Overloaded")
+    if "fail-400" in faults:
+        return _error(400, "invalid_request_error", "messages: text content blocks must be non-empty")
+    return None
+
+
 def _tool_name(body: dict[str, Any]) -> str | None:
     tools = body.get("tools") or []
     choice = body.get("tool_choice") or {}
@@ -167,6 +182,9 @@ def create_app() -> Starlette:
             return failure
         if "max_tokens" in body:
             return _error(400, "invalid_request_error", "max_tokens: Extra inputs are not permitted")
+        fault = _fault(str(body.get("model", "")))
+        if fault is not None:
+            return fault
         return Response(orjson.dumps({"input_tokens": input_tokens(body)}), media_type="application/json")
 
     async def messages(request: Request) -> Response:
@@ -175,16 +193,9 @@ def create_app() -> Starlette:
             return failure
         model = str(body.get("model", ""))
         faults = f"{model} {(body.get('metadata') or {}).get('user_id', '')}"
-        if "fail-429" in faults:
-            return _error(
-                429, "rate_limit_error", "Number of request tokens has exceeded your rate limit.", {"retry-after": "0"}
-            )
-        if "fail-500" in faults:
-            return _error(500, "api_error", "Internal server error")
-        if "fail-529" in faults:
-            return _error(529, "overloaded_error", "Overloaded")
-        if "fail-400" in faults:
-            return _error(400, "invalid_request_error", "messages: text content blocks must be non-empty")
+        fault = _fault(faults)
+        if fault is not None:
+            return fault
         problem = _problem(body)
         if problem:
             return _error(400, "invalid_request_error", problem)

@@ -272,8 +272,31 @@ def create_app() -> Starlette:
 
         return StreamingResponse(frames(), media_type="application/vnd.amazon.eventstream")
 
+    async def count_tokens(request: Request) -> Response:
+        raw = await request.body()
+        raw_path = request.scope["raw_path"].decode()
+        headers = dict(request.headers)
+        body = orjson.loads(raw) if raw else {}
+        model = urllib.parse.unquote(raw_path.split("/")[2])
+        requests.append({"path": raw_path, "model": model, "headers": headers, "json": body})
+        problem = verify_sigv4("POST", raw_path, request.url.query, headers, raw)
+        if problem is not None:
+            return _error(403, "InvalidSignatureException", problem)
+        if "anthropic.claude" not in model:
+            return _error(400, "ValidationException", "The provided model doesn't support counting tokens.")
+        converse = (body.get("input") or {}).get("converse")
+        if set(body) != {"input"} or not isinstance(converse, dict) or set(converse) - {"messages", "system"}:
+            return _error(
+                400, "ValidationException", "Malformed input request: input must be one of converse, invokeModel"
+            )
+        invalid = _invalid(converse)
+        if invalid is not None:
+            return _error(400, "ValidationException", invalid)
+        return Response(orjson.dumps({"inputTokens": len(orjson.dumps(converse)) // 4}), media_type="application/json")
+
     app = Starlette(
         routes=[
+            Route("/model/{model_id:str}/count-tokens", count_tokens, methods=["POST"]),
             Route("/model/{model_id:str}/converse", converse, methods=["POST"]),
             Route("/model/{model_id:str}/converse-stream", converse_stream, methods=["POST"]),
         ]

@@ -323,9 +323,19 @@ def test_count_tokens_asks_anthropic_and_gemini_and_estimates_elsewhere(
     request = last(agents, "gemini")
     assert request["method"] == "countTokens" and gemini.input_tokens > 0
 
+    bedrock = client.messages.count_tokens(model="bedrock-claude", system=SYSTEM, messages=messages)
+    request = last(agents, "bedrock")
+    assert request["path"].endswith("/count-tokens") and request["json"]["input"]["converse"]["messages"] == [
+        {"role": "user", "content": [{"text": "How many tokens is this?"}]}
+    ]
+    assert bedrock.input_tokens == len(orjson.dumps(request["json"]["input"]["converse"])) // 4
+
     raw = client.messages.with_raw_response.count_tokens(model="gpt", messages=messages)
     assert raw.headers["x-gateway-estimate"] == "true"
     assert raw.parse().input_tokens > 0 and orjson.loads(raw.http_response.content)["estimate"] is True
+    # Anthropic failing to count: an estimate, said to be one, rather than an error.
+    failed = client.messages.with_raw_response.count_tokens(model="claude-then-gpt", messages=messages)
+    assert failed.headers["x-gateway-estimate"] == "true" and failed.headers["x-gateway-route"].endswith("=500")
 
 
 def test_count_tokens_is_not_charged(agents: Running) -> None:

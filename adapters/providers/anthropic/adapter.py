@@ -674,7 +674,9 @@ class AnthropicAdapter(ProviderAdapter):
     # --- the Messages API passed through --------------------------------------------------------
 
     native_apis = frozenset({MESSAGES_API})
-    counts_tokens = True
+
+    def counts_tokens(self, target: Target) -> bool:
+        return True
 
     def native_headers(self, call: NativeCall) -> dict[str, str]:
         """The adapter's headers with the client's `anthropic-version` and `anthropic-beta` as it sent them."""

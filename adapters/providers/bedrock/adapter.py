@@ -40,6 +40,7 @@ from adapters.sigv4 import Signer
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
 from handler.ports import (
     BuiltRequest,
+    NativeCall,
     ProviderAdapter,
     StreamEvent,
     Target,
@@ -583,6 +584,27 @@ class BedrockAdapter(ProviderAdapter):
             choices=[Choice(message=reply, finish_reason=finish)],
             usage=usage_of(data.get("usage")),
         )
+
+    def counts_tokens(self, target: Target) -> bool:
+        # Bedrock's CountTokens serves Anthropic's models only.
+        return reasoning.reasons(target.model, ("anthropic.claude",))
+
+    def count_tokens_request(self, call: NativeCall, req: ChatRequest, target: Target) -> BuiltRequest:
+        """Bedrock's CountTokens for the Converse request this prompt would be."""
+        body, _ = self.chat_body(req)
+        converse = {name: body[name] for name in ("messages", "system") if name in body}
+        payload = orjson.dumps({"input": {"converse": converse}})
+        request = UpstreamRequest(
+            "POST", self.url(target, "count-tokens"), {"content-type": "application/json"}, payload
+        )
+        sign(request, aws_region(target.region), process_credentials())
+        return BuiltRequest(request)
+
+    def count_tokens_response(self, body: bytes) -> int:
+        data = json_body(body)
+        if not isinstance(data, dict) or not isinstance(data.get("inputTokens"), int):
+            raise malformed("upstream answered CountTokens without inputTokens")
+        return int(data["inputTokens"])
 
     def frame_decoder(self) -> EventStreamDecoder:
         return EventStreamDecoder(stream_exception)

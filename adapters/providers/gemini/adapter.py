@@ -618,7 +618,8 @@ class GeminiAdapter(ProviderAdapter):
     def stream_parser(self, req: ChatRequest, target: Target) -> GeminiStreamParser:
         return GeminiStreamParser(target.model)
 
-    counts_tokens = True
+    def counts_tokens(self, target: Target) -> bool:
+        return True
 
     def count_tokens_request(self, call: NativeCall, req: ChatRequest, target: Target) -> BuiltRequest:
         """Gemini's `countTokens` for the whole request (contents, system instruction, tools)."""
