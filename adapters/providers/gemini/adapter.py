@@ -104,6 +104,8 @@ STRUCTURAL = frozenset(
 )
 # Gemini 2.5's `thinkingBudget` for "think as much as the prompt needs".
 DYNAMIC_BUDGET = -1
+# Gemini 3 Pro takes only `low` and `high` (Flash all four levels); the nearest of them.
+PRO_LEVELS = {"minimal": "low", "medium": "high"}
 
 FINISH_REASONS: dict[str, FinishReason] = {
     "STOP": "stop",
@@ -355,11 +357,16 @@ def thinking_config(req: ChatRequest, model: str, dropped: list[str]) -> dict[st
             dropped.append("thinking" if req.thinking is not None else "reasoning_effort")
         return None
     config: dict[str, Any] = {}
+    pro = "pro" in model
     if "gemini-3" in model:
-        if wish.off:
-            config["thinkingLevel"] = reasoning.BY_EFFORT["none"].gemini_level
-        elif wish.level is not None:
-            config["thinkingLevel"] = wish.level.gemini_level
+        level = reasoning.BY_EFFORT["none"] if wish.off else wish.level
+        if level is not None:
+            config["thinkingLevel"] = (
+                PRO_LEVELS.get(level.gemini_level, level.gemini_level) if pro else level.gemini_level
+            )
+    elif wish.off and pro:
+        dropped.append("thinking" if req.thinking is not None else "reasoning_effort")  # 2.5 Pro always thinks
+        return None
     elif wish.off:
         config["thinkingBudget"] = 0
     elif wish.budget is not None:
