@@ -41,6 +41,7 @@ MAPPED = frozenset(
     }
 )
 OUTPUT_CONFIG_MAPPED = frozenset({"effort", "format"})
+TOOL_MAPPED = frozenset({"cache_control", "strict"})
 
 
 class _Open(BaseModel):
@@ -272,6 +273,10 @@ class Translation:
             extra = tool.model_extra or {}
             if isinstance(extra.get("cache_control"), dict):
                 entry["cache_control"] = extra["cache_control"]
+            if isinstance(extra.get("strict"), bool):
+                function["strict"] = extra["strict"]
+            for name in sorted(set(extra) - TOOL_MAPPED):
+                self.drop(f"tools.{name}")  # `defer_loading`, `input_examples`, ...: Anthropic's tool features
             translated.append(entry)
         return translated
 

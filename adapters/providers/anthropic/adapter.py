@@ -695,6 +695,14 @@ class AnthropicAdapter(ProviderAdapter):
             not isinstance(body.get("max_tokens"), int) or body["max_tokens"] > output_limit
         ):
             body["max_tokens"] = output_limit
+            thinking = body.get("thinking")
+            if isinstance(thinking, dict) and isinstance(thinking.get("budget_tokens"), int):
+                # Anthropic wants the thinking budget below `max_tokens`: the budget's cap lowers both.
+                if thinking["budget_tokens"] >= output_limit:
+                    if output_limit - 1 >= reasoning.MIN_THINKING_BUDGET:
+                        body["thinking"] = {**thinking, "budget_tokens": output_limit - 1}
+                    else:
+                        del body["thinking"]
         request = UpstreamRequest("POST", self.messages_url(target), self.native_headers(call), orjson.dumps(body))
         return BuiltRequest(request)
 

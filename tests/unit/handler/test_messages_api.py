@@ -135,3 +135,10 @@ def test_count_requests_need_no_max_tokens() -> None:
 def test_a_named_tool_choice_needs_its_name() -> None:
     with pytest.raises(InvalidRequestError):
         translate(tools=[{"name": "a", "input_schema": {"type": "object"}}], tool_choice={"type": "tool"})
+
+
+def test_tool_features_without_an_equivalent_are_named() -> None:
+    tools = [{"name": "f", "input_schema": {"type": "object"}, "strict": True, "defer_loading": True}]
+    req, dropped = translate(tools=tools)
+    assert req.tools is not None and req.tools[0].function.strict is True
+    assert dropped == ["tools.defer_loading"]

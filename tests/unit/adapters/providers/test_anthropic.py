@@ -611,3 +611,11 @@ def test_the_native_meter_reads_cache_usage_and_estimates_a_cut_stream() -> None
     with pytest.raises(UpstreamError) as raised:
         meter.feed(StreamEvent("error", orjson.dumps(error)))
     assert raised.value.upstream_status == 529 and raised.value.retryable
+
+
+def test_a_budget_cap_below_the_thinking_budget_lowers_it_or_turns_thinking_off() -> None:
+    body = {"model": "m", "max_tokens": 20000, "thinking": {"type": "enabled", "budget_tokens": 10000}, "messages": []}
+    lowered = adapter().native_request(NativeCall(MESSAGES_API, body), target(), stream=False, output_limit=4000)
+    assert orjson.loads(lowered.request.body)["thinking"] == {"type": "enabled", "budget_tokens": 3999}
+    off = adapter().native_request(NativeCall(MESSAGES_API, body), target(), stream=False, output_limit=1000)
+    assert "thinking" not in orjson.loads(off.request.body)
