@@ -21,7 +21,7 @@ import hmac
 import struct
 import urllib.parse
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -192,6 +192,14 @@ def _invalid(body: dict[str, Any]) -> str | None:
     return None
 
 
+def _invalid_count(body: dict[str, Any]) -> str | None:
+    """A CountTokens body: `{"input": {"converse": {messages, system}}}`, the Converse part as Converse checks it."""
+    converse = (body.get("input") or {}).get("converse")
+    if set(body) != {"input"} or not isinstance(converse, dict) or set(converse) - {"messages", "system"}:
+        return "Malformed input request: input must be one of converse, invokeModel"
+    return _invalid(converse)
+
+
 def answer_for(body: dict[str, Any]) -> dict[str, Any]:
     """A Converse answer: a `toolUse` when a tool is forced, the coding-agent exchange of `tests.fakes.agent`
     when a `Bash` tool is offered, else the fixed text."""
@@ -226,7 +234,9 @@ def answer_for(body: dict[str, Any]) -> dict[str, Any]:
 def create_app() -> Starlette:
     requests: list[dict[str, Any]] = []
 
-    async def guard(request: Request) -> tuple[str, dict[str, Any] | None, Response | None]:
+    async def guard(
+        request: Request, validate: Callable[[dict[str, Any]], str | None] = _invalid
+    ) -> tuple[str, dict[str, Any] | None, Response | None]:
         raw = await request.body()
         raw_path = request.scope["raw_path"].decode()
         headers = dict(request.headers)
@@ -246,7 +256,7 @@ def create_app() -> Starlette:
             return model, None, _error(400, "ValidationException", "The provided model identifier is invalid.")
         if "fail-500" in model:
             return model, None, _error(500, "InternalServerException", "The server encountered an internal error.")
-        invalid = _invalid(body)
+        invalid = validate(body)
         if invalid is not None:
             return model, None, _error(400, "ValidationException", invalid)
         return model, body, None
@@ -273,26 +283,13 @@ def create_app() -> Starlette:
         return StreamingResponse(frames(), media_type="application/vnd.amazon.eventstream")
 
     async def count_tokens(request: Request) -> Response:
-        raw = await request.body()
-        raw_path = request.scope["raw_path"].decode()
-        headers = dict(request.headers)
-        body = orjson.loads(raw) if raw else {}
-        model = urllib.parse.unquote(raw_path.split("/")[2])
-        requests.append({"path": raw_path, "model": model, "headers": headers, "json": body})
-        problem = verify_sigv4("POST", raw_path, request.url.query, headers, raw)
-        if problem is not None:
-            return _error(403, "InvalidSignatureException", problem)
+        model, body, failure = await guard(request, _invalid_count)
+        if failure is not None or body is None:
+            return failure or _error(400, "ValidationException", "no body")
         if "anthropic.claude" not in model:
             return _error(400, "ValidationException", "The provided model doesn't support counting tokens.")
-        converse = (body.get("input") or {}).get("converse")
-        if set(body) != {"input"} or not isinstance(converse, dict) or set(converse) - {"messages", "system"}:
-            return _error(
-                400, "ValidationException", "Malformed input request: input must be one of converse, invokeModel"
-            )
-        invalid = _invalid(converse)
-        if invalid is not None:
-            return _error(400, "ValidationException", invalid)
-        return Response(orjson.dumps({"inputTokens": len(orjson.dumps(converse)) // 4}), media_type="application/json")
+        tokens = len(orjson.dumps(body["input"]["converse"])) // 4
+        return Response(orjson.dumps({"inputTokens": tokens}), media_type="application/json")
 
     app = Starlette(
         routes=[
