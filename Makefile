@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck unit bench tools clean sam-check
+.PHONY: serve test lint typecheck unit bench tools claude-code clean sam-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,20 @@ tools:
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	fi
 
-test: $(STAMP) tools lint
+# Claude Code, the real CLI tests/functional/test_claude_code.py drives through the gateway, at a pinned version.
+# npm holds back the package's install script, which puts the platform's native binary in place: run it here.
+CLAUDE_CODE_VERSION := 2.1.332
+CLAUDE_CODE_DIR     := .tools/claude
+CLAUDE_CODE_STAMP   := $(CLAUDE_CODE_DIR)/.installed-$(CLAUDE_CODE_VERSION)
+
+$(CLAUDE_CODE_STAMP):
+	npm install --prefix $(CLAUDE_CODE_DIR) --no-audit --no-fund --loglevel=error @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
+	cd $(CLAUDE_CODE_DIR)/node_modules/@anthropic-ai/claude-code && node install.cjs
+	touch $@
+
+claude-code: $(CLAUDE_CODE_STAMP)
+
+test: $(STAMP) tools claude-code lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 # The full benchmark (a few minutes): the gateway against nginx directly, wrk at 1, 8 and 64 connections.

@@ -29,11 +29,10 @@ from handler.errors import (
 from handler.gateway import Gateway
 from handler.key_routes import KeyRoutes
 from handler.keys import allows_model
-from handler.messages_api import MessagesRequest, anthropic_events, to_chat_request, to_message
+from handler.messages_routes import MessagesRoutes, allowed_models, anthropic_models
 from handler.observability import observe, observe_failure
 from handler.openapi import openapi_json
 from handler.ports import KeyRecord, StoreError
-from handler.pricing import estimate_prompt_tokens
 from handler.proxy import ChunkStream, Controls, Exchange, Pipeline
 from handler.redaction import scrub
 from handler.routing import RouteControls
@@ -101,6 +100,10 @@ class Api:
         return json_response(payload, status)
 
     async def parse(self, request: Request, model: type[M], *, empty_ok: bool = False) -> M:
+        return self.validate(model, await self.parse_json(request, empty_ok=empty_ok))
+
+    async def parse_json(self, request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
+        """The request's JSON object body, checked for size, type and depth but not yet validated."""
         content_type = request.headers.get("content-type", JSON).split(";", 1)[0].strip().lower()
         if content_type and content_type != JSON and not content_type.endswith("+json"):
             raise InvalidRequestError(f"content-type must be application/json, not '{content_type}'")
@@ -116,6 +119,10 @@ class Api:
         # Nesting needs an opening bracket per level: a body with few cannot be too deep (no walk).
         if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and nested_deeper_than(data, MAX_JSON_DEPTH):
             raise InvalidRequestError(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+        return data
+
+    def validate(self, model: type[M], data: dict[str, Any]) -> M:
+        """`data` as `model`, or the client's 400 naming the first problem."""
         try:
             return model.model_validate(data)
         except ValidationError as exc:
@@ -185,8 +192,11 @@ class Api:
         return json_response({"status": "ok", "region": self.gateway.region})
 
     async def models(self, request: Request) -> Response:
-        await self.authenticate(request)
+        anthropic = "anthropic-version" in request.headers
+        await self.authenticate(request, allow_x_api_key=anthropic)
         lineage = self.lineage(request)
+        if anthropic:
+            return json_response(anthropic_models(request, allowed_models(self, lineage, "chat")))
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "gateway", "kind": spec.kind}
             for name, spec in self.gateway.config.models.items()
@@ -221,20 +231,6 @@ class Api:
             return EventStream(openai_events(stream, include_usage), stream_headers(ex))
         completion = await self.pipeline.chat(req, ex)
         response = json_response(answer_json(completion), headers=ex.headers())
-        observe(ex, 200)
-        return response
-
-    async def messages(self, request: Request) -> Response:
-        key = await self.authenticate(request, allow_x_api_key=True)
-        body = await self.parse(request, MessagesRequest)
-        req, dropped = to_chat_request(body)
-        ex = self.exchange(request, key, req.model, dropped)
-        if req.stream:
-            stream = await self.pipeline.chat_stream(req, ex)
-            events = anthropic_events(stream, req.model, estimate_prompt_tokens(req))
-            return EventStream(events, stream_headers(ex))
-        completion = await self.pipeline.chat(req, ex)
-        response = json_response(to_message(completion, req.model, ex.cost), headers=ex.headers())
         observe(ex, 200)
         return response
 
@@ -434,6 +430,7 @@ def create_app(gateway: Gateway) -> GatewayApp:
     """The ASGI app for one gateway; build the gateway once per process and pass it in."""
     api = Api(gateway)
     keys = KeyRoutes(api)
+    anthropic = MessagesRoutes(api)
 
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
@@ -468,7 +465,8 @@ def create_app(gateway: Gateway) -> GatewayApp:
         Route("/v1/route", api.route, methods=["GET"]),
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),
-        Route("/v1/messages", api.messages, methods=["POST"]),
+        Route("/v1/messages", anthropic.messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", anthropic.count_tokens, methods=["POST"]),
         Route("/v1/key", keys.whoami, methods=["GET"]),
         Route("/v1/keys", keys.mint_child, methods=["POST"]),
         Route("/v1/usage", keys.usage, methods=["GET"]),
@@ -490,7 +488,7 @@ def create_app(gateway: Gateway) -> GatewayApp:
     app.state.gateway = gateway
     direct: dict[str, Handler] = {
         "/v1/chat/completions": api.chat_completions,
-        "/v1/messages": api.messages,
+        "/v1/messages": anthropic.messages,
         "/v1/embeddings": api.embeddings,
     }
     return GatewayApp(app, direct, errors)

@@ -1,61 +1,69 @@
-"""`POST /v1/messages`: the Anthropic Messages API in front of any model.
+"""The Anthropic Messages API front-end: the request model, and its translation to the internal form.
 
-The Anthropic request becomes the internal (OpenAI-form) request, any provider serves it, and the
-answer or stream goes back out as an Anthropic message or event sequence. Fields with no internal
-equivalent are reported in `x-gateway-dropped-params` like any other parameter not honoured.
+A Messages request to an Anthropic deployment is not translated at all: it passes through as sent (see
+`handler.passthrough`). For every other provider it becomes the internal (OpenAI-form) request, keeping
+what the internal form can carry: system blocks with their `cache_control`, `system`-role messages inside
+`messages` (Claude Code sends them for models it does not know), `thinking` (enabled or adaptive) with
+`output_config.effort`, `output_config.format`, images and documents, and signed thinking blocks of earlier
+turns (on the internal message as `thinking_blocks`). What it cannot carry is named, for
+`x-gateway-dropped-params`. Rendering answers back out is in `handler.messages_out`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from handler.errors import GatewayError, InvalidRequestError
-from handler.observability import observe
-from handler.pricing import Cost
-from handler.proxy import ChunkStream
-from handler.schemas import ChatCompletion, ChatCompletionChunk, ChatRequest, Usage
-from handler.streaming import sse_event
+from handler.errors import InvalidRequestError
+from handler.schemas import ChatRequest
 
-STOP_REASONS = {
-    "stop": "end_turn",
-    "length": "max_tokens",
-    "tool_calls": "tool_use",
-    "function_call": "tool_use",
-    "content_filter": "refusal",
-}
-# Anthropic request fields the internal form carries as such; the rest are reported as dropped.
-MAPPED = {
-    "model",
-    "messages",
-    "system",
-    "max_tokens",
-    "stop_sequences",
-    "temperature",
-    "top_p",
-    "stream",
-    "tools",
-    "tool_choice",
-    "metadata",
-}
+API = "anthropic.messages"
+# Client headers Anthropic's API reads, forwarded unchanged to a deployment that speaks it.
+FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
+# Top-level Messages fields the internal form carries; any other the client set is named as dropped.
+MAPPED = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "max_tokens",
+        "stop_sequences",
+        "temperature",
+        "top_p",
+        "stream",
+        "tools",
+        "tool_choice",
+        "metadata",
+        "thinking",
+        "output_config",
+    }
+)
+OUTPUT_CONFIG_MAPPED = frozenset({"effort", "format"})
+TOOL_MAPPED = frozenset({"cache_control", "strict"})
 
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+Blocks = str | list[dict[str, Any]]
+
+
 class AnthropicMessage(_Open):
-    role: Literal["user", "assistant"]
-    content: str | list[dict[str, Any]]
+    # `system` is not Anthropic's own, but current Claude Code sends it for models it does not know.
+    role: Literal["user", "assistant", "system"]
+    content: Blocks
 
 
 class AnthropicTool(_Open):
+    """A client tool (`input_schema`), or a server tool (`type` such as `web_search_20250305`)."""
+
     name: str = Field(min_length=1)
+    type: str | None = None
     description: str | None = None
-    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    input_schema: dict[str, Any] | None = None
 
 
 class AnthropicToolChoice(_Open):
@@ -64,23 +72,51 @@ class AnthropicToolChoice(_Open):
     disable_parallel_tool_use: bool | None = None
 
 
-class MessagesRequest(_Open):
-    """An Anthropic Messages API request body."""
+class AnthropicThinking(_Open):
+    type: Literal["enabled", "adaptive", "disabled"]
+    budget_tokens: int | None = Field(default=None, ge=0)
+
+
+class OutputConfig(_Open):
+    effort: str | None = None
+    format: dict[str, Any] | None = None
+
+
+class MessagesCountRequest(_Open):
+    """An Anthropic `count_tokens` request body: a Messages request without `max_tokens`."""
 
     model: str = Field(min_length=1)
-    max_tokens: int = Field(ge=1)
     messages: list[AnthropicMessage] = Field(min_length=1)
-    system: str | list[dict[str, Any]] | None = None
+    system: Blocks | None = None
+    tools: list[AnthropicTool] | None = None
+    tool_choice: AnthropicToolChoice | None = None
+    thinking: AnthropicThinking | None = None
+    output_config: OutputConfig | None = None
+
+
+class MessagesRequest(MessagesCountRequest):
+    """An Anthropic Messages API request body."""
+
+    max_tokens: int = Field(ge=1)
     stop_sequences: list[str] | None = None
     temperature: float | None = Field(default=None, ge=0, le=1)
     top_p: float | None = Field(default=None, ge=0, le=1)
     stream: bool | None = None
-    tools: list[AnthropicTool] | None = None
-    tool_choice: AnthropicToolChoice | None = None
     metadata: dict[str, Any] | None = None
 
 
-def _text_of(blocks: str | list[dict[str, Any]] | None) -> str:
+def sent_fields(model: BaseModel) -> set[str]:
+    return set(model.model_fields_set | set(model.model_extra or {}))
+
+
+def _marked(part: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
+    """`part` with the block's cache marker, if it had one."""
+    if isinstance(block.get("cache_control"), dict):
+        part["cache_control"] = block["cache_control"]
+    return part
+
+
+def _text_of(blocks: Blocks | None) -> str:
     if blocks is None:
         return ""
     if isinstance(blocks, str):
@@ -88,263 +124,221 @@ def _text_of(blocks: str | list[dict[str, Any]] | None) -> str:
     return "".join(str(b.get("text", "")) for b in blocks if b.get("type") == "text")
 
 
-def _image_part(block: dict[str, Any]) -> dict[str, Any]:
-    source = block.get("source") or {}
-    if source.get("type") == "base64":
-        url = f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"
-    elif source.get("type") == "url":
-        url = str(source.get("url", ""))
-    else:
-        raise InvalidRequestError(f"image source type '{source.get('type')}' is not supported", param="messages")
-    return {"type": "image_url", "image_url": {"url": url}}
+class Translation:
+    """One Messages request on its way to the internal form; `dropped` collects what does not survive."""
 
+    def __init__(self) -> None:
+        self.dropped: list[str] = []
 
-def to_chat_request(req: MessagesRequest) -> tuple[ChatRequest, list[str]]:
-    """The internal request for an Anthropic one, and the Anthropic fields it cannot carry."""
-    dropped = sorted(set(req.model_fields_set | set(req.model_extra or {})) - MAPPED)
-    messages: list[dict[str, Any]] = []
-    system = _text_of(req.system)
-    if system:
-        messages.append({"role": "system", "content": system})
-    for i, message in enumerate(req.messages):
-        blocks = [{"type": "text", "text": message.content}] if isinstance(message.content, str) else message.content
-        if message.role == "assistant":
-            messages.append(_assistant(blocks, i))
-            continue
+    def drop(self, name: str) -> None:
+        if name not in self.dropped:
+            self.dropped.append(name)
+
+    # --- content ----------------------------------------------------------------------------
+
+    def _image(self, block: dict[str, Any]) -> dict[str, Any] | None:
+        source = block.get("source") or {}
+        if source.get("type") == "base64":
+            url = f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"
+        elif source.get("type") == "url":
+            url = str(source.get("url", ""))
+        else:
+            self.drop(f"messages.image.{source.get('type')}")  # a `file` source names an Anthropic upload
+            return None
+        return _marked({"type": "image_url", "image_url": {"url": url}}, block)
+
+    def _document(self, block: dict[str, Any]) -> list[dict[str, Any]]:
+        source = block.get("source") or {}
+        kind = source.get("type")
+        if kind == "base64":
+            media_type = source.get("media_type", "application/pdf")
+            file = {"file_data": f"data:{media_type};base64,{source.get('data', '')}"}
+            if block.get("title"):
+                file["filename"] = str(block["title"])
+            return [_marked({"type": "file", "file": file}, block)]
+        if kind == "text":
+            return [_marked({"type": "text", "text": str(source.get("data", ""))}, block)]
+        if kind == "content" and isinstance(source.get("content"), list):
+            return [_marked({"type": "text", "text": _text_of(source["content"])}, block)]
+        self.drop(f"messages.document.{kind}")  # a URL or an Anthropic upload only Anthropic can fetch
+        return []
+
+    def user_parts(self, blocks: list[dict[str, Any]], messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A user turn's content parts; its tool results become tool messages appended to `messages`."""
         parts: list[dict[str, Any]] = []
         for block in blocks:
             kind = block.get("type")
             if kind == "tool_result":
-                content = block.get("content")
-                text = content if isinstance(content, str) else _text_of(content)
-                if block.get("is_error"):
-                    text = f"[tool error] {text}"
-                messages.append({"role": "tool", "tool_call_id": str(block.get("tool_use_id", "")), "content": text})
+                messages.append(self._tool_result(block))
             elif kind == "text":
-                parts.append({"type": "text", "text": str(block.get("text", ""))})
+                parts.append(_marked({"type": "text", "text": str(block.get("text", ""))}, block))
             elif kind == "image":
-                parts.append(_image_part(block))
+                image = self._image(block)
+                if image is not None:
+                    parts.append(image)
+            elif kind == "document":
+                parts.extend(self._document(block))
             else:
-                raise InvalidRequestError(f"messages[{i}]: content block type '{kind}' is not supported")
-        if parts:
-            messages.append({"role": "user", "content": parts})
-    body: dict[str, Any] = {"model": req.model, "messages": messages, "max_tokens": req.max_tokens}
-    if req.stop_sequences:
-        body["stop"] = req.stop_sequences
-    for name in ("temperature", "top_p"):
-        if getattr(req, name) is not None:
-            body[name] = getattr(req, name)
-    if req.stream:
-        body["stream"] = True
-    if req.metadata and req.metadata.get("user_id"):
-        body["user"] = str(req.metadata["user_id"])
-    if req.tools:
-        body["tools"] = [
-            {
-                "type": "function",
-                # A tool without a description sends none, never `"description": null`.
-                "function": {"name": t.name, "parameters": t.input_schema}
-                | ({"description": t.description} if t.description is not None else {}),
-            }
-            for t in req.tools
-        ]
-    if req.tool_choice is not None:
-        choice = req.tool_choice
-        if choice.type == "tool":
-            if not choice.name:
-                raise InvalidRequestError("tool_choice.name is required when type is 'tool'", param="tool_choice")
-            body["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+                self.drop(f"messages.{kind}")
+        return parts
+
+    def _tool_result(self, block: dict[str, Any]) -> dict[str, Any]:
+        content = block.get("content")
+        text = content if isinstance(content, str) else _text_of(content)
+        if isinstance(content, list) and any(b.get("type") != "text" for b in content):
+            self.drop("messages.tool_result.image")  # tool messages carry text only
+        if block.get("is_error"):
+            text = f"[tool error] {text}"
+        message: dict[str, Any] = {"role": "tool", "tool_call_id": str(block.get("tool_use_id", ""))}
+        marker = block.get("cache_control")
+        message["content"] = [_marked({"type": "text", "text": text}, block)] if isinstance(marker, dict) else text
+        return message
+
+    def assistant(self, blocks: list[dict[str, Any]]) -> dict[str, Any]:
+        texts: list[dict[str, Any]] = []
+        calls: list[dict[str, Any]] = []
+        thinking: list[dict[str, Any]] = []
+        for block in blocks:
+            kind = block.get("type")
+            if kind == "text":
+                texts.append(_marked({"type": "text", "text": str(block.get("text", ""))}, block))
+            elif kind == "tool_use":
+                arguments = orjson.dumps(block.get("input") or {}).decode()
+                function = {"name": block.get("name"), "arguments": arguments}
+                calls.append({"id": str(block.get("id", "")), "type": "function", "function": function})
+            elif kind in ("thinking", "redacted_thinking"):
+                thinking.append(block)
+            else:
+                self.drop(f"messages.{kind}")  # server tool use and its results: Anthropic's own tools
+        message: dict[str, Any] = {"role": "assistant"}
+        if any("cache_control" in part for part in texts):
+            message["content"] = texts
         else:
-            body["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[choice.type]
-        if choice.disable_parallel_tool_use:
-            body["parallel_tool_calls"] = False
-    try:
-        return ChatRequest.model_validate(body), dropped
-    except ValueError as exc:
-        raise InvalidRequestError(f"the request cannot be translated: {exc}") from None
+            message["content"] = "".join(part["text"] for part in texts) or None
+        if calls:
+            message["tool_calls"] = calls
+        if thinking:
+            message["thinking_blocks"] = thinking
+            reasoning = "".join(str(b.get("thinking", "")) for b in thinking if b.get("type") == "thinking")
+            if reasoning:
+                message["reasoning_content"] = reasoning
+        return message
 
+    def system(self, content: Blocks) -> dict[str, Any]:
+        if isinstance(content, str):
+            return {"role": "system", "content": content}
+        parts = []
+        for block in content:
+            if block.get("type") == "text":
+                parts.append(_marked({"type": "text", "text": str(block.get("text", ""))}, block))
+            else:
+                self.drop(f"system.{block.get('type')}")
+        return {"role": "system", "content": parts}
 
-def _assistant(blocks: list[dict[str, Any]], index: int) -> dict[str, Any]:
-    text, calls, reasoning = [], [], []
-    for block in blocks:
-        kind = block.get("type")
-        if kind == "text":
-            text.append(str(block.get("text", "")))
-        elif kind == "tool_use":
-            arguments = orjson.dumps(block.get("input") or {}).decode()
-            calls.append(
-                {
-                    "id": str(block.get("id", "")),
-                    "type": "function",
-                    "function": {"name": block.get("name"), "arguments": arguments},
-                }
-            )
-        elif kind in ("thinking", "redacted_thinking"):
-            reasoning.append(str(block.get("thinking", "")))
-        else:
-            raise InvalidRequestError(f"messages[{index}]: assistant content block type '{kind}' is not supported")
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
-    if calls:
-        message["tool_calls"] = calls
-    return message
+    # --- request ----------------------------------------------------------------------------
 
-
-def anthropic_usage(usage: Usage) -> dict[str, int]:
-    """Anthropic counts `input_tokens` without the cached and cache-write tokens."""
-    cached, written = usage.cached_tokens, usage.cache_write_tokens
-    return {
-        "input_tokens": max(0, usage.prompt_tokens - cached - written),
-        "output_tokens": usage.completion_tokens,
-        "cache_read_input_tokens": cached,
-        "cache_creation_input_tokens": written,
-    }
-
-
-def _arguments(raw: str) -> Any:
-    try:
-        return orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError:
-        return {"_raw": raw}
-
-
-def stop_reason(finish_reason: str | None, stop_sequence: str | None) -> str:
-    """Anthropic's stop reason: `stop_sequence` when the provider said which one fired."""
-    return "stop_sequence" if stop_sequence else STOP_REASONS.get(finish_reason or "stop", "end_turn")
-
-
-def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dict[str, Any]:
-    """An Anthropic `message` for the first choice of a completion."""
-    choice = completion.choices[0] if completion.choices else None
-    content: list[dict[str, Any]] = []
-    if choice is not None:
-        if choice.message.reasoning_content:
-            content.append({"type": "thinking", "thinking": choice.message.reasoning_content, "signature": ""})
-        if choice.message.content or choice.message.refusal:  # a refusal (a blocked prompt) is the answer's text
-            content.append({"type": "text", "text": choice.message.content or choice.message.refusal})
-        for call in choice.message.tool_calls or ():
-            content.append(
-                {
-                    "type": "tool_use",
-                    "id": call.id,
-                    "name": call.function.name,
-                    "input": _arguments(call.function.arguments),
-                }
-            )
-    reason = choice.finish_reason if choice else None
-    message: dict[str, Any] = {
-        "id": f"msg_{completion.id}",
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": stop_reason(reason, choice.stop_sequence if choice else None),
-        "stop_sequence": choice.stop_sequence if choice else None,
-        "usage": anthropic_usage(completion.usage or Usage()),
-    }
-    if cost is not None:
-        message["cost"] = cost.as_event()
-    return message
-
-
-class EventWriter:
-    """Turns the internal chunk stream into Anthropic's event sequence, block by block."""
-
-    def __init__(self, model: str, message_id: str) -> None:
-        self.model = model
-        self.message_id = message_id
-        self.index = -1
-        self.open: tuple[str, int] | None = None
-        self.finish_reason: str | None = None
-        self.stop_sequence: str | None = None
-
-    def start(self, input_tokens: int) -> bytes:
-        message: dict[str, Any] = {
-            "id": self.message_id,
-            "type": "message",
-            "role": "assistant",
-            "model": self.model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {"input_tokens": input_tokens, "output_tokens": 0},
-        }
-        return sse_event("message_start", {"type": "message_start", "message": message}) + sse_event(
-            "ping", {"type": "ping"}
-        )
-
-    def _switch(self, kind: str, key: int, block: dict[str, Any]) -> bytes:
-        if self.open == (kind, key):
-            return b""
-        out = self._close()
-        self.index += 1
-        self.open = (kind, key)
-        return out + sse_event(
-            "content_block_start", {"type": "content_block_start", "index": self.index, "content_block": block}
-        )
-
-    def _close(self) -> bytes:
-        if self.open is None:
-            return b""
-        self.open = None
-        return sse_event("content_block_stop", {"type": "content_block_stop", "index": self.index})
-
-    def _delta(self, delta: dict[str, Any]) -> bytes:
-        return sse_event("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
-
-    def chunk(self, chunk: ChatCompletionChunk) -> bytes:
-        out = b""
-        for choice in chunk.choices:
-            if choice.index != 0:
+    def messages(self, req: MessagesCountRequest) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        if req.system:
+            messages.append(self.system(req.system))
+        last_user = max((i for i, m in enumerate(req.messages) if m.role == "user"), default=-1)
+        for i, message in enumerate(req.messages):
+            if message.role == "system":
+                # A `clear_at: next_user_message` instruction stops applying once a user turn follows it.
+                cleared = (message.model_extra or {}).get("clear_at") == "next_user_message" and i < last_user
+                if not cleared:
+                    messages.append(self.system(message.content))
                 continue
-            delta = choice.delta
-            if delta.reasoning_content:
-                out += self._switch("thinking", 0, {"type": "thinking", "thinking": "", "signature": ""})
-                out += self._delta({"type": "thinking_delta", "thinking": delta.reasoning_content})
-            if delta.content or delta.refusal:
-                out += self._switch("text", 0, {"type": "text", "text": ""})
-                out += self._delta({"type": "text_delta", "text": delta.content or delta.refusal})
-            for call in delta.tool_calls or ():
-                function = call.function
-                block = {
-                    "type": "tool_use",
-                    "id": call.id or "",
-                    "name": (function.name if function else "") or "",
-                    "input": {},
-                }
-                out += self._switch("tool", call.index, block)
-                if function and function.arguments:
-                    out += self._delta({"type": "input_json_delta", "partial_json": function.arguments})
-            if choice.finish_reason:
-                self.finish_reason = choice.finish_reason
-                self.stop_sequence = choice.stop_sequence
-        return out
+            blocks = (
+                [{"type": "text", "text": message.content}] if isinstance(message.content, str) else message.content
+            )
+            if message.role == "assistant":
+                messages.append(self.assistant(blocks))
+                continue
+            parts = self.user_parts(blocks, messages)
+            if parts:
+                messages.append({"role": "user", "content": parts})
+        return messages
 
-    def finish(self, usage: Usage, cost: Cost | None) -> bytes:
-        delta = {
-            "stop_reason": stop_reason(self.finish_reason, self.stop_sequence),
-            "stop_sequence": self.stop_sequence,
-        }
-        payload: dict[str, Any] = {"type": "message_delta", "delta": delta, "usage": anthropic_usage(usage)}
-        if cost is not None:
-            payload["cost"] = cost.as_event()
-        return self._close() + sse_event("message_delta", payload) + sse_event("message_stop", {"type": "message_stop"})
+    def tools(self, tools: list[AnthropicTool]) -> list[dict[str, Any]]:
+        translated = []
+        for tool in tools:
+            if tool.input_schema is None or tool.type not in (None, "custom"):
+                self.drop(f"tools.{tool.type or tool.name}")  # a server tool only Anthropic runs
+                continue
+            function: dict[str, Any] = {"name": tool.name, "parameters": tool.input_schema}
+            if tool.description:
+                function["description"] = tool.description
+            entry: dict[str, Any] = {"type": "function", "function": function}
+            extra = tool.model_extra or {}
+            if isinstance(extra.get("cache_control"), dict):
+                entry["cache_control"] = extra["cache_control"]
+            if isinstance(extra.get("strict"), bool):
+                function["strict"] = extra["strict"]
+            for name in sorted(set(extra) - TOOL_MAPPED):
+                self.drop(f"tools.{name}")  # `defer_loading`, `input_examples`, ...: Anthropic's tool features
+            translated.append(entry)
+        return translated
+
+    def reasoning(self, req: MessagesCountRequest, body: dict[str, Any]) -> None:
+        output = req.output_config
+        effort = output.effort if output is not None else None
+        if req.thinking is not None:
+            thinking = req.thinking.model_dump(exclude_none=True)
+            if effort:
+                thinking["effort"] = effort
+            body["thinking"] = thinking
+        elif effort:
+            body["thinking"] = {"type": "adaptive", "effort": effort}
+        if output is None:
+            return
+        for name in sorted(sent_fields(output) - OUTPUT_CONFIG_MAPPED):
+            self.drop(f"output_config.{name}")
+        fmt = output.format
+        if fmt is not None:
+            if fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
+                spec = {"name": "response", "schema": fmt["schema"], "strict": True}
+                body["response_format"] = {"type": "json_schema", "json_schema": spec}
+            else:
+                self.drop("output_config.format")
+
+    def request(self, req: MessagesCountRequest) -> ChatRequest:
+        self.dropped.extend(sorted(sent_fields(req) - MAPPED))
+        body: dict[str, Any] = {"model": req.model, "messages": self.messages(req)}
+        if isinstance(req, MessagesRequest):
+            body["max_tokens"] = req.max_tokens
+            if req.stop_sequences:
+                body["stop"] = req.stop_sequences
+            for name in ("temperature", "top_p"):
+                if getattr(req, name) is not None:
+                    body[name] = getattr(req, name)
+            if req.stream:
+                body["stream"] = True
+            if req.metadata and req.metadata.get("user_id"):
+                body["user"] = str(req.metadata["user_id"])
+        if req.tools:
+            tools = self.tools(req.tools)
+            if tools:
+                body["tools"] = tools
+        if req.tool_choice is not None and "tools" in body:
+            choice = req.tool_choice
+            if choice.type == "tool":
+                if not choice.name:
+                    raise InvalidRequestError("tool_choice.name is required when type is 'tool'", param="tool_choice")
+                body["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+            else:
+                body["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[choice.type]
+            if choice.disable_parallel_tool_use:
+                body["parallel_tool_calls"] = False
+        self.reasoning(req, body)
+        try:
+            return ChatRequest.model_validate(body)
+        except ValueError as exc:
+            raise InvalidRequestError(f"the request cannot be translated: {exc}") from None
 
 
-async def anthropic_events(stream: ChunkStream, model: str, input_tokens: int) -> AsyncIterator[bytes]:
-    """The client's Anthropic event stream for an internal chunk stream."""
-    writer = EventWriter(model, f"msg_{stream.ex.request_id}")
-    yield writer.start(input_tokens)
-    failure: GatewayError | None = None
-    try:
-        async for chunk in stream:
-            data = writer.chunk(chunk)
-            if data:
-                yield data
-        await stream.complete()
-        yield writer.finish(stream.usage(), stream.ex.cost)
-    except GatewayError as exc:
-        failure = exc
-        yield sse_event("error", exc.anthropic_body())
-    finally:
-        await stream.close()
-        observe(stream.ex, 200, stream=True, code=failure.code if failure else None)
+def to_chat_request(req: MessagesCountRequest) -> tuple[ChatRequest, list[str]]:
+    """The internal request for a Messages one, and the Messages fields it cannot carry."""
+    translation = Translation()
+    chat = translation.request(req)
+    return chat, translation.dropped

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from handler.key_routes import AdminKeySpec, KeySpec, RotateSpec
-from handler.messages_api import MessagesRequest
+from handler.messages_api import MessagesCountRequest, MessagesRequest
 from handler.schemas import ChatCompletion, ChatRequest, EmbeddingsRequest, EmbeddingsResponse
 
 JSON = "application/json"
@@ -113,6 +113,7 @@ MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (ChatRequest, "validation"),
     (EmbeddingsRequest, "validation"),
     (MessagesRequest, "validation"),
+    (MessagesCountRequest, "validation"),
     (KeySpec, "validation"),
     (AdminKeySpec, "validation"),
     (RotateSpec, "validation"),
@@ -244,7 +245,24 @@ def openapi_document() -> dict[str, Any]:
                 security=BEARER_OR_X_API_KEY,
             )
         },
-        "/v1/models": {"get": _operation("The models this key may use", _json(listing, "the models"))},
+        "/v1/messages/count_tokens": {
+            "post": _operation(
+                "Anthropic token counting, to any model: the provider's own count (Anthropic, Gemini) or an "
+                "estimate marked `x-gateway-estimate: true`; free, not metered",
+                _json({"type": "object", "required": ["input_tokens"]}, "`{input_tokens}`"),
+                body=_ref(MessagesCountRequest),
+                errors=PROXY_ERRORS,
+                parameters=_controls(),
+                error_schema=ANTHROPIC_ERROR,
+                security=BEARER_OR_X_API_KEY,
+            )
+        },
+        "/v1/models": {
+            "get": _operation(
+                "The models this key may use (Anthropic's list shape when the request carries `anthropic-version`)",
+                _json(listing, "the models"),
+            )
+        },
         "/v1/route": {
             "get": _operation(
                 "The deployments a request for `model` would try, in order",

@@ -17,7 +17,14 @@ from typing import Any, ClassVar, Protocol
 import orjson
 
 from handler.errors import InvalidRequestError, UpstreamError
-from handler.schemas import ChatCompletion, ChatCompletionChunk, ChatRequest, EmbeddingsRequest, EmbeddingsResponse
+from handler.schemas import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatRequest,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    Usage,
+)
 
 # --- providers -----------------------------------------------------------------------------------
 
@@ -144,6 +151,34 @@ class SSEDecoder:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class NativeCall:
+    """A request in one provider API's own wire format (`api`, e.g. `anthropic.messages`), to be sent upstream
+    as the client wrote it when the deployment speaks that API.
+
+    `body` is the client's parsed body and `headers` the client headers that API forwards (Anthropic's
+    `anthropic-beta` and `anthropic-version`). `untranslated` names the client's fields the internal form
+    could not carry: reported for a deployment that gets the translated request, irrelevant for a native one.
+    """
+
+    api: str
+    body: Mapping[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
+    untranslated: tuple[str, ...] = ()
+
+
+class NativeMeter(Protocol):
+    """Reads the usage out of a native stream's events without changing them.
+
+    `feed` raises `UpstreamError` for an in-stream error event. `usage` is the best count so far (the
+    provider's, once it gave one; an estimate for a stream cut short), or None before any.
+    """
+
+    usage: Usage | None
+
+    def feed(self, event: StreamEvent) -> None: ...
+
+
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 
 
@@ -240,6 +275,38 @@ class ProviderAdapter(ABC):
     @abstractmethod
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         """Map a non-2xx answer to `UpstreamError` (the provider's message, never a secret)."""
+
+    # --- native pass-through: the client's own wire format, when the provider speaks it ---------
+
+    native_apis: ClassVar[frozenset[str]] = frozenset()
+
+    def native_request(
+        self, call: NativeCall, target: Target, *, stream: bool, output_limit: int | None
+    ) -> BuiltRequest:
+        """The client's body for `target`: its model substituted, its output capped at `output_limit`."""
+        raise NotImplementedError(f"provider type '{self.type_name}' does not speak {call.api}")
+
+    def native_usage(self, call: NativeCall, body: bytes) -> Usage:
+        """The usage of a native non-streaming answer (a malformed answer is an `UpstreamError`)."""
+        raise NotImplementedError(f"provider type '{self.type_name}' does not speak {call.api}")
+
+    def native_meter(self, call: NativeCall) -> NativeMeter:
+        """A fresh meter for one native stream."""
+        raise NotImplementedError(f"provider type '{self.type_name}' does not speak {call.api}")
+
+    # --- token counting -----------------------------------------------------------------------
+
+    def counts_tokens(self, target: Target) -> bool:
+        """Whether the provider counts a prompt's tokens for this deployment's model."""
+        return False
+
+    def count_tokens_request(self, call: NativeCall, req: ChatRequest, target: Target) -> BuiltRequest:
+        """The provider's own token-counting request for a prompt (where `counts_tokens`)."""
+        raise NotImplementedError(f"provider type '{self.type_name}' does not count tokens")
+
+    def count_tokens_response(self, body: bytes) -> int:
+        """The input-token count of a counting answer."""
+        raise NotImplementedError(f"provider type '{self.type_name}' does not count tokens")
 
     def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> BuiltRequest:
         raise InvalidRequestError(f"provider type '{self.type_name}' does not serve embeddings", param="model")

@@ -187,6 +187,24 @@ def scaled(price: Price | None, multiplier: float) -> Price | None:
     return price.model_copy(update={**scaled_fields, "long_context": long})
 
 
+MAX_PLAUSIBLE_TOKENS = 50_000_000
+
+
+def plausible(usage: Usage) -> bool:
+    """Counts a provider could have billed: none negative or absurd, cache reads and writes within the prompt."""
+    counts = (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens)
+    if not all(0 <= count <= MAX_PLAUSIBLE_TOKENS for count in counts):
+        return False
+    return usage.cached_tokens + usage.cache_write_tokens <= usage.prompt_tokens
+
+
+def wants_reasoning(req: ChatRequest) -> bool:
+    """Whether the request asks for reasoning the provider may bill without showing it."""
+    extra = req.model_extra or {}
+    thinking = req.thinking is not None and req.thinking.type != "disabled"
+    return bool(req.reasoning_effort or thinking or extra.get("reasoning"))
+
+
 def worst_case_usd(prompt_tokens: int, max_output: int, price: Price | None, fee: FeeConfig) -> float | None:
     """The most a request can cost: estimated prompt at full input price plus every output token."""
     if price is None:

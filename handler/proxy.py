@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
+import orjson
+
 from handler.budgets import Meter, Reservation
 from handler.config import Price
 from handler.errors import (
@@ -32,8 +34,28 @@ from handler.errors import (
 from handler.gateway import Gateway
 from handler.keys import allows_model
 from handler.observability import span
-from handler.ports import BuiltRequest, KeyRecord, LedgerItem, StreamParser
-from handler.pricing import Cost, PromptEstimate, cost_of, fee_for, price_for, prompt_estimate, scaled, worst_case_usd
+from handler.passthrough import CLIENT_CLOSED, NativeReply, NativeStream, UpstreamStream
+from handler.ports import (
+    BuiltRequest,
+    KeyRecord,
+    LedgerItem,
+    NativeCall,
+    StreamEvent,
+    StreamParser,
+    json_body,
+    malformed,
+)
+from handler.pricing import (
+    Cost,
+    PromptEstimate,
+    cost_of,
+    fee_for,
+    plausible,
+    price_for,
+    prompt_estimate,
+    scaled,
+    worst_case_usd,
+)
 from handler.routing import Attempt, Plan, RouteControls
 from handler.schema_check import enforce, schema_of, violation
 from handler.schemas import (
@@ -49,7 +71,6 @@ from handler.usage import usd
 
 T = TypeVar("T")
 log = logging.getLogger("gateway")
-CLIENT_CLOSED = 499
 # Upstream statuses that mean the client's request itself is wrong: answered as 400, not 502.
 CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
 
@@ -144,16 +165,7 @@ class Pipeline:
         await self._admit(ex, plan, req)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> ChatCompletion:
-            completion = attempt.adapter.chat_response(await response.read(), req, attempt.target)
-            schema = self._enforced_schema(req, attempt, ex)
-            if schema is not None and completion.choices:
-                try:
-                    enforce(schema, completion.choices[0].message.content)
-                except SchemaViolationError:
-                    # The provider billed this answer even though it is thrown away.
-                    self._waste(ex, attempt, completion.usage)
-                    raise
-            return completion
+            return await self._chat_answer(req, ex, attempt, response)
 
         def build(attempt: Attempt) -> BuiltRequest:
             return attempt.adapter.chat_request(req, attempt.target, stream=False)
@@ -185,6 +197,110 @@ class Pipeline:
         except BaseException as exc:
             await self._unanswered(ex, exc)
             raise
+
+    async def _chat_answer(
+        self, req: ChatRequest, ex: Exchange, attempt: Attempt, response: UpstreamResponse
+    ) -> ChatCompletion:
+        completion = attempt.adapter.chat_response(await response.read(), req, attempt.target)
+        schema = self._enforced_schema(req, attempt, ex)
+        if schema is not None and completion.choices:
+            try:
+                enforce(schema, completion.choices[0].message.content)
+            except SchemaViolationError:
+                # The provider billed this answer even though it is thrown away.
+                self._waste(ex, attempt, completion.usage)
+                raise
+        return completion
+
+    # --- native pass-through ------------------------------------------------------------------
+
+    async def native(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> NativeReply | ChatCompletion:
+        """A request in a provider API's own format (`call`), non-streaming: sent as written to a deployment
+        that speaks that API, and as `req` (the same request in the internal form) to any other in the plan."""
+        plan = self._plan(ex, req.model)
+        await self._admit(ex, plan, req)
+
+        async def accept(attempt: Attempt, response: UpstreamResponse) -> NativeReply | ChatCompletion:
+            if call.api not in attempt.adapter.native_apis:
+                return await self._chat_answer(req, ex, attempt, response)
+            raw = await response.read()
+            usage = attempt.adapter.native_usage(call, raw)
+            body = json_body(raw)
+            if not isinstance(body, dict):
+                raise malformed("upstream answered with something other than a JSON object")
+            return NativeReply(body, usage)
+
+        try:
+            outcome = await self._deadline(ex, self._failover(ex, plan, self._native_build(call, req, False), accept))
+        except BaseException as exc:
+            await self._unanswered(ex, exc)
+            raise
+        if isinstance(outcome, NativeReply):
+            usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(outcome.body.get("content"))))
+        else:
+            usage, source = self._checked(outcome.usage, ex, lambda: answer_chars(outcome))
+        await self._settle(ex, usage, 200, background=True, source=source)
+        return outcome
+
+    async def native_stream(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> NativeStream | ChunkStream:
+        """`native`, streaming: the provider's own events from a deployment that speaks the API, the internal
+        chunk stream from any other; either has its first events in by the time it is returned."""
+        plan = self._plan(ex, req.model)
+        await self._admit(ex, plan, req)
+
+        async def accept(attempt: Attempt, response: UpstreamResponse) -> NativeStream | ChunkStream:
+            stream: NativeStream | ChunkStream
+            if call.api in attempt.adapter.native_apis:
+                stream = NativeStream(self, ex, req, call, attempt, response)
+            else:
+                stream = ChunkStream(self, ex, req, attempt, response)
+            await stream.prime()
+            return stream
+
+        try:
+            return await self._deadline(ex, self._failover(ex, plan, self._native_build(call, req, True), accept))
+        except BaseException as exc:
+            await self._unanswered(ex, exc)
+            raise
+
+    async def count_tokens(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> int | None:
+        """The prompt's input tokens as the serving deployment's provider counts them, or None where it has
+        no count (the route then estimates). Free at the providers, so not admitted; a count a provider gave
+        still leaves its ledger line, at no cost."""
+        plan = self._plan(ex, req.model)
+        kind = plan[0].target.provider_type
+        counting = [a for a in plan if a.target.provider_type == kind and a.adapter.counts_tokens(a.target)]
+        if not counting:
+            return None
+
+        async def accept(attempt: Attempt, response: UpstreamResponse) -> int:
+            return attempt.adapter.count_tokens_response(await response.read())
+
+        def build(attempt: Attempt) -> BuiltRequest:
+            return attempt.adapter.count_tokens_request(call, req, attempt.target)
+
+        ex.reservation = Reservation(None, 0.0, 0)  # nothing reserved: the line is written at no cost
+        try:
+            count = await self._deadline(ex, self._failover(ex, counting, build, accept))
+        except GatewayError as err:
+            await self._unanswered(ex, err)
+            if isinstance(err, UpstreamError) or isinstance(err.__cause__, UpstreamError):
+                return None  # the provider would not count (now, or this prompt): an estimate serves
+            raise
+        await self._settle(ex, Usage.of(0, 0), 200, background=True)
+        return count
+
+    @staticmethod
+    def _native_build(call: NativeCall, req: ChatRequest, stream: bool) -> Callable[[Attempt], BuiltRequest]:
+        def build(attempt: Attempt) -> BuiltRequest:
+            if call.api in attempt.adapter.native_apis:
+                # `req` carries the output cap the admission reserved for (see `_admit`).
+                limit = req.output_limit()
+                return attempt.adapter.native_request(call, attempt.target, stream=stream, output_limit=limit)
+            built = attempt.adapter.chat_request(req, attempt.target, stream=stream)
+            return BuiltRequest(built.request, [*call.untranslated, *built.dropped])
+
+        return build
 
     def _enforced_schema(self, req: ChatRequest, attempt: Attempt, ex: Exchange) -> dict[str, Any] | None:
         if not (ex.controls.enforce_schema or attempt.spec.enforce_schema):
@@ -491,23 +607,6 @@ class Pipeline:
             await self.meter.settle(settlement)
 
 
-MAX_PLAUSIBLE_TOKENS = 50_000_000
-
-
-def plausible(usage: Usage) -> bool:
-    """Counts a provider could have billed: none negative or absurd, cache reads and writes within the prompt."""
-    counts = (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens)
-    if not all(0 <= count <= MAX_PLAUSIBLE_TOKENS for count in counts):
-        return False
-    return usage.cached_tokens + usage.cache_write_tokens <= usage.prompt_tokens
-
-
-def wants_reasoning(req: ChatRequest) -> bool:
-    """Whether the request asks for reasoning the provider may bill without showing it."""
-    extra = req.model_extra or {}
-    return bool(extra.get("reasoning_effort") or extra.get("reasoning") or extra.get("thinking"))
-
-
 def answer_chars(completion: ChatCompletion) -> int:
     """The characters of everything an answer generated: text, reasoning and tool-call arguments."""
     total = 0
@@ -519,7 +618,7 @@ def answer_chars(completion: ChatCompletion) -> int:
     return total
 
 
-class ChunkStream:
+class ChunkStream(UpstreamStream[ChatCompletionChunk]):
     """An upstream stream in the gateway's chunk form, with its usage, cost and settlement.
 
     Chunks that carry only usage are withheld: the route writes one final event with usage and cost.
@@ -528,65 +627,36 @@ class ChunkStream:
     def __init__(
         self, pipeline: Pipeline, ex: Exchange, req: ChatRequest, attempt: Attempt, response: UpstreamResponse
     ) -> None:
-        self.pipeline = pipeline
-        self.ex = ex
-        self.req = req
-        self.attempt = attempt
-        self.response = response
-        self.decoder = attempt.adapter.frame_decoder()
+        super().__init__(pipeline, ex, req, attempt, response)
         self.parser: StreamParser = attempt.adapter.stream_parser(req, attempt.target)
-        self._raw = response.chunks()
-        self._pending: list[ChatCompletionChunk] = []
         self._template: ChatCompletionChunk | None = None
-        self._finished = False
-        self._settled = False
         self._chars = 0
         self.schema = pipeline._enforced_schema(req, attempt, ex)
         self._text: list[str] = []
         self.schema_violation: str | None = None
 
-    async def prime(self) -> None:
-        """Read until the first chunk; an error before it lets the router fail over."""
-        try:
-            while not self._pending and not self._finished:
-                await self._pull()
-        except BaseException:
-            await self.response.close()
-            raise
-
-    async def _pull(self) -> None:
-        try:
-            raw = await self._raw.__anext__()
-        except StopAsyncIteration:
-            events = self.decoder.finish()
-            chunks = [c for e in events for c in self.parser.feed(e)] + self.parser.finish()
-            self._finished = True
-        else:
-            chunks = [c for e in self.decoder.feed(raw) for c in self.parser.feed(e)]
+    def _items(self, events: list[StreamEvent]) -> list[ChatCompletionChunk]:
+        chunks = [c for e in events for c in self.parser.feed(e)]
+        if self._finished:
+            chunks += self.parser.finish()
+        kept = []
         for chunk in chunks:
             if self._template is None:
                 self._template = chunk
             if not chunk.choices and chunk.usage is not None:
                 continue
             chunk.usage = None
-            self._pending.append(chunk)
+            kept.append(chunk)
+        return kept
 
     async def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
         async for batch in self.batches():
             for chunk in batch:
                 yield chunk
 
-    async def batches(self) -> AsyncIterator[list[ChatCompletionChunk]]:
-        """The chunks as they arrive, grouped by the upstream read that brought them."""
-        while True:
-            if self._pending:
-                batch, self._pending = self._pending, []
-                for chunk in batch:
-                    self._count(chunk)
-                yield batch
-            if self._finished:
-                return
-            await self._pull()
+    def _handing_out(self, batch: list[ChatCompletionChunk]) -> None:
+        for chunk in batch:
+            self._count(chunk)
 
     def _count(self, chunk: ChatCompletionChunk) -> None:
         for choice in chunk.choices:
@@ -596,24 +666,12 @@ class ChunkStream:
             for call in choice.delta.tool_calls or ():
                 self._chars += len(call.function.arguments or "") if call.function else 0
 
-    def usage(self) -> Usage:
-        """The usage this stream is charged for (see `metered`)."""
-        return self.metered()[0]
-
-    def metered(self) -> tuple[Usage, str]:
-        """The provider's usage, or, for a stream cut short or without usage, an estimate of what it bills:
-        the prompt, the relayed text, and the usage the provider reported so far, whichever is larger; and
-        for a reasoning request cut short, whose hidden reasoning cannot be seen, the reserved worst case."""
+    def _reported(self) -> Usage | None:
         usage = self.parser.usage
-        if self._finished and isinstance(usage, Usage) and plausible(usage):
-            return usage, "provider"
-        if not self._finished and wants_reasoning(self.req):
-            return Usage(), "reserved"
-        estimate, source = self.pipeline._checked(None, self.ex, lambda: self._chars)
-        if isinstance(usage, Usage) and plausible(usage):
-            prompt = max(usage.prompt_tokens, estimate.prompt_tokens)
-            estimate = Usage.of(prompt, max(usage.completion_tokens, estimate.completion_tokens), usage.cached_tokens)
-        return estimate, source
+        return usage if isinstance(usage, Usage) else None
+
+    def _relayed_chars(self) -> int:
+        return self._chars
 
     def final_chunk(self, include_usage: bool) -> dict[str, object]:
         """The last data event: no choices, the usage if asked for, and always the cost."""
@@ -634,18 +692,7 @@ class ChunkStream:
         return payload
 
     async def complete(self) -> None:
-        """The upstream finished: cost it and settle (in the background)."""
+        """The upstream finished: check the schema if enforced, cost it and settle (in the background)."""
         if self.schema is not None:
             self.schema_violation = violation(self.schema, "".join(self._text))
-        if not self._settled:
-            self._settled = True
-            usage, source = self.metered()
-            await self.pipeline._settle(self.ex, usage, 200, background=True, source=source)
-
-    async def close(self) -> None:
-        """Always called: a stream abandoned by the client still settles what the provider bills."""
-        await self.response.close()
-        if not self._settled:
-            self._settled = True
-            usage, source = self.metered()
-            self.pipeline.gateway.spawn(self.pipeline._settle(self.ex, usage, CLIENT_CLOSED, source=source))
+        await super().complete()

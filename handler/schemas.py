@@ -142,6 +142,18 @@ class StreamOptions(_Open):
     include_usage: bool | None = None
 
 
+class ThinkingConfig(_Open):
+    """Extended thinking as Anthropic's Messages API asks for it: `enabled` with a token budget,
+    `adaptive` (the model decides how much), or `disabled`. Each adapter maps it to its provider's
+    control (see `adapters/providers/reasoning.py`)."""
+
+    type: Literal["enabled", "adaptive", "disabled"]
+    budget_tokens: int | None = Field(default=None, ge=0)
+    # A Messages request's `output_config.effort` (`low` ... `max`). Unlike Chat Completions' `reasoning_effort`
+    # it is a wish, not a parameter: it reaches only models that reason, and is reported as dropped elsewhere.
+    effort: str | None = None
+
+
 class ChatRequest(_Open):
     """An OpenAI Chat Completions request body."""
 
@@ -163,6 +175,9 @@ class ChatRequest(_Open):
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     user: str | None = None
+    # OpenAI's reasoning control (`none` ... `xhigh`; `max` only comes from a Messages `output_config.effort`).
+    reasoning_effort: str | None = None
+    thinking: ThinkingConfig | None = None
 
     def output_limit(self) -> int | None:
         """The client's cap on generated tokens, whichever field it used."""

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from handler.errors import InvalidRequestError
 
 
@@ -77,3 +79,17 @@ def named_messages(messages: list[Any]) -> list[str]:
     such field reports it dropped rather than losing it without a word."""
     named = any(m.name for m in messages if m.role not in ("tool", "function"))
     return ["messages.name"] if named else []
+
+
+def cache_control(part: BaseModel) -> dict[str, Any] | None:
+    """A content part's prompt-cache marker (`{"type": "ephemeral"}`, perhaps with a `ttl`), the convention
+    Chat Completions clients share with Anthropic's blocks; None when the part has none."""
+    marker = (part.model_extra or {}).get("cache_control")
+    return marker if isinstance(marker, dict) else None
+
+
+def thinking_blocks(message: BaseModel) -> list[dict[str, Any]]:
+    """An assistant turn's thinking blocks as a Messages client sent them (with their signatures), kept on the
+    internal message by the Messages front-end so a Claude deployment gets them back unchanged."""
+    blocks = (message.model_extra or {}).get("thinking_blocks")
+    return [b for b in blocks if isinstance(b, dict)] if isinstance(blocks, list) else []

@@ -57,6 +57,20 @@ COMPLETION = {
 }
 
 
+# The Messages API: a body as the anthropic SDK sends it, and Anthropic's answer to it.
+MESSAGES_BODY = {"model": "bench-claude", "max_tokens": 16, "messages": [{"role": "user", "content": "Say hello."}]}
+MESSAGE = {
+    "id": "msg_bench",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-haiku-4-5-20251001",
+    "content": [{"type": "text", "text": "Hello! How can I help you today?"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 11, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 9},
+}
+
+
 def sse_transcript() -> str:
     base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1764000000, "model": "gpt-4o-mini"}
     events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
@@ -109,6 +123,10 @@ def nginx_conf(port: int, workdir: Path) -> str:
         location = /stream/v1/chat/completions {{
             default_type text/event-stream;
             return 200 {quoted(sse_transcript())};
+        }}
+        location = /anthropic/v1/messages {{
+            default_type application/json;
+            return 200 {quoted(json.dumps(MESSAGE))};
         }}""",
     )
 
@@ -123,9 +141,18 @@ def bench_config(upstream: str) -> dict[str, Any]:
                 "api_key": "env:BENCH_UPSTREAM_KEY",
                 "base_url": f"{upstream}/stream/v1",
             },
+            "static-anthropic": {
+                "type": "anthropic",
+                "api_key": "env:BENCH_UPSTREAM_KEY",
+                "base_url": f"{upstream}/anthropic",
+            },
         },
         "models": {
             "bench": {"deployments": [{"provider": "static", "model": "gpt-4o-mini"}], "price": price},
+            "bench-claude": {
+                "deployments": [{"provider": "static-anthropic", "model": "claude-haiku-4-5"}],
+                "price": price,
+            },
             "bench-stream": {"deployments": [{"provider": "static-stream", "model": "gpt-4o-mini"}], "price": price},
         },
     }
@@ -382,6 +409,24 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
                 "direct_ttfb_p50_ms": statistics.median(direct_ttfb),
                 "gateway_ttfb_p50_ms": statistics.median(gateway_ttfb),
             }
+            # The Messages API beside Chat Completions: passed through to an Anthropic deployment, and translated
+            # for an OpenAI one; each against the same upstream called directly.
+            messages = f"{gateway}/v1/messages"
+            native_direct = f"{upstream}/anthropic/v1/messages"
+            results["messages"] = {
+                "pass_through": interleaved(
+                    {"direct": native_direct, "gateway": messages}, key, 8, duration, workdir, rounds, MESSAGES_BODY
+                ),
+                "translated": interleaved(
+                    {"direct": direct, "gateway": messages},
+                    key,
+                    8,
+                    duration,
+                    workdir,
+                    rounds,
+                    {**MESSAGES_BODY, "model": "bench"},
+                ),
+            }
             results["rss_mb"] = rss_mb(served.pid)
             log = (workdir / "gateway.log").read_text()
             results["gateway_5xx_or_tracebacks"] = log.count("Traceback")
@@ -403,14 +448,20 @@ ROUNDS = 3
 
 
 def interleaved(
-    targets: dict[str, str], key: str, connections: int, duration: float, workdir: Path, rounds: int
+    targets: dict[str, str],
+    key: str,
+    connections: int,
+    duration: float,
+    workdir: Path,
+    rounds: int,
+    body: dict[str, Any] = BODY,
 ) -> dict[str, dict[str, Any]]:
     """wrk on each target in turn, `rounds` times (`duration` shared out among the rounds), so that a
     machine slowing down mid-run slows every target alike; per target, the medians of its rounds."""
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
     for _ in range(rounds):
         for name, url in targets.items():
-            runs[name].append(wrk(url, key, BODY, connections, duration / rounds, workdir))
+            runs[name].append(wrk(url, key, body, connections, duration / rounds, workdir))
     return {
         name: {
             **{figure: statistics.median(r[figure] for r in results) for figure in ("rps", "p50_ms", "p99_ms")},
@@ -502,6 +553,12 @@ def table(results: dict[str, Any]) -> str:
         f"DynamoDB store: {results['dynamodb']['calls_per_request']:.2f} calls per request "
         f"over {results['dynamodb']['requests']} requests ({results['dynamodb']['non_200']} not 200)",
     ]
+    for name, run in results["messages"].items():
+        d, g = run["direct"], run["gateway"]
+        lines.append(
+            f"/v1/messages {name.replace('_', '-')} at 8 connections: {g['rps']:,.0f} req/s "
+            f"(upstream direct {d['rps']:,.0f}), p50 {g['p50_ms']:.3f} ms, added p50 {g['p50_ms'] - d['p50_ms']:.3f} ms"
+        )
     ref = results["reference"]
     speed = ref["rps_8"] / ISSUE_BARE_RPS_8  # < 1: this run is slower than the issue's machine
     lag = max(ref["added_p50_1_ms"], 0.001) / ISSUE_BARE_ADDED_P50_MS  # > 1: latencies here are longer
@@ -548,6 +605,10 @@ def errors_in(results: dict[str, Any]) -> list[str]:
         for side in ("direct", "gateway"):
             if run[side]["errors"] or not run[side]["requests"]:
                 found.append(f"{side} at {run['connections']} connections: {run[side]['errors']} errors")
+    for name, run in results["messages"].items():
+        for side in ("direct", "gateway"):
+            if run[side]["errors"] or not run[side]["requests"]:
+                found.append(f"/v1/messages {name}, {side}: {run[side]['errors']} errors")
     if results["reference"]["errors"]:
         found.append(f"the reference proxy: {results['reference']['errors']} errors")
     if results["gateway_5xx_or_tracebacks"]:

@@ -167,6 +167,7 @@ CHAT_CASES = [
     chat("logprobs", logprobs=True, top_logprobs=3),
     chat("metadata-store", metadata={"team": "a"}, store=True),
     chat("reasoning-effort", reasoning_effort="low"),
+    chat("thinking", thinking={"type": "enabled", "budget_tokens": 2048}),
     chat("stream", stream=True),
     chat("stream-usage", stream=True, stream_options={"include_usage": True}),
     chat("logit-bias", logit_bias={"50256": -100}),
@@ -250,6 +251,8 @@ MESSAGES_CASES = [
     ),
     messages("messages-metadata", metadata={"user_id": "u-1"}),
     messages("messages-stream", stream=True),
+    messages("messages-thinking", max_tokens=4096, thinking={"type": "enabled", "budget_tokens": 2048}),
+    messages("messages-adaptive-effort", thinking={"type": "adaptive"}, output_config={"effort": "high"}),
 ]
 
 CASES = CHAT_CASES + MESSAGES_CASES

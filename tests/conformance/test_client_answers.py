@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from adapters.providers import REGISTRY
-from handler.messages_api import EventWriter, to_message
+from adapters.providers.gemini.adapter import call_signature
+from handler.messages_out import EventWriter, to_message
 from handler.ports import StreamEvent, Target
 from handler.schemas import ChatCompletion, ChatCompletionChunk, ChatRequest, Usage
 from handler.streaming import answer_json, sse_chunk
@@ -118,11 +119,12 @@ def test_messages_stream_events_conform_to_anthropic_events(provider: str, fixtu
 
 
 def test_gemini_thought_signature_reaches_the_client_and_goes_back_upstream() -> None:
+    """The signature rides in the tool call's id, which every client (Chat, Messages, Responses) sends back."""
     completion = answer("gemini", "gemini/function-call-response.json")
     calls = completion.choices[0].message.tool_calls or []
     written = orjson.loads(answer_json(completion))["choices"][0]["message"]["tool_calls"]
-    assert written[0]["extra_content"] == {"google": {"thought_signature": "CikB0e2Kb7Qw"}}
-    assert "extra_content" not in written[1]  # Gemini signs the first call of a step only
+    assert call_signature(written[0]["id"]) == "CikB0e2Kb7Qw"
+    assert call_signature(written[1]["id"]) is None  # Gemini signs the first call of a step only
 
     history = {
         "model": "public",
@@ -137,10 +139,10 @@ def test_gemini_thought_signature_reaches_the_client_and_goes_back_upstream() ->
     body = orjson.loads(adapter.chat_request(req, target, stream=False).request.body)
     assert body["contents"][1]["parts"][0]["thoughtSignature"] == "CikB0e2Kb7Qw"
     assert "thoughtSignature" not in body["contents"][1]["parts"][1]
-    # An OpenAI-compatible upstream is not sent Gemini's state.
+    # An OpenAI-compatible upstream is not sent Gemini's state beyond the opaque id.
     for provider in ("openai", "mistral", "deepseek"):
         adapter, target = adapter_and_target(provider)
-        assert b"extra_content" not in adapter.chat_request(req, target, stream=False).request.body
+        assert b"thoughtSignature" not in adapter.chat_request(req, target, stream=False).request.body
 
 
 def test_gemini_thought_signature_streams_to_the_client() -> None:
@@ -160,7 +162,7 @@ def test_gemini_thought_signature_streams_to_the_client() -> None:
     chunks = parser.feed(StreamEvent(None, orjson.dumps(event)))
     calls = [call for chunk in chunks for choice in chunk.choices for call in choice.delta.tool_calls or ()]
     written = sse_payloads(sse_chunk(chunks[1]))[0]["choices"][0]["delta"]["tool_calls"][0]
-    assert calls[0].extra_content == {"google": {"thought_signature": "c2ln"}} == written["extra_content"]
+    assert call_signature(calls[0].id or "") == "c2ln" and written["id"] == calls[0].id
 
 
 def test_the_stop_sequence_that_fired_reaches_a_messages_client() -> None:
@@ -200,7 +202,6 @@ def test_a_gemini_prompt_block_reaches_a_messages_client_as_its_text() -> None:
     assert texts == ["Gemini blocked the prompt (PROHIBITED_CONTENT)"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 24 #6: /v1/messages thinking blocks; the Messages API work carries them")
 def test_messages_thinking_blocks_reach_deepseek_as_reasoning() -> None:
     from handler.messages_api import MessagesRequest, to_chat_request
 

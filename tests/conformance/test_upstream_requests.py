@@ -43,6 +43,8 @@ LANDS: dict[str, dict[str, tuple[str, ...]]] = {
         "parallel_tool_calls": ("tool_choice.disable_parallel_tool_use",),
         "response_format": ("tools", "system"),
         "user": ("metadata.user_id",),
+        "reasoning_effort": ("thinking",),
+        "thinking": ("thinking",),
     },
     "bedrock": {
         "max_tokens": ("inferenceConfig.maxTokens",),
@@ -53,6 +55,8 @@ LANDS: dict[str, dict[str, tuple[str, ...]]] = {
         "tools": ("toolConfig.tools",),
         "tool_choice": ("toolConfig.toolChoice",),
         "response_format": ("toolConfig", "system"),
+        "reasoning_effort": ("additionalModelRequestFields.thinking",),
+        "thinking": ("additionalModelRequestFields.thinking",),
     },
     "gemini": {
         "max_tokens": ("generationConfig.maxOutputTokens",),
@@ -67,6 +71,8 @@ LANDS: dict[str, dict[str, tuple[str, ...]]] = {
         "tools": ("tools",),
         "tool_choice": ("toolConfig",),
         "response_format": ("generationConfig.responseMimeType",),
+        "reasoning_effort": ("generationConfig.thinkingConfig",),
+        "thinking": ("generationConfig.thinkingConfig",),
     },
 }
 STRUCTURAL = {"model", "messages", "stream", "stream_options"}

@@ -5,8 +5,12 @@ gateway test can pick a fault on a configured model: `fail-429` (rate_limit_erro
 `fail-500` (api_error), `fail-529` (overloaded_error), `fail-400` (invalid_request_error), `slow`
 (waits `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way, without
 `message_delta` or `message_stop`), `bad-json` (a 200 whose body is not JSON). A request with tools and a
-`tool_choice` of `any` or `tool` is answered with a `tool_use` block. Every request is recorded on
-`app.state.requests`.
+`tool_choice` of `any` or `tool` is answered with a `tool_use` block; one offering a `Bash` tool plays the
+coding-agent exchange of `tests.fakes.agent`. A request asking for `thinking` gets a signed thinking block
+first (its text empty under `display: omitted`). Prompt caching is modelled: the prefix up to the last
+`cache_control` marker is written the first time it is seen (`cache_creation_input_tokens`) and read after
+(`cache_read_input_tokens`). `POST /v1/messages/count_tokens` counts. Every request (path, query, headers,
+body) is recorded on `app.state.requests`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.fakes import agent
+
 API_KEY = "test-anthropic-key"
 TEXT = "Hello from fake Anthropic."
 TOOL_INPUT = {"city": "Paris"}
@@ -28,6 +34,8 @@ OUTPUT_TOKENS = 7
 SLOW_SECONDS = 2.0
 MESSAGE_ID = "msg_01FakeAnthropic"
 TOOL_USE_ID = "toolu_01FakeAnthropic"
+THINKING = "The user wants a greeting."
+SIGNATURE = "EqQBCkYIBRgCKkBfakeSignature=="
 
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -39,6 +47,46 @@ def input_tokens(body: dict[str, Any]) -> int:
     return max(1, len(orjson.dumps([body.get("system"), body.get("messages")])) // 4)
 
 
+def cached_prefix(body: dict[str, Any]) -> bytes:
+    """The prompt up to and including the last block with `cache_control` (tools, system, then messages)."""
+    blocks: list[Any] = list(body.get("tools") or [])
+    system = body.get("system")
+    blocks += system if isinstance(system, list) else [system] if system else []
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        blocks += content if isinstance(content, list) else [content]
+    marked = [i for i, block in enumerate(blocks) if isinstance(block, dict) and "cache_control" in block]
+    return orjson.dumps(blocks[: marked[-1] + 1]) if marked else b""
+
+
+def _saw_tool_result(body: dict[str, Any]) -> bool:
+    return any(
+        isinstance(block, dict) and block.get("type") == "tool_result"
+        for message in body.get("messages") or []
+        if isinstance(message.get("content"), list)
+        for block in message["content"]
+    )
+
+
+def _content(body: dict[str, Any], tool: str | None) -> list[dict[str, Any]]:
+    """The answer's blocks: a thinking block if asked for, then a tool call, the agent's turn, or text."""
+    content: list[dict[str, Any]] = []
+    thinking = body.get("thinking") or {}
+    if thinking.get("type") in ("enabled", "adaptive"):
+        text = "" if thinking.get("display") == "omitted" else THINKING
+        content.append({"type": "thinking", "thinking": text, "signature": SIGNATURE})
+    turn = agent.agent_turn([str(t.get("name")) for t in body.get("tools") or []], _saw_tool_result(body))
+    if tool:
+        content.append({"type": "tool_use", "id": TOOL_USE_ID, "name": tool, "input": TOOL_INPUT})
+    elif turn == "call":
+        content.append({"type": "tool_use", "id": agent.CALL_ID, "name": agent.TOOL, "input": agent.call_input()})
+    elif turn == "answer":
+        content.append({"type": "text", "text": agent.ANSWER})
+    else:
+        content.append({"type": "text", "text": TEXT})
+    return content
+
+
 def _problem(body: dict[str, Any]) -> str | None:
     """What the real API would reject in a body, for the few rules an adapter may get wrong."""
     if not isinstance(body.get("max_tokens"), int):
@@ -47,10 +95,26 @@ def _problem(body: dict[str, Any]) -> str | None:
     if not isinstance(messages, list) or not messages:
         return "messages: at least one message is required"
     for i, message in enumerate(messages):
-        if message.get("role") not in ("user", "assistant"):
-            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        # `system` messages inside `messages` are a beta of Anthropic's, sent by current Claude Code.
+        if message.get("role") not in ("user", "assistant", "system"):
+            return f"messages.{i}.role: Input should be 'user', 'assistant' or 'system'"
     if body.get("tool_choice") and not body.get("tools"):
         return "tool_choice may only be specified while providing tools."
+    return None
+
+
+def _fault(faults: str) -> Response | None:
+    """The error a fault name in the model (or `metadata.user_id`) asks for."""
+    if "fail-429" in faults:
+        return _error(
+            429, "rate_limit_error", "Number of request tokens has exceeded your rate limit.", {"retry-after": "0"}
+        )
+    if "fail-500" in faults:
+        return _error(500, "api_error", "Internal server error")
+    if "fail-529" in faults:
+        return _error(529, "overloaded_error", "Overloaded")
+    if "fail-400" in faults:
+        return _error(400, "invalid_request_error", "messages: text content blocks must be non-empty")
     return None
 
 
@@ -62,33 +126,76 @@ def _tool_name(body: dict[str, Any]) -> str | None:
     return str(choice.get("name") or tools[0]["name"])
 
 
+def _pieces(block: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A whole content block as Anthropic streams it: its empty start, then its deltas."""
+    if block["type"] == "thinking":
+        deltas = [{"type": "thinking_delta", "thinking": block["thinking"]}] if block["thinking"] else []
+        return {"type": "thinking", "thinking": "", "signature": ""}, [
+            *deltas,
+            {"type": "signature_delta", "signature": block["signature"]},
+        ]
+    if block["type"] == "tool_use":
+        text = orjson.dumps(block["input"]).decode()
+        parts = ["", text[: len(text) // 2], text[len(text) // 2 :]]
+        return {**block, "input": {}}, [{"type": "input_json_delta", "partial_json": p} for p in parts]
+    words = block["text"].split(" ")
+    return {"type": "text", "text": ""}, [
+        {"type": "text_delta", "text": (" " if i else "") + w} for i, w in enumerate(words)
+    ]
+
+
 def _sse(event: str, data: dict[str, Any]) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
 def create_app() -> Starlette:
     requests: list[dict[str, Any]] = []
+    cached: set[bytes] = set()
 
-    async def messages(request: Request) -> Response:
+    def usage(body: dict[str, Any]) -> dict[str, int]:
+        prefix = cached_prefix(body)
+        tokens = len(prefix) // 4
+        read = tokens if prefix in cached else 0
+        if prefix:
+            cached.add(prefix)
+        return {
+            "input_tokens": max(1, input_tokens(body) - tokens),
+            "cache_creation_input_tokens": tokens - read,
+            "cache_read_input_tokens": read,
+        }
+
+    async def received(request: Request) -> tuple[dict[str, Any], Response | None]:
         raw = await request.body()
         body = orjson.loads(raw) if raw else {}
-        requests.append({"path": request.url.path, "headers": dict(request.headers), "json": body})
+        requests.append(
+            {"path": request.url.path, "query": request.url.query, "headers": dict(request.headers), "json": body}
+        )
         if request.headers.get("x-api-key") != API_KEY:
-            return _error(401, "authentication_error", "invalid x-api-key")
+            return body, _error(401, "authentication_error", "invalid x-api-key")
         if not request.headers.get("anthropic-version"):
-            return _error(400, "invalid_request_error", "anthropic-version: header is required")
+            return body, _error(400, "invalid_request_error", "anthropic-version: header is required")
+        return body, None
+
+    async def count_tokens(request: Request) -> Response:
+        body, failure = await received(request)
+        if failure is not None:
+            return failure
+        if "max_tokens" in body:
+            return _error(400, "invalid_request_error", "max_tokens: Extra inputs are not permitted")
+        fault = _fault(str(body.get("model", "")))
+        if fault is not None:
+            return fault
+        return Response(orjson.dumps({"input_tokens": input_tokens(body)}), media_type="application/json")
+
+    async def messages(request: Request) -> Response:
+        body, failure = await received(request)
+        if failure is not None:
+            return failure
         model = str(body.get("model", ""))
         faults = f"{model} {(body.get('metadata') or {}).get('user_id', '')}"
-        if "fail-429" in faults:
-            return _error(
-                429, "rate_limit_error", "Number of request tokens has exceeded your rate limit.", {"retry-after": "0"}
-            )
-        if "fail-500" in faults:
-            return _error(500, "api_error", "Internal server error")
-        if "fail-529" in faults:
-            return _error(529, "overloaded_error", "Overloaded")
-        if "fail-400" in faults:
-            return _error(400, "invalid_request_error", "messages: text content blocks must be non-empty")
+        fault = _fault(faults)
+        if fault is not None:
+            return fault
         problem = _problem(body)
         if problem:
             return _error(400, "invalid_request_error", problem)
@@ -97,32 +204,26 @@ def create_app() -> Starlette:
         if "bad-json" in faults:
             return Response(b"{not json", 200, media_type="application/json")
         tool = _tool_name(body)
+        content = _content(body, tool)
+        calls = any(block["type"] == "tool_use" for block in content)
         if body.get("stream"):
-            return StreamingResponse(_stream(body, model, tool, "stream-cut" in faults), media_type="text/event-stream")
-        content: list[dict[str, Any]]
-        if tool:
-            content = [{"type": "tool_use", "id": TOOL_USE_ID, "name": tool, "input": TOOL_INPUT}]
-        else:
-            content = [{"type": "text", "text": TEXT}]
+            stream = _stream(body, model, content, calls, "stream-cut" in faults)
+            return StreamingResponse(stream, media_type="text/event-stream")
         answer = {
             "id": MESSAGE_ID,
             "type": "message",
             "role": "assistant",
             "model": model,
             "content": content,
-            "stop_reason": "tool_use" if tool else "end_turn",
+            "stop_reason": "tool_use" if calls else "end_turn",
             "stop_sequence": None,
-            "usage": {
-                "input_tokens": input_tokens(body),
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-                "output_tokens": OUTPUT_TOKENS,
-                "service_tier": "standard",
-            },
+            "usage": {**usage(body), "output_tokens": OUTPUT_TOKENS, "service_tier": "standard"},
         }
         return Response(orjson.dumps(answer), media_type="application/json")
 
-    async def _stream(body: dict[str, Any], model: str, tool: str | None, cut: bool) -> AsyncIterator[bytes]:
+    async def _stream(
+        body: dict[str, Any], model: str, content: list[dict[str, Any]], calls: bool, cut: bool
+    ) -> AsyncIterator[bytes]:
         start: dict[str, Any] = {
             "id": MESSAGE_ID,
             "type": "message",
@@ -131,38 +232,33 @@ def create_app() -> Starlette:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {
-                "input_tokens": input_tokens(body),
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-                "output_tokens": 1,
-            },
+            "usage": {**usage(body), "output_tokens": 1},
         }
         yield _sse("message_start", {"type": "message_start", "message": start})
-        if tool:
-            block: dict[str, Any] = {"type": "tool_use", "id": TOOL_USE_ID, "name": tool, "input": {}}
-            deltas = [{"type": "input_json_delta", "partial_json": p} for p in ("", '{"city"', ': "Paris"}')]
-        else:
-            block = {"type": "text", "text": ""}
-            words = TEXT.split(" ")
-            deltas = [{"type": "text_delta", "text": (" " if i else "") + w} for i, w in enumerate(words)]
-        yield _sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
         yield _sse("ping", {"type": "ping"})
-        for i, delta in enumerate(deltas):
-            if cut and i == 2:
-                return
-            yield _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
-        yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+        for index, whole in enumerate(content):
+            block, deltas = _pieces(whole)
+            yield _sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
+            for i, delta in enumerate(deltas):
+                if cut and i == 2:
+                    return
+                yield _sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+            yield _sse("content_block_stop", {"type": "content_block_stop", "index": index})
         yield _sse(
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": "tool_use" if tool else "end_turn", "stop_sequence": None},
+                "delta": {"stop_reason": "tool_use" if calls else "end_turn", "stop_sequence": None},
                 "usage": {"output_tokens": OUTPUT_TOKENS},
             },
         )
         yield _sse("message_stop", {"type": "message_stop"})
 
-    app = Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])])
+    app = Starlette(
+        routes=[
+            Route("/v1/messages", messages, methods=["POST"]),
+            Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+        ]
+    )
     app.state.requests = requests
     return app

@@ -21,7 +21,7 @@ import hmac
 import struct
 import urllib.parse
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -30,11 +30,15 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.fakes import agent
+
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
 REGION = "us-east-1"
 SERVICE = "bedrock"
 TEXT = "Hello from fake Bedrock."
+THINKING = "Weighing the question."
+SIGNATURE = "bedrock-signature-01"
 CALL_INPUT = {"city": "Paris"}
 TOOL_USE_ID = "tooluse_fake01"
 USAGE = {"inputTokens": 11, "outputTokens": 6, "totalTokens": 20, "cacheReadInputTokens": 3}
@@ -85,7 +89,13 @@ def stream_frames(answer: Mapping[str, Any]) -> list[bytes]:
     """The ConverseStream transcript of a Converse answer: text in word pieces, tool input in two."""
     frames = [event_frame("messageStart", {"role": "assistant"})]
     for index, block in enumerate(answer["output"]["message"]["content"]):
-        if "text" in block:
+        if "reasoningContent" in block:
+            reasoning = block["reasoningContent"]["reasoningText"]
+            for delta in ({"text": reasoning["text"]}, {"signature": reasoning["signature"]}):
+                frames.append(
+                    event_frame("contentBlockDelta", {"contentBlockIndex": index, "delta": {"reasoningContent": delta}})
+                )
+        elif "text" in block:
             words = block["text"].split(" ")
             for i, word in enumerate(words):
                 piece = word if i == 0 else " " + word
@@ -182,19 +192,37 @@ def _invalid(body: dict[str, Any]) -> str | None:
     return None
 
 
+def _invalid_count(body: dict[str, Any]) -> str | None:
+    """A CountTokens body: `{"input": {"converse": {messages, system}}}`, the Converse part as Converse checks it."""
+    converse = (body.get("input") or {}).get("converse")
+    if set(body) != {"input"} or not isinstance(converse, dict) or set(converse) - {"messages", "system"}:
+        return "Malformed input request: input must be one of converse, invokeModel"
+    return _invalid(converse)
+
+
 def answer_for(body: dict[str, Any]) -> dict[str, Any]:
-    """A Converse answer: a `toolUse` when a tool is forced, else the fixed text."""
+    """A Converse answer: a `toolUse` when a tool is forced, the coding-agent exchange of `tests.fakes.agent`
+    when a `Bash` tool is offered, else the fixed text."""
     config = body.get("toolConfig") or {}
     choice = config.get("toolChoice") or {}
     last = body["messages"][-1]["content"]
     answered = any("toolResult" in block for block in last)
+    names = [str(tool["toolSpec"]["name"]) for tool in config.get("tools") or [] if "toolSpec" in tool]
+    turn = agent.agent_turn(names, any("toolResult" in b for m in body["messages"] for b in m["content"]))
     content: list[dict[str, Any]]
     if config.get("tools") and not answered and ("any" in choice or "tool" in choice):
-        name = choice["tool"]["name"] if "tool" in choice else config["tools"][0]["toolSpec"]["name"]
+        name = choice["tool"]["name"] if "tool" in choice else names[0]
         content = [{"toolUse": {"toolUseId": TOOL_USE_ID, "name": name, "input": CALL_INPUT}}]
         stop = "tool_use"
+    elif turn == "call":
+        content = [{"toolUse": {"toolUseId": agent.CALL_ID, "name": agent.TOOL, "input": agent.call_input()}}]
+        stop = "tool_use"
+    elif turn == "answer":
+        content, stop = [{"text": agent.ANSWER}], "end_turn"
     else:
         content, stop = [{"text": TEXT}], "end_turn"
+    if "thinking" in (body.get("additionalModelRequestFields") or {}):
+        content = [{"reasoningContent": {"reasoningText": {"text": THINKING, "signature": SIGNATURE}}}, *content]
     return {
         "output": {"message": {"role": "assistant", "content": content}},
         "stopReason": stop,
@@ -206,7 +234,9 @@ def answer_for(body: dict[str, Any]) -> dict[str, Any]:
 def create_app() -> Starlette:
     requests: list[dict[str, Any]] = []
 
-    async def guard(request: Request) -> tuple[str, dict[str, Any] | None, Response | None]:
+    async def guard(
+        request: Request, validate: Callable[[dict[str, Any]], str | None] = _invalid
+    ) -> tuple[str, dict[str, Any] | None, Response | None]:
         raw = await request.body()
         raw_path = request.scope["raw_path"].decode()
         headers = dict(request.headers)
@@ -226,7 +256,7 @@ def create_app() -> Starlette:
             return model, None, _error(400, "ValidationException", "The provided model identifier is invalid.")
         if "fail-500" in model:
             return model, None, _error(500, "InternalServerException", "The server encountered an internal error.")
-        invalid = _invalid(body)
+        invalid = validate(body)
         if invalid is not None:
             return model, None, _error(400, "ValidationException", invalid)
         return model, body, None
@@ -252,8 +282,18 @@ def create_app() -> Starlette:
 
         return StreamingResponse(frames(), media_type="application/vnd.amazon.eventstream")
 
+    async def count_tokens(request: Request) -> Response:
+        model, body, failure = await guard(request, _invalid_count)
+        if failure is not None or body is None:
+            return failure or _error(400, "ValidationException", "no body")
+        if "anthropic.claude" not in model:
+            return _error(400, "ValidationException", "The provided model doesn't support counting tokens.")
+        tokens = len(orjson.dumps(body["input"]["converse"])) // 4
+        return Response(orjson.dumps({"inputTokens": tokens}), media_type="application/json")
+
     app = Starlette(
         routes=[
+            Route("/model/{model_id:str}/count-tokens", count_tokens, methods=["POST"]),
             Route("/model/{model_id:str}/converse", converse, methods=["POST"]),
             Route("/model/{model_id:str}/converse-stream", converse_stream, methods=["POST"]),
         ]

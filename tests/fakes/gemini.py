@@ -3,7 +3,9 @@
 It serves `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse` and
 `:batchEmbedContents`, checks `x-goog-api-key`, and refuses what Google refuses (unknown fields, empty
 `contents`, roles other than `user`/`model`) with Google's error body. With tools and function-calling
-mode `ANY` it answers with a `functionCall`. Behaviour is chosen by the model name, as in the OpenAI fake:
+mode `ANY` it answers with a `functionCall`; offered a `Bash` function it plays the coding-agent exchange of
+`tests.fakes.agent`. `:countTokens` counts a `generateContentRequest`. Behaviour is chosen by the model
+name, as in the OpenAI fake:
 `fail-429` (RESOURCE_EXHAUSTED, retry delay 0s), `fail-500`, `fail-400` (INVALID_ARGUMENT), `slow` (waits
 `SLOW_SECONDS`), `stream-cut` (a stream that stops before its finishReason), `bad-json` (a 200 whose
 body is not JSON). Every request is recorded on `app.state.requests`.
@@ -20,6 +22,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes import agent
 
 API_KEY = "test-gemini-key"
 TEXT = "Hello from fake Gemini."
@@ -44,7 +48,10 @@ GENERATION_FIELDS = {
     "responseJsonSchema",
     "thinkingConfig",
 }
-METHODS = {"generateContent", "streamGenerateContent", "batchEmbedContents"}
+METHODS = {"generateContent", "streamGenerateContent", "batchEmbedContents", "countTokens"}
+THINKING_FIELDS = {"thinkingBudget", "thinkingLevel", "includeThoughts"}
+# Gemini 3 signs its function calls and refuses a history whose calls come back without their signature.
+CALL_SIGNATURE = "CiQBcsjafake+thought/signature=="
 
 
 def _error(
@@ -82,19 +89,53 @@ def _validate(body: dict[str, Any]) -> Response | None:
             return _invalid(f"Please use a valid role: user, model. (contents[{i}])")
         if not content.get("parts"):
             return _invalid(f"* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty.\n")
+    thinking = (body.get("generationConfig") or {}).get("thinkingConfig") or {}
+    for name in thinking:
+        if name not in THINKING_FIELDS:
+            return _invalid(
+                f"Invalid JSON payload received. Unknown name \"{name}\" at 'generation_config.thinking_config'."
+            )
+    if "thinkingBudget" in thinking and "thinkingLevel" in thinking:
+        return _invalid("thinking_budget and thinking_level cannot both be set.")
     count = (body.get("generationConfig") or {}).get("candidateCount", 1)
     if not 1 <= count <= 8:
         return _invalid("* GenerateContentRequest.generation_config.candidate_count: must be between 1 and 8\n")
     return None
 
 
+def _unsigned_call(model: str, body: dict[str, Any]) -> str | None:
+    if "gemini-3" not in model:
+        return None
+    for i, content in enumerate(body.get("contents") or []):
+        calls = [part for part in content.get("parts") or [] if "functionCall" in part]
+        if calls and "thoughtSignature" not in calls[0]:
+            name = calls[0]["functionCall"].get("name")
+            return f"Function call `{name}` in the `{i}.` content block is missing a `thought_signature`."
+    return None
+
+
+def _agent_turn(body: dict[str, Any]) -> str | None:
+    names = [str(d.get("name")) for tool in body.get("tools") or [] for d in tool.get("functionDeclarations") or []]
+    answered = any("functionResponse" in part for c in body.get("contents") or [] for part in c.get("parts") or [])
+    return agent.agent_turn(names, answered)
+
+
 def _function_call(body: dict[str, Any]) -> dict[str, Any] | None:
     declarations = [d for tool in body.get("tools") or [] for d in tool.get("functionDeclarations") or []]
     config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    if _agent_turn(body) == "call" and config.get("mode") in (None, "AUTO"):
+        return {"name": agent.TOOL, "args": agent.call_input()}
     if not declarations or config.get("mode") != "ANY":
         return None
     allowed = config.get("allowedFunctionNames") or [declarations[0]["name"]]
     return {"name": allowed[0], "args": CALL_ARGS}
+
+
+def _call_part(model: str, call: dict[str, Any]) -> dict[str, Any]:
+    part: dict[str, Any] = {"functionCall": call}
+    if "gemini-3" in model:
+        part["thoughtSignature"] = CALL_SIGNATURE
+    return part
 
 
 def _usage(body: dict[str, Any], candidates: int, thoughts: int) -> dict[str, Any]:
@@ -174,9 +215,21 @@ def create_app() -> Starlette:
             await asyncio.sleep(SLOW_SECONDS)
         if method == "batchEmbedContents":
             return _embed(model, body)
+        if method == "countTokens":
+            inner = body.get("generateContentRequest")
+            if set(body) - {"contents", "generateContentRequest"} or (inner or {}).get("model") != f"models/{model}":
+                return _invalid("countTokens takes `contents` or a `generateContentRequest` naming this model")
+            failure = _validate({k: v for k, v in (inner or body).items() if k != "model"})
+            if failure is not None:
+                return failure
+            tokens = max(1, len(orjson.dumps(inner or body)) // 4)
+            return Response(orjson.dumps({"totalTokens": tokens}), media_type="application/json")
         failure = _validate(body)
         if failure is not None:
             return failure
+        unsigned = _unsigned_call(model, body)
+        if unsigned:
+            return _invalid(unsigned)
         if "bad-json" in model:
             return Response(b"{not json", 200, media_type="application/json")
         call = _function_call(body)
@@ -184,7 +237,8 @@ def create_app() -> Starlette:
             if request.query_params.get("alt") != "sse":
                 return _invalid("the fake only streams with alt=sse")
             return StreamingResponse(_stream(model, body, call), media_type="text/event-stream")
-        parts = [{"functionCall": call}] if call else [{"text": TEXT}]
+        text = agent.ANSWER if _agent_turn(body) == "answer" else TEXT
+        parts = [_call_part(model, call)] if call else [{"text": text}]
         answer = _answer(parts, _usage(body, 5, 2), "STOP")
         return Response(orjson.dumps(answer), media_type="application/json")
 
@@ -193,9 +247,9 @@ def create_app() -> Starlette:
             return b"data: " + orjson.dumps(payload) + b"\r\n\r\n"
 
         if call:
-            yield event(_answer([{"functionCall": call}], _usage(body, 5, 2), "STOP"))
+            yield event(_answer([_call_part(model, call)], _usage(body, 5, 2), "STOP"))
             return
-        words = TEXT.split(" ")
+        words = (agent.ANSWER if _agent_turn(body) == "answer" else TEXT).split(" ")
         for i, word in enumerate(words):
             if "stream-cut" in model and i == 2:
                 return

@@ -6,7 +6,10 @@ Behaviour is chosen by the requested model name, so tests need no side channel:
 `drip` (a stream whose chunks come `SLOW_SECONDS` apart), `bad-json` (a 200 whose body is not JSON),
 `no-usage` (an answer without `usage`), `negative-usage` (usage with negative counts), `echo-auth` (a 400
 whose message quotes the request's authorization header back, as some upstream errors do).
-Every request is recorded on `app.state.requests`.
+It refuses, as OpenAI does, message and content-part fields Chat Completions does not define, a tool
+`description` of null, `max_tokens` on a reasoning model (o-series, gpt-5) and `reasoning_effort` on any
+other. Offered a `Bash` tool it plays the coding-agent exchange of `tests.fakes.agent`. Every request is
+recorded on `app.state.requests`.
 """
 
 from __future__ import annotations
@@ -22,9 +25,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.fakes import agent
+
 API_KEY = "test-openai-key"
 TEXT = "Hello from fake OpenAI."
 SLOW_SECONDS = 2.0
+REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+MESSAGE_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "audio", "function_call"}
+PART_FIELDS = {"type", "text", "image_url", "input_audio", "file", "refusal"}
 
 
 def _error(status: int, message: str, kind: str, code: str | None, headers: dict[str, str] | None = None) -> Response:
@@ -36,9 +44,41 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     return max(1, len(orjson.dumps(body.get("messages", body.get("input", "")))) // 4)
 
 
+def _problem(body: dict[str, Any]) -> str | None:
+    """What the real API would refuse in a chat request, for the rules a translation may get wrong."""
+    model = str(body.get("model", ""))
+    reasoning = model.startswith(REASONING_PREFIXES)
+    if reasoning and "max_tokens" in body:
+        return (
+            "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."
+        )
+    if not reasoning and "reasoning_effort" in body:
+        return "Unsupported parameter: 'reasoning_effort' is not supported with this model."
+    for i, message in enumerate(body.get("messages") or []):
+        for name in message:
+            if name not in MESSAGE_FIELDS:
+                return f"Additional properties are not allowed ('{name}' was unexpected) - 'messages.{i}'"
+        for j, part in enumerate(message.get("content") if isinstance(message.get("content"), list) else []):
+            for name in part:
+                if name not in PART_FIELDS:
+                    return f"Unrecognized parameter: 'messages[{i}].content[{j}].{name}'"
+    for i, tool in enumerate(body.get("tools") or []):
+        if "description" in tool.get("function", {}) and tool["function"]["description"] is None:
+            return f"Invalid type for 'tools[{i}].function.description': expected a string, but got null instead."
+    return None
+
+
+def _agent_turn(body: dict[str, Any]) -> str | None:
+    names = [str(tool.get("function", {}).get("name")) for tool in body.get("tools") or []]
+    return agent.agent_turn(names, any(m.get("role") == "tool" for m in body.get("messages") or []))
+
+
 def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
     tools = body.get("tools") or []
     choice = body.get("tool_choice")
+    if _agent_turn(body) == "call" and choice in (None, "auto"):
+        arguments = orjson.dumps(agent.call_input()).decode()
+        return {"id": agent.CALL_ID, "type": "function", "function": {"name": agent.TOOL, "arguments": arguments}}
     if not tools or choice in (None, "auto", "none"):
         return None
     name = choice["function"]["name"] if isinstance(choice, dict) else tools[0]["function"]["name"]
@@ -84,7 +124,11 @@ def create_app() -> Starlette:
         model = body["model"]
         if "bad-json" in model:
             return Response(b"{not json", 200, media_type="application/json")
+        problem = _problem(body)
+        if problem:
+            return _error(400, problem, "invalid_request_error", None)
         call = _tool_call(body)
+        text = agent.ANSWER if _agent_turn(body) == "answer" else TEXT
         usage = {
             "prompt_tokens": prompt_tokens(body),
             "completion_tokens": 7,
@@ -95,8 +139,8 @@ def create_app() -> Starlette:
         if "negative-usage" in model:
             usage = {"prompt_tokens": -1_000_000, "completion_tokens": -1_000_000, "total_tokens": -2_000_000}
         if body.get("stream"):
-            return StreamingResponse(_stream(body, call, usage), media_type="text/event-stream")
-        message: dict[str, Any] = {"role": "assistant", "content": None if call else TEXT, "refusal": None}
+            return StreamingResponse(_stream(body, call, usage, text), media_type="text/event-stream")
+        message: dict[str, Any] = {"role": "assistant", "content": None if call else text, "refusal": None}
         if call:
             message["tool_calls"] = [call]
         answer = {
@@ -114,7 +158,9 @@ def create_app() -> Starlette:
             del answer["usage"]
         return Response(orjson.dumps(answer), media_type="application/json")
 
-    async def _stream(body: dict[str, Any], call: dict[str, Any] | None, usage: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def _stream(
+        body: dict[str, Any], call: dict[str, Any] | None, usage: dict[str, Any], text: str
+    ) -> AsyncIterator[bytes]:
         model = body["model"]
         base = {"id": "chatcmpl-fake1", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
 
@@ -136,11 +182,12 @@ def create_app() -> Starlette:
                 "function": {"name": call["function"]["name"], "arguments": ""},
             }
             yield event([{"index": 0, "delta": {"tool_calls": [first]}, "finish_reason": None}])
-            for piece in ('{"city"', ':"Paris"}'):
+            arguments = call["function"]["arguments"]
+            for piece in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :]):
                 delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
                 yield event([{"index": 0, "delta": delta, "finish_reason": None}])
         else:
-            for i, word in enumerate(TEXT.split(" ")):
+            for i, word in enumerate(text.split(" ")):
                 if "stream-cut" in model and i == 2:
                     return
                 if "drip" in model:

@@ -33,6 +33,9 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "chat-completions-bad-json": (400, "invalid_request"),
     "chat-completions-wrong-types": (400, "invalid_request"),
     "embeddings-ok": (200, None),
+    "messages-ok": (200, None),
+    "messages-count-tokens": (200, None),
+    "models-anthropic": (200, None),
     "not-found-route": (404, "not_found"),
 }
 
@@ -104,6 +107,11 @@ def test_events_replay_through_the_handler(tmp_path: Path, upstream: tuple[Serve
     stream_body = by_name["chat-completions-stream"]["body"]
     assert stream_body.rstrip().endswith("data: [DONE]") and '"cost"' in stream_body
     assert by_name["chat-completions-ok"]["headers"]["x-gateway-region"] == "global"
+    message = json.loads(by_name["messages-ok"]["body"])
+    assert message["type"] == "message" and message["content"][0]["text"] == TEXT
+    counted = by_name["messages-count-tokens"]
+    assert json.loads(counted["body"])["input_tokens"] > 0 and counted["headers"]["x-gateway-estimate"] == "true"
+    assert json.loads(by_name["models-anthropic"]["body"])["data"][0]["type"] == "model"
 
 
 @pytest.mark.parametrize("invocations", [8])

@@ -4,6 +4,7 @@ request, or a clear `InvalidRequestError` (a 400), never another exception (a 50
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 
 from adapters.providers import REGISTRY
 from handler.errors import InvalidRequestError
+from handler.messages_api import MessagesRequest, to_chat_request
 from handler.ports import BuiltRequest, ProviderAdapter, Target
 from handler.schemas import ChatRequest
 
@@ -198,9 +200,17 @@ def test_any_valid_request_translates_or_is_a_clear_400(type_name: str, data: di
         req = ChatRequest.model_validate(data)
     except ValidationError:
         reject()
+    translates_or_is_a_clear_400(type_name, data, lambda: req, stream)
+
+
+def translates_or_is_a_clear_400(
+    type_name: str, data: dict[str, Any], internal: Callable[[], ChatRequest], stream: bool
+) -> None:
+    """The internal request `internal` makes of `data`, built for `type_name`: a valid provider request, or an
+    `InvalidRequestError` (a 400) along the way, never another exception (a 500)."""
     adapter, target = make(type_name)
     try:
-        built = adapter.chat_request(req, target, stream=stream)
+        built = adapter.chat_request(internal(), target, stream=stream)
     except InvalidRequestError as exc:
         assert exc.status == 400 and exc.message and SECRET not in exc.message
         return
@@ -230,3 +240,134 @@ def test_a_conversation_with_nothing_to_answer_is_a_clear_400_or_a_valid_request
     except InvalidRequestError:
         return
     check_provider_request(type_name, built, target)
+
+
+# --- the Messages front-end: any Messages request, to any provider --------------------------------
+
+cache_marker = st.sampled_from([{}, {"cache_control": {"type": "ephemeral"}}])
+anthropic_text = st.builds(lambda t, c: {"type": "text", "text": t, **c}, text, cache_marker)
+anthropic_image = st.builds(
+    lambda source, c: {"type": "image", "source": source, **c},
+    st.sampled_from(
+        [
+            {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+            {"type": "url", "url": "https://example.com/a.png"},
+            {"type": "file", "file_id": "file_1"},
+        ]
+    ),
+    cache_marker,
+)
+anthropic_document = st.builds(
+    lambda source: {"type": "document", "source": source},
+    st.sampled_from(
+        [
+            {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="},
+            {"type": "text", "media_type": "text/plain", "data": "words"},
+            {"type": "url", "url": "https://example.com/a.pdf"},
+            {"type": "content", "content": [{"type": "text", "text": "inner"}]},
+        ]
+    ),
+)
+odd_block = st.builds(
+    lambda kind: {"type": kind}, st.sampled_from(["search_result", "container_upload", "future_block"])
+)
+user_block = anthropic_text | anthropic_image | anthropic_document | odd_block
+thinking_block = st.sampled_from(
+    [
+        {"type": "thinking", "thinking": "Plan.", "signature": "sig"},
+        {"type": "redacted_thinking", "data": "opaque"},
+    ]
+)
+tool_use = st.builds(
+    lambda i, args: {"type": "tool_use", "id": f"toolu_{i}", "name": "get_weather", "input": args},
+    st.integers(0, 3),
+    st.dictionaries(name, json_value, max_size=2),
+)
+tool_result = st.builds(
+    lambda i, content, error, c: {
+        "type": "tool_result",
+        "tool_use_id": f"toolu_{i}",
+        "content": content,
+        "is_error": error,
+        **c,
+    },
+    st.integers(0, 3),
+    text | st.lists(anthropic_text | anthropic_image, max_size=2),
+    st.booleans(),
+    cache_marker,
+)
+anthropic_message = st.one_of(
+    st.builds(
+        lambda c: {"role": "user", "content": c}, text | st.lists(user_block | tool_result, min_size=1, max_size=3)
+    ),
+    st.builds(
+        lambda c: {"role": "assistant", "content": c},
+        text | st.lists(anthropic_text | tool_use | thinking_block | odd_block, min_size=1, max_size=3),
+    ),
+    st.builds(lambda c: {"role": "system", "content": c}, text | st.lists(anthropic_text, min_size=1, max_size=2)),
+)
+MESSAGES_OPTIONAL: dict[str, st.SearchStrategy[Any]] = {
+    "system": text | st.lists(anthropic_text, max_size=3),
+    "thinking": st.sampled_from(
+        [
+            {"type": "adaptive"},
+            {"type": "adaptive", "display": "omitted"},
+            {"type": "enabled", "budget_tokens": 1024},
+            {"type": "enabled", "budget_tokens": 50000},
+            {"type": "disabled"},
+        ]
+    ),
+    "output_config": st.sampled_from(
+        [
+            {"effort": "high"},
+            {"effort": "max"},
+            {"format": {"type": "json_schema", "schema": {"type": "object"}}},
+            {"task_budget": 1},
+        ]
+    ),
+    "context_management": st.just({"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}),
+    "tools": st.lists(
+        st.sampled_from(
+            [
+                {"name": "get_weather", "input_schema": {"type": "object"}},
+                {
+                    "name": "Bash",
+                    "description": "Run",
+                    "input_schema": {"type": "object"},
+                    "cache_control": {"type": "ephemeral"},
+                },
+                {"type": "web_search_20250305", "name": "web_search"},
+            ]
+        ),
+        max_size=3,
+        unique_by=lambda t: t["name"],
+    ),
+    "tool_choice": st.sampled_from(
+        [{"type": "auto"}, {"type": "any"}, {"type": "none"}, {"type": "tool", "name": "get_weather"}]
+    ),
+    "temperature": st.floats(0, 1),
+    "top_k": st.integers(1, 50),
+    "stop_sequences": st.lists(text, max_size=6),
+    "metadata": st.just({"user_id": "u-1"}),
+}
+
+
+@st.composite
+def messages_request(draw: st.DrawFn) -> dict[str, Any]:
+    messages = draw(st.lists(anthropic_message, min_size=1, max_size=6))
+    messages.append({"role": "user", "content": draw(st.text(min_size=1, max_size=20).filter(str.strip))})
+    body: dict[str, Any] = {"model": "public-model", "max_tokens": draw(st.integers(1, 40000)), "messages": messages}
+    for field in draw(st.sets(st.sampled_from(sorted(MESSAGES_OPTIONAL)), max_size=8)):
+        body[field] = draw(MESSAGES_OPTIONAL[field])
+    return body
+
+
+@pytest.mark.parametrize("type_name", sorted(REGISTRY))
+@given(data=messages_request(), stream=st.booleans())
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_messages_request_translates_or_is_a_clear_400(type_name: str, data: dict[str, Any], stream: bool) -> None:
+    try:
+        body = MessagesRequest.model_validate(data)
+    except ValidationError:
+        reject()
+    translates_or_is_a_clear_400(type_name, data, lambda: to_chat_request(body)[0], stream)

@@ -74,6 +74,8 @@ def event(
 
 
 HI = [{"role": "user", "content": "Say hello."}]
+# What the anthropic SDK and Claude Code send: the key in `x-api-key`, the API version.
+ANTHROPIC_CLIENT = {"x-api-key": SAMPLE_KEY, "anthropic-version": "2023-06-01", "user-agent": "Anthropic/Python 0.75"}
 CASES: dict[str, dict[str, Any]] = {
     "health": event("GET", "/health", key=None),
     "models": event("GET", "/v1/models"),
@@ -98,6 +100,21 @@ CASES: dict[str, dict[str, Any]] = {
     "chat-completions-unknown-model": event("POST", "/v1/chat/completions", {"model": "gpt-0", "messages": HI}),
     "chat-completions-bad-json": event("POST", "/v1/chat/completions", raw_body='{"model": "gpt-4o-mini", '),
     "chat-completions-wrong-types": event("POST", "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": "hi"}),
+    "messages-ok": event(
+        "POST",
+        "/v1/messages",
+        {"model": "gpt-4o-mini", "max_tokens": 100, "messages": HI},
+        key=None,
+        headers=ANTHROPIC_CLIENT,
+    ),
+    "messages-count-tokens": event(
+        "POST",
+        "/v1/messages/count_tokens",
+        {"model": "gpt-4o-mini", "messages": HI},
+        key=None,
+        headers=ANTHROPIC_CLIENT,
+    ),
+    "models-anthropic": event("GET", "/v1/models", key=None, headers=ANTHROPIC_CLIENT),
     "embeddings-ok": event("POST", "/v1/embeddings", {"model": "text-embedding-3-small", "input": ["hello", "world"]}),
     "not-found-route": event("GET", "/v2/nothing"),
 }

@@ -15,11 +15,15 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from adapters.providers import reasoning
 from adapters.providers.model_rules import keep_one_sampling_knob
-from adapters.providers.params import Rule, apply_rules, named_messages, require_turns
+from adapters.providers.params import Rule, apply_rules, cache_control, named_messages, require_turns, thinking_blocks
 from handler.errors import InvalidRequestError, UpstreamError
+from handler.messages_api import API as MESSAGES_API
+from handler.messages_api import FORWARDED_HEADERS
 from handler.ports import (
     BuiltRequest,
+    NativeCall,
     ProviderAdapter,
     StreamEvent,
     Target,
@@ -74,8 +78,12 @@ TRANSLATED = frozenset(
         "parallel_tool_calls",
         "response_format",
         "user",
+        "reasoning_effort",
+        "thinking",
     }
 )
+# Claude models that take `thinking: {"type": "adaptive"}`; older thinking models get a budget instead.
+ADAPTIVE_FRAGMENTS = ("claude-opus-4-6", "claude-sonnet-4-6", "claude-opus-4-7", "claude-sonnet-4-7")
 
 # When neither the client nor the config caps the output: (model name fragment, max_tokens), first match.
 DEFAULT_MAX_TOKENS: tuple[tuple[str, int], ...] = (
@@ -230,14 +238,19 @@ def _content_blocks(message: Message) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     for part in message.content:
         if isinstance(part, TextPart):
-            if part.text:
-                blocks.append({"type": "text", "text": part.text})
+            if not part.text:
+                continue
+            block: dict[str, Any] = {"type": "text", "text": part.text}
         elif isinstance(part, ImagePart):
-            blocks.append(_image_block(part))
+            block = _image_block(part)
         elif isinstance(part, FilePart):
-            blocks.append(_file_block(part))
+            block = _file_block(part)
         else:
             raise InvalidRequestError(f"content part '{part.type}' is not supported by this provider", param="messages")
+        marker = cache_control(part)
+        if marker is not None:
+            block["cache_control"] = marker
+        blocks.append(block)
     return blocks
 
 
@@ -259,6 +272,8 @@ def _turn(message: Message) -> tuple[str, list[dict[str, Any]]]:
         return "user", [result]
     blocks = _content_blocks(message)
     if message.role == "assistant":
+        # Signed thinking goes back first, as Claude wrote it; reasoning without a signature cannot.
+        blocks = [*thinking_blocks(message), *blocks]
         for call in message.tool_calls or ():
             blocks.append(
                 {
@@ -271,14 +286,14 @@ def _turn(message: Message) -> tuple[str, list[dict[str, Any]]]:
     return ("assistant" if message.role == "assistant" else "user"), blocks
 
 
-def convert_messages(messages: list[Message]) -> tuple[list[str], list[dict[str, Any]]]:
-    """System texts, and the conversation as alternating turns (same-role neighbours merged)."""
-    system: list[str] = []
+def convert_messages(messages: list[Message]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """System text blocks (with their cache markers), and the conversation as alternating turns (same-role
+    neighbours merged)."""
+    system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
     for message in messages:
         if message.role in ("system", "developer"):
-            if message.text():
-                system.append(message.text())
+            system.extend(block for block in _content_blocks(message) if block["type"] == "text")
             continue
         role, blocks = _turn(message)
         if not blocks:
@@ -320,8 +335,34 @@ def _tools(req: ChatRequest) -> list[dict[str, Any]]:
             entry["description"] = tool.function.description
         if tool.function.strict is not None:
             entry["strict"] = tool.function.strict
+        marker = cache_control(tool)
+        if marker is not None:
+            entry["cache_control"] = marker
         tools.append(entry)
     return tools
+
+
+def system_param(blocks: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """`system` as one string, or as blocks when one of them carries a cache marker (a string has none)."""
+    if any("cache_control" in block for block in blocks):
+        return blocks
+    return "\n\n".join(block["text"] for block in blocks)
+
+
+def thinking_param(req: ChatRequest, model: str, max_tokens: int) -> tuple[dict[str, Any] | None, list[str]]:
+    """Claude's `thinking` for the request's reasoning wish (see `reasoning.LEVELS`), and what was dropped."""
+    wish = reasoning.requested(req)
+    if wish is None or wish.off:
+        return None, []
+    asked = ["thinking"] if req.thinking is not None else ["reasoning_effort"]
+    if not reasoning.reasons(model, reasoning.CLAUDE_THINKING_FRAGMENTS):
+        return None, asked
+    if wish.adaptive and wish.level is None and reasoning.reasons(model, ADAPTIVE_FRAGMENTS):
+        return {"type": "adaptive"}, []
+    budget = reasoning.thinking_budget(wish, max_tokens)
+    if budget is None:
+        return None, asked
+    return {"type": "enabled", "budget_tokens": budget}, []
 
 
 def json_tool(req: ChatRequest) -> dict[str, Any] | None:
@@ -336,6 +377,17 @@ def json_tool(req: ChatRequest) -> dict[str, Any] | None:
 
 
 # --- stream --------------------------------------------------------------------------------------
+
+
+def event_payload(event: StreamEvent) -> dict[str, Any]:
+    """A stream event's JSON object; anything else is a (retryable) upstream error."""
+    try:
+        payload = orjson.loads(event.data)
+    except orjson.JSONDecodeError as exc:
+        raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
+    if not isinstance(payload, dict):
+        raise malformed("upstream sent a stream event that is not an object")
+    return payload
 
 
 class AnthropicStreamParser:
@@ -367,12 +419,7 @@ class AnthropicStreamParser:
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
         if not event.data:
             return []
-        try:
-            payload = orjson.loads(event.data)
-        except orjson.JSONDecodeError as exc:
-            raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
-        if not isinstance(payload, dict):
-            raise malformed("upstream sent a stream event that is not an object")
+        payload = event_payload(event)
         kind = payload.get("type") or event.event
         try:
             return self._event(str(kind), payload)
@@ -433,6 +480,9 @@ class AnthropicStreamParser:
             return [self._chunk(ChunkDelta(content=str(delta["text"])))]
         if delta_type == "thinking_delta" and delta.get("thinking"):
             return [self._chunk(ChunkDelta(reasoning_content=str(delta["thinking"])))]
+        if delta_type == "signature_delta" and delta.get("signature"):
+            # The signature that lets the thinking go back to Claude on the next turn (a Messages client's).
+            return [self._chunk(ChunkDelta(reasoning_signature=str(delta["signature"])))]
         if delta_type == "input_json_delta" and delta.get("partial_json"):
             fragment = str(delta["partial_json"])
             if kind == "json":
@@ -450,6 +500,52 @@ class AnthropicStreamParser:
 
     def finish(self) -> list[ChatCompletionChunk]:
         return self._usage_chunk()
+
+
+# --- native pass-through ------------------------------------------------------------------------
+
+
+class MessagesMeter:
+    """Reads the usage of a Messages stream passed through unchanged.
+
+    `message_start` brings the input counts (cache reads and writes among them) and `message_delta` the
+    final cumulative ones. Until then the output is estimated from the deltas' text, so a stream cut short
+    is still charged for what it produced.
+    """
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self._wire = WireUsage()
+        self._chars = 0
+
+    def feed(self, event: StreamEvent) -> None:
+        if not event.data:
+            return
+        kind = event.event
+        if kind == "content_block_delta":
+            self._chars += len(event.data)
+            self._estimate()
+            return
+        if kind not in ("message_start", "message_delta", "error"):
+            return
+        payload = event_payload(event)
+        try:
+            if kind == "message_start":
+                self._wire = WireMessage.model_validate(payload.get("message")).usage
+                self._estimate()
+            elif kind == "message_delta" and payload.get("usage") is not None:
+                self._wire.update(WireUsage.model_validate(payload["usage"]))
+                self.usage = self._wire.to_usage()
+            elif kind == "error":
+                error = payload.get("error") or {}
+                raise error_from_body(ERROR_STATUS.get(str(error.get("type")), 500), event.data, {})
+        except ValidationError as exc:
+            raise malformed(f"upstream sent a malformed '{kind}' event") from exc
+
+    def _estimate(self) -> None:
+        # About three characters a token, less the JSON around each delta's text.
+        produced = max(self._wire.output_tokens, self._chars // 4)
+        self.usage = WireUsage.model_validate({**self._wire.model_dump(), "output_tokens": produced}).to_usage()
 
 
 # --- adapter -------------------------------------------------------------------------------------
@@ -493,8 +589,15 @@ class AnthropicAdapter(ProviderAdapter):
 
         system, messages = convert_messages(req.messages)
         require_turns(messages, "Anthropic")
-        body: dict[str, Any] = {"model": target.model, "max_tokens": self.max_tokens(req, target), "messages": messages}
+        max_tokens = self.max_tokens(req, target)
+        body: dict[str, Any] = {"model": target.model, "max_tokens": max_tokens, "messages": messages}
         body.update(params)
+        thinking, not_thinking = thinking_param(req, target.model, max_tokens)
+        dropped += not_thinking
+        if thinking is not None:
+            body["thinking"] = thinking
+            # Claude refuses sampling changes while thinking.
+            dropped += [name for name in ("temperature", "top_k") if body.pop(name, None) is not None]
         if req.stop_list():
             body["stop_sequences"] = req.stop_list()
         if req.user:
@@ -508,15 +611,19 @@ class AnthropicAdapter(ProviderAdapter):
                 tool_choice = {"type": "tool", "name": JSON_TOOL} if not tools else {"type": "any"}
             tools.append(forced)
         elif req.response_format is not None and req.response_format.type == "json_object":
-            system.append(JSON_OBJECT_INSTRUCTION)
+            system.append({"type": "text", "text": JSON_OBJECT_INSTRUCTION})
         if tools:
             body["tools"] = tools
             if tool_choice is not None:
                 body["tool_choice"] = tool_choice
         elif req.tool_choice not in (None, "none"):
             dropped.append("tool_choice")
+        if "thinking" in body and body.get("tool_choice", {}).get("type") in ("any", "tool"):
+            # Claude cannot think on a turn whose tool use is forced; the forced tool wins.
+            del body["thinking"]
+            dropped.append("thinking" if req.thinking is not None else "reasoning_effort")
         if system:
-            body["system"] = "\n\n".join(system)
+            body["system"] = system_param(system)
         if stream:
             body["stream"] = True
         return body, dropped
@@ -571,3 +678,64 @@ class AnthropicAdapter(ProviderAdapter):
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         return error_from_body(status, body, headers)
+
+    # --- the Messages API passed through --------------------------------------------------------
+
+    native_apis = frozenset({MESSAGES_API})
+
+    def counts_tokens(self, target: Target) -> bool:
+        return True
+
+    def native_headers(self, call: NativeCall) -> dict[str, str]:
+        """The adapter's headers with the client's `anthropic-version` and `anthropic-beta` as it sent them."""
+        headers = self.headers()
+        for name in FORWARDED_HEADERS:
+            if call.headers.get(name):
+                headers[name] = call.headers[name]
+        return headers
+
+    def native_request(
+        self, call: NativeCall, target: Target, *, stream: bool, output_limit: int | None
+    ) -> BuiltRequest:
+        body = dict(call.body)
+        body["model"] = target.model
+        if output_limit is not None and (
+            not isinstance(body.get("max_tokens"), int) or body["max_tokens"] > output_limit
+        ):
+            body["max_tokens"] = output_limit
+            thinking = body.get("thinking")
+            if isinstance(thinking, dict) and isinstance(thinking.get("budget_tokens"), int):
+                # Anthropic wants the thinking budget below `max_tokens`: the budget's cap lowers both.
+                if thinking["budget_tokens"] >= output_limit:
+                    if output_limit - 1 >= reasoning.MIN_THINKING_BUDGET:
+                        body["thinking"] = {**thinking, "budget_tokens": output_limit - 1}
+                    else:
+                        del body["thinking"]
+        request = UpstreamRequest("POST", self.messages_url(target), self.native_headers(call), orjson.dumps(body))
+        return BuiltRequest(request)
+
+    def native_usage(self, call: NativeCall, body: bytes) -> Usage:
+        try:
+            return WireMessage.model_validate(json_body(body)).usage.to_usage()
+        except ValidationError as exc:
+            raise malformed("upstream answer is not an Anthropic message") from exc
+
+    def native_meter(self, call: NativeCall) -> MessagesMeter:
+        return MessagesMeter()
+
+    def count_tokens_request(self, call: NativeCall, req: ChatRequest, target: Target) -> BuiltRequest:
+        """Anthropic's own `/v1/messages/count_tokens`, with the client's body if it spoke Messages."""
+        if call.api == MESSAGES_API:
+            body = {name: value for name, value in call.body.items() if name not in ("max_tokens", "stream")}
+        else:
+            body, _ = self.chat_body(req, target, stream=False)
+            body.pop("max_tokens", None)
+        body["model"] = target.model
+        url = f"{self.messages_url(target)}/count_tokens"
+        return BuiltRequest(UpstreamRequest("POST", url, self.native_headers(call), orjson.dumps(body)))
+
+    def count_tokens_response(self, body: bytes) -> int:
+        data = json_body(body)
+        if not isinstance(data, dict) or not isinstance(data.get("input_tokens"), int):
+            raise malformed("upstream answered count_tokens without input_tokens")
+        return int(data["input_tokens"])

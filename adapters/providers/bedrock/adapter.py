@@ -22,22 +22,26 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from adapters.providers import reasoning
 from adapters.providers.anthropic.adapter import (
+    ADAPTIVE_FRAGMENTS,
     JSON_OBJECT_INSTRUCTION,
     JSON_TOOL,
     AnthropicStreamParser,
     WireBlock,
     convert_messages,
+    default_max_tokens,
     json_tool,
 )
 from adapters.providers.bedrock.eventstream import EventStreamDecoder
 from adapters.providers.model_rules import keep_one_sampling_knob
-from adapters.providers.params import Rule, apply_rules, named_messages, require_turns
+from adapters.providers.params import Rule, apply_rules, cache_control, named_messages, require_turns
 from adapters.sigv4 import Credentials as SigCredentials
 from adapters.sigv4 import Signer
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
 from handler.ports import (
     BuiltRequest,
+    NativeCall,
     ProviderAdapter,
     StreamEvent,
     Target,
@@ -74,8 +78,21 @@ INFERENCE_RULES: dict[str, Rule] = {
 # Accepted when harmless: one choice; parallel tool calls, which Converse cannot forbid.
 HARMLESS_RULES: dict[str, Rule] = {"n": Rule(only=(1,)), "parallel_tool_calls": Rule(only=(True,))}
 TRANSLATED = frozenset(
-    {"model", "messages", "stream", "stream_options", "stop", "tools", "tool_choice", "response_format"}
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "stop",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "reasoning_effort",
+        "thinking",
+    }
 )
+# Where a prompt-cache marker (`cache_control`) stood: Converse caches the prefix up to a cache point.
+CACHE_POINT = {"cachePoint": {"type": "default"}}
 
 STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -244,6 +261,11 @@ def converse_block(block: Mapping[str, Any], position: int) -> dict[str, Any]:
         return {"document": document}
     if kind == "tool_use":
         return {"toolUse": {"toolUseId": block["id"], "name": block["name"], "input": block["input"]}}
+    if kind == "thinking":
+        text = {"text": block.get("thinking", ""), "signature": block.get("signature", "")}
+        return {"reasoningContent": {"reasoningText": text}}
+    if kind == "redacted_thinking":
+        return {"reasoningContent": {"redactedContent": block.get("data", "")}}
     if kind == "tool_result":
         content = [converse_block(inner, position) for inner in block.get("content") or ()]
         # Converse requires a result's content; a tool that printed nothing still answered.
@@ -251,9 +273,14 @@ def converse_block(block: Mapping[str, Any], position: int) -> dict[str, Any]:
     raise InvalidRequestError(f"content of type '{kind}' cannot be sent to Bedrock", param="messages")
 
 
-def converse_messages(req: ChatRequest) -> tuple[list[str], list[dict[str, Any]]]:
-    """System texts and Converse turns of the client's messages."""
-    system, turns = convert_messages(req.messages)
+def converse_messages(req: ChatRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Converse system blocks and turns of the client's messages, a cache point after each marked block."""
+    system_blocks, turns = convert_messages(req.messages)
+    system: list[dict[str, Any]] = []
+    for block in system_blocks:
+        system.append({"text": block["text"]})
+        if "cache_control" in block:
+            system.append(CACHE_POINT)
     position = 0
     messages = []
     for turn in turns:
@@ -261,8 +288,41 @@ def converse_messages(req: ChatRequest) -> tuple[list[str], list[dict[str, Any]]
         for block in turn["content"]:
             position += 1
             content.append(converse_block(block, position))
+            if "cache_control" in block:
+                content.append(CACHE_POINT)
         messages.append({"role": turn["role"], "content": content})
     return system, messages
+
+
+def reasoning_fields(req: ChatRequest, model: str, max_tokens: int) -> tuple[dict[str, Any] | None, list[str]]:
+    """`additionalModelRequestFields` for the request's reasoning wish (`reasoning.LEVELS`): Claude's
+    `thinking`, Nova's `reasoningConfig`; and what could not be honoured."""
+    wish = reasoning.requested(req)
+    if wish is None or wish.off:
+        return None, []
+    asked = ["thinking"] if req.thinking is not None else ["reasoning_effort"]
+    if reasoning.reasons(model, reasoning.CLAUDE_THINKING_FRAGMENTS):
+        if wish.adaptive and wish.level is None and reasoning.reasons(model, ADAPTIVE_FRAGMENTS):
+            return {"thinking": {"type": "adaptive"}}, []
+        budget = reasoning.thinking_budget(wish, max_tokens)
+        if budget is None:
+            return None, asked
+        return {"thinking": {"type": "enabled", "budget_tokens": budget}}, []
+    if reasoning.reasons(model, reasoning.NOVA_REASONING_FRAGMENTS):
+        level = wish.level or reasoning.BY_EFFORT["medium"]
+        return {"reasoningConfig": {"type": "enabled", "maxReasoningEffort": level.nova}}, []
+    return None, asked
+
+
+def _tool_specs(req: ChatRequest) -> list[dict[str, Any]]:
+    specs = []
+    for tool in req.tools or ():
+        specs.append(
+            _tool_spec(tool.function.name, tool.function.description, tool.function.parameters, tool.function.strict)
+        )
+        if cache_control(tool) is not None:
+            specs.append(CACHE_POINT)
+    return specs
 
 
 def _tool_spec(
@@ -292,10 +352,7 @@ def _uses_tools(messages: list[dict[str, Any]]) -> bool:
 
 def tool_config(req: ChatRequest, messages: list[dict[str, Any]], dropped: list[str]) -> dict[str, Any] | None:
     """`toolConfig`: the client's tools and choice, plus the forced tool of a `json_schema` answer."""
-    tools = [
-        _tool_spec(t.function.name, t.function.description, t.function.parameters, t.function.strict)
-        for t in req.tools or ()
-    ]
+    tools = _tool_specs(req)
     choice = req.tool_choice
     if choice == "none":
         if not _uses_tools(messages):
@@ -403,10 +460,12 @@ def anthropic_delta(delta: Any) -> dict[str, Any]:
     reasoning = delta.get("reasoningContent")
     if isinstance(reasoning, dict) and isinstance(reasoning.get("text"), str):
         return {"type": "thinking_delta", "thinking": reasoning["text"]}
+    if isinstance(reasoning, dict) and isinstance(reasoning.get("signature"), str):
+        return {"type": "signature_delta", "signature": reasoning["signature"]}
     tool = delta.get("toolUse")
     if isinstance(tool, dict) and isinstance(tool.get("input"), str):
         return {"type": "input_json_delta", "partial_json": tool["input"]}
-    return {}  # reasoning signatures, citations: nothing the OpenAI form carries
+    return {}  # redacted reasoning, citations: nothing the OpenAI form carries
 
 
 # --- adapter -------------------------------------------------------------------------------------
@@ -458,9 +517,9 @@ class BedrockAdapter(ProviderAdapter):
         if config is not None:
             body["toolConfig"] = config
         if req.response_format is not None and req.response_format.type == "json_object":
-            system.append(JSON_OBJECT_INSTRUCTION)
+            system.append({"text": JSON_OBJECT_INSTRUCTION})
         if system:
-            body["system"] = [{"text": text} for text in system]
+            body["system"] = system
         inference = {name: value for name, value in inference.items() if value is not None}
         if req.stop_list():
             inference["stopSequences"] = req.stop_list()
@@ -474,6 +533,20 @@ class BedrockAdapter(ProviderAdapter):
             configured = target.options.get("max_output_tokens") or self.options.get("max_output_tokens")
             if configured:
                 body.setdefault("inferenceConfig", {})["maxTokens"] = int(configured)
+        max_tokens = body.get("inferenceConfig", {}).get("maxTokens") or default_max_tokens(target.model)
+        fields, not_reasoning = reasoning_fields(req, target.model, max_tokens)
+        dropped += not_reasoning
+        if fields is not None:
+            body["additionalModelRequestFields"] = fields
+            if "thinking" in fields:
+                # Claude thinks only at its default sampling, and needs room beyond the budget.
+                inference = body.setdefault("inferenceConfig", {})
+                inference["maxTokens"] = max_tokens
+                dropped += [
+                    name
+                    for name, wire in (("temperature", "temperature"), ("top_p", "topP"))
+                    if inference.pop(wire, None) is not None
+                ]
         headers = {"content-type": "application/json"}
         if stream:
             headers["accept"] = "application/vnd.amazon.eventstream"
@@ -492,6 +565,7 @@ class BedrockAdapter(ProviderAdapter):
         json_mode = json_tool(req) is not None
         texts: list[str] = []
         thinking: list[str] = []
+        signed: list[dict[str, Any]] = []
         calls: list[ToolCall] = []
         json_answer: str | None = None
         for block in message["content"]:
@@ -508,11 +582,19 @@ class BedrockAdapter(ProviderAdapter):
                 function = FunctionCall(name=str(tool.get("name", "")), arguments=arguments)
                 calls.append(ToolCall(id=str(tool.get("toolUseId", "")), function=function))
             elif isinstance(reasoning, dict) and isinstance(reasoning.get("reasoningText"), dict):
-                thinking.append(str(reasoning["reasoningText"].get("text", "")))
+                text = str(reasoning["reasoningText"].get("text", ""))
+                thinking.append(text)
+                signature = str(reasoning["reasoningText"].get("signature", ""))
+                signed.append({"type": "thinking", "thinking": text, "signature": signature})
+            elif isinstance(reasoning, dict) and "redactedContent" in reasoning:
+                signed.append({"type": "redacted_thinking", "data": str(reasoning["redactedContent"])})
         content = json_answer if json_answer is not None else ("".join(texts) if texts else None)
         reply = AssistantMessage(
             content=content, tool_calls=calls or None, reasoning_content="".join(thinking) if thinking else None
         )
+        if signed:
+            # Claude's thinking as Anthropic's blocks, signatures kept: a Messages client sends them back.
+            reply.thinking_blocks = signed  # type: ignore[attr-defined]
         finish = finish_reason(data.get("stopReason"), json_answer is not None, bool(calls))
         return ChatCompletion(
             id=completion_id(),
@@ -521,6 +603,27 @@ class BedrockAdapter(ProviderAdapter):
             choices=[Choice(message=reply, finish_reason=finish)],
             usage=usage_of(data.get("usage")),
         )
+
+    def counts_tokens(self, target: Target) -> bool:
+        # Bedrock's CountTokens serves Anthropic's models only.
+        return reasoning.reasons(target.model, ("anthropic.claude",))
+
+    def count_tokens_request(self, call: NativeCall, req: ChatRequest, target: Target) -> BuiltRequest:
+        """Bedrock's CountTokens for the Converse request this prompt would be."""
+        body, _ = self.chat_body(req)
+        converse = {name: body[name] for name in ("messages", "system") if name in body}
+        payload = orjson.dumps({"input": {"converse": converse}})
+        request = UpstreamRequest(
+            "POST", self.url(target, "count-tokens"), {"content-type": "application/json"}, payload
+        )
+        sign(request, aws_region(target.region), process_credentials())
+        return BuiltRequest(request)
+
+    def count_tokens_response(self, body: bytes) -> int:
+        data = json_body(body)
+        if not isinstance(data, dict) or not isinstance(data.get("inputTokens"), int):
+            raise malformed("upstream answered CountTokens without inputTokens")
+        return int(data["inputTokens"])
 
     def frame_decoder(self) -> EventStreamDecoder:
         return EventStreamDecoder(stream_exception)

@@ -20,6 +20,7 @@ PROFILE = dataclasses.replace(
     # `reasoning_effort` selects the thinking depth of DeepSeek's reasoning models.
     rules={name: rule for name, rule in _OPENAI_COMPATIBLE.rules.items() if name != "reasoning_effort"},
     strip_message_fields=(),
+    thinking=True,
 )
 
 

@@ -21,11 +21,13 @@ from typing import Any
 
 import orjson
 
+from adapters.providers import reasoning
 from adapters.providers.model_rules import rules_for
-from adapters.providers.params import Rule, apply_rules, named_messages, require_turns
+from adapters.providers.params import Rule, apply_rules, named_messages, require_turns, thinking_blocks
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import (
     BuiltRequest,
+    NativeCall,
     ProviderAdapter,
     StreamEvent,
     Target,
@@ -88,8 +90,23 @@ GENERATION_RULES: dict[str, Rule] = {
 
 # Handled by code below rather than by the table.
 STRUCTURAL = frozenset(
-    {"model", "messages", "stream", "stream_options", "tools", "tool_choice", "response_format", "stop"}
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "stop",
+        "reasoning_effort",
+        "thinking",
+    }
 )
+# Gemini 2.5's `thinkingBudget` for "think as much as the prompt needs".
+DYNAMIC_BUDGET = -1
+# Gemini 3 Pro takes only `low` and `high` (Flash all four levels); the nearest of them.
+PRO_LEVELS = {"minimal": "low", "medium": "high"}
 
 FINISH_REASONS: dict[str, FinishReason] = {
     "STOP": "stop",
@@ -215,7 +232,32 @@ def _json_object(raw: str, key: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {key: value}
 
 
-def _contents(req: ChatRequest, dropped: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+# Gemini's thought signature of a function call rides in the call's id through clients that know nothing of it
+# (an OpenAI `tool_calls[].id`, an Anthropic `tool_use.id`: letters, digits, `_` and `-`), so it goes back
+# with the call on the next turn, as Gemini 3 requires.
+SIGNATURE_MARK = "__gts_"
+# Gemini's documented stand-in for a call whose signature was never seen (a history from another model).
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+
+
+def signed_call_id(call_id: str, signature: str | None) -> str:
+    """`call_id` carrying `signature` (base64) in URL-safe base64, or `call_id` itself."""
+    if not signature:
+        return call_id
+    return call_id + SIGNATURE_MARK + signature.replace("+", "-").replace("/", "_").rstrip("=")
+
+
+def call_signature(call_id: str) -> str | None:
+    """The thought signature a call id carries, back in standard base64."""
+    _, mark, encoded = call_id.partition(SIGNATURE_MARK)
+    if not mark or not encoded:
+        return None
+    return encoded.replace("-", "+").replace("_", "/") + "=" * (-len(encoded) % 4)
+
+
+def _contents(
+    req: ChatRequest, dropped: list[str], model: str = ""
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """`contents` and `systemInstruction` from the OpenAI messages."""
     system: list[dict[str, Any]] = []
     contents: list[dict[str, Any]] = []
@@ -235,35 +277,23 @@ def _contents(req: ChatRequest, dropped: list[str]) -> tuple[list[dict[str, Any]
         elif message.role == "user":
             add("user", _content_parts(message.content, dropped))
         elif message.role == "assistant":
+            if thinking_blocks(message) and "messages.thinking" not in dropped:
+                dropped.append("messages.thinking")  # Claude's signed thinking means nothing to Gemini
             parts = _content_parts(message.content, dropped)
-            for call in message.tool_calls or ():
+            for position, call in enumerate(message.tool_calls or ()):
                 call_names[call.id] = call.function.name
                 args = _json_object(call.function.arguments, "arguments")
-                parts.append(signed({"functionCall": {"name": call.function.name, "args": args}}, call.extra_content))
+                part: dict[str, Any] = {"functionCall": {"name": call.function.name, "args": args}}
+                signature = call_signature(call.id)
+                if signature is None and position == 0 and "gemini-3" in model:
+                    signature = SKIP_SIGNATURE
+                if signature is not None:
+                    part["thoughtSignature"] = signature
+                parts.append(part)
             add("model", parts)
         else:
             add("user", [_function_response(message, call_names)])
     return contents, ({"parts": system} if system else None)
-
-
-def signed(part: dict[str, Any], extra_content: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A function-call part with the thought signature Gemini gave it, as the client carried it back."""
-    google = (extra_content or {}).get("google")
-    signature = google.get("thought_signature") if isinstance(google, dict) else None
-    if isinstance(signature, str) and signature:
-        part["thoughtSignature"] = signature
-    return part
-
-
-def signature_of(part: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A part's thought signature in the tool call's `extra_content` (Google's OpenAI-compatible shape)."""
-    signature = part.get("thoughtSignature")
-    return {"google": {"thought_signature": signature}} if isinstance(signature, str) and signature else None
-
-
-# Gemini's documented stand-in for a signature it never issued (a history from another model, or from a
-# client that dropped it): Gemini 3 refuses a function-call turn whose first call carries none.
-UNSIGNED = "skip_thought_signature_validator"
 
 
 def apply_model_rules(body: dict[str, Any], model: str, dropped: list[str]) -> None:
@@ -281,7 +311,7 @@ def apply_model_rules(body: dict[str, Any], model: str, dropped: list[str]) -> N
         for content in body["contents"]:
             calls = [part for part in content["parts"] if "functionCall" in part]
             if calls:
-                calls[0].setdefault("thoughtSignature", UNSIGNED)
+                calls[0].setdefault("thoughtSignature", SKIP_SIGNATURE)
 
 
 def _function_response(message: Message, call_names: Mapping[str, str]) -> dict[str, Any]:
@@ -334,6 +364,46 @@ def _response_format(req: ChatRequest) -> dict[str, Any]:
     return config
 
 
+def thinking_config(req: ChatRequest, model: str, dropped: list[str]) -> dict[str, Any] | None:
+    """`generationConfig.thinkingConfig` for the request's reasoning wish (`reasoning.LEVELS`): a
+    `thinkingLevel` for Gemini 3, a `thinkingBudget` for 2.5; thoughts come back when a Messages client
+    asked to see them."""
+    wish = reasoning.requested(req)
+    if wish is None:
+        return None
+    if not reasoning.reasons(model, reasoning.GEMINI_THINKING_FRAGMENTS):
+        if not wish.off:
+            dropped.append("thinking" if req.thinking is not None else "reasoning_effort")
+        return None
+    config: dict[str, Any] = {}
+    pro = "pro" in model
+    if "gemini-3" in model:
+        level = reasoning.BY_EFFORT["none"] if wish.off else wish.level
+        if level is not None:
+            config["thinkingLevel"] = (
+                PRO_LEVELS.get(level.gemini_level, level.gemini_level) if pro else level.gemini_level
+            )
+    elif wish.off and pro:
+        dropped.append("thinking" if req.thinking is not None else "reasoning_effort")  # 2.5 Pro always thinks
+        return None
+    elif wish.off:
+        config["thinkingBudget"] = 0
+    elif wish.budget is not None:
+        config["thinkingBudget"] = wish.budget
+    elif wish.level is not None:
+        config["thinkingBudget"] = wish.level.budget
+    else:
+        config["thinkingBudget"] = DYNAMIC_BUDGET
+    thinking = req.thinking
+    if (
+        thinking is not None
+        and thinking.type != "disabled"
+        and (thinking.model_extra or {}).get("display") != "omitted"
+    ):
+        config["includeThoughts"] = True
+    return config or None
+
+
 # --- response -----------------------------------------------------------------------------------
 
 
@@ -379,11 +449,11 @@ def _tool_call(part: Mapping[str, Any], index: int) -> ToolCall | None:
     if not isinstance(call, dict):
         return None
     args = orjson.dumps(call.get("args") or {}).decode()
-    return ToolCall(
-        id=str(call.get("id") or call_id(index)),
-        function=FunctionCall(name=str(call["name"]), arguments=args),
-        extra_content=signature_of(part),
+    signature = part.get("thoughtSignature")
+    identifier = signed_call_id(
+        str(call.get("id") or call_id(index)), signature if isinstance(signature, str) else None
     )
+    return ToolCall(id=identifier, function=FunctionCall(name=str(call["name"]), arguments=args))
 
 
 def _block_message(data: Mapping[str, Any]) -> str | None:
@@ -458,7 +528,6 @@ class GeminiStreamParser:
                         id=call.id,
                         type="function",
                         function=FunctionCallDelta(name=call.function.name, arguments=call.function.arguments),
-                        extra_content=call.extra_content,
                     )
                     chunks.append(self._chunk(index, ChunkDelta(tool_calls=[delta])))
                 elif isinstance(part.get("text"), str) and part["text"]:
@@ -498,10 +567,10 @@ class GeminiAdapter(ProviderAdapter):
         model = target.model.removeprefix("models/")
         return f"{target.base_url}/{API_VERSION}/models/{urllib.parse.quote(model, safe='-._~')}:{method}"
 
-    def chat_body(self, req: ChatRequest) -> tuple[dict[str, Any], list[str]]:
+    def chat_body(self, req: ChatRequest, target: Target) -> tuple[dict[str, Any], list[str]]:
         """The `GenerateContentRequest` and the client parameters it could not carry."""
         dropped: list[str] = []
-        contents, system = _contents(req, dropped)
+        contents, system = _contents(req, dropped, target.model)
         require_turns(contents, "Gemini")
         body: dict[str, Any] = {"contents": contents}
         if system is not None:
@@ -523,6 +592,9 @@ class GeminiAdapter(ProviderAdapter):
             if len(stops) > MAX_STOP_SEQUENCES:
                 dropped.append("stop")
         config.update(_response_format(req))
+        thinking = thinking_config(req, target.model, dropped)
+        if thinking is not None:
+            config["thinkingConfig"] = thinking
         if config:
             body["generationConfig"] = config
         dropped += [name for name, value in params.items() if name not in STRUCTURAL and value is not None]
@@ -530,7 +602,7 @@ class GeminiAdapter(ProviderAdapter):
         return body, list(dict.fromkeys(dropped))
 
     def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
-        body, dropped = self.chat_body(req)
+        body, dropped = self.chat_body(req, target)
         apply_model_rules(body, target.model, dropped)
         url = self.url(target, "streamGenerateContent?alt=sse" if stream else "generateContent")
         return BuiltRequest(UpstreamRequest("POST", url, self.headers(), orjson.dumps(body)), dropped)
@@ -573,6 +645,23 @@ class GeminiAdapter(ProviderAdapter):
 
     def stream_parser(self, req: ChatRequest, target: Target) -> GeminiStreamParser:
         return GeminiStreamParser(target.model)
+
+    def counts_tokens(self, target: Target) -> bool:
+        return True
+
+    def count_tokens_request(self, call: NativeCall, req: ChatRequest, target: Target) -> BuiltRequest:
+        """Gemini's `countTokens` for the whole request (contents, system instruction, tools)."""
+        body, _ = self.chat_body(req, target)
+        body.pop("generationConfig", None)
+        body["model"] = f"models/{target.model.removeprefix('models/')}"
+        payload = orjson.dumps({"generateContentRequest": body})
+        return BuiltRequest(UpstreamRequest("POST", self.url(target, "countTokens"), self.headers(), payload))
+
+    def count_tokens_response(self, body: bytes) -> int:
+        data = _check_payload(json_body(body))
+        if not isinstance(data.get("totalTokens"), int):
+            raise malformed("upstream answered countTokens without totalTokens")
+        return int(data["totalTokens"])
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         return error_from_body(status, body, headers)

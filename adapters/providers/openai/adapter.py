@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from adapters.providers.model_rules import rules_for
+from adapters.providers import reasoning
 from adapters.providers.openai.profiles import PROFILES, Profile, profile_for
 from adapters.providers.params import apply_rules
 from handler.errors import InvalidRequestError, UpstreamError
@@ -115,6 +115,62 @@ class OpenAIStreamParser:
         return []
 
 
+def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...]) -> list[str]:
+    """Leave in the messages only what Chat Completions defines: a Messages client's signed thinking blocks
+    are Claude's alone (reported as dropped unless the profile keeps the reasoning text, as DeepSeek's
+    does); prompt-cache markers go too, since OpenAI caches prefixes by itself."""
+    dropped: list[str] = []
+    for message in messages:
+        if message.pop("thinking_blocks", None) and "reasoning_content" in strip and "messages.thinking" not in dropped:
+            dropped.append("messages.thinking")
+        for name in strip:
+            message.pop(name, None)
+        if isinstance(message.get("content"), list):
+            for part in message["content"]:
+                if isinstance(part, dict):
+                    part.pop("cache_control", None)
+    return dropped
+
+
+def _plain_tools(tools: list[dict[str, Any]] | None) -> None:
+    """A tool without a description has none (OpenAI refuses `"description": null`), and no cache marker."""
+    for tool in tools or ():
+        tool.pop("cache_control", None)
+        function = tool.get("function")
+        if isinstance(function, dict) and function.get("description") is None:
+            function.pop("description", None)
+
+
+def _reasoning(body: dict[str, Any], req: ChatRequest, model: str, takes_thinking: bool) -> list[str]:
+    """`reasoning_effort` and the output cap as OpenAI's reasoning models take them (`reasoning.LEVELS`).
+
+    A client's own `reasoning_effort` is passed on (any OpenAI-compatible API may define it); a Messages
+    client's `thinking` becomes one only for a model that reasons, and is reported as dropped otherwise.
+    """
+    dropped: list[str] = []
+    thinking = body.pop("thinking", None)
+    reasons = reasoning.reasons(model, reasoning.OPENAI_REASONING_PREFIXES, prefix=True)
+    wish = reasoning.requested(req)
+    if thinking is not None and takes_thinking and wish is not None:
+        # DeepSeek's switch: thinking on or off, no budget.
+        body["thinking"] = {"type": "disabled" if wish.off else "enabled"}
+        thinking = None
+    if req.reasoning_effort is not None:
+        level = reasoning.BY_EFFORT.get(req.reasoning_effort)
+        if level is not None:
+            body["reasoning_effort"] = level.openai
+    elif thinking is not None and wish is not None:
+        if not reasons:
+            dropped.append("thinking")
+        elif wish.level is not None:
+            body["reasoning_effort"] = wish.level.openai
+    if reasons and "max_tokens" in body:
+        # OpenAI's reasoning models refuse `max_tokens`: their cap covers the hidden reasoning too.
+        limit = body.pop("max_tokens")
+        body.setdefault("max_completion_tokens", limit)
+    return dropped
+
+
 class OpenAIAdapter(ProviderAdapter):
     """The `openai` provider type."""
 
@@ -149,15 +205,11 @@ class OpenAIAdapter(ProviderAdapter):
         body["model"] = target.model
         body.pop("stream", None)
         body.pop("stream_options", None)
-        if profile.strip_message_fields:
-            for message in body["messages"]:
-                for name in profile.strip_message_fields:
-                    message.pop(name, None)
+        dropped = _plain_messages(body["messages"], profile.strip_message_fields)
         conform_messages(body["messages"], profile)
-        dropped = apply_rules(body, profile.rules)
-        if rules_for(target.model).completion_tokens_field and "max_tokens" in body:
-            # Reasoning models refuse `max_tokens`; the client's cap still applies, under the field they read.
-            body.setdefault("max_completion_tokens", body.pop("max_tokens"))
+        _plain_tools(body.get("tools"))
+        dropped += _reasoning(body, req, target.model, profile.thinking)
+        dropped += apply_rules(body, profile.rules)
         if stream:
             body["stream"] = True
             if profile.stream_usage:

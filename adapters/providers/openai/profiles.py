@@ -21,7 +21,8 @@ class Profile:
     the same for tool calls (another provider's state, such as Gemini's thought signature); `roles` maps
     message roles the API does not know to the one it reads the same way; `part_types`, when set, are the
     only content parts the API takes and `refused_roles` roles it has no equivalent for (either is the
-    client's 400, named, rather than the provider's)."""
+    client's 400, named, rather than the provider's); `thinking` says whether the API takes a
+    `thinking: {"type": "enabled" | "disabled"}` switch (DeepSeek's)."""
 
     rules: dict[str, Rule] = field(default_factory=dict)
     stream_usage: bool = True
@@ -30,6 +31,7 @@ class Profile:
     roles: dict[str, str] = field(default_factory=dict)
     part_types: tuple[str, ...] | None = None
     refused_roles: tuple[str, ...] = ()
+    thinking: bool = False
 
 
 OPENAI_STOPS = Rule(max_items=4)  # OpenAI's spec: "up to 4 sequences"

@@ -10,9 +10,15 @@ import pytest
 
 from adapters.providers import REGISTRY
 from adapters.providers.anthropic import AnthropicAdapter
-from adapters.providers.anthropic.adapter import JSON_OBJECT_INSTRUCTION, JSON_TOOL, AnthropicStreamParser
+from adapters.providers.anthropic.adapter import (
+    JSON_OBJECT_INSTRUCTION,
+    JSON_TOOL,
+    MESSAGES_API,
+    AnthropicStreamParser,
+    MessagesMeter,
+)
 from handler.errors import InvalidRequestError, UpstreamError
-from handler.ports import SSEDecoder, StreamEvent, Target
+from handler.ports import NativeCall, SSEDecoder, StreamEvent, Target
 from handler.schemas import ChatRequest, Usage
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "anthropic"
@@ -157,7 +163,6 @@ def test_parameters_anthropic_cannot_honour_are_reported_not_sent() -> None:
         logit_bias={"50256": -100},
         seed=42,
         service_tier="flex",
-        reasoning_effort="low",
     )
     body, dropped = built(req)
     expected = [
@@ -166,13 +171,63 @@ def test_parameters_anthropic_cannot_honour_are_reported_not_sent() -> None:
         "logit_bias",
         "logprobs",
         "presence_penalty",
-        "reasoning_effort",
         "seed",
         "service_tier",
         "top_logprobs",
     ]
     assert dropped == expected
     assert not set(expected) & set(body)
+
+
+@pytest.mark.parametrize(
+    ("fields", "model", "expected", "dropped"),
+    [
+        ({"reasoning_effort": "low", "max_tokens": 8000}, MODEL, {"type": "enabled", "budget_tokens": 2048}, []),
+        ({"reasoning_effort": "high", "max_tokens": 4000}, MODEL, {"type": "enabled", "budget_tokens": 3999}, []),
+        ({"reasoning_effort": "high", "max_tokens": 1000}, MODEL, None, ["reasoning_effort"]),
+        ({"reasoning_effort": "low"}, "claude-3-5-haiku-latest", None, ["reasoning_effort"]),
+        ({"thinking": {"type": "adaptive"}}, "claude-opus-4-6", {"type": "adaptive"}, []),
+        ({"thinking": {"type": "adaptive"}}, MODEL, {"type": "enabled", "budget_tokens": 8192}, []),
+        (
+            {"thinking": {"type": "enabled", "budget_tokens": 5000}},
+            MODEL,
+            {"type": "enabled", "budget_tokens": 5000},
+            [],
+        ),
+        ({"reasoning_effort": "none"}, MODEL, None, []),
+    ],
+)
+def test_reasoning_effort_and_thinking_become_a_thinking_budget(
+    fields: dict[str, Any], model: str, expected: dict[str, Any] | None, dropped: list[str]
+) -> None:
+    body, not_honoured = built(request(**fields), target(model))
+    assert body.get("thinking") == expected and not_honoured == dropped
+
+
+def test_thinking_drops_a_changed_temperature_and_keeps_signed_blocks() -> None:
+    thinking = {"type": "thinking", "thinking": "Let me see.", "signature": "sig-1"}
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello.", "thinking_blocks": [thinking], "reasoning_content": "Let me see."},
+        {"role": "user", "content": "again"},
+    ]
+    body, dropped = built(request(messages=messages, reasoning_effort="low", temperature=0.2, max_tokens=9000))
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert "temperature" not in body and dropped == ["temperature"]
+    assert body["messages"][1]["content"] == [thinking, {"type": "text", "text": "Hello."}]
+
+
+def test_cache_markers_on_parts_reach_anthropic_and_keep_system_blocks() -> None:
+    marker = {"type": "ephemeral"}
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "Long rules.", "cache_control": marker}]},
+        {"role": "user", "content": [{"type": "text", "text": "Question", "cache_control": marker}]},
+    ]
+    tool = {**WEATHER, "cache_control": marker}
+    body, dropped = built(request(messages=messages, tools=[tool]))
+    assert body["system"] == [{"type": "text", "text": "Long rules.", "cache_control": marker}]
+    assert body["messages"][0]["content"] == [{"type": "text", "text": "Question", "cache_control": marker}]
+    assert body["tools"][0]["cache_control"] == marker and dropped == []
 
 
 def test_harmless_values_are_not_reported() -> None:
@@ -526,3 +581,55 @@ def test_a_strict_tool_stays_strict_and_a_message_name_is_reported() -> None:
     tool = {"type": "function", "function": {**WEATHER["function"], "strict": True}}
     body, dropped = built(request(messages=[{"role": "user", "content": "hi", "name": "alice"}], tools=[tool]))
     assert body["tools"][0]["strict"] is True and dropped == ["messages.name"]
+
+
+def test_a_native_request_keeps_the_body_and_the_clients_anthropic_headers() -> None:
+    body = {"model": "public", "max_tokens": 9000, "messages": [{"role": "system", "content": "x"}], "betaish": 1}
+    headers = {"anthropic-beta": "a-1,b-2", "anthropic-version": "2099-01-01"}
+    call = NativeCall(MESSAGES_API, body, headers)
+    built = adapter().native_request(call, target(), stream=True, output_limit=4000)
+    assert orjson.loads(built.request.body) == {**body, "model": MODEL, "max_tokens": 4000}
+    assert built.request.headers["anthropic-beta"] == "a-1,b-2"
+    assert built.request.headers["anthropic-version"] == "2099-01-01" and built.dropped == []
+    uncapped = adapter().native_request(call, target(), stream=True, output_limit=None)
+    assert orjson.loads(uncapped.request.body)["max_tokens"] == 9000
+
+
+def test_the_native_meter_reads_cache_usage_and_estimates_a_cut_stream() -> None:
+    meter = MessagesMeter()
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "m",
+            "type": "message",
+            "role": "assistant",
+            "model": MODEL,
+            "content": [],
+            "usage": {
+                "input_tokens": 10,
+                "cache_creation_input_tokens": 20,
+                "cache_read_input_tokens": 30,
+                "output_tokens": 1,
+            },
+        },
+    }
+    meter.feed(StreamEvent("message_start", orjson.dumps(start)))
+    delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x" * 400}}
+    meter.feed(StreamEvent("content_block_delta", orjson.dumps(delta)))
+    assert meter.usage is not None and meter.usage.completion_tokens > 1  # estimated while cut short
+    assert (meter.usage.prompt_tokens, meter.usage.cached_tokens, meter.usage.cache_write_tokens) == (60, 30, 20)
+    end = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 7}}
+    meter.feed(StreamEvent("message_delta", orjson.dumps(end)))
+    assert meter.usage.completion_tokens == 7 and meter.usage.prompt_tokens == 60
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    with pytest.raises(UpstreamError) as raised:
+        meter.feed(StreamEvent("error", orjson.dumps(error)))
+    assert raised.value.upstream_status == 529 and raised.value.retryable
+
+
+def test_a_budget_cap_below_the_thinking_budget_lowers_it_or_turns_thinking_off() -> None:
+    body = {"model": "m", "max_tokens": 20000, "thinking": {"type": "enabled", "budget_tokens": 10000}, "messages": []}
+    lowered = adapter().native_request(NativeCall(MESSAGES_API, body), target(), stream=False, output_limit=4000)
+    assert orjson.loads(lowered.request.body)["thinking"] == {"type": "enabled", "budget_tokens": 3999}
+    off = adapter().native_request(NativeCall(MESSAGES_API, body), target(), stream=False, output_limit=1000)
+    assert "thinking" not in orjson.loads(off.request.body)

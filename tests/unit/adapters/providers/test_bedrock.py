@@ -632,3 +632,53 @@ def test_strict_tools_names_and_claude_4_5_sampling() -> None:
     assert body["toolConfig"]["tools"][0]["toolSpec"]["strict"] is True
     assert body["inferenceConfig"] == {"temperature": 0.2}
     assert sorted(dropped) == ["messages.name", "top_p"]
+
+
+@pytest.mark.parametrize(
+    ("model", "fields", "expected", "dropped"),
+    [
+        (
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            {"reasoning_effort": "low", "temperature": 0.3},
+            {"thinking": {"type": "enabled", "budget_tokens": 2048}},
+            ["temperature"],
+        ),
+        (
+            "global.anthropic.claude-opus-4-6-v1",
+            {"thinking": {"type": "adaptive"}},
+            {"thinking": {"type": "adaptive"}},
+            [],
+        ),
+        (
+            "us.amazon.nova-2-lite-v1:0",
+            {"reasoning_effort": "high"},
+            {"reasoningConfig": {"type": "enabled", "maxReasoningEffort": "high"}},
+            [],
+        ),
+        (MODEL, {"reasoning_effort": "high"}, None, ["reasoning_effort"]),
+    ],
+)
+def test_reasoning_goes_into_additional_model_request_fields(
+    model: str, fields: dict[str, Any], expected: dict[str, Any] | None, dropped: list[str]
+) -> None:
+    body, not_honoured = built(request(**fields), target(model))
+    assert body.get("additionalModelRequestFields") == expected and not_honoured == dropped
+    if expected and "thinking" in expected:
+        assert "temperature" not in body.get("inferenceConfig", {})
+
+
+def test_cache_markers_become_cache_points_after_their_blocks_and_tools() -> None:
+    marker = {"type": "ephemeral"}
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "Rules.", "cache_control": marker}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Q", "cache_control": marker}, {"type": "text", "text": "R"}],
+        },
+    ]
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}, "cache_control": marker}
+    body, dropped = built(request(messages=messages, tools=[tool]))
+    point = {"cachePoint": {"type": "default"}}
+    assert body["system"] == [{"text": "Rules."}, point]
+    assert body["messages"][0]["content"] == [{"text": "Q"}, point, {"text": "R"}]
+    assert body["toolConfig"]["tools"][1] == point and dropped == []

@@ -91,3 +91,17 @@ def test_developer_messages_reach_deepseek_as_system() -> None:
     messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     body = orjson.loads(adapter().chat_request(request(messages=messages), target(), stream=False).request.body)
     assert [m["role"] for m in body["messages"]] == ["system", "user"]
+
+
+def test_a_messages_clients_thinking_goes_back_as_reasoning_content_and_the_switch() -> None:
+    thinking = [{"type": "thinking", "thinking": "Call the tool.", "signature": "s"}]
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "thinking_blocks": thinking, "reasoning_content": "Call the tool."},
+        {"role": "user", "content": "and now?"},
+    ]
+    req = request(messages=messages, thinking={"type": "adaptive", "effort": "high"})
+    built = adapter().chat_request(req, target(), stream=False)
+    body = orjson.loads(built.request.body)
+    assert body["messages"][1] == {"role": "assistant", "content": None, "reasoning_content": "Call the tool."}
+    assert body["thinking"] == {"type": "enabled"} and built.dropped == []

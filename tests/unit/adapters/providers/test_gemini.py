@@ -12,7 +12,7 @@ import pytest
 
 from adapters.providers import REGISTRY
 from adapters.providers.gemini import GeminiAdapter
-from adapters.providers.gemini.adapter import GeminiStreamParser
+from adapters.providers.gemini.adapter import GeminiStreamParser, call_signature, signed_call_id
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import SSEDecoder, StreamEvent, Target
 from handler.schemas import ChatRequest, EmbeddingsRequest, Usage
@@ -192,11 +192,45 @@ def test_parameters_gemini_cannot_honour_are_reported() -> None:
         stop=["a", "b", "c", "d", "e", "f"],
     )
     assert sorted(dropped) == sorted(
-        ["logit_bias", "logprobs", "top_logprobs", "user", "parallel_tool_calls", "reasoning_effort", "n", "stop"]
+        ["logit_bias", "logprobs", "top_logprobs", "user", "parallel_tool_calls", "n", "stop"]
     )
     config = body["generationConfig"]
     assert config["candidateCount"] == 8 and config["stopSequences"] == ["a", "b", "c", "d", "e"]
-    assert set(config) == {"candidateCount", "stopSequences"}
+    assert set(config) == {"candidateCount", "stopSequences", "thinkingConfig"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "model", "expected", "dropped"),
+    [
+        ({"reasoning_effort": "low"}, "gemini-2.5-flash", {"thinkingBudget": 2048}, []),
+        ({"reasoning_effort": "none"}, "gemini-2.5-flash", {"thinkingBudget": 0}, []),
+        ({"thinking": {"type": "adaptive"}}, "gemini-2.5-pro", {"thinkingBudget": -1, "includeThoughts": True}, []),
+        (
+            {"thinking": {"type": "enabled", "budget_tokens": 3000, "display": "omitted"}},
+            "gemini-2.5-flash",
+            {"thinkingBudget": 3000},
+            [],
+        ),
+        (
+            {"thinking": {"type": "adaptive", "effort": "high"}},
+            "gemini-3-pro-preview",
+            {"thinkingLevel": "high", "includeThoughts": True},
+            [],
+        ),
+        ({"reasoning_effort": "medium"}, "gemini-3-flash", {"thinkingLevel": "medium"}, []),
+        ({"reasoning_effort": "medium"}, "gemini-3-pro-preview", {"thinkingLevel": "high"}, []),
+        ({"reasoning_effort": "none"}, "gemini-3-pro-preview", {"thinkingLevel": "low"}, []),
+        ({"thinking": {"type": "disabled"}}, "gemini-2.5-pro", None, ["thinking"]),
+        ({"reasoning_effort": "high"}, "gemini-2.0-flash", None, ["reasoning_effort"]),
+        ({"thinking": {"type": "adaptive"}}, "gemini-2.0-flash", None, ["thinking"]),
+    ],
+)
+def test_reasoning_becomes_a_thinking_config(
+    fields: dict[str, Any], model: str, expected: dict[str, Any] | None, dropped: list[str]
+) -> None:
+    result = adapter().chat_request(request(**fields), target(model), stream=False)
+    body = orjson.loads(result.request.body)
+    assert body.get("generationConfig", {}).get("thinkingConfig") == expected and result.dropped == dropped
 
 
 def test_parallel_tool_calls_true_is_geminis_behaviour_and_not_reported() -> None:
@@ -509,3 +543,25 @@ def test_gemini_3_gets_a_signature_on_every_function_call_step() -> None:
 def test_a_message_name_gemini_cannot_carry_is_reported() -> None:
     _, dropped = built(messages=[{"role": "user", "content": "hi", "name": "alice"}])
     assert dropped == ["messages.name"]
+
+
+def test_a_calls_thought_signature_rides_in_its_id_and_goes_back() -> None:
+    signature = "CiQB+/xz9A=="
+    identifier = signed_call_id("call_0_ab", signature)
+    assert identifier.replace("_", "").replace("-", "").isalnum() and call_signature(identifier) == signature
+    messages = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "tool_calls": [{"id": identifier, "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": identifier, "content": "ok"},
+        {
+            "role": "assistant",
+            "tool_calls": [{"id": "call_from_elsewhere", "function": {"name": "f", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "call_from_elsewhere", "content": "ok"},
+    ]
+    result = adapter().chat_request(request(messages=messages), target("gemini-3-flash"), stream=False)
+    contents = orjson.loads(result.request.body)["contents"]
+    assert contents[1]["parts"][0]["thoughtSignature"] == signature
+    assert contents[3]["parts"][0]["thoughtSignature"] == "skip_thought_signature_validator"
+    older = adapter().chat_request(request(messages=messages[:3]), target("gemini-2.5-flash"), stream=False)
+    assert orjson.loads(older.request.body)["contents"][1]["parts"][0]["thoughtSignature"] == signature

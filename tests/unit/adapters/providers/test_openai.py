@@ -145,3 +145,53 @@ def test_another_providers_tool_call_state_is_not_sent() -> None:
     google = target(base_url="https://generativelanguage.googleapis.com/v1beta/openai")
     body = orjson.loads(adapter().chat_request(request(messages=messages), google, stream=False).request.body)
     assert body["messages"][1]["tool_calls"][0]["extra_content"] == call["extra_content"]
+
+
+def sent(req: ChatRequest, model: str = "gpt-4o-mini") -> tuple[dict[str, object], list[str]]:
+    built = adapter().chat_request(req, target(model=model), stream=False)
+    return orjson.loads(built.request.body), built.dropped
+
+
+@pytest.mark.parametrize("model", ["o3", "o4-mini", "gpt-5", "gpt-5.1-codex"])
+def test_reasoning_models_get_max_completion_tokens_not_max_tokens(model: str) -> None:
+    body, dropped = sent(request(max_tokens=500), model)
+    assert body["max_completion_tokens"] == 500 and "max_tokens" not in body and dropped == []
+
+
+def test_other_models_keep_max_tokens() -> None:
+    body, _ = sent(request(max_tokens=500))
+    assert body["max_tokens"] == 500 and "max_completion_tokens" not in body
+
+
+def test_thinking_becomes_reasoning_effort_only_on_reasoning_models() -> None:
+    thinking = {"type": "adaptive", "effort": "max"}
+    body, dropped = sent(request(thinking=thinking), "gpt-5")
+    assert body["reasoning_effort"] == "xhigh" and "thinking" not in body and dropped == []
+    body, dropped = sent(request(thinking={"type": "enabled", "budget_tokens": 3000}), "o4-mini")
+    assert body["reasoning_effort"] == "medium"
+    body, dropped = sent(request(thinking=thinking))
+    assert "reasoning_effort" not in body and "thinking" not in body and dropped == ["thinking"]
+
+
+def test_a_clients_own_reasoning_effort_is_passed_on() -> None:
+    body, dropped = sent(request(reasoning_effort="low"), "some-compatible-model")
+    assert body["reasoning_effort"] == "low" and dropped == []
+
+
+def test_tools_without_a_description_and_cache_markers_are_left_out() -> None:
+    tool = {"type": "function", "function": {"name": "Bash", "description": None, "parameters": {"type": "object"}}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}]
+    body, dropped = sent(request(messages=messages, tools=[{**tool, "cache_control": {"type": "ephemeral"}}]))
+    assert body["tools"] == [{"type": "function", "function": {"name": "Bash", "parameters": {"type": "object"}}}]
+    assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi"}]}] and dropped == []
+
+
+def test_signed_thinking_of_a_messages_client_is_named_as_dropped() -> None:
+    thinking = [{"type": "thinking", "thinking": "hm", "signature": "s"}]
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yes", "thinking_blocks": thinking, "reasoning_content": "hm"},
+        {"role": "user", "content": "go on"},
+    ]
+    body, dropped = sent(request(messages=messages))
+    assert body["messages"][1] == {"role": "assistant", "content": "yes"} and dropped == ["messages.thinking"]

@@ -1,0 +1,101 @@
+"""One table for reasoning controls across providers.
+
+A client asks for reasoning in one of three ways: Chat Completions' `reasoning_effort`, a Messages request's
+`thinking` (`enabled` with `budget_tokens`, or `adaptive`) and its `output_config.effort`. Each adapter reads
+the request's wish as a `Reasoning` (an effort level and, if given, a token budget) and looks its own
+control up in `LEVELS`: OpenAI's `reasoning_effort`, Anthropic's (and Bedrock Claude's) `thinking` budget,
+Gemini 2.5's `thinkingConfig.thinkingBudget` and Gemini 3's `thinkingConfig.thinkingLevel`, Amazon Nova's
+`reasoningConfig.maxReasoningEffort`. docs/reasoning-and-caching.md prints the same table for users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from handler.schemas import ChatRequest
+
+# Anthropic refuses a thinking budget below this, and one not below `max_tokens`.
+MIN_THINKING_BUDGET = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """One effort level and what each provider's control is set to for it."""
+
+    effort: str
+    openai: str  # `reasoning_effort` of OpenAI reasoning models (o-series, gpt-5)
+    budget: int  # Anthropic / Bedrock Claude `thinking.budget_tokens`, Gemini 2.5 `thinkingBudget`
+    gemini_level: str  # Gemini 3 `thinkingLevel`
+    nova: str  # Amazon Nova `reasoningConfig.maxReasoningEffort`
+
+
+LEVELS: tuple[Level, ...] = (
+    Level("none", openai="none", budget=0, gemini_level="minimal", nova="low"),
+    Level("minimal", openai="minimal", budget=1024, gemini_level="minimal", nova="low"),
+    Level("low", openai="low", budget=2048, gemini_level="low", nova="low"),
+    Level("medium", openai="medium", budget=8192, gemini_level="medium", nova="medium"),
+    Level("high", openai="high", budget=16384, gemini_level="high", nova="high"),
+    Level("xhigh", openai="xhigh", budget=32768, gemini_level="high", nova="high"),
+    Level("max", openai="xhigh", budget=32768, gemini_level="high", nova="high"),
+)
+BY_EFFORT = {level.effort: level for level in LEVELS}
+
+# Model families with a reasoning control, by upstream model name. A model outside them gets no reasoning
+# parameter (sending one is a 400 at OpenAI and Anthropic), and the request's wish is reported as dropped.
+OPENAI_REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5", "gpt-oss", "codex")
+CLAUDE_THINKING_FRAGMENTS = ("claude-3-7", "claude-sonnet-4", "claude-opus-4", "claude-haiku-4", "claude-4")
+GEMINI_THINKING_FRAGMENTS = ("gemini-2.5", "gemini-3", "gemini-flash-latest", "gemini-pro-latest")
+NOVA_REASONING_FRAGMENTS = ("nova-2", "nova-premier")
+
+
+@dataclass(frozen=True, slots=True)
+class Reasoning:
+    """What the client asked for: off, or a level; `budget` when it named a token budget; `adaptive` when
+    it left the depth to the model (then `level` is its effort, or None for the provider's default)."""
+
+    off: bool = False
+    level: Level | None = None
+    budget: int | None = None
+    adaptive: bool = False
+
+
+def level_for_budget(budget: int) -> Level:
+    """The smallest level whose budget covers `budget` tokens."""
+    for level in LEVELS[1:]:
+        if budget <= level.budget:
+            return level
+    return LEVELS[-1]
+
+
+def requested(req: ChatRequest) -> Reasoning | None:
+    """The request's reasoning wish, or None when it expressed none."""
+    thinking = req.thinking
+    named = req.reasoning_effort or (thinking.effort if thinking is not None else None)
+    effort = BY_EFFORT.get(named) if named else None
+    if thinking is not None:
+        if thinking.type == "disabled":
+            return Reasoning(off=True)
+        if thinking.type == "enabled" and thinking.budget_tokens:
+            return Reasoning(level=effort or level_for_budget(thinking.budget_tokens), budget=thinking.budget_tokens)
+        return Reasoning(level=effort, adaptive=True)
+    if effort is None:
+        return None
+    if effort.effort == "none":
+        return Reasoning(off=True)
+    return Reasoning(level=effort)
+
+
+def reasons(model: str, families: tuple[str, ...], *, prefix: bool = False) -> bool:
+    """Whether `model` (an upstream id, perhaps with a vendor or region prefix) is in one of `families`."""
+    name = model.rsplit("/", 1)[-1].lower()
+    if prefix:
+        return name.startswith(families)
+    return any(fragment in name for fragment in families)
+
+
+def thinking_budget(wish: Reasoning, max_tokens: int) -> int | None:
+    """A Claude `budget_tokens` for a wish and an output cap, or None when no valid budget fits (Anthropic
+    wants at least 1024 and less than `max_tokens`)."""
+    budget = wish.budget or (wish.level or BY_EFFORT["medium"]).budget
+    budget = min(budget, max_tokens - 1)
+    return budget if budget >= MIN_THINKING_BUDGET else None

@@ -1,0 +1,237 @@
+"""The Anthropic Messages API front-end, outbound: answers and streams in Anthropic's shapes.
+
+A native answer (from a deployment that speaks Messages) goes back as the provider sent it, with only the
+gateway's `cost` added (to the message, or to a stream's `message_delta`). A translated one is rendered
+from the internal completion or chunk stream, block by block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import orjson
+
+from handler.errors import GatewayError
+from handler.observability import observe
+from handler.passthrough import NativeReply, NativeStream, sse_frame
+from handler.pricing import Cost
+from handler.proxy import ChunkStream
+from handler.schemas import ChatCompletion, ChatCompletionChunk, Usage
+from handler.streaming import sse_event
+
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+
+
+def native_message(reply: NativeReply, cost: Cost | None) -> dict[str, Any]:
+    """The provider's message as it sent it, with the gateway's cost."""
+    return {**reply.body, "cost": cost.as_event() if cost else None}
+
+
+def native_events(stream: NativeStream) -> AsyncIterator[bytes]:
+    """The provider's events as it sent them; its `message_delta` (which carries the final usage) also
+    carries the gateway's cost, settled from that usage."""
+
+    async def relay() -> AsyncGenerator[bytes]:
+        async for batch in stream.batches():
+            out = b""
+            for event in batch:
+                if event.event != "message_delta":
+                    out += sse_frame(event)
+                    continue
+                await stream.complete()
+                payload = orjson.loads(event.data)
+                cost = stream.ex.cost
+                payload["cost"] = cost.as_event() if cost else None
+                out += sse_event("message_delta", payload)
+            yield out
+        await stream.complete()
+
+    return guarded(stream, relay())
+
+
+async def guarded(stream: NativeStream | ChunkStream, events: AsyncGenerator[bytes]) -> AsyncIterator[bytes]:
+    """`events`, then: an error after the first byte as Anthropic's in-stream `error` event; the stream
+    closed (and settled) however it ended; the request observed."""
+    failure: GatewayError | None = None
+    try:
+        async for data in events:
+            yield data
+    except GatewayError as exc:
+        failure = exc
+        yield sse_event("error", exc.anthropic_body())
+    finally:
+        await events.aclose()
+        await stream.close()
+        observe(stream.ex, 200, stream=True, code=failure.code if failure else None)
+
+
+def anthropic_usage(usage: Usage) -> dict[str, int]:
+    """Anthropic counts `input_tokens` without the cached and cache-write tokens."""
+    cached, written = usage.cached_tokens, usage.cache_write_tokens
+    return {
+        "input_tokens": max(0, usage.prompt_tokens - cached - written),
+        "output_tokens": usage.completion_tokens,
+        "cache_read_input_tokens": cached,
+        "cache_creation_input_tokens": written,
+    }
+
+
+def _arguments(raw: str) -> Any:
+    try:
+        return orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return {"_raw": raw}
+
+
+def stop_reason(finish_reason: str | None, stop_sequence: str | None) -> str:
+    """Anthropic's stop reason: `stop_sequence` when the provider said which one fired."""
+    return "stop_sequence" if stop_sequence else STOP_REASONS.get(finish_reason or "stop", "end_turn")
+
+
+def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dict[str, Any]:
+    """An Anthropic `message` for the first choice of a completion."""
+    choice = completion.choices[0] if completion.choices else None
+    content: list[dict[str, Any]] = []
+    if choice is not None:
+        signed = (choice.message.model_extra or {}).get("thinking_blocks")
+        if isinstance(signed, list):
+            content.extend(signed)
+        elif choice.message.reasoning_content:
+            # Reasoning of another provider: shown as thinking, with no signature (it cannot go back to Claude).
+            content.append({"type": "thinking", "thinking": choice.message.reasoning_content, "signature": ""})
+        if choice.message.content or choice.message.refusal:  # a refusal (a blocked prompt) is the answer's text
+            content.append({"type": "text", "text": choice.message.content or choice.message.refusal})
+        for call in choice.message.tool_calls or ():
+            content.append(
+                {
+                    "type": "tool_use",
+                    "id": call.id,
+                    "name": call.function.name,
+                    "input": _arguments(call.function.arguments),
+                }
+            )
+    reason = choice.finish_reason if choice else None
+    message: dict[str, Any] = {
+        "id": f"msg_{completion.id}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason(reason, choice.stop_sequence if choice else None),
+        "stop_sequence": choice.stop_sequence if choice else None,
+        "usage": anthropic_usage(completion.usage or Usage()),
+    }
+    if cost is not None:
+        message["cost"] = cost.as_event()
+    return message
+
+
+class EventWriter:
+    """Turns the internal chunk stream into Anthropic's event sequence, block by block."""
+
+    def __init__(self, model: str, message_id: str) -> None:
+        self.model = model
+        self.message_id = message_id
+        self.index = -1
+        self.open: tuple[str, int] | None = None
+        self.finish_reason: str | None = None
+        self.stop_sequence: str | None = None
+
+    def start(self, input_tokens: int) -> bytes:
+        message: dict[str, Any] = {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": input_tokens, "output_tokens": 0},
+        }
+        return sse_event("message_start", {"type": "message_start", "message": message}) + sse_event(
+            "ping", {"type": "ping"}
+        )
+
+    def _switch(self, kind: str, key: int, block: dict[str, Any]) -> bytes:
+        if self.open == (kind, key):
+            return b""
+        out = self._close()
+        self.index += 1
+        self.open = (kind, key)
+        return out + sse_event(
+            "content_block_start", {"type": "content_block_start", "index": self.index, "content_block": block}
+        )
+
+    def _close(self) -> bytes:
+        if self.open is None:
+            return b""
+        self.open = None
+        return sse_event("content_block_stop", {"type": "content_block_stop", "index": self.index})
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        return sse_event("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
+
+    def chunk(self, chunk: ChatCompletionChunk) -> bytes:
+        out = b""
+        for choice in chunk.choices:
+            if choice.index != 0:
+                continue
+            delta = choice.delta
+            if delta.reasoning_content:
+                out += self._switch("thinking", 0, {"type": "thinking", "thinking": "", "signature": ""})
+                out += self._delta({"type": "thinking_delta", "thinking": delta.reasoning_content})
+            signature = (delta.model_extra or {}).get("reasoning_signature")
+            if isinstance(signature, str):
+                out += self._switch("thinking", 0, {"type": "thinking", "thinking": "", "signature": ""})
+                out += self._delta({"type": "signature_delta", "signature": signature})
+            if delta.content or delta.refusal:
+                out += self._switch("text", 0, {"type": "text", "text": ""})
+                out += self._delta({"type": "text_delta", "text": delta.content or delta.refusal})
+            for call in delta.tool_calls or ():
+                function = call.function
+                block = {
+                    "type": "tool_use",
+                    "id": call.id or "",
+                    "name": (function.name if function else "") or "",
+                    "input": {},
+                }
+                out += self._switch("tool", call.index, block)
+                if function and function.arguments:
+                    out += self._delta({"type": "input_json_delta", "partial_json": function.arguments})
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+                self.stop_sequence = choice.stop_sequence
+        return out
+
+    def finish(self, usage: Usage, cost: Cost | None) -> bytes:
+        delta = {
+            "stop_reason": stop_reason(self.finish_reason, self.stop_sequence),
+            "stop_sequence": self.stop_sequence,
+        }
+        payload: dict[str, Any] = {"type": "message_delta", "delta": delta, "usage": anthropic_usage(usage)}
+        if cost is not None:
+            payload["cost"] = cost.as_event()
+        return self._close() + sse_event("message_delta", payload) + sse_event("message_stop", {"type": "message_stop"})
+
+
+def anthropic_events(stream: ChunkStream, model: str, input_tokens: int) -> AsyncIterator[bytes]:
+    """The client's Anthropic event stream for an internal chunk stream."""
+    writer = EventWriter(model, f"msg_{stream.ex.request_id}")
+
+    async def render() -> AsyncGenerator[bytes]:
+        yield writer.start(input_tokens)
+        async for chunk in stream:
+            data = writer.chunk(chunk)
+            if data:
+                yield data
+        await stream.complete()
+        yield writer.finish(stream.usage(), stream.ex.cost)
+
+    return guarded(stream, render())

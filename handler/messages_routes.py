@@ -1,0 +1,135 @@
+"""Anthropic's routes: `POST /v1/messages`, `POST /v1/messages/count_tokens`, and `GET /v1/models` in
+Anthropic's list shape (for a client that sends `anthropic-version`, as Claude Code does)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from handler.errors import InvalidRequestError
+from handler.keys import allows_model
+from handler.messages_api import API, FORWARDED_HEADERS, MessagesCountRequest, MessagesRequest, to_chat_request
+from handler.messages_out import anthropic_events, native_events, native_message, to_message
+from handler.observability import observe
+from handler.passthrough import NativeReply, NativeStream
+from handler.ports import KeyRecord, NativeCall
+from handler.pricing import estimate_prompt_tokens
+from handler.redaction import scrub
+from handler.schemas import ChatRequest
+from handler.streaming import EventStream
+
+if TYPE_CHECKING:
+    from handler.app import Api
+
+MODELS_PAGE = 20
+MODELS_PAGE_MAX = 1000
+# Models have no release date in the config; Anthropic's shape requires one.
+EPOCH = "1970-01-01T00:00:00Z"
+
+
+def native_call(request: Request, data: dict[str, Any], untranslated: list[str]) -> NativeCall:
+    """The client's Messages request as it sent it: its body and the headers Anthropic reads."""
+    headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+    return NativeCall(API, data, headers, tuple(untranslated))
+
+
+def json_answer(payload: Any, headers: dict[str, str]) -> Response:
+    return Response(scrub(orjson.dumps(payload)), headers=headers, media_type="application/json")
+
+
+def estimated_tokens(req: ChatRequest) -> int:
+    """A count for providers that have none: `estimate_prompt_tokens` is a deliberate upper bound (half the
+    bytes, for budgets); a quarter of the bytes is the usual rule of thumb for a token."""
+    return math.ceil(estimate_prompt_tokens(req) / 2)
+
+
+class MessagesRoutes:
+    """The Messages API's handlers, bound to the gateway's `Api`."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    async def messages(self, request: Request) -> Response:
+        api = self.api
+        key = await api.authenticate(request, allow_x_api_key=True)
+        data = await api.parse_json(request)
+        req, untranslated = to_chat_request(api.validate(MessagesRequest, data))
+        ex = api.exchange(request, key, req.model)
+        call = native_call(request, data, untranslated)
+        pipeline = api.pipeline
+        if req.stream:
+            stream = await pipeline.native_stream(call, req, ex)
+            if isinstance(stream, NativeStream):
+                events = native_events(stream)
+            else:
+                events = anthropic_events(stream, req.model, estimate_prompt_tokens(req))
+            return EventStream(events, {**ex.headers(), "cache-control": "no-cache", "x-accel-buffering": "no"})
+        outcome = await pipeline.native(call, req, ex)
+        if isinstance(outcome, NativeReply):
+            payload = native_message(outcome, ex.cost)
+        else:
+            payload = to_message(outcome, req.model, ex.cost)
+        response = json_answer(payload, ex.headers())
+        observe(ex, 200)
+        return response
+
+    async def count_tokens(self, request: Request) -> Response:
+        """The provider's own count where it has one (Anthropic, Gemini), else an estimate marked as one
+        (`x-gateway-estimate: true`, and `"estimate": true` in the body). Not metered: counting is free."""
+        api = self.api
+        key = await api.authenticate(request, allow_x_api_key=True)
+        data = await api.parse_json(request)
+        req, untranslated = to_chat_request(api.validate(MessagesCountRequest, data))
+        ex = api.exchange(request, key, req.model)
+        counted = await api.pipeline.count_tokens(native_call(request, data, untranslated), req, ex)
+        headers = ex.headers()
+        payload: dict[str, Any] = {"input_tokens": counted}
+        if counted is None:
+            payload = {"input_tokens": estimated_tokens(req), "estimate": True}
+            headers["x-gateway-estimate"] = "true"
+        response = json_answer(payload, headers)
+        observe(ex, 200)
+        return response
+
+
+def anthropic_models(request: Request, names: list[str]) -> dict[str, Any]:
+    """Anthropic's model list (`GET /v1/models` with `anthropic-version`): newest first there, by name
+    here, paged by `limit`, `after_id` and `before_id` as Anthropic pages it."""
+    params = request.query_params
+    try:
+        limit = int(params.get("limit", MODELS_PAGE))
+    except ValueError:
+        raise InvalidRequestError("limit must be an integer", param="limit") from None
+    if not 1 <= limit <= MODELS_PAGE_MAX:
+        raise InvalidRequestError(f"limit must be between 1 and {MODELS_PAGE_MAX}", param="limit")
+    ordered = sorted(names)
+    after, before = params.get("after_id"), params.get("before_id")
+    if before is not None:
+        ordered = ordered[: ordered.index(before)] if before in ordered else []
+        page = ordered[-limit:]
+        has_more = len(ordered) > len(page)
+    else:
+        if after is not None:
+            ordered = ordered[ordered.index(after) + 1 :] if after in ordered else []
+        page = ordered[:limit]
+        has_more = len(ordered) > len(page)
+    data = [{"type": "model", "id": name, "display_name": name, "created_at": EPOCH} for name in page]
+    return {
+        "data": data,
+        "has_more": has_more,
+        "first_id": page[0] if page else None,
+        "last_id": page[-1] if page else None,
+    }
+
+
+def allowed_models(api: Api, lineage: list[KeyRecord], kind: str | None = None) -> list[str]:
+    """The models the key and every ancestor may use (of `kind`, if given)."""
+    return [
+        name
+        for name, spec in api.gateway.config.models.items()
+        if allows_model(lineage, name) and (kind is None or spec.kind == kind)
+    ]

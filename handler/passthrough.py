@@ -1,0 +1,168 @@
+"""Native pass-through: a request in a provider API's own format, answered as that provider answered it.
+
+When a front-end's format is the deployment's own (a Messages request to an Anthropic deployment), the
+client's body goes upstream as sent (model renamed, output capped) and the answer comes back unchanged:
+a non-streaming body as a `NativeReply`, a stream as a `NativeStream` of the provider's own events. The
+adapter's meter reads the usage from them; the pipeline costs and settles as for any other request.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from handler.ports import NativeCall, StreamEvent
+from handler.pricing import plausible, wants_reasoning
+from handler.schemas import ChatRequest, Usage
+from handler.upstream import UpstreamResponse
+
+if TYPE_CHECKING:
+    from handler.proxy import Exchange, Pipeline
+    from handler.routing import Attempt
+
+CLIENT_CLOSED = 499  # nginx's status for a client that hung up: the ledger's word for an abandoned stream
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class NativeReply:
+    """A provider's non-streaming answer in its own format, and the usage read from it."""
+
+    body: dict[str, Any]
+    usage: Usage
+
+
+def sse_frame(event: StreamEvent) -> bytes:
+    """An SSE event written back as it arrived: its name and its data, unchanged."""
+    head = b"event: " + event.event.encode() + b"\n" if event.event else b""
+    data = b"".join(b"data: " + line + b"\n" for line in event.data.split(b"\n"))
+    return head + data + b"\n"
+
+
+class UpstreamStream(ABC, Generic[T]):
+    """What every upstream stream does the same way, whatever it yields (`T`: internal chunks, or a
+    provider's own events): read until the first item (`prime`: an error before it lets the pipeline fail
+    over), hand items out grouped by the upstream read that brought them, settle once (`complete`), and
+    always close, settling a stream the client abandoned with what the provider will bill."""
+
+    def __init__(
+        self, pipeline: Pipeline, ex: Exchange, req: ChatRequest, attempt: Attempt, response: UpstreamResponse
+    ) -> None:
+        self.pipeline = pipeline
+        self.ex = ex
+        self.req = req
+        self.attempt = attempt
+        self.response = response
+        self.decoder = attempt.adapter.frame_decoder()
+        self._raw = response.chunks()
+        self._pending: list[T] = []
+        self._finished = False
+        self._settled = False
+
+    @abstractmethod
+    def _items(self, events: list[StreamEvent]) -> list[T]:
+        """The items these decoded events bring (the provider has finished when `_finished` is set)."""
+
+    @abstractmethod
+    def _reported(self) -> Usage | None:
+        """The usage the provider has reported so far, if any."""
+
+    def _relayed_chars(self) -> int:
+        """The characters of generated text handed to the client so far."""
+        return 0
+
+    def usage(self) -> Usage:
+        """The usage this stream is charged for (see `metered`)."""
+        return self.metered()[0]
+
+    def metered(self) -> tuple[Usage, str]:
+        """What the stream is charged for, and how that is known (`LedgerItem.cost_source`): the provider's
+        usage once it finished; for a stream cut short or without usage, an estimate (the prompt, the relayed
+        text, and what the provider reported so far, whichever is larger); and for a reasoning request cut
+        short, whose hidden reasoning cannot be seen, the reserved worst case."""
+        usage = self._reported()
+        if usage is not None and not plausible(usage):
+            usage = None
+        if self._finished and usage is not None:
+            return usage, "provider"
+        if not self._finished and wants_reasoning(self.req):
+            return Usage(), "reserved"
+        estimate, source = self.pipeline._checked(None, self.ex, self._relayed_chars)
+        if usage is not None:
+            prompt = max(usage.prompt_tokens, estimate.prompt_tokens)
+            completion = max(usage.completion_tokens, estimate.completion_tokens)
+            estimate = Usage.of(prompt, completion, usage.cached_tokens, usage.cache_write_tokens)
+        return estimate, source
+
+    def _handing_out(self, batch: list[T]) -> None:
+        """Called with each batch as it goes to the client."""
+
+    async def prime(self) -> None:
+        """Read until the first item."""
+        try:
+            while not self._pending and not self._finished:
+                await self._pull()
+        except BaseException:
+            await self.response.close()
+            raise
+
+    async def _pull(self) -> None:
+        try:
+            raw = await self._raw.__anext__()
+        except StopAsyncIteration:
+            self._finished = True
+            self._pending.extend(self._items(self.decoder.finish()))
+        else:
+            self._pending.extend(self._items(self.decoder.feed(raw)))
+
+    async def batches(self) -> AsyncIterator[list[T]]:
+        """The items as they arrive, grouped by the upstream read that brought them."""
+        while True:
+            if self._pending:
+                batch, self._pending = self._pending, []
+                self._handing_out(batch)
+                yield batch
+            if self._finished:
+                return
+            await self._pull()
+
+    async def complete(self) -> None:
+        """The upstream finished: cost it and settle (in the background)."""
+        if not self._settled:
+            self._settled = True
+            usage, source = self.metered()
+            await self.pipeline._settle(self.ex, usage, 200, background=True, source=source)
+
+    async def close(self) -> None:
+        """Always called: a stream abandoned by the client still settles what the provider bills."""
+        await self.response.close()
+        if not self._settled:
+            self._settled = True
+            usage, source = self.metered()
+            self.pipeline.gateway.spawn(self.pipeline._settle(self.ex, usage, CLIENT_CLOSED, source=source))
+
+
+class NativeStream(UpstreamStream[StreamEvent]):
+    """A provider's stream in its own format, event by event, metered on the way through by its adapter."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        ex: Exchange,
+        req: ChatRequest,
+        call: NativeCall,
+        attempt: Attempt,
+        response: UpstreamResponse,
+    ) -> None:
+        super().__init__(pipeline, ex, req, attempt, response)
+        self.meter = attempt.adapter.native_meter(call)
+
+    def _items(self, events: list[StreamEvent]) -> list[StreamEvent]:
+        for event in events:
+            self.meter.feed(event)
+        return events
+
+    def _reported(self) -> Usage | None:
+        return self.meter.usage

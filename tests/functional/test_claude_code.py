@@ -1,0 +1,100 @@
+"""The real Claude Code CLI (`claude -p`, installed by `make claude-code`) finishing a task through the gateway.
+
+Each fake upstream plays the coding-agent exchange of `tests.fakes.agent`: offered a `Bash` tool, it asks
+for one shell command; given the command's result, it answers. The task is done when the command ran in
+Claude Code's working directory and its final answer came back, on a model of each provider type.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes import agent
+from tests.fakes.anthropic import SIGNATURE
+from tests.functional.agents_gateway import CLAUDE, agents_gateway
+from tests.functional.conftest import Running
+
+ROOT = Path(__file__).resolve().parents[2]
+CLAUDE_CLI = ROOT / ".tools" / "claude" / "node_modules" / ".bin" / "claude"
+
+pytestmark = pytest.mark.skipif(not CLAUDE_CLI.exists(), reason="Claude Code is not installed: `make claude-code`")
+
+
+@pytest.fixture(scope="module")
+def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with agents_gateway(Path(tmp_path_factory.mktemp("claude-code-store"))) as running:
+        yield running
+
+
+def claude(running: Running, model: str, workdir: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    """`claude -p` on `model`, configured as the gateway's README says, in a home of its own."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "ANTHROPIC_BASE_URL": running.url,
+        "ANTHROPIC_API_KEY": running.mint(name=f"claude-code-{model}"),
+        "DISABLE_TELEMETRY": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    }
+    command = [str(CLAUDE_CLI), "-p", "Write hi into out.txt", "--model", model, "--allowedTools", "Bash"]
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=180, check=False)
+
+
+def requests_since(running: Running, provider: str, start: int) -> list[dict[str, Any]]:
+    recorded: list[dict[str, Any]] = running.fakes[provider].state.requests[start:]
+    return recorded
+
+
+@pytest.mark.parametrize(
+    ("model", "provider"),
+    [
+        ("claude", "anthropic"),
+        ("gpt", "openai"),
+        ("o4", "openai"),
+        ("gemini", "gemini"),
+        ("gemini-3", "gemini"),
+        ("bedrock-claude", "bedrock"),
+        ("azure-gpt", "azure"),
+    ],
+)
+def test_claude_code_runs_a_shell_command_and_answers(
+    agents: Running, tmp_path: Path, model: str, provider: str
+) -> None:
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    start = len(agents.fakes[provider].state.requests)
+    done = claude(agents, model, workdir, home)
+    assert done.returncode == 0, done.stderr
+    assert (workdir / "out.txt").read_text() == "hi\n"
+    assert agent.ANSWER in done.stdout
+    turns = requests_since(agents, provider, start)
+    assert len(turns) >= 2  # the tool call, then the answer once the result was in
+
+
+def test_claude_codes_requests_reach_anthropic_as_sent(agents: Running, tmp_path: Path) -> None:
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    start = len(agents.fakes["anthropic"].state.requests)
+    done = claude(agents, "claude", workdir, home)
+    assert done.returncode == 0, done.stderr
+    turns = [r for r in requests_since(agents, "anthropic", start) if r["path"].endswith("/v1/messages")]
+    first = turns[0]
+    beta = first["headers"]["anthropic-beta"].split(",")
+    assert "claude-code-20250219" in beta and first["headers"]["anthropic-version"]
+    body = first["json"]
+    assert body["model"] == CLAUDE and body["stream"] is True
+    assert any("cache_control" in block for block in body["system"])  # system blocks, not a flattened string
+    assert body["thinking"]["type"] in ("adaptive", "enabled") and "context_management" in body
+    # The second turn carries the tool result, and the signed thinking block of the first turn unchanged.
+    history = turns[-1]["json"]["messages"]
+    assistant = next(m for m in history if m["role"] == "assistant")
+    thinking = [b for b in assistant["content"] if b["type"] == "thinking"]
+    assert thinking and thinking[0]["signature"] == SIGNATURE

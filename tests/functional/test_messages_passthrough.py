@@ -1,0 +1,387 @@
+"""The anthropic SDK (betas, thinking, cache_control) through /v1/messages to every provider type.
+
+An Anthropic deployment must receive the client's body unchanged but for `model` and a budget-capped
+`max_tokens`, with its `anthropic-beta` and `anthropic-version` headers, and its answer and events must come
+back as the provider sent them. Every other deployment gets a translation, with what it cannot carry named in
+`x-gateway-dropped-params`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import orjson
+import pytest
+
+from tests.fakes import anthropic as fake_anthropic
+from tests.fakes import bedrock as fake_bedrock
+from tests.fakes import gemini as fake_gemini
+from tests.fakes import openai as fake_openai
+from tests.functional.agents_gateway import CLAUDE, agents_gateway
+from tests.functional.conftest import Running
+
+BETAS = ["interleaved-thinking-2025-05-14", "context-management-2025-06-27"]
+CACHED = {"type": "ephemeral"}
+SYSTEM: Any = [
+    {"type": "text", "text": "You are a careful assistant. " * 40, "cache_control": CACHED},
+    {"type": "text", "text": "Answer briefly."},
+]
+CONTEXT_MANAGEMENT: Any = {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}
+BASH_TOOL: Any = {
+    "name": "Bash",
+    "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]},
+}
+
+
+@pytest.fixture(scope="module")
+def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with agents_gateway(Path(tmp_path_factory.mktemp("agents-store"))) as running:
+        yield running
+
+
+@pytest.fixture
+def client(agents: Running) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=agents.url, api_key=agents.mint(name="sdk"), max_retries=0) as sdk:
+        yield sdk
+
+
+def last(agents: Running, provider: str) -> dict[str, Any]:
+    recorded: dict[str, Any] = agents.fakes[provider].state.requests[-1]
+    return recorded
+
+
+def claude_code_body(model: str) -> dict[str, Any]:
+    """What Claude Code sends for a model it does not know (recorded from `claude -p`, 2.1.x)."""
+    return {
+        "model": model,
+        "max_tokens": 1000,
+        "system": SYSTEM,
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Write hi into out.txt"}]},
+            {"role": "system", "content": "# Environment\nPrimary working directory: /tmp/work"},
+        ],
+        "tools": [BASH_TOOL],
+        "thinking": {"type": "adaptive", "display": "omitted"},
+        "context_management": CONTEXT_MANAGEMENT,
+        "output_config": {"effort": "high"},
+        "metadata": {"user_id": "session-1"},
+    }
+
+
+# --- Anthropic: the body passes through ------------------------------------------------------------
+
+
+def test_an_anthropic_deployment_gets_the_body_and_beta_headers_unchanged(
+    agents: Running, client: anthropic.Anthropic
+) -> None:
+    params: dict[str, Any] = {
+        "max_tokens": 2000,
+        "system": SYSTEM,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "context_management": CONTEXT_MANAGEMENT,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": CACHED}]}],
+        "metadata": {"user_id": "u-1"},
+    }
+    raw = client.beta.messages.with_raw_response.create(model="claude", betas=BETAS, **params)
+    message = raw.parse()
+    sent = last(agents, "anthropic")
+    assert sent["json"] == {"model": CLAUDE, **params}
+    assert sent["headers"]["anthropic-beta"] == ",".join(BETAS)
+    assert sent["headers"]["anthropic-version"] == client.default_headers["anthropic-version"]
+    assert raw.headers["x-gateway-provider"] == "anthropic" and "x-gateway-dropped-params" not in raw.headers
+    thinking = message.content[0]
+    assert thinking.type == "thinking" and thinking.signature == fake_anthropic.SIGNATURE
+    assert message.usage.cache_creation_input_tokens and message.model == CLAUDE
+    # The second call reads the prefix the first one wrote, and is priced at the cache-read rate.
+    again = client.beta.messages.with_raw_response.create(model="claude", betas=BETAS, **params)
+    usage = again.parse().usage
+    assert usage.cache_read_input_tokens == message.usage.cache_creation_input_tokens
+    assert usage.cache_creation_input_tokens == 0
+    expected = (
+        usage.input_tokens * 3.0 + (usage.cache_read_input_tokens or 0) * 0.3 + usage.output_tokens * 15.0
+    ) / 1_000_000
+    assert float(again.headers["x-gateway-cost-usd"]) == pytest.approx(expected, rel=1e-6)
+    body = orjson.loads(again.http_response.content)
+    assert body["cost"]["cached_tokens"] == usage.cache_read_input_tokens
+
+
+def test_max_tokens_is_capped_to_what_the_budget_reserved(agents: Running) -> None:
+    key = agents.mint(name="budgeted", budget_usd=5.0)
+    with anthropic.Anthropic(base_url=agents.url, api_key=key, max_retries=0) as sdk:
+        sdk.messages.create(model="claude", max_tokens=20000, messages=[{"role": "user", "content": "Hi"}])
+    assert last(agents, "anthropic")["json"]["max_tokens"] == 3000
+
+
+def test_a_stream_comes_back_event_by_event_with_the_cost_on_message_delta(agents: Running) -> None:
+    key = agents.mint(name="stream")
+    body = {
+        "model": "claude",
+        "max_tokens": 2000,
+        "stream": True,
+        "system": SYSTEM,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "anthropic-beta": BETAS[0]}
+    with httpx.stream("POST", f"{agents.url}/v1/messages?beta=true", json=body, headers=headers) as response:
+        text = response.read().decode()
+    assert response.status_code == 200
+    events = [block.split("\n") for block in text.strip().split("\n\n")]
+    names = [lines[0].removeprefix("event: ") for lines in events]
+    assert names[:2] == ["message_start", "ping"] and names[-2:] == ["message_delta", "message_stop"]
+    payloads = {name: orjson.loads(lines[1].removeprefix("data: ")) for name, lines in zip(names, events, strict=True)}
+    assert payloads["message_start"]["message"]["usage"]["cache_creation_input_tokens"] >= 0
+    signature = [p for n, lines in zip(names, events, strict=True) if n == "content_block_delta" for p in lines]
+    assert any(fake_anthropic.SIGNATURE in line for line in signature)
+    delta = payloads["message_delta"]
+    assert delta["usage"] == {"output_tokens": fake_anthropic.OUTPUT_TOKENS} and delta["cost"]["provider_usd"] > 0
+    assert last(agents, "anthropic")["headers"]["anthropic-beta"] == BETAS[0]
+    assert last(agents, "anthropic")["json"] == {**body, "model": CLAUDE}
+
+
+def test_the_sdk_stream_accumulates_thinking_with_its_signature(client: anthropic.Anthropic) -> None:
+    with client.beta.messages.stream(
+        model="claude",
+        betas=BETAS,
+        max_tokens=2000,
+        system=SYSTEM,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[{"role": "user", "content": "Hi"}],
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].type == "thinking" and final.content[0].signature == fake_anthropic.SIGNATURE
+    assert final.content[1].type == "text" and final.content[1].text == fake_anthropic.TEXT
+
+
+def test_failover_to_another_provider_translates_that_attempt(agents: Running, client: anthropic.Anthropic) -> None:
+    raw = client.beta.messages.with_raw_response.create(
+        model="claude-then-gpt",
+        betas=BETAS,
+        max_tokens=100,
+        system=SYSTEM,
+        context_management=CONTEXT_MANAGEMENT,
+        messages=[{"role": "user", "content": "Hi"}],
+    )
+    assert raw.parse().content[0].text == fake_openai.TEXT  # type: ignore[union-attr]
+    assert raw.headers["x-gateway-provider"] == "openai"
+    assert raw.headers["x-gateway-route"].endswith("=500, openai/gpt-4o-mini@global=200")
+    assert raw.headers["x-gateway-dropped-params"] == "context_management"
+    assert last(agents, "openai")["json"]["messages"][0]["role"] == "system"
+
+
+def test_a_stream_failing_over_comes_back_translated(agents: Running, client: anthropic.Anthropic) -> None:
+    with client.beta.messages.stream(
+        model="claude-then-gpt", betas=BETAS, max_tokens=100, messages=[{"role": "user", "content": "Hi"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == fake_openai.TEXT and final.stop_reason == "end_turn"
+
+
+def test_a_pass_through_stream_cut_short_is_still_charged(agents: Running) -> None:
+    key = agents.mint(name="cut")
+    body = {"model": "claude-cut", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    with httpx.stream("POST", f"{agents.url}/v1/messages", json=body, headers=headers) as response:
+        text = response.read().decode()
+    assert "message_start" in text and "message_delta" not in text
+    auth = {"authorization": f"Bearer {key}"}
+    for _ in range(50):  # the settlement is written in the background
+        lines = httpx.get(f"{agents.url}/v1/usage", headers=auth).json()["data"]
+        if lines:
+            break
+        time.sleep(0.05)
+    [line] = lines
+    assert line["input_tokens"] > 0 and line["output_tokens"] > 0 and line["cost_usd"] > 0
+
+
+# --- every other provider: translated, with what is dropped named ---------------------------------
+
+
+def test_claude_codes_request_reaches_openai_translated(agents: Running, client: anthropic.Anthropic) -> None:
+    raw = client.beta.messages.with_raw_response.create(betas=BETAS, **claude_code_body("gpt"))
+    assert raw.parse().content[0].type == "tool_use"
+    sent = last(agents, "openai")["json"]
+    assert [m["role"] for m in sent["messages"]] == ["system", "user", "system"]
+    assert sent["messages"][0]["content"][0] == {"type": "text", "text": SYSTEM[0]["text"]}
+    assert sent["tools"][0]["function"] == {"name": "Bash", "parameters": BASH_TOOL["input_schema"]}
+    assert "thinking" not in sent and "reasoning_effort" not in sent and sent["max_tokens"] == 1000
+    assert raw.headers["x-gateway-dropped-params"].split(",") == ["context_management", "thinking"]
+
+
+def test_an_openai_reasoning_model_gets_reasoning_effort_and_max_completion_tokens(
+    agents: Running, client: anthropic.Anthropic
+) -> None:
+    raw = client.beta.messages.with_raw_response.create(betas=BETAS, **claude_code_body("o4"))
+    sent = last(agents, "openai")["json"]
+    assert sent["reasoning_effort"] == "high" and sent["max_completion_tokens"] == 1000 and "max_tokens" not in sent
+    assert raw.headers["x-gateway-dropped-params"] == "context_management"
+
+
+def test_strict_mode_refuses_what_a_translation_drops_but_not_a_pass_through(client: anthropic.Anthropic) -> None:
+    strict = {"x-gateway-strict": "true"}
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.beta.messages.create(betas=BETAS, **claude_code_body("gpt"), extra_headers=strict)
+    assert "context_management" in refused.value.message
+    client.beta.messages.create(betas=BETAS, **claude_code_body("claude"), extra_headers=strict)
+
+
+def test_gemini_gets_a_thinking_config_and_the_system_instruction(agents: Running, client: anthropic.Anthropic) -> None:
+    body = claude_code_body("gemini")
+    body["thinking"] = {"type": "enabled", "budget_tokens": 4000}
+    raw = client.beta.messages.with_raw_response.create(betas=BETAS, **body)
+    sent = last(agents, "gemini")["json"]
+    assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 4000, "includeThoughts": True}
+    texts = [part["text"] for part in sent["systemInstruction"]["parts"]]
+    assert texts == [SYSTEM[0]["text"], SYSTEM[1]["text"], "# Environment\nPrimary working directory: /tmp/work"]
+    assert raw.headers["x-gateway-dropped-params"] == "context_management,user"  # Gemini has no end-user id
+    assert raw.parse().content[0].type == "tool_use"
+
+
+def test_bedrock_gets_cache_points_and_a_thinking_budget(agents: Running, client: anthropic.Anthropic) -> None:
+    raw = client.beta.messages.with_raw_response.create(
+        model="bedrock-claude",
+        betas=BETAS,
+        max_tokens=4000,
+        system=SYSTEM,
+        thinking={"type": "enabled", "budget_tokens": 2000},
+        context_management=CONTEXT_MANAGEMENT,
+        messages=[{"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": CACHED}]}],
+    )
+    sent = last(agents, "bedrock")["json"]
+    assert sent["system"] == [
+        {"text": SYSTEM[0]["text"]},
+        {"cachePoint": {"type": "default"}},
+        {"text": "Answer briefly."},
+    ]
+    assert sent["messages"][0]["content"] == [{"text": "Hi"}, {"cachePoint": {"type": "default"}}]
+    assert sent["additionalModelRequestFields"] == {"thinking": {"type": "enabled", "budget_tokens": 2000}}
+    assert sent["inferenceConfig"]["maxTokens"] == 4000
+    assert raw.headers["x-gateway-dropped-params"] == "context_management"
+
+
+def test_bedrock_claudes_thinking_comes_back_signed(client: anthropic.Anthropic) -> None:
+    params: Any = {
+        "model": "bedrock-claude",
+        "max_tokens": 4000,
+        "thinking": {"type": "enabled", "budget_tokens": 2000},
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    message = client.messages.create(**params)
+    assert message.content[0].type == "thinking" and message.content[0].signature == fake_bedrock.SIGNATURE
+    with client.messages.stream(**params) as stream:
+        final = stream.get_final_message()
+    thinking = final.content[0]
+    assert thinking.type == "thinking" and thinking.thinking == fake_bedrock.THINKING
+    assert thinking.signature == fake_bedrock.SIGNATURE
+
+
+def test_signed_thinking_goes_back_to_claude_and_is_named_when_dropped(
+    agents: Running, client: anthropic.Anthropic
+) -> None:
+    thinking = {"type": "thinking", "thinking": "Plan: call Bash.", "signature": "sig-abc"}
+    messages: Any = [
+        {"role": "user", "content": "Write hi"},
+        {
+            "role": "assistant",
+            "content": [thinking, {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "x"}}],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}]},
+    ]
+    common: Any = {"max_tokens": 2000, "tools": [BASH_TOOL], "messages": messages}
+    client.messages.create(model="claude", thinking={"type": "enabled", "budget_tokens": 1024}, **common)
+    assert last(agents, "anthropic")["json"]["messages"][1]["content"][0] == thinking
+    client.messages.create(model="bedrock-claude", thinking={"type": "enabled", "budget_tokens": 1024}, **common)
+    reasoning = last(agents, "bedrock")["json"]["messages"][1]["content"][0]
+    assert reasoning == {"reasoningContent": {"reasoningText": {"text": "Plan: call Bash.", "signature": "sig-abc"}}}
+    raw = client.messages.with_raw_response.create(model="gpt", **common)
+    assert raw.headers["x-gateway-dropped-params"] == "messages.thinking"
+    assert "thinking_blocks" not in last(agents, "openai")["json"]["messages"][1]
+
+
+# --- count_tokens and the model list ---------------------------------------------------------------
+
+
+def test_count_tokens_asks_anthropic_and_gemini_and_estimates_elsewhere(
+    agents: Running, client: anthropic.Anthropic
+) -> None:
+    messages: Any = [{"role": "user", "content": "How many tokens is this?"}]
+    counted = client.beta.messages.count_tokens(model="claude", betas=BETAS, system=SYSTEM, messages=messages)
+    sent = last(agents, "anthropic")
+    assert sent["path"].endswith("/v1/messages/count_tokens") and sent["headers"]["anthropic-beta"].startswith(
+        ",".join(BETAS)
+    )
+    assert sent["json"] == {"model": CLAUDE, "system": SYSTEM, "messages": messages}
+    assert counted.input_tokens == fake_anthropic.input_tokens(sent["json"])
+
+    gemini = client.messages.count_tokens(model="gemini", messages=messages)
+    request = last(agents, "gemini")
+    assert request["method"] == "countTokens" and gemini.input_tokens > 0
+
+    bedrock = client.messages.count_tokens(model="bedrock-claude", system=SYSTEM, messages=messages)
+    request = last(agents, "bedrock")
+    assert request["path"].endswith("/count-tokens") and request["json"]["input"]["converse"]["messages"] == [
+        {"role": "user", "content": [{"text": "How many tokens is this?"}]}
+    ]
+    assert bedrock.input_tokens == len(orjson.dumps(request["json"]["input"]["converse"])) // 4
+
+    raw = client.messages.with_raw_response.count_tokens(model="gpt", messages=messages)
+    assert raw.headers["x-gateway-estimate"] == "true"
+    assert raw.parse().input_tokens > 0 and orjson.loads(raw.http_response.content)["estimate"] is True
+    # Anthropic failing to count: an estimate, said to be one, rather than an error.
+    failed = client.messages.with_raw_response.count_tokens(model="claude-then-gpt", messages=messages)
+    assert failed.headers["x-gateway-estimate"] == "true" and failed.headers["x-gateway-route"].endswith("=500")
+
+
+def test_count_tokens_is_not_charged(agents: Running) -> None:
+    key = agents.mint(name="counting", budget_usd=1.0)
+    with anthropic.Anthropic(base_url=agents.url, api_key=key, max_retries=0) as sdk:
+        sdk.messages.count_tokens(model="claude", messages=[{"role": "user", "content": "Hi"}])
+        sdk.messages.count_tokens(model="gpt", messages=[{"role": "user", "content": "Hi"}])
+    me = httpx.get(f"{agents.url}/v1/key", headers={"authorization": f"Bearer {key}"}).json()
+    assert me["spent_usd"] == 0
+    usage = httpx.get(f"{agents.url}/v1/usage", headers={"authorization": f"Bearer {key}"}).json()
+    assert usage["data"] == []
+
+
+def test_count_tokens_keeps_to_the_keys_models(agents: Running) -> None:
+    key = agents.mint(name="narrow", models=["gpt"])
+    with anthropic.Anthropic(base_url=agents.url, api_key=key, max_retries=0) as sdk:
+        with pytest.raises(anthropic.PermissionDeniedError):
+            sdk.messages.count_tokens(model="claude", messages=[{"role": "user", "content": "Hi"}])
+        models = sdk.models.list()
+    assert [m.id for m in models.data] == ["gpt"]
+
+
+def test_models_come_in_anthropics_shape_for_anthropic_clients(client: anthropic.Anthropic, agents: Running) -> None:
+    page = client.models.list(limit=2)
+    assert [m.id for m in page.data] == ["azure-gpt", "bedrock-claude"] and page.has_more
+    assert page.data[0].type == "model" and page.data[0].display_name == "azure-gpt"
+    following = client.models.list(limit=2, after_id="claude-cut")
+    assert [m.id for m in following.data] == ["claude-then-gpt", "gemini"]
+    earlier = client.models.list(limit=2, before_id="claude-cut")
+    assert [m.id for m in earlier.data] == ["bedrock-claude", "claude"] and earlier.has_more
+    key = client.api_key
+    openai_shape = httpx.get(f"{agents.url}/v1/models", headers={"authorization": f"Bearer {key}"}).json()
+    assert openai_shape["object"] == "list" and openai_shape["data"][0]["object"] == "model"
+
+
+def test_gemini_3s_call_signature_comes_back_with_the_call(agents: Running, client: anthropic.Anthropic) -> None:
+    ask: Any = [{"role": "user", "content": "Write hi"}]
+    first = client.messages.create(model="gemini-3", max_tokens=500, tools=[BASH_TOOL], messages=ask)
+    call = first.content[0]
+    assert call.type == "tool_use" and call.name == "Bash"
+    history: Any = [
+        *ask,
+        {"role": "assistant", "content": [{"type": "tool_use", "id": call.id, "name": "Bash", "input": call.input}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "done"}]},
+    ]
+    final = client.messages.create(model="gemini-3", max_tokens=500, tools=[BASH_TOOL], messages=history)
+    assert final.content[0].type == "text"
+    parts = last(agents, "gemini")["json"]["contents"][1]["parts"]
+    assert parts[0]["thoughtSignature"] == fake_gemini.CALL_SIGNATURE

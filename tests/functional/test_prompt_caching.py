@@ -1,0 +1,107 @@
+"""Prompt caching and reasoning controls from Chat Completions clients (the official openai SDK).
+
+`cache_control` on content parts (the convention other gateways accept) reaches Anthropic as `cache_control`
+and Bedrock as cache points; `prompt_cache_key` reaches OpenAI; cache writes and reads come back in the
+chat usage and are priced. `reasoning_effort` becomes each provider's own reasoning control.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.functional.agents_gateway import CLAUDE_PRICE, agents_gateway
+from tests.functional.conftest import Running
+
+CACHED = {"type": "ephemeral"}
+RULES = "Follow the house style. " * 60
+
+
+@pytest.fixture(scope="module")
+def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with agents_gateway(Path(tmp_path_factory.mktemp("caching-store"))) as running:
+        yield running
+
+
+@pytest.fixture
+def client(agents: Running) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{agents.url}/v1", api_key=agents.mint(name="chat"), max_retries=0) as sdk:
+        yield sdk
+
+
+def cached_messages(question: str) -> Any:
+    return [
+        {"role": "system", "content": [{"type": "text", "text": RULES, "cache_control": CACHED}]},
+        {"role": "user", "content": question},
+    ]
+
+
+def test_cache_markers_reach_anthropic_and_cache_reads_are_reported_and_priced(
+    agents: Running, client: openai.OpenAI
+) -> None:
+    first = client.chat.completions.create(model="claude", messages=cached_messages("One?"), max_tokens=50)
+    sent = agents.fakes["anthropic"].state.requests[-1]["json"]
+    assert sent["system"] == [{"type": "text", "text": RULES, "cache_control": CACHED}]
+    assert first.usage is not None and first.usage.prompt_tokens_details is not None
+    written = first.usage.model_dump()["prompt_tokens_details"]["cache_write_tokens"]
+    assert written > 0
+    raw = client.chat.completions.with_raw_response.create(
+        model="claude", messages=cached_messages("Two?"), max_tokens=50
+    )
+    usage = raw.parse().usage
+    assert usage is not None and usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == written
+    uncached = usage.prompt_tokens - written
+    expected = (
+        uncached * CLAUDE_PRICE["input"]
+        + written * CLAUDE_PRICE["cached_input"]
+        + usage.completion_tokens * CLAUDE_PRICE["output"]
+    ) / 1_000_000
+    assert float(raw.headers["x-gateway-cost-usd"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_cache_markers_become_bedrock_cache_points(agents: Running, client: openai.OpenAI) -> None:
+    client.chat.completions.create(model="bedrock-claude", messages=cached_messages("One?"), max_tokens=50)
+    sent = agents.fakes["bedrock"].state.requests[-1]["json"]
+    assert sent["system"] == [{"text": RULES}, {"cachePoint": {"type": "default"}}]
+
+
+def test_openai_gets_its_prompt_cache_key_and_no_markers(agents: Running, client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt", messages=cached_messages("One?"), prompt_cache_key="tenant-7"
+    )
+    sent = agents.fakes["openai"].state.requests[-1]["json"]
+    assert sent["prompt_cache_key"] == "tenant-7"
+    assert sent["messages"][0]["content"] == [{"type": "text", "text": RULES}]
+    assert "x-gateway-dropped-params" not in raw.headers
+
+
+@pytest.mark.parametrize(
+    ("model", "provider", "control", "expected"),
+    [
+        ("o4", "openai", lambda body: body["reasoning_effort"], "high"),
+        ("claude", "anthropic", lambda body: body["thinking"], {"type": "enabled", "budget_tokens": 16384}),
+        ("gemini", "gemini", lambda body: body["generationConfig"]["thinkingConfig"], {"thinkingBudget": 16384}),
+        (
+            "bedrock-claude",
+            "bedrock",
+            lambda body: body["additionalModelRequestFields"],
+            {"thinking": {"type": "enabled", "budget_tokens": 16384}},
+        ),
+    ],
+)
+def test_reasoning_effort_becomes_each_providers_control(
+    agents: Running, client: openai.OpenAI, model: str, provider: str, control: Callable[[Any], Any], expected: Any
+) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model=model,
+        messages=[{"role": "user", "content": "Think."}],
+        reasoning_effort="high",
+        max_completion_tokens=20000,
+    )
+    assert control(agents.fakes[provider].state.requests[-1]["json"]) == expected
+    assert "x-gateway-dropped-params" not in raw.headers

@@ -1,0 +1,144 @@
+"""The Messages front-end's translation to the internal request: what survives, and what is named as dropped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from handler.errors import InvalidRequestError
+from handler.messages_api import MessagesCountRequest, MessagesRequest, to_chat_request
+from handler.schemas import ChatRequest
+
+CACHED = {"type": "ephemeral"}
+
+
+def translate(**fields: Any) -> tuple[ChatRequest, list[str]]:
+    body = {"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}], **fields}
+    return to_chat_request(MessagesRequest.model_validate(body))
+
+
+def dumped(req: ChatRequest) -> list[dict[str, Any]]:
+    return [m.model_dump(exclude_none=True) for m in req.messages]
+
+
+def test_system_blocks_keep_their_cache_markers() -> None:
+    req, dropped = translate(
+        system=[{"type": "text", "text": "Rules.", "cache_control": CACHED}, {"type": "text", "text": "More."}]
+    )
+    assert dumped(req)[0] == {
+        "role": "system",
+        "content": [{"type": "text", "text": "Rules.", "cache_control": CACHED}, {"type": "text", "text": "More."}],
+    }
+    assert dropped == []
+
+
+def test_system_role_messages_stay_where_they_are_until_cleared() -> None:
+    messages = [
+        {"role": "user", "content": "one"},
+        {"role": "system", "content": "Environment: /tmp"},
+        {"role": "system", "content": "Only for this turn.", "clear_at": "next_user_message"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "two"},
+        {"role": "system", "content": "Still for this turn.", "clear_at": "next_user_message"},
+    ]
+    req, _ = translate(messages=messages)
+    assert [(m.role, m.text()) for m in req.messages] == [
+        ("user", "one"),
+        ("system", "Environment: /tmp"),
+        ("assistant", "ok"),
+        ("user", "two"),
+        ("system", "Still for this turn."),
+    ]
+
+
+def test_thinking_and_output_config_are_carried() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    req, dropped = translate(
+        thinking={"type": "adaptive", "display": "omitted"},
+        output_config={"effort": "high", "format": {"type": "json_schema", "schema": schema}, "task_budget": 5},
+        context_management={"edits": []},
+    )
+    assert req.thinking is not None and req.thinking.type == "adaptive" and req.thinking.effort == "high"
+    assert req.response_format is not None and req.response_format.json_schema is not None
+    assert req.response_format.json_schema.schema_ == schema
+    assert dropped == ["context_management", "output_config.task_budget"]
+
+
+def test_an_effort_alone_is_an_adaptive_wish() -> None:
+    req, _ = translate(output_config={"effort": "low"})
+    assert req.thinking is not None and (req.thinking.type, req.thinking.effort) == ("adaptive", "low")
+
+
+def test_documents_images_and_unknown_blocks() -> None:
+    content = [
+        {
+            "type": "document",
+            "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"},
+            "title": "a.pdf",
+        },
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain words"}},
+        {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}},
+        {
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"},
+            "cache_control": CACHED,
+        },
+        {"type": "search_result", "source": "x", "title": "t", "content": []},
+    ]
+    req, dropped = translate(messages=[{"role": "user", "content": content}])
+    parts = dumped(req)[0]["content"]
+    assert parts[0] == {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBE", "filename": "a.pdf"}}
+    assert parts[1] == {"type": "text", "text": "plain words"}
+    assert parts[2] == {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64,iVBO"},
+        "cache_control": CACHED,
+    }
+    assert dropped == ["messages.document.url", "messages.search_result"]
+
+
+def test_thinking_blocks_keep_their_signatures_and_tools_their_absent_descriptions() -> None:
+    thinking = {"type": "thinking", "thinking": "Plan.", "signature": "sig"}
+    messages = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": [thinking, {"type": "tool_use", "id": "t1", "name": "Bash", "input": {}}]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "done", "cache_control": CACHED}],
+        },
+    ]
+    tools = [
+        {"name": "Bash", "input_schema": {"type": "object"}},
+        {"type": "web_search_20250305", "name": "web_search", "max_uses": 3},
+    ]
+    req, dropped = translate(messages=messages, tools=tools)
+    assistant = req.messages[1]
+    assert (assistant.model_extra or {})["thinking_blocks"] == [thinking] and assistant.reasoning_content == "Plan."
+    assert dumped(req)[2] == {
+        "role": "tool",
+        "tool_call_id": "t1",
+        "content": [{"type": "text", "text": "done", "cache_control": CACHED}],
+    }
+    assert req.tools is not None and len(req.tools) == 1
+    assert "description" not in req.tools[0].function.model_dump(exclude_unset=True)
+    assert dropped == ["tools.web_search_20250305"]
+
+
+def test_count_requests_need_no_max_tokens() -> None:
+    req, _ = to_chat_request(
+        MessagesCountRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}]})
+    )
+    assert req.max_tokens is None
+
+
+def test_a_named_tool_choice_needs_its_name() -> None:
+    with pytest.raises(InvalidRequestError):
+        translate(tools=[{"name": "a", "input_schema": {"type": "object"}}], tool_choice={"type": "tool"})
+
+
+def test_tool_features_without_an_equivalent_are_named() -> None:
+    tools = [{"name": "f", "input_schema": {"type": "object"}, "strict": True, "defer_loading": True}]
+    req, dropped = translate(tools=tools)
+    assert req.tools is not None and req.tools[0].function.strict is True
+    assert dropped == ["tools.defer_loading"]
