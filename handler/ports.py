@@ -332,6 +332,8 @@ class RateCharge:
     window: int
     limit: int
     amount: int
+    key_id: str | None = None
+    home_region: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +381,7 @@ class LedgerItem:
     store_ms: float = 0.0
     upstream_ms: float = 0.0
     route: str = ""
+    cost_source: str = "provider"
 
 
 @dataclass(frozen=True, slots=True)

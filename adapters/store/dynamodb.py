@@ -196,14 +196,28 @@ class DynamoDBStore(Store):
         for charge in admission.budgets:
             if charge.key_id == key_id:
                 return charge.home_region
+        for rate in admission.rates:
+            if rate.key_id == key_id:
+                return rate.home_region
         return admission.home_region
 
+    @staticmethod
+    def _rates_of(owner: str | None, rates: list[RateCharge], key_id: str) -> list[RateCharge]:
+        """The rate charges counted on `key_id`'s counters: those naming it, and, if it is the admission's own
+        key (`owner`), those naming no key."""
+        return [r for r in rates if (r.key_id or owner) == key_id]
+
     def _admit_update(
-        self, admission: Admission, key_id: str, budgets: list[BudgetCharge], rates: list[RateCharge], fresh: set[str]
+        self,
+        admission: Admission,
+        key_id: str,
+        budgets: list[BudgetCharge],
+        rates: list[RateCharge],
+        fresh: set[tuple[str, str]],
     ) -> Item:
         """The conditional update of one key's meter item (or, for a key homed elsewhere, this region's lease
-        of it); `fresh` names the rate counters whose stored window is older than the admission's, which
-        restart at this request's amount."""
+        of it); `fresh` names the (key, rate) counters whose stored window is older than the admission's,
+        which restart at this request's amount."""
         e = Expression()
         home = self._home_of(admission, key_id)
         for charge in budgets:
@@ -224,7 +238,7 @@ class DynamoDBStore(Store):
         for rate in rates:
             count, window = e.name(f"w:{rate.name}"), e.name(f"n:{rate.name}")
             current = e.value(num(rate.window))
-            if rate.name in fresh:
+            if (key_id, rate.name) in fresh:
                 e.clauses["SET"] += [f"{count} = {e.value(num(rate.amount))}", f"{window} = {current}"]
                 e.conditions.append(f"attribute_not_exists({window}) OR {window} < {current}")
             else:
@@ -235,10 +249,10 @@ class DynamoDBStore(Store):
                 e.conditions.append(f"attribute_not_exists({window}) OR ({same_window})")
         return e.update(self.leases.item_key(key_id, home), self.table)
 
-    def _diagnose(self, admission: Admission, key_id: str, old: Item, fresh: set[str]) -> None:
+    def _diagnose(self, admission: Admission, key_id: str, old: Item, fresh: set[tuple[str, str]]) -> None:
         """Why a meter update's condition failed, from the item as it was: raise the refusal (or `LeaseShort`
-        for a lease that needs topping up), or add the rate counters whose window rolled over to `fresh` so
-        the caller retries with them reset."""
+        for a lease that needs topping up), or add the (key, rate) counters whose window rolled over to
+        `fresh` so the caller retries with them reset."""
         for charge in admission.budgets:
             if charge.key_id == key_id:
                 if self.leases.remote(charge.home_region):
@@ -247,16 +261,14 @@ class DynamoDBStore(Store):
                 committed = read_num(old, f"c:{charge.period}")
                 if committed + charge.amount_usd > charge.limit_usd:
                     raise BudgetRefused(key_id, charge.limit_usd - committed)
-        if key_id != admission.key_id:
-            return
-        for rate in admission.rates:
+        for rate in self._rates_of(admission.key_id, admission.rates, key_id):
             stored_window = read_num(old, f"n:{rate.name}")
             if stored_window == rate.window:
-                fresh.discard(rate.name)  # another request started this window first: add to its count
+                fresh.discard((key_id, rate.name))  # another request started this window first: add to its count
                 if read_num(old, f"w:{rate.name}") + rate.amount > rate.limit:
                     raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - self.clock())
             elif stored_window < rate.window:
-                fresh.add(rate.name)
+                fresh.add((key_id, rate.name))
             else:  # another gateway's clock is ahead: refuse until ours reaches that window
                 raise RateRefused(rate.name, rate.limit, (stored_window - rate.window + 1) * 60)
 
@@ -264,7 +276,7 @@ class DynamoDBStore(Store):
         for rate in admission.rates:
             if rate.amount > rate.limit:
                 raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - self.clock())
-        fresh: set[str] = set()
+        fresh: set[tuple[str, str]] = set()
         # A retry resets rolled-over windows (a third means a race with a clock) or follows a lease grant (each
         # grant moves budget into this region or refuses, so those end when concurrent requests drain the lease).
         tries = grants = 0
@@ -282,15 +294,16 @@ class DynamoDBStore(Store):
             tries += 1
         raise StoreError("meter update kept failing its condition")
 
-    async def _admit_once(self, admission: Admission, fresh: set[str]) -> MeterSnapshot | None:
+    async def _admit_once(self, admission: Admission, fresh: set[tuple[str, str]]) -> MeterSnapshot | None:
         """One try: the snapshot, a refusal, `LeaseShort`, or None to try again."""
-        key_ids = list(dict.fromkeys([admission.key_id, *(b.key_id for b in admission.budgets)]))
+        owners = (r.key_id or admission.key_id for r in admission.rates)
+        key_ids = list(dict.fromkeys([admission.key_id, *(b.key_id for b in admission.budgets), *owners]))
         updates = {
             key_id: self._admit_update(
                 admission,
                 key_id,
                 [b for b in admission.budgets if b.key_id == key_id],
-                admission.rates if key_id == admission.key_id else [],
+                self._rates_of(admission.key_id, admission.rates, key_id),
                 fresh,
             )
             for key_id in key_ids
@@ -302,17 +315,14 @@ class DynamoDBStore(Store):
                 answer = await self._call(
                     "update_item", **update, ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD"
                 )
-                return self._snapshot(admission, answer.get("Attributes", {}))
+                return self._snapshot(admission, {key_id: answer.get("Attributes", {})})
             await self._call(
                 "transact_write_items",
                 TransactItems=[
                     {"Update": {**u, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}} for u in updates.values()
                 ],
             )
-            own = admission.budgets[0].key_id if admission.budgets else admission.key_id
-            key = self.leases.item_key(own, self._home_of(admission, own))
-            answer = await self._call("get_item", TableName=self.table, Key=key, ConsistentRead=True)
-            return self._snapshot(admission, answer.get("Item", {}))
+            return self._snapshot(admission, await self._read_snapshot_items(admission))
         except ConditionFailed as exc:
             if not exc.reasons:  # the single update's condition
                 self._diagnose(admission, key_id, exc.item, fresh)
@@ -321,9 +331,28 @@ class DynamoDBStore(Store):
                     self._diagnose(admission, key_id, reason.get("Item", {}), fresh)
         return None
 
-    def _snapshot(self, admission: Admission, item: Item) -> MeterSnapshot:
+    async def _read_snapshot_items(self, admission: Admission) -> dict[str, Item]:
+        """After a transaction (which returns no values): the items the snapshot reports, in one read, the
+        nearest budget's and the key's own rate counters'."""
+        wanted = [admission.budgets[0].key_id] if admission.budgets else []
+        if any(r.key_id in (None, admission.key_id) for r in admission.rates):
+            wanted.append(admission.key_id)
+        keys = {k: self.leases.item_key(k, self._home_of(admission, k)) for k in dict.fromkeys(wanted)}
+        if len(keys) == 1:
+            ((key_id, key),) = keys.items()
+            answer = await self._call("get_item", TableName=self.table, Key=key, ConsistentRead=True)
+            return {key_id: answer.get("Item", {})}
+        request = {self.table: {"Keys": list(keys.values()), "ConsistentRead": True}}
+        answer = await self._call("batch_get_item", RequestItems=request)
+        found = {item["pk"]["S"]: item for item in answer.get("Responses", {}).get(self.table, [])}
+        return {k: found.get(key["pk"]["S"], {}) for k, key in keys.items()}
+
+    def _snapshot(self, admission: Admission, items: dict[str, Item]) -> MeterSnapshot:
+        """The counters as the admission left them (`items` by key id): the nearest budget's, and the key's
+        own rate counts (an ancestor's rate counters, shared with other descendants, are not reported)."""
         snapshot = MeterSnapshot()
-        if admission.budgets:
+        item = items.get(admission.budgets[0].key_id) if admission.budgets else None
+        if admission.budgets and item is not None:
             charge = admission.budgets[0]
             period = charge.period
             snapshot.committed_usd[period] = read_num(item, f"c:{period}")
@@ -332,9 +361,10 @@ class DynamoDBStore(Store):
                 # What this region can still draw: its lease, plus what the home had unleased when last asked.
                 usable = read_num(item, f"a:{period}") + self.leases.unleased_hint(charge.key_id, period)
                 snapshot.committed_usd[period] = charge.limit_usd - usable
-        for rate in admission.rates:
-            if read_num(item, f"n:{rate.name}") == rate.window:
-                snapshot.rates[rate.name] = int(read_num(item, f"w:{rate.name}"))
+        own = items.get(admission.key_id, {})
+        for rate in self._rates_of(admission.key_id, admission.rates, admission.key_id):
+            if read_num(own, f"n:{rate.name}") == rate.window:
+                snapshot.rates[rate.name] = int(read_num(own, f"w:{rate.name}"))
         return snapshot
 
     # --- settlement ---------------------------------------------------------------------------
@@ -345,7 +375,6 @@ class DynamoDBStore(Store):
         """Turn this key's reservation into spend. If `released`, the reservation expired and was
         released already, so the whole actual cost is added to committed."""
         e = Expression()
-        reservation = e.name(f"r:{settlement.reservation_id}")
         home = self._home_of(settlement, key_id)
         for charge in budgets:
             if self.leases.remote(home):
@@ -356,7 +385,8 @@ class DynamoDBStore(Store):
                 f"{e.name(f'c:{charge.period}')} {e.value(num(delta))}",
                 f"{e.name(f's:{charge.period}')} {e.value(num(charge.amount_usd))}",
             ]
-        if budgets:
+        if budgets:  # (a key settling only tokens has no reservation: DynamoDB refuses a name left unused)
+            reservation = e.name(f"r:{settlement.reservation_id}")
             e.clauses["REMOVE"].append(reservation)
             e.conditions.append(f"{'attribute_not_exists' if released else 'attribute_exists'}({reservation})")
         now_window = int(self.clock() // 60)
@@ -409,8 +439,11 @@ class DynamoDBStore(Store):
             }
         }
         item = settlement.item
-        rate_key = item.key_id if item is not None and settlement.rates else None
-        key_ids = list(dict.fromkeys([*(b.key_id for b in settlement.budgets), *([rate_key] if rate_key else [])]))
+        # Tokens are corrected on the counters the admission counted them on (a line item names the own key).
+        owner = item.key_id if item is not None else ""
+        rates = settlement.rates if item is not None else []
+        owners = [r.key_id or owner for r in rates]
+        key_ids = list(dict.fromkeys([*(b.key_id for b in settlement.budgets), *owners]))
         released: set[str] = set()
         for _ in range(3):
             meters = {
@@ -419,7 +452,7 @@ class DynamoDBStore(Store):
                     key_id,
                     [b for b in settlement.budgets if b.key_id == key_id],
                     key_id in released,
-                    settlement.rates if key_id == rate_key else [],
+                    self._rates_of(owner, rates, key_id),
                 )
                 for key_id in key_ids
             }

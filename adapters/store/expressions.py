@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
 Item = dict[str, Any]
+PLACEHOLDER = re.compile(r"#a\d+|:v\d+")
 
 
 def exact(value: float) -> Decimal:
@@ -58,12 +60,19 @@ class Expression:
         return placeholder
 
     def update(self, key: Item, table: str) -> Item:
+        """The `UpdateItem` request. Declares only the placeholders the expressions use: DynamoDB refuses a
+        request with an unused one (`ValidationException`), and a clause left out for some shape of item
+        (no budget, a rolled-over window) must not turn the whole write into a refusal."""
         parts = [f"{verb} {', '.join(items)}" for verb, items in self.clauses.items() if items]
         request: Item = {"TableName": table, "Key": key, "UpdateExpression": " ".join(parts)}
-        if self.names:
-            request["ExpressionAttributeNames"] = self.names
-        if self.values:
-            request["ExpressionAttributeValues"] = self.values
-        if self.conditions:
-            request["ConditionExpression"] = " AND ".join(f"({c})" for c in self.conditions)
+        condition = " AND ".join(f"({c})" for c in self.conditions)
+        used = set(PLACEHOLDER.findall(f"{request['UpdateExpression']} {condition}"))
+        names = {k: v for k, v in self.names.items() if k in used}
+        values = {k: v for k, v in self.values.items() if k in used}
+        if names:
+            request["ExpressionAttributeNames"] = names
+        if values:
+            request["ExpressionAttributeValues"] = values
+        if condition:
+            request["ConditionExpression"] = condition
         return request
