@@ -32,7 +32,15 @@ from typing import Any, TypeVar
 
 from adapters.store.dynamo_client import DynamoDBClient
 from adapters.store.expressions import Expression, Item, dec, num, number, read_num, text
-from adapters.store.leases import IDLE_SECONDS, LEASE_PREFIX, ConditionFailed, Leases, LeaseShort, call
+from adapters.store.leases import (
+    CONDITION_FAILED,
+    IDLE_SECONDS,
+    LEASE_PREFIX,
+    ConditionFailed,
+    Leases,
+    LeaseShort,
+    call,
+)
 from adapters.store.records import (
     LEDGER_TTL_SECONDS,
     SETTLED_TTL_SECONDS,
@@ -62,7 +70,7 @@ from handler.usage import day_of
 
 T = TypeVar("T")
 METER_SK = "METER"
-FAILED = "ConditionalCheckFailed"
+FAILED = CONDITION_FAILED
 MAX_GRANT_ROUNDS = 100
 
 

@@ -1,0 +1,131 @@
+"""What only the DynamoDB store does: requests DynamoDB accepts for every shape of item, retries under
+contention (injected at the client: neither emulator produces it), reports in a bounded number of queries."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from adapters.store.dynamodb import DynamoDBStore
+from adapters.store.expressions import Expression, num, text
+from handler.ports import Admission, BudgetCharge, BudgetRefused, RateCharge, StoreError, UsageQuery
+from tests.support.dynamo import DynamoServer, FlakyClient
+from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement
+
+
+@pytest.fixture
+async def flaky(dynamo: DynamoServer) -> AsyncIterator[tuple[FlakyClient, DynamoDBStore]]:
+    client = FlakyClient(dynamo)
+    store = DynamoDBStore(client, dynamo.create_table(), owned=[client])
+    yield client, store
+    await store.close()
+
+
+def test_an_update_declares_only_the_placeholders_it_uses() -> None:
+    """DynamoDB refuses a request that declares a name or value no expression uses (ValidationException)."""
+    e = Expression()
+    unused_name, unused_value = e.name("r:abc"), e.value(num(1))
+    e.clauses["ADD"].append(f"{e.name('w:tpm')} {e.value(num(5))}")
+    e.conditions.append(f"attribute_exists({e.name('n:tpm')})")
+    request = e.update({"pk": text("METER#k"), "sk": text("METER")}, "t")
+    assert unused_name not in request["ExpressionAttributeNames"]
+    assert unused_value not in request["ExpressionAttributeValues"]
+    assert set(request["ExpressionAttributeNames"].values()) == {"w:tpm", "n:tpm"}
+    assert "ExpressionAttributeValues" not in Expression().update({}, "t")
+
+
+# --- contention -------------------------------------------------------------------------------------
+
+CONTENTION = [
+    ("UpdateItem", "TransactionConflictException"),
+    ("UpdateItem", "ThrottlingException"),
+    ("UpdateItem", "ProvisionedThroughputExceededException"),
+    ("UpdateItem", "RequestLimitExceeded"),
+    ("TransactWriteItems", "TransactionCanceledException"),
+    ("TransactWriteItems", "TransactionConflictException"),
+]
+
+
+@pytest.mark.parametrize(("operation", "code"), CONTENTION)
+async def test_an_admission_refused_for_contention_is_retried(
+    flaky: tuple[FlakyClient, DynamoDBStore], operation: str, code: str
+) -> None:
+    client, store = flaky
+    key, parent = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
+    charges = [BudgetCharge(key, PERIOD, 1.0, 0.4)]
+    if operation == "TransactWriteItems":  # a child under a budgeted parent: one transaction over both meters
+        charges.append(BudgetCharge(parent, PERIOD, 1.0, 0.4))
+    adm = Admission(uuid.uuid4().hex, key, charges, [], time.time() + 60)
+    client.fail(operation, code, 3)
+    snapshot = await store.admit(adm)
+    assert snapshot.committed_usd[PERIOD] == pytest.approx(0.4)
+    assert client.refused[operation] == 3 and client.sent[operation] == 1
+    assert (await store.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.4)
+
+
+async def test_a_settlement_refused_for_contention_lands_once(flaky: tuple[FlakyClient, DynamoDBStore]) -> None:
+    client, store = flaky
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.5)
+    await store.admit(adm)
+    item = line(key, 0.2)
+    client.fail("TransactWriteItems", "TransactionCanceledException", 2)
+    client.fail("TransactWriteItems", "ThrottlingException", 2)
+    await store.settle(settlement(adm, 0.2, item))
+    assert client.refused["TransactWriteItems"] == 4 and client.sent["TransactWriteItems"] == 1
+    meter = await store.meter(key, PERIOD)
+    assert meter.committed_usd[PERIOD] == pytest.approx(0.2) and meter.spent_usd[PERIOD] == pytest.approx(0.2)
+    assert await store.usage(UsageQuery([key], 0, time.time() + 1)) == [item]
+
+
+async def test_contention_that_does_not_end_fails_closed_and_other_errors_are_not_retried(
+    flaky: tuple[FlakyClient, DynamoDBStore],
+) -> None:
+    client, store = flaky
+    client.fail("UpdateItem", "TransactionConflictException", 100)
+    with pytest.raises(StoreError):
+        await store.admit(admission(uuid.uuid4().hex[:12], 0.1))
+    assert client.refused["UpdateItem"] == 8  # CONTENTION_ATTEMPTS, then the request answers 503
+    client.scripted.clear()
+    client.fail("UpdateItem", "ValidationException", 1)
+    with pytest.raises(StoreError):
+        await store.admit(admission(uuid.uuid4().hex[:12], 0.1))
+    assert client.refused["UpdateItem"] == 9  # refused once, not sent again
+
+
+@pytest.mark.parametrize("code", ["TransactionCanceledException", "ThrottlingException"])
+async def test_concurrent_admissions_under_contention_never_overspend(
+    flaky: tuple[FlakyClient, DynamoDBStore], code: str
+) -> None:
+    """Children of one budgeted parent race on the parent's meter while a third of the writes are refused:
+    none answers 503, the parent admits exactly what fits, and every settlement lands once."""
+    client, store = flaky
+    parent = uuid.uuid4().hex[:12]
+    client.fail_randomly(0.35, code)
+
+    async def one() -> tuple[Admission, bool]:
+        child = uuid.uuid4().hex[:12]
+        charges = [BudgetCharge(child, PERIOD, 1.0, 0.1), BudgetCharge(parent, PERIOD, 1.0, 0.1)]
+        adm = Admission(uuid.uuid4().hex, child, charges, [RateCharge("rpm", int(time.time() // 60), 5, 1)], 0)
+        adm = replace(adm, expires_at=time.time() + 60)
+        try:
+            await store.admit(adm)
+        except BudgetRefused:
+            return adm, False
+        return adm, True
+
+    outcomes = await asyncio.gather(*(one() for _ in range(16)))
+    admitted = [adm for adm, ok in outcomes if ok]
+    assert len(admitted) == 10
+    assert client.refused["TransactWriteItems"] > 0
+    items = [line(adm.key_id, 0.05) for adm in admitted]
+    await asyncio.gather(*(store.settle(settlement(a, 0.05, i)) for a, i in zip(admitted, items, strict=True)))
+    meter = await store.meter(parent, PERIOD)
+    assert meter.committed_usd[PERIOD] == pytest.approx(0.5) and meter.spent_usd[PERIOD] == pytest.approx(0.5)
+    lines = await store.usage(UsageQuery([a.key_id for a in admitted], 0, time.time() + 1))
+    assert sorted(i.request_id for i in lines) == sorted(i.request_id for i in items)
