@@ -11,9 +11,9 @@ from dataclasses import replace
 
 import pytest
 
-from adapters.store.dynamodb import DynamoDBStore
+from adapters.store.dynamodb import LEDGER_SHARDS, DynamoDBStore
 from adapters.store.expressions import Expression, num, text
-from handler.ports import Admission, BudgetCharge, BudgetRefused, RateCharge, StoreError, UsageQuery
+from handler.ports import Admission, BudgetCharge, BudgetRefused, RateCharge, Settlement, StoreError, UsageQuery
 from tests.support.dynamo import DynamoServer, FlakyClient
 from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement
 
@@ -129,3 +129,35 @@ async def test_concurrent_admissions_under_contention_never_overspend(
     assert meter.committed_usd[PERIOD] == pytest.approx(0.5) and meter.spent_usd[PERIOD] == pytest.approx(0.5)
     lines = await store.usage(UsageQuery([a.key_id for a in admitted], 0, time.time() + 1))
     assert sorted(i.request_id for i in lines) == sorted(i.request_id for i in items)
+
+
+# --- reports ----------------------------------------------------------------------------------------
+
+
+async def test_a_report_over_25_years_costs_a_handful_of_queries_and_pages_through_everything(
+    flaky: tuple[FlakyClient, DynamoDBStore],
+) -> None:
+    """`gateway usage --since 2000-01-01` once sent a query per day (9,832 of them); now one per index shard
+    for all keys, one per key for a key's own report, each followed through every page."""
+    client, store = flaky
+    keys = [uuid.uuid4().hex[:12] for _ in range(3)]
+    now = time.time()
+    items = [line(keys[i % 3], 0.001 * i, now - i * 86400 * 365) for i in range(25)]  # one a year, 25 years
+    for item in items:
+        await store.settle(Settlement(item.request_id, [], 0.0, [], item))
+    store.page_size = 2  # far fewer than a shard or a key holds: the report must follow LastEvaluatedKey
+    client.sent.clear()
+    since = now - 25.5 * 86400 * 365
+    everything = await store.usage(UsageQuery(None, since, now + 1))
+    assert sorted(i.request_id for i in everything) == sorted(i.request_id for i in items)
+    assert [i.ts for i in everything] == sorted(i.ts for i in items)
+    pages = client.sent["Query"]
+    assert LEDGER_SHARDS < pages <= LEDGER_SHARDS + len(items) // 2 + 1  # pages followed, no more
+    store.page_size = None
+    client.sent.clear()
+    assert len(await store.usage(UsageQuery(None, since, now + 1))) == len(items)
+    assert client.sent["Query"] == LEDGER_SHARDS
+    client.sent.clear()
+    mine = await store.usage(UsageQuery(keys[:2], since, now + 1))
+    assert sorted(i.request_id for i in mine) == sorted(i.request_id for i in items if i.key_id in keys[:2])
+    assert client.sent["Query"] == 2
