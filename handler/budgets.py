@@ -32,6 +32,11 @@ from handler.ports import (
     Store,
     StoreError,
 )
+from handler.spool import SettlementSpool
+
+# A settlement the store refuses is tried this many times (after 0.05, 0.15, 0.45, 1.35 s), then spooled.
+SETTLE_ATTEMPTS = 5
+SETTLE_FIRST_DELAY_S = 0.05
 
 
 def period_of(kind: str, now: float) -> str:
@@ -75,11 +80,13 @@ class Meter:
         keys: KeyService,
         reservation_ttl: float,
         clock: Callable[[], float] = time.time,
+        spool: SettlementSpool | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
         self.reservation_ttl = reservation_ttl
         self.clock = clock
+        self.spool = spool if spool is not None else SettlementSpool.for_store(store)
 
     async def chain(self, key: KeyRecord) -> list[KeyRecord]:
         """The key and its ancestors that carry a budget, nearest first."""
@@ -204,16 +211,23 @@ class Meter:
         return Settlement(admission.reservation_id, budgets, reservation.amount_usd, rates, item, admission.home_region)
 
     async def settle(self, settlement: Settlement) -> None:
-        """Apply a settlement, retrying a failed store call: a settled cost must never be lost."""
+        """Apply a settlement, retrying a failed store call; if the store still refuses it, spool it (see
+        handler/spool.py): a settled cost must never be lost. Never raises but for cancellation (the
+        settlement is spooled first)."""
         if not settlement.budgets and not settlement.rates and settlement.item is None:
             return
-        delay = 0.05
-        for attempt in range(6):
+        delay = SETTLE_FIRST_DELAY_S
+        for attempt in range(1, SETTLE_ATTEMPTS + 1):
             try:
                 await self.store.settle(settlement)
-                return
-            except StoreError:
-                if attempt == 5:
-                    raise
+                break
+            except asyncio.CancelledError:
+                self.spool.add(settlement, "cancelled while settling")
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the cost must reach the spool
+                if attempt == SETTLE_ATTEMPTS:
+                    self.spool.add(settlement, str(exc) or type(exc).__name__)
+                    break
                 await asyncio.sleep(delay)
                 delay *= 3
+        self.spool.watch(self.store)  # the store answers again, or was just refused: re-drive what waits

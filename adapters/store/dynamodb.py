@@ -31,6 +31,7 @@ with counters is ever written in two regions. A store without a region treats ev
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import zlib
 from collections.abc import Callable
@@ -110,6 +111,9 @@ class DynamoDBStore(Store):
         self.region = region
         self.leases = Leases(table, region, client, client_for or self._no_other_region, clock, lease_idle_seconds)
         self.page_size: int | None = None  # a query's `Limit` (None: DynamoDB's 1 MB pages)
+        # Where settlements the table refused wait (handler/spool.py): Lambda can write only under /tmp.
+        folder = "/tmp" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else ".gateway"  # noqa: S108
+        self.spool_path = f"{folder}/settlements-{table}.jsonl"
 
     def _no_other_region(self, region: str) -> Any:
         raise StoreError(f"no endpoint configured for region {region}, the home of a key used here")

@@ -153,6 +153,8 @@ class FlakyClient(DynamoDBClient):
     `fail(operation, code, times)` refuses the next `times` calls of an operation (`UpdateItem`,
     `TransactWriteItems`, ...); `fail_randomly(odds, code)` refuses that share of every write. A
     `TransactionCanceledException` carries one `TransactionConflict` reason per item, as DynamoDB's does.
+    `lose(operation, times)` sends the next calls and then fails them, as a timeout after DynamoDB applied
+    the write does.
     `sent` counts the calls that reached the server, per operation; `refused`, those refused here."""
 
     WRITES = frozenset({"UpdateItem", "PutItem", "TransactWriteItems", "DeleteItem"})
@@ -160,6 +162,7 @@ class FlakyClient(DynamoDBClient):
     def __init__(self, server: DynamoServer, seed: int = 7) -> None:
         super().__init__("us-east-1", Credentials("testing", "testing"), server.url, read_timeout=15)
         self.scripted: dict[str, list[str]] = {}
+        self.lost: Counter[str] = Counter()
         self.odds = 0.0
         self.random_code = ""
         self.random = random.Random(seed)
@@ -168,6 +171,9 @@ class FlakyClient(DynamoDBClient):
 
     def fail(self, operation: str, code: str, times: int) -> None:
         self.scripted.setdefault(operation, []).extend([code] * times)
+
+    def lose(self, operation: str, times: int) -> None:
+        self.lost[operation] += times
 
     def fail_randomly(self, odds: float, code: str) -> None:
         self.odds, self.random_code = odds, code
@@ -185,7 +191,11 @@ class FlakyClient(DynamoDBClient):
                 fields = {"CancellationReasons": [{"Code": "TransactionConflict"} for _ in items]}
             raise ERROR_CLASSES.get(code, DynamoDBError)(operation, error_response(400, code, "injected", fields))
         self.sent[operation] += 1
-        return await super().call(operation, request)
+        answer = await super().call(operation, request)
+        if self.lost[operation]:
+            self.lost[operation] -= 1
+            raise DynamoDBError(operation, error_response(0, "ConnectionError", "injected: the answer was lost"))
+        return answer
 
 
 def main(port: int) -> None:
