@@ -113,7 +113,7 @@ class DynamoDBStore(Store):
         self.page_size: int | None = None  # a query's `Limit` (None: DynamoDB's 1 MB pages)
         # Where settlements the table refused wait (handler/spool.py): Lambda can write only under /tmp.
         folder = "/tmp" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else ".gateway"  # noqa: S108
-        self.spool_path = f"{folder}/settlements-{table}.jsonl"
+        self.spool_path = f"{folder}/settlements-{table}{f'-{region}' if region else ''}.jsonl"
 
     def _no_other_region(self, region: str) -> Any:
         raise StoreError(f"no endpoint configured for region {region}, the home of a key used here")
