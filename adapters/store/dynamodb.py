@@ -586,6 +586,37 @@ class DynamoDBStore(Store):
         lines = [ledger_from_json(item["data"]["S"]) for item in items]
         return sorted((i for i in lines if query.since <= i.ts < query.until), key=lambda i: i.ts)
 
+    async def migrate(self) -> int:
+        """Move line items written before reports read index shards (`gsi1pk = LEDGER#<day>`) onto their
+        shard, so all-keys reports find them; returns how many moved. One paginated scan of the table: run
+        it once after upgrading (`gateway store migrate`); a second run moves nothing."""
+        moved = 0
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "begins_with(pk, :line) AND begins_with(gsi1pk, :line)",
+            "ProjectionExpression": "pk, sk, gsi1pk",
+            "ExpressionAttributeValues": {":line": text("LEDGER#")},
+        }
+        while True:
+            answer = await self._call("scan", **request)
+            for item in answer.get("Items", []):
+                request_id = item["sk"]["S"].partition("#")[2]
+                try:
+                    await self._call(
+                        "update_item",
+                        TableName=self.table,
+                        Key={"pk": item["pk"], "sk": item["sk"]},
+                        UpdateExpression="SET gsi1pk = :shard",
+                        ConditionExpression="gsi1pk = :old",
+                        ExpressionAttributeValues={":shard": text(ledger_shard(request_id)), ":old": item["gsi1pk"]},
+                    )
+                except ConditionFailed:
+                    continue  # moved meanwhile by another run
+                moved += 1
+            if "LastEvaluatedKey" not in answer:
+                return moved
+            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+
     async def daily_totals(self, day: str) -> list[dict[str, Any]]:
         """The daily aggregates of `day`: one row per key and model, summed over the regions that wrote them."""
         items = await self._query(

@@ -161,3 +161,31 @@ async def test_a_report_over_25_years_costs_a_handful_of_queries_and_pages_throu
     mine = await store.usage(UsageQuery(keys[:2], since, now + 1))
     assert sorted(i.request_id for i in mine) == sorted(i.request_id for i in items if i.key_id in keys[:2])
     assert client.sent["Query"] == 2
+
+
+async def test_migrate_moves_lines_written_before_shards_into_reports(
+    flaky: tuple[FlakyClient, DynamoDBStore], dynamo: DynamoServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line item an older gateway wrote (`gsi1pk = LEDGER#<day>`) is found by all-keys reports once
+    `gateway store migrate` has run; a second run moves nothing."""
+    from handler.cli import main
+
+    client, store = flaky
+    old, new = line("oldkey", 0.1, time.time() - 86400), line("newkey", 0.2)
+    for item in (old, new):
+        await store.settle(Settlement(item.request_id, [], 0.0, [], item))
+    raw = dynamo.client()
+    sk = {"S": f"{old.ts:017.6f}#{old.request_id}"}
+    raw.update_item(
+        TableName=store.table,
+        Key={"pk": {"S": "LEDGER#oldkey"}, "sk": sk},
+        UpdateExpression="SET gsi1pk = :day",
+        ExpressionAttributeValues={":day": {"S": f"LEDGER#{time.strftime('%Y-%m-%d', time.gmtime(old.ts))}"}},
+    )
+    everything = UsageQuery(None, 0, time.time() + 1)
+    assert [i.request_id for i in await store.usage(everything)] == [new.request_id]
+    url = dynamo.store_url(store.table)
+    assert await asyncio.to_thread(main, ["store", "migrate", "--store", url]) == 0
+    assert capsys.readouterr().out == "ok: 1 items moved\n"
+    assert [i.request_id for i in await store.usage(everything)] == [old.request_id, new.request_id]
+    assert await store.migrate() == 0
