@@ -122,15 +122,9 @@ class SettlementSpool:
             os.fsync(file.fileno())
 
     def _read(self) -> dict[str, Settlement]:
-        """What is pending: added and not done, in the order added."""
-        if self.path is None:
-            return dict(self._memory)
-        try:
-            lines = self.path.read_bytes().splitlines()
-        except FileNotFoundError:
-            return {}
+        """What is pending: added and not done, in the order added (and what only memory holds)."""
         pending: dict[str, Settlement] = {}
-        for raw in lines:
+        for raw in self._lines() or []:
             try:
                 entry = orjson.loads(raw)
                 if "add" in entry:
@@ -140,7 +134,19 @@ class SettlementSpool:
                     pending.pop(entry["done"], None)
             except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
                 logger.error("unreadable line in the settlement spool", extra={"spool": str(self.path)})
-        return pending
+        return {**pending, **self._memory}
+
+    def _lines(self) -> list[bytes] | None:
+        """The file's lines ([] if there is no file or no path; None if it cannot be read)."""
+        if self.path is None:
+            return []
+        try:
+            return self.path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            logger.error("the settlement spool cannot be read", extra={"spool": str(self.path), "reason": str(exc)})
+            return None
 
     def _compact(self) -> None:
         """Empty the file once nothing in it is pending (read again under the lock: another process may
@@ -148,7 +154,8 @@ class SettlementSpool:
         if self.path is None:
             return
         with self._locked():
-            if self.path.exists() and not self._read():
+            readable = self._lines() is not None
+            if readable and self.path.exists() and not set(self._read()) - set(self._memory):
                 self.path.write_bytes(b"")
 
     # --- spooling and re-driving ------------------------------------------------------------------
@@ -156,17 +163,19 @@ class SettlementSpool:
     def add(self, settlement: Settlement, reason: str) -> None:
         """Keep `settlement` until it lands, say so in the log (with the whole settlement), and start retrying."""
         data = settlement_to_dict(settlement)
+        where = str(self.path) if self.path else "memory"
         try:
             if self.path is None:
                 self._memory[settlement.reservation_id] = settlement
             else:
                 self._append({"add": data, "at": time.time(), "reason": reason})
-        finally:
-            # Logged even if the disk refused the line: the log is then the only record of it.
-            logger.error(
-                "settlement spooled: the store refused it; retried until it lands",
-                extra={"settlement": data, "reason": reason, "spool": str(self.path) if self.path else "memory"},
-            )
+        except OSError as exc:  # the disk refused the line: memory and the log line below keep it
+            self._memory[settlement.reservation_id] = settlement
+            where = f"memory (the spool file failed: {exc.strerror or type(exc).__name__})"
+        logger.error(
+            "settlement spooled: the store refused it; retried until it lands",
+            extra={"settlement": data, "reason": reason, "spool": where},
+        )
         self._count = len(self._read())
         pending_settlements(self._count)
 
@@ -182,7 +191,11 @@ class SettlementSpool:
     async def _retrying(self, store: Store, delay: float) -> None:
         while self._count:
             await asyncio.sleep(delay)
-            landed = await self.redrive(store)
+            try:
+                landed = await self.redrive(store)
+            except OSError as exc:  # the spool file itself failed: keep trying, slower
+                logger.error("the settlement spool cannot be read or written", extra={"reason": str(exc)})
+                landed = 0
             delay = self.retry_first_s if landed else min(max(delay, self.retry_first_s) * 2, self.retry_max_s)
 
     async def redrive(self, store: Store) -> int:
@@ -200,9 +213,7 @@ class SettlementSpool:
                         extra={"reservation_id": reservation_id, "reason": str(exc) or type(exc).__name__},
                     )
                     break
-                if self.path is None:
-                    self._memory.pop(reservation_id, None)
-                else:
+                if self._memory.pop(reservation_id, None) is None:
                     self._append({"done": reservation_id, "at": time.time()})
                 landed += 1
             self._compact()

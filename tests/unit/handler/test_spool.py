@@ -196,3 +196,20 @@ async def test_a_failed_background_task_is_logged_never_left_unretrieved(caplog:
     failures = [r for r in caplog.records if r.getMessage() == "a background task failed"]
     assert len(failures) == 1 and failures[0].exc_info and "boom" in str(failures[0].exc_info[1])
     await gateway.aclose()
+
+
+async def test_a_spool_whose_file_fails_keeps_the_settlement_in_memory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store("sqlite://")
+    (tmp_path / "spool.jsonl").mkdir()  # a folder where the file should be: every write fails
+    spool = SettlementSpool(tmp_path / "spool.jsonl")
+    item = line("k", 0.1)
+    spool.add(Settlement(item.request_id, [], 0.0, [], item), "injected")
+    assert spool.pending == 1
+    [logged] = [r for r in caplog.records if r.getMessage().startswith("settlement spooled")]
+    assert vars(logged)["spool"].startswith("memory (the spool file failed")
+    assert vars(logged)["settlement"]["item"]["request_id"] == item.request_id
+    assert await spool.redrive(store) == 1 and spool.pending == 0
+    assert await store.usage(UsageQuery(["k"], 0, time.time() + 1)) == [item]
+    await store.close()
