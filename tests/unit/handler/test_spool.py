@@ -213,3 +213,24 @@ async def test_a_spool_whose_file_fails_keeps_the_settlement_in_memory(
     assert await spool.redrive(store) == 1 and spool.pending == 0
     assert await store.usage(UsageQuery(["k"], 0, time.time() + 1)) == [item]
     await store.close()
+
+
+def test_the_server_re_drives_the_spool_at_start_up(tmp_path: Path) -> None:
+    """Settlements an earlier run left in the spool beside the SQLite file land when the app starts."""
+    from starlette.testclient import TestClient
+
+    from handler.app import create_app
+    from handler.gateway import build_gateway
+
+    database = tmp_path / "gateway.db"
+    item = line("k", 0.1)
+    SettlementSpool(f"{database}-settlements.jsonl").add(Settlement(item.request_id, [], 0.0, [], item), "injected")
+    gateway = build_gateway(store_url=f"sqlite:///{database}", environ={})
+    assert gateway.spool.pending == 1
+    with TestClient(create_app(gateway)) as client:  # (runs the app's lifespan, as uvicorn does)
+        for _ in range(100):
+            if not gateway.spool.pending:
+                break
+            client.portal.call(asyncio.sleep, 0.02)  # type: ignore[union-attr]
+        assert gateway.spool.pending == 0
+        assert client.portal.call(gateway.store.usage, UsageQuery(["k"], 0, time.time() + 1)) == [item]  # type: ignore[union-attr]
