@@ -14,6 +14,8 @@ from handler.errors import InvalidRequestError
 from handler.ports import LedgerItem
 
 GROUPS = ("key", "model", "day")
+# Lines whose cost was not the provider's own figure (`LedgerItem.cost_source`), counted per row.
+COST_SOURCES = {"estimate": "estimated_cost_requests", "reserved": "reserved_cost_requests"}
 DEFAULT_WINDOW_DAYS = 30
 
 
@@ -81,7 +83,8 @@ def day_of(ts: float) -> str:
 
 
 def aggregate(items: Iterable[LedgerItem], group_by: list[str]) -> list[dict[str, Any]]:
-    """One row per group (one row in all without groups), sorted by group values."""
+    """One row per group (one row in all without groups), sorted by group values. Besides the sums, a row
+    counts its lines of unknown cost, and those costed from estimated usage or at the reserved worst case."""
     rows: dict[tuple[str, ...], dict[str, Any]] = {}
     for item in items:
         values = {"key": item.key_id, "model": item.model, "day": day_of(item.ts)}
@@ -98,12 +101,16 @@ def aggregate(items: Iterable[LedgerItem], group_by: list[str]) -> list[dict[str
                 fee_usd=0.0,
                 total_usd=0.0,
                 unknown_cost_requests=0,
+                estimated_cost_requests=0,
+                reserved_cost_requests=0,
             )
             rows[group] = row
         row["requests"] += 1
         row["input_tokens"] += item.input_tokens
         row["cached_tokens"] += item.cached_tokens
         row["output_tokens"] += item.output_tokens
+        if item.cost_source in COST_SOURCES:  # costed from estimated usage, or at the reserved worst case
+            row[COST_SOURCES[item.cost_source]] += 1
         if item.cost_usd is None:
             row["unknown_cost_requests"] += 1
         else:
