@@ -7,6 +7,8 @@ budget and no limits costs no store call before the upstream call at all.
 
 Across regions the store spends a key homed elsewhere from this region's lease of its budget; the charges
 carry each key's `home_region` so the store can tell (`adapters/store/leases.py`).
+
+A settlement the store keeps refusing goes to the settlement spool (handler/spool.py) and lands later.
 """
 
 from __future__ import annotations
@@ -217,17 +219,18 @@ class Meter:
         if not settlement.budgets and not settlement.rates and settlement.item is None:
             return
         delay = SETTLE_FIRST_DELAY_S
-        for attempt in range(1, SETTLE_ATTEMPTS + 1):
-            try:
-                await self.store.settle(settlement)
-                break
-            except asyncio.CancelledError:
-                self.spool.add(settlement, "cancelled while settling")
-                raise
-            except Exception as exc:  # noqa: BLE001 - whatever failed, the cost must reach the spool
-                if attempt == SETTLE_ATTEMPTS:
-                    self.spool.add(settlement, str(exc) or type(exc).__name__)
+        try:
+            for attempt in range(1, SETTLE_ATTEMPTS + 1):
+                try:
+                    await self.store.settle(settlement)
                     break
-                await asyncio.sleep(delay)
-                delay *= 3
+                except Exception as exc:  # noqa: BLE001 - whatever failed, the cost must reach the spool
+                    if attempt == SETTLE_ATTEMPTS:
+                        self.spool.add(settlement, str(exc) or type(exc).__name__)
+                        break
+                    await asyncio.sleep(delay)
+                    delay *= 3
+        except asyncio.CancelledError:  # (shutdown): it may have landed; if so, the re-drive changes nothing
+            self.spool.add(settlement, "cancelled while settling")
+            raise
         self.spool.watch(self.store)  # the store answers again, or was just refused: re-drive what waits

@@ -234,3 +234,26 @@ def test_the_server_re_drives_the_spool_at_start_up(tmp_path: Path) -> None:
             client.portal.call(asyncio.sleep, 0.02)  # type: ignore[union-attr]
         assert gateway.spool.pending == 0
         assert client.portal.call(gateway.store.usage, UsageQuery(["k"], 0, time.time() + 1)) == [item]  # type: ignore[union-attr]
+
+
+async def test_a_settlement_cancelled_between_attempts_is_spooled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(budgets, "SETTLE_FIRST_DELAY_S", 10.0)  # it will be waiting to retry when cancelled
+    store = open_store("sqlite://")
+    spool = SettlementSpool(tmp_path / "spool.jsonl")
+    meter = Meter(store, KeyService(store, 0), 60, spool=spool)
+    key = record(budget_usd=1.0)
+    settlement = await admitted(meter, key)
+    refuse_settlements(monkeypatch, store, 1)
+    task = asyncio.get_running_loop().create_task(meter.settle(settlement))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert spool.pending == 1
+    assert await spool.redrive(store) == 1
+    assert [i.request_id for i in await store.usage(UsageQuery([key.id], 0, time.time() + 1))] == [
+        settlement.item.request_id  # type: ignore[union-attr]
+    ]
+    await store.close()
