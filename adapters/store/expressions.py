@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
 from typing import Any
 
 Item = dict[str, Any]
-PLACEHOLDER = re.compile(r"#a\d+|:v\d+")
 
 
 def exact(value: float) -> Decimal:
@@ -50,12 +48,14 @@ class Expression:
         self.conditions: list[str] = []
 
     def name(self, attribute: str) -> str:
-        placeholder = f"#a{len(self.names)}"
+        # Ended by a letter, so that no placeholder is the start of another (#a1x, #a10x): `update` tells
+        # which are used with a plain substring test.
+        placeholder = f"#a{len(self.names)}x"
         self.names[placeholder] = attribute
         return placeholder
 
     def value(self, value: Any) -> str:
-        placeholder = f":v{len(self.values)}"
+        placeholder = f":v{len(self.values)}x"
         self.values[placeholder] = value
         return placeholder
 
@@ -66,9 +66,9 @@ class Expression:
         parts = [f"{verb} {', '.join(items)}" for verb, items in self.clauses.items() if items]
         request: Item = {"TableName": table, "Key": key, "UpdateExpression": " ".join(parts)}
         condition = " AND ".join(f"({c})" for c in self.conditions)
-        used = set(PLACEHOLDER.findall(f"{request['UpdateExpression']} {condition}"))
-        names = {k: v for k, v in self.names.items() if k in used}
-        values = {k: v for k, v in self.values.items() if k in used}
+        written = f"{request['UpdateExpression']} {condition}"
+        names = {k: v for k, v in self.names.items() if k in written}
+        values = {k: v for k, v in self.values.items() if k in written}
         if names:
             request["ExpressionAttributeNames"] = names
         if values:
