@@ -136,10 +136,16 @@ def migrate(db: sqlite3.Connection) -> None:
     (version,) = db.execute("PRAGMA user_version").fetchone()
     if version >= SCHEMA_VERSION:
         return
-    columns = {row[1] for row in db.execute("PRAGMA table_info(ledger)")}
-    if "cost_source" not in columns:
-        db.execute("ALTER TABLE ledger ADD COLUMN cost_source TEXT NOT NULL DEFAULT 'provider'")
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    db.execute("BEGIN IMMEDIATE")  # another process opening the same file migrates it once, not twice
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(ledger)")}
+        if "cost_source" not in columns:
+            db.execute("ALTER TABLE ledger ADD COLUMN cost_source TEXT NOT NULL DEFAULT 'provider'")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 class SQLiteStore(Store):
