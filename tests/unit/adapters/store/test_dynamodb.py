@@ -102,11 +102,11 @@ async def test_contention_that_does_not_end_fails_closed_and_other_errors_are_no
 async def test_concurrent_admissions_under_contention_never_overspend(
     flaky: tuple[FlakyClient, DynamoDBStore], code: str
 ) -> None:
-    """Children of one budgeted parent race on the parent's meter while a third of the writes are refused:
+    """Children of one budgeted parent race on the parent's meter while a quarter of the writes are refused:
     none answers 503, the parent admits exactly what fits, and every settlement lands once."""
     client, store = flaky
     parent = uuid.uuid4().hex[:12]
-    client.fail_randomly(0.35, code)
+    client.fail_randomly(0.25, code)
 
     async def one() -> tuple[Admission, bool]:
         child = uuid.uuid4().hex[:12]
