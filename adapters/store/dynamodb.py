@@ -82,6 +82,7 @@ METER_SK = "METER"
 # second before DynamoDB throttles it, so eight carry a ledger of 8,000 requests a second.
 LEDGER_SHARDS = 8
 LEDGER_SHARD_KEYS = [f"LEDGERS#{n}" for n in range(LEDGER_SHARDS)]
+REPORT_CONCURRENCY = 8
 FAILED = CONDITION_FAILED
 MAX_GRANT_ROUNDS = 100
 
@@ -563,28 +564,38 @@ class DynamoDBStore(Store):
     async def usage(self, query: UsageQuery) -> list[LedgerItem]:
         """Per key, one query over its lines' time range; for all keys, one per index shard, sent together
         (see the module docstring); each followed through its pages."""
-        low, high = f"{query.since:017.6f}", f"{query.until:017.6f}"
-        items: list[Item] = []
+        low, high = text(f"{query.since:017.6f}"), text(f"{query.until:017.6f}")
+        between = {":low": low, ":high": high}
         if query.key_ids is not None:
-            for key_id in query.key_ids:
-                items += await self._query(
-                    KeyConditionExpression="pk = :pk AND sk BETWEEN :low AND :high",
-                    ExpressionAttributeValues={":pk": text(f"LEDGER#{key_id}"), ":low": text(low), ":high": text(high)},
-                )
+            requests = [
+                {
+                    "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
+                    "ExpressionAttributeValues": {":pk": text(f"LEDGER#{key_id}"), **between},
+                }
+                for key_id in dict.fromkeys(query.key_ids)
+            ]
         else:
-            shards = await asyncio.gather(
-                *(
-                    self._query(
-                        IndexName="gsi1",
-                        KeyConditionExpression="gsi1pk = :pk AND gsi1sk BETWEEN :low AND :high",
-                        ExpressionAttributeValues={":pk": text(shard), ":low": text(low), ":high": text(high)},
-                    )
-                    for shard in LEDGER_SHARD_KEYS
-                )
-            )
-            items = [item for shard in shards for item in shard]
+            requests = [
+                {
+                    "IndexName": "gsi1",
+                    "KeyConditionExpression": "gsi1pk = :pk AND gsi1sk BETWEEN :low AND :high",
+                    "ExpressionAttributeValues": {":pk": text(shard), **between},
+                }
+                for shard in LEDGER_SHARD_KEYS
+            ]
+        items = [item for answer in await self._queries(requests) for item in answer]
         lines = [ledger_from_json(item["data"]["S"]) for item in items]
         return sorted((i for i in lines if query.since <= i.ts < query.until), key=lambda i: i.ts)
+
+    async def _queries(self, requests: list[dict[str, Any]]) -> list[list[Item]]:
+        """`_query` for each request, `REPORT_CONCURRENCY` at a time (a parent with many children, the shards)."""
+        gate = asyncio.Semaphore(REPORT_CONCURRENCY)
+
+        async def one(request: dict[str, Any]) -> list[Item]:
+            async with gate:
+                return await self._query(**request)
+
+        return list(await asyncio.gather(*(one(r) for r in requests)))
 
     async def migrate(self) -> int:
         """Move line items written before reports read index shards (`gsi1pk = LEDGER#<day>`) onto their
