@@ -21,7 +21,7 @@ from handler.keys import KeyService
 from handler.ports import KeyRecord, Settlement, Store, StoreError, UsageQuery
 from handler.spool import SettlementSpool
 from tests.support.dynamo import DynamoServer, FlakyClient
-from tests.unit.adapters.store.test_contract import PERIOD, line, record
+from tests.unit.adapters.store.test_contract import PERIOD, line, record, this_minute
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])
@@ -55,7 +55,9 @@ def refuse_settlements(monkeypatch: pytest.MonkeyPatch, store: Store, times: int
 
 
 async def admitted(meter: Meter, key: KeyRecord, cost: float = 0.2) -> Settlement:
-    """A request admitted on `key` (a budget and a tpm limit) and answered: its settlement."""
+    """A request admitted on `key` (a budget and a tpm limit) and answered: its settlement (early enough in
+    a minute that its token count is read back in the same one)."""
+    this_minute()
     reservation = await meter.admit(key, "m", 0.5, 100, uuid.uuid4().hex)
     return meter.settlement(reservation, cost, 150, line(key.id, cost))
 

@@ -53,6 +53,13 @@ async def store(store_url: str) -> AsyncIterator[Store]:
     await opened.close()
 
 
+def this_minute() -> int:
+    """The current rate window, early enough in it that a test's admissions and reads all fall in it."""
+    if time.time() % 60 > 50:
+        time.sleep(60.5 - time.time() % 60)
+    return int(time.time() // 60)
+
+
 def record(key_id: str | None = None, **fields: Any) -> KeyRecord:
     return KeyRecord(
         id=key_id or uuid.uuid4().hex[:12], name="t", secret_hash="h" * 64, created_at=time.time(), **fields
@@ -432,7 +439,7 @@ async def test_an_unreachable_home_leaves_leases_spendable_and_fails_closed_beyo
 async def test_many_admissions_racing_into_a_new_rate_window_all_pass(store: Store) -> None:
     """When a minute rolls over under load, every request races to start the new window's counter."""
     key = uuid.uuid4().hex[:12]
-    window = int(time.time() // 60)
+    window = this_minute()
 
     def rpm(at: int) -> Admission:
         return Admission(uuid.uuid4().hex, key, [], [RateCharge("rpm", at, 1000, 1)], time.time() + 60)
@@ -479,7 +486,7 @@ async def test_every_key_shape_settles_into_the_ledger(store: Store, shape: str,
     its counters end exact: budget spent, tokens corrected to what the request used."""
     key, parent = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
     periods, limits = SHAPES[shape]
-    window = int(time.time() // 60)
+    window = this_minute()
     budgets = [BudgetCharge(key, p, 1.0, 0.5) for p in periods]
     if child:
         budgets.append(BudgetCharge(parent, PERIOD, 2.0, 0.5))
@@ -511,7 +518,7 @@ def chained(key: str, parent: str, window: int, budget: float | None = None, own
 
 async def test_two_children_share_their_parents_rate_limit(store: Store) -> None:
     parent, first, second = (uuid.uuid4().hex[:12] for _ in range(3))
-    window = int(time.time() // 60)
+    window = this_minute()
     await store.admit(chained(first, parent, window))
     await store.admit(chained(second, parent, window))
     for key in (first, second, parent):
@@ -528,7 +535,7 @@ async def test_two_children_share_their_parents_rate_limit(store: Store) -> None
 
 async def test_a_refused_ancestor_rate_changes_nothing_else(store: Store) -> None:
     parent, key = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
-    window = int(time.time() // 60)
+    window = this_minute()
     for _ in range(2):
         await store.admit(chained(uuid.uuid4().hex[:12], parent, window))
     with pytest.raises(RateRefused):
@@ -542,7 +549,7 @@ async def test_a_refused_ancestor_rate_changes_nothing_else(store: Store) -> Non
 
 async def test_tokens_settle_on_the_ancestor_counter_they_were_counted_on(store: Store) -> None:
     parent, key = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
-    window = int(time.time() // 60)
+    window = this_minute()
     tpm = RateCharge("tpm", window, 1000, 100, key_id=parent)
     adm = Admission(uuid.uuid4().hex, key, [], [tpm], time.time() + 60)
     await store.admit(adm)

@@ -18,7 +18,7 @@ from adapters.store import sqlite as sqlite_store
 from adapters.store.local_leases import RENEW_S, slice_size
 from adapters.store.sqlite import SQLiteStore
 from handler.ports import Admission, BudgetCharge, BudgetRefused, RateCharge, RateRefused, Settlement, StoreError
-from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement
+from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement, this_minute
 from tests.unit.adapters.store.test_sqlite import traced
 
 
@@ -347,7 +347,7 @@ async def test_children_in_two_processes_share_their_parents_rate_slices(path: s
     for it goes back when the other needs it, and the minute never admits more than the limit."""
     first, second = SQLiteStore(path), SQLiteStore(path)
     parent = uuid.uuid4().hex[:12]
-    window = int(time.time() // 60)
+    window = this_minute()
 
     def child_request(limit: int) -> Admission:
         charge = RateCharge("rpm", window, limit, 1, key_id=parent)
