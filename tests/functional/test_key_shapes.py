@@ -20,7 +20,8 @@ from handler.app import create_app
 from handler.gateway import build_gateway
 from handler.ports import LedgerItem, UsageQuery
 from tests.functional.conftest import FAKE_KEYS, Running, gateway_config
-from tests.support.dynamo import DynamoServer, FlakyClient
+from tests.support.contention import FlakyClient
+from tests.support.dynamo import DynamoServer
 
 HI = [{"role": "user", "content": "Hi"}]
 MODEL = "gpt-4o-mini"

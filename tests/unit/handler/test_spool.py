@@ -20,7 +20,8 @@ from handler.budgets import SETTLE_ATTEMPTS, Meter
 from handler.keys import KeyService
 from handler.ports import KeyRecord, Settlement, Store, StoreError, UsageQuery
 from handler.spool import SettlementSpool
-from tests.support.dynamo import DynamoServer, FlakyClient
+from tests.support.contention import FlakyClient
+from tests.support.dynamo import DynamoServer
 from tests.unit.adapters.store.test_contract import PERIOD, line, record, this_minute
 
 

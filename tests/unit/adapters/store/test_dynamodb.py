@@ -14,7 +14,8 @@ import pytest
 from adapters.store.dynamodb import LEDGER_SHARDS, DynamoDBStore
 from adapters.store.expressions import Expression, num, text
 from handler.ports import Admission, BudgetCharge, BudgetRefused, RateCharge, Settlement, StoreError, UsageQuery
-from tests.support.dynamo import DynamoServer, FlakyClient
+from tests.support.contention import FlakyClient
+from tests.support.dynamo import DynamoServer
 from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement
 
 
