@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -189,7 +190,13 @@ class Api:
     # --- routes -----------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        return json_response({"status": "ok", "region": self.gateway.region})
+        """Liveness for anyone; with an admin key, also the settlements waiting in the spool to land."""
+        body: dict[str, Any] = {"status": "ok", "region": self.gateway.region}
+        if request.headers.get("authorization"):
+            key = await self.authenticate(request)
+            if key.admin:
+                body["pending_settlements"] = self.gateway.spool.count()
+        return json_response(body)
 
     async def models(self, request: Request) -> Response:
         anthropic = "anthropic-version" in request.headers
@@ -484,7 +491,14 @@ def create_app(gateway: Gateway) -> GatewayApp:
         StoreError: on_store_error,
         Exception: on_unexpected,
     }
-    app = Starlette(routes=routes, exception_handlers=errors)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        gateway.start()  # (uvicorn runs the lifespan; Lambda's entry point calls start itself)
+        yield
+        await gateway.spool.close()
+
+    app = Starlette(routes=routes, exception_handlers=errors, lifespan=lifespan)
     app.state.gateway = gateway
     direct: dict[str, Handler] = {
         "/v1/chat/completions": api.chat_completions,

@@ -7,6 +7,8 @@ budget and no limits costs no store call before the upstream call at all.
 
 Across regions the store spends a key homed elsewhere from this region's lease of its budget; the charges
 carry each key's `home_region` so the store can tell (`adapters/store/leases.py`).
+
+A settlement the store keeps refusing goes to the settlement spool (handler/spool.py) and lands later.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ from handler.ports import (
     Store,
     StoreError,
 )
+from handler.spool import SettlementSpool
+
+# A settlement the store refuses is tried this many times (after 0.05, 0.15, 0.45, 1.35 s), then spooled.
+SETTLE_ATTEMPTS = 5
+SETTLE_FIRST_DELAY_S = 0.05
 
 
 def period_of(kind: str, now: float) -> str:
@@ -77,11 +84,13 @@ class Meter:
         keys: KeyService,
         reservation_ttl: float,
         clock: Callable[[], float] = time.time,
+        spool: SettlementSpool | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
         self.reservation_ttl = reservation_ttl
         self.clock = clock
+        self.spool = spool if spool is not None else SettlementSpool.for_store(store)
 
     async def admit(
         self, lineage: list[KeyRecord], model: str, worst_usd: float | None, tokens: int, request_id: str
@@ -183,6 +192,8 @@ class Meter:
                 if charge.name[:3] != kind:  # "rpm", "tpm", "rpm:<model>", "tpm:<model>"
                     continue
                 used = snapshot.rates.get(charge.counter) if snapshot else None
+                if used is None and charge.key_id is not None and snapshot is not None:
+                    continue  # an ancestor's shared counter: the store does not report its count
                 left = charge.limit - (charge.amount if used is None else used)
                 if tightest is None or left < tightest[0]:
                     tightest = (left, charge.limit)
@@ -215,16 +226,24 @@ class Meter:
         return Settlement(admission.reservation_id, budgets, reservation.amount_usd, rates, item, admission.home_region)
 
     async def settle(self, settlement: Settlement) -> None:
-        """Apply a settlement, retrying a failed store call: a settled cost must never be lost."""
+        """Apply a settlement, retrying a failed store call; if the store still refuses it, spool it (see
+        handler/spool.py): a settled cost must never be lost. Never raises but for cancellation (the
+        settlement is spooled first)."""
         if not settlement.budgets and not settlement.rates and settlement.item is None:
             return
-        delay = 0.05
-        for attempt in range(6):
-            try:
-                await self.store.settle(settlement)
-                return
-            except StoreError:
-                if attempt == 5:
-                    raise
-                await asyncio.sleep(delay)
-                delay *= 3
+        delay = SETTLE_FIRST_DELAY_S
+        try:
+            for attempt in range(1, SETTLE_ATTEMPTS + 1):
+                try:
+                    await self.store.settle(settlement)
+                    break
+                except Exception as exc:  # noqa: BLE001 - whatever failed, the cost must reach the spool
+                    if attempt == SETTLE_ATTEMPTS:
+                        self.spool.add(settlement, str(exc) or type(exc).__name__)
+                        break
+                    await asyncio.sleep(delay)
+                    delay *= 3
+        except asyncio.CancelledError:  # (shutdown): it may have landed; if so, the re-drive changes nothing
+            self.spool.add(settlement, "cancelled while settling")
+            raise
+        self.spool.watch(self.store)  # the store answers again, or was just refused: re-drive what waits

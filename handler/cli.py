@@ -242,6 +242,23 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store_migrate(args: argparse.Namespace) -> int:
+    """Bring what the store holds to this version's layout (SQLite files migrate when opened; DynamoDB moves
+    line items written before reports read index shards)."""
+
+    async def run() -> int:
+        store = _store(args.store)
+        try:
+            migrate = getattr(store, "migrate", None)
+            moved: int = await migrate() if migrate is not None else 0
+            return moved
+        finally:
+            await store.close()
+
+    sys.stdout.write(f"ok: {asyncio.run(run())} items moved\n")
+    return 0
+
+
 def cmd_route_explain(args: argparse.Namespace) -> int:
     from adapters.providers import REGISTRY
     from handler.gateway import build_adapters, gateway_region
@@ -308,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--group-by", help="any of key,model,day")
     usage.add_argument("--format", choices=["table", "csv", "json"], default="table")
     usage.set_defaults(func=cmd_usage)
+
+    store = sub.add_parser("store", help="store tools")
+    ssub = store.add_subparsers(dest="store_command", required=True)
+    migrate = ssub.add_parser("migrate", help="bring the store's data to this version's layout (run once)")
+    migrate.add_argument("--store", help="store URL")
+    migrate.set_defaults(func=cmd_store_migrate)
 
     route = sub.add_parser("route", help="routing tools")
     rsub = route.add_subparsers(dest="route_command", required=True)

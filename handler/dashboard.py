@@ -4,7 +4,8 @@ Auth. A browser cannot send `Authorization` on a page load, so the page is split
 
 - The shell (`/dashboard`, `/dashboard/static/dashboard.js`, `.css`) is static and public: it holds no data,
   no key and nothing about this deployment; anyone could read the same bytes in the package.
-- Every figure on the page comes from the admin API (`/admin/usage`, `/admin/keys`), fetched by the page's
+- Every figure on the page comes from the admin API (`/admin/usage`, `/admin/keys`, and `/health`'s count of
+  settlements waiting in the spool, given to admin keys only), fetched by the page's
   script with `Authorization: Bearer <admin key>`. Without a key that call answers 401, with a non-admin
   key 403 `admin_only`, exactly as for any other client: the dashboard adds no new way in.
 

@@ -6,7 +6,6 @@ On Lambda this runs at module import (init phase), so a warm invocation does no 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -18,12 +17,13 @@ from handler import redaction
 from handler.config import Config, SecretFetcher, load_config, resolve_secret
 from handler.errors import GatewayError
 from handler.keys import KeyService, split_key
+from handler.observability import logger
 from handler.ports import ProviderAdapter, Store
 from handler.routing import RouteControls, Router, any_model
+from handler.spool import SettlementSpool
 from handler.upstream import UpstreamClient
 
 DEFAULT_STORE_URL = "sqlite:///.gateway/gateway.db"
-log = logging.getLogger("gateway")
 
 
 @dataclass
@@ -39,11 +39,29 @@ class Gateway:
     adapters: dict[str, ProviderAdapter]
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
+    @property
+    def spool(self) -> SettlementSpool:
+        """Where settlements the store refused wait until they land (handler/spool.py)."""
+        return SettlementSpool.for_store(self.store)
+
+    def start(self) -> None:
+        """At start-up, on the serving event loop: re-drive the settlements an earlier run spooled."""
+        self.spool.watch(self.store, at_once=True)
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run work that must finish even if the request that started it is cancelled."""
+        """Run work that must finish even if the request that started it is cancelled. A failure is logged
+        here: no background exception goes unretrieved (a settlement's own failures reach the spool)."""
         task = asyncio.get_running_loop().create_task(coro)
         self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        self.background.discard(task)
+        if task.cancelled():
+            return
+        failure = task.exception()
+        if failure is not None:
+            logger.error("a background task failed", exc_info=failure, extra={"task": task.get_name()})
 
     async def drain(self) -> None:
         """Wait for background settlements (tests, shutdown, end of a Lambda invocation), without the
@@ -81,6 +99,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.drain()
+        await self.spool.close()  # what is still pending stays in the spool's file for the next start
         await self.upstream.aclose()
         await self.store.close()
 
@@ -102,7 +121,7 @@ def build_adapters(
         secret = resolve_secret(ref, environ, fetch)
         if secret is not None and split_key(secret.strip()) is not None:
             # One of this gateway's own keys (a client's environment, say): it must never be sent upstream.
-            log.warning("provider %s: %s holds a gateway key (gwk_...), not a provider key; ignored", name, ref)
+            logger.warning(f"provider {name}: {ref} holds a gateway key (gwk_...), not a provider key; ignored")
             secret = None
         redaction.register(secret)
         adapters[name] = cls(name, secret, provider.options())

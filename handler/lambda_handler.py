@@ -32,6 +32,13 @@ ON_LAMBDA = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
 
 if ON_LAMBDA and os.environ.get("GATEWAY_WARM", "on") != "off":
     _loop.run_until_complete(gateway.warm())
+
+
+async def _start() -> None:
+    gateway.start()  # settlements an earlier environment spooled under /tmp: re-driven during invocations
+
+
+_loop.run_until_complete(_start())
 gc.freeze()  # what init built lives as long as the environment (see handler/asgi.py)
 
 

@@ -142,6 +142,16 @@ def observe(ex: Exchange, status: int, *, stream: bool = False, code: str | None
     metrics.flush_metrics()
 
 
+def pending_settlements(count: int) -> None:
+    """How many settlements wait in the spool (handler/spool.py): emitted (with the service as its only
+    dimension) whenever the number changes and at every re-drive, so an alarm on it sees a value while any
+    wait and a zero once they landed."""
+    if not METRICS_ON:
+        return
+    metrics.add_metric("pending_settlements", MetricUnit.Count, count)
+    metrics.flush_metrics()
+
+
 def observe_failure(request_id: str | None, path: str, status: int, code: str) -> None:
     """A request that failed before it had an exchange (bad key, bad JSON, ...)."""
     request_line({"request_id": request_id, "path": path, "status": status, "error_code": code}, "observe_failure")

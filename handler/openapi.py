@@ -204,9 +204,13 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/health": {
             "get": {
-                "summary": "Liveness; no auth",
-                "security": [],
-                "responses": {"200": _json(any_object, "the gateway is up")},
+                "summary": "Liveness; no auth. With an admin key, also `pending_settlements`: settlements the store "
+                "refused, waiting in the spool to land",
+                "security": [{}, {"bearer": []}],
+                "responses": {
+                    "200": _json(any_object, "the gateway is up"),
+                    **_errors({s: AUTH_ERRORS[s] for s in ("401", "403", "503")}, OPENAI_ERROR),
+                },
             }
         },
         "/openapi.json": {

@@ -14,6 +14,8 @@ from handler.errors import InvalidRequestError
 from handler.ports import LedgerItem
 
 GROUPS = ("key", "model", "day")
+# Lines whose cost was not the provider's own figure (`LedgerItem.cost_source`), counted per row.
+COST_SOURCES = {"estimate": "estimated_cost_requests", "reserved": "reserved_cost_requests"}
 DEFAULT_WINDOW_DAYS = 30
 
 
@@ -107,12 +109,16 @@ def aggregate(
                 fee_usd=Decimal(0),
                 total_usd=Decimal(0),
                 unknown_cost_requests=0,
+                estimated_cost_requests=0,
+                reserved_cost_requests=0,
             )
             rows[group] = row
         row["requests"] += 1
         row["input_tokens"] += item.input_tokens
         row["cached_tokens"] += item.cached_tokens
         row["output_tokens"] += item.output_tokens
+        if item.cost_source in COST_SOURCES:  # costed from estimated usage, or at the reserved worst case
+            row[COST_SOURCES[item.cost_source]] += 1
         if item.cost_usd is None:
             row["unknown_cost_requests"] += 1
         else:

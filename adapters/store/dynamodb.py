@@ -7,7 +7,7 @@ Items (`pk`, `sk`; `gsi1pk`/`gsi1sk` feed the one index; `ttl` is the table's TT
 | key | `KEY#<id>` | `KEY` | the record as JSON, `version`; `gsi1pk=KEYS`, `gsi1sk=<parent or ~>#<id>` |
 | meter | `METER#<id>` | `METER`| `c:`/`s:<period>` committed/spent USD, `r:<id>` reservations, `w:`/`n:<name>` rates |
 | settled marker | `SETTLED#<reservation>` | `SETTLED` | makes settlement idempotent |
-| line item | `LEDGER#<key id>` | `<ts>#<request id>` | the item as JSON; `gsi1pk=LEDGER#<day>` for all-keys reports |
+| line item | `LEDGER#<key id>` | `<ts>#<request id>` | the item as JSON; `gsi1pk=LEDGERS#<n>` for all-keys reports |
 | daily aggregate | `AGG#<day>` | `<key id>#<model>@<region>` | requests, tokens, USD (`ADD`; one writer) |
 
 | lease | `METER#<id>` | `LEASE#<region>` | a region's lease of a key homed elsewhere (`adapters/store/leases.py`) |
@@ -18,6 +18,11 @@ call; with budgeted ancestors it is one `TransactWriteItems` over their meter it
 the key's own counters for the answer's headers. A settlement is one `TransactWriteItems`: the marker
 (so a retry is a no-op), the meter updates, the line item and the daily aggregate.
 
+Reports read line items by key range, never by day: one key's lines are `pk = LEDGER#<key>` between two
+times; all keys' are spread over `LEDGER_SHARDS` index partitions (`gsi1pk = LEDGERS#<n>`, n from the request
+id, so no partition takes every write), `gsi1sk` between two times. A report is one query per key (or one
+per shard, sent together), each followed through its pages, whatever the period.
+
 Across regions (the table as a global table) a key's meter item is written only in the key's home region;
 another region spends from its own lease item, topped up from the home meter (see `leases.py`), so no item
 with counters is ever written in two regions. A store without a region treats every key as local.
@@ -25,14 +30,25 @@ with counters is ever written in two regions. A store without a region treats ev
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from adapters.store.dynamo_client import DynamoDBClient
 from adapters.store.expressions import Expression, Item, dec, num, number, read_num, text
-from adapters.store.leases import IDLE_SECONDS, LEASE_PREFIX, ConditionFailed, Leases, LeaseShort, call
+from adapters.store.leases import (
+    CONDITION_FAILED,
+    IDLE_SECONDS,
+    LEASE_PREFIX,
+    ConditionFailed,
+    Leases,
+    LeaseShort,
+    call,
+)
 from adapters.store.records import (
     LEDGER_TTL_SECONDS,
     SETTLED_TTL_SECONDS,
@@ -62,7 +78,12 @@ from handler.usage import day_of
 
 T = TypeVar("T")
 METER_SK = "METER"
-FAILED = "ConditionalCheckFailed"
+# All-keys reports read this many index partitions (the module docstring): each takes about 1,000 writes a
+# second before DynamoDB throttles it, so eight carry a ledger of 8,000 requests a second.
+LEDGER_SHARDS = 8
+LEDGER_SHARD_KEYS = [f"LEDGERS#{n}" for n in range(LEDGER_SHARDS)]
+REPORT_CONCURRENCY = 8
+FAILED = CONDITION_FAILED
 MAX_GRANT_ROUNDS = 100
 
 
@@ -90,6 +111,10 @@ class DynamoDBStore(Store):
         self.clock = clock
         self.region = region
         self.leases = Leases(table, region, client, client_for or self._no_other_region, clock, lease_idle_seconds)
+        self.page_size: int | None = None  # a query's `Limit` (None: DynamoDB's 1 MB pages)
+        # Where settlements the table refused wait (handler/spool.py): Lambda can write only under /tmp.
+        folder = "/tmp" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else ".gateway"  # noqa: S108
+        self.spool_path = f"{folder}/settlements-{table}{f'-{region}' if region else ''}.jsonl"
 
     def _no_other_region(self, region: str) -> Any:
         raise StoreError(f"no endpoint configured for region {region}, the home of a key used here")
@@ -181,6 +206,9 @@ class DynamoDBStore(Store):
         return sorted((r for r in records if r is not None), key=lambda r: r.id)
 
     async def _query(self, **request: Any) -> list[Item]:
+        """Every item a query matches, page after page (`page_size` items a page, if set)."""
+        if self.page_size is not None:
+            request["Limit"] = self.page_size
         items: list[Item] = []
         while True:
             answer = await self._call("query", TableName=self.table, **request)
@@ -196,14 +224,28 @@ class DynamoDBStore(Store):
         for charge in admission.budgets:
             if charge.key_id == key_id:
                 return charge.home_region
+        for rate in admission.rates:
+            if rate.key_id == key_id:
+                return rate.home_region
         return admission.home_region
 
+    @staticmethod
+    def _rates_of(owner: str | None, rates: list[RateCharge], key_id: str) -> list[RateCharge]:
+        """The rate charges counted on `key_id`'s counters: those naming it, and, if it is the admission's own
+        key (`owner`), those naming no key."""
+        return [r for r in rates if (r.key_id or owner) == key_id]
+
     def _admit_update(
-        self, admission: Admission, key_id: str, budgets: list[BudgetCharge], rates: list[RateCharge], fresh: set[str]
+        self,
+        admission: Admission,
+        key_id: str,
+        budgets: list[BudgetCharge],
+        rates: list[RateCharge],
+        fresh: set[tuple[str, str]],
     ) -> Item:
         """The conditional update of one key's meter item (or, for a key homed elsewhere, this region's lease
-        of it); `fresh` names the rate counters whose stored window is older than the admission's, which
-        restart at this request's amount."""
+        of it); `fresh` names the (key, rate) counters whose stored window is older than the admission's,
+        which restart at this request's amount."""
         e = Expression()
         home = self._home_of(admission, key_id)
         for charge in budgets:
@@ -224,7 +266,7 @@ class DynamoDBStore(Store):
         for rate in rates:
             count, window = e.name(f"w:{rate.name}"), e.name(f"n:{rate.name}")
             current = e.value(num(rate.window))
-            if rate.name in fresh:
+            if (key_id, rate.name) in fresh:
                 e.clauses["SET"] += [f"{count} = {e.value(num(rate.amount))}", f"{window} = {current}"]
                 e.conditions.append(f"attribute_not_exists({window}) OR {window} < {current}")
             else:
@@ -235,10 +277,10 @@ class DynamoDBStore(Store):
                 e.conditions.append(f"attribute_not_exists({window}) OR ({same_window})")
         return e.update(self.leases.item_key(key_id, home), self.table)
 
-    def _diagnose(self, admission: Admission, key_id: str, old: Item, fresh: set[str]) -> None:
+    def _diagnose(self, admission: Admission, key_id: str, old: Item, fresh: set[tuple[str, str]]) -> None:
         """Why a meter update's condition failed, from the item as it was: raise the refusal (or `LeaseShort`
-        for a lease that needs topping up), or add the rate counters whose window rolled over to `fresh` so
-        the caller retries with them reset."""
+        for a lease that needs topping up), or add the (key, rate) counters whose window rolled over to
+        `fresh` so the caller retries with them reset."""
         for charge in admission.budgets:
             if charge.key_id == key_id:
                 if self.leases.remote(charge.home_region):
@@ -247,16 +289,14 @@ class DynamoDBStore(Store):
                 committed = read_num(old, f"c:{charge.period}")
                 if committed + charge.amount_usd > charge.limit_usd:
                     raise BudgetRefused(key_id, charge.limit_usd - committed)
-        if key_id != admission.key_id:
-            return
-        for rate in admission.rates:
+        for rate in self._rates_of(admission.key_id, admission.rates, key_id):
             stored_window = read_num(old, f"n:{rate.name}")
             if stored_window == rate.window:
-                fresh.discard(rate.name)  # another request started this window first: add to its count
+                fresh.discard((key_id, rate.name))  # another request started this window first: add to its count
                 if read_num(old, f"w:{rate.name}") + rate.amount > rate.limit:
                     raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - self.clock())
             elif stored_window < rate.window:
-                fresh.add(rate.name)
+                fresh.add((key_id, rate.name))
             else:  # another gateway's clock is ahead: refuse until ours reaches that window
                 raise RateRefused(rate.name, rate.limit, (stored_window - rate.window + 1) * 60)
 
@@ -264,7 +304,7 @@ class DynamoDBStore(Store):
         for rate in admission.rates:
             if rate.amount > rate.limit:
                 raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - self.clock())
-        fresh: set[str] = set()
+        fresh: set[tuple[str, str]] = set()
         # A retry resets rolled-over windows (a third means a race with a clock) or follows a lease grant (each
         # grant moves budget into this region or refuses, so those end when concurrent requests drain the lease).
         tries = grants = 0
@@ -282,15 +322,16 @@ class DynamoDBStore(Store):
             tries += 1
         raise StoreError("meter update kept failing its condition")
 
-    async def _admit_once(self, admission: Admission, fresh: set[str]) -> MeterSnapshot | None:
+    async def _admit_once(self, admission: Admission, fresh: set[tuple[str, str]]) -> MeterSnapshot | None:
         """One try: the snapshot, a refusal, `LeaseShort`, or None to try again."""
-        key_ids = list(dict.fromkeys([admission.key_id, *(b.key_id for b in admission.budgets)]))
+        owners = (r.key_id or admission.key_id for r in admission.rates)
+        key_ids = list(dict.fromkeys([admission.key_id, *(b.key_id for b in admission.budgets), *owners]))
         updates = {
             key_id: self._admit_update(
                 admission,
                 key_id,
                 [b for b in admission.budgets if b.key_id == key_id],
-                admission.rates if key_id == admission.key_id else [],
+                self._rates_of(admission.key_id, admission.rates, key_id),
                 fresh,
             )
             for key_id in key_ids
@@ -302,17 +343,14 @@ class DynamoDBStore(Store):
                 answer = await self._call(
                     "update_item", **update, ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD"
                 )
-                return self._snapshot(admission, answer.get("Attributes", {}))
+                return self._snapshot(admission, {key_id: answer.get("Attributes", {})})
             await self._call(
                 "transact_write_items",
                 TransactItems=[
                     {"Update": {**u, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}} for u in updates.values()
                 ],
             )
-            own = admission.budgets[0].key_id if admission.budgets else admission.key_id
-            key = self.leases.item_key(own, self._home_of(admission, own))
-            answer = await self._call("get_item", TableName=self.table, Key=key, ConsistentRead=True)
-            return self._snapshot(admission, answer.get("Item", {}))
+            return self._snapshot(admission, await self._read_snapshot_items(admission))
         except ConditionFailed as exc:
             if not exc.reasons:  # the single update's condition
                 self._diagnose(admission, key_id, exc.item, fresh)
@@ -321,9 +359,29 @@ class DynamoDBStore(Store):
                     self._diagnose(admission, key_id, reason.get("Item", {}), fresh)
         return None
 
-    def _snapshot(self, admission: Admission, item: Item) -> MeterSnapshot:
+    async def _read_snapshot_items(self, admission: Admission) -> dict[str, Item]:
+        """After a transaction (which returns no values): the items the snapshot reports, in one read, the
+        nearest budget's and the key's own rate counters'."""
+        wanted = [admission.budgets[0].key_id] if admission.budgets else []
+        if any(r.key_id in (None, admission.key_id) for r in admission.rates):
+            wanted.append(admission.key_id)
+        keys = {k: self.leases.item_key(k, self._home_of(admission, k)) for k in dict.fromkeys(wanted)}
+        if len(keys) == 1:
+            ((key_id, key),) = keys.items()
+            answer = await self._call("get_item", TableName=self.table, Key=key, ConsistentRead=True)
+            return {key_id: answer.get("Item", {})}
+        # A transactional read (consistent; IAM asks only GetItem of it, where BatchGetItem is an action more).
+        gets = [{"Get": {"TableName": self.table, "Key": key}} for key in keys.values()]
+        answer = await self._call("transact_get_items", TransactItems=gets)
+        found = [response.get("Item", {}) for response in answer.get("Responses", [])]
+        return dict(zip(keys, found, strict=False))
+
+    def _snapshot(self, admission: Admission, items: dict[str, Item]) -> MeterSnapshot:
+        """The counters as the admission left them (`items` by key id): the nearest budget's, and the key's
+        own rate counts (an ancestor's rate counters, shared with other descendants, are not reported)."""
         snapshot = MeterSnapshot()
-        if admission.budgets:
+        item = items.get(admission.budgets[0].key_id) if admission.budgets else None
+        if admission.budgets and item is not None:
             charge = admission.budgets[0]
             period = charge.period
             snapshot.committed_usd[period] = read_num(item, f"c:{period}")
@@ -332,9 +390,10 @@ class DynamoDBStore(Store):
                 # What this region can still draw: its lease, plus what the home had unleased when last asked.
                 usable = read_num(item, f"a:{period}") + self.leases.unleased_hint(charge.key_id, period)
                 snapshot.committed_usd[period] = charge.limit_usd - usable
-        for rate in admission.rates:
-            if read_num(item, f"n:{rate.name}") == rate.window:
-                snapshot.rates[rate.name] = int(read_num(item, f"w:{rate.name}"))
+        own = items.get(admission.key_id, {})
+        for rate in self._rates_of(admission.key_id, admission.rates, admission.key_id):
+            if read_num(own, f"n:{rate.name}") == rate.window:
+                snapshot.rates[rate.name] = int(read_num(own, f"w:{rate.name}"))
         return snapshot
 
     # --- settlement ---------------------------------------------------------------------------
@@ -345,7 +404,6 @@ class DynamoDBStore(Store):
         """Turn this key's reservation into spend. If `released`, the reservation expired and was
         released already, so the whole actual cost is added to committed."""
         e = Expression()
-        reservation = e.name(f"r:{settlement.reservation_id}")
         home = self._home_of(settlement, key_id)
         for charge in budgets:
             if self.leases.remote(home):
@@ -356,7 +414,8 @@ class DynamoDBStore(Store):
                 f"{e.name(f'c:{charge.period}')} {e.value(num(delta))}",
                 f"{e.name(f's:{charge.period}')} {e.value(num(charge.amount_usd))}",
             ]
-        if budgets:
+        if budgets:  # (a key settling only tokens has no reservation: DynamoDB refuses a name left unused)
+            reservation = e.name(f"r:{settlement.reservation_id}")
             e.clauses["REMOVE"].append(reservation)
             e.conditions.append(f"{'attribute_not_exists' if released else 'attribute_exists'}({reservation})")
         now_window = int(self.clock() // 60)
@@ -370,7 +429,7 @@ class DynamoDBStore(Store):
         line = {
             "pk": text(f"LEDGER#{item.key_id}"),
             "sk": text(ledger_sort_key(item)),
-            "gsi1pk": text(f"LEDGER#{day}"),
+            "gsi1pk": text(ledger_shard(item.request_id)),
             "gsi1sk": text(ledger_sort_key(item)),
             "data": text(ledger_to_json(item)),
             "ttl": num(int(item.ts + LEDGER_TTL_SECONDS)),
@@ -409,8 +468,11 @@ class DynamoDBStore(Store):
             }
         }
         item = settlement.item
-        rate_key = item.key_id if item is not None and settlement.rates else None
-        key_ids = list(dict.fromkeys([*(b.key_id for b in settlement.budgets), *([rate_key] if rate_key else [])]))
+        # Tokens are corrected on the counters the admission counted them on (a line item names the own key).
+        owner = item.key_id if item is not None else ""
+        rates = settlement.rates if item is not None else []
+        owners = [r.key_id or owner for r in rates]
+        key_ids = list(dict.fromkeys([*(b.key_id for b in settlement.budgets), *owners]))
         released: set[str] = set()
         for _ in range(3):
             meters = {
@@ -419,7 +481,7 @@ class DynamoDBStore(Store):
                     key_id,
                     [b for b in settlement.budgets if b.key_id == key_id],
                     key_id in released,
-                    settlement.rates if key_id == rate_key else [],
+                    self._rates_of(owner, rates, key_id),
                 )
                 for key_id in key_ids
             }
@@ -500,23 +562,71 @@ class DynamoDBStore(Store):
     # --- ledger -------------------------------------------------------------------------------
 
     async def usage(self, query: UsageQuery) -> list[LedgerItem]:
-        low, high = f"{query.since:017.6f}", f"{query.until:017.6f}"
-        items: list[Item] = []
+        """Per key, one query over its lines' time range; for all keys, one per index shard, sent together
+        (see the module docstring); each followed through its pages."""
+        low, high = text(f"{query.since:017.6f}"), text(f"{query.until:017.6f}")
+        between = {":low": low, ":high": high}
         if query.key_ids is not None:
-            for key_id in query.key_ids:
-                items += await self._query(
-                    KeyConditionExpression="pk = :pk AND sk BETWEEN :low AND :high",
-                    ExpressionAttributeValues={":pk": text(f"LEDGER#{key_id}"), ":low": text(low), ":high": text(high)},
-                )
+            requests = [
+                {
+                    "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
+                    "ExpressionAttributeValues": {":pk": text(f"LEDGER#{key_id}"), **between},
+                }
+                for key_id in dict.fromkeys(query.key_ids)
+            ]
         else:
-            for day in days_between(query.since, query.until):
-                items += await self._query(
-                    IndexName="gsi1",
-                    KeyConditionExpression="gsi1pk = :pk AND gsi1sk BETWEEN :low AND :high",
-                    ExpressionAttributeValues={":pk": text(f"LEDGER#{day}"), ":low": text(low), ":high": text(high)},
-                )
+            requests = [
+                {
+                    "IndexName": "gsi1",
+                    "KeyConditionExpression": "gsi1pk = :pk AND gsi1sk BETWEEN :low AND :high",
+                    "ExpressionAttributeValues": {":pk": text(shard), **between},
+                }
+                for shard in LEDGER_SHARD_KEYS
+            ]
+        items = [item for answer in await self._queries(requests) for item in answer]
         lines = [ledger_from_json(item["data"]["S"]) for item in items]
         return sorted((i for i in lines if query.since <= i.ts < query.until), key=lambda i: i.ts)
+
+    async def _queries(self, requests: list[dict[str, Any]]) -> list[list[Item]]:
+        """`_query` for each request, `REPORT_CONCURRENCY` at a time (a parent with many children, the shards)."""
+        gate = asyncio.Semaphore(REPORT_CONCURRENCY)
+
+        async def one(request: dict[str, Any]) -> list[Item]:
+            async with gate:
+                return await self._query(**request)
+
+        return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    async def migrate(self) -> int:
+        """Move line items written before reports read index shards (`gsi1pk = LEDGER#<day>`) onto their
+        shard, so all-keys reports find them; returns how many moved. One paginated scan of the table: run
+        it once after upgrading (`gateway store migrate`); a second run moves nothing."""
+        moved = 0
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "begins_with(pk, :line) AND begins_with(gsi1pk, :line)",
+            "ProjectionExpression": "pk, sk, gsi1pk",
+            "ExpressionAttributeValues": {":line": text("LEDGER#")},
+        }
+        while True:
+            answer = await self._call("scan", **request)
+            for item in answer.get("Items", []):
+                request_id = item["sk"]["S"].partition("#")[2]
+                try:
+                    await self._call(
+                        "update_item",
+                        TableName=self.table,
+                        Key={"pk": item["pk"], "sk": item["sk"]},
+                        UpdateExpression="SET gsi1pk = :shard",
+                        ConditionExpression="gsi1pk = :old",
+                        ExpressionAttributeValues={":shard": text(ledger_shard(request_id)), ":old": item["gsi1pk"]},
+                    )
+                except ConditionFailed:
+                    continue  # moved meanwhile by another run
+                moved += 1
+            if "LastEvaluatedKey" not in answer:
+                return moved
+            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
     async def daily_totals(self, day: str) -> list[dict[str, Any]]:
         """The daily aggregates of `day`: one row per key and model, summed over the regions that wrote them."""
@@ -543,8 +653,6 @@ class DynamoDBStore(Store):
         await self.reconnect()
 
 
-def days_between(since: float, until: float) -> Iterable[str]:
-    day = int(since // 86400)
-    while day * 86400 < until:
-        yield day_of(day * 86400)
-        day += 1
+def ledger_shard(request_id: str) -> str:
+    """The index partition of a line item for all-keys reports: a stable spread of request ids."""
+    return LEDGER_SHARD_KEYS[zlib.crc32(request_id.encode()) % LEDGER_SHARDS]

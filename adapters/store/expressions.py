@@ -48,22 +48,31 @@ class Expression:
         self.conditions: list[str] = []
 
     def name(self, attribute: str) -> str:
-        placeholder = f"#a{len(self.names)}"
+        # Ended by a letter, so that no placeholder is the start of another (#a1x, #a10x): `update` tells
+        # which are used with a plain substring test.
+        placeholder = f"#a{len(self.names)}x"
         self.names[placeholder] = attribute
         return placeholder
 
     def value(self, value: Any) -> str:
-        placeholder = f":v{len(self.values)}"
+        placeholder = f":v{len(self.values)}x"
         self.values[placeholder] = value
         return placeholder
 
     def update(self, key: Item, table: str) -> Item:
+        """The `UpdateItem` request. Declares only the placeholders the expressions use: DynamoDB refuses a
+        request with an unused one (`ValidationException`), and a clause left out for some shape of item
+        (no budget, a rolled-over window) must not turn the whole write into a refusal."""
         parts = [f"{verb} {', '.join(items)}" for verb, items in self.clauses.items() if items]
         request: Item = {"TableName": table, "Key": key, "UpdateExpression": " ".join(parts)}
-        if self.names:
-            request["ExpressionAttributeNames"] = self.names
-        if self.values:
-            request["ExpressionAttributeValues"] = self.values
-        if self.conditions:
-            request["ConditionExpression"] = " AND ".join(f"({c})" for c in self.conditions)
+        condition = " AND ".join(f"({c})" for c in self.conditions)
+        written = f"{request['UpdateExpression']} {condition}"
+        names = {k: v for k, v in self.names.items() if k in written}
+        values = {k: v for k, v in self.values.items() if k in written}
+        if names:
+            request["ExpressionAttributeNames"] = names
+        if values:
+            request["ExpressionAttributeValues"] = values
+        if condition:
+            request["ConditionExpression"] = condition
         return request

@@ -37,7 +37,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from handler.ports import Admission, MeterSnapshot, Settlement
+from handler.ports import Admission, MeterSnapshot, RateCharge, Settlement
 
 SPAN_S = 2.0
 FRACTION = 0.25
@@ -49,6 +49,12 @@ CONTEND_S = 10.0
 RENEW_S = 60.0
 # Tolerance for float sums when comparing with a limit: far below a thousandth of a cent.
 EPSILON = 1e-12
+
+
+def rate_owner(rate: RateCharge, key_id: str) -> str:
+    """The key whose counter `rate` counts on: the one it names (an ancestor's limit, shared by every
+    descendant), else the admission's own key `key_id`."""
+    return rate.key_id or key_id
 
 
 def slice_size(need: float, room: float, used: float, since_s: float, exact: bool) -> float:
@@ -114,7 +120,7 @@ class Held:
     amount_usd: float
     budget_keys: list[str]
     budgets: list[BudgetLease]
-    rates: dict[str, RateLease]
+    rates: dict[tuple[str, str], RateLease]  # by (owner key, rate name)
     adjusted: bool = False  # the settlement has been applied to the leases (the store write may follow)
     deficits: list[float] = field(default_factory=list)  # per budget: spent beyond what the lease held
 
@@ -144,10 +150,11 @@ class LocalLeases:
             budgets.append(lease)
         rates = {}
         for rate in admission.rates:
-            rate_lease = self.rates.get((admission.key_id, rate.name))
+            counter = (rate_owner(rate, admission.key_id), rate.name)
+            rate_lease = self.rates.get(counter)
             if rate_lease is None or not rate_lease.usable(rate.window, rate.amount, rate.limit):
                 return None
-            rates[rate.name] = rate_lease
+            rates[counter] = rate_lease
         snapshot = MeterSnapshot()
         for charge, lease in zip(admission.budgets, budgets, strict=True):
             lease.avail -= charge.amount_usd
@@ -156,11 +163,12 @@ class LocalLeases:
             lease.holds += 1
             snapshot.committed_usd.setdefault(charge.period, lease.committed_seen - lease.avail)
         for rate in admission.rates:
-            rate_lease = rates[rate.name]
+            rate_lease = rates[(rate_owner(rate, admission.key_id), rate.name)]
             rate_lease.avail -= rate.amount
             rate_lease.drawn += rate.amount
             rate_lease.used_at = now
-            snapshot.rates[rate.name] = rate_lease.count_seen - rate_lease.avail
+            if rate.key_id in (None, admission.key_id):  # the snapshot reports the key's own counters
+                snapshot.rates[rate.name] = rate_lease.count_seen - rate_lease.avail
         amount = admission.budgets[0].amount_usd if admission.budgets else 0.0
         keys = [charge.key_id for charge in admission.budgets]
         self.held[admission.reservation_id] = Held(admission.key_id, admission.expires_at, amount, keys, budgets, rates)
@@ -186,15 +194,19 @@ class LocalLeases:
                 lease.committed_seen += deficit
                 held.deficits.append(deficit)
             for rate in settlement.rates:
-                rate_lease = held.rates.get(rate.name)
-                current = self.rates.get((held.key_id, rate.name))
+                counter = (rate_owner(rate, held.key_id), rate.name)
+                rate_lease = held.rates.get(counter)
+                current = self.rates.get(counter)
                 absorbed = settlement.item is not None  # (without a line item the file never adjusts tokens)
                 if absorbed and rate_lease is current and rate_lease is not None and rate_lease.window == rate.window:
                     rate_lease.avail -= rate.amount  # more tokens than estimated take from the slice, fewer add
                 else:
-                    held.rates.pop(rate.name, None)
+                    held.rates.pop(counter, None)
         rows = [(lease.row, deficit) for lease, deficit in zip(held.budgets, held.deficits, strict=True)]
-        return rows, [i for i, r in enumerate(settlement.rates) if r.name not in held.rates]
+        unabsorbed = [
+            i for i, r in enumerate(settlement.rates) if (rate_owner(r, held.key_id), r.name) not in held.rates
+        ]
+        return rows, unabsorbed
 
     def release_expired(self, key_id: str | None, now: float) -> float:
         """Forget requests whose reservations expired unsettled (on `key_id`, or all), giving their

@@ -55,6 +55,7 @@ from adapters.store.local_leases import (
     BudgetLease,
     LocalLeases,
     RateLease,
+    rate_owner,
     slice_size,
 )
 from adapters.store.records import (
@@ -99,6 +100,7 @@ CREATE TABLE IF NOT EXISTS rates (
 CREATE TABLE IF NOT EXISTS settled (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger (
     key_id TEXT NOT NULL, ts REAL NOT NULL, request_id TEXT NOT NULL, data TEXT NOT NULL,
+    cost_source TEXT NOT NULL DEFAULT 'provider',
     PRIMARY KEY (key_id, ts, request_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
@@ -125,6 +127,27 @@ MMAP_BYTES = 256 * 1024 * 1024
 RECALL_WAIT_S = 1.5 * SWEEP_S
 
 
+SCHEMA_VERSION = 2
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a file written by an older gateway to `SCHEMA_VERSION` (the tables `SCHEMA` creates are new).
+    Version 2: the ledger's `cost_source` column; older lines had a provider's usage behind them."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version >= SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")  # another process opening the same file migrates it once, not twice
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(ledger)")}
+        if "cost_source" not in columns:
+            db.execute("ALTER TABLE ledger ADD COLUMN cost_source TEXT NOT NULL DEFAULT 'provider'")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 class SQLiteStore(Store):
     """`Store` on one SQLite file; see the module docstring."""
 
@@ -141,13 +164,15 @@ class SQLiteStore(Store):
             self.db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
             self.db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
             self.db.executescript(SCHEMA)
-            self.db.execute("PRAGMA user_version = 1")
+            migrate(self.db)
             # Settlement markers only need to outlive retries; holders, a day of quiet.
             self.db.execute("DELETE FROM settled WHERE at < ?", (time.time() - SETTLED_TTL_SECONDS,))
             self.db.execute("DELETE FROM holders WHERE active_at < ?", (time.time() - 86400,))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the SQLite store at {path}: {exc}") from exc
         self.path = path
+        # Where settlements this file refused wait (handler/spool.py); in memory for an in-memory store.
+        self.spool_path = None if path == ":memory:" else f"{path}-settlements.jsonl"
         self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]] | None = None
         self._flush_soon: asyncio.Handle | None = None
         self._flush_later: asyncio.TimerHandle | None = None
@@ -386,8 +411,7 @@ class SQLiteStore(Store):
         now = time.time()
         leases = self.leases
         keys = {charge.key_id for charge in admission.budgets}
-        if admission.rates:
-            keys.add(admission.key_id)
+        keys.update(rate_owner(rate, admission.key_id) for rate in admission.rates)
         others_hold = False
         for key_id in keys:
             (leasing,) = db.execute(
@@ -416,19 +440,20 @@ class SQLiteStore(Store):
             budget_plans.append((lease, fresh, size, max(lease.expires_at, admission.expires_at + RENEW_S)))
         rate_plans: list[tuple[RateLease, bool, int, int]] = []
         for rate in admission.rates:
-            rate_lease = leases.rates.get((admission.key_id, rate.name))
+            owner = rate_owner(rate, admission.key_id)
+            rate_lease = leases.rates.get((owner, rate.name))
             new_window = rate_lease is None or rate_lease.window != rate.window
             if rate_lease is None or new_window:
                 rate_lease = RateLease(rate.window)
             row = db.execute(
-                "SELECT window, count FROM rates WHERE key_id = ? AND name = ?", (admission.key_id, rate.name)
+                "SELECT window, count FROM rates WHERE key_id = ? AND name = ?", (owner, rate.name)
             ).fetchone()
             count = row[1] if row and row[0] == rate.window else 0
             need = rate.amount - rate_lease.avail
             if need > rate.limit - count:
                 refused_rate = RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - now)
                 return self._refuse(db, admission, refused_rate, others_hold, now)
-            exact = leases.exact(admission.key_id, now)
+            exact = leases.exact(owner, now)
             since = now - rate_lease.granted_at
             wanted = math.floor(slice_size(need, rate.limit - count, rate_lease.drawn, since, exact))
             rate_plans.append((rate_lease, new_window, count, max(need, wanted) if need > 0 else 0))
@@ -453,13 +478,13 @@ class SQLiteStore(Store):
                 db.execute(
                     "INSERT INTO rates (key_id, name, window, count) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (key_id, name) DO UPDATE SET window = excluded.window, count = excluded.count",
-                    (admission.key_id, rate.name, rate.window, count + size),
+                    (rate_owner(rate, admission.key_id), rate.name, rate.window, count + size),
                 )
         # If the commit fails, the leases go back to what they were (the admission with them).
         for charge in admission.budgets:
             self._keep(leases.budgets, (charge.key_id, charge.period))
         for rate in admission.rates:
-            self._keep(leases.rates, (admission.key_id, rate.name))
+            self._keep(leases.rates, (rate_owner(rate, admission.key_id), rate.name))
         self._undo.append(functools.partial(leases.held.pop, admission.reservation_id, None))  # type: ignore[arg-type]
         for charge, (lease, fresh, size, expires_at), committed in zip(
             admission.budgets, budget_plans, committed_now, strict=True
@@ -474,7 +499,7 @@ class SQLiteStore(Store):
                 lease.drawn, lease.granted_at = 0.0, now
         for rate, (rate_lease, new_window, count, size) in zip(admission.rates, rate_plans, strict=True):
             if new_window:
-                leases.rates[(admission.key_id, rate.name)] = rate_lease
+                leases.rates[(rate_owner(rate, admission.key_id), rate.name)] = rate_lease
             rate_lease.avail += size
             rate_lease.count_seen = count + size
             rate_lease.limit = rate.limit
@@ -522,9 +547,10 @@ class SQLiteStore(Store):
             lease = self.leases.budgets.get((charge.key_id, charge.period))
             if lease is not None and lease.avail > EPSILON:
                 leasing[charge.key_id] = 1
-        if admission.rates:
-            held = (self.leases.rates.get((admission.key_id, rate.name)) for rate in admission.rates)
-            leasing[admission.key_id] = max(leasing.get(admission.key_id, 0), int(any(h and h.avail > 0 for h in held)))
+        for rate in admission.rates:
+            owner = rate_owner(rate, admission.key_id)
+            held = self.leases.rates.get((owner, rate.name))
+            leasing[owner] = max(leasing.get(owner, 0), int(held is not None and held.avail > 0))
         return leasing
 
     def _announce(self, db: sqlite3.Connection, leasing: dict[str, int], now: float) -> None:
@@ -559,8 +585,8 @@ class SQLiteStore(Store):
         # there is one (a random id in `settled` costs a page write per request); a bare release uses `settled`.
         if item is not None:
             written = db.execute(
-                "INSERT OR IGNORE INTO ledger (key_id, ts, request_id, data) VALUES (?, ?, ?, ?)",
-                (item.key_id, item.ts, item.request_id, ledger_to_json(item)),
+                "INSERT OR IGNORE INTO ledger (key_id, ts, request_id, data, cost_source) VALUES (?, ?, ?, ?, ?)",
+                (item.key_id, item.ts, item.request_id, ledger_to_json(item), item.cost_source),
             )
             if written.rowcount == 0:
                 return
@@ -574,7 +600,7 @@ class SQLiteStore(Store):
                 rate = settlement.rates[i]
                 db.execute(
                     "UPDATE rates SET count = max(0, count + ?) WHERE key_id = ? AND name = ? AND window = ?",
-                    (rate.amount, item.key_id, rate.name, rate.window),
+                    (rate.amount, rate_owner(rate, item.key_id), rate.name, rate.window),
                 )
         if rows is None:
             for charge in settlement.budgets:

@@ -139,12 +139,13 @@
     setState("loading", "Loading…");
     const period = periodWindow(Number($("period").value));
     try {
-      const [total, byDayModel, byDayKey, byKey, keys] = await Promise.all([
+      const [total, byDayModel, byDayKey, byKey, keys, health] = await Promise.all([
         usage(period, ""),
         usage(period, "day,model"),
         usage(period, "day,key"),
         usage(period, "key"),
         api("admin/keys").then((body) => body.data),
+        api("health"),
       ]);
       if (mine !== generation) return;
       const names = new Map(keys.map((k) => [k.id, k.name]));
@@ -152,6 +153,7 @@
       const report = $("report");
       report.dataset.since = period.since;
       report.dataset.until = period.until;
+      renderPending(health.pending_settlements || 0);
       renderTotals(total[0] || null);
       stackedBars($("chart-model"), period.days, byDayModel, "model", (m) => m);
       stackedBars($("chart-key"), period.days, byDayKey, "key", keyLabel);
@@ -169,6 +171,17 @@
       const detail = error instanceof ApiError ? `${error.status} ${error.code}: ${error.message}` : String(error);
       setState("error", "Could not load usage: " + detail, true);
     }
+  }
+
+  // --- settlements the store has not taken yet --------------------------------------------------
+
+  function renderPending(waiting) {
+    const notice = $("pending");
+    notice.hidden = waiting === 0;
+    notice.dataset.count = String(waiting);
+    notice.textContent = waiting === 0 ? "" :
+      `${count(waiting)} settlement${waiting === 1 ? "" : "s"} waiting to be recorded: not in these figures yet ` +
+      "(the gateway retries until the store takes them).";
   }
 
   // --- totals ------------------------------------------------------------------------------

@@ -230,6 +230,7 @@ def test_the_dashboard_draws_spend_in_a_real_browser(running: Running, mint: Any
         shown = page.evaluate(
             """({
                 total: document.getElementById('total-spend').textContent,
+                pending: document.getElementById('pending').hidden,
                 requests: document.getElementById('total-requests').textContent,
                 footer: [...document.querySelectorAll('#all-keys td')].map((td) => td.textContent),
                 rows: [...document.querySelectorAll('#top-keys tbody tr')].map(
@@ -266,6 +267,9 @@ def test_the_dashboard_draws_spend_in_a_real_browser(running: Running, mint: Any
     for chart in (model_chart, key_chart):
         assert len({bar["fill"] for bar in chart["bars"]}) >= min(3, len(chart["legend"]))
         assert assert_bars_painted(image, chart) >= 3000, "the chart's bars are visible in the screenshot"
+
+    # Settlements waiting in the spool would be announced (from /health, read with the admin key): none wait.
+    assert shown["pending"] is True and any(u.endswith("/health") for u in activity.requests)
 
     # Nothing but this gateway was asked for anything, and the page ran without errors or CSP reports.
     assert all(u.startswith(running.url) or u == "about:blank" for u in activity.requests), activity.requests

@@ -220,8 +220,10 @@ def test_alarms_watch_5xx_throttles_errors_and_the_metric_the_gateway_emits(temp
     assert {"Errors", "Throttles"} <= watched
     spend = alarms["SpendAlarm"]["Properties"]["Metrics"][0]["Expression"]
     assert "SUM(cost_usd)" in sub_text(spend) and '"${MetricsNamespace}"' in sub_text(spend)
+    pending = alarms["PendingSettlementsAlarm"]["Properties"]["Metrics"][0]["Expression"]
+    assert "MAX(pending_settlements)" in sub_text(pending)
     observability = source("handler/observability.py")
-    assert '"cost_usd"' in observability
+    assert '"cost_usd"' in observability and '"pending_settlements"' in observability
     assert f'"{template["Parameters"]["MetricsNamespace"]["Default"]}"' in observability
 
 

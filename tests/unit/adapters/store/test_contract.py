@@ -53,6 +53,13 @@ async def store(store_url: str) -> AsyncIterator[Store]:
     await opened.close()
 
 
+def this_minute() -> int:
+    """The current rate window, early enough in it that a test's admissions and reads all fall in it."""
+    if time.time() % 60 > 50:
+        time.sleep(60.5 - time.time() % 60)
+    return int(time.time() // 60)
+
+
 def record(key_id: str | None = None, **fields: Any) -> KeyRecord:
     return KeyRecord(
         id=key_id or uuid.uuid4().hex[:12], name="t", secret_hash="h" * 64, created_at=time.time(), **fields
@@ -432,7 +439,7 @@ async def test_an_unreachable_home_leaves_leases_spendable_and_fails_closed_beyo
 async def test_many_admissions_racing_into_a_new_rate_window_all_pass(store: Store) -> None:
     """When a minute rolls over under load, every request races to start the new window's counter."""
     key = uuid.uuid4().hex[:12]
-    window = int(time.time() // 60)
+    window = this_minute()
 
     def rpm(at: int) -> Admission:
         return Admission(uuid.uuid4().hex, key, [], [RateCharge("rpm", at, 1000, 1)], time.time() + 60)
@@ -460,3 +467,94 @@ async def test_dynamodb_daily_aggregates_equal_the_line_items(dynamo: DynamoServ
         assert float(totals[model]["cost_usd"]) == pytest.approx(sum(i.cost_usd or 0 for i in mine), abs=1e-12)
     await east.close()
     await west.close()
+
+
+# --- every shape of key, and limits along the key chain -----------------------------------------------
+
+SHAPES = {
+    "budget": ([PERIOD], []),
+    "rpm": ([], [("rpm", 5, 1)]),
+    "tpm": ([], [("tpm", 1000, 100)]),
+    "per-model": ([], [("rpm:m", 5, 1), ("tpm:m", 1000, 100)]),
+}
+
+
+@pytest.mark.parametrize("child", [False, True], ids=["key", "child"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+async def test_every_key_shape_settles_into_the_ledger(store: Store, shape: str, child: bool) -> None:
+    """A line item lands whatever the key's limits (a tpm-only key once lost every line on DynamoDB), and
+    its counters end exact: budget spent, tokens corrected to what the request used."""
+    key, parent = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
+    periods, limits = SHAPES[shape]
+    window = this_minute()
+    budgets = [BudgetCharge(key, p, 1.0, 0.5) for p in periods]
+    if child:
+        budgets.append(BudgetCharge(parent, PERIOD, 2.0, 0.5))
+    rates = [RateCharge(name, window, limit, amount) for name, limit, amount in limits]
+    adm = Admission(uuid.uuid4().hex, key, budgets, rates, time.time() + 60)
+    snapshot = await store.admit(adm)
+    assert {r.name: r.amount for r in rates} == snapshot.rates
+    item = replace(line(key, 0.25), ancestors=[parent] if child else [], cost_source="estimate")
+    used = [replace(r, amount=150 - r.amount) for r in rates if r.name.startswith("tpm")]
+    settled = Settlement(adm.reservation_id, [replace(b, amount_usd=0.25) for b in budgets], 0.5, used, item)
+    await store.settle(settled)
+    await store.settle(settled)  # retried: counted once
+    assert await store.usage(UsageQuery([key], 0, time.time() + 1)) == [item]
+    meter = await store.meter(key, PERIOD)
+    assert meter.spent_usd.get(PERIOD, 0.0) == pytest.approx(0.25 if periods else 0.0)
+    assert meter.rates == {r.name: 150 if r.name.startswith("tpm") else 1 for r in rates}
+    if child:
+        assert (await store.meter(parent, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.25)
+
+
+def chained(key: str, parent: str, window: int, budget: float | None = None, own_rpm: int | None = None) -> Admission:
+    """An admission of `key` whose parent has an rpm limit of 2 (counted on the parent's counter)."""
+    rates = [RateCharge("rpm", window, 2, 1, key_id=parent)]
+    if own_rpm is not None:
+        rates.insert(0, RateCharge("rpm", window, own_rpm, 1))
+    budgets = [BudgetCharge(key, PERIOD, 1.0, budget)] if budget is not None else []
+    return Admission(uuid.uuid4().hex, key, budgets, rates, time.time() + 60)
+
+
+async def test_two_children_share_their_parents_rate_limit(store: Store) -> None:
+    parent, first, second = (uuid.uuid4().hex[:12] for _ in range(3))
+    window = this_minute()
+    await store.admit(chained(first, parent, window))
+    await store.admit(chained(second, parent, window))
+    for key in (first, second, parent):
+        with pytest.raises(RateRefused) as refused:
+            await store.admit(
+                chained(key, parent, window)
+                if key != parent
+                else Admission(uuid.uuid4().hex, parent, [], [RateCharge("rpm", window, 2, 1)], time.time() + 60)
+            )
+        assert refused.value.limit_name == "rpm"
+    assert (await store.meter(parent, PERIOD)).rates == {"rpm": 2}
+    assert (await store.meter(first, PERIOD)).rates == {}  # the children have no counter of their own
+
+
+async def test_a_refused_ancestor_rate_changes_nothing_else(store: Store) -> None:
+    parent, key = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
+    window = this_minute()
+    for _ in range(2):
+        await store.admit(chained(uuid.uuid4().hex[:12], parent, window))
+    with pytest.raises(RateRefused):
+        await store.admit(chained(key, parent, window, budget=0.3, own_rpm=10))
+    meter = await store.meter(key, PERIOD)
+    assert meter.committed_usd.get(PERIOD, 0.0) == 0.0 and meter.rates.get("rpm", 0) == 0
+    assert (await store.meter(parent, PERIOD)).rates == {"rpm": 2}
+    # The child's own counter and budget still work once the parent's minute allows.
+    await store.admit(chained(key, parent, window + 1, budget=0.3, own_rpm=10))
+
+
+async def test_tokens_settle_on_the_ancestor_counter_they_were_counted_on(store: Store) -> None:
+    parent, key = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
+    window = this_minute()
+    tpm = RateCharge("tpm", window, 1000, 100, key_id=parent)
+    adm = Admission(uuid.uuid4().hex, key, [], [tpm], time.time() + 60)
+    await store.admit(adm)
+    item = line(key, 0.01)
+    await store.settle(Settlement(adm.reservation_id, [], 0.0, [replace(tpm, amount=50)], item))
+    assert (await store.meter(parent, PERIOD)).rates == {"tpm": 150}
+    assert (await store.meter(key, PERIOD)).rates == {}
+    assert [i.request_id for i in await store.usage(UsageQuery([key], 0, time.time() + 1))] == [item.request_id]

@@ -17,8 +17,8 @@ import pytest
 from adapters.store import sqlite as sqlite_store
 from adapters.store.local_leases import RENEW_S, slice_size
 from adapters.store.sqlite import SQLiteStore
-from handler.ports import Admission, BudgetCharge, BudgetRefused, RateCharge, Settlement, StoreError
-from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement
+from handler.ports import Admission, BudgetCharge, BudgetRefused, RateCharge, RateRefused, Settlement, StoreError
+from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement, this_minute
 from tests.unit.adapters.store.test_sqlite import traced
 
 
@@ -340,3 +340,32 @@ async def test_a_settlement_without_a_line_item_leaves_token_counts_alone(store:
     adjust = [RateCharge("tpm", window, 10_000, -100)]
     await store.settle(Settlement(admitted[1].reservation_id, [], 0.0, adjust, None))
     assert (await store.meter(key, PERIOD)).rates == {"tpm": 200}
+
+
+async def test_children_in_two_processes_share_their_parents_rate_slices(path: str, quick: None) -> None:
+    """The parent's rpm counter is one, whichever process and child draw on it: a slice one process holds
+    for it goes back when the other needs it, and the minute never admits more than the limit."""
+    first, second = SQLiteStore(path), SQLiteStore(path)
+    parent = uuid.uuid4().hex[:12]
+    window = this_minute()
+
+    def child_request(limit: int) -> Admission:
+        charge = RateCharge("rpm", window, limit, 1, key_id=parent)
+        return Admission(uuid.uuid4().hex, uuid.uuid4().hex[:12], [], [charge], time.time() + 60)
+
+    for _ in range(3):
+        await first.admit(child_request(10))  # the first process's slices follow its traffic
+    admitted = 3
+    for _ in range(10):
+        try:
+            await second.admit(child_request(10))
+        except RateRefused:
+            break
+        admitted += 1
+    assert admitted == 10
+    with pytest.raises(RateRefused):
+        await first.admit(child_request(10))
+    reader = SQLiteStore(path)
+    assert (await reader.meter(parent, PERIOD)).rates == {"rpm": 10}
+    for store in (first, second, reader):
+        await store.close()

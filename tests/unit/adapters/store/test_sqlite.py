@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from adapters.store import sqlite as sqlite_store
 from adapters.store.sqlite import CHECKPOINT_EVERY_S, SETTLE_LINGER_S, SQLiteStore
-from handler.ports import BudgetRefused
+from handler.ports import BudgetRefused, Settlement, UsageQuery
 from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement
 
 
@@ -154,3 +157,29 @@ async def test_settlements_of_one_batch_move_their_spend_out_of_the_lease_at_onc
     assert not any(s.startswith("SAVEPOINT") for s in statements)  # a ledger line is one statement
     meter = await store.meter(key, PERIOD)
     assert meter.committed_usd[PERIOD] == pytest.approx(0.01) and meter.spent_usd[PERIOD] == pytest.approx(0.01)
+
+
+async def test_a_file_from_before_cost_sources_is_migrated(tmp_path: Path) -> None:
+    """A ledger written before `cost_source` existed gains the column; its lines read as provider-billed."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE ledger (key_id TEXT NOT NULL, ts REAL NOT NULL, request_id TEXT NOT NULL, data TEXT NOT NULL,"
+        " PRIMARY KEY (key_id, ts, request_id)) WITHOUT ROWID"
+    )
+    item = line("oldkey", 0.5)
+    legacy = {k: v for k, v in dataclasses.asdict(item).items() if k != "cost_source"}
+    old.execute("INSERT INTO ledger VALUES (?, ?, ?, ?)", (item.key_id, item.ts, item.request_id, json.dumps(legacy)))
+    old.execute("PRAGMA user_version = 1")
+    old.commit()
+    old.close()
+    store = SQLiteStore(str(path))
+    (found,) = await store.usage(UsageQuery(["oldkey"], 0, time.time() + 1))
+    assert found.cost_source == "provider" and found.request_id == item.request_id
+    estimated = replace(line("oldkey", 0.25), cost_source="estimate")
+    await store.settle(Settlement(estimated.request_id, [], 0.0, [], estimated))
+    await store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone() == (sqlite_store.SCHEMA_VERSION,)
+    assert sorted(db.execute("SELECT cost_source FROM ledger")) == [("estimate",), ("provider",)]
+    db.close()

@@ -1,0 +1,230 @@
+"""Settlements the store could not take, kept on disk until they land.
+
+A settlement is the cost of an answer already given: losing it loses money from the ledger and the budget.
+When `Meter.settle` has retried and the store still refuses, the settlement goes here:
+
+- one line appended to a JSONL file (`{"add": <settlement>}`, flushed and fsynced), and one structured log
+  line carrying the whole settlement (key ids, model, tokens, cost: never a secret), so that even a spool on
+  a machine that is gone can be replayed from the logs;
+- re-driven by a retry task on the event loop (first after `RETRY_FIRST_S`, doubling to `RETRY_MAX_S`) for as
+  long as anything is pending, by the next request that settles, and at start-up; a landed settlement gets a
+  `{"done": <reservation id>}` line, and the file is emptied once nothing in it is pending.
+
+Re-driving is safe because a store applies a settlement once per reservation id (`Store.settle`): a
+settlement that in fact landed before its call failed, or that two processes re-drive at once, counts once.
+
+The file is the truth, shared by every process that opens it (a server's workers, the CLI): each write opens,
+appends and closes under an exclusive `flock` of `<file>.lock`, and a re-drive reads the whole file. Where it
+lives: `GATEWAY_SETTLEMENT_SPOOL`, else the store's `spool_path` (beside the SQLite file; for DynamoDB under
+`/tmp` on Lambda, `.gateway/` elsewhere). A store with no path (SQLite in memory) keeps its spool in memory.
+`pending` is shown to admins by `/health` and emitted as the `pending_settlements` metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import os
+import time
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from handler.observability import logger, pending_settlements
+from handler.ports import BudgetCharge, LedgerItem, RateCharge, Settlement, Store
+
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
+ENV = "GATEWAY_SETTLEMENT_SPOOL"
+T = TypeVar("T")
+
+
+def settlement_to_dict(settlement: Settlement) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads(orjson.dumps(settlement))
+    return data
+
+
+def settlement_from_dict(data: dict[str, Any]) -> Settlement:
+    """The inverse of `settlement_to_dict`; fields a newer gateway added are ignored, missing ones defaulted."""
+    item = data.get("item")
+    return _build(
+        Settlement,
+        {
+            **data,
+            "budgets": [_build(BudgetCharge, b) for b in data.get("budgets", [])],
+            "rates": [_build(RateCharge, r) for r in data.get("rates", [])],
+            "item": _build(LedgerItem, item) if item is not None else None,
+        },
+    )
+
+
+def _build(cls: type[T], data: dict[str, Any]) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class SettlementSpool:
+    """See the module docstring. One per store (`for_store`), so every `Meter` of a process shares it."""
+
+    _by_store: weakref.WeakKeyDictionary[Store, SettlementSpool] = weakref.WeakKeyDictionary()
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path else None
+        self._memory: dict[str, Settlement] = {}
+        self._count = len(self._read())
+        self._lock: asyncio.Lock | None = None
+        self._retry: asyncio.Task[None] | None = None
+        self.retry_first_s = RETRY_FIRST_S
+        self.retry_max_s = RETRY_MAX_S
+
+    @classmethod
+    def for_store(cls, store: Store) -> SettlementSpool:
+        """The spool of `store` (made on first use, at `GATEWAY_SETTLEMENT_SPOOL` or the store's `spool_path`)."""
+        spool = cls._by_store.get(store)
+        if spool is None:
+            spool = cls(os.environ.get(ENV) or getattr(store, "spool_path", None))
+            cls._by_store[store] = spool
+        return spool
+
+    @property
+    def pending(self) -> int:
+        """Settlements spooled and not yet landed, as this process last read the file (no I/O)."""
+        return self._count
+
+    def count(self) -> int:
+        """Settlements spooled and not yet landed, read from the file now (other processes share it)."""
+        self._count = len(self._read())
+        return self._count
+
+    # --- the file ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{self.path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        assert self.path is not None
+        with self._locked(), open(self.path, "ab") as file:
+            file.write(orjson.dumps(entry) + b"\n")
+            file.flush()
+            os.fsync(file.fileno())
+
+    def _read(self) -> dict[str, Settlement]:
+        """What is pending: added and not done, in the order added (and what only memory holds)."""
+        pending: dict[str, Settlement] = {}
+        for raw in self._lines() or []:
+            try:
+                entry = orjson.loads(raw)
+                if "add" in entry:
+                    settlement = settlement_from_dict(entry["add"])
+                    pending[settlement.reservation_id] = settlement
+                elif "done" in entry:
+                    pending.pop(entry["done"], None)
+            except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
+                logger.error("unreadable line in the settlement spool", extra={"spool": str(self.path)})
+        return {**pending, **self._memory}
+
+    def _lines(self) -> list[bytes] | None:
+        """The file's lines ([] if there is no file or no path; None if it cannot be read)."""
+        if self.path is None:
+            return []
+        try:
+            return self.path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            logger.error("the settlement spool cannot be read", extra={"spool": str(self.path), "reason": str(exc)})
+            return None
+
+    def _compact(self) -> None:
+        """Empty the file once nothing in it is pending (read again under the lock: another process may
+        have added since)."""
+        if self.path is None:
+            return
+        with self._locked():
+            readable = self._lines() is not None
+            if readable and self.path.exists() and not set(self._read()) - set(self._memory):
+                self.path.write_bytes(b"")
+
+    # --- spooling and re-driving ------------------------------------------------------------------
+
+    def add(self, settlement: Settlement, reason: str) -> None:
+        """Keep `settlement` until it lands, say so in the log (with the whole settlement), and start retrying."""
+        data = settlement_to_dict(settlement)
+        where = str(self.path) if self.path else "memory"
+        try:
+            if self.path is None:
+                self._memory[settlement.reservation_id] = settlement
+            else:
+                self._append({"add": data, "at": time.time(), "reason": reason})
+        except OSError as exc:  # the disk refused the line: memory and the log line below keep it
+            self._memory[settlement.reservation_id] = settlement
+            where = f"memory (the spool file failed: {exc.strerror or type(exc).__name__})"
+        logger.error(
+            "settlement spooled: the store refused it; retried until it lands",
+            extra={"settlement": data, "reason": reason, "spool": where},
+        )
+        self._count = len(self._read())
+        pending_settlements(self._count)
+
+    def watch(self, store: Store, *, at_once: bool = False) -> None:
+        """Re-drive on this event loop while anything is pending (nothing to do if nothing is); `at_once`: the
+        first pass without waiting (start-up)."""
+        if not self._count:
+            return
+        loop = asyncio.get_running_loop()
+        if self._retry is None or self._retry.done() or self._retry.get_loop() is not loop:
+            self._retry = loop.create_task(self._retrying(store, 0.0 if at_once else self.retry_first_s))
+
+    async def _retrying(self, store: Store, delay: float) -> None:
+        while self._count:
+            await asyncio.sleep(delay)
+            try:
+                landed = await self.redrive(store)
+            except OSError as exc:  # the spool file itself failed: keep trying, slower
+                logger.error("the settlement spool cannot be read or written", extra={"reason": str(exc)})
+                landed = 0
+            delay = self.retry_first_s if landed else min(max(delay, self.retry_first_s) * 2, self.retry_max_s)
+
+    async def redrive(self, store: Store) -> int:
+        """Settle what is pending, in order, until the store refuses one; returns how many landed."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        landed = 0
+        async with self._lock:
+            for reservation_id, settlement in self._read().items():
+                try:
+                    await store.settle(settlement)
+                except Exception as exc:  # noqa: BLE001 - whatever the failure, the settlement stays spooled
+                    logger.warning(
+                        "a spooled settlement still does not land; retried later",
+                        extra={"reservation_id": reservation_id, "reason": str(exc) or type(exc).__name__},
+                    )
+                    break
+                if self._memory.pop(reservation_id, None) is None:
+                    self._append({"done": reservation_id, "at": time.time()})
+                landed += 1
+            self._compact()
+            self._count = len(self._read())
+        pending_settlements(self._count)
+        if landed:
+            logger.info("spooled settlements landed", extra={"landed": landed, "pending": self._count})
+        return landed
+
+    async def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await self._retry

@@ -1,0 +1,192 @@
+"""What only the DynamoDB store does: requests DynamoDB accepts for every shape of item, retries under
+contention (injected at the client: neither emulator produces it), reports in a bounded number of queries."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from adapters.store.dynamodb import LEDGER_SHARDS, DynamoDBStore
+from adapters.store.expressions import Expression, num, text
+from handler.ports import Admission, BudgetCharge, BudgetRefused, RateCharge, Settlement, StoreError, UsageQuery
+from tests.support.contention import FlakyClient
+from tests.support.dynamo import DynamoServer
+from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement
+
+
+@pytest.fixture
+async def flaky(dynamo: DynamoServer) -> AsyncIterator[tuple[FlakyClient, DynamoDBStore]]:
+    client = FlakyClient(dynamo)
+    store = DynamoDBStore(client, dynamo.create_table(), owned=[client])
+    yield client, store
+    await store.close()
+
+
+def test_an_update_declares_only_the_placeholders_it_uses() -> None:
+    """DynamoDB refuses a request that declares a name or value no expression uses (ValidationException)."""
+    e = Expression()
+    unused_name, unused_value = e.name("r:abc"), e.value(num(1))
+    e.clauses["ADD"].append(f"{e.name('w:tpm')} {e.value(num(5))}")
+    e.conditions.append(f"attribute_exists({e.name('n:tpm')})")
+    request = e.update({"pk": text("METER#k"), "sk": text("METER")}, "t")
+    assert unused_name not in request["ExpressionAttributeNames"]
+    assert unused_value not in request["ExpressionAttributeValues"]
+    assert set(request["ExpressionAttributeNames"].values()) == {"w:tpm", "n:tpm"}
+    assert "ExpressionAttributeValues" not in Expression().update({}, "t")
+
+
+# --- contention -------------------------------------------------------------------------------------
+
+CONTENTION = [
+    ("UpdateItem", "TransactionConflictException"),
+    ("UpdateItem", "ThrottlingException"),
+    ("UpdateItem", "ProvisionedThroughputExceededException"),
+    ("UpdateItem", "RequestLimitExceeded"),
+    ("TransactWriteItems", "TransactionCanceledException"),
+    ("TransactWriteItems", "TransactionConflictException"),
+]
+
+
+@pytest.mark.parametrize(("operation", "code"), CONTENTION)
+async def test_an_admission_refused_for_contention_is_retried(
+    flaky: tuple[FlakyClient, DynamoDBStore], operation: str, code: str
+) -> None:
+    client, store = flaky
+    key, parent = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
+    charges = [BudgetCharge(key, PERIOD, 1.0, 0.4)]
+    if operation == "TransactWriteItems":  # a child under a budgeted parent: one transaction over both meters
+        charges.append(BudgetCharge(parent, PERIOD, 1.0, 0.4))
+    adm = Admission(uuid.uuid4().hex, key, charges, [], time.time() + 60)
+    client.fail(operation, code, 3)
+    snapshot = await store.admit(adm)
+    assert snapshot.committed_usd[PERIOD] == pytest.approx(0.4)
+    assert client.refused[operation] == 3 and client.sent[operation] == 1
+    assert (await store.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.4)
+
+
+async def test_a_settlement_refused_for_contention_lands_once(flaky: tuple[FlakyClient, DynamoDBStore]) -> None:
+    client, store = flaky
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.5)
+    await store.admit(adm)
+    item = line(key, 0.2)
+    client.fail("TransactWriteItems", "TransactionCanceledException", 2)
+    client.fail("TransactWriteItems", "ThrottlingException", 2)
+    await store.settle(settlement(adm, 0.2, item))
+    assert client.refused["TransactWriteItems"] == 4 and client.sent["TransactWriteItems"] == 1
+    meter = await store.meter(key, PERIOD)
+    assert meter.committed_usd[PERIOD] == pytest.approx(0.2) and meter.spent_usd[PERIOD] == pytest.approx(0.2)
+    assert await store.usage(UsageQuery([key], 0, time.time() + 1)) == [item]
+
+
+async def test_contention_that_does_not_end_fails_closed_and_other_errors_are_not_retried(
+    flaky: tuple[FlakyClient, DynamoDBStore],
+) -> None:
+    client, store = flaky
+    client.fail("UpdateItem", "TransactionConflictException", 100)
+    with pytest.raises(StoreError):
+        await store.admit(admission(uuid.uuid4().hex[:12], 0.1))
+    assert client.refused["UpdateItem"] == 8  # CONTENTION_ATTEMPTS, then the request answers 503
+    client.scripted.clear()
+    client.fail("UpdateItem", "ValidationException", 1)
+    with pytest.raises(StoreError):
+        await store.admit(admission(uuid.uuid4().hex[:12], 0.1))
+    assert client.refused["UpdateItem"] == 9  # refused once, not sent again
+
+
+@pytest.mark.parametrize("code", ["TransactionCanceledException", "ThrottlingException"])
+async def test_concurrent_admissions_under_contention_never_overspend(
+    flaky: tuple[FlakyClient, DynamoDBStore], code: str
+) -> None:
+    """Children of one budgeted parent race on the parent's meter while a quarter of the writes are refused:
+    none answers 503, the parent admits exactly what fits, and every settlement lands once."""
+    client, store = flaky
+    parent = uuid.uuid4().hex[:12]
+    client.fail_randomly(0.25, code)
+
+    async def one() -> tuple[Admission, bool]:
+        child = uuid.uuid4().hex[:12]
+        charges = [BudgetCharge(child, PERIOD, 1.0, 0.1), BudgetCharge(parent, PERIOD, 1.0, 0.1)]
+        adm = Admission(uuid.uuid4().hex, child, charges, [RateCharge("rpm", int(time.time() // 60), 5, 1)], 0)
+        adm = replace(adm, expires_at=time.time() + 60)
+        try:
+            await store.admit(adm)
+        except BudgetRefused:
+            return adm, False
+        return adm, True
+
+    outcomes = await asyncio.gather(*(one() for _ in range(16)))
+    admitted = [adm for adm, ok in outcomes if ok]
+    assert len(admitted) == 10
+    assert client.refused["TransactWriteItems"] > 0
+    items = [line(adm.key_id, 0.05) for adm in admitted]
+    await asyncio.gather(*(store.settle(settlement(a, 0.05, i)) for a, i in zip(admitted, items, strict=True)))
+    meter = await store.meter(parent, PERIOD)
+    assert meter.committed_usd[PERIOD] == pytest.approx(0.5) and meter.spent_usd[PERIOD] == pytest.approx(0.5)
+    lines = await store.usage(UsageQuery([a.key_id for a in admitted], 0, time.time() + 1))
+    assert sorted(i.request_id for i in lines) == sorted(i.request_id for i in items)
+
+
+# --- reports ----------------------------------------------------------------------------------------
+
+
+async def test_a_report_over_25_years_costs_a_handful_of_queries_and_pages_through_everything(
+    flaky: tuple[FlakyClient, DynamoDBStore],
+) -> None:
+    """`gateway usage --since 2000-01-01` once sent a query per day (9,832 of them); now one per index shard
+    for all keys, one per key for a key's own report, each followed through every page."""
+    client, store = flaky
+    keys = [uuid.uuid4().hex[:12] for _ in range(3)]
+    now = time.time()
+    items = [line(keys[i % 3], 0.001 * i, now - i * 86400 * 365) for i in range(25)]  # one a year, 25 years
+    for item in items:
+        await store.settle(Settlement(item.request_id, [], 0.0, [], item))
+    store.page_size = 2  # far fewer than a shard or a key holds: the report must follow LastEvaluatedKey
+    client.sent.clear()
+    since = now - 25.5 * 86400 * 365
+    everything = await store.usage(UsageQuery(None, since, now + 1))
+    assert sorted(i.request_id for i in everything) == sorted(i.request_id for i in items)
+    assert [i.ts for i in everything] == sorted(i.ts for i in items)
+    pages = client.sent["Query"]
+    assert LEDGER_SHARDS < pages <= LEDGER_SHARDS + len(items) // 2 + 1  # pages followed, no more
+    store.page_size = None
+    client.sent.clear()
+    assert len(await store.usage(UsageQuery(None, since, now + 1))) == len(items)
+    assert client.sent["Query"] == LEDGER_SHARDS
+    client.sent.clear()
+    mine = await store.usage(UsageQuery(keys[:2], since, now + 1))
+    assert sorted(i.request_id for i in mine) == sorted(i.request_id for i in items if i.key_id in keys[:2])
+    assert client.sent["Query"] == 2
+
+
+async def test_migrate_moves_lines_written_before_shards_into_reports(
+    flaky: tuple[FlakyClient, DynamoDBStore], dynamo: DynamoServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line item an older gateway wrote (`gsi1pk = LEDGER#<day>`) is found by all-keys reports once
+    `gateway store migrate` has run; a second run moves nothing."""
+    from handler.cli import main
+
+    client, store = flaky
+    old, new = line("oldkey", 0.1, time.time() - 86400), line("newkey", 0.2)
+    for item in (old, new):
+        await store.settle(Settlement(item.request_id, [], 0.0, [], item))
+    raw = dynamo.client()
+    sk = {"S": f"{old.ts:017.6f}#{old.request_id}"}
+    raw.update_item(
+        TableName=store.table,
+        Key={"pk": {"S": "LEDGER#oldkey"}, "sk": sk},
+        UpdateExpression="SET gsi1pk = :day",
+        ExpressionAttributeValues={":day": {"S": f"LEDGER#{time.strftime('%Y-%m-%d', time.gmtime(old.ts))}"}},
+    )
+    everything = UsageQuery(None, 0, time.time() + 1)
+    assert [i.request_id for i in await store.usage(everything)] == [new.request_id]
+    url = dynamo.store_url(store.table)
+    assert await asyncio.to_thread(main, ["store", "migrate", "--store", url]) == 0
+    assert capsys.readouterr().out == "ok: 1 items moved\n"
+    assert [i.request_id for i in await store.usage(everything)] == [old.request_id, new.request_id]
+    assert await store.migrate() == 0

@@ -1,0 +1,262 @@
+"""A settlement the store refuses is spooled, said in the log, /health and a metric, and lands exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from adapters.store import open_store
+from adapters.store.dynamodb import DynamoDBStore
+from handler import budgets, observability
+from handler.budgets import SETTLE_ATTEMPTS, Meter
+from handler.keys import KeyService
+from handler.ports import KeyRecord, Settlement, Store, StoreError, UsageQuery
+from handler.spool import SettlementSpool
+from tests.support.contention import FlakyClient
+from tests.support.dynamo import DynamoServer
+from tests.unit.adapters.store.test_contract import PERIOD, line, record, this_minute
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        opened = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    else:
+        server: DynamoServer = request.getfixturevalue("dynamo")
+        opened = open_store(server.store_url(server.create_table()))
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(budgets, "SETTLE_FIRST_DELAY_S", 0.001)
+
+
+def refuse_settlements(monkeypatch: pytest.MonkeyPatch, store: Store, times: int) -> None:
+    """The store refuses its next `times` settlements (down, throttled, whatever: the meter cannot tell)."""
+    real = store.settle
+    left = [times]
+
+    async def settle(settlement: Settlement) -> None:
+        if left[0] > 0:
+            left[0] -= 1
+            raise StoreError("injected: the store is unavailable")
+        await real(settlement)
+
+    monkeypatch.setattr(store, "settle", settle)
+
+
+async def admitted(meter: Meter, key: KeyRecord, cost: float = 0.2) -> Settlement:
+    """A request admitted on `key` (a budget and a tpm limit) and answered: its settlement (early enough in
+    a minute that its token count is read back in the same one)."""
+    this_minute()
+    reservation = await meter.admit(key, "m", 0.5, 100, uuid.uuid4().hex)
+    return meter.settlement(reservation, cost, 150, line(key.id, cost))
+
+
+async def spent(store: Store, key: KeyRecord) -> tuple[float, float, int]:
+    meter = await store.meter(key.id, PERIOD)
+    return meter.committed_usd.get(PERIOD, 0.0), meter.spent_usd.get(PERIOD, 0.0), meter.rates.get("tpm", 0)
+
+
+async def test_a_refused_settlement_is_spooled_then_lands_exactly_once(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "spool.jsonl"
+    spool = SettlementSpool(path)
+    meter = Meter(store, KeyService(store, 0), 60, spool=spool)
+    key = record(budget_usd=1.0, tpm=10_000)
+    settlement = await admitted(meter, key)
+    assert settlement.item is not None
+    refuse_settlements(monkeypatch, store, SETTLE_ATTEMPTS)
+    await meter.settle(settlement)  # never raises: the cost goes to the spool
+    await spool.close()  # (the retry task would land it; here the test re-drives by hand)
+    assert spool.pending == 1
+    [entry] = [orjson.loads(raw) for raw in path.read_bytes().splitlines()]
+    assert entry["add"]["reservation_id"] == settlement.reservation_id
+    assert entry["add"]["item"]["request_id"] == settlement.item.request_id
+    logged = [vars(r) for r in caplog.records if r.getMessage().startswith("settlement spooled")]
+    assert [entry["settlement"]["item"]["cost_usd"] for entry in logged] == [0.2]  # the whole settlement
+    assert await store.usage(UsageQuery([key.id], 0, time.time() + 1)) == []
+    # A restart finds it in the file; the re-drive lands it, and a second one (or another process's) is a no-op.
+    restarted = SettlementSpool(path)
+    assert restarted.pending == 1
+    assert await restarted.redrive(store) == 1
+    assert await restarted.redrive(store) == 0
+    await store.settle(settlement)  # as a process holding an older copy of the spool would
+    assert restarted.pending == 0 and SettlementSpool(path).pending == 0 and path.read_bytes() == b""
+    assert await store.usage(UsageQuery([key.id], 0, time.time() + 1)) == [settlement.item]
+    committed, paid, tokens = await spent(store, key)
+    assert committed == pytest.approx(0.2) and paid == pytest.approx(0.2) and tokens == 150
+
+
+async def test_the_retry_task_lands_spooled_settlements_by_itself(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = SettlementSpool(tmp_path / "spool.jsonl")
+    spool.retry_first_s = 0.02
+    meter = Meter(store, KeyService(store, 0), 60, spool=spool)
+    key = record(budget_usd=1.0, tpm=10_000)
+    first, second = await admitted(meter, key, 0.1), await admitted(meter, key, 0.3)
+    refuse_settlements(monkeypatch, store, 2 * SETTLE_ATTEMPTS + 2)  # both spooled, then two re-drives refused
+    await asyncio.gather(meter.settle(first), meter.settle(second))
+    assert spool.pending == 2
+    for _ in range(200):
+        if not spool.pending:
+            break
+        await asyncio.sleep(0.02)
+    assert spool.pending == 0
+    lines = await store.usage(UsageQuery([key.id], 0, time.time() + 1))
+    assert sorted(i.cost_usd or 0 for i in lines) == [0.1, 0.3]
+    committed, paid, _ = await spent(store, key)
+    assert committed == pytest.approx(0.4) and paid == pytest.approx(0.4)
+    await spool.close()
+
+
+async def test_a_settlement_applied_but_unanswered_is_spooled_and_still_counts_once(
+    dynamo: DynamoServer, tmp_path: Path
+) -> None:
+    """DynamoDB applied the write, the answer was lost, later attempts were refused: the re-drive finds the
+    settlement marker and changes nothing."""
+    client = FlakyClient(dynamo)
+    store = DynamoDBStore(client, dynamo.create_table(), owned=[client])
+    spool = SettlementSpool(tmp_path / "spool.jsonl")
+    meter = Meter(store, KeyService(store, 0), 60, spool=spool)
+    key = record(budget_usd=1.0, tpm=10_000)
+    settlement = await admitted(meter, key)
+    client.lose("TransactWriteItems", 1)
+    client.fail("TransactWriteItems", "InternalServerError", SETTLE_ATTEMPTS - 1)
+    await meter.settle(settlement)
+    await spool.close()
+    assert spool.pending == 1 and client.sent["TransactWriteItems"] == 1
+    assert await spool.redrive(store) == 1
+    committed, paid, tokens = await spent(store, key)
+    assert committed == pytest.approx(0.2) and paid == pytest.approx(0.2) and tokens == 150
+    assert len(await store.usage(UsageQuery([key.id], 0, time.time() + 1))) == 1
+    await store.close()
+
+
+async def test_pending_settlements_are_a_metric(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(observability, "METRICS_ON", True)
+    store = open_store("sqlite://")
+    spool = SettlementSpool(tmp_path / "spool.jsonl")
+    item = line("k", 0.1)
+    spool.add(Settlement(item.request_id, [], 0.0, [], item), "injected")
+    await spool.redrive(store)
+    emitted = [orjson.loads(raw) for raw in capfd.readouterr().out.splitlines() if '"_aws"' in raw]
+    values = [e["pending_settlements"] for e in emitted if "pending_settlements" in e]
+    assert values == [[1.0], [0.0]]  # (Powertools writes each value as a list)
+    assert emitted[0]["_aws"]["CloudWatchMetrics"][0]["Metrics"] == [{"Name": "pending_settlements", "Unit": "Count"}]
+    await store.close()
+
+
+def test_health_tells_admins_how_many_settlements_wait() -> None:
+    from starlette.testclient import TestClient
+
+    from handler.app import create_app
+    from handler.gateway import build_gateway
+
+    gateway = build_gateway(store_url="sqlite://", environ={})
+    with TestClient(create_app(gateway)) as client:
+        admin = client.portal.call(KeyService(gateway.store, 0).mint, record(admin=True))  # type: ignore[union-attr]
+        user = client.portal.call(KeyService(gateway.store, 0).mint, record())  # type: ignore[union-attr]
+        item = line(user.record.id, 0.1)
+        gateway.spool.add(Settlement(item.request_id, [], 0.0, [], item), "injected")
+        assert client.get("/health").json() == {"status": "ok", "region": gateway.region}
+        as_user = client.get("/health", headers={"authorization": f"Bearer {user.key}"})
+        assert "pending_settlements" not in as_user.json()
+        as_admin = client.get("/health", headers={"authorization": f"Bearer {admin.key}"})
+        assert as_admin.json()["pending_settlements"] == 1
+        assert client.get("/health", headers={"authorization": "Bearer gwk_nope"}).status_code == 401
+
+
+async def test_a_failed_background_task_is_logged_never_left_unretrieved(caplog: pytest.LogCaptureFixture) -> None:
+    from handler.gateway import build_gateway
+
+    gateway = build_gateway(store_url="sqlite://", environ={})
+
+    async def fails() -> None:
+        raise RuntimeError("boom")
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        gateway.spawn(fails())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not gateway.background
+        gc.collect()
+    assert "never retrieved" not in caplog.text
+    failures = [r for r in caplog.records if r.getMessage() == "a background task failed"]
+    assert len(failures) == 1 and failures[0].exc_info and "boom" in str(failures[0].exc_info[1])
+    await gateway.aclose()
+
+
+async def test_a_spool_whose_file_fails_keeps_the_settlement_in_memory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store("sqlite://")
+    (tmp_path / "spool.jsonl").mkdir()  # a folder where the file should be: every write fails
+    spool = SettlementSpool(tmp_path / "spool.jsonl")
+    item = line("k", 0.1)
+    spool.add(Settlement(item.request_id, [], 0.0, [], item), "injected")
+    assert spool.pending == 1
+    [logged] = [r for r in caplog.records if r.getMessage().startswith("settlement spooled")]
+    assert vars(logged)["spool"].startswith("memory (the spool file failed")
+    assert vars(logged)["settlement"]["item"]["request_id"] == item.request_id
+    assert await spool.redrive(store) == 1 and spool.pending == 0
+    assert await store.usage(UsageQuery(["k"], 0, time.time() + 1)) == [item]
+    await store.close()
+
+
+def test_the_server_re_drives_the_spool_at_start_up(tmp_path: Path) -> None:
+    """Settlements an earlier run left in the spool beside the SQLite file land when the app starts."""
+    from starlette.testclient import TestClient
+
+    from handler.app import create_app
+    from handler.gateway import build_gateway
+
+    database = tmp_path / "gateway.db"
+    item = line("k", 0.1)
+    SettlementSpool(f"{database}-settlements.jsonl").add(Settlement(item.request_id, [], 0.0, [], item), "injected")
+    gateway = build_gateway(store_url=f"sqlite:///{database}", environ={})
+    assert gateway.spool.pending == 1
+    with TestClient(create_app(gateway)) as client:  # (runs the app's lifespan, as uvicorn does)
+        for _ in range(100):
+            if not gateway.spool.pending:
+                break
+            client.portal.call(asyncio.sleep, 0.02)  # type: ignore[union-attr]
+        assert gateway.spool.pending == 0
+        assert client.portal.call(gateway.store.usage, UsageQuery(["k"], 0, time.time() + 1)) == [item]  # type: ignore[union-attr]
+
+
+async def test_a_settlement_cancelled_between_attempts_is_spooled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(budgets, "SETTLE_FIRST_DELAY_S", 10.0)  # it will be waiting to retry when cancelled
+    store = open_store("sqlite://")
+    spool = SettlementSpool(tmp_path / "spool.jsonl")
+    meter = Meter(store, KeyService(store, 0), 60, spool=spool)
+    key = record(budget_usd=1.0)
+    settlement = await admitted(meter, key)
+    refuse_settlements(monkeypatch, store, 1)
+    task = asyncio.get_running_loop().create_task(meter.settle(settlement))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert spool.pending == 1
+    assert await spool.redrive(store) == 1
+    assert [i.request_id for i in await store.usage(UsageQuery([key.id], 0, time.time() + 1))] == [
+        settlement.item.request_id  # type: ignore[union-attr]
+    ]
+    await store.close()
