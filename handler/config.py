@@ -87,9 +87,22 @@ class FeeConfig(_Strict):
 
 
 class TimeoutConfig(_Strict):
+    """Upstream timeouts in seconds. `total` bounds an answer from the request to its body's end, a stream
+    included: a body that trickles in, each piece within `between_chunks`, still ends there."""
+
     connect: float = Field(default=5.0, gt=0)
     first_byte: float = Field(default=120.0, gt=0)
     between_chunks: float = Field(default=60.0, gt=0)
+    total: float = Field(default=900.0, gt=0)
+
+
+class LimitsConfig(_Strict):
+    """Bounds on what an upstream may send, and on a client's request headers (`gateway serve`)."""
+
+    upstream_header_bytes: int = Field(default=64 * 1024, gt=0)
+    upstream_headers: int = Field(default=256, gt=0)
+    upstream_body_bytes: int = Field(default=128 * 1024 * 1024, gt=0, description="a non-streamed answer's body")
+    request_header_bytes: int = Field(default=64 * 1024, gt=0)
 
 
 class GatewaySettings(_Strict):
@@ -100,6 +113,7 @@ class GatewaySettings(_Strict):
     trusted_proxies: list[str] = Field(default_factory=list)
     fee: FeeConfig = Field(default_factory=FeeConfig)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     max_retries_per_deployment: int = Field(default=1, ge=0, le=5)
     region_latency_ms: dict[str, dict[str, float]] = Field(default_factory=dict)
 

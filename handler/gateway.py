@@ -71,7 +71,7 @@ class Gateway:
     async def reopen(self) -> None:
         """After a SnapStart restore: sockets in the snapshot are dead and cached keys may be stale."""
         await self.upstream.aclose()
-        self.upstream = UpstreamClient(self.config.gateway.timeouts)
+        self.upstream = UpstreamClient(self.config.gateway.timeouts, limits=self.config.gateway.limits)
         await self.store.reconnect()
         self.keys.forget()
         await self.warm()
@@ -127,6 +127,6 @@ def build_gateway(
         store=store,
         keys=KeyService(store, config.gateway.key_cache_seconds),
         router=Router(config, adapters, region),
-        upstream=UpstreamClient(config.gateway.timeouts, transport),
+        upstream=UpstreamClient(config.gateway.timeouts, transport, config.gateway.limits),
         adapters=adapters,
     )

@@ -5,7 +5,7 @@ serialization and validation, the event hooks, the response parser, the retry ha
 each call on a thread to keep it off the event loop, so the two calls of a request cost more than all the
 rest of the gateway's work. The JSON API needs none of that: the store's requests are already in its wire
 form (attribute values as `{"S": ...}` / `{"N": ...}`), so a call is one `orjson.dumps`, a SigV4 signature
-(adapters/sigv4.py) and one POST on a kept-alive connection (handler/http1.py), awaited on the event loop.
+(adapters/sigv4.py) and one POST on a kept-alive connection (adapters/http/http1.py), awaited on the event loop.
 
 It answers as boto3's low-level client does, so the store serves both: the same method names (`get_item`,
 `update_item`, `transact_write_items`, ...; awaitable here), the same response dicts, and failures as
@@ -29,10 +29,10 @@ from typing import Any
 import httpx
 import orjson
 
+from adapters.http.http1 import Http1Transport
 from adapters.sigv4 import Credentials, Signer
 from handler.config import TimeoutConfig
 from handler.errors import UpstreamError
-from handler.http1 import Http1Transport
 from handler.ports import UpstreamRequest
 from handler.upstream import UpstreamClient
 

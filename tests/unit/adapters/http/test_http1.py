@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from adapters.http.http1 import HIGH_WATER, Http1Stream, Http1Transport
 from handler.config import TimeoutConfig
 from handler.errors import UpstreamError
-from handler.http1 import HIGH_WATER, Http1Stream, Http1Transport
 from handler.ports import UpstreamRequest
 from handler.upstream import USER_AGENT, UpstreamClient
 
