@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import orjson
@@ -18,6 +19,7 @@ from starlette.routing import Route
 
 from handler.dashboard import dashboard_routes
 from handler.errors import (
+    ClientClosedError,
     GatewayError,
     InvalidRequestError,
     RequestTooLargeError,
@@ -39,6 +41,7 @@ from handler.streaming import DONE, EventStream, sse_chunk, sse_error, sse_json
 
 logger = logging.getLogger("gateway")
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 JSON = "application/json"
 MAX_JSON_DEPTH = 128  # well under the 254 levels orjson can write back out (see nested_deeper_than)
 
@@ -201,7 +204,7 @@ class Api:
             stream = await self.pipeline.chat_stream(req, ex)
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return EventStream(openai_events(stream, include_usage), stream_headers(ex))
-        completion = await self.pipeline.chat(req, ex)
+        completion = await until_client_leaves(request, self.pipeline.chat(req, ex))
         response = json_response(completion.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
         observe(ex, 200)
         return response
@@ -215,7 +218,7 @@ class Api:
             stream = await self.pipeline.chat_stream(req, ex)
             events = anthropic_events(stream, req.model, estimate_prompt_tokens(req))
             return EventStream(events, stream_headers(ex))
-        completion = await self.pipeline.chat(req, ex)
+        completion = await until_client_leaves(request, self.pipeline.chat(req, ex))
         response = json_response(to_message(completion, req.model, ex.cost), headers=ex.headers())
         observe(ex, 200)
         return response
@@ -224,10 +227,40 @@ class Api:
         key = await self.authenticate(request)
         req = await self.parse(request, EmbeddingsRequest)
         ex = self.exchange(request, key, req.model)
-        result = await self.pipeline.embeddings(req, ex)
+        result = await until_client_leaves(request, self.pipeline.embeddings(req, ex))
         response = json_response(result.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
         observe(ex, 200)
         return response
+
+
+async def until_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """`work`, cancelled if the client disconnects first: its upstream call would otherwise run to its end
+    (and be billed) for an answer nobody reads. Called once the request's body was read, so the messages
+    left to receive are the disconnect (uvicorn) or nothing until the answer is sent (Mangum)."""
+    worker = asyncio.current_task()
+    assert worker is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        try:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # noqa: BLE001 - a server that cannot tell: the work runs to its end
+            return
+        gone = True
+        worker.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        worker.uncancel()
+        raise ClientClosedError("the client closed the connection before the answer") from None
+    finally:
+        watcher.cancel()
 
 
 def stream_headers(ex: Exchange) -> dict[str, str]:

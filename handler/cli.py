@@ -63,7 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.store:
         os.environ["GATEWAY_STORE"] = args.store
     try:
-        load_config(os.environ.get("GATEWAY_CONFIG") or None, _known_types())
+        config = load_config(os.environ.get("GATEWAY_CONFIG") or None, _known_types())
     except ConfigError as exc:
         sys.stderr.write(f"config error:\n{exc}\n")
         return 2
@@ -88,7 +88,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # let it pass an IP allowlist; the app trusts only `gateway.trusted_proxies`.
         proxy_headers=False,
         loop="uvloop" if _has("uvloop") else "asyncio",
-        http="httptools" if _has("httptools") else "h11",
+        # Request headers are bounded (431 beyond `gateway.limits.request_header_bytes`): see handler/server.py.
+        http="handler.server:BoundedHttpToolsProtocol" if _has("httptools") else "h11",
+        h11_max_incomplete_event_size=config.gateway.limits.request_header_bytes,
     )
     return 0
 

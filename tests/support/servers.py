@@ -28,6 +28,7 @@ class ServerThread:
         port: int | None = None,
         cleanup: Callable[[], Awaitable[None]] | None = None,
         keep_alive_s: float = 75,
+        http: str = "auto",
     ) -> None:
         self.cleanup = cleanup
         self.port = port or free_port()
@@ -45,6 +46,7 @@ class ServerThread:
             # connection just as a client reuses it is then a race of the harness, not of the gateway. A test
             # of that very case (an upstream that closes idle connections) passes its own.
             timeout_keep_alive=keep_alive_s,
+            http=http,
         )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
