@@ -239,15 +239,15 @@ def reference_hint(reference: str | None) -> str:
 
 
 def _aws_fetch(kind: str, name: str) -> str | None:
-    import boto3  # deferred: ~230 ms of import that only SSM/Secrets Manager references need
+    # Deferred: boto3's ~230 ms import is for SSM/Secrets Manager references only. The client comes from the
+    # AWS layer, so region, endpoints (`AWS_ENDPOINT_URL_SSM`, ...) and partition are those of every AWS call.
+    from adapters.aws import boto3_client
 
     try:
         if kind == "ssm":
-            ssm = boto3.client("ssm")
-            value = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"].get("Value")
+            value = boto3_client("ssm").get_parameter(Name=name, WithDecryption=True)["Parameter"].get("Value")
             return str(value) if value else None
-        secrets = boto3.client("secretsmanager")
-        secret = secrets.get_secret_value(SecretId=name).get("SecretString")
+        secret = boto3_client("secretsmanager").get_secret_value(SecretId=name).get("SecretString")
         return str(secret) if secret else None
     except Exception:  # noqa: BLE001 - an unreachable secret leaves the provider unconfigured (503)
         return None

@@ -26,11 +26,11 @@ status (`upstream_protocol_error`), headers or a body beyond the bounds (`upstre
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
+from adapters.http import parsed_url
 from adapters.http.http1 import AnswerRefused, DeadlineExceeded, Http1Stream, Http1Transport, Limits, request_head
 from handler.config import LimitsConfig, TimeoutConfig
 from handler.errors import UpstreamError, UpstreamTimeoutError
@@ -38,13 +38,6 @@ from handler.ports import UpstreamRequest
 
 USER_AGENT = "llm-edge-gateway/0.1"
 DEFAULT_MAX_BODY = LimitsConfig().upstream_body_bytes
-URL_CACHE_SIZE = 512
-
-
-@functools.lru_cache(maxsize=URL_CACHE_SIZE)
-def parsed_url(url: str) -> httpx.URL:
-    """`url` parsed, once per upstream address (an `httpx.URL` is immutable, so one serves every request)."""
-    return httpx.URL(url)
 
 
 class UpstreamResponse:

@@ -2,3 +2,18 @@
 proxies and trusted CAs (`environment`). Infrastructure for the provider adapters, the stores and the
 application's upstream client (handler/upstream.py), importing nothing from the application.
 """
+
+from __future__ import annotations
+
+import functools
+
+import httpx
+
+URL_CACHE_SIZE = 512
+
+
+@functools.lru_cache(maxsize=URL_CACHE_SIZE)
+def parsed_url(url: str) -> httpx.URL:
+    """`url` parsed, once per upstream address (an `httpx.URL` is immutable, so one serves every request;
+    parsing one costs more than the rest of building a request)."""
+    return httpx.URL(url)

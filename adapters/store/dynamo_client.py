@@ -14,9 +14,9 @@ exceptions carrying boto3's `response` (`Error.Code`, `Error.Message`, and the e
 `exceptions.TransactionCanceledException` to catch. Throttling, 5xx answers, timeouts and failed
 connections are retried (at most `MAX_ATTEMPTS`, with jittered backoff), as botocore's standard mode does.
 
-Used when the environment carries credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, and on Lambda
-`AWS_SESSION_TOKEN`: Lambda always sets them); otherwise the store falls back to boto3, whose credential
-chain also reads profiles and instance roles.
+Credentials and the endpoint come from the process's AWS layer (adapters/aws.py): the environment's keys,
+else botocore's chain (profiles, container and instance roles), refreshed off the hot path; the endpoint
+given, else `AWS_ENDPOINT_URL_DYNAMODB`/`AWS_ENDPOINT_URL`, else the region's in its partition.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import orjson
 
+from adapters.aws import AwsCredentials, endpoint
 from adapters.http.http1 import Http1Transport
 from adapters.sigv4 import Credentials, Signer
 from handler.config import TimeoutConfig
@@ -118,17 +119,20 @@ class DynamoDBClient:
     def __init__(
         self,
         region: str,
-        credentials: Credentials,
+        credentials: AwsCredentials | Credentials,
         endpoint_url: str | None = None,
         connect_timeout: float = 1.0,
         read_timeout: float = 2.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.url = (endpoint_url or f"https://dynamodb.{region}.amazonaws.com").rstrip("/") + "/"
+        self.url = endpoint("dynamodb", region, endpoint_url) + "/"
         parsed = httpx.URL(self.url)
         self.host = parsed.netloc.decode("ascii")
         self.path = parsed.path
-        self.signer = Signer(credentials, region, "dynamodb")
+        self.region = region
+        self.credentials = credentials
+        fixed = credentials if isinstance(credentials, Credentials) else credentials.current()
+        self.signer = Signer(fixed, region, "dynamodb")
         timeouts = TimeoutConfig(connect=connect_timeout, first_byte=read_timeout, between_chunks=read_timeout)
         # At most MAX_CONNECTIONS calls in flight, as boto3's pool allows: a burst waits for a connection
         # rather than opening hundreds at once.
@@ -149,7 +153,7 @@ class DynamoDBClient:
         headers = {"content-type": CONTENT_TYPE, "x-amz-target": f"{API_VERSION}.{operation}"}
         for attempt in range(1, MAX_ATTEMPTS + 1):
             last = attempt == MAX_ATTEMPTS
-            signed = self.signer.headers(self.host, self.path, headers, body)
+            signed = self._signer().headers(self.host, self.path, headers, body)
             try:
                 response = await self.http.send(UpstreamRequest("POST", self.url, signed, body))
                 status, raw = response.status, await response.read()
@@ -168,6 +172,15 @@ class DynamoDBClient:
                 continue
             raise ERROR_CLASSES.get(code, DynamoDBError)(operation, failure)
         raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
+
+    def _signer(self) -> Signer:
+        """The signer for the credentials as of now (new keys from a role: a new signer)."""
+        credentials = self.credentials
+        if isinstance(credentials, AwsCredentials):
+            current = credentials.current()
+            if current is not self.signer.credentials:
+                self.signer = Signer(current, self.region, "dynamodb")
+        return self.signer
 
     async def close(self) -> None:
         await self.http.aclose()
