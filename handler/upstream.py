@@ -30,13 +30,12 @@ from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
-from adapters.http import parsed_url
+from adapters.http import USER_AGENT, parsed_url
 from adapters.http.http1 import AnswerRefused, DeadlineExceeded, Http1Stream, Http1Transport, Limits, request_head
 from handler.config import LimitsConfig, TimeoutConfig
 from handler.errors import UpstreamError, UpstreamTimeoutError
 from handler.ports import UpstreamRequest
 
-USER_AGENT = "llm-edge-gateway/0.1"
 DEFAULT_MAX_BODY = LimitsConfig().upstream_body_bytes
 
 

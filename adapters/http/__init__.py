@@ -10,6 +10,7 @@ import functools
 import httpx
 
 URL_CACHE_SIZE = 512
+USER_AGENT = "llm-edge-gateway/0.1"
 
 
 @functools.lru_cache(maxsize=URL_CACHE_SIZE)

@@ -30,12 +30,9 @@ import httpx
 import orjson
 
 from adapters.aws import AwsCredentials, endpoint
+from adapters.http.client import HttpClient
 from adapters.http.http1 import Http1Transport
 from adapters.sigv4 import Credentials, Signer
-from handler.config import TimeoutConfig
-from handler.errors import UpstreamError
-from handler.ports import UpstreamRequest
-from handler.upstream import UpstreamClient
 
 API_VERSION = "DynamoDB_20120810"
 CONTENT_TYPE = "application/x-amz-json-1.0"
@@ -133,10 +130,11 @@ class DynamoDBClient:
         self.credentials = credentials
         fixed = credentials if isinstance(credentials, Credentials) else credentials.current()
         self.signer = Signer(fixed, region, "dynamodb")
-        timeouts = TimeoutConfig(connect=connect_timeout, first_byte=read_timeout, between_chunks=read_timeout)
         # At most MAX_CONNECTIONS calls in flight, as boto3's pool allows: a burst waits for a connection
         # rather than opening hundreds at once.
-        self.http = UpstreamClient(timeouts, transport or Http1Transport(max_per_origin=MAX_CONNECTIONS))
+        self.http = HttpClient(
+            transport or Http1Transport(max_per_origin=MAX_CONNECTIONS), connect_timeout, read_timeout
+        )
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[dict[str, Any]]]:
         operation = OPERATIONS.get(name)
@@ -155,11 +153,11 @@ class DynamoDBClient:
             last = attempt == MAX_ATTEMPTS
             signed = self._signer().headers(self.host, self.path, headers, body)
             try:
-                response = await self.http.send(UpstreamRequest("POST", self.url, signed, body))
-                status, raw = response.status, await response.read()
-            except UpstreamError as exc:  # refused, reset, timed out: nothing answered
+                status, raw = await self.http.post(self.url, signed, body)
+            except httpx.HTTPError as exc:  # refused, reset, timed out: nothing answered
                 if last:
-                    raise DynamoDBError(operation, error_response(0, "ConnectionError", exc.message)) from exc
+                    message = f"{type(exc).__name__}: {exc}"
+                    raise DynamoDBError(operation, error_response(0, "ConnectionError", message)) from exc
                 await backoff(attempt)
                 continue
             if status == 200:
