@@ -37,7 +37,7 @@ from handler.pricing import estimate_prompt_tokens
 from handler.proxy import ChunkStream, Controls, Exchange, Pipeline
 from handler.routing import RouteControls
 from handler.schemas import ChatRequest, EmbeddingsRequest
-from handler.streaming import DONE, EventStream, sse_chunk, sse_error, sse_json
+from handler.streaming import DONE, DisconnectWatch, EventStream, sse_chunk, sse_error, sse_json
 
 logger = logging.getLogger("gateway")
 M = TypeVar("M", bound=BaseModel)
@@ -235,32 +235,17 @@ class Api:
 
 async def until_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
     """`work`, cancelled if the client disconnects first: its upstream call would otherwise run to its end
-    (and be billed) for an answer nobody reads. Called once the request's body was read, so the messages
-    left to receive are the disconnect (uvicorn) or nothing until the answer is sent (Mangum)."""
-    worker = asyncio.current_task()
-    assert worker is not None
-    gone = False
-
-    async def watch() -> None:
-        nonlocal gone
-        try:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-        except Exception:  # noqa: BLE001 - a server that cannot tell: the work runs to its end
-            return
-        gone = True
-        worker.cancel()
-
-    watcher = asyncio.get_running_loop().create_task(watch())
+    (and be billed) for an answer nobody reads. Called once the request's body was read."""
+    watch = DisconnectWatch(request.receive)
     try:
         return await work
     except asyncio.CancelledError:
-        if not gone:
+        if not watch.gone:
             raise
-        worker.uncancel()
+        watch.task.uncancel()
         raise ClientClosedError("the client closed the connection before the answer") from None
     finally:
-        watcher.cancel()
+        watch.stop()
 
 
 def stream_headers(ex: Exchange) -> dict[str, str]:

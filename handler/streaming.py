@@ -38,6 +38,33 @@ def sse_event(event: str, payload: Any) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
+class DisconnectWatch:
+    """Cancels the current task when the client disconnects (`gone` says it did); `stop()` when done.
+
+    One plain task waiting on `receive`: started once the request's body was read, so what is left to
+    receive is the disconnect (uvicorn) or nothing until the answer is sent (Mangum)."""
+
+    def __init__(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.gone = False
+        self._receive = receive
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        try:
+            while (await self._receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # noqa: BLE001 - a server that cannot tell: the work runs to its end
+            return
+        self.gone = True
+        self.task.cancel()
+
+    def stop(self) -> None:
+        self._watcher.cancel()
+
+
 class EventStream(Response):
     """An SSE answer: each piece of `events` is written as it comes, and a client that hangs up cancels
     the stream (whose generator then closes the upstream and settles what was used).
@@ -56,29 +83,15 @@ class EventStream(Response):
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        writer = asyncio.current_task()
-        assert writer is not None
-        client_gone = False
-
-        async def watch() -> None:
-            nonlocal client_gone
-            try:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-            except Exception:  # noqa: BLE001 - a server that cannot tell: keep writing until the end
-                return
-            client_gone = True
-            writer.cancel()
-
-        watcher = asyncio.get_running_loop().create_task(watch())
+        watch = DisconnectWatch(receive)
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async for piece in self.events:
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not client_gone:
+            if not watch.gone:
                 raise
-            writer.uncancel()  # the client left: nothing more to write, and nothing went wrong here
+            watch.task.uncancel()  # the client left: nothing more to write, and nothing went wrong here
         finally:
-            watcher.cancel()
+            watch.stop()
