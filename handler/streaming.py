@@ -42,14 +42,23 @@ class DisconnectWatch:
     """Cancels the current task when the client disconnects (`gone` says it did); `stop()` when done.
 
     One plain task waiting on `receive`: started once the request's body was read, so what is left to
-    receive is the disconnect (uvicorn) or nothing until the answer is sent (Mangum)."""
+    receive is the disconnect (uvicorn) or nothing until the answer is sent (Mangum). With `after_s`, the
+    task starts only if the work is still going then: a quick answer pays a timer, not a task (a task,
+    started and cancelled, cost several times the timer on the benchmark machine)."""
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, after_s: float = 0.0) -> None:
         task = asyncio.current_task()
         assert task is not None
         self.task = task
         self.gone = False
         self._receive = receive
+        self._watcher: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(after_s, self._start) if after_s else None
+        if not after_s:
+            self._start()
+
+    def _start(self) -> None:
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
@@ -62,7 +71,10 @@ class DisconnectWatch:
         self.task.cancel()
 
     def stop(self) -> None:
-        self._watcher.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
 
 
 class EventStream(Response):
