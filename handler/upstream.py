@@ -17,10 +17,11 @@ which only error handling does. Timeouts: connect, first byte (until the status 
 arrive), between chunks (each read of the body) and total (until the body's end). Bounds: the answer's
 header bytes and count, and a non-streamed body (`gateway.limits`).
 
-An answer the gateway cannot use as one is an `UpstreamError` with a code of its own, whatever the
+An answer the gateway cannot use as one is an `UpstreamError` (502 `upstream_error`, as the interface
+names every upstream failure) whose outcome, in `x-gateway-route`, says what it was, whatever the
 transport: a redirect (3xx, never followed: `upstream_redirect`), a protocol switch or a final interim
 status (`upstream_protocol_error`), headers or a body beyond the bounds (`upstream_headers_too_large`,
-`upstream_body_too_large`); the overall deadline passing is an `UpstreamTimeoutError`.
+`upstream_body_too_large`); the overall deadline passing is an `UpstreamTimeoutError` (504).
 """
 
 from __future__ import annotations
@@ -212,7 +213,7 @@ def transport_limits(limits: LimitsConfig) -> Limits:
 
 def refused(exc: AnswerRefused) -> UpstreamError:
     """An answer the transport would not take, as the gateway's error (another deployment may do better)."""
-    return UpstreamError(f"upstream's answer was refused: {exc}", retryable=True, code=exc.code, outcome=exc.code)
+    return UpstreamError(f"upstream's answer was refused: {exc}", retryable=True, outcome=exc.code)
 
 
 def unusable(status: int) -> UpstreamError:
@@ -224,4 +225,4 @@ def unusable(status: int) -> UpstreamError:
         )
     else:
         message, code = f"upstream answered {status}, not a final status", "upstream_protocol_error"
-    return UpstreamError(message, upstream_status=status, retryable=True, code=code, outcome=code)
+    return UpstreamError(message, upstream_status=status, retryable=True, outcome=code)

@@ -332,7 +332,7 @@ class Http1Stream(httpx.AsyncByteStream):
         """The whole body, refused (`AnswerRefused`, the connection closed) beyond `Limits.max_body_bytes`."""
         connection = self._connection
         limit = connection.limits.max_body_bytes
-        if connection.length > limit:
+        if connection.length > limit and not connection.head_only:
             raise connection._refuse(f"upstream's answer body of {connection.length} bytes exceeds {limit}", TOO_LARGE)
         parts: list[bytes] = []
         size = 0

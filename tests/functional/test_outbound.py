@@ -116,3 +116,65 @@ def test_a_non_stream_call_is_cancelled_when_its_client_leaves(running: Running,
     finally:
         server.stop()
         holding.listener.close()
+
+
+class Redirecting:
+    """An upstream that answers every request with a redirect."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 302 Found\r\nlocation: https://elsewhere.test/\r\ncontent-length: 0\r\n\r\n")
+
+
+def test_a_redirecting_deployment_fails_over_with_its_reason_in_the_route(running: Running) -> None:
+    redirecting = Redirecting()
+    fake_openai = f"{running.upstream.url}/openai/v1"
+    config = Config.model_validate(
+        {
+            "providers": {
+                "moved": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": redirecting.url},
+                "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": fake_openai},
+            },
+            "models": {
+                "moved": {"deployments": [{"provider": "moved", "model": "gpt-4o-mini"}]},
+                "kept": {
+                    "deployments": [
+                        {"provider": "moved", "model": "gpt-4o-mini"},
+                        {"provider": "openai", "model": "gpt-4o-mini"},
+                    ]
+                },
+            },
+        }
+    )
+    gateway, server = serve_gateway(config, running.store_url, running.upstream, running.fakes)
+    try:
+        key = running.mint(name="redirected")
+        hi = [{"role": "user", "content": "Hi"}]
+
+        def chat(model: str) -> httpx.Response:
+            body = {"model": model, "messages": hi}
+            return httpx.post(
+                f"{gateway.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+            )
+
+        only = chat("moved")
+        assert only.status_code == 502 and only.json()["error"]["code"] == "upstream_error"
+        assert only.json()["error"]["upstream_status"] == 302
+        assert only.headers["x-gateway-route"] == "moved/gpt-4o-mini@global=upstream_redirect"
+        kept = chat("kept")
+        assert kept.status_code == 200
+        assert kept.headers["x-gateway-route"].startswith("moved/gpt-4o-mini@global=upstream_redirect, openai/")
+    finally:
+        server.stop()
+        redirecting.listener.close()

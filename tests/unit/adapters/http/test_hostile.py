@@ -37,9 +37,10 @@ def head_then(first: bytes, piece: bytes, times: int, pause_s: float = 0.0) -> H
 
 
 async def fails(
-    handler: Handler, code: str, timeouts: TimeoutConfig | None = None, stream: bool = False
+    handler: Handler, outcome: str, timeouts: TimeoutConfig | None = None, stream: bool = False
 ) -> UpstreamError:
-    """A POST to `handler`'s server fails with `code`, on sending or on reading the body."""
+    """A POST to `handler`'s server fails as `outcome` says (what `x-gateway-route` shows), on sending or on
+    reading the body; the client sees 502 `upstream_error` or 504 `upstream_timeout`, the interface's codes."""
     async with scripted(handler) as (_, url):
         client = UpstreamClient(timeouts or TimeoutConfig(connect=2, first_byte=5, between_chunks=5), limits=LIMITS)
         try:
@@ -52,8 +53,10 @@ async def fails(
                     await answer.read()
         finally:
             await client.aclose()
-    assert failure.value.code == code, failure.value.message
-    return failure.value
+    error = failure.value
+    assert error.outcome == outcome, error.message
+    assert (error.status, error.code) in ((502, "upstream_error"), (504, "upstream_timeout"))
+    return error
 
 
 async def test_two_million_headers_are_refused_at_the_count() -> None:
@@ -107,7 +110,7 @@ async def test_the_body_bound_holds_over_any_transport() -> None:
         answer = await client.send(UpstreamRequest("POST", url, None, b"{}"))
         with pytest.raises(UpstreamError) as failure:
             await answer.read()
-        assert failure.value.code == "upstream_body_too_large"
+        assert failure.value.outcome == "upstream_body_too_large" and failure.value.code == "upstream_error"
         await client.aclose()
 
 
