@@ -32,7 +32,7 @@ def too_large_answer(limit: int) -> bytes:
     body = orjson.dumps(error.openai_body())
     return (
         b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        b"x-should-retry: false\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
     )
 
 

@@ -54,7 +54,7 @@ def test_a_60_mb_header_is_431_and_does_not_stall_health(served: ServerThread) -
             answer += chunk
     poller.join()
     head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 431 ")
+    assert head.startswith(b"HTTP/1.1 431 ") and b"\r\nx-should-retry: false\r\n" in head
     assert httpx.Response(200, content=body).json()["error"]["code"] == "headers_too_large"
     assert max(health_ms) < 500, health_ms
 
