@@ -87,6 +87,12 @@ class AwsCredentials:
             assert self._snapshot is not None
             return self._snapshot
 
+    def renew(self) -> None:
+        """Take a new snapshot now, blocking (after a SnapStart restore: the one in the snapshot may be
+        hours old, its keys expired); keys from the environment stay as they are."""
+        if self._source is not None:
+            self._take_snapshot()
+
     def _take_snapshot(self) -> None:
         frozen = self._source.get_frozen_credentials()  # botocore refreshes here when near expiry
         self._snapshot = Credentials(frozen.access_key, frozen.secret_key, frozen.token)
@@ -117,6 +123,12 @@ def process_credentials() -> AwsCredentials:
     if _process_credentials is None:
         _process_credentials = AwsCredentials()
     return _process_credentials
+
+
+def renew_process_credentials() -> None:
+    """`AwsCredentials.renew` for the process's credentials, if they were resolved."""
+    if _process_credentials is not None:
+        _process_credentials.renew()
 
 
 def reset_process_credentials() -> None:

@@ -69,7 +69,11 @@ class Gateway:
         await asyncio.gather(*(self.upstream.warm(url) for url in self.origins()[:limit]))
 
     async def reopen(self) -> None:
-        """After a SnapStart restore: sockets in the snapshot are dead and cached keys may be stale."""
+        """After a SnapStart restore: sockets in the snapshot are dead, cached keys and AWS credentials from
+        a role may be stale."""
+        from adapters.aws import renew_process_credentials
+
+        await asyncio.to_thread(renew_process_credentials)
         await self.upstream.aclose()
         self.upstream = UpstreamClient(self.config.gateway.timeouts, limits=self.config.gateway.limits)
         await self.store.reconnect()

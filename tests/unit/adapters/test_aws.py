@@ -108,6 +108,25 @@ def test_chain_credentials_are_refreshed_in_the_background(monkeypatch: pytest.M
     assert credentials.current().access_key == "SECOND"
 
 
+def test_a_snapstart_restore_renews_chain_credentials_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = iter(["SNAPSHOTTED", "RESTORED"])
+
+    class Rotating(BotoCredentials):
+        def get_frozen_credentials(self) -> Any:
+            return BotoCredentials(next(keys), "secret", "token").get_frozen_credentials()
+
+    class Session:
+        def get_credentials(self) -> BotoCredentials:
+            return Rotating("NONE", "x")
+
+    for name in KEY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(botocore.session, "get_session", Session)
+    assert aws.process_credentials().current().access_key == "SNAPSHOTTED"
+    aws.renew_process_credentials()  # what `Gateway.reopen`, the restore hook, does first
+    assert aws.process_credentials().current().access_key == "RESTORED"
+
+
 class ContainerCredentials:
     """The container credentials endpoint (ECS, and Lambda's `AWS_CONTAINER_CREDENTIALS_FULL_URI`) on loopback."""
 
