@@ -15,7 +15,7 @@ import pytest
 from handler.app import create_app
 from handler.config import Config
 from tests.functional.conftest import Running, serve_gateway
-from tests.support.servers import ServerThread
+from tests.support.servers import ServerThread, SocketServer
 
 SERVE_PROTOCOL = "handler.server:BoundedHttpToolsProtocol"  # what `gateway serve` runs (handler/cli.py)
 
@@ -69,14 +69,12 @@ class Holding:
     of the connection."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.server = SocketServer(self._serve)
+        self.url = self.server.url
         self.requested = threading.Event()
         self.released_at: float | None = None
-        threading.Thread(target=self._serve, daemon=True).start()
 
-    def _serve(self) -> None:
-        conn, _ = self.listener.accept()
+    def _serve(self, conn: socket.socket) -> None:
         with conn:
             conn.recv(65536)
             self.requested.set()
@@ -115,30 +113,18 @@ def test_a_non_stream_call_is_cancelled_when_its_client_leaves(running: Running,
         assert holding.released_at - left_at < 1
     finally:
         server.stop()
-        holding.listener.close()
+        holding.server.close()
 
 
-class Redirecting:
-    """An upstream that answers every request with a redirect."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 302 Found\r\nlocation: https://elsewhere.test/\r\ncontent-length: 0\r\n\r\n")
+def redirect(conn: socket.socket) -> None:
+    """An upstream's answer to any request: a redirect."""
+    with conn:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 302 Found\r\nlocation: https://elsewhere.test/\r\ncontent-length: 0\r\n\r\n")
 
 
 def test_a_redirecting_deployment_fails_over_with_its_reason_in_the_route(running: Running) -> None:
-    redirecting = Redirecting()
+    redirecting = SocketServer(redirect)
     fake_openai = f"{running.upstream.url}/openai/v1"
     config = Config.model_validate(
         {
@@ -177,4 +163,4 @@ def test_a_redirecting_deployment_fails_over_with_its_reason_in_the_route(runnin
         assert kept.headers["x-gateway-route"].startswith("moved/gpt-4o-mini@global=upstream_redirect, openai/")
     finally:
         server.stop()
-        redirecting.listener.close()
+        redirecting.close()

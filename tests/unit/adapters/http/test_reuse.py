@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from adapters.http.http1 import Http1Transport
 from handler.config import TimeoutConfig
 from handler.ports import UpstreamRequest
 from handler.upstream import UpstreamClient
+from tests.support.servers import SocketServer
 from tests.support.tls import self_signed
 from tests.unit.adapters.http.test_http1 import OK, read_all, read_request, scripted, send
 
@@ -32,21 +32,14 @@ class IdleClosing:
     def __init__(self, idle_s: float, tls: ssl.SSLContext | None = None) -> None:
         self.idle_s = idle_s
         self.tls = tls
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"{'https://localhost' if tls else 'http://127.0.0.1'}:{self.listener.getsockname()[1]}"
-        self.connections = 0
+        self.server = SocketServer(self._serve)
+        self.url = f"{'https://localhost' if tls else 'http://127.0.0.1'}:{self.server.port}"
         self.requests = 0
         self.closed_idle = 0
-        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return  # the listener was closed
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    @property
+    def connections(self) -> int:
+        return self.server.connections
 
     def _serve(self, raw: socket.socket) -> None:
         try:
@@ -85,7 +78,7 @@ class IdleClosing:
                     conn.sendall(OK)
 
     def close(self) -> None:
-        self.listener.close()
+        self.server.close()
 
 
 @contextmanager
