@@ -38,10 +38,11 @@ from handler.proxy import ChunkStream, Controls, Exchange, Pipeline
 from handler.redaction import scrub
 from handler.routing import RouteControls
 from handler.schemas import ChatRequest, EmbeddingsRequest
-from handler.streaming import DONE, EventStream, answer_json, sse_chunk, sse_error, sse_json
+from handler.streaming import DONE, EventStream, answer_json, sse_chunk, sse_error, sse_json, until_client_leaves
 
 logger = logging.getLogger("gateway")
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 JSON = "application/json"
 MAX_JSON_DEPTH = 128  # well under the 254 levels orjson can write back out (see nested_deeper_than)
 
@@ -236,7 +237,7 @@ class Api:
             stream = await self.pipeline.chat_stream(req, ex)
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return EventStream(openai_events(stream, include_usage), stream_headers(ex))
-        completion = await self.pipeline.chat(req, ex)
+        completion = await until_client_leaves(request, self.pipeline.chat(req, ex))
         response = json_response(answer_json(completion), headers=ex.headers())
         observe(ex, 200)
         return response
@@ -245,7 +246,7 @@ class Api:
         key = await self.authenticate(request)
         req = await self.parse(request, EmbeddingsRequest)
         ex = self.exchange(request, key, req.model)
-        result = await self.pipeline.embeddings(req, ex)
+        result = await until_client_leaves(request, self.pipeline.embeddings(req, ex))
         response = json_response(result.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
         observe(ex, 200)
         return response

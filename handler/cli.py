@@ -89,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.store:
         os.environ["GATEWAY_STORE"] = args.store
     try:
-        load_config(os.environ.get("GATEWAY_CONFIG") or None, _known_types())
+        config = load_config(os.environ.get("GATEWAY_CONFIG") or None, _known_types())
     except ConfigError as exc:
         sys.stderr.write(f"config error:\n{exc}\n")
         return 2
@@ -104,8 +104,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "Clients (the openai SDK, Codex, curl) then use:\n\n"
             f"    export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY=$GATEWAY_KEY\n\n"
         )
-    config = os.environ.get("GATEWAY_CONFIG") or "the shipped default config"
-    sys.stdout.write(f"gateway listening on {url} (store {_store_url(None)}, {config}); Ctrl-C stops it\n")
+    source = os.environ.get("GATEWAY_CONFIG") or "the shipped default config"
+    sys.stdout.write(f"gateway listening on {url} (store {_store_url(None)}, {source}); Ctrl-C stops it\n")
     sys.stdout.flush()
     uvicorn.run(
         "handler.asgi:app",
@@ -118,7 +118,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # let it pass an IP allowlist; the app trusts only `gateway.trusted_proxies`.
         proxy_headers=False,
         loop="uvloop" if _has("uvloop") else "asyncio",
-        http="httptools" if _has("httptools") else "h11",
+        # Request headers are bounded (431 beyond `gateway.limits.request_header_bytes`): see handler/server.py.
+        http="handler.server:BoundedHttpToolsProtocol" if _has("httptools") else "h11",
+        h11_max_incomplete_event_size=config.gateway.limits.request_header_bytes,
     )
     return 0
 

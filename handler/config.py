@@ -87,9 +87,22 @@ class FeeConfig(_Strict):
 
 
 class TimeoutConfig(_Strict):
+    """Upstream timeouts in seconds. `total` bounds an answer from the request to its body's end, a stream
+    included: a body that trickles in, each piece within `between_chunks`, still ends there."""
+
     connect: float = Field(default=5.0, gt=0)
     first_byte: float = Field(default=120.0, gt=0)
     between_chunks: float = Field(default=60.0, gt=0)
+    total: float = Field(default=900.0, gt=0)
+
+
+class LimitsConfig(_Strict):
+    """Bounds on what an upstream may send, and on a client's request headers (`gateway serve`)."""
+
+    upstream_header_bytes: int = Field(default=64 * 1024, gt=0)
+    upstream_headers: int = Field(default=256, gt=0)
+    upstream_body_bytes: int = Field(default=128 * 1024 * 1024, gt=0, description="a non-streamed answer's body")
+    request_header_bytes: int = Field(default=64 * 1024, gt=0)
 
 
 class PricedOptions(_Strict):
@@ -121,6 +134,7 @@ class GatewaySettings(_Strict):
     trusted_proxies: list[str] = Field(default_factory=list)
     fee: FeeConfig = Field(default_factory=FeeConfig)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     max_retries_per_deployment: int = Field(default=1, ge=0, le=5)
     region_latency_ms: dict[str, dict[str, float]] = Field(default_factory=dict)
     priced_options: PricedOptions = Field(default_factory=PricedOptions)
@@ -248,15 +262,15 @@ def reference_hint(reference: str | None) -> str:
 
 
 def _aws_fetch(kind: str, name: str) -> str | None:
-    import boto3  # deferred: ~230 ms of import that only SSM/Secrets Manager references need
+    # Deferred: boto3's ~230 ms import is for SSM/Secrets Manager references only. The client comes from the
+    # AWS layer, so region, endpoints (`AWS_ENDPOINT_URL_SSM`, ...) and partition are those of every AWS call.
+    from adapters.aws import boto3_client
 
     try:
         if kind == "ssm":
-            ssm = boto3.client("ssm")
-            value = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"].get("Value")
+            value = boto3_client("ssm").get_parameter(Name=name, WithDecryption=True)["Parameter"].get("Value")
             return str(value) if value else None
-        secrets = boto3.client("secretsmanager")
-        secret = secrets.get_secret_value(SecretId=name).get("SecretString")
+        secret = boto3_client("secretsmanager").get_secret_value(SecretId=name).get("SecretString")
         return str(secret) if secret else None
     except Exception:  # noqa: BLE001 - an unreachable secret leaves the provider unconfigured (503)
         return None

@@ -8,6 +8,8 @@
     ├── PermissionDeniedError         403 model_not_allowed | ip_not_allowed | admin_only
     ├── NotFoundError                 404 model_not_found | not_found
     ├── RequestTooLargeError          413 request_too_large
+    ├── HeadersTooLargeError          431 headers_too_large (`gateway serve`: request headers beyond the bound)
+    ├── ClientClosedError             499 client_closed_request (the client left; nobody reads this answer)
     ├── RateLimitError                429 rate_limit_exceeded (+ retry-after)
     ├── UpstreamError                 502 upstream_error (the provider's status and message, never its key)
     │   ├── UpstreamRateLimitedError  429 upstream_rate_limited (every candidate's provider said 429)
@@ -116,6 +118,22 @@ class RequestTooLargeError(GatewayError):
     default_code = "request_too_large"
     error_type = "invalid_request_error"
     anthropic_type = "request_too_large"
+
+
+class HeadersTooLargeError(GatewayError):
+    status = 431
+    default_code = "headers_too_large"
+    error_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+
+
+class ClientClosedError(GatewayError):
+    """The client disconnected before its answer: the work for it was cancelled."""
+
+    status = 499
+    default_code = "client_closed_request"
+    error_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
 
 
 class RateLimitError(GatewayError):

@@ -90,9 +90,13 @@ class Gateway:
         await asyncio.gather(*(self.upstream.warm(url) for url in self.origins()[:limit]))
 
     async def reopen(self) -> None:
-        """After a SnapStart restore: sockets in the snapshot are dead and cached keys may be stale."""
+        """After a SnapStart restore: sockets in the snapshot are dead, cached keys and AWS credentials from
+        a role may be stale."""
+        from adapters.aws import renew_process_credentials
+
+        await asyncio.to_thread(renew_process_credentials)
         await self.upstream.aclose()
-        self.upstream = UpstreamClient(self.config.gateway.timeouts)
+        self.upstream = UpstreamClient(self.config.gateway.timeouts, limits=self.config.gateway.limits)
         await self.store.reconnect()
         self.keys.forget()
         await self.warm()
@@ -156,6 +160,6 @@ def build_gateway(
         store=store,
         keys=KeyService(store, config.gateway.key_cache_seconds),
         router=Router(config, adapters, region),
-        upstream=UpstreamClient(config.gateway.timeouts, transport),
+        upstream=UpstreamClient(config.gateway.timeouts, transport, config.gateway.limits),
         adapters=adapters,
     )

@@ -20,7 +20,7 @@ from handler.ports import KeyRecord, NativeCall
 from handler.pricing import estimate_prompt_tokens
 from handler.redaction import scrub
 from handler.schemas import ChatRequest
-from handler.streaming import EventStream
+from handler.streaming import EventStream, until_client_leaves
 
 if TYPE_CHECKING:
     from handler.app import Api
@@ -68,7 +68,7 @@ class MessagesRoutes:
             else:
                 events = anthropic_events(stream, req.model, estimate_prompt_tokens(req))
             return EventStream(events, {**ex.headers(), "cache-control": "no-cache", "x-accel-buffering": "no"})
-        outcome = await pipeline.native(call, req, ex)
+        outcome = await until_client_leaves(request, pipeline.native(call, req, ex))
         if isinstance(outcome, NativeReply):
             payload = native_message(outcome, ex.cost)
         else:

@@ -72,6 +72,9 @@ class StreamEvent:
     data: bytes
 
 
+MAX_EVENT_BYTES = 16 * 1024 * 1024  # as AWS event-stream's own limit on a message
+
+
 class FrameDecoder(Protocol):
     """Layer 1 of streaming: turns raw upstream bytes into events."""
 
@@ -95,7 +98,10 @@ class StreamParser(Protocol):
 
 
 class SSEDecoder:
-    """Incremental decoder for `text/event-stream` (the WHATWG rules: `event:`, `data:`, blank line)."""
+    """Incremental decoder for `text/event-stream` (the WHATWG rules: `event:`, `data:`, blank line).
+
+    One event (its unfinished line and its data lines) is held to `MAX_EVENT_BYTES`: an upstream that never
+    ends a line or an event is a malformed answer, not memory without end."""
 
     __slots__ = ("_buffer", "_event", "_data")
 
@@ -118,6 +124,8 @@ class SSEDecoder:
             event = self._line(line)
             if event is not None:
                 events.append(event)
+        if len(self._buffer) > MAX_EVENT_BYTES or (self._data and sum(map(len, self._data)) > MAX_EVENT_BYTES):
+            raise malformed(f"upstream stream event exceeds {MAX_EVENT_BYTES} bytes", "invalid_stream")
         return events
 
     def finish(self) -> list[StreamEvent]:

@@ -7,18 +7,20 @@ Layers 1 (framing) and 2 (per-provider parsing) live with the adapters (`frame_d
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from typing import Any, TypeVar
 
 import orjson
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from handler.errors import GatewayError
+from handler.errors import ClientClosedError, GatewayError
 from handler.redaction import scrub
 from handler.schemas import ChatCompletion, ChatCompletionChunk
 
 DONE = b"data: [DONE]\n\n"
+T = TypeVar("T")
 
 
 def sse_chunk(chunk: ChatCompletionChunk) -> bytes:
@@ -45,6 +47,45 @@ def sse_event(event: str, payload: Any) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
+class DisconnectWatch:
+    """Cancels the current task when the client disconnects (`gone` says it did); `stop()` when done.
+
+    One plain task waiting on `receive`: started once the request's body was read, so what is left to
+    receive is the disconnect (uvicorn) or nothing until the answer is sent (Mangum). With `after_s`, the
+    task starts only if the work is still going then: a quick answer pays a timer, not a task (a task,
+    started and cancelled, cost several times the timer on the benchmark machine)."""
+
+    def __init__(self, receive: Receive, after_s: float = 0.0) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.gone = False
+        self._receive = receive
+        self._watcher: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(after_s, self._start) if after_s else None
+        if not after_s:
+            self._start()
+
+    def _start(self) -> None:
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        try:
+            while (await self._receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # noqa: BLE001 - a server that cannot tell: the work runs to its end
+            return
+        self.gone = True
+        self.task.cancel()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+
 class EventStream(Response):
     """An SSE answer: each piece of `events` is written as it comes, and a client that hangs up cancels
     the stream (whose generator then closes the upstream and settles what was used).
@@ -63,29 +104,34 @@ class EventStream(Response):
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        writer = asyncio.current_task()
-        assert writer is not None
-        client_gone = False
-
-        async def watch() -> None:
-            nonlocal client_gone
-            try:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-            except Exception:  # noqa: BLE001 - a server that cannot tell: keep writing until the end
-                return
-            client_gone = True
-            writer.cancel()
-
-        watcher = asyncio.get_running_loop().create_task(watch())
+        watch = DisconnectWatch(receive)
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async for piece in self.events:
                 await send({"type": "http.response.body", "body": scrub(piece), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not client_gone:
+            if not watch.gone:
                 raise
-            writer.uncancel()  # the client left: nothing more to write, and nothing went wrong here
+            watch.task.uncancel()  # the client left: nothing more to write, and nothing went wrong here
         finally:
-            watcher.cancel()
+            watch.stop()
+
+
+WATCH_AFTER_S = 0.05  # a client leaving a non-streamed call is noticed this much later at most
+
+
+async def until_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """`work`, cancelled if the client disconnects first: its upstream call would otherwise run to its end
+    (and be billed) for an answer nobody reads. Called once the request's body was read; the watch starts
+    after `WATCH_AFTER_S`, so an answer quicker than that costs no task."""
+    watch = DisconnectWatch(request.receive, WATCH_AFTER_S)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not watch.gone:
+            raise
+        watch.task.uncancel()
+        raise ClientClosedError("the client closed the connection before the answer") from None
+    finally:
+        watch.stop()

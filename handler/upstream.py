@@ -2,7 +2,7 @@
 
 httpx is the API: adapters' requests become `httpx.Request`s and go to an `httpx.AsyncBaseTransport`
 (tests plug in `MockTransport` or `ASGITransport`). The transport in production is the gateway's own
-HTTP/1.1 client (handler/http1.py), chosen by measurement: see tests/bench/transports.py, where the same
+HTTP/1.1 client (adapters/http/http1.py), chosen by measurement: see tests/bench/transports.py, where the same
 minimal proxy is run over httpx's own pool, the `httpx-aiohttp` transport, aiohttp itself and this
 client. URLs are parsed once per upstream address, not per request (`httpx.URL` parsing costs more
 than the rest of `httpx.Request`).
@@ -14,37 +14,37 @@ they are streamed. Over the gateway's own client not even `httpx.Request` and `h
 built (with their headers, a fifth of the gateway's own work per request): the request head is framed
 as httpx would frame it, and an answer's headers become `httpx.Headers` only if something reads them,
 which only error handling does. Timeouts: connect, first byte (until the status line and headers
-arrive), and between chunks (each read of the body).
+arrive), between chunks (each read of the body) and total (until the body's end). Bounds: the answer's
+header bytes and count, and a non-streamed body (`gateway.limits`).
+
+An answer the gateway cannot use as one is an `UpstreamError` (502 `upstream_error`, as the interface
+names every upstream failure) whose outcome, in `x-gateway-route`, says what it was, whatever the
+transport: a redirect (3xx, never followed: `upstream_redirect`), a protocol switch or a final interim
+status (`upstream_protocol_error`), headers or a body beyond the bounds (`upstream_headers_too_large`,
+`upstream_body_too_large`); the overall deadline passing is an `UpstreamTimeoutError` (504).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
-from handler.config import TimeoutConfig
+from adapters.http import USER_AGENT, parsed_url
+from adapters.http.http1 import AnswerRefused, DeadlineExceeded, Http1Stream, Http1Transport, Limits, request_head
+from handler.config import LimitsConfig, TimeoutConfig
 from handler.errors import UpstreamError, UpstreamTimeoutError
-from handler.http1 import Http1Stream, Http1Transport, request_head
 from handler.ports import UpstreamRequest
 
-USER_AGENT = "llm-edge-gateway/0.1"
-URL_CACHE_SIZE = 512
-
-
-@functools.lru_cache(maxsize=URL_CACHE_SIZE)
-def parsed_url(url: str) -> httpx.URL:
-    """`url` parsed, once per upstream address (an `httpx.URL` is immutable, so one serves every request)."""
-    return httpx.URL(url)
+DEFAULT_MAX_BODY = LimitsConfig().upstream_body_bytes
 
 
 class UpstreamResponse:
     """A response whose body has not been read yet; close it when done. `raw_headers` as received;
     `response`, the httpx answer when the transport gave one."""
 
-    __slots__ = ("status", "_raw", "_headers", "_stream", "_response")
+    __slots__ = ("status", "_raw", "_headers", "_stream", "_response", "_max_body")
 
     def __init__(
         self,
@@ -52,18 +52,20 @@ class UpstreamResponse:
         raw_headers: list[tuple[bytes, bytes]],
         stream: httpx.AsyncByteStream,
         response: httpx.Response | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
         self.status = status
         self._raw = raw_headers
         self._headers = response.headers if response is not None else None
         self._stream = stream
         self._response = response
+        self._max_body = max_body
 
     @classmethod
-    def of(cls, response: httpx.Response) -> UpstreamResponse:
+    def of(cls, response: httpx.Response, max_body: int) -> UpstreamResponse:
         stream = response.stream
         assert isinstance(stream, httpx.AsyncByteStream)
-        return cls(response.status_code, response.headers.raw, stream, response)
+        return cls(response.status_code, response.headers.raw, stream, response, max_body)
 
     @property
     def headers(self) -> httpx.Headers:
@@ -72,12 +74,16 @@ class UpstreamResponse:
         return self._headers
 
     async def read(self) -> bytes:
+        """The whole body (at most `gateway.limits.upstream_body_bytes`); the answer is closed after."""
         stream = self._stream
         try:
             if isinstance(stream, Http1Stream):
                 return await stream.read()
-            assert self._response is not None
-            return await self._response.aread()
+            return await self._read_bounded()
+        except AnswerRefused as exc:
+            raise refused(exc) from exc
+        except DeadlineExceeded as exc:
+            raise UpstreamTimeoutError(str(exc), retryable=True) from exc
         except httpx.TimeoutException as exc:
             raise UpstreamTimeoutError("upstream stalled while sending its answer", retryable=True) from exc
         except httpx.HTTPError as exc:
@@ -87,10 +93,22 @@ class UpstreamResponse:
         finally:
             await self.close()
 
+    async def _read_bounded(self) -> bytes:
+        parts = []
+        size = 0
+        async for chunk in self._stream:
+            size += len(chunk)
+            if size > self._max_body:
+                raise AnswerRefused(f"upstream's answer body exceeds {self._max_body} bytes", TOO_LARGE)
+            parts.append(chunk)
+        return b"".join(parts)
+
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._stream:
                 yield chunk
+        except DeadlineExceeded as exc:
+            raise UpstreamTimeoutError(f"{exc} (the stream was cut there)", retryable=True) from exc
         except httpx.TimeoutException as exc:
             raise UpstreamTimeoutError("upstream stalled between stream chunks", retryable=True) from exc
         except httpx.HTTPError as exc:
@@ -106,9 +124,16 @@ class UpstreamResponse:
 class UpstreamClient:
     """Sends `UpstreamRequest`s over persistent connections."""
 
-    def __init__(self, timeouts: TimeoutConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        timeouts: TimeoutConfig,
+        transport: httpx.AsyncBaseTransport | None = None,
+        limits: LimitsConfig | None = None,
+    ) -> None:
         self.timeouts = timeouts
-        self._transport = transport or Http1Transport()
+        limits = limits or LimitsConfig()
+        self._max_body = limits.upstream_body_bytes
+        self._transport = transport or Http1Transport(limits=transport_limits(limits))
         self._http1 = self._transport if isinstance(self._transport, Http1Transport) else None
         self._extensions = {
             "timeout": {
@@ -116,6 +141,7 @@ class UpstreamClient:
                 "read": timeouts.between_chunks,
                 "write": timeouts.between_chunks,
                 "pool": timeouts.connect,
+                "total": timeouts.total,
             }
         }
 
@@ -126,20 +152,30 @@ class UpstreamClient:
 
     async def send(self, request: UpstreamRequest, first_byte_timeout: float | None = None) -> UpstreamResponse:
         """Send and wait for the status line and headers; the body is read by the caller."""
-        limit = self.timeouts.first_byte if first_byte_timeout is None else first_byte_timeout
+        timeouts = self.timeouts
+        limit = min(timeouts.first_byte if first_byte_timeout is None else first_byte_timeout, timeouts.total)
         http1 = self._http1
         built = None if http1 else self._request(request.method, request.url, request.headers, request.body)
         try:
             async with asyncio.timeout(limit):
                 if built is not None:
-                    return UpstreamResponse.of(await self._transport.handle_async_request(built))
-                assert http1 is not None
-                url = parsed_url(request.url)
-                head = request_head(request.method, url, request.headers, request.body, USER_AGENT)
-                status, headers, stream = await http1.exchange(
-                    request.method, url, head, request.body, self.timeouts.connect, self.timeouts.between_chunks
-                )
-                return UpstreamResponse(status, headers, stream)
+                    answer = UpstreamResponse.of(await self._transport.handle_async_request(built), self._max_body)
+                else:
+                    assert http1 is not None
+                    url = parsed_url(request.url)
+                    head = request_head(request.method, url, request.headers, request.body, USER_AGENT)
+                    status, headers, stream = await http1.exchange(
+                        request.method,
+                        url,
+                        head,
+                        request.body,
+                        timeouts.connect,
+                        timeouts.between_chunks,
+                        timeouts.total,
+                    )
+                    answer = UpstreamResponse(status, headers, stream)
+        except AnswerRefused as exc:
+            raise refused(exc) from exc
         except TimeoutError as exc:
             raise UpstreamTimeoutError("upstream did not answer in time", retryable=True) from exc
         except httpx.ConnectError as exc:
@@ -148,8 +184,12 @@ class UpstreamClient:
             raise UpstreamTimeoutError(f"upstream timed out ({type(exc).__name__})", retryable=True) from exc
         except httpx.HTTPError as exc:
             raise UpstreamError(
-                f"upstream unreachable ({type(exc).__name__})", retryable=True, outcome="connect_error"
+                f"upstream unreachable ({type(exc).__name__}: {exc})", retryable=True, outcome="connect_error"
             ) from exc
+        if not 200 <= answer.status < 300 and answer.status < 400:
+            await answer.close()
+            raise unusable(answer.status)
+        return answer
 
     async def warm(self, url: str) -> None:
         """Open a connection (TCP and TLS) to `url`'s origin ahead of the first request; no request is sent."""
@@ -161,3 +201,28 @@ class UpstreamClient:
 
     async def aclose(self) -> None:
         await self._transport.aclose()
+
+
+TOO_LARGE = "upstream_body_too_large"
+
+
+def transport_limits(limits: LimitsConfig) -> Limits:
+    """The transport's bounds from the config's `gateway.limits`."""
+    return Limits(limits.upstream_header_bytes, limits.upstream_headers, limits.upstream_body_bytes)
+
+
+def refused(exc: AnswerRefused) -> UpstreamError:
+    """An answer the transport would not take, as the gateway's error (another deployment may do better)."""
+    return UpstreamError(f"upstream's answer was refused: {exc}", retryable=True, outcome=exc.code)
+
+
+def unusable(status: int) -> UpstreamError:
+    """A final answer that is neither a success nor an error: a redirect (never followed), or 1xx."""
+    if 300 <= status < 400:
+        message, code = (
+            f"upstream answered {status}, a redirect, which the gateway does not follow",
+            "upstream_redirect",
+        )
+    else:
+        message, code = f"upstream answered {status}, not a final status", "upstream_protocol_error"
+    return UpstreamError(message, upstream_status=status, retryable=True, outcome=code)

@@ -8,47 +8,27 @@ servers); `lease_idle_seconds=S` sets when an unused lease goes back to its home
 
 from __future__ import annotations
 
-import os
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from adapters.sigv4 import Credentials
+from adapters.aws import process_credentials, region_of
 from adapters.store.dynamo_client import DynamoDBClient
 from handler.ports import Store, StoreError
 
 
 def dynamodb_client(
     region: str | None, endpoint_url: str | None, read_timeout: float = 2.0, connect_timeout: float = 1.0
-) -> Any:
-    """The DynamoDB client for the hot path: the gateway's own (adapters/store/dynamo_client.py) when the
-    environment carries credentials and a region is known, as on Lambda; else boto3's, tuned the same way
-    (short timeouts, few retries, kept-alive sockets). boto3 is imported only then, not at module import,
-    so a gateway that does not need it never pays its ~0.2 s import."""
-    credentials = Credentials.from_environ(os.environ)
-    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if credentials is not None and region:
-        return DynamoDBClient(region, credentials, endpoint_url, connect_timeout, read_timeout)
-    return boto3_dynamodb_client(region, endpoint_url, read_timeout, connect_timeout)
-
-
-def boto3_dynamodb_client(
-    region: str | None, endpoint_url: str | None, read_timeout: float = 2.0, connect_timeout: float = 1.0
-) -> Any:
-    import boto3
-    from botocore.config import Config as BotoConfig
-
-    config = BotoConfig(
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        retries={"max_attempts": 3, "mode": "standard"},
-        tcp_keepalive=True,
-        max_pool_connections=64,
-    )
-    return boto3.session.Session().client("dynamodb", region_name=region, endpoint_url=endpoint_url, config=config)
+) -> DynamoDBClient:
+    """The DynamoDB client (adapters/store/dynamo_client.py), with the process's AWS credentials and the
+    region's endpoint from the AWS layer (adapters/aws.py)."""
+    region = region or region_of()
+    if not region:
+        raise StoreError("no AWS region for DynamoDB: set AWS_REGION or add ?region=R to the store URL")
+    return DynamoDBClient(region, process_credentials(), endpoint_url, connect_timeout, read_timeout)
 
 
 def open_store(url: str, client: Any = None) -> Store:
-    """The store a URL names; `client` injects a boto3 DynamoDB client."""
+    """The store a URL names; `client` injects a DynamoDB client (this package's, or boto3's)."""
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         from adapters.store.sqlite import SQLiteStore

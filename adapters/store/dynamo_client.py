@@ -5,7 +5,7 @@ serialization and validation, the event hooks, the response parser, the retry ha
 each call on a thread to keep it off the event loop, so the two calls of a request cost more than all the
 rest of the gateway's work. The JSON API needs none of that: the store's requests are already in its wire
 form (attribute values as `{"S": ...}` / `{"N": ...}`), so a call is one `orjson.dumps`, a SigV4 signature
-(adapters/sigv4.py) and one POST on a kept-alive connection (handler/http1.py), awaited on the event loop.
+(adapters/sigv4.py) and one POST on a kept-alive connection (adapters/http/http1.py), awaited on the event loop.
 
 It answers as boto3's low-level client does, so the store serves both: the same method names (`get_item`,
 `update_item`, `transact_write_items`, ...; awaitable here), the same response dicts, and failures as
@@ -14,9 +14,9 @@ exceptions carrying boto3's `response` (`Error.Code`, `Error.Message`, and the e
 `exceptions.TransactionCanceledException` to catch. Throttling, 5xx answers, timeouts and failed
 connections are retried (at most `MAX_ATTEMPTS`, with jittered backoff), as botocore's standard mode does.
 
-Used when the environment carries credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, and on Lambda
-`AWS_SESSION_TOKEN`: Lambda always sets them); otherwise the store falls back to boto3, whose credential
-chain also reads profiles and instance roles.
+Credentials and the endpoint come from the process's AWS layer (adapters/aws.py): the environment's keys,
+else botocore's chain (profiles, container and instance roles), refreshed off the hot path; the endpoint
+given, else `AWS_ENDPOINT_URL_DYNAMODB`/`AWS_ENDPOINT_URL`, else the region's in its partition.
 """
 
 from __future__ import annotations
@@ -29,12 +29,10 @@ from typing import Any
 import httpx
 import orjson
 
+from adapters.aws import AwsCredentials, endpoint
+from adapters.http.client import HttpClient
+from adapters.http.http1 import Http1Transport
 from adapters.sigv4 import Credentials, Signer
-from handler.config import TimeoutConfig
-from handler.errors import UpstreamError
-from handler.http1 import Http1Transport
-from handler.ports import UpstreamRequest
-from handler.upstream import UpstreamClient
 
 API_VERSION = "DynamoDB_20120810"
 CONTENT_TYPE = "application/x-amz-json-1.0"
@@ -118,21 +116,25 @@ class DynamoDBClient:
     def __init__(
         self,
         region: str,
-        credentials: Credentials,
+        credentials: AwsCredentials | Credentials,
         endpoint_url: str | None = None,
         connect_timeout: float = 1.0,
         read_timeout: float = 2.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.url = (endpoint_url or f"https://dynamodb.{region}.amazonaws.com").rstrip("/") + "/"
+        self.url = endpoint("dynamodb", region, endpoint_url) + "/"
         parsed = httpx.URL(self.url)
         self.host = parsed.netloc.decode("ascii")
         self.path = parsed.path
-        self.signer = Signer(credentials, region, "dynamodb")
-        timeouts = TimeoutConfig(connect=connect_timeout, first_byte=read_timeout, between_chunks=read_timeout)
+        self.region = region
+        self.credentials = credentials
+        fixed = credentials if isinstance(credentials, Credentials) else credentials.current()
+        self.signer = Signer(fixed, region, "dynamodb")
         # At most MAX_CONNECTIONS calls in flight, as boto3's pool allows: a burst waits for a connection
         # rather than opening hundreds at once.
-        self.http = UpstreamClient(timeouts, transport or Http1Transport(max_per_origin=MAX_CONNECTIONS))
+        self.http = HttpClient(
+            transport or Http1Transport(max_per_origin=MAX_CONNECTIONS), connect_timeout, read_timeout
+        )
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[dict[str, Any]]]:
         operation = OPERATIONS.get(name)
@@ -149,13 +151,13 @@ class DynamoDBClient:
         headers = {"content-type": CONTENT_TYPE, "x-amz-target": f"{API_VERSION}.{operation}"}
         for attempt in range(1, MAX_ATTEMPTS + 1):
             last = attempt == MAX_ATTEMPTS
-            signed = self.signer.headers(self.host, self.path, headers, body)
+            signed = self._signer().headers(self.host, self.path, headers, body)
             try:
-                response = await self.http.send(UpstreamRequest("POST", self.url, signed, body))
-                status, raw = response.status, await response.read()
-            except UpstreamError as exc:  # refused, reset, timed out: nothing answered
+                status, raw = await self.http.post(self.url, signed, body)
+            except httpx.HTTPError as exc:  # refused, reset, timed out: nothing answered
                 if last:
-                    raise DynamoDBError(operation, error_response(0, "ConnectionError", exc.message)) from exc
+                    message = f"{type(exc).__name__}: {exc}"
+                    raise DynamoDBError(operation, error_response(0, "ConnectionError", message)) from exc
                 await backoff(attempt)
                 continue
             if status == 200:
@@ -168,6 +170,15 @@ class DynamoDBClient:
                 continue
             raise ERROR_CLASSES.get(code, DynamoDBError)(operation, failure)
         raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
+
+    def _signer(self) -> Signer:
+        """The signer for the credentials as of now (new keys from a role: a new signer)."""
+        credentials = self.credentials
+        if isinstance(credentials, AwsCredentials):
+            current = credentials.current()
+            if current is not self.signer.credentials:
+                self.signer = Signer(current, self.region, "dynamodb")
+        return self.signer
 
     async def close(self) -> None:
         await self.http.aclose()

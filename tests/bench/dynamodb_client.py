@@ -48,11 +48,21 @@ async def per_call(call: Callable[[], Awaitable[Any]], calls: int) -> tuple[floa
 
 
 async def measure(url: str, calls: int) -> list[tuple[str, float, float]]:
+    import boto3
+    from botocore.config import Config as BotoConfig
+
     from adapters.sigv4 import Credentials
-    from adapters.store import boto3_dynamodb_client
     from adapters.store.dynamo_client import DynamoDBClient
 
-    boto = boto3_dynamodb_client("us-east-1", url)
+    # boto3 tuned as the store once tuned it: short timeouts, few retries, kept-alive sockets.
+    tuned = BotoConfig(
+        connect_timeout=1.0,
+        read_timeout=2.0,
+        retries={"max_attempts": 3, "mode": "standard"},
+        tcp_keepalive=True,
+        max_pool_connections=64,
+    )
+    boto = boto3.session.Session().client("dynamodb", region_name="us-east-1", endpoint_url=url, config=tuned)
     native = DynamoDBClient("us-east-1", Credentials("bench", "bench"), url)
 
     async def on_thread() -> Any:

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from handler.http1 import Http1Stream, Http1Transport
+from adapters.http.http1 import Http1Stream, Http1Transport
 from tests.bench.run import BODY, COMPLETION
 from tests.support.events import event
 

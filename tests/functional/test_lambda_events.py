@@ -12,11 +12,14 @@ from typing import Any
 
 import pytest
 import yaml
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from adapters.store import open_store
 from handler.keys import hash_secret
 from handler.ports import KeyRecord
 from tests.fakes.openai import TEXT
+from tests.fakes.openai import create_app as openai_fake
 from tests.support.events import EVENTS, SAMPLE_KEY_ID, SAMPLE_SECRET
 from tests.support.servers import ServerThread
 
@@ -49,7 +52,7 @@ async def seed_sample_key(store_url: str) -> None:
         await store.close()
 
 
-def replay(tmp_path: Path, upstream_url: str, paths: list[Path]) -> list[dict[str, Any]]:
+def replay(tmp_path: Path, upstream_url: str, paths: list[Path], freeze_s: float = 0) -> list[dict[str, Any]]:
     config = {
         "providers": {
             "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"}
@@ -72,6 +75,7 @@ def replay(tmp_path: Path, upstream_url: str, paths: list[Path]) -> list[dict[st
         "GATEWAY_STORE": store_url,
         "OPENAI_API_KEY": "test-openai-key",
         "AWS_REGION": "eu-central-1",
+        "LAMBDA_FREEZE_S": str(freeze_s),
     }
     result = subprocess.run(
         [sys.executable, "-m", "tests.support.lambda_replay", *map(str, paths)],
@@ -126,3 +130,19 @@ def test_warm_invocations_reuse_one_upstream_connection(
     peers = {r["peer"] for r in recorded[before:]}
     assert len(recorded) - before == invocations
     assert len(peers) == 1, f"expected one upstream connection, saw {len(peers)}: {peers}"
+
+
+def test_warm_invocations_survive_an_upstream_closing_idle_connections_while_frozen(tmp_path: Path) -> None:
+    """Between invocations the environment is frozen while the upstream closes the idle keep-alive connection
+    (real providers do after tens of seconds; this one after 0.2 s): nothing in the process sees the close
+    until the next invocation reuses the connection. Each invocation must still be answered, on its first
+    attempt, with the upstream asked once per invocation."""
+    fake = openai_fake()
+    server = ServerThread(Starlette(routes=[Mount("/openai", app=fake)]), keep_alive_s=0.2).start()
+    try:
+        results = replay(tmp_path, server.url, [EVENTS / "chat-completions-ok.json"] * 4, freeze_s=0.6)
+    finally:
+        server.stop()
+    assert [r["status"] for r in results] == [200] * 4, [r["headers"].get("x-gateway-route") for r in results]
+    assert {r["headers"]["x-gateway-route"] for r in results} == {"openai/gpt-4o-mini@global=200"}
+    assert len(fake.state.requests) == 4

@@ -2,12 +2,15 @@
 
 Usage: python -m tests.support.lambda_replay EVENT.json [EVENT.json ...] — prints one JSON line per
 invocation: {"event", "status", "headers", "body", "ms"}. The environment (GATEWAY_CONFIG,
-GATEWAY_STORE, provider keys) comes from the caller.
+GATEWAY_STORE, provider keys) comes from the caller; `LAMBDA_FREEZE_S`, if set, is a pause between
+invocations during which nothing runs in the process, as Lambda freezes an environment between them
+(the event loop does not run, so nothing reads what peers send or notices that they closed).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,7 +48,10 @@ def main(paths: list[str]) -> None:
     sys.stdout = logged  # the handler's log lines go to stderr here, leaving stdout to the results
     from handler.lambda_handler import handler
 
-    for path in paths:
+    freeze_s = float(os.environ.get("LAMBDA_FREEZE_S", "0"))
+    for number, path in enumerate(paths):
+        if number and freeze_s:
+            time.sleep(freeze_s)  # frozen: not even the event loop runs
         event = json.loads(Path(path).read_text())
         started = time.perf_counter()
         before = logged.requests

@@ -22,7 +22,14 @@ def free_port() -> int:
 class ServerThread:
     """Runs an ASGI app under uvicorn on 127.0.0.1 until `stop()`."""
 
-    def __init__(self, app: Any, port: int | None = None, cleanup: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        port: int | None = None,
+        cleanup: Callable[[], Awaitable[None]] | None = None,
+        keep_alive_s: float = 75,
+        http: str = "auto",
+    ) -> None:
         self.cleanup = cleanup
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -35,9 +42,11 @@ class ServerThread:
             ws="none",
             access_log=False,
             proxy_headers=False,  # as `gateway serve`: the app alone decides whom to trust
-            # Longer than any pause a test client's pool sees: a server closing an idle keep-alive connection
-            # just as the client reuses it shows up as a ReadError, a race of the harness, not of the gateway.
-            timeout_keep_alive=75,
+            # By default longer than any pause a test client's pool sees: a server closing an idle keep-alive
+            # connection just as a client reuses it is then a race of the harness, not of the gateway. A test
+            # of that very case (an upstream that closes idle connections) passes its own.
+            timeout_keep_alive=keep_alive_s,
+            http=http,
         )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -64,3 +73,28 @@ class ServerThread:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class SocketServer:
+    """A TCP server on loopback in threads of its own, so it runs while a test blocks its event loop: each
+    connection goes to `serve` on its own thread (which closes it); `connections` counts them."""
+
+    def __init__(self, serve: Callable[[socket.socket], None]) -> None:
+        self.serve = serve
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # the listener was closed
+            self.connections += 1
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()

@@ -1,9 +1,10 @@
 """AWS Bedrock's Converse and ConverseStream APIs, behind the OpenAI Chat Completions form.
 
 Requests are signed with SigV4 (service `bedrock`, the deployment's region; adapters/sigv4.py) by the
-function's own AWS credentials, resolved once per process: from the environment where it has them (Lambda
-always does), else through botocore's chain, whose credentials refresh themselves near expiry. They go
-over the gateway's shared HTTP client like every other provider's. Messages become Converse turns by way
+function's own AWS credentials, and go to the region's endpoint, both from the process's AWS layer
+(adapters/aws.py: the environment's keys, else botocore's chain refreshed off the hot path; endpoints
+honouring `AWS_ENDPOINT_URL_BEDROCK_RUNTIME`/`AWS_ENDPOINT_URL` and the region's partition). They go over
+the gateway's shared HTTP client like every other provider's. Messages become Converse turns by way
 of the Anthropic adapter's conversion (the two APIs share the turn model: system apart, alternating
 roles, tool results in the user turn), re-shaped into Converse content blocks. A stream is AWS
 event-stream framing (see `eventstream`) carrying one JSON event per frame.
@@ -11,9 +12,7 @@ event-stream framing (see `eventstream`) carrying one JSON event per frame.
 
 from __future__ import annotations
 
-import os
 import secrets
-import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -22,6 +21,8 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from adapters import aws
+from adapters.http import parsed_url
 from adapters.providers import reasoning
 from adapters.providers.anthropic.adapter import (
     ADAPTIVE_FRAGMENTS,
@@ -62,7 +63,6 @@ from handler.schemas import (
     ToolCall,
     Usage,
 )
-from handler.upstream import parsed_url
 
 SERVICE = "bedrock"
 GLOBAL = "global"
@@ -169,51 +169,28 @@ def stream_exception(message_type: str, name: str, payload: bytes) -> UpstreamEr
 
 # --- credentials and signing ---------------------------------------------------------------------
 
-_credentials: Any = None  # adapters.sigv4.Credentials, or botocore's (refreshable) Credentials
-_credentials_lock = threading.Lock()
 _signers: dict[tuple[SigCredentials, str], Signer] = {}
 clock = time.time  # when a request is signed (tests fix it)
 
 
-def process_credentials() -> Any:
-    """The function's AWS credentials, resolved once per process.
-
-    From the environment when it carries them, as on Lambda: no botocore import at all. Else botocore's
-    chain (profiles, container and instance roles), whose refreshable credentials renew themselves when
-    read near their expiry, so the object is kept and read on every request.
-    """
-    global _credentials
-    with _credentials_lock:
-        if _credentials is None:
-            from_environment = SigCredentials.from_environ(os.environ)
-            if from_environment is not None:
-                _credentials = from_environment
-                return _credentials
-            import botocore.session  # deferred: only a gateway with Bedrock and no credentials in its environment
-
-            found = botocore.session.get_session().get_credentials()
-            if found is None:
-                raise ServiceUnavailableError(
-                    "no AWS credentials found for Bedrock (environment, profile or role)",
-                    code="provider_not_configured",
-                )
-            _credentials = found
-        return _credentials
+def process_credentials() -> SigCredentials:
+    """The function's AWS credentials as of now (the AWS layer's snapshot: no I/O once resolved)."""
+    try:
+        return aws.process_credentials().current()
+    except aws.NoCredentialsError as exc:
+        raise ServiceUnavailableError(
+            "no AWS credentials found for Bedrock (environment, profile or role)", code="provider_not_configured"
+        ) from exc
 
 
 def reset_credentials() -> None:
     """Forget the process's credentials (tests, or after the environment changed)."""
-    global _credentials
-    with _credentials_lock:
-        _credentials = None
-        _signers.clear()
+    aws.reset_process_credentials()
+    _signers.clear()
 
 
-def sign(request: UpstreamRequest, region: str, credentials: Any) -> None:
+def sign(request: UpstreamRequest, region: str, credentials: SigCredentials) -> None:
     """Add SigV4 headers (`host`, `x-amz-date`, `authorization`, a session token) for exactly these bytes."""
-    if not isinstance(credentials, SigCredentials):  # botocore's: read now, it may have been refreshed
-        frozen = credentials.get_frozen_credentials()
-        credentials = SigCredentials(frozen.access_key, frozen.secret_key, frozen.token)
     signer = _signers.get((credentials, region))
     if signer is None:
         if len(_signers) >= 64:
@@ -228,7 +205,7 @@ def aws_region(region: str) -> str:
     """A deployment's AWS region; one configured without a region runs where the function runs."""
     if region and region != GLOBAL:
         return region
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+    return aws.region_of() or DEFAULT_REGION
 
 
 # --- request -------------------------------------------------------------------------------------
@@ -486,9 +463,7 @@ class BedrockAdapter(ProviderAdapter):
 
     def base_url(self, region: str, override: str | None) -> str:
         configured = override or self.options.get("base_url")
-        if configured:
-            return str(configured).rstrip("/")
-        return f"https://bedrock-runtime.{aws_region(region)}.amazonaws.com"
+        return aws.endpoint("bedrock-runtime", aws_region(region), str(configured) if configured else None)
 
     def url(self, target: Target, operation: str) -> str:
         """The operation's URL, in the form every HTTP client sends unchanged.

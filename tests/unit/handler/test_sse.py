@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from handler.ports import SSEDecoder, StreamEvent
+import pytest
+
+from handler.errors import UpstreamError
+from handler.ports import MAX_EVENT_BYTES, SSEDecoder, StreamEvent
 
 
 def decode(raw: bytes, step: int) -> list[StreamEvent]:
@@ -21,3 +24,12 @@ def test_events_survive_any_split_and_crlf() -> None:
             StreamEvent(None, b"a\nb"),
             StreamEvent("message_stop", b'{"x":1}'),
         ]
+
+
+@pytest.mark.parametrize("piece", [b"a" * 65536, b"data: " + b"a" * 65530 + b"\n"], ids=["one line", "data lines"])
+def test_an_event_that_never_ends_is_refused_at_the_bound(piece: bytes) -> None:
+    decoder = SSEDecoder()
+    with pytest.raises(UpstreamError) as failure:
+        for _ in range(MAX_EVENT_BYTES // len(piece) + 2):
+            decoder.feed(piece)
+    assert failure.value.outcome == "invalid_stream" and failure.value.retryable

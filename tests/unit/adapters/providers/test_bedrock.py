@@ -172,22 +172,6 @@ def test_credentials_are_resolved_once_per_process(monkeypatch: pytest.MonkeyPat
     assert len(calls) == 1 and "Credential=PROFILE/" in first
 
 
-def test_expiring_credentials_are_read_fresh_for_each_signature(fixed_clock: None) -> None:
-    class Rotating(Credentials):
-        def __init__(self) -> None:
-            super().__init__("OLD", "x")
-            self.keys = iter(["FIRST", "SECOND"])
-
-        def get_frozen_credentials(self) -> Any:
-            return Credentials(next(self.keys), "x").get_frozen_credentials()
-
-    credentials = Rotating()
-    bedrock._credentials = credentials
-    first = adapter().chat_request(request(), target(), stream=False).request.headers["authorization"]
-    second = adapter().chat_request(request(), target(), stream=False).request.headers["authorization"]
-    assert "Credential=FIRST/" in first and "Credential=SECOND/" in second
-
-
 def test_missing_credentials_answer_provider_not_configured(monkeypatch: pytest.MonkeyPatch) -> None:
     class NoCredentials:
         def get_credentials(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -11,16 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from adapters.http.http1 import HIGH_WATER, Http1Stream, Http1Transport
 from handler.config import TimeoutConfig
 from handler.errors import UpstreamError
-from handler.http1 import HIGH_WATER, Http1Stream, Http1Transport
 from handler.ports import UpstreamRequest
 from handler.upstream import USER_AGENT, UpstreamClient
+from tests.support.tls import self_signed
 
 pytestmark = pytest.mark.both_loops
 
@@ -362,29 +358,10 @@ async def test_idle_connection_past_keepalive_is_not_reused() -> None:
 
 
 async def test_tls(tmp_path: Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    certificate = self_signed(tmp_path)
+    server_tls = certificate.server_context()
     async with scripted(answering(OK, OK), tls=server_tls) as (server, url):
-        trusting = Http1Transport(tls=ssl.create_default_context(cafile=str(tmp_path / "cert.pem")))
+        trusting = Http1Transport(tls=certificate.client_context())
         for _ in range(2):
             assert await read_all(await send(trusting, url)) == b'{"ok":true}'
         assert server.connections == 1

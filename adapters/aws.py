@@ -1,0 +1,187 @@
+"""The one AWS layer of the process: credentials and endpoints for Bedrock, DynamoDB, SSM and Secrets Manager.
+
+Credentials: the environment's keys when it holds them (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+`AWS_SESSION_TOKEN`: Lambda always sets them), with no botocore import at all; else botocore's credential
+chain (profiles, container role via `AWS_CONTAINER_CREDENTIALS_*`, instance role), resolved once, off the
+hot path. A request signs with a snapshot of them, read without I/O; every `SNAPSHOT_EVERY_S` a thread takes
+a new snapshot, and botocore's refreshable credentials fetch new keys inside that thread once they are within
+botocore's refresh window of their expiry (15 minutes), so a request never waits on a credentials endpoint.
+
+Endpoints, as botocore chooses them: the endpoint given for a client (a store URL's `endpoint_url`, a
+provider's `base_url`), else `AWS_ENDPOINT_URL_<SERVICE>` (`AWS_ENDPOINT_URL_DYNAMODB`,
+`AWS_ENDPOINT_URL_BEDROCK_RUNTIME`, `AWS_ENDPOINT_URL_SSM`, `AWS_ENDPOINT_URL_SECRETS_MANAGER`), else
+`AWS_ENDPOINT_URL` (both ignored under `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`), else the service's
+endpoint in the region's partition (`dynamodb.cn-north-1.amazonaws.com.cn`). Regions of the `aws`
+partition are named without botocore; any other comes from botocore's endpoint data.
+
+SSM and Secrets Manager are read once per process, at start, through boto3 (`boto3_client`), with the
+same region and endpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from adapters.sigv4 import Credentials
+
+SNAPSHOT_EVERY_S = 60.0
+# botocore's endpoint data (endpoints.json), partition `aws`: its `regionRegex` and `dnsSuffix`.
+# tests/unit/adapters/test_aws.py checks them against botocore's, so they cannot drift apart.
+AWS_REGION_REGEX = r"^(us|eu|ap|sa|ca|me|af|il|mx)\-\w+\-\d+$"
+AWS_DNS_SUFFIX = "amazonaws.com"
+_STANDARD = re.compile(AWS_REGION_REGEX)
+# Signing names and endpoint prefixes differ from the environment's names for some services.
+SERVICE_ENV_NAMES = {"bedrock-runtime": "BEDROCK_RUNTIME", "secretsmanager": "SECRETS_MANAGER"}
+
+
+class NoCredentialsError(Exception):
+    """Neither the environment nor botocore's chain holds AWS credentials."""
+
+
+class AwsCredentials:
+    """The process's AWS credentials (see the module docstring); `current()` is what a request signs with."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None, snapshot_every_s: float = SNAPSHOT_EVERY_S) -> None:
+        self.environ = os.environ if environ is None else environ
+        self.snapshot_every_s = snapshot_every_s
+        self._snapshot: Credentials | None = None
+        self._source: Any = None  # botocore's credentials object, when they came from its chain
+        self._taken = 0.0
+        self._lock = threading.Lock()
+        self._refreshing = False
+
+    @property
+    def from_chain(self) -> bool:
+        return self._source is not None
+
+    def current(self) -> Credentials:
+        """The credentials to sign with now, without I/O once resolved (the first call resolves them)."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            return self.resolve()
+        if self._source is not None and time.monotonic() - self._taken > self.snapshot_every_s:
+            self._refresh_in_background()
+        return snapshot
+
+    def resolve(self) -> Credentials:
+        """Resolve the credentials now (blocking: at start, or the first use)."""
+        with self._lock:
+            if self._snapshot is None:
+                environment = Credentials.from_environ(self.environ)
+                if environment is not None:
+                    self._snapshot = environment
+                else:
+                    import botocore.session  # deferred: only a process without keys in its environment
+
+                    source = botocore.session.get_session().get_credentials()
+                    if source is None:
+                        raise NoCredentialsError("no AWS credentials: not in the environment, a profile or a role")
+                    self._source = source
+                    self._take_snapshot()
+            assert self._snapshot is not None
+            return self._snapshot
+
+    def renew(self) -> None:
+        """Take a new snapshot now, blocking (after a SnapStart restore: the one in the snapshot may be
+        hours old, its keys expired); keys from the environment stay as they are."""
+        if self._source is not None:
+            self._take_snapshot()
+
+    def _take_snapshot(self) -> None:
+        frozen = self._source.get_frozen_credentials()  # botocore refreshes here when near expiry
+        self._snapshot = Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+        self._taken = time.monotonic()
+
+    def _refresh_in_background(self) -> None:
+        with self._lock:
+            if self._refreshing:
+                return
+            self._refreshing = True
+        threading.Thread(target=self._refresh, name="aws-credentials", daemon=True).start()
+
+    def _refresh(self) -> None:
+        try:
+            self._take_snapshot()
+        except Exception:  # noqa: BLE001 - the old keys stay in use; the next request's check tries again
+            self._taken = time.monotonic() - self.snapshot_every_s / 2
+        finally:
+            self._refreshing = False
+
+
+_process_credentials: AwsCredentials | None = None
+
+
+def process_credentials() -> AwsCredentials:
+    """The credentials of this process, one object shared by every AWS client."""
+    global _process_credentials
+    if _process_credentials is None:
+        _process_credentials = AwsCredentials()
+    return _process_credentials
+
+
+def renew_process_credentials() -> None:
+    """`AwsCredentials.renew` for the process's credentials, if they were resolved."""
+    if _process_credentials is not None:
+        _process_credentials.renew()
+
+
+def reset_process_credentials() -> None:
+    """Forget the process's credentials (tests, or after the environment changed)."""
+    global _process_credentials
+    _process_credentials = None
+
+
+def endpoint(service: str, region: str, given: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The base URL for `service` (its endpoint prefix: `dynamodb`, `bedrock-runtime`, `ssm`,
+    `secretsmanager`) in `region`, without a trailing slash (see the module docstring)."""
+    if given:
+        return given.rstrip("/")
+    env = os.environ if environ is None else environ
+    if env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() != "true":
+        configured = env.get(f"AWS_ENDPOINT_URL_{SERVICE_ENV_NAMES.get(service, service.upper())}") or env.get(
+            "AWS_ENDPOINT_URL"
+        )
+        if configured:
+            return configured.rstrip("/")
+    return f"https://{hostname(service, region)}"
+
+
+@functools.cache
+def hostname(service: str, region: str) -> str:
+    """`service`'s host in `region`'s partition."""
+    if _STANDARD.match(region):
+        return f"{service}.{region}.{AWS_DNS_SUFFIX}"
+    import botocore.loaders  # deferred: only regions outside the `aws` partition
+    import botocore.regions
+
+    data = botocore.loaders.create_loader().load_data("endpoints")
+    found = botocore.regions.EndpointResolver(data).construct_endpoint(service, region)
+    if found is not None:
+        return str(found["hostname"])
+    for partition in data["partitions"]:  # a service botocore lists nowhere in that partition yet
+        if region in partition["regions"] or re.match(partition["regionRegex"], region):
+            return f"{service}.{region}.{partition['dnsSuffix']}"
+    return f"{service}.{region}.{AWS_DNS_SUFFIX}"
+
+
+def region_of(environ: Mapping[str, str] | None = None) -> str | None:
+    """The process's region: `AWS_REGION`, else `AWS_DEFAULT_REGION`."""
+    env = os.environ if environ is None else environ
+    return env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
+
+
+def boto3_client(service: str, region: str | None = None) -> Any:
+    """A boto3 client for `service` (`ssm`, `secretsmanager`), with this layer's region and endpoint; for
+    calls made once per process (boto3's ~0.2 s import is paid only then)."""
+    import boto3
+
+    region = region or region_of()
+    url = endpoint(service, region) if region else None
+    session: Any = boto3.session.Session()  # (Any: the stubs type `client` per literal service name)
+    return session.client(service, region_name=region, endpoint_url=url)

@@ -1,0 +1,20 @@
+"""Outbound HTTP: the process's own HTTP/1.1 client (`http1`) and what the environment says about
+proxies and trusted CAs (`environment`). Infrastructure for the provider adapters, the stores and the
+application's upstream client (handler/upstream.py), importing nothing from the application.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import httpx
+
+URL_CACHE_SIZE = 512
+USER_AGENT = "llm-edge-gateway/0.1"
+
+
+@functools.lru_cache(maxsize=URL_CACHE_SIZE)
+def parsed_url(url: str) -> httpx.URL:
+    """`url` parsed, once per upstream address (an `httpx.URL` is immutable, so one serves every request;
+    parsing one costs more than the rest of building a request)."""
+    return httpx.URL(url)

@@ -1,0 +1,61 @@
+"""Whole-answer exchanges for adapters that need no streaming (the DynamoDB client): send, read the body to
+its end, return both; over the process's HTTP/1.1 client, or any httpx transport a test plugs in.
+
+Failures are httpx's own errors (any timeout an `httpx.TimeoutException`), for the adapter to map; the
+application's upstream client (handler/upstream.py) is not involved, so a store does not depend on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import httpx
+
+from adapters.http import USER_AGENT, parsed_url
+from adapters.http.http1 import Http1Transport, request_head
+
+
+class HttpClient:
+    """`post` a body, get `(status, body)`; `read_timeout` bounds the wait for the answer's head and each
+    read of its body, and the exchange as a whole takes at most `total_timeout`."""
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        connect_timeout: float,
+        read_timeout: float,
+        total_timeout: float | None = None,
+    ) -> None:
+        self._transport = transport
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.total_timeout = total_timeout or connect_timeout + 2 * read_timeout
+        self._timeouts = {"connect": connect_timeout, "read": read_timeout, "write": read_timeout}
+
+    async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> tuple[int, bytes]:
+        parsed = parsed_url(url)
+        transport = self._transport
+        try:
+            async with asyncio.timeout(self.total_timeout):
+                if isinstance(transport, Http1Transport):
+                    head = request_head("POST", parsed, headers, body, USER_AGENT)
+                    status, _, stream = await transport.exchange(
+                        "POST", parsed, head, body, self.connect_timeout, self.read_timeout, self.total_timeout
+                    )
+                    try:
+                        return status, await stream.read()
+                    finally:
+                        await stream.aclose()
+                request = httpx.Request("POST", parsed, headers=headers, content=body)
+                request.extensions["timeout"] = self._timeouts
+                response = await transport.handle_async_request(request)
+                try:
+                    return response.status_code, await response.aread()
+                finally:
+                    await response.aclose()
+        except TimeoutError as exc:
+            raise httpx.TimeoutException(f"no whole answer from {parsed.host} within {self.total_timeout} s") from exc
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()

@@ -1,0 +1,66 @@
+"""`gateway serve`'s HTTP protocol: uvicorn's httptools protocol with a bound on a request's headers.
+
+uvicorn's httptools protocol takes request headers of any size, and httptools gathers a header (and
+the target) by appending each piece it receives, so one 60 MB header kept the event loop busy for
+seconds: every other request, `/health` included, waited. Here the bytes of a request's line and headers
+are counted as they arrive; beyond `gateway.limits.request_header_bytes` the request is answered
+`431 headers_too_large` (OpenAI's error shape) and its connection closed, before the parser is fed more.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from handler.config import LimitsConfig
+from handler.errors import HeadersTooLargeError
+
+
+@functools.cache
+def request_header_bytes() -> int:
+    """The bound from the served gateway's config (`handler.asgi`, the app uvicorn loaded), else the default."""
+    served = sys.modules.get("handler.asgi")
+    limits = served.gateway.config.gateway.limits if served is not None else LimitsConfig()
+    return limits.request_header_bytes
+
+
+def too_large_answer(limit: int) -> bytes:
+    error = HeadersTooLargeError(f"the request's line and headers exceed {limit} bytes")
+    body = orjson.dumps(error.openai_body())
+    return (
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+        b"x-should-retry: false\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+    )
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """See the module docstring. Counting starts at a request's first byte and ends with its headers."""
+
+    in_head = True
+    head_bytes = 0
+    refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.in_head:
+            self.head_bytes += len(data)
+            if self.head_bytes > request_header_bytes():
+                if not self.refused:
+                    self.refused = True
+                    self.transport.write(too_large_answer(request_header_bytes()))
+                    self.transport.close()
+                return
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        # (A request after the first on a kept-alive connection: its first read was counted as the last
+        # one's body, so its bound is off by at most one read.)
+        self.in_head = True
+        self.head_bytes = 0
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        super().on_headers_complete()

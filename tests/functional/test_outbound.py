@@ -1,0 +1,166 @@
+"""The gateway's edges under abuse: request headers beyond the bound on `gateway serve`'s protocol, and a
+client that leaves while its non-streamed answer is still upstream."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from handler.app import create_app
+from handler.config import Config
+from tests.functional.conftest import Running, serve_gateway
+from tests.support.servers import ServerThread, SocketServer
+
+SERVE_PROTOCOL = "handler.server:BoundedHttpToolsProtocol"  # what `gateway serve` runs (handler/cli.py)
+
+
+@pytest.fixture
+def served(running: Running) -> Iterator[ServerThread]:
+    """The gateway behind `gateway serve`'s HTTP protocol."""
+    server = ServerThread(create_app(running.gateway), http=SERVE_PROTOCOL).start()
+    yield server
+    server.stop()
+
+
+def test_a_60_mb_header_is_431_and_does_not_stall_health(served: ServerThread) -> None:
+    health_ms: list[float] = []
+
+    def poll_health() -> None:
+        with httpx.Client(base_url=served.url, timeout=10) as client:
+            for _ in range(20):
+                started = time.perf_counter()
+                assert client.get("/health").status_code == 200
+                health_ms.append((time.perf_counter() - started) * 1000)
+                time.sleep(0.01)
+
+    poller = threading.Thread(target=poll_health)
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        poller.start()
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: gateway\r\nx-big: ")
+        piece = b"a" * (1024 * 1024)
+        try:
+            for _ in range(60):
+                sock.sendall(piece)
+        except OSError:
+            pass  # the gateway answered and closed the connection long before 60 MB
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    poller.join()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 ") and b"\r\nx-should-retry: false\r\n" in head
+    assert httpx.Response(200, content=body).json()["error"]["code"] == "headers_too_large"
+    assert max(health_ms) < 500, health_ms
+
+
+def test_headers_within_the_bound_pass(served: ServerThread) -> None:
+    answer = httpx.get(f"{served.url}/health", headers={"x-big": "a" * 30_000})
+    assert answer.status_code == 200
+
+
+class Holding:
+    """An upstream that reads a request, then holds it without answering; records when the gateway let go
+    of the connection."""
+
+    def __init__(self) -> None:
+        self.server = SocketServer(self._serve)
+        self.url = self.server.url
+        self.requested = threading.Event()
+        self.released_at: float | None = None
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            self.requested.set()
+            conn.settimeout(10)
+            try:
+                while conn.recv(65536):
+                    pass
+            except OSError:
+                pass
+            self.released_at = time.monotonic()
+
+
+def test_a_non_stream_call_is_cancelled_when_its_client_leaves(running: Running, tmp_path: Path) -> None:
+    holding = Holding()
+    config = Config.model_validate(
+        {
+            "providers": {"held": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": holding.url}},
+            "models": {"held": {"deployments": [{"provider": "held", "model": "gpt-4o-mini"}]}},
+        }
+    )
+    gateway, server = serve_gateway(config, running.store_url, running.upstream, running.fakes)
+    try:
+        key = running.mint(name="leaving")
+        body = b'{"model": "held", "messages": [{"role": "user", "content": "Hi"}]}'
+        with socket.create_connection(("127.0.0.1", server.port)) as client:
+            client.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+                b"authorization: Bearer %s\r\ncontent-length: %d\r\n\r\n%s" % (key.encode(), len(body), body)
+            )
+            assert holding.requested.wait(5)
+        left_at = time.monotonic()  # the client is gone
+        deadline = time.monotonic() + 5
+        while holding.released_at is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert holding.released_at is not None, "the upstream call went on after its client left"
+        assert holding.released_at - left_at < 1
+    finally:
+        server.stop()
+        holding.server.close()
+
+
+def redirect(conn: socket.socket) -> None:
+    """An upstream's answer to any request: a redirect."""
+    with conn:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 302 Found\r\nlocation: https://elsewhere.test/\r\ncontent-length: 0\r\n\r\n")
+
+
+def test_a_redirecting_deployment_fails_over_with_its_reason_in_the_route(running: Running) -> None:
+    redirecting = SocketServer(redirect)
+    fake_openai = f"{running.upstream.url}/openai/v1"
+    config = Config.model_validate(
+        {
+            "providers": {
+                "moved": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": redirecting.url},
+                "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": fake_openai},
+            },
+            "models": {
+                "moved": {"deployments": [{"provider": "moved", "model": "gpt-4o-mini"}]},
+                "kept": {
+                    "deployments": [
+                        {"provider": "moved", "model": "gpt-4o-mini"},
+                        {"provider": "openai", "model": "gpt-4o-mini"},
+                    ]
+                },
+            },
+        }
+    )
+    gateway, server = serve_gateway(config, running.store_url, running.upstream, running.fakes)
+    try:
+        key = running.mint(name="redirected")
+        hi = [{"role": "user", "content": "Hi"}]
+
+        def chat(model: str) -> httpx.Response:
+            body = {"model": model, "messages": hi}
+            return httpx.post(
+                f"{gateway.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+            )
+
+        only = chat("moved")
+        assert only.status_code == 502 and only.json()["error"]["code"] == "upstream_error"
+        assert only.json()["error"]["upstream_status"] == 302
+        assert only.headers["x-gateway-route"] == "moved/gpt-4o-mini@global=upstream_redirect"
+        kept = chat("kept")
+        assert kept.status_code == 200
+        assert kept.headers["x-gateway-route"].startswith("moved/gpt-4o-mini@global=upstream_redirect, openai/")
+    finally:
+        server.stop()
+        redirecting.close()

@@ -1,0 +1,145 @@
+"""Reuse of pooled connections that the upstream closed while the process was frozen (as Lambda freezes an
+environment between invocations: the event loop does not run, so nothing in the process sees the close)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from adapters.http.http1 import Http1Transport
+from handler.config import TimeoutConfig
+from handler.ports import UpstreamRequest
+from handler.upstream import UpstreamClient
+from tests.support.servers import SocketServer
+from tests.support.tls import self_signed
+from tests.unit.adapters.http.test_http1 import OK, read_all, read_request, scripted, send
+
+pytestmark = pytest.mark.both_loops
+FROZEN_S = 0.3
+
+
+class IdleClosing:
+    """A server in its own thread (it runs while the test's event loop is blocked) that answers every
+    request with OK and closes a connection once it was idle for `idle_s`."""
+
+    def __init__(self, idle_s: float, tls: ssl.SSLContext | None = None) -> None:
+        self.idle_s = idle_s
+        self.tls = tls
+        self.server = SocketServer(self._serve)
+        self.url = f"{'https://localhost' if tls else 'http://127.0.0.1'}:{self.server.port}"
+        self.requests = 0
+        self.closed_idle = 0
+
+    @property
+    def connections(self) -> int:
+        return self.server.connections
+
+    def _serve(self, raw: socket.socket) -> None:
+        try:
+            conn = self.tls.wrap_socket(raw, server_side=True) if self.tls is not None else raw
+        except OSError:
+            raw.close()
+            return
+        with conn:
+            conn.settimeout(self.idle_s)
+            buffer = b""
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    self.closed_idle += 1
+                    return
+                except OSError:
+                    return
+                if not data:
+                    return
+                buffer += data
+                while b"\r\n\r\n" in buffer:
+                    head, _, rest = buffer.partition(b"\r\n\r\n")
+                    length = next(
+                        (
+                            int(line.split(b":")[1])
+                            for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-length:")
+                        ),
+                        0,
+                    )
+                    if len(rest) < length:
+                        break
+                    buffer = rest[length:]
+                    self.requests += 1
+                    conn.sendall(OK)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@contextmanager
+def idle_closing(idle_s: float, tls: ssl.SSLContext | None = None) -> Iterator[IdleClosing]:
+    server = IdleClosing(idle_s, tls)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def freeze() -> None:
+    """Block the event loop, as a frozen Lambda environment does, while the server closes idle connections."""
+    time.sleep(FROZEN_S)
+
+
+async def test_a_connection_closed_while_frozen_is_not_reused() -> None:
+    with idle_closing(0.05) as server:
+        transport = Http1Transport()
+        for _ in range(3):
+            assert await read_all(await send(transport, server.url)) == b'{"ok":true}'
+            freeze()
+        assert server.connections == 3 and server.closed_idle == 3
+        assert server.requests == 3
+        await transport.aclose()
+
+
+async def test_a_tls_connection_closed_while_frozen_is_retried_on_a_new_one(tmp_path: Path) -> None:
+    """Over TLS the check before reuse cannot tell a close from a session ticket: the request fails on the
+    dead connection before any answer byte, and goes once more on a new one."""
+    certificate = self_signed(tmp_path)
+    with idle_closing(0.05, certificate.server_context()) as server:
+        client = UpstreamClient(TimeoutConfig(), Http1Transport(tls=certificate.client_context()))
+        for _ in range(3):
+            answer = await client.send(UpstreamRequest("POST", server.url, None, b"{}"))
+            assert answer.status == 200 and await answer.read() == b'{"ok":true}'
+            freeze()
+        assert server.connections == 3 and server.requests == 3
+        await client.aclose()
+
+
+async def test_a_reused_connection_that_breaks_mid_answer_is_not_retried() -> None:
+    """Once any byte of the answer came, the upstream acted on the request: it is not sent again."""
+    seen = 0
+
+    async def ok_then_broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal seen
+        await read_request(reader)
+        seen += 1
+        writer.write(OK)
+        await read_request(reader)
+        seen += 1
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-le")
+        await writer.drain()
+
+    async with scripted(ok_then_broken) as (server, url):
+        client = UpstreamClient(TimeoutConfig())
+        answer = await client.send(UpstreamRequest("POST", url, None, b"{}"))
+        assert await answer.read() == b'{"ok":true}'
+        with pytest.raises(Exception, match="unreachable") as failure:
+            await client.send(UpstreamRequest("POST", url, None, b"{}"))
+        assert "RemoteProtocolError" in str(failure.value)
+        assert server.connections == 1 and seen == 2
+        await client.aclose()

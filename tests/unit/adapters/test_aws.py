@@ -1,0 +1,195 @@
+"""The AWS layer: endpoints as botocore resolves them, credentials refreshed off the hot path, and the
+DynamoDB store with no keys in the environment (container credentials, as on ECS or SnapStart's restore)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import botocore.loaders
+import botocore.regions
+import botocore.session
+import pytest
+from botocore.credentials import Credentials as BotoCredentials
+
+from adapters import aws
+from adapters.store import open_store
+from handler.ports import KeyRecord
+from tests.support.dynamo import DynamoServer
+
+KEY_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
+@pytest.fixture(autouse=True)
+def fresh_credentials() -> Iterator[None]:
+    aws.reset_process_credentials()
+    yield
+    aws.reset_process_credentials()
+
+
+@pytest.mark.parametrize(
+    ("service", "region", "url"),
+    [
+        ("dynamodb", "eu-central-1", "https://dynamodb.eu-central-1.amazonaws.com"),
+        ("bedrock-runtime", "us-east-1", "https://bedrock-runtime.us-east-1.amazonaws.com"),
+        ("dynamodb", "cn-north-1", "https://dynamodb.cn-north-1.amazonaws.com.cn"),
+        ("secretsmanager", "cn-northwest-1", "https://secretsmanager.cn-northwest-1.amazonaws.com.cn"),
+        ("dynamodb", "us-gov-west-1", "https://dynamodb.us-gov-west-1.amazonaws.com"),
+        ("ssm", "us-iso-east-1", "https://ssm.us-iso-east-1.c2s.ic.gov"),
+    ],
+)
+def test_endpoints_follow_the_region_s_partition(service: str, region: str, url: str) -> None:
+    assert aws.endpoint(service, region, environ={}) == url
+
+
+def test_the_aws_partition_shortcut_is_botocore_s_own_data() -> None:
+    data = botocore.loaders.create_loader().load_data("endpoints")
+    partition = next(p for p in data["partitions"] if p["partition"] == "aws")
+    assert (partition["regionRegex"], partition["dnsSuffix"]) == (aws.AWS_REGION_REGEX, aws.AWS_DNS_SUFFIX)
+    resolver = botocore.regions.EndpointResolver(data)
+    for region in ("us-east-1", "eu-west-3", "ap-southeast-2", "sa-east-1", "me-central-1", "il-central-1"):
+        for service in ("dynamodb", "ssm", "secretsmanager"):
+            expected = resolver.construct_endpoint(service, region)
+            assert f"https://{expected['hostname']}" == aws.endpoint(service, region, environ={})
+
+
+def test_configured_endpoints_as_botocore_reads_them() -> None:
+    both = {"AWS_ENDPOINT_URL": "http://all:1/", "AWS_ENDPOINT_URL_DYNAMODB": "http://ddb:2/"}
+    assert aws.endpoint("dynamodb", "us-east-1", environ=both) == "http://ddb:2"
+    assert aws.endpoint("bedrock-runtime", "us-east-1", environ=both) == "http://all:1"
+    assert aws.endpoint("bedrock-runtime", "us-east-1", environ={"AWS_ENDPOINT_URL_BEDROCK_RUNTIME": "http://b"}) == (
+        "http://b"
+    )
+    assert aws.endpoint("secretsmanager", "us-east-1", environ={"AWS_ENDPOINT_URL_SECRETS_MANAGER": "http://s"}) == (
+        "http://s"
+    )
+    ignored = {**both, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"}
+    assert aws.endpoint("dynamodb", "us-east-1", environ=ignored) == "https://dynamodb.us-east-1.amazonaws.com"
+    assert aws.endpoint("dynamodb", "us-east-1", "http://given/", environ=both) == "http://given"
+
+
+def test_environment_keys_need_no_botocore(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(botocore.session, "get_session", lambda: pytest.fail("botocore's chain consulted"))
+    keys = aws.AwsCredentials({"AWS_ACCESS_KEY_ID": "A", "AWS_SECRET_ACCESS_KEY": "S", "AWS_SESSION_TOKEN": "T"})
+    assert (keys.current().access_key, keys.current().token) == ("A", "T") and not keys.from_chain
+
+
+def test_chain_credentials_are_refreshed_in_the_background(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request signs with the snapshot it has, at once; a thread takes the next snapshot, in which
+    botocore's refreshable credentials fetch new keys near their expiry (slowly, here)."""
+    keys = iter(["FIRST", "SECOND", "THIRD"])
+
+    class Rotating(BotoCredentials):
+        def get_frozen_credentials(self) -> Any:
+            if self.access_key != "NONE":
+                time.sleep(0.3)  # a credentials endpoint's round trip
+            return BotoCredentials(next(keys), "secret", "token").get_frozen_credentials()
+
+    class Session:
+        def get_credentials(self) -> BotoCredentials:
+            return Rotating("NONE", "x")
+
+    monkeypatch.setattr(botocore.session, "get_session", Session)
+    credentials = aws.AwsCredentials({}, snapshot_every_s=0.05)
+    assert credentials.current().access_key == "FIRST" and credentials.from_chain
+    time.sleep(0.1)
+    started = time.perf_counter()
+    assert credentials.current().access_key == "FIRST"  # the refresh runs on a thread meanwhile
+    assert time.perf_counter() - started < 0.05
+    deadline = time.monotonic() + 5
+    while credentials.current().access_key == "FIRST" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert credentials.current().access_key == "SECOND"
+
+
+def test_a_snapstart_restore_renews_chain_credentials_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = iter(["SNAPSHOTTED", "RESTORED"])
+
+    class Rotating(BotoCredentials):
+        def get_frozen_credentials(self) -> Any:
+            return BotoCredentials(next(keys), "secret", "token").get_frozen_credentials()
+
+    class Session:
+        def get_credentials(self) -> BotoCredentials:
+            return Rotating("NONE", "x")
+
+    for name in KEY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(botocore.session, "get_session", Session)
+    assert aws.process_credentials().current().access_key == "SNAPSHOTTED"
+    aws.renew_process_credentials()  # what `Gateway.reopen`, the restore hook, does first
+    assert aws.process_credentials().current().access_key == "RESTORED"
+
+
+class ContainerCredentials:
+    """The container credentials endpoint (ECS, and Lambda's `AWS_CONTAINER_CREDENTIALS_FULL_URI`) on loopback."""
+
+    def __init__(self) -> None:
+        served = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                served.calls += 1
+                expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=6)
+                body = json.dumps(
+                    {
+                        "AccessKeyId": "ASIACONTAINER",
+                        "SecretAccessKey": "container-secret",
+                        "Token": "container-token",
+                        "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.calls = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/credentials"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_store_without_keys_in_the_environment_uses_container_credentials(
+    monkeypatch: pytest.MonkeyPatch, dynamo: DynamoServer, tmp_path: Any
+) -> None:
+    """No keys in the environment (SnapStart's restored functions, ECS tasks): the one AWS layer resolves a
+    container role through botocore's chain, and the store works on it against the DynamoDB server."""
+    container = ContainerCredentials()
+    for name in KEY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", container.url)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", dynamo.url)
+    table = dynamo.create_table()
+
+    async def round_trip() -> KeyRecord | None:
+        store = open_store(f"dynamodb://{table}?region=us-east-1")
+        try:
+            await store.create_key(KeyRecord(id="containerkey", name="c", secret_hash="h", created_at=0))
+            return await store.get_key("containerkey")
+        finally:
+            await store.close()
+
+    try:
+        found = asyncio.run(round_trip())
+    finally:
+        container.stop()
+    assert found is not None and found.name == "c"
+    assert container.calls == 1
+    assert aws.process_credentials().current().access_key == "ASIACONTAINER"
