@@ -126,14 +126,12 @@ class Meter:
         reservation.headers = self._rate_headers(rates, snapshot, window)
         return reservation
 
-    async def count_request(self, lineage: list[KeyRecord], request_id: str, extra: list[RateCharge]) -> None:
-        """Count one request that spends nothing (minting a key) against every `rpm` limit along `lineage`,
-        plus the `extra` counters of its own, or raise the 429."""
-        key = lineage[0]
+    async def count_request(self, key: KeyRecord, request_id: str, counters: list[RateCharge]) -> None:
+        """Count one request that spends nothing (minting a key) on `key`'s own `counters` for this minute,
+        or raise the 429."""
         now = self.clock()
         window = int(now // 60)
-        rates = [r for holder in lineage for r in self._rates(holder, key, "", window, 0) if r.name == "rpm"]
-        rates += [replace(charge, window=window) for charge in extra]
+        rates = [replace(charge, window=window) for charge in counters]
         admission = Admission(request_id, key.id, [], rates, now + self.reservation_ttl, key.home_region)
         await self._admit(admission, key, 0.0, window)
 

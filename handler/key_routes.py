@@ -134,7 +134,6 @@ class KeyRoutes:
 
     async def mint_child(self, request: Request) -> Response:
         parent = await self.api.authenticate(request)
-        lineage = self.api.lineage(request)
         spec = await self.api.parse(request, KeySpec)
         now = time.time()
         child = record_from(spec, now=now)
@@ -167,7 +166,7 @@ class KeyRoutes:
                 )
         minting = self.gateway.config.gateway.key_minting
         mints = RateCharge("mint", 0, minting.per_minute, 1)
-        await self.api.pipeline.meter.count_request(lineage, request.state.request_id, [mints])
+        await self.api.pipeline.meter.count_request(parent, request.state.request_id, [mints])
         if len(await self.gateway.store.list_keys(parent.id)) >= minting.max_children:
             raise PermissionDeniedError(
                 f"this key has minted its {minting.max_children} child keys (gateway.key_minting.max_children)",

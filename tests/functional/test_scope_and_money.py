@@ -222,6 +222,19 @@ def test_a_request_cut_by_its_deadline_is_charged_the_reserved_worst_case(gw: Ru
     assert spent(gw, key) == pytest.approx((line.cost_usd or 0) + line.fee_usd)
 
 
+def test_a_client_that_leaves_a_non_stream_call_is_charged_the_reserved_worst_case(gw: Running) -> None:
+    key = gw.mint(budget_usd=1.0)
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up while the upstream is still working
+        httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            json={"model": "slow-test", "messages": HI},
+            headers=auth(key),
+            timeout=httpx.Timeout(10, read=0.5),
+        )
+    [line] = ledger(gw, key)
+    assert line.status == 499 and line.cost_source == "reserved" and (line.cost_usd or 0) > 0
+
+
 def test_an_answer_without_usage_is_estimated_and_impossible_usage_never_credits(gw: Running) -> None:
     key = gw.mint(budget_usd=1.0)
     assert chat(gw, key, "no-usage-test").status_code == 200

@@ -100,7 +100,9 @@ def run_load(running: Running, total: int, connections: int) -> dict[str, Any]:
     assert sum(1 for i in items if i.status == 200) == served
     assert sum(i.cost_usd or 0.0 for i in items) == pytest.approx(charged, abs=1e-9)
     assert me["spent_usd"] == pytest.approx(charged, abs=1e-9)
-    assert me["reserved_usd"] == pytest.approx(0, abs=1e-12)
+    # Committed and spent are float sums over thousands of settlements (each reserve, release and charge): they
+    # meet to the same 1e-9 USD as the ledger, not to the last bit.
+    assert me["reserved_usd"] == pytest.approx(0, abs=1e-9)
     print(f"\n{total} requests at {connections} connections: {elapsed:.1f}s ({total / elapsed:.0f} req/s), {statuses}")
     return {"elapsed": elapsed, "statuses": statuses}
 
