@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck unit bench tools clean sam-check
+.PHONY: serve test lint typecheck unit bench tools clients clean sam-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,15 @@ tools:
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	fi
 
-test: $(STAMP) tools lint
+# The coding-agent CLIs the functional tests drive through the gateway, at pinned versions, in .tools/.
+CODEX_VERSION := 0.171.0
+CODEX := .tools/node_modules/.bin/codex
+$(CODEX):
+	npm install --prefix .tools --no-save --no-audit --no-fund @openai/codex@$(CODEX_VERSION)
+
+clients: $(CODEX)
+
+test: $(STAMP) tools clients lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 # The full benchmark (a few minutes): the gateway against nginx directly, wrk at 1, 8 and 64 connections.
@@ -42,7 +50,7 @@ bench: $(STAMP) tools
 	$(BIN)/python -m tests.bench.run --json .bench.json
 
 clean:
-	rm -rf $(VENV) .gateway .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .gateway .pytest_cache .mypy_cache .ruff_cache
 
 # The AWS SAM CLI in its own venv (its pins clash with the test extras): `sam validate --lint` and `sam build`
 # (infra/Makefile: arm64 wheels for the runtime's Python, from PyPI). tests/unit/test_template.py then also runs

@@ -33,6 +33,7 @@ from handler.openapi import openapi_json
 from handler.ports import KeyRecord, StoreError
 from handler.pricing import estimate_prompt_tokens
 from handler.proxy import ChunkStream, Controls, Exchange, Pipeline
+from handler.responses_routes import ResponsesRoutes
 from handler.routing import RouteControls
 from handler.schemas import ChatRequest, EmbeddingsRequest
 from handler.streaming import DONE, EventStream, sse_chunk, sse_error, sse_json
@@ -416,6 +417,7 @@ def create_app(gateway: Gateway) -> GatewayApp:
     """The ASGI app for one gateway; build the gateway once per process and pass it in."""
     api = Api(gateway)
     keys = KeyRoutes(api)
+    responses = ResponsesRoutes(api)
 
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
@@ -450,6 +452,10 @@ def create_app(gateway: Gateway) -> GatewayApp:
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),
         Route("/v1/messages", api.messages, methods=["POST"]),
+        Route("/v1/responses", responses.create, methods=["POST"]),
+        Route("/v1/responses/{response_id}", responses.get, methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses.delete, methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/input_items", responses.input_items, methods=["GET"]),
         Route("/v1/key", keys.whoami, methods=["GET"]),
         Route("/v1/keys", keys.mint_child, methods=["POST"]),
         Route("/v1/usage", keys.usage, methods=["GET"]),
@@ -473,5 +479,6 @@ def create_app(gateway: Gateway) -> GatewayApp:
         "/v1/chat/completions": api.chat_completions,
         "/v1/messages": api.messages,
         "/v1/embeddings": api.embeddings,
+        "/v1/responses": responses.create,
     }
     return GatewayApp(app, direct, errors)

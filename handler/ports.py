@@ -406,6 +406,20 @@ class UsageQuery:
     until: float
 
 
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A Responses API answer kept for `previous_response_id` and `GET /v1/responses/{id}`: `body` is
+    the JSON of the conversation's input items and the response; only `key_id` and its `ancestors`
+    may read or delete it, until `expires_at`."""
+
+    id: str
+    key_id: str
+    ancestors: list[str]
+    created_at: float
+    expires_at: float
+    body: bytes
+
+
 class Store(ABC):
     """Keys, meters and the ledger. Every method is one round trip to the backend at most, except an
     admission in a region that must first top up its lease of a budget homed in another region (two more:
@@ -448,6 +462,18 @@ class Store(ABC):
     @abstractmethod
     async def usage(self, query: UsageQuery) -> list[LedgerItem]:
         """Ledger items in `[since, until)`, for the given keys (None: all)."""
+
+    @abstractmethod
+    async def put_response(self, stored: StoredResponse) -> None:
+        """Keep a response until its `expires_at` (written once per id)."""
+
+    @abstractmethod
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        """The response, or None when unknown, deleted or expired."""
+
+    @abstractmethod
+    async def delete_response(self, response_id: str) -> bool:
+        """Delete the response; whether it existed."""
 
     async def reconnect(self) -> None:
         """Drop the store's open connections (after a SnapStart restore they are dead); the next call opens

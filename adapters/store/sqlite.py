@@ -65,6 +65,7 @@ from adapters.store.records import (
     ledger_from_json,
     ledger_to_json,
 )
+from adapters.store.responses import SQLiteResponses
 from handler.ports import (
     Admission,
     BudgetRefused,
@@ -125,7 +126,7 @@ MMAP_BYTES = 256 * 1024 * 1024
 RECALL_WAIT_S = 1.5 * SWEEP_S
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteResponses, Store):
     """`Store` on one SQLite file; see the module docstring."""
 
     def __init__(self, path: str) -> None:

@@ -21,6 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.fakes.script import ScriptedCall, scripted_turn, texts
+
 API_KEY = "test-anthropic-key"
 TEXT = "Hello from fake Anthropic."
 TOOL_INPUT = {"city": "Paris"}
@@ -54,9 +56,21 @@ def _problem(body: dict[str, Any]) -> str | None:
     return None
 
 
+def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
+    messages = body.get("messages") or []
+    users = [texts(m.get("content")) for m in messages if m.get("role") == "user"]
+    last = messages[-1].get("content") if messages else None
+    results = [b for b in last if b.get("type") == "tool_result"] if isinstance(last, list) else []
+    result = texts(results[-1].get("content")) if results else None
+    return scripted_turn(users, [str(t.get("name")) for t in body.get("tools") or []], result)
+
+
 def _tool_name(body: dict[str, Any]) -> str | None:
     tools = body.get("tools") or []
     choice = body.get("tool_choice") or {}
+    script = _script(body)
+    if isinstance(script, ScriptedCall):
+        return script.name
     if not tools or choice.get("type") not in ("any", "tool"):
         return None
     return str(choice.get("name") or tools[0]["name"])
@@ -97,13 +111,17 @@ def create_app() -> Starlette:
         if "bad-json" in faults:
             return Response(b"{not json", 200, media_type="application/json")
         tool = _tool_name(body)
+        script = _script(body)
+        tool_input = script.arguments if isinstance(script, ScriptedCall) else TOOL_INPUT
+        text = script if isinstance(script, str) else TEXT
         if body.get("stream"):
-            return StreamingResponse(_stream(body, model, tool, "stream-cut" in faults), media_type="text/event-stream")
+            events = _stream(body, model, tool, "stream-cut" in faults, tool_input, text)
+            return StreamingResponse(events, media_type="text/event-stream")
         content: list[dict[str, Any]]
         if tool:
-            content = [{"type": "tool_use", "id": TOOL_USE_ID, "name": tool, "input": TOOL_INPUT}]
+            content = [{"type": "tool_use", "id": TOOL_USE_ID, "name": tool, "input": tool_input}]
         else:
-            content = [{"type": "text", "text": TEXT}]
+            content = [{"type": "text", "text": text}]
         answer = {
             "id": MESSAGE_ID,
             "type": "message",
@@ -122,7 +140,9 @@ def create_app() -> Starlette:
         }
         return Response(orjson.dumps(answer), media_type="application/json")
 
-    async def _stream(body: dict[str, Any], model: str, tool: str | None, cut: bool) -> AsyncIterator[bytes]:
+    async def _stream(
+        body: dict[str, Any], model: str, tool: str | None, cut: bool, tool_input: dict[str, Any], text: str
+    ) -> AsyncIterator[bytes]:
         start: dict[str, Any] = {
             "id": MESSAGE_ID,
             "type": "message",
@@ -141,10 +161,12 @@ def create_app() -> Starlette:
         yield _sse("message_start", {"type": "message_start", "message": start})
         if tool:
             block: dict[str, Any] = {"type": "tool_use", "id": TOOL_USE_ID, "name": tool, "input": {}}
-            deltas = [{"type": "input_json_delta", "partial_json": p} for p in ("", '{"city"', ': "Paris"}')]
+            arguments = orjson.dumps(tool_input).decode()
+            pieces = ("", arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :])
+            deltas = [{"type": "input_json_delta", "partial_json": p} for p in pieces]
         else:
             block = {"type": "text", "text": ""}
-            words = TEXT.split(" ")
+            words = text.split(" ")
             deltas = [{"type": "text_delta", "text": (" " if i else "") + w} for i, w in enumerate(words)]
         yield _sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
         yield _sse("ping", {"type": "ping"})

@@ -30,6 +30,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.fakes.script import ScriptedCall, scripted_turn, texts
+
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
 REGION = "us-east-1"
@@ -182,14 +184,27 @@ def _invalid(body: dict[str, Any]) -> str | None:
     return None
 
 
+def _results(message: dict[str, Any]) -> list[dict[str, Any]]:
+    return [block["toolResult"] for block in message.get("content") or [] if "toolResult" in block]
+
+
 def answer_for(body: dict[str, Any]) -> dict[str, Any]:
     """A Converse answer: a `toolUse` when a tool is forced, else the fixed text."""
     config = body.get("toolConfig") or {}
     choice = config.get("toolChoice") or {}
     last = body["messages"][-1]["content"]
     answered = any("toolResult" in block for block in last)
+    users = [texts(m["content"]) for m in body["messages"] if m.get("role") == "user" and not _results(m)]
+    results = _results(body["messages"][-1])
+    names = [str(t["toolSpec"]["name"]) for t in config.get("tools") or [] if "toolSpec" in t]
+    script = scripted_turn(users, names, texts(results[-1].get("content")) if results else None)
     content: list[dict[str, Any]]
-    if config.get("tools") and not answered and ("any" in choice or "tool" in choice):
+    if isinstance(script, ScriptedCall):
+        content = [{"toolUse": {"toolUseId": TOOL_USE_ID, "name": script.name, "input": script.arguments}}]
+        stop = "tool_use"
+    elif isinstance(script, str):
+        content, stop = [{"text": script}], "end_turn"
+    elif config.get("tools") and not answered and ("any" in choice or "tool" in choice):
         name = choice["tool"]["name"] if "tool" in choice else config["tools"][0]["toolSpec"]["name"]
         content = [{"toolUse": {"toolUseId": TOOL_USE_ID, "name": name, "input": CALL_INPUT}}]
         stop = "tool_use"

@@ -21,6 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.fakes.script import ScriptedCall, scripted_turn, texts
+
 API_KEY = "test-gemini-key"
 TEXT = "Hello from fake Gemini."
 SLOW_SECONDS = 2.0
@@ -88,9 +90,27 @@ def _validate(body: dict[str, Any]) -> Response | None:
     return None
 
 
+def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
+    contents = body.get("contents") or []
+    users = [texts([p.get("text") for p in c.get("parts") or []]) for c in contents if c.get("role") == "user"]
+    last = contents[-1].get("parts") or [] if contents else []
+    responses = [p["functionResponse"] for p in last if "functionResponse" in p]
+    result = texts(responses[-1].get("response")) if responses else None
+    declarations = [d for tool in body.get("tools") or [] for d in tool.get("functionDeclarations") or []]
+    return scripted_turn(users, [str(d.get("name")) for d in declarations], result)
+
+
+def _text(body: dict[str, Any]) -> str:
+    script = _script(body)
+    return script if isinstance(script, str) else TEXT
+
+
 def _function_call(body: dict[str, Any]) -> dict[str, Any] | None:
     declarations = [d for tool in body.get("tools") or [] for d in tool.get("functionDeclarations") or []]
     config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    script = _script(body)
+    if isinstance(script, ScriptedCall):
+        return {"name": script.name, "args": script.arguments}
     if not declarations or config.get("mode") != "ANY":
         return None
     allowed = config.get("allowedFunctionNames") or [declarations[0]["name"]]
@@ -184,7 +204,7 @@ def create_app() -> Starlette:
             if request.query_params.get("alt") != "sse":
                 return _invalid("the fake only streams with alt=sse")
             return StreamingResponse(_stream(model, body, call), media_type="text/event-stream")
-        parts = [{"functionCall": call}] if call else [{"text": TEXT}]
+        parts = [{"functionCall": call}] if call else [{"text": _text(body)}]
         answer = _answer(parts, _usage(body, 5, 2), "STOP")
         return Response(orjson.dumps(answer), media_type="application/json")
 
@@ -195,7 +215,7 @@ def create_app() -> Starlette:
         if call:
             yield event(_answer([{"functionCall": call}], _usage(body, 5, 2), "STOP"))
             return
-        words = TEXT.split(" ")
+        words = _text(body).split(" ")
         for i, word in enumerate(words):
             if "stream-cut" in model and i == 2:
                 return

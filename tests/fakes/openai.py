@@ -3,7 +3,9 @@
 Behaviour is chosen by the requested model name, so tests need no side channel:
 `fail-429` (rate limit with retry-after: 0), `fail-500`, `fail-400`, `fail-401`, `slow` (waits
 `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way without [DONE]),
-`drip` (a stream whose chunks come `SLOW_SECONDS` apart), `bad-json` (a 200 whose body is not JSON).
+`drip` (a stream whose chunks come `SLOW_SECONDS` apart), `bad-json` (a 200 whose body is not JSON),
+`reasoner` (DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`). A user
+message may script a tool call (`tests/fakes/script.py`); a `json_schema` response format is followed.
 Every request is recorded on `app.state.requests`.
 """
 
@@ -20,8 +22,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.fakes.script import ScriptedCall, sample_of, scripted_turn, texts
+
 API_KEY = "test-openai-key"
 TEXT = "Hello from fake OpenAI."
+REASONING = "The user greets me; I greet back."
 SLOW_SECONDS = 2.0
 
 
@@ -34,9 +39,32 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     return max(1, len(orjson.dumps(body.get("messages", body.get("input", "")))) // 4)
 
 
+def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
+    messages = body.get("messages") or []
+    users = [texts(m.get("content")) for m in messages if m.get("role") == "user"]
+    last = messages[-1] if messages else {}
+    result = texts(last.get("content")) if last.get("role") == "tool" else None
+    return scripted_turn(users, [t["function"]["name"] for t in body.get("tools") or []], result)
+
+
+def _answer_text(body: dict[str, Any]) -> str:
+    script = _script(body)
+    if isinstance(script, str):
+        return script
+    schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
+    return orjson.dumps(sample_of(schema)).decode() if schema else TEXT
+
+
 def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
     tools = body.get("tools") or []
     choice = body.get("tool_choice")
+    script = _script(body)
+    if isinstance(script, ScriptedCall):
+        return {
+            "id": "call_fake123",
+            "type": "function",
+            "function": {"name": script.name, "arguments": script.arguments_json},
+        }
     if not tools or choice in (None, "auto", "none"):
         return None
     name = choice["function"]["name"] if isinstance(choice, dict) else tools[0]["function"]["name"]
@@ -89,9 +117,15 @@ def create_app() -> Starlette:
         }
         if body.get("stream"):
             return StreamingResponse(_stream(body, call, usage), media_type="text/event-stream")
-        message: dict[str, Any] = {"role": "assistant", "content": None if call else TEXT, "refusal": None}
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": None if call else _answer_text(body),
+            "refusal": None,
+        }
         if call:
             message["tool_calls"] = [call]
+        if "reasoner" in model:
+            message["reasoning_content"] = REASONING
         answer = {
             "id": "chatcmpl-fake1",
             "object": "chat.completion",
@@ -119,6 +153,9 @@ def create_app() -> Starlette:
         yield event(
             [{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None}, "finish_reason": None}]
         )
+        if "reasoner" in model:
+            for piece in (REASONING[:10], REASONING[10:]):
+                yield event([{"index": 0, "delta": {"reasoning_content": piece}, "finish_reason": None}])
         if call:
             first = {
                 "index": 0,
@@ -127,11 +164,12 @@ def create_app() -> Starlette:
                 "function": {"name": call["function"]["name"], "arguments": ""},
             }
             yield event([{"index": 0, "delta": {"tool_calls": [first]}, "finish_reason": None}])
-            for piece in ('{"city"', ':"Paris"}'):
+            arguments = call["function"]["arguments"]
+            for piece in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :]):
                 delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
                 yield event([{"index": 0, "delta": delta, "finish_reason": None}])
         else:
-            for i, word in enumerate(TEXT.split(" ")):
+            for i, word in enumerate(_answer_text(body).split(" ")):
                 if "stream-cut" in model and i == 2:
                     return
                 if "drip" in model:

@@ -1,0 +1,135 @@
+"""Responses API routes: `POST /v1/responses`, `GET` and `DELETE /v1/responses/{id}`.
+
+A stored response (the default, `store: true`) keeps the conversation's input items and the response
+in the gateway's store for `gateway.responses_ttl_seconds`; `previous_response_id` continues it. Only
+the key that made a response, or one of that key's ancestors, can see it: for any other key it does
+not exist (404, never 403, which would tell that it does).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from handler.config import resolve_secret
+from handler.errors import NotFoundError
+from handler.observability import observe
+from handler.ports import KeyRecord, StoredResponse
+from handler.responses_api import (
+    ReasoningSeal,
+    ResponseIds,
+    ResponsesRequest,
+    input_items,
+    to_chat_request,
+    to_response,
+)
+from handler.responses_stream import responses_events
+from handler.streaming import EventStream
+
+if TYPE_CHECKING:
+    from handler.app import Api
+
+logger = logging.getLogger("gateway")
+
+
+class ResponseArchive:
+    """Stored responses as one key may see them."""
+
+    def __init__(self, api: Api) -> None:
+        self.store = api.gateway.store
+        self.ttl = api.gateway.config.gateway.responses_ttl_seconds
+
+    @staticmethod
+    def _visible(stored: StoredResponse, key: KeyRecord) -> bool:
+        return stored.key_id == key.id or key.id in stored.ancestors
+
+    async def find(self, response_id: str, key: KeyRecord, param: str | None = None) -> dict[str, Any]:
+        """The stored `{"items": [...], "response": {...}}`, or a 404 alike for unknown and not yours."""
+        stored = await self.store.get_response(response_id) if response_id.startswith("resp_") else None
+        if stored is None or not self._visible(stored, key):
+            raise NotFoundError(f"Response with id '{response_id}' not found.", code="not_found", param=param)
+        record: dict[str, Any] = orjson.loads(stored.body)
+        return record
+
+    async def keep(self, key: KeyRecord, items: list[dict[str, Any]], response: dict[str, Any]) -> None:
+        now = time.time()
+        body = orjson.dumps({"items": items, "response": response})
+        stored = StoredResponse(response["id"], key.id, list(key.ancestors), now, now + self.ttl, body)
+        await self.store.put_response(stored)
+
+    async def delete(self, response_id: str, key: KeyRecord) -> None:
+        await self.find(response_id, key)
+        await self.store.delete_response(response_id)
+
+
+class ResponsesRoutes:
+    """The Responses API's handlers, bound to the app's `Api`."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.archive = ResponseArchive(api)
+        secret = resolve_secret(api.gateway.config.gateway.responses_secret)
+        self.seal = ReasoningSeal(secret.encode() if secret else None)
+
+    async def create(self, request: Request) -> Response:
+        api = self.api
+        key = await api.authenticate(request)
+        body = await api.parse(request, ResponsesRequest)
+        history: list[dict[str, Any]] = []
+        if body.previous_response_id:
+            previous = await self.archive.find(body.previous_response_id, key, param="previous_response_id")
+            history = [*previous["items"], *previous["response"].get("output", [])]
+        req, dropped = to_chat_request(body, history, self.seal)
+        ex = api.exchange(request, key, req.model, dropped)
+        ids = ResponseIds(ex.request_id)
+        conversation = [*history, *input_items(body)]
+
+        async def keep(response: dict[str, Any]) -> None:
+            if body.stored:
+                await self.archive.keep(key, conversation, response)
+
+        if req.stream:
+            stream = await api.pipeline.chat_stream(req, ex)
+            events = responses_events(stream, body, ids, self.seal, keep)
+            return EventStream(events, {**ex.headers(), "cache-control": "no-cache", "x-accel-buffering": "no"})
+        completion = await api.pipeline.chat(req, ex)
+        response = to_response(completion, body, ids, self.seal, ex.cost)
+        await keep(response)
+        answer = api.json(response)
+        answer.headers.update(ex.headers())
+        observe(ex, 200)
+        return answer
+
+    async def get(self, request: Request) -> Response:
+        key = await self.api.authenticate(request)
+        record = await self.archive.find(request.path_params["response_id"], key)
+        return self.api.json(record["response"])
+
+    async def delete(self, request: Request) -> Response:
+        key = await self.api.authenticate(request)
+        response_id = request.path_params["response_id"]
+        await self.archive.delete(response_id, key)
+        return self.api.json({"id": response_id, "object": "response", "deleted": True})
+
+    async def input_items(self, request: Request) -> Response:
+        key = await self.api.authenticate(request)
+        record = await self.archive.find(request.path_params["response_id"], key)
+        items = [
+            {"type": "message", **item, "id": item.get("id") or f"msg_{i:04d}"}
+            for i, item in enumerate(record["items"])
+        ]
+        data = list(reversed(items)) if request.query_params.get("order", "desc") == "desc" else items
+        return self.api.json(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": False,
+            }
+        )
