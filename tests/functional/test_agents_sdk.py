@@ -1,0 +1,61 @@
+"""The OpenAI Agents SDK in its default mode (the Responses API) running an agent with a function tool
+through the gateway, on a model served by each provider type."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.functional.conftest import Running
+from tests.support.fleet import PROVIDER_MODELS, serve_fleet
+from tests.support.servers import ServerThread
+
+agents = pytest.importorskip("agents")
+
+
+@pytest.fixture(scope="module")
+def fleet(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    yield from serve_fleet(upstream, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def agent_key(fleet: Running) -> str:
+    return fleet.mint(name="agents")
+
+
+@pytest.mark.parametrize("model", PROVIDER_MODELS)
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_an_agent_calls_its_tool_and_answers(fleet: Running, agent_key: str, model: str, streamed: bool) -> None:
+    from openai import AsyncOpenAI
+
+    seen: list[str] = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        seen.append(city)
+        return f"18C and sunny in {city}"
+
+    client = AsyncOpenAI(base_url=f"{fleet.url}/v1", api_key=agent_key, max_retries=0)
+    async with client:
+        agent = agents.Agent(
+            name="weather",
+            instructions="Answer with the weather.",
+            tools=[get_weather],
+            model=agents.OpenAIResponsesModel(model=model, openai_client=client),
+            # The fakes call a tool only when asked to; the SDK resets the choice after the call.
+            model_settings=agents.ModelSettings(tool_choice="required"),
+        )
+        config = agents.RunConfig(tracing_disabled=True)
+        if streamed:
+            result: Any = agents.Runner.run_streamed(agent, "Weather in Paris?", run_config=config)
+            async for _ in result.stream_events():
+                pass
+        else:
+            result = await agents.Runner.run(agent, "Weather in Paris?", run_config=config)
+    assert seen == ["Paris"]
+    assert isinstance(result.final_output, str) and result.final_output
+    kinds = [item.type for item in result.new_items]
+    assert kinds[:2] == ["tool_call_item", "tool_call_output_item"] and kinds[-1] == "message_output_item"

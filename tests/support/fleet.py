@@ -1,0 +1,77 @@
+"""A gateway with one model on each provider type, in front of the fakes, for the Responses API tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.providers import REGISTRY
+from handler.config import parse_config
+from tests.fakes import azure as azure_fake
+from tests.fakes import bedrock as bedrock_fake
+from tests.functional.conftest import FAKE_KEYS, Running, serve_gateway
+from tests.support.servers import ServerThread
+
+# A model served by each provider type (deepseek: an OpenAI-compatible API).
+PROVIDER_MODELS = ["gpt", "azure-gpt", "claude", "gemini", "bedrock-claude", "deepseek"]
+PRICE = {"input": 1, "output": 2}
+# A model served by each provider type.
+PROVIDER_MODELS = ["gpt", "azure-gpt", "claude", "gemini", "bedrock-claude", "deepseek"]
+
+
+def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
+    return {
+        "gateway": {"timeouts": {"connect": 2, "first_byte": 5, "between_chunks": 5}},
+        "providers": {
+            "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream}/openai/v1"},
+            "anthropic": {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": f"{upstream}/anthropic"},
+            "gemini": {"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": f"{upstream}/gemini"},
+            "deepseek": {"type": "deepseek", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream}/openai/v1"},
+            "azure": {"type": "azure", "base_url": azure, "region": "eastus"},
+            "bedrock": {"type": "bedrock", "base_url": bedrock},
+        },
+        "models": {
+            "gpt": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": PRICE},
+            "azure-gpt": {"deployments": [{"provider": "azure", "model": "gpt-4o-prod"}], "price": PRICE},
+            "claude": {"deployments": [{"provider": "anthropic", "model": "claude-haiku-4-5"}], "price": PRICE},
+            "gemini": {"deployments": [{"provider": "gemini", "model": "gemini-2.5-flash"}], "price": PRICE},
+            "bedrock-claude": {
+                "deployments": [
+                    {
+                        "provider": "bedrock",
+                        "model": "us.anthropic.claude-3-5-haiku-20241022-v1:0",
+                        "region": "us-east-1",
+                    }
+                ],
+                "price": PRICE,
+            },
+            "deepseek": {"deployments": [{"provider": "deepseek", "model": "deepseek-chat"}], "price": PRICE},
+            "reasoner": {"deployments": [{"provider": "deepseek", "model": "deepseek-reasoner"}], "price": PRICE},
+            "cut": {"deployments": [{"provider": "openai", "model": "stream-cut"}], "price": PRICE},
+        },
+    }
+
+
+def serve_fleet(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    """A gateway with a model on each provider type, each in front of its fake (a module fixture's body)."""
+    missing = {"azure", "bedrock", "deepseek", "gemini", "anthropic"} - set(REGISTRY)
+    if missing:
+        pytest.skip(f"provider types not registered: {sorted(missing)}")
+    server, fakes = upstream
+    azure_app, bedrock_app = azure_fake.create_app(), bedrock_fake.create_app()
+    azure, bedrock = ServerThread(azure_app).start(), ServerThread(bedrock_app).start()
+    config = parse_config(fleet_config(server.url, azure.url, bedrock.url), set(REGISTRY))
+    store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('responses-store')) / 'gateway.db'}"
+    environ = {**FAKE_KEYS, "AZURE_OPENAI_API_KEY": azure_fake.API_KEY}
+    running, gateway = serve_gateway(
+        config, store_url, server, {**fakes, "azure": azure_app, "bedrock": bedrock_app}, environ
+    )
+    yield running
+    gateway.stop()
+    azure.stop()
+    bedrock.stop()
