@@ -139,7 +139,11 @@ class ResponsesEventWriter:
             if delta.reasoning_content or fields:
                 data, item = self._switch("reasoning", 0)
                 out += data
-                item.fields.update(fields)
+                for name, value in fields.items():  # a list (of signed blocks) grows block by block
+                    known = item.fields.get(name)
+                    item.fields[name] = (
+                        [*known, *value] if isinstance(known, list) and isinstance(value, list) else value
+                    )
                 if delta.reasoning_content:
                     item.text.append(delta.reasoning_content)
                     out += self.event(

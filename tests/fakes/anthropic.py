@@ -4,7 +4,9 @@ Behaviour is chosen by the requested model name, or by `metadata.user_id` (the O
 gateway test can pick a fault on a configured model: `fail-429` (rate_limit_error with retry-after: 0),
 `fail-500` (api_error), `fail-529` (overloaded_error), `fail-400` (invalid_request_error), `slow`
 (waits `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way, without
-`message_delta` or `message_stop`), `bad-json` (a 200 whose body is not JSON). A request with tools and a
+`message_delta` or `message_stop`), `bad-json` (a 200 whose body is not JSON), `thinker` (thinking on:
+the answer opens with a signed thinking block, and an assistant turn that called a tool must come back
+opening with it, signature intact, as the real API requires). A request with tools and a
 `tool_choice` of `any` or `tool` is answered with a `tool_use` block. Every request is recorded on
 `app.state.requests`.
 """
@@ -30,6 +32,8 @@ OUTPUT_TOKENS = 7
 SLOW_SECONDS = 2.0
 MESSAGE_ID = "msg_01FakeAnthropic"
 TOOL_USE_ID = "toolu_01FakeAnthropic"
+THINKING = "The user wants the weather; I should call the tool."
+SIGNATURE = "EqQBCkYIBxgCKkBfakeSignature"
 
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -53,6 +57,25 @@ def _problem(body: dict[str, Any]) -> str | None:
             return f"messages.{i}.role: Input should be 'user' or 'assistant'"
     if body.get("tool_choice") and not body.get("tools"):
         return "tool_choice may only be specified while providing tools."
+    if "thinker" in str(body.get("model")):
+        for i, message in enumerate(messages):
+            content = message.get("content")
+            if message.get("role") != "assistant" or not isinstance(content, list):
+                continue
+            if not any(block.get("type") == "tool_use" for block in content):
+                continue
+            first = content[0]
+            if first.get("type") not in ("thinking", "redacted_thinking"):
+                return (
+                    f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                    f"`{first.get('type')}`. When `thinking` is enabled, a final `assistant` message must start "
+                    "with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks)."
+                )
+            if first.get("type") == "thinking" and (first.get("signature"), first.get("thinking")) != (
+                SIGNATURE,
+                THINKING,
+            ):
+                return f"messages.{i}.content.0: Invalid `signature` in `thinking` block"
     return None
 
 
@@ -122,6 +145,8 @@ def create_app() -> Starlette:
             content = [{"type": "tool_use", "id": TOOL_USE_ID, "name": tool, "input": tool_input}]
         else:
             content = [{"type": "text", "text": text}]
+        if "thinker" in model:
+            content.insert(0, {"type": "thinking", "thinking": THINKING, "signature": SIGNATURE})
         answer = {
             "id": MESSAGE_ID,
             "type": "message",
@@ -159,6 +184,18 @@ def create_app() -> Starlette:
             },
         }
         yield _sse("message_start", {"type": "message_start", "message": start})
+        index = 0
+        if "thinker" in model:
+            block = {"type": "thinking", "thinking": "", "signature": ""}
+            yield _sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
+            for delta in (
+                {"type": "thinking_delta", "thinking": THINKING[:12]},
+                {"type": "thinking_delta", "thinking": THINKING[12:]},
+                {"type": "signature_delta", "signature": SIGNATURE},
+            ):
+                yield _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+            yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+            index = 1
         if tool:
             block: dict[str, Any] = {"type": "tool_use", "id": TOOL_USE_ID, "name": tool, "input": {}}
             arguments = orjson.dumps(tool_input).decode()
@@ -168,13 +205,13 @@ def create_app() -> Starlette:
             block = {"type": "text", "text": ""}
             words = text.split(" ")
             deltas = [{"type": "text_delta", "text": (" " if i else "") + w} for i, w in enumerate(words)]
-        yield _sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
+        yield _sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
         yield _sse("ping", {"type": "ping"})
         for i, delta in enumerate(deltas):
             if cut and i == 2:
                 return
-            yield _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
-        yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+            yield _sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+        yield _sse("content_block_stop", {"type": "content_block_stop", "index": index})
         yield _sse(
             "message_delta",
             {

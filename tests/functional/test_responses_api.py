@@ -12,6 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from tests.fakes.anthropic import TEXT as ANTHROPIC_TEXT
+from tests.fakes.anthropic import THINKING
 from tests.fakes.openai import REASONING, TEXT
 from tests.functional.conftest import Running, openai_client
 from tests.support.fleet import PROVIDER_MODELS, serve_fleet
@@ -189,11 +190,16 @@ def test_an_upstream_failure_mid_stream_ends_with_response_failed(fleet: Running
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_reasoning_goes_back_to_the_provider_sealed(fleet: Running, fleet_key: str, stream: bool) -> None:
+@pytest.mark.parametrize(("model", "reasoning_text"), [("reasoner", REASONING), ("claude-thinker", THINKING)])
+def test_reasoning_goes_back_to_the_provider_sealed(
+    fleet: Running, fleet_key: str, stream: bool, model: str, reasoning_text: str
+) -> None:
+    """DeepSeek needs its reasoning back on a tool-calling turn; Claude its signed thinking block (the
+    fake refuses the turn without it, as Anthropic does). Neither is kept on the gateway (`store: false`)."""
     sdk = openai_client(fleet, fleet_key)
     question: Any = [{"role": "user", "content": "Weather in Paris?"}]
     settings: Any = {
-        "model": "reasoner",
+        "model": model,
         "tools": [WEATHER],
         "store": False,
         "include": ["reasoning.encrypted_content"],
@@ -207,22 +213,23 @@ def test_reasoning_goes_back_to_the_provider_sealed(fleet: Running, fleet_key: s
     else:
         first = sdk.responses.create(input=question, tool_choice="required", **settings)
     reasoning = [item for item in first.output if item.type == "reasoning"]
-    assert len(reasoning) == 1 and reasoning[0].summary[0].text == REASONING
+    assert len(reasoning) == 1 and reasoning[0].summary[0].text == reasoning_text
     sealed = reasoning[0].encrypted_content
-    assert sealed and REASONING not in sealed
+    assert sealed and reasoning_text not in sealed
     call = next(item for item in first.output if item.type == "function_call")
     back: Any = [
         *question,
         *[item.model_dump(exclude_none=True) for item in first.output],
         {"type": "function_call_output", "call_id": call.call_id, "output": "18C"},
     ]
-    sdk.responses.create(input=back, **settings)
-    sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
-    assistant = next(m for m in sent if m["role"] == "assistant")
-    assert assistant["reasoning_content"] == REASONING and assistant["tool_calls"][0]["id"] == call.call_id
+    assert sdk.responses.create(input=back, **settings).status == "completed"
+    if model == "reasoner":
+        sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
+        assistant = next(m for m in sent if m["role"] == "assistant")
+        assert assistant["reasoning_content"] == REASONING and assistant["tool_calls"][0]["id"] == call.call_id
 
     back[1] = {**back[1], "summary": [], "encrypted_content": sealed[:-6] + "AAAAA="}  # altered: not trusted
-    raw = sdk.responses.with_raw_response.create(input=back, **settings)
+    raw = sdk.responses.with_raw_response.create(input=back, **{**settings, "model": "reasoner"})
     assert "input[reasoning].encrypted_content" in dropped(raw.headers)
     sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
     assert "reasoning_content" not in next(m for m in sent if m["role"] == "assistant")

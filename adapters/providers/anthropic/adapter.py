@@ -15,6 +15,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from adapters.providers import thinking
 from adapters.providers.params import Rule, apply_rules, require_turns
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import (
@@ -170,6 +171,8 @@ class WireBlock(_Wire):
     type: str
     text: str | None = None
     thinking: str | None = None
+    signature: str | None = None
+    data: str | None = None
     id: str | None = None
     name: str | None = None
     input: Any = None
@@ -257,6 +260,7 @@ def _turn(message: Message) -> tuple[str, list[dict[str, Any]]]:
         return "user", [result]
     blocks = _content_blocks(message)
     if message.role == "assistant":
+        blocks[:0] = thinking.thinking_blocks(message)  # a turn's signed thinking comes first, as it was
         for call in message.tool_calls or ():
             blocks.append(
                 {
@@ -350,6 +354,7 @@ class AnthropicStreamParser:
         self._created = int(time.time())
         self._wire_usage = WireUsage()
         self._blocks: dict[int, tuple[str, int]] = {}
+        self._thinking: dict[int, list[str]] = {}  # a thinking block's text so far, until its signature
         self._tools = 0
         self._json_answer = False
         self._usage_sent = False
@@ -404,7 +409,10 @@ class AnthropicStreamParser:
             return [self._chunk(ChunkDelta(content=block.text))] if block.text else []
         if block.type == "thinking":
             self._blocks[index] = ("thinking", 0)
+            self._thinking[index] = [block.thinking or ""]
             return [self._chunk(ChunkDelta(reasoning_content=block.thinking))] if block.thinking else []
+        if block.type == "redacted_thinking" and block.data:
+            return [self._chunk(ChunkDelta(**{thinking.FIELD: [thinking.redacted(block.data)]}))]
         if block.type == "tool_use" and self._json_mode and block.name == JSON_TOOL:
             self._blocks[index] = ("json", 0)
             self._json_answer = True
@@ -425,7 +433,12 @@ class AnthropicStreamParser:
         if delta_type == "text_delta" and delta.get("text"):
             return [self._chunk(ChunkDelta(content=str(delta["text"])))]
         if delta_type == "thinking_delta" and delta.get("thinking"):
+            self._thinking.setdefault(index, []).append(str(delta["thinking"]))
             return [self._chunk(ChunkDelta(reasoning_content=str(delta["thinking"])))]
+        if delta_type == "signature_delta" and isinstance(delta.get("signature"), str):
+            # The block is whole once signed: it travels on (in the internal form) for the next turn.
+            block = thinking.signed("".join(self._thinking.pop(index, [])), delta["signature"])
+            return [self._chunk(ChunkDelta(**{thinking.FIELD: [block]}))]
         if delta_type == "input_json_delta" and delta.get("partial_json"):
             fragment = str(delta["partial_json"])
             if kind == "json":
@@ -433,7 +446,7 @@ class AnthropicStreamParser:
             if kind == "tool":
                 call = ToolCallDelta(index=position, function=FunctionCallDelta(arguments=fragment))
                 return [self._chunk(ChunkDelta(tool_calls=[call]))]
-        return []  # signature_delta, citations_delta: nothing the OpenAI form carries
+        return []  # citations_delta: nothing the OpenAI form carries
 
     def _usage_chunk(self) -> list[ChatCompletionChunk]:
         if self.usage is None or self._usage_sent:
@@ -530,14 +543,19 @@ class AnthropicAdapter(ProviderAdapter):
             raise malformed("upstream answer is not an Anthropic message") from exc
         json_mode = json_tool(req) is not None
         texts: list[str] = []
-        thinking: list[str] = []
+        reasoning: list[str] = []
+        signed: list[dict[str, Any]] = []
         calls: list[ToolCall] = []
         json_answer: str | None = None
         for block in message.content:
+            if block.type == "thinking" and block.signature is not None:
+                signed.append(thinking.signed(block.thinking or "", block.signature))
+            elif block.type == "redacted_thinking" and block.data:
+                signed.append(thinking.redacted(block.data))
             if block.type == "text" and block.text:
                 texts.append(block.text)
             elif block.type == "thinking" and block.thinking:
-                thinking.append(block.thinking)
+                reasoning.append(block.thinking)
             elif block.type == "tool_use" and json_mode and block.name == JSON_TOOL:
                 json_answer = orjson.dumps(block.input if block.input is not None else {}).decode()
             elif block.type == "tool_use":
@@ -547,8 +565,10 @@ class AnthropicAdapter(ProviderAdapter):
                 )
         content = json_answer if json_answer is not None else ("".join(texts) if texts else None)
         reply = AssistantMessage(
-            content=content, tool_calls=calls or None, reasoning_content="".join(thinking) if thinking else None
+            content=content, tool_calls=calls or None, reasoning_content="".join(reasoning) if reasoning else None
         )
+        if signed:
+            setattr(reply, thinking.FIELD, signed)
         finish = _finish(message.stop_reason, json_answer is not None, bool(calls))
         return ChatCompletion(
             id=message.id,
