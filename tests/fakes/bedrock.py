@@ -39,6 +39,9 @@ SERVICE = "bedrock"
 TEXT = "Hello from fake Bedrock."
 CALL_INPUT = {"city": "Paris"}
 TOOL_USE_ID = "tooluse_fake01"
+# A model id with `thinker` has reasoning on: its answers open with signed reasoning, which must come back.
+THINKING = "The user wants the weather; a tool knows it."
+SIGNATURE = "ErcBCkgIBxgCfakeBedrockSignature"
 USAGE = {"inputTokens": 11, "outputTokens": 6, "totalTokens": 20, "cacheReadInputTokens": 3}
 
 REQUEST_FIELDS = {
@@ -87,7 +90,12 @@ def stream_frames(answer: Mapping[str, Any]) -> list[bytes]:
     """The ConverseStream transcript of a Converse answer: text in word pieces, tool input in two."""
     frames = [event_frame("messageStart", {"role": "assistant"})]
     for index, block in enumerate(answer["output"]["message"]["content"]):
-        if "text" in block:
+        if "reasoningContent" in block:
+            reasoning = block["reasoningContent"]["reasoningText"]
+            for delta in ({"text": reasoning["text"]}, {"signature": reasoning["signature"]}):
+                payload = {"contentBlockIndex": index, "delta": {"reasoningContent": delta}}
+                frames.append(event_frame("contentBlockDelta", payload))
+        elif "text" in block:
             words = block["text"].split(" ")
             for i, word in enumerate(words):
                 piece = word if i == 0 else " " + word
@@ -188,8 +196,25 @@ def _results(message: dict[str, Any]) -> list[dict[str, Any]]:
     return [block["toolResult"] for block in message.get("content") or [] if "toolResult" in block]
 
 
-def answer_for(body: dict[str, Any]) -> dict[str, Any]:
-    """A Converse answer: a `toolUse` when a tool is forced, else the fixed text."""
+def _unsigned_turn(body: dict[str, Any]) -> str | None:
+    """With reasoning on, Bedrock refuses an assistant tool-use turn that lost its signed reasoning."""
+    for message in body.get("messages") or ():
+        content = message.get("content") or []
+        if message.get("role") != "assistant" or not any("toolUse" in block for block in content):
+            continue
+        reasoning = (content[0].get("reasoningContent") or {}).get("reasoningText") or {}
+        if (reasoning.get("text"), reasoning.get("signature")) != (THINKING, SIGNATURE):
+            return (
+                "The model returned the following errors: messages.1.content.0.type: Expected `thinking` or "
+                "`redacted_thinking`, but found `tool_use`. When `thinking` is enabled, a final `assistant` "
+                "message must start with a thinking block"
+            )
+    return None
+
+
+def answer_for(body: dict[str, Any], thinks: bool = False) -> dict[str, Any]:
+    """A Converse answer: a `toolUse` when a tool is forced, else the fixed text; opened by signed
+    reasoning when `thinks`."""
     config = body.get("toolConfig") or {}
     choice = config.get("toolChoice") or {}
     last = body["messages"][-1]["content"]
@@ -210,6 +235,8 @@ def answer_for(body: dict[str, Any]) -> dict[str, Any]:
         stop = "tool_use"
     else:
         content, stop = [{"text": TEXT}], "end_turn"
+    if thinks:
+        content.insert(0, {"reasoningContent": {"reasoningText": {"text": THINKING, "signature": SIGNATURE}}})
     return {
         "output": {"message": {"role": "assistant", "content": content}},
         "stopReason": stop,
@@ -241,16 +268,16 @@ def create_app() -> Starlette:
             return model, None, _error(400, "ValidationException", "The provided model identifier is invalid.")
         if "fail-500" in model:
             return model, None, _error(500, "InternalServerException", "The server encountered an internal error.")
-        invalid = _invalid(body)
+        invalid = _invalid(body) or (_unsigned_turn(body) if "thinker" in model else None)
         if invalid is not None:
             return model, None, _error(400, "ValidationException", invalid)
         return model, body, None
 
     async def converse(request: Request) -> Response:
-        _, body, failure = await guard(request)
+        model, body, failure = await guard(request)
         if failure is not None or body is None:
             return failure or _error(400, "ValidationException", "no body")
-        return Response(orjson.dumps(answer_for(body)), media_type="application/json")
+        return Response(orjson.dumps(answer_for(body, "thinker" in model)), media_type="application/json")
 
     async def converse_stream(request: Request) -> Response:
         model, body, failure = await guard(request)
@@ -261,7 +288,7 @@ def create_app() -> Starlette:
             if "stream-exception" in model:
                 yield exception_frame("throttlingException", "Too many tokens, please wait before trying again.")
                 return
-            for frame in stream_frames(answer_for(body)):
+            for frame in stream_frames(answer_for(body, "thinker" in model)):
                 yield frame[:7]  # frames split across network writes, as a real stream may be
                 yield frame[7:]
 

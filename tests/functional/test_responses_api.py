@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from tests.fakes.anthropic import TEXT as ANTHROPIC_TEXT
 from tests.fakes.anthropic import THINKING
+from tests.fakes.bedrock import THINKING as BEDROCK_THINKING
 from tests.fakes.openai import REASONING, TEXT
 from tests.functional.conftest import Running, openai_client
 from tests.support.fleet import PROVIDER_MODELS, serve_fleet
@@ -190,12 +191,15 @@ def test_an_upstream_failure_mid_stream_ends_with_response_failed(fleet: Running
 
 
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize(("model", "reasoning_text"), [("reasoner", REASONING), ("claude-thinker", THINKING)])
+@pytest.mark.parametrize(
+    ("model", "reasoning_text"),
+    [("reasoner", REASONING), ("claude-thinker", THINKING), ("bedrock-thinker", BEDROCK_THINKING)],
+)
 def test_reasoning_goes_back_to_the_provider_sealed(
     fleet: Running, fleet_key: str, stream: bool, model: str, reasoning_text: str
 ) -> None:
-    """DeepSeek needs its reasoning back on a tool-calling turn; Claude its signed thinking block (the
-    fake refuses the turn without it, as Anthropic does). Neither is kept on the gateway (`store: false`)."""
+    """DeepSeek needs its reasoning back on a tool-calling turn; Claude (on Anthropic and on Bedrock) its
+    signed thinking (the fakes refuse the turn without it, as the APIs do). None is kept on the gateway."""
     sdk = openai_client(fleet, fleet_key)
     question: Any = [{"role": "user", "content": "Weather in Paris?"}]
     settings: Any = {

@@ -51,6 +51,12 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
             "deepseek": {"deployments": [{"provider": "deepseek", "model": "deepseek-chat"}], "price": PRICE},
             "reasoner": {"deployments": [{"provider": "deepseek", "model": "deepseek-reasoner"}], "price": PRICE},
             "claude-thinker": {"deployments": [{"provider": "anthropic", "model": "claude-thinker"}], "price": PRICE},
+            "bedrock-thinker": {
+                "deployments": [
+                    {"provider": "bedrock", "model": "us.anthropic.claude-sonnet-4-thinker-v1:0", "region": "us-east-1"}
+                ],
+                "price": PRICE,
+            },
             "cut": {"deployments": [{"provider": "openai", "model": "stream-cut"}], "price": PRICE},
         },
     }

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from adapters.providers import thinking
 from adapters.providers.anthropic.adapter import (
     JSON_OBJECT_INSTRUCTION,
     JSON_TOOL,
@@ -243,6 +244,10 @@ def converse_block(block: Mapping[str, Any], position: int) -> dict[str, Any]:
         return {"document": document}
     if kind == "tool_use":
         return {"toolUse": {"toolUseId": block["id"], "name": block["name"], "input": block["input"]}}
+    if kind == "thinking":  # a signed thinking block of an earlier turn, as Claude on Bedrock wants it back
+        return {"reasoningContent": {"reasoningText": {"text": block["thinking"], "signature": block["signature"]}}}
+    if kind == "redacted_thinking":
+        return {"reasoningContent": {"redactedContent": block["data"]}}
     if kind == "tool_result":
         content = [converse_block(inner, position) for inner in block.get("content") or ()]
         # Converse requires a result's content; a tool that printed nothing still answered.
@@ -385,10 +390,12 @@ def anthropic_delta(delta: Any) -> dict[str, Any]:
     reasoning = delta.get("reasoningContent")
     if isinstance(reasoning, dict) and isinstance(reasoning.get("text"), str):
         return {"type": "thinking_delta", "thinking": reasoning["text"]}
+    if isinstance(reasoning, dict) and isinstance(reasoning.get("signature"), str):
+        return {"type": "signature_delta", "signature": reasoning["signature"]}
     tool = delta.get("toolUse")
     if isinstance(tool, dict) and isinstance(tool.get("input"), str):
         return {"type": "input_json_delta", "partial_json": tool["input"]}
-    return {}  # reasoning signatures, citations: nothing the OpenAI form carries
+    return {}  # redacted reasoning in a stream, citations: nothing the OpenAI form carries
 
 
 # --- adapter -------------------------------------------------------------------------------------
@@ -471,7 +478,8 @@ class BedrockAdapter(ProviderAdapter):
             raise malformed("upstream answer is not a Converse response")
         json_mode = json_tool(req) is not None
         texts: list[str] = []
-        thinking: list[str] = []
+        reasoning_texts: list[str] = []
+        signed: list[dict[str, Any]] = []
         calls: list[ToolCall] = []
         json_answer: str | None = None
         for block in message["content"]:
@@ -488,10 +496,19 @@ class BedrockAdapter(ProviderAdapter):
                 function = FunctionCall(name=str(tool.get("name", "")), arguments=arguments)
                 calls.append(ToolCall(id=str(tool.get("toolUseId", "")), function=function))
             elif isinstance(reasoning, dict) and isinstance(reasoning.get("reasoningText"), dict):
-                thinking.append(str(reasoning["reasoningText"].get("text", "")))
+                text = str(reasoning["reasoningText"].get("text", ""))
+                reasoning_texts.append(text)
+                signature = reasoning["reasoningText"].get("signature")
+                if isinstance(signature, str):
+                    signed.append(thinking.signed(text, signature))
+            elif isinstance(reasoning, dict) and isinstance(reasoning.get("redactedContent"), str):
+                signed.append(thinking.redacted(reasoning["redactedContent"]))
         content = json_answer if json_answer is not None else ("".join(texts) if texts else None)
         reply = AssistantMessage(
-            content=content, tool_calls=calls or None, reasoning_content="".join(thinking) if thinking else None
+            content=content,
+            tool_calls=calls or None,
+            reasoning_content="".join(reasoning_texts) if reasoning_texts else None,
+            **({thinking.FIELD: signed} if signed else {}),
         )
         finish = finish_reason(data.get("stopReason"), json_answer is not None, bool(calls))
         return ChatCompletion(
