@@ -33,6 +33,18 @@ from handler.streaming import sse_event
 Finished = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+def merge(fields: dict[str, Any], more: dict[str, Any]) -> None:
+    """Fold a delta's reasoning fields in: lists (signed blocks) and maps (signatures) grow, the rest is set."""
+    for name, value in more.items():
+        known = fields.get(name)
+        if isinstance(known, list) and isinstance(value, list):
+            fields[name] = [*known, *value]
+        elif isinstance(known, dict) and isinstance(value, dict):
+            fields[name] = {**known, **value}
+        else:
+            fields[name] = value
+
+
 class _Item:
     """An output item being streamed."""
 
@@ -59,6 +71,7 @@ class ResponsesEventWriter:
         self.open: _Item | None = None
         self.open_key: tuple[str, int] | None = None
         self.finish_reason: str | None = None
+        self.trailing: dict[str, Any] = {}
 
     def event(self, kind: str, **payload: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.sequence, **payload}
@@ -136,14 +149,10 @@ class ResponsesEventWriter:
                 continue
             delta = choice.delta
             fields = reasoning_fields(delta.model_extra)
-            if delta.reasoning_content or fields:
+            if delta.reasoning_content or (fields and self.open_key == ("reasoning", 0)):
                 data, item = self._switch("reasoning", 0)
                 out += data
-                for name, value in fields.items():  # a list (of signed blocks) grows block by block
-                    known = item.fields.get(name)
-                    item.fields[name] = (
-                        [*known, *value] if isinstance(known, list) and isinstance(value, list) else value
-                    )
+                merge(item.fields, fields)
                 if delta.reasoning_content:
                     item.text.append(delta.reasoning_content)
                     out += self.event(
@@ -153,6 +162,10 @@ class ResponsesEventWriter:
                         summary_index=0,
                         delta=delta.reasoning_content,
                     )
+            elif fields:
+                # Signatures that arrive with the text or a call (Gemini's): a reasoning item of their own at
+                # the end, so the item being streamed is not cut in two.
+                merge(self.trailing, fields)
             text = delta.content or delta.refusal
             if text:
                 data, item = self._switch("message", 0)
@@ -190,6 +203,12 @@ class ResponsesEventWriter:
     def completed(self) -> tuple[bytes, dict[str, Any]]:
         """Close what is open; the final response (usage still to be put on it) and the events so far."""
         out = self._close()
+        if self.trailing:
+            item = reasoning_item(self.ids.item("rs"), "", self.trailing, self.req, self.seal)
+            self.output.append(item)
+            where = {"output_index": len(self.output) - 1}
+            out += self.event("response.output_item.added", item={**item, "summary": []}, **where)
+            out += self.event("response.output_item.done", item=item, **where)
         return out, self.response("completed")
 
     def failed(self, exc: GatewayError) -> bytes:

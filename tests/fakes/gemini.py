@@ -6,7 +6,9 @@ It serves `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent
 mode `ANY` it answers with a `functionCall`. Behaviour is chosen by the model name, as in the OpenAI fake:
 `fail-429` (RESOURCE_EXHAUSTED, retry delay 0s), `fail-500`, `fail-400` (INVALID_ARGUMENT), `slow` (waits
 `SLOW_SECONDS`), `stream-cut` (a stream that stops before its finishReason), `bad-json` (a 200 whose
-body is not JSON). Every request is recorded on `app.state.requests`.
+body is not JSON), `thinker` (Gemini 3's thought signatures: each `functionCall` part, and the last text part,
+carry a `thoughtSignature`; a function call of the current turn sent back without its signature is refused,
+as Gemini 3 refuses it). Every request is recorded on `app.state.requests`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ SLOW_SECONDS = 2.0
 MODEL_VERSION = "gemini-2.5-flash"
 RESPONSE_ID = "fakeGeminiResponse01"
 CALL_ARGS = {"city": "Paris"}
+SIGNATURE = "CiwBjz1rX8fakeGeminiThoughtSignature"
 
 REQUEST_FIELDS = {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig", "safetySettings"}
 GENERATION_FIELDS = {
@@ -98,6 +101,32 @@ def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
     result = texts(responses[-1].get("response")) if responses else None
     declarations = [d for tool in body.get("tools") or [] for d in tool.get("functionDeclarations") or []]
     return scripted_turn(users, [str(d.get("name")) for d in declarations], result)
+
+
+def _unsigned_call(body: dict[str, Any]) -> Response | None:
+    """Gemini 3 refuses a current-turn function call (after the last user text) sent back unsigned."""
+    contents = body.get("contents") or []
+    starts = [i for i, c in enumerate(contents) if c.get("role") == "user" and any("text" in p for p in c["parts"])]
+    for content in contents[starts[-1] if starts else 0 :]:
+        for part in content.get("parts") or ():
+            if content.get("role") == "model" and "functionCall" in part and part.get("thoughtSignature") != SIGNATURE:
+                name = part["functionCall"].get("name")
+                return _invalid(
+                    f"Function call is missing a thought_signature in functionCall parts. This is required for "
+                    f"tools to work correctly, and missing thought_signature may lead to degraded model "
+                    f"performance. Additional data, function call `default_api:{name}`, position 2."
+                )
+    return None
+
+
+def _signed(model: str, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The parts as a thinking model answers: its signature on each call, or on the text."""
+    if "thinker" not in model or not parts:
+        return parts
+    calls = [p for p in parts if "functionCall" in p]
+    for part in calls or parts[-1:]:
+        part["thoughtSignature"] = SIGNATURE
+    return parts
 
 
 def _text(body: dict[str, Any]) -> str:
@@ -194,7 +223,7 @@ def create_app() -> Starlette:
             await asyncio.sleep(SLOW_SECONDS)
         if method == "batchEmbedContents":
             return _embed(model, body)
-        failure = _validate(body)
+        failure = _validate(body) or (_unsigned_call(body) if "thinker" in model else None)
         if failure is not None:
             return failure
         if "bad-json" in model:
@@ -204,7 +233,7 @@ def create_app() -> Starlette:
             if request.query_params.get("alt") != "sse":
                 return _invalid("the fake only streams with alt=sse")
             return StreamingResponse(_stream(model, body, call), media_type="text/event-stream")
-        parts = [{"functionCall": call}] if call else [{"text": _text(body)}]
+        parts = _signed(model, [{"functionCall": call}] if call else [{"text": _text(body)}])
         answer = _answer(parts, _usage(body, 5, 2), "STOP")
         return Response(orjson.dumps(answer), media_type="application/json")
 
@@ -213,7 +242,7 @@ def create_app() -> Starlette:
             return b"data: " + orjson.dumps(payload) + b"\r\n\r\n"
 
         if call:
-            yield event(_answer([{"functionCall": call}], _usage(body, 5, 2), "STOP"))
+            yield event(_answer(_signed(model, [{"functionCall": call}]), _usage(body, 5, 2), "STOP"))
             return
         words = _text(body).split(" ")
         for i, word in enumerate(words):
@@ -221,7 +250,8 @@ def create_app() -> Starlette:
                 return
             last = i == len(words) - 1
             usage = _usage(body, 5, 2) if last else _usage(body, 0, 2)
-            yield event(_answer([{"text": (" " if i else "") + word}], usage, "STOP" if last else None))
+            parts = [{"text": (" " if i else "") + word}]
+            yield event(_answer(_signed(model, parts) if last else parts, usage, "STOP" if last else None))
 
     def _embed(model: str, body: dict[str, Any]) -> Response:
         items = body.get("requests")

@@ -50,6 +50,7 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
             },
             "deepseek": {"deployments": [{"provider": "deepseek", "model": "deepseek-chat"}], "price": PRICE},
             "reasoner": {"deployments": [{"provider": "deepseek", "model": "deepseek-reasoner"}], "price": PRICE},
+            "gemini-thinker": {"deployments": [{"provider": "gemini", "model": "gemini-3-thinker"}], "price": PRICE},
             "claude-thinker": {"deployments": [{"provider": "anthropic", "model": "claude-thinker"}], "price": PRICE},
             "bedrock-thinker": {
                 "deployments": [

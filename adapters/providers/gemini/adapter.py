@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from adapters.providers import thinking
 from adapters.providers.params import Rule, apply_rules, require_turns
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import (
@@ -235,10 +236,16 @@ def _contents(req: ChatRequest, dropped: list[str]) -> tuple[list[dict[str, Any]
             add("user", _content_parts(message.content, dropped))
         elif message.role == "assistant":
             parts = _content_parts(message.content, dropped)
+            signed = thinking.signatures(message)
+            if thinking.TEXT in signed and parts:
+                parts[-1]["thoughtSignature"] = signed[thinking.TEXT]
             for call in message.tool_calls or ():
                 call_names[call.id] = call.function.name
                 args = _json_object(call.function.arguments, "arguments")
-                parts.append({"functionCall": {"name": call.function.name, "args": args}})
+                part: dict[str, Any] = {"functionCall": {"name": call.function.name, "args": args}}
+                if call.id in signed:  # Gemini wants each signed call back with its signature
+                    part["thoughtSignature"] = signed[call.id]
+                parts.append(part)
             add("model", parts)
         else:
             add("user", [_function_response(message, call_names)])
@@ -409,6 +416,10 @@ class GeminiStreamParser:
             chunks += self._start(index)
             for part in _parts(candidate):
                 call = _tool_call(part, self._calls.get(index, 0))
+                signature = part.get("thoughtSignature")
+                if isinstance(signature, str):
+                    key = call.id if call is not None else thinking.TEXT
+                    chunks.append(self._chunk(index, ChunkDelta(**{thinking.SIGNATURES: {key: signature}})))
                 if call is not None:
                     n = self._calls.get(index, 0)
                     self._calls[index] = n + 1
@@ -502,8 +513,11 @@ class GeminiAdapter(ProviderAdapter):
             texts: list[str] = []
             thoughts: list[str] = []
             calls: list[ToolCall] = []
+            signed: dict[str, str] = {}
             for part in _parts(candidate):
                 call = _tool_call(part, len(calls))
+                if isinstance(part.get("thoughtSignature"), str):
+                    signed[call.id if call is not None else thinking.TEXT] = part["thoughtSignature"]
                 if call is not None:
                     calls.append(call)
                 elif isinstance(part.get("text"), str):
@@ -512,6 +526,7 @@ class GeminiAdapter(ProviderAdapter):
                 content="".join(texts) if texts or not calls else None,
                 tool_calls=calls or None,
                 reasoning_content="".join(thoughts) or None,
+                **({thinking.SIGNATURES: signed} if signed else {}),
             )
             reason = finish_reason(candidate.get("finishReason"), bool(calls))
             choices.append(Choice(index=candidate.get("index", position), message=message, finish_reason=reason))
