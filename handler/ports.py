@@ -241,6 +241,18 @@ class ProviderAdapter(ABC):
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         """Map a non-2xx answer to `UpstreamError` (the provider's message, never a secret)."""
 
+    def serves_responses(self, target: Target) -> bool:
+        """Whether the deployment serves the OpenAI Responses API itself (else `/v1/responses` is translated)."""
+        return False
+
+    def responses_request(self, body: dict[str, Any], target: Target) -> UpstreamRequest:
+        """The upstream request for a Responses API body, as the route prepared it (model renamed, ...)."""
+        raise InvalidRequestError(f"provider type '{self.type_name}' does not serve the Responses API", param="model")
+
+    def responses_store(self) -> bool:
+        """Whether the operator lets the provider keep Responses API answers (`store: true` upstream)."""
+        return False
+
     def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> BuiltRequest:
         raise InvalidRequestError(f"provider type '{self.type_name}' does not serve embeddings", param="model")
 

@@ -167,6 +167,30 @@ class Pipeline:
             await self._settle(ex, None, 0)
             raise
 
+    # --- a provider's own API, relayed -------------------------------------------------------
+
+    async def relay(
+        self,
+        req: ChatRequest,
+        ex: Exchange,
+        plan: list[Attempt],
+        build: Callable[[Attempt], BuiltRequest],
+        accept: Callable[[Attempt, UpstreamResponse], Awaitable[T]],
+    ) -> T:
+        """Admit `req` (the request in the internal form, for the estimate and the output cap) for `plan`,
+        then try its deployments with the caller's `build` and `accept`: a route that sends a provider its
+        own API's body. The caller settles the answer (`settle`); a failure is settled here."""
+        await self._admit(ex, plan, req)
+        try:
+            return await self._deadline(ex, self._failover(ex, plan, build, accept))
+        except BaseException:
+            await self._settle(ex, None, 0)
+            raise
+
+    async def settle(self, ex: Exchange, usage: Usage | None, status: int = 200) -> None:
+        """Cost and settle a relayed answer (once; in the background, after `ex.cost` is set)."""
+        await self._settle(ex, usage, status, background=True)
+
     def _enforced_schema(self, req: ChatRequest, attempt: Attempt, ex: Exchange) -> dict[str, Any] | None:
         if not (ex.controls.enforce_schema or attempt.spec.enforce_schema):
             return None

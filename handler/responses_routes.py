@@ -17,9 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from handler.config import resolve_secret
-from handler.errors import NotFoundError
+from handler.errors import NotFoundError, StrictParamsError
 from handler.observability import observe
 from handler.ports import KeyRecord, StoredResponse
+from handler.proxy import Exchange
 from handler.responses_api import (
     ReasoningSeal,
     ResponseIds,
@@ -28,11 +29,17 @@ from handler.responses_api import (
     to_chat_request,
     to_response,
 )
+from handler.responses_native import Relay, relay_response, relay_stream, relayable
 from handler.responses_stream import responses_events
 from handler.streaming import EventStream
 
 if TYPE_CHECKING:
     from handler.app import Api
+
+
+def stream_headers(ex: Exchange) -> dict[str, str]:
+    return {**ex.headers(), "cache-control": "no-cache", "x-accel-buffering": "no"}
+
 
 logger = logging.getLogger("gateway")
 
@@ -84,23 +91,39 @@ class ResponsesRoutes:
         if body.previous_response_id:
             previous = await self.archive.find(body.previous_response_id, key, param="previous_response_id")
             history = [*previous["items"], *previous["response"].get("output", [])]
+        # The translation is needed either way: admission estimates and caps the request in the internal form.
         req, dropped = to_chat_request(body, history, self.seal)
-        ex = api.exchange(request, key, req.model, dropped)
-        ids = ResponseIds(ex.request_id)
+        ex = api.exchange(request, key, req.model)
         conversation = [*history, *input_items(body)]
 
         async def keep(response: dict[str, Any]) -> None:
             if body.stored:
                 await self.archive.keep(key, conversation, response)
 
+        plan = api.gateway.router.plan(req.model, ex.controls.route)
+        if relayable(plan):
+            relay = Relay(body, history, req, ex)
+            if body.stream:
+                relayed = await relay_stream(api.pipeline, relay, plan)
+                return EventStream(relayed.events(keep), stream_headers(ex))
+            response = await relay_response(api.pipeline, relay, plan)
+            await keep(response)
+            return self.answer(ex, response)
+        if dropped and ex.controls.strict:
+            raise StrictParamsError(f"cannot honour: {', '.join(dropped)} (x-gateway-strict is on)", param=dropped[0])
+        ex.inbound_dropped = dropped
+        ids = ResponseIds(ex.request_id)
         if req.stream:
             stream = await api.pipeline.chat_stream(req, ex)
             events = responses_events(stream, body, ids, self.seal, keep)
-            return EventStream(events, {**ex.headers(), "cache-control": "no-cache", "x-accel-buffering": "no"})
+            return EventStream(events, stream_headers(ex))
         completion = await api.pipeline.chat(req, ex)
         response = to_response(completion, body, ids, self.seal, ex.cost)
         await keep(response)
-        answer = api.json(response)
+        return self.answer(ex, response)
+
+    def answer(self, ex: Exchange, response: dict[str, Any]) -> Response:
+        answer = self.api.json(response)
         answer.headers.update(ex.headers())
         observe(ex, 200)
         return answer

@@ -1,6 +1,7 @@
 """A fake Azure OpenAI Service: Azure's URLs, `api-key` header and content filter around the fake OpenAI API.
 
-It serves `POST /openai/deployments/{deployment}/chat/completions` and `/embeddings`, requires the
+It serves `POST /openai/deployments/{deployment}/chat/completions` and `/embeddings` (and the v1 API's
+`POST /openai/v1/responses`, whose `model` is the deployment), requires the
 `api-key` header and a known `api-version`, and answers as the fake OpenAI API does for a model named
 like the deployment (so `fail-429`, `fail-500`, ... work here too), adding what Azure adds: a stream opens
 with a choice-less `prompt_filter_results` chunk. A deployment named `content-filter` refuses the prompt
@@ -84,8 +85,30 @@ def create_app() -> Starlette:
         passed = {k: v for k, v in answer.headers.items() if k in ("content-type", "retry-after")}
         return Response(content, answer.status_code, headers=passed)
 
+    async def responses(request: Request) -> Response:
+        """The v1 API's Responses endpoint: the deployment is the body's `model`, no api-version needed."""
+        raw = await request.body()
+        body = orjson.loads(raw) if raw else {}
+        requests.append(
+            {
+                "path": request.url.path,
+                "query": dict(request.query_params),
+                "headers": dict(request.headers),
+                "json": body,
+            }
+        )
+        if request.headers.get("api-key") != API_KEY:
+            message = "Access denied due to invalid subscription key or wrong API endpoint."
+            return _json(401, {"error": {"code": "401", "message": message}})
+        headers = {"authorization": f"Bearer {openai_fake.API_KEY}", "content-type": "application/json"}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=upstream), base_url="http://openai") as client:
+            answer = await client.post("/v1/responses", content=raw, headers=headers)
+        passed = {k: v for k, v in answer.headers.items() if k in ("content-type", "retry-after")}
+        return Response(answer.content, answer.status_code, headers=passed)
+
     app = Starlette(
         routes=[
+            Route("/openai/v1/responses", responses, methods=["POST"]),
             Route("/openai/deployments/{deployment:str}/{operation:path}", operation, methods=["POST"]),
         ]
     )

@@ -6,7 +6,8 @@ Behaviour is chosen by the requested model name, so tests need no side channel:
 `drip` (a stream whose chunks come `SLOW_SECONDS` apart), `bad-json` (a 200 whose body is not JSON),
 `reasoner` (DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`). A user
 message may script a tool call (`tests/fakes/script.py`); a `json_schema` response format is followed.
-Every request is recorded on `app.state.requests`.
+`POST /v1/responses` is OpenAI's Responses API (tests/fakes/openai_responses.py). Every request is
+recorded on `app.state.requests`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.fakes import openai_responses
 from tests.fakes.script import ScriptedCall, sample_of, scripted_turn, texts
 
 API_KEY = "test-openai-key"
-TEXT = "Hello from fake OpenAI."
-REASONING = "The user greets me; I greet back."
+TEXT, REASONING = openai_responses.TEXT, openai_responses.REASONING
 SLOW_SECONDS = 2.0
 
 
@@ -180,6 +181,20 @@ def create_app() -> Starlette:
             yield event([], usage=usage)
         yield b"data: [DONE]\n\n"
 
+    async def responses(request: Request) -> Response:
+        body, failure = await guard(request)
+        if failure is not None or body is None:
+            return failure or _error(400, "no body", "invalid_request_error", None)
+        refused = openai_responses.problem(body)
+        if refused is not None:
+            return _error(400, refused, "invalid_request_error", None)
+        tokens = prompt_tokens(body)
+        if body.get("stream"):
+            stream = openai_responses.events(body, tokens, "stream-cut" in body["model"])
+            return StreamingResponse(stream, media_type="text/event-stream")
+        answer = openai_responses.response_of(body, openai_responses.output_of(body), "completed", tokens)
+        return Response(orjson.dumps(answer), media_type="application/json")
+
     async def embeddings(request: Request) -> Response:
         body, failure = await guard(request)
         if failure is not None or body is None:
@@ -199,6 +214,7 @@ def create_app() -> Starlette:
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/responses", responses, methods=["POST"]),
         ]
     )
     app.state.requests = requests

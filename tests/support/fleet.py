@@ -15,8 +15,10 @@ from tests.fakes import bedrock as bedrock_fake
 from tests.functional.conftest import FAKE_KEYS, Running, serve_gateway
 from tests.support.servers import ServerThread
 
-# A model served by each provider type (deepseek: an OpenAI-compatible API).
-PROVIDER_MODELS = ["gpt", "azure-gpt", "claude", "gemini", "bedrock-claude", "deepseek"]
+# A model served by each provider type (deepseek: an OpenAI-compatible API; gpt and azure-gpt get the
+# Responses API natively, gpt-chat is OpenAI's Chat Completions translated).
+PROVIDER_MODELS = ["gpt", "azure-gpt", "gpt-chat", "claude", "gemini", "bedrock-claude", "deepseek"]
+NATIVE = {"gpt", "azure-gpt"}
 PRICE = {"input": 1, "output": 2}
 # A model served by each provider type.
 PROVIDER_MODELS = ["gpt", "azure-gpt", "claude", "gemini", "bedrock-claude", "deepseek"]
@@ -26,7 +28,21 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
     return {
         "gateway": {"timeouts": {"connect": 2, "first_byte": 5, "between_chunks": 5}},
         "providers": {
-            "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream}/openai/v1"},
+            # The fake stands for api.openai.com: its own /responses gets the Responses API's requests.
+            "openai": {
+                "type": "openai",
+                "api_key": "env:OPENAI_API_KEY",
+                "base_url": f"{upstream}/openai/v1",
+                "responses_api": "native",
+            },
+            "openai-keeps": {
+                "type": "openai",
+                "api_key": "env:OPENAI_API_KEY",
+                "base_url": f"{upstream}/openai/v1",
+                "responses_api": "native",
+                "responses_store": True,
+            },
+            "openai-chat": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream}/openai/v1"},
             "anthropic": {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": f"{upstream}/anthropic"},
             "gemini": {"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": f"{upstream}/gemini"},
             "deepseek": {"type": "deepseek", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream}/openai/v1"},
@@ -58,7 +74,16 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
                 ],
                 "price": PRICE,
             },
-            "cut": {"deployments": [{"provider": "openai", "model": "stream-cut"}], "price": PRICE},
+            "cut": {"deployments": [{"provider": "openai-chat", "model": "stream-cut"}], "price": PRICE},
+            "native-cut": {"deployments": [{"provider": "openai", "model": "stream-cut"}], "price": PRICE},
+            "gpt-chat": {"deployments": [{"provider": "openai-chat", "model": "gpt-4o-mini"}], "price": PRICE},
+            "gpt-keeps": {"deployments": [{"provider": "openai-keeps", "model": "gpt-4o-mini"}], "price": PRICE},
+            "gpt-reasoner": {"deployments": [{"provider": "openai", "model": "o4-reasoner"}], "price": PRICE},
+            "gpt-or-claude": {
+                "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
+                "fallbacks": ["claude"],
+                "price": PRICE,
+            },
         },
     }
 
