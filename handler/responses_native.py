@@ -11,14 +11,14 @@ and says what it did with `store`.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 
 from handler.errors import GatewayError, UpstreamError
 from handler.observability import observe
-from handler.ports import BuiltRequest, SSEDecoder, json_body, malformed
+from handler.ports import BuiltRequest, SSEDecoder, StreamEvent, json_body, malformed
 from handler.pricing import estimate_prompt_tokens
 from handler.proxy import Exchange, Pipeline
 from handler.responses_api import ReasoningSeal, ResponsesRequest, input_items
@@ -115,32 +115,33 @@ class RelayedStream:
         self.attempt = attempt
         self.upstream = upstream
         self.decoder = SSEDecoder()
-        self._raw = upstream.chunks()
-        self._pending: list[tuple[str, bytes]] = []
-        self._finished = False
+        self._events = self._decoded()
+        self._first: StreamEvent | None = None
         self._settled = False
         self.sequence = -1
         self.chars = 0
         self.usage: Usage | None = None
 
+    async def _decoded(self) -> AsyncGenerator[StreamEvent, None]:
+        async for raw in self.upstream.chunks():
+            for event in self.decoder.feed(raw):
+                yield event
+        for event in self.decoder.finish():
+            yield event
+
     async def prime(self) -> None:
-        """Read until the first event; a failure before it lets the router fail over."""
+        """Wait for the first event; a failure before it lets the router fail over."""
         try:
-            while not self._pending and not self._finished:
-                await self._pull()
+            self._first = await anext(self._events, None)
         except BaseException:
             await self.upstream.close()
             raise
 
-    async def _pull(self) -> None:
-        try:
-            raw = await self._raw.__anext__()
-        except StopAsyncIteration:
-            events = self.decoder.finish()
-            self._finished = True
-        else:
-            events = self.decoder.feed(raw)
-        self._pending += [(e.event or "", e.data) for e in events if e.data and e.data != b"[DONE]"]
+    async def _all(self) -> AsyncIterator[StreamEvent]:
+        if self._first is not None:
+            yield self._first
+        async for event in self._events:
+            yield event
 
     async def _settle(self, status: int) -> None:
         if not self._settled:
@@ -164,11 +165,10 @@ class RelayedStream:
         failure: GatewayError | None = None
         ended = False
         try:
-            while not (self._finished and not self._pending):
-                if not self._pending:
-                    await self._pull()
+            async for raw in self._all():
+                name, data = raw.event or "", raw.data
+                if not data or data == b"[DONE]":
                     continue
-                (name, data), self._pending = self._pending[0], self._pending[1:]
                 event = self._event(data)
                 kind = str(event.get("type") or name)
                 delta = event.get("delta")
@@ -196,6 +196,7 @@ class RelayedStream:
             failure = exc
             yield self._failed(exc)
         finally:
+            await self._events.aclose()
             await self.upstream.close()
             await self._settle(499)
             observe(self.relay.ex, 200, stream=True, code=failure.code if failure else None)

@@ -144,9 +144,7 @@ class ResponsesEventWriter:
 
     def chunk(self, chunk: ChatCompletionChunk) -> bytes:
         out = b""
-        for choice in chunk.choices:
-            if choice.index != 0:
-                continue
+        for choice in (c for c in chunk.choices if c.index == 0):  # the Responses API has one answer
             delta = choice.delta
             fields = reasoning_fields(delta.model_extra)
             if delta.reasoning_content or (fields and self.open_key == ("reasoning", 0)):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,20 +12,8 @@ import pytest
 from tests.fakes.openai import REASONING, TEXT
 from tests.fakes.openai_responses import ENCRYPTED
 from tests.functional.conftest import Running, openai_client
-from tests.support.fleet import serve_fleet
-from tests.support.servers import ServerThread
 
 WEB: Any = [{"type": "web_search"}, {"type": "function", "name": "f", "parameters": {"type": "object"}}]
-
-
-@pytest.fixture(scope="module")
-def fleet(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    yield from serve_fleet(upstream, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def fleet_key(fleet: Running) -> str:
-    return fleet.mint(name="native")
 
 
 def sent(fleet: Running, fake: str = "openai") -> dict[str, Any]:

@@ -11,24 +11,16 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
 from tests.functional.conftest import Running
-from tests.support.fleet import PROVIDER_MODELS, serve_fleet
-from tests.support.servers import ServerThread
+from tests.functional.responses.fleet import PROVIDER_MODELS
 
-CODEX = Path(__file__).resolve().parents[2] / ".tools" / "node_modules" / ".bin" / "codex"
+CODEX = Path(__file__).resolve().parents[3] / ".tools" / "node_modules" / ".bin" / "codex"
 pytestmark = pytest.mark.skipif(not CODEX.exists(), reason=f"the Codex CLI is not installed at {CODEX} (make clients)")
-
-
-@pytest.fixture(scope="module")
-def fleet(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    yield from serve_fleet(upstream, tmp_path_factory)
 
 
 def codex_exec(

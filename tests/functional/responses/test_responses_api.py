@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,8 +15,7 @@ from tests.fakes.anthropic import THINKING
 from tests.fakes.bedrock import THINKING as BEDROCK_THINKING
 from tests.fakes.openai import REASONING, TEXT
 from tests.functional.conftest import Running, openai_client
-from tests.support.fleet import NATIVE, PROVIDER_MODELS, serve_fleet
-from tests.support.servers import ServerThread
+from tests.functional.responses.fleet import NATIVE, PROVIDER_MODELS
 
 WEATHER: Any = {
     "type": "function",
@@ -25,16 +23,6 @@ WEATHER: Any = {
     "description": "Weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
-
-
-@pytest.fixture(scope="module")
-def fleet(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    yield from serve_fleet(upstream, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def fleet_key(fleet: Running) -> str:
-    return fleet.mint(name="responses")
 
 
 def dropped(headers: httpx.Headers) -> list[str]:

@@ -1,27 +1,14 @@
-"""A gateway with one model on each provider type, in front of the fakes, for the Responses API tests."""
+"""The config of a gateway with a model on each provider type, in front of the fakes (see conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
-
-from adapters.providers import REGISTRY
-from handler.config import parse_config
-from tests.fakes import azure as azure_fake
-from tests.fakes import bedrock as bedrock_fake
-from tests.functional.conftest import FAKE_KEYS, Running, serve_gateway
-from tests.support.servers import ServerThread
 
 # A model served by each provider type (deepseek: an OpenAI-compatible API; gpt and azure-gpt get the
 # Responses API natively, gpt-chat is OpenAI's Chat Completions translated).
 PROVIDER_MODELS = ["gpt", "azure-gpt", "gpt-chat", "claude", "gemini", "bedrock-claude", "deepseek"]
 NATIVE = {"gpt", "azure-gpt"}
 PRICE = {"input": 1, "output": 2}
-# A model served by each provider type.
-PROVIDER_MODELS = ["gpt", "azure-gpt", "claude", "gemini", "bedrock-claude", "deepseek"]
 
 
 def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
@@ -86,25 +73,3 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
             },
         },
     }
-
-
-def serve_fleet(
-    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Running]:
-    """A gateway with a model on each provider type, each in front of its fake (a module fixture's body)."""
-    missing = {"azure", "bedrock", "deepseek", "gemini", "anthropic"} - set(REGISTRY)
-    if missing:
-        pytest.skip(f"provider types not registered: {sorted(missing)}")
-    server, fakes = upstream
-    azure_app, bedrock_app = azure_fake.create_app(), bedrock_fake.create_app()
-    azure, bedrock = ServerThread(azure_app).start(), ServerThread(bedrock_app).start()
-    config = parse_config(fleet_config(server.url, azure.url, bedrock.url), set(REGISTRY))
-    store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('responses-store')) / 'gateway.db'}"
-    environ = {**FAKE_KEYS, "AZURE_OPENAI_API_KEY": azure_fake.API_KEY}
-    running, gateway = serve_gateway(
-        config, store_url, server, {**fakes, "azure": azure_app, "bedrock": bedrock_app}, environ
-    )
-    yield running
-    gateway.stop()
-    azure.stop()
-    bedrock.stop()

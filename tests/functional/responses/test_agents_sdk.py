@@ -3,21 +3,14 @@ through the gateway, on a model served by each provider type."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.functional.conftest import Running
-from tests.support.fleet import PROVIDER_MODELS, serve_fleet
-from tests.support.servers import ServerThread
+from tests.functional.responses.fleet import PROVIDER_MODELS
 
 agents = pytest.importorskip("agents")
-
-
-@pytest.fixture(scope="module")
-def fleet(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    yield from serve_fleet(upstream, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
