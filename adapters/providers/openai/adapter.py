@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from adapters.providers import thinking
 from adapters.providers.openai.profiles import PROFILES, Profile, profile_for
 from adapters.providers.params import apply_rules
 from handler.errors import UpstreamError
@@ -133,10 +134,11 @@ class OpenAIAdapter(ProviderAdapter):
         body["model"] = target.model
         body.pop("stream", None)
         body.pop("stream_options", None)
-        if profile.strip_message_fields:
-            for message in body["messages"]:
-                for name in profile.strip_message_fields:
-                    message.pop(name, None)
+        # Other providers' signed reasoning (a conversation that moved here) means nothing to this API.
+        strip = (*profile.strip_message_fields, thinking.FIELD, thinking.SIGNATURES)
+        for message in body["messages"]:
+            for name in strip:
+                message.pop(name, None)
         dropped = apply_rules(body, profile.rules)
         if stream:
             body["stream"] = True

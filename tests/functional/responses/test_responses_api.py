@@ -238,3 +238,23 @@ def test_reasoning_goes_back_to_the_provider_sealed(
     assert "input[reasoning].encrypted_content" in dropped(raw.headers)
     sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
     assert "reasoning_content" not in next(m for m in sent if m["role"] == "assistant")
+
+
+def test_a_conversation_moving_to_another_provider_leaves_signed_thinking_behind(
+    fleet: Running, fleet_key: str
+) -> None:
+    sdk = openai_client(fleet, fleet_key)
+    question: Any = [{"role": "user", "content": "Weather in Paris?"}]
+    settings: Any = {"tools": [WEATHER], "store": False, "include": ["reasoning.encrypted_content"]}
+    first = sdk.responses.create(model="claude-thinker", input=question, tool_choice="required", **settings)
+    call = next(item for item in first.output if item.type == "function_call")
+    back: Any = [
+        *question,
+        *[item.model_dump(exclude_none=True) for item in first.output],
+        {"type": "function_call_output", "call_id": call.call_id, "output": "18C"},
+    ]
+    for model in ("gpt-chat", "deepseek"):
+        assert sdk.responses.create(model=model, input=back, **settings).status == "completed"
+        sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
+        assistant = next(m for m in sent if m["role"] == "assistant")
+        assert "thinking_blocks" not in assistant and assistant["tool_calls"][0]["id"] == call.call_id
