@@ -34,6 +34,9 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "chat-completions-wrong-types": (400, "invalid_request"),
     "embeddings-ok": (200, None),
     "not-found-route": (404, "not_found"),
+    "responses-ok": (200, None),
+    "responses-stream": (200, None),
+    "responses-get-unknown": (404, "not_found"),
 }
 
 
@@ -97,13 +100,17 @@ def test_events_replay_through_the_handler(tmp_path: Path, upstream: tuple[Serve
             assert json.loads(result["body"])["error"]["code"] == code, result
         else:
             assert "x-request-id" in result["headers"]
-        if result["event"].startswith(("chat-", "embeddings-")):  # its log line is out before the freeze
+        if result["event"].startswith(("chat-", "embeddings-", "responses-ok", "responses-stream")):  # its log line
+            # is out before the freeze
             assert result["request_lines"] == 1, result
     by_name = {r["event"]: r for r in results}
     assert json.loads(by_name["chat-completions-ok"]["body"])["choices"][0]["message"]["content"] == TEXT
     stream_body = by_name["chat-completions-stream"]["body"]
     assert stream_body.rstrip().endswith("data: [DONE]") and '"cost"' in stream_body
     assert by_name["chat-completions-ok"]["headers"]["x-gateway-region"] == "global"
+    assert json.loads(by_name["responses-ok"]["body"])["output"][0]["content"][0]["text"] == TEXT
+    responses_stream = by_name["responses-stream"]["body"]
+    assert "event: response.completed" in responses_stream and '"cost"' in responses_stream
 
 
 @pytest.mark.parametrize("invocations", [8])
