@@ -19,7 +19,7 @@ from starlette.responses import Response
 from handler.config import resolve_secret
 from handler.errors import NotFoundError, StrictParamsError
 from handler.observability import observe
-from handler.ports import KeyRecord, StoredResponse
+from handler.ports import KeyRecord, StoredResponse, StoreError
 from handler.proxy import Exchange
 from handler.responses_api import (
     ReasoningSeal,
@@ -64,10 +64,16 @@ class ResponseArchive:
         return record
 
     async def keep(self, key: KeyRecord, items: list[dict[str, Any]], response: dict[str, Any]) -> None:
+        """Store the response; one that cannot be kept (too large, the store failing) is still answered, and
+        says so (`store: false`): the provider was paid for it, so it must not be lost."""
         now = time.time()
         body = orjson.dumps({"items": items, "response": response})
         stored = StoredResponse(response["id"], key.id, list(key.ancestors), now, now + self.ttl, body)
-        await self.store.put_response(stored)
+        try:
+            await self.store.put_response(stored)
+        except StoreError as exc:
+            logger.warning("response not stored: %s", exc, extra={"response_id": response["id"]})
+            response["store"] = False
 
     async def delete(self, response_id: str, key: KeyRecord) -> None:
         await self.find(response_id, key)

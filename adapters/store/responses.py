@@ -29,30 +29,32 @@ RESPONSES_SCHEMA = (
     "WITHOUT ROWID"
 )
 RESPONSE_SK = "RESP"
+# DynamoDB's item limit is 400 KB; what a response may take of it, keys and attribute names aside.
+MAX_DYNAMODB_DATA = 380_000
 
 
 def pack(stored: StoredResponse) -> bytes:
-    """The record as compressed JSON (its body inlined, not base64-encoded twice)."""
-    record = {
+    """The record compressed: a JSON line of its fields, then its body as it is."""
+    fields = {
         "id": stored.id,
         "key_id": stored.key_id,
         "ancestors": stored.ancestors,
         "created_at": stored.created_at,
         "expires_at": stored.expires_at,
-        "body": orjson.Fragment(stored.body),
     }
-    return zlib.compress(orjson.dumps(record), 6)
+    return zlib.compress(orjson.dumps(fields) + b"\n" + stored.body, 6)
 
 
 def unpack(raw: bytes) -> StoredResponse:
-    data: dict[str, Any] = orjson.loads(zlib.decompress(raw))
+    head, _, body = zlib.decompress(raw).partition(b"\n")  # JSON as orjson writes it has no raw newline
+    data: dict[str, Any] = orjson.loads(head)
     return StoredResponse(
         id=str(data["id"]),
         key_id=str(data["key_id"]),
         ancestors=[str(a) for a in data.get("ancestors") or ()],
         created_at=float(data["created_at"]),
         expires_at=float(data["expires_at"]),
-        body=orjson.dumps(data["body"]),
+        body=body,
     )
 
 
@@ -112,11 +114,12 @@ class DynamoDBResponses:
         return {"pk": text(f"RESP#{response_id}"), "sk": text(RESPONSE_SK)}
 
     async def put_response(self, stored: StoredResponse) -> None:
-        item = {
-            **self._response_key(stored.id),
-            "data": text(base64.b64encode(pack(stored)).decode()),
-            "ttl": num(int(stored.expires_at)),
-        }
+        data = base64.b64encode(pack(stored)).decode()
+        if len(data) > MAX_DYNAMODB_DATA:
+            raise StoreError(
+                f"the response is too large to keep ({len(data)} bytes compressed, at most {MAX_DYNAMODB_DATA})"
+            )
+        item = {**self._response_key(stored.id), "data": text(data), "ttl": num(int(stored.expires_at))}
         await call(self.client, "put_item", TableName=self.table, Item=item)
 
     async def get_response(self, response_id: str) -> StoredResponse | None:

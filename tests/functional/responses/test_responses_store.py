@@ -8,6 +8,7 @@ import httpx
 import openai
 import pytest
 
+from handler.ports import StoredResponse, StoreError
 from tests.fakes.openai import TEXT
 from tests.functional.conftest import Running, openai_client
 
@@ -88,3 +89,20 @@ def test_unknown_ids_are_404(running: Running, key: str) -> None:
     for response_id in ("resp_nothing", "not-a-response-id"):
         answer = httpx.get(f"{running.url}/v1/responses/{response_id}", headers=bearer(key))
         assert answer.status_code == 404
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_response_the_store_cannot_keep_is_still_answered(
+    fleet: Running, fleet_key: str, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    async def failing(stored: StoredResponse) -> None:
+        raise StoreError("the response is too large to keep")
+
+    monkeypatch.setattr(fleet.gateway.store, "put_response", failing)
+    sdk = openai_client(fleet, fleet_key)
+    if stream:
+        with sdk.responses.stream(model="claude", input="Hi") as events:
+            response = events.get_final_response()
+    else:
+        response = sdk.responses.create(model="claude", input="Hi")
+    assert response.status == "completed" and response.output_text and response.store is False
