@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes.script import ScriptedCall, scripted_turn, texts
+from tests.fakes.script import ScriptedCall, input_for, scripted_turn, texts
 
 API_KEY = "test-anthropic-key"
 TEXT = "Hello from fake Anthropic."
@@ -135,7 +135,8 @@ def create_app() -> Starlette:
             return Response(b"{not json", 200, media_type="application/json")
         tool = _tool_name(body)
         script = _script(body)
-        tool_input = script.arguments if isinstance(script, ScriptedCall) else TOOL_INPUT
+        schemas = {t.get("name"): t.get("input_schema") for t in body.get("tools") or []}
+        tool_input = script.arguments if isinstance(script, ScriptedCall) else input_for(schemas.get(tool), TOOL_INPUT)
         text = script if isinstance(script, str) else TEXT
         if body.get("stream"):
             events = _stream(body, model, tool, "stream-cut" in faults, tool_input, text)

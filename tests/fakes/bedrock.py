@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes.script import ScriptedCall, scripted_turn, texts
+from tests.fakes.script import ScriptedCall, input_for, scripted_turn, texts
 
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
@@ -231,7 +231,9 @@ def answer_for(body: dict[str, Any], thinks: bool = False) -> dict[str, Any]:
         content, stop = [{"text": script}], "end_turn"
     elif config.get("tools") and not answered and ("any" in choice or "tool" in choice):
         name = choice["tool"]["name"] if "tool" in choice else config["tools"][0]["toolSpec"]["name"]
-        content = [{"toolUse": {"toolUseId": TOOL_USE_ID, "name": name, "input": CALL_INPUT}}]
+        schemas = {t["toolSpec"]["name"]: t["toolSpec"].get("inputSchema", {}).get("json") for t in config["tools"]}
+        tool_input = input_for(schemas.get(name), CALL_INPUT)
+        content = [{"toolUse": {"toolUseId": TOOL_USE_ID, "name": name, "input": tool_input}}]
         stop = "tool_use"
     else:
         content, stop = [{"text": TEXT}], "end_turn"

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes.script import ScriptedCall, scripted_turn, texts
+from tests.fakes.script import ScriptedCall, input_for, sample_of, scripted_turn, texts
 
 API_KEY = "test-gemini-key"
 TEXT = "Hello from fake Gemini."
@@ -131,7 +131,10 @@ def _signed(model: str, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _text(body: dict[str, Any]) -> str:
     script = _script(body)
-    return script if isinstance(script, str) else TEXT
+    schema = (body.get("generationConfig") or {}).get("responseJsonSchema")
+    if isinstance(script, str):
+        return script
+    return orjson.dumps(sample_of(schema)).decode() if schema else TEXT
 
 
 def _function_call(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -143,7 +146,8 @@ def _function_call(body: dict[str, Any]) -> dict[str, Any] | None:
     if not declarations or config.get("mode") != "ANY":
         return None
     allowed = config.get("allowedFunctionNames") or [declarations[0]["name"]]
-    return {"name": allowed[0], "args": CALL_ARGS}
+    schemas = {d["name"]: d.get("parametersJsonSchema") or d.get("parameters") for d in declarations}
+    return {"name": allowed[0], "args": input_for(schemas.get(allowed[0]), CALL_ARGS)}
 
 
 def _usage(body: dict[str, Any], candidates: int, thoughts: int) -> dict[str, Any]:

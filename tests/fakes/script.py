@@ -80,3 +80,13 @@ def sample_of(schema: dict[str, Any]) -> Any:
     if kind == "boolean":
         return True
     return "Paris"
+
+
+def input_for(schema: Any, default: dict[str, Any]) -> dict[str, Any]:
+    """A forced tool's input: what its schema asks for (a structured-output tool gets a whole answer), or the
+    fake's usual input for a tool that describes no properties."""
+    if isinstance(schema, dict) and schema.get("properties"):
+        value = sample_of(schema)
+        if isinstance(value, dict):
+            return value
+    return default

@@ -103,7 +103,7 @@ class Weather(BaseModel):
     degrees: int
 
 
-@pytest.mark.parametrize("model", ["gpt", "azure-gpt", "deepseek"])
+@pytest.mark.parametrize("model", PROVIDER_MODELS)
 def test_parse_returns_the_pydantic_model(fleet: Running, fleet_key: str, model: str) -> None:
     parsed = openai_client(fleet, fleet_key).responses.parse(model=model, input="Weather?", text_format=Weather)
     assert parsed.output_parsed == Weather(city="Paris", degrees=21)
