@@ -357,6 +357,7 @@ def to_chat_request(
     dropped = sorted(set(req.model_fields_set | set(req.model_extra or {})) - MAPPED)
     if req.truncation == "auto":
         dropped.append("truncation")
+    dropped += [f"include[{name}]" for name in req.include or () if name != ENCRYPTED_REASONING]
     conversation = _Conversation(seal, dropped)
     if req.instructions:
         conversation.messages.append({"role": "system", "content": req.instructions})

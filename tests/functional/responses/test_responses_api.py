@@ -132,13 +132,14 @@ HOSTED: Any = [
 @pytest.mark.parametrize("model", PROVIDER_MODELS)
 def test_hosted_tool_types_are_named_as_dropped(fleet: Running, fleet_key: str, model: str) -> None:
     raw = openai_client(fleet, fleet_key).responses.with_raw_response.create(
-        model=model, input="Hi", tools=HOSTED, store=False
+        model=model, input="Hi", tools=HOSTED, store=False, include=["message.output_text.logprobs"]
     )
     assert raw.parse().status == "completed"
     if model in NATIVE:  # the provider's own Responses API takes them as they are
         assert dropped(raw.headers) == []
     else:
-        assert {"tools[web_search]", "tools[namespace]"} <= set(dropped(raw.headers))
+        expected = {"tools[web_search]", "tools[namespace]", "include[message.output_text.logprobs]"}
+        assert expected <= set(dropped(raw.headers))
 
 
 def test_strict_mode_refuses_what_would_be_dropped(fleet: Running, fleet_key: str) -> None:
