@@ -191,6 +191,18 @@ class ReasoningSeal:
         return payload if isinstance(payload, dict) else None
 
 
+def merge(fields: dict[str, Any], more: dict[str, Any]) -> None:
+    """Fold a delta's reasoning fields in: lists (signed blocks) and maps (signatures) grow, the rest is set."""
+    for name, value in more.items():
+        known = fields.get(name)
+        if isinstance(known, list) and isinstance(value, list):
+            fields[name] = [*known, *value]
+        elif isinstance(known, dict) and isinstance(value, dict):
+            fields[name] = {**known, **value}
+        else:
+            fields[name] = value
+
+
 def _text_of(content: str | list[dict[str, Any]]) -> str:
     if isinstance(content, str):
         return content
@@ -292,8 +304,7 @@ class _Conversation:
             self.dropped.append("input[reasoning].encrypted_content")
         if sealed is not None:
             text = str(sealed.get("text") or "")
-            for name, value in (sealed.get("fields") or {}).items():
-                turn[name] = value
+            merge(turn, sealed.get("fields") or {})  # a turn may think twice (between its calls)
         else:
             text = "".join(p.text for p in (item.content or item.summary))
         if text:

@@ -23,6 +23,7 @@ from handler.responses_api import (
     call_item,
     envelope,
     finish,
+    merge,
     message_item,
     reasoning_fields,
     reasoning_item,
@@ -31,18 +32,6 @@ from handler.schemas import ChatCompletionChunk
 from handler.streaming import sse_event
 
 Finished = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-def merge(fields: dict[str, Any], more: dict[str, Any]) -> None:
-    """Fold a delta's reasoning fields in: lists (signed blocks) and maps (signatures) grow, the rest is set."""
-    for name, value in more.items():
-        known = fields.get(name)
-        if isinstance(known, list) and isinstance(value, list):
-            fields[name] = [*known, *value]
-        elif isinstance(known, dict) and isinstance(value, dict):
-            fields[name] = {**known, **value}
-        else:
-            fields[name] = value
 
 
 class _Item:
