@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes.script import ScriptedCall, input_for, sample_of, scripted_turn, texts
+from tests.fakes.script import ScriptedCall, input_for, scripted_turn, text_for, texts
 
 API_KEY = "test-gemini-key"
 TEXT = "Hello from fake Gemini."
@@ -131,10 +131,9 @@ def _signed(model: str, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _text(body: dict[str, Any]) -> str:
     script = _script(body)
-    schema = (body.get("generationConfig") or {}).get("responseJsonSchema")
     if isinstance(script, str):
         return script
-    return orjson.dumps(sample_of(schema)).decode() if schema else TEXT
+    return text_for((body.get("generationConfig") or {}).get("responseJsonSchema"), TEXT)
 
 
 def _function_call(body: dict[str, Any]) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.fakes import openai_responses
-from tests.fakes.script import ScriptedCall, sample_of, scripted_turn, texts
+from tests.fakes.script import ScriptedCall, scripted_turn, text_for, texts
 
 API_KEY = "test-openai-key"
 TEXT, REASONING = openai_responses.TEXT, openai_responses.REASONING
@@ -52,8 +52,7 @@ def _answer_text(body: dict[str, Any]) -> str:
     script = _script(body)
     if isinstance(script, str):
         return script
-    schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
-    return orjson.dumps(sample_of(schema)).decode() if schema else TEXT
+    return text_for(((body.get("response_format") or {}).get("json_schema") or {}).get("schema"), TEXT)
 
 
 def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from tests.fakes.script import ScriptedCall, sample_of, scripted_turn, texts
+from tests.fakes.script import ScriptedCall, scripted_turn, text_for, texts
 
 TEXT = "Hello from fake OpenAI."
 REASONING = "The user greets me; I greet back."
@@ -70,7 +70,7 @@ def output_of(body: dict[str, Any]) -> list[dict[str, Any]]:
     fmt = (body.get("text") or {}).get("format") or {}
     text = script if isinstance(script, str) else TEXT
     if fmt.get("type") == "json_schema":
-        text = orjson.dumps(sample_of(fmt.get("schema") or {})).decode()
+        text = text_for(fmt.get("schema"), text)
     part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
     output.append({"id": "msg_fake1", "type": "message", "role": "assistant", "status": "completed", "content": [part]})
     return output

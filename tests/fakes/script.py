@@ -90,3 +90,10 @@ def input_for(schema: Any, default: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, dict):
             return value
     return default
+
+
+def text_for(schema: Any, default: str) -> str:
+    """A structured-output answer: JSON following the schema when it describes properties, else the fake's
+    usual text (which such a schema then rejects, as a model's off-schema answer would be)."""
+    value = input_for(schema, {})
+    return orjson.dumps(value).decode() if value else default
