@@ -35,12 +35,14 @@ tools:
 	fi
 
 # The coding-agent CLIs the functional tests drive through the gateway, at pinned versions, in .tools/.
+# (tests/functional/responses/test_codex_cli.py runs `.tools/node_modules/.bin/codex`.)
 CODEX_VERSION := 0.171.0
-CODEX := .tools/node_modules/.bin/codex
-$(CODEX):
+CODEX_STAMP := .tools/.codex-$(CODEX_VERSION)
+$(CODEX_STAMP):
 	npm install --prefix .tools --no-save --no-audit --no-fund @openai/codex@$(CODEX_VERSION)
+	touch $@
 
-clients: $(CODEX)
+clients: $(CODEX_STAMP)
 
 test: $(STAMP) tools clients lint
 	$(BIN)/pytest -q -p no:cacheprovider
