@@ -53,11 +53,18 @@ MAPPED = frozenset(
         "stream_options",
         "service_tier",
         "truncation",
+        "background",  # false: answered now, as asked (true is refused)
         # Client-side bookkeeping (Codex sends its session ids here): nothing a model reads.
         "client_metadata",
     }
 )
 ENCRYPTED_REASONING = "reasoning.encrypted_content"
+# Fields that point at state kept at OpenAI: leaving them out would answer a different question.
+UNSERVED = {
+    "conversation": "send the conversation's items, or continue with previous_response_id",
+    "prompt": "send the prompt's text as instructions",
+    "background": "send the request without background",
+}
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
@@ -365,6 +372,9 @@ def to_chat_request(
 ) -> tuple[ChatRequest, list[str]]:
     """The internal request for a Responses one (after the stored `history` items, if any), and the
     Responses fields and items it cannot carry."""
+    for name, instead in UNSERVED.items():
+        if (req.model_extra or {}).get(name):  # (`background: false` is what the gateway does anyway)
+            raise InvalidRequestError(f"{name} is not supported by this model's provider; {instead}", param=name)
     dropped = sorted(set(req.model_fields_set | set(req.model_extra or {})) - MAPPED)
     if req.truncation == "auto":
         dropped.append("truncation")

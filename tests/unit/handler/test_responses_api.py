@@ -84,3 +84,17 @@ def test_a_seal_from_another_key_is_not_trusted() -> None:
 def test_what_cannot_be_sent_is_a_clear_400(items: list[dict[str, Any]]) -> None:
     with pytest.raises(InvalidRequestError):
         translate(items)
+
+
+@pytest.mark.parametrize(
+    "field", [{"conversation": "conv_1"}, {"prompt": {"id": "pmpt_1"}}, {"background": True}], ids=str
+)
+def test_state_kept_at_openai_is_refused_not_dropped(field: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequestError) as refused:
+        translate([{"role": "user", "content": "Hi"}], **field)
+    assert refused.value.param == next(iter(field))
+
+
+def test_background_false_is_what_the_gateway_does_anyway() -> None:
+    messages, dropped = translate([{"role": "user", "content": "Hi"}], background=False)
+    assert messages == [{"role": "user", "content": "Hi"}] and dropped == []
