@@ -33,22 +33,18 @@ async def test_an_agent_calls_its_tool_and_answers(fleet: Running, agent_key: st
 
     client = AsyncOpenAI(base_url=f"{fleet.url}/v1", api_key=agent_key, max_retries=0)
     async with client:
-        agent = agents.Agent(
-            name="weather",
-            instructions="Answer with the weather.",
-            tools=[get_weather],
-            model=agents.OpenAIResponsesModel(model=model, openai_client=client),
-            # The fakes call a tool only when asked to; the SDK resets the choice after the call.
-            model_settings=agents.ModelSettings(tool_choice="required"),
-        )
-        config = agents.RunConfig(tracing_disabled=True)
+        agent = agents.Agent(name="weather", instructions="Answer with the weather.", tools=[get_weather], model=model)
+        # The SDK's default provider (the Responses API), with the gateway's client; the fake upstream plays the
+        # model's part: the tool call the question scripts, then an answer quoting the tool's result.
+        config = agents.RunConfig(model_provider=agents.OpenAIProvider(openai_client=client), tracing_disabled=True)
+        question = 'Weather in Paris? CALL get_weather {"city": "Paris"}'
         if streamed:
-            result: Any = agents.Runner.run_streamed(agent, "Weather in Paris?", run_config=config)
+            result: Any = agents.Runner.run_streamed(agent, question, run_config=config)
             async for _ in result.stream_events():
                 pass
         else:
-            result = await agents.Runner.run(agent, "Weather in Paris?", run_config=config)
+            result = await agents.Runner.run(agent, question, run_config=config)
     assert seen == ["Paris"]
-    assert isinstance(result.final_output, str) and result.final_output
+    assert result.final_output == "DONE: 18C and sunny in Paris"
     kinds = [item.type for item in result.new_items]
     assert kinds[:2] == ["tool_call_item", "tool_call_output_item"] and kinds[-1] == "message_output_item"
