@@ -37,6 +37,12 @@ if TYPE_CHECKING:
     from handler.app import Api
 
 
+def refuse_if_strict(ex: Exchange, dropped: list[str]) -> None:
+    """`x-gateway-strict: true` refuses what the chosen path (relayed or translated) would drop."""
+    if dropped and ex.controls.strict:
+        raise StrictParamsError(f"cannot honour: {', '.join(dropped)} (x-gateway-strict is on)", param=dropped[0])
+
+
 def stream_headers(ex: Exchange) -> dict[str, str]:
     return {**ex.headers(), "cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -109,14 +115,14 @@ class ResponsesRoutes:
         plan = api.gateway.router.plan(req.model, ex.controls.route)
         if relayable(plan):
             relay = Relay(body, history, req, ex)
+            refuse_if_strict(ex, ex.inbound_dropped)
             if body.stream:
                 relayed = await relay_stream(api.pipeline, relay, plan)
                 return EventStream(relayed.events(keep), stream_headers(ex))
             response = await relay_response(api.pipeline, relay, plan)
             await keep(response)
             return self.answer(ex, response)
-        if dropped and ex.controls.strict:
-            raise StrictParamsError(f"cannot honour: {', '.join(dropped)} (x-gateway-strict is on)", param=dropped[0])
+        refuse_if_strict(ex, dropped)
         ex.inbound_dropped = dropped
         ids = ResponseIds(ex.request_id)
         if req.stream:

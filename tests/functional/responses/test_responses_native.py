@@ -95,6 +95,12 @@ def test_reasoning_round_trips_with_the_providers_own_encryption(fleet: Running,
     )
     names = urllib.parse.unquote(raw.headers["x-gateway-dropped-params"]).split(",")
     assert names == ["input[reasoning].encrypted_content"]
+    with pytest.raises(openai.BadRequestError):  # strict: refused rather than left out
+        sdk.responses.create(
+            input=[*history, {"role": "user", "content": "More?"}],
+            extra_headers={"x-gateway-strict": "true"},
+            **settings,
+        )
 
 
 def test_the_stream_is_relayed_and_metered(fleet: Running, fleet_key: str) -> None:
