@@ -71,8 +71,10 @@ class Relay:
 
     @staticmethod
     def _sealed_here(item: Any) -> bool:
-        sealed = item.get("encrypted_content") if isinstance(item, dict) else None
-        return item.get("type") == "reasoning" and isinstance(sealed, str) and sealed.startswith(ReasoningSeal.PREFIX)
+        if not isinstance(item, dict) or item.get("type") != "reasoning":
+            return False
+        sealed = item.get("encrypted_content")
+        return isinstance(sealed, str) and sealed.startswith(ReasoningSeal.PREFIX)
 
     def build(self, attempt: Attempt) -> BuiltRequest:
         body = {**self.sent, "model": attempt.target.model}
