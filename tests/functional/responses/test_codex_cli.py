@@ -56,3 +56,6 @@ def test_codex_runs_a_shell_command_and_answers(fleet: Running, model: str, tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     assert (workdir / "out.txt").read_text().strip() == "hi"
     assert f"DONE: {token}" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    if model in ("gpt", "gpt-chat"):  # what Codex asks for reaches OpenAI: its cache key, and nothing kept there
+        sent = fleet.fakes["openai"].state.requests[-1]["json"]
+        assert sent["prompt_cache_key"] and not sent.get("store")
