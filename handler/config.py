@@ -103,7 +103,7 @@ class GatewaySettings(_Strict):
     max_retries_per_deployment: int = Field(default=1, ge=0, le=5)
     region_latency_ms: dict[str, dict[str, float]] = Field(default_factory=dict)
     # Responses API: how long stored responses live, and the secret (a reference, like `env:NAME`) that
-    # seals reasoning for the client to send back; without it, each process seals with its own.
+    # seals reasoning for the client to send back; without it, one the gateway keeps in its store.
     responses_ttl_seconds: float = Field(default=30 * 86400, gt=0)
     responses_secret: str | None = None
 

@@ -8,7 +8,9 @@ not exist (404, never 403, which would tell that it does).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +50,8 @@ def stream_headers(ex: Exchange) -> dict[str, str]:
 
 
 logger = logging.getLogger("gateway")
+SEAL_SECRET_ID = "gateway-reasoning-seal"
+SEAL_SECRET_TTL = 10 * 365 * 86400
 
 
 class ResponseArchive:
@@ -81,6 +85,20 @@ class ResponseArchive:
             logger.warning("response not stored: %s", exc, extra={"response_id": response["id"]})
             response["store"] = False
 
+    async def seal_secret(self) -> bytes:
+        """The gateway's own reasoning-seal secret, made once and kept in the store (under an id no client
+        can ask for: theirs start with `resp_`)."""
+        stored = await self.store.get_response(SEAL_SECRET_ID)
+        if stored is None:
+            now = time.time()
+            secret = os.urandom(32).hex().encode()
+            await self.store.put_response(StoredResponse(SEAL_SECRET_ID, "", [], now, now + SEAL_SECRET_TTL, secret))
+            # Two processes starting at once both write; reading back, both use the one written last.
+            stored = await self.store.get_response(SEAL_SECRET_ID)
+        if stored is None:
+            raise StoreError("the reasoning seal's secret could not be read back")
+        return stored.body
+
     async def delete(self, response_id: str, key: KeyRecord) -> None:
         await self.find(response_id, key)
         await self.store.delete_response(response_id)
@@ -93,7 +111,23 @@ class ResponsesRoutes:
         self.api = api
         self.archive = ResponseArchive(api)
         secret = resolve_secret(api.gateway.config.gateway.responses_secret)
-        self.seal = ReasoningSeal(secret.encode() if secret else None)
+        self._seal = ReasoningSeal(secret.encode()) if secret else None
+        self._sealing = asyncio.Lock()
+
+    async def seal(self) -> ReasoningSeal:
+        """The reasoning seal: keyed by the operator's secret, else by one the store keeps, so that every
+        process of the gateway (Lambda's instances, several workers) opens what another sealed."""
+        if self._seal is not None:
+            return self._seal
+        async with self._sealing:
+            if self._seal is None:
+                try:
+                    self._seal = ReasoningSeal(await self.archive.seal_secret())
+                except StoreError as exc:
+                    # Not kept for later requests: the next one tries the store again.
+                    logger.warning("reasoning seal key unavailable, sealing with a one-off key: %s", exc)
+                    return ReasoningSeal()
+            return self._seal
 
     async def create(self, request: Request) -> Response:
         api = self.api
@@ -104,7 +138,8 @@ class ResponsesRoutes:
             previous = await self.archive.find(body.previous_response_id, key, param="previous_response_id")
             history = [*previous["items"], *previous["response"].get("output", [])]
         # The translation is needed either way: admission estimates and caps the request in the internal form.
-        req, dropped = to_chat_request(body, history, self.seal)
+        seal = await self.seal()
+        req, dropped = to_chat_request(body, history, seal)
         ex = api.exchange(request, key, req.model)
         conversation = [*history, *input_items(body)]
 
@@ -127,10 +162,10 @@ class ResponsesRoutes:
         ids = ResponseIds(ex.request_id)
         if req.stream:
             stream = await api.pipeline.chat_stream(req, ex)
-            events = responses_events(stream, body, ids, self.seal, keep)
+            events = responses_events(stream, body, ids, seal, keep)
             return EventStream(events, stream_headers(ex))
         completion = await api.pipeline.chat(req, ex)
-        response = to_response(completion, body, ids, self.seal, ex.cost)
+        response = to_response(completion, body, ids, seal, ex.cost)
         await keep(response)
         return self.answer(ex, response)
 

@@ -10,11 +10,12 @@ import openai
 import pytest
 from pydantic import BaseModel
 
+from tests.fakes import azure as azure_fake
 from tests.fakes.anthropic import TEXT as ANTHROPIC_TEXT
 from tests.fakes.anthropic import THINKING
 from tests.fakes.bedrock import THINKING as BEDROCK_THINKING
 from tests.fakes.openai import REASONING, TEXT
-from tests.functional.conftest import Running, openai_client
+from tests.functional.conftest import FAKE_KEYS, Running, openai_client, serve_gateway
 from tests.functional.responses.fleet import NATIVE, PROVIDER_MODELS
 
 WEATHER: Any = {
@@ -259,3 +260,27 @@ def test_a_conversation_moving_to_another_provider_leaves_signed_thinking_behind
         sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
         assistant = next(m for m in sent if m["role"] == "assistant")
         assert "thinking_blocks" not in assistant and assistant["tool_calls"][0]["id"] == call.call_id
+
+
+def test_another_gateway_process_on_the_same_store_opens_the_seal(fleet: Running, fleet_key: str) -> None:
+    """Without `responses_secret`, the seal's key lives in the store: a turn sealed by one process (a Lambda
+    instance) is opened by another."""
+    environ = {**FAKE_KEYS, "AZURE_OPENAI_API_KEY": azure_fake.API_KEY}
+    other, server = serve_gateway(fleet.gateway.config, fleet.store_url, fleet.upstream, fleet.fakes, environ)
+    try:
+        question: Any = [{"role": "user", "content": "Weather in Paris?"}]
+        settings: Any = {"model": "reasoner", "tools": [WEATHER], "store": False}
+        settings["include"] = ["reasoning.encrypted_content"]
+        first = openai_client(fleet, fleet_key).responses.create(input=question, tool_choice="required", **settings)
+        call = next(item for item in first.output if item.type == "function_call")
+        back: Any = [
+            *question,
+            *[item.model_dump(exclude_none=True) for item in first.output],
+            {"type": "function_call_output", "call_id": call.call_id, "output": "18C"},
+        ]
+        raw = openai_client(other, fleet_key).responses.with_raw_response.create(input=back, **settings)
+        assert "x-gateway-dropped-params" not in raw.headers
+        sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
+        assert next(m for m in sent if m["role"] == "assistant")["reasoning_content"] == REASONING
+    finally:
+        server.stop()
