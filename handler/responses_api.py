@@ -169,8 +169,8 @@ def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
 
 class ReasoningSeal:
     """Seals what a provider needs back from its reasoning (text, signatures) into an opaque string
-    the client returns on the next turn: base64 of the JSON and an HMAC-SHA256 tag over it, keyed by
-    the operator's secret (or a per-process one, whose blobs another process cannot open)."""
+    the client returns on the next turn: base64 of the JSON and an HMAC-SHA256 tag over it, keyed by a
+    secret every gateway process shares (see `ResponsesRoutes.seal`); without one, a one-off random key."""
 
     PREFIX = "gwr1."
 
