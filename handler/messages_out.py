@@ -178,6 +178,21 @@ class EventWriter:
     def _delta(self, delta: dict[str, Any]) -> bytes:
         return sse_event("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
 
+    def _signed(self, blocks: Any) -> bytes:
+        """The blocks a delta completes (`thinking_blocks`): a thinking block's signature ends the block its
+        text streamed into; a redacted block is a block of its own."""
+        out = b""
+        for block in blocks if isinstance(blocks, list) else ():
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "thinking" and isinstance(block.get("signature"), str):
+                out += self._switch("thinking", 0, {"type": "thinking", "thinking": "", "signature": ""})
+                out += self._delta({"type": "signature_delta", "signature": block["signature"]})
+                out += self._close()
+            elif block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str):
+                out += self._switch("redacted_thinking", self.index + 1, dict(block)) + self._close()
+        return out
+
     def chunk(self, chunk: ChatCompletionChunk) -> bytes:
         out = b""
         for choice in chunk.choices:
@@ -187,10 +202,7 @@ class EventWriter:
             if delta.reasoning_content:
                 out += self._switch("thinking", 0, {"type": "thinking", "thinking": "", "signature": ""})
                 out += self._delta({"type": "thinking_delta", "thinking": delta.reasoning_content})
-            signature = (delta.model_extra or {}).get("reasoning_signature")
-            if isinstance(signature, str):
-                out += self._switch("thinking", 0, {"type": "thinking", "thinking": "", "signature": ""})
-                out += self._delta({"type": "signature_delta", "signature": signature})
+            out += self._signed((delta.model_extra or {}).get("thinking_blocks"))
             if delta.content or delta.refusal:
                 out += self._switch("text", 0, {"type": "text", "text": ""})
                 out += self._delta({"type": "text_delta", "text": delta.content or delta.refusal})

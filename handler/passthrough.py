@@ -28,10 +28,11 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class NativeReply:
-    """A provider's non-streaming answer in its own format, and the usage read from it."""
+    """A provider's non-streaming answer in its own format, and the usage read from it (None: it had none,
+    so it is estimated)."""
 
     body: dict[str, Any]
-    usage: Usage
+    usage: Usage | None
 
 
 def sse_frame(event: StreamEvent) -> bytes:

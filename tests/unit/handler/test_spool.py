@@ -59,7 +59,7 @@ async def admitted(meter: Meter, key: KeyRecord, cost: float = 0.2) -> Settlemen
     """A request admitted on `key` (a budget and a tpm limit) and answered: its settlement (early enough in
     a minute that its token count is read back in the same one)."""
     this_minute()
-    reservation = await meter.admit(key, "m", 0.5, 100, uuid.uuid4().hex)
+    reservation = await meter.admit([key], "m", 0.5, 100, uuid.uuid4().hex)
     return meter.settlement(reservation, cost, 150, line(key.id, cost))
 
 
