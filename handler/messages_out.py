@@ -13,8 +13,7 @@ from typing import Any
 import orjson
 
 from handler.errors import GatewayError
-from handler.observability import observe
-from handler.passthrough import NativeReply, NativeStream, sse_frame
+from handler.passthrough import NativeReply, NativeStream, guarded, sse_frame
 from handler.pricing import Cost
 from handler.proxy import ChunkStream
 from handler.schemas import ChatCompletion, ChatCompletionChunk, Usage
@@ -53,23 +52,12 @@ def native_events(stream: NativeStream) -> AsyncIterator[bytes]:
             yield out
         await stream.complete()
 
-    return guarded(stream, relay())
+    return guarded(stream, relay(), anthropic_error)
 
 
-async def guarded(stream: NativeStream | ChunkStream, events: AsyncGenerator[bytes]) -> AsyncIterator[bytes]:
-    """`events`, then: an error after the first byte as Anthropic's in-stream `error` event; the stream
-    closed (and settled) however it ended; the request observed."""
-    failure: GatewayError | None = None
-    try:
-        async for data in events:
-            yield data
-    except GatewayError as exc:
-        failure = exc
-        yield sse_event("error", exc.anthropic_body())
-    finally:
-        await events.aclose()
-        await stream.close()
-        observe(stream.ex, 200, stream=True, code=failure.code if failure else None)
+def anthropic_error(exc: GatewayError) -> bytes:
+    """Anthropic's in-stream `error` event."""
+    return sse_event("error", exc.anthropic_body())
 
 
 def anthropic_usage(usage: Usage) -> dict[str, int]:
@@ -246,4 +234,4 @@ def anthropic_events(stream: ChunkStream, model: str, input_tokens: int) -> Asyn
         await stream.complete()
         yield writer.finish(stream.usage(), stream.ex.cost)
 
-    return guarded(stream, render())
+    return guarded(stream, render(), anthropic_error)

@@ -181,10 +181,12 @@ class NativeMeter(Protocol):
     """Reads the usage out of a native stream's events without changing them.
 
     `feed` raises `UpstreamError` for an in-stream error event. `usage` is the best count so far (the
-    provider's, once it gave one; an estimate for a stream cut short), or None before any.
+    provider's, once it gave one; an estimate for a stream cut short), or None before any; `output_chars`
+    the characters of generated output seen, for an estimate when there is no usage.
     """
 
     usage: Usage | None
+    output_chars: int
 
     def feed(self, event: StreamEvent) -> None: ...
 
@@ -232,6 +234,17 @@ def upstream_error(
 def malformed(message: str, outcome: str = "invalid_response") -> UpstreamError:
     """A 2xx answer the gateway cannot use: another deployment may do better, so it is retryable."""
     return UpstreamError(message, upstream_status=200, retryable=True, outcome=outcome)
+
+
+def event_payload(event: StreamEvent) -> dict[str, Any]:
+    """A stream event's JSON object; anything else is a (retryable) upstream error."""
+    try:
+        payload = orjson.loads(event.data)
+    except orjson.JSONDecodeError as exc:
+        raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
+    if not isinstance(payload, dict):
+        raise malformed("upstream sent a stream event that is not an object")
+    return payload
 
 
 def json_body(body: bytes) -> Any:

@@ -13,12 +13,9 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import orjson
-
 from handler.errors import GatewayError, UpstreamError
-from handler.observability import observe
-from handler.passthrough import NativeStream, sse_frame
-from handler.ports import NativeCall, malformed
+from handler.passthrough import NativeStream, guarded, sse_frame
+from handler.ports import NativeCall, event_payload
 from handler.proxy import Exchange
 from handler.responses_api import API, TERMINAL, ReasoningSeal, ResponsesRequest, input_items
 from handler.streaming import sse_event
@@ -72,37 +69,40 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
     sequence = _Sequence()
 
     async def events() -> AsyncGenerator[bytes]:
-        ended = False
+        terminal: tuple[str, dict[str, Any], dict[str, Any]] | None = None
         async for batch in stream.batches():
             out = b""
             for event in batch:
                 if not event.data or event.data == b"[DONE]":
                     continue
-                payload = _payload(event.data)
+                payload = event_payload(event)
                 kind = str(payload.get("type") or event.event or "")
                 if isinstance(payload.get("sequence_number"), int):
                     sequence.last = payload["sequence_number"]
                 response = payload.get("response")
-                if kind not in TERMINAL or not isinstance(response, dict):
+                if kind in TERMINAL and isinstance(response, dict):
+                    terminal = (kind, payload, response)
+                else:
                     out += sse_frame(event)
-                    continue
-                ended = True
-                await stream.complete()
-                relay.finish(response)
-                if kind != "response.failed":
-                    await on_finished(response)
-                out += sse_event(kind, payload)
-            yield out
-        if not ended:
+            if out:
+                yield out
+        if terminal is None:
             raise UpstreamError(
                 "the provider's stream ended before the response was finished",
                 upstream_status=200,
                 retryable=False,
                 code="stream_interrupted",
             )
+        # The terminal event is the provider's last: it goes on once the stream has ended, so that it is
+        # settled from the provider's usage (a stream still open is metered as one cut short).
+        kind, payload, response = terminal
         await stream.complete()
+        relay.finish(response)
+        if kind != "response.failed":
+            await on_finished(response)
+        yield sse_event(kind, payload)
 
-    return _guarded(stream, events(), sequence)
+    return guarded(stream, events(), lambda exc: _failed(exc, sequence))
 
 
 class _Sequence:
@@ -114,30 +114,6 @@ class _Sequence:
     def next(self) -> int:
         self.last += 1
         return self.last
-
-
-async def _guarded(stream: NativeStream, events: AsyncGenerator[bytes], sequence: _Sequence) -> AsyncIterator[bytes]:
-    failure: GatewayError | None = None
-    try:
-        async for data in events:
-            yield data
-    except GatewayError as exc:
-        failure = exc
-        yield _failed(exc, sequence)
-    finally:
-        await events.aclose()
-        await stream.close()
-        observe(stream.ex, 200, stream=True, code=failure.code if failure else None)
-
-
-def _payload(data: bytes) -> dict[str, Any]:
-    try:
-        event = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
-    if not isinstance(event, dict):
-        raise malformed("upstream sent a stream event that is not an object")
-    return event
 
 
 def _failed(exc: GatewayError, sequence: _Sequence) -> bytes:

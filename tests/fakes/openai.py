@@ -229,6 +229,8 @@ def create_app() -> Starlette:
         refused = openai_responses.problem(body)
         if refused is not None:
             return _error(400, refused, "invalid_request_error", None)
+        if "slow" in str(body.get("model")):
+            await asyncio.sleep(SLOW_SECONDS)
         tokens = prompt_tokens(body)
         if body.get("stream"):
             stream = openai_responses.events(body, tokens, "stream-cut" in body["model"])

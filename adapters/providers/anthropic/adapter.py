@@ -38,6 +38,7 @@ from handler.ports import (
     StreamEvent,
     Target,
     UpstreamRequest,
+    event_payload,
     json_body,
     malformed,
     upstream_error,
@@ -391,17 +392,6 @@ def json_tool(req: ChatRequest) -> dict[str, Any] | None:
 # --- stream --------------------------------------------------------------------------------------
 
 
-def event_payload(event: StreamEvent) -> dict[str, Any]:
-    """A stream event's JSON object; anything else is a (retryable) upstream error."""
-    try:
-        payload = orjson.loads(event.data)
-    except orjson.JSONDecodeError as exc:
-        raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
-    if not isinstance(payload, dict):
-        raise malformed("upstream sent a stream event that is not an object")
-    return payload
-
-
 class AnthropicStreamParser:
     """Anthropic's named SSE events into OpenAI chunks.
 
@@ -535,6 +525,7 @@ class MessagesMeter:
         self.usage: Usage | None = None
         self._wire = WireUsage()
         self._chars = 0
+        self.output_chars = 0  # never needed: `usage` carries the estimate from the first event on
 
     def feed(self, event: StreamEvent) -> None:
         if not event.data:

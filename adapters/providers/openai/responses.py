@@ -7,13 +7,10 @@ them itself). The answer's `usage` (in a stream: the terminal event's response) 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
-from handler.ports import StreamEvent, json_body, malformed
+from handler.ports import StreamEvent, event_payload, json_body, malformed
 from handler.responses_api import API, TERMINAL
 from handler.schemas import CompletionTokensDetails, Usage
 
@@ -57,26 +54,20 @@ def answer_usage(body: bytes) -> Usage | None:
 
 class ResponsesMeter:
     """Reads the usage of a Responses stream passed through unchanged: the terminal event's response has
-    it; until then the output is estimated from the deltas' text, so a stream cut short is still charged."""
+    it. A stream that never got there has none, and is estimated from the deltas' text (`output_chars`)."""
 
     def __init__(self) -> None:
         self.usage: Usage | None = None
-        self._chars = 0
+        self.output_chars = 0
 
     def feed(self, event: StreamEvent) -> None:
         if not event.data or event.data == b"[DONE]":
             return
-        try:
-            payload = orjson.loads(event.data)
-        except orjson.JSONDecodeError as exc:
-            raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
-        if not isinstance(payload, dict):
-            raise malformed("upstream sent a stream event that is not an object")
+        payload = event_payload(event)
         kind = str(payload.get("type") or event.event or "")
         delta = payload.get("delta")
         if isinstance(delta, str):
-            self._chars += len(delta)
-            self.usage = Usage.of(0, math.ceil(self._chars / 3))
+            self.output_chars += len(delta)
         response = payload.get("response")
         if kind in TERMINAL and isinstance(response, dict):
-            self.usage = usage_of(response.get("usage")) or self.usage
+            self.usage = usage_of(response.get("usage"))

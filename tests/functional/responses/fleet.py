@@ -63,6 +63,7 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
             },
             "cut": {"deployments": [{"provider": "openai-chat", "model": "stream-cut"}], "price": PRICE},
             "native-cut": {"deployments": [{"provider": "openai", "model": "stream-cut"}], "price": PRICE},
+            "native-slow": {"deployments": [{"provider": "openai", "model": "slow-mini"}], "price": PRICE},
             "gpt-chat": {"deployments": [{"provider": "openai-chat", "model": "gpt-4o-mini"}], "price": PRICE},
             "gpt-keeps": {"deployments": [{"provider": "openai-keeps", "model": "gpt-4o-mini"}], "price": PRICE},
             "gpt-reasoner": {"deployments": [{"provider": "openai", "model": "o4-reasoner"}], "price": PRICE},

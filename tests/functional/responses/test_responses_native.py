@@ -125,6 +125,37 @@ def test_a_stream_cut_short_ends_with_response_failed(fleet: Running, fleet_key:
     assert kinds[0] == "response.created" and kinds[-2:] == ["error", "response.failed"]
 
 
+def test_a_passed_through_stream_cut_short_is_charged_its_prompt_and_relayed_text(fleet: Running) -> None:
+    key = fleet.mint(name="cut", budget_usd=1.0)
+    body = {"model": "native-cut", "input": "Hi", "stream": True}
+    with httpx.stream("POST", f"{fleet.url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"}) as a:
+        b"".join(a.iter_bytes())
+    [line] = fleet.ledger(key)
+    assert line.cost_source == "estimate" and line.input_tokens > 0 and line.output_tokens > 0
+    assert (line.cost_usd or 0) > 0
+
+
+def test_a_passed_through_request_cut_in_flight_is_charged_the_reserved_worst_case(fleet: Running) -> None:
+    key = fleet.mint(name="deadline", budget_usd=1.0)
+    headers = {"authorization": f"Bearer {key}", "x-gateway-deadline-ms": "300"}
+    cut = httpx.post(f"{fleet.url}/v1/responses", json={"model": "native-slow", "input": "Hi"}, headers=headers)
+    assert cut.status_code == 504
+    [line] = fleet.ledger(key)
+    assert line.cost_source == "reserved" and line.status == 504 and (line.cost_usd or 0) > 0
+
+
+def test_a_passed_through_answer_is_charged_the_providers_usage(fleet: Running) -> None:
+    key = fleet.mint(name="answered", budget_usd=1.0)
+    answer = httpx.post(
+        f"{fleet.url}/v1/responses", json={"model": "gpt", "input": "Hi"}, headers={"authorization": f"Bearer {key}"}
+    )
+    assert answer.status_code == 200
+    provider = answer.json()["usage"]
+    [line] = fleet.ledger(key)
+    assert line.cost_source == "provider" and line.status == 200
+    assert (line.input_tokens, line.output_tokens) == (provider["input_tokens"], provider["output_tokens"])
+
+
 def test_a_mixed_plan_passes_through_on_a_deployment_that_serves_the_api(fleet: Running, fleet_key: str) -> None:
     raw = openai_client(fleet, fleet_key).responses.with_raw_response.create(
         model="gpt-or-claude", input="Hi", tools=WEB
