@@ -10,11 +10,11 @@ whole response with usage and cost. An upstream failure after the first event en
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from handler.errors import GatewayError, UpstreamError
-from handler.observability import observe
+from handler.passthrough import guarded
 from handler.proxy import ChunkStream
 from handler.responses_api import (
     ReasoningSeal,
@@ -205,7 +205,7 @@ class ResponsesEventWriter:
         return out + self.event("response.failed", response=response)
 
 
-async def responses_events(
+def responses_events(
     stream: ChunkStream,
     req: ResponsesRequest,
     ids: ResponseIds,
@@ -215,9 +215,9 @@ async def responses_events(
     """The client's Responses event stream for an internal chunk stream; `on_finished` gets the final
     response (to store it) before `response.completed` is sent."""
     writer = ResponsesEventWriter(req, ids, seal)
-    yield writer.start()
-    failure: GatewayError | None = None
-    try:
+
+    async def render() -> AsyncGenerator[bytes]:
+        yield writer.start()
         async for batch in stream.batches():
             data = b"".join(writer.chunk(chunk) for chunk in batch)
             if data:
@@ -236,9 +236,5 @@ async def responses_events(
         await on_finished(response)
         kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
         yield closing + writer.event(kind, response=response)
-    except GatewayError as exc:
-        failure = exc
-        yield writer.failed(exc)
-    finally:
-        await stream.close()
-        observe(stream.ex, 200, stream=True, code=failure.code if failure else None)
+
+    return guarded(stream, render(), writer.failed)
