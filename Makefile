@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck unit bench tools claude-code clean sam-check
+.PHONY: serve test lint typecheck unit bench tools claude-code clients clean sam-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,7 +54,17 @@ $(CLAUDE_CODE_STAMP):
 
 claude-code: $(CLAUDE_CODE_STAMP)
 
-test: $(STAMP) tools claude-code lint
+# Codex CLI, the coding agent tests/functional/responses/test_codex_cli.py drives through the gateway, pinned.
+# (the test runs `.tools/node_modules/.bin/codex`.)
+CODEX_VERSION := 0.171.0
+CODEX_STAMP := .tools/.codex-$(CODEX_VERSION)
+$(CODEX_STAMP):
+	npm install --prefix .tools --no-save --no-audit --no-fund @openai/codex@$(CODEX_VERSION)
+	touch $@
+
+clients: $(CODEX_STAMP)
+
+test: $(STAMP) tools claude-code clients lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 # The full benchmark (a few minutes): the gateway against nginx directly, wrk at 1, 8 and 64 connections.
@@ -62,7 +72,7 @@ bench: $(STAMP) tools
 	$(BIN)/python -m tests.bench.run --json .bench.json
 
 clean:
-	rm -rf $(VENV) .gateway .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .gateway .pytest_cache .mypy_cache .ruff_cache
 
 # The AWS SAM CLI in its own venv (its pins clash with the test extras): `sam validate --lint` and `sam build`
 # (infra/Makefile: arm64 wheels for the runtime's Python, from PyPI). tests/unit/test_template.py then also runs

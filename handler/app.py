@@ -36,6 +36,7 @@ from handler.openapi import openapi_json
 from handler.ports import KeyRecord, StoreError
 from handler.proxy import ChunkStream, Controls, Exchange, Pipeline
 from handler.redaction import scrub
+from handler.responses_routes import ResponsesRoutes
 from handler.routing import RouteControls
 from handler.schemas import ChatRequest, EmbeddingsRequest
 from handler.streaming import DONE, EventStream, answer_json, sse_chunk, sse_error, sse_json, until_client_leaves
@@ -439,6 +440,7 @@ def create_app(gateway: Gateway) -> GatewayApp:
     api = Api(gateway)
     keys = KeyRoutes(api)
     anthropic = MessagesRoutes(api)
+    responses = ResponsesRoutes(api)
 
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
@@ -475,6 +477,10 @@ def create_app(gateway: Gateway) -> GatewayApp:
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),
         Route("/v1/messages", anthropic.messages, methods=["POST"]),
         Route("/v1/messages/count_tokens", anthropic.count_tokens, methods=["POST"]),
+        Route("/v1/responses", responses.create, methods=["POST"]),
+        Route("/v1/responses/{response_id}", responses.get, methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses.delete, methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/input_items", responses.input_items, methods=["GET"]),
         Route("/v1/key", keys.whoami, methods=["GET"]),
         Route("/v1/keys", keys.mint_child, methods=["POST"]),
         Route("/v1/usage", keys.usage, methods=["GET"]),
@@ -505,5 +511,6 @@ def create_app(gateway: Gateway) -> GatewayApp:
         "/v1/chat/completions": api.chat_completions,
         "/v1/messages": anthropic.messages,
         "/v1/embeddings": api.embeddings,
+        "/v1/responses": responses.create,
     }
     return GatewayApp(app, direct, errors)

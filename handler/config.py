@@ -139,6 +139,10 @@ class GatewaySettings(_Strict):
     region_latency_ms: dict[str, dict[str, float]] = Field(default_factory=dict)
     priced_options: PricedOptions = Field(default_factory=PricedOptions)
     key_minting: KeyMinting = Field(default_factory=KeyMinting)
+    # Responses API: how long stored responses live, and the secret (a reference, like `env:NAME`) that
+    # seals reasoning for the client to send back; without it, one the gateway keeps in its store.
+    responses_ttl_seconds: float = Field(default=30 * 86400, gt=0)
+    responses_secret: str | None = None
 
 
 class Config(_Strict):

@@ -13,8 +13,7 @@ from typing import Any
 import orjson
 
 from handler.errors import GatewayError
-from handler.observability import observe
-from handler.passthrough import NativeReply, NativeStream, sse_frame
+from handler.passthrough import NativeReply, NativeStream, guarded, sse_frame
 from handler.pricing import Cost
 from handler.proxy import ChunkStream
 from handler.schemas import ChatCompletion, ChatCompletionChunk, Usage
@@ -53,23 +52,12 @@ def native_events(stream: NativeStream) -> AsyncIterator[bytes]:
             yield out
         await stream.complete()
 
-    return guarded(stream, relay())
+    return guarded(stream, relay(), anthropic_error)
 
 
-async def guarded(stream: NativeStream | ChunkStream, events: AsyncGenerator[bytes]) -> AsyncIterator[bytes]:
-    """`events`, then: an error after the first byte as Anthropic's in-stream `error` event; the stream
-    closed (and settled) however it ended; the request observed."""
-    failure: GatewayError | None = None
-    try:
-        async for data in events:
-            yield data
-    except GatewayError as exc:
-        failure = exc
-        yield sse_event("error", exc.anthropic_body())
-    finally:
-        await events.aclose()
-        await stream.close()
-        observe(stream.ex, 200, stream=True, code=failure.code if failure else None)
+def anthropic_error(exc: GatewayError) -> bytes:
+    """Anthropic's in-stream `error` event."""
+    return sse_event("error", exc.anthropic_body())
 
 
 def anthropic_usage(usage: Usage) -> dict[str, int]:
@@ -178,6 +166,21 @@ class EventWriter:
     def _delta(self, delta: dict[str, Any]) -> bytes:
         return sse_event("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
 
+    def _signed(self, blocks: Any) -> bytes:
+        """The blocks a delta completes (`thinking_blocks`): a thinking block's signature ends the block its
+        text streamed into; a redacted block is a block of its own."""
+        out = b""
+        for block in blocks if isinstance(blocks, list) else ():
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "thinking" and isinstance(block.get("signature"), str):
+                out += self._switch("thinking", 0, {"type": "thinking", "thinking": "", "signature": ""})
+                out += self._delta({"type": "signature_delta", "signature": block["signature"]})
+                out += self._close()
+            elif block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str):
+                out += self._switch("redacted_thinking", self.index + 1, dict(block)) + self._close()
+        return out
+
     def chunk(self, chunk: ChatCompletionChunk) -> bytes:
         out = b""
         for choice in chunk.choices:
@@ -187,10 +190,7 @@ class EventWriter:
             if delta.reasoning_content:
                 out += self._switch("thinking", 0, {"type": "thinking", "thinking": "", "signature": ""})
                 out += self._delta({"type": "thinking_delta", "thinking": delta.reasoning_content})
-            signature = (delta.model_extra or {}).get("reasoning_signature")
-            if isinstance(signature, str):
-                out += self._switch("thinking", 0, {"type": "thinking", "thinking": "", "signature": ""})
-                out += self._delta({"type": "signature_delta", "signature": signature})
+            out += self._signed((delta.model_extra or {}).get("thinking_blocks"))
             if delta.content or delta.refusal:
                 out += self._switch("text", 0, {"type": "text", "text": ""})
                 out += self._delta({"type": "text_delta", "text": delta.content or delta.refusal})
@@ -234,4 +234,4 @@ def anthropic_events(stream: ChunkStream, model: str, input_tokens: int) -> Asyn
         await stream.complete()
         yield writer.finish(stream.usage(), stream.ex.cost)
 
-    return guarded(stream, render())
+    return guarded(stream, render(), anthropic_error)

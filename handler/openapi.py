@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from handler.key_routes import AdminKeySpec, KeySpec, RotateSpec
 from handler.messages_api import MessagesCountRequest, MessagesRequest
+from handler.responses_api import ResponsesRequest
 from handler.schemas import ChatCompletion, ChatRequest, EmbeddingsRequest, EmbeddingsResponse
 
 JSON = "application/json"
@@ -114,6 +115,7 @@ MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (EmbeddingsRequest, "validation"),
     (MessagesRequest, "validation"),
     (MessagesCountRequest, "validation"),
+    (ResponsesRequest, "validation"),
     (KeySpec, "validation"),
     (AdminKeySpec, "validation"),
     (RotateSpec, "validation"),
@@ -176,6 +178,7 @@ USAGE_PARAMETERS = [
     {"name": "format", "in": "query", "required": False, "schema": {"enum": ["json", "csv"]}},
 ]
 KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
+RESPONSE_ID = {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}
 BEARER_OR_X_API_KEY: list[dict[str, list[str]]] = [{"bearer": []}, {"x-api-key": []}]
 
 
@@ -265,6 +268,40 @@ def openapi_document() -> dict[str, Any]:
             "get": _operation(
                 "The models this key may use (Anthropic's list shape when the request carries `anthropic-version`)",
                 _json(listing, "the models"),
+            )
+        },
+        "/v1/responses": {
+            "post": _operation(
+                "OpenAI Responses API, stream and not, to any model",
+                _stream_or(any_object, "a `response` object, or its SSE event sequence"),
+                body=_ref(ResponsesRequest),
+                errors={**PROXY_ERRORS, "404": "not_found (previous_response_id), model_not_found"},
+                parameters=_controls(),
+            )
+        },
+        "/v1/responses/{response_id}": {
+            "get": _operation(
+                "A stored response (made by this key or one of its descendants)",
+                _json(any_object, "the response"),
+                errors={"404": "not_found"},
+                parameters=[RESPONSE_ID],
+            ),
+            "delete": _operation(
+                "Delete a stored response",
+                _json(any_object, "`{id, object: response, deleted: true}`"),
+                errors={"404": "not_found"},
+                parameters=[RESPONSE_ID],
+            ),
+        },
+        "/v1/responses/{response_id}/input_items": {
+            "get": _operation(
+                "A stored response's input items",
+                _json(listing, "the items"),
+                errors={"404": "not_found"},
+                parameters=[
+                    RESPONSE_ID,
+                    {"name": "order", "in": "query", "required": False, "schema": {"enum": ["asc", "desc"]}},
+                ],
             )
         },
         "/v1/route": {

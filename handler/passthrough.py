@@ -9,10 +9,12 @@ adapter's meter reads the usage from them; the pipeline costs and settles as for
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from handler.errors import GatewayError
+from handler.observability import observe
 from handler.ports import NativeCall, StreamEvent
 from handler.pricing import plausible, wants_reasoning
 from handler.schemas import ChatRequest, Usage
@@ -28,10 +30,11 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class NativeReply:
-    """A provider's non-streaming answer in its own format, and the usage read from it."""
+    """A provider's non-streaming answer in its own format, and the usage read from it (None: it had none,
+    so it is estimated)."""
 
     body: dict[str, Any]
-    usage: Usage
+    usage: Usage | None
 
 
 def sse_frame(event: StreamEvent) -> bytes:
@@ -166,3 +169,24 @@ class NativeStream(UpstreamStream[StreamEvent]):
 
     def _reported(self) -> Usage | None:
         return self.meter.usage
+
+    def _relayed_chars(self) -> int:
+        return self.meter.output_chars
+
+
+async def guarded(
+    stream: UpstreamStream[Any], events: AsyncGenerator[bytes], failed: Callable[[GatewayError], bytes]
+) -> AsyncIterator[bytes]:
+    """`events`, then: an error after the first byte as the front-end's in-stream error (`failed`); the
+    stream closed (and settled) however it ended; the request observed."""
+    failure: GatewayError | None = None
+    try:
+        async for data in events:
+            yield data
+    except GatewayError as exc:
+        failure = exc
+        yield failed(exc)
+    finally:
+        await events.aclose()
+        await stream.close()
+        observe(stream.ex, 200, stream=True, code=failure.code if failure else None)

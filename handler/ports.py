@@ -166,23 +166,27 @@ class NativeCall:
 
     `body` is the client's parsed body and `headers` the client headers that API forwards (Anthropic's
     `anthropic-beta` and `anthropic-version`). `untranslated` names the client's fields the internal form
-    could not carry: reported for a deployment that gets the translated request, irrelevant for a native one.
+    could not carry: reported for a deployment that gets the translated request, irrelevant for a native one;
+    `dropped` names what the passed-through body leaves out of the client's (reported for a native one).
     """
 
     api: str
     body: Mapping[str, Any]
     headers: Mapping[str, str] = field(default_factory=dict)
     untranslated: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
 
 
 class NativeMeter(Protocol):
     """Reads the usage out of a native stream's events without changing them.
 
     `feed` raises `UpstreamError` for an in-stream error event. `usage` is the best count so far (the
-    provider's, once it gave one; an estimate for a stream cut short), or None before any.
+    provider's, once it gave one; an estimate for a stream cut short), or None before any; `output_chars`
+    the characters of generated output seen, for an estimate when there is no usage.
     """
 
     usage: Usage | None
+    output_chars: int
 
     def feed(self, event: StreamEvent) -> None: ...
 
@@ -230,6 +234,17 @@ def upstream_error(
 def malformed(message: str, outcome: str = "invalid_response") -> UpstreamError:
     """A 2xx answer the gateway cannot use: another deployment may do better, so it is retryable."""
     return UpstreamError(message, upstream_status=200, retryable=True, outcome=outcome)
+
+
+def event_payload(event: StreamEvent) -> dict[str, Any]:
+    """A stream event's JSON object; anything else is a (retryable) upstream error."""
+    try:
+        payload = orjson.loads(event.data)
+    except orjson.JSONDecodeError as exc:
+        raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
+    if not isinstance(payload, dict):
+        raise malformed("upstream sent a stream event that is not an object")
+    return payload
 
 
 def json_body(body: bytes) -> Any:
@@ -288,14 +303,19 @@ class ProviderAdapter(ABC):
 
     native_apis: ClassVar[frozenset[str]] = frozenset()
 
+    def speaks(self, api: str, target: Target) -> bool:
+        """Whether the deployment takes requests in `api`'s own format (then they pass through)."""
+        return api in self.native_apis
+
     def native_request(
         self, call: NativeCall, target: Target, *, stream: bool, output_limit: int | None
     ) -> BuiltRequest:
         """The client's body for `target`: its model substituted, its output capped at `output_limit`."""
         raise NotImplementedError(f"provider type '{self.type_name}' does not speak {call.api}")
 
-    def native_usage(self, call: NativeCall, body: bytes) -> Usage:
-        """The usage of a native non-streaming answer (a malformed answer is an `UpstreamError`)."""
+    def native_usage(self, call: NativeCall, body: bytes) -> Usage | None:
+        """The usage of a native non-streaming answer, None when it has none (a malformed answer is an
+        `UpstreamError`)."""
         raise NotImplementedError(f"provider type '{self.type_name}' does not speak {call.api}")
 
     def native_meter(self, call: NativeCall) -> NativeMeter:
@@ -490,6 +510,20 @@ class UsageQuery:
     until: float
 
 
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A Responses API answer kept for `previous_response_id` and `GET /v1/responses/{id}`: `body` is
+    the JSON of the conversation's input items and the response; only `key_id` and its `ancestors`
+    may read or delete it, until `expires_at`."""
+
+    id: str
+    key_id: str
+    ancestors: list[str]
+    created_at: float
+    expires_at: float
+    body: bytes
+
+
 class Store(ABC):
     """Keys, meters and the ledger. Every method is one round trip to the backend at most, except an
     admission in a region that must first top up its lease of a budget homed in another region (two more:
@@ -532,6 +566,18 @@ class Store(ABC):
     @abstractmethod
     async def usage(self, query: UsageQuery) -> list[LedgerItem]:
         """Ledger items in `[since, until)`, for the given keys (None: all)."""
+
+    @abstractmethod
+    async def put_response(self, stored: StoredResponse) -> None:
+        """Keep a response until its `expires_at` (written once per id)."""
+
+    @abstractmethod
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        """The response, or None when unknown, deleted or expired."""
+
+    @abstractmethod
+    async def delete_response(self, response_id: str) -> bool:
+        """Delete the response; whether it existed."""
 
     async def reconnect(self) -> None:
         """Drop the store's open connections (after a SnapStart restore they are dead); the next call opens

@@ -221,7 +221,7 @@ class Pipeline:
         await self._admit(ex, plan, req)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> NativeReply | ChatCompletion:
-            if call.api not in attempt.adapter.native_apis:
+            if not attempt.adapter.speaks(call.api, attempt.target):
                 return await self._chat_answer(req, ex, attempt, response)
             raw = await response.read()
             usage = attempt.adapter.native_usage(call, raw)
@@ -236,7 +236,9 @@ class Pipeline:
             await self._unanswered(ex, exc)
             raise
         if isinstance(outcome, NativeReply):
-            usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(outcome.body.get("content"))))
+            # The answer's generated part: a message's `content` (Messages), a response's `output` (Responses).
+            generated = outcome.body.get("content", outcome.body.get("output"))
+            usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(generated)))
         else:
             usage, source = self._checked(outcome.usage, ex, lambda: answer_chars(outcome))
         await self._settle(ex, usage, 200, background=True, source=source)
@@ -250,7 +252,7 @@ class Pipeline:
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> NativeStream | ChunkStream:
             stream: NativeStream | ChunkStream
-            if call.api in attempt.adapter.native_apis:
+            if attempt.adapter.speaks(call.api, attempt.target):
                 stream = NativeStream(self, ex, req, call, attempt, response)
             else:
                 stream = ChunkStream(self, ex, req, attempt, response)
@@ -293,10 +295,11 @@ class Pipeline:
     @staticmethod
     def _native_build(call: NativeCall, req: ChatRequest, stream: bool) -> Callable[[Attempt], BuiltRequest]:
         def build(attempt: Attempt) -> BuiltRequest:
-            if call.api in attempt.adapter.native_apis:
+            if attempt.adapter.speaks(call.api, attempt.target):
                 # `req` carries the output cap the admission reserved for (see `_admit`).
                 limit = req.output_limit()
-                return attempt.adapter.native_request(call, attempt.target, stream=stream, output_limit=limit)
+                native = attempt.adapter.native_request(call, attempt.target, stream=stream, output_limit=limit)
+                return BuiltRequest(native.request, [*call.dropped, *native.dropped])
             built = attempt.adapter.chat_request(req, attempt.target, stream=stream)
             return BuiltRequest(built.request, [*call.untranslated, *built.dropped])
 

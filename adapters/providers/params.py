@@ -88,6 +88,19 @@ def cache_control(part: BaseModel) -> dict[str, Any] | None:
     return marker if isinstance(marker, dict) else None
 
 
+THINKING_BLOCKS = "thinking_blocks"
+
+
+def signed_thinking(text: str, signature: str) -> dict[str, Any]:
+    """A thinking block of Claude's, with the signature that lets it go back on the next turn."""
+    return {"type": "thinking", "thinking": text, "signature": signature}
+
+
+def redacted_thinking(data: str) -> dict[str, Any]:
+    """A thinking block Claude's safety systems encrypted: it goes back as it came."""
+    return {"type": "redacted_thinking", "data": data}
+
+
 def thinking_blocks(message: BaseModel) -> list[dict[str, Any]]:
     """An assistant turn's thinking blocks as a Messages client sent them (with their signatures), kept on the
     internal message by the Messages front-end so a Claude deployment gets them back unchanged."""

@@ -59,6 +59,7 @@ from adapters.store.records import (
     ledger_sort_key,
     ledger_to_json,
 )
+from adapters.store.responses import DynamoDBResponses
 from handler.ports import (
     Admission,
     BudgetCharge,
@@ -87,7 +88,7 @@ FAILED = CONDITION_FAILED
 MAX_GRANT_ROUNDS = 100
 
 
-class DynamoDBStore(Store):
+class DynamoDBStore(DynamoDBResponses, Store):
     """`Store` on one DynamoDB table; `client` is a boto3 DynamoDB client (injected, so tests and
     Lambda's init choose endpoint, retries and timeouts)."""
 

@@ -66,6 +66,7 @@ from adapters.store.records import (
     ledger_from_json,
     ledger_to_json,
 )
+from adapters.store.responses import SQLiteResponses
 from handler.ports import (
     Admission,
     BudgetRefused,
@@ -148,7 +149,7 @@ def migrate(db: sqlite3.Connection) -> None:
     db.execute("COMMIT")
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteResponses, Store):
     """`Store` on one SQLite file; see the module docstring."""
 
     def __init__(self, path: str) -> None:

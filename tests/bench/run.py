@@ -39,6 +39,8 @@ from tests.support.servers import free_port
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM_KEY = "bench-upstream-key"
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+# The same request in the Responses API, as Codex sends it (nothing kept), translated to the chat upstream.
+RESPONSES_BODY = {"model": "bench", "input": "Say hello.", "max_output_tokens": 16, "store": False}
 COMPLETION = {
     "id": "chatcmpl-bench",
     "object": "chat.completion",
@@ -427,6 +429,7 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
                     {**MESSAGES_BODY, "model": "bench"},
                 ),
             }
+            results["responses"] = wrk(f"{gateway}/v1/responses", key, RESPONSES_BODY, 8, duration, workdir)
             results["rss_mb"] = rss_mb(served.pid)
             log = (workdir / "gateway.log").read_text()
             results["gateway_5xx_or_tracebacks"] = log.count("Traceback")
@@ -545,6 +548,8 @@ def table(results: dict[str, Any]) -> str:
         "",
         f"stream: time to first byte p50 direct {s['direct_ttfb_p50_ms']:.3f} ms, "
         f"gateway {s['gateway_ttfb_p50_ms']:.3f} ms, added {s['gateway_ttfb_p50_ms'] - s['direct_ttfb_p50_ms']:.3f} ms",
+        f"/v1/responses (translated) at 8 connections: {results['responses']['rps']:,.0f} req/s, p50/p99 "
+        f"{results['responses']['p50_ms']:.3f} / {results['responses']['p99_ms']:.3f} ms",
         f"gateway RSS after load: {results['rss_mb']:.0f} MB",
         f"warm Lambda invocation (Mangum, upstream mocked): {lam['total']:.0f} µs, of which store calls "
         f"{lam['store']:.0f} µs and the gateway's own work {lam['own']:.0f} µs",
@@ -609,6 +614,8 @@ def errors_in(results: dict[str, Any]) -> list[str]:
         for side in ("direct", "gateway"):
             if run[side]["errors"] or not run[side]["requests"]:
                 found.append(f"/v1/messages {name}, {side}: {run[side]['errors']} errors")
+    if results["responses"]["errors"] or not results["responses"]["requests"]:
+        found.append(f"/v1/responses: {results['responses']['errors']} errors")
     if results["reference"]["errors"]:
         found.append(f"the reference proxy: {results['reference']['errors']} errors")
     if results["gateway_5xx_or_tracebacks"]:

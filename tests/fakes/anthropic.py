@@ -5,12 +5,14 @@ gateway test can pick a fault on a configured model: `fail-429` (rate_limit_erro
 `fail-500` (api_error), `fail-529` (overloaded_error), `fail-400` (invalid_request_error), `slow`
 (waits `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way, without
 `message_delta` or `message_stop`), `bad-json` (a 200 whose body is not JSON). A request with tools and a
-`tool_choice` of `any` or `tool` is answered with a `tool_use` block; one offering a `Bash` tool plays the
-coding-agent exchange of `tests.fakes.agent`. A request asking for `thinking` gets a signed thinking block
-first (its text empty under `display: omitted`). Prompt caching is modelled: the prefix up to the last
-`cache_control` marker is written the first time it is seen (`cache_creation_input_tokens`) and read after
-(`cache_read_input_tokens`). `POST /v1/messages/count_tokens` counts. Every request (path, query, headers,
-body) is recorded on `app.state.requests`.
+`tool_choice` of `any` or `tool` is answered with a `tool_use` block (its input following the tool's schema);
+a user message may script a tool call (`tests.fakes.script`). A request asking for `thinking`, or for a
+`thinker` model, gets a signed thinking block first (its text empty under `display: omitted`); for a
+`thinker`, an assistant turn that called a tool must come back opening with it, signature intact, as the
+real API requires. Prompt caching is modelled: the prefix up to the last `cache_control` marker is written
+the first time it is seen (`cache_creation_input_tokens`) and read after (`cache_read_input_tokens`).
+`POST /v1/messages/count_tokens` counts. Every request (path, query, headers, body) is recorded on
+`app.state.requests`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes import agent
+from tests.fakes.script import ScriptedCall, input_for, scripted_turn, texts
 
 API_KEY = "test-anthropic-key"
 TEXT = "Hello from fake Anthropic."
@@ -59,32 +61,55 @@ def cached_prefix(body: dict[str, Any]) -> bytes:
     return orjson.dumps(blocks[: marked[-1] + 1]) if marked else b""
 
 
-def _saw_tool_result(body: dict[str, Any]) -> bool:
-    return any(
-        isinstance(block, dict) and block.get("type") == "tool_result"
-        for message in body.get("messages") or []
-        if isinstance(message.get("content"), list)
-        for block in message["content"]
+def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
+    messages = body.get("messages") or []
+    users = [texts(m.get("content")) for m in messages if m.get("role") == "user"]
+    last = messages[-1].get("content") if messages else None
+    results = (
+        [b for b in last if isinstance(b, dict) and b.get("type") == "tool_result"] if isinstance(last, list) else []
     )
+    result = texts(results[-1].get("content")) if results else None
+    return scripted_turn(users, [str(t.get("name")) for t in body.get("tools") or []], result)
 
 
 def _content(body: dict[str, Any], tool: str | None) -> list[dict[str, Any]]:
-    """The answer's blocks: a thinking block if asked for, then a tool call, the agent's turn, or text."""
+    """The answer's blocks: a thinking block if asked for, then a tool call, the scripted turn, or text."""
     content: list[dict[str, Any]] = []
     thinking = body.get("thinking") or {}
-    if thinking.get("type") in ("enabled", "adaptive"):
+    if thinking.get("type") in ("enabled", "adaptive") or "thinker" in str(body.get("model")):
         text = "" if thinking.get("display") == "omitted" else THINKING
         content.append({"type": "thinking", "thinking": text, "signature": SIGNATURE})
-    turn = agent.agent_turn([str(t.get("name")) for t in body.get("tools") or []], _saw_tool_result(body))
+    script = _script(body)
+    schemas = {t.get("name"): t.get("input_schema") for t in body.get("tools") or []}
     if tool:
-        content.append({"type": "tool_use", "id": TOOL_USE_ID, "name": tool, "input": TOOL_INPUT})
-    elif turn == "call":
-        content.append({"type": "tool_use", "id": agent.CALL_ID, "name": agent.TOOL, "input": agent.call_input()})
-    elif turn == "answer":
-        content.append({"type": "text", "text": agent.ANSWER})
+        content.append(
+            {"type": "tool_use", "id": TOOL_USE_ID, "name": tool, "input": input_for(schemas.get(tool), TOOL_INPUT)}
+        )
+    elif isinstance(script, ScriptedCall):
+        content.append({"type": "tool_use", "id": TOOL_USE_ID, "name": script.name, "input": script.arguments})
     else:
-        content.append({"type": "text", "text": TEXT})
+        content.append({"type": "text", "text": script if isinstance(script, str) else TEXT})
     return content
+
+
+def _unsigned_turn(messages: list[Any]) -> str | None:
+    """With thinking on, an assistant turn that called a tool must open with its signed thinking, unchanged."""
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        if message.get("role") != "assistant" or not isinstance(content, list):
+            continue
+        if not any(block.get("type") == "tool_use" for block in content):
+            continue
+        first = content[0]
+        if first.get("type") not in ("thinking", "redacted_thinking"):
+            return (
+                f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                f"`{first.get('type')}`. When `thinking` is enabled, a final `assistant` message must start "
+                "with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks)."
+            )
+        if first.get("type") == "thinking" and (first.get("signature"), first.get("thinking")) != (SIGNATURE, THINKING):
+            return f"messages.{i}.content.0: Invalid `signature` in `thinking` block"
+    return None
 
 
 def _problem(body: dict[str, Any]) -> str | None:
@@ -100,6 +125,8 @@ def _problem(body: dict[str, Any]) -> str | None:
             return f"messages.{i}.role: Input should be 'user', 'assistant' or 'system'"
     if body.get("tool_choice") and not body.get("tools"):
         return "tool_choice may only be specified while providing tools."
+    if "thinker" in str(body.get("model")):
+        return _unsigned_turn(messages)
     return None
 
 

@@ -1,6 +1,7 @@
 """A fake Azure OpenAI Service: Azure's URLs, `api-key` header and content filter around the fake OpenAI API.
 
-It serves `POST /openai/deployments/{deployment}/chat/completions` and `/embeddings`, requires the
+It serves `POST /openai/deployments/{deployment}/chat/completions` and `/embeddings` (and the v1 API's
+`POST /openai/v1/responses`, whose `model` is the deployment), requires the
 `api-key` header and a known `api-version`, and answers as the fake OpenAI API does for a model named
 like the deployment (so `fail-429`, `fail-500`, ... work here too), adding what Azure adds: a stream opens
 with a choice-less `prompt_filter_results` chunk. A deployment named `content-filter` refuses the prompt
@@ -55,37 +56,54 @@ def create_app() -> Starlette:
     requests: list[dict[str, Any]] = []
     upstream = openai_fake.create_app()
 
-    async def operation(request: Request) -> Response:
+    async def received(request: Request) -> tuple[dict[str, Any], Response | None]:
+        """The request's body, recorded; and Azure's refusal of a wrong `api-key`."""
         raw = await request.body()
-        deployment, name = request.path_params["deployment"], request.path_params["operation"]
         body = orjson.loads(raw) if raw else {}
-        requests.append(
-            {
-                "path": request.url.path,
-                "query": dict(request.query_params),
-                "headers": dict(request.headers),
-                "json": body,
-            }
-        )
+        record = {"path": request.url.path, "query": dict(request.query_params), "headers": dict(request.headers)}
+        requests.append({**record, "json": body})
         if request.headers.get("api-key") != API_KEY:
             message = "Access denied due to invalid subscription key or wrong API endpoint."
-            return _json(401, {"error": {"code": "401", "message": message}})
+            return body, _json(401, {"error": {"code": "401", "message": message}})
+        return body, None
+
+    async def forward(path: str, body: dict[str, Any]) -> httpx.Response:
+        """What the fake OpenAI API answers to the same body (Azure runs OpenAI's models)."""
+        headers = {"authorization": f"Bearer {openai_fake.API_KEY}", "content-type": "application/json"}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=upstream), base_url="http://openai") as client:
+            return await client.post(path, content=orjson.dumps(body), headers=headers)
+
+    def relayed(answer: httpx.Response, content: bytes) -> Response:
+        passed = {k: v for k, v in answer.headers.items() if k in ("content-type", "retry-after")}
+        return Response(content, answer.status_code, headers=passed)
+
+    async def operation(request: Request) -> Response:
+        deployment, name = request.path_params["deployment"], request.path_params["operation"]
+        body, refused = await received(request)
+        if refused is not None:
+            return refused
         if request.query_params.get("api-version") not in API_VERSIONS:
             return _json(404, {"error": {"code": "404", "message": "Resource not found"}})
         if "content-filter" in deployment:
             return _json(400, CONTENT_FILTER_ERROR)
         body["model"] = deployment
-        headers = {"authorization": f"Bearer {openai_fake.API_KEY}", "content-type": "application/json"}
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=upstream), base_url="http://openai") as client:
-            answer = await client.post(f"/v1/{name}", content=orjson.dumps(body), headers=headers)
+        answer = await forward(f"/v1/{name}", body)
         content = answer.content
         if body.get("stream") and answer.status_code == 200:
             content = b"data: " + orjson.dumps(PROMPT_FILTER_CHUNK) + b"\n\n" + content
-        passed = {k: v for k, v in answer.headers.items() if k in ("content-type", "retry-after")}
-        return Response(content, answer.status_code, headers=passed)
+        return relayed(answer, content)
+
+    async def responses(request: Request) -> Response:
+        """The v1 API's Responses endpoint: the deployment is the body's `model`, no api-version needed."""
+        body, refused = await received(request)
+        if refused is not None:
+            return refused
+        answer = await forward("/v1/responses", body)
+        return relayed(answer, answer.content)
 
     app = Starlette(
         routes=[
+            Route("/openai/v1/responses", responses, methods=["POST"]),
             Route("/openai/deployments/{deployment:str}/{operation:path}", operation, methods=["POST"]),
         ]
     )

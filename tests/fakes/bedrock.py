@@ -30,17 +30,18 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes import agent
+from tests.fakes.script import ScriptedCall, input_for, scripted_turn, texts
 
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
 REGION = "us-east-1"
 SERVICE = "bedrock"
 TEXT = "Hello from fake Bedrock."
-THINKING = "Weighing the question."
-SIGNATURE = "bedrock-signature-01"
 CALL_INPUT = {"city": "Paris"}
 TOOL_USE_ID = "tooluse_fake01"
+# A model id with `thinker` has reasoning on: its answers open with signed reasoning, which must come back.
+THINKING = "The user wants the weather; a tool knows it."
+SIGNATURE = "ErcBCkgIBxgCfakeBedrockSignature"
 USAGE = {"inputTokens": 11, "outputTokens": 6, "totalTokens": 20, "cacheReadInputTokens": 3}
 
 REQUEST_FIELDS = {
@@ -200,29 +201,53 @@ def _invalid_count(body: dict[str, Any]) -> str | None:
     return _invalid(converse)
 
 
-def answer_for(body: dict[str, Any]) -> dict[str, Any]:
-    """A Converse answer: a `toolUse` when a tool is forced, the coding-agent exchange of `tests.fakes.agent`
-    when a `Bash` tool is offered, else the fixed text."""
+def _results(message: dict[str, Any]) -> list[dict[str, Any]]:
+    return [block["toolResult"] for block in message.get("content") or [] if "toolResult" in block]
+
+
+def _unsigned_turn(body: dict[str, Any]) -> str | None:
+    """With reasoning on, Bedrock refuses an assistant tool-use turn that lost its signed reasoning."""
+    for message in body.get("messages") or ():
+        content = message.get("content") or []
+        if message.get("role") != "assistant" or not any("toolUse" in block for block in content):
+            continue
+        reasoning = (content[0].get("reasoningContent") or {}).get("reasoningText") or {}
+        if (reasoning.get("text"), reasoning.get("signature")) != (THINKING, SIGNATURE):
+            return (
+                "The model returned the following errors: messages.1.content.0.type: Expected `thinking` or "
+                "`redacted_thinking`, but found `tool_use`. When `thinking` is enabled, a final `assistant` "
+                "message must start with a thinking block"
+            )
+    return None
+
+
+def answer_for(body: dict[str, Any], thinks: bool = False) -> dict[str, Any]:
+    """A Converse answer: a `toolUse` when a tool is forced, the scripted turn of `tests.fakes.script`, else
+    the fixed text; opened by signed reasoning when thinking is asked for (or `thinks`)."""
     config = body.get("toolConfig") or {}
     choice = config.get("toolChoice") or {}
     last = body["messages"][-1]["content"]
     answered = any("toolResult" in block for block in last)
-    names = [str(tool["toolSpec"]["name"]) for tool in config.get("tools") or [] if "toolSpec" in tool]
-    turn = agent.agent_turn(names, any("toolResult" in b for m in body["messages"] for b in m["content"]))
+    users = [texts(m["content"]) for m in body["messages"] if m.get("role") == "user" and not _results(m)]
+    results = _results(body["messages"][-1])
+    names = [str(t["toolSpec"]["name"]) for t in config.get("tools") or [] if "toolSpec" in t]
+    script = scripted_turn(users, names, texts(results[-1].get("content")) if results else None)
     content: list[dict[str, Any]]
-    if config.get("tools") and not answered and ("any" in choice or "tool" in choice):
-        name = choice["tool"]["name"] if "tool" in choice else names[0]
-        content = [{"toolUse": {"toolUseId": TOOL_USE_ID, "name": name, "input": CALL_INPUT}}]
+    if isinstance(script, ScriptedCall):
+        content = [{"toolUse": {"toolUseId": TOOL_USE_ID, "name": script.name, "input": script.arguments}}]
         stop = "tool_use"
-    elif turn == "call":
-        content = [{"toolUse": {"toolUseId": agent.CALL_ID, "name": agent.TOOL, "input": agent.call_input()}}]
+    elif isinstance(script, str):
+        content, stop = [{"text": script}], "end_turn"
+    elif config.get("tools") and not answered and ("any" in choice or "tool" in choice):
+        name = choice["tool"]["name"] if "tool" in choice else config["tools"][0]["toolSpec"]["name"]
+        schemas = {t["toolSpec"]["name"]: t["toolSpec"].get("inputSchema", {}).get("json") for t in config["tools"]}
+        tool_input = input_for(schemas.get(name), CALL_INPUT)
+        content = [{"toolUse": {"toolUseId": TOOL_USE_ID, "name": name, "input": tool_input}}]
         stop = "tool_use"
-    elif turn == "answer":
-        content, stop = [{"text": agent.ANSWER}], "end_turn"
     else:
         content, stop = [{"text": TEXT}], "end_turn"
-    if "thinking" in (body.get("additionalModelRequestFields") or {}):
-        content = [{"reasoningContent": {"reasoningText": {"text": THINKING, "signature": SIGNATURE}}}, *content]
+    if thinks or "thinking" in (body.get("additionalModelRequestFields") or {}):
+        content.insert(0, {"reasoningContent": {"reasoningText": {"text": THINKING, "signature": SIGNATURE}}})
     return {
         "output": {"message": {"role": "assistant", "content": content}},
         "stopReason": stop,
@@ -256,16 +281,16 @@ def create_app() -> Starlette:
             return model, None, _error(400, "ValidationException", "The provided model identifier is invalid.")
         if "fail-500" in model:
             return model, None, _error(500, "InternalServerException", "The server encountered an internal error.")
-        invalid = validate(body)
+        invalid = validate(body) or (_unsigned_turn(body) if "thinker" in model else None)
         if invalid is not None:
             return model, None, _error(400, "ValidationException", invalid)
         return model, body, None
 
     async def converse(request: Request) -> Response:
-        _, body, failure = await guard(request)
+        model, body, failure = await guard(request)
         if failure is not None or body is None:
             return failure or _error(400, "ValidationException", "no body")
-        return Response(orjson.dumps(answer_for(body)), media_type="application/json")
+        return Response(orjson.dumps(answer_for(body, "thinker" in model)), media_type="application/json")
 
     async def converse_stream(request: Request) -> Response:
         model, body, failure = await guard(request)
@@ -276,7 +301,7 @@ def create_app() -> Starlette:
             if "stream-exception" in model:
                 yield exception_frame("throttlingException", "Too many tokens, please wait before trying again.")
                 return
-            for frame in stream_frames(answer_for(body)):
+            for frame in stream_frames(answer_for(body, "thinker" in model)):
                 yield frame[:7]  # frames split across network writes, as a real stream may be
                 yield frame[7:]
 

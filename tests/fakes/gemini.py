@@ -3,9 +3,10 @@
 It serves `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse` and
 `:batchEmbedContents`, checks `x-goog-api-key`, and refuses what Google refuses (unknown fields, empty
 `contents`, roles other than `user`/`model`) with Google's error body. With tools and function-calling
-mode `ANY` it answers with a `functionCall`; offered a `Bash` function it plays the coding-agent exchange of
-`tests.fakes.agent`. `:countTokens` counts a `generateContentRequest`. Behaviour is chosen by the model
-name, as in the OpenAI fake:
+mode `ANY` it answers with a `functionCall`; a user message may script a call (`tests.fakes.script`); on a
+`gemini-3` model every function call carries a `thoughtSignature`, and one sent back without it is
+refused. `:countTokens` counts a `generateContentRequest`. Behaviour is chosen by the model name, as in
+the OpenAI fake:
 `fail-429` (RESOURCE_EXHAUSTED, retry delay 0s), `fail-500`, `fail-400` (INVALID_ARGUMENT), `slow` (waits
 `SLOW_SECONDS`), `stream-cut` (a stream that stops before its finishReason), `bad-json` (a 200 whose
 body is not JSON). Every request is recorded on `app.state.requests`.
@@ -23,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes import agent
+from tests.fakes.script import ScriptedCall, input_for, scripted_turn, text_for, texts
 
 API_KEY = "test-gemini-key"
 TEXT = "Hello from fake Gemini."
@@ -114,21 +115,34 @@ def _unsigned_call(model: str, body: dict[str, Any]) -> str | None:
     return None
 
 
-def _agent_turn(body: dict[str, Any]) -> str | None:
-    names = [str(d.get("name")) for tool in body.get("tools") or [] for d in tool.get("functionDeclarations") or []]
-    answered = any("functionResponse" in part for c in body.get("contents") or [] for part in c.get("parts") or [])
-    return agent.agent_turn(names, answered)
+def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
+    contents = body.get("contents") or []
+    users = [texts([p.get("text") for p in c.get("parts") or []]) for c in contents if c.get("role") == "user"]
+    last = contents[-1].get("parts") or [] if contents else []
+    responses = [p["functionResponse"] for p in last if "functionResponse" in p]
+    result = texts(responses[-1].get("response")) if responses else None
+    declarations = [d for tool in body.get("tools") or [] for d in tool.get("functionDeclarations") or []]
+    return scripted_turn(users, [str(d.get("name")) for d in declarations], result)
+
+
+def _text(body: dict[str, Any]) -> str:
+    script = _script(body)
+    if isinstance(script, str):
+        return script
+    return text_for((body.get("generationConfig") or {}).get("responseJsonSchema"), TEXT)
 
 
 def _function_call(body: dict[str, Any]) -> dict[str, Any] | None:
     declarations = [d for tool in body.get("tools") or [] for d in tool.get("functionDeclarations") or []]
     config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
-    if _agent_turn(body) == "call" and config.get("mode") in (None, "AUTO"):
-        return {"name": agent.TOOL, "args": agent.call_input()}
+    script = _script(body)
+    if isinstance(script, ScriptedCall):
+        return {"name": script.name, "args": script.arguments}
     if not declarations or config.get("mode") != "ANY":
         return None
     allowed = config.get("allowedFunctionNames") or [declarations[0]["name"]]
-    return {"name": allowed[0], "args": CALL_ARGS}
+    schemas = {d["name"]: d.get("parametersJsonSchema") or d.get("parameters") for d in declarations}
+    return {"name": allowed[0], "args": input_for(schemas.get(allowed[0]), CALL_ARGS)}
 
 
 def _call_part(model: str, call: dict[str, Any]) -> dict[str, Any]:
@@ -237,8 +251,7 @@ def create_app() -> Starlette:
             if request.query_params.get("alt") != "sse":
                 return _invalid("the fake only streams with alt=sse")
             return StreamingResponse(_stream(model, body, call), media_type="text/event-stream")
-        text = agent.ANSWER if _agent_turn(body) == "answer" else TEXT
-        parts = [_call_part(model, call)] if call else [{"text": text}]
+        parts = [_call_part(model, call)] if call else [{"text": _text(body)}]
         answer = _answer(parts, _usage(body, 5, 2), "STOP")
         return Response(orjson.dumps(answer), media_type="application/json")
 
@@ -249,7 +262,7 @@ def create_app() -> Starlette:
         if call:
             yield event(_answer([_call_part(model, call)], _usage(body, 5, 2), "STOP"))
             return
-        words = (agent.ANSWER if _agent_turn(body) == "answer" else TEXT).split(" ")
+        words = _text(body).split(" ")
         for i, word in enumerate(words):
             if "stream-cut" in model and i == 2:
                 return

@@ -5,10 +5,12 @@ Behaviour is chosen by the requested model name, so tests need no side channel:
 `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way without [DONE]),
 `drip` (a stream whose chunks come `SLOW_SECONDS` apart), `bad-json` (a 200 whose body is not JSON),
 `no-usage` (an answer without `usage`), `negative-usage` (usage with negative counts), `echo-auth` (a 400
-whose message quotes the request's authorization header back, as some upstream errors do).
+whose message quotes the request's authorization header back, as some upstream errors do), `reasoner`
+(DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`).
 It refuses, as OpenAI does, message and content-part fields Chat Completions does not define, a tool
 `description` of null, `max_tokens` on a reasoning model (o-series, gpt-5) and `reasoning_effort` on any
-other. Offered a `Bash` tool it plays the coding-agent exchange of `tests.fakes.agent`. Every request is
+other. A user message may script a tool call (`tests/fakes/script.py`); a `json_schema` response format is
+followed. `POST /v1/responses` is OpenAI's Responses API (tests/fakes/openai_responses.py). Every request is
 recorded on `app.state.requests`.
 """
 
@@ -25,10 +27,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes import agent
+from tests.fakes import openai_responses
+from tests.fakes.script import ScriptedCall, scripted_turn, text_for, texts
 
 API_KEY = "test-openai-key"
-TEXT = "Hello from fake OpenAI."
+TEXT, REASONING = openai_responses.TEXT, openai_responses.REASONING
 SLOW_SECONDS = 2.0
 REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 MESSAGE_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "audio", "function_call"}
@@ -54,9 +57,11 @@ def _problem(body: dict[str, Any]) -> str | None:
         )
     if not reasoning and "reasoning_effort" in body:
         return "Unsupported parameter: 'reasoning_effort' is not supported with this model."
+    # DeepSeek (served by this fake too) takes an assistant turn's reasoning back.
+    fields = MESSAGE_FIELDS | {"reasoning_content"} if model.startswith("deepseek") else MESSAGE_FIELDS
     for i, message in enumerate(body.get("messages") or []):
         for name in message:
-            if name not in MESSAGE_FIELDS:
+            if name not in fields:
                 return f"Additional properties are not allowed ('{name}' was unexpected) - 'messages.{i}'"
         for j, part in enumerate(message.get("content") if isinstance(message.get("content"), list) else []):
             for name in part:
@@ -68,17 +73,31 @@ def _problem(body: dict[str, Any]) -> str | None:
     return None
 
 
-def _agent_turn(body: dict[str, Any]) -> str | None:
-    names = [str(tool.get("function", {}).get("name")) for tool in body.get("tools") or []]
-    return agent.agent_turn(names, any(m.get("role") == "tool" for m in body.get("messages") or []))
+def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
+    messages = body.get("messages") or []
+    users = [texts(m.get("content")) for m in messages if m.get("role") == "user"]
+    last = messages[-1] if messages else {}
+    result = texts(last.get("content")) if last.get("role") == "tool" else None
+    return scripted_turn(users, [t["function"]["name"] for t in body.get("tools") or []], result)
+
+
+def _answer_text(body: dict[str, Any]) -> str:
+    script = _script(body)
+    if isinstance(script, str):
+        return script
+    return text_for(((body.get("response_format") or {}).get("json_schema") or {}).get("schema"), TEXT)
 
 
 def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
     tools = body.get("tools") or []
     choice = body.get("tool_choice")
-    if _agent_turn(body) == "call" and choice in (None, "auto"):
-        arguments = orjson.dumps(agent.call_input()).decode()
-        return {"id": agent.CALL_ID, "type": "function", "function": {"name": agent.TOOL, "arguments": arguments}}
+    script = _script(body)
+    if isinstance(script, ScriptedCall):
+        return {
+            "id": "call_fake123",
+            "type": "function",
+            "function": {"name": script.name, "arguments": script.arguments_json},
+        }
     if not tools or choice in (None, "auto", "none"):
         return None
     name = choice["function"]["name"] if isinstance(choice, dict) else tools[0]["function"]["name"]
@@ -128,7 +147,7 @@ def create_app() -> Starlette:
         if problem:
             return _error(400, problem, "invalid_request_error", None)
         call = _tool_call(body)
-        text = agent.ANSWER if _agent_turn(body) == "answer" else TEXT
+        text = _answer_text(body)
         usage = {
             "prompt_tokens": prompt_tokens(body),
             "completion_tokens": 7,
@@ -143,6 +162,8 @@ def create_app() -> Starlette:
         message: dict[str, Any] = {"role": "assistant", "content": None if call else text, "refusal": None}
         if call:
             message["tool_calls"] = [call]
+        if "reasoner" in model:
+            message["reasoning_content"] = REASONING
         answer = {
             "id": "chatcmpl-fake1",
             "object": "chat.completion",
@@ -174,6 +195,9 @@ def create_app() -> Starlette:
         yield event(
             [{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None}, "finish_reason": None}]
         )
+        if "reasoner" in model:
+            for piece in (REASONING[:10], REASONING[10:]):
+                yield event([{"index": 0, "delta": {"reasoning_content": piece}, "finish_reason": None}])
         if call:
             first = {
                 "index": 0,
@@ -198,6 +222,22 @@ def create_app() -> Starlette:
             yield event([], usage=usage)
         yield b"data: [DONE]\n\n"
 
+    async def responses(request: Request) -> Response:
+        body, failure = await guard(request)
+        if failure is not None or body is None:
+            return failure or _error(400, "no body", "invalid_request_error", None)
+        refused = openai_responses.problem(body)
+        if refused is not None:
+            return _error(400, refused, "invalid_request_error", None)
+        if "slow" in str(body.get("model")):
+            await asyncio.sleep(SLOW_SECONDS)
+        tokens = prompt_tokens(body)
+        if body.get("stream"):
+            stream = openai_responses.events(body, tokens, "stream-cut" in body["model"])
+            return StreamingResponse(stream, media_type="text/event-stream")
+        answer = openai_responses.response_of(body, openai_responses.output_of(body), "completed", tokens)
+        return Response(orjson.dumps(answer), media_type="application/json")
+
     async def embeddings(request: Request) -> Response:
         body, failure = await guard(request)
         if failure is not None or body is None:
@@ -217,6 +257,7 @@ def create_app() -> Starlette:
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/responses", responses, methods=["POST"]),
         ]
     )
     app.state.requests = requests

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,8 @@ from adapters.store import open_store
 from handler.app import create_app
 from handler.config import Config, parse_config
 from handler.gateway import Gateway, build_gateway
-from handler.keys import KeyService
-from handler.ports import KeyRecord
+from handler.keys import KeyService, split_key
+from handler.ports import KeyRecord, LedgerItem, UsageQuery
 from tests.support.dynamo import DynamoServer
 from tests.support.servers import ServerThread, free_port
 
@@ -188,6 +189,24 @@ class Running:
                 await store.close()
 
         return asyncio.run(go())
+
+    def ledger(self, key: str) -> list[LedgerItem]:
+        """The key's ledger lines once every settlement has landed, read as another process would."""
+        key_id = (split_key(key) or ("", ""))[0]
+
+        async def read() -> list[LedgerItem]:
+            store = open_store(self.store_url)
+            try:
+                return await store.usage(UsageQuery([key_id], 0, time.time() + 60))
+            finally:
+                await store.close()
+
+        deadline = time.monotonic() + 5
+        while True:
+            items = asyncio.run(read())
+            if items or time.monotonic() > deadline:
+                return items
+            time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """The real Claude Code CLI (`claude -p`, installed by `make claude-code`) finishing a task through the gateway.
 
-Each fake upstream plays the coding-agent exchange of `tests.fakes.agent`: offered a `Bash` tool, it asks
-for one shell command; given the command's result, it answers. The task is done when the command ran in
-Claude Code's working directory and its final answer came back, on a model of each provider type.
+Each fake upstream plays the scripted agent exchange of `tests.fakes.script`: the task names one `Bash`
+call, which the fake asks for; given the command's output, it answers `DONE: <its last line>`. The task
+is done when the command ran in Claude Code's working directory and its final answer came back, on a
+model of each provider type.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from typing import Any
 
 import pytest
 
-from tests.fakes import agent
 from tests.fakes.anthropic import SIGNATURE
 from tests.functional.agents_gateway import CLAUDE, agents_gateway
 from tests.functional.conftest import Running
 
 ROOT = Path(__file__).resolve().parents[2]
 CLAUDE_CLI = ROOT / ".tools" / "claude" / "node_modules" / ".bin" / "claude"
+
+# The fakes' script (tests.fakes.script): the call the model makes, in the words of Claude Code's Bash tool.
+TASK = 'Write hi into out.txt. CALL Bash {"command": "echo hi > out.txt && cat out.txt", "description": "Write hi"}'
+ANSWER = "DONE: hi"
 
 pytestmark = pytest.mark.skipif(not CLAUDE_CLI.exists(), reason="Claude Code is not installed: `make claude-code`")
 
@@ -42,7 +46,7 @@ def claude(running: Running, model: str, workdir: Path, home: Path) -> subproces
         "DISABLE_TELEMETRY": "1",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
     }
-    command = [str(CLAUDE_CLI), "-p", "Write hi into out.txt", "--model", model, "--allowedTools", "Bash"]
+    command = [str(CLAUDE_CLI), "-p", TASK, "--model", model, "--allowedTools", "Bash"]
     return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=180, check=False)
 
 
@@ -73,7 +77,7 @@ def test_claude_code_runs_a_shell_command_and_answers(
     done = claude(agents, model, workdir, home)
     assert done.returncode == 0, done.stderr
     assert (workdir / "out.txt").read_text() == "hi\n"
-    assert agent.ANSWER in done.stdout
+    assert ANSWER in done.stdout
     turns = requests_since(agents, provider, start)
     assert len(turns) >= 2  # the tool call, then the answer once the result was in
 

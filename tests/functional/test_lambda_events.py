@@ -40,6 +40,9 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "messages-count-tokens": (200, None),
     "models-anthropic": (200, None),
     "not-found-route": (404, "not_found"),
+    "responses-ok": (200, None),
+    "responses-stream": (200, None),
+    "responses-get-unknown": (404, "not_found"),
 }
 
 
@@ -104,7 +107,8 @@ def test_events_replay_through_the_handler(tmp_path: Path, upstream: tuple[Serve
             assert json.loads(result["body"])["error"]["code"] == code, result
         else:
             assert "x-request-id" in result["headers"]
-        if result["event"].startswith(("chat-", "embeddings-")):  # its log line is out before the freeze
+        proxied = ("chat-", "embeddings-", "responses-ok", "responses-stream")
+        if result["event"].startswith(proxied):  # its log line is out before the freeze
             assert result["request_lines"] == 1, result
     by_name = {r["event"]: r for r in results}
     assert json.loads(by_name["chat-completions-ok"]["body"])["choices"][0]["message"]["content"] == TEXT
@@ -116,6 +120,9 @@ def test_events_replay_through_the_handler(tmp_path: Path, upstream: tuple[Serve
     counted = by_name["messages-count-tokens"]
     assert json.loads(counted["body"])["input_tokens"] > 0 and counted["headers"]["x-gateway-estimate"] == "true"
     assert json.loads(by_name["models-anthropic"]["body"])["data"][0]["type"] == "model"
+    assert json.loads(by_name["responses-ok"]["body"])["output"][0]["content"][0]["text"] == TEXT
+    responses_stream = by_name["responses-stream"]["body"]
+    assert "event: response.completed" in responses_stream and '"cost"' in responses_stream
 
 
 @pytest.mark.parametrize("invocations", [8])

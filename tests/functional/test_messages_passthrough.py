@@ -32,6 +32,8 @@ SYSTEM: Any = [
     {"type": "text", "text": "Answer briefly."},
 ]
 CONTEXT_MANAGEMENT: Any = {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}
+# The fakes' script (tests.fakes.script): a model offered `Bash` calls it as the task says.
+TASK = 'Write hi into out.txt. CALL Bash {"command": "echo hi > out.txt"}'
 BASH_TOOL: Any = {
     "name": "Bash",
     "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]},
@@ -62,7 +64,7 @@ def claude_code_body(model: str) -> dict[str, Any]:
         "max_tokens": 1000,
         "system": SYSTEM,
         "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "Write hi into out.txt"}]},
+            {"role": "user", "content": [{"type": "text", "text": TASK}]},
             {"role": "system", "content": "# Environment\nPrimary working directory: /tmp/work"},
         ],
         "tools": [BASH_TOOL],
@@ -379,7 +381,7 @@ def test_models_come_in_anthropics_shape_for_anthropic_clients(client: anthropic
 
 
 def test_gemini_3s_call_signature_comes_back_with_the_call(agents: Running, client: anthropic.Anthropic) -> None:
-    ask: Any = [{"role": "user", "content": "Write hi"}]
+    ask: Any = [{"role": "user", "content": TASK}]
     first = client.messages.create(model="gemini-3", max_tokens=500, tools=[BASH_TOOL], messages=ask)
     call = first.content[0]
     assert call.type == "tool_use" and call.name == "Bash"

@@ -117,6 +117,9 @@ CASES: dict[str, dict[str, Any]] = {
     "models-anthropic": event("GET", "/v1/models", key=None, headers=ANTHROPIC_CLIENT),
     "embeddings-ok": event("POST", "/v1/embeddings", {"model": "text-embedding-3-small", "input": ["hello", "world"]}),
     "not-found-route": event("GET", "/v2/nothing"),
+    "responses-ok": event("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "Say hello.", "store": False}),
+    "responses-stream": event("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "Say hello.", "stream": True}),
+    "responses-get-unknown": event("GET", "/v1/responses/resp_0123456789abcdef"),
 }
 
 

@@ -17,7 +17,17 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from adapters.providers import reasoning
 from adapters.providers.model_rules import keep_one_sampling_knob
-from adapters.providers.params import Rule, apply_rules, cache_control, named_messages, require_turns, thinking_blocks
+from adapters.providers.params import (
+    THINKING_BLOCKS,
+    Rule,
+    apply_rules,
+    cache_control,
+    named_messages,
+    redacted_thinking,
+    require_turns,
+    signed_thinking,
+    thinking_blocks,
+)
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.messages_api import API as MESSAGES_API
 from handler.messages_api import FORWARDED_HEADERS
@@ -28,6 +38,7 @@ from handler.ports import (
     StreamEvent,
     Target,
     UpstreamRequest,
+    event_payload,
     json_body,
     malformed,
     upstream_error,
@@ -179,6 +190,8 @@ class WireBlock(_Wire):
     type: str
     text: str | None = None
     thinking: str | None = None
+    signature: str | None = None
+    data: str | None = None
     id: str | None = None
     name: str | None = None
     input: Any = None
@@ -379,17 +392,6 @@ def json_tool(req: ChatRequest) -> dict[str, Any] | None:
 # --- stream --------------------------------------------------------------------------------------
 
 
-def event_payload(event: StreamEvent) -> dict[str, Any]:
-    """A stream event's JSON object; anything else is a (retryable) upstream error."""
-    try:
-        payload = orjson.loads(event.data)
-    except orjson.JSONDecodeError as exc:
-        raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
-    if not isinstance(payload, dict):
-        raise malformed("upstream sent a stream event that is not an object")
-    return payload
-
-
 class AnthropicStreamParser:
     """Anthropic's named SSE events into OpenAI chunks.
 
@@ -406,6 +408,7 @@ class AnthropicStreamParser:
         self._created = int(time.time())
         self._wire_usage = WireUsage()
         self._blocks: dict[int, tuple[str, int]] = {}
+        self._thinking: dict[int, list[str]] = {}  # a thinking block's text so far, until its signature
         self._tools = 0
         self._json_answer = False
         self._usage_sent = False
@@ -458,7 +461,10 @@ class AnthropicStreamParser:
             return [self._chunk(ChunkDelta(content=block.text))] if block.text else []
         if block.type == "thinking":
             self._blocks[index] = ("thinking", 0)
+            self._thinking[index] = [block.thinking or ""]
             return [self._chunk(ChunkDelta(reasoning_content=block.thinking))] if block.thinking else []
+        if block.type == "redacted_thinking" and block.data:
+            return [self._chunk(ChunkDelta(**{THINKING_BLOCKS: [redacted_thinking(block.data)]}))]
         if block.type == "tool_use" and self._json_mode and block.name == JSON_TOOL:
             self._blocks[index] = ("json", 0)
             self._json_answer = True
@@ -479,10 +485,12 @@ class AnthropicStreamParser:
         if delta_type == "text_delta" and delta.get("text"):
             return [self._chunk(ChunkDelta(content=str(delta["text"])))]
         if delta_type == "thinking_delta" and delta.get("thinking"):
+            self._thinking.setdefault(index, []).append(str(delta["thinking"]))
             return [self._chunk(ChunkDelta(reasoning_content=str(delta["thinking"])))]
-        if delta_type == "signature_delta" and delta.get("signature"):
-            # The signature that lets the thinking go back to Claude on the next turn (a Messages client's).
-            return [self._chunk(ChunkDelta(reasoning_signature=str(delta["signature"])))]
+        if delta_type == "signature_delta" and isinstance(delta.get("signature"), str):
+            # The block is whole once signed: it travels on (in the internal form) for the next turn.
+            block = signed_thinking("".join(self._thinking.pop(index, [])), delta["signature"])
+            return [self._chunk(ChunkDelta(**{THINKING_BLOCKS: [block]}))]
         if delta_type == "input_json_delta" and delta.get("partial_json"):
             fragment = str(delta["partial_json"])
             if kind == "json":
@@ -490,7 +498,7 @@ class AnthropicStreamParser:
             if kind == "tool":
                 call = ToolCallDelta(index=position, function=FunctionCallDelta(arguments=fragment))
                 return [self._chunk(ChunkDelta(tool_calls=[call]))]
-        return []  # signature_delta, citations_delta: nothing the OpenAI form carries
+        return []  # citations_delta: nothing the OpenAI form carries
 
     def _usage_chunk(self) -> list[ChatCompletionChunk]:
         if self.usage is None or self._usage_sent:
@@ -517,6 +525,7 @@ class MessagesMeter:
         self.usage: Usage | None = None
         self._wire = WireUsage()
         self._chars = 0
+        self.output_chars = 0  # never needed: `usage` carries the estimate from the first event on
 
     def feed(self, event: StreamEvent) -> None:
         if not event.data:
@@ -645,14 +654,19 @@ class AnthropicAdapter(ProviderAdapter):
             raise malformed("upstream answer is not an Anthropic message") from exc
         json_mode = json_tool(req) is not None
         texts: list[str] = []
-        thinking: list[str] = []
+        reasoning: list[str] = []
+        signed: list[dict[str, Any]] = []
         calls: list[ToolCall] = []
         json_answer: str | None = None
         for block in message.content:
+            if block.type == "thinking" and block.signature is not None:
+                signed.append(signed_thinking(block.thinking or "", block.signature))
+            elif block.type == "redacted_thinking" and block.data:
+                signed.append(redacted_thinking(block.data))
             if block.type == "text" and block.text:
                 texts.append(block.text)
             elif block.type == "thinking" and block.thinking:
-                thinking.append(block.thinking)
+                reasoning.append(block.thinking)
             elif block.type == "tool_use" and json_mode and block.name == JSON_TOOL:
                 json_answer = orjson.dumps(block.input if block.input is not None else {}).decode()
             elif block.type == "tool_use":
@@ -662,8 +676,10 @@ class AnthropicAdapter(ProviderAdapter):
                 )
         content = json_answer if json_answer is not None else ("".join(texts) if texts else None)
         reply = AssistantMessage(
-            content=content, tool_calls=calls or None, reasoning_content="".join(thinking) if thinking else None
+            content=content, tool_calls=calls or None, reasoning_content="".join(reasoning) if reasoning else None
         )
+        if signed:
+            setattr(reply, THINKING_BLOCKS, signed)
         finish = _finish(message.stop_reason, json_answer is not None, bool(calls))
         return ChatCompletion(
             id=message.id,

@@ -145,6 +145,15 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         conform_to_version(body, self.api_version(target), dropped)
         return body, dropped
 
+    def serves_responses(self, target: Target) -> bool:
+        """Azure OpenAI serves the Responses API (its v1 API) for its deployments: native unless configured
+        otherwise (`responses_api: translate`)."""
+        return bool(self.options.get("responses_api", "native") == "native")
+
+    def responses_url(self, target: Target) -> str:
+        # The v1 API takes the deployment as the body's `model` and needs no api-version.
+        return f"{target.base_url}/openai/v1/responses"
+
     def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
         built = super().chat_request(req, target, stream=stream)
         built.request.url = self.endpoint(target, "chat/completions")

@@ -36,7 +36,16 @@ from adapters.providers.anthropic.adapter import (
 )
 from adapters.providers.bedrock.eventstream import EventStreamDecoder
 from adapters.providers.model_rules import keep_one_sampling_knob
-from adapters.providers.params import Rule, apply_rules, cache_control, named_messages, require_turns
+from adapters.providers.params import (
+    THINKING_BLOCKS,
+    Rule,
+    apply_rules,
+    cache_control,
+    named_messages,
+    redacted_thinking,
+    require_turns,
+    signed_thinking,
+)
 from adapters.sigv4 import Credentials as SigCredentials
 from adapters.sigv4 import Signer
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
@@ -539,7 +548,7 @@ class BedrockAdapter(ProviderAdapter):
             raise malformed("upstream answer is not a Converse response")
         json_mode = json_tool(req) is not None
         texts: list[str] = []
-        thinking: list[str] = []
+        reasoning_texts: list[str] = []
         signed: list[dict[str, Any]] = []
         calls: list[ToolCall] = []
         json_answer: str | None = None
@@ -558,18 +567,20 @@ class BedrockAdapter(ProviderAdapter):
                 calls.append(ToolCall(id=str(tool.get("toolUseId", "")), function=function))
             elif isinstance(reasoning, dict) and isinstance(reasoning.get("reasoningText"), dict):
                 text = str(reasoning["reasoningText"].get("text", ""))
-                thinking.append(text)
-                signature = str(reasoning["reasoningText"].get("signature", ""))
-                signed.append({"type": "thinking", "thinking": text, "signature": signature})
-            elif isinstance(reasoning, dict) and "redactedContent" in reasoning:
-                signed.append({"type": "redacted_thinking", "data": str(reasoning["redactedContent"])})
+                reasoning_texts.append(text)
+                signature = reasoning["reasoningText"].get("signature")
+                if isinstance(signature, str):
+                    signed.append(signed_thinking(text, signature))
+            elif isinstance(reasoning, dict) and isinstance(reasoning.get("redactedContent"), str):
+                signed.append(redacted_thinking(reasoning["redactedContent"]))
         content = json_answer if json_answer is not None else ("".join(texts) if texts else None)
         reply = AssistantMessage(
-            content=content, tool_calls=calls or None, reasoning_content="".join(thinking) if thinking else None
+            content=content,
+            tool_calls=calls or None,
+            reasoning_content="".join(reasoning_texts) if reasoning_texts else None,
+            # Claude's thinking as Anthropic's blocks, signatures kept: it goes back on the next turn.
+            **({THINKING_BLOCKS: signed} if signed else {}),
         )
-        if signed:
-            # Claude's thinking as Anthropic's blocks, signatures kept: a Messages client sends them back.
-            reply.thinking_blocks = signed  # type: ignore[attr-defined]
         finish = finish_reason(data.get("stopReason"), json_answer is not None, bool(calls))
         return ChatCompletion(
             id=completion_id(),

@@ -13,11 +13,13 @@ from typing import Any
 import orjson
 
 from adapters.providers import reasoning
+from adapters.providers.openai import responses
 from adapters.providers.openai.profiles import PROFILES, Profile, profile_for
 from adapters.providers.params import apply_rules
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import (
     BuiltRequest,
+    NativeCall,
     ProviderAdapter,
     StreamEvent,
     Target,
@@ -185,6 +187,9 @@ class OpenAIAdapter(ProviderAdapter):
         if profile is not None and profile not in PROFILES:
             raise ValueError(f"unknown profile '{profile}' (one of: {', '.join(sorted(PROFILES))})")
         self.requires_key = self.options.get("auth") != "none"
+        responses_api = self.options.get("responses_api")
+        if responses_api not in (None, "native", "translate"):
+            raise ValueError(f"responses_api must be 'native' or 'translate', not '{responses_api}'")
 
     def profile(self, target: Target) -> Profile:
         return profile_for(self.options.get("profile"), target.base_url)
@@ -220,6 +225,36 @@ class OpenAIAdapter(ProviderAdapter):
         body, dropped = self.chat_body(req, target, stream=stream)
         request = UpstreamRequest("POST", f"{target.base_url}/chat/completions", self.headers(), orjson.dumps(body))
         return BuiltRequest(request, dropped)
+
+    def serves_responses(self, target: Target) -> bool:
+        """Whether `/v1/responses` goes to the upstream's own `/responses`: OpenAI's API has it; an
+        OpenAI-compatible server may not, so elsewhere only when the provider's `responses_api` says so."""
+        setting = self.options.get("responses_api")
+        if setting is not None:
+            return bool(setting == "native")
+        host = target.base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+        return type(self) is OpenAIAdapter and host == "api.openai.com"
+
+    def responses_url(self, target: Target) -> str:
+        return f"{target.base_url}/responses"
+
+    def speaks(self, api: str, target: Target) -> bool:
+        return (api == responses.API and self.serves_responses(target)) or super().speaks(api, target)
+
+    def native_request(
+        self, call: NativeCall, target: Target, *, stream: bool, output_limit: int | None
+    ) -> BuiltRequest:
+        keeps = bool(self.options.get("responses_store", False))
+        body = responses.request_body(
+            call.body, target.model, stream=stream, output_limit=output_limit, provider_keeps=keeps
+        )
+        return BuiltRequest(UpstreamRequest("POST", self.responses_url(target), self.headers(), orjson.dumps(body)))
+
+    def native_usage(self, call: NativeCall, body: bytes) -> Usage | None:
+        return responses.answer_usage(body)
+
+    def native_meter(self, call: NativeCall) -> responses.ResponsesMeter:
+        return responses.ResponsesMeter()
 
     def chat_response(self, body: bytes, req: ChatRequest, target: Target) -> ChatCompletion:
         data = json_body(body)

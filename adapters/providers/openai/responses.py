@@ -1,0 +1,73 @@
+"""OpenAI's Responses API passed through (`/v1/responses` to a deployment that serves it: OpenAI, Azure).
+
+The client's body goes upstream with the deployment's model, its output capped where the key's budget
+requires it, and `store: false` unless the operator lets the provider keep answers (the gateway keeps
+them itself). The answer's `usage` (in a stream: the terminal event's response) is what is billed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from handler.ports import StreamEvent, event_payload, json_body, malformed
+from handler.responses_api import API, TERMINAL
+from handler.schemas import CompletionTokensDetails, Usage
+
+__all__ = ["API", "ResponsesMeter", "answer_usage", "request_body", "usage_of"]
+
+
+def usage_of(raw: Any) -> Usage | None:
+    """A Responses `usage` object as the gateway's usage (None when there is none)."""
+    if not isinstance(raw, dict):
+        return None
+    details = raw.get("input_tokens_details") or {}
+    output_details = raw.get("output_tokens_details") or {}
+    usage = Usage.of(int(raw.get("input_tokens") or 0), int(raw.get("output_tokens") or 0))
+    if usage.prompt_tokens_details is not None:
+        usage.prompt_tokens_details.cached_tokens = int(details.get("cached_tokens") or 0)
+    reasoning = int(output_details.get("reasoning_tokens") or 0)
+    usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=reasoning)
+    return usage
+
+
+def request_body(
+    client: Mapping[str, Any], model: str, *, stream: bool, output_limit: int | None, provider_keeps: bool
+) -> dict[str, Any]:
+    """The client's body for a deployment: its model, `stream`, the output cap, and `store` only where the
+    operator lets the provider keep answers and the client asked for it (`store` defaults to true)."""
+    body = {**client, "model": model, "stream": stream}
+    if not (provider_keeps and client.get("store") is not False):
+        body["store"] = False
+    if output_limit is not None:
+        body["max_output_tokens"] = output_limit
+    return body
+
+
+def answer_usage(body: bytes) -> Usage | None:
+    """The usage of a non-streaming answer, which must be a Responses API `response`."""
+    data = json_body(body)
+    if not isinstance(data, dict) or data.get("object") != "response":
+        raise malformed("upstream answer is not a Responses API response")
+    return usage_of(data.get("usage"))
+
+
+class ResponsesMeter:
+    """Reads the usage of a Responses stream passed through unchanged: the terminal event's response has
+    it. A stream that never got there has none, and is estimated from the deltas' text (`output_chars`)."""
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.output_chars = 0
+
+    def feed(self, event: StreamEvent) -> None:
+        if not event.data or event.data == b"[DONE]":
+            return
+        payload = event_payload(event)
+        kind = str(payload.get("type") or event.event or "")
+        delta = payload.get("delta")
+        if isinstance(delta, str):
+            self.output_chars += len(delta)
+        response = payload.get("response")
+        if kind in TERMINAL and isinstance(response, dict):
+            self.usage = usage_of(response.get("usage"))

@@ -1,0 +1,144 @@
+"""Stored Responses API answers, for each backend: a mixin per store class.
+
+A response is kept whole, compressed (a conversation's items repeat a lot of text, and a DynamoDB item
+holds at most 400 KB), under its id, until its expiry; reads treat an expired one as gone before the
+backend's own clean-up (DynamoDB's TTL runs within days, SQLite's sweep on the next write) removes it.
+
+| backend | where |
+|---|---|
+| SQLite | table `responses` (`id`, `expires_at`, `data`) |
+| DynamoDB | `pk=RESP#<id>`, `sk=RESP`, `data` (base64 of the compressed record), `ttl` |
+"""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+import time
+import zlib
+from typing import Any
+
+import orjson
+
+from adapters.store.expressions import num, text
+from adapters.store.leases import call
+from handler.ports import StoredResponse, StoreError
+
+RESPONSES_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, expires_at REAL NOT NULL, data BLOB NOT NULL) "
+    "WITHOUT ROWID"
+)
+RESPONSE_SK = "RESP"
+# DynamoDB's item limit is 400 KB; what a response may take of it, keys and attribute names aside.
+MAX_DYNAMODB_DATA = 380_000
+
+
+def pack(stored: StoredResponse) -> bytes:
+    """The record compressed: a JSON line of its fields, then its body as it is."""
+    fields = {
+        "id": stored.id,
+        "key_id": stored.key_id,
+        "ancestors": stored.ancestors,
+        "created_at": stored.created_at,
+        "expires_at": stored.expires_at,
+    }
+    return zlib.compress(orjson.dumps(fields) + b"\n" + stored.body, 6)
+
+
+def unpack(raw: bytes) -> StoredResponse:
+    head, _, body = zlib.decompress(raw).partition(b"\n")  # JSON as orjson writes it has no raw newline
+    data: dict[str, Any] = orjson.loads(head)
+    return StoredResponse(
+        id=str(data["id"]),
+        key_id=str(data["key_id"]),
+        ancestors=[str(a) for a in data.get("ancestors") or ()],
+        created_at=float(data["created_at"]),
+        expires_at=float(data["expires_at"]),
+        body=body,
+    )
+
+
+class SQLiteResponses:
+    """`put_response`, `get_response`, `delete_response` on the SQLite store's connection. Each is one
+    autocommitting statement (no transaction of the store's batches is open between its calls)."""
+
+    db: sqlite3.Connection
+    _responses_ready: bool = False
+
+    def _responses(self) -> sqlite3.Connection:
+        if not self._responses_ready:
+            self.db.execute(RESPONSES_SCHEMA)
+            self._responses_ready = True
+        return self.db
+
+    async def put_response(self, stored: StoredResponse) -> None:
+        try:
+            db = self._responses()
+            db.execute("DELETE FROM responses WHERE expires_at < ?", (time.time(),))
+            db.execute(
+                "INSERT OR REPLACE INTO responses (id, expires_at, data) VALUES (?, ?, ?)",
+                (stored.id, stored.expires_at, pack(stored)),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store cannot keep the response: {exc}") from exc
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        try:
+            row = (
+                self._responses()
+                .execute("SELECT data FROM responses WHERE id = ? AND expires_at >= ?", (response_id, time.time()))
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store cannot read the response: {exc}") from exc
+        return unpack(row[0]) if row else None
+
+    async def delete_response(self, response_id: str) -> bool:
+        try:
+            cursor = self._responses().execute(
+                "DELETE FROM responses WHERE id = ? AND expires_at >= ?", (response_id, time.time())
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store cannot delete the response: {exc}") from exc
+        return cursor.rowcount > 0
+
+
+class DynamoDBResponses:
+    """The same on the DynamoDB store's table: one item per response (see the module docstring)."""
+
+    client: Any
+    table: str
+
+    @staticmethod
+    def _response_key(response_id: str) -> dict[str, Any]:
+        return {"pk": text(f"RESP#{response_id}"), "sk": text(RESPONSE_SK)}
+
+    async def put_response(self, stored: StoredResponse) -> None:
+        data = base64.b64encode(pack(stored)).decode()
+        if len(data) > MAX_DYNAMODB_DATA:
+            raise StoreError(
+                f"the response is too large to keep ({len(data)} bytes compressed, at most {MAX_DYNAMODB_DATA})"
+            )
+        item = {**self._response_key(stored.id), "data": text(data), "ttl": num(int(stored.expires_at))}
+        await call(self.client, "put_item", TableName=self.table, Item=item)
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        answer = await call(
+            self.client, "get_item", TableName=self.table, Key=self._response_key(response_id), ConsistentRead=True
+        )
+        item = answer.get("Item")
+        if not item:
+            return None
+        stored = unpack(base64.b64decode(item["data"]["S"]))
+        return stored if stored.expires_at >= time.time() else None
+
+    async def delete_response(self, response_id: str) -> bool:
+        answer = await call(
+            self.client,
+            "delete_item",
+            TableName=self.table,
+            Key=self._response_key(response_id),
+            ReturnValues="ALL_OLD",
+        )
+        old = answer.get("Attributes")
+        return bool(old) and unpack(base64.b64decode(old["data"]["S"])).expires_at >= time.time()

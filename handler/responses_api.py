@@ -1,0 +1,567 @@
+"""`/v1/responses`: the OpenAI Responses API in front of any model.
+
+A Responses request (a string or a list of input items, `instructions`, tools, `text.format`, ...)
+becomes the internal (Chat Completions) request, any provider serves it, and the answer goes back as
+a `response` object (its stream: `handler/responses_stream.py`). Fields and tool types with no internal
+equivalent are named in `x-gateway-dropped-params`, like any parameter a provider cannot honour.
+
+The conversation is the client's to keep (`store: false`, as Codex sends) or the gateway's
+(`store: true`, the API's default: `previous_response_id` then continues it; see `ResponseArchive`).
+Reasoning a provider returns travels back to the client inside a reasoning item's `encrypted_content`,
+sealed with an HMAC (`ReasoningSeal`), so the next turn can hand it back to the provider without the
+gateway keeping state.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import time
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from handler.errors import InvalidRequestError
+from handler.pricing import Cost
+from handler.schemas import ChatCompletion, ChatRequest, Usage
+
+API = "openai.responses"  # `NativeCall.api` of a Responses API request
+TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})  # a stream's last event
+
+# Request fields the translation honours (the gateway keeps, echoes or acts on them itself).
+MAPPED = frozenset(
+    {
+        "model",
+        "input",
+        "instructions",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "reasoning",
+        "text",
+        "max_output_tokens",
+        "metadata",
+        "include",
+        "prompt_cache_key",
+        "store",
+        "previous_response_id",
+        "user",
+        "safety_identifier",
+        "temperature",
+        "top_p",
+        "stream",
+        "stream_options",
+        "service_tier",
+        "truncation",
+        "background",  # false: answered now, as asked (true is refused)
+        # Client-side bookkeeping (Codex sends its session ids here): nothing a model reads.
+        "client_metadata",
+    }
+)
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
+# Fields that point at state kept at OpenAI: leaving them out would answer a different question.
+UNSERVED = {
+    "conversation": "send the conversation's items, or continue with previous_response_id",
+    "prompt": "send the prompt's text as instructions",
+    "background": "send the request without background",
+}
+INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ReasoningConfig(_Open):
+    effort: str | None = None
+    summary: str | None = None
+    generate_summary: str | None = None
+
+
+class TextFormat(_Open):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
+
+
+class TextConfig(_Open):
+    format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class ResponsesRequest(_Open):
+    """An OpenAI Responses API request body (`POST /v1/responses`)."""
+
+    model: str = Field(min_length=1)
+    input: str | list[dict[str, Any]] = Field(default_factory=list)
+    instructions: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning: ReasoningConfig | None = None
+    text: TextConfig | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    metadata: dict[str, str] | None = None
+    include: list[str] | None = None
+    prompt_cache_key: str | None = None
+    store: bool | None = None
+    previous_response_id: str | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stream: bool | None = None
+    service_tier: str | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+
+    @property
+    def stored(self) -> bool:
+        """`store` defaults to true in the Responses API."""
+        return self.store is not False
+
+    def wants_encrypted_reasoning(self) -> bool:
+        return ENCRYPTED_REASONING in (self.include or ())
+
+
+# --- input items -----------------------------------------------------------------------------------
+
+
+class InputMessage(_Open):
+    type: Literal["message"] = "message"
+    role: Literal["user", "system", "developer", "assistant"]
+    content: str | list[dict[str, Any]]
+
+
+class FunctionCallItem(_Open):
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    arguments: str = ""
+
+
+class FunctionCallOutputItem(_Open):
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str | list[dict[str, Any]]
+
+
+class SummaryPart(_Open):
+    text: str = ""
+
+
+class ReasoningItem(_Open):
+    type: Literal["reasoning"]
+    summary: list[SummaryPart] = Field(default_factory=list)
+    encrypted_content: str | None = None
+    content: list[SummaryPart] | None = None
+
+
+def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
+    """The request's input as a list of items (a string input is one user message)."""
+    if isinstance(req.input, str):
+        return [{"type": "message", "role": "user", "content": req.input}]
+    return list(req.input)
+
+
+class ReasoningSeal:
+    """Seals what a provider needs back from its reasoning (text, signatures) into an opaque string
+    the client returns on the next turn: base64 of the JSON and an HMAC-SHA256 tag over it, keyed by a
+    secret every gateway process shares (see `ResponsesRoutes.seal`); without one, a one-off random key."""
+
+    PREFIX = "gwr1."
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        self.key = hashlib.sha256(b"gateway reasoning seal\x00" + (secret or os.urandom(32))).digest()
+
+    def seal(self, payload: dict[str, Any]) -> str:
+        body = orjson.dumps(payload)
+        tag = hmac.new(self.key, body, hashlib.sha256).digest()
+        return self.PREFIX + base64.urlsafe_b64encode(body).decode() + "." + base64.urlsafe_b64encode(tag).decode()
+
+    def open(self, token: str) -> dict[str, Any] | None:
+        """The sealed payload, or None for a blob not sealed by this key (or altered)."""
+        if not token.startswith(self.PREFIX):
+            return None
+        body_b64, _, tag_b64 = token[len(self.PREFIX) :].partition(".")
+        try:
+            body = base64.urlsafe_b64decode(body_b64)
+            tag = base64.urlsafe_b64decode(tag_b64)
+        except ValueError:
+            return None
+        if not hmac.compare_digest(tag, hmac.new(self.key, body, hashlib.sha256).digest()):
+            return None
+        payload = orjson.loads(body)
+        return payload if isinstance(payload, dict) else None
+
+
+def merge(fields: dict[str, Any], more: dict[str, Any]) -> None:
+    """Fold a delta's reasoning fields in: lists (signed blocks) and maps (signatures) grow, the rest is set."""
+    for name, value in more.items():
+        known = fields.get(name)
+        if isinstance(known, list) and isinstance(value, list):
+            fields[name] = [*known, *value]
+        elif isinstance(known, dict) and isinstance(value, dict):
+            fields[name] = {**known, **value}
+        else:
+            fields[name] = value
+
+
+def _text_of(content: str | list[dict[str, Any]]) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(str(p.get("text", "")) for p in content if isinstance(p.get("text"), str))
+
+
+def _content_part(part: dict[str, Any], where: str) -> dict[str, Any]:
+    kind = part.get("type")
+    if kind in ("input_text", "output_text", "text", "summary_text"):
+        return {"type": "text", "text": str(part.get("text", ""))}
+    if kind == "refusal":
+        return {"type": "text", "text": str(part.get("refusal", ""))}
+    if kind == "input_image":
+        url = part.get("image_url")
+        if not isinstance(url, str) or not url:
+            raise InvalidRequestError(f"{where}: input_image needs an image_url (file_id is not supported)")
+        image: dict[str, Any] = {"url": url}
+        if part.get("detail") in ("auto", "low", "high"):
+            image["detail"] = part["detail"]
+        return {"type": "image_url", "image_url": image}
+    if kind == "input_file":
+        file = {name: part[name] for name in ("file_data", "file_id", "filename") if part.get(name)}
+        if not file.get("file_data") and not file.get("file_id"):
+            raise InvalidRequestError(f"{where}: input_file needs file_data or file_id (file_url is not supported)")
+        return {"type": "file", "file": file}
+    raise InvalidRequestError(f"{where}: content part type '{kind}' is not supported")
+
+
+class _Conversation:
+    """Chat messages being built from items: an assistant turn collects its text, reasoning and calls
+    until an item of another turn arrives (Chat Completions carries a turn's calls on one message)."""
+
+    def __init__(self, seal: ReasoningSeal, dropped: list[str]) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.turn: dict[str, Any] | None = None
+        self.seal = seal
+        self.dropped = dropped
+
+    def assistant(self) -> dict[str, Any]:
+        if self.turn is None:
+            self.turn = {"role": "assistant", "content": None}
+            self.messages.append(self.turn)
+        return self.turn
+
+    def close_turn(self) -> None:
+        self.turn = None
+
+    def add(self, raw: dict[str, Any], where: str) -> None:
+        kind = raw.get("type", "message" if "role" in raw else None)
+        try:
+            if kind == "message":
+                self._message(InputMessage.model_validate(raw), where)
+            elif kind == "function_call":
+                call = FunctionCallItem.model_validate(raw)
+                turn = self.assistant()
+                turn.setdefault("tool_calls", []).append(
+                    {
+                        "id": call.call_id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    }
+                )
+            elif kind == "function_call_output":
+                result = FunctionCallOutputItem.model_validate(raw)
+                self.close_turn()
+                self.messages.append(
+                    {"role": "tool", "tool_call_id": result.call_id, "content": _text_of(result.output)}
+                )
+            elif kind == "reasoning":
+                self._reasoning(ReasoningItem.model_validate(raw))
+            else:
+                self.dropped.append(f"input[{kind}]")
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise InvalidRequestError(f"{where}.{loc}: {first['msg']}", param=where) from None
+
+    def _message(self, message: InputMessage, where: str) -> None:
+        if isinstance(message.content, str):
+            content: str | list[dict[str, Any]] = message.content
+        else:
+            content = [_content_part(p, f"{where}.content[{i}]") for i, p in enumerate(message.content)]
+        if message.role == "assistant":
+            turn = self.assistant()
+            if turn.get("tool_calls"):  # text after this turn's calls starts the next turn
+                self.close_turn()
+                turn = self.assistant()
+            text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+            turn["content"] = (turn["content"] or "") + text
+            return
+        self.close_turn()
+        role = "system" if message.role == "developer" else message.role
+        self.messages.append({"role": role, "content": content})
+
+    def _reasoning(self, item: ReasoningItem) -> None:
+        turn = self.assistant()
+        sealed = self.seal.open(item.encrypted_content) if item.encrypted_content else None
+        if item.encrypted_content and sealed is None:
+            self.dropped.append("input[reasoning].encrypted_content")
+        if sealed is not None:
+            text = str(sealed.get("text") or "")
+            merge(turn, sealed.get("fields") or {})  # a turn may think twice (between its calls)
+        else:
+            text = "".join(p.text for p in (item.content or item.summary))
+        if text:
+            turn["reasoning_content"] = (turn.get("reasoning_content") or "") + text
+
+
+def _tools(req: ResponsesRequest, dropped: list[str]) -> list[dict[str, Any]]:
+    tools: list[dict[str, Any]] = []
+    for tool in req.tools or ():
+        kind = str(tool.get("type", ""))
+        name = tool.get("name")
+        if kind != "function" or not isinstance(name, str) or not name:
+            dropped.append(f"tools[{kind or 'untyped'}]")
+            continue
+        function: dict[str, Any] = {"name": name, "parameters": tool.get("parameters") or {"type": "object"}}
+        if tool.get("description"):
+            function["description"] = tool["description"]
+        if tool.get("strict") is not None:
+            function["strict"] = tool["strict"]
+        tools.append({"type": "function", "function": function})
+    return tools
+
+
+def _tool_choice(choice: str | dict[str, Any] | None, names: set[str], dropped: list[str]) -> Any:
+    if choice is None or not names:
+        return None
+    if isinstance(choice, str):
+        if choice not in ("auto", "none", "required"):
+            raise InvalidRequestError(f"tool_choice '{choice}' is not one of auto, none, required", param="tool_choice")
+        return choice
+    if choice.get("type") == "function" and choice.get("name") in names:
+        return {"type": "function", "function": {"name": choice["name"]}}
+    if choice.get("type") == "allowed_tools":
+        dropped.append("tool_choice.tools")
+        return "required" if choice.get("mode") == "required" else "auto"
+    dropped.append(f"tool_choice[{choice.get('type')}]")
+    return None
+
+
+def _response_format(text: TextConfig | None) -> dict[str, Any] | None:
+    fmt = text.format if text else None
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    if fmt.schema_ is None:
+        raise InvalidRequestError("text.format.schema is required for json_schema", param="text.format.schema")
+    schema: dict[str, Any] = {"name": fmt.name or "response", "schema": fmt.schema_}
+    if fmt.description:
+        schema["description"] = fmt.description
+    if fmt.strict is not None:
+        schema["strict"] = fmt.strict
+    return {"type": "json_schema", "json_schema": schema}
+
+
+def to_chat_request(
+    req: ResponsesRequest, history: list[dict[str, Any]], seal: ReasoningSeal
+) -> tuple[ChatRequest, list[str]]:
+    """The internal request for a Responses one (after the stored `history` items, if any), and the
+    Responses fields and items it cannot carry."""
+    for name, instead in UNSERVED.items():
+        if (req.model_extra or {}).get(name):  # (`background: false` is what the gateway does anyway)
+            raise InvalidRequestError(f"{name} is not supported by this model's provider; {instead}", param=name)
+    dropped = sorted(set(req.model_fields_set | set(req.model_extra or {})) - MAPPED)
+    if req.truncation == "auto":
+        dropped.append("truncation")
+    dropped += [f"include[{name}]" for name in req.include or () if name != ENCRYPTED_REASONING]
+    conversation = _Conversation(seal, dropped)
+    if req.instructions:
+        conversation.messages.append({"role": "system", "content": req.instructions})
+    for i, item in enumerate([*history, *input_items(req)]):
+        conversation.add(item, f"input[{i - len(history)}]" if i >= len(history) else f"previous[{i}]")
+    if not any(m["role"] != "system" for m in conversation.messages):
+        raise InvalidRequestError("input must hold at least one message or item", param="input")
+    tools = _tools(req, dropped)
+    body: dict[str, Any] = {"model": req.model, "messages": conversation.messages}
+    if tools:
+        body["tools"] = tools
+        choice = _tool_choice(req.tool_choice, {t["function"]["name"] for t in tools}, dropped)
+        if choice is not None:
+            body["tool_choice"] = choice
+        if req.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = req.parallel_tool_calls
+    response_format = _response_format(req.text)
+    if response_format is not None:
+        body["response_format"] = response_format
+    if req.text is not None and req.text.verbosity is not None:
+        body["verbosity"] = req.text.verbosity
+    if req.reasoning is not None and req.reasoning.effort:
+        body["reasoning_effort"] = req.reasoning.effort
+    if req.max_output_tokens is not None:
+        body["max_completion_tokens"] = req.max_output_tokens
+    for name in ("temperature", "top_p", "prompt_cache_key", "safety_identifier", "service_tier", "user"):
+        if getattr(req, name) is not None:
+            body[name] = getattr(req, name)
+    if req.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    try:
+        return ChatRequest.model_validate(body), dropped
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidRequestError(f"the request cannot be translated: {first['msg']}") from None
+
+
+# --- the answer ----------------------------------------------------------------------------------
+
+
+def response_usage(usage: Usage) -> dict[str, Any]:
+    """Responses usage: `input_tokens` counts cached tokens too, as OpenAI's does."""
+    reasoning = usage.completion_tokens_details.reasoning_tokens if usage.completion_tokens_details else 0
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
+class ResponseIds:
+    """The ids of one response and its output items, derived from the gateway's request id."""
+
+    def __init__(self, request_id: str) -> None:
+        self.token = request_id.removeprefix("req_")
+        self.response = f"resp_{self.token}"
+        self.count = 0
+
+    def item(self, prefix: str) -> str:
+        self.count += 1
+        return f"{prefix}_{self.token}{self.count:03d}"
+
+
+def reasoning_fields(extra: dict[str, Any] | None) -> dict[str, Any]:
+    """An answer's provider-specific reasoning fields (`thinking_blocks`, `reasoning_details`, signatures):
+    sealed with the reasoning so the next turn's assistant message carries them back as they came."""
+    return {k: v for k, v in (extra or {}).items() if k.startswith(("reasoning", "thinking")) and v is not None}
+
+
+def reasoning_item(
+    item_id: str, text: str, fields: dict[str, Any], req: ResponsesRequest, seal: ReasoningSeal
+) -> dict[str, Any]:
+    """A reasoning output item: its text as the summary, sealed for the next turn when `include` asks."""
+    item: dict[str, Any] = {
+        "id": item_id,
+        "type": "reasoning",
+        "summary": [{"type": "summary_text", "text": text}] if text else [],
+    }
+    if req.wants_encrypted_reasoning():
+        item["encrypted_content"] = seal.seal({"text": text, "fields": fields})
+    return item
+
+
+def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+    }
+
+
+def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str = "completed") -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
+
+
+def envelope(
+    req: ResponsesRequest,
+    response_id: str,
+    created_at: int,
+    *,
+    status: str = "in_progress",
+    output: list[dict[str, Any]] | None = None,
+    finish_reason: str | None = None,
+) -> dict[str, Any]:
+    """The `response` object around its output: the request's settings echoed as OpenAI does."""
+    incomplete = INCOMPLETE.get(finish_reason or "")
+    text = req.text.model_dump(exclude_none=True, by_alias=True) if req.text else {}
+    text.setdefault("format", {"type": "text"})
+    reasoning = req.reasoning.model_dump(exclude_none=True) if req.reasoning else {}
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": "incomplete" if incomplete and status == "completed" else status,
+        "background": False,
+        "error": None,
+        "incomplete_details": {"reason": incomplete} if incomplete and status == "completed" else None,
+        "instructions": req.instructions,
+        "max_output_tokens": req.max_output_tokens,
+        "metadata": req.metadata or {},
+        "model": req.model,
+        "output": output or [],
+        "parallel_tool_calls": req.parallel_tool_calls is not False,
+        "previous_response_id": req.previous_response_id,
+        "prompt_cache_key": req.prompt_cache_key,
+        "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
+        "safety_identifier": req.safety_identifier,
+        "service_tier": req.service_tier or "default",
+        "store": req.stored,
+        "temperature": req.temperature if req.temperature is not None else 1.0,
+        "text": text,
+        "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
+        "tools": req.tools or [],
+        "top_p": req.top_p if req.top_p is not None else 1.0,
+        "truncation": req.truncation or "disabled",
+        "usage": None,
+        "user": req.user,
+    }
+
+
+def finish(response: dict[str, Any], usage: Usage, cost: Cost | None) -> dict[str, Any]:
+    """Put the usage and the gateway's cost on a finished response."""
+    response["usage"] = response_usage(usage)
+    response["cost"] = cost.as_event() if cost is not None else None
+    return response
+
+
+def to_response(
+    completion: ChatCompletion, req: ResponsesRequest, ids: ResponseIds, seal: ReasoningSeal, cost: Cost | None
+) -> dict[str, Any]:
+    """The `response` object for the first choice of a completion."""
+    choice = completion.choices[0] if completion.choices else None
+    output: list[dict[str, Any]] = []
+    if choice is not None:
+        message = choice.message
+        fields = reasoning_fields(message.model_extra)
+        if message.reasoning_content or fields:
+            output.append(reasoning_item(ids.item("rs"), message.reasoning_content or "", fields, req, seal))
+        if message.content or message.refusal:
+            output.append(message_item(ids.item("msg"), message.content or message.refusal or ""))
+        for call in message.tool_calls or ():
+            output.append(call_item(ids.item("fc"), call.id, call.function.name, call.function.arguments))
+    response = envelope(
+        req,
+        ids.response,
+        int(time.time()),
+        status="completed",
+        output=output,
+        finish_reason=choice.finish_reason if choice else None,
+    )
+    return finish(response, completion.usage or Usage(), cost)

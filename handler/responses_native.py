@@ -1,0 +1,125 @@
+"""`/v1/responses` passed through to deployments that serve the Responses API themselves (OpenAI, Azure).
+
+The request goes through the pipeline's native pass-through (`Pipeline.native`, `native_stream`): a
+deployment that speaks the Responses API gets the client's body (the adapter renames the model, caps the
+output, and keeps `store: false` unless the operator lets the provider keep answers: the gateway keeps them
+itself); any other deployment of the plan gets the translated request. A `previous_response_id` the gateway
+stored is expanded into the input it stands for. A passed-through answer, or event stream, comes back as the
+provider sent it; the gateway adds its `cost` and says what it did with `store`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from handler.errors import GatewayError, UpstreamError
+from handler.passthrough import NativeStream, guarded, sse_frame
+from handler.ports import NativeCall, event_payload
+from handler.proxy import Exchange
+from handler.responses_api import API, TERMINAL, ReasoningSeal, ResponsesRequest, input_items
+from handler.streaming import sse_event
+
+Finished = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Relay:
+    """One Responses request as it passes through: the body sent, and the gateway's part of the answer."""
+
+    def __init__(
+        self, body: ResponsesRequest, history: list[dict[str, Any]], ex: Exchange, untranslated: list[str]
+    ) -> None:
+        self.body = body
+        self.ex = ex
+        sent = body.model_dump(exclude_unset=True, by_alias=True)
+        items = [*history, *input_items(body)] if history or body.previous_response_id else sent.get("input")
+        sent.pop("previous_response_id", None)  # the gateway's id: the provider never saw it
+        dropped: list[str] = []
+        if isinstance(items, list):
+            kept = [item for item in items if not self._sealed_here(item)]
+            if len(kept) < len(items):
+                # The gateway's own seal (from a turn another provider served) means nothing to this one.
+                dropped.append("input[reasoning].encrypted_content")
+            items = kept
+        if items is not None:
+            sent["input"] = items
+        self.call = NativeCall(API, sent, untranslated=tuple(untranslated), dropped=tuple(dropped))
+
+    @staticmethod
+    def _sealed_here(item: Any) -> bool:
+        if not isinstance(item, dict) or item.get("type") != "reasoning":
+            return False
+        sealed = item.get("encrypted_content")
+        return isinstance(sealed, str) and sealed.startswith(ReasoningSeal.PREFIX)
+
+    def finish(self, response: dict[str, Any]) -> dict[str, Any]:
+        """The gateway's part of an answer: what it did with `store`, the id the client continued, the cost."""
+        response["store"] = self.body.stored
+        response["previous_response_id"] = self.body.previous_response_id
+        cost = self.ex.cost
+        response["cost"] = cost.as_event() if cost is not None else None
+        return response
+
+
+def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) -> AsyncIterator[bytes]:
+    """The provider's events as it sent them; the terminal one (which carries the final usage) also carries
+    the gateway's additions, settled from that usage. `on_finished` gets a finished response before it goes
+    on. An error after the first byte ends the stream with an `error` and a `response.failed` event."""
+
+    sequence = _Sequence()
+
+    async def events() -> AsyncGenerator[bytes]:
+        terminal: tuple[str, dict[str, Any], dict[str, Any]] | None = None
+        async for batch in stream.batches():
+            out = b""
+            for event in batch:
+                if not event.data or event.data == b"[DONE]":
+                    continue
+                payload = event_payload(event)
+                kind = str(payload.get("type") or event.event or "")
+                if isinstance(payload.get("sequence_number"), int):
+                    sequence.last = payload["sequence_number"]
+                response = payload.get("response")
+                if kind in TERMINAL and isinstance(response, dict):
+                    terminal = (kind, payload, response)
+                else:
+                    out += sse_frame(event)
+            if out:
+                yield out
+        if terminal is None:
+            raise UpstreamError(
+                "the provider's stream ended before the response was finished",
+                upstream_status=200,
+                retryable=False,
+                code="stream_interrupted",
+            )
+        # The terminal event is the provider's last: it goes on once the stream has ended, so that it is
+        # settled from the provider's usage (a stream still open is metered as one cut short).
+        kind, payload, response = terminal
+        await stream.complete()
+        relay.finish(response)
+        if kind != "response.failed":
+            await on_finished(response)
+        yield sse_event(kind, payload)
+
+    return guarded(stream, events(), lambda exc: _failed(exc, sequence))
+
+
+class _Sequence:
+    """The last `sequence_number` relayed: the gateway's own closing events number on from it."""
+
+    def __init__(self) -> None:
+        self.last = -1
+
+    def next(self) -> int:
+        self.last += 1
+        return self.last
+
+
+def _failed(exc: GatewayError, sequence: _Sequence) -> bytes:
+    """The Responses API's way to end a stream that failed: an `error` event, then `response.failed`."""
+    error = {"type": "error", "sequence_number": sequence.next(), "code": exc.code, "message": exc.message}
+    failed = {"code": exc.code, "message": exc.message}
+    response: dict[str, Any] = {"id": None, "object": "response", "status": "failed", "error": failed, "output": []}
+    closing = {"type": "response.failed", "sequence_number": sequence.next(), "response": response}
+    return sse_event("error", {**error, "param": exc.param}) + sse_event("response.failed", closing)

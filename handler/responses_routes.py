@@ -1,0 +1,195 @@
+"""Responses API routes: `POST /v1/responses`, `GET` and `DELETE /v1/responses/{id}`.
+
+A stored response (the default, `store: true`) keeps the conversation's input items and the response
+in the gateway's store for `gateway.responses_ttl_seconds`; `previous_response_id` continues it. Only
+the key that made a response, or one of that key's ancestors, can see it: for any other key it does
+not exist (404, never 403, which would tell that it does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from handler.config import resolve_secret
+from handler.errors import NotFoundError
+from handler.observability import observe
+from handler.passthrough import NativeReply, NativeStream
+from handler.ports import KeyRecord, StoredResponse, StoreError
+from handler.proxy import Exchange
+from handler.responses_api import (
+    ReasoningSeal,
+    ResponseIds,
+    ResponsesRequest,
+    input_items,
+    to_chat_request,
+    to_response,
+)
+from handler.responses_native import Relay, relayed_events
+from handler.responses_stream import responses_events
+from handler.streaming import EventStream, until_client_leaves
+
+if TYPE_CHECKING:
+    from handler.app import Api
+
+
+def stream_headers(ex: Exchange) -> dict[str, str]:
+    return {**ex.headers(), "cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+logger = logging.getLogger("gateway")
+SEAL_SECRET_ID = "gateway-reasoning-seal"
+SEAL_SECRET_TTL = 10 * 365 * 86400
+
+
+class ResponseArchive:
+    """Stored responses as one key may see them."""
+
+    def __init__(self, api: Api) -> None:
+        self.store = api.gateway.store
+        self.ttl = api.gateway.config.gateway.responses_ttl_seconds
+
+    @staticmethod
+    def _visible(stored: StoredResponse, key: KeyRecord) -> bool:
+        return stored.key_id == key.id or key.id in stored.ancestors
+
+    async def find(self, response_id: str, key: KeyRecord, param: str | None = None) -> dict[str, Any]:
+        """The stored `{"items": [...], "response": {...}}`, or a 404 alike for unknown and not yours."""
+        stored = await self.store.get_response(response_id) if response_id.startswith("resp_") else None
+        if stored is None or not self._visible(stored, key):
+            raise NotFoundError(f"Response with id '{response_id}' not found.", code="not_found", param=param)
+        record: dict[str, Any] = orjson.loads(stored.body)
+        return record
+
+    async def keep(self, key: KeyRecord, items: list[dict[str, Any]], response: dict[str, Any]) -> None:
+        """Store the response; one that cannot be kept (too large, the store failing) is still answered, and
+        says so (`store: false`): the provider was paid for it, so it must not be lost."""
+        now = time.time()
+        body = orjson.dumps({"items": items, "response": response})
+        stored = StoredResponse(response["id"], key.id, list(key.ancestors), now, now + self.ttl, body)
+        try:
+            await self.store.put_response(stored)
+        except StoreError as exc:
+            logger.warning("response not stored: %s", exc, extra={"response_id": response["id"]})
+            response["store"] = False
+
+    async def seal_secret(self) -> bytes:
+        """The gateway's own reasoning-seal secret, made once and kept in the store (under an id no client
+        can ask for: theirs start with `resp_`)."""
+        stored = await self.store.get_response(SEAL_SECRET_ID)
+        if stored is None:
+            now = time.time()
+            secret = os.urandom(32).hex().encode()
+            await self.store.put_response(StoredResponse(SEAL_SECRET_ID, "", [], now, now + SEAL_SECRET_TTL, secret))
+            # Two processes starting at once both write; reading back, both use the one written last.
+            stored = await self.store.get_response(SEAL_SECRET_ID)
+        if stored is None:
+            raise StoreError("the reasoning seal's secret could not be read back")
+        return stored.body
+
+    async def delete(self, response_id: str, key: KeyRecord) -> None:
+        await self.find(response_id, key)
+        await self.store.delete_response(response_id)
+
+
+class ResponsesRoutes:
+    """The Responses API's handlers, bound to the app's `Api`."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.archive = ResponseArchive(api)
+        secret = resolve_secret(api.gateway.config.gateway.responses_secret)
+        self._seal = ReasoningSeal(secret.encode()) if secret else None
+        self._sealing = asyncio.Lock()
+
+    async def seal(self) -> ReasoningSeal:
+        """The reasoning seal: keyed by the operator's secret, else by one the store keeps, so that every
+        process of the gateway (Lambda's instances, several workers) opens what another sealed."""
+        if self._seal is not None:
+            return self._seal
+        async with self._sealing:
+            if self._seal is None:
+                try:
+                    self._seal = ReasoningSeal(await self.archive.seal_secret())
+                except StoreError as exc:
+                    # Not kept for later requests: the next one tries the store again.
+                    logger.warning("reasoning seal key unavailable, sealing with a one-off key: %s", exc)
+                    return ReasoningSeal()
+            return self._seal
+
+    async def create(self, request: Request) -> Response:
+        api = self.api
+        key = await api.authenticate(request)
+        body = await api.parse(request, ResponsesRequest)
+        history: list[dict[str, Any]] = []
+        if body.previous_response_id:
+            previous = await self.archive.find(body.previous_response_id, key, param="previous_response_id")
+            history = [*previous["items"], *previous["response"].get("output", [])]
+        # The translation is needed either way: admission estimates and caps the request in the internal form.
+        seal = await self.seal()
+        req, dropped = to_chat_request(body, history, seal)
+        ex = api.exchange(request, key, req.model)
+        conversation = [*history, *input_items(body)]
+
+        async def keep(response: dict[str, Any]) -> None:
+            if body.stored:
+                await self.archive.keep(key, conversation, response)
+
+        # A deployment that serves the Responses API gets the client's body (`relay.call`), any other the
+        # translation (`req`); what either leaves out is reported for the deployment that served.
+        relay = Relay(body, history, ex, dropped)
+        ids = ResponseIds(ex.request_id)
+        if req.stream:
+            stream = await api.pipeline.native_stream(relay.call, req, ex)
+            if isinstance(stream, NativeStream):
+                return EventStream(relayed_events(stream, relay, keep), stream_headers(ex))
+            return EventStream(responses_events(stream, body, ids, seal, keep), stream_headers(ex))
+        outcome = await until_client_leaves(request, api.pipeline.native(relay.call, req, ex))
+        if isinstance(outcome, NativeReply):
+            response = relay.finish(outcome.body)
+        else:
+            response = to_response(outcome, body, ids, seal, ex.cost)
+        await keep(response)
+        return self.answer(ex, response)
+
+    def answer(self, ex: Exchange, response: dict[str, Any]) -> Response:
+        answer = self.api.json(response)
+        answer.headers.update(ex.headers())
+        observe(ex, 200)
+        return answer
+
+    async def get(self, request: Request) -> Response:
+        key = await self.api.authenticate(request)
+        record = await self.archive.find(request.path_params["response_id"], key)
+        return self.api.json(record["response"])
+
+    async def delete(self, request: Request) -> Response:
+        key = await self.api.authenticate(request)
+        response_id = request.path_params["response_id"]
+        await self.archive.delete(response_id, key)
+        return self.api.json({"id": response_id, "object": "response", "deleted": True})
+
+    async def input_items(self, request: Request) -> Response:
+        key = await self.api.authenticate(request)
+        record = await self.archive.find(request.path_params["response_id"], key)
+        items = [
+            {"type": "message", **item, "id": item.get("id") or f"msg_{i:04d}"}
+            for i, item in enumerate(record["items"])
+        ]
+        data = list(reversed(items)) if request.query_params.get("order", "desc") == "desc" else items
+        return self.api.json(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": False,
+            }
+        )

@@ -1,0 +1,240 @@
+"""The Responses API's event stream, written from the internal chunk stream.
+
+`response.created` and `response.in_progress` open it; each output item (reasoning, message,
+function call) is announced (`output_item.added`), filled by deltas and closed (`output_item.done`)
+in the order the provider produced them; `response.completed` (or `response.incomplete`) carries the
+whole response with usage and cost. An upstream failure after the first event ends the stream with
+`error` and `response.failed`. Every event has a `sequence_number`, counted from 0.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from handler.errors import GatewayError, UpstreamError
+from handler.passthrough import guarded
+from handler.proxy import ChunkStream
+from handler.responses_api import (
+    ReasoningSeal,
+    ResponseIds,
+    ResponsesRequest,
+    call_item,
+    envelope,
+    finish,
+    merge,
+    message_item,
+    reasoning_fields,
+    reasoning_item,
+)
+from handler.schemas import ChatCompletionChunk
+from handler.streaming import sse_event
+
+Finished = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class _Item:
+    """An output item being streamed."""
+
+    def __init__(self, kind: str, item_id: str, index: int) -> None:
+        self.kind = kind
+        self.id = item_id
+        self.index = index
+        self.text: list[str] = []
+        self.fields: dict[str, Any] = {}
+        self.call_id = ""
+        self.name = ""
+
+
+class ResponsesEventWriter:
+    """Turns internal chunks into Responses events, one output item open at a time."""
+
+    def __init__(self, req: ResponsesRequest, ids: ResponseIds, seal: ReasoningSeal) -> None:
+        self.req = req
+        self.ids = ids
+        self.seal = seal
+        self.created_at = int(time.time())
+        self.sequence = 0
+        self.output: list[dict[str, Any]] = []
+        self.open: _Item | None = None
+        self.open_key: tuple[str, int] | None = None
+        self.finish_reason: str | None = None
+        self.trailing: dict[str, Any] = {}
+
+    def event(self, kind: str, **payload: Any) -> bytes:
+        data = {"type": kind, "sequence_number": self.sequence, **payload}
+        self.sequence += 1
+        return sse_event(kind, data)
+
+    def response(self, status: str) -> dict[str, Any]:
+        return envelope(
+            self.req,
+            self.ids.response,
+            self.created_at,
+            status=status,
+            output=list(self.output),
+            finish_reason=self.finish_reason,
+        )
+
+    def start(self) -> bytes:
+        response = self.response("in_progress")
+        return self.event("response.created", response=response) + self.event("response.in_progress", response=response)
+
+    # --- items ----------------------------------------------------------------------------------
+
+    def _switch(self, kind: str, key: int) -> tuple[bytes, _Item]:
+        if self.open is not None and self.open_key == (kind, key):
+            return b"", self.open
+        out = self._close()
+        prefix = {"reasoning": "rs", "message": "msg", "function_call": "fc"}[kind]
+        item = _Item(kind, self.ids.item(prefix), len(self.output))
+        self.open, self.open_key = item, (kind, key)
+        where = {"output_index": item.index}
+        if kind == "reasoning":
+            added = {"id": item.id, "type": "reasoning", "summary": []}
+            out += self.event("response.output_item.added", item=added, **where)
+            summary = {"type": "summary_text", "text": ""}
+            out += self.event(
+                "response.reasoning_summary_part.added", item_id=item.id, summary_index=0, part=summary, **where
+            )
+        elif kind == "message":
+            added = {**message_item(item.id, "", "in_progress"), "content": []}
+            out += self.event("response.output_item.added", item=added, **where)
+            part: dict[str, Any] = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            out += self.event("response.content_part.added", item_id=item.id, content_index=0, part=part, **where)
+        return out, item
+
+    def _announce_call(self, item: _Item) -> bytes:
+        added = call_item(item.id, item.call_id, item.name, "", "in_progress")
+        return self.event("response.output_item.added", item=added, output_index=item.index)
+
+    def _close(self) -> bytes:
+        item, self.open, self.open_key = self.open, None, None
+        if item is None:
+            return b""
+        where = {"item_id": item.id, "output_index": item.index}
+        text = "".join(item.text)
+        out = b""
+        if item.kind == "reasoning":
+            done = reasoning_item(item.id, text, item.fields, self.req, self.seal)
+            part = {"type": "summary_text", "text": text}
+            out += self.event("response.reasoning_summary_text.done", summary_index=0, text=text, **where)
+            out += self.event("response.reasoning_summary_part.done", summary_index=0, part=part, **where)
+        elif item.kind == "message":
+            done = message_item(item.id, text)
+            out += self.event("response.output_text.done", content_index=0, text=text, logprobs=[], **where)
+            out += self.event("response.content_part.done", content_index=0, part=done["content"][0], **where)
+        else:
+            done = call_item(item.id, item.call_id, item.name, text)
+            out += self.event("response.function_call_arguments.done", name=item.name, arguments=text, **where)
+        self.output.append(done)
+        return out + self.event("response.output_item.done", item=done, output_index=item.index)
+
+    def chunk(self, chunk: ChatCompletionChunk) -> bytes:
+        out = b""
+        for choice in (c for c in chunk.choices if c.index == 0):  # the Responses API has one answer
+            delta = choice.delta
+            fields = reasoning_fields(delta.model_extra)
+            if delta.reasoning_content or (fields and self.open_key == ("reasoning", 0)):
+                data, item = self._switch("reasoning", 0)
+                out += data
+                merge(item.fields, fields)
+                if delta.reasoning_content:
+                    item.text.append(delta.reasoning_content)
+                    out += self.event(
+                        "response.reasoning_summary_text.delta",
+                        item_id=item.id,
+                        output_index=item.index,
+                        summary_index=0,
+                        delta=delta.reasoning_content,
+                    )
+            elif fields:
+                # Signatures that arrive with the text or a call (Gemini's): a reasoning item of their own at
+                # the end, so the item being streamed is not cut in two.
+                merge(self.trailing, fields)
+            text = delta.content or delta.refusal
+            if text:
+                data, item = self._switch("message", 0)
+                out += data
+                item.text.append(text)
+                out += self.event(
+                    "response.output_text.delta",
+                    item_id=item.id,
+                    output_index=item.index,
+                    content_index=0,
+                    delta=text,
+                    logprobs=[],
+                )
+            for call in delta.tool_calls or ():
+                fresh = self.open_key != ("function_call", call.index)
+                data, item = self._switch("function_call", call.index)
+                out += data
+                function = call.function
+                if fresh:
+                    item.call_id = call.id or item.id
+                    item.name = (function.name if function else None) or ""
+                    out += self._announce_call(item)
+                if function and function.arguments:
+                    item.text.append(function.arguments)
+                    out += self.event(
+                        "response.function_call_arguments.delta",
+                        item_id=item.id,
+                        output_index=item.index,
+                        delta=function.arguments,
+                    )
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+        return out
+
+    def completed(self) -> tuple[bytes, dict[str, Any]]:
+        """Close what is open; the final response (usage still to be put on it) and the events so far."""
+        out = self._close()
+        if self.trailing:
+            item = reasoning_item(self.ids.item("rs"), "", self.trailing, self.req, self.seal)
+            self.output.append(item)
+            where = {"output_index": len(self.output) - 1}
+            out += self.event("response.output_item.added", item={**item, "summary": []}, **where)
+            out += self.event("response.output_item.done", item=item, **where)
+        return out, self.response("completed")
+
+    def failed(self, exc: GatewayError) -> bytes:
+        out = self.event("error", code=exc.code, message=exc.message, param=exc.param)
+        response = self.response("failed")
+        response["error"] = {"code": exc.code, "message": exc.message}
+        return out + self.event("response.failed", response=response)
+
+
+def responses_events(
+    stream: ChunkStream,
+    req: ResponsesRequest,
+    ids: ResponseIds,
+    seal: ReasoningSeal,
+    on_finished: Finished,
+) -> AsyncIterator[bytes]:
+    """The client's Responses event stream for an internal chunk stream; `on_finished` gets the final
+    response (to store it) before `response.completed` is sent."""
+    writer = ResponsesEventWriter(req, ids, seal)
+
+    async def render() -> AsyncGenerator[bytes]:
+        yield writer.start()
+        async for batch in stream.batches():
+            data = b"".join(writer.chunk(chunk) for chunk in batch)
+            if data:
+                yield data
+        await stream.complete()
+        if writer.finish_reason is None:
+            # What the provider sent is billed (settled above), but the answer is not whole.
+            raise UpstreamError(
+                "the provider's stream ended before the answer was finished",
+                upstream_status=200,
+                retryable=False,
+                code="stream_interrupted",
+            )
+        closing, response = writer.completed()
+        finish(response, stream.usage(), stream.ex.cost)
+        await on_finished(response)
+        kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
+        yield closing + writer.event(kind, response=response)
+
+    return guarded(stream, render(), writer.failed)

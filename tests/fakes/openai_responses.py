@@ -1,0 +1,154 @@
+"""The fake OpenAI API's `POST /v1/responses`, in OpenAI's documented Responses format (answer and events).
+
+It answers as the fake's chat endpoint does: the fixed text, a function call when a tool is required (or
+scripted, tests/fakes/script.py), a JSON schema's sample; a `reasoner` model adds a reasoning item (with
+OpenAI-style `encrypted_content` when `include` asks). Like OpenAI, it refuses a reasoning item whose
+`encrypted_content` it did not issue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from tests.fakes.script import ScriptedCall, scripted_turn, text_for, texts
+
+TEXT = "Hello from fake OpenAI."
+REASONING = "The user greets me; I greet back."
+ENCRYPTED = "gAAAAABfakeOpenAIEncryptedReasoning=="
+CALL_ID = "call_fakeResponses1"
+
+
+def problem(body: dict[str, Any]) -> str | None:
+    """What OpenAI would refuse in a body, for the rules a gateway may break."""
+    items = body.get("input")
+    for item in items if isinstance(items, list) else ():
+        sealed = item.get("encrypted_content") if isinstance(item, dict) else None
+        if item.get("type") == "reasoning" and sealed is not None and not str(sealed).startswith("gAAAAA"):
+            return f"The encrypted content for item {item.get('id', 'rs_?')} could not be verified."
+    if body.get("previous_response_id"):
+        return f"Previous response with id '{body['previous_response_id']}' not found."
+    return None
+
+
+def _conversation(body: dict[str, Any]) -> tuple[list[str], str | None]:
+    items = body.get("input")
+    if isinstance(items, str):
+        return [items], None
+    users = [texts(i.get("content")) for i in items or [] if i.get("role") == "user"]
+    last = (items or [{}])[-1]
+    result = str(last.get("output")) if last.get("type") == "function_call_output" else None
+    return users, result
+
+
+def output_of(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The answer's output items."""
+    tools = [t for t in body.get("tools") or [] if t.get("type") == "function"]
+    users, result = _conversation(body)
+    script = scripted_turn(users, [str(t["name"]) for t in tools], result)
+    choice = body.get("tool_choice")
+    output: list[dict[str, Any]] = []
+    if "reasoner" in str(body.get("model")):
+        reasoning: dict[str, Any] = {"id": "rs_fake1", "type": "reasoning", "summary": []}
+        reasoning["summary"] = [{"type": "summary_text", "text": REASONING}]
+        if "reasoning.encrypted_content" in (body.get("include") or ()):
+            reasoning["encrypted_content"] = ENCRYPTED
+        output.append(reasoning)
+    call: tuple[str, str] | None = None
+    if isinstance(script, ScriptedCall):
+        call = (script.name, script.arguments_json)
+    elif tools and result is None and (choice == "required" or isinstance(choice, dict)):
+        name = choice["name"] if isinstance(choice, dict) else tools[0]["name"]
+        call = (str(name), '{"city":"Paris"}')
+    if call is not None:
+        item = {"id": "fc_fake1", "type": "function_call", "status": "completed", "call_id": CALL_ID}
+        output.append({**item, "name": call[0], "arguments": call[1]})
+        return output
+    fmt = (body.get("text") or {}).get("format") or {}
+    text = script if isinstance(script, str) else TEXT
+    if fmt.get("type") == "json_schema":
+        text = text_for(fmt.get("schema"), text)
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    output.append({"id": "msg_fake1", "type": "message", "role": "assistant", "status": "completed", "content": [part]})
+    return output
+
+
+def response_of(body: dict[str, Any], output: list[dict[str, Any]], status: str, input_tokens: int) -> dict[str, Any]:
+    return {
+        "id": "resp_fakeOpenAI1",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": body.get("model"),
+        "output": output,
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "previous_response_id": None,
+        "reasoning": body.get("reasoning") or {"effort": None, "summary": None},
+        "store": body.get("store", True),
+        "temperature": body.get("temperature", 1.0),
+        "text": body.get("text") or {"format": {"type": "text"}},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [],
+        "top_p": body.get("top_p", 1.0),
+        "truncation": "disabled",
+        "metadata": body.get("metadata") or {},
+        "usage": None
+        if status == "in_progress"
+        else {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 7,
+            "output_tokens_details": {"reasoning_tokens": 3 if "reasoner" in str(body.get("model")) else 0},
+            "total_tokens": input_tokens + 7,
+        },
+    }
+
+
+async def events(body: dict[str, Any], input_tokens: int, cut: bool) -> AsyncIterator[bytes]:
+    """The event stream of the same answer; `cut` stops it half-way."""
+    output = output_of(body)
+    sequence = 0
+
+    def event(kind: str, **payload: Any) -> bytes:
+        nonlocal sequence
+        data = {"type": kind, "sequence_number": sequence, **payload}
+        sequence += 1
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+    yield event("response.created", response=response_of(body, [], "in_progress", input_tokens))
+    yield event("response.in_progress", response=response_of(body, [], "in_progress", input_tokens))
+    for index, item in enumerate(output):
+        where = {"output_index": index, "item_id": item["id"]}
+        if item["type"] == "message":
+            yield event("response.output_item.added", output_index=index, item={**item, "content": []})
+            text = item["content"][0]["text"]
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            yield event("response.content_part.added", content_index=0, part=part, **where)
+            for i, word in enumerate(text.split(" ")):
+                if cut and i == 2:
+                    return
+                yield event("response.output_text.delta", content_index=0, delta=(" " if i else "") + word, **where)
+            yield event("response.output_text.done", content_index=0, text=text, **where)
+            yield event("response.content_part.done", content_index=0, part=item["content"][0], **where)
+        elif item["type"] == "function_call":
+            yield event("response.output_item.added", output_index=index, item={**item, "arguments": ""})
+            arguments = item["arguments"]
+            for piece in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :]):
+                yield event("response.function_call_arguments.delta", delta=piece, **where)
+            yield event("response.function_call_arguments.done", arguments=arguments, **where)
+        else:
+            yield event("response.output_item.added", output_index=index, item={**item, "summary": []})
+            summary = item["summary"][0]
+            yield event("response.reasoning_summary_part.added", summary_index=0, part={**summary, "text": ""}, **where)
+            yield event("response.reasoning_summary_text.delta", summary_index=0, delta=summary["text"], **where)
+            yield event("response.reasoning_summary_text.done", summary_index=0, text=summary["text"], **where)
+            yield event("response.reasoning_summary_part.done", summary_index=0, part=summary, **where)
+        yield event("response.output_item.done", output_index=index, item=item)
+    yield event("response.completed", response=response_of(body, output, "completed", input_tokens))

@@ -1,0 +1,99 @@
+"""What the fake providers' "model" decides beyond a fixed answer, shared by every fake.
+
+- A scripted agent turn, so a real coding agent's loop runs end to end: when a user message holds
+  `CALL <tool> <json arguments>` and that tool is offered (`tool_choice: auto` is enough), the model calls
+  it; once the conversation's last message is that tool's result, it answers `DONE: <the result's last
+  non-empty line>`, so a test sees that the tool ran and its output came back.
+- An answer that follows a requested JSON schema (`sample_of`), as a structured-output model's would.
+
+Each fake reduces its own wire format to the plain values these functions take.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+MARKER = re.compile(r"CALL ([A-Za-z0-9_.-]+) (\{.*?\})(?:\s|$)", re.S)
+
+
+@dataclass(frozen=True)
+class ScriptedCall:
+    name: str
+    arguments: dict[str, Any]
+
+    @property
+    def arguments_json(self) -> str:
+        return orjson.dumps(self.arguments).decode()
+
+
+def scripted_turn(user_texts: list[str], tools: list[str], tool_result: str | None) -> ScriptedCall | str | None:
+    """The scripted call, the final answer after its result, or None when no script applies."""
+    found = None
+    for text in user_texts:
+        for match in MARKER.finditer(text):
+            found = match
+    if found is None:
+        return None
+    if tool_result is not None:
+        lines = [line.strip() for line in tool_result.splitlines() if line.strip()]
+        return f"DONE: {lines[-1] if lines else ''}"
+    name = found.group(1)
+    if name not in tools:
+        return None
+    try:
+        arguments = orjson.loads(found.group(2))
+    except orjson.JSONDecodeError:
+        return None
+    return ScriptedCall(name, arguments) if isinstance(arguments, dict) else None
+
+
+def texts(content: Any) -> str:
+    """The text in a message's content, whichever of the usual shapes it has."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        if isinstance(content.get("text"), str):
+            return str(content["text"])
+        return " ".join(texts(v) for k, v in content.items() if k not in ("type", "id", "name"))
+    if isinstance(content, list):
+        return "\n".join(texts(part) for part in content)
+    return ""
+
+
+def sample_of(schema: dict[str, Any]) -> Any:
+    """A value that satisfies a (simple) JSON schema."""
+    kind = schema.get("type")
+    if "enum" in schema:
+        return schema["enum"][0]
+    if kind == "object" or "properties" in schema:
+        return {name: sample_of(sub) for name, sub in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [sample_of(schema.get("items") or {})]
+    if kind == "integer":
+        return 21
+    if kind == "number":
+        return 21.5
+    if kind == "boolean":
+        return True
+    return "Paris"
+
+
+def input_for(schema: Any, default: dict[str, Any]) -> dict[str, Any]:
+    """A forced tool's input: what its schema asks for (a structured-output tool gets a whole answer), or the
+    fake's usual input for a tool that describes no properties."""
+    if isinstance(schema, dict) and schema.get("properties"):
+        value = sample_of(schema)
+        if isinstance(value, dict):
+            return value
+    return default
+
+
+def text_for(schema: Any, default: str) -> str:
+    """A structured-output answer: JSON following the schema when it describes properties, else the fake's
+    usual text (which such a schema then rejects, as a model's off-schema answer would be)."""
+    value = input_for(schema, {})
+    return orjson.dumps(value).decode() if value else default

@@ -1,0 +1,81 @@
+"""The config of a gateway with a model on each provider type, in front of the fakes (see conftest.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# A model served by each provider type (deepseek: an OpenAI-compatible API; gpt and azure-gpt get the
+# Responses API natively, gpt-chat is OpenAI's Chat Completions translated).
+PROVIDER_MODELS = ["gpt", "azure-gpt", "gpt-chat", "claude", "gemini", "bedrock-claude", "deepseek"]
+NATIVE = {"gpt", "azure-gpt"}
+PRICE = {"input": 1, "output": 2}
+
+
+def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
+    return {
+        "gateway": {"timeouts": {"connect": 2, "first_byte": 5, "between_chunks": 5}},
+        "providers": {
+            # The fake stands for api.openai.com: its own /responses gets the Responses API's requests.
+            "openai": {
+                "type": "openai",
+                "api_key": "env:OPENAI_API_KEY",
+                "base_url": f"{upstream}/openai/v1",
+                "responses_api": "native",
+            },
+            "openai-keeps": {
+                "type": "openai",
+                "api_key": "env:OPENAI_API_KEY",
+                "base_url": f"{upstream}/openai/v1",
+                "responses_api": "native",
+                "responses_store": True,
+            },
+            "openai-chat": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream}/openai/v1"},
+            "anthropic": {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": f"{upstream}/anthropic"},
+            "gemini": {"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": f"{upstream}/gemini"},
+            "deepseek": {"type": "deepseek", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream}/openai/v1"},
+            "azure": {"type": "azure", "base_url": azure, "region": "eastus"},
+            "bedrock": {"type": "bedrock", "base_url": bedrock},
+        },
+        "models": {
+            "gpt": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": PRICE},
+            "azure-gpt": {"deployments": [{"provider": "azure", "model": "gpt-4o-prod"}], "price": PRICE},
+            "claude": {"deployments": [{"provider": "anthropic", "model": "claude-haiku-4-5"}], "price": PRICE},
+            "gemini": {"deployments": [{"provider": "gemini", "model": "gemini-2.5-flash"}], "price": PRICE},
+            "bedrock-claude": {
+                "deployments": [
+                    {
+                        "provider": "bedrock",
+                        "model": "us.anthropic.claude-3-5-haiku-20241022-v1:0",
+                        "region": "us-east-1",
+                    }
+                ],
+                "price": PRICE,
+            },
+            "deepseek": {"deployments": [{"provider": "deepseek", "model": "deepseek-chat"}], "price": PRICE},
+            "reasoner": {"deployments": [{"provider": "deepseek", "model": "deepseek-reasoner"}], "price": PRICE},
+            "gemini-thinker": {"deployments": [{"provider": "gemini", "model": "gemini-3-thinker"}], "price": PRICE},
+            "claude-thinker": {"deployments": [{"provider": "anthropic", "model": "claude-thinker"}], "price": PRICE},
+            "bedrock-thinker": {
+                "deployments": [
+                    {"provider": "bedrock", "model": "us.anthropic.claude-sonnet-4-thinker-v1:0", "region": "us-east-1"}
+                ],
+                "price": PRICE,
+            },
+            "cut": {"deployments": [{"provider": "openai-chat", "model": "stream-cut"}], "price": PRICE},
+            "native-cut": {"deployments": [{"provider": "openai", "model": "stream-cut"}], "price": PRICE},
+            "native-slow": {"deployments": [{"provider": "openai", "model": "slow-mini"}], "price": PRICE},
+            "gpt-chat": {"deployments": [{"provider": "openai-chat", "model": "gpt-4o-mini"}], "price": PRICE},
+            "gpt-keeps": {"deployments": [{"provider": "openai-keeps", "model": "gpt-4o-mini"}], "price": PRICE},
+            "gpt-reasoner": {"deployments": [{"provider": "openai", "model": "o4-reasoner"}], "price": PRICE},
+            "gpt-or-claude": {
+                "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
+                "fallbacks": ["claude"],
+                "price": PRICE,
+            },
+            "claude-or-gpt": {
+                "deployments": [{"provider": "anthropic", "model": "claude-haiku-4-5"}],
+                "fallbacks": ["gpt"],
+                "price": PRICE,
+            },
+        },
+    }

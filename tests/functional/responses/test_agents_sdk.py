@@ -1,0 +1,50 @@
+"""The OpenAI Agents SDK in its default mode (the Responses API) running an agent with a function tool
+through the gateway, on a model served by each provider type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.functional.conftest import Running
+from tests.functional.responses.fleet import PROVIDER_MODELS
+
+agents = pytest.importorskip("agents")
+
+
+@pytest.fixture(scope="module")
+def agent_key(fleet: Running) -> str:
+    return fleet.mint(name="agents")
+
+
+@pytest.mark.parametrize("model", PROVIDER_MODELS)
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_an_agent_calls_its_tool_and_answers(fleet: Running, agent_key: str, model: str, streamed: bool) -> None:
+    from openai import AsyncOpenAI
+
+    seen: list[str] = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        seen.append(city)
+        return f"18C and sunny in {city}"
+
+    client = AsyncOpenAI(base_url=f"{fleet.url}/v1", api_key=agent_key, max_retries=0)
+    async with client:
+        agent = agents.Agent(name="weather", instructions="Answer with the weather.", tools=[get_weather], model=model)
+        # The SDK's default provider (the Responses API), with the gateway's client; the fake upstream plays the
+        # model's part: the tool call the question scripts, then an answer quoting the tool's result.
+        config = agents.RunConfig(model_provider=agents.OpenAIProvider(openai_client=client), tracing_disabled=True)
+        question = 'Weather in Paris? CALL get_weather {"city": "Paris"}'
+        if streamed:
+            result: Any = agents.Runner.run_streamed(agent, question, run_config=config)
+            async for _ in result.stream_events():
+                pass
+        else:
+            result = await agents.Runner.run(agent, question, run_config=config)
+    assert seen == ["Paris"]
+    assert result.final_output == "DONE: 18C and sunny in Paris"
+    kinds = [item.type for item in result.new_items]
+    assert kinds[:2] == ["tool_call_item", "tool_call_output_item"] and kinds[-1] == "message_output_item"

@@ -1,0 +1,61 @@
+"""The real Codex CLI (`make clients` installs it in .tools/) through the gateway's /v1/responses.
+
+Codex runs `codex exec` with the gateway as a custom provider (`wire_api = "responses"`); the fake
+upstream behind each provider type scripts one shell tool call (Codex's `exec_command`) and, once it
+sees the command's output, a final answer quoting it (tests/fakes/script.py). The test checks that the
+command ran on this machine and that the answer came back through every layer.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.functional.conftest import Running
+from tests.functional.responses.fleet import PROVIDER_MODELS
+
+CODEX = Path(__file__).resolve().parents[3] / ".tools" / "node_modules" / ".bin" / "codex"
+pytestmark = pytest.mark.skipif(not CODEX.exists(), reason=f"the Codex CLI is not installed at {CODEX} (make clients)")
+
+
+def codex_exec(
+    running: Running, key: str, model: str, task: str, workdir: Path, home: Path
+) -> subprocess.CompletedProcess[str]:
+    provider = f'model_providers.gw={{name="gw", base_url="{running.url}/v1", env_key="GW_KEY", wire_api="responses"}}'
+    command = [
+        str(CODEX),
+        "exec",
+        "--skip-git-repo-check",
+        "--dangerously-bypass-approvals-and-sandbox",
+        "-c",
+        provider,
+        "-c",
+        "model_provider=gw",
+        "-m",
+        model,
+        task,
+    ]
+    environ = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "CODEX_HOME": str(home), "GW_KEY": key}
+    return subprocess.run(command, cwd=workdir, env=environ, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("model", PROVIDER_MODELS)
+def test_codex_runs_a_shell_command_and_answers(fleet: Running, model: str, tmp_path: Path) -> None:
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    token = secrets.token_hex(6)
+    (workdir / "note.txt").write_text(f"{token}\n")
+    call = orjson.dumps({"cmd": "echo hi > out.txt && cat note.txt"}).decode()
+    done = codex_exec(fleet, fleet.mint(name=f"codex-{model}"), model, f"CALL exec_command {call}", workdir, home)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (workdir / "out.txt").read_text().strip() == "hi"
+    assert f"DONE: {token}" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    if model in ("gpt", "gpt-chat"):  # what Codex asks for reaches OpenAI: its cache key, and nothing kept there
+        sent = fleet.fakes["openai"].state.requests[-1]["json"]
+        assert sent["prompt_cache_key"] and not sent.get("store")

@@ -1,0 +1,311 @@
+"""The official openai SDK against the gateway's /v1/responses, with each provider type behind it."""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from pydantic import BaseModel
+
+from adapters.providers.gemini.adapter import call_signature
+from tests.fakes import azure as azure_fake
+from tests.fakes.anthropic import TEXT as ANTHROPIC_TEXT
+from tests.fakes.anthropic import THINKING
+from tests.fakes.bedrock import THINKING as BEDROCK_THINKING
+from tests.fakes.gemini import CALL_SIGNATURE
+from tests.fakes.openai import REASONING, TEXT
+from tests.functional.conftest import FAKE_KEYS, Running, openai_client, serve_gateway
+from tests.functional.responses.fleet import NATIVE, PROVIDER_MODELS
+
+WEATHER: Any = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def dropped(headers: httpx.Headers) -> list[str]:
+    raw = headers.get("x-gateway-dropped-params", "")
+    return [urllib.parse.unquote(name) for name in raw.split(",") if name]
+
+
+# --- one request, each provider ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "text"), [("gpt-4o-mini", TEXT), ("claude-haiku-4-5", ANTHROPIC_TEXT)])
+def test_create_answers_a_response_with_usage_and_cost(running: Running, key: str, model: str, text: str) -> None:
+    raw = openai_client(running, key).responses.with_raw_response.create(
+        model=model, input="Hi", instructions="Be brief."
+    )
+    response = raw.parse()
+    assert response.object == "response" and response.id.startswith("resp_")
+    assert response.status == "completed" and response.output_text == text
+    assert response.usage is not None and response.usage.output_tokens == 7
+    assert response.usage.total_tokens == response.usage.input_tokens + 7
+    assert response.usage.input_tokens_details.cached_tokens == 0
+    assert response.usage.output_tokens_details.reasoning_tokens == 0
+    body = raw.http_response.json()
+    assert body["cost"]["output_tokens"] == 7
+    assert raw.headers["x-gateway-model"] and raw.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("model", PROVIDER_MODELS)
+def test_stream_events_assemble_the_final_response_in_the_sdk(fleet: Running, fleet_key: str, model: str) -> None:
+    with openai_client(fleet, fleet_key).responses.stream(model=model, input="Hi", instructions="Be brief.") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    expected = [
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ]
+    assert [k for k in kinds if k in expected] == expected
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text and final.output_text == text and final.status == "completed"
+    assert final.usage is not None and final.usage.output_tokens > 0
+
+
+@pytest.mark.parametrize("model", PROVIDER_MODELS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_function_tool_conversation(fleet: Running, fleet_key: str, model: str, stream: bool) -> None:
+    """function_call out, function_call_output back in, a text answer: over every provider type."""
+    sdk = openai_client(fleet, fleet_key)
+    question: Any = [{"role": "user", "content": "Weather in Paris?"}]
+    if stream:
+        with sdk.responses.stream(model=model, input=question, tools=[WEATHER], tool_choice="required") as events:
+            kinds = [e.type for e in events]
+            first = events.get_final_response()
+        assert "response.function_call_arguments.delta" in kinds
+        assert "response.function_call_arguments.done" in kinds
+    else:
+        first = sdk.responses.create(model=model, input=question, tools=[WEATHER], tool_choice="required", store=False)
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "get_weather" and calls[0].call_id
+    assert calls[0].arguments and '"city"' in calls[0].arguments
+    follow_up: Any = [
+        *question,
+        *[item.model_dump(exclude_none=True) for item in first.output],
+        {"type": "function_call_output", "call_id": calls[0].call_id, "output": "18C and sunny"},
+    ]
+    second = sdk.responses.create(model=model, input=follow_up, tools=[WEATHER], store=False)
+    assert second.status == "completed" and second.output_text
+    assert not [item for item in second.output if item.type == "function_call"]
+
+
+class Weather(BaseModel):
+    city: str
+    degrees: int
+
+
+@pytest.mark.parametrize("model", PROVIDER_MODELS)
+def test_parse_returns_the_pydantic_model(fleet: Running, fleet_key: str, model: str) -> None:
+    parsed = openai_client(fleet, fleet_key).responses.parse(model=model, input="Weather?", text_format=Weather)
+    assert parsed.output_parsed == Weather(city="Paris", degrees=21)
+
+
+def test_parse_sends_the_schema_to_providers_without_native_support(fleet: Running, fleet_key: str) -> None:
+    sdk = openai_client(fleet, fleet_key)
+    sdk.responses.create(
+        model="claude",
+        input="Weather?",
+        text={"format": {"type": "json_schema", "name": "weather", "schema": Weather.model_json_schema()}},
+    )
+    sent = fleet.fakes["anthropic"].state.requests[-1]["json"]
+    assert "degrees" in str(sent)
+
+
+# --- what cannot be honoured ---------------------------------------------------------------------
+
+HOSTED: Any = [
+    WEATHER,
+    {"type": "web_search", "external_web_access": True},
+    {"type": "namespace", "name": "agents", "description": "x", "tools": [WEATHER]},
+]
+
+
+@pytest.mark.parametrize("model", PROVIDER_MODELS)
+def test_hosted_tool_types_are_named_as_dropped(fleet: Running, fleet_key: str, model: str) -> None:
+    raw = openai_client(fleet, fleet_key).responses.with_raw_response.create(
+        model=model, input="Hi", tools=HOSTED, store=False, include=["message.output_text.logprobs"]
+    )
+    assert raw.parse().status == "completed"
+    if model in NATIVE:  # the provider's own Responses API takes them as they are
+        assert dropped(raw.headers) == []
+    else:
+        expected = {"tools[web_search]", "tools[namespace]", "include[message.output_text.logprobs]"}
+        assert expected <= set(dropped(raw.headers))
+
+
+def test_strict_mode_refuses_what_would_be_dropped(fleet: Running, fleet_key: str) -> None:
+    sdk = openai_client(fleet, fleet_key)
+    native = sdk.responses.create(model="gpt", input="Hi", tools=HOSTED, extra_headers={"x-gateway-strict": "true"})
+    assert native.status == "completed"  # nothing to drop on the provider's own API
+    sdk = openai_client(fleet, fleet_key)
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.responses.create(model="claude", input="Hi", tools=HOSTED, extra_headers={"x-gateway-strict": "true"})
+    error = caught.value.body
+    assert isinstance(error, dict) and "tools[web_search]" in error["message"]
+    assert caught.value.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "gpt", "input": [{"type": "function_call", "name": "f", "arguments": "{}"}]},
+        {"model": "gpt", "input": [{"role": "user", "content": [{"type": "input_audio"}]}]},
+        {"model": "gpt", "input": "Hi", "tool_choice": "sometimes", "tools": [WEATHER]},
+        {"model": "gpt", "input": []},
+        {"model": "gpt", "input": "Hi", "max_output_tokens": 0},
+    ],
+)
+def test_bad_input_is_a_400_in_openais_shape(fleet: Running, fleet_key: str, body: dict[str, Any]) -> None:
+    answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers={"authorization": f"Bearer {fleet_key}"})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_an_upstream_failure_mid_stream_ends_with_response_failed(fleet: Running, fleet_key: str) -> None:
+    headers = {"authorization": f"Bearer {fleet_key}"}
+    with httpx.stream(
+        "POST", f"{fleet.url}/v1/responses", json={"model": "cut", "input": "Hi", "stream": True}, headers=headers
+    ) as answer:
+        lines = [line for line in answer.iter_lines() if line.startswith("event: ")]
+    kinds = [line.removeprefix("event: ") for line in lines]
+    assert kinds[0] == "response.created" and kinds[-2:] == ["error", "response.failed"]
+    assert "response.completed" not in kinds
+
+
+# --- reasoning without server state ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("model", "reasoning_text"),
+    [
+        ("reasoner", REASONING),
+        ("claude-thinker", THINKING),
+        ("bedrock-thinker", BEDROCK_THINKING),
+    ],
+)
+def test_reasoning_goes_back_to_the_provider_sealed(
+    fleet: Running, fleet_key: str, stream: bool, model: str, reasoning_text: str
+) -> None:
+    """DeepSeek needs its reasoning back on a tool-calling turn, Claude (on Anthropic and on Bedrock) its
+    signed thinking (the fakes refuse the turn without them, as the APIs do). None is kept on the gateway."""
+    sdk = openai_client(fleet, fleet_key)
+    question: Any = [{"role": "user", "content": "Weather in Paris?"}]
+    settings: Any = {
+        "model": model,
+        "tools": [WEATHER],
+        "store": False,
+        "include": ["reasoning.encrypted_content"],
+        "reasoning": {"summary": "auto"},
+    }
+    if stream:
+        with sdk.responses.stream(input=question, tool_choice="required", **settings) as events:
+            kinds = [e.type for e in events]
+            first = events.get_final_response()
+        assert ("response.reasoning_summary_text.delta" in kinds) == bool(reasoning_text)
+    else:
+        first = sdk.responses.create(input=question, tool_choice="required", **settings)
+    reasoning = [item for item in first.output if item.type == "reasoning"]
+    assert len(reasoning) == 1 and "".join(part.text for part in reasoning[0].summary) == reasoning_text
+    sealed = reasoning[0].encrypted_content
+    assert sealed and (not reasoning_text or reasoning_text not in sealed)
+    call = next(item for item in first.output if item.type == "function_call")
+    back: Any = [
+        *question,
+        *[item.model_dump(exclude_none=True) for item in first.output],
+        {"type": "function_call_output", "call_id": call.call_id, "output": "18C"},
+    ]
+    assert sdk.responses.create(input=back, **settings).status == "completed"
+    if model == "reasoner":
+        sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
+        assistant = next(m for m in sent if m["role"] == "assistant")
+        assert assistant["reasoning_content"] == REASONING and assistant["tool_calls"][0]["id"] == call.call_id
+
+    at = next(i for i, item in enumerate(back) if item.get("type") == "reasoning")
+    back[at] = {**back[at], "summary": [], "encrypted_content": sealed[:-6] + "AAAAA="}  # altered: not trusted
+    raw = sdk.responses.with_raw_response.create(input=back, **{**settings, "model": "reasoner"})
+    assert "input[reasoning].encrypted_content" in dropped(raw.headers)
+    sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
+    assert "reasoning_content" not in next(m for m in sent if m["role"] == "assistant")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_geminis_thought_signatures_go_back_in_the_call_id(fleet: Running, fleet_key: str, stream: bool) -> None:
+    """Gemini 3 refuses a function call sent back without its thought signature: the signature rides in the
+    call's id (the one mechanism every front-end shares), so a client that echoes `call_id` sends it back."""
+    sdk = openai_client(fleet, fleet_key)
+    question: Any = [{"role": "user", "content": "Weather in Paris?"}]
+    settings: Any = {"model": "gemini-thinker", "tools": [WEATHER], "store": False}
+    if stream:
+        with sdk.responses.stream(input=question, tool_choice="required", **settings) as events:
+            first = events.get_final_response()
+    else:
+        first = sdk.responses.create(input=question, tool_choice="required", **settings)
+    call = next(item for item in first.output if item.type == "function_call")
+    assert call_signature(call.call_id) == CALL_SIGNATURE
+    back: Any = [
+        *question,
+        *[item.model_dump(exclude_none=True) for item in first.output],
+        {"type": "function_call_output", "call_id": call.call_id, "output": "18C"},
+    ]
+    assert sdk.responses.create(input=back, **settings).status == "completed"
+    contents = fleet.fakes["gemini"].state.requests[-1]["json"]["contents"]
+    parts = [part for content in contents for part in content["parts"] if "functionCall" in part]
+    assert parts and parts[0]["thoughtSignature"] == CALL_SIGNATURE
+
+
+def test_a_conversation_moving_to_another_provider_leaves_signed_thinking_behind(
+    fleet: Running, fleet_key: str
+) -> None:
+    sdk = openai_client(fleet, fleet_key)
+    question: Any = [{"role": "user", "content": "Weather in Paris?"}]
+    settings: Any = {"tools": [WEATHER], "store": False, "include": ["reasoning.encrypted_content"]}
+    first = sdk.responses.create(model="claude-thinker", input=question, tool_choice="required", **settings)
+    call = next(item for item in first.output if item.type == "function_call")
+    back: Any = [
+        *question,
+        *[item.model_dump(exclude_none=True) for item in first.output],
+        {"type": "function_call_output", "call_id": call.call_id, "output": "18C"},
+    ]
+    for model in ("gpt-chat", "deepseek"):
+        assert sdk.responses.create(model=model, input=back, **settings).status == "completed"
+        sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
+        assistant = next(m for m in sent if m["role"] == "assistant")
+        assert "thinking_blocks" not in assistant and assistant["tool_calls"][0]["id"] == call.call_id
+
+
+def test_another_gateway_process_on_the_same_store_opens_the_seal(fleet: Running, fleet_key: str) -> None:
+    """Without `responses_secret`, the seal's key lives in the store: a turn sealed by one process (a Lambda
+    instance) is opened by another."""
+    environ = {**FAKE_KEYS, "AZURE_OPENAI_API_KEY": azure_fake.API_KEY}
+    other, server = serve_gateway(fleet.gateway.config, fleet.store_url, fleet.upstream, fleet.fakes, environ)
+    try:
+        question: Any = [{"role": "user", "content": "Weather in Paris?"}]
+        settings: Any = {"model": "reasoner", "tools": [WEATHER], "store": False}
+        settings["include"] = ["reasoning.encrypted_content"]
+        first = openai_client(fleet, fleet_key).responses.create(input=question, tool_choice="required", **settings)
+        call = next(item for item in first.output if item.type == "function_call")
+        back: Any = [
+            *question,
+            *[item.model_dump(exclude_none=True) for item in first.output],
+            {"type": "function_call_output", "call_id": call.call_id, "output": "18C"},
+        ]
+        raw = openai_client(other, fleet_key).responses.with_raw_response.create(input=back, **settings)
+        assert "x-gateway-dropped-params" not in raw.headers
+        sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
+        assert next(m for m in sent if m["role"] == "assistant")["reasoning_content"] == REASONING
+    finally:
+        server.stop()

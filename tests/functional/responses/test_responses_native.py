@@ -1,0 +1,183 @@
+"""`/v1/responses` relayed to OpenAI's and Azure's own Responses API: the body as sent, the answer as given."""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.fakes.anthropic import TEXT as ANTHROPIC_TEXT
+from tests.fakes.openai import REASONING, TEXT
+from tests.fakes.openai_responses import ENCRYPTED
+from tests.functional.conftest import Running, openai_client
+
+WEB: Any = [{"type": "web_search"}, {"type": "function", "name": "f", "parameters": {"type": "object"}}]
+
+
+def sent(fleet: Running, fake: str = "openai") -> dict[str, Any]:
+    request: dict[str, Any] = fleet.fakes[fake].state.requests[-1]
+    assert request["path"].endswith("/responses")
+    body: dict[str, Any] = request["json"]
+    return body
+
+
+@pytest.mark.parametrize(
+    ("model", "fake", "upstream_model"), [("gpt", "openai", "gpt-4o-mini"), ("azure-gpt", "azure", "gpt-4o-prod")]
+)
+def test_the_body_goes_upstream_as_sent(
+    fleet: Running, fleet_key: str, model: str, fake: str, upstream_model: str
+) -> None:
+    raw = openai_client(fleet, fleet_key).responses.with_raw_response.create(
+        model=model,
+        input="Hi",
+        tools=WEB,
+        include=["web_search_call.action.sources"],
+        metadata={"team": "a"},
+        extra_body={"prompt_cache_retention": "24h"},
+    )
+    response = raw.parse()
+    assert response.output_text == TEXT and response.store is True  # kept by the gateway
+    body = sent(fleet, fake)
+    assert body["model"] == upstream_model and body["store"] is False  # never kept at the provider
+    assert body["tools"] == WEB and body["prompt_cache_retention"] == "24h" and body["metadata"] == {"team": "a"}
+    assert "x-gateway-dropped-params" not in raw.headers
+    assert raw.http_response.json()["cost"]["output_tokens"] == 7
+    assert raw.headers["x-gateway-provider"] == fake
+
+
+def test_the_operator_may_let_the_provider_keep_answers(fleet: Running, fleet_key: str) -> None:
+    sdk = openai_client(fleet, fleet_key)
+    sdk.responses.create(model="gpt-keeps", input="Hi")
+    assert sent(fleet).get("store", True) is True  # as the client sent it (absent: the API's default, true)
+    sdk.responses.create(model="gpt-keeps", input="Hi", store=False)
+    assert sent(fleet)["store"] is False
+
+
+def test_a_budgeted_key_caps_the_output(fleet: Running) -> None:
+    key = fleet.mint(name="budgeted", budget_usd=5.0)
+    openai_client(fleet, key).responses.create(model="gpt", input="Hi")
+    assert isinstance(sent(fleet)["max_output_tokens"], int)
+    openai_client(fleet, key).responses.create(model="gpt", input="Hi", max_output_tokens=50)
+    assert sent(fleet)["max_output_tokens"] == 50
+
+
+def test_previous_response_id_is_expanded_for_the_provider(fleet: Running, fleet_key: str) -> None:
+    sdk = openai_client(fleet, fleet_key)
+    first = sdk.responses.create(model="gpt", input="My name is Ada.")
+    second = sdk.responses.create(model="gpt", input="Name?", previous_response_id=first.id)
+    assert second.previous_response_id == first.id
+    body = sent(fleet)
+    assert "previous_response_id" not in body
+    assert [item.get("role") or item["type"] for item in body["input"]] == ["user", "assistant", "user"]
+    assert sdk.responses.retrieve(second.id).output_text == TEXT
+
+
+def test_reasoning_round_trips_with_the_providers_own_encryption(fleet: Running, fleet_key: str) -> None:
+    sdk = openai_client(fleet, fleet_key)
+    settings: Any = {"model": "gpt-reasoner", "store": False, "include": ["reasoning.encrypted_content"]}
+    first = sdk.responses.create(input="Hi", **settings)
+    reasoning = next(item for item in first.output if item.type == "reasoning")
+    assert reasoning.encrypted_content == ENCRYPTED and reasoning.summary[0].text == REASONING
+    assert first.usage is not None and first.usage.output_tokens_details.reasoning_tokens == 3
+    history: Any = [{"role": "user", "content": "Hi"}, *[i.model_dump(exclude_none=True) for i in first.output]]
+    sdk.responses.create(input=[*history, {"role": "user", "content": "More?"}], **settings)
+    assert sent(fleet)["input"][1]["encrypted_content"] == ENCRYPTED
+
+    # A turn another provider served carries the gateway's seal, which OpenAI cannot read: left out, and said.
+    deepseek = sdk.responses.create(input="Hi", **{**settings, "model": "reasoner"})
+    history = [{"role": "user", "content": "Hi"}, *[i.model_dump(exclude_none=True) for i in deepseek.output]]
+    raw = sdk.responses.with_raw_response.create(input=[*history, {"role": "user", "content": "More?"}], **settings)
+    assert raw.parse().status == "completed"
+    assert [i.get("type") for i in sent(fleet)["input"]] == ["message", "message", "message"] or all(
+        i.get("type") != "reasoning" for i in sent(fleet)["input"]
+    )
+    names = urllib.parse.unquote(raw.headers["x-gateway-dropped-params"]).split(",")
+    assert names == ["input[reasoning].encrypted_content"]
+    with pytest.raises(openai.BadRequestError):  # strict: refused rather than left out
+        sdk.responses.create(
+            input=[*history, {"role": "user", "content": "More?"}],
+            extra_headers={"x-gateway-strict": "true"},
+            **settings,
+        )
+
+
+def test_the_stream_is_relayed_and_metered(fleet: Running, fleet_key: str) -> None:
+    with openai_client(fleet, fleet_key).responses.stream(model="azure-gpt", input="Hi") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert final.output_text == TEXT and final.usage is not None and final.usage.output_tokens == 7
+    completed = events[-1]
+    assert completed.type == "response.completed"
+    assert (completed.response.model_extra or {})["cost"]["output_tokens"] == 7
+    assert openai_client(fleet, fleet_key).responses.retrieve(final.id).output_text == TEXT
+
+
+def test_a_stream_cut_short_ends_with_response_failed(fleet: Running, fleet_key: str) -> None:
+    body = {"model": "native-cut", "input": "Hi", "stream": True}
+    with httpx.stream(
+        "POST", f"{fleet.url}/v1/responses", json=body, headers={"authorization": f"Bearer {fleet_key}"}
+    ) as answer:
+        kinds = [line.removeprefix("event: ") for line in answer.iter_lines() if line.startswith("event: ")]
+    assert kinds[0] == "response.created" and kinds[-2:] == ["error", "response.failed"]
+
+
+def test_a_passed_through_stream_cut_short_is_charged_its_prompt_and_relayed_text(fleet: Running) -> None:
+    key = fleet.mint(name="cut", budget_usd=1.0)
+    body = {"model": "native-cut", "input": "Hi", "stream": True}
+    with httpx.stream("POST", f"{fleet.url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"}) as a:
+        b"".join(a.iter_bytes())
+    [line] = fleet.ledger(key)
+    assert line.cost_source == "estimate" and line.input_tokens > 0 and line.output_tokens > 0
+    assert (line.cost_usd or 0) > 0
+
+
+def test_a_passed_through_request_cut_in_flight_is_charged_the_reserved_worst_case(fleet: Running) -> None:
+    key = fleet.mint(name="deadline", budget_usd=1.0)
+    headers = {"authorization": f"Bearer {key}", "x-gateway-deadline-ms": "300"}
+    cut = httpx.post(f"{fleet.url}/v1/responses", json={"model": "native-slow", "input": "Hi"}, headers=headers)
+    assert cut.status_code == 504
+    [line] = fleet.ledger(key)
+    assert line.cost_source == "reserved" and line.status == 504 and (line.cost_usd or 0) > 0
+
+
+def test_a_passed_through_answer_is_charged_the_providers_usage(fleet: Running) -> None:
+    key = fleet.mint(name="answered", budget_usd=1.0)
+    answer = httpx.post(
+        f"{fleet.url}/v1/responses", json={"model": "gpt", "input": "Hi"}, headers={"authorization": f"Bearer {key}"}
+    )
+    assert answer.status_code == 200
+    provider = answer.json()["usage"]
+    [line] = fleet.ledger(key)
+    assert line.cost_source == "provider" and line.status == 200
+    assert (line.input_tokens, line.output_tokens) == (provider["input_tokens"], provider["output_tokens"])
+
+
+def test_a_mixed_plan_passes_through_on_a_deployment_that_serves_the_api(fleet: Running, fleet_key: str) -> None:
+    raw = openai_client(fleet, fleet_key).responses.with_raw_response.create(
+        model="gpt-or-claude", input="Hi", tools=WEB
+    )
+    assert raw.parse().output_text == TEXT
+    sent = fleet.fakes["openai"].state.requests[-1]
+    assert sent["path"].endswith("/responses") and sent["json"]["tools"] == WEB
+    assert "x-gateway-dropped-params" not in raw.headers
+
+
+def test_a_mixed_plan_is_translated_for_a_deployment_of_another_type(fleet: Running, fleet_key: str) -> None:
+    raw = openai_client(fleet, fleet_key).responses.with_raw_response.create(
+        model="claude-or-gpt", input="Hi", tools=WEB
+    )
+    assert raw.parse().output_text == ANTHROPIC_TEXT
+    assert fleet.fakes["anthropic"].state.requests[-1]["path"].endswith("/v1/messages")
+    assert "tools%5Bweb_search%5D" in raw.headers["x-gateway-dropped-params"]
+
+
+def test_provider_errors_come_back_in_openais_shape(fleet: Running, fleet_key: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        openai_client(fleet, fleet_key).responses.create(
+            model="gpt", input=[{"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "forged"}]
+        )
+    assert isinstance(caught.value.body, dict) and "could not be verified" in caught.value.body["message"]

@@ -1,0 +1,108 @@
+"""Stored responses: `store`, `previous_response_id`, `GET` and `DELETE /v1/responses/{id}`, on each store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from handler.ports import StoredResponse, StoreError
+from tests.fakes.openai import TEXT
+from tests.functional.conftest import Running, openai_client
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def child_of(running: Running, parent: str) -> str:
+    answer = httpx.post(f"{running.url}/v1/keys", json={"name": "child"}, headers=bearer(parent))
+    assert answer.status_code in (200, 201), answer.text
+    key: str = answer.json()["key"]
+    return key
+
+
+def test_a_stored_response_is_read_continued_and_deleted(on_each_store: Running) -> None:
+    running = on_each_store
+    key = running.mint(name="store")
+    sdk = openai_client(running, key)
+    first = sdk.responses.create(model="gpt-4o-mini", input="My name is Ada.", metadata={"topic": "names"})
+    again = sdk.responses.retrieve(first.id)
+    assert again.id == first.id and again.output_text == TEXT and again.metadata == {"topic": "names"}
+    assert again.usage is not None and again.usage.output_tokens == 7
+
+    second = sdk.responses.create(model="gpt-4o-mini", input="What is my name?", previous_response_id=first.id)
+    assert second.previous_response_id == first.id
+    sent = running.fakes["openai"].state.requests[-1]["json"]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    assert sent[0]["content"] == "My name is Ada." and sent[1]["content"] == TEXT
+    items = sdk.responses.input_items.list(second.id, order="asc")
+    assert [item.type for item in items.data] == ["message", "message", "message"]
+
+    deleted = httpx.delete(f"{running.url}/v1/responses/{first.id}", headers=bearer(key))
+    assert deleted.status_code == 200 and deleted.json() == {"id": first.id, "object": "response", "deleted": True}
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(first.id)
+    with pytest.raises(openai.NotFoundError) as caught:
+        sdk.responses.create(model="gpt-4o-mini", input="And now?", previous_response_id=first.id)
+    assert isinstance(caught.value.body, dict) and caught.value.body["param"] == "previous_response_id"
+
+
+def test_only_the_maker_and_its_ancestors_see_a_response(on_each_store: Running) -> None:
+    running = on_each_store
+    parent = running.mint(name="parent")
+    child = child_of(running, parent)
+    stranger = running.mint(name="stranger")
+    made = openai_client(running, child).responses.create(model="gpt-4o-mini", input="Hi")
+    url = f"{running.url}/v1/responses/{made.id}"
+    assert httpx.get(url, headers=bearer(parent)).json()["id"] == made.id
+    for outsider in (stranger, child_of(running, child)):  # another key, and the maker's own child
+        answer = httpx.get(url, headers=bearer(outsider))
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "not_found"
+        assert httpx.delete(url, headers=bearer(outsider)).status_code == 404
+        continued: Any = {"model": "gpt-4o-mini", "input": "Hi", "previous_response_id": made.id}
+        assert httpx.post(f"{running.url}/v1/responses", json=continued, headers=bearer(outsider)).status_code == 404
+    assert httpx.get(url, headers=bearer(child)).status_code == 200
+
+
+def test_store_false_keeps_nothing(on_each_store: Running) -> None:
+    running = on_each_store
+    key = running.mint(name="nostore")
+    sdk = openai_client(running, key)
+    made = sdk.responses.create(model="gpt-4o-mini", input="Hi", store=False)
+    assert made.store is False
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(made.id)
+
+
+def test_a_streamed_response_is_stored_before_it_completes(on_each_store: Running) -> None:
+    running = on_each_store
+    sdk = openai_client(running, running.mint(name="streamstore"))
+    with sdk.responses.stream(model="gpt-4o-mini", input="Hi") as stream:
+        final = stream.get_final_response()
+    assert sdk.responses.retrieve(final.id).output_text == TEXT
+
+
+def test_unknown_ids_are_404(running: Running, key: str) -> None:
+    for response_id in ("resp_nothing", "not-a-response-id"):
+        answer = httpx.get(f"{running.url}/v1/responses/{response_id}", headers=bearer(key))
+        assert answer.status_code == 404
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_response_the_store_cannot_keep_is_still_answered(
+    fleet: Running, fleet_key: str, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    async def failing(stored: StoredResponse) -> None:
+        raise StoreError("the response is too large to keep")
+
+    monkeypatch.setattr(fleet.gateway.store, "put_response", failing)
+    sdk = openai_client(fleet, fleet_key)
+    if stream:
+        with sdk.responses.stream(model="claude", input="Hi") as events:
+            response = events.get_final_response()
+    else:
+        response = sdk.responses.create(model="claude", input="Hi")
+    assert response.status == "completed" and response.output_text and response.store is False

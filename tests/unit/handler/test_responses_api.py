@@ -1,0 +1,100 @@
+"""The Responses front-end's translation of input items into the internal request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from handler.errors import InvalidRequestError
+from handler.responses_api import ReasoningSeal, ResponsesRequest, to_chat_request
+
+SEAL = ReasoningSeal(b"unit")
+
+
+def translate(items: list[dict[str, Any]], **fields: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    req, dropped = to_chat_request(ResponsesRequest.model_validate({"model": "m", "input": items, **fields}), [], SEAL)
+    return [m.model_dump(exclude_none=True) for m in req.messages], dropped
+
+
+def block(text: str) -> dict[str, Any]:
+    return {"type": "thinking", "thinking": text, "signature": f"sig-{text}"}
+
+
+def test_a_turn_that_thinks_between_its_calls_keeps_every_signed_block() -> None:
+    first = SEAL.seal({"text": "a", "fields": {"thinking_blocks": [block("a")]}})
+    second = SEAL.seal({"text": "b", "fields": {"thinking_blocks": [block("b")]}})
+    messages, dropped = translate(
+        [
+            {"role": "user", "content": "go"},
+            {"type": "reasoning", "summary": [], "encrypted_content": first},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "reasoning", "summary": [], "encrypted_content": second},
+            {"type": "function_call", "call_id": "c2", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "1"},
+            {"type": "function_call_output", "call_id": "c2", "output": "2"},
+        ]
+    )
+    assert dropped == []
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool"]
+    assistant = messages[1]
+    assert assistant["thinking_blocks"] == [block("a"), block("b")] and assistant["reasoning_content"] == "ab"
+    assert [c["id"] for c in assistant["tool_calls"]] == ["c1", "c2"]
+
+
+def test_assistant_text_after_a_turns_calls_starts_the_next_turn() -> None:
+    messages, _ = translate(
+        [
+            {"role": "user", "content": "go"},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "done"}]},
+            {"role": "developer", "content": "be brief"},
+        ],
+        instructions="sys",
+    )
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "assistant", "system"]
+    assert messages[3]["content"] == "done"
+
+
+def test_a_seal_from_another_key_is_not_trusted() -> None:
+    foreign = ReasoningSeal(b"other").seal({"text": "secret plan", "fields": {"thinking_blocks": [block("x")]}})
+    messages, dropped = translate(
+        [
+            {"role": "user", "content": "go"},
+            {
+                "type": "reasoning",
+                "summary": [{"type": "summary_text", "text": "summary"}],
+                "encrypted_content": foreign,
+            },
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        ]
+    )
+    assert dropped == ["input[reasoning].encrypted_content"]
+    assert "thinking_blocks" not in messages[1] and messages[1]["reasoning_content"] == "summary"
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [{"type": "function_call", "name": "f"}],
+        [{"role": "user", "content": [{"type": "input_image", "file_id": "file_1"}]}],
+        [{"role": "system", "content": "only instructions"}],
+    ],
+)
+def test_what_cannot_be_sent_is_a_clear_400(items: list[dict[str, Any]]) -> None:
+    with pytest.raises(InvalidRequestError):
+        translate(items)
+
+
+@pytest.mark.parametrize(
+    "field", [{"conversation": "conv_1"}, {"prompt": {"id": "pmpt_1"}}, {"background": True}], ids=str
+)
+def test_state_kept_at_openai_is_refused_not_dropped(field: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequestError) as refused:
+        translate([{"role": "user", "content": "Hi"}], **field)
+    assert refused.value.param == next(iter(field))
+
+
+def test_background_false_is_what_the_gateway_does_anyway() -> None:
+    messages, dropped = translate([{"role": "user", "content": "Hi"}], background=False)
+    assert messages == [{"role": "user", "content": "Hi"}] and dropped == []
