@@ -57,6 +57,10 @@ class GatewayError(Exception):
         self.code = code or self.default_code
         self.param = param
         self.headers = headers or {}
+        self._retry_policy(retry)
+
+    def _retry_policy(self, retry: bool | None) -> None:
+        """Settle `should_retry` (and what goes with it); `retry` is the raiser's own word, if it gave one."""
         if retry is not None:
             self.should_retry = retry
 
@@ -225,16 +229,7 @@ class ServiceUnavailableError(GatewayError):
     anthropic_type = "api_error"
     RETRY_AFTER: ClassVar[dict[str, str]] = {"store_unavailable": "1", "no_deployment_available": "5"}
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-        retry: bool | None = None,
-    ) -> None:
-        super().__init__(message, code=code, param=param, headers=headers)
+    def _retry_policy(self, retry: bool | None) -> None:
         wait = self.RETRY_AFTER.get(self.code)
         self.should_retry = retry if retry is not None else wait is not None
         if self.should_retry and wait is not None:
