@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from handler import prometheus
 from handler.dashboard import dashboard_routes
 from handler.errors import (
     GatewayError,
@@ -199,6 +200,12 @@ class Api:
             if key.admin:
                 body["pending_settlements"] = self.gateway.spool.count()
         return json_response(body)
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus' text format, for an admin key (`handler/prometheus.py`)."""
+        key = await self.authenticate(request)
+        self.gateway.keys.require_admin(key)
+        return Response(prometheus.REGISTRY.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def models(self, request: Request) -> Response:
         anthropic = "anthropic-version" in request.headers
@@ -437,6 +444,7 @@ def with_request_id(send: Any, request_id: str) -> Any:
 
 def create_app(gateway: Gateway) -> GatewayApp:
     """The ASGI app for one gateway; build the gateway once per process and pass it in."""
+    prometheus.configure(gateway.config.models, gateway.config.providers)
     api = Api(gateway)
     keys = KeyRoutes(api)
     anthropic = MessagesRoutes(api)
@@ -470,6 +478,7 @@ def create_app(gateway: Gateway) -> GatewayApp:
 
     routes = [
         Route("/health", api.health, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/v1/route", api.route, methods=["GET"]),

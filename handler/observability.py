@@ -24,6 +24,8 @@ import orjson
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
+from handler import prometheus
+
 if TYPE_CHECKING:
     from handler.proxy import Exchange
 
@@ -128,6 +130,18 @@ def observe(ex: Exchange, status: int, *, stream: bool = False, code: str | None
     if code:
         fields["error_code"] = code
     request_line(fields, "observe")
+    prometheus.REGISTRY.record(
+        model=ex.model,
+        provider=fields["provider"],
+        region=fields["region"],
+        status=status,
+        code=code,
+        seconds=total / 1000,
+        added_seconds=fields["gateway_ms"] / 1000,
+        input_tokens=cost.usage.prompt_tokens if cost else 0,
+        output_tokens=cost.usage.completion_tokens if cost else 0,
+        cost_usd=cost.total_usd if cost else None,
+    )
     if not METRICS_ON:
         return
     metrics.add_dimension("provider", target.provider if target else "none")
@@ -155,3 +169,4 @@ def pending_settlements(count: int) -> None:
 def observe_failure(request_id: str | None, path: str, status: int, code: str) -> None:
     """A request that failed before it had an exchange (bad key, bad JSON, ...)."""
     request_line({"request_id": request_id, "path": path, "status": status, "error_code": code}, "observe_failure")
+    prometheus.REGISTRY.failure(status, code)

@@ -216,6 +216,18 @@ def openapi_document() -> dict[str, Any]:
                 },
             }
         },
+        "/metrics": {
+            "get": {
+                "summary": "Request metrics in Prometheus' text format (admin key)",
+                "responses": {
+                    "200": {
+                        "description": "counters and histograms by model, provider and region",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors({s: AUTH_ERRORS[s] for s in ("401", "403", "503")}, OPENAI_ERROR),
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "summary": "This document; no auth",

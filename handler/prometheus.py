@@ -1,0 +1,162 @@
+"""`GET /metrics`: the process's request figures in Prometheus' text format (version 0.0.4).
+
+Counters and histograms live in this process (each `gateway serve` worker has its own, as Prometheus expects
+of a multi-process target scraped per process; on Lambda the same figures go out as CloudWatch EMF). Label
+values are bounded: a model or provider the config does not name, and any label set past `MAX_SERIES` per
+metric, are counted under `other`, so a client cannot grow the series without limit.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+MAX_SERIES = 2000
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+OTHER = "other"
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Cumulative buckets, sum and count of one label set."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        index = bisect.bisect_left(LATENCY_BUCKETS, value)
+        if index < len(self.counts):
+            self.counts[index] += 1
+        self.total += value
+        self.count += 1
+
+
+@dataclass(slots=True)
+class Family:
+    """One metric: its help text, its type and its series by label set."""
+
+    name: str
+    kind: str  # "counter" or "histogram"
+    help: str
+    counters: dict[Labels, float] = field(default_factory=dict)
+    histograms: dict[Labels, Histogram] = field(default_factory=dict)
+
+    def _bounded(self, labels: Labels, series: int) -> Labels:
+        if series < MAX_SERIES:
+            return labels
+        return tuple((name, OTHER) for name, _ in labels)
+
+    def add(self, labels: Labels, amount: float = 1.0) -> None:
+        if labels not in self.counters:
+            labels = self._bounded(labels, len(self.counters))
+        self.counters[labels] = self.counters.get(labels, 0.0) + amount
+
+    def observe(self, labels: Labels, value: float) -> None:
+        histogram = self.histograms.get(labels)
+        if histogram is None:
+            labels = self._bounded(labels, len(self.histograms))
+            histogram = self.histograms.setdefault(labels, Histogram())
+        histogram.observe(value)
+
+    def lines(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} {self.kind}"
+        for labels, value in sorted(self.counters.items()):
+            yield f"{self.name}{_labels(labels)} {_number(value)}"
+        for labels, histogram in sorted(self.histograms.items()):
+            running = 0
+            for bound, count in zip(LATENCY_BUCKETS, histogram.counts, strict=True):
+                running += count
+                yield f"{self.name}_bucket{_labels((*labels, ('le', repr(bound))))} {running}"
+            yield f"{self.name}_bucket{_labels((*labels, ('le', '+Inf')))} {histogram.count}"
+            yield f"{self.name}_sum{_labels(labels)} {_number(histogram.total)}"
+            yield f"{self.name}_count{_labels(labels)} {histogram.count}"
+
+
+def _labels(labels: Labels) -> str:
+    if not labels:
+        return ""
+    escaped = (
+        f'{name}="{value.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34)).replace(chr(10), " ")}"'
+        for name, value in labels
+    )
+    return "{" + ",".join(escaped) + "}"
+
+
+def _number(value: float) -> str:
+    return repr(float(value)) if value != int(value) else str(int(value))
+
+
+class Registry:
+    """The gateway's request metrics, by model, provider and region (and error code)."""
+
+    def __init__(self, models: Iterable[str] = (), providers: Iterable[str] = ()) -> None:
+        self.models = set(models)
+        self.providers = set(providers)
+        self.requests = Family("gateway_requests_total", "counter", "Requests answered, by status.")
+        self.errors = Family("gateway_errors_total", "counter", "Error answers, by code.")
+        self.tokens = Family("gateway_tokens_total", "counter", "Tokens billed, by direction (input, output).")
+        self.cost = Family("gateway_cost_usd_total", "counter", "USD charged: the providers' cost plus the fee.")
+        self.duration = Family("gateway_request_duration_seconds", "histogram", "Whole request time.")
+        self.added = Family(
+            "gateway_added_latency_seconds", "histogram", "The gateway's own time: total less store and upstream."
+        )
+
+    def families(self) -> list[Family]:
+        return [self.requests, self.errors, self.tokens, self.cost, self.duration, self.added]
+
+    def _where(self, model: str | None, provider: str | None, region: str | None) -> Labels:
+        return (
+            ("model", model if model in self.models else OTHER),
+            ("provider", provider if provider in self.providers else ("none" if provider is None else OTHER)),
+            ("region", region or "none"),
+        )
+
+    def record(
+        self,
+        *,
+        model: str | None,
+        provider: str | None,
+        region: str | None,
+        status: int,
+        code: str | None,
+        seconds: float,
+        added_seconds: float,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_usd: float | None = None,
+    ) -> None:
+        """One answered request."""
+        where = self._where(model, provider, region)
+        self.requests.add((*where, ("status", str(status))))
+        if code is not None:
+            self.errors.add((("code", code), ("status", str(status))))
+        if input_tokens:
+            self.tokens.add((*where, ("direction", "input")), input_tokens)
+        if output_tokens:
+            self.tokens.add((*where, ("direction", "output")), output_tokens)
+        if cost_usd:
+            self.cost.add(where, cost_usd)
+        self.duration.observe(where, seconds)
+        self.added.observe(where, added_seconds)
+
+    def failure(self, status: int, code: str) -> None:
+        """A request refused before it had a model (bad key, bad JSON, ...)."""
+        self.requests.add((*self._where(None, None, None), ("status", str(status))))
+        self.errors.add((("code", code), ("status", str(status))))
+
+    def render(self) -> bytes:
+        return ("\n".join(line for family in self.families() for line in family.lines()) + "\n").encode()
+
+
+REGISTRY = Registry()
+
+
+def configure(models: Iterable[str], providers: Iterable[str]) -> None:
+    """Name the label values that may appear (the config's models and provider instances)."""
+    REGISTRY.models = set(models)
+    REGISTRY.providers = set(providers)
