@@ -6,6 +6,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -335,7 +336,7 @@ NO_CONTROLS = Controls()
 
 
 def parse_controls(request: Request) -> Controls:
-    if not any(name.startswith(b"x-gateway-") for name, _ in request.scope["headers"]):
+    if not any(name.startswith(b"x-gateway-") or name in SESSION_HEADERS for name, _ in request.scope["headers"]):
         # Most requests set no control: one pass over the raw names instead of seven header lookups.
         left = lambda_time_left_s(request)
         return NO_CONTROLS if left is None else Controls(deadline_s=left)
@@ -360,7 +361,43 @@ def parse_controls(request: Request) -> Controls:
         max_cost_usd=max_cost,
         strict=headers.get("x-gateway-strict", "").strip().lower() == "true",
         enforce_schema=headers.get("x-gateway-enforce-schema", "").strip().lower() == "true",
+        tags=parse_tags(headers.get("x-gateway-tags")),
+        session=session_of(request),
     )
+
+
+# The agent session a client names: Claude Code's header, Codex's, and a generic one.
+SESSION_HEADERS = (b"x-claude-code-session-id", b"session-id", b"x-session-id")
+TAG = re.compile(r"[A-Za-z0-9_.:/@+-]{1,128}")
+MAX_TAGS = 16
+
+
+def parse_tags(raw: str | None) -> dict[str, str]:
+    """`x-gateway-tags: team=search,feature=autocomplete`: at most 16 pairs of plain words (letters, digits and
+    `_.:/@+-`, up to 128 each), so a tag can never break a log line, a CSV row or a header; else a 400."""
+    if raw is None or not raw.strip():
+        return {}
+    tags: dict[str, str] = {}
+    for pair in raw.split(","):
+        name, sep, value = (part.strip() for part in pair.partition("="))
+        if not sep or not TAG.fullmatch(name) or not TAG.fullmatch(value):
+            raise InvalidRequestError(
+                "x-gateway-tags takes name=value pairs separated by commas; names and values are up to 128 "
+                "letters, digits or _.:/@+-",
+                param="x-gateway-tags",
+            )
+        tags[name] = value
+    if len(tags) > MAX_TAGS:
+        raise InvalidRequestError(f"x-gateway-tags takes at most {MAX_TAGS} tags", param="x-gateway-tags")
+    return tags
+
+
+def session_of(request: Request) -> str | None:
+    for name in SESSION_HEADERS:
+        value = request.headers.get(name.decode())
+        if value and TAG.fullmatch(value.strip()):
+            return value.strip()
+    return None
 
 
 def _number(raw: str | None, name: str, *, positive: bool) -> float | None:

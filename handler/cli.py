@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--key", help="one key id (its children included)")
     usage.add_argument("--since", help="YYYY-MM-DD, ISO time or epoch seconds (default: 30 days ago)")
     usage.add_argument("--until", help="YYYY-MM-DD, ISO time or epoch seconds (default: now)")
-    usage.add_argument("--group-by", help="any of key,model,day")
+    usage.add_argument("--group-by", help="any of key,model,day,user,session,tag:NAME")
     usage.add_argument("--format", choices=["table", "csv", "json"], default="table")
     usage.set_defaults(func=cmd_usage)
 

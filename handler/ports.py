@@ -483,6 +483,11 @@ class LedgerItem:
     upstream_ms: float = 0.0
     route: str = ""
     cost_source: str = "provider"
+    # Attribution: the client's `x-gateway-tags`, its end user (`user`, `metadata.user_id`, `safety_identifier`)
+    # and the agent session it named (Claude Code's `x-claude-code-session-id`, Codex's `session-id`).
+    tags: dict[str, str] = field(default_factory=dict)
+    user: str | None = None
+    session: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,6 +71,7 @@ from handler.usage import usd
 
 T = TypeVar("T")
 log = logging.getLogger("gateway")
+MAX_USER_CHARS = 256
 # Upstream statuses that mean the client's request itself is wrong: answered as 400, not 502.
 CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
 
@@ -84,6 +85,8 @@ class Controls:
     max_cost_usd: float | None = None
     strict: bool = False
     enforce_schema: bool = False
+    tags: dict[str, str] = field(default_factory=dict)
+    session: str | None = None
 
 
 @dataclass(slots=True)
@@ -113,6 +116,7 @@ class Exchange:
     # The last attempt the provider answered with an error (the request reached it; nothing to bill).
     answered: tuple[Attempt, int] | None = None
     prompt: PromptEstimate | None = None
+    user: str | None = None  # the end user the client named, for attribution
     price_multiplier: float = 1.0  # a service tier's
     per_request_usd: float = 0.0  # options billed per request (web search)
 
@@ -348,6 +352,9 @@ class Pipeline:
         return plan
 
     async def _admit(self, ex: Exchange, plan: list[Attempt], req: ChatRequest) -> None:
+        who = req.user or (req.model_extra or {}).get("safety_identifier")
+        if isinstance(who, str) and who and ex.user is None:
+            ex.user = who[:MAX_USER_CHARS]
         self._price_options(ex, req)
         ex.prompt = prompt_estimate(req)
         limit = req.output_limit()
@@ -602,6 +609,9 @@ class Pipeline:
                 upstream_ms=ex.upstream_ms,
                 route=", ".join(ex.route),
                 cost_source=source,
+                tags=ex.controls.tags,
+                user=ex.user,
+                session=ex.controls.session,
             )
         settlement = self.meter.settlement(reservation, actual, tokens, item)
         if background:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -59,14 +60,36 @@ def parse_when(text: str | None, default: float, name: str) -> float:
     return moment.timestamp()
 
 
+ATTRIBUTION = ("user", "session")
+TAG_GROUP = re.compile(r"tag:[A-Za-z0-9_.:/@+-]{1,128}")
+
+
 def parse_group_by(text: str | None) -> list[str]:
+    """`key`, `model`, `day`, `user`, `session` and `tag:NAME` (the value of one `x-gateway-tags` name)."""
     if not text:
         return []
     groups = [g.strip() for g in text.split(",") if g.strip()]
-    unknown = [g for g in groups if g not in GROUPS]
+    unknown = [g for g in groups if g not in GROUPS and g not in ATTRIBUTION and not TAG_GROUP.fullmatch(g)]
     if unknown:
-        raise InvalidRequestError(f"group_by takes key, model and day, not {', '.join(unknown)}", param="group_by")
+        raise InvalidRequestError(
+            f"group_by takes key, model, day, user, session and tag:NAME, not {', '.join(unknown)}", param="group_by"
+        )
     return list(dict.fromkeys(groups))
+
+
+def group_value(item: LedgerItem, group: str) -> str:
+    """The line's value for one `group_by` entry ("" where the line has none)."""
+    if group == "key":
+        return item.key_id
+    if group == "model":
+        return item.model
+    if group == "day":
+        return day_of(item.ts)
+    if group == "user":
+        return item.user or ""
+    if group == "session":
+        return item.session or ""
+    return item.tags.get(group[4:], "")
 
 
 def window(since: str | None, until: str | None) -> tuple[float, float]:
@@ -93,11 +116,10 @@ def aggregate(
     carries the key's name (`names`, by id) beside its id."""
     rows: dict[tuple[str, ...], dict[str, Any]] = {}
     for item in items:
-        values = {"key": item.key_id, "model": item.model, "day": day_of(item.ts)}
-        group = tuple(values[g] for g in group_by)
+        group = tuple(group_value(item, g) for g in group_by)
         row = rows.get(group)
         if row is None:
-            row = {g: values[g] for g in group_by}
+            row = dict(zip(group_by, group, strict=True))
             if "key" in group_by and names is not None:
                 row["key_name"] = names.get(item.key_id, "")
             row.update(

@@ -314,3 +314,39 @@ def test_the_gateways_own_key_is_never_used_as_a_provider_key(
         assert all(own not in str(r["headers"]) for r in fakes["openai"].state.requests[since:])
     finally:
         gateway_server.stop()
+
+
+# --- attribution -------------------------------------------------------------------------------------
+
+
+def test_each_line_carries_its_tags_user_and_session_and_reports_group_by_them(gw: Running) -> None:
+    key = gw.mint()
+    headers = {"x-gateway-tags": "team=search, feature=autocomplete", "x-claude-code-session-id": "sess-1"}
+    body = {"model": "gpt-test", "messages": HI, "user": "u-42"}
+    assert post(gw, "/v1/chat/completions", key, body, **headers).status_code == 200
+    messages = {"model": "gpt-test", "max_tokens": 20, "messages": HI, "metadata": {"user_id": "u-7"}}
+    assert post(gw, "/v1/messages", key, messages, **{"x-gateway-tags": "team=ads", "session-id": "codex-9"}).is_success
+    lines = ledger(gw, key)
+    while len(lines) < 2:
+        lines = ledger(gw, key)
+    attributed = sorted((sorted(line.tags.items()), line.user, line.session) for line in lines)
+    assert attributed == [
+        ([("feature", "autocomplete"), ("team", "search")], "u-42", "sess-1"),
+        ([("team", "ads")], "u-7", "codex-9"),
+    ]
+    report = httpx.get(f"{gw.url}/v1/usage", params={"group_by": "tag:team,user,session"}, headers=auth(key)).json()
+    assert sorted((r["tag:team"], r["user"], r["session"], r["requests"]) for r in report["data"]) == [
+        ("ads", "u-7", "codex-9", 1),
+        ("search", "u-42", "sess-1", 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    "tags", ["team", "team=a b", "team=x\r\ninjected: 1", "=x", ",".join(f"t{i}=v" for i in range(17))]
+)
+def test_malformed_tags_are_a_400(gw: Running, tags: str) -> None:
+    try:
+        answer = chat(gw, gw.mint(), **{"x-gateway-tags": tags})
+    except httpx.LocalProtocolError:
+        return  # a header with CR/LF never leaves the client
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "x-gateway-tags"
