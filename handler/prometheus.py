@@ -157,6 +157,7 @@ REGISTRY = Registry()
 
 
 def configure(models: Iterable[str], providers: Iterable[str]) -> None:
-    """Name the label values that may appear (the config's models and provider instances)."""
-    REGISTRY.models = set(models)
-    REGISTRY.providers = set(providers)
+    """Name the label values that may appear: the config's models and provider instances (added to those of any
+    other gateway this process serves; a deployed process serves one)."""
+    REGISTRY.models.update(models)
+    REGISTRY.providers.update(providers)
