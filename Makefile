@@ -6,9 +6,9 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: serve test lint typecheck unit bench tools claude-code clients clean sam-check
 
+# The pip that venv bundles installs everything here; upgrading it first cost a download and a warning.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 
 # `make serve` needs only the runtime; `make test` adds the test extras (SDKs, moto, linters) on top.
 RUNTIME := $(VENV)/.runtime
