@@ -152,13 +152,16 @@ class UpstreamError(GatewayError):
     """A provider answered with an error, or could not be reached.
 
     `upstream_status` is the provider's HTTP status (0 when no answer came); `retryable` says whether
-    another attempt (same or next deployment) may succeed; `retry_after` is the provider's hint in seconds.
+    another attempt (same or next deployment) may succeed; `retry_after` is the provider's hint in seconds;
+    `billable` says the provider got the whole request and gave no usable answer (it stalled, or the
+    connection broke mid-answer), so it may still run it to the end and bill it.
     """
 
     status = 502
     default_code = "upstream_error"
     error_type = "upstream_error"
     anthropic_type = "api_error"
+    billable_by_default: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -172,9 +175,11 @@ class UpstreamError(GatewayError):
         upstream_type: str | None = None,
         outcome: str | None = None,
         headers: dict[str, str] | None = None,
+        billable: bool | None = None,
     ) -> None:
         # The provider's words may quote the request's credentials back: never relay them.
         super().__init__(redact_message(message), code=code, param=param, headers=headers)
+        self.billable = self.billable_by_default if billable is None else billable
         self.upstream_status = upstream_status
         self.retryable = retryable
         self.retry_after = retry_after
@@ -209,10 +214,13 @@ class UpstreamRateLimitedError(UpstreamError):
 
 
 class UpstreamTimeoutError(UpstreamError):
+    """No answer in time. Billable unless it ran out before the request went out (a connect timeout)."""
+
     status = 504
     default_code = "upstream_timeout"
     error_type = "timeout_error"
     anthropic_type = "timeout_error"
+    billable_by_default = True
 
 
 class SchemaViolationError(UpstreamError):

@@ -115,6 +115,9 @@ class Exchange:
     inflight: Attempt | None = None
     # The last attempt the provider answered with an error (the request reached it; nothing to bill).
     answered: tuple[Attempt, int] | None = None
+    # Attempts sent whole that gave no usable answer (a first-byte timeout, a stall, a broken answer): the
+    # provider may have run them to the end, so each is charged the reserved worst case.
+    missed: list[Attempt] = field(default_factory=list)
     prompt: PromptEstimate | None = None
     user: str | None = None  # the end user the client named, for attribution
     price_multiplier: float = 1.0  # a service tier's
@@ -457,8 +460,11 @@ class Pipeline:
 
     async def _unanswered(self, ex: Exchange, exc: BaseException) -> None:
         """Settle a request that ends with no answer to relay. Sent and never answered (a deadline, the Lambda
-        time cap, the client gone): the provider may still run it to the end, so the reserved worst case is
-        charged. Answered with an error: one line at no cost. Never sent: the reservation is released."""
+        time cap, the client gone) or sent and timed out: the provider may still run it to the end, so the
+        reserved worst case is charged. Answered with an error: one line at no cost. Never sent: the
+        reservation is released."""
+        if ex.inflight is None and ex.missed:
+            ex.inflight = ex.missed.pop()
         if ex.inflight is not None:
             ex.attempt, ex.inflight = ex.inflight, None
             status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else getattr(exc, "status", 500)
@@ -524,6 +530,8 @@ class Pipeline:
                     ex.inflight = None
                     if err.upstream_status >= 400:
                         ex.answered = (attempt, err.upstream_status)
+                    elif err.billable:
+                        ex.missed.append(attempt)
                     ex.upstream_ms += (time.perf_counter() - started) * 1000
                     ex.route.append(f"{label}={err.outcome}")
                     last = err
@@ -577,9 +585,12 @@ class Pipeline:
         item: LedgerItem | None = None
         actual = 0.0
         tokens = 0
+        worst = Usage.of(reservation.prompt_tokens, reservation.output_tokens)
         if source == "reserved":
-            usage = Usage.of(reservation.prompt_tokens, reservation.output_tokens)
+            usage = worst
         if usage is not None and attempt is not None:
+            for missed in ex.missed:  # attempts before this one that the provider may bill
+                self._waste(ex, missed, worst)
             ex.cost = self._cost(ex, attempt, usage)
             if ex.wasted_usd and ex.cost.provider_usd is not None:
                 wasted = ex.wasted_usd

@@ -32,7 +32,15 @@ from collections.abc import AsyncIterator, Mapping
 import httpx
 
 from adapters.http import USER_AGENT, parsed_url
-from adapters.http.http1 import AnswerRefused, DeadlineExceeded, Http1Stream, Http1Transport, Limits, request_head
+from adapters.http.http1 import (
+    AnswerRefused,
+    DeadlineExceeded,
+    HeadTimeout,
+    Http1Stream,
+    Http1Transport,
+    Limits,
+    request_head,
+)
 from handler.config import LimitsConfig, TimeoutConfig
 from handler.errors import UpstreamError, UpstreamTimeoutError
 from handler.ports import UpstreamRequest
@@ -88,7 +96,7 @@ class UpstreamResponse:
             raise UpstreamTimeoutError("upstream stalled while sending its answer", retryable=True) from exc
         except httpx.HTTPError as exc:
             raise UpstreamError(
-                f"upstream connection failed mid-answer ({type(exc).__name__})", retryable=True
+                f"upstream connection failed mid-answer ({type(exc).__name__})", retryable=True, billable=True
             ) from exc
         finally:
             await self.close()
@@ -112,7 +120,7 @@ class UpstreamResponse:
         except httpx.TimeoutException as exc:
             raise UpstreamTimeoutError("upstream stalled between stream chunks", retryable=True) from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"upstream stream broke ({type(exc).__name__})", retryable=True) from exc
+            raise UpstreamError(f"upstream stream broke ({type(exc).__name__})", retryable=True, billable=True) from exc
 
     async def close(self) -> None:
         if self._response is not None:
@@ -157,29 +165,38 @@ class UpstreamClient:
         http1 = self._http1
         built = None if http1 else self._request(request.method, request.url, request.headers, request.body)
         try:
-            async with asyncio.timeout(limit):
-                if built is not None:
+            if built is not None:
+                async with asyncio.timeout(limit):
                     answer = UpstreamResponse.of(await self._transport.handle_async_request(built), self._max_body)
-                else:
-                    assert http1 is not None
-                    url = parsed_url(request.url)
-                    head = request_head(request.method, url, request.headers, request.body, USER_AGENT)
-                    status, headers, stream = await http1.exchange(
-                        request.method,
-                        url,
-                        head,
-                        request.body,
-                        timeouts.connect,
-                        timeouts.between_chunks,
-                        timeouts.total,
-                    )
-                    answer = UpstreamResponse(status, headers, stream)
+            else:
+                assert http1 is not None
+                url = parsed_url(request.url)
+                head = request_head(request.method, url, request.headers, request.body, USER_AGENT)
+                status, headers, stream = await http1.exchange(
+                    request.method,
+                    url,
+                    head,
+                    request.body,
+                    timeouts.connect,
+                    timeouts.between_chunks,
+                    timeouts.total,
+                    head_timeout=limit,
+                )
+                answer = UpstreamResponse(status, headers, stream)
         except AnswerRefused as exc:
             raise refused(exc) from exc
-        except TimeoutError as exc:
+        except (TimeoutError, HeadTimeout) as exc:
+            # Sent whole (or, through another transport, perhaps): the provider may run it to the end.
             raise UpstreamTimeoutError("upstream did not answer in time", retryable=True) from exc
         except httpx.ConnectError as exc:
             raise UpstreamError("upstream refused the connection", retryable=True, outcome="connect_error") from exc
+        except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteTimeout) as exc:
+            raise UpstreamTimeoutError(
+                f"upstream could not be reached in time ({type(exc).__name__})",
+                retryable=True,
+                outcome="connect_timeout",
+                billable=False,
+            ) from exc
         except httpx.TimeoutException as exc:
             raise UpstreamTimeoutError(f"upstream timed out ({type(exc).__name__})", retryable=True) from exc
         except httpx.HTTPError as exc:

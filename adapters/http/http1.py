@@ -82,6 +82,10 @@ class DeadlineExceeded(httpx.ReadTimeout):
     """The answer did not end within the exchange's overall deadline (`total`)."""
 
 
+class HeadTimeout(httpx.ReadTimeout):
+    """The request went out whole and its answer's head did not come in time: the origin may be running it."""
+
+
 class Connection(asyncio.Protocol):
     """One connection to an origin, carrying one exchange at a time."""
 
@@ -525,39 +529,51 @@ class Http1Transport(httpx.AsyncBaseTransport):
         connect_timeout: float | None,
         read_timeout: float | None,
         total_timeout: float | None = None,
+        head_timeout: float | None = None,
     ) -> tuple[int, list[tuple[bytes, bytes]], Http1Stream]:
         """Send a request framed by `head` (see `request_head`) and wait for the answer's status line and
         headers; the body comes from the stream, and closing the stream returns the connection.
 
         A reused connection that fails before any byte of the answer arrived was closed by its peer while
         idle (see the module docstring): the request goes once more on a new connection, unseen by the
-        caller. `total_timeout` bounds the answer's end (the wait for its headers is the caller's)."""
+        caller. `head_timeout` bounds everything up to the answer's headers, and says which side of the
+        request's sending it ran out on: `httpx.PoolTimeout` before (the origin never saw it), `HeadTimeout`
+        after (the origin may bill it). `total_timeout` bounds the answer's end."""
         pool = self._pool(url)
-        connection, reused = await pool.acquire(connect_timeout)
-        deadline = pool.loop.time() + total_timeout if total_timeout else None
-        if pool.forward_prefix is not None:
-            head = self._absolute_form(head, pool)
-        head_only = method == "HEAD"
-        while True:
-            try:
-                connection.send(head, body, head_only)
-                await connection.head_done
-            except httpx.TransportError:
-                connection.close()
-                if not reused or connection.received:
-                    pool.release(connection)
-                    raise
-                try:
-                    connection, reused = await pool.connect(connect_timeout), False  # (the same slot)
-                except BaseException:
-                    pool.slots.release()
-                    raise
-                continue
-            except BaseException:
-                connection.close()
-                pool.release(connection)
-                raise
-            return connection.status, connection.headers, Http1Stream(connection, pool, read_timeout, deadline)
+        sent = False
+        try:
+            async with asyncio.timeout(head_timeout):
+                connection, reused = await pool.acquire(connect_timeout)
+                deadline = pool.loop.time() + total_timeout if total_timeout else None
+                if pool.forward_prefix is not None:
+                    head = self._absolute_form(head, pool)
+                head_only = method == "HEAD"
+                while True:
+                    try:
+                        connection.send(head, body, head_only)
+                        sent = True
+                        await connection.head_done
+                    except httpx.TransportError:
+                        connection.close()
+                        if not reused or connection.received:
+                            pool.release(connection)
+                            raise
+                        try:
+                            connection, reused = await pool.connect(connect_timeout), False  # (the same slot)
+                        except BaseException:
+                            pool.slots.release()
+                            raise
+                        continue
+                    except BaseException:
+                        connection.close()
+                        pool.release(connection)
+                        raise
+                    stream = Http1Stream(connection, pool, read_timeout, deadline)
+                    return connection.status, connection.headers, stream
+        except TimeoutError:
+            if sent:
+                raise HeadTimeout(f"{url.host} sent no answer within {head_timeout} s of the request") from None
+            raise httpx.PoolTimeout(f"no connection to {url.host} within {head_timeout} s") from None
 
     @staticmethod
     def _absolute_form(head: bytes, pool: OriginPool) -> bytes:

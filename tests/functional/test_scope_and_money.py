@@ -21,14 +21,14 @@ HI = [{"role": "user", "content": "Hi"}]
 PRICE = {"input": 1.0, "output": 2.0}
 
 
-def scope_config(upstream_url: str) -> Config:
+def scope_config(upstream_url: str, first_byte: float = 5) -> Config:
     def model(upstream: str, provider: str = "openai", **extra: Any) -> dict[str, Any]:
         return {"deployments": [{"provider": provider, "model": upstream}], "price": PRICE, **extra}
 
     return parse_config(
         {
             "gateway": {
-                "timeouts": {"connect": 2, "first_byte": 5, "between_chunks": 5},
+                "timeouts": {"connect": 2, "first_byte": first_byte, "between_chunks": 5},
                 "priced_options": {"service_tier": {"flex": 1.0, "priority": 2.0}},
                 "key_minting": {"per_minute": 3, "max_children": 2},
             },
@@ -45,6 +45,13 @@ def scope_config(upstream_url: str) -> Config:
                 "claude-test": model("claude-haiku-4-5", "anthropic"),
                 "broken-test": model("fail-500"),
                 "slow-test": model("slow"),
+                "slow-then-fast-test": {
+                    "deployments": [
+                        {"provider": "openai", "model": "slow"},
+                        {"provider": "openai", "model": "gpt-4o-mini"},
+                    ],
+                    "price": PRICE,
+                },
                 "cut-test": model("stream-cut"),
                 "drip-test": model("drip"),
                 "no-usage-test": model("no-usage"),
@@ -73,6 +80,18 @@ def gw(
         dynamo: DynamoServer = request.getfixturevalue("dynamo")
         store_url = dynamo.store_url(dynamo.create_table())
     running, gateway_server = serve_gateway(scope_config(server.url), store_url, server, fakes)
+    yield running
+    gateway_server.stop()
+
+
+@pytest.fixture(scope="module")
+def impatient(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    """The same gateway waiting 0.5 s for an answer's first byte (the slow fake takes 2 s)."""
+    server, fakes = upstream
+    store_url = f"sqlite:///{tmp_path_factory.mktemp('impatient') / 'gateway.db'}"
+    running, gateway_server = serve_gateway(scope_config(server.url, first_byte=0.5), store_url, server, fakes)
     yield running
     gateway_server.stop()
 
@@ -215,6 +234,34 @@ def test_a_client_that_leaves_a_non_stream_call_is_charged_the_reserved_worst_ca
         )
     [line] = ledger(gw, key)
     assert line.status == 499 and line.cost_source == "reserved" and (line.cost_usd or 0) > 0
+
+
+def test_an_attempt_that_timed_out_after_it_was_sent_is_charged_beside_the_failover(impatient: Running) -> None:
+    """The provider got the first attempt whole and may still run and bill it: its worst case is charged on
+    top of the answer that came from the next deployment."""
+    gw = impatient
+    plain_key = gw.mint(budget_usd=1.0)
+    assert chat(gw, plain_key, "gpt-test").status_code == 200
+    [plain] = ledger(gw, plain_key)
+    key = gw.mint(budget_usd=1.0)
+    answer = chat(gw, key, "slow-then-fast-test")
+    assert answer.status_code == 200
+    assert answer.headers["x-gateway-route"].split(", ")[0].endswith("=upstream_timeout")
+    [line] = ledger(gw, key)
+    assert line.cost_source == "provider" and line.status == 200
+    worst_case = (line.cost_usd or 0) - (plain.cost_usd or 0)
+    assert worst_case > 4 * (plain.cost_usd or 0)  # the reserved prompt and output cap, not the answer's usage
+    assert spent(gw, key) == pytest.approx((line.cost_usd or 0) + line.fee_usd)
+
+
+def test_a_request_whose_every_attempt_timed_out_is_charged_the_reserved_worst_case(impatient: Running) -> None:
+    gw = impatient
+    key = gw.mint(budget_usd=1.0)
+    answer = chat(gw, key, "slow-test")
+    assert answer.status_code == 504 and answer.json()["error"]["code"] == "upstream_timeout"
+    [line] = ledger(gw, key)
+    assert line.cost_source == "reserved" and line.status == 504 and (line.cost_usd or 0) > 0
+    assert spent(gw, key) == pytest.approx((line.cost_usd or 0) + line.fee_usd)
 
 
 def test_an_answer_without_usage_is_estimated_and_impossible_usage_never_credits(gw: Running) -> None:

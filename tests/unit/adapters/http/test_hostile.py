@@ -10,11 +10,12 @@ import time
 import httpx
 import pytest
 
+from adapters.http.http1 import Http1Transport
 from handler.config import LimitsConfig, TimeoutConfig
 from handler.errors import UpstreamError, UpstreamTimeoutError
 from handler.ports import UpstreamRequest
 from handler.upstream import UpstreamClient
-from tests.unit.adapters.http.test_http1 import OK, Handler, read_request, scripted
+from tests.unit.adapters.http.test_http1 import OK, Handler, answering, read_request, scripted
 
 pytestmark = pytest.mark.both_loops
 LIMITS = LimitsConfig(upstream_header_bytes=16 * 1024, upstream_headers=100, upstream_body_bytes=1024 * 1024)
@@ -147,3 +148,45 @@ async def test_a_redirect_is_an_error_not_a_success(status: int) -> None:
     redirect = b"HTTP/1.1 %d Moved\r\nlocation: http://elsewhere.test/\r\ncontent-length: 0\r\n\r\n" % status
     error = await fails(head_then(redirect, b"", 0), "upstream_redirect")
     assert error.upstream_status == status and error.status == 502 and error.retryable
+
+
+def silent(seen: list[bytes]) -> Handler:
+    """Take the request whole and never answer it."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, _ = await read_request(reader)
+        seen.append(head)
+        await reader.read()
+
+    return handler
+
+
+async def test_a_request_sent_whole_and_never_answered_is_billable() -> None:
+    seen: list[bytes] = []
+    error = await fails(silent(seen), "upstream_timeout", TimeoutConfig(connect=1, first_byte=0.3, between_chunks=5))
+    assert len(seen) == 1 and error.billable
+
+
+async def test_an_answer_broken_after_its_head_is_billable() -> None:
+    error = await fails(answering(OK[: OK.index(b"\r\n\r\n") + 4] + b"{", then_close=True), "upstream_error")
+    assert error.billable
+
+
+async def test_a_request_that_never_went_out_is_not_billable() -> None:
+    """Every connection to the origin busy past the wait: the provider never saw this request."""
+    seen: list[bytes] = []
+    async with scripted(silent(seen)) as (_, url):
+        timeouts = TimeoutConfig(connect=1, first_byte=0.3, between_chunks=5)
+        client = UpstreamClient(timeouts, transport=Http1Transport(max_per_origin=1), limits=LIMITS)
+        try:
+            first = asyncio.ensure_future(client.send(UpstreamRequest("POST", url, None, b"{}"), first_byte_timeout=1))
+            await asyncio.sleep(0.05)
+            with pytest.raises(UpstreamTimeoutError) as queued:
+                await client.send(UpstreamRequest("POST", url, None, b"{}"))
+            with pytest.raises(UpstreamTimeoutError) as sent:
+                await first
+        finally:
+            await client.aclose()
+    assert queued.value.outcome == "connect_timeout" and not queued.value.billable
+    assert sent.value.outcome == "upstream_timeout" and sent.value.billable
+    assert len(seen) == 1
