@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from handler.route_table import ROUTES
+
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
@@ -89,6 +91,21 @@ def test_the_link_checker_sees_what_github_renders() -> None:
     text = "# Real\n```sh\n# not a heading [x](nowhere.md)\n```\n`[y](nowhere.md)` [z](a.md#b)\n"
     assert prose_lines(text) == ["# Real", "`[y](nowhere.md)` [z](a.md#b)"]
     assert LINK.findall(INLINE_CODE.sub("", prose_lines(text)[1])) == ["a.md#b"]
+
+
+ROUTE_CELL = re.compile(r"^\| ((?:`(?:GET|POST|DELETE)`, )*`(?:GET|POST|DELETE) /[^`]*`) \|")
+
+
+def test_the_interface_reference_lists_every_route_the_gateway_serves() -> None:
+    """The user's copy of the interface names exactly the route table's routes (`handler/route_table.py`)."""
+    listed = set()
+    for line in (ROOT / "docs" / "interface.md").read_text().splitlines():
+        cell = ROUTE_CELL.match(line)
+        if cell:
+            *methods, last = re.findall(r"`([^`]+)`", cell.group(1))
+            method, path = last.split(" ", 1)
+            listed |= {(m, path.split("?")[0]) for m in [*methods, method]}
+    assert listed == {(spec.method, spec.path) for spec in ROUTES}
 
 
 # Assembled here so that this file does not name them itself.
