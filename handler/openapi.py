@@ -48,6 +48,7 @@ PROXY_ERRORS = {
 }
 TEXT: dict[str, Any] = {"type": "string"}
 FLAG: dict[str, Any] = {"type": "string", "enum": ["true", "false"]}
+TAG_PAIR = "[A-Za-z0-9_.:/@+-]{1,128}=[A-Za-z0-9_.:/@+-]{1,128}"  # as `handler.app.parse_tags` takes them
 CONTROL_HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
     "x-gateway-fallbacks": ("comma-separated fallback models, or `none`", TEXT),
     "x-gateway-deadline-ms": (
@@ -62,6 +63,10 @@ CONTROL_HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
     "x-gateway-region": ("pin a region", TEXT),
     "x-gateway-strict": ("`true`: refuse parameters the provider cannot honour", FLAG),
     "x-gateway-enforce-schema": ("`true`: check the answer against `response_format`'s JSON schema", FLAG),
+    "x-gateway-tags": (
+        "attribution on the ledger line: up to 16 `name=value` pairs, separated by commas",
+        {"type": "string", "pattern": f"^{TAG_PAIR}(,{TAG_PAIR}){{0,15}}$"},
+    ),
 }
 ERROR_SCHEMAS: dict[str, Any] = {
     "OpenAIError": {

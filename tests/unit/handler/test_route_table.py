@@ -3,6 +3,7 @@ handler checks the auth its row states."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -102,3 +103,15 @@ def test_each_route_checks_the_auth_its_row_states(method: str, path: str, keys:
     if needs_key:
         assert status({"authorization": f"Bearer {admin}"})[0] not in (401, 403)
         assert (status({"x-api-key": plain})[0] == 401) is (auth is not Auth.KEY_OR_X_API_KEY)
+
+
+def test_the_documented_tags_header_is_the_one_the_app_parses() -> None:
+    from handler.app import MAX_TAGS, TAG, parse_tags
+    from handler.openapi import CONTROL_HEADERS, TAG_PAIR
+
+    assert TAG_PAIR == f"{TAG.pattern}={TAG.pattern}"
+    pattern = CONTROL_HEADERS["x-gateway-tags"][1]["pattern"]
+    assert f"{{0,{MAX_TAGS - 1}}}" in pattern
+    most = ",".join(f"t{n}=v" for n in range(MAX_TAGS))
+    assert re.fullmatch(pattern, most) and len(parse_tags(most)) == MAX_TAGS
+    assert not re.fullmatch(pattern, most + ",one=more")
