@@ -178,6 +178,19 @@ def operation(
     return described
 
 
+def proxied(
+    ok: dict[str, Any],
+    body: dict[str, Any],
+    *,
+    errors: dict[str, str] | None = None,
+    error_schema: dict[str, Any] = OPENAI_ERROR,
+) -> dict[str, Any]:
+    """The operation of a route that calls a provider: a body, the request controls and what a call may fail with."""
+    return operation(
+        ok, body=body, errors={**PROXY_ERRORS, **(errors or {})}, parameters=CONTROLS, error_schema=error_schema
+    )
+
+
 def query(name: str, description: str, *, required: bool = False) -> dict[str, Any]:
     """A query parameter taking a string."""
     schema = {"type": "string", "minLength": 1} if required else TEXT

@@ -32,13 +32,13 @@ from handler.openapi import (
     KEY_ERRORS,
     KEY_VIEW,
     LISTING,
-    PROXY_ERRORS,
     USAGE_OK,
     USAGE_PARAMETERS,
     describe,
     json_answer,
     operation,
     path_parameter,
+    proxied,
     query,
     ref,
     stream_or,
@@ -174,11 +174,8 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.api.chat_completions,
         Auth.KEY,
         "OpenAI Chat Completions, stream and not",
-        operation(
-            stream_or(ref(ChatCompletion), "a completion, or an SSE stream ending in `data: [DONE]`"),
-            body=ref(ChatRequest),
-            errors=PROXY_ERRORS,
-            parameters=CONTROLS,
+        proxied(
+            stream_or(ref(ChatCompletion), "a completion, or an SSE stream ending in `data: [DONE]`"), ref(ChatRequest)
         ),
         direct=True,
     ),
@@ -188,12 +185,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.api.embeddings,
         Auth.KEY,
         "OpenAI embeddings",
-        operation(
-            json_answer(ref(EmbeddingsResponse), "the embeddings"),
-            body=ref(EmbeddingsRequest),
-            errors=PROXY_ERRORS,
-            parameters=CONTROLS,
-        ),
+        proxied(json_answer(ref(EmbeddingsResponse), "the embeddings"), ref(EmbeddingsRequest)),
         direct=True,
     ),
     RouteSpec(
@@ -202,11 +194,9 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.messages.messages,
         Auth.KEY_OR_X_API_KEY,
         "Anthropic Messages API, stream and not, to any model",
-        operation(
+        proxied(
             stream_or(ANY_OBJECT, "an Anthropic message, or its SSE event sequence"),
-            body=ref(MessagesRequest),
-            errors=PROXY_ERRORS,
-            parameters=CONTROLS,
+            ref(MessagesRequest),
             error_schema=ANTHROPIC_ERROR,
         ),
         direct=True,
@@ -218,11 +208,9 @@ ROUTES: tuple[RouteSpec, ...] = (
         Auth.KEY_OR_X_API_KEY,
         "Anthropic token counting, to any model: the provider's own count (Anthropic, Gemini) or an estimate "
         "marked `x-gateway-estimate: true`; free, not metered",
-        operation(
+        proxied(
             json_answer({"type": "object", "required": ["input_tokens"]}, "`{input_tokens}`"),
-            body=ref(MessagesCountRequest),
-            errors=PROXY_ERRORS,
-            parameters=CONTROLS,
+            ref(MessagesCountRequest),
             error_schema=ANTHROPIC_ERROR,
         ),
     ),
@@ -232,11 +220,10 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.responses.create,
         Auth.KEY,
         "OpenAI Responses API, stream and not, to any model",
-        operation(
+        proxied(
             stream_or(ANY_OBJECT, "a `response` object, or its SSE event sequence"),
-            body=ref(ResponsesRequest),
-            errors={**PROXY_ERRORS, "404": "not_found (previous_response_id), model_not_found"},
-            parameters=CONTROLS,
+            ref(ResponsesRequest),
+            errors={"404": "not_found (previous_response_id), model_not_found"},
         ),
         direct=True,
     ),
