@@ -114,13 +114,22 @@ OUTSIDE.append(re.compile(r"(?<![\w.~-])/" + "work/"))
 
 
 def repository_files() -> list[Path]:
-    """Every file git would commit: tracked, and new ones not ignored."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
+    """Every file git would commit (tracked, and new ones not ignored); outside a git checkout, every file but
+    hidden folders (`.venv`, `.tools`, `.git`) and caches."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
+    except (OSError, subprocess.CalledProcessError):
+        return [
+            path
+            for path in ROOT.rglob("*")
+            if path.is_file()
+            and not any(part.startswith(".") or part == "__pycache__" for part in path.relative_to(ROOT).parts[:-1])
+        ]
     return [ROOT / name for name in listed.split("\0") if name and (ROOT / name).is_file()]
 
 
