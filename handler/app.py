@@ -17,10 +17,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from handler import prometheus
-from handler.dashboard import dashboard_routes
+from handler.dashboard import Dashboard
 from handler.errors import (
     GatewayError,
     InvalidRequestError,
@@ -34,11 +33,11 @@ from handler.key_routes import KeyRoutes
 from handler.keys import allows_model
 from handler.messages_routes import MessagesRoutes, allowed_models, anthropic_models
 from handler.observability import observe, observe_failure
-from handler.openapi import openapi_json
 from handler.ports import KeyRecord, StoreError
 from handler.proxy import ChunkStream, Controls, Exchange, Pipeline
 from handler.redaction import scrub
 from handler.responses_routes import ResponsesRoutes
+from handler.route_table import Endpoints, Handler, direct_lane, starlette_routes
 from handler.routing import RouteControls
 from handler.schemas import ChatRequest, EmbeddingsRequest
 from handler.streaming import DONE, EventStream, answer_json, sse_chunk, sse_error, sse_json, until_client_leaves
@@ -425,13 +424,13 @@ def route_path(scope: Any) -> str:
     return path[len(root) :] if root and path.startswith(root) else path
 
 
-Handler = Callable[[Request], Awaitable[Response]]
 ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 class GatewayApp:
-    """The ASGI app: every request gets an id; the proxied routes (POST to the chat, messages and
-    embeddings endpoints) go straight to their handlers, everything else through Starlette.
+    """The ASGI app: every request gets an id; the proxied routes (the POSTs the route table marks
+    `direct`: chat, messages, embeddings, responses) go straight to their handlers, everything else
+    through Starlette.
 
     The direct lane saves what Starlette's router and its two exception middlewares cost a request
     (matching ~20 routes, three wrapped `send`s); its errors go to the same handlers, found the same
@@ -483,9 +482,6 @@ def create_app(gateway: Gateway) -> GatewayApp:
     """The ASGI app for one gateway; build the gateway once per process and pass it in."""
     prometheus.configure(gateway.config.models, gateway.config.providers)
     api = Api(gateway)
-    keys = KeyRoutes(api)
-    anthropic = MessagesRoutes(api)
-    responses = ResponsesRoutes(api)
 
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
@@ -513,31 +509,6 @@ def create_app(gateway: Gateway) -> GatewayApp:
         error = GatewayError("the gateway failed to handle this request; it has been logged")
         return error_response(request, error)
 
-    routes = [
-        Route("/health", api.health, methods=["GET"]),
-        Route("/metrics", api.metrics, methods=["GET"]),
-        Route("/openapi.json", openapi_json, methods=["GET"]),
-        Route("/v1/models", api.models, methods=["GET"]),
-        Route("/v1/route", api.route, methods=["GET"]),
-        Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
-        Route("/v1/embeddings", api.embeddings, methods=["POST"]),
-        Route("/v1/messages", anthropic.messages, methods=["POST"]),
-        Route("/v1/messages/count_tokens", anthropic.count_tokens, methods=["POST"]),
-        Route("/v1/responses", responses.create, methods=["POST"]),
-        Route("/v1/responses/{response_id}", responses.get, methods=["GET"]),
-        Route("/v1/responses/{response_id}", responses.delete, methods=["DELETE"]),
-        Route("/v1/responses/{response_id}/input_items", responses.input_items, methods=["GET"]),
-        Route("/v1/key", keys.whoami, methods=["GET"]),
-        Route("/v1/keys", keys.mint_child, methods=["POST"]),
-        Route("/v1/usage", keys.usage, methods=["GET"]),
-        Route("/admin/usage", keys.admin_usage, methods=["GET"]),
-        Route("/admin/keys", keys.admin_list, methods=["GET"]),
-        Route("/admin/keys", keys.admin_create, methods=["POST"]),
-        Route("/admin/keys/{key_id}", keys.admin_show, methods=["GET"]),
-        Route("/admin/keys/{key_id}/rotate", keys.admin_rotate, methods=["POST"]),
-        Route("/admin/keys/{key_id}/revoke", keys.admin_revoke, methods=["POST"]),
-        *dashboard_routes(),
-    ]
     errors: dict[type, ErrorHandler] = {
         GatewayError: on_gateway_error,
         HTTPException: on_http_error,
@@ -551,12 +522,7 @@ def create_app(gateway: Gateway) -> GatewayApp:
         yield
         await gateway.spool.close()
 
-    app = Starlette(routes=routes, exception_handlers=errors, lifespan=lifespan)
+    endpoints = Endpoints(api, KeyRoutes(api), MessagesRoutes(api), ResponsesRoutes(api), Dashboard())
+    app = Starlette(routes=starlette_routes(endpoints), exception_handlers=errors, lifespan=lifespan)
     app.state.gateway = gateway
-    direct: dict[str, Handler] = {
-        "/v1/chat/completions": api.chat_completions,
-        "/v1/messages": anthropic.messages,
-        "/v1/embeddings": api.embeddings,
-        "/v1/responses": responses.create,
-    }
-    return GatewayApp(app, direct, errors)
+    return GatewayApp(app, direct_lane(endpoints), errors)

@@ -266,8 +266,9 @@ def reference_hint(reference: str | None) -> str:
 
 
 def _aws_fetch(kind: str, name: str) -> str | None:
-    # Deferred: boto3's ~230 ms import is for SSM/Secrets Manager references only. The client comes from the
-    # AWS layer, so region, endpoints (`AWS_ENDPOINT_URL_SSM`, ...) and partition are those of every AWS call.
+    # Deferred: boto3's import, a large part of a cold start, is for SSM/Secrets Manager references only. The
+    # client comes from the AWS layer, so region, endpoints (`AWS_ENDPOINT_URL_SSM`, ...) and partition are
+    # those of every AWS call.
     from adapters.aws import boto3_client
 
     try:

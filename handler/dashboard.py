@@ -1,4 +1,5 @@
-"""The spend dashboard: `GET /dashboard` and its three static assets, shipped in the package.
+"""The spend dashboard: `GET /dashboard` and its three static assets, shipped in the package (the routes are
+rows of `handler/route_table.py`).
 
 Auth. A browser cannot send `Authorization` on a page load, so the page is split in two:
 
@@ -26,7 +27,6 @@ from importlib import resources
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
 
 from handler.errors import NotFoundError
 
@@ -79,12 +79,3 @@ class Dashboard:
             raise NotFoundError(f"no dashboard asset '{name}'", code="not_found")
         body, media_type = found
         return Response(body, media_type=media_type, headers=SECURITY_HEADERS)
-
-
-def dashboard_routes() -> list[BaseRoute]:
-    """The dashboard's routes, for the app's route table."""
-    dashboard = Dashboard()
-    return [
-        Route("/dashboard", dashboard.index, methods=["GET"]),
-        Route("/dashboard/static/{name}", dashboard.asset, methods=["GET"]),
-    ]

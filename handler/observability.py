@@ -4,7 +4,7 @@ One JSON log line per request (request id, key id, model, provider, region, stat
 split, route), never a secret: nothing from request headers or bodies is logged. The request line has
 the layout of Powertools' Logger (level, location, message, timestamp, service, then the fields) but
 is written with one `orjson.dumps` and one write: going through `logging` and Powertools' formatter
-cost ~0.2 ms a request, more than the rest of the gateway's own work. Everything else logs through
+cost more than the rest of the gateway's own work (docs/performance.md has the figures). Everything else logs through
 Powertools' Logger. Metrics go out in
 CloudWatch's embedded metric format (EMF) on Lambda, or anywhere `GATEWAY_METRICS=on`. Traces wrap
 upstream and store calls in X-Ray subsegments when Powertools tracing is active on Lambda.

@@ -1,26 +1,28 @@
-"""`GET /openapi.json`: an OpenAPI 3.1 description of the gateway's HTTP API, served without auth.
+"""The pieces of `GET /openapi.json`, an OpenAPI 3.1 description of the gateway's HTTP API, served without auth.
 
-Request bodies come from the same pydantic models that parse them (`model_json_schema`), so the
-document cannot drift from what the routes accept; error answers are described in the two shapes of
-`INTERFACE.md` (OpenAI's everywhere, Anthropic's on `/v1/messages`). The document holds nothing
-about this deployment (no model names, no providers), so serving it unauthenticated reveals nothing.
+Each route's operation is written beside the route, in the route table (`handler/route_table.py`), from the
+helpers here; `describe` assembles the document from that table, so a route cannot be served undescribed.
+Request bodies come from the same pydantic models that parse them (`model_json_schema`), so the document
+cannot drift from what the routes accept; error answers are described in the two shapes of the interface
+reference (docs/interface.md): OpenAI's everywhere, Anthropic's on `/v1/messages`. The document holds
+nothing about this deployment (no model names, no providers), so serving it unauthenticated reveals nothing.
 """
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
-import orjson
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
-from starlette.requests import Request
-from starlette.responses import Response
 
 from handler.key_routes import AdminKeySpec, KeySpec, RotateSpec
 from handler.messages_api import MessagesCountRequest, MessagesRequest
 from handler.responses_api import ResponsesRequest
 from handler.schemas import ChatCompletion, ChatRequest, EmbeddingsRequest, EmbeddingsResponse
+
+if TYPE_CHECKING:
+    from handler.route_table import RouteSpec
 
 JSON = "application/json"
 REF = "#/components/schemas/{model}"
@@ -34,6 +36,8 @@ AUTH_ERRORS = {
     "429": "rate_limit_exceeded (with retry-after)",
     "503": "store_unavailable",
 }
+# What a route that checks a key but parses nothing may answer (`/health` with a key, `/metrics`).
+KEY_ERRORS = {status: AUTH_ERRORS[status] for status in ("401", "403", "503")}
 BODY_ERRORS = {"413": "request_too_large"}
 PROXY_ERRORS = {
     "402": "budget_exceeded, cost_limit_exceeded",
@@ -44,6 +48,7 @@ PROXY_ERRORS = {
 }
 TEXT: dict[str, Any] = {"type": "string"}
 FLAG: dict[str, Any] = {"type": "string", "enum": ["true", "false"]}
+TAG_PAIR = "[A-Za-z0-9_.:/@+-]{1,128}=[A-Za-z0-9_.:/@+-]{1,128}"  # as `handler.app.parse_tags` takes them
 CONTROL_HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
     "x-gateway-fallbacks": ("comma-separated fallback models, or `none`", TEXT),
     "x-gateway-deadline-ms": (
@@ -58,6 +63,10 @@ CONTROL_HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
     "x-gateway-region": ("pin a region", TEXT),
     "x-gateway-strict": ("`true`: refuse parameters the provider cannot honour", FLAG),
     "x-gateway-enforce-schema": ("`true`: check the answer against `response_format`'s JSON schema", FLAG),
+    "x-gateway-tags": (
+        "attribution on the ledger line: up to 16 `name=value` pairs, separated by commas",
+        {"type": "string", "pattern": f"^{TAG_PAIR}(,{TAG_PAIR}){{0,15}}$"},
+    ),
 }
 ERROR_SCHEMAS: dict[str, Any] = {
     "OpenAIError": {
@@ -124,20 +133,30 @@ MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
 ]
 
 
-def _ref(model: type[BaseModel]) -> dict[str, str]:
+def ref(model: type[BaseModel]) -> dict[str, str]:
+    """A reference to one of `MODELS`' schemas."""
     return {"$ref": REF.format(model=model.__name__)}
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+def json_answer(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """An answer (or a request body) in JSON."""
     return {"description": description, "content": {JSON: {"schema": schema}}}
 
 
-def _errors(statuses: dict[str, str], schema: dict[str, Any]) -> dict[str, Any]:
-    return {status: _json(schema, codes) for status, codes in statuses.items()}
+def text_answer(description: str, *media_types: str) -> dict[str, Any]:
+    """An answer that is text in one of `media_types` (a page, a script, Prometheus' format)."""
+    return {"description": description, "content": {media: {"schema": {"type": "string"}} for media in media_types}}
 
 
-def _operation(
-    summary: str,
+def stream_or(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """A JSON answer, or an SSE stream when the request asked for one."""
+    return {
+        "description": description,
+        "content": {JSON: {"schema": schema}, "text/event-stream": {"schema": {"type": "string"}}},
+    }
+
+
+def operation(
     ok: dict[str, Any],
     *,
     ok_status: str = "200",
@@ -146,254 +165,71 @@ def _operation(
     errors: dict[str, str] | None = None,
     parameters: list[dict[str, Any]] | None = None,
     error_schema: dict[str, Any] = OPENAI_ERROR,
-    security: list[dict[str, list[str]]] | None = None,
+    auth_errors: dict[str, str] = AUTH_ERRORS,
 ) -> dict[str, Any]:
-    statuses = {**AUTH_ERRORS, **(BODY_ERRORS if body else {}), **(errors or {})}
-    operation: dict[str, Any] = {"summary": summary, "responses": {ok_status: ok, **_errors(statuses, error_schema)}}
+    """An operation's answers, body and parameters; its summary and security come from its route."""
+    statuses = {**auth_errors, **(BODY_ERRORS if body else {}), **(errors or {})}
+    answers = {status: json_answer(error_schema, codes) for status, codes in statuses.items()}
+    described: dict[str, Any] = {"responses": {ok_status: ok, **answers}}
     if body is not None:
-        operation["requestBody"] = {"required": body_required, "content": {JSON: {"schema": body}}}
+        described["requestBody"] = {"required": body_required, "content": {JSON: {"schema": body}}}
     if parameters:
-        operation["parameters"] = parameters
-    if security is not None:
-        operation["security"] = security
-    return operation
+        described["parameters"] = parameters
+    return described
 
 
-def _query(name: str, description: str, *, required: bool = False) -> dict[str, Any]:
+def proxied(
+    ok: dict[str, Any],
+    body: dict[str, Any],
+    *,
+    errors: dict[str, str] | None = None,
+    error_schema: dict[str, Any] = OPENAI_ERROR,
+) -> dict[str, Any]:
+    """The operation of a route that calls a provider: a body, the request controls and what a call may fail with."""
+    return operation(
+        ok, body=body, errors={**PROXY_ERRORS, **(errors or {})}, parameters=CONTROLS, error_schema=error_schema
+    )
+
+
+def query(name: str, description: str, *, required: bool = False) -> dict[str, Any]:
+    """A query parameter taking a string."""
     schema = {"type": "string", "minLength": 1} if required else TEXT
     return {"name": name, "in": "query", "required": required, "description": description, "schema": schema}
 
 
-def _controls() -> list[dict[str, Any]]:
-    return [
-        {"name": name, "in": "header", "required": False, "description": text, "schema": schema}
-        for name, (text, schema) in CONTROL_HEADERS.items()
-    ]
+def path_parameter(name: str) -> dict[str, Any]:
+    """A `{name}` segment of a route's path."""
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+CONTROLS = [
+    {"name": name, "in": "header", "required": False, "description": text, "schema": schema}
+    for name, (text, schema) in CONTROL_HEADERS.items()
+]
 USAGE_PARAMETERS = [
-    _query("since", "start: YYYY-MM-DD, an ISO 8601 time or epoch seconds (default: 30 days ago)"),
-    _query("until", "end, exclusive (default: now)"),
-    _query("group_by", "comma-separated: key, model, day"),
+    query("since", "start: YYYY-MM-DD, an ISO 8601 time or epoch seconds (default: 30 days ago)"),
+    query("until", "end, exclusive (default: now)"),
+    query("group_by", "comma-separated: key, model, day"),
     {"name": "format", "in": "query", "required": False, "schema": {"enum": ["json", "csv"]}},
 ]
-KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
-RESPONSE_ID = {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}
-BEARER_OR_X_API_KEY: list[dict[str, list[str]]] = [{"bearer": []}, {"x-api-key": []}]
+KEY_VIEW = {"$ref": "#/components/schemas/KeyView"}
+LISTING = {"$ref": "#/components/schemas/List"}
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+USAGE_OK = {
+    "description": "cost line items, grouped",
+    "content": {JSON: {"schema": ERROR_SCHEMAS["List"]}, "text/csv": {"schema": {"type": "string"}}},
+}
 
 
-def _usage_ok() -> dict[str, Any]:
-    return {
-        "description": "cost line items, grouped",
-        "content": {JSON: {"schema": ERROR_SCHEMAS["List"]}, "text/csv": {"schema": {"type": "string"}}},
-    }
-
-
-def _stream_or(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {JSON: {"schema": schema}, "text/event-stream": {"schema": {"type": "string"}}},
-    }
-
-
-@cache
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document, built once per process."""
+def describe(routes: Iterable[RouteSpec]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `routes`: each one's operation, summary and security, in table order."""
     _, definitions = models_json_schema(MODELS, ref_template=REF)
-    schemas = {**definitions.get("$defs", {}), **ERROR_SCHEMAS}
-    key_view = {"$ref": "#/components/schemas/KeyView"}
-    listing = {"$ref": "#/components/schemas/List"}
-    any_object = {"type": "object"}
-    paths: dict[str, Any] = {
-        "/health": {
-            "get": {
-                "summary": "Liveness; no auth. With an admin key, also `pending_settlements`: settlements the store "
-                "refused, waiting in the spool to land",
-                "security": [{}, {"bearer": []}],
-                "responses": {
-                    "200": _json(any_object, "the gateway is up"),
-                    **_errors({s: AUTH_ERRORS[s] for s in ("401", "403", "503")}, OPENAI_ERROR),
-                },
-            }
-        },
-        "/metrics": {
-            "get": {
-                "summary": "Request metrics in Prometheus' text format (admin key)",
-                "responses": {
-                    "200": {
-                        "description": "counters and histograms by model, provider and region",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    },
-                    **_errors({s: AUTH_ERRORS[s] for s in ("401", "403", "503")}, OPENAI_ERROR),
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "summary": "This document; no auth",
-                "security": [],
-                "responses": {"200": _json(any_object, "the OpenAPI document")},
-            }
-        },
-        "/v1/chat/completions": {
-            "post": _operation(
-                "OpenAI Chat Completions, stream and not",
-                _stream_or(_ref(ChatCompletion), "a completion, or an SSE stream ending in `data: [DONE]`"),
-                body=_ref(ChatRequest),
-                errors=PROXY_ERRORS,
-                parameters=_controls(),
-            )
-        },
-        "/v1/embeddings": {
-            "post": _operation(
-                "OpenAI embeddings",
-                _json(_ref(EmbeddingsResponse), "the embeddings"),
-                body=_ref(EmbeddingsRequest),
-                errors=PROXY_ERRORS,
-                parameters=_controls(),
-            )
-        },
-        "/v1/messages": {
-            "post": _operation(
-                "Anthropic Messages API, stream and not, to any model",
-                _stream_or(any_object, "an Anthropic message, or its SSE event sequence"),
-                body=_ref(MessagesRequest),
-                errors=PROXY_ERRORS,
-                parameters=_controls(),
-                error_schema=ANTHROPIC_ERROR,
-                security=BEARER_OR_X_API_KEY,
-            )
-        },
-        "/v1/messages/count_tokens": {
-            "post": _operation(
-                "Anthropic token counting, to any model: the provider's own count (Anthropic, Gemini) or an "
-                "estimate marked `x-gateway-estimate: true`; free, not metered",
-                _json({"type": "object", "required": ["input_tokens"]}, "`{input_tokens}`"),
-                body=_ref(MessagesCountRequest),
-                errors=PROXY_ERRORS,
-                parameters=_controls(),
-                error_schema=ANTHROPIC_ERROR,
-                security=BEARER_OR_X_API_KEY,
-            )
-        },
-        "/v1/models": {
-            "get": _operation(
-                "The models this key may use (Anthropic's list shape when the request carries `anthropic-version`)",
-                _json(listing, "the models"),
-            )
-        },
-        "/v1/responses": {
-            "post": _operation(
-                "OpenAI Responses API, stream and not, to any model",
-                _stream_or(any_object, "a `response` object, or its SSE event sequence"),
-                body=_ref(ResponsesRequest),
-                errors={**PROXY_ERRORS, "404": "not_found (previous_response_id), model_not_found"},
-                parameters=_controls(),
-            )
-        },
-        "/v1/responses/{response_id}": {
-            "get": _operation(
-                "A stored response (made by this key or one of its descendants)",
-                _json(any_object, "the response"),
-                errors={"404": "not_found"},
-                parameters=[RESPONSE_ID],
-            ),
-            "delete": _operation(
-                "Delete a stored response",
-                _json(any_object, "`{id, object: response, deleted: true}`"),
-                errors={"404": "not_found"},
-                parameters=[RESPONSE_ID],
-            ),
-        },
-        "/v1/responses/{response_id}/input_items": {
-            "get": _operation(
-                "A stored response's input items",
-                _json(listing, "the items"),
-                errors={"404": "not_found"},
-                parameters=[
-                    RESPONSE_ID,
-                    {"name": "order", "in": "query", "required": False, "schema": {"enum": ["asc", "desc"]}},
-                ],
-            )
-        },
-        "/v1/route": {
-            "get": _operation(
-                "The deployments a request for `model` would try, in order",
-                _json(any_object, "the plan"),
-                errors={"404": "model_not_found", "503": "no_deployment_available, provider_not_configured"},
-                parameters=[_query("model", "a public model name", required=True), *_controls()],
-            )
-        },
-        "/v1/key": {
-            "get": _operation(
-                "This key: scopes, budget, spent, remaining, expiry",
-                _json(key_view, "the key"),
-                security=BEARER_OR_X_API_KEY,
-            )
-        },
-        "/v1/keys": {
-            "post": _operation(
-                "Mint a child key: narrower models, budget within the remaining, expiry within this key's",
-                _json(key_view, "the child key, with its secret (shown once)"),
-                ok_status="201",
-                body=_ref(KeySpec),
-            )
-        },
-        "/v1/usage": {
-            "get": _operation(
-                "This key's cost line items",
-                _usage_ok(),
-                parameters=USAGE_PARAMETERS,
-                security=BEARER_OR_X_API_KEY,
-            )
-        },
-        "/admin/usage": {
-            "get": _operation(
-                "Every key's cost line items (admin key only)",
-                _usage_ok(),
-                parameters=[*USAGE_PARAMETERS, _query("key", "one key id")],
-            )
-        },
-        "/admin/keys": {
-            "get": _operation(
-                "List keys (admin key only)",
-                _json(listing, "the keys"),
-                parameters=[_query("parent_id", "only the children of this key")],
-            ),
-            "post": _operation(
-                "Create a key (admin key only)",
-                _json(key_view, "the key, with its secret (shown once)"),
-                ok_status="201",
-                body=_ref(AdminKeySpec),
-            ),
-        },
-        "/admin/keys/{key_id}": {
-            "get": _operation(
-                "Show a key (admin key only)",
-                _json(key_view, "the key"),
-                errors={"404": "not_found"},
-                parameters=[KEY_ID],
-            )
-        },
-        "/admin/keys/{key_id}/rotate": {
-            "post": _operation(
-                "A new secret for a key; the old one works for `grace_seconds` (admin key only)",
-                _json(key_view, "the key, with its new secret (shown once)"),
-                body=_ref(RotateSpec),
-                body_required=False,
-                errors={"404": "not_found"},
-                parameters=[KEY_ID],
-            )
-        },
-        "/admin/keys/{key_id}/revoke": {
-            "post": _operation(
-                "Revoke a key and, through it, its children (admin key only)",
-                _json(key_view, "the revoked key"),
-                errors={"404": "not_found"},
-                parameters=[KEY_ID],
-            )
-        },
-    }
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        described = {"summary": route.summary, **route.operation}
+        if route.auth.security is not None:
+            described["security"] = route.auth.security
+        paths.setdefault(route.path, {})[route.method.lower()] = described
     return {
         "openapi": "3.1.0",
         "info": {
@@ -404,15 +240,10 @@ def openapi_document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
-            "schemas": schemas,
+            "schemas": {**definitions.get("$defs", {}), **ERROR_SCHEMAS},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "a gateway key, `gwk_...`"},
                 "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key"},
             },
         },
     }
-
-
-async def openapi_json(request: Request) -> Response:
-    """`GET /openapi.json`."""
-    return Response(orjson.dumps(openapi_document()), media_type=JSON)

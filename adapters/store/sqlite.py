@@ -1,7 +1,7 @@
 """The embedded store: one SQLite file, for local serving, tests and single-host deployments.
 
-Calls run inline on the event loop: each is a few indexed statements on a local file (tens of
-microseconds in WAL mode), cheaper than a hop to a thread. Writes take the database's write lock
+Calls run inline on the event loop: each is a few indexed statements on a local file in WAL mode,
+cheaper than a hop to a thread. Writes take the database's write lock
 first (`BEGIN IMMEDIATE`), so several processes (the server, its workers, the CLI) share one file
 safely and a grant's checks and increments are atomic.
 
@@ -9,7 +9,7 @@ Admissions come from leases of the counters held in memory (adapters/store/local
 requests write nothing before the upstream call; a grant, every few seconds of traffic (or every
 request while another process is active on the key), is one transaction.
 
-A commit costs more than the statements it commits (the WAL frames it writes, ~0.15 ms here), so
+A commit costs more than the statements it commits (the WAL frames it writes), so
 grants and settlements that arrive in the same event-loop turn share one transaction: each runs
 in its own savepoint (a failing one rolls back only itself), the batch commits once, and every
 caller resumes only after that commit. Under load this turns N commits into one; alone, a call pays
@@ -23,10 +23,10 @@ whichever commit finds the log past `AUTOCHECKPOINT_PAGES`, stalling the event l
 what is left and fsyncs. A thread with its own connection runs a passive checkpoint every
 `CHECKPOINT_EVERY_S`, off the loop (SQLite releases the GIL while it does I/O), so the one in the loop
 finds most pages copied already. The loop's own checkpoint cannot go: passive checkpoints never start
-the log over while writes keep coming (without it the log grew by 460 MB in 20 s). At SQLite's default
-of 1,000 pages a loaded server (about ten pages a request) stalls once every hundred requests, which is
-its p99 at 1 connection: 11-13 ms, against 2.5-4.4 ms with no fsync at all. At 10,000 pages it stalls
-ten times less often (p99 3.4-4.5 ms), and the log stays under 40 MB.
+the log over while writes keep coming (without it the log grows without bound). At SQLite's default
+of 1,000 pages a loaded server (about ten pages a request) stalls once every hundred requests, which
+makes its p99 at 1 connection; at 10,000 pages it stalls ten times less often and the log stays small
+(docs/performance.md has the figures).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Hostile and malformed input on the real socket: every answer a 4xx in INTERFACE.md's shape, never
-a 5xx, never a traceback (in the answer or in what the server logged)."""
+"""Hostile and malformed input on the real socket: every answer a 4xx in the shape of the interface reference
+(docs/interface.md), never a 5xx, never a traceback (in the answer or in what the server logged)."""
 
 from __future__ import annotations
 

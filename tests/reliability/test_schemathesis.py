@@ -2,7 +2,8 @@
 
 Every operation is fuzzed with an admin key (so the admin routes run their handlers, not just the
 403) and must answer: no 5xx the gateway caused, a documented status and content type, and every
-error in `INTERFACE.md`'s shape (the document's `OpenAIError` / `AnthropicError` schemas).
+error in the shapes of the interface reference, docs/interface.md (the document's `OpenAIError` /
+`AnthropicError` schemas).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
     positive_data_acceptance,
 )
 
-from handler.openapi import openapi_document
+from handler.route_table import openapi_document
 from tests.functional.conftest import Running
 
 # A 503 the client asked for: it pinned a provider or region that serves nothing for the model.

@@ -1,0 +1,379 @@
+"""The gateway's routes, declared once: path, method, handler, who may call it, its OpenAPI operation and
+whether the direct lane serves it.
+
+The Starlette routes (`starlette_routes`), the direct lane's table (`direct_lane`, the proxied POSTs that skip
+Starlette's router, see `handler.app.GatewayApp`) and `GET /openapi.json` (`openapi_document`) are all read
+from `ROUTES`; `tests/unit/handler/test_route_table.py` checks that the three agree and that each route's
+handler checks the auth its row states. To add a route: add its row here, and a line to the interface
+reference's table of endpoints (docs/interface.md; `tests/unit/test_docs.py` checks it lists every row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from handler.dashboard import ASSETS, Dashboard
+from handler.key_routes import AdminKeySpec, KeyRoutes, KeySpec, RotateSpec
+from handler.messages_api import MessagesCountRequest, MessagesRequest
+from handler.openapi import (
+    ANTHROPIC_ERROR,
+    ANY_OBJECT,
+    CONTROLS,
+    JSON,
+    KEY_ERRORS,
+    KEY_VIEW,
+    LISTING,
+    USAGE_OK,
+    USAGE_PARAMETERS,
+    describe,
+    json_answer,
+    operation,
+    path_parameter,
+    proxied,
+    query,
+    ref,
+    stream_or,
+    text_answer,
+)
+from handler.responses_api import ResponsesRequest
+from handler.schemas import ChatCompletion, ChatRequest, EmbeddingsRequest, EmbeddingsResponse
+
+if TYPE_CHECKING:
+    from handler.app import Api
+    from handler.messages_routes import MessagesRoutes
+    from handler.responses_routes import ResponsesRoutes
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Auth(StrEnum):
+    """Who may call a route. The route's handler checks it; the OpenAPI document states it."""
+
+    PUBLIC = "public"
+    OPTIONAL_KEY = "public; a key adds to the answer"
+    KEY = "key"  # `Authorization: Bearer gwk_...`
+    KEY_OR_X_API_KEY = "key, or x-api-key"  # also `x-api-key: gwk_...`, as Anthropic's SDK sends it
+    ADMIN = "admin key"
+
+    @property
+    def security(self) -> list[dict[str, list[str]]] | None:
+        """The operation's OpenAPI `security`; None: the document's default, a bearer key."""
+        return SECURITY.get(self)
+
+
+SECURITY: dict[Auth, list[dict[str, list[str]]]] = {
+    Auth.PUBLIC: [],
+    Auth.OPTIONAL_KEY: [{}, {"bearer": []}],
+    Auth.KEY_OR_X_API_KEY: [{"bearer": []}, {"x-api-key": []}],
+}
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """The objects whose methods answer the routes, built once per app by `handler.app.create_app`."""
+
+    api: Api
+    keys: KeyRoutes
+    messages: MessagesRoutes
+    responses: ResponsesRoutes
+    dashboard: Dashboard
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """One row of the route table."""
+
+    path: str
+    method: str
+    endpoint: Callable[[Endpoints], Handler]
+    auth: Auth
+    summary: str
+    operation: dict[str, Any]  # the OpenAPI operation's answers, body and parameters (`handler.openapi.operation`)
+    direct: bool = False  # served by the direct lane: a proxied POST, past Starlette's router
+
+    def __post_init__(self) -> None:
+        if self.direct and self.method != "POST":
+            raise ValueError(f"{self.method} {self.path}: the direct lane serves POSTs only")
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `ROUTES`, built once per process."""
+    return describe(ROUTES)
+
+
+async def openapi_json(request: Request) -> Response:
+    """`GET /openapi.json`."""
+    return Response(orjson.dumps(openapi_document()), media_type=JSON)
+
+
+KEY_ID = path_parameter("key_id")
+RESPONSE_ID = path_parameter("response_id")
+
+ROUTES: tuple[RouteSpec, ...] = (
+    RouteSpec(
+        "/health",
+        "GET",
+        lambda e: e.api.health,
+        Auth.OPTIONAL_KEY,
+        "Liveness; no auth. With an admin key, also `pending_settlements`: settlements the store refused, "
+        "waiting in the spool to land",
+        operation(json_answer(ANY_OBJECT, "the gateway is up"), auth_errors=KEY_ERRORS),
+    ),
+    RouteSpec(
+        "/metrics",
+        "GET",
+        lambda e: e.api.metrics,
+        Auth.ADMIN,
+        "Request metrics in Prometheus' text format (admin key)",
+        operation(
+            text_answer("counters and histograms by model, provider and region", "text/plain"),
+            auth_errors=KEY_ERRORS,
+        ),
+    ),
+    RouteSpec(
+        "/openapi.json",
+        "GET",
+        lambda e: openapi_json,
+        Auth.PUBLIC,
+        "This document; no auth",
+        operation(json_answer(ANY_OBJECT, "the OpenAPI document"), auth_errors={}),
+    ),
+    RouteSpec(
+        "/v1/models",
+        "GET",
+        lambda e: e.api.models,
+        Auth.KEY,
+        "The models this key may use (Anthropic's list shape when the request carries `anthropic-version`)",
+        operation(json_answer(LISTING, "the models")),
+    ),
+    RouteSpec(
+        "/v1/route",
+        "GET",
+        lambda e: e.api.route,
+        Auth.KEY,
+        "The deployments a request for `model` would try, in order",
+        operation(
+            json_answer(ANY_OBJECT, "the plan"),
+            errors={"404": "model_not_found", "503": "no_deployment_available, provider_not_configured"},
+            parameters=[query("model", "a public model name", required=True), *CONTROLS],
+        ),
+    ),
+    RouteSpec(
+        "/v1/chat/completions",
+        "POST",
+        lambda e: e.api.chat_completions,
+        Auth.KEY,
+        "OpenAI Chat Completions, stream and not",
+        proxied(
+            stream_or(ref(ChatCompletion), "a completion, or an SSE stream ending in `data: [DONE]`"), ref(ChatRequest)
+        ),
+        direct=True,
+    ),
+    RouteSpec(
+        "/v1/embeddings",
+        "POST",
+        lambda e: e.api.embeddings,
+        Auth.KEY,
+        "OpenAI embeddings",
+        proxied(json_answer(ref(EmbeddingsResponse), "the embeddings"), ref(EmbeddingsRequest)),
+        direct=True,
+    ),
+    RouteSpec(
+        "/v1/messages",
+        "POST",
+        lambda e: e.messages.messages,
+        Auth.KEY_OR_X_API_KEY,
+        "Anthropic Messages API, stream and not, to any model",
+        proxied(
+            stream_or(ANY_OBJECT, "an Anthropic message, or its SSE event sequence"),
+            ref(MessagesRequest),
+            error_schema=ANTHROPIC_ERROR,
+        ),
+        direct=True,
+    ),
+    RouteSpec(
+        "/v1/messages/count_tokens",
+        "POST",
+        lambda e: e.messages.count_tokens,
+        Auth.KEY_OR_X_API_KEY,
+        "Anthropic token counting, to any model: the provider's own count (Anthropic, Gemini) or an estimate "
+        "marked `x-gateway-estimate: true`; free, not metered",
+        proxied(
+            json_answer({"type": "object", "required": ["input_tokens"]}, "`{input_tokens}`"),
+            ref(MessagesCountRequest),
+            error_schema=ANTHROPIC_ERROR,
+        ),
+    ),
+    RouteSpec(
+        "/v1/responses",
+        "POST",
+        lambda e: e.responses.create,
+        Auth.KEY,
+        "OpenAI Responses API, stream and not, to any model",
+        proxied(
+            stream_or(ANY_OBJECT, "a `response` object, or its SSE event sequence"),
+            ref(ResponsesRequest),
+            errors={"404": "not_found (previous_response_id), model_not_found"},
+        ),
+        direct=True,
+    ),
+    RouteSpec(
+        "/v1/responses/{response_id}",
+        "GET",
+        lambda e: e.responses.get,
+        Auth.KEY,
+        "A stored response (made by this key or one of its descendants)",
+        operation(json_answer(ANY_OBJECT, "the response"), errors={"404": "not_found"}, parameters=[RESPONSE_ID]),
+    ),
+    RouteSpec(
+        "/v1/responses/{response_id}",
+        "DELETE",
+        lambda e: e.responses.delete,
+        Auth.KEY,
+        "Delete a stored response",
+        operation(
+            json_answer(ANY_OBJECT, "`{id, object: response, deleted: true}`"),
+            errors={"404": "not_found"},
+            parameters=[RESPONSE_ID],
+        ),
+    ),
+    RouteSpec(
+        "/v1/responses/{response_id}/input_items",
+        "GET",
+        lambda e: e.responses.input_items,
+        Auth.KEY,
+        "A stored response's input items",
+        operation(
+            json_answer(LISTING, "the items"),
+            errors={"404": "not_found"},
+            parameters=[
+                RESPONSE_ID,
+                {"name": "order", "in": "query", "required": False, "schema": {"enum": ["asc", "desc"]}},
+            ],
+        ),
+    ),
+    RouteSpec(
+        "/v1/key",
+        "GET",
+        lambda e: e.keys.whoami,
+        Auth.KEY_OR_X_API_KEY,
+        "This key: scopes, budget, spent, remaining, expiry",
+        operation(json_answer(KEY_VIEW, "the key")),
+    ),
+    RouteSpec(
+        "/v1/keys",
+        "POST",
+        lambda e: e.keys.mint_child,
+        Auth.KEY,
+        "Mint a child key: narrower models, budget within the remaining, expiry within this key's",
+        operation(
+            json_answer(KEY_VIEW, "the child key, with its secret (shown once)"), ok_status="201", body=ref(KeySpec)
+        ),
+    ),
+    RouteSpec(
+        "/v1/usage",
+        "GET",
+        lambda e: e.keys.usage,
+        Auth.KEY_OR_X_API_KEY,
+        "This key's cost line items",
+        operation(USAGE_OK, parameters=USAGE_PARAMETERS),
+    ),
+    RouteSpec(
+        "/admin/usage",
+        "GET",
+        lambda e: e.keys.admin_usage,
+        Auth.ADMIN,
+        "Every key's cost line items (admin key only)",
+        operation(USAGE_OK, parameters=[*USAGE_PARAMETERS, query("key", "one key id")]),
+    ),
+    RouteSpec(
+        "/admin/keys",
+        "GET",
+        lambda e: e.keys.admin_list,
+        Auth.ADMIN,
+        "List keys (admin key only)",
+        operation(json_answer(LISTING, "the keys"), parameters=[query("parent_id", "only the children of this key")]),
+    ),
+    RouteSpec(
+        "/admin/keys",
+        "POST",
+        lambda e: e.keys.admin_create,
+        Auth.ADMIN,
+        "Create a key (admin key only)",
+        operation(
+            json_answer(KEY_VIEW, "the key, with its secret (shown once)"), ok_status="201", body=ref(AdminKeySpec)
+        ),
+    ),
+    RouteSpec(
+        "/admin/keys/{key_id}",
+        "GET",
+        lambda e: e.keys.admin_show,
+        Auth.ADMIN,
+        "Show a key (admin key only)",
+        operation(json_answer(KEY_VIEW, "the key"), errors={"404": "not_found"}, parameters=[KEY_ID]),
+    ),
+    RouteSpec(
+        "/admin/keys/{key_id}/rotate",
+        "POST",
+        lambda e: e.keys.admin_rotate,
+        Auth.ADMIN,
+        "A new secret for a key; the old one works for `grace_seconds` (admin key only)",
+        operation(
+            json_answer(KEY_VIEW, "the key, with its new secret (shown once)"),
+            body=ref(RotateSpec),
+            body_required=False,
+            errors={"404": "not_found"},
+            parameters=[KEY_ID],
+        ),
+    ),
+    RouteSpec(
+        "/admin/keys/{key_id}/revoke",
+        "POST",
+        lambda e: e.keys.admin_revoke,
+        Auth.ADMIN,
+        "Revoke a key and, through it, its children (admin key only)",
+        operation(json_answer(KEY_VIEW, "the revoked key"), errors={"404": "not_found"}, parameters=[KEY_ID]),
+    ),
+    RouteSpec(
+        "/dashboard",
+        "GET",
+        lambda e: e.dashboard.index,
+        Auth.PUBLIC,
+        "The spend dashboard's page: static, it holds no data; its figures come from the admin routes, "
+        "called with the admin key typed into it",
+        operation(text_answer("the page", "text/html"), auth_errors={}),
+    ),
+    RouteSpec(
+        "/dashboard/static/{name}",
+        "GET",
+        lambda e: e.dashboard.asset,
+        Auth.PUBLIC,
+        "The dashboard's script and style sheet",
+        operation(
+            text_answer("the asset", "text/javascript", "text/css"),
+            errors={"404": "not_found"},
+            parameters=[{**path_parameter("name"), "schema": {"enum": sorted(ASSETS)}}],
+            auth_errors={},
+        ),
+    ),
+)
+
+
+def starlette_routes(endpoints: Endpoints) -> list[Route]:
+    """Every row as a Starlette route (the direct lane's too: they answer other methods with a 405 there)."""
+    return [Route(spec.path, spec.endpoint(endpoints), methods=[spec.method]) for spec in ROUTES]
+
+
+def direct_lane(endpoints: Endpoints) -> dict[str, Handler]:
+    """The direct lane's table: a POST's path to its handler, for the rows the direct lane serves."""
+    return {spec.path: spec.endpoint(endpoints) for spec in ROUTES if spec.direct}

@@ -1,0 +1,117 @@
+"""The route table drives the routes, the direct lane and `/openapi.json`: the three agree, and each route's
+handler checks the auth its row states."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from handler.app import GatewayApp, create_app
+from handler.gateway import build_gateway
+from handler.ports import KeyRecord
+from handler.route_table import ROUTES, Auth, RouteSpec, openapi_document
+
+ROWS = {(spec.method, spec.path): spec for spec in ROUTES}
+
+
+@pytest.fixture(scope="module")
+def app() -> GatewayApp:
+    return create_app(build_gateway(store_url="sqlite://", environ={}))
+
+
+@pytest.fixture(scope="module")
+def keys(app: GatewayApp) -> Iterator[tuple[TestClient, str, str]]:
+    """A client of the app, an admin key and a plain key."""
+    gateway = app.state.gateway
+    with TestClient(app) as client:
+        admin = client.portal.call(
+            gateway.keys.mint, KeyRecord(id="", name="a", secret_hash="", created_at=0, admin=True)
+        )
+        plain = client.post("/admin/keys", json={"name": "p"}, headers={"authorization": f"Bearer {admin.key}"})
+        assert plain.status_code == 201
+        yield client, admin.key, plain.json()["key"]
+
+
+def served(app: GatewayApp) -> dict[tuple[str, str], Any]:
+    """(method, path) → endpoint, for every route Starlette serves (HEAD comes with GET)."""
+    routes = [route for route in app.starlette.routes if isinstance(route, Route)]
+    assert len(routes) == len(app.starlette.routes), "every route is a plain Route"
+    return {
+        (method, route.path): route.endpoint for route in routes for method in route.methods or () if method != "HEAD"
+    }
+
+
+def test_the_table_has_one_row_per_method_and_path() -> None:
+    assert len(ROWS) == len(ROUTES)
+
+
+def test_starlette_serves_exactly_the_table(app: GatewayApp) -> None:
+    assert set(served(app)) == set(ROWS)
+
+
+def test_the_openapi_document_describes_exactly_the_table(app: GatewayApp) -> None:
+    paths = openapi_document()["paths"]
+    described = {(method.upper(), path) for path, item in paths.items() for method in item}
+    assert described == set(ROWS) == set(served(app))
+    for (method, path), spec in ROWS.items():
+        operation = paths[path][method.lower()]
+        assert operation["summary"] == spec.summary
+        assert operation.get("security") == spec.auth.security
+        declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+        assert declared == {segment[1:-1] for segment in path.split("/") if segment.startswith("{")}, path
+
+
+def test_the_direct_lane_serves_exactly_the_tables_direct_posts(app: GatewayApp) -> None:
+    direct = {spec.path for spec in ROUTES if spec.direct}
+    assert set(app.direct) == direct
+    assert direct >= {"/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/responses"}
+    routes = served(app)
+    for path, handler in app.direct.items():
+        assert handler == routes[("POST", path)], path  # the same bound method as the router's
+
+
+def test_a_direct_row_must_be_a_post() -> None:
+    with pytest.raises(ValueError, match="POSTs only"):
+        RouteSpec("/v1/x", "GET", lambda e: e.api.health, Auth.KEY, "x", {}, direct=True)
+
+
+def concrete(path: str) -> str:
+    return "/".join("unknown" if segment.startswith("{") else segment for segment in path.split("/"))
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(ROWS), ids=[f"{m} {p}" for m, p in sorted(ROWS)])
+def test_each_route_checks_the_auth_its_row_states(method: str, path: str, keys: tuple[TestClient, str, str]) -> None:
+    client, admin, plain = keys
+    auth = ROWS[(method, path)].auth
+
+    def status(headers: dict[str, str]) -> tuple[int, str | None]:
+        answer = client.request(method, concrete(path), headers={"content-type": "application/json", **headers})
+        body = answer.json() if answer.headers.get("content-type", "").startswith("application/json") else {}
+        error = body.get("error") if isinstance(body, dict) else None
+        return answer.status_code, error.get("code") if isinstance(error, dict) else None
+
+    needs_key = auth in (Auth.KEY, Auth.KEY_OR_X_API_KEY, Auth.ADMIN)
+    assert (status({})[0] == 401) is needs_key
+    as_plain = status({"authorization": f"Bearer {plain}"})
+    assert (as_plain == (403, "admin_only")) is (auth is Auth.ADMIN), as_plain
+    assert as_plain[0] != 401
+    if needs_key:
+        assert status({"authorization": f"Bearer {admin}"})[0] not in (401, 403)
+        assert (status({"x-api-key": plain})[0] == 401) is (auth is not Auth.KEY_OR_X_API_KEY)
+
+
+def test_the_documented_tags_header_is_the_one_the_app_parses() -> None:
+    from handler.app import MAX_TAGS, TAG, parse_tags
+    from handler.openapi import CONTROL_HEADERS, TAG_PAIR
+
+    assert TAG_PAIR == f"{TAG.pattern}={TAG.pattern}"
+    pattern = CONTROL_HEADERS["x-gateway-tags"][1]["pattern"]
+    assert f"{{0,{MAX_TAGS - 1}}}" in pattern
+    most = ",".join(f"t{n}=v" for n in range(MAX_TAGS))
+    assert re.fullmatch(pattern, most) and len(parse_tags(most)) == MAX_TAGS
+    assert not re.fullmatch(pattern, most + ",one=more")

@@ -1,0 +1,148 @@
+"""The README and docs/ hold together: every relative link and anchor resolves, and nothing in the repository
+points at a file outside it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import unicodedata
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from handler.route_table import ROUTES
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
+FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1")
+LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+HEADING = re.compile(r"^ {0,3}#{1,6}\s+(.*?)\s*#*\s*$")
+HTML_ANCHOR = re.compile(r"<a\s+(?:name|id)=\"([^\"]+)\"")
+
+
+def prose_lines(text: str) -> list[str]:
+    """The lines of a Markdown page outside fenced code blocks (a `#` in a code block is no heading)."""
+    lines, fence = [], ""
+    for line in text.splitlines():
+        opened = FENCE.match(line)
+        if fence:
+            if opened and opened.group(1)[0] == fence[0] and len(opened.group(1)) >= len(fence):
+                fence = ""
+        elif opened:
+            fence = opened.group(1)
+        else:
+            lines.append(line)
+    return lines
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = INLINE_CODE.sub(lambda m: m.group(0).strip("`"), heading)
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)  # a link in a heading keeps its text
+    text = "".join(c for c in text.lower() if c in " -_" or unicodedata.category(c)[0] in "LNM")
+    return text.replace(" ", "-")
+
+
+@cache
+def anchors(page: Path) -> frozenset[str]:
+    found: set[str] = set()
+    seen: dict[str, int] = {}
+    for line in prose_lines(page.read_text()):
+        found.update(HTML_ANCHOR.findall(line))
+        heading = HEADING.match(line)
+        if heading:
+            base = slug(heading.group(1))
+            count = seen.get(base, 0)
+            seen[base] = count + 1
+            found.add(base if count == 0 else f"{base}-{count}")
+    return frozenset(found)
+
+
+def links(page: Path) -> list[str]:
+    return [target for line in prose_lines(page.read_text()) for target in LINK.findall(INLINE_CODE.sub("", line))]
+
+
+def test_the_pages_are_found() -> None:
+    names = {page.relative_to(ROOT).as_posix() for page in PAGES}
+    assert {"README.md", "docs/interface.md", "docs/architecture.md", "docs/performance.md"} <= names
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[page.relative_to(ROOT).as_posix() for page in PAGES])
+def test_every_relative_link_and_anchor_resolves(page: Path) -> None:
+    broken = []
+    for target in links(page):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = (page.parent / path).resolve() if path else page
+        if not resolved.is_relative_to(ROOT) or not resolved.exists():
+            broken.append(f"{target}: no such file in the repository")
+        elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
+            broken.append(f"{target}: no heading '{anchor}' in {resolved.relative_to(ROOT)}")
+    assert not broken, broken
+
+
+def test_the_link_checker_sees_what_github_renders() -> None:
+    assert slug("Try it locally (Docker)") == "try-it-locally-docker"
+    assert slug("Command line: `gateway`") == "command-line-gateway"
+    assert slug("Costs, the ledger and the dashboard") == "costs-the-ledger-and-the-dashboard"
+    text = "# Real\n```sh\n# not a heading [x](nowhere.md)\n```\n`[y](nowhere.md)` [z](a.md#b)\n"
+    assert prose_lines(text) == ["# Real", "`[y](nowhere.md)` [z](a.md#b)"]
+    assert LINK.findall(INLINE_CODE.sub("", prose_lines(text)[1])) == ["a.md#b"]
+
+
+ROUTE_CELL = re.compile(r"^\| ((?:`(?:GET|POST|DELETE)`, )*`(?:GET|POST|DELETE) /[^`]*`) \|")
+
+
+def test_the_interface_reference_lists_every_route_the_gateway_serves() -> None:
+    """The user's copy of the interface names exactly the route table's routes (`handler/route_table.py`)."""
+    listed = set()
+    for line in (ROOT / "docs" / "interface.md").read_text().splitlines():
+        cell = ROUTE_CELL.match(line)
+        if cell:
+            *methods, last = re.findall(r"`([^`]+)`", cell.group(1))
+            method, path = last.split(" ", 1)
+            listed |= {(m, path.split("?")[0]) for m in [*methods, method]}
+    assert listed == {(spec.method, spec.path) for spec in ROUTES}
+
+
+# Assembled here so that this file does not name them itself.
+OUTSIDE = [re.compile(re.escape(name)) for name in ("INTERFACE" + ".md", "STYLE" + ".md", "../" + "shared")]
+OUTSIDE.append(re.compile(r"(?<![\w.~-])/" + "work/"))
+
+
+def repository_files() -> list[Path]:
+    """Every file git would commit (tracked, and new ones not ignored); outside a git checkout, every file but
+    hidden folders (`.venv`, `.tools`, `.git`) and caches."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
+    except (OSError, subprocess.CalledProcessError):
+        return [
+            path
+            for path in ROOT.rglob("*")
+            if path.is_file()
+            and not any(part.startswith(".") or part == "__pycache__" for part in path.relative_to(ROOT).parts[:-1])
+        ]
+    return [ROOT / name for name in listed.split("\0") if name and (ROOT / name).is_file()]
+
+
+def test_nothing_refers_to_files_outside_the_repository() -> None:
+    files = repository_files()
+    assert ROOT / "README.md" in files
+    found = []
+    for path in files:
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue  # binary fixtures
+        for number, line in enumerate(text.splitlines(), 1):
+            if any(pattern.search(line) for pattern in OUTSIDE):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
+    assert not found, found
