@@ -17,7 +17,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.requests import Request
 from starlette.responses import Response
 
-from handler.key_routes import AdminKeySpec, KeySpec, RotateSpec
+from handler.key_routes import AdminKeySpec, KeySpec, KeyUpdateSpec, RotateSpec
 from handler.messages_api import MessagesCountRequest, MessagesRequest
 from handler.responses_api import ResponsesRequest
 from handler.schemas import ChatCompletion, ChatRequest, EmbeddingsRequest, EmbeddingsResponse
@@ -101,6 +101,7 @@ ERROR_SCHEMAS: dict[str, Any] = {
             "expires_at": {"type": ["number", "null"]},
             "admin": {"type": "boolean"},
             "created_at": {"type": "number"},
+            "tags": {"type": "object", "additionalProperties": {"type": "string"}},
             "key": {"type": "string", "description": "the secret, shown once, on creation and rotation only"},
         },
     },
@@ -119,6 +120,7 @@ MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (KeySpec, "validation"),
     (AdminKeySpec, "validation"),
     (RotateSpec, "validation"),
+    (KeyUpdateSpec, "validation"),
     (ChatCompletion, "serialization"),
     (EmbeddingsResponse, "serialization"),
 ]
@@ -174,7 +176,10 @@ def _controls() -> list[dict[str, Any]]:
 USAGE_PARAMETERS = [
     _query("since", "start: YYYY-MM-DD, an ISO 8601 time or epoch seconds (default: 30 days ago)"),
     _query("until", "end, exclusive (default: now)"),
-    _query("group_by", "comma-separated: key, model, day"),
+    _query("group_by", "comma-separated: key, model, day, user, session, tag:NAME"),
+    _query("tag", "only lines carrying every one of these tags: team=search,env=prod"),
+    _query("user", "only this end user's lines"),
+    _query("session", "only this agent session's lines"),
     {"name": "format", "in": "query", "required": False, "schema": {"enum": ["json", "csv"]}},
 ]
 KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -373,7 +378,14 @@ def openapi_document() -> dict[str, Any]:
                 _json(key_view, "the key"),
                 errors={"404": "not_found"},
                 parameters=[KEY_ID],
-            )
+            ),
+            "patch": _operation(
+                "Replace a key's default attribution tags (admin key only)",
+                _json(key_view, "the key"),
+                body=_ref(KeyUpdateSpec),
+                errors={"404": "not_found"},
+                parameters=[KEY_ID],
+            ),
         },
         "/admin/keys/{key_id}/rotate": {
             "post": _operation(

@@ -399,6 +399,9 @@ class KeyRecord:
     # The region whose store item is the budget's ledger of record (None: records from before regions, which
     # keep one meter item in whichever region serves them). See `adapters/store/leases.py`.
     home_region: str | None = None
+    # Default attribution tags for the key's ledger lines (see `handler/attribution.py` for how they combine
+    # with its ancestors' and the request's).
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,6 +491,11 @@ class LedgerItem:
     tags: dict[str, str] = field(default_factory=dict)
     user: str | None = None
     session: str | None = None
+    # Output tokens spent reasoning (within `output_tokens`; 0 where the provider does not count them apart),
+    # and what prompt caching saved on this request (see `Cost.cache_savings_usd`). Lines written before these
+    # fields existed read back as 0.
+    reasoning_tokens: int = 0
+    cache_savings_usd: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
