@@ -515,7 +515,7 @@ def create_app(gateway: Gateway) -> GatewayApp:
         Route("/admin/keys/{key_id}", keys.admin_update, methods=["PATCH"]),
         Route("/admin/keys/{key_id}/rotate", keys.admin_rotate, methods=["POST"]),
         Route("/admin/keys/{key_id}/revoke", keys.admin_revoke, methods=["POST"]),
-        *dashboard_routes(),
+        *dashboard_routes(api),
     ]
     errors: dict[type, ErrorHandler] = {
         GatewayError: on_gateway_error,

@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, keys, usage, config check."""
+"""The `gateway` command: serve, keys, usage, dashboard, config check."""
 
 from __future__ import annotations
 
@@ -259,6 +259,59 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080"
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Open the dashboard signed in as an admin key: a one-time link (its token in the URL's fragment, which
+    browsers never send to a server), good for a minute; never the key itself."""
+    from handler.dashboard import SIGN_IN_SECONDS, issue_sign_in, live_admin
+
+    try:
+        _require_store(args.store)
+    except MissingStoreError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
+
+    async def link() -> str | None:
+        store = _store(args.store)
+        try:
+            now = time.time()
+            if args.key:
+                admin = await store.get_key(args.key)
+                if not live_admin(admin, now):
+                    sys.stderr.write(f"'{args.key}' is not a live admin key of this store\n")
+                    return None
+            else:
+                admins = sorted(
+                    (r for r in await store.list_keys() if r.parent_id is None and live_admin(r, now)),
+                    key=lambda r: r.created_at,
+                )
+                if not admins:
+                    sys.stderr.write(
+                        "this store has no live admin key: create one with "
+                        "`gateway keys create --name admin --admin`, then run this again\n"
+                    )
+                    return None
+                admin = admins[0]
+            return await issue_sign_in(store, admin, now)
+        finally:
+            await store.close()
+
+    token = asyncio.run(link())
+    if token is None:
+        return 1
+    base = (args.url or os.environ.get("GATEWAY_URL") or DEFAULT_GATEWAY_URL).rstrip("/")
+    url = f"{base}/dashboard#sign-in={token}"
+    sys.stdout.write(f"Dashboard, signed in (this link works once, within {SIGN_IN_SECONDS} seconds):\n\n    {url}\n")
+    sys.stdout.flush()
+    if not args.no_open:
+        import webbrowser
+
+        webbrowser.open(url)
+    return 0
+
+
 def cmd_store_migrate(args: argparse.Namespace) -> int:
     """Bring what the store holds to this version's layout (SQLite files migrate when opened; DynamoDB moves
     line items written before reports read index shards)."""
@@ -349,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--session", help="only this agent session's lines")
     usage.add_argument("--format", choices=["table", "csv", "json"], default="table")
     usage.set_defaults(func=cmd_usage)
+
+    dashboard = sub.add_parser("dashboard", help="open the dashboard signed in as an admin key (a one-time link)")
+    dashboard.add_argument("--store", help="the server's store URL")
+    dashboard.add_argument("--url", help=f"where the gateway listens (default: GATEWAY_URL or {DEFAULT_GATEWAY_URL})")
+    dashboard.add_argument("--key", help="the admin key id to sign in as (default: the first admin key)")
+    dashboard.add_argument("--no-open", action="store_true", help="print the link only")
+    dashboard.set_defaults(func=cmd_dashboard)
 
     store = sub.add_parser("store", help="store tools")
     ssub = store.add_subparsers(dest="store_command", required=True)

@@ -263,6 +263,7 @@ class KeyRoutes:
                 "group_by": spec.group_by,
                 "filter": spec.filter.as_json(),
                 "latency": latency(items),
+                "tag_names": sorted({name for item in items for name in item.tags}),
                 "data": as_json(rows),
             }
         )

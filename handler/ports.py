@@ -592,6 +592,15 @@ class Store(ABC):
     async def delete_response(self, response_id: str) -> bool:
         """Delete the response; whether it existed."""
 
+    @abstractmethod
+    async def put_sign_in(self, token_hash: str, key_id: str, expires_at: float) -> None:
+        """Keep a one-time dashboard sign-in token (its hash) for the admin key `key_id` until `expires_at`."""
+
+    @abstractmethod
+    async def take_sign_in(self, token_hash: str) -> str | None:
+        """Delete the token and return its key id, in one step (of two racing takers only one gets it); None when
+        unknown, taken before or expired."""
+
     async def reconnect(self) -> None:
         """Drop the store's open connections (after a SnapStart restore they are dead); the next call opens
         new ones."""

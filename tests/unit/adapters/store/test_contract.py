@@ -595,3 +595,14 @@ def test_lines_and_keys_written_before_the_new_columns_read_back_as_zero() -> No
     old_key = orjson.loads(key_to_json(key))
     del old_key["tags"]
     assert key_from_json(orjson.dumps(old_key)) == key
+
+
+async def test_a_sign_in_token_is_taken_once_and_never_after_it_expires(store: Store) -> None:
+    fresh, stale = uuid.uuid4().hex, uuid.uuid4().hex
+    await store.put_sign_in(fresh, "admin-1", time.time() + 60)
+    await store.put_sign_in(stale, "admin-1", time.time() - 1)
+    taken = await asyncio.gather(*(store.take_sign_in(fresh) for _ in range(5)))
+    assert taken.count("admin-1") == 1 and taken.count(None) == 4  # racing takers: one wins
+    assert await store.take_sign_in(fresh) is None
+    assert await store.take_sign_in(stale) is None
+    assert await store.take_sign_in(uuid.uuid4().hex) is None
