@@ -104,6 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"    export GATEWAY_KEY={secret}\n\n"
             "Clients (the openai SDK, Codex, curl) then use:\n\n"
             f"    export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY=$GATEWAY_KEY\n\n"
+            f"The dashboard ({url}/dashboard) asks for this admin key; `gateway dashboard` opens it signed in.\n\n"
         )
     source = os.environ.get("GATEWAY_CONFIG") or "the shipped default config"
     sys.stdout.write(f"gateway listening on {url} (store {_store_url(None)}, {source}); Ctrl-C stops it\n")
