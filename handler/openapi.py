@@ -17,6 +17,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.requests import Request
 from starlette.responses import Response
 
+from handler.dashboard import SignIn
 from handler.key_routes import AdminKeySpec, KeySpec, KeyUpdateSpec, RotateSpec
 from handler.messages_api import MessagesCountRequest, MessagesRequest
 from handler.responses_api import ResponsesRequest
@@ -121,6 +122,7 @@ MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (AdminKeySpec, "validation"),
     (RotateSpec, "validation"),
     (KeyUpdateSpec, "validation"),
+    (SignIn, "validation"),
     (ChatCompletion, "serialization"),
     (EmbeddingsResponse, "serialization"),
 ]
@@ -395,6 +397,16 @@ def openapi_document() -> dict[str, Any]:
                 body_required=False,
                 errors={"404": "not_found"},
                 parameters=[KEY_ID],
+            )
+        },
+        "/dashboard/sign-in": {
+            "post": _operation(
+                "Trade a one-time sign-in token from `gateway dashboard` for a dashboard session (a short-lived "
+                "admin key); no auth",
+                _json(any_object, "the session: `key`, `key_id`, `expires_at`, `signed_in_as`"),
+                body=_ref(SignIn),
+                errors={"401": "sign_in_link_expired (used already or expired), key_revoked"},
+                security=[{}],
             )
         },
         "/admin/keys/{key_id}/revoke": {
