@@ -271,7 +271,8 @@ def to_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no usage in this window\n"
     for column in rows[0]:
-        table.add_column(column, justify="left" if column in GROUPS else "right")
+        text = column in GROUPS or column in ATTRIBUTION or column == "key_name" or column.startswith("tag:")
+        table.add_column(column, justify="left" if text else "right")
     for row in rows:
         table.add_row(*(usd_display(v) if k in USD_COLUMNS else str(v) for k, v in row.items()))
     return render(table)
@@ -297,7 +298,8 @@ def latency_table(summary: Mapping[str, Any]) -> str:
 def render(table: Any) -> str:
     from rich.console import Console
 
-    console = Console(file=io.StringIO(), width=220, color_system=None)
+    # Wide enough for every column in full: a table is as wide as its content, never wrapped to a terminal.
+    console = Console(file=io.StringIO(), width=400, color_system=None)
     console.print(table)
     output = console.file.getvalue()  # type: ignore[attr-defined]
     return str(output)
