@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from handler.attribution import validate_tags
+from handler.attribution import line_tags, validate_tags
 from handler.budgets import period_of
 from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from handler.keys import key_names, models_within, validate_networks, with_descendants
@@ -141,9 +141,13 @@ class KeyRoutes:
             "remaining_usd": max(0.0, record.budget_usd - committed),
         }
 
+    async def _line_tags(self, record: KeyRecord) -> dict[str, Any]:
+        """The tags every line of this key carries: its own under its ancestors' (which win a name)."""
+        return {"line_tags": line_tags(await self.gateway.keys.lineage(record), {})}
+
     async def whoami(self, request: Request) -> Response:
         key = await self.api.authenticate(request, allow_x_api_key=True)
-        return self.api.json({**key_view(key), **await self._budget_state(key)})
+        return self.api.json({**key_view(key), **await self._line_tags(key), **await self._budget_state(key)})
 
     async def mint_child(self, request: Request) -> Response:
         parent = await self.api.authenticate(request)
@@ -217,7 +221,8 @@ class KeyRoutes:
     async def admin_show(self, request: Request) -> Response:
         await self._admin(request)
         record = await self._target(request)
-        return self.api.json({**key_view(record), **await self._budget_state(record)})
+        state = {**await self._line_tags(record), **await self._budget_state(record)}
+        return self.api.json({**key_view(record), **state})
 
     async def admin_rotate(self, request: Request) -> Response:
         await self._admin(request)

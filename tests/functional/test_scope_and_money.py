@@ -379,6 +379,9 @@ def test_key_tags_reach_the_ledger_under_their_parents_and_over_the_header(gw: R
     assert chat(gw, kid, **{"x-gateway-tags": "team=other,feature=x,env=dev"}).status_code == 200
     (line,) = lines_of(gw, kid, 1)
     assert line.tags == {"team": "search", "cost-center": "42", "feature": "chat", "env": "dev"}
+    whoami = httpx.get(f"{gw.url}/v1/key", headers=auth(kid)).json()
+    assert whoami["tags"] == {"team": "ads", "feature": "chat"}  # its own, as minted
+    assert whoami["line_tags"] == {"team": "search", "cost-center": "42", "feature": "chat"}  # what its lines carry
 
     # An admin retags the parent: the child's next line carries the new tags; its first line keeps its own.
     retagged = httpx.patch(
