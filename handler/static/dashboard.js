@@ -6,6 +6,7 @@
 (() => {
   const STORAGE_KEY = "gateway.dashboard.adminKey";
   const SIGN_IN_PREFIX = "#sign-in=";
+  const SESSION_ID = "gateway.dashboard.sessionKeyId"; // set when the key is a link's session, ours to revoke
   const SVG_NS = "http://www.w3.org/2000/svg";
   const PALETTE = ["#2b6cb0", "#dd6b20", "#2f855a", "#c53030", "#6b46c1", "#b7791f", "#00838f", "#d53f8c"];
   const OTHER_COLOUR = "#8a94a3";
@@ -483,6 +484,7 @@
     }
     if (response && response.ok && body && body.key) {
       sessionStorage.setItem(STORAGE_KEY, body.key);
+      sessionStorage.setItem(SESSION_ID, body.key_id);
       return true;
     }
     const message = (body && body.error && body.error.message) || "the gateway did not answer";
@@ -511,6 +513,7 @@
       input.value = "";
       if (!value) return;
       sessionStorage.setItem(STORAGE_KEY, value);
+      sessionStorage.removeItem(SESSION_ID);
       $("link-error").hidden = true;
       load();
     });
@@ -525,10 +528,27 @@
       load();
     });
     $("refresh").addEventListener("click", load);
-    $("sign-out").addEventListener("click", () => {
-      sessionStorage.removeItem(STORAGE_KEY);
+    $("sign-out").addEventListener("click", async () => {
+      // A session a sign-in link made is revoked, not just forgotten: a copy of it elsewhere stops working too.
+      // A key typed in is the operator's own, and only forgotten.
+      const session = sessionStorage.getItem(SESSION_ID);
       generation++;
-      showSignIn("Key forgotten.");
+      if (session) {
+        try {
+          await fetch("admin/keys/" + encodeURIComponent(session) + "/revoke", {
+            method: "POST",
+            headers: { authorization: "Bearer " + adminKey() },
+            cache: "no-store",
+            credentials: "omit",
+            referrerPolicy: "no-referrer",
+          });
+        } catch (_) {
+          // Offline: the session still ends on its own when it expires.
+        }
+      }
+      sessionStorage.removeItem(STORAGE_KEY);
+      sessionStorage.removeItem(SESSION_ID);
+      showSignIn(session ? "Signed out; the session is revoked." : "Key forgotten.");
     });
     begin();
   }

@@ -502,6 +502,12 @@ def test_gateway_dashboard_opens_the_page_signed_in_once_and_the_token_stays_out
         assert page.evaluate("location.href") == f"{known.url}/dashboard", "the token left the address bar"
         session_key = page.evaluate("sessionStorage.getItem('gateway.dashboard.adminKey')")
         spend = page.evaluate("document.getElementById('total-spend').textContent")
+        live = httpx.get(f"{known.url}/v1/key", headers=headers(session_key)).json()
+        page.evaluate("document.getElementById('sign-out').click()")
+        page.wait_for("document.documentElement.dataset.state === 'signed-out'")
+        signed_out = page.evaluate(
+            "({status: document.getElementById('status').textContent, kept: sessionStorage.length})"
+        )
         first = page.activity()
 
         again = browser.new_page()
@@ -517,10 +523,15 @@ def test_gateway_dashboard_opens_the_page_signed_in_once_and_the_token_stays_out
 
     # Signed in with a session of its own: a short-lived admin child of the key the link stood for.
     assert session_key and session_key != admin
-    session = httpx.get(f"{known.url}/v1/key", headers=headers(session_key)).json()
+    session = live
     assert session["admin"] is True and session["parent_id"] == admin_id and session["name"] == "dashboard session"
     assert 0 < session["expires_at"] - time.time() <= 8 * 3600
     assert spend == usd_text(sum(float(c[4]) for c in KNOWN_LINES))
+    # Signing out revokes the session, so a copy of it elsewhere stops working too.
+    assert signed_out == {"status": "Signed out; the session is revoked.", "kept": 0}
+    after = httpx.get(f"{known.url}/v1/key", headers=headers(session_key))
+    assert after.status_code == 401 and after.json()["error"]["code"] == "key_revoked"
+    assert httpx.get(f"{known.url}/v1/key", headers=headers(admin)).status_code == 200, "the admin key lives on"
 
     # The link works once: the second visit says so, on a page that still offers the key form.
     assert reused["state"] == "link-refused" and reused["form"] and reused["kept"] == 0
