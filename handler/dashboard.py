@@ -1,4 +1,5 @@
-"""The spend dashboard: `GET /dashboard` and its three static assets, shipped in the package.
+"""The spend dashboard: `GET /dashboard` and its three static assets, shipped in the package, and
+`POST /dashboard/sign-in`, which trades a one-time link's token for a session.
 
 Auth. A browser cannot send `Authorization` on a page load, so the page is split in two:
 
@@ -21,7 +22,8 @@ token rides in the fragment, which a browser never sends to a server: it is in n
 `Referer`. The page takes it out of the address bar at once (`history.replaceState`) and posts it to
 `POST /dashboard/sign-in`, which deletes it as it reads it (single use) and answers a session: a new admin key,
 a child of the one the link stood for, expiring after `SESSION_SECONDS` (or with its parent, if sooner). From
-there the page works as if that key had been typed in; revoking the parent ends every session under it.
+there the page works as if that key had been typed in; its "Sign out" revokes the session, and revoking the
+parent ends every session under it.
 
 The page runs under `Content-Security-Policy: default-src 'self'` with no inline script or style, so a
 key name or model name shown on it cannot run as code; `form-action 'none'` keeps the key form from ever
