@@ -6,7 +6,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from handler import prometheus
+from handler.attribution import TAG, parse_tags
 from handler.dashboard import Dashboard
 from handler.errors import (
     GatewayError,
@@ -367,28 +367,6 @@ def parse_controls(request: Request) -> Controls:
 
 # The agent session a client names: Claude Code's header, Codex's, and a generic one.
 SESSION_HEADERS = (b"x-claude-code-session-id", b"session-id", b"x-session-id")
-TAG = re.compile(r"[A-Za-z0-9_.:/@+-]{1,128}")
-MAX_TAGS = 16
-
-
-def parse_tags(raw: str | None) -> dict[str, str]:
-    """`x-gateway-tags: team=search,feature=autocomplete`: at most 16 pairs of plain words (letters, digits and
-    `_.:/@+-`, up to 128 each), so a tag can never break a log line, a CSV row or a header; else a 400."""
-    if raw is None or not raw.strip():
-        return {}
-    tags: dict[str, str] = {}
-    for pair in raw.split(","):
-        name, sep, value = (part.strip() for part in pair.partition("="))
-        if not sep or not TAG.fullmatch(name) or not TAG.fullmatch(value):
-            raise InvalidRequestError(
-                "x-gateway-tags takes name=value pairs separated by commas; names and values are up to 128 "
-                "letters, digits or _.:/@+-",
-                param="x-gateway-tags",
-            )
-        tags[name] = value
-    if len(tags) > MAX_TAGS:
-        raise InvalidRequestError(f"x-gateway-tags takes at most {MAX_TAGS} tags", param="x-gateway-tags")
-    return tags
 
 
 def session_of(request: Request) -> str | None:
@@ -522,7 +500,7 @@ def create_app(gateway: Gateway) -> GatewayApp:
         yield
         await gateway.spool.close()
 
-    endpoints = Endpoints(api, KeyRoutes(api), MessagesRoutes(api), ResponsesRoutes(api), Dashboard())
+    endpoints = Endpoints(api, KeyRoutes(api), MessagesRoutes(api), ResponsesRoutes(api), Dashboard(api))
     app = Starlette(routes=starlette_routes(endpoints), exception_handlers=errors, lifespan=lifespan)
     app.state.gateway = gateway
     return GatewayApp(app, direct_lane(endpoints), errors)

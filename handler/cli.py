@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, keys, usage, config check."""
+"""The `gateway` command: serve, keys, usage, dashboard, config check."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from handler.attribution import parse_tags
 from handler.config import ConfigError, load_config
 from handler.gateway import DEFAULT_STORE_URL
 from handler.key_routes import key_view
@@ -103,6 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"    export GATEWAY_KEY={secret}\n\n"
             "Clients (the openai SDK, Codex, curl) then use:\n\n"
             f"    export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY=$GATEWAY_KEY\n\n"
+            f"The dashboard ({url}/dashboard) asks for this admin key; `gateway dashboard` opens it signed in.\n\n"
         )
     source = os.environ.get("GATEWAY_CONFIG") or "the shipped default config"
     sys.stdout.write(f"gateway listening on {url} (store {_store_url(None)}, {source}); Ctrl-C stops it\n")
@@ -159,61 +161,72 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 async def _keys(args: argparse.Namespace) -> int:
+    from handler.errors import GatewayError
+
     try:
-        store = _store(args.store, must_exist=args.keys_command in ("list", "show"))
+        store = _store(args.store, must_exist=args.keys_command != "create")
     except MissingStoreError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2
-    service = KeyService(store, 0)
     try:
-        if args.keys_command == "create":
-            record = KeyRecord(
-                id="",
-                name=args.name,
-                secret_hash="",
-                created_at=0,
-                models=[m.strip() for m in args.models.split(",") if m.strip()] if args.models else ["*"],
-                budget_usd=args.budget_usd,
-                budget_period=args.budget_period,
-                expires_at=time.time() + args.expires_in if args.expires_in else None,
-                rpm=args.rpm,
-                tpm=args.tpm,
-                allow_ips=validate_networks(args.allow_ip.split(",")) if args.allow_ip else [],
-                admin=args.admin,
-            )
-            minted = await service.mint(record)
-            if args.json:
-                _print_json({**key_view(minted.record), "key": minted.key})
-            else:
-                sys.stdout.write(f"created key {minted.record.id} ({args.name}); shown once:\n{minted.key}\n")
-            return 0
-        if args.keys_command == "list":
-            _print_json([key_view(r) for r in await store.list_keys()])
-            return 0
-        existing = await store.get_key(args.id)
-        if existing is None:
-            sys.stderr.write(f"no key with id '{args.id}'\n")
-            return 1
-        if args.keys_command == "show":
-            _print_json(key_view(existing))
-        elif args.keys_command == "revoke":
-            _print_json(key_view(await service.revoke(existing)))
-        elif args.keys_command == "rotate":
-            minted = await service.rotate(existing, args.grace)
-            _print_json({**key_view(minted.record), "key": minted.key})
-        return 0
+        return await _key_command(args, store)
+    except GatewayError as exc:  # a bad --tags or --allow-ip: the message, not a traceback
+        sys.stderr.write(f"{exc.message}\n")
+        return 2
     finally:
         await store.close()
+
+
+async def _key_command(args: argparse.Namespace, store: Store) -> int:
+    service = KeyService(store, 0)
+    if args.keys_command == "create":
+        record = KeyRecord(
+            id="",
+            name=args.name,
+            secret_hash="",
+            created_at=0,
+            models=[m.strip() for m in args.models.split(",") if m.strip()] if args.models else ["*"],
+            budget_usd=args.budget_usd,
+            budget_period=args.budget_period,
+            expires_at=time.time() + args.expires_in if args.expires_in else None,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            allow_ips=validate_networks(args.allow_ip.split(",")) if args.allow_ip else [],
+            admin=args.admin,
+            tags=parse_tags(args.tags, "--tags"),
+        )
+        minted = await service.mint(record)
+        if args.json:
+            _print_json({**key_view(minted.record), "key": minted.key})
+        else:
+            sys.stdout.write(f"created key {minted.record.id} ({args.name}); shown once:\n{minted.key}\n")
+        return 0
+    if args.keys_command == "list":
+        _print_json([key_view(r) for r in await store.list_keys()])
+        return 0
+    existing = await store.get_key(args.id)
+    if existing is None:
+        sys.stderr.write(f"no key with id '{args.id}'\n")
+        return 1
+    if args.keys_command == "show":
+        _print_json(key_view(existing))
+    elif args.keys_command == "revoke":
+        _print_json(key_view(await service.revoke(existing)))
+    elif args.keys_command == "tag":
+        _print_json(key_view(await service.retag(existing, parse_tags(args.tags, "tags"))))
+    elif args.keys_command == "rotate":
+        minted = await service.rotate(existing, args.grace)
+        _print_json({**key_view(minted.record), "key": minted.key})
+    return 0
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
     from handler.errors import GatewayError
     from handler.ports import UsageQuery
-    from handler.usage import aggregate, as_json, parse_group_by, to_csv, to_table, window
+    from handler.usage import aggregate, as_json, latency, latency_table, parse_report, to_csv, to_table
 
     try:
-        since, until = window(args.since, args.until)
-        group_by = parse_group_by(args.group_by)
+        spec = parse_report(args.since, args.until, args.group_by, args.tag, args.user, args.session)
     except GatewayError as exc:
         sys.stderr.write(f"{exc.message}\n")
         return 2
@@ -224,23 +237,79 @@ def cmd_usage(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{exc}\n")
         return 2
 
-    async def fetch() -> list[dict[str, Any]]:
+    async def fetch() -> tuple[list[dict[str, Any]], dict[str, Any]]:
         store = _store(args.store)
         try:
             family = await with_descendants(store, args.key) if args.key else None
-            items = await store.usage(UsageQuery(family, since, until))
-            names = await key_names(store.get_key, (i.key_id for i in items)) if "key" in group_by else None
-            return aggregate(items, group_by, names)
+            items = spec.select(await store.usage(UsageQuery(family, spec.since, spec.until)))
+            by_key = "key" in spec.group_by
+            names = await key_names(store.get_key, (i.key_id for i in items)) if by_key else None
+            return aggregate(items, spec.group_by, names), latency(items)
         finally:
             await store.close()
 
-    rows = asyncio.run(fetch())
+    rows, latencies = asyncio.run(fetch())
     if args.format == "json":
         _print_json(as_json(rows))
     elif args.format == "csv":
         sys.stdout.write(to_csv(rows))
     else:
         sys.stdout.write(to_table(rows))
+        if latencies["requests"]:
+            sys.stdout.write(latency_table(latencies))
+    return 0
+
+
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080"
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Open the dashboard signed in as an admin key: a one-time link (its token in the URL's fragment, which
+    browsers never send to a server), good for a minute; never the key itself."""
+    from handler.dashboard import SIGN_IN_SECONDS, issue_sign_in, live_admin
+
+    try:
+        _require_store(args.store)
+    except MissingStoreError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
+
+    async def link() -> str | None:
+        store = _store(args.store)
+        try:
+            now = time.time()
+            if args.key:
+                admin = await store.get_key(args.key)
+                if not live_admin(admin, now):
+                    sys.stderr.write(f"'{args.key}' is not a live admin key of this store\n")
+                    return None
+            else:
+                admins = sorted(
+                    (r for r in await store.list_keys() if r.parent_id is None and live_admin(r, now)),
+                    key=lambda r: r.created_at,
+                )
+                if not admins:
+                    sys.stderr.write(
+                        "this store has no live admin key: create one with "
+                        "`gateway keys create --name admin --admin`, then run this again\n"
+                    )
+                    return None
+                admin = admins[0]
+            return await issue_sign_in(store, admin, now)
+        finally:
+            await store.close()
+
+    token = asyncio.run(link())
+    if token is None:
+        return 1
+    base = (args.url or os.environ.get("GATEWAY_URL") or DEFAULT_GATEWAY_URL).rstrip("/")
+    url = f"{base}/dashboard#sign-in={token}"
+    sys.stdout.write(f"Dashboard, signed in (this link works once, within {SIGN_IN_SECONDS} seconds):\n\n    {url}\n")
+    sys.stdout.flush()
+    if not args.no_open:
+        import webbrowser
+
+        webbrowser.open(url)
     return 0
 
 
@@ -309,11 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--tpm", type=int)
     create.add_argument("--allow-ip", help="comma-separated CIDR ranges")
     create.add_argument("--admin", action="store_true")
+    create.add_argument("--tags", help="default attribution tags for its ledger lines: team=search,env=prod")
     create.add_argument("--json", action="store_true")
     ksub.add_parser("list", help="list keys")
     for name in ("show", "revoke"):
         cmd = ksub.add_parser(name)
         cmd.add_argument("id")
+    tag = ksub.add_parser("tag", help="replace a key's default attribution tags ('' clears them)")
+    tag.add_argument("id")
+    tag.add_argument("tags", help="team=search,env=prod")
     rotate = ksub.add_parser("rotate", help="new secret; the old one works for --grace")
     rotate.add_argument("id")
     rotate.add_argument("--grace", type=parse_duration, default=3600.0)
@@ -325,8 +398,18 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--since", help="YYYY-MM-DD, ISO time or epoch seconds (default: 30 days ago)")
     usage.add_argument("--until", help="YYYY-MM-DD, ISO time or epoch seconds (default: now)")
     usage.add_argument("--group-by", help="any of key,model,day,user,session,tag:NAME")
+    usage.add_argument("--tag", help="only lines carrying every one of these tags: team=search,env=prod")
+    usage.add_argument("--user", help="only this end user's lines")
+    usage.add_argument("--session", help="only this agent session's lines")
     usage.add_argument("--format", choices=["table", "csv", "json"], default="table")
     usage.set_defaults(func=cmd_usage)
+
+    dashboard = sub.add_parser("dashboard", help="open the dashboard signed in as an admin key (a one-time link)")
+    dashboard.add_argument("--store", help="the server's store URL")
+    dashboard.add_argument("--url", help=f"where the gateway listens (default: GATEWAY_URL or {DEFAULT_GATEWAY_URL})")
+    dashboard.add_argument("--key", help="the admin key id to sign in as (default: the first admin key)")
+    dashboard.add_argument("--no-open", action="store_true", help="print the link only")
+    dashboard.set_defaults(func=cmd_dashboard)
 
     store = sub.add_parser("store", help="store tools")
     ssub = store.add_subparsers(dest="store_command", required=True)

@@ -1,5 +1,6 @@
-"""The spend dashboard: `GET /dashboard` and its three static assets, shipped in the package (the routes are
-rows of `handler/route_table.py`).
+"""The spend dashboard: `GET /dashboard` and its three static assets, shipped in the package, and
+`POST /dashboard/sign-in`, which trades a one-time link's token for a session (the routes are rows of
+`handler/route_table.py`).
 
 Auth. A browser cannot send `Authorization` on a page load, so the page is split in two:
 
@@ -16,6 +17,15 @@ leak into history and `Referer`. The other design (serve the page only to a requ
 header, with the data inlined) would work only through a proxy that adds the header, and would put the
 ledger into an HTML page that browsers and proxies may cache.
 
+Signing in without pasting a key. `gateway dashboard` (on the machine with the store) keeps the hash of a fresh
+random token standing for an admin key, for `SIGN_IN_SECONDS`, and opens `/dashboard#sign-in=<token>`. The
+token rides in the fragment, which a browser never sends to a server: it is in no access log, proxy log or
+`Referer`. The page takes it out of the address bar at once (`history.replaceState`) and posts it to
+`POST /dashboard/sign-in`, which deletes it as it reads it (single use) and answers a session: a new admin key,
+a child of the one the link stood for, expiring after `SESSION_SECONDS` (or with its parent, if sooner). From
+there the page works as if that key had been typed in; its "Sign out" revokes the session, and revoking the
+parent ends every session under it.
+
 The page runs under `Content-Security-Policy: default-src 'self'` with no inline script or style, so a
 key name or model name shown on it cannot run as code; `form-action 'none'` keeps the key form from ever
 submitting the key as a query string. Nothing is fetched from anywhere but this gateway (no CDN, no fonts).
@@ -23,12 +33,26 @@ submitting the key as a query string. Nothing is fetched from anywhere but this 
 
 from __future__ import annotations
 
+import secrets
+import time
 from importlib import resources
+from typing import TYPE_CHECKING, TypeGuard
 
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from handler.errors import NotFoundError
+from handler.errors import AuthenticationError, NotFoundError
+from handler.keys import hash_secret
+from handler.ports import KeyRecord, Store
+
+if TYPE_CHECKING:
+    from handler.app import Api
+
+SIGN_IN_SECONDS = 60
+SESSION_SECONDS = 8 * 3600
+SESSION_KEY_NAME = "dashboard session"
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -62,10 +86,37 @@ def read_asset(name: str) -> bytes:
     return (resources.files("handler") / "static" / name).read_bytes()
 
 
-class Dashboard:
-    """Serves the dashboard's shell; the files are read once, when the app is built."""
+async def issue_sign_in(store: Store, admin: KeyRecord, now: float) -> str:
+    """A one-time token that signs the dashboard in as `admin` within `SIGN_IN_SECONDS` (only its hash is kept)."""
+    token = secrets.token_urlsafe(32)
+    await store.put_sign_in(hash_secret(token), admin.id, now + SIGN_IN_SECONDS)
+    return token
 
-    def __init__(self) -> None:
+
+def live_admin(record: KeyRecord | None, now: float) -> TypeGuard[KeyRecord]:
+    """Whether `record` is an admin key neither revoked nor expired."""
+    return (
+        record is not None
+        and record.admin
+        and (record.revoked_at is None or record.revoked_at > now)
+        and (record.expires_at is None or record.expires_at > now)
+    )
+
+
+class SignIn(BaseModel):
+    """The body of `POST /dashboard/sign-in`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=200)
+
+
+class Dashboard:
+    """Serves the dashboard's shell (the files are read once, when the app is built) and trades sign-in links
+    for sessions."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
         self.page = read_asset(PAGE)
         self.assets = {name: (read_asset(name), media_type) for name, media_type in ASSETS.items()}
 
@@ -79,3 +130,36 @@ class Dashboard:
             raise NotFoundError(f"no dashboard asset '{name}'", code="not_found")
         body, media_type = found
         return Response(body, media_type=media_type, headers=SECURITY_HEADERS)
+
+    async def sign_in(self, request: Request) -> Response:
+        """A sign-in link's token, once, for a session key (see the module docstring)."""
+        spec = await self.api.parse(request, SignIn)
+        gateway = self.api.gateway
+        key_id = await gateway.store.take_sign_in(hash_secret(spec.token))
+        if key_id is None:
+            raise AuthenticationError(
+                "this sign-in link was used already or has expired (a link works once, within "
+                f"{SIGN_IN_SECONDS} seconds): run `gateway dashboard` again for a new one",
+                code="sign_in_link_expired",
+            )
+        now = time.time()
+        admin = await gateway.store.get_key(key_id)
+        if not live_admin(admin, now):
+            raise AuthenticationError("the key this link signs in as is no longer a live admin key", code="key_revoked")
+        ends = now + SESSION_SECONDS if admin.expires_at is None else min(now + SESSION_SECONDS, admin.expires_at)
+        session = KeyRecord(
+            id="",
+            name=SESSION_KEY_NAME,
+            secret_hash="",
+            created_at=now,
+            models=list(admin.models),
+            allow_ips=list(admin.allow_ips),
+            admin=True,
+            expires_at=ends,
+            parent_id=admin.id,
+            ancestors=[*admin.ancestors, admin.id],
+        )
+        minted = await gateway.keys.mint(session)
+        headers = {**SECURITY_HEADERS, "cache-control": "no-store"}
+        payload = {"key": minted.key, "key_id": minted.record.id, "expires_at": ends, "signed_in_as": admin.name}
+        return Response(orjson.dumps(payload), media_type="application/json", headers=headers)

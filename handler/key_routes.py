@@ -11,11 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from handler.attribution import line_tags, validate_tags
 from handler.budgets import period_of
 from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from handler.keys import key_names, models_within, validate_networks, with_descendants
 from handler.ports import ConflictError, KeyRecord, RateCharge, UsageQuery
-from handler.usage import aggregate, as_json, parse_group_by, to_csv, window
+from handler.usage import aggregate, as_json, latency, parse_report, to_csv
 
 if TYPE_CHECKING:
     from handler.app import Api
@@ -37,10 +38,20 @@ class KeySpec(BaseModel):
     tpm: int | None = Field(default=None, ge=1)
     model_limits: dict[str, dict[Literal["rpm", "tpm"], int]] | None = None
     allow_ips: list[str] | None = None
+    # Default attribution tags for the key's ledger lines; a child also carries its parent's (which win).
+    tags: dict[str, str] | None = None
 
 
 class AdminKeySpec(KeySpec):
     admin: bool = False
+
+
+class KeyUpdateSpec(BaseModel):
+    """The body of `PATCH /admin/keys/{id}`: what may change on a live key without a new secret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tags: dict[str, str]
 
 
 class RotateSpec(BaseModel):
@@ -68,6 +79,7 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
         "created_at": record.created_at,
         "revoked_at": record.revoked_at,
         "rotation_grace_until": record.prev_valid_until,
+        "tags": record.tags,
     }
 
 
@@ -93,6 +105,7 @@ def record_from(spec: KeySpec, *, admin: bool = False, now: float) -> KeyRecord:
         model_limits=limits,
         allow_ips=validate_networks(spec.allow_ips or []),
         admin=admin,
+        tags=validate_tags(spec.tags or {}, "tags"),
     )
 
 
@@ -128,9 +141,13 @@ class KeyRoutes:
             "remaining_usd": max(0.0, record.budget_usd - committed),
         }
 
+    async def _line_tags(self, record: KeyRecord) -> dict[str, Any]:
+        """The tags every line of this key carries: its own under its ancestors' (which win a name)."""
+        return {"line_tags": line_tags(await self.gateway.keys.lineage(record), {})}
+
     async def whoami(self, request: Request) -> Response:
         key = await self.api.authenticate(request, allow_x_api_key=True)
-        return self.api.json({**key_view(key), **await self._budget_state(key)})
+        return self.api.json({**key_view(key), **await self._line_tags(key), **await self._budget_state(key)})
 
     async def mint_child(self, request: Request) -> Response:
         parent = await self.api.authenticate(request)
@@ -204,7 +221,8 @@ class KeyRoutes:
     async def admin_show(self, request: Request) -> Response:
         await self._admin(request)
         record = await self._target(request)
-        return self.api.json({**key_view(record), **await self._budget_state(record)})
+        state = {**await self._line_tags(record), **await self._budget_state(record)}
+        return self.api.json({**key_view(record), **state})
 
     async def admin_rotate(self, request: Request) -> Response:
         await self._admin(request)
@@ -228,15 +246,42 @@ class KeyRoutes:
 
     async def _usage(self, request: Request, key_ids: list[str] | None) -> Response:
         params = request.query_params
-        since, until = window(params.get("since"), params.get("until"))
-        group_by = parse_group_by(params.get("group_by"))
-        items = await self.gateway.store.usage(UsageQuery(key_ids, since, until))
-        names = await key_names(self.gateway.keys.lookup, (i.key_id for i in items)) if "key" in group_by else None
-        rows = aggregate(items, group_by, names)
+        spec = parse_report(
+            params.get("since"),
+            params.get("until"),
+            params.get("group_by"),
+            params.get("tag"),
+            params.get("user"),
+            params.get("session"),
+        )
+        items = spec.select(await self.gateway.store.usage(UsageQuery(key_ids, spec.since, spec.until)))
+        by_key = "key" in spec.group_by
+        names = await key_names(self.gateway.keys.lookup, (i.key_id for i in items)) if by_key else None
+        rows = aggregate(items, spec.group_by, names)
         if params.get("format") == "csv":
             return Response(to_csv(rows), media_type="text/csv")
-        data = as_json(rows)
-        return self.api.json({"object": "list", "since": since, "until": until, "group_by": group_by, "data": data})
+        return self.api.json(
+            {
+                "object": "list",
+                "since": spec.since,
+                "until": spec.until,
+                "group_by": spec.group_by,
+                "filter": spec.filter.as_json(),
+                "latency": latency(items),
+                "tag_names": sorted({name for item in items for name in item.tags}),
+                "data": as_json(rows),
+            }
+        )
+
+    async def admin_update(self, request: Request) -> Response:
+        await self._admin(request)
+        record = await self._target(request)
+        spec = await self.api.parse(request, KeyUpdateSpec)
+        try:
+            updated = await self.gateway.keys.retag(record, validate_tags(spec.tags, "tags"))
+        except ConflictError:
+            raise InvalidRequestError("the key changed while updating; retry") from None
+        return self.api.json(key_view(updated))
 
     async def admin_revoke(self, request: Request) -> Response:
         await self._admin(request)

@@ -221,6 +221,13 @@ class KeyService:
         self._cache.pop(record.id, None)
         return MintedKey(rotated, format_key(record.id, secret))
 
+    async def retag(self, record: KeyRecord, tags: dict[str, str]) -> KeyRecord:
+        """Replace the key's default attribution tags (its lines from now on carry them)."""
+        retagged = replace(record, tags=tags, version=record.version + 1)
+        await self.store.update_key(retagged)
+        self._cache.pop(record.id, None)
+        return retagged
+
     async def revoke(self, record: KeyRecord) -> KeyRecord:
         revoked = replace(record, revoked_at=self.clock(), version=record.version + 1)
         await self.store.update_key(revoked)

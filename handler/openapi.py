@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from handler.key_routes import AdminKeySpec, KeySpec, RotateSpec
+from handler.dashboard import SignIn
+from handler.key_routes import AdminKeySpec, KeySpec, KeyUpdateSpec, RotateSpec
 from handler.messages_api import MessagesCountRequest, MessagesRequest
 from handler.responses_api import ResponsesRequest
 from handler.schemas import ChatCompletion, ChatRequest, EmbeddingsRequest, EmbeddingsResponse
@@ -48,7 +49,7 @@ PROXY_ERRORS = {
 }
 TEXT: dict[str, Any] = {"type": "string"}
 FLAG: dict[str, Any] = {"type": "string", "enum": ["true", "false"]}
-TAG_PAIR = "[A-Za-z0-9_.:/@+-]{1,128}=[A-Za-z0-9_.:/@+-]{1,128}"  # as `handler.app.parse_tags` takes them
+TAG_PAIR = "[A-Za-z0-9_.:/@+-]{1,128}=[A-Za-z0-9_.:/@+-]{1,128}"  # as `handler.attribution.parse_tags` takes them
 CONTROL_HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
     "x-gateway-fallbacks": ("comma-separated fallback models, or `none`", TEXT),
     "x-gateway-deadline-ms": (
@@ -110,6 +111,7 @@ ERROR_SCHEMAS: dict[str, Any] = {
             "expires_at": {"type": ["number", "null"]},
             "admin": {"type": "boolean"},
             "created_at": {"type": "number"},
+            "tags": {"type": "object", "additionalProperties": {"type": "string"}},
             "key": {"type": "string", "description": "the secret, shown once, on creation and rotation only"},
         },
     },
@@ -128,6 +130,8 @@ MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (KeySpec, "validation"),
     (AdminKeySpec, "validation"),
     (RotateSpec, "validation"),
+    (KeyUpdateSpec, "validation"),
+    (SignIn, "validation"),
     (ChatCompletion, "serialization"),
     (EmbeddingsResponse, "serialization"),
 ]
@@ -209,7 +213,10 @@ CONTROLS = [
 USAGE_PARAMETERS = [
     query("since", "start: YYYY-MM-DD, an ISO 8601 time or epoch seconds (default: 30 days ago)"),
     query("until", "end, exclusive (default: now)"),
-    query("group_by", "comma-separated: key, model, day"),
+    query("group_by", "comma-separated: key, model, day, user, session, tag:NAME"),
+    query("tag", "only lines carrying every one of these tags: team=search,env=prod"),
+    query("user", "only this end user's lines"),
+    query("session", "only this agent session's lines"),
     {"name": "format", "in": "query", "required": False, "schema": {"enum": ["json", "csv"]}},
 ]
 KEY_VIEW = {"$ref": "#/components/schemas/KeyView"}

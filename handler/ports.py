@@ -399,6 +399,9 @@ class KeyRecord:
     # The region whose store item is the budget's ledger of record (None: records from before regions, which
     # keep one meter item in whichever region serves them). See `adapters/store/leases.py`.
     home_region: str | None = None
+    # Default attribution tags for the key's ledger lines (see `handler/attribution.py` for how they combine
+    # with its ancestors' and the request's).
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,6 +491,11 @@ class LedgerItem:
     tags: dict[str, str] = field(default_factory=dict)
     user: str | None = None
     session: str | None = None
+    # Output tokens spent reasoning (within `output_tokens`; 0 where the provider does not count them apart),
+    # and what prompt caching saved on this request (see `Cost.cache_savings_usd`). Lines written before these
+    # fields existed read back as 0.
+    reasoning_tokens: int = 0
+    cache_savings_usd: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -583,6 +591,15 @@ class Store(ABC):
     @abstractmethod
     async def delete_response(self, response_id: str) -> bool:
         """Delete the response; whether it existed."""
+
+    @abstractmethod
+    async def put_sign_in(self, token_hash: str, key_id: str, expires_at: float) -> None:
+        """Keep a one-time dashboard sign-in token (its hash) for the admin key `key_id` until `expires_at`."""
+
+    @abstractmethod
+    async def take_sign_in(self, token_hash: str) -> str | None:
+        """Delete the token and return its key id, in one step (of two racing takers only one gets it); None when
+        unknown, taken before or expired."""
 
     async def reconnect(self) -> None:
         """Drop the store's open connections (after a SnapStart restore they are dead); the next call opens

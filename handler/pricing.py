@@ -71,6 +71,17 @@ class Cost:
     def total_usd(self) -> float | None:
         return None if self.provider_usd is None else self.provider_usd + self.fee_usd
 
+    @property
+    def cache_savings_usd(self) -> float:
+        """What prompt caching saved: the cache reads at the full input price minus what they cost, less the
+        premium paid for cache writes (negative when the writes cost more than the reads saved); 0 unpriced."""
+        if self.unit_prices is None:
+            return 0.0
+        unit = self.unit_prices
+        read_discount = unit["input"] - unit["cached_input"]
+        write_premium = unit["cache_write"] - unit["input"]
+        return (self.usage.cached_tokens * read_discount - self.usage.cache_write_tokens * write_premium) / 1_000_000
+
     def as_event(self) -> dict[str, Any]:
         """The `cost` object of a stream's last event."""
         return {

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from handler.attribution import line_tags
 from handler.budgets import Meter, Reservation
 from handler.config import Price
 from handler.errors import (
@@ -612,7 +613,9 @@ class Pipeline:
                 cached_tokens=usage.cached_tokens,
                 cache_write_tokens=usage.cache_write_tokens,
                 output_tokens=usage.completion_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
                 cost_usd=ex.cost.provider_usd,
+                cache_savings_usd=ex.cost.cache_savings_usd,
                 fee_usd=ex.cost.fee_usd,
                 status=status,
                 gateway_ms=max(0.0, total_ms - ex.store_ms - ex.upstream_ms),
@@ -620,7 +623,7 @@ class Pipeline:
                 upstream_ms=ex.upstream_ms,
                 route=", ".join(ex.route),
                 cost_source=source,
-                tags=ex.controls.tags,
+                tags=line_tags(ex.lineage, ex.controls.tags),
                 user=ex.user,
                 session=ex.controls.session,
             )

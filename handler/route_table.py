@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from handler.dashboard import ASSETS, Dashboard
-from handler.key_routes import AdminKeySpec, KeyRoutes, KeySpec, RotateSpec
+from handler.dashboard import ASSETS, Dashboard, SignIn
+from handler.key_routes import AdminKeySpec, KeyRoutes, KeySpec, KeyUpdateSpec, RotateSpec
 from handler.messages_api import MessagesCountRequest, MessagesRequest
 from handler.openapi import (
     ANTHROPIC_ERROR,
@@ -323,6 +323,16 @@ ROUTES: tuple[RouteSpec, ...] = (
         operation(json_answer(KEY_VIEW, "the key"), errors={"404": "not_found"}, parameters=[KEY_ID]),
     ),
     RouteSpec(
+        "/admin/keys/{key_id}",
+        "PATCH",
+        lambda e: e.keys.admin_update,
+        Auth.ADMIN,
+        "Replace a key's default attribution tags (admin key only)",
+        operation(
+            json_answer(KEY_VIEW, "the key"), body=ref(KeyUpdateSpec), errors={"404": "not_found"}, parameters=[KEY_ID]
+        ),
+    ),
+    RouteSpec(
         "/admin/keys/{key_id}/rotate",
         "POST",
         lambda e: e.keys.admin_rotate,
@@ -352,6 +362,19 @@ ROUTES: tuple[RouteSpec, ...] = (
         "The spend dashboard's page: static, it holds no data; its figures come from the admin routes, "
         "called with the admin key typed into it",
         operation(text_answer("the page", "text/html"), auth_errors={}),
+    ),
+    RouteSpec(
+        "/dashboard/sign-in",
+        "POST",
+        lambda e: e.dashboard.sign_in,
+        Auth.PUBLIC,
+        "Trade a one-time sign-in token from `gateway dashboard` for a dashboard session (a short-lived admin key)",
+        operation(
+            json_answer(ANY_OBJECT, "the session: `key`, `key_id`, `expires_at`, `signed_in_as`"),
+            body=ref(SignIn),
+            errors={"401": "sign_in_link_expired (used already or expired), key_revoked"},
+            auth_errors={},
+        ),
     ),
     RouteSpec(
         "/dashboard/static/{name}",

@@ -235,6 +235,11 @@ class Usage(_Open):
     def cache_write_tokens(self) -> int:
         return self.prompt_tokens_details.cache_write_tokens if self.prompt_tokens_details else 0
 
+    @property
+    def reasoning_tokens(self) -> int:
+        """The output tokens spent reasoning, where the provider counts them (already within `completion_tokens`)."""
+        return self.completion_tokens_details.reasoning_tokens if self.completion_tokens_details else 0
+
     @classmethod
     def of(cls, prompt: int, completion: int, cached: int = 0, cache_write: int = 0) -> Usage:
         details = PromptTokensDetails(cached_tokens=cached, cache_write_tokens=cache_write)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from handler.attribution import parse_tags
 from handler.errors import InvalidRequestError
 from handler.ports import LedgerItem
 
@@ -105,7 +108,85 @@ def day_of(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
 
 
-USD_COLUMNS = ("cost_usd", "fee_usd", "total_usd")
+USD_COLUMNS = ("cost_usd", "fee_usd", "total_usd", "cache_savings_usd")
+MAX_FILTER_CHARS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class LineFilter:
+    """Which lines a report counts: those carrying every one of `tags`, and the `user` and `session` if named."""
+
+    tags: dict[str, str] = field(default_factory=dict)
+    user: str | None = None
+    session: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.tags) or self.user is not None or self.session is not None
+
+    def matches(self, item: LedgerItem) -> bool:
+        if self.user is not None and item.user != self.user:
+            return False
+        if self.session is not None and item.session != self.session:
+            return False
+        return all(item.tags.get(name) == value for name, value in self.tags.items())
+
+    def as_json(self) -> dict[str, Any]:
+        return {"tags": self.tags, "user": self.user, "session": self.session}
+
+
+def parse_filter(tags: str | None, user: str | None, session: str | None) -> LineFilter:
+    """`tag=team=search,env=prod` (every pair must match, the header's syntax), `user=...`, `session=...`."""
+    for name, value in (("user", user), ("session", session)):
+        if value is not None and not 0 < len(value) <= MAX_FILTER_CHARS:
+            raise InvalidRequestError(f"{name} must be 1 to {MAX_FILTER_CHARS} characters", param=name)
+    return LineFilter(parse_tags(tags, "tag"), user, session)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportSpec:
+    """A usage report as asked for on any surface (`gateway usage`, `/v1/usage`, `/admin/usage`)."""
+
+    since: float
+    until: float
+    group_by: list[str]
+    filter: LineFilter
+
+    def select(self, items: Iterable[LedgerItem]) -> list[LedgerItem]:
+        """The store's lines of the window that pass the filter."""
+        return [i for i in items if self.filter.matches(i)] if self.filter else list(items)
+
+
+def parse_report(
+    since: str | None,
+    until: str | None,
+    group_by: str | None,
+    tag: str | None = None,
+    user: str | None = None,
+    session: str | None = None,
+) -> ReportSpec:
+    """Validate a report's parameters (a 400 naming the bad one)."""
+    start, end = window(since, until)
+    return ReportSpec(start, end, parse_group_by(group_by), parse_filter(tag, user, session))
+
+
+LATENCY_PARTS = ("gateway_ms", "store_ms", "upstream_ms")
+PERCENTILES = (50, 95, 99)
+
+
+def percentile(ordered: list[float], p: int) -> float:
+    """The nearest-rank percentile of sorted values: a time some request really took, never an interpolation."""
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def latency(items: Iterable[LedgerItem]) -> dict[str, Any]:
+    """p50/p95/p99 of the time each part of the request took (the gateway's own work, the store's round trips,
+    the upstream's answer), over the given lines; None where there are none."""
+    lines = list(items)
+    summary: dict[str, Any] = {"requests": len(lines)}
+    for part in LATENCY_PARTS:
+        ordered = sorted(float(getattr(item, part)) for item in lines)
+        summary[part] = {f"p{p}": (round(percentile(ordered, p), 3) if ordered else None) for p in PERCENTILES}
+    return summary
 
 
 def aggregate(
@@ -126,10 +207,13 @@ def aggregate(
                 requests=0,
                 input_tokens=0,
                 cached_tokens=0,
+                cache_write_tokens=0,
                 output_tokens=0,
+                reasoning_tokens=0,
                 cost_usd=Decimal(0),
                 fee_usd=Decimal(0),
                 total_usd=Decimal(0),
+                cache_savings_usd=Decimal(0),
                 unknown_cost_requests=0,
                 estimated_cost_requests=0,
                 reserved_cost_requests=0,
@@ -138,7 +222,9 @@ def aggregate(
         row["requests"] += 1
         row["input_tokens"] += item.input_tokens
         row["cached_tokens"] += item.cached_tokens
+        row["cache_write_tokens"] += item.cache_write_tokens
         row["output_tokens"] += item.output_tokens
+        row["reasoning_tokens"] += item.reasoning_tokens
         if item.cost_source in COST_SOURCES:  # costed from estimated usage, or at the reserved worst case
             row[COST_SOURCES[item.cost_source]] += 1
         if item.cost_usd is None:
@@ -147,6 +233,7 @@ def aggregate(
             row["cost_usd"] += Decimal(usd(item.cost_usd))
         row["fee_usd"] += Decimal(usd(item.fee_usd))
         row["total_usd"] = row["cost_usd"] + row["fee_usd"]
+        row["cache_savings_usd"] += Decimal(usd(item.cache_savings_usd))
     return [rows[k] for k in sorted(rows)]
 
 
@@ -178,17 +265,41 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def to_table(rows: list[dict[str, Any]]) -> str:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="Usage")
     if not rows:
         return "no usage in this window\n"
     for column in rows[0]:
-        table.add_column(column, justify="left" if column in GROUPS else "right")
+        text = column in GROUPS or column in ATTRIBUTION or column == "key_name" or column.startswith("tag:")
+        table.add_column(column, justify="left" if text else "right")
     for row in rows:
         table.add_row(*(usd_display(v) if k in USD_COLUMNS else str(v) for k, v in row.items()))
-    console = Console(file=io.StringIO(), width=160, color_system=None)
+    return render(table)
+
+
+def latency_table(summary: Mapping[str, Any]) -> str:
+    """The `latency` summary as a table: one row per part of the request, one column per percentile."""
+    from rich.table import Table
+
+    table = Table(title=f"Latency over {summary['requests']} requests (ms)")
+    table.add_column("part", justify="left")
+    for p in PERCENTILES:
+        table.add_column(f"p{p}", justify="right")
+    for part in LATENCY_PARTS:
+        values = summary[part]
+        table.add_row(
+            part.removesuffix("_ms"),
+            *("-" if values[f"p{p}"] is None else f"{values[f'p{p}']:.1f}" for p in PERCENTILES),
+        )
+    return render(table)
+
+
+def render(table: Any) -> str:
+    from rich.console import Console
+
+    # Wide enough for every column in full: a table is as wide as its content, never wrapped to a terminal.
+    console = Console(file=io.StringIO(), width=400, color_system=None)
     console.print(table)
     output = console.file.getvalue()  # type: ignore[attr-defined]
     return str(output)

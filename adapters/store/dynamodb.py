@@ -60,6 +60,7 @@ from adapters.store.records import (
     ledger_to_json,
 )
 from adapters.store.responses import DynamoDBResponses
+from adapters.store.signins import DynamoDBSignIns
 from handler.ports import (
     Admission,
     BudgetCharge,
@@ -88,7 +89,7 @@ FAILED = CONDITION_FAILED
 MAX_GRANT_ROUNDS = 100
 
 
-class DynamoDBStore(DynamoDBResponses, Store):
+class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, Store):
     """`Store` on one DynamoDB table; `client` is a boto3 DynamoDB client (injected, so tests and
     Lambda's init choose endpoint, retries and timeouts)."""
 

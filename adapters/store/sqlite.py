@@ -67,6 +67,7 @@ from adapters.store.records import (
     ledger_to_json,
 )
 from adapters.store.responses import SQLiteResponses
+from adapters.store.signins import SQLiteSignIns
 from handler.ports import (
     Admission,
     BudgetRefused,
@@ -149,7 +150,7 @@ def migrate(db: sqlite3.Connection) -> None:
     db.execute("COMMIT")
 
 
-class SQLiteStore(SQLiteResponses, Store):
+class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
     """`Store` on one SQLite file; see the module docstring."""
 
     def __init__(self, path: str) -> None:

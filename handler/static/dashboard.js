@@ -5,6 +5,8 @@
 
 (() => {
   const STORAGE_KEY = "gateway.dashboard.adminKey";
+  const SIGN_IN_PREFIX = "#sign-in=";
+  const SESSION_ID = "gateway.dashboard.sessionKeyId"; // set when the key is a link's session, ours to revoke
   const SVG_NS = "http://www.w3.org/2000/svg";
   const PALETTE = ["#2b6cb0", "#dd6b20", "#2f855a", "#c53030", "#6b46c1", "#b7791f", "#00838f", "#d53f8c"];
   const OTHER_COLOUR = "#8a94a3";
@@ -29,9 +31,16 @@
 
   // USD to at most 9 decimals (the ledger's precision), at least 2, no exponent.
   function usd(value) {
-    const [whole, frac] = Number(value).toFixed(9).split(".");
+    const number = Number(value);
+    const [whole, frac] = Math.abs(number).toFixed(9).split(".");
     const trimmed = frac.replace(/0+$/, "");
-    return "$" + groupThousands(whole) + "." + trimmed.padEnd(2, "0");
+    const sign = number < 0 && (whole !== "0" || trimmed !== "") ? "-" : "";
+    return sign + "$" + groupThousands(whole) + "." + trimmed.padEnd(2, "0");
+  }
+
+  // Milliseconds to a tenth, as the API's percentiles are a time some request took.
+  function ms(value) {
+    return value === null || value === undefined ? "–" : Number(value).toFixed(1) + " ms";
   }
 
   function count(value) {
@@ -93,10 +102,24 @@
     return body;
   }
 
-  function usage(period, groupBy) {
+  // The whole answer: `data` (rows), `latency` (percentiles over the lines), `tag_names`.
+  function fetchReport(period, groupBy) {
     const params = new URLSearchParams({ since: period.since, until: period.until });
     if (groupBy) params.set("group_by", groupBy);
-    return api("admin/usage?" + params.toString()).then((body) => body.data);
+    for (const [name, value] of Object.entries(period.filter)) if (value) params.set(name, value);
+    return api("admin/usage?" + params.toString());
+  }
+
+  function usage(period, groupBy) {
+    return fetchReport(period, groupBy).then((body) => body.data);
+  }
+
+  function currentFilter() {
+    return {
+      tag: $("filter-tag").value.trim(),
+      user: $("filter-user").value.trim(),
+      session: $("filter-session").value.trim(),
+    };
   }
 
   // --- loading -----------------------------------------------------------------------------
@@ -108,7 +131,7 @@
     const dayList = [];
     for (let t = start; t <= todayStart; t += DAY_MS) dayList.push(isoDay(t));
     // One fixed `until` for every call, so the five answers describe the same ledger.
-    return { since: isoDay(start), until: String(now / 1000), days: dayList };
+    return { since: isoDay(start), until: String(now / 1000), days: dayList, filter: currentFilter() };
   }
 
   function setState(state, message, isError) {
@@ -138,16 +161,19 @@
     $("controls").hidden = false;
     setState("loading", "Loading…");
     const period = periodWindow(Number($("period").value));
+    const breakdown = $("breakdown").value;
     try {
-      const [total, byDayModel, byDayKey, byKey, keys, health] = await Promise.all([
-        usage(period, ""),
+      const [overall, byDayModel, byDayKey, byKey, byBreakdown, keys, health] = await Promise.all([
+        fetchReport(period, ""),
         usage(period, "day,model"),
         usage(period, "day,key"),
         usage(period, "key"),
+        usage(period, breakdown),
         api("admin/keys").then((body) => body.data),
         api("health"),
       ]);
       if (mine !== generation) return;
+      const total = overall.data;
       const names = new Map(keys.map((k) => [k.id, k.name]));
       const keyLabel = (id) => (names.has(id) ? names.get(id) + " · " + id : id);
       const report = $("report");
@@ -158,6 +184,10 @@
       stackedBars($("chart-model"), period.days, byDayModel, "model", (m) => m);
       stackedBars($("chart-key"), period.days, byDayKey, "key", keyLabel);
       renderTopKeys(byKey, total[0] || null, keyLabel);
+      renderLatency(overall.latency);
+      renderBreakdownChoices(overall.tag_names || [], breakdown);
+      renderBreakdown(byBreakdown, breakdown);
+      report.dataset.filter = JSON.stringify(period.filter);
       report.hidden = false;
       setState("ready", `${period.since} to ${isoDay(Number(period.until) * 1000)} (UTC), as of ${new Date().toLocaleTimeString()}`);
     } catch (error) {
@@ -187,8 +217,8 @@
   // --- totals ------------------------------------------------------------------------------
 
   const ZERO = {
-    requests: 0, input_tokens: 0, cached_tokens: 0, output_tokens: 0,
-    cost_usd: 0, fee_usd: 0, total_usd: 0, unknown_cost_requests: 0,
+    requests: 0, input_tokens: 0, cached_tokens: 0, cache_write_tokens: 0, output_tokens: 0, reasoning_tokens: 0,
+    cost_usd: 0, fee_usd: 0, total_usd: 0, cache_savings_usd: 0, unknown_cost_requests: 0,
   };
 
   function renderTotals(row) {
@@ -197,6 +227,7 @@
       ["Spend", usd(t.total_usd), "total-spend"],
       ["Provider cost", usd(t.cost_usd), "total-cost"],
       ["Gateway fee", usd(t.fee_usd), "total-fee"],
+      ["Caching saved", usd(t.cache_savings_usd), "total-savings"],
       ["Requests", count(t.requests), "total-requests"],
       ["Tokens in / out", `${count(t.input_tokens)} / ${count(t.output_tokens)}`, "total-tokens"],
     ];
@@ -206,6 +237,60 @@
       const card = el("div", { class: "total" });
       card.append(el("div", { class: "label" }, label), el("div", { class: "value", id }, value));
       box.append(card);
+    }
+  }
+
+  // --- latency and the breakdown ------------------------------------------------------------
+
+  const LATENCY_PARTS = [["gateway_ms", "Gateway"], ["store_ms", "Store"], ["upstream_ms", "Upstream"]];
+
+  function renderLatency(latency) {
+    const body = $("latency").tBodies[0];
+    body.replaceChildren();
+    for (const [part, label] of LATENCY_PARTS) {
+      const values = (latency && latency[part]) || {};
+      const tr = el("tr", { "data-part": part });
+      tr.append(el("td", { class: "text" }, label), el("td", {}, ms(values.p50)), el("td", {}, ms(values.p95)),
+        el("td", {}, ms(values.p99)));
+      body.append(tr);
+    }
+    const requests = latency ? latency.requests : 0;
+    $("latency-count").textContent = `over ${count(requests)} request${requests === 1 ? "" : "s"}`;
+  }
+
+  // The fixed groupings, then one `tag:NAME` per tag name the period's lines carry.
+  function renderBreakdownChoices(tagNames, selected) {
+    const select = $("breakdown");
+    for (const option of [...select.options]) if (option.value.startsWith("tag:")) option.remove();
+    for (const name of [...tagNames].sort(byText)) select.append(el("option", { value: "tag:" + name }, "tag " + name));
+    select.value = [...select.options].some((o) => o.value === selected) ? selected : "model";
+  }
+
+  function renderBreakdown(rows, field) {
+    $("breakdown-name").textContent = field.startsWith("tag:") ? "Tag " + field.slice(4) : field[0].toUpperCase() + field.slice(1);
+    const ranked = [...rows].sort((a, b) => b.total_usd - a.total_usd || byText(a[field], b[field]));
+    const body = $("breakdown-table").tBodies[0];
+    body.replaceChildren();
+    for (const row of ranked) {
+      const tr = el("tr", { "data-value": row[field] });
+      const saved = el("td", { class: row.cache_savings_usd < 0 ? "saved negative" : "saved" }, usd(row.cache_savings_usd));
+      tr.append(
+        el("td", { class: "text" }, row[field] === "" ? "(none)" : row[field]),
+        el("td", {}, count(row.requests)),
+        el("td", {}, count(row.input_tokens)),
+        el("td", {}, count(row.cached_tokens)),
+        el("td", {}, count(row.cache_write_tokens)),
+        el("td", {}, count(row.output_tokens)),
+        el("td", {}, count(row.reasoning_tokens)),
+        el("td", { class: "spend" }, usd(row.total_usd)),
+        saved,
+      );
+      body.append(tr);
+    }
+    if (!ranked.length) {
+      const tr = el("tr");
+      tr.append(el("td", { class: "text", colspan: "9" }, "No requests in this period"));
+      body.append(tr);
     }
   }
 
@@ -375,7 +460,50 @@
       : "";
   }
 
+  // --- a one-time sign-in link (`gateway dashboard`) ---------------------------------------------
+
+  // The token is in the fragment, which never reaches a server; it leaves the address bar (and so the history)
+  // before anything else happens, and is traded once for a session key kept like a typed-in one.
+  async function signInFromLink() {
+    const token = location.hash.slice(SIGN_IN_PREFIX.length);
+    history.replaceState(null, "", location.pathname + location.search);
+    let body = null;
+    let response = null;
+    try {
+      response = await fetch("dashboard/sign-in", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ token }),
+        cache: "no-store",
+        credentials: "omit",
+        referrerPolicy: "no-referrer",
+      });
+      body = await response.json();
+    } catch (error) {
+      body = { error: { message: String(error) } };
+    }
+    if (response && response.ok && body && body.key) {
+      sessionStorage.setItem(STORAGE_KEY, body.key);
+      sessionStorage.setItem(SESSION_ID, body.key_id);
+      return true;
+    }
+    const message = (body && body.error && body.error.message) || "the gateway did not answer";
+    $("link-error-text").textContent = message;
+    $("link-error").hidden = false;
+    return false;
+  }
+
   // --- wiring ------------------------------------------------------------------------------
+
+  async function begin() {
+    if (location.hash.startsWith(SIGN_IN_PREFIX) && !(await signInFromLink())) {
+      showSignIn("");
+      document.documentElement.dataset.state = "link-refused";
+      return;
+    }
+    $("link-error").hidden = true;
+    load();
+  }
 
   function start() {
     $("sign-in").addEventListener("submit", (event) => {
@@ -385,16 +513,44 @@
       input.value = "";
       if (!value) return;
       sessionStorage.setItem(STORAGE_KEY, value);
+      sessionStorage.removeItem(SESSION_ID);
+      $("link-error").hidden = true;
       load();
     });
     $("period").addEventListener("change", load);
-    $("refresh").addEventListener("click", load);
-    $("sign-out").addEventListener("click", () => {
-      sessionStorage.removeItem(STORAGE_KEY);
-      generation++;
-      showSignIn("Key forgotten.");
+    $("breakdown").addEventListener("change", load);
+    $("filters").addEventListener("submit", (event) => {
+      event.preventDefault();
+      load();
     });
-    load();
+    $("filter-clear").addEventListener("click", () => {
+      for (const id of ["filter-tag", "filter-user", "filter-session"]) $(id).value = "";
+      load();
+    });
+    $("refresh").addEventListener("click", load);
+    $("sign-out").addEventListener("click", async () => {
+      // A session a sign-in link made is revoked, not just forgotten: a copy of it elsewhere stops working too.
+      // A key typed in is the operator's own, and only forgotten.
+      const session = sessionStorage.getItem(SESSION_ID);
+      generation++;
+      if (session) {
+        try {
+          await fetch("admin/keys/" + encodeURIComponent(session) + "/revoke", {
+            method: "POST",
+            headers: { authorization: "Bearer " + adminKey() },
+            cache: "no-store",
+            credentials: "omit",
+            referrerPolicy: "no-referrer",
+          });
+        } catch (_) {
+          // Offline: the session still ends on its own when it expires.
+        }
+      }
+      sessionStorage.removeItem(STORAGE_KEY);
+      sessionStorage.removeItem(SESSION_ID);
+      showSignIn(session ? "Signed out; the session is revoked." : "Key forgotten.");
+    });
+    begin();
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

@@ -152,8 +152,13 @@ def create_app() -> Starlette:
             "prompt_tokens": prompt_tokens(body),
             "completion_tokens": 7,
             "total_tokens": prompt_tokens(body) + 7,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+            # A `cache-hit` model answers half its prompt from the cache; a `reasoner` spent 4 of its output
+            # tokens reasoning (both as OpenAI reports them).
+            "prompt_tokens_details": {
+                "cached_tokens": prompt_tokens(body) // 2 if "cache-hit" in model else 0,
+                "audio_tokens": 0,
+            },
+            "completion_tokens_details": {"reasoning_tokens": 4 if "reasoner" in model else 0, "audio_tokens": 0},
         }
         if "negative-usage" in model:
             usage = {"prompt_tokens": -1_000_000, "completion_tokens": -1_000_000, "total_tokens": -2_000_000}

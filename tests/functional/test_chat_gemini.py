@@ -68,6 +68,8 @@ def test_completion_translates_both_ways(running: Running, key: str) -> None:
     assert upstream["headers"]["x-goog-api-key"] == "test-gemini-key"
     assert key not in str(upstream) and "key=" not in upstream["query"]
     assert upstream["json"]["contents"] == [{"role": "user", "parts": [{"text": "Hi"}]}]
+    (line,) = running.ledger(key)
+    assert (line.output_tokens, line.reasoning_tokens) == (7, 2), "thinking reaches the ledger as reasoning"
 
 
 def test_system_messages_reach_gemini_as_system_instruction(running: Running, key: str) -> None:

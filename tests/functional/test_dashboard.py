@@ -3,10 +3,14 @@ real browser (Debian's headless Chromium) draws them."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import tomllib
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -14,8 +18,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.functional.conftest import Running, openai_client
+from adapters.store import open_store
+from handler.cli import main as cli_main
+from handler.keys import hash_secret, split_key
+from handler.ports import Admission, Settlement
+from tests.functional.conftest import Running, openai_client, start_gateway
 from tests.support.browser import Browser, Image, Page, chromium_missing, decode_png
+from tests.support.servers import ServerThread
+from tests.unit.adapters.store.test_contract import line
 
 ASSETS = ("dashboard.html", "dashboard.js", "dashboard.css")
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"  # an identifier for createElementNS, never fetched
@@ -274,3 +284,299 @@ def test_the_dashboard_draws_spend_in_a_real_browser(running: Running, mint: Any
     # Nothing but this gateway was asked for anything, and the page ran without errors or CSP reports.
     assert all(u.startswith(running.url) or u == "about:blank" for u in activity.requests), activity.requests
     assert not activity.failed_requests and not activity.exceptions and not activity.console_errors, activity
+
+
+# --- attribution, caching savings and latency, from ledger lines with known figures --------------------------
+
+HOUR = 3600.0
+# (model, tags, user, session, cost, cached, cache writes, reasoning, savings, gateway, store, upstream ms)
+KNOWN_LINES: list[tuple[str, dict[str, str], str | None, str | None, str, int, int, int, str, float, float, float]] = [
+    ("gpt-a", {"team": "search", "env": "prod"}, "ann", "s-1", "0.001", 400, 0, 0, "0.0003", 1.0, 0.5, 100.0),
+    ("gpt-a", {"team": "search", "env": "prod"}, "ann", "s-1", "0.002", 800, 0, 0, "0.0006", 2.0, 1.0, 200.0),
+    ("gpt-a", {"team": "search"}, "bob", "s-2", "0.003", 0, 200, 0, "-0.00005", 3.0, 1.5, 300.0),
+    ("o-think", {"team": "search"}, "bob", "s-2", "0.004", 0, 0, 64, "0", 4.0, 2.0, 400.0),
+    ("o-think", {"team": "ads"}, "cy", None, "0.005", 0, 0, 128, "0", 5.0, 2.5, 500.0),
+    ("o-think", {"team": "ads"}, "cy", None, "0.006", 0, 0, 32, "0", 6.0, 3.0, 600.0),
+    ("gpt-a", {"team": "ads"}, None, "s-3", "0.007", 100, 0, 0, "0.00007", 7.0, 3.5, 700.0),
+    ("gpt-a", {}, None, None, "0.008", 0, 0, 0, "0", 8.0, 4.0, 800.0),
+    ("claude-c", {"env": "dev"}, "ann", "s-4", "0.009", 1000, 0, 0, "0.0027", 9.0, 4.5, 900.0),
+    ("claude-c", {"env": "dev"}, "ann", "s-4", "0.010", 0, 0, 0, "0", 10.0, 5.0, 1000.0),
+]
+
+
+@pytest.fixture
+def known(upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Path) -> Iterator[Running]:
+    """A gateway whose store holds only `KNOWN_LINES` (written as settlements, spread over the last hours)."""
+    running, server = start_gateway(upstream, f"sqlite:///{tmp_path / 'known.db'}")
+    key_id = (split_key(running.mint(name="known-lines")) or ("", ""))[0]
+
+    async def load() -> None:
+        store = open_store(running.store_url)
+        try:
+            now = time.time()
+            for i, (model, tags, user, session, cost, cached, writes, reasoning, saved, gw, st, up) in enumerate(
+                KNOWN_LINES
+            ):
+                item = replace(
+                    line(key_id, float(cost), ts=now - HOUR * i, model=model),
+                    input_tokens=2000,
+                    cached_tokens=cached,
+                    cache_write_tokens=writes,
+                    output_tokens=100 + reasoning,
+                    reasoning_tokens=reasoning,
+                    cache_savings_usd=float(saved),
+                    tags=tags,
+                    user=user,
+                    session=session,
+                    gateway_ms=gw,
+                    store_ms=st,
+                    upstream_ms=up,
+                )
+                admission = Admission(uuid.uuid4().hex, key_id, [], [], now + 60)
+                await store.admit(admission)
+                await store.settle(Settlement(admission.reservation_id, [], 0.0, [], item))
+        finally:
+            await store.close()
+
+    asyncio.run(load())
+    yield running
+    server.stop()
+
+
+def wait_ready(page: Page) -> None:
+    page.wait_for("document.documentElement.dataset.state === 'ready'")
+
+
+def breakdown_shown(page: Page, group: str) -> list[list[str]]:
+    page.evaluate(
+        f"(() => {{ const s = document.getElementById('breakdown'); s.value = {group!r};"
+        " s.dispatchEvent(new Event('change')); })()"
+    )
+    wait_ready(page)
+    rows: list[list[str]] = page.evaluate(
+        "[...document.querySelectorAll('#breakdown-table tbody tr')].map("
+        "(tr) => [tr.dataset.value, ...[...tr.cells].map((td) => td.textContent)])"
+    )
+    return rows
+
+
+def latency_shown(page: Page) -> dict[str, list[str]]:
+    shown: dict[str, list[str]] = page.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('#latency tbody tr')].map("
+        "(tr) => [tr.dataset.part, [...tr.cells].slice(1).map((td) => td.textContent)]))"
+    )
+    return shown
+
+
+def ms_text(value: float) -> str:
+    return f"{value:.1f} ms"
+
+
+def signed_usd_text(value: float) -> str:
+    return ("-" if value < 0 else "") + usd_text(abs(value))
+
+
+@pytest.mark.skipif(chromium_missing() is not None, reason=chromium_missing() or "")
+def test_the_dashboard_answers_who_spent_what_caching_saved_and_where_the_time_went(
+    known: Running, tmp_path: Path
+) -> None:
+    admin = known.mint(admin=True, name="dashboard-admin")
+
+    def api(**params: str) -> dict[str, Any]:
+        answer = httpx.get(f"{known.url}/admin/usage", params=params, headers=headers(admin))
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+    with Browser() as browser:
+        page = browser.new_page()
+        page.goto(f"{known.url}/dashboard")
+        assert sign_in(page, admin) == "ready"
+        window = page.evaluate("({...document.getElementById('report').dataset})")
+        span = {"since": window["since"], "until": window["until"]}
+        totals = page.evaluate(
+            "({spend: document.getElementById('total-spend').textContent,"
+            " saved: document.getElementById('total-savings').textContent,"
+            " count: document.getElementById('latency-count').textContent})"
+        )
+        latency = latency_shown(page)
+        options = page.evaluate("[...document.getElementById('breakdown').options].map((o) => o.value)")
+        breakdowns = {group: breakdown_shown(page, group) for group in ("model", "user", "session", "tag:team")}
+        png = page.screenshot(tmp_path / "dashboard-attribution.png")
+
+        # Filtered to one team: every figure on the page follows.
+        page.evaluate(
+            "(() => { document.getElementById('filter-tag').value = 'team=search';"
+            " document.getElementById('filters').requestSubmit(); })()"
+        )
+        wait_ready(page)
+        filtered = page.evaluate(
+            "({spend: document.getElementById('total-spend').textContent,"
+            " saved: document.getElementById('total-savings').textContent})"
+        )
+        filtered_latency = latency_shown(page)
+        by_user_in_search = breakdown_shown(page, "user")
+
+        page.evaluate(
+            "(() => { document.getElementById('filter-tag').value = 'team';"
+            " document.getElementById('filters').requestSubmit(); })()"
+        )
+        page.wait_for("document.documentElement.dataset.state === 'error'")
+        refused = page.evaluate("document.getElementById('status').textContent")
+    assert refused.startswith("Could not load usage: 400 invalid_request") and "tag takes name=value" in refused
+    assert decode_png(png).width == 1200
+
+    # The page shows the API's figures ...
+    overall = api(**span)
+    (total,) = overall["data"]
+    assert totals["spend"] == usd_text(total["total_usd"]) and totals["saved"] == signed_usd_text(
+        total["cache_savings_usd"]
+    )
+    assert totals["count"] == f"over {overall['latency']['requests']} requests"
+    for part in ("gateway_ms", "store_ms", "upstream_ms"):
+        assert latency[part] == [ms_text(overall["latency"][part][p]) for p in ("p50", "p95", "p99")]
+    assert options == ["model", "day", "user", "session", "tag:env", "tag:team"]
+    for group, shown in breakdowns.items():
+        rows = sorted(api(group_by=group, **span)["data"], key=lambda r: (-r["total_usd"], r[group]))
+        assert [r[0] for r in shown] == [r[group] for r in rows], group
+        for cells, row in zip(shown, rows, strict=True):
+            assert cells[2:] == [
+                f"{row['requests']:,}",
+                f"{row['input_tokens']:,}",
+                f"{row['cached_tokens']:,}",
+                f"{row['cache_write_tokens']:,}",
+                f"{row['output_tokens']:,}",
+                f"{row['reasoning_tokens']:,}",
+                usd_text(row["total_usd"]),
+                signed_usd_text(row["cache_savings_usd"]),
+            ], (group, cells)
+    search = api(tag="team=search", **span)
+    assert filtered["spend"] == usd_text(search["data"][0]["total_usd"])
+    assert filtered_latency["upstream_ms"] == [
+        ms_text(search["latency"]["upstream_ms"][p]) for p in ("p50", "p95", "p99")
+    ]
+    assert [r[0] for r in by_user_in_search] == ["bob", "ann"]
+
+    # ... and the API's figures are the lines' own: decimal sums, nearest-rank percentiles.
+    assert Decimal(str(total["total_usd"])) == sum(Decimal(c[4]) for c in KNOWN_LINES)
+    assert Decimal(str(total["cache_savings_usd"])) == sum(Decimal(c[8]) for c in KNOWN_LINES)
+    assert overall["latency"]["gateway_ms"] == {"p50": 5.0, "p95": 10.0, "p99": 10.0}
+    assert overall["latency"]["upstream_ms"] == {"p50": 500.0, "p95": 1000.0, "p99": 1000.0}
+    assert search["latency"]["upstream_ms"] == {"p50": 200.0, "p95": 400.0, "p99": 400.0}
+    teams = {r["tag:team"]: r for r in api(group_by="tag:team", **span)["data"]}
+    search_team = teams["search"]
+    assert (search_team["requests"], search_team["reasoning_tokens"], search_team["cache_write_tokens"]) == (4, 64, 200)
+    assert Decimal(str(search_team["cache_savings_usd"])) == Decimal("0.00085")
+    assert (teams[""]["requests"], teams["ads"]["reasoning_tokens"]) == (3, 160)
+    assert [cells[1] for cells in breakdowns["tag:team"] if cells[0] == ""] == ["(none)"]
+
+
+# --- `gateway dashboard`: signed in by a one-time link ---------------------------------------------------------
+
+
+def dashboard_link(running: Running, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    """What `gateway dashboard` prints: the link to open."""
+    assert cli_main(["dashboard", "--store", running.store_url, "--url", running.url, "--no-open", *extra]) == 0
+    printed = capsys.readouterr().out
+    (link,) = re.findall(r"http://\S+", printed)
+    assert "works once" in printed
+    return link
+
+
+@pytest.mark.skipif(chromium_missing() is not None, reason=chromium_missing() or "")
+def test_gateway_dashboard_opens_the_page_signed_in_once_and_the_token_stays_out_of_urls_and_logs(
+    known: Running, capfd: pytest.CaptureFixture[str]
+) -> None:
+    admin = known.mint(admin=True, name="local-admin")
+    admin_id = (split_key(admin) or ("", ""))[0]
+    link = dashboard_link(known, capfd)  # the store's first live admin key: the only one here
+    token = link.partition("#sign-in=")[2]
+    assert link.startswith(f"{known.url}/dashboard#sign-in=") and len(token) >= 40
+    assert admin not in link and admin.split("_")[2] not in link
+
+    with Browser() as browser:
+        page = browser.new_page()
+        page.goto(link)
+        page.wait_for("['ready', 'link-refused'].includes(document.documentElement.dataset.state)")
+        assert page.evaluate("document.documentElement.dataset.state") == "ready"
+        assert page.evaluate("location.href") == f"{known.url}/dashboard", "the token left the address bar"
+        session_key = page.evaluate("sessionStorage.getItem('gateway.dashboard.adminKey')")
+        spend = page.evaluate("document.getElementById('total-spend').textContent")
+        live = httpx.get(f"{known.url}/v1/key", headers=headers(session_key)).json()
+        page.evaluate("document.getElementById('sign-out').click()")
+        page.wait_for("document.documentElement.dataset.state === 'signed-out'")
+        signed_out = page.evaluate(
+            "({status: document.getElementById('status').textContent, kept: sessionStorage.length})"
+        )
+        first = page.activity()
+
+        again = browser.new_page()
+        again.goto(link)  # the same link, a second time
+        again.wait_for("['ready', 'link-refused'].includes(document.documentElement.dataset.state)")
+        reused = again.evaluate(
+            "({state: document.documentElement.dataset.state, href: location.href,"
+            " error: document.getElementById('link-error').hidden ? null :"
+            " document.getElementById('link-error-text').textContent,"
+            " form: !document.getElementById('sign-in').hidden, kept: sessionStorage.length})"
+        )
+        second = again.activity()
+
+    # Signed in with a session of its own: a short-lived admin child of the key the link stood for.
+    assert session_key and session_key != admin
+    session = live
+    assert session["admin"] is True and session["parent_id"] == admin_id and session["name"] == "dashboard session"
+    assert 0 < session["expires_at"] - time.time() <= 8 * 3600
+    assert spend == usd_text(sum(float(c[4]) for c in KNOWN_LINES))
+    # Signing out revokes the session, so a copy of it elsewhere stops working too.
+    assert signed_out == {"status": "Signed out; the session is revoked.", "kept": 0}
+    after = httpx.get(f"{known.url}/v1/key", headers=headers(session_key))
+    assert after.status_code == 401 and after.json()["error"]["code"] == "key_revoked"
+    assert httpx.get(f"{known.url}/v1/key", headers=headers(admin)).status_code == 200, "the admin key lives on"
+
+    # The link works once: the second visit says so, on a page that still offers the key form.
+    assert reused["state"] == "link-refused" and reused["form"] and reused["kept"] == 0
+    assert "used already or has expired" in reused["error"] and "gateway dashboard" in reused["error"]
+    assert reused["href"] == f"{known.url}/dashboard"
+
+    # The token never reached the server in a URL (it rides in the fragment), nor any log line.
+    for activity in (first, second):
+        assert activity.requests and all(token not in url for url in activity.requests)
+    logged = capfd.readouterr()
+    assert token not in logged.out + logged.err and session_key not in logged.out + logged.err
+
+
+def test_a_sign_in_link_is_refused_once_expired_or_for_a_key_no_longer_admin(
+    known: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin = known.mint(admin=True, name="expiring-admin")
+    admin_id = (split_key(admin) or ("", ""))[0]
+
+    def exchange(token: str) -> httpx.Response:
+        return httpx.post(f"{known.url}/dashboard/sign-in", json={"token": token})
+
+    async def issue(expires_in: float) -> str:
+        store = open_store(known.store_url)
+        try:
+            token = "t" * 43
+            await store.put_sign_in(hash_secret(token), admin_id, time.time() + expires_in)
+            return token
+        finally:
+            await store.close()
+
+    expired = exchange(asyncio.run(issue(-1)))
+    assert expired.status_code == 401 and expired.json()["error"]["code"] == "sign_in_link_expired"
+    assert exchange("never-issued").status_code == 401
+    assert exchange("").status_code == 400
+
+    token = dashboard_link(known, capsys, "--key", admin_id).partition("#sign-in=")[2]
+    revoked = httpx.post(f"{known.url}/admin/keys/{admin_id}/revoke", headers=headers(admin))
+    assert revoked.status_code == 200
+    refused = exchange(token)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "key_revoked"
+
+    # Without a live admin key, the command says how to make one instead of printing a link.
+    empty = f"sqlite:///{Path(known.store_url.removeprefix('sqlite:///')).parent / 'empty.db'}"
+    assert cli_main(["keys", "--store", empty, "create", "--name", "client"]) == 0
+    capsys.readouterr()
+    assert cli_main(["dashboard", "--store", empty, "--no-open"]) == 1
+    assert "gateway keys create --name admin --admin" in capsys.readouterr().err

@@ -7,6 +7,7 @@ chat usage and are priced. `reasoning_effort` becomes each provider's own reason
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,17 @@ def test_cache_markers_reach_anthropic_and_cache_reads_are_reported_and_priced(
         + usage.completion_tokens * CLAUDE_PRICE["output"]
     ) / 1_000_000
     assert float(raw.headers["x-gateway-cost-usd"]) == pytest.approx(expected, rel=1e-6)
+
+    # The ledger says what caching saved: the write paid its premium, the read saved the discount.
+    deadline = time.monotonic() + 10
+    while len(lines := sorted(agents.ledger(client.api_key), key=lambda line: line.ts)) < 2:
+        assert time.monotonic() < deadline, "both lines settle"
+        time.sleep(0.05)
+    premium = CLAUDE_PRICE.get("cache_write", CLAUDE_PRICE["input"]) - CLAUDE_PRICE["input"]
+    discount = CLAUDE_PRICE["input"] - CLAUDE_PRICE["cached_input"]
+    assert [line.cache_write_tokens for line in lines] == [written, 0]
+    assert lines[0].cache_savings_usd == pytest.approx(-written * premium / 1e6, abs=1e-15)
+    assert lines[1].cache_savings_usd == pytest.approx(written * discount / 1e6, rel=1e-9)
 
 
 def test_cache_markers_become_bedrock_cache_points(agents: Running, client: openai.OpenAI) -> None:

@@ -3,13 +3,19 @@ lands in the ledger once, on both stores."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
+import time
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
 
 from adapters.providers import REGISTRY
+from handler.cli import main as cli_main
 from handler.config import Config, parse_config
 from handler.keys import split_key
 from handler.ports import LedgerItem
@@ -23,7 +29,7 @@ PRICE = {"input": 1.0, "output": 2.0}
 
 def scope_config(upstream_url: str, first_byte: float = 5) -> Config:
     def model(upstream: str, provider: str = "openai", **extra: Any) -> dict[str, Any]:
-        return {"deployments": [{"provider": provider, "model": upstream}], "price": PRICE, **extra}
+        return {"deployments": [{"provider": provider, "model": upstream}], "price": PRICE} | extra
 
     return parse_config(
         {
@@ -57,6 +63,8 @@ def scope_config(upstream_url: str, first_byte: float = 5) -> Config:
                 "no-usage-test": model("no-usage"),
                 "negative-test": model("negative-usage"),
                 "echo-test": model("echo-auth"),
+                "cache-test": model("gpt-4o-mini-cache-hit", price={**PRICE, "cached_input": 0.25}),
+                "reasoner-test": model("o4-mini-reasoner"),
                 "vision-test": {
                     "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
                     "price": {"input": 0.15, "output": 0.60},
@@ -397,3 +405,99 @@ def test_malformed_tags_are_a_400(gw: Running, tags: str) -> None:
     except httpx.LocalProtocolError:
         return  # a header with CR/LF never leaves the client
     assert answer.status_code == 400 and answer.json()["error"]["param"] == "x-gateway-tags"
+
+
+def lines_of(gw: Running, key: str, count: int) -> list[LedgerItem]:
+    """The key's ledger lines once all `count` have settled."""
+    deadline = time.monotonic() + 10
+    while len(lines := ledger(gw, key)) < count:
+        assert time.monotonic() < deadline, f"{len(lines)} of {count} lines settled"
+        time.sleep(0.05)
+    return lines
+
+
+def test_key_tags_reach_the_ledger_under_their_parents_and_over_the_header(gw: Running) -> None:
+    admin = gw.mint(admin=True)
+    made = post(gw, "/admin/keys", admin, {"name": "search", "tags": {"team": "search", "cost-center": "42"}})
+    assert made.status_code == 201 and made.json()["tags"] == {"team": "search", "cost-center": "42"}
+    parent = made.json()["key"]
+    # The child asks to be billed to another team: it keeps its own tag names, never its parent's values.
+    kid = child(gw, parent, tags={"team": "ads", "feature": "chat"})
+    assert chat(gw, kid, **{"x-gateway-tags": "team=other,feature=x,env=dev"}).status_code == 200
+    (line,) = lines_of(gw, kid, 1)
+    assert line.tags == {"team": "search", "cost-center": "42", "feature": "chat", "env": "dev"}
+    whoami = httpx.get(f"{gw.url}/v1/key", headers=auth(kid)).json()
+    assert whoami["tags"] == {"team": "ads", "feature": "chat"}  # its own, as minted
+    assert whoami["line_tags"] == {"team": "search", "cost-center": "42", "feature": "chat"}  # what its lines carry
+
+    # An admin retags the parent: the child's next line carries the new tags; its first line keeps its own.
+    retagged = httpx.patch(
+        f"{gw.url}/admin/keys/{key_id_of(parent)}", json={"tags": {"team": "infra"}}, headers=auth(admin)
+    )
+    assert retagged.status_code == 200 and retagged.json()["tags"] == {"team": "infra"}
+    assert chat(gw, kid).status_code == 200
+    lines = sorted(lines_of(gw, kid, 2), key=lambda i: i.ts)
+    assert [i.tags for i in lines] == [
+        {"team": "search", "cost-center": "42", "feature": "chat", "env": "dev"},
+        {"team": "infra", "feature": "chat"},
+    ]
+
+    for bad in ({"team": "a b"}, {"": "x"}, {f"t{i}": "v" for i in range(17)}):
+        refused = post(gw, "/admin/keys", admin, {"name": "bad", "tags": bad})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "tags", bad
+        patched = httpx.patch(f"{gw.url}/admin/keys/{key_id_of(parent)}", json={"tags": bad}, headers=auth(admin))
+        assert patched.status_code == 400 and patched.json()["error"]["param"] == "tags", bad
+    not_admin = httpx.patch(f"{gw.url}/admin/keys/{key_id_of(parent)}", json={"tags": {}}, headers=auth(parent))
+    assert not_admin.status_code == 403
+
+
+def test_reports_filter_by_tag_user_and_session_with_cache_and_reasoning_columns(gw: Running) -> None:
+    key = gw.mint()
+    sent = [
+        ("cache-test", {"x-gateway-tags": "team=search,env=prod", "x-claude-code-session-id": "s-1"}, "ann"),
+        ("reasoner-test", {"x-gateway-tags": "team=search,env=dev", "x-claude-code-session-id": "s-2"}, "bob"),
+        ("gpt-test", {"x-gateway-tags": "team=ads"}, "ann"),
+    ]
+    for model, headers, user in sent:
+        body = {"model": model, "messages": HI, "user": user}
+        assert post(gw, "/v1/chat/completions", key, body, **headers).status_code == 200
+    lines = {line.model: line for line in lines_of(gw, key, 3)}
+    cached = lines["cache-test"]
+    assert cached.cached_tokens == cached.input_tokens // 2 > 0 and cached.reasoning_tokens == 0
+    assert cached.cache_savings_usd == pytest.approx(cached.cached_tokens * (1.0 - 0.25) / 1e6, rel=1e-12)
+    assert lines["reasoner-test"].reasoning_tokens == 4 and lines["reasoner-test"].cache_savings_usd == 0
+
+    def report(path: str, who: str, **params: str) -> dict[str, Any]:
+        answer = httpx.get(f"{gw.url}{path}", params=params, headers=auth(who))
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+    admin = gw.mint(admin=True)
+    for path, who, scope in (("/v1/usage", key, {}), ("/admin/usage", admin, {"key": key_id_of(key)})):
+        (search,) = report(path, who, tag="team=search", **scope)["data"]
+        assert search["requests"] == 2 and search["reasoning_tokens"] == 4
+        assert search["cached_tokens"] == cached.cached_tokens
+        assert search["cache_savings_usd"] == pytest.approx(cached.cache_savings_usd, rel=1e-12)
+        assert report(path, who, tag="team=search,env=dev", **scope)["data"][0]["requests"] == 1
+        assert report(path, who, tag="team=nobody", **scope)["data"] == []
+        by_model = report(path, who, user="ann", group_by="model", **scope)
+        assert [r["model"] for r in by_model["data"]] == ["cache-test", "gpt-test"]
+        assert by_model["filter"] == {"tags": {}, "user": "ann", "session": None}
+        assert by_model["latency"]["requests"] == 2
+        (s2,) = report(path, who, session="s-2", **scope)["data"]
+        assert s2["requests"] == 1 and s2["reasoning_tokens"] == 4
+        bad = httpx.get(f"{gw.url}{path}", params={"tag": "team"}, headers=auth(who))
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "tag"
+
+    # The command line filters the same way, and its CSV carries the new columns.
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli_main(
+            ["usage", "--store", gw.store_url, "--key", key_id_of(key), "--tag", "team=search", "--format", "csv"]
+        )
+    assert code == 0
+    (row,) = csv.DictReader(io.StringIO(out.getvalue()))
+    assert row["requests"] == "2" and row["reasoning_tokens"] == "4"
+    assert row["cached_tokens"] == str(cached.cached_tokens) and row["cache_write_tokens"] == "0"
+    assert Decimal(row["cache_savings_usd"]) == Decimal(repr(cached.cache_savings_usd))

@@ -93,7 +93,7 @@ def test_the_link_checker_sees_what_github_renders() -> None:
     assert LINK.findall(INLINE_CODE.sub("", prose_lines(text)[1])) == ["a.md#b"]
 
 
-ROUTE_CELL = re.compile(r"^\| ((?:`(?:GET|POST|DELETE)`, )*`(?:GET|POST|DELETE) /[^`]*`) \|")
+ROUTE_CELL = re.compile(r"^\| ((?:`(?:GET|POST|PATCH|DELETE)`, )*`(?:GET|POST|PATCH|DELETE) /[^`]*`) \|")
 
 
 def test_the_interface_reference_lists_every_route_the_gateway_serves() -> None:

@@ -82,6 +82,9 @@ def test_reasoning_round_trips_with_the_providers_own_encryption(fleet: Running,
     reasoning = next(item for item in first.output if item.type == "reasoning")
     assert reasoning.encrypted_content == ENCRYPTED and reasoning.summary[0].text == REASONING
     assert first.usage is not None and first.usage.output_tokens_details.reasoning_tokens == 3
+    own = fleet.mint()
+    openai_client(fleet, own).responses.create(input="Hi", **settings)
+    assert [line.reasoning_tokens for line in fleet.ledger(own)] == [3]
     history: Any = [{"role": "user", "content": "Hi"}, *[i.model_dump(exclude_none=True) for i in first.output]]
     sdk.responses.create(input=[*history, {"role": "user", "content": "More?"}], **settings)
     assert sent(fleet)["input"][1]["encrypted_content"] == ENCRYPTED

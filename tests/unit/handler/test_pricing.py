@@ -70,3 +70,13 @@ def test_usd_is_the_floats_exact_shortest_decimal_without_exponent(value: float)
     assert "e" not in text.lower()
     assert text == format(Decimal(repr(value)), "f")
     assert float(text) == value
+
+
+def test_caching_savings_are_reads_at_the_full_price_minus_their_cost_less_the_write_premium() -> None:
+    price = Price(input=3.0, output=15.0, cached_input=0.3, cache_write=3.75)
+    cost = cost_of(Usage.of(prompt=1000, completion=100, cached=600, cache_write=200), price, NO_FEE)
+    assert cost.cache_savings_usd == pytest.approx((600 * (3.0 - 0.3) - 200 * (3.75 - 3.0)) / 1e6, abs=1e-15)
+    writes_only = cost_of(Usage.of(prompt=1000, completion=0, cache_write=1000), price, NO_FEE)
+    assert writes_only.cache_savings_usd == pytest.approx(-1000 * 0.75 / 1e6)  # caching cost more than it saved
+    assert cost_of(Usage.of(1000, 10), price, NO_FEE).cache_savings_usd == 0
+    assert cost_of(Usage.of(1000, 10, cached=500), None, NO_FEE).cache_savings_usd == 0  # unpriced: unknown, not saved

@@ -106,7 +106,7 @@ def test_each_route_checks_the_auth_its_row_states(method: str, path: str, keys:
 
 
 def test_the_documented_tags_header_is_the_one_the_app_parses() -> None:
-    from handler.app import MAX_TAGS, TAG, parse_tags
+    from handler.attribution import MAX_TAGS, TAG, parse_tags
     from handler.openapi import CONTROL_HEADERS, TAG_PAIR
 
     assert TAG_PAIR == f"{TAG.pattern}={TAG.pattern}"

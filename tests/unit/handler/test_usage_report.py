@@ -1,10 +1,15 @@
-"""Usage rows count the lines whose cost was not the provider's own figure (`LedgerItem.cost_source`)."""
+"""Usage rows: the lines whose cost was not the provider's own figure, token and savings columns, filters by
+attribution, and latency percentiles."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from decimal import Decimal
 
-from handler.usage import aggregate, to_csv
+import pytest
+
+from handler.errors import InvalidRequestError
+from handler.usage import aggregate, as_json, latency, latency_table, parse_report, to_csv
 from tests.unit.adapters.store.test_contract import line
 
 
@@ -25,3 +30,51 @@ def test_rows_count_estimated_and_reserved_costs() -> None:
     header, first, _ = to_csv(list(rows.values())).splitlines()
     columns = dict(zip(header.split(","), first.split(","), strict=True))
     assert columns["estimated_cost_requests"] == "1" and columns["reserved_cost_requests"] == "1"
+
+
+def test_rows_sum_cache_writes_reasoning_and_savings_as_columns_of_their_own() -> None:
+    items = [
+        replace(line("a", 0.1), cached_tokens=6, cache_write_tokens=2, reasoning_tokens=3, cache_savings_usd=0.1),
+        replace(line("a", 0.2), cached_tokens=4, reasoning_tokens=1, cache_savings_usd=0.2),
+        replace(line("a", 0.3), cache_write_tokens=5, cache_savings_usd=-0.05),
+    ]
+    (row,) = aggregate(items, [])
+    assert (row["cached_tokens"], row["cache_write_tokens"], row["reasoning_tokens"]) == (10, 7, 4)
+    assert row["cache_savings_usd"] == Decimal("0.25")  # decimal sums: no 0.25000000000000006
+    header, values = to_csv([row]).splitlines()
+    assert dict(zip(header.split(","), values.split(","), strict=True))["cache_savings_usd"] == "0.25"
+    assert as_json([row])[0]["cache_savings_usd"] == 0.25
+
+
+def test_filters_keep_lines_carrying_every_tag_and_the_named_user_and_session() -> None:
+    items = [
+        replace(line("a", 0.1), tags={"team": "search", "env": "prod"}, user="ann", session="s1"),
+        replace(line("a", 0.2), tags={"team": "search"}, user="bob"),
+        replace(line("a", 0.4), tags={"team": "ads"}, user="ann", session="s1"),
+    ]
+
+    def costs(**params: str) -> list[float]:
+        return [i.cost_usd or 0 for i in parse_report(None, None, None, **params).select(items)]
+
+    assert costs(tag="team=search") == [0.1, 0.2]
+    assert costs(tag="team=search, env=prod") == [0.1]
+    assert costs(user="ann") == [0.1, 0.4] and costs(user="ann", tag="team=ads") == [0.4]
+    assert costs(session="s1", user="bob") == [] and costs() == [0.1, 0.2, 0.4]
+    for bad in ({"tag": "team"}, {"tag": "team=a b"}, {"user": "x" * 257}, {"session": ""}):
+        with pytest.raises(InvalidRequestError) as refused:
+            parse_report(None, None, None, **bad)
+        assert refused.value.param == next(iter(bad))
+
+
+def test_latency_percentiles_are_nearest_rank_over_the_lines() -> None:
+    items = [
+        replace(line("a", 0.1), gateway_ms=float(ms), store_ms=1.0, upstream_ms=100.0 * ms) for ms in range(1, 101)
+    ]
+    summary = latency(items)
+    assert summary["requests"] == 100
+    assert summary["gateway_ms"] == {"p50": 50.0, "p95": 95.0, "p99": 99.0}
+    assert summary["store_ms"] == {"p50": 1.0, "p95": 1.0, "p99": 1.0}
+    assert summary["upstream_ms"]["p99"] == 9900.0
+    assert latency(items[:1])["gateway_ms"] == {"p50": 1.0, "p95": 1.0, "p99": 1.0}
+    assert latency([])["upstream_ms"] == {"p50": None, "p95": None, "p99": None}
+    assert "p95" in latency_table(summary) and "9900.0" in latency_table(summary)

@@ -12,11 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from adapters.store import open_store
 from adapters.store.dynamo_client import invoke
 from adapters.store.dynamodb import DynamoDBStore
+from adapters.store.records import key_from_json, key_to_json, ledger_from_json, ledger_to_json
 from handler.keys import KeyService, hash_secret, split_key
 from handler.ports import (
     Admission,
@@ -558,3 +560,49 @@ async def test_tokens_settle_on_the_ancestor_counter_they_were_counted_on(store:
     assert (await store.meter(parent, PERIOD)).rates == {"tpm": 150}
     assert (await store.meter(key, PERIOD)).rates == {}
     assert [i.request_id for i in await store.usage(UsageQuery([key], 0, time.time() + 1))] == [item.request_id]
+
+
+async def test_attribution_and_token_columns_round_trip(store: Store) -> None:
+    """Tags, end user, session, reasoning tokens and caching savings come back as written, on each store."""
+    key = uuid.uuid4().hex[:12]
+    tagged = record(key, tags={"team": "search"})
+    await store.create_key(tagged)
+    assert (await store.get_key(key)) == tagged
+    adm = Admission(uuid.uuid4().hex, key, [], [], time.time() + 60)
+    await store.admit(adm)
+    item = replace(
+        line(key, 0.25),
+        cache_write_tokens=3,
+        reasoning_tokens=4,
+        cache_savings_usd=-0.0000125,
+        tags={"team": "search"},
+        user="ann",
+        session="s-1",
+    )
+    await store.settle(Settlement(adm.reservation_id, [], 0.0, [], item))
+    assert await store.usage(UsageQuery([key], 0, time.time() + 1)) == [item]
+
+
+def test_lines_and_keys_written_before_the_new_columns_read_back_as_zero() -> None:
+    """Both stores keep a line and a key as one JSON document: one written by an older version has no
+    `reasoning_tokens`, `cache_savings_usd` or `tags`, and reads back with 0 and no tags (no migration)."""
+    item = line("k", 0.5)
+    old = orjson.loads(ledger_to_json(item))
+    for name in ("reasoning_tokens", "cache_savings_usd", "tags", "user", "session"):
+        del old[name]
+    assert ledger_from_json(orjson.dumps(old)) == item
+    key = record("k")
+    old_key = orjson.loads(key_to_json(key))
+    del old_key["tags"]
+    assert key_from_json(orjson.dumps(old_key)) == key
+
+
+async def test_a_sign_in_token_is_taken_once_and_never_after_it_expires(store: Store) -> None:
+    fresh, stale = uuid.uuid4().hex, uuid.uuid4().hex
+    await store.put_sign_in(fresh, "admin-1", time.time() + 60)
+    await store.put_sign_in(stale, "admin-1", time.time() - 1)
+    taken = await asyncio.gather(*(store.take_sign_in(fresh) for _ in range(5)))
+    assert taken.count("admin-1") == 1 and taken.count(None) == 4  # racing takers: one wins
+    assert await store.take_sign_in(fresh) is None
+    assert await store.take_sign_in(stale) is None
+    assert await store.take_sign_in(uuid.uuid4().hex) is None

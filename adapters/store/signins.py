@@ -1,0 +1,94 @@
+"""One-time dashboard sign-in tokens, for each backend: a mixin per store class.
+
+`gateway dashboard` keeps the SHA-256 of a fresh random token, with the admin key it stands for and a
+deadline about a minute away; the dashboard page hands the token back once and gets a session. Taking a token
+deletes it in the same statement, so of two racing exchanges only one finds it; an expired one is never taken
+(the backend's own clean-up removes it later: SQLite on the next write, DynamoDB's TTL within days).
+
+| backend | where |
+|---|---|
+| SQLite | table `sign_ins` (`hash`, `key_id`, `expires_at`) |
+| DynamoDB | `pk=SIGNIN#<hash>`, `sk=SIGNIN`, `key_id`, `expires_at`, `ttl` |
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+from adapters.store.expressions import num, text
+from adapters.store.leases import call
+from handler.ports import StoreError
+
+SIGN_INS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS sign_ins (hash TEXT PRIMARY KEY, key_id TEXT NOT NULL, expires_at REAL NOT NULL) "
+    "WITHOUT ROWID"
+)
+SIGN_IN_SK = "SIGNIN"
+
+
+class SQLiteSignIns:
+    """`put_sign_in` and `take_sign_in` on the SQLite store's connection, one autocommitting statement each."""
+
+    db: sqlite3.Connection
+    _sign_ins_ready: bool = False
+
+    def _sign_ins(self) -> sqlite3.Connection:
+        if not self._sign_ins_ready:
+            self.db.execute(SIGN_INS_SCHEMA)
+            self._sign_ins_ready = True
+        return self.db
+
+    async def put_sign_in(self, token_hash: str, key_id: str, expires_at: float) -> None:
+        try:
+            db = self._sign_ins()
+            db.execute("DELETE FROM sign_ins WHERE expires_at < ?", (time.time(),))
+            db.execute(
+                "INSERT INTO sign_ins (hash, key_id, expires_at) VALUES (?, ?, ?)", (token_hash, key_id, expires_at)
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store cannot keep the sign-in token: {exc}") from exc
+
+    async def take_sign_in(self, token_hash: str) -> str | None:
+        try:
+            row = (
+                self._sign_ins()
+                .execute(
+                    "DELETE FROM sign_ins WHERE hash = ? AND expires_at >= ? RETURNING key_id",
+                    (token_hash, time.time()),
+                )
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store cannot read the sign-in token: {exc}") from exc
+        return str(row[0]) if row else None
+
+
+class DynamoDBSignIns:
+    """The same on the DynamoDB store's table: one item per token (see the module docstring)."""
+
+    client: Any
+    table: str
+
+    @staticmethod
+    def _sign_in_key(token_hash: str) -> dict[str, Any]:
+        return {"pk": text(f"SIGNIN#{token_hash}"), "sk": text(SIGN_IN_SK)}
+
+    async def put_sign_in(self, token_hash: str, key_id: str, expires_at: float) -> None:
+        item = {
+            **self._sign_in_key(token_hash),
+            "key_id": text(key_id),
+            "expires_at": num(expires_at),
+            "ttl": num(int(expires_at) + 1),
+        }
+        await call(self.client, "put_item", TableName=self.table, Item=item)
+
+    async def take_sign_in(self, token_hash: str) -> str | None:
+        answer = await call(
+            self.client, "delete_item", TableName=self.table, Key=self._sign_in_key(token_hash), ReturnValues="ALL_OLD"
+        )
+        old = answer.get("Attributes")
+        if not old or float(old["expires_at"]["N"]) < time.time():
+            return None
+        return str(old["key_id"]["S"])

@@ -1,0 +1,63 @@
+"""Attribution tags: the `name=value` pairs a request (`x-gateway-tags`) or a key (its default tags) carries onto
+its ledger lines, and how the two combine.
+
+Precedence, nearest the root wins: an ancestor key's tags, then the key's own, then the request header's. A tag
+set on a key is the operator's attribution (the team a budget belongs to): neither a child key nor a client's
+header can relabel that spend, they can only add tags of other names. A child minted from a tagged key carries
+its parent's tags whatever it asks for, so no holder can mint their way out of their team's bill.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+from handler.errors import InvalidRequestError
+from handler.ports import KeyRecord
+
+TAG = re.compile(r"[A-Za-z0-9_.:/@+-]{1,128}")
+MAX_TAGS = 16
+TAG_RULE = "names and values are up to 128 letters, digits or _.:/@+-"
+
+
+def parse_tags(raw: str | None, param: str = "x-gateway-tags") -> dict[str, str]:
+    """`team=search,feature=autocomplete`: at most 16 pairs of plain words (letters, digits and `_.:/@+-`, up to
+    128 each), so a tag can never break a log line, a CSV row or a header; else a 400 naming `param`."""
+    if raw is None or not raw.strip():
+        return {}
+    pairs = []
+    for pair in raw.split(","):
+        name, sep, value = (part.strip() for part in pair.partition("="))
+        if not sep:
+            raise InvalidRequestError(f"{param} takes name=value pairs separated by commas; {TAG_RULE}", param=param)
+        pairs.append((name, value))
+    return validate_tags(pairs, param)
+
+
+def validate_tags(pairs: Iterable[tuple[str, str]] | Mapping[str, str], param: str) -> dict[str, str]:
+    """The same rules for tags given as a JSON object (the key API) as for the header."""
+    items = pairs.items() if isinstance(pairs, Mapping) else pairs
+    tags: dict[str, str] = {}
+    for name, value in items:
+        if not (TAG.fullmatch(name) and TAG.fullmatch(value)):
+            raise InvalidRequestError(f"{param} takes name=value pairs separated by commas; {TAG_RULE}", param=param)
+        tags[name] = value
+    if len(tags) > MAX_TAGS:
+        raise InvalidRequestError(f"{param} takes at most {MAX_TAGS} tags", param=param)
+    return tags
+
+
+def line_tags(lineage: list[KeyRecord], requested: dict[str, str]) -> dict[str, str]:
+    """The tags of a request's ledger line: the header's, under the key's own, under its ancestors' (`lineage`
+    is nearest first, so the root's are applied last and win)."""
+    if not any(holder.tags for holder in lineage):
+        return requested  # the common case: no key carries tags
+    tags = dict(requested)
+    for holder in lineage:
+        tags.update(holder.tags)
+    return tags
+
+
+def format_tags(tags: Mapping[str, str]) -> str:
+    """Tags as the header writes them (`team=search,feature=autocomplete`)."""
+    return ",".join(f"{name}={value}" for name, value in tags.items())
