@@ -64,7 +64,7 @@ def _store(url: str | None, *, must_exist: bool = False) -> Store:
 
 
 def _known_types() -> set[str]:
-    from adapters.providers import REGISTRY
+    from adapters.providers.registry import REGISTRY
 
     return set(REGISTRY)
 
@@ -331,7 +331,7 @@ def cmd_store_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_route_explain(args: argparse.Namespace) -> int:
-    from adapters.providers import REGISTRY
+    from adapters.providers.registry import REGISTRY
     from handler.gateway import build_adapters, gateway_region
     from handler.routing import RouteControls, Router, any_model
 

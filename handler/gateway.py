@@ -143,7 +143,7 @@ def build_gateway(
     fetch: SecretFetcher | None = None,
 ) -> Gateway:
     """Build the process's gateway from explicit parts or the environment."""
-    from adapters.providers import REGISTRY
+    from adapters.providers.registry import REGISTRY
     from adapters.store import open_store
 
     env = os.environ if environ is None else environ

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from handler.errors import GatewayError
 from handler.observability import observe
-from handler.ports import NativeCall, StreamEvent
+from handler.ports import NativeCall
 from handler.pricing import plausible, wants_reasoning
 from handler.schemas import ChatRequest, Usage
 from handler.upstream import UpstreamResponse
+from handler.wire import StreamEvent
 
 if TYPE_CHECKING:
     from handler.proxy import Exchange, Pipeline

@@ -36,16 +36,7 @@ from handler.gateway import Gateway
 from handler.keys import allows_model
 from handler.observability import span
 from handler.passthrough import CLIENT_CLOSED, NativeReply, NativeStream, UpstreamStream
-from handler.ports import (
-    BuiltRequest,
-    KeyRecord,
-    LedgerItem,
-    NativeCall,
-    StreamEvent,
-    StreamParser,
-    json_body,
-    malformed,
-)
+from handler.ports import BuiltRequest, KeyRecord, LedgerItem, NativeCall, StreamParser
 from handler.pricing import (
     Cost,
     PromptEstimate,
@@ -69,6 +60,7 @@ from handler.schemas import (
 )
 from handler.upstream import UpstreamResponse
 from handler.usage import usd
+from handler.wire import StreamEvent, json_body, malformed
 
 T = TypeVar("T")
 log = logging.getLogger("gateway")

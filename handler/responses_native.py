@@ -15,10 +15,11 @@ from typing import Any
 
 from handler.errors import GatewayError, UpstreamError
 from handler.passthrough import NativeStream, guarded, sse_frame
-from handler.ports import NativeCall, event_payload
+from handler.ports import NativeCall
 from handler.proxy import Exchange
 from handler.responses_api import API, TERMINAL, ReasoningSeal, ResponsesRequest, input_items
 from handler.streaming import sse_event
+from handler.wire import event_payload
 
 Finished = Callable[[dict[str, Any]], Awaitable[None]]
 

@@ -11,12 +11,13 @@ import jsonschema
 import orjson
 import pytest
 
-from adapters.providers import REGISTRY
 from adapters.providers.gemini.adapter import call_signature
+from adapters.providers.registry import REGISTRY
 from handler.messages_out import EventWriter, to_message
-from handler.ports import StreamEvent, Target
+from handler.ports import Target
 from handler.schemas import ChatCompletion, ChatCompletionChunk, ChatRequest, Usage
 from handler.streaming import answer_json, sse_chunk
+from handler.wire import StreamEvent
 from tests.conformance import references
 from tests.conformance.corpus import MODELS
 from tests.conformance.openai_spec import CHAT_COMPLETION, CHAT_COMPLETION_CHUNK

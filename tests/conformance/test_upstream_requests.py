@@ -12,7 +12,7 @@ import jsonschema
 import orjson
 import pytest
 
-from adapters.providers import REGISTRY
+from adapters.providers.registry import REGISTRY
 from handler.errors import InvalidRequestError
 from handler.messages_api import MessagesRequest, to_chat_request
 from handler.ports import BuiltRequest, Target

@@ -14,7 +14,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from adapters.providers import REGISTRY
+from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from tests.fakes import anthropic as fake_anthropic
 from tests.fakes import azure as fake_azure

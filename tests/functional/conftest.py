@@ -17,7 +17,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from adapters.providers import REGISTRY
+from adapters.providers.registry import REGISTRY
 from adapters.store import open_store
 from handler.app import create_app
 from handler.config import Config, parse_config

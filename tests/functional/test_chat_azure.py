@@ -9,7 +9,7 @@ from typing import Any
 import openai
 import pytest
 
-from adapters.providers import REGISTRY
+from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from tests.fakes import azure as fake
 from tests.fakes.openai import TEXT

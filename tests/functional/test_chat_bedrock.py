@@ -9,7 +9,7 @@ from typing import Any
 import openai
 import pytest
 
-from adapters.providers import REGISTRY
+from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from tests.fakes import bedrock as fake
 from tests.functional.conftest import Running, serve_gateway

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from adapters.providers import REGISTRY
+from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from tests.functional.conftest import Running, serve_gateway
 from tests.support.servers import ServerThread

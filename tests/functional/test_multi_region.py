@@ -21,7 +21,7 @@ import httpx
 import pytest
 from botocore.config import Config as BotoConfig
 
-from adapters.providers import REGISTRY
+from adapters.providers.registry import REGISTRY
 from adapters.store import open_store
 from adapters.store.dynamodb import DynamoDBStore
 from handler.app import create_app

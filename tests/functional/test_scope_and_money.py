@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.providers import REGISTRY
+from adapters.providers.registry import REGISTRY
 from handler.cli import main as cli_main
 from handler.config import Config, parse_config
 from handler.keys import split_key

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError, ReadTimeoutError
 
-from adapters.providers import REGISTRY
+from adapters.providers.registry import REGISTRY
 from adapters.store.dynamodb import DynamoDBStore
 from adapters.store.local_leases import IDLE_S, SWEEP_S
 from handler.app import create_app

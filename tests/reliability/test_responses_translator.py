@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from adapters.providers import REGISTRY
+from adapters.providers.registry import REGISTRY
 from handler.errors import InvalidRequestError
 from handler.responses_api import ReasoningSeal, ResponsesRequest, to_chat_request
 from tests.reliability.test_translators import SECRET, check_provider_request, make

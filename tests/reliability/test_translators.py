@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from adapters.providers import REGISTRY
+from adapters.providers.registry import REGISTRY
 from handler.errors import InvalidRequestError
 from handler.messages_api import MessagesRequest, to_chat_request
 from handler.ports import BuiltRequest, ProviderAdapter, Target

@@ -31,18 +31,7 @@ from adapters.providers.params import (
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.messages_api import API as MESSAGES_API
 from handler.messages_api import FORWARDED_HEADERS
-from handler.ports import (
-    BuiltRequest,
-    NativeCall,
-    ProviderAdapter,
-    StreamEvent,
-    Target,
-    UpstreamRequest,
-    event_payload,
-    json_body,
-    malformed,
-    upstream_error,
-)
+from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -62,6 +51,7 @@ from handler.schemas import (
     ToolCallDelta,
     Usage,
 )
+from handler.wire import StreamEvent, event_payload, json_body, malformed, upstream_error
 
 API_VERSION = "2023-06-01"
 JSON_TOOL = "json_response"

@@ -19,8 +19,9 @@ import orjson
 from adapters.providers.openai.adapter import OpenAIAdapter, OpenAIStreamParser, error_from_body
 from handler.config import ConfigError
 from handler.errors import InvalidRequestError, UpstreamError
-from handler.ports import BuiltRequest, StreamEvent, Target
+from handler.ports import BuiltRequest, Target
 from handler.schemas import ChatCompletionChunk, ChatRequest, EmbeddingsRequest
+from handler.wire import StreamEvent
 
 DEFAULT_API_VERSION = "2024-10-21"  # the current GA data-plane version
 

@@ -49,17 +49,7 @@ from adapters.providers.params import (
 from adapters.sigv4 import Credentials as SigCredentials
 from adapters.sigv4 import Signer
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
-from handler.ports import (
-    BuiltRequest,
-    NativeCall,
-    ProviderAdapter,
-    StreamEvent,
-    Target,
-    UpstreamRequest,
-    json_body,
-    malformed,
-    upstream_error,
-)
+from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -72,6 +62,7 @@ from handler.schemas import (
     ToolCall,
     Usage,
 )
+from handler.wire import StreamEvent, json_body, malformed, upstream_error
 
 SERVICE = "bedrock"
 GLOBAL = "global"

@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Callable
 
 from handler.errors import UpstreamError
-from handler.ports import StreamEvent, malformed
+from handler.wire import StreamEvent, malformed
 
 PRELUDE_LENGTH = 12
 CRC_LENGTH = 4

@@ -25,17 +25,7 @@ from adapters.providers import reasoning
 from adapters.providers.model_rules import rules_for
 from adapters.providers.params import Rule, apply_rules, named_messages, require_turns, thinking_blocks
 from handler.errors import InvalidRequestError, UpstreamError
-from handler.ports import (
-    BuiltRequest,
-    NativeCall,
-    ProviderAdapter,
-    StreamEvent,
-    Target,
-    UpstreamRequest,
-    json_body,
-    malformed,
-    upstream_error,
-)
+from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (
     AssistantMessage,
     AudioPart,
@@ -62,6 +52,7 @@ from handler.schemas import (
     ToolCallDelta,
     Usage,
 )
+from handler.wire import StreamEvent, json_body, malformed, upstream_error
 
 API_VERSION = "v1beta"
 MAX_STOP_SEQUENCES = 5  # Gemini rejects more than five stop sequences

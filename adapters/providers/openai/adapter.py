@@ -12,22 +12,12 @@ from typing import Any
 
 import orjson
 
+import adapters.providers.openai.responses as responses
 from adapters.providers import reasoning
-from adapters.providers.openai import responses
 from adapters.providers.openai.profiles import PROFILES, Profile, profile_for
 from adapters.providers.params import apply_rules
 from handler.errors import InvalidRequestError, UpstreamError
-from handler.ports import (
-    BuiltRequest,
-    NativeCall,
-    ProviderAdapter,
-    StreamEvent,
-    Target,
-    UpstreamRequest,
-    json_body,
-    malformed,
-    upstream_error,
-)
+from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -37,6 +27,7 @@ from handler.schemas import (
     PromptTokensDetails,
     Usage,
 )
+from handler.wire import StreamEvent, json_body, malformed, upstream_error
 
 
 def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:

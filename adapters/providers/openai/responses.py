@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from handler.ports import StreamEvent, event_payload, json_body, malformed
 from handler.responses_api import API, TERMINAL
 from handler.schemas import CompletionTokensDetails, Usage
+from handler.wire import StreamEvent, event_payload, json_body, malformed
 
 __all__ = ["API", "ResponsesMeter", "answer_usage", "request_body", "usage_of"]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from adapters.providers import REGISTRY
+from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from tests.fakes import azure as azure_fake
 from tests.fakes import bedrock as bedrock_fake

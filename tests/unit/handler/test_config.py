@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.providers import REGISTRY
+from adapters.providers.registry import REGISTRY
 from handler.config import ConfigError, load_config, parse_config, resolve_secret
 
 TYPES = set(REGISTRY)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.providers import REGISTRY
+from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from handler.errors import NotFoundError, PermissionDeniedError, ServiceUnavailableError
 from handler.gateway import build_adapters

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from handler.errors import UpstreamError
-from handler.ports import MAX_EVENT_BYTES, SSEDecoder, StreamEvent
+from handler.wire import MAX_EVENT_BYTES, SSEDecoder, StreamEvent
 
 
 def decode(raw: bytes, step: int) -> list[StreamEvent]:

@@ -8,7 +8,6 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.providers import REGISTRY
 from adapters.providers.anthropic import AnthropicAdapter
 from adapters.providers.anthropic.adapter import (
     JSON_OBJECT_INSTRUCTION,
@@ -17,9 +16,11 @@ from adapters.providers.anthropic.adapter import (
     AnthropicStreamParser,
     MessagesMeter,
 )
+from adapters.providers.registry import REGISTRY
 from handler.errors import InvalidRequestError, UpstreamError
-from handler.ports import NativeCall, SSEDecoder, StreamEvent, Target
+from handler.ports import NativeCall, Target
 from handler.schemas import ChatRequest, Usage
+from handler.wire import SSEDecoder, StreamEvent
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "anthropic"
 MODEL = "claude-sonnet-4-5-20250929"

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.providers import REGISTRY
 from adapters.providers.azure import AzureOpenAIAdapter
+from adapters.providers.registry import REGISTRY
 from handler.config import ConfigError, parse_config
 from handler.errors import InvalidRequestError
 from handler.gateway import build_adapters

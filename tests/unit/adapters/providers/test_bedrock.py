@@ -18,13 +18,14 @@ import pytest
 from botocore.credentials import Credentials
 from botocore.eventstream import EventStreamBuffer
 
-from adapters.providers import REGISTRY
 from adapters.providers.bedrock import BedrockAdapter
 from adapters.providers.bedrock import adapter as bedrock
 from adapters.providers.bedrock.eventstream import EventStreamDecoder, parse_headers
+from adapters.providers.registry import REGISTRY
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
-from handler.ports import StreamEvent, Target
+from handler.ports import Target
 from handler.schemas import ChatRequest
+from handler.wire import StreamEvent
 from tests.fakes.bedrock import encode_frame, event_frame, exception_frame, stream_frames, verify_sigv4
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "bedrock"

@@ -7,8 +7,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from adapters.providers import REGISTRY
 from adapters.providers.deepseek import DeepSeekAdapter
+from adapters.providers.registry import REGISTRY
 from handler.errors import InvalidRequestError
 from handler.ports import Target
 from handler.schemas import ChatRequest

@@ -10,12 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.providers import REGISTRY
 from adapters.providers.gemini import GeminiAdapter
 from adapters.providers.gemini.adapter import GeminiStreamParser, call_signature, signed_call_id
+from adapters.providers.registry import REGISTRY
 from handler.errors import InvalidRequestError, UpstreamError
-from handler.ports import SSEDecoder, StreamEvent, Target
+from handler.ports import Target
 from handler.schemas import ChatRequest, EmbeddingsRequest, Usage
+from handler.wire import SSEDecoder, StreamEvent
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "gemini"
 BASE = "https://generativelanguage.googleapis.com"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import orjson
 
-from adapters.providers import REGISTRY
 from adapters.providers.mistral import MistralAdapter
 from adapters.providers.mistral.adapter import mistral_tool_id
+from adapters.providers.registry import REGISTRY
 from handler.ports import Target
 from handler.schemas import ChatRequest
 

@@ -9,8 +9,9 @@ import pytest
 
 from adapters.providers.openai import OpenAIAdapter
 from handler.errors import UpstreamError
-from handler.ports import SSEDecoder, Target
+from handler.ports import Target
 from handler.schemas import ChatRequest
+from handler.wire import SSEDecoder
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "openai"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import adapters.providers
-from adapters.providers import REGISTRY
+from adapters.providers.registry import REGISTRY
 from handler.ports import ProviderAdapter
 
 FOLDER = Path(adapters.providers.__file__).parent

@@ -1,0 +1,151 @@
+"""The wire's shared pieces, for the pipeline and every provider adapter: stream events and the SSE decoder,
+a provider's error answer as `UpstreamError` (with its `retry-after`), and upstream JSON that must parse."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from handler.errors import UpstreamError
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One decoded frame of an upstream stream: an SSE event or an AWS event-stream message."""
+
+    event: str | None
+    data: bytes
+
+
+MAX_EVENT_BYTES = 16 * 1024 * 1024  # as AWS event-stream's own limit on a message
+
+
+class SSEDecoder:
+    """Incremental decoder for `text/event-stream` (the WHATWG rules: `event:`, `data:`, blank line).
+
+    One event (its unfinished line and its data lines) is held to `MAX_EVENT_BYTES`: an upstream that never
+    ends a line or an event is a malformed answer, not memory without end."""
+
+    __slots__ = ("_buffer", "_event", "_data")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._event: str | None = None
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[StreamEvent]:
+        self._buffer += chunk
+        events: list[StreamEvent] = []
+        while True:
+            nl = self._buffer.find(b"\n")
+            if nl < 0:
+                break
+            line = self._buffer[:nl]
+            self._buffer = self._buffer[nl + 1 :]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        if len(self._buffer) > MAX_EVENT_BYTES or (self._data and sum(map(len, self._data)) > MAX_EVENT_BYTES):
+            raise malformed(f"upstream stream event exceeds {MAX_EVENT_BYTES} bytes", "invalid_stream")
+        return events
+
+    def finish(self) -> list[StreamEvent]:
+        events: list[StreamEvent] = []
+        if self._buffer:
+            line, self._buffer = self._buffer.rstrip(b"\r"), b""
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        event = self._line(b"")
+        if event is not None:
+            events.append(event)
+        return events
+
+    def _line(self, line: bytes) -> StreamEvent | None:
+        if not line:
+            if not self._data and self._event is None:
+                return None
+            event = StreamEvent(self._event, b"\n".join(self._data))
+            self._event, self._data = None, []
+            return event
+        if line.startswith(b":"):
+            return None
+        name, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        return None
+
+
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The provider's `retry-after` (seconds or HTTP date) or `retry-after-ms` hint, if any."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def upstream_error(
+    status: int,
+    message: str,
+    headers: Mapping[str, str],
+    *,
+    upstream_type: str | None = None,
+    code: str | None = None,
+) -> UpstreamError:
+    """The common mapping from a provider's error answer to `UpstreamError`."""
+    return UpstreamError(
+        f"upstream returned {status}: {message}",
+        upstream_status=status,
+        retryable=status in RETRYABLE_STATUSES,
+        retry_after=retry_after_seconds(headers),
+        upstream_type=upstream_type,
+        code=code,
+    )
+
+
+def malformed(message: str, outcome: str = "invalid_response") -> UpstreamError:
+    """A 2xx answer the gateway cannot use: another deployment may do better, so it is retryable."""
+    return UpstreamError(message, upstream_status=200, retryable=True, outcome=outcome)
+
+
+def event_payload(event: StreamEvent) -> dict[str, Any]:
+    """A stream event's JSON object; anything else is a (retryable) upstream error."""
+    try:
+        payload = orjson.loads(event.data)
+    except orjson.JSONDecodeError as exc:
+        raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
+    if not isinstance(payload, dict):
+        raise malformed("upstream sent a stream event that is not an object")
+    return payload
+
+
+def json_body(body: bytes) -> Any:
+    """Parse an upstream JSON body; a malformed one is a (retryable) upstream error."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise malformed("upstream returned a body that is not JSON", "invalid_json") from exc
