@@ -38,17 +38,9 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from adapters.store.dynamo_client import DynamoDBClient
+from adapters.store.dynamo_client import CONDITION_FAILED, ConditionFailed, DynamoDBClient, call
 from adapters.store.expressions import Expression, Item, dec, num, number, read_num, text
-from adapters.store.leases import (
-    CONDITION_FAILED,
-    IDLE_SECONDS,
-    LEASE_PREFIX,
-    ConditionFailed,
-    Leases,
-    LeaseShort,
-    call,
-)
+from adapters.store.leases import IDLE_SECONDS, LEASE_PREFIX, Leases, LeaseShort
 from adapters.store.records import (
     LEDGER_TTL_SECONDS,
     SETTLED_TTL_SECONDS,
@@ -125,7 +117,7 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, Store):
         return self.leases.client_for(home) if self.leases.remote(home) and home else self.client
 
     async def _call(self, operation: str, **request: Any) -> Any:
-        """`leases.call` on this region's client: a lost condition is `ConditionFailed`, else `StoreError`."""
+        """`dynamo_client.call` on this region's client: a lost condition is `ConditionFailed`, else `StoreError`."""
         return await call(self.client, operation, **request)
 
     @staticmethod

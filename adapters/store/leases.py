@@ -38,13 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
-from adapters.store.dynamo_client import error_code, invoke
+from adapters.store.dynamo_client import ConditionFailed, call
 from adapters.store.expressions import Expression, Item, dec, exact, num, number, read_num, text
 from handler.ports import Admission, BudgetCharge, BudgetRefused, Settlement, StoreError
 
@@ -55,36 +54,10 @@ IDLE_SECONDS = 30.0
 # Grants beyond what a request needs are whole micro-dollars: lease counters stay short decimals.
 MICRO = Decimal("0.000001")
 MAX_TRACKED = 10_000
-CONDITION_FAILED = "ConditionalCheckFailed"
-# Contention (see `contended`): the error codes of DynamoDB's API reference, and a cancelled transaction's
-# reasons (`CancellationReasons[].Code`). botocore retries the throttling ones (its standard mode), but not a
-# transaction conflict, which is what two admissions racing on one key's meter item meet.
-CONTENTION_CODES = frozenset(
-    {
-        "TransactionConflictException",
-        "ThrottlingException",
-        "ProvisionedThroughputExceededException",
-        "RequestLimitExceeded",
-        "TransactionInProgressException",
-    }
-)
-CONTENTION_REASONS = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
-CONTENTION_ATTEMPTS = 8
-BACKOFF_BASE_S = 0.01
-BACKOFF_CAP_S = 0.4
 
 
 def meter_pk(key_id: str) -> dict[str, str]:
     return text(f"METER#{key_id}")
-
-
-class ConditionFailed(Exception):
-    """A conditional write (or a transaction) lost; `item` is the item as it was (ALL_OLD), if returned."""
-
-    def __init__(self, item: Item, reasons: list[Item] | None = None) -> None:
-        super().__init__("condition failed")
-        self.item = item
-        self.reasons = reasons or []
 
 
 class LeaseShort(Exception):
@@ -94,39 +67,6 @@ class LeaseShort(Exception):
         super().__init__(charge.key_id)
         self.charge = charge
         self.lease = lease
-
-
-def contended(code: str | None, reasons: list[Item]) -> bool:
-    """Whether DynamoDB refused a call for contention, so that the same call, sent again, may pass: a
-    transaction raced another write on one of its items, or a partition, the table or the account is over
-    its throughput. Nothing of a refused call was applied, and its conditions are checked again."""
-    if code in CONTENTION_CODES:
-        return True
-    return code == "TransactionCanceledException" and any(r.get("Code") in CONTENTION_REASONS for r in reasons)
-
-
-async def call(client: Any, operation: str, **request: Any) -> Any:
-    """One DynamoDB call off the event loop: a lost condition is `ConditionFailed`, anything else `StoreError`.
-
-    A call refused for contention (`contended`) is sent again, up to `CONTENTION_ATTEMPTS` times, after a
-    capped exponential backoff with full jitter (so racing writers spread out rather than collide again).
-    Checks error codes rather than `client.exceptions` classes, which differ between clients of two sessions."""
-    for attempt in range(1, CONTENTION_ATTEMPTS + 1):
-        try:
-            return await invoke(client, operation, request)
-        except Exception as exc:  # botocore raises many unrelated classes; every one means "store failed"
-            response = getattr(exc, "response", None) or {}
-            code = response.get("Error", {}).get("Code")
-            reasons = response.get("CancellationReasons") or []
-            if code == "ConditionalCheckFailedException":
-                raise ConditionFailed(response.get("Item", {})) from exc
-            if code == "TransactionCanceledException" and any(r.get("Code") == CONDITION_FAILED for r in reasons):
-                raise ConditionFailed({}, reasons) from exc
-            if attempt < CONTENTION_ATTEMPTS and contended(code, reasons):
-                await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt)))  # noqa: S311
-                continue
-            raise StoreError(f"DynamoDB {operation} failed: {error_code(exc)}") from exc
-    raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
 
 
 @dataclass(slots=True)

@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
+from adapters.store.dynamo_client import call
 from adapters.store.expressions import num, text
-from adapters.store.leases import call
 from handler.ports import StoredResponse, StoreError
 
 RESPONSES_SCHEMA = (

@@ -17,8 +17,8 @@ import sqlite3
 import time
 from typing import Any
 
+from adapters.store.dynamo_client import call
 from adapters.store.expressions import num, text
-from adapters.store.leases import call
 from handler.ports import StoreError
 
 SIGN_INS_SCHEMA = (
