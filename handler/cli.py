@@ -223,7 +223,7 @@ async def _key_command(args: argparse.Namespace, store: Store) -> int:
 def cmd_usage(args: argparse.Namespace) -> int:
     from handler.errors import GatewayError
     from handler.ports import UsageQuery
-    from handler.usage import aggregate, as_json, latency, latency_table, parse_report, to_csv, to_table
+    from handler.reports import aggregate, as_json, latency, latency_table, parse_report, to_csv, to_table
 
     try:
         spec = parse_report(args.since, args.until, args.group_by, args.tag, args.user, args.session)

@@ -16,7 +16,7 @@ from handler.budgets import period_of
 from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from handler.keys import key_names, models_within, validate_networks, with_descendants
 from handler.ports import ConflictError, KeyRecord, RateCharge, UsageQuery
-from handler.usage import aggregate, as_json, latency, parse_report, to_csv
+from handler.reports import aggregate, as_json, latency, parse_report, to_csv
 
 if TYPE_CHECKING:
     from handler.app import Api

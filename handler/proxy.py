@@ -48,6 +48,7 @@ from handler.pricing import (
     scaled,
     worst_case_usd,
 )
+from handler.reports import usd
 from handler.routing import Attempt, Plan, RouteControls
 from handler.schema_check import enforce, schema_of, violation
 from handler.schemas import (
@@ -59,7 +60,6 @@ from handler.schemas import (
     Usage,
 )
 from handler.upstream import UpstreamResponse
-from handler.usage import usd
 from handler.wire import StreamEvent, json_body, malformed
 
 T = TypeVar("T")

@@ -68,7 +68,7 @@ from handler.ports import (
     StoreError,
     UsageQuery,
 )
-from handler.usage import day_of
+from handler.reports import day_of
 
 T = TypeVar("T")
 METER_SK = "METER"

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from handler.config import FeeConfig, ModelConfig, Price
 from handler.pricing import builtin_prices, cost_of, estimate_prompt_tokens, price_for, worst_case_usd
+from handler.reports import usd
 from handler.schemas import ChatRequest, Usage
-from handler.usage import usd
 
 NO_FEE = FeeConfig()
 

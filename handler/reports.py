@@ -1,4 +1,5 @@
-"""Usage reports: ledger line items grouped by key, model and day, as JSON rows, CSV or a table."""
+"""Ledger reports: line items grouped by key, model, day, user, session or tag, as JSON rows, CSV or a table
+(`Usage` in handler/schemas.py is something else: one answer's token counts)."""
 
 from __future__ import annotations
 
