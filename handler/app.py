@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -80,6 +81,7 @@ class Api:
         settings = gateway.config.gateway
         self.max_body = settings.max_body_bytes
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies]
+        self.capture_content = gateway.tracer is not None and gateway.tracer.capture_content
 
     # --- request helpers --------------------------------------------------------------------
 
@@ -99,7 +101,10 @@ class Api:
             if received > self.max_body:
                 raise RequestTooLargeError(f"request body exceeds the {self.max_body}-byte limit")
             chunks.append(chunk)
-        return b"".join(chunks)
+        body = b"".join(chunks)
+        if self.capture_content:
+            request.scope["state"]["body"] = body  # the prompt, for the request's span
+        return body
 
     def json(self, payload: Any, status: int = 200) -> Response:
         return json_response(payload, status)
@@ -189,6 +194,9 @@ class Api:
             request.state.request_id, key, model, controls, inbound_dropped=inbound_dropped or [], lineage=lineage
         )
         request.state.exchange = ex
+        tracer = self.gateway.tracer
+        if tracer is not None:
+            ex.trace = tracer.begin(request.headers, route_path(request.scope), request.scope["state"].get("body"))
         return ex
 
     # --- routes -----------------------------------------------------------------------------
@@ -248,7 +256,7 @@ class Api:
             return EventStream(openai_events(stream, include_usage), stream_headers(ex))
         completion = await until_client_leaves(request, self.pipeline.chat(req, ex))
         response = json_response(answer_json(completion), headers=ex.headers())
-        observe(ex, 200)
+        observe(ex, 200, answer=response.body)
         return response
 
     async def embeddings(self, request: Request) -> Response:
@@ -257,7 +265,7 @@ class Api:
         ex = self.exchange(request, key, req.model)
         result = await until_client_leaves(request, self.pipeline.embeddings(req, ex))
         response = json_response(result.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
-        observe(ex, 200)
+        observe(ex, 200, answer=response.body)
         return response
 
 
@@ -550,6 +558,8 @@ def create_app(gateway: Gateway) -> GatewayApp:
         gateway.start()  # (uvicorn runs the lifespan; Lambda's entry point calls start itself)
         yield
         await gateway.spool.close()
+        if gateway.tracer is not None:
+            await asyncio.to_thread(gateway.tracer.close)  # the spans still queued go out
 
     app = Starlette(routes=routes, exception_handlers=errors, lifespan=lifespan)
     app.state.gateway = gateway

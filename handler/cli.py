@@ -19,6 +19,7 @@ from handler.gateway import DEFAULT_STORE_URL
 from handler.key_routes import key_view
 from handler.keys import KeyService, key_names, validate_networks, with_descendants
 from handler.ports import KeyRecord, Store
+from handler.tracing import otlp_settings
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -90,6 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["GATEWAY_STORE"] = args.store
     try:
         config = load_config(os.environ.get("GATEWAY_CONFIG") or None, _known_types())
+        otlp_settings(config.observability.otlp, os.environ)  # the OTEL_* environment, checked before serving
     except ConfigError as exc:
         sys.stderr.write(f"config error:\n{exc}\n")
         return 2
@@ -134,6 +136,7 @@ def _has(module: str) -> bool:
 def cmd_config_check(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config or os.environ.get("GATEWAY_CONFIG") or None, _known_types())
+        otlp_settings(config.observability.otlp, os.environ)
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 1

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from handler import redaction
+from handler import prometheus, redaction
 from handler.config import Config, SecretFetcher, load_config, resolve_secret
 from handler.errors import GatewayError
 from handler.keys import KeyService, split_key
@@ -21,6 +21,7 @@ from handler.observability import logger
 from handler.ports import ProviderAdapter, Store
 from handler.routing import RouteControls, Router, any_model
 from handler.spool import SettlementSpool
+from handler.tracing import RequestTracer, build_tracer, otlp_settings
 from handler.upstream import UpstreamClient
 
 DEFAULT_STORE_URL = "sqlite:///.gateway/gateway.db"
@@ -38,6 +39,7 @@ class Gateway:
     upstream: UpstreamClient
     adapters: dict[str, ProviderAdapter]
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    tracer: RequestTracer | None = None  # OTLP span export, when configured (handler/tracing.py)
 
     @property
     def spool(self) -> SettlementSpool:
@@ -106,6 +108,8 @@ class Gateway:
         await self.spool.close()  # what is still pending stays in the spool's file for the next start
         await self.upstream.aclose()
         await self.store.close()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.close)
 
 
 def gateway_region(environ: Mapping[str, str]) -> str:
@@ -154,6 +158,9 @@ def build_gateway(
     region = gateway_region(env)
     redaction.register(env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN"))
     adapters = build_adapters(config, REGISTRY, env, fetch)
+    otlp = otlp_settings(config.observability.otlp, env, fetch)
+    for value in otlp.headers.values() if otlp else ():
+        redaction.register(value)  # a collector's token is a secret like any other
     return Gateway(
         config=config,
         region=region,
@@ -162,4 +169,5 @@ def build_gateway(
         router=Router(config, adapters, region),
         upstream=UpstreamClient(config.gateway.timeouts, transport, config.gateway.limits),
         adapters=adapters,
+        tracer=build_tracer(otlp, region, on_drop=prometheus.REGISTRY.spans_dropped),
     )

@@ -105,9 +105,12 @@ class Registry:
         self.added = Family(
             "gateway_added_latency_seconds", "histogram", "The gateway's own time: total less store and upstream."
         )
+        self.dropped_spans = Family(
+            "gateway_otlp_spans_dropped_total", "counter", "Trace spans dropped: export queue full or collector down."
+        )
 
     def families(self) -> list[Family]:
-        return [self.requests, self.errors, self.tokens, self.cost, self.duration, self.added]
+        return [self.requests, self.errors, self.tokens, self.cost, self.duration, self.added, self.dropped_spans]
 
     def _where(self, model: str | None, provider: str | None, region: str | None) -> Labels:
         return (
@@ -148,6 +151,10 @@ class Registry:
         """A request refused before it had a model (bad key, bad JSON, ...)."""
         self.requests.add((*self._where(None, None, None), ("status", str(status))))
         self.errors.add((("code", code), ("status", str(status))))
+
+    def spans_dropped(self, count: int) -> None:
+        """Spans the OTLP exporter could not send (called from its thread)."""
+        self.dropped_spans.add((), count)
 
     def render(self) -> bytes:
         return ("\n".join(line for family in self.families() for line in family.lines()) + "\n").encode()

@@ -66,6 +66,7 @@ from handler.schemas import (
     EmbeddingsResponse,
     Usage,
 )
+from handler.tracing import Trace
 from handler.upstream import UpstreamResponse
 from handler.usage import usd
 
@@ -119,6 +120,7 @@ class Exchange:
     user: str | None = None  # the end user the client named, for attribution
     price_multiplier: float = 1.0  # a service tier's
     per_request_usd: float = 0.0  # options billed per request (web search)
+    trace: Trace | None = None  # what its OpenTelemetry spans need, when OTLP export is on (handler/tracing.py)
 
     def __post_init__(self) -> None:
         if not self.lineage:
@@ -352,6 +354,8 @@ class Pipeline:
         return plan
 
     async def _admit(self, ex: Exchange, plan: list[Attempt], req: ChatRequest) -> None:
+        if ex.trace is not None:
+            ex.trace.requested(req)  # before the output cap below is applied
         who = req.user or (req.model_extra or {}).get("safety_identifier")
         if isinstance(who, str) and who and ex.user is None:
             ex.user = who[:MAX_USER_CHARS]
@@ -442,6 +446,8 @@ class Pipeline:
         ex.reservation = reservation
         ex.limit_headers = reservation.headers
         ex.store_ms += reservation.store_ms
+        if ex.trace is not None and reservation.admission is not None:  # (no budget, no limits: no round trip)
+            ex.trace.store("store.admit", reservation.store_ms)
 
     def _checked(self, usage: Usage | None, ex: Exchange, output_chars: Callable[[], int]) -> tuple[Usage, str]:
         """The provider's usage when it is possible, else an estimate (`source` says which): an answer without
@@ -526,6 +532,8 @@ class Pipeline:
                         ex.answered = (attempt, err.upstream_status)
                     ex.upstream_ms += (time.perf_counter() - started) * 1000
                     ex.route.append(f"{label}={err.outcome}")
+                    if ex.trace is not None:
+                        ex.trace.attempt(attempt, started, err.upstream_status, err.outcome)
                     last = err
                     if not err.retryable:
                         breakers.success(label)
@@ -538,6 +546,8 @@ class Pipeline:
                 ex.inflight = None
                 ex.upstream_ms += (time.perf_counter() - started) * 1000
                 ex.route.append(f"{label}=200")
+                if ex.trace is not None:
+                    ex.trace.attempt(attempt, started, 200, None)
                 breakers.success(label)
                 ex.attempt = attempt
                 ex.dropped = built.dropped
