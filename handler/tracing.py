@@ -13,6 +13,7 @@ known secret and credential-shaped value redacted (handler/redaction.py).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -28,7 +29,7 @@ from handler.redaction import redact_message
 
 if TYPE_CHECKING:
     from adapters.otlp.exporter import BatchExporter
-    from adapters.otlp.wire import AttributeValue
+    from adapters.otlp.wire import AttributeValue, SpanData
     from handler.proxy import Exchange
     from handler.routing import Attempt
     from handler.schemas import ChatRequest
@@ -161,6 +162,7 @@ class Trace:
         return self.wall_ns + int((perf - self.perf) * 1e9)
 
 
+@functools.lru_cache(maxsize=1024)  # a deployment's base URL: the same few for every request
 def _host(url: str) -> tuple[str, int | None]:
     parts = urllib.parse.urlsplit(url)
     return parts.hostname or "", parts.port
@@ -170,6 +172,9 @@ class RequestTracer:
     """Starts a `Trace` per request and turns a finished one into spans for the exporter."""
 
     def __init__(self, exporter: BatchExporter, capture_content: bool, region: str) -> None:
+        from adapters.otlp.wire import SpanData  # (here: the module is imported only when export is on)
+
+        self.span_data = SpanData
         self.exporter = exporter
         self.capture_content = capture_content
         self.region = region
@@ -195,10 +200,18 @@ class RequestTracer:
         trace = ex.trace
         if trace is None or not trace.sampled:
             return
-        from adapters.otlp.wire import SpanData
+        ex.trace = None  # observed once: a second observation (an error after the answer began) adds nothing
+        self.exporter.submit(
+            1 + len(trace.steps), functools.partial(self._spans, ex, trace, status, code, stream, ended)
+        )
 
+    def _spans(
+        self, ex: Exchange, trace: Trace, status: int, code: str | None, stream: bool, ended: float
+    ) -> list[SpanData]:
+        """The request's spans, built on the exporter's thread from what the request recorded."""
+        span_data = self.span_data
         spans = [
-            SpanData(
+            span_data(
                 trace.trace_id,
                 trace.span_id,
                 trace.parent_id,
@@ -211,11 +224,12 @@ class RequestTracer:
                 code or "" if status >= 500 else "",
             )
         ]
-        for step in trace.steps:
+        ids = os.urandom(8 * len(trace.steps))
+        for number, step in enumerate(trace.steps):
             spans.append(
-                SpanData(
+                span_data(
                     trace.trace_id,
-                    os.urandom(8),
+                    ids[number * 8 : number * 8 + 8],
                     trace.span_id,
                     step.name,
                     CLIENT,
@@ -225,8 +239,7 @@ class RequestTracer:
                     ERROR if step.failed else 0,
                 )
             )
-        ex.trace = None  # observed once: a second observation (an error after the answer began) adds nothing
-        self.exporter.submit(spans)
+        return spans
 
     def _attributes(
         self, ex: Exchange, trace: Trace, status: int, code: str | None, stream: bool, ended: float

@@ -1,7 +1,8 @@
 """OTLP/HTTP span export in batches, from a thread of its own.
 
-A request hands its finished spans to `BatchExporter.submit`, which only appends them to a bounded queue
-(a deque: no lock on the request's path) and, once a batch is full, wakes the thread. The thread sends a
+A request hands its spans to `BatchExporter.submit` as a count and a function that builds them, which is
+only appended to a bounded queue (a deque: no lock on the request's path; building the spans' attributes
+happens on the thread too) and, once a batch is full, wakes the thread. The thread sends a
 batch (`application/x-protobuf`, POST to the traces URL) when one is full or every `schedule_delay_s`,
 whichever comes first. When the queue is full, new spans are dropped and counted, never waited for: a slow or
 dead collector costs the requests nothing. `flush` sends everything queued (the end of a Lambda invocation,
@@ -22,6 +23,8 @@ from adapters.otlp import wire
 
 log = logging.getLogger("gateway.otlp")
 RETRYABLE = frozenset({429, 502, 503, 504})
+SpanSource = Callable[[], Sequence[wire.SpanData]]
+YIELD_EVERY = 4
 
 
 class BatchExporter:
@@ -50,7 +53,11 @@ class BatchExporter:
         self.dropped = 0  # spans dropped: queue full, or the collector refused them
         self.exported = 0
         self._on_drop = on_drop
-        self._queue: collections.deque[wire.SpanData] = collections.deque()
+        self._queue: collections.deque[tuple[int, SpanSource]] = collections.deque()
+        # Spans queued = queued_in - queued_out; each counter has one writer (submit's thread; the sender, under
+        # `_sending`), so neither loses an update without a lock.
+        self._queued_in = 0
+        self._queued_out = 0
         self._wake = threading.Event()
         self._sending = threading.Lock()  # one batch at a time: the thread's or a flush's
         self._closed = False
@@ -61,14 +68,16 @@ class BatchExporter:
         self._thread = threading.Thread(target=self._run, name="otlp-exporter", daemon=True)
         self._thread.start()
 
-    def submit(self, spans: Sequence[wire.SpanData]) -> None:
-        """Queue one request's spans; drops (and counts) them when the queue is full or the exporter closed."""
-        queue = self._queue
-        if self._closed or len(queue) + len(spans) > self.queue_size:
-            self._drop(len(spans))
+    def submit(self, count: int, build: SpanSource) -> None:
+        """Queue one request's `count` spans, built by `build` on the exporter's thread; drops (and counts) them
+        when the queue is full or the exporter closed. Called from the thread that serves requests."""
+        queued = self._queued_in - self._queued_out + count
+        if self._closed or queued > self.queue_size:
+            self._drop(count)
             return
-        queue.extend(spans)
-        if len(queue) >= self.batch_size:
+        self._queue.append((count, build))
+        self._queued_in += count
+        if queued >= self.batch_size:
             self._wake.set()
 
     def _drop(self, count: int) -> None:
@@ -87,11 +96,24 @@ class BatchExporter:
             while self._queue and (deadline is None or time.monotonic() < deadline):
                 batch: list[wire.SpanData] = []
                 while self._queue and len(batch) < self.batch_size:
-                    batch.append(self._queue.popleft())
+                    count, build = self._queue.popleft()
+                    self._queued_out += count
+                    try:
+                        batch.extend(build())
+                    except Exception:  # noqa: BLE001 - one request's spans lost, never the thread
+                        log.exception("building a request's spans failed")
+                        self._drop(count)
                 self._send(batch)
 
     def _send(self, batch: list[wire.SpanData]) -> None:
-        body = wire.export_request(self.resource, "llm-gateway", self.scope_version, batch)
+        encoded = []
+        for number, data in enumerate(batch, 1):
+            encoded.append(wire.span(data))
+            if number % YIELD_EVERY == 0:
+                # Hand the GIL back now and then: the thread serving requests never waits for a whole batch's
+                # encoding (pure Python, ~100 µs a span), only ever for a few spans'.
+                time.sleep(0)
+        body = wire.export_request(self.resource, "llm-gateway", self.scope_version, encoded)
         for attempt in range(2):
             try:
                 response = self._client.post(self.url, content=body)
@@ -124,7 +146,7 @@ class BatchExporter:
         self._closed = True
         self._wake.set()
         self._thread.join(timeout_s)
-        left = len(self._queue)
+        left = sum(count for count, _ in self._queue)
         self._queue.clear()
         if left:
             self._drop(left)

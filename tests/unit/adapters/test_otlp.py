@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import httpx
+import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -43,7 +44,7 @@ def test_every_attribute_type_reads_back_with_the_official_classes() -> None:
         ("empty", ""),
     ]
     data = span(7, parent_span_id=b"\x09" * 8, attributes=attributes, status=wire.STATUS_ERROR, status_message="no")
-    request = decode(wire.export_request([("service.name", "gw")], "llm-gateway", "0.1.0", [data]))
+    request = decode(wire.export_request([("service.name", "gw")], "llm-gateway", "0.1.0", [wire.span(data)]))
     (resource_spans,) = request.resource_spans
     assert resource_spans.resource.attributes[0].value.string_value == "gw"
     (scope_spans,) = resource_spans.scope_spans
@@ -65,7 +66,9 @@ def test_every_attribute_type_reads_back_with_the_official_classes() -> None:
 
 
 def test_an_end_before_the_start_is_clamped_to_the_start() -> None:
-    (decoded,) = decode(wire.export_request([], "s", "", [span(end_ns=1)])).resource_spans[0].scope_spans[0].spans
+    (decoded,) = (
+        decode(wire.export_request([], "s", "", [wire.span(span(end_ns=1))])).resource_spans[0].scope_spans[0].spans
+    )
     assert decoded.end_time_unix_nano == decoded.start_time_unix_nano
 
 
@@ -99,11 +102,15 @@ def exporter(collector: Collector, **options: object) -> BatchExporter:
     )
 
 
+def queue(batcher: BatchExporter, *spans: wire.SpanData) -> None:
+    batcher.submit(len(spans), lambda: list(spans))
+
+
 def test_close_flushes_everything_queued_in_batches() -> None:
     collector = Collector()
     batcher = exporter(collector, batch_size=3, schedule_delay_s=60)
     for number in range(1, 8):
-        batcher.submit([span(number)])
+        queue(batcher, span(number))
     batcher.close()
     assert collector.spans() == [f"chat gpt-4o-mini #{n}" for n in range(1, 8)]
     assert len(collector.bodies) >= 3 and batcher.exported == 7 and batcher.dropped == 0
@@ -113,11 +120,11 @@ def test_a_full_queue_drops_and_counts_instead_of_waiting() -> None:
     collector = Collector(hold=True)  # the collector holds the first export: the queue fills behind it
     counted: list[int] = []
     batcher = exporter(collector, batch_size=1, queue_size=2, schedule_delay_s=0.01, on_drop=counted.append)
-    batcher.submit([span(1)])
-    while not (batcher._sending.locked() and not batcher._queue):  # the thread took the first span, waits
+    queue(batcher, span(1))
+    while not (batcher._sending.locked() and not batcher._queue):  # the thread took the first span and waits
         pass
     for number in range(2, 12):
-        batcher.submit([span(number)])
+        queue(batcher, span(number))
     assert batcher.dropped == 8 and sum(counted) == 8
     collector.release.set()
     batcher.close()
@@ -127,7 +134,7 @@ def test_a_full_queue_drops_and_counts_instead_of_waiting() -> None:
 def test_a_refusing_collector_counts_the_batch_as_dropped() -> None:
     collector = Collector(status=400)
     batcher = exporter(collector, schedule_delay_s=60)
-    batcher.submit([span(1), span(2)])
+    queue(batcher, span(1), span(2))
     batcher.close()
     assert batcher.dropped == 2 and batcher.exported == 0 and len(collector.bodies) == 1  # a 400 is not retried
 
@@ -136,5 +143,19 @@ def test_spans_submitted_after_close_are_dropped() -> None:
     collector = Collector()
     batcher = exporter(collector)
     batcher.close()
-    batcher.submit([span(1)])
+    queue(batcher, span(1))
     assert batcher.dropped == 1 and collector.bodies == []
+
+
+def test_spans_that_fail_to_build_are_dropped_and_the_thread_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    collector = Collector()
+    batcher = exporter(collector, schedule_delay_s=60)
+
+    def broken() -> list[wire.SpanData]:
+        raise ValueError("a request recorded something odd")
+
+    batcher.submit(3, broken)
+    queue(batcher, span(4))
+    batcher.close()
+    assert batcher.dropped == 3 and collector.spans() == ["chat gpt-4o-mini #4"]
+    assert "building a request's spans failed" in caplog.text
