@@ -9,7 +9,7 @@ import asyncio
 import os
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -21,8 +21,10 @@ from handler.observability import logger
 from handler.ports import ProviderAdapter, Store
 from handler.routing import RouteControls, Router, any_model
 from handler.spool import SettlementSpool
-from handler.tracing import RequestTracer, build_tracer, otlp_settings
 from handler.upstream import UpstreamClient
+
+if TYPE_CHECKING:
+    from handler.tracing import RequestTracer
 
 DEFAULT_STORE_URL = "sqlite:///.gateway/gateway.db"
 
@@ -158,9 +160,6 @@ def build_gateway(
     region = gateway_region(env)
     redaction.register(env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN"))
     adapters = build_adapters(config, REGISTRY, env, fetch)
-    otlp = otlp_settings(config.observability.otlp, env, fetch)
-    for value in otlp.headers.values() if otlp else ():
-        redaction.register(value)  # a collector's token is a secret like any other
     return Gateway(
         config=config,
         region=region,
@@ -169,5 +168,21 @@ def build_gateway(
         router=Router(config, adapters, region),
         upstream=UpstreamClient(config.gateway.timeouts, transport, config.gateway.limits),
         adapters=adapters,
-        tracer=build_tracer(otlp, region, on_drop=prometheus.REGISTRY.spans_dropped),
+        tracer=build_tracer(config, env, region, fetch),
     )
+
+
+def build_tracer(
+    config: Config, environ: Mapping[str, str], region: str, fetch: SecretFetcher | None = None
+) -> RequestTracer | None:
+    """The OTLP span exporter, where an endpoint is configured. Without one (`observability.otlp` absent, no
+    `OTEL_EXPORTER_OTLP_*ENDPOINT`) handler/tracing.py is not even imported: a cold start pays nothing for it."""
+    named = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if config.observability.otlp is None and not any(environ.get(name) for name in named):
+        return None
+    from handler import tracing
+
+    settings = tracing.otlp_settings(config.observability.otlp, environ, fetch)
+    for value in settings.headers.values() if settings else ():
+        redaction.register(value)  # a collector's token is a secret like any other
+    return tracing.build_tracer(settings, region, on_drop=prometheus.REGISTRY.spans_dropped)

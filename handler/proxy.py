@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -66,9 +66,11 @@ from handler.schemas import (
     EmbeddingsResponse,
     Usage,
 )
-from handler.tracing import Trace
 from handler.upstream import UpstreamResponse
 from handler.usage import usd
+
+if TYPE_CHECKING:
+    from handler.tracing import Trace  # (imported only when OTLP export is on: handler/gateway.py)
 
 T = TypeVar("T")
 log = logging.getLogger("gateway")
