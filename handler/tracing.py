@@ -93,17 +93,12 @@ class Trace:
     def attempt(self, attempt: Attempt, started: float, status: int, outcome: str | None) -> None:
         """One upstream attempt ended: answered with `status` (0: no answer), failed with `outcome` or not."""
         target = attempt.target
-        host, port = _host(target.base_url)
         attributes: Attributes = [
             ("gen_ai.operation.name", OPERATIONS.get(self.path, "chat")),
-            ("gen_ai.provider.name", attempt.adapter.semconv_provider or target.provider_type),
             ("gen_ai.request.model", target.model),
-            ("server.address", host),
             ("gateway.deployment", target.label),
-            ("gateway.upstream.region", target.region),
+            *_upstream(attempt),
         ]
-        if port:
-            attributes.append(("server.port", port))
         if status:
             attributes.append(("http.response.status_code", status))
         if outcome is not None:
@@ -166,6 +161,20 @@ class Trace:
 def _host(url: str) -> tuple[str, int | None]:
     parts = urllib.parse.urlsplit(url)
     return parts.hostname or "", parts.port
+
+
+def _upstream(attempt: Attempt) -> Attributes:
+    """Who and where an attempt went: the provider's API, the upstream's host and region."""
+    target = attempt.target
+    host, port = _host(target.base_url)
+    where: Attributes = [
+        ("gen_ai.provider.name", attempt.adapter.semconv_provider or target.provider_type),
+        ("server.address", host),
+        ("gateway.upstream.region", target.region),
+    ]
+    if port:
+        where.append(("server.port", port))
+    return where
 
 
 class RequestTracer:
@@ -266,17 +275,11 @@ class RequestTracer:
             out.append(("gateway.route", ", ".join(ex.route)))
         attempt = ex.attempt
         if attempt is not None:
-            target = attempt.target
-            host, port = _host(target.base_url)
             out += [
-                ("gen_ai.provider.name", attempt.adapter.semconv_provider or target.provider_type),
-                ("gen_ai.response.model", target.model),
-                ("server.address", host),
-                ("gateway.provider", target.provider),
-                ("gateway.upstream.region", target.region),
+                ("gen_ai.response.model", attempt.target.model),
+                ("gateway.provider", attempt.target.provider),
+                *_upstream(attempt),
             ]
-            if port:
-                out.append(("server.port", port))
         cost = ex.cost
         if cost is not None:
             usage = cost.usage

@@ -344,16 +344,16 @@ def cold_import_ms(env: dict[str, str], runs: int, statement: str = "import hand
         return statistics.median(once() for _ in range(runs))
 
 
-def lambda_warm_us(env: dict[str, str], invocations: int) -> dict[str, float]:
+def child_result(module: str, argument: str, env: dict[str, str]) -> str:
+    """The last line `python -m MODULE ARGUMENT` prints: a measurement taken in a fresh interpreter."""
     out = subprocess.run(
-        [sys.executable, "-m", "tests.bench.lambda_warm", str(invocations)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, "-m", module, argument], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     ).stdout
-    total, store, own = map(float, out.strip().splitlines()[-1].split())
+    return out.strip().splitlines()[-1]
+
+
+def lambda_warm_us(env: dict[str, str], invocations: int) -> dict[str, float]:
+    total, store, own = map(float, child_result("tests.bench.lambda_warm", str(invocations), env).split())
     return {"total": total, "store": store, "own": own}
 
 

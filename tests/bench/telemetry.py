@@ -39,15 +39,11 @@ ATTRIBUTION_HEADERS = [
 
 def measure(env: dict[str, str], smoke: bool) -> dict[str, dict[str, float]]:
     """tests/bench/run.py's entry: the figures, from a fresh interpreter."""
-    out = subprocess.run(
-        [sys.executable, "-m", "tests.bench.telemetry", str(40 if smoke else 400)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    figures: dict[str, dict[str, float]] = json.loads(out.strip().splitlines()[-1])
+    from tests.bench.run import child_result  # (run.py imports this module)
+
+    figures: dict[str, dict[str, float]] = json.loads(
+        child_result("tests.bench.telemetry", str(40 if smoke else 400), env)
+    )
     return figures
 
 
