@@ -210,24 +210,29 @@ def test_content_goes_out_only_when_captured_and_then_redacted(
     upstream: tuple[ServerThread, dict[str, Any]], receiver: OtlpReceiver, tmp_path: Path
 ) -> None:
     running, server = otlp_gateway(upstream, tmp_path, receiver.url, capture_content=True)
+    leaked = "sk-ant-api03-abcdefghijklmnop"
+    messages = [{"role": "user", "content": f"{SECRET_PROMPT} {leaked}"}]
     try:
         key = running.mint()
-        leaked = "sk-ant-api03-abcdefghijklmnop"
-        answer = post(
-            running,
-            "/v1/chat/completions",
-            key,
-            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"{SECRET_PROMPT} {leaked}"}]},
-        )
+        answer = post(running, "/v1/chat/completions", key, {"model": "gpt-4o-mini", "messages": messages})
         root, *_ = receiver.request_spans(answer.headers["x-request-id"])
+        streamed = post(
+            running, "/v1/chat/completions", key, {"model": "gpt-4o-mini", "messages": messages, "stream": True}
+        )
+        stream_root, *_ = receiver.request_spans(streamed.headers["x-request-id"])
     finally:
         server.stop()
-    assert SECRET_PROMPT in root.attributes["gen_ai.input.messages"]
-    assert (
-        leaked not in root.attributes["gen_ai.input.messages"]
-        and "[REDACTED]" in root.attributes["gen_ai.input.messages"]
-    )
+    for span in (root, stream_root):
+        prompt = span.attributes["gen_ai.input.messages"]
+        assert SECRET_PROMPT in prompt and leaked not in prompt and "[REDACTED]" in prompt
     assert answer.json()["choices"][0]["message"]["content"] in root.attributes["gen_ai.output.messages"]
+    # A stream's answer is the text it relayed, put together.
+    relayed = "".join(
+        orjson.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+        for line in streamed.text.splitlines()
+        if line.startswith("data: {") and orjson.loads(line[6:])["choices"]
+    )
+    assert relayed and stream_root.attributes["gen_ai.output.messages"] == relayed
 
 
 def timed_requests(running: Running, key: str, count: int) -> list[float]:
@@ -316,3 +321,20 @@ def test_on_lambda_each_invocation_flushes_its_spans_and_emits_emf(
     assert first["output_tokens"] == roots[0].attributes["gen_ai.usage.output_tokens"]
     assert first["cost_usd"] == pytest.approx(roots[0].attributes["gateway.cost_usd"])
     assert first["gateway_overhead"] == pytest.approx(roots[0].attributes["gateway.latency.gateway_ms"], abs=0.01)
+
+
+def test_a_responses_request_and_an_embedding_are_spans_too(traced: Running, receiver: OtlpReceiver) -> None:
+    key = traced.mint()
+    answer = post(traced, "/v1/responses", key, {"model": "gpt-4o-mini", "input": SECRET_PROMPT, "store": False})
+    assert answer.status_code == 200
+    root, *children = receiver.request_spans(answer.headers["x-request-id"])
+    assert root.attributes["http.route"] == "/v1/responses" and root.attributes["gen_ai.operation.name"] == "chat"
+    assert root.attributes["gen_ai.response.finish_reasons"] == [answer.json()["status"]]
+    assert root.attributes["gen_ai.usage.output_tokens"] == answer.json()["usage"]["output_tokens"]
+    assert len(by_name(children, "chat ")) == 1
+    embedded = post(traced, "/v1/embeddings", key, {"model": "text-embedding-3-small", "input": SECRET_PROMPT})
+    root, *children = receiver.request_spans(embedded.headers["x-request-id"])
+    assert root.name == "embeddings text-embedding-3-small"
+    assert root.attributes["gen_ai.operation.name"] == "embeddings"
+    assert [s.name for s in by_name(children, "embeddings ")] == ["embeddings text-embedding-3-small"]
+    assert SECRET_PROMPT.encode() not in b"".join(receiver.bodies)
