@@ -556,7 +556,14 @@ def create_app(gateway: Gateway) -> GatewayApp:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         gateway.start()  # (uvicorn runs the lifespan; Lambda's entry point calls start itself)
+        observability = gateway.config.observability
+        metrics = None
+        if observability.metrics_port is not None:
+            metrics = await prometheus.serve(observability.metrics_host, observability.metrics_port)
         yield
+        if metrics is not None:
+            metrics.close()
+            await metrics.wait_closed()
         await gateway.spool.close()
         if gateway.tracer is not None:
             await asyncio.to_thread(gateway.tracer.close)  # the spans still queued go out

@@ -92,6 +92,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(os.environ.get("GATEWAY_CONFIG") or None, _known_types())
         otlp_settings(config.observability.otlp, os.environ)  # the OTEL_* environment, checked before serving
+        metrics_port = config.observability.metrics_port
+        if metrics_port is not None and args.workers > 1:
+            # Each worker counts its own requests: one port cannot show them all.
+            raise ConfigError(
+                [
+                    "observability.metrics_port: serves one process's figures; run --workers 1, or scrape each "
+                    "worker's /metrics with an admin key"
+                ]
+            )
+        if metrics_port == args.port:
+            raise ConfigError([f"observability.metrics_port: {metrics_port} is the gateway's own port (--port)"])
     except ConfigError as exc:
         sys.stderr.write(f"config error:\n{exc}\n")
         return 2

@@ -173,9 +173,13 @@ class OtlpConfig(_Strict):
 
 
 class ObservabilityConfig(_Strict):
-    """`observability`: where the gateway's traces go (metrics: `/metrics` and CloudWatch EMF, always on)."""
+    """`observability`: where the gateway's traces go, and a port of its own for `/metrics` (docs/observability.md;
+    metrics are always on: `/metrics` for an admin key, CloudWatch EMF on Lambda)."""
 
     otlp: OtlpConfig | None = None
+    # `gateway serve` also answers GET /metrics with no key here: bind it where only Prometheus reaches.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = Field(default="127.0.0.1", min_length=1)
 
 
 class Config(_Strict):

@@ -3,11 +3,14 @@ with an admin key as its bearer credentials; its HTTP API then answers with the 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +18,12 @@ import httpx
 import pytest
 import yaml
 
+from handler.cli import main
 from tests.functional.conftest import Running
 from tests.functional.test_metrics import labels, scrape
-from tests.support.servers import free_port
+from tests.support.servers import ServerThread, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PROMETHEUS = shutil.which("prometheus")
 MODEL = "regional"  # served by the fake OpenAI, in us-east-1: its series are this test's alone
@@ -26,24 +32,25 @@ HI = [{"role": "user", "content": "Hi"}]
 
 @pytest.fixture(scope="module")
 def prometheus(running: Running, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Prometheus scraping the gateway every second; yields its base URL."""
+    """Prometheus scraping the gateway every second, with an admin key; yields its base URL."""
+    job = {
+        "job_name": "gateway",
+        "metrics_path": "/metrics",
+        "authorization": {"type": "Bearer", "credentials": running.mint(admin=True)},
+        "static_configs": [{"targets": [running.url.removeprefix("http://")]}],
+    }
+    with prometheus_server(job, tmp_path_factory.mktemp("prometheus")) as url:
+        yield url
+
+
+@contextmanager
+def prometheus_server(job: dict[str, Any], folder: Path) -> Iterator[str]:
+    """A Prometheus server scraping `job` every second; yields its base URL once it is ready."""
     if PROMETHEUS is None:
         if os.environ.get("CI"):
             pytest.fail("the prometheus binary is missing: `make tools` installs it")
         pytest.skip("no prometheus binary (make tools installs Debian's package)")
-    folder = tmp_path_factory.mktemp("prometheus")
-    target = running.url.removeprefix("http://")
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-        "scrape_configs": [
-            {
-                "job_name": "gateway",
-                "metrics_path": "/metrics",
-                "authorization": {"type": "Bearer", "credentials": running.mint(admin=True)},
-                "static_configs": [{"targets": [target]}],
-            }
-        ],
-    }
+    config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"}, "scrape_configs": [job]}
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     log = (folder / "prometheus.log").open("w")
@@ -126,3 +133,76 @@ def test_prometheus_scrapes_request_counts_cost_and_latency(running: Running, pr
     )
     assert median is not None and 0 < median < 5
     assert (query(prometheus, 'sum(gateway_errors_total{code="invalid_api_key"})') or 0) >= 1
+
+
+def test_prometheus_scrapes_the_metrics_port_of_gateway_serve(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Path
+) -> None:
+    """`observability.metrics_port`: `gateway serve` answers GET /metrics with no key on a port of its own; a
+    fresh process, so Prometheus' figures are exactly what this test sent."""
+    server, _ = upstream
+    port, metrics_port = free_port(), free_port()
+    config = {
+        "observability": {"metrics_port": metrics_port},
+        "providers": {
+            "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/openai/v1"}
+        },
+        "models": {"gpt-4o-mini": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {
+        **os.environ,
+        "GATEWAY_CONFIG": str(tmp_path / "config.yaml"),
+        "GATEWAY_STORE": f"sqlite:///{tmp_path / 'gateway.db'}",
+        "OPENAI_API_KEY": "test-openai-key",
+        "GATEWAY_REGION": "us-east-1",
+    }
+    key = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "handler.cli", "keys", "create", "--name", "t", "--json"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )["key"]
+    log = (tmp_path / "gateway.log").open("w")
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "handler.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200, "gateway serve")
+        for _ in range(2):
+            answer = httpx.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json={"model": "gpt-4o-mini", "messages": HI},
+                headers={"authorization": f"Bearer {key}"},
+            )
+            assert answer.status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{metrics_port}/other").status_code == 404
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 401  # the main port still wants a key
+        job = {"job_name": "gateway", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}
+        with prometheus_server(job, tmp_path) as prometheus:
+            selector = 'model="gpt-4o-mini",provider="openai",region="global",status="200"'
+            wait_for(lambda: query(prometheus, f"gateway_requests_total{{{selector}}}") == 2, "the scrape")
+            tokens = query(prometheus, 'sum(gateway_tokens_total{model="gpt-4o-mini"})')
+            assert tokens == sum(answer.json()["usage"][k] for k in ("prompt_tokens", "completion_tokens")) * 2
+    finally:
+        gateway.terminate()
+        gateway.wait(15)
+        log.close()
+
+
+def test_a_metrics_port_with_several_workers_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"observability": {"metrics_port": 9464}}))
+    assert main(["serve", "--config", str(tmp_path / "config.yaml"), "--workers", "2"]) == 2
+    assert "observability.metrics_port" in capsys.readouterr().err
+    assert main(["serve", "--config", str(tmp_path / "config.yaml"), "--port", "9464"]) == 2
+    assert "the gateway's own port" in capsys.readouterr().err
