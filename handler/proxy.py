@@ -467,6 +467,9 @@ class Pipeline:
         """Settle a request that ends with no answer to relay. Sent and never answered (a deadline, the Lambda
         time cap, the client gone): the provider may still run it to the end, so the reserved worst case is
         charged. Answered with an error: one line at no cost. Never sent: the reservation is released."""
+        if ex.inflight is not None and ex.trace is not None:
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            ex.trace.cut(ex.inflight, "client_closed" if cancelled else str(getattr(exc, "code", type(exc).__name__)))
         if ex.inflight is not None:
             ex.attempt, ex.inflight = ex.inflight, None
             status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else getattr(exc, "status", 500)

@@ -79,6 +79,7 @@ class Trace:
     prompt: str | None = None
     answer: list[str] | None = None  # a list only when content is captured
     answer_chars: int = 0
+    body: bytes | memoryview | None = None  # a whole answer's body, read on the exporter's thread
 
     def requested(self, req: ChatRequest) -> None:
         """The request's sampling parameters, as the client sent them."""
@@ -127,8 +128,21 @@ class Trace:
                     self._answer(choice.delta.content)
 
     def answered(self, answer: bytes | memoryview) -> None:
-        """A whole (non-streamed) answer: its finish reasons, and its text when content is captured."""
-        body = bytes(answer)
+        """A whole (non-streamed) answer, read for its finish reasons (and its text when content is captured)
+        on the exporter's thread, off the request's path."""
+        self.body = answer
+
+    def cut(self, attempt: Attempt, reason: str) -> None:
+        """The attempt in flight when the request was cut (a deadline, the client gone): it began when the step
+        before it ended (attempts follow one another)."""
+        started = self.steps[-1].ended if self.steps else self.perf
+        self.attempt(attempt, started, 0, reason)
+
+    def read_answer(self) -> None:
+        """What `answered` kept: its finish reasons, and its text when content is captured."""
+        if self.body is None:
+            return
+        body = bytes(self.body)
         if self.answer is not None:
             self._answer(body.decode("utf-8", "replace"))
         try:
@@ -218,6 +232,7 @@ class RequestTracer:
         self, ex: Exchange, trace: Trace, status: int, code: str | None, stream: bool, ended: float
     ) -> list[SpanData]:
         """The request's spans, built on the exporter's thread from what the request recorded."""
+        trace.read_answer()
         span_data = self.span_data
         spans = [
             span_data(

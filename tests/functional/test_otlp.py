@@ -207,8 +207,9 @@ def test_failover_shows_each_attempt_and_a_failure_its_error_type(traced: Runnin
 
 
 def test_content_goes_out_only_when_captured_and_then_redacted(
-    upstream: tuple[ServerThread, dict[str, Any]], receiver: OtlpReceiver, tmp_path: Path
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Path
 ) -> None:
+    receiver = OtlpReceiver().start()  # its own: the other tests check that no prompt ever reached theirs
     running, server = otlp_gateway(upstream, tmp_path, receiver.url, capture_content=True)
     leaked = "sk-ant-api03-abcdefghijklmnop"
     messages = [{"role": "user", "content": f"{SECRET_PROMPT} {leaked}"}]
@@ -222,6 +223,7 @@ def test_content_goes_out_only_when_captured_and_then_redacted(
         stream_root, *_ = receiver.request_spans(streamed.headers["x-request-id"])
     finally:
         server.stop()
+        receiver.stop()
     for span in (root, stream_root):
         prompt = span.attributes["gen_ai.input.messages"]
         assert SECRET_PROMPT in prompt and leaked not in prompt and "[REDACTED]" in prompt
@@ -338,3 +340,15 @@ def test_a_responses_request_and_an_embedding_are_spans_too(traced: Running, rec
     assert root.attributes["gen_ai.operation.name"] == "embeddings"
     assert [s.name for s in by_name(children, "embeddings ")] == ["embeddings text-embedding-3-small"]
     assert SECRET_PROMPT.encode() not in b"".join(receiver.bodies)
+
+
+def test_an_attempt_cut_by_the_deadline_has_its_span(traced: Running, receiver: OtlpReceiver) -> None:
+    key = traced.mint()
+    body = {"model": "slow", "messages": [{"role": "user", "content": "x"}]}
+    answer = post(traced, "/v1/chat/completions", key, body, **{"x-gateway-deadline-ms": "300"})
+    assert answer.status_code == 504
+    root, *children = receiver.request_spans(answer.headers["x-request-id"])
+    assert root.attributes["error.type"] == "upstream_timeout" and root.status_code == ERROR
+    (cut,) = by_name(children, "chat ")
+    assert cut.attributes["error.type"] == "upstream_timeout" and "http.response.status_code" not in cut.attributes
+    assert 0.25e9 < cut.end_ns - cut.start_ns < 1.5e9  # the wait for the answer the deadline cut short
