@@ -44,6 +44,8 @@ OPERATIONS = {
     "/v1/embeddings": "embeddings",
     "/v1/messages/count_tokens": "count_tokens",
 }
+# The events that end a Messages (`message_delta` carries the stop reason) or a Responses stream.
+FINAL_EVENTS = frozenset({"message_delta", "response.completed", "response.incomplete", "response.failed"})
 # Span kinds and status codes of OTLP's Span message (adapters/otlp/wire.py, without importing it).
 SERVER, CLIENT, ERROR = 2, 3, 2
 
@@ -114,18 +116,39 @@ class Trace:
 
     def relayed(self, items: list[Any]) -> None:
         """Stream items on their way to the client: chat chunks (their finish reasons and text) or a
-        provider's own events (their data, when content is captured)."""
+        provider's own events (the one that ends a Messages or Responses stream read for its finish reason;
+        their data when content is captured)."""
         for item in items:
             choices = getattr(item, "choices", None)
             if choices is None:
-                if self.answer is not None and isinstance(getattr(item, "data", None), bytes):
-                    self._answer(item.data.decode("utf-8", "replace"))
+                data = getattr(item, "data", None)
+                if not isinstance(data, bytes):
+                    continue
+                if getattr(item, "event", None) in FINAL_EVENTS:
+                    self._final_event(data)
+                if self.answer is not None:
+                    self._answer(data.decode("utf-8", "replace"))
                 continue
             for choice in choices:
                 if choice.finish_reason:
                     self.finish_reasons.append(str(choice.finish_reason))
                 if self.answer is not None and choice.delta.content:
                     self._answer(choice.delta.content)
+
+    def _final_event(self, data: bytes) -> None:
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        reason = None
+        if isinstance(payload, dict):
+            delta, response = payload.get("delta"), payload.get("response")
+            if isinstance(delta, dict):  # Messages: message_delta
+                reason = delta.get("stop_reason")
+            elif isinstance(response, dict):  # Responses: response.completed / .incomplete / .failed
+                reason = response.get("status")
+        if isinstance(reason, str):
+            self.finish_reasons.append(reason)
 
     def answered(self, answer: bytes | memoryview) -> None:
         """A whole (non-streamed) answer, read for its finish reasons (and its text when content is captured)

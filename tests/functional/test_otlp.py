@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from handler.config import ObservabilityConfig, OtlpConfig
+from handler.config import ModelConfig, ObservabilityConfig, OtlpConfig, ProviderConfig
 from tests.functional.conftest import FAKE_KEYS, Running, gateway_config, serve_gateway
 from tests.functional.test_lambda_events import replay
 from tests.functional.test_metrics import labels, scrape
@@ -34,6 +34,12 @@ def otlp_gateway(
     server, fakes = upstream
     config = gateway_config(server.url, set(fakes))
     config.observability = ObservabilityConfig(otlp=OtlpConfig(schedule_delay_ms=20, **otlp))
+    # A deployment that takes /v1/responses in its own API: the gateway relays its events as they come.
+    native = {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/openai/v1"}
+    config.providers["openai-responses"] = ProviderConfig.model_validate({**native, "responses_api": "native"})
+    config.models["gpt-responses"] = ModelConfig.model_validate(
+        {"deployments": [{"provider": "openai-responses", "model": "gpt-4o-mini"}]}
+    )
     environ = {
         **FAKE_KEYS,
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
@@ -352,3 +358,36 @@ def test_an_attempt_cut_by_the_deadline_has_its_span(traced: Running, receiver: 
     (cut,) = by_name(children, "chat ")
     assert cut.attributes["error.type"] == "upstream_timeout" and "http.response.status_code" not in cut.attributes
     assert 0.25e9 < cut.end_ns - cut.start_ns < 1.5e9  # the wait for the answer the deadline cut short
+
+
+def stream_text(running: Running, path: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[str, str]:
+    """A streamed answer's whole body, and its request id."""
+    with httpx.stream("POST", f"{running.url}{path}", json=body, headers=headers, timeout=30) as answer:
+        assert answer.status_code == 200
+        return "".join(answer.iter_text()), answer.headers["x-request-id"]
+
+
+def test_passed_through_streams_name_their_finish_reason(traced: Running, receiver: OtlpReceiver) -> None:
+    key = traced.mint()
+    if "claude-haiku-4-5" in traced.gateway.config.models:
+        body = {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 64,
+            "stream": True,
+            "messages": [{"role": "user", "content": "x"}],
+        }
+        text, request_id = stream_text(
+            traced, "/v1/messages", body, {"x-api-key": key, "anthropic-version": "2023-06-01"}
+        )
+        stop = next(
+            orjson.loads(line[6:])["delta"]["stop_reason"]
+            for line in text.splitlines()
+            if '"message_delta"' in line and line.startswith("data: ")
+        )
+        root, *_ = receiver.request_spans(request_id)
+        assert root.attributes["gateway.stream"] is True and root.attributes["gen_ai.response.finish_reasons"] == [stop]
+    body = {"model": "gpt-responses", "input": "x", "stream": True, "store": False}
+    text, request_id = stream_text(traced, "/v1/responses", body, {"authorization": f"Bearer {key}"})
+    assert "response.completed" in text
+    root, *_ = receiver.request_spans(request_id)
+    assert root.attributes["gen_ai.response.finish_reasons"] == ["completed"]
