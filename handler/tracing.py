@@ -3,9 +3,9 @@
 The request's span follows the OpenTelemetry GenAI semantic conventions (`gen_ai.*`) and carries the
 gateway's own figures (`gateway.*`: route, cost, fee, retries, key id, never the key's secret). Its children
 are the store round trip that admits the request and one span per upstream attempt. A request records what
-its spans need on its `Trace` (a few appends) and hands the finished spans to the exporter's queue when it is
-observed; encoding and sending happen on the exporter's thread. An incoming W3C `traceparent` is continued
-(its trace id, the caller's span as parent, its sampling decision).
+its spans need on its `Trace` (a few appends) and, when it is observed, queues a builder of its spans with the
+exporter; building, encoding and sending happen on the exporter's thread, off the request's path. An incoming
+W3C `traceparent` is continued (its trace id, the caller's span as parent, its sampling decision).
 
 Prompts and answers are exported only with `observability.otlp.capture_content: true`, and then with every
 known secret and credential-shaped value redacted (handler/redaction.py).
@@ -74,11 +74,10 @@ class Trace:
     wall_ns: int  # `time.time_ns()` at `perf`, to place perf_counter readings on the clock
     perf: float
     path: str
-    sampled: bool = True
     steps: list[Step] = field(default_factory=list)
     request: Attributes = field(default_factory=list)
     finish_reasons: list[str] = field(default_factory=list)
-    prompt: str | None = None
+    prompt: bytes | None = None
     answer: list[str] | None = None  # a list only when content is captured
     answer_chars: int = 0
     body: bytes | memoryview | None = None  # a whole answer's body, read on the exporter's thread
@@ -225,26 +224,27 @@ class RequestTracer:
         self.capture_content = capture_content
         self.region = region
 
-    def begin(self, headers: Mapping[str, str], path: str, body: bytes | None) -> Trace:
-        """A request's trace: the caller's trace continued where a valid `traceparent` names one."""
+    def begin(self, headers: Mapping[str, str], path: str, body: bytes | None) -> Trace | None:
+        """A request's trace: the caller's trace continued where a valid `traceparent` names one; None when
+        the caller's trace is not sampled (nothing is recorded or exported then)."""
         perf = time.perf_counter()
         random = os.urandom(24)
-        trace_id, parent_id, sampled = random[:16], b"", True
+        trace_id, parent_id = random[:16], b""
         match = TRACEPARENT.fullmatch(headers.get("traceparent", "").strip())
         if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
+            if not int(match.group(3), 16) & 1:
+                return None
             trace_id, parent_id = bytes.fromhex(match.group(1)), bytes.fromhex(match.group(2))
-            sampled = bool(int(match.group(3), 16) & 1)
-        trace = Trace(self, trace_id, parent_id, random[16:], time.time_ns(), perf, path, sampled)
+        trace = Trace(self, trace_id, parent_id, random[16:], time.time_ns(), perf, path)
         if self.capture_content:
             trace.answer = []
-            if body:
-                trace.prompt = redact_message(body[:CONTENT_CHARS].decode("utf-8", "replace"))
+            trace.prompt = body[:CONTENT_CHARS] if body else None  # redacted on the exporter's thread
         return trace
 
     def finish(self, ex: Exchange, status: int, code: str | None, stream: bool, ended: float) -> None:
         """The request was answered at `ended` (`time.perf_counter()`): queue its span and its children's."""
         trace = ex.trace
-        if trace is None or not trace.sampled:
+        if trace is None:
             return
         ex.trace = None  # observed once: a second observation (an error after the answer began) adds nothing
         self.exporter.submit(
@@ -342,7 +342,7 @@ class RequestTracer:
             out.append(("gen_ai.conversation.id", ex.controls.session))
         out += [(f"gateway.tag.{name}", value) for name, value in ex.controls.tags.items()]
         if trace.prompt is not None:
-            out.append(("gen_ai.input.messages", trace.prompt))
+            out.append(("gen_ai.input.messages", redact_message(trace.prompt.decode("utf-8", "replace"))))
         if trace.answer:
             out.append(("gen_ai.output.messages", redact_message("".join(trace.answer))))
         return out
