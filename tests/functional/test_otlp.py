@@ -20,6 +20,7 @@ from tests.functional.test_lambda_events import replay
 from tests.functional.test_metrics import labels, scrape
 from tests.support.events import EVENTS
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
+from tests.support.serve import gateway_serve
 from tests.support.servers import ServerThread
 
 SECRET_PROMPT = "the-prompt-text-that-must-stay-home"
@@ -391,3 +392,24 @@ def test_passed_through_streams_name_their_finish_reason(traced: Running, receiv
     assert "response.completed" in text
     root, *_ = receiver.request_spans(request_id)
     assert root.attributes["gen_ai.response.finish_reasons"] == ["completed"]
+
+
+def test_gateway_serve_sends_what_is_queued_when_it_stops(
+    upstream: tuple[ServerThread, dict[str, Any]], receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    """The schedule is ten minutes and the batch far from full: only the flush on shutdown (SIGTERM) sends."""
+    server, _ = upstream
+    otlp = {"otlp": {"endpoint": receiver.url, "schedule_delay_ms": 600_000}}
+    with gateway_serve(server.url, tmp_path, otlp) as served:
+        answer = post_to(served.url, served.key)
+        served.process.terminate()
+        served.process.wait(15)  # (uvicorn shuts down, then ends by the signal it caught, as it should)
+    root, *children = receiver.request_spans(answer.headers["x-request-id"], timeout_s=1)
+    assert root.attributes["gen_ai.request.model"] == "gpt-4o-mini" and len(children) == 1
+
+
+def post_to(url: str, key: str) -> httpx.Response:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+    answer = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
+    assert answer.status_code == 200
+    return answer

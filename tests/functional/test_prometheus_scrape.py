@@ -3,11 +3,9 @@ with an admin key as its bearer credentials; its HTTP API then answers with the 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,9 +19,8 @@ import yaml
 from handler.cli import main
 from tests.functional.conftest import Running
 from tests.functional.test_metrics import labels, scrape
+from tests.support.serve import gateway_serve
 from tests.support.servers import ServerThread, free_port
-
-ROOT = Path(__file__).resolve().parents[2]
 
 PROMETHEUS = shutil.which("prometheus")
 MODEL = "regional"  # served by the fake OpenAI, in us-east-1: its series are this test's alone
@@ -141,61 +138,23 @@ def test_prometheus_scrapes_the_metrics_port_of_gateway_serve(
     """`observability.metrics_port`: `gateway serve` answers GET /metrics with no key on a port of its own; a
     fresh process, so Prometheus' figures are exactly what this test sent."""
     server, _ = upstream
-    port, metrics_port = free_port(), free_port()
-    config = {
-        "observability": {"metrics_port": metrics_port},
-        "providers": {
-            "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/openai/v1"}
-        },
-        "models": {"gpt-4o-mini": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]}},
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {
-        **os.environ,
-        "GATEWAY_CONFIG": str(tmp_path / "config.yaml"),
-        "GATEWAY_STORE": f"sqlite:///{tmp_path / 'gateway.db'}",
-        "OPENAI_API_KEY": "test-openai-key",
-        "GATEWAY_REGION": "us-east-1",
-    }
-    key = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "handler.cli", "keys", "create", "--name", "t", "--json"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )["key"]
-    log = (tmp_path / "gateway.log").open("w")
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "handler.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200, "gateway serve")
+    metrics_port = free_port()
+    with gateway_serve(server.url, tmp_path, {"metrics_port": metrics_port}) as served:
         for _ in range(2):
             answer = httpx.post(
-                f"http://127.0.0.1:{port}/v1/chat/completions",
+                f"{served.url}/v1/chat/completions",
                 json={"model": "gpt-4o-mini", "messages": HI},
-                headers={"authorization": f"Bearer {key}"},
+                headers={"authorization": f"Bearer {served.key}"},
             )
             assert answer.status_code == 200
         assert httpx.get(f"http://127.0.0.1:{metrics_port}/other").status_code == 404
-        assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 401  # the main port still wants a key
+        assert httpx.get(f"{served.url}/metrics").status_code == 401  # the main port still wants a key
         job = {"job_name": "gateway", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}
         with prometheus_server(job, tmp_path) as prometheus:
             selector = 'model="gpt-4o-mini",provider="openai",region="global",status="200"'
             wait_for(lambda: query(prometheus, f"gateway_requests_total{{{selector}}}") == 2, "the scrape")
             tokens = query(prometheus, 'sum(gateway_tokens_total{model="gpt-4o-mini"})')
             assert tokens == sum(answer.json()["usage"][k] for k in ("prompt_tokens", "completion_tokens")) * 2
-    finally:
-        gateway.terminate()
-        gateway.wait(15)
-        log.close()
 
 
 def test_a_metrics_port_with_several_workers_is_a_clear_error(
