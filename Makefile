@@ -29,13 +29,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check handler adapters tests
 	$(BIN)/mypy
 
-# Debian packages the tests drive: nginx and wrk (the benchmark's smoke run), chromium (the dashboard test).
+# Debian packages the tests drive: nginx and wrk (the benchmark's smoke run), chromium (the dashboard test),
+# prometheus (tests/functional/test_prometheus_scrape.py runs the binary itself; its system service is not used).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 tools:
 	@missing=""; \
 	[ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/bin/prometheus ] || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \

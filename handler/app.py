@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -79,6 +80,7 @@ class Api:
         settings = gateway.config.gateway
         self.max_body = settings.max_body_bytes
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies]
+        self.capture_content = gateway.tracer is not None and gateway.tracer.capture_content
 
     # --- request helpers --------------------------------------------------------------------
 
@@ -98,7 +100,10 @@ class Api:
             if received > self.max_body:
                 raise RequestTooLargeError(f"request body exceeds the {self.max_body}-byte limit")
             chunks.append(chunk)
-        return b"".join(chunks)
+        body = b"".join(chunks)
+        if self.capture_content:
+            request.scope["state"]["body"] = body  # the prompt, for the request's span
+        return body
 
     def json(self, payload: Any, status: int = 200) -> Response:
         return json_response(payload, status)
@@ -188,6 +193,9 @@ class Api:
             request.state.request_id, key, model, controls, inbound_dropped=inbound_dropped or [], lineage=lineage
         )
         request.state.exchange = ex
+        tracer = self.gateway.tracer
+        if tracer is not None:
+            ex.trace = tracer.begin(request.headers, route_path(request.scope), request.scope["state"].get("body"))
         return ex
 
     # --- routes -----------------------------------------------------------------------------
@@ -247,7 +255,7 @@ class Api:
             return EventStream(openai_events(stream, include_usage), stream_headers(ex))
         completion = await until_client_leaves(request, self.pipeline.chat(req, ex))
         response = json_response(answer_json(completion), headers=ex.headers())
-        observe(ex, 200)
+        observe(ex, 200, answer=response.body)
         return response
 
     async def embeddings(self, request: Request) -> Response:
@@ -256,7 +264,7 @@ class Api:
         ex = self.exchange(request, key, req.model)
         result = await until_client_leaves(request, self.pipeline.embeddings(req, ex))
         response = json_response(result.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
-        observe(ex, 200)
+        observe(ex, 200, answer=response.body)
         return response
 
 
@@ -497,8 +505,17 @@ def create_app(gateway: Gateway) -> GatewayApp:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         gateway.start()  # (uvicorn runs the lifespan; Lambda's entry point calls start itself)
+        observability = gateway.config.observability
+        metrics = None
+        if observability.metrics_port is not None:
+            metrics = await prometheus.serve(observability.metrics_host, observability.metrics_port)
         yield
+        if metrics is not None:
+            metrics.close()
+            await metrics.wait_closed()
         await gateway.spool.close()
+        if gateway.tracer is not None:
+            await asyncio.to_thread(gateway.tracer.close)  # the spans still queued go out
 
     endpoints = Endpoints(api, KeyRoutes(api), MessagesRoutes(api), ResponsesRoutes(api), Dashboard(api))
     app = Starlette(routes=starlette_routes(endpoints), exception_handlers=errors, lifespan=lifespan)

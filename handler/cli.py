@@ -20,6 +20,7 @@ from handler.gateway import DEFAULT_STORE_URL
 from handler.key_routes import key_view
 from handler.keys import KeyService, key_names, validate_networks, with_descendants
 from handler.ports import KeyRecord, Store
+from handler.tracing import otlp_settings
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -91,6 +92,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["GATEWAY_STORE"] = args.store
     try:
         config = load_config(os.environ.get("GATEWAY_CONFIG") or None, _known_types())
+        otlp_settings(config.observability.otlp, os.environ)  # the OTEL_* environment, checked before serving
+        metrics_port = config.observability.metrics_port
+        if metrics_port is not None and args.workers > 1:
+            # Each worker counts its own requests: one port cannot show them all.
+            raise ConfigError(
+                [
+                    "observability.metrics_port: serves one process's figures; run --workers 1, or scrape each "
+                    "worker's /metrics with an admin key"
+                ]
+            )
+        if metrics_port == args.port:
+            raise ConfigError([f"observability.metrics_port: {metrics_port} is the gateway's own port (--port)"])
     except ConfigError as exc:
         sys.stderr.write(f"config error:\n{exc}\n")
         return 2
@@ -136,6 +149,7 @@ def _has(module: str) -> bool:
 def cmd_config_check(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config or os.environ.get("GATEWAY_CONFIG") or None, _known_types())
+        otlp_settings(config.observability.otlp, os.environ)
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 1

@@ -9,11 +9,11 @@ import asyncio
 import os
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from handler import redaction
+from handler import prometheus, redaction
 from handler.config import Config, SecretFetcher, load_config, resolve_secret
 from handler.errors import GatewayError
 from handler.keys import KeyService, split_key
@@ -22,6 +22,9 @@ from handler.ports import ProviderAdapter, Store
 from handler.routing import RouteControls, Router, any_model
 from handler.spool import SettlementSpool
 from handler.upstream import UpstreamClient
+
+if TYPE_CHECKING:
+    from handler.tracing import RequestTracer
 
 DEFAULT_STORE_URL = "sqlite:///.gateway/gateway.db"
 
@@ -38,6 +41,7 @@ class Gateway:
     upstream: UpstreamClient
     adapters: dict[str, ProviderAdapter]
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    tracer: RequestTracer | None = None  # OTLP span export, when configured (handler/tracing.py)
 
     @property
     def spool(self) -> SettlementSpool:
@@ -106,6 +110,8 @@ class Gateway:
         await self.spool.close()  # what is still pending stays in the spool's file for the next start
         await self.upstream.aclose()
         await self.store.close()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.close)
 
 
 def gateway_region(environ: Mapping[str, str]) -> str:
@@ -162,4 +168,21 @@ def build_gateway(
         router=Router(config, adapters, region),
         upstream=UpstreamClient(config.gateway.timeouts, transport, config.gateway.limits),
         adapters=adapters,
+        tracer=build_tracer(config, env, region, fetch),
     )
+
+
+def build_tracer(
+    config: Config, environ: Mapping[str, str], region: str, fetch: SecretFetcher | None = None
+) -> RequestTracer | None:
+    """The OTLP span exporter, where an endpoint is configured. Without one (`observability.otlp` absent, no
+    `OTEL_EXPORTER_OTLP_*ENDPOINT`) handler/tracing.py is not even imported: a cold start pays nothing for it."""
+    named = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if config.observability.otlp is None and not any(environ.get(name) for name in named):
+        return None
+    from handler import tracing
+
+    settings = tracing.otlp_settings(config.observability.otlp, environ, fetch)
+    for value in settings.headers.values() if settings else ():
+        redaction.register(value)  # a collector's token is a secret like any other
+    return tracing.build_tracer(settings, region, on_drop=prometheus.REGISTRY.spans_dropped)

@@ -29,6 +29,7 @@ _mangum = Mangum(app, lifespan="off")
 _loop = asyncio.new_event_loop()
 asyncio.set_event_loop(_loop)
 ON_LAMBDA = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+FLUSH_SECONDS = 2.0  # the most a span export may add to an invocation
 
 if ON_LAMBDA and os.environ.get("GATEWAY_WARM", "on") != "off":
     _loop.run_until_complete(gateway.warm())
@@ -64,4 +65,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     response: dict[str, Any] = _mangum(event, context)
     if gateway.background:
         _loop.run_until_complete(gateway.drain())
+    if gateway.tracer is not None:
+        # Sent before the environment can be frozen (docs/observability.md: OpenTelemetry on Lambda).
+        gateway.tracer.flush(FLUSH_SECONDS)
     return response

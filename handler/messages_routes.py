@@ -74,7 +74,7 @@ class MessagesRoutes:
         else:
             payload = to_message(outcome, req.model, ex.cost)
         response = json_answer(payload, ex.headers())
-        observe(ex, 200)
+        observe(ex, 200, answer=response.body)
         return response
 
     async def count_tokens(self, request: Request) -> Response:

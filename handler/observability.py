@@ -7,7 +7,8 @@ is written with one `orjson.dumps` and one write: going through `logging` and Po
 cost more than the rest of the gateway's own work (docs/performance.md has the figures). Everything else logs through
 Powertools' Logger. Metrics go out in
 CloudWatch's embedded metric format (EMF) on Lambda, or anywhere `GATEWAY_METRICS=on`. Traces wrap
-upstream and store calls in X-Ray subsegments when Powertools tracing is active on Lambda.
+upstream and store calls in X-Ray subsegments when Powertools tracing is active on Lambda, and go out over
+OTLP/HTTP where an endpoint is configured (handler/tracing.py).
 """
 
 from __future__ import annotations
@@ -103,9 +104,23 @@ async def _subsegment(name: str, annotations: dict[str, str]) -> AsyncIterator[N
         yield
 
 
-def observe(ex: Exchange, status: int, *, stream: bool = False, code: str | None = None) -> None:
-    """The request's one log line, and its metrics."""
-    total = (time.perf_counter() - ex.started) * 1000
+def observe(
+    ex: Exchange,
+    status: int,
+    *,
+    stream: bool = False,
+    code: str | None = None,
+    answer: bytes | memoryview | None = None,
+) -> None:
+    """The request's one log line, its metrics, and its spans when OTLP export is on (`answer`: the body of a
+    whole answer, read for the span's finish reasons and captured content)."""
+    ended = time.perf_counter()
+    trace = ex.trace
+    if trace is not None:
+        if answer is not None:
+            trace.answered(answer)
+        trace.tracer.finish(ex, status, code, stream, ended)
+    total = (ended - ex.started) * 1000
     target = ex.attempt.target if ex.attempt else None
     cost = ex.cost
     fields: dict[str, Any] = {
@@ -151,6 +166,9 @@ def observe(ex: Exchange, status: int, *, stream: bool = False, code: str | None
     metrics.add_metric("requests", MetricUnit.Count, 1)
     metrics.add_metric("errors", MetricUnit.Count, 1 if status >= 500 else 0)
     metrics.add_metric("fallbacks", MetricUnit.Count, max(0, len(ex.route) - 1))
+    if cost is not None:
+        metrics.add_metric("input_tokens", MetricUnit.Count, cost.usage.prompt_tokens)
+        metrics.add_metric("output_tokens", MetricUnit.Count, cost.usage.completion_tokens)
     if cost is not None and cost.total_usd is not None:
         metrics.add_metric("cost_usd", MetricUnit.NoUnit, cost.total_usd)
     metrics.flush_metrics()

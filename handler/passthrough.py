@@ -127,6 +127,8 @@ class UpstreamStream(ABC, Generic[T]):
             if self._pending:
                 batch, self._pending = self._pending, []
                 self._handing_out(batch)
+                if self.ex.trace is not None:
+                    self.ex.trace.relayed(batch)
                 yield batch
             if self._finished:
                 return

@@ -123,6 +123,8 @@ class ProviderAdapter(ABC):
     """
 
     type_name: ClassVar[str]
+    # OpenTelemetry's `gen_ai.provider.name` for this API, where it differs from `type_name`.
+    semconv_provider: ClassVar[str | None] = None
     default_base_url: ClassVar[str] = ""
     key_env_var: ClassVar[str | None] = None
     requires_key: bool = True

@@ -8,6 +8,7 @@ metric, are counted under `other`, so a client cannot grow the series without li
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -105,9 +106,12 @@ class Registry:
         self.added = Family(
             "gateway_added_latency_seconds", "histogram", "The gateway's own time: total less store and upstream."
         )
+        self.dropped_spans = Family(
+            "gateway_otlp_spans_dropped_total", "counter", "Trace spans dropped: export queue full or collector down."
+        )
 
     def families(self) -> list[Family]:
-        return [self.requests, self.errors, self.tokens, self.cost, self.duration, self.added]
+        return [self.requests, self.errors, self.tokens, self.cost, self.duration, self.added, self.dropped_spans]
 
     def _where(self, model: str | None, provider: str | None, region: str | None) -> Labels:
         return (
@@ -149,6 +153,10 @@ class Registry:
         self.requests.add((*self._where(None, None, None), ("status", str(status))))
         self.errors.add((("code", code), ("status", str(status))))
 
+    def spans_dropped(self, count: int) -> None:
+        """Spans the OTLP exporter could not send (called from its thread)."""
+        self.dropped_spans.add((), count)
+
     def render(self) -> bytes:
         return ("\n".join(line for family in self.families() for line in family.lines()) + "\n").encode()
 
@@ -161,3 +169,39 @@ def configure(models: Iterable[str], providers: Iterable[str]) -> None:
     other gateway this process serves; a deployed process serves one)."""
     REGISTRY.models.update(models)
     REGISTRY.providers.update(providers)
+
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MAX_REQUEST_HEAD = 16 * 1024
+
+
+async def serve(host: str, port: int) -> asyncio.Server:
+    """`GET /metrics` with no key on a port of its own (`observability.metrics_port`): one small HTTP/1.1
+    answer per connection, anything else a 404; a head that is too large or too slow is dropped."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            method, _, rest = head.partition(b" ")
+            path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+            if method == b"GET" and path == b"/metrics":
+                status, body, kind = b"200 OK", REGISTRY.render(), CONTENT_TYPE.encode()
+            else:
+                status, body, kind = b"404 Not Found", b"only GET /metrics here\n", b"text/plain"
+            writer.write(
+                b"HTTP/1.1 "
+                + status
+                + b"\r\ncontent-type: "
+                + kind
+                + b"\r\ncontent-length: "
+                + str(len(body)).encode()
+                + b"\r\nconnection: close\r\n\r\n"
+                + body
+            )
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(answer, host, port, limit=MAX_REQUEST_HEAD)

@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -61,6 +61,9 @@ from handler.schemas import (
 )
 from handler.upstream import UpstreamResponse
 from handler.wire import StreamEvent, json_body, malformed
+
+if TYPE_CHECKING:
+    from handler.tracing import Trace  # (imported only when OTLP export is on: handler/gateway.py)
 
 T = TypeVar("T")
 log = logging.getLogger("gateway")
@@ -115,6 +118,7 @@ class Exchange:
     user: str | None = None  # the end user the client named, for attribution
     price_multiplier: float = 1.0  # a service tier's
     per_request_usd: float = 0.0  # options billed per request (web search)
+    trace: Trace | None = None  # what its OpenTelemetry spans need, when OTLP export is on (handler/tracing.py)
 
     def __post_init__(self) -> None:
         if not self.lineage:
@@ -348,6 +352,8 @@ class Pipeline:
         return plan
 
     async def _admit(self, ex: Exchange, plan: list[Attempt], req: ChatRequest) -> None:
+        if ex.trace is not None:
+            ex.trace.requested(req)  # before the output cap below is applied
         who = req.user or (req.model_extra or {}).get("safety_identifier")
         if isinstance(who, str) and who and ex.user is None:
             ex.user = who[:MAX_USER_CHARS]
@@ -438,6 +444,8 @@ class Pipeline:
         ex.reservation = reservation
         ex.limit_headers = reservation.headers
         ex.store_ms += reservation.store_ms
+        if ex.trace is not None and reservation.admission is not None:  # (no budget, no limits: no round trip)
+            ex.trace.store("store.admit", reservation.store_ms)
 
     def _checked(self, usage: Usage | None, ex: Exchange, output_chars: Callable[[], int]) -> tuple[Usage, str]:
         """The provider's usage when it is possible, else an estimate (`source` says which): an answer without
@@ -456,8 +464,11 @@ class Pipeline:
         time cap, the client gone) or sent and timed out: the provider may still run it to the end, so the
         reserved worst case is charged. Answered with an error: one line at no cost. Never sent: the
         reservation is released."""
+        if ex.inflight is not None and ex.trace is not None:
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            ex.trace.cut(ex.inflight, "client_closed" if cancelled else str(getattr(exc, "code", type(exc).__name__)))
         if ex.inflight is None and ex.missed:
-            ex.inflight = ex.missed.pop()
+            ex.inflight = ex.missed.pop()  # (its attempt span was recorded when it timed out)
         if ex.inflight is not None:
             ex.attempt, ex.inflight = ex.inflight, None
             status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else getattr(exc, "status", 500)
@@ -527,6 +538,8 @@ class Pipeline:
                         ex.missed.append(attempt)
                     ex.upstream_ms += (time.perf_counter() - started) * 1000
                     ex.route.append(f"{label}={err.outcome}")
+                    if ex.trace is not None:
+                        ex.trace.attempt(attempt, started, err.upstream_status, err.outcome)
                     last = err
                     if not err.retryable:
                         breakers.success(label)
@@ -539,6 +552,8 @@ class Pipeline:
                 ex.inflight = None
                 ex.upstream_ms += (time.perf_counter() - started) * 1000
                 ex.route.append(f"{label}=200")
+                if ex.trace is not None:
+                    ex.trace.attempt(attempt, started, 200, None)
                 breakers.success(label)
                 ex.attempt = attempt
                 ex.dropped = built.dropped

@@ -162,7 +162,7 @@ class ResponsesRoutes:
     def answer(self, ex: Exchange, response: dict[str, Any]) -> Response:
         answer = self.api.json(response)
         answer.headers.update(ex.headers())
-        observe(ex, 200)
+        observe(ex, 200, answer=answer.body)
         return answer
 
     async def get(self, request: Request) -> Response:

@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from tests.bench import telemetry
 from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -343,16 +344,16 @@ def cold_import_ms(env: dict[str, str], runs: int, statement: str = "import hand
         return statistics.median(once() for _ in range(runs))
 
 
-def lambda_warm_us(env: dict[str, str], invocations: int) -> dict[str, float]:
+def child_result(module: str, argument: str, env: dict[str, str]) -> str:
+    """The last line `python -m MODULE ARGUMENT` prints: a measurement taken in a fresh interpreter."""
     out = subprocess.run(
-        [sys.executable, "-m", "tests.bench.lambda_warm", str(invocations)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, "-m", module, argument], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     ).stdout
-    total, store, own = map(float, out.strip().splitlines()[-1].split())
+    return out.strip().splitlines()[-1]
+
+
+def lambda_warm_us(env: dict[str, str], invocations: int) -> dict[str, float]:
+    total, store, own = map(float, child_result("tests.bench.lambda_warm", str(invocations), env).split())
     return {"total": total, "store": store, "own": own}
 
 
@@ -434,6 +435,7 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
             log = (workdir / "gateway.log").read_text()
             results["gateway_5xx_or_tracebacks"] = log.count("Traceback")
         results["lambda_warm_us"] = lambda_warm_us({**env, "BENCH_GATEWAY_KEY": key}, 300 if smoke else 3000)
+        results["telemetry_us"] = telemetry.measure({**env, "BENCH_GATEWAY_KEY": key}, smoke)
         results["cold_import_ms"] = cold_import_ms(env, 1 if smoke else 7)
         results["libraries_import_ms"] = cold_import_ms(env, 1 if smoke else 7, LIBRARIES)
         results["dynamodb"] = dynamodb_calls(workdir, upstream_port, 20 if smoke else 200)
@@ -564,6 +566,7 @@ def table(results: dict[str, Any]) -> str:
             f"/v1/messages {name.replace('_', '-')} at 8 connections: {g['rps']:,.0f} req/s "
             f"(upstream direct {d['rps']:,.0f}), p50 {g['p50_ms']:.3f} ms, added p50 {g['p50_ms'] - d['p50_ms']:.3f} ms"
         )
+    lines += telemetry.rows(results["telemetry_us"])
     ref = results["reference"]
     speed = ref["rps_8"] / ISSUE_BARE_RPS_8  # < 1: this run is slower than the issue's machine
     lag = max(ref["added_p50_1_ms"], 0.001) / ISSUE_BARE_ADDED_P50_MS  # > 1: latencies here are longer

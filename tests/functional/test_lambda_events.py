@@ -55,8 +55,17 @@ async def seed_sample_key(store_url: str) -> None:
         await store.close()
 
 
-def replay(tmp_path: Path, upstream_url: str, paths: list[Path], freeze_s: float = 0) -> list[dict[str, Any]]:
-    config = {
+def replay(
+    tmp_path: Path,
+    upstream_url: str,
+    paths: list[Path],
+    freeze_s: float = 0,
+    environ: dict[str, str] | None = None,
+    observability: dict[str, Any] | None = None,
+    logs: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The handler's answers to `paths`, one warm environment; its log lines (stderr) appended to `logs`."""
+    config: dict[str, Any] = {
         "providers": {
             "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"}
         },
@@ -68,6 +77,8 @@ def replay(tmp_path: Path, upstream_url: str, paths: list[Path], freeze_s: float
             },
         },
     }
+    if observability is not None:
+        config["observability"] = observability
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     store_url = f"sqlite:///{tmp_path / 'lambda.db'}"
@@ -79,6 +90,7 @@ def replay(tmp_path: Path, upstream_url: str, paths: list[Path], freeze_s: float
         "OPENAI_API_KEY": "test-openai-key",
         "AWS_REGION": "eu-central-1",
         "LAMBDA_FREEZE_S": str(freeze_s),
+        **(environ or {}),
     }
     result = subprocess.run(
         [sys.executable, "-m", "tests.support.lambda_replay", *map(str, paths)],
@@ -89,6 +101,8 @@ def replay(tmp_path: Path, upstream_url: str, paths: list[Path], freeze_s: float
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    if logs is not None:
+        logs.extend(result.stderr.splitlines())
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 

@@ -110,6 +110,7 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     """The `azure` provider type. Options: `api_version` (provider-wide or per deployment), `headers`."""
 
     type_name = "azure"
+    semconv_provider = "azure.ai.openai"
     default_base_url = ""
     key_env_var = "AZURE_OPENAI_API_KEY"
     supports_embeddings = True

@@ -458,6 +458,7 @@ class BedrockAdapter(ProviderAdapter):
     """
 
     type_name = "bedrock"
+    semconv_provider = "aws.bedrock"
     requires_key = False
     regional = True
 

@@ -544,6 +544,7 @@ class GeminiAdapter(ProviderAdapter):
     """The `gemini` provider type: Google AI Studio's Gemini API with an API key."""
 
     type_name = "gemini"
+    semconv_provider = "gcp.gemini"
     default_base_url = "https://generativelanguage.googleapis.com"
     key_env_var = "GEMINI_API_KEY"
     supports_embeddings = True

@@ -94,6 +94,7 @@ class MistralAdapter(OpenAIAdapter):
     """The `mistral` provider type (La Plateforme, or a self-hosted Mistral API at `base_url`)."""
 
     type_name = "mistral"
+    semconv_provider = "mistral_ai"
     default_base_url = "https://api.mistral.ai/v1"
     key_env_var = "MISTRAL_API_KEY"
 

@@ -1,0 +1,1 @@
+"""OpenTelemetry trace export over OTLP/HTTP (protobuf), with no OpenTelemetry SDK at run time."""

@@ -1,0 +1,153 @@
+"""OTLP/HTTP span export in batches, from a thread of its own.
+
+A request hands its spans to `BatchExporter.submit` as a count and a function that builds them, which is
+only appended to a bounded queue (a deque: no lock on the request's path; building the spans' attributes
+happens on the thread too) and, once a batch is full, wakes the thread. The thread sends a
+batch (`application/x-protobuf`, POST to the traces URL) when one is full or every `schedule_delay_s`,
+whichever comes first. When the queue is full, new spans are dropped and counted, never waited for: a slow or
+dead collector costs the requests nothing. `flush` sends everything queued (the end of a Lambda invocation,
+shutdown); `close` flushes and stops the thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import httpx
+
+from adapters.otlp import wire
+
+log = logging.getLogger("gateway.otlp")
+RETRYABLE = frozenset({429, 502, 503, 504})
+SpanSource = Callable[[], Sequence[wire.SpanData]]
+YIELD_EVERY = 4
+
+
+class BatchExporter:
+    """Queues spans and exports them to one OTLP/HTTP traces endpoint (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        resource: wire.Attributes,
+        *,
+        scope_version: str = "",
+        timeout_s: float = 10.0,
+        queue_size: int = 2048,
+        batch_size: int = 512,
+        schedule_delay_s: float = 1.0,
+        transport: httpx.BaseTransport | None = None,
+        on_drop: Callable[[int], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.resource = resource
+        self.scope_version = scope_version
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self.schedule_delay_s = schedule_delay_s
+        self.dropped = 0  # spans dropped: queue full, or the collector refused them
+        self.exported = 0
+        self._on_drop = on_drop
+        self._queue: collections.deque[tuple[int, SpanSource]] = collections.deque()
+        # Spans queued = queued_in - queued_out; each counter has one writer (submit's thread; the sender, under
+        # `_sending`), so neither loses an update without a lock.
+        self._queued_in = 0
+        self._queued_out = 0
+        self._wake = threading.Event()
+        self._sending = threading.Lock()  # one batch at a time: the thread's or a flush's
+        self._closed = False
+        self._failing = False
+        self._client = httpx.Client(
+            headers={**headers, "content-type": "application/x-protobuf"}, timeout=timeout_s, transport=transport
+        )
+        self._thread = threading.Thread(target=self._run, name="otlp-exporter", daemon=True)
+        self._thread.start()
+
+    def submit(self, count: int, build: SpanSource) -> None:
+        """Queue one request's `count` spans, built by `build` on the exporter's thread; drops (and counts) them
+        when the queue is full or the exporter closed. Called from the thread that serves requests."""
+        queued = self._queued_in - self._queued_out + count
+        if self._closed or queued > self.queue_size:
+            self._drop(count)
+            return
+        self._queue.append((count, build))
+        self._queued_in += count
+        if queued >= self.batch_size:
+            self._wake.set()
+
+    def _drop(self, count: int) -> None:
+        self.dropped += count
+        if self._on_drop is not None:
+            self._on_drop(count)
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.schedule_delay_s)
+            self._wake.clear()
+            self._send_queued()
+
+    def _send_queued(self, deadline: float | None = None) -> None:
+        with self._sending:
+            while self._queue and (deadline is None or time.monotonic() < deadline):
+                batch: list[wire.SpanData] = []
+                while self._queue and len(batch) < self.batch_size:
+                    count, build = self._queue.popleft()
+                    self._queued_out += count
+                    try:
+                        batch.extend(build())
+                    except Exception:  # noqa: BLE001 - one request's spans lost, never the thread
+                        log.exception("building a request's spans failed")
+                        self._drop(count)
+                self._send(batch)
+
+    def _send(self, batch: list[wire.SpanData]) -> None:
+        encoded = []
+        for number, data in enumerate(batch, 1):
+            encoded.append(wire.span(data))
+            if number % YIELD_EVERY == 0:
+                # Hand the GIL back now and then: the thread serving requests never waits for a whole batch's
+                # encoding (pure Python, ~100 µs a span), only ever for a few spans'.
+                time.sleep(0)
+        body = wire.export_request(self.resource, "llm-gateway", self.scope_version, encoded)
+        for attempt in range(2):
+            try:
+                response = self._client.post(self.url, content=body)
+            except httpx.HTTPError as exc:
+                status, reason = 0, type(exc).__name__
+            else:
+                status, reason = response.status_code, response.reason_phrase
+                if status < 300:
+                    self.exported += len(batch)
+                    self._failing = False
+                    return
+            if attempt == 0 and (status == 0 or status in RETRYABLE) and not self._closed:
+                time.sleep(0.5)
+                continue
+            break
+        self._drop(len(batch))
+        if not self._failing:  # once per run of failures, not once per batch
+            self._failing = True
+            log.warning("OTLP export failed (%s %s); spans are dropped until it recovers", status or "", reason)
+
+    def flush(self, timeout_s: float = 5.0) -> None:
+        """Send everything queued now, for up to `timeout_s` (what is left after that stays queued)."""
+        self._send_queued(time.monotonic() + timeout_s)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Flush, stop the thread and drop whatever could not be sent in `timeout_s`."""
+        if self._closed:
+            return
+        self.flush(timeout_s)
+        self._closed = True
+        self._wake.set()
+        self._thread.join(timeout_s)
+        left = sum(count for count, _ in self._queue)
+        self._queue.clear()
+        if left:
+            self._drop(left)
+        self._client.close()

@@ -1,0 +1,457 @@
+"""Each proxied request as an OpenTelemetry span, exported over OTLP/HTTP (docs/observability.md).
+
+The request's span follows the OpenTelemetry GenAI semantic conventions (`gen_ai.*`) and carries the
+gateway's own figures (`gateway.*`: route, cost, fee, retries, key id, never the key's secret). Its children
+are the store round trip that admits the request and one span per upstream attempt. A request records what
+its spans need on its `Trace` (a few appends) and, when it is observed, queues a builder of its spans with the
+exporter; building, encoding and sending happen on the exporter's thread, off the request's path. An incoming
+W3C `traceparent` is continued (its trace id, the caller's span as parent, its sampling decision).
+
+Prompts and answers are exported only with `observability.otlp.capture_content: true`, and then with every
+known secret and credential-shaped value redacted (handler/redaction.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from handler.config import ConfigError, OtlpConfig, SecretFetcher, resolve_secret
+from handler.redaction import redact_message
+
+if TYPE_CHECKING:
+    from adapters.otlp.exporter import BatchExporter
+    from adapters.otlp.wire import AttributeValue, SpanData
+    from handler.proxy import Exchange
+    from handler.routing import Attempt
+    from handler.schemas import ChatRequest
+
+TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+CONTENT_CHARS = 64 * 1024  # a captured prompt or answer is cut here
+# What each proxied route is, as `gen_ai.operation.name`.
+OPERATIONS = {
+    "/v1/chat/completions": "chat",
+    "/v1/messages": "chat",
+    "/v1/responses": "chat",
+    "/v1/embeddings": "embeddings",
+    "/v1/messages/count_tokens": "count_tokens",
+}
+# The events that end a Messages (`message_delta` carries the stop reason) or a Responses stream.
+FINAL_EVENTS = frozenset({"message_delta", "response.completed", "response.incomplete", "response.failed"})
+# Span kinds and status codes of OTLP's Span message (adapters/otlp/wire.py, without importing it).
+SERVER, CLIENT, ERROR = 2, 3, 2
+
+Attributes = list[tuple[str, "AttributeValue"]]
+
+
+@dataclass(slots=True)
+class Step:
+    """A child span: a store round trip or an upstream attempt (times from `time.perf_counter`)."""
+
+    name: str
+    started: float
+    ended: float
+    attributes: Attributes
+    failed: bool = False
+
+
+@dataclass(slots=True)
+class Trace:
+    """What one request's spans need beyond its exchange; built only when OTLP export is on."""
+
+    tracer: RequestTracer
+    trace_id: bytes
+    parent_id: bytes
+    span_id: bytes
+    wall_ns: int  # `time.time_ns()` at `perf`, to place perf_counter readings on the clock
+    perf: float
+    path: str
+    steps: list[Step] = field(default_factory=list)
+    request: Attributes = field(default_factory=list)
+    finish_reasons: list[str] = field(default_factory=list)
+    prompt: bytes | None = None
+    answer: list[str] | None = None  # a list only when content is captured
+    answer_chars: int = 0
+    body: bytes | memoryview | None = None  # a whole answer's body, read on the exporter's thread
+
+    def requested(self, req: ChatRequest) -> None:
+        """The request's sampling parameters, as the client sent them."""
+        limit = req.output_limit()
+        if limit is not None:
+            self.request.append(("gen_ai.request.max_tokens", limit))
+        if req.temperature is not None:
+            self.request.append(("gen_ai.request.temperature", float(req.temperature)))
+        if req.top_p is not None:
+            self.request.append(("gen_ai.request.top_p", float(req.top_p)))
+
+    def attempt(self, attempt: Attempt, started: float, status: int, outcome: str | None) -> None:
+        """One upstream attempt ended: answered with `status` (0: no answer), failed with `outcome` or not."""
+        target = attempt.target
+        attributes: Attributes = [
+            ("gen_ai.operation.name", OPERATIONS.get(self.path, "chat")),
+            ("gen_ai.request.model", target.model),
+            ("gateway.deployment", target.label),
+            *_upstream(attempt),
+        ]
+        if status:
+            attributes.append(("http.response.status_code", status))
+        if outcome is not None:
+            attributes.append(("error.type", str(outcome)))
+        name = f"{OPERATIONS.get(self.path, 'chat')} {target.model}"
+        self.steps.append(Step(name, started, time.perf_counter(), attributes, outcome is not None))
+
+    def store(self, name: str, store_ms: float) -> None:
+        """A store round trip of `store_ms` that ended now."""
+        ended = time.perf_counter()
+        self.steps.append(Step(name, ended - store_ms / 1000, ended, [("gateway.store.operation", name)]))
+
+    def relayed(self, items: list[Any]) -> None:
+        """Stream items on their way to the client: chat chunks (their finish reasons and text) or a
+        provider's own events (the one that ends a Messages or Responses stream read for its finish reason;
+        their data when content is captured)."""
+        for item in items:
+            choices = getattr(item, "choices", None)
+            if choices is None:
+                data = getattr(item, "data", None)
+                if not isinstance(data, bytes):
+                    continue
+                if getattr(item, "event", None) in FINAL_EVENTS:
+                    self._final_event(data)
+                if self.answer is not None:
+                    self._answer(data.decode("utf-8", "replace"))
+                continue
+            for choice in choices:
+                if choice.finish_reason:
+                    self.finish_reasons.append(str(choice.finish_reason))
+                if self.answer is not None and choice.delta.content:
+                    self._answer(choice.delta.content)
+
+    def _final_event(self, data: bytes) -> None:
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        reason = None
+        if isinstance(payload, dict):
+            delta, response = payload.get("delta"), payload.get("response")
+            if isinstance(delta, dict):  # Messages: message_delta
+                reason = delta.get("stop_reason")
+            elif isinstance(response, dict):  # Responses: response.completed / .incomplete / .failed
+                reason = response.get("status")
+        if isinstance(reason, str):
+            self.finish_reasons.append(reason)
+
+    def answered(self, answer: bytes | memoryview) -> None:
+        """A whole (non-streamed) answer, read for its finish reasons (and its text when content is captured)
+        on the exporter's thread, off the request's path."""
+        self.body = answer
+
+    def cut(self, attempt: Attempt, reason: str) -> None:
+        """The attempt in flight when the request was cut (a deadline, the client gone): it began when the step
+        before it ended (attempts follow one another)."""
+        started = self.steps[-1].ended if self.steps else self.perf
+        self.attempt(attempt, started, 0, reason)
+
+    def read_answer(self) -> None:
+        """What `answered` kept: its finish reasons, and its text when content is captured."""
+        if self.body is None:
+            return
+        body = bytes(self.body)
+        if self.answer is not None:
+            self._answer(body.decode("utf-8", "replace"))
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(payload, dict):
+            return
+        for choice in payload.get("choices") or ():
+            if isinstance(choice, dict) and choice.get("finish_reason"):
+                self.finish_reasons.append(str(choice["finish_reason"]))
+        for name in ("stop_reason", "status"):  # Messages, Responses
+            if isinstance(payload.get(name), str):
+                self.finish_reasons.append(payload[name])
+                break
+
+    def _answer(self, text: str) -> None:
+        assert self.answer is not None
+        room = CONTENT_CHARS - self.answer_chars
+        if room > 0:
+            self.answer.append(text[:room])
+            self.answer_chars += min(len(text), room)
+
+    def clock(self, perf: float) -> int:
+        """A `time.perf_counter()` reading in nanoseconds since the epoch."""
+        return self.wall_ns + int((perf - self.perf) * 1e9)
+
+
+@functools.lru_cache(maxsize=1024)  # a deployment's base URL: the same few for every request
+def _host(url: str) -> tuple[str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.hostname or "", parts.port
+
+
+def _upstream(attempt: Attempt) -> Attributes:
+    """Who and where an attempt went: the provider's API, the upstream's host and region."""
+    target = attempt.target
+    host, port = _host(target.base_url)
+    where: Attributes = [
+        ("gen_ai.provider.name", attempt.adapter.semconv_provider or target.provider_type),
+        ("server.address", host),
+        ("gateway.upstream.region", target.region),
+    ]
+    if port:
+        where.append(("server.port", port))
+    return where
+
+
+class RequestTracer:
+    """Starts a `Trace` per request and turns a finished one into spans for the exporter."""
+
+    def __init__(self, exporter: BatchExporter, capture_content: bool, region: str) -> None:
+        from adapters.otlp.wire import SpanData  # (here: the module is imported only when export is on)
+
+        self.span_data = SpanData
+        self.exporter = exporter
+        self.capture_content = capture_content
+        self.region = region
+
+    def begin(self, headers: Mapping[str, str], path: str, body: bytes | None) -> Trace | None:
+        """A request's trace: the caller's trace continued where a valid `traceparent` names one; None when
+        the caller's trace is not sampled (nothing is recorded or exported then)."""
+        perf = time.perf_counter()
+        random = os.urandom(24)
+        trace_id, parent_id = random[:16], b""
+        match = TRACEPARENT.fullmatch(headers.get("traceparent", "").strip())
+        if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
+            if not int(match.group(3), 16) & 1:
+                return None
+            trace_id, parent_id = bytes.fromhex(match.group(1)), bytes.fromhex(match.group(2))
+        trace = Trace(self, trace_id, parent_id, random[16:], time.time_ns(), perf, path)
+        if self.capture_content:
+            trace.answer = []
+            trace.prompt = body[:CONTENT_CHARS] if body else None  # redacted on the exporter's thread
+        return trace
+
+    def finish(self, ex: Exchange, status: int, code: str | None, stream: bool, ended: float) -> None:
+        """The request was answered at `ended` (`time.perf_counter()`): queue its span and its children's."""
+        trace = ex.trace
+        if trace is None:
+            return
+        ex.trace = None  # observed once: a second observation (an error after the answer began) adds nothing
+        self.exporter.submit(
+            1 + len(trace.steps), functools.partial(self._spans, ex, trace, status, code, stream, ended)
+        )
+
+    def _spans(
+        self, ex: Exchange, trace: Trace, status: int, code: str | None, stream: bool, ended: float
+    ) -> list[SpanData]:
+        """The request's spans, built on the exporter's thread from what the request recorded."""
+        trace.read_answer()
+        span_data = self.span_data
+        spans = [
+            span_data(
+                trace.trace_id,
+                trace.span_id,
+                trace.parent_id,
+                f"{OPERATIONS.get(trace.path, 'chat')} {ex.model}",
+                SERVER,
+                trace.clock(ex.started),
+                trace.clock(ended),
+                self._attributes(ex, trace, status, code, stream, ended),
+                ERROR if status >= 500 else 0,
+                code or "" if status >= 500 else "",
+            )
+        ]
+        ids = os.urandom(8 * len(trace.steps))
+        for number, step in enumerate(trace.steps):
+            spans.append(
+                span_data(
+                    trace.trace_id,
+                    ids[number * 8 : number * 8 + 8],
+                    trace.span_id,
+                    step.name,
+                    CLIENT,
+                    trace.clock(step.started),
+                    trace.clock(step.ended),
+                    step.attributes,
+                    ERROR if step.failed else 0,
+                )
+            )
+        return spans
+
+    def _attributes(
+        self, ex: Exchange, trace: Trace, status: int, code: str | None, stream: bool, ended: float
+    ) -> Attributes:
+        attempts = [s for s in trace.steps if s.name != "store.admit"]
+        total_ms = (ended - ex.started) * 1000
+        out: Attributes = [
+            ("gen_ai.operation.name", OPERATIONS.get(trace.path, "chat")),
+            ("gen_ai.request.model", ex.model),
+            *trace.request,
+            ("http.request.method", "POST"),
+            ("http.route", trace.path),
+            ("http.response.status_code", status),
+            ("cloud.region", self.region),
+            ("gateway.request_id", ex.request_id),
+            ("gateway.key.id", ex.key.id),
+            ("gateway.stream", stream),
+            ("gateway.retries", max(0, len(attempts) - 1)),
+            ("gateway.latency.gateway_ms", round(max(0.0, total_ms - ex.store_ms - ex.upstream_ms), 3)),
+            ("gateway.latency.store_ms", round(ex.store_ms, 3)),
+            ("gateway.latency.upstream_ms", round(ex.upstream_ms, 3)),
+        ]
+        if ex.route:
+            out.append(("gateway.route", ", ".join(ex.route)))
+        attempt = ex.attempt
+        if attempt is not None:
+            out += [
+                ("gen_ai.response.model", attempt.target.model),
+                ("gateway.provider", attempt.target.provider),
+                *_upstream(attempt),
+            ]
+        cost = ex.cost
+        if cost is not None:
+            usage = cost.usage
+            out += [
+                ("gen_ai.usage.input_tokens", usage.prompt_tokens),
+                ("gen_ai.usage.output_tokens", usage.completion_tokens),
+                ("gateway.fee_usd", cost.fee_usd),
+            ]
+            if usage.cached_tokens:
+                out.append(("gen_ai.usage.cache_read.input_tokens", usage.cached_tokens))
+            if usage.cache_write_tokens:
+                out.append(("gen_ai.usage.cache_creation.input_tokens", usage.cache_write_tokens))
+            if cost.provider_usd is not None:
+                out.append(("gateway.cost_usd", cost.provider_usd))
+        if trace.finish_reasons:
+            out.append(("gen_ai.response.finish_reasons", list(dict.fromkeys(trace.finish_reasons))))
+        if code is not None:
+            out.append(("error.type", code))
+        if ex.user is not None:
+            out.append(("user.id", ex.user))
+        if ex.controls.session is not None:
+            out.append(("gen_ai.conversation.id", ex.controls.session))
+        out += [(f"gateway.tag.{name}", value) for name, value in ex.controls.tags.items()]
+        if trace.prompt is not None:
+            out.append(("gen_ai.input.messages", redact_message(trace.prompt.decode("utf-8", "replace"))))
+        if trace.answer:
+            out.append(("gen_ai.output.messages", redact_message("".join(trace.answer))))
+        return out
+
+    def flush(self, timeout_s: float = 5.0) -> None:
+        """Send what is queued (the end of a Lambda invocation)."""
+        self.exporter.flush(timeout_s)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Send what is queued and stop the exporter (shutdown)."""
+        self.exporter.close(timeout_s)
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpSettings:
+    """`observability.otlp` with the `OTEL_*` environment filled in: what the exporter is built from."""
+
+    url: str
+    headers: dict[str, str]
+    resource: dict[str, str]
+    timeout_s: float
+    config: OtlpConfig
+
+
+def otlp_settings(
+    config: OtlpConfig | None, environ: Mapping[str, str], fetch: SecretFetcher | None = None
+) -> OtlpSettings | None:
+    """Where and how to export, or None when no endpoint is configured (or `OTEL_SDK_DISABLED=true`).
+    Raises `ConfigError` for values an exporter could not use."""
+    config = config or OtlpConfig()
+    if not config.enabled or environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    if protocol and protocol.strip() != "http/protobuf":
+        problem = f"OTEL_EXPORTER_OTLP_PROTOCOL: '{protocol}' is not supported; the gateway speaks http/protobuf"
+        raise ConfigError([problem])
+    url = config.traces_endpoint or (_traces_url(config.endpoint) if config.endpoint else None)
+    url = url or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or None
+    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    url = url or (_traces_url(base) if base else None)
+    if not url:
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError([f"OTEL_EXPORTER_OTLP_ENDPOINT: '{url}' is not an http:// or https:// URL"])
+    headers = _pairs(environ.get("OTEL_EXPORTER_OTLP_HEADERS", ""), "OTEL_EXPORTER_OTLP_HEADERS")
+    headers |= _pairs(environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS", ""), "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+    for name, reference in (config.headers or {}).items():
+        value = resolve_secret(reference, environ, fetch)
+        if value is None:
+            raise ConfigError([f"observability.otlp.headers.{name}: the reference resolves to nothing"])
+        headers[name] = value
+    resource = _pairs(environ.get("OTEL_RESOURCE_ATTRIBUTES", ""), "OTEL_RESOURCE_ATTRIBUTES")
+    resource |= config.resource_attributes or {}
+    resource["service.name"] = config.service_name or environ.get("OTEL_SERVICE_NAME") or "llm-gateway"
+    timeout_ms = config.timeout_ms or _millis(
+        environ, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"
+    )
+    return OtlpSettings(url, headers, resource, (timeout_ms or 10_000) / 1000, config)
+
+
+def _traces_url(base: str) -> str:
+    return base.rstrip("/") + "/v1/traces"
+
+
+def _pairs(raw: str, name: str) -> dict[str, str]:
+    """`k=v,k2=v2` with percent-encoded values, as the OTel spec writes headers and resource attributes."""
+    pairs: dict[str, str] = {}
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError([f"{name}: '{key.strip()[:40]}' is not a key=value pair"])
+        pairs[key.strip()] = urllib.parse.unquote(value.strip())
+    return pairs
+
+
+def _millis(environ: Mapping[str, str], *names: str) -> int | None:
+    for name in names:
+        raw = environ.get(name)
+        if raw:
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigError([f"{name}: '{raw[:40]}' is not a whole number of milliseconds"]) from None
+            if value <= 0:
+                raise ConfigError([f"{name}: must be positive"])
+            return value
+    return None
+
+
+def build_tracer(
+    settings: OtlpSettings | None, region: str, *, on_drop: Callable[[int], None] | None = None
+) -> RequestTracer | None:
+    """The process's tracer, importing the exporter (and httpx's sync client) only when export is on."""
+    if settings is None:
+        return None
+    from adapters.otlp.exporter import BatchExporter
+
+    resource = {"cloud.region": region, **settings.resource}
+    config = settings.config
+    exporter = BatchExporter(
+        settings.url,
+        settings.headers,
+        list(resource.items()),
+        timeout_s=settings.timeout_s,
+        queue_size=config.queue_size,
+        batch_size=config.batch_size,
+        schedule_delay_s=config.schedule_delay_ms / 1000,
+        on_drop=on_drop,
+    )
+    return RequestTracer(exporter, config.capture_content, region)

@@ -1,0 +1,415 @@
+"""OpenTelemetry export: each request's spans reach a real OTLP/HTTP receiver, which decodes them with
+opentelemetry-proto's own classes (tests/support/otlp.py)."""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from handler.config import ModelConfig, ObservabilityConfig, OtlpConfig, ProviderConfig
+from tests.functional.conftest import FAKE_KEYS, Running, gateway_config, serve_gateway
+from tests.functional.test_lambda_events import replay
+from tests.functional.test_metrics import labels, scrape
+from tests.support.events import EVENTS
+from tests.support.otlp import OtlpReceiver, ReceivedSpan
+from tests.support.serve import gateway_serve
+from tests.support.servers import ServerThread
+
+SECRET_PROMPT = "the-prompt-text-that-must-stay-home"
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+SERVER, CLIENT, ERROR = 2, 3, 2
+
+
+def otlp_gateway(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Path, endpoint: str, **otlp: Any
+) -> tuple[Running, ServerThread]:
+    server, fakes = upstream
+    config = gateway_config(server.url, set(fakes))
+    config.observability = ObservabilityConfig(otlp=OtlpConfig(schedule_delay_ms=20, **otlp))
+    # A deployment that takes /v1/responses in its own API: the gateway relays its events as they come.
+    native = {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/openai/v1"}
+    config.providers["openai-responses"] = ProviderConfig.model_validate({**native, "responses_api": "native"})
+    config.models["gpt-responses"] = ModelConfig.model_validate(
+        {"deployments": [{"provider": "openai-responses", "model": "gpt-4o-mini"}]}
+    )
+    environ = {
+        **FAKE_KEYS,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_SERVICE_NAME": "gateway-under-test",
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20collector-token-123",
+    }
+    return serve_gateway(config, f"sqlite:///{tmp_path / 'gateway.db'}", server, fakes, environ)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def traced(
+    upstream: tuple[ServerThread, dict[str, Any]], receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    running, server = otlp_gateway(upstream, tmp_path_factory.mktemp("otlp"), receiver.url)
+    yield running
+    server.stop()
+
+
+def post(running: Running, path: str, key: str, body: dict[str, Any], **headers: str) -> httpx.Response:
+    return httpx.post(
+        f"{running.url}{path}", json=body, headers={"authorization": f"Bearer {key}", **headers}, timeout=30
+    )
+
+
+def by_name(spans: list[ReceivedSpan], prefix: str) -> list[ReceivedSpan]:
+    return sorted((s for s in spans if s.name.startswith(prefix)), key=lambda s: s.start_ns)
+
+
+def test_a_chat_request_is_a_genai_span_with_store_and_upstream_children(
+    traced: Running, receiver: OtlpReceiver
+) -> None:
+    key = traced.mint(budget_usd=5.0)  # a budget: the request is admitted in the store
+    answer = post(
+        traced,
+        "/v1/chat/completions",
+        key,
+        {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": SECRET_PROMPT}],
+            "max_tokens": 50,
+            "temperature": 0.5,
+        },
+        traceparent=f"00-{CALLER_TRACE}-{CALLER_SPAN}-01",
+        **{"x-gateway-tags": "team=search"},
+    )
+    assert answer.status_code == 200
+    root, *children = receiver.request_spans(answer.headers["x-request-id"])
+    assert root.name == "chat gpt-4o-mini" and root.kind == SERVER
+    # The caller's trace goes on: its trace id, its span as the parent.
+    assert (root.trace_id, root.parent_span_id) == (CALLER_TRACE, CALLER_SPAN)
+    usage = answer.json()["usage"]
+    attributes = root.attributes
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert attributes["gen_ai.provider.name"] == "openai"
+    assert attributes["gen_ai.request.model"] == "gpt-4o-mini"
+    assert attributes["gen_ai.response.model"] == "gpt-4o-mini"
+    assert attributes["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
+    assert attributes["gen_ai.usage.output_tokens"] == usage["completion_tokens"]
+    assert attributes["gen_ai.response.finish_reasons"] == ["stop"]
+    assert attributes["gen_ai.request.max_tokens"] == 50 and attributes["gen_ai.request.temperature"] == 0.5
+    assert attributes["server.address"] == "127.0.0.1"
+    assert attributes["http.response.status_code"] == 200 and attributes["http.route"] == "/v1/chat/completions"
+    assert attributes["gateway.cost_usd"] == pytest.approx(float(answer.headers["x-gateway-cost-usd"]))
+    assert attributes["gateway.fee_usd"] == 0
+    assert attributes["gateway.route"] == answer.headers["x-gateway-route"]
+    assert attributes["gateway.retries"] == 0
+    assert attributes["gateway.key.id"] == key.split("_")[1]
+    assert attributes["gateway.tag.team"] == "search"
+    assert attributes["cloud.region"] == "us-east-1"
+    assert root.resource["service.name"] == "gateway-under-test" and root.resource["cloud.region"] == "us-east-1"
+    assert "error.type" not in attributes
+    store, upstream = by_name(children, "store"), by_name(children, "chat ")
+    assert [s.name for s in store] == ["store.admit"]
+    assert len(upstream) == 1 and upstream[0].kind == CLIENT
+    assert upstream[0].attributes["http.response.status_code"] == 200
+    assert upstream[0].attributes["gen_ai.provider.name"] == "openai"
+    assert all(root.start_ns <= c.start_ns <= c.end_ns <= root.end_ns for c in children)
+    # Neither the prompt nor the key's secret goes out; the collector's token goes where it belongs only.
+    everything = b"".join(receiver.bodies)
+    assert SECRET_PROMPT.encode() not in everything and key.encode() not in everything
+    assert receiver.headers[-1]["authorization"] == "Bearer collector-token-123"
+    assert receiver.headers[-1]["content-type"] == "application/x-protobuf"
+
+
+def test_a_streamed_request_spans_the_whole_stream(traced: Running, receiver: OtlpReceiver) -> None:
+    key = traced.mint()
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": SECRET_PROMPT}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with httpx.stream(
+        "POST", f"{traced.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+    ) as answer:
+        text = "".join(answer.iter_text())
+        request_id = answer.headers["x-request-id"]
+    assert text.rstrip().endswith("data: [DONE]")
+    root, *children = receiver.request_spans(request_id)
+    assert root.attributes["gateway.stream"] is True
+    assert root.attributes["gen_ai.usage.output_tokens"] > 0
+    assert root.attributes["gen_ai.response.finish_reasons"] == ["stop"]
+    assert len(by_name(children, "chat ")) == 1
+    assert by_name(children, "store") == []  # no budget, no rate limit: nothing to admit in the store
+    assert SECRET_PROMPT.encode() not in b"".join(receiver.bodies)
+    assert trace_id_is_new(root)
+
+
+def trace_id_is_new(span: ReceivedSpan) -> bool:
+    return span.parent_span_id == "" and span.trace_id not in ("", "0" * 32, CALLER_TRACE)
+
+
+def test_a_messages_request_names_its_provider_and_stop_reason(traced: Running, receiver: OtlpReceiver) -> None:
+    if "claude-haiku-4-5" not in traced.gateway.config.models:
+        pytest.skip("no Anthropic fake")
+    key = traced.mint()
+    answer = httpx.post(
+        f"{traced.url}/v1/messages",
+        json={"model": "claude-haiku-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": SECRET_PROMPT}]},
+        headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+    )
+    assert answer.status_code == 200
+    root, *children = receiver.request_spans(answer.headers["x-request-id"])
+    assert root.name == "chat claude-haiku-4-5" and root.attributes["http.route"] == "/v1/messages"
+    assert root.attributes["gen_ai.provider.name"] == "anthropic"
+    assert root.attributes["gen_ai.usage.input_tokens"] == answer.json()["usage"]["input_tokens"]
+    assert root.attributes["gen_ai.response.finish_reasons"] == [answer.json()["stop_reason"]]
+    assert root.attributes["gen_ai.request.max_tokens"] == 64
+    assert [s.attributes["http.response.status_code"] for s in by_name(children, "chat ")] == [200]
+    assert SECRET_PROMPT.encode() not in b"".join(receiver.bodies)
+
+
+def test_failover_shows_each_attempt_and_a_failure_its_error_type(traced: Running, receiver: OtlpReceiver) -> None:
+    key = traced.mint()
+    answer = post(
+        traced, "/v1/chat/completions", key, {"model": "flaky", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert answer.status_code == 200
+    root, *children = receiver.request_spans(answer.headers["x-request-id"])
+    first, second = by_name(children, "chat ")
+    assert first.attributes["http.response.status_code"] == 500 and first.attributes["error.type"] == "500"
+    assert first.status_code == ERROR and first.attributes["gen_ai.request.model"] == "fail-500"
+    assert second.attributes["http.response.status_code"] == 200 and "error.type" not in second.attributes
+    assert first.end_ns <= second.start_ns
+    assert root.attributes["gateway.retries"] == 1 and "error.type" not in root.attributes
+    assert root.attributes["gateway.route"] == answer.headers["x-gateway-route"]
+
+    failed = post(
+        traced, "/v1/chat/completions", key, {"model": "refused", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert failed.status_code == 200  # the dead deployment, then the live one
+    root, *children = receiver.request_spans(failed.headers["x-request-id"])
+    dead, live = by_name(children, "chat ")
+    assert "http.response.status_code" not in dead.attributes and dead.attributes["error.type"]
+
+    rejected = post(
+        traced, "/v1/chat/completions", key, {"model": "rejects", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert rejected.status_code == 400
+    root, *children = receiver.request_spans(rejected.headers["x-request-id"])
+    assert root.attributes["error.type"] == rejected.json()["error"]["code"]
+    assert root.attributes["http.response.status_code"] == 400
+    assert [s.attributes["http.response.status_code"] for s in by_name(children, "chat ")] == [400]
+
+
+def test_content_goes_out_only_when_captured_and_then_redacted(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Path
+) -> None:
+    receiver = OtlpReceiver().start()  # its own: the other tests check that no prompt ever reached theirs
+    running, server = otlp_gateway(upstream, tmp_path, receiver.url, capture_content=True)
+    leaked = "sk-ant-api03-abcdefghijklmnop"
+    messages = [{"role": "user", "content": f"{SECRET_PROMPT} {leaked}"}]
+    try:
+        key = running.mint()
+        answer = post(running, "/v1/chat/completions", key, {"model": "gpt-4o-mini", "messages": messages})
+        root, *_ = receiver.request_spans(answer.headers["x-request-id"])
+        streamed = post(
+            running, "/v1/chat/completions", key, {"model": "gpt-4o-mini", "messages": messages, "stream": True}
+        )
+        stream_root, *_ = receiver.request_spans(streamed.headers["x-request-id"])
+    finally:
+        server.stop()
+        receiver.stop()
+    for span in (root, stream_root):
+        prompt = span.attributes["gen_ai.input.messages"]
+        assert SECRET_PROMPT in prompt and leaked not in prompt and "[REDACTED]" in prompt
+    assert answer.json()["choices"][0]["message"]["content"] in root.attributes["gen_ai.output.messages"]
+    # A stream's answer is the text it relayed, put together.
+    relayed = "".join(
+        orjson.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+        for line in streamed.text.splitlines()
+        if line.startswith("data: {") and orjson.loads(line[6:])["choices"]
+    )
+    assert relayed and stream_root.attributes["gen_ai.output.messages"] == relayed
+
+
+def timed_requests(running: Running, key: str, count: int) -> list[float]:
+    times = []
+    with httpx.Client(base_url=running.url, headers={"authorization": f"Bearer {key}"}, timeout=30) as client:
+        for _ in range(count):
+            started = time.perf_counter()
+            answer = client.post(
+                "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+            )
+            times.append(time.perf_counter() - started)
+            assert answer.status_code == 200
+    return times
+
+
+def test_a_slow_or_dead_collector_does_not_slow_responses(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Path, running: Running
+) -> None:
+    """A collector that takes 2 s to answer each export, and one that accepts connections and never answers:
+    no response waits for either, and the spans that do not fit the queue are dropped and counted."""
+    slow = OtlpReceiver(delay_s=2.0).start()
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # the kernel completes the handshakes; nothing ever reads or answers
+        silent_url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        for endpoint in (slow.url, silent_url):
+            traced, server = otlp_gateway(
+                upstream, tmp_path / endpoint.rsplit(":", 1)[1], endpoint, batch_size=1, queue_size=4, timeout_ms=3000
+            )
+            try:
+                key, admin, plain = traced.mint(), traced.mint(admin=True), running.mint()
+                timed_requests(traced, key, 3)  # connections opened
+                times, baseline = [], []
+                for _ in range(4):  # interleaved with the same requests to a gateway without tracing
+                    times += timed_requests(traced, key, 5)
+                    baseline += timed_requests(running, plain, 5)
+                dropped = scrape(traced, admin)["gateway_otlp_spans_dropped_total"][labels()]
+            finally:
+                server.stop()
+            # Every export to this collector takes seconds; no response waits for one.
+            assert max(times) < 1.0, times
+            assert statistics.median(times) < 2 * statistics.median(baseline) + 0.01, (times, baseline)
+            assert dropped >= 20  # two spans a request, at most four queued
+    slow.stop()
+
+
+def test_an_unsampled_caller_trace_is_not_exported(traced: Running, receiver: OtlpReceiver) -> None:
+    key = traced.mint()
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+    quiet = post(traced, "/v1/chat/completions", key, body, traceparent=f"00-{CALLER_TRACE}-{CALLER_SPAN}-00")
+    malformed = post(traced, "/v1/chat/completions", key, body, traceparent="00-xyz-00f067aa0ba902b7-01")
+    root, *_ = receiver.request_spans(malformed.headers["x-request-id"])  # a new trace, not the malformed one
+    assert trace_id_is_new(root)
+    with pytest.raises(AssertionError, match="no span"):
+        receiver.request_spans(quiet.headers["x-request-id"], timeout_s=0.5)
+
+
+def test_on_lambda_each_invocation_flushes_its_spans_and_emits_emf(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]], receiver: OtlpReceiver
+) -> None:
+    """The buffered function: a frozen environment runs no exporter thread, so each invocation sends its spans
+    before it returns (the schedule here is ten minutes: only that flush can deliver them). Its figures also
+    go out as CloudWatch EMF: requests, tokens, cost and the gateway's added latency."""
+    server, _ = upstream
+    before = len(receiver.spans)
+    logs: list[str] = []
+    results = replay(
+        tmp_path,
+        server.url,
+        [EVENTS / "chat-completions-ok.json", EVENTS / "chat-completions-stream.json"],
+        environ={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "GATEWAY_METRICS": "on"},
+        observability={"otlp": {"schedule_delay_ms": 600_000}},
+        logs=logs,
+    )
+    assert [r["status"] for r in results] == [200, 200]
+    roots = [s for s in receiver.spans[before:] if s.kind == SERVER]
+    assert [r.attributes["gateway.stream"] for r in roots] == [False, True]
+    assert {r.attributes["gateway.request_id"] for r in roots} == {r["headers"]["x-request-id"] for r in results}
+    assert all(r.resource["cloud.region"] == "eu-central-1" for r in roots)
+    emitted = [orjson.loads(line) for line in logs if '"_aws"' in line and '"requests"' in line]
+    assert len(emitted) == 2
+    names = {m["Name"] for m in emitted[0]["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert {"requests", "input_tokens", "output_tokens", "cost_usd", "gateway_overhead", "latency"} <= names
+    first = {name: value[0] if isinstance(value, list) else value for name, value in emitted[0].items()}
+    assert first["input_tokens"] == roots[0].attributes["gen_ai.usage.input_tokens"]
+    assert first["output_tokens"] == roots[0].attributes["gen_ai.usage.output_tokens"]
+    assert first["cost_usd"] == pytest.approx(roots[0].attributes["gateway.cost_usd"])
+    assert first["gateway_overhead"] == pytest.approx(roots[0].attributes["gateway.latency.gateway_ms"], abs=0.01)
+
+
+def test_a_responses_request_and_an_embedding_are_spans_too(traced: Running, receiver: OtlpReceiver) -> None:
+    key = traced.mint()
+    answer = post(traced, "/v1/responses", key, {"model": "gpt-4o-mini", "input": SECRET_PROMPT, "store": False})
+    assert answer.status_code == 200
+    root, *children = receiver.request_spans(answer.headers["x-request-id"])
+    assert root.attributes["http.route"] == "/v1/responses" and root.attributes["gen_ai.operation.name"] == "chat"
+    assert root.attributes["gen_ai.response.finish_reasons"] == [answer.json()["status"]]
+    assert root.attributes["gen_ai.usage.output_tokens"] == answer.json()["usage"]["output_tokens"]
+    assert len(by_name(children, "chat ")) == 1
+    embedded = post(traced, "/v1/embeddings", key, {"model": "text-embedding-3-small", "input": SECRET_PROMPT})
+    root, *children = receiver.request_spans(embedded.headers["x-request-id"])
+    assert root.name == "embeddings text-embedding-3-small"
+    assert root.attributes["gen_ai.operation.name"] == "embeddings"
+    assert [s.name for s in by_name(children, "embeddings ")] == ["embeddings text-embedding-3-small"]
+    assert SECRET_PROMPT.encode() not in b"".join(receiver.bodies)
+
+
+def test_an_attempt_cut_by_the_deadline_has_its_span(traced: Running, receiver: OtlpReceiver) -> None:
+    key = traced.mint()
+    body = {"model": "slow", "messages": [{"role": "user", "content": "x"}]}
+    answer = post(traced, "/v1/chat/completions", key, body, **{"x-gateway-deadline-ms": "300"})
+    assert answer.status_code == 504
+    root, *children = receiver.request_spans(answer.headers["x-request-id"])
+    assert root.attributes["error.type"] == "upstream_timeout" and root.status_code == ERROR
+    (cut,) = by_name(children, "chat ")
+    assert cut.attributes["error.type"] == "upstream_timeout" and "http.response.status_code" not in cut.attributes
+    assert 0.25e9 < cut.end_ns - cut.start_ns < 1.5e9  # the wait for the answer the deadline cut short
+
+
+def stream_text(running: Running, path: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[str, str]:
+    """A streamed answer's whole body, and its request id."""
+    with httpx.stream("POST", f"{running.url}{path}", json=body, headers=headers, timeout=30) as answer:
+        assert answer.status_code == 200
+        return "".join(answer.iter_text()), answer.headers["x-request-id"]
+
+
+def test_passed_through_streams_name_their_finish_reason(traced: Running, receiver: OtlpReceiver) -> None:
+    key = traced.mint()
+    if "claude-haiku-4-5" in traced.gateway.config.models:
+        body = {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 64,
+            "stream": True,
+            "messages": [{"role": "user", "content": "x"}],
+        }
+        text, request_id = stream_text(
+            traced, "/v1/messages", body, {"x-api-key": key, "anthropic-version": "2023-06-01"}
+        )
+        stop = next(
+            orjson.loads(line[6:])["delta"]["stop_reason"]
+            for line in text.splitlines()
+            if '"message_delta"' in line and line.startswith("data: ")
+        )
+        root, *_ = receiver.request_spans(request_id)
+        assert root.attributes["gateway.stream"] is True and root.attributes["gen_ai.response.finish_reasons"] == [stop]
+    body = {"model": "gpt-responses", "input": "x", "stream": True, "store": False}
+    text, request_id = stream_text(traced, "/v1/responses", body, {"authorization": f"Bearer {key}"})
+    assert "response.completed" in text
+    root, *_ = receiver.request_spans(request_id)
+    assert root.attributes["gen_ai.response.finish_reasons"] == ["completed"]
+
+
+def test_gateway_serve_sends_what_is_queued_when_it_stops(
+    upstream: tuple[ServerThread, dict[str, Any]], receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    """The schedule is ten minutes and the batch far from full: only the flush on shutdown (SIGTERM) sends."""
+    server, _ = upstream
+    otlp = {"otlp": {"endpoint": receiver.url, "schedule_delay_ms": 600_000}}
+    with gateway_serve(server.url, tmp_path, otlp) as served:
+        answer = post_to(served.url, served.key)
+        served.process.terminate()
+        served.process.wait(15)  # (uvicorn shuts down, then ends by the signal it caught, as it should)
+    root, *children = receiver.request_spans(answer.headers["x-request-id"], timeout_s=1)
+    assert root.attributes["gen_ai.request.model"] == "gpt-4o-mini" and len(children) == 1
+
+
+def post_to(url: str, key: str) -> httpx.Response:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+    answer = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
+    assert answer.status_code == 200
+    return answer

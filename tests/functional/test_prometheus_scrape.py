@@ -1,0 +1,167 @@
+"""A real Prometheus server (Debian's `prometheus` package, `make tools`) scrapes the gateway's `/metrics`
+with an admin key as its bearer credentials; its HTTP API then answers with the figures the test sent."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from handler.cli import main
+from tests.functional.conftest import Running
+from tests.functional.test_metrics import labels, scrape
+from tests.support.serve import gateway_serve
+from tests.support.servers import ServerThread, free_port
+
+PROMETHEUS = shutil.which("prometheus")
+MODEL = "regional"  # served by the fake OpenAI, in us-east-1: its series are this test's alone
+HI = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.fixture(scope="module")
+def prometheus(running: Running, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Prometheus scraping the gateway every second, with an admin key; yields its base URL."""
+    job = {
+        "job_name": "gateway",
+        "metrics_path": "/metrics",
+        "authorization": {"type": "Bearer", "credentials": running.mint(admin=True)},
+        "static_configs": [{"targets": [running.url.removeprefix("http://")]}],
+    }
+    with prometheus_server(job, tmp_path_factory.mktemp("prometheus")) as url:
+        yield url
+
+
+@contextmanager
+def prometheus_server(job: dict[str, Any], folder: Path) -> Iterator[str]:
+    """A Prometheus server scraping `job` every second; yields its base URL once it is ready."""
+    if PROMETHEUS is None:
+        if os.environ.get("CI"):
+            pytest.fail("the prometheus binary is missing: `make tools` installs it")
+        pytest.skip("no prometheus binary (make tools installs Debian's package)")
+    config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"}, "scrape_configs": [job]}
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = (folder / "prometheus.log").open("w")
+    process = subprocess.Popen(
+        [
+            PROMETHEUS,
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(f"{url}/-/ready").status_code == 200, "prometheus ready", folder)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+def wait_for(check: Any, what: str, folder: Path | None = None, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if check():
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            log = (folder / "prometheus.log").read_text()[-2000:] if folder else ""
+            raise AssertionError(f"timed out waiting for {what}\n{log}")
+        time.sleep(0.2)
+
+
+def query(prometheus: str, promql: str) -> float | None:
+    """The instant value of a one-series PromQL expression, or None while it has no value."""
+    answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": promql}).json()
+    assert answer["status"] == "success", answer
+    result = answer["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def test_prometheus_scrapes_request_counts_cost_and_latency(running: Running, prometheus: str) -> None:
+    admin, user = running.mint(admin=True), running.mint()
+    where = labels(model=MODEL, provider="openai", region="us-east-1")
+    before = scrape(running, admin).get("gateway_requests_total", {}).get(labels(**dict(where), status="200"), 0)
+    for _ in range(3):
+        answer = httpx.post(
+            f"{running.url}/v1/chat/completions",
+            json={"model": MODEL, "messages": HI},
+            headers={"authorization": f"Bearer {user}"},
+        )
+        assert answer.status_code == 200
+    refused = httpx.post(
+        f"{running.url}/v1/chat/completions", json={"model": MODEL}, headers={"authorization": "Bearer x"}
+    )
+    assert refused.status_code == 401
+    direct = scrape(running, admin)
+    sent = direct["gateway_requests_total"][labels(**dict(where), status="200")]
+    assert sent - before == 3
+    selector = f'model="{MODEL}",provider="openai",region="us-east-1"'
+
+    # Prometheus has scraped once the value it stores is the one the gateway now reports.
+    wait_for(lambda: query(prometheus, f'gateway_requests_total{{{selector},status="200"}}') == sent, "the scrape")
+    assert query(prometheus, 'up{job="gateway"}') == 1
+    cost = query(prometheus, f"gateway_cost_usd_total{{{selector}}}")
+    assert cost is not None and cost == pytest.approx(direct["gateway_cost_usd_total"][where])
+    tokens = query(prometheus, f'gateway_tokens_total{{{selector},direction="output"}}')
+    assert tokens == direct["gateway_tokens_total"][labels(**dict(where), direction="output")]
+    assert query(prometheus, f"gateway_request_duration_seconds_count{{{selector}}}") == sent
+    added = query(prometheus, f"gateway_added_latency_seconds_sum{{{selector}}}")
+    assert added is not None and added == pytest.approx(direct["gateway_added_latency_seconds_sum"][where])
+    # PromQL over the histogram: the median request took some time, and under the fake's answer time.
+    median = query(
+        prometheus,
+        f"histogram_quantile(0.5, sum by (le) (gateway_request_duration_seconds_bucket{{{selector}}}))",
+    )
+    assert median is not None and 0 < median < 5
+    assert (query(prometheus, 'sum(gateway_errors_total{code="invalid_api_key"})') or 0) >= 1
+
+
+def test_prometheus_scrapes_the_metrics_port_of_gateway_serve(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Path
+) -> None:
+    """`observability.metrics_port`: `gateway serve` answers GET /metrics with no key on a port of its own; a
+    fresh process, so Prometheus' figures are exactly what this test sent."""
+    server, _ = upstream
+    metrics_port = free_port()
+    with gateway_serve(server.url, tmp_path, {"metrics_port": metrics_port}) as served:
+        for _ in range(2):
+            answer = httpx.post(
+                f"{served.url}/v1/chat/completions",
+                json={"model": "gpt-4o-mini", "messages": HI},
+                headers={"authorization": f"Bearer {served.key}"},
+            )
+            assert answer.status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{metrics_port}/other").status_code == 404
+        assert httpx.get(f"{served.url}/metrics").status_code == 401  # the main port still wants a key
+        job = {"job_name": "gateway", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}
+        with prometheus_server(job, tmp_path) as prometheus:
+            selector = 'model="gpt-4o-mini",provider="openai",region="global",status="200"'
+            wait_for(lambda: query(prometheus, f"gateway_requests_total{{{selector}}}") == 2, "the scrape")
+            tokens = query(prometheus, 'sum(gateway_tokens_total{model="gpt-4o-mini"})')
+            assert tokens == sum(answer.json()["usage"][k] for k in ("prompt_tokens", "completion_tokens")) * 2
+
+
+def test_a_metrics_port_with_several_workers_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"observability": {"metrics_port": 9464}}))
+    assert main(["serve", "--config", str(tmp_path / "config.yaml"), "--workers", "2"]) == 2
+    assert "observability.metrics_port" in capsys.readouterr().err
+    assert main(["serve", "--config", str(tmp_path / "config.yaml"), "--port", "9464"]) == 2
+    assert "the gateway's own port" in capsys.readouterr().err

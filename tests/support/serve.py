@@ -1,0 +1,89 @@
+"""`gateway serve` as a user runs it: a subprocess on a config file, a fresh SQLite store and a key made with
+`gateway keys create`, in front of the fake upstreams."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.support.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Served:
+    """A running `gateway serve`: its URL, a key, and the process (to stop it as a signal would)."""
+
+    url: str
+    key: str
+    process: subprocess.Popen[bytes]
+
+
+@contextmanager
+def gateway_serve(
+    upstream_url: str, folder: Path, observability: dict[str, Any], environ: dict[str, str] | None = None
+) -> Iterator[Served]:
+    """`gateway serve` with one model, gpt-4o-mini at the fake OpenAI, and `observability` in its config;
+    stopped (SIGTERM, as a service manager does) at the end, unless the test stopped it already."""
+    config = {
+        "observability": observability,
+        "providers": {
+            "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"}
+        },
+        "models": {"gpt-4o-mini": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]}},
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {
+        **os.environ,
+        "GATEWAY_CONFIG": str(folder / "config.yaml"),
+        "GATEWAY_STORE": f"sqlite:///{folder / 'gateway.db'}",
+        "OPENAI_API_KEY": "test-openai-key",
+        "GATEWAY_REGION": "us-east-1",
+        **(environ or {}),
+    }
+    created = subprocess.run(
+        [sys.executable, "-m", "handler.cli", "keys", "create", "--name", "t", "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    port = free_port()
+    with (folder / "gateway.log").open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "handler.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"{url}/health").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise AssertionError(f"gateway serve did not start:\n{(folder / 'gateway.log').read_text()}")
+                time.sleep(0.1)
+            yield Served(url, json.loads(created.stdout)["key"], process)
+        finally:
+            if process.poll() is None:
+                process.terminate()
+            process.wait(15)

@@ -1,0 +1,161 @@
+"""OTLP's trace protobuf as written by hand (adapters/otlp/wire.py), read back with opentelemetry-proto;
+and the batch exporter's queue: bounded, dropping and counting, flushed on close."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from adapters.otlp import wire
+from adapters.otlp.exporter import BatchExporter
+
+
+def span(number: int = 0, **fields: object) -> wire.SpanData:
+    values: dict[str, object] = {
+        "trace_id": bytes(range(16)),
+        "span_id": number.to_bytes(8, "big") or b"\x01" * 8,
+        "parent_span_id": b"",
+        "name": f"chat gpt-4o-mini #{number}",
+        "kind": wire.KIND_SERVER,
+        "start_ns": 1_764_000_000_000_000_000,
+        "end_ns": 1_764_000_000_250_000_000,
+        "attributes": [],
+        **fields,
+    }
+    return wire.SpanData(**values)  # type: ignore[arg-type]
+
+
+def decode(body: bytes) -> ExportTraceServiceRequest:
+    return ExportTraceServiceRequest.FromString(body)
+
+
+def test_every_attribute_type_reads_back_with_the_official_classes() -> None:
+    attributes = [
+        ("text", "naïve ✓"),
+        ("flag", True),
+        ("count", 1234567890123),
+        ("negative", -7),
+        ("ratio", 0.125),
+        ("reasons", ["stop", "length"]),
+        ("empty", ""),
+    ]
+    data = span(7, parent_span_id=b"\x09" * 8, attributes=attributes, status=wire.STATUS_ERROR, status_message="no")
+    request = decode(wire.export_request([("service.name", "gw")], "llm-gateway", "0.1.0", [wire.span(data)]))
+    (resource_spans,) = request.resource_spans
+    assert resource_spans.resource.attributes[0].value.string_value == "gw"
+    (scope_spans,) = resource_spans.scope_spans
+    assert (scope_spans.scope.name, scope_spans.scope.version) == ("llm-gateway", "0.1.0")
+    (decoded,) = scope_spans.spans
+    assert decoded.trace_id == bytes(range(16)) and decoded.span_id == (7).to_bytes(8, "big")
+    assert decoded.parent_span_id == b"\x09" * 8
+    assert decoded.name == "chat gpt-4o-mini #7" and decoded.kind == Span.SPAN_KIND_SERVER
+    assert (decoded.start_time_unix_nano, decoded.end_time_unix_nano) == (data.start_ns, data.end_ns)
+    values = {kv.key: kv.value for kv in decoded.attributes}
+    assert values["text"].string_value == "naïve ✓"
+    assert values["flag"].bool_value is True
+    assert values["count"].int_value == 1234567890123 and values["negative"].int_value == -7
+    assert values["ratio"].double_value == 0.125
+    assert [v.string_value for v in values["reasons"].array_value.values] == ["stop", "length"]
+    assert values["empty"].WhichOneof("value") == "string_value"
+    assert decoded.status.code == Status.STATUS_CODE_ERROR and decoded.status.message == "no"
+    assert decoded.flags & 0xFF == 1  # sampled
+
+
+def test_an_end_before_the_start_is_clamped_to_the_start() -> None:
+    (decoded,) = (
+        decode(wire.export_request([], "s", "", [wire.span(span(end_ns=1))])).resource_spans[0].scope_spans[0].spans
+    )
+    assert decoded.end_time_unix_nano == decoded.start_time_unix_nano
+
+
+class Collector:
+    """An httpx transport standing in for a collector: records bodies, may hold every export until released."""
+
+    def __init__(self, status: int = 200, hold: bool = False) -> None:
+        self.status = status
+        self.bodies: list[bytes] = []
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.release.wait(10)
+        self.bodies.append(request.content)
+        assert request.headers["content-type"] == "application/x-protobuf"
+        return httpx.Response(self.status)
+
+    def spans(self) -> list[str]:
+        return [s.name for body in self.bodies for s in decode(body).resource_spans[0].scope_spans[0].spans]
+
+
+def exporter(collector: Collector, **options: object) -> BatchExporter:
+    return BatchExporter(
+        "http://collector/v1/traces",
+        {"authorization": "Bearer t"},
+        [("service.name", "gw")],
+        transport=httpx.MockTransport(collector),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def queue(batcher: BatchExporter, *spans: wire.SpanData) -> None:
+    batcher.submit(len(spans), lambda: list(spans))
+
+
+def test_close_flushes_everything_queued_in_batches() -> None:
+    collector = Collector()
+    batcher = exporter(collector, batch_size=3, schedule_delay_s=60)
+    for number in range(1, 8):
+        queue(batcher, span(number))
+    batcher.close()
+    assert collector.spans() == [f"chat gpt-4o-mini #{n}" for n in range(1, 8)]
+    assert len(collector.bodies) >= 3 and batcher.exported == 7 and batcher.dropped == 0
+
+
+def test_a_full_queue_drops_and_counts_instead_of_waiting() -> None:
+    collector = Collector(hold=True)  # the collector holds the first export: the queue fills behind it
+    counted: list[int] = []
+    batcher = exporter(collector, batch_size=1, queue_size=2, schedule_delay_s=0.01, on_drop=counted.append)
+    queue(batcher, span(1))
+    while not (batcher._sending.locked() and not batcher._queue):  # the thread took the first span and waits
+        pass
+    for number in range(2, 12):
+        queue(batcher, span(number))
+    assert batcher.dropped == 8 and sum(counted) == 8
+    collector.release.set()
+    batcher.close()
+    assert collector.spans() == ["chat gpt-4o-mini #1", "chat gpt-4o-mini #2", "chat gpt-4o-mini #3"]
+
+
+def test_a_refusing_collector_counts_the_batch_as_dropped() -> None:
+    collector = Collector(status=400)
+    batcher = exporter(collector, schedule_delay_s=60)
+    queue(batcher, span(1), span(2))
+    batcher.close()
+    assert batcher.dropped == 2 and batcher.exported == 0 and len(collector.bodies) == 1  # a 400 is not retried
+
+
+def test_spans_submitted_after_close_are_dropped() -> None:
+    collector = Collector()
+    batcher = exporter(collector)
+    batcher.close()
+    queue(batcher, span(1))
+    assert batcher.dropped == 1 and collector.bodies == []
+
+
+def test_spans_that_fail_to_build_are_dropped_and_the_thread_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    collector = Collector()
+    batcher = exporter(collector, schedule_delay_s=60)
+
+    def broken() -> list[wire.SpanData]:
+        raise ValueError("a request recorded something odd")
+
+    batcher.submit(3, broken)
+    queue(batcher, span(4))
+    batcher.close()
+    assert batcher.dropped == 3 and collector.spans() == ["chat gpt-4o-mini #4"]
+    assert "building a request's spans failed" in caplog.text

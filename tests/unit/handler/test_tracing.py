@@ -1,0 +1,113 @@
+"""Where spans go: `observability.otlp` and the OpenTelemetry environment variables, checked at start-up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adapters.providers.registry import REGISTRY
+from handler.cli import main
+from handler.config import ConfigError, OtlpConfig, parse_config
+from handler.tracing import otlp_settings
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def settings(config: OtlpConfig | None = None, **environ: str):  # type: ignore[no-untyped-def]
+    return otlp_settings(config, environ)
+
+
+def test_nothing_is_exported_without_an_endpoint_or_when_disabled() -> None:
+    assert settings() is None
+    assert settings(OTEL_EXPORTER_OTLP_ENDPOINT="http://c:4318", OTEL_SDK_DISABLED="true") is None
+    assert settings(OtlpConfig(endpoint="http://c:4318", enabled=False)) is None
+
+
+def test_the_environment_names_the_endpoint_headers_service_and_timeout_as_the_spec_says() -> None:
+    found = settings(
+        OTEL_EXPORTER_OTLP_ENDPOINT="https://collector:4318/",
+        OTEL_EXPORTER_OTLP_HEADERS="x-honeycomb-team=abc%3D%3D, tenant = blue",
+        OTEL_SERVICE_NAME="edge",
+        OTEL_RESOURCE_ATTRIBUTES="deployment.environment=prod",
+        OTEL_EXPORTER_OTLP_TIMEOUT="2500",
+    )
+    assert found is not None
+    assert found.url == "https://collector:4318/v1/traces"  # the signal's path appended to the base
+    assert found.headers == {"x-honeycomb-team": "abc==", "tenant": "blue"}
+    assert found.resource == {"deployment.environment": "prod", "service.name": "edge"}
+    assert found.timeout_s == 2.5
+    traces = settings(
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://ignored:4318",
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://collector:4318/custom/traces",
+    )
+    assert traces is not None and traces.url == "http://collector:4318/custom/traces"  # used as given
+    assert traces.resource["service.name"] == "llm-gateway" and traces.timeout_s == 10.0
+
+
+def test_the_config_wins_over_the_environment_and_its_headers_take_secret_references() -> None:
+    config = OtlpConfig(
+        endpoint="http://from-config:4318",
+        headers={"authorization": "env:OTLP_TOKEN"},
+        service_name="gw",
+        timeout_ms=500,
+    )
+    found = otlp_settings(config, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://from-env:4318", "OTLP_TOKEN": "Bearer s3"})
+    assert found is not None
+    assert found.url == "http://from-config:4318/v1/traces"
+    assert found.headers == {"authorization": "Bearer s3"} and found.timeout_s == 0.5
+    with pytest.raises(ConfigError, match=r"observability.otlp.headers.authorization"):
+        otlp_settings(config, {})  # the reference resolves to nothing: say so at start-up, not per export
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "soon"}, "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        ({"OTEL_EXPORTER_OTLP_HEADERS": "no-equals-sign"}, "OTEL_EXPORTER_OTLP_HEADERS"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    ],
+)
+def test_unusable_environment_values_are_a_clear_error(environ: dict[str, str], named: str) -> None:
+    environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", **environ}
+    with pytest.raises(ConfigError, match=named):
+        otlp_settings(None, environ)
+
+
+def test_the_config_section_is_validated_with_paths() -> None:
+    bad = {"observability": {"otlp": {"endpoint": "collector:4318", "batch_size": 0, "capture": True}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(bad, set(REGISTRY))
+    found = "\n".join(info.value.problems)
+    assert "observability.otlp.endpoint" in found and "http:// or https://" in found
+    assert "observability.otlp.batch_size" in found and "observability.otlp.capture" in found
+
+
+def test_config_check_reports_the_environment_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    assert main(["config", "check"]) == 1
+    assert "http/protobuf" in capsys.readouterr().err
+
+
+def test_without_an_endpoint_no_tracing_code_is_imported(tmp_path: Path) -> None:
+    """Cold starts matter: a gateway without OTLP export never imports handler/tracing.py or the exporter."""
+    program = (
+        "import sys\n"
+        "from handler.app import create_app\n"
+        "from handler.config import Config\n"
+        "from handler.gateway import build_gateway\n"
+        f"gateway = build_gateway(config=Config(), store_url='sqlite:///{tmp_path}/g.db', environ={{}})\n"
+        "create_app(gateway)\n"
+        "assert gateway.tracer is None\n"
+        "names = ('handler.tracing', 'adapters.otlp', 'google.protobuf')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(names)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
