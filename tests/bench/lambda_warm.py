@@ -1,12 +1,16 @@
 """Warm Lambda invocations in-process: µs of the gateway's own work per invocation.
 
     python -m tests.bench.lambda_warm N    (environment: GATEWAY_CONFIG, GATEWAY_STORE, a key in the store)
+    python -m tests.bench.lambda_warm N bare
+
 
 The upstream is the gateway's own HTTP/1.1 client with the network taken out (requests framed, answered
 at once), so what is timed is Mangum, the app, auth, admission and settlement on the embedded store,
 translation and serialization. The store's calls are
 timed on their own too (on Lambda they are DynamoDB round trips, I/O rather than the gateway's work).
 Prints three medians, in µs: the whole invocation, the store calls within it, and the difference.
+`bare`: the same for the bare proxy (tests/bench/bare_proxy.py) under Mangum, on the same client and
+canned answer: the floor a warm invocation's own work is compared with.
 """
 
 from __future__ import annotations
@@ -80,6 +84,42 @@ class StoreClock:
         return timed
 
 
+def bare(invocations: int) -> None:
+    """The bare proxy under Mangum, each invocation on the loop Mangum keeps (as the gateway's)."""
+    import asyncio
+
+    from mangum import Mangum
+
+    os.environ["CLIENT"] = "gateway"  # the bare proxy's own client is replaced below; aiohttp stays out
+
+    from handler.config import TimeoutConfig
+    from handler.ports import UpstreamRequest
+    from handler.upstream import UpstreamClient
+    from tests.bench import bare_proxy
+
+    upstream = UpstreamClient(TimeoutConfig(), Canned(json.dumps(COMPLETION).encode()))
+
+    async def forward(body: bytes) -> tuple[int, bytes]:
+        response = await upstream.send(UpstreamRequest("POST", bare_proxy.UPSTREAM, bare_proxy.JSON, body))
+        return response.status, await response.read()
+
+    bare_proxy.forward = forward
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    handler = Mangum(bare_proxy.app, lifespan="off")
+    invoke = event("POST", "/v1/chat/completions", BODY, key=None)
+    totals = []
+    for i in range(invocations):
+        started = time.perf_counter()
+        response = handler(invoke, Context())  # type: ignore[arg-type]
+        elapsed = time.perf_counter() - started
+        if response["statusCode"] != 200:
+            raise SystemExit(f"invocation {i} answered {response['statusCode']}")
+        if i >= invocations // 10:
+            totals.append(elapsed * 1e6)
+    total = statistics.median(totals)
+    sys.stdout.write(f"{total:.1f} 0.0 {total:.1f}\n")
+
+
 def main(invocations: int) -> None:
     results = sys.stdout
     sys.stdout = sys.stderr
@@ -107,4 +147,7 @@ def main(invocations: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    if sys.argv[2:] == ["bare"]:
+        bare(int(sys.argv[1]))
+    else:
+        main(int(sys.argv[1]))
