@@ -7,9 +7,11 @@ runs as `gateway serve` (one uvicorn worker, the embedded store, a key with a bu
 so every feature is on); wrk (Debian's package) drives both at 1, 8 and 64 connections, and at 1 and 8
 also issue 9's reference, a bare Starlette + aiohttp proxy, in interleaved rounds (medians reported), so the
 targets scaled to its speed compare figures taken under the same load on the machine. Reported:
-requests/s and their ratio, latency p50/p99 and the gateway's added latency, added time to first byte
-for a stream, the gateway's RSS, warm Lambda invocations (in-process Mangum, upstream mocked: the
-gateway's own work), DynamoDB calls per request (moto's server counts them), and cold import time.
+requests/s and their ratio, latency p50/p99/p99.9 and the gateway's added latency, for Chat Completions,
+the Messages pass-through and the Responses API; `gateway serve --workers 2` beside one worker; added
+time to first byte for a stream, the gateway's RSS, warm Lambda invocations (in-process Mangum, upstream
+mocked: the gateway's own work, beside the bare proxy's under Mangum), DynamoDB calls per request (moto's
+server counts them), and cold import time; then issue 9's and issue 22's targets, met or not.
 `--smoke` runs a few seconds in all and fails only on errors, never on timings.
 """
 
