@@ -183,3 +183,30 @@ async def test_a_file_from_before_cost_sources_is_migrated(tmp_path: Path) -> No
     assert db.execute("PRAGMA user_version").fetchone() == (sqlite_store.SCHEMA_VERSION,)
     assert sorted(db.execute("SELECT cost_source FROM ledger")) == [("estimate",), ("provider",)]
     db.close()
+
+
+async def test_a_write_waiting_for_another_process_keeps_the_event_loop_serving(tmp_path: Path) -> None:
+    """Another process holds the write lock for 300 ms: this one's admission waits for it, and lands, but
+    the event loop goes on serving meanwhile (SQLite's own wait for a lock sleeps in the loop's thread)."""
+    path = str(tmp_path / "store.db")
+    opened = SQLiteStore(path)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        key = uuid.uuid4().hex[:12]
+        other.execute("BEGIN IMMEDIATE")
+        releasing = asyncio.get_running_loop().run_in_executor(None, lambda: (time.sleep(0.3), other.execute("COMMIT")))
+        admitting = asyncio.create_task(opened.admit(admission(key, 0.6)))
+        gaps, last = [], time.perf_counter()
+        while not admitting.done():
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+        snapshot = await admitting
+        await releasing
+        assert snapshot.committed_usd[PERIOD] == pytest.approx(0.6)
+        assert sum(gaps) >= 0.25  # it did wait for the lock
+        assert max(gaps) < 0.1  # and the loop kept turning while it did
+    finally:
+        other.close()
+        await opened.close()
