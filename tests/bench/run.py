@@ -162,6 +162,20 @@ def bench_config(upstream: str) -> dict[str, Any]:
     }
 
 
+def bench_files(workdir: Path, upstream_port: int) -> dict[str, str]:
+    """nginx's and the gateway's config in `workdir`, and the environment that serves the gateway from them
+    (the embedded store in `workdir`)."""
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    (workdir / "nginx.conf").write_text(nginx_conf(upstream_port, workdir))
+    (workdir / "config.yaml").write_text(json.dumps(bench_config(upstream)))
+    return {
+        "GATEWAY_CONFIG": str(workdir / "config.yaml"),
+        "GATEWAY_STORE": f"sqlite:///{workdir / 'bench.db'}",
+        "BENCH_UPSTREAM_KEY": UPSTREAM_KEY,
+        "GATEWAY_REGION": "us-east-1",
+    }
+
+
 @contextmanager
 def process(
     args: list[str], env: dict[str, str] | None = None, log: Path | None = None
@@ -372,15 +386,7 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
         upstream_port, gateway_port = free_port(), free_port()
         upstream = f"http://127.0.0.1:{upstream_port}"
         gateway = f"http://127.0.0.1:{gateway_port}"
-        (workdir / "nginx.conf").write_text(nginx_conf(upstream_port, workdir))
-        (workdir / "config.yaml").write_text(json.dumps(bench_config(upstream)))
-        env = {
-            **os.environ,
-            "GATEWAY_CONFIG": str(workdir / "config.yaml"),
-            "GATEWAY_STORE": f"sqlite:///{workdir / 'bench.db'}",
-            "BENCH_UPSTREAM_KEY": UPSTREAM_KEY,
-            "GATEWAY_REGION": "us-east-1",
-        }
+        env = {**os.environ, **bench_files(workdir, upstream_port)}
         key = mint_key(env)
         nginx = ["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx-error.log")]
         serve = [sys.executable, "-m", "handler.cli", "serve", "--host", "127.0.0.1", "--port", str(gateway_port)]

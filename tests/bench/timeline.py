@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.bench.run import BODY, UPSTREAM_KEY, WRK_SCRIPT, bench_config, mint_key, nginx_conf, process, wait_ready
+from tests.bench.run import BODY, WRK_SCRIPT, bench_files, mint_key, process, wait_ready
 from tests.support.servers import free_port
 
 # Loop callbacks shorter than this are the requests' own steps: not charged to a kind of their own.
@@ -269,14 +269,7 @@ def run(duration: float) -> dict[str, Any]:
         workdir = Path(tmp)
         upstream_port = free_port()
         upstream = f"http://127.0.0.1:{upstream_port}"
-        (workdir / "nginx.conf").write_text(nginx_conf(upstream_port, workdir))
-        (workdir / "config.yaml").write_text(json.dumps(bench_config(upstream)))
-        env = {
-            "GATEWAY_CONFIG": str(workdir / "config.yaml"),
-            "GATEWAY_STORE": f"sqlite:///{workdir / 'bench.db'}",
-            "BENCH_UPSTREAM_KEY": UPSTREAM_KEY,
-            "GATEWAY_REGION": "us-east-1",
-        }
+        env = bench_files(workdir, upstream_port)
         key = mint_key({**os.environ, **env})
         os.environ.update(env)
         script = workdir / "post.lua"
