@@ -84,6 +84,23 @@ class StoreClock:
         return timed
 
 
+def first_invocation_ms() -> float:
+    """ms of the first invocation after a cold import of handler.lambda_handler, with what the import left
+    to first use (the API models' validators) built in it; the upstream is `Canned`, as in `main`."""
+    from handler import lambda_handler
+    from handler.upstream import UpstreamClient
+
+    gateway = lambda_handler.gateway
+    gateway.upstream = UpstreamClient(gateway.config.gateway.timeouts, Canned(json.dumps(COMPLETION).encode()))
+    invoke = event("POST", "/v1/chat/completions", BODY, key=os.environ["BENCH_GATEWAY_KEY"])
+    started = time.perf_counter()
+    response = lambda_handler.handler(invoke, Context())
+    elapsed = time.perf_counter() - started
+    if response["statusCode"] != 200:
+        raise SystemExit(f"the first invocation answered {response['statusCode']}: {response.get('body')}")
+    return elapsed * 1000
+
+
 def bare(invocations: int) -> None:
     """The bare proxy under Mangum, each invocation on the loop Mangum keeps (as the gateway's)."""
     import asyncio
