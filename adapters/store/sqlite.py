@@ -253,12 +253,12 @@ class SQLiteStore(SQLiteResponses, Store):
         if self._flush_later is not None:
             self._flush_later.cancel()
             self._flush_later = None
-        begun = self._begin_or_wait(batch)
-        if begun is None:
-            return
         self._undo, self._after, self._spend = [], [], {}
         outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
+            begun = self._begin_or_wait(batch)
+            if begun is None:
+                return  # put back: another process holds the lock
             if len(batch) == 1:  # alone: the transaction itself undoes a failed operation
                 operation, done, _ = batch[0]
                 try:
@@ -343,11 +343,11 @@ class SQLiteStore(SQLiteResponses, Store):
             raise
 
     def _begin_or_wait(self, batch: list[Any]) -> bool | None:
-        """Take the write lock for `batch` without waiting for it: True once taken, or False after failing (the
-        transaction then reports the failure); None while another process holds it, the batch put back
-        to be flushed again shortly. SQLite's own wait for a lock sleeps in the calling thread, and here
-        that is the event loop: every request of the process would stand still, not just this batch. Closing,
-        the last batch waits instead."""
+        """Take the write lock for `batch` without waiting for it: True once taken (False: left to `_write`,
+        for an empty batch or the last one at close, which wait as before); None while another process
+        holds it, the batch put back to be flushed again shortly; StoreError once it has waited
+        `BUSY_TIMEOUT_MS` or on any other failure. SQLite's own wait for a lock sleeps in the calling thread,
+        and here that is the event loop: every request of the process would stand still, not just this batch."""
         if not batch or self._closed:
             return False
         try:
@@ -356,11 +356,15 @@ class SQLiteStore(SQLiteResponses, Store):
                 self.db.execute("BEGIN IMMEDIATE")
             finally:
                 self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
+            if self.db.in_transaction:  # begun, then the timeout's reset failed
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
             now = time.monotonic()
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or now - (self._busy_since or now) > BUSY_TIMEOUT_MS / 1000:
+            busy = isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode == sqlite3.SQLITE_BUSY
+            if not busy or now - (self._busy_since or now) > BUSY_TIMEOUT_MS / 1000:
                 self._busy_since = None
-                return False  # `_write` tries once more, waiting, and reports what it finds
+                raise StoreError(f"SQLite store busy or failing: {exc}") from exc
             self._busy_since = self._busy_since or now
             self._batch = batch + (self._batch or [])
             if self._flush_soon is None and self._flush_later is None:
