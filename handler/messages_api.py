@@ -45,7 +45,7 @@ TOOL_MAPPED = frozenset({"cache_control", "strict"})
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)  # built on first use (see handler/schemas.py)
 
 
 Blocks = str | list[dict[str, Any]]

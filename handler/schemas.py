@@ -25,12 +25,15 @@ def Omitted() -> Any:  # noqa: N802 - reads as a field type at the use site
     return Field(default=None, exclude_if=_is_none)
 
 
+# Every API model's validator is built on its first use, not at import (`defer_build`): a Lambda cold start
+# builds only what its first request needs (a chat completion, none of the Responses or Messages models).
+# `gateway serve` builds them all at start-up instead (handler/asgi.py).
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
 
 # --- request -------------------------------------------------------------------------------------

@@ -16,7 +16,10 @@ caller resumes only after that commit. Under load this turns N commits into one;
 what it would anyway (a batch of one needs no savepoint). Local changes an operation makes (a lease
 topped up) are undone if the commit fails. Settlements run after the answer has gone,
 so they wait up to `SETTLE_LINGER_S` for company: the next grant's batch, or other settlements.
-Tables are `WITHOUT ROWID`, clustered by key, so a write touches few pages.
+Tables are `WITHOUT ROWID`, clustered by key, so a write touches few pages. A batch never waits for
+another process's write lock inside SQLite (whose busy handler sleeps in the event loop's thread, so
+every request of the process stood still, for a millisecond or more per conflict, whenever two
+workers wrote at once): it goes back and tries again `BUSY_RETRY_S` later, up to `BUSY_TIMEOUT_MS`.
 
 Checkpoints copy the write-ahead log into the database file (and fsync it); SQLite runs one inside
 whichever commit finds the log past `AUTOCHECKPOINT_PAGES`, stalling the event loop while it copies
@@ -121,6 +124,9 @@ LOWER_COMMITTED = "UPDATE meters SET committed = max(0, committed - ?) WHERE key
 T = TypeVar("T")
 logger = logging.getLogger("gateway")
 SETTLE_LINGER_S = 0.01
+# How long a write waits for another process's lock before it fails, and how often a batch tries again.
+BUSY_TIMEOUT_MS = 5000
+BUSY_RETRY_S = 0.0005
 CHECKPOINT_EVERY_S = 0.1
 AUTOCHECKPOINT_PAGES = 10_000
 CACHE_KIB = 64 * 1024
@@ -157,7 +163,9 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+            self.db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            )
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             # The ledger grows by a line per request: a page cache that holds the hot pages of every table
@@ -178,6 +186,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]] | None = None
         self._flush_soon: asyncio.Handle | None = None
         self._flush_later: asyncio.TimerHandle | None = None
+        self._busy_since: float | None = None  # since when a batch has waited for another process's lock
         # Local changes to undo if the batch's commit fails, and to make once it succeeds.
         self._undo: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
@@ -248,10 +257,13 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         self._undo, self._after, self._spend = [], [], {}
         outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
+            begun = self._begin_or_wait(batch)
+            if begun is None:
+                return  # put back: another process holds the lock
             if len(batch) == 1:  # alone: the transaction itself undoes a failed operation
                 operation, done, _ = batch[0]
                 try:
-                    with self._write() as db:
+                    with self._write(begun) as db:
                         outcomes.append((done, True, self._run(operation, db)))
                         self._write_spend(db)
                 except StoreError:
@@ -259,7 +271,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
                 except Exception as exc:
                     outcomes.append((done, False, exc))
             else:
-                with self._write() as db:
+                with self._write(begun) as db:
                     for operation, done, single in batch:
                         if single:
                             try:
@@ -331,11 +343,43 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
             del self._undo[undo_mark:], self._after[after_mark:]
             raise
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One atomic write transaction; any exception rolls it back."""
+    def _begin_or_wait(self, batch: list[Any]) -> bool | None:
+        """Take the write lock for `batch` without waiting for it: True once taken (False: left to `_write`,
+        for an empty batch or the last one at close, which wait as before); None while another process
+        holds it, the batch put back to be flushed again shortly; StoreError once it has waited
+        `BUSY_TIMEOUT_MS` or on any other failure. SQLite's own wait for a lock sleeps in the calling thread,
+        and here that is the event loop: every request of the process would stand still, not just this batch."""
+        if not batch or self._closed:
+            return False
         try:
-            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("PRAGMA busy_timeout = 0")
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+            finally:
+                self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        except sqlite3.Error as exc:
+            if self.db.in_transaction:  # begun, then the timeout's reset failed
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+            now = time.monotonic()
+            busy = isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode == sqlite3.SQLITE_BUSY
+            if not busy or now - (self._busy_since or now) > BUSY_TIMEOUT_MS / 1000:
+                self._busy_since = None
+                raise StoreError(f"SQLite store busy or failing: {exc}") from exc
+            self._busy_since = self._busy_since or now
+            self._batch = batch + (self._batch or [])
+            if self._flush_soon is None and self._flush_later is None:
+                self._flush_later = asyncio.get_running_loop().call_later(BUSY_RETRY_S, self._flush)
+            return None
+        self._busy_since = None
+        return True
+
+    @contextmanager
+    def _write(self, begun: bool = False) -> Iterator[sqlite3.Connection]:
+        """One atomic write transaction (`begun`: its BEGIN is done); any exception rolls it back."""
+        try:
+            if not begun:
+                self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store busy or failing: {exc}") from exc
         try:

@@ -1,12 +1,16 @@
 """Warm Lambda invocations in-process: µs of the gateway's own work per invocation.
 
     python -m tests.bench.lambda_warm N    (environment: GATEWAY_CONFIG, GATEWAY_STORE, a key in the store)
+    python -m tests.bench.lambda_warm N bare
+
 
 The upstream is the gateway's own HTTP/1.1 client with the network taken out (requests framed, answered
 at once), so what is timed is Mangum, the app, auth, admission and settlement on the embedded store,
 translation and serialization. The store's calls are
 timed on their own too (on Lambda they are DynamoDB round trips, I/O rather than the gateway's work).
 Prints three medians, in µs: the whole invocation, the store calls within it, and the difference.
+`bare`: the same for the bare proxy (tests/bench/bare_proxy.py) under Mangum, on the same client and
+canned answer: the floor a warm invocation's own work is compared with.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ class Canned(Http1Transport):
         self.answer = answer
         self.headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
 
-    async def exchange(self, *request: Any) -> tuple[int, list[tuple[bytes, bytes]], Http1Stream]:
+    async def exchange(self, *request: Any, **bounds: Any) -> tuple[int, list[tuple[bytes, bytes]], Http1Stream]:
         """Whatever was asked (method, URL, framed head, body, timeouts): the canned answer."""
         return 200, self.headers, CannedStream(self.answer)
 
@@ -78,6 +82,59 @@ class StoreClock:
                 self.spent += time.perf_counter() - started
 
         return timed
+
+
+def first_invocation_ms() -> float:
+    """ms of the first invocation after a cold import of handler.lambda_handler, with what the import left
+    to first use (the API models' validators) built in it; the upstream is `Canned`, as in `main`."""
+    from handler import lambda_handler
+    from handler.upstream import UpstreamClient
+
+    gateway = lambda_handler.gateway
+    gateway.upstream = UpstreamClient(gateway.config.gateway.timeouts, Canned(json.dumps(COMPLETION).encode()))
+    invoke = event("POST", "/v1/chat/completions", BODY, key=os.environ["BENCH_GATEWAY_KEY"])
+    started = time.perf_counter()
+    response = lambda_handler.handler(invoke, Context())
+    elapsed = time.perf_counter() - started
+    if response["statusCode"] != 200:
+        raise SystemExit(f"the first invocation answered {response['statusCode']}: {response.get('body')}")
+    return elapsed * 1000
+
+
+def bare(invocations: int) -> None:
+    """The bare proxy under Mangum, each invocation on the loop Mangum keeps (as the gateway's)."""
+    import asyncio
+
+    from mangum import Mangum
+
+    os.environ["CLIENT"] = "gateway"  # the bare proxy's own client is replaced below; aiohttp stays out
+
+    from handler.config import TimeoutConfig
+    from handler.ports import UpstreamRequest
+    from handler.upstream import UpstreamClient
+    from tests.bench import bare_proxy
+
+    upstream = UpstreamClient(TimeoutConfig(), Canned(json.dumps(COMPLETION).encode()))
+
+    async def forward(body: bytes) -> tuple[int, bytes]:
+        response = await upstream.send(UpstreamRequest("POST", bare_proxy.UPSTREAM, bare_proxy.JSON, body))
+        return response.status, await response.read()
+
+    bare_proxy.forward = forward
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    handler = Mangum(bare_proxy.app, lifespan="off")
+    invoke = event("POST", "/v1/chat/completions", BODY, key=None)
+    totals = []
+    for i in range(invocations):
+        started = time.perf_counter()
+        response = handler(invoke, Context())  # type: ignore[arg-type]
+        elapsed = time.perf_counter() - started
+        if response["statusCode"] != 200:
+            raise SystemExit(f"invocation {i} answered {response['statusCode']}")
+        if i >= invocations // 10:
+            totals.append(elapsed * 1e6)
+    total = statistics.median(totals)
+    sys.stdout.write(f"{total:.1f} 0.0 {total:.1f}\n")
 
 
 def main(invocations: int) -> None:
@@ -107,4 +164,7 @@ def main(invocations: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    if sys.argv[2:] == ["bare"]:
+        bare(int(sys.argv[1]))
+    else:
+        main(int(sys.argv[1]))

@@ -7,9 +7,11 @@ runs as `gateway serve` (one uvicorn worker, the embedded store, a key with a bu
 so every feature is on); wrk (Debian's package) drives both at 1, 8 and 64 connections, and at 1 and 8
 also issue 9's reference, a bare Starlette + aiohttp proxy, in interleaved rounds (medians reported), so the
 targets scaled to its speed compare figures taken under the same load on the machine. Reported:
-requests/s and their ratio, latency p50/p99 and the gateway's added latency, added time to first byte
-for a stream, the gateway's RSS, warm Lambda invocations (in-process Mangum, upstream mocked: the
-gateway's own work), DynamoDB calls per request (moto's server counts them), and cold import time.
+requests/s and their ratio, latency p50/p99/p99.9 and the gateway's added latency, for Chat Completions,
+the Messages pass-through and the Responses API; `gateway serve --workers 2` beside one worker; added
+time to first byte for a stream, the gateway's RSS, warm Lambda invocations (in-process Mangum, upstream
+mocked: the gateway's own work, beside the bare proxy's under Mangum), DynamoDB calls per request (moto's
+server counts them), and cold import time; then issue 9's and issue 22's targets, met or not.
 `--smoke` runs a few seconds in all and fails only on errors, never on timings.
 """
 
@@ -161,6 +163,20 @@ def bench_config(upstream: str) -> dict[str, Any]:
     }
 
 
+def bench_files(workdir: Path, upstream_port: int) -> dict[str, str]:
+    """nginx's and the gateway's config in `workdir`, and the environment that serves the gateway from them
+    (the embedded store in `workdir`)."""
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    (workdir / "nginx.conf").write_text(nginx_conf(upstream_port, workdir))
+    (workdir / "config.yaml").write_text(json.dumps(bench_config(upstream)))
+    return {
+        "GATEWAY_CONFIG": str(workdir / "config.yaml"),
+        "GATEWAY_STORE": f"sqlite:///{workdir / 'bench.db'}",
+        "BENCH_UPSTREAM_KEY": UPSTREAM_KEY,
+        "GATEWAY_REGION": "us-east-1",
+    }
+
+
 @contextmanager
 def process(
     args: list[str], env: dict[str, str] | None = None, log: Path | None = None
@@ -207,6 +223,9 @@ wrk.method = "POST"
 wrk.body = {body}
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {key}"
+done = function(summary, latency, requests)
+    io.write(string.format("p99.9 %d us\\n", latency:percentile(99.9)))
+end
 """
 
 
@@ -240,6 +259,7 @@ def wrk(url: str, key: str, body: dict[str, Any], connections: int, duration: fl
     result: dict[str, Any] = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
     for pct in ("50", "99"):
         result[f"p{pct}_ms"] = parse_ms(re.search(rf"\s{pct}(?:\.000)?%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    result["p999_ms"] = int(re.search(r"p99\.9 (\d+) us", out).group(1)) / 1000  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     result["errors"] = (int(errors.group(1)) if errors else 0) + (sum(map(int, sockets.groups())) if sockets else 0)
@@ -326,34 +346,46 @@ LIBRARIES = (
 )
 
 
-def cold_import_ms(env: dict[str, str], runs: int, statement: str = "import handler.lambda_handler") -> float:
+# After the cold import: the first invocation (a chat completion, upstream answering at once), which builds
+# what the import left to first use.
+FIRST_INVOCATION = "from tests.bench.lambda_warm import first_invocation_ms; then = first_invocation_ms()"
+
+
+def cold_import_ms(
+    env: dict[str, str], runs: int, statement: str = "import handler.lambda_handler", after: str = "then = 0.0"
+) -> tuple[float, float]:
     """Median ms to run `statement` in a new interpreter, with bytecode compiled beforehand (as the deployed
-    package ships it: infra/Makefile compiles it, and Lambda's /var/task is read-only)."""
-    code = f"import time; t = time.perf_counter(); {statement}; print((time.perf_counter() - t) * 1000)"
+    package ships it: infra/Makefile compiles it, and Lambda's /var/task is read-only); and the median of
+    what `after` (run next, untimed) sets `then` to."""
+    timed = f"t = time.perf_counter(); {statement}; i = (time.perf_counter() - t) * 1000"
+    code = f"import time; {timed}; {after}; print(i, then)"
     with tempfile.TemporaryDirectory(prefix="gateway-pyc-") as pyc:
         env = {**env, "PYTHONPYCACHEPREFIX": pyc}
         env.pop("PYTHONDONTWRITEBYTECODE", None)
 
-        def once() -> float:
+        def once() -> tuple[float, float]:
             out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
             if out.returncode:
                 raise RuntimeError(f"import failed: {out.stderr[-2000:]}")
-            return float(out.stdout.strip().splitlines()[-1])
+            imported, then = map(float, out.stdout.strip().splitlines()[-1].split())
+            return imported, then
 
         once()  # compiles and caches the bytecode
-        return statistics.median(once() for _ in range(runs))
+        samples = [once() for _ in range(runs)]
+        return statistics.median(i for i, _ in samples), statistics.median(t for _, t in samples)
 
 
-def child_result(module: str, argument: str, env: dict[str, str]) -> str:
-    """The last line `python -m MODULE ARGUMENT` prints: a measurement taken in a fresh interpreter."""
-    out = subprocess.run(
-        [sys.executable, "-m", module, argument], cwd=ROOT, env=env, capture_output=True, text=True, check=True
-    ).stdout
-    return out.strip().splitlines()[-1]
+def child_result(module: str, *arguments: str, env: dict[str, str]) -> str:
+    """The last line `python -m MODULE ARGUMENTS` prints: a measurement taken in a fresh interpreter."""
+    done = subprocess.run([sys.executable, "-m", module, *arguments], cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"python -m {module} {' '.join(arguments)} failed: {done.stderr[-3000:]}")
+    return done.stdout.strip().splitlines()[-1]
 
 
-def lambda_warm_us(env: dict[str, str], invocations: int) -> dict[str, float]:
-    total, store, own = map(float, child_result("tests.bench.lambda_warm", str(invocations), env).split())
+def lambda_warm_us(env: dict[str, str], invocations: int, bare: bool = False) -> dict[str, float]:
+    arguments = [str(invocations), *(["bare"] if bare else [])]
+    total, store, own = map(float, child_result("tests.bench.lambda_warm", *arguments, env=env).split())
     return {"total": total, "store": store, "own": own}
 
 
@@ -367,15 +399,7 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
         upstream_port, gateway_port = free_port(), free_port()
         upstream = f"http://127.0.0.1:{upstream_port}"
         gateway = f"http://127.0.0.1:{gateway_port}"
-        (workdir / "nginx.conf").write_text(nginx_conf(upstream_port, workdir))
-        (workdir / "config.yaml").write_text(json.dumps(bench_config(upstream)))
-        env = {
-            **os.environ,
-            "GATEWAY_CONFIG": str(workdir / "config.yaml"),
-            "GATEWAY_STORE": f"sqlite:///{workdir / 'bench.db'}",
-            "BENCH_UPSTREAM_KEY": UPSTREAM_KEY,
-            "GATEWAY_REGION": "us-east-1",
-        }
+        env = {**os.environ, **bench_files(workdir, upstream_port)}
         key = mint_key(env)
         nginx = ["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx-error.log")]
         serve = [sys.executable, "-m", "handler.cli", "serve", "--host", "127.0.0.1", "--port", str(gateway_port)]
@@ -398,10 +422,13 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
                 measured = interleaved(targets, key, c, duration, workdir, rounds)
                 results["runs"].append({"connections": c, "direct": measured["direct"], "gateway": measured["gateway"]})
                 if "reference" in measured:
-                    reference[c] = {**measured["reference"], "direct_p50_ms": measured["direct"]["p50_ms"]}
+                    direct_figures = {f"direct_{figure}": measured["direct"][figure] for figure in PERCENTILES}
+                    reference[c] = {**measured["reference"], **direct_figures}
             results["reference"] = {
                 "rps_8": reference[8]["rps"],
                 "added_p50_1_ms": reference[1]["p50_ms"] - reference[1]["direct_p50_ms"],
+                "added_p99_1_ms": reference[1]["p99_ms"] - reference[1]["direct_p99_ms"],
+                "added_p999_1_ms": reference[1]["p999_ms"] - reference[1]["direct_p999_ms"],
                 "errors": reference[1]["errors"] + reference[8]["errors"],
             }
             ttfb_n = 50 if smoke else 500
@@ -420,6 +447,9 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
                 "pass_through": interleaved(
                     {"direct": native_direct, "gateway": messages}, key, 8, duration, workdir, rounds, MESSAGES_BODY
                 ),
+                "pass_through_1": interleaved(
+                    {"direct": native_direct, "gateway": messages}, key, 1, duration, workdir, rounds, MESSAGES_BODY
+                ),
                 "translated": interleaved(
                     {"direct": direct, "gateway": messages},
                     key,
@@ -430,14 +460,22 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
                     {**MESSAGES_BODY, "model": "bench"},
                 ),
             }
-            results["responses"] = wrk(f"{gateway}/v1/responses", key, RESPONSES_BODY, 8, duration, workdir)
+            # The Responses API as Codex sends it, translated for the chat upstream it is compared with.
+            responses = {"direct": direct, "gateway": f"{gateway}/v1/responses"}
+            results["responses"] = interleaved(responses, key, 8, duration, workdir, rounds, RESPONSES_BODY)
+            results["responses_1"] = interleaved(responses, key, 1, duration, workdir, rounds, RESPONSES_BODY)
             results["rss_mb"] = rss_mb(served.pid)
             log = (workdir / "gateway.log").read_text()
             results["gateway_5xx_or_tracebacks"] = log.count("Traceback")
+            results["workers"] = workers_scaling(workdir, env, chat, key, duration, rounds)
         results["lambda_warm_us"] = lambda_warm_us({**env, "BENCH_GATEWAY_KEY": key}, 300 if smoke else 3000)
         results["telemetry_us"] = telemetry.measure({**env, "BENCH_GATEWAY_KEY": key}, smoke)
-        results["cold_import_ms"] = cold_import_ms(env, 1 if smoke else 7)
-        results["libraries_import_ms"] = cold_import_ms(env, 1 if smoke else 7, LIBRARIES)
+        results["lambda_bare_us"] = lambda_warm_us(env, 300 if smoke else 3000, bare=True)
+        cold = {**env, "BENCH_GATEWAY_KEY": key}
+        results["cold_import_ms"], results["first_invocation_ms"] = cold_import_ms(
+            cold, 1 if smoke else 7, after=FIRST_INVOCATION
+        )
+        results["libraries_import_ms"] = cold_import_ms(env, 1 if smoke else 7, LIBRARIES)[0]
         results["dynamodb"] = dynamodb_calls(workdir, upstream_port, 20 if smoke else 200)
     return results
 
@@ -450,6 +488,26 @@ TARGETS = {"rps_8": 3500.0, "added_p50_ms": 0.5, "added_p99_ms": 2.0, "ttfb_ms":
 
 
 ROUNDS = 3
+PERCENTILES = ("p50_ms", "p99_ms", "p999_ms")
+
+
+def workers_scaling(
+    workdir: Path, env: dict[str, str], one: str, key: str, duration: float, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """`gateway serve --workers 2` beside the one-worker gateway at 8 connections, in the same rounds. The
+    two workers share one store file (and a key of their own on it), so their budgets stay exact across
+    both processes as they would in production."""
+    store = workdir / "workers.db"
+    workers_env = {**env, "GATEWAY_STORE": f"sqlite:///{store}"}
+    workers_key = mint_key(workers_env)
+    port = free_port()
+    serve = [sys.executable, "-m", "handler.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    with process(serve, workers_env, workdir / "gateway-workers.log"):
+        wait_ready(f"http://127.0.0.1:{port}/health")
+        two = f"http://127.0.0.1:{port}/v1/chat/completions"
+        wrk(two, workers_key, BODY, 8, 1, workdir)  # warm up both workers' connections
+        targets = {"one worker": one, "two workers": two}
+        return interleaved(targets, key, 8, duration, workdir, rounds, keys={"two workers": workers_key})
 
 
 def interleaved(
@@ -460,16 +518,18 @@ def interleaved(
     workdir: Path,
     rounds: int,
     body: dict[str, Any] = BODY,
+    keys: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """wrk on each target in turn, `rounds` times (`duration` shared out among the rounds), so that a
-    machine slowing down mid-run slows every target alike; per target, the medians of its rounds."""
+    machine slowing down mid-run slows every target alike; per target, the medians of its rounds.
+    `keys`: a target's own key, where it is not `key`."""
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
     for _ in range(rounds):
         for name, url in targets.items():
-            runs[name].append(wrk(url, key, body, connections, duration / rounds, workdir))
+            runs[name].append(wrk(url, (keys or {}).get(name, key), body, connections, duration / rounds, workdir))
     return {
         name: {
-            **{figure: statistics.median(r[figure] for r in results) for figure in ("rps", "p50_ms", "p99_ms")},
+            **{figure: statistics.median(r[figure] for r in results) for figure in ("rps", *PERCENTILES)},
             "errors": sum(r["errors"] for r in results),
             "requests": sum(r["requests"] for r in results),
         }
@@ -533,39 +593,52 @@ async def fire(url: str, key: str, n: int) -> list[int]:
 def table(results: dict[str, Any]) -> str:
     lines = [
         f"machine: {results['machine']}",
-        "| conns | direct req/s | gateway req/s | ratio | direct p50/p99 ms | gateway p50/p99 ms "
-        "| added p50/p99 ms | errors |",
+        "| conns | direct req/s | gateway req/s | ratio | direct p50/p99/p99.9 ms | gateway p50/p99/p99.9 ms "
+        "| added p50/p99/p99.9 ms | errors |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for run in results["runs"]:
         d, g = run["direct"], run["gateway"]
         lines.append(
             f"| {run['connections']} | {d['rps']:,.0f} | {g['rps']:,.0f} | {g['rps'] / d['rps']:.2f} "
-            f"| {d['p50_ms']:.3f} / {d['p99_ms']:.3f} | {g['p50_ms']:.3f} / {g['p99_ms']:.3f} "
-            f"| {g['p50_ms'] - d['p50_ms']:.3f} / {g['p99_ms'] - d['p99_ms']:.3f} | {d['errors'] + g['errors']} |"
+            f"| {percentiles(d)} | {percentiles(g)} | {added(g, d)} | {d['errors'] + g['errors']} |"
         )
+    lines += [
+        "",
+        "Other routes, each beside its upstream called directly in the same rounds:",
+        "| route | conns | direct req/s | gateway req/s | gateway p50/p99/p99.9 ms | added p50/p99/p99.9 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, run in (
+        ("/v1/messages pass-through", results["messages"]["pass_through_1"]),
+        ("/v1/messages pass-through", results["messages"]["pass_through"]),
+        ("/v1/messages translated", results["messages"]["translated"]),
+        ("/v1/responses translated", results["responses_1"]),
+        ("/v1/responses translated", results["responses"]),
+    ):
+        d, g = run["direct"], run["gateway"]
+        conns = 1 if run is results["responses_1"] or run is results["messages"]["pass_through_1"] else 8
+        lines.append(f"| {label} | {conns} | {d['rps']:,.0f} | {g['rps']:,.0f} | {percentiles(g)} | {added(g, d)} |")
+    w = results["workers"]
+    one, two = w["one worker"], w["two workers"]
     s = results["stream"]
     lam = results["lambda_warm_us"]
     lines += [
         "",
+        f"`gateway serve --workers 2` at 8 connections: {two['rps']:,.0f} req/s against one worker's "
+        f"{one['rps']:,.0f} in the same rounds ({two['rps'] / one['rps']:.2f}×), p50/p99/p99.9 {percentiles(two)} ms",
         f"stream: time to first byte p50 direct {s['direct_ttfb_p50_ms']:.3f} ms, "
         f"gateway {s['gateway_ttfb_p50_ms']:.3f} ms, added {s['gateway_ttfb_p50_ms'] - s['direct_ttfb_p50_ms']:.3f} ms",
-        f"/v1/responses (translated) at 8 connections: {results['responses']['rps']:,.0f} req/s, p50/p99 "
-        f"{results['responses']['p50_ms']:.3f} / {results['responses']['p99_ms']:.3f} ms",
         f"gateway RSS after load: {results['rss_mb']:.0f} MB",
         f"warm Lambda invocation (Mangum, upstream mocked): {lam['total']:.0f} µs, of which store calls "
-        f"{lam['store']:.0f} µs and the gateway's own work {lam['own']:.0f} µs",
-        f"cold import of handler.lambda_handler (config, store and app built): {results['cold_import_ms']:.0f} ms; "
+        f"{lam['store']:.0f} µs and the gateway's own work {lam['own']:.0f} µs; the bare proxy under Mangum "
+        f"on the same client: {results['lambda_bare_us']['own']:.0f} µs",
+        f"cold import of handler.lambda_handler (config, store and app built): {results['cold_import_ms']:.0f} ms, "
+        f"then the first invocation {results['first_invocation_ms']:.0f} ms; "
         f"the card's libraries alone: {results['libraries_import_ms']:.0f} ms",
         f"DynamoDB store: {results['dynamodb']['calls_per_request']:.2f} calls per request "
         f"over {results['dynamodb']['requests']} requests ({results['dynamodb']['non_200']} not 200)",
     ]
-    for name, run in results["messages"].items():
-        d, g = run["direct"], run["gateway"]
-        lines.append(
-            f"/v1/messages {name.replace('_', '-')} at 8 connections: {g['rps']:,.0f} req/s "
-            f"(upstream direct {d['rps']:,.0f}), p50 {g['p50_ms']:.3f} ms, added p50 {g['p50_ms'] - d['p50_ms']:.3f} ms"
-        )
     lines += telemetry.rows(results["telemetry_us"])
     ref = results["reference"]
     speed = ref["rps_8"] / ISSUE_BARE_RPS_8  # < 1: this run is slower than the issue's machine
@@ -604,7 +677,61 @@ def table(results: dict[str, Any]) -> str:
         met = measured[name] >= scaled[name] if name == "rps_8" else measured[name] <= scaled[name]
         verdict = "yes" if met else "no"
         lines.append(f"| {label} | {TARGETS[name]:,.1f} | {scaled[name]:,.2f} | {measured[name]:,.2f} | {verdict} |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *issue22_targets(results)])
+
+
+def percentiles(run: dict[str, Any]) -> str:
+    return " / ".join(f"{run[figure]:.3f}" for figure in PERCENTILES)
+
+
+def added(gateway: dict[str, Any], direct: dict[str, Any]) -> str:
+    return " / ".join(f"{gateway[figure] - direct[figure]:.3f}" for figure in PERCENTILES)
+
+
+def issue22_targets(results: dict[str, Any]) -> list[str]:
+    """Issue 22's targets, each against a figure of the same run (the bare proxy's, one worker's, the card's
+    libraries')."""
+    ref = results["reference"]
+    runs = {r["connections"]: r for r in results["runs"]}
+    one, eight = runs[1], runs[8]
+    workers = results["workers"]
+    rows = [
+        (
+            "added p99 ms at 1 connection, at most 1.5 × the bare proxy's",
+            one["gateway"]["p99_ms"] - one["direct"]["p99_ms"],
+            1.5 * ref["added_p99_1_ms"],
+            False,
+        ),
+        ("req/s at 8 connections, at least 0.8 × the bare proxy's", eight["gateway"]["rps"], 0.8 * ref["rps_8"], True),
+        (
+            "req/s of --workers 2 at 8 connections, at least 1.6 × one worker's",
+            workers["two workers"]["rps"],
+            1.6 * workers["one worker"]["rps"],
+            True,
+        ),
+        (
+            "Lambda cold import and first invocation ms, at most 1.15 × the card's libraries' import",
+            results["cold_import_ms"] + results["first_invocation_ms"],
+            1.15 * results["libraries_import_ms"],
+            False,
+        ),
+        (
+            "warm Lambda µs of own work, at most the bare Mangum proxy's + 250",
+            results["lambda_warm_us"]["own"],
+            results["lambda_bare_us"]["own"] + 250,
+            False,
+        ),
+    ]
+    lines = [
+        f"issue 22's targets (the bare proxy's added p99/p99.9 at 1 connection: {ref['added_p99_1_ms']:.3f} / "
+        f"{ref['added_p999_1_ms']:.3f} ms):",
+        "| target | bound in this run | measured | met |",
+        "|---|---|---|---|",
+    ]
+    for label, measured, bound, at_least in rows:
+        met = measured >= bound if at_least else measured <= bound
+        lines.append(f"| {label} | {bound:,.2f} | {measured:,.2f} | {'yes' if met else 'no'} |")
+    return lines
 
 
 def errors_in(results: dict[str, Any]) -> list[str]:
@@ -613,12 +740,16 @@ def errors_in(results: dict[str, Any]) -> list[str]:
         for side in ("direct", "gateway"):
             if run[side]["errors"] or not run[side]["requests"]:
                 found.append(f"{side} at {run['connections']} connections: {run[side]['errors']} errors")
-    for name, run in results["messages"].items():
-        for side in ("direct", "gateway"):
-            if run[side]["errors"] or not run[side]["requests"]:
-                found.append(f"/v1/messages {name}, {side}: {run[side]['errors']} errors")
-    if results["responses"]["errors"] or not results["responses"]["requests"]:
-        found.append(f"/v1/responses: {results['responses']['errors']} errors")
+    routes = {
+        **{f"/v1/messages {name}": run for name, run in results["messages"].items()},
+        "/v1/responses": results["responses"],
+        "/v1/responses at 1 connection": results["responses_1"],
+        "--workers 2": results["workers"],
+    }
+    for name, run in routes.items():
+        for side, figures in run.items():
+            if figures["errors"] or not figures["requests"]:
+                found.append(f"{name}, {side}: {figures['errors']} errors")
     if results["reference"]["errors"]:
         found.append(f"the reference proxy: {results['reference']['errors']} errors")
     if results["gateway_5xx_or_tracebacks"]:

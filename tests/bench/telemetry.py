@@ -42,7 +42,7 @@ def measure(env: dict[str, str], smoke: bool) -> dict[str, dict[str, float]]:
     from tests.bench.run import child_result  # (run.py imports this module)
 
     figures: dict[str, dict[str, float]] = json.loads(
-        child_result("tests.bench.telemetry", str(40 if smoke else 400), env)
+        child_result("tests.bench.telemetry", str(40 if smoke else 400), env=env)
     )
     return figures
 

@@ -128,8 +128,8 @@ def failing_commits(store: SQLiteStore) -> Iterator[None]:
     real = store._write
 
     @contextmanager
-    def failing() -> Iterator[sqlite3.Connection]:
-        with real() as db:
+    def failing(begun: bool = False) -> Iterator[sqlite3.Connection]:
+        with real(begun) as db:
             yield db
             raise StoreError("SQLite commit failed: disk I/O error")
 

@@ -16,7 +16,7 @@ import pytest
 
 from adapters.store import sqlite as sqlite_store
 from adapters.store.sqlite import CHECKPOINT_EVERY_S, SETTLE_LINGER_S, SQLiteStore
-from handler.ports import BudgetRefused, Settlement, UsageQuery
+from handler.ports import BudgetRefused, Settlement, StoreError, UsageQuery
 from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement
 
 
@@ -183,3 +183,51 @@ async def test_a_file_from_before_cost_sources_is_migrated(tmp_path: Path) -> No
     assert db.execute("PRAGMA user_version").fetchone() == (sqlite_store.SCHEMA_VERSION,)
     assert sorted(db.execute("SELECT cost_source FROM ledger")) == [("estimate",), ("provider",)]
     db.close()
+
+
+async def test_a_write_waiting_for_another_process_keeps_the_event_loop_serving(tmp_path: Path) -> None:
+    """Another process holds the write lock for 300 ms: this one's admission waits for it, and lands, but
+    the event loop goes on serving meanwhile (SQLite's own wait for a lock sleeps in the loop's thread)."""
+    path = str(tmp_path / "store.db")
+    opened = SQLiteStore(path)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        key = uuid.uuid4().hex[:12]
+        other.execute("BEGIN IMMEDIATE")
+        releasing = asyncio.get_running_loop().run_in_executor(None, lambda: (time.sleep(0.3), other.execute("COMMIT")))
+        admitting = asyncio.create_task(opened.admit(admission(key, 0.6)))
+        gaps, last = [], time.perf_counter()
+        while not admitting.done():
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+        snapshot = await admitting
+        await releasing
+        assert snapshot.committed_usd[PERIOD] == pytest.approx(0.6)
+        assert sum(gaps) >= 0.25  # it did wait for the lock
+        assert max(gaps) < 0.1  # and the loop kept turning while it did
+    finally:
+        other.close()
+        await opened.close()
+
+
+async def test_a_write_that_waits_too_long_for_another_process_fails_as_the_store_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_MS", 200)
+    path = str(tmp_path / "store.db")
+    opened = SQLiteStore(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # held throughout
+        started = time.perf_counter()
+        with pytest.raises(StoreError, match="busy"):
+            await opened.admit(admission(uuid.uuid4().hex[:12], 0.6))
+        assert 0.2 <= time.perf_counter() - started < 2
+        other.execute("COMMIT")
+        key = uuid.uuid4().hex[:12]
+        assert (await opened.admit(admission(key, 0.6))).committed_usd[PERIOD] == pytest.approx(0.6)  # and on
+    finally:
+        other.close()
+        await opened.close()
