@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import adapters.providers
@@ -9,6 +12,7 @@ from adapters.providers.registry import REGISTRY
 from handler.ports import ProviderAdapter
 
 FOLDER = Path(adapters.providers.__file__).parent
+ROOT = FOLDER.parents[1]
 
 
 def test_every_provider_folder_is_registered() -> None:
@@ -21,3 +25,21 @@ def test_registry_names_match_the_adapters() -> None:
     for name, cls in REGISTRY.items():
         assert issubclass(cls, ProviderAdapter) and cls.type_name == name
         assert cls.default_base_url.startswith("https://") or cls.default_base_url == ""
+
+
+def test_a_gateway_imports_only_the_adapters_its_config_names(tmp_path: Path) -> None:
+    """A Lambda's cold start pays for the providers it serves, no other."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "providers:\n  openai: {type: openai, api_key: env:OPENAI_API_KEY}\n"
+        "models:\n  gpt-4o-mini: {deployments: [{provider: openai, model: gpt-4o-mini}]}\n"
+    )
+    store = f"sqlite:///{tmp_path / 'gateway.db'}"
+    code = (
+        "import sys; from handler.gateway import build_gateway; "
+        f"build_gateway(config_path={str(config)!r}, store_url={store!r}); "
+        f"print(sorted(name for name in {sorted(REGISTRY)!r} if 'adapters.providers.' + name in sys.modules))"
+    )
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "['openai']"
