@@ -17,10 +17,14 @@ import gc
 import os
 from typing import Any
 
-from mangum import Mangum
+# The gateway uses no pydantic plugins; looking for them reads every installed distribution's metadata when the
+# first model is built, in the cold start. An operator's own setting wins.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
-from handler.app import create_app
-from handler.gateway import build_gateway
+from mangum import Mangum  # noqa: E402
+
+from handler.app import create_app  # noqa: E402
+from handler.gateway import build_gateway  # noqa: E402
 
 gateway = build_gateway()
 app = create_app(gateway)
