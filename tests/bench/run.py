@@ -339,10 +339,13 @@ def mint_key(env: dict[str, str]) -> str:
     return key
 
 
-# What the card's packages cost to import, before any of the gateway's own code: the floor of a cold start.
+# What the card's packages cost to import, before any of the gateway's own code: the floor of a cold start. Each
+# is imported as the gateway imports it: httpx without its command-line client (handler/__init__.py skips it),
+# pydantic with its model machinery (`import pydantic` alone defers nearly all of it to the first model).
 LIBRARIES = (
-    "import asyncio, ssl, orjson, yaml, httptools, httpx, pydantic, mangum, starlette.applications; "
-    "from aws_lambda_powertools import Logger, Metrics"
+    "import sys; sys.modules.setdefault('httpx._main', None); "
+    "import asyncio, ssl, orjson, yaml, httptools, httpx, mangum, starlette.applications; "
+    "from pydantic import BaseModel; from aws_lambda_powertools import Logger, Metrics"
 )
 
 
