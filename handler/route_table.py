@@ -373,7 +373,7 @@ ROUTES: tuple[RouteSpec, ...] = (
             json_answer(ANY_OBJECT, "the session: `key`, `key_id`, `expires_at`, `signed_in_as`"),
             body=ref(SignIn),
             errors={"401": "sign_in_link_expired (used already or expired), key_revoked"},
-            auth_errors={},
+            auth_errors={"400": "invalid_request", "503": "store_unavailable"},
         ),
     ),
     RouteSpec(
