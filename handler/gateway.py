@@ -74,7 +74,14 @@ class Gateway:
             pending = list(self.background)
             await asyncio.sleep(0)  # tasks spawned just now reach the store
             self.store.hurry()
-            await asyncio.gather(*pending, return_exceptions=True)
+            for task in pending:  # each awaited as it is: no gathering future and its callbacks
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                        raise  # this drain was cancelled, not only the task
+                except Exception:  # noqa: BLE001 - the task's failure is logged where it ends (`_reap`)
+                    pass
 
     def origins(self) -> list[str]:
         """The base URL of every model's nearest deployment: where the first requests will go. A model that

@@ -48,7 +48,8 @@ def split_key(token: str) -> tuple[str, str] | None:
 
 
 def model_allowed(patterns: list[str], model: str) -> bool:
-    return any(fnmatchcase(model, pattern) for pattern in patterns)
+    """Whether a glob of `patterns` matches `model` (`*`, most keys' only pattern, without the glob machinery)."""
+    return any(pattern == "*" or fnmatchcase(model, pattern) for pattern in patterns)
 
 
 def allows_model(lineage: list[KeyRecord], model: str) -> bool:

@@ -28,7 +28,17 @@ from handler.gateway import build_gateway  # noqa: E402
 
 gateway = build_gateway()
 app = create_app(gateway)
-_mangum = Mangum(app, lifespan="off")
+
+
+async def _settled(scope: Any, receive: Any, send: Any) -> None:
+    """The app, then the settlements it left running: within the loop run Mangum starts anyway, not in a
+    second one after it (a loop run and its task cost more than the wait itself)."""
+    await app(scope, receive, send)
+    if gateway.background:
+        await gateway.drain()
+
+
+_mangum = Mangum(_settled, lifespan="off")
 # The loop Mangum runs every invocation on (it takes the thread's current loop, as here).
 _loop = asyncio.new_event_loop()
 asyncio.set_event_loop(_loop)
@@ -67,7 +77,7 @@ else:
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Answer one API Gateway event; settlements finish before the environment can be frozen."""
     response: dict[str, Any] = _mangum(event, context)
-    if gateway.background:
+    if gateway.background:  # the app raised before its own drain
         _loop.run_until_complete(gateway.drain())
     if gateway.tracer is not None:
         # Sent before the environment can be frozen (docs/observability.md: OpenTelemetry on Lambda).

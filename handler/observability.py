@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 from handler import prometheus
 
@@ -32,8 +33,10 @@ if TYPE_CHECKING:
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "llm-gateway")
 logger = Logger(service=SERVICE, level=os.environ.get("POWERTOOLS_LOG_LEVEL", "INFO"))
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "LLMGateway"), service=SERVICE)
+NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "LLMGateway")
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 METRICS_ON = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME")) or os.environ.get("GATEWAY_METRICS") == "on"
+METRICS_DISABLED = is_metrics_disabled()  # POWERTOOLS_METRICS_DISABLED (or POWERTOOLS_DEV), as Powertools reads it
 TRACING_ON = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME")) and os.environ.get("POWERTOOLS_TRACE_DISABLED") != "true"
 
 
@@ -159,19 +162,45 @@ def observe(
     )
     if not METRICS_ON:
         return
-    metrics.add_dimension("provider", target.provider if target else "none")
-    metrics.add_dimension("model", ex.model)
-    metrics.add_metric("latency", MetricUnit.Milliseconds, total)
-    metrics.add_metric("gateway_overhead", MetricUnit.Milliseconds, fields["gateway_ms"])
-    metrics.add_metric("requests", MetricUnit.Count, 1)
-    metrics.add_metric("errors", MetricUnit.Count, 1 if status >= 500 else 0)
-    metrics.add_metric("fallbacks", MetricUnit.Count, max(0, len(ex.route) - 1))
+    values = [
+        ("latency", "Milliseconds", total),
+        ("gateway_overhead", "Milliseconds", fields["gateway_ms"]),
+        ("requests", "Count", 1),
+        ("errors", "Count", 1 if status >= 500 else 0),
+        ("fallbacks", "Count", max(0, len(ex.route) - 1)),
+    ]
     if cost is not None:
-        metrics.add_metric("input_tokens", MetricUnit.Count, cost.usage.prompt_tokens)
-        metrics.add_metric("output_tokens", MetricUnit.Count, cost.usage.completion_tokens)
+        values += [("input_tokens", "Count", cost.usage.prompt_tokens)]
+        values += [("output_tokens", "Count", cost.usage.completion_tokens)]
     if cost is not None and cost.total_usd is not None:
-        metrics.add_metric("cost_usd", MetricUnit.NoUnit, cost.total_usd)
-    metrics.flush_metrics()
+        values += [("cost_usd", "None", cost.total_usd)]
+    emf_line({"provider": target.provider if target else "none", "model": ex.model}, values)
+
+
+def emf_line(dimensions: dict[str, str], values: list[tuple[str, str, float]]) -> None:
+    """One request's metrics in CloudWatch's embedded metric format: the line Powertools' `Metrics` writes for
+    the same dimensions and `(name, unit, value)`s (same members in the same order; the unit is its
+    `MetricUnit` value), written with one `orjson.dumps`: Powertools' per-metric validation and `json` encoder
+    cost about 100 µs a request on Lambda, more than the rest of the request's log line and metrics."""
+    if METRICS_DISABLED:
+        return
+    dimensions = {name: value for name, value in dimensions.items() if value.strip()}  # (Powertools skips blanks)
+    dimensions.setdefault("service", SERVICE)
+    line = {
+        "_aws": {
+            "Timestamp": int(time.time() * 1000),
+            "CloudWatchMetrics": [
+                {
+                    "Namespace": NAMESPACE,
+                    "Dimensions": [list(dimensions)],
+                    "Metrics": [{"Name": name, "Unit": unit} for name, unit, _ in values],
+                }
+            ],
+        },
+        **dimensions,
+        **{name: [float(value)] for name, _, value in values},
+    }
+    sys.stdout.write(orjson.dumps(line).decode() + "\n")
 
 
 def pending_settlements(count: int) -> None:

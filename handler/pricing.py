@@ -203,10 +203,14 @@ MAX_PLAUSIBLE_TOKENS = 50_000_000
 
 def plausible(usage: Usage) -> bool:
     """Counts a provider could have billed: none negative or absurd, cache reads and writes within the prompt."""
-    counts = (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens)
-    if not all(0 <= count <= MAX_PLAUSIBLE_TOKENS for count in counts):
-        return False
-    return usage.cached_tokens + usage.cache_write_tokens <= usage.prompt_tokens
+    prompt, cached, written = usage.prompt_tokens, usage.cached_tokens, usage.cache_write_tokens
+    return (
+        0 <= prompt <= MAX_PLAUSIBLE_TOKENS
+        and 0 <= usage.completion_tokens <= MAX_PLAUSIBLE_TOKENS
+        and 0 <= cached <= MAX_PLAUSIBLE_TOKENS
+        and 0 <= written <= MAX_PLAUSIBLE_TOKENS
+        and cached + written <= prompt
+    )
 
 
 def wants_reasoning(req: ChatRequest) -> bool:

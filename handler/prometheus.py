@@ -18,6 +18,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 OTHER = "other"
 
 Labels = tuple[tuple[str, str], ...]
+# A request's label sets: where it went (model, provider, region), with its status, with each token direction.
+SeriesLabels = tuple[Labels, Labels, Labels, Labels]
 
 
 @dataclass(slots=True)
@@ -98,6 +100,7 @@ class Registry:
     def __init__(self, models: Iterable[str] = (), providers: Iterable[str] = ()) -> None:
         self.models = set(models)
         self.providers = set(providers)
+        self._series: dict[tuple[str | None, str | None, str | None, int], SeriesLabels] = {}
         self.requests = Family("gateway_requests_total", "counter", "Requests answered, by status.")
         self.errors = Family("gateway_errors_total", "counter", "Error answers, by code.")
         self.tokens = Family("gateway_tokens_total", "counter", "Tokens billed, by direction (input, output).")
@@ -109,6 +112,12 @@ class Registry:
         self.dropped_spans = Family(
             "gateway_otlp_spans_dropped_total", "counter", "Trace spans dropped: export queue full or collector down."
         )
+
+    def name(self, models: Iterable[str], providers: Iterable[str]) -> None:
+        """Add label values that may appear (see `configure`)."""
+        self.models.update(models)
+        self.providers.update(providers)
+        self._series.clear()  # a value counted as `other` until now may be named from here on
 
     def families(self) -> list[Family]:
         return [self.requests, self.errors, self.tokens, self.cost, self.duration, self.added, self.dropped_spans]
@@ -135,18 +144,35 @@ class Registry:
         cost_usd: float | None = None,
     ) -> None:
         """One answered request."""
-        where = self._where(model, provider, region)
-        self.requests.add((*where, ("status", str(status))))
+        labels = self._series.get((model, provider, region, status))
+        if labels is None:
+            labels = self._labels(model, provider, region, status)
+        where, answered, inputs, outputs = labels
+        self.requests.add(answered)
         if code is not None:
             self.errors.add((("code", code), ("status", str(status))))
         if input_tokens:
-            self.tokens.add((*where, ("direction", "input")), input_tokens)
+            self.tokens.add(inputs, input_tokens)
         if output_tokens:
-            self.tokens.add((*where, ("direction", "output")), output_tokens)
+            self.tokens.add(outputs, output_tokens)
         if cost_usd:
             self.cost.add(where, cost_usd)
         self.duration.observe(where, seconds)
         self.added.observe(where, added_seconds)
+
+    def _labels(self, model: str | None, provider: str | None, region: str | None, status: int) -> SeriesLabels:
+        """The label sets one answer adds to, built once per (model, provider, region, status): a request
+        then builds no tuples (the families still bound their series, see `Family.add`)."""
+        where = self._where(model, provider, region)
+        labels = (
+            where,
+            (*where, ("status", str(status))),
+            (*where, ("direction", "input")),
+            (*where, ("direction", "output")),
+        )
+        if len(self._series) < MAX_SERIES:  # (label values a client chose cannot grow it without end)
+            self._series[(model, provider, region, status)] = labels
+        return labels
 
     def failure(self, status: int, code: str) -> None:
         """A request refused before it had a model (bad key, bad JSON, ...)."""
@@ -167,8 +193,7 @@ REGISTRY = Registry()
 def configure(models: Iterable[str], providers: Iterable[str]) -> None:
     """Name the label values that may appear: the config's models and provider instances (added to those of any
     other gateway this process serves; a deployed process serves one)."""
-    REGISTRY.models.update(models)
-    REGISTRY.providers.update(providers)
+    REGISTRY.name(models, providers)
 
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -124,6 +124,7 @@ def test_events_replay_through_the_handler(tmp_path: Path, upstream: tuple[Serve
         proxied = ("chat-", "embeddings-", "responses-ok", "responses-stream")
         if result["event"].startswith(proxied):  # its log line is out before the freeze
             assert result["request_lines"] == 1, result
+        assert result["unsettled"] == 0, result  # nothing left to run while the environment is frozen
     by_name = {r["event"]: r for r in results}
     assert json.loads(by_name["chat-completions-ok"]["body"])["choices"][0]["message"]["content"] == TEXT
     stream_body = by_name["chat-completions-stream"]["body"]

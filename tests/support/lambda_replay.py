@@ -1,7 +1,7 @@
 """Replays events through the Lambda handler in a fresh interpreter, as one warm execution environment.
 
 Usage: python -m tests.support.lambda_replay EVENT.json [EVENT.json ...] — prints one JSON line per
-invocation: {"event", "status", "headers", "body", "ms"}. The environment (GATEWAY_CONFIG,
+invocation: {"event", "status", "headers", "body", "ms", "request_lines", "unsettled"}. The environment (GATEWAY_CONFIG,
 GATEWAY_STORE, provider keys) comes from the caller; `LAMBDA_FREEZE_S`, if set, is a pause between
 invocations during which nothing runs in the process, as Lambda freezes an environment between them
 (the event loop does not run, so nothing reads what peers send or notices that they closed).
@@ -46,7 +46,7 @@ def main(paths: list[str]) -> None:
     results = sys.stdout
     logged = LineCounter(sys.stderr)
     sys.stdout = logged  # the handler's log lines go to stderr here, leaving stdout to the results
-    from handler.lambda_handler import handler
+    from handler.lambda_handler import gateway, handler
 
     freeze_s = float(os.environ.get("LAMBDA_FREEZE_S", "0"))
     for number, path in enumerate(paths):
@@ -69,6 +69,7 @@ def main(paths: list[str]) -> None:
             "body": body,
             "ms": elapsed,
             "request_lines": logged.requests - before,  # written before the handler returned
+            "unsettled": len(gateway.background),  # settlements still running when it returned
         }
         results.write(json.dumps(line) + "\n")
         results.flush()

@@ -40,3 +40,13 @@ def test_the_text_parses_and_escapes_label_values() -> None:
     assert sample.labels["model"] == 'a"b\\c' and sample.value == 1
     buckets = [s for s in families["gateway_added_latency_seconds"].samples if s.name.endswith("_bucket")]
     assert [s.value for s in buckets if s.labels["le"] in ("0.0005", "0.001", "+Inf")] == [0, 1, 1]
+
+
+def test_a_model_named_after_its_first_requests_gets_its_own_series() -> None:
+    registry = Registry(models=["known"], providers=["p"])
+    answered = {"provider": "p", "region": "r", "status": 200, "code": None, "seconds": 0.01, "added_seconds": 0.001}
+    registry.record(model="late", **answered)  # type: ignore[arg-type]
+    registry.name(["late"], [])
+    registry.record(model="late", **answered)  # type: ignore[arg-type]
+    by_model = {dict(labels)["model"]: count for labels, count in registry.requests.counters.items()}
+    assert by_model == {"other": 1, "late": 1}

@@ -201,6 +201,38 @@ async def test_a_failed_background_task_is_logged_never_left_unretrieved(caplog:
     await gateway.aclose()
 
 
+async def test_drain_waits_out_failed_and_cancelled_tasks_and_stops_when_itself_cancelled() -> None:
+    from handler.gateway import build_gateway
+
+    gateway = build_gateway(store_url="sqlite://", environ={})
+    finished: list[str] = []
+
+    async def fails() -> None:
+        await asyncio.sleep(0.01)
+        raise RuntimeError("boom")
+
+    async def lands() -> None:
+        await asyncio.sleep(0.02)
+        finished.append("landed")
+
+    gateway.spawn(fails())
+    gateway.spawn(lands())
+    cancelled = asyncio.get_running_loop().create_task(asyncio.sleep(10))
+    gateway.background.add(cancelled)
+    cancelled.add_done_callback(gateway.background.discard)
+    cancelled.cancel()
+    await gateway.drain()  # neither the failure nor the cancelled task ends the drain early or raises
+    assert finished == ["landed"] and not gateway.background
+
+    gateway.spawn(asyncio.sleep(10))
+    drain = asyncio.get_running_loop().create_task(gateway.drain())
+    await asyncio.sleep(0.01)
+    drain.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await drain
+    await gateway.aclose()
+
+
 async def test_a_spool_whose_file_fails_keeps_the_settlement_in_memory(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
