@@ -1,7 +1,7 @@
 """The embedded store: one SQLite file, for local serving, tests and single-host deployments.
 
-Calls run inline on the event loop: each is a few indexed statements on a local file in WAL mode,
-cheaper than a hop to a thread. Writes take the database's write lock
+Calls other than settlements run inline on the event loop: each is a few indexed statements on a local file in
+WAL mode, cheaper than a hop to a thread. Writes take the database's write lock
 first (`BEGIN IMMEDIATE`), so several processes (the server, its workers, the CLI) share one file
 safely and a grant's checks and increments are atomic.
 
@@ -10,26 +10,33 @@ requests write nothing before the upstream call; a grant, every few seconds of t
 request while another process is active on the key), is one transaction.
 
 A commit costs more than the statements it commits (the WAL frames it writes), so
-grants and settlements that arrive in the same event-loop turn share one transaction: each runs
+grants and other calls that arrive in the same event-loop turn share one transaction: each runs
 in its own savepoint (a failing one rolls back only itself), the batch commits once, and every
 caller resumes only after that commit. Under load this turns N commits into one; alone, a call pays
 what it would anyway (a batch of one needs no savepoint). Local changes an operation makes (a lease
-topped up) are undone if the commit fails. Settlements run after the answer has gone,
-so they wait up to `SETTLE_LINGER_S` for company: the next grant's batch, or other settlements.
+topped up) are undone if the commit fails.
 Tables are `WITHOUT ROWID`, clustered by key, so a write touches few pages. A batch never waits for
 another process's write lock inside SQLite (whose busy handler sleeps in the event loop's thread, so
 every request of the process stood still, for a millisecond or more per conflict, whenever two
 workers wrote at once): it goes back and tries again `BUSY_RETRY_S` later, up to `BUSY_TIMEOUT_MS`.
 
+Settlements run after the answer has gone, and are most of the writes: they commit on a thread of
+their own, with its own connection (adapters/store/sqlite_writer.py), waiting up to `SETTLE_LINGER_S`
+for company, so that neither their statements nor their commit stand in the event loop's way (at one
+connection they made the slowest 1 % of requests). A reader here (`usage`, `meter`) first waits for the
+settlements this process has handed over, so it sees what it settled; `close()` writes what is queued.
+An in-memory store is one connection (a second would be another database): its settlements share the
+loop's batches, lingering for the next grant's.
+
 Checkpoints copy the write-ahead log into the database file (and fsync it); SQLite runs one inside
-whichever commit finds the log past `AUTOCHECKPOINT_PAGES`, stalling the event loop while it copies
-what is left and fsyncs. A thread with its own connection runs a passive checkpoint every
-`CHECKPOINT_EVERY_S`, off the loop (SQLite releases the GIL while it does I/O), so the one in the loop
-finds most pages copied already. The loop's own checkpoint cannot go: passive checkpoints never start
-the log over while writes keep coming (without it the log grows without bound). At SQLite's default
-of 1,000 pages a loaded server (about ten pages a request) stalls once every hundred requests, which
-makes its p99 at 1 connection; at 10,000 pages it stalls ten times less often and the log stays small
-(docs/performance.md has the figures).
+whichever commit finds the log past `AUTOCHECKPOINT_PAGES`: here only the settlement writer's commits
+(the serving connection has the automatic checkpoint off), so the copy and the fsync stay off the loop
+too. A thread with its own connection runs a passive checkpoint every `CHECKPOINT_EVERY_S` besides, so
+the writer's finds most pages copied already. The writer's own checkpoint cannot go: passive checkpoints
+never start the log over while writes keep coming (without it the log grows without bound). At SQLite's
+default of 1,000 pages a loaded server (about ten pages a request) checkpoints once every hundred
+requests; at 10,000 pages ten times less often, and the log stays small (docs/performance.md has the
+figures).
 """
 
 from __future__ import annotations
@@ -71,7 +78,7 @@ from adapters.store.records import (
 )
 from adapters.store.responses import SQLiteResponses
 from adapters.store.signins import SQLiteSignIns
-from adapters.store.sqlite_writer import Changes, Job, Operation, Outcome, SettlementWriter
+from adapters.store.sqlite_writer import Changes, Job, Operation, Outcome, SettlementWriter, resolve
 from handler.ports import (
     Admission,
     BudgetRefused,
@@ -283,16 +290,8 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
             if begun is None:
                 return  # put back: another process holds the lock
             outcomes = self._run_batch(self.db, batch, changes, begun)
-        for after in changes.after:
-            after()
         self._changes = Changes()
-        for done, ok, value in outcomes:
-            if done.cancelled():
-                continue
-            if ok:
-                done.set_result(value)
-            else:
-                done.set_exception(value)
+        resolve(outcomes, changes.after)
 
     def _run_batch(
         self, db: sqlite3.Connection, batch: list[Job], changes: Changes, begun: bool = False

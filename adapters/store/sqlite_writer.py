@@ -163,11 +163,12 @@ class SettlementWriter:
             by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
         for loop, mine in by_loop.items():
             with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits there any more
-                loop.call_soon_threadsafe(_resolve, mine, after)
+                loop.call_soon_threadsafe(resolve, mine, after)
             after = []
 
 
-def _resolve(outcomes: list[Outcome], after: list[Callable[[], None]]) -> None:
+def resolve(outcomes: list[Outcome], after: list[Callable[[], None]]) -> None:
+    """Apply a committed batch's `after` changes, then hand each waiter its outcome (on its event loop)."""
     for change in after:
         change()
     for done, ok, value in outcomes:
