@@ -94,13 +94,14 @@ class SettlementWriter:
         with self._wake:
             if self._stopping:
                 raise StoreError("the SQLite store is closed")
-            if not self._queue:
-                self._first_at = time.monotonic()
+            first = not self._queue
             self._queue.append(Job(operation, done, single))
             if self._thread is None:  # started on first use: a process that never settles needs no thread
                 self._thread = threading.Thread(target=self._serve, name="sqlite-settlements", daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            if first:  # (a batch already lingering takes this job along: waking the thread costs the GIL twice)
+                self._first_at = time.monotonic()
+                self._wake.notify()
         return done
 
     def hurry(self) -> None:
