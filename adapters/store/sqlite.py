@@ -1,7 +1,7 @@
 """The embedded store: one SQLite file, for local serving, tests and single-host deployments.
 
-Calls other than settlements run inline on the event loop: each is a few indexed statements on a local file in
-WAL mode, cheaper than a hop to a thread. Writes take the database's write lock
+Calls run inline on the event loop: each is a few indexed statements on a local file in WAL mode,
+cheaper than a hop to a thread. Writes take the database's write lock
 first (`BEGIN IMMEDIATE`), so several processes (the server, its workers, the CLI) share one file
 safely and a grant's checks and increments are atomic.
 
@@ -10,33 +10,26 @@ requests write nothing before the upstream call; a grant, every few seconds of t
 request while another process is active on the key), is one transaction.
 
 A commit costs more than the statements it commits (the WAL frames it writes), so
-grants and other calls that arrive in the same event-loop turn share one transaction: each runs
+grants and settlements that arrive in the same event-loop turn share one transaction: each runs
 in its own savepoint (a failing one rolls back only itself), the batch commits once, and every
 caller resumes only after that commit. Under load this turns N commits into one; alone, a call pays
 what it would anyway (a batch of one needs no savepoint). Local changes an operation makes (a lease
-topped up) are undone if the commit fails.
+topped up) are undone if the commit fails. Settlements run after the answer has gone,
+so they wait up to `SETTLE_LINGER_S` for company: the next grant's batch, or other settlements.
 Tables are `WITHOUT ROWID`, clustered by key, so a write touches few pages. A batch never waits for
 another process's write lock inside SQLite (whose busy handler sleeps in the event loop's thread, so
 every request of the process stood still, for a millisecond or more per conflict, whenever two
 workers wrote at once): it goes back and tries again `BUSY_RETRY_S` later, up to `BUSY_TIMEOUT_MS`.
 
-Settlements run after the answer has gone, and are most of the writes: they commit on a thread of
-their own, with its own connection (adapters/store/sqlite_writer.py), waiting up to `SETTLE_LINGER_S`
-for company, so that neither their statements nor their commit stand in the event loop's way (at one
-connection they made the slowest 1 % of requests). A reader here (`usage`, `meter`) first waits for the
-settlements this process has handed over, so it sees what it settled; `close()` writes what is queued.
-An in-memory store is one connection (a second would be another database): its settlements share the
-loop's batches, lingering for the next grant's.
-
 Checkpoints copy the write-ahead log into the database file (and fsync it); SQLite runs one inside
-whichever commit finds the log past `AUTOCHECKPOINT_PAGES`: here only the settlement writer's commits
-(the serving connection has the automatic checkpoint off), so the copy and the fsync stay off the loop
-too. A thread with its own connection runs a passive checkpoint every `CHECKPOINT_EVERY_S` besides, so
-the writer's finds most pages copied already. The writer's own checkpoint cannot go: passive checkpoints
-never start the log over while writes keep coming (without it the log grows without bound). At SQLite's
-default of 1,000 pages a loaded server (about ten pages a request) checkpoints once every hundred
-requests; at 10,000 pages ten times less often, and the log stays small (docs/performance.md has the
-figures).
+whichever commit finds the log past `AUTOCHECKPOINT_PAGES`, stalling the event loop while it copies
+what is left and fsyncs. A thread with its own connection runs a passive checkpoint every
+`CHECKPOINT_EVERY_S`, off the loop (SQLite releases the GIL while it does I/O), so the one in the loop
+finds most pages copied already. The loop's own checkpoint cannot go: passive checkpoints never start
+the log over while writes keep coming (without it the log grows without bound). At SQLite's default
+of 1,000 pages a loaded server (about ten pages a request) stalls once every hundred requests, which
+makes its p99 at 1 connection; at 10,000 pages it stalls ten times less often and the log stays small
+(docs/performance.md has the figures).
 """
 
 from __future__ import annotations
@@ -78,7 +71,6 @@ from adapters.store.records import (
 )
 from adapters.store.responses import SQLiteResponses
 from adapters.store.signins import SQLiteSignIns
-from adapters.store.sqlite_writer import Changes, Job, Operation, Outcome, SettlementWriter, resolve
 from handler.ports import (
     Admission,
     BudgetRefused,
@@ -180,8 +172,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
             # (and reads through mmap, not a syscall per page) keeps writes from slowing as the file grows.
             self.db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             self.db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
-            # SQLite's own checkpoint runs on the settlement writer's connection, off the loop (see above).
-            self.db.execute(f"PRAGMA wal_autocheckpoint = {0 if path != ':memory:' else AUTOCHECKPOINT_PAGES}")
+            self.db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
             self.db.executescript(SCHEMA)
             migrate(self.db)
             # Settlement markers only need to outlive retries; holders, a day of quiet.
@@ -192,36 +183,23 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         self.path = path
         # Where settlements this file refused wait (handler/spool.py); in memory for an in-memory store.
         self.spool_path = None if path == ":memory:" else f"{path}-settlements.jsonl"
-        self._batch: list[Job] | None = None
+        self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]] | None = None
         self._flush_soon: asyncio.Handle | None = None
         self._flush_later: asyncio.TimerHandle | None = None
         self._busy_since: float | None = None  # since when a batch has waited for another process's lock
-        self._changes = Changes()  # those of the batch the loop is writing
+        # Local changes to undo if the batch's commit fails, and to make once it succeeds.
+        self._undo: list[Callable[[], None]] = []
+        self._after: list[Callable[[], None]] = []
+        # Spend settled from leases in this batch, per lease row (spent, and what of it went beyond what the
+        # lease held): written once, before the commit.
+        self._spend: dict[tuple[str, str, str], tuple[float, float]] = {}
         self.leases = LocalLeases()
         self._announced: dict[str, tuple[float, int]] = {}  # key id -> (active_at, leasing) last written
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
         self._stop = threading.Event()
-        # Settlements handed to the writer and not yet committed: a read here waits for them.
-        self._unsettled: set[asyncio.Future[Any]] = set()
-        self._writer: SettlementWriter | None = None  # in memory, one connection: settlements stay on the loop
         if path != ":memory:":
-            self._writer = SettlementWriter(
-                path,
-                self._run_batch,
-                self._configure_writer,
-                linger_s=SETTLE_LINGER_S,
-                timeout_s=BUSY_TIMEOUT_MS / 1000,
-            )
             threading.Thread(target=self._checkpoints, name="sqlite-checkpoint", daemon=True).start()
-
-    @staticmethod
-    def _configure_writer(db: sqlite3.Connection) -> None:
-        """The writer's connection: the serving one's settings, and SQLite's own checkpoint."""
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-        db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
-        db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
 
     def _checkpoints(self) -> None:
         """The checkpoint thread (see the module docstring)."""
@@ -241,8 +219,10 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         finally:
             db.close()
 
-    def _enqueue(self, operation: Operation, *, linger: bool = False, single: bool = False) -> asyncio.Future[Any]:
-        """Queue `operation` in the transaction shared by this event-loop turn (see the module docstring);
+    async def _batched(
+        self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False, single: bool = False
+    ) -> T:
+        """Run `operation` in the transaction shared by this event-loop turn (see the module docstring);
         with `linger`, the batch may wait up to `SETTLE_LINGER_S` for more operations. `single`: the
         operation writes with one statement at most, which SQLite undoes by itself if it fails, so it
         needs no savepoint."""
@@ -253,20 +233,13 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
             self._flush_next_turn(loop)
         elif self._flush_soon is None and self._flush_later is None:
             self._flush_later = loop.call_later(SETTLE_LINGER_S, self._flush)
-        done: asyncio.Future[Any] = loop.create_future()
-        self._batch.append(Job(operation, done, single))
-        return done
-
-    async def _batched(self, operation: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `operation` (an admission's or the sweeper's) in the loop's next shared transaction."""
-        result: T = await self._enqueue(lambda db, _: operation(db))
-        return result
+        done: asyncio.Future[T] = loop.create_future()
+        self._batch.append((operation, done, single))
+        return await done
 
     def hurry(self) -> None:
         if self._flush_later is not None and self._flush_soon is None:
             self._flush_next_turn(asyncio.get_running_loop())
-        if self._writer is not None:
-            self._writer.hurry()
 
     def _flush_next_turn(self, loop: asyncio.AbstractEventLoop) -> None:
         """Flush on the loop's next turn, not after a lingering settlement's wait."""
@@ -281,72 +254,65 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         if self._flush_later is not None:
             self._flush_later.cancel()
             self._flush_later = None
-        self._changes = changes = Changes()
+        self._undo, self._after, self._spend = [], [], {}
+        outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
             begun = self._begin_or_wait(batch)
-        except StoreError as exc:
-            outcomes: list[Outcome] = [(job.done, False, exc) for job in batch]
-        else:
             if begun is None:
                 return  # put back: another process holds the lock
-            outcomes = self._run_batch(self.db, batch, changes, begun)
-        self._changes = Changes()
-        resolve(outcomes, changes.after)
-
-    def _run_batch(
-        self, db: sqlite3.Connection, batch: list[Job], changes: Changes, begun: bool = False
-    ) -> list[Outcome]:
-        """Run `batch` in one transaction on `db` (`begun`: its BEGIN is done), each job in its own savepoint
-        when it has company; every job's outcome. If the commit fails, nothing of the batch happened: the
-        local changes are undone and every job fails."""
-        outcomes: list[Outcome] = []
-        try:
             if len(batch) == 1:  # alone: the transaction itself undoes a failed operation
-                job = batch[0]
+                operation, done, _ = batch[0]
                 try:
-                    with self._write(begun, db):
-                        outcomes.append((job.done, True, self._run(job.operation, db, changes)))
-                        self._write_spend(db, changes)
+                    with self._write(begun) as db:
+                        outcomes.append((done, True, self._run(operation, db)))
+                        self._write_spend(db)
                 except StoreError:
                     raise
                 except Exception as exc:
-                    outcomes.append((job.done, False, exc))
+                    outcomes.append((done, False, exc))
             else:
-                with self._write(begun, db):
-                    for job in batch:
-                        if job.single:
+                with self._write(begun) as db:
+                    for operation, done, single in batch:
+                        if single:
                             try:
-                                outcomes.append((job.done, True, self._run(job.operation, db, changes)))
+                                outcomes.append((done, True, self._run(operation, db)))
                             except Exception as exc:
                                 if not db.in_transaction:  # SQLite gave up the whole transaction
                                     raise StoreError(f"SQLite write failed: {exc}") from exc
-                                outcomes.append((job.done, False, exc))
+                                outcomes.append((done, False, exc))
                             continue
                         db.execute("SAVEPOINT op")
                         try:
-                            outcomes.append((job.done, True, self._run(job.operation, db, changes)))
+                            outcomes.append((done, True, self._run(operation, db)))
                             db.execute("RELEASE op")
                         except Exception as exc:  # the caller gets its own exception; the batch goes on
                             db.execute("ROLLBACK TO op")
                             db.execute("RELEASE op")
-                            outcomes.append((job.done, False, exc))
-                    self._write_spend(db, changes)
+                            outcomes.append((done, False, exc))
+                    self._write_spend(db)
         except Exception as exc:  # the commit itself failed: nothing of the batch happened
-            for undo in reversed(changes.undo):
+            for undo in reversed(self._undo):
                 undo()
-            changes.undo.clear()
-            changes.after.clear()
-            changes.spend.clear()
+            self._after, self._spend = [], {}
             failure = exc if isinstance(exc, StoreError) else StoreError(f"SQLite write failed: {exc}")
-            outcomes = [(job.done, False, failure) for job in batch]
-        return outcomes
+            outcomes = [(done, False, failure) for _, done, _ in batch]
+        for after in self._after:
+            after()
+        self._undo, self._after = [], []
+        for done, ok, value in outcomes:
+            if done.cancelled():
+                continue
+            if ok:
+                done.set_result(value)
+            else:
+                done.set_exception(value)
 
-    def _write_spend(self, db: sqlite3.Connection, changes: Changes) -> None:
+    def _write_spend(self, db: sqlite3.Connection) -> None:
         """Move the batch's settled spend out of the lease rows it was reserved in, one row at a time: the
         counter's committed stays (reserved becomes spent) but for spend beyond what the lease held, unless
         the lease is gone (expired and released), whose spend is then committed anew, as a late
         settlement's is."""
-        spend, changes.spend = changes.spend, {}
+        spend, self._spend = self._spend, {}
         try:
             for (key_id, period, row), (amount, beyond) in spend.items():
                 held = db.execute(
@@ -358,8 +324,6 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
                     SPEND,
                     (key_id, period, beyond if held else amount, amount),
                 )
-                # (Read in the writer's thread while the loop may change the leases: a row left behind by a
-                # lease replaced meanwhile holds nothing, and goes when its expiry releases it.)
                 lease = self.leases.budgets.get((key_id, period))
                 if held and abs(held[0]) < 1e-9 and (lease is None or lease.row != row):  # its lease is done
                     db.execute(
@@ -368,16 +332,15 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite write failed: {exc}") from exc
 
-    @staticmethod
-    def _run(operation: Operation, db: sqlite3.Connection, changes: Changes) -> Any:
+    def _run(self, operation: Callable[[sqlite3.Connection], T], db: sqlite3.Connection) -> T:
         """Run one operation of a batch; if it fails, undo the local changes it registered."""
-        undo_mark, after_mark = len(changes.undo), len(changes.after)
+        undo_mark, after_mark = len(self._undo), len(self._after)
         try:
-            return operation(db, changes)
+            return operation(db)
         except BaseException:
-            for undo in reversed(changes.undo[undo_mark:]):
+            for undo in reversed(self._undo[undo_mark:]):
                 undo()
-            del changes.undo[undo_mark:], changes.after[after_mark:]
+            del self._undo[undo_mark:], self._after[after_mark:]
             raise
 
     def _begin_or_wait(self, batch: list[Any]) -> bool | None:
@@ -412,22 +375,20 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         return True
 
     @contextmanager
-    def _write(self, begun: bool = False, db: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
-        """One atomic write transaction on `db` (the serving connection unless another is given; `begun`:
-        its BEGIN is done); any exception rolls it back."""
-        db = self.db if db is None else db
+    def _write(self, begun: bool = False) -> Iterator[sqlite3.Connection]:
+        """One atomic write transaction (`begun`: its BEGIN is done); any exception rolls it back."""
         try:
             if not begun:
-                db.execute("BEGIN IMMEDIATE")
+                self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store busy or failing: {exc}") from exc
         try:
-            yield db
+            yield self.db
         except BaseException:
-            db.execute("ROLLBACK")
+            self.db.execute("ROLLBACK")
             raise
         try:
-            db.execute("COMMIT")
+            self.db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite commit failed: {exc}") from exc
 
@@ -570,7 +531,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
             self._keep(leases.budgets, (charge.key_id, charge.period))
         for rate in admission.rates:
             self._keep(leases.rates, (rate_owner(rate, admission.key_id), rate.name))
-        self._changes.undo.append(functools.partial(leases.held.pop, admission.reservation_id, None))  # type: ignore[arg-type]
+        self._undo.append(functools.partial(leases.held.pop, admission.reservation_id, None))  # type: ignore[arg-type]
         for charge, (lease, fresh, size, expires_at), committed in zip(
             admission.budgets, budget_plans, committed_now, strict=True
         ):
@@ -602,10 +563,10 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         none."""
         lease = table.get(key)
         if lease is None:
-            self._changes.undo.append(functools.partial(table.pop, key, None))
+            self._undo.append(functools.partial(table.pop, key, None))
             return
         self._keep_fields(lease)
-        self._changes.undo.append(functools.partial(table.__setitem__, key, lease))
+        self._undo.append(functools.partial(table.__setitem__, key, lease))
 
     def _keep_fields(self, lease: BudgetLease | RateLease) -> None:
         """Register an undo that puts `lease`'s fields back as they are now."""
@@ -615,7 +576,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
             for name, value in saved:
                 setattr(lease, name, value)
 
-        self._changes.undo.append(restore)
+        self._undo.append(restore)
 
     def _refuse(
         self, db: sqlite3.Connection, admission: Admission, error: Exception, others_hold: bool, now: float
@@ -651,42 +612,21 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
                 (key_id, self.leases.holder, now, holds),
             )
             self._announced[key_id] = (now, holds)
-            self._changes.undo.append(functools.partial(self._announced.pop, key_id, None))  # type: ignore[arg-type]
+            self._undo.append(functools.partial(self._announced.pop, key_id, None))  # type: ignore[arg-type]
 
     async def settle(self, settlement: Settlement) -> None:
         rows, rates = self.leases.adjust(settlement)
         single = rows is not None and (settlement.item is None or not rates)
-        operation: Operation = lambda db, changes: self._settle(db, changes, settlement, rows, rates)  # noqa: E731
-        if self._writer is None:
-            done = self._enqueue(operation, linger=True, single=single)
-        else:
-            done = self._writer.submit(operation, single=single)
-        self._unsettled.add(done)
-        done.add_done_callback(self._unsettled.discard)
-        await done
-
-    async def _own_settlements(self) -> None:
-        """Wait for the settlements of this process still on their way to the file, so that a reader here sees
-        what it settled (without their linger: a reader is waiting)."""
-        loop = asyncio.get_running_loop()
-        pending = [done for done in self._unsettled if done.get_loop() is loop]
-        if pending:
-            self.hurry()
-            await asyncio.wait(pending)  # (not gather: a reader cancelled must not cancel the settlements)
+        await self._batched(lambda db: self._settle(db, settlement, rows, rates), linger=True, single=single)
 
     def _settle(
-        self,
-        db: sqlite3.Connection,
-        changes: Changes,
-        settlement: Settlement,
-        rows: list[tuple[str, float]] | None,
-        rates: list[int],
+        self, db: sqlite3.Connection, settlement: Settlement, rows: list[tuple[str, float]] | None, rates: list[int]
     ) -> None:
         """Record the line item and turn the reservation into spend. `rows`: per budget charge, the lease row
         the request was reserved in and what it spent beyond what the lease held (None: its reservation is a
         row of its own); `rates`: the token adjustments no lease absorbed."""
         item = settlement.item
-        changes.after.append(lambda: self._settled(settlement.reservation_id))
+        self._after.append(lambda: self._settled(settlement.reservation_id))
         # Settled before, a retry changes nothing. The ledger line, unique by request, is the marker when
         # there is one (a random id in `settled` costs a page write per request); a bare release uses `settled`.
         if item is not None:
@@ -724,8 +664,8 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         # this can fail and leave it counted).
         for (row_id, beyond), charge in zip(rows, settlement.budgets, strict=True):
             key = (charge.key_id, charge.period, row_id)
-            spent, over = changes.spend.get(key, (0.0, 0.0))
-            changes.spend[key] = (spent + charge.amount_usd, over + beyond)
+            spent, over = self._spend.get(key, (0.0, 0.0))
+            self._spend[key] = (spent + charge.amount_usd, over + beyond)
 
     def _settled(self, reservation_id: str) -> None:
         self.leases.held.pop(reservation_id, None)
@@ -746,7 +686,6 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
 
     async def meter(self, key_id: str, period: str) -> MeterSnapshot:
         """The counters as the file has them, less the unused slices this process holds."""
-        await self._own_settlements()
         now = time.time()
         row = self.db.execute(
             "SELECT committed, spent FROM meters WHERE key_id = ? AND period = ?", (key_id, period)
@@ -793,7 +732,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         leases = self.leases
         for reservation_id, held in list(leases.held.items()):
             if held.expires_at < now:  # forgotten below; what it reserved goes back to its leases
-                self._changes.undo.append(functools.partial(leases.held.__setitem__, reservation_id, held))
+                self._undo.append(functools.partial(leases.held.__setitem__, reservation_id, held))
                 for lease in held.budgets:
                     self._keep_fields(lease)
         leases.release_expired(None, now)
@@ -865,14 +804,13 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
             said = self._announced.get(key_id)
             db.execute("UPDATE holders SET leasing = 0 WHERE key_id = ? AND holder = ?", (key_id, leases.holder))
             if said is not None:
-                self._changes.undo.append(functools.partial(self._announced.__setitem__, key_id, said))
+                self._undo.append(functools.partial(self._announced.__setitem__, key_id, said))
                 self._announced[key_id] = (said[0], 0)
         self._announce(db, dict.fromkeys(holding, 1), now)
 
     # --- ledger -------------------------------------------------------------------------------
 
     async def usage(self, query: UsageQuery) -> list[LedgerItem]:
-        await self._own_settlements()
         if query.key_ids is None:
             rows = self.db.execute(
                 "SELECT data FROM ledger WHERE ts >= ? AND ts < ? ORDER BY ts", (query.since, query.until)
@@ -894,10 +832,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
                 await asyncio.gather(self._sweeper, return_exceptions=True)
         if self._batch:
             self._flush()
-        if self._writer is not None:
-            await self._writer.stop()  # what it holds is written first: the slices below go back after it
         if self.leases.budgets or self.leases.rates:
-            self._changes = Changes()
             with contextlib.suppress(StoreError, sqlite3.Error), self._write() as db:
                 self._tidy(db, everything=True)
         self._stop.set()

@@ -54,7 +54,6 @@ class Recorder:
 @contextmanager
 def recording(recorder: Recorder) -> Iterator[None]:
     """Attach the recorders (see the module docstring); detach them on exit."""
-    from adapters.store import sqlite_writer
     from adapters.store.sqlite import SQLiteStore
 
     gc_started: list[float] = [0.0]
@@ -66,10 +65,6 @@ def recording(recorder: Recorder) -> Iterator[None]:
             recorder.add(f"gc gen{info['generation']}", gc_started[0])
 
     flush = SQLiteStore._flush
-    open_writer = sqlite_writer.open_connection
-
-    def timed_writer(path: str, timeout_s: float) -> sqlite3.Connection:
-        return TimedConnection(open_writer(path, timeout_s), recorder, "writer thread")  # type: ignore[return-value]
 
     def timed_flush(store: SQLiteStore) -> None:
         batch = len(store._batch or ())
@@ -104,7 +99,6 @@ def recording(recorder: Recorder) -> Iterator[None]:
 
     gc.callbacks.append(on_gc)
     SQLiteStore._flush = timed_flush  # type: ignore[method-assign, assignment]
-    sqlite_writer.open_connection = timed_writer
     sys.stdout = TimedStdout()
     asyncio.events.Handle._run = timed_run  # type: ignore[method-assign, assignment]
     try:
@@ -112,31 +106,22 @@ def recording(recorder: Recorder) -> Iterator[None]:
     finally:
         gc.callbacks.remove(on_gc)
         SQLiteStore._flush = flush  # type: ignore[method-assign]
-        sqlite_writer.open_connection = open_writer
         sys.stdout = stdout
         asyncio.events.Handle._run = handle_run  # type: ignore[method-assign]
 
 
 class TimedConnection:
-    """A SQLite connection whose BEGIN and COMMIT are timed apart (a commit may run a checkpoint); on the
-    settlement writer's thread, its whole transactions too (they run beside the loop, not in it: charged to a
-    window, they show what the thread's CPU and GIL cost the requests)."""
+    """A SQLite connection whose BEGIN and COMMIT are timed apart (a commit may run a checkpoint)."""
 
-    def __init__(self, db: sqlite3.Connection, recorder: Recorder, where: str = "store") -> None:
+    def __init__(self, db: sqlite3.Connection, recorder: Recorder) -> None:
         self.db = db
         self.recorder = recorder
-        self.where = where
-        self.begun = 0.0
 
     def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
         started = time.perf_counter()
         cursor = self.db.execute(sql, *args)
         if sql in ("BEGIN IMMEDIATE", "COMMIT"):
-            self.recorder.add(f"{self.where} {sql.split()[0].lower()}", started)
-        if sql == "BEGIN IMMEDIATE":
-            self.begun = started
-        elif sql in ("COMMIT", "ROLLBACK") and self.where != "store":
-            self.recorder.add(f"{self.where} transaction", self.begun)
+            self.recorder.add(f"store {sql.split()[0].lower()}", started)
         return cursor
 
     def __getattr__(self, name: str) -> Any:

@@ -128,9 +128,9 @@ def failing_commits(store: SQLiteStore) -> Iterator[None]:
     real = store._write
 
     @contextmanager
-    def failing(begun: bool = False, db: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
-        with real(begun, db) as conn:
-            yield conn
+    def failing(begun: bool = False) -> Iterator[sqlite3.Connection]:
+        with real(begun) as db:
+            yield db
             raise StoreError("SQLite commit failed: disk I/O error")
 
     store._write = failing  # type: ignore[method-assign]
