@@ -207,7 +207,9 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
     def _checkpoints(self) -> None:
         """The checkpoint thread (see the module docstring)."""
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            # No waiting: a restarting checkpoint holds the write lock while it waits for a writer or a reader
+            # (another process's long read), and every write would wait with it; busy, it tries next round.
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=0)
         except sqlite3.Error:
             return
         try:

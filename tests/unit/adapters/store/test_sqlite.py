@@ -165,6 +165,36 @@ async def test_the_serving_connection_never_checkpoints(tmp_path: Path, monkeypa
     await store.close()
 
 
+async def test_a_long_reader_elsewhere_never_holds_writes_up_through_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarting checkpoint holds the write lock while it waits for readers: it must not wait for one (here
+    another process reading for a second), or every write would wait with it."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY_S", 0.02)
+    monkeypatch.setattr(sqlite_store, "AUTOCHECKPOINT_PAGES", 10)
+    path = str(tmp_path / "store.db")
+    store = SQLiteStore(path)
+    key = uuid.uuid4().hex[:12]
+    for _ in range(20):  # the log past the threshold
+        adm = admission(key, 0.001, limit=1e9)
+        await store.admit(adm)
+        await store.settle(settlement(adm, 0.001, line(key, 0.001)))
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM ledger").fetchone()  # a read transaction on the log, held
+    try:
+        slowest, started = 0.0, time.monotonic()
+        while time.monotonic() - started < 1.0:
+            began = time.perf_counter()
+            await store.admit(admission(uuid.uuid4().hex[:12], 0.001))  # a new key: a grant, one commit
+            slowest = max(slowest, time.perf_counter() - began)
+        assert slowest < 0.25
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+        await store.close()
+
+
 async def test_settlements_of_one_batch_move_their_spend_out_of_the_lease_at_once(store: SQLiteStore) -> None:
     key = uuid.uuid4().hex[:12]
     admitted = [admission(key, 0.01) for _ in range(5)]
