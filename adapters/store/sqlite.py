@@ -199,6 +199,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         self.leases = LocalLeases()
         self._announced: dict[str, tuple[float, int]] = {}  # key id -> (active_at, leasing) last written
         self._sweeper: asyncio.Task[None] | None = None
+        self._unsettled: set[asyncio.Future[None]] = set()  # settlements queued and not yet committed
         self._closed = False
         self._stop = threading.Event()
         if path != ":memory:":
@@ -229,10 +230,16 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
     async def _batched(
         self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False, single: bool = False
     ) -> T:
-        """Run `operation` in the transaction shared by this event-loop turn (see the module docstring);
+        """Run `operation` in the transaction shared by this event-loop turn (see `_enqueue`)."""
+        return await self._enqueue(operation, linger=linger, single=single)
+
+    def _enqueue(
+        self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False, single: bool = False
+    ) -> asyncio.Future[T]:
+        """Queue `operation` in the transaction shared by this event-loop turn (see the module docstring);
         with `linger`, the batch may wait up to `SETTLE_LINGER_S` for more operations. `single`: the
         operation writes with one statement at most, which SQLite undoes by itself if it fails, so it
-        needs no savepoint."""
+        needs no savepoint. The future resolves once the batch has committed."""
         loop = asyncio.get_running_loop()
         if self._batch is None:
             self._batch = []
@@ -242,7 +249,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
             self._flush_later = loop.call_later(SETTLE_LINGER_S, self._flush)
         done: asyncio.Future[T] = loop.create_future()
         self._batch.append((operation, done, single))
-        return await done
+        return done
 
     def hurry(self) -> None:
         if self._flush_later is not None and self._flush_soon is None:
@@ -624,7 +631,19 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
     async def settle(self, settlement: Settlement) -> None:
         rows, rates = self.leases.adjust(settlement)
         single = rows is not None and (settlement.item is None or not rates)
-        await self._batched(lambda db: self._settle(db, settlement, rows, rates), linger=True, single=single)
+        done = self._enqueue(lambda db: self._settle(db, settlement, rows, rates), linger=True, single=single)
+        self._unsettled.add(done)
+        done.add_done_callback(self._unsettled.discard)
+        await done
+
+    async def _own_settlements(self) -> None:
+        """Wait for this process's settlements still lingering for company, so that a reader here sees what
+        it settled: a usage report or meter read right after an answer shows that request."""
+        loop = asyncio.get_running_loop()
+        pending = [done for done in self._unsettled if done.get_loop() is loop]
+        if pending:
+            self.hurry()
+            await asyncio.wait(pending)  # (not gather: a reader cancelled must not cancel the settlements)
 
     def _settle(
         self, db: sqlite3.Connection, settlement: Settlement, rows: list[tuple[str, float]] | None, rates: list[int]
@@ -693,6 +712,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
 
     async def meter(self, key_id: str, period: str) -> MeterSnapshot:
         """The counters as the file has them, less the unused slices this process holds."""
+        await self._own_settlements()
         now = time.time()
         row = self.db.execute(
             "SELECT committed, spent FROM meters WHERE key_id = ? AND period = ?", (key_id, period)
@@ -818,6 +838,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
     # --- ledger -------------------------------------------------------------------------------
 
     async def usage(self, query: UsageQuery) -> list[LedgerItem]:
+        await self._own_settlements()
         if query.key_ids is None:
             rows = self.db.execute(
                 "SELECT data FROM ledger WHERE ts >= ? AND ts < ? ORDER BY ts", (query.since, query.until)

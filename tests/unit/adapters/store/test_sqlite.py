@@ -119,6 +119,34 @@ async def test_hurry_writes_a_lingering_settlement_at_once(store: SQLiteStore) -
     assert (await store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.1)
 
 
+async def test_a_reader_sees_the_settlements_of_its_process_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settlements run after the answer, in the background, and linger for company: a usage report or meter
+    read right after an answer waits for them (without their linger, here two seconds), so it shows the
+    request just answered."""
+    monkeypatch.setattr(sqlite_store, "SETTLE_LINGER_S", 2.0)
+    store = SQLiteStore(str(tmp_path / "store.db"))
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.5)
+    await store.admit(adm)
+    item = line(key, 0.2)
+    settling = asyncio.create_task(store.settle(settlement(adm, 0.2, item)))
+    await asyncio.sleep(0)  # queued, lingering
+    started = time.perf_counter()
+    found = await store.usage(UsageQuery([key], 0, time.time() + 1))
+    assert [i.request_id for i in found] == [item.request_id]
+    assert time.perf_counter() - started < 1.0
+    await settling
+    second = admission(key, 0.1)
+    await store.admit(second)
+    settling = asyncio.create_task(store.settle(settlement(second, 0.1, line(key, 0.1))))
+    await asyncio.sleep(0)
+    assert (await store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.3)
+    await settling
+    await store.close()
+
+
 async def test_the_log_stays_bounded_under_steady_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Passive checkpoints alone never start the log over while writes keep coming; the checkpoint thread's
     restarting one, once the log is past the threshold (here 1,000 pages, so two seconds of writes cross it
