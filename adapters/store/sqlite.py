@@ -23,16 +23,16 @@ workers wrote at once): it goes back and tries again `BUSY_RETRY_S` later, up to
 
 Checkpoints copy the write-ahead log into the database file (and fsync it). SQLite's own runs inside
 whichever commit finds the log past a threshold, and on the event loop that stalled every request for
-the copy and the fsync (up to 9 ms, in most of the slowest 1 % of requests at one connection), so the
-serving connection has it off. A thread with its own connection checkpoints instead (SQLite lets go of
-the GIL while it copies, and one call is one hand-over of the GIL): a passive checkpoint every
-`CHECKPOINT_EVERY_S`, and, once the log is past `AUTOCHECKPOINT_PAGES`, a restarting one, which waits
-for the writer of the moment, copies what is left and has the next writer start the log over (passive
-checkpoints alone never do while writes keep coming, and the log would grow without bound). Meanwhile
-a batch finds the write lock busy and tries again shortly, as with another process's lock: the loop
-never waits. At SQLite's default of 1,000 pages a loaded server (about ten pages a request) restarted
-the log once every hundred requests; at 10,000 pages ten times less often, and the log stays small
-(docs/performance.md has the figures).
+the copy and the fsync (a commit of up to 9 ms instead of 0.15), so the serving connection has it off.
+A thread with its own connection checkpoints instead (SQLite lets go of the GIL while it copies, and one
+call is one hand-over of the GIL): a passive checkpoint every `CHECKPOINT_EVERY_S`, and, once the log is
+past `AUTOCHECKPOINT_PAGES`, a restarting one, which copies what is left and has the next writer start
+the log over (passive checkpoints alone never do while writes keep coming, and the log would grow without
+bound). It never waits for a writer or a reader in its way (it would hold every write up meanwhile): it
+tries again next round. While it copies, a batch finds the write lock busy and tries again shortly, as
+with another process's lock: the loop never waits. At SQLite's default of 1,000 pages a loaded server
+(about ten pages a request) would restart the log once every hundred requests; at 10,000 pages ten times
+less often, and the log stays small (docs/performance.md has the figures).
 """
 
 from __future__ import annotations
