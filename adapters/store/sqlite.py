@@ -21,15 +21,18 @@ another process's write lock inside SQLite (whose busy handler sleeps in the eve
 every request of the process stood still, for a millisecond or more per conflict, whenever two
 workers wrote at once): it goes back and tries again `BUSY_RETRY_S` later, up to `BUSY_TIMEOUT_MS`.
 
-Checkpoints copy the write-ahead log into the database file (and fsync it); SQLite runs one inside
-whichever commit finds the log past `AUTOCHECKPOINT_PAGES`, stalling the event loop while it copies
-what is left and fsyncs. A thread with its own connection runs a passive checkpoint every
-`CHECKPOINT_EVERY_S`, off the loop (SQLite releases the GIL while it does I/O), so the one in the loop
-finds most pages copied already. The loop's own checkpoint cannot go: passive checkpoints never start
-the log over while writes keep coming (without it the log grows without bound). At SQLite's default
-of 1,000 pages a loaded server (about ten pages a request) stalls once every hundred requests, which
-makes its p99 at 1 connection; at 10,000 pages it stalls ten times less often and the log stays small
-(docs/performance.md has the figures).
+Checkpoints copy the write-ahead log into the database file (and fsync it). SQLite's own runs inside
+whichever commit finds the log past a threshold, and on the event loop that stalled every request for
+the copy and the fsync (a commit of up to 9 ms instead of 0.15), so the serving connection has it off.
+A thread with its own connection checkpoints instead (SQLite lets go of the GIL while it copies, and one
+call is one hand-over of the GIL): a passive checkpoint every `CHECKPOINT_EVERY_S`, and, once the log is
+past `AUTOCHECKPOINT_PAGES`, a restarting one, which copies what is left and has the next writer start
+the log over (passive checkpoints alone never do while writes keep coming, and the log would grow without
+bound). It never waits for a writer or a reader in its way (it would hold every write up meanwhile): it
+tries again next round. While it copies, a batch finds the write lock busy and tries again shortly, as
+with another process's lock: the loop never waits. At SQLite's default of 1,000 pages a loaded server
+(about ten pages a request) would restart the log once every hundred requests; at 10,000 pages ten times
+less often, and the log stays small (docs/performance.md has the figures).
 """
 
 from __future__ import annotations
@@ -172,7 +175,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
             # (and reads through mmap, not a syscall per page) keeps writes from slowing as the file grows.
             self.db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             self.db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
-            self.db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+            self.db.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpoint thread's work (see above)
             self.db.executescript(SCHEMA)
             migrate(self.db)
             # Settlement markers only need to outlive retries; holders, a day of quiet.
@@ -196,6 +199,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         self.leases = LocalLeases()
         self._announced: dict[str, tuple[float, int]] = {}  # key id -> (active_at, leasing) last written
         self._sweeper: asyncio.Task[None] | None = None
+        self._unsettled: set[asyncio.Future[None]] = set()  # settlements queued and not yet committed
         self._closed = False
         self._stop = threading.Event()
         if path != ":memory:":
@@ -204,13 +208,17 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
     def _checkpoints(self) -> None:
         """The checkpoint thread (see the module docstring)."""
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+            # No waiting: a restarting checkpoint holds the write lock while it waits for a writer or a reader
+            # (another process's long read), and every write would wait with it; busy, it tries next round.
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=0)
         except sqlite3.Error:
             return
         try:
             while not self._stop.wait(CHECKPOINT_EVERY_S):
                 try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    _, log_pages, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if log_pages >= AUTOCHECKPOINT_PAGES:
+                        db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
                 except sqlite3.Error:
                     pass  # busy or failing: the next round tries again
             db.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -222,10 +230,16 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
     async def _batched(
         self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False, single: bool = False
     ) -> T:
-        """Run `operation` in the transaction shared by this event-loop turn (see the module docstring);
+        """Run `operation` in the transaction shared by this event-loop turn (see `_enqueue`)."""
+        return await self._enqueue(operation, linger=linger, single=single)
+
+    def _enqueue(
+        self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False, single: bool = False
+    ) -> asyncio.Future[T]:
+        """Queue `operation` in the transaction shared by this event-loop turn (see the module docstring);
         with `linger`, the batch may wait up to `SETTLE_LINGER_S` for more operations. `single`: the
         operation writes with one statement at most, which SQLite undoes by itself if it fails, so it
-        needs no savepoint."""
+        needs no savepoint. The future resolves once the batch has committed."""
         loop = asyncio.get_running_loop()
         if self._batch is None:
             self._batch = []
@@ -235,7 +249,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
             self._flush_later = loop.call_later(SETTLE_LINGER_S, self._flush)
         done: asyncio.Future[T] = loop.create_future()
         self._batch.append((operation, done, single))
-        return await done
+        return done
 
     def hurry(self) -> None:
         if self._flush_later is not None and self._flush_soon is None:
@@ -617,7 +631,19 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
     async def settle(self, settlement: Settlement) -> None:
         rows, rates = self.leases.adjust(settlement)
         single = rows is not None and (settlement.item is None or not rates)
-        await self._batched(lambda db: self._settle(db, settlement, rows, rates), linger=True, single=single)
+        done = self._enqueue(lambda db: self._settle(db, settlement, rows, rates), linger=True, single=single)
+        self._unsettled.add(done)
+        done.add_done_callback(self._unsettled.discard)
+        await done
+
+    async def _own_settlements(self) -> None:
+        """Wait for this process's settlements still lingering for company, so that a reader here sees what
+        it settled: a usage report or meter read right after an answer shows that request."""
+        loop = asyncio.get_running_loop()
+        pending = [done for done in self._unsettled if done.get_loop() is loop]
+        if pending:
+            self.hurry()
+            await asyncio.wait(pending)  # (not gather: a reader cancelled must not cancel the settlements)
 
     def _settle(
         self, db: sqlite3.Connection, settlement: Settlement, rows: list[tuple[str, float]] | None, rates: list[int]
@@ -686,6 +712,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
 
     async def meter(self, key_id: str, period: str) -> MeterSnapshot:
         """The counters as the file has them, less the unused slices this process holds."""
+        await self._own_settlements()
         now = time.time()
         row = self.db.execute(
             "SELECT committed, spent FROM meters WHERE key_id = ? AND period = ?", (key_id, period)
@@ -811,6 +838,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
     # --- ledger -------------------------------------------------------------------------------
 
     async def usage(self, query: UsageQuery) -> list[LedgerItem]:
+        await self._own_settlements()
         if query.key_ids is None:
             rows = self.db.execute(
                 "SELECT data FROM ledger WHERE ts >= ? AND ts < ? ORDER BY ts", (query.since, query.until)

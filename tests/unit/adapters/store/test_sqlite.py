@@ -119,18 +119,42 @@ async def test_hurry_writes_a_lingering_settlement_at_once(store: SQLiteStore) -
     assert (await store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.1)
 
 
+async def test_a_reader_sees_the_settlements_of_its_process_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settlements run after the answer, in the background, and linger for company: a usage report or meter
+    read right after an answer waits for them (without their linger, here two seconds), so it shows the
+    request just answered."""
+    monkeypatch.setattr(sqlite_store, "SETTLE_LINGER_S", 2.0)
+    store = SQLiteStore(str(tmp_path / "store.db"))
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.5)
+    await store.admit(adm)
+    item = line(key, 0.2)
+    settling = asyncio.create_task(store.settle(settlement(adm, 0.2, item)))
+    await asyncio.sleep(0)  # queued, lingering
+    started = time.perf_counter()
+    found = await store.usage(UsageQuery([key], 0, time.time() + 1))
+    assert [i.request_id for i in found] == [item.request_id]
+    assert time.perf_counter() - started < 1.0
+    await settling
+    second = admission(key, 0.1)
+    await store.admit(second)
+    settling = asyncio.create_task(store.settle(settlement(second, 0.1, line(key, 0.1))))
+    await asyncio.sleep(0)
+    assert (await store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.3)
+    await settling
+    await store.close()
+
+
 async def test_the_log_stays_bounded_under_steady_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Passive checkpoints alone never start the log over while writes keep coming; the serving
-    connection keeps SQLite's own checkpoint (here at 1,000 pages, so two seconds of writes cross it
-    many times), which does."""
-    default = SQLiteStore(str(tmp_path / "default.db"))
-    assert default.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (sqlite_store.AUTOCHECKPOINT_PAGES,)
-    await default.close()
+    """Passive checkpoints alone never start the log over while writes keep coming; the checkpoint thread's
+    restarting one, once the log is past the threshold (here 1,000 pages, so two seconds of writes cross it
+    many times), does."""
     monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY_S", 0.05)
     monkeypatch.setattr(sqlite_store, "AUTOCHECKPOINT_PAGES", 1000)
     path = tmp_path / "store.db"
     store = SQLiteStore(str(path))
-    assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
     wal = Path(f"{path}-wal")
     key = uuid.uuid4().hex[:12]
     largest = 0
@@ -142,6 +166,61 @@ async def test_the_log_stays_bounded_under_steady_writes(tmp_path: Path, monkeyp
         largest = max(largest, wal.stat().st_size)
     assert 0 < largest < 3 * 1000 * (4096 + 24)  # frames of a page and a 24-byte header
     await store.close()
+
+
+async def test_the_serving_connection_never_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint copies the log into the database file and fsyncs it, milliseconds that stalled every
+    request when a commit on the event loop ran one: here the log grows past the threshold while the
+    checkpoint thread sleeps, and nothing reaches the database file until it wakes."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY_S", 3600.0)
+    monkeypatch.setattr(sqlite_store, "AUTOCHECKPOINT_PAGES", 10)
+    path = tmp_path / "store.db"
+    store = SQLiteStore(str(path))
+    assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+    key = uuid.uuid4().hex[:12]
+    for _ in range(40):
+        adm = admission(key, 0.001, limit=1e9)
+        await store.admit(adm)
+        await store.settle(settlement(adm, 0.001, line(key, 0.001)))
+    assert Path(f"{path}-wal").stat().st_size > 20 * 4096  # well past the threshold
+    # `immutable=1` reads the database file alone, without its write-ahead log.
+    snapshot = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        assert snapshot.execute("SELECT count(*) FROM sqlite_master WHERE name = 'ledger'").fetchone() == (0,)
+    finally:
+        snapshot.close()
+    assert len(await store.usage(UsageQuery([key], 0, time.time() + 1))) == 40
+    await store.close()
+
+
+async def test_a_long_reader_elsewhere_never_holds_writes_up_through_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarting checkpoint holds the write lock while it waits for readers: it must not wait for one (here
+    another process reading for a second), or every write would wait with it."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY_S", 0.02)
+    monkeypatch.setattr(sqlite_store, "AUTOCHECKPOINT_PAGES", 10)
+    path = str(tmp_path / "store.db")
+    store = SQLiteStore(path)
+    key = uuid.uuid4().hex[:12]
+    for _ in range(20):  # the log past the threshold
+        adm = admission(key, 0.001, limit=1e9)
+        await store.admit(adm)
+        await store.settle(settlement(adm, 0.001, line(key, 0.001)))
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM ledger").fetchone()  # a read transaction on the log, held
+    try:
+        slowest, started = 0.0, time.monotonic()
+        while time.monotonic() - started < 1.0:
+            began = time.perf_counter()
+            await store.admit(admission(uuid.uuid4().hex[:12], 0.001))  # a new key: a grant, one commit
+            slowest = max(slowest, time.perf_counter() - began)
+        assert slowest < 0.25
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+        await store.close()
 
 
 async def test_settlements_of_one_batch_move_their_spend_out_of_the_lease_at_once(store: SQLiteStore) -> None:
