@@ -34,8 +34,8 @@ from handler.key_routes import KeyRoutes
 from handler.keys import allows_model
 from handler.messages_routes import MessagesRoutes, allowed_models, anthropic_models
 from handler.observability import observe, observe_failure
+from handler.pipeline import ChunkStream, Controls, Exchange, Pipeline
 from handler.ports import KeyRecord, StoreError
-from handler.proxy import ChunkStream, Controls, Exchange, Pipeline
 from handler.redaction import scrub
 from handler.responses_routes import ResponsesRoutes
 from handler.route_table import Endpoints, Handler, direct_lane, starlette_routes

@@ -14,8 +14,8 @@ import orjson
 
 from handler.errors import GatewayError
 from handler.passthrough import NativeReply, NativeStream, guarded, sse_frame
+from handler.pipeline import ChunkStream
 from handler.pricing import Cost
-from handler.proxy import ChunkStream
 from handler.schemas import ChatCompletion, ChatCompletionChunk, Usage
 from handler.streaming import sse_event
 

@@ -29,7 +29,7 @@ from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from handler import prometheus
 
 if TYPE_CHECKING:
-    from handler.proxy import Exchange
+    from handler.pipeline import Exchange
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "llm-gateway")
 logger = Logger(service=SERVICE, level=os.environ.get("POWERTOOLS_LOG_LEVEL", "INFO"))

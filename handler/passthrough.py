@@ -22,7 +22,7 @@ from handler.upstream import UpstreamResponse
 from handler.wire import StreamEvent
 
 if TYPE_CHECKING:
-    from handler.proxy import Exchange, Pipeline
+    from handler.pipeline import Exchange, Pipeline
     from handler.routing import Attempt
 
 CLIENT_CLOSED = 499  # nginx's status for a client that hung up: the ledger's word for an abandoned stream

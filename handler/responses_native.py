@@ -15,8 +15,8 @@ from typing import Any
 
 from handler.errors import GatewayError, UpstreamError
 from handler.passthrough import NativeStream, guarded, sse_frame
+from handler.pipeline import Exchange
 from handler.ports import NativeCall
-from handler.proxy import Exchange
 from handler.responses_api import API, TERMINAL, ReasoningSeal, ResponsesRequest, input_items
 from handler.streaming import sse_event
 from handler.wire import event_payload

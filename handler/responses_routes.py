@@ -22,8 +22,8 @@ from handler.config import resolve_secret
 from handler.errors import NotFoundError
 from handler.observability import observe
 from handler.passthrough import NativeReply, NativeStream
+from handler.pipeline import Exchange
 from handler.ports import KeyRecord, StoredResponse, StoreError
-from handler.proxy import Exchange
 from handler.responses_api import (
     ReasoningSeal,
     ResponseIds,

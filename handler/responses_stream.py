@@ -15,7 +15,7 @@ from typing import Any
 
 from handler.errors import GatewayError, UpstreamError
 from handler.passthrough import guarded
-from handler.proxy import ChunkStream
+from handler.pipeline import ChunkStream
 from handler.responses_api import (
     ReasoningSeal,
     ResponseIds,

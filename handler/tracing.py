@@ -30,7 +30,7 @@ from handler.redaction import redact_message
 if TYPE_CHECKING:
     from adapters.otlp.exporter import BatchExporter
     from adapters.otlp.wire import AttributeValue, SpanData
-    from handler.proxy import Exchange
+    from handler.pipeline import Exchange
     from handler.routing import Attempt
     from handler.schemas import ChatRequest
 

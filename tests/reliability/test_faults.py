@@ -157,7 +157,7 @@ def test_no_reservation_stays_stuck(throttled: Any) -> None:
     gateway.config.gateway.reservation_ttl_seconds = 0.5
 
     async def go() -> None:
-        from handler.proxy import Pipeline
+        from handler.pipeline import Pipeline
 
         minted = await KeyService(store, 0).mint(
             KeyRecord(id="", name="r", secret_hash="", created_at=0, budget_usd=0.05)

@@ -35,7 +35,7 @@ def test_a_lambda_invocation_caps_the_deadline_at_its_remaining_time() -> None:
 
 
 def test_controls_come_from_the_gateway_headers_alone() -> None:
-    from handler.proxy import Controls
+    from handler.pipeline import Controls
     from handler.routing import RouteControls
 
     assert parse_controls(request({"authorization": "Bearer k", "x-request-id": "r"})) == Controls()
