@@ -593,12 +593,13 @@ class Pipeline:
         item: LedgerItem | None = None
         actual = 0.0
         tokens = 0
-        worst = Usage.of(reservation.prompt_tokens, reservation.output_tokens)
-        if source == "reserved":
-            usage = worst
+        if source == "reserved" or ex.missed:  # (rare: the worst case is built only when it is charged)
+            worst = Usage.of(reservation.prompt_tokens, reservation.output_tokens)
+            usage = worst if source == "reserved" else usage
+            if usage is not None and attempt is not None:
+                for missed in ex.missed:  # attempts before this one that the provider may bill
+                    self._waste(ex, missed, worst)
         if usage is not None and attempt is not None:
-            for missed in ex.missed:  # attempts before this one that the provider may bill
-                self._waste(ex, missed, worst)
             ex.cost = self._cost(ex, attempt, usage)
             if ex.wasted_usd and ex.cost.provider_usd is not None:
                 wasted = ex.wasted_usd
