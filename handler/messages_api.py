@@ -19,9 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from handler.errors import InvalidRequestError
 from handler.schemas import ChatRequest
 
-API = "anthropic.messages"
-# Client headers Anthropic's API reads, forwarded unchanged to a deployment that speaks it.
-FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
 # Top-level Messages fields the internal form carries; any other the client set is named as dropped.
 MAPPED = frozenset(
     {

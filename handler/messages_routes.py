@@ -12,15 +12,16 @@ from starlette.responses import Response
 
 from handler.errors import InvalidRequestError
 from handler.keys import allows_model
-from handler.messages_api import API, FORWARDED_HEADERS, MessagesCountRequest, MessagesRequest, to_chat_request
+from handler.messages_api import MessagesCountRequest, MessagesRequest, to_chat_request
 from handler.messages_out import anthropic_events, native_events, native_message, to_message
 from handler.observability import observe
 from handler.passthrough import NativeReply, NativeStream
-from handler.ports import KeyRecord, NativeCall
+from handler.ports import MESSAGES_API, KeyRecord, NativeCall
 from handler.pricing import estimate_prompt_tokens
 from handler.redaction import scrub
 from handler.schemas import ChatRequest
 from handler.streaming import EventStream, until_client_leaves
+from handler.wire import ANTHROPIC_HEADERS
 
 if TYPE_CHECKING:
     from handler.app import Api
@@ -33,8 +34,8 @@ EPOCH = "1970-01-01T00:00:00Z"
 
 def native_call(request: Request, data: dict[str, Any], untranslated: list[str]) -> NativeCall:
     """The client's Messages request as it sent it: its body and the headers Anthropic reads."""
-    headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
-    return NativeCall(API, data, headers, tuple(untranslated))
+    headers = {name: request.headers[name] for name in ANTHROPIC_HEADERS if name in request.headers}
+    return NativeCall(MESSAGES_API, data, headers, tuple(untranslated))
 
 
 def json_answer(payload: Any, headers: dict[str, str]) -> Response:

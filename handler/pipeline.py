@@ -46,9 +46,9 @@ from handler.pricing import (
     price_for,
     prompt_estimate,
     scaled,
+    usd,
     worst_case_usd,
 )
-from handler.reports import usd
 from handler.routing import Attempt, Plan, RouteControls
 from handler.schema_check import enforce, schema_of, violation
 from handler.schemas import (

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 from handler.errors import InvalidRequestError, UpstreamError
@@ -81,6 +82,11 @@ class StreamParser(Protocol):
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]: ...
 
     def finish(self) -> list[ChatCompletionChunk]: ...
+
+
+# `NativeCall.api` of the front-ends' requests: Anthropic's Messages API and OpenAI's Responses API.
+MESSAGES_API = "anthropic.messages"
+RESPONSES_API = "openai.responses"
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +364,11 @@ class LedgerItem:
     # fields existed read back as 0.
     reasoning_tokens: int = 0
     cache_savings_usd: float = 0.0
+
+    @property
+    def day(self) -> str:
+        """The UTC day the line falls on (`YYYY-MM-DD`): reports group by it, stores keep daily totals by it."""
+        return datetime.fromtimestamp(self.ts, UTC).strftime("%Y-%m-%d")
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -228,3 +229,24 @@ def worst_case_usd(prompt_tokens: int, max_output: int, price: Price | None, fee
     input_rate = max(unit["input"], unit["cache_write"])
     provider = (prompt_tokens * input_rate + max_output * unit["output"]) / 1_000_000
     return math.ceil((provider + fee_for(provider, fee)) * 1e9) / 1e9
+
+
+def usd(value: float) -> str:
+    """A USD amount as a header or CSV value: the float's exact shortest form, never exponent notation,
+    so summing the headers gives back the ledger's figures."""
+    text = repr(float(value))
+    if not text[-1].isdigit():  # inf, nan
+        return format(Decimal(text), "f")
+    if "e" not in text:  # already plain
+        return text
+    # Exponent notation (a request's cost is often ~1e-06): move the point, digits unchanged.
+    mantissa, _, exponent = text.partition("e")
+    sign = "-" if mantissa.startswith("-") else ""
+    whole, _, fraction = mantissa.lstrip("-").partition(".")
+    digits = whole + fraction
+    point = len(whole) + int(exponent)
+    if point <= 0:
+        return f"{sign}0.{'0' * -point}{digits}"
+    if point >= len(digits):
+        return sign + digits + "0" * (point - len(digits))
+    return f"{sign}{digits[:point]}.{digits[point:]}"

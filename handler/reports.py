@@ -17,32 +17,12 @@ from typing import Any
 from handler.attribution import parse_tags
 from handler.errors import InvalidRequestError
 from handler.ports import LedgerItem
+from handler.pricing import usd
 
 GROUPS = ("key", "model", "day")
 # Lines whose cost was not the provider's own figure (`LedgerItem.cost_source`), counted per row.
 COST_SOURCES = {"estimate": "estimated_cost_requests", "reserved": "reserved_cost_requests"}
 DEFAULT_WINDOW_DAYS = 30
-
-
-def usd(value: float) -> str:
-    """A USD amount as a header or CSV value: the float's exact shortest form, never exponent notation,
-    so summing the headers gives back the ledger's figures."""
-    text = repr(float(value))
-    if not text[-1].isdigit():  # inf, nan
-        return format(Decimal(text), "f")
-    if "e" not in text:  # already plain
-        return text
-    # Exponent notation (a request's cost is often ~1e-06): move the point, digits unchanged.
-    mantissa, _, exponent = text.partition("e")
-    sign = "-" if mantissa.startswith("-") else ""
-    whole, _, fraction = mantissa.lstrip("-").partition(".")
-    digits = whole + fraction
-    point = len(whole) + int(exponent)
-    if point <= 0:
-        return f"{sign}0.{'0' * -point}{digits}"
-    if point >= len(digits):
-        return sign + digits + "0" * (point - len(digits))
-    return f"{sign}{digits[:point]}.{digits[point:]}"
 
 
 def parse_when(text: str | None, default: float, name: str) -> float:
@@ -88,7 +68,7 @@ def group_value(item: LedgerItem, group: str) -> str:
     if group == "model":
         return item.model
     if group == "day":
-        return day_of(item.ts)
+        return item.day
     if group == "user":
         return item.user or ""
     if group == "session":
@@ -103,10 +83,6 @@ def window(since: str | None, until: str | None) -> tuple[float, float]:
     if end <= start:
         raise InvalidRequestError("until must be after since", param="until")
     return start, end
-
-
-def day_of(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
 
 
 USD_COLUMNS = ("cost_usd", "fee_usd", "total_usd", "cache_savings_usd")

@@ -28,9 +28,6 @@ from handler.errors import InvalidRequestError
 from handler.pricing import Cost
 from handler.schemas import ChatCompletion, ChatRequest, Usage
 
-API = "openai.responses"  # `NativeCall.api` of a Responses API request
-TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})  # a stream's last event
-
 # Request fields the translation honours (the gateway keeps, echoes or acts on them itself).
 MAPPED = frozenset(
     {

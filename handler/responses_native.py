@@ -16,10 +16,10 @@ from typing import Any
 from handler.errors import GatewayError, UpstreamError
 from handler.passthrough import NativeStream, guarded, sse_frame
 from handler.pipeline import Exchange
-from handler.ports import NativeCall
-from handler.responses_api import API, TERMINAL, ReasoningSeal, ResponsesRequest, input_items
+from handler.ports import RESPONSES_API, NativeCall
+from handler.responses_api import ReasoningSeal, ResponsesRequest, input_items
 from handler.streaming import sse_event
-from handler.wire import event_payload
+from handler.wire import RESPONSES_TERMINAL, event_payload
 
 Finished = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -44,7 +44,7 @@ class Relay:
             items = kept
         if items is not None:
             sent["input"] = items
-        self.call = NativeCall(API, sent, untranslated=tuple(untranslated), dropped=tuple(dropped))
+        self.call = NativeCall(RESPONSES_API, sent, untranslated=tuple(untranslated), dropped=tuple(dropped))
 
     @staticmethod
     def _sealed_here(item: Any) -> bool:
@@ -81,7 +81,7 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
                 if isinstance(payload.get("sequence_number"), int):
                     sequence.last = payload["sequence_number"]
                 response = payload.get("response")
-                if kind in TERMINAL and isinstance(response, dict):
+                if kind in RESPONSES_TERMINAL and isinstance(response, dict):
                     terminal = (kind, payload, response)
                 else:
                     out += sse_frame(event)

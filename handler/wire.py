@@ -22,6 +22,11 @@ class StreamEvent:
     data: bytes
 
 
+# The Responses API's terminal stream events: a stream's last, carrying the whole response.
+RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# Client headers Anthropic's API reads, forwarded unchanged to a deployment that speaks it.
+ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
+
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # as AWS event-stream's own limit on a message
 
 

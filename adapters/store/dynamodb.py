@@ -68,7 +68,6 @@ from handler.ports import (
     StoreError,
     UsageQuery,
 )
-from handler.reports import day_of
 
 T = TypeVar("T")
 METER_SK = "METER"
@@ -419,7 +418,7 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, Store):
         return e.update(self.leases.item_key(key_id, home), self.table)
 
     def _ledger_writes(self, item: LedgerItem) -> list[Item]:
-        day = day_of(item.ts)
+        day = item.day
         line = {
             "pk": text(f"LEDGER#{item.key_id}"),
             "sk": text(ledger_sort_key(item)),

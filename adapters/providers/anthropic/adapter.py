@@ -29,9 +29,7 @@ from adapters.providers.params import (
     thinking_blocks,
 )
 from handler.errors import InvalidRequestError, UpstreamError
-from handler.messages_api import API as MESSAGES_API
-from handler.messages_api import FORWARDED_HEADERS
-from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
+from handler.ports import MESSAGES_API, BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -51,7 +49,7 @@ from handler.schemas import (
     ToolCallDelta,
     Usage,
 )
-from handler.wire import StreamEvent, event_payload, json_body, malformed, upstream_error
+from handler.wire import ANTHROPIC_HEADERS, StreamEvent, event_payload, json_body, malformed, upstream_error
 
 API_VERSION = "2023-06-01"
 JSON_TOOL = "json_response"
@@ -695,7 +693,7 @@ class AnthropicAdapter(ProviderAdapter):
     def native_headers(self, call: NativeCall) -> dict[str, str]:
         """The adapter's headers with the client's `anthropic-version` and `anthropic-beta` as it sent them."""
         headers = self.headers()
-        for name in FORWARDED_HEADERS:
+        for name in ANTHROPIC_HEADERS:
             if call.headers.get(name):
                 headers[name] = call.headers[name]
         return headers

@@ -17,7 +17,7 @@ from adapters.providers import reasoning
 from adapters.providers.openai.profiles import PROFILES, Profile, profile_for
 from adapters.providers.params import apply_rules
 from handler.errors import InvalidRequestError, UpstreamError
-from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
+from handler.ports import RESPONSES_API, BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -230,7 +230,7 @@ class OpenAIAdapter(ProviderAdapter):
         return f"{target.base_url}/responses"
 
     def speaks(self, api: str, target: Target) -> bool:
-        return (api == responses.API and self.serves_responses(target)) or super().speaks(api, target)
+        return (api == RESPONSES_API and self.serves_responses(target)) or super().speaks(api, target)
 
     def native_request(
         self, call: NativeCall, target: Target, *, stream: bool, output_limit: int | None

@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from handler.responses_api import API, TERMINAL
 from handler.schemas import CompletionTokensDetails, Usage
-from handler.wire import StreamEvent, event_payload, json_body, malformed
+from handler.wire import RESPONSES_TERMINAL, StreamEvent, event_payload, json_body, malformed
 
-__all__ = ["API", "ResponsesMeter", "answer_usage", "request_body", "usage_of"]
+__all__ = ["ResponsesMeter", "answer_usage", "request_body", "usage_of"]
 
 
 def usage_of(raw: Any) -> Usage | None:
@@ -69,5 +68,5 @@ class ResponsesMeter:
         if isinstance(delta, str):
             self.output_chars += len(delta)
         response = payload.get("response")
-        if kind in TERMINAL and isinstance(response, dict):
+        if kind in RESPONSES_TERMINAL and isinstance(response, dict):
             self.usage = usage_of(response.get("usage"))

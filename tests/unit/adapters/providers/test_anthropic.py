@@ -12,13 +12,12 @@ from adapters.providers.anthropic import AnthropicAdapter
 from adapters.providers.anthropic.adapter import (
     JSON_OBJECT_INSTRUCTION,
     JSON_TOOL,
-    MESSAGES_API,
     AnthropicStreamParser,
     MessagesMeter,
 )
 from adapters.providers.registry import REGISTRY
 from handler.errors import InvalidRequestError, UpstreamError
-from handler.ports import NativeCall, Target
+from handler.ports import MESSAGES_API, NativeCall, Target
 from handler.schemas import ChatRequest, Usage
 from handler.wire import SSEDecoder, StreamEvent
 
