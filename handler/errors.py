@@ -1,4 +1,4 @@
-"""The gateway's one error hierarchy, rendered by one exception handler (see `handler.app`).
+"""The gateway's one error hierarchy, rendered by one exception handler (see `handler.api.app`).
 
     GatewayError                      status, code, message, param, headers
     ├── InvalidRequestError           400 invalid_request

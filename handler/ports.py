@@ -267,7 +267,7 @@ class KeyRecord:
     # The region whose store item is the budget's ledger of record (None: records from before regions, which
     # keep one meter item in whichever region serves them). See `adapters/store/leases.py`.
     home_region: str | None = None
-    # Default attribution tags for the key's ledger lines (see `handler/attribution.py` for how they combine
+    # Default attribution tags for the key's ledger lines (see `handler/pipeline/attribution.py` for how they combine
     # with its ancestors' and the request's).
     tags: dict[str, str] = field(default_factory=dict)
 

@@ -27,7 +27,7 @@ def Omitted() -> Any:  # noqa: N802 - reads as a field type at the use site
 
 # Every API model's validator is built on its first use, not at import (`defer_build`): a Lambda cold start
 # builds only what its first request needs (a chat completion, none of the Responses or Messages models).
-# `gateway serve` builds them all at start-up instead (handler/asgi.py).
+# `gateway serve` builds them all at start-up instead (handler/entry/asgi.py).
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 

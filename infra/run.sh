@@ -4,6 +4,6 @@
 # uvicorn ignores X-Forwarded-For (its peer is the adapter on loopback); the app trusts only
 # gateway.trusted_proxies from the config.
 export PYTHONPATH="${LAMBDA_TASK_ROOT:-/var/task}${PYTHONPATH:+:$PYTHONPATH}"
-exec python3 -m uvicorn handler.asgi:app \
+exec python3 -m uvicorn handler.entry.asgi:app \
   --host 127.0.0.1 --port "${AWS_LWA_PORT:-8000}" \
   --no-proxy-headers --no-access-log --log-level warning --timeout-keep-alive 900

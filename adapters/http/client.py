@@ -2,7 +2,7 @@
 its end, return both; over the process's HTTP/1.1 client, or any httpx transport a test plugs in.
 
 Failures are httpx's own errors (any timeout an `httpx.TimeoutException`), for the adapter to map; the
-application's upstream client (handler/upstream.py) is not involved, so a store does not depend on it.
+application's upstream client (handler/pipeline/upstream.py) is not involved, so a store does not depend on it.
 """
 
 from __future__ import annotations

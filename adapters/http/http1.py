@@ -33,7 +33,7 @@ optional overall deadline for the answer. Beyond a bound the exchange fails with
 Timeouts come from the request's httpx `timeout` extension: `connect` (TCP and TLS handshake, and a
 proxy's CONNECT answer), `read` (between any two reads once the request is sent) and, this client's own,
 `total` (until the body's end); the wait for the status line as a whole is the caller's to bound
-(handler/upstream.py does, with the first-byte timeout).
+(handler/pipeline/upstream.py does, with the first-byte timeout).
 """
 
 from __future__ import annotations

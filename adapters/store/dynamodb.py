@@ -105,7 +105,7 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, Store):
         self.region = region
         self.leases = Leases(table, region, client, client_for or self._no_other_region, clock, lease_idle_seconds)
         self.page_size: int | None = None  # a query's `Limit` (None: DynamoDB's 1 MB pages)
-        # Where settlements the table refused wait (handler/spool.py): Lambda can write only under /tmp.
+        # Where settlements the table refused wait (handler/pipeline/spool.py): Lambda can write only under /tmp.
         folder = "/tmp" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else ".gateway"  # noqa: S108
         self.spool_path = f"{folder}/settlements-{table}{f'-{region}' if region else ''}.jsonl"
 

@@ -184,7 +184,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the SQLite store at {path}: {exc}") from exc
         self.path = path
-        # Where settlements this file refused wait (handler/spool.py); in memory for an in-memory store.
+        # Where settlements this file refused wait (handler/pipeline/spool.py); in memory for an in-memory store.
         self.spool_path = None if path == ":memory:" else f"{path}-settlements.jsonl"
         self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]] | None = None
         self._flush_soon: asyncio.Handle | None = None

@@ -30,12 +30,12 @@ def serve_checkout(stack: ExitStack, root: Path, workdir: Path, env: dict[str, s
     """`gateway serve` from the checkout at `root`, on a store of its own in `workdir`: its URL and key."""
     env = {**env, "GATEWAY_STORE": f"sqlite:///{workdir / 'bench.db'}", "PYTHONPATH": str(root)}
     minted = subprocess.run(
-        [sys.executable, "-m", "handler.cli", "keys", "create", "--name", "bench", "--budget-usd", "1000000",
+        [sys.executable, "-m", "handler.entry.cli", "keys", "create", "--name", "bench", "--budget-usd", "1000000",
          "--rpm", "10000000", "--tpm", "1000000000", "--json"],
         cwd=root, env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     port = free_port()
-    serve = [sys.executable, "-m", "handler.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    serve = [sys.executable, "-m", "handler.entry.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     log = (workdir / "gateway.log").open("wb")
     stack.callback(log.close)
     served = subprocess.Popen(serve, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -4,7 +4,7 @@
 
 CLIENT picks the upstream client: `aiohttp` (the issue's reference: "a bare Starlette + aiohttp proxy"),
 `httpx` (httpx's own pool), `httpx-aiohttp` (httpx over the httpx-aiohttp package's transport) or
-`gateway` (handler/upstream.py, the gateway's own client). No auth, no metering, no translation.
+`gateway` (handler/pipeline/upstream.py, the gateway's own client). No auth, no metering, no translation.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def forwarder() -> Callable[[bytes], Awaitable[tuple[int, bytes]]]:
         return via_aiohttp
     if CLIENT == "gateway":
         from handler.config import TimeoutConfig
+        from handler.pipeline.upstream import UpstreamClient
         from handler.ports import UpstreamRequest
-        from handler.upstream import UpstreamClient
 
         upstream = UpstreamClient(TimeoutConfig())
 

@@ -85,10 +85,10 @@ class StoreClock:
 
 
 def first_invocation_ms() -> float:
-    """ms of the first invocation after a cold import of handler.lambda_handler, with what the import left
+    """ms of the first invocation after a cold import of handler.entry.lambda_handler, with what the import left
     to first use (the API models' validators) built in it; the upstream is `Canned`, as in `main`."""
-    from handler import lambda_handler
-    from handler.upstream import UpstreamClient
+    from handler.entry import lambda_handler
+    from handler.pipeline.upstream import UpstreamClient
 
     gateway = lambda_handler.gateway
     gateway.upstream = UpstreamClient(gateway.config.gateway.timeouts, Canned(json.dumps(COMPLETION).encode()))
@@ -110,8 +110,8 @@ def bare(invocations: int) -> None:
     os.environ["CLIENT"] = "gateway"  # the bare proxy's own client is replaced below; aiohttp stays out
 
     from handler.config import TimeoutConfig
+    from handler.pipeline.upstream import UpstreamClient
     from handler.ports import UpstreamRequest
-    from handler.upstream import UpstreamClient
     from tests.bench import bare_proxy
 
     upstream = UpstreamClient(TimeoutConfig(), Canned(json.dumps(COMPLETION).encode()))
@@ -140,8 +140,8 @@ def bare(invocations: int) -> None:
 def main(invocations: int) -> None:
     results = sys.stdout
     sys.stdout = sys.stderr
-    from handler import lambda_handler
-    from handler.upstream import UpstreamClient
+    from handler.entry import lambda_handler
+    from handler.pipeline.upstream import UpstreamClient
 
     gateway = lambda_handler.gateway
     gateway.upstream = UpstreamClient(gateway.config.gateway.timeouts, Canned(json.dumps(COMPLETION).encode()))

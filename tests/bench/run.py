@@ -316,7 +316,7 @@ def mint_key(env: dict[str, str]) -> str:
         [
             sys.executable,
             "-m",
-            "handler.cli",
+            "handler.entry.cli",
             "keys",
             "create",
             "--name",
@@ -355,7 +355,7 @@ FIRST_INVOCATION = "from tests.bench.lambda_warm import first_invocation_ms; the
 
 
 def cold_import_ms(
-    env: dict[str, str], runs: int, statement: str = "import handler.lambda_handler", after: str = "then = 0.0"
+    env: dict[str, str], runs: int, statement: str = "import handler.entry.lambda_handler", after: str = "then = 0.0"
 ) -> tuple[float, float]:
     """Median ms to run `statement` in a new interpreter, with bytecode compiled beforehand (as the deployed
     package ships it: infra/Makefile compiles it, and Lambda's /var/task is read-only); and the median of
@@ -405,7 +405,7 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
         env = {**os.environ, **bench_files(workdir, upstream_port)}
         key = mint_key(env)
         nginx = ["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx-error.log")]
-        serve = [sys.executable, "-m", "handler.cli", "serve", "--host", "127.0.0.1", "--port", str(gateway_port)]
+        serve = [sys.executable, "-m", "handler.entry.cli", "serve", "--host", "127.0.0.1", "--port", str(gateway_port)]
         direct = f"{upstream}/v1/chat/completions"
         with (
             process(nginx),
@@ -504,7 +504,18 @@ def workers_scaling(
     workers_env = {**env, "GATEWAY_STORE": f"sqlite:///{store}"}
     workers_key = mint_key(workers_env)
     port = free_port()
-    serve = [sys.executable, "-m", "handler.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    serve = [
+        sys.executable,
+        "-m",
+        "handler.entry.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+    ]
     with process(serve, workers_env, workdir / "gateway-workers.log"):
         wait_ready(f"http://127.0.0.1:{port}/health")
         two = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -559,7 +570,7 @@ def dynamodb_calls(workdir: Path, upstream_port: int, requests: int) -> dict[str
         }
         key = mint_key(env)
         port = free_port()
-        serve = [sys.executable, "-m", "handler.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        serve = [sys.executable, "-m", "handler.entry.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
         nginx = ["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx-error.log")]
         with process(nginx), process(serve, env, workdir / "gateway-ddb.log"):
             wait_ready(f"http://127.0.0.1:{port}/health")
@@ -636,7 +647,7 @@ def table(results: dict[str, Any]) -> str:
         f"warm Lambda invocation (Mangum, upstream mocked): {lam['total']:.0f} µs, of which store calls "
         f"{lam['store']:.0f} µs and the gateway's own work {lam['own']:.0f} µs; the bare proxy under Mangum "
         f"on the same client: {results['lambda_bare_us']['own']:.0f} µs",
-        f"cold import of handler.lambda_handler (config, store and app built): {results['cold_import_ms']:.0f} ms, "
+        f"cold import of the Lambda handler (config, store and app built): {results['cold_import_ms']:.0f} ms, "
         f"then the first invocation {results['first_invocation_ms']:.0f} ms; "
         f"the card's libraries alone: {results['libraries_import_ms']:.0f} ms",
         f"DynamoDB store: {results['dynamodb']['calls_per_request']:.2f} calls per request "

@@ -247,7 +247,7 @@ async def serve_and_drive(app: Any, port: int, script: Path, duration: float) ->
         log_level="warning",
         access_log=False,
         loop="asyncio",
-        http="handler.server:BoundedHttpToolsProtocol",
+        http="handler.entry.server:BoundedHttpToolsProtocol",
         lifespan="off",
     )
     server = uvicorn.Server(config)
@@ -279,7 +279,7 @@ def run(duration: float) -> dict[str, Any]:
             wait_ready(f"{upstream}/v1/chat/completions")
             sys.stdout = log  # the request lines, as `gateway serve` writes them to its log
             try:
-                from handler.asgi import app
+                from handler.entry.asgi import app
 
                 recorder = Recorder()
                 with recording(recorder):

@@ -4,7 +4,8 @@
 
 nginx answers a fixed completion; the proxy (tests/bench/bare_proxy.py, one uvicorn worker) forwards each
 request with httpx's own connection pool, with httpx over the `httpx-aiohttp` package's transport, with the
-gateway's own client (handler/upstream.py: httpx's request and transport interface over adapters/http/http1.py),
+gateway's own client (handler/pipeline/upstream.py: httpx's request and transport interface over
+adapters/http/http1.py),
 or with aiohttp directly; wrk measures each at 8 connections.
 """
 

@@ -13,10 +13,10 @@ import pytest
 
 from adapters.providers.gemini.adapter import call_signature
 from adapters.providers.registry import REGISTRY
-from handler.messages_out import EventWriter, to_message
+from handler.api.messages_out import EventWriter, to_message
+from handler.api.streaming import answer_json, sse_chunk
 from handler.ports import Target
 from handler.schemas import ChatCompletion, ChatCompletionChunk, ChatRequest, Usage
-from handler.streaming import answer_json, sse_chunk
 from handler.wire import StreamEvent
 from tests.conformance import references
 from tests.conformance.corpus import MODELS
@@ -204,7 +204,7 @@ def test_a_gemini_prompt_block_reaches_a_messages_client_as_its_text() -> None:
 
 
 def test_messages_thinking_blocks_reach_deepseek_as_reasoning() -> None:
-    from handler.messages_api import MessagesRequest, to_chat_request
+    from handler.api.messages_api import MessagesRequest, to_chat_request
 
     turns = [
         {"role": "user", "content": "Weather?"},

@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from adapters.providers.registry import REGISTRY
+from handler.api.messages_api import MessagesRequest, to_chat_request
 from handler.errors import InvalidRequestError
-from handler.messages_api import MessagesRequest, to_chat_request
 from handler.ports import BuiltRequest, Target
 from handler.schemas import ChatRequest, Message
 from tests.conformance import references

@@ -19,10 +19,10 @@ from starlette.routing import Mount
 
 from adapters.providers.registry import REGISTRY
 from adapters.store import open_store
-from handler.app import create_app
+from handler.api.app import create_app
 from handler.config import Config, parse_config
-from handler.gateway import Gateway, build_gateway
-from handler.keys import KeyService, split_key
+from handler.pipeline.gateway import Gateway, build_gateway
+from handler.pipeline.keys import KeyService, split_key
 from handler.ports import KeyRecord, LedgerItem, UsageQuery
 from tests.support.dynamo import DynamoServer
 from tests.support.servers import ServerThread, free_port

@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from adapters.store import open_store
-from handler.cli import main as cli_main
-from handler.keys import hash_secret, split_key
+from handler.entry.cli import main as cli_main
+from handler.pipeline.keys import hash_secret, split_key
 from handler.ports import Admission, Settlement
 from tests.functional.conftest import Running, openai_client, start_gateway
 from tests.support.browser import Browser, Image, Page, chromium_missing, decode_png

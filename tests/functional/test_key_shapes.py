@@ -16,8 +16,8 @@ import pytest
 
 from adapters.store import open_store
 from adapters.store.dynamodb import DynamoDBStore
-from handler.app import create_app
-from handler.gateway import build_gateway
+from handler.api.app import create_app
+from handler.pipeline.gateway import build_gateway
 from handler.ports import LedgerItem, UsageQuery
 from tests.functional.conftest import FAKE_KEYS, Running, gateway_config
 from tests.support.contention import FlakyClient
@@ -135,7 +135,7 @@ def test_contention_on_dynamodb_answers_200_and_every_line_lands(
     gateway = build_gateway(config=config, store=store, environ={**FAKE_KEYS, "GATEWAY_REGION": "us-east-1"})
 
     async def go() -> None:
-        from handler.keys import KeyService
+        from handler.pipeline.keys import KeyService
         from handler.ports import KeyRecord
 
         keys = KeyService(store, 0)

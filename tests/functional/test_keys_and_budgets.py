@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from handler.pricing import estimate_prompt_tokens, price_for, worst_case_usd
+from handler.pipeline.pricing import estimate_prompt_tokens, price_for, worst_case_usd
 from handler.schemas import ChatRequest
 from tests.functional.conftest import Running, openai_client
 
@@ -73,7 +73,7 @@ def test_revoked_key_works_at_most_for_the_cache_window(running: Running, mint: 
 
     async def revoke_elsewhere() -> None:
         from adapters.store import open_store
-        from handler.keys import KeyService
+        from handler.pipeline.keys import KeyService
 
         store = open_store(running.store_url)
         try:

@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from adapters.store import open_store
-from handler.keys import hash_secret
+from handler.pipeline.keys import hash_secret
 from handler.ports import KeyRecord
 from tests.fakes.openai import TEXT
 from tests.fakes.openai import create_app as openai_fake

@@ -24,12 +24,12 @@ from botocore.config import Config as BotoConfig
 from adapters.providers.registry import REGISTRY
 from adapters.store import open_store
 from adapters.store.dynamodb import DynamoDBStore
-from handler.app import create_app
+from handler.api.app import create_app
 from handler.config import Config, parse_config
-from handler.gateway import Gateway, build_gateway
-from handler.keys import KeyService
+from handler.pipeline.gateway import Gateway, build_gateway
+from handler.pipeline.keys import KeyService
+from handler.pipeline.pricing import estimate_prompt_tokens, price_for, worst_case_usd
 from handler.ports import KeyRecord
-from handler.pricing import estimate_prompt_tokens, price_for, worst_case_usd
 from handler.schemas import ChatRequest
 from tests.functional.conftest import FAKE_KEYS
 from tests.support.dynamo import DynamoServer, table_spec, ttl_attribute

@@ -12,12 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from handler.app import create_app
+from handler.api.app import create_app
 from handler.config import Config
 from tests.functional.conftest import Running, serve_gateway
 from tests.support.servers import ServerThread, SocketServer
 
-SERVE_PROTOCOL = "handler.server:BoundedHttpToolsProtocol"  # what `gateway serve` runs (handler/cli.py)
+SERVE_PROTOCOL = "handler.entry.server:BoundedHttpToolsProtocol"  # what `gateway serve` runs (handler/entry/cli.py)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from handler.cli import main
+from handler.entry.cli import main
 from tests.functional.conftest import Running
 from tests.functional.test_metrics import labels, scrape
 from tests.support.serve import gateway_serve

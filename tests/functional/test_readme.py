@@ -55,7 +55,7 @@ def test_each_python_example_runs(code: str, running: Running, monkeypatch: pyte
 @pytest.mark.parametrize("code", examples("sh"), ids=lambda code: code.split()[0].rsplit("/", 1)[-1])
 def test_each_shell_example_runs(code: str, running: Running) -> None:
     key = running.mint(name="readme")
-    script = code.replace(LOCAL, running.url).replace(".venv/bin/gateway", f"{sys.executable} -m handler.cli")
+    script = code.replace(LOCAL, running.url).replace(".venv/bin/gateway", f"{sys.executable} -m handler.entry.cli")
     environ = {**os.environ, "GATEWAY_KEY": key, "GATEWAY_STORE": running.store_url}
     ran = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=60

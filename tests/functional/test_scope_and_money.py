@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from adapters.providers.registry import REGISTRY
-from handler.cli import main as cli_main
 from handler.config import Config, parse_config
-from handler.keys import split_key
+from handler.entry.cli import main as cli_main
+from handler.pipeline.keys import split_key
 from handler.ports import LedgerItem
 from tests.functional.conftest import FAKE_KEYS, Running, serve_gateway
 from tests.support.dynamo import DynamoServer

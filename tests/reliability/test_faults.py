@@ -14,9 +14,9 @@ from botocore.exceptions import ClientError, ReadTimeoutError
 from adapters.providers.registry import REGISTRY
 from adapters.store.dynamodb import DynamoDBStore
 from adapters.store.local_leases import IDLE_S, SWEEP_S
-from handler.app import create_app
-from handler.gateway import build_gateway
-from handler.keys import KeyService
+from handler.api.app import create_app
+from handler.pipeline.gateway import build_gateway
+from handler.pipeline.keys import KeyService
 from handler.ports import KeyRecord, Settlement, UsageQuery
 from tests.functional.conftest import FAKE_KEYS, Running, gateway_config
 from tests.support.dynamo import DynamoServer
@@ -157,7 +157,7 @@ def test_no_reservation_stays_stuck(throttled: Any) -> None:
     gateway.config.gateway.reservation_ttl_seconds = 0.5
 
     async def go() -> None:
-        from handler.pipeline import Pipeline
+        from handler.pipeline.pipeline import Pipeline
 
         minted = await KeyService(store, 0).mint(
             KeyRecord(id="", name="r", secret_hash="", created_at=0, budget_usd=0.05)
@@ -179,7 +179,7 @@ def test_a_client_that_hangs_up_mid_stream_is_settled_at_once(running: Running, 
     """The gateway notices the hang-up while waiting on the upstream (whose next chunk is 2 s away), closes
     the upstream and settles the estimate: a 499 line in the ledger, no reservation left behind."""
     from adapters.store import open_store
-    from handler.keys import split_key
+    from handler.pipeline.keys import split_key
 
     key = mint(budget_usd=1.0)
     key_id = split_key(key)[0]  # type: ignore[index]

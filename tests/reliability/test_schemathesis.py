@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
     positive_data_acceptance,
 )
 
-from handler.route_table import openapi_document
+from handler.api.route_table import openapi_document
 from tests.functional.conftest import Running
 
 # A 503 the client asked for: it pinned a provider or region that serves nothing for the model.

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from adapters.providers.registry import REGISTRY
+from handler.api.messages_api import MessagesRequest, to_chat_request
 from handler.errors import InvalidRequestError
-from handler.messages_api import MessagesRequest, to_chat_request
 from handler.ports import BuiltRequest, ProviderAdapter, Target
 from handler.schemas import ChatRequest
 

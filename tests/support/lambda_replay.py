@@ -46,7 +46,7 @@ def main(paths: list[str]) -> None:
     results = sys.stdout
     logged = LineCounter(sys.stderr)
     sys.stdout = logged  # the handler's log lines go to stderr here, leaving stdout to the results
-    from handler.lambda_handler import gateway, handler
+    from handler.entry.lambda_handler import gateway, handler
 
     freeze_s = float(os.environ.get("LAMBDA_FREEZE_S", "0"))
     for number, path in enumerate(paths):

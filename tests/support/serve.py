@@ -54,7 +54,7 @@ def gateway_serve(
         **(environ or {}),
     }
     created = subprocess.run(
-        [sys.executable, "-m", "handler.cli", "keys", "create", "--name", "t", "--json"],
+        [sys.executable, "-m", "handler.entry.cli", "keys", "create", "--name", "t", "--json"],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -64,7 +64,7 @@ def gateway_serve(
     port = free_port()
     with (folder / "gateway.log").open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "handler.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "handler.entry.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
             env=env,
             cwd=ROOT,
             stdout=log,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from handler.route_table import ROUTES
+from handler.api.route_table import ROUTES
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
@@ -97,7 +97,7 @@ ROUTE_CELL = re.compile(r"^\| ((?:`(?:GET|POST|PATCH|DELETE)`, )*`(?:GET|POST|PA
 
 
 def test_the_interface_reference_lists_every_route_the_gateway_serves() -> None:
-    """The user's copy of the interface names exactly the route table's routes (`handler/route_table.py`)."""
+    """The user's copy of the interface names exactly the route table's routes (`handler/api/route_table.py`)."""
     listed = set()
     for line in (ROOT / "docs" / "interface.md").read_text().splitlines():
         cell = ROUTE_CELL.match(line)

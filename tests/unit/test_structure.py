@@ -82,3 +82,95 @@ def test_no_module_imports_itself_through_others() -> None:
 def test_the_cycle_finder_sees_a_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [["a", "b", "c"]]
+
+
+# --- rooms -------------------------------------------------------------------------------------------------
+# `handler/` is the core (contracts, internal form, errors, config) and rooms (sub-packages); the core's and each
+# room's `__init__` docstring ends with "May import: ..." naming what its modules may import besides their own room.
+
+
+def room_of(module: str) -> str:
+    """`handler` for the core, `handler.<room>` for a room's modules; any other module is its own room."""
+    parts = module.split(".")
+    if parts[0] != "handler":
+        return module
+    return ".".join(parts[:2]) if len(parts) > 1 and ROOT.joinpath(*parts[:2]).is_dir() else "handler"
+
+
+def allowed_imports(room: str) -> list[str]:
+    """What a room's docstring allows: `handler` (the core), rooms, adapters packages; `*` for anything."""
+    init = ROOT.joinpath(*room.split("."), "__init__.py")
+    doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+    assert "May import:" in doc, f"{init} must say what its modules may import"
+    said = " ".join(doc.split("May import:", 1)[1].split())
+    if said.startswith("anything"):
+        return ["*"]
+    names = (entry.strip().split(" ")[0].rstrip(".") for entry in said.replace(";", ",").split(","))
+    return [room, *(name for name in names if name.startswith(("handler", "adapters")))]
+
+
+def imports_anywhere(source: str) -> set[str]:
+    """Every project module `source` imports, at load or inside a function (not under `TYPE_CHECKING`)."""
+    tree = ast.parse(source)
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for inner in ast.walk(node)
+    }
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.split(".")[0] in PACKAGES}
+
+
+def permitted(target: str, allowed: list[str]) -> bool:
+    if "*" in allowed:
+        return True
+    room = room_of(target)
+    return any(room == prefix or (prefix.startswith("adapters") and room.startswith(prefix)) for prefix in allowed)
+
+
+def trespasses(extra: dict[str, str] | None = None) -> list[str]:
+    """Each import of a handler module that its room's docstring does not allow (`extra`: lines added to
+    modules, for the test that the check works)."""
+    found = []
+    for path in sorted((ROOT / "handler").rglob("*.py")):
+        module = module_name(path)
+        allowed = allowed_imports(room_of(module))
+        source = path.read_text() + (extra or {}).get(module, "")
+        found += [
+            f"{module} imports {target}"
+            for target in sorted(imports_anywhere(source))
+            if not permitted(target, allowed)
+        ]
+    return found
+
+
+def test_every_room_imports_only_what_its_opening_says() -> None:
+    assert trespasses() == []
+
+
+def test_handler_is_a_core_and_rooms() -> None:
+    rooms = sorted(path.parent.name for path in (ROOT / "handler").glob("*/__init__.py"))
+    assert rooms == ["api", "dashboard", "entry", "pipeline", "telemetry"]
+    core = sorted(path.stem for path in (ROOT / "handler").glob("*.py") if path.stem != "__init__")
+    assert core == ["config", "errors", "ports", "redaction", "schemas", "wire"]
+
+
+def test_the_room_check_sees_a_trespass() -> None:
+    added = {
+        "handler.telemetry.observability": "\nfrom handler.api import app\n",
+        "handler.ports": "\ndef late() -> None:\n    import handler.pipeline.budgets\n",
+        "handler.dashboard.reports": "\nfrom adapters.store import open_store\n",
+    }
+    assert trespasses(added) == [
+        "handler.dashboard.reports imports adapters.store",
+        "handler.ports imports handler.pipeline.budgets",
+        "handler.telemetry.observability imports handler.api",
+    ]

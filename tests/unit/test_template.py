@@ -123,8 +123,8 @@ def test_both_functions_run_the_app_on_arm64_with_tracing(template: dict[str, An
         assert "GATEWAY_CONFIG" in variables
         for setting in ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"):
             assert setting in variables
-            assert setting in source("handler/observability.py")
-    assert function(template, "GatewayFunction")["Handler"] == "handler.lambda_handler.handler"
+            assert setting in source("handler/telemetry/observability.py")
+    assert function(template, "GatewayFunction")["Handler"] == "handler.entry.lambda_handler.handler"
 
 
 def test_buffered_function_takes_every_route_of_the_http_api(template: dict[str, Any]) -> None:
@@ -155,7 +155,7 @@ def test_streaming_function_streams_through_the_web_adapter(template: dict[str, 
     run = ROOT / "infra" / "run.sh"
     assert os.access(run, os.X_OK)
     script = run.read_text()
-    assert "handler.asgi:app" in script and "AWS_LWA_PORT" in script and "--no-proxy-headers" in script
+    assert "handler.entry.asgi:app" in script and "AWS_LWA_PORT" in script and "--no-proxy-headers" in script
     assert "SnapStart" not in template["Resources"]["GatewayStreamFunction"]["Properties"]
 
 
@@ -222,7 +222,7 @@ def test_alarms_watch_5xx_throttles_errors_and_the_metric_the_gateway_emits(temp
     assert "SUM(cost_usd)" in sub_text(spend) and '"${MetricsNamespace}"' in sub_text(spend)
     pending = alarms["PendingSettlementsAlarm"]["Properties"]["Metrics"][0]["Expression"]
     assert "MAX(pending_settlements)" in sub_text(pending)
-    observability = source("handler/observability.py")
+    observability = source("handler/telemetry/observability.py")
     assert '"cost_usd"' in observability and '"pending_settlements"' in observability
     assert f'"{template["Parameters"]["MetricsNamespace"]["Default"]}"' in observability
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 
-from handler import app as app_module
-from handler.app import lambda_time_left_s, lwa_source_ip, parse_controls
+from handler.api import app as app_module
+from handler.api.app import lambda_time_left_s, lwa_source_ip, parse_controls
 
 
 class LambdaContext:
@@ -35,8 +35,8 @@ def test_a_lambda_invocation_caps_the_deadline_at_its_remaining_time() -> None:
 
 
 def test_controls_come_from_the_gateway_headers_alone() -> None:
-    from handler.pipeline import Controls
-    from handler.routing import RouteControls
+    from handler.pipeline.pipeline import Controls
+    from handler.pipeline.routing import RouteControls
 
     assert parse_controls(request({"authorization": "Bearer k", "x-request-id": "r"})) == Controls()
     full = request(
@@ -82,8 +82,8 @@ def test_the_request_context_counts_only_behind_the_web_adapter(monkeypatch: pyt
 def test_a_wrong_method_is_405_with_allow() -> None:
     from starlette.testclient import TestClient
 
-    from handler.app import create_app
-    from handler.gateway import build_gateway
+    from handler.api.app import create_app
+    from handler.pipeline.gateway import build_gateway
 
     gateway = build_gateway(store_url="sqlite://", environ={})
     with TestClient(create_app(gateway)) as client:
@@ -93,8 +93,8 @@ def test_a_wrong_method_is_405_with_allow() -> None:
 
 
 def gateway_app() -> Any:
-    from handler.app import create_app
-    from handler.gateway import build_gateway
+    from handler.api.app import create_app
+    from handler.pipeline.gateway import build_gateway
 
     return create_app(build_gateway(store_url="sqlite://", environ={}))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handler.breakers import Breakers
+from handler.pipeline.breakers import Breakers
 
 
 class Clock:

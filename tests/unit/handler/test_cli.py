@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from handler.cli import main
+from handler.entry.cli import main
 
 
 def test_read_only_commands_name_the_missing_store_and_create_nothing(

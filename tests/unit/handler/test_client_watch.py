@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from handler.streaming import WATCH_AFTER_S, until_client_leaves
+from handler.api.streaming import WATCH_AFTER_S, until_client_leaves
 
 
 def request(scope: dict[str, Any], asked: list[str]) -> Request:

@@ -9,8 +9,8 @@ import pytest
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from handler import observability
-from handler.observability import NAMESPACE, SERVICE, emf_line
+from handler.telemetry import observability
+from handler.telemetry.observability import NAMESPACE, SERVICE, emf_line
 
 FIGURES = [
     ("latency", MetricUnit.Milliseconds, 12.5),

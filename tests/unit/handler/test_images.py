@@ -6,7 +6,7 @@ import base64
 import struct
 import zlib
 
-from handler.images import image_tokens, inline_image_size
+from handler.pipeline.images import image_tokens, inline_image_size
 
 
 def data_url(raw: bytes, kind: str) -> str:

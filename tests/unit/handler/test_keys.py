@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handler.keys import format_key, hash_secret, ip_allowed, model_allowed, models_within, split_key
+from handler.pipeline.keys import format_key, hash_secret, ip_allowed, model_allowed, models_within, split_key
 
 
 def test_key_round_trip_and_malformed_keys() -> None:
@@ -30,7 +30,7 @@ def test_ip_ranges_v4_v6_and_mapped() -> None:
 
 def test_glob_containment_is_sound() -> None:
     """A child pattern is within a parent's only if every model it matches, the parent matches too."""
-    from handler.keys import glob_within
+    from handler.pipeline.keys import glob_within
 
     within = [
         ("gpt-4o", "gpt-*"),

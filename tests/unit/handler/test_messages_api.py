@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from handler.api.messages_api import MessagesCountRequest, MessagesRequest, to_chat_request
 from handler.errors import InvalidRequestError
-from handler.messages_api import MessagesCountRequest, MessagesRequest, to_chat_request
 from handler.schemas import ChatRequest
 
 CACHED = {"type": "ephemeral"}

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from handler.messages_out import EventWriter
+from handler.api.messages_out import EventWriter
 from handler.schemas import ChatCompletionChunk, ChunkChoice, ChunkDelta
 
 

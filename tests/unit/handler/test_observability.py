@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from handler import observability
-from handler.observability import UNTRACED, span
+from handler.telemetry import observability
+from handler.telemetry.observability import UNTRACED, span
 
 
 class FakeSubsegment:

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from handler.config import FeeConfig, ModelConfig, Price
-from handler.pricing import builtin_prices, cost_of, estimate_prompt_tokens, price_for, usd, worst_case_usd
+from handler.pipeline.pricing import builtin_prices, cost_of, estimate_prompt_tokens, price_for, usd, worst_case_usd
 from handler.schemas import ChatRequest, Usage
 
 NO_FEE = FeeConfig()

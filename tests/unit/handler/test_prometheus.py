@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from handler import prometheus
-from handler.prometheus import Registry
+from handler.telemetry import prometheus
+from handler.telemetry.prometheus import Registry
 
 
 def test_series_past_the_bound_fold_into_other(monkeypatch: pytest.MonkeyPatch) -> None:

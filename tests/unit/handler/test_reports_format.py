@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from handler.reports import aggregate, as_json, to_csv, to_table, usd_display
+from handler.dashboard.reports import aggregate, as_json, to_csv, to_table, usd_display
 from tests.unit.adapters.store.test_contract import line
 
 

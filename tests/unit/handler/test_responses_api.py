@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from handler.api.responses_api import ReasoningSeal, ResponsesRequest, to_chat_request
 from handler.errors import InvalidRequestError
-from handler.responses_api import ReasoningSeal, ResponsesRequest, to_chat_request
 
 SEAL = ReasoningSeal(b"unit")
 

@@ -11,10 +11,10 @@ import pytest
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from handler.app import GatewayApp, create_app
-from handler.gateway import build_gateway
+from handler.api.app import GatewayApp, create_app
+from handler.api.route_table import ROUTES, Auth, RouteSpec, openapi_document
+from handler.pipeline.gateway import build_gateway
 from handler.ports import KeyRecord
-from handler.route_table import ROUTES, Auth, RouteSpec, openapi_document
 
 ROWS = {(spec.method, spec.path): spec for spec in ROUTES}
 
@@ -106,8 +106,8 @@ def test_each_route_checks_the_auth_its_row_states(method: str, path: str, keys:
 
 
 def test_the_documented_tags_header_is_the_one_the_app_parses() -> None:
-    from handler.attribution import MAX_TAGS, TAG, parse_tags
-    from handler.openapi import CONTROL_HEADERS, TAG_PAIR
+    from handler.api.openapi import CONTROL_HEADERS, TAG_PAIR
+    from handler.pipeline.attribution import MAX_TAGS, TAG, parse_tags
 
     assert TAG_PAIR == f"{TAG.pattern}={TAG.pattern}"
     pattern = CONTROL_HEADERS["x-gateway-tags"][1]["pattern"]

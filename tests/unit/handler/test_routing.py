@@ -7,8 +7,8 @@ import pytest
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from handler.errors import NotFoundError, PermissionDeniedError, ServiceUnavailableError
-from handler.gateway import build_adapters
-from handler.routing import RouteControls, Router, any_model
+from handler.pipeline.gateway import build_adapters
+from handler.pipeline.routing import RouteControls, Router, any_model
 
 CONFIG = {
     "providers": {
@@ -67,7 +67,7 @@ def test_unconfigured_provider_is_skipped_or_named() -> None:
 async def test_warm_up_origins_skip_what_cannot_be_served() -> None:
     """Lambda's init opens connections to `origins()`: embedding models count, and a model whose provider has
     no key (its requests answer 503 saying so) must not stop the function from starting."""
-    from handler.gateway import build_gateway
+    from handler.pipeline.gateway import build_gateway
     from tests.functional.conftest import FAKE_KEYS, gateway_config
 
     config = gateway_config("http://127.0.0.1:9", {"openai"})

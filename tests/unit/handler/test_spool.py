@@ -15,11 +15,12 @@ import pytest
 
 from adapters.store import open_store
 from adapters.store.dynamodb import DynamoDBStore
-from handler import budgets, observability
-from handler.budgets import SETTLE_ATTEMPTS, Meter
-from handler.keys import KeyService
+from handler.pipeline import budgets
+from handler.pipeline.budgets import SETTLE_ATTEMPTS, Meter
+from handler.pipeline.keys import KeyService
+from handler.pipeline.spool import SettlementSpool
 from handler.ports import KeyRecord, Settlement, Store, StoreError, UsageQuery
-from handler.spool import SettlementSpool
+from handler.telemetry import observability
 from tests.support.contention import FlakyClient
 from tests.support.dynamo import DynamoServer
 from tests.unit.adapters.store.test_contract import PERIOD, line, record, this_minute
@@ -164,8 +165,8 @@ async def test_pending_settlements_are_a_metric(
 def test_health_tells_admins_how_many_settlements_wait() -> None:
     from starlette.testclient import TestClient
 
-    from handler.app import create_app
-    from handler.gateway import build_gateway
+    from handler.api.app import create_app
+    from handler.pipeline.gateway import build_gateway
 
     gateway = build_gateway(store_url="sqlite://", environ={})
     with TestClient(create_app(gateway)) as client:
@@ -182,7 +183,7 @@ def test_health_tells_admins_how_many_settlements_wait() -> None:
 
 
 async def test_a_failed_background_task_is_logged_never_left_unretrieved(caplog: pytest.LogCaptureFixture) -> None:
-    from handler.gateway import build_gateway
+    from handler.pipeline.gateway import build_gateway
 
     gateway = build_gateway(store_url="sqlite://", environ={})
 
@@ -202,7 +203,7 @@ async def test_a_failed_background_task_is_logged_never_left_unretrieved(caplog:
 
 
 async def test_drain_waits_out_failed_and_cancelled_tasks_and_stops_when_itself_cancelled() -> None:
-    from handler.gateway import build_gateway
+    from handler.pipeline.gateway import build_gateway
 
     gateway = build_gateway(store_url="sqlite://", environ={})
     finished: list[str] = []
@@ -254,8 +255,8 @@ def test_the_server_re_drives_the_spool_at_start_up(tmp_path: Path) -> None:
     """Settlements an earlier run left in the spool beside the SQLite file land when the app starts."""
     from starlette.testclient import TestClient
 
-    from handler.app import create_app
-    from handler.gateway import build_gateway
+    from handler.api.app import create_app
+    from handler.pipeline.gateway import build_gateway
 
     database = tmp_path / "gateway.db"
     item = line("k", 0.1)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from adapters.providers.registry import REGISTRY
-from handler.cli import main
 from handler.config import ConfigError, OtlpConfig, parse_config
-from handler.tracing import otlp_settings
+from handler.entry.cli import main
+from handler.telemetry.tracing import otlp_settings
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -96,16 +96,16 @@ def test_config_check_reports_the_environment_too(
 
 
 def test_without_an_endpoint_no_tracing_code_is_imported(tmp_path: Path) -> None:
-    """Cold starts matter: a gateway without OTLP export never imports handler/tracing.py or the exporter."""
+    """Cold starts matter: a gateway without OTLP export never imports handler/telemetry/tracing.py or the exporter."""
     program = (
         "import sys\n"
-        "from handler.app import create_app\n"
+        "from handler.api.app import create_app\n"
         "from handler.config import Config\n"
-        "from handler.gateway import build_gateway\n"
+        "from handler.pipeline.gateway import build_gateway\n"
         f"gateway = build_gateway(config=Config(), store_url='sqlite:///{tmp_path}/g.db', environ={{}})\n"
         "create_app(gateway)\n"
         "assert gateway.tracer is None\n"
-        "names = ('handler.tracing', 'adapters.otlp', 'google.protobuf')\n"
+        "names = ('handler.telemetry.tracing', 'adapters.otlp', 'google.protobuf')\n"
         "print(sorted(m for m in sys.modules if m.startswith(names)))\n"
     )
     done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60)

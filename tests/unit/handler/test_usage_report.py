@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
+from handler.dashboard.reports import aggregate, as_json, latency, latency_table, parse_report, to_csv
 from handler.errors import InvalidRequestError
-from handler.reports import aggregate, as_json, latency, latency_table, parse_report, to_csv
 from tests.unit.adapters.store.test_contract import line
 
 

@@ -17,8 +17,8 @@ from adapters.http.environment import ProxyRules
 from adapters.http.http1 import Http1Transport
 from handler.config import TimeoutConfig
 from handler.errors import UpstreamError
+from handler.pipeline.upstream import UpstreamClient
 from handler.ports import UpstreamRequest
-from handler.upstream import UpstreamClient
 from tests.support.tls import self_signed
 from tests.unit.adapters.http.test_http1 import OK, answering, read_all, scripted, send
 

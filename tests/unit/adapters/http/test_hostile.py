@@ -13,8 +13,8 @@ import pytest
 from adapters.http.http1 import Http1Transport
 from handler.config import LimitsConfig, TimeoutConfig
 from handler.errors import UpstreamError, UpstreamTimeoutError
+from handler.pipeline.upstream import UpstreamClient
 from handler.ports import UpstreamRequest
-from handler.upstream import UpstreamClient
 from tests.unit.adapters.http.test_http1 import OK, Handler, answering, read_request, scripted
 
 pytestmark = pytest.mark.both_loops

@@ -14,8 +14,8 @@ import pytest
 from adapters.http.http1 import HIGH_WATER, Http1Stream, Http1Transport
 from handler.config import TimeoutConfig
 from handler.errors import UpstreamError
+from handler.pipeline.upstream import USER_AGENT, UpstreamClient
 from handler.ports import UpstreamRequest
-from handler.upstream import USER_AGENT, UpstreamClient
 from tests.support.tls import self_signed
 
 pytestmark = pytest.mark.both_loops

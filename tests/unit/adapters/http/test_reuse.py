@@ -15,8 +15,8 @@ import pytest
 
 from adapters.http.http1 import Http1Transport
 from handler.config import TimeoutConfig
+from handler.pipeline.upstream import UpstreamClient
 from handler.ports import UpstreamRequest
-from handler.upstream import UpstreamClient
 from tests.support.servers import SocketServer
 from tests.support.tls import self_signed
 from tests.unit.adapters.http.test_http1 import OK, read_all, read_request, scripted, send

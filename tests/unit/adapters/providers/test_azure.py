@@ -12,7 +12,7 @@ from adapters.providers.azure import AzureOpenAIAdapter
 from adapters.providers.registry import REGISTRY
 from handler.config import ConfigError, parse_config
 from handler.errors import InvalidRequestError
-from handler.gateway import build_adapters
+from handler.pipeline.gateway import build_adapters
 from handler.ports import Target
 from handler.schemas import ChatRequest, EmbeddingsRequest
 

@@ -36,7 +36,7 @@ def test_a_gateway_imports_only_the_adapters_its_config_names(tmp_path: Path) ->
     )
     store = f"sqlite:///{tmp_path / 'gateway.db'}"
     code = (
-        "import sys; from handler.gateway import build_gateway; "
+        "import sys; from handler.pipeline.gateway import build_gateway; "
         f"build_gateway(config_path={str(config)!r}, store_url={store!r}); "
         f"print(sorted(name for name in {sorted(REGISTRY)!r} if 'adapters.providers.' + name in sys.modules))"
     )

@@ -19,7 +19,7 @@ from adapters.store import open_store
 from adapters.store.dynamo_client import invoke
 from adapters.store.dynamodb import DynamoDBStore
 from adapters.store.records import key_from_json, key_to_json, ledger_from_json, ledger_to_json
-from handler.keys import KeyService, hash_secret, split_key
+from handler.pipeline.keys import KeyService, hash_secret, split_key
 from handler.ports import (
     Admission,
     BudgetCharge,

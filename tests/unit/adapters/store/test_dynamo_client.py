@@ -134,7 +134,7 @@ async def test_a_snapstart_restore_drops_the_stores_connections(dynamo: DynamoSe
     froze dead; the next call opens a new one."""
     import time
 
-    from handler.gateway import build_gateway
+    from handler.pipeline.gateway import build_gateway
     from handler.ports import KeyRecord
     from tests.functional.conftest import FAKE_KEYS, gateway_config
 

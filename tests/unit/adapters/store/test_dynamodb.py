@@ -169,7 +169,7 @@ async def test_migrate_moves_lines_written_before_shards_into_reports(
 ) -> None:
     """A line item an older gateway wrote (`gsi1pk = LEDGER#<day>`) is found by all-keys reports once
     `gateway store migrate` has run; a second run moves nothing."""
-    from handler.cli import main
+    from handler.entry.cli import main
 
     client, store = flaky
     old, new = line("oldkey", 0.1, time.time() - 86400), line("newkey", 0.2)

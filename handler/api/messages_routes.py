@@ -10,21 +10,21 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from handler.api.messages_api import MessagesCountRequest, MessagesRequest, to_chat_request
+from handler.api.messages_out import anthropic_events, native_events, native_message, to_message
+from handler.api.streaming import EventStream, until_client_leaves
 from handler.errors import InvalidRequestError
-from handler.keys import allows_model
-from handler.messages_api import MessagesCountRequest, MessagesRequest, to_chat_request
-from handler.messages_out import anthropic_events, native_events, native_message, to_message
-from handler.observability import observe
-from handler.passthrough import NativeReply, NativeStream
+from handler.pipeline.keys import allows_model
+from handler.pipeline.passthrough import NativeReply, NativeStream
+from handler.pipeline.pricing import estimate_prompt_tokens
 from handler.ports import MESSAGES_API, KeyRecord, NativeCall
-from handler.pricing import estimate_prompt_tokens
 from handler.redaction import scrub
 from handler.schemas import ChatRequest
-from handler.streaming import EventStream, until_client_leaves
+from handler.telemetry.observability import observe
 from handler.wire import ANTHROPIC_HEADERS
 
 if TYPE_CHECKING:
-    from handler.app import Api
+    from handler.api.app import Api
 
 MODELS_PAGE = 20
 MODELS_PAGE_MAX = 1000

@@ -1,6 +1,6 @@
 """The spend dashboard: `GET /dashboard` and its three static assets, shipped in the package, and
 `POST /dashboard/sign-in`, which trades a one-time link's token for a session (the routes are rows of
-`handler/route_table.py`).
+`handler/api/route_table.py`).
 
 Auth. A browser cannot send `Authorization` on a page load, so the page is split in two:
 
@@ -44,11 +44,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from handler.errors import AuthenticationError, NotFoundError
-from handler.keys import hash_secret
+from handler.pipeline.keys import hash_secret
 from handler.ports import KeyRecord, Store
 
 if TYPE_CHECKING:
-    from handler.app import Api
+    from handler.api.app import Api
 
 SIGN_IN_SECONDS = 60
 SESSION_SECONDS = 8 * 3600
@@ -82,8 +82,8 @@ PAGE = "dashboard.html"
 
 
 def read_asset(name: str) -> bytes:
-    """One file of `handler/static/`, as installed with the package."""
-    return (resources.files("handler") / "static" / name).read_bytes()
+    """One file of `handler/dashboard/static/`, as installed with the package."""
+    return (resources.files("handler.dashboard") / "static" / name).read_bytes()
 
 
 async def issue_sign_in(store: Store, admin: KeyRecord, now: float) -> str:

@@ -1,6 +1,6 @@
 """The pieces of `GET /openapi.json`, an OpenAPI 3.1 description of the gateway's HTTP API, served without auth.
 
-Each route's operation is written beside the route, in the route table (`handler/route_table.py`), from the
+Each route's operation is written beside the route, in the route table (`handler/api/route_table.py`), from the
 helpers here; `describe` assembles the document from that table, so a route cannot be served undescribed.
 Request bodies come from the same pydantic models that parse them (`model_json_schema`), so the document
 cannot drift from what the routes accept; error answers are described in the two shapes of the interface
@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from handler.dashboard import SignIn
-from handler.key_routes import AdminKeySpec, KeySpec, KeyUpdateSpec, RotateSpec
-from handler.messages_api import MessagesCountRequest, MessagesRequest
-from handler.responses_api import ResponsesRequest
+from handler.api.key_routes import AdminKeySpec, KeySpec, KeyUpdateSpec, RotateSpec
+from handler.api.messages_api import MessagesCountRequest, MessagesRequest
+from handler.api.responses_api import ResponsesRequest
+from handler.dashboard.routes import SignIn
 from handler.schemas import ChatCompletion, ChatRequest, EmbeddingsRequest, EmbeddingsResponse
 
 if TYPE_CHECKING:
-    from handler.route_table import RouteSpec
+    from handler.api.route_table import RouteSpec
 
 JSON = "application/json"
 REF = "#/components/schemas/{model}"
@@ -49,7 +49,7 @@ PROXY_ERRORS = {
 }
 TEXT: dict[str, Any] = {"type": "string"}
 FLAG: dict[str, Any] = {"type": "string", "enum": ["true", "false"]}
-TAG_PAIR = "[A-Za-z0-9_.:/@+-]{1,128}=[A-Za-z0-9_.:/@+-]{1,128}"  # as `handler.attribution.parse_tags` takes them
+TAG_PAIR = "[A-Za-z0-9_.:/@+-]{1,128}=[A-Za-z0-9_.:/@+-]{1,128}"  # as `attribution.parse_tags` takes them
 CONTROL_HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
     "x-gateway-fallbacks": ("comma-separated fallback models, or `none`", TEXT),
     "x-gateway-deadline-ms": (

@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from handler.attribution import parse_tags
 from handler.errors import InvalidRequestError
+from handler.pipeline.attribution import parse_tags
+from handler.pipeline.pricing import usd
 from handler.ports import LedgerItem
-from handler.pricing import usd
 
 GROUPS = ("key", "model", "day")
 # Lines whose cost was not the provider's own figure (`LedgerItem.cost_source`), counted per row.

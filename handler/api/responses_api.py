@@ -2,7 +2,7 @@
 
 A Responses request (a string or a list of input items, `instructions`, tools, `text.format`, ...)
 becomes the internal (Chat Completions) request, any provider serves it, and the answer goes back as
-a `response` object (its stream: `handler/responses_stream.py`). Fields and tool types with no internal
+a `response` object (its stream: `handler/api/responses_stream.py`). Fields and tool types with no internal
 equivalent are named in `x-gateway-dropped-params`, like any parameter a provider cannot honour.
 
 The conversation is the client's to keep (`store: false`, as Codex sends) or the gateway's
@@ -25,7 +25,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from handler.errors import InvalidRequestError
-from handler.pricing import Cost
+from handler.pipeline.pricing import Cost
 from handler.schemas import ChatCompletion, ChatRequest, Usage
 
 # Request fields the translation honours (the gateway keeps, echoes or acts on them itself).

@@ -13,10 +13,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from handler.errors import GatewayError, UpstreamError
-from handler.passthrough import guarded
-from handler.pipeline import ChunkStream
-from handler.responses_api import (
+from handler.api.responses_api import (
     ReasoningSeal,
     ResponseIds,
     ResponsesRequest,
@@ -28,8 +25,11 @@ from handler.responses_api import (
     reasoning_fields,
     reasoning_item,
 )
+from handler.api.streaming import sse_event
+from handler.errors import GatewayError, UpstreamError
+from handler.pipeline.passthrough import guarded
+from handler.pipeline.pipeline import ChunkStream
 from handler.schemas import ChatCompletionChunk
-from handler.streaming import sse_event
 
 Finished = Callable[[dict[str, Any]], Awaitable[None]]
 

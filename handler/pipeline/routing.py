@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from handler.breakers import Breakers
 from handler.config import Config, ModelConfig, reference_hint
 from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError, ServiceUnavailableError
+from handler.pipeline.breakers import Breakers
 from handler.ports import ProviderAdapter, Target
 
 # Approximate locations (latitude, longitude) of AWS regions; distance orders deployments when the

@@ -30,8 +30,8 @@ from handler.redaction import redact_message
 if TYPE_CHECKING:
     from adapters.otlp.exporter import BatchExporter
     from adapters.otlp.wire import AttributeValue, SpanData
-    from handler.pipeline import Exchange
-    from handler.routing import Attempt
+    from handler.pipeline.pipeline import Exchange
+    from handler.pipeline.routing import Attempt
     from handler.schemas import ChatRequest
 
 TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")

@@ -18,9 +18,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from handler import prometheus
-from handler.attribution import TAG, parse_tags
-from handler.dashboard import Dashboard
+from handler.api.key_routes import KeyRoutes
+from handler.api.messages_routes import MessagesRoutes, allowed_models, anthropic_models
+from handler.api.responses_routes import ResponsesRoutes
+from handler.api.route_table import Endpoints, Handler, direct_lane, starlette_routes
+from handler.api.streaming import DONE, EventStream, answer_json, sse_chunk, sse_error, sse_json, until_client_leaves
+from handler.dashboard.routes import Dashboard
 from handler.errors import (
     GatewayError,
     InvalidRequestError,
@@ -29,19 +32,16 @@ from handler.errors import (
     ServiceUnavailableError,
     StrictParamsError,
 )
-from handler.gateway import Gateway
-from handler.key_routes import KeyRoutes
-from handler.keys import allows_model
-from handler.messages_routes import MessagesRoutes, allowed_models, anthropic_models
-from handler.observability import observe, observe_failure
-from handler.pipeline import ChunkStream, Controls, Exchange, Pipeline
+from handler.pipeline.attribution import TAG, parse_tags
+from handler.pipeline.gateway import Gateway
+from handler.pipeline.keys import allows_model
+from handler.pipeline.pipeline import ChunkStream, Controls, Exchange, Pipeline
+from handler.pipeline.routing import RouteControls
 from handler.ports import KeyRecord, StoreError
 from handler.redaction import scrub
-from handler.responses_routes import ResponsesRoutes
-from handler.route_table import Endpoints, Handler, direct_lane, starlette_routes
-from handler.routing import RouteControls
 from handler.schemas import ChatRequest, EmbeddingsRequest
-from handler.streaming import DONE, EventStream, answer_json, sse_chunk, sse_error, sse_json, until_client_leaves
+from handler.telemetry import prometheus
+from handler.telemetry.observability import observe, observe_failure
 
 logger = logging.getLogger("gateway")
 M = TypeVar("M", bound=BaseModel)
@@ -210,7 +210,7 @@ class Api:
         return json_response(body)
 
     async def metrics(self, request: Request) -> Response:
-        """Prometheus' text format, for an admin key (`handler/prometheus.py`)."""
+        """Prometheus' text format, for an admin key (`handler/telemetry/prometheus.py`)."""
         key = await self.authenticate(request)
         self.gateway.keys.require_admin(key)
         return Response(prometheus.REGISTRY.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

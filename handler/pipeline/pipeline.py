@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from handler.attribution import line_tags
-from handler.budgets import Meter, Reservation
 from handler.config import Price
 from handler.errors import (
     CostLimitError,
@@ -32,12 +30,12 @@ from handler.errors import (
     UpstreamRateLimitedError,
     UpstreamTimeoutError,
 )
-from handler.gateway import Gateway
-from handler.keys import allows_model
-from handler.observability import span
-from handler.passthrough import CLIENT_CLOSED, NativeReply, NativeStream, UpstreamStream
-from handler.ports import BuiltRequest, KeyRecord, LedgerItem, NativeCall, StreamParser
-from handler.pricing import (
+from handler.pipeline.attribution import line_tags
+from handler.pipeline.budgets import Meter, Reservation
+from handler.pipeline.gateway import Gateway
+from handler.pipeline.keys import allows_model
+from handler.pipeline.passthrough import CLIENT_CLOSED, NativeReply, NativeStream, UpstreamStream
+from handler.pipeline.pricing import (
     Cost,
     PromptEstimate,
     cost_of,
@@ -49,8 +47,10 @@ from handler.pricing import (
     usd,
     worst_case_usd,
 )
-from handler.routing import Attempt, Plan, RouteControls
-from handler.schema_check import enforce, schema_of, violation
+from handler.pipeline.routing import Attempt, Plan, RouteControls
+from handler.pipeline.schema_check import enforce, schema_of, violation
+from handler.pipeline.upstream import UpstreamResponse
+from handler.ports import BuiltRequest, KeyRecord, LedgerItem, NativeCall, StreamParser
 from handler.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -59,11 +59,11 @@ from handler.schemas import (
     EmbeddingsResponse,
     Usage,
 )
-from handler.upstream import UpstreamResponse
+from handler.telemetry.observability import span
 from handler.wire import StreamEvent, json_body, malformed
 
 if TYPE_CHECKING:
-    from handler.tracing import Trace  # (imported only when OTLP export is on: handler/gateway.py)
+    from handler.telemetry.tracing import Trace  # (imported only when OTLP export is on: handler/pipeline/gateway.py)
 
 T = TypeVar("T")
 log = logging.getLogger("gateway")
@@ -118,7 +118,7 @@ class Exchange:
     user: str | None = None  # the end user the client named, for attribution
     price_multiplier: float = 1.0  # a service tier's
     per_request_usd: float = 0.0  # options billed per request (web search)
-    trace: Trace | None = None  # what its OpenTelemetry spans need, when OTLP export is on (handler/tracing.py)
+    trace: Trace | None = None  # what its OpenTelemetry spans need, when OTLP export is on (telemetry/tracing.py)
 
     def __post_init__(self) -> None:
         if not self.lineage:

@@ -18,13 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from handler.config import resolve_secret
-from handler.errors import NotFoundError
-from handler.observability import observe
-from handler.passthrough import NativeReply, NativeStream
-from handler.pipeline import Exchange
-from handler.ports import KeyRecord, StoredResponse, StoreError
-from handler.responses_api import (
+from handler.api.responses_api import (
     ReasoningSeal,
     ResponseIds,
     ResponsesRequest,
@@ -32,12 +26,18 @@ from handler.responses_api import (
     to_chat_request,
     to_response,
 )
-from handler.responses_native import Relay, relayed_events
-from handler.responses_stream import responses_events
-from handler.streaming import EventStream, until_client_leaves
+from handler.api.responses_native import Relay, relayed_events
+from handler.api.responses_stream import responses_events
+from handler.api.streaming import EventStream, until_client_leaves
+from handler.config import resolve_secret
+from handler.errors import NotFoundError
+from handler.pipeline.passthrough import NativeReply, NativeStream
+from handler.pipeline.pipeline import Exchange
+from handler.ports import KeyRecord, StoredResponse, StoreError
+from handler.telemetry.observability import observe
 
 if TYPE_CHECKING:
-    from handler.app import Api
+    from handler.api.app import Api
 
 
 def stream_headers(ex: Exchange) -> dict[str, str]:

@@ -14,16 +14,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from handler.errors import GatewayError
-from handler.observability import observe
+from handler.pipeline.pricing import plausible, wants_reasoning
+from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import NativeCall
-from handler.pricing import plausible, wants_reasoning
 from handler.schemas import ChatRequest, Usage
-from handler.upstream import UpstreamResponse
+from handler.telemetry.observability import observe
 from handler.wire import StreamEvent
 
 if TYPE_CHECKING:
-    from handler.pipeline import Exchange, Pipeline
-    from handler.routing import Attempt
+    from handler.pipeline.pipeline import Exchange, Pipeline
+    from handler.pipeline.routing import Attempt
 
 CLIENT_CLOSED = 499  # nginx's status for a client that hung up: the ledger's word for an abandoned stream
 T = TypeVar("T")

@@ -12,12 +12,12 @@ from typing import Any
 
 import orjson
 
+from handler.api.streaming import sse_event
 from handler.errors import GatewayError
-from handler.passthrough import NativeReply, NativeStream, guarded, sse_frame
-from handler.pipeline import ChunkStream
-from handler.pricing import Cost
+from handler.pipeline.passthrough import NativeReply, NativeStream, guarded, sse_frame
+from handler.pipeline.pipeline import ChunkStream
+from handler.pipeline.pricing import Cost
 from handler.schemas import ChatCompletion, ChatCompletionChunk, Usage
-from handler.streaming import sse_event
 
 STOP_REASONS = {
     "stop": "end_turn",

@@ -2,7 +2,7 @@
 whether the direct lane serves it.
 
 The Starlette routes (`starlette_routes`), the direct lane's table (`direct_lane`, the proxied POSTs that skip
-Starlette's router, see `handler.app.GatewayApp`) and `GET /openapi.json` (`openapi_document`) are all read
+Starlette's router, see `handler.api.app.GatewayApp`) and `GET /openapi.json` (`openapi_document`) are all read
 from `ROUTES`; `tests/unit/handler/test_route_table.py` checks that the three agree and that each route's
 handler checks the auth its row states. To add a route: add its row here, and a line to the interface
 reference's table of endpoints (docs/interface.md; `tests/unit/test_docs.py` checks it lists every row).
@@ -21,10 +21,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from handler.dashboard import ASSETS, Dashboard, SignIn
-from handler.key_routes import AdminKeySpec, KeyRoutes, KeySpec, KeyUpdateSpec, RotateSpec
-from handler.messages_api import MessagesCountRequest, MessagesRequest
-from handler.openapi import (
+from handler.api.key_routes import AdminKeySpec, KeyRoutes, KeySpec, KeyUpdateSpec, RotateSpec
+from handler.api.messages_api import MessagesCountRequest, MessagesRequest
+from handler.api.openapi import (
     ANTHROPIC_ERROR,
     ANY_OBJECT,
     CONTROLS,
@@ -44,13 +43,14 @@ from handler.openapi import (
     stream_or,
     text_answer,
 )
-from handler.responses_api import ResponsesRequest
+from handler.api.responses_api import ResponsesRequest
+from handler.dashboard.routes import ASSETS, Dashboard, SignIn
 from handler.schemas import ChatCompletion, ChatRequest, EmbeddingsRequest, EmbeddingsResponse
 
 if TYPE_CHECKING:
-    from handler.app import Api
-    from handler.messages_routes import MessagesRoutes
-    from handler.responses_routes import ResponsesRoutes
+    from handler.api.app import Api
+    from handler.api.messages_routes import MessagesRoutes
+    from handler.api.responses_routes import ResponsesRoutes
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -79,7 +79,7 @@ SECURITY: dict[Auth, list[dict[str, list[str]]]] = {
 
 @dataclass(frozen=True)
 class Endpoints:
-    """The objects whose methods answer the routes, built once per app by `handler.app.create_app`."""
+    """The objects whose methods answer the routes, built once per app by `handler.api.app.create_app`."""
 
     api: Api
     keys: KeyRoutes
@@ -97,7 +97,7 @@ class RouteSpec:
     endpoint: Callable[[Endpoints], Handler]
     auth: Auth
     summary: str
-    operation: dict[str, Any]  # the OpenAPI operation's answers, body and parameters (`handler.openapi.operation`)
+    operation: dict[str, Any]  # the OpenAPI operation's answers, body and parameters (`handler.api.openapi.operation`)
     direct: bool = False  # served by the direct lane: a proxied POST, past Starlette's router
 
     def __post_init__(self) -> None:

@@ -14,13 +14,13 @@ from typing import Any
 
 import orjson
 
-from handler.attribution import parse_tags
+from handler.api.key_routes import key_view
 from handler.config import ConfigError, load_config
-from handler.gateway import DEFAULT_STORE_URL
-from handler.key_routes import key_view
-from handler.keys import KeyService, key_names, validate_networks, with_descendants
+from handler.pipeline.attribution import parse_tags
+from handler.pipeline.gateway import DEFAULT_STORE_URL
+from handler.pipeline.keys import KeyService, key_names, validate_networks, with_descendants
 from handler.ports import KeyRecord, Store
-from handler.tracing import otlp_settings
+from handler.telemetry.tracing import otlp_settings
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -123,7 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sys.stdout.write(f"gateway listening on {url} (store {_store_url(None)}, {source}); Ctrl-C stops it\n")
     sys.stdout.flush()
     uvicorn.run(
-        "handler.asgi:app",
+        "handler.entry.asgi:app",
         host=args.host,
         port=args.port,
         workers=args.workers,
@@ -133,8 +133,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # let it pass an IP allowlist; the app trusts only `gateway.trusted_proxies`.
         proxy_headers=False,
         loop="uvloop" if _has("uvloop") else "asyncio",
-        # Request headers are bounded (431 beyond `gateway.limits.request_header_bytes`): see handler/server.py.
-        http="handler.server:BoundedHttpToolsProtocol" if _has("httptools") else "h11",
+        # Request headers are bounded (431 beyond `gateway.limits.request_header_bytes`): see handler/entry/server.py.
+        http="handler.entry.server:BoundedHttpToolsProtocol" if _has("httptools") else "h11",
         h11_max_incomplete_event_size=config.gateway.limits.request_header_bytes,
     )
     return 0
@@ -153,7 +153,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 1
-    from handler.pricing import price_for
+    from handler.pipeline.pricing import price_for
 
     problems = []
     for name, spec in config.models.items():
@@ -235,9 +235,9 @@ async def _key_command(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
+    from handler.dashboard.reports import aggregate, as_json, latency, latency_table, parse_report, to_csv, to_table
     from handler.errors import GatewayError
     from handler.ports import UsageQuery
-    from handler.reports import aggregate, as_json, latency, latency_table, parse_report, to_csv, to_table
 
     try:
         spec = parse_report(args.since, args.until, args.group_by, args.tag, args.user, args.session)
@@ -280,7 +280,7 @@ DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080"
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Open the dashboard signed in as an admin key: a one-time link (its token in the URL's fragment, which
     browsers never send to a server), good for a minute; never the key itself."""
-    from handler.dashboard import SIGN_IN_SECONDS, issue_sign_in, live_admin
+    from handler.dashboard.routes import SIGN_IN_SECONDS, issue_sign_in, live_admin
 
     try:
         _require_store(args.store)
@@ -346,8 +346,8 @@ def cmd_store_migrate(args: argparse.Namespace) -> int:
 
 def cmd_route_explain(args: argparse.Namespace) -> int:
     from adapters.providers.registry import REGISTRY
-    from handler.gateway import build_adapters, gateway_region
-    from handler.routing import RouteControls, Router, any_model
+    from handler.pipeline.gateway import build_adapters, gateway_region
+    from handler.pipeline.routing import RouteControls, Router, any_model
 
     try:
         config = load_config(args.config or os.environ.get("GATEWAY_CONFIG") or None, set(REGISTRY))

@@ -9,8 +9,8 @@ import gc
 
 from pydantic import BaseModel
 
-from handler.app import create_app
-from handler.gateway import build_gateway
+from handler.api.app import create_app
+from handler.pipeline.gateway import build_gateway
 
 
 def build_models() -> None:

@@ -23,8 +23,8 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from mangum import Mangum  # noqa: E402
 
-from handler.app import create_app  # noqa: E402
-from handler.gateway import build_gateway  # noqa: E402
+from handler.api.app import create_app  # noqa: E402
+from handler.pipeline.gateway import build_gateway  # noqa: E402
 
 gateway = build_gateway()
 app = create_app(gateway)
@@ -54,7 +54,7 @@ async def _start() -> None:
 
 
 _loop.run_until_complete(_start())
-gc.freeze()  # what init built lives as long as the environment (see handler/asgi.py)
+gc.freeze()  # what init built lives as long as the environment (see handler/entry/asgi.py)
 
 
 def _before_snapshot() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from handler.config import FeeConfig, ModelConfig, Price
-from handler.images import image_tokens
+from handler.pipeline.images import image_tokens
 from handler.schemas import ChatRequest, ImagePart, Usage
 
 PRICE_TABLE_RESOURCE = "prices.yaml"
@@ -41,7 +41,7 @@ class PriceTable:
 
 @lru_cache(maxsize=1)
 def builtin_prices() -> PriceTable:
-    raw: dict[str, Any] = yaml.safe_load(resources.files("handler").joinpath(PRICE_TABLE_RESOURCE).read_text())
+    raw: dict[str, Any] = yaml.safe_load(resources.files("handler.pipeline").joinpath(PRICE_TABLE_RESOURCE).read_text())
     prices = {name: Price.model_validate(spec) for name, spec in raw["models"].items()}
     aliases = sorted(
         ((prefix, target) for target, prefixes in raw.get("aliases", {}).items() for prefix in prefixes),

@@ -11,15 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from handler.attribution import line_tags, validate_tags
-from handler.budgets import period_of
+from handler.dashboard.reports import aggregate, as_json, latency, parse_report, to_csv
 from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
-from handler.keys import key_names, models_within, validate_networks, with_descendants
+from handler.pipeline.attribution import line_tags, validate_tags
+from handler.pipeline.budgets import period_of
+from handler.pipeline.keys import key_names, models_within, validate_networks, with_descendants
 from handler.ports import ConflictError, KeyRecord, RateCharge, UsageQuery
-from handler.reports import aggregate, as_json, latency, parse_report, to_csv
 
 if TYPE_CHECKING:
-    from handler.app import Api
+    from handler.api.app import Api
 
 MAX_GRACE_SECONDS = 7 * 86400
 

@@ -13,18 +13,19 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from handler import prometheus, redaction
+from handler import redaction
 from handler.config import Config, SecretFetcher, load_config, resolve_secret
 from handler.errors import GatewayError
-from handler.keys import KeyService, split_key
-from handler.observability import logger
+from handler.pipeline.keys import KeyService, split_key
+from handler.pipeline.routing import RouteControls, Router, any_model
+from handler.pipeline.spool import SettlementSpool
+from handler.pipeline.upstream import UpstreamClient
 from handler.ports import ProviderAdapter, Store
-from handler.routing import RouteControls, Router, any_model
-from handler.spool import SettlementSpool
-from handler.upstream import UpstreamClient
+from handler.telemetry import prometheus
+from handler.telemetry.observability import logger
 
 if TYPE_CHECKING:
-    from handler.tracing import RequestTracer
+    from handler.telemetry.tracing import RequestTracer
 
 DEFAULT_STORE_URL = "sqlite:///.gateway/gateway.db"
 
@@ -41,11 +42,11 @@ class Gateway:
     upstream: UpstreamClient
     adapters: dict[str, ProviderAdapter]
     background: set[asyncio.Task[None]] = field(default_factory=set)
-    tracer: RequestTracer | None = None  # OTLP span export, when configured (handler/tracing.py)
+    tracer: RequestTracer | None = None  # OTLP span export, when configured (handler/telemetry/tracing.py)
 
     @property
     def spool(self) -> SettlementSpool:
-        """Where settlements the store refused wait until they land (handler/spool.py)."""
+        """Where settlements the store refused wait until they land (handler/pipeline/spool.py)."""
         return SettlementSpool.for_store(self.store)
 
     def start(self) -> None:
@@ -183,11 +184,12 @@ def build_tracer(
     config: Config, environ: Mapping[str, str], region: str, fetch: SecretFetcher | None = None
 ) -> RequestTracer | None:
     """The OTLP span exporter, where an endpoint is configured. Without one (`observability.otlp` absent, no
-    `OTEL_EXPORTER_OTLP_*ENDPOINT`) handler/tracing.py is not even imported: a cold start pays nothing for it."""
+    `OTEL_EXPORTER_OTLP_*ENDPOINT`) handler/telemetry/tracing.py is not even imported: a cold start pays
+    nothing for it."""
     named = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     if config.observability.otlp is None and not any(environ.get(name) for name in named):
         return None
-    from handler import tracing
+    from handler.telemetry import tracing
 
     settings = tracing.otlp_settings(config.observability.otlp, environ, fetch)
     for value in settings.headers.values() if settings else ():

@@ -8,7 +8,7 @@ cost more than the rest of the gateway's own work (docs/performance.md has the f
 Powertools' Logger. Metrics go out in
 CloudWatch's embedded metric format (EMF) on Lambda, or anywhere `GATEWAY_METRICS=on`. Traces wrap
 upstream and store calls in X-Ray subsegments when Powertools tracing is active on Lambda, and go out over
-OTLP/HTTP where an endpoint is configured (handler/tracing.py).
+OTLP/HTTP where an endpoint is configured (handler/telemetry/tracing.py).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
-from handler import prometheus
+from handler.telemetry import prometheus
 
 if TYPE_CHECKING:
-    from handler.pipeline import Exchange
+    from handler.pipeline.pipeline import Exchange
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "llm-gateway")
 logger = Logger(service=SERVICE, level=os.environ.get("POWERTOOLS_LOG_LEVEL", "INFO"))
@@ -204,7 +204,7 @@ def emf_line(dimensions: dict[str, str], values: list[tuple[str, str, float]]) -
 
 
 def pending_settlements(count: int) -> None:
-    """How many settlements wait in the spool (handler/spool.py): emitted (with the service as its only
+    """How many settlements wait in the spool (handler/pipeline/spool.py): emitted (with the service as its only
     dimension) whenever the number changes and at every re-drive, so an alarm on it sees a value while any
     wait and a zero once they landed."""
     if not METRICS_ON:

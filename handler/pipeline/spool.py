@@ -35,8 +35,8 @@ from typing import Any, TypeVar
 
 import orjson
 
-from handler.observability import logger, pending_settlements
 from handler.ports import BudgetCharge, LedgerItem, RateCharge, Settlement, Store
+from handler.telemetry.observability import logger, pending_settlements
 
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0

@@ -1,12 +1,12 @@
 """The Anthropic Messages API front-end: the request model, and its translation to the internal form.
 
 A Messages request to an Anthropic deployment is not translated at all: it passes through as sent (see
-`handler.passthrough`). For every other provider it becomes the internal (OpenAI-form) request, keeping
+`handler.pipeline.passthrough`). For every other provider it becomes the internal (OpenAI-form) request, keeping
 what the internal form can carry: system blocks with their `cache_control`, `system`-role messages inside
 `messages` (Claude Code sends them for models it does not know), `thinking` (enabled or adaptive) with
 `output_config.effort`, `output_config.format`, images and documents, and signed thinking blocks of earlier
 turns (on the internal message as `thinking_blocks`). What it cannot carry is named, for
-`x-gateway-dropped-params`. Rendering answers back out is in `handler.messages_out`.
+`x-gateway-dropped-params`. Rendering answers back out is in `handler.api.messages_out`.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from handler.errors import HeadersTooLargeError
 
 @functools.cache
 def request_header_bytes() -> int:
-    """The bound from the served gateway's config (`handler.asgi`, the app uvicorn loaded), else the default."""
-    served = sys.modules.get("handler.asgi")
+    """The bound from the served gateway's config (`handler.entry.asgi`, the app uvicorn loaded), else the default."""
+    served = sys.modules.get("handler.entry.asgi")
     limits = served.gateway.config.gateway.limits if served is not None else LimitsConfig()
     return limits.request_header_bytes
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from handler.api.responses_api import ReasoningSeal, ResponsesRequest, input_items
+from handler.api.streaming import sse_event
 from handler.errors import GatewayError, UpstreamError
-from handler.passthrough import NativeStream, guarded, sse_frame
-from handler.pipeline import Exchange
+from handler.pipeline.passthrough import NativeStream, guarded, sse_frame
+from handler.pipeline.pipeline import Exchange
 from handler.ports import RESPONSES_API, NativeCall
-from handler.responses_api import ReasoningSeal, ResponsesRequest, input_items
-from handler.streaming import sse_event
 from handler.wire import RESPONSES_TERMINAL, event_payload
 
 Finished = Callable[[dict[str, Any]], Awaitable[None]]

@@ -8,7 +8,7 @@ budget and no limits costs no store call before the upstream call at all.
 Across regions the store spends a key homed elsewhere from this region's lease of its budget; the charges
 carry each key's `home_region` so the store can tell (`adapters/store/leases.py`).
 
-A settlement the store keeps refusing goes to the settlement spool (handler/spool.py) and lands later.
+A settlement the store keeps refusing goes to the settlement spool (handler/pipeline/spool.py) and lands later.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from handler.errors import BudgetExceededError, RateLimitError, ServiceUnavailableError
-from handler.keys import KeyService, model_allowed
-from handler.observability import span
+from handler.pipeline.keys import KeyService, model_allowed
+from handler.pipeline.spool import SettlementSpool
 from handler.ports import (
     Admission,
     BudgetCharge,
@@ -34,7 +34,7 @@ from handler.ports import (
     Store,
     StoreError,
 )
-from handler.spool import SettlementSpool
+from handler.telemetry.observability import span
 
 # A settlement the store refuses is tried this many times (after 0.05, 0.15, 0.45, 1.35 s), then spooled.
 SETTLE_ATTEMPTS = 5
@@ -230,7 +230,7 @@ class Meter:
 
     async def settle(self, settlement: Settlement) -> None:
         """Apply a settlement, retrying a failed store call; if the store still refuses it, spool it (see
-        handler/spool.py): a settled cost must never be lost. Never raises but for cancellation (the
+        handler/pipeline/spool.py): a settled cost must never be lost. Never raises but for cancellation (the
         settlement is spooled first)."""
         if not settlement.budgets and not settlement.rates and settlement.item is None:
             return
