@@ -517,7 +517,13 @@ def create_app(gateway: Gateway) -> GatewayApp:
         if gateway.tracer is not None:
             await asyncio.to_thread(gateway.tracer.close)  # the spans still queued go out
 
-    endpoints = Endpoints(api, KeyRoutes(api), MessagesRoutes(api), ResponsesRoutes(api), Dashboard(api))
+    endpoints = Endpoints(
+        api,
+        KeyRoutes(api),
+        MessagesRoutes(api),
+        ResponsesRoutes(api),
+        Dashboard(api.parse, gateway.store, gateway.keys),
+    )
     app = Starlette(routes=starlette_routes(endpoints), exception_handlers=errors, lifespan=lifespan)
     app.state.gateway = gateway
     return GatewayApp(app, direct_lane(endpoints), errors)

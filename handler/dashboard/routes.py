@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, TypeGuard
+from typing import TypeGuard
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,11 +45,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from handler.errors import AuthenticationError, NotFoundError
-from handler.pipeline.keys import hash_secret
+from handler.pipeline.keys import KeyService, hash_secret
 from handler.ports import KeyRecord, Store
-
-if TYPE_CHECKING:
-    from handler.api.app import Api
 
 SIGN_IN_SECONDS = 60
 SESSION_SECONDS = 8 * 3600
@@ -115,8 +113,10 @@ class Dashboard:
     """Serves the dashboard's shell (the files are read once, when the app is built) and trades sign-in links
     for sessions."""
 
-    def __init__(self, api: Api) -> None:
-        self.api = api
+    def __init__(
+        self, parse: Callable[[Request, type[SignIn]], Awaitable[SignIn]], store: Store, keys: KeyService
+    ) -> None:
+        self.parse, self.store, self.keys = parse, store, keys
         self.page = read_asset(PAGE)
         self.assets = {name: (read_asset(name), media_type) for name, media_type in ASSETS.items()}
 
@@ -133,9 +133,8 @@ class Dashboard:
 
     async def sign_in(self, request: Request) -> Response:
         """A sign-in link's token, once, for a session key (see the module docstring)."""
-        spec = await self.api.parse(request, SignIn)
-        gateway = self.api.gateway
-        key_id = await gateway.store.take_sign_in(hash_secret(spec.token))
+        spec = await self.parse(request, SignIn)
+        key_id = await self.store.take_sign_in(hash_secret(spec.token))
         if key_id is None:
             raise AuthenticationError(
                 "this sign-in link was used already or has expired (a link works once, within "
@@ -143,7 +142,7 @@ class Dashboard:
                 code="sign_in_link_expired",
             )
         now = time.time()
-        admin = await gateway.store.get_key(key_id)
+        admin = await self.store.get_key(key_id)
         if not live_admin(admin, now):
             raise AuthenticationError("the key this link signs in as is no longer a live admin key", code="key_revoked")
         ends = now + SESSION_SECONDS if admin.expires_at is None else min(now + SESSION_SECONDS, admin.expires_at)
@@ -159,7 +158,7 @@ class Dashboard:
             parent_id=admin.id,
             ancestors=[*admin.ancestors, admin.id],
         )
-        minted = await gateway.keys.mint(session)
+        minted = await self.keys.mint(session)
         headers = {**SECURITY_HEADERS, "cache-control": "no-store"}
         payload = {"key": minted.key, "key_id": minted.record.id, "expires_at": ends, "signed_in_as": admin.name}
         return Response(orjson.dumps(payload), media_type="application/json", headers=headers)

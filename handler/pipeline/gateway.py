@@ -40,7 +40,6 @@ class Gateway:
     keys: KeyService
     router: Router
     upstream: UpstreamClient
-    adapters: dict[str, ProviderAdapter]
     background: set[asyncio.Task[None]] = field(default_factory=set)
     tracer: RequestTracer | None = None  # OTLP span export, when configured (handler/telemetry/tracing.py)
 
@@ -167,15 +166,13 @@ def build_gateway(
         store = open_store(store_url or env.get("GATEWAY_STORE") or DEFAULT_STORE_URL)
     region = gateway_region(env)
     redaction.register(env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN"))
-    adapters = build_adapters(config, REGISTRY, env, fetch)
     return Gateway(
         config=config,
         region=region,
         store=store,
         keys=KeyService(store, config.gateway.key_cache_seconds),
-        router=Router(config, adapters, region),
+        router=Router(config, build_adapters(config, REGISTRY, env, fetch), region),
         upstream=UpstreamClient(config.gateway.timeouts, transport, config.gateway.limits),
-        adapters=adapters,
         tracer=build_tracer(config, env, region, fetch),
     )
 

@@ -18,8 +18,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from aws_lambda_powertools import Logger, Metrics
@@ -29,7 +29,72 @@ from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from handler.telemetry import prometheus
 
 if TYPE_CHECKING:
-    from handler.pipeline.pipeline import Exchange
+    from handler.ports import KeyRecord, ProviderAdapter, Target
+    from handler.schemas import Usage
+    from handler.telemetry.tracing import Trace
+
+
+# What telemetry reads of a request, and no more: the pipeline's `Exchange` is one (mypy checks it where the
+# pipeline passes it in), and telemetry needs nothing else of the pipeline.
+class Sent(Protocol):
+    """An upstream attempt: where it went."""
+
+    @property
+    def target(self) -> Target: ...
+    @property
+    def adapter(self) -> ProviderAdapter: ...
+
+
+class Charged(Protocol):
+    """What a request cost."""
+
+    @property
+    def provider_usd(self) -> float | None: ...
+    @property
+    def fee_usd(self) -> float: ...
+    @property
+    def total_usd(self) -> float | None: ...
+    @property
+    def usage(self) -> Usage: ...
+
+
+class Labelled(Protocol):
+    """The attribution a client sent: its agent session and tags."""
+
+    @property
+    def session(self) -> str | None: ...
+    @property
+    def tags(self) -> Mapping[str, str]: ...
+
+
+class Observed(Protocol):
+    """One request as its log line, metrics and spans see it."""
+
+    trace: Trace | None  # (written: a request's spans are finished once)
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def key(self) -> KeyRecord: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def user(self) -> str | None: ...
+    @property
+    def controls(self) -> Labelled: ...
+    @property
+    def route(self) -> Sequence[str]: ...
+    @property
+    def started(self) -> float: ...
+    @property
+    def store_ms(self) -> float: ...
+    @property
+    def upstream_ms(self) -> float: ...
+    @property
+    def attempt(self) -> Sent | None: ...
+    @property
+    def cost(self) -> Charged | None: ...
+
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "llm-gateway")
 logger = Logger(service=SERVICE, level=os.environ.get("POWERTOOLS_LOG_LEVEL", "INFO"))
@@ -108,7 +173,7 @@ async def _subsegment(name: str, annotations: dict[str, str]) -> AsyncIterator[N
 
 
 def observe(
-    ex: Exchange,
+    ex: Observed,
     status: int,
     *,
     stream: bool = False,

@@ -30,9 +30,8 @@ from handler.redaction import redact_message
 if TYPE_CHECKING:
     from adapters.otlp.exporter import BatchExporter
     from adapters.otlp.wire import AttributeValue, SpanData
-    from handler.pipeline.pipeline import Exchange
-    from handler.pipeline.routing import Attempt
     from handler.schemas import ChatRequest
+    from handler.telemetry.observability import Observed, Sent
 
 TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 CONTENT_CHARS = 64 * 1024  # a captured prompt or answer is cut here
@@ -92,7 +91,7 @@ class Trace:
         if req.top_p is not None:
             self.request.append(("gen_ai.request.top_p", float(req.top_p)))
 
-    def attempt(self, attempt: Attempt, started: float, status: int, outcome: str | None) -> None:
+    def attempt(self, attempt: Sent, started: float, status: int, outcome: str | None) -> None:
         """One upstream attempt ended: answered with `status` (0: no answer), failed with `outcome` or not."""
         target = attempt.target
         attributes: Attributes = [
@@ -154,7 +153,7 @@ class Trace:
         on the exporter's thread, off the request's path."""
         self.body = answer
 
-    def cut(self, attempt: Attempt, reason: str) -> None:
+    def cut(self, attempt: Sent, reason: str) -> None:
         """The attempt in flight when the request was cut (a deadline, the client gone): it began when the step
         before it ended (attempts follow one another)."""
         started = self.steps[-1].ended if self.steps else self.perf
@@ -199,7 +198,7 @@ def _host(url: str) -> tuple[str, int | None]:
     return parts.hostname or "", parts.port
 
 
-def _upstream(attempt: Attempt) -> Attributes:
+def _upstream(attempt: Sent) -> Attributes:
     """Who and where an attempt went: the provider's API, the upstream's host and region."""
     target = attempt.target
     host, port = _host(target.base_url)
@@ -241,7 +240,7 @@ class RequestTracer:
             trace.prompt = body[:CONTENT_CHARS] if body else None  # redacted on the exporter's thread
         return trace
 
-    def finish(self, ex: Exchange, status: int, code: str | None, stream: bool, ended: float) -> None:
+    def finish(self, ex: Observed, status: int, code: str | None, stream: bool, ended: float) -> None:
         """The request was answered at `ended` (`time.perf_counter()`): queue its span and its children's."""
         trace = ex.trace
         if trace is None:
@@ -252,7 +251,7 @@ class RequestTracer:
         )
 
     def _spans(
-        self, ex: Exchange, trace: Trace, status: int, code: str | None, stream: bool, ended: float
+        self, ex: Observed, trace: Trace, status: int, code: str | None, stream: bool, ended: float
     ) -> list[SpanData]:
         """The request's spans, built on the exporter's thread from what the request recorded."""
         trace.read_answer()
@@ -289,7 +288,7 @@ class RequestTracer:
         return spans
 
     def _attributes(
-        self, ex: Exchange, trace: Trace, status: int, code: str | None, stream: bool, ended: float
+        self, ex: Observed, trace: Trace, status: int, code: str | None, stream: bool, ended: float
     ) -> Attributes:
         attempts = [s for s in trace.steps if s.name != "store.admit"]
         total_ms = (ended - ex.started) * 1000

@@ -44,7 +44,7 @@ def headers(key: str) -> dict[str, str]:
 
 
 def asset(name: str) -> str:
-    return (resources.files("handler") / "static" / name).read_text()
+    return (resources.files("handler.dashboard") / "static" / name).read_text()
 
 
 def usd_text(value: float) -> str:

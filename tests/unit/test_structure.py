@@ -110,18 +110,9 @@ def allowed_imports(room: str) -> list[str]:
 
 
 def imports_anywhere(source: str) -> set[str]:
-    """Every project module `source` imports, at load or inside a function (not under `TYPE_CHECKING`)."""
-    tree = ast.parse(source)
-    typing_only = {
-        id(inner)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-        for inner in ast.walk(node)
-    }
+    """Every project module `source` imports: at load, inside a function, or for annotations only."""
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
         elif isinstance(node, ast.Import):
@@ -168,9 +159,11 @@ def test_the_room_check_sees_a_trespass() -> None:
         "handler.telemetry.observability": "\nfrom handler.api import app\n",
         "handler.ports": "\ndef late() -> None:\n    import handler.pipeline.budgets\n",
         "handler.dashboard.reports": "\nfrom adapters.store import open_store\n",
+        "handler.dashboard.routes": "\nif TYPE_CHECKING:\n    from handler.api.app import Api\n",
     }
     assert trespasses(added) == [
         "handler.dashboard.reports imports adapters.store",
+        "handler.dashboard.routes imports handler.api.app",
         "handler.ports imports handler.pipeline.budgets",
         "handler.telemetry.observability imports handler.api",
     ]
