@@ -3,7 +3,7 @@ whether the direct lane serves it.
 
 The Starlette routes (`starlette_routes`), the direct lane's table (`direct_lane`, the proxied POSTs that skip
 Starlette's router, see `handler.api.app.GatewayApp`) and `GET /openapi.json` (`openapi_document`) are all read
-from `ROUTES`; `tests/unit/handler/test_route_table.py` checks that the three agree and that each route's
+from `ROUTES`; `tests/unit/handler/api/test_route_table.py` checks that the three agree and that each route's
 handler checks the auth its row states. To add a route: add its row here, and a line to the interface
 reference's table of endpoints (docs/interface.md; `tests/unit/test_docs.py` checks it lists every row).
 """

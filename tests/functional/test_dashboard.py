@@ -90,7 +90,7 @@ def test_the_assets_ship_in_the_package_and_reach_for_nothing_outside() -> None:
     referenced = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert sorted(referenced) == ["dashboard/static/dashboard.css", "dashboard/static/dashboard.js"]
     pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
-    assert "static/*" in pyproject["tool"]["setuptools"]["package-data"]["handler"]
+    assert "static/*" in pyproject["tool"]["setuptools"]["package-data"]["handler.dashboard"]
 
 
 def test_the_data_behind_the_page_needs_an_admin_key(running: Running, key: str) -> None:

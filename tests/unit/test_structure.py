@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import fnmatch
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,3 +169,19 @@ def test_the_room_check_sees_a_trespass() -> None:
         "handler.ports imports handler.pipeline.budgets",
         "handler.telemetry.observability imports handler.api",
     ]
+
+
+def test_every_data_file_of_the_application_ships_in_its_package() -> None:
+    """A file beside the code (the default config, the price table, the dashboard's assets) is read at run
+    time from the installed package: the package data globs must cover it."""
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for path in sorted((ROOT / "handler").rglob("*")):
+        if path.is_dir() or path.suffix in {".py", ".pyc"} or "__pycache__" in path.parts:
+            continue
+        owner = path.parent
+        while not (owner / "__init__.py").exists():
+            owner = owner.parent
+        package = module_name(owner / "__init__.py")
+        inside = path.relative_to(owner).as_posix()
+        globs = package_data.get(package, [])
+        assert any(fnmatch.fnmatch(inside, glob) for glob in globs), f"{path.relative_to(ROOT)} is not package data"

@@ -13,7 +13,7 @@ from handler.config import ConfigError, OtlpConfig, parse_config
 from handler.entry.cli import main
 from handler.telemetry.tracing import otlp_settings
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 
 
 def settings(config: OtlpConfig | None = None, **environ: str):  # type: ignore[no-untyped-def]
