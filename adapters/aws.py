@@ -178,7 +178,7 @@ def region_of(environ: Mapping[str, str] | None = None) -> str | None:
 
 def boto3_client(service: str, region: str | None = None) -> Any:
     """A boto3 client for `service` (`ssm`, `secretsmanager`), with this layer's region and endpoint; for
-    calls made once per process (boto3's ~0.2 s import is paid only then)."""
+    calls made once per process (boto3's heavy import is paid only then)."""
     import boto3
 
     region = region or region_of()

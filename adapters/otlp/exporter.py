@@ -111,7 +111,7 @@ class BatchExporter:
             encoded.append(wire.span(data))
             if number % YIELD_EVERY == 0:
                 # Hand the GIL back now and then: the thread serving requests never waits for a whole batch's
-                # encoding (pure Python, ~100 µs a span), only ever for a few spans'.
+                # encoding (pure Python), only ever for a few spans'.
                 time.sleep(0)
         body = wire.export_request(self.resource, "llm-gateway", self.scope_version, encoded)
         for attempt in range(2):

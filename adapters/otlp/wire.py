@@ -2,7 +2,7 @@
 
 Only the messages and fields a span export needs, from opentelemetry-proto's `trace/v1/trace.proto`,
 `common/v1/common.proto` and `resource/v1/resource.proto`. Writing them here keeps `protobuf` and the
-generated modules (~50 ms of imports, see docs/observability.md) out of the gateway's cold start; the tests
+generated modules (a heavy import) out of the gateway's cold start; the tests
 decode what this writes with opentelemetry-proto's own classes.
 """
 
@@ -26,7 +26,7 @@ _double = struct.Struct("<d").pack
 _fixed32 = struct.Struct("<I").pack
 
 
-@dataclass(slots=True)  # (not frozen: a frozen dataclass's __init__ costs a request ~2 µs more)
+@dataclass(slots=True)  # (not frozen: a frozen dataclass's __init__ is slower, once per span)
 class SpanData:
     """One finished span, as the gateway recorded it (times in nanoseconds since the epoch)."""
 

@@ -1,7 +1,7 @@
 """Schema enforcement: a `json_schema` response format checked against the answer the model gave.
 
-jsonschema is imported on first use: it costs ~0.1 s of import, which a cold start should not pay for a
-feature most requests do not use.
+jsonschema is imported on first use: its import is a large part of a cold start, which should not pay for
+a feature most requests do not use.
 """
 
 from __future__ import annotations

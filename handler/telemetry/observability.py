@@ -246,7 +246,7 @@ def emf_line(dimensions: dict[str, str], values: list[tuple[str, str, float]]) -
     """One request's metrics in CloudWatch's embedded metric format: the line Powertools' `Metrics` writes for
     the same dimensions and `(name, unit, value)`s (same members in the same order; the unit is its
     `MetricUnit` value), written with one `orjson.dumps`: Powertools' per-metric validation and `json` encoder
-    cost about 100 µs a request on Lambda, more than the rest of the request's log line and metrics."""
+    cost a request more than the rest of its log line and metrics (docs/performance.md)."""
     if METRICS_DISABLED:
         return
     dimensions = {name: value for name, value in dimensions.items() if value.strip()}  # (Powertools skips blanks)
