@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import gc
 
-from pydantic import BaseModel
+gc.disable()  # until start-up is done: everything it builds lives as long as the process (see below)
 
-from handler.api.app import create_app
-from handler.pipeline.gateway import build_gateway
+from pydantic import BaseModel  # noqa: E402
+
+from handler.api.app import create_app  # noqa: E402
+from handler.pipeline.gateway import build_gateway  # noqa: E402
 
 
 def build_models() -> None:
@@ -31,3 +33,4 @@ build_models()
 # Everything built so far lives for the whole process: out of the collector's sight, a full collection
 # walks only what requests allocate (shorter pauses, a shorter tail).
 gc.freeze()
+gc.enable()

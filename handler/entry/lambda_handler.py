@@ -12,10 +12,15 @@ come from the Lambda runtime's `snapshot_restore_py`, absent elsewhere.
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import os
-from typing import Any
+
+# Init allocates what lives as long as the environment: a collection during it finds no garbage and only adds to
+# the cold start. Collection resumes when init is done, after `gc.freeze()` below.
+gc.disable()
+
+import asyncio  # noqa: E402
+import os  # noqa: E402
+from typing import Any  # noqa: E402
 
 # The gateway uses no pydantic plugins; looking for them reads every installed distribution's metadata when the
 # first model is built, in the cold start. An operator's own setting wins.
@@ -55,6 +60,7 @@ async def _start() -> None:
 
 _loop.run_until_complete(_start())
 gc.freeze()  # what init built lives as long as the environment (see handler/entry/asgi.py)
+gc.enable()
 
 
 def _before_snapshot() -> None:
