@@ -27,13 +27,25 @@ def Omitted() -> Any:  # noqa: N802 - reads as a field type at the use site
 
 # Every API model's validator is built on its first use, not at import (`defer_build`): a Lambda cold start
 # builds only what its first request needs (a chat completion, none of the Responses or Messages models).
-# `gateway serve` builds them all at start-up instead (handler/entry/asgi.py).
+# `gateway serve` and a SnapStart snapshot build them all beforehand (`build_deferred_models`).
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", defer_build=True)
+
+
+def build_deferred_models() -> None:
+    """Build now the validators of every model of the gateway's own (the application's and the adapters') left
+    to their first use: where a first request should not wait for them (a server's start-up, the state a
+    SnapStart snapshot captures)."""
+    pending: list[type[BaseModel]] = [BaseModel]
+    while pending:
+        for model in pending.pop().__subclasses__():
+            if model.__module__.startswith(("handler.", "adapters.")) and not model.__pydantic_complete__:
+                model.model_rebuild()
+            pending.append(model)
 
 
 # --- request -------------------------------------------------------------------------------------

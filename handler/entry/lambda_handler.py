@@ -5,9 +5,10 @@ connections opened to each model's nearest deployment. Mangum runs with `lifespa
 would otherwise run the ASGI lifespan on every invocation. Mangum keeps one event loop for the life
 of the environment, so the upstream connections opened by one invocation serve the next.
 
-SnapStart: before the snapshot the upstream connections are closed; after a restore they are opened
-afresh and the key cache is emptied (a snapshot can be restored hours after it was taken). The hooks
-come from the Lambda runtime's `snapshot_restore_py`, absent elsewhere.
+SnapStart: before the snapshot every validator the cold start left to first use is built (so a restored
+environment's first invocation does no more than a warm one) and the upstream connections are closed; after a
+restore they are opened afresh and the key cache is emptied (a snapshot can be restored hours after it was
+taken). The hooks come from the Lambda runtime's `snapshot_restore_py`, absent elsewhere.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from mangum import Mangum  # noqa: E402
 
 from handler.api.app import create_app  # noqa: E402
 from handler.pipeline.gateway import build_gateway  # noqa: E402
+from handler.schemas import build_deferred_models  # noqa: E402
 
 gateway = build_gateway()
 app = create_app(gateway)
@@ -64,6 +66,9 @@ gc.enable()
 
 
 def _before_snapshot() -> None:
+    build_deferred_models()
+    gc.collect()  # the snapshot keeps no garbage, and what the validators built lives on: frozen with the rest
+    gc.freeze()
     _loop.run_until_complete(gateway.upstream.aclose())
 
 
@@ -72,7 +77,7 @@ def _after_restore() -> None:
 
 
 try:
-    from snapshot_restore_py import register_after_restore, register_before_snapshot  # type: ignore[import-not-found]
+    from snapshot_restore_py import register_after_restore, register_before_snapshot
 except ImportError:  # not on Lambda's runtime, or SnapStart is off
     pass
 else:

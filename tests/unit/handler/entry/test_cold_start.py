@@ -36,3 +36,52 @@ def test_start_up_runs_no_collection_of_its_own_and_leaves_the_collector_on(modu
     assert state["collections"] <= 1
     assert state["enabled"] is True
     assert state["frozen"] > 10_000  # what start-up built is out of later collections' sight
+
+
+# Runs SnapStart's hooks as Lambda's runtime does (`snapshot_restore_py`'s registries), around the snapshot.
+SNAPSTART = """
+import json
+import snapshot_restore_py
+from pydantic import BaseModel
+import handler.entry.lambda_handler as entry
+
+def left_to_first_use():
+    pending, left = [BaseModel], []
+    while pending:
+        for model in pending.pop().__subclasses__():
+            if model.__module__.startswith(("handler.", "adapters.")) and not model.__pydantic_complete__:
+                left.append(model.__name__)
+            pending.append(model)
+    return left
+
+at_init = left_to_first_use()
+snapshot_client = entry.gateway.upstream
+for hook, args, kwargs in snapshot_restore_py.get_before_snapshot():
+    hook(*args, **kwargs)
+in_snapshot = left_to_first_use()
+for hook, args, kwargs in snapshot_restore_py.get_after_restore():
+    hook(*args, **kwargs)
+new_client = entry.gateway.upstream is not snapshot_client
+print(json.dumps({"at_init": len(at_init), "in_snapshot": in_snapshot, "new_client": new_client}))
+"""
+
+
+def test_a_snapstart_snapshot_holds_every_validator_the_cold_start_left_to_first_use(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "providers:\n  local: {type: openai, api_key: env:LOCAL_KEY, base_url: 'http://127.0.0.1:9/v1'}\n"
+        "models:\n  m: {deployments: [{provider: local, model: m}], price: {input: 1, output: 1}}\n"
+    )
+    env = {
+        **os.environ,
+        "GATEWAY_CONFIG": str(config),
+        "GATEWAY_STORE": f"sqlite:///{tmp_path / 'gateway.db'}",
+        "LOCAL_KEY": "sk-local",
+    }
+    env.pop("AWS_LAMBDA_FUNCTION_NAME", None)
+    done = subprocess.run([sys.executable, "-c", SNAPSTART], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = json.loads(done.stdout.strip().splitlines()[-1])
+    assert state["at_init"] > 20  # the cold start builds only what a chat completion needs...
+    assert state["in_snapshot"] == []  # ...a restored environment's first invocation builds nothing
+    assert state["new_client"]  # and the restore hook gave it a fresh upstream client
