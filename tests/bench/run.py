@@ -352,6 +352,7 @@ LIBRARIES = (
 # After the cold import: the first invocation (a chat completion, upstream answering at once), which builds
 # what the import left to first use.
 FIRST_INVOCATION = "from tests.bench.lambda_warm import first_invocation_ms; then = first_invocation_ms()"
+RESTORED = "from tests.bench.lambda_warm import restored_first_invocation_ms as r; then = r()"
 
 
 def cold_import_ms(
@@ -479,6 +480,7 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
             cold, 1 if smoke else 7, after=FIRST_INVOCATION
         )
         results["libraries_import_ms"] = cold_import_ms(env, 1 if smoke else 7, LIBRARIES)[0]
+        results["restored_invocation_ms"] = cold_import_ms(cold, 1 if smoke else 7, after=RESTORED)[1]
         results["dynamodb"] = dynamodb_calls(workdir, upstream_port, 20 if smoke else 200)
     return results
 
@@ -649,7 +651,9 @@ def table(results: dict[str, Any]) -> str:
         f"on the same client: {results['lambda_bare_us']['own']:.0f} µs",
         f"cold import of the Lambda handler (config, store and app built): {results['cold_import_ms']:.0f} ms, "
         f"then the first invocation {results['first_invocation_ms']:.0f} ms; "
-        f"the card's libraries alone: {results['libraries_import_ms']:.0f} ms",
+        f"the card's libraries alone: {results['libraries_import_ms']:.0f} ms; after a SnapStart restore (Lambda's "
+        f"hooks run) the first invocation's own work {results['restored_invocation_ms'] * 1000:.0f} µs against a "
+        f"warm one's {lam['own']:.0f} µs",
         f"DynamoDB store: {results['dynamodb']['calls_per_request']:.2f} calls per request "
         f"over {results['dynamodb']['requests']} requests ({results['dynamodb']['non_200']} not 200)",
     ]
