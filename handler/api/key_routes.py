@@ -27,7 +27,7 @@ MAX_GRACE_SECONDS = 7 * 86400
 class KeySpec(BaseModel):
     """The body of a key-creating request."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     name: str = Field(min_length=1, max_length=200)
     models: list[str] | None = Field(default=None, min_length=1)
@@ -49,13 +49,13 @@ class AdminKeySpec(KeySpec):
 class KeyUpdateSpec(BaseModel):
     """The body of `PATCH /admin/keys/{id}`: what may change on a live key without a new secret."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     tags: dict[str, str]
 
 
 class RotateSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     grace_seconds: float = Field(default=3600, ge=0, le=MAX_GRACE_SECONDS, allow_inf_nan=False)
 

@@ -104,7 +104,7 @@ def live_admin(record: KeyRecord | None, now: float) -> TypeGuard[KeyRecord]:
 class SignIn(BaseModel):
     """The body of `POST /dashboard/sign-in`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     token: str = Field(min_length=1, max_length=200)
 

@@ -151,7 +151,7 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> Ups
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
 
 class WireUsage(_Wire):

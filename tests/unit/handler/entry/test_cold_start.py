@@ -45,15 +45,19 @@ import snapshot_restore_py
 from pydantic import BaseModel
 import handler.entry.lambda_handler as entry
 
-def left_to_first_use():
-    pending, left = [BaseModel], []
+def models():
+    pending, found = [BaseModel], []
     while pending:
         for model in pending.pop().__subclasses__():
-            if model.__module__.startswith(("handler.", "adapters.")) and not model.__pydantic_complete__:
-                left.append(model.__name__)
+            if model.__module__.startswith(("handler.", "adapters.")):
+                found.append(model)
             pending.append(model)
-    return left
+    return found
 
+def left_to_first_use():
+    return [model.__name__ for model in models() if not model.__pydantic_complete__]
+
+built_at_init = sorted({model.__module__ for model in models() if model.__pydantic_complete__})
 at_init = left_to_first_use()
 snapshot_client = entry.gateway.upstream
 for hook, args, kwargs in snapshot_restore_py.get_before_snapshot():
@@ -62,7 +66,8 @@ in_snapshot = left_to_first_use()
 for hook, args, kwargs in snapshot_restore_py.get_after_restore():
     hook(*args, **kwargs)
 new_client = entry.gateway.upstream is not snapshot_client
-print(json.dumps({"at_init": len(at_init), "in_snapshot": in_snapshot, "new_client": new_client}))
+print(json.dumps({"at_init": len(at_init), "built_at_init": built_at_init, "in_snapshot": in_snapshot,
+                  "new_client": new_client}))
 """
 
 
@@ -70,7 +75,9 @@ def test_a_snapstart_snapshot_holds_every_validator_the_cold_start_left_to_first
     config = tmp_path / "gateway.yaml"
     config.write_text(
         "providers:\n  local: {type: openai, api_key: env:LOCAL_KEY, base_url: 'http://127.0.0.1:9/v1'}\n"
+        "  claude: {type: anthropic, api_key: env:LOCAL_KEY, base_url: 'http://127.0.0.1:9'}\n"
         "models:\n  m: {deployments: [{provider: local, model: m}], price: {input: 1, output: 1}}\n"
+        "  c: {deployments: [{provider: claude, model: c}], price: {input: 1, output: 1}}\n"
     )
     env = {
         **os.environ,
@@ -82,6 +89,7 @@ def test_a_snapstart_snapshot_holds_every_validator_the_cold_start_left_to_first
     done = subprocess.run([sys.executable, "-c", SNAPSTART], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     state = json.loads(done.stdout.strip().splitlines()[-1])
-    assert state["at_init"] > 20  # the cold start builds only what a chat completion needs...
+    assert state["built_at_init"] == ["handler.config"]  # the cold start builds the config's validators only...
+    assert state["at_init"] > 20
     assert state["in_snapshot"] == []  # ...a restored environment's first invocation builds nothing
     assert state["new_client"]  # and the restore hook gave it a fresh upstream client
