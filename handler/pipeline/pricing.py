@@ -9,9 +9,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-import yaml
-
-from handler.config import FeeConfig, ModelConfig, Price
+from handler.config import FeeConfig, ModelConfig, Price, load_yaml
 from handler.pipeline.images import image_tokens
 from handler.schemas import ChatRequest, ImagePart, Usage
 
@@ -41,7 +39,7 @@ class PriceTable:
 
 @lru_cache(maxsize=1)
 def builtin_prices() -> PriceTable:
-    raw: dict[str, Any] = yaml.safe_load(resources.files("handler.pipeline").joinpath(PRICE_TABLE_RESOURCE).read_text())
+    raw: dict[str, Any] = load_yaml(resources.files("handler.pipeline").joinpath(PRICE_TABLE_RESOURCE).read_text())
     prices = {name: Price.model_validate(spec) for name, spec in raw["models"].items()}
     aliases = sorted(
         ((prefix, target) for target, prefixes in raw.get("aliases", {}).items() for prefix in prefixes),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import pytest
+import yaml
 
 from adapters.providers.registry import REGISTRY
+from handler import config as config_module
 from handler.config import ConfigError, load_config, parse_config, resolve_secret
 
 TYPES = set(REGISTRY)
@@ -77,3 +80,15 @@ def test_secret_references() -> None:
     assert resolve_secret("secretsmanager:gw/anthropic", env, fetch) == "secretsmanager-secret"
     assert fetched == [("ssm", "/gw/openai"), ("secretsmanager", "gw/anthropic")]
     assert resolve_secret(None, env, fetch) is None
+
+
+@pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML built without libyaml")
+def test_the_shipped_yaml_is_read_by_libyaml_as_the_pure_python_loader_reads_it(tmp_path: Path) -> None:
+    # libyaml's loader reads the config and the price table several times faster at a cold start.
+    assert config_module.SAFE_LOADER is yaml.CSafeLoader
+    for name in ("default_config.yaml", "pipeline/prices.yaml"):
+        text = resources.files("handler").joinpath(name).read_text()
+        assert config_module.load_yaml(text) == yaml.safe_load(text)
+    with pytest.raises(ConfigError, match="(?s)not valid YAML.*line 2, column 5"):
+        (tmp_path / "bad.yaml").write_text("models:\n  - [unclosed\n")
+        load_config(tmp_path / "bad.yaml", set())
