@@ -13,11 +13,13 @@ that repeats them), so:
 from __future__ import annotations
 
 import re
+from functools import cache
 
 REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 8  # shorter values (test placeholders, "none") would redact ordinary words
 
-CREDENTIAL_SHAPES = re.compile(
+# Compiled on the first message to scrub (an upstream's error), not at a cold start that may never need it.
+CREDENTIAL_SHAPES = (
     r"(?i)(bearer\s+)[^\s\"',;]+"
     r"|(x-api-key|x-goog-api-key|api[-_]key|authorization|aws_secret_access_key)(\"?\s*[:=]\s*\"?)[^\s\"',;&]+"
     r"|([?&]key=)[^&\s\"']+"
@@ -26,6 +28,12 @@ CREDENTIAL_SHAPES = re.compile(
     r"|\b((?:AKIA|ASIA)[0-9A-Z]{16})\b"
     r"|\b(AIza[0-9A-Za-z_\-]{30,})"
 )
+
+
+@cache
+def credential_shapes() -> re.Pattern[str]:
+    return re.compile(CREDENTIAL_SHAPES)
+
 
 _secrets: set[str] = set()
 _secrets_bytes: tuple[bytes, ...] = ()
@@ -55,7 +63,7 @@ def redact_message(text: str) -> str:
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return CREDENTIAL_SHAPES.sub(_shape, text)
+    return credential_shapes().sub(_shape, text)
 
 
 def scrub(body: bytes) -> bytes:
