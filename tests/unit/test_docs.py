@@ -146,3 +146,25 @@ def test_nothing_refers_to_files_outside_the_repository() -> None:
             if any(pattern.search(line) for pattern in OUTSIDE):
                 found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
     assert not found, found
+
+
+REPOSITORY_PATH = re.compile(
+    r"(?<![\w/.-])((?:handler|adapters|tests|events|infra|docs)/[a-z0-9_/.-]*\.(?:py|md|yaml|json|sh))\b"
+)
+
+
+def named_paths(text: str) -> set[str]:
+    return {match.group(1) for match in REPOSITORY_PATH.finditer(text)}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_file_a_page_names_exists(page: Path) -> None:
+    """A path written in prose or a command (`pytest tests/unit/...`), not only in links, names a real file
+    (placeholders are upper case: `events/FILE.json`)."""
+    missing = sorted(path for path in named_paths(page.read_text()) if not (ROOT / path).exists())
+    assert missing == []
+
+
+def test_the_path_finder_sees_paths_in_commands_and_prose() -> None:
+    text = "run `.venv/bin/pytest tests/unit/handler/api/test_route_table.py -q`; see handler/ports.py."
+    assert named_paths(text) == {"tests/unit/handler/api/test_route_table.py", "handler/ports.py"}
