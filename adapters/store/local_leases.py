@@ -37,7 +37,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from handler.ports import Admission, MeterSnapshot, RateCharge, Settlement
+from adapters.store.metered import EPSILON, rate_owner
+from handler.ports import Admission, MeterSnapshot, Settlement
 
 SPAN_S = 2.0
 FRACTION = 0.25
@@ -47,14 +48,6 @@ SWEEP_S = 0.5
 CONTEND_S = 10.0
 # A budget lease outlives the requests admitted from it by this much, so it is renewed once a minute.
 RENEW_S = 60.0
-# Tolerance for float sums when comparing with a limit: far below a thousandth of a cent.
-EPSILON = 1e-12
-
-
-def rate_owner(rate: RateCharge, key_id: str) -> str:
-    """The key whose counter `rate` counts on: the one it names (an ancestor's limit, shared by every
-    descendant), else the admission's own key `key_id`."""
-    return rate.key_id or key_id
 
 
 def slice_size(need: float, room: float, used: float, since_s: float, exact: bool) -> float:

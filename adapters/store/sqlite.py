@@ -48,21 +48,29 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from adapters.store.local_leases import (
     CONTEND_S,
-    EPSILON,
     IDLE_S,
     RENEW_S,
     SWEEP_S,
     BudgetLease,
     LocalLeases,
     RateLease,
-    rate_owner,
     slice_size,
+)
+from adapters.store.metered import (
+    EPSILON,
+    AdmissionWrite,
+    Applied,
+    Counters,
+    MeteredStore,
+    Reservation,
+    SettleUpdate,
+    Unmet,
+    rate_owner,
 )
 from adapters.store.records import (
     SETTLED_TTL_SECONDS,
@@ -83,7 +91,6 @@ from handler.ports import (
     MeterSnapshot,
     RateRefused,
     Settlement,
-    Store,
     StoreError,
     UsageQuery,
 )
@@ -159,7 +166,7 @@ def migrate(db: sqlite3.Connection) -> None:
     db.execute("COMMIT")
 
 
-class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
+class SQLiteStore(SQLiteResponses, SQLiteSignIns, MeteredStore):
     """`Store` on one SQLite file; see the module docstring."""
 
     def __init__(self, path: str) -> None:
@@ -200,6 +207,8 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         self._announced: dict[str, tuple[float, int]] = {}  # key id -> (active_at, leasing) last written
         self._sweeper: asyncio.Task[None] | None = None
         self._unsettled: set[asyncio.Future[None]] = set()  # settlements queued and not yet committed
+        # Admissions refused while another process may hold unused slices of their keys (see `admit`).
+        self._recall: set[str] = set()
         self._closed = False
         self._stop = threading.Event()
         if path != ":memory:":
@@ -447,79 +456,100 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
             )
         return [key_from_json(row[0]) for row in rows.fetchall()]
 
-    # --- meters -------------------------------------------------------------------------------
+    # --- meters (the primitives of `MeteredStore`, behind the in-memory slices) ---------------------
+
+    def _cached(self, admission: Admission) -> MeterSnapshot | None:
+        """From the slices held, in memory (see adapters/store/local_leases.py)."""
+        return self.leases.take(admission, time.time())
 
     async def admit(self, admission: Admission) -> MeterSnapshot:
-        """From the leases held, in memory; else one transaction that tops them up (see
-        adapters/store/local_leases.py)."""
-        snapshot = self.leases.take(admission, time.time())
-        if snapshot is not None:
-            return snapshot
-        outcome = await self._batched(lambda db: self._grant(db, admission))
-        if isinstance(outcome, Refusal) and outcome.others_hold:
-            # Another process may hold unused slices of this key; its sweeper returns them once it sees us.
+        """As `MeteredStore.admit`; a refusal while another process may hold unused slices of the key waits
+        once for its sweeper to return them, then tries again."""
+        try:
+            return await super().admit(admission)
+        except (BudgetRefused, RateRefused):
+            if admission.reservation_id not in self._recall:
+                raise
+            self._recall.discard(admission.reservation_id)
             await asyncio.sleep(RECALL_WAIT_S)
-            outcome = await self._batched(lambda db: self._grant(db, admission))
-        if isinstance(outcome, Refusal):
-            raise outcome.error
-        return outcome
+            return await super().admit(admission)
+        finally:
+            self._recall.discard(admission.reservation_id)
 
-    def _grant(self, db: sqlite3.Connection, admission: Admission) -> MeterSnapshot | Refusal:
-        """Top up every lease that cannot cover `admission` from the shared counters, then admit it from
-        them; or change no counter and return why not. Reads first, so a refusal writes nothing but,
-        when due, this process's presence on the key."""
+    async def _write_admission(self, write: AdmissionWrite) -> Applied | Unmet:
+        return await self._batched(lambda db: self._grant(db, write))
+
+    def _grant(self, db: sqlite3.Connection, write: AdmissionWrite) -> Applied | Unmet:
+        """One transaction: check `write`'s conditions on the counters less the unused slices this process
+        holds (they are its own to draw), and, if all hold, top up every slice that cannot cover its charge
+        from the counters, then admit from the slices; else change no counter and return the counters as
+        they were. A refusal writes nothing but, when due, this process's presence on the key."""
+        admission = write.admission
         now = time.time()
         leases = self.leases
-        keys = {charge.key_id for charge in admission.budgets}
-        keys.update(rate_owner(rate, admission.key_id) for rate in admission.rates)
         others_hold = False
-        for key_id in keys:
+        for meter in write.meters:
             (leasing,) = db.execute(
                 "SELECT max(leasing) FROM holders WHERE key_id = ? AND holder <> ? AND active_at > ?",
-                (key_id, leases.holder, now - CONTEND_S),
+                (meter.key_id, leases.holder, now - CONTEND_S),
             ).fetchone()
             if leasing is not None:
-                leases.contended[key_id] = now
+                leases.contended[meter.key_id] = now
                 others_hold = others_hold or bool(leasing)
         budget_plans: list[tuple[BudgetLease, bool, float, float]] = []
-        for charge in admission.budgets:
-            lease = leases.budgets.get((charge.key_id, charge.period))
-            fresh = lease is None or lease.expires_at <= now  # an expired lease's row may be released already
-            if lease is None or fresh:
-                lease = leases.new_budget_lease()
-            row = db.execute(
-                "SELECT committed FROM meters WHERE key_id = ? AND period = ?", (charge.key_id, charge.period)
-            ).fetchone()
-            room = charge.limit_usd - (row[0] if row else 0.0)
-            need = charge.amount_usd - lease.avail
-            if need > room + EPSILON:
-                refused = BudgetRefused(charge.key_id, room + lease.avail)
-                return self._refuse(db, admission, refused, others_hold, now)
-            since = now - lease.granted_at
-            size = slice_size(need, room, lease.drawn, since, leases.exact(charge.key_id, now)) if need > 0 else 0.0
-            budget_plans.append((lease, fresh, size, max(lease.expires_at, admission.expires_at + RENEW_S)))
         rate_plans: list[tuple[RateLease, bool, int, int]] = []
-        for rate in admission.rates:
-            owner = rate_owner(rate, admission.key_id)
-            rate_lease = leases.rates.get((owner, rate.name))
-            new_window = rate_lease is None or rate_lease.window != rate.window
-            if rate_lease is None or new_window:
-                rate_lease = RateLease(rate.window)
-            row = db.execute(
-                "SELECT window, count FROM rates WHERE key_id = ? AND name = ?", (owner, rate.name)
-            ).fetchone()
-            count = row[1] if row and row[0] == rate.window else 0
-            need = rate.amount - rate_lease.avail
-            if need > rate.limit - count:
-                refused_rate = RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - now)
-                return self._refuse(db, admission, refused_rate, others_hold, now)
-            exact = leases.exact(owner, now)
-            since = now - rate_lease.granted_at
-            wanted = math.floor(slice_size(need, rate.limit - count, rate_lease.drawn, since, exact))
-            rate_plans.append((rate_lease, new_window, count, max(need, wanted) if need > 0 else 0))
+        unmet: dict[str, Counters] = {}
+        for meter in write.meters:
+            held = Counters()
+            for charge in meter.budgets:
+                lease = leases.budgets.get((charge.key_id, charge.period))
+                fresh = lease is None or lease.expires_at <= now  # an expired lease's row may be released already
+                if lease is None or fresh:
+                    lease = leases.new_budget_lease()
+                row = db.execute(
+                    "SELECT committed FROM meters WHERE key_id = ? AND period = ?", (charge.key_id, charge.period)
+                ).fetchone()
+                committed = row[0] if row else 0.0
+                held.committed[charge.period] = committed - lease.avail
+                room = charge.limit_usd - committed
+                need = charge.amount_usd - lease.avail
+                since = now - lease.granted_at
+                exact = leases.exact(charge.key_id, now)
+                size = slice_size(need, room, lease.drawn, since, exact) if 0 < need <= room + EPSILON else 0.0
+                budget_plans.append((lease, fresh, size, max(lease.expires_at, admission.expires_at + RENEW_S)))
+            for step in meter.rates:
+                rate = step.charge
+                rate_lease = leases.rates.get((meter.key_id, rate.name))
+                new_window = rate_lease is None or rate_lease.window != rate.window
+                if rate_lease is None or new_window:
+                    rate_lease = RateLease(rate.window)
+                stored = db.execute(
+                    "SELECT window, count FROM rates WHERE key_id = ? AND name = ?", (meter.key_id, rate.name)
+                ).fetchone()
+                if stored is not None:
+                    held.rates[rate.name] = (
+                        stored[0],
+                        stored[1] - (rate_lease.avail if stored[0] == rate.window else 0),
+                    )
+                count = stored[1] if stored and stored[0] == rate.window else 0
+                need = rate.amount - rate_lease.avail
+                since = now - rate_lease.granted_at
+                wanted = math.floor(
+                    slice_size(need, rate.limit - count, rate_lease.drawn, since, leases.exact(meter.key_id, now))
+                )
+                rate_plans.append((rate_lease, new_window, count, max(need, wanted) if need > 0 else 0))
+            if self._check(meter, held) is None:
+                unmet[meter.key_id] = held
+        if unmet:
+            self._announce(db, self._leasing(admission), now)
+            if others_hold:
+                self._recall.add(admission.reservation_id)
+            return Unmet(unmet)
         # Every check passed: write the grants, then change the leases held here.
+        budgets = [(m.key_id, charge) for m in write.meters for charge in m.budgets]
+        rates = [(m.key_id, step.charge) for m in write.meters for step in m.rates]
         committed_now = []
-        for charge, (lease, _, size, expires_at) in zip(admission.budgets, budget_plans, strict=True):
+        for (_, charge), (lease, _, size, expires_at) in zip(budgets, budget_plans, strict=True):
             (committed,) = db.execute(
                 "INSERT INTO meters (key_id, period, committed) VALUES (?, ?, ?) "
                 "ON CONFLICT (key_id, period) DO UPDATE SET committed = committed + excluded.committed "
@@ -533,21 +563,21 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
                 "amount = amount + excluded.amount, expires_at = max(expires_at, excluded.expires_at)",
                 (charge.key_id, lease.row, charge.period, size, expires_at),
             )
-        for rate, (_, _, count, size) in zip(admission.rates, rate_plans, strict=True):
+        for (owner, rate), (_, _, count, size) in zip(rates, rate_plans, strict=True):
             if size:
                 db.execute(
                     "INSERT INTO rates (key_id, name, window, count) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (key_id, name) DO UPDATE SET window = excluded.window, count = excluded.count",
-                    (rate_owner(rate, admission.key_id), rate.name, rate.window, count + size),
+                    (owner, rate.name, rate.window, count + size),
                 )
         # If the commit fails, the leases go back to what they were (the admission with them).
-        for charge in admission.budgets:
+        for _, charge in budgets:
             self._keep(leases.budgets, (charge.key_id, charge.period))
-        for rate in admission.rates:
-            self._keep(leases.rates, (rate_owner(rate, admission.key_id), rate.name))
+        for owner, rate in rates:
+            self._keep(leases.rates, (owner, rate.name))
         self._undo.append(functools.partial(leases.held.pop, admission.reservation_id, None))  # type: ignore[arg-type]
-        for charge, (lease, fresh, size, expires_at), committed in zip(
-            admission.budgets, budget_plans, committed_now, strict=True
+        for (_, charge), (lease, fresh, size, expires_at), committed in zip(
+            budgets, budget_plans, committed_now, strict=True
         ):
             if fresh:
                 leases.budgets[(charge.key_id, charge.period)] = lease
@@ -557,9 +587,9 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
             lease.limit = charge.limit_usd
             if size:
                 lease.drawn, lease.granted_at = 0.0, now
-        for rate, (rate_lease, new_window, count, size) in zip(admission.rates, rate_plans, strict=True):
+        for (owner, rate), (rate_lease, new_window, count, size) in zip(rates, rate_plans, strict=True):
             if new_window:
-                leases.rates[(rate_owner(rate, admission.key_id), rate.name)] = rate_lease
+                leases.rates[(owner, rate.name)] = rate_lease
             rate_lease.avail += size
             rate_lease.count_seen = count + size
             rate_lease.limit = rate.limit
@@ -570,7 +600,12 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
             raise StoreError("a lease grant did not cover its admission")
         self._announce(db, self._leasing(admission), now)
         self._watch()
-        return snapshot
+        windows = {rate.name: rate.window for rate in admission.rates}
+        own = Counters(rates={name: (windows[name], count) for name, count in snapshot.rates.items()})
+        counters = {admission.key_id: own}
+        if admission.budgets:
+            counters.setdefault(admission.budgets[0].key_id, Counters()).committed.update(snapshot.committed_usd)
+        return Applied(counters)
 
     def _keep(self, table: dict[tuple[str, str], Any], key: tuple[str, str]) -> None:
         """Register an undo that puts `table[key]` back as it is now: the same lease with the same fields, or
@@ -591,14 +626,6 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
                 setattr(lease, name, value)
 
         self._undo.append(restore)
-
-    def _refuse(
-        self, db: sqlite3.Connection, admission: Admission, error: Exception, others_hold: bool, now: float
-    ) -> Refusal:
-        """Change no counter; tell other processes this one is here (and whether it holds unused slices of
-        the admission's counters), so that one holding slices gives them back."""
-        self._announce(db, self._leasing(admission), now)
-        return Refusal(error, others_hold)
 
     def _leasing(self, admission: Admission) -> dict[str, int]:
         """Per key whose counters `admission` draws on: 1 if this process holds unused slices of them."""
@@ -629,9 +656,25 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
             self._undo.append(functools.partial(self._announced.pop, key_id, None))  # type: ignore[arg-type]
 
     async def settle(self, settlement: Settlement) -> None:
+        """As `MeteredStore.settle`, unless the request was admitted from this process's slices: then its
+        spend leaves the slice's row with the rest of the batch's (`_write_spend`)."""
         rows, rates = self.leases.adjust(settlement)
-        single = rows is not None and (settlement.item is None or not rates)
-        done = self._enqueue(lambda db: self._settle(db, settlement, rows, rates), linger=True, single=single)
+        if rows is None:
+            return await super().settle(settlement)
+        single = settlement.item is None or not rates
+        done = self._enqueue(lambda db: self._settle_leased(db, settlement, rows, rates), linger=True, single=single)
+        await self._track(done)
+
+    async def _write_settlement(self, settlement: Settlement, updates: list[SettleUpdate]) -> frozenset[str]:
+        done = self._enqueue(lambda db: self._settle(db, settlement, updates), linger=True)
+        try:
+            await self._track(done)
+        except _Mismatch as mismatch:
+            return mismatch.keys
+        return frozenset()
+
+    async def _track(self, done: asyncio.Future[None]) -> None:
+        """Wait for a queued settlement, which readers in this process wait for too (`_own_settlements`)."""
         self._unsettled.add(done)
         done.add_done_callback(self._unsettled.discard)
         await done
@@ -645,28 +688,58 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
             self.hurry()
             await asyncio.wait(pending)  # (not gather: a reader cancelled must not cancel the settlements)
 
-    def _settle(
-        self, db: sqlite3.Connection, settlement: Settlement, rows: list[tuple[str, float]] | None, rates: list[int]
-    ) -> None:
-        """Record the line item and turn the reservation into spend. `rows`: per budget charge, the lease row
-        the request was reserved in and what it spent beyond what the lease held (None: its reservation is a
-        row of its own); `rates`: the token adjustments no lease absorbed."""
-        item = settlement.item
+    def _mark_settled(self, db: sqlite3.Connection, settlement: Settlement) -> bool:
+        """Record that the settlement is applied; False if it was before. The ledger line, unique by request,
+        is the marker when there is one (a random id in `settled` costs a page write per request); a bare
+        release uses `settled`."""
         self._after.append(lambda: self._settled(settlement.reservation_id))
-        # Settled before, a retry changes nothing. The ledger line, unique by request, is the marker when
-        # there is one (a random id in `settled` costs a page write per request); a bare release uses `settled`.
+        item = settlement.item
         if item is not None:
             written = db.execute(
                 "INSERT OR IGNORE INTO ledger (key_id, ts, request_id, data, cost_source) VALUES (?, ?, ?, ?, ?)",
                 (item.key_id, item.ts, item.request_id, ledger_to_json(item), item.cost_source),
             )
-            if written.rowcount == 0:
-                return
-        else:
-            try:
-                db.execute("INSERT INTO settled (id, at) VALUES (?, ?)", (settlement.reservation_id, time.time()))
-            except sqlite3.IntegrityError:
-                return
+            return written.rowcount != 0
+        try:
+            db.execute("INSERT INTO settled (id, at) VALUES (?, ?)", (settlement.reservation_id, time.time()))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def _settle(self, db: sqlite3.Connection, settlement: Settlement, updates: list[SettleUpdate]) -> None:
+        """`_write_settlement` in the batch's transaction: a reservation not where its update assumes raises
+        `_Mismatch`, which rolls the operation back."""
+        if not self._mark_settled(db, settlement):
+            return
+        mismatched = set()
+        for update in updates:
+            for charge, _ in update.budgets:
+                gone = db.execute(
+                    "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ? RETURNING amount",
+                    (charge.key_id, settlement.reservation_id, charge.period),
+                ).fetchone()
+                if (gone is None) != update.released:
+                    mismatched.add(update.key_id)
+        if mismatched:
+            raise _Mismatch(frozenset(mismatched))
+        for update in updates:
+            for charge, delta in update.budgets:
+                db.execute(SPEND, (charge.key_id, charge.period, delta, charge.amount_usd))
+            for rate in update.tokens:
+                db.execute(
+                    "UPDATE rates SET count = max(0, count + ?) WHERE key_id = ? AND name = ? AND window = ?",
+                    (rate.amount, update.key_id, rate.name, rate.window),
+                )
+
+    def _settle_leased(
+        self, db: sqlite3.Connection, settlement: Settlement, rows: list[tuple[str, float]], rates: list[int]
+    ) -> None:
+        """Record the line item of a request admitted from slices. `rows`: per budget charge, the lease row
+        the request was reserved in and what it spent beyond what the lease held; `rates`: the token
+        adjustments no lease absorbed."""
+        item = settlement.item
+        if not self._mark_settled(db, settlement):
+            return
         if item is not None:
             for i in rates:
                 rate = settlement.rates[i]
@@ -674,20 +747,8 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
                     "UPDATE rates SET count = max(0, count + ?) WHERE key_id = ? AND name = ? AND window = ?",
                     (rate.amount, rate_owner(rate, item.key_id), rate.name, rate.window),
                 )
-        if rows is None:
-            for charge in settlement.budgets:
-                row = db.execute(
-                    "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ? RETURNING amount",
-                    (charge.key_id, settlement.reservation_id, charge.period),
-                ).fetchone()
-                released = row[0] if row else 0.0  # an expired reservation was released already
-                db.execute(
-                    SPEND,
-                    (charge.key_id, charge.period, charge.amount_usd - released, charge.amount_usd),
-                )
-            return
-        # From leases: the spend leaves each lease row with the rest of the batch's (last: nothing after
-        # this can fail and leave it counted).
+        # The spend leaves each lease row with the rest of the batch's (last: nothing after this can fail and
+        # leave it counted).
         for (row_id, beyond), charge in zip(rows, settlement.budgets, strict=True):
             key = (charge.key_id, charge.period, row_id)
             spent, over = self._spend.get(key, (0.0, 0.0))
@@ -697,40 +758,57 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         self.leases.held.pop(reservation_id, None)
 
     async def release_expired(self, key_id: str, now: float) -> float:
-        released = self.leases.release_expired(key_id, now)
+        """As `MeteredStore.release_expired`, and the requests admitted from slices here whose reservations
+        expired give their part back to the slice."""
+        return self.leases.release_expired(key_id, now) + await super().release_expired(key_id, now)
+
+    async def _expired_reservations(self, key_id: str, now: float) -> list[Reservation]:
+        rows = self.db.execute(
+            "SELECT id, period, amount, expires_at FROM reservations WHERE key_id = ? AND expires_at < ?",
+            (key_id, now),
+        ).fetchall()
+        return [Reservation(key_id, *row) for row in rows]
+
+    async def _release(self, key_id: str, reservations: list[Reservation]) -> float:
+        released = 0.0
         with self._write() as db:
-            rows = db.execute(
-                "DELETE FROM reservations WHERE key_id = ? AND expires_at < ? RETURNING period, amount", (key_id, now)
-            ).fetchall()
-            for period, amount in rows:
-                db.execute(
-                    LOWER_COMMITTED,
-                    (amount, key_id, period),
-                )
-                released += amount
+            for reservation in reservations:
+                row = db.execute(
+                    "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ? RETURNING amount",
+                    (key_id, reservation.reservation_id, reservation.period),
+                ).fetchone()
+                if row is not None:  # (settled meanwhile otherwise)
+                    db.execute(LOWER_COMMITTED, (row[0], key_id, reservation.period))
+                    released += row[0]
         return released
 
     async def meter(self, key_id: str, period: str) -> MeterSnapshot:
-        """The counters as the file has them, less the unused slices this process holds."""
         await self._own_settlements()
+        return await super().meter(key_id, period)
+
+    async def _read_counters(self, key_id: str, period: str) -> Counters:
+        """The counters as the file has them, less the unused slices this process holds."""
         now = time.time()
+        counters = Counters()
         row = self.db.execute(
             "SELECT committed, spent FROM meters WHERE key_id = ? AND period = ?", (key_id, period)
         ).fetchone()
-        snapshot = MeterSnapshot()
         if row:
-            committed, snapshot.spent_usd[period] = row
+            committed, counters.spent[period] = row
             lease = self.leases.budgets.get((key_id, period))
             if lease is not None and lease.expires_at > now:
                 committed -= lease.avail
-            snapshot.committed_usd[period] = committed
+            counters.committed[period] = committed
         window = int(now // 60)
         for name, count in self.db.execute(
             "SELECT name, count FROM rates WHERE key_id = ? AND window = ?", (key_id, window)
         ):
             rate_lease = self.leases.rates.get((key_id, name))
-            snapshot.rates[name] = count - (rate_lease.avail if rate_lease and rate_lease.window == window else 0)
-        return snapshot
+            counters.rates[name] = (
+                window,
+                count - (rate_lease.avail if rate_lease and rate_lease.window == window else 0),
+            )
+        return counters
 
     # --- returning slices -------------------------------------------------------------------------
 
@@ -867,10 +945,9 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         self.db.close()
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """An admission the counters cannot take: `error` to raise; `others_hold`, whether another process
-    active on the key may hold unused slices of it."""
+class _Mismatch(Exception):
+    """A settlement's reservation was not where its update assumed: the operation rolls back."""
 
-    error: Exception
-    others_hold: bool
+    def __init__(self, keys: frozenset[str]) -> None:
+        super().__init__("reservation mismatch")
+        self.keys = keys
