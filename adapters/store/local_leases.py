@@ -29,7 +29,7 @@ limits at least as high as the one it was granted under (a lowered limit is chec
 a request that spends beyond what its lease held has the excess committed with its settlement.
 
 This module keeps the process's side: the leases, the requests admitted from them, and the arithmetic.
-The store (adapters/store/sqlite.py) writes the grants and returns.
+The store (adapters/store/sqlite_slices.py) writes the grants and returns.
 """
 
 from __future__ import annotations
