@@ -310,7 +310,7 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
     def _counters(self, admission: Admission, key_id: str, item: Item) -> Counters:
         """One key's meter item (or this region's lease of it) as `Counters`. Of a lease, committed is what the
         region cannot draw: the limit less its lease and what the home had unleased when last asked."""
-        counters = Counters(source=item)
+        counters = Counters()
         for charge in admission.budgets:
             if charge.key_id != key_id:
                 continue

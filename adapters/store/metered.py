@@ -72,13 +72,11 @@ def rate_owner(rate: RateCharge, key_id: str) -> str:
 @dataclass(slots=True)
 class Counters:
     """One key's counters as a backend holds them: per budget period the committed (spent plus live
-    reservations) and spent USD, per rate name its `(window, count)`. `source` is the backend's own record,
-    for its overrides (DynamoDB's lease items)."""
+    reservations) and spent USD, per rate name its `(window, count)`."""
 
     committed: dict[str, float] = field(default_factory=dict)
     spent: dict[str, float] = field(default_factory=dict)
     rates: dict[str, tuple[int, int]] = field(default_factory=dict)
-    source: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +176,7 @@ class MeteredStore(Store):
         """Check every condition of every `MeterUpdate` in `write` and, only if all hold, apply every change,
         atomically (no other write to these counters between the checks and the changes; all or nothing).
         Return `Applied`, or `Unmet` with nothing changed. May raise `Refill`; `StoreError` when the storage
-        fails (then nothing may have been applied)."""
+        fails."""
 
     @abstractmethod
     async def _write_settlement(self, settlement: Settlement, updates: list[SettleUpdate]) -> frozenset[str]:

@@ -72,10 +72,13 @@ class SliceCache(MeteredStore):
     _closed: bool
     _recall: set[str]  # admissions refused while another process may hold unused slices of their keys
 
+    # The store's own (adapters/store/sqlite.py): its batching of one event-loop turn into one transaction,
+    # and the marker that makes a settlement count once.
+
     def _batched(
         self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False, single: bool = False
     ) -> Awaitable[T]:
-        raise NotImplementedError  # the store's batching
+        raise NotImplementedError
 
     def _enqueue(
         self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False, single: bool = False

@@ -18,6 +18,7 @@ import pytest
 from adapters.store import open_store
 from adapters.store.dynamo_client import invoke
 from adapters.store.dynamodb import DynamoDBStore
+from adapters.store.metered import MeteredStore
 from adapters.store.records import key_from_json, key_to_json, ledger_from_json, ledger_to_json
 from handler.keys import KeyService, hash_secret, split_key
 from handler.ports import (
@@ -245,6 +246,29 @@ async def test_rate_counters_refuse_and_roll_over(store: Store) -> None:
     with pytest.raises(RateRefused):
         await store.admit(budget_and_tokens)
     assert (await store.meter(key, PERIOD)).committed_usd.get(PERIOD, 0.0) == 0.0
+
+
+async def test_a_rate_counter_another_clock_started_later_refuses_until_ours_gets_there(store: Store) -> None:
+    """A gateway whose clock is ahead started the next window: ours neither adds to it nor resets it."""
+    key = uuid.uuid4().hex[:12]
+    window = this_minute()
+
+    def rpm(at: int) -> Admission:
+        return Admission(uuid.uuid4().hex, key, [], [RateCharge("rpm", at, 5, 1)], time.time() + 60)
+
+    await store.admit(rpm(window + 1))
+    with pytest.raises(RateRefused) as refused:
+        await store.admit(rpm(window))
+    assert refused.value.limit_name == "rpm" and refused.value.retry_after == 120
+    assert (await store.admit(rpm(window + 1))).rates == {"rpm": 2}  # the later window's count is intact
+
+
+def test_the_memory_backend_keeps_no_semantics_of_its_own() -> None:
+    """What admission, settlement, expiry and meter reads mean comes from `MeteredStore`: the third backend
+    only stores."""
+    assert issubclass(MemoryStore, MeteredStore)
+    own = set(vars(MemoryStore))
+    assert own.isdisjoint({"admit", "settle", "release_expired", "meter", "_diagnose", "_admitted"})
 
 
 async def test_usage_filters_by_key_and_time(store: Store) -> None:
