@@ -156,7 +156,9 @@ class MemoryStore(MeteredStore):
         return stored if stored is not None and stored.expires_at > time.time() else None
 
     async def delete_response(self, response_id: str) -> bool:
-        return self.responses.pop(response_id, None) is not None
+        live = await self.get_response(response_id) is not None
+        self.responses.pop(response_id, None)
+        return live
 
     async def put_sign_in(self, token_hash: str, key_id: str, expires_at: float) -> None:
         self.sign_ins[token_hash] = (key_id, expires_at)
