@@ -15,7 +15,9 @@ alone admits exactly what fits.
 
 Several processes on one key would fragment the counter (one holds a slice it does not use while another
 is refused), so leasing stops while another process is active on the key (`holders` in the file, with
-whether each may hold unused slices): each grant is then exactly one request's worth, as before leases.
+whether each may hold unused slices): each grant is then exactly one request's worth, and a process that
+holds no unused slice of the counters admits the request as it is, with its own reservation row and none
+of the slices' bookkeeping (adapters/store/sqlite_slices.py).
 A process that still holds slices returns them when its sweeper sees the other one (every `SWEEP_S`),
 and a refusal while another process may hold slices waits for that once before it stands. A holder
 keeps its presence fresh while it holds slices, and says so when it no longer does.

@@ -9,8 +9,10 @@ batch's; a sweeper returns idle slices, and `holders` tells other processes on t
 on a key and whether it holds unused slices of it. Every change to the slices in memory is undone if its
 batch's commit fails.
 
-Measured against admitting every request with a transaction of its own (docs/store.md): the slices keep
-a commit off most requests' path.
+Measured against admitting every request with a transaction of its own (docs/store.md): on one worker the
+slices keep a commit off most requests' path; while another process is active on a key, where a slice would
+be one request's worth, a process holding no unused slice admits the request as it is (`_admit_exactly`),
+which is what the slices' bookkeeping would otherwise cost.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from adapters.store.metered import (
     Applied,
     Counters,
     MeteredStore,
+    MeterUpdate,
     Unmet,
     rate_owner,
 )
@@ -56,6 +59,34 @@ LOWER_COMMITTED = "UPDATE meters SET committed = max(0, committed - ?) WHERE key
 RECALL_WAIT_S = 1.5 * SWEEP_S
 T = TypeVar("T")
 logger = logging.getLogger("gateway")
+
+
+def add_committed(db: sqlite3.Connection, key_id: str, period: str, amount: float) -> float:
+    """Raise a budget counter's committed by `amount`; the new committed."""
+    (committed,) = db.execute(
+        "INSERT INTO meters (key_id, period, committed) VALUES (?, ?, ?) "
+        "ON CONFLICT (key_id, period) DO UPDATE SET committed = committed + excluded.committed RETURNING committed",
+        (key_id, period, amount),
+    ).fetchone()
+    return float(committed)
+
+
+def reserve(db: sqlite3.Connection, key_id: str, row: str, period: str, amount: float, expires_at: float) -> None:
+    """Add `amount` to the reservation row `row` (a request's, or a slice's), expiring no earlier than `expires_at`."""
+    db.execute(
+        "INSERT INTO reservations (key_id, id, period, amount, expires_at) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (key_id, id, period) DO UPDATE SET "
+        "amount = amount + excluded.amount, expires_at = max(expires_at, excluded.expires_at)",
+        (key_id, row, period, amount, expires_at),
+    )
+
+
+def set_rate(db: sqlite3.Connection, key_id: str, name: str, window: int, count: int) -> None:
+    db.execute(
+        "INSERT INTO rates (key_id, name, window, count) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (key_id, name) DO UPDATE SET window = excluded.window, count = excluded.count",
+        (key_id, name, window, count),
+    )
 
 
 class SliceCache(MeteredStore):
@@ -129,6 +160,8 @@ class SliceCache(MeteredStore):
             if leasing is not None:
                 leases.contended[meter.key_id] = now
                 others_hold = others_hold or bool(leasing)
+        if all(leases.exact(m.key_id, now) for m in write.meters) and not self._holds_slices(write, now):
+            return self._admit_exactly(db, write, others_hold, now)
         budget_plans: list[tuple[BudgetLease, bool, float, float]] = []
         rate_plans: list[tuple[RateLease, bool, int, int]] = []
         unmet: dict[str, Counters] = {}
@@ -174,35 +207,17 @@ class SliceCache(MeteredStore):
             if self._check(meter, held) is None:
                 unmet[meter.key_id] = held
         if unmet:
-            self._announce(db, self._leasing(admission), now)
-            if others_hold:
-                self._recall.add(admission.reservation_id)
-            return Unmet(unmet)
+            return self._refuse(db, admission, unmet, others_hold, now)
         # Every check passed: write the grants, then change the leases held here.
         budgets = [(m.key_id, charge) for m in write.meters for charge in m.budgets]
         rates = [(m.key_id, step.charge) for m in write.meters for step in m.rates]
         committed_now = []
         for (_, charge), (lease, _, size, expires_at) in zip(budgets, budget_plans, strict=True):
-            (committed,) = db.execute(
-                "INSERT INTO meters (key_id, period, committed) VALUES (?, ?, ?) "
-                "ON CONFLICT (key_id, period) DO UPDATE SET committed = committed + excluded.committed "
-                "RETURNING committed",
-                (charge.key_id, charge.period, size),
-            ).fetchone()
-            committed_now.append(committed)
-            db.execute(
-                "INSERT INTO reservations (key_id, id, period, amount, expires_at) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (key_id, id, period) DO UPDATE SET "
-                "amount = amount + excluded.amount, expires_at = max(expires_at, excluded.expires_at)",
-                (charge.key_id, lease.row, charge.period, size, expires_at),
-            )
+            committed_now.append(add_committed(db, charge.key_id, charge.period, size))
+            reserve(db, charge.key_id, lease.row, charge.period, size, expires_at)
         for (owner, rate), (_, _, count, size) in zip(rates, rate_plans, strict=True):
             if size:
-                db.execute(
-                    "INSERT INTO rates (key_id, name, window, count) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (key_id, name) DO UPDATE SET window = excluded.window, count = excluded.count",
-                    (owner, rate.name, rate.window, count + size),
-                )
+                set_rate(db, owner, rate.name, rate.window, count + size)
         # If the commit fails, the leases go back to what they were (the admission with them).
         for _, charge in budgets:
             self._keep(leases.budgets, (charge.key_id, charge.period))
@@ -239,6 +254,79 @@ class SliceCache(MeteredStore):
         if admission.budgets:
             counters.setdefault(admission.budgets[0].key_id, Counters()).committed.update(snapshot.committed_usd)
         return Applied(counters)
+
+    def _holds_slices(self, write: AdmissionWrite, now: float) -> bool:
+        """Whether this process holds unused slices of a counter `write` draws on (once contention began, its
+        sweeper gives them back; requests admitted from them before still settle through them)."""
+        for meter in write.meters:
+            for charge in meter.budgets:
+                lease = self.leases.budgets.get((charge.key_id, charge.period))
+                if lease is not None and lease.avail > EPSILON and lease.expires_at > now:
+                    return True
+            for step in meter.rates:
+                rate_lease = self.leases.rates.get((meter.key_id, step.charge.name))
+                if rate_lease is not None and rate_lease.avail > 0 and rate_lease.window == step.charge.window:
+                    return True
+        return False
+
+    def _admit_exactly(
+        self, db: sqlite3.Connection, write: AdmissionWrite, others_hold: bool, now: float
+    ) -> Applied | Unmet:
+        """While another process is active on every key the admission draws on (slices would be one request's
+        worth) and this one holds none of their slices: the admission as it is, its own reservation row, with
+        none of the slices' bookkeeping (which costs more than it saves there)."""
+        admission = write.admission
+        stored = {meter.key_id: self._stored(db, meter) for meter in write.meters}
+        restarts = {meter.key_id: self._check(meter, stored[meter.key_id]) for meter in write.meters}
+        unmet = {key_id: stored[key_id] for key_id, restart in restarts.items() if restart is None}
+        if unmet:
+            return self._refuse(db, admission, unmet, others_hold, now)
+        after = {}
+        for meter in write.meters:
+            counters = Counters()
+            for charge in meter.budgets:
+                counters.committed[charge.period] = add_committed(db, charge.key_id, charge.period, charge.amount_usd)
+                reserve(
+                    db, charge.key_id, admission.reservation_id, charge.period, charge.amount_usd, admission.expires_at
+                )
+            for step in meter.rates:
+                rate = step.charge
+                restart = step.restart or rate.name in (restarts[meter.key_id] or ())
+                count = rate.amount + (0 if restart else stored[meter.key_id].rates.get(rate.name, (0, 0))[1])
+                set_rate(db, meter.key_id, rate.name, rate.window, count)
+                counters.rates[rate.name] = (rate.window, count)
+            after[meter.key_id] = counters
+        self._announce(db, self._leasing(admission), now)
+        return Applied(after)
+
+    @staticmethod
+    def _stored(db: sqlite3.Connection, meter: MeterUpdate) -> Counters:
+        """The counters `meter` draws on, as the file has them."""
+        counters = Counters()
+        for charge in meter.budgets:
+            row = db.execute(
+                "SELECT committed FROM meters WHERE key_id = ? AND period = ?", (charge.key_id, charge.period)
+            ).fetchone()
+            if row:
+                counters.committed[charge.period] = row[0]
+        for step in meter.rates:
+            row = db.execute(
+                "SELECT window, count FROM rates WHERE key_id = ? AND name = ?", (meter.key_id, step.charge.name)
+            ).fetchone()
+            if row:
+                counters.rates[step.charge.name] = (row[0], row[1])
+        return counters
+
+    def _refuse(
+        self, db: sqlite3.Connection, admission: Admission, unmet: dict[str, Counters], others_hold: bool, now: float
+    ) -> Unmet:
+        """Change no counter; tell other processes this one is here (and whether it holds unused slices of
+        the admission's counters), so that one holding slices gives them back; if another may hold some, the
+        refusal waits for them once (`admit`)."""
+        self._announce(db, self._leasing(admission), now)
+        if others_hold:
+            self._recall.add(admission.reservation_id)
+        return Unmet(unmet)
 
     def _keep(self, table: dict[tuple[str, str], Any], key: tuple[str, str]) -> None:
         """Register an undo that puts `table[key]` back as it is now: the same lease with the same fields, or

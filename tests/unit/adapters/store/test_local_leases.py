@@ -308,6 +308,25 @@ async def test_a_holder_drawing_on_its_slice_stays_visible_and_says_when_it_hold
         await store.close()
 
 
+async def test_while_another_process_is_active_a_request_reserves_only_itself(path: str) -> None:
+    """Two processes on one key: slices would be one request's worth, so the second process, holding none,
+    admits each request as it is (its own reservation row, no slice) and settles it exactly."""
+    first, second = SQLiteStore(path), SQLiteStore(path)
+    key = uuid.uuid4().hex[:12]
+    await first.admit(admission(key, 0.01))  # the first process is active on the key
+    adm = admission(key, 0.2)
+    assert (await second.admit(adm)).committed_usd[PERIOD] == pytest.approx(0.21)
+    assert second.leases.budgets == {} and second.leases.held == {}
+    rows = second.db.execute("SELECT id, amount FROM reservations WHERE key_id = ? ORDER BY amount", (key,))
+    assert [(row_id == adm.reservation_id, amount) for row_id, amount in rows] == [(False, 0.01), (True, 0.2)]
+    await second.settle(settlement(adm, 0.05, line(key, 0.05)))
+    meter = await second.meter(key, PERIOD)
+    assert meter.committed_usd[PERIOD] == pytest.approx(0.06) and meter.spent_usd[PERIOD] == pytest.approx(0.05)
+    assert second.db.execute("SELECT count(*) FROM reservations WHERE id = ?", (adm.reservation_id,)).fetchone() == (0,)
+    for store in (first, second):
+        await store.close()
+
+
 async def test_the_sweeper_outlives_a_failed_round_and_not_its_store(store: SQLiteStore, quick: None) -> None:
     key = uuid.uuid4().hex[:12]
     await slice_held(store, key)
