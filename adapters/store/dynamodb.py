@@ -31,6 +31,7 @@ with counters is ever written in two regions. A store without a region treats ev
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import zlib
@@ -39,8 +40,19 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from adapters.store.dynamo_client import CONDITION_FAILED, ConditionFailed, DynamoDBClient, call
-from adapters.store.expressions import Expression, Item, dec, num, number, read_num, text
+from adapters.store.expressions import Expression, Item, dec, exact, num, number, read_num, text
 from adapters.store.leases import IDLE_SECONDS, LEASE_PREFIX, Leases, LeaseShort
+from adapters.store.metered import (
+    AdmissionWrite,
+    Applied,
+    Counters,
+    MeteredStore,
+    MeterUpdate,
+    Refill,
+    Reservation,
+    SettleUpdate,
+    Unmet,
+)
 from adapters.store.records import (
     LEDGER_TTL_SECONDS,
     SETTLED_TTL_SECONDS,
@@ -55,16 +67,10 @@ from adapters.store.responses import DynamoDBResponses
 from adapters.store.signins import DynamoDBSignIns
 from handler.ports import (
     Admission,
-    BudgetCharge,
-    BudgetRefused,
     ConflictError,
     KeyRecord,
     LedgerItem,
-    MeterSnapshot,
-    RateCharge,
-    RateRefused,
     Settlement,
-    Store,
     StoreError,
     UsageQuery,
 )
@@ -77,10 +83,9 @@ LEDGER_SHARDS = 8
 LEDGER_SHARD_KEYS = [f"LEDGERS#{n}" for n in range(LEDGER_SHARDS)]
 REPORT_CONCURRENCY = 8
 FAILED = CONDITION_FAILED
-MAX_GRANT_ROUNDS = 100
 
 
-class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, Store):
+class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
     """`Store` on one DynamoDB table; `client` is a boto3 DynamoDB client (injected, so tests and
     Lambda's init choose endpoint, retries and timeouts)."""
 
@@ -210,39 +215,14 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, Store):
                 return items
             request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
-    # --- admission ----------------------------------------------------------------------------
+    # --- admission (the primitives of `MeteredStore`) ---------------------------------------------
 
-    @staticmethod
-    def _home_of(admission: Admission | Settlement, key_id: str) -> str | None:
-        for charge in admission.budgets:
-            if charge.key_id == key_id:
-                return charge.home_region
-        for rate in admission.rates:
-            if rate.key_id == key_id:
-                return rate.home_region
-        return admission.home_region
-
-    @staticmethod
-    def _rates_of(owner: str | None, rates: list[RateCharge], key_id: str) -> list[RateCharge]:
-        """The rate charges counted on `key_id`'s counters: those naming it, and, if it is the admission's own
-        key (`owner`), those naming no key."""
-        return [r for r in rates if (r.key_id or owner) == key_id]
-
-    def _admit_update(
-        self,
-        admission: Admission,
-        key_id: str,
-        budgets: list[BudgetCharge],
-        rates: list[RateCharge],
-        fresh: set[tuple[str, str]],
-    ) -> Item:
-        """The conditional update of one key's meter item (or, for a key homed elsewhere, this region's lease
-        of it); `fresh` names the (key, rate) counters whose stored window is older than the admission's,
-        which restart at this request's amount."""
+    def _admit_update(self, admission: Admission, meter: MeterUpdate) -> Item:
+        """`meter` as the conditional update of one key's meter item (or, for a key homed elsewhere, this
+        region's lease of it)."""
         e = Expression()
-        home = self._home_of(admission, key_id)
-        for charge in budgets:
-            if self.leases.remote(home):
+        for charge in meter.budgets:
+            if self.leases.remote(meter.home_region):
                 self.leases.admit_clause(e, admission, charge)
                 continue
             committed = e.name(f"c:{charge.period}")
@@ -256,10 +236,11 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, Store):
             if self.region:
                 reservation["w"] = text(self.region)  # only the region that wrote it may release it
             e.clauses["SET"].append(f"{e.name(f'r:{admission.reservation_id}')} = {e.value({'M': reservation})}")
-        for rate in rates:
+        for step in meter.rates:
+            rate = step.charge
             count, window = e.name(f"w:{rate.name}"), e.name(f"n:{rate.name}")
             current = e.value(num(rate.window))
-            if (key_id, rate.name) in fresh:
+            if step.restart:
                 e.clauses["SET"] += [f"{count} = {e.value(num(rate.amount))}", f"{window} = {current}"]
                 e.conditions.append(f"attribute_not_exists({window}) OR {window} < {current}")
             else:
@@ -268,97 +249,53 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, Store):
                 e.clauses["SET"].append(f"{window} = {current}")
                 same_window = f"{window} = {current} AND {count} <= {ceiling}"
                 e.conditions.append(f"attribute_not_exists({window}) OR ({same_window})")
-        return e.update(self.leases.item_key(key_id, home), self.table)
+        return e.update(self.leases.item_key(meter.key_id, meter.home_region), self.table)
 
-    def _diagnose(self, admission: Admission, key_id: str, old: Item, fresh: set[tuple[str, str]]) -> None:
-        """Why a meter update's condition failed, from the item as it was: raise the refusal (or `LeaseShort`
-        for a lease that needs topping up), or add the (key, rate) counters whose window rolled over to
-        `fresh` so the caller retries with them reset."""
-        for charge in admission.budgets:
-            if charge.key_id == key_id:
-                if self.leases.remote(charge.home_region):
-                    self.leases.diagnose(charge, old)
-                    continue
-                committed = read_num(old, f"c:{charge.period}")
-                if committed + charge.amount_usd > charge.limit_usd:
-                    raise BudgetRefused(key_id, charge.limit_usd - committed)
-        for rate in self._rates_of(admission.key_id, admission.rates, key_id):
-            stored_window = read_num(old, f"n:{rate.name}")
-            if stored_window == rate.window:
-                fresh.discard((key_id, rate.name))  # another request started this window first: add to its count
-                if read_num(old, f"w:{rate.name}") + rate.amount > rate.limit:
-                    raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - self.clock())
-            elif stored_window < rate.window:
-                fresh.add((key_id, rate.name))
-            else:  # another gateway's clock is ahead: refuse until ours reaches that window
-                raise RateRefused(rate.name, rate.limit, (stored_window - rate.window + 1) * 60)
-
-    async def admit(self, admission: Admission) -> MeterSnapshot:
-        for rate in admission.rates:
-            if rate.amount > rate.limit:
-                raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - self.clock())
-        fresh: set[tuple[str, str]] = set()
-        # A retry resets rolled-over windows (a third means a race with a clock) or follows a lease grant (each
-        # grant moves budget into this region or refuses, so those end when concurrent requests drain the lease).
-        tries = grants = 0
-        while tries < 3 and grants < MAX_GRANT_ROUNDS:
-            seen = {(b.key_id, b.period): self.leases.generation(b.key_id, b.period) for b in admission.budgets}
-            try:
-                snapshot = await self._admit_once(admission, fresh)
-            except LeaseShort as short:
-                grants += 1
-                charge = short.charge
-                await self.leases.grant(charge, short.lease, seen[(charge.key_id, charge.period)])
-                continue
-            if snapshot is not None:
-                return snapshot
-            tries += 1
-        raise StoreError("meter update kept failing its condition")
-
-    async def _admit_once(self, admission: Admission, fresh: set[tuple[str, str]]) -> MeterSnapshot | None:
-        """One try: the snapshot, a refusal, `LeaseShort`, or None to try again."""
-        owners = (r.key_id or admission.key_id for r in admission.rates)
-        key_ids = list(dict.fromkeys([admission.key_id, *(b.key_id for b in admission.budgets), *owners]))
-        updates = {
-            key_id: self._admit_update(
-                admission,
-                key_id,
-                [b for b in admission.budgets if b.key_id == key_id],
-                self._rates_of(admission.key_id, admission.rates, key_id),
-                fresh,
-            )
-            for key_id in key_ids
-        }
-        updates = {k: u for k, u in updates.items() if u["UpdateExpression"]}
+    async def _write_admission(self, write: AdmissionWrite) -> Applied | Unmet:
+        """One conditional `UpdateItem` (its new values come back with it), or a `TransactWriteItems` over
+        several keys' items and one read of the reported ones. A lease too short for its charge is a
+        `Refill`: a grant from the home region, then the admission again."""
+        admission = write.admission
+        seen = {(b.key_id, b.period): self.leases.generation(b.key_id, b.period) for b in admission.budgets}
+        updates = {meter.key_id: self._admit_update(admission, meter) for meter in write.meters}
         try:
             if len(updates) == 1:
                 ((key_id, update),) = updates.items()
                 answer = await self._call(
                     "update_item", **update, ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD"
                 )
-                return self._snapshot(admission, {key_id: answer.get("Attributes", {})})
-            await self._call(
-                "transact_write_items",
-                TransactItems=[
-                    {"Update": {**u, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}} for u in updates.values()
-                ],
-            )
-            return self._snapshot(admission, await self._read_snapshot_items(admission))
+                return Applied({key_id: self._counters(admission, key_id, answer.get("Attributes", {}))})
+            if updates:
+                await self._call(
+                    "transact_write_items",
+                    TransactItems=[
+                        {"Update": {**u, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}} for u in updates.values()
+                    ],
+                )
+            items = await self._read_reported(write)
+            return Applied({key_id: self._counters(admission, key_id, item) for key_id, item in items.items()})
         except ConditionFailed as exc:
-            if not exc.reasons:  # the single update's condition
-                self._diagnose(admission, key_id, exc.item, fresh)
-            for key_id, reason in zip(updates, exc.reasons, strict=False):  # the transaction's
-                if reason.get("Code") == FAILED:
-                    self._diagnose(admission, key_id, reason.get("Item", {}), fresh)
-        return None
+            if exc.reasons:  # the transaction's, in the order of its updates
+                reasons = zip(updates, exc.reasons, strict=False)
+                failed = {k: r.get("Item", {}) for k, r in reasons if r.get("Code") == FAILED}
+            else:  # the single update's
+                failed = {key_id: exc.item}
+        for key_id, item in failed.items():
+            for charge in admission.budgets:
+                if charge.key_id == key_id and self.leases.remote(charge.home_region):
+                    try:
+                        self.leases.diagnose(charge, item)
+                    except LeaseShort as short:
+                        generation = seen[(charge.key_id, charge.period)]
+                        raise Refill(functools.partial(self.leases.grant, charge, short.lease, generation)) from None
+        return Unmet({key_id: self._counters(admission, key_id, item) for key_id, item in failed.items()})
 
-    async def _read_snapshot_items(self, admission: Admission) -> dict[str, Item]:
-        """After a transaction (which returns no values): the items the snapshot reports, in one read, the
-        nearest budget's and the key's own rate counters'."""
-        wanted = [admission.budgets[0].key_id] if admission.budgets else []
-        if any(r.key_id in (None, admission.key_id) for r in admission.rates):
-            wanted.append(admission.key_id)
-        keys = {k: self.leases.item_key(k, self._home_of(admission, k)) for k in dict.fromkeys(wanted)}
+    async def _read_reported(self, write: AdmissionWrite) -> dict[str, Item]:
+        """After a transaction (which returns no values): the items the snapshot reports, in one read."""
+        homes = {meter.key_id: meter.home_region for meter in write.meters}
+        keys = {k: self.leases.item_key(k, homes.get(k)) for k in write.reported}
+        if not keys:
+            return {}
         if len(keys) == 1:
             ((key_id, key),) = keys.items()
             answer = await self._call("get_item", TableName=self.table, Key=key, ConsistentRead=True)
@@ -369,53 +306,51 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, Store):
         found = [response.get("Item", {}) for response in answer.get("Responses", [])]
         return dict(zip(keys, found, strict=False))
 
-    def _snapshot(self, admission: Admission, items: dict[str, Item]) -> MeterSnapshot:
-        """The counters as the admission left them (`items` by key id): the nearest budget's, and the key's
-        own rate counts (an ancestor's rate counters, shared with other descendants, are not reported)."""
-        snapshot = MeterSnapshot()
-        item = items.get(admission.budgets[0].key_id) if admission.budgets else None
-        if admission.budgets and item is not None:
-            charge = admission.budgets[0]
+    def _counters(self, admission: Admission, key_id: str, item: Item) -> Counters:
+        """One key's meter item (or this region's lease of it) as `Counters`. Of a lease, committed is what the
+        region cannot draw: the limit less its lease and what the home had unleased when last asked."""
+        counters = Counters()
+        for charge in admission.budgets:
+            if charge.key_id != key_id:
+                continue
             period = charge.period
-            snapshot.committed_usd[period] = read_num(item, f"c:{period}")
-            snapshot.spent_usd[period] = read_num(item, f"s:{period}")
-            if item.get("sk", {}).get("S", "").startswith(LEASE_PREFIX):
-                # What this region can still draw: its lease, plus what the home had unleased when last asked.
-                usable = read_num(item, f"a:{period}") + self.leases.unleased_hint(charge.key_id, period)
-                snapshot.committed_usd[period] = charge.limit_usd - usable
-        own = items.get(admission.key_id, {})
-        for rate in self._rates_of(admission.key_id, admission.rates, admission.key_id):
-            if read_num(own, f"n:{rate.name}") == rate.window:
-                snapshot.rates[rate.name] = int(read_num(own, f"w:{rate.name}"))
-        return snapshot
+            counters.committed[period] = read_num(item, f"c:{period}")
+            counters.spent[period] = read_num(item, f"s:{period}")
+            if self.leases.remote(charge.home_region):
+                usable = read_num(item, f"a:{period}") + self.leases.unleased_hint(key_id, period)
+                counters.committed[period] = charge.limit_usd - usable
+        counters.rates = self._rate_counts(item)
+        return counters
+
+    @staticmethod
+    def _rate_counts(item: Item) -> dict[str, tuple[int, int]]:
+        return {
+            name[2:]: (int(read_num(item, name)), int(read_num(item, f"w:{name[2:]}")))
+            for name in item
+            if name.startswith("n:")
+        }
 
     # --- settlement ---------------------------------------------------------------------------
 
-    def _settle_update(
-        self, settlement: Settlement, key_id: str, budgets: list[BudgetCharge], released: bool, rates: list[RateCharge]
-    ) -> Item:
-        """Turn this key's reservation into spend. If `released`, the reservation expired and was
-        released already, so the whole actual cost is added to committed."""
+    def _settle_update(self, settlement: Settlement, update: SettleUpdate) -> Item:
+        """`update` as an update of one key's meter item (or this region's lease of it)."""
         e = Expression()
-        home = self._home_of(settlement, key_id)
-        for charge in budgets:
-            if self.leases.remote(home):
-                self.leases.settle_clause(e, settlement, charge, released)
+        remote = self.leases.remote(update.home_region)
+        for charge, delta in update.budgets:
+            if remote:
+                self.leases.settle_clause(e, settlement, charge, update.released)
                 continue
-            delta = charge.amount_usd if released else charge.amount_usd - settlement.reserved_usd
             e.clauses["ADD"] += [
                 f"{e.name(f'c:{charge.period}')} {e.value(num(delta))}",
                 f"{e.name(f's:{charge.period}')} {e.value(num(charge.amount_usd))}",
             ]
-        if budgets:  # (a key settling only tokens has no reservation: DynamoDB refuses a name left unused)
+        if update.budgets:  # (a key settling only tokens has no reservation: DynamoDB refuses a name left unused)
             reservation = e.name(f"r:{settlement.reservation_id}")
             e.clauses["REMOVE"].append(reservation)
-            e.conditions.append(f"{'attribute_not_exists' if released else 'attribute_exists'}({reservation})")
-        now_window = int(self.clock() // 60)
-        for rate in rates:
-            if rate.window == now_window and rate.amount:  # a rolled-over window has nothing to correct
-                e.clauses["ADD"].append(f"{e.name(f'w:{rate.name}')} {e.value(num(rate.amount))}")
-        return e.update(self.leases.item_key(key_id, home), self.table)
+            e.conditions.append(f"{'attribute_not_exists' if update.released else 'attribute_exists'}({reservation})")
+        for rate in update.tokens:
+            e.clauses["ADD"].append(f"{e.name(f'w:{rate.name}')} {e.value(num(rate.amount))}")
+        return e.update(self.leases.item_key(update.key_id, update.home_region), self.table)
 
     def _ledger_writes(self, item: LedgerItem) -> list[Item]:
         day = item.day
@@ -448,7 +383,9 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, Store):
             {"Update": {"TableName": self.table, **aggregate}},
         ]
 
-    async def settle(self, settlement: Settlement) -> None:
+    async def _write_settlement(self, settlement: Settlement, updates: list[SettleUpdate]) -> frozenset[str]:
+        """One `TransactWriteItems`: the marker (so a retry is a no-op), the meter updates, the line item and
+        the daily aggregate."""
         marker = {
             "Put": {
                 "TableName": self.table,
@@ -461,92 +398,93 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, Store):
             }
         }
         item = settlement.item
-        # Tokens are corrected on the counters the admission counted them on (a line item names the own key).
-        owner = item.key_id if item is not None else ""
-        rates = settlement.rates if item is not None else []
-        owners = [r.key_id or owner for r in rates]
-        key_ids = list(dict.fromkeys([*(b.key_id for b in settlement.budgets), *owners]))
-        released: set[str] = set()
-        for _ in range(3):
-            meters = {
-                key_id: self._settle_update(
-                    settlement,
-                    key_id,
-                    [b for b in settlement.budgets if b.key_id == key_id],
-                    key_id in released,
-                    self._rates_of(owner, rates, key_id),
-                )
-                for key_id in key_ids
-            }
-            written = [(k, u) for k, u in meters.items() if u["UpdateExpression"]]
-            meter_writes = [{"Update": update} for _, update in written]
-            writes = [marker, *meter_writes, *(self._ledger_writes(item) if item is not None else [])]
-            try:
-                await self._call("transact_write_items", TransactItems=writes)
-                return
-            except ConditionFailed as exc:
-                reasons = exc.reasons
-                if reasons and reasons[0].get("Code") == FAILED:
-                    return  # settled before: a retry changes nothing
-                line = len(meter_writes) + 1
-                if len(reasons) > line and reasons[line].get("Code") == FAILED:
-                    return  # the line item exists: settled before under another marker
-                failed = [k for (k, _), r in zip(written, reasons[1:], strict=False) if r.get("Code") == FAILED]
-                if not failed:
-                    raise StoreError("DynamoDB transaction conflict; retry") from exc
-                released ^= set(failed)  # the reservation expired meanwhile (or came back): flip the variant
-        raise StoreError("settlement kept failing its condition")
+        written = [(u.key_id, self._settle_update(settlement, u)) for u in updates]
+        meter_writes = [{"Update": update} for _, update in written if update["UpdateExpression"]]
+        written = [(k, u) for k, u in written if u["UpdateExpression"]]
+        writes = [marker, *meter_writes, *(self._ledger_writes(item) if item is not None else [])]
+        try:
+            await self._call("transact_write_items", TransactItems=writes)
+            return frozenset()
+        except ConditionFailed as exc:
+            reasons = exc.reasons
+            if reasons and reasons[0].get("Code") == FAILED:
+                return frozenset()  # settled before: a retry changes nothing
+            line = len(meter_writes) + 1
+            if len(reasons) > line and reasons[line].get("Code") == FAILED:
+                return frozenset()  # the line item exists: settled before under another marker
+            failed = frozenset(k for (k, _), r in zip(written, reasons[1:], strict=False) if r.get("Code") == FAILED)
+            if not failed:
+                raise StoreError("DynamoDB transaction conflict; retry") from exc
+            return failed
 
-    async def release_expired(self, key_id: str, now: float) -> float:
-        released = 0.0
+    # --- expiry and reads ---------------------------------------------------------------------
+
+    async def _expired_reservations(self, key_id: str, now: float) -> list[Reservation]:
+        """On the home meter and this region's lease: those this region wrote."""
+        expired = []
         for item in await self._meter_items(key_id):
             sk = item["sk"]["S"]
-            if sk == METER_SK or sk == f"{LEASE_PREFIX}{self.region}":
-                released += await self._release(key_id, item, sk != METER_SK, now)
+            if sk != METER_SK and sk != f"{LEASE_PREFIX}{self.region}":
+                continue
+            for name, value in item.items():
+                reservation = value.get("M") if name.startswith("r:") else None
+                if (
+                    reservation is not None
+                    and read_num(reservation, "e") < now
+                    and reservation.get("w", {}).get("S", self.region) == self.region
+                ):
+                    expired.append(
+                        Reservation(
+                            key_id,
+                            name[2:],
+                            reservation["p"]["S"],
+                            float(dec(reservation, "a")),
+                            read_num(reservation, "e"),
+                            leased=sk != METER_SK,
+                        )
+                    )
+        return expired
+
+    async def _release(self, key_id: str, reservations: list[Reservation]) -> float:
+        """One conditional update per item (the home meter, this region's lease): all of its reservations or
+        none (one settled meanwhile; the caller's next admission sees the new counters)."""
+        released = 0.0
+        for leased in (False, True):
+            group = [r for r in reservations if r.leased == leased]
+            if not group:
+                continue
+            e = Expression()
+            amounts: dict[str, Decimal] = {}
+            for reservation in group:
+                placeholder = e.name(f"r:{reservation.reservation_id}")
+                e.clauses["REMOVE"].append(placeholder)
+                e.conditions.append(f"attribute_exists({placeholder})")
+                period = reservation.period
+                amounts[period] = amounts.get(period, Decimal(0)) + exact(reservation.amount_usd)
+            e.clauses["ADD"] += [f"{e.name(f'c:{p}')} {e.value(number(-amount))}" for p, amount in amounts.items()]
+            if leased:
+                e.clauses["ADD"] += [f"{e.name(f'a:{p}')} {e.value(number(amount))}" for p, amount in amounts.items()]
+            key = {"pk": text(f"METER#{key_id}"), "sk": text(f"{LEASE_PREFIX}{self.region}" if leased else METER_SK)}
+            try:
+                await self._call("update_item", **e.update(key, self.table))
+            except ConditionFailed:
+                continue
+            released += float(sum(amounts.values()))
         return released
 
-    async def _release(self, key_id: str, item: Item, lease: bool, now: float) -> float:
-        """Release the expired reservations this region wrote on one meter or lease item."""
-        expired = [
-            (name, value["M"])
-            for name, value in item.items()
-            if name.startswith("r:")
-            and read_num(value["M"], "e") < now
-            and value["M"].get("w", {}).get("S", self.region) == self.region
-        ]
-        if not expired:
-            return 0.0
-        e = Expression()
-        released: dict[str, Decimal] = {}
-        for name, reservation in expired:
-            placeholder = e.name(name)
-            e.clauses["REMOVE"].append(placeholder)
-            e.conditions.append(f"attribute_exists({placeholder})")
-            period = reservation["p"]["S"]
-            released[period] = released.get(period, Decimal(0)) + dec(reservation, "a")
-        e.clauses["ADD"] += [f"{e.name(f'c:{p}')} {e.value(number(-amount))}" for p, amount in released.items()]
-        if lease:
-            e.clauses["ADD"] += [f"{e.name(f'a:{p}')} {e.value(number(amount))}" for p, amount in released.items()]
-        try:
-            await self._call("update_item", **e.update({"pk": item["pk"], "sk": item["sk"]}, self.table))
-        except ConditionFailed:
-            return 0.0  # settled meanwhile; the caller's next admission sees the new counters
-        return float(sum(released.values()))
-
-    async def meter(self, key_id: str, period: str) -> MeterSnapshot:
-        """Committed and spent summed over the home meter and every region's lease; rates as counted here."""
+    async def _read_counters(self, key_id: str, period: str) -> Counters:
+        """Committed and spent summed over the home meter and every region's lease; rates as counted here
+        (this region's lease before the home meter)."""
         items = await self._meter_items(key_id)
         committed, spent = self.leases.totals(items, period)
-        snapshot = MeterSnapshot({period: committed}, {period: spent})
+        counters = Counters({period: committed}, {period: spent})
         local = {f"{LEASE_PREFIX}{self.region}", METER_SK}
-        window = int(self.clock() // 60)
-        for item in sorted(items, key=lambda i: i["sk"]["S"] == METER_SK):  # this region's lease before the home
-            if item["sk"]["S"] not in local:
-                continue
-            for name in item:
-                if name.startswith("n:") and read_num(item, name) == window:
-                    snapshot.rates.setdefault(name[2:], int(read_num(item, f"w:{name[2:]}")))
-        return snapshot
+        for item in sorted(items, key=lambda i: i["sk"]["S"] == METER_SK):
+            if item["sk"]["S"] in local:
+                for name, stored in self._rate_counts(item).items():
+                    if name not in counters.rates or counters.rates[name][0] < stored[0]:
+                        counters.rates[name] = stored
+        return counters
 
     async def return_idle_leases(self, force: bool = False) -> float:
         """Give back to their home regions the leases this process holds that sat idle (all, if `force`)."""

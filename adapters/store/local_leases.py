@@ -15,7 +15,9 @@ alone admits exactly what fits.
 
 Several processes on one key would fragment the counter (one holds a slice it does not use while another
 is refused), so leasing stops while another process is active on the key (`holders` in the file, with
-whether each may hold unused slices): each grant is then exactly one request's worth, as before leases.
+whether each may hold unused slices): each grant is then exactly one request's worth, and a process that
+holds no unused slice of the counters admits the request as it is, with its own reservation row and none
+of the slices' bookkeeping (adapters/store/sqlite_slices.py).
 A process that still holds slices returns them when its sweeper sees the other one (every `SWEEP_S`),
 and a refusal while another process may hold slices waits for that once before it stands. A holder
 keeps its presence fresh while it holds slices, and says so when it no longer does.
@@ -29,7 +31,7 @@ limits at least as high as the one it was granted under (a lowered limit is chec
 a request that spends beyond what its lease held has the excess committed with its settlement.
 
 This module keeps the process's side: the leases, the requests admitted from them, and the arithmetic.
-The store (adapters/store/sqlite.py) writes the grants and returns.
+The store (adapters/store/sqlite_slices.py) writes the grants and returns.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from handler.ports import Admission, MeterSnapshot, RateCharge, Settlement
+from adapters.store.metered import EPSILON, rate_owner
+from handler.ports import Admission, MeterSnapshot, Settlement
 
 SPAN_S = 2.0
 FRACTION = 0.25
@@ -47,14 +50,6 @@ SWEEP_S = 0.5
 CONTEND_S = 10.0
 # A budget lease outlives the requests admitted from it by this much, so it is renewed once a minute.
 RENEW_S = 60.0
-# Tolerance for float sums when comparing with a limit: far below a thousandth of a cent.
-EPSILON = 1e-12
-
-
-def rate_owner(rate: RateCharge, key_id: str) -> str:
-    """The key whose counter `rate` counts on: the one it names (an ancestor's limit, shared by every
-    descendant), else the admission's own key `key_id`."""
-    return rate.key_id or key_id
 
 
 def slice_size(need: float, room: float, used: float, since_s: float, exact: bool) -> float:

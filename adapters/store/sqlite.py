@@ -5,9 +5,11 @@ cheaper than a hop to a thread. Writes take the database's write lock
 first (`BEGIN IMMEDIATE`), so several processes (the server, its workers, the CLI) share one file
 safely and a grant's checks and increments are atomic.
 
-Admissions come from leases of the counters held in memory (adapters/store/local_leases.py): most
-requests write nothing before the upstream call; a grant, every few seconds of traffic (or every
-request while another process is active on the key), is one transaction.
+The budget and rate semantics are `MeteredStore`'s (adapters/store/metered.py); this module implements its
+primitives. Admissions come from slices of the counters held in memory, a cache in front of the admission
+primitive (adapters/store/sqlite_slices.py, local_leases.py): most requests write nothing before the
+upstream call; a grant, every few seconds of traffic (or every request while another process is active on
+the key), is one transaction.
 
 A commit costs more than the statements it commits (the WAL frames it writes), so
 grants and settlements that arrive in the same event-loop turn share one transaction: each runs
@@ -39,30 +41,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import functools
-import logging
-import math
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from adapters.store.local_leases import (
-    CONTEND_S,
-    EPSILON,
-    IDLE_S,
-    RENEW_S,
-    SWEEP_S,
-    BudgetLease,
     LocalLeases,
-    RateLease,
-    rate_owner,
-    slice_size,
+)
+from adapters.store.metered import (
+    Counters,
+    Reservation,
+    SettleUpdate,
 )
 from adapters.store.records import (
     SETTLED_TTL_SECONDS,
@@ -74,16 +67,13 @@ from adapters.store.records import (
 )
 from adapters.store.responses import SQLiteResponses
 from adapters.store.signins import SQLiteSignIns
+from adapters.store.sqlite_slices import LOWER_COMMITTED, SPEND, SliceCache
 from handler.ports import (
-    Admission,
-    BudgetRefused,
     ConflictError,
     KeyRecord,
     LedgerItem,
     MeterSnapshot,
-    RateRefused,
     Settlement,
-    Store,
     StoreError,
     UsageQuery,
 )
@@ -118,14 +108,7 @@ CREATE TABLE IF NOT EXISTS holders (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS holders_active ON holders (active_at);
 """
-# A key's counters for a period move by (committed, spent); and committed down by what goes back.
-SPEND = (
-    "INSERT INTO meters (key_id, period, committed, spent) VALUES (?, ?, ?, ?) ON CONFLICT (key_id, period) "
-    "DO UPDATE SET committed = max(0, committed + excluded.committed), spent = spent + excluded.spent"
-)
-LOWER_COMMITTED = "UPDATE meters SET committed = max(0, committed - ?) WHERE key_id = ? AND period = ?"
 T = TypeVar("T")
-logger = logging.getLogger("gateway")
 SETTLE_LINGER_S = 0.01
 # How long a write waits for another process's lock before it fails, and how often a batch tries again.
 BUSY_TIMEOUT_MS = 5000
@@ -134,8 +117,6 @@ CHECKPOINT_EVERY_S = 0.1
 AUTOCHECKPOINT_PAGES = 10_000
 CACHE_KIB = 64 * 1024
 MMAP_BYTES = 256 * 1024 * 1024
-# A refusal while another process may hold unused slices of the key waits this long for them, once.
-RECALL_WAIT_S = 1.5 * SWEEP_S
 
 
 SCHEMA_VERSION = 2
@@ -159,7 +140,7 @@ def migrate(db: sqlite3.Connection) -> None:
     db.execute("COMMIT")
 
 
-class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
+class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
     """`Store` on one SQLite file; see the module docstring."""
 
     def __init__(self, path: str) -> None:
@@ -200,6 +181,8 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         self._announced: dict[str, tuple[float, int]] = {}  # key id -> (active_at, leasing) last written
         self._sweeper: asyncio.Task[None] | None = None
         self._unsettled: set[asyncio.Future[None]] = set()  # settlements queued and not yet committed
+        # Admissions refused while another process may hold unused slices of their keys (see `admit`).
+        self._recall: set[str] = set()
         self._closed = False
         self._stop = threading.Event()
         if path != ":memory:":
@@ -321,31 +304,6 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
             else:
                 done.set_exception(value)
 
-    def _write_spend(self, db: sqlite3.Connection) -> None:
-        """Move the batch's settled spend out of the lease rows it was reserved in, one row at a time: the
-        counter's committed stays (reserved becomes spent) but for spend beyond what the lease held, unless
-        the lease is gone (expired and released), whose spend is then committed anew, as a late
-        settlement's is."""
-        spend, self._spend = self._spend, {}
-        try:
-            for (key_id, period, row), (amount, beyond) in spend.items():
-                held = db.execute(
-                    "UPDATE reservations SET amount = amount - ? WHERE key_id = ? AND id = ? AND period = ? "
-                    "RETURNING amount",
-                    (amount - beyond, key_id, row, period),
-                ).fetchone()
-                db.execute(
-                    SPEND,
-                    (key_id, period, beyond if held else amount, amount),
-                )
-                lease = self.leases.budgets.get((key_id, period))
-                if held and abs(held[0]) < 1e-9 and (lease is None or lease.row != row):  # its lease is done
-                    db.execute(
-                        "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ?", (key_id, row, period)
-                    )
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite write failed: {exc}") from exc
-
     def _run(self, operation: Callable[[sqlite3.Connection], T], db: sqlite3.Connection) -> T:
         """Run one operation of a batch; if it fails, undo the local changes it registered."""
         undo_mark, after_mark = len(self._undo), len(self._after)
@@ -447,191 +405,18 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
             )
         return [key_from_json(row[0]) for row in rows.fetchall()]
 
-    # --- meters -------------------------------------------------------------------------------
+    # --- meters (the primitives of `MeteredStore`, behind the in-memory slices) ---------------------
 
-    async def admit(self, admission: Admission) -> MeterSnapshot:
-        """From the leases held, in memory; else one transaction that tops them up (see
-        adapters/store/local_leases.py)."""
-        snapshot = self.leases.take(admission, time.time())
-        if snapshot is not None:
-            return snapshot
-        outcome = await self._batched(lambda db: self._grant(db, admission))
-        if isinstance(outcome, Refusal) and outcome.others_hold:
-            # Another process may hold unused slices of this key; its sweeper returns them once it sees us.
-            await asyncio.sleep(RECALL_WAIT_S)
-            outcome = await self._batched(lambda db: self._grant(db, admission))
-        if isinstance(outcome, Refusal):
-            raise outcome.error
-        return outcome
+    async def _write_settlement(self, settlement: Settlement, updates: list[SettleUpdate]) -> frozenset[str]:
+        done = self._enqueue(lambda db: self._settle(db, settlement, updates), linger=True)
+        try:
+            await self._track(done)
+        except _Mismatch as mismatch:
+            return mismatch.keys
+        return frozenset()
 
-    def _grant(self, db: sqlite3.Connection, admission: Admission) -> MeterSnapshot | Refusal:
-        """Top up every lease that cannot cover `admission` from the shared counters, then admit it from
-        them; or change no counter and return why not. Reads first, so a refusal writes nothing but,
-        when due, this process's presence on the key."""
-        now = time.time()
-        leases = self.leases
-        keys = {charge.key_id for charge in admission.budgets}
-        keys.update(rate_owner(rate, admission.key_id) for rate in admission.rates)
-        others_hold = False
-        for key_id in keys:
-            (leasing,) = db.execute(
-                "SELECT max(leasing) FROM holders WHERE key_id = ? AND holder <> ? AND active_at > ?",
-                (key_id, leases.holder, now - CONTEND_S),
-            ).fetchone()
-            if leasing is not None:
-                leases.contended[key_id] = now
-                others_hold = others_hold or bool(leasing)
-        budget_plans: list[tuple[BudgetLease, bool, float, float]] = []
-        for charge in admission.budgets:
-            lease = leases.budgets.get((charge.key_id, charge.period))
-            fresh = lease is None or lease.expires_at <= now  # an expired lease's row may be released already
-            if lease is None or fresh:
-                lease = leases.new_budget_lease()
-            row = db.execute(
-                "SELECT committed FROM meters WHERE key_id = ? AND period = ?", (charge.key_id, charge.period)
-            ).fetchone()
-            room = charge.limit_usd - (row[0] if row else 0.0)
-            need = charge.amount_usd - lease.avail
-            if need > room + EPSILON:
-                refused = BudgetRefused(charge.key_id, room + lease.avail)
-                return self._refuse(db, admission, refused, others_hold, now)
-            since = now - lease.granted_at
-            size = slice_size(need, room, lease.drawn, since, leases.exact(charge.key_id, now)) if need > 0 else 0.0
-            budget_plans.append((lease, fresh, size, max(lease.expires_at, admission.expires_at + RENEW_S)))
-        rate_plans: list[tuple[RateLease, bool, int, int]] = []
-        for rate in admission.rates:
-            owner = rate_owner(rate, admission.key_id)
-            rate_lease = leases.rates.get((owner, rate.name))
-            new_window = rate_lease is None or rate_lease.window != rate.window
-            if rate_lease is None or new_window:
-                rate_lease = RateLease(rate.window)
-            row = db.execute(
-                "SELECT window, count FROM rates WHERE key_id = ? AND name = ?", (owner, rate.name)
-            ).fetchone()
-            count = row[1] if row and row[0] == rate.window else 0
-            need = rate.amount - rate_lease.avail
-            if need > rate.limit - count:
-                refused_rate = RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - now)
-                return self._refuse(db, admission, refused_rate, others_hold, now)
-            exact = leases.exact(owner, now)
-            since = now - rate_lease.granted_at
-            wanted = math.floor(slice_size(need, rate.limit - count, rate_lease.drawn, since, exact))
-            rate_plans.append((rate_lease, new_window, count, max(need, wanted) if need > 0 else 0))
-        # Every check passed: write the grants, then change the leases held here.
-        committed_now = []
-        for charge, (lease, _, size, expires_at) in zip(admission.budgets, budget_plans, strict=True):
-            (committed,) = db.execute(
-                "INSERT INTO meters (key_id, period, committed) VALUES (?, ?, ?) "
-                "ON CONFLICT (key_id, period) DO UPDATE SET committed = committed + excluded.committed "
-                "RETURNING committed",
-                (charge.key_id, charge.period, size),
-            ).fetchone()
-            committed_now.append(committed)
-            db.execute(
-                "INSERT INTO reservations (key_id, id, period, amount, expires_at) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (key_id, id, period) DO UPDATE SET "
-                "amount = amount + excluded.amount, expires_at = max(expires_at, excluded.expires_at)",
-                (charge.key_id, lease.row, charge.period, size, expires_at),
-            )
-        for rate, (_, _, count, size) in zip(admission.rates, rate_plans, strict=True):
-            if size:
-                db.execute(
-                    "INSERT INTO rates (key_id, name, window, count) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (key_id, name) DO UPDATE SET window = excluded.window, count = excluded.count",
-                    (rate_owner(rate, admission.key_id), rate.name, rate.window, count + size),
-                )
-        # If the commit fails, the leases go back to what they were (the admission with them).
-        for charge in admission.budgets:
-            self._keep(leases.budgets, (charge.key_id, charge.period))
-        for rate in admission.rates:
-            self._keep(leases.rates, (rate_owner(rate, admission.key_id), rate.name))
-        self._undo.append(functools.partial(leases.held.pop, admission.reservation_id, None))  # type: ignore[arg-type]
-        for charge, (lease, fresh, size, expires_at), committed in zip(
-            admission.budgets, budget_plans, committed_now, strict=True
-        ):
-            if fresh:
-                leases.budgets[(charge.key_id, charge.period)] = lease
-            lease.avail += size
-            lease.expires_at = expires_at
-            lease.committed_seen = committed
-            lease.limit = charge.limit_usd
-            if size:
-                lease.drawn, lease.granted_at = 0.0, now
-        for rate, (rate_lease, new_window, count, size) in zip(admission.rates, rate_plans, strict=True):
-            if new_window:
-                leases.rates[(rate_owner(rate, admission.key_id), rate.name)] = rate_lease
-            rate_lease.avail += size
-            rate_lease.count_seen = count + size
-            rate_lease.limit = rate.limit
-            if size:
-                rate_lease.drawn, rate_lease.granted_at = 0, now
-        snapshot = leases.take(admission, now)
-        if snapshot is None:  # cannot happen: every lease now covers its charge
-            raise StoreError("a lease grant did not cover its admission")
-        self._announce(db, self._leasing(admission), now)
-        self._watch()
-        return snapshot
-
-    def _keep(self, table: dict[tuple[str, str], Any], key: tuple[str, str]) -> None:
-        """Register an undo that puts `table[key]` back as it is now: the same lease with the same fields, or
-        none."""
-        lease = table.get(key)
-        if lease is None:
-            self._undo.append(functools.partial(table.pop, key, None))
-            return
-        self._keep_fields(lease)
-        self._undo.append(functools.partial(table.__setitem__, key, lease))
-
-    def _keep_fields(self, lease: BudgetLease | RateLease) -> None:
-        """Register an undo that puts `lease`'s fields back as they are now."""
-        saved = [(f.name, getattr(lease, f.name)) for f in dataclasses.fields(lease)]
-
-        def restore() -> None:
-            for name, value in saved:
-                setattr(lease, name, value)
-
-        self._undo.append(restore)
-
-    def _refuse(
-        self, db: sqlite3.Connection, admission: Admission, error: Exception, others_hold: bool, now: float
-    ) -> Refusal:
-        """Change no counter; tell other processes this one is here (and whether it holds unused slices of
-        the admission's counters), so that one holding slices gives them back."""
-        self._announce(db, self._leasing(admission), now)
-        return Refusal(error, others_hold)
-
-    def _leasing(self, admission: Admission) -> dict[str, int]:
-        """Per key whose counters `admission` draws on: 1 if this process holds unused slices of them."""
-        leasing = {charge.key_id: 0 for charge in admission.budgets}
-        for charge in admission.budgets:
-            lease = self.leases.budgets.get((charge.key_id, charge.period))
-            if lease is not None and lease.avail > EPSILON:
-                leasing[charge.key_id] = 1
-        for rate in admission.rates:
-            owner = rate_owner(rate, admission.key_id)
-            held = self.leases.rates.get((owner, rate.name))
-            leasing[owner] = max(leasing.get(owner, 0), int(held is not None and held.avail > 0))
-        return leasing
-
-    def _announce(self, db: sqlite3.Connection, leasing: dict[str, int], now: float) -> None:
-        """Tell other processes this one is active on these keys, and whether it holds unused slices: written
-        only when that changed or the last word is getting old."""
-        for key_id, holds in leasing.items():
-            said = self._announced.get(key_id)
-            if said is not None and said[1] == holds and now - said[0] < CONTEND_S / 2:
-                continue
-            db.execute(
-                "INSERT INTO holders (key_id, holder, active_at, leasing) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (key_id, holder) DO UPDATE SET active_at = excluded.active_at, leasing = excluded.leasing",
-                (key_id, self.leases.holder, now, holds),
-            )
-            self._announced[key_id] = (now, holds)
-            self._undo.append(functools.partial(self._announced.pop, key_id, None))  # type: ignore[arg-type]
-
-    async def settle(self, settlement: Settlement) -> None:
-        rows, rates = self.leases.adjust(settlement)
-        single = rows is not None and (settlement.item is None or not rates)
-        done = self._enqueue(lambda db: self._settle(db, settlement, rows, rates), linger=True, single=single)
+    async def _track(self, done: asyncio.Future[None]) -> None:
+        """Wait for a queued settlement, which readers in this process wait for too (`_own_settlements`)."""
         self._unsettled.add(done)
         done.add_done_callback(self._unsettled.discard)
         await done
@@ -645,195 +430,96 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
             self.hurry()
             await asyncio.wait(pending)  # (not gather: a reader cancelled must not cancel the settlements)
 
-    def _settle(
-        self, db: sqlite3.Connection, settlement: Settlement, rows: list[tuple[str, float]] | None, rates: list[int]
-    ) -> None:
-        """Record the line item and turn the reservation into spend. `rows`: per budget charge, the lease row
-        the request was reserved in and what it spent beyond what the lease held (None: its reservation is a
-        row of its own); `rates`: the token adjustments no lease absorbed."""
-        item = settlement.item
+    def _mark_settled(self, db: sqlite3.Connection, settlement: Settlement) -> bool:
+        """Record that the settlement is applied; False if it was before. The ledger line, unique by request,
+        is the marker when there is one (a random id in `settled` costs a page write per request); a bare
+        release uses `settled`."""
         self._after.append(lambda: self._settled(settlement.reservation_id))
-        # Settled before, a retry changes nothing. The ledger line, unique by request, is the marker when
-        # there is one (a random id in `settled` costs a page write per request); a bare release uses `settled`.
+        item = settlement.item
         if item is not None:
             written = db.execute(
                 "INSERT OR IGNORE INTO ledger (key_id, ts, request_id, data, cost_source) VALUES (?, ?, ?, ?, ?)",
                 (item.key_id, item.ts, item.request_id, ledger_to_json(item), item.cost_source),
             )
-            if written.rowcount == 0:
-                return
-        else:
-            try:
-                db.execute("INSERT INTO settled (id, at) VALUES (?, ?)", (settlement.reservation_id, time.time()))
-            except sqlite3.IntegrityError:
-                return
-        if item is not None:
-            for i in rates:
-                rate = settlement.rates[i]
-                db.execute(
-                    "UPDATE rates SET count = max(0, count + ?) WHERE key_id = ? AND name = ? AND window = ?",
-                    (rate.amount, rate_owner(rate, item.key_id), rate.name, rate.window),
-                )
-        if rows is None:
-            for charge in settlement.budgets:
-                row = db.execute(
+            return written.rowcount != 0
+        try:
+            db.execute("INSERT INTO settled (id, at) VALUES (?, ?)", (settlement.reservation_id, time.time()))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def _settle(self, db: sqlite3.Connection, settlement: Settlement, updates: list[SettleUpdate]) -> None:
+        """`_write_settlement` in the batch's transaction: a reservation not where its update assumes raises
+        `_Mismatch`, which rolls the operation back."""
+        if not self._mark_settled(db, settlement):
+            return
+        mismatched = set()
+        for update in updates:
+            for charge, _ in update.budgets:
+                gone = db.execute(
                     "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ? RETURNING amount",
                     (charge.key_id, settlement.reservation_id, charge.period),
                 ).fetchone()
-                released = row[0] if row else 0.0  # an expired reservation was released already
+                if (gone is None) != update.released:
+                    mismatched.add(update.key_id)
+        if mismatched:
+            raise _Mismatch(frozenset(mismatched))
+        for update in updates:
+            for charge, delta in update.budgets:
+                db.execute(SPEND, (charge.key_id, charge.period, delta, charge.amount_usd))
+            for rate in update.tokens:
                 db.execute(
-                    SPEND,
-                    (charge.key_id, charge.period, charge.amount_usd - released, charge.amount_usd),
+                    "UPDATE rates SET count = max(0, count + ?) WHERE key_id = ? AND name = ? AND window = ?",
+                    (rate.amount, update.key_id, rate.name, rate.window),
                 )
-            return
-        # From leases: the spend leaves each lease row with the rest of the batch's (last: nothing after
-        # this can fail and leave it counted).
-        for (row_id, beyond), charge in zip(rows, settlement.budgets, strict=True):
-            key = (charge.key_id, charge.period, row_id)
-            spent, over = self._spend.get(key, (0.0, 0.0))
-            self._spend[key] = (spent + charge.amount_usd, over + beyond)
 
-    def _settled(self, reservation_id: str) -> None:
-        self.leases.held.pop(reservation_id, None)
+    async def _expired_reservations(self, key_id: str, now: float) -> list[Reservation]:
+        rows = self.db.execute(
+            "SELECT id, period, amount, expires_at FROM reservations WHERE key_id = ? AND expires_at < ?",
+            (key_id, now),
+        ).fetchall()
+        return [Reservation(key_id, *row) for row in rows]
 
-    async def release_expired(self, key_id: str, now: float) -> float:
-        released = self.leases.release_expired(key_id, now)
+    async def _release(self, key_id: str, reservations: list[Reservation]) -> float:
+        released = 0.0
         with self._write() as db:
-            rows = db.execute(
-                "DELETE FROM reservations WHERE key_id = ? AND expires_at < ? RETURNING period, amount", (key_id, now)
-            ).fetchall()
-            for period, amount in rows:
-                db.execute(
-                    LOWER_COMMITTED,
-                    (amount, key_id, period),
-                )
-                released += amount
+            for reservation in reservations:
+                row = db.execute(
+                    "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ? RETURNING amount",
+                    (key_id, reservation.reservation_id, reservation.period),
+                ).fetchone()
+                if row is not None:  # (settled meanwhile otherwise)
+                    db.execute(LOWER_COMMITTED, (row[0], key_id, reservation.period))
+                    released += row[0]
         return released
 
     async def meter(self, key_id: str, period: str) -> MeterSnapshot:
-        """The counters as the file has them, less the unused slices this process holds."""
         await self._own_settlements()
+        return await super().meter(key_id, period)
+
+    async def _read_counters(self, key_id: str, period: str) -> Counters:
+        """The counters as the file has them, less the unused slices this process holds."""
         now = time.time()
+        counters = Counters()
         row = self.db.execute(
             "SELECT committed, spent FROM meters WHERE key_id = ? AND period = ?", (key_id, period)
         ).fetchone()
-        snapshot = MeterSnapshot()
         if row:
-            committed, snapshot.spent_usd[period] = row
+            committed, counters.spent[period] = row
             lease = self.leases.budgets.get((key_id, period))
             if lease is not None and lease.expires_at > now:
                 committed -= lease.avail
-            snapshot.committed_usd[period] = committed
+            counters.committed[period] = committed
         window = int(now // 60)
         for name, count in self.db.execute(
             "SELECT name, count FROM rates WHERE key_id = ? AND window = ?", (key_id, window)
         ):
             rate_lease = self.leases.rates.get((key_id, name))
-            snapshot.rates[name] = count - (rate_lease.avail if rate_lease and rate_lease.window == window else 0)
-        return snapshot
-
-    # --- returning slices -------------------------------------------------------------------------
-
-    def _watch(self) -> None:
-        """Run the sweeper on the current event loop while this process holds leases."""
-        if self._closed:
-            return
-        loop = asyncio.get_running_loop()
-        if self._sweeper is None or self._sweeper.done() or self._sweeper.get_loop() is not loop:
-            self._sweeper = loop.create_task(self._sweep())
-
-    async def _sweep(self) -> None:
-        while not self._closed and (self.leases.budgets or self.leases.rates or self.leases.held):
-            await asyncio.sleep(SWEEP_S)
-            try:
-                await self._batched(self._tidy)
-            except Exception as exc:  # noqa: BLE001 - the next round tries again; close() returns what is left
-                logger.warning("returning idle lease slices failed: %s", exc)
-
-    def _tidy(self, db: sqlite3.Connection, everything: bool = False) -> None:
-        """Return the slices nobody here used for `IDLE_S` (or all, or those of keys another process is now
-        active on), forget finished leases, and requests whose reservations expired unsettled; keep this
-        process's presence fresh on keys it holds slices of, and clear it where it holds none. Every change
-        to the leases is undone if the commit fails."""
-        now = time.time()
-        leases = self.leases
-        for reservation_id, held in list(leases.held.items()):
-            if held.expires_at < now:  # forgotten below; what it reserved goes back to its leases
-                self._undo.append(functools.partial(leases.held.__setitem__, reservation_id, held))
-                for lease in held.budgets:
-                    self._keep_fields(lease)
-        leases.release_expired(None, now)
-        others = {
-            key_id
-            for (key_id,) in db.execute(
-                "SELECT DISTINCT key_id FROM holders WHERE holder <> ? AND active_at > ?",
-                (leases.holder, now - CONTEND_S),
+            counters.rates[name] = (
+                window,
+                count - (rate_lease.avail if rate_lease and rate_lease.window == window else 0),
             )
-        }
-        for key_id in others:
-            leases.contended[key_id] = now
-        returned: set[str] = set()
-        holding: set[str] = set()
-        for (key_id, period), lease in list(leases.budgets.items()):
-            idle = now - lease.used_at > IDLE_S
-            expired = lease.expires_at <= now
-            returning = not expired and abs(lease.avail) > EPSILON and (idle or everything or key_id in others)
-            done = expired or ((idle or everything) and lease.holds <= 0)
-            if returning or done:
-                self._keep(leases.budgets, (key_id, period))
-            if expired:  # its row goes with what it held when any process releases expired reservations
-                del leases.budgets[(key_id, period)]
-                continue
-            if returning:
-                unused, lease.avail = lease.avail, 0.0
-                lease.committed_seen -= unused
-                db.execute(
-                    "UPDATE reservations SET amount = amount - ? WHERE key_id = ? AND id = ? AND period = ?",
-                    (unused, key_id, lease.row, period),
-                )
-                db.execute(
-                    LOWER_COMMITTED,
-                    (unused, key_id, period),
-                )
-                returned.add(key_id)
-            if done and abs(lease.avail) <= EPSILON:
-                del leases.budgets[(key_id, period)]
-                db.execute(
-                    "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ? AND abs(amount) < 1e-9",
-                    (key_id, lease.row, period),
-                )
-            elif lease.avail > EPSILON:
-                holding.add(key_id)
-        window = int(now // 60)
-        for (key_id, name), rate_lease in list(leases.rates.items()):
-            idle = now - rate_lease.used_at > IDLE_S
-            if rate_lease.window < window or idle or everything or (rate_lease.avail and key_id in others):
-                self._keep(leases.rates, (key_id, name))
-            if rate_lease.window < window:
-                del leases.rates[(key_id, name)]  # its minute is over, and what it held with it
-                continue
-            if rate_lease.avail and (idle or everything or key_id in others):
-                unused, rate_lease.avail = rate_lease.avail, 0
-                rate_lease.count_seen -= unused
-                db.execute(
-                    "UPDATE rates SET count = max(0, count - ?) WHERE key_id = ? AND name = ? AND window = ?",
-                    (unused, key_id, name, rate_lease.window),
-                )
-                returned.add(key_id)
-            if idle or everything:
-                del leases.rates[(key_id, name)]
-            elif rate_lease.avail > 0:
-                holding.add(key_id)
-        # Other processes wait for a holder's slices only while it says it holds some, and see it only while
-        # its word is fresh: a process drawing on one slice for long makes no grant to refresh it.
-        stale = {k for k, (_, says) in self._announced.items() if says and k not in holding}
-        for key_id in (stale | returned) - holding:
-            said = self._announced.get(key_id)
-            db.execute("UPDATE holders SET leasing = 0 WHERE key_id = ? AND holder = ?", (key_id, leases.holder))
-            if said is not None:
-                self._undo.append(functools.partial(self._announced.__setitem__, key_id, said))
-                self._announced[key_id] = (said[0], 0)
-        self._announce(db, dict.fromkeys(holding, 1), now)
+        return counters
 
     # --- ledger -------------------------------------------------------------------------------
 
@@ -867,10 +553,9 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, Store):
         self.db.close()
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """An admission the counters cannot take: `error` to raise; `others_hold`, whether another process
-    active on the key may hold unused slices of it."""
+class _Mismatch(Exception):
+    """A settlement's reservation was not where its update assumed: the operation rolls back."""
 
-    error: Exception
-    others_hold: bool
+    def __init__(self, keys: frozenset[str]) -> None:
+        super().__init__("reservation mismatch")
+        self.keys = keys

@@ -18,6 +18,7 @@ import pytest
 from adapters.store import open_store
 from adapters.store.dynamo_client import invoke
 from adapters.store.dynamodb import DynamoDBStore
+from adapters.store.metered import MeteredStore
 from adapters.store.records import key_from_json, key_to_json, ledger_from_json, ledger_to_json
 from handler.pipeline.keys import KeyService, hash_secret, split_key
 from handler.ports import (
@@ -36,23 +37,37 @@ from handler.ports import (
 )
 from tests.support.dynamo import DynamoServer, load_template, table_spec, ttl_attribute
 from tests.support.servers import free_port
+from tests.unit.adapters.store.memory_store import MemoryStore
 
 PERIOD = "total"
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
+MEMORY = "memory://"
+
+
+@pytest.fixture(params=["sqlite", "dynamodb", "memory"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store per backend; `memory` is the test suite's own (tests/unit/adapters/store/memory_store.py), which
+    implements only `MeteredStore`'s primitives: the proof that a third backend needs no more."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
+    if request.param == "memory":
+        return MEMORY
     server: DynamoServer = request.getfixturevalue("dynamo")
     return server.store_url(server.create_table())
 
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
-    opened = open_store(store_url)
+    opened = MemoryStore() if store_url == MEMORY else open_store(store_url)
     yield opened
     await opened.close()
+
+
+def storage_only(store_url: str, why: str) -> None:
+    """Skip a test that is about the storage itself, not the semantics, for the in-memory backend."""
+    if store_url == MEMORY:
+        pytest.skip(f"storage-specific: {why}")
 
 
 def this_minute() -> int:
@@ -233,6 +248,29 @@ async def test_rate_counters_refuse_and_roll_over(store: Store) -> None:
     assert (await store.meter(key, PERIOD)).committed_usd.get(PERIOD, 0.0) == 0.0
 
 
+async def test_a_rate_counter_another_clock_started_later_refuses_until_ours_gets_there(store: Store) -> None:
+    """A gateway whose clock is ahead started the next window: ours neither adds to it nor resets it."""
+    key = uuid.uuid4().hex[:12]
+    window = this_minute()
+
+    def rpm(at: int) -> Admission:
+        return Admission(uuid.uuid4().hex, key, [], [RateCharge("rpm", at, 5, 1)], time.time() + 60)
+
+    await store.admit(rpm(window + 1))
+    with pytest.raises(RateRefused) as refused:
+        await store.admit(rpm(window))
+    assert refused.value.limit_name == "rpm" and refused.value.retry_after == 120
+    assert (await store.admit(rpm(window + 1))).rates == {"rpm": 2}  # the later window's count is intact
+
+
+def test_the_memory_backend_keeps_no_semantics_of_its_own() -> None:
+    """What admission, settlement, expiry and meter reads mean comes from `MeteredStore`: the third backend
+    only stores."""
+    assert issubclass(MemoryStore, MeteredStore)
+    own = set(vars(MemoryStore))
+    assert own.isdisjoint({"admit", "settle", "release_expired", "meter", "_diagnose", "_admitted"})
+
+
 async def test_usage_filters_by_key_and_time(store: Store) -> None:
     a, b = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
     now = time.time()
@@ -246,6 +284,7 @@ async def test_usage_filters_by_key_and_time(store: Store) -> None:
 
 
 async def test_keys_are_hashed_at_rest(store: Store, store_url: str, dynamo_raw: Callable[[str], str]) -> None:
+    storage_only(store_url, "reads the stored bytes around the store's code; a dict holds no bytes")
     minted = await KeyService(store, 0).mint(record())
     _, secret = split_key(minted.key) or ("", "")
     raw = dynamo_raw(store_url)
@@ -310,6 +349,7 @@ def concurrent_admissions(url: str, key: str, n: int, amount: float, limit: floa
 
 
 async def test_budget_holds_under_100_concurrent_admissions(store: Store, store_url: str) -> None:
+    storage_only(store_url, "eight connections from eight threads share the store; a dict is one process's")
     key = uuid.uuid4().hex[:12]
     admitted, refused = await asyncio.to_thread(concurrent_admissions, store_url, key, 100, 0.05, 1.0)
     assert (admitted, refused) == (20, 80)  # exactly what fits: never more, and nothing that fits refused

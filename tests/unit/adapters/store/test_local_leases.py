@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.store import sqlite as sqlite_store
+from adapters.store import sqlite_slices as slices
 from adapters.store.local_leases import RENEW_S, slice_size
 from adapters.store.sqlite import SQLiteStore
 from handler.ports import Admission, BudgetCharge, BudgetRefused, RateCharge, RateRefused, Settlement, StoreError
@@ -37,9 +37,9 @@ async def store(path: str) -> AsyncIterator[SQLiteStore]:
 @pytest.fixture
 def quick(monkeypatch: pytest.MonkeyPatch) -> None:
     """Sweeps every 20 ms, slices idle after 100 ms, a refusal waits 60 ms for others' slices."""
-    monkeypatch.setattr(sqlite_store, "SWEEP_S", 0.02)
-    monkeypatch.setattr(sqlite_store, "IDLE_S", 0.1)
-    monkeypatch.setattr(sqlite_store, "RECALL_WAIT_S", 0.06)
+    monkeypatch.setattr(slices, "SWEEP_S", 0.02)
+    monkeypatch.setattr(slices, "IDLE_S", 0.1)
+    monkeypatch.setattr(slices, "RECALL_WAIT_S", 0.06)
 
 
 def test_a_slice_is_what_the_request_needs_at_first_then_follows_the_traffic() -> None:
@@ -156,7 +156,7 @@ async def test_a_failed_commit_forgets_the_grant_and_counts_nothing(store: SQLit
 async def test_a_crashed_holders_slices_come_back_when_its_lease_expires(
     path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_store, "RENEW_S", 0.0)  # the lease lives exactly as long as its requests
+    monkeypatch.setattr(slices, "RENEW_S", 0.0)  # the lease lives exactly as long as its requests
     crashed, survivor = SQLiteStore(path), SQLiteStore(path)
     key = uuid.uuid4().hex[:12]
 
@@ -287,7 +287,7 @@ async def test_a_limit_lowered_while_another_process_spends_goes_back_to_the_fil
 async def test_a_holder_drawing_on_its_slice_stays_visible_and_says_when_it_holds_none(
     path: str, quick: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_store, "CONTEND_S", 0.4)
+    monkeypatch.setattr(slices, "CONTEND_S", 0.4)
     holder, other = SQLiteStore(path), SQLiteStore(path)
     key = uuid.uuid4().hex[:12]
     await holder.admit(admission(key, 0.01))
@@ -297,14 +297,33 @@ async def test_a_holder_drawing_on_its_slice_stays_visible_and_says_when_it_hold
         await asyncio.sleep(0.06)
     started = time.perf_counter()
     await other.admit(admission(key, 0.8))  # fits only once the holder gives its slice back
-    assert time.perf_counter() - started >= sqlite_store.RECALL_WAIT_S
+    assert time.perf_counter() - started >= slices.RECALL_WAIT_S
     # The holder now holds nothing: a refusal elsewhere no longer waits for it.
     await asyncio.sleep(0.2)
     started = time.perf_counter()
     with pytest.raises(BudgetRefused):
         await other.admit(admission(key, 0.5))
-    assert time.perf_counter() - started < sqlite_store.RECALL_WAIT_S
+    assert time.perf_counter() - started < slices.RECALL_WAIT_S
     for store in (holder, other):
+        await store.close()
+
+
+async def test_while_another_process_is_active_a_request_reserves_only_itself(path: str) -> None:
+    """Two processes on one key: slices would be one request's worth, so the second process, holding none,
+    admits each request as it is (its own reservation row, no slice) and settles it exactly."""
+    first, second = SQLiteStore(path), SQLiteStore(path)
+    key = uuid.uuid4().hex[:12]
+    await first.admit(admission(key, 0.01))  # the first process is active on the key
+    adm = admission(key, 0.2)
+    assert (await second.admit(adm)).committed_usd[PERIOD] == pytest.approx(0.21)
+    assert second.leases.budgets == {} and second.leases.held == {}
+    rows = second.db.execute("SELECT id, amount FROM reservations WHERE key_id = ? ORDER BY amount", (key,))
+    assert [(row_id == adm.reservation_id, amount) for row_id, amount in rows] == [(False, 0.01), (True, 0.2)]
+    await second.settle(settlement(adm, 0.05, line(key, 0.05)))
+    meter = await second.meter(key, PERIOD)
+    assert meter.committed_usd[PERIOD] == pytest.approx(0.06) and meter.spent_usd[PERIOD] == pytest.approx(0.05)
+    assert second.db.execute("SELECT count(*) FROM reservations WHERE id = ?", (adm.reservation_id,)).fetchone() == (0,)
+    for store in (first, second):
         await store.close()
 
 

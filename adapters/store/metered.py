@@ -1,0 +1,363 @@
+"""Budget, rate and reservation semantics, written once above the store backends.
+
+`MeteredStore` decides what an admission, a settlement, a release of expired reservations and a meter read
+mean; a backend only keeps counters and applies the changes it is handed, atomically, through a few
+primitives (the model is Powertools' idempotency `BasePersistenceLayer`: the logic in the base class, four
+storage calls in each backend). A new backend implements:
+
+- `_write_admission(write)`: check every condition of an `AdmissionWrite` and, if all hold, apply all of its
+  changes, in one atomic step; else change nothing and return the counters as they were (`Unmet`).
+- `_write_settlement(settlement, updates)`: apply a settlement once (a marker or its ledger line says it was),
+  its budget changes only if every reservation is where the update assumes (live or already released).
+- `_expired_reservations(key_id, now)` and `_release(key_id, reservations)`: the reservations whose expiry
+  passed, and their removal (committed lowered by each, once).
+- `_read_counters(key_id, period)`: a key's counters for a meter read.
+
+What the base class owns, once: which counters an admission touches (the key's own, each budgeted ancestor's,
+and the owner of each rate limit: the key a `RateCharge` names, else the admission's own); the refusal rules
+(a budget refuses when committed plus the amount passes the limit, `BudgetRefused(key, room left)`; a rate
+refuses an amount beyond its limit outright, a count that would pass the limit in the same window, and a
+window ahead of ours, another gateway's clock being ahead, until ours reaches it; a window behind ours rolled
+over and restarts at this request's amount); the retry loop (a rolled-over window is written again as a
+restart, at most `ADMIT_TRIES` times; a backend topping up a counter it keeps in parts raises `Refill`, at
+most `MAX_REFILLS` times); settlement arithmetic (committed moves by actual minus reserved, or by the whole
+actual when the reservation was released by expiry meanwhile; spent by the actual; token corrections only
+in the current window, on the counter the tokens were counted on); and the snapshots an admission and a meter
+read return.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from handler.ports import (
+    Admission,
+    BudgetCharge,
+    BudgetRefused,
+    MeterSnapshot,
+    RateCharge,
+    RateRefused,
+    Settlement,
+    Store,
+    StoreError,
+)
+
+# A retry rewrites rolled-over windows as restarts; a third failure means a race with another clock.
+ADMIT_TRIES = 3
+# Each refill moves budget into a counter kept in parts or refuses, so refills end as concurrent requests
+# drain it; this bounds a pathological race.
+MAX_REFILLS = 100
+# A settlement whose reservation expired (or came back) meanwhile is written again with the other variant.
+SETTLE_TRIES = 3
+
+
+# Tolerance for float sums when comparing with a limit: far below a thousandth of a cent.
+EPSILON = 1e-12
+
+
+def fits(charge: BudgetCharge, counters: Counters) -> bool:
+    """The budget rule: committed (0 when missing) plus the amount stays within the limit."""
+    return counters.committed.get(charge.period, 0.0) + charge.amount_usd <= charge.limit_usd + EPSILON
+
+
+def rate_owner(rate: RateCharge, key_id: str) -> str:
+    """The key whose counter `rate` counts on: the one it names (an ancestor's limit, shared by every
+    descendant), else the admission's own key `key_id`."""
+    return rate.key_id or key_id
+
+
+@dataclass(slots=True)
+class Counters:
+    """One key's counters as a backend holds them: per budget period the committed (spent plus live
+    reservations) and spent USD, per rate name its `(window, count)`."""
+
+    committed: dict[str, float] = field(default_factory=dict)
+    spent: dict[str, float] = field(default_factory=dict)
+    rates: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RateStep:
+    """A rate charge on its owner's counter. Unless `restart`: the condition is "no stored window, or the
+    stored window is the charge's and the count plus the amount stays within the limit", the change "count +=
+    amount, window = the charge's". With `restart` (the stored window rolled over): the condition is "no
+    stored window, or one older than the charge's", the change "count = amount, window = the charge's"."""
+
+    charge: RateCharge
+    restart: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MeterUpdate:
+    """What an admission changes on one key's counters. Per budget charge, the condition "committed (0 when
+    missing) plus the amount stays within the limit", the change "committed += amount" and a reservation
+    `(key, reservation id, period, amount, expires_at)` recorded; per rate step, see `RateStep`.
+    `home_region` is where the key's counters are homed (a backend spanning regions keeps a lease of it)."""
+
+    key_id: str
+    home_region: str | None
+    budgets: list[BudgetCharge]
+    rates: list[RateStep]
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionWrite:
+    """An admission's changes, key by key (its own key first). `reported` names the keys whose counters the
+    admission's snapshot reports: the nearest budget's and the key's own (when it counts rates there)."""
+
+    admission: Admission
+    meters: list[MeterUpdate]
+    reported: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """An admission written: the counters after it, of (at least) the `reported` keys."""
+
+    counters: dict[str, Counters]
+
+
+@dataclass(frozen=True, slots=True)
+class Unmet:
+    """An admission not written, nothing changed: the counters as they were of (at least) every key one of
+    whose conditions failed."""
+
+    counters: dict[str, Counters]
+
+
+@dataclass(frozen=True, slots=True)
+class SettleUpdate:
+    """What a settlement changes on one key's counters. Per budget charge (`amount_usd` the actual cost),
+    "committed += committed_delta, spent += actual", and the reservation removed; the condition: the
+    reservation is there, or, if `released`, is not (expiry released it). Per token correction, "count +=
+    amount" on the counter of the correction's window (corrections are only made in the current window)."""
+
+    key_id: str
+    home_region: str | None
+    budgets: list[tuple[BudgetCharge, float]]
+    released: bool
+    tokens: list[RateCharge]
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A reservation as stored: `leased` when it is held in a backend's lease of the key (not its own counter)."""
+
+    key_id: str
+    reservation_id: str
+    period: str
+    amount_usd: float
+    expires_at: float
+    leased: bool = False
+
+
+class Refill(Exception):
+    """Raised by `_write_admission` when a counter the backend keeps in parts (DynamoDB's lease of a budget
+    homed in another region) cannot cover a charge: `top_up` moves budget into it (or raises
+    `BudgetRefused`), then the admission is tried again."""
+
+    def __init__(self, top_up: Callable[[], Awaitable[None]]) -> None:
+        super().__init__("refill")
+        self.top_up = top_up
+
+
+class MeteredStore(Store):
+    """`Store`'s budget, rate and reservation semantics over a backend's primitives (the module docstring)."""
+
+    clock: Callable[[], float] = staticmethod(time.time)
+
+    # --- the primitives a backend implements ------------------------------------------------------
+
+    @abstractmethod
+    async def _write_admission(self, write: AdmissionWrite) -> Applied | Unmet:
+        """Check every condition of every `MeterUpdate` in `write` and, only if all hold, apply every change,
+        atomically (no other write to these counters between the checks and the changes; all or nothing).
+        Return `Applied`, or `Unmet` with nothing changed. May raise `Refill`; `StoreError` when the storage
+        fails."""
+
+    @abstractmethod
+    async def _write_settlement(self, settlement: Settlement, updates: list[SettleUpdate]) -> frozenset[str]:
+        """Apply the settlement once, atomically: if a marker for `settlement.reservation_id` (or, when it has
+        one, its ledger line's request id) exists, change nothing and return the empty set; if a reservation
+        is not where its update assumes, change nothing and return the keys of those updates; else record the
+        marker and the ledger line, apply every update and return the empty set."""
+
+    @abstractmethod
+    async def _expired_reservations(self, key_id: str, now: float) -> list[Reservation]:
+        """The reservations on `key_id`'s counters, written in this store's region, that expired before `now`."""
+
+    @abstractmethod
+    async def _release(self, key_id: str, reservations: list[Reservation]) -> float:
+        """Remove these reservations and lower committed by each one's amount, once (one settled or released
+        meanwhile is not lowered again; a backend may drop a whole group then); returns the USD released."""
+
+    @abstractmethod
+    async def _read_counters(self, key_id: str, period: str) -> Counters:
+        """`key_id`'s counters: `period`'s committed and spent (summed over every region, as far as replication
+        has brought them), and its rate counters as counted in this region."""
+
+    # --- the semantics ------------------------------------------------------------------------------
+
+    async def admit(self, admission: Admission) -> MeterSnapshot:
+        for rate in admission.rates:
+            if rate.amount > rate.limit:
+                raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - self.clock())
+        cached = self._cached(admission)
+        if cached is not None:
+            return cached
+        restart: set[tuple[str, str]] = set()
+        tries = refills = 0
+        while tries < ADMIT_TRIES and refills < MAX_REFILLS:
+            try:
+                outcome = await self._write_admission(self._admission_write(admission, restart))
+            except Refill as refill:
+                refills += 1
+                await refill.top_up()
+                continue
+            if isinstance(outcome, Applied):
+                return self._admitted(admission, outcome.counters)
+            for key_id, counters in outcome.counters.items():
+                self._diagnose(admission, key_id, counters, restart)
+            tries += 1
+        raise StoreError("meter update kept failing its condition")
+
+    def _cached(self, admission: Admission) -> MeterSnapshot | None:
+        """A backend's cache in front of `_write_admission` (the embedded store's in-memory slices of its
+        counters, which every check of `_write_admission` keeps within the limits) may admit from what it holds,
+        with no write: the snapshot; else None."""
+        return None
+
+    def _admission_write(self, admission: Admission, restart: set[tuple[str, str]]) -> AdmissionWrite:
+        """Which counters `admission` touches, key by key; `restart` names the (key, rate) counters whose
+        stored window rolled over."""
+        owners = [rate_owner(r, admission.key_id) for r in admission.rates]
+        key_ids = dict.fromkeys([admission.key_id, *(b.key_id for b in admission.budgets), *owners])
+        meters = []
+        for key_id in key_ids:
+            budgets = [b for b in admission.budgets if b.key_id == key_id]
+            steps = [
+                RateStep(rate, (key_id, rate.name) in restart)
+                for rate, owner in zip(admission.rates, owners, strict=True)
+                if owner == key_id
+            ]
+            if budgets or steps:
+                meters.append(MeterUpdate(key_id, self._home_of(admission, key_id), budgets, steps))
+        reported = [admission.budgets[0].key_id] if admission.budgets else []
+        if admission.key_id in owners:
+            reported.append(admission.key_id)
+        return AdmissionWrite(admission, meters, list(dict.fromkeys(reported)))
+
+    @staticmethod
+    def _home_of(charges: Admission | Settlement, key_id: str) -> str | None:
+        """The home region of `key_id`'s counters, as the charges name it (else the admission's key's)."""
+        for charge in charges.budgets:
+            if charge.key_id == key_id:
+                return charge.home_region
+        for rate in charges.rates:
+            if rate.key_id == key_id:
+                return rate.home_region
+        return charges.home_region
+
+    def _diagnose(self, admission: Admission, key_id: str, old: Counters, restart: set[tuple[str, str]]) -> None:
+        """Why `key_id`'s conditions failed, from its counters as they were: raise the refusal, or mark the
+        rate counters whose window rolled over so the next try restarts them."""
+        for charge in admission.budgets:
+            if charge.key_id == key_id:
+                self._check_budget(charge, old)
+        for rate in admission.rates:
+            if rate_owner(rate, admission.key_id) != key_id:
+                continue
+            stored_window, count = old.rates.get(rate.name, (0, 0))
+            if stored_window == rate.window:
+                restart.discard((key_id, rate.name))  # another request started this window first: add to it
+                if count + rate.amount > rate.limit:
+                    raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - self.clock())
+            elif stored_window < rate.window:
+                restart.add((key_id, rate.name))
+            else:  # another gateway's clock is ahead: refuse until ours reaches that window
+                raise RateRefused(rate.name, rate.limit, (stored_window - rate.window + 1) * 60)
+
+    def _check_budget(self, charge: BudgetCharge, old: Counters) -> None:
+        """Raise `BudgetRefused` if `charge` does not fit the counter as it was."""
+        if not fits(charge, old):
+            raise BudgetRefused(charge.key_id, charge.limit_usd - old.committed.get(charge.period, 0.0))
+
+    @staticmethod
+    def _check(meter: MeterUpdate, old: Counters) -> frozenset[str] | None:
+        """For a backend that reads a key's counters and writes them in one atomic step (a transaction, a
+        lock): None if one of `meter`'s conditions fails on `old`; else the names of its rate counters whose
+        stored window rolled over, which restart at the charge's amount (no second try needed for them)."""
+        if not all(fits(charge, old) for charge in meter.budgets):
+            return None
+        restart = set()
+        for step in meter.rates:
+            rate = step.charge
+            window, count = old.rates.get(rate.name, (0, 0))
+            if window > rate.window or (window == rate.window and count + rate.amount > rate.limit):
+                return None
+            if window < rate.window:
+                restart.add(rate.name)
+        return frozenset(restart)
+
+    @staticmethod
+    def _admitted(admission: Admission, counters: dict[str, Counters]) -> MeterSnapshot:
+        """The counters as the admission left them: the nearest budget's, and the key's own rate counts (an
+        ancestor's rate counters, shared with other descendants, are not reported)."""
+        snapshot = MeterSnapshot()
+        if admission.budgets:
+            charge = admission.budgets[0]
+            budget = counters.get(charge.key_id)
+            if budget is not None:
+                snapshot.committed_usd[charge.period] = budget.committed.get(charge.period, 0.0)
+                if charge.period in budget.spent:
+                    snapshot.spent_usd[charge.period] = budget.spent[charge.period]
+        own = counters.get(admission.key_id, Counters())
+        for rate in admission.rates:
+            stored = own.rates.get(rate.name)
+            if rate.key_id in (None, admission.key_id) and stored is not None and stored[0] == rate.window:
+                snapshot.rates[rate.name] = stored[1]
+        return snapshot
+
+    async def settle(self, settlement: Settlement) -> None:
+        item = settlement.item
+        # Tokens are corrected on the counters the admission counted them on (a line item names the own key),
+        # and only in the current window: a rolled-over window has nothing left to correct.
+        owner = item.key_id if item is not None else ""
+        window = int(self.clock() // 60)
+        tokens = [r for r in settlement.rates if r.window == window and r.amount] if item is not None else []
+        owners = [rate_owner(r, owner) for r in tokens]
+        key_ids = list(dict.fromkeys([*(b.key_id for b in settlement.budgets), *owners]))
+        released: set[str] = set()
+        for _ in range(SETTLE_TRIES):
+            updates = []
+            for key_id in key_ids:
+                gone = key_id in released
+                budgets = [
+                    (b, b.amount_usd if gone else b.amount_usd - settlement.reserved_usd)
+                    for b in settlement.budgets
+                    if b.key_id == key_id
+                ]
+                corrections = [r for r, o in zip(tokens, owners, strict=True) if o == key_id]
+                updates.append(SettleUpdate(key_id, self._home_of(settlement, key_id), budgets, gone, corrections))
+            mismatched = await self._write_settlement(settlement, updates)
+            if not mismatched:
+                return
+            released ^= mismatched  # the reservation expired meanwhile (or came back): the other variant
+        raise StoreError("settlement kept failing its condition")
+
+    async def release_expired(self, key_id: str, now: float) -> float:
+        expired = await self._expired_reservations(key_id, now)
+        return await self._release(key_id, expired) if expired else 0.0
+
+    async def meter(self, key_id: str, period: str) -> MeterSnapshot:
+        counters = await self._read_counters(key_id, period)
+        snapshot = MeterSnapshot()
+        if period in counters.committed:
+            snapshot.committed_usd[period] = counters.committed[period]
+            snapshot.spent_usd[period] = counters.spent.get(period, 0.0)
+        window = int(self.clock() // 60)
+        snapshot.rates = {name: count for name, (at, count) in counters.rates.items() if at == window}
+        return snapshot

@@ -1,0 +1,544 @@
+"""The embedded store's cache of counter slices, in front of `MeteredStore`'s admission primitive.
+
+A process admits most requests from slices of the shared counters it holds in memory
+(adapters/store/local_leases.py has the policy and the arithmetic); `SliceCache` is the store's side of it:
+`_cached` admits from the slices, a miss is `_write_admission`, one batched transaction that checks
+`MeteredStore`'s conditions on the counters less this process's unused slices and tops the slices up; a
+settlement of a request admitted from slices moves its spend out of the slice's row with the rest of its
+batch's; a sweeper returns idle slices, and `holders` tells other processes on the same file who is active
+on a key and whether it holds unused slices of it. Every change to the slices in memory is undone if its
+batch's commit fails.
+
+Measured against admitting every request with a transaction of its own (docs/store.md): on one worker the
+slices keep a commit off most requests' path; while another process is active on a key, where a slice would
+be one request's worth, a process holding no unused slice admits the request as it is (`_admit_exactly`),
+which is what the slices' bookkeeping would otherwise cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from adapters.store.local_leases import (
+    CONTEND_S,
+    IDLE_S,
+    RENEW_S,
+    SWEEP_S,
+    BudgetLease,
+    LocalLeases,
+    RateLease,
+    slice_size,
+)
+from adapters.store.metered import (
+    EPSILON,
+    AdmissionWrite,
+    Applied,
+    Counters,
+    MeteredStore,
+    MeterUpdate,
+    Unmet,
+    rate_owner,
+)
+from handler.ports import Admission, BudgetRefused, MeterSnapshot, RateRefused, Settlement, StoreError
+
+# A key's counters for a period move by (committed, spent); and committed down by what goes back.
+SPEND = (
+    "INSERT INTO meters (key_id, period, committed, spent) VALUES (?, ?, ?, ?) ON CONFLICT (key_id, period) "
+    "DO UPDATE SET committed = max(0, committed + excluded.committed), spent = spent + excluded.spent"
+)
+LOWER_COMMITTED = "UPDATE meters SET committed = max(0, committed - ?) WHERE key_id = ? AND period = ?"
+# A refusal while another process may hold unused slices of the key waits this long for them, once.
+RECALL_WAIT_S = 1.5 * SWEEP_S
+T = TypeVar("T")
+logger = logging.getLogger("gateway")
+
+
+def add_committed(db: sqlite3.Connection, key_id: str, period: str, amount: float) -> float:
+    """Raise a budget counter's committed by `amount`; the new committed."""
+    (committed,) = db.execute(
+        "INSERT INTO meters (key_id, period, committed) VALUES (?, ?, ?) "
+        "ON CONFLICT (key_id, period) DO UPDATE SET committed = committed + excluded.committed RETURNING committed",
+        (key_id, period, amount),
+    ).fetchone()
+    return float(committed)
+
+
+def reserve(db: sqlite3.Connection, key_id: str, row: str, period: str, amount: float, expires_at: float) -> None:
+    """Add `amount` to the reservation row `row` (a request's, or a slice's), expiring no earlier than `expires_at`."""
+    db.execute(
+        "INSERT INTO reservations (key_id, id, period, amount, expires_at) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (key_id, id, period) DO UPDATE SET "
+        "amount = amount + excluded.amount, expires_at = max(expires_at, excluded.expires_at)",
+        (key_id, row, period, amount, expires_at),
+    )
+
+
+def set_rate(db: sqlite3.Connection, key_id: str, name: str, window: int, count: int) -> None:
+    db.execute(
+        "INSERT INTO rates (key_id, name, window, count) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (key_id, name) DO UPDATE SET window = excluded.window, count = excluded.count",
+        (key_id, name, window, count),
+    )
+
+
+class SliceCache(MeteredStore):
+    """The slices side of `SQLiteStore` (see the module docstring); the store owns the state declared here."""
+
+    leases: LocalLeases
+    _undo: list[Callable[[], None]]  # local changes to undo if the batch's commit fails
+    _after: list[Callable[[], None]]  # and to make once it succeeds
+    # Spend settled from slices in this batch, per lease row (spent, and what of it went beyond what the
+    # slice held): written once, before the commit.
+    _spend: dict[tuple[str, str, str], tuple[float, float]]
+    _announced: dict[str, tuple[float, int]]  # key id -> (active_at, leasing) last written
+    _sweeper: asyncio.Task[None] | None
+    _closed: bool
+    _recall: set[str]  # admissions refused while another process may hold unused slices of their keys
+
+    # The store's own (adapters/store/sqlite.py): its batching of one event-loop turn into one transaction,
+    # and the marker that makes a settlement count once.
+
+    def _batched(
+        self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False, single: bool = False
+    ) -> Awaitable[T]:
+        raise NotImplementedError
+
+    def _enqueue(
+        self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False, single: bool = False
+    ) -> asyncio.Future[T]:
+        raise NotImplementedError
+
+    async def _track(self, done: asyncio.Future[None]) -> None:
+        raise NotImplementedError
+
+    def _mark_settled(self, db: sqlite3.Connection, settlement: Settlement) -> bool:
+        raise NotImplementedError
+
+    def _cached(self, admission: Admission) -> MeterSnapshot | None:
+        """From the slices held, in memory (see adapters/store/local_leases.py)."""
+        return self.leases.take(admission, time.time())
+
+    async def admit(self, admission: Admission) -> MeterSnapshot:
+        """As `MeteredStore.admit`; a refusal while another process may hold unused slices of the key waits
+        once for its sweeper to return them, then tries again."""
+        try:
+            return await super().admit(admission)
+        except (BudgetRefused, RateRefused):
+            if admission.reservation_id not in self._recall:
+                raise
+            self._recall.discard(admission.reservation_id)
+            await asyncio.sleep(RECALL_WAIT_S)
+            return await super().admit(admission)
+        finally:
+            self._recall.discard(admission.reservation_id)
+
+    async def _write_admission(self, write: AdmissionWrite) -> Applied | Unmet:
+        return await self._batched(lambda db: self._grant(db, write))
+
+    def _grant(self, db: sqlite3.Connection, write: AdmissionWrite) -> Applied | Unmet:
+        """One transaction: check `write`'s conditions on the counters less the unused slices this process
+        holds (they are its own to draw), and, if all hold, top up every slice that cannot cover its charge
+        from the counters, then admit from the slices; else change no counter and return the counters as
+        they were. A refusal writes nothing but, when due, this process's presence on the key."""
+        admission = write.admission
+        now = time.time()
+        leases = self.leases
+        others_hold = False
+        for meter in write.meters:
+            (leasing,) = db.execute(
+                "SELECT max(leasing) FROM holders WHERE key_id = ? AND holder <> ? AND active_at > ?",
+                (meter.key_id, leases.holder, now - CONTEND_S),
+            ).fetchone()
+            if leasing is not None:
+                leases.contended[meter.key_id] = now
+                others_hold = others_hold or bool(leasing)
+        if all(leases.exact(m.key_id, now) for m in write.meters) and not self._holds_slices(write, now):
+            return self._admit_exactly(db, write, others_hold, now)
+        budget_plans: list[tuple[BudgetLease, bool, float, float]] = []
+        rate_plans: list[tuple[RateLease, bool, int, int]] = []
+        unmet: dict[str, Counters] = {}
+        for meter in write.meters:
+            held = Counters()
+            for charge in meter.budgets:
+                lease = leases.budgets.get((charge.key_id, charge.period))
+                fresh = lease is None or lease.expires_at <= now  # an expired lease's row may be released already
+                if lease is None or fresh:
+                    lease = leases.new_budget_lease()
+                row = db.execute(
+                    "SELECT committed FROM meters WHERE key_id = ? AND period = ?", (charge.key_id, charge.period)
+                ).fetchone()
+                committed = row[0] if row else 0.0
+                held.committed[charge.period] = committed - lease.avail
+                room = charge.limit_usd - committed
+                need = charge.amount_usd - lease.avail
+                since = now - lease.granted_at
+                exact = leases.exact(charge.key_id, now)
+                size = slice_size(need, room, lease.drawn, since, exact) if 0 < need <= room + EPSILON else 0.0
+                budget_plans.append((lease, fresh, size, max(lease.expires_at, admission.expires_at + RENEW_S)))
+            for step in meter.rates:
+                rate = step.charge
+                rate_lease = leases.rates.get((meter.key_id, rate.name))
+                new_window = rate_lease is None or rate_lease.window != rate.window
+                if rate_lease is None or new_window:
+                    rate_lease = RateLease(rate.window)
+                stored = db.execute(
+                    "SELECT window, count FROM rates WHERE key_id = ? AND name = ?", (meter.key_id, rate.name)
+                ).fetchone()
+                if stored is not None:
+                    held.rates[rate.name] = (
+                        stored[0],
+                        stored[1] - (rate_lease.avail if stored[0] == rate.window else 0),
+                    )
+                count = stored[1] if stored and stored[0] == rate.window else 0
+                need = rate.amount - rate_lease.avail
+                since = now - rate_lease.granted_at
+                wanted = math.floor(
+                    slice_size(need, rate.limit - count, rate_lease.drawn, since, leases.exact(meter.key_id, now))
+                )
+                rate_plans.append((rate_lease, new_window, count, max(need, wanted) if need > 0 else 0))
+            if self._check(meter, held) is None:
+                unmet[meter.key_id] = held
+        if unmet:
+            return self._refuse(db, admission, unmet, others_hold, now)
+        # Every check passed: write the grants, then change the leases held here.
+        budgets = [(m.key_id, charge) for m in write.meters for charge in m.budgets]
+        rates = [(m.key_id, step.charge) for m in write.meters for step in m.rates]
+        committed_now = []
+        for (_, charge), (lease, _, size, expires_at) in zip(budgets, budget_plans, strict=True):
+            committed_now.append(add_committed(db, charge.key_id, charge.period, size))
+            reserve(db, charge.key_id, lease.row, charge.period, size, expires_at)
+        for (owner, rate), (_, _, count, size) in zip(rates, rate_plans, strict=True):
+            if size:
+                set_rate(db, owner, rate.name, rate.window, count + size)
+        # If the commit fails, the leases go back to what they were (the admission with them).
+        for _, charge in budgets:
+            self._keep(leases.budgets, (charge.key_id, charge.period))
+        for owner, rate in rates:
+            self._keep(leases.rates, (owner, rate.name))
+        self._undo.append(functools.partial(leases.held.pop, admission.reservation_id, None))  # type: ignore[arg-type]
+        for (_, charge), (lease, fresh, size, expires_at), committed in zip(
+            budgets, budget_plans, committed_now, strict=True
+        ):
+            if fresh:
+                leases.budgets[(charge.key_id, charge.period)] = lease
+            lease.avail += size
+            lease.expires_at = expires_at
+            lease.committed_seen = committed
+            lease.limit = charge.limit_usd
+            if size:
+                lease.drawn, lease.granted_at = 0.0, now
+        for (owner, rate), (rate_lease, new_window, count, size) in zip(rates, rate_plans, strict=True):
+            if new_window:
+                leases.rates[(owner, rate.name)] = rate_lease
+            rate_lease.avail += size
+            rate_lease.count_seen = count + size
+            rate_lease.limit = rate.limit
+            if size:
+                rate_lease.drawn, rate_lease.granted_at = 0, now
+        snapshot = leases.take(admission, now)
+        if snapshot is None:  # cannot happen: every lease now covers its charge
+            raise StoreError("a lease grant did not cover its admission")
+        self._announce(db, self._leasing(admission), now)
+        self._watch()
+        windows = {rate.name: rate.window for rate in admission.rates}
+        own = Counters(rates={name: (windows[name], count) for name, count in snapshot.rates.items()})
+        counters = {admission.key_id: own}
+        if admission.budgets:
+            counters.setdefault(admission.budgets[0].key_id, Counters()).committed.update(snapshot.committed_usd)
+        return Applied(counters)
+
+    def _holds_slices(self, write: AdmissionWrite, now: float) -> bool:
+        """Whether this process holds unused slices of a counter `write` draws on (once contention began, its
+        sweeper gives them back; requests admitted from them before still settle through them)."""
+        for meter in write.meters:
+            for charge in meter.budgets:
+                lease = self.leases.budgets.get((charge.key_id, charge.period))
+                if lease is not None and lease.avail > EPSILON and lease.expires_at > now:
+                    return True
+            for step in meter.rates:
+                rate_lease = self.leases.rates.get((meter.key_id, step.charge.name))
+                if rate_lease is not None and rate_lease.avail > 0 and rate_lease.window == step.charge.window:
+                    return True
+        return False
+
+    def _admit_exactly(
+        self, db: sqlite3.Connection, write: AdmissionWrite, others_hold: bool, now: float
+    ) -> Applied | Unmet:
+        """While another process is active on every key the admission draws on (slices would be one request's
+        worth) and this one holds none of their slices: the admission as it is, its own reservation row, with
+        none of the slices' bookkeeping (which costs more than it saves there)."""
+        admission = write.admission
+        stored = {meter.key_id: self._stored(db, meter) for meter in write.meters}
+        restarts = {meter.key_id: self._check(meter, stored[meter.key_id]) for meter in write.meters}
+        unmet = {key_id: stored[key_id] for key_id, restart in restarts.items() if restart is None}
+        if unmet:
+            return self._refuse(db, admission, unmet, others_hold, now)
+        after = {}
+        for meter in write.meters:
+            counters = Counters()
+            for charge in meter.budgets:
+                counters.committed[charge.period] = add_committed(db, charge.key_id, charge.period, charge.amount_usd)
+                reserve(
+                    db, charge.key_id, admission.reservation_id, charge.period, charge.amount_usd, admission.expires_at
+                )
+            for step in meter.rates:
+                rate = step.charge
+                restart = step.restart or rate.name in (restarts[meter.key_id] or ())
+                count = rate.amount + (0 if restart else stored[meter.key_id].rates.get(rate.name, (0, 0))[1])
+                set_rate(db, meter.key_id, rate.name, rate.window, count)
+                counters.rates[rate.name] = (rate.window, count)
+            after[meter.key_id] = counters
+        self._announce(db, self._leasing(admission), now)
+        return Applied(after)
+
+    @staticmethod
+    def _stored(db: sqlite3.Connection, meter: MeterUpdate) -> Counters:
+        """The counters `meter` draws on, as the file has them."""
+        counters = Counters()
+        for charge in meter.budgets:
+            row = db.execute(
+                "SELECT committed FROM meters WHERE key_id = ? AND period = ?", (charge.key_id, charge.period)
+            ).fetchone()
+            if row:
+                counters.committed[charge.period] = row[0]
+        for step in meter.rates:
+            row = db.execute(
+                "SELECT window, count FROM rates WHERE key_id = ? AND name = ?", (meter.key_id, step.charge.name)
+            ).fetchone()
+            if row:
+                counters.rates[step.charge.name] = (row[0], row[1])
+        return counters
+
+    def _refuse(
+        self, db: sqlite3.Connection, admission: Admission, unmet: dict[str, Counters], others_hold: bool, now: float
+    ) -> Unmet:
+        """Change no counter; tell other processes this one is here (and whether it holds unused slices of
+        the admission's counters), so that one holding slices gives them back; if another may hold some, the
+        refusal waits for them once (`admit`)."""
+        self._announce(db, self._leasing(admission), now)
+        if others_hold:
+            self._recall.add(admission.reservation_id)
+        return Unmet(unmet)
+
+    def _keep(self, table: dict[tuple[str, str], Any], key: tuple[str, str]) -> None:
+        """Register an undo that puts `table[key]` back as it is now: the same lease with the same fields, or
+        none."""
+        lease = table.get(key)
+        if lease is None:
+            self._undo.append(functools.partial(table.pop, key, None))
+            return
+        self._keep_fields(lease)
+        self._undo.append(functools.partial(table.__setitem__, key, lease))
+
+    def _keep_fields(self, lease: BudgetLease | RateLease) -> None:
+        """Register an undo that puts `lease`'s fields back as they are now."""
+        saved = [(f.name, getattr(lease, f.name)) for f in dataclasses.fields(lease)]
+
+        def restore() -> None:
+            for name, value in saved:
+                setattr(lease, name, value)
+
+        self._undo.append(restore)
+
+    def _leasing(self, admission: Admission) -> dict[str, int]:
+        """Per key whose counters `admission` draws on: 1 if this process holds unused slices of them."""
+        leasing = {charge.key_id: 0 for charge in admission.budgets}
+        for charge in admission.budgets:
+            lease = self.leases.budgets.get((charge.key_id, charge.period))
+            if lease is not None and lease.avail > EPSILON:
+                leasing[charge.key_id] = 1
+        for rate in admission.rates:
+            owner = rate_owner(rate, admission.key_id)
+            held = self.leases.rates.get((owner, rate.name))
+            leasing[owner] = max(leasing.get(owner, 0), int(held is not None and held.avail > 0))
+        return leasing
+
+    def _announce(self, db: sqlite3.Connection, leasing: dict[str, int], now: float) -> None:
+        """Tell other processes this one is active on these keys, and whether it holds unused slices: written
+        only when that changed or the last word is getting old."""
+        for key_id, holds in leasing.items():
+            said = self._announced.get(key_id)
+            if said is not None and said[1] == holds and now - said[0] < CONTEND_S / 2:
+                continue
+            db.execute(
+                "INSERT INTO holders (key_id, holder, active_at, leasing) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (key_id, holder) DO UPDATE SET active_at = excluded.active_at, leasing = excluded.leasing",
+                (key_id, self.leases.holder, now, holds),
+            )
+            self._announced[key_id] = (now, holds)
+            self._undo.append(functools.partial(self._announced.pop, key_id, None))  # type: ignore[arg-type]
+
+    async def settle(self, settlement: Settlement) -> None:
+        """As `MeteredStore.settle`, unless the request was admitted from this process's slices: then its
+        spend leaves the slice's row with the rest of the batch's (`_write_spend`)."""
+        rows, rates = self.leases.adjust(settlement)
+        if rows is None:
+            return await super().settle(settlement)
+        single = settlement.item is None or not rates
+        done = self._enqueue(lambda db: self._settle_leased(db, settlement, rows, rates), linger=True, single=single)
+        await self._track(done)
+
+    def _settle_leased(
+        self, db: sqlite3.Connection, settlement: Settlement, rows: list[tuple[str, float]], rates: list[int]
+    ) -> None:
+        """Record the line item of a request admitted from slices. `rows`: per budget charge, the lease row
+        the request was reserved in and what it spent beyond what the lease held; `rates`: the token
+        adjustments no lease absorbed."""
+        item = settlement.item
+        if not self._mark_settled(db, settlement):
+            return
+        if item is not None:
+            for i in rates:
+                rate = settlement.rates[i]
+                db.execute(
+                    "UPDATE rates SET count = max(0, count + ?) WHERE key_id = ? AND name = ? AND window = ?",
+                    (rate.amount, rate_owner(rate, item.key_id), rate.name, rate.window),
+                )
+        # The spend leaves each lease row with the rest of the batch's (last: nothing after this can fail and
+        # leave it counted).
+        for (row_id, beyond), charge in zip(rows, settlement.budgets, strict=True):
+            key = (charge.key_id, charge.period, row_id)
+            spent, over = self._spend.get(key, (0.0, 0.0))
+            self._spend[key] = (spent + charge.amount_usd, over + beyond)
+
+    def _write_spend(self, db: sqlite3.Connection) -> None:
+        """Move the batch's settled spend out of the lease rows it was reserved in, one row at a time: the
+        counter's committed stays (reserved becomes spent) but for spend beyond what the lease held, unless
+        the lease is gone (expired and released), whose spend is then committed anew, as a late
+        settlement's is."""
+        spend, self._spend = self._spend, {}
+        try:
+            for (key_id, period, row), (amount, beyond) in spend.items():
+                held = db.execute(
+                    "UPDATE reservations SET amount = amount - ? WHERE key_id = ? AND id = ? AND period = ? "
+                    "RETURNING amount",
+                    (amount - beyond, key_id, row, period),
+                ).fetchone()
+                db.execute(
+                    SPEND,
+                    (key_id, period, beyond if held else amount, amount),
+                )
+                lease = self.leases.budgets.get((key_id, period))
+                if held and abs(held[0]) < 1e-9 and (lease is None or lease.row != row):  # its lease is done
+                    db.execute(
+                        "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ?", (key_id, row, period)
+                    )
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write failed: {exc}") from exc
+
+    def _settled(self, reservation_id: str) -> None:
+        self.leases.held.pop(reservation_id, None)
+
+    async def release_expired(self, key_id: str, now: float) -> float:
+        """As `MeteredStore.release_expired`, and the requests admitted from slices here whose reservations
+        expired give their part back to the slice."""
+        return self.leases.release_expired(key_id, now) + await super().release_expired(key_id, now)
+
+    def _watch(self) -> None:
+        """Run the sweeper on the current event loop while this process holds leases."""
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        if self._sweeper is None or self._sweeper.done() or self._sweeper.get_loop() is not loop:
+            self._sweeper = loop.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while not self._closed and (self.leases.budgets or self.leases.rates or self.leases.held):
+            await asyncio.sleep(SWEEP_S)
+            try:
+                await self._batched(self._tidy)
+            except Exception as exc:  # noqa: BLE001 - the next round tries again; close() returns what is left
+                logger.warning("returning idle lease slices failed: %s", exc)
+
+    def _tidy(self, db: sqlite3.Connection, everything: bool = False) -> None:
+        """Return the slices nobody here used for `IDLE_S` (or all, or those of keys another process is now
+        active on), forget finished leases, and requests whose reservations expired unsettled; keep this
+        process's presence fresh on keys it holds slices of, and clear it where it holds none. Every change
+        to the leases is undone if the commit fails."""
+        now = time.time()
+        leases = self.leases
+        for reservation_id, held in list(leases.held.items()):
+            if held.expires_at < now:  # forgotten below; what it reserved goes back to its leases
+                self._undo.append(functools.partial(leases.held.__setitem__, reservation_id, held))
+                for lease in held.budgets:
+                    self._keep_fields(lease)
+        leases.release_expired(None, now)
+        others = {
+            key_id
+            for (key_id,) in db.execute(
+                "SELECT DISTINCT key_id FROM holders WHERE holder <> ? AND active_at > ?",
+                (leases.holder, now - CONTEND_S),
+            )
+        }
+        for key_id in others:
+            leases.contended[key_id] = now
+        returned: set[str] = set()
+        holding: set[str] = set()
+        for (key_id, period), lease in list(leases.budgets.items()):
+            idle = now - lease.used_at > IDLE_S
+            expired = lease.expires_at <= now
+            returning = not expired and abs(lease.avail) > EPSILON and (idle or everything or key_id in others)
+            done = expired or ((idle or everything) and lease.holds <= 0)
+            if returning or done:
+                self._keep(leases.budgets, (key_id, period))
+            if expired:  # its row goes with what it held when any process releases expired reservations
+                del leases.budgets[(key_id, period)]
+                continue
+            if returning:
+                unused, lease.avail = lease.avail, 0.0
+                lease.committed_seen -= unused
+                db.execute(
+                    "UPDATE reservations SET amount = amount - ? WHERE key_id = ? AND id = ? AND period = ?",
+                    (unused, key_id, lease.row, period),
+                )
+                db.execute(
+                    LOWER_COMMITTED,
+                    (unused, key_id, period),
+                )
+                returned.add(key_id)
+            if done and abs(lease.avail) <= EPSILON:
+                del leases.budgets[(key_id, period)]
+                db.execute(
+                    "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ? AND abs(amount) < 1e-9",
+                    (key_id, lease.row, period),
+                )
+            elif lease.avail > EPSILON:
+                holding.add(key_id)
+        window = int(now // 60)
+        for (key_id, name), rate_lease in list(leases.rates.items()):
+            idle = now - rate_lease.used_at > IDLE_S
+            if rate_lease.window < window or idle or everything or (rate_lease.avail and key_id in others):
+                self._keep(leases.rates, (key_id, name))
+            if rate_lease.window < window:
+                del leases.rates[(key_id, name)]  # its minute is over, and what it held with it
+                continue
+            if rate_lease.avail and (idle or everything or key_id in others):
+                unused, rate_lease.avail = rate_lease.avail, 0
+                rate_lease.count_seen -= unused
+                db.execute(
+                    "UPDATE rates SET count = max(0, count - ?) WHERE key_id = ? AND name = ? AND window = ?",
+                    (unused, key_id, name, rate_lease.window),
+                )
+                returned.add(key_id)
+            if idle or everything:
+                del leases.rates[(key_id, name)]
+            elif rate_lease.avail > 0:
+                holding.add(key_id)
+        # Other processes wait for a holder's slices only while it says it holds some, and see it only while
+        # its word is fresh: a process drawing on one slice for long makes no grant to refresh it.
+        stale = {k for k, (_, says) in self._announced.items() if says and k not in holding}
+        for key_id in (stale | returned) - holding:
+            said = self._announced.get(key_id)
+            db.execute("UPDATE holders SET leasing = 0 WHERE key_id = ? AND holder = ?", (key_id, leases.holder))
+            if said is not None:
+                self._undo.append(functools.partial(self._announced.__setitem__, key_id, said))
+                self._announced[key_id] = (said[0], 0)
+        self._announce(db, dict.fromkeys(holding, 1), now)
