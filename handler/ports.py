@@ -265,7 +265,7 @@ class KeyRecord:
     prev_valid_until: float | None = None
     version: int = 1
     # The region whose store item is the budget's ledger of record (None: records from before regions, which
-    # keep one meter item in whichever region serves them). See `adapters/store/leases.py`.
+    # keep one meter item in whichever region serves them). See `adapters/store/region_leases.py`.
     home_region: str | None = None
     # Default attribution tags for the key's ledger lines (see `handler/pipeline/attribution.py` for how they combine
     # with its ancestors' and the request's).
@@ -413,7 +413,7 @@ class StoredResponse:
 class Store(ABC):
     """Keys, meters and the ledger. Every method is one round trip to the backend at most, except an
     admission in a region that must first top up its lease of a budget homed in another region (two more:
-    the home region's conditional write and the lease's credit; see `adapters/store/leases.py`)."""
+    the home region's conditional write and the lease's credit; see `adapters/store/region_leases.py`)."""
 
     @abstractmethod
     async def create_key(self, record: KeyRecord) -> None:

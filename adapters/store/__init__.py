@@ -3,7 +3,7 @@
 
 For a global table, `region` is this replica's region; the home meters of keys homed in another region are
 reached through that region's standard endpoint, or `home_endpoint_<region>=URL` where given (tests, local
-servers); `lease_idle_seconds=S` sets when an unused lease goes back to its home (see `leases.py`);
+servers); `lease_idle_seconds=S` sets when an unused lease goes back to its home (see `region_leases.py`);
 `read_timeout=S` and `connect_timeout=S` bound each DynamoDB call (defaults 2 s and 1 s)."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def open_store(url: str, client: Any = None) -> Store:
         return SQLiteStore(url.removeprefix("sqlite://").removeprefix("/") or ":memory:")
     if parts.scheme == "dynamodb":
         from adapters.store.dynamodb import DynamoDBStore
-        from adapters.store.leases import IDLE_SECONDS
+        from adapters.store.region_leases import IDLE_SECONDS
 
         if not parts.netloc:
             raise StoreError(f"store URL '{url}' names no table: use dynamodb://TABLE?region=R")

@@ -10,7 +10,7 @@ Items (`pk`, `sk`; `gsi1pk`/`gsi1sk` feed the one index; `ttl` is the table's TT
 | line item | `LEDGER#<key id>` | `<ts>#<request id>` | the item as JSON; `gsi1pk=LEDGERS#<n>` for all-keys reports |
 | daily aggregate | `AGG#<day>` | `<key id>#<model>@<region>` | requests, tokens, USD (`ADD`; one writer) |
 
-| lease | `METER#<id>` | `LEASE#<region>` | a region's lease of a key homed elsewhere (`adapters/store/leases.py`) |
+| lease | `METER#<id>` | `LEASE#<region>` | a region's lease of a key homed elsewhere (`region_leases.py`) |
 
 A key's budget counters, its reservations and its rate counters sit in one item, so an admission for a
 key without budgeted parents is one conditional `UpdateItem` whose new values come back in the same
@@ -24,7 +24,7 @@ id, so no partition takes every write), `gsi1sk` between two times. A report is 
 per shard, sent together), each followed through its pages, whatever the period.
 
 Across regions (the table as a global table) a key's meter item is written only in the key's home region;
-another region spends from its own lease item, topped up from the home meter (see `leases.py`), so no item
+another region spends from its own lease item, topped up from the home meter (see `region_leases.py`), so no item
 with counters is ever written in two regions. A store without a region treats every key as local.
 """
 
@@ -41,7 +41,6 @@ from typing import Any, TypeVar
 
 from adapters.store.dynamo_client import CONDITION_FAILED, ConditionFailed, DynamoDBClient, call
 from adapters.store.expressions import Expression, Item, dec, exact, num, number, read_num, text
-from adapters.store.leases import IDLE_SECONDS, LEASE_PREFIX, Leases, LeaseShort
 from adapters.store.metered import (
     AdmissionWrite,
     Applied,
@@ -63,6 +62,7 @@ from adapters.store.records import (
     ledger_sort_key,
     ledger_to_json,
 )
+from adapters.store.region_leases import IDLE_SECONDS, LEASE_PREFIX, LeaseShort, RegionLeases
 from adapters.store.responses import DynamoDBResponses
 from adapters.store.signins import DynamoDBSignIns
 from handler.ports import (
@@ -108,7 +108,9 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         self.table = table
         self.clock = clock
         self.region = region
-        self.leases = Leases(table, region, client, client_for or self._no_other_region, clock, lease_idle_seconds)
+        self.leases = RegionLeases(
+            table, region, client, client_for or self._no_other_region, clock, lease_idle_seconds
+        )
         self.page_size: int | None = None  # a query's `Limit` (None: DynamoDB's 1 MB pages)
         # Where settlements the table refused wait (handler/pipeline/spool.py): Lambda can write only under /tmp.
         folder = "/tmp" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else ".gateway"  # noqa: S108

@@ -7,7 +7,7 @@ safely and a grant's checks and increments are atomic.
 
 The budget and rate semantics are `MeteredStore`'s (adapters/store/metered.py); this module implements its
 primitives. Admissions come from slices of the counters held in memory, a cache in front of the admission
-primitive (adapters/store/sqlite_slices.py, local_leases.py): most requests write nothing before the
+primitive (adapters/store/sqlite_slices.py, slices.py): most requests write nothing before the
 upstream call; a grant, every few seconds of traffic (or every request while another process is active on
 the key), is one transaction.
 
@@ -15,7 +15,7 @@ A commit costs more than the statements it commits (the WAL frames it writes), s
 grants and settlements that arrive in the same event-loop turn share one transaction: each runs
 in its own savepoint (a failing one rolls back only itself), the batch commits once, and every
 caller resumes only after that commit. Under load this turns N commits into one; alone, a call pays
-what it would anyway (a batch of one needs no savepoint). Local changes an operation makes (a lease
+what it would anyway (a batch of one needs no savepoint). Local changes an operation makes (a slice
 topped up) are undone if the commit fails. Settlements run after the answer has gone,
 so they wait up to `SETTLE_LINGER_S` for company: the next grant's batch, or other settlements.
 Tables are `WITHOUT ROWID`, clustered by key, so a write touches few pages. A batch never waits for
@@ -49,9 +49,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from adapters.store.local_leases import (
-    LocalLeases,
-)
 from adapters.store.metered import (
     Counters,
     Reservation,
@@ -67,6 +64,9 @@ from adapters.store.records import (
 )
 from adapters.store.responses import SQLiteResponses
 from adapters.store.signins import SQLiteSignIns
+from adapters.store.slices import (
+    Slices,
+)
 from adapters.store.sqlite_slices import LOWER_COMMITTED, SPEND, SliceCache
 from handler.ports import (
     ConflictError,
@@ -102,6 +102,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     PRIMARY KEY (key_id, ts, request_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
+-- `leasing`: 1 while the holder keeps unused slices (the name is older than "slices"; kept for existing files).
 CREATE TABLE IF NOT EXISTS holders (
     key_id TEXT NOT NULL, holder TEXT NOT NULL, active_at REAL NOT NULL, leasing INTEGER NOT NULL,
     PRIMARY KEY (key_id, holder)
@@ -174,11 +175,11 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
         # Local changes to undo if the batch's commit fails, and to make once it succeeds.
         self._undo: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
-        # Spend settled from leases in this batch, per lease row (spent, and what of it went beyond what the
-        # lease held): written once, before the commit.
+        # Spend settled from slices in this batch, per slice row (spent, and what of it went beyond what the
+        # slice held): written once, before the commit.
         self._spend: dict[tuple[str, str, str], tuple[float, float]] = {}
-        self.leases = LocalLeases()
-        self._announced: dict[str, tuple[float, int]] = {}  # key id -> (active_at, leasing) last written
+        self.slices = Slices()
+        self._announced: dict[str, tuple[float, int]] = {}  # key id -> (active_at, holds unused slices) last written
         self._sweeper: asyncio.Task[None] | None = None
         self._unsettled: set[asyncio.Future[None]] = set()  # settlements queued and not yet committed
         # Admissions refused while another process may hold unused slices of their keys (see `admit`).
@@ -506,18 +507,18 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
         ).fetchone()
         if row:
             committed, counters.spent[period] = row
-            lease = self.leases.budgets.get((key_id, period))
-            if lease is not None and lease.expires_at > now:
-                committed -= lease.avail
+            slice_ = self.slices.budgets.get((key_id, period))
+            if slice_ is not None and slice_.expires_at > now:
+                committed -= slice_.avail
             counters.committed[period] = committed
         window = int(now // 60)
         for name, count in self.db.execute(
             "SELECT name, count FROM rates WHERE key_id = ? AND window = ?", (key_id, window)
         ):
-            rate_lease = self.leases.rates.get((key_id, name))
+            rate_slice = self.slices.rates.get((key_id, name))
             counters.rates[name] = (
                 window,
-                count - (rate_lease.avail if rate_lease and rate_lease.window == window else 0),
+                count - (rate_slice.avail if rate_slice and rate_slice.window == window else 0),
             )
         return counters
 
@@ -546,7 +547,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
                 await asyncio.gather(self._sweeper, return_exceptions=True)
         if self._batch:
             self._flush()
-        if self.leases.budgets or self.leases.rates:
+        if self.slices.budgets or self.slices.rates:
             with contextlib.suppress(StoreError, sqlite3.Error), self._write() as db:
                 self._tidy(db, everything=True)
         self._stop.set()

@@ -1,7 +1,7 @@
 """The embedded store's cache of counter slices, in front of `MeteredStore`'s admission primitive.
 
 A process admits most requests from slices of the shared counters it holds in memory
-(adapters/store/local_leases.py has the policy and the arithmetic); `SliceCache` is the store's side of it:
+(adapters/store/slices.py has the policy and the arithmetic); `SliceCache` is the store's side of it:
 `_cached` admits from the slices, a miss is `_write_admission`, one batched transaction that checks
 `MeteredStore`'s conditions on the counters less this process's unused slices and tops the slices up; a
 settlement of a request admitted from slices moves its spend out of the slice's row with the rest of its
@@ -27,16 +27,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from adapters.store.local_leases import (
-    CONTEND_S,
-    IDLE_S,
-    RENEW_S,
-    SWEEP_S,
-    BudgetLease,
-    LocalLeases,
-    RateLease,
-    slice_size,
-)
 from adapters.store.metered import (
     EPSILON,
     AdmissionWrite,
@@ -46,6 +36,16 @@ from adapters.store.metered import (
     MeterUpdate,
     Unmet,
     rate_owner,
+)
+from adapters.store.slices import (
+    CONTEND_S,
+    IDLE_S,
+    RENEW_S,
+    SWEEP_S,
+    BudgetSlice,
+    RateSlice,
+    Slices,
+    slice_size,
 )
 from handler.ports import Admission, BudgetRefused, MeterSnapshot, RateRefused, Settlement, StoreError
 
@@ -92,13 +92,13 @@ def set_rate(db: sqlite3.Connection, key_id: str, name: str, window: int, count:
 class SliceCache(MeteredStore):
     """The slices side of `SQLiteStore` (see the module docstring); the store owns the state declared here."""
 
-    leases: LocalLeases
+    slices: Slices
     _undo: list[Callable[[], None]]  # local changes to undo if the batch's commit fails
     _after: list[Callable[[], None]]  # and to make once it succeeds
-    # Spend settled from slices in this batch, per lease row (spent, and what of it went beyond what the
+    # Spend settled from slices in this batch, per slice row (spent, and what of it went beyond what the
     # slice held): written once, before the commit.
     _spend: dict[tuple[str, str, str], tuple[float, float]]
-    _announced: dict[str, tuple[float, int]]  # key id -> (active_at, leasing) last written
+    _announced: dict[str, tuple[float, int]]  # key id -> (active_at, holds unused slices) last written
     _sweeper: asyncio.Task[None] | None
     _closed: bool
     _recall: set[str]  # admissions refused while another process may hold unused slices of their keys
@@ -123,8 +123,8 @@ class SliceCache(MeteredStore):
         raise NotImplementedError
 
     def _cached(self, admission: Admission) -> MeterSnapshot | None:
-        """From the slices held, in memory (see adapters/store/local_leases.py)."""
-        return self.leases.take(admission, time.time())
+        """From the slices held, in memory (see adapters/store/slices.py)."""
+        return self.slices.take(admission, time.time())
 
     async def admit(self, admission: Admission) -> MeterSnapshot:
         """As `MeteredStore.admit`; a refusal while another process may hold unused slices of the key waits
@@ -150,102 +150,102 @@ class SliceCache(MeteredStore):
         they were. A refusal writes nothing but, when due, this process's presence on the key."""
         admission = write.admission
         now = time.time()
-        leases = self.leases
+        slices = self.slices
         others_hold = False
         for meter in write.meters:
-            (leasing,) = db.execute(
+            (unused,) = db.execute(
                 "SELECT max(leasing) FROM holders WHERE key_id = ? AND holder <> ? AND active_at > ?",
-                (meter.key_id, leases.holder, now - CONTEND_S),
+                (meter.key_id, slices.holder, now - CONTEND_S),
             ).fetchone()
-            if leasing is not None:
-                leases.contended[meter.key_id] = now
-                others_hold = others_hold or bool(leasing)
-        if all(leases.exact(m.key_id, now) for m in write.meters) and not self._holds_slices(write, now):
+            if unused is not None:
+                slices.contended[meter.key_id] = now
+                others_hold = others_hold or bool(unused)
+        if all(slices.exact(m.key_id, now) for m in write.meters) and not self._holds_slices(write, now):
             return self._admit_exactly(db, write, others_hold, now)
-        budget_plans: list[tuple[BudgetLease, bool, float, float]] = []
-        rate_plans: list[tuple[RateLease, bool, int, int]] = []
+        budget_plans: list[tuple[BudgetSlice, bool, float, float]] = []
+        rate_plans: list[tuple[RateSlice, bool, int, int]] = []
         unmet: dict[str, Counters] = {}
         for meter in write.meters:
             held = Counters()
             for charge in meter.budgets:
-                lease = leases.budgets.get((charge.key_id, charge.period))
-                fresh = lease is None or lease.expires_at <= now  # an expired lease's row may be released already
-                if lease is None or fresh:
-                    lease = leases.new_budget_lease()
+                slice_ = slices.budgets.get((charge.key_id, charge.period))
+                fresh = slice_ is None or slice_.expires_at <= now  # an expired slice's row may be released already
+                if slice_ is None or fresh:
+                    slice_ = slices.new_budget_slice()
                 row = db.execute(
                     "SELECT committed FROM meters WHERE key_id = ? AND period = ?", (charge.key_id, charge.period)
                 ).fetchone()
                 committed = row[0] if row else 0.0
-                held.committed[charge.period] = committed - lease.avail
+                held.committed[charge.period] = committed - slice_.avail
                 room = charge.limit_usd - committed
-                need = charge.amount_usd - lease.avail
-                since = now - lease.granted_at
-                exact = leases.exact(charge.key_id, now)
-                size = slice_size(need, room, lease.drawn, since, exact) if 0 < need <= room + EPSILON else 0.0
-                budget_plans.append((lease, fresh, size, max(lease.expires_at, admission.expires_at + RENEW_S)))
+                need = charge.amount_usd - slice_.avail
+                since = now - slice_.granted_at
+                exact = slices.exact(charge.key_id, now)
+                size = slice_size(need, room, slice_.drawn, since, exact) if 0 < need <= room + EPSILON else 0.0
+                budget_plans.append((slice_, fresh, size, max(slice_.expires_at, admission.expires_at + RENEW_S)))
             for step in meter.rates:
                 rate = step.charge
-                rate_lease = leases.rates.get((meter.key_id, rate.name))
-                new_window = rate_lease is None or rate_lease.window != rate.window
-                if rate_lease is None or new_window:
-                    rate_lease = RateLease(rate.window)
+                rate_slice = slices.rates.get((meter.key_id, rate.name))
+                new_window = rate_slice is None or rate_slice.window != rate.window
+                if rate_slice is None or new_window:
+                    rate_slice = RateSlice(rate.window)
                 stored = db.execute(
                     "SELECT window, count FROM rates WHERE key_id = ? AND name = ?", (meter.key_id, rate.name)
                 ).fetchone()
                 if stored is not None:
                     held.rates[rate.name] = (
                         stored[0],
-                        stored[1] - (rate_lease.avail if stored[0] == rate.window else 0),
+                        stored[1] - (rate_slice.avail if stored[0] == rate.window else 0),
                     )
                 count = stored[1] if stored and stored[0] == rate.window else 0
-                need = rate.amount - rate_lease.avail
-                since = now - rate_lease.granted_at
+                need = rate.amount - rate_slice.avail
+                since = now - rate_slice.granted_at
                 wanted = math.floor(
-                    slice_size(need, rate.limit - count, rate_lease.drawn, since, leases.exact(meter.key_id, now))
+                    slice_size(need, rate.limit - count, rate_slice.drawn, since, slices.exact(meter.key_id, now))
                 )
-                rate_plans.append((rate_lease, new_window, count, max(need, wanted) if need > 0 else 0))
+                rate_plans.append((rate_slice, new_window, count, max(need, wanted) if need > 0 else 0))
             if self._check(meter, held) is None:
                 unmet[meter.key_id] = held
         if unmet:
             return self._refuse(db, admission, unmet, others_hold, now)
-        # Every check passed: write the grants, then change the leases held here.
+        # Every check passed: write the grants, then change the slices held here.
         budgets = [(m.key_id, charge) for m in write.meters for charge in m.budgets]
         rates = [(m.key_id, step.charge) for m in write.meters for step in m.rates]
         committed_now = []
-        for (_, charge), (lease, _, size, expires_at) in zip(budgets, budget_plans, strict=True):
+        for (_, charge), (slice_, _, size, expires_at) in zip(budgets, budget_plans, strict=True):
             committed_now.append(add_committed(db, charge.key_id, charge.period, size))
-            reserve(db, charge.key_id, lease.row, charge.period, size, expires_at)
+            reserve(db, charge.key_id, slice_.row, charge.period, size, expires_at)
         for (owner, rate), (_, _, count, size) in zip(rates, rate_plans, strict=True):
             if size:
                 set_rate(db, owner, rate.name, rate.window, count + size)
-        # If the commit fails, the leases go back to what they were (the admission with them).
+        # If the commit fails, the slices go back to what they were (the admission with them).
         for _, charge in budgets:
-            self._keep(leases.budgets, (charge.key_id, charge.period))
+            self._keep(slices.budgets, (charge.key_id, charge.period))
         for owner, rate in rates:
-            self._keep(leases.rates, (owner, rate.name))
-        self._undo.append(functools.partial(leases.held.pop, admission.reservation_id, None))  # type: ignore[arg-type]
-        for (_, charge), (lease, fresh, size, expires_at), committed in zip(
+            self._keep(slices.rates, (owner, rate.name))
+        self._undo.append(functools.partial(slices.held.pop, admission.reservation_id, None))  # type: ignore[arg-type]
+        for (_, charge), (slice_, fresh, size, expires_at), committed in zip(
             budgets, budget_plans, committed_now, strict=True
         ):
             if fresh:
-                leases.budgets[(charge.key_id, charge.period)] = lease
-            lease.avail += size
-            lease.expires_at = expires_at
-            lease.committed_seen = committed
-            lease.limit = charge.limit_usd
+                slices.budgets[(charge.key_id, charge.period)] = slice_
+            slice_.avail += size
+            slice_.expires_at = expires_at
+            slice_.committed_seen = committed
+            slice_.limit = charge.limit_usd
             if size:
-                lease.drawn, lease.granted_at = 0.0, now
-        for (owner, rate), (rate_lease, new_window, count, size) in zip(rates, rate_plans, strict=True):
+                slice_.drawn, slice_.granted_at = 0.0, now
+        for (owner, rate), (rate_slice, new_window, count, size) in zip(rates, rate_plans, strict=True):
             if new_window:
-                leases.rates[(owner, rate.name)] = rate_lease
-            rate_lease.avail += size
-            rate_lease.count_seen = count + size
-            rate_lease.limit = rate.limit
+                slices.rates[(owner, rate.name)] = rate_slice
+            rate_slice.avail += size
+            rate_slice.count_seen = count + size
+            rate_slice.limit = rate.limit
             if size:
-                rate_lease.drawn, rate_lease.granted_at = 0, now
-        snapshot = leases.take(admission, now)
-        if snapshot is None:  # cannot happen: every lease now covers its charge
-            raise StoreError("a lease grant did not cover its admission")
+                rate_slice.drawn, rate_slice.granted_at = 0, now
+        snapshot = slices.take(admission, now)
+        if snapshot is None:  # cannot happen: every slice now covers its charge
+            raise StoreError("a slice grant did not cover its admission")
         self._announce(db, self._leasing(admission), now)
         self._watch()
         windows = {rate.name: rate.window for rate in admission.rates}
@@ -260,12 +260,12 @@ class SliceCache(MeteredStore):
         sweeper gives them back; requests admitted from them before still settle through them)."""
         for meter in write.meters:
             for charge in meter.budgets:
-                lease = self.leases.budgets.get((charge.key_id, charge.period))
-                if lease is not None and lease.avail > EPSILON and lease.expires_at > now:
+                slice_ = self.slices.budgets.get((charge.key_id, charge.period))
+                if slice_ is not None and slice_.avail > EPSILON and slice_.expires_at > now:
                     return True
             for step in meter.rates:
-                rate_lease = self.leases.rates.get((meter.key_id, step.charge.name))
-                if rate_lease is not None and rate_lease.avail > 0 and rate_lease.window == step.charge.window:
+                rate_slice = self.slices.rates.get((meter.key_id, step.charge.name))
+                if rate_slice is not None and rate_slice.avail > 0 and rate_slice.window == step.charge.window:
                     return True
         return False
 
@@ -329,49 +329,49 @@ class SliceCache(MeteredStore):
         return Unmet(unmet)
 
     def _keep(self, table: dict[tuple[str, str], Any], key: tuple[str, str]) -> None:
-        """Register an undo that puts `table[key]` back as it is now: the same lease with the same fields, or
+        """Register an undo that puts `table[key]` back as it is now: the same slice with the same fields, or
         none."""
-        lease = table.get(key)
-        if lease is None:
+        slice_ = table.get(key)
+        if slice_ is None:
             self._undo.append(functools.partial(table.pop, key, None))
             return
-        self._keep_fields(lease)
-        self._undo.append(functools.partial(table.__setitem__, key, lease))
+        self._keep_fields(slice_)
+        self._undo.append(functools.partial(table.__setitem__, key, slice_))
 
-    def _keep_fields(self, lease: BudgetLease | RateLease) -> None:
-        """Register an undo that puts `lease`'s fields back as they are now."""
-        saved = [(f.name, getattr(lease, f.name)) for f in dataclasses.fields(lease)]
+    def _keep_fields(self, slice_: BudgetSlice | RateSlice) -> None:
+        """Register an undo that puts `slice`'s fields back as they are now."""
+        saved = [(f.name, getattr(slice_, f.name)) for f in dataclasses.fields(slice_)]
 
         def restore() -> None:
             for name, value in saved:
-                setattr(lease, name, value)
+                setattr(slice_, name, value)
 
         self._undo.append(restore)
 
     def _leasing(self, admission: Admission) -> dict[str, int]:
         """Per key whose counters `admission` draws on: 1 if this process holds unused slices of them."""
-        leasing = {charge.key_id: 0 for charge in admission.budgets}
+        unused = {charge.key_id: 0 for charge in admission.budgets}
         for charge in admission.budgets:
-            lease = self.leases.budgets.get((charge.key_id, charge.period))
-            if lease is not None and lease.avail > EPSILON:
-                leasing[charge.key_id] = 1
+            slice_ = self.slices.budgets.get((charge.key_id, charge.period))
+            if slice_ is not None and slice_.avail > EPSILON:
+                unused[charge.key_id] = 1
         for rate in admission.rates:
             owner = rate_owner(rate, admission.key_id)
-            held = self.leases.rates.get((owner, rate.name))
-            leasing[owner] = max(leasing.get(owner, 0), int(held is not None and held.avail > 0))
-        return leasing
+            held = self.slices.rates.get((owner, rate.name))
+            unused[owner] = max(unused.get(owner, 0), int(held is not None and held.avail > 0))
+        return unused
 
-    def _announce(self, db: sqlite3.Connection, leasing: dict[str, int], now: float) -> None:
+    def _announce(self, db: sqlite3.Connection, unused: dict[str, int], now: float) -> None:
         """Tell other processes this one is active on these keys, and whether it holds unused slices: written
         only when that changed or the last word is getting old."""
-        for key_id, holds in leasing.items():
+        for key_id, holds in unused.items():
             said = self._announced.get(key_id)
             if said is not None and said[1] == holds and now - said[0] < CONTEND_S / 2:
                 continue
             db.execute(
                 "INSERT INTO holders (key_id, holder, active_at, leasing) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (key_id, holder) DO UPDATE SET active_at = excluded.active_at, leasing = excluded.leasing",
-                (key_id, self.leases.holder, now, holds),
+                (key_id, self.slices.holder, now, holds),
             )
             self._announced[key_id] = (now, holds)
             self._undo.append(functools.partial(self._announced.pop, key_id, None))  # type: ignore[arg-type]
@@ -379,19 +379,19 @@ class SliceCache(MeteredStore):
     async def settle(self, settlement: Settlement) -> None:
         """As `MeteredStore.settle`, unless the request was admitted from this process's slices: then its
         spend leaves the slice's row with the rest of the batch's (`_write_spend`)."""
-        rows, rates = self.leases.adjust(settlement)
+        rows, rates = self.slices.adjust(settlement)
         if rows is None:
             return await super().settle(settlement)
         single = settlement.item is None or not rates
-        done = self._enqueue(lambda db: self._settle_leased(db, settlement, rows, rates), linger=True, single=single)
+        done = self._enqueue(lambda db: self._settle_sliced(db, settlement, rows, rates), linger=True, single=single)
         await self._track(done)
 
-    def _settle_leased(
+    def _settle_sliced(
         self, db: sqlite3.Connection, settlement: Settlement, rows: list[tuple[str, float]], rates: list[int]
     ) -> None:
-        """Record the line item of a request admitted from slices. `rows`: per budget charge, the lease row
-        the request was reserved in and what it spent beyond what the lease held; `rates`: the token
-        adjustments no lease absorbed."""
+        """Record the line item of a request admitted from slices. `rows`: per budget charge, the slice row
+        the request was reserved in and what it spent beyond what the slice held; `rates`: the token
+        adjustments no slice absorbed."""
         item = settlement.item
         if not self._mark_settled(db, settlement):
             return
@@ -402,7 +402,7 @@ class SliceCache(MeteredStore):
                     "UPDATE rates SET count = max(0, count + ?) WHERE key_id = ? AND name = ? AND window = ?",
                     (rate.amount, rate_owner(rate, item.key_id), rate.name, rate.window),
                 )
-        # The spend leaves each lease row with the rest of the batch's (last: nothing after this can fail and
+        # The spend leaves each slice row with the rest of the batch's (last: nothing after this can fail and
         # leave it counted).
         for (row_id, beyond), charge in zip(rows, settlement.budgets, strict=True):
             key = (charge.key_id, charge.period, row_id)
@@ -410,9 +410,9 @@ class SliceCache(MeteredStore):
             self._spend[key] = (spent + charge.amount_usd, over + beyond)
 
     def _write_spend(self, db: sqlite3.Connection) -> None:
-        """Move the batch's settled spend out of the lease rows it was reserved in, one row at a time: the
-        counter's committed stays (reserved becomes spent) but for spend beyond what the lease held, unless
-        the lease is gone (expired and released), whose spend is then committed anew, as a late
+        """Move the batch's settled spend out of the slice rows it was reserved in, one row at a time: the
+        counter's committed stays (reserved becomes spent) but for spend beyond what the slice held, unless
+        the slice is gone (expired and released), whose spend is then committed anew, as a late
         settlement's is."""
         spend, self._spend = self._spend, {}
         try:
@@ -426,8 +426,8 @@ class SliceCache(MeteredStore):
                     SPEND,
                     (key_id, period, beyond if held else amount, amount),
                 )
-                lease = self.leases.budgets.get((key_id, period))
-                if held and abs(held[0]) < 1e-9 and (lease is None or lease.row != row):  # its lease is done
+                slice_ = self.slices.budgets.get((key_id, period))
+                if held and abs(held[0]) < 1e-9 and (slice_ is None or slice_.row != row):  # its slice is done
                     db.execute(
                         "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ?", (key_id, row, period)
                     )
@@ -435,15 +435,15 @@ class SliceCache(MeteredStore):
             raise StoreError(f"SQLite write failed: {exc}") from exc
 
     def _settled(self, reservation_id: str) -> None:
-        self.leases.held.pop(reservation_id, None)
+        self.slices.held.pop(reservation_id, None)
 
     async def release_expired(self, key_id: str, now: float) -> float:
         """As `MeteredStore.release_expired`, and the requests admitted from slices here whose reservations
         expired give their part back to the slice."""
-        return self.leases.release_expired(key_id, now) + await super().release_expired(key_id, now)
+        return self.slices.release_expired(key_id, now) + await super().release_expired(key_id, now)
 
     def _watch(self) -> None:
-        """Run the sweeper on the current event loop while this process holds leases."""
+        """Run the sweeper on the current event loop while this process holds slices."""
         if self._closed:
             return
         loop = asyncio.get_running_loop()
@@ -451,93 +451,93 @@ class SliceCache(MeteredStore):
             self._sweeper = loop.create_task(self._sweep())
 
     async def _sweep(self) -> None:
-        while not self._closed and (self.leases.budgets or self.leases.rates or self.leases.held):
+        while not self._closed and (self.slices.budgets or self.slices.rates or self.slices.held):
             await asyncio.sleep(SWEEP_S)
             try:
                 await self._batched(self._tidy)
             except Exception as exc:  # noqa: BLE001 - the next round tries again; close() returns what is left
-                logger.warning("returning idle lease slices failed: %s", exc)
+                logger.warning("returning idle slice slices failed: %s", exc)
 
     def _tidy(self, db: sqlite3.Connection, everything: bool = False) -> None:
         """Return the slices nobody here used for `IDLE_S` (or all, or those of keys another process is now
-        active on), forget finished leases, and requests whose reservations expired unsettled; keep this
+        active on), forget finished slices, and requests whose reservations expired unsettled; keep this
         process's presence fresh on keys it holds slices of, and clear it where it holds none. Every change
-        to the leases is undone if the commit fails."""
+        to the slices is undone if the commit fails."""
         now = time.time()
-        leases = self.leases
-        for reservation_id, held in list(leases.held.items()):
-            if held.expires_at < now:  # forgotten below; what it reserved goes back to its leases
-                self._undo.append(functools.partial(leases.held.__setitem__, reservation_id, held))
-                for lease in held.budgets:
-                    self._keep_fields(lease)
-        leases.release_expired(None, now)
+        slices = self.slices
+        for reservation_id, held in list(slices.held.items()):
+            if held.expires_at < now:  # forgotten below; what it reserved goes back to its slices
+                self._undo.append(functools.partial(slices.held.__setitem__, reservation_id, held))
+                for slice_ in held.budgets:
+                    self._keep_fields(slice_)
+        slices.release_expired(None, now)
         others = {
             key_id
             for (key_id,) in db.execute(
                 "SELECT DISTINCT key_id FROM holders WHERE holder <> ? AND active_at > ?",
-                (leases.holder, now - CONTEND_S),
+                (slices.holder, now - CONTEND_S),
             )
         }
         for key_id in others:
-            leases.contended[key_id] = now
+            slices.contended[key_id] = now
         returned: set[str] = set()
         holding: set[str] = set()
-        for (key_id, period), lease in list(leases.budgets.items()):
-            idle = now - lease.used_at > IDLE_S
-            expired = lease.expires_at <= now
-            returning = not expired and abs(lease.avail) > EPSILON and (idle or everything or key_id in others)
-            done = expired or ((idle or everything) and lease.holds <= 0)
+        for (key_id, period), slice_ in list(slices.budgets.items()):
+            idle = now - slice_.used_at > IDLE_S
+            expired = slice_.expires_at <= now
+            returning = not expired and abs(slice_.avail) > EPSILON and (idle or everything or key_id in others)
+            done = expired or ((idle or everything) and slice_.holds <= 0)
             if returning or done:
-                self._keep(leases.budgets, (key_id, period))
+                self._keep(slices.budgets, (key_id, period))
             if expired:  # its row goes with what it held when any process releases expired reservations
-                del leases.budgets[(key_id, period)]
+                del slices.budgets[(key_id, period)]
                 continue
             if returning:
-                unused, lease.avail = lease.avail, 0.0
-                lease.committed_seen -= unused
+                unused, slice_.avail = slice_.avail, 0.0
+                slice_.committed_seen -= unused
                 db.execute(
                     "UPDATE reservations SET amount = amount - ? WHERE key_id = ? AND id = ? AND period = ?",
-                    (unused, key_id, lease.row, period),
+                    (unused, key_id, slice_.row, period),
                 )
                 db.execute(
                     LOWER_COMMITTED,
                     (unused, key_id, period),
                 )
                 returned.add(key_id)
-            if done and abs(lease.avail) <= EPSILON:
-                del leases.budgets[(key_id, period)]
+            if done and abs(slice_.avail) <= EPSILON:
+                del slices.budgets[(key_id, period)]
                 db.execute(
                     "DELETE FROM reservations WHERE key_id = ? AND id = ? AND period = ? AND abs(amount) < 1e-9",
-                    (key_id, lease.row, period),
+                    (key_id, slice_.row, period),
                 )
-            elif lease.avail > EPSILON:
+            elif slice_.avail > EPSILON:
                 holding.add(key_id)
         window = int(now // 60)
-        for (key_id, name), rate_lease in list(leases.rates.items()):
-            idle = now - rate_lease.used_at > IDLE_S
-            if rate_lease.window < window or idle or everything or (rate_lease.avail and key_id in others):
-                self._keep(leases.rates, (key_id, name))
-            if rate_lease.window < window:
-                del leases.rates[(key_id, name)]  # its minute is over, and what it held with it
+        for (key_id, name), rate_slice in list(slices.rates.items()):
+            idle = now - rate_slice.used_at > IDLE_S
+            if rate_slice.window < window or idle or everything or (rate_slice.avail and key_id in others):
+                self._keep(slices.rates, (key_id, name))
+            if rate_slice.window < window:
+                del slices.rates[(key_id, name)]  # its minute is over, and what it held with it
                 continue
-            if rate_lease.avail and (idle or everything or key_id in others):
-                unused, rate_lease.avail = rate_lease.avail, 0
-                rate_lease.count_seen -= unused
+            if rate_slice.avail and (idle or everything or key_id in others):
+                unused, rate_slice.avail = rate_slice.avail, 0
+                rate_slice.count_seen -= unused
                 db.execute(
                     "UPDATE rates SET count = max(0, count - ?) WHERE key_id = ? AND name = ? AND window = ?",
-                    (unused, key_id, name, rate_lease.window),
+                    (unused, key_id, name, rate_slice.window),
                 )
                 returned.add(key_id)
             if idle or everything:
-                del leases.rates[(key_id, name)]
-            elif rate_lease.avail > 0:
+                del slices.rates[(key_id, name)]
+            elif rate_slice.avail > 0:
                 holding.add(key_id)
         # Other processes wait for a holder's slices only while it says it holds some, and see it only while
         # its word is fresh: a process drawing on one slice for long makes no grant to refresh it.
         stale = {k for k, (_, says) in self._announced.items() if says and k not in holding}
         for key_id in (stale | returned) - holding:
             said = self._announced.get(key_id)
-            db.execute("UPDATE holders SET leasing = 0 WHERE key_id = ? AND holder = ?", (key_id, leases.holder))
+            db.execute("UPDATE holders SET leasing = 0 WHERE key_id = ? AND holder = ?", (key_id, slices.holder))
             if said is not None:
                 self._undo.append(functools.partial(self._announced.__setitem__, key_id, said))
                 self._announced[key_id] = (said[0], 0)

@@ -2,11 +2,11 @@
 
 One admission is one store call (the key's and its ancestors' budget counters and the rate counters,
 atomically): a round trip on DynamoDB, usually none on the embedded store, which admits from leases of
-the counters held in memory (adapters/store/local_leases.py); one settlement is one more. A key with no
+the counters held in memory (adapters/store/slices.py); one settlement is one more. A key with no
 budget and no limits costs no store call before the upstream call at all.
 
 Across regions the store spends a key homed elsewhere from this region's lease of its budget; the charges
-carry each key's `home_region` so the store can tell (`adapters/store/leases.py`).
+carry each key's `home_region` so the store can tell (`adapters/store/region_leases.py`).
 
 A settlement the store keeps refusing goes to the settlement spool (handler/pipeline/spool.py) and lands later.
 """

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError, ReadTimeoutError
 
 from adapters.providers.registry import REGISTRY
 from adapters.store.dynamodb import DynamoDBStore
-from adapters.store.local_leases import IDLE_S, SWEEP_S
+from adapters.store.slices import IDLE_S, SWEEP_S
 from handler.api.app import create_app
 from handler.pipeline.gateway import build_gateway
 from handler.pipeline.keys import KeyService

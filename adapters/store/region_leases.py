@@ -90,7 +90,7 @@ class LeaseStats:
     refusals: int = 0
 
 
-class Leases:
+class RegionLeases:
     """The lease side of `DynamoDBStore` for one region; `client_for(region)` is a client for that region's
     replica of the same table (its endpoint; in AWS the region's standard one)."""
 

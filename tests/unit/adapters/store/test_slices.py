@@ -1,4 +1,4 @@
-"""Leases of the embedded store's counters (adapters/store/local_leases.py): admissions in memory, exact
+"""Slices of the embedded store's counters (adapters/store/slices.py): admissions in memory, exact
 counts, slices that go back, and what several processes on one file see. Two `SQLiteStore`s on one file
 stand for two processes: they share nothing but the file."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from adapters.store import sqlite_slices as slices
-from adapters.store.local_leases import RENEW_S, slice_size
+from adapters.store.slices import RENEW_S, slice_size
 from adapters.store.sqlite import SQLiteStore
 from handler.ports import Admission, BudgetCharge, BudgetRefused, RateCharge, RateRefused, Settlement, StoreError
 from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement, this_minute
@@ -74,12 +74,12 @@ async def test_rate_counts_come_from_a_lease_and_token_settlements_stay_in_it(st
     second = tokens(100)
     assert (await store.admit(second)).rates == {"rpm": 2, "tpm": 200}
     statements = traced(store)
-    # 40 tokens used of the 100 estimated: the difference goes back to the lease, not to the file.
+    # 40 tokens used of the 100 estimated: the difference goes back to the slice, not to the file.
     adjust = [RateCharge("tpm", window, 10_000, -60)]
     await store.settle(Settlement(second.reservation_id, [], 0.0, adjust, line(key, 0.0)))
     assert not any("UPDATE rates" in s for s in statements)
     assert (await store.meter(key, PERIOD)).rates == {"rpm": 2, "tpm": 140}
-    # A settlement for a minute the lease no longer covers is written to the file, as before leases.
+    # A settlement for a minute the slice no longer covers is written to the file, as before slices.
     stale = Settlement(first.reservation_id, [], 0.0, [RateCharge("tpm", window - 1, 10_000, 5)], line(key, 0.0))
     await store.settle(stale)
     assert any("UPDATE rates" in s for s in statements)
@@ -144,7 +144,7 @@ async def test_a_failed_commit_forgets_the_grant_and_counts_nothing(store: SQLit
     key = uuid.uuid4().hex[:12]
     with failing_commits(store), pytest.raises(StoreError):
         await store.admit(admission(key, 0.3))
-    assert store.leases.budgets == {} and store.leases.held == {}
+    assert store.slices.budgets == {} and store.slices.held == {}
     assert await store.meter(key, PERIOD) == type(await store.meter(key, PERIOD))()  # nothing written
     for _ in range(3):
         await store.admit(admission(key, 0.3))
@@ -156,7 +156,7 @@ async def test_a_failed_commit_forgets_the_grant_and_counts_nothing(store: SQLit
 async def test_a_crashed_holders_slices_come_back_when_its_lease_expires(
     path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(slices, "RENEW_S", 0.0)  # the lease lives exactly as long as its requests
+    monkeypatch.setattr(slices, "RENEW_S", 0.0)  # the slice lives exactly as long as its requests
     crashed, survivor = SQLiteStore(path), SQLiteStore(path)
     key = uuid.uuid4().hex[:12]
 
@@ -165,7 +165,7 @@ async def test_a_crashed_holders_slices_come_back_when_its_lease_expires(
 
     await crashed.admit(short(0.4))
     await crashed.admit(short(0.4))  # never settled: the process is gone
-    crashed.leases = type(crashed.leases)()  # and so is what it knew
+    crashed.slices = type(crashed.slices)()  # and so is what it knew
     with pytest.raises(BudgetRefused):
         await survivor.admit(admission(key, 0.5))
     await asyncio.sleep(0.3)
@@ -180,7 +180,7 @@ async def test_a_lowered_limit_holds_against_a_lease_granted_under_the_old_one(s
     key = uuid.uuid4().hex[:12]
     await store.admit(admission(key, 0.01))
     await store.admit(admission(key, 0.01))
-    assert store.leases.budgets[(key, PERIOD)].avail > 0.01  # a slice covers the next request
+    assert store.slices.budgets[(key, PERIOD)].avail > 0.01  # a slice covers the next request
     with pytest.raises(BudgetRefused) as refused:
         await store.admit(admission(key, 0.01, limit=0.025))
     assert refused.value.remaining_usd == pytest.approx(0.005)
@@ -191,13 +191,13 @@ async def test_a_request_outliving_its_lease_renews_it_without_a_new_slice(store
     key = uuid.uuid4().hex[:12]
     await store.admit(admission(key, 0.01))
     await store.admit(admission(key, 0.01))
-    lease = store.leases.budgets[(key, PERIOD)]
-    avail, expires = lease.avail, lease.expires_at
+    slice_ = store.slices.budgets[(key, PERIOD)]
+    avail, expires = slice_.avail, slice_.expires_at
     long = Admission(uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1.0, 0.01)], [], expires + 30)
     await store.admit(long)
-    assert lease.avail == pytest.approx(avail - 0.01) and lease.expires_at == expires + 30 + RENEW_S
-    (row_expiry,) = store.db.execute("SELECT expires_at FROM reservations WHERE id = ?", (lease.row,)).fetchone()
-    assert row_expiry == lease.expires_at
+    assert slice_.avail == pytest.approx(avail - 0.01) and slice_.expires_at == expires + 30 + RENEW_S
+    (row_expiry,) = store.db.execute("SELECT expires_at FROM reservations WHERE id = ?", (slice_.row,)).fetchone()
+    assert row_expiry == slice_.expires_at
     await store.settle(settlement(long, 0.004, line(key, 0.004)))
     meter = await store.meter(key, PERIOD)
     assert meter.committed_usd[PERIOD] == pytest.approx(0.024) and meter.spent_usd[PERIOD] == pytest.approx(0.004)
@@ -217,13 +217,13 @@ async def test_a_lease_done_with_leaves_no_row_behind(store: SQLiteStore, quick:
 
 
 async def slice_held(store: SQLiteStore, key: str) -> None:
-    """Three requests admitted and settled at what they reserved: the lease holds a slice beyond them."""
+    """Three requests admitted and settled at what they reserved: the slice holds a slice beyond them."""
     admitted = [admission(key, 0.01) for _ in range(3)]
     for adm in admitted:
         await store.admit(adm)
     for adm in admitted:
         await store.settle(settlement(adm, 0.01, line(key, 0.01)))
-    assert store.leases.budgets[(key, PERIOD)].avail > 0.1
+    assert store.slices.budgets[(key, PERIOD)].avail > 0.1
 
 
 async def test_a_failed_return_keeps_the_slice_it_could_not_give_back(store: SQLiteStore, quick: None) -> None:
@@ -248,7 +248,7 @@ async def test_spend_beyond_the_lease_is_committed_at_once(path: str) -> None:
     holder, other = SQLiteStore(path), SQLiteStore(path)
     key = uuid.uuid4().hex[:12]
     adm = admission(key, 0.01)
-    await holder.admit(adm)  # a first grant is exactly the request: nothing beyond it in the lease
+    await holder.admit(adm)  # a first grant is exactly the request: nothing beyond it in the slice
     await holder.settle(settlement(adm, 0.03, line(key, 0.03)))  # it spent three times its reservation
     (committed,) = other.db.execute("SELECT committed FROM meters WHERE key_id = ?", (key,)).fetchone()
     assert committed == pytest.approx(0.03)
@@ -276,7 +276,7 @@ async def test_a_limit_lowered_while_another_process_spends_goes_back_to_the_fil
     key = uuid.uuid4().hex[:12]
     await first.admit(admission(key, 0.01))
     await first.admit(admission(key, 0.01))  # a slice beyond the request
-    assert first.leases.budgets[(key, PERIOD)].avail > 0.2
+    assert first.slices.budgets[(key, PERIOD)].avail > 0.2
     await second.admit(admission(key, 0.5))
     with pytest.raises(BudgetRefused):  # 0.52 committed elsewhere: 0.2 more would pass a limit of 0.6
         await first.admit(admission(key, 0.2, limit=0.6))
@@ -316,7 +316,7 @@ async def test_while_another_process_is_active_a_request_reserves_only_itself(pa
     await first.admit(admission(key, 0.01))  # the first process is active on the key
     adm = admission(key, 0.2)
     assert (await second.admit(adm)).committed_usd[PERIOD] == pytest.approx(0.21)
-    assert second.leases.budgets == {} and second.leases.held == {}
+    assert second.slices.budgets == {} and second.slices.held == {}
     rows = second.db.execute("SELECT id, amount FROM reservations WHERE key_id = ? ORDER BY amount", (key,))
     assert [(row_id == adm.reservation_id, amount) for row_id, amount in rows] == [(False, 0.01), (True, 0.2)]
     await second.settle(settlement(adm, 0.05, line(key, 0.05)))
@@ -340,7 +340,7 @@ async def test_the_sweeper_outlives_a_failed_round_and_not_its_store(store: SQLi
 
     store._tidy = flaky  # type: ignore[method-assign]
     await asyncio.sleep(0.3)
-    assert len(rounds) > 1 and store.leases.budgets == {}  # later rounds returned the idle slice
+    assert len(rounds) > 1 and store.slices.budgets == {}  # later rounds returned the idle slice
     granting = asyncio.create_task(store.admit(admission(key, 0.5)))
     await asyncio.sleep(0)  # the grant waits in the batch that close() writes
     await store.close()
@@ -349,7 +349,7 @@ async def test_the_sweeper_outlives_a_failed_round_and_not_its_store(store: SQLi
 
 
 async def test_a_settlement_without_a_line_item_leaves_token_counts_alone(store: SQLiteStore) -> None:
-    """As the file does, with or without a lease: without a line item there are no actual tokens to count."""
+    """As the file does, with or without a slice: without a line item there are no actual tokens to count."""
     key = uuid.uuid4().hex[:12]
     window = int(time.time() // 60)
     admitted = [Admission(uuid.uuid4().hex, key, [], [RateCharge("tpm", window, 10_000, 100)], time.time() + 60)]

@@ -1,20 +1,20 @@
-"""Budgets and rate limits admitted in memory, from leases of the shared counters.
+"""Budgets and rate limits admitted in memory, from slices of the shared counters.
 
 The embedded store's counters live in one file that several processes may share (the server's workers,
 the CLI, tests). An admission used to be a write transaction on that file: a few statements and a commit
-on every request, about a fifth of a request's CPU. Instead, a process takes a *lease* of a counter (a
+on every request, about a fifth of a request's CPU. Instead, a process takes a *slice* of a counter (a
 slice of a budget, or of a rate limit's count for the current minute), counted in the file as committed
 the moment it is granted, and admits requests against it in memory. The file's own checks still hold
-every lease within the limit, so no combination of processes can commit more than a limit; a lease
+every slice within the limit, so no combination of processes can commit more than a limit; a slice
 only moves the write from every request to every few seconds of traffic.
 
-A lease is sized by the traffic that drew on it: `SPAN_S` seconds of what was used since the last grant,
+A slice is sized by the traffic that drew on it: `SPAN_S` seconds of what was used since the last grant,
 never more than `FRACTION` of what the counter has left, never less than the request needs (the first
 grant is exactly one request's worth). Near a limit, grants shrink to single requests, so one process
 alone admits exactly what fits.
 
 Several processes on one key would fragment the counter (one holds a slice it does not use while another
-is refused), so leasing stops while another process is active on the key (`holders` in the file, with
+is refused), so slicing stops while another process is active on the key (`holders` in the file, with
 whether each may hold unused slices): each grant is then exactly one request's worth, and a process that
 holds no unused slice of the counters admits the request as it is, with its own reservation row and none
 of the slices' bookkeeping (adapters/store/sqlite_slices.py).
@@ -23,14 +23,14 @@ and a refusal while another process may hold slices waits for that once before i
 keeps its presence fresh while it holds slices, and says so when it no longer does.
 
 Slices nobody used for `IDLE_S` go back, so readers in other processes see near-exact counters; readers
-in the holding process see exact ones (the store subtracts what it holds). A budget lease is a row in
+in the holding process see exact ones (the store subtracts what it holds). A budget slice is a row in
 `reservations` that outlives every request admitted from it: it expires (and is released like any
 reservation) only after its last request's reservation would have, so a crashed process's slices come
-back exactly as its reservations would. Rate slices live as long as their minute. A lease serves only
+back exactly as its reservations would. Rate slices live as long as their minute. A slice serves only
 limits at least as high as the one it was granted under (a lowered limit is checked in the file), and
-a request that spends beyond what its lease held has the excess committed with its settlement.
+a request that spends beyond what its slice held has the excess committed with its settlement.
 
-This module keeps the process's side: the leases, the requests admitted from them, and the arithmetic.
+This module keeps the process's side: the slices, the requests admitted from them, and the arithmetic.
 The store (adapters/store/sqlite_slices.py) writes the grants and returns.
 """
 
@@ -48,13 +48,13 @@ IDLE_S = 2.0
 SWEEP_S = 0.5
 # Another process counts as active on a key for this long after its last grant on it.
 CONTEND_S = 10.0
-# A budget lease outlives the requests admitted from it by this much, so it is renewed once a minute.
+# A budget slice outlives the requests admitted from it by this much, so it is renewed once a minute.
 RENEW_S = 60.0
 
 
 def slice_size(need: float, room: float, used: float, since_s: float, exact: bool) -> float:
     """What to take from a shared counter with `room` left for a request that needs `need` more than the
-    lease holds, after `used` was drawn in the `since_s` seconds since the last grant (see the module
+    slice holds, after `used` was drawn in the `since_s` seconds since the last grant (see the module
     docstring). The caller has checked that `need <= room`."""
     if exact:
         return need
@@ -63,14 +63,14 @@ def slice_size(need: float, room: float, used: float, since_s: float, exact: boo
 
 
 @dataclass(slots=True)
-class BudgetLease:
+class BudgetSlice:
     """A slice of one key's budget for one period: `row` in `reservations`, `avail` of it unused here."""
 
     row: str
     expires_at: float = 0.0
     limit: float = 0.0  # the limit it was granted under: a lower one must go back to the file
     avail: float = 0.0
-    committed_seen: float = 0.0  # the counter after this process's last write on it, this lease included
+    committed_seen: float = 0.0  # the counter after this process's last write on it, this slice included
     drawn: float = 0.0  # drawn since the last grant
     granted_at: float = 0.0
     used_at: float = 0.0
@@ -86,7 +86,7 @@ class BudgetLease:
 
 
 @dataclass(slots=True)
-class RateLease:
+class RateSlice:
     """A slice of one rate counter's count for the minute `window`."""
 
     window: int
@@ -108,70 +108,70 @@ class RateLease:
 
 @dataclass(slots=True)
 class Held:
-    """A request admitted from leases, until it settles (or its reservation expires)."""
+    """A request admitted from slices, until it settles (or its reservation expires)."""
 
     key_id: str
     expires_at: float
     amount_usd: float
     budget_keys: list[str]
-    budgets: list[BudgetLease]
-    rates: dict[tuple[str, str], RateLease]  # by (owner key, rate name)
-    adjusted: bool = False  # the settlement has been applied to the leases (the store write may follow)
-    deficits: list[float] = field(default_factory=list)  # per budget: spent beyond what the lease held
+    budgets: list[BudgetSlice]
+    rates: dict[tuple[str, str], RateSlice]  # by (owner key, rate name)
+    adjusted: bool = False  # the settlement has been applied to the slices (the store write may follow)
+    deficits: list[float] = field(default_factory=list)  # per budget: spent beyond what the slice held
 
 
 @dataclass(slots=True)
-class LocalLeases:
-    """One process's leases on one store (see the module docstring)."""
+class Slices:
+    """One process's slices on one store (see the module docstring)."""
 
     holder: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    budgets: dict[tuple[str, str], BudgetLease] = field(default_factory=dict)
-    rates: dict[tuple[str, str], RateLease] = field(default_factory=dict)
+    budgets: dict[tuple[str, str], BudgetSlice] = field(default_factory=dict)
+    rates: dict[tuple[str, str], RateSlice] = field(default_factory=dict)
     held: dict[str, Held] = field(default_factory=dict)
     contended: dict[str, float] = field(default_factory=dict)  # key id -> when another process was last seen
     epoch: int = 0
 
-    def new_budget_lease(self) -> BudgetLease:
+    def new_budget_slice(self) -> BudgetSlice:
         self.epoch += 1
-        return BudgetLease(f"lease:{self.holder}:{self.epoch}")
+        return BudgetSlice(f"slice:{self.holder}:{self.epoch}")
 
     def take(self, admission: Admission, now: float) -> MeterSnapshot | None:
-        """Admit `admission` from the leases held, or None if one of them cannot cover it."""
+        """Admit `admission` from the slices held, or None if one of them cannot cover it."""
         budgets = []
         for charge in admission.budgets:
-            lease = self.budgets.get((charge.key_id, charge.period))
-            if lease is None or not lease.usable(charge.amount_usd, charge.limit_usd, admission.expires_at):
+            slice_ = self.budgets.get((charge.key_id, charge.period))
+            if slice_ is None or not slice_.usable(charge.amount_usd, charge.limit_usd, admission.expires_at):
                 return None
-            budgets.append(lease)
+            budgets.append(slice_)
         rates = {}
         for rate in admission.rates:
             counter = (rate_owner(rate, admission.key_id), rate.name)
-            rate_lease = self.rates.get(counter)
-            if rate_lease is None or not rate_lease.usable(rate.window, rate.amount, rate.limit):
+            rate_slice = self.rates.get(counter)
+            if rate_slice is None or not rate_slice.usable(rate.window, rate.amount, rate.limit):
                 return None
-            rates[counter] = rate_lease
+            rates[counter] = rate_slice
         snapshot = MeterSnapshot()
-        for charge, lease in zip(admission.budgets, budgets, strict=True):
-            lease.avail -= charge.amount_usd
-            lease.drawn += charge.amount_usd
-            lease.used_at = now
-            lease.holds += 1
-            snapshot.committed_usd.setdefault(charge.period, lease.committed_seen - lease.avail)
+        for charge, slice_ in zip(admission.budgets, budgets, strict=True):
+            slice_.avail -= charge.amount_usd
+            slice_.drawn += charge.amount_usd
+            slice_.used_at = now
+            slice_.holds += 1
+            snapshot.committed_usd.setdefault(charge.period, slice_.committed_seen - slice_.avail)
         for rate in admission.rates:
-            rate_lease = rates[(rate_owner(rate, admission.key_id), rate.name)]
-            rate_lease.avail -= rate.amount
-            rate_lease.drawn += rate.amount
-            rate_lease.used_at = now
+            rate_slice = rates[(rate_owner(rate, admission.key_id), rate.name)]
+            rate_slice.avail -= rate.amount
+            rate_slice.drawn += rate.amount
+            rate_slice.used_at = now
             if rate.key_id in (None, admission.key_id):  # the snapshot reports the key's own counters
-                snapshot.rates[rate.name] = rate_lease.count_seen - rate_lease.avail
+                snapshot.rates[rate.name] = rate_slice.count_seen - rate_slice.avail
         amount = admission.budgets[0].amount_usd if admission.budgets else 0.0
         keys = [charge.key_id for charge in admission.budgets]
         self.held[admission.reservation_id] = Held(admission.key_id, admission.expires_at, amount, keys, budgets, rates)
         return snapshot
 
     def adjust(self, settlement: Settlement) -> tuple[list[tuple[str, float]] | None, list[int]]:
-        """Apply a settlement to the leases its request was admitted from, once. Returns, per budget charge,
-        the lease row it was reserved in and what it spent beyond what the lease held (None: not admitted
+        """Apply a settlement to the slices its request was admitted from, once. Returns, per budget charge,
+        the slice row it was reserved in and what it spent beyond what the slice held (None: not admitted
         here, so its reservation is a row of its own); and the indexes of the rate adjustments the store
         must still write (those not absorbed here)."""
         held = self.held.get(settlement.reservation_id)
@@ -180,24 +180,24 @@ class LocalLeases:
         if not held.adjusted:
             held.adjusted = True
             held.deficits = []
-            for charge, lease in zip(settlement.budgets, held.budgets, strict=True):
-                lease.avail += held.amount_usd - charge.amount_usd
-                lease.holds -= 1
-                # Spent beyond what the lease held: committed anew, as a late settlement's spend is.
-                deficit = max(0.0, -lease.avail)
-                lease.avail += deficit
-                lease.committed_seen += deficit
+            for charge, slice_ in zip(settlement.budgets, held.budgets, strict=True):
+                slice_.avail += held.amount_usd - charge.amount_usd
+                slice_.holds -= 1
+                # Spent beyond what the slice held: committed anew, as a late settlement's spend is.
+                deficit = max(0.0, -slice_.avail)
+                slice_.avail += deficit
+                slice_.committed_seen += deficit
                 held.deficits.append(deficit)
             for rate in settlement.rates:
                 counter = (rate_owner(rate, held.key_id), rate.name)
-                rate_lease = held.rates.get(counter)
+                rate_slice = held.rates.get(counter)
                 current = self.rates.get(counter)
                 absorbed = settlement.item is not None  # (without a line item the file never adjusts tokens)
-                if absorbed and rate_lease is current and rate_lease is not None and rate_lease.window == rate.window:
-                    rate_lease.avail -= rate.amount  # more tokens than estimated take from the slice, fewer add
+                if absorbed and rate_slice is current and rate_slice is not None and rate_slice.window == rate.window:
+                    rate_slice.avail -= rate.amount  # more tokens than estimated take from the slice, fewer add
                 else:
                     held.rates.pop(counter, None)
-        rows = [(lease.row, deficit) for lease, deficit in zip(held.budgets, held.deficits, strict=True)]
+        rows = [(slice_.row, deficit) for slice_, deficit in zip(held.budgets, held.deficits, strict=True)]
         unabsorbed = [
             i for i, r in enumerate(settlement.rates) if (rate_owner(r, held.key_id), r.name) not in held.rates
         ]
@@ -205,23 +205,23 @@ class LocalLeases:
 
     def release_expired(self, key_id: str | None, now: float) -> float:
         """Forget requests whose reservations expired unsettled (on `key_id`, or all), giving their
-        reservations back to the leases they came from; returns the USD given back."""
+        reservations back to the slices they came from; returns the USD given back."""
         released = 0.0
         for reservation_id, held in list(self.held.items()):
             if held.expires_at >= now or (key_id is not None and key_id not in held.budget_keys):
                 continue
             if held.adjusted:
-                # Settled here, its write still pending or being retried: the retry must find the lease rows
+                # Settled here, its write still pending or being retried: the retry must find the slice rows
                 # it was reserved in. Past RENEW_S those rows may be released, and the rows-of-its-own path
                 # then counts its spend right.
                 if now > held.expires_at + RENEW_S:
                     del self.held[reservation_id]
                 continue
             del self.held[reservation_id]
-            for budget_key, lease in zip(held.budget_keys, held.budgets, strict=True):
-                lease.holds -= 1
-                if lease.expires_at > now:  # an expired lease's row is released with what it held
-                    lease.avail += held.amount_usd
+            for budget_key, slice_ in zip(held.budget_keys, held.budgets, strict=True):
+                slice_.holds -= 1
+                if slice_.expires_at > now:  # an expired slice's row is released with what it held
+                    slice_.avail += held.amount_usd
                     if budget_key == key_id or key_id is None:
                         released += held.amount_usd
         return released
