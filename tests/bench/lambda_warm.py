@@ -84,36 +84,12 @@ class StoreClock:
         return timed
 
 
-def first_invocation_ms() -> float:
-    """ms of the first invocation after a cold import of handler.entry.lambda_handler, with what the import left
-    to first use (the API models' validators) built in it; the upstream is `Canned`, as in `main`."""
+def one_invocation(what: str) -> tuple[float, float]:
+    """One invocation of handler.entry.lambda_handler on the `Canned` upstream, as in `main`: seconds in all and
+    in its store calls."""
     from handler.entry import lambda_handler
     from handler.pipeline.upstream import UpstreamClient
 
-    gateway = lambda_handler.gateway
-    gateway.upstream = UpstreamClient(gateway.config.gateway.timeouts, Canned(json.dumps(COMPLETION).encode()))
-    invoke = event("POST", "/v1/chat/completions", BODY, key=os.environ["BENCH_GATEWAY_KEY"])
-    started = time.perf_counter()
-    response = lambda_handler.handler(invoke, Context())
-    elapsed = time.perf_counter() - started
-    if response["statusCode"] != 200:
-        raise SystemExit(f"the first invocation answered {response['statusCode']}: {response.get('body')}")
-    return elapsed * 1000
-
-
-def restored_first_invocation_ms() -> float:
-    """ms of the gateway's own work in the first invocation after a SnapStart restore (its store calls aside, as
-    in `main`): the cold import done, Lambda's before-snapshot and after-restore hooks run (`snapshot_restore_py`'s
-    registries, as the runtime runs them), then one invocation on the `Canned` upstream. (The restore empties the
-    key cache and reopens the store, so this invocation's store calls read its key and start its slices.)"""
-    import snapshot_restore_py
-
-    from handler.entry import lambda_handler
-    from handler.pipeline.upstream import UpstreamClient
-
-    for registry in (snapshot_restore_py.get_before_snapshot(), snapshot_restore_py.get_after_restore()):
-        for hook, args, kwargs in registry:
-            hook(*args, **kwargs)
     gateway = lambda_handler.gateway
     gateway.upstream = UpstreamClient(gateway.config.gateway.timeouts, Canned(json.dumps(COMPLETION).encode()))
     clock = StoreClock(gateway.store)
@@ -122,8 +98,30 @@ def restored_first_invocation_ms() -> float:
     response = lambda_handler.handler(invoke, Context())
     elapsed = time.perf_counter() - started
     if response["statusCode"] != 200:
-        raise SystemExit(f"the first invocation after a restore answered {response['statusCode']}")
-    return (elapsed - clock.spent) * 1000
+        raise SystemExit(f"{what} answered {response['statusCode']}: {response.get('body')}")
+    return elapsed, clock.spent
+
+
+def first_invocation_ms() -> float:
+    """ms of the first invocation after a cold import of handler.entry.lambda_handler, with what the import left
+    to first use (the API models' validators) built in it."""
+    return one_invocation("the first invocation")[0] * 1000
+
+
+def restored_first_invocation_ms() -> float:
+    """ms of the gateway's own work in the first invocation after a SnapStart restore (its store calls aside):
+    the cold import done, Lambda's before-snapshot and after-restore hooks run (`snapshot_restore_py`'s
+    registries, as the runtime runs them), then one invocation. (The restore empties the key cache and reopens
+    the store, so this invocation's store calls read its key and start its slices.)"""
+    import snapshot_restore_py
+
+    from handler.entry import lambda_handler  # noqa: F401 - its import registers the hooks
+
+    for registry in (snapshot_restore_py.get_before_snapshot(), snapshot_restore_py.get_after_restore()):
+        for hook, args, kwargs in registry:
+            hook(*args, **kwargs)
+    elapsed, store = one_invocation("the first invocation after a restore")
+    return (elapsed - store) * 1000
 
 
 def bare(invocations: int) -> None:
