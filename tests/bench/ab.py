@@ -1,12 +1,13 @@
 """Two or more checkouts of the gateway at one connection, beside the bare proxy, in interleaved rounds.
 
-    python -m tests.bench.ab [--rounds 5] [--seconds 8] NAME=DIR [NAME=DIR ...]
+    python -m tests.bench.ab [--rounds 5] [--seconds 8] [--connections 1] NAME=DIR [NAME=DIR ...]
 
 For a change to the tail, where `python -m tests.bench.run` takes minutes and a shared machine moves every
 figure between runs: nginx answers as in the benchmark, the bare proxy and each checkout's `gateway serve`
 (its own embedded store and key, its own code: DIR is a checkout's root, e.g. one `git archive` of the base
-commit) take wrk at one connection in turn, round after round, so that whatever slows the machine slows
-each alike. Printed per round and as medians: each one's added p50 / p99 / p99.9 over the direct call.
+commit) take wrk (at one connection, or `--connections`) in turn, round after round, so that whatever slows the
+machine slows each alike. Printed per round and as medians: each one's added p50 / p99 / p99.9 over the direct
+call, and its requests per second.
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ def serve_checkout(stack: ExitStack, root: Path, workdir: Path, env: dict[str, s
     return f"http://127.0.0.1:{port}/v1/chat/completions", json.loads(minted)["key"]
 
 
-def run(checkouts: dict[str, Path], rounds: int, seconds: float) -> dict[str, list[dict[str, Any]]]:
-    """wrk at one connection on the direct call, the bare proxy and each checkout, `rounds` times in turn."""
+def run(
+    checkouts: dict[str, Path], rounds: int, seconds: float, connections: int = 1
+) -> dict[str, list[dict[str, Any]]]:
+    """wrk at `connections` on the direct call, the bare proxy and each checkout, `rounds` times in turn."""
     with tempfile.TemporaryDirectory(prefix="gateway-ab-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         upstream_port = free_port()
@@ -63,7 +66,7 @@ def run(checkouts: dict[str, Path], rounds: int, seconds: float) -> dict[str, li
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
         for round_ in range(rounds):
             for name, (url, key) in targets.items():
-                runs[name].append(wrk(url, key, BODY, 1, seconds, workdir))
+                runs[name].append(wrk(url, key, BODY, connections, seconds, workdir))
             print(f"round {round_}: " + added_line(runs, -1), flush=True)
         return runs
 
@@ -72,11 +75,13 @@ def added_line(runs: dict[str, list[dict[str, Any]]], index: int) -> str:
     direct = runs["direct"][index]
     return (
         "; ".join(
-            f"{name} +" + " / +".join(f"{results[index][f] - direct[f]:.3f}" for f in PERCENTILES)
+            f"{name} +"
+            + " / +".join(f"{results[index][f] - direct[f]:.3f}" for f in PERCENTILES)
+            + f" ms, {results[index]['rps']:,.0f} req/s"
             for name, results in runs.items()
             if name != "direct"
         )
-        + " ms (added p50 / p99 / p99.9)"
+        + " (added p50 / p99 / p99.9)"
     )
 
 
@@ -85,6 +90,7 @@ def main() -> int:
     parser.add_argument("checkouts", nargs="+", help="NAME=DIR: a checkout's root, served under NAME")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds of wrk per target and round")
+    parser.add_argument("--connections", type=int, default=1, help="wrk's connections")
     args = parser.parse_args()
     checkouts = {}
     for spec in args.checkouts:
@@ -92,10 +98,9 @@ def main() -> int:
         if not root or name in ("direct", "bare"):
             parser.error(f"{spec!r}: NAME=DIR, NAME other than direct and bare")
         checkouts[name] = Path(root).resolve()
-    runs = run(checkouts, args.rounds, args.seconds)
-    medians = {
-        name: [{f: statistics.median(r[f] for r in results) for f in PERCENTILES}] for name, results in runs.items()
-    }
+    runs = run(checkouts, args.rounds, args.seconds, args.connections)
+    figures = (*PERCENTILES, "rps")
+    medians = {name: [{f: statistics.median(r[f] for r in results) for f in figures}] for name, results in runs.items()}
     print("medians of the rounds: " + added_line(medians, 0))
     return 0
 
