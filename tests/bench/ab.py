@@ -1,6 +1,6 @@
 """Two or more checkouts of the gateway at one connection, beside the bare proxy, in interleaved rounds.
 
-    python -m tests.bench.ab [--rounds 5] [--seconds 8] [--connections 1] NAME=DIR [NAME=DIR ...]
+    python -m tests.bench.ab [--rounds 5] [--seconds 8] [--connections 1] [--workers 1] NAME=DIR [NAME=DIR ...]
 
 For a change to the tail, where `python -m tests.bench.run` takes minutes and a shared machine moves every
 figure between runs: nginx answers as in the benchmark, the bare proxy and each checkout's `gateway serve`
@@ -27,8 +27,11 @@ from tests.bench.run import BODY, PERCENTILES, bare_proxy, bench_files, process,
 from tests.support.servers import free_port
 
 
-def serve_checkout(stack: ExitStack, root: Path, workdir: Path, env: dict[str, str]) -> tuple[str, str]:
-    """`gateway serve` from the checkout at `root`, on a store of its own in `workdir`: its URL and key."""
+def serve_checkout(
+    stack: ExitStack, root: Path, workdir: Path, env: dict[str, str], workers: int = 1
+) -> tuple[str, str]:
+    """`gateway serve` (`--workers`) from the checkout at `root`, on a store of its own in `workdir`: its URL and
+    key."""
     env = {**env, "GATEWAY_STORE": f"sqlite:///{workdir / 'bench.db'}", "PYTHONPATH": str(root)}
     minted = subprocess.run(
         [sys.executable, "-m", "handler.entry.cli", "keys", "create", "--name", "bench", "--budget-usd", "1000000",
@@ -37,6 +40,7 @@ def serve_checkout(stack: ExitStack, root: Path, workdir: Path, env: dict[str, s
     ).stdout  # fmt: skip
     port = free_port()
     serve = [sys.executable, "-m", "handler.entry.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    serve += ["--workers", str(workers)] if workers > 1 else []
     log = (workdir / "gateway.log").open("wb")
     stack.callback(log.close)
     served = subprocess.Popen(serve, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -47,7 +51,7 @@ def serve_checkout(stack: ExitStack, root: Path, workdir: Path, env: dict[str, s
 
 
 def run(
-    checkouts: dict[str, Path], rounds: int, seconds: float, connections: int = 1
+    checkouts: dict[str, Path], rounds: int, seconds: float, connections: int = 1, workers: int = 1
 ) -> dict[str, list[dict[str, Any]]]:
     """wrk at `connections` on the direct call, the bare proxy and each checkout, `rounds` times in turn."""
     with tempfile.TemporaryDirectory(prefix="gateway-ab-") as tmp, ExitStack() as stack:
@@ -60,7 +64,7 @@ def run(
         targets = {"direct": (direct, ""), "bare": (stack.enter_context(bare_proxy("aiohttp", direct)), "")}
         for name, root in checkouts.items():
             (workdir / name).mkdir()
-            targets[name] = serve_checkout(stack, root, workdir / name, env)
+            targets[name] = serve_checkout(stack, root, workdir / name, env, workers)
         for url, key in targets.values():
             wrk(url, key, BODY, 8, 2, workdir)  # warm up
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
@@ -91,6 +95,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds of wrk per target and round")
     parser.add_argument("--connections", type=int, default=1, help="wrk's connections")
+    parser.add_argument("--workers", type=int, default=1, help="each checkout's `gateway serve --workers`")
     args = parser.parse_args()
     checkouts = {}
     for spec in args.checkouts:
@@ -98,7 +103,7 @@ def main() -> int:
         if not root or name in ("direct", "bare"):
             parser.error(f"{spec!r}: NAME=DIR, NAME other than direct and bare")
         checkouts[name] = Path(root).resolve()
-    runs = run(checkouts, args.rounds, args.seconds, args.connections)
+    runs = run(checkouts, args.rounds, args.seconds, args.connections, args.workers)
     figures = (*PERCENTILES, "rps")
     medians = {name: [{f: statistics.median(r[f] for r in results) for f in figures}] for name, results in runs.items()}
     print("medians of the rounds: " + added_line(medians, 0))
