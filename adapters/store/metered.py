@@ -63,6 +63,19 @@ def fits(charge: BudgetCharge, counters: Counters) -> bool:
     return counters.committed.get(charge.period, 0.0) + charge.amount_usd <= charge.limit_usd + EPSILON
 
 
+# How a rate charge meets its counter as stored (`rate_window`).
+SAME, ROLLED, AHEAD = "same", "rolled", "ahead"
+
+
+def rate_window(rate: RateCharge, counters: Counters) -> tuple[str, int, int]:
+    """The stored window against the charge's: `SAME` (the count adds to it), `ROLLED` (none, or an older one:
+    the count restarts at the charge's amount) or `AHEAD` (another gateway's clock is ahead: refuse until ours
+    reaches it); then the stored window and count."""
+    window, count = counters.rates.get(rate.name, (0, 0))
+    how = SAME if window == rate.window else ROLLED if window < rate.window else AHEAD
+    return how, window, count
+
+
 def rate_owner(rate: RateCharge, key_id: str) -> str:
     """The key whose counter `rate` counts on: the one it names (an ancestor's limit, shared by every
     descendant), else the admission's own key `key_id`."""
@@ -270,15 +283,15 @@ class MeteredStore(Store):
         for rate in admission.rates:
             if rate_owner(rate, admission.key_id) != key_id:
                 continue
-            stored_window, count = old.rates.get(rate.name, (0, 0))
-            if stored_window == rate.window:
+            how, window, count = rate_window(rate, old)
+            if how == SAME:
                 restart.discard((key_id, rate.name))  # another request started this window first: add to it
                 if count + rate.amount > rate.limit:
                     raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - self.clock())
-            elif stored_window < rate.window:
+            elif how == ROLLED:
                 restart.add((key_id, rate.name))
-            else:  # another gateway's clock is ahead: refuse until ours reaches that window
-                raise RateRefused(rate.name, rate.limit, (stored_window - rate.window + 1) * 60)
+            else:
+                raise RateRefused(rate.name, rate.limit, (window - rate.window + 1) * 60)
 
     def _check_budget(self, charge: BudgetCharge, old: Counters) -> None:
         """Raise `BudgetRefused` if `charge` does not fit the counter as it was."""
@@ -295,10 +308,10 @@ class MeteredStore(Store):
         restart = set()
         for step in meter.rates:
             rate = step.charge
-            window, count = old.rates.get(rate.name, (0, 0))
-            if window > rate.window or (window == rate.window and count + rate.amount > rate.limit):
+            how, _, count = rate_window(rate, old)
+            if how == AHEAD or (how == SAME and count + rate.amount > rate.limit):
                 return None
-            if window < rate.window:
+            if how == ROLLED:
                 restart.add(rate.name)
         return frozenset(restart)
 
