@@ -24,6 +24,7 @@ import logging
 import math
 import sqlite3
 import time
+from abc import abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -106,21 +107,21 @@ class SliceCache(MeteredStore):
     # The store's own (adapters/store/sqlite.py): its batching of one event-loop turn into one transaction,
     # and the marker that makes a settlement count once.
 
+    @abstractmethod
     def _batched(
         self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False, single: bool = False
-    ) -> Awaitable[T]:
-        raise NotImplementedError
+    ) -> Awaitable[T]: ...
 
+    @abstractmethod
     def _enqueue(
         self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False, single: bool = False
-    ) -> asyncio.Future[T]:
-        raise NotImplementedError
+    ) -> asyncio.Future[T]: ...
 
-    async def _track(self, done: asyncio.Future[None]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def _track(self, done: asyncio.Future[None]) -> None: ...
 
-    def _mark_settled(self, db: sqlite3.Connection, settlement: Settlement) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def _mark_settled(self, db: sqlite3.Connection, settlement: Settlement) -> bool: ...
 
     def _cached(self, admission: Admission) -> MeterSnapshot | None:
         """From the slices held, in memory (see adapters/store/slices.py)."""
@@ -167,15 +168,13 @@ class SliceCache(MeteredStore):
         unmet: dict[str, Counters] = {}
         for meter in write.meters:
             held = Counters()
+            stored = self._stored(db, meter)
             for charge in meter.budgets:
                 slice_ = slices.budgets.get((charge.key_id, charge.period))
                 fresh = slice_ is None or slice_.expires_at <= now  # an expired slice's row may be released already
                 if slice_ is None or fresh:
                     slice_ = slices.new_budget_slice()
-                row = db.execute(
-                    "SELECT committed FROM meters WHERE key_id = ? AND period = ?", (charge.key_id, charge.period)
-                ).fetchone()
-                committed = row[0] if row else 0.0
+                committed = stored.committed.get(charge.period, 0.0)
                 held.committed[charge.period] = committed - slice_.avail
                 room = charge.limit_usd - committed
                 need = charge.amount_usd - slice_.avail
@@ -189,15 +188,10 @@ class SliceCache(MeteredStore):
                 new_window = rate_slice is None or rate_slice.window != rate.window
                 if rate_slice is None or new_window:
                     rate_slice = RateSlice(rate.window)
-                stored = db.execute(
-                    "SELECT window, count FROM rates WHERE key_id = ? AND name = ?", (meter.key_id, rate.name)
-                ).fetchone()
-                if stored is not None:
-                    held.rates[rate.name] = (
-                        stored[0],
-                        stored[1] - (rate_slice.avail if stored[0] == rate.window else 0),
-                    )
-                count = stored[1] if stored and stored[0] == rate.window else 0
+                row = stored.rates.get(rate.name)
+                if row is not None:
+                    held.rates[rate.name] = (row[0], row[1] - (rate_slice.avail if row[0] == rate.window else 0))
+                count = row[1] if row and row[0] == rate.window else 0
                 need = rate.amount - rate_slice.avail
                 since = now - rate_slice.granted_at
                 wanted = math.floor(
@@ -246,7 +240,7 @@ class SliceCache(MeteredStore):
         snapshot = slices.take(admission, now)
         if snapshot is None:  # cannot happen: every slice now covers its charge
             raise StoreError("a slice grant did not cover its admission")
-        self._announce(db, self._leasing(admission), now)
+        self._announce(db, self._unused_slices(admission), now)
         self._watch()
         windows = {rate.name: rate.window for rate in admission.rates}
         own = Counters(rates={name: (windows[name], count) for name, count in snapshot.rates.items()})
@@ -296,7 +290,7 @@ class SliceCache(MeteredStore):
                 set_rate(db, meter.key_id, rate.name, rate.window, count)
                 counters.rates[rate.name] = (rate.window, count)
             after[meter.key_id] = counters
-        self._announce(db, self._leasing(admission), now)
+        self._announce(db, self._unused_slices(admission), now)
         return Applied(after)
 
     @staticmethod
@@ -323,7 +317,7 @@ class SliceCache(MeteredStore):
         """Change no counter; tell other processes this one is here (and whether it holds unused slices of
         the admission's counters), so that one holding slices gives them back; if another may hold some, the
         refusal waits for them once (`admit`)."""
-        self._announce(db, self._leasing(admission), now)
+        self._announce(db, self._unused_slices(admission), now)
         if others_hold:
             self._recall.add(admission.reservation_id)
         return Unmet(unmet)
@@ -348,7 +342,7 @@ class SliceCache(MeteredStore):
 
         self._undo.append(restore)
 
-    def _leasing(self, admission: Admission) -> dict[str, int]:
+    def _unused_slices(self, admission: Admission) -> dict[str, int]:
         """Per key whose counters `admission` draws on: 1 if this process holds unused slices of them."""
         unused = {charge.key_id: 0 for charge in admission.budgets}
         for charge in admission.budgets:
