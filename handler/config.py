@@ -252,12 +252,12 @@ def _cross_check(config: Config, known_types: set[str]) -> list[str]:
 
 # libyaml's loader where PyYAML was built with it (its wheels are): the same documents, read several times faster
 # than the pure-Python loader, which is a cold start's largest cost in reading the config and the price table.
-SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+SAFE_LOADER: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # (CSafeLoader is no SafeLoader subclass)
 
 
 def load_yaml(text: str) -> Any:
     """A YAML document as `yaml.safe_load` reads it."""
-    return yaml.load(text, Loader=SAFE_LOADER)  # noqa: S506 - a safe loader, the C one where there is one
+    return yaml.load(text, Loader=SAFE_LOADER)  # a safe loader either way
 
 
 def load_config(path: str | os.PathLike[str] | None, known_types: set[str]) -> Config:
