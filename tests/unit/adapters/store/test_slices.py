@@ -63,7 +63,7 @@ async def test_admissions_from_a_lease_write_nothing_and_count_exactly(store: SQ
 
 async def test_rate_counts_come_from_a_lease_and_token_settlements_stay_in_it(store: SQLiteStore) -> None:
     key = uuid.uuid4().hex[:12]
-    window = int(time.time() // 60)
+    window = this_minute()
 
     def tokens(estimate: int) -> Admission:
         rates = [RateCharge("rpm", window, 100, 1), RateCharge("tpm", window, 10_000, estimate)]
@@ -88,7 +88,7 @@ async def test_rate_counts_come_from_a_lease_and_token_settlements_stay_in_it(st
 async def test_idle_slices_go_back_so_other_processes_read_exact_counters(path: str, quick: None) -> None:
     holder, reader = SQLiteStore(path), SQLiteStore(path)
     key = uuid.uuid4().hex[:12]
-    window = int(time.time() // 60)
+    window = this_minute()
     for _ in range(5):
         rpm = [RateCharge("rpm", window, 1000, 1)]
         await holder.admit(
@@ -351,7 +351,7 @@ async def test_the_sweeper_outlives_a_failed_round_and_not_its_store(store: SQLi
 async def test_a_settlement_without_a_line_item_leaves_token_counts_alone(store: SQLiteStore) -> None:
     """As the file does, with or without a slice: without a line item there are no actual tokens to count."""
     key = uuid.uuid4().hex[:12]
-    window = int(time.time() // 60)
+    window = this_minute()
     admitted = [Admission(uuid.uuid4().hex, key, [], [RateCharge("tpm", window, 10_000, 100)], time.time() + 60)]
     admitted.append(Admission(uuid.uuid4().hex, key, [], [RateCharge("tpm", window, 10_000, 100)], time.time() + 60))
     for adm in admitted:
