@@ -32,6 +32,7 @@ from mangum import Mangum  # noqa: E402
 from handler.api.app import create_app  # noqa: E402
 from handler.pipeline.gateway import build_gateway  # noqa: E402
 from handler.schemas import build_deferred_models  # noqa: E402
+from handler.telemetry.observability import logger  # noqa: E402
 
 gateway = build_gateway()
 app = create_app(gateway)
@@ -67,6 +68,12 @@ gc.enable()
 
 def _before_snapshot() -> None:
     build_deferred_models()
+    from handler.entry.priming import prime
+
+    try:
+        prime(_loop)
+    except Exception:  # noqa: BLE001 - a snapshot without priming is slower to start, not wrong
+        logger.warning("SnapStart priming failed; the snapshot is taken unprimed", exc_info=True)
     gc.collect()  # the snapshot keeps no garbage, and what the validators built lives on: frozen with the rest
     gc.freeze()
     _loop.run_until_complete(gateway.upstream.aclose())

@@ -20,10 +20,10 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from adapters.http.http1 import Http1Stream, Http1Transport
+from handler.entry.priming import CannedTransport as Canned  # network taken out: answered at once
 from tests.bench.run import BODY, COMPLETION
 from tests.support.events import event
 
@@ -33,36 +33,6 @@ class Context:
     memory_limit_in_mb = 1024
     invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:GatewayFunction"
     aws_request_id = "bench"
-
-
-class CannedStream(Http1Stream):
-    """A whole answer body, already here."""
-
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        yield self.answer
-
-    async def read(self) -> bytes:
-        return self.answer
-
-    async def aclose(self) -> None:
-        pass
-
-
-class Canned(Http1Transport):
-    """The gateway's own HTTP/1.1 client with the network taken out: every request is framed as it would be
-    sent, and answered at once with the same completion, as a connection's parser would hand it over."""
-
-    def __init__(self, answer: bytes) -> None:
-        super().__init__()
-        self.answer = answer
-        self.headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
-
-    async def exchange(self, *request: Any, **bounds: Any) -> tuple[int, list[tuple[bytes, bytes]], Http1Stream]:
-        """Whatever was asked (method, URL, framed head, body, timeouts): the canned answer."""
-        return 200, self.headers, CannedStream(self.answer)
 
 
 class StoreClock:

@@ -132,9 +132,10 @@ async def call(app: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> int
 async def run(requests: int, sink_url: str) -> dict[str, dict[str, float]]:
     # (here, not at the top: tests/bench/run.py imports this module for `measure` and `rows`)
     from handler.api.app import create_app
+    from handler.entry.priming import CannedTransport as Canned
     from handler.pipeline.gateway import build_gateway
     from handler.pipeline.upstream import UpstreamClient
-    from tests.bench.lambda_warm import Canned, StoreClock
+    from tests.bench.lambda_warm import StoreClock
     from tests.bench.run import BODY, COMPLETION
 
     key = os.environ["BENCH_GATEWAY_KEY"]

@@ -40,10 +40,17 @@ def test_start_up_runs_no_collection_of_its_own_and_leaves_the_collector_on(modu
 
 # Runs SnapStart's hooks as Lambda's runtime does (`snapshot_restore_py`'s registries), around the snapshot.
 SNAPSTART = """
-import json
+import asyncio, contextlib, io, json
 import snapshot_restore_py
 from pydantic import BaseModel
 import handler.entry.lambda_handler as entry
+import handler.entry.priming as priming
+from handler.ports import UsageQuery
+from handler.telemetry import prometheus
+
+primed = []
+prime = priming.prime
+priming.prime = lambda *args, **kwargs: primed.append(prime(*args, **kwargs))
 
 def models():
     pending, found = [BaseModel], []
@@ -60,18 +67,28 @@ def left_to_first_use():
 built_at_init = sorted({model.__module__ for model in models() if model.__pydantic_complete__})
 at_init = left_to_first_use()
 snapshot_client = entry.gateway.upstream
-for hook, args, kwargs in snapshot_restore_py.get_before_snapshot():
-    hook(*args, **kwargs)
+metrics = prometheus.REGISTRY.render()
+written = io.StringIO()
+with contextlib.redirect_stdout(written):
+    for hook, args, kwargs in snapshot_restore_py.get_before_snapshot():
+        hook(*args, **kwargs)
 in_snapshot = left_to_first_use()
+store = entry.gateway.store
+left = {
+    "stdout": written.getvalue(),
+    "metrics_changed": prometheus.REGISTRY.render() != metrics,
+    "keys": len(entry._loop.run_until_complete(store.list_keys())),
+    "ledger": len(entry._loop.run_until_complete(store.usage(UsageQuery(None, 0, 2e9)))),
+}
 for hook, args, kwargs in snapshot_restore_py.get_after_restore():
     hook(*args, **kwargs)
 new_client = entry.gateway.upstream is not snapshot_client
 print(json.dumps({"at_init": len(at_init), "built_at_init": built_at_init, "in_snapshot": in_snapshot,
-                  "new_client": new_client}))
+                  "new_client": new_client, "primed": primed, "left": left}))
 """
 
 
-def test_a_snapstart_snapshot_holds_every_validator_the_cold_start_left_to_first_use(tmp_path: Path) -> None:
+def test_a_snapstart_snapshot_holds_every_validator_and_a_primed_request_path_and_nothing_else(tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text(
         "providers:\n  local: {type: openai, api_key: env:LOCAL_KEY, base_url: 'http://127.0.0.1:9/v1'}\n"
@@ -93,3 +110,10 @@ def test_a_snapstart_snapshot_holds_every_validator_the_cold_start_left_to_first
     assert state["at_init"] > 20
     assert state["in_snapshot"] == []  # ...a restored environment's first invocation builds nothing
     assert state["new_client"]  # and the restore hook gave it a fresh upstream client
+    # Before the snapshot, each API's requests ran through the request path (handler/entry/priming.py)...
+    rounds = 24
+    assert state["primed"] == [
+        {"/v1/chat/completions 200": rounds, "/v1/messages 200": rounds, "/v1/responses 200": rounds}
+    ]
+    # ...and left nothing: no request line or metric written, no key or ledger line in the gateway's store.
+    assert state["left"] == {"stdout": "", "metrics_changed": False, "keys": 0, "ledger": 0}
