@@ -18,12 +18,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from handler.api.key_routes import KeyRoutes
-from handler.api.messages_routes import MessagesRoutes, allowed_models, anthropic_models
-from handler.api.responses_routes import ResponsesRoutes
-from handler.api.route_table import Endpoints, Handler, direct_lane, starlette_routes
+from handler.api.route_table import Endpoints, Handler, direct_lane, handlers, starlette_routes
 from handler.api.streaming import DONE, EventStream, answer_json, sse_chunk, sse_error, sse_json, until_client_leaves
-from handler.dashboard.routes import Dashboard
 from handler.errors import (
     GatewayError,
     InvalidRequestError,
@@ -220,6 +216,8 @@ class Api:
         await self.authenticate(request, allow_x_api_key=anthropic)
         lineage = self.lineage(request)
         if anthropic:
+            from handler.api.messages_routes import allowed_models, anthropic_models
+
             return json_response(anthropic_models(request, allowed_models(self, lineage, "chat")))
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "gateway", "kind": spec.kind}
@@ -517,13 +515,7 @@ def create_app(gateway: Gateway) -> GatewayApp:
         if gateway.tracer is not None:
             await asyncio.to_thread(gateway.tracer.close)  # the spans still queued go out
 
-    endpoints = Endpoints(
-        api,
-        KeyRoutes(api),
-        MessagesRoutes(api),
-        ResponsesRoutes(api),
-        Dashboard(api.parse, gateway.store, gateway.keys),
-    )
-    app = Starlette(routes=starlette_routes(endpoints), exception_handlers=errors, lifespan=lifespan)
+    table = handlers(Endpoints(api))
+    app = Starlette(routes=starlette_routes(table), exception_handlers=errors, lifespan=lifespan)
     app.state.gateway = gateway
-    return GatewayApp(app, direct_lane(endpoints), errors)
+    return GatewayApp(app, direct_lane(table), errors)

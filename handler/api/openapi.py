@@ -10,19 +10,13 @@ nothing about this deployment (no model names, no providers), so serving it unau
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
-
-from pydantic import BaseModel
-from pydantic.json_schema import JsonSchemaMode, models_json_schema
-
-from handler.api.key_routes import AdminKeySpec, KeySpec, KeyUpdateSpec, RotateSpec
-from handler.api.messages_api import MessagesCountRequest, MessagesRequest
-from handler.api.responses_api import ResponsesRequest
-from handler.dashboard.routes import SignIn
-from handler.schemas import ChatCompletion, ChatRequest, EmbeddingsRequest, EmbeddingsResponse
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from handler.api.route_table import RouteSpec
 
 JSON = "application/json"
@@ -121,25 +115,35 @@ ERROR_SCHEMAS: dict[str, Any] = {
         "properties": {"object": {"const": "list"}, "data": {"type": "array"}},
     },
 }
-MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
-    (ChatRequest, "validation"),
-    (EmbeddingsRequest, "validation"),
-    (MessagesRequest, "validation"),
-    (MessagesCountRequest, "validation"),
-    (ResponsesRequest, "validation"),
-    (KeySpec, "validation"),
-    (AdminKeySpec, "validation"),
-    (RotateSpec, "validation"),
-    (KeyUpdateSpec, "validation"),
-    (SignIn, "validation"),
-    (ChatCompletion, "serialization"),
-    (EmbeddingsResponse, "serialization"),
-]
+# The models whose schemas the document holds: name → (module, mode). They are imported when the document is first
+# built (`GET /openapi.json`), not with the route table: a process imports a front-end (the Messages API, the
+# Responses API, the key routes, the dashboard) when a request first needs it, and a cold start pays for none.
+MODELS: dict[str, tuple[str, Literal["validation", "serialization"]]] = {
+    "ChatRequest": ("handler.schemas", "validation"),
+    "EmbeddingsRequest": ("handler.schemas", "validation"),
+    "MessagesRequest": ("handler.api.messages_api", "validation"),
+    "MessagesCountRequest": ("handler.api.messages_api", "validation"),
+    "ResponsesRequest": ("handler.api.responses_api", "validation"),
+    "KeySpec": ("handler.api.key_routes", "validation"),
+    "AdminKeySpec": ("handler.api.key_routes", "validation"),
+    "RotateSpec": ("handler.api.key_routes", "validation"),
+    "KeyUpdateSpec": ("handler.api.key_routes", "validation"),
+    "SignIn": ("handler.dashboard.routes", "validation"),
+    "ChatCompletion": ("handler.schemas", "serialization"),
+    "EmbeddingsResponse": ("handler.schemas", "serialization"),
+}
 
 
-def ref(model: type[BaseModel]) -> dict[str, str]:
-    """A reference to one of `MODELS`' schemas."""
-    return {"$ref": REF.format(model=model.__name__)}
+def ref(model: str) -> dict[str, str]:
+    """A reference to one of `MODELS`' schemas, by the model's name."""
+    if model not in MODELS:
+        raise ValueError(f"{model} is not one of the document's models (handler.api.openapi.MODELS)")
+    return {"$ref": REF.format(model=model)}
+
+
+def schema_models() -> list[tuple[type[BaseModel], Literal["validation", "serialization"]]]:
+    """`MODELS`' classes, imported."""
+    return [(getattr(importlib.import_module(module), name), mode) for name, (module, mode) in MODELS.items()]
 
 
 def json_answer(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -230,7 +234,9 @@ USAGE_OK = {
 
 def describe(routes: Iterable[RouteSpec]) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `routes`: each one's operation, summary and security, in table order."""
-    _, definitions = models_json_schema(MODELS, ref_template=REF)
+    from pydantic.json_schema import models_json_schema
+
+    _, definitions = models_json_schema(schema_models(), ref_template=REF)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         described = {"summary": route.summary, **route.operation}

@@ -10,10 +10,11 @@ reference's table of endpoints (docs/interface.md; `tests/unit/test_docs.py` che
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cache
+from functools import cache, cached_property
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -21,8 +22,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from handler.api.key_routes import AdminKeySpec, KeyRoutes, KeySpec, KeyUpdateSpec, RotateSpec
-from handler.api.messages_api import MessagesCountRequest, MessagesRequest
 from handler.api.openapi import (
     ANTHROPIC_ERROR,
     ANY_OBJECT,
@@ -43,14 +42,14 @@ from handler.api.openapi import (
     stream_or,
     text_answer,
 )
-from handler.api.responses_api import ResponsesRequest
-from handler.dashboard.routes import ASSETS, Dashboard, SignIn
-from handler.schemas import ChatCompletion, ChatRequest, EmbeddingsRequest, EmbeddingsResponse
+from handler.dashboard.assets import ASSETS
 
 if TYPE_CHECKING:
     from handler.api.app import Api
+    from handler.api.key_routes import KeyRoutes
     from handler.api.messages_routes import MessagesRoutes
     from handler.api.responses_routes import ResponsesRoutes
+    from handler.dashboard.routes import Dashboard
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -77,15 +76,55 @@ SECURITY: dict[Auth, list[dict[str, list[str]]]] = {
 }
 
 
-@dataclass(frozen=True)
-class Endpoints:
-    """The objects whose methods answer the routes, built once per app by `handler.api.app.create_app`."""
+# The modules `Endpoints` imports on first use.
+FRONT_ENDS = (
+    "handler.api.key_routes",
+    "handler.api.messages_routes",
+    "handler.api.responses_routes",
+    "handler.dashboard.routes",
+)
 
-    api: Api
-    keys: KeyRoutes
-    messages: MessagesRoutes
-    responses: ResponsesRoutes
-    dashboard: Dashboard
+
+def import_front_ends() -> None:
+    """Import every front-end `Endpoints` leaves to first use: where no request should wait for one (a server's
+    start-up, the state a SnapStart snapshot captures)."""
+    for module in FRONT_ENDS:
+        importlib.import_module(module)
+
+
+class Endpoints:
+    """The objects whose methods answer the routes, one set per app (`handler.api.app.create_app`). Each but the
+    `Api` is built, and its module imported, when a route first needs it: a process imports only the front-ends
+    its requests use (a Lambda serving Chat Completions never imports the Messages or Responses API, the key
+    routes or the dashboard)."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    @cached_property
+    def keys(self) -> KeyRoutes:
+        from handler.api.key_routes import KeyRoutes
+
+        return KeyRoutes(self.api)
+
+    @cached_property
+    def messages(self) -> MessagesRoutes:
+        from handler.api.messages_routes import MessagesRoutes
+
+        return MessagesRoutes(self.api)
+
+    @cached_property
+    def responses(self) -> ResponsesRoutes:
+        from handler.api.responses_routes import ResponsesRoutes
+
+        return ResponsesRoutes(self.api)
+
+    @cached_property
+    def dashboard(self) -> Dashboard:
+        from handler.dashboard.routes import Dashboard
+
+        gateway = self.api.gateway
+        return Dashboard(self.api.parse, gateway.store, gateway.keys)
 
 
 @dataclass(frozen=True)
@@ -175,7 +214,8 @@ ROUTES: tuple[RouteSpec, ...] = (
         Auth.KEY,
         "OpenAI Chat Completions, stream and not",
         proxied(
-            stream_or(ref(ChatCompletion), "a completion, or an SSE stream ending in `data: [DONE]`"), ref(ChatRequest)
+            stream_or(ref("ChatCompletion"), "a completion, or an SSE stream ending in `data: [DONE]`"),
+            ref("ChatRequest"),
         ),
         direct=True,
     ),
@@ -185,7 +225,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.api.embeddings,
         Auth.KEY,
         "OpenAI embeddings",
-        proxied(json_answer(ref(EmbeddingsResponse), "the embeddings"), ref(EmbeddingsRequest)),
+        proxied(json_answer(ref("EmbeddingsResponse"), "the embeddings"), ref("EmbeddingsRequest")),
         direct=True,
     ),
     RouteSpec(
@@ -196,7 +236,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         "Anthropic Messages API, stream and not, to any model",
         proxied(
             stream_or(ANY_OBJECT, "an Anthropic message, or its SSE event sequence"),
-            ref(MessagesRequest),
+            ref("MessagesRequest"),
             error_schema=ANTHROPIC_ERROR,
         ),
         direct=True,
@@ -210,7 +250,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         "marked `x-gateway-estimate: true`; free, not metered",
         proxied(
             json_answer({"type": "object", "required": ["input_tokens"]}, "`{input_tokens}`"),
-            ref(MessagesCountRequest),
+            ref("MessagesCountRequest"),
             error_schema=ANTHROPIC_ERROR,
         ),
     ),
@@ -222,7 +262,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         "OpenAI Responses API, stream and not, to any model",
         proxied(
             stream_or(ANY_OBJECT, "a `response` object, or its SSE event sequence"),
-            ref(ResponsesRequest),
+            ref("ResponsesRequest"),
             errors={"404": "not_found (previous_response_id), model_not_found"},
         ),
         direct=True,
@@ -277,7 +317,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         Auth.KEY,
         "Mint a child key: narrower models, budget within the remaining, expiry within this key's",
         operation(
-            json_answer(KEY_VIEW, "the child key, with its secret (shown once)"), ok_status="201", body=ref(KeySpec)
+            json_answer(KEY_VIEW, "the child key, with its secret (shown once)"), ok_status="201", body=ref("KeySpec")
         ),
     ),
     RouteSpec(
@@ -311,7 +351,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         Auth.ADMIN,
         "Create a key (admin key only)",
         operation(
-            json_answer(KEY_VIEW, "the key, with its secret (shown once)"), ok_status="201", body=ref(AdminKeySpec)
+            json_answer(KEY_VIEW, "the key, with its secret (shown once)"), ok_status="201", body=ref("AdminKeySpec")
         ),
     ),
     RouteSpec(
@@ -329,7 +369,10 @@ ROUTES: tuple[RouteSpec, ...] = (
         Auth.ADMIN,
         "Replace a key's default attribution tags (admin key only)",
         operation(
-            json_answer(KEY_VIEW, "the key"), body=ref(KeyUpdateSpec), errors={"404": "not_found"}, parameters=[KEY_ID]
+            json_answer(KEY_VIEW, "the key"),
+            body=ref("KeyUpdateSpec"),
+            errors={"404": "not_found"},
+            parameters=[KEY_ID],
         ),
     ),
     RouteSpec(
@@ -340,7 +383,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         "A new secret for a key; the old one works for `grace_seconds` (admin key only)",
         operation(
             json_answer(KEY_VIEW, "the key, with its new secret (shown once)"),
-            body=ref(RotateSpec),
+            body=ref("RotateSpec"),
             body_required=False,
             errors={"404": "not_found"},
             parameters=[KEY_ID],
@@ -371,7 +414,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         "Trade a one-time sign-in token from `gateway dashboard` for a dashboard session (a short-lived admin key)",
         operation(
             json_answer(ANY_OBJECT, "the session: `key`, `key_id`, `expires_at`, `signed_in_as`"),
-            body=ref(SignIn),
+            body=ref("SignIn"),
             errors={"401": "sign_in_link_expired (used already or expired), key_revoked"},
             auth_errors={"400": "invalid_request", "503": "store_unavailable"},
         ),
@@ -392,11 +435,53 @@ ROUTES: tuple[RouteSpec, ...] = (
 )
 
 
-def starlette_routes(endpoints: Endpoints) -> list[Route]:
+def handlers(endpoints: Endpoints) -> dict[tuple[str, str], Handler]:
+    """(method, path) → each row's handler. A row whose endpoint object is built already (the `Api`'s) gets its
+    bound method; the others a function that binds it on the first request (see `Endpoints`)."""
+    built = vars(endpoints)  # the `Api` and every object a cached property has built so far
+    return {
+        (spec.method, spec.path): (
+            spec.endpoint(endpoints) if binds_to(spec) in (None, *built) else bind_on_first_call(spec, endpoints)
+        )
+        for spec in ROUTES
+    }
+
+
+class _Names:
+    """Records the attribute names read from it (see `binds_to`)."""
+
+    def __init__(self) -> None:
+        self.read: list[str] = []
+
+    def __getattr__(self, name: str) -> _Names:
+        self.read.append(name)
+        return self
+
+
+def binds_to(spec: RouteSpec) -> str | None:
+    """The `Endpoints` attribute whose object answers `spec` (`lambda e: e.keys.whoami`: "keys"), read without
+    building it; None for a plain function."""
+    names = _Names()
+    spec.endpoint(names)  # type: ignore[arg-type]
+    return names.read[0] if names.read else None
+
+
+def bind_on_first_call(spec: RouteSpec, endpoints: Endpoints) -> Handler:
+    bound: list[Handler] = []
+
+    async def handler(request: Request) -> Response:
+        if not bound:
+            bound.append(spec.endpoint(endpoints))
+        return await bound[0](request)
+
+    return handler
+
+
+def starlette_routes(table: dict[tuple[str, str], Handler]) -> list[Route]:
     """Every row as a Starlette route (the direct lane's too: they answer other methods with a 405 there)."""
-    return [Route(spec.path, spec.endpoint(endpoints), methods=[spec.method]) for spec in ROUTES]
+    return [Route(spec.path, table[spec.method, spec.path], methods=[spec.method]) for spec in ROUTES]
 
 
-def direct_lane(endpoints: Endpoints) -> dict[str, Handler]:
+def direct_lane(table: dict[tuple[str, str], Handler]) -> dict[str, Handler]:
     """The direct lane's table: a POST's path to its handler, for the rows the direct lane serves."""
-    return {spec.path: spec.endpoint(endpoints) for spec in ROUTES if spec.direct}
+    return {spec.path: table[spec.method, spec.path] for spec in ROUTES if spec.direct}

@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from handler.dashboard.assets import ASSETS, PAGE
 from handler.errors import AuthenticationError, NotFoundError
 from handler.pipeline.keys import KeyService, hash_secret
 from handler.ports import KeyRecord, Store
@@ -72,11 +73,6 @@ SECURITY_HEADERS = {
     "referrer-policy": "no-referrer",
     "cache-control": "no-cache",
 }
-ASSETS = {
-    "dashboard.js": "text/javascript; charset=utf-8",
-    "dashboard.css": "text/css; charset=utf-8",
-}
-PAGE = "dashboard.html"
 
 
 def read_asset(name: str) -> bytes:

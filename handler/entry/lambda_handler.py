@@ -3,10 +3,14 @@
 Everything is built at import (Lambda's init phase): config parsed, secrets resolved, and on Lambda
 connections opened to each model's nearest deployment. Mangum runs with `lifespan="off"` because it
 would otherwise run the ASGI lifespan on every invocation. Mangum keeps one event loop for the life
-of the environment, so the upstream connections opened by one invocation serve the next.
+of the environment, so the upstream connections opened by one invocation serve the next. What a request may
+never need is left to first use: the front-ends other than Chat Completions and embeddings (the Messages and
+Responses APIs, the key routes, the dashboard: `handler.api.route_table.Endpoints`), the adapters of provider types
+the config does not name, the API models' validators.
 
-SnapStart: before the snapshot every validator the cold start left to first use is built (so a restored
-environment's first invocation does no more than a warm one) and the upstream connections are closed; after a
+SnapStart: before the snapshot every front-end is imported, the request path primed (handler/entry/priming.py) and
+every validator the cold start left to first use built (so a restored environment's first invocation does no more
+than a warm one); the upstream connections are closed; after a
 restore they are opened afresh and the key cache is emptied (a snapshot can be restored hours after it was
 taken). The hooks come from the Lambda runtime's `snapshot_restore_py`, absent elsewhere.
 """
@@ -67,13 +71,15 @@ gc.enable()
 
 
 def _before_snapshot() -> None:
-    build_deferred_models()
+    from handler.api.route_table import import_front_ends
     from handler.entry.priming import prime
 
+    import_front_ends()  # the cold start leaves them to first use; a snapshot holds them all
     try:
         prime(_loop)
     except Exception:  # noqa: BLE001 - a snapshot without priming is slower to start, not wrong
         logger.warning("SnapStart priming failed; the snapshot is taken unprimed", exc_info=True)
+    build_deferred_models()
     gc.collect()  # the snapshot keeps no garbage, and what the validators built lives on: frozen with the rest
     gc.freeze()
     _loop.run_until_complete(gateway.upstream.aclose())

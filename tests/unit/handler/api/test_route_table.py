@@ -3,6 +3,7 @@ handler checks the auth its row states."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -115,3 +116,23 @@ def test_the_documented_tags_header_is_the_one_the_app_parses() -> None:
     most = ",".join(f"t{n}=v" for n in range(MAX_TAGS))
     assert re.fullmatch(pattern, most) and len(parse_tags(most)) == MAX_TAGS
     assert not re.fullmatch(pattern, most + ",one=more")
+
+
+def test_a_front_end_is_built_on_its_first_request_and_bound_once() -> None:
+    from starlette.requests import Request
+
+    from handler.api.app import Api
+    from handler.api.route_table import Endpoints, handlers
+    from handler.errors import AuthenticationError
+
+    endpoints = Endpoints(Api(build_gateway(store_url="sqlite://", environ={})))
+    table = handlers(endpoints)
+    assert table["POST", "/v1/chat/completions"] == endpoints.api.chat_completions  # built already: bound at once
+    assert not {"keys", "messages", "responses", "dashboard"} & set(vars(endpoints))  # the others: not yet
+    messages = table["POST", "/v1/messages"]
+    headers = [(b"x-api-key", b"gwk_unknown0key_secret"), (b"content-type", b"application/json")]
+    scope = {"type": "http", "method": "POST", "path": "/v1/messages", "headers": headers, "state": {}}
+    for _ in range(2):
+        with pytest.raises(AuthenticationError):  # the Messages front-end's own check (it takes x-api-key)
+            asyncio.run(messages(Request(scope)))
+    assert set(vars(endpoints)) == {"api", "messages"}  # built on its first request, and only it

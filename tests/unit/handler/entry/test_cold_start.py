@@ -117,3 +117,39 @@ def test_a_snapstart_snapshot_holds_every_validator_and_a_primed_request_path_an
     ]
     # ...and left nothing: no request line or metric written, no key or ledger line in the gateway's store.
     assert state["left"] == {"stdout": "", "metrics_changed": False, "keys": 0, "ledger": 0}
+
+
+# Which front-ends (handler.api.route_table.FRONT_ENDS) an entry point's start-up imports.
+IMPORTED = """
+import json, sys
+import {module}
+from handler.api.route_table import FRONT_ENDS
+print(json.dumps(sorted(name for name in FRONT_ENDS if name in sys.modules)))
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "front_ends"),
+    [
+        ("handler.entry.lambda_handler", []),  # the cold start: each on its first request
+        (
+            "handler.entry.asgi",  # a server's start-up: all, so no first request waits
+            [
+                "handler.api.key_routes",
+                "handler.api.messages_routes",
+                "handler.api.responses_routes",
+                "handler.dashboard.routes",
+            ],
+        ),
+    ],
+)
+def test_the_lambda_cold_start_imports_no_front_end_a_server_imports_them_all(
+    module: str, front_ends: list[str], tmp_path: Path
+) -> None:
+    env = {**os.environ, "GATEWAY_STORE": f"sqlite:///{tmp_path / 'gateway.db'}", "GATEWAY_WARM": "off"}
+    env.pop("AWS_LAMBDA_FUNCTION_NAME", None)
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTED.format(module=module)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == front_ends
