@@ -13,14 +13,15 @@ never more than `FRACTION` of what the counter has left, never less than the req
 grant is exactly one request's worth). Near a limit, grants shrink to single requests, so one process
 alone admits exactly what fits.
 
-Several processes on one key would fragment the counter (one holds a slice it does not use while another
-is refused), so slicing stops while another process is active on the key (`holders` in the file, with
-whether each may hold unused slices): each grant is then exactly one request's worth, and a process that
-holds no unused slice of the counters admits the request as it is, with its own reservation row and none
-of the slices' bookkeeping (adapters/store/sqlite_slices.py).
-A process that still holds slices returns them when its sweeper sees the other one (every `SWEEP_S`),
-and a refusal while another process may hold slices waits for that once before it stands. A holder
-keeps its presence fresh while it holds slices, and says so when it no longer does.
+Several processes on one key (a server's workers) each slice it by their own traffic. That can fragment the
+counter near its limit: one process holds a slice it does not use while another is refused. So a refusal
+while another process says it holds unused slices of the key (`holders` in the file) *recalls* them: the
+refused process writes `recall_at` on its own holder row and waits once (`RECALL_WAIT_S`) before its refusal
+stands. A holder sees the recall at its next grant or sweep (every `SWEEP_S`), returns its unused slices,
+and for `CONTEND_S` grants exactly one request's worth: a process holding no unused slice of the counters then
+admits each request as it is, with its own reservation row and none of the slices' bookkeeping
+(adapters/store/sqlite_slices.py). A holder keeps its presence fresh while it holds slices, and says so
+when it no longer does.
 
 Slices nobody used for `IDLE_S` go back, so readers in other processes see near-exact counters; readers
 in the holding process see exact ones (the store subtracts what it holds). A budget slice is a row in
@@ -46,7 +47,7 @@ SPAN_S = 2.0
 FRACTION = 0.25
 IDLE_S = 2.0
 SWEEP_S = 0.5
-# Another process counts as active on a key for this long after its last grant on it.
+# Another process counts as active on a key for this long after its last word on it; a recall holds this long.
 CONTEND_S = 10.0
 # A budget slice outlives the requests admitted from it by this much, so it is renewed once a minute.
 RENEW_S = 60.0
@@ -128,7 +129,7 @@ class Slices:
     budgets: dict[tuple[str, str], BudgetSlice] = field(default_factory=dict)
     rates: dict[tuple[str, str], RateSlice] = field(default_factory=dict)
     held: dict[str, Held] = field(default_factory=dict)
-    contended: dict[str, float] = field(default_factory=dict)  # key id -> when another process was last seen
+    recalled: dict[str, float] = field(default_factory=dict)  # key id -> another's last refusal that recalled slices
     epoch: int = 0
 
     def new_budget_slice(self) -> BudgetSlice:
@@ -227,6 +228,7 @@ class Slices:
         return released
 
     def exact(self, key_id: str, now: float) -> bool:
-        """Whether grants on `key_id` are one request's worth (another process is active on it)."""
-        seen = self.contended.get(key_id)
-        return seen is not None and now - seen < CONTEND_S
+        """Whether grants on `key_id` are one request's worth: another process was refused on it while this one
+        may have held unused slices of it, less than `CONTEND_S` ago."""
+        recalled = self.recalled.get(key_id)
+        return recalled is not None and now - recalled < CONTEND_S

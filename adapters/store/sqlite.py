@@ -8,8 +8,8 @@ safely and a grant's checks and increments are atomic.
 The budget and rate semantics are `MeteredStore`'s (adapters/store/metered.py); this module implements its
 primitives. Admissions come from slices of the counters held in memory, a cache in front of the admission
 primitive (adapters/store/sqlite_slices.py, slices.py): most requests write nothing before the
-upstream call; a grant, every few seconds of traffic (or every request while another process is active on
-the key), is one transaction.
+upstream call; a grant, every few seconds of traffic (or every request for a while after another process
+recalled the key's slices), is one transaction.
 
 A commit costs more than the statements it commits (the WAL frames it writes), so
 grants and settlements that arrive in the same event-loop turn share one transaction: each runs
@@ -103,8 +103,10 @@ CREATE TABLE IF NOT EXISTS ledger (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
 -- `leasing`: 1 while the holder keeps unused slices (the name is older than "slices"; kept for existing files).
+-- `recall_at`: when the holder was last refused on the key while another held unused slices of it.
 CREATE TABLE IF NOT EXISTS holders (
     key_id TEXT NOT NULL, holder TEXT NOT NULL, active_at REAL NOT NULL, leasing INTEGER NOT NULL,
+    recall_at REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, holder)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS holders_active ON holders (active_at);
@@ -120,12 +122,13 @@ CACHE_KIB = 64 * 1024
 MMAP_BYTES = 256 * 1024 * 1024
 
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def migrate(db: sqlite3.Connection) -> None:
     """Bring a file written by an older gateway to `SCHEMA_VERSION` (the tables `SCHEMA` creates are new).
-    Version 2: the ledger's `cost_source` column; older lines had a provider's usage behind them."""
+    Version 2: the ledger's `cost_source` column; older lines had a provider's usage behind them. Version 3:
+    the holders' `recall_at` (adapters/store/slices.py); no older holder was refused that way."""
     (version,) = db.execute("PRAGMA user_version").fetchone()
     if version >= SCHEMA_VERSION:
         return
@@ -134,6 +137,8 @@ def migrate(db: sqlite3.Connection) -> None:
         columns = {row[1] for row in db.execute("PRAGMA table_info(ledger)")}
         if "cost_source" not in columns:
             db.execute("ALTER TABLE ledger ADD COLUMN cost_source TEXT NOT NULL DEFAULT 'provider'")
+        if "recall_at" not in {row[1] for row in db.execute("PRAGMA table_info(holders)")}:
+            db.execute("ALTER TABLE holders ADD COLUMN recall_at REAL NOT NULL DEFAULT 0")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
         db.execute("ROLLBACK")

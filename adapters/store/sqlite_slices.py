@@ -9,10 +9,11 @@ batch's; a sweeper returns idle slices, and `holders` tells other processes on t
 on a key and whether it holds unused slices of it. Every change to the slices in memory is undone if its
 batch's commit fails.
 
-Measured against admitting every request with a transaction of its own (docs/store.md): on one worker the
-slices keep a commit off most requests' path; while another process is active on a key, where a slice would
-be one request's worth, a process holding no unused slice admits the request as it is (`_admit_exactly`),
-which is what the slices' bookkeeping would otherwise cost.
+Measured against admitting every request with a transaction of its own (docs/store.md): the slices keep a
+commit off most requests' path, with one worker or several on one key. After a refusal recalled a process's
+slices (adapters/store/slices.py), where a slice would be one request's worth, a process holding no unused
+slice admits the request as it is (`_admit_exactly`), which is what the slices' bookkeeping would otherwise
+cost.
 """
 
 from __future__ import annotations
@@ -154,13 +155,13 @@ class SliceCache(MeteredStore):
         slices = self.slices
         others_hold = False
         for meter in write.meters:
-            (unused,) = db.execute(
-                "SELECT max(leasing) FROM holders WHERE key_id = ? AND holder <> ? AND active_at > ?",
+            unused, recalled = db.execute(
+                "SELECT max(leasing), max(recall_at) FROM holders WHERE key_id = ? AND holder <> ? AND active_at > ?",
                 (meter.key_id, slices.holder, now - CONTEND_S),
             ).fetchone()
-            if unused is not None:
-                slices.contended[meter.key_id] = now
-                others_hold = others_hold or bool(unused)
+            others_hold = others_hold or bool(unused)
+            if recalled:
+                slices.recalled[meter.key_id] = max(recalled, slices.recalled.get(meter.key_id, 0.0))
         if all(slices.exact(m.key_id, now) for m in write.meters) and not self._holds_slices(write, now):
             return self._admit_exactly(db, write, others_hold, now)
         budget_plans: list[tuple[BudgetSlice, bool, float, float]] = []
@@ -266,9 +267,9 @@ class SliceCache(MeteredStore):
     def _admit_exactly(
         self, db: sqlite3.Connection, write: AdmissionWrite, others_hold: bool, now: float
     ) -> Applied | Unmet:
-        """While another process is active on every key the admission draws on (slices would be one request's
-        worth) and this one holds none of their slices: the admission as it is, its own reservation row, with
-        none of the slices' bookkeeping (which costs more than it saves there)."""
+        """While every key the admission draws on was recalled by another process (slices would be one
+        request's worth) and this one holds none of their slices: the admission as it is, its own reservation
+        row, with none of the slices' bookkeeping (which costs more than it saves there)."""
         admission = write.admission
         stored = {meter.key_id: self._stored(db, meter) for meter in write.meters}
         restarts = {meter.key_id: self._check(meter, stored[meter.key_id]) for meter in write.meters}
@@ -320,6 +321,13 @@ class SliceCache(MeteredStore):
         self._announce(db, self._unused_slices(admission), now)
         if others_hold:
             self._recall.add(admission.reservation_id)
+            for key_id in unmet:  # the others see it at their next grant or sweep: they give back, grant exactly
+                db.execute(
+                    "INSERT INTO holders (key_id, holder, active_at, leasing, recall_at) VALUES (?, ?, ?, 0, ?) "
+                    "ON CONFLICT (key_id, holder) DO UPDATE SET active_at = excluded.active_at, "
+                    "recall_at = excluded.recall_at",
+                    (key_id, self.slices.holder, now, now),
+                )
         return Unmet(unmet)
 
     def _keep(self, table: dict[tuple[str, str], Any], key: tuple[str, str]) -> None:
@@ -465,21 +473,21 @@ class SliceCache(MeteredStore):
                 for slice_ in held.budgets:
                     self._keep_fields(slice_)
         slices.release_expired(None, now)
-        others = {
-            key_id
-            for (key_id,) in db.execute(
-                "SELECT DISTINCT key_id FROM holders WHERE holder <> ? AND active_at > ?",
-                (slices.holder, now - CONTEND_S),
-            )
-        }
-        for key_id in others:
-            slices.contended[key_id] = now
+        recalled_keys: set[str] = set()  # keys on which another process recalled slices
+        for key_id, recalled in db.execute(
+            "SELECT key_id, max(recall_at) FROM holders WHERE holder <> ? AND active_at > ? GROUP BY key_id",
+            (slices.holder, now - CONTEND_S),
+        ):
+            if recalled:
+                slices.recalled[key_id] = max(recalled, slices.recalled.get(key_id, 0.0))
+            if slices.exact(key_id, now):
+                recalled_keys.add(key_id)
         returned: set[str] = set()
         holding: set[str] = set()
         for (key_id, period), slice_ in list(slices.budgets.items()):
             idle = now - slice_.used_at > IDLE_S
             expired = slice_.expires_at <= now
-            returning = not expired and abs(slice_.avail) > EPSILON and (idle or everything or key_id in others)
+            returning = not expired and abs(slice_.avail) > EPSILON and (idle or everything or key_id in recalled_keys)
             done = expired or ((idle or everything) and slice_.holds <= 0)
             if returning or done:
                 self._keep(slices.budgets, (key_id, period))
@@ -509,12 +517,12 @@ class SliceCache(MeteredStore):
         window = int(now // 60)
         for (key_id, name), rate_slice in list(slices.rates.items()):
             idle = now - rate_slice.used_at > IDLE_S
-            if rate_slice.window < window or idle or everything or (rate_slice.avail and key_id in others):
+            if rate_slice.window < window or idle or everything or (rate_slice.avail and key_id in recalled_keys):
                 self._keep(slices.rates, (key_id, name))
             if rate_slice.window < window:
                 del slices.rates[(key_id, name)]  # its minute is over, and what it held with it
                 continue
-            if rate_slice.avail and (idle or everything or key_id in others):
+            if rate_slice.avail and (idle or everything or key_id in recalled_keys):
                 unused, rate_slice.avail = rate_slice.avail, 0
                 rate_slice.count_seen -= unused
                 db.execute(

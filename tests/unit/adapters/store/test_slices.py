@@ -308,21 +308,51 @@ async def test_a_holder_drawing_on_its_slice_stays_visible_and_says_when_it_hold
         await store.close()
 
 
-async def test_while_another_process_is_active_a_request_reserves_only_itself(path: str) -> None:
-    """Two processes on one key: slices would be one request's worth, so the second process, holding none,
-    admits each request as it is (its own reservation row, no slice) and settles it exactly."""
+async def test_two_processes_on_one_key_each_slice_it_by_their_own_traffic(path: str) -> None:
+    """Another process being active on a key recalls nothing: each process admits from slices of its own, and
+    the file counts every slice as committed (two workers of one server, one key: docs/store.md)."""
     first, second = SQLiteStore(path), SQLiteStore(path)
     key = uuid.uuid4().hex[:12]
-    await first.admit(admission(key, 0.01))  # the first process is active on the key
-    adm = admission(key, 0.2)
-    assert (await second.admit(adm)).committed_usd[PERIOD] == pytest.approx(0.21)
-    assert second.slices.budgets == {} and second.slices.held == {}
-    rows = second.db.execute("SELECT id, amount FROM reservations WHERE key_id = ? ORDER BY amount", (key,))
-    assert [(row_id == adm.reservation_id, amount) for row_id, amount in rows] == [(False, 0.01), (True, 0.2)]
-    await second.settle(settlement(adm, 0.05, line(key, 0.05)))
-    meter = await second.meter(key, PERIOD)
-    assert meter.committed_usd[PERIOD] == pytest.approx(0.06) and meter.spent_usd[PERIOD] == pytest.approx(0.05)
-    assert second.db.execute("SELECT count(*) FROM reservations WHERE id = ?", (adm.reservation_id,)).fetchone() == (0,)
+    for store in (first, second, first, second):
+        await store.admit(admission(key, 0.01))  # the second grant of each takes a slice for its traffic
+    for store in (first, second):
+        statements = traced(store)
+        for _ in range(5):
+            await store.admit(admission(key, 0.01))
+        assert statements == []  # from its slice: no write
+        assert store.slices.budgets[(key, PERIOD)].avail > 0
+    reader = SQLiteStore(path)
+    row = reader.db.execute("SELECT committed FROM meters WHERE key_id = ?", (key,)).fetchone()
+    assert row[0] > 0.14 + 1e-9  # the 14 requests and both processes' unused slices
+    for store in (first, second, reader):
+        await store.close()
+
+
+async def test_after_a_refusal_recalled_its_slices_a_process_admits_each_request_as_it_is(
+    path: str, quick: None
+) -> None:
+    """A refusal while another process holds unused slices of the key recalls them: the holder gives them
+    back at its next sweep, and for `CONTEND_S` admits each request as it is (its own reservation row, no
+    slice), settled exactly, so the two share what is left to the last cent."""
+    first, second = SQLiteStore(path), SQLiteStore(path)
+    key = uuid.uuid4().hex[:12]
+    for _ in range(10):
+        await first.admit(admission(key, 0.01))  # a slice beyond its 0.10
+    started = time.perf_counter()
+    assert (await second.admit(admission(key, 0.85))).committed_usd[PERIOD] <= 1.0 + 1e-9  # fits once it is back
+    assert time.perf_counter() - started >= slices.RECALL_WAIT_S  # refused, recalled, waited, admitted
+    assert first.slices.budgets == {} or first.slices.budgets[(key, PERIOD)].avail == 0
+    adm = admission(key, 0.02)
+    assert (await first.admit(adm)).committed_usd[PERIOD] == pytest.approx(0.97)
+    assert adm.reservation_id not in first.slices.held  # as it is: no slice
+    rows = first.db.execute("SELECT amount FROM reservations WHERE id = ?", (adm.reservation_id,)).fetchall()
+    assert rows == [(pytest.approx(0.02),)]
+    await first.settle(settlement(adm, 0.015, line(key, 0.015)))
+    meter = await first.meter(key, PERIOD)
+    assert meter.committed_usd[PERIOD] == pytest.approx(0.965)
+    with pytest.raises(BudgetRefused):  # 0.035 left, held by nobody: exact to the last cent
+        await second.admit(admission(key, 0.04))
+    assert (await second.admit(admission(key, 0.035))).committed_usd[PERIOD] == pytest.approx(1.0)
     for store in (first, second):
         await store.close()
 
