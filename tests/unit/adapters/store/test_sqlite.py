@@ -264,6 +264,34 @@ async def test_a_file_from_before_cost_sources_is_migrated(tmp_path: Path) -> No
     db.close()
 
 
+async def test_a_file_from_before_recalls_is_migrated_and_recalls_work_on_it(tmp_path: Path) -> None:
+    """A version-2 file's holders gain `recall_at`; a refusal there recalls another process's slices."""
+    path = tmp_path / "v2.db"
+    SQLiteStore(str(path)).db.close()
+    old = sqlite3.connect(path)
+    old.execute("DROP TABLE holders")
+    old.execute(
+        "CREATE TABLE holders (key_id TEXT NOT NULL, holder TEXT NOT NULL, active_at REAL NOT NULL,"
+        " leasing INTEGER NOT NULL, PRIMARY KEY (key_id, holder)) WITHOUT ROWID"
+    )
+    old.execute("INSERT INTO holders VALUES ('oldkey', 'oldholder', ?, 0)", (time.time(),))
+    old.execute("PRAGMA user_version = 2")
+    old.commit()
+    old.close()
+    first, second = SQLiteStore(str(path)), SQLiteStore(str(path))
+    key = uuid.uuid4().hex[:12]
+    for _ in range(10):
+        await first.admit(admission(key, 0.01))  # a slice beyond its 0.10
+    assert (await second.admit(admission(key, 0.85))).committed_usd[PERIOD] <= 1.0 + 1e-9  # recalled, then fits
+    for store in (first, second):
+        await store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone() == (sqlite_store.SCHEMA_VERSION,)
+    assert db.execute("SELECT recall_at FROM holders WHERE key_id = 'oldkey'").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM holders WHERE key_id = ? AND recall_at > 0", (key,)).fetchone() == (1,)
+    db.close()
+
+
 async def test_a_write_waiting_for_another_process_keeps_the_event_loop_serving(tmp_path: Path) -> None:
     """Another process holds the write lock for 300 ms: this one's admission waits for it, and lands, but
     the event loop goes on serving meanwhile (SQLite's own wait for a lock sleeps in the loop's thread)."""
