@@ -197,7 +197,9 @@ async def test_a_long_reader_elsewhere_never_holds_writes_up_through_a_checkpoin
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A restarting checkpoint holds the write lock while it waits for readers: it must not wait for one (here
-    another process reading for a second), or every write would wait with it."""
+    another process reading for two seconds), or every write would wait with it. (A checkpoint does hold writes
+    while it copies the log and syncs the file: on a machine busy with I/O that alone took up to 0.7 s here, so the
+    bound is what waiting for the reader would cost, not what a sync costs.)"""
     monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY_S", 0.02)
     monkeypatch.setattr(sqlite_store, "AUTOCHECKPOINT_PAGES", 10)
     path = str(tmp_path / "store.db")
@@ -212,11 +214,11 @@ async def test_a_long_reader_elsewhere_never_holds_writes_up_through_a_checkpoin
     reader.execute("SELECT count(*) FROM ledger").fetchone()  # a read transaction on the log, held
     try:
         slowest, started = 0.0, time.monotonic()
-        while time.monotonic() - started < 1.0:
+        while time.monotonic() - started < 2.0:
             began = time.perf_counter()
             await store.admit(admission(uuid.uuid4().hex[:12], 0.001))  # a new key: a grant, one commit
             slowest = max(slowest, time.perf_counter() - began)
-        assert slowest < 0.25
+        assert slowest < 1.0  # waiting for the reader: up to the rest of its two seconds
     finally:
         reader.execute("COMMIT")
         reader.close()
