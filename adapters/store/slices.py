@@ -227,6 +227,11 @@ class Slices:
                         released += held.amount_usd
         return released
 
+    def recall(self, key_id: str, at: float | None) -> None:
+        """Note that another process recalled the slices of `key_id` at `at` (None, 0: it did not)."""
+        if at and at > self.recalled.get(key_id, 0.0):
+            self.recalled[key_id] = at
+
     def exact(self, key_id: str, now: float) -> bool:
         """Whether grants on `key_id` are one request's worth: another process was refused on it while this one
         may have held unused slices of it, less than `CONTEND_S` ago."""

@@ -160,8 +160,7 @@ class SliceCache(MeteredStore):
                 (meter.key_id, slices.holder, now - CONTEND_S),
             ).fetchone()
             others_hold = others_hold or bool(unused)
-            if recalled:
-                slices.recalled[meter.key_id] = max(recalled, slices.recalled.get(meter.key_id, 0.0))
+            slices.recall(meter.key_id, recalled)
         if all(slices.exact(m.key_id, now) for m in write.meters) and not self._holds_slices(write, now):
             return self._admit_exactly(db, write, others_hold, now)
         budget_plans: list[tuple[BudgetSlice, bool, float, float]] = []
@@ -473,15 +472,13 @@ class SliceCache(MeteredStore):
                 for slice_ in held.budgets:
                     self._keep_fields(slice_)
         slices.release_expired(None, now)
-        recalled_keys: set[str] = set()  # keys on which another process recalled slices
         for key_id, recalled in db.execute(
-            "SELECT key_id, max(recall_at) FROM holders WHERE holder <> ? AND active_at > ? GROUP BY key_id",
-            (slices.holder, now - CONTEND_S),
+            "SELECT key_id, max(recall_at) FROM holders WHERE holder <> ? AND active_at > ? AND recall_at > ? "
+            "GROUP BY key_id",
+            (slices.holder, now - CONTEND_S, now - CONTEND_S),
         ):
-            if recalled:
-                slices.recalled[key_id] = max(recalled, slices.recalled.get(key_id, 0.0))
-            if slices.exact(key_id, now):
-                recalled_keys.add(key_id)
+            slices.recall(key_id, recalled)
+        recalled_keys = {key_id for key_id in slices.recalled if slices.exact(key_id, now)}
         returned: set[str] = set()
         holding: set[str] = set()
         for (key_id, period), slice_ in list(slices.budgets.items()):
