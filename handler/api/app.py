@@ -462,6 +462,21 @@ def with_request_id(send: Any, request_id: str) -> Any:
     return send_with_id
 
 
+class Settling:
+    """`app`, then the settlements it left running, within the same loop run (a buffered Lambda invocation:
+    its answer is not sent before they are written, and a second loop run and its task would cost more than
+    the wait itself)."""
+
+    def __init__(self, app: GatewayApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+        if self.gateway.background:
+            await self.gateway.drain()
+
+
 def create_app(gateway: Gateway) -> GatewayApp:
     """The ASGI app for one gateway; build the gateway once per process and pass it in."""
     prometheus.configure(gateway.config.models, gateway.config.providers)

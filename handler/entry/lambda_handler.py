@@ -33,7 +33,7 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from mangum import Mangum  # noqa: E402
 
-from handler.api.app import create_app  # noqa: E402
+from handler.api.app import Settling, create_app  # noqa: E402
 from handler.pipeline.gateway import build_gateway  # noqa: E402
 from handler.schemas import build_deferred_models  # noqa: E402
 from handler.telemetry.observability import logger  # noqa: E402
@@ -42,15 +42,7 @@ gateway = build_gateway()
 app = create_app(gateway)
 
 
-async def _settled(scope: Any, receive: Any, send: Any) -> None:
-    """The app, then the settlements it left running: within the loop run Mangum starts anyway, not in a
-    second one after it (a loop run and its task cost more than the wait itself)."""
-    await app(scope, receive, send)
-    if gateway.background:
-        await gateway.drain()
-
-
-_mangum = Mangum(_settled, lifespan="off")
+_mangum = Mangum(Settling(app, gateway), lifespan="off")
 # The loop Mangum runs every invocation on (it takes the thread's current loop, as here).
 _loop = asyncio.new_event_loop()
 asyncio.set_event_loop(_loop)

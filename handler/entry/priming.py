@@ -29,7 +29,7 @@ from mangum import Mangum
 
 from adapters.http.http1 import Http1Stream, Http1Transport
 from adapters.store import open_store
-from handler.api.app import create_app
+from handler.api.app import Settling, create_app
 from handler.config import Config, parse_config
 from handler.pipeline.gateway import Gateway, build_gateway
 from handler.ports import KeyRecord
@@ -158,14 +158,7 @@ def prime(loop: asyncio.AbstractEventLoop, rounds: int = ROUNDS) -> dict[str, in
             gateway = build_gateway(
                 config=priming_config(), store=open_store("sqlite://"), environ={}, transport=transport
             )
-            app = create_app(gateway)
-            primed = gateway
-
-            async def settled(scope: Any, receive: Any, send: Any) -> None:
-                await app(scope, receive, send)
-                await primed.drain()
-
-            handler = Mangum(settled, lifespan="off")
+            handler = Mangum(Settling(create_app(gateway), gateway), lifespan="off")
             minted = loop.run_until_complete(
                 gateway.keys.mint(
                     KeyRecord(

@@ -24,15 +24,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from handler.entry.priming import CannedTransport as Canned  # network taken out: answered at once
+from handler.entry.priming import Context
 from tests.bench.run import BODY, COMPLETION
 from tests.support.events import event
-
-
-class Context:
-    function_name = "GatewayFunction"
-    memory_limit_in_mb = 1024
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:GatewayFunction"
-    aws_request_id = "bench"
 
 
 class StoreClock:
