@@ -153,3 +153,27 @@ def test_the_lambda_cold_start_imports_no_front_end_a_server_imports_them_all(
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == front_ends
+
+
+# After `import_front_ends`, building every front-end `Endpoints` leaves to first use imports nothing more.
+EVERY_FRONT_END = """
+import functools, json, sys
+import handler.entry.lambda_handler as entry
+from handler.api.route_table import Endpoints, import_front_ends
+import_front_ends()
+before = set(sys.modules)
+endpoints = Endpoints(entry.app.direct["/v1/chat/completions"].__self__)
+lazy = [name for name, value in vars(Endpoints).items() if isinstance(value, functools.cached_property)]
+for name in lazy:
+    getattr(endpoints, name)
+print(json.dumps({"lazy": sorted(lazy), "imported": sorted(set(sys.modules) - before)}))
+"""
+
+
+def test_import_front_ends_imports_every_front_end_endpoints_builds_on_first_use(tmp_path: Path) -> None:
+    env = {**os.environ, "GATEWAY_STORE": f"sqlite:///{tmp_path / 'gateway.db'}", "GATEWAY_WARM": "off"}
+    env.pop("AWS_LAMBDA_FUNCTION_NAME", None)
+    done = subprocess.run([sys.executable, "-c", EVERY_FRONT_END], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = json.loads(done.stdout.strip().splitlines()[-1])
+    assert state == {"lazy": ["dashboard", "keys", "messages", "responses"], "imported": []}
