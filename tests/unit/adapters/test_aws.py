@@ -101,7 +101,7 @@ def test_chain_credentials_are_refreshed_in_the_background(monkeypatch: pytest.M
     time.sleep(0.1)
     started = time.perf_counter()
     assert credentials.current().access_key == "FIRST"  # the refresh runs on a thread meanwhile
-    assert time.perf_counter() - started < 0.05
+    assert time.perf_counter() - started < 0.2  # not the refresh's 0.3 s
     deadline = time.monotonic() + 5
     while credentials.current().access_key == "FIRST" and time.monotonic() < deadline:
         time.sleep(0.02)
