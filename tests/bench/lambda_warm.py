@@ -1,6 +1,7 @@
 """Warm Lambda invocations in-process: µs of the gateway's own work per invocation.
 
-    python -m tests.bench.lambda_warm N    (environment: GATEWAY_CONFIG, GATEWAY_STORE, a key in the store)
+    python -m tests.bench.lambda_warm N [chat|messages|responses]    (environment: GATEWAY_CONFIG,
+                                                                      GATEWAY_STORE, a key in the store)
     python -m tests.bench.lambda_warm N bare
 
 
@@ -8,7 +9,9 @@ The upstream is the gateway's own HTTP/1.1 client with the network taken out (re
 at once), so what is timed is Mangum, the app, auth, admission and settlement on the embedded store,
 translation and serialization. The store's calls are
 timed on their own too (on Lambda they are DynamoDB round trips, I/O rather than the gateway's work).
-Prints three medians, in µs: the whole invocation, the store calls within it, and the difference.
+Prints three medians, in µs: the whole invocation, the store calls within it, and the difference. The route:
+Chat Completions (the default), the Messages API passed through to an Anthropic deployment, or the Responses API
+translated for an OpenAI one, each answered with its upstream's canned answer (as the benchmark's nginx does).
 `bare`: the same for the bare proxy (tests/bench/bare_proxy.py) under Mangum, on the same client and
 canned answer: the floor a warm invocation's own work is compared with.
 """
@@ -25,8 +28,15 @@ from typing import Any
 
 from handler.entry.priming import CannedTransport as Canned  # network taken out: answered at once
 from handler.entry.priming import Context
-from tests.bench.run import BODY, COMPLETION
+from tests.bench.run import BODY, COMPLETION, MESSAGE, MESSAGES_BODY, RESPONSES_BODY
 from tests.support.events import event
+
+# route -> (path, request body, the upstream's answer)
+ROUTES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "chat": ("/v1/chat/completions", BODY, COMPLETION),
+    "messages": ("/v1/messages", MESSAGES_BODY, MESSAGE),
+    "responses": ("/v1/responses", RESPONSES_BODY, COMPLETION),
+}
 
 
 class StoreClock:
@@ -124,16 +134,17 @@ def bare(invocations: int) -> None:
     sys.stdout.write(f"{total:.1f} 0.0 {total:.1f}\n")
 
 
-def main(invocations: int) -> None:
+def main(invocations: int, route: str = "chat") -> None:
     results = sys.stdout
     sys.stdout = sys.stderr
     from handler.entry import lambda_handler
     from handler.pipeline.upstream import UpstreamClient
 
+    path, body, answer = ROUTES[route]
     gateway = lambda_handler.gateway
-    gateway.upstream = UpstreamClient(gateway.config.gateway.timeouts, Canned(json.dumps(COMPLETION).encode()))
+    gateway.upstream = UpstreamClient(gateway.config.gateway.timeouts, Canned(json.dumps(answer).encode()))
     clock = StoreClock(gateway.store)
-    invoke = event("POST", "/v1/chat/completions", BODY, key=os.environ["BENCH_GATEWAY_KEY"])
+    invoke = event("POST", path, body, key=os.environ["BENCH_GATEWAY_KEY"])
     totals, stores = [], []
     for i in range(invocations):
         before = clock.spent
@@ -154,4 +165,4 @@ if __name__ == "__main__":
     if sys.argv[2:] == ["bare"]:
         bare(int(sys.argv[1]))
     else:
-        main(int(sys.argv[1]))
+        main(int(sys.argv[1]), *sys.argv[2:3])

@@ -387,8 +387,8 @@ def child_result(module: str, *arguments: str, env: dict[str, str]) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def lambda_warm_us(env: dict[str, str], invocations: int, bare: bool = False) -> dict[str, float]:
-    arguments = [str(invocations), *(["bare"] if bare else [])]
+def lambda_warm_us(env: dict[str, str], invocations: int, bare: bool = False, route: str = "chat") -> dict[str, float]:
+    arguments = [str(invocations), "bare" if bare else route]
     total, store, own = map(float, child_result("tests.bench.lambda_warm", *arguments, env=env).split())
     return {"total": total, "store": store, "own": own}
 
@@ -473,6 +473,10 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
             results["gateway_5xx_or_tracebacks"] = log.count("Traceback")
             results["workers"] = workers_scaling(workdir, env, chat, key, duration, rounds)
         results["lambda_warm_us"] = lambda_warm_us({**env, "BENCH_GATEWAY_KEY": key}, 300 if smoke else 3000)
+        results["lambda_routes_us"] = {
+            route: lambda_warm_us({**env, "BENCH_GATEWAY_KEY": key}, 300 if smoke else 3000, route=route)
+            for route in ("messages", "responses")
+        }
         results["telemetry_us"] = telemetry.measure({**env, "BENCH_GATEWAY_KEY": key}, smoke)
         results["lambda_bare_us"] = lambda_warm_us(env, 300 if smoke else 3000, bare=True)
         cold = {**env, "BENCH_GATEWAY_KEY": key}
@@ -649,6 +653,14 @@ def table(results: dict[str, Any]) -> str:
         f"warm Lambda invocation (Mangum, upstream mocked): {lam['total']:.0f} µs, of which store calls "
         f"{lam['store']:.0f} µs and the gateway's own work {lam['own']:.0f} µs; the bare proxy under Mangum "
         f"on the same client: {results['lambda_bare_us']['own']:.0f} µs",
+        *(
+            f"warm Lambda invocation, {label}: {r['total']:.0f} µs, of which store calls {r['store']:.0f} µs and "
+            f"the gateway's own work {r['own']:.0f} µs"
+            for label, r in (
+                ("/v1/messages passed through", results["lambda_routes_us"]["messages"]),
+                ("/v1/responses translated", results["lambda_routes_us"]["responses"]),
+            )
+        ),
         f"cold import of the Lambda handler (config, store and app built): {results['cold_import_ms']:.0f} ms, "
         f"then the first invocation {results['first_invocation_ms']:.0f} ms; "
         f"the card's libraries alone: {results['libraries_import_ms']:.0f} ms; after a SnapStart restore (Lambda's "
@@ -740,6 +752,36 @@ def issue22_targets(results: dict[str, Any]) -> list[str]:
             False,
         ),
     ]
+    # The same bounds for the Messages pass-through and the Responses API (added p99 over their own upstream).
+    for label, at_1, at_8, lam in (
+        (
+            "/v1/messages pass-through",
+            results["messages"]["pass_through_1"],
+            results["messages"]["pass_through"],
+            results["lambda_routes_us"]["messages"],
+        ),
+        ("/v1/responses", results["responses_1"], results["responses"], results["lambda_routes_us"]["responses"]),
+    ):
+        rows += [
+            (
+                f"{label}: added p99 ms at 1 connection, at most 1.5 × the bare proxy's",
+                at_1["gateway"]["p99_ms"] - at_1["direct"]["p99_ms"],
+                1.5 * ref["added_p99_1_ms"],
+                False,
+            ),
+            (
+                f"{label}: req/s at 8 connections, at least 0.8 × the bare proxy's",
+                at_8["gateway"]["rps"],
+                0.8 * ref["rps_8"],
+                True,
+            ),  # fmt: skip
+            (
+                f"{label}: warm Lambda µs of own work, at most the bare Mangum proxy's + 250",
+                lam["own"],
+                results["lambda_bare_us"]["own"] + 250,
+                False,
+            ),
+        ]
     lines = [
         f"issue 22's targets (the bare proxy's added p99/p99.9 at 1 connection: {ref['added_p99_1_ms']:.3f} / "
         f"{ref['added_p999_1_ms']:.3f} ms):",
