@@ -65,6 +65,7 @@ def test_revoke_and_rotate_with_grace(running: Running, mint: Any) -> None:
     assert revoked.status_code == 401 and revoked.json()["error"]["code"] == "key_revoked"
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
 def test_revoked_key_works_at_most_for_the_cache_window(running: Running, mint: Any) -> None:
     """Another process revokes the key; this gateway trusts its cached copy for key_cache_seconds (5 s)."""
     key = mint()

@@ -38,6 +38,7 @@ def test_refused_connection_moves_to_the_next_deployment(running: Running, key: 
     assert route.startswith("dead/gpt-4o-mini@global=connect_error") and route.endswith("openai/gpt-4o-mini@global=200")
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
 def test_first_byte_timeout_falls_back(running: Running, key: str) -> None:
     started = time.monotonic()
     assert (
@@ -69,6 +70,7 @@ def test_fallbacks_header_none_and_override(running: Running, key: str) -> None:
     assert route_of(running, key, "broken", **{"x-gateway-fallbacks": "gpt-4o-mini"}).endswith("gpt-4o-mini@global=200")
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
 def test_deadline_covers_the_whole_request(running: Running, key: str) -> None:
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as info:

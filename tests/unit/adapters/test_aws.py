@@ -80,6 +80,7 @@ def test_environment_keys_need_no_botocore(monkeypatch: pytest.MonkeyPatch) -> N
     assert (keys.current().access_key, keys.current().token) == ("A", "T") and not keys.from_chain
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
 def test_chain_credentials_are_refreshed_in_the_background(monkeypatch: pytest.MonkeyPatch) -> None:
     """A request signs with the snapshot it has, at once; a thread takes the next snapshot, in which
     botocore's refreshable credentials fetch new keys near their expiry (slowly, here)."""

@@ -60,6 +60,7 @@ async def fails(
     return error
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
 async def test_two_million_headers_are_refused_at_the_count() -> None:
     started = time.perf_counter()
     error = await fails(head_then(b"HTTP/1.1 200 OK\r\n", b"x-h: v\r\n" * 10_000, 200), "upstream_headers_too_large")
@@ -67,6 +68,7 @@ async def test_two_million_headers_are_refused_at_the_count() -> None:
     assert time.perf_counter() - started < 2
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
 async def test_one_endless_header_is_refused_at_the_byte_bound() -> None:
     started = time.perf_counter()
     error = await fails(head_then(b"HTTP/1.1 200 OK\r\nx-h: ", b"a" * 65536, 1000), "upstream_headers_too_large")
@@ -86,6 +88,7 @@ async def test_an_interim_answer_before_the_real_one_is_skipped() -> None:
         await client.aclose()
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
 async def test_an_endless_body_is_refused_at_the_body_bound() -> None:
     chunk = b"%x\r\n%s\r\n" % (65536, b"a" * 65536)
     started = time.perf_counter()
@@ -115,6 +118,7 @@ async def test_the_body_bound_holds_over_any_transport() -> None:
         await client.aclose()
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 async def test_a_dripping_body_ends_at_the_overall_deadline(stream: bool) -> None:
     """A byte every 0.1 s never trips the timeout between chunks; the overall deadline ends it: 504."""
@@ -127,6 +131,7 @@ async def test_a_dripping_body_ends_at_the_overall_deadline(stream: bool) -> Non
     assert 0.5 < time.perf_counter() - started < 1.5
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
 async def test_headers_that_never_end_are_bounded_by_the_overall_deadline() -> None:
     timeouts = TimeoutConfig(connect=1, first_byte=30, between_chunks=30, total=0.5)
     started = time.perf_counter()

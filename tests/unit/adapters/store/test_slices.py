@@ -284,6 +284,7 @@ async def test_a_limit_lowered_while_another_process_spends_goes_back_to_the_fil
         await store.close()
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
 async def test_a_holder_drawing_on_its_slice_stays_visible_and_says_when_it_holds_none(
     path: str, quick: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
