@@ -7,7 +7,7 @@ import contextlib
 import ipaddress
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any, TypeVar
 
@@ -463,18 +463,30 @@ def with_request_id(send: Any, request_id: str) -> Any:
 
 
 class Settling:
-    """`app`, then the settlements it left running, within the same loop run (a buffered Lambda invocation:
-    its answer is not sent before they are written, and a second loop run and its task would cost more than
-    the wait itself)."""
+    """`app`, then the settlements it left, within the same loop run (a buffered Lambda invocation: its answer
+    is not sent before they are written, and a second loop run would cost more than the wait itself). They are
+    deferred while the app runs and written after it, in this task (`Gateway.settle_now`); if the app raises,
+    they become tasks, which the Lambda handler drains."""
 
     def __init__(self, app: GatewayApp, gateway: Gateway) -> None:
         self.app = app
         self.gateway = gateway
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, send)
-        if self.gateway.background:
-            await self.gateway.drain()
+        gateway = self.gateway
+        deferred: list[Coroutine[Any, Any, None]] = []
+        gateway.deferred = deferred
+        try:
+            await self.app(scope, receive, send)
+        except BaseException:
+            gateway.deferred = None
+            for work in deferred:
+                gateway.spawn(work)
+            raise
+        gateway.deferred = None
+        await gateway.settle_now(deferred)
+        if gateway.background:
+            await gateway.drain()
 
 
 def create_app(gateway: Gateway) -> GatewayApp:

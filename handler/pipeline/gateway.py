@@ -41,6 +41,8 @@ class Gateway:
     router: Router
     upstream: UpstreamClient
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    # While a buffered invocation runs (`Settling`): what `spawn` was given, run after the answer by `settle_now`.
+    deferred: list[Coroutine[Any, Any, None]] | None = None
     tracer: RequestTracer | None = None  # OTLP span export, when configured (handler/telemetry/tracing.py)
 
     @property
@@ -54,10 +56,27 @@ class Gateway:
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run work that must finish even if the request that started it is cancelled. A failure is logged
-        here: no background exception goes unretrieved (a settlement's own failures reach the spool)."""
+        here: no background exception goes unretrieved (a settlement's own failures reach the spool). While
+        `deferred` is set, the work waits there instead, for `settle_now`."""
+        if self.deferred is not None:
+            self.deferred.append(coro)
+            return
         task = asyncio.get_running_loop().create_task(coro)
         self.background.add(task)
         task.add_done_callback(self._reap)
+
+    async def settle_now(self, work: list[Coroutine[Any, Any, None]]) -> None:
+        """Run `work` (deferred from `spawn`) here, one after another, each written by the store at once: no
+        other request is coming to share its write. A buffered invocation's settlements run so after its answer,
+        without a task, a done callback and the loop turns that waiting for them would cost. A failure is logged
+        as a background task's is."""
+        loop = asyncio.get_running_loop()
+        for coro in work:
+            loop.call_soon(self.store.hurry)  # runs once the work has reached the store and waits there
+            try:
+                await coro
+            except Exception as exc:  # noqa: BLE001 - logged, as `_reap` logs a task's; the spool has the rest
+                logger.error("a background task failed", exc_info=exc)
 
     def _reap(self, task: asyncio.Task[None]) -> None:
         self.background.discard(task)

@@ -45,6 +45,16 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "responses-get-unknown": (404, "not_found"),
 }
 
+REACHED_THE_PROVIDER = {
+    "chat-completions-ok",
+    "chat-completions-stream",
+    "chat-completions-base64-body",
+    "embeddings-ok",
+    "messages-ok",
+    "responses-ok",
+    "responses-stream",
+}
+
 
 async def seed_sample_key(store_url: str) -> None:
     store = open_store(store_url)
@@ -125,6 +135,8 @@ def test_events_replay_through_the_handler(tmp_path: Path, upstream: tuple[Serve
         if result["event"].startswith(proxied):  # its log line is out before the freeze
             assert result["request_lines"] == 1, result
         assert result["unsettled"] == 0, result  # nothing left to run while the environment is frozen
+        # Every request that reached the provider is one ledger line, written before the invocation returned.
+        assert result["ledger_lines"] == (1 if result["event"] in REACHED_THE_PROVIDER else 0), result
     by_name = {r["event"]: r for r in results}
     assert json.loads(by_name["chat-completions-ok"]["body"])["choices"][0]["message"]["content"] == TEXT
     stream_body = by_name["chat-completions-stream"]["body"]

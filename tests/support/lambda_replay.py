@@ -1,16 +1,18 @@
 """Replays events through the Lambda handler in a fresh interpreter, as one warm execution environment.
 
 Usage: python -m tests.support.lambda_replay EVENT.json [EVENT.json ...] — prints one JSON line per
-invocation: {"event", "status", "headers", "body", "ms", "request_lines", "unsettled"}. The environment (GATEWAY_CONFIG,
-GATEWAY_STORE, provider keys) comes from the caller; `LAMBDA_FREEZE_S`, if set, is a pause between
-invocations during which nothing runs in the process, as Lambda freezes an environment between them
-(the event loop does not run, so nothing reads what peers send or notices that they closed).
+invocation: {"event", "status", "headers", "body", "ms", "request_lines", "unsettled", "ledger_lines"}. The
+environment (GATEWAY_CONFIG, GATEWAY_STORE, an embedded store's sqlite:/// URL, provider keys) comes from the
+caller; `LAMBDA_FREEZE_S`, if set, is a pause between invocations during which nothing runs in the process, as
+Lambda freezes an environment between them (the event loop does not run, so nothing reads what peers send or
+notices that they closed).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -22,6 +24,15 @@ class Context:
     memory_limit_in_mb = 1024
     invoked_function_arn = "arn:aws:lambda:eu-central-1:123456789012:function:GatewayFunction"
     aws_request_id = "00000000-0000-0000-0000-000000000000"
+
+
+def ledger_lines(store_url: str) -> int:
+    """The ledger's lines in the embedded store's file, read as another process would: what has committed."""
+    db = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+    try:
+        return int(db.execute("SELECT count(*) FROM ledger").fetchone()[0])
+    finally:
+        db.close()
 
 
 class LineCounter:
@@ -55,6 +66,7 @@ def main(paths: list[str]) -> None:
         event = json.loads(Path(path).read_text())
         started = time.perf_counter()
         before = logged.requests
+        lines_before = ledger_lines(os.environ["GATEWAY_STORE"])
         response = handler(event, Context())
         elapsed = (time.perf_counter() - started) * 1000
         body = response.get("body", "")
@@ -69,7 +81,9 @@ def main(paths: list[str]) -> None:
             "body": body,
             "ms": elapsed,
             "request_lines": logged.requests - before,  # written before the handler returned
-            "unsettled": len(gateway.background),  # settlements still running when it returned
+            # settlements still running, or never run, when it returned
+            "unsettled": len(gateway.background) + len(gateway.deferred or []),
+            "ledger_lines": ledger_lines(os.environ["GATEWAY_STORE"]) - lines_before,  # committed before it returned
         }
         results.write(json.dumps(line) + "\n")
         results.flush()

@@ -1,0 +1,87 @@
+"""`Settling`, the buffered Lambda invocation's app: the settlements a request leaves are written before it returns,
+in its own task, and none is lost when the app raises."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from adapters.store import sqlite as sqlite_store
+from handler.api.app import Settling
+from handler.pipeline.gateway import build_gateway
+from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement
+
+
+async def run(app: Any) -> None:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    await app({"type": "http", "method": "POST", "path": "/"}, receive, send)
+
+
+@pytest.mark.usefixtures("no_gc_pauses")
+async def test_settlements_are_written_before_the_invocation_returns_without_a_task_or_the_linger(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sqlite_store, "SETTLE_LINGER_S", 2.0)  # the store would wait this long for company
+    gateway = build_gateway(store_url="sqlite://", environ={})
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.5)
+    await gateway.store.admit(adm)
+    tasks_during: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        gateway.spawn(gateway.store.settle(settlement(adm, 0.2, line(key, 0.2))))
+        tasks_during.append(len(gateway.background))
+
+    started = time.perf_counter()
+    await run(Settling(app, gateway))  # type: ignore[arg-type]
+    assert time.perf_counter() - started < 0.25  # written at once: not after the linger, nor the slices' sweep
+    assert tasks_during == [0] and not gateway.background and gateway.deferred is None
+    assert (await gateway.store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.2)
+    await gateway.store.close()
+
+
+async def test_when_the_app_raises_its_settlements_become_tasks_that_the_handler_drains() -> None:
+    gateway = build_gateway(store_url="sqlite://", environ={})
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.5)
+    await gateway.store.admit(adm)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        gateway.spawn(gateway.store.settle(settlement(adm, 0.3, line(key, 0.3))))
+        raise RuntimeError("after the answer")
+
+    with pytest.raises(RuntimeError):
+        await run(Settling(app, gateway))  # type: ignore[arg-type]
+    assert len(gateway.background) == 1 and gateway.deferred is None
+    await gateway.drain()  # as handler.entry.lambda_handler does when the app raised
+    assert (await gateway.store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.3)
+    await gateway.store.close()
+
+
+async def test_a_failed_settlement_is_logged_and_the_next_still_written(caplog: pytest.LogCaptureFixture) -> None:
+    gateway = build_gateway(store_url="sqlite://", environ={})
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.5)
+    await gateway.store.admit(adm)
+
+    async def fails() -> None:
+        raise RuntimeError("boom")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        gateway.spawn(fails())
+        gateway.spawn(gateway.store.settle(settlement(adm, 0.1, line(key, 0.1))))
+
+    with caplog.at_level(logging.ERROR, logger="gateway"):
+        await run(Settling(app, gateway))  # type: ignore[arg-type]
+    assert [r.getMessage() for r in caplog.records] == ["a background task failed"]
+    assert (await gateway.store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.1)
+    await gateway.store.close()
