@@ -367,3 +367,45 @@ async def test_a_write_that_waits_too_long_for_another_process_fails_as_the_stor
     finally:
         other.close()
         await opened.close()
+
+
+async def test_of_processes_sharing_a_file_one_checkpoints_and_another_takes_over_when_it_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two checkpointers would each copy and sync the same log. (Two stores in one process stand for two
+    processes: each opens the lock file anew, and `flock` locks of two opens exclude each other.)"""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY_S", 0.02)
+    path = str(tmp_path / "store.db")
+    first, second = SQLiteStore(path), SQLiteStore(path)
+    await asyncio.sleep(0.3)
+    assert [first.checkpointing, second.checkpointing].count(True) == 1
+    holder, other = (first, second) if first.checkpointing else (second, first)
+    await holder.close()
+    await asyncio.sleep(0.3)
+    assert other.checkpointing  # the lock went with the holder
+    await other.close()
+
+
+async def test_the_log_stays_bounded_with_two_processes_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `test_the_log_stays_bounded_under_steady_writes`, with two stores (processes) writing one file: the one
+    that checkpoints keeps the log bounded for both."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY_S", 0.05)
+    monkeypatch.setattr(sqlite_store, "AUTOCHECKPOINT_PAGES", 1000)
+    path = tmp_path / "store.db"
+    stores = [SQLiteStore(str(path)), SQLiteStore(str(path))]
+    wal = Path(f"{path}-wal")
+    keys = [uuid.uuid4().hex[:12] for _ in stores]
+    largest = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 2.0:
+        for store, key in zip(stores, keys, strict=True):
+            adm = admission(key, 0.0001, limit=1e9)
+            await store.admit(adm)
+            await store.settle(settlement(adm, 0.0001, line(key, 0.0001)))
+        largest = max(largest, wal.stat().st_size)
+    assert [s.checkpointing for s in stores].count(True) == 1
+    assert 0 < largest < 3 * 1000 * (4096 + 24)
+    for store in stores:
+        await store.close()
