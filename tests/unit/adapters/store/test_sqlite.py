@@ -11,7 +11,7 @@ import sqlite3
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -377,11 +377,18 @@ async def test_of_processes_sharing_a_file_one_checkpoints_and_another_takes_ove
     monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY_S", 0.02)
     path = str(tmp_path / "store.db")
     first, second = SQLiteStore(path), SQLiteStore(path)
-    await asyncio.sleep(0.3)
+
+    async def until(done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 10  # the threads' rounds, however busy the machine
+        while not done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    await until(lambda: first.checkpointing or second.checkpointing)
+    await asyncio.sleep(0.2)  # ten more rounds of each thread
     assert [first.checkpointing, second.checkpointing].count(True) == 1
     holder, other = (first, second) if first.checkpointing else (second, first)
     await holder.close()
-    await asyncio.sleep(0.3)
+    await until(lambda: other.checkpointing)
     assert other.checkpointing  # the lock went with the holder
     await other.close()
 
