@@ -81,8 +81,7 @@ def main(paths: list[str]) -> None:
             "body": body,
             "ms": elapsed,
             "request_lines": logged.requests - before,  # written before the handler returned
-            # settlements still running, or never run, when it returned
-            "unsettled": len(gateway.background) + len(gateway.deferred or []),
+            "unsettled": len(gateway.background),  # settlements still running when it returned
             "ledger_lines": ledger_lines(os.environ["GATEWAY_STORE"]) - lines_before,  # committed before it returned
         }
         results.write(json.dumps(line) + "\n")
