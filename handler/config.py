@@ -24,14 +24,16 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+# Each part's own validator is built on its first direct use (`defer_build`); Config's, built at import, holds
+# them all: built once each, instead of once in every model that nests them (a Lambda cold start builds it).
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class ProviderConfig(BaseModel):
     """A named provider instance. Fields beyond these are adapter options (`api_version`, ...)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     type: str
     api_key: str | None = None
@@ -45,7 +47,7 @@ class ProviderConfig(BaseModel):
 class DeploymentConfig(BaseModel):
     """One place a public model is served: provider instance, upstream model, region."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     provider: str
     model: str
@@ -184,6 +186,8 @@ class ObservabilityConfig(_Strict):
 
 class Config(_Strict):
     """The whole config file."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=False)
 
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
