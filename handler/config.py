@@ -25,7 +25,8 @@ class ConfigError(Exception):
 
 
 # Each part's own validator is built on its first direct use (`defer_build`); Config's, built at import, holds
-# them all: built once each, instead of once in every model that nests them (a Lambda cold start builds it).
+# them all: built once each, instead of once in every model that nests them (a Lambda cold start builds it). A
+# part left out of the file is validated from `{}` by that validator too (`validate_default`), not built apart.
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
@@ -76,7 +77,7 @@ class Price(_Strict):
 class ModelConfig(_Strict):
     deployments: list[DeploymentConfig] = Field(min_length=1)
     price: Price | Literal["unknown"] | None = None
-    fallbacks: list[str] = Field(default_factory=list)
+    fallbacks: list[str] = []
     kind: Literal["chat", "embedding"] = "chat"
     max_output_tokens: int | None = Field(default=None, gt=0)
     context_window: int | None = Field(default=None, gt=0)
@@ -133,14 +134,14 @@ class GatewaySettings(_Strict):
     key_cache_seconds: float = Field(default=5.0, ge=0)
     reservation_ttl_seconds: float = Field(default=900.0, gt=0)
     default_max_output_tokens: int = Field(default=4096, gt=0)
-    trusted_proxies: list[str] = Field(default_factory=list)
-    fee: FeeConfig = Field(default_factory=FeeConfig)
-    timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    trusted_proxies: list[str] = []
+    fee: FeeConfig = Field(default={}, validate_default=True)
+    timeouts: TimeoutConfig = Field(default={}, validate_default=True)
+    limits: LimitsConfig = Field(default={}, validate_default=True)
     max_retries_per_deployment: int = Field(default=1, ge=0, le=5)
-    region_latency_ms: dict[str, dict[str, float]] = Field(default_factory=dict)
-    priced_options: PricedOptions = Field(default_factory=PricedOptions)
-    key_minting: KeyMinting = Field(default_factory=KeyMinting)
+    region_latency_ms: dict[str, dict[str, float]] = {}
+    priced_options: PricedOptions = Field(default={}, validate_default=True)
+    key_minting: KeyMinting = Field(default={}, validate_default=True)
     # Responses API: how long stored responses live, and the secret (a reference, like `env:NAME`) that
     # seals reasoning for the client to send back; without it, one the gateway keeps in its store.
     responses_ttl_seconds: float = Field(default=30 * 86400, gt=0)
@@ -189,10 +190,10 @@ class Config(_Strict):
 
     model_config = ConfigDict(extra="forbid", defer_build=False)
 
-    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
-    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
-    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
-    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    gateway: GatewaySettings = Field(default={}, validate_default=True)
+    observability: ObservabilityConfig = Field(default={}, validate_default=True)
+    providers: dict[str, ProviderConfig] = {}
+    models: dict[str, ModelConfig] = {}
 
     @field_validator("providers")
     @classmethod
