@@ -458,7 +458,8 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
     # --- meters (the primitives of `MeteredStore`, behind the in-memory slices) ---------------------
 
     async def _write_settlement(self, settlement: Settlement, updates: list[SettleUpdate]) -> frozenset[str]:
-        done = self._enqueue(lambda db: self._settle(db, settlement, updates), linger=True)
+        line = self._line(settlement)
+        done = self._enqueue(lambda db: self._settle(db, settlement, updates, line), linger=True)
         try:
             await self._track(done)
         except _Mismatch as mismatch:
@@ -480,16 +481,22 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
             self.hurry()
             await asyncio.wait(pending)  # (not gather: a reader cancelled must not cancel the settlements)
 
-    def _mark_settled(self, db: sqlite3.Connection, settlement: Settlement) -> bool:
-        """Record that the settlement is applied; False if it was before. The ledger line, unique by request,
-        is the marker when there is one (a random id in `settled` costs a page write per request); a bare
-        release uses `settled`."""
+    @staticmethod
+    def _line(settlement: Settlement) -> str | None:
+        """The settlement's ledger line as stored, serialized when it is queued: a batch's transaction, which
+        every request of the process waits behind, then runs statements only."""
+        return None if settlement.item is None else ledger_to_json(settlement.item)
+
+    def _mark_settled(self, db: sqlite3.Connection, settlement: Settlement, line: str | None) -> bool:
+        """Record that the settlement is applied; False if it was before. The ledger line (`line`, from
+        `_line`), unique by request, is the marker when there is one (a random id in `settled` costs a page
+        write per request); a bare release uses `settled`."""
         self._after.append(lambda: self._settled(settlement.reservation_id))
         item = settlement.item
         if item is not None:
             written = db.execute(
                 "INSERT OR IGNORE INTO ledger (key_id, ts, request_id, data, cost_source) VALUES (?, ?, ?, ?, ?)",
-                (item.key_id, item.ts, item.request_id, ledger_to_json(item), item.cost_source),
+                (item.key_id, item.ts, item.request_id, line, item.cost_source),
             )
             return written.rowcount != 0
         try:
@@ -498,10 +505,12 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
             return False
         return True
 
-    def _settle(self, db: sqlite3.Connection, settlement: Settlement, updates: list[SettleUpdate]) -> None:
+    def _settle(
+        self, db: sqlite3.Connection, settlement: Settlement, updates: list[SettleUpdate], line: str | None
+    ) -> None:
         """`_write_settlement` in the batch's transaction: a reservation not where its update assumes raises
         `_Mismatch`, which rolls the operation back."""
-        if not self._mark_settled(db, settlement):
+        if not self._mark_settled(db, settlement, line):
             return
         mismatched = set()
         for update in updates:

@@ -122,7 +122,11 @@ class SliceCache(MeteredStore):
     async def _track(self, done: asyncio.Future[None]) -> None: ...
 
     @abstractmethod
-    def _mark_settled(self, db: sqlite3.Connection, settlement: Settlement) -> bool: ...
+    @abstractmethod
+    def _line(self, settlement: Settlement) -> str | None: ...
+
+    @abstractmethod
+    def _mark_settled(self, db: sqlite3.Connection, settlement: Settlement, line: str | None) -> bool: ...
 
     def _cached(self, admission: Admission) -> MeterSnapshot | None:
         """From the slices held, in memory (see adapters/store/slices.py)."""
@@ -384,17 +388,25 @@ class SliceCache(MeteredStore):
         if rows is None:
             return await super().settle(settlement)
         single = settlement.item is None or not rates
-        done = self._enqueue(lambda db: self._settle_sliced(db, settlement, rows, rates), linger=True, single=single)
+        line = self._line(settlement)
+        done = self._enqueue(
+            lambda db: self._settle_sliced(db, settlement, rows, rates, line), linger=True, single=single
+        )
         await self._track(done)
 
     def _settle_sliced(
-        self, db: sqlite3.Connection, settlement: Settlement, rows: list[tuple[str, float]], rates: list[int]
+        self,
+        db: sqlite3.Connection,
+        settlement: Settlement,
+        rows: list[tuple[str, float]],
+        rates: list[int],
+        line: str | None,
     ) -> None:
         """Record the line item of a request admitted from slices. `rows`: per budget charge, the slice row
         the request was reserved in and what it spent beyond what the slice held; `rates`: the token
-        adjustments no slice absorbed."""
+        adjustments no slice absorbed; `line`: the ledger line as stored."""
         item = settlement.item
-        if not self._mark_settled(db, settlement):
+        if not self._mark_settled(db, settlement, line):
             return
         if item is not None:
             for i in rates:

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -263,6 +264,32 @@ async def test_settlements_of_one_batch_move_their_spend_out_of_the_lease_at_onc
     assert not any(s.startswith("SAVEPOINT") for s in statements)  # a ledger line is one statement
     meter = await store.meter(key, PERIOD)
     assert meter.committed_usd[PERIOD] == pytest.approx(0.01) and meter.spent_usd[PERIOD] == pytest.approx(0.01)
+
+
+async def test_a_batch_transaction_runs_statements_only_its_ledger_lines_serialized_when_queued(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every request of the process waits behind a batch's transaction: what can be done before it is.
+    key = uuid.uuid4().hex[:12]
+    admitted = [admission(key, 0.01) for _ in range(3)]
+    for adm in admitted:
+        await store.admit(adm)
+    serialize = sqlite_store.ledger_to_json
+    in_transaction: list[bool] = []
+
+    def recording(item: Any) -> str:
+        in_transaction.append(store.db.in_transaction)
+        return serialize(item)
+
+    monkeypatch.setattr(sqlite_store, "ledger_to_json", recording)
+    items = [line(key, 0.002) for _ in admitted]
+    await asyncio.gather(
+        *(store.settle(settlement(adm, 0.002, item)) for adm, item in zip(admitted, items, strict=True))
+    )
+    assert in_transaction == [False, False, False]
+    assert sorted(await store.usage(UsageQuery([key], 0, time.time() + 1)), key=lambda i: i.request_id) == sorted(
+        items, key=lambda i: i.request_id
+    )
 
 
 async def test_a_file_from_before_cost_sources_is_migrated(tmp_path: Path) -> None:
