@@ -538,6 +538,7 @@ def create_app(gateway: Gateway) -> GatewayApp:
         if metrics is not None:
             metrics.close()
             await metrics.wait_closed()
+        await gateway.drain()  # the settlements still lingering for company are written, not left behind
         await gateway.spool.close()
         if gateway.tracer is not None:
             await asyncio.to_thread(gateway.tracer.close)  # the spans still queued go out

@@ -1,5 +1,5 @@
 """`Settling`, the buffered Lambda invocation's app: the settlements a request leaves are written before it returns,
-in its own task, and none is lost when the app raises."""
+in its own task, and none is lost when the app raises. A server's shutdown writes those still waiting too."""
 
 from __future__ import annotations
 
@@ -85,3 +85,24 @@ async def test_a_failed_settlement_is_logged_and_the_next_still_written(caplog: 
     assert [r.getMessage() for r in caplog.records] == ["a background task failed"]
     assert (await gateway.store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.1)
     await gateway.store.close()
+
+
+async def test_a_server_shutting_down_writes_the_settlements_still_lingering(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from handler.api.app import create_app
+
+    monkeypatch.setattr(sqlite_store, "SETTLE_LINGER_S", 2.0)  # longer than the shutdown takes
+    gateway = build_gateway(store_url=f"sqlite:///{tmp_path / 'store.db'}", environ={})
+    app = create_app(gateway)
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.5)
+    item = line(key, 0.25)
+    async with app.starlette.router.lifespan_context(app.starlette):  # as uvicorn runs it
+        await gateway.store.admit(adm)
+        gateway.spawn(gateway.store.settle(settlement(adm, 0.25, item)))  # waits for company...
+    # ...and the shutdown wrote it, before the process exits (and the loop with it)
+    store = gateway.store
+    assert isinstance(store, sqlite_store.SQLiteStore)
+    assert store.db.execute("SELECT request_id FROM ledger WHERE key_id = ?", (key,)).fetchall() == [(item.request_id,)]
+    await gateway.aclose()
