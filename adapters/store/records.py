@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from handler.ports import KeyRecord, LedgerItem
+from handler.ports import KeyRecord, LedgerItem, Settlement
 
 KEY_FIELDS = {f.name for f in dataclasses.fields(KeyRecord)}
 LEDGER_FIELDS = {f.name for f in dataclasses.fields(LedgerItem)}
@@ -30,6 +30,13 @@ def key_from_json(raw: bytes | str) -> KeyRecord:
 
 def ledger_to_json(item: LedgerItem) -> str:
     return orjson.dumps(item).decode()
+
+
+def settlement_line(settlement: Settlement) -> str | None:
+    """A settlement's ledger line as stored (None for a bare release): the embedded store serializes it when it
+    queues the settlement, so that a batch's transaction, which every request of the process waits behind, runs
+    statements only."""
+    return None if settlement.item is None else ledger_to_json(settlement.item)
 
 
 def ledger_from_json(raw: bytes | str) -> LedgerItem:

@@ -63,7 +63,7 @@ from adapters.store.records import (
     key_purge_after,
     key_to_json,
     ledger_from_json,
-    ledger_to_json,
+    settlement_line,
 )
 from adapters.store.responses import SQLiteResponses
 from adapters.store.signins import SQLiteSignIns
@@ -458,7 +458,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
     # --- meters (the primitives of `MeteredStore`, behind the in-memory slices) ---------------------
 
     async def _write_settlement(self, settlement: Settlement, updates: list[SettleUpdate]) -> frozenset[str]:
-        line = self._line(settlement)
+        line = settlement_line(settlement)
         done = self._enqueue(lambda db: self._settle(db, settlement, updates, line), linger=True)
         try:
             await self._track(done)
@@ -481,16 +481,10 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
             self.hurry()
             await asyncio.wait(pending)  # (not gather: a reader cancelled must not cancel the settlements)
 
-    @staticmethod
-    def _line(settlement: Settlement) -> str | None:
-        """The settlement's ledger line as stored, serialized when it is queued: a batch's transaction, which
-        every request of the process waits behind, then runs statements only."""
-        return None if settlement.item is None else ledger_to_json(settlement.item)
-
     def _mark_settled(self, db: sqlite3.Connection, settlement: Settlement, line: str | None) -> bool:
-        """Record that the settlement is applied; False if it was before. The ledger line (`line`, from
-        `_line`), unique by request, is the marker when there is one (a random id in `settled` costs a page
-        write per request); a bare release uses `settled`."""
+        """Record that the settlement is applied; False if it was before. The ledger line (`line`: its
+        `settlement_line`), unique by request, is the marker when there is one (a random id in `settled` costs a
+        page write per request); a bare release uses `settled`."""
         self._after.append(lambda: self._settled(settlement.reservation_id))
         item = settlement.item
         if item is not None:

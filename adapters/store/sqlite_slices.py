@@ -39,6 +39,7 @@ from adapters.store.metered import (
     Unmet,
     rate_owner,
 )
+from adapters.store.records import settlement_line
 from adapters.store.slices import (
     CONTEND_S,
     IDLE_S,
@@ -120,10 +121,6 @@ class SliceCache(MeteredStore):
 
     @abstractmethod
     async def _track(self, done: asyncio.Future[None]) -> None: ...
-
-    @abstractmethod
-    @abstractmethod
-    def _line(self, settlement: Settlement) -> str | None: ...
 
     @abstractmethod
     def _mark_settled(self, db: sqlite3.Connection, settlement: Settlement, line: str | None) -> bool: ...
@@ -388,7 +385,7 @@ class SliceCache(MeteredStore):
         if rows is None:
             return await super().settle(settlement)
         single = settlement.item is None or not rates
-        line = self._line(settlement)
+        line = settlement_line(settlement)
         done = self._enqueue(
             lambda db: self._settle_sliced(db, settlement, rows, rates, line), linger=True, single=single
         )

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from adapters.store import records
 from adapters.store import sqlite as sqlite_store
 from adapters.store.sqlite import CHECKPOINT_EVERY_S, SQLiteStore
 from handler.ports import BudgetRefused, Settlement, StoreError, UsageQuery
@@ -274,14 +275,14 @@ async def test_a_batch_transaction_runs_statements_only_its_ledger_lines_seriali
     admitted = [admission(key, 0.01) for _ in range(3)]
     for adm in admitted:
         await store.admit(adm)
-    serialize = sqlite_store.ledger_to_json
+    serialize = records.ledger_to_json
     in_transaction: list[bool] = []
 
     def recording(item: Any) -> str:
         in_transaction.append(store.db.in_transaction)
         return serialize(item)
 
-    monkeypatch.setattr(sqlite_store, "ledger_to_json", recording)
+    monkeypatch.setattr(records, "ledger_to_json", recording)
     items = [line(key, 0.002) for _ in admitted]
     await asyncio.gather(
         *(store.settle(settlement(adm, 0.002, item)) for adm, item in zip(admitted, items, strict=True))
