@@ -188,7 +188,7 @@ class ObservabilityConfig(_Strict):
 class Config(_Strict):
     """The whole config file."""
 
-    model_config = ConfigDict(extra="forbid", defer_build=False)
+    model_config = ConfigDict(defer_build=False)  # (merged with _Strict's: extra stays forbidden)
 
     gateway: GatewaySettings = Field(default={}, validate_default=True)
     observability: ObservabilityConfig = Field(default={}, validate_default=True)
