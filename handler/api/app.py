@@ -101,8 +101,8 @@ class Api:
             request.scope["state"]["body"] = body  # the prompt, for the request's span
         return body
 
-    def json(self, payload: Any, status: int = 200) -> Response:
-        return json_response(payload, status)
+    def json(self, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+        return json_response(payload, status, headers)
 
     async def parse(self, request: Request, model: type[M], *, empty_ok: bool = False) -> M:
         return self.validate(model, await self.parse_json(request, empty_ok=empty_ok))

@@ -160,8 +160,7 @@ class ResponsesRoutes:
         return self.answer(ex, response)
 
     def answer(self, ex: Exchange, response: dict[str, Any]) -> Response:
-        answer = self.api.json(response)
-        answer.headers.update(ex.headers())
+        answer = self.api.json(response, headers=ex.headers())
         observe(ex, 200, answer=answer.body)
         return answer
 
