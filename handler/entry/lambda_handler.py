@@ -64,13 +64,14 @@ gc.enable()
 
 def _before_snapshot() -> None:
     from handler.api.route_table import import_front_ends
-    from handler.entry.priming import prime
+    from handler.entry.priming import prime, warm_urls
 
     import_front_ends()  # the cold start leaves them to first use; a snapshot holds them all
     try:
         prime(_loop)
     except Exception:  # noqa: BLE001 - a snapshot without priming is slower to start, not wrong
         logger.warning("SnapStart priming failed; the snapshot is taken unprimed", exc_info=True)
+    warm_urls(gateway)
     build_deferred_models()
     gc.collect()  # the snapshot keeps no garbage, and what the validators built lives on: frozen with the rest
     gc.freeze()

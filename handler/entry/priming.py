@@ -12,7 +12,9 @@ OpenAI-compatible provider whose answers are canned (no network), an in-memory s
 own, no tracing. It leaves nothing behind: no request log line or metric (stdout is held while it
 runs, the Prometheus registry is a throwaway one), no ledger line or key in the real store, no
 upstream call. The real gateway's code is the same code, so what the priming specialized serves its
-requests; only the real store's calls (DynamoDB's) stay unprimed.
+requests; only the real store's calls (DynamoDB's) stay unprimed. What the throwaway gateway cannot fill for the
+real one is the cache of parsed upstream URLs (a first parse costs tens of µs): `warm_urls` parses the chat
+endpoint of each model's nearest deployment, as the real adapters build it, without sending anything.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from typing import Any
 import orjson
 from mangum import Mangum
 
+from adapters.http import parsed_url
 from adapters.http.http1 import Http1Stream, Http1Transport
 from adapters.store import open_store
 from handler.api.app import Settling, create_app
 from handler.config import Config, parse_config
 from handler.pipeline.gateway import Gateway, build_gateway
+from handler.pipeline.routing import RouteControls, any_model
 from handler.ports import KeyRecord
+from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
 
 ROUNDS = 24  # per route: CPython specializes after a few runs; the last rounds run what the first built
@@ -186,3 +191,22 @@ def prime(loop: asyncio.AbstractEventLoop, rounds: int = ROUNDS) -> dict[str, in
     if failed:
         raise RuntimeError(f"priming answered {', '.join(failed)}")
     return answered
+
+
+def warm_urls(gateway: Gateway) -> int:
+    """Parse the chat endpoint URL of each model's nearest deployment of `gateway`, as its adapter builds it
+    (nothing is sent), so that the first request after a restore finds it parsed. Returns how many were parsed;
+    a model whose request cannot be built here (a provider without its key, say) is left to its first request."""
+    probe = ChatRequest.model_validate({"model": "priming", "messages": HI, "max_tokens": 1})
+    urls: dict[str, None] = {}
+    for model, spec in gateway.config.models.items():
+        if spec.kind != "chat":
+            continue
+        try:
+            attempt = gateway.router.plan(model, RouteControls(), any_model)[0]
+            urls[attempt.adapter.chat_request(probe, attempt.target, stream=False).request.url] = None
+        except Exception:  # noqa: BLE001, S112 - only a cache left cold: the request will build it and say why
+            continue
+    for url in urls:
+        parsed_url(url)
+    return len(urls)

@@ -73,6 +73,14 @@ with contextlib.redirect_stdout(written):
     for hook, args, kwargs in snapshot_restore_py.get_before_snapshot():
         hook(*args, **kwargs)
 in_snapshot = left_to_first_use()
+from adapters.http import parsed_url
+
+def parsed_before(url):
+    hits = parsed_url.cache_info().hits
+    parsed_url(url)
+    return parsed_url.cache_info().hits > hits
+
+urls = {url: parsed_before(url) for url in ("http://127.0.0.1:9/v1/chat/completions", "http://127.0.0.1:9/v1/messages")}
 store = entry.gateway.store
 left = {
     "stdout": written.getvalue(),
@@ -84,7 +92,7 @@ for hook, args, kwargs in snapshot_restore_py.get_after_restore():
     hook(*args, **kwargs)
 new_client = entry.gateway.upstream is not snapshot_client
 print(json.dumps({"at_init": len(at_init), "built_at_init": built_at_init, "in_snapshot": in_snapshot,
-                  "new_client": new_client, "primed": primed, "left": left}))
+                  "new_client": new_client, "primed": primed, "urls": urls, "left": left}))
 """
 
 
@@ -117,6 +125,9 @@ def test_a_snapstart_snapshot_holds_every_validator_and_a_primed_request_path_an
     assert state["primed"] == [
         {"/v1/chat/completions 200": rounds, "/v1/messages 200": rounds, "/v1/responses 200": rounds}
     ]
+    # ...the real deployments' endpoints were parsed, as their adapters build them (the throwaway gateway's
+    # are not the real ones)...
+    assert state["urls"] == {"http://127.0.0.1:9/v1/chat/completions": True, "http://127.0.0.1:9/v1/messages": True}
     # ...and left nothing: no request line or metric written, no key or ledger line in the gateway's store.
     assert state["left"] == {"stdout": "", "metrics_changed": False, "keys": 0, "ledger": 0}
 
