@@ -10,7 +10,7 @@ provider sent it; the gateway adds its `cost` and says what it did with `store`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from handler.api.responses_api import ReasoningSeal, ResponsesRequest, input_items
@@ -32,9 +32,11 @@ class Relay:
     ) -> None:
         self.body = body
         self.ex = ex
-        sent = body.model_dump(exclude_unset=True, by_alias=True)
-        items = [*history, *input_items(body)] if history or body.previous_response_id else sent.get("input")
-        sent.pop("previous_response_id", None)  # the gateway's id: the provider never saw it
+        items: Any = None
+        if history or body.previous_response_id:
+            items = [*history, *input_items(body)]
+        elif "input" in body.model_fields_set:
+            items = body.input
         dropped: list[str] = []
         if isinstance(items, list):
             kept = [item for item in items if not self._sealed_here(item)]
@@ -42,9 +44,9 @@ class Relay:
                 # The gateway's own seal (from a turn another provider served) means nothing to this one.
                 dropped.append("input[reasoning].encrypted_content")
             items = kept
-        if items is not None:
-            sent["input"] = items
-        self.call = NativeCall(RESPONSES_API, sent, untranslated=tuple(untranslated), dropped=tuple(dropped))
+        self.call = NativeCall(
+            RESPONSES_API, SentBody(body, items), untranslated=tuple(untranslated), dropped=tuple(dropped)
+        )
 
     @staticmethod
     def _sealed_here(item: Any) -> bool:
@@ -60,6 +62,35 @@ class Relay:
         cost = self.ex.cost
         response["cost"] = cost.as_event() if cost is not None else None
         return response
+
+
+class SentBody(Mapping[str, Any]):
+    """The body a deployment that serves the Responses API gets: the client's, with `input` as `items` (the
+    stored turns expanded, the gateway's own seals left out) and without the gateway's `previous_response_id`.
+    Built on its first read: a deployment of another API gets the translated request and never reads it."""
+
+    def __init__(self, body: ResponsesRequest, items: Any) -> None:
+        self._request = body
+        self._items = items
+        self._built: dict[str, Any] | None = None
+
+    def _body(self) -> dict[str, Any]:
+        if self._built is None:
+            sent = self._request.model_dump(exclude_unset=True, by_alias=True)
+            sent.pop("previous_response_id", None)  # the gateway's id: the provider never saw it
+            if self._items is not None:
+                sent["input"] = self._items
+            self._built = sent
+        return self._built
+
+    def __getitem__(self, name: str) -> Any:
+        return self._body()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._body())
+
+    def __len__(self) -> int:
+        return len(self._body())
 
 
 def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) -> AsyncIterator[bytes]:
