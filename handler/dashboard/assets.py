@@ -6,5 +6,6 @@ from __future__ import annotations
 ASSETS = {
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
+    "icon.svg": "image/svg+xml",  # declared by the page: a browser would otherwise ask for /favicon.ico (a 404)
 }
 PAGE = "dashboard.html"

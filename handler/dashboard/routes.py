@@ -1,10 +1,10 @@
-"""The spend dashboard: `GET /dashboard` and its three static assets, shipped in the package, and
+"""The spend dashboard: `GET /dashboard` and its static files (script, style sheet, icon), shipped in the package, and
 `POST /dashboard/sign-in`, which trades a one-time link's token for a session (the routes are rows of
 `handler/api/route_table.py`).
 
 Auth. A browser cannot send `Authorization` on a page load, so the page is split in two:
 
-- The shell (`/dashboard`, `/dashboard/static/dashboard.js`, `.css`) is static and public: it holds no data,
+- The shell (`/dashboard`, `/dashboard/static/dashboard.js`, `.css`, `icon.svg`) is static and public: it holds no data,
   no key and nothing about this deployment; anyone could read the same bytes in the package.
 - Every figure on the page comes from the admin API (`/admin/usage`, `/admin/keys`, and `/health`'s count of
   settlements waiting in the spool, given to admin keys only), fetched by the page's

@@ -27,7 +27,7 @@ from tests.support.browser import Browser, Image, Page, chromium_missing, decode
 from tests.support.servers import ServerThread
 from tests.unit.adapters.store.test_contract import line
 
-ASSETS = ("dashboard.html", "dashboard.js", "dashboard.css")
+ASSETS = ("dashboard.html", "dashboard.js", "dashboard.css", "icon.svg")
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"  # an identifier for createElementNS, never fetched
 DATA_CALLS = (
     "/admin/usage?since=2020-01-01",
@@ -71,7 +71,11 @@ def test_the_page_is_a_static_shell_under_a_strict_csp(running: Running) -> None
     assert not re.search(r"\son[a-z]+\s*=", html, re.I), "no inline event handlers"
     assert not re.search(r"\sstyle\s*=|<style", html, re.I), "no inline style"
     assert not re.search(r"gwk_\w", html), "the shell carries no key"
-    for name, media in (("dashboard.js", "text/javascript"), ("dashboard.css", "text/css")):
+    for name, media in (
+        ("dashboard.js", "text/javascript"),
+        ("dashboard.css", "text/css"),
+        ("icon.svg", "image/svg+xml"),
+    ):
         served = httpx.get(f"{running.url}/dashboard/static/{name}")
         assert served.status_code == 200 and served.headers["content-type"].startswith(media)
         assert served.text == asset(name) and served.headers["content-security-policy"] == csp
@@ -88,7 +92,13 @@ def test_the_assets_ship_in_the_package_and_reach_for_nothing_outside() -> None:
         assert "@import" not in text and "url(" not in text, f"{name} pulls in other resources"
     html = asset("dashboard.html")
     referenced = re.findall(r'(?:src|href)="([^"]+)"', html)
-    assert sorted(referenced) == ["dashboard/static/dashboard.css", "dashboard/static/dashboard.js"]
+    # The icon too: without one, a browser asks for /favicon.ico, a 404 in the page's console.
+    assert sorted(referenced) == [
+        "dashboard/static/dashboard.css",
+        "dashboard/static/dashboard.js",
+        "dashboard/static/icon.svg",
+    ]
+    assert re.search(r'<link rel="icon" href="dashboard/static/icon.svg"', html)
     pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     assert "static/*" in pyproject["tool"]["setuptools"]["package-data"]["handler.dashboard"]
 
