@@ -424,9 +424,9 @@ ROUTES: tuple[RouteSpec, ...] = (
         "GET",
         lambda e: e.dashboard.asset,
         Auth.PUBLIC,
-        "The dashboard's script and style sheet",
+        "The dashboard's script, style sheet and icon",
         operation(
-            text_answer("the asset", "text/javascript", "text/css"),
+            text_answer("the asset", *sorted({media.split(";")[0] for media in ASSETS.values()})),
             errors={"404": "not_found"},
             parameters=[{**path_parameter("name"), "schema": {"enum": sorted(ASSETS)}}],
             auth_errors={},
