@@ -35,7 +35,6 @@ from adapters.store import open_store
 from handler.api.app import Settling, create_app
 from handler.config import Config, parse_config
 from handler.pipeline.gateway import Gateway, build_gateway
-from handler.pipeline.routing import RouteControls, any_model
 from handler.ports import KeyRecord
 from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
@@ -193,20 +192,16 @@ def prime(loop: asyncio.AbstractEventLoop, rounds: int = ROUNDS) -> dict[str, in
     return answered
 
 
-def warm_urls(gateway: Gateway) -> int:
-    """Parse the chat endpoint URL of each model's nearest deployment of `gateway`, as its adapter builds it
-    (nothing is sent), so that the first request after a restore finds it parsed. Returns how many were parsed;
-    a model whose request cannot be built here (a provider without its key, say) is left to its first request."""
+def warm_urls(gateway: Gateway) -> None:
+    """Parse the chat endpoint URL of each chat model's nearest deployment of `gateway` (`Gateway.nearest`), as
+    its adapter builds it (nothing is sent), so that the first request after a restore finds it parsed. A request
+    that cannot be built here is left to its first request, which will say why."""
     probe = ChatRequest.model_validate({"model": "priming", "messages": HI, "max_tokens": 1})
-    urls: dict[str, None] = {}
-    for model, spec in gateway.config.models.items():
-        if spec.kind != "chat":
+    for model, attempt in gateway.nearest().items():
+        if gateway.config.models[model].kind != "chat":
             continue
         try:
-            attempt = gateway.router.plan(model, RouteControls(), any_model)[0]
-            urls[attempt.adapter.chat_request(probe, attempt.target, stream=False).request.url] = None
-        except Exception:  # noqa: BLE001, S112 - only a cache left cold: the request will build it and say why
+            url = attempt.adapter.chat_request(probe, attempt.target, stream=False).request.url
+        except Exception:  # noqa: BLE001, S112 - only a cache left cold
             continue
-    for url in urls:
         parsed_url(url)
-    return len(urls)

@@ -17,7 +17,7 @@ from handler import redaction
 from handler.config import Config, SecretFetcher, load_config, resolve_secret
 from handler.errors import GatewayError
 from handler.pipeline.keys import KeyService, split_key
-from handler.pipeline.routing import RouteControls, Router, any_model
+from handler.pipeline.routing import Attempt, RouteControls, Router, any_model
 from handler.pipeline.spool import SettlementSpool
 from handler.pipeline.upstream import UpstreamClient
 from handler.ports import ProviderAdapter, Store
@@ -102,18 +102,22 @@ class Gateway:
                 except Exception:  # noqa: BLE001 - the task's failure is logged where it ends (`_reap`)
                     pass
 
-    def origins(self) -> list[str]:
-        """The base URL of every model's nearest deployment: where the first requests will go. A model that
-        cannot be served as configured (a provider without its key) is left out: its requests will say why."""
-        seen: dict[str, None] = {}
+    def nearest(self) -> dict[str, Attempt]:
+        """Each model's nearest deployment, by model: where its first requests will go. A model that cannot be
+        served as configured (a provider without its key) is left out: its requests will say why."""
+        found: dict[str, Attempt] = {}
         for model, spec in self.config.models.items():
             try:
                 attempts = self.router.plan(model, RouteControls(), any_model, kind=spec.kind)
             except GatewayError:
                 continue
             if attempts:
-                seen[attempts[0].target.base_url] = None
-        return list(seen)
+                found[model] = attempts[0]
+        return found
+
+    def origins(self) -> list[str]:
+        """The base URL of every model's nearest deployment (`nearest`), each once."""
+        return list(dict.fromkeys(attempt.target.base_url for attempt in self.nearest().values()))
 
     async def warm(self, limit: int = 16) -> None:
         """Open connections to the nearest deployments ahead of the first request (Lambda init)."""
