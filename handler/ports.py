@@ -7,6 +7,7 @@ implement them. The provider registry (`adapters.providers.registry.REGISTRY`) i
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -477,6 +478,11 @@ class Store(ABC):
     async def reconnect(self) -> None:
         """Drop the store's open connections (after a SnapStart restore they are dead); the next call opens
         new ones."""
+        return None
+
+    def settle_soon(self, settlement: Settlement) -> asyncio.Future[None] | None:
+        """Queue `settlement` with writes the store is batching, without a task to wait for it: the future
+        resolves as `settle` would return or raise. None: this store has no such queue for it (then `settle`)."""
         return None
 
     def hurry(self) -> None:

@@ -346,7 +346,9 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
         for after in self._after:
             after()
         self._undo, self._after = [], []
+        unsettled = self._unsettled
         for done, ok, value in outcomes:
+            unsettled.discard(done)
             if done.cancelled():
                 continue
             if ok:
@@ -468,8 +470,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
 
     async def _track(self, done: asyncio.Future[None]) -> None:
         """Wait for a queued settlement, which readers in this process wait for too (`_own_settlements`)."""
-        self._unsettled.add(done)
-        done.add_done_callback(self._unsettled.discard)
+        self._unsettled.add(done)  # (the flush takes it out)
         await done
 
     async def _own_settlements(self) -> None:

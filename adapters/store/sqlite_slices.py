@@ -119,8 +119,7 @@ class SliceCache(MeteredStore):
         self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False, single: bool = False
     ) -> asyncio.Future[T]: ...
 
-    @abstractmethod
-    async def _track(self, done: asyncio.Future[None]) -> None: ...
+    _unsettled: set[asyncio.Future[Any]]  # settlements queued and not yet committed (the flush takes them out)
 
     @abstractmethod
     def _mark_settled(self, db: sqlite3.Connection, settlement: Settlement, line: str | None) -> bool: ...
@@ -381,15 +380,24 @@ class SliceCache(MeteredStore):
     async def settle(self, settlement: Settlement) -> None:
         """As `MeteredStore.settle`, unless the request was admitted from this process's slices: then its
         spend leaves the slice's row with the rest of the batch's (`_write_spend`)."""
+        done = self.settle_soon(settlement)
+        if done is None:
+            return await super().settle(settlement)
+        await done
+
+    def settle_soon(self, settlement: Settlement) -> asyncio.Future[None] | None:
+        """A request admitted from this process's slices settles in the batch being gathered (None for any
+        other: its reservation is a row of its own, settled by `settle`)."""
         rows, rates = self.slices.adjust(settlement)
         if rows is None:
-            return await super().settle(settlement)
+            return None
         single = settlement.item is None or not rates
         line = settlement_line(settlement)
         done = self._enqueue(
             lambda db: self._settle_sliced(db, settlement, rows, rates, line), linger=True, single=single
         )
-        await self._track(done)
+        self._unsettled.add(done)  # (the flush takes it out)
+        return done
 
     def _settle_sliced(
         self,

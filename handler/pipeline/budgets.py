@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from handler.errors import BudgetExceededError, RateLimitError, ServiceUnavailableError
 from handler.pipeline.keys import KeyService, model_allowed
@@ -250,3 +251,26 @@ class Meter:
             self.spool.add(settlement, "cancelled while settling")
             raise
         self.spool.watch(self.store)  # the store answers again, or was just refused: re-drive what waits
+
+    def settle_soon(self, settlement: Settlement) -> asyncio.Future[None] | None:
+        """`settle`'s first attempt queued in the store's batch, with no task waiting on it (the store's
+        `settle_soon`): the future resolves once it is written; hand it to `landed` then. None: nothing to
+        settle, or the store has no queue for it: run `settle`."""
+        if not settlement.budgets and not settlement.rates and settlement.item is None:
+            return None
+        try:
+            return self.store.settle_soon(settlement)
+        except Exception:  # noqa: BLE001 - the first attempt failed: `settle` tries again, then spools
+            return None
+
+    def landed(
+        self, settlement: Settlement, done: asyncio.Future[None], spawn: Callable[[Coroutine[Any, Any, None]], None]
+    ) -> None:
+        """After `settle_soon`'s attempt: if it failed, `settle` runs in a task of `spawn`'s, its further
+        attempts and the spool after it."""
+        if done.cancelled():  # (the store closed under it): it may have landed; if so, the re-drive changes nothing
+            self.spool.add(settlement, "cancelled while settling")
+        elif done.exception() is not None:
+            spawn(self.settle(settlement))
+        else:
+            self.spool.watch(self.store)

@@ -6,6 +6,7 @@ On Lambda this runs at module import (init phase), so a warm invocation does no 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from handler.telemetry import prometheus
 from handler.telemetry.observability import logger
 
 if TYPE_CHECKING:
+    from handler.pipeline.budgets import Meter
+    from handler.ports import Settlement
     from handler.telemetry.tracing import RequestTracer
 
 DEFAULT_STORE_URL = "sqlite:///.gateway/gateway.db"
@@ -43,6 +46,10 @@ class Gateway:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     # While a buffered invocation runs (`Settling`): what `spawn` was given, run after the answer by `settle_now`.
     deferred: list[Coroutine[Any, Any, None]] | None = None
+    # Settlements `settle_soon` was given: how many wait for their loop callback, and the store's futures of
+    # those queued in its batch.
+    queued: int = 0
+    landing: set[asyncio.Future[None]] = field(default_factory=set)
     tracer: RequestTracer | None = None  # OTLP span export, when configured (handler/telemetry/tracing.py)
 
     @property
@@ -64,6 +71,29 @@ class Gateway:
         task = asyncio.get_running_loop().create_task(coro)
         self.background.add(task)
         task.add_done_callback(self._reap)
+
+    def settle_soon(self, meter: Meter, settlement: Settlement) -> None:
+        """Settle after this step of the request's task (its answer written first), as `spawn(meter.settle(...))`
+        would, but without a task: the settlement joins the store's batch from a plain loop callback and the
+        store's future says when it is written (`Meter.settle_soon`); only a failed first attempt takes a task."""
+        if self.deferred is not None:
+            self.deferred.append(meter.settle(settlement))
+            return
+        self.queued += 1
+        asyncio.get_running_loop().call_soon(self._settle_soon, meter, settlement)
+
+    def _settle_soon(self, meter: Meter, settlement: Settlement) -> None:
+        self.queued -= 1
+        done = meter.settle_soon(settlement)
+        if done is None:
+            self.spawn(meter.settle(settlement))
+            return
+        self.landing.add(done)
+        done.add_done_callback(functools.partial(self._landed, meter, settlement))
+
+    def _landed(self, meter: Meter, settlement: Settlement, done: asyncio.Future[None]) -> None:
+        self.landing.discard(done)
+        meter.landed(settlement, done, self.spawn)
 
     async def settle_now(self, work: list[Coroutine[Any, Any, None]]) -> None:
         """Run `work` (deferred from `spawn`) here, one after another, each written by the store at once: no
@@ -89,10 +119,12 @@ class Gateway:
     async def drain(self) -> None:
         """Wait for background settlements (tests, shutdown, end of a Lambda invocation), without the
         store holding them back for company: no other request is coming to share their write."""
-        while self.background:
-            pending = list(self.background)
-            await asyncio.sleep(0)  # tasks spawned just now reach the store
+        while self.background or self.queued or self.landing:
+            await asyncio.sleep(0)  # tasks spawned and settlements queued just now reach the store
             self.store.hurry()
+            for done in list(self.landing):
+                await asyncio.wait([done])  # (not `await done`: this drain must not cancel it, nor raise its error)
+            pending = list(self.background)  # (now: a failed first attempt's retry is one of them)
             for task in pending:  # each awaited as it is: no gathering future and its callbacks
                 try:
                     await task

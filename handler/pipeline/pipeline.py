@@ -637,7 +637,7 @@ class Pipeline:
             )
         settlement = self.meter.settlement(reservation, actual, tokens, item)
         if background:
-            self.gateway.spawn(self.meter.settle(settlement))
+            self.gateway.settle_soon(self.meter, settlement)
         else:
             await self.meter.settle(settlement)
 

@@ -293,3 +293,91 @@ async def test_a_settlement_cancelled_between_attempts_is_spooled(
         settlement.item.request_id  # type: ignore[union-attr]
     ]
     await store.close()
+
+
+async def test_a_background_settlement_joins_the_batch_without_a_task_and_drain_waits_for_it() -> None:
+    """A request's settlement reaches the embedded store's batch from a loop callback, after the request's own
+    step: no task per settlement, and `drain` (shutdown, the end of an invocation) still waits for it."""
+    from handler.pipeline.gateway import build_gateway
+
+    gateway = build_gateway(store_url="sqlite://", environ={})
+    meter = Meter(gateway.store, gateway.keys, 60)
+    key = record(budget_usd=2.0, tpm=10_000)
+    settlements = [await admitted(meter, key, 0.1) for _ in range(3)]
+    tasks = len(asyncio.all_tasks())
+    for settlement in settlements:
+        gateway.settle_soon(meter, settlement)
+    assert gateway.queued == 3 and not gateway.landing  # not yet: after this step
+    await asyncio.sleep(0)
+    assert gateway.queued == 0 and len(gateway.landing) == 3
+    assert len(asyncio.all_tasks()) == tasks and not gateway.background
+    await gateway.drain()
+    assert not gateway.landing and not gateway.background
+    lines = await gateway.store.usage(UsageQuery([key.id], 0, time.time() + 1))
+    assert sorted(i.request_id for i in lines) == sorted(s.item.request_id for s in settlements if s.item)
+    committed, paid, tokens = await spent(gateway.store, key)
+    assert committed == pytest.approx(0.3) and paid == pytest.approx(0.3) and tokens == 450
+    await gateway.aclose()
+
+
+@pytest.mark.parametrize("failures", [1, SETTLE_ATTEMPTS + 1])
+async def test_a_batched_settlement_that_fails_is_retried_in_a_task_then_spooled(
+    failures: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its first attempt failing (the batch's operation raising), the settlement takes the retrying path: it
+    lands once, or after every attempt failed it waits in the spool; never lost, never counted twice."""
+    from handler.pipeline.gateway import build_gateway
+
+    gateway = build_gateway(store_url="sqlite://", environ={})
+    spool = SettlementSpool(tmp_path / "spool.jsonl")
+    meter = Meter(gateway.store, gateway.keys, 60, spool=spool)
+    key = record(budget_usd=1.0, tpm=10_000)
+    settlement = await admitted(meter, key, 0.2)
+    store = gateway.store
+    real = store._settle_sliced  # type: ignore[attr-defined]
+    left = [failures]
+
+    def failing(*args: object) -> None:
+        if left[0] > 0:
+            left[0] -= 1
+            raise StoreError("injected: the write failed")
+        real(*args)
+
+    monkeypatch.setattr(store, "_settle_sliced", failing)
+    refuse_settlements(monkeypatch, store, max(0, failures - 1))  # the retries' attempts, refused before the batch
+    gateway.settle_soon(meter, settlement)
+    await gateway.drain()
+    lines = await store.usage(UsageQuery([key.id], 0, time.time() + 1))
+    if failures == 1:
+        assert spool.pending == 0 and len(lines) == 1
+    else:
+        assert spool.pending == 1 and lines == []
+        monkeypatch.undo()
+        assert await spool.redrive(store) == 1
+    committed, paid, tokens = await spent(store, key)
+    assert committed == pytest.approx(0.2) and paid == pytest.approx(0.2) and tokens == 150
+    await spool.close()
+    await gateway.aclose()
+
+
+async def test_a_batched_settlement_cancelled_under_it_is_spooled(tmp_path: Path) -> None:
+    from handler.pipeline.gateway import build_gateway
+
+    gateway = build_gateway(store_url="sqlite://", environ={})
+    spool = SettlementSpool(tmp_path / "spool.jsonl")
+    meter = Meter(gateway.store, gateway.keys, 60, spool=spool)
+    key = record(budget_usd=1.0, tpm=10_000)
+    settlement = await admitted(meter, key, 0.2)
+    gateway.settle_soon(meter, settlement)
+    await asyncio.sleep(0)
+    [done] = gateway.landing
+    done.cancel()
+    await asyncio.sleep(0)
+    assert spool.pending == 1 and not gateway.landing
+    await gateway.drain()
+    assert await spool.redrive(gateway.store) == 1
+    assert await spool.redrive(gateway.store) == 0
+    committed, paid, _ = await spent(gateway.store, key)
+    assert committed == pytest.approx(0.2) and paid == pytest.approx(0.2)
+    await spool.close()
+    await gateway.aclose()
