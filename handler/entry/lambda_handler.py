@@ -31,9 +31,8 @@ from typing import Any  # noqa: E402
 # first model is built, in the cold start. An operator's own setting wins.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
-from mangum import Mangum  # noqa: E402
-
 from handler.api.app import Settling, create_app  # noqa: E402
+from handler.entry.adapter import lambda_adapter  # noqa: E402
 from handler.pipeline.gateway import build_gateway  # noqa: E402
 from handler.schemas import build_deferred_models  # noqa: E402
 from handler.telemetry.observability import logger  # noqa: E402
@@ -42,7 +41,7 @@ gateway = build_gateway()
 app = create_app(gateway)
 
 
-_mangum = Mangum(Settling(app, gateway), lifespan="off")
+_mangum = lambda_adapter(Settling(app, gateway))
 # The loop Mangum runs every invocation on (it takes the thread's current loop, as here).
 _loop = asyncio.new_event_loop()
 asyncio.set_event_loop(_loop)

@@ -27,13 +27,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from mangum import Mangum
 
 from adapters.http import parsed_url
 from adapters.http.http1 import Http1Stream, Http1Transport
 from adapters.store import open_store
 from handler.api.app import Settling, create_app
 from handler.config import Config, parse_config
+from handler.entry.adapter import lambda_adapter
 from handler.pipeline.gateway import Gateway, build_gateway
 from handler.ports import KeyRecord
 from handler.schemas import ChatRequest
@@ -162,7 +162,7 @@ def prime(loop: asyncio.AbstractEventLoop, rounds: int = ROUNDS) -> dict[str, in
             gateway = build_gateway(
                 config=priming_config(), store=open_store("sqlite://"), environ={}, transport=transport
             )
-            handler = Mangum(Settling(create_app(gateway), gateway), lifespan="off")
+            handler = lambda_adapter(Settling(create_app(gateway), gateway))
             minted = loop.run_until_complete(
                 gateway.keys.mint(
                     KeyRecord(
