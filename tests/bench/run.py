@@ -537,9 +537,52 @@ def workers_scaling(
     with process(serve, workers_env, workdir / "gateway-workers.log"):
         wait_ready(f"http://127.0.0.1:{port}/health")
         two = f"http://127.0.0.1:{port}/v1/chat/completions"
-        wrk(two, workers_key, BODY, 8, 1, workdir)  # warm up both workers' connections
+        since = time.time()
+        warmed = wrk(two, workers_key, BODY, 8, 1, workdir)  # warm up both workers' connections
         targets = {"one worker": one, "two workers": two}
-        return interleaved(targets, key, 8, duration, workdir, rounds, keys={"two workers": workers_key})
+        scaling = interleaved(targets, key, 8, duration, workdir, rounds, keys={"two workers": workers_key})
+        served = warmed["requests"] + scaling["two workers"]["requests"]
+        scaling["budget"] = budget_after(f"http://127.0.0.1:{port}", workers_env, workers_key, since, served)
+        return scaling
+
+
+def budget_after(url: str, env: dict[str, str], key: str, since: float, served: int) -> dict[str, Any]:
+    """Whether the key's budget came out exact after the load: once the workers' unused slices have gone back,
+    its spend (`GET /v1/key`, from a worker) is the sum of its ledger lines (read from the file), nothing stays
+    reserved, and there is a line for every request wrk saw answered (and at most one more per connection wrk
+    cut at the end of a run, which the gateway still answered)."""
+    from adapters.store import open_store
+    from adapters.store.slices import IDLE_S
+    from handler.ports import UsageQuery
+
+    async def ledger() -> list[Any]:
+        store = open_store(env["GATEWAY_STORE"])
+        try:
+            return await store.usage(UsageQuery([key.split("_")[1]], since - 1, time.time() + 60))
+        finally:
+            await store.close()
+
+    deadline = time.monotonic() + 4 * IDLE_S + 5
+    while True:  # the workers return unused slices after IDLE_S without requests; settlements land meanwhile
+        time.sleep(IDLE_S / 2)
+        me = httpx.get(f"{url}/v1/key", headers={"authorization": f"Bearer {key}"}, timeout=10).json()
+        if me["reserved_usd"] < 1e-12 or time.monotonic() > deadline:
+            break
+    lines = asyncio.run(ledger())
+    ledger_usd = sum(line.cost_usd or 0.0 for line in lines)
+    exact = (
+        abs(me["spent_usd"] - ledger_usd) < 1e-9
+        and abs(me["reserved_usd"]) < 1e-9
+        and served <= len(lines) <= served + 8 * (ROUNDS + 1)
+    )
+    return {
+        "served": served,
+        "lines": len(lines),
+        "ledger_usd": ledger_usd,
+        "spent_usd": me["spent_usd"],
+        "reserved_usd": me["reserved_usd"],
+        "exact": exact,
+    }
 
 
 def interleaved(
@@ -652,13 +695,16 @@ def table(results: dict[str, Any]) -> str:
         conns = 1 if run is results["responses_1"] or run is results["messages"]["pass_through_1"] else 8
         lines.append(f"| {label} | {conns} | {d['rps']:,.0f} | {g['rps']:,.0f} | {percentiles(g)} | {added(g, d)} |")
     w = results["workers"]
-    one, two = w["one worker"], w["two workers"]
+    one, two, budget = w["one worker"], w["two workers"], w["budget"]
     s = results["stream"]
     lam = results["lambda_warm_us"]
     lines += [
         "",
         f"`gateway serve --workers 2` at 8 connections: {two['rps']:,.0f} req/s against one worker's "
-        f"{one['rps']:,.0f} in the same rounds ({two['rps'] / one['rps']:.2f}×), p50/p99/p99.9 {percentiles(two)} ms",
+        f"{one['rps']:,.0f} in the same rounds ({two['rps'] / one['rps']:.2f}×), p50/p99/p99.9 {percentiles(two)} ms; "
+        f"its key's budget {'exact' if budget['exact'] else 'NOT exact'}: spent ${budget['spent_usd']:.9f}, ledger "
+        f"${budget['ledger_usd']:.9f} over {budget['lines']:,} lines for {budget['served']:,} answers wrk saw, "
+        f"reserved ${budget['reserved_usd']:.9f}",
         f"stream: time to first byte p50 direct {s['direct_ttfb_p50_ms']:.3f} ms, "
         f"gateway {s['gateway_ttfb_p50_ms']:.3f} ms, added {s['gateway_ttfb_p50_ms'] - s['direct_ttfb_p50_ms']:.3f} ms",
         f"gateway RSS after load: {results['rss_mb']:.0f} MB",
@@ -805,8 +851,10 @@ def errors_in(results: dict[str, Any]) -> list[str]:
         **{f"/v1/messages {name}": run for name, run in results["messages"].items()},
         "/v1/responses": results["responses"],
         "/v1/responses at 1 connection": results["responses_1"],
-        "--workers 2": results["workers"],
+        "--workers 2": {name: results["workers"][name] for name in ("one worker", "two workers")},
     }
+    if not results["workers"]["budget"]["exact"]:
+        found.append(f"--workers 2: the key's budget is not exact after the load: {results['workers']['budget']}")
     for name, run in routes.items():
         for side, figures in run.items():
             if figures["errors"] or not figures["requests"]:
