@@ -24,6 +24,7 @@ def test_benchmark_smoke_run_has_no_errors(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "gateway req/s" in result.stdout and report.exists()
+    assert "its key's budget exact" in result.stdout  # two workers on one key: spend, ledger and reservations agree
     # Issue 22's bounds for each API, the warm Lambda invocation of each among them.
     for route in ("/v1/messages pass-through", "/v1/responses"):
         assert f"| {route}: warm Lambda µs of own work" in result.stdout
