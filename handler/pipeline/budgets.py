@@ -254,10 +254,8 @@ class Meter:
 
     def settle_soon(self, settlement: Settlement) -> asyncio.Future[None] | None:
         """`settle`'s first attempt queued in the store's batch, with no task waiting on it (the store's
-        `settle_soon`): the future resolves once it is written; hand it to `landed` then. None: nothing to
-        settle, or the store has no queue for it: run `settle`."""
-        if not settlement.budgets and not settlement.rates and settlement.item is None:
-            return None
+        `settle_soon`): the future resolves once it is written; hand it to `landed` then. None: the store has no
+        queue for it (a settlement with nothing to settle among them), or the attempt failed: run `settle`."""
         try:
             return self.store.settle_soon(settlement)
         except Exception:  # noqa: BLE001 - the first attempt failed: `settle` tries again, then spools

@@ -122,8 +122,8 @@ class Gateway:
         while self.background or self.queued or self.landing:
             await asyncio.sleep(0)  # tasks spawned and settlements queued just now reach the store
             self.store.hurry()
-            for done in list(self.landing):
-                await asyncio.wait([done])  # (not `await done`: this drain must not cancel it, nor raise its error)
+            if self.landing:  # (not awaited as such: this drain must not cancel them, nor raise their errors)
+                await asyncio.wait(list(self.landing))
             pending = list(self.background)  # (now: a failed first attempt's retry is one of them)
             for task in pending:  # each awaited as it is: no gathering future and its callbacks
                 try:

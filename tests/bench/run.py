@@ -553,12 +553,16 @@ def budget_after(url: str, env: dict[str, str], key: str, since: float, served: 
     cut at the end of a run, which the gateway still answered)."""
     from adapters.store import open_store
     from adapters.store.slices import IDLE_S
+    from handler.pipeline.keys import split_key
     from handler.ports import UsageQuery
+
+    parts = split_key(key)
+    assert parts is not None, "the bench's key is one the gateway minted"
 
     async def ledger() -> list[Any]:
         store = open_store(env["GATEWAY_STORE"])
         try:
-            return await store.usage(UsageQuery([key.split("_")[1]], since - 1, time.time() + 60))
+            return await store.usage(UsageQuery([parts[0]], since - 1, time.time() + 60))
         finally:
             await store.close()
 
