@@ -12,7 +12,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Protocol
+from types import MappingProxyType
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.schemas import (
@@ -28,8 +29,7 @@ from handler.wire import SSEDecoder, StreamEvent
 # --- providers -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):
     """One deployment resolved for a request: provider instance, upstream model, where it runs."""
 
     provider: str
@@ -37,7 +37,7 @@ class Target:
     model: str
     region: str
     base_url: str
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = MappingProxyType({})
 
     @property
     def label(self) -> str:
@@ -90,8 +90,7 @@ MESSAGES_API = "anthropic.messages"
 RESPONSES_API = "openai.responses"
 
 
-@dataclass(frozen=True, slots=True)
-class NativeCall:
+class NativeCall(NamedTuple):
     """A request in one provider API's own wire format (`api`, e.g. `anthropic.messages`), to be sent upstream
     as the client wrote it when the deployment speaks that API.
 
@@ -103,7 +102,7 @@ class NativeCall:
 
     api: str
     body: Mapping[str, Any]
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = MappingProxyType({})
     untranslated: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
 
@@ -309,8 +308,7 @@ class RateCharge:
         return self.name if self.key_id is None else f"{self.name}@{self.key_id}"
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
+class Admission(NamedTuple):
     """Everything checked and counted before the upstream call, in one store round trip."""
 
     reservation_id: str
@@ -390,15 +388,13 @@ class Settlement:
     home_region: str | None = None  # the admission's `home_region`
 
 
-@dataclass(frozen=True, slots=True)
-class UsageQuery:
+class UsageQuery(NamedTuple):
     key_ids: list[str] | None
     since: float
     until: float
 
 
-@dataclass(frozen=True, slots=True)
-class StoredResponse:
+class StoredResponse(NamedTuple):
     """A Responses API answer kept for `previous_response_id` and `GET /v1/responses/{id}`: `body` is
     the JSON of the conversation's input items and the response; only `key_id` and its `ancestors`
     may read or delete it, until `expires_at`."""

@@ -6,16 +6,14 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from handler.errors import UpstreamError
 
 
-@dataclass(frozen=True, slots=True)
-class StreamEvent:
+class StreamEvent(NamedTuple):
     """One decoded frame of an upstream stream: an SSE event or an AWS event-stream message."""
 
     event: str | None

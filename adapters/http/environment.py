@@ -14,14 +14,13 @@ from __future__ import annotations
 import base64
 import ssl
 import urllib.parse
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import httpx
 from httpx._utils import URLPattern, get_environment_proxies
 
 
-@dataclass(frozen=True, slots=True)
-class Proxy:
+class Proxy(NamedTuple):
     """A forward proxy: where it listens, and the `Proxy-Authorization` its URL's user info asks for."""
 
     host: str

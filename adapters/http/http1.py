@@ -45,8 +45,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import httptools
 import httpx
@@ -60,8 +59,7 @@ TOO_LARGE = "upstream_body_too_large"
 READABLE = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
+class Limits(NamedTuple):
     """How much of an answer the client takes (see the module docstring)."""
 
     max_header_bytes: int = 64 * 1024

@@ -8,12 +8,10 @@ version suffixes included) and what that family requires.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class ModelRules:
+class ModelRules(NamedTuple):
     """`one_sampling_knob`: refuses `temperature` and `top_p` together (top_p is dropped, reported).
     `completion_tokens_field`: takes the output cap only as `max_completion_tokens`.
     `signed_function_calls`: refuses a function-call history whose calls lost their thought signature.

@@ -8,16 +8,14 @@ returns the names it could not honour, for `x-gateway-dropped-params`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
 from handler.errors import InvalidRequestError
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
+class Rule(NamedTuple):
     """What to do with one top-level parameter.
 
     `rename` moves it to another name; `drop` removes it (reported); `clamp` bounds a number

@@ -10,7 +10,7 @@ Gemini 2.5's `thinkingConfig.thinkingBudget` and Gemini 3's `thinkingConfig.thin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from handler.schemas import ChatRequest
 
@@ -18,8 +18,7 @@ from handler.schemas import ChatRequest
 MIN_THINKING_BUDGET = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Level:
+class Level(NamedTuple):
     """One effort level and what each provider's control is set to for it."""
 
     effort: str
@@ -48,8 +47,7 @@ GEMINI_THINKING_FRAGMENTS = ("gemini-2.5", "gemini-3", "gemini-flash-latest", "g
 NOVA_REASONING_FRAGMENTS = ("nova-2", "nova-premier")
 
 
-@dataclass(frozen=True, slots=True)
-class Reasoning:
+class Reasoning(NamedTuple):
     """What the client asked for: off, or a level; `budget` when it named a token budget; `adaptive` when
     it left the depth to the model (then `level` is its effort, or None for the provider's default)."""
 

@@ -32,6 +32,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from handler.ports import (
     Admission,
@@ -92,8 +93,7 @@ class Counters:
     rates: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class RateStep:
+class RateStep(NamedTuple):
     """A rate charge on its owner's counter. Unless `restart`: the condition is "no stored window, or the
     stored window is the charge's and the count plus the amount stays within the limit", the change "count +=
     amount, window = the charge's". With `restart` (the stored window rolled over): the condition is "no
@@ -103,8 +103,7 @@ class RateStep:
     restart: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class MeterUpdate:
+class MeterUpdate(NamedTuple):
     """What an admission changes on one key's counters. Per budget charge, the condition "committed (0 when
     missing) plus the amount stays within the limit", the change "committed += amount" and a reservation
     `(key, reservation id, period, amount, expires_at)` recorded; per rate step, see `RateStep`.
@@ -116,8 +115,7 @@ class MeterUpdate:
     rates: list[RateStep]
 
 
-@dataclass(frozen=True, slots=True)
-class AdmissionWrite:
+class AdmissionWrite(NamedTuple):
     """An admission's changes, key by key (its own key first). `reported` names the keys whose counters the
     admission's snapshot reports: the nearest budget's and the key's own (when it counts rates there)."""
 
@@ -126,23 +124,20 @@ class AdmissionWrite:
     reported: list[str]
 
 
-@dataclass(frozen=True, slots=True)
-class Applied:
+class Applied(NamedTuple):
     """An admission written: the counters after it, of (at least) the `reported` keys."""
 
     counters: dict[str, Counters]
 
 
-@dataclass(frozen=True, slots=True)
-class Unmet:
+class Unmet(NamedTuple):
     """An admission not written, nothing changed: the counters as they were of (at least) every key one of
     whose conditions failed."""
 
     counters: dict[str, Counters]
 
 
-@dataclass(frozen=True, slots=True)
-class SettleUpdate:
+class SettleUpdate(NamedTuple):
     """What a settlement changes on one key's counters. Per budget charge (`amount_usd` the actual cost),
     "committed += committed_delta, spent += actual", and the reservation removed; the condition: the
     reservation is there, or, if `released`, is not (expiry released it). Per token correction, "count +=
@@ -155,8 +150,7 @@ class SettleUpdate:
     tokens: list[RateCharge]
 
 
-@dataclass(frozen=True, slots=True)
-class Reservation:
+class Reservation(NamedTuple):
     """A reservation as stored: `leased` when it is held in a backend's lease of the key (not its own counter)."""
 
     key_id: str

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache, cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 from starlette.requests import Request
@@ -127,8 +126,7 @@ class Endpoints:
         return Dashboard(self.api.parse, gateway.store, gateway.keys)
 
 
-@dataclass(frozen=True)
-class RouteSpec:
+class RouteSpec(NamedTuple):
     """One row of the route table."""
 
     path: str
@@ -137,11 +135,7 @@ class RouteSpec:
     auth: Auth
     summary: str
     operation: dict[str, Any]  # the OpenAPI operation's answers, body and parameters (`handler.api.openapi.operation`)
-    direct: bool = False  # served by the direct lane: a proxied POST, past Starlette's router
-
-    def __post_init__(self) -> None:
-        if self.direct and self.method != "POST":
-            raise ValueError(f"{self.method} {self.path}: the direct lane serves POSTs only")
+    direct: bool = False  # served by the direct lane: a proxied POST, past Starlette's router (POSTs only)
 
 
 @cache
@@ -484,4 +478,10 @@ def starlette_routes(table: dict[tuple[str, str], Handler]) -> list[Route]:
 
 def direct_lane(table: dict[tuple[str, str], Handler]) -> dict[str, Handler]:
     """The direct lane's table: a POST's path to its handler, for the rows the direct lane serves."""
-    return {spec.path: table[spec.method, spec.path] for spec in ROUTES if spec.direct}
+    lane = {}
+    for spec in ROUTES:
+        if spec.direct:
+            if spec.method != "POST":
+                raise ValueError(f"{spec.method} {spec.path}: the direct lane serves POSTs only")
+            lane[spec.path] = table[spec.method, spec.path]
+    return lane

@@ -9,10 +9,10 @@ import math
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from handler.errors import InvalidRequestError
 from handler.pipeline.attribution import parse_tags
@@ -89,11 +89,10 @@ USD_COLUMNS = ("cost_usd", "fee_usd", "total_usd", "cache_savings_usd")
 MAX_FILTER_CHARS = 256
 
 
-@dataclass(frozen=True, slots=True)
-class LineFilter:
+class LineFilter(NamedTuple):
     """Which lines a report counts: those carrying every one of `tags`, and the `user` and `session` if named."""
 
-    tags: dict[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = MappingProxyType({})
     user: str | None = None
     session: str | None = None
 
@@ -119,8 +118,7 @@ def parse_filter(tags: str | None, user: str | None, session: str | None) -> Lin
     return LineFilter(parse_tags(tags, "tag"), user, session)
 
 
-@dataclass(frozen=True, slots=True)
-class ReportSpec:
+class ReportSpec(NamedTuple):
     """A usage report as asked for on any surface (`gateway usage`, `/v1/usage`, `/admin/usage`)."""
 
     since: float

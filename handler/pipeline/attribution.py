@@ -47,11 +47,9 @@ def validate_tags(pairs: Iterable[tuple[str, str]] | Mapping[str, str], param: s
     return tags
 
 
-def line_tags(lineage: list[KeyRecord], requested: dict[str, str]) -> dict[str, str]:
-    """The tags of a request's ledger line: the header's, under the key's own, under its ancestors' (`lineage`
-    is nearest first, so the root's are applied last and win)."""
-    if not any(holder.tags for holder in lineage):
-        return requested  # the common case: no key carries tags
+def line_tags(lineage: list[KeyRecord], requested: Mapping[str, str]) -> dict[str, str]:
+    """The tags of a request's ledger line (a dict of its own): the header's, under the key's own, under its
+    ancestors' (`lineage` is nearest first, so the root's are applied last and win)."""
     tags = dict(requested)
     for holder in lineage:
         tags.update(holder.tags)

@@ -15,8 +15,9 @@ import ipaddress
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from fnmatch import fnmatchcase
+from typing import NamedTuple
 
 from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
 from handler.ports import KeyRecord, Store
@@ -164,8 +165,7 @@ def validate_networks(networks: list[str]) -> list[str]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class MintedKey:
+class MintedKey(NamedTuple):
     """A new key: the record as stored and the secret shown once."""
 
     record: KeyRecord

@@ -11,10 +11,11 @@ import logging
 import math
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import orjson
 
@@ -72,16 +73,15 @@ MAX_USER_CHARS = 256
 CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
 
 
-@dataclass(frozen=True, slots=True)
-class Controls:
+class Controls(NamedTuple):
     """The client's request-control headers, parsed."""
 
-    route: RouteControls = field(default_factory=RouteControls)
+    route: RouteControls = RouteControls()
     deadline_s: float | None = None
     max_cost_usd: float | None = None
     strict: bool = False
     enforce_schema: bool = False
-    tags: dict[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = MappingProxyType({})
     session: str | None = None
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 from handler.config import FeeConfig, ModelConfig, Price, load_yaml
 from handler.pipeline.images import image_tokens
@@ -18,8 +17,7 @@ IMAGE_TOKEN_ALLOWANCE = 1600
 MESSAGE_OVERHEAD_TOKENS = 8
 
 
-@dataclass(frozen=True, slots=True)
-class PriceTable:
+class PriceTable(NamedTuple):
     """The shipped table: exact ids and prefix aliases, with the date it was checked."""
 
     as_of: str
@@ -57,8 +55,7 @@ def price_for(model: str, spec: ModelConfig, upstream_model: str) -> Price | Non
     return builtin_prices().find(upstream_model, model)
 
 
-@dataclass(frozen=True, slots=True)
-class Cost:
+class Cost(NamedTuple):
     """What one request cost: the provider's charge, the gateway's fee, and what they were computed from."""
 
     provider_usd: float | None
@@ -135,8 +132,7 @@ def cost_of(usage: Usage, price: Price | None, fee: FeeConfig) -> Cost:
     return Cost(provider, fee_for(provider, fee), usage, unit)
 
 
-@dataclass(frozen=True, slots=True)
-class PromptEstimate:
+class PromptEstimate(NamedTuple):
     """An upper bound of a prompt's input tokens: its text, and its images, whose price depends on who reads them."""
 
     text_tokens: int

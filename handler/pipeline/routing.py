@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from handler.config import Config, ModelConfig, reference_hint
 from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError, ServiceUnavailableError
@@ -67,8 +66,7 @@ def distance_km(a: str, b: str) -> float:
     return 12_742 * math.asin(math.sqrt(h))
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
+class Attempt(NamedTuple):
     """One deployment to try: the public model it serves and how to reach it."""
 
     model: str
@@ -94,8 +92,7 @@ def any_model(model: str) -> bool:
     return True
 
 
-@dataclass(frozen=True, slots=True)
-class RouteControls:
+class RouteControls(NamedTuple):
     """The client's routing headers."""
 
     fallbacks: list[str] | None = None

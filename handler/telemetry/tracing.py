@@ -20,7 +20,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -355,8 +355,7 @@ class RequestTracer:
         self.exporter.close(timeout_s)
 
 
-@dataclass(frozen=True, slots=True)
-class OtlpSettings:
+class OtlpSettings(NamedTuple):
     """`observability.otlp` with the `OTEL_*` environment filled in: what the exporter is built from."""
 
     url: str

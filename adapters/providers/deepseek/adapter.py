@@ -8,15 +8,12 @@ the OpenAI adapter folds into `prompt_tokens_details.cached_tokens` for pricing.
 
 from __future__ import annotations
 
-import dataclasses
-
 from adapters.providers.openai.adapter import OpenAIAdapter
 from adapters.providers.openai.profiles import PROFILES, Profile
 from handler.ports import Target
 
 _OPENAI_COMPATIBLE = PROFILES["deepseek"]
-PROFILE = dataclasses.replace(
-    _OPENAI_COMPATIBLE,
+PROFILE = _OPENAI_COMPATIBLE._replace(
     # `reasoning_effort` selects the thinking depth of DeepSeek's reasoning models.
     rules={name: rule for name, rule in _OPENAI_COMPATIBLE.rules.items() if name != "reasoning_effort"},
     strip_message_fields=(),

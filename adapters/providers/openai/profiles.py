@@ -6,15 +6,16 @@ OpenAI-compatible provider is a few lines here, never a code branch in the adapt
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import NamedTuple
 
 from adapters.providers.params import Rule
 
 DROP = Rule(drop=True)
 
 
-@dataclass(frozen=True, slots=True)
-class Profile:
+class Profile(NamedTuple):
     """`rules` rewrite top-level parameters; `stream_usage` says whether the API accepts
     `stream_options.include_usage` (otherwise it must not be sent); `strip_message_fields` are
     message fields the API rejects in input (such as a previous turn's reasoning); `strip_tool_call_fields`
@@ -24,11 +25,11 @@ class Profile:
     client's 400, named, rather than the provider's); `thinking` says whether the API takes a
     `thinking: {"type": "enabled" | "disabled"}` switch (DeepSeek's)."""
 
-    rules: dict[str, Rule] = field(default_factory=dict)
+    rules: Mapping[str, Rule] = MappingProxyType({})
     stream_usage: bool = True
     strip_message_fields: tuple[str, ...] = ("reasoning_content",)
     strip_tool_call_fields: tuple[str, ...] = ("extra_content",)
-    roles: dict[str, str] = field(default_factory=dict)
+    roles: Mapping[str, str] = MappingProxyType({})
     part_types: tuple[str, ...] | None = None
     refused_roles: tuple[str, ...] = ()
     thinking: bool = False

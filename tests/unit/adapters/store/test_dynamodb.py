@@ -7,7 +7,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 import pytest
 
@@ -113,7 +112,7 @@ async def test_concurrent_admissions_under_contention_never_overspend(
         child = uuid.uuid4().hex[:12]
         charges = [BudgetCharge(child, PERIOD, 1.0, 0.1), BudgetCharge(parent, PERIOD, 1.0, 0.1)]
         adm = Admission(uuid.uuid4().hex, child, charges, [RateCharge("rpm", int(time.time() // 60), 5, 1)], 0)
-        adm = replace(adm, expires_at=time.time() + 60)
+        adm = adm._replace(expires_at=time.time() + 60)
         try:
             await store.admit(adm)
         except BudgetRefused:

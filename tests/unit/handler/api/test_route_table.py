@@ -12,6 +12,7 @@ import pytest
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from handler.api import route_table
 from handler.api.app import GatewayApp, create_app
 from handler.api.route_table import ROUTES, Auth, RouteSpec, openapi_document
 from handler.pipeline.gateway import build_gateway
@@ -76,9 +77,11 @@ def test_the_direct_lane_serves_exactly_the_tables_direct_posts(app: GatewayApp)
         assert handler == routes[("POST", path)], path  # the same bound method as the router's
 
 
-def test_a_direct_row_must_be_a_post() -> None:
-    with pytest.raises(ValueError, match="POSTs only"):
-        RouteSpec("/v1/x", "GET", lambda e: e.api.health, Auth.KEY, "x", {}, direct=True)
+def test_a_direct_row_must_be_a_post(monkeypatch: pytest.MonkeyPatch) -> None:
+    row = RouteSpec("/v1/x", "GET", lambda e: e.api.health, Auth.KEY, "x", {}, direct=True)
+    monkeypatch.setattr(route_table, "ROUTES", (row,))
+    with pytest.raises(ValueError, match="GET /v1/x: the direct lane serves POSTs only"):
+        route_table.direct_lane({})
 
 
 def concrete(path: str) -> str:
