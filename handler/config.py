@@ -4,8 +4,8 @@ Secrets are references (`env:NAME`, `ssm:/path`, `secretsmanager:NAME`), resolve
 process by `resolve_secret`; a literal key in the file is accepted but discouraged.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: pydantic would evaluate every field's annotation from its string
+# when the class is made, in the cold start; as objects they come from the cached bytecode.
 import os
 from collections.abc import Callable, Mapping
 from importlib import resources

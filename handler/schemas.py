@@ -6,11 +6,11 @@ stream of `ChatCompletionChunk`. Unknown top-level request fields are kept (`ext
 OpenAI-compatible upstream receives them untouched, while other adapters report them as dropped.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: pydantic would evaluate every field's annotation from its string
+# when the class is made, in the cold start; as objects they come from the cached bytecode.
 import functools
 import operator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -256,7 +256,7 @@ class Usage(_Open):
         return self.completion_tokens_details.reasoning_tokens if self.completion_tokens_details else 0
 
     @classmethod
-    def of(cls, prompt: int, completion: int, cached: int = 0, cache_write: int = 0) -> Usage:
+    def of(cls, prompt: int, completion: int, cached: int = 0, cache_write: int = 0) -> Self:
         details = PromptTokensDetails(cached_tokens=cached, cache_write_tokens=cache_write)
         return cls(
             prompt_tokens=prompt,
