@@ -363,28 +363,44 @@ FIRST_INVOCATION = "from tests.bench.lambda_warm import first_invocation_ms; the
 RESTORED = "from tests.bench.lambda_warm import restored_first_invocation_ms as r; then = r()"
 
 
-def cold_import_ms(
-    env: dict[str, str], runs: int, statement: str = "import handler.entry.lambda_handler", after: str = "then = 0.0"
-) -> tuple[float, float]:
-    """Median ms to run `statement` in a new interpreter, with bytecode compiled beforehand (as the deployed
-    package ships it: infra/Makefile compiles it, and Lambda's /var/task is read-only); and the median of
-    what `after` (run next, untimed) sets `then` to."""
-    timed = f"t = time.perf_counter(); {statement}; i = (time.perf_counter() - t) * 1000"
-    code = f"import time; {timed}; {after}; print(i, then)"
-    with tempfile.TemporaryDirectory(prefix="gateway-pyc-") as pyc:
-        env = {**env, "PYTHONPYCACHEPREFIX": pyc}
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
+class ColdStart:
+    """One measurement of a cold start: `statement` timed in a new interpreter, then `after` run (untimed), which
+    sets `then` (0.0 by default)."""
 
-        def once() -> tuple[float, float]:
-            returncode, out, log = measured_child([sys.executable, "-c", code], env)
+    def __init__(self, env: dict[str, str], statement: str, after: str = "then = 0.0") -> None:
+        self.env = env
+        self.code = (
+            f"import time; t = time.perf_counter(); {statement}; i = (time.perf_counter() - t) * 1000; "
+            f"{after}; print(i, then)"
+        )
+
+
+def cold_starts(measures: dict[str, ColdStart], runs: int) -> dict[str, tuple[float, float]]:
+    """Per measure, the median ms its statement took and the median of what its `after` set `then` to, with
+    bytecode compiled beforehand (as the deployed package ships it: infra/Makefile compiles it, and Lambda's
+    /var/task is read-only). The measures take turns, round by round: this machine's speed drifts by a fifth
+    over a minute, and a gateway measured after its floor would carry the drift into their ratio."""
+    with tempfile.TemporaryDirectory(prefix="gateway-pyc-") as pyc:
+
+        def once(measure: ColdStart) -> tuple[float, float]:
+            env = {**measure.env, "PYTHONPYCACHEPREFIX": pyc}
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            returncode, out, log = measured_child([sys.executable, "-c", measure.code], env)
             if returncode:
                 raise RuntimeError(f"import failed: {log[-2000:]}")
             imported, then = map(float, out.strip().splitlines()[-1].split())
             return imported, then
 
-        once()  # compiles and caches the bytecode
-        samples = [once() for _ in range(runs)]
-        return statistics.median(i for i, _ in samples), statistics.median(t for _, t in samples)
+        for measure in measures.values():
+            once(measure)  # compiles and caches the bytecode
+        samples: dict[str, list[tuple[float, float]]] = {name: [] for name in measures}
+        for _ in range(runs):
+            for name, measure in measures.items():
+                samples[name].append(once(measure))
+        return {
+            name: (statistics.median(i for i, _ in taken), statistics.median(t for _, t in taken))
+            for name, taken in samples.items()
+        }
 
 
 def measured_child(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
@@ -500,12 +516,20 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
         results["telemetry_us"] = telemetry.measure({**env, "BENCH_GATEWAY_KEY": key}, smoke)
         results["lambda_bare_us"] = lambda_warm_us(env, 300 if smoke else 3000, bare=True)
         cold = {**env, "BENCH_GATEWAY_KEY": key}
-        results["cold_import_ms"], results["first_invocation_ms"] = cold_import_ms(
-            cold, 1 if smoke else 7, after=FIRST_INVOCATION
+        lambda_handler = "import handler.entry.lambda_handler"
+        starts = cold_starts(
+            {
+                "gateway": ColdStart(cold, lambda_handler, FIRST_INVOCATION),
+                "libraries": ColdStart(env, LIBRARIES),
+                "imported": ColdStart(env, LIBRARIES_IMPORTED),
+                "restored": ColdStart(cold, lambda_handler, RESTORED),
+            },
+            1 if smoke else 11,
         )
-        results["libraries_import_ms"] = cold_import_ms(env, 1 if smoke else 7, LIBRARIES)[0]
-        results["libraries_imported_ms"] = cold_import_ms(env, 1 if smoke else 7, LIBRARIES_IMPORTED)[0]
-        results["restored_invocation_ms"] = cold_import_ms(cold, 1 if smoke else 7, after=RESTORED)[1]
+        results["cold_import_ms"], results["first_invocation_ms"] = starts["gateway"]
+        results["libraries_import_ms"] = starts["libraries"][0]
+        results["libraries_imported_ms"] = starts["imported"][0]
+        results["restored_invocation_ms"] = starts["restored"][1]
         results["dynamodb"] = dynamodb_calls(workdir, upstream_port, 20 if smoke else 200)
     return results
 
