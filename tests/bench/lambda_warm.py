@@ -1,23 +1,25 @@
-"""Warm Lambda invocations in-process: µs of the gateway's own work per invocation.
+"""Warm Lambda invocations in-process: µs of the gateway's own work per invocation, beside the bare proxy's.
 
     python -m tests.bench.lambda_warm N [chat|messages|responses]    (environment: GATEWAY_CONFIG,
                                                                       GATEWAY_STORE, a key in the store)
     python -m tests.bench.lambda_warm N bare
 
-
 The upstream is the gateway's own HTTP/1.1 client with the network taken out (requests framed, answered
 at once), so what is timed is Mangum, the app, auth, admission and settlement on the embedded store,
 translation and serialization. The store's calls are
 timed on their own too (on Lambda they are DynamoDB round trips, I/O rather than the gateway's work).
-Prints three medians, in µs: the whole invocation, the store calls within it, and the difference. The route:
-Chat Completions (the default), the Messages API passed through to an Anthropic deployment, or the Responses API
-translated for an OpenAI one, each answered with its upstream's canned answer (as the benchmark's nginx does).
-`bare`: the same for the bare proxy (tests/bench/bare_proxy.py) under Mangum, on the same client and
-canned answer: the floor a warm invocation's own work is compared with.
+Prints four medians, in µs: the whole invocation, the store calls within it, the difference (the gateway's own
+work), and the bare proxy's invocation (tests/bench/bare_proxy.py under Mangum, on the same client and canned
+answer): the floor the gateway's own work is compared with. The two take turns in the same process, a hundred
+invocations each, so that the machine's drift (a fifth within a minute, at times, on the development VM) falls on
+both alike. The route: Chat Completions (the default), the Messages API passed through to an Anthropic deployment,
+or the Responses API translated for an OpenAI one, each answered with its upstream's canned answer (as the
+benchmark's nginx does). `bare`: the bare proxy alone (its median printed in each of the four places).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import statistics
@@ -58,22 +60,70 @@ class StoreClock:
         return timed
 
 
-def one_invocation(what: str) -> tuple[float, float]:
-    """One invocation of handler.entry.lambda_handler on the `Canned` upstream, as in `main`: seconds in all and
-    in its store calls."""
+def gateway_invoker(route: str = "chat") -> Callable[[], tuple[float, float]]:
+    """One invocation of handler.entry.lambda_handler per call, on the `Canned` upstream: seconds in all and in its
+    store calls."""
     from handler.entry import lambda_handler
     from handler.pipeline.upstream import UpstreamClient
 
+    path, body, answer = ROUTES[route]
     gateway = lambda_handler.gateway
-    gateway.upstream = UpstreamClient(gateway.config.gateway.timeouts, Canned(json.dumps(COMPLETION).encode()))
+    gateway.upstream = UpstreamClient(gateway.config.gateway.timeouts, Canned(json.dumps(answer).encode()))
     clock = StoreClock(gateway.store)
-    invoke = event("POST", "/v1/chat/completions", BODY, key=os.environ["BENCH_GATEWAY_KEY"])
-    started = time.perf_counter()
-    response = lambda_handler.handler(invoke, Context())
-    elapsed = time.perf_counter() - started
-    if response["statusCode"] != 200:
-        raise SystemExit(f"{what} answered {response['statusCode']}: {response.get('body')}")
-    return elapsed, clock.spent
+    invoke = event("POST", path, body, key=os.environ["BENCH_GATEWAY_KEY"])
+
+    def once() -> tuple[float, float]:
+        before = clock.spent
+        started = time.perf_counter()
+        response = lambda_handler.handler(invoke, Context())
+        elapsed = time.perf_counter() - started
+        if response["statusCode"] != 200:
+            raise SystemExit(f"{route} answered {response['statusCode']}: {response.get('body')}")
+        return elapsed, clock.spent - before
+
+    return once
+
+
+def bare_invoker() -> Callable[[], tuple[float, float]]:
+    """One invocation of the bare proxy under Mangum per call, on the same client and canned answer, on the loop
+    that is current (the gateway's, when both run): seconds in all, and 0.0 (it has no store)."""
+    from mangum import Mangum
+
+    os.environ["CLIENT"] = "gateway"  # the bare proxy's own client is replaced below; aiohttp stays out
+
+    from handler.config import TimeoutConfig
+    from handler.pipeline.upstream import UpstreamClient
+    from handler.ports import UpstreamRequest
+    from tests.bench import bare_proxy
+
+    upstream = UpstreamClient(TimeoutConfig(), Canned(json.dumps(COMPLETION).encode()))
+
+    async def forward(body: bytes) -> tuple[int, bytes]:
+        response = await upstream.send(UpstreamRequest("POST", bare_proxy.UPSTREAM, bare_proxy.JSON, body))
+        return response.status, await response.read()
+
+    bare_proxy.forward = forward
+    handler = Mangum(bare_proxy.app, lifespan="off")
+    invoke = event("POST", "/v1/chat/completions", BODY, key=None)
+
+    def once() -> tuple[float, float]:
+        started = time.perf_counter()
+        response = handler(invoke, Context())  # type: ignore[arg-type]
+        elapsed = time.perf_counter() - started
+        if response["statusCode"] != 200:
+            raise SystemExit(f"the bare proxy answered {response['statusCode']}")
+        return elapsed, 0.0
+
+    return once
+
+
+def one_invocation(what: str) -> tuple[float, float]:
+    """One invocation of handler.entry.lambda_handler on the `Canned` upstream: seconds in all and in its store
+    calls."""
+    try:
+        return gateway_invoker()()
+    except SystemExit as refused:
+        raise SystemExit(f"{what}: {refused}") from None
 
 
 def first_invocation_ms() -> float:
@@ -98,71 +148,29 @@ def restored_first_invocation_ms() -> float:
     return (elapsed - store) * 1000
 
 
-def bare(invocations: int) -> None:
-    """The bare proxy under Mangum, each invocation on the loop Mangum keeps (as the gateway's)."""
-    import asyncio
-
-    from mangum import Mangum
-
-    os.environ["CLIENT"] = "gateway"  # the bare proxy's own client is replaced below; aiohttp stays out
-
-    from handler.config import TimeoutConfig
-    from handler.pipeline.upstream import UpstreamClient
-    from handler.ports import UpstreamRequest
-    from tests.bench import bare_proxy
-
-    upstream = UpstreamClient(TimeoutConfig(), Canned(json.dumps(COMPLETION).encode()))
-
-    async def forward(body: bytes) -> tuple[int, bytes]:
-        response = await upstream.send(UpstreamRequest("POST", bare_proxy.UPSTREAM, bare_proxy.JSON, body))
-        return response.status, await response.read()
-
-    bare_proxy.forward = forward
-    asyncio.set_event_loop(asyncio.new_event_loop())
-    handler = Mangum(bare_proxy.app, lifespan="off")
-    invoke = event("POST", "/v1/chat/completions", BODY, key=None)
-    totals = []
-    for i in range(invocations):
-        started = time.perf_counter()
-        response = handler(invoke, Context())  # type: ignore[arg-type]
-        elapsed = time.perf_counter() - started
-        if response["statusCode"] != 200:
-            raise SystemExit(f"invocation {i} answered {response['statusCode']}")
-        if i >= invocations // 10:
-            totals.append(elapsed * 1e6)
-    total = statistics.median(totals)
-    sys.stdout.write(f"{total:.1f} 0.0 {total:.1f}\n")
+BLOCK = 100  # invocations in a row before the other takes its turn
 
 
 def main(invocations: int, route: str = "chat") -> None:
     results = sys.stdout
-    sys.stdout = sys.stderr
-    from handler.entry import lambda_handler
-    from handler.pipeline.upstream import UpstreamClient
-
-    path, body, answer = ROUTES[route]
-    gateway = lambda_handler.gateway
-    gateway.upstream = UpstreamClient(gateway.config.gateway.timeouts, Canned(json.dumps(answer).encode()))
-    clock = StoreClock(gateway.store)
-    invoke = event("POST", path, body, key=os.environ["BENCH_GATEWAY_KEY"])
-    totals, stores = [], []
-    for i in range(invocations):
-        before = clock.spent
-        started = time.perf_counter()
-        response = lambda_handler.handler(invoke, Context())
-        elapsed = time.perf_counter() - started
-        if response["statusCode"] != 200:
-            raise SystemExit(f"invocation {i} answered {response['statusCode']}: {response.get('body')}")
-        if i >= invocations // 10:  # the first tenth warms caches
-            totals.append(elapsed * 1e6)
-            stores.append((clock.spent - before) * 1e6)
-    total, store = statistics.median(totals), statistics.median(stores)
-    own = statistics.median(t - s for t, s in zip(totals, stores, strict=True))
-    results.write(f"{total:.1f} {store:.1f} {own:.1f}\n")
+    sys.stdout = sys.stderr  # request lines (the log) go to stderr, the figures alone to stdout
+    if route == "bare":
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        turns = {"bare": bare_invoker()}
+    else:
+        turns = {"gateway": gateway_invoker(route)}  # its import makes its loop the current one
+        turns["bare"] = bare_invoker()
+    taken: dict[str, list[tuple[float, float]]] = {name: [] for name in turns}
+    for _ in range(max(1, invocations // BLOCK)):
+        for name, once in turns.items():
+            taken[name] += [once() for _ in range(BLOCK)]
+    kept = {name: samples[len(samples) // 10 :] for name, samples in taken.items()}  # the first tenth warms caches
+    bare = statistics.median(t for t, _ in kept["bare"]) * 1e6
+    mine = kept.get("gateway", kept["bare"])
+    total, store = statistics.median(t for t, _ in mine) * 1e6, statistics.median(s for _, s in mine) * 1e6
+    own = statistics.median(t - s for t, s in mine) * 1e6
+    results.write(f"{total:.1f} {store:.1f} {own:.1f} {bare:.1f}\n")
 
 
 if __name__ == "__main__":
-    if sys.argv[2:] == ["bare"]:
-        bare(int(sys.argv[1]))
-    else:
-        main(int(sys.argv[1]), *sys.argv[2:3])
+    main(int(sys.argv[1]), *sys.argv[2:3])
