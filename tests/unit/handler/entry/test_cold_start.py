@@ -7,10 +7,22 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[4]
+
+
+def started(code: str, tmp_path: Path, **environ: str) -> Any:
+    """What `code` prints last (as JSON), run in a fresh interpreter as an environment's start-up runs: the
+    embedded store in `tmp_path`, no connection warming, not on Lambda; `environ` added."""
+    env = {**os.environ, "GATEWAY_STORE": f"sqlite:///{tmp_path / 'gateway.db'}", "GATEWAY_WARM": "off", **environ}
+    env.pop("AWS_LAMBDA_FUNCTION_NAME", None)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
 
 # Counts the collections start-up runs (those before its `gc.freeze()`), then says how the collector is left.
 PROBE = """
@@ -24,13 +36,7 @@ print(json.dumps({{"collections": len(collections), "enabled": gc.isenabled(), "
 
 @pytest.mark.parametrize("module", ["handler.entry.lambda_handler", "handler.entry.asgi"])
 def test_start_up_runs_no_collection_of_its_own_and_leaves_the_collector_on(module: str, tmp_path: Path) -> None:
-    env = {**os.environ, "GATEWAY_STORE": f"sqlite:///{tmp_path / 'gateway.db'}", "GATEWAY_WARM": "off"}
-    env.pop("AWS_LAMBDA_FUNCTION_NAME", None)
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE.format(module=module)], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    state = json.loads(done.stdout.strip().splitlines()[-1])
+    state = started(PROBE.format(module=module), tmp_path)
     # None of its own (without turning the collector off: about a hundred); one young collection may fall in
     # importing the packages above the entry module, before it can turn the collector off.
     assert state["collections"] <= 1
@@ -104,16 +110,7 @@ def test_a_snapstart_snapshot_holds_every_validator_and_a_primed_request_path_an
         "models:\n  m: {deployments: [{provider: local, model: m}], price: {input: 1, output: 1}}\n"
         "  c: {deployments: [{provider: claude, model: c}], price: {input: 1, output: 1}}\n"
     )
-    env = {
-        **os.environ,
-        "GATEWAY_CONFIG": str(config),
-        "GATEWAY_STORE": f"sqlite:///{tmp_path / 'gateway.db'}",
-        "LOCAL_KEY": "sk-local",
-    }
-    env.pop("AWS_LAMBDA_FUNCTION_NAME", None)
-    done = subprocess.run([sys.executable, "-c", SNAPSTART], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    state = json.loads(done.stdout.strip().splitlines()[-1])
+    state = started(SNAPSTART, tmp_path, GATEWAY_CONFIG=str(config), LOCAL_KEY="sk-local")
     # The cold start builds one validator, the config's (which holds its parts'; each part's own would be a
     # second build of the same schema)...
     assert state["built_at_init"] == ["handler.config.Config"]
@@ -159,13 +156,7 @@ print(json.dumps(sorted(name for name in FRONT_ENDS if name in sys.modules)))
 def test_the_lambda_cold_start_imports_no_front_end_a_server_imports_them_all(
     module: str, front_ends: list[str], tmp_path: Path
 ) -> None:
-    env = {**os.environ, "GATEWAY_STORE": f"sqlite:///{tmp_path / 'gateway.db'}", "GATEWAY_WARM": "off"}
-    env.pop("AWS_LAMBDA_FUNCTION_NAME", None)
-    done = subprocess.run(
-        [sys.executable, "-c", IMPORTED.format(module=module)], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == front_ends
+    assert started(IMPORTED.format(module=module), tmp_path) == front_ends
 
 
 # After `import_front_ends`, building every front-end `Endpoints` leaves to first use imports none of the gateway's
@@ -186,11 +177,7 @@ print(json.dumps({"lazy": sorted(lazy), "imported": own}))
 
 
 def test_import_front_ends_imports_every_front_end_endpoints_builds_on_first_use(tmp_path: Path) -> None:
-    env = {**os.environ, "GATEWAY_STORE": f"sqlite:///{tmp_path / 'gateway.db'}", "GATEWAY_WARM": "off"}
-    env.pop("AWS_LAMBDA_FUNCTION_NAME", None)
-    done = subprocess.run([sys.executable, "-c", EVERY_FRONT_END], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    state = json.loads(done.stdout.strip().splitlines()[-1])
+    state = started(EVERY_FRONT_END, tmp_path)
     assert state == {"lazy": ["dashboard", "keys", "messages", "responses"], "imported": []}
 
 
@@ -222,11 +209,7 @@ FROZEN_DATACLASSES = {"handler.ports.BudgetCharge", "handler.ports.RateCharge", 
 
 
 def test_the_lambda_cold_start_generates_code_only_for_mutable_or_serialized_records(tmp_path: Path) -> None:
-    env = {**os.environ, "GATEWAY_STORE": f"sqlite:///{tmp_path / 'gateway.db'}", "GATEWAY_WARM": "off"}
-    env.pop("AWS_LAMBDA_FUNCTION_NAME", None)
-    done = subprocess.run([sys.executable, "-c", GENERATED], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = started(GENERATED, tmp_path)
     assert {name for name, frozen in found["dataclasses"] if frozen} == FROZEN_DATACLASSES
     assert 10 <= len(found["dataclasses"]) <= 25  # the mutable ones: a request's state, the store's slices, ...
     assert found["string_annotations"] == []  # no postponed annotations for pydantic to evaluate
