@@ -45,7 +45,7 @@ class Target(NamedTuple):
         return f"{self.provider}/{self.model}@{self.region}"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class UpstreamRequest:
     """An HTTP request ready to send: the adapter has applied auth, URL and body."""
 
@@ -55,7 +55,7 @@ class UpstreamRequest:
     body: bytes
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class BuiltRequest:
     """An upstream request plus the client parameters the provider cannot honour."""
 

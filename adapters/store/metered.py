@@ -83,7 +83,7 @@ def rate_owner(rate: RateCharge, key_id: str) -> str:
     return rate.key_id or key_id
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class Counters:
     """One key's counters as a backend holds them: per budget period the committed (spent plus live
     reservations) and spent USD, per rate name its `(window, count)`."""

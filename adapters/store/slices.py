@@ -63,7 +63,7 @@ def slice_size(need: float, room: float, used: float, since_s: float, exact: boo
     return max(need, min(wanted, room * FRACTION))
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class BudgetSlice:
     """A slice of one key's budget for one period: `row` in `reservations`, `avail` of it unused here."""
 
@@ -86,7 +86,7 @@ class BudgetSlice:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class RateSlice:
     """A slice of one rate counter's count for the minute `window`."""
 
@@ -107,7 +107,7 @@ class RateSlice:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class Held:
     """A request admitted from slices, until it settles (or its reservation expires)."""
 
@@ -121,7 +121,7 @@ class Held:
     deficits: list[float] = field(default_factory=list)  # per budget: spent beyond what the slice held
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class Slices:
     """One process's slices on one store (see the module docstring)."""
 

@@ -60,7 +60,7 @@ def model_limits(key: KeyRecord, model: str) -> dict[str, int]:
     return {}
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class Reservation:
     """What an admission holds until settlement."""
 

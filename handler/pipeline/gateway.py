@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 DEFAULT_STORE_URL = "sqlite:///.gateway/gateway.db"
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class Gateway:
     """Everything a request needs, shared by all requests of the process."""
 

@@ -29,7 +29,7 @@ CLIENT_CLOSED = 499  # nginx's status for a client that hung up: the ledger's wo
 T = TypeVar("T")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class NativeReply:
     """A provider's non-streaming answer in its own format, and the usage read from it (None: it had none,
     so it is estimated)."""

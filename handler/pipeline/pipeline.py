@@ -85,7 +85,7 @@ class Controls(NamedTuple):
     session: str | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class Exchange:
     """One client request on its way through the gateway: who, what, where it went, how long it took."""
 

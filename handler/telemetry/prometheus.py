@@ -22,7 +22,7 @@ Labels = tuple[tuple[str, str], ...]
 SeriesLabels = tuple[Labels, Labels, Labels, Labels]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class Histogram:
     """Cumulative buckets, sum and count of one label set."""
 
@@ -38,7 +38,7 @@ class Histogram:
         self.count += 1
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class Family:
     """One metric: its help text, its type and its series by label set."""
 

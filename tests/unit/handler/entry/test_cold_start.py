@@ -193,7 +193,9 @@ classes = [
     for value in vars(module).values() if isinstance(value, type) and value.__module__ == name
 ]
 own = sorted(
-    [c.__module__ + "." + c.__qualname__, c.__dataclass_params__.frozen] for c in classes if dataclasses.is_dataclass(c)
+    [c.__module__ + "." + c.__qualname__, c.__dataclass_params__.frozen, c.__dataclass_params__.eq]
+    for c in classes
+    if dataclasses.is_dataclass(c)
 )
 strings = sorted(
     c.__module__ + "." + c.__qualname__ + "." + field
@@ -204,12 +206,15 @@ print(json.dumps({"dataclasses": own, "string_annotations": strings}))
 """
 
 # Immutable records are NamedTuples (a class statement, nothing generated), except those orjson writes (the
-# spool's settlements), which it serializes as dataclasses.
+# spool's settlements), which it serializes as dataclasses. A mutable one generates its `__init__` alone (identity
+# equality, the default repr), except the values compared as values: what orjson writes and a meter's snapshot.
 FROZEN_DATACLASSES = {"handler.ports.BudgetCharge", "handler.ports.RateCharge", "handler.ports.Settlement"}
+COMPARED = FROZEN_DATACLASSES | {"handler.ports.KeyRecord", "handler.ports.LedgerItem", "handler.ports.MeterSnapshot"}
 
 
 def test_the_lambda_cold_start_generates_code_only_for_mutable_or_serialized_records(tmp_path: Path) -> None:
     found = started(GENERATED, tmp_path)
-    assert {name for name, frozen in found["dataclasses"] if frozen} == FROZEN_DATACLASSES
+    assert {name for name, frozen, _ in found["dataclasses"] if frozen} == FROZEN_DATACLASSES
+    assert {name for name, _, compared in found["dataclasses"] if compared} == COMPARED
     assert 10 <= len(found["dataclasses"]) <= 25  # the mutable ones: a request's state, the store's slices, ...
     assert found["string_annotations"] == []  # no postponed annotations for pydantic to evaluate
