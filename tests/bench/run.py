@@ -343,7 +343,7 @@ def mint_key(env: dict[str, str]) -> str:
 # is imported as the gateway imports it: httpx without its command-line client (handler/__init__.py skips it),
 # pydantic with its model machinery. `from pydantic import BaseModel` alone leaves nearly all of that machinery to
 # the first model an application defines and validates (pydantic.fields, pydantic.types, annotated_types and the
-# validator builder: about 40 ms on the development machine), so the floor defines a one-field model and validates
+# validator builder: 20–35 ms on the development machine), so the floor defines a one-field model and validates
 # one value, which any pydantic application does; the time of the imports alone is printed beside it.
 LIBRARIES_IMPORTED = (
     "import sys; sys.modules.setdefault('httpx._main', None); "
