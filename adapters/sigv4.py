@@ -12,7 +12,6 @@ import hmac
 import time
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -36,14 +35,16 @@ def _hmac(key: bytes, text: str) -> bytes:
     return hmac.new(key, text.encode(), hashlib.sha256).digest()
 
 
-@dataclass(slots=True, eq=False, repr=False)
 class Signer:
     """Signs requests to one service in one region with one set of credentials."""
 
-    credentials: Credentials
-    region: str
-    service: str
-    _keys: dict[str, bytes] = field(default_factory=dict)
+    __slots__ = ("credentials", "region", "service", "_keys")
+
+    def __init__(self, credentials: Credentials, region: str, service: str) -> None:
+        self.credentials = credentials
+        self.region = region
+        self.service = service
+        self._keys: dict[str, bytes] = {}
 
     def _key(self, day: str) -> bytes:
         key = self._keys.get(day)

@@ -45,22 +45,26 @@ class Target(NamedTuple):
         return f"{self.provider}/{self.model}@{self.region}"
 
 
-@dataclass(slots=True, eq=False, repr=False)
 class UpstreamRequest:
     """An HTTP request ready to send: the adapter has applied auth, URL and body."""
 
-    method: str
-    url: str
-    headers: dict[str, str]
-    body: bytes
+    __slots__ = ("method", "url", "headers", "body")
+
+    def __init__(self, method: str, url: str, headers: dict[str, str], body: bytes) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
 
 
-@dataclass(slots=True, eq=False, repr=False)
 class BuiltRequest:
     """An upstream request plus the client parameters the provider cannot honour."""
 
-    request: UpstreamRequest
-    dropped: list[str] = field(default_factory=list)
+    __slots__ = ("request", "dropped")
+
+    def __init__(self, request: UpstreamRequest, dropped: list[str] | None = None) -> None:
+        self.request = request
+        self.dropped = [] if dropped is None else dropped
 
 
 class FrameDecoder(Protocol):

@@ -31,7 +31,6 @@ from __future__ import annotations
 import time
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from handler.ports import (
@@ -83,14 +82,21 @@ def rate_owner(rate: RateCharge, key_id: str) -> str:
     return rate.key_id or key_id
 
 
-@dataclass(slots=True, eq=False, repr=False)
 class Counters:
     """One key's counters as a backend holds them: per budget period the committed (spent plus live
     reservations) and spent USD, per rate name its `(window, count)`."""
 
-    committed: dict[str, float] = field(default_factory=dict)
-    spent: dict[str, float] = field(default_factory=dict)
-    rates: dict[str, tuple[int, int]] = field(default_factory=dict)
+    __slots__ = ("committed", "spent", "rates")
+
+    def __init__(
+        self,
+        committed: dict[str, float] | None = None,
+        spent: dict[str, float] | None = None,
+        rates: dict[str, tuple[int, int]] | None = None,
+    ) -> None:
+        self.committed = {} if committed is None else committed
+        self.spent = {} if spent is None else spent
+        self.rates = {} if rates is None else rates
 
 
 class RateStep(NamedTuple):

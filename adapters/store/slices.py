@@ -38,7 +38,6 @@ The store (adapters/store/sqlite_slices.py) writes the grants and returns.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
 
 from adapters.store.metered import EPSILON, rate_owner
 from handler.ports import Admission, MeterSnapshot, Settlement
@@ -63,19 +62,21 @@ def slice_size(need: float, room: float, used: float, since_s: float, exact: boo
     return max(need, min(wanted, room * FRACTION))
 
 
-@dataclass(slots=True, eq=False, repr=False)
 class BudgetSlice:
     """A slice of one key's budget for one period: `row` in `reservations`, `avail` of it unused here."""
 
-    row: str
-    expires_at: float = 0.0
-    limit: float = 0.0  # the limit it was granted under: a lower one must go back to the file
-    avail: float = 0.0
-    committed_seen: float = 0.0  # the counter after this process's last write on it, this slice included
-    drawn: float = 0.0  # drawn since the last grant
-    granted_at: float = 0.0
-    used_at: float = 0.0
-    holds: int = 0  # requests admitted from it and not yet settled
+    __slots__ = ("row", "expires_at", "limit", "avail", "committed_seen", "drawn", "granted_at", "used_at", "holds")
+
+    def __init__(self, row: str) -> None:
+        self.row = row
+        self.expires_at = 0.0
+        self.limit = 0.0  # the limit it was granted under: a lower one must go back to the file
+        self.avail = 0.0
+        self.committed_seen = 0.0  # the counter after this process's last write on it, this slice included
+        self.drawn = 0.0  # drawn since the last grant
+        self.granted_at = 0.0
+        self.used_at = 0.0
+        self.holds = 0  # requests admitted from it and not yet settled
 
     def usable(self, amount: float, limit: float, expires_at: float) -> bool:
         return (
@@ -86,17 +87,19 @@ class BudgetSlice:
         )
 
 
-@dataclass(slots=True, eq=False, repr=False)
 class RateSlice:
     """A slice of one rate counter's count for the minute `window`."""
 
-    window: int
-    limit: int = 0
-    avail: int = 0
-    count_seen: int = 0
-    drawn: int = 0
-    granted_at: float = 0.0
-    used_at: float = 0.0
+    __slots__ = ("window", "limit", "avail", "count_seen", "drawn", "granted_at", "used_at")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.limit = 0
+        self.avail = 0
+        self.count_seen = 0
+        self.drawn = 0
+        self.granted_at = 0.0
+        self.used_at = 0.0
 
     def usable(self, window: int, amount: int, limit: int) -> bool:
         return (
@@ -107,30 +110,42 @@ class RateSlice:
         )
 
 
-@dataclass(slots=True, eq=False, repr=False)
 class Held:
     """A request admitted from slices, until it settles (or its reservation expires)."""
 
-    key_id: str
-    expires_at: float
-    amount_usd: float
-    budget_keys: list[str]
-    budgets: list[BudgetSlice]
-    rates: dict[tuple[str, str], RateSlice]  # by (owner key, rate name)
-    adjusted: bool = False  # the settlement has been applied to the slices (the store write may follow)
-    deficits: list[float] = field(default_factory=list)  # per budget: spent beyond what the slice held
+    __slots__ = ("key_id", "expires_at", "amount_usd", "budget_keys", "budgets", "rates", "adjusted", "deficits")
+
+    def __init__(
+        self,
+        key_id: str,
+        expires_at: float,
+        amount_usd: float,
+        budget_keys: list[str],
+        budgets: list[BudgetSlice],
+        rates: dict[tuple[str, str], RateSlice],  # by (owner key, rate name)
+    ) -> None:
+        self.key_id = key_id
+        self.expires_at = expires_at
+        self.amount_usd = amount_usd
+        self.budget_keys = budget_keys
+        self.budgets = budgets
+        self.rates = rates
+        self.adjusted = False  # the settlement has been applied to the slices (the store write may follow)
+        self.deficits: list[float] = []  # per budget: spent beyond what the slice held
 
 
-@dataclass(slots=True, eq=False, repr=False)
 class Slices:
     """One process's slices on one store (see the module docstring)."""
 
-    holder: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    budgets: dict[tuple[str, str], BudgetSlice] = field(default_factory=dict)
-    rates: dict[tuple[str, str], RateSlice] = field(default_factory=dict)
-    held: dict[str, Held] = field(default_factory=dict)
-    recalled: dict[str, float] = field(default_factory=dict)  # key id -> another's last refusal that recalled slices
-    epoch: int = 0
+    __slots__ = ("holder", "budgets", "rates", "held", "recalled", "epoch")
+
+    def __init__(self) -> None:
+        self.holder = uuid.uuid4().hex[:12]
+        self.budgets: dict[tuple[str, str], BudgetSlice] = {}
+        self.rates: dict[tuple[str, str], RateSlice] = {}
+        self.held: dict[str, Held] = {}
+        self.recalled: dict[str, float] = {}  # key id -> another's last refusal that recalled slices
+        self.epoch = 0
 
     def new_budget_slice(self) -> BudgetSlice:
         self.epoch += 1

@@ -19,7 +19,6 @@ cost.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import math
@@ -341,7 +340,7 @@ class SliceCache(MeteredStore):
 
     def _keep_fields(self, slice_: BudgetSlice | RateSlice) -> None:
         """Register an undo that puts `slice`'s fields back as they are now."""
-        saved = [(f.name, getattr(slice_, f.name)) for f in dataclasses.fields(slice_)]
+        saved = [(name, getattr(slice_, name)) for name in type(slice_).__slots__]
 
         def restore() -> None:
             for name, value in saved:

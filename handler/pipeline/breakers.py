@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 
-@dataclass(slots=True, eq=False, repr=False)
 class _State:
-    failures: int = 0
-    opened_at: float | None = None
-    probe_at: float | None = None
+    __slots__ = ("failures", "opened_at", "probe_at")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.opened_at: float | None = None
+        self.probe_at: float | None = None
 
 
 class Breakers:

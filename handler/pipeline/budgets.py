@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from handler.errors import BudgetExceededError, RateLimitError, ServiceUnavailableError
@@ -60,20 +60,25 @@ def model_limits(key: KeyRecord, model: str) -> dict[str, int]:
     return {}
 
 
-@dataclass(slots=True, eq=False, repr=False)
 class Reservation:
     """What an admission holds until settlement."""
 
-    admission: Admission | None
-    amount_usd: float
-    tokens: int
-    snapshot: MeterSnapshot = field(default_factory=MeterSnapshot)
-    budget_limit: float | None = None
-    budget_key: str | None = None
-    store_ms: float = 0.0
-    headers: dict[str, str] = field(default_factory=dict)
-    prompt_tokens: int = 0  # the estimate reserved for (the largest over the plan)
-    output_tokens: int = 0
+    __slots__ = (
+        "admission", "amount_usd", "tokens", "snapshot", "budget_limit", "budget_key", "store_ms", "headers",
+        "prompt_tokens", "output_tokens",
+    )  # fmt: skip
+
+    def __init__(self, admission: Admission | None, amount_usd: float, tokens: int) -> None:
+        self.admission = admission
+        self.amount_usd = amount_usd
+        self.tokens = tokens
+        self.snapshot = MeterSnapshot()
+        self.budget_limit: float | None = None
+        self.budget_key: str | None = None
+        self.store_ms = 0.0
+        self.headers: dict[str, str] = {}
+        self.prompt_tokens = 0  # the estimate reserved for (the largest over the plan)
+        self.output_tokens = 0
 
 
 class Meter:

@@ -9,7 +9,6 @@ import asyncio
 import functools
 import os
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -33,24 +32,34 @@ if TYPE_CHECKING:
 DEFAULT_STORE_URL = "sqlite:///.gateway/gateway.db"
 
 
-@dataclass(eq=False, repr=False)
 class Gateway:
     """Everything a request needs, shared by all requests of the process."""
 
-    config: Config
-    region: str
-    store: Store
-    keys: KeyService
-    router: Router
-    upstream: UpstreamClient
-    background: set[asyncio.Task[None]] = field(default_factory=set)
-    # While a buffered invocation runs (`Settling`): what `spawn` was given, run after the answer by `settle_now`.
-    deferred: list[Coroutine[Any, Any, None]] | None = None
-    # Settlements `settle_soon` was given: how many wait for their loop callback, and the store's futures of
-    # those queued in its batch.
-    queued: int = 0
-    landing: set[asyncio.Future[None]] = field(default_factory=set)
-    tracer: RequestTracer | None = None  # OTLP span export, when configured (handler/telemetry/tracing.py)
+    def __init__(
+        self,
+        config: Config,
+        region: str,
+        store: Store,
+        keys: KeyService,
+        router: Router,
+        upstream: UpstreamClient,
+        tracer: RequestTracer | None = None,  # OTLP span export, when configured (handler/telemetry/tracing.py)
+    ) -> None:
+        self.config = config
+        self.region = region
+        self.store = store
+        self.keys = keys
+        self.router = router
+        self.upstream = upstream
+        self.tracer = tracer
+        self.background: set[asyncio.Task[None]] = set()
+        # While a buffered invocation runs (`Settling`): what `spawn` was given, run after the answer by
+        # `settle_now`.
+        self.deferred: list[Coroutine[Any, Any, None]] | None = None
+        # Settlements `settle_soon` was given: how many wait for their loop callback, and the store's futures of
+        # those queued in its batch.
+        self.queued = 0
+        self.landing: set[asyncio.Future[None]] = set()
 
     @property
     def spool(self) -> SettlementSpool:

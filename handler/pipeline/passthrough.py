@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from handler.errors import GatewayError
@@ -29,13 +28,15 @@ CLIENT_CLOSED = 499  # nginx's status for a client that hung up: the ledger's wo
 T = TypeVar("T")
 
 
-@dataclass(slots=True, eq=False, repr=False)
 class NativeReply:
     """A provider's non-streaming answer in its own format, and the usage read from it (None: it had none,
     so it is estimated)."""
 
-    body: dict[str, Any]
-    usage: Usage | None
+    __slots__ = ("body", "usage")
+
+    def __init__(self, body: dict[str, Any], usage: Usage | None) -> None:
+        self.body = body
+        self.usage = usage
 
 
 def sse_frame(event: StreamEvent) -> bytes:

@@ -12,7 +12,6 @@ import math
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -85,44 +84,55 @@ class Controls(NamedTuple):
     session: str | None = None
 
 
-@dataclass(slots=True, eq=False, repr=False)
 class Exchange:
     """One client request on its way through the gateway: who, what, where it went, how long it took."""
 
-    request_id: str
-    key: KeyRecord
-    model: str
-    controls: Controls
-    started: float = field(default_factory=time.perf_counter)
-    route: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-    inbound_dropped: list[str] = field(default_factory=list)
-    store_ms: float = 0.0
-    upstream_ms: float = 0.0
-    attempt: Attempt | None = None
-    reservation: Reservation | None = None
-    cost: Cost | None = None
-    budget_remaining: float | None = None
-    wasted_usd: float = 0.0
-    limit_headers: dict[str, str] = field(default_factory=dict)
-    lineage: list[KeyRecord] = field(default_factory=list)
-    # The attempt whose request went out and has no answer yet: if the request is cut now (deadline, Lambda
-    # time cap, client gone), the provider may still run it to the end and bill it.
-    inflight: Attempt | None = None
-    # The last attempt the provider answered with an error (the request reached it; nothing to bill).
-    answered: tuple[Attempt, int] | None = None
-    # Attempts sent whole that gave no usable answer (a first-byte timeout, a stall, a broken answer): the
-    # provider may have run them to the end, so each is charged the reserved worst case.
-    missed: list[Attempt] = field(default_factory=list)
-    prompt: PromptEstimate | None = None
-    user: str | None = None  # the end user the client named, for attribution
-    price_multiplier: float = 1.0  # a service tier's
-    per_request_usd: float = 0.0  # options billed per request (web search)
-    trace: Trace | None = None  # what its OpenTelemetry spans need, when OTLP export is on (telemetry/tracing.py)
+    __slots__ = (
+        "request_id", "key", "model", "controls", "started", "route", "dropped", "inbound_dropped", "store_ms",
+        "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
+        "lineage", "inflight", "answered", "missed", "prompt", "user", "price_multiplier", "per_request_usd",
+        "trace",
+    )  # fmt: skip
 
-    def __post_init__(self) -> None:
-        if not self.lineage:
-            self.lineage = [self.key]
+    def __init__(
+        self,
+        request_id: str,
+        key: KeyRecord,
+        model: str,
+        controls: Controls,
+        inbound_dropped: list[str] | None = None,  # what the inbound API's translation could not carry
+        lineage: list[KeyRecord] | None = None,  # the key and its ancestors (the key alone when not given)
+    ) -> None:
+        self.request_id = request_id
+        self.key = key
+        self.model = model
+        self.controls = controls
+        self.started = time.perf_counter()
+        self.route: list[str] = []
+        self.dropped: list[str] = []
+        self.inbound_dropped = [] if inbound_dropped is None else inbound_dropped
+        self.store_ms = 0.0
+        self.upstream_ms = 0.0
+        self.attempt: Attempt | None = None
+        self.reservation: Reservation | None = None
+        self.cost: Cost | None = None
+        self.budget_remaining: float | None = None
+        self.wasted_usd = 0.0
+        self.limit_headers: dict[str, str] = {}
+        self.lineage = lineage or [key]
+        # The attempt whose request went out and has no answer yet: if the request is cut now (deadline, Lambda
+        # time cap, client gone), the provider may still run it to the end and bill it.
+        self.inflight: Attempt | None = None
+        # The last attempt the provider answered with an error (the request reached it; nothing to bill).
+        self.answered: tuple[Attempt, int] | None = None
+        # Attempts sent whole that gave no usable answer (a first-byte timeout, a stall, a broken answer): the
+        # provider may have run them to the end, so each is charged the reserved worst case.
+        self.missed: list[Attempt] = []
+        self.prompt: PromptEstimate | None = None
+        self.user: str | None = None  # the end user the client named, for attribution
+        self.price_multiplier = 1.0  # a service tier's
+        self.per_request_usd = 0.0  # options billed per request (web search)
+        self.trace: Trace | None = None  # what its OpenTelemetry spans need, when OTLP export is on (tracing.py)
 
     def headers(self) -> dict[str, str]:
         """The gateway's headers for this answer, as far as they are known."""

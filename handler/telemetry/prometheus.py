@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 MAX_SERIES = 2000
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -22,13 +21,15 @@ Labels = tuple[tuple[str, str], ...]
 SeriesLabels = tuple[Labels, Labels, Labels, Labels]
 
 
-@dataclass(slots=True, eq=False, repr=False)
 class Histogram:
     """Cumulative buckets, sum and count of one label set."""
 
-    counts: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
-    total: float = 0.0
-    count: int = 0
+    __slots__ = ("counts", "total", "count")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(LATENCY_BUCKETS)
+        self.total = 0.0
+        self.count = 0
 
     def observe(self, value: float) -> None:
         index = bisect.bisect_left(LATENCY_BUCKETS, value)
@@ -38,15 +39,17 @@ class Histogram:
         self.count += 1
 
 
-@dataclass(slots=True, eq=False, repr=False)
 class Family:
     """One metric: its help text, its type and its series by label set."""
 
-    name: str
-    kind: str  # "counter" or "histogram"
-    help: str
-    counters: dict[Labels, float] = field(default_factory=dict)
-    histograms: dict[Labels, Histogram] = field(default_factory=dict)
+    __slots__ = ("name", "kind", "help", "counters", "histograms")
+
+    def __init__(self, name: str, kind: str, help: str) -> None:
+        self.name = name
+        self.kind = kind  # "counter" or "histogram"
+        self.help = help
+        self.counters: dict[Labels, float] = {}
+        self.histograms: dict[Labels, Histogram] = {}
 
     def _bounded(self, labels: Labels, series: int) -> Labels:
         if series < MAX_SERIES:
