@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple, Protocol
@@ -245,39 +245,133 @@ class RateRefused(Exception):
         self.retry_after = retry_after
 
 
-@dataclass(slots=True)
-class KeyRecord:
+# --- records ----------------------------------------------------------------------------------------
+#
+# The records below are dataclasses for what the dataclass protocol gives them: orjson writes them as objects,
+# `dataclasses.replace` and `fields` work on them. Their methods are written here, not generated: `@dataclass`
+# generates each method as source and compiles it when the class is made, at every cold start (about 4 million
+# instructions for one of these records, callgrind).
+
+
+class Record:
+    """Equality by value over the fields (records of the same class only) and a repr naming them, as
+    `@dataclass(eq=True, repr=True)` would generate them."""
+
+    __slots__ = ()
+
+    def _fields(self) -> tuple[str, ...]:
+        names: tuple[str, ...] = self.__slots__  # the record's fields (`@dataclass(slots=True)` sets them)
+        return names
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._fields())
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Record)
+        return self._values() == other._values()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields())
+        return f"{type(self).__qualname__}({fields})"
+
+
+class FrozenRecord(Record):
+    """A `Record` whose fields are set once, by `__init__` (through `object.__setattr__`), and which hashes by
+    value, as `@dataclass(frozen=True)` would make it."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+
+@dataclass(slots=True, init=False, eq=False, repr=False)
+class KeyRecord(Record):
     """A gateway key as stored. The secret itself is never stored, only its hash."""
 
     id: str
     name: str
     secret_hash: str
     created_at: float
-    models: list[str] = field(default_factory=lambda: ["*"])
-    budget_usd: float | None = None
-    budget_period: str = "total"
-    expires_at: float | None = None
-    rpm: int | None = None
-    tpm: int | None = None
-    model_limits: dict[str, dict[str, int]] = field(default_factory=dict)
-    allow_ips: list[str] = field(default_factory=list)
-    admin: bool = False
-    parent_id: str | None = None
-    ancestors: list[str] = field(default_factory=list)
-    revoked_at: float | None = None
-    prev_secret_hash: str | None = None
-    prev_valid_until: float | None = None
-    version: int = 1
+    models: list[str]
+    budget_usd: float | None
+    budget_period: str
+    expires_at: float | None
+    rpm: int | None
+    tpm: int | None
+    model_limits: dict[str, dict[str, int]]
+    allow_ips: list[str]
+    admin: bool
+    parent_id: str | None
+    ancestors: list[str]
+    revoked_at: float | None
+    prev_secret_hash: str | None
+    prev_valid_until: float | None
+    version: int
     # The region whose store item is the budget's ledger of record (None: records from before regions, which
     # keep one meter item in whichever region serves them). See `adapters/store/region_leases.py`.
-    home_region: str | None = None
+    home_region: str | None
     # Default attribution tags for the key's ledger lines (see `handler/pipeline/attribution.py` for how they combine
     # with its ancestors' and the request's).
-    tags: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str]
+
+    def __init__(
+        self,
+        id: str,
+        name: str,
+        secret_hash: str,
+        created_at: float,
+        models: list[str] | None = None,  # None: every model (`["*"]`)
+        budget_usd: float | None = None,
+        budget_period: str = "total",
+        expires_at: float | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        model_limits: dict[str, dict[str, int]] | None = None,
+        allow_ips: list[str] | None = None,
+        admin: bool = False,
+        parent_id: str | None = None,
+        ancestors: list[str] | None = None,
+        revoked_at: float | None = None,
+        prev_secret_hash: str | None = None,
+        prev_valid_until: float | None = None,
+        version: int = 1,
+        home_region: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        self.id = id
+        self.name = name
+        self.secret_hash = secret_hash
+        self.created_at = created_at
+        self.models = ["*"] if models is None else models
+        self.budget_usd = budget_usd
+        self.budget_period = budget_period
+        self.expires_at = expires_at
+        self.rpm = rpm
+        self.tpm = tpm
+        self.model_limits = {} if model_limits is None else model_limits
+        self.allow_ips = [] if allow_ips is None else allow_ips
+        self.admin = admin
+        self.parent_id = parent_id
+        self.ancestors = [] if ancestors is None else ancestors
+        self.revoked_at = revoked_at
+        self.prev_secret_hash = prev_secret_hash
+        self.prev_valid_until = prev_valid_until
+        self.version = version
+        self.home_region = home_region
+        self.tags = {} if tags is None else tags
 
 
-@dataclass(frozen=True, slots=True)
-class BudgetCharge:
+@dataclass(slots=True, init=False, eq=False, repr=False)
+class BudgetCharge(FrozenRecord):
     """Reserve `amount_usd` on `key_id`'s counter for `period` if it stays within `limit_usd`.
 
     `home_region` is the key's (`KeyRecord.home_region`): a store in another region spends from its own
@@ -287,11 +381,21 @@ class BudgetCharge:
     period: str
     limit_usd: float
     amount_usd: float
-    home_region: str | None = None
+    home_region: str | None
+
+    def __init__(
+        self, key_id: str, period: str, limit_usd: float, amount_usd: float, home_region: str | None = None
+    ) -> None:
+        assign = object.__setattr__
+        assign(self, "key_id", key_id)
+        assign(self, "period", period)
+        assign(self, "limit_usd", limit_usd)
+        assign(self, "amount_usd", amount_usd)
+        assign(self, "home_region", home_region)
 
 
-@dataclass(frozen=True, slots=True)
-class RateCharge:
+@dataclass(slots=True, init=False, eq=False, repr=False)
+class RateCharge(FrozenRecord):
     """Count against one rate limit for the window `window` (epoch minute).
 
     `name` is `rpm`, `tpm`, `rpm:<model>` or `tpm:<model>`; the counter must stay `<= limit` after
@@ -302,8 +406,25 @@ class RateCharge:
     window: int
     limit: int
     amount: int
-    key_id: str | None = None
-    home_region: str | None = None
+    key_id: str | None
+    home_region: str | None
+
+    def __init__(
+        self,
+        name: str,
+        window: int,
+        limit: int,
+        amount: int,
+        key_id: str | None = None,
+        home_region: str | None = None,
+    ) -> None:
+        assign = object.__setattr__
+        assign(self, "name", name)
+        assign(self, "window", window)
+        assign(self, "limit", limit)
+        assign(self, "amount", amount)
+        assign(self, "key_id", key_id)
+        assign(self, "home_region", home_region)
 
     @property
     def counter(self) -> str:
@@ -323,18 +444,28 @@ class Admission(NamedTuple):
     home_region: str | None = None  # `key_id`'s home region: where its rate counters live (None: local)
 
 
-@dataclass(slots=True)
-class MeterSnapshot:
+@dataclass(slots=True, init=False, eq=False, repr=False)
+class MeterSnapshot(Record):
     """A key's counters: per budget period, `committed_usd` (spent plus live reservations) and
     `spent_usd` (settled only); per rate-limit name, the count in the current window."""
 
-    committed_usd: dict[str, float] = field(default_factory=dict)
-    spent_usd: dict[str, float] = field(default_factory=dict)
-    rates: dict[str, int] = field(default_factory=dict)
+    committed_usd: dict[str, float]
+    spent_usd: dict[str, float]
+    rates: dict[str, int]
+
+    def __init__(
+        self,
+        committed_usd: dict[str, float] | None = None,
+        spent_usd: dict[str, float] | None = None,
+        rates: dict[str, int] | None = None,
+    ) -> None:
+        self.committed_usd = {} if committed_usd is None else committed_usd
+        self.spent_usd = {} if spent_usd is None else spent_usd
+        self.rates = {} if rates is None else rates
 
 
-@dataclass(slots=True)
-class LedgerItem:
+@dataclass(slots=True, init=False, eq=False, repr=False)
+class LedgerItem(Record):
     """One line item: a request that reached a provider."""
 
     request_id: str
@@ -352,21 +483,75 @@ class LedgerItem:
     cost_usd: float | None
     fee_usd: float
     status: int
-    gateway_ms: float = 0.0
-    store_ms: float = 0.0
-    upstream_ms: float = 0.0
-    route: str = ""
-    cost_source: str = "provider"
+    gateway_ms: float
+    store_ms: float
+    upstream_ms: float
+    route: str
+    cost_source: str
     # Attribution: the client's `x-gateway-tags`, its end user (`user`, `metadata.user_id`, `safety_identifier`)
     # and the agent session it named (Claude Code's `x-claude-code-session-id`, Codex's `session-id`).
-    tags: dict[str, str] = field(default_factory=dict)
-    user: str | None = None
-    session: str | None = None
+    tags: dict[str, str]
+    user: str | None
+    session: str | None
     # Output tokens spent reasoning (within `output_tokens`; 0 where the provider does not count them apart),
     # and what prompt caching saved on this request (see `Cost.cache_savings_usd`). Lines written before these
     # fields existed read back as 0.
-    reasoning_tokens: int = 0
-    cache_savings_usd: float = 0.0
+    reasoning_tokens: int
+    cache_savings_usd: float
+
+    def __init__(
+        self,
+        request_id: str,
+        ts: float,
+        key_id: str,
+        ancestors: list[str],
+        model: str,
+        provider: str,
+        region: str,
+        upstream_model: str,
+        input_tokens: int,
+        cached_tokens: int,
+        cache_write_tokens: int,
+        output_tokens: int,
+        cost_usd: float | None,
+        fee_usd: float,
+        status: int,
+        gateway_ms: float = 0.0,
+        store_ms: float = 0.0,
+        upstream_ms: float = 0.0,
+        route: str = "",
+        cost_source: str = "provider",
+        tags: dict[str, str] | None = None,
+        user: str | None = None,
+        session: str | None = None,
+        reasoning_tokens: int = 0,
+        cache_savings_usd: float = 0.0,
+    ) -> None:
+        self.request_id = request_id
+        self.ts = ts
+        self.key_id = key_id
+        self.ancestors = ancestors
+        self.model = model
+        self.provider = provider
+        self.region = region
+        self.upstream_model = upstream_model
+        self.input_tokens = input_tokens
+        self.cached_tokens = cached_tokens
+        self.cache_write_tokens = cache_write_tokens
+        self.output_tokens = output_tokens
+        self.cost_usd = cost_usd
+        self.fee_usd = fee_usd
+        self.status = status
+        self.gateway_ms = gateway_ms
+        self.store_ms = store_ms
+        self.upstream_ms = upstream_ms
+        self.route = route
+        self.cost_source = cost_source
+        self.tags = {} if tags is None else tags
+        self.user = user
+        self.session = session
+        self.reasoning_tokens = reasoning_tokens
+        self.cache_savings_usd = cache_savings_usd
 
     @property
     def day(self) -> str:
@@ -374,8 +559,8 @@ class LedgerItem:
         return datetime.fromtimestamp(self.ts, UTC).strftime("%Y-%m-%d")
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
+@dataclass(slots=True, init=False, eq=False, repr=False)
+class Settlement(FrozenRecord):
     """After the answer: turn the reservation into the actual cost and record the line item.
 
     Idempotent: settling the same `reservation_id` twice changes nothing the second time.
@@ -389,7 +574,24 @@ class Settlement:
     reserved_usd: float
     rates: list[RateCharge]
     item: LedgerItem | None
-    home_region: str | None = None  # the admission's `home_region`
+    home_region: str | None  # the admission's `home_region`
+
+    def __init__(
+        self,
+        reservation_id: str,
+        budgets: list[BudgetCharge],
+        reserved_usd: float,
+        rates: list[RateCharge],
+        item: LedgerItem | None,
+        home_region: str | None = None,
+    ) -> None:
+        assign = object.__setattr__
+        assign(self, "reservation_id", reservation_id)
+        assign(self, "budgets", budgets)
+        assign(self, "reserved_usd", reserved_usd)
+        assign(self, "rates", rates)
+        assign(self, "item", item)
+        assign(self, "home_region", home_region)
 
 
 class UsageQuery(NamedTuple):
