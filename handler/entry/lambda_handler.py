@@ -8,10 +8,10 @@ never need is left to first use: the front-ends other than Chat Completions and 
 Responses APIs, the key routes, the dashboard: `handler.api.route_table.Endpoints`), the adapters of provider types
 the config does not name, the API models' validators.
 
-SnapStart: before the snapshot every front-end is imported, the request path primed (handler/entry/priming.py) and
-every validator the cold start left to first use built (so a restored environment's first invocation does no more
-than a warm one); the upstream connections are closed; after a
-restore they are opened afresh and the key cache is emptied (a snapshot can be restored hours after it was
+SnapStart: before the snapshot every front-end is imported, the request path primed (handler/entry/priming.py),
+and every validator and the router the cold start left to first use built (so a restored environment's first
+invocation does no more than a warm one); the upstream connections are closed; after a restore they are opened
+afresh and the key cache is emptied (a snapshot can be restored hours after it was
 taken). The hooks come from the Lambda runtime's `snapshot_restore_py`, absent elsewhere.
 """
 
@@ -72,6 +72,7 @@ def _before_snapshot() -> None:
         logger.warning("SnapStart priming failed; the snapshot is taken unprimed", exc_info=True)
     warm_urls(gateway)
     build_deferred_models()
+    app.starlette  # noqa: B018 - the router the cold start leaves to first use (see GatewayApp)
     gc.collect()  # the snapshot keeps no garbage, and what the validators built lives on: frozen with the rest
     gc.freeze()
     _loop.run_until_complete(gateway.upstream.aclose())

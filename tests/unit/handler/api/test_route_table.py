@@ -139,3 +139,16 @@ def test_a_front_end_is_built_on_its_first_request_and_bound_once() -> None:
         with pytest.raises(AuthenticationError):  # the Messages front-end's own check (it takes x-api-key)
             asyncio.run(messages(Request(scope)))
     assert set(vars(endpoints)) == {"api", "messages"}  # built on its first request, and only it
+
+
+def test_the_router_is_built_on_the_first_request_off_the_direct_lane() -> None:
+    app = create_app(build_gateway(store_url="sqlite://", environ={}))
+    client = TestClient(app)  # outside a `with`: no lifespan, as on Lambda
+    chat = client.post("/v1/chat/completions", json={"model": "m", "messages": []})
+    assert chat.status_code == 401 and chat.headers["x-request-id"]
+    assert app._starlette is None  # the direct lane answered: no route pattern compiled
+    health = client.get("/health")
+    assert health.status_code == 200 and health.headers["x-request-id"]
+    assert app._starlette is not None and app.starlette.state is app.state  # one state, set before and after
+    assert app.starlette.state.gateway is app.state.gateway
+    assert client.get("/nowhere").json()["error"]["code"] == "not_found"
