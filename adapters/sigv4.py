@@ -12,15 +12,20 @@ import hmac
 import time
 import urllib.parse
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Final
+
+from handler.records import Value
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 
 
-class Credentials(NamedTuple):
-    access_key: str
-    secret_key: str
-    token: str | None = None
+class Credentials(Value):
+    __slots__ = ("access_key", "secret_key", "token")
+
+    def __init__(self, access_key: str, secret_key: str, token: str | None = None) -> None:
+        self.access_key: Final = access_key
+        self.secret_key: Final = secret_key
+        self.token: Final = token
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Credentials | None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import FrozenInstanceError, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 from handler.errors import InvalidRequestError, UpstreamError
+from handler.records import FrozenRecord, Record, Value
 from handler.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -29,15 +30,26 @@ from handler.wire import SSEDecoder, StreamEvent
 # --- providers -----------------------------------------------------------------------------------
 
 
-class Target(NamedTuple):
+class Target(Value):
     """One deployment resolved for a request: provider instance, upstream model, where it runs."""
 
-    provider: str
-    provider_type: str
-    model: str
-    region: str
-    base_url: str
-    options: Mapping[str, Any] = MappingProxyType({})
+    __slots__ = ("provider", "provider_type", "model", "region", "base_url", "options")
+
+    def __init__(
+        self,
+        provider: str,
+        provider_type: str,
+        model: str,
+        region: str,
+        base_url: str,
+        options: Mapping[str, Any] = MappingProxyType({}),
+    ) -> None:
+        self.provider: Final = provider
+        self.provider_type: Final = provider_type
+        self.model: Final = model
+        self.region: Final = region
+        self.base_url: Final = base_url
+        self.options: Final = options
 
     @property
     def label(self) -> str:
@@ -94,7 +106,7 @@ MESSAGES_API = "anthropic.messages"
 RESPONSES_API = "openai.responses"
 
 
-class NativeCall(NamedTuple):
+class NativeCall(Value):
     """A request in one provider API's own wire format (`api`, e.g. `anthropic.messages`), to be sent upstream
     as the client wrote it when the deployment speaks that API.
 
@@ -104,11 +116,21 @@ class NativeCall(NamedTuple):
     `dropped` names what the passed-through body leaves out of the client's (reported for a native one).
     """
 
-    api: str
-    body: Mapping[str, Any]
-    headers: Mapping[str, str] = MappingProxyType({})
-    untranslated: tuple[str, ...] = ()
-    dropped: tuple[str, ...] = ()
+    __slots__ = ("api", "body", "headers", "untranslated", "dropped")
+
+    def __init__(
+        self,
+        api: str,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str] = MappingProxyType({}),
+        untranslated: tuple[str, ...] = (),
+        dropped: tuple[str, ...] = (),
+    ) -> None:
+        self.api: Final = api
+        self.body: Final = body
+        self.headers: Final = headers
+        self.untranslated: Final = untranslated
+        self.dropped: Final = dropped
 
 
 class NativeMeter(Protocol):
@@ -247,50 +269,8 @@ class RateRefused(Exception):
 
 # --- records ----------------------------------------------------------------------------------------
 #
-# The records below are dataclasses for what the dataclass protocol gives them: orjson writes them as objects,
-# `dataclasses.replace` and `fields` work on them. Their methods are written here, not generated: `@dataclass`
-# generates each method as source and compiles it when the class is made, at every cold start (about 4 million
-# instructions for one of these records, callgrind).
-
-
-class Record:
-    """Equality by value over the fields (records of the same class only) and a repr naming them, as
-    `@dataclass(eq=True, repr=True)` would generate them."""
-
-    __slots__ = ()
-
-    def _fields(self) -> tuple[str, ...]:
-        names: tuple[str, ...] = self.__slots__  # the record's fields (`@dataclass(slots=True)` sets them)
-        return names
-
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self._fields())
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, Record)
-        return self._values() == other._values()
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields())
-        return f"{type(self).__qualname__}({fields})"
-
-
-class FrozenRecord(Record):
-    """A `Record` whose fields are set once, by `__init__` (through `object.__setattr__`), and which hashes by
-    value, as `@dataclass(frozen=True)` would make it."""
-
-    __slots__ = ()
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise FrozenInstanceError(f"cannot delete field {name!r}")
-
-    def __hash__(self) -> int:
-        return hash(self._values())
+# The stored records are dataclasses for the protocol (orjson writes them, `dataclasses.replace` and `fields`
+# work on them) with nothing generated: see handler/records.py.
 
 
 @dataclass(slots=True, init=False, eq=False, repr=False)
@@ -433,15 +413,26 @@ class RateCharge(FrozenRecord):
         return self.name if self.key_id is None else f"{self.name}@{self.key_id}"
 
 
-class Admission(NamedTuple):
+class Admission(Value):
     """Everything checked and counted before the upstream call, in one store round trip."""
 
-    reservation_id: str
-    key_id: str
-    budgets: list[BudgetCharge]
-    rates: list[RateCharge]
-    expires_at: float
-    home_region: str | None = None  # `key_id`'s home region: where its rate counters live (None: local)
+    __slots__ = ("reservation_id", "key_id", "budgets", "rates", "expires_at", "home_region")
+
+    def __init__(
+        self,
+        reservation_id: str,
+        key_id: str,
+        budgets: list[BudgetCharge],
+        rates: list[RateCharge],
+        expires_at: float,
+        home_region: str | None = None,
+    ) -> None:
+        self.reservation_id: Final = reservation_id
+        self.key_id: Final = key_id
+        self.budgets: Final = budgets
+        self.rates: Final = rates
+        self.expires_at: Final = expires_at
+        self.home_region: Final = home_region  # `key_id`'s home region: where its rate counters live (None: local)
 
 
 @dataclass(slots=True, init=False, eq=False, repr=False)
@@ -594,23 +585,31 @@ class Settlement(FrozenRecord):
         assign(self, "home_region", home_region)
 
 
-class UsageQuery(NamedTuple):
-    key_ids: list[str] | None
-    since: float
-    until: float
+class UsageQuery(Value):
+    __slots__ = ("key_ids", "since", "until")
+
+    def __init__(self, key_ids: list[str] | None, since: float, until: float) -> None:
+        self.key_ids: Final = key_ids
+        self.since: Final = since
+        self.until: Final = until
 
 
-class StoredResponse(NamedTuple):
+class StoredResponse(Value):
     """A Responses API answer kept for `previous_response_id` and `GET /v1/responses/{id}`: `body` is
     the JSON of the conversation's input items and the response; only `key_id` and its `ancestors`
     may read or delete it, until `expires_at`."""
 
-    id: str
-    key_id: str
-    ancestors: list[str]
-    created_at: float
-    expires_at: float
-    body: bytes
+    __slots__ = ("id", "key_id", "ancestors", "created_at", "expires_at", "body")
+
+    def __init__(
+        self, id: str, key_id: str, ancestors: list[str], created_at: float, expires_at: float, body: bytes
+    ) -> None:
+        self.id: Final = id
+        self.key_id: Final = key_id
+        self.ancestors: Final = ancestors
+        self.created_at: Final = created_at
+        self.expires_at: Final = expires_at
+        self.body: Final = body
 
 
 class Store(ABC):

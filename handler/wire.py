@@ -6,18 +6,22 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, Final
 
 import orjson
 
 from handler.errors import UpstreamError
+from handler.records import Value
 
 
-class StreamEvent(NamedTuple):
+class StreamEvent(Value):
     """One decoded frame of an upstream stream: an SSE event or an AWS event-stream message."""
 
-    event: str | None
-    data: bytes
+    __slots__ = ("event", "data")
+
+    def __init__(self, event: str | None, data: bytes) -> None:
+        self.event: Final = event
+        self.data: Final = data
 
 
 # The Responses API's terminal stream events: a stream's last, carrying the whole response.

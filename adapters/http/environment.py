@@ -14,18 +14,23 @@ from __future__ import annotations
 import base64
 import ssl
 import urllib.parse
-from typing import NamedTuple
+from typing import Final
 
 import httpx
 from httpx._utils import URLPattern, get_environment_proxies
 
+from handler.records import Value
 
-class Proxy(NamedTuple):
+
+class Proxy(Value):
     """A forward proxy: where it listens, and the `Proxy-Authorization` its URL's user info asks for."""
 
-    host: str
-    port: int
-    authorization: bytes | None
+    __slots__ = ("host", "port", "authorization")
+
+    def __init__(self, host: str, port: int, authorization: bytes | None) -> None:
+        self.host: Final = host
+        self.port: Final = port
+        self.authorization: Final = authorization
 
     @classmethod
     def of(cls, url: str) -> Proxy:

@@ -45,12 +45,13 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, NamedTuple, cast
+from typing import Any, Final, cast
 
 import httptools
 import httpx
 
 from adapters.http.environment import Proxy, ProxyRules, tls_context
+from handler.records import Value
 
 DEFAULT_PORTS = {b"http": 80, b"https": 443}
 HIGH_WATER = 256 * 1024  # buffered body bytes at which reading from the socket pauses
@@ -59,12 +60,17 @@ TOO_LARGE = "upstream_body_too_large"
 READABLE = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 
 
-class Limits(NamedTuple):
+class Limits(Value):
     """How much of an answer the client takes (see the module docstring)."""
 
-    max_header_bytes: int = 64 * 1024
-    max_headers: int = 256
-    max_body_bytes: int = 128 * 1024 * 1024
+    __slots__ = ("max_header_bytes", "max_headers", "max_body_bytes")
+
+    def __init__(
+        self, max_header_bytes: int = 64 * 1024, max_headers: int = 256, max_body_bytes: int = 128 * 1024 * 1024
+    ) -> None:
+        self.max_header_bytes: Final = max_header_bytes
+        self.max_headers: Final = max_headers
+        self.max_body_bytes: Final = max_body_bytes
 
 
 class AnswerRefused(httpx.RemoteProtocolError):

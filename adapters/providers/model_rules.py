@@ -8,19 +8,30 @@ version suffixes included) and what that family requires.
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple
+from typing import Any, Final
+
+from handler.records import Value
 
 
-class ModelRules(NamedTuple):
+class ModelRules(Value):
     """`one_sampling_knob`: refuses `temperature` and `top_p` together (top_p is dropped, reported).
     `completion_tokens_field`: takes the output cap only as `max_completion_tokens`.
     `signed_function_calls`: refuses a function-call history whose calls lost their thought signature.
     `no_tools_with_json_mode`: refuses function calling together with a JSON response mime type."""
 
-    one_sampling_knob: bool = False
-    completion_tokens_field: bool = False
-    signed_function_calls: bool = False
-    no_tools_with_json_mode: bool = False
+    __slots__ = ("one_sampling_knob", "completion_tokens_field", "signed_function_calls", "no_tools_with_json_mode")
+
+    def __init__(
+        self,
+        one_sampling_knob: bool = False,
+        completion_tokens_field: bool = False,
+        signed_function_calls: bool = False,
+        no_tools_with_json_mode: bool = False,
+    ) -> None:
+        self.one_sampling_knob: Final = one_sampling_knob
+        self.completion_tokens_field: Final = completion_tokens_field
+        self.signed_function_calls: Final = signed_function_calls
+        self.no_tools_with_json_mode: Final = no_tools_with_json_mode
 
 
 NO_RULES = ModelRules()

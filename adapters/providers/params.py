@@ -8,14 +8,15 @@ returns the names it could not honour, for `x-gateway-dropped-params`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, Final
 
 from pydantic import BaseModel
 
 from handler.errors import InvalidRequestError
+from handler.records import Value
 
 
-class Rule(NamedTuple):
+class Rule(Value):
     """What to do with one top-level parameter.
 
     `rename` moves it to another name; `drop` removes it (reported); `clamp` bounds a number
@@ -24,12 +25,23 @@ class Rule(NamedTuple):
     keeps the first so many items of a list (reported when it cut some).
     """
 
-    rename: str | None = None
-    drop: bool = False
-    clamp: tuple[float, float] | None = None
-    values: Mapping[str, Any] | None = None
-    only: tuple[Any, ...] | None = None
-    max_items: int | None = None
+    __slots__ = ("rename", "drop", "clamp", "values", "only", "max_items")
+
+    def __init__(
+        self,
+        rename: str | None = None,
+        drop: bool = False,
+        clamp: tuple[float, float] | None = None,
+        values: Mapping[str, Any] | None = None,
+        only: tuple[Any, ...] | None = None,
+        max_items: int | None = None,
+    ) -> None:
+        self.rename: Final = rename
+        self.drop: Final = drop
+        self.clamp: Final = clamp
+        self.values: Final = values
+        self.only: Final = only
+        self.max_items: Final = max_items
 
 
 def apply_rules(

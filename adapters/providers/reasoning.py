@@ -10,22 +10,26 @@ Gemini 2.5's `thinkingConfig.thinkingBudget` and Gemini 3's `thinkingConfig.thin
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final
 
+from handler.records import Value
 from handler.schemas import ChatRequest
 
 # Anthropic refuses a thinking budget below this, and one not below `max_tokens`.
 MIN_THINKING_BUDGET = 1024
 
 
-class Level(NamedTuple):
+class Level(Value):
     """One effort level and what each provider's control is set to for it."""
 
-    effort: str
-    openai: str  # `reasoning_effort` of OpenAI reasoning models (o-series, gpt-5)
-    budget: int  # Anthropic / Bedrock Claude `thinking.budget_tokens`, Gemini 2.5 `thinkingBudget`
-    gemini_level: str  # Gemini 3 `thinkingLevel`
-    nova: str  # Amazon Nova `reasoningConfig.maxReasoningEffort`
+    __slots__ = ("effort", "openai", "budget", "gemini_level", "nova")
+
+    def __init__(self, effort: str, openai: str, budget: int, gemini_level: str, nova: str) -> None:
+        self.effort: Final = effort
+        self.openai: Final = openai  # `reasoning_effort` of OpenAI reasoning models (o-series, gpt-5)
+        self.budget: Final = budget  # Anthropic / Bedrock Claude `thinking.budget_tokens`, Gemini 2.5 `thinkingBudget`
+        self.gemini_level: Final = gemini_level  # Gemini 3 `thinkingLevel`
+        self.nova: Final = nova  # Amazon Nova `reasoningConfig.maxReasoningEffort`
 
 
 LEVELS: tuple[Level, ...] = (
@@ -47,14 +51,19 @@ GEMINI_THINKING_FRAGMENTS = ("gemini-2.5", "gemini-3", "gemini-flash-latest", "g
 NOVA_REASONING_FRAGMENTS = ("nova-2", "nova-premier")
 
 
-class Reasoning(NamedTuple):
+class Reasoning(Value):
     """What the client asked for: off, or a level; `budget` when it named a token budget; `adaptive` when
     it left the depth to the model (then `level` is its effort, or None for the provider's default)."""
 
-    off: bool = False
-    level: Level | None = None
-    budget: int | None = None
-    adaptive: bool = False
+    __slots__ = ("off", "level", "budget", "adaptive")
+
+    def __init__(
+        self, off: bool = False, level: Level | None = None, budget: int | None = None, adaptive: bool = False
+    ) -> None:
+        self.off: Final = off
+        self.level: Final = level
+        self.budget: Final = budget
+        self.adaptive: Final = adaptive
 
 
 def level_for_budget(budget: int) -> Level:

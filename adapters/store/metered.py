@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple
+from typing import Final
 
 from handler.ports import (
     Admission,
@@ -44,6 +44,7 @@ from handler.ports import (
     Store,
     StoreError,
 )
+from handler.records import Value
 
 # A retry rewrites rolled-over windows as restarts; a third failure means a race with another clock.
 ADMIT_TRIES = 3
@@ -99,72 +100,104 @@ class Counters:
         self.rates = {} if rates is None else rates
 
 
-class RateStep(NamedTuple):
+class RateStep(Value):
     """A rate charge on its owner's counter. Unless `restart`: the condition is "no stored window, or the
     stored window is the charge's and the count plus the amount stays within the limit", the change "count +=
     amount, window = the charge's". With `restart` (the stored window rolled over): the condition is "no
     stored window, or one older than the charge's", the change "count = amount, window = the charge's"."""
 
-    charge: RateCharge
-    restart: bool = False
+    __slots__ = ("charge", "restart")
+
+    def __init__(self, charge: RateCharge, restart: bool = False) -> None:
+        self.charge: Final = charge
+        self.restart: Final = restart
 
 
-class MeterUpdate(NamedTuple):
+class MeterUpdate(Value):
     """What an admission changes on one key's counters. Per budget charge, the condition "committed (0 when
     missing) plus the amount stays within the limit", the change "committed += amount" and a reservation
     `(key, reservation id, period, amount, expires_at)` recorded; per rate step, see `RateStep`.
     `home_region` is where the key's counters are homed (a backend spanning regions keeps a lease of it)."""
 
-    key_id: str
-    home_region: str | None
-    budgets: list[BudgetCharge]
-    rates: list[RateStep]
+    __slots__ = ("key_id", "home_region", "budgets", "rates")
+
+    def __init__(
+        self, key_id: str, home_region: str | None, budgets: list[BudgetCharge], rates: list[RateStep]
+    ) -> None:
+        self.key_id: Final = key_id
+        self.home_region: Final = home_region
+        self.budgets: Final = budgets
+        self.rates: Final = rates
 
 
-class AdmissionWrite(NamedTuple):
+class AdmissionWrite(Value):
     """An admission's changes, key by key (its own key first). `reported` names the keys whose counters the
     admission's snapshot reports: the nearest budget's and the key's own (when it counts rates there)."""
 
-    admission: Admission
-    meters: list[MeterUpdate]
-    reported: list[str]
+    __slots__ = ("admission", "meters", "reported")
+
+    def __init__(self, admission: Admission, meters: list[MeterUpdate], reported: list[str]) -> None:
+        self.admission: Final = admission
+        self.meters: Final = meters
+        self.reported: Final = reported
 
 
-class Applied(NamedTuple):
+class Applied(Value):
     """An admission written: the counters after it, of (at least) the `reported` keys."""
 
-    counters: dict[str, Counters]
+    __slots__ = ("counters",)
+
+    def __init__(self, counters: dict[str, Counters]) -> None:
+        self.counters: Final = counters
 
 
-class Unmet(NamedTuple):
+class Unmet(Value):
     """An admission not written, nothing changed: the counters as they were of (at least) every key one of
     whose conditions failed."""
 
-    counters: dict[str, Counters]
+    __slots__ = ("counters",)
+
+    def __init__(self, counters: dict[str, Counters]) -> None:
+        self.counters: Final = counters
 
 
-class SettleUpdate(NamedTuple):
+class SettleUpdate(Value):
     """What a settlement changes on one key's counters. Per budget charge (`amount_usd` the actual cost),
     "committed += committed_delta, spent += actual", and the reservation removed; the condition: the
     reservation is there, or, if `released`, is not (expiry released it). Per token correction, "count +=
     amount" on the counter of the correction's window (corrections are only made in the current window)."""
 
-    key_id: str
-    home_region: str | None
-    budgets: list[tuple[BudgetCharge, float]]
-    released: bool
-    tokens: list[RateCharge]
+    __slots__ = ("key_id", "home_region", "budgets", "released", "tokens")
+
+    def __init__(
+        self,
+        key_id: str,
+        home_region: str | None,
+        budgets: list[tuple[BudgetCharge, float]],
+        released: bool,
+        tokens: list[RateCharge],
+    ) -> None:
+        self.key_id: Final = key_id
+        self.home_region: Final = home_region
+        self.budgets: Final = budgets
+        self.released: Final = released
+        self.tokens: Final = tokens
 
 
-class Reservation(NamedTuple):
+class Reservation(Value):
     """A reservation as stored: `leased` when it is held in a backend's lease of the key (not its own counter)."""
 
-    key_id: str
-    reservation_id: str
-    period: str
-    amount_usd: float
-    expires_at: float
-    leased: bool = False
+    __slots__ = ("key_id", "reservation_id", "period", "amount_usd", "expires_at", "leased")
+
+    def __init__(
+        self, key_id: str, reservation_id: str, period: str, amount_usd: float, expires_at: float, leased: bool = False
+    ) -> None:
+        self.key_id: Final = key_id
+        self.reservation_id: Final = reservation_id
+        self.period: Final = period
+        self.amount_usd: Final = amount_usd
+        self.expires_at: Final = expires_at
+        self.leased: Final = leased
 
 
 class Refill(Exception):

@@ -14,7 +14,7 @@ import importlib
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from functools import cache, cached_property
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from starlette.requests import Request
@@ -42,6 +42,7 @@ from handler.api.openapi import (
     text_answer,
 )
 from handler.dashboard.assets import ASSETS
+from handler.records import Value
 
 if TYPE_CHECKING:
     from handler.api.app import Api
@@ -126,16 +127,29 @@ class Endpoints:
         return Dashboard(self.api.parse, gateway.store, gateway.keys)
 
 
-class RouteSpec(NamedTuple):
+class RouteSpec(Value):
     """One row of the route table."""
 
-    path: str
-    method: str
-    endpoint: Callable[[Endpoints], Handler]
-    auth: Auth
-    summary: str
-    operation: dict[str, Any]  # the OpenAPI operation's answers, body and parameters (`handler.api.openapi.operation`)
-    direct: bool = False  # served by the direct lane: a proxied POST, past Starlette's router (POSTs only)
+    __slots__ = ("path", "method", "endpoint", "auth", "summary", "operation", "direct")
+
+    def __init__(
+        self,
+        path: str,
+        method: str,
+        endpoint: Callable[[Endpoints], Handler],
+        auth: Auth,
+        summary: str,
+        operation: dict[str, Any],
+        direct: bool = False,
+    ) -> None:
+        self.path: Final = path
+        self.method: Final = method
+        self.endpoint: Final = endpoint
+        self.auth: Final = auth
+        self.summary: Final = summary
+        # The OpenAPI operation's answers, body and parameters (`handler.api.openapi.operation`).
+        self.operation: Final = operation
+        self.direct: Final = direct  # served by the direct lane: a proxied POST, past Starlette's router (POSTs only)
 
 
 @cache

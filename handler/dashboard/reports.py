@@ -12,12 +12,13 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, Final
 
 from handler.errors import InvalidRequestError
 from handler.pipeline.attribution import parse_tags
 from handler.pipeline.pricing import usd
 from handler.ports import LedgerItem
+from handler.records import Value
 
 GROUPS = ("key", "model", "day")
 # Lines whose cost was not the provider's own figure (`LedgerItem.cost_source`), counted per row.
@@ -89,12 +90,17 @@ USD_COLUMNS = ("cost_usd", "fee_usd", "total_usd", "cache_savings_usd")
 MAX_FILTER_CHARS = 256
 
 
-class LineFilter(NamedTuple):
+class LineFilter(Value):
     """Which lines a report counts: those carrying every one of `tags`, and the `user` and `session` if named."""
 
-    tags: Mapping[str, str] = MappingProxyType({})
-    user: str | None = None
-    session: str | None = None
+    __slots__ = ("tags", "user", "session")
+
+    def __init__(
+        self, tags: Mapping[str, str] = MappingProxyType({}), user: str | None = None, session: str | None = None
+    ) -> None:
+        self.tags: Final = tags
+        self.user: Final = user
+        self.session: Final = session
 
     def __bool__(self) -> bool:
         return bool(self.tags) or self.user is not None or self.session is not None
@@ -118,13 +124,16 @@ def parse_filter(tags: str | None, user: str | None, session: str | None) -> Lin
     return LineFilter(parse_tags(tags, "tag"), user, session)
 
 
-class ReportSpec(NamedTuple):
+class ReportSpec(Value):
     """A usage report as asked for on any surface (`gateway usage`, `/v1/usage`, `/admin/usage`)."""
 
-    since: float
-    until: float
-    group_by: list[str]
-    filter: LineFilter
+    __slots__ = ("since", "until", "group_by", "filter")
+
+    def __init__(self, since: float, until: float, group_by: list[str], filter: LineFilter) -> None:
+        self.since: Final = since
+        self.until: Final = until
+        self.group_by: Final = group_by
+        self.filter: Final = filter
 
     def select(self, items: Iterable[LedgerItem]) -> list[LedgerItem]:
         """The store's lines of the window that pass the filter."""

@@ -17,10 +17,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from fnmatch import fnmatchcase
-from typing import NamedTuple
+from typing import Final
 
 from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
 from handler.ports import KeyRecord, Store
+from handler.records import Value
 
 KEY_PREFIX = "gwk"
 ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
@@ -165,11 +166,14 @@ def validate_networks(networks: list[str]) -> list[str]:
     return out
 
 
-class MintedKey(NamedTuple):
+class MintedKey(Value):
     """A new key: the record as stored and the secret shown once."""
 
-    record: KeyRecord
-    key: str
+    __slots__ = ("record", "key")
+
+    def __init__(self, record: KeyRecord, key: str) -> None:
+        self.record: Final = record
+        self.key: Final = key
 
 
 async def with_descendants(store: Store, key_id: str, limit: int = 10_000) -> list[str]:

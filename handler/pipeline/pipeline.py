@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 
@@ -51,6 +51,7 @@ from handler.pipeline.routing import Attempt, Plan, RouteControls
 from handler.pipeline.schema_check import enforce, schema_of, violation
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import BuiltRequest, KeyRecord, LedgerItem, NativeCall, StreamParser
+from handler.records import Value
 from handler.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -72,16 +73,31 @@ MAX_USER_CHARS = 256
 CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
 
 
-class Controls(NamedTuple):
+NO_ROUTE_CONTROLS = RouteControls()  # the config's routing, as the client left it
+
+
+class Controls(Value):
     """The client's request-control headers, parsed."""
 
-    route: RouteControls = RouteControls()
-    deadline_s: float | None = None
-    max_cost_usd: float | None = None
-    strict: bool = False
-    enforce_schema: bool = False
-    tags: Mapping[str, str] = MappingProxyType({})
-    session: str | None = None
+    __slots__ = ("route", "deadline_s", "max_cost_usd", "strict", "enforce_schema", "tags", "session")
+
+    def __init__(
+        self,
+        route: RouteControls = NO_ROUTE_CONTROLS,
+        deadline_s: float | None = None,
+        max_cost_usd: float | None = None,
+        strict: bool = False,
+        enforce_schema: bool = False,
+        tags: Mapping[str, str] = MappingProxyType({}),
+        session: str | None = None,
+    ) -> None:
+        self.route: Final = route
+        self.deadline_s: Final = deadline_s
+        self.max_cost_usd: Final = max_cost_usd
+        self.strict: Final = strict
+        self.enforce_schema: Final = enforce_schema
+        self.tags: Final = tags
+        self.session: Final = session
 
 
 class Exchange:

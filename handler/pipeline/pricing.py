@@ -6,10 +6,11 @@ import math
 from decimal import Decimal
 from functools import lru_cache
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any, Final
 
 from handler.config import FeeConfig, ModelConfig, Price, load_yaml
 from handler.pipeline.images import image_tokens
+from handler.records import Value
 from handler.schemas import ChatRequest, ImagePart, Usage
 
 PRICE_TABLE_RESOURCE = "prices.yaml"
@@ -17,12 +18,15 @@ IMAGE_TOKEN_ALLOWANCE = 1600
 MESSAGE_OVERHEAD_TOKENS = 8
 
 
-class PriceTable(NamedTuple):
+class PriceTable(Value):
     """The shipped table: exact ids and prefix aliases, with the date it was checked."""
 
-    as_of: str
-    prices: dict[str, Price]
-    aliases: list[tuple[str, str]]
+    __slots__ = ("as_of", "prices", "aliases")
+
+    def __init__(self, as_of: str, prices: dict[str, Price], aliases: list[tuple[str, str]]) -> None:
+        self.as_of: Final = as_of
+        self.prices: Final = prices
+        self.aliases: Final = aliases
 
     def find(self, *names: str) -> Price | None:
         for name in names:
@@ -55,13 +59,18 @@ def price_for(model: str, spec: ModelConfig, upstream_model: str) -> Price | Non
     return builtin_prices().find(upstream_model, model)
 
 
-class Cost(NamedTuple):
+class Cost(Value):
     """What one request cost: the provider's charge, the gateway's fee, and what they were computed from."""
 
-    provider_usd: float | None
-    fee_usd: float
-    usage: Usage
-    unit_prices: dict[str, float] | None
+    __slots__ = ("provider_usd", "fee_usd", "usage", "unit_prices")
+
+    def __init__(
+        self, provider_usd: float | None, fee_usd: float, usage: Usage, unit_prices: dict[str, float] | None
+    ) -> None:
+        self.provider_usd: Final = provider_usd
+        self.fee_usd: Final = fee_usd
+        self.usage: Final = usage
+        self.unit_prices: Final = unit_prices
 
     @property
     def total_usd(self) -> float | None:
@@ -132,11 +141,14 @@ def cost_of(usage: Usage, price: Price | None, fee: FeeConfig) -> Cost:
     return Cost(provider, fee_for(provider, fee), usage, unit)
 
 
-class PromptEstimate(NamedTuple):
+class PromptEstimate(Value):
     """An upper bound of a prompt's input tokens: its text, and its images, whose price depends on who reads them."""
 
-    text_tokens: int
-    images: tuple[tuple[str, str | None], ...]  # (url, detail)
+    __slots__ = ("text_tokens", "images")
+
+    def __init__(self, text_tokens: int, images: tuple[tuple[str, str | None], ...]) -> None:
+        self.text_tokens: Final = text_tokens
+        self.images: Final = images  # (url, detail)
 
     def tokens(self, provider_type: str, model: str) -> int:
         """The estimate for `model` of `provider_type`, each image by that provider's formula."""

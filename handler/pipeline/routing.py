@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Final
 
 from handler.config import Config, ModelConfig, reference_hint
 from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError, ServiceUnavailableError
 from handler.pipeline.breakers import Breakers
 from handler.ports import ProviderAdapter, Target
+from handler.records import Value
 
 # Approximate locations (latitude, longitude) of AWS regions; distance orders deployments when the
 # config gives no measured round-trip times.
@@ -66,14 +67,19 @@ def distance_km(a: str, b: str) -> float:
     return 12_742 * math.asin(math.sqrt(h))
 
 
-class Attempt(NamedTuple):
+class Attempt(Value):
     """One deployment to try: the public model it serves and how to reach it."""
 
-    model: str
-    spec: ModelConfig
-    target: Target
-    adapter: ProviderAdapter
-    distance: float
+    __slots__ = ("model", "spec", "target", "adapter", "distance")
+
+    def __init__(
+        self, model: str, spec: ModelConfig, target: Target, adapter: ProviderAdapter, distance: float
+    ) -> None:
+        self.model: Final = model
+        self.spec: Final = spec
+        self.target: Final = target
+        self.adapter: Final = adapter
+        self.distance: Final = distance
 
 
 class Plan(list[Attempt]):
@@ -92,12 +98,17 @@ def any_model(model: str) -> bool:
     return True
 
 
-class RouteControls(NamedTuple):
+class RouteControls(Value):
     """The client's routing headers."""
 
-    fallbacks: list[str] | None = None
-    provider: str | None = None
-    region: str | None = None
+    __slots__ = ("fallbacks", "provider", "region")
+
+    def __init__(
+        self, fallbacks: list[str] | None = None, provider: str | None = None, region: str | None = None
+    ) -> None:
+        self.fallbacks: Final = fallbacks
+        self.provider: Final = provider
+        self.region: Final = region
 
 
 class Router:

@@ -20,11 +20,12 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
 from handler.config import ConfigError, OtlpConfig, SecretFetcher, resolve_secret
+from handler.records import Value
 from handler.redaction import redact_message
 
 if TYPE_CHECKING:
@@ -355,14 +356,19 @@ class RequestTracer:
         self.exporter.close(timeout_s)
 
 
-class OtlpSettings(NamedTuple):
+class OtlpSettings(Value):
     """`observability.otlp` with the `OTEL_*` environment filled in: what the exporter is built from."""
 
-    url: str
-    headers: dict[str, str]
-    resource: dict[str, str]
-    timeout_s: float
-    config: OtlpConfig
+    __slots__ = ("url", "headers", "resource", "timeout_s", "config")
+
+    def __init__(
+        self, url: str, headers: dict[str, str], resource: dict[str, str], timeout_s: float, config: OtlpConfig
+    ) -> None:
+        self.url: Final = url
+        self.headers: Final = headers
+        self.resource: Final = resource
+        self.timeout_s: Final = timeout_s
+        self.config: Final = config
 
 
 def otlp_settings(

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Final
 
 from adapters.providers.params import Rule
+from handler.records import Value
 
 DROP = Rule(drop=True)
 
 
-class Profile(NamedTuple):
+class Profile(Value):
     """`rules` rewrite top-level parameters; `stream_usage` says whether the API accepts
     `stream_options.include_usage` (otherwise it must not be sent); `strip_message_fields` are
     message fields the API rejects in input (such as a previous turn's reasoning); `strip_tool_call_fields`
@@ -25,14 +26,36 @@ class Profile(NamedTuple):
     client's 400, named, rather than the provider's); `thinking` says whether the API takes a
     `thinking: {"type": "enabled" | "disabled"}` switch (DeepSeek's)."""
 
-    rules: Mapping[str, Rule] = MappingProxyType({})
-    stream_usage: bool = True
-    strip_message_fields: tuple[str, ...] = ("reasoning_content",)
-    strip_tool_call_fields: tuple[str, ...] = ("extra_content",)
-    roles: Mapping[str, str] = MappingProxyType({})
-    part_types: tuple[str, ...] | None = None
-    refused_roles: tuple[str, ...] = ()
-    thinking: bool = False
+    __slots__ = (
+        "rules",
+        "stream_usage",
+        "strip_message_fields",
+        "strip_tool_call_fields",
+        "roles",
+        "part_types",
+        "refused_roles",
+        "thinking",
+    )
+
+    def __init__(
+        self,
+        rules: Mapping[str, Rule] = MappingProxyType({}),
+        stream_usage: bool = True,
+        strip_message_fields: tuple[str, ...] = ("reasoning_content",),
+        strip_tool_call_fields: tuple[str, ...] = ("extra_content",),
+        roles: Mapping[str, str] = MappingProxyType({}),
+        part_types: tuple[str, ...] | None = None,
+        refused_roles: tuple[str, ...] = (),
+        thinking: bool = False,
+    ) -> None:
+        self.rules: Final = rules
+        self.stream_usage: Final = stream_usage
+        self.strip_message_fields: Final = strip_message_fields
+        self.strip_tool_call_fields: Final = strip_tool_call_fields
+        self.roles: Final = roles
+        self.part_types: Final = part_types
+        self.refused_roles: Final = refused_roles
+        self.thinking: Final = thinking
 
 
 OPENAI_STOPS = Rule(max_items=4)  # OpenAI's spec: "up to 4 sequences"

@@ -210,13 +210,14 @@ strings = sorted(
     for c in classes if issubclass(c, BaseModel) and c.__module__ in ("handler.schemas", "handler.config")
     for field, annotation in vars(c).get("__annotations__", {}).items() if isinstance(annotation, str)
 )
-print(json.dumps({"dataclasses": own, "string_annotations": strings}))
+named_tuples = sorted(c.__module__ + "." + c.__qualname__ for c in classes if issubclass(c, tuple))
+print(json.dumps({"dataclasses": own, "named_tuples": named_tuples, "string_annotations": strings}))
 """
 
-# Immutable records are NamedTuples (a class statement, nothing generated), except those orjson writes (the
-# spool's settlements, the ledger's lines, keys), which it serializes as dataclasses: those, and a meter's
-# snapshot, are dataclasses for the protocol alone (orjson, `replace`, `fields`), with their `__init__` written
-# out and their equality, repr and frozenness from `handler.ports.Record` (`@dataclass(init=False, eq=False,
+# Immutable values are `handler.records.Value`s (a class with `__slots__`, nothing generated), except those orjson
+# writes (the spool's settlements, the ledger's lines, keys), which it serializes as dataclasses: those, and a
+# meter's snapshot, are dataclasses for the protocol alone (orjson, `replace`, `fields`), with their `__init__`
+# written out and their equality, repr and frozenness from `handler.records` (`@dataclass(init=False, eq=False,
 # repr=False)`: nothing generated). An object holding state (a request's exchange, the store's slices, a breaker,
 # a metric family) is a plain class with `__slots__`.
 RECORDS = {
@@ -233,4 +234,5 @@ def test_the_lambda_cold_start_generates_no_code_for_its_records(tmp_path: Path)
     found = started(GENERATED, tmp_path)
     assert {name for name, _ in found["dataclasses"]} == RECORDS
     assert {name: options for name, options in found["dataclasses"]} == dict.fromkeys(RECORDS, [])
+    assert found["named_tuples"] == []  # the immutable values are `handler.records.Value`s
     assert found["string_annotations"] == []  # no postponed annotations for pydantic to evaluate

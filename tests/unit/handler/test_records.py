@@ -1,0 +1,36 @@
+"""The immutable values (`handler.records.Value`) behave as the NamedTuples they replaced did, where the gateway
+relies on it: equal by value, hashable, shown with their fields, copied with changes by `_replace`."""
+
+from types import MappingProxyType
+
+from adapters.store.metered import Applied, Unmet
+from handler.pipeline.routing import RouteControls
+from handler.ports import Target
+from handler.wire import StreamEvent
+
+
+def target(**changes: object) -> Target:
+    return Target("openai", "openai", "gpt-4o", "us-east-1", "https://api.openai.com/v1")._replace(**changes)
+
+
+def test_values_are_equal_and_hash_by_their_fields() -> None:
+    assert target() == target()
+    assert target() != target(region="eu-west-1")
+    assert hash(RouteControls(provider="a")) == hash(RouteControls(provider="a"))
+    assert len({StreamEvent("m", b"1"), StreamEvent("m", b"1"), StreamEvent("m", b"2")}) == 2
+    assert StreamEvent("message", b"{}") == StreamEvent(event="message", data=b"{}")
+    assert StreamEvent(None, b"x") != StreamEvent("x", b"x")
+    assert Applied({}) != Unmet({})  # values of another class: never equal, even with equal fields
+    assert RouteControls() != (None, None, None)  # nor a tuple of the same fields
+
+
+def test_replace_copies_with_changes_and_leaves_the_original() -> None:
+    original = target(options=MappingProxyType({"seed": 1}))
+    moved = original._replace(region="eu-west-1")
+    assert (moved.region, original.region) == ("eu-west-1", "us-east-1")
+    assert moved.options is original.options and moved.model == original.model
+
+
+def test_a_values_repr_names_its_fields_in_order() -> None:
+    assert repr(StreamEvent("delta", b"1")) == "StreamEvent(event='delta', data=b'1')"
+    assert repr(RouteControls(provider="openai")) == "RouteControls(fallbacks=None, provider='openai', region=None)"
