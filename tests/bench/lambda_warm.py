@@ -68,7 +68,8 @@ def gateway_invoker(route: str = "chat") -> Callable[[], tuple[float, float]]:
 
     path, body, answer = ROUTES[route]
     gateway = lambda_handler.gateway
-    gateway.upstream = UpstreamClient(gateway.config.gateway.timeouts, Canned(json.dumps(answer).encode()))
+    settings = gateway.config.gateway
+    gateway.upstream = UpstreamClient(settings.timeouts, Canned(json.dumps(answer).encode()), settings.limits)
     clock = StoreClock(gateway.store)
     invoke = event("POST", path, body, key=os.environ["BENCH_GATEWAY_KEY"])
 
