@@ -30,7 +30,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # Debian packages the tests drive: nginx and wrk (the benchmark's smoke run), chromium (the dashboard test),
-# prometheus (tests/functional/test_prometheus_scrape.py runs the binary itself; its system service is not used).
+# prometheus (tests/functional/test_prometheus_scrape.py runs the binary itself; its system service is not used),
+# valgrind (the benchmark counts the cold start's instructions with its callgrind).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 tools:
 	@missing=""; \
@@ -38,6 +39,7 @@ tools:
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -x /usr/bin/prometheus ] || missing="$$missing prometheus"; \
+	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \

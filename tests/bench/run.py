@@ -403,6 +403,66 @@ def cold_starts(measures: dict[str, ColdStart], runs: int) -> dict[str, tuple[fl
         }
 
 
+# The same cold start counted in instructions (valgrind's callgrind, a fixed hash seed, the interpreter left before
+# its shutdown), which the machine's speed cannot move: on the two-vCPU VM consecutive interpreters ran the same
+# import up to a third faster or slower than each other, so an 11-run median of the time still swung the ratio
+# by a quarter between `make bench` runs. The first invocation's count is the difference between the import with
+# the harness's own import (tests/bench/lambda_warm.py brings uvicorn and this module) and the same followed by
+# the invocation.
+LAMBDA_HANDLER = "import handler.entry.lambda_handler"
+HARNESS = LAMBDA_HANDLER + "; import tests.bench.lambda_warm"
+COUNTED = {
+    "libraries": LIBRARIES,
+    "import": LAMBDA_HANDLER,
+    "harness": HARNESS,
+    "invoked": HARNESS + "; from tests.bench.lambda_warm import first_invocation_ms; first_invocation_ms()",
+}
+
+
+def instructions(code: str, env: dict[str, str]) -> int:
+    """Instructions the interpreter runs for `code` in a fresh process, its bytecode compiled beforehand."""
+    env = {**env, "PYTHONHASHSEED": "0"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    statement = f"{code}; import os; os._exit(0)"
+    subprocess.run([sys.executable, "-c", statement], cwd=ROOT, env=env, capture_output=True, check=True)
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", statement],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    counted = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode or counted is None:
+        raise RuntimeError(f"callgrind failed: {done.stderr[-2000:]}")
+    return int(counted.group(1))
+
+
+def cold_instructions(env: dict[str, str]) -> dict[str, float] | None:
+    """Millions of instructions: the card's libraries' import, the Lambda handler's import, its first
+    invocation. None where valgrind is missing."""
+    if shutil.which("valgrind") is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="gateway-pyc-") as pyc:
+        counts = {name: instructions(code, {**env, "PYTHONPYCACHEPREFIX": pyc}) for name, code in COUNTED.items()}
+    return {
+        "libraries": counts["libraries"] / 1e6,
+        "import": counts["import"] / 1e6,
+        "first_invocation": (counts["invoked"] - counts["harness"]) / 1e6,
+    }
+
+
+def cold_count_line(counted: dict[str, float] | None) -> str:
+    if counted is None:
+        return "the cold start in instructions: not counted (a smoke run, or valgrind missing)"
+    total = counted["import"] + counted["first_invocation"]
+    return (
+        f"the cold start in instructions (callgrind): the handler's import {counted['import']:,.1f} million, its first "
+        f"invocation {counted['first_invocation']:,.1f} million; the card's libraries {counted['libraries']:,.1f} "
+        f"million ({total / counted['libraries']:.3f}×)"
+    )
+
+
 def measured_child(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     """Run a measuring child: its exit status, what it printed, and its log. The log (a request line per
     invocation) goes to a file, as `gateway serve`'s does above, not to a pipe: on this two-vCPU VM every line
@@ -531,6 +591,7 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
         results["libraries_import_ms"] = starts["libraries"][0]
         results["libraries_imported_ms"] = starts["imported"][0]
         results["restored_invocation_ms"] = starts["restored"][1]
+        results["cold_instructions_m"] = None if smoke else cold_instructions(cold)
         results["dynamodb"] = dynamodb_calls(workdir, upstream_port, 20 if smoke else 200)
     return results
 
@@ -763,6 +824,7 @@ def table(results: dict[str, Any]) -> str:
         f"model left out: {results['libraries_imported_ms']:.0f} ms); after a SnapStart restore (Lambda's "
         f"hooks run) the first invocation's own work {results['restored_invocation_ms'] * 1000:.0f} µs against a "
         f"warm one's {lam['own']:.0f} µs",
+        cold_count_line(results.get("cold_instructions_m")),
         f"DynamoDB store: {results['dynamodb']['calls_per_request']:.2f} calls per request "
         f"over {results['dynamodb']['requests']} requests ({results['dynamodb']['non_200']} not 200)",
     ]
@@ -854,6 +916,16 @@ def issue22_targets(results: dict[str, Any]) -> list[str]:
                 False,
             ),
         ]
+    counted = results.get("cold_instructions_m")
+    if counted is not None:
+        rows.append(
+            (
+                "Lambda cold import and first invocation, in millions of instructions, at most 1.15 × the libraries'",
+                counted["import"] + counted["first_invocation"],
+                1.15 * counted["libraries"],
+                False,
+            )
+        )
     rows += [
         (
             "req/s of --workers 2 at 8 connections, at least 1.6 × one worker's",

@@ -29,3 +29,14 @@ def test_benchmark_smoke_run_has_no_errors(tmp_path: Path) -> None:
     for route in ("/v1/messages pass-through", "/v1/responses"):
         assert f"| {route}: warm Lambda µs of own work" in result.stdout
         assert f"| {route}: added p99 ms at 1 connection" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind: `make tools`")
+def test_instruction_counts_grow_with_the_work_and_repeat() -> None:
+    from tests.bench.run import instructions
+
+    environ = {"PATH": "/usr/bin:/bin"}
+    bare = instructions("pass", environ)
+    more = instructions("import json, decimal; sum(range(100_000))", environ)
+    assert 1e6 < bare < more
+    assert abs(instructions("pass", environ) - bare) < 0.01 * bare  # the same count each time, within 1 %
