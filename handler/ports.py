@@ -13,19 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, ClassVar, Final, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.records import FrozenRecord, Record, Value
-from handler.schemas import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatRequest,
-    EmbeddingsRequest,
-    EmbeddingsResponse,
-    Usage,
-)
+from handler.schemas import ChatCompletion, ChatRequest, Usage
 from handler.wire import SSEDecoder, StreamEvent
+
+if TYPE_CHECKING:
+    from handler.schemas import ChatCompletionChunk, EmbeddingsRequest, EmbeddingsResponse
 
 # --- providers -----------------------------------------------------------------------------------
 

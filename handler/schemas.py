@@ -9,8 +9,9 @@ OpenAI-compatible upstream receives them untouched, while other adapters report 
 # No `from __future__ import annotations` here: pydantic would evaluate every field's annotation from its string
 # when the class is made, in the cold start; as objects they come from the cached bytecode.
 import functools
+import importlib
 import operator
-from typing import Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,7 +40,9 @@ class _Open(BaseModel):
 def build_deferred_models() -> None:
     """Build now the validators of every model of the gateway's own (the application's and the adapters') left
     to their first use: where a first request should not wait for them (a server's start-up, the state a
-    SnapStart snapshot captures)."""
+    SnapStart snapshot captures), the models made on first use (`LATER`) with them."""
+    for module in set(LATER.values()):
+        importlib.import_module(module)
     pending: list[type[BaseModel]] = [BaseModel]
     while pending:
         for model in pending.pop().__subclasses__():
@@ -211,16 +214,6 @@ class ChatRequest(_Open):
         return fields
 
 
-class EmbeddingsRequest(_Open):
-    """An OpenAI embeddings request body."""
-
-    model: str = Field(min_length=1)
-    input: str | list[str] | list[int] | list[list[int]]
-    encoding_format: Literal["float", "base64"] | None = None
-    dimensions: int | None = Field(default=None, ge=1)
-    user: str | None = None
-
-
 # --- response ------------------------------------------------------------------------------------
 
 
@@ -296,58 +289,37 @@ class ChatCompletion(_Open):
     system_fingerprint: str | None = Omitted()
 
 
-class FunctionCallDelta(_Open):
-    name: str | None = Omitted()
-    arguments: str | None = Omitted()
+# --- made on first use ---------------------------------------------------------------------------
+#
+# A stream's chunks and the embeddings API's models live in handler/chunks.py and handler/embeddings.py, imported on
+# the first use of one of their names here (`schemas.ChatCompletionChunk`, `from handler.schemas import ...`): a
+# Lambda whose first request is a chat completion that does not stream never makes their nine classes (about 12
+# million instructions of its cold start, callgrind). Modules imported at a cold start name them only in
+# annotations (under `TYPE_CHECKING`) or as `schemas.<name>` where they run.
+if TYPE_CHECKING:
+    from handler.chunks import ChatCompletionChunk as ChatCompletionChunk
+    from handler.chunks import ChunkChoice as ChunkChoice
+    from handler.chunks import ChunkDelta as ChunkDelta
+    from handler.chunks import FunctionCallDelta as FunctionCallDelta
+    from handler.chunks import ToolCallDelta as ToolCallDelta
+    from handler.embeddings import Embedding as Embedding
+    from handler.embeddings import EmbeddingsRequest as EmbeddingsRequest
+    from handler.embeddings import EmbeddingsResponse as EmbeddingsResponse
+    from handler.embeddings import EmbeddingsUsage as EmbeddingsUsage
+
+LATER = {
+    **dict.fromkeys(
+        ["ChatCompletionChunk", "ChunkChoice", "ChunkDelta", "FunctionCallDelta", "ToolCallDelta"], "handler.chunks"
+    ),
+    **dict.fromkeys(["Embedding", "EmbeddingsRequest", "EmbeddingsResponse", "EmbeddingsUsage"], "handler.embeddings"),
+}
 
 
-class ToolCallDelta(_Open):
-    index: int
-    id: str | None = Omitted()
-    type: Literal["function"] | None = Omitted()
-    function: FunctionCallDelta | None = Omitted()
-    extra_content: dict[str, Any] | None = Omitted()
-
-
-class ChunkDelta(_Open):
-    role: Literal["assistant"] | None = Omitted()
-    content: str | None = Omitted()
-    tool_calls: list[ToolCallDelta] | None = Omitted()
-    refusal: str | None = Omitted()
-    reasoning_content: str | None = Omitted()
-
-
-class ChunkChoice(_Open):
-    index: int = 0
-    delta: ChunkDelta
-    finish_reason: FinishReason | None = None
-    logprobs: Any = None
-    stop_sequence: str | None = Omitted()
-
-
-class ChatCompletionChunk(_Open):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChunkChoice] = Field(default_factory=list)
-    usage: Usage | None = Omitted()
-    system_fingerprint: str | None = Omitted()
-
-
-class Embedding(_Open):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str
-
-
-class EmbeddingsUsage(_Open):
-    prompt_tokens: int = 0
-    total_tokens: int = 0
-
-
-class EmbeddingsResponse(_Open):
-    object: Literal["list"] = "list"
-    data: list[Embedding]
-    model: str
-    usage: EmbeddingsUsage = Field(default_factory=EmbeddingsUsage)
+def __getattr__(name: str) -> Any:
+    """One of the `LATER` models, its module imported on first use (and the name kept here for the next)."""
+    module = LATER.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from handler import schemas
 from handler.api.route_table import Endpoints, Handler, direct_lane, handlers, starlette_routes
 from handler.api.streaming import DONE, EventStream, answer_json, sse_chunk, sse_error, sse_json, until_client_leaves
 from handler.errors import (
@@ -36,7 +37,7 @@ from handler.pipeline.pipeline import ChunkStream, Controls, Exchange, Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import KeyRecord, StoreError
 from handler.redaction import scrub
-from handler.schemas import ChatRequest, EmbeddingsRequest
+from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
 from handler.telemetry.observability import observe, observe_failure
 
@@ -259,7 +260,7 @@ class Api:
 
     async def embeddings(self, request: Request) -> Response:
         key = await self.authenticate(request)
-        req = await self.parse(request, EmbeddingsRequest)
+        req = await self.parse(request, schemas.EmbeddingsRequest)
         ex = self.exchange(request, key, req.model)
         result = await until_client_leaves(request, self.pipeline.embeddings(req, ex))
         response = json_response(result.model_dump_json(exclude_none=True).encode(), headers=ex.headers())

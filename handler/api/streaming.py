@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Coroutine, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -17,7 +17,10 @@ from starlette.types import Receive, Scope, Send
 
 from handler.errors import ClientClosedError, GatewayError
 from handler.redaction import scrub
-from handler.schemas import ChatCompletion, ChatCompletionChunk
+from handler.schemas import ChatCompletion
+
+if TYPE_CHECKING:
+    from handler.schemas import ChatCompletionChunk
 
 DONE = b"data: [DONE]\n\n"
 T = TypeVar("T")

@@ -52,18 +52,12 @@ from handler.pipeline.schema_check import enforce, schema_of, violation
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import BuiltRequest, KeyRecord, LedgerItem, NativeCall, StreamParser
 from handler.records import Value
-from handler.schemas import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatRequest,
-    EmbeddingsRequest,
-    EmbeddingsResponse,
-    Usage,
-)
+from handler.schemas import ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
 from handler.wire import StreamEvent, json_body, malformed
 
 if TYPE_CHECKING:
+    from handler.schemas import ChatCompletionChunk, EmbeddingsRequest, EmbeddingsResponse
     from handler.telemetry.tracing import Trace  # (imported only when OTLP export is on: handler/pipeline/gateway.py)
 
 T = TypeVar("T")
@@ -679,7 +673,7 @@ def answer_chars(completion: ChatCompletion) -> int:
     return total
 
 
-class ChunkStream(UpstreamStream[ChatCompletionChunk]):
+class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
     """An upstream stream in the gateway's chunk form, with its usage, cost and settlement.
 
     Chunks that carry only usage are withheld: the route writes one final event with usage and cost.

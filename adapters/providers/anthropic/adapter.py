@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from adapters.providers import reasoning
+from adapters.providers.anthropic.wire import WireBlock, WireMessage, WireUsage
 from adapters.providers.model_rules import keep_one_sampling_knob
 from adapters.providers.params import (
     THINKING_BLOCKS,
@@ -28,25 +29,21 @@ from adapters.providers.params import (
     signed_thinking,
     thinking_blocks,
 )
+from handler import schemas
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import MESSAGES_API, BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (
     AssistantMessage,
     ChatCompletion,
-    ChatCompletionChunk,
     ChatRequest,
     Choice,
-    ChunkChoice,
-    ChunkDelta,
     FilePart,
     FinishReason,
     FunctionCall,
-    FunctionCallDelta,
     ImagePart,
     Message,
     TextPart,
     ToolCall,
-    ToolCallDelta,
     Usage,
 )
 from handler.wire import ANTHROPIC_HEADERS, StreamEvent, event_payload, json_body, malformed, upstream_error
@@ -93,6 +90,9 @@ DEFAULT_MAX_TOKENS: tuple[tuple[str, int], ...] = (
     ("claude-3-5", 8192),
     ("claude-3", 4096),
 )
+
+if TYPE_CHECKING:
+    from handler.schemas import ChatCompletionChunk, ChunkDelta
 FALLBACK_MAX_TOKENS = 4096
 
 STOP_REASONS: dict[str, FinishReason] = {
@@ -145,55 +145,6 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> Ups
     if not message:
         message = body[:200].decode("utf-8", "replace") if body else "no error body"
     return upstream_error(status, message, headers, upstream_type=kind)
-
-
-# --- wire models (the parts of Anthropic's answer the gateway reads) -----------------------------
-
-
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="allow", defer_build=True)
-
-
-class WireUsage(_Wire):
-    """Anthropic's usage: `input_tokens` excludes cache reads and writes, which OpenAI counts in."""
-
-    input_tokens: int | None = None
-    output_tokens: int = 0
-    cache_creation_input_tokens: int | None = None
-    cache_read_input_tokens: int | None = None
-
-    def to_usage(self) -> Usage:
-        read, write = self.cache_read_input_tokens or 0, self.cache_creation_input_tokens or 0
-        return Usage.of((self.input_tokens or 0) + read + write, self.output_tokens, cached=read, cache_write=write)
-
-    def update(self, later: WireUsage) -> None:
-        """Fold in a `message_delta` usage: cumulative counts, input fields only when present."""
-        self.output_tokens = later.output_tokens
-        for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
-            if getattr(later, name) is not None:
-                setattr(self, name, getattr(later, name))
-
-
-class WireBlock(_Wire):
-    type: str
-    text: str | None = None
-    thinking: str | None = None
-    signature: str | None = None
-    data: str | None = None
-    id: str | None = None
-    name: str | None = None
-    input: Any = None
-
-
-class WireMessage(_Wire):
-    id: str
-    type: Literal["message"]
-    role: Literal["assistant"]
-    model: str
-    content: list[WireBlock]
-    stop_reason: str | None = None
-    stop_sequence: str | None = None
-    usage: WireUsage
 
 
 def _finish(stop_reason: str | None, json_answer: bool, tool_calls: bool) -> FinishReason:
@@ -404,8 +355,10 @@ class AnthropicStreamParser:
     def _chunk(
         self, delta: ChunkDelta | None = None, finish: FinishReason | None = None, stop_sequence: str | None = None
     ) -> ChatCompletionChunk:
-        choice = ChunkChoice(delta=delta or ChunkDelta(), finish_reason=finish, stop_sequence=stop_sequence)
-        return ChatCompletionChunk(id=self._id, created=self._created, model=self._model, choices=[choice])
+        choice = schemas.ChunkChoice(
+            delta=delta or schemas.ChunkDelta(), finish_reason=finish, stop_sequence=stop_sequence
+        )
+        return schemas.ChatCompletionChunk(id=self._id, created=self._created, model=self._model, choices=[choice])
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
         if not event.data:
@@ -422,7 +375,7 @@ class AnthropicStreamParser:
             message = WireMessage.model_validate(payload.get("message"))
             self._id, self._model = message.id, message.model
             self._wire_usage = message.usage
-            return [self._chunk(ChunkDelta(role="assistant", content=""))]
+            return [self._chunk(schemas.ChunkDelta(role="assistant", content=""))]
         if kind == "content_block_start":
             return self._block_start(int(payload.get("index", 0)), WireBlock.model_validate(payload["content_block"]))
         if kind == "content_block_delta":
@@ -446,13 +399,13 @@ class AnthropicStreamParser:
     def _block_start(self, index: int, block: WireBlock) -> list[ChatCompletionChunk]:
         if block.type == "text":
             self._blocks[index] = ("text", 0)
-            return [self._chunk(ChunkDelta(content=block.text))] if block.text else []
+            return [self._chunk(schemas.ChunkDelta(content=block.text))] if block.text else []
         if block.type == "thinking":
             self._blocks[index] = ("thinking", 0)
             self._thinking[index] = [block.thinking or ""]
-            return [self._chunk(ChunkDelta(reasoning_content=block.thinking))] if block.thinking else []
+            return [self._chunk(schemas.ChunkDelta(reasoning_content=block.thinking))] if block.thinking else []
         if block.type == "redacted_thinking" and block.data:
-            return [self._chunk(ChunkDelta(**{THINKING_BLOCKS: [redacted_thinking(block.data)]}))]
+            return [self._chunk(schemas.ChunkDelta(**{THINKING_BLOCKS: [redacted_thinking(block.data)]}))]
         if block.type == "tool_use" and self._json_mode and block.name == JSON_TOOL:
             self._blocks[index] = ("json", 0)
             self._json_answer = True
@@ -461,38 +414,41 @@ class AnthropicStreamParser:
             position = self._tools
             self._tools += 1
             self._blocks[index] = ("tool", position)
-            call = ToolCallDelta(
-                index=position, id=block.id, type="function", function=FunctionCallDelta(name=block.name, arguments="")
+            call = schemas.ToolCallDelta(
+                index=position,
+                id=block.id,
+                type="function",
+                function=schemas.FunctionCallDelta(name=block.name, arguments=""),
             )
-            return [self._chunk(ChunkDelta(tool_calls=[call]))]
+            return [self._chunk(schemas.ChunkDelta(tool_calls=[call]))]
         return []
 
     def _block_delta(self, index: int, delta: dict[str, Any]) -> list[ChatCompletionChunk]:
         kind, position = self._blocks.get(index, ("", 0))
         delta_type = delta.get("type")
         if delta_type == "text_delta" and delta.get("text"):
-            return [self._chunk(ChunkDelta(content=str(delta["text"])))]
+            return [self._chunk(schemas.ChunkDelta(content=str(delta["text"])))]
         if delta_type == "thinking_delta" and delta.get("thinking"):
             self._thinking.setdefault(index, []).append(str(delta["thinking"]))
-            return [self._chunk(ChunkDelta(reasoning_content=str(delta["thinking"])))]
+            return [self._chunk(schemas.ChunkDelta(reasoning_content=str(delta["thinking"])))]
         if delta_type == "signature_delta" and isinstance(delta.get("signature"), str):
             # The block is whole once signed: it travels on (in the internal form) for the next turn.
             block = signed_thinking("".join(self._thinking.pop(index, [])), delta["signature"])
-            return [self._chunk(ChunkDelta(**{THINKING_BLOCKS: [block]}))]
+            return [self._chunk(schemas.ChunkDelta(**{THINKING_BLOCKS: [block]}))]
         if delta_type == "input_json_delta" and delta.get("partial_json"):
             fragment = str(delta["partial_json"])
             if kind == "json":
-                return [self._chunk(ChunkDelta(content=fragment))]
+                return [self._chunk(schemas.ChunkDelta(content=fragment))]
             if kind == "tool":
-                call = ToolCallDelta(index=position, function=FunctionCallDelta(arguments=fragment))
-                return [self._chunk(ChunkDelta(tool_calls=[call]))]
+                call = schemas.ToolCallDelta(index=position, function=schemas.FunctionCallDelta(arguments=fragment))
+                return [self._chunk(schemas.ChunkDelta(tool_calls=[call]))]
         return []  # citations_delta: nothing the OpenAI form carries
 
     def _usage_chunk(self) -> list[ChatCompletionChunk]:
         if self.usage is None or self._usage_sent:
             return []
         self._usage_sent = True
-        return [ChatCompletionChunk(id=self._id, created=self._created, model=self._model, usage=self.usage)]
+        return [schemas.ChatCompletionChunk(id=self._id, created=self._created, model=self._model, usage=self.usage)]
 
     def finish(self) -> list[ChatCompletionChunk]:
         return self._usage_chunk()

@@ -29,11 +29,11 @@ from adapters.providers.anthropic.adapter import (
     JSON_OBJECT_INSTRUCTION,
     JSON_TOOL,
     AnthropicStreamParser,
-    WireBlock,
     convert_messages,
     default_max_tokens,
     json_tool,
 )
+from adapters.providers.anthropic.wire import WireBlock
 from adapters.providers.bedrock.eventstream import EventStreamDecoder
 from adapters.providers.model_rules import keep_one_sampling_knob
 from adapters.providers.params import (

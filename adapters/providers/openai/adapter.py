@@ -8,7 +8,7 @@ something.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -16,18 +16,14 @@ import adapters.providers.openai.responses as responses
 from adapters.providers import reasoning
 from adapters.providers.openai.profiles import PROFILES, Profile, profile_for
 from adapters.providers.params import apply_rules
+from handler import schemas
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import RESPONSES_API, BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
-from handler.schemas import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatRequest,
-    EmbeddingsRequest,
-    EmbeddingsResponse,
-    PromptTokensDetails,
-    Usage,
-)
+from handler.schemas import ChatCompletion, ChatRequest, PromptTokensDetails, Usage
 from handler.wire import StreamEvent, json_body, malformed, upstream_error
+
+if TYPE_CHECKING:
+    from handler.schemas import ChatCompletionChunk, EmbeddingsRequest, EmbeddingsResponse
 
 
 def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
@@ -99,7 +95,7 @@ class OpenAIStreamParser:
             raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
         if isinstance(payload, dict) and "error" in payload and "choices" not in payload:
             raise error_from_body(500, data, {})
-        chunk = ChatCompletionChunk.model_validate(payload)
+        chunk = schemas.ChatCompletionChunk.model_validate(payload)
         if chunk.usage is not None:
             self.usage = normalize_usage(chunk.usage)
         return [chunk]
@@ -272,6 +268,6 @@ class OpenAIAdapter(ProviderAdapter):
         if not isinstance(data, dict) or "data" not in data:
             raise malformed("upstream answered embeddings without data")
         try:
-            return EmbeddingsResponse.model_validate(data)
+            return schemas.EmbeddingsResponse.model_validate(data)
         except ValueError as exc:
             raise malformed("upstream embeddings answer did not parse") from exc

@@ -46,7 +46,7 @@ def test_start_up_runs_no_collection_of_its_own_and_leaves_the_collector_on(modu
 
 # Runs SnapStart's hooks as Lambda's runtime does (`snapshot_restore_py`'s registries), around the snapshot.
 SNAPSTART = """
-import asyncio, contextlib, io, json
+import asyncio, contextlib, io, json, sys
 import snapshot_restore_py
 from pydantic import BaseModel
 import handler.entry.lambda_handler as entry
@@ -81,6 +81,7 @@ with contextlib.redirect_stdout(written):
         hook(*args, **kwargs)
 in_snapshot = left_to_first_use()
 router_in_snapshot = entry.app._starlette is not None
+later = sorted(name for name in ("handler.chunks", "handler.embeddings") if name in sys.modules)
 from adapters.http import parsed_url
 
 def parsed_before(url):
@@ -100,7 +101,7 @@ for hook, args, kwargs in snapshot_restore_py.get_after_restore():
     hook(*args, **kwargs)
 new_client = entry.gateway.upstream is not snapshot_client
 print(json.dumps({"at_init": len(at_init), "built_at_init": built_at_init, "in_snapshot": in_snapshot,
-                  "router": [router_at_init, router_in_snapshot],
+                  "router": [router_at_init, router_in_snapshot], "later": later,
                   "new_client": new_client, "primed": primed, "urls": urls, "left": left}))
 """
 
@@ -119,6 +120,7 @@ def test_a_snapstart_snapshot_holds_every_validator_and_a_primed_request_path_an
     assert state["built_at_init"] == ["handler.config.Config"]
     assert state["at_init"] > 20
     assert state["router"] == [False, True]  # (the router too: left to first use, built before the snapshot)
+    assert state["later"] == ["handler.chunks", "handler.embeddings"]  # (the models made on first use: made)
     assert state["in_snapshot"] == []  # ...a restored environment's first invocation builds nothing
     assert state["new_client"]  # and the restore hook gave it a fresh upstream client
     # Before the snapshot, each API's requests ran through the request path (handler/entry/priming.py)...
@@ -236,3 +238,35 @@ def test_the_lambda_cold_start_generates_no_code_for_its_records(tmp_path: Path)
     assert {name: options for name, options in found["dataclasses"]} == dict.fromkeys(RECORDS, [])
     assert found["named_tuples"] == []  # the immutable values are `handler.records.Value`s
     assert found["string_annotations"] == []  # no postponed annotations for pydantic to evaluate
+
+
+# A key minted in the store `started` gives its interpreter, as the CLI mints one.
+MINT = """
+import json, subprocess, sys
+out = subprocess.run([sys.executable, "-m", "handler.entry.cli", "keys", "create", "--name", "t", "--json"],
+                     capture_output=True, text=True, check=True).stdout
+print(json.dumps(json.loads(out)["key"]))
+"""
+
+# What a Lambda's cold start and its first invocation, a chat completion that does not stream, leave unmade.
+FIRST_CHAT = """
+import json, sys
+import handler.entry.lambda_handler
+from tests.bench.lambda_warm import first_invocation_ms
+at_import = sorted(name for name in ("handler.chunks", "handler.embeddings") if name in sys.modules)
+first_invocation_ms()
+after = sorted(name for name in ("handler.chunks", "handler.embeddings") if name in sys.modules)
+print(json.dumps([at_import, after]))
+"""
+
+
+def test_a_chat_completion_that_does_not_stream_makes_no_chunk_or_embeddings_model(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "providers:\n  local: {type: openai, api_key: env:LOCAL_KEY, base_url: 'http://127.0.0.1:9/v1'}\n"
+        "  claude: {type: anthropic, api_key: env:LOCAL_KEY, base_url: 'http://127.0.0.1:9'}\n"
+        "models:\n  bench: {deployments: [{provider: local, model: m}], price: {input: 1, output: 1}}\n"
+    )
+    key = started(MINT, tmp_path, GATEWAY_CONFIG=str(config))
+    state = started(FIRST_CHAT, tmp_path, GATEWAY_CONFIG=str(config), LOCAL_KEY="sk-local", BENCH_GATEWAY_KEY=key)
+    assert state == [[], []]
