@@ -48,6 +48,9 @@ from handler.schemas import (
 )
 from handler.wire import ANTHROPIC_HEADERS, StreamEvent, event_payload, json_body, malformed, upstream_error
 
+if TYPE_CHECKING:
+    from handler.schemas import ChatCompletionChunk, ChunkDelta
+
 API_VERSION = "2023-06-01"
 JSON_TOOL = "json_response"
 JSON_OBJECT_INSTRUCTION = "Respond only with a single valid JSON object, with no text before or after it."
@@ -90,9 +93,6 @@ DEFAULT_MAX_TOKENS: tuple[tuple[str, int], ...] = (
     ("claude-3-5", 8192),
     ("claude-3", 4096),
 )
-
-if TYPE_CHECKING:
-    from handler.schemas import ChatCompletionChunk, ChunkDelta
 FALLBACK_MAX_TOKENS = 4096
 
 STOP_REASONS: dict[str, FinishReason] = {
