@@ -415,7 +415,7 @@ COUNTED = {
     "libraries": LIBRARIES,
     "import": LAMBDA_HANDLER,
     "harness": HARNESS,
-    "invoked": HARNESS + "; from tests.bench.lambda_warm import first_invocation_ms; first_invocation_ms()",
+    "invoked": HARNESS + "; " + FIRST_INVOCATION,
 }
 
 
@@ -577,13 +577,12 @@ def run(duration: float, smoke: bool) -> dict[str, Any]:
         }
         results["telemetry_us"] = telemetry.measure({**env, "BENCH_GATEWAY_KEY": key}, smoke)
         cold = {**env, "BENCH_GATEWAY_KEY": key}
-        lambda_handler = "import handler.entry.lambda_handler"
         starts = cold_starts(
             {
-                "gateway": ColdStart(cold, lambda_handler, FIRST_INVOCATION),
+                "gateway": ColdStart(cold, LAMBDA_HANDLER, FIRST_INVOCATION),
                 "libraries": ColdStart(env, LIBRARIES),
                 "imported": ColdStart(env, LIBRARIES_IMPORTED),
-                "restored": ColdStart(cold, lambda_handler, RESTORED),
+                "restored": ColdStart(cold, LAMBDA_HANDLER, RESTORED),
             },
             1 if smoke else 11,
         )

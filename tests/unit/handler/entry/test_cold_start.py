@@ -11,14 +11,22 @@ from typing import Any
 
 import pytest
 
+from tests.bench.run import mint_key
+
 ROOT = Path(__file__).resolve().parents[4]
 
 
-def started(code: str, tmp_path: Path, **environ: str) -> Any:
-    """What `code` prints last (as JSON), run in a fresh interpreter as an environment's start-up runs: the
-    embedded store in `tmp_path`, no connection warming, not on Lambda; `environ` added."""
+def start_up_environment(tmp_path: Path, **environ: str) -> dict[str, str]:
+    """An environment's start-up: the embedded store in `tmp_path`, no connection warming, not on Lambda;
+    `environ` added."""
     env = {**os.environ, "GATEWAY_STORE": f"sqlite:///{tmp_path / 'gateway.db'}", "GATEWAY_WARM": "off", **environ}
     env.pop("AWS_LAMBDA_FUNCTION_NAME", None)
+    return env
+
+
+def started(code: str, tmp_path: Path, **environ: str) -> Any:
+    """What `code` prints last (as JSON), run in a fresh interpreter in `start_up_environment`."""
+    env = start_up_environment(tmp_path, **environ)
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -240,14 +248,6 @@ def test_the_lambda_cold_start_generates_no_code_for_its_records(tmp_path: Path)
     assert found["string_annotations"] == []  # no postponed annotations for pydantic to evaluate
 
 
-# A key minted in the store `started` gives its interpreter, as the CLI mints one.
-MINT = """
-import json, subprocess, sys
-out = subprocess.run([sys.executable, "-m", "handler.entry.cli", "keys", "create", "--name", "t", "--json"],
-                     capture_output=True, text=True, check=True).stdout
-print(json.dumps(json.loads(out)["key"]))
-"""
-
 # What a Lambda's cold start and its first invocation, a chat completion that does not stream, leave unmade.
 FIRST_CHAT = """
 import json, sys
@@ -267,6 +267,6 @@ def test_a_chat_completion_that_does_not_stream_makes_no_chunk_or_embeddings_mod
         "  claude: {type: anthropic, api_key: env:LOCAL_KEY, base_url: 'http://127.0.0.1:9'}\n"
         "models:\n  bench: {deployments: [{provider: local, model: m}], price: {input: 1, output: 1}}\n"
     )
-    key = started(MINT, tmp_path, GATEWAY_CONFIG=str(config))
+    key = mint_key(start_up_environment(tmp_path, GATEWAY_CONFIG=str(config)))  # as the benchmark mints its own
     state = started(FIRST_CHAT, tmp_path, GATEWAY_CONFIG=str(config), LOCAL_KEY="sk-local", BENCH_GATEWAY_KEY=key)
     assert state == [[], []]
