@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from handler.records import Value
+from handler.redaction import REDACTED
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 
@@ -26,6 +27,11 @@ class Credentials(Value):
         self.access_key: Final = access_key
         self.secret_key: Final = secret_key
         self.token: Final = token
+
+    def __repr__(self) -> str:
+        """The access key id only: the secret and the session token never reach a log or a traceback."""
+        token = None if self.token is None else REDACTED
+        return f"Credentials(access_key={self.access_key!r}, secret_key={REDACTED!r}, token={token!r})"
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Credentials | None:

@@ -81,3 +81,10 @@ def test_credentials_come_from_the_environment_only_when_complete() -> None:
     assert Credentials.from_environ({"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s"}) == Credentials("a", "s")
     lambda_env = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s", "AWS_SESSION_TOKEN": "t"}
     assert Credentials.from_environ(lambda_env) == Credentials("a", "s", "t")
+
+
+def test_credentials_show_their_key_id_but_never_the_secret_or_the_token() -> None:
+    shown = repr(Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG", "FwoGZXIvYXdzEJr//session"))
+    assert "AKIDEXAMPLE" in shown and "[REDACTED]" in shown
+    assert "wJalrXUtnFEMI" not in shown and "FwoGZXIvYXdz" not in shown
+    assert "token=None" in repr(Credentials("AKIDEXAMPLE", "secret"))
