@@ -134,11 +134,14 @@ class NativeMeter(Protocol):
 
     `feed` raises `UpstreamError` for an in-stream error event. `usage` is the best count so far (the
     provider's, once it gave one; an estimate for a stream cut short), or None before any; `output_chars`
-    the characters of generated output seen, for an estimate when there is no usage.
+    the characters of generated output seen, for an estimate when there is no usage; `final` whether `usage`
+    is the provider's final count (Anthropic's `message_delta`, a Responses stream's terminal event), which
+    may come before the stream's last event.
     """
 
     usage: Usage | None
     output_chars: int
+    final: bool
 
     def feed(self, event: StreamEvent) -> None: ...
 

@@ -78,6 +78,10 @@ class UpstreamStream(ABC, Generic[T]):
         """The characters of generated text handed to the client so far."""
         return 0
 
+    def _reported_final(self) -> bool:
+        """Whether the provider has given its final usage, perhaps before the stream's last event."""
+        return False
+
     def usage(self) -> Usage:
         """The usage this stream is charged for (see `metered`)."""
         return self.metered()[0]
@@ -90,9 +94,10 @@ class UpstreamStream(ABC, Generic[T]):
         usage = self._reported()
         if usage is not None and not plausible(usage):
             usage = None
-        if self._finished and usage is not None:
+        finished = self._finished or self._reported_final()
+        if finished and usage is not None:
             return usage, "provider"
-        if not self._finished and wants_reasoning(self.req):
+        if not finished and wants_reasoning(self.req):
             return Usage(), "reserved"
         estimate, source = self.pipeline._checked(None, self.ex, self._relayed_chars)
         if usage is not None:
@@ -176,6 +181,9 @@ class NativeStream(UpstreamStream[StreamEvent]):
 
     def _relayed_chars(self) -> int:
         return self.meter.output_chars
+
+    def _reported_final(self) -> bool:
+        return self.meter.final
 
 
 async def guarded(

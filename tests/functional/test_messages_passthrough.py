@@ -119,6 +119,20 @@ def test_max_tokens_is_capped_to_what_the_budget_reserved(agents: Running) -> No
     assert last(agents, "anthropic")["json"]["max_tokens"] == 3000
 
 
+def stream_events(url: str, key: str, body: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """A Messages stream's event names, and each event's payload by name (the last of a name)."""
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "anthropic-beta": BETAS[0]}
+    with httpx.stream("POST", f"{url}/v1/messages?beta=true", json=body, headers=headers) as response:
+        text = response.read().decode()
+    assert response.status_code == 200
+    events = [block.split("\n") for block in text.strip().split("\n\n")]
+    names = [lines[0].removeprefix("event: ") for lines in events]
+    payloads = {name: orjson.loads(lines[1].removeprefix("data: ")) for name, lines in zip(names, events, strict=True)}
+    signature = [p for n, lines in zip(names, events, strict=True) if n == "content_block_delta" for p in lines]
+    payloads["signed"] = any(fake_anthropic.SIGNATURE in line for line in signature)
+    return names, payloads
+
+
 def test_a_stream_comes_back_event_by_event_with_the_cost_on_message_delta(agents: Running) -> None:
     key = agents.mint(name="stream")
     body = {
@@ -129,21 +143,42 @@ def test_a_stream_comes_back_event_by_event_with_the_cost_on_message_delta(agent
         "thinking": {"type": "enabled", "budget_tokens": 1024},
         "messages": [{"role": "user", "content": "Hi"}],
     }
-    headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "anthropic-beta": BETAS[0]}
-    with httpx.stream("POST", f"{agents.url}/v1/messages?beta=true", json=body, headers=headers) as response:
-        text = response.read().decode()
-    assert response.status_code == 200
-    events = [block.split("\n") for block in text.strip().split("\n\n")]
-    names = [lines[0].removeprefix("event: ") for lines in events]
+    names, payloads = stream_events(agents.url, key, body)
     assert names[:2] == ["message_start", "ping"] and names[-2:] == ["message_delta", "message_stop"]
-    payloads = {name: orjson.loads(lines[1].removeprefix("data: ")) for name, lines in zip(names, events, strict=True)}
     assert payloads["message_start"]["message"]["usage"]["cache_creation_input_tokens"] >= 0
-    signature = [p for n, lines in zip(names, events, strict=True) if n == "content_block_delta" for p in lines]
-    assert any(fake_anthropic.SIGNATURE in line for line in signature)
+    assert payloads["signed"]
     delta = payloads["message_delta"]
     assert delta["usage"] == {"output_tokens": fake_anthropic.OUTPUT_TOKENS} and delta["cost"]["provider_usd"] > 0
     assert last(agents, "anthropic")["headers"]["anthropic-beta"] == BETAS[0]
     assert last(agents, "anthropic")["json"] == {**body, "model": CLAUDE}
+
+
+@pytest.mark.parametrize("thinking", [{"type": "enabled", "budget_tokens": 1024}, None], ids=["thinking", "plain"])
+def test_a_stream_costs_what_the_provider_counted_as_the_same_answer_whole_does(
+    agents: Running, thinking: dict[str, Any] | None
+) -> None:
+    """`message_delta` carries the final usage though `message_stop` is still to come: the stream is costed
+    and settled from it, as the same request not streamed, not estimated (or, asking for thinking, charged
+    the reserved worst case)."""
+    body: dict[str, Any] = {"model": "claude", "max_tokens": 2000, "messages": [{"role": "user", "content": "Hi"}]}
+    if thinking:
+        body["thinking"] = thinking
+    key = agents.mint(name="stream-cost")
+    whole = httpx.post(
+        f"{agents.url}/v1/messages", json=body, headers={"x-api-key": key, "anthropic-version": "2023-06-01"}
+    ).json()
+    _, payloads = stream_events(agents.url, key, {**body, "stream": True})
+    assert payloads["message_delta"]["cost"] == whole["cost"]
+    assert whole["cost"]["output_tokens"] == fake_anthropic.OUTPUT_TOKENS
+    lines = agents.ledger(key)
+    for _ in range(50):  # the stream's line is written in the background
+        if len(lines) == 2:
+            break
+        time.sleep(0.05)
+        lines = agents.ledger(key)
+    assert [(line.cost_source, line.output_tokens, line.cost_usd) for line in lines] == [
+        ("provider", fake_anthropic.OUTPUT_TOKENS, whole["cost"]["total_usd"])
+    ] * 2
 
 
 def test_the_sdk_stream_accumulates_thinking_with_its_signature(client: anthropic.Anthropic) -> None:

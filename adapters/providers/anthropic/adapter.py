@@ -470,6 +470,7 @@ class MessagesMeter:
         self._wire = WireUsage()
         self._chars = 0
         self.output_chars = 0  # never needed: `usage` carries the estimate from the first event on
+        self.final = False  # `message_delta` brought the final counts (`message_stop` is still to come)
 
     def feed(self, event: StreamEvent) -> None:
         if not event.data:
@@ -489,6 +490,7 @@ class MessagesMeter:
             elif kind == "message_delta" and payload.get("usage") is not None:
                 self._wire.update(WireUsage.model_validate(payload["usage"]))
                 self.usage = self._wire.to_usage()
+                self.final = True
             elif kind == "error":
                 error = payload.get("error") or {}
                 raise error_from_body(ERROR_STATUS.get(str(error.get("type")), 500), event.data, {})

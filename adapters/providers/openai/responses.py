@@ -58,6 +58,7 @@ class ResponsesMeter:
     def __init__(self) -> None:
         self.usage: Usage | None = None
         self.output_chars = 0
+        self.final = False
 
     def feed(self, event: StreamEvent) -> None:
         if not event.data or event.data == b"[DONE]":
@@ -70,3 +71,4 @@ class ResponsesMeter:
         response = payload.get("response")
         if kind in RESPONSES_TERMINAL and isinstance(response, dict):
             self.usage = usage_of(response.get("usage"))
+            self.final = True
