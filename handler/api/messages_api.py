@@ -113,12 +113,29 @@ def _marked(part: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
     return part
 
 
-def _text_of(blocks: Blocks | None) -> str:
+def _text_of(blocks: object, where: str) -> str:
+    """The text of a string or of a list of content blocks (`where` names it in the 400 for anything else)."""
     if blocks is None:
         return ""
     if isinstance(blocks, str):
         return blocks
-    return "".join(str(b.get("text", "")) for b in blocks if b.get("type") == "text")
+    return "".join(str(b.get("text", "")) for b in _block_list(blocks, where) if b.get("type") == "text")
+
+
+def _block_list(blocks: object, where: str) -> list[dict[str, Any]]:
+    """`blocks` if it is a list of content blocks (objects); else the client's 400, as Anthropic answers."""
+    if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
+        raise InvalidRequestError(f"{where} must be a string or a list of content blocks", param=where)
+    return blocks
+
+
+def _source(block: dict[str, Any]) -> dict[str, Any]:
+    """An image's or a document's `source`, which must be an object."""
+    source = block.get("source")
+    if not isinstance(source, dict):
+        kind = block.get("type")
+        raise InvalidRequestError(f"a {kind} block's source must be an object", param=f"messages.{kind}.source")
+    return source
 
 
 class Translation:
@@ -134,7 +151,7 @@ class Translation:
     # --- content ----------------------------------------------------------------------------
 
     def _image(self, block: dict[str, Any]) -> dict[str, Any] | None:
-        source = block.get("source") or {}
+        source = _source(block)
         if source.get("type") == "base64":
             url = f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"
         elif source.get("type") == "url":
@@ -145,7 +162,7 @@ class Translation:
         return _marked({"type": "image_url", "image_url": {"url": url}}, block)
 
     def _document(self, block: dict[str, Any]) -> list[dict[str, Any]]:
-        source = block.get("source") or {}
+        source = _source(block)
         kind = source.get("type")
         if kind == "base64":
             media_type = source.get("media_type", "application/pdf")
@@ -156,7 +173,8 @@ class Translation:
         if kind == "text":
             return [_marked({"type": "text", "text": str(source.get("data", ""))}, block)]
         if kind == "content" and isinstance(source.get("content"), list):
-            return [_marked({"type": "text", "text": _text_of(source["content"])}, block)]
+            text = _text_of(source["content"], "messages.document.source.content")
+            return [_marked({"type": "text", "text": text}, block)]
         self.drop(f"messages.document.{kind}")  # a URL or an Anthropic upload only Anthropic can fetch
         return []
 
@@ -181,7 +199,7 @@ class Translation:
 
     def _tool_result(self, block: dict[str, Any]) -> dict[str, Any]:
         content = block.get("content")
-        text = content if isinstance(content, str) else _text_of(content)
+        text = _text_of(content, "messages.tool_result.content")
         if isinstance(content, list) and any(b.get("type") != "text" for b in content):
             self.drop("messages.tool_result.image")  # tool messages carry text only
         if block.get("is_error"):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anthropic
+import httpx
 import pytest
 
 from tests.fakes.openai import TEXT
@@ -104,3 +107,26 @@ def test_errors_are_in_anthropic_shape(running: Running, key: str) -> None:
             extra_headers={"x-gateway-strict": "true"},
         )
     assert "top_k" in strict.value.message
+
+
+MALFORMED_BLOCKS = {
+    "a tool result of bare strings": [{"type": "tool_result", "tool_use_id": "t", "content": ["a"]}],
+    "an image whose source is a string": [{"type": "image", "source": "abc"}],
+    "a document whose source is a string": [{"type": "document", "source": "abc"}],
+    "a document of bare strings": [{"type": "document", "source": {"type": "content", "content": ["a"]}}],
+}
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku-4-5"])
+@pytest.mark.parametrize("content", MALFORMED_BLOCKS.values(), ids=MALFORMED_BLOCKS.keys())
+def test_malformed_content_blocks_are_the_clients_400_in_anthropic_shape(
+    running: Running, key: str, path: str, model: str, content: list[Any]
+) -> None:
+    """Blocks whose parts are not what Anthropic defines (a string where an object or a list of blocks
+    belongs) are refused as Anthropic refuses them, before any provider is asked: never a 500."""
+    body = {"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": content}]}
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    answer = httpx.post(f"{running.url}{path}", json=body, headers=headers)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["type"] == "error" and answer.json()["error"]["type"] == "invalid_request_error"
