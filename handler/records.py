@@ -66,3 +66,11 @@ class FrozenRecord(Value):
 
     def __delattr__(self, name: str) -> None:
         raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    # Copied and pickled as a frozen dataclass is: its fields set again through `object.__setattr__`.
+    def __getstate__(self) -> tuple[object, ...]:
+        return self._values()
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        for name, value in zip(self._field_names(), state, strict=True):
+            object.__setattr__(self, name, value)

@@ -1,11 +1,17 @@
 """The immutable values (`handler.records.Value`) behave as the NamedTuples they replaced did, where the gateway
-relies on it: equal by value, hashable, shown with their fields, copied with changes by `_replace`."""
+relies on it: equal by value, hashable, shown with their fields, copied with changes by `_replace`; and the frozen
+stored records copy and pickle as the frozen dataclasses they replaced."""
 
+import copy
+import pickle
+from collections.abc import Callable
 from types import MappingProxyType
+
+import pytest
 
 from adapters.store.metered import Applied, Unmet
 from handler.pipeline.routing import RouteControls
-from handler.ports import Target
+from handler.ports import BudgetCharge, RateCharge, Settlement, Target
 from handler.wire import StreamEvent
 
 
@@ -34,3 +40,25 @@ def test_replace_copies_with_changes_and_leaves_the_original() -> None:
 def test_a_values_repr_names_its_fields_in_order() -> None:
     assert repr(StreamEvent("delta", b"1")) == "StreamEvent(event='delta', data=b'1')"
     assert repr(RouteControls(provider="openai")) == "RouteControls(fallbacks=None, provider='openai', region=None)"
+
+
+FROZEN = [
+    BudgetCharge("k", "total", 1.0, 0.5),
+    RateCharge("rpm", 1, 10, 1),
+    Settlement("r", [BudgetCharge("k", "total", 1.0, 0.5)], 0.5, [], None),
+]
+COPIES: dict[str, Callable[[object], object]] = {
+    "copy": copy.copy,
+    "deepcopy": copy.deepcopy,
+    "pickle": lambda record: pickle.loads(pickle.dumps(record)),  # noqa: S301 - our own bytes
+}
+
+
+@pytest.mark.parametrize("how", COPIES.values(), ids=COPIES.keys())
+@pytest.mark.parametrize("record", FROZEN, ids=lambda record: type(record).__name__)
+def test_frozen_records_copy_and_pickle_as_frozen_dataclasses_do(
+    record: object, how: Callable[[object], object]
+) -> None:
+    """A frozen record refuses assignment, but not the copy module's or pickle's, which restore its fields."""
+    copied = how(record)
+    assert copied == record and copied is not record
