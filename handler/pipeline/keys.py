@@ -22,6 +22,7 @@ from typing import Final
 from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
 from handler.ports import KeyRecord, Store
 from handler.records import Value
+from handler.redaction import REDACTED
 
 KEY_PREFIX = "gwk"
 ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
@@ -66,11 +67,14 @@ def models_within(child: list[str], parent: list[str]) -> bool:
     return all(any(glob_within(c, p) for p in parent) for c in child)
 
 
-_Token = tuple[str, frozenset[str] | None, bool]  # (kind: "*", "?", "c" char, "[" class; chars; negated)
+# (kind: "*", "?", "c" a character, "[" a class, "~" a class too wide to list; its characters; negated)
+_Token = tuple[str, frozenset[str] | None, bool]
+CLASS_RANGE_LIMIT = 4096  # characters a class's range may list; a wider class is known only as "one character"
 
 
 def _glob_tokens(pattern: str) -> list[_Token]:
-    """`fnmatch`'s syntax as tokens: `*`, `?`, `[...]`/`[!...]` classes (ranges expanded), literal characters."""
+    """`fnmatch`'s syntax as tokens: `*`, `?`, `[...]`/`[!...]` classes (ranges expanded; a class with a range
+    wider than `CLASS_RANGE_LIMIT` is kept as "~", one character we cannot list), literal characters."""
     tokens: list[_Token] = []
     i = 0
     while i < len(pattern):
@@ -92,16 +96,19 @@ def _glob_tokens(pattern: str) -> list[_Token]:
                 negated = body.startswith("!")
                 body = body[1:] if negated else body
                 chars: set[str] = set()
+                listed = True
                 j = 0
                 while j < len(body):
                     if j + 2 < len(body) and body[j + 1] == "-":
                         low, high = ord(body[j]), ord(body[j + 2])
-                        chars.update(chr(c) for c in range(low, min(high, low + 4096) + 1))
+                        listed = listed and high - low < CLASS_RANGE_LIMIT
+                        if listed:
+                            chars.update(chr(c) for c in range(low, high + 1))
                         j += 3
                     else:
                         chars.add(body[j])
                         j += 1
-                tokens.append(("[", frozenset(chars), negated))
+                tokens.append(("[", frozenset(chars), negated) if listed else ("~", None, negated))
                 i = end + 1
                 continue
         tokens.append(("c", frozenset(char), False))
@@ -113,7 +120,8 @@ def glob_within(child: str, parent: str) -> bool:
     """Whether every string `child` matches is matched by `parent` (both `fnmatch` globs).
 
     Sound, not complete: it never says yes wrongly. A `*` or `?` of the child must meet a `*`/`?` of the
-    parent; a class of the child must be a subset of what the parent's token at that place admits."""
+    parent; a class of the child must be a subset of what the parent's token at that place admits. A class too
+    wide to list is only known to be one character: within a parent's `?` or `*`, and covering nothing."""
     c_tokens, p_tokens = _glob_tokens(child), _glob_tokens(parent)
     memo: dict[tuple[int, int], bool] = {}
 
@@ -174,6 +182,10 @@ class MintedKey(Value):
     def __init__(self, record: KeyRecord, key: str) -> None:
         self.record: Final = record
         self.key: Final = key
+
+    def __repr__(self) -> str:
+        """The key's id, never its secret: a log line or a traceback's locals may show a repr."""
+        return f"MintedKey(record={self.record!r}, key={format_key(self.record.id, REDACTED)!r})"
 
 
 async def with_descendants(store: Store, key_id: str, limit: int = 10_000) -> list[str]:

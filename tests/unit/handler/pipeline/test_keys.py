@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from handler.pipeline.keys import format_key, hash_secret, ip_allowed, model_allowed, models_within, split_key
+from handler.pipeline.keys import (
+    MintedKey,
+    format_key,
+    hash_secret,
+    ip_allowed,
+    model_allowed,
+    models_within,
+    split_key,
+)
+from handler.ports import KeyRecord
 
 
 def test_key_round_trip_and_malformed_keys() -> None:
@@ -50,7 +59,17 @@ def test_glob_containment_is_sound() -> None:
         ("gpt-4[a-z]", "gpt-4[ab]"),
         ("gpt-4?", "gpt-4[!x]"),
         ("gpt-*", "gpt-*-mini"),
+        # Ranges too wide to list: the child's is not within the parent's narrower one, nor the negated parent's
+        ("[ -\uffff]*", "[ -\u2000]*"),
+        ("[\u3000]", "[!a-\uffff]"),
     ]
     assert all(glob_within(child, parent) for child, parent in within)
     assert not any(glob_within(child, parent) for child, parent in outside)
     assert not models_within(["gpt-4*"], ["gpt-4?*"])
+    assert glob_within("[a-\uffff]x", "?x") and glob_within("[!a-\uffff]", "*")  # one character, whatever it is
+
+
+def test_a_minted_keys_repr_shows_its_id_never_its_secret() -> None:
+    record = KeyRecord(id="abcdefghijkm", name="n", secret_hash="h", created_at=0)
+    minted = MintedKey(record, format_key(record.id, "s3cr3t" * 8))
+    assert "abcdefghijkm" in repr(minted) and "[REDACTED]" in repr(minted) and "s3cr3t" not in repr(minted)
