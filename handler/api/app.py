@@ -54,7 +54,7 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
 
 
 def error_response(request: Request, exc: GatewayError) -> Response:
-    body = exc.anthropic_body() if request.url.path.startswith("/v1/messages") else exc.openai_body()
+    body = exc.anthropic_body() if route_path(request.scope).startswith("/v1/messages") else exc.openai_body()
     headers = dict(exc.headers)
     state = request.scope.get("state", {})
     ex: Exchange | None = state.get("exchange")
@@ -62,7 +62,7 @@ def error_response(request: Request, exc: GatewayError) -> Response:
         headers = {**ex.headers(), **headers}
         observe(ex, exc.status, code=exc.code)
     else:
-        observe_failure(state.get("request_id"), request.url.path, exc.status, exc.code)
+        observe_failure(state.get("request_id"), route_path(request.scope), exc.status, exc.code)
     if state.get("request_id"):
         headers["x-request-id"] = state["request_id"]
     headers["x-should-retry"] = "true" if exc.should_retry else "false"

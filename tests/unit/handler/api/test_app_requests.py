@@ -133,6 +133,22 @@ def test_the_direct_lane_answers_errors_as_the_router_does() -> None:
         client.post("/v1/chat/completions", json={})  # re-raised after the 500, for the server to log
 
 
+@pytest.mark.parametrize("root", ["", "/prod"])
+def test_messages_errors_are_in_anthropics_shape_under_a_root_path(root: str) -> None:
+    """Mounted under a stage's prefix (Mangum's `/prod`), a Messages client still gets Anthropic's error shape and
+    a Chat Completions client OpenAI's: the shape follows the route, not the path with its prefix."""
+    from starlette.testclient import TestClient
+
+    headers = {"x-api-key": "gwk_bad", "anthropic-version": "2023-06-01"}
+    with TestClient(gateway_app(), root_path=root) as client:
+        for path in ("/v1/messages", "/v1/messages/count_tokens"):
+            refused = client.post(f"{root}{path}", json={"model": "m"}, headers=headers)
+            assert refused.status_code == 401 and refused.json()["type"] == "error", path
+            assert refused.json()["error"]["type"] == "authentication_error"
+        chat = client.post(f"{root}/v1/chat/completions", json={"model": "m"}, headers=headers)
+        assert chat.status_code == 401 and chat.json()["error"]["type"] == "authentication_error"
+
+
 async def test_the_direct_lane_routes_under_a_root_path() -> None:
     """Mounted under a prefix (a proxy's or Mangum's root path), the proxied routes are still found."""
     app = gateway_app()
