@@ -155,9 +155,10 @@ class Exchange:
         if self.route:
             headers["x-gateway-route"] = ", ".join(self.route)
         if self.dropped or self.inbound_dropped:
-            # The names come from the client's body: percent-encoded, a header value stays Latin-1 with no CR/LF.
+            # The names come from the client's body: percent-encoded, a header value stays Latin-1 with no CR/LF
+            # and the list's commas stay separators; the brackets of `tools[web_search]` are kept as written.
             names = [*self.inbound_dropped, *self.dropped]
-            headers["x-gateway-dropped-params"] = ",".join(urllib.parse.quote(n, safe="") for n in names)
+            headers["x-gateway-dropped-params"] = ",".join(urllib.parse.quote(n, safe="[]") for n in names)
         if self.cost is not None:
             provider = self.cost.provider_usd
             headers["x-gateway-cost-usd"] = "unknown" if provider is None else usd(provider)
