@@ -55,9 +55,10 @@ class AnthropicMessage(_Open):
 
 
 class AnthropicTool(_Open):
-    """A client tool (`input_schema`), or a server tool (`type` such as `web_search_20250305`)."""
+    """A client tool (`input_schema`), or a server tool (`type` such as `web_search_20250305`; an MCP connector's
+    `mcp_toolset`, which has no `name`)."""
 
-    name: str = Field(min_length=1)
+    name: str | None = Field(default=None, min_length=1)
     type: str | None = None
     description: str | None = None
     input_schema: dict[str, Any] | None = None
@@ -277,7 +278,9 @@ class Translation:
 
     def tools(self, tools: list[AnthropicTool]) -> list[dict[str, Any]]:
         translated = []
-        for tool in tools:
+        for i, tool in enumerate(tools):
+            if tool.name is None and tool.type in (None, "custom"):
+                raise InvalidRequestError(f"tools.{i}.name: a custom tool needs a name", param=f"tools.{i}.name")
             if tool.input_schema is None or tool.type not in (None, "custom"):
                 self.drop(f"tools.{tool.type or tool.name}")  # a server tool only Anthropic runs
                 continue

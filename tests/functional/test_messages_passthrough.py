@@ -181,6 +181,23 @@ def test_a_stream_costs_what_the_provider_counted_as_the_same_answer_whole_does(
     ] * 2
 
 
+def test_an_mcp_connectors_toolset_reaches_anthropic_as_sent(agents: Running) -> None:
+    """Anthropic's MCP connector: `mcp_servers` and a `mcp_toolset` tool, which has no `name`, pass through."""
+    body = {
+        "model": "claude",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "mcp_servers": [{"type": "url", "url": "https://mcp.example.com/sse", "name": "docs"}],
+        "tools": [{"type": "mcp_toolset", "mcp_server_name": "docs"}],
+    }
+    headers = {"x-api-key": agents.mint(name="mcp"), "anthropic-version": "2023-06-01"}
+    answer = httpx.post(
+        f"{agents.url}/v1/messages", json=body, headers={**headers, "anthropic-beta": "mcp-client-2025-11-20"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert last(agents, "anthropic")["json"] == {**body, "model": CLAUDE}
+
+
 def test_the_sdk_stream_accumulates_thinking_with_its_signature(client: anthropic.Anthropic) -> None:
     with client.beta.messages.stream(
         model="claude",

@@ -142,3 +142,11 @@ def test_tool_features_without_an_equivalent_are_named() -> None:
     req, dropped = translate(tools=tools)
     assert req.tools is not None and req.tools[0].function.strict is True
     assert dropped == ["tools.defer_loading"]
+
+
+def test_an_mcp_toolset_has_no_name_and_is_named_as_dropped_but_a_custom_tool_needs_one() -> None:
+    _, dropped = translate(tools=[{"type": "mcp_toolset", "mcp_server_name": "docs"}])
+    assert dropped == ["tools.mcp_toolset"]
+    for nameless in ({"input_schema": {"type": "object"}}, {"type": "custom", "input_schema": {"type": "object"}}):
+        with pytest.raises(InvalidRequestError, match="tools.0.name"):
+            translate(tools=[nameless])
