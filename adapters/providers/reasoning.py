@@ -5,7 +5,7 @@ A client asks for reasoning in one of three ways: Chat Completions' `reasoning_e
 the request's wish as a `Reasoning` (an effort level and, if given, a token budget) and looks its own
 control up in `LEVELS`: OpenAI's `reasoning_effort`, Anthropic's (and Bedrock Claude's) `thinking` budget,
 Gemini 2.5's `thinkingConfig.thinkingBudget` and Gemini 3's `thinkingConfig.thinkingLevel`, Amazon Nova's
-`reasoningConfig.maxReasoningEffort`. docs/reasoning-and-caching.md prints the same table for users.
+`reasoningConfig.maxReasoningEffort`. docs/messages-api.md prints the same table for users.
 """
 
 from __future__ import annotations

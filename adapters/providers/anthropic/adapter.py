@@ -81,8 +81,11 @@ TRANSLATED = frozenset(
         "thinking",
     }
 )
-# Claude models that take `thinking: {"type": "adaptive"}`; older thinking models get a budget instead.
+# Claude models that take `thinking: {"type": "adaptive"}` with `output_config.effort` for its depth: they get it for
+# every wish (from Opus 4.7 on it is the only thinking they take, a `budget_tokens` is a 400; on the 4.6 models a
+# budget is deprecated). Older thinking models get a budget instead. From 4.7 on the efforts include `xhigh`.
 ADAPTIVE_FRAGMENTS = ("claude-opus-4-6", "claude-sonnet-4-6", "claude-opus-4-7", "claude-sonnet-4-7")
+XHIGH_FRAGMENTS = ("claude-opus-4-7", "claude-sonnet-4-7")
 
 # When neither the client nor the config caps the output: (model name fragment, max_tokens), first match.
 DEFAULT_MAX_TOKENS: tuple[tuple[str, int], ...] = (
@@ -302,19 +305,34 @@ def system_param(blocks: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
 
 
 def thinking_param(req: ChatRequest, model: str, max_tokens: int) -> tuple[dict[str, Any] | None, list[str]]:
-    """Claude's `thinking` for the request's reasoning wish (see `reasoning.LEVELS`), and what was dropped."""
+    """Claude's body fields for the request's reasoning wish (see `reasoning.LEVELS`): `thinking` (adaptive, with
+    `output_config.effort` when a level was asked, on the models that take it; else a budget), and what was
+    dropped."""
     wish = reasoning.requested(req)
     if wish is None or wish.off:
         return None, []
     asked = ["thinking"] if req.thinking is not None else ["reasoning_effort"]
     if not reasoning.reasons(model, reasoning.CLAUDE_THINKING_FRAGMENTS):
         return None, asked
-    if wish.adaptive and wish.level is None and reasoning.reasons(model, ADAPTIVE_FRAGMENTS):
-        return {"type": "adaptive"}, []
+    if reasoning.reasons(model, ADAPTIVE_FRAGMENTS):
+        fields: dict[str, Any] = {"thinking": {"type": "adaptive"}}
+        if wish.level is not None:
+            fields["output_config"] = {"effort": claude_effort(wish.level, model)}
+        return fields, []
     budget = reasoning.thinking_budget(wish, max_tokens)
     if budget is None:
         return None, asked
-    return {"type": "enabled", "budget_tokens": budget}, []
+    return {"thinking": {"type": "enabled", "budget_tokens": budget}}, []
+
+
+def claude_effort(level: reasoning.Level, model: str) -> str:
+    """`output_config.effort` for a level: low, medium, high, max, and xhigh on the models that have it (the
+    others get max for it, the level above high they have)."""
+    if level.effort in ("minimal", "low"):
+        return "low"
+    if level.effort == "xhigh":
+        return "xhigh" if reasoning.reasons(model, XHIGH_FRAGMENTS) else "max"
+    return level.effort
 
 
 def json_tool(req: ChatRequest) -> dict[str, Any] | None:
@@ -550,7 +568,7 @@ class AnthropicAdapter(ProviderAdapter):
         thinking, not_thinking = thinking_param(req, target.model, max_tokens)
         dropped += not_thinking
         if thinking is not None:
-            body["thinking"] = thinking
+            body.update(thinking)
             # Claude refuses sampling changes while thinking.
             dropped += [name for name in ("temperature", "top_k") if body.pop(name, None) is not None]
         if req.stop_list():

@@ -25,13 +25,13 @@ from adapters import aws
 from adapters.http import parsed_url
 from adapters.providers import reasoning
 from adapters.providers.anthropic.adapter import (
-    ADAPTIVE_FRAGMENTS,
     JSON_OBJECT_INSTRUCTION,
     JSON_TOOL,
     AnthropicStreamParser,
     convert_messages,
     default_max_tokens,
     json_tool,
+    thinking_param,
 )
 from adapters.providers.anthropic.wire import WireBlock
 from adapters.providers.bedrock.eventstream import EventStreamDecoder
@@ -273,18 +273,14 @@ def converse_messages(req: ChatRequest) -> tuple[list[dict[str, Any]], list[dict
 
 def reasoning_fields(req: ChatRequest, model: str, max_tokens: int) -> tuple[dict[str, Any] | None, list[str]]:
     """`additionalModelRequestFields` for the request's reasoning wish (`reasoning.LEVELS`): Claude's
-    `thinking`, Nova's `reasoningConfig`; and what could not be honoured."""
+    `thinking` (with `output_config.effort` on the adaptive models), Nova's `reasoningConfig`; and what could not
+    be honoured."""
     wish = reasoning.requested(req)
     if wish is None or wish.off:
         return None, []
     asked = ["thinking"] if req.thinking is not None else ["reasoning_effort"]
     if reasoning.reasons(model, reasoning.CLAUDE_THINKING_FRAGMENTS):
-        if wish.adaptive and wish.level is None and reasoning.reasons(model, ADAPTIVE_FRAGMENTS):
-            return {"thinking": {"type": "adaptive"}}, []
-        budget = reasoning.thinking_budget(wish, max_tokens)
-        if budget is None:
-            return None, asked
-        return {"thinking": {"type": "enabled", "budget_tokens": budget}}, []
+        return thinking_param(req, model, max_tokens)  # as Anthropic's API takes it (adaptive with an effort)
     if reasoning.reasons(model, reasoning.NOVA_REASONING_FRAGMENTS):
         level = wish.level or reasoning.BY_EFFORT["medium"]
         return {"reasoningConfig": {"type": "enabled", "maxReasoningEffort": level.nova}}, []

@@ -204,6 +204,28 @@ def test_reasoning_effort_and_thinking_become_a_thinking_budget(
     assert body.get("thinking") == expected and not_honoured == dropped
 
 
+@pytest.mark.parametrize(
+    ("fields", "model", "effort"),
+    [
+        ({"reasoning_effort": "high"}, "claude-opus-4-7", "high"),
+        ({"reasoning_effort": "minimal"}, "claude-opus-4-7", "low"),
+        ({"reasoning_effort": "xhigh"}, "claude-opus-4-7", "xhigh"),
+        ({"reasoning_effort": "xhigh"}, "claude-opus-4-6", "max"),  # no xhigh before 4.7: the level above high
+        ({"thinking": {"type": "enabled", "budget_tokens": 5000}}, "claude-opus-4-7", "medium"),
+        ({"thinking": {"type": "adaptive", "effort": "low"}}, "claude-sonnet-4-6", "low"),
+        ({"thinking": {"type": "adaptive"}}, "claude-opus-4-7", None),
+    ],
+)
+def test_adaptive_models_get_adaptive_thinking_with_the_effort_never_a_budget(
+    fields: dict[str, Any], model: str, effort: str | None
+) -> None:
+    """Opus 4.7 refuses `budget_tokens` (a 400) and the 4.6 models deprecate it: whatever the wish, they get
+    adaptive thinking, its depth as `output_config.effort`."""
+    body, dropped = built(request(max_tokens=20000, **fields), target(model))
+    assert body["thinking"] == {"type": "adaptive"} and dropped == []
+    assert body.get("output_config") == ({"effort": effort} if effort else None)
+
+
 def test_thinking_drops_a_changed_temperature_and_keeps_signed_blocks() -> None:
     thinking = {"type": "thinking", "thinking": "Let me see.", "signature": "sig-1"}
     messages = [

@@ -635,6 +635,12 @@ def test_strict_tools_names_and_claude_4_5_sampling() -> None:
             [],
         ),
         (
+            "us.anthropic.claude-opus-4-7",
+            {"reasoning_effort": "high"},
+            {"thinking": {"type": "adaptive"}, "output_config": {"effort": "high"}},
+            [],
+        ),
+        (
             "us.amazon.nova-2-lite-v1:0",
             {"reasoning_effort": "high"},
             {"reasoningConfig": {"type": "enabled", "maxReasoningEffort": "high"}},
