@@ -234,6 +234,9 @@ def create_app() -> Starlette:
         refused = openai_responses.problem(body)
         if refused is not None:
             return _error(400, refused, "invalid_request_error", None)
+        missing = openai_responses.unpersisted(body)
+        if missing is not None:
+            return _error(404, missing, "invalid_request_error", None)
         if "slow" in str(body.get("model")):
             await asyncio.sleep(SLOW_SECONDS)
         tokens = prompt_tokens(body)

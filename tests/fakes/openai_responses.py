@@ -22,6 +22,21 @@ ENCRYPTED = "gAAAAABfakeOpenAIEncryptedReasoning=="
 CALL_ID = "call_fakeResponses1"
 
 
+def unpersisted(body: dict[str, Any]) -> str | None:
+    """OpenAI's 404 for an input item it would look up by its `id` in a request it does not store (as reported
+    for reasoning and function call items: `rs_...`, `fc_...`)."""
+    if body.get("store") is not False:
+        return None
+    items = body.get("input")
+    for item in items if isinstance(items, list) else ():
+        if isinstance(item, dict) and item.get("id") and item.get("type") in ("reasoning", "function_call"):
+            return (
+                f"Item with id '{item['id']}' not found. Items are not persisted when `store` is set to false. "
+                "Try again with `store` set to true, or remove this item from your input."
+            )
+    return None
+
+
 def problem(body: dict[str, Any]) -> str | None:
     """What OpenAI would refuse in a body, for the rules a gateway may break."""
     items = body.get("input")

@@ -232,10 +232,11 @@ class OpenAIAdapter(ProviderAdapter):
         self, call: NativeCall, target: Target, *, stream: bool, output_limit: int | None
     ) -> BuiltRequest:
         keeps = bool(self.options.get("responses_store", False))
-        body = responses.request_body(
+        body, dropped = responses.request_body(
             call.body, target.model, stream=stream, output_limit=output_limit, provider_keeps=keeps
         )
-        return BuiltRequest(UpstreamRequest("POST", self.responses_url(target), self.headers(), orjson.dumps(body)))
+        request = UpstreamRequest("POST", self.responses_url(target), self.headers(), orjson.dumps(body))
+        return BuiltRequest(request, dropped)
 
     def native_usage(self, call: NativeCall, body: bytes) -> Usage | None:
         return responses.answer_usage(body)

@@ -32,15 +32,37 @@ def usage_of(raw: Any) -> Usage | None:
 
 def request_body(
     client: Mapping[str, Any], model: str, *, stream: bool, output_limit: int | None, provider_keeps: bool
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[str]]:
     """The client's body for a deployment: its model, `stream`, the output cap, and `store` only where the
-    operator lets the provider keep answers and the client asked for it (`store` defaults to true)."""
+    operator lets the provider keep answers and the client asked for it (`store` defaults to true); and what
+    had to be left out of its input (see `unpersisted`)."""
     body = {**client, "model": model, "stream": stream}
+    dropped: list[str] = []
     if not (provider_keeps and client.get("store") is not False):
         body["store"] = False
+        if isinstance(body.get("input"), list):
+            body["input"], dropped = unpersisted(body["input"])
     if output_limit is not None:
         body["max_output_tokens"] = output_limit
-    return body
+    return body, dropped
+
+
+def unpersisted(items: list[Any]) -> tuple[list[Any], list[str]]:
+    """Input items for a request the provider does not store. OpenAI looks an item with an `id` up among the
+    items it stored, and answers 404 ("Items are not persisted when `store` is set to false") when it kept none:
+    earlier turns' output (the gateway's stored conversations, an agent's replayed history) goes without its
+    ids, and a reasoning item without its `encrypted_content` (the reasoning itself, which only the provider
+    could look up) is left out, named `input[reasoning]`. An `item_reference` is the client's explicit ask."""
+    kept: list[Any] = []
+    dropped: list[str] = []
+    for item in items:
+        if not isinstance(item, dict) or item.get("type") == "item_reference":
+            kept.append(item)
+        elif item.get("type") == "reasoning" and not item.get("encrypted_content"):
+            dropped = ["input[reasoning]"]
+        else:
+            kept.append({name: value for name, value in item.items() if name != "id"} if "id" in item else item)
+    return kept, dropped
 
 
 def answer_usage(body: bytes) -> Usage | None:

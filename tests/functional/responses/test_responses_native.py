@@ -75,6 +75,38 @@ def test_previous_response_id_is_expanded_for_the_provider(fleet: Running, fleet
     assert sdk.responses.retrieve(second.id).output_text == TEXT
 
 
+@pytest.mark.parametrize("include", [[], ["reasoning.encrypted_content"]], ids=["plain", "encrypted"])
+def test_a_stored_reasoning_turn_with_a_tool_call_continues_at_a_provider_that_stores_nothing(
+    fleet: Running, fleet_key: str, include: list[str]
+) -> None:
+    """The gateway keeps the conversation and OpenAI nothing (`store: false`): the earlier turn's items go back
+    without their ids, which OpenAI would look up and not find (a 404), and its reasoning goes back only as the
+    encrypted content the client asked for; without it, the reasoning item is left out and named."""
+    sdk = openai_client(fleet, fleet_key)
+    tools: Any = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
+    first = sdk.responses.create(
+        model="gpt-reasoner", input="Weather in Paris?", tools=tools, tool_choice="required", include=include
+    )
+    call = next(item for item in first.output if item.type == "function_call")
+    assert [item.type for item in first.output] == ["reasoning", "function_call"] and call.id
+    raw = sdk.responses.with_raw_response.create(
+        model="gpt-reasoner",
+        previous_response_id=first.id,
+        tools=tools,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "18C"}],
+    )
+    assert raw.parse().status == "completed"
+    items = sent(fleet)["input"]
+    assert not any("id" in item for item in items) and sent(fleet)["store"] is False
+    kinds = [item.get("role") or item["type"] for item in items]
+    if include:
+        assert kinds == ["user", "reasoning", "function_call", "function_call_output"]
+        assert items[1]["encrypted_content"] == ENCRYPTED and "x-gateway-dropped-params" not in raw.headers
+    else:
+        assert kinds == ["user", "function_call", "function_call_output"]
+        assert raw.headers["x-gateway-dropped-params"] == "input[reasoning]"
+
+
 def test_reasoning_round_trips_with_the_providers_own_encryption(fleet: Running, fleet_key: str) -> None:
     sdk = openai_client(fleet, fleet_key)
     settings: Any = {"model": "gpt-reasoner", "store": False, "include": ["reasoning.encrypted_content"]}
