@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -15,7 +14,7 @@ from handler.dashboard.reports import aggregate, as_json, latency, parse_report,
 from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from handler.pipeline.attribution import line_tags, validate_tags
 from handler.pipeline.budgets import period_of
-from handler.pipeline.keys import key_names, models_within, validate_networks, with_descendants
+from handler.pipeline.keys import key_names, models_within, network, validate_networks, with_descendants
 from handler.ports import ConflictError, KeyRecord, RateCharge, UsageQuery
 
 if TYPE_CHECKING:
@@ -112,10 +111,10 @@ def record_from(spec: KeySpec, *, admin: bool = False, now: float) -> KeyRecord:
 def networks_within(child: list[str], parent: list[str]) -> bool:
     if not parent:
         return True
-    parents = [ipaddress.ip_network(p) for p in parent]
+    parents = [network(p) for p in parent]
     for net in child:
-        network = ipaddress.ip_network(net)
-        if not any(network.version == p.version and network.subnet_of(p) for p in parents):  # type: ignore[arg-type]
+        held = network(net)
+        if not any(held.version == p.version and held.subnet_of(p) for p in parents):  # type: ignore[arg-type]
             return False
     return True
 

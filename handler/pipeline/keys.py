@@ -161,14 +161,23 @@ def ip_allowed(networks: list[str], address: str | None) -> bool:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
+    return any(ip in network(net) for net in networks)
+
+
+def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A range as `allow_ips` holds it; an IPv4-mapped IPv6 range (`::ffff:10.0.0.0/104`) as the IPv4 range it
+    maps, since a client's mapped address is matched as the IPv4 address it is."""
+    net = ipaddress.ip_network(text, strict=False)
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.network_address.ipv4_mapped:
+        return ipaddress.IPv4Network((net.network_address.ipv4_mapped, net.prefixlen - 96))
+    return net
 
 
 def validate_networks(networks: list[str]) -> list[str]:
     out = []
     for net in networks:
         try:
-            out.append(str(ipaddress.ip_network(net.strip(), strict=False)))
+            out.append(str(network(net.strip())))
         except ValueError:
             raise InvalidRequestError(f"'{net}' is not an IP address or CIDR range", param="allow_ips") from None
     return out

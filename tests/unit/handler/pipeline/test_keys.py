@@ -10,6 +10,7 @@ from handler.pipeline.keys import (
     model_allowed,
     models_within,
     split_key,
+    validate_networks,
 )
 from handler.ports import KeyRecord
 
@@ -35,6 +36,15 @@ def test_ip_ranges_v4_v6_and_mapped() -> None:
     assert ip_allowed(nets, "::ffff:10.0.0.1")
     assert not ip_allowed(nets, "11.0.0.1") and not ip_allowed(nets, None) and not ip_allowed(nets, "junk")
     assert ip_allowed([], None)
+
+
+def test_an_ipv4_mapped_range_is_held_as_the_ipv4_range_it_maps() -> None:
+    """A client's mapped address is matched as its IPv4 address, so a mapped range must be one too: kept as it
+    was, `::ffff:10.0.0.0/104` matched no address at all."""
+    assert validate_networks(["::ffff:10.0.0.0/104", "::ffff:192.0.2.1"]) == ["10.0.0.0/8", "192.0.2.1/32"]
+    assert ip_allowed(["::ffff:10.0.0.0/104"], "10.1.2.3") and ip_allowed(["::ffff:10.0.0.0/104"], "::ffff:10.1.2.3")
+    assert not ip_allowed(["::ffff:10.0.0.0/104"], "11.0.0.1")
+    assert ip_allowed(["::/0"], "2001:db8::1")  # not a mapped range: unchanged
 
 
 def test_glob_containment_is_sound() -> None:
