@@ -257,13 +257,15 @@ class BudgetRefused(Exception):
 
 
 class RateRefused(Exception):
-    """Admission refused: a rate-limit counter is full for this window."""
+    """Admission refused: a rate-limit counter is full for this window; or, with `requested`, the request alone
+    needs more than the limit (no window will ever admit it)."""
 
-    def __init__(self, limit_name: str, limit: int, retry_after: float) -> None:
+    def __init__(self, limit_name: str, limit: int, retry_after: float, requested: int | None = None) -> None:
         super().__init__(limit_name)
         self.limit_name = limit_name
         self.limit = limit
         self.retry_after = retry_after
+        self.requested = requested
 
 
 # --- records ----------------------------------------------------------------------------------------

@@ -250,7 +250,7 @@ class MeteredStore(Store):
     async def admit(self, admission: Admission) -> MeterSnapshot:
         for rate in admission.rates:
             if rate.amount > rate.limit:
-                raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - self.clock())
+                raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - self.clock(), rate.amount)
         cached = self._cached(admission)
         if cached is not None:
             return cached

@@ -196,7 +196,11 @@ def test_children_share_their_parents_rate_limits(gw: Running) -> None:
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert int(refused.headers["retry-after"]) >= 1
     tokens = key_id_of(gw.mint(tpm=60))  # "Hi" is reserved at about 4,100 tokens: more than the parent's tpm
-    assert chat(gw, gw.mint(parent_id=tokens, ancestors=[tokens])).status_code == 429
+    too_large = chat(gw, gw.mint(parent_id=tokens, ancestors=[tokens]))
+    assert too_large.status_code == 429 and too_large.json()["error"]["code"] == "rate_limit_exceeded"
+    # No minute will ever admit it: said so, and the official SDKs told not to retry (no retry-after to wait for)
+    assert "request too large" in too_large.json()["error"]["message"]
+    assert too_large.headers["x-should-retry"] == "false" and "retry-after" not in too_large.headers
     too_fast = post(gw, "/v1/keys", parent, {"name": "x", "rpm": 5})
     assert too_fast.status_code == 400 and too_fast.json()["error"]["param"] == "rpm"
 
