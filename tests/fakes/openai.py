@@ -63,6 +63,10 @@ def _problem(body: dict[str, Any]) -> str | None:
         for name in message:
             if name not in fields:
                 return f"Additional properties are not allowed ('{name}' was unexpected) - 'messages.{i}'"
+        calls = message.get("tool_calls") or message.get("function_call")
+        if message.get("role") == "assistant" and message.get("content") is None and not calls:
+            # "content: required unless tool_calls or function_call is specified" (the API reference)
+            return f"Invalid value for 'messages[{i}].content': expected a string, got null."
         for j, part in enumerate(message.get("content") if isinstance(message.get("content"), list) else []):
             for name in part:
                 if name not in PART_FIELDS:

@@ -358,6 +358,21 @@ def test_signed_thinking_goes_back_to_claude_and_is_named_when_dropped(
     assert "thinking_blocks" not in last(agents, "openai")["json"]["messages"][1]
 
 
+def test_a_turn_of_thinking_alone_reaches_openai_as_an_empty_answer(
+    agents: Running, client: anthropic.Anthropic
+) -> None:
+    """A turn that was all thinking (an answer cut short while reasoning) has no text and no tool call: OpenAI
+    wants an assistant message's content then (null is refused), so it goes as an empty answer."""
+    messages: Any = [
+        {"role": "user", "content": "Think hard"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "Hmm.", "signature": ""}]},
+        {"role": "user", "content": "Go on"},
+    ]
+    raw = client.messages.with_raw_response.create(model="gpt", max_tokens=100, messages=messages)
+    assert raw.parse().content[0].type == "text"
+    assert last(agents, "openai")["json"]["messages"][1] == {"role": "assistant", "content": ""}
+
+
 # --- count_tokens and the model list ---------------------------------------------------------------
 
 

@@ -107,13 +107,17 @@ class OpenAIStreamParser:
 def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...]) -> list[str]:
     """Leave in the messages only what Chat Completions defines: a Messages client's signed thinking blocks
     are Claude's alone (reported as dropped unless the profile keeps the reasoning text, as DeepSeek's
-    does); prompt-cache markers go too, since OpenAI caches prefixes by itself."""
+    does); prompt-cache markers go too, since OpenAI caches prefixes by itself. An assistant turn left with
+    neither content nor a tool call (it was all thinking) is an empty answer: the API refuses a null one."""
     dropped: list[str] = []
     for message in messages:
         if message.pop("thinking_blocks", None) and "reasoning_content" in strip and "messages.thinking" not in dropped:
             dropped.append("messages.thinking")
         for name in strip:
             message.pop(name, None)
+        calls = message.get("tool_calls") or message.get("function_call")
+        if message.get("role") == "assistant" and message.get("content") is None and not calls:
+            message["content"] = ""
         if isinstance(message.get("content"), list):
             for part in message["content"]:
                 if isinstance(part, dict):
