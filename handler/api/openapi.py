@@ -239,7 +239,7 @@ def describe(routes: Iterable[RouteSpec]) -> dict[str, Any]:
     _, definitions = models_json_schema(schema_models(), ref_template=REF)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        described = {"summary": route.summary, **route.operation}
+        described = {"summary": route.summary, **route.operation()}
         if route.auth.security is not None:
             described["security"] = route.auth.security
         paths.setdefault(route.path, {})[route.method.lower()] = described

@@ -139,7 +139,7 @@ class RouteSpec(Value):
         endpoint: Callable[[Endpoints], Handler],
         auth: Auth,
         summary: str,
-        operation: dict[str, Any],
+        operation: Callable[[], dict[str, Any]],
         direct: bool = False,
     ) -> None:
         self.path: Final = path
@@ -147,7 +147,8 @@ class RouteSpec(Value):
         self.endpoint: Final = endpoint
         self.auth: Final = auth
         self.summary: Final = summary
-        # The OpenAPI operation's answers, body and parameters (`handler.api.openapi.operation`).
+        # The OpenAPI operation's answers, body and parameters (`handler.api.openapi.operation`), made when
+        # `/openapi.json` is first asked for: a cold start that serves requests never builds them.
         self.operation: Final = operation
         self.direct: Final = direct  # served by the direct lane: a proxied POST, past Starlette's router (POSTs only)
 
@@ -174,7 +175,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         Auth.OPTIONAL_KEY,
         "Liveness; no auth. With an admin key, also `pending_settlements`: settlements the store refused, "
         "waiting in the spool to land",
-        operation(json_answer(ANY_OBJECT, "the gateway is up"), auth_errors=KEY_ERRORS),
+        lambda: operation(json_answer(ANY_OBJECT, "the gateway is up"), auth_errors=KEY_ERRORS),
     ),
     RouteSpec(
         "/metrics",
@@ -182,7 +183,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.api.metrics,
         Auth.ADMIN,
         "Request metrics in Prometheus' text format (admin key)",
-        operation(
+        lambda: operation(
             text_answer("counters and histograms by model, provider and region", "text/plain"),
             auth_errors=KEY_ERRORS,
         ),
@@ -193,7 +194,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: openapi_json,
         Auth.PUBLIC,
         "This document; no auth",
-        operation(json_answer(ANY_OBJECT, "the OpenAPI document"), auth_errors={}),
+        lambda: operation(json_answer(ANY_OBJECT, "the OpenAPI document"), auth_errors={}),
     ),
     RouteSpec(
         "/v1/models",
@@ -201,7 +202,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.api.models,
         Auth.KEY,
         "The models this key may use (Anthropic's list shape when the request carries `anthropic-version`)",
-        operation(json_answer(LISTING, "the models")),
+        lambda: operation(json_answer(LISTING, "the models")),
     ),
     RouteSpec(
         "/v1/route",
@@ -209,7 +210,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.api.route,
         Auth.KEY,
         "The deployments a request for `model` would try, in order",
-        operation(
+        lambda: operation(
             json_answer(ANY_OBJECT, "the plan"),
             errors={"404": "model_not_found", "503": "no_deployment_available, provider_not_configured"},
             parameters=[query("model", "a public model name", required=True), *CONTROLS],
@@ -221,7 +222,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.api.chat_completions,
         Auth.KEY,
         "OpenAI Chat Completions, stream and not",
-        proxied(
+        lambda: proxied(
             stream_or(ref("ChatCompletion"), "a completion, or an SSE stream ending in `data: [DONE]`"),
             ref("ChatRequest"),
         ),
@@ -233,7 +234,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.api.embeddings,
         Auth.KEY,
         "OpenAI embeddings",
-        proxied(json_answer(ref("EmbeddingsResponse"), "the embeddings"), ref("EmbeddingsRequest")),
+        lambda: proxied(json_answer(ref("EmbeddingsResponse"), "the embeddings"), ref("EmbeddingsRequest")),
         direct=True,
     ),
     RouteSpec(
@@ -242,7 +243,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.messages.messages,
         Auth.KEY_OR_X_API_KEY,
         "Anthropic Messages API, stream and not, to any model",
-        proxied(
+        lambda: proxied(
             stream_or(ANY_OBJECT, "an Anthropic message, or its SSE event sequence"),
             ref("MessagesRequest"),
             error_schema=ANTHROPIC_ERROR,
@@ -256,7 +257,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         Auth.KEY_OR_X_API_KEY,
         "Anthropic token counting, to any model: the provider's own count (Anthropic, Gemini) or an estimate "
         "marked `x-gateway-estimate: true`; free, not metered",
-        proxied(
+        lambda: proxied(
             json_answer({"type": "object", "required": ["input_tokens"]}, "`{input_tokens}`"),
             ref("MessagesCountRequest"),
             error_schema=ANTHROPIC_ERROR,
@@ -268,7 +269,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.responses.create,
         Auth.KEY,
         "OpenAI Responses API, stream and not, to any model",
-        proxied(
+        lambda: proxied(
             stream_or(ANY_OBJECT, "a `response` object, or its SSE event sequence"),
             ref("ResponsesRequest"),
             errors={"404": "not_found (previous_response_id), model_not_found"},
@@ -281,7 +282,9 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.responses.get,
         Auth.KEY,
         "A stored response (made by this key or one of its descendants)",
-        operation(json_answer(ANY_OBJECT, "the response"), errors={"404": "not_found"}, parameters=[RESPONSE_ID]),
+        lambda: operation(
+            json_answer(ANY_OBJECT, "the response"), errors={"404": "not_found"}, parameters=[RESPONSE_ID]
+        ),
     ),
     RouteSpec(
         "/v1/responses/{response_id}",
@@ -289,7 +292,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.responses.delete,
         Auth.KEY,
         "Delete a stored response",
-        operation(
+        lambda: operation(
             json_answer(ANY_OBJECT, "`{id, object: response, deleted: true}`"),
             errors={"404": "not_found"},
             parameters=[RESPONSE_ID],
@@ -301,7 +304,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.responses.input_items,
         Auth.KEY,
         "A stored response's input items",
-        operation(
+        lambda: operation(
             json_answer(LISTING, "the items"),
             errors={"404": "not_found"},
             parameters=[
@@ -316,7 +319,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.whoami,
         Auth.KEY_OR_X_API_KEY,
         "This key: scopes, budget, spent, remaining, expiry",
-        operation(json_answer(KEY_VIEW, "the key")),
+        lambda: operation(json_answer(KEY_VIEW, "the key")),
     ),
     RouteSpec(
         "/v1/keys",
@@ -324,7 +327,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.mint_child,
         Auth.KEY,
         "Mint a child key: narrower models, budget within the remaining, expiry within this key's",
-        operation(
+        lambda: operation(
             json_answer(KEY_VIEW, "the child key, with its secret (shown once)"), ok_status="201", body=ref("KeySpec")
         ),
     ),
@@ -334,7 +337,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.usage,
         Auth.KEY_OR_X_API_KEY,
         "This key's cost line items",
-        operation(USAGE_OK, parameters=USAGE_PARAMETERS),
+        lambda: operation(USAGE_OK, parameters=USAGE_PARAMETERS),
     ),
     RouteSpec(
         "/admin/usage",
@@ -342,7 +345,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.admin_usage,
         Auth.ADMIN,
         "Every key's cost line items (admin key only)",
-        operation(USAGE_OK, parameters=[*USAGE_PARAMETERS, query("key", "one key id")]),
+        lambda: operation(USAGE_OK, parameters=[*USAGE_PARAMETERS, query("key", "one key id")]),
     ),
     RouteSpec(
         "/admin/keys",
@@ -350,7 +353,9 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.admin_list,
         Auth.ADMIN,
         "List keys (admin key only)",
-        operation(json_answer(LISTING, "the keys"), parameters=[query("parent_id", "only the children of this key")]),
+        lambda: operation(
+            json_answer(LISTING, "the keys"), parameters=[query("parent_id", "only the children of this key")]
+        ),
     ),
     RouteSpec(
         "/admin/keys",
@@ -358,7 +363,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.admin_create,
         Auth.ADMIN,
         "Create a key (admin key only)",
-        operation(
+        lambda: operation(
             json_answer(KEY_VIEW, "the key, with its secret (shown once)"), ok_status="201", body=ref("AdminKeySpec")
         ),
     ),
@@ -368,7 +373,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.admin_show,
         Auth.ADMIN,
         "Show a key (admin key only)",
-        operation(json_answer(KEY_VIEW, "the key"), errors={"404": "not_found"}, parameters=[KEY_ID]),
+        lambda: operation(json_answer(KEY_VIEW, "the key"), errors={"404": "not_found"}, parameters=[KEY_ID]),
     ),
     RouteSpec(
         "/admin/keys/{key_id}",
@@ -376,7 +381,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.admin_update,
         Auth.ADMIN,
         "Replace a key's default attribution tags (admin key only)",
-        operation(
+        lambda: operation(
             json_answer(KEY_VIEW, "the key"),
             body=ref("KeyUpdateSpec"),
             errors={"404": "not_found"},
@@ -389,7 +394,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.admin_rotate,
         Auth.ADMIN,
         "A new secret for a key; the old one works for `grace_seconds` (admin key only)",
-        operation(
+        lambda: operation(
             json_answer(KEY_VIEW, "the key, with its new secret (shown once)"),
             body=ref("RotateSpec"),
             body_required=False,
@@ -403,7 +408,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.admin_revoke,
         Auth.ADMIN,
         "Revoke a key and, through it, its children (admin key only)",
-        operation(json_answer(KEY_VIEW, "the revoked key"), errors={"404": "not_found"}, parameters=[KEY_ID]),
+        lambda: operation(json_answer(KEY_VIEW, "the revoked key"), errors={"404": "not_found"}, parameters=[KEY_ID]),
     ),
     RouteSpec(
         "/dashboard",
@@ -412,7 +417,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         Auth.PUBLIC,
         "The spend dashboard's page: static, it holds no data; its figures come from the admin routes, "
         "called with the admin key typed into it",
-        operation(text_answer("the page", "text/html"), auth_errors={}),
+        lambda: operation(text_answer("the page", "text/html"), auth_errors={}),
     ),
     RouteSpec(
         "/dashboard/sign-in",
@@ -420,7 +425,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.dashboard.sign_in,
         Auth.PUBLIC,
         "Trade a one-time sign-in token from `gateway dashboard` for a dashboard session (a short-lived admin key)",
-        operation(
+        lambda: operation(
             json_answer(ANY_OBJECT, "the session: `key`, `key_id`, `expires_at`, `signed_in_as`"),
             body=ref("SignIn"),
             errors={"401": "sign_in_link_expired (used already or expired), key_revoked"},
@@ -433,7 +438,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.dashboard.asset,
         Auth.PUBLIC,
         "The dashboard's script, style sheet and icon",
-        operation(
+        lambda: operation(
             text_answer("the asset", *sorted({media.split(";")[0] for media in ASSETS.values()})),
             errors={"404": "not_found"},
             parameters=[{**path_parameter("name"), "schema": {"enum": sorted(ASSETS)}}],
