@@ -36,7 +36,7 @@ from handler.pipeline.keys import allows_model
 from handler.pipeline.pipeline import ChunkStream, Controls, Exchange, Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import KeyRecord, StoreError
-from handler.redaction import scrub
+from handler.redaction import redact_message, scrub
 from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
 from handler.telemetry.observability import observe, observe_failure
@@ -62,7 +62,8 @@ def error_response(request: Request, exc: GatewayError) -> Response:
         headers = {**ex.headers(), **headers}
         observe(ex, exc.status, code=exc.code)
     else:
-        observe_failure(state.get("request_id"), route_path(request.scope), exc.status, exc.code)
+        # (A path may hold what a client mistook for an id: a whole key, where `/admin/keys/{id}` wants its id.)
+        observe_failure(state.get("request_id"), redact_message(route_path(request.scope)), exc.status, exc.code)
     if state.get("request_id"):
         headers["x-request-id"] = state["request_id"]
     headers["x-should-retry"] = "true" if exc.should_retry else "false"
@@ -515,7 +516,7 @@ def create_app(gateway: Gateway) -> GatewayApp:
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        message = f"{request.method} {request.url.path}: {exc.detail}"
+        message = f"{request.method} {redact_message(request.url.path)}: {exc.detail}"
         error: GatewayError
         if exc.status_code == 404:
             error = NotFoundError(message, code="not_found", headers=dict(exc.headers or {}))
@@ -526,12 +527,12 @@ def create_app(gateway: Gateway) -> GatewayApp:
 
     async def on_store_error(request: Request, exc: Exception) -> Response:
         # A store outage outside metering (key lookups, usage, admin): 503, not an "unhandled" 500.
-        logger.warning("store unavailable: %s", exc, extra={"path": request.url.path})
+        logger.warning("store unavailable: %s", exc, extra={"path": redact_message(request.url.path)})
         error = ServiceUnavailableError("the key store is unavailable; retry shortly", code="store_unavailable")
         return error_response(request, error)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        logger.exception("unhandled error", extra={"path": request.url.path})
+        logger.exception("unhandled error", extra={"path": redact_message(request.url.path)})
         error = GatewayError("the gateway failed to handle this request; it has been logged")
         return error_response(request, error)
 

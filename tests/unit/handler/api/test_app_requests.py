@@ -173,3 +173,19 @@ async def test_the_direct_lane_routes_under_a_root_path() -> None:
              "headers": [], "query_string": b""}  # fmt: skip
     await app(scope, receive, send)
     assert sent[0]["status"] == 200 and len(seen) == 1 and seen[0].startswith("req_")
+
+
+def test_a_key_in_a_path_is_neither_logged_nor_echoed(capsys: pytest.CaptureFixture[str]) -> None:
+    """A client that puts a whole key where an id belongs (`/admin/keys/{id}`), or anywhere in a path: the 404
+    names the path and the request line logs it, both without the key's secret."""
+    from starlette.testclient import TestClient
+
+    secret = "S3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3t"
+    key = f"gwk_abcdefghijkm_{secret}"
+    with TestClient(gateway_app()) as client:
+        missing = client.get(f"/v1/{key}")
+        assert missing.status_code == 404 and "[REDACTED]" in missing.text and secret not in missing.text
+        unknown = client.get(f"/admin/keys/{key}", headers={"authorization": f"Bearer {key}"})
+        assert unknown.status_code == 401 and secret not in unknown.text
+    logged = capsys.readouterr().out
+    assert '"status":404' in logged and secret not in logged
