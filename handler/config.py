@@ -308,14 +308,25 @@ def resolve_secret(
     return reference
 
 
+SECRET_STORES = ("ssm:", "secretsmanager:")
+
+
+def reference_name(reference: str) -> str:
+    """How a log line or an error may name a secret's reference: itself for `env:`, `ssm:` and
+    `secretsmanager:` ones, never a literal key's value."""
+    return reference if reference.startswith(("env:", *SECRET_STORES)) else "the literal api_key"
+
+
 def reference_hint(reference: str | None) -> str:
     """Where an operator should put a missing secret, without revealing any value."""
     if not reference:
         return "set api_key in the provider's config"
     if reference.startswith("env:"):
         return f"set the environment variable {reference[4:]}"
-    kind, _, name = reference.partition(":")
-    return f"store the key in {kind} as {name}"
+    if reference.startswith(SECRET_STORES):
+        kind, _, name = reference.partition(":")
+        return f"store the key in {kind} as {name}"
+    return "replace the provider's literal api_key with a provider key (better: a reference such as env:NAME)"
 
 
 def _aws_fetch(kind: str, name: str) -> str | None:

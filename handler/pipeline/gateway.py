@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from handler import redaction
-from handler.config import Config, SecretFetcher, load_config, resolve_secret
+from handler.config import Config, SecretFetcher, load_config, reference_name, resolve_secret
 from handler.errors import GatewayError
 from handler.pipeline.keys import KeyService, split_key
 from handler.pipeline.routing import Attempt, RouteControls, Router, any_model
@@ -202,7 +202,8 @@ def build_adapters(
         secret = resolve_secret(ref, environ, fetch)
         if secret is not None and split_key(secret.strip()) is not None:
             # One of this gateway's own keys (a client's environment, say): it must never be sent upstream.
-            logger.warning(f"provider {name}: {ref} holds a gateway key (gwk_...), not a provider key; ignored")
+            shown = reference_name(ref or "")
+            logger.warning(f"provider {name}: {shown} holds a gateway key (gwk_...), not a provider key; ignored")
             secret = None
         redaction.register(secret)
         adapters[name] = cls(name, secret, provider.options())

@@ -64,6 +64,23 @@ def test_unconfigured_provider_is_skipped_or_named() -> None:
     assert info.value.code == "provider_not_configured"
 
 
+def test_a_gateway_key_as_a_literal_provider_key_is_ignored_and_never_shown(caplog: pytest.LogCaptureFixture) -> None:
+    """A literal `api_key` that is one of this gateway's own keys is never sent upstream, and neither the
+    warning nor the client's 503 repeats it (any client allowed the model would read another key)."""
+    secret = "S3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3tX"
+    data = {
+        "providers": {"p": {"type": "openai", "api_key": f"gwk_abcdefghijkm_{secret}"}},
+        "models": {"m": {"deployments": [{"provider": "p", "model": "m"}]}},
+    }
+    config = parse_config(data, set(REGISTRY))
+    with caplog.at_level("WARNING"):
+        adapters = build_adapters(config, REGISTRY, {})
+    assert adapters["p"].secret is None and "the literal api_key holds a gateway key" in caplog.text
+    with pytest.raises(ServiceUnavailableError, match="literal api_key") as info:
+        Router(config, adapters, "us-east-1").plan("m", RouteControls(), any_model)
+    assert secret not in caplog.text and secret not in info.value.message
+
+
 async def test_warm_up_origins_skip_what_cannot_be_served() -> None:
     """Lambda's init opens connections to `origins()`: embedding models count, and a model whose provider has
     no key (its requests answer 503 saying so) must not stop the function from starting."""
