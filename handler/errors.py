@@ -183,7 +183,7 @@ class UpstreamError(GatewayError):
         self.upstream_status = upstream_status
         self.retryable = retryable
         self.retry_after = retry_after
-        self.upstream_type = upstream_type
+        self.upstream_type = redact_message(upstream_type)[:100] if upstream_type else None
         self._outcome = outcome
 
     def openai_body(self) -> dict[str, object]:

@@ -12,6 +12,7 @@ import orjson
 
 from handler.errors import UpstreamError
 from handler.records import Value
+from handler.redaction import redact_message
 
 
 class StreamEvent(Value):
@@ -132,6 +133,18 @@ def upstream_error(
         upstream_type=upstream_type,
         code=code,
     )
+
+
+ERROR_EXCERPT_CHARS = 200  # of an error body that is not the provider's JSON, relayed as the message
+ERROR_SCAN_BYTES = 64 * 1024  # read for secrets before the excerpt is cut (a cut could split one)
+
+
+def error_excerpt(body: bytes) -> str:
+    """The start of an error body the provider did not write in its JSON shape, as an error message: scrubbed of
+    secrets and credential shapes before it is cut, so that a key across the cut cannot leave half of itself."""
+    if not body:
+        return "no error body"
+    return redact_message(body[:ERROR_SCAN_BYTES].decode("utf-8", "replace"))[:ERROR_EXCERPT_CHARS]
 
 
 def malformed(message: str, outcome: str = "invalid_response") -> UpstreamError:

@@ -46,7 +46,15 @@ from handler.schemas import (
     ToolCall,
     Usage,
 )
-from handler.wire import ANTHROPIC_HEADERS, StreamEvent, event_payload, json_body, malformed, upstream_error
+from handler.wire import (
+    ANTHROPIC_HEADERS,
+    StreamEvent,
+    error_excerpt,
+    event_payload,
+    json_body,
+    malformed,
+    upstream_error,
+)
 
 if TYPE_CHECKING:
     from handler.schemas import ChatCompletionChunk, ChunkDelta
@@ -146,7 +154,7 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> Ups
         elif isinstance(error, str):
             message = error
     if not message:
-        message = body[:200].decode("utf-8", "replace") if body else "no error body"
+        message = error_excerpt(body)
     return upstream_error(status, message, headers, upstream_type=kind)
 
 

@@ -62,7 +62,7 @@ from handler.schemas import (
     ToolCall,
     Usage,
 )
-from handler.wire import StreamEvent, json_body, malformed, upstream_error
+from handler.wire import StreamEvent, error_excerpt, json_body, malformed, upstream_error
 
 SERVICE = "bedrock"
 GLOBAL = "global"
@@ -151,7 +151,7 @@ def bedrock_error(status: int | None, kind: str, body: bytes, headers: Mapping[s
         message = str(data.get("message") or data.get("Message") or "")
         kind = kind or _error_type(str(data.get("__type") or ""))
     if not message:
-        message = body[:200].decode("utf-8", "replace") if body else "no error body"
+        message = error_excerpt(body)
     name = _error_type(kind)
     code = status if status is not None else ERROR_STATUS.get(name.lower(), 500)
     err = upstream_error(code, message, headers, upstream_type=name or None)

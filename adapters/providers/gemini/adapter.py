@@ -52,7 +52,7 @@ from handler.schemas import (
     ToolCallDelta,
     Usage,
 )
-from handler.wire import StreamEvent, json_body, malformed, upstream_error
+from handler.wire import StreamEvent, error_excerpt, json_body, malformed, upstream_error
 
 API_VERSION = "v1beta"
 MAX_STOP_SEQUENCES = 5  # Gemini rejects more than five stop sequences
@@ -153,7 +153,7 @@ def _error_from_data(status: int, data: Any, body: bytes, headers: Mapping[str, 
                 # Google answers a bad key with 400; it is the gateway's configuration, not the client's request.
                 status = 401
     if not message:
-        message = body[:200].decode("utf-8", "replace") if body else "no error body"
+        message = error_excerpt(body)
     err = upstream_error(status, message, headers, upstream_type=kind)
     if err.retry_after is None:
         err.retry_after = retry_delay

@@ -20,7 +20,7 @@ from handler import schemas
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import RESPONSES_API, BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import ChatCompletion, ChatRequest, PromptTokensDetails, Usage
-from handler.wire import StreamEvent, json_body, malformed, upstream_error
+from handler.wire import StreamEvent, error_excerpt, json_body, malformed, upstream_error
 
 if TYPE_CHECKING:
     from handler.schemas import ChatCompletionChunk, EmbeddingsRequest, EmbeddingsResponse
@@ -44,7 +44,7 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> Ups
         elif isinstance(error, str):
             message = error
     if not message:
-        message = body[:200].decode("utf-8", "replace") if body else "no error body"
+        message = error_excerpt(body)
     return upstream_error(status, message, headers, upstream_type=kind)
 
 

@@ -1,0 +1,35 @@
+"""Provider error bodies relayed as messages: never a secret, not even half of one."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.providers.registry import REGISTRY
+from handler import redaction
+from handler.errors import UpstreamError
+from handler.wire import ERROR_EXCERPT_CHARS, error_excerpt
+
+SECRET = "f3a9c2e1b7d4f3a9c2e1b7d4f3a9c2e1b7d4f3a9c2e1b7d4"
+
+
+def test_an_excerpt_is_scrubbed_before_it_is_cut() -> None:
+    """A known secret that straddles the excerpt's end would leave its first part behind if cut first."""
+    redaction.register(SECRET)
+    body = ("x" * (ERROR_EXCERPT_CHARS - 20) + f" token {SECRET} trailing").encode()
+    excerpt = error_excerpt(body)
+    assert len(excerpt) <= ERROR_EXCERPT_CHARS and SECRET[:10] not in excerpt
+    assert error_excerpt(b"") == "no error body"
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini", "bedrock"])
+def test_each_providers_error_that_is_not_json_relays_no_part_of_a_secret(provider: str) -> None:
+    redaction.register(SECRET)
+    adapter = REGISTRY[provider]("p", "provider-key-000000", {})
+    body = ("<html>" + "e" * (ERROR_EXCERPT_CHARS - 30) + f" bad key {SECRET}</html>").encode()
+    error = adapter.error(400, body, {})
+    assert isinstance(error, UpstreamError) and SECRET[:8] not in error.message
+
+
+def test_the_upstream_type_is_scrubbed_too() -> None:
+    error = UpstreamError("boom", upstream_type=f"invalid_key {SECRET}")
+    assert error.upstream_type is not None and SECRET not in error.upstream_type
