@@ -414,12 +414,13 @@ def _traces_url(base: str) -> str:
 def _pairs(raw: str, name: str) -> dict[str, str]:
     """`k=v,k2=v2` with percent-encoded values, as the OTel spec writes headers and resource attributes."""
     pairs: dict[str, str] = {}
-    for item in raw.split(","):
+    for position, item in enumerate(raw.split(","), 1):
         if not item.strip():
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError([f"{name}: '{key.strip()[:40]}' is not a key=value pair"])
+            # Named by its place, never quoted: it may be a credential with a mistyped separator.
+            raise ConfigError([f"{name}: item {position} is not a key=value pair (its text is not shown)"])
         pairs[key.strip()] = urllib.parse.unquote(value.strip())
     return pairs
 

@@ -77,6 +77,18 @@ def test_unusable_environment_values_are_a_clear_error(environ: dict[str, str], 
         otlp_settings(None, environ)
 
 
+def test_a_malformed_header_is_named_by_its_place_never_quoted() -> None:
+    """`authorization:Bearer ...` (a colon where `=` belongs) must not reach the CLI's output or Lambda's init
+    error with the token in it."""
+    environ = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
+        "OTEL_EXPORTER_OTLP_HEADERS": "a=1,authorization:Bearer tok_9f8e7d6c5b4a392",
+    }
+    with pytest.raises(ConfigError, match="item 2") as refused:
+        otlp_settings(None, environ)
+    assert "tok_9f8e7d6c5b4a392" not in str(refused.value) and "Bearer" not in str(refused.value)
+
+
 def test_the_config_section_is_validated_with_paths() -> None:
     bad = {"observability": {"otlp": {"endpoint": "collector:4318", "batch_size": 0, "capture": True}}}
     with pytest.raises(ConfigError) as info:
