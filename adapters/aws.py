@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from adapters.sigv4 import Credentials
+from handler import redaction
 
 SNAPSHOT_EVERY_S = 60.0
 # botocore's endpoint data (endpoints.json), partition `aws`: its `regionRegex` and `dnsSuffix`.
@@ -95,6 +96,9 @@ class AwsCredentials:
 
     def _take_snapshot(self) -> None:
         frozen = self._source.get_frozen_credentials()  # botocore refreshes here when near expiry
+        # Keys from a profile or a role: an AWS error that quotes the request (a signature mismatch does) must
+        # not carry them to a client, as the environment's keys never are (see handler.redaction).
+        redaction.register_current("aws-credentials", frozen.secret_key, frozen.token)
         self._snapshot = Credentials(frozen.access_key, frozen.secret_key, frozen.token)
         self._taken = time.monotonic()
 

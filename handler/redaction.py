@@ -21,7 +21,7 @@ MIN_SECRET_LENGTH = 8  # shorter values (test placeholders, "none") would redact
 # Compiled on the first message to scrub (an upstream's error), not at a cold start that may never need it.
 CREDENTIAL_SHAPES = (
     r"(?i)(bearer\s+)[^\s\"',;]+"
-    r"|(x-api-key|x-goog-api-key|api[-_]key|authorization|aws_secret_access_key)(\"?\s*[:=]\s*\"?)[^\s\"',;&]+"
+    r"|(x-api-key|x-goog-api-key|api[-_]key|authorization|aws_secret_access_key|x-amz-security-token)(\"?\s*[:=]\s*\"?)[^\s\"',;&]+"
     r"|([?&]key=)[^&\s\"']+"
     r"|\b(sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{8,})"
     r"|\b(gwk_[a-z0-9]{12}_[A-Za-z0-9_\-]{8,})"
@@ -35,16 +35,35 @@ def credential_shapes() -> re.Pattern[str]:
     return re.compile(CREDENTIAL_SHAPES)
 
 
-_secrets: set[str] = set()
+_fixed: set[str] = set()
+_current: dict[str, frozenset[str]] = {}  # secrets that are renewed, by what holds them: the latest only
+_secrets: frozenset[str] = frozenset()
 _secrets_bytes: tuple[bytes, ...] = ()
 
 
 def register(*secrets: str | None) -> None:
     """Remember secrets the gateway holds, so nothing relayed carries them."""
-    global _secrets_bytes
-    for secret in secrets:
-        if secret and len(secret) >= MIN_SECRET_LENGTH:
-            _secrets.add(secret)
+    _fixed.update(_usable(secrets))
+    _rebuild()
+
+
+def register_current(holder: str, *secrets: str | None) -> None:
+    """`holder`'s secrets as they are now (AWS credentials a role renews): they replace the ones it held, so a
+    long-running process does not test every answer for every key it ever had. (A session token stays valid a
+    while after its successor arrives, so the previous set is kept as well.)"""
+    previous = _current.get(holder, frozenset())
+    _current[holder] = frozenset(_usable(secrets))
+    _current[f"{holder} (previous)"] = previous - _current[holder]
+    _rebuild()
+
+
+def _usable(secrets: tuple[str | None, ...]) -> set[str]:
+    return {s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH}
+
+
+def _rebuild() -> None:
+    global _secrets, _secrets_bytes
+    _secrets = frozenset(_fixed.union(*_current.values()))
     _secrets_bytes = tuple(s.encode() for s in sorted(_secrets, key=len, reverse=True))
 
 

@@ -128,6 +128,35 @@ def test_a_snapstart_restore_renews_chain_credentials_at_once(monkeypatch: pytes
     assert aws.process_credentials().current().access_key == "RESTORED"
 
 
+def test_keys_from_a_role_are_never_relayed_the_latest_two_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys from a profile or a role (not the environment's, registered at start) are registered for redaction as
+    each snapshot is taken: an AWS error quoting the request's headers must not carry the session token out. The
+    previous ones stay (a token outlives its successor's arrival); older ones are forgotten."""
+    from handler.redaction import redact_message
+
+    tokens = iter([f"FwoGZXIvYXdzEJr//token{n}" * 2 for n in range(3)])
+
+    class Rotating(BotoCredentials):
+        def get_frozen_credentials(self) -> Any:
+            token = next(tokens)
+            return BotoCredentials("ASIAEXAMPLE", f"secret-of-{token}", token).get_frozen_credentials()
+
+    class Session:
+        def get_credentials(self) -> BotoCredentials:
+            return Rotating("NONE", "x")
+
+    monkeypatch.setattr(botocore.session, "get_session", Session)
+    credentials = aws.AwsCredentials({})
+    first = credentials.current().token
+    assert first is not None and first not in redact_message(f"canonical request: x-amz-date {first}")
+    credentials.renew()
+    second = credentials.current().token
+    assert second is not None and first not in redact_message(first) and second not in redact_message(second)
+    credentials.renew()
+    assert first in redact_message(first)  # two renewals ago: no longer tested for in every answer
+    assert "[REDACTED]" in redact_message("x-amz-security-token:IQoJb3JpZ2luX2VjEAAa-whatever")
+
+
 class ContainerCredentials:
     """The container credentials endpoint (ECS, and Lambda's `AWS_CONTAINER_CREDENTIALS_FULL_URI`) on loopback."""
 
