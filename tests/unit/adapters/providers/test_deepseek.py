@@ -103,5 +103,5 @@ def test_a_messages_clients_thinking_goes_back_as_reasoning_content_and_the_swit
     req = request(messages=messages, thinking={"type": "adaptive", "effort": "high"})
     built = adapter().chat_request(req, target(), stream=False)
     body = orjson.loads(built.request.body)
-    assert body["messages"][1] == {"role": "assistant", "content": None, "reasoning_content": "Call the tool."}
+    assert body["messages"][1] == {"role": "assistant", "content": "", "reasoning_content": "Call the tool."}
     assert body["thinking"] == {"type": "enabled"} and built.dropped == []
