@@ -127,6 +127,9 @@ class KeyMinting(_Strict):
 
     per_minute: int = Field(default=30, ge=1)
     max_children: int = Field(default=1000, ge=1)
+    # Keys in a chain, the new one and its ancestors: a request admits and settles on each of them in one
+    # store transaction (DynamoDB takes at most 100 items in one, and a settlement adds three).
+    max_depth: int = Field(default=32, ge=1, le=90)
 
 
 class GatewaySettings(_Strict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from handler.api.app import Api
 
 MAX_GRACE_SECONDS = 7 * 86400
+MAX_PATTERN_CHARS = 200  # a model name pattern of a key's `models`
 
 
 class KeySpec(BaseModel):
@@ -29,7 +30,10 @@ class KeySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
     name: str = Field(min_length=1, max_length=200)
-    models: list[str] | None = Field(default=None, min_length=1)
+    # (A pattern's length bounds the containment check's work: see `handler.pipeline.keys.glob_within`.)
+    models: list[Annotated[str, Field(min_length=1, max_length=MAX_PATTERN_CHARS)]] | None = Field(
+        default=None, min_length=1, max_length=100
+    )
     budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     budget_period: Literal["day", "month", "total"] = "total"
     expires_in_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
@@ -183,6 +187,11 @@ class KeyRoutes:
         minting = self.gateway.config.gateway.key_minting
         mints = RateCharge("mint", 0, minting.per_minute, 1)
         await self.api.pipeline.meter.count_request(parent, request.state.request_id, [mints])
+        if len(parent.ancestors) + 2 > minting.max_depth:
+            raise PermissionDeniedError(
+                f"a key may have at most {minting.max_depth - 1} ancestors (gateway.key_minting.max_depth)",
+                code="key_depth_limit",
+            )
         if len(await self.gateway.store.list_keys(parent.id)) >= minting.max_children:
             raise PermissionDeniedError(
                 f"this key has minted its {minting.max_children} child keys (gateway.key_minting.max_children)",

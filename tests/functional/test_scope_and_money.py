@@ -221,6 +221,23 @@ def test_glob_containment_holds_when_minting(gw: Running) -> None:
     wider = post(gw, "/v1/keys", parent, {"name": "w", "models": ["gpt-te*"]})
     assert wider.status_code == 403 and wider.json()["error"]["code"] == "model_not_allowed"
     assert post(gw, "/v1/keys", parent, {"name": "n", "models": ["gpt-test"]}).status_code == 201
+    # A pattern long enough to exhaust the containment check's recursion was a 500: now the client's 400.
+    long = post(gw, "/v1/keys", parent, {"name": "l", "models": ["a" * 3000]})
+    assert long.status_code == 400 and long.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_chain_of_keys_is_as_deep_as_a_store_transaction_allows(gw: Running) -> None:
+    """Every key of a chain is admitted and settled in one store transaction (DynamoDB: at most 100 items):
+    `gateway.key_minting.max_depth` (32 keys) bounds a chain, so none is admitted whose settlement could not
+    be written."""
+    key = gw.mint(budget_usd=10.0)
+    for depth in range(2, 33):
+        answer = post(gw, "/v1/keys", key, {"name": f"d{depth}"})
+        assert answer.status_code == 201, (depth, answer.text)
+        key = answer.json()["key"]
+    too_deep = post(gw, "/v1/keys", key, {"name": "d33"})
+    assert too_deep.status_code == 403 and too_deep.json()["error"]["code"] == "key_depth_limit"
+    assert chat(gw, key).status_code == 200  # the deepest key works, settled on all 32
 
 
 # --- money -------------------------------------------------------------------------------------------
