@@ -40,6 +40,7 @@ from handler.telemetry.observability import logger, pending_settlements
 
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
+REFUSALS_IN_A_ROW = 3  # a re-drive stops after so many refusals in a row: the store is down, not one settlement
 ENV = "GATEWAY_SETTLEMENT_SPOOL"
 T = TypeVar("T")
 
@@ -199,10 +200,13 @@ class SettlementSpool:
             delay = self.retry_first_s if landed else min(max(delay, self.retry_first_s) * 2, self.retry_max_s)
 
     async def redrive(self, store: Store) -> int:
-        """Settle what is pending, in order, until the store refuses one; returns how many landed."""
+        """Settle what is pending, in order, until the store refuses `REFUSALS_IN_A_ROW` in a row (it is down:
+        no use asking it more now); one it refuses alone (that one settlement cannot be written) is passed over,
+        so it holds none of the others back. Returns how many landed."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         landed = 0
+        refused = 0
         async with self._lock:
             for reservation_id, settlement in self._read().items():
                 try:
@@ -212,7 +216,11 @@ class SettlementSpool:
                         "a spooled settlement still does not land; retried later",
                         extra={"reservation_id": reservation_id, "reason": str(exc) or type(exc).__name__},
                     )
-                    break
+                    refused += 1
+                    if refused >= REFUSALS_IN_A_ROW:
+                        break
+                    continue
+                refused = 0
                 if self._memory.pop(reservation_id, None) is None:
                     self._append({"done": reservation_id, "at": time.time()})
                 landed += 1

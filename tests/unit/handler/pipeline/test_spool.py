@@ -123,6 +123,34 @@ async def test_the_retry_task_lands_spooled_settlements_by_itself(
     await spool.close()
 
 
+async def test_a_settlement_the_store_cannot_write_holds_none_of_the_others_back(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One spooled settlement the store refuses every time (one it can never write) is passed over: the ones
+    after it land, and it stays spooled, alone."""
+    spool = SettlementSpool(tmp_path / "spool.jsonl")
+    meter = Meter(store, KeyService(store, 0), 60, spool=spool)
+    key = record(budget_usd=5.0, tpm=10_000)
+    poisoned, *others = [await admitted(meter, key, 0.1) for _ in range(3)]
+    refuse_settlements(monkeypatch, store, 3 * SETTLE_ATTEMPTS)
+    for settlement in (poisoned, *others):
+        await meter.settle(settlement)
+    await spool.close()
+    assert spool.pending == 3
+    real = store.settle
+
+    async def settle(settlement: Settlement) -> None:
+        if settlement.reservation_id == poisoned.reservation_id:
+            raise StoreError("injected: ValidationException, too many items in the transaction")
+        await real(settlement)
+
+    monkeypatch.setattr(store, "settle", settle)
+    assert await spool.redrive(store) == 2
+    assert spool.pending == 1
+    lines = await store.usage(UsageQuery([key.id], 0, time.time() + 1))
+    assert sorted(i.request_id for i in lines) == sorted(s.item.request_id for s in others if s.item)
+
+
 async def test_a_settlement_applied_but_unanswered_is_spooled_and_still_counts_once(
     dynamo: DynamoServer, tmp_path: Path
 ) -> None:
