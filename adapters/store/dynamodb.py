@@ -223,6 +223,10 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         """`meter` as the conditional update of one key's meter item (or, for a key homed elsewhere, this
         region's lease of it)."""
         e = Expression()
+        if meter.budgets:
+            # Written once: a write that landed but whose answer was lost (a timeout), sent again by the client,
+            # fails here instead of charging twice; `_write_admission` then finds the reservation and knows.
+            e.conditions.append(f"attribute_not_exists({e.name(f'r:{admission.reservation_id}')})")
         for charge in meter.budgets:
             if self.leases.remote(meter.home_region):
                 self.leases.admit_clause(e, admission, charge)
@@ -282,6 +286,11 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
                 failed = {k: r.get("Item", {}) for k, r in reasons if r.get("Code") == FAILED}
             else:  # the single update's
                 failed = {key_id: exc.item}
+            if self._already_admitted(write, failed):
+                if not exc.reasons:
+                    return Applied({key_id: self._counters(admission, key_id, exc.item)})
+                items = await self._read_reported(write)
+                return Applied({key_id: self._counters(admission, key_id, item) for key_id, item in items.items()})
         for key_id, item in failed.items():
             for charge in admission.budgets:
                 if charge.key_id == key_id and self.leases.remote(charge.home_region):
@@ -291,6 +300,14 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
                         generation = seen[(charge.key_id, charge.period)]
                         raise Refill(functools.partial(self.leases.grant, charge, short.lease, generation)) from None
         return Unmet({key_id: self._counters(admission, key_id, item) for key_id, item in failed.items()})
+
+    @staticmethod
+    def _already_admitted(write: AdmissionWrite, failed: dict[str, Item]) -> bool:
+        """Whether the write failed because it had landed already: every budgeted item holds its reservation (a
+        write whose answer was lost, sent again; no other writes that reservation)."""
+        marker = f"r:{write.admission.reservation_id}"
+        budgeted = [meter.key_id for meter in write.meters if meter.budgets]
+        return bool(budgeted) and all(marker in failed.get(key_id, {}) for key_id in budgeted)
 
     async def _read_reported(self, write: AdmissionWrite) -> dict[str, Item]:
         """After a transaction (which returns no values): the items the snapshot reports, in one read."""

@@ -8,8 +8,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
+from adapters.sigv4 import Credentials
+from adapters.store.dynamo_client import DynamoDBClient
 from adapters.store.dynamodb import LEDGER_SHARDS, DynamoDBStore
 from adapters.store.expressions import Expression, num, text
 from handler.ports import Admission, BudgetCharge, BudgetRefused, RateCharge, Settlement, StoreError, UsageQuery
@@ -49,6 +52,51 @@ CONTENTION = [
     ("TransactWriteItems", "TransactionCanceledException"),
     ("TransactWriteItems", "TransactionConflictException"),
 ]
+
+
+class AnswerLost(httpx.AsyncBaseTransport):
+    """Forwards every request to moto; the next one of `lose` (an operation) lands but its answer is lost, as a
+    read timeout loses it, so the client sends it again."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.lose: str | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        await response.aread()
+        if self.lose is not None and request.headers["x-amz-target"].endswith(f".{self.lose}"):
+            self.lose = None
+            raise httpx.ReadTimeout("applied, answer lost", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("operation", ["UpdateItem", "TransactWriteItems"])
+async def test_an_admission_sent_again_after_its_answer_was_lost_counts_once(
+    dynamo: DynamoServer, operation: str
+) -> None:
+    """The client sends a request again when its answer does not come (a timeout); an admission that had landed
+    must not reserve twice (the extra reservation was never settled nor released: committed for good)."""
+    transport = AnswerLost()
+    client = DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url, transport=transport)
+    store = DynamoDBStore(client, dynamo.create_table(), owned=[client])
+    key, parent = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
+    charges = [BudgetCharge(key, PERIOD, 1.0, 0.4)]
+    if operation == "TransactWriteItems":  # a child and its budgeted parent: one transaction over both
+        charges.append(BudgetCharge(parent, PERIOD, 1.0, 0.4))
+    adm = Admission(uuid.uuid4().hex, key, charges, [], time.time() + 60)
+    transport.lose = operation
+    snapshot = await store.admit(adm)
+    assert transport.lose is None  # the answer was lost once, and the request sent again
+    assert snapshot.committed_usd.get(PERIOD, snapshot.committed_usd.get(key)) == pytest.approx(0.4)
+    await store.settle(settlement(adm, 0.2, line(key, 0.2)))
+    for key_id in {charge.key_id for charge in charges}:
+        meter = await store.meter(key_id, PERIOD)
+        assert meter.committed_usd[PERIOD] == pytest.approx(0.2) and meter.spent_usd[PERIOD] == pytest.approx(0.2)
+    await store.close()
 
 
 @pytest.mark.parametrize(("operation", "code"), CONTENTION)
