@@ -82,6 +82,7 @@ METER_SK = "METER"
 LEDGER_SHARDS = 8
 LEDGER_SHARD_KEYS = [f"LEDGERS#{n}" for n in range(LEDGER_SHARDS)]
 REPORT_CONCURRENCY = 8
+RELEASE_CHUNK = 50  # expired reservations released by one update (DynamoDB: 300 operators, 4 KB an expression)
 FAILED = CONDITION_FAILED
 
 
@@ -465,31 +466,40 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         return expired
 
     async def _release(self, key_id: str, reservations: list[Reservation]) -> float:
-        """One conditional update per item (the home meter, this region's lease): all of its reservations or
-        none (one settled meanwhile; the caller's next admission sees the new counters)."""
+        """Conditional updates per item (the home meter, this region's lease), `RELEASE_CHUNK` reservations
+        each (an expression holds at most 300 operators and 4 KB): all of a chunk's or none; a chunk one of whose
+        reservations was settled meanwhile is released one reservation at a time, so that it holds back none of
+        the others."""
         released = 0.0
         for leased in (False, True):
             group = [r for r in reservations if r.leased == leased]
-            if not group:
-                continue
-            e = Expression()
-            amounts: dict[str, Decimal] = {}
-            for reservation in group:
-                placeholder = e.name(f"r:{reservation.reservation_id}")
-                e.clauses["REMOVE"].append(placeholder)
-                e.conditions.append(f"attribute_exists({placeholder})")
-                period = reservation.period
-                amounts[period] = amounts.get(period, Decimal(0)) + exact(reservation.amount_usd)
-            e.clauses["ADD"] += [f"{e.name(f'c:{p}')} {e.value(number(-amount))}" for p, amount in amounts.items()]
-            if leased:
-                e.clauses["ADD"] += [f"{e.name(f'a:{p}')} {e.value(number(amount))}" for p, amount in amounts.items()]
-            key = {"pk": text(f"METER#{key_id}"), "sk": text(f"{LEASE_PREFIX}{self.region}" if leased else METER_SK)}
-            try:
-                await self._call("update_item", **e.update(key, self.table))
-            except ConditionFailed:
-                continue
-            released += float(sum(amounts.values()))
+            for start in range(0, len(group), RELEASE_CHUNK):
+                chunk = group[start : start + RELEASE_CHUNK]
+                freed = await self._release_chunk(key_id, leased, chunk)
+                if freed is None and len(chunk) > 1:
+                    freed = sum(await self._release_chunk(key_id, leased, [one]) or 0.0 for one in chunk)
+                released += freed or 0.0
         return released
+
+    async def _release_chunk(self, key_id: str, leased: bool, chunk: list[Reservation]) -> float | None:
+        """Release `chunk` in one conditional update: the USD released, or None if one of them was gone."""
+        e = Expression()
+        amounts: dict[str, Decimal] = {}
+        for reservation in chunk:
+            placeholder = e.name(f"r:{reservation.reservation_id}")
+            e.clauses["REMOVE"].append(placeholder)
+            e.conditions.append(f"attribute_exists({placeholder})")
+            period = reservation.period
+            amounts[period] = amounts.get(period, Decimal(0)) + exact(reservation.amount_usd)
+        e.clauses["ADD"] += [f"{e.name(f'c:{p}')} {e.value(number(-amount))}" for p, amount in amounts.items()]
+        if leased:
+            e.clauses["ADD"] += [f"{e.name(f'a:{p}')} {e.value(number(amount))}" for p, amount in amounts.items()]
+        key = {"pk": text(f"METER#{key_id}"), "sk": text(f"{LEASE_PREFIX}{self.region}" if leased else METER_SK)}
+        try:
+            await self._call("update_item", **e.update(key, self.table))
+        except ConditionFailed:
+            return None
+        return float(sum(amounts.values()))
 
     async def _read_counters(self, key_id: str, period: str) -> Counters:
         """Committed and spent summed over the home meter and every region's lease; rates as counted here

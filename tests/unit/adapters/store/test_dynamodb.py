@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -96,6 +97,38 @@ async def test_an_admission_sent_again_after_its_answer_was_lost_counts_once(
     for key_id in {charge.key_id for charge in charges}:
         meter = await store.meter(key_id, PERIOD)
         assert meter.committed_usd[PERIOD] == pytest.approx(0.2) and meter.spent_usd[PERIOD] == pytest.approx(0.2)
+    await store.close()
+
+
+class ReleaseSpy(DynamoDBClient):
+    """The client, noting each release's condition (moto does not enforce DynamoDB's expression limits)."""
+
+    conditions: list[str]
+
+    async def call(self, operation: str, request: dict[str, Any]) -> dict[str, Any]:
+        if operation == "UpdateItem" and "REMOVE" in request.get("UpdateExpression", ""):
+            self.conditions.append(request["ConditionExpression"])
+        return await super().call(operation, request)
+
+
+async def test_many_expired_reservations_are_released_within_dynamodbs_expression_limits(dynamo: DynamoServer) -> None:
+    """Dead reservations pile up (timeouts, crashes) until a refusal releases them: 160 of them in one update
+    passed DynamoDB's 4 KB and 300 operators an expression (a ValidationException, and a 503 on every request of
+    the key from then on). One settled meanwhile holds back none of the others."""
+    client = ReleaseSpy("us-east-1", Credentials("testing", "testing"), dynamo.url)
+    client.conditions = []
+    store = DynamoDBStore(client, dynamo.create_table(), owned=[client])
+    key = uuid.uuid4().hex[:12]
+    dead = [
+        Admission(uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1000.0, 0.5)], [], time.time() - 1)
+        for _ in range(160)
+    ]
+    for adm in dead:
+        await store.admit(adm)
+    await store.settle(settlement(dead[70], 0.5, line(key, 0.5)))  # its process lived after all
+    assert await store.release_expired(key, time.time()) == pytest.approx(159 * 0.5)
+    assert all(len(c) <= 4096 and c.count("attribute_exists") + c.count(" AND ") <= 300 for c in client.conditions)
+    assert (await store.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.5)  # the settled one's
     await store.close()
 
 
