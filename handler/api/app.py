@@ -16,13 +16,14 @@ from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from handler import schemas
 from handler.api.route_table import Endpoints, Handler, direct_lane, handlers, starlette_routes
 from handler.api.streaming import DONE, EventStream, answer_json, sse_chunk, sse_error, sse_json, until_client_leaves
 from handler.errors import (
+    ClientClosedError,
     GatewayError,
     InvalidRequestError,
     NotFoundError,
@@ -94,11 +95,14 @@ class Api:
                 raise RequestTooLargeError(f"request body of {size} bytes exceeds the {self.max_body}-byte limit")
         chunks = []
         received = 0
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > self.max_body:
-                raise RequestTooLargeError(f"request body exceeds the {self.max_body}-byte limit")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > self.max_body:
+                    raise RequestTooLargeError(f"request body exceeds the {self.max_body}-byte limit")
+                chunks.append(chunk)
+        except ClientDisconnect:  # gone before its body was whole: nobody reads the answer; not the gateway's fault
+            raise ClientClosedError("the client closed the connection before its request body was sent") from None
         body = b"".join(chunks)
         if self.capture_content:
             request.scope["state"]["body"] = body  # the prompt, for the request's span

@@ -189,3 +189,22 @@ def test_a_key_in_a_path_is_neither_logged_nor_echoed(capsys: pytest.CaptureFixt
         assert unknown.status_code == 401 and secret not in unknown.text
     logged = capsys.readouterr().out
     assert '"status":404' in logged and secret not in logged
+
+
+async def test_a_client_gone_before_its_body_was_sent_is_a_499_not_a_500() -> None:
+    """Starlette's ClientDisconnect while the body streams in: the client left (499, client_closed_request),
+    which is not the gateway's failure (a 500 fed its error alarms)."""
+    from handler.api.app import Api
+    from handler.errors import ClientClosedError
+    from handler.pipeline.gateway import build_gateway
+
+    messages = iter([{"type": "http.request", "body": b'{"model":', "more_body": True}, {"type": "http.disconnect"}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [], "query_string": b""}
+    api = Api(build_gateway(store_url="sqlite://", environ={}))
+    with pytest.raises(ClientClosedError) as gone:
+        await api.body(Request(scope, receive))
+    assert gone.value.status == 499
