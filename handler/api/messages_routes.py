@@ -33,8 +33,12 @@ EPOCH = "1970-01-01T00:00:00Z"
 
 
 def native_call(request: Request, data: dict[str, Any], untranslated: list[str]) -> NativeCall:
-    """The client's Messages request as it sent it: its body and the headers Anthropic reads."""
+    """The client's Messages request as it sent it: its body and the headers Anthropic reads (printable ASCII, as
+    any header the gateway sends upstream: anything else is the client's 400)."""
     headers = {name: request.headers[name] for name in ANTHROPIC_HEADERS if name in request.headers}
+    for name, value in headers.items():
+        if not (value.isascii() and value.isprintable()):
+            raise InvalidRequestError(f"the {name} header must be printable ASCII", param=name)
     return NativeCall(MESSAGES_API, data, headers, tuple(untranslated))
 
 

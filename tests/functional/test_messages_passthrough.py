@@ -198,6 +198,15 @@ def test_an_mcp_connectors_toolset_reaches_anthropic_as_sent(agents: Running) ->
     assert last(agents, "anthropic")["json"] == {**body, "model": CLAUDE}
 
 
+def test_a_forwarded_header_that_is_not_ascii_is_the_clients_400(agents: Running) -> None:
+    """`anthropic-beta` goes upstream as sent: a value HTTP cannot carry on (Latin-1 `é`) is refused, not a 500."""
+    headers = {"x-api-key": agents.mint(name="beta"), "anthropic-version": "2023-06-01", "anthropic-beta": b"caf\xe9"}
+    body = {"model": "claude", "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}
+    answer = httpx.post(f"{agents.url}/v1/messages", json=body, headers=headers)
+    assert answer.status_code == 400 and answer.json()["error"]["type"] == "invalid_request_error"
+    assert "anthropic-beta" in answer.json()["error"]["message"]
+
+
 def test_the_sdk_stream_accumulates_thinking_with_its_signature(client: anthropic.Anthropic) -> None:
     with client.beta.messages.stream(
         model="claude",
