@@ -477,7 +477,9 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
                 chunk = group[start : start + RELEASE_CHUNK]
                 freed = await self._release_chunk(key_id, leased, chunk)
                 if freed is None and len(chunk) > 1:
-                    freed = sum(await self._release_chunk(key_id, leased, [one]) or 0.0 for one in chunk)
+                    freed = 0.0
+                    for one in chunk:
+                        freed += await self._release_chunk(key_id, leased, [one]) or 0.0
                 released += freed or 0.0
         return released
 
