@@ -18,12 +18,13 @@ from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import NativeCall
 from handler.schemas import ChatRequest, Usage
 from handler.telemetry.observability import observe
-from handler.wire import StreamEvent
+from handler.wire import StreamEvent, error_excerpt, malformed
 
 if TYPE_CHECKING:
     from handler.pipeline.pipeline import Exchange, Pipeline
     from handler.pipeline.routing import Attempt
 
+HEAD_KEPT = 2048  # bytes of a stream's start kept until its first event, to say what came instead
 CLIENT_CLOSED = 499  # nginx's status for a client that hung up: the ledger's word for an abandoned stream
 T = TypeVar("T")
 
@@ -65,6 +66,7 @@ class UpstreamStream(ABC, Generic[T]):
         self._pending: list[T] = []
         self._finished = False
         self._settled = False
+        self._head: bytes | None = b""  # the stream's start, until its first item
 
     @abstractmethod
     def _items(self, events: list[StreamEvent]) -> list[T]:
@@ -110,10 +112,16 @@ class UpstreamStream(ABC, Generic[T]):
         """Called with each batch as it goes to the client."""
 
     async def prime(self) -> None:
-        """Read until the first item."""
+        """Read until the first item. A stream that ends before any (a JSON error answered with a 200 to a stream
+        request, a body of no events) is the provider's malformed answer: retryable, so the plan goes on, and
+        never a successful empty completion."""
         try:
             while not self._pending and not self._finished:
                 await self._pull()
+            if not self._pending:
+                said = error_excerpt(self._head or b"")
+                raise malformed(f"the provider's stream ended before its first event: {said}")
+            self._head = None
         except BaseException:
             await self.response.close()
             raise
@@ -121,6 +129,8 @@ class UpstreamStream(ABC, Generic[T]):
     async def _pull(self) -> None:
         try:
             raw = await self._raw.__anext__()
+            if self._head is not None and len(self._head) < HEAD_KEPT:
+                self._head += raw[: HEAD_KEPT - len(self._head)]  # what it said, if no event comes of it
         except StopAsyncIteration:
             self._finished = True
             self._pending.extend(self._items(self.decoder.finish()))

@@ -51,6 +51,15 @@ def test_invalid_json_answer_falls_back(running: Running, key: str) -> None:
     assert route_of(running, key, "garbage") == "openai/bad-json@global=invalid_json, openai/gpt-4o-mini@global=200"
 
 
+def test_a_stream_answered_without_a_single_event_falls_back(running: Running, key: str) -> None:
+    """A 200 to a stream request whose body holds no event (JSON, an error an OpenAI-compatible server put in a
+    200, a proxy's buffered answer): the provider's malformed answer, so the plan goes on. It was relayed as a
+    successful, empty, billed completion."""
+    stream = client(running, key).chat.completions.with_raw_response.create(model="garbage", messages=HI, stream=True)
+    assert stream.headers["x-gateway-route"] == "openai/bad-json@global=invalid_response, openai/gpt-4o-mini@global=200"
+    assert "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices) == TEXT
+
+
 def test_stream_fails_over_before_its_first_byte_only(running: Running, key: str) -> None:
     stream = client(running, key).chat.completions.with_raw_response.create(
         model="cut-then-ok", messages=HI, stream=True
