@@ -287,7 +287,13 @@ async def openai_events(stream: ChunkStream, include_usage: bool) -> AsyncIterat
         yield sse_json(stream.final_chunk(include_usage))
     except GatewayError as exc:
         failure = exc
+        stream.failed(exc.status)
         yield sse_error(exc)
+    except Exception:  # a bug: the client still gets the in-stream error, not a connection cut mid-event
+        logger.exception("a stream failed", extra={"request_id": stream.ex.request_id})
+        failure = GatewayError("the gateway failed while relaying this stream; it has been logged")
+        stream.failed(failure.status)
+        yield sse_error(failure)
     finally:
         await stream.close()
         observe(stream.ex, 200, stream=True, code=failure.code if failure else None)

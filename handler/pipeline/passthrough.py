@@ -8,8 +8,10 @@ adapter's meter reads the usage from them; the pipeline costs and settles as for
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from handler.errors import GatewayError
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from handler.pipeline.pipeline import Exchange, Pipeline
     from handler.pipeline.routing import Attempt
 
+logger = logging.getLogger("gateway")
 HEAD_KEPT = 2048  # bytes of a stream's start kept until its first event, to say what came instead
 CLIENT_CLOSED = 499  # nginx's status for a client that hung up: the ledger's word for an abandoned stream
 T = TypeVar("T")
@@ -47,6 +50,20 @@ def sse_frame(event: StreamEvent) -> bytes:
     return head + data + b"\n"
 
 
+# What a provider's parser raises on a shape it did not expect (pydantic's ValidationError is a ValueError).
+SHAPE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+
+
+@contextmanager
+def unusable(what: str) -> Iterator[None]:
+    """A provider's answer the parser reading it choked on is the provider's malformed answer (retryable before
+    the first byte, the client's in-stream error after it), never the gateway's 500 or a broken connection."""
+    try:
+        yield
+    except SHAPE_ERRORS as exc:
+        raise malformed(f"the provider sent a malformed {what} ({type(exc).__name__})") from exc
+
+
 class UpstreamStream(ABC, Generic[T]):
     """What every upstream stream does the same way, whatever it yields (`T`: internal chunks, or a
     provider's own events): read until the first item (`prime`: an error before it lets the pipeline fail
@@ -67,6 +84,7 @@ class UpstreamStream(ABC, Generic[T]):
         self._finished = False
         self._settled = False
         self._head: bytes | None = b""  # the stream's start, until its first item
+        self._ended_status = 0  # an error's status, if one ended the stream (`failed`)
 
     @abstractmethod
     def _items(self, events: list[StreamEvent]) -> list[T]:
@@ -133,9 +151,11 @@ class UpstreamStream(ABC, Generic[T]):
                 self._head += raw[: HEAD_KEPT - len(self._head)]  # what it said, if no event comes of it
         except StopAsyncIteration:
             self._finished = True
-            self._pending.extend(self._items(self.decoder.finish()))
+            with unusable("stream event"):
+                self._pending.extend(self._items(self.decoder.finish()))
         else:
-            self._pending.extend(self._items(self.decoder.feed(raw)))
+            with unusable("stream event"):
+                self._pending.extend(self._items(self.decoder.feed(raw)))
 
     async def batches(self) -> AsyncIterator[list[T]]:
         """The items as they arrive, grouped by the upstream read that brought them."""
@@ -157,13 +177,19 @@ class UpstreamStream(ABC, Generic[T]):
             usage, source = self.metered()
             await self.pipeline._settle(self.ex, usage, 200, background=True, source=source)
 
+    def failed(self, status: int) -> None:
+        """The stream ended on an error (the provider's, or one reading it) with this status, not on the client."""
+        self._ended_status = status
+
     async def close(self) -> None:
-        """Always called: a stream abandoned by the client still settles what the provider bills."""
+        """Always called: a stream abandoned by the client (or ended by an error, `failed`) still settles what the
+        provider bills, with the status it ended on."""
         await self.response.close()
         if not self._settled:
             self._settled = True
             usage, source = self.metered()
-            self.pipeline.gateway.spawn(self.pipeline._settle(self.ex, usage, CLIENT_CLOSED, source=source))
+            status = self._ended_status or CLIENT_CLOSED
+            self.pipeline.gateway.spawn(self.pipeline._settle(self.ex, usage, status, source=source))
 
 
 class NativeStream(UpstreamStream[StreamEvent]):
@@ -207,7 +233,13 @@ async def guarded(
             yield data
     except GatewayError as exc:
         failure = exc
+        stream.failed(exc.status)
         yield failed(exc)
+    except Exception:  # a bug: the client still gets the in-stream error, not a connection cut mid-event
+        logger.exception("a stream failed", extra={"request_id": stream.ex.request_id})
+        failure = GatewayError("the gateway failed while relaying this stream; it has been logged")
+        stream.failed(failure.status)
+        yield failed(failure)
     finally:
         await events.aclose()
         await stream.close()

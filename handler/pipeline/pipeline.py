@@ -34,7 +34,7 @@ from handler.pipeline.attribution import line_tags
 from handler.pipeline.budgets import Meter, Reservation
 from handler.pipeline.gateway import Gateway
 from handler.pipeline.keys import allows_model
-from handler.pipeline.passthrough import CLIENT_CLOSED, NativeReply, NativeStream, UpstreamStream
+from handler.pipeline.passthrough import CLIENT_CLOSED, NativeReply, NativeStream, UpstreamStream, unusable
 from handler.pipeline.pricing import (
     Cost,
     PromptEstimate,
@@ -226,7 +226,9 @@ class Pipeline:
     async def _chat_answer(
         self, req: ChatRequest, ex: Exchange, attempt: Attempt, response: UpstreamResponse
     ) -> ChatCompletion:
-        completion = attempt.adapter.chat_response(await response.read(), req, attempt.target)
+        raw = await response.read()
+        with unusable("answer"):
+            completion = attempt.adapter.chat_response(raw, req, attempt.target)
         schema = self._enforced_schema(req, attempt, ex)
         if schema is not None and completion.choices:
             try:
@@ -249,7 +251,8 @@ class Pipeline:
             if not attempt.adapter.speaks(call.api, attempt.target):
                 return await self._chat_answer(req, ex, attempt, response)
             raw = await response.read()
-            usage = attempt.adapter.native_usage(call, raw)
+            with unusable("answer"):
+                usage = attempt.adapter.native_usage(call, raw)
             body = json_body(raw)
             if not isinstance(body, dict):
                 raise malformed("upstream answered with something other than a JSON object")

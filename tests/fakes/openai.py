@@ -168,6 +168,8 @@ def create_app() -> Starlette:
             usage = {"prompt_tokens": -1_000_000, "completion_tokens": -1_000_000, "total_tokens": -2_000_000}
         if body.get("stream"):
             return StreamingResponse(_stream(body, call, usage, text), media_type="text/event-stream")
+        if "garbled" in model:  # an answer of another shape: `choices` is no list
+            return Response(orjson.dumps({"id": "chatcmpl-fake1", "object": "chat.completion", "choices": "oops"}))
         message: dict[str, Any] = {"role": "assistant", "content": None if call else text, "refusal": None}
         if call:
             message["tool_calls"] = [call]
@@ -223,6 +225,8 @@ def create_app() -> Starlette:
             for i, word in enumerate(text.split(" ")):
                 if "stream-cut" in model and i == 2:
                     return
+                if "garbled" in model and i == 2:  # a chunk of another shape: `choices` is no list
+                    yield b"data: " + orjson.dumps({**base, "choices": "oops"}) + b"\n\n"
                 if "drip" in model:
                     await asyncio.sleep(SLOW_SECONDS)
                 yield event([{"index": 0, "delta": {"content": (" " if i else "") + word}, "finish_reason": None}])

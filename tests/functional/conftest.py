@@ -88,6 +88,10 @@ def gateway_config(upstream_url: str, providers: set[str]) -> Config:
             "slow": {"deployments": [{"provider": "openai", "model": "slow"}], "price": {"input": 1, "output": 2}},
             "cut": {"deployments": [{"provider": "openai", "model": "stream-cut"}], "price": {"input": 1, "output": 2}},
             "drip": {"deployments": [{"provider": "openai", "model": "drip"}], "price": {"input": 1, "output": 2}},
+            "garbled": {
+                "deployments": [{"provider": "openai", "model": "garbled"}],
+                "price": {"input": 1, "output": 2},
+            },
             "cut-then-ok": {
                 "deployments": [
                     {"provider": "openai", "model": "stream-cut"},

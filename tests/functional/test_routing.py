@@ -60,6 +60,30 @@ def test_a_stream_answered_without_a_single_event_falls_back(running: Running, k
     assert "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices) == TEXT
 
 
+def test_an_answer_of_another_shape_is_the_providers_error_never_a_500(running: Running, key: str) -> None:
+    """Valid JSON in a shape the parser does not expect (`choices` that is no list): not streamed, the provider's
+    malformed answer (a 502); streamed, after the first chunks, the client's in-stream error, a whole SSE body
+    ending in `[DONE]`, and a ledger line with the error's status, not a client's 499."""
+    whole = httpx.post(
+        f"{running.url}/v1/chat/completions",
+        json={"model": "garbled", "messages": HI},
+        headers={"authorization": f"Bearer {key}"},
+    )
+    assert whole.status_code == 502 and whole.json()["error"]["code"] == "upstream_error"
+    own = running.mint(name="garbled")
+    with httpx.stream(
+        "POST",
+        f"{running.url}/v1/chat/completions",
+        json={"model": "garbled", "messages": HI, "stream": True},
+        headers={"authorization": f"Bearer {own}"},
+    ) as streamed:
+        text = streamed.read().decode()
+    assert streamed.status_code == 200 and '"content":"Hello"' in text
+    assert "malformed stream event" in text and text.rstrip().endswith("data: [DONE]")
+    [line] = running.ledger(own)
+    assert line.status == 502
+
+
 def test_stream_fails_over_before_its_first_byte_only(running: Running, key: str) -> None:
     stream = client(running, key).chat.completions.with_raw_response.create(
         model="cut-then-ok", messages=HI, stream=True
