@@ -163,9 +163,9 @@ class RegionLeases:
         if dec(lease, f"a:{charge.period}") < exact(charge.amount_usd):
             raise LeaseShort(charge, lease)
 
-    @staticmethod
-    def settle_clause(e: Expression, settlement: Settlement, charge: BudgetCharge, released: bool) -> None:
-        """Turn the reservation into spend; what was reserved and not spent is available again."""
+    def settle_clause(self, e: Expression, settlement: Settlement, charge: BudgetCharge, released: bool) -> None:
+        """Turn the reservation into spend; what was reserved and not spent is available again, so the lease is
+        watched again: returned once idle, even if the sweeper had returned it before this request ended."""
         # In decimals: float differences would leave counters like 0.00019999999999999987 that never reach zero.
         unused = (Decimal(0) if released else exact(settlement.reserved_usd)) - exact(charge.amount_usd)
         p = charge.period
@@ -174,6 +174,7 @@ class RegionLeases:
             f"{e.name(f'c:{p}')} {e.value(number(-unused))}",
             f"{e.name(f's:{p}')} {e.value(num(charge.amount_usd))}",
         ]
+        self._hold(charge)
 
     # --- grants -----------------------------------------------------------------------------------
 
@@ -323,19 +324,30 @@ class RegionLeases:
             e.conditions.append(f"{available} >= {e.value(number(avail))}")
             answer = await call(self.local, "update_item", **e.update(lease_key, self.table), ReturnValues="ALL_NEW")
             returned_total = dec(answer.get("Attributes", {}), f"b:{p}")
-        await self._sync_returned(held, returned_total, returned_total - max(avail, Decimal(0)))
+        await self._sync_returned(held, returned_total)
         if avail > 0:
             self.stats.returns += 1
             self.stats.returned_usd += float(avail)
             self._unleased.pop((held.key_id, p), None)
         return float(max(avail, Decimal(0)))
 
-    async def _sync_returned(self, held: HeldLease, total: Decimal, counted: Decimal) -> None:
-        """Lower the home meter by what this region returned beyond what the home has counted (`counted`,
-        as guessed; the condition corrects the guess)."""
+    async def _sync_returned(self, held: HeldLease, total: Decimal) -> None:
+        """Lower the home meter by what this region returned beyond what the home has counted, as the home's
+        own mark says (read, not guessed: a return whose home write failed left the lease at zero, and a guess
+        from the lease would take it as counted and never write it)."""
         client = self.client_for(held.home)
         key = {"pk": meter_pk(held.key_id), "sk": text(HOME_SK)}
         mark, counter = f"b:{held.period}#{self.region}", f"c:{held.period}"
+        answer = await call(
+            client,
+            "get_item",
+            TableName=self.table,
+            Key=key,
+            ConsistentRead=True,
+            ProjectionExpression="#m",
+            ExpressionAttributeNames={"#m": mark},
+        )
+        counted = dec(answer.get("Item", {}), mark)
         if not await self._raise_mark(client, key, mark, counter, total, counted, sign=-1):
             raise StoreError("could not return a lease to its home; it is retried when next idle")
 

@@ -272,3 +272,70 @@ async def test_migrate_moves_lines_written_before_shards_into_reports(
     assert capsys.readouterr().out == "ok: 1 items moved\n"
     assert [i.request_id for i in await store.usage(everything)] == [old.request_id, new.request_id]
     assert await store.migrate() == 0
+
+
+async def test_a_lease_return_whose_home_write_failed_is_counted_at_home_by_the_next_sweep(
+    dynamo: DynamoServer,
+) -> None:
+    """Returning a lease is two writes: the lease gives up what it holds, then the home meter counts it. When the
+    second fails, the next sweep must still write it (it took the lease's zero as counted, and the home kept
+    the returned USD committed for good). One moto table stands for both regions' replicas."""
+    table = dynamo.create_table()
+    home_client = FlakyClient(dynamo)  # the home region's endpoint, as seen from the other region
+    here = DynamoDBStore(
+        DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url),
+        table,
+        region="eu-west-1",
+        client_for=lambda region: home_client,
+    )
+    home = DynamoDBStore(
+        DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url), table, region="us-east-1"
+    )
+    key = uuid.uuid4().hex[:12]
+    adm = Admission(
+        uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1.0, 0.1, "us-east-1")], [], time.time() + 60, "us-east-1"
+    )
+    await here.admit(adm)  # a grant from the home region, $0.10 of it reserved
+    charge = BudgetCharge(key, PERIOD, 1.0, 0.1, "us-east-1")
+    await here.settle(Settlement(adm.reservation_id, [charge], 0.1, [], line(key, 0.1), "us-east-1"))
+    home_client.fail("UpdateItem", "InternalServerError", 1)
+    with pytest.raises(StoreError):
+        await here.return_idle_leases(force=True)
+    await here.return_idle_leases(force=True)
+    assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.1)
+    await home.admit(
+        Admission(
+            uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1.0, 0.8, "us-east-1")], [], time.time() + 60, "us-east-1"
+        )
+    )
+    await here.close()
+    await home.close()
+    await home_client.close()
+
+
+async def test_what_a_settlement_frees_in_a_returned_lease_goes_home_too(dynamo: DynamoServer) -> None:
+    """A request that outlives its lease's idle time settles after the sweeper returned the lease: what it did
+    not spend is available in the lease again, and must go home once idle (it stayed there, unusable
+    anywhere else, until this region admitted for the key again)."""
+    table = dynamo.create_table()
+    here = DynamoDBStore(
+        DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url),
+        table,
+        region="eu-west-1",
+        client_for=lambda region: DynamoDBClient(region, Credentials("testing", "testing"), dynamo.url),
+    )
+    home = DynamoDBStore(
+        DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url), table, region="us-east-1"
+    )
+    key = uuid.uuid4().hex[:12]
+    charge = BudgetCharge(key, PERIOD, 1.0, 0.5, "us-east-1")
+    adm = Admission(uuid.uuid4().hex, key, [charge], [], time.time() + 60, "us-east-1")
+    await here.admit(adm)
+    await here.return_idle_leases(force=True)  # idle meanwhile (the request still running): returned
+    spent = BudgetCharge(key, PERIOD, 1.0, 0.1, "us-east-1")
+    await here.settle(Settlement(adm.reservation_id, [spent], 0.5, [], line(key, 0.1), "us-east-1"))
+    assert here.leases._held  # watched again
+    await here.return_idle_leases(force=True)
+    assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.1)
+    await here.close()
+    await home.close()
