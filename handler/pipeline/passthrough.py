@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from handler.errors import GatewayError
@@ -54,14 +53,13 @@ def sse_frame(event: StreamEvent) -> bytes:
 SHAPE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
-@contextmanager
-def unusable(what: str) -> Iterator[None]:
-    """A provider's answer the parser reading it choked on is the provider's malformed answer (retryable before
-    the first byte, the client's in-stream error after it), never the gateway's 500 or a broken connection."""
-    try:
-        yield
-    except SHAPE_ERRORS as exc:
-        raise malformed(f"the provider sent a malformed {what} ({type(exc).__name__})") from exc
+def misshapen(what: str, exc: Exception) -> GatewayError:
+    """A provider's answer the parser reading it choked on (one of `SHAPE_ERRORS`): the provider's malformed
+    answer (retryable before the first byte, the client's in-stream error after it), never the gateway's 500 or
+    a broken connection. (Caught where it is read: a `try` costs nothing until it catches.)"""
+    error = malformed(f"the provider sent a malformed {what} ({type(exc).__name__})")
+    error.__cause__ = exc
+    return error
 
 
 class UpstreamStream(ABC, Generic[T]):
@@ -151,11 +149,15 @@ class UpstreamStream(ABC, Generic[T]):
                 self._head += raw[: HEAD_KEPT - len(self._head)]  # what it said, if no event comes of it
         except StopAsyncIteration:
             self._finished = True
-            with unusable("stream event"):
+            try:
                 self._pending.extend(self._items(self.decoder.finish()))
+            except SHAPE_ERRORS as exc:
+                raise misshapen("stream event", exc) from exc
         else:
-            with unusable("stream event"):
+            try:
                 self._pending.extend(self._items(self.decoder.feed(raw)))
+            except SHAPE_ERRORS as exc:
+                raise misshapen("stream event", exc) from exc
 
     async def batches(self) -> AsyncIterator[list[T]]:
         """The items as they arrive, grouped by the upstream read that brought them."""

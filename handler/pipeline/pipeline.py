@@ -34,7 +34,14 @@ from handler.pipeline.attribution import line_tags
 from handler.pipeline.budgets import Meter, Reservation
 from handler.pipeline.gateway import Gateway
 from handler.pipeline.keys import allows_model
-from handler.pipeline.passthrough import CLIENT_CLOSED, NativeReply, NativeStream, UpstreamStream, unusable
+from handler.pipeline.passthrough import (
+    CLIENT_CLOSED,
+    SHAPE_ERRORS,
+    NativeReply,
+    NativeStream,
+    UpstreamStream,
+    misshapen,
+)
 from handler.pipeline.pricing import (
     Cost,
     PromptEstimate,
@@ -227,8 +234,10 @@ class Pipeline:
         self, req: ChatRequest, ex: Exchange, attempt: Attempt, response: UpstreamResponse
     ) -> ChatCompletion:
         raw = await response.read()
-        with unusable("answer"):
+        try:
             completion = attempt.adapter.chat_response(raw, req, attempt.target)
+        except SHAPE_ERRORS as exc:
+            raise misshapen("answer", exc) from exc
         schema = self._enforced_schema(req, attempt, ex)
         if schema is not None and completion.choices:
             try:
@@ -251,8 +260,10 @@ class Pipeline:
             if not attempt.adapter.speaks(call.api, attempt.target):
                 return await self._chat_answer(req, ex, attempt, response)
             raw = await response.read()
-            with unusable("answer"):
+            try:
                 usage = attempt.adapter.native_usage(call, raw)
+            except SHAPE_ERRORS as exc:
+                raise misshapen("answer", exc) from exc
             body = json_body(raw)
             if not isinstance(body, dict):
                 raise malformed("upstream answered with something other than a JSON object")
