@@ -237,14 +237,26 @@ def usd_display(value: Decimal) -> str:
     return text + "0" * max(0, 4 - len(text.partition(".")[2]))
 
 
+# A spreadsheet reads a cell starting with one of these as a formula (OWASP's CSV injection): text cells that do
+# (a client's `user`, a key's name, tag values, all chosen by callers) are written with a leading quote.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell as a spreadsheet will show it, never run it; numbers as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def to_csv(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=[csv_cell(name) for name in rows[0]], lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: format(v, "f") if k in USD_COLUMNS else v for k, v in row.items()})
+        writer.writerow({csv_cell(k): format(v, "f") if k in USD_COLUMNS else csv_cell(v) for k, v in row.items()})
     return out.getvalue()
 
 

@@ -23,3 +23,15 @@ def test_tiny_costs_are_not_shown_as_zero_and_keys_have_names() -> None:
     assert [(r["key"], r["key_name"]) for r in rows] == [("k1", "search"), ("k2", "ci")]
     table = to_table(rows)
     assert "0.00000016" in table and "search" in table
+
+
+def test_csv_cells_a_caller_chose_are_never_formulas() -> None:
+    """`user`, key names and tag values are the callers' text: a spreadsheet must show `=cmd|...` or `-2+3`, not
+    run it (CSV injection); amounts stay numbers."""
+    rows = [
+        {"user": "=cmd|' /C calc'!A0", "key_name": "-2+3", "tag:team": "+1+1", "session": "@SUM(A1)", "cost_usd": 1},
+        {"user": "alice", "key_name": "ops", "tag:team": "a-b", "session": "s-1", "cost_usd": 2},
+    ]
+    text = to_csv(rows)
+    assert "'=cmd|' /C calc'!A0" in text and ",'-2+3," in text and ",'+1+1," in text and ",'@SUM(A1)," in text
+    assert "alice,ops,a-b,s-1," in text
