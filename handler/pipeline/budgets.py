@@ -65,7 +65,7 @@ class Reservation:
 
     __slots__ = (
         "admission", "amount_usd", "tokens", "snapshot", "budget_limit", "budget_key", "store_ms", "headers",
-        "prompt_tokens", "output_tokens",
+        "prompt_tokens", "output_tokens", "admitted_at",
     )  # fmt: skip
 
     def __init__(self, admission: Admission | None, amount_usd: float, tokens: int) -> None:
@@ -79,6 +79,9 @@ class Reservation:
         self.headers: dict[str, str] = {}
         self.prompt_tokens = 0  # the estimate reserved for (the largest over the plan)
         self.output_tokens = 0
+        # When it was admitted (the clock its budget period was read from): its ledger line's time, so that a
+        # request that ends in the next period is reported in the period its budget was charged to.
+        self.admitted_at = 0.0
 
 
 class Meter:
@@ -89,13 +92,13 @@ class Meter:
         store: Store,
         keys: KeyService,
         reservation_ttl: float,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         spool: SettlementSpool | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
         self.reservation_ttl = reservation_ttl
-        self.clock = clock
+        self.clock = clock if clock is not None else time.time  # (looked up now: a test's clock is found too)
         self.spool = spool if spool is not None else SettlementSpool.for_store(store)
 
     async def admit(
@@ -119,6 +122,7 @@ class Meter:
         window = int(now // 60)
         rates = [rate for holder in lineage for rate in self._rates(holder, key, model, window, tokens)]
         reservation = Reservation(None, amount, tokens)
+        reservation.admitted_at = now
         if budgeted:
             reservation.budget_key, reservation.budget_limit = budgeted[0].id, float(budgeted[0].budget_usd or 0.0)
         if not budgets and not rates:

@@ -328,7 +328,7 @@ class Pipeline:
             if isinstance(err, UpstreamError) or isinstance(err.__cause__, UpstreamError):
                 return None  # the provider would not count (now, or this prompt): an estimate serves
             raise
-        await self._settle(ex, Usage.of(0, 0), 200, background=True)
+        await self._settle(ex, Usage.of(0, 0), 200, background=True, free=True)
         return count
 
     @staticmethod
@@ -350,13 +350,16 @@ class Pipeline:
         return schema_of(req)
 
     def _waste(self, ex: Exchange, attempt: Attempt, usage: Usage | None) -> None:
+        """An earlier attempt the provider may bill: its provider cost (the fee is the request's, on the whole)."""
         if usage is not None:
-            ex.wasted_usd += self._cost(ex, attempt, usage).total_usd or 0.0
+            ex.wasted_usd += self._cost(ex, attempt, usage).provider_usd or 0.0
 
     # --- embeddings -------------------------------------------------------------------------
 
     async def embeddings(self, req: EmbeddingsRequest, ex: Exchange) -> EmbeddingsResponse:
         plan = self._plan(ex, req.model, kind="embedding")
+        if isinstance(req.user, str) and req.user and ex.user is None:
+            ex.user = req.user[:MAX_USER_CHARS]  # attributed as a chat request's `user` is (`_admit`)
         texts = [req.input] if isinstance(req.input, str) else req.input
         tokens = sum(len(t.encode()) // 2 + 1 if isinstance(t, str) else len(str(t)) for t in texts)
         ex.prompt = PromptEstimate(tokens, ())
@@ -510,7 +513,7 @@ class Pipeline:
             work = self._settle(ex, None, status, source="reserved")
         elif ex.answered is not None:
             ex.attempt, status = ex.answered
-            work = self._settle(ex, Usage.of(0, 0), status)
+            work = self._settle(ex, Usage.of(0, 0), status, free=True)
         else:
             work = self._settle(ex, None, 0)
         if isinstance(exc, asyncio.CancelledError):
@@ -614,12 +617,20 @@ class Pipeline:
         return err
 
     async def _settle(
-        self, ex: Exchange, usage: Usage | None, status: int, background: bool = False, source: str = "provider"
+        self,
+        ex: Exchange,
+        usage: Usage | None,
+        status: int,
+        background: bool = False,
+        source: str = "provider",
+        free: bool = False,
     ) -> None:
         """Cost the answer, release the reservation's rest and write the ledger line, exactly once.
 
         `source` says how the cost is known: `provider` (its usage), `estimate` (none or impossible usage:
-        estimated), `reserved` (cut before any answer: the reserved worst case, `usage` unused)."""
+        estimated), `reserved` (cut before any answer: the reserved worst case, `usage` unused). `free`: the
+        answer costs nothing (an error answer, a count of tokens): neither the prices per request (web search)
+        nor the gateway's fee apply to it; an earlier attempt the provider may bill still does."""
         reservation = ex.reservation
         if reservation is None:
             return
@@ -635,17 +646,17 @@ class Pipeline:
                 for missed in ex.missed:  # attempts before this one that the provider may bill
                     self._waste(ex, missed, worst)
         if usage is not None and attempt is not None:
-            ex.cost = self._cost(ex, attempt, usage)
+            ex.cost = self._cost(ex, attempt, usage) if not free else Cost(0.0, 0.0, usage, None)
             if ex.wasted_usd and ex.cost.provider_usd is not None:
-                wasted = ex.wasted_usd
-                ex.cost = Cost(ex.cost.provider_usd + wasted, ex.cost.fee_usd, usage, ex.cost.unit_prices)
+                provider = ex.cost.provider_usd + ex.wasted_usd  # the fee is on the whole, once
+                ex.cost = Cost(provider, fee_for(provider, self.fee), usage, ex.cost.unit_prices)
             actual = ex.cost.total_usd or 0.0
             tokens = usage.prompt_tokens + usage.completion_tokens
             ex.budget_remaining = self.meter.remaining_usd(reservation, actual)
             total_ms = (time.perf_counter() - ex.started) * 1000
             item = LedgerItem(
                 request_id=ex.request_id,
-                ts=time.time(),
+                ts=reservation.admitted_at or time.time(),
                 key_id=ex.key.id,
                 ancestors=list(ex.key.ancestors),
                 model=attempt.model,

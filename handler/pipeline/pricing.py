@@ -29,10 +29,12 @@ class PriceTable(Value):
         self.aliases: Final = aliases
 
     def find(self, *names: str) -> Price | None:
+        """The price of the first of `names` the table knows, by its own entry or an alias (a dated release of
+        it): the names in order of preference, so a public name that is itself an entry never wins over the
+        upstream model's alias (`gpt-4o` serving `gpt-4o-mini-2024-07-18` costs what the mini costs)."""
         for name in names:
             if name in self.prices:
                 return self.prices[name]
-        for name in names:
             for prefix, target in self.aliases:
                 if name.startswith(prefix):
                     return self.prices[target]

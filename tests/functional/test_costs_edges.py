@@ -1,0 +1,161 @@
+"""What a request costs and where its line is reported, at the edges: an error answer, an attempt that timed out
+before the one that answered, a request that ends in the next budget period, a price found by alias, embeddings'
+`user`. In-process: the gateway's app over ASGI, the upstream an `httpx.MockTransport`."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from adapters.providers.registry import REGISTRY
+from handler.api.app import create_app
+from handler.config import parse_config
+from handler.pipeline import budgets
+from handler.pipeline.gateway import Gateway, build_gateway
+from handler.pipeline.keys import KeyService, MintedKey
+from handler.ports import KeyRecord, LedgerItem, UsageQuery
+
+HI = [{"role": "user", "content": "hi"}]
+Upstream = Callable[[httpx.Request], httpx.Response]
+
+
+def completion(model: str = "gpt-4o-mini") -> dict[str, Any]:
+    return {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+
+
+class Served:
+    def __init__(self, gateway: Gateway, http: httpx.AsyncClient, key: MintedKey) -> None:
+        self.gateway, self.http, self.key = gateway, http, key
+
+    async def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        return await self.http.post(path, json=body, headers={"authorization": f"Bearer {self.key.key}"})
+
+    async def ledger(self) -> list[LedgerItem]:
+        await self.gateway.drain()
+        return await self.gateway.store.usage(UsageQuery([self.key.record.id], 0, time.time() + 3600))
+
+
+async def serve(upstream: Upstream, models: dict[str, Any], **settings: Any) -> Served:
+    """The gateway on an in-memory store, its `openai` provider answered by `upstream`, and a key with a
+    monthly budget."""
+    data = {
+        "gateway": settings,
+        "providers": {"openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up/v1"}},
+        "models": models,
+    }
+    gateway = build_gateway(
+        config=parse_config(data, set(REGISTRY)),
+        store_url="sqlite://",
+        environ={"OPENAI_API_KEY": "sk-test-000000000000"},
+        transport=httpx.MockTransport(upstream),
+    )
+    record = KeyRecord(id="", name="k", secret_hash="", created_at=0, budget_usd=10.0, budget_period="month")
+    key = await KeyService(gateway.store, 0).mint(record)
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway)), base_url="http://gw")
+    return Served(gateway, http, key)
+
+
+MODEL = {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": {"input": 1.0, "output": 2.0}}
+
+
+async def test_an_error_answer_costs_nothing_not_even_the_prices_per_request() -> None:
+    """The provider answered 500: the line is written at no cost, so neither a per-request price (web search)
+    nor the gateway's fee is charged (they were: $0.034 for an answer that never came)."""
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, json={"error": {"message": "boom", "type": "server_error"}})
+
+    served = await serve(
+        failing, {"m": MODEL}, fee={"percent": 10, "per_request_usd": 0.001}, priced_options={"web_search_usd": 0.03}
+    )
+    answer = await served.post("/v1/chat/completions", {"model": "m", "messages": HI, "web_search_options": {}})
+    assert answer.status_code == 502
+    assert (answer.headers["x-gateway-cost-usd"], answer.headers["x-gateway-fee-usd"]) == ("0.0", "0.0")
+    [line] = await served.ledger()
+    assert (line.status, line.cost_usd, line.fee_usd) == (500, 0.0, 0.0)
+    await served.gateway.aclose()
+
+
+async def test_a_timed_out_attempts_cost_is_the_providers_and_the_fee_is_on_the_whole() -> None:
+    """An attempt that timed out may be billed: its provider cost joins the answer's, and the fee is taken once,
+    on the sum (the timed-out attempt's fee was counted as provider cost)."""
+
+    async def slow_first(request: httpx.Request) -> httpx.Response:
+        if b'"slow"' in request.content:
+            await asyncio.sleep(0.4)
+        return httpx.Response(200, json=completion())
+
+    models = {
+        "s": {
+            "deployments": [{"provider": "openai", "model": "slow"}, {"provider": "openai", "model": "gpt-4o-mini"}],
+            "price": {"input": 1.0, "output": 2.0},
+        }
+    }
+    served = await serve(slow_first, models, fee={"percent": 10}, timeouts={"first_byte": 0.2})
+    answer = await served.post("/v1/chat/completions", {"model": "s", "messages": HI, "max_tokens": 100})
+    assert answer.headers["x-gateway-route"].startswith("openai/slow@global=upstream_timeout")
+    provider, fee = float(answer.headers["x-gateway-cost-usd"]), float(answer.headers["x-gateway-fee-usd"])
+    assert fee == pytest.approx(provider * 0.10)
+    await served.gateway.aclose()
+
+
+async def test_a_request_is_reported_in_the_budget_period_it_was_charged_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Admitted at 23:59:59 on the month's last day, answered after midnight: its line is November's, as its
+    budget charge is (it was December's in reports, November's in the budget)."""
+    start = datetime.datetime(2026, 11, 30, 23, 59, 59, tzinfo=datetime.UTC).timestamp()
+    now = [start]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+
+    def two_seconds(request: httpx.Request) -> httpx.Response:
+        now[0] += 2.0
+        return httpx.Response(200, json=completion())
+
+    served = await serve(two_seconds, {"m": MODEL})
+    assert budgets.period_of("month", start) == "month:2026-11"
+    assert (await served.post("/v1/chat/completions", {"model": "m", "messages": HI})).status_code == 200
+    [line] = await served.ledger()
+    assert budgets.period_of("month", line.ts) == "month:2026-11"
+    await served.gateway.aclose()
+
+
+async def test_the_upstream_models_price_wins_over_a_public_name_that_is_in_the_table() -> None:
+    """A public `gpt-4o` served by `gpt-4o-mini-2024-07-18`, priced from the table: the mini's price (found by
+    its alias), not the public name's exact entry."""
+    models = {"gpt-4o": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini-2024-07-18"}]}}
+    served = await serve(lambda request: httpx.Response(200, json=completion()), models)
+    answer = await served.post("/v1/chat/completions", {"model": "gpt-4o", "messages": HI})
+    # 10 input and 5 output tokens at the mini's $0.15 / $0.60 a million (gpt-4o's $2.50 / $10 would be 7.5e-5)
+    assert float(answer.headers["x-gateway-cost-usd"]) == pytest.approx(10 * 0.15e-6 + 5 * 0.60e-6)
+    await served.gateway.aclose()
+
+
+async def test_embeddings_carry_their_user() -> None:
+    def embeddings(request: httpx.Request) -> httpx.Response:
+        data = [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]
+        usage = {"prompt_tokens": 3, "total_tokens": 3}
+        return httpx.Response(200, json={"object": "list", "data": data, "model": "e", "usage": usage})
+
+    models = {
+        "e": {"deployments": [{"provider": "openai", "model": "e"}], "price": {"input": 1.0}, "kind": "embedding"}
+    }
+    served = await serve(embeddings, models)
+    answer = await served.post("/v1/embeddings", {"model": "e", "input": "hello", "user": "ann"})
+    assert answer.status_code == 200, answer.text
+    [line] = await served.ledger()
+    assert line.user == "ann"
+    await served.gateway.aclose()
