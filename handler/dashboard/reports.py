@@ -31,9 +31,13 @@ def parse_when(text: str | None, default: float, name: str) -> float:
     if text is None or text == "":
         return default
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):  # nan, inf: no window at all, never "no usage"
+            raise InvalidRequestError(f"{name} must be a finite time", param=name)
+        return seconds
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

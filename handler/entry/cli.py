@@ -18,8 +18,9 @@ from handler.api.key_routes import key_view
 from handler.config import ConfigError, load_config
 from handler.pipeline.attribution import parse_tags
 from handler.pipeline.gateway import DEFAULT_STORE_URL
-from handler.pipeline.keys import KeyService, key_names, validate_networks, with_descendants
-from handler.ports import KeyRecord, Store
+from handler.pipeline.keys import KeyService, key_names, with_descendants
+from handler.ports import KeyRecord, Store, StoreError
+from handler.redaction import redact_message
 from handler.telemetry.tracing import otlp_settings
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -194,22 +195,7 @@ async def _keys(args: argparse.Namespace) -> int:
 async def _key_command(args: argparse.Namespace, store: Store) -> int:
     service = KeyService(store, 0)
     if args.keys_command == "create":
-        record = KeyRecord(
-            id="",
-            name=args.name,
-            secret_hash="",
-            created_at=0,
-            models=[m.strip() for m in args.models.split(",") if m.strip()] if args.models else ["*"],
-            budget_usd=args.budget_usd,
-            budget_period=args.budget_period,
-            expires_at=time.time() + args.expires_in if args.expires_in else None,
-            rpm=args.rpm,
-            tpm=args.tpm,
-            allow_ips=validate_networks(args.allow_ip.split(",")) if args.allow_ip else [],
-            admin=args.admin,
-            tags=parse_tags(args.tags, "--tags"),
-        )
-        minted = await service.mint(record)
+        minted = await service.mint(_created_record(args))
         if args.json:
             _print_json({**key_view(minted.record), "key": minted.key})
         else:
@@ -232,6 +218,33 @@ async def _key_command(args: argparse.Namespace, store: Store) -> int:
         minted = await service.rotate(existing, args.grace)
         _print_json({**key_view(minted.record), "key": minted.key})
     return 0
+
+
+def _created_record(args: argparse.Namespace) -> KeyRecord:
+    """`keys create`'s key, checked as `POST /admin/keys` checks one (a budget of nan or below zero, an rpm of 0,
+    an expiry of 0 s, no model: refused, never a key that means something else); raises `GatewayError`."""
+    from pydantic import ValidationError
+
+    from handler.api.app import invalid_from_validation
+    from handler.api.key_routes import AdminKeySpec, record_from
+
+    fields = {
+        "name": args.name,
+        "models": [m.strip() for m in args.models.split(",")] if args.models is not None else None,
+        "budget_usd": args.budget_usd,
+        "budget_period": args.budget_period,
+        "expires_in_seconds": args.expires_in,
+        "rpm": args.rpm,
+        "tpm": args.tpm,
+        "allow_ips": args.allow_ip.split(",") if args.allow_ip else None,
+        "tags": parse_tags(args.tags, "--tags") or None,
+        "admin": args.admin,
+    }
+    try:
+        spec = AdminKeySpec.model_validate({name: value for name, value in fields.items() if value is not None})
+    except ValidationError as exc:
+        raise invalid_from_validation(exc) from None
+    return record_from(spec, admin=spec.admin, now=time.time())
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
@@ -450,8 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from adapters.aws import NoCredentialsError
+
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except (StoreError, NoCredentialsError) as exc:  # a store URL it cannot open or reach: one line, not a trace
+        sys.stderr.write(f"gateway: the store cannot be used: {redact_message(str(exc))}\n")
+        return 2
     return result
 
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from handler.dashboard.reports import aggregate, as_json, latency, latency_table, parse_report, to_csv
+from handler.dashboard.reports import aggregate, as_json, latency, latency_table, parse_report, parse_when, to_csv
 from handler.errors import InvalidRequestError
 from tests.unit.adapters.store.test_contract import line
 
@@ -78,3 +78,9 @@ def test_latency_percentiles_are_nearest_rank_over_the_lines() -> None:
     assert latency(items[:1])["gateway_ms"] == {"p50": 1.0, "p95": 1.0, "p99": 1.0}
     assert latency([])["upstream_ms"] == {"p50": None, "p95": None, "p99": None}
     assert "p95" in latency_table(summary) and "9900.0" in latency_table(summary)
+
+
+@pytest.mark.parametrize("when", ["nan", "inf", "-inf"])
+def test_a_time_that_is_no_number_is_refused_not_an_empty_report(when: str) -> None:
+    with pytest.raises(InvalidRequestError, match="since must be a finite time"):
+        parse_when(when, 0.0, "since")

@@ -51,3 +51,31 @@ def test_keys_carry_default_tags_set_at_creation_and_replaced_later(
     assert "--tags takes name=value pairs" in capsys.readouterr().err
     assert main(["usage", "--store", store, "--tag", "team"]) == 2
     assert "tag takes name=value pairs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--budget-usd", "nan"], "budget_usd"),  # no budget at all, silently
+        (["--budget-usd", "-5"], "budget_usd"),  # every request a 402
+        (["--rpm", "0"], "rpm"),  # no limit at all
+        (["--tpm", "-3"], "tpm"),  # every request a 429
+        (["--expires-in", "0s"], "expires_in_seconds"),  # a key that never expires
+        (["--models", ","], "models"),  # a key for no model
+    ],
+)
+def test_keys_create_refuses_what_the_key_api_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], named: str
+) -> None:
+    """Each of these made a key that meant something else than asked; now the API's own message, exit 2."""
+    store = f"sqlite:///{tmp_path / 'gateway.db'}"
+    assert main(["keys", "--store", store, "create", "--name", "k", *flags]) == 2
+    assert named in capsys.readouterr().err
+    assert main(["keys", "--store", store, "list"]) == 0
+    assert orjson.loads(capsys.readouterr().out) == []
+
+
+def test_a_store_the_cli_cannot_open_is_one_line_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["usage", "--store", "bogus://x"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("gateway: the store cannot be used") and "Traceback" not in error
