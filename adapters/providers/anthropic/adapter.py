@@ -159,9 +159,11 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> Ups
 
 
 def _finish(stop_reason: str | None, json_answer: bool, tool_calls: bool) -> FinishReason:
-    if json_answer and not tool_calls:
+    """As `bedrock.adapter.finish_reason`: a `json_schema` answer stopped, unless a limit cut it (`length`)."""
+    mapped = STOP_REASONS.get(stop_reason or "end_turn", "stop")
+    if json_answer and not tool_calls and mapped != "length":
         return "stop"
-    return STOP_REASONS.get(stop_reason or "end_turn", "stop")
+    return mapped
 
 
 # --- request -------------------------------------------------------------------------------------

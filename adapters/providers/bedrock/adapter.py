@@ -368,9 +368,12 @@ def usage_of(raw: Any) -> Usage | None:
 
 
 def finish_reason(stop_reason: Any, json_answer: bool, tool_calls: bool) -> FinishReason:
-    if json_answer and not tool_calls:
+    """OpenAI's finish reason; a `json_schema` answer (the forced tool's call, shown as content) stopped, unless
+    a limit cut it (`length`: its JSON is incomplete)."""
+    mapped = STOP_REASONS.get(str(stop_reason), "stop")
+    if json_answer and not tool_calls and mapped != "length":
         return "stop"
-    return STOP_REASONS.get(str(stop_reason), "stop")
+    return mapped
 
 
 def completion_id() -> str:
@@ -508,6 +511,11 @@ class BedrockAdapter(ProviderAdapter):
         max_tokens = body.get("inferenceConfig", {}).get("maxTokens") or default_max_tokens(target.model)
         fields, not_reasoning = reasoning_fields(req, target.model, max_tokens)
         dropped += not_reasoning
+        choice = body.get("toolConfig", {}).get("toolChoice", {})
+        if fields is not None and "thinking" in fields and ("any" in choice or "tool" in choice):
+            # Claude cannot think on a turn whose tool use is forced (a 400): the forced tool wins, as on Anthropic.
+            fields = {name: value for name, value in fields.items() if name != "thinking"} or None
+            dropped.append("thinking" if req.thinking is not None else "reasoning_effort")
         if fields is not None:
             body["additionalModelRequestFields"] = fields
             if "thinking" in fields:

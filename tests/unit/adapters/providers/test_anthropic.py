@@ -226,6 +226,22 @@ def test_adaptive_models_get_adaptive_thinking_with_the_effort_never_a_budget(
     assert body.get("output_config") == ({"effort": effort} if effort else None)
 
 
+def test_a_json_schema_answer_cut_by_the_token_limit_is_length_not_stop() -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+    content = [{"type": "tool_use", "id": "t", "name": "json_response", "input": {"a": "the quick br"}}]
+    answer = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": MODEL,
+        "content": content,
+        "stop_reason": "max_tokens",
+        "usage": {"input_tokens": 1, "output_tokens": 1},
+    }
+    completion = adapter().chat_response(orjson.dumps(answer), request(response_format=fmt), target())
+    assert completion.choices[0].finish_reason == "length"
+
+
 def test_thinking_drops_a_changed_temperature_and_keeps_signed_blocks() -> None:
     thinking = {"type": "thinking", "thinking": "Let me see.", "signature": "sig-1"}
     messages = [

@@ -30,6 +30,7 @@ from tests.fakes.bedrock import encode_frame, event_frame, exception_frame, stre
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "bedrock"
 MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+SONNET = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
 FIXED_CLOCK = datetime.datetime(2024, 5, 1, 12, 30, 45)
 
 
@@ -346,6 +347,32 @@ def test_json_schema_answer_comes_back_as_message_text() -> None:
     assert completion.choices[0].message.content == '{"a":1}'
     assert completion.choices[0].message.tool_calls is None
     assert completion.choices[0].finish_reason == "stop"
+
+
+def test_a_json_schema_answer_cut_by_the_token_limit_is_length_not_stop() -> None:
+    """Its JSON is incomplete: `length`, as OpenAI says, never `stop` (the client would take it as whole)."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+    content = [{"toolUse": {"toolUseId": "t", "name": "json_response", "input": {"a": "the quick br"}}}]
+    answer = {"output": {"message": {"role": "assistant", "content": content}}, "stopReason": "max_tokens"}
+    completion = adapter().chat_response(orjson.dumps(answer), request(response_format=fmt), target())
+    assert completion.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"tool_choice": "required", "tools": [WEATHER]},
+        {"tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "tools": [WEATHER]},
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}},
+    ],
+    ids=["required", "named", "json_schema"],
+)
+def test_no_thinking_on_a_turn_whose_tool_use_is_forced(fields: dict[str, Any]) -> None:
+    """Claude refuses thinking with a forced tool choice ("Thinking may not be enabled when tool_choice forces
+    tool use"): the forced tool wins and the wish is named, as the Anthropic adapter does."""
+    body, dropped = built(request(reasoning_effort="low", max_tokens=8000, **fields), target(SONNET))
+    assert "any" in body["toolConfig"]["toolChoice"] or "tool" in body["toolConfig"]["toolChoice"]
+    assert "thinking" not in body.get("additionalModelRequestFields", {}) and "reasoning_effort" in dropped
 
 
 def test_reasoning_blocks_become_reasoning_content() -> None:
