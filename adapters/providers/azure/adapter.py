@@ -87,23 +87,30 @@ def azure_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upstrea
     return err
 
 
-def prompt_filter_only(data: bytes) -> bool:
-    """Azure's opening stream chunk: prompt-filter results, no choices, and blank `object` and `model`."""
-    if b'"prompt_filter_results"' not in data:
+def filter_only(data: bytes) -> bool:
+    """Azure's chunks of content-filter results alone: the opening one (prompt-filter results, no choices) and,
+    with the Asynchronous Filter, annotations sent along the stream (choices with `content_filter_offsets` and
+    no `delta`); both with blank `object` and `model`, and no usage."""
+    if b'"prompt_filter_results"' not in data and b'"content_filter_offsets"' not in data:
         return False
     try:
         payload = orjson.loads(data)
     except orjson.JSONDecodeError:
         return False
-    return isinstance(payload, dict) and not payload.get("choices") and payload.get("usage") is None
+    if not isinstance(payload, dict) or payload.get("usage") is not None:
+        return False
+    choices = payload.get("choices")
+    if not choices:
+        return True
+    return isinstance(choices, list) and all(isinstance(c, dict) and "delta" not in c for c in choices)
 
 
 class AzureStreamParser(OpenAIStreamParser):
-    """OpenAI's stream parser, leaving out Azure's chunk that carries only prompt-filter results
-    (it is not a valid OpenAI chunk, and clients have no use for it)."""
+    """OpenAI's stream parser, leaving out Azure's chunks that carry only content-filter results (they are not
+    valid OpenAI chunks, and clients have no use for them)."""
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
-        return [] if prompt_filter_only(event.data) else super().feed(event)
+        return [] if filter_only(event.data) else super().feed(event)
 
 
 class AzureOpenAIAdapter(OpenAIAdapter):

@@ -85,6 +85,33 @@ def test_stream_leaves_out_prompt_filter_chunks_and_keeps_usage() -> None:
     assert parser.usage is not None and parser.usage.total_tokens == 13
 
 
+def test_stream_leaves_out_the_asynchronous_filters_annotation_chunks() -> None:
+    """With the Asynchronous Filter, Azure sends annotations along the stream: choices with
+    `content_filter_offsets` and no `delta`, blank `object` (Microsoft's content-streaming docs). They are no
+    OpenAI chunks: left out, not a malformed stream cut after the first words."""
+    annotation = {
+        "choices": [
+            {
+                "content_filter_offsets": {"check_offset": 35, "start_offset": 35, "end_offset": 44},
+                "content_filter_results": {"hate": {"filtered": False, "severity": "safe"}},
+                "finish_reason": None,
+                "index": 0,
+            }
+        ],
+        "created": 0,
+        "id": "",
+        "model": "",
+        "object": "",
+    }
+    a = adapter()
+    decoder, parser = a.frame_decoder(), a.stream_parser(request(), target())
+    raw = (FIXTURES / "chat-stream.sse").read_bytes()
+    first, _, rest = raw.partition(b"\n\n")
+    raw = first + b"\n\ndata: " + orjson.dumps(annotation) + b"\n\n" + rest
+    chunks = [c for e in decoder.feed(raw) + decoder.finish() for c in parser.feed(e)] + parser.finish()
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from Azure."
+
+
 def test_content_filtered_answer_keeps_its_finish_reason() -> None:
     completion = adapter().chat_response(
         (FIXTURES / "chat-content-filter-response.json").read_bytes(), request(), target()
