@@ -44,6 +44,16 @@ class Rule(Value):
         self.max_items: Final = max_items
 
 
+# Parameters whose `false` is the API's own default: a client that sends it asks for nothing a provider without
+# the parameter fails to honour, so it is not named as dropped (nor refused under `x-gateway-strict`).
+FALSE_BY_DEFAULT = frozenset({"logprobs", "store"})
+
+
+def asks(name: str, value: Any) -> bool:
+    """Whether a parameter's value asks for anything: not null, nor `false` where that is the default."""
+    return value is not None and not (value is False and name in FALSE_BY_DEFAULT)
+
+
 def apply_rules(
     body: dict[str, Any], rules: Mapping[str, Rule], defaults: Mapping[str, Any] | None = None
 ) -> list[str]:
@@ -54,7 +64,7 @@ def apply_rules(
             continue
         value = body.pop(name)
         if rule.drop or (rule.only is not None and value not in rule.only):
-            if value is not None:
+            if asks(name, value):
                 dropped.append(name)
             continue
         if rule.clamp is not None and isinstance(value, int | float) and not isinstance(value, bool):

@@ -40,6 +40,7 @@ from adapters.providers.params import (
     THINKING_BLOCKS,
     Rule,
     apply_rules,
+    asks,
     cache_control,
     named_messages,
     redacted_thinking,
@@ -482,7 +483,7 @@ class BedrockAdapter(ProviderAdapter):
         dropped += named_messages(req.messages)
         harmless = {name: params.pop(name) for name in HARMLESS_RULES if name in params}
         dropped += apply_rules(harmless, HARMLESS_RULES)
-        dropped += sorted(name for name, value in params.items() if name not in TRANSLATED and value is not None)
+        dropped += sorted(name for name, value in params.items() if name not in TRANSLATED and asks(name, value))
 
         system, messages = converse_messages(req)
         require_turns(messages, "Bedrock")

@@ -23,7 +23,7 @@ import orjson
 
 from adapters.providers import reasoning
 from adapters.providers.model_rules import rules_for
-from adapters.providers.params import Rule, apply_rules, named_messages, require_turns, thinking_blocks
+from adapters.providers.params import Rule, apply_rules, asks, named_messages, require_turns, thinking_blocks
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (
@@ -589,7 +589,7 @@ class GeminiAdapter(ProviderAdapter):
             config["thinkingConfig"] = thinking
         if config:
             body["generationConfig"] = config
-        dropped += [name for name, value in params.items() if name not in STRUCTURAL and value is not None]
+        dropped += [name for name, value in params.items() if name not in STRUCTURAL and asks(name, value)]
         dropped += named_messages(req.messages)
         return body, list(dict.fromkeys(dropped))
 

@@ -700,3 +700,9 @@ def test_cache_markers_become_cache_points_after_their_blocks_and_tools() -> Non
     assert body["system"] == [{"text": "Rules."}, point]
     assert body["messages"][0]["content"] == [{"text": "Q"}, point, {"text": "R"}]
     assert body["toolConfig"]["tools"][1] == point and dropped == []
+
+
+def test_a_parameter_sent_at_its_default_is_not_named_as_dropped() -> None:
+    _, dropped = built(request(logprobs=False, store=False))
+    assert "logprobs" not in dropped and "store" not in dropped
+    assert "logprobs" in built(request(logprobs=True))[1]

@@ -566,3 +566,12 @@ def test_a_calls_thought_signature_rides_in_its_id_and_goes_back() -> None:
     assert contents[3]["parts"][0]["thoughtSignature"] == "skip_thought_signature_validator"
     older = adapter().chat_request(request(messages=messages[:3]), target("gemini-2.5-flash"), stream=False)
     assert orjson.loads(older.request.body)["contents"][1]["parts"][0]["thoughtSignature"] == signature
+
+
+def test_a_parameter_sent_at_its_default_is_not_named_as_dropped() -> None:
+    """`logprobs: false` and `store: false` ask for nothing (under `x-gateway-strict` naming them was a 400 for
+    a valid request); `true` is a wish Gemini cannot honour, and named."""
+    _, dropped = built(logprobs=False, store=False)
+    assert "logprobs" not in dropped and "store" not in dropped
+    _, dropped = built(logprobs=True)
+    assert "logprobs" in dropped
