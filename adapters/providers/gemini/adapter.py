@@ -355,6 +355,19 @@ def _response_format(req: ChatRequest) -> dict[str, Any]:
     return config
 
 
+def budget_within(budget: int, model: str) -> int:
+    """A Gemini 2.5 `thinkingBudget` within what the model takes (Google's thinking guide: Pro 128-32768,
+    Flash 1-24576, Flash-Lite 512-24576); beyond it the API answers 400."""
+    name = model.rsplit("/", 1)[-1].lower()
+    if "pro" in name:
+        low, high = 128, 32768
+    elif "flash-lite" in name:
+        low, high = 512, 24576
+    else:
+        low, high = 1, 24576
+    return min(max(budget, low), high)
+
+
 def thinking_config(req: ChatRequest, model: str, dropped: list[str]) -> dict[str, Any] | None:
     """`generationConfig.thinkingConfig` for the request's reasoning wish (`reasoning.LEVELS`): a
     `thinkingLevel` for Gemini 3, a `thinkingBudget` for 2.5; thoughts come back when a Messages client
@@ -380,9 +393,11 @@ def thinking_config(req: ChatRequest, model: str, dropped: list[str]) -> dict[st
     elif wish.off:
         config["thinkingBudget"] = 0
     elif wish.budget is not None:
-        config["thinkingBudget"] = wish.budget
+        config["thinkingBudget"] = budget_within(wish.budget, model)
+        if config["thinkingBudget"] != wish.budget:  # the client's own number could not be kept
+            dropped.append("thinking" if req.thinking is not None else "reasoning_effort")
     elif wish.level is not None:
-        config["thinkingBudget"] = wish.level.budget
+        config["thinkingBudget"] = budget_within(wish.level.budget, model)  # a level: its nearest budget there
     else:
         config["thinkingBudget"] = DYNAMIC_BUDGET
     thinking = req.thinking

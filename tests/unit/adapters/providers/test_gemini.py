@@ -575,3 +575,22 @@ def test_a_parameter_sent_at_its_default_is_not_named_as_dropped() -> None:
     assert "logprobs" not in dropped and "store" not in dropped
     _, dropped = built(logprobs=True)
     assert "logprobs" in dropped
+
+
+@pytest.mark.parametrize(
+    ("model", "fields", "budget", "named"),
+    [
+        ("gemini-2.5-flash", {"reasoning_effort": "xhigh"}, 24576, False),  # a level: the most there is
+        ("gemini-2.5-flash", {"thinking": {"type": "enabled", "budget_tokens": 40000}}, 24576, True),
+        ("gemini-2.5-flash-lite", {"thinking": {"type": "enabled", "budget_tokens": 100}}, 512, True),
+        ("gemini-2.5-pro", {"reasoning_effort": "xhigh"}, 32768, False),
+        ("gemini-2.5-flash", {"reasoning_effort": "low"}, 2048, False),
+    ],
+)
+def test_a_thinking_budget_stays_within_what_the_model_takes(
+    model: str, fields: dict[str, Any], budget: int, named: bool
+) -> None:
+    """Beyond its range (Flash 24,576, Flash-Lite 512 to 24,576, Pro 128 to 32,768) Gemini answers 400."""
+    body, dropped = adapter().chat_body(request(**fields), target(model))
+    assert body["generationConfig"]["thinkingConfig"]["thinkingBudget"] == budget
+    assert (("thinking" in dropped) or ("reasoning_effort" in dropped)) is named
