@@ -55,6 +55,8 @@ def _problem(body: dict[str, Any]) -> str | None:
         return (
             "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."
         )
+    if model.startswith("deepseek") and (body.get("response_format") or {}).get("type") == "json_schema":
+        return "This response_format type is unavailable now"  # DeepSeek takes json_object only
     if not reasoning and "reasoning_effort" in body:
         return "Unsupported parameter: 'reasoning_effort' is not supported with this model."
     # DeepSeek (served by this fake too) takes an assistant turn's reasoning back.
@@ -89,7 +91,13 @@ def _answer_text(body: dict[str, Any]) -> str:
     script = _script(body)
     if isinstance(script, str):
         return script
-    return text_for(((body.get("response_format") or {}).get("json_schema") or {}).get("schema"), TEXT)
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_object":  # JSON mode: a model follows a schema its instructions give
+        for message in body.get("messages") or []:
+            content = message.get("content")
+            if message.get("role") == "system" and isinstance(content, str) and "JSON Schema: " in content:
+                return text_for(orjson.loads(content.rsplit("JSON Schema: ", 1)[1]), TEXT)
+    return text_for((fmt.get("json_schema") or {}).get("schema"), TEXT)
 
 
 def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:

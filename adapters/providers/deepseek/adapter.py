@@ -8,9 +8,16 @@ the OpenAI adapter folds into `prompt_tokens_details.cached_tokens` for pricing.
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+
 from adapters.providers.openai.adapter import OpenAIAdapter
 from adapters.providers.openai.profiles import PROFILES, Profile
 from handler.ports import Target
+from handler.schemas import ChatRequest
+
+JSON_SCHEMA_INSTRUCTION = "Answer in JSON: one JSON object, nothing before or after it, following this JSON Schema: "
 
 _OPENAI_COMPATIBLE = PROFILES["deepseek"]
 PROFILE = _OPENAI_COMPATIBLE._replace(
@@ -31,3 +38,17 @@ class DeepSeekAdapter(OpenAIAdapter):
     def profile(self, target: Target) -> Profile:
         name = self.options.get("profile")
         return PROFILES[name] if name else PROFILE
+
+    def chat_body(self, req: ChatRequest, target: Target, *, stream: bool) -> tuple[dict[str, Any], list[str]]:
+        """OpenAI's body, but a `json_schema` response format (DeepSeek takes only `json_object`, and answers 400
+        to the other) as JSON mode with the schema in a system instruction (DeepSeek's JSON mode also wants the
+        word "json" in the prompt); the gateway's `enforce_schema` checks the answer where the model asks it."""
+        body, dropped = super().chat_body(req, target, stream=stream)
+        fmt = body.get("response_format")
+        if self.options.get("profile") is None and isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            spec = fmt.get("json_schema")
+            schema = orjson.dumps((spec.get("schema") if isinstance(spec, dict) else None) or {"type": "object"})
+            body["response_format"] = {"type": "json_object"}
+            instruction = JSON_SCHEMA_INSTRUCTION + schema.decode()
+            body["messages"] = [{"role": "system", "content": instruction}, *body["messages"]]
+        return body, dropped

@@ -105,3 +105,15 @@ def test_a_messages_clients_thinking_goes_back_as_reasoning_content_and_the_swit
     body = orjson.loads(built.request.body)
     assert body["messages"][1] == {"role": "assistant", "content": "", "reasoning_content": "Call the tool."}
     assert body["thinking"] == {"type": "enabled"} and built.dropped == []
+
+
+def test_a_json_schema_format_becomes_json_mode_with_the_schema_in_an_instruction() -> None:
+    """DeepSeek takes `json_object` only (a `json_schema` format is a 400 there): JSON mode, and the schema in a
+    system instruction that also says "json", as its JSON mode asks."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}}
+    body = orjson.loads(adapter().chat_request(request(response_format=fmt), target(), stream=False).request.body)
+    assert body["response_format"] == {"type": "json_object"}
+    first = body["messages"][0]
+    assert first["role"] == "system" and "JSON" in first["content"]
+    assert orjson.dumps(schema).decode() in first["content"]
