@@ -7,7 +7,7 @@ import contextlib
 import ipaddress
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any, TypeVar
 
@@ -34,6 +34,7 @@ from handler.errors import (
 from handler.pipeline.attribution import TAG, parse_tags
 from handler.pipeline.gateway import Gateway
 from handler.pipeline.keys import allows_model
+from handler.pipeline.passthrough import guarded
 from handler.pipeline.pipeline import ChunkStream, Controls, Exchange, Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import KeyRecord, StoreError
@@ -278,25 +279,18 @@ def stream_headers(ex: Exchange) -> dict[str, str]:
 
 
 async def openai_events(stream: ChunkStream, include_usage: bool) -> AsyncIterator[bytes]:
-    """The client's SSE body: chunks, one final event with usage and cost, `[DONE]`."""
-    failure: GatewayError | None = None
-    try:
+    """The client's SSE body: chunks, one final event with usage and cost, `[DONE]`; an error after the first
+    byte, the stream's close and the request's observation as for every other front-end (`guarded`)."""
+
+    async def events() -> AsyncGenerator[bytes]:
         async for batch in stream.batches():  # what one upstream read brought: one write to the client
             yield b"".join(sse_chunk(chunk) for chunk in batch)
         await stream.complete()
         yield sse_json(stream.final_chunk(include_usage))
-    except GatewayError as exc:
-        failure = exc
-        stream.failed(exc.status)
-        yield sse_error(exc)
-    except Exception:  # a bug: the client still gets the in-stream error, not a connection cut mid-event
-        logger.exception("a stream failed", extra={"request_id": stream.ex.request_id})
-        failure = GatewayError("the gateway failed while relaying this stream; it has been logged")
-        stream.failed(failure.status)
-        yield sse_error(failure)
-    finally:
-        await stream.close()
-        observe(stream.ex, 200, stream=True, code=failure.code if failure else None)
+
+    async with contextlib.aclosing(guarded(stream, events(), sse_error)) as relayed:
+        async for data in relayed:
+            yield data
     yield DONE
 
 

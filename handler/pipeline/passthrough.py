@@ -226,7 +226,7 @@ class NativeStream(UpstreamStream[StreamEvent]):
 
 async def guarded(
     stream: UpstreamStream[Any], events: AsyncGenerator[bytes], failed: Callable[[GatewayError], bytes]
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes]:
     """`events`, then: an error after the first byte as the front-end's in-stream error (`failed`); the
     stream closed (and settled) however it ended; the request observed."""
     failure: GatewayError | None = None
