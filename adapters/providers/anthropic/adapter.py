@@ -158,12 +158,17 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> Ups
     return upstream_error(status, message, headers, upstream_type=kind)
 
 
-def _finish(stop_reason: str | None, json_answer: bool, tool_calls: bool) -> FinishReason:
-    """As `bedrock.adapter.finish_reason`: a `json_schema` answer stopped, unless a limit cut it (`length`)."""
-    mapped = STOP_REASONS.get(stop_reason or "end_turn", "stop")
+def answer_finish(mapped: FinishReason, json_answer: bool, tool_calls: bool) -> FinishReason:
+    """OpenAI's finish reason of a Claude answer (Anthropic's or Bedrock's, its stop reason `mapped`): a
+    `json_schema` answer (the forced tool's call, shown as content) stopped, unless a limit cut it (`length`:
+    its JSON is incomplete)."""
     if json_answer and not tool_calls and mapped != "length":
         return "stop"
     return mapped
+
+
+def _finish(stop_reason: str | None, json_answer: bool, tool_calls: bool) -> FinishReason:
+    return answer_finish(STOP_REASONS.get(stop_reason or "end_turn", "stop"), json_answer, tool_calls)
 
 
 # --- request -------------------------------------------------------------------------------------

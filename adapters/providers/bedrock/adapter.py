@@ -28,6 +28,7 @@ from adapters.providers.anthropic.adapter import (
     JSON_OBJECT_INSTRUCTION,
     JSON_TOOL,
     AnthropicStreamParser,
+    answer_finish,
     convert_messages,
     default_max_tokens,
     json_tool,
@@ -369,12 +370,7 @@ def usage_of(raw: Any) -> Usage | None:
 
 
 def finish_reason(stop_reason: Any, json_answer: bool, tool_calls: bool) -> FinishReason:
-    """OpenAI's finish reason; a `json_schema` answer (the forced tool's call, shown as content) stopped, unless
-    a limit cut it (`length`: its JSON is incomplete)."""
-    mapped = STOP_REASONS.get(str(stop_reason), "stop")
-    if json_answer and not tool_calls and mapped != "length":
-        return "stop"
-    return mapped
+    return answer_finish(STOP_REASONS.get(str(stop_reason), "stop"), json_answer, tool_calls)
 
 
 def completion_id() -> str:
