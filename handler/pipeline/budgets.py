@@ -163,15 +163,15 @@ class Meter:
                 f"{whose} budget cannot cover this request's worst case of ${amount:.6f}{remaining}"
             ) from None
         except RateRefused as refused:
+            wait = max(1, int(refused.retry_after + 0.999))
             if refused.requested is not None:  # as OpenAI answers it: a 429 that says not to retry
                 raise RateLimitError(
                     f"request too large for the {refused.limit_name} limit of {refused.limit} tokens per minute: "
                     f"it needs about {refused.requested} (the prompt and the output it may produce); lower "
                     "max_tokens or shorten the prompt, no minute will admit it as it is",
-                    retry=False,
-                    headers=self._rate_headers(admission.rates, None, window),
+                    retry=False,  # (`retry-after` stays, as on every 429; the SDKs read x-should-retry first)
+                    headers={"retry-after": str(wait), **self._rate_headers(admission.rates, None, window)},
                 ) from None
-            wait = max(1, int(refused.retry_after + 0.999))
             raise RateLimitError(
                 f"rate limit {refused.limit_name}={refused.limit} per minute reached; retry in {wait}s",
                 headers={"retry-after": str(wait), **self._rate_headers(admission.rates, None, window)},
