@@ -62,6 +62,7 @@ class LongContextPrice(_Strict):
     output: float = Field(ge=0)
     cached_input: float | None = Field(default=None, ge=0)
     cache_write: float | None = Field(default=None, ge=0)
+    cache_write_1h: float | None = Field(default=None, ge=0, description="a write cached for an hour (Anthropic)")
 
 
 class Price(_Strict):
@@ -71,6 +72,7 @@ class Price(_Strict):
     output: float = Field(default=0.0, ge=0)
     cached_input: float | None = Field(default=None, ge=0)
     cache_write: float | None = Field(default=None, ge=0)
+    cache_write_1h: float | None = Field(default=None, ge=0, description="a write cached for an hour (Anthropic)")
     long_context: LongContextPrice | None = None
 
 
@@ -114,7 +116,9 @@ class PricedOptions(_Strict):
 
     # Multiplier on a model's token prices per OpenAI `service_tier`; `auto`/`default` are always allowed.
     service_tier: dict[str, float] = Field(default_factory=lambda: {"flex": 1.0})
-    # USD per request that asks for web search (`web_search_options`); None: refused.
+    # USD per web search: a Chat Completions request that asks for it (`web_search_options`), and each search
+    # a provider's own search tool runs (Anthropic's `web_search_*`, the Responses API's `web_search`). None:
+    # `web_search_options` is refused and the search tools are left out (named dropped).
     web_search_usd: float | None = Field(default=None, ge=0)
     # Audio output (`modalities: [audio]`, `audio`): its tokens are priced apart and not in the price table.
     audio_output: bool = False

@@ -220,6 +220,8 @@ class ChatRequest(_Open):
 class PromptTokensDetails(_Open):
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    # Of `cache_write_tokens`, those cached for an hour (Anthropic's `ttl: "1h"`), which cost more.
+    cache_write_1h_tokens: int | None = Omitted()
 
 
 class CompletionTokensDetails(_Open):
@@ -234,6 +236,8 @@ class Usage(_Open):
     total_tokens: int = 0
     prompt_tokens_details: PromptTokensDetails | None = Omitted()
     completion_tokens_details: CompletionTokensDetails | None = Omitted()
+    # Searches the provider ran itself (a server or hosted web search tool), billed apart from the tokens.
+    web_searches: int | None = Omitted()
 
     @property
     def cached_tokens(self) -> int:
@@ -244,19 +248,34 @@ class Usage(_Open):
         return self.prompt_tokens_details.cache_write_tokens if self.prompt_tokens_details else 0
 
     @property
+    def cache_write_1h_tokens(self) -> int:
+        details = self.prompt_tokens_details
+        return (details.cache_write_1h_tokens or 0) if details else 0
+
+    @property
     def reasoning_tokens(self) -> int:
         """The output tokens spent reasoning, where the provider counts them (already within `completion_tokens`)."""
         return self.completion_tokens_details.reasoning_tokens if self.completion_tokens_details else 0
 
     @classmethod
-    def of(cls, prompt: int, completion: int, cached: int = 0, cache_write: int = 0) -> Self:
+    def of(cls, prompt: int, completion: int, cached: int = 0, cache_write: int = 0, cache_write_1h: int = 0) -> Self:
         details = PromptTokensDetails(cached_tokens=cached, cache_write_tokens=cache_write)
+        if cache_write_1h:
+            details.cache_write_1h_tokens = cache_write_1h
         return cls(
             prompt_tokens=prompt,
             completion_tokens=completion,
             total_tokens=prompt + completion,
             prompt_tokens_details=details,
         )
+
+    def counted_as(self, prompt: int, completion: int) -> Self:
+        """This usage with other prompt and completion counts (an estimate's), its cache and search counts kept."""
+        usage = type(self).of(
+            prompt, completion, self.cached_tokens, self.cache_write_tokens, self.cache_write_1h_tokens
+        )
+        usage.web_searches = self.web_searches
+        return usage
 
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]

@@ -16,6 +16,7 @@ from handler.api.streaming import EventStream, until_client_leaves
 from handler.errors import InvalidRequestError
 from handler.pipeline.keys import allows_model
 from handler.pipeline.passthrough import NativeReply, NativeStream
+from handler.pipeline.pipeline import DEFAULT_SEARCHES, Exchange, Pipeline
 from handler.pipeline.pricing import estimate_prompt_tokens
 from handler.ports import MESSAGES_API, KeyRecord, NativeCall
 from handler.redaction import scrub
@@ -32,14 +33,40 @@ MODELS_PAGE_MAX = 1000
 EPOCH = "1970-01-01T00:00:00Z"
 
 
-def native_call(request: Request, data: dict[str, Any], untranslated: list[str]) -> NativeCall:
+def native_call(
+    request: Request, data: dict[str, Any], untranslated: list[str], dropped: list[str] | None = None
+) -> NativeCall:
     """The client's Messages request as it sent it: its body and the headers Anthropic reads (printable ASCII, as
     any header the gateway sends upstream: anything else is the client's 400)."""
     headers = {name: request.headers[name] for name in ANTHROPIC_HEADERS if name in request.headers}
     for name, value in headers.items():
         if not (value.isascii() and value.isprintable()):
             raise InvalidRequestError(f"the {name} header must be printable ASCII", param=name)
-    return NativeCall(MESSAGES_API, data, headers, tuple(untranslated))
+    return NativeCall(MESSAGES_API, data, headers, tuple(untranslated), tuple(dropped or ()))
+
+
+def server_search(pipeline: Pipeline, ex: Exchange, data: dict[str, Any]) -> list[str]:
+    """Anthropic's web search tool (`web_search_*`), which Anthropic bills per search: kept when searches are
+    priced, each tool's `max_uses` (`DEFAULT_SEARCHES` when it sets none) reserved for; else left out of the
+    body sent. Returns what was left out."""
+    tools = data.get("tools")
+    if not isinstance(tools, list):
+        return []
+    searches = [t for t in tools if isinstance(t, dict) and str(t.get("type") or "").startswith("web_search_")]
+    if not searches:
+        return []
+    most = 0
+    for tool in searches:
+        uses = tool.setdefault("max_uses", DEFAULT_SEARCHES)
+        if isinstance(uses, bool) or not isinstance(uses, int) or uses < 1:
+            i = tools.index(tool)
+            raise InvalidRequestError(f"tools.{i}.max_uses must be a positive integer", param=f"tools.{i}.max_uses")
+        most += uses
+    names = [f"tools.{tool['type']}" for tool in searches]
+    if pipeline.allow_searches(ex, most, names):
+        return []
+    data["tools"] = [tool for tool in tools if not any(tool is search for search in searches)]
+    return names
 
 
 def json_answer(payload: Any, headers: dict[str, str]) -> Response:
@@ -64,8 +91,8 @@ class MessagesRoutes:
         data = await api.parse_json(request)
         req, untranslated = to_chat_request(api.validate(MessagesRequest, data))
         ex = api.exchange(request, key, req.model)
-        call = native_call(request, data, untranslated)
         pipeline = api.pipeline
+        call = native_call(request, data, untranslated, server_search(pipeline, ex, data))
         if req.stream:
             stream = await pipeline.native_stream(call, req, ex)
             if isinstance(stream, NativeStream):

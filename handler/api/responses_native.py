@@ -28,7 +28,12 @@ class Relay:
     """One Responses request as it passes through: the body sent, and the gateway's part of the answer."""
 
     def __init__(
-        self, body: ResponsesRequest, history: list[dict[str, Any]], ex: Exchange, untranslated: list[str]
+        self,
+        body: ResponsesRequest,
+        history: list[dict[str, Any]],
+        ex: Exchange,
+        untranslated: list[str],
+        dropped: list[str] | None = None,  # what the body sent leaves out of the client's
     ) -> None:
         self.body = body
         self.ex = ex
@@ -37,7 +42,7 @@ class Relay:
             items = [*history, *input_items(body)]
         elif "input" in body.model_fields_set:
             items = body.input
-        dropped: list[str] = []
+        dropped = list(dropped or ())
         if isinstance(items, list):
             kept = [item for item in items if not self._sealed_here(item)]
             if len(kept) < len(items):

@@ -30,9 +30,9 @@ from handler.api.responses_native import Relay, relayed_events
 from handler.api.responses_stream import responses_events
 from handler.api.streaming import EventStream, until_client_leaves
 from handler.config import resolve_secret
-from handler.errors import NotFoundError
+from handler.errors import InvalidRequestError, NotFoundError
 from handler.pipeline.passthrough import NativeReply, NativeStream
-from handler.pipeline.pipeline import Exchange
+from handler.pipeline.pipeline import DEFAULT_SEARCHES, Exchange, Pipeline
 from handler.ports import KeyRecord, StoredResponse, StoreError
 from handler.telemetry.observability import observe
 
@@ -47,6 +47,26 @@ def stream_headers(ex: Exchange) -> dict[str, str]:
 logger = logging.getLogger("gateway")
 SEAL_SECRET_ID = "gateway-reasoning-seal"
 SEAL_SECRET_TTL = 10 * 365 * 86400
+
+
+def hosted_search(pipeline: Pipeline, ex: Exchange, body: ResponsesRequest) -> list[str]:
+    """The Responses API's hosted web search (`web_search`, `web_search_preview`), which OpenAI bills per call:
+    kept when searches are priced, up to `max_tool_calls` (`DEFAULT_SEARCHES` when the request sets none)
+    reserved for; else left out of the body a Responses deployment gets. Returns what was left out."""
+    tools = body.tools or []
+    searches = [t for t in tools if str(t.get("type") or "").startswith("web_search")]
+    if not searches:
+        return []
+    extra = body.model_extra if body.model_extra is not None else {}
+    most = extra.get("max_tool_calls", DEFAULT_SEARCHES)
+    if isinstance(most, bool) or not isinstance(most, int) or most < 1:
+        raise InvalidRequestError("max_tool_calls must be a positive integer", param="max_tool_calls")
+    names = sorted({f"tools[{tool['type']}]" for tool in searches})
+    if pipeline.allow_searches(ex, most, names):
+        extra.setdefault("max_tool_calls", most)
+        return []
+    body.tools = [tool for tool in tools if not any(tool is search for search in searches)]
+    return names
 
 
 class ResponseArchive:
@@ -144,7 +164,7 @@ class ResponsesRoutes:
 
         # A deployment that serves the Responses API gets the client's body (`relay.call`), any other the
         # translation (`req`); what either leaves out is reported for the deployment that served.
-        relay = Relay(body, history, ex, dropped)
+        relay = Relay(body, history, ex, dropped, hosted_search(api.pipeline, ex, body))
         ids = ResponseIds(ex.request_id)
         if req.stream:
             stream = await api.pipeline.native_stream(relay.call, req, ex)

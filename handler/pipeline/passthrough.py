@@ -121,7 +121,7 @@ class UpstreamStream(ABC, Generic[T]):
         if usage is not None:
             prompt = max(usage.prompt_tokens, estimate.prompt_tokens)
             completion = max(usage.completion_tokens, estimate.completion_tokens)
-            estimate = Usage.of(prompt, completion, usage.cached_tokens, usage.cache_write_tokens)
+            estimate = usage.counted_as(prompt, completion)
         return estimate, source
 
     def _handing_out(self, batch: list[T]) -> None:

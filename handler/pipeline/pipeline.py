@@ -70,6 +70,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = logging.getLogger("gateway")
 MAX_USER_CHARS = 256
+# The searches a request with a provider's own web search tool may run when it sets no limit: the limit sent
+# (Anthropic's `max_uses`, the Responses API's `max_tool_calls`) and the worst case reserved.
+DEFAULT_SEARCHES = 10
 # Upstream statuses that mean the client's request itself is wrong: answered as 400, not 502.
 CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
 
@@ -108,7 +111,7 @@ class Exchange:
         "request_id", "key", "model", "controls", "started", "route", "dropped", "inbound_dropped", "store_ms",
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
         "lineage", "inflight", "answered", "missed", "prompt", "user", "price_multiplier", "per_request_usd",
-        "trace",
+        "search_usd", "searches", "trace",
     )  # fmt: skip
 
     def __init__(
@@ -149,6 +152,8 @@ class Exchange:
         self.user: str | None = None  # the end user the client named, for attribution
         self.price_multiplier = 1.0  # a service tier's
         self.per_request_usd = 0.0  # options billed per request (web search)
+        self.search_usd = 0.0  # the price of a search a provider's own search tool runs (`allow_searches`)
+        self.searches = 0  # the most searches the request allows (reserved for)
         self.trace: Trace | None = None  # what its OpenTelemetry spans need, when OTLP export is on (tracing.py)
 
     def headers(self) -> dict[str, str]:
@@ -448,14 +453,29 @@ class Pipeline:
                 )
             ex.inbound_dropped.append("store")
 
+    def allow_searches(self, ex: Exchange, most: int, names: list[str]) -> bool:
+        """A provider's own web search tool (`names`, as `x-gateway-dropped-params` would name them) in a
+        request that may run up to `most` searches: priced per search at `priced_options.web_search_usd`, the
+        worst case reserved (True); else not to be sent (False; a 400 under `x-gateway-strict`)."""
+        price = self.gateway.config.gateway.priced_options.web_search_usd
+        if price is None:
+            if ex.controls.strict:
+                raise StrictParamsError(
+                    "web search is not priced on this gateway (gateway.priced_options.web_search_usd)", param=names[0]
+                )
+            return False
+        ex.search_usd, ex.searches = price, most
+        return True
+
     def _price(self, ex: Exchange, attempt: Attempt) -> Price | None:
         return scaled(price_for(attempt.model, attempt.spec, attempt.target.model), ex.price_multiplier)
 
     def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage) -> Cost:
         """What `usage` at `attempt` costs, with the options billed per request."""
         cost = cost_of(usage, self._price(ex, attempt), self.fee)
-        if ex.per_request_usd and cost.provider_usd is not None:
-            provider = cost.provider_usd + ex.per_request_usd
+        apart = ex.per_request_usd + (usage.web_searches or 0) * ex.search_usd
+        if apart and cost.provider_usd is not None:
+            provider = cost.provider_usd + apart
             cost = Cost(provider, fee_for(provider, self.fee), usage, cost.unit_prices)
         return cost
 
@@ -467,8 +487,9 @@ class Pipeline:
             tokens = estimate.tokens(attempt.target.provider_type, attempt.target.model)
             prompt = max(prompt, tokens)
             case = worst_case_usd(tokens, output, self._price(ex, attempt), self.fee)
-            if case is not None and ex.per_request_usd:
-                case += ex.per_request_usd * (1 + self.fee.percent / 100)
+            apart = ex.per_request_usd + ex.searches * ex.search_usd
+            if case is not None and apart:
+                case += apart * (1 + self.fee.percent / 100)
             worst = None if case is None or worst is None else max(worst, case)
         if ex.controls.max_cost_usd is not None:
             if worst is None:
@@ -641,6 +662,7 @@ class Pipeline:
         tokens = 0
         if source == "reserved" or ex.missed:  # (rare: the worst case is built only when it is charged)
             worst = Usage.of(reservation.prompt_tokens, reservation.output_tokens)
+            worst.web_searches = ex.searches or None
             usage = worst if source == "reserved" else usage
             if usage is not None and attempt is not None:
                 for missed in ex.missed:  # attempts before this one that the provider may bill

@@ -8,7 +8,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Final
 
-from handler.config import FeeConfig, ModelConfig, Price, load_yaml
+from handler.config import FeeConfig, LongContextPrice, ModelConfig, Price, load_yaml
 from handler.pipeline.images import image_tokens
 from handler.records import Value
 from handler.schemas import ChatRequest, ImagePart, Usage
@@ -85,9 +85,12 @@ class Cost(Value):
         if self.unit_prices is None:
             return 0.0
         unit = self.unit_prices
-        read_discount = unit["input"] - unit["cached_input"]
-        write_premium = unit["cache_write"] - unit["input"]
-        return (self.usage.cached_tokens * read_discount - self.usage.cache_write_tokens * write_premium) / 1_000_000
+        usage = self.usage
+        hour = usage.cache_write_1h_tokens
+        read_saved = usage.cached_tokens * (unit["input"] - unit["cached_input"])
+        write_premium = (usage.cache_write_tokens - hour) * (unit["cache_write"] - unit["input"])
+        write_premium += hour * (unit["cache_write_1h"] - unit["input"])
+        return (read_saved - write_premium) / 1_000_000
 
     def as_event(self) -> dict[str, Any]:
         """The `cost` object of a stream's last event."""
@@ -104,20 +107,22 @@ class Cost(Value):
         }
 
 
+# An hour's cache write costs twice the input price at Anthropic, the only provider that reports one.
+HOUR_WRITE_TIMES_INPUT = 2.0
+
+
 def _effective(price: Price, prompt_tokens: int) -> dict[str, float]:
+    rates: Price | LongContextPrice = price
     long = price.long_context
     if long is not None and prompt_tokens > long.threshold:
-        return {
-            "input": long.input,
-            "output": long.output,
-            "cached_input": long.cached_input if long.cached_input is not None else long.input,
-            "cache_write": long.cache_write if long.cache_write is not None else long.input,
-        }
+        rates = long
+    hour = rates.cache_write_1h
     return {
-        "input": price.input,
-        "output": price.output,
-        "cached_input": price.cached_input if price.cached_input is not None else price.input,
-        "cache_write": price.cache_write if price.cache_write is not None else price.input,
+        "input": rates.input,
+        "output": rates.output,
+        "cached_input": rates.cached_input if rates.cached_input is not None else rates.input,
+        "cache_write": rates.cache_write if rates.cache_write is not None else rates.input,
+        "cache_write_1h": hour if hour is not None else rates.input * HOUR_WRITE_TIMES_INPUT,
     }
 
 
@@ -132,12 +137,13 @@ def cost_of(usage: Usage, price: Price | None, fee: FeeConfig) -> Cost:
     if price is None:
         return Cost(None, fee_for(None, fee), usage, None)
     unit = _effective(price, usage.prompt_tokens)
-    cached, written = usage.cached_tokens, usage.cache_write_tokens
+    cached, written, hour = usage.cached_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens
     uncached = max(0, usage.prompt_tokens - cached - written)
     provider = (
         uncached * unit["input"]
         + cached * unit["cached_input"]
-        + written * unit["cache_write"]
+        + (written - hour) * unit["cache_write"]
+        + hour * unit["cache_write_1h"]
         + usage.completion_tokens * unit["output"]
     ) / 1_000_000
     return Cost(provider, fee_for(provider, fee), usage, unit)
@@ -197,7 +203,7 @@ def scaled(price: Price | None, multiplier: float) -> Price | None:
     """`price` with every token price times `multiplier` (a service tier's)."""
     if price is None or multiplier == 1.0:
         return price
-    fields = ("input", "output", "cached_input", "cache_write")
+    fields = ("input", "output", "cached_input", "cache_write", "cache_write_1h")
     scaled_fields = {f: getattr(price, f) * multiplier for f in fields if getattr(price, f) is not None}
     long = price.long_context
     if long is not None:
@@ -208,6 +214,7 @@ def scaled(price: Price | None, multiplier: float) -> Price | None:
 
 
 MAX_PLAUSIBLE_TOKENS = 50_000_000
+MAX_PLAUSIBLE_SEARCHES = 10_000
 
 
 def plausible(usage: Usage) -> bool:
@@ -219,6 +226,8 @@ def plausible(usage: Usage) -> bool:
         and 0 <= cached <= MAX_PLAUSIBLE_TOKENS
         and 0 <= written <= MAX_PLAUSIBLE_TOKENS
         and cached + written <= prompt
+        and 0 <= usage.cache_write_1h_tokens <= written
+        and 0 <= (usage.web_searches or 0) <= MAX_PLAUSIBLE_SEARCHES
     )
 
 
@@ -230,11 +239,14 @@ def wants_reasoning(req: ChatRequest) -> bool:
 
 
 def worst_case_usd(prompt_tokens: int, max_output: int, price: Price | None, fee: FeeConfig) -> float | None:
-    """The most a request can cost: estimated prompt at full input price plus every output token."""
+    """The most a request can cost: estimated prompt at its dearest input price (an hour's cache write, where the
+    price names one) plus every output token."""
     if price is None:
         return None
     unit = _effective(price, prompt_tokens)
     input_rate = max(unit["input"], unit["cache_write"])
+    if price.cache_write_1h is not None:
+        input_rate = max(input_rate, unit["cache_write_1h"])
     provider = (prompt_tokens * input_rate + max_output * unit["output"]) / 1_000_000
     return math.ceil((provider + fee_for(provider, fee)) * 1e9) / 1e9
 

@@ -10,7 +10,10 @@ a user message may script a tool call (`tests.fakes.script`). A request asking f
 `thinker` model, gets a signed thinking block first (its text empty under `display: omitted`); for a
 `thinker`, an assistant turn that called a tool must come back opening with it, signature intact, as the
 real API requires. Prompt caching is modelled: the prefix up to the last `cache_control` marker is written
-the first time it is seen (`cache_creation_input_tokens`) and read after (`cache_read_input_tokens`).
+the first time it is seen (`cache_creation_input_tokens`, in `cache_creation` by that marker's `ttl`: `1h` or
+the default 5 minutes) and read after (`cache_read_input_tokens`). With a web search tool
+(`web_search_20250305`), the answer searches once before its text (a `server_tool_use` block and its
+`web_search_tool_result`), counted in `usage.server_tool_use.web_search_requests`.
 `POST /v1/messages/count_tokens` counts. Every request (path, query, headers, body) is recorded on
 `app.state.requests`.
 """
@@ -38,6 +41,7 @@ MESSAGE_ID = "msg_01FakeAnthropic"
 TOOL_USE_ID = "toolu_01FakeAnthropic"
 THINKING = "The user wants a greeting."
 SIGNATURE = "EqQBCkYIBRgCKkBfakeSignature=="
+SEARCH_ID = "srvtoolu_01FakeAnthropic"
 
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -49,8 +53,9 @@ def input_tokens(body: dict[str, Any]) -> int:
     return max(1, len(orjson.dumps([body.get("system"), body.get("messages")])) // 4)
 
 
-def cached_prefix(body: dict[str, Any]) -> bytes:
-    """The prompt up to and including the last block with `cache_control` (tools, system, then messages)."""
+def cached_prefix(body: dict[str, Any]) -> tuple[bytes, str]:
+    """The prompt up to and including the last block with `cache_control` (tools, system, then messages), and
+    how long that marker keeps it (`5m` or `1h`)."""
     blocks: list[Any] = list(body.get("tools") or [])
     system = body.get("system")
     blocks += system if isinstance(system, list) else [system] if system else []
@@ -58,7 +63,34 @@ def cached_prefix(body: dict[str, Any]) -> bytes:
         content = message.get("content")
         blocks += content if isinstance(content, list) else [content]
     marked = [i for i, block in enumerate(blocks) if isinstance(block, dict) and "cache_control" in block]
-    return orjson.dumps(blocks[: marked[-1] + 1]) if marked else b""
+    if not marked:
+        return b"", "5m"
+    ttl = blocks[marked[-1]]["cache_control"].get("ttl") or "5m"
+    return orjson.dumps(blocks[: marked[-1] + 1]), ttl
+
+
+def searches(body: dict[str, Any]) -> int:
+    """The searches the answer runs: one when the request offers the web search tool."""
+    tools = body.get("tools") or []
+    return 1 if any(str(t.get("type", "")).startswith("web_search_") for t in tools) else 0
+
+
+SEARCH_BLOCKS = [
+    {"type": "server_tool_use", "id": SEARCH_ID, "name": "web_search", "input": {"query": "fake search"}},
+    {
+        "type": "web_search_tool_result",
+        "tool_use_id": SEARCH_ID,
+        "content": [
+            {
+                "type": "web_search_result",
+                "url": "https://example.com/",
+                "title": "Example",
+                "encrypted_content": "EqgfCioIARgBIiQ3fakeSearchResult==",
+                "page_age": "April 30, 2025",
+            }
+        ],
+    },
+]
 
 
 def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
@@ -79,6 +111,8 @@ def _content(body: dict[str, Any], tool: str | None) -> list[dict[str, Any]]:
     if thinking.get("type") in ("enabled", "adaptive") or "thinker" in str(body.get("model")):
         text = "" if thinking.get("display") == "omitted" else THINKING
         content.append({"type": "thinking", "thinking": text, "signature": SIGNATURE})
+    if searches(body) and not tool:
+        content.extend(SEARCH_BLOCKS)
     script = _script(body)
     schemas = {t.get("name"): t.get("input_schema") for t in body.get("tools") or []}
     if tool:
@@ -161,7 +195,9 @@ def _pieces(block: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]
             *deltas,
             {"type": "signature_delta", "signature": block["signature"]},
         ]
-    if block["type"] == "tool_use":
+    if block["type"] == "web_search_tool_result":
+        return block, []
+    if block["type"] in ("tool_use", "server_tool_use"):
         text = orjson.dumps(block["input"]).decode()
         parts = ["", text[: len(text) // 2], text[len(text) // 2 :]]
         return {**block, "input": {}}, [{"type": "input_json_delta", "partial_json": p} for p in parts]
@@ -179,16 +215,22 @@ def create_app() -> Starlette:
     requests: list[dict[str, Any]] = []
     cached: set[bytes] = set()
 
-    def usage(body: dict[str, Any]) -> dict[str, int]:
-        prefix = cached_prefix(body)
+    def usage(body: dict[str, Any]) -> dict[str, Any]:
+        prefix, ttl = cached_prefix(body)
         tokens = len(prefix) // 4
         read = tokens if prefix in cached else 0
         if prefix:
             cached.add(prefix)
+        written = tokens - read
         return {
             "input_tokens": max(1, input_tokens(body) - tokens),
-            "cache_creation_input_tokens": tokens - read,
+            "cache_creation_input_tokens": written,
             "cache_read_input_tokens": read,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": 0 if ttl == "1h" else written,
+                "ephemeral_1h_input_tokens": written if ttl == "1h" else 0,
+            },
+            "server_tool_use": {"web_search_requests": searches(body)},
         }
 
     async def received(request: Request) -> tuple[dict[str, Any], Response | None]:
@@ -251,6 +293,7 @@ def create_app() -> Starlette:
     async def _stream(
         body: dict[str, Any], model: str, content: list[dict[str, Any]], calls: bool, cut: bool
     ) -> AsyncIterator[bytes]:
+        final = usage(body)
         start: dict[str, Any] = {
             "id": MESSAGE_ID,
             "type": "message",
@@ -259,7 +302,8 @@ def create_app() -> Starlette:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {**usage(body), "output_tokens": 1},
+            # No search has run yet when the message starts: the count comes with `message_delta`.
+            "usage": {**final, "output_tokens": 1, "server_tool_use": {"web_search_requests": 0}},
         }
         yield _sse("message_start", {"type": "message_start", "message": start})
         yield _sse("ping", {"type": "ping"})
@@ -276,7 +320,10 @@ def create_app() -> Starlette:
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": "tool_use" if calls else "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": OUTPUT_TOKENS},
+                # The cumulative usage; with a search, as Anthropic's web search example shows it, in full.
+                "usage": {**final, "output_tokens": OUTPUT_TOKENS}
+                if searches(body)
+                else {"output_tokens": OUTPUT_TOKENS},
             },
         )
         yield _sse("message_stop", {"type": "message_stop"})

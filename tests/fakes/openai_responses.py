@@ -2,7 +2,8 @@
 
 It answers as the fake's chat endpoint does: the fixed text, a function call when a tool is required (or
 scripted, tests/fakes/script.py), a JSON schema's sample; a `reasoner` model adds a reasoning item (with
-OpenAI-style `encrypted_content` when `include` asks). Like OpenAI, it refuses a reasoning item whose
+OpenAI-style `encrypted_content` when `include` asks); with the hosted `web_search` tool it searches once
+first (a `web_search_call` item, which OpenAI bills per call). Like OpenAI, it refuses a reasoning item whose
 `encrypted_content` it did not issue.
 """
 
@@ -72,6 +73,9 @@ def output_of(body: dict[str, Any]) -> list[dict[str, Any]]:
         if "reasoning.encrypted_content" in (body.get("include") or ()):
             reasoning["encrypted_content"] = ENCRYPTED
         output.append(reasoning)
+    if any(str(t.get("type", "")).startswith("web_search") for t in body.get("tools") or []):
+        action = {"type": "search", "query": "fake search"}
+        output.append({"id": "ws_fake1", "type": "web_search_call", "status": "completed", "action": action})
     call: tuple[str, str] | None = None
     if isinstance(script, ScriptedCall):
         call = (script.name, script.arguments_json)
@@ -158,6 +162,10 @@ async def events(body: dict[str, Any], input_tokens: int, cut: bool) -> AsyncIte
             for piece in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :]):
                 yield event("response.function_call_arguments.delta", delta=piece, **where)
             yield event("response.function_call_arguments.done", arguments=arguments, **where)
+        elif item["type"] == "web_search_call":
+            yield event("response.output_item.added", output_index=index, item={**item, "status": "in_progress"})
+            for stage in ("in_progress", "searching", "completed"):
+                yield event(f"response.web_search_call.{stage}", **where)
         else:
             yield event("response.output_item.added", output_index=index, item={**item, "summary": []})
             summary = item["summary"][0]

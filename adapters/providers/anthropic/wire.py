@@ -14,6 +14,20 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="allow", defer_build=True)
 
 
+class CacheCreation(_Wire):
+    ephemeral_5m_input_tokens: int = 0
+    ephemeral_1h_input_tokens: int = 0
+
+
+class ServerToolUse(_Wire):
+    web_search_requests: int = 0
+    web_fetch_requests: int = 0
+
+
+# The usage fields a `message_delta` may bring besides the output count.
+FOLDED = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation", "server_tool_use")
+
+
 class WireUsage(_Wire):
     """Anthropic's usage: `input_tokens` excludes cache reads and writes, which OpenAI counts in."""
 
@@ -21,15 +35,27 @@ class WireUsage(_Wire):
     output_tokens: int = 0
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
+    cache_creation: CacheCreation | None = None  # the writes by how long they are kept
+    server_tool_use: ServerToolUse | None = None  # what Anthropic's own tools did (billed per use)
 
     def to_usage(self) -> Usage:
         read, write = self.cache_read_input_tokens or 0, self.cache_creation_input_tokens or 0
-        return Usage.of((self.input_tokens or 0) + read + write, self.output_tokens, cached=read, cache_write=write)
+        hour = min(write, self.cache_creation.ephemeral_1h_input_tokens) if self.cache_creation else 0
+        usage = Usage.of(
+            (self.input_tokens or 0) + read + write,
+            self.output_tokens,
+            cached=read,
+            cache_write=write,
+            cache_write_1h=hour,
+        )
+        if self.server_tool_use is not None and self.server_tool_use.web_search_requests:
+            usage.web_searches = self.server_tool_use.web_search_requests
+        return usage
 
     def update(self, later: "WireUsage") -> None:
         """Fold in a `message_delta` usage: cumulative counts, input fields only when present."""
         self.output_tokens = later.output_tokens
-        for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+        for name in FOLDED:
             if getattr(later, name) is not None:
                 setattr(self, name, getattr(later, name))
 

@@ -70,7 +70,17 @@ def answer_usage(body: bytes) -> Usage | None:
     data = json_body(body)
     if not isinstance(data, dict) or data.get("object") != "response":
         raise malformed("upstream answer is not a Responses API response")
-    return usage_of(data.get("usage"))
+    return response_usage(data)
+
+
+def response_usage(response: dict[str, Any]) -> Usage | None:
+    """A response's usage, with the web searches its output shows OpenAI ran (billed per call)."""
+    usage = usage_of(response.get("usage"))
+    output = response.get("output")
+    if usage is not None and isinstance(output, list):
+        searches = sum(1 for item in output if isinstance(item, dict) and item.get("type") == "web_search_call")
+        usage.web_searches = searches or None
+    return usage
 
 
 class ResponsesMeter:
@@ -92,5 +102,5 @@ class ResponsesMeter:
             self.output_chars += len(delta)
         response = payload.get("response")
         if kind in RESPONSES_TERMINAL and isinstance(response, dict):
-            self.usage = usage_of(response.get("usage"))
+            self.usage = response_usage(response)
             self.final = True

@@ -9,11 +9,15 @@ from typing import Any
 PROVIDER_MODELS = ["gpt", "azure-gpt", "gpt-chat", "claude", "gemini", "bedrock-claude", "deepseek"]
 NATIVE = {"gpt", "azure-gpt"}
 PRICE = {"input": 1, "output": 2}
+SEARCH_USD = 0.01
 
 
 def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
     return {
-        "gateway": {"timeouts": {"connect": 2, "first_byte": 5, "between_chunks": 5}},
+        "gateway": {
+            "timeouts": {"connect": 2, "first_byte": 5, "between_chunks": 5},
+            "priced_options": {"web_search_usd": SEARCH_USD},  # hosted web search passes through, priced
+        },
         "providers": {
             # The fake stands for api.openai.com: its own /responses gets the Responses API's requests.
             "openai": {

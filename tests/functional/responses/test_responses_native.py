@@ -9,10 +9,12 @@ import httpx
 import openai
 import pytest
 
+from handler.pipeline.pipeline import DEFAULT_SEARCHES
 from tests.fakes.anthropic import TEXT as ANTHROPIC_TEXT
 from tests.fakes.openai import REASONING, TEXT
 from tests.fakes.openai_responses import ENCRYPTED
 from tests.functional.conftest import Running, openai_client
+from tests.functional.responses.fleet import PRICE, SEARCH_USD
 
 WEB: Any = [{"type": "web_search"}, {"type": "function", "name": "f", "parameters": {"type": "object"}}]
 
@@ -43,8 +45,12 @@ def test_the_body_goes_upstream_as_sent(
     body = sent(fleet, fake)
     assert body["model"] == upstream_model and body["store"] is False  # never kept at the provider
     assert body["tools"] == WEB and body["prompt_cache_retention"] == "24h" and body["metadata"] == {"team": "a"}
+    assert body["max_tool_calls"] == DEFAULT_SEARCHES  # the searches reserved for (the request set no limit)
     assert "x-gateway-dropped-params" not in raw.headers
-    assert raw.http_response.json()["cost"]["output_tokens"] == 7
+    cost = raw.http_response.json()["cost"]
+    assert cost["output_tokens"] == 7
+    tokens = (cost["input_tokens"] * PRICE["input"] + 7 * PRICE["output"]) / 1e6
+    assert cost["provider_usd"] == pytest.approx(tokens + SEARCH_USD)  # the fake searched once
     assert raw.headers["x-gateway-provider"] == fake
 
 

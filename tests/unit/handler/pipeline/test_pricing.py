@@ -9,7 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from handler.config import FeeConfig, ModelConfig, Price
-from handler.pipeline.pricing import builtin_prices, cost_of, estimate_prompt_tokens, price_for, usd, worst_case_usd
+from handler.pipeline.pricing import (
+    builtin_prices,
+    cost_of,
+    estimate_prompt_tokens,
+    plausible,
+    price_for,
+    usd,
+    worst_case_usd,
+)
 from handler.schemas import ChatRequest, Usage
 
 NO_FEE = FeeConfig()
@@ -79,3 +87,32 @@ def test_caching_savings_are_reads_at_the_full_price_minus_their_cost_less_the_w
     assert writes_only.cache_savings_usd == pytest.approx(-1000 * 0.75 / 1e6)  # caching cost more than it saved
     assert cost_of(Usage.of(1000, 10), price, NO_FEE).cache_savings_usd == 0
     assert cost_of(Usage.of(1000, 10, cached=500), None, NO_FEE).cache_savings_usd == 0  # unpriced: unknown, not saved
+
+
+def test_an_hours_cache_write_is_priced_apart_at_twice_the_input_unless_set() -> None:
+    """Anthropic's hour-long writes (`ttl: 1h`) cost twice the input price, the 5-minute ones 1.25 times: both
+    within `cache_write_tokens`, each at its own rate, and in the savings at its own premium."""
+    usage = Usage.of(prompt=1000, completion=0, cache_write=300, cache_write_1h=100)
+    price = Price(input=3.0, output=15.0, cached_input=0.3, cache_write=3.75)
+    cost = cost_of(usage, price, NO_FEE)
+    assert cost.provider_usd == pytest.approx((700 * 3.0 + 200 * 3.75 + 100 * 6.0) / 1e6, abs=1e-15)
+    assert cost.cache_savings_usd == pytest.approx(-(200 * 0.75 + 100 * 3.0) / 1e6, abs=1e-15)
+    named = Price(input=3.0, output=15.0, cache_write=3.75, cache_write_1h=7.0)
+    assert cost_of(usage, named, NO_FEE).provider_usd == pytest.approx((700 * 3.0 + 200 * 3.75 + 100 * 7.0) / 1e6)
+    sonnet = builtin_prices().find("claude-sonnet-4-5-20250929")
+    assert sonnet is not None and sonnet.cache_write_1h == 6.0
+    # The worst case holds the prompt at the dearest input rate the price names.
+    assert worst_case_usd(1000, 0, named, NO_FEE) == pytest.approx(1000 * 7.0 / 1e6)
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        Usage.of(1000, 10, cache_write=100, cache_write_1h=101),  # more hour writes than writes
+        Usage.of(1000, 10, cache_write=100, cache_write_1h=-1),
+        Usage.model_validate({"prompt_tokens": 10, "completion_tokens": 1, "web_searches": -3}),
+    ],
+    ids=["hour-beyond-writes", "negative-hour", "negative-searches"],
+)
+def test_impossible_hour_writes_or_searches_are_not_credited(usage: Usage) -> None:
+    assert not plausible(usage)

@@ -1,0 +1,257 @@
+"""What the providers bill besides tokens, and at what rate: web searches their own tools run (Anthropic's
+`web_search_*` server tool, the Responses API's hosted `web_search`), and Anthropic's hour-long cache writes.
+
+The official SDKs through gateways in front of the fakes: one that prices searches
+(`priced_options.web_search_usd`), one that does not. Before, a search was neither priced nor refused, and an
+hour's cache write was charged at the 5-minute rate (100k such tokens on Sonnet 4.5: $0.375 instead of $0.60).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+from starlette.testclient import TestClient
+
+from adapters.providers.registry import REGISTRY
+from handler.config import parse_config
+from handler.pipeline.pipeline import DEFAULT_SEARCHES
+from tests.fakes import anthropic as fake_anthropic
+from tests.functional.conftest import Running, anthropic_client, openai_client, serve_gateway
+from tests.support.servers import ServerThread
+
+SEARCH_USD = 0.01
+SEARCH: Any = {"type": "web_search_20250305", "name": "web_search"}
+CLAUDE_PRICE = {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write": 3.75, "cache_write_1h": 6.0}
+GPT_PRICE = {"input": 1.0, "output": 2.0}
+HI: Any = [{"role": "user", "content": "What is new today?"}]
+
+
+def config(url: str, searches: float | None) -> dict[str, Any]:
+    return {
+        "gateway": {"priced_options": {"web_search_usd": searches}} if searches is not None else {},
+        "providers": {
+            "anthropic": {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": f"{url}/anthropic"},
+            "openai": {
+                "type": "openai",
+                "api_key": "env:OPENAI_API_KEY",
+                "base_url": f"{url}/openai/v1",
+                "responses_api": "native",
+            },
+        },
+        "models": {
+            "claude": {"deployments": [{"provider": "anthropic", "model": "claude-x"}], "price": CLAUDE_PRICE},
+            # No price: the built-in table's, by the upstream model.
+            "sonnet": {"deployments": [{"provider": "anthropic", "model": "claude-sonnet-4-5-20250929"}]},
+            "gpt": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": GPT_PRICE},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def priced(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    if "anthropic" not in REGISTRY:
+        pytest.skip("the anthropic provider type is not registered")
+    server, fakes = upstream
+    store = f"sqlite:///{Path(tmp_path_factory.mktemp('priced')) / 'gateway.db'}"
+    running, gateway_server = serve_gateway(
+        parse_config(config(server.url, SEARCH_USD), set(REGISTRY)), store, server, fakes
+    )
+    yield running
+    gateway_server.stop()
+
+
+@pytest.fixture(scope="module")
+def unpriced(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    server, fakes = upstream
+    store = f"sqlite:///{Path(tmp_path_factory.mktemp('unpriced')) / 'gateway.db'}"
+    running, gateway_server = serve_gateway(parse_config(config(server.url, None), set(REGISTRY)), store, server, fakes)
+    yield running
+    gateway_server.stop()
+
+
+def sent(running: Running, provider: str) -> dict[str, Any]:
+    body: dict[str, Any] = running.fakes[provider].state.requests[-1]["json"]
+    return body
+
+
+def claude_tokens_usd(usage: anthropic.types.Usage) -> float:
+    """A Messages answer's tokens at CLAUDE_PRICE, each cache write at the rate of how long it is kept."""
+    hour = usage.cache_creation.ephemeral_1h_input_tokens if usage.cache_creation else 0
+    written = usage.cache_creation_input_tokens or 0
+    return (
+        usage.input_tokens * 3.0
+        + (usage.cache_read_input_tokens or 0) * 0.3
+        + (written - hour) * 3.75
+        + hour * 6.0
+        + usage.output_tokens * 15.0
+    ) / 1e6
+
+
+# --- Anthropic's web search tool -------------------------------------------------------------------------
+
+
+def test_a_priced_search_is_charged_per_search_and_capped(priced: Running) -> None:
+    key = priced.mint(name="search")
+    raw = anthropic_client(priced, key).messages.with_raw_response.create(
+        model="claude", max_tokens=500, messages=HI, tools=[SEARCH]
+    )
+    message = raw.parse()
+    assert [block.type for block in message.content] == ["server_tool_use", "web_search_tool_result", "text"]
+    assert message.usage.server_tool_use is not None and message.usage.server_tool_use.web_search_requests == 1
+    # The request set no limit: Anthropic is told the one the reservation covers.
+    assert sent(priced, "anthropic")["tools"] == [{**SEARCH, "max_uses": DEFAULT_SEARCHES}]
+    assert "x-gateway-dropped-params" not in raw.headers
+    expected = claude_tokens_usd(message.usage) + SEARCH_USD
+    assert float(raw.headers["x-gateway-cost-usd"]) == pytest.approx(expected)
+    [line] = priced.ledger(key)
+    assert line.cost_usd == pytest.approx(expected) and line.cost_source == "provider"
+
+
+def test_a_streamed_search_is_charged_from_the_final_usage(priced: Running) -> None:
+    key = priced.mint(name="search-stream")
+    with anthropic_client(priced, key).messages.stream(
+        model="claude", max_tokens=500, messages=HI, tools=[{**SEARCH, "max_uses": 3}]
+    ) as stream:
+        message = stream.get_final_message()
+    assert sent(priced, "anthropic")["tools"] == [{**SEARCH, "max_uses": 3}]  # the client's own limit, kept
+    [line] = priced.ledger(key)
+    assert line.cost_usd == pytest.approx(claude_tokens_usd(message.usage) + SEARCH_USD)
+
+
+def test_the_worst_case_covers_every_search_the_request_allows(priced: Running) -> None:
+    """x-gateway-max-cost-usd is held against the tokens and the searches: ten allowed at $0.01 pass $0.05."""
+    sdk = anthropic_client(priced, priced.mint(name="worst"))
+    ceiling = {"x-gateway-max-cost-usd": "0.05"}
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        sdk.messages.create(model="claude", max_tokens=100, messages=HI, tools=[SEARCH], extra_headers=ceiling)
+    assert refused.value.status_code == 402 and "exceeds x-gateway-max-cost-usd" in str(refused.value.body)
+    two = [{**SEARCH, "max_uses": 2}]
+    assert sdk.messages.create(model="claude", max_tokens=100, messages=HI, tools=two, extra_headers=ceiling).content
+
+
+@pytest.mark.parametrize("uses", [0, -1, "3", True, 1.5])
+def test_a_search_limit_that_is_not_a_positive_integer_is_the_clients_400(priced: Running, uses: Any) -> None:
+    sdk = anthropic_client(priced, priced.mint(name="uses"))
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        sdk.messages.create(model="claude", max_tokens=100, messages=HI, tools=[{**SEARCH, "max_uses": uses}])
+    assert caught.value.body["error"]["message"] == "tools.0.max_uses must be a positive integer"  # type: ignore[index]
+
+
+def test_an_unpriced_search_is_left_out_and_named(unpriced: Running) -> None:
+    key = unpriced.mint(name="unpriced")
+    weather = {"name": "weather", "input_schema": {"type": "object"}}
+    raw = anthropic_client(unpriced, key).messages.with_raw_response.create(
+        model="claude", max_tokens=500, messages=HI, tools=[SEARCH, weather]
+    )
+    message = raw.parse()
+    assert [block.type for block in message.content] == ["text"]  # no search ran
+    assert sent(unpriced, "anthropic")["tools"] == [weather]
+    assert raw.headers["x-gateway-dropped-params"] == "tools.web_search_20250305"
+    strict = {"x-gateway-strict": "true"}
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        anthropic_client(unpriced, key).messages.create(
+            model="claude", max_tokens=500, messages=HI, tools=[SEARCH], extra_headers=strict
+        )
+    assert "web search is not priced" in str(caught.value.body)
+
+
+# --- the Responses API's hosted web search -------------------------------------------------------------
+
+
+def test_a_hosted_search_is_charged_per_call(priced: Running) -> None:
+    key = priced.mint(name="hosted")
+    raw = openai_client(priced, key).responses.with_raw_response.create(
+        model="gpt", input="What is new today?", tools=[{"type": "web_search"}], extra_body={"max_tool_calls": 4}
+    )
+    response = raw.parse()
+    assert [item.type for item in response.output] == ["web_search_call", "message"]
+    assert sent(priced, "openai")["max_tool_calls"] == 4
+    usage = response.usage
+    assert usage is not None
+    expected = (usage.input_tokens * 1.0 + usage.output_tokens * 2.0) / 1e6 + SEARCH_USD
+    assert float(raw.headers["x-gateway-cost-usd"]) == pytest.approx(expected)
+    [line] = priced.ledger(key)
+    assert line.cost_usd == pytest.approx(expected)
+
+
+def test_a_streamed_hosted_search_is_charged_per_call(priced: Running) -> None:
+    key = priced.mint(name="hosted-stream")
+    stream = openai_client(priced, key).responses.create(
+        model="gpt", input="What is new today?", tools=[{"type": "web_search"}], stream=True
+    )
+    events = list(stream)
+    assert "response.web_search_call.completed" in [event.type for event in events]
+    final = events[-1]
+    assert final.type == "response.completed" and final.response.usage is not None
+    usage = final.response.usage
+    assert sent(priced, "openai")["max_tool_calls"] == DEFAULT_SEARCHES
+    [line] = priced.ledger(key)
+    assert line.cost_usd == pytest.approx((usage.input_tokens + usage.output_tokens * 2.0) / 1e6 + SEARCH_USD)
+
+
+def test_an_unpriced_hosted_search_is_left_out_and_named(unpriced: Running) -> None:
+    raw = openai_client(unpriced, unpriced.mint(name="hosted-unpriced")).responses.with_raw_response.create(
+        model="gpt", input="Hi", tools=[{"type": "web_search"}]
+    )
+    assert [item.type for item in raw.parse().output] == ["message"]
+    assert "tools" not in sent(unpriced, "openai") or sent(unpriced, "openai")["tools"] == []
+    assert "max_tool_calls" not in sent(unpriced, "openai")
+    assert raw.headers["x-gateway-dropped-params"] == "tools[web_search]"
+
+
+# --- Anthropic's cache writes by how long they are kept ------------------------------------------------
+
+
+@pytest.mark.parametrize(("ttl", "rate"), [("1h", 6.0), (None, 3.75)], ids=["hour", "five-minutes"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_cache_write_is_priced_at_the_rate_of_how_long_it_is_kept(
+    priced: Running, ttl: str | None, rate: float, stream: bool
+) -> None:
+    key = priced.mint(name=f"cache-{ttl}-{stream}")
+    marker = {"type": "ephemeral", **({"ttl": ttl} if ttl else {})}
+    # A system prompt no other test writes, so this request writes it.
+    system: Any = [{"type": "text", "text": f"Cache me {ttl} {stream}. " * 200, "cache_control": marker}]
+    sdk = anthropic_client(priced, key)
+    if stream:
+        with sdk.messages.stream(model="claude", max_tokens=100, messages=HI, system=system) as events:
+            message = events.get_final_message()
+    else:
+        message = sdk.messages.create(model="claude", max_tokens=100, messages=HI, system=system)
+    usage = message.usage
+    written = usage.cache_creation_input_tokens or 0
+    assert written > 500 and usage.cache_creation is not None
+    expected = (usage.input_tokens * 3.0 + written * rate + usage.output_tokens * 15.0) / 1e6
+    [line] = priced.ledger(key)
+    assert line.cost_usd == pytest.approx(expected) and line.cache_write_tokens == written
+
+
+def test_the_built_in_prices_have_anthropics_hour_rate(priced: Running) -> None:
+    """Sonnet 4.5 at the table's prices: an hour's write at $6 per million, twice the input price."""
+    key = priced.mint(name="table")
+    system: Any = [
+        {"type": "text", "text": "Table prices. " * 400, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    ]
+    message = anthropic_client(priced, key).messages.create(model="sonnet", max_tokens=100, messages=HI, system=system)
+    usage = message.usage
+    expected = usage.input_tokens * 3.0 + (usage.cache_creation_input_tokens or 0) * 6.0 + usage.output_tokens * 15.0
+    [line] = priced.ledger(key)
+    assert line.cost_usd == pytest.approx(expected / 1e6)
+
+
+def test_the_fake_counts_searches_and_hour_writes_as_anthropic_documents() -> None:
+    """The fake's usage has Anthropic's documented fields (`cache_creation`, `server_tool_use`)."""
+    app = fake_anthropic.create_app()
+    body = {"model": "m", "max_tokens": 10, "messages": HI, "tools": [SEARCH]}
+    headers = {"x-api-key": fake_anthropic.API_KEY, "anthropic-version": "2023-06-01"}
+    with TestClient(app) as http:
+        usage = http.post("/v1/messages", json=body, headers=headers).json()["usage"]
+    assert usage["server_tool_use"] == {"web_search_requests": 1}
+    assert set(usage["cache_creation"]) == {"ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"}
