@@ -190,12 +190,14 @@ class UpstreamStream(ABC, Generic[T]):
         provider bills, with the status it ended on. Costed here, before the upstream is closed (`_settle`
         with `background` does not suspend: nothing can cancel it half-way), so the request's log line and
         metrics have its cost; its ledger line is written after."""
-        if not self._settled:
-            self._settled = True
-            self.status = self._ended_status or CLIENT_CLOSED
-            usage, source = self.metered()
-            await self.pipeline._settle(self.ex, usage, self.status, background=True, source=source)
-        await self.response.close()
+        try:
+            if not self._settled:
+                self._settled = True
+                self.status = self._ended_status or CLIENT_CLOSED
+                usage, source = self.metered()
+                await self.pipeline._settle(self.ex, usage, self.status, background=True, source=source)
+        finally:
+            await self.response.close()
 
 
 class NativeStream(UpstreamStream[StreamEvent]):
