@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from handler import redaction
-from handler.config import Config, SecretFetcher, load_config, reference_name, resolve_secret
+from handler.config import Config, ConfigError, SecretFetcher, load_config, reference_name, resolve_secret
 from handler.errors import GatewayError
 from handler.pipeline.keys import KeyService, split_key
 from handler.pipeline.routing import Attempt, RouteControls, Router, any_model
@@ -206,8 +207,34 @@ def build_adapters(
             logger.warning(f"provider {name}: {shown} holds a gateway key (gwk_...), not a provider key; ignored")
             secret = None
         redaction.register(secret)
-        adapters[name] = cls(name, secret, provider.options())
+        options = provider.options()
+        if "headers" in options:
+            options["headers"] = provider_headers(name, options["headers"], environ, fetch)
+        adapters[name] = cls(name, secret, options)
     return adapters
+
+
+# A header whose name says it carries a credential: its value is a secret even when written in the config.
+CREDENTIAL_HEADER = r"(?i)auth|key|token|secret|password|signature|cookie|session"  # (compiled when used)
+
+
+def provider_headers(
+    provider: str, headers: Any, environ: Mapping[str, str], fetch: SecretFetcher | None
+) -> dict[str, str]:
+    """A provider's extra `headers`, each value a literal or a reference (`env:NAME`, `ssm:/path`,
+    `secretsmanager:NAME`) as `api_key` takes. A value from a reference, or under a credential's name
+    (`authorization`, `x-api-key`, ...), is registered as a secret: redacted from everything relayed."""
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise ConfigError([f"providers.{provider}.headers: a mapping of header names to strings"])
+    resolved: dict[str, str] = {}
+    for header, value in headers.items():
+        secret = resolve_secret(value, environ, fetch)
+        if secret is None:
+            raise ConfigError([f"providers.{provider}.headers.{header}: {reference_name(value)} resolves to nothing"])
+        if secret != value or re.search(CREDENTIAL_HEADER, str(header)):
+            redaction.register(secret)
+        resolved[str(header)] = secret
+    return resolved
 
 
 def build_gateway(

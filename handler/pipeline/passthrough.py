@@ -83,6 +83,7 @@ class UpstreamStream(ABC, Generic[T]):
         self._settled = False
         self._head: bytes | None = b""  # the stream's start, until its first item
         self._ended_status = 0  # an error's status, if one ended the stream (`failed`)
+        self.status = 0  # the status it was settled with (its ledger line's): 200, an error's, or 499
 
     @abstractmethod
     def _items(self, events: list[StreamEvent]) -> list[T]:
@@ -176,6 +177,7 @@ class UpstreamStream(ABC, Generic[T]):
         """The upstream finished: cost it and settle (in the background)."""
         if not self._settled:
             self._settled = True
+            self.status = 200
             usage, source = self.metered()
             await self.pipeline._settle(self.ex, usage, 200, background=True, source=source)
 
@@ -185,13 +187,17 @@ class UpstreamStream(ABC, Generic[T]):
 
     async def close(self) -> None:
         """Always called: a stream abandoned by the client (or ended by an error, `failed`) still settles what the
-        provider bills, with the status it ended on."""
-        await self.response.close()
-        if not self._settled:
-            self._settled = True
-            usage, source = self.metered()
-            status = self._ended_status or CLIENT_CLOSED
-            self.pipeline.gateway.spawn(self.pipeline._settle(self.ex, usage, status, source=source))
+        provider bills, with the status it ended on. Costed here, before the upstream is closed (`_settle`
+        with `background` does not suspend: nothing can cancel it half-way), so the request's log line and
+        metrics have its cost; its ledger line is written after."""
+        try:
+            if not self._settled:
+                self._settled = True
+                self.status = self._ended_status or CLIENT_CLOSED
+                usage, source = self.metered()
+                await self.pipeline._settle(self.ex, usage, self.status, background=True, source=source)
+        finally:
+            await self.response.close()
 
 
 class NativeStream(UpstreamStream[StreamEvent]):
@@ -245,4 +251,4 @@ async def guarded(
     finally:
         await events.aclose()
         await stream.close()
-        observe(stream.ex, 200, stream=True, code=failure.code if failure else None)
+        observe(stream.ex, stream.status, stream=True, code=failure.code if failure else None)

@@ -40,6 +40,8 @@ class Sent(Protocol):
     """An upstream attempt: where it went."""
 
     @property
+    def model(self) -> str: ...  # the public model it served
+    @property
     def target(self) -> Target: ...
     @property
     def adapter(self) -> ProviderAdapter: ...
@@ -213,8 +215,9 @@ def observe(
     if code:
         fields["error_code"] = code
     request_line(fields, "observe")
+    served = ex.attempt.model if ex.attempt else ex.model  # the ledger's model: after a fallback, not the asked
     prometheus.REGISTRY.record(
-        model=ex.model,
+        model=served,
         provider=fields["provider"],
         region=fields["region"],
         status=status,
@@ -239,7 +242,7 @@ def observe(
         values += [("output_tokens", "Count", cost.usage.completion_tokens)]
     if cost is not None and cost.total_usd is not None:
         values += [("cost_usd", "None", cost.total_usd)]
-    emf_line({"provider": target.provider if target else "none", "model": ex.model}, values)
+    emf_line({"provider": target.provider if target else "none", "model": served}, values)
 
 
 def emf_line(dimensions: dict[str, str], values: list[tuple[str, str, float]]) -> None:

@@ -128,6 +128,8 @@ CHAT_CASES = [
     chat("tool-choice-named", tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}),
     chat("parallel-off", tools=[WEATHER], parallel_tool_calls=False),
     chat("tool-history", TOOL_TURNS, tools=[WEATHER]),
+    chat("tool-history-no-tools", [*TOOL_TURNS, {"role": "user", "content": "Summarise."}]),
+    chat("tool-history-choice-none", TOOL_TURNS, tools=[WEATHER], tool_choice="none"),
     chat(
         "tool-history-text",
         [USER, {"role": "assistant", "content": "Let me look.", "tool_calls": [CALL]}, TOOL_TURNS[2]],

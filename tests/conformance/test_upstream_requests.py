@@ -147,6 +147,10 @@ def rule_problems(provider: str, model: str, body: dict[str, Any]) -> list[str]:
             found.append(f"{model} refuses temperature and top_p together")
     if provider == "bedrock" and body["messages"][0]["role"] != "user":
         found.append("a Converse conversation must start with a user message")
+    if provider == "bedrock" and "toolConfig" not in body:
+        blocks = [block for message in body["messages"] for block in message["content"]]
+        if any("toolUse" in block or "toolResult" in block for block in blocks):
+            found.append("Converse refuses toolUse and toolResult blocks without a toolConfig")
     if provider == "gemini":
         config = body.get("generationConfig") or {}
         if GEMINI_NO_TOOLS_WITH_JSON.search(model) and body.get("tools") and config.get("responseMimeType"):

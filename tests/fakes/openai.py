@@ -5,7 +5,7 @@ Behaviour is chosen by the requested model name, so tests need no side channel:
 `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way without [DONE]),
 `drip` (a stream whose chunks come `SLOW_SECONDS` apart), `bad-json` (a 200 whose body is not JSON),
 `no-usage` (an answer without `usage`), `negative-usage` (usage with negative counts), `echo-auth` (a 400
-whose message quotes the request's authorization header back, as some upstream errors do), `reasoner`
+whose message quotes the request's authorization and `x-` headers back, as some upstream errors do), `reasoner`
 (DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`).
 It refuses, as OpenAI does, message and content-part fields Chat Completions does not define, a tool
 `description` of null, `max_tokens` on a reasoning model (o-series, gpt-5) and `reasoning_effort` on any
@@ -140,7 +140,8 @@ def create_app() -> Starlette:
         if "fail-500" in model:
             return None, _error(500, "The server had an error while processing your request.", "server_error", None)
         if "echo-auth" in model:
-            quoted = f"Invalid request; received headers: authorization={request.headers.get('authorization')}"
+            custom = "".join(f", {k}={v}" for k, v in request.headers.items() if k.startswith("x-"))
+            quoted = f"Invalid request; received headers: authorization={request.headers.get('authorization')}{custom}"
             return None, _error(400, quoted, "invalid_request_error", None)
         if "fail-400" in model:
             return None, _error(400, "Invalid value for 'messages'.", "invalid_request_error", "invalid_value")

@@ -147,6 +147,25 @@ def test_tools_stream_and_not_and_the_result_goes_back(bedrock: Running, client:
     }
 
 
+def test_a_tool_history_sent_without_tools_is_answered(bedrock: Running, client: openai.OpenAI) -> None:
+    """A request after tool turns that offers no tools (a summary, a title), or says `tool_choice: none`:
+    Converse refuses its toolUse/toolResult blocks without a toolConfig, so they go as text."""
+    call = {"id": "t1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    history: Any = [
+        *HI,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "t1", "content": "18 C and clear"},
+        {"role": "user", "content": "Summarise this conversation."},
+    ]
+    for offered in ({}, {"tools": [WEATHER_TOOL], "tool_choice": "none"}):
+        answer = client.chat.completions.with_raw_response.create(model="claude-haiku", messages=history, **offered)
+        assert answer.parse().choices[0].message.content == fake.TEXT
+        assert "x-gateway-dropped-params" not in answer.headers
+        body = sent(bedrock)["json"]
+        assert "toolConfig" not in body
+        assert body["messages"][2]["content"][:2] == [{"text": "[result of t1]"}, {"text": "18 C and clear"}]
+
+
 def test_throttling_falls_back_stream_and_not(client: openai.OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(model="throttled", messages=HI)
     assert raw.parse().choices[0].message.content == fake.TEXT

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.functional.conftest import Running
@@ -51,3 +52,37 @@ def test_metrics_need_an_admin_key(running: Running) -> None:
     answer = httpx.get(f"{running.url}/metrics", headers={"authorization": f"Bearer {running.mint()}"})
     assert answer.status_code == 403 and answer.json()["error"]["code"] == "admin_only"
     assert httpx.get(f"{running.url}/metrics").status_code == 401
+
+
+def test_metrics_count_what_the_ledger_records_after_a_fallback_and_a_failed_stream(running: Running) -> None:
+    """`/metrics` and the ledger agree: a request another model served is counted under that model (it was
+    under the one asked for, beside the provider that served it), and a stream an upstream error ended is
+    counted with the error's status and its tokens and cost (it was a 200 with none)."""
+    admin, user = running.mint(admin=True), running.mint()
+    before = scrape(running, admin)
+    headers = {"authorization": f"Bearer {user}"}
+    body = {"model": "limited", "messages": HI}  # fail-429, then its fallback gpt-4o-mini
+    assert httpx.post(f"{running.url}/v1/chat/completions", json=body, headers=headers).status_code == 200
+    stream = {"model": "garbled", "messages": HI, "stream": True}  # a chunk of another shape, half-way
+    with httpx.stream("POST", f"{running.url}/v1/chat/completions", json=stream, headers=headers) as answer:
+        text = answer.read().decode()
+    assert answer.status_code == 200 and '"error"' in text
+    lines = {line.model: line for line in running.ledger(user)}
+    while len(lines) < 2:  # (the stream's line is written after its answer)
+        lines = {line.model: line for line in running.ledger(user)}
+    after = scrape(running, admin)
+
+    def grew(name: str, **where: str) -> float:
+        key = labels(**where)
+        return after[name].get(key, 0) - before.get(name, {}).get(key, 0)
+
+    served = {"provider": "openai", "region": "global"}
+    assert set(lines) == {"gpt-4o-mini", "garbled"} and lines["gpt-4o-mini"].status == 200
+    assert grew("gateway_requests_total", model="gpt-4o-mini", status="200", **served) >= 1
+    assert grew("gateway_requests_total", model="limited", status="200", **served) == 0
+    failed = lines["garbled"]
+    assert failed.status >= 500 and failed.output_tokens > 0
+    assert grew("gateway_requests_total", model="garbled", status=str(failed.status), **served) == 1
+    assert grew("gateway_requests_total", model="garbled", status="200", **served) == 0
+    assert grew("gateway_tokens_total", model="garbled", direction="output", **served) == failed.output_tokens
+    assert grew("gateway_cost_usd_total", model="garbled", **served) == pytest.approx(failed.cost_usd + failed.fee_usd)

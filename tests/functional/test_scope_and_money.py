@@ -25,6 +25,8 @@ from tests.support.servers import ServerThread
 
 HI = [{"role": "user", "content": "Hi"}]
 PRICE = {"input": 1.0, "output": 2.0}
+PROXY_KEY = "proxy-secret-0123456789abcdef"
+ACCOUNT_TOKEN = "account-token-fedcba9876543210"  # a literal in the config, under a credential's name
 
 
 def scope_config(upstream_url: str, first_byte: float = 5) -> Config:
@@ -45,6 +47,13 @@ def scope_config(upstream_url: str, first_byte: float = 5) -> Config:
                     "api_key": "env:ANTHROPIC_API_KEY",
                     "base_url": f"{upstream_url}/anthropic",
                 },
+                # An OpenAI-compatible API behind a proxy that wants credentials of its own.
+                "proxied": {
+                    "type": "openai",
+                    "api_key": "env:OPENAI_API_KEY",
+                    "base_url": f"{upstream_url}/openai/v1",
+                    "headers": {"x-proxy-key": "env:PROXY_KEY", "x-account-token": ACCOUNT_TOKEN, "x-title": "scope"},
+                },
             },
             "models": {
                 "gpt-test": model("gpt-4o-mini"),
@@ -63,6 +72,7 @@ def scope_config(upstream_url: str, first_byte: float = 5) -> Config:
                 "no-usage-test": model("no-usage"),
                 "negative-test": model("negative-usage"),
                 "echo-test": model("echo-auth"),
+                "proxied-echo-test": model("echo-auth", "proxied"),
                 "cache-test": model("gpt-4o-mini-cache-hit", price={**PRICE, "cached_input": 0.25}),
                 "reasoner-test": model("o4-mini-reasoner"),
                 "vision-test": {
@@ -87,7 +97,8 @@ def gw(
     else:
         dynamo: DynamoServer = request.getfixturevalue("dynamo")
         store_url = dynamo.store_url(dynamo.create_table())
-    running, gateway_server = serve_gateway(scope_config(server.url), store_url, server, fakes)
+    environ = {**FAKE_KEYS, "PROXY_KEY": PROXY_KEY}
+    running, gateway_server = serve_gateway(scope_config(server.url), store_url, server, fakes, environ)
     yield running
     gateway_server.stop()
 
@@ -370,6 +381,18 @@ def test_a_provider_key_echoed_by_an_upstream_never_reaches_the_client(gw: Runni
     assert answer.status_code == 400
     text = answer.text
     assert FAKE_KEYS["OPENAI_API_KEY"] not in text and "[REDACTED]" in text
+
+
+def test_a_providers_own_header_credentials_never_reach_the_client(gw: Running) -> None:
+    """A provider's `headers` take secret references as `api_key` does, and a value from one, or under a
+    credential's name, is a secret: an upstream quoting them back has them redacted (they were relayed as is).
+    An ordinary header's value (a title) is not a secret, and stays readable."""
+    answer = chat(gw, gw.mint(), "proxied-echo-test")
+    assert answer.status_code == 400
+    sent = received(gw, "openai", 0)[-1]["headers"]
+    assert (sent["x-proxy-key"], sent["x-account-token"], sent["x-title"]) == (PROXY_KEY, ACCOUNT_TOKEN, "scope")
+    text = answer.text
+    assert PROXY_KEY not in text and ACCOUNT_TOKEN not in text and "x-title=scope" in text
 
 
 def test_the_gateways_own_key_is_never_used_as_a_provider_key(

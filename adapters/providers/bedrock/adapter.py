@@ -325,15 +325,33 @@ def _uses_tools(messages: list[dict[str, Any]]) -> bool:
     return any("toolUse" in block or "toolResult" in block for m in messages for block in m["content"])
 
 
+def tool_turns_as_text(messages: list[dict[str, Any]]) -> None:
+    """Earlier tool calls and results written as text, in place: Converse refuses `toolUse` and `toolResult`
+    blocks in a request without a `toolConfig`, and a request that offers no tools (or `tool_choice: none`)
+    must not be given any to call."""
+    for message in messages:
+        content: list[dict[str, Any]] = []
+        for block in message["content"]:
+            if "toolUse" in block:
+                call = block["toolUse"]
+                arguments = orjson.dumps(call["input"]).decode()
+                content.append({"text": f"[called tool {call['name']} ({call['toolUseId']}) with {arguments}]"})
+            elif "toolResult" in block:
+                result = block["toolResult"]
+                content.append({"text": f"[result of {result['toolUseId']}]"})
+                content.extend(result["content"])  # text and images, as a user turn may carry them
+            else:
+                content.append(block)
+        message["content"] = content
+
+
 def tool_config(req: ChatRequest, messages: list[dict[str, Any]], dropped: list[str]) -> dict[str, Any] | None:
-    """`toolConfig`: the client's tools and choice, plus the forced tool of a `json_schema` answer."""
+    """`toolConfig`: the client's tools and choice, plus the forced tool of a `json_schema` answer. Without
+    tools to send (none offered, or `tool_choice: none`), earlier tool turns go as text."""
     tools = _tool_specs(req)
     choice = req.tool_choice
     if choice == "none":
-        if not _uses_tools(messages):
-            tools = []  # no tools offered: "none" honoured exactly
-        else:
-            dropped.append("tool_choice")  # Converse needs the tools to read earlier tool turns
+        tools = []  # "none" honoured exactly: no tool offered
     chosen: dict[str, Any] | None = None
     if choice == "auto":
         chosen = {"auto": {}}
@@ -349,6 +367,8 @@ def tool_config(req: ChatRequest, messages: list[dict[str, Any]], dropped: list[
     if not tools:
         if choice not in (None, "none"):
             dropped.append("tool_choice")
+        if _uses_tools(messages):
+            tool_turns_as_text(messages)
         return None
     config: dict[str, Any] = {"tools": tools}
     if chosen is not None:

@@ -249,16 +249,22 @@ def test_tool_choice_none_offers_no_tools() -> None:
     assert "toolConfig" not in body and dropped == []
 
 
-def test_tool_choice_none_keeps_tools_a_tool_history_needs_and_says_so() -> None:
-    messages = [
-        {"role": "user", "content": "weather?"},
-        {"role": "assistant", "tool_calls": [{"id": "t1", "function": {"name": "get_weather", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "t1", "content": ""},
-    ]
-    body, dropped = built(request(messages=messages, tools=[WEATHER], tool_choice="none"))
-    assert body["toolConfig"]["tools"] and "toolChoice" not in body["toolConfig"]
-    assert dropped == ["tool_choice"]
-    assert body["messages"][2]["content"][0]["toolResult"]["content"] == [{"text": "(no output)"}]
+TOOL_HISTORY: Any = [
+    {"role": "user", "content": "weather?"},
+    {"role": "assistant", "tool_calls": [{"id": "t1", "function": {"name": "get_weather", "arguments": '{"a": 1}'}}]},
+    {"role": "tool", "tool_call_id": "t1", "content": "sunny"},
+]
+
+
+@pytest.mark.parametrize("offered", [{"tools": [WEATHER], "tool_choice": "none"}, {}], ids=["choice-none", "no-tools"])
+def test_a_tool_history_without_tools_to_offer_goes_as_text(offered: dict[str, Any]) -> None:
+    """Converse refuses toolUse/toolResult blocks without a toolConfig (a summary or title request after tool
+    turns sends none); `tool_choice: none` is honoured exactly, with no tool to call (it kept the tools and
+    was named dropped)."""
+    body, dropped = built(request(messages=TOOL_HISTORY, **offered))
+    assert "toolConfig" not in body and dropped == []
+    assert body["messages"][1]["content"] == [{"text": '[called tool get_weather (t1) with {"a":1}]'}]
+    assert body["messages"][2]["content"] == [{"text": "[result of t1]"}, {"text": "sunny"}]
 
 
 def test_tool_choice_without_tools_is_reported() -> None:

@@ -1,0 +1,50 @@
+"""A provider's extra `headers`: references resolved as `api_key`'s are, credentials registered for redaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from adapters.providers.registry import REGISTRY
+from handler import redaction
+from handler.config import ConfigError, parse_config
+from handler.pipeline.gateway import build_adapters
+
+
+def adapters_with(headers: Any, environ: dict[str, str]) -> Any:
+    config = parse_config(
+        {
+            "providers": {"up": {"type": "openai", "auth": "none", "base_url": "http://up/v1", "headers": headers}},
+            "models": {"m": {"deployments": [{"provider": "up", "model": "m"}], "price": "unknown"}},
+        },
+        set(REGISTRY),
+    )
+    return build_adapters(config, REGISTRY, environ)
+
+
+def test_references_resolve_and_credentials_are_redacted_but_ordinary_values_are_not() -> None:
+    headers = {
+        "x-proxy-key": "env:PROXY",
+        "authorization-extra": "literal-credential-123456",
+        "x-title": "My App Title",
+    }
+    adapter = adapters_with(headers, {"PROXY": "from-the-environment-123456"})["up"]
+    sent = adapter.headers()
+    assert sent["x-proxy-key"] == "from-the-environment-123456" and sent["x-title"] == "My App Title"
+    shown = redaction.scrub(b"from-the-environment-123456 literal-credential-123456 My App Title")
+    assert shown == b"[REDACTED] [REDACTED] My App Title"
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ({"x-proxy-key": "env:UNSET"}, "providers.up.headers.x-proxy-key: env:UNSET resolves to nothing"),
+        ({"x-n": 3}, "providers.up.headers: a mapping of header names to strings"),
+        (["x-a"], "providers.up.headers: a mapping of header names to strings"),
+    ],
+)
+def test_a_header_that_cannot_be_sent_is_a_config_error(headers: Any, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        adapters_with(headers, {})
+    assert caught.value.problems == [problem]
