@@ -63,6 +63,7 @@ class LongContextPrice(_Strict):
     cached_input: float | None = Field(default=None, ge=0)
     cache_write: float | None = Field(default=None, ge=0)
     cache_write_1h: float | None = Field(default=None, ge=0, description="a write cached for an hour (Anthropic)")
+    audio_input: float | None = Field(default=None, ge=0, description="audio prompt tokens, where they cost more")
 
 
 class Price(_Strict):
@@ -73,6 +74,7 @@ class Price(_Strict):
     cached_input: float | None = Field(default=None, ge=0)
     cache_write: float | None = Field(default=None, ge=0)
     cache_write_1h: float | None = Field(default=None, ge=0, description="a write cached for an hour (Anthropic)")
+    audio_input: float | None = Field(default=None, ge=0, description="audio prompt tokens, where they cost more")
     long_context: LongContextPrice | None = None
 
 

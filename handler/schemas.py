@@ -222,6 +222,8 @@ class PromptTokensDetails(_Open):
     cache_write_tokens: int = 0
     # Of `cache_write_tokens`, those cached for an hour (Anthropic's `ttl: "1h"`), which cost more.
     cache_write_1h_tokens: int | None = Omitted()
+    # Prompt tokens of audio input (OpenAI's field; Gemini's AUDIO modality), priced apart where they cost more.
+    audio_tokens: int | None = Omitted()
 
 
 class CompletionTokensDetails(_Open):
@@ -253,6 +255,11 @@ class Usage(_Open):
         return (details.cache_write_1h_tokens or 0) if details else 0
 
     @property
+    def audio_prompt_tokens(self) -> int:
+        details = self.prompt_tokens_details
+        return (details.audio_tokens or 0) if details else 0
+
+    @property
     def reasoning_tokens(self) -> int:
         """The output tokens spent reasoning, where the provider counts them (already within `completion_tokens`)."""
         return self.completion_tokens_details.reasoning_tokens if self.completion_tokens_details else 0
@@ -274,6 +281,8 @@ class Usage(_Open):
         usage = type(self).of(
             prompt, completion, self.cached_tokens, self.cache_write_tokens, self.cache_write_1h_tokens
         )
+        if usage.prompt_tokens_details is not None and self.audio_prompt_tokens:
+            usage.prompt_tokens_details.audio_tokens = self.audio_prompt_tokens
         usage.web_searches = self.web_searches
         return usage
 

@@ -117,12 +117,14 @@ def _effective(price: Price, prompt_tokens: int) -> dict[str, float]:
     if long is not None and prompt_tokens > long.threshold:
         rates = long
     hour = rates.cache_write_1h
+    audio = rates.audio_input
     return {
         "input": rates.input,
         "output": rates.output,
         "cached_input": rates.cached_input if rates.cached_input is not None else rates.input,
         "cache_write": rates.cache_write if rates.cache_write is not None else rates.input,
         "cache_write_1h": hour if hour is not None else rates.input * HOUR_WRITE_TIMES_INPUT,
+        "audio_input": audio if audio is not None else rates.input,
     }
 
 
@@ -139,8 +141,10 @@ def cost_of(usage: Usage, price: Price | None, fee: FeeConfig) -> Cost:
     unit = _effective(price, usage.prompt_tokens)
     cached, written, hour = usage.cached_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens
     uncached = max(0, usage.prompt_tokens - cached - written)
+    audio = min(usage.audio_prompt_tokens, uncached)  # (read from a cache, audio is priced as any cache read)
     provider = (
-        uncached * unit["input"]
+        (uncached - audio) * unit["input"]
+        + audio * unit["audio_input"]
         + cached * unit["cached_input"]
         + (written - hour) * unit["cache_write"]
         + hour * unit["cache_write_1h"]
@@ -203,7 +207,7 @@ def scaled(price: Price | None, multiplier: float) -> Price | None:
     """`price` with every token price times `multiplier` (a service tier's)."""
     if price is None or multiplier == 1.0:
         return price
-    fields = ("input", "output", "cached_input", "cache_write", "cache_write_1h")
+    fields = ("input", "output", "cached_input", "cache_write", "cache_write_1h", "audio_input")
     scaled_fields = {f: getattr(price, f) * multiplier for f in fields if getattr(price, f) is not None}
     long = price.long_context
     if long is not None:
@@ -227,6 +231,7 @@ def plausible(usage: Usage) -> bool:
         and 0 <= written <= MAX_PLAUSIBLE_TOKENS
         and cached + written <= prompt
         and 0 <= usage.cache_write_1h_tokens <= written
+        and 0 <= usage.audio_prompt_tokens <= prompt
         and 0 <= (usage.web_searches or 0) <= MAX_PLAUSIBLE_SEARCHES
     )
 
@@ -240,7 +245,8 @@ def wants_reasoning(req: ChatRequest) -> bool:
 
 def worst_case_usd(prompt_tokens: int, max_output: int, price: Price | None, fee: FeeConfig) -> float | None:
     """The most a request can cost: estimated prompt at its dearest input price (an hour's cache write, where the
-    price names one) plus every output token."""
+    price names one) plus every output token. (Audio, dearer at some providers, is estimated from its base64
+    text: thousands of times its tokens.)"""
     if price is None:
         return None
     unit = _effective(price, prompt_tokens)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
+from tests.fakes import gemini as gemini_fake
 from tests.fakes.gemini import TEXT
 from tests.functional.conftest import Running, serve_gateway
 from tests.support.servers import ServerThread
@@ -180,6 +182,8 @@ def faulty(
         },
         "models": {
             "gemini-ok": {"deployments": [{**provider, "model": "gemini-2.5-flash"}], "price": PRICE},
+            # No price: the built-in table's (audio input at $1.00 a million, text at $0.30).
+            "gemini-table": {"deployments": [{**provider, "model": "gemini-2.5-flash"}]},
             "gemini-limited": {
                 "deployments": [{**provider, "model": "fail-429"}],
                 "price": PRICE,
@@ -238,3 +242,34 @@ def test_embeddings(faulty: Running) -> None:
         "content": {"parts": [{"text": "b"}]},
         "outputDimensionality": 4,
     }
+
+
+def test_audio_input_is_priced_at_its_own_rate(faulty: Running) -> None:
+    """Gemini counts a prompt's audio apart (`promptTokensDetails`), and 2.5 Flash bills it at $1.00 a million
+    against text's $0.30: it was charged as text. Stream and not, the ledger has the audio at its rate."""
+    key = faulty.mint(name="gemini-audio")
+    audio = base64.b64encode(b"RIFF" + bytes(64 * 1024)).decode()
+    parts: Any = [
+        {"type": "text", "text": "Transcribe this."},
+        {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}},
+    ]
+    messages: Any = [{"role": "user", "content": parts}]
+    for stream in (False, True):
+        answer = client(faulty, key).chat.completions.create(
+            model="gemini-table",
+            messages=messages,
+            stream=stream,
+            stream_options={"include_usage": True} if stream else None,
+        )
+        if stream:
+            usage = [chunk.usage for chunk in answer if chunk.usage][-1]  # type: ignore[union-attr]
+        else:
+            usage = answer.usage  # type: ignore[union-attr]
+        assert usage is not None and usage.prompt_tokens_details is not None
+        heard = usage.prompt_tokens_details.audio_tokens
+        assert heard == 64 * gemini_fake.AUDIO_TOKENS_PER_KB + 1  # (the header's 4 bytes round up)
+        expected = ((usage.prompt_tokens - heard) * 0.30 + heard * 1.00 + usage.completion_tokens * 2.50) / 1e6
+        lines = [line for line in faulty.ledger(key)]
+        while len(lines) < (2 if stream else 1):
+            lines = faulty.ledger(key)
+        assert max(lines, key=lambda line: line.ts).cost_usd == pytest.approx(expected)

@@ -413,6 +413,14 @@ def thinking_config(req: ChatRequest, model: str, dropped: list[str]) -> dict[st
 # --- response -----------------------------------------------------------------------------------
 
 
+def modality_tokens(details: Any, modality: str) -> int:
+    """The tokens of one modality in a `ModalityTokenCount` list (`promptTokensDetails`, ...)."""
+    if not isinstance(details, list):
+        return 0
+    counts = (d.get("tokenCount") for d in details if isinstance(d, dict) and d.get("modality") == modality)
+    return sum(count for count in counts if isinstance(count, int))
+
+
 def usage_of(meta: Any) -> Usage | None:
     """`usageMetadata` as the gateway's usage: thinking tokens are billed as output, tool-use prompt
     tokens as input; `promptTokenCount` already includes the cached tokens."""
@@ -429,6 +437,11 @@ def usage_of(meta: Any) -> Usage | None:
         count("candidatesTokenCount") + thoughts,
         count("cachedContentTokenCount"),
     )
+    # Audio is dearer than text on some models: its uncached prompt tokens, by modality.
+    audio = modality_tokens(meta.get("promptTokensDetails"), "AUDIO")
+    audio -= modality_tokens(meta.get("cacheTokensDetails"), "AUDIO")
+    if audio > 0 and usage.prompt_tokens_details is not None:
+        usage.prompt_tokens_details.audio_tokens = audio
     if thoughts:
         usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=thoughts)
     return usage

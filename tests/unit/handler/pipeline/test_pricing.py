@@ -116,3 +116,18 @@ def test_an_hours_cache_write_is_priced_apart_at_twice_the_input_unless_set() ->
 )
 def test_impossible_hour_writes_or_searches_are_not_credited(usage: Usage) -> None:
     assert not plausible(usage)
+
+
+def test_audio_prompt_tokens_are_priced_at_the_audio_rate_unless_cached() -> None:
+    usage = Usage.of(prompt=1000, completion=0, cached=100)
+    assert usage.prompt_tokens_details is not None
+    usage.prompt_tokens_details.audio_tokens = 300
+    price = Price(input=0.3, output=2.5, cached_input=0.03, audio_input=1.0)
+    cost = cost_of(usage, price, NO_FEE)
+    assert cost.provider_usd == pytest.approx((600 * 0.3 + 300 * 1.0 + 100 * 0.03) / 1e6, abs=1e-15)
+    # Without an audio price, audio is input like any other.
+    plain = cost_of(usage, Price(input=0.3, output=2.5, cached_input=0.03), NO_FEE)
+    assert plain.provider_usd == pytest.approx((900 * 0.3 + 100 * 0.03) / 1e6, abs=1e-15)
+    assert builtin_prices().prices["gemini-2.5-flash"].audio_input == 1.0
+    usage.prompt_tokens_details.audio_tokens = 1001
+    assert not plausible(usage)  # more audio than prompt
