@@ -468,19 +468,23 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
     async def _release(self, key_id: str, reservations: list[Reservation]) -> float:
         """Conditional updates per item (the home meter, this region's lease), `RELEASE_CHUNK` reservations
         each (an expression holds at most 300 operators and 4 KB): all of a chunk's or none; a chunk one of whose
-        reservations was settled meanwhile is released one reservation at a time, so that it holds back none of
-        the others."""
+        reservations is gone is released one reservation at a time, so that it holds back none of the others.
+
+        Returns the USD these reservations no longer hold. One found gone holds nothing either: it was settled
+        meanwhile, or released by this very update, sent again by the client after its answer was lost (then
+        nothing else would say the budget is free, and the refusal that asked for the release would stand)."""
         released = 0.0
         for leased in (False, True):
             group = [r for r in reservations if r.leased == leased]
             for start in range(0, len(group), RELEASE_CHUNK):
                 chunk = group[start : start + RELEASE_CHUNK]
                 freed = await self._release_chunk(key_id, leased, chunk)
-                if freed is None and len(chunk) > 1:
+                if freed is None:
                     freed = 0.0
                     for one in chunk:
-                        freed += await self._release_chunk(key_id, leased, [one]) or 0.0
-                released += freed or 0.0
+                        alone = await self._release_chunk(key_id, leased, [one]) if len(chunk) > 1 else None
+                        freed += one.amount_usd if alone is None else alone
+                released += freed
         return released
 
     async def _release_chunk(self, key_id: str, leased: bool, chunk: list[Reservation]) -> float | None:

@@ -100,6 +100,25 @@ async def test_an_admission_sent_again_after_its_answer_was_lost_counts_once(
     await store.close()
 
 
+async def test_a_release_sent_again_after_its_answer_was_lost_still_frees_the_budget(dynamo: DynamoServer) -> None:
+    """A refusal releases expired reservations and admits again if that freed anything. A release that landed but
+    whose answer was lost is sent again and finds them gone: it said nothing was freed, and the request was
+    refused (402) though the budget was free."""
+    transport = AnswerLost()
+    client = DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url, transport=transport)
+    store = DynamoDBStore(client, dynamo.create_table(), owned=[client])
+    key = uuid.uuid4().hex[:12]
+    await store.admit(Admission(uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1.0, 0.8)], [], time.time() - 1))
+    fresh = Admission(uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1.0, 0.5)], [], time.time() + 60)
+    with pytest.raises(BudgetRefused):
+        await store.admit(fresh)
+    transport.lose = "UpdateItem"
+    assert await store.release_expired(key, time.time()) == pytest.approx(0.8)
+    assert transport.lose is None  # the release's answer was lost once, and the request sent again
+    assert (await store.admit(fresh)).committed_usd[PERIOD] == pytest.approx(0.5)
+    await store.close()
+
+
 class ReleaseSpy(DynamoDBClient):
     """The client, noting each release's condition (moto does not enforce DynamoDB's expression limits)."""
 
@@ -128,7 +147,7 @@ async def test_many_expired_reservations_are_released_within_dynamodbs_expressio
     expired = await store._expired_reservations(key, time.time())
     assert len(expired) == 160
     await store.settle(settlement(dead[70], 0.5, line(key, 0.5)))  # its process lived after all, just now
-    assert await store._release(key, expired) == pytest.approx(159 * 0.5)
+    assert await store._release(key, expired) == pytest.approx(160 * 0.5)  # none holds budget now
     assert all(len(c) <= 4096 and c.count("attribute_exists") + c.count(" AND ") <= 300 for c in client.conditions)
     assert (await store.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.5)  # the settled one's
     await store.close()
