@@ -62,8 +62,6 @@ class LongContextPrice(_Strict):
     output: float = Field(ge=0)
     cached_input: float | None = Field(default=None, ge=0)
     cache_write: float | None = Field(default=None, ge=0)
-    cache_write_1h: float | None = Field(default=None, ge=0, description="a write cached for an hour (Anthropic)")
-    audio_input: float | None = Field(default=None, ge=0, description="audio prompt tokens, where they cost more")
 
 
 class Price(_Strict):
@@ -188,7 +186,9 @@ class ObservabilityConfig(_Strict):
     """`observability`: where the gateway's traces go, and a port of its own for `/metrics` (docs/observability.md;
     metrics are always on: `/metrics` for an admin key, CloudWatch EMF on Lambda)."""
 
-    otlp: OtlpConfig | None = None
+    # An `OtlpConfig` once `parse_config` has validated it: apart, and only where a config has one. Most leave it
+    # out, and its validator inside Config's cost every Lambda cold start about 4 million instructions.
+    otlp: Any = None
     # `gateway serve` also answers GET /metrics with no key here: bind it where only Prometheus reaches.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = Field(default="127.0.0.1", min_length=1)
@@ -226,6 +226,14 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(root)"
 
 
+def _problems(exc: ValidationError, within: tuple[str, ...] = ()) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        problems.append(f"{_format_loc((*within, *loc))}: {err['msg']}")
+    return problems
+
+
 def parse_config(data: Any, known_types: set[str]) -> Config:
     """Validate a parsed YAML document; raise `ConfigError` naming each offending path."""
     if data is None:
@@ -234,12 +242,14 @@ def parse_config(data: Any, known_types: set[str]) -> Config:
         raise ConfigError(["(root): the config must be a mapping with providers and models"])
     try:
         config = Config.model_validate(data)
+        otlp = config.observability.otlp
+        if otlp is not None and not isinstance(otlp, OtlpConfig):
+            try:
+                config.observability.otlp = OtlpConfig.model_validate(otlp)
+            except ValidationError as exc:
+                raise ConfigError(_problems(exc, ("observability", "otlp"))) from None
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-            problems.append(f"{_format_loc(loc)}: {err['msg']}")
-        raise ConfigError(problems) from None
+        raise ConfigError(_problems(exc)) from None
     problems = _cross_check(config, known_types)
     if problems:
         raise ConfigError(problems)

@@ -217,29 +217,41 @@ class ChatRequest(_Open):
 # --- response ------------------------------------------------------------------------------------
 
 
-class PromptTokensDetails(_Open):
+class _Counted(_Open):
+    """A usage object with counts it does not declare, kept among its extras and written with them: a field
+    declared costs a Lambda cold start about 0.3 million instructions, for counts few answers have."""
+
+    def count(self, name: str) -> int:
+        value = (self.model_extra or {}).get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    def set_count(self, name: str, value: int) -> None:
+        if self.__pydantic_extra__ is not None:
+            self.__pydantic_extra__[name] = value
+
+
+class PromptTokensDetails(_Counted):
+    """Also, among the extras: `cache_write_1h_tokens` (of `cache_write_tokens`, those cached an hour:
+    Anthropic's `ttl: "1h"`, which cost more) and `audio_tokens` (audio input: OpenAI's count, Gemini's AUDIO
+    modality; dearer than text on some models)."""
+
     cached_tokens: int = 0
     cache_write_tokens: int = 0
-    # Of `cache_write_tokens`, those cached for an hour (Anthropic's `ttl: "1h"`), which cost more.
-    cache_write_1h_tokens: int | None = Omitted()
-    # Prompt tokens of audio input (OpenAI's field; Gemini's AUDIO modality), priced apart where they cost more.
-    audio_tokens: int | None = Omitted()
 
 
 class CompletionTokensDetails(_Open):
     reasoning_tokens: int = 0
 
 
-class Usage(_Open):
-    """Token counts. `prompt_tokens` includes cached and cache-write tokens, as OpenAI counts them."""
+class Usage(_Counted):
+    """Token counts. `prompt_tokens` includes cached and cache-write tokens, as OpenAI counts them. Also, among
+    the extras: `web_searches`, the searches a provider's own search tool ran (billed apart from the tokens)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     prompt_tokens_details: PromptTokensDetails | None = Omitted()
     completion_tokens_details: CompletionTokensDetails | None = Omitted()
-    # Searches the provider ran itself (a server or hosted web search tool), billed apart from the tokens.
-    web_searches: int | None = Omitted()
 
     @property
     def cached_tokens(self) -> int:
@@ -252,12 +264,16 @@ class Usage(_Open):
     @property
     def cache_write_1h_tokens(self) -> int:
         details = self.prompt_tokens_details
-        return (details.cache_write_1h_tokens or 0) if details else 0
+        return details.count("cache_write_1h_tokens") if details else 0
 
     @property
     def audio_prompt_tokens(self) -> int:
         details = self.prompt_tokens_details
-        return (details.audio_tokens or 0) if details else 0
+        return details.count("audio_tokens") if details else 0
+
+    @property
+    def web_searches(self) -> int:
+        return self.count("web_searches")
 
     @property
     def reasoning_tokens(self) -> int:
@@ -265,10 +281,20 @@ class Usage(_Open):
         return self.completion_tokens_details.reasoning_tokens if self.completion_tokens_details else 0
 
     @classmethod
-    def of(cls, prompt: int, completion: int, cached: int = 0, cache_write: int = 0, cache_write_1h: int = 0) -> Self:
+    def of(
+        cls,
+        prompt: int,
+        completion: int,
+        cached: int = 0,
+        cache_write: int = 0,
+        cache_write_1h: int = 0,
+        audio: int = 0,
+    ) -> Self:
         details = PromptTokensDetails(cached_tokens=cached, cache_write_tokens=cache_write)
         if cache_write_1h:
-            details.cache_write_1h_tokens = cache_write_1h
+            details.set_count("cache_write_1h_tokens", cache_write_1h)
+        if audio:
+            details.set_count("audio_tokens", audio)
         return cls(
             prompt_tokens=prompt,
             completion_tokens=completion,
@@ -278,12 +304,10 @@ class Usage(_Open):
 
     def counted_as(self, prompt: int, completion: int) -> Self:
         """This usage with other prompt and completion counts (an estimate's), its cache and search counts kept."""
-        usage = type(self).of(
-            prompt, completion, self.cached_tokens, self.cache_write_tokens, self.cache_write_1h_tokens
-        )
-        if usage.prompt_tokens_details is not None and self.audio_prompt_tokens:
-            usage.prompt_tokens_details.audio_tokens = self.audio_prompt_tokens
-        usage.web_searches = self.web_searches
+        cached, written, hour = self.cached_tokens, self.cache_write_tokens, self.cache_write_1h_tokens
+        usage = type(self).of(prompt, completion, cached, written, hour, self.audio_prompt_tokens)
+        if self.web_searches:
+            usage.set_count("web_searches", self.web_searches)
         return usage
 
 

@@ -473,7 +473,7 @@ class Pipeline:
     def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage) -> Cost:
         """What `usage` at `attempt` costs, with the options billed per request."""
         cost = cost_of(usage, self._price(ex, attempt), self.fee)
-        apart = ex.per_request_usd + (usage.web_searches or 0) * ex.search_usd
+        apart = ex.per_request_usd + usage.web_searches * ex.search_usd
         if apart and cost.provider_usd is not None:
             provider = cost.provider_usd + apart
             cost = Cost(provider, fee_for(provider, self.fee), usage, cost.unit_prices)
@@ -662,7 +662,7 @@ class Pipeline:
         tokens = 0
         if source == "reserved" or ex.missed:  # (rare: the worst case is built only when it is charged)
             worst = Usage.of(reservation.prompt_tokens, reservation.output_tokens)
-            worst.web_searches = ex.searches or None
+            worst.set_count("web_searches", ex.searches)
             usage = worst if source == "reserved" else usage
             if usage is not None and attempt is not None:
                 for missed in ex.missed:  # attempts before this one that the provider may bill

@@ -114,10 +114,12 @@ HOUR_WRITE_TIMES_INPUT = 2.0
 def _effective(price: Price, prompt_tokens: int) -> dict[str, float]:
     rates: Price | LongContextPrice = price
     long = price.long_context
+    hour, audio = price.cache_write_1h, price.audio_input
     if long is not None and prompt_tokens > long.threshold:
         rates = long
-    hour = rates.cache_write_1h
-    audio = rates.audio_input
+        # The long tier names neither: an hour's write at Anthropic's rule, audio as its input (as Gemini 2.5
+        # Pro, the one long-tier model with audio, prices it).
+        hour, audio = None, None
     return {
         "input": rates.input,
         "output": rates.output,
@@ -232,7 +234,7 @@ def plausible(usage: Usage) -> bool:
         and cached + written <= prompt
         and 0 <= usage.cache_write_1h_tokens <= written
         and 0 <= usage.audio_prompt_tokens <= prompt
-        and 0 <= (usage.web_searches or 0) <= MAX_PLAUSIBLE_SEARCHES
+        and 0 <= usage.web_searches <= MAX_PLAUSIBLE_SEARCHES
     )
 
 

@@ -14,18 +14,24 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="allow", defer_build=True)
 
 
-class CacheCreation(_Wire):
-    ephemeral_5m_input_tokens: int = 0
-    ephemeral_1h_input_tokens: int = 0
-
-
-class ServerToolUse(_Wire):
-    web_search_requests: int = 0
-    web_fetch_requests: int = 0
+def _count(counts: Any, name: str) -> int:
+    """A count in one of the usage's objects (0 when absent or null); another shape is a malformed answer."""
+    value = counts.get(name) if isinstance(counts, dict) else None
+    if counts is not None and not isinstance(counts, dict):
+        raise ValueError(f"usage object for {name} is not an object")
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"usage count {name} is not an integer")
+    return value
 
 
 # The usage fields a `message_delta` may bring besides the output count.
-FOLDED = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation", "server_tool_use")
+FOLDED = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+# Also read, from the extras (each field declared costs a Lambda cold start about 0.3 million instructions): the
+# writes by how long they are kept (`cache_creation.ephemeral_1h_input_tokens`), and what Anthropic's own tools
+# did (`server_tool_use.web_search_requests`, billed per search).
+FOLDED_EXTRA = ("cache_creation", "server_tool_use")
 
 
 class WireUsage(_Wire):
@@ -35,12 +41,11 @@ class WireUsage(_Wire):
     output_tokens: int = 0
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
-    cache_creation: CacheCreation | None = None  # the writes by how long they are kept
-    server_tool_use: ServerToolUse | None = None  # what Anthropic's own tools did (billed per use)
 
     def to_usage(self) -> Usage:
         read, write = self.cache_read_input_tokens or 0, self.cache_creation_input_tokens or 0
-        hour = min(write, self.cache_creation.ephemeral_1h_input_tokens) if self.cache_creation else 0
+        extra = self.model_extra or {}
+        hour = min(write, _count(extra.get("cache_creation"), "ephemeral_1h_input_tokens"))
         usage = Usage.of(
             (self.input_tokens or 0) + read + write,
             self.output_tokens,
@@ -48,8 +53,9 @@ class WireUsage(_Wire):
             cache_write=write,
             cache_write_1h=hour,
         )
-        if self.server_tool_use is not None and self.server_tool_use.web_search_requests:
-            usage.web_searches = self.server_tool_use.web_search_requests
+        searches = _count(extra.get("server_tool_use"), "web_search_requests")
+        if searches:
+            usage.set_count("web_searches", searches)
         return usage
 
     def update(self, later: "WireUsage") -> None:
@@ -58,6 +64,10 @@ class WireUsage(_Wire):
         for name in FOLDED:
             if getattr(later, name) is not None:
                 setattr(self, name, getattr(later, name))
+        mine, theirs = self.model_extra, later.model_extra or {}
+        for name in FOLDED_EXTRA:
+            if theirs.get(name) is not None and mine is not None:
+                mine[name] = theirs[name]
 
 
 class WireBlock(_Wire):

@@ -441,7 +441,7 @@ def usage_of(meta: Any) -> Usage | None:
     audio = modality_tokens(meta.get("promptTokensDetails"), "AUDIO")
     audio -= modality_tokens(meta.get("cacheTokensDetails"), "AUDIO")
     if audio > 0 and usage.prompt_tokens_details is not None:
-        usage.prompt_tokens_details.audio_tokens = audio
+        usage.prompt_tokens_details.set_count("audio_tokens", audio)
     if thoughts:
         usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=thoughts)
     return usage

@@ -79,7 +79,8 @@ def response_usage(response: dict[str, Any]) -> Usage | None:
     output = response.get("output")
     if usage is not None and isinstance(output, list):
         searches = sum(1 for item in output if isinstance(item, dict) and item.get("type") == "web_search_call")
-        usage.web_searches = searches or None
+        if searches:
+            usage.set_count("web_searches", searches)
     return usage
 
 

@@ -92,3 +92,28 @@ def test_the_shipped_yaml_is_read_by_libyaml_as_the_pure_python_loader_reads_it(
     with pytest.raises(ConfigError, match="(?s)not valid YAML.*line 2, column 5"):
         (tmp_path / "bad.yaml").write_text("models:\n  - [unclosed\n")
         load_config(tmp_path / "bad.yaml", set())
+
+
+@pytest.mark.parametrize(
+    ("otlp", "problems"),
+    [
+        ("collector:4318", ["observability.otlp: Input should be a valid dictionary or instance of OtlpConfig"]),
+        (
+            {"queue_size": 0, "extra": 1},
+            [
+                "observability.otlp.queue_size: Input should be greater than or equal to 1",
+                "observability.otlp.extra: Extra inputs are not permitted",
+            ],
+        ),
+    ],
+)
+def test_the_otlp_section_validated_apart_names_its_problems_as_the_rest(otlp: object, problems: list[str]) -> None:
+    """`observability.otlp` is validated apart (only a config that has one pays for its validator at a cold
+    start): its problems still name their paths, and a valid one is an `OtlpConfig`."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"observability": {"otlp": otlp}}, set(REGISTRY))
+    assert caught.value.problems == problems
+    parsed = parse_config({"observability": {"otlp": {"endpoint": "http://c:4318"}}}, set(REGISTRY))
+    assert isinstance(parsed.observability.otlp, config_module.OtlpConfig)
+    assert parsed.observability.otlp.endpoint == "http://c:4318" and parsed.observability.otlp.batch_size == 512
+    assert parse_config({}, set(REGISTRY)).observability.otlp is None
