@@ -112,6 +112,7 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         self.leases = RegionLeases(
             table, region, client, client_for or self._no_other_region, clock, lease_idle_seconds
         )
+        self.leases.release_expired = lambda key_id: self.release_expired(key_id, self.clock())
         self.page_size: int | None = None  # a query's `Limit` (None: DynamoDB's 1 MB pages)
         # Where settlements the table refused wait (handler/pipeline/spool.py): Lambda can write only under /tmp.
         folder = "/tmp" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else ".gateway"  # noqa: S108

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
@@ -117,6 +117,9 @@ class RegionLeases:
         self._unleased: dict[tuple[str, str], Decimal] = {}
         self._held: dict[tuple[str, str], HeldLease] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        # Releases a key's expired reservations written here (the store's `release_expired`): a lease's dead
+        # reservations hold its USD, and only this region may write its lease.
+        self.release_expired: Callable[[str], Awaitable[float]] | None = None
 
     # --- where a key's counters live ------------------------------------------------------------
 
@@ -294,6 +297,11 @@ class RegionLeases:
         for key, held in list(self._held.items()):
             if not force and self.clock() - held.last_used < self.idle_seconds:
                 continue
+            if self.release_expired is not None:
+                # What requests that died here still hold goes home with the rest (else only a refusal here
+                # would free it, and a region whose traffic moved away may never refuse again).
+                with contextlib.suppress(StoreError):
+                    await self.release_expired(held.key_id)
             try:
                 amount = await self._give_back(held, force)
             except ConditionFailed:

@@ -358,3 +358,29 @@ async def test_what_a_settlement_frees_in_a_returned_lease_goes_home_too(dynamo:
     assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.1)
     await here.close()
     await home.close()
+
+
+async def test_a_leases_dead_reservations_go_home_when_it_is_returned(dynamo: DynamoServer) -> None:
+    """A request that died in a region (a crash, a timeout) holds its reservation in that region's lease until it
+    expires and is released: only a refusal there released it, and a region whose traffic for the key moved
+    away may never refuse again, so the USD stayed out of the home meter for good. The sweeper that returns an
+    idle lease releases its expired reservations first."""
+    table = dynamo.create_table()
+    here = DynamoDBStore(
+        DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url),
+        table,
+        region="eu-west-1",
+        client_for=lambda region: DynamoDBClient(region, Credentials("testing", "testing"), dynamo.url),
+    )
+    home = DynamoDBStore(
+        DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url), table, region="us-east-1"
+    )
+    key = uuid.uuid4().hex[:12]
+    charge = BudgetCharge(key, PERIOD, 1.0, 0.6, "us-east-1")
+    await here.admit(Admission(uuid.uuid4().hex, key, [charge], [], time.time() - 1, "us-east-1"))  # it died
+    await here.return_idle_leases(force=True)
+    assert (await home.meter(key, PERIOD)).committed_usd.get(PERIOD, 0.0) == pytest.approx(0.0)
+    whole = BudgetCharge(key, PERIOD, 1.0, 0.9, "us-east-1")  # the home region may spend the whole budget again
+    await home.admit(Admission(uuid.uuid4().hex, key, [whole], [], time.time() + 60, "us-east-1"))
+    await here.close()
+    await home.close()
