@@ -27,6 +27,7 @@ HI = [{"role": "user", "content": "Hi"}]
 PRICE = {"input": 1.0, "output": 2.0}
 PROXY_KEY = "proxy-secret-0123456789abcdef"
 ACCOUNT_TOKEN = "account-token-fedcba9876543210"  # a literal in the config, under a credential's name
+SCOPE_ENV = {**FAKE_KEYS, "PROXY_KEY": PROXY_KEY}
 
 
 def scope_config(upstream_url: str, first_byte: float = 5) -> Config:
@@ -97,8 +98,7 @@ def gw(
     else:
         dynamo: DynamoServer = request.getfixturevalue("dynamo")
         store_url = dynamo.store_url(dynamo.create_table())
-    environ = {**FAKE_KEYS, "PROXY_KEY": PROXY_KEY}
-    running, gateway_server = serve_gateway(scope_config(server.url), store_url, server, fakes, environ)
+    running, gateway_server = serve_gateway(scope_config(server.url), store_url, server, fakes, SCOPE_ENV)
     yield running
     gateway_server.stop()
 
@@ -110,7 +110,9 @@ def impatient(
     """The same gateway waiting 0.5 s for an answer's first byte (the slow fake takes 2 s)."""
     server, fakes = upstream
     store_url = f"sqlite:///{tmp_path_factory.mktemp('impatient') / 'gateway.db'}"
-    running, gateway_server = serve_gateway(scope_config(server.url, first_byte=0.5), store_url, server, fakes)
+    running, gateway_server = serve_gateway(
+        scope_config(server.url, first_byte=0.5), store_url, server, fakes, SCOPE_ENV
+    )
     yield running
     gateway_server.stop()
 
@@ -405,7 +407,7 @@ def test_the_gateways_own_key_is_never_used_as_a_provider_key(
         f"sqlite:///{tmp_path / 'gateway.db'}",
         server,
         fakes,
-        {**FAKE_KEYS, "OPENAI_API_KEY": own},
+        {**SCOPE_ENV, "OPENAI_API_KEY": own},
     )
     try:
         since = len(fakes["openai"].state.requests)
