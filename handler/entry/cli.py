@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from handler.api.key_routes import key_view
-from handler.config import ConfigError, load_config
+from handler.config import Config, ConfigError, load_config
 from handler.pipeline.attribution import parse_tags
 from handler.pipeline.gateway import DEFAULT_STORE_URL
 from handler.pipeline.keys import KeyService, key_names, with_descendants
@@ -71,6 +71,16 @@ def _known_types() -> set[str]:
     return set(REGISTRY)
 
 
+def _provider_headers(config: Config) -> None:
+    """Each provider's `headers` resolved as the gateway will at start-up: a reference to nothing is said now."""
+    from handler.pipeline.gateway import provider_headers
+
+    for name, provider in config.providers.items():
+        headers = provider.options().get("headers")
+        if headers is not None:
+            provider_headers(name, headers, os.environ, None)
+
+
 def _print_json(payload: Any) -> None:
     sys.stdout.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode() + "\n")
 
@@ -94,6 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(os.environ.get("GATEWAY_CONFIG") or None, _known_types())
         otlp_settings(config.observability.otlp, os.environ)  # the OTEL_* environment, checked before serving
+        _provider_headers(config)
         metrics_port = config.observability.metrics_port
         if metrics_port is not None and args.workers > 1:
             # Each worker counts its own requests: one port cannot show them all.
@@ -151,6 +162,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config or os.environ.get("GATEWAY_CONFIG") or None, _known_types())
         otlp_settings(config.observability.otlp, os.environ)
+        _provider_headers(config)
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 1

@@ -48,3 +48,21 @@ def test_a_header_that_cannot_be_sent_is_a_config_error(headers: Any, problem: s
     with pytest.raises(ConfigError) as caught:
         adapters_with(headers, {})
     assert caught.value.problems == [problem]
+
+
+def test_config_check_resolves_the_headers_as_start_up_will(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A header referencing nothing stops the gateway at start-up: `gateway config check` says so first."""
+    from handler.entry.cli import main
+
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "providers:\n  up: {type: openai, auth: none, base_url: 'http://up/v1', headers: {x-proxy-key: 'env:NOPE'}}\n"
+        "models:\n  m: {deployments: [{provider: up, model: m}], price: unknown}\n"
+    )
+    monkeypatch.delenv("NOPE", raising=False)
+    assert main(["config", "check", "--config", str(path)]) == 1
+    assert "providers.up.headers.x-proxy-key: env:NOPE resolves to nothing" in capsys.readouterr().err
+    monkeypatch.setenv("NOPE", "now-it-is-set-1234567890")
+    assert main(["config", "check", "--config", str(path)]) == 0
