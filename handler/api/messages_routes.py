@@ -48,7 +48,7 @@ def native_call(
 def server_search(pipeline: Pipeline, ex: Exchange, data: dict[str, Any]) -> list[str]:
     """Anthropic's web search tool (`web_search_*`), which Anthropic bills per search: kept when searches are
     priced, each tool's `max_uses` (`DEFAULT_SEARCHES` when it sets none) reserved for; else left out of the
-    body sent. Returns what was left out."""
+    body sent, with a `tool_choice` that named it or has no tool left to choose. Returns what was left out."""
     tools = data.get("tools")
     if not isinstance(tools, list):
         return []
@@ -57,7 +57,9 @@ def server_search(pipeline: Pipeline, ex: Exchange, data: dict[str, Any]) -> lis
         return []
     most = 0
     for tool in searches:
-        uses = tool.setdefault("max_uses", DEFAULT_SEARCHES)
+        if tool.get("max_uses") is None:  # (null, as the SDKs' types allow, is no limit set)
+            tool["max_uses"] = DEFAULT_SEARCHES
+        uses = tool["max_uses"]
         if isinstance(uses, bool) or not isinstance(uses, int) or uses < 1:
             i = tools.index(tool)
             raise InvalidRequestError(f"tools.{i}.max_uses must be a positive integer", param=f"tools.{i}.max_uses")
@@ -65,7 +67,16 @@ def server_search(pipeline: Pipeline, ex: Exchange, data: dict[str, Any]) -> lis
     names = [f"tools.{tool['type']}" for tool in searches]
     if pipeline.allow_searches(ex, most, names):
         return []
-    data["tools"] = [tool for tool in tools if not any(tool is search for search in searches)]
+    kept = [tool for tool in tools if not any(tool is search for search in searches)]
+    if kept:
+        data["tools"] = kept
+    else:
+        del data["tools"]
+    choice = data.get("tool_choice")
+    named = {search.get("name") for search in searches}
+    if choice is not None and (not kept or (isinstance(choice, dict) and choice.get("name") in named)):
+        del data["tool_choice"]  # Anthropic refuses a choice without tools, or of a tool not offered
+        names.append("tool_choice")
     return names
 
 

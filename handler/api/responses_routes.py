@@ -52,20 +52,30 @@ SEAL_SECRET_TTL = 10 * 365 * 86400
 def hosted_search(pipeline: Pipeline, ex: Exchange, body: ResponsesRequest) -> list[str]:
     """The Responses API's hosted web search (`web_search`, `web_search_preview`), which OpenAI bills per call:
     kept when searches are priced, up to `max_tool_calls` (`DEFAULT_SEARCHES` when the request sets none)
-    reserved for; else left out of the body a Responses deployment gets. Returns what was left out."""
+    reserved for; else left out of the body a Responses deployment gets, with a `tool_choice` that named it or
+    has no tool left to choose. Returns what was left out."""
     tools = body.tools or []
     searches = [t for t in tools if str(t.get("type") or "").startswith("web_search")]
     if not searches:
         return []
     extra = body.model_extra if body.model_extra is not None else {}
-    most = extra.get("max_tool_calls", DEFAULT_SEARCHES)
+    most = extra.get("max_tool_calls")
+    if most is None:  # (null, as the SDK's types allow, is no limit set)
+        most = DEFAULT_SEARCHES
     if isinstance(most, bool) or not isinstance(most, int) or most < 1:
         raise InvalidRequestError("max_tool_calls must be a positive integer", param="max_tool_calls")
     names = sorted({f"tools[{tool['type']}]" for tool in searches})
     if pipeline.allow_searches(ex, most, names):
-        extra.setdefault("max_tool_calls", most)
+        extra["max_tool_calls"] = most
         return []
-    body.tools = [tool for tool in tools if not any(tool is search for search in searches)]
+    kept = [tool for tool in tools if not any(tool is search for search in searches)]
+    body.tools = kept
+    choice = body.tool_choice
+    hosted = isinstance(choice, dict) and str(choice.get("type") or "").startswith("web_search")
+    if choice is not None and (not kept or hosted):
+        body.tool_choice = None
+        body.model_fields_set.discard("tool_choice")  # (left out of the body sent, not sent as null)
+        names.append("tool_choice")
     return names
 
 
