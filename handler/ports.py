@@ -136,12 +136,14 @@ class NativeMeter(Protocol):
     provider's, once it gave one; an estimate for a stream cut short), or None before any; `output_chars`
     the characters of generated output seen, for an estimate when there is no usage; `final` whether `usage`
     is the provider's final count (Anthropic's `message_delta`, a Responses stream's terminal event), which
-    may come before the stream's last event.
+    may come before the stream's last event; `searches` the web searches the provider has run so far (billed
+    per search, even in a stream cut short).
     """
 
     usage: Usage | None
     output_chars: int
     final: bool
+    searches: int
 
     def feed(self, event: StreamEvent) -> None: ...
 

@@ -101,6 +101,10 @@ class UpstreamStream(ABC, Generic[T]):
         """Whether the provider has given its final usage, perhaps before the stream's last event."""
         return False
 
+    def _searches(self) -> int:
+        """The web searches the provider has run so far (its own search tool's)."""
+        return 0
+
     def usage(self) -> Usage:
         """The usage this stream is charged for (see `metered`)."""
         return self.metered()[0]
@@ -123,6 +127,8 @@ class UpstreamStream(ABC, Generic[T]):
             prompt = max(usage.prompt_tokens, estimate.prompt_tokens)
             completion = max(usage.completion_tokens, estimate.completion_tokens)
             estimate = usage.counted_as(prompt, completion)
+        if self._searches() > estimate.web_searches:  # each search that ran is billed, the stream cut or not
+            estimate.set_count("web_searches", self._searches())
         return estimate, source
 
     def _handing_out(self, batch: list[T]) -> None:
@@ -174,12 +180,13 @@ class UpstreamStream(ABC, Generic[T]):
             await self._pull()
 
     async def complete(self) -> None:
-        """The upstream finished: cost it and settle (in the background)."""
+        """The upstream finished (with the error `failed` named, if it ended on one): cost it and settle (in the
+        background)."""
         if not self._settled:
             self._settled = True
-            self.status = 200
+            self.status = self._ended_status or 200
             usage, source = self.metered()
-            await self.pipeline._settle(self.ex, usage, 200, background=True, source=source)
+            await self.pipeline._settle(self.ex, usage, self.status, background=True, source=source)
 
     def failed(self, status: int) -> None:
         """The stream ended on an error (the provider's, or one reading it) with this status, not on the client."""
@@ -228,6 +235,9 @@ class NativeStream(UpstreamStream[StreamEvent]):
 
     def _reported_final(self) -> bool:
         return self.meter.final
+
+    def _searches(self) -> int:
+        return self.meter.searches
 
 
 async def guarded(

@@ -494,8 +494,8 @@ class MessagesMeter:
     """Reads the usage of a Messages stream passed through unchanged.
 
     `message_start` brings the input counts (cache reads and writes among them) and `message_delta` the
-    final cumulative ones. Until then the output is estimated from the deltas' text, so a stream cut short
-    is still charged for what it produced.
+    final cumulative ones. Until then the output is estimated from the deltas' text, and the searches from the
+    `web_search` server tool calls that started, so a stream cut short is still charged for what it produced.
     """
 
     def __init__(self) -> None:
@@ -504,6 +504,7 @@ class MessagesMeter:
         self._chars = 0
         self.output_chars = 0  # never needed: `usage` carries the estimate from the first event on
         self.final = False  # `message_delta` brought the final counts (`message_stop` is still to come)
+        self.searches = 0
 
     def feed(self, event: StreamEvent) -> None:
         if not event.data:
@@ -512,6 +513,12 @@ class MessagesMeter:
         if kind == "content_block_delta":
             self._chars += len(event.data)
             self._estimate()
+            return
+        if kind == "content_block_start" and b'"server_tool_use"' in event.data:
+            block = event_payload(event).get("content_block")
+            if isinstance(block, dict) and block.get("type") == "server_tool_use" and block.get("name") == "web_search":
+                self.searches += 1
+                self._estimate()
             return
         if kind not in ("message_start", "message_delta", "error"):
             return
@@ -534,6 +541,8 @@ class MessagesMeter:
         # About three characters a token, less the JSON around each delta's text.
         produced = max(self._wire.output_tokens, self._chars // 4)
         self.usage = WireUsage.model_validate({**self._wire.model_dump(), "output_tokens": produced}).to_usage()
+        if self.searches > self.usage.web_searches:
+            self.usage.set_count("web_searches", self.searches)
 
 
 # --- adapter -------------------------------------------------------------------------------------

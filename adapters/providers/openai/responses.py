@@ -92,6 +92,7 @@ class ResponsesMeter:
         self.usage: Usage | None = None
         self.output_chars = 0
         self.final = False
+        self.searches = 0  # `web_search_call` items added so far: billed even if the stream is cut
 
     def feed(self, event: StreamEvent) -> None:
         if not event.data or event.data == b"[DONE]":
@@ -101,6 +102,9 @@ class ResponsesMeter:
         delta = payload.get("delta")
         if isinstance(delta, str):
             self.output_chars += len(delta)
+        item = payload.get("item")
+        if kind == "response.output_item.added" and isinstance(item, dict) and item.get("type") == "web_search_call":
+            self.searches += 1
         response = payload.get("response")
         if kind in RESPONSES_TERMINAL and isinstance(response, dict):
             self.usage = response_usage(response)
