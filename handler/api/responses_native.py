@@ -133,6 +133,8 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
         # The terminal event is the provider's last: it goes on once the stream has ended, so that it is
         # settled from the provider's usage (a stream still open is metered as one cut short).
         kind, payload, response = terminal
+        if kind == "response.failed":  # the provider's own failure: its status in the ledger and metrics
+            stream.failed(failed_status(response.get("error")))
         await stream.complete()
         relay.finish(response)
         if kind != "response.failed":
@@ -140,6 +142,15 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
         yield sse_event(kind, payload)
 
     return guarded(stream, events(), lambda exc: _failed(exc, sequence))
+
+
+def failed_status(error: Any) -> int:
+    """The status a `response.failed` stands for, by its error's `code`: OpenAI's rate limit a 429, a prompt or
+    input it refused a 400, any other failure the provider's (502)."""
+    code = str(error.get("code") or "") if isinstance(error, dict) else ""
+    if code == "rate_limit_exceeded":
+        return 429
+    return 400 if code.startswith("invalid") else 502
 
 
 class _Sequence:
