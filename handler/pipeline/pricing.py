@@ -246,14 +246,16 @@ def wants_reasoning(req: ChatRequest) -> bool:
 
 
 def worst_case_usd(prompt_tokens: int, max_output: int, price: Price | None, fee: FeeConfig) -> float | None:
-    """The most a request can cost: estimated prompt at its dearest input price (an hour's cache write, where the
-    price names one) plus every output token. (Audio, dearer at some providers, is estimated from its base64
+    """The most a request can cost: estimated prompt at its dearest input price plus every output token. An hour's
+    cache write is among the input prices where the model bills cache writes (the price names `cache_write` or
+    `cache_write_1h`: Anthropic's models); the estimate is not always enough to cover it at the 5-minute rate
+    (CJK text runs about 1.5 times its tokens). (Audio, dearer at some providers, is estimated from its base64
     text: thousands of times its tokens.)"""
     if price is None:
         return None
     unit = _effective(price, prompt_tokens)
     input_rate = max(unit["input"], unit["cache_write"])
-    if price.cache_write_1h is not None:
+    if price.cache_write_1h is not None or price.cache_write is not None:
         input_rate = max(input_rate, unit["cache_write_1h"])
     provider = (prompt_tokens * input_rate + max_output * unit["output"]) / 1_000_000
     return math.ceil((provider + fee_for(provider, fee)) * 1e9) / 1e9

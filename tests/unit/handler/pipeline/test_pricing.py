@@ -131,3 +131,14 @@ def test_audio_prompt_tokens_are_priced_at_the_audio_rate_unless_cached() -> Non
     assert builtin_prices().prices["gemini-2.5-flash"].audio_input == 1.0
     usage.prompt_tokens_details.audio_tokens = 1001
     assert not plausible(usage)  # more audio than prompt
+
+
+def test_the_worst_case_covers_an_hours_writes_wherever_the_model_bills_cache_writes() -> None:
+    """A price naming `cache_write` but not `cache_write_1h` (a Claude price written before the hour rate) costs an
+    hour's write at twice the input: the worst case must hold it (it held the 5-minute rate: $0.375 against a
+    charge of $0.60 for 100k such tokens). A model that bills no cache writes keeps its input price."""
+    claude = Price(input=3.0, output=15.0, cache_write=3.75)
+    charged = cost_of(Usage.of(100_000, 0, cache_write=100_000, cache_write_1h=100_000), claude, NO_FEE).provider_usd
+    worst = worst_case_usd(100_000, 0, claude, NO_FEE)
+    assert charged == pytest.approx(0.6) and worst is not None and worst >= charged
+    assert worst_case_usd(100_000, 0, Price(input=3.0, output=15.0), NO_FEE) == pytest.approx(0.3)
