@@ -224,11 +224,12 @@ def provider_headers(
     """A provider's extra `headers`, each value a literal or a reference (`env:NAME`, `ssm:/path`,
     `secretsmanager:NAME`) as `api_key` takes. A value from a reference, or under a credential's name
     (`authorization`, `x-api-key`, ...), is registered as a secret: redacted from everything relayed."""
-    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-        raise ConfigError([f"providers.{provider}.headers: a mapping of header names to strings"])
+    if not isinstance(headers, dict) or any(isinstance(v, dict | list) for v in headers.values()):
+        raise ConfigError([f"providers.{provider}.headers: a mapping of header names to values"])
     resolved: dict[str, str] = {}
-    for header, value in headers.items():
-        secret = resolve_secret(value, environ, fetch)
+    for header, raw in headers.items():
+        value = "" if raw is None else str(raw)  # (a number or a flag, written as YAML reads it: as before)
+        secret = resolve_secret(value, environ, fetch) if value else value
         if secret is None:
             raise ConfigError([f"providers.{provider}.headers.{header}: {reference_name(value)} resolves to nothing"])
         if secret != value or re.search(CREDENTIAL_HEADER, str(header)):

@@ -23,6 +23,12 @@ def adapters_with(headers: Any, environ: dict[str, str]) -> Any:
     return build_adapters(config, REGISTRY, environ)
 
 
+def test_numbers_and_empty_values_go_as_written() -> None:
+    """A YAML number (`x-retries: 3`) went out as its text before headers took references: it still does."""
+    sent = adapters_with({"x-retries": 3, "x-empty": ""}, {})["up"].headers()
+    assert (sent["x-retries"], sent["x-empty"]) == ("3", "")
+
+
 def test_references_resolve_and_credentials_are_redacted_but_ordinary_values_are_not() -> None:
     headers = {
         "x-proxy-key": "env:PROXY",
@@ -40,8 +46,8 @@ def test_references_resolve_and_credentials_are_redacted_but_ordinary_values_are
     ("headers", "problem"),
     [
         ({"x-proxy-key": "env:UNSET"}, "providers.up.headers.x-proxy-key: env:UNSET resolves to nothing"),
-        ({"x-n": 3}, "providers.up.headers: a mapping of header names to strings"),
-        (["x-a"], "providers.up.headers: a mapping of header names to strings"),
+        ({"x-n": {"a": 1}}, "providers.up.headers: a mapping of header names to values"),
+        (["x-a"], "providers.up.headers: a mapping of header names to values"),
     ],
 )
 def test_a_header_that_cannot_be_sent_is_a_config_error(headers: Any, problem: str) -> None:
