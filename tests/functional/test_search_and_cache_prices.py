@@ -137,6 +137,18 @@ def test_the_worst_case_covers_every_search_the_request_allows(priced: Running) 
     assert sdk.messages.create(model="claude", max_tokens=100, messages=HI, tools=two, extra_headers=ceiling).content
 
 
+def test_a_null_search_limit_is_no_limit_set(priced: Running) -> None:
+    """The SDKs' types allow `max_uses: null` and `max_tool_calls: null`: no limit set, so the default is sent
+    and reserved for (it was the client's 400)."""
+    key = priced.mint(name="null-limits")
+    tools: Any = [{**SEARCH, "max_uses": None}]
+    assert anthropic_client(priced, key).messages.create(model="claude", max_tokens=100, messages=HI, tools=tools)
+    assert sent(priced, "anthropic")["tools"] == [{**SEARCH, "max_uses": DEFAULT_SEARCHES}]
+    web: Any = [{"type": "web_search"}]
+    openai_client(priced, key).responses.create(model="gpt", input="Hi", tools=web, extra_body={"max_tool_calls": None})
+    assert sent(priced, "openai")["max_tool_calls"] == DEFAULT_SEARCHES
+
+
 @pytest.mark.parametrize("uses", [0, -1, "3", True, 1.5])
 def test_a_search_limit_that_is_not_a_positive_integer_is_the_clients_400(priced: Running, uses: Any) -> None:
     sdk = anthropic_client(priced, priced.mint(name="uses"))
@@ -161,6 +173,29 @@ def test_an_unpriced_search_is_left_out_and_named(unpriced: Running) -> None:
             model="claude", max_tokens=500, messages=HI, tools=[SEARCH], extra_headers=strict
         )
     assert "web search is not priced" in str(caught.value.body)
+
+
+def test_a_tool_choice_left_without_its_tool_goes_too(unpriced: Running) -> None:
+    """Anthropic refuses a `tool_choice` without tools, or naming a tool not offered: one that chose the search
+    tool left out (or had no tool left) is left out too, and named (the request failed upstream with a 400)."""
+    sdk = anthropic_client(unpriced, unpriced.mint(name="choice"))
+    choice: Any = {"type": "tool", "name": "web_search"}
+    raw = sdk.messages.with_raw_response.create(
+        model="claude", max_tokens=100, messages=HI, tools=[SEARCH], tool_choice=choice
+    )
+    assert raw.parse().content
+    assert "tools" not in sent(unpriced, "anthropic") and "tool_choice" not in sent(unpriced, "anthropic")
+    assert raw.headers["x-gateway-dropped-params"] == "tools.web_search_20250305,tool_choice"
+    weather: Any = {"name": "weather", "input_schema": {"type": "object"}}
+    auto: Any = {"type": "auto"}
+    sdk.messages.create(model="claude", max_tokens=100, messages=HI, tools=[SEARCH, weather], tool_choice=auto)
+    assert sent(unpriced, "anthropic")["tool_choice"] == auto  # a tool is left to choose from: kept
+    raw_r = openai_client(unpriced, unpriced.mint(name="choice-r")).responses.with_raw_response.create(
+        model="gpt", input="Hi", tools=[{"type": "web_search"}], tool_choice="required"
+    )
+    assert raw_r.parse().output
+    assert "tool_choice" not in sent(unpriced, "openai")
+    assert raw_r.headers["x-gateway-dropped-params"] == "tools[web_search],tool_choice"
 
 
 # --- the Responses API's hosted web search -------------------------------------------------------------
