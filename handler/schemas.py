@@ -222,8 +222,9 @@ class _Counted(_Open):
     declared costs a Lambda cold start about 0.3 million instructions, for counts few answers have."""
 
     def count(self, name: str) -> int:
-        value = (self.model_extra or {}).get(name)
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+        extra = self.__pydantic_extra__  # (read on every request's costing: the cheapest way in)
+        value = extra.get(name) if extra else None
+        return value if type(value) is int else 0  # (not a bool)
 
     def set_count(self, name: str, value: int) -> None:
         if self.__pydantic_extra__ is not None:
@@ -274,6 +275,11 @@ class Usage(_Counted):
     @property
     def web_searches(self) -> int:
         return self.count("web_searches")
+
+    def has_counts(self) -> bool:
+        """Whether this usage, or its prompt's details, carry counts beyond the declared ones (most have none)."""
+        details = self.prompt_tokens_details
+        return bool(self.__pydantic_extra__) or (details is not None and bool(details.__pydantic_extra__))
 
     @property
     def reasoning_tokens(self) -> int:

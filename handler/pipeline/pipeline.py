@@ -473,7 +473,7 @@ class Pipeline:
     def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage) -> Cost:
         """What `usage` at `attempt` costs, with the options billed per request."""
         cost = cost_of(usage, self._price(ex, attempt), self.fee)
-        apart = ex.per_request_usd + usage.web_searches * ex.search_usd
+        apart = ex.per_request_usd + (usage.web_searches * ex.search_usd if ex.search_usd else 0.0)
         if apart and cost.provider_usd is not None:
             provider = cost.provider_usd + apart
             cost = Cost(provider, fee_for(provider, self.fee), usage, cost.unit_prices)

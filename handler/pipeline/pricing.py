@@ -8,7 +8,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Final
 
-from handler.config import FeeConfig, LongContextPrice, ModelConfig, Price, load_yaml
+from handler.config import FeeConfig, ModelConfig, Price, load_yaml
 from handler.pipeline.images import image_tokens
 from handler.records import Value
 from handler.schemas import ChatRequest, ImagePart, Usage
@@ -86,10 +86,10 @@ class Cost(Value):
             return 0.0
         unit = self.unit_prices
         usage = self.usage
-        hour = usage.cache_write_1h_tokens
         read_saved = usage.cached_tokens * (unit["input"] - unit["cached_input"])
-        write_premium = (usage.cache_write_tokens - hour) * (unit["cache_write"] - unit["input"])
-        write_premium += hour * (unit["cache_write_1h"] - unit["input"])
+        write_premium = usage.cache_write_tokens * (unit["cache_write"] - unit["input"])
+        if usage.has_counts() and usage.cache_write_1h_tokens:  # an hour's writes: the premium at their own rate
+            write_premium += usage.cache_write_1h_tokens * (hour_rate(unit) - unit["cache_write"])
         return (read_saved - write_premium) / 1_000_000
 
     def as_event(self) -> dict[str, Any]:
@@ -112,22 +112,35 @@ HOUR_WRITE_TIMES_INPUT = 2.0
 
 
 def _effective(price: Price, prompt_tokens: int) -> dict[str, float]:
-    rates: Price | LongContextPrice = price
+    """The unit prices that apply: `cache_write_1h` and `audio_input` only where the price names them (else
+    `hour_rate` and `audio_rate` give Anthropic's rule and the input price); the long tier names neither."""
     long = price.long_context
-    hour, audio = price.cache_write_1h, price.audio_input
     if long is not None and prompt_tokens > long.threshold:
-        rates = long
-        # The long tier names neither: an hour's write at Anthropic's rule, audio as its input (as Gemini 2.5
-        # Pro, the one long-tier model with audio, prices it).
-        hour, audio = None, None
-    return {
-        "input": rates.input,
-        "output": rates.output,
-        "cached_input": rates.cached_input if rates.cached_input is not None else rates.input,
-        "cache_write": rates.cache_write if rates.cache_write is not None else rates.input,
-        "cache_write_1h": hour if hour is not None else rates.input * HOUR_WRITE_TIMES_INPUT,
-        "audio_input": audio if audio is not None else rates.input,
+        return {
+            "input": long.input,
+            "output": long.output,
+            "cached_input": long.cached_input if long.cached_input is not None else long.input,
+            "cache_write": long.cache_write if long.cache_write is not None else long.input,
+        }
+    unit = {
+        "input": price.input,
+        "output": price.output,
+        "cached_input": price.cached_input if price.cached_input is not None else price.input,
+        "cache_write": price.cache_write if price.cache_write is not None else price.input,
     }
+    if price.cache_write_1h is not None:
+        unit["cache_write_1h"] = price.cache_write_1h
+    if price.audio_input is not None:
+        unit["audio_input"] = price.audio_input
+    return unit
+
+
+def hour_rate(unit: dict[str, float]) -> float:
+    return unit.get("cache_write_1h", unit["input"] * HOUR_WRITE_TIMES_INPUT)
+
+
+def audio_rate(unit: dict[str, float]) -> float:
+    return unit.get("audio_input", unit["input"])
 
 
 def fee_for(provider_usd: float | None, fee: FeeConfig) -> float:
@@ -141,17 +154,21 @@ def cost_of(usage: Usage, price: Price | None, fee: FeeConfig) -> Cost:
     if price is None:
         return Cost(None, fee_for(None, fee), usage, None)
     unit = _effective(price, usage.prompt_tokens)
-    cached, written, hour = usage.cached_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens
+    cached, written = usage.cached_tokens, usage.cache_write_tokens
     uncached = max(0, usage.prompt_tokens - cached - written)
-    audio = min(usage.audio_prompt_tokens, uncached)  # (read from a cache, audio is priced as any cache read)
+    hour = audio = 0
+    if usage.has_counts():
+        hour = usage.cache_write_1h_tokens
+        audio = min(usage.audio_prompt_tokens, uncached)  # (read from a cache, audio is priced as any cache read)
     provider = (
-        (uncached - audio) * unit["input"]
-        + audio * unit["audio_input"]
+        uncached * unit["input"]
         + cached * unit["cached_input"]
-        + (written - hour) * unit["cache_write"]
-        + hour * unit["cache_write_1h"]
+        + written * unit["cache_write"]
         + usage.completion_tokens * unit["output"]
-    ) / 1_000_000
+    )
+    if hour or audio:  # (few answers have either)
+        provider += hour * (hour_rate(unit) - unit["cache_write"]) + audio * (audio_rate(unit) - unit["input"])
+    provider /= 1_000_000
     return Cost(provider, fee_for(provider, fee), usage, unit)
 
 
@@ -232,9 +249,14 @@ def plausible(usage: Usage) -> bool:
         and 0 <= cached <= MAX_PLAUSIBLE_TOKENS
         and 0 <= written <= MAX_PLAUSIBLE_TOKENS
         and cached + written <= prompt
-        and 0 <= usage.cache_write_1h_tokens <= written
-        and 0 <= usage.audio_prompt_tokens <= prompt
-        and 0 <= usage.web_searches <= MAX_PLAUSIBLE_SEARCHES
+        and (
+            not usage.has_counts()
+            or (
+                0 <= usage.cache_write_1h_tokens <= written
+                and 0 <= usage.audio_prompt_tokens <= prompt
+                and 0 <= usage.web_searches <= MAX_PLAUSIBLE_SEARCHES
+            )
+        )
     )
 
 
@@ -256,7 +278,7 @@ def worst_case_usd(prompt_tokens: int, max_output: int, price: Price | None, fee
     unit = _effective(price, prompt_tokens)
     input_rate = max(unit["input"], unit["cache_write"])
     if price.cache_write_1h is not None or price.cache_write is not None:
-        input_rate = max(input_rate, unit["cache_write_1h"])
+        input_rate = max(input_rate, hour_rate(unit))
     provider = (prompt_tokens * input_rate + max_output * unit["output"]) / 1_000_000
     return math.ceil((provider + fee_for(provider, fee)) * 1e9) / 1e9
 

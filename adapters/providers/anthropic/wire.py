@@ -44,8 +44,8 @@ class WireUsage(_Wire):
 
     def to_usage(self) -> Usage:
         read, write = self.cache_read_input_tokens or 0, self.cache_creation_input_tokens or 0
-        extra = self.model_extra or {}
-        hour = min(write, _count(extra.get("cache_creation"), "ephemeral_1h_input_tokens"))
+        extra = self.__pydantic_extra__ or {}
+        hour = min(write, _count(extra.get("cache_creation"), "ephemeral_1h_input_tokens")) if extra else 0
         usage = Usage.of(
             (self.input_tokens or 0) + read + write,
             self.output_tokens,
@@ -53,7 +53,7 @@ class WireUsage(_Wire):
             cache_write=write,
             cache_write_1h=hour,
         )
-        searches = _count(extra.get("server_tool_use"), "web_search_requests")
+        searches = _count(extra.get("server_tool_use"), "web_search_requests") if extra else 0
         if searches:
             usage.set_count("web_searches", searches)
         return usage
