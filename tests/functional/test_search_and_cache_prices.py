@@ -51,30 +51,34 @@ def config(url: str, searches: float | None) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="module")
-def priced(
-    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+def gateway_pricing(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory, searches: float | None
 ) -> Iterator[Running]:
     if "anthropic" not in REGISTRY:
         pytest.skip("the anthropic provider type is not registered")
     server, fakes = upstream
-    store = f"sqlite:///{Path(tmp_path_factory.mktemp('priced')) / 'gateway.db'}"
+    store = f"sqlite:///{Path(tmp_path_factory.mktemp('prices')) / 'gateway.db'}"
     running, gateway_server = serve_gateway(
-        parse_config(config(server.url, SEARCH_USD), set(REGISTRY)), store, server, fakes
+        parse_config(config(server.url, searches), set(REGISTRY)), store, server, fakes
     )
     yield running
     gateway_server.stop()
 
 
 @pytest.fixture(scope="module")
+def priced(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    """The gateway with searches priced at SEARCH_USD."""
+    yield from gateway_pricing(upstream, tmp_path_factory, SEARCH_USD)
+
+
+@pytest.fixture(scope="module")
 def unpriced(
     upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Running]:
-    server, fakes = upstream
-    store = f"sqlite:///{Path(tmp_path_factory.mktemp('unpriced')) / 'gateway.db'}"
-    running, gateway_server = serve_gateway(parse_config(config(server.url, None), set(REGISTRY)), store, server, fakes)
-    yield running
-    gateway_server.stop()
+    """The gateway with no price for searches."""
+    yield from gateway_pricing(upstream, tmp_path_factory, None)
 
 
 def sent(running: Running, provider: str) -> dict[str, Any]:

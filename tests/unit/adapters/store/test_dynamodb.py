@@ -332,10 +332,9 @@ async def test_a_lease_return_whose_home_write_failed_is_counted_at_home_by_the_
     await home_client.close()
 
 
-async def test_what_a_settlement_frees_in_a_returned_lease_goes_home_too(dynamo: DynamoServer) -> None:
-    """A request that outlives its lease's idle time settles after the sweeper returned the lease: what it did
-    not spend is available in the lease again, and must go home once idle (it stayed there, unusable
-    anywhere else, until this region admitted for the key again)."""
+def two_regions(dynamo: DynamoServer) -> tuple[DynamoDBStore, DynamoDBStore]:
+    """A key's gateway in eu-west-1 (spending from a lease) and in its home, us-east-1: one moto table stands for
+    both regions' replicas."""
     table = dynamo.create_table()
     here = DynamoDBStore(
         DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url),
@@ -346,6 +345,14 @@ async def test_what_a_settlement_frees_in_a_returned_lease_goes_home_too(dynamo:
     home = DynamoDBStore(
         DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url), table, region="us-east-1"
     )
+    return here, home
+
+
+async def test_what_a_settlement_frees_in_a_returned_lease_goes_home_too(dynamo: DynamoServer) -> None:
+    """A request that outlives its lease's idle time settles after the sweeper returned the lease: what it did
+    not spend is available in the lease again, and must go home once idle (it stayed there, unusable
+    anywhere else, until this region admitted for the key again)."""
+    here, home = two_regions(dynamo)
     key = uuid.uuid4().hex[:12]
     charge = BudgetCharge(key, PERIOD, 1.0, 0.5, "us-east-1")
     adm = Admission(uuid.uuid4().hex, key, [charge], [], time.time() + 60, "us-east-1")
@@ -365,16 +372,7 @@ async def test_a_leases_dead_reservations_go_home_when_it_is_returned(dynamo: Dy
     expires and is released: only a refusal there released it, and a region whose traffic for the key moved
     away may never refuse again, so the USD stayed out of the home meter for good. The sweeper that returns an
     idle lease releases its expired reservations first."""
-    table = dynamo.create_table()
-    here = DynamoDBStore(
-        DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url),
-        table,
-        region="eu-west-1",
-        client_for=lambda region: DynamoDBClient(region, Credentials("testing", "testing"), dynamo.url),
-    )
-    home = DynamoDBStore(
-        DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url), table, region="us-east-1"
-    )
+    here, home = two_regions(dynamo)
     key = uuid.uuid4().hex[:12]
     charge = BudgetCharge(key, PERIOD, 1.0, 0.6, "us-east-1")
     await here.admit(Admission(uuid.uuid4().hex, key, [charge], [], time.time() - 1, "us-east-1"))  # it died
