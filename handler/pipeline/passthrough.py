@@ -127,8 +127,9 @@ class UpstreamStream(ABC, Generic[T]):
             prompt = max(usage.prompt_tokens, estimate.prompt_tokens)
             completion = max(usage.completion_tokens, estimate.completion_tokens)
             estimate = usage.counted_as(prompt, completion)
-        if self._searches() > estimate.web_searches:  # each search that ran is billed, the stream cut or not
-            estimate.set_count("web_searches", self._searches())
+        searches = self._searches()
+        if searches > estimate.web_searches:  # each search that ran is billed, the stream cut or not
+            estimate.set_count("web_searches", searches)
         return estimate, source
 
     def _handing_out(self, batch: list[T]) -> None:
@@ -182,11 +183,7 @@ class UpstreamStream(ABC, Generic[T]):
     async def complete(self) -> None:
         """The upstream finished (with the error `failed` named, if it ended on one): cost it and settle (in the
         background)."""
-        if not self._settled:
-            self._settled = True
-            self.status = self._ended_status or 200
-            usage, source = self.metered()
-            await self.pipeline._settle(self.ex, usage, self.status, background=True, source=source)
+        await self._settle_once(200)
 
     def failed(self, status: int) -> None:
         """The stream ended on an error (the provider's, or one reading it) with this status, not on the client."""
@@ -198,13 +195,17 @@ class UpstreamStream(ABC, Generic[T]):
         with `background` does not suspend: nothing can cancel it half-way), so the request's log line and
         metrics have its cost; its ledger line is written after."""
         try:
-            if not self._settled:
-                self._settled = True
-                self.status = self._ended_status or CLIENT_CLOSED
-                usage, source = self.metered()
-                await self.pipeline._settle(self.ex, usage, self.status, background=True, source=source)
+            await self._settle_once(CLIENT_CLOSED)
         finally:
             await self.response.close()
+
+    async def _settle_once(self, status: int) -> None:
+        """Cost the stream and settle it once, with the status of the error that ended it, else `status`."""
+        if not self._settled:
+            self._settled = True
+            self.status = self._ended_status or status
+            usage, source = self.metered()
+            await self.pipeline._settle(self.ex, usage, self.status, background=True, source=source)
 
 
 class NativeStream(UpstreamStream[StreamEvent]):

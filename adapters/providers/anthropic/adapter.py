@@ -494,8 +494,9 @@ class MessagesMeter:
     """Reads the usage of a Messages stream passed through unchanged.
 
     `message_start` brings the input counts (cache reads and writes among them) and `message_delta` the
-    final cumulative ones. Until then the output is estimated from the deltas' text, and the searches from the
-    `web_search` server tool calls that started, so a stream cut short is still charged for what it produced.
+    final cumulative ones. Until then the output is estimated from the deltas' text, so a stream cut short
+    is still charged for what it produced; `searches` counts the `web_search` server tool calls that started
+    (the stream's estimate carries them, `UpstreamStream.metered`).
     """
 
     def __init__(self) -> None:
@@ -518,7 +519,6 @@ class MessagesMeter:
             block = event_payload(event).get("content_block")
             if isinstance(block, dict) and block.get("type") == "server_tool_use" and block.get("name") == "web_search":
                 self.searches += 1
-                self._estimate()
             return
         if kind not in ("message_start", "message_delta", "error"):
             return
@@ -541,8 +541,6 @@ class MessagesMeter:
         # About three characters a token, less the JSON around each delta's text.
         produced = max(self._wire.output_tokens, self._chars // 4)
         self.usage = WireUsage.model_validate({**self._wire.model_dump(), "output_tokens": produced}).to_usage()
-        if self.searches > self.usage.web_searches:
-            self.usage.set_count("web_searches", self.searches)
 
 
 # --- adapter -------------------------------------------------------------------------------------
