@@ -16,7 +16,7 @@ from handler.api.streaming import EventStream, until_client_leaves
 from handler.errors import InvalidRequestError
 from handler.pipeline.keys import allows_model
 from handler.pipeline.passthrough import NativeReply, NativeStream
-from handler.pipeline.pipeline import DEFAULT_SEARCHES, Exchange, Pipeline
+from handler.pipeline.pipeline import Exchange, Pipeline
 from handler.pipeline.pricing import estimate_prompt_tokens
 from handler.ports import MESSAGES_API, KeyRecord, NativeCall
 from handler.redaction import scrub
@@ -56,14 +56,10 @@ def server_search(pipeline: Pipeline, ex: Exchange, data: dict[str, Any]) -> lis
     if not searches:
         return []
     most = 0
-    for tool in searches:
-        if tool.get("max_uses") is None:  # (null, as the SDKs' types allow, is no limit set)
-            tool["max_uses"] = DEFAULT_SEARCHES
-        uses = tool["max_uses"]
-        if isinstance(uses, bool) or not isinstance(uses, int) or uses < 1:
-            i = tools.index(tool)
-            raise InvalidRequestError(f"tools.{i}.max_uses must be a positive integer", param=f"tools.{i}.max_uses")
-        most += uses
+    for i, tool in enumerate(tools):
+        if any(tool is search for search in searches):
+            tool["max_uses"] = pipeline.search_limit(tool.get("max_uses"), f"tools.{i}.max_uses")
+            most += tool["max_uses"]
     names = [f"tools.{tool['type']}" for tool in searches]
     if pipeline.allow_searches(ex, most, names):
         return []

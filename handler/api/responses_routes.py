@@ -30,9 +30,9 @@ from handler.api.responses_native import Relay, relayed_events
 from handler.api.responses_stream import responses_events
 from handler.api.streaming import EventStream, until_client_leaves
 from handler.config import resolve_secret
-from handler.errors import InvalidRequestError, NotFoundError
+from handler.errors import NotFoundError
 from handler.pipeline.passthrough import NativeReply, NativeStream
-from handler.pipeline.pipeline import DEFAULT_SEARCHES, Exchange, Pipeline
+from handler.pipeline.pipeline import Exchange, Pipeline
 from handler.ports import KeyRecord, StoredResponse, StoreError
 from handler.telemetry.observability import observe
 
@@ -59,11 +59,7 @@ def hosted_search(pipeline: Pipeline, ex: Exchange, body: ResponsesRequest) -> l
     if not searches:
         return []
     extra = body.model_extra if body.model_extra is not None else {}
-    most = extra.get("max_tool_calls")
-    if most is None:  # (null, as the SDK's types allow, is no limit set)
-        most = DEFAULT_SEARCHES
-    if isinstance(most, bool) or not isinstance(most, int) or most < 1:
-        raise InvalidRequestError("max_tool_calls must be a positive integer", param="max_tool_calls")
+    most = pipeline.search_limit(extra.get("max_tool_calls"), "max_tool_calls")
     names = sorted({f"tools[{tool['type']}]" for tool in searches})
     if pipeline.allow_searches(ex, most, names):
         extra["max_tool_calls"] = most

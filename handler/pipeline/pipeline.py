@@ -453,6 +453,17 @@ class Pipeline:
                 )
             ex.inbound_dropped.append("store")
 
+    @staticmethod
+    def search_limit(value: Any, param: str) -> int:
+        """A web search tool's limit as the client set it (Anthropic's `max_uses`, the Responses API's
+        `max_tool_calls`): `DEFAULT_SEARCHES` when unset or null (the SDKs' types allow null), else a positive
+        integer or the client's 400."""
+        if value is None:
+            return DEFAULT_SEARCHES
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidRequestError(f"{param} must be a positive integer", param=param)
+        return value
+
     def allow_searches(self, ex: Exchange, most: int, names: list[str]) -> bool:
         """A provider's own web search tool (`names`, as `x-gateway-dropped-params` would name them) in a
         request that may run up to `most` searches: priced per search at `priced_options.web_search_usd`, the
@@ -662,7 +673,8 @@ class Pipeline:
         tokens = 0
         if source == "reserved" or ex.missed:  # (rare: the worst case is built only when it is charged)
             worst = Usage.of(reservation.prompt_tokens, reservation.output_tokens)
-            worst.set_count("web_searches", ex.searches)
+            if ex.searches:
+                worst.set_count("web_searches", ex.searches)
             usage = worst if source == "reserved" else usage
             if usage is not None and attempt is not None:
                 for missed in ex.missed:  # attempts before this one that the provider may bill

@@ -16,9 +16,11 @@ class _Wire(BaseModel):
 
 def _count(counts: Any, name: str) -> int:
     """A count in one of the usage's objects (0 when absent or null); another shape is a malformed answer."""
-    value = counts.get(name) if isinstance(counts, dict) else None
-    if counts is not None and not isinstance(counts, dict):
+    if counts is None:
+        return 0
+    if not isinstance(counts, dict):
         raise ValueError(f"usage object for {name} is not an object")
+    value = counts.get(name)
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int):
