@@ -237,6 +237,21 @@ def serve_gateway(
     return Running(gateway_server.url, gateway, store_url, upstream, fakes), gateway_server
 
 
+def serving(
+    config: Config,
+    store_url: str,
+    upstream: tuple[ServerThread, dict[str, Any]],
+    environ: Mapping[str, str] = FAKE_KEYS,
+) -> Iterator[Running]:
+    """A fixture's body: the gateway for `config` in front of the shared fakes, stopped once the fixture ends."""
+    server, fakes = upstream
+    running, gateway_server = serve_gateway(config, store_url, server, fakes, environ)
+    try:
+        yield running
+    finally:
+        gateway_server.stop()
+
+
 def start_gateway(upstream: tuple[ServerThread, dict[str, Any]], store_url: str) -> tuple[Running, ServerThread]:
     server, fakes = upstream
     return serve_gateway(gateway_config(server.url, set(fakes)), store_url, server, fakes)

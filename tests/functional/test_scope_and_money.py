@@ -19,7 +19,7 @@ from handler.config import Config, parse_config
 from handler.entry.cli import main as cli_main
 from handler.pipeline.keys import split_key
 from handler.ports import LedgerItem
-from tests.functional.conftest import FAKE_KEYS, Running, serve_gateway
+from tests.functional.conftest import FAKE_KEYS, Running, serve_gateway, serving
 from tests.support.dynamo import DynamoServer
 from tests.support.servers import ServerThread
 
@@ -92,15 +92,12 @@ def gw(
     upstream: tuple[ServerThread, dict[str, Any]],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Running]:
-    server, fakes = upstream
     if request.param == "sqlite":
         store_url = f"sqlite:///{tmp_path_factory.mktemp('scope') / 'gateway.db'}"
     else:
         dynamo: DynamoServer = request.getfixturevalue("dynamo")
         store_url = dynamo.store_url(dynamo.create_table())
-    running, gateway_server = serve_gateway(scope_config(server.url), store_url, server, fakes, SCOPE_ENV)
-    yield running
-    gateway_server.stop()
+    yield from serving(scope_config(upstream[0].url), store_url, upstream, SCOPE_ENV)
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +105,8 @@ def impatient(
     upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Running]:
     """The same gateway waiting 0.5 s for an answer's first byte (the slow fake takes 2 s)."""
-    server, fakes = upstream
     store_url = f"sqlite:///{tmp_path_factory.mktemp('impatient') / 'gateway.db'}"
-    running, gateway_server = serve_gateway(
-        scope_config(server.url, first_byte=0.5), store_url, server, fakes, SCOPE_ENV
-    )
-    yield running
-    gateway_server.stop()
+    yield from serving(scope_config(upstream[0].url, first_byte=0.5), store_url, upstream, SCOPE_ENV)
 
 
 def auth(key: str) -> dict[str, str]:

@@ -20,7 +20,7 @@ from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from handler.pipeline.pipeline import DEFAULT_SEARCHES
 from tests.fakes import anthropic as fake_anthropic
-from tests.functional.conftest import Running, anthropic_client, openai_client, serve_gateway
+from tests.functional.conftest import Running, anthropic_client, openai_client, serving
 from tests.support.servers import ServerThread
 
 SEARCH_USD = 0.01
@@ -56,13 +56,8 @@ def gateway_pricing(
 ) -> Iterator[Running]:
     if "anthropic" not in REGISTRY:
         pytest.skip("the anthropic provider type is not registered")
-    server, fakes = upstream
     store = f"sqlite:///{Path(tmp_path_factory.mktemp('prices')) / 'gateway.db'}"
-    running, gateway_server = serve_gateway(
-        parse_config(config(server.url, searches), set(REGISTRY)), store, server, fakes
-    )
-    yield running
-    gateway_server.stop()
+    yield from serving(parse_config(config(upstream[0].url, searches), set(REGISTRY)), store, upstream)
 
 
 @pytest.fixture(scope="module")
