@@ -5,7 +5,7 @@ Items (`pk`, `sk`; `gsi1pk`/`gsi1sk` feed the one index; `ttl` is the table's TT
 | item | pk | sk | holds |
 |---|---|---|---|
 | key | `KEY#<id>` | `KEY` | the record as JSON, `version`; `gsi1pk=KEYS`, `gsi1sk=<parent or ~>#<id>` |
-| meter | `METER#<id>` | `METER`| `c:`/`s:<period>` committed/spent USD, `r:<id>` reservations, `w:`/`n:<name>` rates |
+| meter | `METER#<id>` | `METER`| `c:`/`s:<period>` committed/spent USD, `r:<id>` reservations, `w:`/`n:<name>` rates, `q` the last rate-only admission |
 | settled marker | `SETTLED#<reservation>` | `SETTLED` | makes settlement idempotent |
 | line item | `LEDGER#<key id>` | `<ts>#<request id>` | the item as JSON; `gsi1pk=LEDGERS#<n>` for all-keys reports |
 | daily aggregate | `AGG#<day>` | `<key id>#<model>@<region>` | requests, tokens, USD (`ADD`; one writer) |
@@ -77,6 +77,7 @@ from handler.ports import (
 
 T = TypeVar("T")
 METER_SK = "METER"
+LAST_ADMISSION = "q"  # on a meter item: the last rate-only admission written to it (`_admit_update`)
 # All-keys reports read this many index partitions (the module docstring): each takes about 1,000 writes a
 # second before DynamoDB throttles it, so eight carry a ledger of 8,000 requests a second.
 LEDGER_SHARDS = 8
@@ -229,6 +230,12 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
             # Written once: a write that landed but whose answer was lost (a timeout), sent again by the client,
             # fails here instead of charging twice; `_write_admission` then finds the reservation and knows.
             e.conditions.append(f"attribute_not_exists({e.name(f'r:{admission.reservation_id}')})")
+        elif meter.rates:
+            # No reservation to find: the item names the last admission that counted on it, so the same write
+            # sent again fails instead of counting the request twice in its minute (one attribute, overwritten).
+            last, this = e.name(LAST_ADMISSION), e.value(text(admission.reservation_id))
+            e.clauses["SET"].append(f"{last} = {this}")
+            e.conditions.append(f"attribute_not_exists({last}) OR {last} <> {this}")
         for charge in meter.budgets:
             if self.leases.remote(meter.home_region):
                 self.leases.admit_clause(e, admission, charge)
@@ -305,11 +312,15 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
 
     @staticmethod
     def _already_admitted(write: AdmissionWrite, failed: dict[str, Item]) -> bool:
-        """Whether the write failed because it had landed already: every budgeted item holds its reservation (a
-        write whose answer was lost, sent again; no other writes that reservation)."""
-        marker = f"r:{write.admission.reservation_id}"
+        """Whether the write failed because it had landed already (a write whose answer was lost, sent again):
+        every budgeted item holds its reservation (no other writes that reservation); without budgets, every
+        item names this admission as the last that counted on it."""
+        reservation = write.admission.reservation_id
         budgeted = [meter.key_id for meter in write.meters if meter.budgets]
-        return bool(budgeted) and all(marker in failed.get(key_id, {}) for key_id in budgeted)
+        if budgeted:
+            return all(f"r:{reservation}" in failed.get(key_id, {}) for key_id in budgeted)
+        counted = [failed.get(meter.key_id, {}).get(LAST_ADMISSION, {}).get("S") for meter in write.meters]
+        return bool(counted) and all(last == reservation for last in counted)
 
     async def _read_reported(self, write: AdmissionWrite) -> dict[str, Item]:
         """After a transaction (which returns no values): the items the snapshot reports, in one read."""

@@ -100,6 +100,30 @@ async def test_an_admission_sent_again_after_its_answer_was_lost_counts_once(
     await store.close()
 
 
+@pytest.mark.parametrize("operation", ["UpdateItem", "TransactWriteItems"])
+async def test_a_rate_only_admission_sent_again_after_its_answer_was_lost_counts_once(
+    dynamo: DynamoServer, operation: str
+) -> None:
+    """Without a budget there is no reservation for the write sent again to find: it counted the request twice
+    in its minute's rate (a key at 2 rpm was refused after one request)."""
+    transport = AnswerLost()
+    client = DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url, transport=transport)
+    store = DynamoDBStore(client, dynamo.create_table(), owned=[client])
+    key, parent = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
+    window = int(time.time() // 60)
+    rates = [RateCharge("rpm", window, 2, 1)]
+    if operation == "TransactWriteItems":  # the parent's limit too: one transaction over both meters
+        rates.append(RateCharge("rpm", window, 2, 1, key_id=parent))
+    transport.lose = operation
+    snapshot = await store.admit(Admission(uuid.uuid4().hex, key, [], rates, time.time() + 60))
+    assert transport.lose is None  # the answer was lost once, and the request sent again
+    assert snapshot.rates == {"rpm": 1}
+    for key_id in {rate.key_id or key for rate in rates}:
+        assert (await store.meter(key_id, PERIOD)).rates == {"rpm": 1}
+    assert (await store.admit(Admission(uuid.uuid4().hex, key, [], rates, time.time() + 60))).rates == {"rpm": 2}
+    await store.close()
+
+
 async def test_a_release_sent_again_after_its_answer_was_lost_still_frees_the_budget(dynamo: DynamoServer) -> None:
     """A refusal releases expired reservations and admits again if that freed anything. A release that landed but
     whose answer was lost is sent again and finds them gone: it said nothing was freed, and the request was
