@@ -5,12 +5,14 @@ Items (`pk`, `sk`; `gsi1pk`/`gsi1sk` feed the one index; `ttl` is the table's TT
 | item | pk | sk | holds |
 |---|---|---|---|
 | key | `KEY#<id>` | `KEY` | the record as JSON, `version`; `gsi1pk=KEYS`, `gsi1sk=<parent or ~>#<id>` |
-| meter | `METER#<id>` | `METER`| `c:`/`s:<period>` committed/spent USD, `r:<id>` reservations, `w:`/`n:<name>` rates, `q` the last rate-only admission |
+| meter | `METER#<id>` | `METER`| `c:`/`s:<period>` committed/spent USD, `r:<id>` reservations, `w:`/`n:<name>` rates |
 | settled marker | `SETTLED#<reservation>` | `SETTLED` | makes settlement idempotent |
 | line item | `LEDGER#<key id>` | `<ts>#<request id>` | the item as JSON; `gsi1pk=LEDGERS#<n>` for all-keys reports |
 | daily aggregate | `AGG#<day>` | `<key id>#<model>@<region>` | requests, tokens, USD (`ADD`; one writer) |
 
 | lease | `METER#<id>` | `LEASE#<region>` | a region's lease of a key homed elsewhere (`region_leases.py`) |
+
+A meter item's `q` names the last admission without a budget that counted on it (`_admit_update`).
 
 A key's budget counters, its reservations and its rate counters sit in one item, so an admission for a
 key without budgeted parents is one conditional `UpdateItem` whose new values come back in the same
@@ -380,8 +382,10 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
             reservation = e.name(f"r:{settlement.reservation_id}")
             e.clauses["REMOVE"].append(reservation)
             e.conditions.append(f"{'attribute_not_exists' if update.released else 'attribute_exists'}({reservation})")
-        for rate in update.tokens:
+        for rate in update.tokens:  # only while the counter still counts the admission's minute
+            window = e.name(f"n:{rate.name}")
             e.clauses["ADD"].append(f"{e.name(f'w:{rate.name}')} {e.value(num(rate.amount))}")
+            e.conditions.append(f"{window} = {e.value(num(rate.window))}")
         return e.update(self.leases.item_key(update.key_id, update.home_region), self.table)
 
     def _ledger_writes(self, item: LedgerItem) -> list[Item]:
@@ -417,7 +421,25 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
 
     async def _write_settlement(self, settlement: Settlement, updates: list[SettleUpdate]) -> frozenset[str]:
         """One `TransactWriteItems`: the marker (so a retry is a no-op), the meter updates, the line item and
-        the daily aggregate."""
+        the daily aggregate. A token correction holds only while its counter still counts the admission's
+        minute: one whose counter restarted for the next minute meanwhile is dropped (that count is not the
+        admission's to correct: a lower estimate would have freed the new minute's rate), and the rest written
+        again."""
+        while True:
+            outcome = await self._transact_settlement(settlement, updates)
+            if isinstance(outcome, frozenset):
+                return outcome
+            updates = [
+                SettleUpdate(u.key_id, u.home_region, u.budgets, u.released, []) if u.key_id in outcome else u
+                for u in updates
+            ]
+
+    async def _transact_settlement(
+        self, settlement: Settlement, updates: list[SettleUpdate]
+    ) -> frozenset[str] | set[str]:
+        """The settlement's transaction: the keys whose reservation was not where assumed (a frozenset, empty
+        when it landed or had before), or the keys with token corrections whose window rolled over (a set,
+        nothing written)."""
         marker = {
             "Put": {
                 "TableName": self.table,
@@ -430,9 +452,8 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
             }
         }
         item = settlement.item
-        written = [(u.key_id, self._settle_update(settlement, u)) for u in updates]
-        meter_writes = [{"Update": update} for _, update in written if update["UpdateExpression"]]
-        written = [(k, u) for k, u in written if u["UpdateExpression"]]
+        written = [(u, w) for u in updates if (w := self._settle_update(settlement, u))["UpdateExpression"]]
+        meter_writes = [{"Update": {**w, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}} for _, w in written]
         writes = [marker, *meter_writes, *(self._ledger_writes(item) if item is not None else [])]
         try:
             await self._call("transact_write_items", TransactItems=writes)
@@ -444,10 +465,21 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
             line = len(meter_writes) + 1
             if len(reasons) > line and reasons[line].get("Code") == FAILED:
                 return frozenset()  # the line item exists: settled before under another marker
-            failed = frozenset(k for (k, _), r in zip(written, reasons[1:], strict=False) if r.get("Code") == FAILED)
+            failed = [
+                (u, r.get("Item", {}))
+                for (u, _), r in zip(written, reasons[1:], strict=False)
+                if r.get("Code") == FAILED
+            ]
+            rolled = {
+                u.key_id
+                for u, old in failed
+                if any(read_num(old, f"n:{rate.name}") != rate.window for rate in u.tokens)
+            }
+            if rolled:
+                return rolled
             if not failed:
                 raise StoreError("DynamoDB transaction conflict; retry") from exc
-            return failed
+            return frozenset(u.key_id for u, _ in failed)
 
     # --- expiry and reads ---------------------------------------------------------------------
 

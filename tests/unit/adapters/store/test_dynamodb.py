@@ -124,6 +124,39 @@ async def test_a_rate_only_admission_sent_again_after_its_answer_was_lost_counts
     await store.close()
 
 
+async def test_a_token_correction_lands_only_in_the_minute_it_corrects(dynamo: DynamoServer) -> None:
+    """A settlement checks its correction's minute against the clock, then writes: a request in the next minute
+    (or a gateway whose clock is ahead) can restart the counter between the two. The correction, 900 tokens
+    fewer than estimated, then came off the new minute's count: -890 tokens, the next minute's limit freed."""
+    minute = int(time.time() // 60)
+    store = DynamoDBStore(dynamo.client(), dynamo.create_table(), clock=lambda: minute * 60 + 59.9)
+    key = uuid.uuid4().hex[:12]
+    first = Admission(
+        uuid.uuid4().hex,
+        key,
+        [BudgetCharge(key, PERIOD, 1.0, 0.4)],
+        [RateCharge("tpm", minute, 2000, 1000)],
+        time.time() + 60,
+    )
+    await store.admit(first)
+    await store.admit(Admission(uuid.uuid4().hex, key, [], [RateCharge("tpm", minute + 1, 2000, 10)], time.time() + 60))
+    correction = RateCharge("tpm", minute, 2000, -900)
+    await store.settle(
+        Settlement(first.reservation_id, [BudgetCharge(key, PERIOD, 1.0, 0.1)], 0.4, [correction], line(key, 0.1))
+    )
+    store.clock = lambda: (minute + 1) * 60
+    meter = await store.meter(key, PERIOD)
+    assert meter.rates == {"tpm": 10}
+    assert meter.committed_usd[PERIOD] == pytest.approx(0.1) and meter.spent_usd[PERIOD] == pytest.approx(0.1)
+    same = Admission(uuid.uuid4().hex, key, [], [RateCharge("tpm", minute + 1, 2000, 500)], time.time() + 60)
+    await store.admit(same)  # in its own minute, a correction still lands
+    await store.settle(
+        Settlement(same.reservation_id, [], 0.0, [RateCharge("tpm", minute + 1, 2000, -200)], line(key, 0.0))
+    )
+    assert (await store.meter(key, PERIOD)).rates == {"tpm": 310}
+    await store.close()
+
+
 async def test_a_release_sent_again_after_its_answer_was_lost_still_frees_the_budget(dynamo: DynamoServer) -> None:
     """A refusal releases expired reservations and admits again if that freed anything. A release that landed but
     whose answer was lost is sent again and finds them gone: it said nothing was freed, and the request was
