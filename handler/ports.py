@@ -569,6 +569,7 @@ class Settlement(FrozenRecord):
     rates: list[RateCharge]
     item: LedgerItem | None
     home_region: str | None  # the admission's `home_region`
+    expires_at: float | None  # the admission's `expires_at` (a store may file reservations by their expiry)
 
     def __init__(
         self,
@@ -578,6 +579,7 @@ class Settlement(FrozenRecord):
         rates: list[RateCharge],
         item: LedgerItem | None,
         home_region: str | None = None,
+        expires_at: float | None = None,
     ) -> None:
         assign = object.__setattr__
         assign(self, "reservation_id", reservation_id)
@@ -586,6 +588,7 @@ class Settlement(FrozenRecord):
         assign(self, "rates", rates)
         assign(self, "item", item)
         assign(self, "home_region", home_region)
+        assign(self, "expires_at", expires_at)
 
 
 class UsageQuery(Value):

@@ -33,7 +33,9 @@ with counters is ever written in two regions. A store without a region treats ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import math
 import os
 import time
 import zlib
@@ -79,14 +81,31 @@ from handler.ports import (
 
 T = TypeVar("T")
 METER_SK = "METER"
-LAST_ADMISSION = "q"  # on a meter item: the last rate-only admission written to it (`_admit_update`)
+LAST_ADMISSION = "q"  # on a meter item: the last admission written to it (`_admit_update`)
+BUCKET_SECONDS = 60  # reservations are summed by the minute they expire in (`reservation_bucket`)
+SWEEP_SECONDS = 120.0  # a process releases a key's expired reservations this often, after settling on it
+MAX_SWEPT = 10_000
 # All-keys reports read this many index partitions (the module docstring): each takes about 1,000 writes a
 # second before DynamoDB throttles it, so eight carry a ledger of 8,000 requests a second.
 LEDGER_SHARDS = 8
 LEDGER_SHARD_KEYS = [f"LEDGERS#{n}" for n in range(LEDGER_SHARDS)]
 REPORT_CONCURRENCY = 8
+RELEASE_TRIES = 3  # a minute's bucket changed by a late settlement is read and released again
 RELEASE_CHUNK = 50  # expired reservations released by one update (DynamoDB: 300 operators, 4 KB an expression)
 FAILED = CONDITION_FAILED
+
+
+def reservation_bucket(period: str, expires_at: float, region: str | None) -> str:
+    """The attribute holding the USD of every live reservation of `period` that expires in one minute (and was
+    written in `region`), summed: an item holds one per minute of expiry, not one per request in flight."""
+    return f"x:{period}@{math.ceil(expires_at / BUCKET_SECONDS)}{f'#{region}' if region else ''}"
+
+
+def parse_bucket(name: str) -> tuple[str, float, str | None]:
+    """A `reservation_bucket` name as (period, the end of its minute, its region or None)."""
+    period, _, rest = name[2:].rpartition("@")
+    minute, _, region = rest.partition("#")
+    return period, int(minute) * BUCKET_SECONDS, region or None
 
 
 class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
@@ -116,6 +135,7 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
             table, region, client, client_for or self._no_other_region, clock, lease_idle_seconds
         )
         self.leases.release_expired = lambda key_id: self.release_expired(key_id, self.clock())
+        self._swept: dict[str, float] = {}  # key id: when this process last released its expired minutes
         self.page_size: int | None = None  # a query's `Limit` (None: DynamoDB's 1 MB pages)
         # Where settlements the table refused wait (handler/pipeline/spool.py): Lambda can write only under /tmp.
         folder = "/tmp" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else ".gateway"  # noqa: S108
@@ -228,19 +248,15 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         """`meter` as the conditional update of one key's meter item (or, for a key homed elsewhere, this
         region's lease of it)."""
         e = Expression()
-        if meter.budgets:
-            # Written once: a write that landed but whose answer was lost (a timeout), sent again by the client,
-            # fails here instead of charging twice; `_write_admission` then finds the reservation and knows.
-            e.conditions.append(f"attribute_not_exists({e.name(f'r:{admission.reservation_id}')})")
-        elif meter.rates:
-            # No reservation to find: the item names the last admission that counted on it, so the same write
-            # sent again fails instead of counting the request twice in its minute (one attribute, overwritten).
-            last, this = e.name(LAST_ADMISSION), e.value(text(admission.reservation_id))
-            e.clauses["SET"].append(f"{last} = {this}")
-            e.conditions.append(f"attribute_not_exists({last}) OR {last} <> {this}")
+        # The item names the last admission written to it: the same write sent again after its answer was lost
+        # (a timeout) fails here instead of counting twice, and `_write_admission` finds itself named.
+        last, this = e.name(LAST_ADMISSION), e.value(text(admission.reservation_id))
+        e.clauses["SET"].append(f"{last} = {this}")
+        e.conditions.append(f"attribute_not_exists({last}) OR {last} <> {this}")
         for charge in meter.budgets:
             if self.leases.remote(meter.home_region):
-                self.leases.admit_clause(e, admission, charge)
+                bucket = e.name(reservation_bucket(charge.period, admission.expires_at, None))
+                self.leases.admit_clause(e, charge, bucket)
                 continue
             committed = e.name(f"c:{charge.period}")
             e.clauses["ADD"].append(f"{committed} {e.value(num(charge.amount_usd))}")
@@ -249,10 +265,9 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
                 e.conditions.append(f"attribute_not_exists({committed}) OR {committed} <= {ceiling}")
             else:  # a missing counter is zero, and zero plus this amount is over the limit
                 e.conditions.append(f"{committed} <= {ceiling}")
-            reservation = {"p": text(charge.period), "a": num(charge.amount_usd), "e": num(admission.expires_at)}
-            if self.region:
-                reservation["w"] = text(self.region)  # only the region that wrote it may release it
-            e.clauses["SET"].append(f"{e.name(f'r:{admission.reservation_id}')} = {e.value({'M': reservation})}")
+            # Tagged with the region that wrote it: only that region may release it.
+            bucket = e.name(reservation_bucket(charge.period, admission.expires_at, self.region))
+            e.clauses["ADD"].append(f"{bucket} {e.value(num(charge.amount_usd))}")
         for step in meter.rates:
             rate = step.charge
             count, window = e.name(f"w:{rate.name}"), e.name(f"n:{rate.name}")
@@ -315,14 +330,11 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
     @staticmethod
     def _already_admitted(write: AdmissionWrite, failed: dict[str, Item]) -> bool:
         """Whether the write failed because it had landed already (a write whose answer was lost, sent again):
-        every budgeted item holds its reservation (no other writes that reservation); without budgets, every
-        item names this admission as the last that counted on it."""
-        reservation = write.admission.reservation_id
-        budgeted = [meter.key_id for meter in write.meters if meter.budgets]
-        if budgeted:
-            return all(f"r:{reservation}" in failed.get(key_id, {}) for key_id in budgeted)
-        counted = [failed.get(meter.key_id, {}).get(LAST_ADMISSION, {}).get("S") for meter in write.meters]
-        return bool(counted) and all(last == reservation for last in counted)
+        every item names this admission as the last written to it. Another admission on the key in between
+        hides it, and the request counts twice: its second reservation holds budget until its minute of expiry
+        is released (it never lets anything overspend)."""
+        named = [failed.get(meter.key_id, {}).get(LAST_ADMISSION, {}).get("S") for meter in write.meters]
+        return bool(named) and all(last == write.admission.reservation_id for last in named)
 
     async def _read_reported(self, write: AdmissionWrite) -> dict[str, Item]:
         """After a transaction (which returns no values): the items the snapshot reports, in one read."""
@@ -378,10 +390,19 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
                 f"{e.name(f'c:{charge.period}')} {e.value(num(delta))}",
                 f"{e.name(f's:{charge.period}')} {e.value(num(charge.amount_usd))}",
             ]
-        if update.budgets:  # (a key settling only tokens has no reservation: DynamoDB refuses a name left unused)
+        exists = "attribute_not_exists" if update.released else "attribute_exists"
+        expires_at = settlement.expires_at
+        if update.budgets and expires_at is None:  # admitted as one `r:<id>` each (before buckets)
             reservation = e.name(f"r:{settlement.reservation_id}")
             e.clauses["REMOVE"].append(reservation)
-            e.conditions.append(f"{'attribute_not_exists' if update.released else 'attribute_exists'}({reservation})")
+            e.conditions.append(f"{exists}({reservation})")
+        elif update.budgets and expires_at is not None:  # its minute's bucket holds it, unless that was released
+            for charge, _ in update.budgets:
+                name = reservation_bucket(charge.period, expires_at, None if remote else self.region)
+                bucket = e.name(name)
+                if not update.released:
+                    e.clauses["ADD"].append(f"{bucket} {e.value(num(-settlement.reserved_usd))}")
+                e.conditions.append(f"{exists}({bucket})")
         for rate in update.tokens:  # only while the counter still counts the admission's minute
             window = e.name(f"n:{rate.name}")
             e.clauses["ADD"].append(f"{e.name(f'w:{rate.name}')} {e.value(num(rate.amount))}")
@@ -428,6 +449,8 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         while True:
             outcome = await self._transact_settlement(settlement, updates)
             if isinstance(outcome, frozenset):
+                if not outcome:
+                    await self._sweep([u.key_id for u in updates if u.budgets])
                 return outcome
             updates = [
                 SettleUpdate(u.key_id, u.home_region, u.budgets, u.released, []) if u.key_id in outcome else u
@@ -483,52 +506,81 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
 
     # --- expiry and reads ---------------------------------------------------------------------
 
+    async def _sweep(self, key_ids: list[str]) -> None:
+        """Release the keys' expired minutes, at most once per `SWEEP_SECONDS` per key in this process. A
+        minute whose reservations all settled holds nothing but stays in the item, one a minute of traffic,
+        until a release removes it; a refusal releases too, but a key that is never refused would only grow."""
+        now = self.clock()
+        for key_id in key_ids:
+            if now - self._swept.get(key_id, -SWEEP_SECONDS) < SWEEP_SECONDS:
+                continue
+            if len(self._swept) >= MAX_SWEPT:  # a long-lived process: forget long-gone keys
+                self._swept.clear()
+            self._swept[key_id] = now
+            with contextlib.suppress(StoreError):  # the settlement landed; the next sweep tries again
+                await self.release_expired(key_id, now)
+
     async def _expired_reservations(self, key_id: str, now: float) -> list[Reservation]:
-        """On the home meter and this region's lease: those this region wrote."""
+        """On the home meter and this region's lease: those this region wrote, as the minutes they expire in
+        (`x:`, with what each still holds, down to none) and as written before buckets (`r:<id>`)."""
         expired = []
         for item in await self._meter_items(key_id):
             sk = item["sk"]["S"]
             if sk != METER_SK and sk != f"{LEASE_PREFIX}{self.region}":
                 continue
+            leased = sk != METER_SK
             for name, value in item.items():
+                if name.startswith("x:"):
+                    period, ends, region = parse_bucket(name)
+                    if ends < now and (region or self.region) == self.region:
+                        stored = value["N"]
+                        expired.append(Reservation(key_id, name, period, float(stored), ends, leased, stored))
+                    continue
                 reservation = value.get("M") if name.startswith("r:") else None
                 if (
                     reservation is not None
                     and read_num(reservation, "e") < now
                     and reservation.get("w", {}).get("S", self.region) == self.region
                 ):
-                    expired.append(
-                        Reservation(
-                            key_id,
-                            name[2:],
-                            reservation["p"]["S"],
-                            float(dec(reservation, "a")),
-                            read_num(reservation, "e"),
-                            leased=sk != METER_SK,
-                        )
-                    )
+                    period, amount = reservation["p"]["S"], float(dec(reservation, "a"))
+                    expired.append(Reservation(key_id, name, period, amount, read_num(reservation, "e"), leased))
         return expired
 
     async def _release(self, key_id: str, reservations: list[Reservation]) -> float:
         """Conditional updates per item (the home meter, this region's lease), `RELEASE_CHUNK` reservations
         each (an expression holds at most 300 operators and 4 KB): all of a chunk's or none; a chunk one of whose
-        reservations is gone is released one reservation at a time, so that it holds back none of the others.
+        reservations is gone or changed is released one reservation at a time, so that it holds back none of the
+        others. A minute's bucket a late settlement changed since it was read is read again and released as it
+        is now (at most `RELEASE_TRIES` times).
 
         Returns the USD these reservations no longer hold. One found gone holds nothing either: it was settled
         meanwhile, or released by this very update, sent again by the client after its answer was lost (then
         nothing else would say the budget is free, and the refusal that asked for the release would stand)."""
         released = 0.0
-        for leased in (False, True):
-            group = [r for r in reservations if r.leased == leased]
-            for start in range(0, len(group), RELEASE_CHUNK):
-                chunk = group[start : start + RELEASE_CHUNK]
-                freed = await self._release_chunk(key_id, leased, chunk)
-                if freed is None:
-                    freed = 0.0
-                    for one in chunk:
-                        alone = await self._release_chunk(key_id, leased, [one]) if len(chunk) > 1 else None
-                        freed += one.amount_usd if alone is None else alone
-                released += freed
+        for _ in range(RELEASE_TRIES):
+            changed: dict[str, float] = {}
+            for leased in (False, True):
+                group = [r for r in reservations if r.leased == leased]
+                for start in range(0, len(group), RELEASE_CHUNK):
+                    chunk = group[start : start + RELEASE_CHUNK]
+                    freed = await self._release_chunk(key_id, leased, chunk)
+                    if freed is None:
+                        freed = 0.0
+                        for one in chunk:
+                            alone = await self._release_chunk(key_id, leased, [one]) if len(chunk) > 1 else None
+                            if alone is None and one.stored is not None:
+                                changed[one.reservation_id] = one.amount_usd
+                            else:
+                                freed += one.amount_usd if alone is None else alone
+                    released += freed
+            if not changed:
+                break
+            reservations = [
+                r for r in await self._expired_reservations(key_id, self.clock()) if r.reservation_id in changed
+            ]
+            released += sum(
+                amount for name, amount in changed.items() if name not in {r.reservation_id for r in reservations}
+            )
         return released
 
     async def _release_chunk(self, key_id: str, leased: bool, chunk: list[Reservation]) -> float | None:
@@ -536,11 +588,16 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         e = Expression()
         amounts: dict[str, Decimal] = {}
         for reservation in chunk:
-            placeholder = e.name(f"r:{reservation.reservation_id}")
+            placeholder = e.name(reservation.reservation_id)  # the attribute's name (`_expired_reservations`)
             e.clauses["REMOVE"].append(placeholder)
-            e.conditions.append(f"attribute_exists({placeholder})")
+            if reservation.stored is None:
+                amount = exact(reservation.amount_usd)
+                e.conditions.append(f"attribute_exists({placeholder})")
+            else:  # a minute's bucket, as read: a settlement that changed it since must land first
+                amount = Decimal(reservation.stored)
+                e.conditions.append(f"{placeholder} = {e.value(number(amount))}")
             period = reservation.period
-            amounts[period] = amounts.get(period, Decimal(0)) + exact(reservation.amount_usd)
+            amounts[period] = amounts.get(period, Decimal(0)) + amount
         e.clauses["ADD"] += [f"{e.name(f'c:{p}')} {e.value(number(-amount))}" for p, amount in amounts.items()]
         if leased:
             e.clauses["ADD"] += [f"{e.name(f'a:{p}')} {e.value(number(amount))}" for p, amount in amounts.items()]

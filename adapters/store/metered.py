@@ -185,12 +185,20 @@ class SettleUpdate(Value):
 
 
 class Reservation(Value):
-    """A reservation as stored: `leased` when it is held in a backend's lease of the key (not its own counter)."""
+    """A reservation as stored: `leased` when it is held in a backend's lease of the key (not its own counter);
+    `stored`, a backend's own form of it (DynamoDB: the attribute's exact value), for its release to compare."""
 
-    __slots__ = ("key_id", "reservation_id", "period", "amount_usd", "expires_at", "leased")
+    __slots__ = ("key_id", "reservation_id", "period", "amount_usd", "expires_at", "leased", "stored")
 
     def __init__(
-        self, key_id: str, reservation_id: str, period: str, amount_usd: float, expires_at: float, leased: bool = False
+        self,
+        key_id: str,
+        reservation_id: str,
+        period: str,
+        amount_usd: float,
+        expires_at: float,
+        leased: bool = False,
+        stored: str | None = None,
     ) -> None:
         self.key_id: Final = key_id
         self.reservation_id: Final = reservation_id
@@ -198,6 +206,7 @@ class Reservation(Value):
         self.amount_usd: Final = amount_usd
         self.expires_at: Final = expires_at
         self.leased: Final = leased
+        self.stored: Final = stored
 
 
 class Refill(Exception):

@@ -10,8 +10,8 @@ Items (per budget period `P`; both under `pk = METER#<key id>`, so one query rea
   spend and reservations **plus every lease granted out**; `g:P#<R>` / `b:P#<R>` USD granted to /
   returned by region R (cumulative).
 - lease, `sk = LEASE#<R>`, written only in region R: `a:P` available, `c:P` committed, `s:P` spent,
-  `g:P` / `b:P` granted / returned (cumulative, as credited here), `t:P` last use, `r:<id>` reservations,
-  and R's rate counters (rate limits hold per region).
+  `g:P` / `b:P` granted / returned (cumulative, as credited here), `t:P` last use, `x:P@<minute>` reservations
+  summed by their minute of expiry, and R's rate counters (rate limits hold per region).
 
 The home meter is the item a single-region gateway has always used, so the home region's hot path is
 unchanged: one conditional `ADD c:P amount IF c:P <= limit - amount`. A grant to another region is the same
@@ -45,7 +45,7 @@ from typing import Any
 
 from adapters.store.dynamo_client import ConditionFailed, call
 from adapters.store.expressions import Expression, Item, dec, exact, num, number, read_num, text
-from handler.ports import Admission, BudgetCharge, BudgetRefused, Settlement, StoreError
+from handler.ports import BudgetCharge, BudgetRefused, Settlement, StoreError
 
 HOME_SK = "METER"
 LEASE_PREFIX = "LEASE#"
@@ -137,16 +137,17 @@ class RegionLeases:
 
     # --- admission and settlement on a lease ------------------------------------------------------
 
-    def admit_clause(self, e: Expression, admission: Admission, charge: BudgetCharge) -> None:
-        """Spend `charge` from this region's lease: the condition is a plain comparison, no arithmetic."""
+    def admit_clause(self, e: Expression, charge: BudgetCharge, bucket: str) -> None:
+        """Spend `charge` from this region's lease, reserved in `bucket` (the placeholder of its minute of
+        expiry): the condition is a plain comparison, no arithmetic."""
         avail = e.name(f"a:{charge.period}")
         amount = e.value(num(charge.amount_usd))
-        e.clauses["ADD"] += [f"{avail} {e.value(num(-charge.amount_usd))}", f"{e.name(f'c:{charge.period}')} {amount}"]
-        reservation = {"p": text(charge.period), "a": num(charge.amount_usd), "e": num(admission.expires_at)}
-        e.clauses["SET"] += [
-            f"{e.name(f'r:{admission.reservation_id}')} = {e.value({'M': reservation})}",
-            f"{e.name(f't:{charge.period}')} = {e.value(num(self.clock()))}",
+        e.clauses["ADD"] += [
+            f"{avail} {e.value(num(-charge.amount_usd))}",
+            f"{e.name(f'c:{charge.period}')} {amount}",
+            f"{bucket} {amount}",
         ]
+        e.clauses["SET"].append(f"{e.name(f't:{charge.period}')} = {e.value(num(self.clock()))}")
         e.conditions.append(f"{avail} >= {amount}")
         self._hold(charge)
 

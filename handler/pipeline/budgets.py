@@ -244,7 +244,15 @@ class Meter:
             for r in admission.rates
             if r.name.startswith("tpm")
         ]
-        return Settlement(admission.reservation_id, budgets, reservation.amount_usd, rates, item, admission.home_region)
+        return Settlement(
+            admission.reservation_id,
+            budgets,
+            reservation.amount_usd,
+            rates,
+            item,
+            admission.home_region,
+            admission.expires_at,
+        )
 
     async def settle(self, settlement: Settlement) -> None:
         """Apply a settlement, retrying a failed store call; if the store still refuses it, spool it (see

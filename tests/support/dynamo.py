@@ -142,10 +142,33 @@ class DynamoServer:
                 self.process.wait()
 
 
+def normalize_sums() -> None:
+    """moto writes a sum the way Python prints its decimal: 0.000001234 - 0.000001234 is `0E-9`, which its next
+    addition to the same attribute fails to parse (a 500). DynamoDB stores numbers normalized (zero is `0`):
+    so do sums here, wherever Python would print an exponent."""
+    from decimal import Decimal
+
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    def normalized(operation: Any) -> Any:
+        def apply(self: Any, other: Any) -> Any:
+            result = operation(self, other)
+            number = result.value if isinstance(result.value, str) else ""
+            if result.is_number() and "E" in number:
+                result.value = format(Decimal(number).normalize(), "f")
+            return result
+
+        return apply
+
+    DynamoType.__add__ = normalized(DynamoType.__add__)  # type: ignore[method-assign]
+    DynamoType.__sub__ = normalized(DynamoType.__sub__)  # type: ignore[method-assign]
+
+
 def main(port: int) -> None:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import run_simple
 
+    normalize_sums()
     moto = DomainDispatcherApplication(create_backend_app)
     served = [0]
 

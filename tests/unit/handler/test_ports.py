@@ -70,7 +70,7 @@ def test_records_keep_the_dataclass_protocol() -> None:
     }
     settlement = Settlement("r1", [BudgetCharge("k1", "total", 1.0, 0.5)], 0.5, [], line())
     written = orjson.loads(orjson.dumps(settlement))
-    assert list(written) == ["reservation_id", "budgets", "reserved_usd", "rates", "item", "home_region"]
+    assert list(written) == ["reservation_id", "budgets", "reserved_usd", "rates", "item", "home_region", "expires_at"]
     assert written["budgets"] == [
         {"key_id": "k1", "period": "total", "limit_usd": 1.0, "amount_usd": 0.5, "home_region": None}
     ]

@@ -45,7 +45,7 @@ def test_a_values_repr_names_its_fields_in_order() -> None:
 FROZEN = [
     BudgetCharge("k", "total", 1.0, 0.5),
     RateCharge("rpm", 1, 10, 1),
-    Settlement("r", [BudgetCharge("k", "total", 1.0, 0.5)], 0.5, [], None),
+    Settlement("r", [BudgetCharge("k", "total", 1.0, 0.5)], 0.5, [], None, "us-east-1", 1_800_000_000.0),
 ]
 COPIES: dict[str, Callable[[object], object]] = {
     "copy": copy.copy,

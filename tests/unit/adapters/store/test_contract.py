@@ -111,7 +111,8 @@ def line(key_id: str, cost: float, ts: float | None = None, model: str = "m") ->
 
 def settlement(adm: Admission, actual: float, item: LedgerItem | None = None) -> Settlement:
     budgets = [BudgetCharge(b.key_id, b.period, b.limit_usd, actual) for b in adm.budgets]
-    return Settlement(adm.reservation_id, budgets, adm.budgets[0].amount_usd if adm.budgets else 0.0, [], item)
+    reserved = adm.budgets[0].amount_usd if adm.budgets else 0.0
+    return Settlement(adm.reservation_id, budgets, reserved, [], item, expires_at=adm.expires_at)
 
 
 async def test_keys_create_get_update_list(store: Store) -> None:
@@ -182,7 +183,8 @@ async def test_a_retried_settlement_without_a_ledger_line_counts_once(store: Sto
 
 async def test_expired_reservations_are_released_and_settle_late_without_double_count(store: Store) -> None:
     key = uuid.uuid4().hex[:12]
-    dead = Admission("dead-" + uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1.0, 0.9)], [], time.time() - 1)
+    # Expired over a minute ago: DynamoDB sums reservations by their minute of expiry, released once it is over.
+    dead = Admission("dead-" + uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1.0, 0.9)], [], time.time() - 61)
     live = admission(key, 0.05)
     await store.admit(dead)
     await store.admit(live)
@@ -448,7 +450,11 @@ async def test_a_lease_settles_exactly_and_the_meter_sums_regions(regional: Call
     adm = homed(key, 0.5)
     await other.admit(adm)
     await home.admit(homed(key, 0.1))
-    await other.settle(Settlement(adm.reservation_id, [replace(adm.budgets[0], amount_usd=0.2)], 0.5, [], None))
+    await other.settle(
+        Settlement(
+            adm.reservation_id, [replace(adm.budgets[0], amount_usd=0.2)], 0.5, [], None, expires_at=adm.expires_at
+        )
+    )
     assert (await other.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.2)
     # Replicate the lease to the home region by hand: the home's meter then sums both regions.
     assert isinstance(home, DynamoDBStore) and isinstance(other, DynamoDBStore)
@@ -538,7 +544,9 @@ async def test_every_key_shape_settles_into_the_ledger(store: Store, shape: str,
     assert {r.name: r.amount for r in rates} == snapshot.rates
     item = replace(line(key, 0.25), ancestors=[parent] if child else [], cost_source="estimate")
     used = [replace(r, amount=150 - r.amount) for r in rates if r.name.startswith("tpm")]
-    settled = Settlement(adm.reservation_id, [replace(b, amount_usd=0.25) for b in budgets], 0.5, used, item)
+    settled = Settlement(
+        adm.reservation_id, [replace(b, amount_usd=0.25) for b in budgets], 0.5, used, item, expires_at=adm.expires_at
+    )
     await store.settle(settled)
     await store.settle(settled)  # retried: counted once
     assert await store.usage(UsageQuery([key], 0, time.time() + 1)) == [item]

@@ -18,8 +18,8 @@ from adapters.store.dynamodb import DynamoDBStore
 from handler.pipeline import budgets
 from handler.pipeline.budgets import SETTLE_ATTEMPTS, Meter
 from handler.pipeline.keys import KeyService
-from handler.pipeline.spool import SettlementSpool
-from handler.ports import KeyRecord, Settlement, Store, StoreError, UsageQuery
+from handler.pipeline.spool import SettlementSpool, settlement_from_dict, settlement_to_dict
+from handler.ports import BudgetCharge, KeyRecord, Settlement, Store, StoreError, UsageQuery
 from handler.telemetry import observability
 from tests.support.contention import FlakyClient
 from tests.support.dynamo import DynamoServer
@@ -409,3 +409,13 @@ async def test_a_batched_settlement_cancelled_under_it_is_spooled(tmp_path: Path
     assert committed == pytest.approx(0.2) and paid == pytest.approx(0.2)
     await spool.close()
     await gateway.aclose()
+
+
+def test_a_spooled_settlement_keeps_its_reservations_expiry() -> None:
+    """DynamoDB finds a reservation by its minute of expiry: a spooled settlement that lost it would take its
+    reservation for released, and the budget would hold it until that minute ended."""
+    settlement = Settlement("r", [BudgetCharge("k", "total", 1.0, 0.25)], 0.5, [], None, "us-east-1", 1_800_000_000.5)
+    assert settlement_from_dict(orjson.loads(orjson.dumps(settlement_to_dict(settlement)))) == settlement
+    old = settlement_to_dict(settlement)
+    del old["expires_at"]  # spooled by a gateway before the field
+    assert settlement_from_dict(old).expires_at is None
