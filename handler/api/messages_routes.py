@@ -45,31 +45,42 @@ def native_call(
     return NativeCall(MESSAGES_API, data, headers, tuple(untranslated), tuple(dropped or ()))
 
 
-def server_search(pipeline: Pipeline, ex: Exchange, data: dict[str, Any]) -> list[str]:
-    """Anthropic's web search tool (`web_search_*`), which Anthropic bills per search: kept when searches are
-    priced, each tool's `max_uses` (`DEFAULT_SEARCHES` when it sets none) reserved for; else left out of the
-    body sent, with a `tool_choice` that named it or has no tool left to choose. Returns what was left out."""
+# Anthropic's server tools billed beyond tokens at rates the gateway does not price: code execution (per
+# container-hour).
+UNPRICED_SERVER_TOOLS = ("code_execution_",)
+
+
+def server_tools(pipeline: Pipeline, ex: Exchange, data: dict[str, Any]) -> list[str]:
+    """Anthropic's server tools that Anthropic bills beyond tokens. Web search (`web_search_*`, billed per
+    search): kept when searches are priced, each tool's `max_uses` (`DEFAULT_SEARCHES` when it sets none)
+    reserved for. Code execution (`UNPRICED_SERVER_TOOLS`), and unpriced searches: left out of the body sent (a
+    400 under `x-gateway-strict`), with a `tool_choice` that named one or has no tool left to choose. Returns
+    what was left out."""
     tools = data.get("tools")
     if not isinstance(tools, list):
         return []
-    searches = [t for t in tools if isinstance(t, dict) and str(t.get("type") or "").startswith("web_search_")]
-    if not searches:
+    typed = [t for t in tools if isinstance(t, dict)]
+    left_out = [t for t in typed if str(t.get("type") or "").startswith(UNPRICED_SERVER_TOOLS)]
+    pipeline.refuse_unpriced_tools(ex, [f"tools.{tool['type']}" for tool in left_out])
+    searches = [t for t in typed if str(t.get("type") or "").startswith("web_search_")]
+    if searches:
+        most = 0
+        for i, tool in enumerate(tools):
+            if any(tool is search for search in searches):
+                tool["max_uses"] = pipeline.search_limit(tool.get("max_uses"), f"tools.{i}.max_uses")
+                most += tool["max_uses"]
+        if not pipeline.allow_searches(ex, most, [f"tools.{tool['type']}" for tool in searches]):
+            left_out = [*searches, *left_out]
+    if not left_out:
         return []
-    most = 0
-    for i, tool in enumerate(tools):
-        if any(tool is search for search in searches):
-            tool["max_uses"] = pipeline.search_limit(tool.get("max_uses"), f"tools.{i}.max_uses")
-            most += tool["max_uses"]
-    names = [f"tools.{tool['type']}" for tool in searches]
-    if pipeline.allow_searches(ex, most, names):
-        return []
-    kept = [tool for tool in tools if not any(tool is search for search in searches)]
+    names = [f"tools.{tool['type']}" for tool in left_out]
+    kept = [tool for tool in tools if not any(tool is out for out in left_out)]
     if kept:
         data["tools"] = kept
     else:
         del data["tools"]
     choice = data.get("tool_choice")
-    named = {search.get("name") for search in searches}
+    named = {tool.get("name") for tool in left_out}
     if choice is not None and (not kept or (isinstance(choice, dict) and choice.get("name") in named)):
         del data["tool_choice"]  # Anthropic refuses a choice without tools, or of a tool not offered
         names.append("tool_choice")
@@ -99,7 +110,7 @@ class MessagesRoutes:
         req, untranslated = to_chat_request(api.validate(MessagesRequest, data))
         ex = api.exchange(request, key, req.model)
         pipeline = api.pipeline
-        call = native_call(request, data, untranslated, server_search(pipeline, ex, data))
+        call = native_call(request, data, untranslated, server_tools(pipeline, ex, data))
         if req.stream:
             stream = await pipeline.native_stream(call, req, ex)
             if isinstance(stream, NativeStream):

@@ -49,26 +49,36 @@ SEAL_SECRET_ID = "gateway-reasoning-seal"
 SEAL_SECRET_TTL = 10 * 365 * 86400
 
 
-def hosted_search(pipeline: Pipeline, ex: Exchange, body: ResponsesRequest) -> list[str]:
-    """The Responses API's hosted web search (`web_search`, `web_search_preview`), which OpenAI bills per call:
-    kept when searches are priced, up to `max_tool_calls` (`DEFAULT_SEARCHES` when the request sets none)
-    reserved for; else left out of the body a Responses deployment gets, with a `tool_choice` that named it or
-    has no tool left to choose. Returns what was left out."""
+# Hosted tools OpenAI bills beyond tokens at rates the gateway does not price: per call (`file_search`), per
+# container (`code_interpreter`), per image (`image_generation`).
+UNPRICED_HOSTED = frozenset({"file_search", "code_interpreter", "image_generation"})
+
+
+def hosted_tools(pipeline: Pipeline, ex: Exchange, body: ResponsesRequest) -> list[str]:
+    """The Responses API's hosted tools that OpenAI bills beyond tokens. Web search (`web_search`,
+    `web_search_preview`, billed per call): kept when searches are priced, up to `max_tool_calls`
+    (`DEFAULT_SEARCHES` when the request sets none) reserved for. The others (`UNPRICED_HOSTED`), and unpriced
+    searches: left out of the body a Responses deployment gets (a 400 under `x-gateway-strict`), with a
+    `tool_choice` that named one or has no tool left to choose. Returns what was left out."""
     tools = body.tools or []
+    left_out = [t for t in tools if str(t.get("type") or "") in UNPRICED_HOSTED]
+    pipeline.refuse_unpriced_tools(ex, sorted({f"tools[{tool['type']}]" for tool in left_out}))
     searches = [t for t in tools if str(t.get("type") or "").startswith("web_search")]
-    if not searches:
+    if searches:
+        extra = body.model_extra if body.model_extra is not None else {}
+        most = pipeline.search_limit(extra.get("max_tool_calls"), "max_tool_calls")
+        if pipeline.allow_searches(ex, most, sorted({f"tools[{tool['type']}]" for tool in searches})):
+            extra["max_tool_calls"] = most
+        else:
+            left_out += searches
+    if not left_out:
         return []
-    extra = body.model_extra if body.model_extra is not None else {}
-    most = pipeline.search_limit(extra.get("max_tool_calls"), "max_tool_calls")
-    names = sorted({f"tools[{tool['type']}]" for tool in searches})
-    if pipeline.allow_searches(ex, most, names):
-        extra["max_tool_calls"] = most
-        return []
-    kept = [tool for tool in tools if not any(tool is search for search in searches)]
+    names = sorted({f"tools[{tool['type']}]" for tool in left_out})
+    kept = [tool for tool in tools if not any(tool is out for out in left_out)]
     body.tools = kept
     choice = body.tool_choice
-    hosted = isinstance(choice, dict) and str(choice.get("type") or "").startswith("web_search")
-    if choice is not None and (not kept or hosted):
+    chosen = str(choice.get("type") or "") if isinstance(choice, dict) else ""
+    if choice is not None and (not kept or f"tools[{chosen}]" in names):
         body.tool_choice = None
         body.model_fields_set.discard("tool_choice")  # (left out of the body sent, not sent as null)
         names.append("tool_choice")
@@ -170,7 +180,7 @@ class ResponsesRoutes:
 
         # A deployment that serves the Responses API gets the client's body (`relay.call`), any other the
         # translation (`req`); what either leaves out is reported for the deployment that served.
-        relay = Relay(body, history, ex, dropped, hosted_search(api.pipeline, ex, body))
+        relay = Relay(body, history, ex, dropped, hosted_tools(api.pipeline, ex, body))
         ids = ResponseIds(ex.request_id)
         if req.stream:
             stream = await api.pipeline.native_stream(relay.call, req, ex)

@@ -478,6 +478,15 @@ class Pipeline:
         ex.search_usd, ex.searches = price, most
         return True
 
+    @staticmethod
+    def refuse_unpriced_tools(ex: Exchange, names: list[str]) -> None:
+        """Tools the provider runs and bills beyond tokens, which this gateway cannot price (`names`, as
+        `x-gateway-dropped-params` would name them): the route leaves them out; under `x-gateway-strict`, a 400."""
+        if names and ex.controls.strict:
+            raise StrictParamsError(
+                f"{names[0]} is billed by the provider beyond tokens, which this gateway does not price", param=names[0]
+            )
+
     def _price(self, ex: Exchange, attempt: Attempt) -> Price | None:
         return scaled(price_for(attempt.model, attempt.spec, attempt.target.model), ex.price_multiplier)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import openai
 import pytest
 from starlette.testclient import TestClient
 
@@ -239,6 +240,50 @@ def test_an_unpriced_hosted_search_is_left_out_and_named(unpriced: Running) -> N
     assert "tools" not in sent(unpriced, "openai") or sent(unpriced, "openai")["tools"] == []
     assert "max_tool_calls" not in sent(unpriced, "openai")
     assert raw.headers["x-gateway-dropped-params"] == "tools[web_search]"
+
+
+# --- hosted tools billed beyond tokens that the gateway does not price -------------------------------------
+
+
+def test_hosted_tools_billed_per_container_call_or_image_are_left_out_and_named(priced: Running) -> None:
+    """OpenAI bills `file_search` per call, `code_interpreter` per container and `image_generation` per image,
+    and Anthropic code execution per container-hour: none was priced, and each passed through, so the provider
+    billed what no ledger line showed. They are left out (with a choice of one) and named; strict: a 400."""
+    sdk = openai_client(priced, priced.mint(name="unpriced-tools"))
+    weather: Any = {"type": "function", "name": "weather", "parameters": {"type": "object"}}
+    tools: Any = [
+        {"type": "code_interpreter", "container": {"type": "auto"}},
+        weather,
+        {"type": "file_search", "vector_store_ids": ["vs_1"]},
+        {"type": "image_generation"},
+    ]
+    raw = sdk.responses.with_raw_response.create(
+        model="gpt", input="Chart it", tools=tools, tool_choice={"type": "code_interpreter"}
+    )
+    assert raw.parse().output
+    assert sent(priced, "openai")["tools"] == [weather] and "tool_choice" not in sent(priced, "openai")
+    assert raw.headers["x-gateway-dropped-params"] == (
+        "tools[code_interpreter],tools[file_search],tools[image_generation],tool_choice"
+    )
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(model="gpt", input="Chart it", tools=tools, extra_headers={"x-gateway-strict": "true"})
+    assert refused.value.body["param"] == "tools[code_interpreter]"  # type: ignore[index]
+
+    claude = anthropic_client(priced, priced.mint(name="unpriced-server-tools"))
+    execution: Any = {"type": "code_execution_20250825", "name": "code_execution"}
+    choice: Any = {"type": "tool", "name": "code_execution"}
+    raw_m = claude.messages.with_raw_response.create(
+        model="claude", max_tokens=100, messages=HI, tools=[execution, SEARCH], tool_choice=choice
+    )
+    assert raw_m.parse().content
+    assert [tool["type"] for tool in sent(priced, "anthropic")["tools"]] == [SEARCH["type"]]  # searches are priced
+    assert "tool_choice" not in sent(priced, "anthropic")
+    assert raw_m.headers["x-gateway-dropped-params"] == "tools.code_execution_20250825,tool_choice"
+    with pytest.raises(anthropic.BadRequestError) as refused_m:
+        claude.messages.create(
+            model="claude", max_tokens=100, messages=HI, tools=[execution], extra_headers={"x-gateway-strict": "true"}
+        )
+    assert "tools.code_execution_20250825" in refused_m.value.message
 
 
 # --- Anthropic's cache writes by how long they are kept ------------------------------------------------
