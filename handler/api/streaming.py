@@ -119,6 +119,11 @@ class EventStream(Response):
             watch.task.uncancel()  # the client left: nothing more to write, and nothing went wrong here
         finally:
             watch.stop()
+            # Cancelled during a paused write, the generator waits at a `yield`: closed now, it closes the
+            # upstream and settles what was used (else only once collected). Ended already: nothing to do.
+            close = getattr(self.events, "aclose", None)
+            if close is not None:
+                await close()
 
 
 WATCH_AFTER_S = 0.05  # a client leaving a non-streamed call is noticed this much later at most
