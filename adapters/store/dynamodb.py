@@ -329,12 +329,13 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
 
     @staticmethod
     def _already_admitted(write: AdmissionWrite, failed: dict[str, Item]) -> bool:
-        """Whether the write failed because it had landed already (a write whose answer was lost, sent again):
-        every item names this admission as the last written to it. Another admission on the key in between
-        hides it, and the request counts twice: its second reservation holds budget until its minute of expiry
-        is released (it never lets anything overspend)."""
-        named = [failed.get(meter.key_id, {}).get(LAST_ADMISSION, {}).get("S") for meter in write.meters]
-        return bool(named) and all(last == write.admission.reservation_id for last in named)
+        """Whether the write failed because it had landed already (a write whose answer was lost, sent again): an
+        item it failed on names this admission as the last written to it. One is enough: a transaction lands
+        whole, and a sibling's admission may have written a shared parent's item since. Another admission on
+        every item in between hides it, and the request counts twice: its second reservation holds budget until
+        its minute of expiry is released, its rates count it twice in its minute (never an overspend)."""
+        reservation = write.admission.reservation_id
+        return any(item.get(LAST_ADMISSION, {}).get("S") == reservation for item in failed.values())
 
     async def _read_reported(self, write: AdmissionWrite) -> dict[str, Item]:
         """After a transaction (which returns no values): the items the snapshot reports, in one read."""
@@ -453,16 +454,20 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
                     await self._sweep([u.key_id for u in updates if u.budgets])
                 return outcome
             updates = [
-                SettleUpdate(u.key_id, u.home_region, u.budgets, u.released, []) if u.key_id in outcome else u
+                SettleUpdate(
+                    u.key_id, u.home_region, u.budgets, u.released, [r for r in u.tokens if r.name not in rolled]
+                )
+                if (rolled := outcome.get(u.key_id))
+                else u
                 for u in updates
             ]
 
     async def _transact_settlement(
         self, settlement: Settlement, updates: list[SettleUpdate]
-    ) -> frozenset[str] | set[str]:
+    ) -> frozenset[str] | dict[str, set[str]]:
         """The settlement's transaction: the keys whose reservation was not where assumed (a frozenset, empty
-        when it landed or had before), or the keys with token corrections whose window rolled over (a set,
-        nothing written)."""
+        when it landed or had before), or, nothing written, the rate counters whose window rolled over since
+        the admission, by key."""
         marker = {
             "Put": {
                 "TableName": self.table,
@@ -494,10 +499,10 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
                 if r.get("Code") == FAILED
             ]
             rolled = {
-                u.key_id
+                u.key_id: {rate.name for rate in u.tokens if read_num(old, f"n:{rate.name}") != rate.window}
                 for u, old in failed
-                if any(read_num(old, f"n:{rate.name}") != rate.window for rate in u.tokens)
             }
+            rolled = {key_id: names for key_id, names in rolled.items() if names}
             if rolled:
                 return rolled
             if not failed:

@@ -4,9 +4,10 @@ contention (injected at the client: neither emulator produces it), reports in a 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -136,22 +137,24 @@ async def test_a_token_correction_lands_only_in_the_minute_it_corrects(dynamo: D
         uuid.uuid4().hex,
         key,
         [BudgetCharge(key, PERIOD, 1.0, 0.4)],
-        [RateCharge("tpm", minute, 2000, 1000)],
+        [RateCharge("tpm", minute, 2000, 1000), RateCharge("tpm:m", minute, 2000, 1000)],
         time.time() + 60,
     )
     await store.admit(first)
     await store.admit(Admission(uuid.uuid4().hex, key, [], [RateCharge("tpm", minute + 1, 2000, 10)], time.time() + 60))
-    correction = RateCharge("tpm", minute, 2000, -900)
+    corrections = [RateCharge("tpm", minute, 2000, -900), RateCharge("tpm:m", minute, 2000, -900)]
     await store.settle(
         Settlement(
             first.reservation_id,
             [BudgetCharge(key, PERIOD, 1.0, 0.1)],
             0.4,
-            [correction],
+            corrections,
             line(key, 0.1),
             expires_at=first.expires_at,
         )
     )
+    (item,) = await store._meter_items(key)
+    assert store._rate_counts(item)["tpm:m"] == (minute, 100)  # its counter still counts that minute: corrected
     store.clock = lambda: (minute + 1) * 60
     meter = await store.meter(key, PERIOD)
     assert meter.rates == {"tpm": 10}
@@ -163,6 +166,55 @@ async def test_a_token_correction_lands_only_in_the_minute_it_corrects(dynamo: D
     )
     assert (await store.meter(key, PERIOD)).rates == {"tpm": 310}
     await store.close()
+
+
+class AnswerLostAfter(AnswerLost):
+    """`AnswerLost`, with `between` (another gateway's admission) run after the lost call landed."""
+
+    between: Callable[[], Awaitable[Any]] | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        losing = self.lose is not None and request.headers["x-amz-target"].endswith(f".{self.lose}")
+        try:
+            return await super().handle_async_request(request)
+        finally:
+            if losing and self.between is not None:
+                await self.between()
+
+
+@pytest.mark.parametrize("shared", ["budget", "rate"])
+async def test_an_admission_sent_again_after_a_siblings_on_their_parent_counts_once(
+    dynamo: DynamoServer, shared: str
+) -> None:
+    """A child's admission is one transaction over its item and its parent's. It landed, its answer was lost, and
+    a sibling's admission wrote the parent's item before it was sent again: that item no longer named it, so it
+    was taken for unmet, tried three times, and answered 503 (its reservation held until it expired)."""
+    table = dynamo.create_table()
+    transport = AnswerLostAfter()
+    client = DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url, transport=transport)
+    store, other = DynamoDBStore(client, table, owned=[client]), DynamoDBStore(dynamo.client(), table)
+    key, sibling, parent = (uuid.uuid4().hex[:12] for _ in range(3))
+    window = int(time.time() // 60)
+    charges, rates, theirs = [BudgetCharge(key, PERIOD, 1.0, 0.4)], [], []
+    if shared == "budget":
+        charges.append(BudgetCharge(parent, PERIOD, 10.0, 0.4))
+        theirs = [BudgetCharge(parent, PERIOD, 10.0, 0.1)]
+    else:
+        rates = [RateCharge("rpm", window, 100, 1, key_id=parent)]
+    sibling_admission = Admission(uuid.uuid4().hex, sibling, theirs, rates, time.time() + 900)
+    transport.between = functools.partial(other.admit, sibling_admission)
+    transport.lose = "TransactWriteItems"
+    adm = Admission(uuid.uuid4().hex, key, charges, rates, time.time() + 900)
+    assert (await store.admit(adm)).committed_usd[PERIOD] == pytest.approx(0.4)
+    assert transport.lose is None
+    await store.settle(settlement(adm, 0.2, line(key, 0.2)))
+    assert (await store.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.2)
+    if shared == "budget":
+        assert (await store.meter(parent, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.3)
+    else:
+        assert (await store.meter(parent, PERIOD)).rates == {"rpm": 2}
+    await store.close()
+    await other.close()
 
 
 async def test_a_release_sent_again_after_its_answer_was_lost_still_frees_the_budget(dynamo: DynamoServer) -> None:
