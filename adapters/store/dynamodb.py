@@ -37,6 +37,7 @@ import contextlib
 import functools
 import math
 import os
+import random
 import time
 import zlib
 from collections.abc import Callable
@@ -136,6 +137,7 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         )
         self.leases.release_expired = lambda key_id: self.release_expired(key_id, self.clock())
         self._swept: dict[str, float] = {}  # key id: when this process last released its expired minutes
+        self.sweep_phase: Callable[[], float] = random.random  # where in its first period a key's sweep falls
         self.page_size: int | None = None  # a query's `Limit` (None: DynamoDB's 1 MB pages)
         # Where settlements the table refused wait (handler/pipeline/spool.py): Lambda can write only under /tmp.
         folder = "/tmp" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else ".gateway"  # noqa: S108
@@ -514,13 +516,19 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
     async def _sweep(self, key_ids: list[str]) -> None:
         """Release the keys' expired minutes, at most once per `SWEEP_SECONDS` per key in this process. A
         minute whose reservations all settled holds nothing but stays in the item, one a minute of traffic,
-        until a release removes it; a refusal releases too, but a key that is never refused would only grow."""
+        until a release removes it; a refusal releases too, but a key that is never refused would only grow.
+        A key first seen here is swept at a random point of its first `SWEEP_SECONDS`: Lambda environments
+        started together by a burst do not all query the key, and race to release its minutes, at once."""
         now = self.clock()
         for key_id in key_ids:
-            if now - self._swept.get(key_id, -SWEEP_SECONDS) < SWEEP_SECONDS:
+            last = self._swept.get(key_id)
+            if last is None:
+                if len(self._swept) >= MAX_SWEPT:  # a long-lived process: forget long-gone keys
+                    self._swept.clear()
+                self._swept[key_id] = now - SWEEP_SECONDS * self.sweep_phase()
                 continue
-            if len(self._swept) >= MAX_SWEPT:  # a long-lived process: forget long-gone keys
-                self._swept.clear()
+            if now - last < SWEEP_SECONDS:
+                continue
             self._swept[key_id] = now
             with contextlib.suppress(StoreError):  # the settlement landed; the next sweep tries again
                 await self.release_expired(key_id, now)

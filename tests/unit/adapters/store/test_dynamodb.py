@@ -356,13 +356,40 @@ async def test_a_settlement_releases_its_keys_expired_minutes_now_and_then(dynam
 
     for n in range(5):  # five minutes of traffic, each request's reservation expiring in a minute of its own
         await one_request(now[0] + 60 * n)
-    assert len(minutes(await store._meter_items(key))) == 5  # the first settlement swept before the others
+    assert len(minutes(await store._meter_items(key))) == 5  # none had ended
     now[0] += SWEEP_SECONDS + 6 * 60
     await one_request(now[0] + 900)
     assert len(minutes(await store._meter_items(key))) == 1  # the ended ones released, the live one kept
     meter = await store.meter(key, PERIOD)
     assert meter.committed_usd[PERIOD] == pytest.approx(6 * 0.25) and meter.spent_usd[PERIOD] == pytest.approx(6 * 0.25)
     await store.close()
+
+
+async def test_processes_started_together_do_not_all_sweep_a_key_at_once(dynamo: DynamoServer) -> None:
+    """Each process swept a key at its first settlement on it: a burst that starts a hundred Lambda environments
+    had a hundred query the key's items, and race to release its ended minutes, in the same second. A key first
+    seen is swept at a random point of its first period instead (the default phase is below 1: never at once)."""
+    table = dynamo.create_table()
+    key = uuid.uuid4().hex[:12]
+    calls = []
+    for phase in (None, 0.0, 0.5):
+        store = DynamoDBStore(dynamo.client(), table)
+        if phase is not None:
+            store.sweep_phase = functools.partial(float, phase)
+        adm = Admission(uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1000.0, 0.5)], [], time.time() + 900)
+        await store.admit(adm)
+        before = dynamo.calls()
+        await store.settle(settlement(adm, 0.25, line(key, 0.25)))
+        calls.append(dynamo.calls() - before)
+        later = time.time() + SWEEP_SECONDS + 1  # its first period has passed, whatever its phase
+        store.clock = lambda later=later: later
+        again = Admission(uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1000.0, 0.5)], [], time.time() + 900)
+        await store.admit(again)
+        before = dynamo.calls()
+        await store.settle(settlement(again, 0.25, line(key, 0.25)))
+        assert dynamo.calls() - before >= 2  # swept then: the key's items were queried after the transaction
+        await store.close()
+    assert calls == [1, 1, 1]  # the settlement's transaction alone
 
 
 @pytest.mark.parametrize(("operation", "code"), CONTENTION)
