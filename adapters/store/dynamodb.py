@@ -67,7 +67,7 @@ from adapters.store.records import (
     ledger_sort_key,
     ledger_to_json,
 )
-from adapters.store.region_leases import IDLE_SECONDS, LEASE_PREFIX, LeaseShort, RegionLeases
+from adapters.store.region_leases import IDLE_SECONDS, LEASE_PREFIX, MAX_TRACKED, LeaseShort, RegionLeases
 from adapters.store.responses import DynamoDBResponses
 from adapters.store.signins import DynamoDBSignIns
 from handler.ports import (
@@ -85,7 +85,6 @@ METER_SK = "METER"
 LAST_ADMISSION = "q"  # on a meter item: the last admission written to it (`_admit_update`)
 BUCKET_SECONDS = 60  # reservations are summed by the minute they expire in (`reservation_bucket`)
 SWEEP_SECONDS = 120.0  # a process releases a key's expired reservations this often, after settling on it
-MAX_SWEPT = 10_000
 # All-keys reports read this many index partitions (the module docstring): each takes about 1,000 writes a
 # second before DynamoDB throttles it, so eight carry a ledger of 8,000 requests a second.
 LEDGER_SHARDS = 8
@@ -246,6 +245,12 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
 
     # --- admission (the primitives of `MeteredStore`) ---------------------------------------------
 
+    def _bucket(self, period: str, expires_at: float, home_region: str | None) -> str:
+        """The bucket a reservation of `period` expiring at `expires_at` is summed in, on the item a key homed in
+        `home_region` is counted on here: a home meter's are tagged with the region that wrote them (only that
+        region may release them), a lease's need no tag (only its region writes it)."""
+        return reservation_bucket(period, expires_at, None if self.leases.remote(home_region) else self.region)
+
     def _admit_update(self, admission: Admission, meter: MeterUpdate) -> Item:
         """`meter` as the conditional update of one key's meter item (or, for a key homed elsewhere, this
         region's lease of it)."""
@@ -256,8 +261,8 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         e.clauses["SET"].append(f"{last} = {this}")
         e.conditions.append(f"attribute_not_exists({last}) OR {last} <> {this}")
         for charge in meter.budgets:
+            bucket = e.name(self._bucket(charge.period, admission.expires_at, meter.home_region))
             if self.leases.remote(meter.home_region):
-                bucket = e.name(reservation_bucket(charge.period, admission.expires_at, None))
                 self.leases.admit_clause(e, charge, bucket)
                 continue
             committed = e.name(f"c:{charge.period}")
@@ -267,8 +272,6 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
                 e.conditions.append(f"attribute_not_exists({committed}) OR {committed} <= {ceiling}")
             else:  # a missing counter is zero, and zero plus this amount is over the limit
                 e.conditions.append(f"{committed} <= {ceiling}")
-            # Tagged with the region that wrote it: only that region may release it.
-            bucket = e.name(reservation_bucket(charge.period, admission.expires_at, self.region))
             e.clauses["ADD"].append(f"{bucket} {e.value(num(charge.amount_usd))}")
         for step in meter.rates:
             rate = step.charge
@@ -385,27 +388,25 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         """`update` as an update of one key's meter item (or this region's lease of it)."""
         e = Expression()
         remote = self.leases.remote(update.home_region)
+        exists = "attribute_not_exists" if update.released else "attribute_exists"
+        expires_at = settlement.expires_at
         for charge, delta in update.budgets:
             if remote:
                 self.leases.settle_clause(e, settlement, charge, update.released)
-                continue
-            e.clauses["ADD"] += [
-                f"{e.name(f'c:{charge.period}')} {e.value(num(delta))}",
-                f"{e.name(f's:{charge.period}')} {e.value(num(charge.amount_usd))}",
-            ]
-        exists = "attribute_not_exists" if update.released else "attribute_exists"
-        expires_at = settlement.expires_at
+            else:
+                e.clauses["ADD"] += [
+                    f"{e.name(f'c:{charge.period}')} {e.value(num(delta))}",
+                    f"{e.name(f's:{charge.period}')} {e.value(num(charge.amount_usd))}",
+                ]
+            if expires_at is not None:  # its minute's bucket holds it, unless that minute was released
+                bucket = e.name(self._bucket(charge.period, expires_at, update.home_region))
+                if not update.released:
+                    e.clauses["ADD"].append(f"{bucket} {e.value(num(-settlement.reserved_usd))}")
+                e.conditions.append(f"{exists}({bucket})")
         if update.budgets and expires_at is None:  # admitted as one `r:<id>` each (before buckets)
             reservation = e.name(f"r:{settlement.reservation_id}")
             e.clauses["REMOVE"].append(reservation)
             e.conditions.append(f"{exists}({reservation})")
-        elif update.budgets and expires_at is not None:  # its minute's bucket holds it, unless that was released
-            for charge, _ in update.budgets:
-                name = reservation_bucket(charge.period, expires_at, None if remote else self.region)
-                bucket = e.name(name)
-                if not update.released:
-                    e.clauses["ADD"].append(f"{bucket} {e.value(num(-settlement.reserved_usd))}")
-                e.conditions.append(f"{exists}({bucket})")
         for rate in update.tokens:  # only while the counter still counts the admission's minute
             window = e.name(f"n:{rate.name}")
             e.clauses["ADD"].append(f"{e.name(f'w:{rate.name}')} {e.value(num(rate.amount))}")
@@ -523,7 +524,7 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         for key_id in key_ids:
             last = self._swept.get(key_id)
             if last is None:
-                if len(self._swept) >= MAX_SWEPT:  # a long-lived process: forget long-gone keys
+                if len(self._swept) >= MAX_TRACKED:  # a long-lived process: forget long-gone keys
                     self._swept.clear()
                 self._swept[key_id] = now - SWEEP_SECONDS * self.sweep_phase()
                 continue
