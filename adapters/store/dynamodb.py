@@ -572,29 +572,37 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         nothing else would say the budget is free, and the refusal that asked for the release would stand)."""
         released = 0.0
         for _ in range(RELEASE_TRIES):
-            changed: dict[str, float] = {}
+            changed: dict[str, float] = {}  # bucket name: the USD it held when read
             for leased in (False, True):
                 group = [r for r in reservations if r.leased == leased]
-                for start in range(0, len(group), RELEASE_CHUNK):
-                    chunk = group[start : start + RELEASE_CHUNK]
-                    freed = await self._release_chunk(key_id, leased, chunk)
-                    if freed is None:
-                        freed = 0.0
-                        for one in chunk:
-                            alone = await self._release_chunk(key_id, leased, [one]) if len(chunk) > 1 else None
-                            if alone is None and one.stored is not None:
-                                changed[one.reservation_id] = one.amount_usd
-                            else:
-                                freed += one.amount_usd if alone is None else alone
-                    released += freed
+                released += await self._release_group(key_id, leased, group, changed)
             if not changed:
                 break
             reservations = [
                 r for r in await self._expired_reservations(key_id, self.clock()) if r.reservation_id in changed
             ]
-            released += sum(
-                amount for name, amount in changed.items() if name not in {r.reservation_id for r in reservations}
-            )
+            read_again = {r.reservation_id for r in reservations}
+            released += sum(amount for name, amount in changed.items() if name not in read_again)
+        return released
+
+    async def _release_group(
+        self, key_id: str, leased: bool, group: list[Reservation], changed: dict[str, float]
+    ) -> float:
+        """`_release` on one item, chunk by chunk: the USD released; the buckets changed since they were read
+        go into `changed`."""
+        released = 0.0
+        for start in range(0, len(group), RELEASE_CHUNK):
+            chunk = group[start : start + RELEASE_CHUNK]
+            freed = await self._release_chunk(key_id, leased, chunk)
+            if freed is not None:
+                released += freed
+                continue
+            for one in chunk:
+                alone = await self._release_chunk(key_id, leased, [one]) if len(chunk) > 1 else None
+                if alone is None and one.stored is not None:
+                    changed[one.reservation_id] = one.amount_usd
+                else:
+                    released += one.amount_usd if alone is None else alone
         return released
 
     async def _release_chunk(self, key_id: str, leased: bool, chunk: list[Reservation]) -> float | None:
