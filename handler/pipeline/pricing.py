@@ -61,22 +61,32 @@ def price_for(model: str, spec: ModelConfig, upstream_model: str) -> Price | Non
     return builtin_prices().find(upstream_model, model)
 
 
+def exact(value: float) -> float:
+    """`value` without the noise of the float arithmetic that made it (its 16th and 17th significant digits):
+    11 prompt tokens at $0.15 and 9 completion tokens at $0.60 per million come to 7.0499999999999986e-06 in
+    floats, billed as 7.05e-06. Fifteen digits are more than any price or token count carries."""
+    return float(format(value, ".15g"))
+
+
 class Cost(Value):
-    """What one request cost: the provider's charge, the gateway's fee, and what they were computed from."""
+    """What one request cost: the provider's charge, the gateway's fee, and what they were computed from. Both
+    amounts are kept `exact`, so the headers, the ledger and the budgets carry the same figure."""
 
     __slots__ = ("provider_usd", "fee_usd", "usage", "unit_prices")
 
     def __init__(
         self, provider_usd: float | None, fee_usd: float, usage: Usage, unit_prices: dict[str, float] | None
     ) -> None:
-        self.provider_usd: Final = provider_usd
-        self.fee_usd: Final = fee_usd
+        self.provider_usd: Final = provider_usd if not provider_usd else exact(provider_usd)
+        self.fee_usd: Final = fee_usd if not fee_usd else exact(fee_usd)
         self.usage: Final = usage
         self.unit_prices: Final = unit_prices
 
     @property
     def total_usd(self) -> float | None:
-        return None if self.provider_usd is None else self.provider_usd + self.fee_usd
+        if self.provider_usd is None:
+            return None
+        return exact(self.provider_usd + self.fee_usd) if self.fee_usd else self.provider_usd
 
     @property
     def cache_savings_usd(self) -> float:

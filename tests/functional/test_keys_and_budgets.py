@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -134,6 +135,20 @@ def test_whoami_and_child_keys(running: Running, mint: Any) -> None:
     httpx.post(f"{running.url}/admin/keys/{me['id']}/revoke", headers=headers(mint(admin=True)))
     time.sleep(running.gateway.config.gateway.key_cache_seconds + 0.1)
     assert chat(running, body["key"]).json()["error"]["code"] == "key_revoked"
+
+
+def test_the_budget_left_is_shown_per_answer_in_plain_digits(running: Running, mint: Any) -> None:
+    """`x-gateway-budget-remaining-usd` is the budget less the costs so far, as the official SDK reads it: without
+    the float arithmetic's noise (a cost read `0.0000070499999999999986` and the budget left as many digits)."""
+    budget = 0.3
+    client = openai_client(running, mint(budget_usd=budget))
+    spent = Decimal(0)
+    for _ in range(3):
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI)
+        cost, left = raw.headers["x-gateway-cost-usd"], raw.headers["x-gateway-budget-remaining-usd"]
+        assert all(len(Decimal(v).normalize().as_tuple().digits) <= 15 for v in (cost, left)), (cost, left)
+        spent += Decimal(cost)
+        assert Decimal(left) == Decimal(str(budget)) - spent
 
 
 def test_budget_holds_under_concurrency(on_each_store: Running) -> None:

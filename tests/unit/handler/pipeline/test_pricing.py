@@ -35,6 +35,20 @@ def test_cost_splits_uncached_cached_and_cache_write() -> None:
     assert cost.fee_usd == 0 and cost.total_usd == cost.provider_usd
 
 
+def test_a_cost_carries_no_float_arithmetic_noise() -> None:
+    """11 and 9 tokens at $0.15 and $0.60 per million come to 7.0499999999999986e-06 in float arithmetic; the
+    header read `x-gateway-cost-usd: 0.0000070499999999999986`."""
+    cost = cost_of(Usage.of(11, 9), Price(input=0.15, output=0.6), NO_FEE)
+    assert cost.provider_usd == 7.05e-06 and usd(cost.total_usd or 0) == "0.00000705"
+    fee = cost_of(Usage.of(11, 9), Price(input=0.15, output=0.6), FeeConfig(percent=3, per_request_usd=0.0001))
+    assert (fee.fee_usd, fee.total_usd) == (0.0001002115, 0.0001072615)
+    assert [usd(v or 0) for v in (fee.provider_usd, fee.fee_usd, fee.total_usd)] == [
+        "0.00000705",
+        "0.0001002115",
+        "0.0001072615",
+    ]
+
+
 def test_long_context_tier_applies_above_threshold() -> None:
     table = builtin_prices()
     sonnet = table.find("claude-sonnet-4-5-20250929")
