@@ -3,8 +3,9 @@
 uvicorn's httptools protocol takes request headers of any size, and httptools gathers a header (and
 the target) by appending each piece it receives, so one 60 MB header kept the event loop busy for
 seconds: every other request, `/health` included, waited. Here the bytes of a request's line and headers
-are counted as they arrive; beyond `gateway.limits.request_header_bytes` the request is answered
-`431 headers_too_large` (OpenAI's error shape) and its connection closed, before the parser is fed more.
+are counted as they arrive (a read that also carries the body counts only as far as the head's end);
+beyond `gateway.limits.request_header_bytes` the request is answered `431 headers_too_large` (OpenAI's error
+shape) and its connection closed, before the parser is fed more.
 """
 
 from __future__ import annotations
@@ -45,14 +46,27 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self.in_head:
-            self.head_bytes += len(data)
-            if self.head_bytes > request_header_bytes():
-                if not self.refused:
-                    self.refused = True
-                    self.transport.write(too_large_answer(request_header_bytes()))
-                    self.transport.close()
+            room = request_header_bytes() - self.head_bytes
+            if len(data) > room:
+                # The bound is on the head alone, and a read may also carry the body (a coding agent's 200 KB
+                # request, written at once, arrives so): the parser is given what fits, and says whether the
+                # head ended within it before the rest is fed.
+                self.head_bytes += max(room, 0)
+                if room > 0:
+                    super().data_received(data[:room])
+                if self.in_head:
+                    self._refuse()
+                elif not self.transport.is_closing():
+                    super().data_received(data[room:])
                 return
+            self.head_bytes += len(data)
         super().data_received(data)
+
+    def _refuse(self) -> None:
+        if not self.refused and not self.transport.is_closing():
+            self.refused = True
+            self.transport.write(too_large_answer(request_header_bytes()))
+            self.transport.close()
 
     def on_message_begin(self) -> None:
         # (A request after the first on a kept-alive connection: its first read was counted as the last

@@ -230,10 +230,12 @@ def serve_gateway(
     upstream: ServerThread,
     fakes: dict[str, Any],
     environ: Mapping[str, str] = FAKE_KEYS,
+    http: str = "auto",
 ) -> tuple[Running, ServerThread]:
-    """A gateway for `config` on its own socket, in region us-east-1; stop the returned server after use."""
+    """A gateway for `config` on its own socket, in region us-east-1 (`http`: uvicorn's protocol); stop the
+    returned server after use."""
     gateway = build_gateway(config=config, store_url=store_url, environ={**environ, "GATEWAY_REGION": "us-east-1"})
-    gateway_server = ServerThread(create_app(gateway), cleanup=gateway.aclose).start()
+    gateway_server = ServerThread(create_app(gateway), cleanup=gateway.aclose, http=http).start()
     return Running(gateway_server.url, gateway, store_url, upstream, fakes), gateway_server
 
 

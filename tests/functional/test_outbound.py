@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from handler.api.app import create_app
 from handler.config import Config
 from tests.functional.conftest import Running, serve_gateway
 from tests.support.servers import ServerThread, SocketServer
@@ -22,8 +21,10 @@ SERVE_PROTOCOL = "handler.entry.server:BoundedHttpToolsProtocol"  # what `gatewa
 
 @pytest.fixture
 def served(running: Running) -> Iterator[ServerThread]:
-    """The gateway behind `gateway serve`'s HTTP protocol."""
-    server = ServerThread(create_app(running.gateway), http=SERVE_PROTOCOL).start()
+    """The gateway (a second one, on the same store and fakes, closed with its server) behind `gateway serve`'s
+    HTTP protocol."""
+    config = running.gateway.config
+    _, server = serve_gateway(config, running.store_url, running.upstream, running.fakes, http=SERVE_PROTOCOL)
     yield server
     server.stop()
 
@@ -62,6 +63,37 @@ def test_a_60_mb_header_is_431_and_does_not_stall_health(served: ServerThread) -
 def test_headers_within_the_bound_pass(served: ServerThread) -> None:
     answer = httpx.get(f"{served.url}/health", headers={"x-big": "a" * 30_000})
     assert answer.status_code == 200
+
+
+@pytest.mark.parametrize("body_kb", [60, 200, 1000])
+def test_a_large_body_read_with_its_headers_is_not_taken_for_headers(
+    served: ServerThread, key: str, body_kb: int
+) -> None:
+    """The bound counts a request's line and headers only. Sent in one write, a coding agent's 200 KB body
+    reached the server in the same read as its headers, and that whole read was counted as headers: 431."""
+    content = "x" * (body_kb * 1024)
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "%s"}]}' % content.encode()
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer %s\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (key.encode(), len(body))
+    )
+    for _ in range(3):  # fresh connections: the first read of each is counted
+        with socket.create_connection(("127.0.0.1", served.port)) as sock:
+            sock.sendall(head + body)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+
+
+def test_headers_beyond_the_bound_are_431_when_a_body_follows_in_the_same_read(served: ServerThread) -> None:
+    big = b"GET /health HTTP/1.1\r\nhost: gateway\r\nx-big: " + b"a" * 70_000 + b"\r\ncontent-length: 5\r\n\r\nhello"
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        sock.sendall(big)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
 
 
 class Holding:
