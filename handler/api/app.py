@@ -296,15 +296,19 @@ async def openai_events(stream: ChunkStream, include_usage: bool) -> AsyncIterat
 
 def nested_deeper_than(data: Any, limit: int) -> bool:
     """Whether JSON `data` nests deeper than `limit` levels. orjson parses 1024 levels but writes only 254,
-    so a deeper body would parse, then fail (a 500) when the adapter serializes it for the upstream."""
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict | list):
-            if depth > limit:
-                return True
-            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
-    return False
+    so a deeper body would parse, then fail (a 500) when the adapter serializes it for the upstream. Level by
+    level, keeping only the containers: a coding agent's 105 KB body took 1.0-1.2 ms when every value was
+    stacked, 0.4 ms so (its JSON parse: 0.6 ms)."""
+    level = [data]
+    for _ in range(limit):
+        below = []
+        for value in level:
+            items = value.values() if type(value) is dict else value
+            below += [item for item in items if type(item) is dict or type(item) is list]
+        if not below:
+            return False
+        level = below
+    return True
 
 
 def invalid_from_validation(exc: ValidationError) -> InvalidRequestError:

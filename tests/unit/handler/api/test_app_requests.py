@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.requests import Request
 
 from handler.api import app as app_module
-from handler.api.app import lambda_time_left_s, lwa_source_ip, parse_controls
+from handler.api.app import MAX_JSON_DEPTH, lambda_time_left_s, lwa_source_ip, nested_deeper_than, parse_controls
 
 
 class LambdaContext:
@@ -208,3 +211,32 @@ async def test_a_client_gone_before_its_body_was_sent_is_a_499_not_a_500() -> No
     with pytest.raises(ClientClosedError) as gone:
         await api.body(Request(scope, receive))
     assert gone.value.status == 499
+
+
+def depth_of(value: Any) -> int:
+    """JSON nesting by recursion, the definition `nested_deeper_than` answers to (a scalar is 0 levels)."""
+    if isinstance(value, dict):
+        return 1 + max(map(depth_of, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth_of, value), default=0)
+    return 0
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=2), inner, max_size=4),
+    max_leaves=40,
+)
+
+
+@given(st.dictionaries(st.text(max_size=2), JSON_VALUES, max_size=4), st.integers(1, 8))
+def test_nesting_is_measured_exactly(data: dict[str, Any], limit: int) -> None:
+    assert nested_deeper_than(data, limit) == (depth_of(data) > limit)
+
+
+@pytest.mark.parametrize("depth", [127, 128, 129])
+def test_nesting_at_the_bodys_bound(depth: int) -> None:
+    body = orjson.loads(b'{"a":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}")
+    deepest_in_a_wide_body = {"wide": [{"k": "v" * 10, "n": [1, 2]}] * 50, "deep": body}
+    assert nested_deeper_than(body, MAX_JSON_DEPTH) == (depth > MAX_JSON_DEPTH)
+    assert nested_deeper_than(deepest_in_a_wide_body, MAX_JSON_DEPTH) == (depth + 1 > MAX_JSON_DEPTH)
