@@ -30,6 +30,7 @@ from handler.errors import (
     RequestTooLargeError,
     ServiceUnavailableError,
     StrictParamsError,
+    UpstreamError,
 )
 from handler.pipeline.attribution import TAG, parse_tags
 from handler.pipeline.gateway import Gateway
@@ -286,6 +287,13 @@ async def openai_events(stream: ChunkStream, include_usage: bool) -> AsyncIterat
         async for batch in stream.batches():  # what one upstream read brought: one write to the client
             yield b"".join(sse_chunk(chunk) for chunk in batch)
         await stream.complete()
+        if stream.cut:  # (billed and settled above)
+            raise UpstreamError(
+                "the provider's stream ended before the answer was finished",
+                upstream_status=200,
+                retryable=False,
+                code="stream_interrupted",
+            )
         yield sse_json(stream.final_chunk(include_usage))
 
     async with contextlib.aclosing(guarded(stream, events(), sse_error)) as relayed:

@@ -758,6 +758,14 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         self.schema = pipeline._enforced_schema(req, attempt, ex)
         self._text: list[str] = []
         self.schema_violation: str | None = None
+        self._choices: set[int] = set()
+        self._finished_choices: set[int] = set()
+
+    @property
+    def cut(self) -> bool:
+        """Whether the upstream stream ended with a choice (or every choice) left without its finish reason:
+        what was sent is billed, but the answer is not whole."""
+        return not self._finished_choices or self._choices != self._finished_choices
 
     def _items(self, events: list[StreamEvent]) -> list[ChatCompletionChunk]:
         chunks = [c for e in events for c in self.parser.feed(e)]
@@ -784,6 +792,9 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
 
     def _count(self, chunk: ChatCompletionChunk) -> None:
         for choice in chunk.choices:
+            self._choices.add(choice.index)
+            if choice.finish_reason:
+                self._finished_choices.add(choice.index)
             self._chars += len(choice.delta.content or "") + len(choice.delta.reasoning_content or "")
             if self.schema is not None and choice.index == 0 and choice.delta.content:
                 self._text.append(choice.delta.content)

@@ -89,8 +89,14 @@ def test_stream_fails_over_before_its_first_byte_only(running: Running, key: str
         model="cut-then-ok", messages=HI, stream=True
     )
     assert stream.headers["x-gateway-route"] == "openai/stream-cut@global=200"
-    text = "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices)
-    assert text == "Hello from"  # cut after its first bytes reached us: no failover, the stream ends early
+    text = ""
+    with pytest.raises(openai.APIError) as cut:
+        for chunk in stream.parse():
+            text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+    # Cut after its first bytes reached us: no failover, and the client is told the answer is not whole (it
+    # used to end as if finished).
+    assert text == "Hello from" and "ended before the answer was finished" in cut.value.message
+    assert [line.status for line in running.ledger(key)][-1] == 200  # what was relayed is billed
 
 
 def test_fallbacks_header_none_and_override(running: Running, key: str) -> None:
