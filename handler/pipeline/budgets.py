@@ -171,11 +171,11 @@ class Meter:
                     f"it needs about {refused.requested} (the prompt and the output it may produce); lower "
                     "max_tokens or shorten the prompt, no minute will admit it as it is",
                     retry=False,  # (`retry-after` stays, as on every 429; the SDKs read x-should-retry first)
-                    headers={"retry-after": str(wait), **self._rate_headers(admission.rates, None, window)},
+                    headers={"retry-after": str(wait), **self._refusal_headers(admission.rates, refused, window)},
                 ) from None
             raise RateLimitError(
                 f"rate limit {refused.limit_name}={refused.limit} per minute reached; retry in {wait}s",
-                headers={"retry-after": str(wait), **self._rate_headers(admission.rates, None, window)},
+                headers={"retry-after": str(wait), **self._refusal_headers(admission.rates, refused, window)},
             ) from None
         except StoreError as exc:
             raise ServiceUnavailableError(
@@ -218,6 +218,20 @@ class Meter:
                 headers[f"x-ratelimit-limit-{label}"] = str(tightest[1])
                 headers[f"x-ratelimit-remaining-{label}"] = str(max(0, tightest[0]))
                 headers[f"x-ratelimit-reset-{label}"] = reset
+        return headers
+
+    def _refusal_headers(self, rates: list[RateCharge], refused: RateRefused, window: int) -> dict[str, str]:
+        """A 429's `x-ratelimit-*` headers: the refused limit with nothing remaining (unless the request alone was
+        too large: the window's count is not known then), the other kind's limit without a remaining count,
+        which a refusal does not read (it used to be the limit less this request, as if nothing had been used)."""
+        headers = self._rate_headers(rates, None, window)
+        refused_label = "requests" if refused.limit_name[:3] == "rpm" else "tokens"
+        for label in ("requests", "tokens"):
+            if label == refused_label and refused.requested is None:
+                headers[f"x-ratelimit-limit-{label}"] = str(refused.limit)
+                headers[f"x-ratelimit-remaining-{label}"] = "0"
+            else:
+                headers.pop(f"x-ratelimit-remaining-{label}", None)
         return headers
 
     def remaining_usd(self, reservation: Reservation, actual_usd: float) -> float | None:

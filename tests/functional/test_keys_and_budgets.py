@@ -213,6 +213,12 @@ def test_rate_limits_answer_429_with_headers(on_each_store: Running) -> None:
     assert first.headers["x-ratelimit-limit-tokens"] == "100000"
     assert int(limited.headers["retry-after"]) >= 1
     assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+    # The refusal says nothing is left of the refused limit (it said 2, as if the window were empty), and
+    # gives no count of the tokens, which it did not read.
+    assert limited.headers["x-ratelimit-limit-requests"] == "3"
+    assert limited.headers["x-ratelimit-remaining-requests"] == "0"
+    assert limited.headers["x-ratelimit-limit-tokens"] == "100000"
+    assert "x-ratelimit-remaining-tokens" not in limited.headers
     with pytest.raises(openai.RateLimitError):
         openai_client(running, key).chat.completions.create(
             model="gpt-4o-mini",
