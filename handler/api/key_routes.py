@@ -15,6 +15,7 @@ from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedE
 from handler.pipeline.attribution import line_tags, validate_tags
 from handler.pipeline.budgets import period_of
 from handler.pipeline.keys import key_names, models_within, network, validate_networks, with_descendants
+from handler.pipeline.pricing import dollars
 from handler.ports import ConflictError, KeyRecord, RateCharge, UsageQuery
 
 if TYPE_CHECKING:
@@ -137,11 +138,13 @@ class KeyRoutes:
         snapshot = await self.gateway.store.meter(record.id, period)
         committed = snapshot.committed_usd.get(period, 0.0)
         spent = snapshot.spent_usd.get(period, 0.0)
+        # Sums of float costs, rounded to a millionth of a cent: the same costs summed in another order left
+        # `reserved_usd` at 5.9e-17 with nothing in flight, and `spent_usd` at 0.027850227500000005.
         return {
             "period": period,
-            "spent_usd": spent,
-            "reserved_usd": max(0.0, committed - spent),
-            "remaining_usd": max(0.0, record.budget_usd - committed),
+            "spent_usd": dollars(spent),
+            "reserved_usd": max(0.0, dollars(committed - spent)),
+            "remaining_usd": max(0.0, dollars(record.budget_usd - committed)),
         }
 
     async def _line_tags(self, record: KeyRecord) -> dict[str, Any]:

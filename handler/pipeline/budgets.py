@@ -21,7 +21,7 @@ from typing import Any
 
 from handler.errors import BudgetExceededError, RateLimitError, ServiceUnavailableError
 from handler.pipeline.keys import KeyService, model_allowed
-from handler.pipeline.pricing import exact
+from handler.pipeline.pricing import dollars
 from handler.pipeline.spool import SettlementSpool
 from handler.ports import (
     Admission,
@@ -244,7 +244,7 @@ class Meter:
             committed = reservation.snapshot.committed_usd.get(charge.key_id)
         if committed is None:
             return None
-        return max(0.0, exact(reservation.budget_limit - (committed - reservation.amount_usd + actual_usd)))
+        return max(0.0, dollars(reservation.budget_limit - (committed - reservation.amount_usd + actual_usd)))
 
     def settlement(
         self, reservation: Reservation, actual_usd: float, tokens: int, item: LedgerItem | None

@@ -68,6 +68,12 @@ def exact(value: float) -> float:
     return float(format(value, ".15g"))
 
 
+def dollars(total: float) -> float:
+    """A sum or difference of costs, rounded to 1e-12 USD (costs are `exact` to 15 digits, but adding them
+    leaves noise at the sum's own 16th digit, and a difference of equal sums can be 5.9e-17 instead of 0)."""
+    return exact(round(total, 12))
+
+
 class Cost(Value):
     """What one request cost: the provider's charge, the gateway's fee, and what they were computed from. Both
     amounts are kept `exact`, so the headers, the ledger and the budgets carry the same figure."""

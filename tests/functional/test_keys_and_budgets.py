@@ -138,17 +138,23 @@ def test_whoami_and_child_keys(running: Running, mint: Any) -> None:
 
 
 def test_the_budget_left_is_shown_per_answer_in_plain_digits(running: Running, mint: Any) -> None:
-    """`x-gateway-budget-remaining-usd` is the budget less the costs so far, as the official SDK reads it: without
-    the float arithmetic's noise (a cost read `0.0000070499999999999986` and the budget left as many digits)."""
+    """`x-gateway-budget-remaining-usd` is the budget less the costs so far, without the float arithmetic's noise
+    (a cost read `0.0000070499999999999986` and the budget left as many digits)."""
     budget = 0.3
-    client = openai_client(running, mint(budget_usd=budget))
+    key = mint(budget_usd=budget)
     spent = Decimal(0)
-    for _ in range(3):
-        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI)
+    for n in range(12):
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi " * n}]}
+        raw = httpx.post(f"{running.url}/v1/chat/completions", json=body, headers=headers(key), timeout=10)
         cost, left = raw.headers["x-gateway-cost-usd"], raw.headers["x-gateway-budget-remaining-usd"]
         assert all(len(Decimal(v).normalize().as_tuple().digits) <= 15 for v in (cost, left)), (cost, left)
         spent += Decimal(cost)
         assert Decimal(left) == Decimal(str(budget)) - spent
+    # And so does the key's own view: `spent_usd` was 0.00004935000000000001, `reserved_usd` 1.98e-19 with
+    # nothing in flight.
+    me = httpx.get(f"{running.url}/v1/key", headers=headers(key)).json()
+    assert (Decimal(str(me["spent_usd"])), me["reserved_usd"]) == (spent, 0)
+    assert Decimal(str(me["remaining_usd"])) == Decimal(str(budget)) - spent
 
 
 def test_budget_holds_under_concurrency(on_each_store: Running) -> None:
