@@ -23,8 +23,9 @@ mapped at the boundary with `raise ... from exc`; nothing else reaches the clien
 
 `should_retry` tells the client, as the `x-should-retry` header the official OpenAI and Anthropic SDKs honour:
 true only where the same request can succeed later (the key's own rate limit, an unavailable store, open
-breakers), with a `retry-after`; false where it cannot (a bad request, a missing key, a budget) or where the
-gateway has already spent its own retries on the providers.
+breakers), with a `retry-after`, and a provider's passing failure on the only attempt made; false where it
+cannot (a bad request, a missing key, a budget) or where the gateway has already spent its own retries or failed
+over.
 """
 
 from __future__ import annotations

@@ -29,11 +29,25 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
             "providers": {
                 "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": base},
                 "nokey": {"type": "openai", "api_key": "env:NOKEY_API_KEY", "base_url": base},
+                "anthropic": {
+                    "type": "anthropic",
+                    "api_key": "env:ANTHROPIC_API_KEY",
+                    "base_url": f"{server.url}/anthropic",
+                },
             },
             "models": {
                 "ok": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": PRICE},
                 "limited": {"deployments": [{"provider": "openai", "model": "fail-429"}], "price": PRICE},
                 "unconfigured": {"deployments": [{"provider": "nokey", "model": "gpt-4o-mini"}], "price": PRICE},
+                "down": {"deployments": [{"provider": "openai", "model": "fail-500"}], "price": PRICE},
+                "overloaded": {"deployments": [{"provider": "anthropic", "model": "fail-529"}], "price": PRICE},
+                "all-down": {
+                    "deployments": [
+                        {"provider": "openai", "model": "fail-500"},
+                        {"provider": "anthropic", "model": "fail-529"},
+                    ],
+                    "price": PRICE,
+                },
             },
         },
         set(REGISTRY),
@@ -118,3 +132,31 @@ def test_the_keys_own_rate_limit_says_when_to_retry(gw: Running) -> None:
     client.close()
     answer = raised.value.response
     assert answer.headers["x-should-retry"] == "true" and int(answer.headers["retry-after"]) >= 1
+
+
+def test_a_passing_failure_the_gateway_tried_once_is_left_to_the_sdks_retries(gw: Running) -> None:
+    """A lone deployment's 500 or 529: the gateway did not retry, so the SDK may (both used to be told not to,
+    and one overloaded answer ended a Claude Code turn); where the gateway failed over, it may not."""
+    key = gw.mint()
+    openai_fake, anthropic_fake = gw.fakes["openai"].state.requests, gw.fakes["anthropic"].state.requests
+    counter, since = Counter(), len(openai_fake)
+    client = sdk_openai(gw, key, counter)
+    with pytest.raises(openai.InternalServerError) as raised:
+        client.chat.completions.create(model="down", messages=HI)  # type: ignore[arg-type]
+    client.close()
+    assert raised.value.response.headers["x-should-retry"] == "true"
+    assert counter.sent == 3 and len(openai_fake) - since == 3  # the SDK's two retries, each tried once
+    counter, since = Counter(), len(anthropic_fake)
+    claude = sdk_anthropic(gw, key, counter)
+    with pytest.raises(anthropic.APIStatusError) as failed:
+        claude.messages.create(model="overloaded", max_tokens=10, messages=HI)  # type: ignore[arg-type]
+    claude.close()
+    assert failed.value.response.headers["x-should-retry"] == "true"
+    assert counter.sent == 3 and len(anthropic_fake) - since == 3
+    counter, since = Counter(), len(openai_fake) + len(anthropic_fake)
+    client = sdk_openai(gw, key, counter)
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(model="all-down", messages=HI)  # type: ignore[arg-type]
+    client.close()
+    assert raised.value.response.headers["x-should-retry"] == "false"
+    assert counter.sent == 1 and len(openai_fake) + len(anthropic_fake) - since == 2
