@@ -286,6 +286,8 @@ async def openai_events(stream: ChunkStream, include_usage: bool) -> AsyncIterat
     async def events() -> AsyncGenerator[bytes]:
         async for batch in stream.batches():  # what one upstream read brought: one write to the client
             yield b"".join(sse_chunk(chunk) for chunk in batch)
+        if stream.cut:
+            stream.failed(UpstreamError.status)  # its ledger line, log line and metrics say so
         await stream.complete()
         if stream.cut:  # (billed and settled above)
             raise UpstreamError(

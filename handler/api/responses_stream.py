@@ -222,6 +222,8 @@ def responses_events(
             data = b"".join(writer.chunk(chunk) for chunk in batch)
             if data:
                 yield data
+        if writer.finish_reason is None:
+            stream.failed(UpstreamError.status)  # its ledger line, log line and metrics say so
         await stream.complete()
         if writer.finish_reason is None:
             # What the provider sent is billed (settled above), but the answer is not whole.
