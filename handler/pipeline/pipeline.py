@@ -548,19 +548,20 @@ class Pipeline:
             ex.trace.cut(ex.inflight, "client_closed" if cancelled else str(getattr(exc, "code", type(exc).__name__)))
         if ex.inflight is None and ex.missed:
             ex.inflight = ex.missed.pop()  # (its attempt span was recorded when it timed out)
+        # In the background (`_settle` does not suspend then), so the client is not kept waiting for the ledger
+        # line: awaited, an error answer waited out the embedded store's linger for company (~10 ms), counted
+        # as the gateway's own time; and a cancelled request's settlement cannot be cut half-way.
         if ex.inflight is not None:
             ex.attempt, ex.inflight = ex.inflight, None
             status = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else getattr(exc, "status", 500)
-            work = self._settle(ex, None, status, source="reserved")
+            await self._settle(ex, None, status, background=True, source="reserved")
         elif ex.answered is not None:
-            ex.attempt, status = ex.answered
-            work = self._settle(ex, Usage.of(0, 0), status, free=True)
+            # The status the client is answered (a provider's 500 is the client's 502), as its log line and
+            # metrics say; the provider's own is in the line's route.
+            ex.attempt, upstream_status = ex.answered
+            await self._settle(ex, Usage.of(0, 0), getattr(exc, "status", upstream_status), background=True, free=True)
         else:
-            work = self._settle(ex, None, 0)
-        if isinstance(exc, asyncio.CancelledError):
-            self.gateway.spawn(work)  # this task is being cancelled: the settlement must not be
-        else:
-            await work
+            await self._settle(ex, None, 0, background=True)
 
     async def _deadline(self, ex: Exchange, work: Awaitable[T]) -> T:
         if ex.controls.deadline_s is None:
@@ -625,7 +626,9 @@ class Pipeline:
                         raise self._client_facing(err) from None
                     breakers.failure(label)
                     if retry < retries and err.retry_after is not None and err.retry_after <= 5:
-                        await asyncio.sleep(err.retry_after)
+                        waited = time.perf_counter()
+                        await asyncio.sleep(err.retry_after)  # the provider's wait, not the gateway's own time
+                        ex.upstream_ms += (time.perf_counter() - waited) * 1000
                         continue
                     break
                 ex.inflight = None

@@ -1,8 +1,8 @@
 """A fake OpenAI Chat Completions and Embeddings API, speaking OpenAI's documented wire format.
 
 Behaviour is chosen by the requested model name, so tests need no side channel:
-`fail-429` (rate limit with retry-after: 0), `fail-500`, `fail-400`, `fail-401`, `slow` (waits
-`SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way without [DONE]),
+`fail-429` (rate limit with retry-after: 0), `fail-429-wait` (retry-after-ms: 300), `fail-500`, `fail-400`,
+`fail-401`, `slow` (waits `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way without [DONE]),
 `drip` (a stream whose chunks come `SLOW_SECONDS` apart), `bad-json` (a 200 whose body is not JSON),
 `no-usage` (an answer without `usage`), `negative-usage` (usage with negative counts), `echo-auth` (a 400
 whose message quotes the request's authorization and `x-` headers back, as some upstream errors do), `reasoner`
@@ -133,6 +133,14 @@ def create_app() -> Starlette:
         if request.headers.get("authorization") != f"Bearer {API_KEY}":
             return None, _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
         model = str(body.get("model", ""))
+        if "fail-429-wait" in model:  # a wait in milliseconds too, as OpenAI gives it
+            return None, _error(
+                429,
+                "Rate limit reached for requests",
+                "requests",
+                "rate_limit_exceeded",
+                {"retry-after": "1", "retry-after-ms": "300"},
+            )
         if "fail-429" in model:
             return None, _error(
                 429, "Rate limit reached for requests", "requests", "rate_limit_exceeded", {"retry-after": "0"}

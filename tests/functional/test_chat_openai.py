@@ -154,3 +154,10 @@ def test_upstream_failures_fail_over_or_map(running: Running, key: str) -> None:
     assert broken.value.status_code == 502
     assert broken.value.body["upstream_status"] == 500  # type: ignore[index]
     assert "test-openai-key" not in str(broken.value.body)
+    # Each failure's ledger line has the status its client was answered, as its log line and metrics do (the
+    # provider's 500 was written where the client, the log and the metrics had 502); the route keeps the 500.
+    lines = running.ledger(key)[-2:]
+    assert [(line.status, line.route) for line in lines] == [
+        (400, "openai/fail-400@global=400"),
+        (502, "openai/fail-500@global=500"),
+    ]

@@ -38,6 +38,7 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
             "models": {
                 "ok": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": PRICE},
                 "limited": {"deployments": [{"provider": "openai", "model": "fail-429"}], "price": PRICE},
+                "limited-wait": {"deployments": [{"provider": "openai", "model": "fail-429-wait"}], "price": PRICE},
                 "unconfigured": {"deployments": [{"provider": "nokey", "model": "gpt-4o-mini"}], "price": PRICE},
                 "down": {"deployments": [{"provider": "openai", "model": "fail-500"}], "price": PRICE},
                 "overloaded": {"deployments": [{"provider": "anthropic", "model": "fail-529"}], "price": PRICE},
@@ -160,3 +161,20 @@ def test_a_passing_failure_the_gateway_tried_once_is_left_to_the_sdks_retries(gw
     client.close()
     assert raised.value.response.headers["x-should-retry"] == "false"
     assert counter.sent == 1 and len(openai_fake) + len(anthropic_fake) - since == 2
+
+
+def test_the_gateways_own_time_leaves_out_what_it_waited_for_the_provider(gw: Running) -> None:
+    """The provider's retry-after before the gateway's retry is upstream time; and an error answer does not wait
+    for its ledger line (it waited out the store's linger, ~10 ms, counted as the gateway's own)."""
+    key = gw.mint()
+    answer = httpx.post(
+        f"{gw.url}/v1/chat/completions",
+        json={"model": "limited-wait", "messages": HI},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+    assert answer.status_code == 429
+    timing = dict(part.strip().split(";dur=") for part in answer.headers["server-timing"].split(","))
+    assert float(timing["upstream"]) >= 300 and float(timing["gateway"]) < 8, timing
+    line = gw.ledger(key)[-1]
+    assert line.upstream_ms >= 300 and line.gateway_ms < 8
