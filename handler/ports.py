@@ -140,10 +140,12 @@ class NativeMeter(Protocol):
     per search, even in a stream cut short).
     """
 
-    usage: Usage | None
     output_chars: int
     final: bool
     searches: int
+
+    @property
+    def usage(self) -> Usage | None: ...
 
     def feed(self, event: StreamEvent) -> None: ...
 

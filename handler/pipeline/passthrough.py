@@ -105,6 +105,10 @@ class UpstreamStream(ABC, Generic[T]):
         """The web searches the provider has run so far (its own search tool's)."""
         return 0
 
+    def _provider_finished(self) -> bool:
+        """Whether the provider finished its answer: its stream ended, or it gave its final usage before that."""
+        return self._finished or self._reported_final()
+
     def usage(self) -> Usage:
         """The usage this stream is charged for (see `metered`)."""
         return self.metered()[0]
@@ -117,7 +121,7 @@ class UpstreamStream(ABC, Generic[T]):
         usage = self._reported()
         if usage is not None and not plausible(usage):
             usage = None
-        finished = self._finished or self._reported_final()
+        finished = self._provider_finished()
         if finished and usage is not None:
             return usage, "provider"
         if not finished and wants_reasoning(self.req):
@@ -239,6 +243,11 @@ class NativeStream(UpstreamStream[StreamEvent]):
 
     def _searches(self) -> int:
         return self.meter.searches
+
+    def _provider_finished(self) -> bool:
+        # A provider's own stream ends its answer with the final usage (Anthropic's `message_delta`, a Responses
+        # stream's terminal event): one that ended without it was cut short, however its connection closed.
+        return self.meter.final
 
 
 async def guarded(

@@ -8,6 +8,7 @@ Parameters with no Anthropic equivalent are reported in `BuiltRequest.dropped`, 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -494,26 +495,37 @@ class MessagesMeter:
     """Reads the usage of a Messages stream passed through unchanged.
 
     `message_start` brings the input counts (cache reads and writes among them) and `message_delta` the
-    final cumulative ones. Until then the output is estimated from the deltas' text, so a stream cut short
+    final cumulative ones. Until then the output is estimated from the text the deltas relayed
+    (`output_chars`: text, thinking, and tool input JSON, not the events around them), so a stream cut short
     is still charged for what it produced; `searches` counts the `web_search` server tool calls that started
     (the stream's estimate carries them, `UpstreamStream.metered`).
     """
 
     def __init__(self) -> None:
-        self.usage: Usage | None = None
         self._wire = WireUsage()
-        self._chars = 0
-        self.output_chars = 0  # never needed: `usage` carries the estimate from the first event on
+        self._started = False  # `message_start` (or `message_delta`) brought counts
+        self.output_chars = 0
         self.final = False  # `message_delta` brought the final counts (`message_stop` is still to come)
         self.searches = 0
+
+    @property
+    def usage(self) -> Usage | None:
+        """The provider's counts; until its final ones, with the output at least the relayed text's estimate.
+        (Read when the stream is costed, not on every delta.)"""
+        if not self._started:
+            return None
+        usage = self._wire.to_usage()
+        produced = math.ceil(self.output_chars / CHARS_PER_TOKEN)
+        if not self.final and produced > usage.completion_tokens:
+            return usage.counted_as(usage.prompt_tokens, produced)
+        return usage
 
     def feed(self, event: StreamEvent) -> None:
         if not event.data:
             return
         kind = event.event
         if kind == "content_block_delta":
-            self._chars += len(event.data)
-            self._estimate()
+            self.output_chars += relayed_chars(event.data)
             return
         if kind == "content_block_start" and b'"server_tool_use"' in event.data:
             block = event_payload(event).get("content_block")
@@ -526,21 +538,32 @@ class MessagesMeter:
         try:
             if kind == "message_start":
                 self._wire = WireMessage.model_validate(payload.get("message")).usage
-                self._estimate()
+                self._started = True
             elif kind == "message_delta" and payload.get("usage") is not None:
                 self._wire.update(WireUsage.model_validate(payload["usage"]))
-                self.usage = self._wire.to_usage()
-                self.final = True
+                self._started = self.final = True
             elif kind == "error":
                 error = payload.get("error") or {}
                 raise error_from_body(ERROR_STATUS.get(str(error.get("type")), 500), event.data, {})
         except ValidationError as exc:
             raise malformed(f"upstream sent a malformed '{kind}' event") from exc
 
-    def _estimate(self) -> None:
-        # About three characters a token, less the JSON around each delta's text.
-        produced = max(self._wire.output_tokens, self._chars // 4)
-        self.usage = WireUsage.model_validate({**self._wire.model_dump(), "output_tokens": produced}).to_usage()
+
+CHARS_PER_TOKEN = 3  # the gateway's estimate of generated text (`Pipeline._checked`)
+# The field of each delta type holding generated output; other deltas (`signature_delta`, `citations_delta`)
+# carry none.
+DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+
+
+def relayed_chars(data: bytes) -> int:
+    """The characters of generated output a `content_block_delta` event carries (one JSON parse, about a
+    microsecond; all of it when it is not JSON, as nothing in it can be told apart)."""
+    try:
+        delta = orjson.loads(data).get("delta")
+        text = delta.get(DELTA_TEXT.get(delta.get("type"), ""))
+    except (orjson.JSONDecodeError, AttributeError):
+        return len(data)
+    return len(text) if isinstance(text, str) else 0
 
 
 # --- adapter -------------------------------------------------------------------------------------
