@@ -37,8 +37,20 @@ def native_call(
     request: Request, data: dict[str, Any], untranslated: list[str], dropped: list[str] | None = None
 ) -> NativeCall:
     """The client's Messages request as it sent it: its body and the headers Anthropic reads (printable ASCII, as
-    any header the gateway sends upstream: anything else is the client's 400)."""
-    headers = {name: request.headers[name] for name in ANTHROPIC_HEADERS if name in request.headers}
+    any header the gateway sends upstream: anything else is the client's 400). `anthropic-beta` may come as a
+    comma list or repeated, as Anthropic takes it: every value goes, as one list; `anthropic-version` names one
+    version, so different ones are the client's 400."""
+    headers = {}
+    for name in ANTHROPIC_HEADERS:
+        values = request.headers.getlist(name)
+        if not values:
+            continue
+        if name == "anthropic-beta":
+            headers[name] = ",".join(values)
+        elif len(set(values)) == 1:
+            headers[name] = values[0]
+        else:
+            raise InvalidRequestError(f"the {name} header must have one value", param=name)
     for name, value in headers.items():
         if not (value.isascii() and value.isprintable()):
             raise InvalidRequestError(f"the {name} header must be printable ASCII", param=name)

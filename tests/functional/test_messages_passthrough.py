@@ -208,6 +208,28 @@ def test_a_forwarded_header_that_is_not_ascii_is_the_clients_400(agents: Running
     assert "anthropic-beta" in answer.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+def test_repeated_beta_headers_all_reach_anthropic(agents: Running, path: str) -> None:
+    """Anthropic takes `anthropic-beta` as a comma list or as the header repeated: every value is forwarded."""
+    key = agents.mint(name="betas")
+    headers = [("x-api-key", key), ("anthropic-version", "2023-06-01")]
+    headers += [("anthropic-beta", BETAS[0]), ("anthropic-beta", f"{BETAS[1]}, files-api-2025-04-14")]
+    body: dict[str, Any] = {"model": "claude", "messages": [{"role": "user", "content": "Hi"}]}
+    if path == "/v1/messages":
+        body["max_tokens"] = 10
+    assert httpx.post(f"{agents.url}{path}", json=body, headers=headers).status_code == 200
+    sent = last(agents, "anthropic")
+    assert sent["path"].endswith(path)
+    assert sent["headers"]["anthropic-beta"] == f"{BETAS[0]},{BETAS[1]}, files-api-2025-04-14"
+    # `anthropic-version` names one version: the same one twice is that one, two different ones a 400.
+    twice = [("anthropic-version", "2023-06-01"), ("x-api-key", key), ("anthropic-version", "2023-06-01")]
+    assert httpx.post(f"{agents.url}{path}", json=body, headers=twice).status_code == 200
+    assert last(agents, "anthropic")["headers"]["anthropic-version"] == "2023-06-01"
+    clash = [*twice[:2], ("anthropic-version", "2023-01-01")]
+    answer = httpx.post(f"{agents.url}{path}", json=body, headers=clash)
+    assert answer.status_code == 400 and "anthropic-version" in answer.json()["error"]["message"]
+
+
 def test_the_sdk_stream_accumulates_thinking_with_its_signature(client: anthropic.Anthropic) -> None:
     with client.beta.messages.stream(
         model="claude",
