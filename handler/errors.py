@@ -155,7 +155,9 @@ class UpstreamError(GatewayError):
     `upstream_status` is the provider's HTTP status (0 when no answer came); `retryable` says whether
     another attempt (same or next deployment) may succeed; `retry_after` is the provider's hint in seconds;
     `billable` says the provider got the whole request and gave no usable answer (it stalled, or the
-    connection broke mid-answer), so it may still run it to the end and bill it.
+    connection broke mid-answer), so it may still run it to the end and bill it. `native_event` is the
+    provider's own in-stream error event (its data, credentials redacted), for a front-end that speaks the
+    provider's API to relay as it came.
     """
 
     status = 502
@@ -186,6 +188,7 @@ class UpstreamError(GatewayError):
         self.retry_after = retry_after
         self.upstream_type = redact_message(upstream_type)[:100] if upstream_type else None
         self._outcome = outcome
+        self.native_event: bytes | None = None
 
     def openai_body(self) -> dict[str, object]:
         body = super().openai_body()

@@ -13,11 +13,12 @@ from typing import Any
 import orjson
 
 from handler.api.streaming import sse_event
-from handler.errors import GatewayError
+from handler.errors import GatewayError, UpstreamError
 from handler.pipeline.passthrough import NativeReply, NativeStream, guarded, sse_frame
 from handler.pipeline.pipeline import ChunkStream
 from handler.pipeline.pricing import Cost
 from handler.schemas import ChatCompletion, ChatCompletionChunk, Usage
+from handler.wire import StreamEvent
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -52,12 +53,19 @@ def native_events(stream: NativeStream) -> AsyncIterator[bytes]:
             yield out
         await stream.complete()
 
-    return guarded(stream, relay(), anthropic_error)
+    return guarded(stream, relay(), native_error)
 
 
 def anthropic_error(exc: GatewayError) -> bytes:
     """Anthropic's in-stream `error` event."""
     return sse_event("error", exc.anthropic_body())
+
+
+def native_error(exc: GatewayError) -> bytes:
+    """The provider's own in-stream `error` event as it sent it (credentials redacted), else the gateway's."""
+    if isinstance(exc, UpstreamError) and exc.native_event is not None:
+        return sse_frame(StreamEvent("error", exc.native_event))
+    return anthropic_error(exc)
 
 
 def anthropic_usage(usage: Usage) -> dict[str, int]:

@@ -1,19 +1,21 @@
 """A fake Anthropic Messages API (`POST /v1/messages`), speaking Anthropic's documented wire format.
 
-Behaviour is chosen by the requested model name, or by `metadata.user_id` (the OpenAI `user`) so a
-gateway test can pick a fault on a configured model: `fail-429` (rate_limit_error with retry-after: 0),
-`fail-500` (api_error), `fail-529` (overloaded_error), `fail-400` (invalid_request_error), `slow`
-(waits `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way, without
-`message_delta` or `message_stop`), `bad-json` (a 200 whose body is not JSON). A request with tools and a
-`tool_choice` of `any` or `tool` is answered with a `tool_use` block (its input following the tool's schema);
-a user message may script a tool call (`tests.fakes.script`). A request asking for `thinking`, or for a
-`thinker` model, gets a signed thinking block first (its text empty under `display: omitted`); for a
-`thinker`, an assistant turn that called a tool must come back opening with it, signature intact, as the
-real API requires. Prompt caching is modelled: the prefix up to the last `cache_control` marker is written
-the first time it is seen (`cache_creation_input_tokens`, in `cache_creation` by that marker's `ttl`: `1h` or
-the default 5 minutes) and read after (`cache_read_input_tokens`). With a web search tool
-(`web_search_20250305`), the answer searches once before its text (a `server_tool_use` block and its
-`web_search_tool_result`), counted in `usage.server_tool_use.web_search_requests`.
+Behaviour is chosen by the requested model name, or by `metadata.user_id` (the OpenAI `user`) so a gateway
+test can pick a fault on a configured model: `fail-429` (rate_limit_error with retry-after: 0), `fail-500`
+(api_error), `fail-529` (overloaded_error), `fail-400` (invalid_request_error), `slow` (waits `SLOW_SECONDS`
+before answering), `stream-cut` (a stream that stops mid-way, without `message_delta` or `message_stop`),
+`stream-overloaded` (a stream that ends after its first delta with Anthropic's in-stream `error` event, an
+`overloaded_error`; with `echo-auth` its message quotes the request's `x-api-key`, as an upstream that echoes
+credentials would), `bad-json` (a 200 whose body is not JSON). A request with tools and a `tool_choice` of
+`any` or `tool` is answered with a `tool_use` block (its input following the tool's schema); a user message
+may script a tool call (`tests.fakes.script`). A request asking for `thinking`, or for a `thinker` model, gets
+a signed thinking block first (its text empty under `display: omitted`); for a `thinker`, an assistant turn
+that called a tool must come back opening with it, signature intact, as the real API requires. Prompt caching
+is modelled: the prefix up to the last `cache_control` marker is written the first time it is seen
+(`cache_creation_input_tokens`, in `cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and
+read after (`cache_read_input_tokens`). With a web search tool (`web_search_20250305`), the answer searches
+once before its text (a `server_tool_use` block and its `web_search_tool_result`), counted in
+`usage.server_tool_use.web_search_requests`.
 `POST /v1/messages/count_tokens` counts. Every request (path, query, headers, body) is recorded on
 `app.state.requests`.
 """
@@ -276,7 +278,11 @@ def create_app() -> Starlette:
         content = _content(body, tool)
         calls = any(block["type"] == "tool_use" for block in content)
         if body.get("stream"):
-            stream = _stream(body, model, content, calls, "stream-cut" in faults)
+            overloaded = None
+            if "stream-overloaded" in faults:
+                echoed = f" (x-api-key: {request.headers['x-api-key']})" if "echo-auth" in faults else ""
+                overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded" + echoed}}
+            stream = _stream(body, model, content, calls, "stream-cut" in faults, overloaded)
             return StreamingResponse(stream, media_type="text/event-stream")
         answer = {
             "id": MESSAGE_ID,
@@ -291,7 +297,12 @@ def create_app() -> Starlette:
         return Response(orjson.dumps(answer), media_type="application/json")
 
     async def _stream(
-        body: dict[str, Any], model: str, content: list[dict[str, Any]], calls: bool, cut: bool
+        body: dict[str, Any],
+        model: str,
+        content: list[dict[str, Any]],
+        calls: bool,
+        cut: bool,
+        error: dict[str, Any] | None = None,
     ) -> AsyncIterator[bytes]:
         final = usage(body)
         start: dict[str, Any] = {
@@ -314,6 +325,9 @@ def create_app() -> Starlette:
                 if cut and i == 2:
                     return
                 yield _sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+                if error is not None:
+                    yield _sse("error", error)
+                    return
             yield _sse("content_block_stop", {"type": "content_block_stop", "index": index})
         yield _sse(
             "message_delta",

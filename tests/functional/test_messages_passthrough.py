@@ -304,6 +304,35 @@ def test_a_pass_through_stream_cut_short_is_charged_for_the_output_it_relayed(
     assert line.cost_source == "estimate"
 
 
+@pytest.mark.parametrize("fault", ["stream-overloaded", "stream-overloaded echo-auth"], ids=["plain", "echoed-key"])
+def test_anthropics_own_error_event_comes_back_as_it_sent_it(agents: Running, fault: str) -> None:
+    """Anthropic's `error` event mid-stream (an `overloaded_error`, with no 529 anywhere) reaches the client as
+    Anthropic wrote it, credentials it quotes redacted; the gateway still records the stream as failed."""
+    key = agents.mint(name="overloaded")
+    body = {
+        "model": "claude",
+        "max_tokens": 100,
+        "stream": True,
+        "metadata": {"user_id": fault},
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    with httpx.stream("POST", f"{agents.url}/v1/messages", json=body, headers=headers) as response:
+        text = response.read().decode()
+    *_, last_event = text.strip().split("\n\n")
+    name, data = last_event.split("\n")
+    assert name == "event: error" and "content_block_delta" in text
+    event = orjson.loads(data.removeprefix("data: "))
+    assert event["type"] == "error" and event["error"]["type"] == "overloaded_error"
+    if "echo-auth" in fault:
+        assert event["error"]["message"].startswith("Overloaded (x-api-key: [REDACTED]")
+        assert fake_anthropic.API_KEY not in text
+    else:
+        assert event == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    [line] = agents.ledger(key)
+    assert line.status == 502 and line.output_tokens > 0
+
+
 # --- every other provider: translated, with what is dropped named ---------------------------------
 
 

@@ -33,6 +33,7 @@ from adapters.providers.params import (
 from handler import schemas
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import MESSAGES_API, BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
+from handler.redaction import redact_message
 from handler.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -544,7 +545,9 @@ class MessagesMeter:
                 self._started = self.final = True
             elif kind == "error":
                 error = payload.get("error") or {}
-                raise error_from_body(ERROR_STATUS.get(str(error.get("type")), 500), event.data, {})
+                failure = error_from_body(ERROR_STATUS.get(str(error.get("type")), 500), event.data, {})
+                failure.native_event = redact_message(event.data.decode("utf-8", "replace")).encode()
+                raise failure
         except ValidationError as exc:
             raise malformed(f"upstream sent a malformed '{kind}' event") from exc
 
