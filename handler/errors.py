@@ -101,7 +101,7 @@ class CostLimitError(GatewayError):
     status = 402
     default_code = "cost_limit_exceeded"
     error_type = "invalid_request_error"
-    anthropic_type = "invalid_request_error"
+    anthropic_type = "billing_error"
 
 
 class PermissionDeniedError(GatewayError):

@@ -516,7 +516,7 @@ class Pipeline:
                 raise CostLimitError("the cost of this model is unknown, so x-gateway-max-cost-usd cannot be honoured")
             if worst > ex.controls.max_cost_usd:
                 raise CostLimitError(
-                    f"worst-case cost ${worst:.6f} exceeds x-gateway-max-cost-usd ${ex.controls.max_cost_usd:.6f}"
+                    f"worst-case cost ${usd(worst)} exceeds x-gateway-max-cost-usd ${usd(ex.controls.max_cost_usd)}"
                 )
         reservation = await self.meter.admit(ex.lineage, ex.model, worst, prompt + output, ex.request_id)
         reservation.prompt_tokens, reservation.output_tokens = prompt, output

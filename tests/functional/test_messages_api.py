@@ -109,6 +109,24 @@ def test_errors_are_in_anthropic_shape(running: Running, key: str) -> None:
     assert "top_k" in strict.value.message
 
 
+def test_a_cost_limit_is_a_billing_error_with_legible_figures(running: Running, key: str) -> None:
+    """x-gateway-max-cost-usd refuses as the budget does (`billing_error`), and names the limit it was given
+    however small, never as $0.000000."""
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        client(running, key).messages.create(
+            model="claude-haiku-4-5",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers={"x-gateway-max-cost-usd": "0.0000001"},
+        )
+    assert refused.value.status_code == 402
+    error = refused.value.body["error"]  # type: ignore[index]
+    assert error["type"] == "billing_error"
+    assert error["message"].endswith("exceeds x-gateway-max-cost-usd $0.0000001")
+    worst = error["message"].removeprefix("worst-case cost $").partition(" ")[0]
+    assert float(worst) > 0.0000001
+
+
 MALFORMED_BLOCKS = {
     "a tool result of bare strings": [{"type": "tool_result", "tool_use_id": "t", "content": ["a"]}],
     "an image whose source is a string": [{"type": "image", "source": "abc"}],
