@@ -23,6 +23,7 @@ from handler import schemas
 from handler.api.route_table import Endpoints, Handler, direct_lane, handlers, starlette_routes
 from handler.api.streaming import DONE, EventStream, answer_json, sse_chunk, sse_error, sse_json, until_client_leaves
 from handler.errors import (
+    AuthenticationError,
     ClientClosedError,
     GatewayError,
     InvalidRequestError,
@@ -174,6 +175,8 @@ class Api:
                 token = value.strip()
         if token is None and allow_x_api_key:
             token = request.headers.get("x-api-key")
+            if not token:  # an Anthropic client: its SDK and Claude Code send `x-api-key`
+                raise AuthenticationError("missing API key: send x-api-key: <key> or Authorization: Bearer <key>")
         lineage = await self.gateway.keys.authenticate_lineage(token, self.client_ip(request))
         request.state.lineage = lineage
         return lineage[0]

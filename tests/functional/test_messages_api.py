@@ -127,6 +127,17 @@ def test_a_cost_limit_is_a_billing_error_with_legible_figures(running: Running, 
     assert float(worst) > 0.0000001
 
 
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+def test_a_missing_key_names_x_api_key_to_an_anthropic_client(running: Running, path: str) -> None:
+    body = {"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    answer = httpx.post(f"{running.url}{path}", json=body, headers={"anthropic-version": "2023-06-01"})
+    assert answer.status_code == 401
+    assert answer.json()["error"] == {
+        "type": "authentication_error",
+        "message": "missing API key: send x-api-key: <key> or Authorization: Bearer <key>",
+    }
+
+
 MALFORMED_BLOCKS = {
     "a tool result of bare strings": [{"type": "tool_result", "tool_use_id": "t", "content": ["a"]}],
     "an image whose source is a string": [{"type": "image", "source": "abc"}],
