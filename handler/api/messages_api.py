@@ -323,6 +323,12 @@ class Translation:
     def request(self, req: MessagesCountRequest) -> ChatRequest:
         self.dropped.extend(sorted(sent_fields(req) - MAPPED))
         body: dict[str, Any] = {"model": req.model, "messages": self.messages(req)}
+        if not body["messages"]:
+            left_out = ", ".join(name.removeprefix("messages.") for name in self.dropped if name[:9] == "messages.")
+            raise InvalidRequestError(
+                f"messages: no content this model can take (unsupported content blocks: {left_out or 'none'})",
+                param="messages",
+            )
         if isinstance(req, MessagesRequest):
             body["max_tokens"] = req.max_tokens
             if req.stop_sequences:

@@ -138,6 +138,24 @@ def test_a_missing_key_names_x_api_key_to_an_anthropic_client(running: Running, 
     }
 
 
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+def test_messages_of_unsupported_blocks_alone_are_a_400_naming_them(running: Running, key: str, path: str) -> None:
+    """Translated for another provider, a conversation left with nothing it can take is refused in words the
+    client can act on, not a validation library's report."""
+    content = [{"type": "bogus"}]
+    body = {"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": content}]}
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    answer = httpx.post(f"{running.url}{path}", json=body, headers=headers)
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "messages: no content this model can take (unsupported content blocks: bogus)",
+        },
+    }
+
+
 MALFORMED_BLOCKS = {
     "a tool result of bare strings": [{"type": "tool_result", "tool_use_id": "t", "content": ["a"]}],
     "an image whose source is a string": [{"type": "image", "source": "abc"}],
