@@ -1,4 +1,4 @@
-"""Responses API routes: `POST /v1/responses`, `GET` and `DELETE /v1/responses/{id}`.
+"""Responses API routes: `POST /v1/responses`, `GET` and `DELETE /v1/responses/{id}`, and its input items.
 
 A stored response (the default, `store: true`) keeps the conversation's input items and the response
 in the gateway's store for `gateway.responses_ttl_seconds`; `previous_response_id` continues it. Only
@@ -26,6 +26,7 @@ from handler.api.responses_api import (
     to_chat_request,
     to_response,
 )
+from handler.api.responses_items import PageAsked, item_ids, page, stored_ids
 from handler.api.responses_native import Relay, relayed_events
 from handler.api.responses_stream import responses_events
 from handler.api.streaming import EventStream, until_client_leaves
@@ -104,11 +105,15 @@ class ResponseArchive:
         record: dict[str, Any] = orjson.loads(stored.body)
         return record
 
-    async def keep(self, key: KeyRecord, items: list[dict[str, Any]], response: dict[str, Any]) -> None:
-        """Store the response; one that cannot be kept (too large, the store failing) is still answered, and
-        says so (`store: false`): the provider was paid for it, so it must not be lost."""
+    async def keep(
+        self, key: KeyRecord, items: list[dict[str, Any]], response: dict[str, Any], known_ids: list[str]
+    ) -> None:
+        """Store the response and its conversation's items with their ids (`known_ids`: those of the turns it
+        continues); one that cannot be kept (too large, the store failing) is still answered, and says so
+        (`store: false`): the provider was paid for it, so it must not be lost."""
         now = time.time()
-        body = orjson.dumps({"items": items, "response": response})
+        ids = item_ids(items, response["id"], known_ids)
+        body = orjson.dumps({"items": items, "item_ids": ids, "response": response})
         stored = StoredResponse(response["id"], key.id, list(key.ancestors), now, now + self.ttl, body)
         try:
             await self.store.put_response(stored)
@@ -165,9 +170,12 @@ class ResponsesRoutes:
         key = await api.authenticate(request)
         body = await api.parse(request, ResponsesRequest)
         history: list[dict[str, Any]] = []
+        history_ids: list[str] = []
         if body.previous_response_id:
-            previous = await self.archive.find(body.previous_response_id, key, param="previous_response_id")
+            previous_id = body.previous_response_id
+            previous = await self.archive.find(previous_id, key, param="previous_response_id")
             history = [*previous["items"], *previous["response"].get("output", [])]
+            history_ids = item_ids(history, previous_id, stored_ids(previous, previous_id))
         # The translation is needed either way: admission estimates and caps the request in the internal form.
         seal = await self.seal()
         req, dropped = to_chat_request(body, history, seal)
@@ -176,7 +184,7 @@ class ResponsesRoutes:
 
         async def keep(response: dict[str, Any]) -> None:
             if body.stored:
-                await self.archive.keep(key, conversation, response)
+                await self.archive.keep(key, conversation, response, history_ids)
 
         # A deployment that serves the Responses API gets the client's body (`relay.call`), any other the
         # translation (`req`); what either leaves out is reported for the deployment that served.
@@ -213,18 +221,7 @@ class ResponsesRoutes:
 
     async def input_items(self, request: Request) -> Response:
         key = await self.api.authenticate(request)
-        record = await self.archive.find(request.path_params["response_id"], key)
-        items = [
-            {"type": "message", **item, "id": item.get("id") or f"msg_{i:04d}"}
-            for i, item in enumerate(record["items"])
-        ]
-        data = list(reversed(items)) if request.query_params.get("order", "desc") == "desc" else items
-        return self.api.json(
-            {
-                "object": "list",
-                "data": data,
-                "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None,
-                "has_more": False,
-            }
-        )
+        asked = PageAsked.of(request.query_params)
+        response_id = request.path_params["response_id"]
+        record = await self.archive.find(response_id, key)
+        return self.api.json(page(record["items"], stored_ids(record, response_id), asked))

@@ -306,10 +306,23 @@ ROUTES: tuple[RouteSpec, ...] = (
         "A stored response's input items",
         lambda: operation(
             json_answer(LISTING, "the items"),
-            errors={"404": "not_found"},
+            errors={"400": "invalid_request", "404": "not_found"},
             parameters=[
                 RESPONSE_ID,
-                {"name": "order", "in": "query", "required": False, "schema": {"enum": ["asc", "desc"]}},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "description": "items per page",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                },
+                {
+                    "name": "order",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"enum": ["asc", "desc"], "default": "desc"},
+                },
+                query("after", "the id of the item the page follows (the last item of the page before)"),
             ],
         ),
     ),
