@@ -22,6 +22,7 @@ from starlette.responses import Response
 from handler import schemas
 from handler.api.route_table import Endpoints, Handler, direct_lane, handlers, starlette_routes
 from handler.api.streaming import DONE, EventStream, answer_json, sse_chunk, sse_error, sse_json, until_client_leaves
+from handler.config import ModelConfig
 from handler.errors import (
     AuthenticationError,
     ClientClosedError,
@@ -57,8 +58,20 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
     return Response(body, status_code=status, headers=headers, media_type=JSON)
 
 
+def anthropic_caller(request: Request) -> bool:
+    """Whether the caller speaks Anthropic's API: on its routes, and on the model routes when the request carries
+    `anthropic-version` (as Anthropic's SDK sends it)."""
+    path = route_path(request.scope)
+    return path.startswith("/v1/messages") or (path.startswith("/v1/models") and "anthropic-version" in request.headers)
+
+
+def openai_model(name: str, spec: ModelConfig) -> dict[str, Any]:
+    """A model as OpenAI's `/v1/models` shows one."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": "gateway", "kind": spec.kind}
+
+
 def error_response(request: Request, exc: GatewayError) -> Response:
-    body = exc.anthropic_body() if route_path(request.scope).startswith("/v1/messages") else exc.openai_body()
+    body = exc.anthropic_body() if anthropic_caller(request) else exc.openai_body()
     headers = dict(exc.headers)
     state = request.scope.get("state", {})
     ex: Exchange | None = state.get("exchange")
@@ -232,11 +245,24 @@ class Api:
 
             return json_response(anthropic_models(request, allowed_models(self, lineage, "chat")))
         data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "gateway", "kind": spec.kind}
-            for name, spec in self.gateway.config.models.items()
-            if allows_model(lineage, name)
+            openai_model(name, spec) for name, spec in self.gateway.config.models.items() if allows_model(lineage, name)
         ]
         return json_response({"object": "list", "data": data})
+
+    async def model(self, request: Request) -> Response:
+        """One model of `GET /v1/models`, in the shape the caller's list has. A model the key (or an ancestor) may
+        not use is as unknown as one the config does not name: a scoped key learns of no other."""
+        anthropic = "anthropic-version" in request.headers
+        await self.authenticate(request, allow_x_api_key=anthropic)
+        name = request.path_params["model_id"]
+        spec = self.gateway.config.models.get(name)
+        if spec is None or not allows_model(self.lineage(request), name) or (anthropic and spec.kind != "chat"):
+            raise NotFoundError(f"The model '{name}' does not exist or you do not have access to it.", param="model")
+        if anthropic:
+            from handler.api.messages_routes import EPOCH
+
+            return json_response({"type": "model", "id": name, "display_name": name, "created_at": EPOCH})
+        return json_response(openai_model(name, spec))
 
     async def route(self, request: Request) -> Response:
         await self.authenticate(request)

@@ -11,6 +11,7 @@ nothing about this deployment (no model names, no providers), so serving it unau
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 JSON = "application/json"
 REF = "#/components/schemas/{model}"
+CONVERTER = re.compile(r"\{(\w+):\w+\}")
 OPENAI_ERROR = {"$ref": "#/components/schemas/OpenAIError"}
 ANTHROPIC_ERROR = {"$ref": "#/components/schemas/AnthropicError"}
 # Statuses by what a route does: every authenticated route, routes that parse a body, proxied routes.
@@ -232,6 +234,11 @@ USAGE_OK = {
 }
 
 
+def openapi_path(path: str) -> str:
+    """A route's path as OpenAPI writes it: `{name}` for Starlette's `{name:path}` (a segment that may hold `/`)."""
+    return CONVERTER.sub(r"{\1}", path)
+
+
 def describe(routes: Iterable[RouteSpec]) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `routes`: each one's operation, summary and security, in table order."""
     from pydantic.json_schema import models_json_schema
@@ -242,7 +249,7 @@ def describe(routes: Iterable[RouteSpec]) -> dict[str, Any]:
         described = {"summary": route.summary, **route.operation()}
         if route.auth.security is not None:
             described["security"] = route.auth.security
-        paths.setdefault(route.path, {})[route.method.lower()] = described
+        paths.setdefault(openapi_path(route.path), {})[route.method.lower()] = described
     return {
         "openapi": "3.1.0",
         "info": {

@@ -205,6 +205,18 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda: operation(json_answer(LISTING, "the models")),
     ),
     RouteSpec(
+        "/v1/models/{model_id:path}",
+        "GET",
+        lambda e: e.api.model,
+        Auth.KEY,
+        "A model this key may use (Anthropic's shape when the request carries `anthropic-version`)",
+        lambda: operation(
+            json_answer(ANY_OBJECT, "the model"),
+            errors={"404": "model_not_found (unknown, or not this key's)"},
+            parameters=[path_parameter("model_id")],
+        ),
+    ),
+    RouteSpec(
         "/v1/route",
         "GET",
         lambda e: e.api.route,
