@@ -21,7 +21,16 @@ from starlette.responses import Response
 
 from handler import schemas
 from handler.api.route_table import Endpoints, Handler, direct_lane, handlers, starlette_routes
-from handler.api.streaming import DONE, EventStream, answer_json, sse_chunk, sse_error, sse_json, until_client_leaves
+from handler.api.streaming import (
+    DONE,
+    EventStream,
+    answer_json,
+    sse_chunk,
+    sse_chunk_usage_null,
+    sse_error,
+    sse_json,
+    until_client_leaves,
+)
 from handler.config import ModelConfig
 from handler.errors import (
     AuthenticationError,
@@ -313,8 +322,9 @@ async def openai_events(stream: ChunkStream, include_usage: bool) -> AsyncIterat
     byte, the stream's close and the request's observation as for every other front-end (`guarded`)."""
 
     async def events() -> AsyncGenerator[bytes]:
+        write = sse_chunk_usage_null if include_usage else sse_chunk
         async for batch in stream.batches():  # what one upstream read brought: one write to the client
-            yield b"".join(sse_chunk(chunk) for chunk in batch)
+            yield b"".join(write(chunk) for chunk in batch)
         if stream.cut:
             stream.failed(UpstreamError.status)  # its ledger line, log line and metrics say so
         await stream.complete()

@@ -31,6 +31,16 @@ def sse_chunk(chunk: ChatCompletionChunk) -> bytes:
     return b"data: " + chunk.model_dump_json().encode() + b"\n\n"
 
 
+def sse_chunk_usage_null(chunk: ChatCompletionChunk) -> bytes:
+    """A chunk with `stream_options.include_usage` set: OpenAI's documented `"usage": null` on every chunk but the
+    last (which holds the usage). Spliced into the written JSON: a member made null-writing in the model would be
+    written on every stream, and a serializer of its own costs more than the splice."""
+    body = chunk.model_dump_json().encode()
+    if chunk.usage is None:
+        body = body[:-1] + b',"usage":null}'
+    return b"data: " + body + b"\n\n"
+
+
 def answer_json(completion: ChatCompletion) -> bytes:
     """A whole chat answer, with the members OpenAI requires even when null (see `Omitted`)."""
     return completion.model_dump_json().encode()
