@@ -67,6 +67,11 @@ def distance_km(a: str, b: str) -> float:
     return 12_742 * math.asin(math.sqrt(h))
 
 
+def a_model(kind: str) -> str:
+    """A kind of model with its article: `a chat model`, `an embedding model`."""
+    return f"{'an' if kind[:1] in ('a', 'e', 'i', 'o', 'u') else 'a'} {kind} model"
+
+
 class Attempt(Value):
     """One deployment to try: the public model it serves and how to reach it."""
 
@@ -162,7 +167,7 @@ class Router:
                 f"this key may not use model '{model}'", code="model_not_allowed", param="model"
             )
         if spec.kind != kind:
-            raise InvalidRequestError(f"model '{model}' is a {spec.kind} model, not a {kind} model", param="model")
+            raise InvalidRequestError(f"model '{model}' is {a_model(spec.kind)}, not {a_model(kind)}", param="model")
         chain = [model]
         skipped: list[str] = []
         fallbacks = spec.fallbacks if controls.fallbacks is None else controls.fallbacks

@@ -161,3 +161,13 @@ def test_upstream_failures_fail_over_or_map(running: Running, key: str) -> None:
         (400, "openai/fail-400@global=400"),
         (502, "openai/fail-500@global=500"),
     ]
+
+
+def test_a_model_of_the_other_kind_is_named_with_its_article(running: Running, key: str) -> None:
+    oa = client(running, key)
+    with pytest.raises(openai.BadRequestError) as chat:
+        oa.chat.completions.create(model="text-embedding-3-small", messages=[{"role": "user", "content": "x"}])
+    assert chat.value.message.endswith("model 'text-embedding-3-small' is an embedding model, not a chat model")
+    with pytest.raises(openai.BadRequestError) as embed:
+        oa.embeddings.create(model="gpt-4o-mini", input="x")
+    assert embed.value.message.endswith("model 'gpt-4o-mini' is a chat model, not an embedding model")
