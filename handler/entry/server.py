@@ -16,6 +16,7 @@ import sys
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from handler.api.app import new_request_id
 from handler.config import LimitsConfig
 from handler.errors import HeadersTooLargeError
 
@@ -29,11 +30,13 @@ def request_header_bytes() -> int:
 
 
 def too_large_answer(limit: int) -> bytes:
+    """The 431, written before the app sees the request: with a request id of its own, as every answer has."""
     error = HeadersTooLargeError(f"the request's line and headers exceed {limit} bytes")
     body = orjson.dumps(error.openai_body())
     return (
         b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-        b"x-should-retry: false\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        b"x-request-id: %s\r\nx-should-retry: false\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+        % (new_request_id().encode(), len(body), body)
     )
 
 
