@@ -169,3 +169,19 @@ def test_every_file_a_page_names_exists(page: Path) -> None:
 def test_the_path_finder_sees_paths_in_commands_and_prose() -> None:
     text = "run `.venv/bin/pytest tests/unit/handler/api/test_route_table.py -q`; see handler/ports.py."
     assert named_paths(text) == {"tests/unit/handler/api/test_route_table.py", "handler/ports.py"}
+
+
+def shell_commands(page: Path) -> list[str]:
+    """The commands of a page's `sh` blocks, a command continued with `\\` joined into one line."""
+    commands: list[str] = []
+    for block in re.findall(r"```(?:sh|bash|shell)\n(.*?)```", page.read_text(), flags=re.S):
+        commands += block.replace("\\\n", " ").splitlines()
+    return commands
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(page.relative_to(ROOT)) for page in PAGES])
+def test_every_curl_sending_json_says_so(page: Path) -> None:
+    """The gateway reads a body as JSON only when `content-type` says it is (curl's `-d` sends a form's type)."""
+    for command in shell_commands(page):
+        if re.search(r"\bcurl\b", command) and re.search(r"\s(-d|--data(-raw|-binary)?)\s", command):
+            assert re.search(r"content-type: application/json", command, flags=re.I), command
