@@ -205,10 +205,12 @@ class Running:
             finally:
                 await store.close()
 
+        gateway = self.gateway
         deadline = time.monotonic() + 5
         while True:
+            settling = gateway.background or gateway.queued or gateway.landing  # (an error's settles after its answer)
             items = asyncio.run(read())
-            if items or time.monotonic() > deadline:
+            if (items and not settling) or time.monotonic() > deadline:
                 return items
             time.sleep(0.05)
 
