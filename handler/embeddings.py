@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from handler.schemas import _Open
+from handler.schemas import _Open, _Request
 
 
-class EmbeddingsRequest(_Open):
+class EmbeddingsRequest(_Request):
     """An OpenAI embeddings request body."""
 
     model: str = Field(min_length=1)

@@ -37,6 +37,14 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", defer_build=True)
 
 
+class _Request(_Open):
+    """A client's request: its declared fields take their JSON types as sent (`strict`: `"stream": "true"` or
+    `"max_tokens": "10"` is the client's 400, as at OpenAI, not a value converted and sent on), while a
+    provider's answer (`_Open`) is read leniently. An integer is still a number."""
+
+    model_config = ConfigDict(strict=True)
+
+
 def build_deferred_models() -> None:
     """Build now the validators of every model of the gateway's own (the application's and the adapters') left
     to their first use: where a first request should not wait for them (a server's start-up, the state a
@@ -54,32 +62,32 @@ def build_deferred_models() -> None:
 # --- request -------------------------------------------------------------------------------------
 
 
-class TextPart(_Open):
+class TextPart(_Request):
     type: Literal["text"]
     text: str
 
 
-class ImageURL(_Open):
+class ImageURL(_Request):
     url: str
     detail: Literal["auto", "low", "high"] | None = None
 
 
-class ImagePart(_Open):
+class ImagePart(_Request):
     type: Literal["image_url"]
     image_url: ImageURL
 
 
-class InputAudio(_Open):
+class InputAudio(_Request):
     data: str
     format: str
 
 
-class AudioPart(_Open):
+class AudioPart(_Request):
     type: Literal["input_audio"]
     input_audio: InputAudio
 
 
-class FilePart(_Open):
+class FilePart(_Request):
     type: Literal["file"]
     file: dict[str, Any]
 
@@ -87,12 +95,12 @@ class FilePart(_Open):
 ContentPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
 
 
-class FunctionCall(_Open):
+class FunctionCall(_Request):
     name: str
     arguments: str = ""
 
 
-class ToolCall(_Open):
+class ToolCall(_Request):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
@@ -101,7 +109,7 @@ class ToolCall(_Open):
     extra_content: dict[str, Any] | None = Omitted()
 
 
-class Message(_Open):
+class Message(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -118,23 +126,23 @@ class Message(_Open):
         return "".join(p.text for p in self.content if isinstance(p, TextPart))
 
 
-class FunctionDefinition(_Open):
+class FunctionDefinition(_Request):
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class Tool(_Open):
+class Tool(_Request):
     type: Literal["function"] = "function"
     function: FunctionDefinition
 
 
-class NamedFunction(_Open):
+class NamedFunction(_Request):
     name: str
 
 
-class NamedToolChoice(_Open):
+class NamedToolChoice(_Request):
     type: Literal["function"] = "function"
     function: NamedFunction
 
@@ -142,7 +150,7 @@ class NamedToolChoice(_Open):
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
-class JSONSchemaFormat(_Open):
+class JSONSchemaFormat(_Request):
     name: str = "response"
     description: str | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
@@ -151,16 +159,16 @@ class JSONSchemaFormat(_Open):
     model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
 
 
-class ResponseFormat(_Open):
+class ResponseFormat(_Request):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
 
 
-class StreamOptions(_Open):
+class StreamOptions(_Request):
     include_usage: bool | None = None
 
 
-class ThinkingConfig(_Open):
+class ThinkingConfig(_Request):
     """Extended thinking as Anthropic's Messages API asks for it: `enabled` with a token budget,
     `adaptive` (the model decides how much), or `disabled`. Each adapter maps it to its provider's
     control (see `adapters/providers/reasoning.py`)."""
@@ -172,7 +180,7 @@ class ThinkingConfig(_Open):
     effort: str | None = None
 
 
-class ChatRequest(_Open):
+class ChatRequest(_Request):
     """An OpenAI Chat Completions request body."""
 
     model: str = Field(min_length=1)

@@ -163,7 +163,7 @@ class Api:
         try:
             return model.model_validate(data)
         except ValidationError as exc:
-            raise invalid_from_validation(exc) from None
+            raise invalid_from_validation(exc, data) from None
         except RecursionError:
             raise InvalidRequestError("the request body is nested too deeply") from None
 
@@ -360,11 +360,33 @@ def nested_deeper_than(data: Any, limit: int) -> bool:
     return True
 
 
-def invalid_from_validation(exc: ValidationError) -> InvalidRequestError:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+def invalid_from_validation(exc: ValidationError, data: Any = None) -> InvalidRequestError:
+    """The client's 400 for the first field with a problem, at its deepest (of a union's members, the one that
+    went furthest: a text part without its text is named there, not as content that is not a string)."""
+    errors = exc.errors()
+    field = errors[0]["loc"][:1]
+    first = max((e for e in errors if e["loc"][:1] == field), key=lambda e: len(e["loc"]))
+    loc = ".".join(str(p) for p in param_path(first["loc"], data) if not str(p).startswith("function-"))
     extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
     return InvalidRequestError(f"{loc}: {first['msg']}{extra}" if loc else f"{first['msg']}{extra}", param=loc or None)
+
+
+def param_path(loc: tuple[int | str, ...], data: Any) -> list[int | str]:
+    """The path of a validation error within the client's body: pydantic's `loc` less the names it adds for
+    the members of a union (`"stop": 5` was `param: "stop.str"`), found by walking `data` along it. A name is
+    the body's where the body has it there, or where it is the last (a missing field)."""
+    if data is None:
+        return list(loc)
+    path: list[int | str] = []
+    for position, part in enumerate(loc):
+        if isinstance(part, int) and isinstance(data, list) and -len(data) <= part < len(data):
+            data = data[part]
+        elif isinstance(part, str) and isinstance(data, dict) and (part in data or position == len(loc) - 1):
+            data = data.get(part)
+        else:
+            continue
+        path.append(part)
+    return path
 
 
 BEHIND_WEB_ADAPTER = bool(os.environ.get("AWS_LWA_INVOKE_MODE") or os.environ.get("AWS_LWA_PORT"))

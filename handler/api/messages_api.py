@@ -42,7 +42,8 @@ TOOL_MAPPED = frozenset({"cache_control", "strict"})
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow", defer_build=True)  # built on first use (see handler/schemas.py)
+    # Built on first use, and a client's fields taken in their JSON types as sent (see handler/schemas.py).
+    model_config = ConfigDict(extra="allow", defer_build=True, strict=True)
 
 
 Blocks = str | list[dict[str, Any]]

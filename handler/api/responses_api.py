@@ -69,7 +69,8 @@ INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow", defer_build=True)  # built on first use (see handler/schemas.py)
+    # Built on first use, and a client's fields taken in their JSON types as sent (see handler/schemas.py).
+    model_config = ConfigDict(extra="allow", defer_build=True, strict=True)
 
 
 class ReasoningConfig(_Open):

@@ -120,6 +120,45 @@ def test_huge_numbers_are_400(running: Running, key: str, field: bytes) -> None:
     assert_error(post(running, key, body), 400)
 
 
+@pytest.mark.parametrize(
+    ("path", "field", "param"),
+    [
+        (CHAT, b'"stream":"true"', "stream"),
+        (CHAT, b'"stream":1', "stream"),
+        (CHAT, b'"max_tokens":"10"', "max_tokens"),
+        (CHAT, b'"n":2.0', "n"),
+        (CHAT, b'"temperature":"0.5"', "temperature"),
+        (CHAT, b'"seed":"1"', "seed"),
+        (CHAT, b'"stop":5', "stop"),  # (its param was "stop.str": a union member's name from pydantic)
+        ("/v1/responses", b'"stream":"true"', "stream"),
+        ("/v1/responses", b'"max_output_tokens":"10"', "max_output_tokens"),
+        ("/v1/messages", b'"stream":"yes"', "stream"),
+        ("/v1/messages", b'"max_tokens":"10"', "max_tokens"),
+        ("/v1/embeddings", b'"dimensions":"3"', "dimensions"),
+    ],
+)
+def test_a_field_of_the_wrong_json_type_is_400_not_converted(
+    running: Running, key: str, path: str, field: bytes, param: str
+) -> None:
+    """As at OpenAI and Anthropic: `"stream": "true"` streamed, and `"max_tokens": "10"` went on as 10."""
+    bodies = {
+        CHAT: b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],',
+        "/v1/responses": b'{"model":"gpt-4o-mini","input":"hi",',
+        "/v1/messages": b'{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"hi"}],',
+        "/v1/embeddings": b'{"model":"text-embedding-3-small","input":"hi",',
+    }
+    body = assert_error(post(running, key, bodies[path] + field + b"}", path), 400, path)
+    if path != "/v1/messages":
+        assert body["error"]["param"] == param, body
+    else:
+        assert body["error"]["message"].startswith(param), body
+
+
+def test_an_integer_is_still_a_number(running: Running, key: str) -> None:
+    body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"temperature":1,"top_p":1}'
+    assert post(running, key, body).status_code == 200
+
+
 def test_huge_numbers_in_headers_and_queries(running: Running, key: str) -> None:
     body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
     for value in ("1e999", "nan", "-1", "0x10", "9" * 400):

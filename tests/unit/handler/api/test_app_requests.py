@@ -8,10 +8,19 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from starlette.requests import Request
 
 from handler.api import app as app_module
-from handler.api.app import MAX_JSON_DEPTH, lambda_time_left_s, lwa_source_ip, nested_deeper_than, parse_controls
+from handler.api.app import (
+    MAX_JSON_DEPTH,
+    invalid_from_validation,
+    lambda_time_left_s,
+    lwa_source_ip,
+    nested_deeper_than,
+    parse_controls,
+)
+from handler.schemas import ChatRequest
 
 
 class LambdaContext:
@@ -240,3 +249,21 @@ def test_nesting_at_the_bodys_bound(depth: int) -> None:
     deepest_in_a_wide_body = {"wide": [{"k": "v" * 10, "n": [1, 2]}] * 50, "deep": body}
     assert nested_deeper_than(body, MAX_JSON_DEPTH) == (depth > MAX_JSON_DEPTH)
     assert nested_deeper_than(deepest_in_a_wide_body, MAX_JSON_DEPTH) == (depth + 1 > MAX_JSON_DEPTH)
+
+
+@pytest.mark.parametrize(
+    ("message", "param", "says"),
+    [
+        ({"role": "user", "content": [{"type": "text"}]}, "messages.0.content.0.text", "Field required"),
+        ({"role": "user", "content": [{"type": "text", "text": 5}]}, "messages.0.content.0.text", "valid string"),
+        ({"role": "robot", "content": "hi"}, "messages.0.role", "Input should be"),
+    ],
+)
+def test_a_validation_error_names_the_clients_field_at_its_deepest(message: Any, param: str, says: str) -> None:
+    """Not pydantic's names for a union's members (`messages.0.content.str`), nor the first member's complaint
+    when another member went further (a text part without its text was "content: a valid string")."""
+    body = {"model": "m", "messages": [message]}
+    with pytest.raises(ValidationError) as raised:
+        ChatRequest.model_validate(body)
+    error = invalid_from_validation(raised.value, body)
+    assert error.param == param and says in error.message, (error.param, error.message)
