@@ -7,11 +7,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from handler.schemas import _Open, _Request
+from handler.schemas import REQUEST, _Open
 
 
-class EmbeddingsRequest(_Request):
+class EmbeddingsRequest(_Open):
     """An OpenAI embeddings request body."""
+
+    model_config = REQUEST
 
     model: str = Field(min_length=1)
     input: str | list[str] | list[int] | list[list[int]]

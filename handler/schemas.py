@@ -37,12 +37,11 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", defer_build=True)
 
 
-class _Request(_Open):
-    """A client's request: its declared fields take their JSON types as sent (`strict`: `"stream": "true"` or
-    `"max_tokens": "10"` is the client's 400, as at OpenAI, not a value converted and sent on), while a
-    provider's answer (`_Open`) is read leniently. An integer is still a number."""
-
-    model_config = ConfigDict(strict=True)
+# A client's request: its declared fields take their JSON types as sent (`strict`: `"stream": "true"` or
+# `"max_tokens": "10"` is the client's 400, as at OpenAI, not a value converted and sent on), while a provider's
+# answer (`_Open` alone) is read leniently. An integer is still a number. (A config, not a base class: a class
+# costs a cold start more.)
+REQUEST = ConfigDict(strict=True)
 
 
 def build_deferred_models() -> None:
@@ -62,32 +61,44 @@ def build_deferred_models() -> None:
 # --- request -------------------------------------------------------------------------------------
 
 
-class TextPart(_Request):
+class TextPart(_Open):
+    model_config = REQUEST
+
     type: Literal["text"]
     text: str
 
 
-class ImageURL(_Request):
+class ImageURL(_Open):
+    model_config = REQUEST
+
     url: str
     detail: Literal["auto", "low", "high"] | None = None
 
 
-class ImagePart(_Request):
+class ImagePart(_Open):
+    model_config = REQUEST
+
     type: Literal["image_url"]
     image_url: ImageURL
 
 
-class InputAudio(_Request):
+class InputAudio(_Open):
+    model_config = REQUEST
+
     data: str
     format: str
 
 
-class AudioPart(_Request):
+class AudioPart(_Open):
+    model_config = REQUEST
+
     type: Literal["input_audio"]
     input_audio: InputAudio
 
 
-class FilePart(_Request):
+class FilePart(_Open):
+    model_config = REQUEST
+
     type: Literal["file"]
     file: dict[str, Any]
 
@@ -95,12 +106,16 @@ class FilePart(_Request):
 ContentPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
 
 
-class FunctionCall(_Request):
+class FunctionCall(_Open):
+    model_config = REQUEST
+
     name: str
     arguments: str = ""
 
 
-class ToolCall(_Request):
+class ToolCall(_Open):
+    model_config = REQUEST
+
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
@@ -109,7 +124,9 @@ class ToolCall(_Request):
     extra_content: dict[str, Any] | None = Omitted()
 
 
-class Message(_Request):
+class Message(_Open):
+    model_config = REQUEST
+
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -126,23 +143,31 @@ class Message(_Request):
         return "".join(p.text for p in self.content if isinstance(p, TextPart))
 
 
-class FunctionDefinition(_Request):
+class FunctionDefinition(_Open):
+    model_config = REQUEST
+
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class Tool(_Request):
+class Tool(_Open):
+    model_config = REQUEST
+
     type: Literal["function"] = "function"
     function: FunctionDefinition
 
 
-class NamedFunction(_Request):
+class NamedFunction(_Open):
+    model_config = REQUEST
+
     name: str
 
 
-class NamedToolChoice(_Request):
+class NamedToolChoice(_Open):
+    model_config = REQUEST
+
     type: Literal["function"] = "function"
     function: NamedFunction
 
@@ -150,7 +175,9 @@ class NamedToolChoice(_Request):
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
-class JSONSchemaFormat(_Request):
+class JSONSchemaFormat(_Open):
+    model_config = REQUEST
+
     name: str = "response"
     description: str | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
@@ -159,19 +186,25 @@ class JSONSchemaFormat(_Request):
     model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
 
 
-class ResponseFormat(_Request):
+class ResponseFormat(_Open):
+    model_config = REQUEST
+
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
 
 
-class StreamOptions(_Request):
+class StreamOptions(_Open):
+    model_config = REQUEST
+
     include_usage: bool | None = None
 
 
-class ThinkingConfig(_Request):
+class ThinkingConfig(_Open):
     """Extended thinking as Anthropic's Messages API asks for it: `enabled` with a token budget,
     `adaptive` (the model decides how much), or `disabled`. Each adapter maps it to its provider's
     control (see `adapters/providers/reasoning.py`)."""
+
+    model_config = REQUEST
 
     type: Literal["enabled", "adaptive", "disabled"]
     budget_tokens: int | None = Field(default=None, ge=0)
@@ -180,8 +213,10 @@ class ThinkingConfig(_Request):
     effort: str | None = None
 
 
-class ChatRequest(_Request):
+class ChatRequest(_Open):
     """An OpenAI Chat Completions request body."""
+
+    model_config = REQUEST
 
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
