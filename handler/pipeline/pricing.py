@@ -301,12 +301,13 @@ def worst_case_usd(prompt_tokens: int, max_output: int, price: Price | None, fee
 
 def usd(value: float) -> str:
     """A USD amount as a header or CSV value: the float's exact shortest form, never exponent notation,
-    so summing the headers gives back the ledger's figures."""
+    so summing the headers gives back the ledger's figures; a whole amount without a fraction (`0`, not
+    `0.0`: no fee is `x-gateway-fee-usd: 0`)."""
     text = repr(float(value))
     if not text[-1].isdigit():  # inf, nan
         return format(Decimal(text), "f")
     if "e" not in text:  # already plain
-        return text
+        return text.removesuffix(".0")
     # Exponent notation (a request's cost is often ~1e-06): move the point, digits unchanged.
     mantissa, _, exponent = text.partition("e")
     sign = "-" if mantissa.startswith("-") else ""

@@ -26,6 +26,8 @@ def served(running: Running) -> Iterator[ServerThread]:
     HTTP protocol."""
     config = running.gateway.config
     _, server = serve_gateway(config, running.store_url, running.upstream, running.fakes, http=SERVE_PROTOCOL)
+    assert httpx.get(f"{server.url}/health").status_code == 200  # its app built (on a first request off the direct
+    # lane), so that a test timing /health times the gateway at work, not its first answer
     yield server
     server.stop()
 

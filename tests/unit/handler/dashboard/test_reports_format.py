@@ -11,7 +11,7 @@ from tests.unit.adapters.store.test_contract import line
 def test_sums_carry_no_float_noise_in_csv_json_or_table() -> None:
     rows = aggregate([line("k1", 0.1), line("k1", 0.1), line("k1", 0.1), line("k1", 0.00453166)], [])
     assert rows[0]["cost_usd"] == Decimal("0.30453166")
-    assert "0.30453166,0.0,0.30453166" in to_csv(rows)
+    assert "0.30453166,0,0.30453166" in to_csv(rows)
     assert as_json(rows)[0]["total_usd"] == 0.30453166
     assert "0.30453166" in to_table(rows)
 

@@ -42,6 +42,7 @@ def test_a_cost_carries_no_float_arithmetic_noise() -> None:
     assert cost.provider_usd == 7.05e-06 and usd(cost.total_usd or 0) == "0.00000705"
     fee = cost_of(Usage.of(11, 9), Price(input=0.15, output=0.6), FeeConfig(percent=3, per_request_usd=0.0001))
     assert (fee.fee_usd, fee.total_usd) == (0.0001002115, 0.0001072615)
+    assert (usd(0.0), usd(3.0), usd(2.5)) == ("0", "3", "2.5")  # x-gateway-fee-usd: 0, as the interface writes it
     assert [usd(v or 0) for v in (fee.provider_usd, fee.fee_usd, fee.total_usd)] == [
         "0.00000705",
         "0.0001002115",
@@ -89,7 +90,7 @@ def test_worst_case_covers_the_actual_cost() -> None:
 def test_usd_is_the_floats_exact_shortest_decimal_without_exponent(value: float) -> None:
     text = usd(value)
     assert "e" not in text.lower()
-    assert text == format(Decimal(repr(value)), "f")
+    assert text == format(Decimal(repr(value)), "f").removesuffix(".0")  # (a whole amount: `0`, not `0.0`)
     assert float(text) == value
 
 
