@@ -80,7 +80,8 @@ def openai_model(name: str, spec: ModelConfig) -> dict[str, Any]:
 
 
 def error_response(request: Request, exc: GatewayError) -> Response:
-    body = exc.anthropic_body() if anthropic_caller(request) else exc.openai_body()
+    anthropic = anthropic_caller(request)
+    body = exc.anthropic_body() if anthropic else exc.openai_body()
     headers = dict(exc.headers)
     state = request.scope.get("state", {})
     ex: Exchange | None = state.get("exchange")
@@ -92,6 +93,8 @@ def error_response(request: Request, exc: GatewayError) -> Response:
         observe_failure(state.get("request_id"), redact_message(route_path(request.scope)), exc.status, exc.code)
     if state.get("request_id"):
         headers["x-request-id"] = state["request_id"]
+        if anthropic:
+            headers["request-id"] = state["request_id"]  # where Anthropic's SDK reads it (`_request_id`)
     headers["x-should-retry"] = "true" if exc.should_retry else "false"
     return json_response(body, exc.status, headers)
 

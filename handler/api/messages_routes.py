@@ -99,6 +99,14 @@ def server_tools(pipeline: Pipeline, ex: Exchange, data: dict[str, Any]) -> list
     return names
 
 
+def anthropic_headers(ex: Exchange) -> dict[str, str]:
+    """The gateway's headers, and the request id again as `request-id`, where Anthropic's SDK reads it (a
+    message's `_request_id`), as Anthropic answers."""
+    headers = ex.headers()
+    headers["request-id"] = ex.request_id
+    return headers
+
+
 def json_answer(payload: Any, headers: dict[str, str]) -> Response:
     return Response(scrub(orjson.dumps(payload)), headers=headers, media_type="application/json")
 
@@ -129,13 +137,15 @@ class MessagesRoutes:
                 events = native_events(stream)
             else:
                 events = anthropic_events(stream, req.model, estimate_prompt_tokens(req))
-            return EventStream(events, {**ex.headers(), "cache-control": "no-cache", "x-accel-buffering": "no"})
+            return EventStream(
+                events, {**anthropic_headers(ex), "cache-control": "no-cache", "x-accel-buffering": "no"}
+            )
         outcome = await until_client_leaves(request, pipeline.native(call, req, ex))
         if isinstance(outcome, NativeReply):
             payload = native_message(outcome, ex.cost)
         else:
             payload = to_message(outcome, req.model, ex.cost)
-        response = json_answer(payload, ex.headers())
+        response = json_answer(payload, anthropic_headers(ex))
         observe(ex, 200, answer=response.body)
         return response
 
@@ -148,7 +158,7 @@ class MessagesRoutes:
         req, untranslated = to_chat_request(api.validate(MessagesCountRequest, data))
         ex = api.exchange(request, key, req.model)
         counted = await api.pipeline.count_tokens(native_call(request, data, untranslated), req, ex)
-        headers = ex.headers()
+        headers = anthropic_headers(ex)
         payload: dict[str, Any] = {"input_tokens": counted}
         if counted is None:
             payload = {"input_tokens": estimated_tokens(req), "estimate": True}

@@ -540,3 +540,19 @@ def test_gemini_3s_call_signature_comes_back_with_the_call(agents: Running, clie
     assert final.content[0].type == "text"
     parts = last(agents, "gemini")["json"]["contents"][1]["parts"]
     assert parts[0]["thoughtSignature"] == fake_gemini.CALL_SIGNATURE
+
+
+def test_the_anthropic_sdk_reads_the_gateways_request_id(agents: Running) -> None:
+    """As Anthropic answers: `request-id`, which the SDK keeps as `_request_id` (it was None), on a message, a
+    stream and an error, the same id as `x-request-id` and the ledger's."""
+    key = agents.mint(name="ids")
+    with anthropic.Anthropic(base_url=agents.url, api_key=key, max_retries=0) as sdk:
+        message = sdk.messages.create(model="claude", max_tokens=16, messages=[{"role": "user", "content": "Hi"}])
+        assert message._request_id is not None and message._request_id.startswith("req_")
+        with sdk.messages.stream(model="claude", max_tokens=16, messages=[{"role": "user", "content": "Hi"}]) as stream:
+            stream.get_final_message()
+            assert stream.response.headers["request-id"] == stream.response.headers["x-request-id"]
+        with pytest.raises(anthropic.NotFoundError) as missing:
+            sdk.messages.create(model="no-such-model", max_tokens=16, messages=[{"role": "user", "content": "Hi"}])
+        assert missing.value.request_id is not None and missing.value.request_id.startswith("req_")
+    assert message._request_id in {line.request_id for line in agents.ledger(key)}
