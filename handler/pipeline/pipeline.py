@@ -612,7 +612,7 @@ class Pipeline:
                     limited.append(err.upstream_status == 429)
                     limited_waits.append(err.retry_after)
                     ex.inflight = None
-                    if err.upstream_status >= 400:
+                    if err.upstream_status:  # answered: an error, or a 2xx it could not read (no line had it)
                         ex.answered = (attempt, err.upstream_status)
                     elif err.billable:
                         ex.missed.append(attempt)

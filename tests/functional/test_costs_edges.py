@@ -89,6 +89,27 @@ async def test_an_error_answer_costs_nothing_not_even_the_prices_per_request() -
     await served.gateway.aclose()
 
 
+async def test_an_answer_the_gateway_cannot_read_still_has_its_line() -> None:
+    """A 200 whose body is no completion, and a stream asked for and answered with a whole JSON completion (no
+    event): the provider answered, so the request has its line (at no cost, its status the client's 502, the
+    route naming what came back); it had none."""
+
+    def unreadable(request: httpx.Request) -> httpx.Response:
+        if b'"stream":true' in request.content.replace(b" ", b""):
+            return httpx.Response(200, json=completion())  # a server that ignores `stream`
+        return httpx.Response(200, text="<html>maintenance</html>", headers={"content-type": "text/html"})
+
+    served = await serve(unreadable, {"m": MODEL})
+    plain = await served.post("/v1/chat/completions", {"model": "m", "messages": HI})
+    streamed = await served.post("/v1/chat/completions", {"model": "m", "messages": HI, "stream": True})
+    assert (plain.status_code, streamed.status_code) == (502, 502)
+    lines = await served.ledger()
+    assert sorted((line.status, line.cost_usd, line.route) for line in lines) == [
+        (502, 0.0, "openai/gpt-4o-mini@global=invalid_json"),  # the page
+        (502, 0.0, "openai/gpt-4o-mini@global=invalid_response"),  # the completion where a stream was asked
+    ], lines
+
+
 async def test_a_timed_out_attempts_cost_is_the_providers_and_the_fee_is_on_the_whole() -> None:
     """An attempt that timed out may be billed: its provider cost joins the answer's, and the fee is taken once,
     on the sum (the timed-out attempt's fee was counted as provider cost)."""
