@@ -12,10 +12,10 @@ read, and the turns that continue it take them over.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from handler.errors import InvalidRequestError
+from handler.records import Value
 
 ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
 TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
@@ -83,14 +83,16 @@ def listed(item: Mapping[str, Any], item_id: str) -> dict[str, Any]:
     return shaped
 
 
-@dataclass(frozen=True)
-class PageAsked:
+class PageAsked(Value):
     """What a client asked of the list: `limit` (1-100, default 20), `order` (`asc`, `desc`: the default, the
     newest first) and `after` (the id of the item the page follows)."""
 
-    limit: int = DEFAULT_LIMIT
-    order: str = "desc"
-    after: str | None = None
+    __slots__ = ("limit", "order", "after")
+
+    def __init__(self, limit: int = DEFAULT_LIMIT, order: str = "desc", after: str | None = None) -> None:
+        self.limit: Final = limit
+        self.order: Final = order
+        self.after: Final = after
 
     @classmethod
     def of(cls, query: Mapping[str, str]) -> PageAsked:
