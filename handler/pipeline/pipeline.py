@@ -772,7 +772,10 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
     @property
     def cut(self) -> bool:
         """Whether the upstream stream ended with a choice (or every choice) left without its finish reason:
-        what was sent is billed, but the answer is not whole."""
+        what was sent is billed, but the answer is not whole. A stream that said it ended (OpenAI's `[DONE]`,
+        which some compatible servers send with no finish reason) is whole."""
+        if getattr(self.parser, "ended", False):
+            return False
         return not self._finished_choices or self._choices != self._finished_choices
 
     def _items(self, events: list[StreamEvent]) -> list[ChatCompletionChunk]:

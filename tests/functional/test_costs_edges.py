@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from adapters.providers.registry import REGISTRY
@@ -108,6 +109,26 @@ async def test_an_answer_the_gateway_cannot_read_still_has_its_line() -> None:
         (502, 0.0, "openai/gpt-4o-mini@global=invalid_json"),  # the page
         (502, 0.0, "openai/gpt-4o-mini@global=invalid_response"),  # the completion where a stream was asked
     ], lines
+
+
+async def test_a_stream_that_says_it_ended_is_whole_without_a_finish_reason() -> None:
+    """An OpenAI-compatible server that ends its stream with `[DONE]` but names no finish reason: the answer is
+    whole (no in-stream error, a 200 line); only a stream that stops without either is cut."""
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
+    events = [
+        {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"}}]},
+        {**chunk, "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}},
+    ]
+    sse = b"".join(b"data: " + orjson.dumps(event) + b"\n\n" for event in events) + b"data: [DONE]\n\n"
+
+    def streaming(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=sse, headers={"content-type": "text/event-stream"})
+
+    served = await serve(streaming, {"m": MODEL})
+    answer = await served.post("/v1/chat/completions", {"model": "m", "messages": HI, "stream": True})
+    assert answer.status_code == 200 and b'"error"' not in answer.content and answer.content.endswith(b"[DONE]\n\n")
+    [line] = await served.ledger()
+    assert (line.status, line.cost_source, line.output_tokens) == (200, "provider", 5)
 
 
 async def test_a_timed_out_attempts_cost_is_the_providers_and_the_fee_is_on_the_whole() -> None:

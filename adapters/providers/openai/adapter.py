@@ -84,10 +84,14 @@ class OpenAIStreamParser:
 
     def __init__(self) -> None:
         self.usage: Usage | None = None
+        self.ended = False  # `[DONE]` came: the stream is whole, with or without a finish reason
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
         data = event.data
-        if not data or data == b"[DONE]":
+        if data == b"[DONE]":
+            self.ended = True
+            return []
+        if not data:
             return []
         try:
             payload = orjson.loads(data)
