@@ -45,6 +45,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     in_head = True
     head_bytes = 0
+    heads = 0  # the heads parsed on this connection
     refused = False
 
     def data_received(self, data: bytes) -> None:
@@ -55,12 +56,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 # request, written at once, arrives so): the parser is given what fits, and says whether the
                 # head ended within it before the rest is fed.
                 self.head_bytes += max(room, 0)
+                heads = self.heads
                 if room > 0:
                     super().data_received(data[:room])
-                if self.in_head:
-                    self._refuse()
-                elif not self.transport.is_closing():
+                if self.transport.is_closing():
+                    return
+                if not self.in_head:
                     super().data_received(data[room:])
+                elif self.heads > heads:  # a pipelined request began after one whose head ended: its own bound
+                    self.data_received(data[room:])
+                else:
+                    self._refuse()
                 return
             self.head_bytes += len(data)
         super().data_received(data)
@@ -80,4 +86,5 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        self.heads += 1
         super().on_headers_complete()

@@ -105,6 +105,23 @@ def test_headers_beyond_the_bound_are_431_when_a_body_follows_in_the_same_read(s
     assert request_ids[0] != request_ids[1]
 
 
+def test_a_pipelined_request_whose_head_crosses_the_bound_is_answered(served: ServerThread) -> None:
+    """Two small requests in one write, the second's head starting 20 bytes before the bound (the first has a
+    body): the parser finished the first and began the second within what fitted, and both were answered with
+    one 431 (the second request's bound was counted from the first's bytes)."""
+    limit = 64 * 1024
+    head = b"GET /health HTTP/1.1\r\nhost: gateway\r\ncontent-length: %d\r\n\r\n"
+    body = limit - len(head % 99999) - 20
+    second = b"GET /health HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        sock.sendall(head % body + b"x" * body + second)
+        sock.settimeout(5)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.count(b"HTTP/1.1 200 ") == 2, answer[:300]
+
+
 class Holding:
     """An upstream that reads a request, then holds it without answering; records when the gateway let go
     of the connection."""
