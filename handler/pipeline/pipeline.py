@@ -642,10 +642,12 @@ class Pipeline:
                 return result
         if last is None:
             raise ServiceUnavailableError("every deployment's circuit breaker is open", code="no_deployment_available")
-        if len(limited) == 1 and not limited[0]:
+        if len(limited) == 1 and not limited[0] and not last.billable:
             # One attempt, failed for a passing reason (a 5xx, overloaded, unreachable), with nothing else to try:
             # the gateway retried nothing, so the client's SDK may (Claude Code retries an overloaded Anthropic
-            # several times); told not to, one 529 ended the client's call.
+            # several times); told not to, one 529 ended the client's call. Not an attempt the provider may still
+            # run and bill (it stalled, or broke mid-answer): its worst case is charged, and a retry at once
+            # could be billed again.
             last.should_retry = True
         if limited and all(limited):
             waits = [w for w in limited_waits if w is not None]

@@ -178,3 +178,32 @@ def test_the_gateways_own_time_leaves_out_what_it_waited_for_the_provider(gw: Ru
     assert float(timing["upstream"]) >= 300 and float(timing["gateway"]) < 8, timing
     line = gw.ledger(key)[-1]
     assert line.upstream_ms >= 300 and line.gateway_ms < 8
+
+
+def test_an_attempt_the_provider_may_still_bill_is_not_retried_by_the_sdk(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A lone deployment that stalled past the first-byte timeout: its worst case is charged (the provider may
+    still run it and bill it), so the SDK is told not to send it again at once (it was, since c5ae29e)."""
+    server, fakes = upstream
+    config = parse_config(
+        {
+            "gateway": {"timeouts": {"first_byte": 0.5}},
+            "providers": {
+                "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/openai/v1"}
+            },
+            "models": {"stalled": {"deployments": [{"provider": "openai", "model": "slow"}], "price": PRICE}},
+        },
+        set(REGISTRY),
+    )
+    running, gateway_server = serve_gateway(config, f"sqlite:///{tmp_path_factory.mktemp('s') / 'g.db'}", server, fakes)
+    try:
+        counter = Counter()
+        client = sdk_openai(running, running.mint(), counter)
+        with pytest.raises(openai.APIStatusError) as raised:
+            client.chat.completions.create(model="stalled", messages=HI)  # type: ignore[arg-type]
+        client.close()
+        assert raised.value.status_code == 504 and raised.value.response.headers["x-should-retry"] == "false"
+        assert counter.sent == 1
+    finally:
+        gateway_server.stop()
