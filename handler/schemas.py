@@ -176,14 +176,12 @@ ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class JSONSchemaFormat(_Open):
-    model_config = REQUEST
-
     name: str = "response"
     description: str | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True, strict=True)
 
 
 class ResponseFormat(_Open):

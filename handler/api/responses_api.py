@@ -86,7 +86,7 @@ class TextFormat(_Open):
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True, strict=True)
 
 
 class TextConfig(_Open):

@@ -130,6 +130,16 @@ def test_huge_numbers_are_400(running: Running, key: str, field: bytes) -> None:
         (CHAT, b'"temperature":"0.5"', "temperature"),
         (CHAT, b'"seed":"1"', "seed"),
         (CHAT, b'"stop":5', "stop"),  # (its param was "stop.str": a union member's name from pydantic)
+        (
+            CHAT,
+            b'"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{},"strict":"yes"}}',
+            "response_format.json_schema.strict",
+        ),
+        (
+            "/v1/responses",
+            b'"text":{"format":{"type":"json_schema","name":"x","schema":{},"strict":1}}',
+            "text.format.strict",
+        ),
         ("/v1/responses", b'"stream":"true"', "stream"),
         ("/v1/responses", b'"max_output_tokens":"10"', "max_output_tokens"),
         ("/v1/messages", b'"stream":"yes"', "stream"),
