@@ -152,6 +152,17 @@ def malformed(message: str, outcome: str = "invalid_response") -> UpstreamError:
     return UpstreamError(message, upstream_status=200, retryable=True, outcome=outcome)
 
 
+def interrupted(what: str = "answer") -> UpstreamError:
+    """A provider's stream that ended before its answer (or response) was finished: what it sent is billed, and
+    the client is told in the stream, after its first byte, so no other deployment is tried."""
+    return UpstreamError(
+        f"the provider's stream ended before the {what} was finished",
+        upstream_status=200,
+        retryable=False,
+        code="stream_interrupted",
+    )
+
+
 def event_payload(event: StreamEvent) -> dict[str, Any]:
     """A stream event's JSON object; anything else is a (retryable) upstream error."""
     try:

@@ -54,6 +54,7 @@ from handler.redaction import redact_message, scrub
 from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
 from handler.telemetry.observability import observe, observe_failure
+from handler.wire import interrupted
 
 logger = logging.getLogger("gateway")
 M = TypeVar("M", bound=BaseModel)
@@ -328,16 +329,12 @@ async def openai_events(stream: ChunkStream, include_usage: bool) -> AsyncIterat
         write = sse_chunk_usage_null if include_usage else sse_chunk
         async for batch in stream.batches():  # what one upstream read brought: one write to the client
             yield b"".join(write(chunk) for chunk in batch)
-        if stream.cut:
+        cut = stream.cut
+        if cut:
             stream.failed(UpstreamError.status)  # its ledger line, log line and metrics say so
         await stream.complete()
-        if stream.cut:  # (billed and settled above)
-            raise UpstreamError(
-                "the provider's stream ended before the answer was finished",
-                upstream_status=200,
-                retryable=False,
-                code="stream_interrupted",
-            )
+        if cut:  # (billed and settled above)
+            raise interrupted()
         yield sse_json(stream.final_chunk(include_usage))
 
     async with contextlib.aclosing(guarded(stream, events(), sse_error)) as relayed:

@@ -15,11 +15,11 @@ from typing import Any
 
 from handler.api.responses_api import ReasoningSeal, ResponsesRequest, input_items
 from handler.api.streaming import sse_event
-from handler.errors import GatewayError, UpstreamError
+from handler.errors import GatewayError
 from handler.pipeline.passthrough import NativeStream, guarded, sse_frame
 from handler.pipeline.pipeline import Exchange
 from handler.ports import RESPONSES_API, NativeCall
-from handler.wire import RESPONSES_TERMINAL, event_payload
+from handler.wire import RESPONSES_TERMINAL, event_payload, interrupted
 
 Finished = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -124,12 +124,7 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
             if out:
                 yield out
         if terminal is None:
-            raise UpstreamError(
-                "the provider's stream ended before the response was finished",
-                upstream_status=200,
-                retryable=False,
-                code="stream_interrupted",
-            )
+            raise interrupted("response")
         # The terminal event is the provider's last: it goes on once the stream has ended, so that it is
         # settled from the provider's usage (a stream still open is metered as one cut short).
         kind, payload, response = terminal

@@ -30,6 +30,7 @@ from handler.errors import GatewayError, UpstreamError
 from handler.pipeline.passthrough import guarded
 from handler.pipeline.pipeline import ChunkStream
 from handler.schemas import ChatCompletionChunk
+from handler.wire import interrupted
 
 Finished = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -222,17 +223,12 @@ def responses_events(
             data = b"".join(writer.chunk(chunk) for chunk in batch)
             if data:
                 yield data
-        if writer.finish_reason is None:
+        cut = writer.finish_reason is None
+        if cut:
             stream.failed(UpstreamError.status)  # its ledger line, log line and metrics say so
         await stream.complete()
-        if writer.finish_reason is None:
-            # What the provider sent is billed (settled above), but the answer is not whole.
-            raise UpstreamError(
-                "the provider's stream ended before the answer was finished",
-                upstream_status=200,
-                retryable=False,
-                code="stream_interrupted",
-            )
+        if cut:  # what the provider sent is billed (settled above), but the answer is not whole
+            raise interrupted()
         closing, response = writer.completed()
         finish(response, stream.usage(), stream.ex.cost)
         await on_finished(response)
