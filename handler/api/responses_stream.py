@@ -223,7 +223,7 @@ def responses_events(
             data = b"".join(writer.chunk(chunk) for chunk in batch)
             if data:
                 yield data
-        cut = writer.finish_reason is None
+        cut = stream.cut  # (as Chat Completions decides it: no finish reason, and no end said)
         if cut:
             stream.failed(UpstreamError.status)  # its ledger line, log line and metrics say so
         await stream.complete()

@@ -113,7 +113,8 @@ async def test_an_answer_the_gateway_cannot_read_still_has_its_line() -> None:
 
 async def test_a_stream_that_says_it_ended_is_whole_without_a_finish_reason() -> None:
     """An OpenAI-compatible server that ends its stream with `[DONE]` but names no finish reason: the answer is
-    whole (no in-stream error, a 200 line); only a stream that stops without either is cut."""
+    whole (no in-stream error, a 200 line), through Chat Completions and the Responses API alike; only a stream
+    that stops without either is cut."""
     chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
     events = [
         {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"}}]},
@@ -127,8 +128,10 @@ async def test_a_stream_that_says_it_ended_is_whole_without_a_finish_reason() ->
     served = await serve(streaming, {"m": MODEL})
     answer = await served.post("/v1/chat/completions", {"model": "m", "messages": HI, "stream": True})
     assert answer.status_code == 200 and b'"error"' not in answer.content and answer.content.endswith(b"[DONE]\n\n")
-    [line] = await served.ledger()
-    assert (line.status, line.cost_source, line.output_tokens) == (200, "provider", 5)
+    responses = await served.post("/v1/responses", {"model": "m", "input": "hi", "stream": True})
+    assert b"response.completed" in responses.content and b"stream_interrupted" not in responses.content
+    lines = await served.ledger()
+    assert [(line.status, line.cost_source, line.output_tokens) for line in lines] == [(200, "provider", 5)] * 2
 
 
 async def test_a_timed_out_attempts_cost_is_the_providers_and_the_fee_is_on_the_whole() -> None:
