@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from handler.schemas import FinishReason, Omitted, Usage, _Open
+from handler.schemas import ChatCompletion, FinishReason, Omitted, Usage, _Open
 
 
 class FunctionCallDelta(_Open):
@@ -47,3 +47,25 @@ class ChatCompletionChunk(_Open):
     choices: list[ChunkChoice] = Field(default_factory=list)
     usage: Usage | None = Omitted()
     system_fingerprint: str | None = Omitted()
+
+
+def completion_chunks(completion: ChatCompletion) -> list[ChatCompletionChunk]:
+    """A whole completion as the chunks its stream would have brought, as OpenAI streams one: for each choice, its
+    message in one delta (the role, the text, the reasoning, a refusal, the tool calls with their index, and any
+    member the provider added), then its finish reason in an empty delta. The usage is the completion's."""
+    head: dict[str, Any] = {**(completion.model_extra or {}), "id": completion.id, "created": completion.created}
+    head["model"] = completion.model
+    if completion.system_fingerprint is not None:
+        head["system_fingerprint"] = completion.system_fingerprint
+    chunks = []
+    for choice in completion.choices:
+        delta = choice.message.model_dump(exclude_none=True)
+        if delta.get("tool_calls"):
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(delta["tool_calls"])]
+        said = {"index": choice.index, "delta": delta, "logprobs": choice.logprobs}
+        chunks.append(ChatCompletionChunk.model_validate({**head, "choices": [said]}))
+        end = {**(choice.model_extra or {}), "index": choice.index, "delta": {}, "finish_reason": choice.finish_reason}
+        if choice.stop_sequence is not None:
+            end["stop_sequence"] = choice.stop_sequence
+        chunks.append(ChatCompletionChunk.model_validate({**head, "choices": [end]}))
+    return chunks

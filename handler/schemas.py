@@ -401,6 +401,7 @@ if TYPE_CHECKING:
     from handler.chunks import ChunkDelta as ChunkDelta
     from handler.chunks import FunctionCallDelta as FunctionCallDelta
     from handler.chunks import ToolCallDelta as ToolCallDelta
+    from handler.chunks import completion_chunks as completion_chunks
     from handler.embeddings import Embedding as Embedding
     from handler.embeddings import EmbeddingsRequest as EmbeddingsRequest
     from handler.embeddings import EmbeddingsResponse as EmbeddingsResponse
@@ -408,7 +409,8 @@ if TYPE_CHECKING:
 
 LATER = {
     **dict.fromkeys(
-        ["ChatCompletionChunk", "ChunkChoice", "ChunkDelta", "FunctionCallDelta", "ToolCallDelta"], "handler.chunks"
+        ["ChatCompletionChunk", "ChunkChoice", "ChunkDelta", "FunctionCallDelta", "ToolCallDelta", "completion_chunks"],
+        "handler.chunks",
     ),
     **dict.fromkeys(["Embedding", "EmbeddingsRequest", "EmbeddingsResponse", "EmbeddingsUsage"], "handler.embeddings"),
 }

@@ -95,6 +95,41 @@ class SSEDecoder:
         return None
 
 
+class WholeBodySniffer:
+    """A stream's frame decoder that notices a stream request answered with one whole JSON body, as servers that
+    ignore `stream` answer (some OpenAI-compatible ones): a body whose first byte past any blank is `{` (an SSE
+    stream opens with a field or a comment, an AWS event stream with its length) is kept, to `limit` bytes, and
+    given as one event at its end, with `whole` set; any other goes to `inner` as it comes."""
+
+    __slots__ = ("inner", "limit", "whole", "_open")
+
+    def __init__(self, inner: Any, limit: int) -> None:
+        self.inner = inner
+        self.limit = limit
+        self.whole: bytearray | None = None  # the body so far, once it is known to be one
+        self._open = True  # nothing but blanks yet: what the body is remains to be seen
+
+    def feed(self, chunk: bytes) -> list[StreamEvent]:
+        if self._open and chunk.strip():
+            self._open = False
+            if chunk.lstrip()[:1] == b"{":
+                self.whole = bytearray()
+                chunk = chunk.lstrip()
+        if self.whole is None:
+            events: list[StreamEvent] = self.inner.feed(chunk)
+            return events
+        self.whole += chunk
+        if len(self.whole) > self.limit:
+            raise malformed(f"upstream's answer body exceeds {self.limit} bytes", "upstream_body_too_large")
+        return []
+
+    def finish(self) -> list[StreamEvent]:
+        if self.whole is None:
+            events: list[StreamEvent] = self.inner.finish()
+            return events
+        return [StreamEvent(None, bytes(self.whole))]
+
+
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 
+from handler import schemas
 from handler.config import Price
 from handler.errors import (
     CostLimitError,
@@ -61,7 +62,7 @@ from handler.ports import BuiltRequest, KeyRecord, LedgerItem, NativeCall, Strea
 from handler.records import Value
 from handler.schemas import ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
-from handler.wire import StreamEvent, json_body, malformed
+from handler.wire import StreamEvent, WholeBodySniffer, error_excerpt, json_body, malformed
 
 if TYPE_CHECKING:
     from handler.schemas import ChatCompletionChunk, EmbeddingsRequest, EmbeddingsResponse
@@ -763,6 +764,9 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
     ) -> None:
         super().__init__(pipeline, ex, req, attempt, response)
         self.parser: StreamParser = attempt.adapter.stream_parser(req, attempt.target)
+        # A server that ignores `stream` answers with the whole completion: it is streamed from that (`_whole`).
+        self.decoder = self.sniffer = WholeBodySniffer(self.decoder, response.max_body)
+        self._whole_usage: Usage | None = None
         self._template: ChatCompletionChunk | None = None
         self._chars = 0
         self.schema = pipeline._enforced_schema(req, attempt, ex)
@@ -781,9 +785,12 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         return not self._finished_choices or self._choices != self._finished_choices
 
     def _items(self, events: list[StreamEvent]) -> list[ChatCompletionChunk]:
-        chunks = [c for e in events for c in self.parser.feed(e)]
-        if self._finished:
-            chunks += self.parser.finish()
+        if self.sniffer.whole is not None:
+            chunks = [c for e in events for c in self._whole(e.data)]
+        else:
+            chunks = [c for e in events for c in self.parser.feed(e)]
+            if self._finished:
+                chunks += self.parser.finish()
         kept = []
         for chunk in chunks:
             if self._template is None:
@@ -814,7 +821,20 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
             for call in choice.delta.tool_calls or ():
                 self._chars += len(call.function.arguments or "") if call.function else 0
 
+    def _whole(self, body: bytes) -> list[ChatCompletionChunk]:
+        """A whole answer where a stream was asked for, read as the provider's non-streamed answer and handed out
+        as the chunks its stream would have brought; not one (an error or a page in a 200), the provider's
+        malformed answer, as a stream that brought no event is."""
+        try:
+            completion = self.attempt.adapter.chat_response(body, self.req, self.attempt.target)
+        except (GatewayError, *SHAPE_ERRORS):
+            raise malformed(f"the provider's stream ended before its first event: {error_excerpt(body)}") from None
+        self._whole_usage = completion.usage
+        return schemas.completion_chunks(completion)
+
     def _reported(self) -> Usage | None:
+        if self._whole_usage is not None:
+            return self._whole_usage
         usage = self.parser.usage
         return usage if isinstance(usage, Usage) else None
 

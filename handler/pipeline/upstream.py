@@ -69,6 +69,11 @@ class UpstreamResponse:
         self._response = response
         self._max_body = max_body
 
+    @property
+    def max_body(self) -> int:
+        """The most a whole (non-streamed) answer may hold: `gateway.limits.upstream_body_bytes`."""
+        return self._max_body
+
     @classmethod
     def of(cls, response: httpx.Response, max_body: int) -> UpstreamResponse:
         stream = response.stream

@@ -91,13 +91,14 @@ async def test_an_error_answer_costs_nothing_not_even_the_prices_per_request() -
 
 
 async def test_an_answer_the_gateway_cannot_read_still_has_its_line() -> None:
-    """A 200 whose body is no completion, and a stream asked for and answered with a whole JSON completion (no
-    event): the provider answered, so the request has its line (at no cost, its status the client's 502, the
-    route naming what came back); it had none."""
+    """A 200 whose body is no completion, and a stream asked for and answered with an error body in a 200 (no
+    event, no completion to stream from): the provider answered, so the request has its line (at no cost, its
+    status the client's 502, the route naming what came back); it had none. (A whole completion where a stream
+    was asked for is streamed from: tests/functional/test_stream_endings.py.)"""
 
     def unreadable(request: httpx.Request) -> httpx.Response:
         if b'"stream":true' in request.content.replace(b" ", b""):
-            return httpx.Response(200, json=completion())  # a server that ignores `stream`
+            return httpx.Response(200, json={"error": {"message": "overloaded"}})
         return httpx.Response(200, text="<html>maintenance</html>", headers={"content-type": "text/html"})
 
     served = await serve(unreadable, {"m": MODEL})
@@ -107,7 +108,7 @@ async def test_an_answer_the_gateway_cannot_read_still_has_its_line() -> None:
     lines = await served.ledger()
     assert sorted((line.status, line.cost_usd, line.route) for line in lines) == [
         (502, 0.0, "openai/gpt-4o-mini@global=invalid_json"),  # the page
-        (502, 0.0, "openai/gpt-4o-mini@global=invalid_response"),  # the completion where a stream was asked
+        (502, 0.0, "openai/gpt-4o-mini@global=invalid_response"),  # the error body where a stream was asked
     ], lines
 
 

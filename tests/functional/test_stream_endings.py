@@ -6,6 +6,7 @@ streams in the providers' documented event formats, paced where the test needs a
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import orjson
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from adapters.providers.registry import REGISTRY
@@ -90,12 +91,60 @@ async def failing_response(request: Request) -> StreamingResponse:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+# A server that ignores `stream` and answers with the whole completion (pretty-printed, as some write it).
+WHOLE_COMPLETION = {
+    "id": "chatcmpl-whole",
+    "object": "chat.completion",
+    "created": 1764000000,
+    "model": "gpt-x",
+    "system_fingerprint": "fp_whole",
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "Let me look.",
+                "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q":"news"}'}}
+                ],
+            },
+            "logprobs": None,
+            "finish_reason": "tool_calls",
+        }
+    ],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19},
+}
+WHOLE_MESSAGE = {
+    "id": "msg_whole",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-x",
+    "content": [{"type": "text", "text": "Hello there."}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 12, "output_tokens": 7},
+}
+
+
+async def ignoring_stream(request: Request) -> Response:
+    """Whatever was asked, the whole answer in one JSON body: a chat completion, or a Message at `/whole-anthropic`,
+    or in a 200 an error body (a model named `...-error`)."""
+    asked = orjson.loads(await request.body())
+    assert asked.get("stream") is True  # a stream was asked for
+    if asked["model"].endswith("-error"):
+        return Response(b'{"error": {"message": "overloaded, try later"}}', media_type="application/json")
+    answer = WHOLE_MESSAGE if "anthropic" in request.url.path else WHOLE_COMPLETION
+    return Response(b"\n" + json.dumps(answer, indent=2).encode(), media_type="application/json")
+
+
 @pytest.fixture(scope="module")
 def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     routes = [
         Route("/anthropic/v1/messages", searching_message, methods=["POST"]),
         Route("/searching/v1/responses", searching_response, methods=["POST"]),
         Route("/failing/v1/responses", failing_response, methods=["POST"]),
+        Route("/ignoring/v1/chat/completions", ignoring_stream, methods=["POST"]),
+        Route("/whole-anthropic/v1/messages", ignoring_stream, methods=["POST"]),
     ]
     server = ServerThread(Starlette(routes=routes)).start()
     price = {"input": 3.0, "output": 15.0}
@@ -114,11 +163,20 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             },
             "searching": native("searching"),
             "failing": native("failing"),
+            "ignoring": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/ignoring/v1"},
+            "whole-anthropic": {
+                "type": "anthropic",
+                "api_key": "env:ANTHROPIC_API_KEY",
+                "base_url": f"{server.url}/whole-anthropic",
+            },
         },
         "models": {
             "claude": {"deployments": [{"provider": "anthropic", "model": "claude-x"}], "price": price},
             "gpt-searching": {"deployments": [{"provider": "searching", "model": "gpt-x"}], "price": price},
             "gpt-failing": {"deployments": [{"provider": "failing", "model": "gpt-x"}], "price": price},
+            "gpt-whole": {"deployments": [{"provider": "ignoring", "model": "gpt-x"}], "price": price},
+            "gpt-whole-error": {"deployments": [{"provider": "ignoring", "model": "gpt-x-error"}], "price": price},
+            "claude-whole": {"deployments": [{"provider": "whole-anthropic", "model": "claude-x"}], "price": price},
         },
     }
     store = f"sqlite:///{Path(tmp_path_factory.mktemp('endings')) / 'gateway.db'}"
@@ -177,3 +235,66 @@ def test_a_responses_stream_the_provider_failed_is_settled_with_the_failures_sta
     assert events[-1].type == "response.failed"
     [line] = scripted.ledger(key)
     assert line.status == status  # it was a 200, in the ledger and in /metrics
+
+
+WHOLE_USD = (12 * 3.0 + 7 * 15.0) / 1_000_000
+
+
+def test_a_stream_answered_with_the_whole_completion_is_streamed_from_it(scripted: Running) -> None:
+    """A server that ignores `stream` answers with the whole completion: the client gets it as the stream it asked
+    for (its text, its tool call, its finish reason, the usage), and it is billed as the provider counted it (it
+    was a 502 at no cost, though the provider had answered and billed)."""
+    key = scripted.mint(name="whole-chat")
+    stream = openai_client(scripted, key).chat.completions.create(
+        model="gpt-whole", messages=HI, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    choices = [chunk.choices[0] for chunk in chunks if chunk.choices]
+    assert "".join(choice.delta.content or "" for choice in choices) == "Let me look."
+    [call] = [call for choice in choices for call in choice.delta.tool_calls or ()]
+    assert (call.index, call.id, call.function.name, call.function.arguments) == (0, "call_1", "lookup", '{"q":"news"}')  # type: ignore[union-attr]
+    assert [choice.finish_reason for choice in choices if choice.finish_reason] == ["tool_calls"]
+    assert {chunk.id for chunk in chunks} == {"chatcmpl-whole"} and chunks[0].system_fingerprint == "fp_whole"
+    usage = chunks[-1].usage
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (12, 7)
+    [line] = scripted.ledger(key)
+    assert (line.status, line.cost_source, line.input_tokens, line.output_tokens) == (200, "provider", 12, 7)
+    assert line.cost_usd == pytest.approx(WHOLE_USD)
+
+
+def test_a_translated_stream_answered_whole_is_streamed_in_the_clients_api(scripted: Running) -> None:
+    """The same through a translation: Chat Completions to an Anthropic deployment that answered with a whole
+    Message, and the Responses API to the OpenAI-compatible server that answered with a whole completion."""
+    key = scripted.mint(name="whole-translated")
+    client = openai_client(scripted, key)
+    chunks = list(client.chat.completions.create(model="claude-whole", messages=HI, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello there."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    events = list(client.responses.create(model="gpt-whole", input="Hi", stream=True))
+    assert events[-1].type == "response.completed"
+    output = events[-1].response.output  # type: ignore[union-attr]
+    assert [item.type for item in output] == ["message", "function_call"]
+    assert output[0].content[0].text == "Let me look."  # type: ignore[union-attr]
+    assert (output[1].name, output[1].arguments) == ("lookup", '{"q":"news"}')  # type: ignore[union-attr]
+    lines = scripted.ledger(key)
+    assert sorted((line.model, line.status, line.cost_source) for line in lines) == [
+        ("claude-whole", 200, "provider"),
+        ("gpt-whole", 200, "provider"),
+    ]
+    assert [line.cost_usd for line in lines] == pytest.approx([WHOLE_USD, WHOLE_USD])
+
+
+def test_a_stream_answered_with_a_whole_error_body_is_the_providers_malformed_answer(scripted: Running) -> None:
+    """A 200 whose body is an error, where a stream was asked for, is no completion to stream: the client's 502,
+    naming what came back, and a line at no cost."""
+    key = scripted.mint(name="whole-error")
+    answer = httpx.post(
+        f"{scripted.url}/v1/chat/completions",
+        json={"model": "gpt-whole-error", "messages": HI, "stream": True},
+        headers={"authorization": f"Bearer {key}"},
+    )
+    assert answer.status_code == 502, answer.text
+    message = answer.json()["error"]["message"]
+    assert "stream ended before its first event" in message and "overloaded, try later" in message
+    [line] = scripted.ledger(key)
+    assert (line.status, line.cost_usd) == (502, 0.0)

@@ -18,6 +18,7 @@ def test_each_later_name_is_its_modules_class_and_is_kept_after_its_first_use() 
         assert name in vars(schemas)  # found directly from now on, without the module's __getattr__
     assert set(schemas.LATER) == {
         *("ChatCompletionChunk", "ChunkChoice", "ChunkDelta", "FunctionCallDelta", "ToolCallDelta"),
+        "completion_chunks",
         *("Embedding", "EmbeddingsRequest", "EmbeddingsResponse", "EmbeddingsUsage"),
     }
 
