@@ -2,7 +2,8 @@
 
     GatewayError                      status, code, message, param, headers
     ├── InvalidRequestError           400 invalid_request
-    │   └── StrictParamsError         400 invalid_request (x-gateway-strict and a dropped parameter)
+    │   ├── StrictParamsError         400 invalid_request (x-gateway-strict and a dropped parameter)
+    │   └── ProviderRejectedError     400 the provider's code, else invalid_request (its own 400/404/413/422)
     ├── AuthenticationError           401 invalid_api_key | key_expired | key_revoked
     ├── BudgetExceededError           402 budget_exceeded
     ├── PermissionDeniedError         403 model_not_allowed | ip_not_allowed | admin_only
@@ -189,6 +190,10 @@ class UpstreamError(GatewayError):
         self.upstream_type = redact_message(upstream_type)[:100] if upstream_type else None
         self._outcome = outcome
         self.native_event: bytes | None = None
+        # The provider's own words, `code` and `param` (`upstream_error`): a rejected request's, for the client.
+        self.said: str | None = None
+        self.provider_code: str | None = None
+        self.provider_param: str | None = None
 
     def openai_body(self) -> dict[str, object]:
         body = super().openai_body()
@@ -205,6 +210,27 @@ class UpstreamError(GatewayError):
         if self._outcome:
             return self._outcome
         return str(self.upstream_status) if self.upstream_status >= 400 else self.code
+
+
+class ProviderRejectedError(InvalidRequestError):
+    """A provider's own 400, 404, 413 or 422: the request is the client's to fix. Its message, `code` and `param`
+    as the provider gave them (an agent branches on them: Codex on `context_length_exceeded`, Claude Code matches
+    Anthropic's `prompt is too long: N tokens > M maximum` whole), `invalid_request` where it gave no code, and
+    the provider's status and type beside them in OpenAI's shape, as a provider's failure has."""
+
+    def __init__(self, rejected: UpstreamError) -> None:
+        super().__init__(rejected.said or rejected.message, code=rejected.provider_code, param=rejected.provider_param)
+        self.upstream_status = rejected.upstream_status
+        self.upstream_type = rejected.upstream_type
+
+    def openai_body(self) -> dict[str, object]:
+        body = super().openai_body()
+        error = body["error"]
+        assert isinstance(error, dict)
+        error["upstream_status"] = self.upstream_status
+        if self.upstream_type:
+            error["upstream_type"] = self.upstream_type
+        return body
 
 
 class UpstreamRateLimitedError(UpstreamError):

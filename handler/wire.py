@@ -157,17 +157,23 @@ def upstream_error(
     headers: Mapping[str, str],
     *,
     upstream_type: str | None = None,
-    code: str | None = None,
+    code: object = None,
+    param: object = None,
 ) -> UpstreamError:
-    """The common mapping from a provider's error answer to `UpstreamError`."""
-    return UpstreamError(
+    """The common mapping from a provider's error answer to `UpstreamError`. `code` and `param`, the provider's
+    own (a string, or nothing), reach the client only with a request it rejected (`ProviderRejectedError`), never
+    as the gateway's code for a failure."""
+    error = UpstreamError(
         f"upstream returned {status}: {message}",
         upstream_status=status,
         retryable=status in RETRYABLE_STATUSES,
         retry_after=retry_after_seconds(headers),
         upstream_type=upstream_type,
-        code=code,
     )
+    error.said = redact_message(message)
+    error.provider_code = redact_message(code)[:100] if isinstance(code, str) and code else None
+    error.provider_param = redact_message(param)[:200] if isinstance(param, str) and param else None
+    return error
 
 
 ERROR_EXCERPT_CHARS = 200  # of an error body that is not the provider's JSON, relayed as the message

@@ -24,6 +24,7 @@ from handler.errors import (
     CostLimitError,
     GatewayError,
     InvalidRequestError,
+    ProviderRejectedError,
     SchemaViolationError,
     ServiceUnavailableError,
     StrictParamsError,
@@ -663,9 +664,7 @@ class Pipeline:
     @staticmethod
     def _client_facing(err: UpstreamError) -> GatewayError:
         if err.upstream_status in CLIENT_FAULT_STATUSES:
-            invalid = InvalidRequestError(f"the provider rejected the request: {err.message}", code="invalid_request")
-            invalid.__cause__ = err
-            return invalid
+            return ProviderRejectedError(err)
         return err
 
     async def _settle(

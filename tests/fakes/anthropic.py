@@ -2,8 +2,9 @@
 
 Behaviour is chosen by the requested model name, or by `metadata.user_id` (the OpenAI `user`) so a gateway
 test can pick a fault on a configured model: `fail-429` (rate_limit_error with retry-after: 0), `fail-500`
-(api_error), `fail-529` (overloaded_error), `fail-400` (invalid_request_error), `slow` (waits `SLOW_SECONDS`
-before answering), `stream-cut` (a stream that stops mid-way, without `message_delta` or `message_stop`),
+(api_error), `fail-529` (overloaded_error), `fail-400` (invalid_request_error), `fail-context` (Anthropic's
+`prompt is too long: N tokens > M maximum`), `slow` (waits `SLOW_SECONDS` before answering), `stream-cut`
+(a stream that stops mid-way, without `message_delta` or `message_stop`),
 `stream-overloaded` (a stream that ends after its first delta with Anthropic's in-stream `error` event, an
 `overloaded_error`; with `echo-auth` its message quotes the request's `x-api-key`, as an upstream that echoes
 credentials would), `bad-json` (a 200 whose body is not JSON). A request with tools and a `tool_choice` of
@@ -178,6 +179,8 @@ def _fault(faults: str) -> Response | None:
         return _error(529, "overloaded_error", "Overloaded")
     if "fail-400" in faults:
         return _error(400, "invalid_request_error", "messages: text content blocks must be non-empty")
+    if "fail-context" in faults:
+        return _error(400, "invalid_request_error", "prompt is too long: 210000 tokens > 200000 maximum")
     return None
 
 

@@ -2,7 +2,8 @@
 
 Behaviour is chosen by the requested model name, so tests need no side channel:
 `fail-429` (rate limit with retry-after: 0), `fail-429-wait` (retry-after-ms: 300), `fail-500`, `fail-400`,
-`fail-401`, `slow` (waits `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way without [DONE]),
+`fail-401`, `fail-context` (`context_length_exceeded`, param `messages`),
+`slow` (waits `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way without [DONE]),
 `drip` (a stream whose chunks come `SLOW_SECONDS` apart), `bad-json` (a 200 whose body is not JSON),
 `no-usage` (an answer without `usage`), `negative-usage` (usage with negative counts), `echo-auth` (a 400
 whose message quotes the request's authorization and `x-` headers back, as some upstream errors do), `reasoner`
@@ -38,9 +39,23 @@ MESSAGE_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id", "refu
 PART_FIELDS = {"type", "text", "image_url", "input_audio", "file", "refusal"}
 
 
-def _error(status: int, message: str, kind: str, code: str | None, headers: dict[str, str] | None = None) -> Response:
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+def _error(
+    status: int,
+    message: str,
+    kind: str,
+    code: str | None,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
+) -> Response:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
+
+
+# OpenAI's answer to a prompt past the model's context window (as its API words it).
+CONTEXT_EXCEEDED = (
+    "This model's maximum context length is 128000 tokens. However, your messages resulted in 130000 tokens. "
+    "Please reduce the length of the messages."
+)
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
@@ -153,6 +168,10 @@ def create_app() -> Starlette:
             return None, _error(400, quoted, "invalid_request_error", None)
         if "fail-400" in model:
             return None, _error(400, "Invalid value for 'messages'.", "invalid_request_error", "invalid_value")
+        if "fail-context" in model:
+            return None, _error(
+                400, CONTEXT_EXCEEDED, "invalid_request_error", "context_length_exceeded", param="messages"
+            )
         if "slow" in model:
             await asyncio.sleep(SLOW_SECONDS)
         return body, None

@@ -42,6 +42,11 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
                 "unconfigured": {"deployments": [{"provider": "nokey", "model": "gpt-4o-mini"}], "price": PRICE},
                 "down": {"deployments": [{"provider": "openai", "model": "fail-500"}], "price": PRICE},
                 "overloaded": {"deployments": [{"provider": "anthropic", "model": "fail-529"}], "price": PRICE},
+                "too-long": {"deployments": [{"provider": "openai", "model": "fail-context"}], "price": PRICE},
+                "claude-too-long": {
+                    "deployments": [{"provider": "anthropic", "model": "fail-context"}],
+                    "price": PRICE,
+                },
                 "all-down": {
                     "deployments": [
                         {"provider": "openai", "model": "fail-500"},
@@ -207,3 +212,35 @@ def test_an_attempt_the_provider_may_still_bill_is_not_retried_by_the_sdk(
         assert counter.sent == 1
     finally:
         gateway_server.stop()
+
+
+def test_a_request_the_provider_rejects_keeps_the_providers_words_code_and_param(gw: Running) -> None:
+    """A provider's own 400 comes back as the provider said it, not retried: agents branch on it (Codex on the
+    code `context_length_exceeded`, Claude Code matches Anthropic's `prompt is too long: N tokens > M maximum`
+    whole, from its start). The message had the gateway's words before it, the code was `invalid_request` and
+    the param gone."""
+    key = gw.mint()
+    counter = Counter()
+    client = sdk_openai(gw, key, counter)
+    with pytest.raises(openai.BadRequestError) as rejected:
+        client.chat.completions.create(model="too-long", messages=HI)  # type: ignore[arg-type]
+    client.close()
+    error = rejected.value.response.json()["error"]
+    assert (error["code"], error["param"], error["type"]) == (
+        "context_length_exceeded",
+        "messages",
+        "invalid_request_error",
+    )
+    assert error["message"].startswith("This model's maximum context length is 128000 tokens.")
+    assert (error["upstream_status"], error["upstream_type"]) == (400, "invalid_request_error")
+    assert rejected.value.code == "context_length_exceeded" and counter.sent == 1
+    claude = sdk_anthropic(gw, key, counter)
+    with pytest.raises(anthropic.BadRequestError) as too_long:
+        claude.messages.create(model="claude-too-long", max_tokens=10, messages=HI)  # type: ignore[arg-type]
+    claude.close()
+    said = too_long.value.body["error"]  # type: ignore[index]
+    assert (said["type"], said["message"]) == (
+        "invalid_request_error",
+        "prompt is too long: 210000 tokens > 200000 maximum",
+    )
+    assert counter.sent == 2

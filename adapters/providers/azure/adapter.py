@@ -81,7 +81,9 @@ def azure_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upstrea
         err.upstream_type = "content_filter"
         categories = filtered_categories(inner.get("content_filter_result") if isinstance(inner, dict) else None)
         if categories:
-            err.message = f"{err.message} (content filter: {', '.join(categories)})"
+            named = f" (content filter: {', '.join(categories)})"
+            err.message += named
+            err.said = (err.said or "") + named
     elif err.upstream_type is None and error.get("code"):
         err.upstream_type = str(error["code"])
     return err

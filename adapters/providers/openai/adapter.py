@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
     """OpenAI's error body `{"error": {"message", "type", "param", "code"}}`, tolerating variants."""
-    message, kind = "", None
+    message, kind, code, param = "", None, None, None
     try:
         data = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
@@ -41,11 +41,12 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> Ups
             message = str(error.get("message") or error.get("detail") or "")
             raw_type = error.get("type") or error.get("code")
             kind = str(raw_type) if raw_type else None
+            code, param = error.get("code"), error.get("param")
         elif isinstance(error, str):
             message = error
     if not message:
         message = error_excerpt(body)
-    return upstream_error(status, message, headers, upstream_type=kind)
+    return upstream_error(status, message, headers, upstream_type=kind, code=code, param=param)
 
 
 def normalize_usage(usage: Usage | None) -> Usage | None:

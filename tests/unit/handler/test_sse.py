@@ -44,7 +44,7 @@ def sniffed(raw: bytes, step: int, limit: int = 1 << 20) -> tuple[list[StreamEve
 
 
 def test_a_stream_goes_through_the_sniffer_unchanged() -> None:
-    raw = b"\n\n: keep-alive\n\ndata: {\"a\":1}\n\ndata: [DONE]\n\n"
+    raw = b'\n\n: keep-alive\n\ndata: {"a":1}\n\ndata: [DONE]\n\n'
     for step in (1, 3, len(raw)):
         assert sniffed(raw, step) == ([StreamEvent(None, b'{"a":1}'), StreamEvent(None, b"[DONE]")], None)
 
