@@ -50,6 +50,7 @@ from handler.pipeline.pricing import (
     cost_of,
     fee_for,
     plausible,
+    predicted_tokens,
     price_for,
     prompt_estimate,
     scaled,
@@ -409,7 +410,7 @@ class Pipeline:
         for attempt in plan:
             cap = attempt.spec.max_output_tokens or self.gateway.config.gateway.default_max_output_tokens
             worst_output = max(worst_output, min(limit, cap) if limit else cap)
-        await self._admit_tokens(ex, plan, worst_output * (req.n or 1))
+        await self._admit_tokens(ex, plan, (worst_output + predicted_tokens(req)) * (req.n or 1))
         if ex.reservation is not None and ex.reservation.budget_key is not None and (not limit or limit > worst_output):
             # The reservation covers `worst_output` tokens; the upstream must not be allowed more, or a
             # provider's own (larger) default could spend past what was reserved.

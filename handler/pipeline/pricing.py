@@ -8,6 +8,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Final
 
+import orjson
+
 from handler.config import FeeConfig, ModelConfig, Price, load_yaml
 from handler.pipeline.images import image_tokens
 from handler.records import Value
@@ -229,7 +231,21 @@ def prompt_estimate(req: ChatRequest) -> PromptEstimate:
         total += len(tool.function.model_dump_json().encode()) // 2 + 4
     if req.response_format is not None and req.response_format.json_schema is not None:
         total += len(req.response_format.model_dump_json().encode()) // 2
+    extra = req.model_extra
+    if extra:
+        # Whatever else is sent on is read by the provider: counted, so that no member rides free (the legacy
+        # `functions` tool list went unreserved). A `prediction` is output (`predicted_tokens`); option values
+        # add a few tokens.
+        sent = {name: value for name, value in extra.items() if name != "prediction"}
+        total += len(orjson.dumps(sent)) // 2
     return PromptEstimate(total, tuple(images))
+
+
+def predicted_tokens(req: ChatRequest) -> int:
+    """An upper bound of a `prediction`'s tokens (OpenAI's Predicted Outputs): those the answer does not use are
+    billed at the completion rate, beyond the tokens it generates and its output cap."""
+    prediction = (req.model_extra or {}).get("prediction")
+    return 0 if prediction is None else len(orjson.dumps(prediction)) // 2 + 1
 
 
 def estimate_prompt_tokens(req: ChatRequest) -> int:

@@ -343,6 +343,20 @@ def test_images_are_reserved_by_the_providers_formula(gw: Running) -> None:
     assert spent(gw, key) == 0
 
 
+def test_every_member_sent_on_is_in_the_worst_case(gw: Running) -> None:
+    """The legacy `functions` list and a `prediction` go to the provider and are billed (a prediction's unused
+    tokens at the completion rate), so the worst case counts them: a short message with 200 KB in either was
+    reserved at $0.00003 and admitted on a budget of $0.05, then billed about $0.05 by the provider, each time."""
+    key = gw.mint(budget_usd=0.05)
+    base = {"model": "gpt-test", "messages": HI, "max_tokens": 10}
+    assert post(gw, "/v1/chat/completions", key, base).status_code == 200
+    big = "word " * 40_000
+    functions = [{"name": "lookup", "description": big, "parameters": {"type": "object", "properties": {}}}]
+    for extra in ({"functions": functions}, {"prediction": {"type": "content", "content": big}}):
+        refused = post(gw, "/v1/chat/completions", key, {**base, **extra})
+        assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded", refused.text
+
+
 def test_options_that_change_the_price_are_priced_or_refused(gw: Running) -> None:
     key = gw.mint()
     base = {"model": "gpt-test", "messages": HI}
