@@ -12,12 +12,13 @@ from typing import Any
 
 import orjson
 
+from handler.api.call_order import CallOrder
 from handler.api.streaming import sse_event
 from handler.errors import GatewayError, UpstreamError
 from handler.pipeline.passthrough import NativeReply, NativeStream, guarded, sse_frame
 from handler.pipeline.pipeline import ChunkStream
 from handler.pipeline.pricing import Cost
-from handler.schemas import ChatCompletion, ChatCompletionChunk, Usage
+from handler.schemas import ChatCompletion, ChatCompletionChunk, ToolCallDelta, Usage
 from handler.wire import StreamEvent
 
 STOP_REASONS = {
@@ -139,6 +140,7 @@ class EventWriter:
         self.open: tuple[str, int] | None = None
         self.finish_reason: str | None = None
         self.stop_sequence: str | None = None
+        self.calls = CallOrder()
 
     def start(self, input_tokens: int) -> bytes:
         message: dict[str, Any] = {
@@ -202,20 +204,27 @@ class EventWriter:
             if delta.content or delta.refusal:
                 out += self._switch("text", 0, {"type": "text", "text": ""})
                 out += self._delta({"type": "text_delta", "text": delta.content or delta.refusal})
-            for call in delta.tool_calls or ():
-                function = call.function
-                block = {
-                    "type": "tool_use",
-                    "id": call.id or "",
-                    "name": (function.name if function else "") or "",
-                    "input": {},
-                }
-                out += self._switch("tool", call.index, block)
-                if function and function.arguments:
-                    out += self._delta({"type": "input_json_delta", "partial_json": function.arguments})
+            if delta.tool_calls:
+                out += self._calls(self.calls.feed(delta.tool_calls))
             if choice.finish_reason:
+                out += self._calls(self.calls.flush())
                 self.finish_reason = choice.finish_reason
                 self.stop_sequence = choice.stop_sequence
+        return out
+
+    def _calls(self, calls: list[ToolCallDelta]) -> bytes:
+        out = b""
+        for call in calls:
+            function = call.function
+            block = {
+                "type": "tool_use",
+                "id": call.id or "",
+                "name": (function.name if function else "") or "",
+                "input": {},
+            }
+            out += self._switch("tool", call.index, block)
+            if function and function.arguments:
+                out += self._delta({"type": "input_json_delta", "partial_json": function.arguments})
         return out
 
     def finish(self, usage: Usage, cost: Cost | None) -> bytes:
@@ -226,7 +235,8 @@ class EventWriter:
         payload: dict[str, Any] = {"type": "message_delta", "delta": delta, "usage": anthropic_usage(usage)}
         if cost is not None:
             payload["cost"] = cost.as_event()
-        return self._close() + sse_event("message_delta", payload) + sse_event("message_stop", {"type": "message_stop"})
+        out = self._calls(self.calls.flush()) + self._close()
+        return out + sse_event("message_delta", payload) + sse_event("message_stop", {"type": "message_stop"})
 
 
 def anthropic_events(stream: ChunkStream, model: str, input_tokens: int) -> AsyncIterator[bytes]:

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from handler.api.call_order import CallOrder
 from handler.api.responses_api import (
     ReasoningSeal,
     ResponseIds,
@@ -29,7 +30,7 @@ from handler.api.streaming import sse_event
 from handler.errors import GatewayError, UpstreamError
 from handler.pipeline.passthrough import guarded
 from handler.pipeline.pipeline import ChunkStream
-from handler.schemas import ChatCompletionChunk
+from handler.schemas import ChatCompletionChunk, ToolCallDelta
 from handler.wire import interrupted
 
 Finished = Callable[[dict[str, Any]], Awaitable[None]]
@@ -62,6 +63,7 @@ class ResponsesEventWriter:
         self.open_key: tuple[str, int] | None = None
         self.finish_reason: str | None = None
         self.trailing: dict[str, Any] = {}
+        self.calls = CallOrder()
 
     def event(self, kind: str, **payload: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.sequence, **payload}
@@ -167,30 +169,37 @@ class ResponsesEventWriter:
                     delta=text,
                     logprobs=[],
                 )
-            for call in delta.tool_calls or ():
-                fresh = self.open_key != ("function_call", call.index)
-                data, item = self._switch("function_call", call.index)
-                out += data
-                function = call.function
-                if fresh:
-                    item.call_id = call.id or item.id
-                    item.name = (function.name if function else None) or ""
-                    out += self._announce_call(item)
-                if function and function.arguments:
-                    item.text.append(function.arguments)
-                    out += self.event(
-                        "response.function_call_arguments.delta",
-                        item_id=item.id,
-                        output_index=item.index,
-                        delta=function.arguments,
-                    )
+            if delta.tool_calls:
+                out += self._calls(self.calls.feed(delta.tool_calls))
             if choice.finish_reason:
+                out += self._calls(self.calls.flush())
                 self.finish_reason = choice.finish_reason
+        return out
+
+    def _calls(self, calls: list[ToolCallDelta]) -> bytes:
+        out = b""
+        for call in calls:
+            fresh = self.open_key != ("function_call", call.index)
+            data, item = self._switch("function_call", call.index)
+            out += data
+            function = call.function
+            if fresh:
+                item.call_id = call.id or item.id
+                item.name = (function.name if function else None) or ""
+                out += self._announce_call(item)
+            if function and function.arguments:
+                item.text.append(function.arguments)
+                out += self.event(
+                    "response.function_call_arguments.delta",
+                    item_id=item.id,
+                    output_index=item.index,
+                    delta=function.arguments,
+                )
         return out
 
     def completed(self) -> tuple[bytes, dict[str, Any]]:
         """Close what is open; the final response (usage still to be put on it) and the events so far."""
-        out = self._close()
+        out = self._calls(self.calls.flush()) + self._close()
         if self.trailing:
             item = reasoning_item(self.ids.item("rs"), "", self.trailing, self.req, self.seal)
             self.output.append(item)

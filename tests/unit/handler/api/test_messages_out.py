@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from handler.api.messages_out import EventWriter
-from handler.schemas import ChatCompletionChunk, ChunkChoice, ChunkDelta
+from handler.schemas import ChatCompletionChunk, ChunkChoice, ChunkDelta, Usage
 
 
 def chunk(**delta: Any) -> ChatCompletionChunk:
@@ -42,3 +42,48 @@ def test_a_signed_thinking_block_ends_with_its_signature_and_a_redacted_one_stan
     assert sent[2]["delta"] == {"type": "signature_delta", "signature": "sig-1"} and sent[2]["index"] == 0
     assert sent[4]["content_block"] == redacted and sent[4]["index"] == 1
     assert sent[6]["content_block"] == {"type": "text", "text": ""} and sent[6]["index"] == 2
+
+
+def calls(*deltas: tuple[int, str, str | None]) -> list[ChatCompletionChunk]:
+    """A chunk per tool-call delta: (index, arguments, name), a call's start naming it."""
+    out = []
+    for index, arguments, name in deltas:
+        call: dict[str, Any] = {"index": index, "function": {"arguments": arguments}}
+        if name is not None:
+            call |= {"id": f"call_{index}", "function": {"name": name, "arguments": arguments}}
+        out.append(chunk(tool_calls=[call]))
+    return out
+
+
+def tool_blocks(sent: list[dict[str, Any]]) -> list[tuple[int, str, str, str]]:
+    """Each block's index, id, name and arguments, checking that no block is reopened."""
+    blocks: dict[int, list[str]] = {}
+    starts: dict[int, dict[str, Any]] = {}
+    stopped: set[int] = set()
+    for event in sent:
+        index = event.get("index", -1)
+        assert index not in stopped, event
+        if event["type"] == "content_block_start":
+            starts[index], blocks[index] = event["content_block"], []
+        elif event["type"] == "content_block_delta":
+            blocks[index].append(event["delta"]["partial_json"])
+        elif event["type"] == "content_block_stop":
+            stopped.add(index)
+    return [(i, starts[i]["id"], starts[i]["name"], "".join(blocks[i])) for i in sorted(starts)]
+
+
+def test_interleaved_calls_whose_arguments_never_close_are_written_when_the_choice_finishes() -> None:
+    """Calls that start together and then take turns: each block whole, in order, once. A call whose arguments
+    are not (yet) a whole object keeps the others held until the choice's finish reason."""
+    writer = EventWriter("m", "msg_1")
+    out = b"".join(writer.chunk(c) for c in calls((0, "", "a"), (1, "", "b"), (0, '{"x":1}', None), (1, "{}", None)))
+    assert tool_blocks(events(out)) == [(0, "call_0", "a", '{"x":1}'), (1, "call_1", "b", "{}")]
+
+    writer = EventWriter("m", "msg_1")
+    out = b"".join(writer.chunk(c) for c in calls((0, '{"x":', "a"), (1, "{}", "b"), (0, "1", None)))
+    assert tool_blocks(events(out)) == [(0, "call_0", "a", '{"x":1')]  # the second call waits
+    finished = ChatCompletionChunk(
+        id="c", created=0, model="m", choices=[ChunkChoice(delta=ChunkDelta(), finish_reason="tool_calls")]
+    )
+    out += writer.chunk(finished) + writer.finish(Usage.of(1, 1), None)
+    assert tool_blocks(events(out)) == [(0, "call_0", "a", '{"x":1'), (1, "call_1", "b", "{}")]

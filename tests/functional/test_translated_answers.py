@@ -1,0 +1,147 @@
+"""What a Messages or Responses client gets from an OpenAI-compatible server's Chat Completions answer in shapes
+OpenAI's own examples rarely show: parallel tool calls whose argument deltas interleave (keyed by `index`, as
+the stream format allows), and a refusal (`message.refusal`, `delta.refusal`). The upstream is a scripted
+server speaking Chat Completions; the clients are the official SDKs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from adapters.providers.registry import REGISTRY
+from handler.config import parse_config
+from tests.functional.conftest import Running, anthropic_client, openai_client, serve_gateway
+from tests.support.servers import ServerThread
+
+HI: Any = [{"role": "user", "content": "Weather and time in Paris?"}]
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}}
+TIME = {"type": "object", "properties": {"tz": {"type": "string"}}}
+MESSAGES_TOOLS: Any = [{"name": "get_weather", "input_schema": WEATHER}, {"name": "get_time", "input_schema": TIME}]
+RESPONSES_TOOLS: Any = [
+    {"type": "function", "name": "get_weather", "parameters": WEATHER},
+    {"type": "function", "name": "get_time", "parameters": TIME},
+]
+
+
+def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-x", "choices": [choice]}
+
+
+def call(index: int, arguments: str, name: str | None = None) -> dict[str, Any]:
+    """A tool-call delta: a call's start carries its id and name."""
+    function: dict[str, Any] = {"arguments": arguments}
+    if name is None:
+        return {"tool_calls": [{"index": index, "function": function}]}
+    opened = {"index": index, "id": f"call_{name}", "type": "function", "function": {"name": name, **function}}
+    return {"tool_calls": [opened]}
+
+
+# Both calls start, then their arguments come in turns (the second call's end before the first's): what some
+# OpenAI-compatible servers send.
+INTERLEAVED = [
+    call(0, "", "get_weather"),
+    call(1, "", "get_time"),
+    call(0, '{"city":'),
+    call(1, '{"tz":'),
+    call(1, '"CET"}'),
+    call(0, '"Paris"}'),
+]
+# One call after the other, as OpenAI sends them.
+SEQUENTIAL = [
+    call(0, "", "get_weather"),
+    call(0, '{"city":'),
+    call(0, '"Paris"}'),
+    call(1, "", "get_time"),
+    call(1, '{"tz":'),
+    call(1, '"CET"}'),
+]
+STREAMS = {
+    "gpt-interleaved": [*map(chunk, INTERLEAVED), chunk({}, "tool_calls")],
+    "gpt-sequential": [*map(chunk, SEQUENTIAL), chunk({}, "tool_calls")],
+}
+
+
+async def chat_completions(request: Request) -> Response:
+    """The scripted stream for the model asked, with its usage chunk and `[DONE]`."""
+    asked = orjson.loads(await request.body())
+    first = chunk({"role": "assistant", "content": None})
+    usage = {**chunk({}), "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}}
+    lines = [b"data: " + orjson.dumps(c) + b"\n\n" for c in [first, *STREAMS[asked["model"]], usage]]
+    return StreamingResponse(iter([*lines, b"data: [DONE]\n\n"]), media_type="text/event-stream")
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    server = ServerThread(Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"])])).start()
+    provider = {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/v1"}
+    models = {name: {"deployments": [{"provider": "compatible", "model": name}]} for name in STREAMS}
+    config = parse_config({"providers": {"compatible": provider}, "models": models}, set(REGISTRY))
+    store = f"sqlite:///{Path(tmp_path_factory.mktemp('translated')) / 'gateway.db'}"
+    running, gateway_server = serve_gateway(config, store, server, {})
+    yield running
+    gateway_server.stop()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def key(gateway: Running) -> str:
+    return gateway.mint(name="translated")
+
+
+def messages_stream(gateway: Running, key: str, model: str) -> tuple[list[Any], anthropic.types.Message]:
+    with anthropic_client(gateway, key).messages.stream(
+        model=model, max_tokens=100, messages=HI, tools=MESSAGES_TOOLS
+    ) as stream:
+        events = list(stream)
+        return events, stream.get_final_message()
+
+
+@pytest.mark.parametrize("model", ["gpt-interleaved", "gpt-sequential"])
+def test_parallel_tool_calls_reach_a_messages_stream_whole_and_in_order(gateway: Running, key: str, model: str) -> None:
+    """Interleaved argument deltas made four blocks: the two calls closed with no input, then two more with no id
+    or name (the SDK could not parse their JSON)."""
+    events, message = messages_stream(gateway, key, model)
+    calls = [(block.type, block.id, block.name, block.input) for block in message.content]  # type: ignore[union-attr]
+    assert calls == [
+        ("tool_use", "call_get_weather", "get_weather", {"city": "Paris"}),
+        ("tool_use", "call_get_time", "get_time", {"tz": "CET"}),
+    ]
+    assert message.stop_reason == "tool_use"
+    blocks = [(e.type, e.index) for e in events if e.type in ("content_block_start", "content_block_stop")]
+    assert blocks == [("content_block_start", 0), ("content_block_stop", 0)] + [
+        ("content_block_start", 1),
+        ("content_block_stop", 1),
+    ]
+    pieces = [e.delta.partial_json for e in events if e.type == "content_block_delta" and e.index == 1]
+    # Sequential calls stream as they come; the second of two interleaved calls is held and written whole.
+    assert pieces == (['{"tz":', '"CET"}'] if model == "gpt-sequential" else ['{"tz":"CET"}'])
+
+
+@pytest.mark.parametrize("model", ["gpt-interleaved", "gpt-sequential"])
+def test_parallel_tool_calls_reach_a_responses_stream_whole_and_in_order(
+    gateway: Running, key: str, model: str
+) -> None:
+    """Interleaved argument deltas made four `function_call` items: two named with no arguments, two with the
+    arguments and no call id or name."""
+    with openai_client(gateway, key).responses.stream(model=model, input="Hi", tools=RESPONSES_TOOLS) as stream:
+        events = list(stream)
+        response = stream.get_final_response()
+    calls = [(item.type, item.call_id, item.name, item.arguments) for item in response.output]  # type: ignore[union-attr]
+    assert calls == [
+        ("function_call", "call_get_weather", "get_weather", '{"city":"Paris"}'),
+        ("function_call", "call_get_time", "get_time", '{"tz":"CET"}'),
+    ]
+    added = [(e.output_index, e.item.name) for e in events if e.type == "response.output_item.added"]  # type: ignore[union-attr]
+    assert added == [(0, "get_weather"), (1, "get_time")]
+    done = [(e.output_index, e.arguments) for e in events if e.type == "response.function_call_arguments.done"]
+    assert done == [(0, '{"city":"Paris"}'), (1, '{"tz":"CET"}')]
