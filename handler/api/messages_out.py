@@ -87,9 +87,13 @@ def _arguments(raw: str) -> Any:
         return {"_raw": raw}
 
 
-def stop_reason(finish_reason: str | None, stop_sequence: str | None) -> str:
-    """Anthropic's stop reason: `stop_sequence` when the provider said which one fired."""
-    return "stop_sequence" if stop_sequence else STOP_REASONS.get(finish_reason or "stop", "end_turn")
+def stop_reason(finish_reason: str | None, stop_sequence: str | None, refused: bool = False) -> str:
+    """Anthropic's stop reason: `stop_sequence` when the provider said which one fired; `refusal` for an answer
+    that refused (OpenAI's `refusal`, which ends as a plain `stop`)."""
+    if stop_sequence:
+        return "stop_sequence"
+    reason = STOP_REASONS.get(finish_reason or "stop", "end_turn")
+    return "refusal" if refused and reason == "end_turn" else reason
 
 
 def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dict[str, Any]:
@@ -115,14 +119,16 @@ def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dic
                 }
             )
     reason = choice.finish_reason if choice else None
+    stop_sequence = choice.stop_sequence if choice else None
+    refused = choice is not None and bool(choice.message.refusal)
     message: dict[str, Any] = {
         "id": f"msg_{completion.id}",
         "type": "message",
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": stop_reason(reason, choice.stop_sequence if choice else None),
-        "stop_sequence": choice.stop_sequence if choice else None,
+        "stop_reason": stop_reason(reason, stop_sequence, refused),
+        "stop_sequence": stop_sequence,
         "usage": anthropic_usage(completion.usage or Usage()),
     }
     if cost is not None:
@@ -140,6 +146,7 @@ class EventWriter:
         self.open: tuple[str, int] | None = None
         self.finish_reason: str | None = None
         self.stop_sequence: str | None = None
+        self.refused = False
         self.calls = CallOrder()
 
     def start(self, input_tokens: int) -> bytes:
@@ -202,6 +209,8 @@ class EventWriter:
                 out += self._delta({"type": "thinking_delta", "thinking": delta.reasoning_content})
             out += self._signed((delta.model_extra or {}).get("thinking_blocks"))
             if delta.content or delta.refusal:
+                if delta.refusal:
+                    self.refused = True
                 out += self._switch("text", 0, {"type": "text", "text": ""})
                 out += self._delta({"type": "text_delta", "text": delta.content or delta.refusal})
             if delta.tool_calls:
@@ -229,7 +238,7 @@ class EventWriter:
 
     def finish(self, usage: Usage, cost: Cost | None) -> bytes:
         delta = {
-            "stop_reason": stop_reason(self.finish_reason, self.stop_sequence),
+            "stop_reason": stop_reason(self.finish_reason, self.stop_sequence, self.refused),
             "stop_sequence": self.stop_sequence,
         }
         payload: dict[str, Any] = {"type": "message_delta", "delta": delta, "usage": anthropic_usage(usage)}

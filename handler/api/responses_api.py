@@ -466,14 +466,15 @@ def reasoning_item(
     return item
 
 
-def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    return {
-        "id": item_id,
-        "type": "message",
-        "role": "assistant",
-        "status": status,
-        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
-    }
+def content_part(kind: str, text: str) -> dict[str, Any]:
+    """An output message's content part: its text (`output_text`), or the model's refusal (`refusal`)."""
+    if kind == "refusal":
+        return {"type": "refusal", "refusal": text}
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def message_item(item_id: str, parts: list[dict[str, Any]], status: str = "completed") -> dict[str, Any]:
+    return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": parts}
 
 
 def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str = "completed") -> dict[str, Any]:
@@ -550,8 +551,11 @@ def to_response(
         fields = reasoning_fields(message.model_extra)
         if message.reasoning_content or fields:
             output.append(reasoning_item(ids.item("rs"), message.reasoning_content or "", fields, req, seal))
-        if message.content or message.refusal:
-            output.append(message_item(ids.item("msg"), message.content or message.refusal or ""))
+        parts = [content_part("output_text", message.content)] if message.content else []
+        if message.refusal:  # its own part, as OpenAI answers one: a client parsing the text does not parse it
+            parts.append(content_part("refusal", message.refusal))
+        if parts:
+            output.append(message_item(ids.item("msg"), parts))
         for call in message.tool_calls or ():
             output.append(call_item(ids.item("fc"), call.id, call.function.name, call.function.arguments))
     response = envelope(

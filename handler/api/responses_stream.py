@@ -19,6 +19,7 @@ from handler.api.responses_api import (
     ResponseIds,
     ResponsesRequest,
     call_item,
+    content_part,
     envelope,
     finish,
     merge,
@@ -43,7 +44,9 @@ class _Item:
         self.kind = kind
         self.id = item_id
         self.index = index
-        self.text: list[str] = []
+        self.text: list[str] = []  # of the open content part, for a message
+        self.parts: list[dict[str, Any]] = []  # a message's finished content parts
+        self.part: str | None = None  # the kind of a message's open content part
         self.fields: dict[str, Any] = {}
         self.call_id = ""
         self.name = ""
@@ -102,11 +105,31 @@ class ResponsesEventWriter:
                 "response.reasoning_summary_part.added", item_id=item.id, summary_index=0, part=summary, **where
             )
         elif kind == "message":
-            added = {**message_item(item.id, "", "in_progress"), "content": []}
-            out += self.event("response.output_item.added", item=added, **where)
-            part: dict[str, Any] = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            out += self.event("response.content_part.added", item_id=item.id, content_index=0, part=part, **where)
+            out += self.event("response.output_item.added", item=message_item(item.id, [], "in_progress"), **where)
         return out, item
+
+    def _message(self, part: str) -> tuple[bytes, _Item]:
+        """The message item, with a content part of the kind `part` (`output_text`, `refusal`) open."""
+        out, item = self._switch("message", 0)
+        if item.part != part:
+            out += self._close_part(item)
+            item.part = part
+            where = {"item_id": item.id, "output_index": item.index, "content_index": len(item.parts)}
+            out += self.event("response.content_part.added", part=content_part(part, ""), **where)
+        return out, item
+
+    def _close_part(self, item: _Item) -> bytes:
+        if item.part is None:
+            return b""
+        text, part = "".join(item.text), item.part
+        item.text, item.part = [], None
+        where = {"item_id": item.id, "output_index": item.index, "content_index": len(item.parts)}
+        if part == "refusal":
+            out = self.event("response.refusal.done", refusal=text, **where)
+        else:
+            out = self.event("response.output_text.done", text=text, logprobs=[], **where)
+        item.parts.append(content_part(part, text))
+        return out + self.event("response.content_part.done", part=item.parts[-1], **where)
 
     def _announce_call(self, item: _Item) -> bytes:
         added = call_item(item.id, item.call_id, item.name, "", "in_progress")
@@ -125,9 +148,8 @@ class ResponsesEventWriter:
             out += self.event("response.reasoning_summary_text.done", summary_index=0, text=text, **where)
             out += self.event("response.reasoning_summary_part.done", summary_index=0, part=part, **where)
         elif item.kind == "message":
-            done = message_item(item.id, text)
-            out += self.event("response.output_text.done", content_index=0, text=text, logprobs=[], **where)
-            out += self.event("response.content_part.done", content_index=0, part=done["content"][0], **where)
+            out += self._close_part(item)
+            done = message_item(item.id, item.parts)
         else:
             done = call_item(item.id, item.call_id, item.name, text)
             out += self.event("response.function_call_arguments.done", name=item.name, arguments=text, **where)
@@ -156,19 +178,22 @@ class ResponsesEventWriter:
                 # Signatures that arrive with the text or a call (Gemini's): a reasoning item of their own at
                 # the end, so the item being streamed is not cut in two.
                 merge(self.trailing, fields)
-            text = delta.content or delta.refusal
-            if text:
-                data, item = self._switch("message", 0)
-                out += data
-                item.text.append(text)
-                out += self.event(
+            if delta.content:
+                data, item = self._message("output_text")
+                item.text.append(delta.content)
+                out += data + self.event(
                     "response.output_text.delta",
                     item_id=item.id,
                     output_index=item.index,
-                    content_index=0,
-                    delta=text,
+                    content_index=len(item.parts),
+                    delta=delta.content,
                     logprobs=[],
                 )
+            if delta.refusal:
+                data, item = self._message("refusal")
+                item.text.append(delta.refusal)
+                where = {"item_id": item.id, "output_index": item.index, "content_index": len(item.parts)}
+                out += data + self.event("response.refusal.delta", delta=delta.refusal, **where)
             if delta.tool_calls:
                 out += self._calls(self.calls.feed(delta.tool_calls))
             if choice.finish_reason:

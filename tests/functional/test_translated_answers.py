@@ -12,6 +12,7 @@ from typing import Any
 import anthropic
 import orjson
 import pytest
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -68,12 +69,35 @@ SEQUENTIAL = [
 STREAMS = {
     "gpt-interleaved": [*map(chunk, INTERLEAVED), chunk({}, "tool_calls")],
     "gpt-sequential": [*map(chunk, SEQUENTIAL), chunk({}, "tool_calls")],
+    "gpt-refusing": [
+        chunk({"refusal": "I'm sorry, "}),
+        chunk({"refusal": "I can't help with that."}),
+        chunk({}, "stop"),
+    ],
+}
+REFUSAL = "I'm sorry, I can't help with that."
+REFUSED = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-x",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": None, "refusal": REFUSAL},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21},
 }
 
 
 async def chat_completions(request: Request) -> Response:
-    """The scripted stream for the model asked, with its usage chunk and `[DONE]`."""
+    """The scripted stream for the model asked (with its usage chunk and `[DONE]`), or a refusal answered whole."""
     asked = orjson.loads(await request.body())
+    if not asked.get("stream"):
+        return Response(orjson.dumps(REFUSED), media_type="application/json")
     first = chunk({"role": "assistant", "content": None})
     usage = {**chunk({}), "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}}
     lines = [b"data: " + orjson.dumps(c) + b"\n\n" for c in [first, *STREAMS[asked["model"]], usage]]
@@ -145,3 +169,42 @@ def test_parallel_tool_calls_reach_a_responses_stream_whole_and_in_order(
     assert added == [(0, "get_weather"), (1, "get_time")]
     done = [(e.output_index, e.arguments) for e in events if e.type == "response.function_call_arguments.done"]
     assert done == [(0, '{"city":"Paris"}'), (1, '{"tz":"CET"}')]
+
+
+class City(BaseModel):
+    name: str
+
+
+def test_a_refusal_reaches_a_responses_client_as_a_refusal_part(gateway: Running, key: str) -> None:
+    """OpenAI's `message.refusal` was the message's `output_text`: `responses.parse` tried to read the refusal as
+    the requested JSON (a ValidationError). Chat Completions' `parse` keeps it apart, as it did."""
+    client = openai_client(gateway, key)
+    response = client.responses.parse(model="gpt-refusing", input="Hi", text_format=City)
+    [message] = response.output
+    assert [part.model_dump() for part in message.content] == [{"type": "refusal", "refusal": REFUSAL}]  # type: ignore[union-attr]
+    assert response.output_parsed is None
+
+    with client.responses.stream(model="gpt-refusing", input="Hi", text_format=City) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    assert [part.model_dump() for part in final.output[0].content] == [{"type": "refusal", "refusal": REFUSAL}]  # type: ignore[union-attr]
+    kinds = [e.type for e in events if e.type.startswith(("response.refusal", "response.output_text"))]
+    assert kinds == ["response.refusal.delta", "response.refusal.delta", "response.refusal.done"]
+    [done] = [e for e in events if e.type == "response.refusal.done"]
+    assert (done.refusal, done.output_index, done.content_index) == (REFUSAL, 0, 0)  # type: ignore[union-attr]
+
+    completion = client.chat.completions.parse(model="gpt-refusing", messages=HI, response_format=City)
+    assert completion.choices[0].message.refusal == REFUSAL and completion.choices[0].message.parsed is None
+
+
+def test_a_refusal_reaches_a_messages_client_with_the_refusal_stop_reason(gateway: Running, key: str) -> None:
+    """A refusal answered as an ordinary turn (`end_turn`); Anthropic's API says `refusal`."""
+    client = anthropic_client(gateway, key)
+    message = client.messages.create(model="gpt-refusing", max_tokens=100, messages=HI)
+    assert message.stop_reason == "refusal"
+    assert [(block.type, block.text) for block in message.content] == [("text", REFUSAL)]  # type: ignore[union-attr]
+
+    with client.messages.stream(model="gpt-refusing", max_tokens=100, messages=HI) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "refusal"
+    assert [(block.type, block.text) for block in final.content] == [("text", REFUSAL)]  # type: ignore[union-attr]
