@@ -9,16 +9,18 @@ The conversation is the client's to keep (`store: false`, as Codex sends) or the
 (`store: true`, the API's default: `previous_response_id` then continues it; see `ResponseArchive`).
 Reasoning a provider returns travels back to the client inside a reasoning item's `encrypted_content`,
 sealed with an HMAC (`ReasoningSeal`), so the next turn can hand it back to the provider without the
-gateway keeping state.
+gateway keeping state; a stored response keeps it sealed in the store (`with_sealed_reasoning`).
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import hmac
 import os
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import orjson
@@ -168,6 +170,18 @@ def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
     return list(req.input)
 
 
+def with_sealed_reasoning(items: list[dict[str, Any]], sealed: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Stored items as the provider needs them back: a reasoning item the client was given without its
+    `encrypted_content` (it did not ask for it) takes the one the gateway sealed for it and kept (`sealed`, by
+    item id), so that a signed thinking block goes back whole, as with `store: false`."""
+    return [
+        {**item, "encrypted_content": sealed[item["id"]]}
+        if item.get("type") == "reasoning" and not item.get("encrypted_content") and item.get("id") in sealed
+        else item
+        for item in items
+    ]
+
+
 class ReasoningSeal:
     """Seals what a provider needs back from its reasoning (text, signatures) into an opaque string
     the client returns on the next turn: base64 of the JSON and an HMAC-SHA256 tag over it, keyed by a
@@ -177,11 +191,26 @@ class ReasoningSeal:
 
     def __init__(self, secret: bytes | None = None) -> None:
         self.key = hashlib.sha256(b"gateway reasoning seal\x00" + (secret or os.urandom(32))).digest()
+        self.items: dict[str, str] | None = None  # (see `for_response`)
+
+    def for_response(self) -> ReasoningSeal:
+        """The same seal, keeping what it seals for one response's reasoning items (`items`, by item id): the
+        gateway stores that beside the response, since the client gets it only when `include` asks."""
+        seal = copy.copy(self)
+        seal.items = {}
+        return seal
 
     def seal(self, payload: dict[str, Any]) -> str:
         body = orjson.dumps(payload)
         tag = hmac.new(self.key, body, hashlib.sha256).digest()
         return self.PREFIX + base64.urlsafe_b64encode(body).decode() + "." + base64.urlsafe_b64encode(tag).decode()
+
+    def seal_item(self, item_id: str, payload: dict[str, Any]) -> str:
+        """`seal`, for a reasoning item of the response being made."""
+        sealed = self.seal(payload)
+        if self.items is not None:
+            self.items[item_id] = sealed
+        return sealed
 
     def open(self, token: str) -> dict[str, Any] | None:
         """The sealed payload, or None for a blob not sealed by this key (or altered)."""
@@ -455,14 +484,17 @@ def reasoning_fields(extra: dict[str, Any] | None) -> dict[str, Any]:
 def reasoning_item(
     item_id: str, text: str, fields: dict[str, Any], req: ResponsesRequest, seal: ReasoningSeal
 ) -> dict[str, Any]:
-    """A reasoning output item: its text as the summary, sealed for the next turn when `include` asks."""
+    """A reasoning output item: its text as the summary, sealed for the next turn when `include` asks (and,
+    for a stored response, for the gateway: `ReasoningSeal.for_response`)."""
     item: dict[str, Any] = {
         "id": item_id,
         "type": "reasoning",
         "summary": [{"type": "summary_text", "text": text}] if text else [],
     }
-    if req.wants_encrypted_reasoning():
-        item["encrypted_content"] = seal.seal({"text": text, "fields": fields})
+    if req.wants_encrypted_reasoning() or req.stored:  # (a stored one is kept for `previous_response_id`)
+        sealed = seal.seal_item(item_id, {"text": text, "fields": fields})
+        if req.wants_encrypted_reasoning():
+            item["encrypted_content"] = sealed
     return item
 
 

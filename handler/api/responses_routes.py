@@ -1,7 +1,9 @@
 """Responses API routes: `POST /v1/responses`, `GET` and `DELETE /v1/responses/{id}`, and its input items.
 
 A stored response (the default, `store: true`) keeps the conversation's input items and the response
-in the gateway's store for `gateway.responses_ttl_seconds`; `previous_response_id` continues it. Only
+in the gateway's store for `gateway.responses_ttl_seconds`, with its reasoning sealed as `include:
+["reasoning.encrypted_content"]` would have given it; `previous_response_id` continues it, handing the
+reasoning back to the provider whole (Claude's signed thinking) though the client was shown its summary only. Only
 the key that made a response, or one of that key's ancestors, can see it: for any other key it does
 not exist (404, never 403, which would tell that it does).
 """
@@ -25,6 +27,7 @@ from handler.api.responses_api import (
     input_items,
     to_chat_request,
     to_response,
+    with_sealed_reasoning,
 )
 from handler.api.responses_items import PageAsked, item_ids, page, stored_ids
 from handler.api.responses_native import Relay, relayed_events
@@ -106,14 +109,20 @@ class ResponseArchive:
         return record
 
     async def keep(
-        self, key: KeyRecord, items: list[dict[str, Any]], response: dict[str, Any], known_ids: list[str]
+        self,
+        key: KeyRecord,
+        items: list[dict[str, Any]],
+        response: dict[str, Any],
+        known_ids: list[str],
+        sealed: dict[str, str],
     ) -> None:
         """Store the response and its conversation's items with their ids (`known_ids`: those of the turns it
-        continues); one that cannot be kept (too large, the store failing) is still answered, and says so
-        (`store: false`): the provider was paid for it, so it must not be lost."""
+        continues) and the sealed reasoning of its reasoning items (`sealed`, by item id: what the client was
+        not given, and the provider needs back); one that cannot be kept (too large, the store failing) is
+        still answered, and says so (`store: false`): the provider was paid for it, so it must not be lost."""
         now = time.time()
         ids = item_ids(items, response["id"], known_ids)
-        body = orjson.dumps({"items": items, "item_ids": ids, "response": response})
+        body = orjson.dumps({"items": items, "item_ids": ids, "response": response, "sealed": sealed})
         stored = StoredResponse(response["id"], key.id, list(key.ancestors), now, now + self.ttl, body)
         try:
             await self.store.put_response(stored)
@@ -171,20 +180,22 @@ class ResponsesRoutes:
         body = await api.parse(request, ResponsesRequest)
         history: list[dict[str, Any]] = []
         history_ids: list[str] = []
+        sealed: dict[str, str] = {}
         if body.previous_response_id:
             previous_id = body.previous_response_id
             previous = await self.archive.find(previous_id, key, param="previous_response_id")
             history = [*previous["items"], *previous["response"].get("output", [])]
             history_ids = item_ids(history, previous_id, stored_ids(previous, previous_id))
+            sealed = previous.get("sealed") or {}
         # The translation is needed either way: admission estimates and caps the request in the internal form.
-        seal = await self.seal()
-        req, dropped = to_chat_request(body, history, seal)
+        seal = (await self.seal()).for_response()
+        req, dropped = to_chat_request(body, with_sealed_reasoning(history, sealed), seal)
         ex = api.exchange(request, key, req.model)
-        conversation = [*history, *input_items(body)]
+        conversation = [*history, *input_items(body)]  # (as the client has it, to list and continue)
 
         async def keep(response: dict[str, Any]) -> None:
             if body.stored:
-                await self.archive.keep(key, conversation, response, history_ids)
+                await self.archive.keep(key, conversation, response, history_ids, {**sealed, **(seal.items or {})})
 
         # A deployment that serves the Responses API gets the client's body (`relay.call`), any other the
         # translation (`req`); what either leaves out is reported for the deployment that served.

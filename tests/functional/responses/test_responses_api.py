@@ -243,6 +243,40 @@ def test_reasoning_goes_back_to_the_provider_sealed(
 
 
 @pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", ["reasoner", "claude-thinker", "bedrock-thinker"])
+def test_previous_response_id_hands_the_reasoning_back_as_the_provider_gave_it(
+    fleet: Running, fleet_key: str, stream: bool, model: str
+) -> None:
+    """A stored turn (`store` by default) continued by its id: the provider gets its reasoning back whole
+    (Claude's signed thinking: the fakes refuse the turn without it, as the APIs do), though the client, who
+    did not ask for `reasoning.encrypted_content`, is shown none, in the answer or in what the gateway lists."""
+    sdk = openai_client(fleet, fleet_key)
+    settings: Any = {"model": model, "tools": [WEATHER], "reasoning": {"summary": "auto"}}
+    if stream:
+        with sdk.responses.stream(input="Weather in Paris?", tool_choice="required", **settings) as events:
+            first = events.get_final_response()
+    else:
+        first = sdk.responses.create(input="Weather in Paris?", tool_choice="required", **settings)
+    reasoning = next(item for item in first.output if item.type == "reasoning")
+    assert reasoning.encrypted_content is None
+    call = next(item for item in first.output if item.type == "function_call")
+    output: Any = [{"type": "function_call_output", "call_id": call.call_id, "output": "18C"}]
+    raw = sdk.responses.with_raw_response.create(previous_response_id=first.id, input=output, **settings)
+    assert raw.parse().status == "completed" and "x-gateway-dropped-params" not in raw.headers
+    if model == "reasoner":
+        sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
+        assert next(m for m in sent if m["role"] == "assistant")["reasoning_content"] == REASONING
+
+    assert sdk.responses.retrieve(first.id).output[0].model_dump(exclude_none=True) == reasoning.model_dump(
+        exclude_none=True
+    )
+    listed = sdk.responses.input_items.list(raw.parse().id).data
+    assert all(getattr(item, "encrypted_content", None) is None for item in listed)
+    third = sdk.responses.create(previous_response_id=raw.parse().id, input="And in Rome?", **settings)
+    assert third.status == "completed"
+
+
+@pytest.mark.parametrize("stream", [False, True])
 def test_geminis_thought_signatures_go_back_in_the_call_id(fleet: Running, fleet_key: str, stream: bool) -> None:
     """Gemini 3 refuses a function call sent back without its thought signature: the signature rides in the
     call's id (the one mechanism every front-end shares), so a client that echoes `call_id` sends it back."""
