@@ -240,12 +240,6 @@ def merge(fields: dict[str, Any], more: dict[str, Any]) -> None:
             fields[name] = value
 
 
-def _text_of(content: str | list[dict[str, Any]]) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(str(p.get("text", "")) for p in content if isinstance(p.get("text"), str))
-
-
 def _content_part(part: dict[str, Any], where: str) -> dict[str, Any]:
     kind = part.get("type")
     if kind in ("input_text", "output_text", "text", "summary_text"):
@@ -266,6 +260,17 @@ def _content_part(part: dict[str, Any], where: str) -> dict[str, Any]:
             raise InvalidRequestError(f"{where}: input_file needs file_data or file_id (file_url is not supported)")
         return {"type": "file", "file": file}
     raise InvalidRequestError(f"{where}: content part type '{kind}' is not supported")
+
+
+def _tool_output(output: str | list[dict[str, Any]], where: str) -> str | list[dict[str, Any]]:
+    """A function's output as a tool message's content: its text, or its parts when it returned more than
+    text (a screenshot): the provider's adapter sends what its API takes there and names what it cannot."""
+    if isinstance(output, str):
+        return output
+    parts = [_content_part(p, f"{where}.output[{i}]") for i, p in enumerate(output)]
+    if all(part["type"] == "text" for part in parts):
+        return "".join(part["text"] for part in parts)
+    return parts
 
 
 class _Conversation:
@@ -305,9 +310,8 @@ class _Conversation:
             elif kind == "function_call_output":
                 result = FunctionCallOutputItem.model_validate(raw)
                 self.close_turn()
-                self.messages.append(
-                    {"role": "tool", "tool_call_id": result.call_id, "content": _text_of(result.output)}
-                )
+                content = _tool_output(result.output, where)
+                self.messages.append({"role": "tool", "tool_call_id": result.call_id, "content": content})
             elif kind == "reasoning":
                 self._reasoning(ReasoningItem.model_validate(raw))
             else:

@@ -8,11 +8,11 @@ Behaviour is chosen by the requested model name, so tests need no side channel:
 `no-usage` (an answer without `usage`), `negative-usage` (usage with negative counts), `echo-auth` (a 400
 whose message quotes the request's authorization and `x-` headers back, as some upstream errors do), `reasoner`
 (DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`).
-It refuses, as OpenAI does, message and content-part fields Chat Completions does not define, a tool
-`description` of null, `max_tokens` on a reasoning model (o-series, gpt-5) and `reasoning_effort` on any
-other. A user message may script a tool call (`tests/fakes/script.py`); a `json_schema` response format is
-followed. `POST /v1/responses` is OpenAI's Responses API (tests/fakes/openai_responses.py). Every request is
-recorded on `app.state.requests`.
+It refuses, as OpenAI does, message and content-part fields Chat Completions does not define, an image in
+a message other than a user's, a tool `description` of null, `max_tokens` on a reasoning model (o-series,
+gpt-5) and `reasoning_effort` on any other. A user message may script a tool call (`tests/fakes/script.py`);
+a `json_schema` response format is followed. `POST /v1/responses` is OpenAI's Responses API
+(tests/fakes/openai_responses.py). Every request is recorded on `app.state.requests`.
 """
 
 from __future__ import annotations
@@ -88,6 +88,11 @@ def _problem(body: dict[str, Any]) -> str | None:
             for name in part:
                 if name not in PART_FIELDS:
                     return f"Unrecognized parameter: 'messages[{i}].content[{j}].{name}'"
+            if part.get("type") == "image_url" and message.get("role") != "user":
+                return (
+                    f"Invalid 'messages[{i}]'. Image URLs are only allowed for messages with role 'user', but this "
+                    f"message with role '{message.get('role')}' contains an image URL."
+                )
     for i, tool in enumerate(body.get("tools") or []):
         if "description" in tool.get("function", {}) and tool["function"]["description"] is None:
             return f"Invalid type for 'tools[{i}].function.description': expected a string, but got null instead."

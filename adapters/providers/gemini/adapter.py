@@ -283,7 +283,7 @@ def _contents(
                 parts.append(part)
             add("model", parts)
         else:
-            add("user", [_function_response(message, call_names)])
+            add("user", [_function_response(message, call_names, dropped)])
     return contents, ({"parts": system} if system else None)
 
 
@@ -305,7 +305,10 @@ def apply_model_rules(body: dict[str, Any], model: str, dropped: list[str]) -> N
                 calls[0].setdefault("thoughtSignature", SKIP_SIGNATURE)
 
 
-def _function_response(message: Message, call_names: Mapping[str, str]) -> dict[str, Any]:
+def _function_response(message: Message, call_names: Mapping[str, str], dropped: list[str]) -> dict[str, Any]:
+    """A tool message as a `functionResponse`: its text, as JSON (a part other than text is left out, named)."""
+    if isinstance(message.content, list):
+        dropped += [f"messages.tool.{part.type}" for part in message.content if not isinstance(part, TextPart)]
     name = call_names.get(message.tool_call_id or "") or message.name
     if not name:
         raise InvalidRequestError(

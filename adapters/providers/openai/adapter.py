@@ -113,9 +113,14 @@ def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...]) -> l
     """Leave in the messages only what Chat Completions defines: a Messages client's signed thinking blocks
     are Claude's alone (reported as dropped unless the profile keeps the reasoning text, as DeepSeek's
     does); prompt-cache markers go too, since OpenAI caches prefixes by itself. An assistant turn left with
-    neither content nor a tool call (it was all thinking) is an empty answer: the API refuses a null one."""
+    neither content nor a tool call (it was all thinking) is an empty answer: the API refuses a null one. A
+    tool message takes text parts only (the API refuses an image there): any other is left out and named."""
     dropped: list[str] = []
     for message in messages:
+        if message.get("role") == "tool" and isinstance(message.get("content"), list):
+            text = [part for part in message["content"] if part.get("type") == "text"]
+            dropped += [f"messages.tool.{part.get('type')}" for part in message["content"] if part not in text]
+            message["content"] = text or ""
         if message.pop("thinking_blocks", None) and "reasoning_content" in strip and "messages.thinking" not in dropped:
             dropped.append("messages.thinking")
         for name in strip:
@@ -127,7 +132,7 @@ def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...]) -> l
             for part in message["content"]:
                 if isinstance(part, dict):
                     part.pop("cache_control", None)
-    return dropped
+    return list(dict.fromkeys(dropped))
 
 
 def _plain_tools(tools: list[dict[str, Any]] | None) -> None:

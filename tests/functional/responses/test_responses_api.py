@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 from pydantic import BaseModel
 
@@ -183,6 +184,53 @@ def test_an_upstream_failure_mid_stream_ends_with_response_failed(fleet: Running
     kinds = [line.removeprefix("event: ") for line in lines]
     assert kinds[0] == "response.created" and kinds[-2:] == ["error", "response.failed"]
     assert "response.completed" not in kinds
+
+
+SCREENSHOT = (
+    "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+SCREENSHOT_CALL: Any = [
+    {"role": "user", "content": "What is on my screen?"},
+    {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+    {
+        "type": "function_call_output",
+        "call_id": "call_1",
+        "output": [{"type": "input_text", "text": "here"}, {"type": "input_image", "image_url": SCREENSHOT}],
+    },
+]
+
+
+def test_an_image_a_function_returned_reaches_claude_in_its_tool_result(fleet: Running, fleet_key: str) -> None:
+    raw = openai_client(fleet, fleet_key).responses.with_raw_response.create(
+        model="claude", input=SCREENSHOT_CALL, tools=[WEATHER]
+    )
+    assert raw.parse().status == "completed" and "x-gateway-dropped-params" not in raw.headers
+    result = fleet.fakes["anthropic"].state.requests[-1]["json"]["messages"][-1]["content"][0]
+    assert result["type"] == "tool_result" and [block["type"] for block in result["content"]] == ["text", "image"]
+    assert result["content"][1]["source"]["data"] == SCREENSHOT.split(",", 1)[1]
+
+    openai_client(fleet, fleet_key).responses.create(model="bedrock-claude", input=SCREENSHOT_CALL, tools=[WEATHER])
+    result = fleet.fakes["bedrock"].state.requests[-1]["json"]["messages"][-1]["content"][0]["toolResult"]
+    assert [next(iter(block)) for block in result["content"]] == ["text", "image"]
+
+
+@pytest.mark.parametrize(("model", "fake"), [("gpt-chat", "openai"), ("deepseek", "openai"), ("gemini", "gemini")])
+def test_an_image_a_function_returned_is_named_where_the_provider_cannot_take_it(
+    fleet: Running, fleet_key: str, model: str, fake: str
+) -> None:
+    """Chat Completions takes only text in a tool message, Gemini only JSON in a function response: the
+    image is left out and named, never dropped unsaid (and under `x-gateway-strict` the request is refused)."""
+    sdk = openai_client(fleet, fleet_key)
+    raw = sdk.responses.with_raw_response.create(model=model, input=SCREENSHOT_CALL, tools=[WEATHER])
+    assert raw.parse().status == "completed" and "messages.tool.image_url" in dropped(raw.headers)
+    sent = fleet.fakes[fake].state.requests[-1]["json"]
+    assert "image" not in orjson.dumps(sent.get("messages") or sent.get("contents")).decode()
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(
+            model=model, input=SCREENSHOT_CALL, tools=[WEATHER], extra_headers={"x-gateway-strict": "true"}
+        )
+    assert "messages.tool.image_url" in str(refused.value)
 
 
 # --- reasoning without server state ---------------------------------------------------------------
