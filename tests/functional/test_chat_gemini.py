@@ -13,7 +13,7 @@ import pytest
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from tests.fakes import gemini as gemini_fake
-from tests.fakes.gemini import TEXT
+from tests.fakes.gemini import CALL_SIGNATURE, TEXT
 from tests.functional.conftest import Running, serve_gateway
 from tests.support.servers import ServerThread
 
@@ -145,6 +145,29 @@ def test_tools_return_tool_calls_stream_and_not(running: Running, key: str) -> N
     assert contents[2] == {
         "role": "user",
         "parts": [{"functionResponse": {"name": "get_weather", "response": {"result": "21C"}}}],
+    }
+
+
+def test_a_thought_signature_sent_back_in_extra_content_reaches_gemini(running: Running, key: str) -> None:
+    """A client that got the signature the way Google's OpenAI-compatible API hands it out (a tool call's
+    `extra_content.google.thought_signature`, docs/interface.md) sends it back so: Gemini gets it as the
+    call's `thoughtSignature`, not a stand-in."""
+    signed: Any = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        "extra_content": {"google": {"thought_signature": CALL_SIGNATURE}},
+    }
+    messages: Any = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [signed]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21C"},
+    ]
+    client(running, key).chat.completions.create(model="gemini-2.5-flash", messages=messages, tools=[WEATHER_TOOL])
+    call = sent(running)["json"]["contents"][1]["parts"][0]
+    assert call == {
+        "functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+        "thoughtSignature": CALL_SIGNATURE,
     }
 
 

@@ -246,6 +246,14 @@ def call_signature(call_id: str) -> str | None:
     return encoded.replace("-", "+").replace("_", "/") + "=" * (-len(encoded) % 4)
 
 
+def given_signature(call: ToolCall) -> str | None:
+    """The thought signature a client sent back with a call: in its `extra_content.google.thought_signature`
+    (as Google's OpenAI-compatible API hands it out), else in its id (as the gateway hands it out)."""
+    google = (call.extra_content or {}).get("google")
+    given = google.get("thought_signature") if isinstance(google, dict) else None
+    return given if isinstance(given, str) and given else call_signature(call.id)
+
+
 def _contents(
     req: ChatRequest, dropped: list[str], model: str = ""
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
@@ -275,7 +283,7 @@ def _contents(
                 call_names[call.id] = call.function.name
                 args = _json_object(call.function.arguments, "arguments")
                 part: dict[str, Any] = {"functionCall": {"name": call.function.name, "args": args}}
-                signature = call_signature(call.id)
+                signature = given_signature(call)
                 if signature is None and position == 0 and "gemini-3" in model:
                     signature = SKIP_SIGNATURE
                 if signature is not None:
