@@ -14,7 +14,7 @@ from handler.dashboard.reports import aggregate, as_json, latency, parse_report,
 from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from handler.pipeline.attribution import line_tags, validate_tags
 from handler.pipeline.budgets import period_of
-from handler.pipeline.keys import key_names, models_within, network, validate_networks, with_descendants
+from handler.pipeline.keys import glob_within, key_names, models_within, network, validate_networks, with_descendants
 from handler.pipeline.pricing import dollars
 from handler.ports import ConflictError, KeyRecord, RateCharge, UsageQuery
 
@@ -28,7 +28,7 @@ MAX_PATTERN_CHARS = 200  # a model name pattern of a key's `models`
 class KeySpec(BaseModel):
     """The body of a key-creating request."""
 
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid", defer_build=True, strict=True)
 
     name: str = Field(min_length=1, max_length=200)
     # (A pattern's length bounds the containment check's work: see `handler.pipeline.keys.glob_within`.)
@@ -40,7 +40,9 @@ class KeySpec(BaseModel):
     expires_in_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
-    model_limits: dict[str, dict[Literal["rpm", "tpm"], int]] | None = None
+    model_limits: (
+        dict[Annotated[str, Field(min_length=1, max_length=MAX_PATTERN_CHARS)], dict[Literal["rpm", "tpm"], int]] | None
+    ) = Field(default=None, max_length=100)
     allow_ips: list[str] | None = None
     # Default attribution tags for the key's ledger lines; a child also carries its parent's (which win).
     tags: dict[str, str] | None = None
@@ -53,13 +55,13 @@ class AdminKeySpec(KeySpec):
 class KeyUpdateSpec(BaseModel):
     """The body of `PATCH /admin/keys/{id}`: what may change on a live key without a new secret."""
 
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid", defer_build=True, strict=True)
 
     tags: dict[str, str]
 
 
 class RotateSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid", defer_build=True, strict=True)
 
     grace_seconds: float = Field(default=3600, ge=0, le=MAX_GRACE_SECONDS, allow_inf_nan=False)
 
@@ -124,6 +126,24 @@ def networks_within(child: list[str], parent: list[str]) -> bool:
     return True
 
 
+def wider_model_limit(child: KeyRecord, parent: KeyRecord) -> None:
+    """Refuse a child's per-model limit above what its parent allows the same models: the parent's own `rpm` or
+    `tpm`, or its limit for a pattern holding the child's (a child's `m-a` at 100 rpm under a parent's `m-a` at
+    2 was minted, and its key said so, though the parent's 2 held at every request)."""
+    for pattern, limits in child.model_limits.items():
+        for name, mine in limits.items():
+            bounds = [getattr(parent, name)] + [
+                theirs[name]
+                for held, theirs in parent.model_limits.items()
+                if name in theirs and glob_within(pattern, held)
+            ]
+            tightest = min((bound for bound in bounds if bound is not None), default=None)
+            if tightest is not None and mine > tightest:
+                raise InvalidRequestError(
+                    f"model_limits.{pattern}.{name} {mine} exceeds the parent's {tightest}", param="model_limits"
+                )
+
+
 class KeyRoutes:
     """Handlers for the key API; `api` supplies authentication, parsing and the gateway."""
 
@@ -177,6 +197,7 @@ class KeyRoutes:
             mine, theirs = getattr(child, name), getattr(parent, name)
             if mine is not None and theirs is not None and mine > theirs:
                 raise InvalidRequestError(f"{name} {mine} exceeds the parent's {theirs}", param=name)
+        wider_model_limit(child, parent)
         if parent.budget_usd is not None:
             state = await self._budget_state(parent)
             remaining = float(state["remaining_usd"])
@@ -239,6 +260,8 @@ class KeyRoutes:
         await self._admin(request)
         record = await self._target(request)
         spec = await self.api.parse(request, RotateSpec, empty_ok=True)
+        if record.revoked_at is not None:  # a new secret would not work: the key is revoked for good
+            raise InvalidRequestError(f"key '{record.id}' is revoked; a revoked key cannot be rotated")
         try:
             minted = await self.gateway.keys.rotate(record, spec.grace_seconds)
         except ConflictError:
@@ -269,7 +292,10 @@ class KeyRoutes:
         by_key = "key" in spec.group_by
         names = await key_names(self.gateway.keys.lookup, (i.key_id for i in items)) if by_key else None
         rows = aggregate(items, spec.group_by, names)
-        if params.get("format") == "csv":
+        shape = params.get("format") or "json"
+        if shape not in ("json", "csv"):
+            raise InvalidRequestError(f"format must be json or csv, not '{shape}'", param="format")
+        if shape == "csv":
             return Response(to_csv(rows), media_type="text/csv")
         return self.api.json(
             {

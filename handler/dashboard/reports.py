@@ -38,8 +38,10 @@ def parse_when(text: str | None, default: float, name: str) -> float:
         if not math.isfinite(seconds):  # nan, inf: no window at all, never "no usage"
             raise InvalidRequestError(f"{name} must be a finite time", param=name)
         return seconds
+    # A `+` left unencoded in a query string arrives as a space: `...T00:00:00 05:00` meant `+05:00`.
+    text = OFFSET_AS_SPACE.sub(r"+\1", text.replace("Z", "+00:00"))
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidRequestError(
             f"{name} must be a date (YYYY-MM-DD), an ISO time or epoch seconds", param=name
@@ -49,6 +51,8 @@ def parse_when(text: str | None, default: float, name: str) -> float:
     return moment.timestamp()
 
 
+# A time's offset whose `+` came as a space (left unencoded in a query string).
+OFFSET_AS_SPACE = re.compile(r"(?<=\d:\d\d) (\d\d:?\d\d)$")
 ATTRIBUTION = ("user", "session")
 TAG_GROUP = r"tag:[A-Za-z0-9_.:/@+-]{1,128}"  # (`re` caches it compiled, from the first report on)
 

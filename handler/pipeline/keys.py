@@ -255,6 +255,9 @@ class KeyService:
         return retagged
 
     async def revoke(self, record: KeyRecord) -> KeyRecord:
+        """The key revoked from now on; one revoked already stays as it was (when it was revoked is kept)."""
+        if record.revoked_at is not None:
+            return record
         revoked = replace(record, revoked_at=self.clock(), version=record.version + 1)
         await self.store.update_key(revoked)
         self._cache.pop(record.id, None)

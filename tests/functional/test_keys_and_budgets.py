@@ -66,6 +66,36 @@ def test_revoke_and_rotate_with_grace(running: Running, mint: Any) -> None:
     assert revoked.status_code == 401 and revoked.json()["error"]["code"] == "key_revoked"
 
 
+def test_a_revoked_key_stays_revoked_as_it_was(running: Running, mint: Any) -> None:
+    """Revoking a revoked key moved its `revoked_at` later, and rotating it answered 200 with a new secret that
+    could never work (401): now the first revocation stands, and the rotation is refused."""
+    admin = mint(admin=True)
+    victim = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "v"}).json()
+    first = httpx.post(f"{running.url}/admin/keys/{victim['id']}/revoke", headers=headers(admin)).json()
+    time.sleep(0.01)
+    again = httpx.post(f"{running.url}/admin/keys/{victim['id']}/revoke", headers=headers(admin))
+    assert again.status_code == 200 and again.json()["revoked_at"] == first["revoked_at"] is not None
+    rotated = httpx.post(f"{running.url}/admin/keys/{victim['id']}/rotate", headers=headers(admin), json={})
+    assert rotated.status_code == 400 and "revoked" in rotated.json()["error"]["message"]
+    assert "key" not in rotated.json()
+
+
+def test_key_and_usage_inputs_are_taken_as_written(running: Running, mint: Any) -> None:
+    """`"admin": "yes"` made an admin key (a string read as a boolean), `format=xml` answered JSON, and a time whose
+    offset's `+` came unencoded in the query (a space) was refused though it is the ISO time the docs ask for."""
+    admin = mint(admin=True)
+    for field, value in (("admin", "yes"), ("rpm", "10"), ("budget_usd", "1")):
+        loose = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "x", field: value})
+        assert loose.status_code == 400 and loose.json()["error"]["param"] == field, loose.text
+    usage = f"{running.url}/v1/usage"
+    xml = httpx.get(usage, params={"format": "xml"}, headers=headers(admin))
+    assert xml.status_code == 400 and xml.json()["error"]["param"] == "format"
+    encoded = httpx.get(usage, params={"since": "2026-12-03T00:00:00+05:00"}, headers=headers(admin))
+    unencoded = httpx.get(f"{usage}?since=2026-12-03T00:00:00+05:00", headers=headers(admin))
+    assert encoded.status_code == unencoded.status_code == 200, unencoded.text
+    assert encoded.json()["since"] == unencoded.json()["since"] == 1796238000.0
+
+
 @pytest.mark.usefixtures("no_gc_pauses")
 def test_revoked_key_works_at_most_for_the_cache_window(running: Running, mint: Any) -> None:
     """Another process revokes the key; this gateway trusts its cached copy for key_cache_seconds (5 s)."""

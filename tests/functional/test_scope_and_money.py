@@ -232,6 +232,20 @@ def test_glob_containment_holds_when_minting(gw: Running) -> None:
     assert long.status_code == 400 and long.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_a_child_cannot_mint_wider_per_model_limits(gw: Running) -> None:
+    """A child's per-model limit above its parent's for the same models (its own `m` at 100 rpm under the parent's
+    `m` at 2) was minted, and the child's key view said 100, though the parent's 2 held at every request."""
+    parent = gw.mint(rpm=50, model_limits={"gpt-*": {"rpm": 2}})
+    for limits in ({"gpt-test": {"rpm": 100}}, {"gpt-*": {"rpm": 3}}, {"claude-test": {"rpm": 60}}):
+        wider = post(gw, "/v1/keys", parent, {"name": "w", "model_limits": limits})
+        assert wider.status_code == 400 and wider.json()["error"]["param"] == "model_limits", wider.text
+    narrower = post(gw, "/v1/keys", parent, {"name": "n", "model_limits": {"gpt-test": {"rpm": 2}, "*": {"rpm": 40}}})
+    assert narrower.status_code == 201, narrower.text
+    assert narrower.json()["model_limits"] == {"gpt-test": {"rpm": 2}, "*": {"rpm": 40}}
+    long = post(gw, "/v1/keys", parent, {"name": "l", "model_limits": {"a" * 3000: {"rpm": 1}}})
+    assert long.status_code == 400 and long.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_a_chain_of_keys_is_as_deep_as_a_store_transaction_allows(gw: Running) -> None:
     """Every key of a chain is admitted and settled in one store transaction (DynamoDB: at most 100 items):
     `gateway.key_minting.max_depth` (32 keys) bounds a chain, so none is admitted whose settlement could not
