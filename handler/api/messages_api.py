@@ -200,13 +200,30 @@ class Translation:
         return parts
 
     def _tool_result(self, block: dict[str, Any]) -> dict[str, Any]:
+        """A tool result as a tool message: its text, or its parts when it holds more than text (an image a tool
+        read, a screenshot), which the deployment's adapter sends where its API takes them (Bedrock's tool
+        result does) and names where it cannot."""
         content = block.get("content")
-        text = _text_of(content, "messages.tool_result.content")
-        if isinstance(content, list) and any(b.get("type") != "text" for b in content):
-            self.drop("messages.tool_result.image")  # tool messages carry text only
-        if block.get("is_error"):
-            text = f"[tool error] {text}"
         message: dict[str, Any] = {"role": "tool", "tool_call_id": str(block.get("tool_use_id", ""))}
+        error = "[tool error] " if block.get("is_error") else ""
+        if isinstance(content, list) and any(
+            b.get("type") != "text" for b in _block_list(content, "messages.tool_result.content")
+        ):
+            parts = [{"type": "text", "text": error}] if error else []
+            for item in content:
+                kind = item.get("type")
+                if kind == "text":
+                    parts.append({"type": "text", "text": str(item.get("text", ""))})
+                elif kind == "image":
+                    image = self._image(item)
+                    parts += [image] if image is not None else []
+                elif kind == "document":
+                    parts += self._document(item)
+                else:
+                    self.drop(f"messages.tool_result.{kind}")
+            message["content"] = [*parts[:-1], _marked(parts[-1], block)] if parts else ""
+            return message
+        text = error + _text_of(content, "messages.tool_result.content")
         marker = block.get("cache_control")
         message["content"] = [_marked({"type": "text", "text": text}, block)] if isinstance(marker, dict) else text
         return message

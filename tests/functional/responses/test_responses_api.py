@@ -18,7 +18,7 @@ from tests.fakes.anthropic import THINKING
 from tests.fakes.bedrock import THINKING as BEDROCK_THINKING
 from tests.fakes.gemini import CALL_SIGNATURE
 from tests.fakes.openai import REASONING, TEXT
-from tests.functional.conftest import FAKE_KEYS, Running, openai_client, serve_gateway
+from tests.functional.conftest import FAKE_KEYS, Running, anthropic_client, openai_client, serve_gateway
 from tests.functional.responses.fleet import NATIVE, PROVIDER_MODELS
 
 WEATHER: Any = {
@@ -213,6 +213,33 @@ def test_an_image_a_function_returned_reaches_claude_in_its_tool_result(fleet: R
     openai_client(fleet, fleet_key).responses.create(model="bedrock-claude", input=SCREENSHOT_CALL, tools=[WEATHER])
     result = fleet.fakes["bedrock"].state.requests[-1]["json"]["messages"][-1]["content"][0]["toolResult"]
     assert [next(iter(block)) for block in result["content"]] == ["text", "image"]
+
+
+def test_an_image_in_a_messages_tool_result_reaches_bedrock_and_is_named_elsewhere(
+    fleet: Running, fleet_key: str
+) -> None:
+    """The same through the Messages API (Claude Code's Read tool returns an image so): a `tool_result` holding
+    an image reached Bedrock as text alone, named `messages.tool_result.image`, though Bedrock's tool result
+    takes it; it now goes as the deployment's API takes it, and is named where it cannot."""
+    data = SCREENSHOT.split(",", 1)[1]
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}}
+    call = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "here"}, image]}
+    messages: Any = [
+        {"role": "user", "content": "What does Paris look like?"},
+        {"role": "assistant", "content": [call]},
+        {"role": "user", "content": [result]},
+    ]
+    tool = {"name": "get_weather", "description": "Weather", "input_schema": {"type": "object", "properties": {}}}
+    claude = anthropic_client(fleet, fleet_key)
+    raw = claude.messages.with_raw_response.create(
+        model="bedrock-claude", max_tokens=50, messages=messages, tools=[tool]
+    )
+    assert raw.parse().stop_reason and "x-gateway-dropped-params" not in raw.headers
+    sent = fleet.fakes["bedrock"].state.requests[-1]["json"]["messages"][-1]["content"][0]["toolResult"]
+    assert [next(iter(block)) for block in sent["content"]] == ["text", "image"]
+    raw = claude.messages.with_raw_response.create(model="gpt-chat", max_tokens=50, messages=messages, tools=[tool])
+    assert raw.parse().stop_reason and "messages.tool.image_url" in dropped(raw.headers)
 
 
 @pytest.mark.parametrize(("model", "fake"), [("gpt-chat", "openai"), ("deepseek", "openai"), ("gemini", "gemini")])
