@@ -110,7 +110,10 @@ def stream_frames(answer: Mapping[str, Any]) -> list[bytes]:
                 delta = {"toolUse": {"input": piece}}
                 frames.append(event_frame("contentBlockDelta", {"contentBlockIndex": index, "delta": delta}))
         frames.append(event_frame("contentBlockStop", {"contentBlockIndex": index}))
-    frames.append(event_frame("messageStop", {"stopReason": answer["stopReason"]}))
+    stop = {"stopReason": answer["stopReason"]}
+    if answer.get("additionalModelResponseFields"):
+        stop["additionalModelResponseFields"] = answer["additionalModelResponseFields"]
+    frames.append(event_frame("messageStop", stop))
     frames.append(event_frame("metadata", {"usage": answer["usage"], "metrics": {"latencyMs": 120}}))
     return frames
 
@@ -246,14 +249,24 @@ def answer_for(body: dict[str, Any], thinks: bool = False) -> dict[str, Any]:
         stop = "tool_use"
     else:
         content, stop = [{"text": TEXT}], "end_turn"
+    fields: dict[str, Any] = {}
+    for sequence in (body.get("inferenceConfig") or {}).get("stopSequences") or ():
+        text = content[-1].get("text")
+        if isinstance(text, str) and sequence in text:  # the text ends before it, as Converse answers
+            content[-1] = {"text": text[: text.index(sequence)]}
+            stop = "stop_sequence"
+            if "/stop_sequence" in (body.get("additionalModelResponseFieldPaths") or ()):
+                fields["stop_sequence"] = sequence  # (Claude's models on Bedrock say which, when asked)
+            break
     if thinks or "thinking" in (body.get("additionalModelRequestFields") or {}):
         content.insert(0, {"reasoningContent": {"reasoningText": {"text": THINKING, "signature": SIGNATURE}}})
-    return {
+    answer = {
         "output": {"message": {"role": "assistant", "content": content}},
         "stopReason": stop,
         "usage": USAGE,
         "metrics": {"latencyMs": 120},
     }
+    return {**answer, "additionalModelResponseFields": fields} if fields else answer
 
 
 def create_app() -> Starlette:

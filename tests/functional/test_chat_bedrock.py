@@ -12,7 +12,7 @@ import pytest
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from tests.fakes import bedrock as fake
-from tests.functional.conftest import Running, serve_gateway
+from tests.functional.conftest import Running, anthropic_client, serve_gateway
 from tests.support.servers import ServerThread
 
 pytestmark = pytest.mark.skipif("bedrock" not in REGISTRY, reason="no bedrock adapter registered")
@@ -184,3 +184,23 @@ def test_validation_exception_is_a_client_error(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="rejects", messages=HI)
     assert "model identifier is invalid" in caught.value.message
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_stop_sequence_that_fired_is_named_as_on_anthropic(bedrock: Running, stream: bool) -> None:
+    """Claude on Bedrock ends at a stop sequence with `stopReason: stop_sequence`, and says which one when the
+    request asks (`additionalModelResponseFieldPaths`); the Messages API answered `end_turn` with no sequence,
+    where the same model on Anthropic answers `stop_sequence` and the sequence. With one sequence asked of a
+    model that does not say (Nova), that one fired."""
+    claude = anthropic_client(bedrock, bedrock.mint(name=f"stops-{stream}"))
+    for model, stops in (("claude-haiku", ["from", "never"]), ("nova-anywhere", ["from"])):
+        asked: Any = {"model": model, "max_tokens": 50, "messages": HI, "stop_sequences": stops}
+        if stream:
+            with claude.messages.stream(**asked) as events:
+                message = events.get_final_message()
+        else:
+            message = claude.messages.create(**asked)
+        assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "from"), model
+        assert message.content[0].text == "Hello "  # type: ignore[union-attr]
+        paths = sent(bedrock)["json"].get("additionalModelResponseFieldPaths")
+        assert paths == (["/stop_sequence"] if model == "claude-haiku" else None)

@@ -408,9 +408,10 @@ class BedrockStreamParser(AnthropicStreamParser):
     positions, a `json_schema` tool streaming as content) does the rest.
     """
 
-    def __init__(self, model: str, json_mode: bool) -> None:
+    def __init__(self, model: str, json_mode: bool, stops: list[str] | None = None) -> None:
         super().__init__(model, json_mode)
         self._id = completion_id()
+        self._stops = stops or []
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
         if not event.data:
@@ -437,11 +438,22 @@ class BedrockStreamParser(AnthropicStreamParser):
             return self._block_delta(index, anthropic_delta(payload.get("delta")))
         if kind == "messageStop":
             finish = finish_reason(payload.get("stopReason"), self._json_answer, self._tools > 0)
-            return [self._chunk(finish=finish)]
+            return [self._chunk(finish=finish, stop_sequence=fired(payload, self._stops))]
         if kind == "metadata":
             self.usage = usage_of(payload.get("usage"))
             return self._usage_chunk()
         return []  # contentBlockStop, and event types added after this was written
+
+
+def fired(answer: dict[str, Any], stops: list[str]) -> str | None:
+    """Which of the request's stop sequences ended the answer (`stopReason: stop_sequence`): the one Claude's
+    models name when asked (`additionalModelResponseFieldPaths`), else the only one the request gave."""
+    if answer.get("stopReason") != "stop_sequence":
+        return None
+    named = (answer.get("additionalModelResponseFields") or {}).get("stop_sequence")
+    if isinstance(named, str):
+        return named
+    return stops[0] if len(stops) == 1 else None
 
 
 def anthropic_delta(delta: Any) -> dict[str, Any]:
@@ -533,6 +545,8 @@ class BedrockAdapter(ProviderAdapter):
             # Claude cannot think on a turn whose tool use is forced (a 400): the forced tool wins, as on Anthropic.
             fields = {name: value for name, value in fields.items() if name != "thinking"} or None
             dropped.append("thinking" if req.thinking is not None else "reasoning_effort")
+        if req.stop_list() and reasoning.reasons(target.model, ("anthropic.claude",)):
+            body["additionalModelResponseFieldPaths"] = ["/stop_sequence"]  # which one fired, as Anthropic says
         if fields is not None:
             body["additionalModelRequestFields"] = fields
             if "thinking" in fields:
@@ -595,11 +609,12 @@ class BedrockAdapter(ProviderAdapter):
             **({THINKING_BLOCKS: signed} if signed else {}),
         )
         finish = finish_reason(data.get("stopReason"), json_answer is not None, bool(calls))
+        choice = Choice(message=reply, finish_reason=finish, stop_sequence=fired(data, req.stop_list()))
         return ChatCompletion(
             id=completion_id(),
             created=int(time.time()),
             model=target.model,
-            choices=[Choice(message=reply, finish_reason=finish)],
+            choices=[choice],
             usage=usage_of(data.get("usage")),
         )
 
@@ -628,7 +643,7 @@ class BedrockAdapter(ProviderAdapter):
         return EventStreamDecoder(stream_exception)
 
     def stream_parser(self, req: ChatRequest, target: Target) -> BedrockStreamParser:
-        return BedrockStreamParser(target.model, json_tool(req) is not None)
+        return BedrockStreamParser(target.model, json_tool(req) is not None, req.stop_list())
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         return bedrock_error(status, headers.get("x-amzn-errortype", ""), body, headers)
