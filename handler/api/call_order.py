@@ -38,10 +38,26 @@ class CallOrder:
         self.arguments: list[str] = []  # the live call's, to tell when it is done
         self.held: dict[int, list[ToolCallDelta]] = {}  # in the order the calls started
         self.written: set[int] = set()
+        # A server may number a new call with an index an earlier call had (Ollama gives every call 0): a delta
+        # with an id of its own starts a call, which gets an index of its own here (`_renumbered`).
+        self.ids: dict[int, str] = {}  # the id of the call each index the server used last stood for
+        self.renumbered: dict[int, int] = {}
+        self.fresh = 1 << 20
+
+    def _renumbered(self, call: ToolCallDelta) -> ToolCallDelta:
+        index = call.index
+        if call.id:
+            if self.ids.setdefault(index, call.id) != call.id:
+                self.ids[index] = call.id
+                self.renumbered[index] = self.fresh
+                self.fresh += 1
+        mine = self.renumbered.get(index)
+        return call if mine is None else call.model_copy(update={"index": mine})
 
     def feed(self, calls: list[ToolCallDelta]) -> list[ToolCallDelta]:
         out: list[ToolCallDelta] = []
-        for call in calls:
+        for given in calls:
+            call = self._renumbered(given)
             index = call.index
             if index == self.live:
                 if call.function and call.function.arguments:

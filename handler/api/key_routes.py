@@ -127,8 +127,8 @@ def networks_within(child: list[str], parent: list[str]) -> bool:
 
 
 def wider_model_limit(child: KeyRecord, parent: KeyRecord) -> None:
-    """Refuse a child's per-model limit above what its parent allows the same models: the parent's own `rpm` or
-    `tpm`, or its limit for a pattern holding the child's (a child's `m-a` at 100 rpm under a parent's `m-a` at
+    """Refuse a child's per-model limit above what `parent` (or another ancestor) allows the same models: its
+    `rpm` or `tpm`, or its limit for a pattern holding the child's (a child's `m-a` at 100 rpm under a parent's `m-a` at
     2 was minted, and its key said so, though the parent's 2 held at every request)."""
     for pattern, limits in child.model_limits.items():
         for name, mine in limits.items():
@@ -193,11 +193,13 @@ class KeyRoutes:
             child.allow_ips = list(parent.allow_ips)
         elif not networks_within(child.allow_ips, parent.allow_ips):
             raise InvalidRequestError("a child key's IP ranges must be within its parent's", param="allow_ips")
-        for name in ("rpm", "tpm"):
-            mine, theirs = getattr(child, name), getattr(parent, name)
-            if mine is not None and theirs is not None and mine > theirs:
-                raise InvalidRequestError(f"{name} {mine} exceeds the parent's {theirs}", param=name)
-        wider_model_limit(child, parent)
+        for held in await self.gateway.keys.lineage(parent):  # the parent's own, and what binds it from above
+            for name in ("rpm", "tpm"):
+                mine, theirs = getattr(child, name), getattr(held, name)
+                if mine is not None and theirs is not None and mine > theirs:
+                    whose = "the parent's" if held is parent else f"ancestor '{held.id}''s"
+                    raise InvalidRequestError(f"{name} {mine} exceeds {whose} {theirs}", param=name)
+            wider_model_limit(child, held)
         if parent.budget_usd is not None:
             state = await self._budget_state(parent)
             remaining = float(state["remaining_usd"])
@@ -260,8 +262,6 @@ class KeyRoutes:
         await self._admin(request)
         record = await self._target(request)
         spec = await self.api.parse(request, RotateSpec, empty_ok=True)
-        if record.revoked_at is not None:  # a new secret would not work: the key is revoked for good
-            raise InvalidRequestError(f"key '{record.id}' is revoked; a revoked key cannot be rotated")
         try:
             minted = await self.gateway.keys.rotate(record, spec.grace_seconds)
         except ConflictError:

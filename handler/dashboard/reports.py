@@ -39,7 +39,7 @@ def parse_when(text: str | None, default: float, name: str) -> float:
             raise InvalidRequestError(f"{name} must be a finite time", param=name)
         return seconds
     # A `+` left unencoded in a query string arrives as a space: `...T00:00:00 05:00` meant `+05:00`.
-    text = OFFSET_AS_SPACE.sub(r"+\1", text.replace("Z", "+00:00"))
+    text = OFFSET_AS_SPACE.sub(r"\1+\2", text.replace("Z", "+00:00"))
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -52,7 +52,7 @@ def parse_when(text: str | None, default: float, name: str) -> float:
 
 
 # A time's offset whose `+` came as a space (left unencoded in a query string).
-OFFSET_AS_SPACE = re.compile(r"(?<=\d:\d\d) (\d\d:?\d\d)$")
+OFFSET_AS_SPACE = re.compile(r"(\d:\d\d(?:\.\d+)?) (\d\d:?\d\d)$")
 ATTRIBUTION = ("user", "session")
 TAG_GROUP = r"tag:[A-Za-z0-9_.:/@+-]{1,128}"  # (`re` caches it compiled, from the first report on)
 

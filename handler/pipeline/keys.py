@@ -233,7 +233,12 @@ class KeyService:
         return MintedKey(record, format_key(record.id, secret))
 
     async def rotate(self, record: KeyRecord, grace_seconds: float) -> MintedKey:
-        """A new secret for the same key; the old one keeps working for `grace_seconds`."""
+        """A new secret for the same key; the old one keeps working for `grace_seconds`. A key revoked, itself or
+        through an ancestor, is refused: its new secret could never work."""
+        revoked = next((held for held in await self.lineage(record) if held.revoked_at is not None), None)
+        if revoked is not None:
+            whose = "is revoked" if revoked is record else f"has a revoked ancestor ('{revoked.id}')"
+            raise InvalidRequestError(f"key '{record.id}' {whose}; a revoked key cannot be rotated")
         secret = secrets.token_urlsafe(32)
         now = self.clock()
         rotated = replace(

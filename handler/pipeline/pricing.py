@@ -227,6 +227,10 @@ def prompt_estimate(req: ChatRequest) -> PromptEstimate:
                     total += len(part.model_dump_json().encode()) // 2 + 1
         for call in message.tool_calls or ():
             total += (len(call.function.arguments.encode()) + len(call.function.name)) // 2 + 4
+        if message.reasoning_content:
+            total += len(message.reasoning_content.encode()) // 2 + 1
+        if message.model_extra:  # a legacy `function_call`, a `refusal`, ...: sent on, so read
+            total += len(orjson.dumps(message.model_extra)) // 2
     for tool in req.tools or ():
         total += len(tool.function.model_dump_json().encode()) // 2 + 4
     if req.response_format is not None and req.response_format.json_schema is not None:

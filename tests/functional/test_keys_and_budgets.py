@@ -78,6 +78,12 @@ def test_a_revoked_key_stays_revoked_as_it_was(running: Running, mint: Any) -> N
     rotated = httpx.post(f"{running.url}/admin/keys/{victim['id']}/rotate", headers=headers(admin), json={})
     assert rotated.status_code == 400 and "revoked" in rotated.json()["error"]["message"]
     assert "key" not in rotated.json()
+    # Revoked through its parent (found by review): the same.
+    parent = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "p"}).json()
+    kid = httpx.post(f"{running.url}/v1/keys", headers=headers(parent["key"]), json={"name": "k"}).json()
+    httpx.post(f"{running.url}/admin/keys/{parent['id']}/revoke", headers=headers(admin))
+    orphan = httpx.post(f"{running.url}/admin/keys/{kid['id']}/rotate", headers=headers(admin), json={})
+    assert orphan.status_code == 400 and "revoked ancestor" in orphan.json()["error"]["message"]
 
 
 def test_key_and_usage_inputs_are_taken_as_written(running: Running, mint: Any) -> None:
@@ -94,6 +100,8 @@ def test_key_and_usage_inputs_are_taken_as_written(running: Running, mint: Any) 
     unencoded = httpx.get(f"{usage}?since=2026-12-03T00:00:00+05:00", headers=headers(admin))
     assert encoded.status_code == unencoded.status_code == 200, unencoded.text
     assert encoded.json()["since"] == unencoded.json()["since"] == 1796238000.0
+    fraction = httpx.get(f"{usage}?since=2026-12-03T00:00:00.5+05:00", headers=headers(admin))
+    assert fraction.status_code == 200 and fraction.json()["since"] == 1796238000.5, fraction.text
 
 
 @pytest.mark.usefixtures("no_gc_pauses")

@@ -242,6 +242,11 @@ def test_a_child_cannot_mint_wider_per_model_limits(gw: Running) -> None:
     narrower = post(gw, "/v1/keys", parent, {"name": "n", "model_limits": {"gpt-test": {"rpm": 2}, "*": {"rpm": 40}}})
     assert narrower.status_code == 201, narrower.text
     assert narrower.json()["model_limits"] == {"gpt-test": {"rpm": 2}, "*": {"rpm": 40}}
+    # A grandparent's limits bind as its child's do (found by review: one level down, both were minted).
+    middle = child(gw, parent)
+    for spec in ({"model_limits": {"gpt-test": {"rpm": 100}}}, {"rpm": 60}):
+        below = post(gw, "/v1/keys", middle, {"name": "g", **spec})
+        assert below.status_code == 400, below.text
     long = post(gw, "/v1/keys", parent, {"name": "l", "model_limits": {"a" * 3000: {"rpm": 1}}})
     assert long.status_code == 400 and long.json()["error"]["type"] == "invalid_request_error"
 
@@ -368,6 +373,11 @@ def test_every_member_sent_on_is_in_the_worst_case(gw: Running) -> None:
     functions = [{"name": "lookup", "description": big, "parameters": {"type": "object", "properties": {}}}]
     for extra in ({"functions": functions}, {"prediction": {"type": "content", "content": big}}):
         refused = post(gw, "/v1/chat/completions", key, {**base, **extra})
+        assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded", refused.text
+    # The same inside a message (found by review): an assistant turn's legacy function_call, a refusal.
+    for turn in ({"function_call": {"name": "lookup", "arguments": big}}, {"refusal": big}):
+        messages = [*HI, {"role": "assistant", "content": "ok", **turn}, *HI]
+        refused = post(gw, "/v1/chat/completions", key, {**base, "messages": messages})
         assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded", refused.text
 
 

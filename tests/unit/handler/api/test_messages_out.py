@@ -87,3 +87,33 @@ def test_interleaved_calls_whose_arguments_never_close_are_written_when_the_choi
     )
     out += writer.chunk(finished) + writer.finish(Usage.of(1, 1), None)
     assert tool_blocks(events(out)) == [(0, "call_0", "a", '{"x":1'), (1, "call_1", "b", "{}")]
+
+
+def test_a_call_numbered_with_an_index_an_earlier_call_had_is_a_call_of_its_own() -> None:
+    """Some servers number every call 0 (Ollama), or start again at 0: a delta with an id of its own is a new
+    call. It was dropped (its index had been written), or its arguments joined the earlier call's."""
+
+    def call(index: int, call_id: str, name: str, arguments: str) -> dict[str, Any]:
+        return {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+    for turns in (
+        [[call(0, "A", "f", '{"a":1}'), call(1, "B", "g", '{"b":2}')], [call(0, "C", "h", '{"c":3}')]],
+        [[call(0, "A", "f", '{"a":1}')], [call(0, "B", "g", '{"b":2}')], [call(0, "C", "h", '{"c":3}')]],
+    ):
+        writer = EventWriter("m", "msg_1")
+        raw = writer.start(1)
+        for tool_calls in turns:
+            raw += writer.chunk(chunk(tool_calls=tool_calls))
+        raw += writer.chunk(
+            ChatCompletionChunk(
+                id="c", created=0, model="m", choices=[ChunkChoice(delta=ChunkDelta(), finish_reason="tool_calls")]
+            )
+        )
+        sent = events(raw + writer.finish(Usage.of(1, 1), None))
+        starts = [e["content_block"] for e in sent if e["type"] == "content_block_start"]
+        assert [(b["id"], b["name"]) for b in starts] == [("A", "f"), ("B", "g"), ("C", "h")]
+        assert [e["delta"]["partial_json"] for e in sent if e["type"] == "content_block_delta"] == [
+            '{"a":1}',
+            '{"b":2}',
+            '{"c":3}',
+        ]
