@@ -21,7 +21,7 @@ MIN_SECRET_LENGTH = 8  # shorter values (test placeholders, "none") would redact
 # Compiled on the first message to scrub (an upstream's error), not at a cold start that may never need it.
 CREDENTIAL_SHAPES = (
     r"(?i)(bearer\s+)[^\s\"',;]+"
-    r"|(x-api-key|x-goog-api-key|api[-_]key|authorization|aws_secret_access_key|x-amz-security-token)(\"?\s*[:=]\s*\"?)[^\s\"',;&]+"
+    r"|(x-api-key|x-goog-api-key|api[-_]key|authorization|aws_secret_access_key|x-amz-security-token)(\"?\s*[:=]\s*\"?(?:(?:bearer|basic|token)\s+)?)[^\s\"',;&]+"
     r"|([?&]key=)[^&\s\"']+"
     r"|\b(sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{8,})"
     r"|\b(gwk_[a-z0-9]{12}_[A-Za-z0-9_\-]{8,})"

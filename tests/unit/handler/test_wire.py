@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from adapters.providers.registry import REGISTRY
 from handler import redaction
-from handler.errors import UpstreamError
+from handler.errors import ProviderRejectedError, UpstreamError
 from handler.wire import ERROR_EXCERPT_CHARS, error_excerpt
 
 SECRET = "f3a9c2e1b7d4f3a9c2e1b7d4f3a9c2e1b7d4f3a9c2e1b7d4"
@@ -33,3 +34,15 @@ def test_each_providers_error_that_is_not_json_relays_no_part_of_a_secret(provid
 def test_the_upstream_type_is_scrubbed_too() -> None:
     error = UpstreamError("boom", upstream_type=f"invalid_key {SECRET}")
     assert error.upstream_type is not None and SECRET not in error.upstream_type
+
+
+def test_a_rejected_requests_message_code_and_param_relay_no_credential() -> None:
+    """A provider's 400 relayed with its own words, code and param (`ProviderRejectedError`): an `Authorization:
+    Bearer <token>` it echoed kept its token (the shape took the word "Bearer" for the value), in the message and
+    now in the param too (found by review)."""
+    echoed = "Authorization: Bearer tok_live_abcdef123456"
+    body = orjson.dumps({"error": {"message": f"rejected {echoed}", "type": "x", "code": "bad", "param": echoed}})
+    relayed = ProviderRejectedError(REGISTRY["openai"]("p", "provider-key-000000", {}).error(400, body, {}))
+    error = relayed.openai_body()["error"]
+    assert isinstance(error, dict) and "tok_live" not in orjson.dumps(error).decode()
+    assert error["param"] == "Authorization: Bearer [REDACTED]" and error["code"] == "bad"
