@@ -150,6 +150,16 @@ class RateLimitError(GatewayError):
     should_retry = True
 
 
+def with_upstream(body: dict[str, object], status: int, kind: str | None) -> dict[str, object]:
+    """An OpenAI-shaped error body with the provider's status and type beside the gateway's fields."""
+    error = body["error"]
+    assert isinstance(error, dict)
+    error["upstream_status"] = status
+    if kind:
+        error["upstream_type"] = kind
+    return body
+
+
 class UpstreamError(GatewayError):
     """A provider answered with an error, or could not be reached.
 
@@ -196,13 +206,7 @@ class UpstreamError(GatewayError):
         self.provider_param: str | None = None
 
     def openai_body(self) -> dict[str, object]:
-        body = super().openai_body()
-        error = body["error"]
-        assert isinstance(error, dict)
-        error["upstream_status"] = self.upstream_status
-        if self.upstream_type:
-            error["upstream_type"] = self.upstream_type
-        return body
+        return with_upstream(super().openai_body(), self.upstream_status, self.upstream_type)
 
     @property
     def outcome(self) -> str:
@@ -224,13 +228,7 @@ class ProviderRejectedError(InvalidRequestError):
         self.upstream_type = rejected.upstream_type
 
     def openai_body(self) -> dict[str, object]:
-        body = super().openai_body()
-        error = body["error"]
-        assert isinstance(error, dict)
-        error["upstream_status"] = self.upstream_status
-        if self.upstream_type:
-            error["upstream_type"] = self.upstream_type
-        return body
+        return with_upstream(super().openai_body(), self.upstream_status, self.upstream_type)
 
 
 class UpstreamRateLimitedError(UpstreamError):
