@@ -35,7 +35,7 @@ def chat(running: Running, key: str, model: str, stream: bool = False, **headers
     [
         ("limited", 200, None, "fail-429@global=429"),  # 429, retried, then the fallback
         ("flaky", 200, None, "fail-500@global=500"),
-        ("rejects", 400, "invalid_request", "fail-400@global=400"),
+        ("rejects", 400, "invalid_value", "fail-400@global=400"),  # the provider's own code, relayed
         ("refused", 200, None, "=connect_error"),
         ("slow-then-ok", 200, None, "slow@global=upstream_timeout"),
         ("cut-then-ok", 200, None, "stream-cut@global=200"),
