@@ -126,7 +126,7 @@ def networks_within(child: list[str], parent: list[str]) -> bool:
     return True
 
 
-def wider_model_limit(child: KeyRecord, parent: KeyRecord) -> None:
+def wider_model_limit(child: KeyRecord, parent: KeyRecord, whose: str) -> None:
     """Refuse a child's per-model limit above what `parent` (or another ancestor) allows the same models: its
     `rpm` or `tpm`, or its limit for a pattern holding the child's (a child's `m-a` at 100 rpm under a parent's `m-a` at
     2 was minted, and its key said so, though the parent's 2 held at every request)."""
@@ -140,7 +140,7 @@ def wider_model_limit(child: KeyRecord, parent: KeyRecord) -> None:
             tightest = min((bound for bound in bounds if bound is not None), default=None)
             if tightest is not None and mine > tightest:
                 raise InvalidRequestError(
-                    f"model_limits.{pattern}.{name} {mine} exceeds the parent's {tightest}", param="model_limits"
+                    f"model_limits.{pattern}.{name} {mine} exceeds {whose} {tightest}", param="model_limits"
                 )
 
 
@@ -194,12 +194,12 @@ class KeyRoutes:
         elif not networks_within(child.allow_ips, parent.allow_ips):
             raise InvalidRequestError("a child key's IP ranges must be within its parent's", param="allow_ips")
         for held in await self.gateway.keys.lineage(parent):  # the parent's own, and what binds it from above
+            whose = "the parent's" if held is parent else f"the limit of ancestor '{held.id}',"
             for name in ("rpm", "tpm"):
                 mine, theirs = getattr(child, name), getattr(held, name)
                 if mine is not None and theirs is not None and mine > theirs:
-                    whose = "the parent's" if held is parent else f"ancestor '{held.id}''s"
                     raise InvalidRequestError(f"{name} {mine} exceeds {whose} {theirs}", param=name)
-            wider_model_limit(child, held)
+            wider_model_limit(child, held, whose)
         if parent.budget_usd is not None:
             state = await self._budget_state(parent)
             remaining = float(state["remaining_usd"])
