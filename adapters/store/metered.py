@@ -132,7 +132,7 @@ class MeterUpdate(Value):
 
 class AdmissionWrite(Value):
     """An admission's changes, key by key (its own key first). `reported` names the keys whose counters the
-    admission's snapshot reports: the nearest budget's and the key's own (when it counts rates there)."""
+    admission's snapshot reports: every key the admission counts on."""
 
     __slots__ = ("admission", "meters", "reported")
 
@@ -300,10 +300,8 @@ class MeteredStore(Store):
             ]
             if budgets or steps:
                 meters.append(MeterUpdate(key_id, self._home_of(admission, key_id), budgets, steps))
-        reported = [admission.budgets[0].key_id] if admission.budgets else []
-        if admission.key_id in owners:
-            reported.append(admission.key_id)
-        return AdmissionWrite(admission, meters, list(dict.fromkeys(reported)))
+        # Every key's counters are reported: the answer's headers give what binds along the chain.
+        return AdmissionWrite(admission, meters, [meter.key_id for meter in meters])
 
     @staticmethod
     def _home_of(charges: Admission | Settlement, key_id: str) -> str | None:
@@ -359,21 +357,25 @@ class MeteredStore(Store):
 
     @staticmethod
     def _admitted(admission: Admission, counters: dict[str, Counters]) -> MeterSnapshot:
-        """The counters as the admission left them: the nearest budget's, and the key's own rate counts (an
-        ancestor's rate counters, shared with other descendants, are not reported)."""
+        """The counters as the admission left them: every budget's committed USD (under its key's id, and the
+        nearest's also under its period), and every rate count (the key's own under its name, an ancestor's,
+        which its other descendants share, under `RateCharge.counter`)."""
         snapshot = MeterSnapshot()
-        if admission.budgets:
-            charge = admission.budgets[0]
+        for i, charge in enumerate(admission.budgets):
             budget = counters.get(charge.key_id)
-            if budget is not None:
-                snapshot.committed_usd[charge.period] = budget.committed.get(charge.period, 0.0)
+            if budget is None:
+                continue
+            committed = budget.committed.get(charge.period, 0.0)
+            snapshot.committed_usd[charge.key_id] = committed
+            if i == 0:
+                snapshot.committed_usd[charge.period] = committed
                 if charge.period in budget.spent:
                     snapshot.spent_usd[charge.period] = budget.spent[charge.period]
-        own = counters.get(admission.key_id, Counters())
         for rate in admission.rates:
-            stored = own.rates.get(rate.name)
-            if rate.key_id in (None, admission.key_id) and stored is not None and stored[0] == rate.window:
-                snapshot.rates[rate.name] = stored[1]
+            owner = rate_owner(rate, admission.key_id)
+            stored = counters.get(owner, Counters()).rates.get(rate.name)
+            if stored is not None and stored[0] == rate.window:
+                snapshot.rates[rate.name if owner == admission.key_id else rate.counter] = stored[1]
         return snapshot
 
     async def settle(self, settlement: Settlement) -> None:

@@ -172,14 +172,16 @@ class Slices:
             slice_.drawn += charge.amount_usd
             slice_.used_at = now
             slice_.holds += 1
-            snapshot.committed_usd.setdefault(charge.period, slice_.committed_seen - slice_.avail)
+            committed = slice_.committed_seen - slice_.avail
+            snapshot.committed_usd.setdefault(charge.period, committed)  # the nearest budget's, by period
+            snapshot.committed_usd[charge.key_id] = committed
         for rate in admission.rates:
             rate_slice = rates[(rate_owner(rate, admission.key_id), rate.name)]
             rate_slice.avail -= rate.amount
             rate_slice.drawn += rate.amount
             rate_slice.used_at = now
-            if rate.key_id in (None, admission.key_id):  # the snapshot reports the key's own counters
-                snapshot.rates[rate.name] = rate_slice.count_seen - rate_slice.avail
+            own = rate.key_id in (None, admission.key_id)  # else an ancestor's, shared with its other descendants
+            snapshot.rates[rate.name if own else rate.counter] = rate_slice.count_seen - rate_slice.avail
         amount = admission.budgets[0].amount_usd if admission.budgets else 0.0
         keys = [charge.key_id for charge in admission.budgets]
         self.held[admission.reservation_id] = Held(admission.key_id, admission.expires_at, amount, keys, budgets, rates)

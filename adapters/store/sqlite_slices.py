@@ -241,11 +241,15 @@ class SliceCache(MeteredStore):
             raise StoreError("a slice grant did not cover its admission")
         self._announce(db, self._unused_slices(admission), now)
         self._watch()
-        windows = {rate.name: rate.window for rate in admission.rates}
-        own = Counters(rates={name: (windows[name], count) for name, count in snapshot.rates.items()})
-        counters = {admission.key_id: own}
-        if admission.budgets:
-            counters.setdefault(admission.budgets[0].key_id, Counters()).committed.update(snapshot.committed_usd)
+        counters: dict[str, Counters] = {}
+        for charge in admission.budgets:
+            counters.setdefault(charge.key_id, Counters()).committed[charge.period] = snapshot.committed_usd[
+                charge.key_id
+            ]
+        for rate in admission.rates:
+            owner = rate_owner(rate, admission.key_id)
+            count = snapshot.rates[rate.name if owner == admission.key_id else rate.counter]
+            counters.setdefault(owner, Counters()).rates[rate.name] = (rate.window, count)
         return Applied(counters)
 
     def _holds_slices(self, write: AdmissionWrite, now: float) -> bool:

@@ -152,20 +152,29 @@ class KeyRoutes:
         self.gateway = api.gateway
 
     async def _budget_state(self, record: KeyRecord) -> dict[str, Any]:
-        if record.budget_usd is None:
-            return {"spent_usd": None, "reserved_usd": None, "remaining_usd": None, "period": None}
-        period = period_of(record.budget_period, time.time())
-        snapshot = await self.gateway.store.meter(record.id, period)
-        committed = snapshot.committed_usd.get(period, 0.0)
-        spent = snapshot.spent_usd.get(period, 0.0)
-        # Sums of float costs, rounded to a millionth of a cent: the same costs summed in another order left
-        # `reserved_usd` at 5.9e-17 with nothing in flight, and `spent_usd` at 0.027850227500000005.
-        return {
-            "period": period,
-            "spent_usd": dollars(spent),
-            "reserved_usd": max(0.0, dollars(committed - spent)),
-            "remaining_usd": max(0.0, dollars(record.budget_usd - committed)),
-        }
+        """`record`'s own budget period, spent and reserved (None without a budget of its own), and what it may
+        still spend: the least that any budget along its chain leaves (`remaining_usd`), and whose budget that
+        is (`remaining_bound_by`, a key id; both None when no key of the chain has a budget). A child's own $10
+        under a parent with $1 left has $1 to spend."""
+        state: dict[str, Any] = {"spent_usd": None, "reserved_usd": None, "remaining_usd": None, "period": None}
+        least: tuple[float, str] | None = None
+        now = time.time()
+        for held in await self.gateway.keys.lineage(record):
+            if held.budget_usd is None:
+                continue
+            period = period_of(held.budget_period, now)
+            snapshot = await self.gateway.store.meter(held.id, period)
+            committed = snapshot.committed_usd.get(period, 0.0)
+            left = max(0.0, dollars(held.budget_usd - committed))
+            if held is record:
+                # Sums of float costs, rounded to a millionth of a cent: the same costs summed in another order
+                # left `reserved_usd` at 5.9e-17 with nothing in flight, and `spent_usd` at 0.027850227500000005.
+                spent = snapshot.spent_usd.get(period, 0.0)
+                state.update(period=period, spent_usd=dollars(spent), reserved_usd=max(0.0, dollars(committed - spent)))
+            if least is None or left < least[0]:
+                least = (left, held.id)
+        state["remaining_usd"], state["remaining_bound_by"] = least if least is not None else (None, None)
+        return state
 
     async def _line_tags(self, record: KeyRecord) -> dict[str, Any]:
         """The tags every line of this key carries: its own under its ancestors' (which win a name)."""
@@ -200,14 +209,16 @@ class KeyRoutes:
                 if mine is not None and theirs is not None and mine > theirs:
                     raise InvalidRequestError(f"{name} {mine} exceeds {whose} {theirs}", param=name)
             wider_model_limit(child, held, whose)
-        if parent.budget_usd is not None:
-            state = await self._budget_state(parent)
+        state = await self._budget_state(parent)  # what the parent may still spend, along its own chain
+        if state["remaining_usd"] is not None:
             remaining = float(state["remaining_usd"])
-            if child.budget_usd is None:
+            if child.budget_usd is None and parent.budget_usd is not None:
                 child.budget_usd = remaining
-            elif child.budget_usd > remaining + 1e-12:
+            elif child.budget_usd is not None and child.budget_usd > remaining + 1e-12:
+                whose = "the parent's" if state["remaining_bound_by"] == parent.id else "its chain's"
                 raise InvalidRequestError(
-                    f"budget_usd {child.budget_usd} exceeds the parent's remaining ${remaining:.6f}",
+                    f"budget_usd {child.budget_usd} exceeds {whose} remaining ${remaining:.6f}"
+                    + ("" if whose == "the parent's" else f" (the budget of key '{state['remaining_bound_by']}')"),
                     param="budget_usd",
                 )
         minting = self.gateway.config.gateway.key_minting

@@ -210,7 +210,7 @@ class Meter:
                     continue
                 used = snapshot.rates.get(charge.counter) if snapshot else None
                 if used is None and charge.key_id is not None and snapshot is not None:
-                    continue  # an ancestor's shared counter: the store does not report its count
+                    continue  # an ancestor's shared counter a store did not report
                 left = charge.limit - (charge.amount if used is None else used)
                 if tightest is None or left < tightest[0]:
                     tightest = (left, charge.limit)
@@ -235,16 +235,21 @@ class Meter:
         return headers
 
     def remaining_usd(self, reservation: Reservation, actual_usd: float) -> float | None:
-        """The key's own budget left once this request settles at `actual_usd`."""
+        """The budget left once this request settles at `actual_usd`: the least any budget of the key's chain
+        leaves (a child's own $10 under a parent with $1 left has $1 to spend)."""
         if reservation.budget_limit is None or reservation.admission is None:
             return None
-        charge = reservation.admission.budgets[0]
-        committed = reservation.snapshot.committed_usd.get(charge.period)
-        if committed is None:
-            committed = reservation.snapshot.committed_usd.get(charge.key_id)
-        if committed is None:
-            return None
-        return max(0.0, dollars(reservation.budget_limit - (committed - reservation.amount_usd + actual_usd)))
+        committed_usd = reservation.snapshot.committed_usd
+        least: float | None = None
+        for i, charge in enumerate(reservation.admission.budgets):
+            committed = committed_usd.get(charge.key_id)
+            if committed is None and i == 0:
+                committed = committed_usd.get(charge.period)
+            if committed is None:
+                continue  # (a store that does not report this counter)
+            left = charge.limit_usd - (committed - reservation.amount_usd + actual_usd)
+            least = left if least is None else min(least, left)
+        return None if least is None else max(0.0, dollars(least))
 
     def settlement(
         self, reservation: Reservation, actual_usd: float, tokens: int, item: LedgerItem | None

@@ -270,6 +270,49 @@ def test_rate_limits_answer_429_with_headers(on_each_store: Running) -> None:
         )
 
 
+def test_what_binds_a_child_from_its_chain_is_what_it_is_told(on_each_store: Running) -> None:
+    """A child's answers and its `GET /v1/key` give what its chain leaves it. A child without limits of its
+    own under a parent's rpm got no `x-ratelimit-*` headers on a 200, though the parent's limit bound it; a
+    child's own $10 under a parent with cents left showed $10 remaining, per answer and in `GET /v1/key`; and
+    minting from that child took a budget its chain could never pay."""
+    running = on_each_store
+    parent = running.mint(rpm=5, budget_usd=0.01)
+    url = f"{running.url}/v1/keys"
+    minted = httpx.post(url, headers=headers(parent), json={"name": "rich", "budget_usd": 0.01})
+    assert minted.status_code == 201
+    child = minted.json()["key"]
+    first = chat(running, child)
+    assert first.status_code == 200
+    assert first.headers["x-ratelimit-limit-requests"] == "5"
+    assert first.headers["x-ratelimit-remaining-requests"] == "4"
+    assert chat(running, parent).headers["x-ratelimit-remaining-requests"] == "3"  # one counter, shared
+    second = chat(running, child)
+    assert second.headers["x-ratelimit-remaining-requests"] == "2"
+    cost = Decimal(first.headers["x-gateway-cost-usd"])
+    assert cost > 0
+    time.sleep(0.5)  # settlements run after the answers
+    parent_view = httpx.get(f"{running.url}/v1/key", headers=headers(parent)).json()
+    # The parent spent its own request and its child's two; the child its two, so the parent binds.
+    assert Decimal(str(parent_view["remaining_usd"])) == Decimal("0.01") - 3 * cost
+    assert parent_view["remaining_bound_by"] == parent_view["id"]
+    left = Decimal(second.headers["x-gateway-budget-remaining-usd"])
+    assert left < Decimal("0.01") - cost  # the parent's (three requests spent), not the child's own (two)
+    child_view = httpx.get(f"{running.url}/v1/key", headers=headers(child)).json()
+    assert child_view["budget_usd"] == 0.01 and Decimal(str(child_view["spent_usd"])) == 2 * cost
+    assert child_view["remaining_usd"] == parent_view["remaining_usd"]
+    assert child_view["remaining_bound_by"] == parent_view["id"]
+    # A grandchild's budget is bounded by what the chain leaves, not by the child's own remaining.
+    within_own = float(Decimal("0.01") - Decimal("2.5") * cost)  # within the child's own $0.01 less two costs
+    too_rich = httpx.post(url, headers=headers(child), json={"name": "g", "budget_usd": within_own})
+    assert too_rich.status_code == 400 and too_rich.json()["error"]["param"] == "budget_usd"
+    assert parent_view["id"] in too_rich.json()["error"]["message"]
+    # A grandchild without a budget of its own is told what its chain leaves.
+    free = httpx.post(url, headers=headers(parent), json={"name": "free"})
+    assert free.status_code == 201 and free.json()["budget_usd"] == parent_view["remaining_usd"]
+    limitless = httpx.post(url, headers=headers(child), json={"name": "g2"}).json()
+    assert limitless["budget_usd"] == child_view["remaining_usd"]
+
+
 def test_budget_refusal_is_402_not_429(running: Running, mint: Any) -> None:
     broke = mint(budget_usd=0.0)
     answer = chat(running, broke)
