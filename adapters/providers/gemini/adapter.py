@@ -291,7 +291,7 @@ def _contents(
                 parts.append(part)
             add("model", parts)
         else:
-            add("user", [_function_response(message, call_names, dropped)])
+            add("user", [_function_response(message, call_names, dropped, model)])
     return contents, ({"parts": system} if system else None)
 
 
@@ -313,17 +313,34 @@ def apply_model_rules(body: dict[str, Any], model: str, dropped: list[str]) -> N
                 calls[0].setdefault("thoughtSignature", SKIP_SIGNATURE)
 
 
-def _function_response(message: Message, call_names: Mapping[str, str], dropped: list[str]) -> dict[str, Any]:
-    """A tool message as a `functionResponse`: its text, as JSON (a part other than text is left out, named)."""
+def _function_response(
+    message: Message, call_names: Mapping[str, str], dropped: list[str], model: str = ""
+) -> dict[str, Any]:
+    """A tool message as a `functionResponse`: its text, as JSON; an image or file it holds rides in the
+    response's own `parts` where the model takes them (Gemini 3), else is left out, named."""
+    media: list[dict[str, Any]] = []
     if isinstance(message.content, list):
-        dropped += [f"messages.tool.{part.type}" for part in message.content if not isinstance(part, TextPart)]
+        takes_media = rules_for(model).media_in_function_responses
+        for part in message.content:
+            if isinstance(part, TextPart):
+                continue
+            what = f"messages.tool.{part.type}"
+            # (Images and documents; a URL Gemini cannot fetch is named as the tool message's part.)
+            converted = _content_parts([part], []) if takes_media and isinstance(part, ImagePart | FilePart) else []
+            if converted:
+                media += converted
+            elif what not in dropped:
+                dropped.append(what)
     name = call_names.get(message.tool_call_id or "") or message.name
     if not name:
         raise InvalidRequestError(
             f"tool message '{message.tool_call_id}' answers no earlier tool call; Gemini needs the function name",
             param="messages",
         )
-    return {"functionResponse": {"name": name, "response": _json_object(message.text(), "result")}}
+    response: dict[str, Any] = {"name": name, "response": _json_object(message.text(), "result")}
+    if media:
+        response["parts"] = media
+    return {"functionResponse": response}
 
 
 def _tools(req: ChatRequest, dropped: list[str]) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:

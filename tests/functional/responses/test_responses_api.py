@@ -260,6 +260,21 @@ def test_an_image_a_function_returned_is_named_where_the_provider_cannot_take_it
     assert "messages.tool.image_url" in str(refused.value)
 
 
+def test_an_image_a_function_returned_reaches_gemini_3_inside_its_function_response(
+    fleet: Running, fleet_key: str
+) -> None:
+    """Gemini 3 takes media a function returned inside the `functionResponse` (its `parts`); the gateway left the
+    image out and named it for every Gemini model. Gemini 2.5 still gets it named (the test above)."""
+    raw = openai_client(fleet, fleet_key).responses.with_raw_response.create(
+        model="gemini-thinker", input=SCREENSHOT_CALL, tools=[WEATHER]
+    )
+    assert raw.parse().status == "completed" and "x-gateway-dropped-params" not in raw.headers
+    contents = fleet.fakes["gemini"].state.requests[-1]["json"]["contents"]
+    (answer,) = [part["functionResponse"] for part in contents[-1]["parts"] if "functionResponse" in part]
+    assert answer["name"] == "get_weather" and answer["response"] == {"result": "here"}
+    assert answer["parts"] == [{"inlineData": {"mimeType": "image/png", "data": SCREENSHOT.split(",", 1)[1]}}]
+
+
 # --- reasoning without server state ---------------------------------------------------------------
 
 
