@@ -82,6 +82,8 @@ from handler.ports import (
 
 T = TypeVar("T")
 METER_SK = "METER"
+# Items per `TransactGetItems`: DynamoDB takes 100 since 2022, moto (the tests' DynamoDB) 25.
+TRANSACT_GET_ITEMS = 25
 LAST_ADMISSION = "q"  # on a meter item: the last admission written to it (`_admit_update`)
 BUCKET_SECONDS = 60  # reservations are summed by the minute they expire in (`reservation_bucket`)
 SWEEP_SECONDS = 120.0  # a process releases a key's expired reservations this often, after settling on it
@@ -352,10 +354,16 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
             ((key_id, key),) = keys.items()
             answer = await self._call("get_item", TableName=self.table, Key=key, ConsistentRead=True)
             return {key_id: answer.get("Item", {})}
-        # A transactional read (consistent; IAM asks only GetItem of it, where BatchGetItem is an action more).
+        # A transactional read (consistent; IAM asks only GetItem of it, where BatchGetItem is an action more), of
+        # at most TRANSACT_GET_ITEMS items each: a chain deeper than that is read in several, at once.
         gets = [{"Get": {"TableName": self.table, "Key": key}} for key in keys.values()]
-        answer = await self._call("transact_get_items", TransactItems=gets)
-        found = [response.get("Item", {}) for response in answer.get("Responses", [])]
+        answers = await asyncio.gather(
+            *(
+                self._call("transact_get_items", TransactItems=gets[i : i + TRANSACT_GET_ITEMS])
+                for i in range(0, len(gets), TRANSACT_GET_ITEMS)
+            )
+        )
+        found = [response.get("Item", {}) for answer in answers for response in answer.get("Responses", [])]
         return dict(zip(keys, found, strict=False))
 
     def _counters(self, admission: Admission, key_id: str, item: Item) -> Counters:
