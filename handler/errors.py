@@ -130,7 +130,7 @@ class HeadersTooLargeError(GatewayError):
     status = 431
     default_code = "headers_too_large"
     error_type = "invalid_request_error"
-    anthropic_type = "invalid_request_error"
+    anthropic_type = "request_too_large"
 
 
 class ClientClosedError(GatewayError):

@@ -4,8 +4,8 @@ uvicorn's httptools protocol takes request headers of any size, and httptools ga
 the target) by appending each piece it receives, so one 60 MB header kept the event loop busy for
 seconds: every other request, `/health` included, waited. Here the bytes of a request's line and headers
 are counted as they arrive (a read that also carries the body counts only as far as the head's end);
-beyond `gateway.limits.request_header_bytes` the request is answered `431 headers_too_large` (OpenAI's error
-shape) and its connection closed, before the parser is fed more.
+beyond `gateway.limits.request_header_bytes` the request is answered `431 headers_too_large` (in the error
+shape of the API it calls: Anthropic's on `/v1/messages`) and its connection closed, before the parser is fed more.
 """
 
 from __future__ import annotations
@@ -29,14 +29,26 @@ def request_header_bytes() -> int:
     return limits.request_header_bytes
 
 
-def too_large_answer(limit: int) -> bytes:
-    """The 431, written before the app sees the request: with a request id of its own, as every answer has."""
+def too_large_answer(limit: int, anthropic: bool = False) -> bytes:
+    """The 431, written before the app sees the request: with a request id of its own, as every answer has, in the
+    error shape of the caller's API (`anthropic`: Anthropic's, with its `request-id` too)."""
     error = HeadersTooLargeError(f"the request's line and headers exceed {limit} bytes")
-    body = orjson.dumps(error.openai_body())
+    body = orjson.dumps(error.anthropic_body() if anthropic else error.openai_body())
+    request_id = new_request_id().encode()
     return (
         b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-        b"x-request-id: %s\r\nx-should-retry: false\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-        % (new_request_id().encode(), len(body), body)
+        b"x-request-id: %s\r\n%sx-should-retry: false\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+        % (request_id, b"request-id: %s\r\n" % request_id if anthropic else b"", len(body), body)
+    )
+
+
+def anthropic_head(url: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's head, as far as it was parsed, is an Anthropic caller's (`handler.api.app.
+    anthropic_caller`): its target on the Messages routes, or on the model routes with `anthropic-version`."""
+    if url.startswith((b"http://", b"https://")):  # the absolute form: the path after the authority
+        url = url[url.find(b"/", url.find(b"//") + 2) :] if url.count(b"/") > 2 else b"/"
+    return url.startswith(b"/v1/messages") or (
+        url.startswith(b"/v1/models") and any(name == b"anthropic-version" for name, _ in headers)
     )
 
 
@@ -74,7 +86,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self) -> None:
         if not self.refused and not self.transport.is_closing():
             self.refused = True
-            self.transport.write(too_large_answer(request_header_bytes()))
+            anthropic = anthropic_head(getattr(self, "url", b""), getattr(self, "headers", None) or [])
+            self.transport.write(too_large_answer(request_header_bytes(), anthropic))
             self.transport.close()
 
     def on_message_begin(self) -> None:

@@ -63,6 +63,35 @@ def test_a_60_mb_header_is_431_and_does_not_stall_health(served: ServerThread) -
     assert max(health_ms) < 500, health_ms
 
 
+@pytest.mark.parametrize(
+    ("head", "anthropic"),
+    [
+        (b"POST /v1/messages?beta=true HTTP/1.1\r\n", True),
+        (b"POST /v1/messages/count_tokens HTTP/1.1\r\n", True),
+        (b"GET /v1/models HTTP/1.1\r\nanthropic-version: 2023-06-01\r\n", True),
+        (b"POST http://gateway/v1/messages HTTP/1.1\r\n", True),
+        (b"GET /v1/models HTTP/1.1\r\n", False),
+        (b"POST /v1/chat/completions HTTP/1.1\r\n", False),
+    ],
+)
+def test_a_431_comes_in_the_error_shape_of_the_api_called(served: ServerThread, head: bytes, anthropic: bool) -> None:
+    """On `/v1/messages` every error is in Anthropic's shape, which its SDK reads; the 431, written before the app
+    sees the request, came in OpenAI's."""
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        sock.sendall(head + b"host: gateway\r\nx-big: " + b"a" * 70_000 + b"\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head_out, _, body = answer.partition(b"\r\n\r\n")
+    assert head_out.startswith(b"HTTP/1.1 431 ")
+    error = httpx.Response(431, content=body).json()
+    if anthropic:
+        assert error["type"] == "error" and error["error"]["type"] == "request_too_large"
+        assert b"\r\nrequest-id: req_" in head_out
+    else:
+        assert error["error"]["code"] == "headers_too_large" and b"\r\nrequest-id:" not in head_out
+
+
 def test_headers_within_the_bound_pass(served: ServerThread) -> None:
     answer = httpx.get(f"{served.url}/health", headers={"x-big": "a" * 30_000})
     assert answer.status_code == 200
