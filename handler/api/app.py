@@ -446,8 +446,8 @@ def parse_controls(request: Request) -> Controls:
             default=None,
         ),
         max_cost_usd=max_cost,
-        strict=headers.get("x-gateway-strict", "").strip().lower() == "true",
-        enforce_schema=headers.get("x-gateway-enforce-schema", "").strip().lower() == "true",
+        strict=_flag(headers.get("x-gateway-strict"), "x-gateway-strict"),
+        enforce_schema=_flag(headers.get("x-gateway-enforce-schema"), "x-gateway-enforce-schema"),
         tags=parse_tags(headers.get("x-gateway-tags")),
         session=session_of(request),
     )
@@ -463,6 +463,17 @@ def session_of(request: Request) -> str | None:
         if value and TAG.fullmatch(value.strip()):
             return value.strip()
     return None
+
+
+def _flag(raw: str | None, name: str) -> bool:
+    """A `true`/`false` control (either case); anything else is a 400: `x-gateway-strict: 1` was taken as off,
+    and the parameters it meant to refuse went on dropped."""
+    value = (raw or "").strip().lower()
+    if value in ("", "false"):
+        return False
+    if value == "true":
+        return True
+    raise InvalidRequestError(f"{name} must be true or false, not '{(raw or '')[:40]}'", param=name)
 
 
 def _number(raw: str | None, name: str, *, positive: bool) -> float | None:

@@ -20,6 +20,7 @@ from handler.api.app import (
     nested_deeper_than,
     parse_controls,
 )
+from handler.errors import InvalidRequestError
 from handler.schemas import ChatRequest
 
 
@@ -69,6 +70,19 @@ def test_controls_come_from_the_gateway_headers_alone() -> None:
         strict=True,
         enforce_schema=True,
     )
+
+
+@pytest.mark.parametrize("name", ["x-gateway-strict", "x-gateway-enforce-schema"])
+def test_a_flag_control_is_true_or_false_and_nothing_else_is_taken_for_off(name: str) -> None:
+    """`x-gateway-strict: 1` (or `yes`, `on`) was silently taken as off: the parameters it meant to refuse
+    went on, dropped; now it is a 400 naming the header."""
+    field = "strict" if name == "x-gateway-strict" else "enforce_schema"
+    for value, on in (("true", True), (" True ", True), ("false", False), ("FALSE", False), ("", False)):
+        assert getattr(parse_controls(request({name: value})), field) is on
+    for value in ("1", "yes", "on", "maybe"):
+        with pytest.raises(InvalidRequestError) as refused:
+            parse_controls(request({name: value}))
+        assert refused.value.param == name and "true or false" in refused.value.message
 
 
 def test_web_adapter_request_context_gives_the_client_address() -> None:
