@@ -47,6 +47,13 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
                     "deployments": [{"provider": "anthropic", "model": "fail-context"}],
                     "price": PRICE,
                 },
+                "down-then-limited": {
+                    "deployments": [
+                        {"provider": "openai", "model": "fail-500"},
+                        {"provider": "openai", "model": "fail-429"},
+                    ],
+                    "price": PRICE,
+                },
                 "all-down": {
                     "deployments": [
                         {"provider": "openai", "model": "fail-500"},
@@ -98,6 +105,25 @@ def test_a_providers_429_after_the_gateways_retries_is_a_429_the_sdk_does_not_re
     assert answer.headers["retry-after"] == "1"
     assert counter.sent == 1
     assert len(fake) - since == 2  # the gateway's own attempt and its one retry, nothing more
+
+
+def test_a_candidate_skipped_for_its_open_breaker_is_not_taken_for_rate_limited(gw: Running) -> None:
+    """`upstream_rate_limited` says every candidate's provider rate-limited the request. Once the first
+    deployment's breaker opened (its 500s), it was skipped, and the second's 429 alone made the answer a 429
+    `upstream_rate_limited`, where the same request had been a 502 before the breaker opened."""
+    key = gw.mint()
+    answers = [
+        httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            json={"model": "down-then-limited", "messages": HI},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        for _ in range(8)
+    ]
+    routes = [a.headers.get("x-gateway-route", "") for a in answers]
+    assert any("fail-500@global=breaker-open" in route for route in routes), routes
+    assert [(a.status_code, a.json()["error"]["code"]) for a in answers] == [(502, "upstream_error")] * 8, routes
 
 
 def test_a_provider_without_a_key_is_not_retried_nor_called_overloaded(gw: Running) -> None:
