@@ -110,9 +110,11 @@ class NativeCall(Value):
     `anthropic-beta` and `anthropic-version`). `untranslated` names the client's fields the internal form
     could not carry: reported for a deployment that gets the translated request, irrelevant for a native one;
     `dropped` names what the passed-through body leaves out of the client's (reported for a native one).
+    `query` is the client's query string, made safe to be a URL's query (`handler.wire.query_component`), for a
+    deployment that speaks the API to get on its URL (Anthropic's `?beta=true`); empty when there was none.
     """
 
-    __slots__ = ("api", "body", "headers", "untranslated", "dropped")
+    __slots__ = ("api", "body", "headers", "untranslated", "dropped", "query")
 
     def __init__(
         self,
@@ -121,12 +123,14 @@ class NativeCall(Value):
         headers: Mapping[str, str] = MappingProxyType({}),
         untranslated: tuple[str, ...] = (),
         dropped: tuple[str, ...] = (),
+        query: str = "",
     ) -> None:
         self.api: Final = api
         self.body: Final = body
         self.headers: Final = headers
         self.untranslated: Final = untranslated
         self.dropped: Final = dropped
+        self.query: Final = query
 
 
 class NativeMeter(Protocol):

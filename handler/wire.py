@@ -4,9 +4,11 @@ a provider's error answer as `UpstreamError` (with its `retry-after`), and upstr
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, Final
+from urllib.parse import quote_from_bytes
 
 import orjson
 
@@ -29,6 +31,18 @@ class StreamEvent(Value):
 RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 # Client headers Anthropic's API reads, forwarded unchanged to a deployment that speaks it.
 ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
+
+# What a URL's query component holds as it is (RFC 3986: pchar, "/" and "?"; "%" kept for the escapes already
+# there); anything else, `#` and space and bytes past ASCII among them, is percent-encoded.
+QUERY_SAFE = "!$&'()*+,;=:@/?%"
+STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def query_component(raw: bytes) -> str:
+    """The client's query string (the ASGI scope's `query_string`) as an upstream URL's query, as sent: a byte a
+    query cannot hold is percent-encoded, so nothing in it ends the query (a `#`) or reaches the path."""
+    return STRAY_PERCENT.sub("%25", quote_from_bytes(raw, safe=QUERY_SAFE))
+
 
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # as AWS event-stream's own limit on a message
 

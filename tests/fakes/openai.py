@@ -145,6 +145,7 @@ def create_app() -> Starlette:
         requests.append(
             {
                 "path": request.url.path,
+                "query": request.url.query,
                 "headers": dict(request.headers),
                 "json": body,
                 "peer": f"{request.client.host}:{request.client.port}" if request.client else "",

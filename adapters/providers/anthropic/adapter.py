@@ -722,6 +722,11 @@ class AnthropicAdapter(ProviderAdapter):
                 headers[name] = call.headers[name]
         return headers
 
+    def native_url(self, call: NativeCall, url: str) -> str:
+        """`url` with the client's query string (Claude Code's `?beta=true`, which Anthropic's API takes) when
+        the call is in Messages form; a query the client sent another API means nothing here."""
+        return f"{url}?{call.query}" if call.query and call.api == MESSAGES_API else url
+
     def native_request(
         self, call: NativeCall, target: Target, *, stream: bool, output_limit: int | None
     ) -> BuiltRequest:
@@ -739,7 +744,8 @@ class AnthropicAdapter(ProviderAdapter):
                         body["thinking"] = {**thinking, "budget_tokens": output_limit - 1}
                     else:
                         del body["thinking"]
-        request = UpstreamRequest("POST", self.messages_url(target), self.native_headers(call), orjson.dumps(body))
+        url = self.native_url(call, self.messages_url(target))
+        request = UpstreamRequest("POST", url, self.native_headers(call), orjson.dumps(body))
         return BuiltRequest(request)
 
     def native_usage(self, call: NativeCall, body: bytes) -> Usage:
@@ -759,7 +765,7 @@ class AnthropicAdapter(ProviderAdapter):
             body, _ = self.chat_body(req, target, stream=False)
             body.pop("max_tokens", None)
         body["model"] = target.model
-        url = f"{self.messages_url(target)}/count_tokens"
+        url = self.native_url(call, f"{self.messages_url(target)}/count_tokens")
         return BuiltRequest(UpstreamRequest("POST", url, self.native_headers(call), orjson.dumps(body)))
 
     def count_tokens_response(self, body: bytes) -> int:

@@ -1,4 +1,5 @@
-"""Provider error bodies relayed as messages: never a secret, not even half of one."""
+"""Provider error bodies relayed as messages: never a secret, not even half of one. A client's query string on
+an upstream URL: a query and nothing more."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from adapters.providers.registry import REGISTRY
 from handler import redaction
 from handler.errors import ProviderRejectedError, UpstreamError
-from handler.wire import ERROR_EXCERPT_CHARS, error_excerpt
+from handler.wire import ERROR_EXCERPT_CHARS, error_excerpt, query_component
 
 SECRET = "f3a9c2e1b7d4f3a9c2e1b7d4f3a9c2e1b7d4f3a9c2e1b7d4"
 
@@ -46,3 +47,20 @@ def test_a_rejected_requests_message_code_and_param_relay_no_credential() -> Non
     error = relayed.openai_body()["error"]
     assert isinstance(error, dict) and "tok_live" not in orjson.dumps(error).decode()
     assert error["param"] == "Authorization: Bearer [REDACTED]" and error["code"] == "bad"
+
+
+@pytest.mark.parametrize(
+    ("raw", "query"),
+    [
+        (b"beta=true", "beta=true"),
+        (b"a=%2F&b=/x?y:z@w", "a=%2F&b=/x?y:z@w"),  # a query's own characters and escapes, as sent
+        (b"beta=true#/../admin", "beta=true%23/../admin"),  # a `#` would end the query
+        (b"q=a b\r\n", "q=a%20b%0D%0A"),
+        ("q=\u00e9".encode(), "q=%C3%A9"),
+        (b"q=100%&r=%zz", "q=100%25&r=%25zz"),  # a `%` that starts no escape
+        (b"", ""),
+    ],
+)
+def test_a_clients_query_goes_upstream_as_a_query_only(raw: bytes, query: str) -> None:
+    """The client's query string put on an upstream URL: as sent where a query can hold it, else encoded."""
+    assert query_component(raw) == query
