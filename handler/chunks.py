@@ -3,11 +3,35 @@ does not stream never makes their classes (`handler.schemas` imports this module
 names, see `handler.schemas.LATER`)."""
 
 # No `from __future__ import annotations`, as in handler/schemas.py.
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, PlainSerializer
 
 from handler.schemas import ChatCompletion, FinishReason, Omitted, Usage, _Open
+
+
+class _SentNull(str):
+    """A delta member the provider sent as null: an empty string to the code that reads it, null on the wire."""
+
+    __slots__ = ()
+
+
+SENT_NULL = _SentNull()
+
+
+def _kept(value: str | None) -> str | None:
+    return SENT_NULL if value is None else value
+
+
+def _written(value: str) -> str | None:
+    return None if value is SENT_NULL else value
+
+
+# A delta member a provider may send as null, as OpenAI's first delta carries `"refusal": null`: relayed as sent.
+# Left out when not sent, as every `Omitted` member (its default, None, is not written); sent as null, it is kept as
+# `SENT_NULL` and written back as null. The validator and the serializer run only for a chunk that carries the
+# member: the chunks without it cost what they did.
+NullKept = Annotated[str | None, AfterValidator(_kept), PlainSerializer(_written)]
 
 
 class FunctionCallDelta(_Open):
@@ -27,7 +51,7 @@ class ChunkDelta(_Open):
     role: Literal["assistant"] | None = Omitted()
     content: str | None = Omitted()
     tool_calls: list[ToolCallDelta] | None = Omitted()
-    refusal: str | None = Omitted()
+    refusal: NullKept = Omitted()
     reasoning_content: str | None = Omitted()
 
 

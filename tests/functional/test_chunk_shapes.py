@@ -28,3 +28,24 @@ def test_with_include_usage_every_chunk_but_the_last_has_usage_null(running: Run
 def test_without_include_usage_no_chunk_has_usage(running: Running, key: str) -> None:
     events = stream_events(running, key, {})
     assert len(events) > 1 and not any("usage" in event for event in events)
+
+
+def first_data_line(running: Running, key: str, model: str) -> bytes:
+    """The first `data:` line of a stream, as the bytes the client received."""
+    ask = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    headers = {"authorization": f"Bearer {key}"}
+    with httpx.stream("POST", f"{running.url}/v1/chat/completions", json=ask, headers=headers) as answer:
+        raw = answer.read()
+    assert answer.status_code == 200
+    return next(line for line in raw.split(b"\n") if line.startswith(b"data: "))
+
+
+def test_a_relayed_first_delta_keeps_refusal_null(running: Running, key: str) -> None:
+    """OpenAI's first delta is `{"role": "assistant", "content": "", "refusal": null}`: the relay left `refusal` out,
+    as it leaves out any optional member that is None. A translated provider's first delta has none, as before."""
+    line = first_data_line(running, key, "gpt-4o-mini")
+    assert b'"delta":{"role":"assistant","content":"","refusal":null}' in line
+    relayed = orjson.loads(line.removeprefix(b"data: "))
+    assert relayed["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
+    translated = orjson.loads(first_data_line(running, key, "claude-haiku-4-5").removeprefix(b"data: "))
+    assert "refusal" not in translated["choices"][0]["delta"]
