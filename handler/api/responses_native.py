@@ -4,8 +4,10 @@ The request goes through the pipeline's native pass-through (`Pipeline.native`, 
 deployment that speaks the Responses API gets the client's body (the adapter renames the model, caps the
 output, and keeps `store: false` unless the operator lets the provider keep answers: the gateway keeps them
 itself); any other deployment of the plan gets the translated request. A `previous_response_id` the gateway
-stored is expanded into the input it stands for. A passed-through answer, or event stream, comes back as the
-provider sent it; the gateway adds its `cost` and says what it did with `store`.
+stored is expanded into the input it stands for, its reasoning items with the `encrypted_content` the gateway
+kept for them. A passed-through answer, or event stream, comes back as the provider sent it; the gateway adds its
+`cost` and says what it did with `store`, and keeps for itself the encrypted reasoning it asked the provider for
+on the client's behalf (see `Relay`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,17 @@ from handler.ports import RESPONSES_API, NativeCall
 from handler.wire import RESPONSES_TERMINAL, event_payload, interrupted
 
 Finished = Callable[[dict[str, Any]], Awaitable[None]]
+# The stream events that carry a whole output item (a reasoning item's `encrypted_content` among its members).
+ITEM_EVENTS = frozenset({"response.output_item.added", "response.output_item.done"})
 
 
 class Relay:
-    """One Responses request as it passes through: the body sent, and the gateway's part of the answer."""
+    """One Responses request as it passes through: the body sent, and the gateway's part of the answer.
+
+    A reasoning item's `encrypted_content` in the answer of a client that did not ask for it (`include`) is
+    there because the gateway asked, to keep the turn (`adapters.providers.openai.responses.request_body`): it
+    is taken out of what the client gets, as the translation shows it only when asked, and held in `kept` (by
+    item id) to be stored beside the response and handed back to the provider when the turn is continued."""
 
     def __init__(
         self,
@@ -37,6 +46,8 @@ class Relay:
     ) -> None:
         self.body = body
         self.ex = ex
+        self.hides_reasoning = not body.wants_encrypted_reasoning()
+        self.kept: dict[str, str] = {}
         items: Any = None
         if history or body.previous_response_id:
             items = [*history, *input_items(body)]
@@ -60,8 +71,22 @@ class Relay:
         sealed = item.get("encrypted_content")
         return isinstance(sealed, str) and sealed.startswith(ReasoningSeal.PREFIX)
 
+    def keep_reasoning(self, item: Any) -> bool:
+        """Take a reasoning item's `encrypted_content` out into `kept` when the client did not ask for it;
+        whether the item changed."""
+        if not (self.hides_reasoning and isinstance(item, dict) and item.get("type") == "reasoning"):
+            return False
+        sealed = item.pop("encrypted_content", None)
+        if isinstance(sealed, str) and isinstance(item.get("id"), str):
+            self.kept[item["id"]] = sealed
+        return sealed is not None
+
     def finish(self, response: dict[str, Any]) -> dict[str, Any]:
-        """The gateway's part of an answer: what it did with `store`, the id the client continued, the cost."""
+        """The gateway's part of an answer: what it did with `store`, the id the client continued, the cost;
+        the encrypted reasoning the client did not ask for taken out (`keep_reasoning`)."""
+        if self.hides_reasoning and isinstance(response.get("output"), list):
+            for item in response["output"]:
+                self.keep_reasoning(item)
         response["store"] = self.body.stored
         response["previous_response_id"] = self.body.previous_response_id
         cost = self.ex.cost
@@ -119,6 +144,8 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
                 response = payload.get("response")
                 if kind in RESPONSES_TERMINAL and isinstance(response, dict):
                     terminal = (kind, payload, response)
+                elif kind in ITEM_EVENTS and relay.keep_reasoning(payload.get("item")):
+                    out += sse_event(event.event or kind, payload)
                 else:
                     out += sse_frame(event)
             if out:

@@ -3,9 +3,10 @@
 A stored response (the default, `store: true`) keeps the conversation's input items and the response
 in the gateway's store for `gateway.responses_ttl_seconds`, with its reasoning sealed as `include:
 ["reasoning.encrypted_content"]` would have given it; `previous_response_id` continues it, handing the
-reasoning back to the provider whole (Claude's signed thinking) though the client was shown its summary only. Only
-the key that made a response, or one of that key's ancestors, can see it: for any other key it does
-not exist (404, never 403, which would tell that it does).
+reasoning back to the provider whole (Claude's signed thinking; OpenAI's encrypted reasoning, which the gateway
+asks for when it keeps the turn) though the client was shown its summary only. Only the key that made a
+response, or one of that key's ancestors, can see it: for any other key it does not exist (404, never 403,
+which would tell that it does).
 """
 
 from __future__ import annotations
@@ -189,17 +190,21 @@ class ResponsesRoutes:
             sealed = previous.get("sealed") or {}
         # The translation is needed either way: admission estimates and caps the request in the internal form.
         seal = (await self.seal()).for_response()
-        req, dropped = to_chat_request(body, with_sealed_reasoning(history, sealed), seal)
+        handed_back = with_sealed_reasoning(history, sealed)  # the stored turns as the provider needs them
+        req, dropped = to_chat_request(body, handed_back, seal)
         ex = api.exchange(request, key, req.model)
         conversation = [*history, *input_items(body)]  # (as the client has it, to list and continue)
 
+        # A deployment that serves the Responses API gets the client's body (`relay.call`), any other the
+        # translation (`req`); what either leaves out is reported for the deployment that served. Both get the
+        # stored turns' reasoning with what the gateway kept of it.
+        relay = Relay(body, handed_back, ex, dropped, hosted_tools(api.pipeline, ex, body))
+
         async def keep(response: dict[str, Any]) -> None:
             if body.stored:
-                await self.archive.keep(key, conversation, response, history_ids, {**sealed, **(seal.items or {})})
+                kept = {**sealed, **(seal.items or {}), **relay.kept}
+                await self.archive.keep(key, conversation, response, history_ids, kept)
 
-        # A deployment that serves the Responses API gets the client's body (`relay.call`), any other the
-        # translation (`req`); what either leaves out is reported for the deployment that served.
-        relay = Relay(body, history, ex, dropped, hosted_tools(api.pipeline, ex, body))
         ids = ResponseIds(ex.request_id)
         if req.stream:
             stream = await api.pipeline.native_stream(relay.call, req, ex)

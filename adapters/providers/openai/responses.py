@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from adapters.providers import reasoning
 from handler.schemas import CompletionTokensDetails, Usage
 from handler.wire import RESPONSES_TERMINAL, StreamEvent, event_payload, json_body, malformed
 
 __all__ = ["ResponsesMeter", "answer_usage", "request_body", "usage_of"]
+
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
 
 
 def usage_of(raw: Any) -> Usage | None:
@@ -35,13 +38,28 @@ def request_body(
 ) -> tuple[dict[str, Any], list[str]]:
     """The client's body for a deployment: its model, `stream`, the output cap, and `store` only where the
     operator lets the provider keep answers and the client asked for it (`store` defaults to true); and what
-    had to be left out of its input (see `unpersisted`)."""
+    had to be left out of its input (see `unpersisted`).
+
+    With `store: false` upstream, a reasoning model's reasoning can go back on a later turn only as its
+    `encrypted_content`: `include` asks for it when the gateway keeps the turn (the client's `store`, true by
+    default; the gateway holds it beside the stored response, see `handler.api.responses_native.Relay`) or when
+    the input hands reasoning back that way. Only for a reasoning model: OpenAI refuses it for others (400,
+    "Encrypted content is not supported with this model")."""
     body = {**client, "model": model, "stream": stream}
     dropped: list[str] = []
     if not (provider_keeps and client.get("store") is not False):
         body["store"] = False
+        hands_back = False
         if isinstance(body.get("input"), list):
             body["input"], dropped = unpersisted(body["input"])
+            hands_back = any(isinstance(i, dict) and i.get("type") == "reasoning" for i in body["input"])
+        include = list(body.get("include") or ())
+        if (
+            (client.get("store") is not False or hands_back)
+            and ENCRYPTED_REASONING not in include
+            and reasoning.reasons(model, reasoning.OPENAI_REASONING_PREFIXES, prefix=True)
+        ):
+            body["include"] = [*include, ENCRYPTED_REASONING]
     if output_limit is not None:
         body["max_output_tokens"] = output_limit
     return body, dropped

@@ -81,36 +81,59 @@ def test_previous_response_id_is_expanded_for_the_provider(fleet: Running, fleet
     assert sdk.responses.retrieve(second.id).output_text == TEXT
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 @pytest.mark.parametrize("include", [[], ["reasoning.encrypted_content"]], ids=["plain", "encrypted"])
 def test_a_stored_reasoning_turn_with_a_tool_call_continues_at_a_provider_that_stores_nothing(
-    fleet: Running, fleet_key: str, include: list[str]
+    fleet: Running, fleet_key: str, include: list[str], stream: bool
 ) -> None:
     """The gateway keeps the conversation and OpenAI nothing (`store: false`): the earlier turn's items go back
-    without their ids, which OpenAI would look up and not find (a 404), and its reasoning goes back only as the
-    encrypted content the client asked for; without it, the reasoning item is left out and named."""
+    without their ids, which OpenAI would look up and not find (a 404), and its reasoning goes back as its
+    encrypted content. A client that did not ask for that content had its reasoning item left out of the next
+    turn and named (`input[reasoning]`): the gateway now asks OpenAI for it when it keeps the turn, keeps it
+    beside the stored response, and hands it back, while the client sees only what it asked for."""
     sdk = openai_client(fleet, fleet_key)
     tools: Any = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
-    first = sdk.responses.create(
-        model="gpt-reasoner", input="Weather in Paris?", tools=tools, tool_choice="required", include=include
-    )
+    ask: Any = {"model": "gpt-reasoner", "tools": tools, "include": include}
+    if stream:
+        with sdk.responses.stream(input="Weather in Paris?", tool_choice="required", **ask) as events:
+            relayed = [event for event in events if event.type.startswith("response.output_item.")]
+            first = events.get_final_response()
+        shown = [event.item for event in relayed if event.item.type == "reasoning"]
+    else:
+        first = sdk.responses.create(input="Weather in Paris?", tool_choice="required", **ask)
+        shown = []
+    assert sent(fleet)["include"] == ["reasoning.encrypted_content"]  # asked of OpenAI either way
     call = next(item for item in first.output if item.type == "function_call")
     assert [item.type for item in first.output] == ["reasoning", "function_call"] and call.id
+    for reasoning in [first.output[0], *shown, sdk.responses.retrieve(first.id).output[0]]:
+        assert reasoning.type == "reasoning"
+        assert reasoning.encrypted_content == (ENCRYPTED if include else None)  # what the client asked for
     raw = sdk.responses.with_raw_response.create(
         model="gpt-reasoner",
         previous_response_id=first.id,
         tools=tools,
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": "18C"}],
     )
-    assert raw.parse().status == "completed"
-    items = sent(fleet)["input"]
-    assert not any("id" in item for item in items) and sent(fleet)["store"] is False
+    assert raw.parse().status == "completed" and "x-gateway-dropped-params" not in raw.headers
+    body = sent(fleet)
+    items = body["input"]
+    assert not any("id" in item for item in items) and body["store"] is False
+    assert body["include"] == ["reasoning.encrypted_content"]
     kinds = [item.get("role") or item["type"] for item in items]
-    if include:
-        assert kinds == ["user", "reasoning", "function_call", "function_call_output"]
-        assert items[1]["encrypted_content"] == ENCRYPTED and "x-gateway-dropped-params" not in raw.headers
-    else:
-        assert kinds == ["user", "function_call", "function_call_output"]
-        assert raw.headers["x-gateway-dropped-params"] == "input[reasoning]"
+    assert kinds == ["user", "reasoning", "function_call", "function_call_output"]
+    assert items[1]["encrypted_content"] == ENCRYPTED and items[1]["summary"][0]["text"] == REASONING
+
+
+def test_encrypted_reasoning_is_asked_only_of_a_reasoning_model_the_gateway_keeps_a_turn_of(
+    fleet: Running, fleet_key: str
+) -> None:
+    """OpenAI refuses `include: ["reasoning.encrypted_content"]` for a model that does not reason (400, "Encrypted
+    content is not supported with this model"), and the gateway needs it only for a turn it keeps."""
+    sdk = openai_client(fleet, fleet_key)
+    sdk.responses.create(model="gpt", input="Hi")
+    assert "include" not in sent(fleet)
+    sdk.responses.create(model="gpt-reasoner", input="Hi", store=False)
+    assert "include" not in sent(fleet)
 
 
 def test_reasoning_round_trips_with_the_providers_own_encryption(fleet: Running, fleet_key: str) -> None:
