@@ -110,8 +110,8 @@ class NativeCall(Value):
     `anthropic-beta` and `anthropic-version`). `untranslated` names the client's fields the internal form
     could not carry: reported for a deployment that gets the translated request, irrelevant for a native one;
     `dropped` names what the passed-through body leaves out of the client's (reported for a native one).
-    `query` is the client's query string, made safe to be a URL's query (`handler.wire.query_component`), for a
-    deployment that speaks the API to get on its URL (Anthropic's `?beta=true`); empty when there was none.
+    `query` is what of the client's query string the API's provider reads (`handler.wire.forwarded_query`:
+    Anthropic's `beta`), for a deployment that speaks the API to get on its URL; empty when there was none.
     """
 
     __slots__ = ("api", "body", "headers", "untranslated", "dropped", "query")

@@ -4,11 +4,10 @@ a provider's error answer as `UpstreamError` (with its `retry-after`), and upstr
 from __future__ import annotations
 
 import email.utils
-import re
 import time
 from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import quote_from_bytes
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
@@ -32,16 +31,19 @@ RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "re
 # Client headers Anthropic's API reads, forwarded unchanged to a deployment that speaks it.
 ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
 
-# What a URL's query component holds as it is (RFC 3986: pchar, "/" and "?"; "%" kept for the escapes already
-# there); anything else, `#` and space and bytes past ASCII among them, is percent-encoded.
-QUERY_SAFE = "!$&'()*+,;=:@/?%"
-STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# The query parameters Anthropic's API reads on the Messages routes (`?beta=true`, as its SDK's beta client and
+# Claude Code send it): the only ones forwarded. Anything else a client put in its query (a key it mistook for a
+# parameter, say) never reaches a provider.
+ANTHROPIC_QUERY = ("beta",)
 
 
-def query_component(raw: bytes) -> str:
-    """The client's query string (the ASGI scope's `query_string`) as an upstream URL's query, as sent: a byte a
-    query cannot hold is percent-encoded, so nothing in it ends the query (a `#`) or reaches the path."""
-    return STRAY_PERCENT.sub("%25", quote_from_bytes(raw, safe=QUERY_SAFE))
+def forwarded_query(raw: bytes, names: tuple[str, ...] = ANTHROPIC_QUERY) -> str:
+    """The client's query string (the ASGI scope's `query_string`) as an upstream URL's query: its parameters
+    named in `names` only, in their order, each encoded anew, so nothing in them ends the query or reaches the path."""
+    if not raw:
+        return ""
+    pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
+    return urlencode([(name, value) for name, value in pairs if name in names])
 
 
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # as AWS event-stream's own limit on a message

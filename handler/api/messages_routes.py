@@ -22,7 +22,7 @@ from handler.ports import MESSAGES_API, KeyRecord, NativeCall
 from handler.redaction import scrub
 from handler.schemas import ChatRequest
 from handler.telemetry.observability import observe
-from handler.wire import ANTHROPIC_HEADERS, query_component
+from handler.wire import ANTHROPIC_HEADERS, forwarded_query
 
 if TYPE_CHECKING:
     from handler.api.app import Api
@@ -39,7 +39,7 @@ def native_call(
     """The client's Messages request as it sent it: its body and the headers Anthropic reads (printable ASCII, as
     any header the gateway sends upstream: anything else is the client's 400). `anthropic-beta` may come as a
     comma list or repeated, as Anthropic takes it: every value goes, as one list; `anthropic-version` names one
-    version, so different ones are the client's 400. The query string (Claude Code's `?beta=true`) goes with it,
+    version, so different ones are the client's 400. The query's `beta` (Claude Code's `?beta=true`) goes with it,
     for an Anthropic deployment's URL."""
     headers = {}
     for name in ANTHROPIC_HEADERS:
@@ -55,7 +55,7 @@ def native_call(
     for name, value in headers.items():
         if not (value.isascii() and value.isprintable()):
             raise InvalidRequestError(f"the {name} header must be printable ASCII", param=name)
-    query = query_component(request.scope.get("query_string", b""))
+    query = forwarded_query(request.scope.get("query_string", b""))
     return NativeCall(MESSAGES_API, data, headers, tuple(untranslated), tuple(dropped or ()), query)
 
 
