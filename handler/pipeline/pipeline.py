@@ -113,8 +113,8 @@ class Exchange:
     __slots__ = (
         "request_id", "key", "model", "controls", "started", "route", "dropped", "inbound_dropped", "store_ms",
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
-        "lineage", "inflight", "answered", "missed", "prompt", "user", "price_multiplier", "per_request_usd",
-        "search_usd", "searches", "trace",
+        "lineage", "inflight", "inflight_at", "answered", "missed", "prompt", "user", "price_multiplier",
+        "per_request_usd", "search_usd", "searches", "trace",
     )  # fmt: skip
 
     def __init__(
@@ -146,6 +146,7 @@ class Exchange:
         # The attempt whose request went out and has no answer yet: if the request is cut now (deadline, Lambda
         # time cap, client gone), the provider may still run it to the end and bill it.
         self.inflight: Attempt | None = None
+        self.inflight_at = 0.0  # when it went out (`time.perf_counter`)
         # The last attempt the provider answered with an error (the request reached it; nothing to bill).
         self.answered: tuple[Attempt, int] | None = None
         # Attempts sent whole that gave no usable answer (a first-byte timeout, a stall, a broken answer): the
@@ -546,9 +547,15 @@ class Pipeline:
         time cap, the client gone) or sent and timed out: the provider may still run it to the end, so the
         reserved worst case is charged. Answered with an error: one line at no cost. Never sent: the
         reservation is released."""
-        if ex.inflight is not None and ex.trace is not None:
+        if ex.inflight is not None:
+            # The attempt cut in flight ends the route, with the time it waited on the provider (a deadline's
+            # 504 named no attempt at all, and said `upstream;dur=0`).
             cancelled = isinstance(exc, asyncio.CancelledError)
-            ex.trace.cut(ex.inflight, "client_closed" if cancelled else str(getattr(exc, "code", type(exc).__name__)))
+            outcome = "client_closed" if cancelled else str(getattr(exc, "code", type(exc).__name__))
+            ex.route.append(f"{ex.inflight.target.label}={outcome}")
+            ex.upstream_ms += (time.perf_counter() - ex.inflight_at) * 1000
+            if ex.trace is not None:
+                ex.trace.cut(ex.inflight, outcome)
         if ex.inflight is None and ex.missed:
             ex.inflight = ex.missed.pop()  # (its attempt span was recorded when it timed out)
         # In the background (`_settle` does not suspend then), so the client is not kept waiting for the ledger
@@ -605,7 +612,7 @@ class Pipeline:
                     param=built.dropped[0],
                 )
             for retry in range(retries + 1):
-                started = time.perf_counter()
+                started = ex.inflight_at = time.perf_counter()
                 ex.inflight = attempt
                 try:
                     async with span("upstream", provider=attempt.target.provider, region=attempt.target.region):

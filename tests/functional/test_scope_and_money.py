@@ -275,6 +275,16 @@ def test_a_request_cut_by_its_deadline_is_charged_the_reserved_worst_case(gw: Ru
     [line] = ledger(gw, key)
     assert line.cost_source == "reserved" and line.status == 504 and (line.cost_usd or 0) > 0
     assert spent(gw, key) == pytest.approx((line.cost_usd or 0) + line.fee_usd)
+    # The attempt it cut ends the route, in the answer and on the line, with the time it waited on the provider:
+    # the answer named no attempt, though it was billed for one, and said `upstream;dur=0.000`.
+    assert cut.headers["x-gateway-route"].endswith("/slow@global=upstream_timeout")
+    assert line.route == cut.headers["x-gateway-route"]
+    upstream_ms = float(cut.headers["server-timing"].split("upstream;dur=")[1].split(",")[0])
+    assert upstream_ms >= 400
+    # After an attempt that failed, the cut one follows it.
+    fallen = chat(gw, key, "broken-test", **{"x-gateway-deadline-ms": "500", "x-gateway-fallbacks": "slow-test"})
+    assert fallen.status_code == 504
+    assert fallen.headers["x-gateway-route"].split(", ")[-1].endswith("/slow@global=upstream_timeout")
 
 
 def test_a_client_that_leaves_a_non_stream_call_is_charged_the_reserved_worst_case(gw: Running) -> None:
