@@ -20,7 +20,7 @@ from handler.pipeline.keys import hash_secret
 from handler.ports import KeyRecord
 from tests.fakes.openai import TEXT
 from tests.fakes.openai import create_app as openai_fake
-from tests.support.events import EVENTS, SAMPLE_KEY_ID, SAMPLE_SECRET
+from tests.support.events import EVENTS, SAMPLE_KEY_ID, SAMPLE_SECRET, rendered
 from tests.support.servers import ServerThread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,6 +118,13 @@ def replay(
 
 def test_every_event_file_has_an_expectation() -> None:
     assert {p.stem for p in EVENTS.glob("*.json")} == set(EXPECTED)
+
+
+def test_event_files_are_what_the_generator_writes() -> None:
+    """`events/` is `python -m tests.support.events`'s output, byte for byte: no file edited by hand, none left
+    behind by a case renamed or removed, none a changed case did not rewrite."""
+    on_disk = {p.name: p.read_bytes() for p in EVENTS.glob("*.json")}
+    assert on_disk == {name: text.encode() for name, text in rendered().items()}
 
 
 def test_events_replay_through_the_handler(tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]) -> None:

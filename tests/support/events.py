@@ -1,8 +1,8 @@
 """Writes `events/*.json`: one API Gateway HTTP API (v2) event per route and case.
 
-Run `python -m tests.support.events` after changing a case; the tests replay every file.
-The events carry a sample key, `SAMPLE_KEY`, that the replay tests (and `sam local invoke` users,
-via `gateway keys create --sample` ... see README) seed into the store.
+Run `python -m tests.support.events` after changing a case; the tests replay every file and check that each is
+what this module writes. The events carry a sample key, `SAMPLE_KEY`, that only the replay tests seed into their
+store; `sam local invoke` users put a real key in its place (docs/deploying.md).
 """
 
 from __future__ import annotations
@@ -123,10 +123,15 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
+def rendered() -> dict[str, str]:
+    """Each event file's name and the text this module writes to it."""
+    return {f"{name}.json": json.dumps(payload, indent=2) + "\n" for name, payload in CASES.items()}
+
+
 def main() -> None:
     EVENTS.mkdir(exist_ok=True)
-    for name, payload in CASES.items():
-        (EVENTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    for name, text in rendered().items():
+        (EVENTS / name).write_text(text)
 
 
 if __name__ == "__main__":
