@@ -43,6 +43,7 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "responses-ok": (200, None),
     "responses-stream": (200, None),
     "responses-get-unknown": (404, "not_found"),
+    "responses-delete-unknown": (404, "not_found"),
 }
 
 REACHED_THE_PROVIDER = {
@@ -157,6 +158,9 @@ def test_events_replay_through_the_handler(tmp_path: Path, upstream: tuple[Serve
     assert json.loads(by_name["responses-ok"]["body"])["output"][0]["content"][0]["text"] == TEXT
     responses_stream = by_name["responses-stream"]["body"]
     assert "event: response.completed" in responses_stream and '"cost"' in responses_stream
+    for name in ("responses-get-unknown", "responses-delete-unknown"):  # OpenAI's words, naming the id asked for
+        error = json.loads(by_name[name]["body"])["error"]
+        assert error["message"] == "Response with id 'resp_0123456789abcdef' not found.", by_name[name]
 
 
 @pytest.mark.parametrize("invocations", [8])

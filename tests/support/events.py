@@ -120,6 +120,7 @@ CASES: dict[str, dict[str, Any]] = {
     "responses-ok": event("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "Say hello.", "store": False}),
     "responses-stream": event("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "Say hello.", "stream": True}),
     "responses-get-unknown": event("GET", "/v1/responses/resp_0123456789abcdef"),
+    "responses-delete-unknown": event("DELETE", "/v1/responses/resp_0123456789abcdef"),
 }
 
 
