@@ -44,7 +44,11 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "responses-stream": (200, None),
     "responses-get-unknown": (404, "not_found"),
     "responses-delete-unknown": (404, "not_found"),
+    "messages-bad-key": (401, "authentication_error"),
+    "messages-unknown-model": (404, "not_found_error"),
 }
+# Errors in Anthropic's shape, `{"type": "error", "error": {"type", "message"}}`: EXPECTED names their `type`.
+ANTHROPIC_ERRORS = {"messages-bad-key", "messages-unknown-model"}
 
 REACHED_THE_PROVIDER = {
     "chat-completions-ok",
@@ -136,7 +140,13 @@ def test_events_replay_through_the_handler(tmp_path: Path, upstream: tuple[Serve
         status, code = EXPECTED[result["event"]]
         assert result["status"] == status, result
         if code is not None:
-            assert json.loads(result["body"])["error"]["code"] == code, result
+            answer = json.loads(result["body"])
+            if result["event"] in ANTHROPIC_ERRORS:
+                assert answer["type"] == "error" and set(answer["error"]) == {"type", "message"}, result
+                assert answer["error"]["type"] == code, result
+            else:
+                assert answer["error"]["code"] == code, result
+            assert result["headers"]["x-should-retry"] == "false", result  # none of these can succeed later
         else:
             assert "x-request-id" in result["headers"]
         proxied = ("chat-", "embeddings-", "responses-ok", "responses-stream")

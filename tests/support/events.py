@@ -121,6 +121,20 @@ CASES: dict[str, dict[str, Any]] = {
     "responses-stream": event("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "Say hello.", "stream": True}),
     "responses-get-unknown": event("GET", "/v1/responses/resp_0123456789abcdef"),
     "responses-delete-unknown": event("DELETE", "/v1/responses/resp_0123456789abcdef"),
+    "messages-bad-key": event(
+        "POST",
+        "/v1/messages",
+        {"model": "gpt-4o-mini", "max_tokens": 100, "messages": HI},
+        key=None,
+        headers={**ANTHROPIC_CLIENT, "x-api-key": "gwk_aaaaaaaaaaaa_" + "x" * 43},
+    ),
+    "messages-unknown-model": event(
+        "POST",
+        "/v1/messages",
+        {"model": "claude-0", "max_tokens": 100, "messages": HI},
+        key=None,
+        headers=ANTHROPIC_CLIENT,
+    ),
 }
 
 
