@@ -46,6 +46,8 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "responses-delete-unknown": (404, "not_found"),
     "messages-bad-key": (401, "authentication_error"),
     "messages-unknown-model": (404, "not_found_error"),
+    "key-show": (200, None),
+    "keys-mint-child": (201, None),
 }
 # Errors in Anthropic's shape, `{"type": "error", "error": {"type", "message"}}`: EXPECTED names their `type`.
 ANTHROPIC_ERRORS = {"messages-bad-key", "messages-unknown-model"}
@@ -171,6 +173,20 @@ def test_events_replay_through_the_handler(tmp_path: Path, upstream: tuple[Serve
     for name in ("responses-get-unknown", "responses-delete-unknown"):  # OpenAI's words, naming the id asked for
         error = json.loads(by_name[name]["body"])["error"]
         assert error["message"] == "Response with id 'resp_0123456789abcdef' not found.", by_name[name]
+    check_key_routes(by_name)
+
+
+def check_key_routes(by_name: dict[str, dict[str, Any]]) -> None:
+    """`GET /v1/key` shows the sample key, never its hash; `POST /v1/keys` mints a child of it, as asked."""
+    key = json.loads(by_name["key-show"]["body"])
+    assert key["id"] == SAMPLE_KEY_ID and key["name"] == "sample" and key["admin"] is False, key
+    assert {"models", "budget_usd", "spent_usd", "remaining_usd", "expires_at"} <= set(key), key
+    assert "secret_hash" not in key and "key" not in key, key
+    child = json.loads(by_name["keys-mint-child"]["body"])
+    assert child["parent_id"] == SAMPLE_KEY_ID and child["ancestors"] == [SAMPLE_KEY_ID], child
+    assert child["name"] == "sample-child" and child["models"] == ["gpt-4o-mini"] and child["budget_usd"] == 1.0
+    assert child["expires_at"] - child["created_at"] == pytest.approx(3600, abs=1), child
+    assert child["key"].startswith(f"gwk_{child['id']}_") and child["admin"] is False, child
 
 
 @pytest.mark.parametrize("invocations", [8])

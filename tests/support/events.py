@@ -135,6 +135,13 @@ CASES: dict[str, dict[str, Any]] = {
         key=None,
         headers=ANTHROPIC_CLIENT,
     ),
+    "key-show": event("GET", "/v1/key"),
+    # A child of the sample key, good for an hour: `sam local invoke` with a real key mints one in the table.
+    "keys-mint-child": event(
+        "POST",
+        "/v1/keys",
+        {"name": "sample-child", "models": ["gpt-4o-mini"], "budget_usd": 1.0, "expires_in_seconds": 3600},
+    ),
 }
 
 
