@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +51,29 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "messages-unknown-model": (404, "not_found_error"),
     "key-show": (200, None),
     "keys-mint-child": (201, None),
+    "usage-by-model": (200, None),
+    "usage-csv": (200, None),
+    "usage-bad-group-by": (400, "invalid_request"),
 }
 # Errors in Anthropic's shape, `{"type": "error", "error": {"type", "message"}}`: EXPECTED names their `type`.
 ANTHROPIC_ERRORS = {"messages-bad-key", "messages-unknown-model"}
+
+# A usage report's row, after its group columns (docs/usage.md).
+USAGE_COLUMNS = [
+    "requests",
+    "input_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "fee_usd",
+    "total_usd",
+    "cache_savings_usd",
+    "unknown_cost_requests",
+    "estimated_cost_requests",
+    "reserved_cost_requests",
+]
 
 REACHED_THE_PROVIDER = {
     "chat-completions-ok",
@@ -174,6 +197,7 @@ def test_events_replay_through_the_handler(tmp_path: Path, upstream: tuple[Serve
         error = json.loads(by_name[name]["body"])["error"]
         assert error["message"] == "Response with id 'resp_0123456789abcdef' not found.", by_name[name]
     check_key_routes(by_name)
+    check_usage_reports(results)
 
 
 def check_key_routes(by_name: dict[str, dict[str, Any]]) -> None:
@@ -187,6 +211,29 @@ def check_key_routes(by_name: dict[str, dict[str, Any]]) -> None:
     assert child["name"] == "sample-child" and child["models"] == ["gpt-4o-mini"] and child["budget_usd"] == 1.0
     assert child["expires_at"] - child["created_at"] == pytest.approx(3600, abs=1), child
     assert child["key"].startswith(f"gwk_{child['id']}_") and child["admin"] is False, child
+
+
+def check_usage_reports(results: list[dict[str, Any]]) -> None:
+    """`GET /v1/usage` counts every ledger line the replay wrote before it (all the sample key's), grouped as
+    asked, in JSON or CSV, with the columns docs/usage.md lists; a group it does not know is a 400 naming it."""
+    for index, result in enumerate(results):
+        lines = sum(r["ledger_lines"] for r in results[:index])
+        if result["event"] == "usage-by-model":
+            report = json.loads(result["body"])
+            assert report["object"] == "list" and report["group_by"] == ["model"], report
+            assert report["since"] == datetime(2026, 1, 1, tzinfo=UTC).timestamp(), report
+            assert {"filter", "tag_names", "latency"} <= set(report) and report["latency"]["requests"] == lines
+            rows: list[dict[str, Any]] = report["data"]
+        elif result["event"] == "usage-csv":
+            assert result["headers"]["content-type"].startswith("text/csv"), result
+            rows = list(csv.DictReader(io.StringIO(result["body"])))
+        else:
+            continue
+        assert [list(row) for row in rows] == [["model", *USAGE_COLUMNS]] * len(rows), result
+        assert sum(int(row["requests"]) for row in rows) == lines > 0, result
+        assert {row["model"] for row in rows} <= {"gpt-4o-mini", "text-embedding-3-small"}, result
+    bad = json.loads(next(r for r in results if r["event"] == "usage-bad-group-by")["body"])
+    assert bad["error"]["param"] == "group_by" and "colour" in bad["error"]["message"], bad
 
 
 @pytest.mark.parametrize("invocations", [8])

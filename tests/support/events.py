@@ -142,6 +142,9 @@ CASES: dict[str, dict[str, Any]] = {
         "/v1/keys",
         {"name": "sample-child", "models": ["gpt-4o-mini"], "budget_usd": 1.0, "expires_in_seconds": 3600},
     ),
+    "usage-by-model": event("GET", "/v1/usage", query="since=2026-01-01&group_by=model"),
+    "usage-csv": event("GET", "/v1/usage", query="group_by=model&format=csv", headers={"accept": "text/csv"}),
+    "usage-bad-group-by": event("GET", "/v1/usage", query="group_by=colour"),
 }
 
 
