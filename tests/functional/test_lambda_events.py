@@ -23,7 +23,14 @@ from handler.pipeline.keys import hash_secret
 from handler.ports import KeyRecord
 from tests.fakes.openai import TEXT
 from tests.fakes.openai import create_app as openai_fake
-from tests.support.events import EVENTS, SAMPLE_KEY_ID, SAMPLE_SECRET, rendered
+from tests.support.events import (
+    EVENTS,
+    SAMPLE_ADMIN_KEY_ID,
+    SAMPLE_ADMIN_SECRET,
+    SAMPLE_KEY_ID,
+    SAMPLE_SECRET,
+    rendered,
+)
 from tests.support.servers import ServerThread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,6 +61,10 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "usage-by-model": (200, None),
     "usage-csv": (200, None),
     "usage-bad-group-by": (400, "invalid_request"),
+    "admin-keys-list": (200, None),
+    "admin-keys-not-admin": (403, "admin_only"),
+    "admin-usage": (200, None),
+    "metrics": (200, None),
 }
 # Errors in Anthropic's shape, `{"type": "error", "error": {"type", "message"}}`: EXPECTED names their `type`.
 ANTHROPIC_ERRORS = {"messages-bad-key", "messages-unknown-model"}
@@ -86,11 +97,15 @@ REACHED_THE_PROVIDER = {
 }
 
 
-async def seed_sample_key(store_url: str) -> None:
+async def seed_sample_keys(store_url: str) -> None:
+    """The events' sample key, and the sample admin key the admin routes' events carry."""
     store = open_store(store_url)
     try:
         record = KeyRecord(id=SAMPLE_KEY_ID, name="sample", secret_hash=hash_secret(SAMPLE_SECRET), created_at=0)
         await store.create_key(record)
+        admin_hash = hash_secret(SAMPLE_ADMIN_SECRET)
+        admin = KeyRecord(id=SAMPLE_ADMIN_KEY_ID, name="sample admin", secret_hash=admin_hash, created_at=0, admin=True)
+        await store.create_key(admin)
     finally:
         await store.close()
 
@@ -122,7 +137,7 @@ def replay(
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     store_url = f"sqlite:///{tmp_path / 'lambda.db'}"
-    asyncio.run(seed_sample_key(store_url))
+    asyncio.run(seed_sample_keys(store_url))
     env = {
         **os.environ,
         "GATEWAY_CONFIG": str(config_path),
@@ -159,7 +174,9 @@ def test_event_files_are_what_the_generator_writes() -> None:
 
 def test_events_replay_through_the_handler(tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]) -> None:
     server, _ = upstream
-    results = replay(tmp_path, server.url, sorted(EVENTS.glob("*.json")))
+    # Every event in order, then the admin report once more, after all of them: every line the store holds.
+    results = replay(tmp_path, server.url, [*sorted(EVENTS.glob("*.json")), EVENTS / "admin-usage.json"])
+    admin_report_at_the_end = results.pop()
     assert len(results) == len(EXPECTED)
     for result in results:
         status, code = EXPECTED[result["event"]]
@@ -198,6 +215,7 @@ def test_events_replay_through_the_handler(tmp_path: Path, upstream: tuple[Serve
         assert error["message"] == "Response with id 'resp_0123456789abcdef' not found.", by_name[name]
     check_key_routes(by_name)
     check_usage_reports(results)
+    check_admin_routes(results, admin_report_at_the_end)
 
 
 def check_key_routes(by_name: dict[str, dict[str, Any]]) -> None:
@@ -234,6 +252,43 @@ def check_usage_reports(results: list[dict[str, Any]]) -> None:
         assert {row["model"] for row in rows} <= {"gpt-4o-mini", "text-embedding-3-small"}, result
     bad = json.loads(next(r for r in results if r["event"] == "usage-bad-group-by")["body"])
     assert bad["error"]["param"] == "group_by" and "colour" in bad["error"]["message"], bad
+
+
+def check_admin_routes(results: list[dict[str, Any]], admin_report_at_the_end: dict[str, Any]) -> None:
+    """The sample admin key lists the keys (never a hash), reads every key's usage by key, and `/metrics` in
+    Prometheus' text format, which counts the provider's answers and every error answered before it; the sample
+    key is refused the admin routes (`admin_only`, in EXPECTED)."""
+    by_name = {r["event"]: r for r in results}
+    keys = json.loads(by_name["admin-keys-list"]["body"])
+    assert keys["object"] == "list" and {k["id"]: k["admin"] for k in keys["data"]} == {
+        SAMPLE_KEY_ID: False,
+        SAMPLE_ADMIN_KEY_ID: True,
+    }, keys
+    assert not any("secret_hash" in k or "key" in k for k in keys["data"]), keys
+    in_order = by_name["admin-usage"]
+    for result, before in ((in_order, results[: results.index(in_order)]), (admin_report_at_the_end, results)):
+        lines = sum(r["ledger_lines"] for r in before)  # all the sample key's
+        report = json.loads(result["body"])
+        assert report["group_by"] == ["key"] and report["latency"]["requests"] == lines, report
+        rows = report["data"]
+        assert [list(row) for row in rows] == [["key", "key_name", *USAGE_COLUMNS]] * len(rows), report
+        assert [(row["key"], row["key_name"], row["requests"]) for row in rows] == (
+            [(SAMPLE_KEY_ID, "sample", lines)] if lines else []
+        ), report
+    metrics = by_name["metrics"]
+    assert metrics["headers"]["content-type"].startswith("text/plain; version=0.0.4"), metrics
+    text = metrics["body"]
+    assert "# TYPE gateway_requests_total counter" in text and "# TYPE gateway_errors_total counter" in text, text
+    series = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    before = results[: results.index(metrics)]
+    answered = sum(
+        float(v)
+        for k, v in series.items()
+        if k.startswith("gateway_requests_total{") and 'provider="openai"' in k and 'status="200"' in k
+    )
+    assert answered == sum(r["ledger_lines"] for r in before), text
+    errors = sum(float(v) for k, v in series.items() if k.startswith("gateway_errors_total{"))
+    assert errors == sum(1 for r in before if r["status"] >= 400), text
 
 
 @pytest.mark.parametrize("invocations", [8])

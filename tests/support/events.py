@@ -1,8 +1,9 @@
 """Writes `events/*.json`: one API Gateway HTTP API (v2) event per route and case.
 
 Run `python -m tests.support.events` after changing a case; the tests replay every file and check that each is
-what this module writes. The events carry a sample key, `SAMPLE_KEY`, that only the replay tests seed into their
-store; `sam local invoke` users put a real key in its place (docs/deploying.md).
+what this module writes. The events carry a sample key, `SAMPLE_KEY`, and the admin routes' events a sample admin
+key, `SAMPLE_ADMIN_KEY`, that only the replay tests seed into their store; `sam local invoke` users put real keys
+in their place (docs/deploying.md).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from typing import Any
 SAMPLE_KEY_ID = "samp1ekeyevt"
 SAMPLE_SECRET = "sample-secret-for-local-events-only-never-in-production"
 SAMPLE_KEY = f"gwk_{SAMPLE_KEY_ID}_{SAMPLE_SECRET}"
+SAMPLE_ADMIN_KEY_ID = "samp1eadmevt"
+SAMPLE_ADMIN_SECRET = "sample-admin-secret-for-local-events-only-never-in-production"
+SAMPLE_ADMIN_KEY = f"gwk_{SAMPLE_ADMIN_KEY_ID}_{SAMPLE_ADMIN_SECRET}"
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 
 
@@ -145,6 +149,10 @@ CASES: dict[str, dict[str, Any]] = {
     "usage-by-model": event("GET", "/v1/usage", query="since=2026-01-01&group_by=model"),
     "usage-csv": event("GET", "/v1/usage", query="group_by=model&format=csv", headers={"accept": "text/csv"}),
     "usage-bad-group-by": event("GET", "/v1/usage", query="group_by=colour"),
+    "admin-keys-list": event("GET", "/admin/keys", key=SAMPLE_ADMIN_KEY),
+    "admin-keys-not-admin": event("GET", "/admin/keys"),
+    "admin-usage": event("GET", "/admin/usage", key=SAMPLE_ADMIN_KEY, query="group_by=key"),
+    "metrics": event("GET", "/metrics", key=SAMPLE_ADMIN_KEY, headers={"accept": "text/plain"}),
 }
 
 
