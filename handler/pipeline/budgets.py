@@ -85,6 +85,24 @@ class Reservation:
         self.admitted_at = 0.0
 
 
+def remaining_usd(reservation: Reservation, actual_usd: float) -> float | None:
+    """The budget left once this request settles at `actual_usd`: the least any budget of the key's chain
+    leaves (a child's own $10 under a parent with $1 left has $1 to spend)."""
+    if reservation.budget_limit is None or reservation.admission is None:
+        return None
+    committed_usd = reservation.snapshot.committed_usd
+    least: float | None = None
+    for i, charge in enumerate(reservation.admission.budgets):
+        committed = committed_usd.get(charge.key_id)
+        if committed is None and i == 0:
+            committed = committed_usd.get(charge.period)
+        if committed is None:
+            continue  # (a store that does not report this counter)
+        left = charge.limit_usd - (committed - reservation.amount_usd + actual_usd)
+        least = left if least is None else min(least, left)
+    return None if least is None else max(0.0, dollars(least))
+
+
 class Meter:
     """Admission and settlement against a `Store`."""
 
@@ -233,23 +251,6 @@ class Meter:
             else:
                 headers.pop(f"x-ratelimit-remaining-{label}", None)
         return headers
-
-    def remaining_usd(self, reservation: Reservation, actual_usd: float) -> float | None:
-        """The budget left once this request settles at `actual_usd`: the least any budget of the key's chain
-        leaves (a child's own $10 under a parent with $1 left has $1 to spend)."""
-        if reservation.budget_limit is None or reservation.admission is None:
-            return None
-        committed_usd = reservation.snapshot.committed_usd
-        least: float | None = None
-        for i, charge in enumerate(reservation.admission.budgets):
-            committed = committed_usd.get(charge.key_id)
-            if committed is None and i == 0:
-                committed = committed_usd.get(charge.period)
-            if committed is None:
-                continue  # (a store that does not report this counter)
-            left = charge.limit_usd - (committed - reservation.amount_usd + actual_usd)
-            least = left if least is None else min(least, left)
-        return None if least is None else max(0.0, dollars(least))
 
     def settlement(
         self, reservation: Reservation, actual_usd: float, tokens: int, item: LedgerItem | None

@@ -33,7 +33,7 @@ from handler.errors import (
     UpstreamTimeoutError,
 )
 from handler.pipeline.attribution import line_tags
-from handler.pipeline.budgets import Meter, Reservation
+from handler.pipeline.budgets import Meter, Reservation, remaining_usd
 from handler.pipeline.gateway import Gateway
 from handler.pipeline.keys import allows_model
 from handler.pipeline.passthrough import (
@@ -181,6 +181,12 @@ class Exchange:
             headers["x-gateway-fee-usd"] = usd(self.cost.fee_usd)
         if self.budget_remaining is not None:
             headers["x-gateway-budget-remaining-usd"] = usd(self.budget_remaining)
+        elif self.reservation is not None and self.reservation.budget_limit is not None:
+            # Before the cost is known (a stream's head): what is left with the worst case held, the least it
+            # can be once the request is settled; the exact figure rides in the stream's last `cost`.
+            held = remaining_usd(self.reservation, self.reservation.amount_usd)
+            if held is not None:
+                headers["x-gateway-budget-remaining-usd"] = usd(held)
         headers.update(self.limit_headers)
         total = (time.perf_counter() - self.started) * 1000
         gateway = max(0.0, total - self.store_ms - self.upstream_ms)
@@ -715,7 +721,10 @@ class Pipeline:
                 ex.cost = Cost(provider, fee_for(provider, self.fee), usage, ex.cost.unit_prices)
             actual = ex.cost.total_usd or 0.0
             tokens = usage.prompt_tokens + usage.completion_tokens
-            ex.budget_remaining = self.meter.remaining_usd(reservation, actual)
+            ex.budget_remaining = remaining_usd(reservation, actual)
+            if ex.budget_remaining is not None:
+                cost = ex.cost
+                ex.cost = Cost(cost.provider_usd, cost.fee_usd, usage, cost.unit_prices, ex.budget_remaining)
             total_ms = (time.perf_counter() - ex.started) * 1000
             item = LedgerItem(
                 request_id=ex.request_id,

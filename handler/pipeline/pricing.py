@@ -80,15 +80,21 @@ class Cost(Value):
     """What one request cost: the provider's charge, the gateway's fee, and what they were computed from. Both
     amounts are kept `exact`, so the headers, the ledger and the budgets carry the same figure."""
 
-    __slots__ = ("provider_usd", "fee_usd", "usage", "unit_prices")
+    __slots__ = ("provider_usd", "fee_usd", "usage", "unit_prices", "budget_remaining_usd")
 
     def __init__(
-        self, provider_usd: float | None, fee_usd: float, usage: Usage, unit_prices: dict[str, float] | None
+        self,
+        provider_usd: float | None,
+        fee_usd: float,
+        usage: Usage,
+        unit_prices: dict[str, float] | None,
+        budget_remaining_usd: float | None = None,  # what the key's chain has left once this is spent
     ) -> None:
         self.provider_usd: Final = provider_usd if not provider_usd else exact(provider_usd)
         self.fee_usd: Final = fee_usd if not fee_usd else exact(fee_usd)
         self.usage: Final = usage
         self.unit_prices: Final = unit_prices
+        self.budget_remaining_usd: Final = budget_remaining_usd
 
     @property
     def total_usd(self) -> float | None:
@@ -111,8 +117,9 @@ class Cost(Value):
         return (read_saved - write_premium) / 1_000_000
 
     def as_event(self) -> dict[str, Any]:
-        """The `cost` object of a stream's last event."""
-        return {
+        """The `cost` object of a stream's last event (and of a whole answer's body), with the budget left where
+        the key's chain has one: a stream's `x-gateway-budget-remaining-usd` went out before its cost was known."""
+        event = {
             "provider_usd": self.provider_usd,
             "fee_usd": self.fee_usd,
             "total_usd": self.total_usd,
@@ -123,6 +130,9 @@ class Cost(Value):
             "output_tokens": self.usage.completion_tokens,
             "unit_prices_per_million": self.unit_prices,
         }
+        if self.budget_remaining_usd is not None:
+            event["budget_remaining_usd"] = self.budget_remaining_usd
+        return event
 
 
 # An hour's cache write costs twice the input price at Anthropic, the only provider that reports one.

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from handler.pipeline.pricing import estimate_prompt_tokens, price_for, worst_case_usd
@@ -193,6 +194,47 @@ def test_the_budget_left_is_shown_per_answer_in_plain_digits(running: Running, m
     me = httpx.get(f"{running.url}/v1/key", headers=headers(key)).json()
     assert (Decimal(str(me["spent_usd"])), me["reserved_usd"]) == (spent, 0)
     assert Decimal(str(me["remaining_usd"])) == Decimal(str(budget)) - spent
+
+
+def stream_events(running: Running, key: str, path: str, body: dict[str, Any]) -> tuple[httpx.Headers, list[Any]]:
+    events = []
+    with httpx.stream(
+        "POST", f"{running.url}{path}", json=body, headers=headers(key) | {"anthropic-version": "2023-06-01"}
+    ) as answer:
+        assert answer.status_code == 200, answer.read()
+        for line in answer.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                events.append(orjson.loads(line[6:]))
+    return answer.headers, events
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"stream_options": {"include_usage": True}, "messages": HI}),
+        ("/v1/messages", {"max_tokens": 50, "messages": HI}),
+        ("/v1/responses", {"input": "Hi"}),
+    ],
+)
+def test_a_stream_tells_the_budget_left(running: Running, path: str, body: dict[str, Any]) -> None:
+    """`x-gateway-budget-remaining-usd` is on every answer of a key with a budget; a stream had none (its head
+    goes out before its cost is known), nor any figure in its last event. Its head now says what is left with
+    the request's worst case held, the least it can be, and its `cost` what is left once it is spent."""
+    key = running.mint(budget_usd=1.0)
+    answer_headers, events = stream_events(running, key, path, {"model": "gpt-4o-mini", "stream": True, **body})
+    costs = [e.get("cost") or (e.get("response") or {}).get("cost") for e in events]
+    (cost,) = [c for c in costs if c]
+    held = Decimal(answer_headers["x-gateway-budget-remaining-usd"])
+    left = Decimal(str(cost["budget_remaining_usd"]))
+    assert left == Decimal("1") - Decimal(str(cost["total_usd"]))
+    assert held < left  # the worst case held exceeds what the answer cost
+    time.sleep(0.3)
+    me = httpx.get(f"{running.url}/v1/key", headers=headers(key)).json()
+    assert Decimal(str(me["remaining_usd"])) == left
+    unbudgeted = running.mint()
+    answer_headers, events = stream_events(running, unbudgeted, path, {"model": "gpt-4o-mini", "stream": True, **body})
+    assert "x-gateway-budget-remaining-usd" not in answer_headers
+    assert all("budget_remaining_usd" not in (e.get("cost") or {}) for e in events)
 
 
 def test_budget_holds_under_concurrency(on_each_store: Running) -> None:
