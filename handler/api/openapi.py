@@ -104,6 +104,12 @@ ERROR_SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "models": {"type": "array", "items": {"type": "string"}},
             "budget_usd": {"type": ["number", "null"]},
+            "spent_usd": {"type": ["number", "null"], "description": "in the key's own budget period"},
+            "remaining_usd": {
+                "type": ["number", "null"],
+                "description": "what the key may still spend: the least any budget of its chain leaves",
+            },
+            "remaining_bound_by": {"type": ["string", "null"], "description": "the id of the key whose budget that is"},
             "expires_at": {"type": ["number", "null"]},
             "admin": {"type": "boolean"},
             "created_at": {"type": "number"},
