@@ -761,11 +761,11 @@ class Pipeline:
 
 
 def answer_chars(completion: ChatCompletion) -> int:
-    """The characters of everything an answer generated: text, reasoning and tool-call arguments."""
+    """The characters of everything an answer generated: text, reasoning, a refusal and tool-call arguments."""
     total = 0
     for choice in completion.choices:
         message = choice.message
-        total += len(message.content or "") + len(message.reasoning_content or "")
+        total += len(message.content or "") + len(message.reasoning_content or "") + len(message.refusal or "")
         for call in message.tool_calls or ():
             total += len(call.function.arguments or "") + len(call.function.name or "")
     return total
@@ -833,7 +833,8 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
             self._choices.add(choice.index)
             if choice.finish_reason:
                 self._finished_choices.add(choice.index)
-            self._chars += len(choice.delta.content or "") + len(choice.delta.reasoning_content or "")
+            delta = choice.delta
+            self._chars += len(delta.content or "") + len(delta.reasoning_content or "") + len(delta.refusal or "")
             if self.schema is not None and choice.index == 0 and choice.delta.content:
                 self._text.append(choice.delta.content)
             for call in choice.delta.tool_calls or ():

@@ -15,3 +15,40 @@ def test_dropped_params_are_listed_as_named_with_anything_unsafe_percent_encoded
     assert ex.headers()["x-gateway-dropped-params"] == (
         "tools[web_search],a%2Cb,x%0D%0Ay%3A%201,%C3%A9,tools[namespace]"
     )
+
+
+def test_a_refusal_counts_in_the_estimate_of_an_answer_without_usage() -> None:
+    """An answer without usage is charged an estimate of what it generated; a refusal's text (a blocked prompt's
+    answer) counted as nothing, so a refused answer was estimated free of output."""
+    from handler.pipeline.pipeline import answer_chars
+    from handler.schemas import ChatCompletion
+
+    refused = ChatCompletion.model_validate(
+        {
+            "id": "c",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": None, "refusal": "I can't help with that."},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+    )
+    assert answer_chars(refused) == len("I can't help with that.")
+
+
+def test_a_refusal_streamed_counts_in_the_estimate_of_a_stream_cut_before_its_usage() -> None:
+    from handler.chunks import ChatCompletionChunk
+    from handler.pipeline.pipeline import ChunkStream
+
+    stream = ChunkStream.__new__(ChunkStream)
+    stream._chars, stream.schema, stream._text = 0, None, []
+    stream._choices, stream._finished_choices = set(), set()
+    for delta in ({"role": "assistant", "content": "", "refusal": None}, {"refusal": "I can't"}, {"refusal": " help."}):
+        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+        stream._count(ChatCompletionChunk.model_validate({**chunk, "choices": [{"index": 0, "delta": delta}]}))
+    assert stream._chars == len("I can't help.")
