@@ -12,12 +12,13 @@ from collections.abc import Callable
 
 
 class _State:
-    __slots__ = ("failures", "opened_at", "probe_at")
+    __slots__ = ("failures", "opened_at", "probe_at", "limited")
 
     def __init__(self) -> None:
         self.failures = 0
         self.opened_at: float | None = None
         self.probe_at: float | None = None
+        self.limited = True  # every failure since the last success was the provider's rate limit (429)
 
 
 class Breakers:
@@ -51,14 +52,22 @@ class Breakers:
         s.probe_at = now
         return True
 
+    def rate_limited(self, label: str) -> bool:
+        """Whether the failures that opened this deployment's breaker were all its provider's 429s: skipping it
+        then is being rate-limited by it, for what the client is told."""
+        s = self._states.get(label)
+        return s is not None and s.limited
+
     def success(self, label: str) -> None:
         s = self._states.get(label)
         if s is not None:
-            s.failures, s.opened_at, s.probe_at = 0, None, None
+            s.failures, s.opened_at, s.probe_at, s.limited = 0, None, None, True
 
-    def failure(self, label: str) -> None:
+    def failure(self, label: str, limited: bool = False) -> None:
+        """A retryable failure (`limited`: the provider's 429)."""
         s = self._states.setdefault(label, _State())
         s.failures += 1
         s.probe_at = None
+        s.limited = s.limited and limited
         if s.opened_at is not None or s.failures >= self.threshold:
             s.opened_at = self.clock()

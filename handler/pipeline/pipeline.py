@@ -602,14 +602,14 @@ class Pipeline:
         last: UpstreamError | None = None
         limited: list[bool] = []  # per failed attempt: the provider said 429
         limited_waits: list[float | None] = []
-        skipped = False  # a candidate was passed over for its open breaker (its failures, not a rate limit)
+        skipped = False  # a candidate was passed over for its open breaker, opened by failures other than 429s
         retries = self.gateway.config.gateway.max_retries_per_deployment
         breakers = self.gateway.router.breakers
         for position, attempt in enumerate(plan):
             label = attempt.target.label
             if position < len(plan) - 1 and not breakers.allow(label):
                 ex.route.append(f"{label}=breaker-open")
-                skipped = True
+                skipped = skipped or not breakers.rate_limited(label)
                 continue
             built = build(attempt)
             if built.dropped and ex.controls.strict:
@@ -642,7 +642,7 @@ class Pipeline:
                     if not err.retryable:
                         breakers.success(label)
                         raise self._client_facing(err) from None
-                    breakers.failure(label)
+                    breakers.failure(label, err.upstream_status == 429)
                     if retry < retries and err.retry_after is not None and err.retry_after <= 5:
                         waited = time.perf_counter()
                         await asyncio.sleep(err.retry_after)  # the provider's wait, not the gateway's own time
@@ -667,7 +667,7 @@ class Pipeline:
             # run and bill (it stalled, or broke mid-answer): its worst case is charged, and a retry at once
             # could be billed again.
             last.should_retry = True
-        if limited and all(limited) and not skipped:  # (one skipped for its failures: not every one rate-limited)
+        if limited and all(limited) and not skipped:  # (one skipped for other failures: not every one rate-limited)
             waits = [w for w in limited_waits if w is not None]
             headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else {}
             raise UpstreamRateLimitedError(

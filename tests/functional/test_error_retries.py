@@ -47,6 +47,13 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
                     "deployments": [{"provider": "anthropic", "model": "fail-context"}],
                     "price": PRICE,
                 },
+                "both-limited": {
+                    "deployments": [
+                        {"provider": "openai", "model": "fail-429-a"},
+                        {"provider": "openai", "model": "fail-429-b"},
+                    ],
+                    "price": PRICE,
+                },
                 "down-then-limited": {
                     "deployments": [
                         {"provider": "openai", "model": "fail-500"},
@@ -124,6 +131,25 @@ def test_a_candidate_skipped_for_its_open_breaker_is_not_taken_for_rate_limited(
     routes = [a.headers.get("x-gateway-route", "") for a in answers]
     assert any("fail-500@global=breaker-open" in route for route in routes), routes
     assert [(a.status_code, a.json()["error"]["code"]) for a in answers] == [(502, "upstream_error")] * 8, routes
+
+
+def test_a_candidate_skipped_for_a_breaker_its_429s_opened_still_makes_the_answer_rate_limited(gw: Running) -> None:
+    """The other side (found by review): a deployment whose breaker its own 429s opened is rate-limiting the
+    request when it is skipped; with the first fix alone, every provider's 429 became a 502 once it opened."""
+    key = gw.mint()
+    answers = [
+        httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            json={"model": "both-limited", "messages": HI},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        for _ in range(8)
+    ]
+    routes = [a.headers.get("x-gateway-route", "") for a in answers]
+    assert any("fail-429-a@global=breaker-open" in route for route in routes), routes
+    assert [(a.status_code, a.json()["error"]["code"]) for a in answers] == [(429, "upstream_rate_limited")] * 8
+    assert all(a.headers["retry-after"] == "1" for a in answers)
 
 
 def test_a_provider_without_a_key_is_not_retried_nor_called_overloaded(gw: Running) -> None:
