@@ -155,6 +155,29 @@ class Meter:
         reservation.headers = self._rate_headers(rates, snapshot, window)
         return reservation
 
+    async def reserve_again(self, reservation: Reservation, key: KeyRecord, n: int) -> Reservation:
+        """The `n`th worst case more on every budget `reservation` holds, and no rate counted: for an attempt the
+        provider got whole and may bill though it gave no answer (a first-byte timeout, a broken answer), before
+        the next attempt goes out; its line then carries both. Raises the 402 when a budget cannot cover it.
+        Settled with nothing spent (`settlement(extra, 0.0, 0, None)`) when the request is."""
+        admission = reservation.admission
+        if admission is None or not admission.budgets:
+            return Reservation(None, 0.0, 0)
+        now = self.clock()
+        extra = Admission(
+            f"{admission.reservation_id}#{n}",
+            admission.key_id,
+            admission.budgets,
+            [],
+            now + self.reservation_ttl,
+            admission.home_region,
+        )
+        started = time.perf_counter()
+        again = Reservation(extra, reservation.amount_usd, 0)
+        again.snapshot = await self._admit(extra, key, reservation.amount_usd, int(now // 60))
+        again.store_ms = (time.perf_counter() - started) * 1000
+        return again
+
     async def count_request(self, key: KeyRecord, request_id: str, counters: list[RateCharge]) -> None:
         """Count one request that spends nothing (minting a key) on `key`'s own `counters` for this minute,
         or raise the 429."""

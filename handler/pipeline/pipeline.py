@@ -21,6 +21,7 @@ import orjson
 from handler import schemas
 from handler.config import Price
 from handler.errors import (
+    BudgetExceededError,
     CostLimitError,
     GatewayError,
     InvalidRequestError,
@@ -113,7 +114,7 @@ class Exchange:
     __slots__ = (
         "request_id", "key", "model", "controls", "started", "route", "dropped", "inbound_dropped", "store_ms",
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
-        "lineage", "inflight", "inflight_at", "answered", "missed", "prompt", "user", "price_multiplier",
+        "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "price_multiplier",
         "per_request_usd", "search_usd", "searches", "trace",
     )  # fmt: skip
 
@@ -152,6 +153,8 @@ class Exchange:
         # Attempts sent whole that gave no usable answer (a first-byte timeout, a stall, a broken answer): the
         # provider may have run them to the end, so each is charged the reserved worst case.
         self.missed: list[Attempt] = []
+        # A worst case more reserved for each of them before the next attempt went out (`Meter.reserve_again`).
+        self.extra: list[Reservation] = []
         self.prompt: PromptEstimate | None = None
         self.user: str | None = None  # the end user the client named, for attribution
         self.price_multiplier = 1.0  # a service tier's
@@ -184,7 +187,8 @@ class Exchange:
         elif self.reservation is not None and self.reservation.budget_limit is not None:
             # Before the cost is known (a stream's head): what is left with the worst case held, the least it
             # can be once the request is settled; the exact figure rides in the stream's last `cost`.
-            held = remaining_usd(self.reservation, self.reservation.amount_usd)
+            # (A worst case more for each attempt the provider may bill beside the answer: review.)
+            held = remaining_usd(self.reservation, self.reservation.amount_usd * (1 + len(self.missed)))
             if held is not None:
                 headers["x-gateway-budget-remaining-usd"] = usd(held)
         headers.update(self.limit_headers)
@@ -611,6 +615,8 @@ class Pipeline:
                 ex.route.append(f"{label}=breaker-open")
                 skipped = skipped or not breakers.rate_limited(label)
                 continue
+            if len(ex.extra) < len(ex.missed) and last is not None:
+                await self._cover_missed(ex, last)
             built = build(attempt)
             if built.dropped and ex.controls.strict:
                 raise StrictParamsError(
@@ -676,6 +682,24 @@ class Pipeline:
                 headers=headers,
             )
         raise last
+
+    async def _cover_missed(self, ex: Exchange, last: UpstreamError) -> None:
+        """Before the next attempt: a worst case more on the key's budgets for the attempt the provider may still
+        bill (it is charged on the answer's line), so that a failover cannot spend past a budget or
+        `x-gateway-max-cost-usd` (it did, by a worst case per such attempt). If it cannot be covered, the request
+        ends as that attempt did (its worst case charged, as for any attempt cut in flight)."""
+        reservation = ex.reservation
+        if reservation is None:
+            return
+        limit = ex.controls.max_cost_usd
+        if limit is not None and reservation.amount_usd * (len(ex.missed) + 1) > limit:
+            raise last
+        try:
+            again = await self.meter.reserve_again(reservation, ex.key, len(ex.missed))
+        except BudgetExceededError:
+            raise last from None
+        ex.extra.append(again)
+        ex.store_ms += again.store_ms
 
     @staticmethod
     def _client_facing(err: UpstreamError) -> GatewayError:
@@ -753,11 +777,14 @@ class Pipeline:
                 user=ex.user,
                 session=ex.controls.session,
             )
-        settlement = self.meter.settlement(reservation, actual, tokens, item)
-        if background:
-            self.gateway.settle_soon(self.meter, settlement)
-        else:
-            await self.meter.settle(settlement)
+        settlements = [self.meter.settlement(reservation, actual, tokens, item)]
+        # The worst cases reserved more for attempts the provider may bill: released (the line carries their cost).
+        settlements += [self.meter.settlement(extra, 0.0, 0, None) for extra in ex.extra]
+        for settlement in settlements:
+            if background:
+                self.gateway.settle_soon(self.meter, settlement)
+            else:
+                await self.meter.settle(settlement)
 
 
 def answer_chars(completion: ChatCompletion) -> int:

@@ -318,6 +318,33 @@ def test_an_attempt_that_timed_out_after_it_was_sent_is_charged_beside_the_failo
     assert spent(gw, key) == pytest.approx((line.cost_usd or 0) + line.fee_usd)
 
 
+def test_a_failover_after_an_attempt_the_provider_may_bill_cannot_spend_past_a_budget(impatient: Running) -> None:
+    """The attempt that timed out is charged its worst case on the answer's line, but only one worst case was
+    reserved: a key with room for one spent past its budget (found by review). The next attempt now goes out
+    only once another worst case is reserved; where the budget (or `x-gateway-max-cost-usd`) cannot hold it, the
+    request ends as the timed-out attempt did, charged its worst case."""
+    gw = impatient
+    probe = gw.mint(budget_usd=1.0)
+    assert chat(gw, probe, "slow-test").status_code == 504
+    [line] = ledger(gw, probe)
+    worst = (line.cost_usd or 0) + line.fee_usd  # one worst case, as reserved
+    tight = gw.mint(budget_usd=worst * 1.05)
+    answer = chat(gw, tight, "slow-then-fast-test")
+    assert answer.status_code == 504 and answer.json()["error"]["code"] == "upstream_timeout"
+    [line] = ledger(gw, tight)
+    assert line.cost_source == "reserved" and spent(gw, tight) == pytest.approx(worst)
+    me = httpx.get(f"{gw.url}/v1/key", headers=auth(tight)).json()
+    assert me["spent_usd"] <= worst * 1.05 and me["reserved_usd"] == 0
+    capped = chat(gw, probe, "slow-then-fast-test", **{"x-gateway-max-cost-usd": str(worst * 1.05)})
+    assert capped.status_code == 504
+    roomy = gw.mint(budget_usd=worst * 3)
+    assert chat(gw, roomy, "slow-then-fast-test").status_code == 200
+    [line] = ledger(gw, roomy)
+    assert worst < (line.cost_usd or 0) + line.fee_usd <= worst * 2
+    me = httpx.get(f"{gw.url}/v1/key", headers=auth(roomy)).json()
+    assert me["spent_usd"] == pytest.approx((line.cost_usd or 0) + line.fee_usd) and me["reserved_usd"] == 0
+
+
 def test_a_request_whose_every_attempt_timed_out_is_charged_the_reserved_worst_case(impatient: Running) -> None:
     gw = impatient
     key = gw.mint(budget_usd=1.0)
