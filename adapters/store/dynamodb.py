@@ -82,8 +82,6 @@ from handler.ports import (
 
 T = TypeVar("T")
 METER_SK = "METER"
-# Items per `TransactGetItems`: DynamoDB takes 100 since 2022, moto (the tests' DynamoDB) 25.
-TRANSACT_GET_ITEMS = 25
 LAST_ADMISSION = "q"  # on a meter item: the last admission written to it (`_admit_update`)
 BUCKET_SECONDS = 60  # reservations are summed by the minute they expire in (`reservation_bucket`)
 SWEEP_SECONDS = 120.0  # a process releases a key's expired reservations this often, after settling on it
@@ -345,26 +343,25 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         return any(item.get(LAST_ADMISSION, {}).get("S") == reservation for item in failed.values())
 
     async def _read_reported(self, write: AdmissionWrite) -> dict[str, Item]:
-        """After a transaction (which returns no values): the items the snapshot reports, in one read."""
+        """After a transaction (which returns no values): the items the snapshot reports, each in a consistent
+        `GetItem`, sent together. Not a `TransactGetItems`: a transactional read is cancelled by any write in flight
+        on its items (a sibling's admission on a shared parent's meter, say) and costs twice the read units; the
+        snapshot only tells the answer's headers what is left, item by item. A read that fails leaves its key
+        unreported (those headers are then left out) rather than fail an admission already written."""
         homes = {meter.key_id: meter.home_region for meter in write.meters}
         keys = {k: self.leases.item_key(k, homes.get(k)) for k in write.reported}
-        if not keys:
-            return {}
-        if len(keys) == 1:
-            ((key_id, key),) = keys.items()
-            answer = await self._call("get_item", TableName=self.table, Key=key, ConsistentRead=True)
-            return {key_id: answer.get("Item", {})}
-        # A transactional read (consistent; IAM asks only GetItem of it, where BatchGetItem is an action more), of
-        # at most TRANSACT_GET_ITEMS items each: a chain deeper than that is read in several, at once.
-        gets = [{"Get": {"TableName": self.table, "Key": key}} for key in keys.values()]
         answers = await asyncio.gather(
-            *(
-                self._call("transact_get_items", TransactItems=gets[i : i + TRANSACT_GET_ITEMS])
-                for i in range(0, len(gets), TRANSACT_GET_ITEMS)
-            )
+            *(self._call("get_item", TableName=self.table, Key=key, ConsistentRead=True) for key in keys.values()),
+            return_exceptions=True,
         )
-        found = [response.get("Item", {}) for answer in answers for response in answer.get("Responses", [])]
-        return dict(zip(keys, found, strict=False))
+        found = {}
+        for key_id, answer in zip(keys, answers, strict=True):
+            if isinstance(answer, StoreError):
+                continue
+            if isinstance(answer, BaseException):
+                raise answer
+            found[key_id] = answer.get("Item", {})
+        return found
 
     def _counters(self, admission: Admission, key_id: str, item: Item) -> Counters:
         """One key's meter item (or this region's lease of it) as `Counters`. Of a lease, committed is what the

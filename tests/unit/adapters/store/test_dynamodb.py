@@ -623,3 +623,30 @@ async def test_a_leases_dead_reservations_go_home_when_it_is_returned(dynamo: Dy
     await home.admit(Admission(uuid.uuid4().hex, key, [whole], [], time.time() + 60, "us-east-1"))
     await here.close()
     await home.close()
+
+
+class ReadsFail(AnswerLost):
+    """Forwards every request to moto, but every read of items by key fails (a 500, as DynamoDB's own failure)."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.headers["x-amz-target"].endswith((".GetItem", ".TransactGetItems")):
+            return httpx.Response(500, json={"__type": "InternalServerError", "message": "down"}, request=request)
+        return await super().handle_async_request(request)
+
+
+async def test_an_admission_whose_read_back_fails_stands_and_reports_nothing(dynamo: DynamoServer) -> None:
+    """A chain's admission is one transaction, then a read of the counters the answer's headers report (every
+    key's). That read failing must not fail an admission already written (the client would get a 503 while its
+    reservation held budget until it expired): it stands, with those counters left unreported."""
+    client = DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url, transport=ReadsFail())
+    store = DynamoDBStore(client, dynamo.create_table(), owned=[client])
+    key, parent = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
+    charges = [BudgetCharge(key, PERIOD, 1.0, 0.4), BudgetCharge(parent, PERIOD, 1.0, 0.4)]
+    admission = Admission(uuid.uuid4().hex, key, charges, [], time.time() + 60)
+    snapshot = await store.admit(admission)
+    assert snapshot.committed_usd == {} and snapshot.rates == {}
+    await store.settle(settlement(admission, 0.1, line(key, 0.1)))
+    for key_id in (key, parent):
+        meter = await store.meter(key_id, PERIOD)
+        assert meter.committed_usd[PERIOD] == pytest.approx(0.1)
+    await store.close()
