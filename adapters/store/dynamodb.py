@@ -16,8 +16,9 @@ A meter item's `q` names the last admission without a budget that counted on it 
 
 A key's budget counters, its reservations and its rate counters sit in one item, so an admission for a
 key without budgeted parents is one conditional `UpdateItem` whose new values come back in the same
-call; with budgeted ancestors it is one `TransactWriteItems` over their meter items, plus one read of
-the key's own counters for the answer's headers. A settlement is one `TransactWriteItems`: the marker
+call; with budgeted ancestors it is one `TransactWriteItems` over their meter items, plus a consistent
+`GetItem` of each of those items, sent together, for the answer's headers (what every key of the chain has
+left). A settlement is one `TransactWriteItems`: the marker
 (so a retry is a no-op), the meter updates, the line item and the daily aggregate.
 
 Reports read line items by key range, never by day: one key's lines are `pk = LEDGER#<key>` between two
@@ -290,7 +291,7 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
 
     async def _write_admission(self, write: AdmissionWrite) -> Applied | Unmet:
         """One conditional `UpdateItem` (its new values come back with it), or a `TransactWriteItems` over
-        several keys' items and one read of the reported ones. A lease too short for its charge is a
+        several keys' items and the reads of the reported ones (`_read_reported`). A lease too short for its charge is a
         `Refill`: a grant from the home region, then the admission again."""
         admission = write.admission
         seen = {(b.key_id, b.period): self.leases.generation(b.key_id, b.period) for b in admission.budgets}
