@@ -114,21 +114,26 @@ def test_a_providers_429_after_the_gateways_retries_is_a_429_the_sdk_does_not_re
     assert len(fake) - since == 2  # the gateway's own attempt and its one retry, nothing more
 
 
-def test_a_candidate_skipped_for_its_open_breaker_is_not_taken_for_rate_limited(gw: Running) -> None:
-    """`upstream_rate_limited` says every candidate's provider rate-limited the request. Once the first
-    deployment's breaker opened (its 500s), it was skipped, and the second's 429 alone made the answer a 429
-    `upstream_rate_limited`, where the same request had been a 502 before the breaker opened."""
+def until_a_breaker_opens(gw: Running, model: str) -> tuple[list[httpx.Response], list[str]]:
+    """Eight requests for `model` (its first deployment's breaker opens after its failures), and their routes."""
     key = gw.mint()
     answers = [
         httpx.post(
             f"{gw.url}/v1/chat/completions",
-            json={"model": "down-then-limited", "messages": HI},
+            json={"model": model, "messages": HI},
             headers={"authorization": f"Bearer {key}"},
             timeout=30,
         )
         for _ in range(8)
     ]
-    routes = [a.headers.get("x-gateway-route", "") for a in answers]
+    return answers, [a.headers.get("x-gateway-route", "") for a in answers]
+
+
+def test_a_candidate_skipped_for_its_open_breaker_is_not_taken_for_rate_limited(gw: Running) -> None:
+    """`upstream_rate_limited` says every candidate's provider rate-limited the request. Once the first
+    deployment's breaker opened (its 500s), it was skipped, and the second's 429 alone made the answer a 429
+    `upstream_rate_limited`, where the same request had been a 502 before the breaker opened."""
+    answers, routes = until_a_breaker_opens(gw, "down-then-limited")
     assert any("fail-500@global=breaker-open" in route for route in routes), routes
     assert [(a.status_code, a.json()["error"]["code"]) for a in answers] == [(502, "upstream_error")] * 8, routes
 
@@ -136,17 +141,7 @@ def test_a_candidate_skipped_for_its_open_breaker_is_not_taken_for_rate_limited(
 def test_a_candidate_skipped_for_a_breaker_its_429s_opened_still_makes_the_answer_rate_limited(gw: Running) -> None:
     """The other side (found by review): a deployment whose breaker its own 429s opened is rate-limiting the
     request when it is skipped; with the first fix alone, every provider's 429 became a 502 once it opened."""
-    key = gw.mint()
-    answers = [
-        httpx.post(
-            f"{gw.url}/v1/chat/completions",
-            json={"model": "both-limited", "messages": HI},
-            headers={"authorization": f"Bearer {key}"},
-            timeout=30,
-        )
-        for _ in range(8)
-    ]
-    routes = [a.headers.get("x-gateway-route", "") for a in answers]
+    answers, routes = until_a_breaker_opens(gw, "both-limited")
     assert any("fail-429-a@global=breaker-open" in route for route in routes), routes
     assert [(a.status_code, a.json()["error"]["code"]) for a in answers] == [(429, "upstream_rate_limited")] * 8
     assert all(a.headers["retry-after"] == "1" for a in answers)
