@@ -68,6 +68,7 @@ class Breakers:
         s = self._states.setdefault(label, _State())
         s.failures += 1
         s.probe_at = None
-        s.limited = s.limited and limited
+        # A failure that reopens an open breaker (its probe's) says what it is now; before it opened, every one counts.
+        s.limited = limited if s.opened_at is not None else s.limited and limited
         if s.opened_at is not None or s.failures >= self.threshold:
             s.opened_at = self.clock()

@@ -250,8 +250,8 @@ class Meter:
                 if charge.name[:3] != kind:  # "rpm", "tpm", "rpm:<model>", "tpm:<model>"
                     continue
                 used = snapshot.rates.get(charge.counter) if snapshot else None
-                if used is None and charge.key_id is not None and snapshot is not None:
-                    continue  # an ancestor's shared counter a store did not report
+                if used is None and snapshot is not None:
+                    continue  # a counter the store did not report (its read failed): no figure made up for it
                 left = charge.limit - (charge.amount if used is None else used)
                 if tightest is None or left < tightest[0]:
                     tightest = (left, charge.limit)

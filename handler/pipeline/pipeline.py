@@ -21,7 +21,6 @@ import orjson
 from handler import schemas
 from handler.config import Price
 from handler.errors import (
-    BudgetExceededError,
     CostLimitError,
     GatewayError,
     InvalidRequestError,
@@ -368,6 +367,22 @@ class Pipeline:
             return None
         return schema_of(req)
 
+    @staticmethod
+    def _worst(ex: Exchange, reservation: Reservation, attempt: Attempt | None) -> Usage:
+        """The worst case `attempt` can be billed: its own prompt estimate (a deployment's image or tokenizer
+        rules differ) and the output reserved for. Priced at its deployment, it is within the reservation, which
+        is the largest of them; the plan's largest prompt at a pricier deployment was not (review: a $1 key spent
+        $4.82 through an image a cheap fallback counted 48,000 tokens)."""
+        estimate = ex.prompt
+        if estimate is not None and attempt is not None:
+            prompt = estimate.tokens(attempt.target.provider_type, attempt.target.model)
+        else:
+            prompt = reservation.prompt_tokens
+        worst = Usage.of(prompt, reservation.output_tokens)
+        if ex.searches:
+            worst.set_count("web_searches", ex.searches)
+        return worst
+
     def _waste(self, ex: Exchange, attempt: Attempt, usage: Usage | None) -> None:
         """An earlier attempt the provider may bill: its provider cost (the fee is the request's, on the whole)."""
         if usage is not None:
@@ -696,7 +711,7 @@ class Pipeline:
             raise last
         try:
             again = await self.meter.reserve_again(reservation, ex.key, len(ex.missed))
-        except BudgetExceededError:
+        except GatewayError:  # the budget's 402, or the store's 503: either way the request ends as that attempt did
             raise last from None
         ex.extra.append(again)
         ex.store_ms += again.store_ms
@@ -731,13 +746,10 @@ class Pipeline:
         actual = 0.0
         tokens = 0
         if source == "reserved" or ex.missed:  # (rare: the worst case is built only when it is charged)
-            worst = Usage.of(reservation.prompt_tokens, reservation.output_tokens)
-            if ex.searches:
-                worst.set_count("web_searches", ex.searches)
-            usage = worst if source == "reserved" else usage
+            usage = self._worst(ex, reservation, attempt) if source == "reserved" else usage
             if usage is not None and attempt is not None:
                 for missed in ex.missed:  # attempts before this one that the provider may bill
-                    self._waste(ex, missed, worst)
+                    self._waste(ex, missed, self._worst(ex, reservation, missed))
         if usage is not None and attempt is not None:
             ex.cost = self._cost(ex, attempt, usage) if not free else Cost(0.0, 0.0, usage, None)
             if ex.wasted_usd and ex.cost.provider_usd is not None:

@@ -18,7 +18,7 @@ from adapters.providers.registry import REGISTRY
 from handler.config import Config, parse_config
 from handler.entry.cli import main as cli_main
 from handler.pipeline.keys import split_key
-from handler.ports import LedgerItem
+from handler.ports import LedgerItem, StoreError
 from tests.functional.conftest import FAKE_KEYS, Running, serve_gateway, serving
 from tests.support.dynamo import DynamoServer
 from tests.support.servers import ServerThread
@@ -318,31 +318,109 @@ def test_an_attempt_that_timed_out_after_it_was_sent_is_charged_beside_the_failo
     assert spent(gw, key) == pytest.approx((line.cost_usd or 0) + line.fee_usd)
 
 
+def slow_breaker_closed(gw: Running) -> None:
+    """The slow deployment's breaker closed: tests before may have opened it with their timeouts (the gateway is
+    the module's), and an open one is skipped, so no attempt would time out."""
+    gw.gateway.router.breakers.success("openai/slow@global")
+
+
 def test_a_failover_after_an_attempt_the_provider_may_bill_cannot_spend_past_a_budget(impatient: Running) -> None:
     """The attempt that timed out is charged its worst case on the answer's line, but only one worst case was
     reserved: a key with room for one spent past its budget (found by review). The next attempt now goes out
     only once another worst case is reserved; where the budget (or `x-gateway-max-cost-usd`) cannot hold it, the
     request ends as the timed-out attempt did, charged its worst case."""
     gw = impatient
+    slow_breaker_closed(gw)
     probe = gw.mint(budget_usd=1.0)
     assert chat(gw, probe, "slow-test").status_code == 504
     [line] = ledger(gw, probe)
     worst = (line.cost_usd or 0) + line.fee_usd  # one worst case, as reserved
     tight = gw.mint(budget_usd=worst * 1.05)
+    slow_breaker_closed(gw)
     answer = chat(gw, tight, "slow-then-fast-test")
     assert answer.status_code == 504 and answer.json()["error"]["code"] == "upstream_timeout"
     [line] = ledger(gw, tight)
     assert line.cost_source == "reserved" and spent(gw, tight) == pytest.approx(worst)
     me = httpx.get(f"{gw.url}/v1/key", headers=auth(tight)).json()
     assert me["spent_usd"] <= worst * 1.05 and me["reserved_usd"] == 0
+    slow_breaker_closed(gw)
     capped = chat(gw, probe, "slow-then-fast-test", **{"x-gateway-max-cost-usd": str(worst * 1.05)})
     assert capped.status_code == 504
     roomy = gw.mint(budget_usd=worst * 3)
+    slow_breaker_closed(gw)
     assert chat(gw, roomy, "slow-then-fast-test").status_code == 200
     [line] = ledger(gw, roomy)
     assert worst < (line.cost_usd or 0) + line.fee_usd <= worst * 2
     me = httpx.get(f"{gw.url}/v1/key", headers=auth(roomy)).json()
     assert me["spent_usd"] == pytest.approx((line.cost_usd or 0) + line.fee_usd) and me["reserved_usd"] == 0
+
+
+def test_a_store_failure_on_the_extra_reservation_ends_the_request_as_the_timed_out_attempt(
+    impatient: Running,
+) -> None:
+    """The extra worst case's store call failing went out as the store's 503 with `x-should-retry: true`, though
+    the timed-out attempt was charged: an SDK retried at once and could be billed again (review)."""
+    gw = impatient
+    store = gw.gateway.store
+    real = store.admit
+
+    async def flaky(admission: Any) -> Any:
+        if "#" in admission.reservation_id:
+            raise StoreError("down")
+        return await real(admission)
+
+    store.admit = flaky  # type: ignore[method-assign]
+    try:
+        key = gw.mint(budget_usd=1.0)
+        slow_breaker_closed(gw)
+        answer = chat(gw, key, "slow-then-fast-test")
+    finally:
+        store.admit = real  # type: ignore[method-assign]
+    assert answer.status_code == 504 and answer.headers["x-should-retry"] == "false"
+    [line] = ledger(gw, key)
+    assert line.cost_source == "reserved" and line.status == 504
+
+
+def test_a_timed_out_attempt_is_charged_its_own_worst_case_not_the_plans_largest_prompt(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Any
+) -> None:
+    """A missed attempt was charged the plan's largest prompt estimate at its own price: an image a cheap
+    fallback counts at 48,000 tokens, charged at the expensive deployment that timed out, took a $1 key to $4.82
+    (review). Each attempt's worst case is its own, within the reservation."""
+    url = upstream[0].url
+    config = parse_config(
+        {
+            "gateway": {"timeouts": {"connect": 2, "first_byte": 0.5, "between_chunks": 5}},
+            "providers": {
+                "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{url}/openai/v1"},
+                "anthropic": {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": f"{url}/anthropic"},
+            },
+            "models": {
+                "pricey": {
+                    "deployments": [{"provider": "anthropic", "model": "claude-slow"}],
+                    "price": {"input": 100.0, "output": 100.0},
+                    "fallbacks": ["cheap"],
+                },
+                "cheap": {
+                    "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
+                    "price": {"input": 0.01, "output": 0.01},
+                },
+            },
+        },
+        set(REGISTRY),
+    )
+    gw, server = serve_gateway(config, f"sqlite:///{tmp_path / 'g.db'}", upstream[0], upstream[1], SCOPE_ENV)
+    try:
+        key = gw.mint(budget_usd=1.0)
+        image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+        content = [{"type": "text", "text": "what is this"}, image]
+        body = {"model": "pricey", "max_tokens": 16, "messages": [{"role": "user", "content": content}]}
+        answer = httpx.post(f"{gw.url}/v1/chat/completions", json=body, headers=auth(key), timeout=30)
+        assert answer.headers["x-gateway-route"].startswith("anthropic/claude-slow@global=upstream_timeout")
+        me = httpx.get(f"{gw.url}/v1/key", headers=auth(key)).json()
+        assert me["spent_usd"] <= 1.0 and me["reserved_usd"] == 0
+    finally:
+        server.stop()
 
 
 def test_a_request_whose_every_attempt_timed_out_is_charged_the_reserved_worst_case(impatient: Running) -> None:

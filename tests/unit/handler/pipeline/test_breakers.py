@@ -40,3 +40,25 @@ def test_failed_probe_reopens_and_lost_probe_expires() -> None:
     assert b.allow("d")  # probe sent, never reported
     clock.now += 5
     assert b.allow("d")
+
+
+def test_whether_a_breaker_is_rate_limiting_follows_the_failures_that_keep_it_open() -> None:
+    """A skipped deployment counts as rate-limiting the request only when its breaker's failures were 429s: once
+    a breaker opened by 500s was reopened by probes that each got a 429, it still said not rate-limited, and a
+    rate-limit answer became a 502 without `retry-after` (review)."""
+    clock = Clock()
+    b = Breakers(threshold=2, cooldown=10, clock=clock)
+    b.failure("d", limited=True)
+    b.failure("d", limited=True)
+    assert b.state("d") == "open" and b.rate_limited("d")
+    b.success("d")
+    b.failure("d")
+    b.failure("d")
+    assert b.state("d") == "open" and not b.rate_limited("d")
+    clock.now += 10
+    assert b.allow("d")  # the probe
+    b.failure("d", limited=True)  # reopened by a 429
+    assert b.state("d") == "open" and b.rate_limited("d")
+    b.failure("e", limited=True)
+    b.failure("e")  # a 500 among the failures that open it: not rate-limited
+    assert b.state("e") == "open" and not b.rate_limited("e")

@@ -52,3 +52,21 @@ def test_a_refusal_streamed_counts_in_the_estimate_of_a_stream_cut_before_its_us
         chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m"}
         stream._count(ChatCompletionChunk.model_validate({**chunk, "choices": [{"index": 0, "delta": delta}]}))
     assert stream._chars == len("I can't help.")
+
+
+def test_a_rate_counter_the_store_did_not_report_gives_no_header() -> None:
+    """A DynamoDB read-back that failed leaves the key's own counter out of the snapshot; its header fell back
+    to the limit less this request, `x-ratelimit-remaining-requests: 9` with 7 of 10 used (review)."""
+    from handler.pipeline.budgets import Meter
+    from handler.ports import MeterSnapshot, RateCharge
+
+    meter = Meter.__new__(Meter)
+    meter.clock = lambda: 60.0 * 1000 + 1
+    rates = [RateCharge("rpm", 1000, 10, 1), RateCharge("tpm", 1000, 1000, 50)]
+    reported = meter._rate_headers(rates, MeterSnapshot(rates={"rpm": 8, "tpm": 400}), 1000)
+    assert reported["x-ratelimit-remaining-requests"] == "2" and reported["x-ratelimit-remaining-tokens"] == "600"
+    assert meter._rate_headers(rates, MeterSnapshot(rates={"tpm": 400}), 1000) == {
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "600",
+        "x-ratelimit-reset-tokens": "59s",
+    }
