@@ -372,10 +372,9 @@ class MeteredStore(Store):
                 if charge.period in budget.spent:
                     snapshot.spent_usd[charge.period] = budget.spent[charge.period]
         for rate in admission.rates:
-            owner = rate_owner(rate, admission.key_id)
-            stored = counters.get(owner, Counters()).rates.get(rate.name)
+            stored = counters.get(rate_owner(rate, admission.key_id), Counters()).rates.get(rate.name)
             if stored is not None and stored[0] == rate.window:
-                snapshot.rates[rate.name if owner == admission.key_id else rate.counter] = stored[1]
+                snapshot.rates[rate.counter] = stored[1]
         return snapshot
 
     async def settle(self, settlement: Settlement) -> None:

@@ -180,8 +180,7 @@ class Slices:
             rate_slice.avail -= rate.amount
             rate_slice.drawn += rate.amount
             rate_slice.used_at = now
-            own = rate.key_id in (None, admission.key_id)  # else an ancestor's, shared with its other descendants
-            snapshot.rates[rate.name if own else rate.counter] = rate_slice.count_seen - rate_slice.avail
+            snapshot.rates[rate.counter] = rate_slice.count_seen - rate_slice.avail  # (an ancestor's: `name@id`)
         amount = admission.budgets[0].amount_usd if admission.budgets else 0.0
         keys = [charge.key_id for charge in admission.budgets]
         self.held[admission.reservation_id] = Held(admission.key_id, admission.expires_at, amount, keys, budgets, rates)

@@ -247,9 +247,8 @@ class SliceCache(MeteredStore):
                 charge.key_id
             ]
         for rate in admission.rates:
-            owner = rate_owner(rate, admission.key_id)
-            count = snapshot.rates[rate.name if owner == admission.key_id else rate.counter]
-            counters.setdefault(owner, Counters()).rates[rate.name] = (rate.window, count)
+            counted = (rate.window, snapshot.rates[rate.counter])
+            counters.setdefault(rate_owner(rate, admission.key_id), Counters()).rates[rate.name] = counted
         return Applied(counters)
 
     def _holds_slices(self, write: AdmissionWrite, now: float) -> bool:
