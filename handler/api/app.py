@@ -68,11 +68,15 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
     return Response(body, status_code=status, headers=headers, media_type=JSON)
 
 
+def anthropic_path(path: str, versioned: bool) -> bool:
+    """Whether a request to `path` speaks Anthropic's API: on its routes, and on the model routes when it carries
+    `anthropic-version` (`versioned`, as Anthropic's SDK sends it)."""
+    return path.startswith("/v1/messages") or (versioned and path.startswith("/v1/models"))
+
+
 def anthropic_caller(request: Request) -> bool:
-    """Whether the caller speaks Anthropic's API: on its routes, and on the model routes when the request carries
-    `anthropic-version` (as Anthropic's SDK sends it)."""
-    path = route_path(request.scope)
-    return path.startswith("/v1/messages") or (path.startswith("/v1/models") and "anthropic-version" in request.headers)
+    """`anthropic_path` of an app's request."""
+    return anthropic_path(route_path(request.scope), "anthropic-version" in request.headers)
 
 
 def openai_model(name: str, spec: ModelConfig) -> dict[str, Any]:

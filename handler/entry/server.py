@@ -16,7 +16,7 @@ import sys
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from handler.api.app import new_request_id
+from handler.api.app import anthropic_path, new_request_id
 from handler.config import LimitsConfig
 from handler.errors import HeadersTooLargeError
 
@@ -44,12 +44,10 @@ def too_large_answer(limit: int, anthropic: bool = False) -> bytes:
 
 def anthropic_head(url: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
     """Whether a request's head, as far as it was parsed, is an Anthropic caller's (`handler.api.app.
-    anthropic_caller`): its target on the Messages routes, or on the model routes with `anthropic-version`."""
+    anthropic_path`)."""
     if url.startswith((b"http://", b"https://")):  # the absolute form: the path after the authority
         url = url[url.find(b"/", url.find(b"//") + 2) :] if url.count(b"/") > 2 else b"/"
-    return url.startswith(b"/v1/messages") or (
-        url.startswith(b"/v1/models") and any(name == b"anthropic-version" for name, _ in headers)
-    )
+    return anthropic_path(url.decode("latin-1"), any(name == b"anthropic-version" for name, _ in headers))
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
