@@ -151,15 +151,16 @@ class KeyRoutes:
         self.api = api
         self.gateway = api.gateway
 
-    async def _budget_state(self, record: KeyRecord) -> dict[str, Any]:
-        """`record`'s own budget period, spent and reserved (None without a budget of its own), and what it may
-        still spend: the least that any budget along its chain leaves (`remaining_usd`), and whose budget that
-        is (`remaining_bound_by`, a key id; both None when no key of the chain has a budget). A child's own $10
-        under a parent with $1 left has $1 to spend."""
+    async def _budget_state(self, lineage: list[KeyRecord]) -> dict[str, Any]:
+        """Of a key (`lineage`: it and its ancestors, nearest first): its own budget period, spent and reserved
+        (None without a budget of its own), and what it may still spend: the least that any budget along its
+        chain leaves (`remaining_usd`), and whose budget that is (`remaining_bound_by`, a key id; both None when
+        no key of the chain has a budget). A child's own $10 under a parent with $1 left has $1 to spend."""
         state: dict[str, Any] = {"spent_usd": None, "reserved_usd": None, "remaining_usd": None, "period": None}
         least: tuple[float, str] | None = None
         now = time.time()
-        for held in await self.gateway.keys.lineage(record):
+        record = lineage[0]
+        for held in lineage:
             if held.budget_usd is None:
                 continue
             period = period_of(held.budget_period, now)
@@ -176,13 +177,15 @@ class KeyRoutes:
         state["remaining_usd"], state["remaining_bound_by"] = least if least is not None else (None, None)
         return state
 
-    async def _line_tags(self, record: KeyRecord) -> dict[str, Any]:
+    @staticmethod
+    def _line_tags(lineage: list[KeyRecord]) -> dict[str, Any]:
         """The tags every line of this key carries: its own under its ancestors' (which win a name)."""
-        return {"line_tags": line_tags(await self.gateway.keys.lineage(record), {})}
+        return {"line_tags": line_tags(lineage, {})}
 
     async def whoami(self, request: Request) -> Response:
         key = await self.api.authenticate(request, allow_x_api_key=True)
-        return self.api.json({**key_view(key), **await self._line_tags(key), **await self._budget_state(key)})
+        lineage = await self.gateway.keys.lineage(key)
+        return self.api.json({**key_view(key), **self._line_tags(lineage), **await self._budget_state(lineage)})
 
     async def mint_child(self, request: Request) -> Response:
         parent = await self.api.authenticate(request)
@@ -202,14 +205,15 @@ class KeyRoutes:
             child.allow_ips = list(parent.allow_ips)
         elif not networks_within(child.allow_ips, parent.allow_ips):
             raise InvalidRequestError("a child key's IP ranges must be within its parent's", param="allow_ips")
-        for held in await self.gateway.keys.lineage(parent):  # the parent's own, and what binds it from above
+        lineage = await self.gateway.keys.lineage(parent)
+        for held in lineage:  # the parent's own, and what binds it from above
             whose = "the parent's" if held is parent else f"the limit of ancestor '{held.id}',"
             for name in ("rpm", "tpm"):
                 mine, theirs = getattr(child, name), getattr(held, name)
                 if mine is not None and theirs is not None and mine > theirs:
                     raise InvalidRequestError(f"{name} {mine} exceeds {whose} {theirs}", param=name)
             wider_model_limit(child, held, whose)
-        state = await self._budget_state(parent)  # what the parent may still spend, along its own chain
+        state = await self._budget_state(lineage)  # what the parent may still spend, along its own chain
         if state["remaining_usd"] is not None:
             remaining = float(state["remaining_usd"])
             if child.budget_usd is None and parent.budget_usd is not None:
@@ -266,7 +270,8 @@ class KeyRoutes:
     async def admin_show(self, request: Request) -> Response:
         await self._admin(request)
         record = await self._target(request)
-        state = {**await self._line_tags(record), **await self._budget_state(record)}
+        lineage = await self.gateway.keys.lineage(record)
+        state = {**self._line_tags(lineage), **await self._budget_state(lineage)}
         return self.api.json({**key_view(record), **state})
 
     async def admin_rotate(self, request: Request) -> Response:
