@@ -28,6 +28,10 @@ class StreamEvent(Value):
 
 # The Responses API's terminal stream events: a stream's last, carrying the whole response.
 RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# The Responses API's `include` that asks for a reasoning item's `encrypted_content` (what a turn kept by nobody
+# hands back to the provider).
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
+
 # Client headers Anthropic's API reads, forwarded unchanged to a deployment that speaks it.
 ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from handler.errors import InvalidRequestError
 from handler.pipeline.pricing import Cost
 from handler.schemas import ChatCompletion, ChatRequest, Usage
+from handler.wire import ENCRYPTED_REASONING
 
 # Request fields the translation honours (the gateway keeps, echoes or acts on them itself).
 MAPPED = frozenset(
@@ -60,7 +61,6 @@ MAPPED = frozenset(
         "client_metadata",
     }
 )
-ENCRYPTED_REASONING = "reasoning.encrypted_content"
 # Fields that point at state kept at OpenAI: leaving them out would answer a different question.
 UNSERVED = {
     "conversation": "send the conversation's items, or continue with previous_response_id",

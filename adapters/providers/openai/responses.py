@@ -12,11 +12,9 @@ from typing import Any
 
 from adapters.providers import reasoning
 from handler.schemas import CompletionTokensDetails, Usage
-from handler.wire import RESPONSES_TERMINAL, StreamEvent, event_payload, json_body, malformed
+from handler.wire import ENCRYPTED_REASONING, RESPONSES_TERMINAL, StreamEvent, event_payload, json_body, malformed
 
 __all__ = ["ResponsesMeter", "answer_usage", "request_body", "usage_of"]
-
-ENCRYPTED_REASONING = "reasoning.encrypted_content"
 
 
 def usage_of(raw: Any) -> Usage | None:
