@@ -17,7 +17,6 @@ import orjson
 from pydantic import ValidationError
 
 from adapters.providers import reasoning
-from adapters.providers.anthropic.wire import WireBlock, WireMessage, WireUsage
 from adapters.providers.model_rules import keep_one_sampling_knob
 from adapters.providers.params import (
     THINKING_BLOCKS,
@@ -58,7 +57,11 @@ from handler.wire import (
     upstream_error,
 )
 
+# Anthropic's answer models (adapters/providers/anthropic/wire.py) are imported where they are used, on first use: a
+# Lambda whose first request goes to another provider does not make their four pydantic classes (about 4.5 million
+# instructions of its cold start, callgrind).
 if TYPE_CHECKING:
+    from adapters.providers.anthropic.wire import WireBlock
     from handler.schemas import ChatCompletionChunk, ChunkDelta
 
 API_VERSION = "2023-06-01"
@@ -375,6 +378,8 @@ class AnthropicStreamParser:
     """
 
     def __init__(self, model: str, json_mode: bool) -> None:
+        from adapters.providers.anthropic.wire import WireUsage  # (see the note on the imports)
+
         self.usage: Usage | None = None
         self._json_mode = json_mode
         self._id = "msg_unknown"
@@ -406,6 +411,8 @@ class AnthropicStreamParser:
             raise malformed(f"upstream sent a malformed '{kind}' event") from exc
 
     def _event(self, kind: str, payload: dict[str, Any]) -> list[ChatCompletionChunk]:
+        from adapters.providers.anthropic.wire import WireBlock, WireMessage, WireUsage  # (see the note on the imports)
+
         if kind == "message_start":
             message = WireMessage.model_validate(payload.get("message"))
             self._id, self._model = message.id, message.model
@@ -503,6 +510,8 @@ class MessagesMeter:
     """
 
     def __init__(self) -> None:
+        from adapters.providers.anthropic.wire import WireUsage  # (see the note on the imports)
+
         self._wire = WireUsage()
         self._started = False  # `message_start` (or `message_delta`) brought counts
         self.output_chars = 0
@@ -522,6 +531,8 @@ class MessagesMeter:
         return usage
 
     def feed(self, event: StreamEvent) -> None:
+        from adapters.providers.anthropic.wire import WireMessage, WireUsage  # (see the note on the imports)
+
         if not event.data:
             return
         kind = event.event
@@ -659,6 +670,8 @@ class AnthropicAdapter(ProviderAdapter):
         return BuiltRequest(request, dropped)
 
     def chat_response(self, body: bytes, req: ChatRequest, target: Target) -> ChatCompletion:
+        from adapters.providers.anthropic.wire import WireMessage  # (see the note on the imports)
+
         data = json_body(body)
         try:
             message = WireMessage.model_validate(data)
@@ -749,6 +762,8 @@ class AnthropicAdapter(ProviderAdapter):
         return BuiltRequest(request)
 
     def native_usage(self, call: NativeCall, body: bytes) -> Usage:
+        from adapters.providers.anthropic.wire import WireMessage  # (see the note on the imports)
+
         try:
             return WireMessage.model_validate(json_body(body)).usage.to_usage()
         except ValidationError as exc:
