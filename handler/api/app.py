@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from handler import schemas
@@ -126,19 +126,35 @@ class Api:
                 raise InvalidRequestError("content-length is not a number") from None
             if size > self.max_body:
                 raise RequestTooLargeError(f"request body of {size} bytes exceeds the {self.max_body}-byte limit")
-        chunks = []
-        received = 0
-        try:
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > self.max_body:
-                    raise RequestTooLargeError(f"request body exceeds the {self.max_body}-byte limit")
-                chunks.append(chunk)
-        except ClientDisconnect:  # gone before its body was whole: nobody reads the answer; not the gateway's fault
-            raise ClientClosedError("the client closed the connection before its request body was sent") from None
-        body = b"".join(chunks)
+        body = await self._receive_body(request)
         if self.capture_content:
             request.scope["state"]["body"] = body  # the prompt, for the request's span
+        return body
+
+    async def _receive_body(self, request: Request) -> bytes:
+        """The body from the ASGI messages, as `Request.stream` reads them but without an async generator (its
+        hooks and finalizer cost a proxied request more than the loop itself); kept as the request's `_body`, as
+        `Request.body` keeps it, for any later reader."""
+        if hasattr(request, "_body"):
+            return request._body
+        receive = request.receive
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect: gone before its body was whole; nobody
+                request._is_disconnected = True  # reads the answer, and it is not the gateway's fault
+                raise ClientClosedError("the client closed the connection before its request body was sent")
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_body:
+                raise RequestTooLargeError(f"request body exceeds the {self.max_body}-byte limit")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        request._stream_consumed = True
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        request._body = body
         return body
 
     def json(self, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -236,6 +236,46 @@ async def test_a_client_gone_before_its_body_was_sent_is_a_499_not_a_500() -> No
     assert gone.value.status == 499
 
 
+async def test_a_body_in_several_messages_is_read_whole_and_kept_for_a_later_reader() -> None:
+    """The body read from the ASGI messages (no async generator): chunks joined, and kept where Starlette keeps
+    it, so `Request.body` after it gives the same bytes instead of waiting for messages that will not come."""
+    from handler.api.app import Api
+    from handler.pipeline.gateway import build_gateway
+
+    parts = [b'{"model":', b' "m", ', b'"messages": []}']
+    messages = iter([{"type": "http.request", "body": p, "more_body": i < 2} for i, p in enumerate(parts)])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [], "query_string": b""}
+    api = Api(build_gateway(store_url="sqlite://", environ={}))
+    request = Request(scope, receive)
+    assert await api.body(request) == b"".join(parts)
+    assert await request.body() == b"".join(parts)
+    assert await api.body(request) == b"".join(parts)
+
+
+async def test_a_body_without_a_length_is_refused_once_its_chunks_pass_the_limit() -> None:
+    """No content-length (chunked): the limit is counted over the messages as they come, a 413 once passed."""
+    from handler.api.app import Api
+    from handler.errors import RequestTooLargeError
+    from handler.pipeline.gateway import build_gateway
+
+    api = Api(build_gateway(store_url="sqlite://", environ={}))
+    chunk = b"x" * (api.max_body // 2 + 1)
+    received: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        received.append(1)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [], "query_string": b""}
+    with pytest.raises(RequestTooLargeError) as refused:
+        await api.body(Request(scope, receive))
+    assert refused.value.status == 413 and len(received) == 2
+
+
 def depth_of(value: Any) -> int:
     """JSON nesting by recursion, the definition `nested_deeper_than` answers to (a scalar is 0 levels)."""
     if isinstance(value, dict):
