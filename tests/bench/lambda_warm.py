@@ -42,20 +42,51 @@ ROUTES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 
 
 class StoreClock:
-    """Wraps the store's per-request calls to add up the time spent in them."""
+    """Wraps the store's per-request calls to add up the time spent in them: the awaited ones (`admit`, `settle`,
+    `get_key`) and the settlement the store writes later, in a loop callback of its own (`settle_soon` queues it,
+    `_flush` commits it; on Lambda that write is a DynamoDB round trip too). A call within another's window (an
+    admission's commit while `admit` waits for it) is counted once."""
+
+    ASYNC = ("admit", "settle", "get_key")
+    SYNC = ("settle_soon", "_flush")
 
     def __init__(self, store: Any) -> None:
         self.spent = 0.0
-        for name in ("admit", "settle", "get_key"):
+        self.depth = 0
+        self.started = 0.0
+        for name in self.ASYNC:
             setattr(store, name, self._timed(getattr(store, name)))
+        for name in self.SYNC:
+            if hasattr(store, name):
+                setattr(store, name, self._timed_sync(getattr(store, name)))
+
+    def _enter(self) -> None:
+        if not self.depth:
+            self.started = time.perf_counter()
+        self.depth += 1
+
+    def _leave(self) -> None:
+        self.depth -= 1
+        if not self.depth:
+            self.spent += time.perf_counter() - self.started
 
     def _timed(self, call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def timed(*args: Any) -> Any:
-            started = time.perf_counter()
+            self._enter()
             try:
                 return await call(*args)
             finally:
-                self.spent += time.perf_counter() - started
+                self._leave()
+
+        return timed
+
+    def _timed_sync(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any) -> Any:
+            self._enter()
+            try:
+                return call(*args)
+            finally:
+                self._leave()
 
         return timed
 
