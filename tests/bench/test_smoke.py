@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -40,3 +41,19 @@ def test_instruction_counts_grow_with_the_work_and_repeat() -> None:
     more = instructions("import json, decimal; sum(range(100_000))", environ)
     assert 1e6 < bare < more
     assert abs(instructions("pass", environ) - bare) < 0.01 * bare  # the same count each time, within 1 %
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind: `make tools`")
+def test_warm_invocations_are_counted_in_instructions() -> None:
+    """tests/bench/warm_instructions.py, a few invocations: the gateway's warm invocation counts more than the bare
+    proxy's (it authenticates, meters, settles) and each is counted at all."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.bench.warm_instructions", "--warm-up", "3", "--invocations", "3", "chat", "bare"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    figures = json.loads(result.stderr.strip().splitlines()[-1])
+    assert figures["chat"] > figures["bare"] > 50_000
