@@ -54,6 +54,11 @@ class DeploymentConfig(BaseModel):
     model: str
     region: str | None = None
     base_url: str | None = None
+    reasoning: bool | None = Field(
+        default=None,
+        description="whether the upstream model reasons (OpenAI's o-series, gpt-5): by its name unless set, which an "
+        "Azure deployment's or a proxy's own name may not tell",
+    )
 
 
 class LongContextPrice(_Strict):

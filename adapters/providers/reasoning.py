@@ -10,10 +10,13 @@ Gemini 2.5's `thinkingConfig.thinkingBudget` and Gemini 3's `thinkingConfig.thin
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from handler.records import Value
 from handler.schemas import ChatRequest
+
+if TYPE_CHECKING:
+    from handler.ports import Target
 
 # Anthropic refuses a thinking budget below this, and one not below `max_tokens`.
 MIN_THINKING_BUDGET = 1024
@@ -90,6 +93,16 @@ def requested(req: ChatRequest) -> Reasoning | None:
     if effort.effort == "none":
         return Reasoning(off=True)
     return Reasoning(level=effort)
+
+
+def openai_reasons(target: Target) -> bool:
+    """Whether a deployment of OpenAI's APIs serves a reasoning model (`max_completion_tokens`, not `max_tokens`;
+    `reasoning_effort`; reasoning handed back encrypted): as its config says (`reasoning:`), else by its model's
+    name. An Azure deployment is named by the operator (`prod-reasoner`), and its name may tell nothing."""
+    declared = target.options.get("reasoning")
+    if declared is not None:
+        return bool(declared)
+    return reasons(target.model, OPENAI_REASONING_PREFIXES, prefix=True)
 
 
 def reasons(model: str, families: tuple[str, ...], *, prefix: bool = False) -> bool:

@@ -141,6 +141,8 @@ class Router:
             region = dep.region or provider.region or (self.region if adapter.regional else GLOBAL)
             base_url = adapter.base_url(region, dep.base_url)
             options = dict(dep.model_extra or {})
+            if dep.reasoning is not None:
+                options["reasoning"] = dep.reasoning
             target = Target(dep.provider, provider.type, dep.model, region, base_url, options)
             attempts.append(Attempt(model, spec, target, adapter, self.distance(region)))
         return sorted(attempts, key=lambda a: a.distance)

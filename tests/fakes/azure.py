@@ -5,7 +5,9 @@ It serves `POST /openai/deployments/{deployment}/chat/completions` and `/embeddi
 `api-key` header and a known `api-version`, and answers as the fake OpenAI API does for a model named
 like the deployment (so `fail-429`, `fail-500`, ... work here too), adding what Azure adds: a stream opens
 with a choice-less `prompt_filter_results` chunk. A deployment named `content-filter` refuses the prompt
-with Azure's content-filter error. Every request is recorded on `app.state.requests`.
+with Azure's content-filter error. A deployment runs the base model `DEPLOYMENTS` names for it (an operator's own
+name, `prod-reasoner`, for OpenAI's o3), else the model its name is. Every request is recorded on
+`app.state.requests`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tests.fakes import openai as openai_fake
 
 API_KEY = "test-azure-key"
 API_VERSIONS = {"2024-10-21", "2024-06-01", "2025-01-01-preview"}
+DEPLOYMENTS = {"prod-reasoner": "o3"}  # deployment -> the base model it runs, where its name does not say
 SAFE = {"filtered": False, "severity": "safe"}
 FILTER_RESULTS = {"hate": SAFE, "self_harm": SAFE, "sexual": SAFE, "violence": SAFE}
 PROMPT_FILTER_CHUNK = {
@@ -86,7 +89,7 @@ def create_app() -> Starlette:
             return _json(404, {"error": {"code": "404", "message": "Resource not found"}})
         if "content-filter" in deployment:
             return _json(400, CONTENT_FILTER_ERROR)
-        body["model"] = deployment
+        body["model"] = DEPLOYMENTS.get(deployment, deployment)
         answer = await forward(f"/v1/{name}", body)
         content = answer.content
         if body.get("stream") and answer.status_code == 200:

@@ -47,6 +47,13 @@ def azure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 "fallbacks": ["gpt-4o"],
             },
             "filtered": {"deployments": [{**provider, "model": "content-filter"}], "price": PRICE},
+            "reasoner": {
+                "deployments": [
+                    {**provider, "model": "prod-reasoner", "reasoning": True, "api_version": "2025-01-01-preview"}
+                ],
+                "price": PRICE,
+            },
+            "reasoner-by-name": {"deployments": [{**provider, "model": "prod-reasoner"}], "price": PRICE},
             "embed": {
                 "kind": "embedding",
                 "deployments": [{**provider, "model": "embed-small"}],
@@ -131,3 +138,20 @@ def test_embeddings(azure: Running, client: openai.OpenAI) -> None:
     result = client.embeddings.create(model="embed", input=["a", "b"])
     assert len(result.data) == 2
     assert sent(azure)["path"] == "/openai/deployments/embed-small/embeddings"
+
+
+def test_a_reasoning_deployment_named_by_the_operator_gets_what_reasoning_models_take(
+    azure: Running, client: openai.OpenAI
+) -> None:
+    """An Azure deployment's name is the operator's (`prod-reasoner`, running o3): declared `reasoning: true`, a
+    client's `max_tokens` goes as `max_completion_tokens` (o-series models refuse `max_tokens`) and its
+    `reasoning_effort` is passed on. Undeclared, the name tells nothing, and Azure's 400 comes back as it is."""
+    raw = client.chat.completions.with_raw_response.create(
+        model="reasoner", messages=HI, max_tokens=50, reasoning_effort="low"
+    )
+    assert raw.parse().choices[0].message.content == TEXT and "x-gateway-dropped-params" not in raw.headers
+    body = sent(azure)["json"]
+    assert body["max_completion_tokens"] == 50 and "max_tokens" not in body and body["reasoning_effort"] == "low"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="reasoner-by-name", messages=HI, max_tokens=50)
+    assert "max_completion_tokens" in refused.value.message

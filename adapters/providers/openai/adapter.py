@@ -144,7 +144,7 @@ def _plain_tools(tools: list[dict[str, Any]] | None) -> None:
             function.pop("description", None)
 
 
-def _reasoning(body: dict[str, Any], req: ChatRequest, model: str, takes_thinking: bool) -> list[str]:
+def _reasoning(body: dict[str, Any], req: ChatRequest, reasons: bool, takes_thinking: bool) -> list[str]:
     """`reasoning_effort` and the output cap as OpenAI's reasoning models take them (`reasoning.LEVELS`).
 
     A client's own `reasoning_effort` is passed on (any OpenAI-compatible API may define it); a Messages
@@ -152,7 +152,6 @@ def _reasoning(body: dict[str, Any], req: ChatRequest, model: str, takes_thinkin
     """
     dropped: list[str] = []
     thinking = body.pop("thinking", None)
-    reasons = reasoning.reasons(model, reasoning.OPENAI_REASONING_PREFIXES, prefix=True)
     wish = reasoning.requested(req)
     if thinking is not None and takes_thinking and wish is not None:
         # DeepSeek's switch: thinking on or off, no budget.
@@ -214,7 +213,7 @@ class OpenAIAdapter(ProviderAdapter):
         dropped = _plain_messages(body["messages"], profile.strip_message_fields)
         conform_messages(body["messages"], profile)
         _plain_tools(body.get("tools"))
-        dropped += _reasoning(body, req, target.model, profile.thinking)
+        dropped += _reasoning(body, req, reasoning.openai_reasons(target), profile.thinking)
         dropped += apply_rules(body, profile.rules)
         if stream:
             body["stream"] = True
@@ -247,7 +246,12 @@ class OpenAIAdapter(ProviderAdapter):
     ) -> BuiltRequest:
         keeps = bool(self.options.get("responses_store", False))
         body, dropped = responses.request_body(
-            call.body, target.model, stream=stream, output_limit=output_limit, provider_keeps=keeps
+            call.body,
+            target.model,
+            stream=stream,
+            output_limit=output_limit,
+            provider_keeps=keeps,
+            reasons=reasoning.openai_reasons(target),
         )
         request = UpstreamRequest("POST", self.responses_url(target), self.headers(), orjson.dumps(body))
         return BuiltRequest(request, dropped)

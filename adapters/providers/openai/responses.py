@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from adapters.providers import reasoning
 from handler.schemas import CompletionTokensDetails, Usage
 from handler.wire import ENCRYPTED_REASONING, RESPONSES_TERMINAL, StreamEvent, event_payload, json_body, malformed
 
@@ -32,7 +31,13 @@ def usage_of(raw: Any) -> Usage | None:
 
 
 def request_body(
-    client: Mapping[str, Any], model: str, *, stream: bool, output_limit: int | None, provider_keeps: bool
+    client: Mapping[str, Any],
+    model: str,
+    *,
+    stream: bool,
+    output_limit: int | None,
+    provider_keeps: bool,
+    reasons: bool,
 ) -> tuple[dict[str, Any], list[str]]:
     """The client's body for a deployment: its model, `stream`, the output cap, and `store` only where the
     operator lets the provider keep answers and the client asked for it (`store` defaults to true); and what
@@ -41,8 +46,8 @@ def request_body(
     With `store: false` upstream, a reasoning model's reasoning can go back on a later turn only as its
     `encrypted_content`: `include` asks for it when the gateway keeps the turn (the client's `store`, true by
     default; the gateway holds it beside the stored response, see `handler.api.responses_native.Relay`) or when
-    the input hands reasoning back that way. Only for a reasoning model: OpenAI refuses it for others (400,
-    "Encrypted content is not supported with this model")."""
+    the input hands reasoning back that way. Only for a reasoning model (`reasons`): OpenAI refuses it for others
+    (400, "Encrypted content is not supported with this model")."""
     body = {**client, "model": model, "stream": stream}
     dropped: list[str] = []
     if not (provider_keeps and client.get("store") is not False):
@@ -52,11 +57,7 @@ def request_body(
             body["input"], dropped = unpersisted(body["input"])
             hands_back = any(isinstance(i, dict) and i.get("type") == "reasoning" for i in body["input"])
         include = list(body.get("include") or ())
-        if (
-            (client.get("store") is not False or hands_back)
-            and ENCRYPTED_REASONING not in include
-            and reasoning.reasons(model, reasoning.OPENAI_REASONING_PREFIXES, prefix=True)
-        ):
+        if (client.get("store") is not False or hands_back) and ENCRYPTED_REASONING not in include and reasons:
             body["include"] = [*include, ENCRYPTED_REASONING]
     if output_limit is not None:
         body["max_output_tokens"] = output_limit

@@ -171,3 +171,26 @@ def test_a_content_part_the_api_version_lacks_is_a_clear_400() -> None:
     req = ChatRequest.model_validate({"model": "public", "messages": [{"role": "user", "content": [audio]}]})
     with pytest.raises(InvalidRequestError, match="2025-01-01-preview"):
         adapter().chat_request(req, target(), stream=False)
+
+
+@pytest.mark.parametrize(("declared", "asked"), [(True, True), (None, False), (False, False)])
+def test_a_deployment_declared_reasoning_asks_for_its_encrypted_reasoning(declared: bool | None, asked: bool) -> None:
+    """The Responses API with the provider storing nothing: reasoning goes back on a later turn only encrypted, and
+    only a reasoning model may be asked for it. An operator-named deployment says so with `reasoning: true`."""
+    from handler.ports import RESPONSES_API, NativeCall
+    from handler.wire import ENCRYPTED_REASONING
+
+    options = {} if declared is None else {"reasoning": declared}
+    call = NativeCall(RESPONSES_API, {"model": "public", "input": "hi"})
+    built = adapter().native_request(call, target("prod-reasoner", **options), stream=False, output_limit=None)
+    body = orjson.loads(built.request.body)
+    assert (ENCRYPTED_REASONING in body.get("include", [])) is asked and body["store"] is False
+
+
+def test_a_deployments_reasoning_flag_must_be_a_boolean() -> None:
+    data = {
+        "providers": {"az": {"type": "azure", "base_url": ENDPOINT}},
+        "models": {"m": {"deployments": [{"provider": "az", "model": "prod-reasoner", "reasoning": "sometimes"}]}},
+    }
+    with pytest.raises(ConfigError, match="reasoning"):
+        parse_config(data, set(REGISTRY))
