@@ -27,7 +27,8 @@ def _written(value: str) -> str | None:
     return None if value is SENT_NULL else value
 
 
-# A delta member a provider may send as null, as OpenAI's first delta carries `"refusal": null`: relayed as sent.
+# A delta member a provider may send as null, as OpenAI's first delta carries `"refusal": null` (and `"content": null`
+# when it starts a tool call): relayed as sent.
 # Left out when not sent, as every `Omitted` member (its default, None, is not written); sent as null, it is kept as
 # `SENT_NULL` and written back as null. The validator and the serializer run only for a chunk that carries the
 # member: the chunks without it cost what they did.
@@ -49,7 +50,7 @@ class ToolCallDelta(_Open):
 
 class ChunkDelta(_Open):
     role: Literal["assistant"] | None = Omitted()
-    content: str | None = Omitted()
+    content: NullKept = Omitted()
     tool_calls: list[ToolCallDelta] | None = Omitted()
     refusal: NullKept = Omitted()
     reasoning_content: str | None = Omitted()

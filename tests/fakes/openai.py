@@ -245,12 +245,7 @@ def create_app() -> Starlette:
                 + b"\n\n"
             )
 
-        yield event(
-            [{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None}, "finish_reason": None}]
-        )
-        if "reasoner" in model:
-            for piece in (REASONING[:10], REASONING[10:]):
-                yield event([{"index": 0, "delta": {"reasoning_content": piece}, "finish_reason": None}])
+        first = None
         if call:
             first = {
                 "index": 0,
@@ -258,7 +253,20 @@ def create_app() -> Starlette:
                 "type": "function",
                 "function": {"name": call["function"]["name"], "arguments": ""},
             }
-            yield event([{"index": 0, "delta": {"tool_calls": [first]}, "finish_reason": None}])
+        if first is not None and "reasoner" not in model:
+            # OpenAI's first delta of a call: no text (`content: null`), the call's id and name.
+            head = {"role": "assistant", "content": None, "tool_calls": [first], "refusal": None}
+            yield event([{"index": 0, "delta": head, "finish_reason": None}])
+        else:
+            yield event(
+                [{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None}, "finish_reason": None}]
+            )
+            if "reasoner" in model:
+                for piece in (REASONING[:10], REASONING[10:]):
+                    yield event([{"index": 0, "delta": {"reasoning_content": piece}, "finish_reason": None}])
+            if first is not None:
+                yield event([{"index": 0, "delta": {"tool_calls": [first]}, "finish_reason": None}])
+        if call:
             arguments = call["function"]["arguments"]
             for piece in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :]):
                 delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}

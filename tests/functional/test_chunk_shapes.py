@@ -49,3 +49,21 @@ def test_a_relayed_first_delta_keeps_refusal_null(running: Running, key: str) ->
     assert relayed["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
     translated = orjson.loads(first_data_line(running, key, "claude-haiku-4-5").removeprefix(b"data: "))
     assert "refusal" not in translated["choices"][0]["delta"]
+
+
+def test_a_relayed_tool_call_keeps_content_null_in_its_first_delta(running: Running, key: str) -> None:
+    """OpenAI starts a streamed tool call with `{"role": "assistant", "content": null, "tool_calls": [...],
+    "refusal": null}`: the relay dropped `content`, as it dropped `refusal`. Now both go as sent."""
+    ask = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": 'CALL get_weather {"city": "Paris"}'}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+        "stream": True,
+    }
+    headers = {"authorization": f"Bearer {key}"}
+    with httpx.stream("POST", f"{running.url}/v1/chat/completions", json=ask, headers=headers) as answer:
+        raw = answer.read()
+    assert answer.status_code == 200
+    first = orjson.loads(next(line for line in raw.split(b"\n") if line.startswith(b"data: ")).removeprefix(b"data: "))
+    delta = first["choices"][0]["delta"]
+    assert delta["content"] is None and delta["refusal"] is None and delta["tool_calls"][0]["function"]["name"]
