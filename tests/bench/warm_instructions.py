@@ -19,42 +19,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from tests.bench.run import ROOT, bench_files, mint_key
+from tests.bench.run import bench_files, instructions, mint_key
 
 WARM_UP = 300
-PROGRAM = """
-import os, sys
-sys.stdout = sys.stderr
-from tests.bench.lambda_warm import bare_invoker, gateway_invoker
-once = bare_invoker() if {route!r} == "bare" else gateway_invoker({route!r})
-for _ in range({count}):
-    once()
-os._exit(0)
-"""
+PROGRAM = (
+    "import sys; sys.stdout = sys.stderr; from tests.bench.lambda_warm import bare_invoker, gateway_invoker; "
+    "once = bare_invoker() if {route!r} == 'bare' else gateway_invoker({route!r}); [once() for _ in range({count})]"
+)
 
 
 def counted(route: str, count: int, env: dict[str, str]) -> int:
     """Instructions of a fresh interpreter that makes `count` invocations of `route`."""
-    code = PROGRAM.format(route=route, count=count)
-    warm = PROGRAM.format(route=route, count=0)  # compiles the bytecode, as the deployed package ships it
-    subprocess.run([sys.executable, "-c", warm], cwd=ROOT, env=env, capture_output=True, check=True)
-    done = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    if done.returncode or found is None:
-        raise SystemExit(f"callgrind failed for {route}: {done.stderr[-2000:]}")
-    return int(found.group(1))
+    return instructions(PROGRAM.format(route=route, count=count), env)
 
 
 def per_invocation(route: str, invocations: int, env: dict[str, str], warm_up: int = WARM_UP) -> float:
