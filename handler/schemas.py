@@ -47,8 +47,8 @@ REQUEST = ConfigDict(strict=True)
 def build_deferred_models() -> None:
     """Build now the validators of every model of the gateway's own (the application's and the adapters') left
     to their first use: where a first request should not wait for them (a server's start-up, the state a
-    SnapStart snapshot captures), the models made on first use (`LATER`) with them."""
-    for module in set(LATER.values()):
+    SnapStart snapshot captures), the models made on first use (`LATER`, `LATER_MODULES`) with them."""
+    for module in set(LATER.values()) | LATER_MODULES:
         importlib.import_module(module)
     pending: list[type[BaseModel]] = [BaseModel]
     while pending:
@@ -414,6 +414,11 @@ LATER = {
     ),
     **dict.fromkeys(["Embedding", "EmbeddingsRequest", "EmbeddingsResponse", "EmbeddingsUsage"], "handler.embeddings"),
 }
+
+
+# Other modules of models made on first use, added by the module that imports them on first use when it is imported
+# itself (an adapter of a configured provider): `build_deferred_models` makes and builds them with the rest.
+LATER_MODULES: set[str] = set()
 
 
 def __getattr__(name: str) -> Any:

@@ -59,7 +59,9 @@ from handler.wire import (
 
 # Anthropic's answer models (adapters/providers/anthropic/wire.py) are imported where they are used, on first use: a
 # Lambda whose first request goes to another provider does not make their four pydantic classes (about 4.5 million
-# instructions of its cold start, callgrind).
+# instructions of its cold start, callgrind). A server's start-up and a SnapStart snapshot make and build them
+# (`schemas.LATER_MODULES`); a stream's frequent events (text deltas) do not reach an import.
+schemas.LATER_MODULES.add("adapters.providers.anthropic.wire")
 if TYPE_CHECKING:
     from adapters.providers.anthropic.wire import WireBlock
     from handler.schemas import ChatCompletionChunk, ChunkDelta
@@ -411,20 +413,24 @@ class AnthropicStreamParser:
             raise malformed(f"upstream sent a malformed '{kind}' event") from exc
 
     def _event(self, kind: str, payload: dict[str, Any]) -> list[ChatCompletionChunk]:
-        from adapters.providers.anthropic.wire import WireBlock, WireMessage, WireUsage  # (see the note on the imports)
-
         if kind == "message_start":
+            from adapters.providers.anthropic.wire import WireMessage  # (see the note on the imports)
+
             message = WireMessage.model_validate(payload.get("message"))
             self._id, self._model = message.id, message.model
             self._wire_usage = message.usage
             return [self._chunk(schemas.ChunkDelta(role="assistant", content=""))]
         if kind == "content_block_start":
+            from adapters.providers.anthropic.wire import WireBlock  # (see the note on the imports)
+
             return self._block_start(int(payload.get("index", 0)), WireBlock.model_validate(payload["content_block"]))
         if kind == "content_block_delta":
             return self._block_delta(int(payload.get("index", 0)), payload.get("delta") or {})
         if kind == "message_delta":
             delta = payload.get("delta") or {}
             if payload.get("usage") is not None:
+                from adapters.providers.anthropic.wire import WireUsage  # (see the note on the imports)
+
                 self._wire_usage.update(WireUsage.model_validate(payload["usage"]))
             self.usage = self._wire_usage.to_usage()
             finish = _finish(delta.get("stop_reason"), self._json_answer, self._tools > 0)
@@ -531,8 +537,6 @@ class MessagesMeter:
         return usage
 
     def feed(self, event: StreamEvent) -> None:
-        from adapters.providers.anthropic.wire import WireMessage, WireUsage  # (see the note on the imports)
-
         if not event.data:
             return
         kind = event.event
@@ -547,6 +551,8 @@ class MessagesMeter:
         if kind not in ("message_start", "message_delta", "error"):
             return
         payload = event_payload(event)
+        from adapters.providers.anthropic.wire import WireMessage, WireUsage  # (see the note on the imports)
+
         try:
             if kind == "message_start":
                 self._wire = WireMessage.model_validate(payload.get("message")).usage

@@ -79,6 +79,7 @@ def left_to_first_use():
     return [model.__name__ for model in models() if not model.__pydantic_complete__]
 
 router_at_init = entry.app._starlette is not None
+wire_at_init = "adapters.providers.anthropic.wire" in sys.modules
 built_at_init = sorted(f"{model.__module__}.{model.__name__}" for model in models() if model.__pydantic_complete__)
 at_init = left_to_first_use()
 snapshot_client = entry.gateway.upstream
@@ -89,7 +90,8 @@ with contextlib.redirect_stdout(written):
         hook(*args, **kwargs)
 in_snapshot = left_to_first_use()
 router_in_snapshot = entry.app._starlette is not None
-later = sorted(name for name in ("handler.chunks", "handler.embeddings") if name in sys.modules)
+later = sorted(name for name in ("handler.chunks", "handler.embeddings", "adapters.providers.anthropic.wire")
+               if name in sys.modules)
 from adapters.http import parsed_url
 
 def parsed_before(url):
@@ -109,7 +111,7 @@ for hook, args, kwargs in snapshot_restore_py.get_after_restore():
     hook(*args, **kwargs)
 new_client = entry.gateway.upstream is not snapshot_client
 print(json.dumps({"at_init": len(at_init), "built_at_init": built_at_init, "in_snapshot": in_snapshot,
-                  "router": [router_at_init, router_in_snapshot], "later": later,
+                  "router": [router_at_init, router_in_snapshot], "later": later, "wire_at_init": wire_at_init,
                   "new_client": new_client, "primed": primed, "urls": urls, "left": left}))
 """
 
@@ -128,7 +130,9 @@ def test_a_snapstart_snapshot_holds_every_validator_and_a_primed_request_path_an
     assert state["built_at_init"] == ["handler.config.Config"]
     assert state["at_init"] > 20
     assert state["router"] == [False, True]  # (the router too: left to first use, built before the snapshot)
-    assert state["later"] == ["handler.chunks", "handler.embeddings"]  # (the models made on first use: made)
+    # (the models made on first use: made, Anthropic's answer models too, which the import left out)
+    assert state["later"] == ["adapters.providers.anthropic.wire", "handler.chunks", "handler.embeddings"]
+    assert state["wire_at_init"] is False
     assert state["in_snapshot"] == []  # ...a restored environment's first invocation builds nothing
     assert state["new_client"]  # and the restore hook gave it a fresh upstream client
     # Before the snapshot, each API's requests ran through the request path (handler/entry/priming.py)...
