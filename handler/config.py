@@ -261,6 +261,11 @@ def parse_config(data: Any, known_types: set[str]) -> Config:
     return config
 
 
+# The provider types whose deployments a `reasoning:` flag applies to (adapters/providers/reasoning.py
+# `openai_reasons`): OpenAI's API, where a reasoning model takes other parameters and an operator may name it.
+OPENAI_API_TYPES = ("openai", "azure")
+
+
 def _cross_check(config: Config, known_types: set[str]) -> list[str]:
     problems: list[str] = []
     for name, provider in config.providers.items():
@@ -271,6 +276,11 @@ def _cross_check(config: Config, known_types: set[str]) -> list[str]:
         for i, dep in enumerate(spec.deployments):
             if dep.provider not in config.providers:
                 problems.append(f"models.{model}.deployments[{i}].provider: unknown provider '{dep.provider}'")
+            elif dep.reasoning is not None and (kind := config.providers[dep.provider].type) not in OPENAI_API_TYPES:
+                problems.append(
+                    f"models.{model}.deployments[{i}].reasoning: only for a deployment of OpenAI's API "
+                    f"({', '.join(OPENAI_API_TYPES)}), not of '{kind}' (its models' reasoning is told by their names)"
+                )
         for i, fallback in enumerate(spec.fallbacks):
             if fallback not in config.models:
                 problems.append(f"models.{model}.fallbacks[{i}]: unknown model '{fallback}'")

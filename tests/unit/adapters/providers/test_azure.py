@@ -194,3 +194,14 @@ def test_a_deployments_reasoning_flag_must_be_a_boolean() -> None:
     }
     with pytest.raises(ConfigError, match="reasoning"):
         parse_config(data, set(REGISTRY))
+
+
+def test_a_reasoning_flag_is_refused_where_it_would_be_ignored() -> None:
+    """Anthropic's, Gemini's and Bedrock's models tell their reasoning by their names, which the operator does not
+    choose: a `reasoning:` flag there would be silently ignored, so the config names it instead."""
+    data = {
+        "providers": {"claude": {"type": "anthropic"}},
+        "models": {"m": {"deployments": [{"provider": "claude", "model": "claude-sonnet-4-5", "reasoning": True}]}},
+    }
+    with pytest.raises(ConfigError, match=r"deployments\[0\]\.reasoning: only for a deployment of OpenAI's API"):
+        parse_config(data, set(REGISTRY))
