@@ -7,12 +7,13 @@ tests/unit/adapters/test_sigv4.py checks every signature against botocore's `Sig
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import time
 import urllib.parse
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
 from handler.records import Value
 from handler.redaction import REDACTED
@@ -43,7 +44,24 @@ class Credentials(Value):
 
 
 def _hmac(key: bytes, text: str) -> bytes:
-    return hmac.new(key, text.encode(), hashlib.sha256).digest()
+    return hmac.digest(key, text.encode(), "sha256")  # (the one-shot digest: no HMAC object built per call)
+
+
+@functools.lru_cache(maxsize=64)
+def _canonical_path(path: str) -> str:
+    """Every service but S3 signs the path as sent, encoded once more (`%2F` is signed as `%252F`)."""
+    return urllib.parse.quote(path or "/", safe="/~")
+
+
+_stamped: list[Any] = [-1, ""]  # the last second stamped, and its `x-amz-date`
+
+
+def _stamp(now: float) -> str:
+    """`x-amz-date` for `now`, formatted once a second."""
+    second = int(now)
+    if _stamped[0] != second:
+        _stamped[:] = [second, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))]
+    return str(_stamped[1])
 
 
 class Signer:
@@ -72,31 +90,22 @@ class Signer:
         """`headers` plus `host`, `x-amz-date`, the session token and `authorization`, for a POST of `body`
         to `path` (as sent, percent-encoded; no query string), signed over every one of them, as botocore
         signs a DynamoDB or Bedrock call."""
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+        stamp = _stamp(time.time() if now is None else now)
         day = stamp[:8]
         payload = hashlib.sha256(body).hexdigest()
-        signed = {name.lower(): " ".join(value.strip().split()) for name, value in headers.items()}
-        signed.update({"host": host, "x-amz-date": stamp})
+        signed = {name.lower(): " ".join(value.split()) for name, value in headers.items()}
+        signed["host"] = host
+        signed["x-amz-date"] = stamp
         if self.credentials.token:
             signed["x-amz-security-token"] = self.credentials.token
         names = sorted(signed)
-        # Every service but S3 signs the path as sent, encoded once more (`%2F` is signed as `%252F`).
-        canonical_path = urllib.parse.quote(path or "/", safe="/~")
-        canonical = "\n".join(
-            [
-                "POST",
-                canonical_path,
-                "",
-                "".join(f"{name}:{signed[name]}\n" for name in names),
-                ";".join(names),
-                payload,
-            ]
-        )
+        listed = ";".join(names)
+        lines = "".join([f"{name}:{signed[name]}\n" for name in names])
+        canonical = f"POST\n{_canonical_path(path)}\n\n{lines}\n{listed}\n{payload}"
         scope = f"{day}/{self.region}/{self.service}/aws4_request"
         to_sign = f"{ALGORITHM}\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        signature = hmac.new(self._key(day), to_sign.encode(), hashlib.sha256).hexdigest()
+        signature = hmac.digest(self._key(day), to_sign.encode(), "sha256").hex()
         signed["authorization"] = (
-            f"{ALGORITHM} Credential={self.credentials.access_key}/{scope}, "
-            f"SignedHeaders={';'.join(names)}, Signature={signature}"
+            f"{ALGORITHM} Credential={self.credentials.access_key}/{scope}, SignedHeaders={listed}, Signature={signature}"
         )
         return signed
