@@ -106,6 +106,7 @@ class Signer:
         to_sign = f"{ALGORITHM}\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         signature = hmac.digest(self._key(day), to_sign.encode(), "sha256").hex()
         signed["authorization"] = (
-            f"{ALGORITHM} Credential={self.credentials.access_key}/{scope}, SignedHeaders={listed}, Signature={signature}"
+            f"{ALGORITHM} Credential={self.credentials.access_key}/{scope}, "
+            f"SignedHeaders={listed}, Signature={signature}"
         )
         return signed
