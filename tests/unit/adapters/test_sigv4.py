@@ -76,6 +76,19 @@ def test_signing_key_is_derived_once_a_day() -> None:
     assert signer._keys != first and len(signer._keys) == 1
 
 
+def test_each_second_is_stamped_as_itself() -> None:
+    """The date stamp is formatted once a second: the next second, or an earlier one, is its own."""
+    signer = Signer(Credentials("AKID", "secret"), "us-east-1", "dynamodb")
+    stamps = [signer.headers("h", "/", {}, b"{}", now=NOW + dt)["x-amz-date"] for dt in (0, 0.5, 1, -3600, 0)]
+    assert stamps == [
+        "20251128T032000Z",
+        "20251128T032000Z",
+        "20251128T032001Z",
+        "20251128T022000Z",
+        "20251128T032000Z",
+    ]
+
+
 def test_credentials_come_from_the_environment_only_when_complete() -> None:
     assert Credentials.from_environ({"AWS_ACCESS_KEY_ID": "a"}) is None
     assert Credentials.from_environ({"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s"}) == Credentials("a", "s")
