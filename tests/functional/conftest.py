@@ -159,6 +159,13 @@ SDK_HTTP = httpx.Client(timeout=30)
 ANTHROPIC_HTTP = anthropic.DefaultHttpxClient(timeout=30)  # the Anthropic SDK brings its own httpx
 
 
+def fresh_minute() -> None:
+    """Rate windows are calendar minutes: start a rate test early enough in one to stay in it."""
+    into = time.time() % 60
+    if into > 50:
+        time.sleep(60.5 - into)
+
+
 def openai_client(running: Running, key: str) -> openai.OpenAI:
     """The official OpenAI SDK pointed at the gateway, as users configure it."""
     return openai.OpenAI(base_url=f"{running.url}/v1", api_key=key, max_retries=0, http_client=SDK_HTTP)

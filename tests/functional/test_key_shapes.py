@@ -19,7 +19,7 @@ from adapters.store.dynamodb import DynamoDBStore
 from handler.api.app import create_app
 from handler.pipeline.gateway import build_gateway
 from handler.ports import LedgerItem, UsageQuery
-from tests.functional.conftest import FAKE_KEYS, Running, gateway_config
+from tests.functional.conftest import FAKE_KEYS, Running, fresh_minute, gateway_config
 from tests.support.contention import FlakyClient
 from tests.support.dynamo import DynamoServer
 
@@ -42,13 +42,6 @@ def headers(key: str) -> dict[str, str]:
 def chat(running: Running, key: str) -> httpx.Response:
     body = {"model": MODEL, "messages": HI, "max_tokens": 20}
     return httpx.post(f"{running.url}/v1/chat/completions", json=body, headers=headers(key), timeout=15)
-
-
-def fresh_minute() -> None:
-    """Rate windows are calendar minutes: start a rate test early enough in one to stay in it."""
-    into = time.time() % 60
-    if into > 50:
-        time.sleep(60.5 - into)
 
 
 def key_id(key: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from handler.pipeline.pricing import estimate_prompt_tokens, price_for, worst_case_usd
 from handler.schemas import ChatRequest
-from tests.functional.conftest import Running, openai_client
+from tests.functional.conftest import Running, fresh_minute, openai_client
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -290,6 +290,7 @@ def test_a_budgeted_request_cannot_ask_for_more_output_than_was_reserved(running
 
 def test_rate_limits_answer_429_with_headers(on_each_store: Running) -> None:
     running = on_each_store
+    fresh_minute()
     key = running.mint(rpm=3, tpm=100_000)
     answers = [chat(running, key) for _ in range(4)]
     assert [a.status_code for a in answers] == [200, 200, 200, 429]
@@ -318,6 +319,7 @@ def test_what_binds_a_child_from_its_chain_is_what_it_is_told(on_each_store: Run
     child's own $10 under a parent with cents left showed $10 remaining, per answer and in `GET /v1/key`; and
     minting from that child took a budget its chain could never pay."""
     running = on_each_store
+    fresh_minute()  # (the rpm counter is the calendar minute's: a request each side of a minute starts it again)
     parent = running.mint(rpm=5, budget_usd=0.01)
     url = f"{running.url}/v1/keys"
     minted = httpx.post(url, headers=headers(parent), json={"name": "rich", "budget_usd": 0.01})
