@@ -13,7 +13,7 @@ import hmac
 import time
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
 from handler.records import Value
 from handler.redaction import REDACTED
@@ -53,15 +53,10 @@ def _canonical_path(path: str) -> str:
     return urllib.parse.quote(path or "/", safe="/~")
 
 
-_stamped: list[Any] = [-1, ""]  # the last second stamped, and its `x-amz-date`
-
-
-def _stamp(now: float) -> str:
-    """`x-amz-date` for `now`, formatted once a second."""
-    second = int(now)
-    if _stamped[0] != second:
-        _stamped[:] = [second, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))]
-    return str(_stamped[1])
+@functools.lru_cache(maxsize=1)
+def _stamp(second: int) -> str:
+    """`x-amz-date` for a second: formatted once, for every request signed within it."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
 
 
 class Signer:
@@ -90,7 +85,7 @@ class Signer:
         """`headers` plus `host`, `x-amz-date`, the session token and `authorization`, for a POST of `body`
         to `path` (as sent, percent-encoded; no query string), signed over every one of them, as botocore
         signs a DynamoDB or Bedrock call."""
-        stamp = _stamp(time.time() if now is None else now)
+        stamp = _stamp(int(time.time() if now is None else now))
         day = stamp[:8]
         payload = hashlib.sha256(body).hexdigest()
         signed = {name.lower(): " ".join(value.split()) for name, value in headers.items()}
