@@ -5,7 +5,8 @@ It serves `POST /openai/deployments/{deployment}/chat/completions` and `/embeddi
 `api-key` header and a known `api-version`, and answers as the fake OpenAI API does for a model named
 like the deployment (so `fail-429`, `fail-500`, ... work here too), adding what Azure adds: a stream opens
 with a choice-less `prompt_filter_results` chunk. A deployment named `content-filter` refuses the prompt
-with Azure's content-filter error. A deployment runs the base model `DEPLOYMENTS` names for it (an operator's own
+with Azure's content-filter error. An argument newer than the request's api-version is refused as Azure refuses
+it. A deployment runs the base model `DEPLOYMENTS` names for it (an operator's own
 name, `prod-reasoner`, for OpenAI's o3), else the model its name is. Every request is recorded on
 `app.state.requests`.
 """
@@ -25,6 +26,20 @@ from tests.fakes import openai as openai_fake
 
 API_KEY = "test-azure-key"
 API_VERSIONS = {"2024-10-21", "2024-06-01", "2025-01-01-preview"}
+# Arguments newer than an api-version, which that version refuses as Azure does (an older version's spec lacks
+# them): by the first version that has each, from Azure's API version history.
+ARGUMENTS_SINCE = {
+    "max_completion_tokens": "2024-09-01-preview",
+    "stream_options": "2024-09-01-preview",
+    "parallel_tool_calls": "2024-09-01-preview",
+    "reasoning_effort": "2024-12-01-preview",
+    "store": "2024-12-01-preview",
+    "metadata": "2024-12-01-preview",
+    "modalities": "2025-01-01-preview",
+    "audio": "2025-01-01-preview",
+    "prediction": "2025-01-01-preview",
+}
+JSON_SCHEMA_SINCE = "2024-08-01-preview"
 DEPLOYMENTS = {"prod-reasoner": "o3"}  # deployment -> the base model it runs, where its name does not say
 SAFE = {"filtered": False, "severity": "safe"}
 FILTER_RESULTS = {"hate": SAFE, "self_harm": SAFE, "sexual": SAFE, "violence": SAFE}
@@ -53,6 +68,25 @@ CONTENT_FILTER_ERROR = {
 
 def _json(status: int, body: Any) -> Response:
     return Response(orjson.dumps(body), status, media_type="application/json")
+
+
+def unsupported(body: dict[str, Any], version: str) -> Response | None:
+    """Azure's 400 for an argument `version` does not define, or None."""
+    for name in body:
+        if version < ARGUMENTS_SINCE.get(name, ""):
+            message = f"Unrecognized request argument supplied: {name}"
+            return _json(
+                400, {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+            )
+    response_format = body.get("response_format")
+    if (
+        version < JSON_SCHEMA_SINCE
+        and isinstance(response_format, dict)
+        and response_format.get("type") == "json_schema"
+    ):
+        message = f"response_format value as json_schema is enabled only for api versions {JSON_SCHEMA_SINCE} and later"
+        return _json(400, {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}})
+    return None
 
 
 def create_app() -> Starlette:
@@ -85,8 +119,12 @@ def create_app() -> Starlette:
         body, refused = await received(request)
         if refused is not None:
             return refused
-        if request.query_params.get("api-version") not in API_VERSIONS:
+        version = request.query_params.get("api-version", "")
+        if version not in API_VERSIONS:
             return _json(404, {"error": {"code": "404", "message": "Resource not found"}})
+        refused = unsupported(body, version)
+        if refused is not None:
+            return refused
         if "content-filter" in deployment:
             return _json(400, CONTENT_FILTER_ERROR)
         body["model"] = DEPLOYMENTS.get(deployment, deployment)

@@ -41,6 +41,10 @@ def azure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 "deployments": [{**provider, "model": "gpt-4o-prod", "api_version": "2025-01-01-preview"}],
                 "price": PRICE,
             },
+            "gpt-4o-ga": {
+                "deployments": [{**provider, "model": "gpt-4o-prod", "api_version": "2024-06-01"}],
+                "price": PRICE,
+            },
             "limited": {
                 "deployments": [{**provider, "model": "fail-429"}],
                 "price": PRICE,
@@ -155,3 +159,48 @@ def test_a_reasoning_deployment_named_by_the_operator_gets_what_reasoning_models
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model="reasoner-by-name", messages=HI, max_tokens=50)
     assert "max_completion_tokens" in refused.value.message
+
+
+def test_an_older_api_version_gets_only_the_arguments_it_defines(azure: Running) -> None:
+    """Azure's GA 2024-06-01 refuses `max_completion_tokens`, `stream_options` and `parallel_tool_calls` as
+    unrecognized arguments. A budgeted key's cap (which the gateway adds), or the client's, goes as `max_tokens`;
+    `parallel_tool_calls` is dropped and named; a stream goes without `stream_options` and its cost is estimated,
+    the client still getting the usage chunk it asked for."""
+    key = azure.mint(name="azure-ga", budget_usd=5.0)
+    with openai.OpenAI(base_url=f"{azure.url}/v1", api_key=key, max_retries=0) as sdk:
+        raw = sdk.chat.completions.with_raw_response.create(model="gpt-4o-ga", messages=HI)
+        assert raw.parse().choices[0].message.content == TEXT
+        body = sent(azure)["json"]
+        assert isinstance(body["max_tokens"], int) and "max_completion_tokens" not in body
+
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="gpt-4o-ga",
+            messages=HI,
+            max_completion_tokens=40,
+            tools=[WEATHER_TOOL],
+            tool_choice="required",
+            parallel_tool_calls=False,
+        )
+        assert raw.parse().choices[0].message.tool_calls is not None
+        assert raw.headers["x-gateway-dropped-params"] == "parallel_tool_calls"
+        body = sent(azure)["json"]
+        assert body["max_tokens"] == 40 and "max_completion_tokens" not in body and "parallel_tool_calls" not in body
+
+        chunks = list(
+            sdk.chat.completions.create(
+                model="gpt-4o-ga", messages=HI, stream=True, stream_options={"include_usage": True}
+            )
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == TEXT
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+        assert "stream_options" not in sent(azure)["json"]
+
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.chat.completions.create(
+                model="gpt-4o-ga",
+                messages=HI,
+                response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+            )
+        assert "2024-08-01-preview" in refused.value.message and refused.value.code == "invalid_request"
+    sources = [line.cost_source for line in azure.ledger(key)]
+    assert sources == ["provider", "provider", "estimate"]

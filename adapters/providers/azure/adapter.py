@@ -30,7 +30,14 @@ DEFAULT_API_VERSION = "2024-10-21"  # the current GA data-plane version
 # dated strings, so an older one sorts before. A request to an older version gets the `developer` role as
 # `system` (which older versions read the same way) and the newer parameters reported as dropped.
 DEVELOPER_ROLE_SINCE = "2024-12-01-preview"
+# `max_completion_tokens` and `stream_options` came with 2024-09-01-preview (the GA 2024-10-21 has them; the GA
+# 2024-06-01 refuses either as an unrecognized argument). Before it, the cap is sent as `max_tokens` (the same cap
+# for the models those versions serve), and a stream goes without its usage: the gateway then estimates the
+# stream's cost (the ledger says `estimate`) and still gives a client that asked for usage the final usage chunk.
+COMPLETION_CAP_SINCE = "2024-09-01-preview"
+JSON_SCHEMA_SINCE = "2024-08-01-preview"
 PARAMETERS_SINCE: dict[str, str] = {
+    "parallel_tool_calls": COMPLETION_CAP_SINCE,
     "reasoning_effort": "2024-12-01-preview",
     "store": "2024-12-01-preview",
     "metadata": "2024-12-01-preview",
@@ -46,6 +53,22 @@ def conform_to_version(body: dict[str, Any], version: str, dropped: list[str]) -
     for name, since in PARAMETERS_SINCE.items():
         if version < since and name in body and body.pop(name) is not None:
             dropped.append(name)
+    if version < COMPLETION_CAP_SINCE:
+        body.pop("stream_options", None)
+        cap = body.pop("max_completion_tokens", None)
+        if cap is not None:
+            body["max_tokens"] = cap if body.get("max_tokens") is None else min(cap, body["max_tokens"])
+    response_format = body.get("response_format")
+    if (
+        version < JSON_SCHEMA_SINCE
+        and isinstance(response_format, dict)
+        and response_format.get("type") == "json_schema"
+    ):
+        raise InvalidRequestError(
+            f"response_format json_schema needs Azure api-version {JSON_SCHEMA_SINCE} or later; "
+            f"this deployment uses {version}",
+            param="response_format",
+        )
     for message in body["messages"]:
         if message["role"] == "developer" and version < DEVELOPER_ROLE_SINCE:
             message["role"] = "system"

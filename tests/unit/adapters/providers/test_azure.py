@@ -205,3 +205,15 @@ def test_a_reasoning_flag_is_refused_where_it_would_be_ignored() -> None:
     }
     with pytest.raises(ConfigError, match=r"deployments\[0\]\.reasoning: only for a deployment of OpenAI's API"):
         parse_config(data, set(REGISTRY))
+
+
+def test_before_completion_caps_the_smaller_cap_goes_as_max_tokens() -> None:
+    """Azure added `max_completion_tokens` and `stream_options` in 2024-09-01-preview: an older version is sent the
+    tighter of the two caps as `max_tokens`, and a stream without `stream_options`."""
+    req = request(max_tokens=30, max_completion_tokens=20, stream=True)
+    built = adapter(api_version="2024-06-01").chat_request(req, target(), stream=True)
+    body = orjson.loads(built.request.body)
+    assert body["max_tokens"] == 20 and "max_completion_tokens" not in body and "stream_options" not in body
+    assert built.dropped == []
+    current = orjson.loads(adapter().chat_request(req, target(), stream=True).request.body)
+    assert current["max_completion_tokens"] == 20 and current["stream_options"] == {"include_usage": True}
