@@ -15,7 +15,6 @@ gateway keeping state; a stored response keeps it sealed in the store (`with_sea
 from __future__ import annotations
 
 import base64
-import copy
 import hashlib
 import hmac
 import os
@@ -188,6 +187,7 @@ class ReasoningSeal:
     secret every gateway process shares (see `ResponsesRoutes.seal`); without one, a one-off random key."""
 
     PREFIX = "gwr1."
+    __slots__ = ("key", "items")
 
     def __init__(self, secret: bytes | None = None) -> None:
         self.key = hashlib.sha256(b"gateway reasoning seal\x00" + (secret or os.urandom(32))).digest()
@@ -196,7 +196,8 @@ class ReasoningSeal:
     def for_response(self) -> ReasoningSeal:
         """The same seal, keeping what it seals for one response's reasoning items (`items`, by item id): the
         gateway stores that beside the response, since the client gets it only when `include` asks."""
-        seal = copy.copy(self)
+        seal = object.__new__(ReasoningSeal)  # (`copy.copy` took a Responses request 7 µs)
+        seal.key = self.key
         seal.items = {}
         return seal
 
