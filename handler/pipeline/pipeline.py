@@ -107,6 +107,34 @@ class Controls(Value):
         self.session: Final = session
 
 
+class OutputCap:
+    """A budgeted request's cap on generated tokens, per attempt: the client's own, else (or when larger) the
+    attempt's model's `max_output_tokens` (the gateway's default without one). The reservation covers the
+    largest over the plan; each attempt is sent its own, in the field the client used (`max_tokens` when it sent
+    only that, else `max_completion_tokens`; an adapter renames it as its provider needs)."""
+
+    __slots__ = ("req", "limit", "default", "legacy")
+
+    def __init__(self, req: ChatRequest, default: int) -> None:
+        self.req = req
+        self.limit = req.output_limit()  # the client's, kept: `apply` overwrites the request's
+        self.default = default
+        self.legacy = req.max_tokens is not None and req.max_completion_tokens is None
+
+    def of(self, attempt: Attempt) -> int:
+        cap = attempt.spec.max_output_tokens or self.default
+        return min(self.limit, cap) if self.limit else cap
+
+    def apply(self, attempt: Attempt) -> None:
+        """Set the request's cap for `attempt`, before its upstream request is built (the client's own where it is
+        within the model's: an earlier attempt may have lowered it)."""
+        cap = self.of(attempt)
+        if self.legacy:
+            self.req.max_tokens = cap
+        else:
+            self.req.max_completion_tokens = cap
+
+
 class Exchange:
     """One client request on its way through the gateway: who, what, where it went, how long it took."""
 
@@ -114,7 +142,7 @@ class Exchange:
         "request_id", "key", "model", "controls", "started", "route", "dropped", "inbound_dropped", "store_ms",
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
         "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "price_multiplier",
-        "per_request_usd", "search_usd", "searches", "trace",
+        "per_request_usd", "search_usd", "searches", "trace", "output_cap",
     )  # fmt: skip
 
     def __init__(
@@ -155,6 +183,7 @@ class Exchange:
         # A worst case more reserved for each of them before the next attempt went out (`Meter.reserve_again`).
         self.extra: list[Reservation] = []
         self.prompt: PromptEstimate | None = None
+        self.output_cap: OutputCap | None = None  # a budgeted request's cap on each attempt's output (`_admit`)
         self.user: str | None = None  # the end user the client named, for attribution
         self.price_multiplier = 1.0  # a service tier's
         self.per_request_usd = 0.0  # options billed per request (web search)
@@ -431,19 +460,14 @@ class Pipeline:
             ex.user = who[:MAX_USER_CHARS]
         self._price_options(ex, req)
         ex.prompt = prompt_estimate(req)
-        limit = req.output_limit()
-        worst_output = 0
-        for attempt in plan:
-            cap = attempt.spec.max_output_tokens or self.gateway.config.gateway.default_max_output_tokens
-            worst_output = max(worst_output, min(limit, cap) if limit else cap)
+        cap = OutputCap(req, self.gateway.config.gateway.default_max_output_tokens)
+        worst_output = max(cap.of(attempt) for attempt in plan)
         await self._admit_tokens(ex, plan, (worst_output + predicted_tokens(req)) * (req.n or 1))
-        if ex.reservation is not None and ex.reservation.budget_key is not None and (not limit or limit > worst_output):
-            # The reservation covers `worst_output` tokens; the upstream must not be allowed more, or a
-            # provider's own (larger) default could spend past what was reserved.
-            if req.max_tokens is not None and req.max_completion_tokens is None:
-                req.max_tokens = worst_output
-            else:
-                req.max_completion_tokens = worst_output
+        if ex.reservation is not None and ex.reservation.budget_key is not None:
+            # The reservation covers `worst_output` tokens; no attempt may be allowed more, or a provider's own
+            # (larger) default could spend past what was reserved. Each attempt gets its own model's cap: the
+            # chain's largest sent to a smaller model is a 400 (gpt-4o-mini's 16,384 against a fallback's 64,000).
+            ex.output_cap = cap
 
     def _price_options(self, ex: Exchange, req: ChatRequest) -> None:
         """Options that change what the provider bills: priced as configured, else refused; `store: true`
@@ -632,6 +656,8 @@ class Pipeline:
                 continue
             if len(ex.extra) < len(ex.missed) and last is not None:
                 await self._cover_missed(ex, last)
+            if ex.output_cap is not None:
+                ex.output_cap.apply(attempt)
             built = build(attempt)
             if built.dropped and ex.controls.strict:
                 raise StrictParamsError(

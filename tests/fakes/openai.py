@@ -10,9 +10,10 @@ whose message quotes the request's authorization and `x-` headers back, as some 
 (DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`).
 It refuses, as OpenAI does, message and content-part fields Chat Completions does not define, an image in
 a message other than a user's, a tool `description` of null, `max_tokens` on a reasoning model (o-series,
-gpt-5) and `reasoning_effort` on any other. A user message may script a tool call (`tests/fakes/script.py`);
-a `json_schema` response format is followed. `POST /v1/responses` is OpenAI's Responses API
-(tests/fakes/openai_responses.py). Every request is recorded on `app.state.requests`.
+gpt-5), `reasoning_effort` on any other, and an output cap past the model's (`OUTPUT_LIMITS`). A user
+message may script a tool call (`tests/fakes/script.py`); a `json_schema` response format is followed.
+`POST /v1/responses` is OpenAI's Responses API (tests/fakes/openai_responses.py). Every request is recorded on
+`app.state.requests`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ API_KEY = "test-openai-key"
 TEXT, REASONING = openai_responses.TEXT, openai_responses.REASONING
 SLOW_SECONDS = 2.0
 REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+# The most output tokens a model may be asked for (its model page), refused above it as each API words it.
+OUTPUT_LIMITS = {"gpt-4o-mini": 16_384, "gpt-4o": 16_384, "deepseek-chat": 8_192}
 MESSAGE_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "audio", "function_call"}
 PART_FIELDS = {"type", "text", "image_url", "input_audio", "file", "refusal"}
 
@@ -69,6 +72,15 @@ def _problem(body: dict[str, Any]) -> str | None:
     if reasoning and "max_tokens" in body:
         return (
             "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."
+        )
+    cap_field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    cap, most = body.get(cap_field), OUTPUT_LIMITS.get(model)
+    if isinstance(cap, int) and most is not None and cap > most:
+        if model.startswith("deepseek"):
+            return f"Invalid max_tokens value, the valid range of max_tokens is [1, {most}]"
+        return (
+            f"{cap_field} is too large: {cap}. This model supports at most {most} completion tokens, whereas you "
+            f"provided {cap}."
         )
     if model.startswith("deepseek") and (body.get("response_format") or {}).get("type") == "json_schema":
         return "This response_format type is unavailable now"  # DeepSeek takes json_object only
