@@ -142,7 +142,7 @@ class Exchange:
         "request_id", "key", "model", "controls", "started", "route", "dropped", "inbound_dropped", "store_ms",
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
         "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "price_multiplier",
-        "per_request_usd", "search_usd", "searches", "trace", "output_cap",
+        "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected",
     )  # fmt: skip
 
     def __init__(
@@ -180,6 +180,9 @@ class Exchange:
         # Attempts sent whole that gave no usable answer (a first-byte timeout, a stall, a broken answer): the
         # provider may have run them to the end, so each is charged the reserved worst case.
         self.missed: list[Attempt] = []
+        # Answers the provider billed and the gateway threw away (they broke the response schema): their cost is
+        # in `wasted_usd`, and each is covered like a missed attempt before the next attempt goes out.
+        self.rejected = 0
         # A worst case more reserved for each of them before the next attempt went out (`Meter.reserve_again`).
         self.extra: list[Reservation] = []
         self.prompt: PromptEstimate | None = None
@@ -290,8 +293,11 @@ class Pipeline:
             try:
                 enforce(schema, completion.choices[0].message.content)
             except SchemaViolationError:
-                # The provider billed this answer even though it is thrown away.
+                # The provider billed this answer even though it is thrown away: its cost goes on the request's
+                # line, whether a later attempt answers or none does (then a line of its own, as for an error).
                 self._waste(ex, attempt, completion.usage)
+                ex.rejected += 1
+                ex.answered = (attempt, 200)
                 raise
         return completion
 
@@ -654,7 +660,7 @@ class Pipeline:
                 ex.route.append(f"{label}=breaker-open")
                 skipped = skipped or not breakers.rate_limited(label)
                 continue
-            if len(ex.extra) < len(ex.missed) and last is not None:
+            if len(ex.extra) < len(ex.missed) + ex.rejected and last is not None:
                 await self._cover_missed(ex, last)
             if ex.output_cap is not None:
                 ex.output_cap.apply(attempt)
@@ -726,17 +732,17 @@ class Pipeline:
 
     async def _cover_missed(self, ex: Exchange, last: UpstreamError) -> None:
         """Before the next attempt: a worst case more on the key's budgets for the attempt the provider may still
-        bill (it is charged on the answer's line), so that a failover cannot spend past a budget or
-        `x-gateway-max-cost-usd` (it did, by a worst case per such attempt). If it cannot be covered, the request
-        ends as that attempt did (its worst case charged, as for any attempt cut in flight)."""
+        bill, or did bill for an answer thrown away (it is charged on the answer's line), so that a failover cannot
+        spend past a budget or `x-gateway-max-cost-usd` (it did, by a worst case per such attempt). If it cannot be
+        covered, the request ends as that attempt did (charged, as any attempt cut in flight or answered is)."""
         reservation = ex.reservation
         if reservation is None:
             return
         limit = ex.controls.max_cost_usd
-        if limit is not None and reservation.amount_usd * (len(ex.missed) + 1) > limit:
+        if limit is not None and reservation.amount_usd * (len(ex.extra) + 2) > limit:
             raise last
         try:
-            again = await self.meter.reserve_again(reservation, ex.key, len(ex.missed))
+            again = await self.meter.reserve_again(reservation, ex.key, len(ex.extra) + 1)
         except GatewayError:  # the budget's 402, or the store's 503: either way the request ends as that attempt did
             raise last from None
         ex.extra.append(again)

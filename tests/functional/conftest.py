@@ -133,6 +133,11 @@ def gateway_config(upstream_url: str, providers: set[str]) -> Config:
                 "price": {"input": 1, "output": 2},
                 "enforce_schema": True,
             },
+            "json-twice": {
+                "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}] * 2,
+                "price": {"input": 1, "output": 2},
+                "enforce_schema": True,
+            },
         },
     }
     if "anthropic" in providers:

@@ -163,6 +163,25 @@ SCHEMA = {
 }
 
 
+def test_an_answer_thrown_away_for_its_schema_is_charged(running: Running) -> None:
+    """The provider billed every answer the gateway threw away for breaking the response schema: with no attempt
+    answering well, the request's line carries them all (it had none, and charged nothing: a budgeted key could
+    run completions for free by naming a schema the model never meets), and each is covered by the budget before
+    the next attempt goes out."""
+    key = running.mint(name="schema-billed", budget_usd=1.0)
+    for model in ("json-model", "json-twice"):
+        with pytest.raises(openai.APIStatusError) as info:
+            client(running, key).chat.completions.create(model=model, messages=HI, response_format=SCHEMA)  # type: ignore[arg-type]
+        assert info.value.status_code == 502 and info.value.code == "schema_violation"
+    once, twice = running.ledger(key)
+    assert (once.status, once.cost_source, twice.status) == (502, "provider", 502)
+    assert once.cost_usd is not None and once.cost_usd > 0
+    assert twice.cost_usd == pytest.approx(2 * once.cost_usd)
+    assert twice.route == "openai/gpt-4o-mini@global=schema_violation, openai/gpt-4o-mini@global=schema_violation"
+    me = httpx.get(f"{running.url}/v1/key", headers={"authorization": f"Bearer {key}"}).json()
+    assert me["spent_usd"] == pytest.approx(3 * once.cost_usd) and me["reserved_usd"] == pytest.approx(0, abs=1e-12)
+
+
 def test_schema_violation_is_a_502_after_every_attempt(running: Running, key: str) -> None:
     with pytest.raises(openai.APIStatusError) as info:
         client(running, key).chat.completions.create(model="json-model", messages=HI, response_format=SCHEMA)  # type: ignore[arg-type]
