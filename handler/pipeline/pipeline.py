@@ -511,6 +511,10 @@ class Pipeline:
                     param="store",
                 )
             ex.inbound_dropped.append("store")
+            if extra.pop("metadata", None) is not None:
+                # The stored completion's tags: OpenAI refuses `metadata` unless `store` is on ("The 'metadata'
+                # parameter is only allowed when 'store' is enabled"), so it goes with it.
+                ex.inbound_dropped.append("metadata")
 
     @staticmethod
     def search_limit(value: Any, param: str) -> int:

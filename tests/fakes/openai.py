@@ -10,8 +10,9 @@ whose message quotes the request's authorization and `x-` headers back, as some 
 (DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`).
 It refuses, as OpenAI does, message and content-part fields Chat Completions does not define, an image in
 a message other than a user's, a tool `description` of null, `max_tokens` on a reasoning model (o-series,
-gpt-5), `reasoning_effort` on any other, and an output cap past the model's (`OUTPUT_LIMITS`). A user
-message may script a tool call (`tests/fakes/script.py`); a `json_schema` response format is followed.
+gpt-5), `reasoning_effort` on any other, `metadata` without `store: true`, and an output cap past the model's
+(`OUTPUT_LIMITS`). A user message may script a tool call (`tests/fakes/script.py`); a `json_schema` response
+format is followed.
 `POST /v1/responses` is OpenAI's Responses API (tests/fakes/openai_responses.py). Every request is recorded on
 `app.state.requests`.
 """
@@ -82,6 +83,8 @@ def _problem(body: dict[str, Any]) -> str | None:
             f"{cap_field} is too large: {cap}. This model supports at most {most} completion tokens, whereas you "
             f"provided {cap}."
         )
+    if body.get("metadata") is not None and body.get("store") is not True and not model.startswith("deepseek"):
+        return "The 'metadata' parameter is only allowed when 'store' is enabled."
     if model.startswith("deepseek") and (body.get("response_format") or {}).get("type") == "json_schema":
         return "This response_format type is unavailable now"  # DeepSeek takes json_object only
     if not reasoning and "reasoning_effort" in body:

@@ -518,6 +518,11 @@ def test_options_that_change_the_price_are_priced_or_refused(gw: Running) -> Non
     assert all("store" not in r["json"] for r in received(gw, "openai", since))
     strict = post(gw, "/v1/chat/completions", key, {**base, "store": True}, **{"x-gateway-strict": "true"})
     assert strict.status_code == 400 and strict.json()["error"]["param"] == "store"
+    # A stored completion's tags go with it: OpenAI refuses `metadata` without `store` (qwen-code sends both).
+    tagged = post(gw, "/v1/chat/completions", key, {**base, "store": True, "metadata": {"session": "abc"}})
+    assert tagged.status_code == 200, tagged.text
+    assert tagged.headers["x-gateway-dropped-params"].split(",") == ["store", "metadata"]
+    assert "metadata" not in received(gw, "openai", since)[-1]["json"]
 
 
 # --- secrets -----------------------------------------------------------------------------------------
