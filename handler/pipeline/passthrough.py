@@ -8,12 +8,14 @@ adapter's meter reads the usage from them; the pipeline costs and settles as for
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from handler.errors import GatewayError
+from handler.errors import GatewayError, UpstreamTimeoutError
 from handler.pipeline.pricing import plausible, wants_reasoning
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import NativeCall
@@ -60,6 +62,14 @@ def misshapen(what: str, exc: Exception) -> GatewayError:
     error = malformed(f"the provider sent a malformed {what} ({type(exc).__name__})")
     error.__cause__ = exc
     return error
+
+
+def deadline_passed(deadline_s: float, before: str) -> UpstreamTimeoutError:
+    """The request's deadline (`x-gateway-deadline-ms`, or the Lambda invocation's time left) passed."""
+    return UpstreamTimeoutError(
+        f"the deadline of {deadline_s * 1000:.0f} ms (x-gateway-deadline-ms, or the Lambda invocation's remaining "
+        f"time) passed before {before}"
+    )
 
 
 class UpstreamStream(ABC, Generic[T]):
@@ -172,7 +182,12 @@ class UpstreamStream(ABC, Generic[T]):
                 raise misshapen("stream event", exc) from exc
 
     async def batches(self) -> AsyncIterator[list[T]]:
-        """The items as they arrive, grouped by the upstream read that brought them."""
+        """The items as they arrive, grouped by the upstream read that brought them. The request's deadline holds
+        for the whole stream, not only its head: on Lambda, a body still running when the invocation's time ran
+        out was killed with the function, its settlement never written (the provider billed it, the ledger and
+        the budget never saw it); past it, the stream ends with the in-stream 504 and is settled."""
+        deadline = self.ex.controls.deadline_s
+        ends = None if deadline is None else self.ex.started + deadline
         while True:
             if self._pending:
                 batch, self._pending = self._pending, []
@@ -182,7 +197,15 @@ class UpstreamStream(ABC, Generic[T]):
                 yield batch
             if self._finished:
                 return
-            await self._pull()
+            if ends is None:
+                await self._pull()
+                continue
+            try:
+                async with asyncio.timeout(max(0.0, ends - time.perf_counter())):
+                    await self._pull()
+            except TimeoutError:
+                assert deadline is not None
+                raise deadline_passed(deadline, "the stream's end") from None
 
     async def complete(self) -> None:
         """The upstream finished (with the error `failed` named, if it ended on one): cost it and settle (in the

@@ -30,7 +30,6 @@ from handler.errors import (
     StrictParamsError,
     UpstreamError,
     UpstreamRateLimitedError,
-    UpstreamTimeoutError,
 )
 from handler.pipeline.attribution import line_tags
 from handler.pipeline.budgets import Meter, Reservation, remaining_usd
@@ -42,6 +41,7 @@ from handler.pipeline.passthrough import (
     NativeReply,
     NativeStream,
     UpstreamStream,
+    deadline_passed,
     misshapen,
 )
 from handler.pipeline.pricing import (
@@ -640,10 +640,7 @@ class Pipeline:
             async with asyncio.timeout(max(0.0, remaining)):
                 return await work
         except TimeoutError:
-            raise UpstreamTimeoutError(
-                f"the deadline of {ex.controls.deadline_s * 1000:.0f} ms (x-gateway-deadline-ms, or the Lambda "
-                "invocation's remaining time) passed before an answer"
-            ) from None
+            raise deadline_passed(ex.controls.deadline_s, "an answer") from None
 
     async def _failover(
         self,

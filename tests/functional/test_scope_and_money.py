@@ -468,6 +468,21 @@ def test_a_client_that_leaves_mid_stream_is_charged_the_prompt_too(gw: Running) 
     assert line.input_tokens >= 400 and (line.cost_usd or 0) > 0  # the first chunk carried no text yet
 
 
+def test_a_stream_past_the_requests_deadline_ends_with_a_504_and_is_charged(gw: Running) -> None:
+    """The deadline (`x-gateway-deadline-ms`; on Lambda, the invocation's time left) held for a stream's head only:
+    its body ran on past it, and on Lambda the function was killed mid-stream with nothing settled."""
+    key = gw.mint(budget_usd=1.0)
+    body = {"model": "drip-test", "messages": [{"role": "user", "content": "word " * 400}], "stream": True}
+    started = time.monotonic()
+    answer = httpx.post(
+        f"{gw.url}/v1/chat/completions", json=body, headers={**auth(key), "x-gateway-deadline-ms": "600"}, timeout=30
+    )
+    assert time.monotonic() - started < 1.8  # a word every 2 s: the stream alone would have taken 8 s
+    assert answer.status_code == 200 and '"upstream_timeout"' in answer.text and "600 ms" in answer.text
+    [line] = ledger(gw, key)
+    assert line.status == 504 and line.cost_source == "estimate" and line.input_tokens >= 400
+
+
 def test_images_are_reserved_by_the_providers_formula(gw: Running) -> None:
     key = gw.mint(budget_usd=0.05)
     image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "high"}}
