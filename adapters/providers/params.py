@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+import orjson
 from pydantic import BaseModel
 
 from handler.errors import InvalidRequestError
@@ -106,6 +107,16 @@ def cache_control(part: BaseModel) -> dict[str, Any] | None:
     Chat Completions clients share with Anthropic's blocks; None when the part has none."""
     marker = (part.model_extra or {}).get("cache_control")
     return marker if isinstance(marker, dict) else None
+
+
+JSON_SCHEMA_INSTRUCTION = "Answer in JSON: one JSON object, nothing before or after it, following this JSON Schema: "
+
+
+def json_schema_instruction(schema: Any) -> str:
+    """The system instruction that serves a `json_schema` response format where the provider or model has no
+    structured output to send it as: the schema in the prompt (the gateway's `enforce_schema` checks the answer
+    where the client asks it)."""
+    return JSON_SCHEMA_INSTRUCTION + orjson.dumps(schema or {"type": "object"}).decode()
 
 
 THINKING_BLOCKS = "thinking_blocks"

@@ -5,8 +5,10 @@ It serves `POST /model/{modelId}/converse` and `/converse-stream`, the stream as
 each request carries a SigV4 `Authorization` for service `bedrock` in `REGION` whose signature verifies
 against the test credentials over the exact bytes received (`verify_sigv4`, written from the SigV4
 specification, independent of botocore). It refuses what Bedrock refuses (unknown fields, roles that
-do not alternate, a conversation not opening with the user) with a `ValidationException`. With tools
-and a `toolChoice` of `any` or `tool` it answers with a `toolUse`.
+do not alternate, a conversation not opening with the user, a forced `toolChoice` (`any` or `tool`) for a
+model other than Claude and Nova, the only ones AWS's ToolChoice reference names) with a `ValidationException`.
+With tools and a `toolChoice` of `any` or `tool` it answers with a `toolUse`; a system prompt that gives a JSON
+Schema gets an answer following it.
 
 Behaviour by model id: `fail-throttle` (HTTP 429 ThrottlingException), `fail-validation` (400),
 `fail-500` (InternalServerException), `stream-exception` (a stream whose first frame is a
@@ -30,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes.script import ScriptedCall, input_for, scripted_turn, texts
+from tests.fakes.script import ScriptedCall, input_for, scripted_turn, text_for, texts
 
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
@@ -196,6 +198,21 @@ def _invalid(body: dict[str, Any]) -> str | None:
     return None
 
 
+def _unforceable(body: dict[str, Any], model: str) -> str | None:
+    """Bedrock takes a forced `toolChoice` from Claude and Nova only; other models (Llama, Mistral, DeepSeek)
+    refuse the field by name."""
+    choice = (body.get("toolConfig") or {}).get("toolChoice") or {}
+    if "anthropic.claude" in model or "amazon.nova" in model:
+        return None
+    for field in ("any", "tool"):
+        if field in choice:
+            return (
+                f"This model doesn't support the toolConfig.toolChoice.{field} field. "
+                f"Remove toolConfig.toolChoice.{field} and try again."
+            )
+    return None
+
+
 def _invalid_count(body: dict[str, Any]) -> str | None:
     """A CountTokens body: `{"input": {"converse": {messages, system}}}`, the Converse part as Converse checks it."""
     converse = (body.get("input") or {}).get("converse")
@@ -224,6 +241,15 @@ def _unsigned_turn(body: dict[str, Any]) -> str | None:
     return None
 
 
+def _text(body: dict[str, Any]) -> str:
+    """The fixed text, or JSON following a schema the system prompt gives (a model follows its instructions)."""
+    for block in body.get("system") or ():
+        text = block.get("text")
+        if isinstance(text, str) and "JSON Schema: " in text:
+            return text_for(orjson.loads(text.rsplit("JSON Schema: ", 1)[1]), TEXT)
+    return TEXT
+
+
 def answer_for(body: dict[str, Any], thinks: bool = False) -> dict[str, Any]:
     """A Converse answer: a `toolUse` when a tool is forced, the scripted turn of `tests.fakes.script`, else
     the fixed text; opened by signed reasoning when thinking is asked for (or `thinks`)."""
@@ -248,7 +274,7 @@ def answer_for(body: dict[str, Any], thinks: bool = False) -> dict[str, Any]:
         content = [{"toolUse": {"toolUseId": TOOL_USE_ID, "name": name, "input": tool_input}}]
         stop = "tool_use"
     else:
-        content, stop = [{"text": TEXT}], "end_turn"
+        content, stop = [{"text": _text(body)}], "end_turn"
     fields: dict[str, Any] = {}
     for sequence in (body.get("inferenceConfig") or {}).get("stopSequences") or ():
         text = content[-1].get("text")
@@ -294,7 +320,7 @@ def create_app() -> Starlette:
             return model, None, _error(400, "ValidationException", "The provided model identifier is invalid.")
         if "fail-500" in model:
             return model, None, _error(500, "InternalServerException", "The server encountered an internal error.")
-        invalid = validate(body) or (_unsigned_turn(body) if "thinker" in model else None)
+        invalid = validate(body) or _unforceable(body, model) or (_unsigned_turn(body) if "thinker" in model else None)
         if invalid is not None:
             return model, None, _error(400, "ValidationException", invalid)
         return model, body, None

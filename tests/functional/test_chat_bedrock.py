@@ -18,6 +18,7 @@ from tests.support.servers import ServerThread
 pytestmark = pytest.mark.skipif("bedrock" not in REGISTRY, reason="no bedrock adapter registered")
 
 MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+LLAMA = "us.meta.llama3-3-70b-instruct-v1:0"
 PRICE = {"input": 1, "output": 2}
 HI: Any = [{"role": "user", "content": "Hi"}]
 WEATHER_TOOL: Any = {
@@ -55,6 +56,7 @@ def bedrock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 "price": PRICE,
             },
             "rejects": {"deployments": [{**deployment, "model": "fail-validation"}], "price": PRICE},
+            "llama": {"deployments": [{**deployment, "model": LLAMA}], "price": PRICE},
         },
     }
     store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('bedrock-store')) / 'gateway.db'}"
@@ -145,6 +147,37 @@ def test_tools_stream_and_not_and_the_result_goes_back(bedrock: Running, client:
         "toolUseId": fake.TOOL_USE_ID,
         "content": [{"text": "18 C and clear"}],
     }
+
+
+def test_a_model_without_forced_tool_choice_still_answers(bedrock: Running, client: openai.OpenAI) -> None:
+    """Bedrock takes a forced `toolChoice` (`any`, `tool`) from Claude and Nova only; Llama answered every
+    `tool_choice: required` or named tool, and every `json_schema` request (a forced tool), with Bedrock's 400
+    "This model doesn't support the toolConfig.toolChoice.any field". The choice is now dropped and named, and
+    the schema goes in the system prompt."""
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for choice in ("required", named):
+        raw = client.chat.completions.with_raw_response.create(
+            model="llama",
+            messages=HI,
+            tools=[WEATHER_TOOL],
+            tool_choice=choice,  # type: ignore[arg-type]
+        )
+        assert raw.parse().choices[0].message.content == fake.TEXT
+        assert raw.headers["x-gateway-dropped-params"] == "tool_choice"
+        assert "toolChoice" not in sent(bedrock)["json"]["toolConfig"]
+
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "city", "schema": schema}}
+    for stream in (False, True):
+        if stream:
+            chunks = client.chat.completions.create(model="llama", messages=HI, response_format=fmt, stream=True)
+            content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            answer = client.chat.completions.create(model="llama", messages=HI, response_format=fmt)
+            content = answer.choices[0].message.content or ""
+        assert content == '{"city":"Paris"}'
+        body = sent(bedrock)["json"]
+        assert "toolConfig" not in body and '"city"' in body["system"][-1]["text"]
 
 
 def test_a_tool_history_sent_without_tools_is_answered(bedrock: Running, client: openai.OpenAI) -> None:

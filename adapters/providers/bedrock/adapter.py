@@ -36,13 +36,14 @@ from adapters.providers.anthropic.adapter import (
 )
 from adapters.providers.anthropic.wire import WireBlock
 from adapters.providers.bedrock.eventstream import EventStreamDecoder
-from adapters.providers.model_rules import keep_one_sampling_knob
+from adapters.providers.model_rules import keep_one_sampling_knob, rules_for
 from adapters.providers.params import (
     THINKING_BLOCKS,
     Rule,
     apply_rules,
     asks,
     cache_control,
+    json_schema_instruction,
     named_messages,
     redacted_thinking,
     require_turns,
@@ -345,9 +346,12 @@ def tool_turns_as_text(messages: list[dict[str, Any]]) -> None:
         message["content"] = content
 
 
-def tool_config(req: ChatRequest, messages: list[dict[str, Any]], dropped: list[str]) -> dict[str, Any] | None:
-    """`toolConfig`: the client's tools and choice, plus the forced tool of a `json_schema` answer. Without
-    tools to send (none offered, or `tool_choice: none`), earlier tool turns go as text."""
+def tool_config(
+    req: ChatRequest, messages: list[dict[str, Any]], dropped: list[str], forced: bool
+) -> dict[str, Any] | None:
+    """`toolConfig`: the client's tools and choice, plus the forced tool of a `json_schema` answer where the model
+    takes a forced choice (`forced`). Without tools to send (none offered, or `tool_choice: none`), earlier tool
+    turns go as text."""
     tools = _tool_specs(req)
     choice = req.tool_choice
     if choice == "none":
@@ -355,15 +359,18 @@ def tool_config(req: ChatRequest, messages: list[dict[str, Any]], dropped: list[
     chosen: dict[str, Any] | None = None
     if choice == "auto":
         chosen = {"auto": {}}
+    elif choice is not None and choice != "none" and not forced:
+        # The model takes only `auto` (Bedrock's default): a forced choice would be its 400, so it is named.
+        dropped.append("tool_choice")
     elif choice == "required":
         chosen = {"any": {}}
     elif choice is not None and not isinstance(choice, str):
         chosen = {"tool": {"name": choice.function.name}}
-    forced = json_tool(req)
-    if forced is not None:
+    json_answer = json_tool(req) if forced else None  # otherwise the schema goes in the system prompt
+    if json_answer is not None:
         if chosen is None or "tool" not in chosen:
             chosen = {"tool": {"name": JSON_TOOL}} if not tools else {"any": {}}
-        tools.append(_tool_spec(forced["name"], forced["description"], forced["input_schema"]))
+        tools.append(_tool_spec(json_answer["name"], json_answer["description"], json_answer["input_schema"]))
     if not tools:
         if choice not in (None, "none"):
             dropped.append("tool_choice")
@@ -517,11 +524,15 @@ class BedrockAdapter(ProviderAdapter):
         require_turns(messages, "Bedrock")
         user_first(messages)
         body: dict[str, Any] = {"messages": messages}
-        config = tool_config(req, messages, dropped)
+        forced = rules_for(model).forced_tool_choice
+        config = tool_config(req, messages, dropped, forced)
         if config is not None:
             body["toolConfig"] = config
-        if req.response_format is not None and req.response_format.type == "json_object":
+        fmt = req.response_format
+        if fmt is not None and fmt.type == "json_object":
             system.append({"text": JSON_OBJECT_INSTRUCTION})
+        elif fmt is not None and fmt.type == "json_schema" and not forced:
+            system.append({"text": json_schema_instruction(fmt.json_schema.schema_ if fmt.json_schema else None)})
         if system:
             body["system"] = system
         inference = {name: value for name, value in inference.items() if value is not None}
@@ -624,7 +635,7 @@ class BedrockAdapter(ProviderAdapter):
 
     def count_tokens_request(self, call: NativeCall, req: ChatRequest, target: Target) -> BuiltRequest:
         """Bedrock's CountTokens for the Converse request this prompt would be."""
-        body, _ = self.chat_body(req)
+        body, _ = self.chat_body(req, target.model)
         converse = {name: body[name] for name in ("messages", "system") if name in body}
         payload = orjson.dumps({"input": {"converse": converse}})
         request = UpstreamRequest(

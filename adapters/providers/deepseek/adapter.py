@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from adapters.providers.openai.adapter import OpenAIAdapter
 from adapters.providers.openai.profiles import PROFILES, Profile
+from adapters.providers.params import json_schema_instruction
 from handler.ports import Target
 from handler.schemas import ChatRequest
-
-JSON_SCHEMA_INSTRUCTION = "Answer in JSON: one JSON object, nothing before or after it, following this JSON Schema: "
 
 _OPENAI_COMPATIBLE = PROFILES["deepseek"]
 PROFILE = _OPENAI_COMPATIBLE._replace(
@@ -47,8 +44,7 @@ class DeepSeekAdapter(OpenAIAdapter):
         fmt = body.get("response_format")
         if self.options.get("profile") is None and isinstance(fmt, dict) and fmt.get("type") == "json_schema":
             spec = fmt.get("json_schema")
-            schema = orjson.dumps((spec.get("schema") if isinstance(spec, dict) else None) or {"type": "object"})
             body["response_format"] = {"type": "json_object"}
-            instruction = JSON_SCHEMA_INSTRUCTION + schema.decode()
+            instruction = json_schema_instruction(spec.get("schema") if isinstance(spec, dict) else None)
             body["messages"] = [{"role": "system", "content": instruction}, *body["messages"]]
         return body, dropped

@@ -244,6 +244,47 @@ def test_tool_choice_maps_to_converse(choice: object, expected: dict[str, Any]) 
     assert dropped == []
 
 
+LLAMA = "us.meta.llama3-3-70b-instruct-v1:0"
+
+
+@pytest.mark.parametrize("model", [LLAMA, "mistral.mistral-large-2407-v1:0", "us.deepseek.r1-v1:0"])
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "get_weather"}}], ids=["required", "named"]
+)
+def test_a_forced_tool_choice_is_dropped_for_a_model_that_refuses_it(model: str, choice: object) -> None:
+    """Bedrock takes `toolChoice.any`/`.tool` from Claude and Nova only (a 400 ValidationException from Llama,
+    Mistral, DeepSeek): the tools go with Bedrock's default choice, `auto`, and the choice is named."""
+    body, dropped = built(request(tools=[WEATHER], tool_choice=choice), target(model))
+    assert body["toolConfig"] == {
+        "tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object"}}}}]
+    }
+    assert dropped == ["tool_choice"]
+    body, dropped = built(request(tools=[WEATHER], tool_choice=choice), target("us.amazon.nova-pro-v1:0"))
+    assert set(body["toolConfig"]["toolChoice"]) <= {"any", "tool"} and dropped == []
+
+
+@pytest.mark.parametrize("tools", [{}, {"tools": [WEATHER]}], ids=["alone", "with-tools"])
+def test_json_schema_for_a_model_without_forced_tool_choice_goes_in_the_system_prompt(tools: dict[str, Any]) -> None:
+    """No forced tool to carry the schema: the instruction and schema go in the system prompt (as DeepSeek's
+    JSON mode gets them), the client's tools are offered with the default choice, and nothing is dropped."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": schema}}
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    body, dropped = built(request(messages=messages, response_format=fmt, **tools), target(LLAMA))
+    assert body["system"][0] == {"text": "Be brief."}
+    assert body["system"][1]["text"].endswith('JSON Schema: {"type":"object","properties":{"city":{"type":"string"}}}')
+    assert "toolChoice" not in body.get("toolConfig", {}) and dropped == []
+    assert [t["toolSpec"]["name"] for t in body.get("toolConfig", {}).get("tools", [])] == (
+        ["get_weather"] if tools else []
+    )
+    answer = {"output": {"message": {"role": "assistant", "content": [{"text": '{"city":"Paris"}'}]}}}
+    completion = adapter().chat_response(
+        orjson.dumps({**answer, "stopReason": "end_turn"}), request(response_format=fmt), target(LLAMA)
+    )
+    assert completion.choices[0].message.content == '{"city":"Paris"}'
+    assert completion.choices[0].finish_reason == "stop"
+
+
 def test_tool_choice_none_offers_no_tools() -> None:
     body, dropped = built(request(tools=[WEATHER], tool_choice="none"))
     assert "toolConfig" not in body and dropped == []
