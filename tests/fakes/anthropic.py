@@ -7,7 +7,8 @@ test can pick a fault on a configured model: `fail-429` (rate_limit_error with r
 (a stream that stops mid-way, without `message_delta` or `message_stop`),
 `stream-overloaded` (a stream that ends after its first delta with Anthropic's in-stream `error` event, an
 `overloaded_error`; with `echo-auth` its message quotes the request's `x-api-key`, as an upstream that echoes
-credentials would), `bad-json` (a 200 whose body is not JSON). A request with tools and a `tool_choice` of
+credentials would), `bad-json` (a 200 whose body is not JSON). A whitespace-only stop sequence is refused, as
+Anthropic refuses it. A request with tools and a `tool_choice` of
 `any` or `tool` is answered with a `tool_use` block (its input following the tool's schema); a user message
 may script a tool call (`tests.fakes.script`). A request asking for `thinking`, or for a `thinker` model, gets
 a signed thinking block first (its text empty under `display: omitted`); for a `thinker`, an assistant turn
@@ -162,6 +163,8 @@ def _problem(body: dict[str, Any]) -> str | None:
             return f"messages.{i}.role: Input should be 'user', 'assistant' or 'system'"
     if body.get("tool_choice") and not body.get("tools"):
         return "tool_choice may only be specified while providing tools."
+    if any(not str(sequence).strip() for sequence in body.get("stop_sequences") or ()):
+        return "stop_sequences: each stop sequence must contain non-whitespace"
     if "thinker" in str(body.get("model")):
         return _unsigned_turn(messages)
     return None

@@ -121,6 +121,17 @@ def test_dropped_parameters_are_reported(running: Running, key: str) -> None:
     assert "seed" not in sent(running)["json"]
 
 
+def test_a_whitespace_only_stop_sequence_is_dropped_and_named(running: Running, key: str) -> None:
+    """Anthropic refuses a request with a whitespace-only stop sequence ("stop_sequences: each stop sequence must
+    contain non-whitespace"): `stop: ["\\n"]`, common from OpenAI clients, was a 400. It is dropped and named, the
+    other sequences kept."""
+    for stop, kept in ((["\n", "END"], ["END"]), ("\n\n", None)):
+        raw = client(running, key).chat.completions.with_raw_response.create(model=MODEL, messages=HI, stop=stop)
+        assert raw.parse().choices[0].message.content == TEXT
+        assert raw.headers["x-gateway-dropped-params"] == "stop"
+        assert sent(running)["json"].get("stop_sequences") == kept
+
+
 def test_upstream_errors_are_mapped(running: Running, key: str) -> None:
     oa = client(running, key)
     with pytest.raises(openai.APIStatusError) as overloaded:

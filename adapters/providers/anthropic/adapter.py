@@ -636,8 +636,14 @@ class AnthropicAdapter(ProviderAdapter):
             body.update(thinking)
             # Claude refuses sampling changes while thinking.
             dropped += [name for name in ("temperature", "top_k") if body.pop(name, None) is not None]
-        if req.stop_list():
-            body["stop_sequences"] = req.stop_list()
+        stops = req.stop_list()
+        kept = [sequence for sequence in stops if sequence.strip()]
+        if kept:
+            body["stop_sequences"] = kept
+        if len(kept) < len(stops):
+            # Anthropic refuses the whole request for a whitespace-only sequence ("each stop sequence must
+            # contain non-whitespace"); a newline stop is common from OpenAI clients.
+            dropped.append("stop")
         if req.user:
             body["metadata"] = {"user_id": req.user}
 

@@ -140,6 +140,17 @@ def test_single_stop_string_becomes_a_list_of_stop_sequences() -> None:
     assert body["stop_sequences"] == ["END"] and "stop" not in body
 
 
+@pytest.mark.parametrize(
+    ("stop", "kept"), [(["\n", "END", " \t"], ["END"]), ("\n", None), (["\n\nHuman:"], ["\n\nHuman:"])]
+)
+def test_whitespace_only_stop_sequences_are_dropped_and_named(stop: object, kept: list[str] | None) -> None:
+    """Anthropic answers 400 "stop_sequences: each stop sequence must contain non-whitespace"; a sequence with
+    some non-whitespace in it is kept whole."""
+    body, dropped = built(request(stop=stop))
+    assert body.get("stop_sequences") == kept
+    assert dropped == ([] if kept == stop else ["stop"])
+
+
 def test_temperature_above_one_is_clamped_and_reported() -> None:
     body, dropped = built(request(temperature=1.7, top_p=0.5), target("claude-3-7-sonnet-latest"))
     assert body["temperature"] == 1.0 and body["top_p"] == 0.5 and dropped == ["temperature"]
