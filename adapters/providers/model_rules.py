@@ -19,12 +19,13 @@ class ModelRules(Value):
     `signed_function_calls`: refuses a function-call history whose calls lost their thought signature.
     `no_tools_with_json_mode`: refuses function calling together with a JSON response mime type.
     `media_in_function_responses`: takes images and files a function returned inside its `functionResponse`.
+    `no_penalties`: refuses a non-zero `presencePenalty` or `frequencyPenalty` (0, their default, passes).
     `forced_tool_choice`: takes Converse's forced `toolChoice` (`any`, `tool`) on Bedrock, which refuses either from
     other models with a 400 ValidationException (only the Bedrock adapter reads it)."""
 
     __slots__ = (
         "one_sampling_knob", "completion_tokens_field", "signed_function_calls", "no_tools_with_json_mode",
-        "media_in_function_responses", "forced_tool_choice",
+        "media_in_function_responses", "no_penalties", "forced_tool_choice",
     )  # fmt: skip
 
     def __init__(
@@ -34,6 +35,7 @@ class ModelRules(Value):
         signed_function_calls: bool = False,
         no_tools_with_json_mode: bool = False,
         media_in_function_responses: bool = False,
+        no_penalties: bool = False,
         forced_tool_choice: bool = False,
     ) -> None:
         self.one_sampling_knob: Final = one_sampling_knob
@@ -41,6 +43,7 @@ class ModelRules(Value):
         self.signed_function_calls: Final = signed_function_calls
         self.no_tools_with_json_mode: Final = no_tools_with_json_mode
         self.media_in_function_responses: Final = media_in_function_responses
+        self.no_penalties: Final = no_penalties
         self.forced_tool_choice: Final = forced_tool_choice
 
 
@@ -48,17 +51,21 @@ NO_RULES = ModelRules()
 
 # First match wins. Sources: Anthropic's "migrating to Claude 4.5" notes (sampling), OpenAI's reasoning
 # guide (max_completion_tokens), Gemini's thought-signatures, structured-output and function-calling pages
-# (multimodal function responses: Gemini 3), AWS's ToolChoice reference (a forced `toolChoice`: "only supported by
-# Anthropic Claude 3 and Amazon Nova models"; Llama, Mistral and DeepSeek on Bedrock answer "This model doesn't
-# support the toolConfig.toolChoice.any field").
+# (multimodal function responses: Gemini 3), Gemini's 400 "Penalty is not enabled for models/gemini-2.5-flash"
+# (2.5 and 3 refuse a non-zero penalty: vercel/ai#8943, google-gemini/cookbook#1290, mnfst/modelparams.dev#16),
+# AWS's ToolChoice reference (a forced `toolChoice`: "only supported by Anthropic Claude 3 and Amazon Nova models";
+# Llama, Mistral and DeepSeek on Bedrock answer "This model doesn't support the toolConfig.toolChoice.any field").
 MODEL_RULES: tuple[tuple[re.Pattern[str], ModelRules], ...] = (
     (
         re.compile(r"claude-(sonnet|haiku|opus)-4-5|claude-opus-4"),
         ModelRules(one_sampling_knob=True, forced_tool_choice=True),
     ),
     (re.compile(r"^(o\d|gpt-5)"), ModelRules(completion_tokens_field=True)),
-    (re.compile(r"gemini-3"), ModelRules(signed_function_calls=True, media_in_function_responses=True)),
-    (re.compile(r"gemini-2\.5"), ModelRules(no_tools_with_json_mode=True)),
+    (
+        re.compile(r"gemini-3"),
+        ModelRules(signed_function_calls=True, media_in_function_responses=True, no_penalties=True),
+    ),
+    (re.compile(r"gemini-2\.5"), ModelRules(no_tools_with_json_mode=True, no_penalties=True)),
     (re.compile(r"claude-(3|(sonnet|haiku|opus)-\d)|amazon\.nova-"), ModelRules(forced_tool_choice=True)),
 )
 

@@ -82,6 +82,7 @@ OUTPUT_CAPS = {"max_tokens": ("max_completion_tokens",)}  # the same cap, under 
 CLAUDE_NO_TEMPERATURE_WITH_TOP_P = re.compile(r"claude-(sonnet-4-5|haiku-4-5|opus-4)")
 GEMINI_NO_TOOLS_WITH_JSON = re.compile(r"gemini-2\.5")
 GEMINI_SIGNED_CALLS = re.compile(r"gemini-3")
+GEMINI_NO_PENALTIES = re.compile(r"gemini-(2\.5|3)")
 OPENAI_REASONING = re.compile(r"^(o\d|gpt-5)")
 
 
@@ -155,6 +156,8 @@ def rule_problems(provider: str, model: str, body: dict[str, Any]) -> list[str]:
         config = body.get("generationConfig") or {}
         if GEMINI_NO_TOOLS_WITH_JSON.search(model) and body.get("tools") and config.get("responseMimeType"):
             found.append(f"{model} refuses function calling with a JSON response mime type")
+        if GEMINI_NO_PENALTIES.search(model) and (config.get("presencePenalty") or config.get("frequencyPenalty")):
+            found.append(f"{model} refuses a non-zero penalty")
         for content in [*body["contents"], body.get("systemInstruction") or {"parts": []}]:
             if any(part.get("text") == "" for part in content["parts"]):
                 found.append("Gemini refuses an empty text part")

@@ -5,8 +5,8 @@ It serves `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent
 `contents`, roles other than `user`/`model`) with Google's error body. With tools and function-calling
 mode `ANY` it answers with a `functionCall`; a user message may script a call (`tests.fakes.script`); on a
 `gemini-3` model every function call carries a `thoughtSignature`, and one sent back without it is
-refused. `:countTokens` counts a `generateContentRequest`. Behaviour is chosen by the model name, as in
-the OpenAI fake:
+refused; a `gemini-2.5` or `gemini-3` model refuses a non-zero penalty, as Google's do. `:countTokens`
+counts a `generateContentRequest`. Behaviour is chosen by the model name, as in the OpenAI fake:
 `fail-429` (RESOURCE_EXHAUSTED, retry delay 0s), `fail-500`, `fail-400` (INVALID_ARGUMENT), `slow` (waits
 `SLOW_SECONDS`), `stream-cut` (a stream that stops before its finishReason), `bad-json` (a 200 whose
 body is not JSON). Usage counts each modality of the prompt apart (`promptTokensDetails`), as Gemini does:
@@ -103,6 +103,16 @@ def _validate(body: dict[str, Any]) -> Response | None:
     count = (body.get("generationConfig") or {}).get("candidateCount", 1)
     if not 1 <= count <= 8:
         return _invalid("* GenerateContentRequest.generation_config.candidate_count: must be between 1 and 8\n")
+    return None
+
+
+def _penalty(model: str, body: dict[str, Any]) -> str | None:
+    """Gemini 2.5 and 3 refuse a non-zero `presencePenalty` or `frequencyPenalty` (0 passes unchecked)."""
+    config = body.get("generationConfig") or {}
+    if ("gemini-2.5" in model or "gemini-3" in model) and (
+        config.get("presencePenalty") or config.get("frequencyPenalty")
+    ):
+        return f"Penalty is not enabled for models/{model}"
     return None
 
 
@@ -264,7 +274,7 @@ def create_app() -> Starlette:
         failure = _validate(body)
         if failure is not None:
             return failure
-        unsigned = _unsigned_call(model, body)
+        unsigned = _unsigned_call(model, body) or _penalty(model, body)
         if unsigned:
             return _invalid(unsigned)
         if "bad-json" in model:

@@ -178,6 +178,22 @@ def test_dropped_parameters_are_named(running: Running, key: str) -> None:
     assert set(raw.headers["x-gateway-dropped-params"].split(",")) == {"logit_bias", "user"}
 
 
+def test_penalties_gemini_2_5_refuses_are_dropped_and_named(running: Running, key: str) -> None:
+    """Gemini 2.5 answers a non-zero penalty with 400 INVALID_ARGUMENT "Penalty is not enabled for
+    models/gemini-2.5-flash"; the request is answered without them, and they are named. A 0 asks for nothing."""
+    raw = client(running, key).chat.completions.with_raw_response.create(
+        model="gemini-2.5-flash", messages=HI, presence_penalty=0.5, frequency_penalty=0.3
+    )
+    assert raw.parse().choices[0].message.content == TEXT
+    assert set(raw.headers["x-gateway-dropped-params"].split(",")) == {"presence_penalty", "frequency_penalty"}
+    config = sent(running)["json"].get("generationConfig") or {}
+    assert "presencePenalty" not in config and "frequencyPenalty" not in config
+    raw = client(running, key).chat.completions.with_raw_response.create(
+        model="gemini-2.5-flash", messages=HI, presence_penalty=0
+    )
+    assert raw.parse().choices[0].message.content == TEXT and "x-gateway-dropped-params" not in raw.headers
+
+
 def test_a_conversation_with_nothing_to_send_is_refused_before_the_upstream(running: Running, key: str) -> None:
     recorded = running.fakes["gemini"].state.requests
     before = len(recorded)

@@ -303,9 +303,16 @@ def apply_model_rules(body: dict[str, Any], model: str, dropped: list[str]) -> N
         # Gemini 2.5 refuses function calling with a JSON mime type: the tools win, the format is reported.
         config.pop("responseMimeType")
         config.pop("responseJsonSchema", None)
-        if not config:
-            body.pop("generationConfig")
         dropped.append("response_format")
+    if rules.no_penalties:
+        # Gemini 2.5 and 3 refuse the whole request for a penalty ("Penalty is not enabled for models/..."); 0,
+        # the default, is accepted and asks for nothing.
+        for name, wire in (("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty")):
+            if config.get(wire):
+                del config[wire]
+                dropped.append(name)
+    if "generationConfig" in body and not config:
+        body.pop("generationConfig")
     if rules.signed_function_calls:
         for content in body["contents"]:
             calls = [part for part in content["parts"] if "functionCall" in part]

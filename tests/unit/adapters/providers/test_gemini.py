@@ -164,8 +164,9 @@ def test_stream_request_uses_sse_endpoint() -> None:
 
 
 def test_generation_config_maps_sampling_parameters() -> None:
-    body, dropped = built(max_tokens=10, n=2, stop="STOP", presence_penalty=0.5, frequency_penalty=-0.5, seed=1)
-    assert body["generationConfig"] == {
+    fields = {"max_tokens": 10, "n": 2, "stop": "STOP", "presence_penalty": 0.5, "frequency_penalty": -0.5, "seed": 1}
+    result = adapter().chat_request(request(**fields), target("gemini-2.0-flash"), stream=False)
+    assert orjson.loads(result.request.body)["generationConfig"] == {
         "maxOutputTokens": 10,
         "candidateCount": 2,
         "stopSequences": ["STOP"],
@@ -173,7 +174,18 @@ def test_generation_config_maps_sampling_parameters() -> None:
         "frequencyPenalty": -0.5,
         "seed": 1,
     }
-    assert dropped == []
+    assert result.dropped == []
+
+
+@pytest.mark.parametrize("model", ["gemini-2.5-flash", "models/gemini-2.5-pro", "gemini-3-pro-preview"])
+def test_penalties_are_dropped_and_named_for_models_that_refuse_them(model: str) -> None:
+    """Gemini 2.5 and 3 answer 400 "Penalty is not enabled for models/..." to a non-zero penalty; a 0 passes."""
+    result = adapter().chat_request(request(presence_penalty=0.5, frequency_penalty=-0.5), target(model), stream=False)
+    assert "generationConfig" not in orjson.loads(result.request.body)
+    assert result.dropped == ["presence_penalty", "frequency_penalty"]
+    result = adapter().chat_request(request(presence_penalty=0, seed=1), target(model), stream=False)
+    assert orjson.loads(result.request.body)["generationConfig"] == {"presencePenalty": 0, "seed": 1}
+    assert result.dropped == []
 
 
 def test_max_completion_tokens_wins_over_max_tokens() -> None:
