@@ -61,6 +61,9 @@ class Gateway:
         # those queued in its batch.
         self.queued = 0
         self.landing: set[asyncio.Future[None]] = set()
+        # Deployment label -> the output ceiling its provider named when refusing a larger cap
+        # (handler/pipeline/output_caps.py); bounded by the config's deployments.
+        self.ceilings: dict[str, int] = {}
 
     @property
     def spool(self) -> SettlementSpool:

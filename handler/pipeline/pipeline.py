@@ -35,6 +35,7 @@ from handler.pipeline.attribution import line_tags
 from handler.pipeline.budgets import Meter, Reservation, remaining_usd
 from handler.pipeline.gateway import Gateway
 from handler.pipeline.keys import allows_model
+from handler.pipeline.output_caps import OutputCap
 from handler.pipeline.passthrough import (
     CLIENT_CLOSED,
     SHAPE_ERRORS,
@@ -107,34 +108,6 @@ class Controls(Value):
         self.session: Final = session
 
 
-class OutputCap:
-    """A budgeted request's cap on generated tokens, per attempt: the client's own, else (or when larger) the
-    attempt's model's `max_output_tokens` (the gateway's default without one). The reservation covers the
-    largest over the plan; each attempt is sent its own, in the field the client used (`max_tokens` when it sent
-    only that, else `max_completion_tokens`; an adapter renames it as its provider needs)."""
-
-    __slots__ = ("req", "limit", "default", "legacy")
-
-    def __init__(self, req: ChatRequest, default: int) -> None:
-        self.req = req
-        self.limit = req.output_limit()  # the client's, kept: `apply` overwrites the request's
-        self.default = default
-        self.legacy = req.max_tokens is not None and req.max_completion_tokens is None
-
-    def of(self, attempt: Attempt) -> int:
-        cap = attempt.spec.max_output_tokens or self.default
-        return min(self.limit, cap) if self.limit else cap
-
-    def apply(self, attempt: Attempt) -> None:
-        """Set the request's cap for `attempt`, before its upstream request is built (the client's own where it is
-        within the model's: an earlier attempt may have lowered it)."""
-        cap = self.of(attempt)
-        if self.legacy:
-            self.req.max_tokens = cap
-        else:
-            self.req.max_completion_tokens = cap
-
-
 class Exchange:
     """One client request on its way through the gateway: who, what, where it went, how long it took."""
 
@@ -186,7 +159,7 @@ class Exchange:
         # A worst case more reserved for each of them before the next attempt went out (`Meter.reserve_again`).
         self.extra: list[Reservation] = []
         self.prompt: PromptEstimate | None = None
-        self.output_cap: OutputCap | None = None  # a budgeted request's cap on each attempt's output (`_admit`)
+        self.output_cap: OutputCap | None = None  # the cap on each attempt's output (`_admit`)
         self.user: str | None = None  # the end user the client named, for attribution
         self.price_multiplier = 1.0  # a service tier's
         self.per_request_usd = 0.0  # options billed per request (web search)
@@ -466,14 +439,15 @@ class Pipeline:
             ex.user = who[:MAX_USER_CHARS]
         self._price_options(ex, req)
         ex.prompt = prompt_estimate(req)
-        cap = OutputCap(req, self.gateway.config.gateway.default_max_output_tokens)
+        cap = OutputCap(req, self.gateway.config.gateway.default_max_output_tokens, self.gateway.ceilings)
         worst_output = max(cap.of(attempt) for attempt in plan)
         await self._admit_tokens(ex, plan, (worst_output + predicted_tokens(req)) * (req.n or 1))
         if ex.reservation is not None and ex.reservation.budget_key is not None:
             # The reservation covers `worst_output` tokens; no attempt may be allowed more, or a provider's own
             # (larger) default could spend past what was reserved. Each attempt gets its own model's cap: the
             # chain's largest sent to a smaller model is a 400 (gpt-4o-mini's 16,384 against a fallback's 64,000).
-            ex.output_cap = cap
+            cap.budgeted = True
+        ex.output_cap = cap
 
     def _price_options(self, ex: Exchange, req: ChatRequest) -> None:
         """Options that change what the provider bills: priced as configured, else refused; `store: true`
@@ -671,7 +645,8 @@ class Pipeline:
                     f"{attempt.target.provider} cannot honour: {', '.join(built.dropped)} (x-gateway-strict is on)",
                     param=built.dropped[0],
                 )
-            for retry in range(retries + 1):
+            retry = 0
+            while True:
                 started = ex.inflight_at = time.perf_counter()
                 ex.inflight = attempt
                 try:
@@ -695,9 +670,18 @@ class Pipeline:
                     last = err
                     if not err.retryable:
                         breakers.success(label)
+                        cap = ex.output_cap
+                        if err.upstream_status == 400 and cap is not None and cap.lowered(attempt, err.message):
+                            # The client's cap was past the model's ceiling, which the refusal named (a model
+                            # without `max_output_tokens`): sent again within it, as it is from now on.
+                            limited.pop()
+                            limited_waits.pop()
+                            built = build(attempt)
+                            continue
                         raise self._client_facing(err) from None
                     breakers.failure(label, err.upstream_status == 429)
                     if retry < retries and err.retry_after is not None and err.retry_after <= 5:
+                        retry += 1
                         waited = time.perf_counter()
                         await asyncio.sleep(err.retry_after)  # the provider's wait, not the gateway's own time
                         ex.upstream_ms += (time.perf_counter() - waited) * 1000

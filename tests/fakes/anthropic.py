@@ -46,6 +46,7 @@ TOOL_USE_ID = "toolu_01FakeAnthropic"
 THINKING = "The user wants a greeting."
 SIGNATURE = "EqQBCkYIBRgCKkBfakeSignature=="
 SEARCH_ID = "srvtoolu_01FakeAnthropic"
+OUTPUT_LIMITS = {"claude-haiku-4-5": 64_000, "claude-3-5-haiku-latest": 8_192}  # refused past these, as Anthropic does
 
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -154,6 +155,12 @@ def _problem(body: dict[str, Any]) -> str | None:
     """What the real API would reject in a body, for the few rules an adapter may get wrong."""
     if not isinstance(body.get("max_tokens"), int):
         return "max_tokens: Field required"
+    most = OUTPUT_LIMITS.get(str(body.get("model")))
+    if most is not None and body["max_tokens"] > most:
+        return (
+            f"max_tokens: {body['max_tokens']} > {most}, which is the maximum allowed number of output tokens for "
+            f"{body['model']}"
+        )
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return "messages: at least one message is required"

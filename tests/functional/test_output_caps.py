@@ -1,5 +1,6 @@
-"""A budgeted request's output cap, per attempt: the reservation covers the largest cap over the plan (fallbacks
-included), and each attempt is sent its own model's, which a provider refuses past its model's maximum."""
+"""The output cap, per attempt: a budgeted request's reservation covers the largest cap over the plan (fallbacks
+included), and each attempt is sent its own model's, which a provider refuses past its model's maximum. Any
+request's own cap past its model's maximum is lowered to it: the configured one, or the one the provider named."""
 
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ def capped(
             "price": PRICE,
         },
         "larger": {"deployments": [{**openai, "model": "gpt-4o-mini"}], "max_output_tokens": 2_000, "price": PRICE},
+        # No `max_output_tokens`: the ceiling is what the provider names when it refuses a larger cap.
+        "bare-gpt": {"deployments": [{**openai, "model": "gpt-4o"}], "price": PRICE},
+        "bare-deepseek": {"deployments": [{**openai, "model": "deepseek-chat"}], "price": PRICE},
+        "bare-claude": {"deployments": [{**anthropic, "model": "claude-3-5-haiku-latest"}], "price": PRICE},
     }
     store = Path(tmp_path_factory.mktemp("caps")) / "gateway.db"
     running, gateway_server = serve_gateway(parse_config(data, set(REGISTRY)), f"sqlite:///{store}", server, fakes)
@@ -89,3 +94,44 @@ def test_a_fallback_gets_the_clients_cap_back_where_its_model_allows_it(capped: 
     broken, served = [body for body in sent(capped, "openai") if body.get("max_tokens") in (1_000, 1_500)][-2:]
     assert (broken["model"], broken["max_tokens"]) == ("fail-500", 1_000)
     assert (served["model"], served["max_tokens"]) == ("gpt-4o-mini", 1_500)
+
+
+def test_a_clients_cap_past_the_models_maximum_is_lowered_to_it(capped: Running) -> None:
+    """Claude Code asks 32,000 output tokens of every model; gpt-4o-mini refused it (16,384 at most) with a 400,
+    so Claude Code could not run on it through the gateway. A key without a budget: the cap is the client's."""
+    key = capped.mint(name="caps-unbudgeted")
+    before = len(sent(capped, "openai"))
+    answer = ask(capped, key, "mini", max_tokens=32_000)
+    assert answer.status_code == 200, answer.text
+    assert [body["max_tokens"] for body in sent(capped, "openai")[before:]] == [16_384]
+    within = ask(capped, key, "mini", max_completion_tokens=500)
+    assert within.status_code == 200 and sent(capped, "openai")[-1]["max_completion_tokens"] == 500
+    uncapped = ask(capped, key, "mini")  # none asked, none budgeted: none sent (the provider's default)
+    assert uncapped.status_code == 200
+    assert "max_tokens" not in sent(capped, "openai")[-1] and "max_completion_tokens" not in sent(capped, "openai")[-1]
+
+
+@pytest.mark.parametrize(
+    ("model", "provider", "field", "ceiling"),
+    [
+        ("bare-gpt", "openai", "max_tokens", 16_384),
+        ("bare-deepseek", "openai", "max_tokens", 8_192),
+        ("bare-claude", "anthropic", "max_tokens", 8_192),
+    ],
+)
+def test_the_ceiling_a_provider_names_is_learned_and_kept(
+    capped: Running, model: str, provider: str, field: str, ceiling: int
+) -> None:
+    """A model configured without `max_output_tokens`: the provider's refusal names its ceiling (in OpenAI's,
+    DeepSeek's or Anthropic's words), the request is sent again within it, and later ones are sent within it
+    from the start."""
+    key = capped.mint(name=f"caps-{model}")
+    before = len(sent(capped, provider))
+    answer = ask(capped, key, model, max_tokens=100_000)
+    assert answer.status_code == 200, answer.text
+    assert [body[field] for body in sent(capped, provider)[before:]] == [100_000, ceiling]
+    label = answer.headers["x-gateway-route"].split("=")[0]
+    assert answer.headers["x-gateway-route"] == f"{label}=400, {label}=200"
+    again = ask(capped, key, model, max_tokens=50_000)
+    assert again.status_code == 200 and again.headers["x-gateway-route"] == f"{label}=200"
+    assert sent(capped, provider)[-1][field] == ceiling

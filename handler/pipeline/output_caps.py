@@ -1,0 +1,89 @@
+"""The cap on generated tokens each attempt is sent.
+
+A client's cap may be more than the model it reaches can write: Claude Code asks 32,000 of every model, and
+gpt-4o-mini refuses more than 16,384 with a 400, as does every OpenAI-compatible API past its own limit. A cap
+past the attempt's ceiling is lowered to it: the model's `max_output_tokens` where configured, else the ceiling
+its provider named in an earlier refusal (learned once per deployment, then sent within it from the start).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from handler.pipeline.routing import Attempt
+    from handler.schemas import ChatRequest
+
+# A provider's 400 for a cap past its model's ceiling, naming the ceiling: OpenAI's (and Azure's, and most
+# OpenAI-compatible servers'), DeepSeek's, Anthropic's.
+CEILING_NAMED: Final = re.compile(
+    r"supports at most (\d+) completion tokens"
+    r"|valid range of max_tokens is \[1, (\d+)\]"
+    r"|> (\d+), which is the maximum allowed number of output tokens"
+)
+
+
+def ceiling_named(message: str) -> int | None:
+    """The output ceiling a provider's refusal names, if it is one."""
+    found = CEILING_NAMED.search(message)
+    if found is None:
+        return None
+    return int(next(group for group in found.groups() if group is not None))
+
+
+class OutputCap:
+    """One request's cap, per attempt. A budgeted request always sends one: the client's own, else (or when
+    larger) the attempt's ceiling (the gateway's default without one), and the reservation covers the largest
+    over the plan. Any other request sends the client's own, lowered to the attempt's ceiling. The cap goes in
+    the field the client used (`max_tokens` when it sent only that, else `max_completion_tokens`; an adapter
+    renames it as its provider needs)."""
+
+    __slots__ = ("req", "limit", "default", "legacy", "learned", "budgeted")
+
+    def __init__(self, req: ChatRequest, default: int, learned: dict[str, int]) -> None:
+        self.req = req
+        self.limit = req.output_limit()  # the client's, kept: `apply` overwrites the request's
+        self.default = default
+        self.legacy = req.max_tokens is not None and req.max_completion_tokens is None
+        self.learned = learned  # the gateway's: deployment label -> the ceiling its provider named
+        self.budgeted = False
+
+    def ceiling(self, attempt: Attempt) -> int | None:
+        return attempt.spec.max_output_tokens or self.learned.get(attempt.target.label)
+
+    def of(self, attempt: Attempt) -> int:
+        """The most `attempt` may write on a budgeted request: what its reservation covers."""
+        cap = self.ceiling(attempt) or self.default
+        return min(self.limit, cap) if self.limit else cap
+
+    def sent(self, attempt: Attempt) -> int | None:
+        """The cap `attempt` is sent (None: none, the provider's own default)."""
+        if self.budgeted:
+            return self.of(attempt)
+        ceiling = self.ceiling(attempt)
+        if self.limit is None or ceiling is None:
+            return self.limit
+        return min(self.limit, ceiling)
+
+    def apply(self, attempt: Attempt) -> None:
+        """Set the request's cap for `attempt`, before its upstream request is built (the client's own where it
+        is within the ceiling: an earlier attempt may have lowered it)."""
+        cap = self.sent(attempt)
+        if cap is None:
+            return
+        if self.legacy:
+            self.req.max_tokens = cap
+        else:
+            self.req.max_completion_tokens = cap
+
+    def lowered(self, attempt: Attempt, message: str) -> bool:
+        """Whether `attempt`'s refusal (`message`) named a ceiling below the cap it was sent: then the ceiling is
+        learned for its deployment and the request's cap lowered to it, to be sent again."""
+        ceiling = ceiling_named(message)
+        sent = self.sent(attempt)
+        if ceiling is None or sent is None or sent <= ceiling:
+            return False
+        self.learned[attempt.target.label] = ceiling
+        self.apply(attempt)
+        return True

@@ -1,0 +1,72 @@
+"""The output cap per attempt: the ceilings providers name, and when a refusal lowers the cap."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.providers.registry import REGISTRY
+from handler.config import parse_config
+from handler.pipeline.gateway import build_adapters
+from handler.pipeline.output_caps import OutputCap, ceiling_named
+from handler.pipeline.routing import Attempt, RouteControls, Router, any_model
+from handler.schemas import ChatRequest
+
+CONFIG = {
+    "providers": {"a": {"type": "openai", "api_key": "env:A"}},
+    "models": {
+        "known": {"deployments": [{"provider": "a", "model": "gpt-4o-mini"}], "max_output_tokens": 16_384},
+        "unknown": {"deployments": [{"provider": "a", "model": "gpt-4o"}]},
+    },
+}
+
+
+def attempt(model: str) -> Attempt:
+    config = parse_config(CONFIG, set(REGISTRY))
+    return Router(config, build_adapters(config, REGISTRY, {"A": "x"}), "us-east-1").plan(
+        model, RouteControls(), any_model
+    )[0]
+
+
+def request(**cap: int) -> ChatRequest:
+    return ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}], **cap})
+
+
+@pytest.mark.parametrize(
+    ("message", "ceiling"),
+    [
+        (
+            "max_tokens is too large: 32000. This model supports at most 16384 completion tokens, whereas you "
+            "provided 32000.",
+            16_384,
+        ),
+        ("Invalid max_tokens value, the valid range of max_tokens is [1, 8192]", 8_192),
+        ("max_tokens: 64001 > 64000, which is the maximum allowed number of output tokens for claude-x", 64_000),
+        ("Invalid type for 'logit_bias': expected an object, but got a string instead.", None),
+        ("", None),
+    ],
+)
+def test_the_ceiling_a_refusal_names(message: str, ceiling: int | None) -> None:
+    assert ceiling_named(message) == ceiling
+
+
+def test_a_refusal_lowers_the_cap_once_and_only_below_what_was_sent() -> None:
+    learned: dict[str, int] = {}
+    req = request(max_tokens=32_000)
+    cap, unknown = OutputCap(req, 4096, learned), attempt("unknown")
+    cap.apply(unknown)
+    assert req.max_tokens == 32_000  # no ceiling known yet: the client's own
+    refusal = "This model supports at most 16384 completion tokens"
+    assert cap.lowered(unknown, refusal)
+    assert req.max_tokens == 16_384 and learned == {unknown.target.label: 16_384}
+    assert not cap.lowered(unknown, refusal)  # already within: sent again it would loop
+    assert not cap.lowered(unknown, "This model supports at most 50000 completion tokens")
+    assert not OutputCap(request(), 4096, learned).lowered(unknown, refusal)  # no cap sent: nothing to lower
+
+
+def test_the_configured_ceiling_holds_without_a_refusal() -> None:
+    req = request(max_completion_tokens=32_000)
+    OutputCap(req, 4096, {}).apply(attempt("known"))
+    assert req.max_completion_tokens == 16_384 and req.max_tokens is None
+    small = request(max_tokens=100)
+    OutputCap(small, 4096, {}).apply(attempt("known"))
+    assert small.max_tokens == 100
