@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any, TypeVar
@@ -427,16 +428,34 @@ def lwa_source_ip(raw: str | None) -> str | None:
 
 
 def lambda_time_left_s(request: Request) -> float | None:
-    """On Lambda (Mangum puts the context in the scope): the invocation's remaining time, less a margin,
-    so a slow upstream ends in our 504 with its settlement written, not in the function being killed."""
+    """On Lambda: the invocation's remaining time, less a margin, so a slow upstream ends in our 504 with its
+    settlement written, not in the function being killed. Mangum puts the context in the scope; behind the Web
+    Adapter it is the `x-amzn-lambda-context` header (the invocation's `deadline`, in epoch milliseconds), believed
+    from the adapter itself only, on loopback."""
     context = request.scope.get("aws.context")
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     if remaining is None:
+        if BEHIND_WEB_ADAPTER and (request.scope.get("client") or ("",))[0] in LOOPBACK:
+            return web_adapter_time_left_s(request.headers.get("x-amzn-lambda-context"))
         return None
     try:
         return max(0.1, (float(remaining()) - LAMBDA_MARGIN_MS) / 1000)
     except (TypeError, ValueError):
         return None
+
+
+def web_adapter_time_left_s(raw: str | None) -> float | None:
+    """The time left before the invocation's deadline in the Web Adapter's Lambda context, less the margin."""
+    if not raw:
+        return None
+    try:
+        context = orjson.loads(raw)
+        deadline = context.get("deadline", context.get("deadline_ms"))
+        if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+            return None
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return max(0.1, (deadline - time.time() * 1000 - LAMBDA_MARGIN_MS) / 1000)
 
 
 NO_CONTROLS = Controls()
@@ -613,6 +632,38 @@ class Settling:
         await gateway.settle_now(deferred)
         if gateway.background:
             await gateway.drain()
+
+
+class SettledBeforeTheEnd:
+    """`app` behind the Lambda Web Adapter (the streaming function): an invocation ends with its response's last
+    byte, and the environment is then frozen, or reclaimed, with whatever had not run. Each response's last
+    message waits for the settlements left to write (the answer's ledger line, its budget's charge), so none is
+    lost with the environment or left to land only on the next invocation's thaw. The client has every byte of the
+    answer but the end of the stream by then; what it waits is the store's one write."""
+
+    def __init__(self, app: GatewayApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        gateway = self.gateway
+
+        async def send_when_settled(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                await gateway.drain()
+            await send(message)
+
+        await self.app(scope, receive, send_when_settled)
+
+
+def serving_app(gateway: Gateway) -> GatewayApp | SettledBeforeTheEnd:
+    """The app a server runs (`gateway serve`, and behind the Lambda Web Adapter, where each response's end
+    waits for its settlements)."""
+    app = create_app(gateway)
+    return SettledBeforeTheEnd(app, gateway) if BEHIND_WEB_ADAPTER else app
 
 
 def create_app(gateway: Gateway) -> GatewayApp:
