@@ -108,6 +108,18 @@ PROFILES: dict[str, Profile] = {
         },
     ),
     "together": Profile(rules={"max_completion_tokens": Rule(rename="max_tokens"), "store": DROP}),
+    # Ollama's /v1 reads `max_tokens` only: `max_completion_tokens` (and every field it does not know) is accepted
+    # and ignored (ollama/ollama#7125), which left a budgeted request's output uncapped past its reservation.
+    "ollama": Profile(
+        rules={
+            "max_completion_tokens": Rule(rename="max_tokens"),
+            "n": Rule(only=(1,)),
+            "logit_bias": DROP,
+            "store": DROP,
+            "metadata": DROP,
+            "service_tier": DROP,
+        },
+    ),
     "xai": Profile(rules={"logit_bias": DROP, "store": DROP, "metadata": DROP}),
     # Gemini's OpenAI-compatible endpoint reads a tool call's `extra_content` (its thought signature).
     "google": Profile(strip_tool_call_fields=()),
@@ -124,9 +136,13 @@ HOST_PROFILES: dict[str, str] = {
 }
 
 
+# A local server known by its default port (any host: it runs beside the gateway or on a machine of the LAN).
+PORT_PROFILES: dict[str, str] = {"11434": "ollama"}
+
+
 def profile_for(name: str | None, base_url: str) -> Profile:
-    """The named profile, else the one its host implies, else OpenAI's own."""
+    """The named profile, else the one its host (or a local server's default port) implies, else OpenAI's own."""
     if name:
         return PROFILES[name]
-    host = base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
-    return PROFILES[HOST_PROFILES.get(host, "openai")]
+    host, _, port = base_url.split("://", 1)[-1].split("/", 1)[0].partition(":")
+    return PROFILES[HOST_PROFILES.get(host) or PORT_PROFILES.get(port, "openai")]

@@ -72,6 +72,32 @@ def test_mistral_profile_renames_seed_and_maps_required_tool_choice() -> None:
     assert body["random_seed"] == 7 and body["tool_choice"] == "any" and "stream_options" not in body
 
 
+@pytest.mark.parametrize(
+    ("options", "base_url"),
+    [({}, "http://localhost:11434/v1"), ({}, "http://10.0.0.5:11434/v1"), ({"profile": "ollama"}, "http://gpu:8/v1")],
+)
+def test_ollama_is_sent_max_tokens_which_it_reads(options: dict[str, str], base_url: str) -> None:
+    """Ollama ignores `max_completion_tokens` without a word: a budgeted request's cap (always sent in that
+    field when the client sent none) did not hold, and the answer could run past what was reserved."""
+    req = request(max_completion_tokens=512, n=2, store=True)
+    built = adapter(**options).chat_request(req, target(base_url, "llama3.1:8b"), stream=False)
+    body = orjson.loads(built.request.body)
+    assert body["max_tokens"] == 512 and "max_completion_tokens" not in body
+    assert sorted(built.dropped) == ["n", "store"]
+
+
+def test_a_port_alone_does_not_pick_a_profile_for_a_known_host() -> None:
+    body = orjson.loads(adapter().chat_request(request(max_completion_tokens=5), target(), stream=False).request.body)
+    assert body["max_completion_tokens"] == 5
+    hosted = target("https://api.deepseek.com:11434/v1", "deepseek-chat")
+    assert (
+        orjson.loads(adapter().chat_request(request(max_completion_tokens=5), hosted, stream=False).request.body)[
+            "max_tokens"
+        ]
+        == 5
+    )
+
+
 def test_unknown_profile_is_refused_at_start_up() -> None:
     with pytest.raises(ValueError, match="unknown profile"):
         adapter(profile="nope")
