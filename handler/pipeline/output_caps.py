@@ -16,11 +16,12 @@ if TYPE_CHECKING:
     from handler.schemas import ChatRequest
 
 # A provider's 400 for a cap past its model's ceiling, naming the ceiling: OpenAI's (and Azure's, and most
-# OpenAI-compatible servers'), DeepSeek's, Anthropic's.
+# OpenAI-compatible servers'), DeepSeek's, Anthropic's, Bedrock's.
 CEILING_NAMED: Final = re.compile(
     r"supports at most (\d+) completion tokens"
     r"|valid range of max_tokens is \[1, (\d+)\]"
     r"|> (\d+), which is the maximum allowed number of output tokens"
+    r"|maximum tokens you requested exceeds the model limit of (\d+)"
 )
 
 

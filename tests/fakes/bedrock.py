@@ -58,6 +58,7 @@ REQUEST_FIELDS = {
     "performanceConfig",
 }
 INFERENCE_FIELDS = {"maxTokens", "temperature", "topP", "stopSequences"}
+OUTPUT_LIMITS = {"meta.llama3-3-70b-instruct": 8192}  # model id part -> the most `maxTokens` it takes
 BLOCK_FIELDS = {"text", "image", "document", "toolUse", "toolResult", "reasoningContent", "cachePoint"}
 
 
@@ -198,6 +199,18 @@ def _invalid(body: dict[str, Any]) -> str | None:
     return None
 
 
+def _over_limit(body: dict[str, Any], model: str) -> str | None:
+    """A `maxTokens` past the model's output limit, refused in Bedrock's words."""
+    cap = (body.get("inferenceConfig") or {}).get("maxTokens")
+    most = next((limit for part, limit in OUTPUT_LIMITS.items() if part in model), None)
+    if not isinstance(cap, int) or most is None or cap <= most:
+        return None
+    return (
+        f"The maximum tokens you requested exceeds the model limit of {most}. Try again with a maximum tokens value "
+        f"that is lower than {most}."
+    )
+
+
 def _unforceable(body: dict[str, Any], model: str) -> str | None:
     """Bedrock takes a forced `toolChoice` from Claude and Nova only; other models (Llama, Mistral, DeepSeek)
     refuse the field by name."""
@@ -320,7 +333,12 @@ def create_app() -> Starlette:
             return model, None, _error(400, "ValidationException", "The provided model identifier is invalid.")
         if "fail-500" in model:
             return model, None, _error(500, "InternalServerException", "The server encountered an internal error.")
-        invalid = validate(body) or _unforceable(body, model) or (_unsigned_turn(body) if "thinker" in model else None)
+        invalid = (
+            validate(body)
+            or _unforceable(body, model)
+            or _over_limit(body, model)
+            or (_unsigned_turn(body) if "thinker" in model else None)
+        )
         if invalid is not None:
             return model, None, _error(400, "ValidationException", invalid)
         return model, body, None

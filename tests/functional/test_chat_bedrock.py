@@ -237,3 +237,18 @@ def test_a_stop_sequence_that_fired_is_named_as_on_anthropic(bedrock: Running, s
         assert message.content[0].text == "Hello "  # type: ignore[union-attr]
         paths = sent(bedrock)["json"].get("additionalModelResponseFieldPaths")
         assert paths == (["/stop_sequence"] if model == "claude-haiku" else None)
+
+
+def test_a_cap_past_the_models_limit_is_sent_again_within_the_limit_bedrock_names(
+    bedrock: Running, client: openai.OpenAI
+) -> None:
+    """Llama 3.3 on Bedrock writes 8,192 tokens at most and refuses a larger `maxTokens` with a ValidationException
+    naming its limit (Claude Code asks 32,000 of every model): the gateway sends it again within the limit, which it
+    keeps for the deployment."""
+    first = client.chat.completions.with_raw_response.create(model="llama", messages=HI, max_tokens=32_000)
+    label = first.headers["x-gateway-route"].split("=")[0]
+    assert first.headers["x-gateway-route"] == f"{label}=400, {label}=200"
+    assert sent(bedrock)["json"]["inferenceConfig"]["maxTokens"] == 8192
+    again = client.chat.completions.with_raw_response.create(model="llama", messages=HI, max_tokens=20_000)
+    assert again.headers["x-gateway-route"] == f"{label}=200"
+    assert sent(bedrock)["json"]["inferenceConfig"]["maxTokens"] == 8192

@@ -41,6 +41,11 @@ def request(**cap: int) -> ChatRequest:
         ),
         ("Invalid max_tokens value, the valid range of max_tokens is [1, 8192]", 8_192),
         ("max_tokens: 64001 > 64000, which is the maximum allowed number of output tokens for claude-x", 64_000),
+        (
+            "The maximum tokens you requested exceeds the model limit of 8192. Try again with a maximum tokens value "
+            "that is lower than 8192.",
+            8_192,
+        ),
         ("Invalid type for 'logit_bias': expected an object, but got a string instead.", None),
         ("", None),
     ],
