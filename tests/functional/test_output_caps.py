@@ -53,6 +53,7 @@ def capped(
         "bare-gpt": {"deployments": [{**openai, "model": "gpt-4o"}], "price": PRICE},
         "bare-deepseek": {"deployments": [{**openai, "model": "deepseek-chat"}], "price": PRICE},
         "bare-claude": {"deployments": [{**anthropic, "model": "claude-3-5-haiku-latest"}], "price": PRICE},
+        "bare-haiku": {"deployments": [{**anthropic, "model": "claude-haiku-4-5"}], "price": PRICE},
     }
     store = Path(tmp_path_factory.mktemp("caps")) / "gateway.db"
     running, gateway_server = serve_gateway(parse_config(data, set(REGISTRY)), f"sqlite:///{store}", server, fakes)
@@ -135,3 +136,21 @@ def test_the_ceiling_a_provider_names_is_learned_and_kept(
     again = ask(capped, key, model, max_tokens=50_000)
     assert again.status_code == 200 and again.headers["x-gateway-route"] == f"{label}=200"
     assert sent(capped, provider)[-1][field] == ceiling
+
+
+def test_a_messages_request_passed_through_is_kept_within_the_ceiling_too(capped: Running) -> None:
+    """Claude Code's own API to Anthropic: the body passes through as sent but for `model` and the cap, which is
+    lowered to the ceiling Anthropic named (64,000 for claude-haiku-4-5), then to the configured one."""
+    key = capped.mint(name="caps-native")
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    body = {"model": "bare-haiku", "max_tokens": 100_000, "messages": [{"role": "user", "content": "hi"}]}
+    before = len(sent(capped, "anthropic"))
+    first = httpx.post(f"{capped.url}/v1/messages", json=body, headers=headers, timeout=30)
+    assert first.status_code == 200, first.text
+    label = "anthropic/claude-haiku-4-5@global"
+    assert first.headers["x-gateway-route"] == f"{label}=400, {label}=200"
+    again = httpx.post(f"{capped.url}/v1/messages", json=body, headers=headers, timeout=30)
+    assert again.status_code == 200 and again.headers["x-gateway-route"] == f"{label}=200"
+    configured = httpx.post(f"{capped.url}/v1/messages", json={**body, "model": "haiku"}, headers=headers, timeout=30)
+    assert configured.status_code == 200
+    assert [b["max_tokens"] for b in sent(capped, "anthropic")[before:]] == [100_000, 64_000, 64_000, 64_000]
