@@ -323,7 +323,7 @@ class Api:
             stream = await self.pipeline.chat_stream(req, ex)
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return EventStream(openai_events(stream, include_usage), stream_headers(ex))
-        completion = await until_client_leaves(request, self.pipeline.chat(req, ex))
+        completion = await until_client_leaves(request, self.pipeline.chat(req, ex), ex)
         response = json_response(answer_json(completion), headers=ex.headers())
         observe(ex, 200, answer=response.body)
         return response
@@ -332,7 +332,7 @@ class Api:
         key = await self.authenticate(request)
         req = await self.parse(request, schemas.EmbeddingsRequest)
         ex = self.exchange(request, key, req.model)
-        result = await until_client_leaves(request, self.pipeline.embeddings(req, ex))
+        result = await until_client_leaves(request, self.pipeline.embeddings(req, ex), ex)
         response = json_response(result.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
         observe(ex, 200, answer=response.body)
         return response

@@ -142,7 +142,7 @@ class MessagesRoutes:
             return EventStream(
                 events, {**anthropic_headers(ex), "cache-control": "no-cache", "x-accel-buffering": "no"}
             )
-        outcome = await until_client_leaves(request, pipeline.native(call, req, ex))
+        outcome = await until_client_leaves(request, pipeline.native(call, req, ex), ex)
         if isinstance(outcome, NativeReply):
             payload = native_message(outcome, ex.cost)
         else:

@@ -211,7 +211,7 @@ class ResponsesRoutes:
             if isinstance(stream, NativeStream):
                 return EventStream(relayed_events(stream, relay, keep), stream_headers(ex))
             return EventStream(responses_events(stream, body, ids, seal, keep), stream_headers(ex))
-        outcome = await until_client_leaves(request, api.pipeline.native(relay.call, req, ex))
+        outcome = await until_client_leaves(request, api.pipeline.native(relay.call, req, ex), ex)
         if isinstance(outcome, NativeReply):
             response = relay.finish(outcome.body)
         else:

@@ -20,6 +20,7 @@ from handler.redaction import scrub
 from handler.schemas import ChatCompletion
 
 if TYPE_CHECKING:
+    from handler.pipeline.pipeline import Exchange
     from handler.schemas import ChatCompletionChunk
 
 DONE = b"data: [DONE]\n\n"
@@ -68,12 +69,13 @@ class DisconnectWatch:
     task starts only if the work is still going then: a quick answer pays a timer, not a task (a task,
     started and cancelled, cost several times the timer on the benchmark machine)."""
 
-    def __init__(self, receive: Receive, after_s: float = 0.0) -> None:
+    def __init__(self, receive: Receive, after_s: float = 0.0, exchange: Exchange | None = None) -> None:
         task = asyncio.current_task()
         assert task is not None
         self.task = task
         self.gone = False
         self._receive = receive
+        self._exchange = exchange
         self._watcher: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(after_s, self._start) if after_s else None
@@ -90,6 +92,12 @@ class DisconnectWatch:
         except Exception:  # noqa: BLE001 - a server that cannot tell: the work runs to its end
             return
         self.gone = True
+        exchange = self._exchange
+        if exchange is not None and exchange.reserving:
+            # Cancelled now, a reservation the store may have written would be held until it expires (its
+            # request never learnt of it): the request ends once it is known, and releases it.
+            exchange.client_left = True
+            return
         self.task.cancel()
 
     def stop(self) -> None:
@@ -139,14 +147,14 @@ class EventStream(Response):
 WATCH_AFTER_S = 0.05  # a client leaving a non-streamed call is noticed this much later at most
 
 
-async def until_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T:
+async def until_client_leaves(request: Request, work: Coroutine[Any, Any, T], exchange: Exchange | None = None) -> T:
     """`work`, cancelled if the client disconnects first: its upstream call would otherwise run to its end
     (and be billed) for an answer nobody reads. Called once the request's body was read; the watch starts
     after `WATCH_AFTER_S`, so an answer quicker than that costs no task. Under Mangum (the buffered Lambda
     function, whose scope carries the event) nothing can leave before the answer: no watch at all."""
     if "aws.event" in request.scope:
         return await work
-    watch = DisconnectWatch(request.receive, WATCH_AFTER_S)
+    watch = DisconnectWatch(request.receive, WATCH_AFTER_S, exchange)
     try:
         return await work
     except asyncio.CancelledError:

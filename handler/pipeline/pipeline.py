@@ -21,6 +21,7 @@ import orjson
 from handler import schemas
 from handler.config import Price
 from handler.errors import (
+    ClientClosedError,
     CostLimitError,
     GatewayError,
     InvalidRequestError,
@@ -115,7 +116,7 @@ class Exchange:
         "request_id", "key", "model", "controls", "started", "route", "dropped", "inbound_dropped", "store_ms",
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
         "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "price_multiplier",
-        "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected",
+        "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left",
     )  # fmt: skip
 
     def __init__(
@@ -160,6 +161,10 @@ class Exchange:
         self.extra: list[Reservation] = []
         self.prompt: PromptEstimate | None = None
         self.output_cap: OutputCap | None = None  # the cap on each attempt's output (`_admit`)
+        # While a reservation is being written, a client that leaves does not cancel the request (the write may
+        # land with nobody to release it): it is marked, and the request ends once the reservation is known.
+        self.reserving = False
+        self.client_left = False
         self.user: str | None = None  # the end user the client named, for attribution
         self.price_multiplier = 1.0  # a service tier's
         self.per_request_usd = 0.0  # options billed per request (web search)
@@ -555,7 +560,11 @@ class Pipeline:
                 raise CostLimitError(
                     f"worst-case cost ${usd(worst)} exceeds x-gateway-max-cost-usd ${usd(ex.controls.max_cost_usd)}"
                 )
-        reservation = await self.meter.admit(ex.lineage, ex.model, worst, prompt + output, ex.request_id)
+        ex.reserving = True
+        try:
+            reservation = await self.meter.admit(ex.lineage, ex.model, worst, prompt + output, ex.request_id)
+        finally:
+            ex.reserving = False
         reservation.prompt_tokens, reservation.output_tokens = prompt, output
         ex.reservation = reservation
         ex.limit_headers = reservation.headers
@@ -637,6 +646,8 @@ class Pipeline:
                 continue
             if len(ex.extra) < len(ex.missed) + ex.rejected and last is not None:
                 await self._cover_missed(ex, last)
+            if ex.client_left:  # while a reservation was written: the request ends before sending anything more
+                raise ClientClosedError("the client closed the connection before the answer")
             if ex.output_cap is not None:
                 ex.output_cap.apply(attempt)
             built = build(attempt)
@@ -726,10 +737,13 @@ class Pipeline:
         limit = ex.controls.max_cost_usd
         if limit is not None and reservation.amount_usd * (len(ex.extra) + 2) > limit:
             raise last
+        ex.reserving = True
         try:
             again = await self.meter.reserve_again(reservation, ex.key, len(ex.extra) + 1)
         except GatewayError:  # the budget's 402, or the store's 503: either way the request ends as that attempt did
             raise last from None
+        finally:
+            ex.reserving = False
         ex.extra.append(again)
         ex.store_ms += again.store_ms
 

@@ -3,6 +3,7 @@ lands in the ledger once, on both stores."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
@@ -713,3 +714,34 @@ def test_reports_filter_by_tag_user_and_session_with_cache_and_reasoning_columns
     assert row["requests"] == "2" and row["reasoning_tokens"] == "4"
     assert row["cached_tokens"] == str(cached.cached_tokens) and row["cache_write_tokens"] == "0"
     assert Decimal(row["cache_savings_usd"]) == Decimal(repr(cached.cache_savings_usd))
+
+
+def test_a_client_that_leaves_while_its_reservation_is_written_leaves_nothing_reserved(
+    gw: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store wrote the reservation but its answer came late (a slow DynamoDB round trip); the client left
+    meanwhile. Cancelled there, the request never learnt of its reservation, which held the key's budget until it
+    expired (15 minutes): the request now ends once the reservation is known, and releases it."""
+    key = gw.mint(budget_usd=1.0)
+    store = gw.gateway.store
+    written = store.admit
+
+    async def late_answer(admission: Any) -> Any:
+        snapshot = await written(admission)
+        await asyncio.sleep(0.6)  # written; its answer on its way
+        return snapshot
+
+    monkeypatch.setattr(store, "admit", late_answer)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            json={"model": "gpt-test", "messages": HI},
+            headers=auth(key),
+            timeout=httpx.Timeout(10, read=0.2),
+        )
+    monkeypatch.undo()
+    time.sleep(1.0)  # the admission's answer, then the release
+    state = httpx.get(f"{gw.url}/v1/key", headers=auth(key)).json()
+    assert state["reserved_usd"] == 0 and not state["spent_usd"], state
+    assert ledger(gw, key) == []  # nothing was sent
+    assert chat(gw, key).status_code == 200  # and the key works on
