@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.support.asgi import post_scope
 from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,20 +96,7 @@ class Sink:
 
 async def call(app: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
     """One POST /v1/chat/completions through the ASGI app; its status."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8080),
-    }
+    scope = post_scope("/v1/chat/completions", headers, ("127.0.0.1", 50000))
     delivered = False
     status = 0
 

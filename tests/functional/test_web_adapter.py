@@ -20,6 +20,7 @@ from handler.config import parse_config
 from handler.pipeline.gateway import build_gateway
 from handler.pipeline.keys import KeyService
 from handler.ports import KeyRecord
+from tests.support.asgi import post_scope
 
 HI = [{"role": "user", "content": "hi"}]
 USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
@@ -65,20 +66,8 @@ async def test_the_last_byte_waits_for_the_settlement(
     record = KeyRecord(id="", name="k", secret_hash="", created_at=0, budget_usd=10.0)
     key = (await KeyService(gateway.store, 0).mint(record)).key
     body = orjson.dumps({"model": "m", "messages": HI, "stream": stream})
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 5000),
-        "server": ("127.0.0.1", 8080),
-    }
+    headers = [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")]
+    scope = post_scope("/v1/chat/completions", headers, ("127.0.0.1", 5000))  # the adapter, on loopback
     received = False
     disconnected = asyncio.Event()  # (never set: the client stays)
     at_the_end: list[int] = []
