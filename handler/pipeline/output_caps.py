@@ -8,12 +8,15 @@ its provider named in an earlier refusal (learned once per deployment, then sent
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from handler.pipeline.routing import Attempt
     from handler.schemas import ChatRequest
+
+logger = logging.getLogger("gateway")
 
 # A provider's 400 for a cap past its model's ceiling, naming the ceiling: OpenAI's (and Azure's, and most
 # OpenAI-compatible servers'), DeepSeek's, Anthropic's, Bedrock's.
@@ -85,6 +88,13 @@ class OutputCap:
         sent = self.sent(attempt)
         if ceiling is None or sent is None or sent <= ceiling:
             return False
-        self.learned[attempt.target.label] = ceiling
+        label = attempt.target.label
+        if self.learned.get(label) != ceiling:  # once per deployment and instance (a refusal costs a round trip)
+            logger.warning(
+                "a model's output ceiling learned from its provider's refusal: set its max_output_tokens to spare "
+                "each instance's first such request the refusal",
+                extra={"model": attempt.model, "deployment": label, "max_output_tokens": ceiling, "sent": sent},
+            )
+        self.learned[label] = ceiling
         self.apply(attempt)
         return True

@@ -54,15 +54,18 @@ def test_the_ceiling_a_refusal_names(message: str, ceiling: int | None) -> None:
     assert ceiling_named(message) == ceiling
 
 
-def test_a_refusal_lowers_the_cap_once_and_only_below_what_was_sent() -> None:
+def test_a_refusal_lowers_the_cap_once_and_only_below_what_was_sent(caplog: pytest.LogCaptureFixture) -> None:
     learned: dict[str, int] = {}
     req = request(max_tokens=32_000)
     cap, unknown = OutputCap(req, 4096, learned), attempt("unknown")
     cap.apply(unknown)
     assert req.max_tokens == 32_000  # no ceiling known yet: the client's own
     refusal = "This model supports at most 16384 completion tokens"
-    assert cap.lowered(unknown, refusal)
+    with caplog.at_level("WARNING", logger="gateway"):
+        assert cap.lowered(unknown, refusal)
     assert req.max_tokens == 16_384 and learned == {unknown.target.label: 16_384}
+    [record] = caplog.records  # the operator is told which model to configure, once
+    assert (record.model, record.max_output_tokens, record.sent) == ("unknown", 16_384, 32_000)  # type: ignore[attr-defined]
     assert not cap.lowered(unknown, refusal)  # already within: sent again it would loop
     assert not cap.lowered(unknown, "This model supports at most 50000 completion tokens")
     assert not OutputCap(request(), 4096, learned).lowered(unknown, refusal)  # no cap sent: nothing to lower
