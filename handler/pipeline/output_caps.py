@@ -38,12 +38,12 @@ def ceiling_named(message: str) -> int | None:
 
 class OutputCap:
     """One request's cap, per attempt. A budgeted request always sends one: the client's own, else (or when
-    larger) the attempt's ceiling (the gateway's default without one), and the reservation covers the largest
-    over the plan. Any other request sends the client's own, lowered to the attempt's ceiling. The cap goes in
-    the field the client used (`max_tokens` when it sent only that, else `max_completion_tokens`; an adapter
-    renames it as its provider needs)."""
+    larger) the attempt's ceiling (the gateway's default without one), never more than its reservation covers
+    (`reserved`: the largest over the plan when it was admitted). Any other request sends the client's own,
+    lowered to the attempt's ceiling. The cap goes in the field the client used (`max_tokens` when it sent only
+    that, else `max_completion_tokens`; an adapter renames it as its provider needs)."""
 
-    __slots__ = ("req", "limit", "default", "legacy", "learned", "budgeted")
+    __slots__ = ("req", "limit", "default", "legacy", "learned", "reserved")
 
     def __init__(self, req: ChatRequest, default: int, learned: dict[str, int]) -> None:
         self.req = req
@@ -51,10 +51,15 @@ class OutputCap:
         self.default = default
         self.legacy = req.max_tokens is not None and req.max_completion_tokens is None
         self.learned = learned  # the gateway's: deployment label -> the ceiling its provider named
-        self.budgeted = False
+        self.reserved: int | None = None  # a budgeted request's: the output tokens its reservation covers
 
     def ceiling(self, attempt: Attempt) -> int | None:
-        return attempt.spec.max_output_tokens or self.learned.get(attempt.target.label)
+        """The most the attempt's model writes: the lower of its configured `max_output_tokens` and the ceiling
+        its provider named (a configured one may be more than the provider allows)."""
+        configured, learned = attempt.spec.max_output_tokens, self.learned.get(attempt.target.label)
+        if configured is None or learned is None:
+            return configured or learned
+        return min(configured, learned)
 
     def of(self, attempt: Attempt) -> int:
         """The most `attempt` may write on a budgeted request: what its reservation covers."""
@@ -63,8 +68,8 @@ class OutputCap:
 
     def sent(self, attempt: Attempt) -> int | None:
         """The cap `attempt` is sent (None: none, the provider's own default)."""
-        if self.budgeted:
-            return self.of(attempt)
+        if self.reserved is not None:  # (a ceiling learned since by another request may be larger)
+            return min(self.of(attempt), self.reserved)
         ceiling = self.ceiling(attempt)
         if self.limit is None or ceiling is None:
             return self.limit
@@ -97,4 +102,5 @@ class OutputCap:
             )
         self.learned[label] = ceiling
         self.apply(attempt)
-        return True
+        lowered = self.sent(attempt)
+        return lowered is not None and lowered <= ceiling

@@ -451,7 +451,7 @@ class Pipeline:
             # The reservation covers `worst_output` tokens; no attempt may be allowed more, or a provider's own
             # (larger) default could spend past what was reserved. Each attempt gets its own model's cap: the
             # chain's largest sent to a smaller model is a 400 (gpt-4o-mini's 16,384 against a fallback's 64,000).
-            cap.budgeted = True
+            cap.reserved = worst_output
         ex.output_cap = cap
 
     def _price_options(self, ex: Exchange, req: ChatRequest) -> None:
@@ -657,6 +657,7 @@ class Pipeline:
                     param=built.dropped[0],
                 )
             retry = 0
+            lowered = False  # sent again within a ceiling the provider named: once per attempt at most
             while True:
                 started = ex.inflight_at = time.perf_counter()
                 ex.inflight = attempt
@@ -682,9 +683,10 @@ class Pipeline:
                     if not err.retryable:
                         breakers.success(label)
                         cap = ex.output_cap
-                        if err.upstream_status == 400 and cap is not None and cap.lowered(attempt, err.message):
-                            # The client's cap was past the model's ceiling, which the refusal named (a model
-                            # without `max_output_tokens`): sent again within it, as it is from now on.
+                        if err.upstream_status == 400 and not lowered and cap and cap.lowered(attempt, err.message):
+                            # The cap sent was past the model's ceiling, which the refusal named (one not
+                            # configured, or configured higher): sent again within it, as it is from now on.
+                            lowered = True
                             limited.pop()
                             limited_waits.pop()
                             built = build(attempt)

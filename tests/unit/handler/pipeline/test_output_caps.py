@@ -78,3 +78,28 @@ def test_the_configured_ceiling_holds_without_a_refusal() -> None:
     small = request(max_tokens=100)
     OutputCap(small, 4096, {}).apply(attempt("known"))
     assert small.max_tokens == 100
+
+
+def test_a_learned_ceiling_below_the_configured_one_holds() -> None:
+    """A configured `max_output_tokens` past what the provider allows: the lower, learned one is sent."""
+    known = attempt("known")
+    req = request(max_tokens=20_000)
+    learned: dict[str, int] = {}
+    cap = OutputCap(req, 4096, learned)
+    cap.apply(known)
+    assert req.max_tokens == 16_384  # the configured ceiling
+    assert cap.lowered(known, "This model supports at most 8192 completion tokens") and req.max_tokens == 8_192
+
+
+def test_a_budgeted_request_is_never_sent_more_than_its_reservation_covers() -> None:
+    """A ceiling learned by another request after this one was admitted (for the gateway's default, 4,096) raised
+    its cap to 16,384, past what its reservation covered (found by review)."""
+    unknown = attempt("unknown")
+    learned: dict[str, int] = {}
+    req = request(max_tokens=100_000)
+    cap = OutputCap(req, 4096, learned)
+    cap.reserved = cap.of(unknown)
+    assert cap.reserved == 4096
+    learned[unknown.target.label] = 16_384  # another request's refusal, meanwhile
+    cap.apply(unknown)
+    assert req.max_tokens == 4096
