@@ -656,7 +656,13 @@ class SettledBeforeTheEnd:
                 await gateway.drain()
             await send(message)
 
-        await self.app(scope, receive, send_when_settled)
+        try:
+            await self.app(scope, receive, send_when_settled)
+        finally:
+            if gateway.background or gateway.queued or gateway.landing:
+                # A response that never sent its end (its client left mid-stream): the server ends it, and the
+                # invocation with it, once the app returns.
+                await gateway.drain()
 
 
 def serving_app(gateway: Gateway) -> GatewayApp | SettledBeforeTheEnd:

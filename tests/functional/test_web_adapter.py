@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -17,7 +18,7 @@ from adapters.providers.registry import REGISTRY
 from handler.api import app as app_module
 from handler.api.app import serving_app
 from handler.config import parse_config
-from handler.pipeline.gateway import build_gateway
+from handler.pipeline.gateway import Gateway, build_gateway
 from handler.pipeline.keys import KeyService
 from handler.ports import KeyRecord
 from tests.support.asgi import post_scope
@@ -45,11 +46,8 @@ def upstream(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, json={**completion, "usage": USAGE})
 
 
-@pytest.mark.parametrize("stream", [False, True])
-async def test_the_last_byte_waits_for_the_settlement(
-    stream: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Its ledger line is written, as another process reads the store, when the adapter gets the last byte."""
+async def behind_the_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Gateway, Path, str]:
+    """A gateway as the streaming function runs it (behind the adapter), on a SQLite file; and a budgeted key."""
     monkeypatch.setattr(app_module, "BEHIND_WEB_ADAPTER", True)
     store = tmp_path / "gateway.db"
     model = {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": {"input": 1.0, "output": 2.0}}
@@ -64,14 +62,23 @@ async def test_the_last_byte_waits_for_the_settlement(
         transport=httpx.MockTransport(upstream),
     )
     record = KeyRecord(id="", name="k", secret_hash="", created_at=0, budget_usd=10.0)
-    key = (await KeyService(gateway.store, 0).mint(record)).key
+    return gateway, store, (await KeyService(gateway.store, 0).mint(record)).key
+
+
+def lines(store: Path) -> int:
+    with sqlite3.connect(store) as other:  # as another process, or this one once thawed, reads it
+        count: int = other.execute("SELECT count(*) FROM ledger").fetchone()[0]
+        return count
+
+
+def call(key: str, stream: bool) -> tuple[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], asyncio.Event]:
+    """The scope and `receive` of one chat call from the adapter (on loopback); setting the event makes the
+    client leave."""
     body = orjson.dumps({"model": "m", "messages": HI, "stream": stream})
     headers = [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")]
-    scope = post_scope("/v1/chat/completions", headers, ("127.0.0.1", 5000))  # the adapter, on loopback
+    scope = post_scope("/v1/chat/completions", headers, ("127.0.0.1", 5000))
     received = False
-    disconnected = asyncio.Event()  # (never set: the client stays)
-    at_the_end: list[int] = []
-    statuses: list[int] = []
+    disconnected = asyncio.Event()
 
     async def receive() -> dict[str, Any]:
         nonlocal received
@@ -81,15 +88,49 @@ async def test_the_last_byte_waits_for_the_settlement(
         await disconnected.wait()  # as a server's `receive` waits for the client to leave
         return {"type": "http.disconnect"}
 
+    return scope, receive, disconnected
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_last_byte_waits_for_the_settlement(
+    stream: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its ledger line is written, as another process reads the store, when the adapter gets the last byte."""
+    gateway, store, key = await behind_the_adapter(tmp_path, monkeypatch)
+    scope, receive, _ = call(key, stream)
+    at_the_end: list[int] = []
+    statuses: list[int] = []
+
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
         elif not message.get("more_body", False):
-            with sqlite3.connect(store) as other:  # as another process, or this one once thawed, reads it
-                at_the_end.append(other.execute("SELECT count(*) FROM ledger").fetchone()[0])
+            at_the_end.append(lines(store))
 
     try:
         await serving_app(gateway)(scope, receive, send)
         assert statuses == [200] and at_the_end == [1]
+    finally:
+        await gateway.aclose()
+
+
+async def test_a_stream_its_client_left_is_settled_before_the_app_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream whose client left never sends its end: the server ends the response, and with it the invocation,
+    once the app returns, which it does only with the stream's line written."""
+    gateway, store, key = await behind_the_adapter(tmp_path, monkeypatch)
+    scope, receive, disconnected = call(key, stream=True)
+    sent: list[bool] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            sent.append(message.get("more_body", False))
+            disconnected.set()  # the client leaves after the first piece
+            await asyncio.sleep(0.01)  # (a write that waits on the socket)
+
+    try:
+        await serving_app(gateway)(scope, receive, send)
+        assert sent == [True] and lines(store) == 1
     finally:
         await gateway.aclose()
