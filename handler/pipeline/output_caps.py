@@ -56,7 +56,8 @@ class OutputCap:
     def ceiling(self, attempt: Attempt) -> int | None:
         """The most the attempt's model writes: the lower of its configured `max_output_tokens` and the ceiling
         its provider named (a configured one may be more than the provider allows)."""
-        configured, learned = attempt.spec.max_output_tokens, self.learned.get(attempt.target.label)
+        configured = attempt.spec.max_output_tokens
+        learned = self.learned.get(attempt.target.label) if self.learned else None  # (no label built for none)
         if configured is None or learned is None:
             return configured or learned
         return min(configured, learned)
@@ -75,16 +76,17 @@ class OutputCap:
             return self.limit
         return min(self.limit, ceiling)
 
-    def apply(self, attempt: Attempt) -> None:
+    def apply(self, attempt: Attempt) -> int | None:
         """Set the request's cap for `attempt`, before its upstream request is built (the client's own where it
-        is within the ceiling: an earlier attempt may have lowered it)."""
+        is within the ceiling: an earlier attempt may have lowered it); the cap set, if any."""
         cap = self.sent(attempt)
         if cap is None:
-            return
+            return None
         if self.legacy:
             self.req.max_tokens = cap
         else:
             self.req.max_completion_tokens = cap
+        return cap
 
     def lowered(self, attempt: Attempt, message: str) -> bool:
         """Whether `attempt`'s refusal (`message`) named a ceiling below the cap it was sent: then the ceiling is
@@ -101,6 +103,5 @@ class OutputCap:
                 extra={"model": attempt.model, "deployment": label, "max_output_tokens": ceiling, "sent": sent},
             )
         self.learned[label] = ceiling
-        self.apply(attempt)
-        lowered = self.sent(attempt)
+        lowered = self.apply(attempt)
         return lowered is not None and lowered <= ceiling
