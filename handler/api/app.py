@@ -194,9 +194,9 @@ class Api:
 
     def client_ip(self, request: Request) -> str | None:
         peer = request.client.host if request.client else None
-        if BEHIND_WEB_ADAPTER and peer in LOOPBACK:
-            # The streaming function: the Lambda Web Adapter connects from loopback and puts the Function
-            # URL's request context (with the caller's address) in this header, replacing any the caller sent.
+        if from_web_adapter(request):
+            # The Function URL's request context (with the caller's address) is in this header, replacing any the
+            # caller sent.
             source = lwa_source_ip(request.headers.get("x-amzn-request-context"))
             if source:
                 return source
@@ -416,6 +416,15 @@ LOOPBACK = {"127.0.0.1", "::1"}
 LAMBDA_MARGIN_MS = 1500
 
 
+def from_web_adapter(request: Request) -> bool:
+    """Whether a request came from the Lambda Web Adapter (the streaming function): it connects from loopback, and
+    only then are the invocation's headers it adds (`x-amzn-request-context`, `x-amzn-lambda-context`) believed."""
+    if not BEHIND_WEB_ADAPTER:
+        return False
+    client = request.scope.get("client")
+    return client is not None and client[0] in LOOPBACK
+
+
 def lwa_source_ip(raw: str | None) -> str | None:
     if not raw:
         return None
@@ -435,7 +444,7 @@ def lambda_time_left_s(request: Request) -> float | None:
     context = request.scope.get("aws.context")
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     if remaining is None:
-        if BEHIND_WEB_ADAPTER and (request.scope.get("client") or ("",))[0] in LOOPBACK:
+        if from_web_adapter(request):
             return web_adapter_time_left_s(request.headers.get("x-amzn-lambda-context"))
         return None
     try:
