@@ -668,7 +668,7 @@ class SettledBeforeTheEnd:
         try:
             await self.app(scope, receive, send_when_settled)
         finally:
-            if gateway.background or gateway.queued or gateway.landing:
+            if gateway.unsettled:
                 # A response that never sent its end (its client left mid-stream): the server ends it, and the
                 # invocation with it, once the app returns.
                 await gateway.drain()

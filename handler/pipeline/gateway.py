@@ -129,10 +129,15 @@ class Gateway:
         if failure is not None:
             logger.error("a background task failed", exc_info=failure, extra={"task": task.get_name()})
 
+    @property
+    def unsettled(self) -> bool:
+        """Whether settlements are on their way: tasks, queued for the loop, or in the store's batch."""
+        return bool(self.background or self.queued or self.landing)
+
     async def drain(self) -> None:
         """Wait for background settlements (tests, shutdown, end of a Lambda invocation), without the
         store holding them back for company: no other request is coming to share their write."""
-        while self.background or self.queued or self.landing:
+        while self.unsettled:
             await asyncio.sleep(0)  # tasks spawned and settlements queued just now reach the store
             self.store.hurry()
             if self.landing:  # (not awaited as such: this drain must not cancel them, nor raise their errors)
