@@ -37,9 +37,10 @@ def ceiling_named(message: str) -> int | None:
 
 
 class OutputCap:
-    """One request's cap, per attempt. A budgeted request always sends one: the client's own, else (or when
-    larger) the attempt's ceiling (the gateway's default without one), never more than its reservation covers
-    (`reserved`: the largest over the plan when it was admitted). Any other request sends the client's own,
+    """One request's cap, per attempt. A budgeted request (or one with `x-gateway-max-cost-usd`) always sends one:
+    the client's own, else (or when larger) the attempt's ceiling (the gateway's default without one), never more
+    than its worst case covers (`reserved`: the largest over the plan when it was admitted). Any other request
+    sends the client's own,
     lowered to the attempt's ceiling. The cap goes in the field the client used (`max_tokens` when it sent only
     that, else `max_completion_tokens`; an adapter renames it as its provider needs)."""
 
@@ -51,7 +52,7 @@ class OutputCap:
         self.default = default
         self.legacy = req.max_tokens is not None and req.max_completion_tokens is None
         self.learned = learned  # the gateway's: deployment label -> the ceiling its provider named
-        self.reserved: int | None = None  # a budgeted request's: the output tokens its reservation covers
+        self.reserved: int | None = None  # a bounded request's: the output tokens its worst case covers
 
     def ceiling(self, attempt: Attempt) -> int | None:
         """The most the attempt's model writes: the lower of its configured `max_output_tokens` and the ceiling
@@ -63,7 +64,7 @@ class OutputCap:
         return min(configured, learned)
 
     def of(self, attempt: Attempt) -> int:
-        """The most `attempt` may write on a budgeted request: what its reservation covers."""
+        """The most `attempt` may write on a bounded request: what its worst case covers."""
         cap = self.ceiling(attempt) or self.default
         return min(self.limit, cap) if self.limit else cap
 

@@ -447,10 +447,12 @@ class Pipeline:
         cap = OutputCap(req, self.gateway.config.gateway.default_max_output_tokens, self.gateway.ceilings)
         worst_output = max(cap.of(attempt) for attempt in plan)
         await self._admit_tokens(ex, plan, (worst_output + predicted_tokens(req)) * (req.n or 1))
-        if ex.reservation is not None and ex.reservation.budget_key is not None:
-            # The reservation covers `worst_output` tokens; no attempt may be allowed more, or a provider's own
-            # (larger) default could spend past what was reserved. Each attempt gets its own model's cap: the
-            # chain's largest sent to a smaller model is a 400 (gpt-4o-mini's 16,384 against a fallback's 64,000).
+        budgeted = ex.reservation is not None and ex.reservation.budget_key is not None
+        if budgeted or ex.controls.max_cost_usd is not None:
+            # The reservation (or the worst case `x-gateway-max-cost-usd` was checked against) covers
+            # `worst_output` tokens; no attempt may be allowed more, or a provider's own (larger) default could
+            # spend past it. Each attempt gets its own model's cap: the chain's largest sent to a smaller model
+            # is a 400 (gpt-4o-mini's 16,384 against a fallback's 64,000).
             cap.reserved = worst_output
         ex.output_cap = cap
 

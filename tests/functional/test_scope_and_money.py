@@ -512,6 +512,22 @@ def test_every_member_sent_on_is_in_the_worst_case(gw: Running) -> None:
         assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded", refused.text
 
 
+def test_a_max_cost_request_is_sent_the_output_cap_its_worst_case_assumed(gw: Running) -> None:
+    """`x-gateway-max-cost-usd` admits on a worst case of the gateway's default output cap (4,096 tokens) when the
+    client sets none; without a budget that cap was not sent, and the provider could write its own maximum (gpt-4o-
+    mini's 16,384: four times the stated maximum cost). Found by review."""
+    since = len(gw.fakes["openai"].state.requests)
+    answer = chat(gw, gw.mint(), **{"x-gateway-max-cost-usd": "0.009"})
+    assert answer.status_code == 200, answer.text
+    (sent,) = received(gw, "openai", since)
+    assert sent["json"].get("max_completion_tokens") == 4096, sent["json"]
+    # Without the header, an unbudgeted request is sent the client's cap alone (none here).
+    since = len(gw.fakes["openai"].state.requests)
+    assert chat(gw, gw.mint()).status_code == 200
+    (sent,) = received(gw, "openai", since)
+    assert "max_completion_tokens" not in sent["json"] and "max_tokens" not in sent["json"]
+
+
 def test_options_that_change_the_price_are_priced_or_refused(gw: Running) -> None:
     key = gw.mint()
     base = {"model": "gpt-test", "messages": HI}
