@@ -7,6 +7,7 @@ happens in between is here and knows no provider by name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -742,10 +743,18 @@ class Pipeline:
         if limit is not None and reservation.amount_usd * (len(ex.extra) + 2) > limit:
             raise last
         ex.reserving = True
+        writing = asyncio.ensure_future(self.meter.reserve_again(reservation, ex.key, len(ex.extra) + 1))
         try:
-            again = await self.meter.reserve_again(reservation, ex.key, len(ex.extra) + 1)
+            again = await asyncio.shield(writing)
         except GatewayError:  # the budget's 402, or the store's 503: either way the request ends as that attempt did
             raise last from None
+        except asyncio.CancelledError:
+            # The deadline passed (or the client left) while the store wrote it: the request ends, but only once
+            # the reservation is known, so that its settlement releases it (else it held the key's budget until it
+            # expired).
+            with contextlib.suppress(GatewayError):
+                ex.extra.append(await writing)
+            raise
         finally:
             ex.reserving = False
         ex.extra.append(again)

@@ -382,7 +382,37 @@ def test_a_store_failure_on_the_extra_reservation_ends_the_request_as_the_timed_
     assert line.cost_source == "reserved" and line.status == 504
 
 
+def test_a_deadline_that_passes_while_the_extra_reservation_is_written_leaves_nothing_reserved(
+    impatient: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store wrote the extra worst case for the timed-out attempt, its answer came late (a slow DynamoDB round
+    trip), and the request's deadline passed meanwhile: cancelled there, the request never learnt of that
+    reservation, which held the key's budget until it expired (15 minutes). Found by review."""
+    gw = impatient
+    store = gw.gateway.store
+    written = store.admit
+
+    async def late_answer(admission: Any) -> Any:
+        snapshot = await written(admission)
+        if "#" in admission.reservation_id:  # the extra worst case (`Meter.reserve_again`)
+            await asyncio.sleep(0.6)
+        return snapshot
+
+    key = gw.mint(budget_usd=1.0)
+    slow_breaker_closed(gw)
+    monkeypatch.setattr(store, "admit", late_answer)
+    answer = chat(gw, key, "slow-then-fast-test", **{"x-gateway-deadline-ms": "800"})
+    monkeypatch.undo()
+    assert answer.status_code == 504, answer.text
+    time.sleep(0.5)  # the request's settlement, in the background
+    state = httpx.get(f"{gw.url}/v1/key", headers=auth(key)).json()
+    assert state["reserved_usd"] == 0, state
+    [line] = ledger(gw, key)
+    assert line.cost_source == "reserved" and line.status == 504 and state["spent_usd"] == line.cost_usd
+
+
 def test_a_timed_out_attempt_is_charged_its_own_worst_case_not_the_plans_largest_prompt(
+
     upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Any
 ) -> None:
     """A missed attempt was charged the plan's largest prompt estimate at its own price: an image a cheap
