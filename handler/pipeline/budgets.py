@@ -155,6 +155,18 @@ class Meter:
         reservation.headers = self._rate_headers(rates, snapshot, window)
         return reservation
 
+    async def admit_fallback(self, lineage: list[KeyRecord], model: str, tokens: int, request_id: str) -> None:
+        """Count a request on a fallback `model`'s own limits along the key's chain (`tokens`: its worst case,
+        which the request's settlement does not adjust) before its first attempt: the request was admitted on
+        the model it named, and a fallback must not escape a per-model limit. Raises the 429 when one is spent."""
+        key = lineage[0]
+        now = self.clock()
+        window = int(now // 60)
+        rates = [rate for holder in lineage for rate in self._rates(holder, key, model, window, tokens, True)]
+        if rates:
+            admission = Admission(request_id, key.id, [], rates, now + self.reservation_ttl, key.home_region)
+            await self._admit(admission, key, 0.0, window)
+
     async def reserve_again(self, reservation: Reservation, key: KeyRecord, n: int) -> Reservation:
         """The `n`th worst case more on every budget `reservation` holds, and no rate counted: for an attempt the
         provider got whole and may bill though it gave no answer (a first-byte timeout, a broken answer), before
@@ -224,14 +236,16 @@ class Meter:
             ) from exc
 
     @staticmethod
-    def _rates(holder: KeyRecord, key: KeyRecord, model: str, window: int, tokens: int) -> list[RateCharge]:
-        """The rate charges of `holder`'s limits: `key` itself, or one of its ancestors, whose counters every
-        descendant shares (`RateCharge.key_id`)."""
+    def _rates(
+        holder: KeyRecord, key: KeyRecord, model: str, window: int, tokens: int, model_only: bool = False
+    ) -> list[RateCharge]:
+        """The rate charges of `holder`'s limits (`model_only`: its limits on `model` alone): `key` itself, or
+        one of its ancestors, whose counters every descendant shares (`RateCharge.key_id`)."""
         owner, home = (None, None) if holder is key else (holder.id, holder.home_region)
         rates = []
-        if holder.rpm:
+        if holder.rpm and not model_only:
             rates.append(RateCharge("rpm", window, holder.rpm, 1, owner, home))
-        if holder.tpm:
+        if holder.tpm and not model_only:
             rates.append(RateCharge("tpm", window, holder.tpm, tokens, owner, home))
         per_model = model_limits(holder, model)
         if per_model.get("rpm"):

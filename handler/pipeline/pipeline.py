@@ -27,6 +27,7 @@ from handler.errors import (
     GatewayError,
     InvalidRequestError,
     ProviderRejectedError,
+    RateLimitError,
     SchemaViolationError,
     ServiceUnavailableError,
     StrictParamsError,
@@ -117,7 +118,7 @@ class Exchange:
         "request_id", "key", "model", "controls", "started", "route", "dropped", "inbound_dropped", "store_ms",
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
         "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "price_multiplier",
-        "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left",
+        "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left", "fallbacks",
     )  # fmt: skip
 
     def __init__(
@@ -166,6 +167,9 @@ class Exchange:
         # land with nobody to release it): it is marked, and the request ends once the reservation is known.
         self.reserving = False
         self.client_left = False
+        # The fallback models counted on their own per-model limits before their first attempt (None), or refused
+        # by one of them (the 429): the request was admitted on the model it named (`Meter.admit_fallback`).
+        self.fallbacks: dict[str, RateLimitError | None] = {}
         self.user: str | None = None  # the end user the client named, for attribution
         self.price_multiplier = 1.0  # a service tier's
         self.per_request_usd = 0.0  # options billed per request (web search)
@@ -647,6 +651,9 @@ class Pipeline:
                 ex.route.append(f"{label}=breaker-open")
                 skipped = skipped or not breakers.rate_limited(label)
                 continue
+            if attempt.model != ex.model and await self._fallback_refused(ex, attempt.model):
+                ex.route.append(f"{label}=rate_limited")
+                continue
             if len(ex.extra) < len(ex.missed) + ex.rejected and last is not None:
                 await self._cover_missed(ex, last)
             if ex.client_left:  # while a reservation was written: the request ends before sending anything more
@@ -713,6 +720,9 @@ class Pipeline:
                 ex.dropped = built.dropped
                 return result
         if last is None:
+            refusal = next((refused for refused in ex.fallbacks.values() if refused is not None), None)
+            if refusal is not None:  # the rest were passed over for their open breakers
+                raise refusal
             raise ServiceUnavailableError("every deployment's circuit breaker is open", code="no_deployment_available")
         if len(limited) == 1 and not limited[0] and not last.billable:
             # One attempt, failed for a passing reason (a 5xx, overloaded, unreachable), with nothing else to try:
@@ -730,6 +740,19 @@ class Pipeline:
                 headers=headers,
             )
         raise last
+
+    async def _fallback_refused(self, ex: Exchange, model: str) -> bool:
+        """Whether a fallback `model`'s own per-model limits (the key's or an ancestor's) refuse the request,
+        counted on them before its first attempt; its other deployments are then passed over too."""
+        if model not in ex.fallbacks:
+            reservation = ex.reservation
+            tokens = reservation.prompt_tokens + reservation.output_tokens if reservation is not None else 0
+            try:
+                await self.meter.admit_fallback(ex.lineage, model, tokens, f"{ex.request_id}@{model}")
+                ex.fallbacks[model] = None
+            except RateLimitError as refused:
+                ex.fallbacks[model] = refused
+        return ex.fallbacks[model] is not None
 
     async def _cover_missed(self, ex: Exchange, last: UpstreamError) -> None:
         """Before the next attempt: a worst case more on the key's budgets for the attempt the provider may still

@@ -20,7 +20,7 @@ from handler.config import Config, parse_config
 from handler.entry.cli import main as cli_main
 from handler.pipeline.keys import split_key
 from handler.ports import LedgerItem, StoreError
-from tests.functional.conftest import FAKE_KEYS, Running, serve_gateway, serving
+from tests.functional.conftest import FAKE_KEYS, Running, fresh_minute, serve_gateway, serving
 from tests.support.dynamo import DynamoServer
 from tests.support.servers import ServerThread
 
@@ -250,6 +250,26 @@ def test_a_child_cannot_mint_wider_per_model_limits(gw: Running) -> None:
         assert below.status_code == 400, below.text
     long = post(gw, "/v1/keys", parent, {"name": "l", "model_limits": {"a" * 3000: {"rpm": 1}}})
     assert long.status_code == 400 and long.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_fallback_is_held_to_its_own_per_model_limits_along_the_chain(gw: Running) -> None:
+    """Per-model limits were counted on the requested model alone: asking for a model that fails, with the limited
+    one as its fallback, reached the limited model without limit (found by review)."""
+    fresh_minute()
+    parent = gw.mint(model_limits={"claude-*": {"rpm": 1}})
+    key = child(gw, parent)
+    assert chat(gw, key, "claude-test").status_code == 200
+    assert chat(gw, key, "claude-test").status_code == 429
+    since = len(gw.fakes["anthropic"].state.requests)
+    via = chat(gw, key, "broken-test", **{"x-gateway-fallbacks": "claude-test"})
+    assert received(gw, "anthropic", since) == []
+    assert via.status_code == 502, via.text  # the requested model's own failure
+    assert via.headers["x-gateway-route"].endswith("anthropic/claude-haiku-4-5@global=rate_limited")
+    # A fallback within its limits is counted on them before it is tried, and then served.
+    other = child(gw, gw.mint(model_limits={"claude-*": {"rpm": 1}}))
+    served = chat(gw, other, "broken-test", **{"x-gateway-fallbacks": "claude-test"})
+    assert served.status_code == 200 and served.headers["x-gateway-route"].endswith("=200"), served.text
+    assert chat(gw, other, "claude-test").status_code == 429  # its minute's one request went to the fallback
 
 
 def test_a_chain_of_keys_is_as_deep_as_a_store_transaction_allows(gw: Running) -> None:
