@@ -58,6 +58,7 @@ from handler.pipeline.pricing import (
     price_for,
     prompt_estimate,
     scaled,
+    sent_as_written,
     usd,
     worst_case_usd,
 )
@@ -118,7 +119,8 @@ class Exchange:
         "request_id", "key", "model", "controls", "started", "route", "dropped", "inbound_dropped", "store_ms",
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
         "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "price_multiplier",
-        "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left", "fallbacks",
+        "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left",
+        "fallbacks",
     )  # fmt: skip
 
     def __init__(
@@ -290,7 +292,7 @@ class Pipeline:
         """A request in a provider API's own format (`call`), non-streaming: sent as written to a deployment
         that speaks that API, and as `req` (the same request in the internal form) to any other in the plan."""
         plan = self._plan(ex, req.model)
-        await self._admit(ex, plan, req)
+        await self._admit(ex, plan, req, call)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> NativeReply | ChatCompletion:
             if not attempt.adapter.speaks(call.api, attempt.target):
@@ -323,7 +325,7 @@ class Pipeline:
         """`native`, streaming: the provider's own events from a deployment that speaks the API, the internal
         chunk stream from any other; either has its first events in by the time it is returned."""
         plan = self._plan(ex, req.model)
-        await self._admit(ex, plan, req)
+        await self._admit(ex, plan, req, call)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> NativeStream | ChunkStream:
             stream: NativeStream | ChunkStream
@@ -441,7 +443,7 @@ class Pipeline:
         ex.route.extend(f"{name}=model_not_allowed" for name in plan.skipped)
         return plan
 
-    async def _admit(self, ex: Exchange, plan: list[Attempt], req: ChatRequest) -> None:
+    async def _admit(self, ex: Exchange, plan: list[Attempt], req: ChatRequest, call: NativeCall | None = None) -> None:
         if ex.trace is not None:
             ex.trace.requested(req)  # before the output cap below is applied
         who = req.user or (req.model_extra or {}).get("safety_identifier")
@@ -449,6 +451,8 @@ class Pipeline:
             ex.user = who[:MAX_USER_CHARS]
         self._price_options(ex, req)
         ex.prompt = prompt_estimate(req)
+        if call is not None and any(attempt.adapter.speaks(call.api, attempt.target) for attempt in plan):
+            ex.prompt = sent_as_written(ex.prompt, call.body)  # (what the translation left out goes too)
         cap = OutputCap(req, self.gateway.config.gateway.default_max_output_tokens, self.gateway.ceilings)
         worst_output = max(cap.of(attempt) for attempt in plan)
         await self._admit_tokens(ex, plan, (worst_output + predicted_tokens(req)) * (req.n or 1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from decimal import Decimal
 from functools import lru_cache
 from importlib import resources
@@ -253,6 +254,68 @@ def prompt_estimate(req: ChatRequest) -> PromptEstimate:
         sent = {name: value for name, value in extra.items() if name != "prediction"}
         total += len(orjson.dumps(sent)) // 2
     return PromptEstimate(total, tuple(images))
+
+
+# A PDF the provider fetches itself (a URL, an uploaded file): its size is not in the request. Anthropic reads at most
+# 100 pages a request, each as its text (1,500-3,000 tokens) and its picture (at most 1,600).
+REFERENCED_DOCUMENT_TOKENS = 100 * (3_000 + 1_600)
+
+
+def sent_as_written(estimate: PromptEstimate, body: Mapping[str, Any]) -> PromptEstimate:
+    """The estimate for a body passed through as the client wrote it (`estimate`: its translation's): at least
+    half the bytes of all of it but its inline pictures (priced by formula, as in `estimate`), with a picture or
+    a PDF the provider fetches itself at the most it can cost. The translation leaves out what the internal
+    form cannot carry (content blocks and fields only the provider's API has), which the provider still reads
+    and bills: unreserved, a budget could be overspent by all of it."""
+    images = list(estimate.images)
+    pictures = 0  # the bytes of inline pictures, in `images` already
+    referenced = 0
+    turns = body.get("messages", body.get("input"))
+    blocks = [
+        block
+        for turn in (turns if isinstance(turns, list) else ())
+        if isinstance(turn, dict) and isinstance(turn.get("content"), list)
+        for block in turn["content"]
+    ]
+    while blocks:
+        block = blocks.pop()
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "tool_result" and isinstance(block.get("content"), list):
+            blocks.extend(block["content"])
+        elif kind in ("image", "input_image"):
+            inline = _inline_picture(block)
+            if inline is None:
+                images.append(("", None))  # an uploaded picture (not translated): the most one can cost
+            else:
+                pictures += inline
+        elif kind in ("document", "input_file") and not _inline_document(block):
+            referenced += REFERENCED_DOCUMENT_TOKENS
+    written = (len(orjson.dumps(dict(body), default=str)) - pictures) // 2 + referenced
+    return PromptEstimate(max(estimate.text_tokens, written), tuple(images))
+
+
+def _inline_picture(block: dict[str, Any]) -> int | None:
+    """The bytes of a picture's data in the request (0 for one by URL, which the translation has as an image
+    too), or None for an uploaded one (by file id)."""
+    source = block.get("source")  # Messages
+    if isinstance(source, dict):
+        kind = source.get("type")
+        data = source.get("data")
+        return len(data) if kind == "base64" and isinstance(data, str) else 0 if kind == "url" else None
+    url = block.get("image_url")  # Responses
+    if isinstance(url, str):
+        return len(url) if url.startswith("data:") else 0
+    return None
+
+
+def _inline_document(block: dict[str, Any]) -> bool:
+    """Whether a document's content is in the request (its bytes counted with the body's)."""
+    source = block.get("source")
+    if isinstance(source, dict):
+        return source.get("type") in ("base64", "text", "content")
+    return "file_data" in block
 
 
 def predicted_tokens(req: ChatRequest) -> int:

@@ -432,7 +432,6 @@ def test_a_deadline_that_passes_while_the_extra_reservation_is_written_leaves_no
 
 
 def test_a_timed_out_attempt_is_charged_its_own_worst_case_not_the_plans_largest_prompt(
-
     upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Any
 ) -> None:
     """A missed attempt was charged the plan's largest prompt estimate at its own price: an image a cheap
@@ -560,6 +559,32 @@ def test_every_member_sent_on_is_in_the_worst_case(gw: Running) -> None:
         messages = [*HI, {"role": "assistant", "content": "ok", **turn}, *HI]
         refused = post(gw, "/v1/chat/completions", key, {**base, "messages": messages})
         assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded", refused.text
+
+
+def test_what_a_pass_through_sends_beyond_its_translation_is_in_the_worst_case(gw: Running) -> None:
+    """A Messages request passed through to Anthropic was reserved on its translation, which leaves out what the
+    internal form cannot carry (a `search_result` block, a document by URL, an uploaded picture), though Anthropic
+    reads and bills all of it: a key with $0.01 left spent $0.12 on one request (found by review)."""
+    key = gw.mint(budget_usd=0.01)  # claude-test: $1 / M input, $2 / M output
+    big = "lorem ipsum " * 40_000  # some 120,000 tokens: $0.12
+    result = {
+        "type": "search_result",
+        "source": "https://example.com",
+        "title": "t",
+        "content": [{"type": "text", "text": big}],
+    }
+    by_url = {"type": "document", "source": {"type": "url", "url": "https://example.com/report.pdf"}}
+    for block in (result, by_url):
+        content = [{"type": "text", "text": "Summarise it."}, block]
+        body = {"model": "claude-test", "max_tokens": 16, "messages": [{"role": "user", "content": content}]}
+        refused = post(gw, "/v1/messages", key, body)
+        assert refused.status_code == 402, refused.text
+    assert ledger(gw, key) == []
+    # Within the budget, the same pass-through goes (its bytes, not more, reserved: text is half its bytes at most).
+    small = {**result, "content": [{"type": "text", "text": "lorem ipsum " * 100}]}
+    content = [{"type": "text", "text": "Summarise it."}, small]
+    body = {"model": "claude-test", "max_tokens": 16, "messages": [{"role": "user", "content": content}]}
+    assert post(gw, "/v1/messages", key, body).status_code == 200
 
 
 def test_a_max_cost_request_is_sent_the_output_cap_its_worst_case_assumed(gw: Running) -> None:

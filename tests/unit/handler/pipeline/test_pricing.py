@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from handler.config import FeeConfig, ModelConfig, Price
 from handler.pipeline.pricing import (
+    PromptEstimate,
     builtin_prices,
     cost_of,
     estimate_prompt_tokens,
     plausible,
     price_for,
+    sent_as_written,
     usd,
     worst_case_usd,
 )
@@ -157,3 +160,56 @@ def test_the_worst_case_covers_an_hours_writes_wherever_the_model_bills_cache_wr
     worst = worst_case_usd(100_000, 0, claude, NO_FEE)
     assert charged == pytest.approx(0.6) and worst is not None and worst >= charged
     assert worst_case_usd(100_000, 0, Price(input=3.0, output=15.0), NO_FEE) == pytest.approx(0.3)
+
+
+def test_a_body_sent_as_written_is_reserved_on_all_of_it_but_its_inline_pictures() -> None:
+    """`sent_as_written`: half the bytes of the body, less its inline pictures' data (priced by formula from the
+    translation's estimate), plus the most a picture or a PDF the provider fetches itself can cost."""
+    picture = "A" * 40_000
+    body = {
+        "model": "m",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": picture}},
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t",
+                        "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}],
+                    },  # fmt: skip
+                    {
+                        "type": "search_result",
+                        "source": "s",
+                        "title": "t",
+                        "content": [{"type": "text", "text": "x" * 1000}],
+                    },  # fmt: skip
+                ],
+            }
+        ],
+    }
+    translated = PromptEstimate(10, (("data:image/png;base64," + picture, None),))
+    sent = sent_as_written(translated, body)
+    size = len(orjson.dumps(body))
+    assert sent.text_tokens == (size - len(picture)) // 2
+    assert sent.images == (*translated.images, ("", None))  # the uploaded picture, at the most one can cost
+    # A PDF by URL is read and billed by the provider: its worst case is 100 pages'.
+    by_url = {
+        "model": "m",
+        "messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "url", "url": "u"}}]}],
+    }
+    assert sent_as_written(PromptEstimate(0, ()), by_url).text_tokens >= 100 * 4_600
+    # The Responses API's input: a data URL is a picture priced by formula, a file by id a PDF fetched.
+    data_url = "data:image/png;base64," + picture
+    items = [
+        {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_image", "image_url": data_url}, {"type": "input_file", "file_id": "f"}],
+        }
+    ]
+    responses = {"model": "m", "input": items}
+    written = sent_as_written(PromptEstimate(0, ()), responses)
+    assert written.text_tokens == (len(orjson.dumps(responses)) - len(data_url)) // 2 + 100 * 4_600
+    # Never below the translation's own estimate.
+    assert sent_as_written(PromptEstimate(10**6, ()), by_url).text_tokens == 10**6
