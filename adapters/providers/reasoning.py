@@ -115,7 +115,16 @@ def reasons(model: str, families: tuple[str, ...], *, prefix: bool = False) -> b
 
 def thinking_budget(wish: Reasoning, max_tokens: int) -> int | None:
     """A Claude `budget_tokens` for a wish and an output cap, or None when no valid budget fits (Anthropic
-    wants at least 1024 and less than `max_tokens`)."""
-    budget = wish.budget or (wish.level or BY_EFFORT["medium"]).budget
-    budget = min(budget, max_tokens - 1)
+    wants at least 1024 and less than `max_tokens`).
+
+    Claude's thinking and its answer both count against `max_tokens`. A budget the client named that Anthropic
+    would take is sent as named: the client chose the split. A budget the gateway picks (from an effort level)
+    or must lower to fit takes at most half of `max_tokens`, so the answer keeps at least as much room as the
+    thinking had: a tool call carrying a file's edit easily runs to a few thousand tokens, and a budget of
+    `max_tokens - 1` (Codex on a budgeted key gets a cap of 4096 and asks for medium effort, 8192) leaves one
+    token for it, and the answer comes back cut off. Below a cap of 2048 no budget fits beside the answer.
+    """
+    if wish.budget is not None and MIN_THINKING_BUDGET <= wish.budget < max_tokens:
+        return wish.budget
+    budget = min(wish.budget or (wish.level or BY_EFFORT["medium"]).budget, max_tokens // 2)
     return budget if budget >= MIN_THINKING_BUDGET else None

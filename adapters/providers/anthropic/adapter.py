@@ -757,21 +757,26 @@ class AnthropicAdapter(ProviderAdapter):
     ) -> BuiltRequest:
         body = dict(call.body)
         body["model"] = target.model
+        dropped: list[str] = []
         if output_limit is not None and (
             not isinstance(body.get("max_tokens"), int) or body["max_tokens"] > output_limit
         ):
             body["max_tokens"] = output_limit
             thinking = body.get("thinking")
             if isinstance(thinking, dict) and isinstance(thinking.get("budget_tokens"), int):
-                # Anthropic wants the thinking budget below `max_tokens`: the budget's cap lowers both.
+                # Anthropic wants the thinking budget below `max_tokens`: the budget's cap lowers both, the
+                # thinking budget so that the answer keeps its room beside it.
                 if thinking["budget_tokens"] >= output_limit:
-                    if output_limit - 1 >= reasoning.MIN_THINKING_BUDGET:
-                        body["thinking"] = {**thinking, "budget_tokens": output_limit - 1}
+                    wish = reasoning.Reasoning(budget=thinking["budget_tokens"])
+                    budget = reasoning.thinking_budget(wish, output_limit)
+                    if budget is not None:
+                        body["thinking"] = {**thinking, "budget_tokens": budget}
                     else:
                         del body["thinking"]
+                        dropped.append("thinking")
         url = self.native_url(call, self.messages_url(target))
         request = UpstreamRequest("POST", url, self.native_headers(call), orjson.dumps(body))
-        return BuiltRequest(request)
+        return BuiltRequest(request, dropped)
 
     def native_usage(self, call: NativeCall, body: bytes) -> Usage:
         from adapters.providers.anthropic.wire import WireMessage  # (see the note on the imports)

@@ -391,6 +391,18 @@ def test_geminis_thought_signatures_go_back_in_the_call_id(fleet: Running, fleet
     assert parts and parts[0]["thoughtSignature"] == CALL_SIGNATURE
 
 
+def test_a_budgeted_codex_request_leaves_claude_room_to_answer_beside_its_thinking(fleet: Running) -> None:
+    """Codex sends no `max_output_tokens`: on a budgeted key the output is capped at the gateway's default (4096),
+    and the medium effort's thinking budget (8192) is lowered to half of it, not to 4095, which left the answer
+    (text, or the tool call carrying an edit) one token once Claude thought to its budget."""
+    key = fleet.mint(name="budgeted-codex", budget_usd=10.0)
+    settings: Any = {"model": "claude", "reasoning": {"effort": "medium", "summary": "auto"}, "store": False}
+    answer = openai_client(fleet, key).responses.create(input="Refactor foo.py", **settings)
+    body = fleet.fakes["anthropic"].state.requests[-1]["json"]
+    assert body["max_tokens"] == 4096 and body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert answer.status == "completed"
+
+
 def test_a_conversation_moving_to_another_provider_leaves_signed_thinking_behind(
     fleet: Running, fleet_key: str
 ) -> None:

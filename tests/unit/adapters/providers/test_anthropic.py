@@ -194,7 +194,10 @@ def test_parameters_anthropic_cannot_honour_are_reported_not_sent() -> None:
     ("fields", "model", "expected", "dropped"),
     [
         ({"reasoning_effort": "low", "max_tokens": 8000}, MODEL, {"type": "enabled", "budget_tokens": 2048}, []),
-        ({"reasoning_effort": "high", "max_tokens": 4000}, MODEL, {"type": "enabled", "budget_tokens": 3999}, []),
+        # Thinking takes at most half the cap: the answer keeps as much room (Codex on a budgeted key: 4096).
+        ({"reasoning_effort": "medium", "max_tokens": 4096}, MODEL, {"type": "enabled", "budget_tokens": 2048}, []),
+        ({"reasoning_effort": "high", "max_tokens": 4000}, MODEL, {"type": "enabled", "budget_tokens": 2000}, []),
+        ({"reasoning_effort": "low", "max_tokens": 2000}, MODEL, None, ["reasoning_effort"]),
         ({"reasoning_effort": "high", "max_tokens": 1000}, MODEL, None, ["reasoning_effort"]),
         ({"reasoning_effort": "low"}, "claude-3-5-haiku-latest", None, ["reasoning_effort"]),
         ({"thinking": {"type": "adaptive"}}, "claude-opus-4-6", {"type": "adaptive"}, []),
@@ -203,6 +206,19 @@ def test_parameters_anthropic_cannot_honour_are_reported_not_sent() -> None:
             {"thinking": {"type": "enabled", "budget_tokens": 5000}},
             MODEL,
             {"type": "enabled", "budget_tokens": 5000},
+            [],
+        ),
+        # A budget the client named that Anthropic takes is its own split; one that does not fit is lowered.
+        (
+            {"thinking": {"type": "enabled", "budget_tokens": 5000}, "max_tokens": 6000},
+            MODEL,
+            {"type": "enabled", "budget_tokens": 5000},
+            [],
+        ),
+        (
+            {"thinking": {"type": "enabled", "budget_tokens": 10000}, "max_tokens": 4096},
+            MODEL,
+            {"type": "enabled", "budget_tokens": 2048},
             [],
         ),
         ({"reasoning_effort": "none"}, MODEL, None, []),
@@ -677,8 +693,11 @@ def test_the_native_meter_reads_cache_usage_and_estimates_a_cut_stream() -> None
 
 
 def test_a_budget_cap_below_the_thinking_budget_lowers_it_or_turns_thinking_off() -> None:
+    """The lowered budget leaves the answer half the cap (at `max_tokens - 1` it had one token); where no budget
+    of Anthropic's minimum fits beside it, thinking is not sent, and that is named."""
     body = {"model": "m", "max_tokens": 20000, "thinking": {"type": "enabled", "budget_tokens": 10000}, "messages": []}
     lowered = adapter().native_request(NativeCall(MESSAGES_API, body), target(), stream=False, output_limit=4000)
-    assert orjson.loads(lowered.request.body)["thinking"] == {"type": "enabled", "budget_tokens": 3999}
-    off = adapter().native_request(NativeCall(MESSAGES_API, body), target(), stream=False, output_limit=1000)
-    assert "thinking" not in orjson.loads(off.request.body)
+    assert orjson.loads(lowered.request.body)["thinking"] == {"type": "enabled", "budget_tokens": 2000}
+    assert lowered.dropped == []
+    off = adapter().native_request(NativeCall(MESSAGES_API, body), target(), stream=False, output_limit=2000)
+    assert "thinking" not in orjson.loads(off.request.body) and off.dropped == ["thinking"]
