@@ -69,6 +69,11 @@ class Reasoning(Value):
         self.adaptive: Final = adaptive
 
 
+def asked_with(req: ChatRequest) -> str:
+    """The request's parameter that carried its reasoning wish, as `x-gateway-dropped-params` names it."""
+    return "thinking" if req.thinking is not None else "reasoning_effort"
+
+
 def level_for_budget(budget: int) -> Level:
     """The smallest level whose budget covers `budget` tokens."""
     for level in LEVELS[1:]:
