@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 # Anthropic refuses a thinking budget below this, and one not below `max_tokens`.
 MIN_THINKING_BUDGET = 1024
+# The room a Claude answer keeps beside a thinking budget the gateway sets: this, or half of a smaller cap.
+ANSWER_ROOM = 4096
 
 
 class Level(Value):
@@ -124,12 +126,14 @@ def thinking_budget(wish: Reasoning, max_tokens: int) -> int | None:
 
     Claude's thinking and its answer both count against `max_tokens`. A budget the client named that Anthropic
     would take is sent as named: the client chose the split. A budget the gateway picks (from an effort level)
-    or must lower to fit takes at most half of `max_tokens`, so the answer keeps at least as much room as the
-    thinking had: a tool call carrying a file's edit easily runs to a few thousand tokens, and a budget of
-    `max_tokens - 1` (Codex on a budgeted key gets a cap of 4096 and asks for medium effort, 8192) leaves one
-    token for it, and the answer comes back cut off. Below a cap of 2048 no budget fits beside the answer.
+    or must lower to fit leaves the answer `ANSWER_ROOM` tokens, or half of a cap too small for that. A budget of
+    `max_tokens - 1` (Codex on a budgeted key gets a cap of 4096 and asks for medium effort, 8192) left the
+    answer one token, and it came back cut off; a tool call carrying a file's edit easily runs to a few thousand
+    tokens. Half of a small cap keeps some thinking where a fixed room would leave none (below a cap of 2048 no
+    budget fits beside the answer); a fixed room of a large cap keeps a high effort thinking deep.
     """
     if wish.budget is not None and MIN_THINKING_BUDGET <= wish.budget < max_tokens:
         return wish.budget
-    budget = min(wish.budget or (wish.level or BY_EFFORT["medium"]).budget, max_tokens // 2)
+    thinking_room = max_tokens - min(ANSWER_ROOM, max_tokens // 2)
+    budget = min(wish.budget or (wish.level or BY_EFFORT["medium"]).budget, thinking_room)
     return budget if budget >= MIN_THINKING_BUDGET else None

@@ -194,9 +194,11 @@ def test_parameters_anthropic_cannot_honour_are_reported_not_sent() -> None:
     ("fields", "model", "expected", "dropped"),
     [
         ({"reasoning_effort": "low", "max_tokens": 8000}, MODEL, {"type": "enabled", "budget_tokens": 2048}, []),
-        # Thinking takes at most half the cap: the answer keeps as much room (Codex on a budgeted key: 4096).
+        # The answer keeps 4096 tokens beside the thinking, or half of a smaller cap (Codex on a budgeted key: 4096).
         ({"reasoning_effort": "medium", "max_tokens": 4096}, MODEL, {"type": "enabled", "budget_tokens": 2048}, []),
         ({"reasoning_effort": "high", "max_tokens": 4000}, MODEL, {"type": "enabled", "budget_tokens": 2000}, []),
+        ({"reasoning_effort": "high", "max_tokens": 20000}, MODEL, {"type": "enabled", "budget_tokens": 15904}, []),
+        ({"reasoning_effort": "high"}, MODEL, {"type": "enabled", "budget_tokens": 12288}, []),  # default: 16384
         ({"reasoning_effort": "low", "max_tokens": 2000}, MODEL, None, ["reasoning_effort"]),
         ({"reasoning_effort": "high", "max_tokens": 1000}, MODEL, None, ["reasoning_effort"]),
         ({"reasoning_effort": "low"}, "claude-3-5-haiku-latest", None, ["reasoning_effort"]),
@@ -747,8 +749,8 @@ def test_the_native_meter_reads_cache_usage_and_estimates_a_cut_stream() -> None
 
 
 def test_a_budget_cap_below_the_thinking_budget_lowers_it_or_turns_thinking_off() -> None:
-    """The lowered budget leaves the answer half the cap (at `max_tokens - 1` it had one token); where no budget
-    of Anthropic's minimum fits beside it, thinking is not sent, and that is named."""
+    """The lowered budget leaves the answer room, half of this small cap (at `max_tokens - 1` it had one token);
+    where no budget of Anthropic's minimum fits beside it, thinking is not sent, and that is named."""
     body = {"model": "m", "max_tokens": 20000, "thinking": {"type": "enabled", "budget_tokens": 10000}, "messages": []}
     lowered = adapter().native_request(NativeCall(MESSAGES_API, body), target(), stream=False, output_limit=4000)
     assert orjson.loads(lowered.request.body)["thinking"] == {"type": "enabled", "budget_tokens": 2000}
