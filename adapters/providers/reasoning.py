@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 # Anthropic refuses a thinking budget below this, and one not below `max_tokens`.
 MIN_THINKING_BUDGET = 1024
+# The room a Claude answer keeps beside a thinking budget the gateway sets: this, or half of a smaller cap.
+ANSWER_ROOM = 4096
 
 
 class Level(Value):
@@ -69,6 +71,11 @@ class Reasoning(Value):
         self.adaptive: Final = adaptive
 
 
+def asked_with(req: ChatRequest) -> str:
+    """The request's parameter that carried its reasoning wish, as `x-gateway-dropped-params` names it."""
+    return "thinking" if req.thinking is not None else "reasoning_effort"
+
+
 def level_for_budget(budget: int) -> Level:
     """The smallest level whose budget covers `budget` tokens."""
     for level in LEVELS[1:]:
@@ -115,7 +122,18 @@ def reasons(model: str, families: tuple[str, ...], *, prefix: bool = False) -> b
 
 def thinking_budget(wish: Reasoning, max_tokens: int) -> int | None:
     """A Claude `budget_tokens` for a wish and an output cap, or None when no valid budget fits (Anthropic
-    wants at least 1024 and less than `max_tokens`)."""
-    budget = wish.budget or (wish.level or BY_EFFORT["medium"]).budget
-    budget = min(budget, max_tokens - 1)
+    wants at least 1024 and less than `max_tokens`).
+
+    Claude's thinking and its answer both count against `max_tokens`. A budget the client named that Anthropic
+    would take is sent as named: the client chose the split. A budget the gateway picks (from an effort level)
+    or must lower to fit leaves the answer `ANSWER_ROOM` tokens, or half of a cap too small for that. A budget of
+    `max_tokens - 1` (Codex on a budgeted key gets a cap of 4096 and asks for medium effort, 8192) left the
+    answer one token, and it came back cut off; a tool call carrying a file's edit easily runs to a few thousand
+    tokens. Half of a small cap keeps some thinking where a fixed room would leave none (below a cap of 2048 no
+    budget fits beside the answer); a fixed room of a large cap keeps a high effort thinking deep.
+    """
+    if wish.budget is not None and MIN_THINKING_BUDGET <= wish.budget < max_tokens:
+        return wish.budget
+    thinking_room = max_tokens - min(ANSWER_ROOM, max_tokens // 2)
+    budget = min(wish.budget or (wish.level or BY_EFFORT["medium"]).budget, thinking_room)
     return budget if budget >= MIN_THINKING_BUDGET else None

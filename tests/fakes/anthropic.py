@@ -12,7 +12,8 @@ Anthropic refuses it. A request with tools and a `tool_choice` of
 `any` or `tool` is answered with a `tool_use` block (its input following the tool's schema); a user message
 may script a tool call (`tests.fakes.script`). A request asking for `thinking`, or for a `thinker` model, gets
 a signed thinking block first (its text empty under `display: omitted`); for a `thinker`, an assistant turn
-that called a tool must come back opening with it, signature intact, as the real API requires. Prompt caching
+that called a tool must come back opening with it, signature intact, as the real API requires, and so must the
+final assistant turn, if it called a tool, of any request asking for `thinking`. Prompt caching
 is modelled: the prefix up to the last `cache_control` marker is written the first time it is seen
 (`cache_creation_input_tokens`, in `cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and
 read after (`cache_read_input_tokens`). With a web search tool (`web_search_20250305`), the answer searches
@@ -131,11 +132,17 @@ def _content(body: dict[str, Any], tool: str | None) -> list[dict[str, Any]]:
     return content
 
 
-def _unsigned_turn(messages: list[Any]) -> str | None:
-    """With thinking on, an assistant turn that called a tool must open with its signed thinking, unchanged."""
+def _unsigned_turn(messages: list[Any], *, final_only: bool = False) -> str | None:
+    """With thinking on, an assistant turn that called a tool must open with its signed thinking: every such turn
+    for a `thinker` (the fake's own block, unchanged), and the final assistant turn (the one a tool-use loop
+    continues) when the request asks for thinking, the rule Anthropic documents (there any thinking block will do:
+    a Messages client may hand back what another gateway or Anthropic itself signed)."""
+    assistants = [i for i, message in enumerate(messages) if message.get("role") == "assistant"]
     for i, message in enumerate(messages):
         content = message.get("content")
         if message.get("role") != "assistant" or not isinstance(content, list):
+            continue
+        if final_only and i != assistants[-1]:
             continue
         if not any(block.get("type") == "tool_use" for block in content):
             continue
@@ -146,7 +153,8 @@ def _unsigned_turn(messages: list[Any]) -> str | None:
                 f"`{first.get('type')}`. When `thinking` is enabled, a final `assistant` message must start "
                 "with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks)."
             )
-        if first.get("type") == "thinking" and (first.get("signature"), first.get("thinking")) != (SIGNATURE, THINKING):
+        signed = (first.get("signature"), first.get("thinking")) == (SIGNATURE, THINKING)
+        if first.get("type") == "thinking" and not final_only and not signed:
             return f"messages.{i}.content.0: Invalid `signature` in `thinking` block"
     return None
 
@@ -174,6 +182,8 @@ def _problem(body: dict[str, Any]) -> str | None:
         return "stop_sequences: each stop sequence must contain non-whitespace"
     if "thinker" in str(body.get("model")):
         return _unsigned_turn(messages)
+    if (body.get("thinking") or {}).get("type") in ("enabled", "adaptive"):
+        return _unsigned_turn(messages, final_only=True)
     return None
 
 

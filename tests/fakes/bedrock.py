@@ -8,7 +8,9 @@ specification, independent of botocore). It refuses what Bedrock refuses (unknow
 do not alternate, a conversation not opening with the user, a forced `toolChoice` (`any` or `tool`) for a
 model other than Claude and Nova, the only ones AWS's ToolChoice reference names) with a `ValidationException`.
 With tools and a `toolChoice` of `any` or `tool` it answers with a `toolUse`; a system prompt that gives a JSON
-Schema gets an answer following it.
+Schema gets an answer following it. A request asking for Claude's `thinking` (in `additionalModelRequestFields`)
+whose final assistant turn called a tool without opening with its signed reasoning is refused, as Anthropic
+refuses it.
 
 Behaviour by model id: `fail-throttle` (HTTP 429 ThrottlingException), `fail-validation` (400),
 `fail-500` (InternalServerException), `stream-exception` (a stream whose first frame is a
@@ -238,14 +240,23 @@ def _results(message: dict[str, Any]) -> list[dict[str, Any]]:
     return [block["toolResult"] for block in message.get("content") or [] if "toolResult" in block]
 
 
-def _unsigned_turn(body: dict[str, Any]) -> str | None:
-    """With reasoning on, Bedrock refuses an assistant tool-use turn that lost its signed reasoning."""
-    for message in body.get("messages") or ():
+def _unsigned_turn(body: dict[str, Any], model: str) -> str | None:
+    """With reasoning on, Bedrock refuses an assistant tool-use turn that lost its signed reasoning: every such
+    turn of a `thinker` (the fake's own reasoning, unchanged), and the final assistant turn (the one a tool-use
+    loop continues) of a request asking for `thinking`, Anthropic's documented rule, which Bedrock relays (there
+    any reasoning will do: a client may hand back what Bedrock itself signed)."""
+    final_only = "thinker" not in model
+    if final_only and "thinking" not in (body.get("additionalModelRequestFields") or {}):
+        return None
+    assistants = [message for message in body.get("messages") or () if message.get("role") == "assistant"]
+    for message in assistants[-1:] if final_only else assistants:
         content = message.get("content") or []
-        if message.get("role") != "assistant" or not any("toolUse" in block for block in content):
+        if not any("toolUse" in block for block in content):
             continue
-        reasoning = (content[0].get("reasoningContent") or {}).get("reasoningText") or {}
-        if (reasoning.get("text"), reasoning.get("signature")) != (THINKING, SIGNATURE):
+        opening = content[0].get("reasoningContent")
+        reasoning = (opening or {}).get("reasoningText") or {}
+        signed = (reasoning.get("text"), reasoning.get("signature")) == (THINKING, SIGNATURE)
+        if not (signed or (final_only and opening)):
             return (
                 "The model returned the following errors: messages.1.content.0.type: Expected `thinking` or "
                 "`redacted_thinking`, but found `tool_use`. When `thinking` is enabled, a final `assistant` "
@@ -333,12 +344,7 @@ def create_app() -> Starlette:
             return model, None, _error(400, "ValidationException", "The provided model identifier is invalid.")
         if "fail-500" in model:
             return model, None, _error(500, "InternalServerException", "The server encountered an internal error.")
-        invalid = (
-            validate(body)
-            or _unforceable(body, model)
-            or _over_limit(body, model)
-            or (_unsigned_turn(body) if "thinker" in model else None)
-        )
+        invalid = validate(body) or _unforceable(body, model) or _over_limit(body, model) or _unsigned_turn(body, model)
         if invalid is not None:
             return model, None, _error(400, "ValidationException", invalid)
         return model, body, None

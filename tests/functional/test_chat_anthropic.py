@@ -9,7 +9,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
-from tests.fakes.anthropic import OUTPUT_TOKENS, TEXT, TOOL_INPUT
+from tests.fakes.anthropic import OUTPUT_TOKENS, SIGNATURE, TEXT, THINKING, TOOL_INPUT
 from tests.functional.conftest import Running
 
 MODEL = "claude-haiku-4-5"
@@ -100,6 +100,35 @@ def test_tool_call_returned_and_streamed(running: Running, key: str) -> None:
     args = "".join(tc.function.arguments or "" for tc in calls if tc.function)
     assert json.loads(args) == TOOL_INPUT
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+def test_thinking_is_left_off_a_tool_loop_whose_turn_carries_no_signed_thinking(running: Running, key: str) -> None:
+    """An OpenAI-SDK agent loop on Claude with `reasoning_effort`: Chat Completions never hands Claude's signed
+    thinking back, and Anthropic refuses thinking on a tool-use turn that does not open with it (a 400, its own
+    advice being to disable thinking). Thinking is not sent on that loop, and the wish is named; a turn that hands
+    the thinking back, or a new question, is thought through as asked."""
+    call = {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    loop: Any = [
+        *HI,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "18 C and clear"},
+    ]
+    settings: Any = {"model": MODEL, "tools": [WEATHER_TOOL], "reasoning_effort": "low"}
+    raw = client(running, key).chat.completions.with_raw_response.create(messages=loop, **settings)
+    assert raw.parse().choices[0].message.content == TEXT
+    assert raw.headers["x-gateway-dropped-params"] == "reasoning_effort"
+    assert "thinking" not in sent(running)["json"]
+
+    signed = {"type": "thinking", "thinking": THINKING, "signature": SIGNATURE}
+    handed_back: Any = [loop[0], {**loop[1], "thinking_blocks": [signed]}, loop[2]]
+    raw = client(running, key).chat.completions.with_raw_response.create(messages=handed_back, **settings)
+    assert raw.parse().choices[0].message.content == TEXT and "x-gateway-dropped-params" not in raw.headers
+    body = sent(running)["json"]
+    assert body["thinking"]["type"] == "enabled" and body["messages"][1]["content"][0] == signed
+
+    closed: Any = [*loop, {"role": "assistant", "content": "18 C."}, {"role": "user", "content": "And Rome?"}]
+    raw = client(running, key).chat.completions.with_raw_response.create(messages=closed, **settings)
+    assert "x-gateway-dropped-params" not in raw.headers and sent(running)["json"]["thinking"]["type"] == "enabled"
 
 
 def test_json_schema_is_answered_through_a_forced_tool(running: Running, key: str) -> None:

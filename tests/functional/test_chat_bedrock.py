@@ -18,6 +18,7 @@ from tests.support.servers import ServerThread
 pytestmark = pytest.mark.skipif("bedrock" not in REGISTRY, reason="no bedrock adapter registered")
 
 MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+SONNET = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
 LLAMA = "us.meta.llama3-3-70b-instruct-v1:0"
 PRICE = {"input": 1, "output": 2}
 HI: Any = [{"role": "user", "content": "Hi"}]
@@ -42,6 +43,7 @@ def bedrock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         "providers": {"bedrock": {"type": "bedrock", "base_url": upstream.url}},
         "models": {
             "claude-haiku": {"deployments": [{**deployment, "model": MODEL}], "price": PRICE},
+            "claude-sonnet": {"deployments": [{**deployment, "model": SONNET}], "price": PRICE},
             "nova-anywhere": {
                 "deployments": [{"provider": "bedrock", "model": "amazon.nova-lite-v1:0"}],
                 "price": PRICE,
@@ -197,6 +199,29 @@ def test_a_tool_history_sent_without_tools_is_answered(bedrock: Running, client:
         body = sent(bedrock)["json"]
         assert "toolConfig" not in body
         assert body["messages"][2]["content"][:2] == [{"text": "[result of t1]"}, {"text": "18 C and clear"}]
+
+
+def test_thinking_is_left_off_a_tool_loop_whose_turn_carries_no_signed_thinking(
+    bedrock: Running, client: openai.OpenAI
+) -> None:
+    """Chat Completions never hands Claude's signed reasoning back, and Bedrock refuses thinking on a tool-use turn
+    that does not open with it, as Anthropic does: thinking is not sent on that loop, and the wish is named. A new
+    question is thought through as asked."""
+    call = {"id": "t1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    loop: Any = [
+        *HI,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "t1", "content": "18 C and clear"},
+    ]
+    settings: Any = {"model": "claude-sonnet", "tools": [WEATHER_TOOL], "reasoning_effort": "low"}
+    raw = client.chat.completions.with_raw_response.create(messages=loop, **settings)
+    assert raw.parse().choices[0].message.content == fake.TEXT
+    assert raw.headers["x-gateway-dropped-params"] == "reasoning_effort"
+    assert "additionalModelRequestFields" not in sent(bedrock)["json"]
+
+    raw = client.chat.completions.with_raw_response.create(messages=HI, **settings)
+    assert "x-gateway-dropped-params" not in raw.headers
+    assert sent(bedrock)["json"]["additionalModelRequestFields"]["thinking"]["type"] == "enabled"
 
 
 def test_throttling_falls_back_stream_and_not(client: openai.OpenAI) -> None:

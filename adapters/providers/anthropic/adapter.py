@@ -333,7 +333,7 @@ def thinking_param(req: ChatRequest, model: str, max_tokens: int) -> tuple[dict[
     wish = reasoning.requested(req)
     if wish is None or wish.off:
         return None, []
-    asked = ["thinking"] if req.thinking is not None else ["reasoning_effort"]
+    asked = [reasoning.asked_with(req)]
     if not reasoning.reasons(model, reasoning.CLAUDE_THINKING_FRAGMENTS):
         return None, asked
     if reasoning.reasons(model, ADAPTIVE_FRAGMENTS):
@@ -345,6 +345,21 @@ def thinking_param(req: ChatRequest, model: str, max_tokens: int) -> tuple[dict[
     if budget is None:
         return None, asked
     return {"thinking": {"type": "enabled", "budget_tokens": budget}}, []
+
+
+def tool_turn_without_thinking(turns: list[dict[str, Any]]) -> bool:
+    """Whether the conversation's last assistant turn called a tool without opening with Claude's thinking.
+
+    With thinking on, Anthropic refuses such a turn (a 400: "a final `assistant` message must start with a
+    thinking block ... To avoid this requirement, disable `thinking`"): a tool-use loop is one assistant turn,
+    thought through or not as a whole. The client often has no thinking to send back: Chat Completions clients
+    never return `thinking_blocks`, and a Responses history served by another provider carries its reasoning,
+    not Claude's. A turn that ended in text closed its loop, and earlier turns need no thinking back.
+    """
+    last = next((turn for turn in reversed(turns) if turn["role"] == "assistant"), None)
+    if last is None or not any(block["type"] == "tool_use" for block in last["content"]):
+        return False
+    return bool(last["content"][0]["type"] not in ("thinking", "redacted_thinking"))
 
 
 def claude_effort(level: reasoning.Level, model: str) -> str:
@@ -632,10 +647,6 @@ class AnthropicAdapter(ProviderAdapter):
         body.update(params)
         thinking, not_thinking = thinking_param(req, target.model, max_tokens)
         dropped += not_thinking
-        if thinking is not None:
-            body.update(thinking)
-            # Claude refuses sampling changes while thinking.
-            dropped += [name for name in ("temperature", "top_k") if body.pop(name, None) is not None]
         stops = req.stop_list()
         kept = [sequence for sequence in stops if sequence.strip()]
         if kept:
@@ -662,10 +673,17 @@ class AnthropicAdapter(ProviderAdapter):
                 body["tool_choice"] = tool_choice
         elif req.tool_choice not in (None, "none"):
             dropped.append("tool_choice")
-        if "thinking" in body and body.get("tool_choice", {}).get("type") in ("any", "tool"):
-            # Claude cannot think on a turn whose tool use is forced; the forced tool wins.
-            del body["thinking"]
-            dropped.append("thinking" if req.thinking is not None else "reasoning_effort")
+        if thinking is not None and (
+            body.get("tool_choice", {}).get("type") in ("any", "tool") or tool_turn_without_thinking(messages)
+        ):
+            # Claude cannot think on a turn whose tool use is forced (the forced tool wins), nor continue a tool-use
+            # turn that did not open with its signed thinking: Anthropic's own advice is to send no thinking then.
+            thinking = None
+            dropped.append(reasoning.asked_with(req))
+        if thinking is not None:
+            body.update(thinking)
+            # Claude refuses sampling changes while thinking.
+            dropped += [name for name in ("temperature", "top_k") if body.pop(name, None) is not None]
         if system:
             body["system"] = system_param(system)
         if stream:
@@ -757,21 +775,26 @@ class AnthropicAdapter(ProviderAdapter):
     ) -> BuiltRequest:
         body = dict(call.body)
         body["model"] = target.model
+        dropped: list[str] = []
         if output_limit is not None and (
             not isinstance(body.get("max_tokens"), int) or body["max_tokens"] > output_limit
         ):
             body["max_tokens"] = output_limit
             thinking = body.get("thinking")
             if isinstance(thinking, dict) and isinstance(thinking.get("budget_tokens"), int):
-                # Anthropic wants the thinking budget below `max_tokens`: the budget's cap lowers both.
+                # Anthropic wants the thinking budget below `max_tokens`: the budget's cap lowers both, the
+                # thinking budget so that the answer keeps its room beside it.
                 if thinking["budget_tokens"] >= output_limit:
-                    if output_limit - 1 >= reasoning.MIN_THINKING_BUDGET:
-                        body["thinking"] = {**thinking, "budget_tokens": output_limit - 1}
+                    wish = reasoning.Reasoning(budget=thinking["budget_tokens"])
+                    budget = reasoning.thinking_budget(wish, output_limit)
+                    if budget is not None:
+                        body["thinking"] = {**thinking, "budget_tokens": budget}
                     else:
                         del body["thinking"]
+                        dropped.append("thinking")
         url = self.native_url(call, self.messages_url(target))
         request = UpstreamRequest("POST", url, self.native_headers(call), orjson.dumps(body))
-        return BuiltRequest(request)
+        return BuiltRequest(request, dropped)
 
     def native_usage(self, call: NativeCall, body: bytes) -> Usage:
         from adapters.providers.anthropic.wire import WireMessage  # (see the note on the imports)

@@ -274,6 +274,15 @@ def converse_messages(req: ChatRequest) -> tuple[list[dict[str, Any]], list[dict
     return system, messages
 
 
+def tool_turn_without_reasoning(messages: list[dict[str, Any]]) -> bool:
+    """Whether the last assistant Converse turn called a tool without opening with Claude's reasoning: Bedrock
+    refuses thinking then, as Anthropic does (see `tool_turn_without_thinking`)."""
+    last = next((message for message in reversed(messages) if message["role"] == "assistant"), None)
+    if last is None or not any("toolUse" in block for block in last["content"]):
+        return False
+    return "reasoningContent" not in last["content"][0]
+
+
 def reasoning_fields(req: ChatRequest, model: str, max_tokens: int) -> tuple[dict[str, Any] | None, list[str]]:
     """`additionalModelRequestFields` for the request's reasoning wish (`reasoning.LEVELS`): Claude's
     `thinking` (with `output_config.effort` on the adaptive models), Nova's `reasoningConfig`; and what could not
@@ -281,7 +290,7 @@ def reasoning_fields(req: ChatRequest, model: str, max_tokens: int) -> tuple[dic
     wish = reasoning.requested(req)
     if wish is None or wish.off:
         return None, []
-    asked = ["thinking"] if req.thinking is not None else ["reasoning_effort"]
+    asked = [reasoning.asked_with(req)]
     if reasoning.reasons(model, reasoning.CLAUDE_THINKING_FRAGMENTS):
         return thinking_param(req, model, max_tokens)  # as Anthropic's API takes it (adaptive with an effort)
     if reasoning.reasons(model, reasoning.NOVA_REASONING_FRAGMENTS):
@@ -552,10 +561,16 @@ class BedrockAdapter(ProviderAdapter):
         fields, not_reasoning = reasoning_fields(req, target.model, max_tokens)
         dropped += not_reasoning
         choice = body.get("toolConfig", {}).get("toolChoice", {})
-        if fields is not None and "thinking" in fields and ("any" in choice or "tool" in choice):
-            # Claude cannot think on a turn whose tool use is forced (a 400): the forced tool wins, as on Anthropic.
-            fields = {name: value for name, value in fields.items() if name != "thinking"} or None
-            dropped.append("thinking" if req.thinking is not None else "reasoning_effort")
+        if (
+            fields is not None
+            and "thinking" in fields
+            and ("any" in choice or "tool" in choice or tool_turn_without_reasoning(body["messages"]))
+        ):
+            # Claude cannot think on a turn whose tool use is forced (a 400: the forced tool wins), nor continue a
+            # tool-use turn that did not open with its reasoning (a 400, relayed from Anthropic), as on Anthropic.
+            unthinking = {name: value for name, value in fields.items() if name not in ("thinking", "output_config")}
+            fields = unthinking or None
+            dropped.append(reasoning.asked_with(req))
         if req.stop_list() and reasoning.reasons(target.model, ("anthropic.claude",)):
             body["additionalModelResponseFieldPaths"] = ["/stop_sequence"]  # which one fired, as Anthropic says
         if fields is not None:

@@ -412,7 +412,7 @@ def thinking_config(req: ChatRequest, model: str, dropped: list[str]) -> dict[st
         return None
     if not reasoning.reasons(model, reasoning.GEMINI_THINKING_FRAGMENTS):
         if not wish.off:
-            dropped.append("thinking" if req.thinking is not None else "reasoning_effort")
+            dropped.append(reasoning.asked_with(req))
         return None
     config: dict[str, Any] = {}
     pro = "pro" in model
@@ -423,14 +423,14 @@ def thinking_config(req: ChatRequest, model: str, dropped: list[str]) -> dict[st
                 PRO_LEVELS.get(level.gemini_level, level.gemini_level) if pro else level.gemini_level
             )
     elif wish.off and pro:
-        dropped.append("thinking" if req.thinking is not None else "reasoning_effort")  # 2.5 Pro always thinks
+        dropped.append(reasoning.asked_with(req))  # 2.5 Pro always thinks
         return None
     elif wish.off:
         config["thinkingBudget"] = 0
     elif wish.budget is not None:
         config["thinkingBudget"] = budget_within(wish.budget, model)
         if config["thinkingBudget"] != wish.budget:  # the client's own number could not be kept
-            dropped.append("thinking" if req.thinking is not None else "reasoning_effort")
+            dropped.append(reasoning.asked_with(req))
     elif wish.level is not None:
         config["thinkingBudget"] = budget_within(wish.level.budget, model)  # a level: its nearest budget there
     else:

@@ -391,6 +391,36 @@ def test_geminis_thought_signatures_go_back_in_the_call_id(fleet: Running, fleet
     assert parts and parts[0]["thoughtSignature"] == CALL_SIGNATURE
 
 
+def test_a_codex_history_served_elsewhere_continues_on_claude_without_thinking(fleet: Running, fleet_key: str) -> None:
+    """A Codex session whose tool-calling turn OpenAI served continues on Claude with a reasoning effort: OpenAI's
+    encrypted reasoning is nothing Claude can take, so the turn has no signed thinking, and Anthropic refuses
+    thinking on it (a 400). Thinking is left off that request, and both losses are named."""
+    history: Any = [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]},
+        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAAABopenai-opaque-blob"},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "18C"},
+    ]
+    settings: Any = {"tools": [WEATHER], "store": False, "include": ["reasoning.encrypted_content"]}
+    settings["reasoning"] = {"effort": "medium", "summary": "auto"}
+    raw = openai_client(fleet, fleet_key).responses.with_raw_response.create(model="claude", input=history, **settings)
+    assert raw.parse().status == "completed"
+    assert dropped(raw.headers) == ["input[reasoning].encrypted_content", "reasoning_effort"]
+    assert "thinking" not in fleet.fakes["anthropic"].state.requests[-1]["json"]
+
+
+def test_a_budgeted_codex_request_leaves_claude_room_to_answer_beside_its_thinking(fleet: Running) -> None:
+    """Codex sends no `max_output_tokens`: on a budgeted key the output is capped at the gateway's default (4096),
+    and the medium effort's thinking budget (8192) is lowered to half of it, not to 4095, which left the answer
+    (text, or the tool call carrying an edit) one token once Claude thought to its budget."""
+    key = fleet.mint(name="budgeted-codex", budget_usd=10.0)
+    settings: Any = {"model": "claude", "reasoning": {"effort": "medium", "summary": "auto"}, "store": False}
+    answer = openai_client(fleet, key).responses.create(input="Refactor foo.py", **settings)
+    body = fleet.fakes["anthropic"].state.requests[-1]["json"]
+    assert body["max_tokens"] == 4096 and body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert answer.status == "completed"
+
+
 def test_a_conversation_moving_to_another_provider_leaves_signed_thinking_behind(
     fleet: Running, fleet_key: str
 ) -> None:

@@ -194,7 +194,12 @@ def test_parameters_anthropic_cannot_honour_are_reported_not_sent() -> None:
     ("fields", "model", "expected", "dropped"),
     [
         ({"reasoning_effort": "low", "max_tokens": 8000}, MODEL, {"type": "enabled", "budget_tokens": 2048}, []),
-        ({"reasoning_effort": "high", "max_tokens": 4000}, MODEL, {"type": "enabled", "budget_tokens": 3999}, []),
+        # The answer keeps 4096 tokens beside the thinking, or half of a smaller cap (Codex on a budgeted key: 4096).
+        ({"reasoning_effort": "medium", "max_tokens": 4096}, MODEL, {"type": "enabled", "budget_tokens": 2048}, []),
+        ({"reasoning_effort": "high", "max_tokens": 4000}, MODEL, {"type": "enabled", "budget_tokens": 2000}, []),
+        ({"reasoning_effort": "high", "max_tokens": 20000}, MODEL, {"type": "enabled", "budget_tokens": 15904}, []),
+        ({"reasoning_effort": "high"}, MODEL, {"type": "enabled", "budget_tokens": 12288}, []),  # default: 16384
+        ({"reasoning_effort": "low", "max_tokens": 2000}, MODEL, None, ["reasoning_effort"]),
         ({"reasoning_effort": "high", "max_tokens": 1000}, MODEL, None, ["reasoning_effort"]),
         ({"reasoning_effort": "low"}, "claude-3-5-haiku-latest", None, ["reasoning_effort"]),
         ({"thinking": {"type": "adaptive"}}, "claude-opus-4-6", {"type": "adaptive"}, []),
@@ -203,6 +208,19 @@ def test_parameters_anthropic_cannot_honour_are_reported_not_sent() -> None:
             {"thinking": {"type": "enabled", "budget_tokens": 5000}},
             MODEL,
             {"type": "enabled", "budget_tokens": 5000},
+            [],
+        ),
+        # A budget the client named that Anthropic takes is its own split; one that does not fit is lowered.
+        (
+            {"thinking": {"type": "enabled", "budget_tokens": 5000}, "max_tokens": 6000},
+            MODEL,
+            {"type": "enabled", "budget_tokens": 5000},
+            [],
+        ),
+        (
+            {"thinking": {"type": "enabled", "budget_tokens": 10000}, "max_tokens": 4096},
+            MODEL,
+            {"type": "enabled", "budget_tokens": 2048},
             [],
         ),
         ({"reasoning_effort": "none"}, MODEL, None, []),
@@ -264,6 +282,60 @@ def test_thinking_drops_a_changed_temperature_and_keeps_signed_blocks() -> None:
     assert body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
     assert "temperature" not in body and dropped == ["temperature"]
     assert body["messages"][1]["content"] == [thinking, {"type": "text", "text": "Hello."}]
+
+
+CALL = {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+SIGNED = {"type": "thinking", "thinking": "Ask the tool.", "signature": "sig-1"}
+REDACTED = {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4a"}
+
+
+def tool_loop(**assistant: Any) -> list[dict[str, Any]]:
+    """A question, the assistant's tool call (with `assistant`'s fields), and the tool's result."""
+    return [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [CALL], **assistant},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "18 C"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "model", "named"),
+    [
+        ({"reasoning_effort": "low"}, MODEL, "reasoning_effort"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 2048}}, MODEL, "thinking"),
+        ({"reasoning_effort": "high"}, "claude-opus-4-6", "reasoning_effort"),  # adaptive, with an effort
+        ({"reasoning_effort": "low", "tool_choice": "required"}, MODEL, "reasoning_effort"),  # forced tool use
+    ],
+)
+def test_no_thinking_on_a_tool_loop_whose_last_turn_does_not_open_with_thinking(
+    fields: dict[str, Any], model: str, named: str
+) -> None:
+    """Anthropic refuses thinking when the final assistant turn called a tool without opening with a thinking
+    block ("To avoid this requirement, disable `thinking`"), and on a turn whose tool use is forced: the request
+    goes without `thinking` and without the `output_config.effort` that goes with it, the wish is named, and
+    the temperature thinking would have dropped is kept."""
+    req = request(messages=tool_loop(), tools=[WEATHER], temperature=0.5, max_tokens=8000, **fields)
+    body, dropped = built(req, target(model))
+    assert "thinking" not in body and "output_config" not in body
+    assert dropped == [named] and body["temperature"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        tool_loop(thinking_blocks=[SIGNED]),
+        tool_loop(thinking_blocks=[REDACTED]),
+        # The loop closed with an answer: a new question needs no thinking handed back from it.
+        [*tool_loop(), {"role": "assistant", "content": "18 C."}, {"role": "user", "content": "And Rome?"}],
+        [{"role": "user", "content": "Hi"}],
+    ],
+    ids=["signed", "redacted", "closed-loop", "no-tool-use"],
+)
+def test_thinking_is_sent_where_the_last_tool_turn_opens_with_it_or_there_is_none(
+    messages: list[dict[str, Any]],
+) -> None:
+    body, dropped = built(request(messages=messages, tools=[WEATHER], reasoning_effort="low", max_tokens=8000))
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 2048} and dropped == []
 
 
 def test_cache_markers_on_parts_reach_anthropic_and_keep_system_blocks() -> None:
@@ -677,8 +749,11 @@ def test_the_native_meter_reads_cache_usage_and_estimates_a_cut_stream() -> None
 
 
 def test_a_budget_cap_below_the_thinking_budget_lowers_it_or_turns_thinking_off() -> None:
+    """The lowered budget leaves the answer room, half of this small cap (at `max_tokens - 1` it had one token);
+    where no budget of Anthropic's minimum fits beside it, thinking is not sent, and that is named."""
     body = {"model": "m", "max_tokens": 20000, "thinking": {"type": "enabled", "budget_tokens": 10000}, "messages": []}
     lowered = adapter().native_request(NativeCall(MESSAGES_API, body), target(), stream=False, output_limit=4000)
-    assert orjson.loads(lowered.request.body)["thinking"] == {"type": "enabled", "budget_tokens": 3999}
-    off = adapter().native_request(NativeCall(MESSAGES_API, body), target(), stream=False, output_limit=1000)
-    assert "thinking" not in orjson.loads(off.request.body)
+    assert orjson.loads(lowered.request.body)["thinking"] == {"type": "enabled", "budget_tokens": 2000}
+    assert lowered.dropped == []
+    off = adapter().native_request(NativeCall(MESSAGES_API, body), target(), stream=False, output_limit=2000)
+    assert "thinking" not in orjson.loads(off.request.body) and off.dropped == ["thinking"]

@@ -422,6 +422,38 @@ def test_no_thinking_on_a_turn_whose_tool_use_is_forced(fields: dict[str, Any]) 
     assert "thinking" not in body.get("additionalModelRequestFields", {}) and "reasoning_effort" in dropped
 
 
+CALL = {"id": "t1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+
+
+def tool_loop(**assistant: Any) -> list[dict[str, Any]]:
+    """A question, the assistant's tool call (with `assistant`'s fields), and the tool's result."""
+    return [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [CALL], **assistant},
+        {"role": "tool", "tool_call_id": "t1", "content": "18 C"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("model", "fields"),
+    [
+        (SONNET, {"reasoning_effort": "low"}),
+        ("us.anthropic.claude-opus-4-7", {"reasoning_effort": "high"}),  # adaptive, with an effort
+    ],
+)
+def test_no_thinking_on_a_tool_loop_whose_last_turn_does_not_open_with_reasoning(
+    model: str, fields: dict[str, Any]
+) -> None:
+    """Bedrock relays Anthropic's refusal of thinking when the final assistant turn called a tool without opening
+    with Claude's reasoning: no `thinking` is sent, nor the effort that goes with it, and the wish is named."""
+    body, dropped = built(request(messages=tool_loop(), tools=[WEATHER], max_tokens=8000, **fields), target(model))
+    assert "additionalModelRequestFields" not in body and dropped == ["reasoning_effort"]
+    signed = [{"type": "thinking", "thinking": "Ask the tool.", "signature": "sig-1"}]
+    messages = tool_loop(thinking_blocks=signed)
+    body, dropped = built(request(messages=messages, tools=[WEATHER], max_tokens=8000, **fields), target(model))
+    assert body["additionalModelRequestFields"]["thinking"]["type"] in ("enabled", "adaptive") and dropped == []
+
+
 def test_reasoning_blocks_become_reasoning_content() -> None:
     content = [{"reasoningContent": {"reasoningText": {"text": "Hmm.", "signature": "sig"}}}, {"text": "Yes."}]
     answer = {"output": {"message": {"role": "assistant", "content": content}}, "stopReason": "end_turn", "usage": {}}
