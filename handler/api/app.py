@@ -202,7 +202,10 @@ class Api:
                 return source
         if not self.trusted or peer is None:
             return peer
-        hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+        # Every line of the header, in order: a proxy may add a line of its own rather than extend the client's
+        # (HAProxy does), and the lines are one list (RFC 9110 5.3), whose first is the client's own word.
+        lines = request.headers.getlist("x-forwarded-for")
+        hops = [h.strip() for line in lines for h in line.split(",") if h.strip()]
         chain = [*hops, peer]
         for hop in reversed(chain):
             try:

@@ -125,6 +125,24 @@ def test_the_request_context_counts_only_behind_the_web_adapter(monkeypatch: pyt
     assert api.client_ip(remote) == "198.51.100.2"  # only the adapter itself, on loopback, is believed
 
 
+def test_every_x_forwarded_for_line_is_read_from_the_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy that adds its own `X-Forwarded-For` line (HAProxy's `option forwardfor`) rather than extending the
+    client's left the client's line first, and only the first was read: a client behind a trusted proxy chose its
+    own address, past a key's `allow_ips` (found by review)."""
+    import ipaddress
+
+    monkeypatch.setattr(app_module, "BEHIND_WEB_ADAPTER", False)
+    api = app_module.Api.__new__(app_module.Api)
+    api.trusted = [ipaddress.ip_network("127.0.0.1/32")]
+    lines = [(b"x-forwarded-for", b"10.9.9.9"), (b"x-forwarded-for", b"203.0.113.7")]
+    split = Request({"type": "http", "method": "GET", "path": "/", "headers": lines, "client": ("127.0.0.1", 5000)})
+    assert api.client_ip(split) == "203.0.113.7"
+    joined = request({"x-forwarded-for": "10.9.9.9, 203.0.113.7"}, client=("127.0.0.1", 5000))
+    assert api.client_ip(joined) == "203.0.113.7"
+    behind = request({"x-forwarded-for": "203.0.113.7, 127.0.0.1"}, client=("127.0.0.1", 5000))
+    assert api.client_ip(behind) == "203.0.113.7"  # trusted hops are walked past
+
+
 def test_a_wrong_method_is_405_with_allow() -> None:
     from starlette.testclient import TestClient
 
