@@ -19,7 +19,7 @@ from handler.pipeline.passthrough import NativeReply, NativeStream, guarded, sse
 from handler.pipeline.pipeline import ChunkStream
 from handler.pipeline.pricing import Cost
 from handler.schemas import ChatCompletion, ChatCompletionChunk, ToolCallDelta, Usage
-from handler.wire import StreamEvent
+from handler.wire import StreamEvent, interrupted
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -52,6 +52,8 @@ def native_events(stream: NativeStream) -> AsyncIterator[bytes]:
                 payload["cost"] = cost.as_event() if cost else None
                 out += sse_event("message_delta", payload)
             yield out
+        if not stream.meter.final:  # cut before its `message_delta`: the client is told, and the line says 502
+            raise interrupted()
         await stream.complete()
 
     return guarded(stream, relay(), native_error)
@@ -258,7 +260,12 @@ def anthropic_events(stream: ChunkStream, model: str, input_tokens: int) -> Asyn
             data = writer.chunk(chunk)
             if data:
                 yield data
+        cut = stream.cut
+        if cut:
+            stream.failed(UpstreamError.status)  # its ledger line, log line and metrics say so
         await stream.complete()
+        if cut:  # (billed and settled above) an error event, not an `end_turn` the provider never sent
+            raise interrupted()
         yield writer.finish(stream.usage(), stream.ex.cost)
 
     return guarded(stream, render(), anthropic_error)

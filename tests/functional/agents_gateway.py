@@ -2,7 +2,7 @@
 
 `claude` is served by the anthropic type (natively), `gpt` and `o4` by the openai type, `azure-gpt` by azure,
 `gemini` by the gemini type, `bedrock-claude` by bedrock; `claude-then-gpt` fails over from Anthropic to OpenAI
-and `claude-cut` is an Anthropic stream that stops half-way.
+and `claude-cut` (`gpt-cut`) is an Anthropic (OpenAI) stream that stops half-way.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def agents_gateway(directory: Path) -> Iterator[Running]:
             "gpt": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": PRICE},
             "azure-gpt": {"deployments": [{"provider": "azure", "model": "gpt-4o-mini"}], "price": PRICE},
             "claude-cut": {"deployments": [{"provider": "anthropic", "model": "stream-cut"}], "price": CLAUDE_PRICE},
+            "gpt-cut": {"deployments": [{"provider": "openai", "model": "stream-cut"}], "price": PRICE},
             "o4": {"deployments": [{"provider": "openai", "model": "o4-mini"}], "price": PRICE},
             "gemini": {"deployments": [{"provider": "gemini", "model": "gemini-2.5-flash"}], "price": PRICE},
             "gemini-3": {"deployments": [{"provider": "gemini", "model": "gemini-3-pro-preview"}], "price": PRICE},

@@ -322,9 +322,34 @@ def test_a_pass_through_stream_cut_short_is_charged_for_the_output_it_relayed(
     assert "message_start" in text and "message_delta" not in text
     relayed = relayed_output(text)
     assert relayed
+    # The client is told the stream was cut (it just stopped), and the line says so (it said 200; found by review).
+    assert last_event(text) == ("error", "api_error")
     [line] = agents.ledger(key)
     assert line.output_tokens == math.ceil(len(relayed) / 3) and line.input_tokens > 0 and line.cost_usd > 0
-    assert line.cost_source == "estimate"
+    assert line.cost_source == "estimate" and line.status == 502
+
+
+def last_event(text: str) -> tuple[str, str]:
+    """The last SSE event's name, and its error's type (else its payload's)."""
+    name, data = text.strip().split("\n\n")[-1].split("\n")
+    payload = orjson.loads(data.removeprefix("data: "))
+    return name.removeprefix("event: "), payload.get("error", payload)["type"]
+
+
+def test_a_translated_stream_cut_short_ends_with_an_error_not_end_turn(agents: Running) -> None:
+    """An OpenAI stream cut before its finish reason, relayed as Anthropic events, ended on a `message_delta` with
+    `stop_reason: end_turn` and a `message_stop`: a truncated answer looked complete, and its line said 200 (found
+    by review)."""
+    key = agents.mint(name="cut-translated")
+    body = {"model": "gpt-cut", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    with httpx.stream("POST", f"{agents.url}/v1/messages", json=body, headers=headers) as response:
+        text = response.read().decode()
+    assert "message_start" in text and relayed_output(text)
+    assert "message_stop" not in text and "end_turn" not in text
+    assert last_event(text) == ("error", "api_error")
+    [line] = agents.ledger(key)
+    assert line.status == 502 and line.cost_source == "estimate" and line.cost_usd > 0
 
 
 @pytest.mark.parametrize("fault", ["stream-overloaded", "stream-overloaded echo-auth"], ids=["plain", "echoed-key"])
