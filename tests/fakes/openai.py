@@ -10,9 +10,9 @@ whose message quotes the request's authorization and `x-` headers back, as some 
 (DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`).
 It refuses, as OpenAI does, message and content-part fields Chat Completions does not define, an image in
 a message other than a user's, a tool `description` of null, `max_tokens` on a reasoning model (o-series,
-gpt-5), `reasoning_effort` on any other, `metadata` without `store: true`, and an output cap past the model's
-(`OUTPUT_LIMITS`). A user message may script a tool call (`tests/fakes/script.py`); a `json_schema` response
-format is followed.
+gpt-5), `reasoning_effort` on any other, `metadata` without `store: true`, an output cap past the model's
+(`OUTPUT_LIMITS`), and a tool call id (or a Responses `call_id`) longer than 64 characters. A user message may
+script a tool call (`tests/fakes/script.py`); a `json_schema` response format is followed.
 `POST /v1/responses` is OpenAI's Responses API (tests/fakes/openai_responses.py). Every request is recorded on
 `app.state.requests`.
 """
@@ -114,6 +114,25 @@ def _problem(body: dict[str, Any]) -> str | None:
     return None
 
 
+def _too_long(body: dict[str, Any]) -> tuple[str, int] | None:
+    """The `param` and length of the first tool call id OpenAI would refuse as too long (`MAX_ID`)."""
+    for i, message in enumerate(body.get("messages") or []):
+        for j, call in enumerate(message.get("tool_calls") or []):
+            if len(str(call.get("id", ""))) > openai_responses.MAX_ID:
+                return f"messages[{i}].tool_calls[{j}].id", len(call["id"])
+        if len(str(message.get("tool_call_id", ""))) > openai_responses.MAX_ID:
+            return f"messages[{i}].tool_call_id", len(message["tool_call_id"])
+    return None
+
+
+def _refused_as_too_long(found: tuple[str, int] | None) -> Response | None:
+    if found is None:
+        return None
+    param, length = found
+    message = openai_responses.string_too_long(param, length)
+    return _error(400, message, "invalid_request_error", openai_responses.ID_TOO_LONG, param=param)
+
+
 def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
     messages = body.get("messages") or []
     users = [texts(m.get("content")) for m in messages if m.get("role") == "user"]
@@ -207,6 +226,9 @@ def create_app() -> Starlette:
         problem = _problem(body)
         if problem:
             return _error(400, problem, "invalid_request_error", None)
+        too_long = _refused_as_too_long(_too_long(body))
+        if too_long is not None:
+            return too_long
         call = _tool_call(body)
         text = _answer_text(body)
         usage = {
@@ -307,6 +329,9 @@ def create_app() -> Starlette:
         refused = openai_responses.problem(body)
         if refused is not None:
             return _error(400, refused, "invalid_request_error", None)
+        too_long = _refused_as_too_long(openai_responses.too_long(body))
+        if too_long is not None:
+            return too_long
         missing = openai_responses.unpersisted(body)
         if missing is not None:
             return _error(404, missing, "invalid_request_error", None)

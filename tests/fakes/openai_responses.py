@@ -4,7 +4,7 @@ It answers as the fake's chat endpoint does: the fixed text, a function call whe
 scripted, tests/fakes/script.py), a JSON schema's sample; a `reasoner` model adds a reasoning item (with
 OpenAI-style `encrypted_content` when `include` asks); with the hosted `web_search` tool it searches once
 first (a `web_search_call` item, which OpenAI bills per call). Like OpenAI, it refuses a reasoning item whose
-`encrypted_content` it did not issue.
+`encrypted_content` it did not issue, and a `call_id` longer than `MAX_ID` (`too_long`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,27 @@ TEXT = "Hello from fake OpenAI."
 REASONING = "The user greets me; I greet back."
 ENCRYPTED = "gAAAAABfakeOpenAIEncryptedReasoning=="
 CALL_ID = "call_fakeResponses1"
+MAX_ID = 64  # the longest tool call id OpenAI's APIs take
+ID_TOO_LONG = "string_above_max_length"
+
+
+def string_too_long(param: str, length: int) -> str:
+    """OpenAI's message for a string past its maximum length (its `code` is `ID_TOO_LONG`)."""
+    return (
+        f"Invalid '{param}': string too long. Expected a string with maximum length {MAX_ID}, but got a string "
+        f"with length {length} instead."
+    )
+
+
+def too_long(body: dict[str, Any]) -> tuple[str, int] | None:
+    """The `param` and length of the first input item's `call_id` OpenAI would refuse as too long, whatever the
+    item's type."""
+    items = body.get("input")
+    for i, item in enumerate(items if isinstance(items, list) else ()):
+        call_id = item.get("call_id") if isinstance(item, dict) else None
+        if isinstance(call_id, str) and len(call_id) > MAX_ID:
+            return f"input[{i}].call_id", len(call_id)
+    return None
 
 
 def unpersisted(body: dict[str, Any]) -> str | None:

@@ -14,6 +14,7 @@ import orjson
 
 import adapters.providers.openai.responses as responses
 from adapters.providers import reasoning
+from adapters.providers.openai.call_ids import shorten_message_call_ids
 from adapters.providers.openai.profiles import PROFILES, Profile, profile_for
 from adapters.providers.params import apply_rules
 from handler import schemas
@@ -212,6 +213,8 @@ class OpenAIAdapter(ProviderAdapter):
         body.pop("stream_options", None)
         dropped = _plain_messages(body["messages"], profile.strip_message_fields)
         conform_messages(body["messages"], profile)
+        if profile.short_call_ids:
+            shorten_message_call_ids(body["messages"])
         _plain_tools(body.get("tools"))
         dropped += _reasoning(body, req, reasoning.openai_reasons(target), profile.thinking)
         dropped += apply_rules(body, profile.rules)

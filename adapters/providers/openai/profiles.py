@@ -24,7 +24,8 @@ class Profile(Value):
     message roles the API does not know to the one it reads the same way; `part_types`, when set, are the
     only content parts the API takes and `refused_roles` roles it has no equivalent for (either is the
     client's 400, named, rather than the provider's); `thinking` says whether the API takes a
-    `thinking: {"type": "enabled" | "disabled"}` switch (DeepSeek's)."""
+    `thinking: {"type": "enabled" | "disabled"}` switch (DeepSeek's); `short_call_ids` whether tool call ids
+    longer than OpenAI's 64 characters go as stand-ins (`call_ids.short_call_id`)."""
 
     __slots__ = (
         "rules",
@@ -35,6 +36,7 @@ class Profile(Value):
         "part_types",
         "refused_roles",
         "thinking",
+        "short_call_ids",
     )
 
     def __init__(
@@ -47,6 +49,7 @@ class Profile(Value):
         part_types: tuple[str, ...] | None = None,
         refused_roles: tuple[str, ...] = (),
         thinking: bool = False,
+        short_call_ids: bool = True,
     ) -> None:
         self.rules: Final = rules
         self.stream_usage: Final = stream_usage
@@ -56,6 +59,7 @@ class Profile(Value):
         self.part_types: Final = part_types
         self.refused_roles: Final = refused_roles
         self.thinking: Final = thinking
+        self.short_call_ids: Final = short_call_ids
 
 
 OPENAI_STOPS = Rule(max_items=4)  # OpenAI's spec: "up to 4 sequences"
@@ -121,8 +125,9 @@ PROFILES: dict[str, Profile] = {
         },
     ),
     "xai": Profile(rules={"logit_bias": DROP, "store": DROP, "metadata": DROP}),
-    # Gemini's OpenAI-compatible endpoint reads a tool call's `extra_content` (its thought signature).
-    "google": Profile(strip_tool_call_fields=()),
+    # Gemini's OpenAI-compatible endpoint reads a tool call's `extra_content` (its thought signature); a call's id
+    # goes as it came, whatever signature it carries.
+    "google": Profile(strip_tool_call_fields=(), short_call_ids=False),
 }
 
 HOST_PROFILES: dict[str, str] = {

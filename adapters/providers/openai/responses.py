@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from adapters.providers.openai.call_ids import shorten_input_call_ids
 from handler.schemas import CompletionTokensDetails, Usage
 from handler.wire import ENCRYPTED_REASONING, RESPONSES_TERMINAL, StreamEvent, event_payload, json_body, malformed
 
@@ -41,7 +42,8 @@ def request_body(
 ) -> tuple[dict[str, Any], list[str]]:
     """The client's body for a deployment: its model, `stream`, the output cap, and `store` only where the
     operator lets the provider keep answers and the client asked for it (`store` defaults to true); and what
-    had to be left out of its input (see `unpersisted`).
+    had to be left out of its input (see `unpersisted`). A call id longer than OpenAI takes goes as its stand-in
+    (`call_ids.short_call_id`).
 
     With `store: false` upstream, a reasoning model's reasoning can go back on a later turn only as its
     `encrypted_content`: `include` asks for it when the gateway keeps the turn (the client's `store`, true by
@@ -50,6 +52,8 @@ def request_body(
     (400, "Encrypted content is not supported with this model")."""
     body = {**client, "model": model, "stream": stream}
     dropped: list[str] = []
+    if isinstance(body.get("input"), list):
+        body["input"] = shorten_input_call_ids(body["input"])
     if not (provider_keeps and client.get("store") is not False):
         body["store"] = False
         hands_back = False

@@ -1,0 +1,120 @@
+"""A session whose earlier turns Gemini served (its thought signature in each call's id) or whose tools make long
+ids, carried on at OpenAI or Azure: their APIs refuse a call id past 64 characters, so it goes as a stand-in,
+still paired with its result."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from adapters.providers.gemini.adapter import signed_call_id
+from tests.fakes import openai as openai_fake
+from tests.fakes.openai_responses import MAX_ID
+from tests.functional.conftest import Running, openai_client
+
+# As the gateway's Gemini adapter hands a Gemini 3 call to clients: the call's thought signature rides in its id.
+SIGNED = signed_call_id("call_0_5f0c1d2e3a4b6c7d", base64.b64encode(bytes(range(200))).decode())
+TOOL_ID = "mcp__workspace__search_files_" + "7" * 60  # another client's long id of its own
+WEATHER = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}
+ASK = 'Weather? CALL get_weather {"city":"Paris"}'
+
+
+def upstream(fleet: Running, fake: str) -> dict[str, Any]:
+    body: dict[str, Any] = fleet.fakes[fake].state.requests[-1]["json"]
+    return body
+
+
+def test_the_fake_refuses_a_long_id_as_openai_does() -> None:
+    """What OpenAI answers (Chat Completions, and the Responses API for `call_id`), so the tests below can fail."""
+    call = {"id": SIGNED, "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    chat = {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "user", "content": ASK},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": SIGNED, "content": "18C"},
+        ],
+    }
+    items = [
+        {"role": "user", "content": ASK},
+        {"type": "function_call", "call_id": SIGNED, "name": "get_weather", "arguments": "{}"},
+    ]
+    transport = httpx.ASGITransport(app=openai_fake.create_app())
+    headers = {"authorization": f"Bearer {openai_fake.API_KEY}"}
+
+    async def send() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(transport=transport, base_url="http://openai", headers=headers) as client:
+            refused = await client.post("/v1/chat/completions", json=chat)
+            return refused, await client.post("/v1/responses", json={"model": "gpt-4o-mini", "input": items})
+
+    for answer, param in zip(asyncio.run(send()), ("messages[1].tool_calls[0].id", "input[1].call_id"), strict=True):
+        assert answer.status_code == 400
+        assert answer.json() == {
+            "error": {
+                "message": f"Invalid '{param}': string too long. Expected a string with maximum length 64, but got a "
+                f"string with length {len(SIGNED)} instead.",
+                "type": "invalid_request_error",
+                "param": param,
+                "code": "string_above_max_length",
+            }
+        }
+
+
+@pytest.mark.parametrize(("model", "fake"), [("gpt", "openai"), ("azure-gpt", "azure")])
+def test_a_chat_completions_history_with_a_gemini_signed_call_goes_to_openai(
+    fleet: Running, fleet_key: str, model: str, fake: str
+) -> None:
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    calls = [
+        {"id": SIGNED, "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
+        {"id": TOOL_ID, "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Lyon"}'}},
+    ]
+    messages: Any = [
+        {"role": "user", "content": ASK},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": TOOL_ID, "content": "15C"},
+        {"role": "tool", "tool_call_id": SIGNED, "content": "18C and sunny"},
+    ]
+    completion = openai_client(fleet, fleet_key).chat.completions.create(model=model, messages=messages, tools=[tool])
+    assert completion.choices[0].message.content == "DONE: 18C and sunny"  # the results reached the model
+    sent = upstream(fleet, fake)["messages"]
+    first, second = (call["id"] for call in sent[1]["tool_calls"])
+    assert (sent[2]["tool_call_id"], sent[3]["tool_call_id"]) == (second, first)  # still paired
+    assert first != second and max(len(first), len(second)) <= MAX_ID
+
+
+@pytest.mark.parametrize(("model", "fake"), [("gpt", "openai"), ("azure-gpt", "azure"), ("gpt-chat", "openai")])
+def test_a_codex_history_with_long_call_ids_goes_to_openai(
+    fleet: Running, fleet_key: str, model: str, fake: str
+) -> None:
+    """As Codex sends it: its whole history each turn, `store: false`, streamed; natively to OpenAI's and Azure's
+    Responses API, translated to Chat Completions for `gpt-chat`."""
+    items: Any = [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": ASK}]},
+        {"type": "function_call", "call_id": SIGNED, "name": "get_weather", "arguments": '{"city":"Paris"}'},
+        {"type": "function_call_output", "call_id": SIGNED, "output": "18C and sunny"},
+    ]
+    if model != "gpt-chat":  # the translation has no custom tools
+        items[1:1] = [
+            {"type": "custom_tool_call", "call_id": TOOL_ID, "name": "apply_patch", "input": "*** Begin Patch"},
+            {"type": "custom_tool_call_output", "call_id": TOOL_ID, "output": "Done!"},
+        ]
+    stream = openai_client(fleet, fleet_key).responses.create(
+        model=model, input=items, tools=[WEATHER], store=False, stream=True
+    )
+    done = [event for event in stream if event.type == "response.completed"]
+    assert len(done) == 1 and done[0].response.output_text == "DONE: 18C and sunny"
+    body = upstream(fleet, fake)
+    if model == "gpt-chat":
+        sent = body["messages"]
+        assert sent[1]["tool_calls"][0]["id"] == sent[2]["tool_call_id"] and len(sent[2]["tool_call_id"]) <= MAX_ID
+        return
+    ids = [item.get("call_id") for item in body["input"]]
+    assert ids[1] == ids[2] != ids[3] == ids[4]  # each call still paired with its output
+    assert all(len(call_id) <= MAX_ID for call_id in ids[1:])
+    assert orjson.dumps(body).count(SIGNED.encode()) == 0
