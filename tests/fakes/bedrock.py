@@ -195,6 +195,16 @@ def _invalid(body: dict[str, Any]) -> str | None:
                 return f"Malformed content block {sorted(block)}"
             if "text" in block and not block["text"].strip():
                 return "The text field in the ContentBlock object is blank."
+    for i, message in enumerate(messages):
+        for j, block in enumerate(message.get("content") or ()):
+            kind = next(iter(block))
+            tool_use_id = block[kind].get("toolUseId") if kind in ("toolUse", "toolResult") else None
+            if isinstance(tool_use_id, str) and len(tool_use_id) > 64:  # Converse's ToolUseBlock: 1 to 64
+                field = f"messages.{i + 1}.member.content.{j + 1}.member.{kind}.toolUseId"
+                return (
+                    f"1 validation error detected: Value '{tool_use_id}' at '{field}' failed to satisfy constraint: "
+                    "Member must have length less than or equal to 64"
+                )
     uses_tools = any("toolUse" in b or "toolResult" in b for m in messages for b in m["content"])
     if uses_tools and "toolConfig" not in body:
         return "The toolConfig field must be defined when using toolUse and toolResult content blocks."

@@ -182,6 +182,24 @@ def test_a_model_without_forced_tool_choice_still_answers(bedrock: Running, clie
         assert "toolConfig" not in body and '"city"' in body["system"][-1]["text"]
 
 
+def test_a_call_id_past_64_characters_goes_as_a_stand_in_paired_with_its_result(
+    bedrock: Running, client: openai.OpenAI
+) -> None:
+    """Converse refuses a `toolUseId` past 64 characters; a history whose call another provider named at length (a
+    Gemini-signed id, an MCP tool's) failed on every later turn."""
+    long_id = "call_0__gts_" + "Q" * 200
+    call = {"id": long_id, "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    history: Any = [
+        *HI,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": long_id, "content": "18 C and clear"},
+    ]
+    answer = client.chat.completions.create(model="claude-haiku", messages=history, tools=[WEATHER_TOOL])
+    assert answer.choices[0].message.content
+    use, result = (sent(bedrock)["json"]["messages"][i]["content"][0] for i in (1, 2))
+    assert len(use["toolUse"]["toolUseId"]) == 64 and use["toolUse"]["toolUseId"] == result["toolResult"]["toolUseId"]
+
+
 def test_a_tool_history_sent_without_tools_is_answered(bedrock: Running, client: openai.OpenAI) -> None:
     """A request after tool turns that offers no tools (a summary, a title), or says `tool_choice: none`:
     Converse refuses its toolUse/toolResult blocks without a toolConfig, so they go as text."""

@@ -36,6 +36,7 @@ from adapters.providers.anthropic.adapter import (
 )
 from adapters.providers.anthropic.wire import WireBlock
 from adapters.providers.bedrock.eventstream import EventStreamDecoder
+from adapters.providers.call_ids import short_call_id
 from adapters.providers.model_rules import keep_one_sampling_knob, rules_for
 from adapters.providers.params import (
     THINKING_BLOCKS,
@@ -240,7 +241,7 @@ def converse_block(block: Mapping[str, Any], position: int) -> dict[str, Any]:
         document = {"format": "pdf", "name": f"document-{position}", "source": {"bytes": _data_bytes(block["source"])}}
         return {"document": document}
     if kind == "tool_use":
-        return {"toolUse": {"toolUseId": block["id"], "name": block["name"], "input": block["input"]}}
+        return {"toolUse": {"toolUseId": short_call_id(block["id"]), "name": block["name"], "input": block["input"]}}
     if kind == "thinking":
         text = {"text": block.get("thinking", ""), "signature": block.get("signature", "")}
         return {"reasoningContent": {"reasoningText": text}}
@@ -249,7 +250,8 @@ def converse_block(block: Mapping[str, Any], position: int) -> dict[str, Any]:
     if kind == "tool_result":
         content = [converse_block(inner, position) for inner in block.get("content") or ()]
         # Converse requires a result's content; a tool that printed nothing still answered.
-        return {"toolResult": {"toolUseId": block["tool_use_id"], "content": content or [{"text": "(no output)"}]}}
+        result = content or [{"text": "(no output)"}]
+        return {"toolResult": {"toolUseId": short_call_id(block["tool_use_id"]), "content": result}}
     raise InvalidRequestError(f"content of type '{kind}' cannot be sent to Bedrock", param="messages")
 
 

@@ -14,7 +14,7 @@ import orjson
 
 import adapters.providers.openai.responses as responses
 from adapters.providers import reasoning
-from adapters.providers.openai.call_ids import shorten_message_call_ids
+from adapters.providers.call_ids import shorten_message_call_ids
 from adapters.providers.openai.profiles import PROFILES, Profile, profile_for
 from adapters.providers.params import apply_rules
 from handler import schemas

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from adapters.providers.openai.call_ids import shorten_input_call_ids
+from adapters.providers.call_ids import shorten_input_call_ids
 from handler.schemas import CompletionTokensDetails, Usage
 from handler.wire import ENCRYPTED_REASONING, RESPONSES_TERMINAL, StreamEvent, event_payload, json_body, malformed
 
