@@ -31,9 +31,12 @@ over.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from handler.redaction import redact_message
+
+if TYPE_CHECKING:
+    from handler.schemas import Usage
 
 
 class GatewayError(Exception):
@@ -168,7 +171,8 @@ class UpstreamError(GatewayError):
     `billable` says the provider got the whole request and gave no usable answer (it stalled, or the
     connection broke mid-answer), so it may still run it to the end and bill it. `native_event` is the
     provider's own in-stream error event (its data, credentials redacted), for a front-end that speaks the
-    provider's API to relay as it came.
+    provider's API to relay as it came. `billed` is the usage of an answer the provider billed and the gateway
+    could not use (a model's invalid function call): charged on the request's line, as a thrown-away answer is.
     """
 
     status = 502
@@ -200,6 +204,7 @@ class UpstreamError(GatewayError):
         self.upstream_type = redact_message(upstream_type)[:100] if upstream_type else None
         self._outcome = outcome
         self.native_event: bytes | None = None
+        self.billed: Usage | None = None
         # The provider's own words, `code` and `param` (`upstream_error`): a rejected request's, for the client.
         self.said: str | None = None
         self.provider_code: str | None = None

@@ -273,6 +273,11 @@ class Pipeline:
             completion = attempt.adapter.chat_response(raw, req, attempt.target)
         except SHAPE_ERRORS as exc:
             raise misshapen("answer", exc) from exc
+        except UpstreamError as unusable:
+            if unusable.billed is not None:  # billed though unusable: charged, and covered before a failover
+                self._waste(ex, attempt, unusable.billed)
+                ex.rejected += 1
+            raise
         schema = self._enforced_schema(req, attempt, ex)
         if schema is not None and completion.choices:
             try:

@@ -9,7 +9,9 @@ refused; a `gemini-2.5` or `gemini-3` model refuses a non-zero penalty, as Googl
 counts a `generateContentRequest`. Behaviour is chosen by the model name, as in the OpenAI fake:
 `fail-429` (RESOURCE_EXHAUSTED, retry delay 0s), `fail-500`, `fail-400` (INVALID_ARGUMENT), `slow` (waits
 `SLOW_SECONDS`), `stream-cut` (a stream that stops before its finishReason), `bad-json` (a 200 whose
-body is not JSON). Usage counts each modality of the prompt apart (`promptTokensDetails`), as Gemini does:
+body is not JSON), `malformed-call` (the model's function call Gemini could not parse: a candidate without
+content, `finishReason: MALFORMED_FUNCTION_CALL`, its prompt billed, streamed or not). Usage counts each
+modality of the prompt apart (`promptTokensDetails`), as Gemini does:
 inline audio (`audio/*`) as `AUDIO_TOKENS_PER_KB` tokens a kilobyte (its stand-in for Gemini's 32 tokens a
 second), the rest as text. Every request is recorded on `app.state.requests`.
 """
@@ -279,6 +281,22 @@ def create_app() -> Starlette:
             return _invalid(unsigned)
         if "bad-json" in model:
             return Response(b"{not json", 200, media_type="application/json")
+        if "malformed-call" in model:
+            answer = {
+                "candidates": [
+                    {
+                        "finishReason": "MALFORMED_FUNCTION_CALL",
+                        "index": 0,
+                        "finishMessage": "Malformed function call: print(default_api.lookup(q='x')",
+                    }
+                ],  # fmt: skip
+                "usageMetadata": _usage(body, 0, 0),
+                "modelVersion": MODEL_VERSION,
+                "responseId": RESPONSE_ID,
+            }
+            if method == "streamGenerateContent":
+                return Response(b"data: " + orjson.dumps(answer) + b"\r\n\r\n", media_type="text/event-stream")
+            return Response(orjson.dumps(answer), media_type="application/json")
         call = _function_call(body)
         if method == "streamGenerateContent":
             if request.query_params.get("alt") != "sse":

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import orjson
 import pytest
 
 from adapters.providers.registry import REGISTRY
@@ -235,6 +236,12 @@ def faulty(
                 "price": PRICE,
                 "fallbacks": ["gemini-ok"],
             },
+            "gemini-miscalls": {
+                "deployments": [{**provider, "model": "malformed-call"}],
+                "price": PRICE,
+                "fallbacks": ["gemini-ok"],
+            },
+            "gemini-miscalls-alone": {"deployments": [{**provider, "model": "malformed-call"}], "price": PRICE},
             "gemini-embedding-001": {
                 "kind": "embedding",
                 "deployments": [{**provider, "model": "gemini-embedding-001"}],
@@ -257,6 +264,37 @@ def test_rate_limit_falls_back_and_bad_json_fails_over(faulty: Running) -> None:
     raw = oa.chat.completions.with_raw_response.create(model="gemini-garbage", messages=HI)
     assert raw.parse().choices[0].message.content == TEXT
     assert raw.headers["x-gateway-route"].startswith("gemini/bad-json@global=invalid_json")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_an_invalid_function_call_fails_over_and_its_billed_prompt_is_charged(faulty: Running, stream: bool) -> None:
+    """Gemini's `MALFORMED_FUNCTION_CALL` (a call it could not parse: no content, its prompt billed) came back as an
+    empty answer with `finish_reason: stop`, a clean success to the client and the ledger (found by review). Now
+    it is the provider's malformed answer: another deployment is tried, and what Gemini billed is on the line."""
+    key = faulty.mint(name="gemini-miscalls")
+    oa = client(faulty, key)
+    tools: Any = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    if stream:
+        with oa.chat.completions.with_streaming_response.create(
+            model="gemini-miscalls", messages=HI, tools=tools, stream=True
+        ) as streamed:
+            route = streamed.headers["x-gateway-route"]
+            text = "".join(c.choices[0].delta.content or "" for c in streamed.parse() if c.choices)
+    else:
+        raw = oa.chat.completions.with_raw_response.create(model="gemini-miscalls", messages=HI, tools=tools)
+        route, text = raw.headers["x-gateway-route"], raw.parse().choices[0].message.content
+    assert route.startswith("gemini/malformed-call@global=invalid_response") and route.endswith("=200")
+    assert text == TEXT
+    if not stream:  # (a stream's failed attempt is not read for usage before the next one goes out)
+        [line] = faulty.ledger(key)
+        missed, answered = (r["json"] for r in faulty.fakes["gemini"].state.requests[-2:])
+        prompts = [max(1, len(orjson.dumps(r["contents"])) // 4) for r in (missed, answered)]
+        # The answer's prompt and output (5 tokens and 2 of thinking), and the prompt Gemini billed for the miscall.
+        billed = (prompts[1] * PRICE["input"] + 7 * PRICE["output"] + prompts[0] * PRICE["input"]) / 1e6
+        assert line.cost_usd == pytest.approx(billed) and line.status == 200
+    with pytest.raises(openai.APIStatusError) as alone:
+        oa.chat.completions.create(model="gemini-miscalls-alone", messages=HI, tools=tools)
+    assert alone.value.status_code == 502 and "invalid function call" in alone.value.message
 
 
 def test_server_errors_and_rejections_are_mapped(faulty: Running) -> None:

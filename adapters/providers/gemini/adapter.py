@@ -108,7 +108,12 @@ FINISH_REASONS: dict[str, FinishReason] = {
     "PROHIBITED_CONTENT": "content_filter",
     "SPII": "content_filter",
     "IMAGE_SAFETY": "content_filter",
+    "IMAGE_PROHIBITED_CONTENT": "content_filter",
+    "IMAGE_RECITATION": "content_filter",
+    "LANGUAGE": "content_filter",  # an answer in a language Gemini does not support, withheld
 }
+# The model wrote a function call Gemini could not parse, or one to a tool it was not offered: no answer, billed.
+INVALID_CALLS = {"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL"}
 
 TOOL_CHOICE_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 
@@ -483,6 +488,10 @@ def usage_of(meta: Any) -> Usage | None:
 
 
 def finish_reason(raw: Any, has_calls: bool) -> FinishReason:
+    """The OpenAI finish reason of Gemini's; an invalid function call (`INVALID_CALLS`) is no answer at all: the
+    provider's malformed answer (another deployment may do better), not an empty `stop`."""
+    if raw in INVALID_CALLS and not has_calls:
+        raise malformed(f"the model wrote an invalid function call (Gemini's finishReason {raw})")
     mapped = FINISH_REASONS.get(str(raw), "stop")
     return "tool_calls" if mapped == "stop" and has_calls else mapped
 
@@ -684,7 +693,11 @@ class GeminiAdapter(ProviderAdapter):
                 tool_calls=calls or None,
                 reasoning_content="".join(thoughts) or None,
             )
-            reason = finish_reason(candidate.get("finishReason"), bool(calls))
+            try:
+                reason = finish_reason(candidate.get("finishReason"), bool(calls))
+            except UpstreamError as unusable:
+                unusable.billed = usage_of(data.get("usageMetadata"))
+                raise
             choices.append(Choice(index=candidate.get("index", position), message=message, finish_reason=reason))
         if not choices:
             message = AssistantMessage(content=None, refusal=blocked)

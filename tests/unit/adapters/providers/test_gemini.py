@@ -374,13 +374,27 @@ def test_generated_ids_answer_back_into_function_responses() -> None:
         ("PROHIBITED_CONTENT", "content_filter"),
         ("SPII", "content_filter"),
         ("OTHER", "stop"),
-        ("MALFORMED_FUNCTION_CALL", "stop"),
+        ("IMAGE_PROHIBITED_CONTENT", "content_filter"),
+        ("IMAGE_RECITATION", "content_filter"),
+        ("LANGUAGE", "content_filter"),
     ],
 )
 def test_finish_reasons(raw: str, expected: str) -> None:
     answer = {"candidates": [{"content": {"parts": [{"text": "x"}], "role": "model"}, "finishReason": raw}]}
     completion = adapter().chat_response(orjson.dumps(answer), request(), target())
     assert completion.choices[0].finish_reason == expected
+
+
+@pytest.mark.parametrize("raw", ["MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL"])
+def test_an_invalid_function_call_is_a_malformed_answer_with_what_it_billed(raw: str) -> None:
+    """Not an empty `stop`: the provider's malformed answer (retryable), carrying the usage Gemini billed."""
+    answer = {"candidates": [{"finishReason": raw, "index": 0}], "usageMetadata": {"promptTokenCount": 2595}}
+    with pytest.raises(UpstreamError) as unusable:
+        adapter().chat_response(orjson.dumps(answer), request(), target())
+    assert unusable.value.retryable and unusable.value.billed is not None
+    assert unusable.value.billed.prompt_tokens == 2595
+    with pytest.raises(UpstreamError):
+        GeminiStreamParser("gemini-2.5-flash").feed(StreamEvent(None, orjson.dumps(answer)))
 
 
 def test_several_candidates_become_several_choices() -> None:
