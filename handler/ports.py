@@ -255,6 +255,15 @@ class ConflictError(StoreError):
     """A conditional write lost: the item exists already, or changed since it was read."""
 
 
+class ChildLimitReached(Exception):
+    """A child key refused: its parent has `max_children` live children already (`Store.create_child`)."""
+
+    def __init__(self, parent_id: str, max_children: int) -> None:
+        super().__init__(parent_id)
+        self.parent_id = parent_id
+        self.max_children = max_children
+
+
 class BudgetRefused(Exception):
     """Admission refused: `key_id`'s budget has less than the reservation left."""
 
@@ -632,7 +641,20 @@ class Store(ABC):
     @abstractmethod
     async def create_key(self, record: KeyRecord) -> None:
         """Insert a new key; `ConflictError` if the id exists. A record without `home_region` is homed in
-        the store's own region, if the store has one (set on `record`)."""
+        the store's own region, if the store has one (set on `record`). A key with a `parent_id` is linked to its
+        parent for `child_ids`, in the same write."""
+
+    @abstractmethod
+    async def create_child(self, record: KeyRecord, max_children: int) -> None:
+        """Insert a new key under `record.parent_id` if the parent has fewer than `max_children` live children
+        (not yet purged: see `adapters.store.records.key_purge_after`), else `ChildLimitReached`; the count and
+        the insert are one atomic step, whatever runs beside it. `ConflictError` if the id exists. Like
+        `create_key`, it records the parent-child link `child_ids` reads."""
+
+    @abstractmethod
+    async def child_ids(self, parent_id: str) -> list[str]:
+        """The ids of every key created under `parent_id`, purged ones included, for as long as their ledger lines
+        may live: a report on a parent's family must not lose a child's spend when the child's record goes."""
 
     @abstractmethod
     async def get_key(self, key_id: str) -> KeyRecord | None: ...

@@ -11,6 +11,8 @@ Items (`pk`, `sk`; `gsi1pk`/`gsi1sk` feed the one index; `ttl` is the table's TT
 | daily aggregate | `AGG#<day>` | `<key id>#<model>@<region>` | requests, tokens, USD (`ADD`; one writer) |
 
 | lease | `METER#<id>` | `LEASE#<region>` | a region's lease of a key homed elsewhere (`region_leases.py`) |
+| child count | `FAMILY#<id>` | `COUNT` | `n`: children minted, less those a recount found purged (`create_child`) |
+| child link | `FAMILY#<id>` | `CHILD#<child id>` | `child`, `purge` (when its record may go); a TTL past its lines' |
 
 A meter item's `q` names the last admission without a budget that counted on it (`_admit_update`).
 
@@ -73,6 +75,7 @@ from adapters.store.responses import DynamoDBResponses
 from adapters.store.signins import DynamoDBSignIns
 from handler.ports import (
     Admission,
+    ChildLimitReached,
     ConflictError,
     KeyRecord,
     LedgerItem,
@@ -94,6 +97,10 @@ REPORT_CONCURRENCY = 8
 RELEASE_TRIES = 3  # a minute's bucket changed by a late settlement is read and released again
 RELEASE_CHUNK = 50  # expired reservations released by one update (DynamoDB: 300 operators, 4 KB an expression)
 FAILED = CONDITION_FAILED
+COUNT_SK = "COUNT"
+CHILD_PREFIX = "CHILD#"
+NO_CHILD_LIMIT = 2**53  # `create_key`'s children: counted like any other, never refused
+BATCH_GET_KEYS = 100  # DynamoDB's limit for one `BatchGetItem`
 
 
 def reservation_bucket(period: str, expires_at: float, region: str | None) -> str:
@@ -184,6 +191,9 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
     async def create_key(self, record: KeyRecord) -> None:
         if record.home_region is None:
             record.home_region = self.region
+        if record.parent_id is not None:
+            await self._create_child(record, record.parent_id, NO_CHILD_LIMIT)
+            return
         try:
             await self._call(
                 "put_item",
@@ -193,6 +203,126 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
             )
         except ConditionFailed as exc:
             raise ConflictError(f"key {record.id} exists") from exc
+
+    async def create_child(self, record: KeyRecord, max_children: int) -> None:
+        """The key's conditional `Put` in one `TransactWriteItems` with its parent's child count (`ADD n 1` if
+        `n < max_children`) and its link (`child_ids`), so that racing mints cannot all pass one count: of 20
+        concurrent mints under a limit of 3, counted by a listing read before a separate write, all 20 passed.
+
+        The count only grows: a child purged a day after it ends (its TTL) cannot lower it. So a refused
+        condition is checked against the children themselves (`_recount`) and, where fewer than the limit are
+        live, the count is corrected and the mint tried once more. A parent without a count (its children all
+        minted before counts existed) has its count set the same way: `n < max` fails on a missing `n`. The
+        recount reads the links with a consistent query of the parent's partition and the children's records
+        with consistent reads, not the key listing (`list_keys` reads the `gsi1` index, which is eventually
+        consistent and can miss a child minted a moment ago); the listing adds only children minted before links
+        existed, long since on the index. A count changed since the recount read it is not corrected (the
+        correction is conditional on the value read), so a mint the recount missed is never forgotten.
+
+        Written in this store's region: across the replicas of a global table, two regions minting under one
+        parent at once can each pass the same count (the last writer wins the count item)."""
+        if record.parent_id is None:
+            raise ValueError("create_child needs a record with a parent_id")
+        if record.home_region is None:
+            record.home_region = self.region
+        await self._create_child(record, record.parent_id, max_children)
+
+    def _family_key(self, parent_id: str, sk: str) -> Item:
+        return {"pk": text(f"FAMILY#{parent_id}"), "sk": text(sk)}
+
+    async def _create_child(self, record: KeyRecord, parent_id: str, max_children: int) -> None:
+        link: Item = {**self._family_key(parent_id, f"{CHILD_PREFIX}{record.id}"), "child": text(record.id)}
+        purge = key_purge_after(record)
+        if purge is not None:  # (no TTL without an end: such a child may write lines for ever)
+            link["purge"] = num(purge)
+            link["ttl"] = num(int(purge + LEDGER_TTL_SECONDS))
+        writes = [
+            {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": self._key_item(record),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            },
+            {
+                "Update": {
+                    "TableName": self.table,
+                    "Key": self._family_key(parent_id, COUNT_SK),
+                    "UpdateExpression": "ADD #n :one",
+                    "ConditionExpression": "#n < :max",
+                    "ExpressionAttributeNames": {"#n": "n"},
+                    "ExpressionAttributeValues": {":one": num(1), ":max": num(max_children)},
+                }
+            },
+            {"Put": {"TableName": self.table, "Item": link}},
+        ]
+        for attempt in (1, 2):
+            try:
+                await self._call("transact_write_items", TransactItems=writes)
+                return
+            except ConditionFailed as exc:
+                if exc.reasons and exc.reasons[0].get("Code") == FAILED:
+                    raise ConflictError(f"key {record.id} exists") from exc
+                if attempt == 2 or not await self._recount(parent_id, max_children):
+                    raise ChildLimitReached(parent_id, max_children) from exc
+
+    async def _recount(self, parent_id: str, max_children: int) -> bool:
+        """After a refused count: whether fewer than `max_children` children are live; if so, the count set to
+        them (unless it changed since it was read). See `create_child`."""
+        count_key = self._family_key(parent_id, COUNT_SK)
+        answer = await self._call("get_item", TableName=self.table, Key=count_key, ConsistentRead=True)
+        seen = answer.get("Item", {}).get("n")
+        live = await self._live_children(parent_id)
+        if len(live) >= max_children:
+            return False
+        e = Expression()
+        count = e.name("n")
+        e.clauses["SET"].append(f"{count} = {e.value(num(len(live)))}")
+        e.conditions.append(f"attribute_not_exists({count})" if seen is None else f"{count} = {e.value(seen)}")
+        with contextlib.suppress(ConditionFailed):  # moved meanwhile: the retry meets the count as it is now
+            await self._call("update_item", **e.update(count_key, self.table))
+        return True
+
+    async def _links(self, parent_id: str) -> list[Item]:
+        return await self._query(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :child)",
+            ExpressionAttributeValues={":pk": text(f"FAMILY#{parent_id}"), ":child": text(CHILD_PREFIX)},
+            ConsistentRead=True,
+        )
+
+    async def _live_children(self, parent_id: str) -> set[str]:
+        """The parent's children not yet purged: linked ones by consistent reads of their records (a link's
+        `purge` is when the child's record goes at the latest: a revocation brings it forward, nothing puts it
+        back), and those of the key listing."""
+        now = self.clock()
+        linked = [
+            item["child"]["S"]
+            for item in await self._links(parent_id)
+            if "purge" not in item or float(item["purge"]["N"]) >= now
+        ]
+        live = {record.id for record in await self._get_keys(linked)}
+        return live | {record.id for record in await self.list_keys(parent_id)}
+
+    async def _get_keys(self, key_ids: list[str]) -> list[KeyRecord]:
+        """The live records of `key_ids`, read consistently, `BATCH_GET_KEYS` to a `BatchGetItem`."""
+        found: list[KeyRecord] = []
+        for start in range(0, len(key_ids), BATCH_GET_KEYS):
+            keys = [{"pk": text(f"KEY#{k}"), "sk": text("KEY")} for k in key_ids[start : start + BATCH_GET_KEYS]]
+            pending: Item = {self.table: {"Keys": keys, "ConsistentRead": True}}
+            while pending:
+                answer = await self._call("batch_get_item", RequestItems=pending)
+                items = answer.get("Responses", {}).get(self.table, [])
+                found += [record for item in items if (record := self._live(item)) is not None]
+                pending = answer.get("UnprocessedKeys") or {}
+                if pending:
+                    await asyncio.sleep(0.05)  # throttled: DynamoDB hands back what it did not read
+        return found
+
+    async def child_ids(self, parent_id: str) -> list[str]:
+        """The parent's links (kept past their lines' TTL), with the children the key listing has (those minted
+        before links existed, until `migrate` links them)."""
+        links, listed = await asyncio.gather(self._links(parent_id), self.list_keys(parent_id))
+        return sorted({item["child"]["S"] for item in links} | {record.id for record in listed})
 
     def _live(self, item: Item) -> KeyRecord | None:
         # TTL deletion lags by up to a couple of days, so an item past its TTL is treated as gone.
@@ -693,9 +823,68 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         return list(await asyncio.gather(*(one(r) for r in requests)))
 
     async def migrate(self) -> int:
-        """Move line items written before reports read index shards (`gsi1pk = LEDGER#<day>`) onto their
-        shard, so all-keys reports find them; returns how many moved. One paginated scan of the table: run
-        it once after upgrading (`gateway store migrate`); a second run moves nothing."""
+        """Bring items written by an older gateway to this layout; returns how many items it wrote. Run it once
+        after upgrading (`gateway store migrate`); a second run writes nothing.
+
+        Line items written before reports read index shards (`gsi1pk = LEDGER#<day>`) move onto their shard,
+        so all-keys reports find them (`_move_lines`); children minted before family links existed are linked
+        to their parents, so their parents' reports keep their lines after their records go (`_link_children`).
+        Each is one paginated scan of the table."""
+        return await self._move_lines() + await self._link_children()
+
+    async def _link_children(self) -> int:
+        """Write the missing child links: from every key record with a parent, and from every line item whose
+        `ancestors` name a parent (which finds the children whose records were purged already). Each link's TTL
+        outlives the child's record and the last line the scan found of it."""
+        links: dict[tuple[str, str], float | None] = {}  # (parent, child): the link's TTL, None for none
+
+        def keep(parent_id: str, child_id: str, ttl: float | None) -> None:
+            held = links.get((parent_id, child_id), 0.0)
+            links[(parent_id, child_id)] = None if held is None or ttl is None else max(held, ttl)
+
+        purges: dict[tuple[str, str], float | None] = {}
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "(begins_with(pk, :key) AND sk = :keysk) OR begins_with(pk, :line)",
+            "ProjectionExpression": "pk, #data",
+            "ExpressionAttributeNames": {"#data": "data"},
+            "ExpressionAttributeValues": {":key": text("KEY#"), ":keysk": text("KEY"), ":line": text("LEDGER#")},
+        }
+        while True:
+            answer = await self._call("scan", **request)
+            for item in answer.get("Items", []):
+                if item["pk"]["S"].startswith("KEY#"):
+                    record = key_from_json(item["data"]["S"])
+                    if record.parent_id is not None:
+                        purge = key_purge_after(record)
+                        purges[(record.parent_id, record.id)] = purge
+                        keep(record.parent_id, record.id, None if purge is None else purge + LEDGER_TTL_SECONDS)
+                else:
+                    line = ledger_from_json(item["data"]["S"])
+                    if line.ancestors:
+                        keep(line.ancestors[-1], line.key_id, line.ts + LEDGER_TTL_SECONDS)
+            if "LastEvaluatedKey" not in answer:
+                break
+            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+        linked = 0
+        for (parent_id, child_id), ttl in sorted(links.items()):
+            link: Item = {**self._family_key(parent_id, f"{CHILD_PREFIX}{child_id}"), "child": text(child_id)}
+            purge = purges.get((parent_id, child_id), 0.0)  # 0: a child known only from its lines, purged already
+            if purge is not None:
+                link["purge"] = num(purge)
+            if ttl is not None:
+                link["ttl"] = num(int(ttl))
+            try:
+                await self._call(
+                    "put_item", TableName=self.table, Item=link, ConditionExpression="attribute_not_exists(pk)"
+                )
+            except ConditionFailed:
+                continue  # linked when minted, or by another run
+            linked += 1
+        return linked
+
+    async def _move_lines(self) -> int:
+        """Move line items indexed by day onto their shard (see `migrate`); returns how many moved."""
         moved = 0
         request: dict[str, Any] = {
             "TableName": self.table,

@@ -72,6 +72,7 @@ from adapters.store.slices import (
 )
 from adapters.store.sqlite_slices import LOWER_COMMITTED, SPEND, SliceCache
 from handler.ports import (
+    ChildLimitReached,
     ConflictError,
     KeyRecord,
     LedgerItem,
@@ -86,6 +87,11 @@ CREATE TABLE IF NOT EXISTS keys (
     id TEXT PRIMARY KEY, parent_id TEXT, version INTEGER NOT NULL, purge_after REAL, data TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS keys_parent ON keys (parent_id);
+-- Who minted whom, by id, kept as long as the ledger (for good): `keys` forgets a key a day after it ends, but its
+-- lines stay, and its parent's reports must still find them (`child_ids`).
+CREATE TABLE IF NOT EXISTS family (
+    parent_id TEXT NOT NULL, child_id TEXT NOT NULL, PRIMARY KEY (parent_id, child_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meters (
     key_id TEXT NOT NULL, period TEXT NOT NULL, committed REAL NOT NULL DEFAULT 0, spent REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, period)
@@ -125,13 +131,23 @@ CACHE_KIB = 64 * 1024
 MMAP_BYTES = 256 * 1024 * 1024
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+# The links of `family` an older file already knows: every key it holds with a parent, and every parent a line of
+# the ledger names (the last of its `ancestors`), which finds the children whose records were purged already.
+BACKFILL_FAMILY = """
+INSERT OR IGNORE INTO family (parent_id, child_id) SELECT parent_id, id FROM keys WHERE parent_id IS NOT NULL;
+INSERT OR IGNORE INTO family (parent_id, child_id)
+    SELECT DISTINCT json_extract(data, '$.ancestors[#-1]'), key_id FROM ledger
+    WHERE json_array_length(data, '$.ancestors') > 0;
+"""
 
 
 def migrate(db: sqlite3.Connection) -> None:
     """Bring a file written by an older gateway to `SCHEMA_VERSION` (the tables `SCHEMA` creates are new).
     Version 2: the ledger's `cost_source` column; older lines had a provider's usage behind them. Version 3:
-    the holders' `recall_at` (adapters/store/slices.py); no older holder was refused that way."""
+    the holders' `recall_at` (adapters/store/slices.py); no older holder was refused that way. Version 4: the
+    `family` links, filled from the keys and the ledger the file holds (`BACKFILL_FAMILY`; one pass over the
+    ledger, once)."""
     (version,) = db.execute("PRAGMA user_version").fetchone()
     if version >= SCHEMA_VERSION:
         return
@@ -142,6 +158,10 @@ def migrate(db: sqlite3.Connection) -> None:
             db.execute("ALTER TABLE ledger ADD COLUMN cost_source TEXT NOT NULL DEFAULT 'provider'")
         if "recall_at" not in {row[1] for row in db.execute("PRAGMA table_info(holders)")}:
             db.execute("ALTER TABLE holders ADD COLUMN recall_at REAL NOT NULL DEFAULT 0")
+        if version < 4:
+            for statement in BACKFILL_FAMILY.split(";"):
+                if statement.strip():
+                    db.execute(statement)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
         db.execute("ROLLBACK")
@@ -420,14 +440,48 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
 
     async def create_key(self, record: KeyRecord) -> None:
         with self._write() as db:
-            db.execute("DELETE FROM keys WHERE purge_after IS NOT NULL AND purge_after < ?", (time.time(),))
-            try:
-                db.execute(
-                    "INSERT INTO keys (id, parent_id, version, purge_after, data) VALUES (?, ?, ?, ?, ?)",
-                    (record.id, record.parent_id, record.version, key_purge_after(record), key_to_json(record)),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise ConflictError(f"key {record.id} exists") from exc
+            self._insert_key(db, record)
+
+    async def create_child(self, record: KeyRecord, max_children: int) -> None:
+        """The count of the parent's live children and the insert in one `BEGIN IMMEDIATE` transaction: it holds
+        the file's write lock from before the count to the commit, so no other connection (another worker
+        process, the CLI) inserts a child in between; a count read outside it let two workers mint four
+        children of a parent allowed three."""
+        if record.parent_id is None:
+            raise ValueError("create_child needs a record with a parent_id")
+        with self._write() as db:
+            (live,) = db.execute(
+                "SELECT count(*) FROM keys WHERE parent_id = ? AND (purge_after IS NULL OR purge_after >= ?)",
+                (record.parent_id, time.time()),
+            ).fetchone()
+            if live >= max_children:
+                raise ChildLimitReached(record.parent_id, max_children)
+            self._insert_key(db, record)
+
+    @staticmethod
+    def _insert_key(db: sqlite3.Connection, record: KeyRecord) -> None:
+        """Insert `record` (and its link to its parent) in the open transaction, forgetting purged keys."""
+        db.execute("DELETE FROM keys WHERE purge_after IS NOT NULL AND purge_after < ?", (time.time(),))
+        try:
+            db.execute(
+                "INSERT INTO keys (id, parent_id, version, purge_after, data) VALUES (?, ?, ?, ?, ?)",
+                (record.id, record.parent_id, record.version, key_purge_after(record), key_to_json(record)),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError(f"key {record.id} exists") from exc
+        if record.parent_id is not None:
+            db.execute(
+                "INSERT OR IGNORE INTO family (parent_id, child_id) VALUES (?, ?)", (record.parent_id, record.id)
+            )
+
+    async def child_ids(self, parent_id: str) -> list[str]:
+        """From `family`, and the live keys naming the parent (a key an older gateway sharing the file created
+        after this one migrated it has no link)."""
+        rows = self.db.execute(
+            "SELECT child_id FROM family WHERE parent_id = ? UNION SELECT id FROM keys WHERE parent_id = ?",
+            (parent_id, parent_id),
+        )
+        return sorted(row[0] for row in rows.fetchall())
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         row = self.db.execute(

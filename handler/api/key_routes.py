@@ -233,13 +233,8 @@ class KeyRoutes:
                 f"a key may have at most {minting.max_depth - 1} ancestors (gateway.key_minting.max_depth)",
                 code="key_depth_limit",
             )
-        if len(await self.gateway.store.list_keys(parent.id)) >= minting.max_children:
-            raise PermissionDeniedError(
-                f"this key has minted its {minting.max_children} child keys (gateway.key_minting.max_children)",
-                code="child_key_limit",
-            )
         child = replace(child, parent_id=parent.id, ancestors=[*parent.ancestors, parent.id])
-        minted = await self.gateway.keys.mint(child)
+        minted = await self.gateway.keys.mint_child(child, minting.max_children)
         return self.api.json({**key_view(minted.record), "key": minted.key}, status=201)
 
     # --- admin ------------------------------------------------------------------------------

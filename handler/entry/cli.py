@@ -354,7 +354,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_store_migrate(args: argparse.Namespace) -> int:
     """Bring what the store holds to this version's layout (SQLite files migrate when opened; DynamoDB moves
-    line items written before reports read index shards)."""
+    line items written before reports read index shards, and links children minted before family links)."""
 
     async def run() -> int:
         store = _store(args.store)

@@ -20,7 +20,7 @@ from fnmatch import fnmatchcase
 from typing import Final
 
 from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
-from handler.ports import KeyRecord, Store
+from handler.ports import ChildLimitReached, KeyRecord, Store
 from handler.records import Value
 from handler.redaction import REDACTED
 
@@ -198,10 +198,14 @@ class MintedKey(Value):
 
 
 async def with_descendants(store: Store, key_id: str, limit: int = 10_000) -> list[str]:
-    """`key_id` and every key minted under it, at any depth (breadth first)."""
+    """`key_id` and every key minted under it, at any depth (breadth first), purged ones included: the store's
+    links (`Store.child_ids`) outlive the children's records, as their ledger lines do. Walking the live keys
+    instead dropped a child's spend from its parent's report a day after the child expired or was revoked."""
     found, frontier = [key_id], [key_id]
+    seen = {key_id}
     while frontier and len(found) < limit:
-        children = [child.id for parent in frontier for child in await store.list_keys(parent)]
+        children = [child for parent in frontier for child in await store.child_ids(parent) if child not in seen]
+        seen.update(children)
         found += children
         frontier = children
     return found
@@ -230,6 +234,20 @@ class KeyService:
         secret = secrets.token_urlsafe(32)
         record = replace(template, id=new_key_id(), secret_hash=hash_secret(secret), created_at=self.clock(), version=1)
         await self.store.create_key(record)
+        return MintedKey(record, format_key(record.id, secret))
+
+    async def mint_child(self, template: KeyRecord, max_children: int) -> MintedKey:
+        """`mint` under `template.parent_id`, refused with a 403 `child_key_limit` when the parent has
+        `max_children` live children: the store counts and inserts in one atomic step (`Store.create_child`)."""
+        secret = secrets.token_urlsafe(32)
+        record = replace(template, id=new_key_id(), secret_hash=hash_secret(secret), created_at=self.clock(), version=1)
+        try:
+            await self.store.create_child(record, max_children)
+        except ChildLimitReached:
+            raise PermissionDeniedError(
+                f"this key has minted its {max_children} child keys (gateway.key_minting.max_children)",
+                code="child_key_limit",
+            ) from None
         return MintedKey(record, format_key(record.id, secret))
 
     async def rotate(self, record: KeyRecord, grace_seconds: float) -> MintedKey:

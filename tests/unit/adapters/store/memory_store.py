@@ -19,7 +19,15 @@ from adapters.store.metered import (
     Unmet,
 )
 from adapters.store.records import key_from_json, key_purge_after, key_to_json
-from handler.ports import ConflictError, KeyRecord, LedgerItem, Settlement, StoredResponse, UsageQuery
+from handler.ports import (
+    ChildLimitReached,
+    ConflictError,
+    KeyRecord,
+    LedgerItem,
+    Settlement,
+    StoredResponse,
+    UsageQuery,
+)
 
 
 @dataclass(slots=True)
@@ -44,6 +52,7 @@ class MemoryStore(MeteredStore):
         self.settled: set[str] = set()
         self.ledger: dict[str, LedgerItem] = {}
         self.keys: dict[str, str] = {}  # id -> the record as JSON (a copy, as a real store would hold)
+        self.children: dict[str, set[str]] = {}  # parent id -> its children's ids, kept past their records
         self.responses: dict[str, StoredResponse] = {}
         self.sign_ins: dict[str, tuple[str, float]] = {}
 
@@ -125,6 +134,18 @@ class MemoryStore(MeteredStore):
         if record.id in self.keys and await self.get_key(record.id) is not None:
             raise ConflictError(f"key {record.id} exists")
         self.keys[record.id] = key_to_json(record)
+        if record.parent_id is not None:
+            self.children.setdefault(record.parent_id, set()).add(record.id)
+
+    async def create_child(self, record: KeyRecord, max_children: int) -> None:
+        assert record.parent_id is not None
+        async with self.lock:
+            if len(await self.list_keys(record.parent_id)) >= max_children:
+                raise ChildLimitReached(record.parent_id, max_children)
+            await self.create_key(record)
+
+    async def child_ids(self, parent_id: str) -> list[str]:
+        return sorted(self.children.get(parent_id, ()))
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         raw = self.keys.get(key_id)

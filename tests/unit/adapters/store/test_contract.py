@@ -25,6 +25,7 @@ from handler.ports import (
     Admission,
     BudgetCharge,
     BudgetRefused,
+    ChildLimitReached,
     ConflictError,
     KeyRecord,
     LedgerItem,
@@ -139,6 +140,48 @@ async def test_a_key_long_expired_is_gone(store: Store) -> None:
     await store.create_key(old)
     assert await store.get_key(old.id) is None
     assert old.id not in {r.id for r in await store.list_keys()}
+
+
+async def test_create_child_counts_and_inserts_at_once(store: Store) -> None:
+    """Twenty children of one parent created together, under a limit of three: three are created."""
+    parent = record()
+    await store.create_key(parent)
+    children = [record(parent_id=parent.id, ancestors=[parent.id]) for _ in range(20)]
+    outcomes = await asyncio.gather(*(store.create_child(c, 3) for c in children), return_exceptions=True)
+    assert sum(o is None for o in outcomes) == 3
+    assert all(isinstance(o, ChildLimitReached) for o in outcomes if o is not None)
+    assert len(await store.list_keys(parent.id)) == 3
+    with pytest.raises(ConflictError):
+        await store.create_child(children[outcomes.index(None)], 10)
+
+
+async def test_a_purged_child_no_longer_counts_toward_the_limit(store: Store) -> None:
+    parent = record()
+    await store.create_key(parent)
+    ended = record(parent_id=parent.id, ancestors=[parent.id], expires_at=time.time() + 3600)
+    await store.create_child(ended, 1)
+    with pytest.raises(ChildLimitReached):
+        await store.create_child(record(parent_id=parent.id, ancestors=[parent.id]), 1)
+    # Revoked over a day ago: purged, whatever its link says of its expiry.
+    await store.update_key(replace(ended, revoked_at=time.time() - 86400 - 60, version=2))
+    await store.create_child(record(parent_id=parent.id, ancestors=[parent.id]), 1)
+    with pytest.raises(ChildLimitReached):
+        await store.create_child(record(parent_id=parent.id, ancestors=[parent.id]), 1)
+
+
+async def test_child_ids_outlive_the_childrens_records(store: Store) -> None:
+    """A child's lines outlive its record: its parent's reports find it by the link, purged or not."""
+    parent = record()
+    await store.create_key(parent)
+    minted = record(parent_id=parent.id, ancestors=[parent.id])
+    created = record(parent_id=parent.id, ancestors=[parent.id], expires_at=time.time() + 60)
+    await store.create_child(minted, 10)
+    await store.create_key(created)  # (a child created without a limit is linked too)
+    await store.update_key(replace(minted, expires_at=time.time() - 3 * 86400, version=2))
+    await store.update_key(replace(created, revoked_at=time.time() - 3 * 86400, version=2))
+    assert await store.list_keys(parent.id) == []
+    assert await store.child_ids(parent.id) == sorted([minted.id, created.id])
+    assert await store.child_ids(minted.id) == []
 
 
 async def test_admit_reserves_and_refuses_what_does_not_fit(store: Store) -> None:

@@ -8,6 +8,7 @@ import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -18,10 +19,20 @@ from adapters.sigv4 import Credentials
 from adapters.store.dynamo_client import DynamoDBClient
 from adapters.store.dynamodb import LEDGER_SHARDS, SWEEP_SECONDS, DynamoDBStore
 from adapters.store.expressions import Expression, num, text
-from handler.ports import Admission, BudgetCharge, BudgetRefused, RateCharge, Settlement, StoreError, UsageQuery
+from handler.ports import (
+    Admission,
+    BudgetCharge,
+    BudgetRefused,
+    ChildLimitReached,
+    KeyRecord,
+    RateCharge,
+    Settlement,
+    StoreError,
+    UsageQuery,
+)
 from tests.support.contention import FlakyClient
 from tests.support.dynamo import DynamoServer
-from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement
+from tests.unit.adapters.store.test_contract import PERIOD, admission, line, record, settlement
 
 
 @pytest.fixture
@@ -650,3 +661,38 @@ async def test_an_admission_whose_read_back_fails_stands_and_reports_nothing(dyn
         meter = await store.meter(key_id, PERIOD)
         assert meter.committed_usd[PERIOD] == pytest.approx(0.1)
     await store.close()
+
+
+async def put_legacy_key(store: DynamoDBStore, record: KeyRecord) -> None:
+    """A key item as a gateway from before family links wrote it: no link, no child count."""
+    await store._call("put_item", TableName=store.table, Item=store._key_item(record))
+
+
+async def test_children_from_before_counts_are_counted(flaky: tuple[FlakyClient, DynamoDBStore]) -> None:
+    """A parent whose children were all minted before child counts existed has none: its first mint counts
+    them (from the key listing) before it passes."""
+    _, store = flaky
+    parent = record()
+    await store.create_key(parent)
+    for _ in range(3):
+        await put_legacy_key(store, record(parent_id=parent.id, ancestors=[parent.id]))
+    with pytest.raises(ChildLimitReached):
+        await store.create_child(record(parent_id=parent.id, ancestors=[parent.id]), 3)
+    await store.create_child(record(parent_id=parent.id, ancestors=[parent.id]), 4)
+    with pytest.raises(ChildLimitReached):
+        await store.create_child(record(parent_id=parent.id, ancestors=[parent.id]), 4)
+
+
+async def test_migrate_links_children_from_before_links(flaky: tuple[FlakyClient, DynamoDBStore]) -> None:
+    """`migrate` links the children an older gateway minted: those whose records remain, and those purged
+    already that a line item names; a second run links nothing."""
+    _, store = flaky
+    parent = record()
+    live = record(parent_id=parent.id, ancestors=[parent.id])
+    await put_legacy_key(store, live)
+    purged = replace(line("purgedchild1", 0.5), ancestors=[parent.id])
+    await store.settle(Settlement(purged.request_id, [], 0.0, [], purged))
+    assert await store.child_ids(parent.id) == [live.id]  # (from the key listing)
+    assert await store.migrate() == 2
+    assert await store.child_ids(parent.id) == sorted([live.id, "purgedchild1"])
+    assert await store.migrate() == 0

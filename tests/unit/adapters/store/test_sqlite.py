@@ -9,6 +9,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,8 +22,8 @@ import pytest
 from adapters.store import records
 from adapters.store import sqlite as sqlite_store
 from adapters.store.sqlite import CHECKPOINT_EVERY_S, SQLiteStore
-from handler.ports import BudgetRefused, Settlement, StoreError, UsageQuery
-from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement
+from handler.ports import BudgetRefused, ChildLimitReached, Settlement, StoreError, UsageQuery
+from tests.unit.adapters.store.test_contract import PERIOD, admission, line, record, settlement
 
 
 @pytest.fixture
@@ -444,3 +445,64 @@ async def test_the_log_stays_bounded_with_two_processes_writing(
     assert 0 < largest < 3 * 1000 * (4096 + 24)
     for store in stores:
         await store.close()
+
+
+async def test_a_file_from_before_family_links_is_migrated(tmp_path: Path) -> None:
+    """A version-3 file's children are linked to their parents when it is opened: those it holds, and those
+    purged already that its ledger lines name, so that the parents' reports keep every child's spend."""
+    path = tmp_path / "v3.db"
+    store = SQLiteStore(str(path))
+    live = record(parent_id="parentkey123", ancestors=["parentkey123"])
+    await store.create_key(live)
+    purged = replace(line("purgedchild1", 0.5), ancestors=["rootkey12345", "parentkey123"])
+    await store.settle(Settlement(purged.request_id, [], 0.0, [], purged))
+    await store.close()
+    old = sqlite3.connect(path)
+    old.execute("DROP TABLE family")
+    old.execute("PRAGMA user_version = 3")
+    old.commit()
+    old.close()
+    store = SQLiteStore(str(path))
+    assert await store.child_ids("parentkey123") == sorted([live.id, "purgedchild1"])
+    assert await store.child_ids("rootkey12345") == []  # (the parent's own link, from its own record or lines)
+    await store.close()
+
+
+def test_two_connections_on_one_file_stop_at_max_children(tmp_path: Path) -> None:
+    """Two stores on one file (as two worker processes hold), each minting from its own thread and event loop:
+    the count and the insert share one write transaction, so together they create no more than the limit."""
+    path = str(tmp_path / "shared.db")
+    parent = record()
+
+    async def setup() -> None:
+        store = SQLiteStore(path)
+        await store.create_key(parent)
+        await store.close()
+
+    asyncio.run(setup())
+    created: list[int] = []
+    start = threading.Barrier(2)
+
+    def worker() -> None:
+        async def go() -> int:
+            store = SQLiteStore(path)
+            start.wait()
+            made = 0
+            for _ in range(20):
+                try:
+                    await store.create_child(record(parent_id=parent.id, ancestors=[parent.id]), 5)
+                    made += 1
+                except ChildLimitReached:
+                    pass
+                await asyncio.sleep(0)
+            await store.close()
+            return made
+
+        created.append(asyncio.run(go()))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(created) == 5

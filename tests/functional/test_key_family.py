@@ -1,0 +1,176 @@
+"""A parent key's family through the running gateway: `max_children` holds under concurrent mints (one gateway,
+and two gateways on one SQLite file, as `gateway serve --workers 2` runs), and a child's spend stays in its
+parent's reports after the child's record is purged."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from adapters.providers.registry import REGISTRY
+from adapters.store import open_store
+from handler.config import Config, parse_config
+from handler.pipeline.keys import split_key
+from handler.ports import KeyRecord
+from tests.functional.conftest import FAKE_KEYS, Running, serve_gateway, serving
+from tests.support.dynamo import DynamoServer
+from tests.support.servers import ServerThread
+
+HI = [{"role": "user", "content": "Hi"}]
+MAX_CHILDREN = 3
+
+
+def family_config(upstream_url: str) -> Config:
+    return parse_config(
+        {
+            "gateway": {"key_minting": {"per_minute": 1000, "max_children": MAX_CHILDREN}, "key_cache_seconds": 0},
+            "providers": {
+                "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"}
+            },
+            "models": {
+                "gpt-test": {
+                    "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
+                    "price": {"input": 1.0, "output": 2.0},
+                }
+            },
+        },
+        set(REGISTRY),
+    )
+
+
+@pytest.fixture(scope="module", params=["sqlite", "dynamodb"])
+def gateway(
+    request: pytest.FixtureRequest,
+    upstream: tuple[ServerThread, dict[str, Any]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Running]:
+    if request.param == "sqlite":
+        store_url = f"sqlite:///{tmp_path_factory.mktemp('family') / 'gateway.db'}"
+    else:
+        dynamo: DynamoServer = request.getfixturevalue("dynamo")
+        store_url = dynamo.store_url(dynamo.create_table())
+    yield from serving(family_config(upstream[0].url), store_url, upstream)
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def mint_at_once(urls: list[str], parent: str, count: int) -> list[httpx.Response]:
+    """`count` `POST /v1/keys` under `parent` sent together, spread over `urls`."""
+
+    async def go() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(f"{urls[i % len(urls)]}/v1/keys", json={"name": f"c{i}"}, headers=auth(parent))
+                    for i in range(count)
+                )
+            )
+
+    return asyncio.run(go())
+
+
+def test_concurrent_mints_stop_at_max_children(gateway: Running) -> None:
+    parent = gateway.mint(name="parent")
+    answers = mint_at_once([gateway.url], parent, 20)
+    assert sorted(a.status_code for a in answers) == [201] * MAX_CHILDREN + [403] * (20 - MAX_CHILDREN)
+    refused = next(a for a in answers if a.status_code == 403)
+    assert refused.json()["error"]["code"] == "child_key_limit"
+    admin = gateway.mint(name="admin", admin=True)
+    parent_id = (split_key(parent) or ("", ""))[0]
+    listed = httpx.get(f"{gateway.url}/admin/keys", params={"parent_id": parent_id}, headers=auth(admin)).json()
+    assert len(listed["data"]) == MAX_CHILDREN
+
+
+def age(store_url: str, key_id: str, seconds: float) -> None:
+    """The key as if it had expired `seconds` ago (a day and more: what its store then purges)."""
+
+    async def go() -> None:
+        store = open_store(store_url)
+        try:
+            record = await store.get_key(key_id)
+            assert record is not None
+            await store.update_key(replace(record, expires_at=time.time() - seconds, version=record.version + 1))
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+def test_a_purged_child_frees_its_place(gateway: Running) -> None:
+    parent = gateway.mint(name="parent")
+    children = [a.json()["id"] for a in mint_at_once([gateway.url], parent, MAX_CHILDREN)]
+    assert mint_at_once([gateway.url], parent, 1)[0].status_code == 403
+    age(gateway.store_url, children[0], 86400 + 60)
+    assert [a.status_code for a in mint_at_once([gateway.url], parent, 2)] == [201, 403]
+
+
+def totals(gateway: Running, path: str, caller: str, **params: str) -> tuple[int, float]:
+    rows = httpx.get(f"{gateway.url}{path}", params=params, headers=auth(caller), timeout=10).json()["data"]
+    return sum(r["requests"] for r in rows), round(sum(r.get("cost_usd") or 0 for r in rows), 9)
+
+
+@pytest.mark.parametrize("ending", ["expired", "revoked"])
+def test_a_purged_childs_spend_stays_in_its_parents_usage(gateway: Running, ending: str) -> None:
+    parent = gateway.mint(name="team")
+    admin = gateway.mint(name="admin", admin=True)
+    parent_id = (split_key(parent) or ("", ""))[0]
+    minted = httpx.post(f"{gateway.url}/v1/keys", json={"name": "agent-run"}, headers=auth(parent)).json()
+    grandchild = httpx.post(f"{gateway.url}/v1/keys", json={"name": "sub"}, headers=auth(minted["key"])).json()
+    for key in (parent, minted["key"], grandchild["key"]):
+        body = {"model": "gpt-test", "messages": HI}
+        assert httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=auth(key)).status_code == 200
+        assert gateway.ledger(key)
+    before = totals(gateway, "/v1/usage", parent)
+    assert before[0] == 3
+    assert totals(gateway, "/admin/usage", admin, key=parent_id) == before
+    for child_id in (minted["id"], grandchild["id"]):
+        if ending == "expired":
+            age(gateway.store_url, child_id, 86400 + 60)
+        else:
+            revoke(gateway.store_url, child_id, time.time() - 86400 - 60)
+    gone = httpx.get(f"{gateway.url}/admin/keys", params={"parent_id": parent_id}, headers=auth(admin)).json()
+    assert gone["data"] == []  # the child's record is purged; its lines are not
+    assert totals(gateway, "/v1/usage", parent) == before
+    assert totals(gateway, "/admin/usage", admin, key=parent_id) == before
+
+
+def revoke(store_url: str, key_id: str, at: float) -> None:
+    async def go() -> None:
+        store = open_store(store_url)
+        try:
+            record: KeyRecord | None = await store.get_key(key_id)
+            assert record is not None
+            await store.update_key(replace(record, revoked_at=at, version=record.version + 1))
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+def test_two_gateways_on_one_sqlite_file_stop_at_max_children(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Two gateways, each with its own connection to the file (as two worker processes have): a count read
+    outside the insert's transaction let both pass it at once."""
+    server, fakes = upstream
+    config = family_config(server.url)
+    store_url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    one, one_server = serve_gateway(config, store_url, server, fakes, FAKE_KEYS)
+    two, two_server = serve_gateway(config, store_url, server, fakes, FAKE_KEYS)
+    try:
+        for _ in range(5):
+            parent = one.mint(name="parent")
+            created = sum(a.status_code == 201 for a in mint_at_once([one.url, two.url], parent, 30))
+            assert created == MAX_CHILDREN
+    finally:
+        one_server.stop()
+        two_server.stop()
