@@ -110,7 +110,7 @@ def test_a_purged_child_frees_its_place(gateway: Running) -> None:
     children = [a.json()["id"] for a in mint_at_once([gateway.url], parent, MAX_CHILDREN)]
     assert mint_at_once([gateway.url], parent, 1)[0].status_code == 403
     age(gateway.store_url, children[0], 86400 + 60)
-    assert [a.status_code for a in mint_at_once([gateway.url], parent, 2)] == [201, 403]
+    assert sorted(a.status_code for a in mint_at_once([gateway.url], parent, 2)) == [201, 403]  # (either may win)
 
 
 def totals(gateway: Running, path: str, caller: str, **params: str) -> tuple[int, float]:
