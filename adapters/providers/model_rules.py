@@ -21,11 +21,17 @@ class ModelRules(Value):
     `media_in_function_responses`: takes images and files a function returned inside its `functionResponse`.
     `no_penalties`: refuses a non-zero `presencePenalty` or `frequencyPenalty` (0, their default, passes).
     `forced_tool_choice`: takes Converse's forced `toolChoice` (`any`, `tool`) on Bedrock, which refuses either from
-    other models with a 400 ValidationException (only the Bedrock adapter reads it)."""
+    other models with a 400 ValidationException (only the Bedrock adapter reads it).
+    `no_streaming_tools`: refuses `toolConfig` in Bedrock's ConverseStream ("This model doesn't support tool use in
+    streaming mode.") though Converse takes it: a streamed request with tools goes to Converse, and its whole answer
+    is streamed to the client (only the Bedrock adapter reads it).
+    `reasoning_on_off`: takes Mistral's `reasoning_effort` as a switch, `high` or `none` (Mistral Small 4 and
+    Medium 3.5; the `mistral` profile drops it for every other Mistral model; only the Mistral adapter reads it)."""
 
     __slots__ = (
         "one_sampling_knob", "completion_tokens_field", "signed_function_calls", "no_tools_with_json_mode",
-        "media_in_function_responses", "no_penalties", "forced_tool_choice",
+        "media_in_function_responses", "no_penalties", "forced_tool_choice", "no_streaming_tools",
+        "reasoning_on_off",
     )  # fmt: skip
 
     def __init__(
@@ -37,6 +43,8 @@ class ModelRules(Value):
         media_in_function_responses: bool = False,
         no_penalties: bool = False,
         forced_tool_choice: bool = False,
+        no_streaming_tools: bool = False,
+        reasoning_on_off: bool = False,
     ) -> None:
         self.one_sampling_knob: Final = one_sampling_knob
         self.completion_tokens_field: Final = completion_tokens_field
@@ -45,6 +53,8 @@ class ModelRules(Value):
         self.media_in_function_responses: Final = media_in_function_responses
         self.no_penalties: Final = no_penalties
         self.forced_tool_choice: Final = forced_tool_choice
+        self.no_streaming_tools: Final = no_streaming_tools
+        self.reasoning_on_off: Final = reasoning_on_off
 
 
 NO_RULES = ModelRules()
@@ -54,7 +64,11 @@ NO_RULES = ModelRules()
 # (multimodal function responses: Gemini 3), Gemini's 400 "Penalty is not enabled for models/gemini-2.5-flash"
 # (2.5 and 3 refuse a non-zero penalty: vercel/ai#8943, google-gemini/cookbook#1290, mnfst/modelparams.dev#16),
 # AWS's ToolChoice reference (a forced `toolChoice`: "only supported by Anthropic Claude 3 and Amazon Nova models";
-# Llama, Mistral and DeepSeek on Bedrock answer "This model doesn't support the toolConfig.toolChoice.any field").
+# Llama, Mistral and DeepSeek on Bedrock answer "This model doesn't support the toolConfig.toolChoice.any field"),
+# AWS's "Supported models and model features" table for Converse (its "Tool use" and "Streaming tool use" columns:
+# Meta Llama, Mistral AI's models and Cohere Command R/R+ have the first and not the second), Mistral's reasoning page
+# ("adjustable reasoning is available on mistral-small-latest and mistral-medium-3-5 via the reasoning_effort
+# parameter": `high` or `none`; mistral-small-latest is Mistral Small 4, mistral-small-2603).
 MODEL_RULES: tuple[tuple[re.Pattern[str], ModelRules], ...] = (
     (
         re.compile(r"claude-(sonnet|haiku|opus)-4-5|claude-opus-4"),
@@ -67,6 +81,8 @@ MODEL_RULES: tuple[tuple[re.Pattern[str], ModelRules], ...] = (
     ),
     (re.compile(r"gemini-2\.5"), ModelRules(no_tools_with_json_mode=True, no_penalties=True)),
     (re.compile(r"claude-(3|(sonnet|haiku|opus)-\d)|amazon\.nova-"), ModelRules(forced_tool_choice=True)),
+    (re.compile(r"meta\.llama|mistral\.|cohere\.command-r"), ModelRules(no_streaming_tools=True)),
+    (re.compile(r"^(mistral-small-(latest|2603)|mistral-medium-3-5)"), ModelRules(reasoning_on_off=True)),
 )
 
 

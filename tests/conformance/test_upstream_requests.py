@@ -77,6 +77,8 @@ LANDS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 STRUCTURAL = {"model", "messages", "stream", "stream_options"}
 OUTPUT_CAPS = {"max_tokens": ("max_completion_tokens",)}  # the same cap, under the field a model reads
+# A Messages client's `thinking`, under the OpenAI-like API's own switch (Mistral Small 4's `reasoning_effort`).
+THINKING_AS = {"thinking": ("reasoning_effort",)}
 
 # Model-dependent rules, as the providers document them.
 CLAUDE_NO_TEMPERATURE_WITH_TOP_P = re.compile(r"claude-(sonnet-4-5|haiku-4-5|opus-4)")
@@ -188,7 +190,7 @@ def loss_problems(provider: str, req: ChatRequest, body: dict[str, Any], dropped
         if name == "tools" and sent.get("tool_choice") == "none":
             continue  # no tool may be called: leaving them out honours the request exactly
         if provider in OPENAI_LIKE:
-            aliases = (*renamed(provider, name), *OUTPUT_CAPS.get(name, ()))
+            aliases = (*renamed(provider, name), *OUTPUT_CAPS.get(name, ()), *THINKING_AS.get(name, ()))
             carried = name in body or any(at(body, key) is not None for key in aliases)
         else:
             carried = any(at(body, path) is not None for path in LANDS[provider].get(name, ()))

@@ -6,7 +6,9 @@ each request carries a SigV4 `Authorization` for service `bedrock` in `REGION` w
 against the test credentials over the exact bytes received (`verify_sigv4`, written from the SigV4
 specification, independent of botocore). It refuses what Bedrock refuses (unknown fields, roles that
 do not alternate, a conversation not opening with the user, a forced `toolChoice` (`any` or `tool`) for a
-model other than Claude and Nova, the only ones AWS's ToolChoice reference names) with a `ValidationException`.
+model other than Claude and Nova, the only ones AWS's ToolChoice reference names, a `toolConfig` sent to
+ConverseStream for a model without streaming tool use in AWS's "Supported models and model features" table:
+Llama, Mistral, Command R) with a `ValidationException`.
 With tools and a `toolChoice` of `any` or `tool` it answers with a `toolUse`; a system prompt that gives a JSON
 Schema gets an answer following it. A request asking for Claude's `thinking` (in `additionalModelRequestFields`)
 whose final assistant turn called a tool without opening with its signed reasoning is refused, as Anthropic
@@ -61,6 +63,8 @@ REQUEST_FIELDS = {
 }
 INFERENCE_FIELDS = {"maxTokens", "temperature", "topP", "stopSequences"}
 OUTPUT_LIMITS = {"meta.llama3-3-70b-instruct": 8192}  # model id part -> the most `maxTokens` it takes
+# Model id parts of models with tool use but no streaming tool use (AWS's "Supported models and model features").
+NO_STREAMING_TOOLS = ("meta.llama", "mistral.", "cohere.command-r")
 BLOCK_FIELDS = {"text", "image", "document", "toolUse", "toolResult", "reasoningContent", "cachePoint"}
 
 
@@ -238,6 +242,13 @@ def _unforceable(body: dict[str, Any], model: str) -> str | None:
     return None
 
 
+def _no_streaming_tools(body: dict[str, Any], model: str) -> str | None:
+    """ConverseStream refuses any `toolConfig` from a model without streaming tool use, in AWS's words."""
+    if "toolConfig" in body and any(part in model for part in NO_STREAMING_TOOLS):
+        return "This model doesn't support tool use in streaming mode."
+    return None
+
+
 def _invalid_count(body: dict[str, Any]) -> str | None:
     """A CountTokens body: `{"input": {"converse": {messages, system}}}`, the Converse part as Converse checks it."""
     converse = (body.get("input") or {}).get("converse")
@@ -369,6 +380,9 @@ def create_app() -> Starlette:
         model, body, failure = await guard(request)
         if failure is not None or body is None:
             return failure or _error(400, "ValidationException", "no body")
+        refused = _no_streaming_tools(body, model)
+        if refused is not None:
+            return _error(400, "ValidationException", refused)
 
         async def frames() -> AsyncIterator[bytes]:
             if "stream-exception" in model:

@@ -182,6 +182,50 @@ def test_a_model_without_forced_tool_choice_still_answers(bedrock: Running, clie
         assert "toolConfig" not in body and '"city"' in body["system"][-1]["text"]
 
 
+CALL_WEATHER: Any = [{"role": "user", "content": 'CALL get_weather {"city":"Oslo"}'}]
+
+
+def test_llama_streams_tool_calls_from_converse(bedrock: Running, client: openai.OpenAI) -> None:
+    """ConverseStream refuses Llama's tools ("This model doesn't support tool use in streaming mode.", a 400), so every
+    streamed agent turn to Llama failed: the request goes to Converse and its whole answer reaches the client as a
+    stream, tool call, finish reason and usage included. Without tools Llama streams from ConverseStream."""
+    stream = client.chat.completions.create(
+        model="llama",
+        messages=CALL_WEATHER,
+        tools=[WEATHER_TOOL],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    calls = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or []]
+    assert [(call.id, call.function.name) for call in calls if call.id] == [(fake.TOOL_USE_ID, "get_weather")]  # type: ignore[union-attr]
+    assert "".join(call.function.arguments or "" for call in calls if call.function) == '{"city":"Oslo"}'
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    upstream = sent(bedrock)
+    assert upstream["path"] == f"/model/{LLAMA}/converse" and "toolConfig" in upstream["json"]
+
+    plain = client.chat.completions.create(model="llama", messages=HI, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in plain if c.choices)
+    assert text == fake.TEXT and sent(bedrock)["path"] == f"/model/{LLAMA}/converse-stream"
+
+
+def test_llama_tool_use_streams_to_a_messages_client(bedrock: Running) -> None:
+    """The same through Anthropic's Messages API, streamed: a tool_use block with its input, `stop_reason: tool_use`."""
+    claude = anthropic_client(bedrock, bedrock.mint(name="llama-messages"))
+    tool: Any = {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+    with claude.messages.stream(model="llama", max_tokens=100, messages=CALL_WEATHER, tools=[tool]) as events:
+        message = events.get_final_message()
+    assert message.stop_reason == "tool_use"
+    use = message.content[-1]
+    assert use.type == "tool_use" and use.name == "get_weather" and use.input == {"city": "Oslo"}
+    assert sent(bedrock)["path"] == f"/model/{LLAMA}/converse"
+
+
 def test_a_call_id_past_64_characters_goes_as_a_stand_in_paired_with_its_result(
     bedrock: Running, client: openai.OpenAI
 ) -> None:

@@ -7,7 +7,8 @@ honouring `AWS_ENDPOINT_URL_BEDROCK_RUNTIME`/`AWS_ENDPOINT_URL` and the region's
 the gateway's shared HTTP client like every other provider's. Messages become Converse turns by way
 of the Anthropic adapter's conversion (the two APIs share the turn model: system apart, alternating
 roles, tool results in the user turn), re-shaped into Converse content blocks. A stream is AWS
-event-stream framing (see `eventstream`) carrying one JSON event per frame.
+event-stream framing (see `eventstream`) carrying one JSON event per frame; a streamed request with tools to a
+model whose ConverseStream refuses them (`model_rules`: Llama, Mistral, Command R) goes to Converse instead.
 """
 
 from __future__ import annotations
@@ -586,6 +587,10 @@ class BedrockAdapter(ProviderAdapter):
                     for name, wire in (("temperature", "temperature"), ("top_p", "topP"))
                     if inference.pop(wire, None) is not None
                 ]
+        if stream and "toolConfig" in body and rules_for(target.model).no_streaming_tools:
+            # ConverseStream refuses this model's tools (a 400): Converse answers whole, and a whole answer to a
+            # streamed request is handed out as the chunks of a stream (`handler.wire.WholeBodySniffer`).
+            stream = False
         headers = {"content-type": "application/json"}
         if stream:
             headers["accept"] = "application/vnd.amazon.eventstream"

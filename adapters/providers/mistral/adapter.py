@@ -6,6 +6,12 @@ choice -> `any`, `max_completion_tokens` -> `max_tokens`); Mistral's own fields 
 from another provider (`call_...`, `toolu_...`) are mapped to nine-character ids derived from them:
 the same id always maps the same way, so an assistant's call and the tool result answering it still
 match, and the ids Mistral itself issues are left as they are.
+
+A reasoning answer (Magistral's always, Mistral Small 4's and Medium 3.5's when asked with `reasoning_effort`)
+has a list of typed chunks for `content`, in the answer and in each stream delta: `thinking` chunks (each with its
+own list of text chunks) and `text` chunks. They become `reasoning_content` and `content`, as every front-end
+reads another provider's reasoning. Small 4 and Medium 3.5 take `reasoning_effort` as `high` or `none` only
+(`model_rules`): any effort asked of them is `high`, `none` (or thinking disabled) `none`.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import re
 import string
 from typing import Any
 
-from adapters.providers.openai.adapter import OpenAIAdapter
+from adapters.providers import reasoning
+from adapters.providers.model_rules import rules_for
+from adapters.providers.openai.adapter import OpenAIAdapter, OpenAIStreamParser
 from adapters.providers.openai.profiles import PROFILES, Profile
 from handler.errors import InvalidRequestError
 from handler.ports import Target
@@ -90,6 +98,56 @@ def conform_to_mistral(body: dict[str, Any], dropped: list[str]) -> None:
             dropped.append(name)
 
 
+def _chunk_texts(chunks: Any) -> list[str]:
+    texts = (c.get("text") for c in chunks if isinstance(c, dict) and c.get("type") == "text")
+    return [text for text in texts if isinstance(text, str)]
+
+
+def split_content(content: list[Any]) -> tuple[str | None, str | None]:
+    """The answer's text and its reasoning in a list of Mistral content chunks (None where there is none): `text`
+    chunks and the text chunks inside `thinking` chunks; others (a `reference` chunk's source ids) carry neither."""
+    texts = _chunk_texts(content)
+    thoughts = [
+        text
+        for chunk in content
+        if isinstance(chunk, dict) and chunk.get("type") == "thinking"
+        for text in _chunk_texts(chunk.get("thinking") or ())
+    ]
+    return ("".join(texts) if texts else None), ("".join(thoughts) if thoughts else None)
+
+
+def conform_content(message: dict[str, Any], *, delta: bool) -> None:
+    """A message's (or a stream delta's) list `content` as OpenAI's text and `reasoning_content`, in place. A delta
+    with no text chunk carries no `content`; an answer without text has none beside its tool calls, else ""."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return
+    text, thought = split_content(content)
+    if thought is not None:
+        message["reasoning_content"] = thought
+    if text is not None:
+        message["content"] = text
+    elif delta:
+        del message["content"]
+    else:
+        message["content"] = None if message.get("tool_calls") else ""
+
+
+def _conform_choices(payload: Any, member: str) -> Any:
+    if isinstance(payload, dict) and isinstance(payload.get("choices"), list):
+        for choice in payload["choices"]:
+            if isinstance(choice, dict) and isinstance(choice.get(member), dict):
+                conform_content(choice[member], delta=member == "delta")
+    return payload
+
+
+class MistralStreamParser(OpenAIStreamParser):
+    """Mistral's chunks: OpenAI's, but for a reasoning model's deltas, whose `content` is a list of chunks."""
+
+    def conformed(self, payload: Any) -> Any:
+        return _conform_choices(payload, "delta")
+
+
 class MistralAdapter(OpenAIAdapter):
     """The `mistral` provider type (La Plateforme, or a self-hosted Mistral API at `base_url`)."""
 
@@ -105,4 +163,15 @@ class MistralAdapter(OpenAIAdapter):
         body, dropped = super().chat_body(req, target, stream=stream)
         map_tool_ids(body["messages"])
         conform_to_mistral(body, dropped)
+        wish, asked = reasoning.requested(req), reasoning.asked_with(req)
+        if wish is not None and asked in dropped and rules_for(target.model).reasoning_on_off:
+            # The profile drops `reasoning_effort` (most Mistral models refuse it); these take it, as a switch.
+            dropped.remove(asked)
+            body["reasoning_effort"] = "none" if wish.off else "high"
         return body, dropped
+
+    def conformed_answer(self, data: dict[str, Any]) -> dict[str, Any]:
+        return dict(_conform_choices(data, "message"))
+
+    def stream_parser(self, req: ChatRequest, target: Target) -> MistralStreamParser:
+        return MistralStreamParser()

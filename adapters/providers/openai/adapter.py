@@ -82,7 +82,8 @@ def conform_messages(messages: list[dict[str, Any]], profile: Profile) -> None:
 
 
 class OpenAIStreamParser:
-    """Chunks are already in the gateway's form; this validates them and keeps the usage."""
+    """Chunks are already in the gateway's form; this validates them and keeps the usage. A compatible API that
+    differs in a chunk's shape overrides `conformed`."""
 
     def __init__(self) -> None:
         self.usage: Usage | None = None
@@ -101,13 +102,17 @@ class OpenAIStreamParser:
             raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
         if isinstance(payload, dict) and "error" in payload and "choices" not in payload:
             raise error_from_body(500, data, {})
-        chunk = schemas.ChatCompletionChunk.model_validate(payload)
+        chunk = schemas.ChatCompletionChunk.model_validate(self.conformed(payload))
         if chunk.usage is not None:
             self.usage = normalize_usage(chunk.usage)
         return [chunk]
 
     def finish(self) -> list[ChatCompletionChunk]:
         return []
+
+    def conformed(self, payload: Any) -> Any:
+        """A chunk's JSON in OpenAI's shape (it is already, from OpenAI)."""
+        return payload
 
 
 def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...]) -> list[str]:
@@ -269,9 +274,13 @@ class OpenAIAdapter(ProviderAdapter):
         data = json_body(body)
         if not isinstance(data, dict) or "choices" not in data:
             raise malformed("upstream answered without choices")
-        completion = ChatCompletion.model_validate(data)
+        completion = ChatCompletion.model_validate(self.conformed_answer(data))
         completion.usage = normalize_usage(completion.usage)
         return completion
+
+    def conformed_answer(self, data: dict[str, Any]) -> dict[str, Any]:
+        """An answer's JSON in OpenAI's shape (it is already, from OpenAI); an API that differs overrides it."""
+        return data
 
     def stream_parser(self, req: ChatRequest, target: Target) -> OpenAIStreamParser:
         return OpenAIStreamParser()

@@ -247,6 +247,23 @@ def test_tool_choice_maps_to_converse(choice: object, expected: dict[str, Any]) 
 LLAMA = "us.meta.llama3-3-70b-instruct-v1:0"
 
 
+STREAMING_TOOLLESS = [LLAMA, "meta.llama4-maverick-17b-instruct-v1:0", "mistral.mistral-large-2407-v1:0"]
+
+
+@pytest.mark.parametrize("model", [*STREAMING_TOOLLESS, "cohere.command-r-v1:0"])
+def test_a_streamed_request_with_tools_goes_to_converse_for_a_model_without_streaming_tool_use(model: str) -> None:
+    """ConverseStream answers Llama, Mistral and Command R with tools "This model doesn't support tool use in
+    streaming mode." (a 400): such a request goes to Converse, whose whole answer the gateway streams. Without
+    tools, or for a model with streaming tool use, the stream is ConverseStream's."""
+    tooled = adapter().chat_request(request(tools=[WEATHER]), target(model), stream=True).request
+    assert tooled.url.endswith("/converse") and "accept" not in tooled.headers
+    assert "toolConfig" in orjson.loads(tooled.body)
+    plain = adapter().chat_request(request(), target(model), stream=True).request
+    assert plain.url.endswith("/converse-stream")
+    claude = adapter().chat_request(request(tools=[WEATHER]), target(), stream=True).request
+    assert claude.url.endswith("/converse-stream")
+
+
 @pytest.mark.parametrize("model", [LLAMA, "mistral.mistral-large-2407-v1:0", "us.deepseek.r1-v1:0"])
 @pytest.mark.parametrize(
     "choice", ["required", {"type": "function", "function": {"name": "get_weather"}}], ids=["required", "named"]

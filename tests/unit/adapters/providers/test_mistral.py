@@ -1,4 +1,4 @@
-"""The Mistral adapter: Mistral's parameter names and its nine-character tool-call ids."""
+"""The Mistral adapter: Mistral's parameter names, its nine-character tool-call ids and its reasoning answers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from adapters.providers.mistral.adapter import mistral_tool_id
 from adapters.providers.registry import REGISTRY
 from handler.ports import Target
 from handler.schemas import ChatRequest
+from handler.wire import SSEDecoder
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "mistral"
 NINE = re.compile(r"^[A-Za-z0-9]{9}$")
@@ -108,3 +109,50 @@ def test_what_mistral_refuses_is_rewritten_or_reported() -> None:
     ]
     assert body["tools"][0]["function"]["parameters"] == {"type": "object", "properties": {}}
     assert "frobnicate" not in body and sorted(built.dropped) == ["frobnicate", "messages.name"]
+
+
+def test_a_reasoning_answer_gives_its_text_and_its_reasoning() -> None:
+    """Magistral's `content` is a list of chunks (thinking, then text): every answer was a 502 (`content` must be
+    a string); the text is the answer, the thinking its `reasoning_content`."""
+    body = (FIXTURES / "magistral-response.json").read_bytes()
+    completion = adapter().chat_response(body, request(), target("magistral-medium-latest"))
+    message = completion.choices[0].message
+    assert message.content == "6 \u00d7 7 = 42."
+    assert message.reasoning_content == "The user asks for 6 times 7. That is 42."
+    assert completion.usage is not None and completion.usage.completion_tokens == 28
+
+
+def test_reasoning_beside_a_tool_call_leaves_no_content() -> None:
+    answer = orjson.loads((FIXTURES / "chat-tool-call-response.json").read_bytes())
+    answer["choices"][0]["message"]["content"] = [{"type": "thinking", "thinking": [{"type": "text", "text": "Hm."}]}]
+    message = adapter().chat_response(orjson.dumps(answer), request(), target()).choices[0].message
+    assert message.content is None and message.reasoning_content == "Hm."
+    assert message.tool_calls is not None and message.tool_calls[0].id == "D681PevKs"
+
+
+def test_a_reasoning_stream_gives_text_and_reasoning_deltas() -> None:
+    parser = adapter().stream_parser(request(), target("magistral-medium-latest"))
+    decoder = SSEDecoder()
+    events = decoder.feed((FIXTURES / "magistral-stream.sse").read_bytes()) + decoder.finish()
+    chunks = [chunk for event in events for chunk in parser.feed(event)]
+    deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
+    assert "".join(d.reasoning_content or "" for d in deltas) == "The user asks for 6 times 7. That is 42."
+    assert "".join(d.content or "" for d in deltas) == "6 \u00d7 7 = 42."
+    assert not any(d.content and d.reasoning_content for d in deltas)
+    assert parser.usage is not None and parser.usage.completion_tokens == 28 and parser.ended
+
+
+def test_reasoning_effort_goes_to_the_models_that_take_it_as_a_switch() -> None:
+    """Mistral Small 4 and Medium 3.5 take `reasoning_effort`, `high` or `none`; every other Mistral model refuses
+    it (Magistral reasons always), so there it is dropped and named."""
+    for model in ("mistral-small-latest", "mistral-small-2603", "mistral-medium-3-5"):
+        for asked, sent in (("low", "high"), ("high", "high"), ("none", "none")):
+            built = adapter().chat_request(request(reasoning_effort=asked), target(model), stream=False)
+            assert orjson.loads(built.request.body)["reasoning_effort"] == sent and built.dropped == []
+        thinking = request(thinking={"type": "enabled", "budget_tokens": 2048}, max_tokens=4096)
+        built = adapter().chat_request(thinking, target(model), stream=False)
+        body = orjson.loads(built.request.body)
+        assert body["reasoning_effort"] == "high" and "thinking" not in body and built.dropped == []
+    for model in ("mistral-large-latest", "magistral-medium-latest", "mistral-small-2506"):
+        built = adapter().chat_request(request(reasoning_effort="high"), target(model), stream=False)
+        assert "reasoning_effort" not in orjson.loads(built.request.body) and built.dropped == ["reasoning_effort"]

@@ -1,0 +1,157 @@
+"""A fake Mistral AI chat API (`POST /v1/chat/completions`), speaking Mistral's documented wire format.
+
+Mistral's chat answer is OpenAI's shape with its own differences, and those are what this fake speaks: a
+reasoning model's `content` is a list of typed chunks, a `thinking` chunk (its own list of `text` chunks) then a
+`text` chunk, beside any tool calls, in the answer and in each stream delta (docs.mistral.ai, "Exploring Mistral
+Reasoning Modes" and "Reasoning"). Magistral models (`magistral-*`) always reason; Mistral Small 4
+(`mistral-small-latest`, `mistral-small-2603`) and Medium 3.5 (`mistral-medium-3-5`) reason when asked with
+`reasoning_effort: high` and not with `none`. A stream's last chunk carries the usage (Mistral sends it unasked);
+tool calls carry Mistral's nine-character ids and their `index`.
+
+It refuses what Mistral refuses: a top-level field outside its chat request (422, `extra_forbidden`, in the shape of
+Mistral's validation errors), `stream_options`, a tool-call id that is not nine letters and digits, and a
+`reasoning_effort` other than `high` or `none`, or sent to a model without adjustable reasoning (a 400 whose wording
+is the fake's: Mistral documents no message for it). A user message may script a tool call (`tests/fakes/script.py`).
+Every request is recorded on `app.state.requests`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from tests.fakes.script import ScriptedCall, scripted_turn, texts
+
+API_KEY = "test-mistral-key"
+TEXT = "Hello from fake Mistral."
+THINKING = "The user greets me; a greeting back will do."
+CALL_ID = "D681PevKs"
+ADJUSTABLE = ("mistral-small-latest", "mistral-small-2603", "mistral-medium-3-5")
+REQUEST_FIELDS = frozenset(
+    {
+        "model", "messages", "temperature", "top_p", "max_tokens", "stream", "stop", "random_seed", "metadata",
+        "response_format", "tools", "tool_choice", "presence_penalty", "frequency_penalty", "n", "prediction",
+        "parallel_tool_calls", "reasoning_effort", "prompt_mode", "guardrails", "prompt_cache_key", "service_tier",
+        "safe_prompt", "min_tokens", "repetition_penalty", "top_k", "logprobs", "top_logprobs",
+    }
+)  # fmt: skip
+TOOL_ID = re.compile(r"^[A-Za-z0-9]{9}$")
+
+
+def _error(status: int, message: Any, kind: str) -> Response:
+    body = {"object": "error", "message": message, "type": kind, "param": None, "code": None}
+    return Response(orjson.dumps(body), status, media_type="application/json")
+
+
+def _refusal(body: dict[str, Any]) -> Response | None:
+    extra = [name for name in body if name not in REQUEST_FIELDS]
+    if extra:
+        detail = [
+            {
+                "type": "extra_forbidden",
+                "loc": ["body", name],
+                "msg": "Extra inputs are not permitted",
+                "input": body[name],
+            }
+            for name in extra
+        ]
+        return _error(422, {"detail": detail}, "invalid_request_message_error")
+    for message in body.get("messages") or ():
+        ids = [call.get("id") for call in message.get("tool_calls") or ()] + [message.get("tool_call_id")]
+        for call_id in (i for i in ids if i is not None):
+            if not TOOL_ID.match(str(call_id)):
+                return _error(
+                    400,
+                    f"Tool call id was {call_id} but must be a-z, A-Z, 0-9, with a length of 9.",
+                    "invalid_request_message_error",
+                )
+    effort = body.get("reasoning_effort")
+    if effort is not None and (effort not in ("high", "none") or not str(body["model"]).startswith(ADJUSTABLE)):
+        return _error(400, f"reasoning_effort '{effort}' is not supported by this model", "invalid_request_error")
+    return None
+
+
+def _reasons(body: dict[str, Any]) -> bool:
+    model = str(body["model"])
+    return model.startswith("magistral") or (model.startswith(ADJUSTABLE) and body.get("reasoning_effort") == "high")
+
+
+def _call(body: dict[str, Any]) -> dict[str, Any] | None:
+    messages = body.get("messages") or []
+    users = [texts(m.get("content")) for m in messages if m.get("role") == "user"]
+    last = messages[-1] if messages else {}
+    result = texts(last.get("content")) if last.get("role") == "tool" else None
+    script = scripted_turn(users, [t["function"]["name"] for t in body.get("tools") or []], result)
+    if not isinstance(script, ScriptedCall):
+        return None
+    function = {"name": script.name, "arguments": script.arguments_json}
+    return {"id": CALL_ID, "type": "function", "function": function, "index": 0}
+
+
+def _thinking(text: str) -> dict[str, Any]:
+    return {"type": "thinking", "thinking": [{"type": "text", "text": text}]}
+
+
+def create_app() -> Starlette:
+    requests: list[dict[str, Any]] = []
+
+    async def chat(request: Request) -> Response:
+        raw = await request.body()
+        body = orjson.loads(raw) if raw else {}
+        requests.append({"path": request.url.path, "headers": dict(request.headers), "json": body})
+        if request.headers.get("authorization") != f"Bearer {API_KEY}":
+            return _error(401, "Unauthorized", "invalid_request_error")
+        refused = _refusal(body)
+        if refused is not None:
+            return refused
+        call, reasons = _call(body), _reasons(body)
+        usage = {"prompt_tokens": 12, "total_tokens": 40, "completion_tokens": 28}
+        if body.get("stream"):
+            return StreamingResponse(_stream(body["model"], call, reasons, usage), media_type="text/event-stream")
+        content: Any = "" if call else TEXT
+        if reasons:
+            content = [_thinking(THINKING)] + ([] if call else [{"type": "text", "text": TEXT}])
+        message = {"role": "assistant", "tool_calls": [call] if call else None, "content": content, "prefix": False}
+        answer = {
+            "id": "cmpl-e5cc70bb28c444948073e77776eb30ef",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if call else "stop"}],
+            "usage": usage,
+        }
+        return Response(orjson.dumps(answer), media_type="application/json")
+
+    async def _stream(
+        model: str, call: dict[str, Any] | None, reasons: bool, usage: dict[str, Any]
+    ) -> AsyncIterator[bytes]:
+        base = {"id": "cmpl-4c2e8a1f6b0d4e3a", "object": "chat.completion.chunk", "created": int(time.time())}
+
+        def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            return b"data: " + orjson.dumps({**base, "model": model, "choices": [choice], **extra}) + b"\n\n"
+
+        yield event({"role": "assistant", "content": ""})
+        if reasons:
+            for piece in (THINKING[:10], THINKING[10:]):
+                yield event({"content": [_thinking(piece)]})
+        if call:
+            yield event({"tool_calls": [call]})
+        else:
+            for i, word in enumerate(TEXT.split(" ")):
+                piece = (" " if i else "") + word
+                yield event({"content": [{"type": "text", "text": piece}]} if reasons else {"content": piece})
+        yield event({"content": ""}, "tool_calls" if call else "stop", usage=usage)
+        yield b"data: [DONE]\n\n"
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    app.state.requests = requests
+    return app

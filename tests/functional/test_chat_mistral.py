@@ -1,0 +1,138 @@
+"""The official openai and anthropic SDKs against the gateway, with a fake Mistral API behind it: reasoning answers
+(Magistral's, Mistral Small 4's) whose `content` is a list of thinking and text chunks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from adapters.providers.registry import REGISTRY
+from handler.config import parse_config
+from tests.fakes import mistral as fake
+from tests.functional.conftest import Running, anthropic_client, serve_gateway
+from tests.support.servers import ServerThread
+
+PRICE = {"input": 1, "output": 2}
+HI: Any = [{"role": "user", "content": "Hi"}]
+CALL_WEATHER: Any = [{"role": "user", "content": 'CALL get_weather {"city":"Oslo"}'}]
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def mistral(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """A gateway whose only provider is Mistral, in front of the fake Mistral API."""
+    app = fake.create_app()
+    upstream = ServerThread(app).start()
+    data = {
+        "gateway": {"timeouts": {"connect": 2, "first_byte": 1.5, "between_chunks": 1.5}},
+        "providers": {
+            "mistral": {"type": "mistral", "api_key": "env:MISTRAL_API_KEY", "base_url": f"{upstream.url}/v1"}
+        },
+        "models": {
+            "magistral": {"deployments": [{"provider": "mistral", "model": "magistral-medium-latest"}], "price": PRICE},
+            "small": {"deployments": [{"provider": "mistral", "model": "mistral-small-latest"}], "price": PRICE},
+        },
+    }
+    store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('mistral-store')) / 'gateway.db'}"
+    config = parse_config(data, set(REGISTRY))
+    running, server = serve_gateway(config, store_url, upstream, {"mistral": app}, {"MISTRAL_API_KEY": fake.API_KEY})
+    yield running
+    server.stop()
+    upstream.stop()
+
+
+@pytest.fixture
+def client(mistral: Running) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{mistral.url}/v1", api_key=mistral.mint(name="mistral"), max_retries=0) as sdk:
+        yield sdk
+
+
+def sent(running: Running) -> dict[str, Any]:
+    requests: list[dict[str, Any]] = running.fakes["mistral"].state.requests
+    return requests[-1]
+
+
+def test_a_magistral_answer_reads_as_text_and_reasoning(client: openai.OpenAI) -> None:
+    """Magistral's `content` is a list of chunks: every call was a 502. Chat Completions clients get the text as
+    `content` and the thinking as `reasoning_content`, streamed or not, as from other reasoning providers."""
+    message = client.chat.completions.create(model="magistral", messages=HI).choices[0].message
+    assert message.content == fake.TEXT
+    assert (message.model_extra or {})["reasoning_content"] == fake.THINKING
+
+    chunks = list(
+        client.chat.completions.create(
+            model="magistral", messages=HI, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join(d.content or "" for d in deltas) == fake.TEXT
+    assert "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas) == fake.THINKING
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 28
+
+
+def test_reasoning_beside_a_tool_call(client: openai.OpenAI) -> None:
+    for stream in (False, True):
+        if stream:
+            chunks = list(
+                client.chat.completions.create(
+                    model="magistral", messages=CALL_WEATHER, tools=[WEATHER_TOOL], stream=True
+                )
+            )
+            calls = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or []]
+            assert [call.id for call in calls] == [fake.CALL_ID]
+            finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+            assert finish == ["tool_calls"]
+        else:
+            answer = client.chat.completions.create(model="magistral", messages=CALL_WEATHER, tools=[WEATHER_TOOL])
+            message = answer.choices[0].message
+            assert message.tool_calls is not None and message.tool_calls[0].id == fake.CALL_ID
+            assert not message.content and (message.model_extra or {})["reasoning_content"] == fake.THINKING
+
+
+def test_mistral_small_reasons_when_asked(mistral: Running, client: openai.OpenAI) -> None:
+    """Mistral Small 4 takes `reasoning_effort` (`high` or `none`); the profile dropped it for every Mistral model."""
+    raw = client.chat.completions.with_raw_response.create(model="small", messages=HI, reasoning_effort="medium")
+    message = raw.parse().choices[0].message
+    assert "x-gateway-dropped-params" not in raw.headers and sent(mistral)["json"]["reasoning_effort"] == "high"
+    assert message.content == fake.TEXT and (message.model_extra or {})["reasoning_content"] == fake.THINKING
+    plain = client.chat.completions.create(model="small", messages=HI, reasoning_effort="none").choices[0].message
+    assert plain.content == fake.TEXT and not (plain.model_extra or {}).get("reasoning_content")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_messages_client_gets_a_thinking_block_and_the_text(mistral: Running, stream: bool) -> None:
+    """Through Anthropic's Messages API, Magistral's reasoning is a `thinking` block before the text."""
+    claude = anthropic_client(mistral, mistral.mint(name=f"mistral-messages-{stream}"))
+    asked: Any = {"model": "magistral", "max_tokens": 200, "messages": HI}
+    if stream:
+        with claude.messages.stream(**asked) as events:
+            message = events.get_final_message()
+    else:
+        message = claude.messages.create(**asked)
+    kinds = [block.type for block in message.content]
+    assert kinds == ["thinking", "text"]
+    assert message.content[0].thinking == fake.THINKING  # type: ignore[union-attr]
+    assert message.content[1].text == fake.TEXT  # type: ignore[union-attr]
+    assert message.stop_reason == "end_turn"
+
+
+def test_a_responses_client_gets_a_reasoning_item_and_the_text(client: openai.OpenAI) -> None:
+    """Through the Responses API, streamed or not, Magistral's reasoning is a reasoning item before the message."""
+    response = client.responses.create(model="magistral", input="Hi")
+    assert [item.type for item in response.output] == ["reasoning", "message"]
+    assert response.output_text == fake.TEXT
+    with client.responses.stream(model="magistral", input="Hi") as events:
+        final = events.get_final_response()
+    assert [item.type for item in final.output] == ["reasoning", "message"] and final.output_text == fake.TEXT
