@@ -166,6 +166,11 @@ class ProviderAdapter(ABC):
     semconv_provider: ClassVar[str | None] = None
     default_base_url: ClassVar[str] = ""
     key_env_var: ClassVar[str | None] = None
+    # The config options it reads beyond `type`, `api_key`, `base_url` and `region`: on its provider
+    # (`providers.NAME.OPTION`) and on a deployment of it (`models.M.deployments[i].OPTION`). Any other is a
+    # mistake the config check names: a misspelt `base_ulr` was taken and ignored, and requests went elsewhere.
+    provider_options: ClassVar[frozenset[str]] = frozenset()
+    deployment_options: ClassVar[frozenset[str]] = frozenset()
     requires_key: bool = True
     supports_embeddings: ClassVar[bool] = False
     # A regional API (Bedrock): a deployment that names no region runs in the gateway's own region.

@@ -163,6 +163,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         config = load_config(args.config or os.environ.get("GATEWAY_CONFIG") or None, _known_types())
         otlp_settings(config.observability.otlp, os.environ)
         _provider_headers(config)
+        from adapters.providers.registry import REGISTRY
+        from handler.pipeline.gateway import unread_options
+
+        unread = unread_options(config, REGISTRY)
+        if unread:
+            raise ConfigError(unread)
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 1

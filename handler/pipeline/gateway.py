@@ -198,12 +198,37 @@ def gateway_region(environ: Mapping[str, str]) -> str:
     return environ.get("AWS_REGION") or environ.get("GATEWAY_REGION") or "us-east-1"
 
 
+def unread_options(config: Config, registry: Mapping[str, type[ProviderAdapter]]) -> list[str]:
+    """Each option of the config's providers and deployments that their adapter does not read
+    (`ProviderAdapter.provider_options`, `deployment_options`): a misspelt `base_ulr` or `regoin` was taken and
+    ignored, and requests went to the default endpoint or region."""
+    problems = []
+    for name, provider in config.providers.items():
+        cls = registry[provider.type]
+        for option in sorted(set(provider.model_extra or {}) - cls.provider_options):
+            known = ", ".join(sorted({"api_key", "base_url", "region", *cls.provider_options}))
+            problems.append(f"providers.{name}.{option}: not an option of provider type {provider.type} ({known})")
+    for model, spec in config.models.items():
+        for i, deployment in enumerate(spec.deployments):
+            serving = config.providers.get(deployment.provider)
+            if serving is None:
+                continue  # (named by the config's own check)
+            readable = registry[serving.type].deployment_options
+            for option in sorted(set(deployment.model_extra or {}) - readable):
+                known = ", ".join(sorted({"provider", "model", "region", "base_url", "reasoning", *readable}))
+                problems.append(f"models.{model}.deployments[{i}].{option}: not an option of a deployment ({known})")
+    return problems
+
+
 def build_adapters(
     config: Config,
     registry: Mapping[str, type[ProviderAdapter]],
     environ: Mapping[str, str],
     fetch: SecretFetcher | None = None,
 ) -> dict[str, ProviderAdapter]:
+    problems = unread_options(config, registry)
+    if problems:
+        raise ConfigError(problems)
     adapters: dict[str, ProviderAdapter] = {}
     for name, provider in config.providers.items():
         cls = registry[provider.type]

@@ -614,6 +614,8 @@ class AnthropicAdapter(ProviderAdapter):
     type_name = "anthropic"
     default_base_url = "https://api.anthropic.com"
     key_env_var = "ANTHROPIC_API_KEY"
+    provider_options = frozenset({"anthropic_beta", "headers", "max_output_tokens"})
+    deployment_options = frozenset({"max_output_tokens"})
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "anthropic-version": API_VERSION}

@@ -146,6 +146,8 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     default_base_url = ""
     key_env_var = "AZURE_OPENAI_API_KEY"
     supports_embeddings = True
+    provider_options = OpenAIAdapter.provider_options | {"api_version"}
+    deployment_options = frozenset({"api_version"})
 
     def base_url(self, region: str, override: str | None) -> str:
         url = super().base_url(region, override)

@@ -508,6 +508,8 @@ class BedrockAdapter(ProviderAdapter):
     semconv_provider = "aws.bedrock"
     requires_key = False
     regional = True
+    provider_options = frozenset({"max_output_tokens"})
+    deployment_options = frozenset({"max_output_tokens"})
 
     def base_url(self, region: str, override: str | None) -> str:
         configured = override or self.options.get("base_url")

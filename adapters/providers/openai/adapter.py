@@ -186,6 +186,7 @@ class OpenAIAdapter(ProviderAdapter):
     default_base_url = "https://api.openai.com/v1"
     key_env_var = "OPENAI_API_KEY"
     supports_embeddings = True
+    provider_options = frozenset({"profile", "auth", "headers", "responses_api", "responses_store"})
 
     def __init__(self, name: str, secret: str | None, options: Mapping[str, Any]) -> None:
         super().__init__(name, secret, options)

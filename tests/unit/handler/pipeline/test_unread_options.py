@@ -1,0 +1,75 @@
+"""A provider's or a deployment's option that its adapter does not read is a config error, not ignored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from adapters.providers.registry import REGISTRY
+from handler.config import ConfigError, parse_config
+from handler.pipeline.gateway import build_adapters, unread_options
+
+
+def config(provider: dict[str, Any], deployment: dict[str, Any] | None = None) -> Any:
+    return parse_config(
+        {
+            "providers": {"up": provider},
+            "models": {
+                "m": {"deployments": [{"provider": "up", "model": "m", **(deployment or {})}], "price": "unknown"}
+            },
+        },
+        set(REGISTRY),
+    )
+
+
+def test_a_misspelt_option_stops_the_gateway_with_its_path() -> None:
+    """`base_ulr` and `regoin` were taken and ignored (found by review): requests went to OpenAI's own endpoint."""
+    typo = config({"type": "openai", "api_kye": "env:K", "base_ulr": "http://up/v1"}, {"regoin": "eu-west-1"})
+    problems = unread_options(typo, REGISTRY)
+    assert [p.split(":")[0] for p in problems] == [
+        "providers.up.api_kye",
+        "providers.up.base_ulr",
+        "models.m.deployments[0].regoin",
+    ]
+    assert "base_url" in problems[1] and "region" in problems[2]  # what it could have meant
+    with pytest.raises(ConfigError) as caught:
+        build_adapters(typo, REGISTRY, {})
+    assert caught.value.problems == problems
+
+
+@pytest.mark.parametrize(
+    ("provider", "deployment"),
+    [
+        ({"type": "openai", "auth": "none", "profile": "groq", "headers": {"x-a": "b"}, "responses_api": "native"}, {}),
+        (
+            {"type": "azure", "base_url": "https://r.openai.azure.com", "api_version": "2024-10-21"},
+            {"api_version": "2025-04-01-preview"},
+        ),
+        ({"type": "anthropic", "anthropic_beta": "x", "max_output_tokens": 8192}, {"max_output_tokens": 4096}),
+        ({"type": "bedrock", "region": "us-east-1", "max_output_tokens": 8192}, {"max_output_tokens": 4096}),
+        ({"type": "mistral", "profile": "mistral"}, {}),
+        ({"type": "gemini"}, {"region": "global", "base_url": "http://g"}),
+    ],
+)
+def test_the_options_each_adapter_reads_are_taken(provider: dict[str, Any], deployment: dict[str, Any]) -> None:
+    assert unread_options(config(provider, deployment), REGISTRY) == []
+
+
+def test_an_option_of_another_provider_type_is_refused() -> None:
+    """Azure's `api_version` on an OpenAI provider, or `headers` on Gemini (which sends none), would be ignored."""
+    assert unread_options(config({"type": "openai", "api_version": "2024-10-21"}), REGISTRY)
+    assert unread_options(config({"type": "gemini", "headers": {"x-a": "b"}}), REGISTRY)
+    assert unread_options(config({"type": "openai"}, {"max_output_tokens": 5}), REGISTRY)
+
+
+def test_config_check_names_it(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from handler.entry.cli import main
+
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "providers:\n  up: {type: openai, auth: none, base_ulr: 'http://up/v1'}\n"
+        "models:\n  m: {deployments: [{provider: up, model: m}], price: unknown}\n"
+    )
+    assert main(["config", "check", "--config", str(path)]) == 1
+    assert "providers.up.base_ulr: not an option of provider type openai" in capsys.readouterr().err
