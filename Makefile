@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP) $(RUNTIME)
 
+# Options for `gateway serve` (and `make demo`): make serve ARGS='--port 8081 --config my.yaml'
+ARGS ?=
+
 serve: $(RUNTIME)
-	$(BIN)/gateway serve
+	$(BIN)/gateway serve $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check handler adapters tests
