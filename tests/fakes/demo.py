@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "request leaves this machine.\n"
             f"  models: {', '.join(MODELS)}\n"
             f"  config: {config} (providers at {', '.join(fake.url for fake in fakes.values())})\n"
-            f"  `gateway` commands reach its store with: export GATEWAY_STORE={store}\n"
+            f"  store: {store} (for `gateway` commands: GATEWAY_STORE={store} .venv/bin/gateway usage)\n"
         )
         sys.stdout.flush()
         return gateway(["serve", "--config", str(config), "--store", store, "--port", str(args.port)])
