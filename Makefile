@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck unit bench tools claude-code clients clean sam-check
+# `make demo` serves the README's models from the repository's fake providers (tests/fakes/demo.py): no key needed.
+.PHONY: serve demo test lint typecheck unit bench tools claude-code clients clean sam-check
 
 # The pip that venv bundles installs everything here; upgrading it first cost a download and a warning.
 $(BIN)/python:
@@ -21,8 +22,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP) $(RUNTIME)
 
+# Options for `gateway serve` (and `make demo`): make serve ARGS='--port 8081 --config my.yaml'
+ARGS ?=
+
 serve: $(RUNTIME)
-	$(BIN)/gateway serve
+	$(BIN)/gateway serve $(ARGS)
+
+demo: $(RUNTIME)
+	$(BIN)/python -m tests.fakes.demo $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check handler adapters tests

@@ -6,11 +6,12 @@ import argparse
 import asyncio
 import os
 import re
+import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -18,10 +19,13 @@ from handler.api.key_routes import key_view
 from handler.config import Config, ConfigError, load_config
 from handler.pipeline.attribution import parse_tags
 from handler.pipeline.gateway import DEFAULT_STORE_URL
-from handler.pipeline.keys import KeyService, key_names, with_descendants
+from handler.pipeline.keys import KeyService, key_names, split_key, with_descendants
 from handler.ports import KeyRecord, Store, StoreError
 from handler.redaction import redact_message
 from handler.telemetry.tracing import otlp_settings
+
+if TYPE_CHECKING:
+    import uvicorn
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -94,6 +98,56 @@ async def ensure_admin_key(store: Store) -> str | None:
     return minted.key
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The gateway's listening socket, bound before anything says the gateway listens (as uvicorn binds it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(2048)  # uvicorn's default backlog: connections wait from here on, none is refused
+    except OSError:
+        listener.close()
+        raise
+    listener.set_inheritable(True)  # for --workers, whose processes share it
+    return listener
+
+
+def _run_server(config: uvicorn.Config, listener: socket.socket) -> None:
+    """Serve on `listener` until a signal stops the server (its workers, with `--workers` above 1)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    if config.workers > 1:
+        Multiprocess(config, sockets=[listener]).run()
+    else:
+        uvicorn.Server(config).run(sockets=[listener])
+
+
+def provider_variables_holding_gateway_keys(config: Config, environ: Mapping[str, str]) -> list[str]:
+    """The environment variables providers take their keys from that hold one of this gateway's own keys: the
+    client setup (`OPENAI_API_KEY=$GATEWAY_KEY`) exported in the shell that then starts the gateway."""
+    from adapters.providers.registry import REGISTRY
+
+    found: list[str] = []
+    for provider in config.providers.values():
+        default = REGISTRY[provider.type].key_env_var
+        reference = provider.api_key or (f"env:{default}" if default else "")
+        name = reference.removeprefix("env:") if reference.startswith("env:") else ""
+        if name and name not in found and split_key(environ.get(name, "").strip()) is not None:
+            found.append(name)
+    return found
+
+
+def _warn_of_gateway_keys_as_provider_keys(config: Config, environ: Mapping[str, str]) -> None:
+    for name in provider_variables_holding_gateway_keys(config, environ):
+        sys.stderr.write(
+            f"warning: {name} holds a gateway key (gwk_...), not the provider's: the gateway ignores it and the "
+            f"models behind it answer 503 provider_not_configured. Set {name} to the provider's own key in the "
+            f"shell that starts the gateway, or start it without: `env -u {name} make serve`\n"
+        )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -119,36 +173,52 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"config error:\n{exc}\n")
         return 2
-    store = _store(None)
-    secret = asyncio.run(ensure_admin_key(store))
-    asyncio.run(store.close())
-    url = f"http://{args.host}:{args.port}"
-    if secret:
-        sys.stdout.write(
-            "\nCreated the first admin key. It is shown once; keep it somewhere safe:\n\n"
-            f"    export GATEWAY_KEY={secret}\n\n"
-            "Clients (the openai SDK, Codex, curl) then use:\n\n"
-            f"    export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY=$GATEWAY_KEY\n\n"
-            f"The dashboard ({url}/dashboard) asks for this admin key; `gateway dashboard` opens it signed in.\n\n"
+    try:
+        listener = _listen(args.host, args.port)
+    except OSError as exc:
+        sys.stderr.write(
+            f"gateway serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}. Stop what holds "
+            "that port, or choose another: `gateway serve --port N` (`make serve ARGS='--port N'`)\n"
         )
-    source = os.environ.get("GATEWAY_CONFIG") or "the shipped default config"
-    sys.stdout.write(f"gateway listening on {url} (store {_store_url(None)}, {source}); Ctrl-C stops it\n")
-    sys.stdout.flush()
-    uvicorn.run(
-        "handler.entry.asgi:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level="warning",
-        access_log=False,
-        # uvicorn would otherwise take X-Forwarded-For from loopback peers as the client's address and
-        # let it pass an IP allowlist; the app trusts only `gateway.trusted_proxies`.
-        proxy_headers=False,
-        loop="uvloop" if _has("uvloop") else "asyncio",
-        # Request headers are bounded (431 beyond `gateway.limits.request_header_bytes`): see handler/entry/server.py.
-        http="handler.entry.server:BoundedHttpToolsProtocol" if _has("httptools") else "h11",
-        h11_max_incomplete_event_size=config.gateway.limits.request_header_bytes,
-    )
+        return 1
+    with listener:
+        _warn_of_gateway_keys_as_provider_keys(config, os.environ)
+        store = _store(None)
+        secret = asyncio.run(ensure_admin_key(store))
+        asyncio.run(store.close())
+        url = f"http://{args.host}:{args.port}"
+        if secret:
+            sys.stdout.write(
+                "\nCreated the first admin key. It is shown once; keep it somewhere safe:\n\n"
+                f"    export GATEWAY_KEY={secret}\n\n"
+                "Clients (the openai SDK, Codex, curl) then use, in their own shell:\n\n"
+                f"    export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY=$GATEWAY_KEY\n\n"
+                "Not in the shell that starts the gateway: there OPENAI_API_KEY is the gateway's own key to OpenAI.\n"
+                f"The dashboard ({url}/dashboard) asks for this admin key; `gateway dashboard` opens it signed in.\n\n"
+            )
+        source = os.environ.get("GATEWAY_CONFIG") or "the shipped default config"
+        sys.stdout.write(f"gateway listening on {url} (store {_store_url(None)}, {source}); Ctrl-C stops it\n")
+        sys.stdout.flush()
+        server = uvicorn.Config(
+            "handler.entry.asgi:app",
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level="warning",
+            access_log=False,
+            # uvicorn would otherwise take X-Forwarded-For from loopback peers as the client's address and
+            # let it pass an IP allowlist; the app trusts only `gateway.trusted_proxies`.
+            proxy_headers=False,
+            loop="uvloop" if _has("uvloop") else "asyncio",
+            # Request headers are bounded (431 beyond `gateway.limits.request_header_bytes`): see
+            # handler/entry/server.py.
+            http="handler.entry.server:BoundedHttpToolsProtocol" if _has("httptools") else "h11",
+            h11_max_incomplete_event_size=config.gateway.limits.request_header_bytes,
+        )
+        try:
+            _run_server(server, listener)
+        except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on
+            pass
     return 0
 
 

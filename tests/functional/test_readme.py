@@ -7,14 +7,17 @@ import contextlib
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.functional.conftest import Running
+from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = "http://127.0.0.1:8080"
@@ -32,24 +35,30 @@ def test_the_section_has_its_examples() -> None:
     assert len(examples("python")) >= 2 and any(code.startswith("curl ") for code in examples("sh"))
 
 
-@pytest.mark.parametrize("code", examples("python"), ids=lambda code: code.split("client = ")[1].split("(")[0])
-def test_each_python_example_runs(code: str, running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GATEWAY_KEY", running.mint(name="readme"))
+def run_python_example(code: str, url: str) -> list[str]:
+    """What a README Python example prints, run against the gateway at `url` (GATEWAY_KEY set by the caller)."""
     assert LOCAL in code
     namespace: dict[str, Any] = {}
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
-            exec(compile(code.replace(LOCAL, running.url), "README.md", "exec"), namespace)
+            exec(compile(code.replace(LOCAL, url), "README.md", "exec"), namespace)
     finally:
         client = namespace.get("client")
         if client is not None:
             client.close()  # its connections, which pytest would otherwise report as left open
-    # (The gateway runs in this process: its request log lines land here too.)
+    # (A gateway running in this process logs its requests here too.)
     lines = [line for line in printed.getvalue().splitlines() if not line.startswith('{"level"')]
     assert lines and all(line.strip() for line in lines), lines
     if "x-gateway-route" in code:
         assert re.search(r"=200 \d+\.\d+", lines[1]), lines  # the route's outcome, then the cost
+    return lines
+
+
+@pytest.mark.parametrize("code", examples("python"), ids=lambda code: code.split("client = ")[1].split("(")[0])
+def test_each_python_example_runs(code: str, running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_KEY", running.mint(name="readme"))
+    run_python_example(code, running.url)
 
 
 @pytest.mark.parametrize("code", examples("sh"), ids=lambda code: code.split()[0].rsplit("/", 1)[-1])
@@ -65,3 +74,52 @@ def test_each_shell_example_runs(code: str, running: Running) -> None:
         assert ran.stdout.rstrip().endswith("data: [DONE]") and '"cost"' in ran.stdout
     else:
         assert '"key": "gwk_' in ran.stdout  # the new key, printed once
+
+
+def test_make_demo_runs_the_fake_providers_and_prints_the_key_the_examples_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make demo`, as the quick start shows it: no provider key in its environment, and the README's curl, OpenAI
+    SDK and Anthropic SDK examples answered through it with the key it printed."""
+    quick_start = (ROOT / "README.md").read_text().split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
+    assert "make demo" in quick_start
+    recipe = re.search(r"^demo:.*\n\t(.*)$", (ROOT / "Makefile").read_text(), re.M)
+    assert recipe and "-m tests.fakes.demo $(ARGS)" in recipe.group(1)
+
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("GATEWAY_")}
+    output = tmp_path / "demo.log"
+    with output.open("w") as log:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "tests.fakes.demo", "--port", str(port), "--folder", str(tmp_path / "demo")],
+            cwd=ROOT,
+            env=environ,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "gateway listening on" not in output.read_text():
+            assert demo.poll() is None and time.monotonic() < deadline, output.read_text()
+            time.sleep(0.1)
+        printed = output.read_text()
+        key = re.search(r"^    export GATEWAY_KEY=(gwk_\S+)$", printed, re.M)
+        assert key, printed
+        url = f"http://127.0.0.1:{port}"
+
+        curl = next(code for code in examples("sh") if code.startswith("curl "))
+        ran = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", curl.replace(LOCAL, url)],
+            env={**environ, "GATEWAY_KEY": key.group(1)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert ran.stdout.rstrip().endswith("data: [DONE]") and '"cost"' in ran.stdout, ran.stdout + ran.stderr
+        monkeypatch.setenv("GATEWAY_KEY", key.group(1))
+        for code in examples("python"):
+            run_python_example(code, url)
+    finally:
+        demo.send_signal(signal.SIGINT)  # Ctrl-C
+        returncode = demo.wait(15)
+    assert returncode == 0, output.read_text()

@@ -1,13 +1,17 @@
-"""The command line finds the server's store, and a read-only command never creates one."""
+"""The command line finds the server's store, and a read-only command never creates one; `gateway serve` says it
+listens only once it does, and names the mistakes a newcomer makes starting it."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import orjson
 import pytest
 
+from handler.entry import cli
 from handler.entry.cli import main
+from tests.support.servers import free_port
 
 
 def test_read_only_commands_name_the_missing_store_and_create_nothing(
@@ -79,3 +83,67 @@ def test_a_store_the_cli_cannot_open_is_one_line_not_a_traceback(capsys: pytest.
     assert main(["usage", "--store", "bogus://x"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("gateway: the store cannot be used") and "Traceback" not in error
+
+
+@pytest.fixture
+def serve_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`gateway serve`'s environment for a test: a fresh store in `tmp_path`, the shipped config, no provider
+    key; the store's URL."""
+    store = f"sqlite:///{tmp_path / 'gateway.db'}"
+    monkeypatch.setenv("GATEWAY_STORE", store)
+    monkeypatch.delenv("GATEWAY_CONFIG", raising=False)
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "DEEPSEEK_API_KEY", "MISTRAL_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    return store
+
+
+def test_serve_says_it_listens_once_it_does(
+    serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    seen: dict[str, object] = {}
+
+    def serving(config: object, listener: socket.socket) -> None:
+        seen["printed"] = capsys.readouterr().out
+        with socket.create_connection(("127.0.0.1", port), timeout=2):  # refused, were nothing listening yet
+            seen["connected"] = True
+
+    monkeypatch.setattr(cli, "_run_server", serving)
+    assert main(["serve", "--port", str(port)]) == 0
+    assert f"gateway listening on http://127.0.0.1:{port}" in str(seen["printed"]) and seen["connected"]
+
+
+def test_serve_on_a_port_in_use_names_the_option_and_starts_nothing(
+    serve_here: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 1
+    printed = capsys.readouterr()
+    assert printed.out == ""  # neither "listening" nor an admin key nobody can use
+    assert f"127.0.0.1:{port}" in printed.err and "gateway serve --port N" in printed.err
+    assert not (tmp_path / "gateway.db").exists()
+
+
+def test_the_client_setup_serve_prints_belongs_in_another_shell(
+    serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
+    assert main(["serve", "--port", str(free_port())]) == 0
+    out = capsys.readouterr().out
+    assert "export GATEWAY_KEY=gwk_" in out and "OPENAI_API_KEY=$GATEWAY_KEY" in out
+    assert "Not in the shell that starts the gateway" in out
+
+
+def test_serve_names_a_gateway_key_left_where_a_provider_key_belongs(
+    serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The client setup exported in the shell that then starts the gateway: OpenAI's models would answer 503
+    though OPENAI_API_KEY is set, so serve says why at once."""
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
+    monkeypatch.setenv("OPENAI_API_KEY", "gwk_abcdefghijkm_" + "s" * 43)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-not-a-gateway-key")
+    assert main(["serve", "--port", str(free_port())]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "holds a gateway key" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: OPENAI_API_KEY holds a gateway key"), warnings
+    assert "env -u OPENAI_API_KEY make serve" in warnings[0]
