@@ -172,6 +172,8 @@ class ProviderAdapter(ABC):
     provider_options: ClassVar[frozenset[str]] = frozenset()
     deployment_options: ClassVar[frozenset[str]] = frozenset()
     requires_key: bool = True
+    # The reference (`env:OPENAI_API_KEY`) that held one of this gateway's own keys, refused as the provider's.
+    refused_reference: str | None = None
     supports_embeddings: ClassVar[bool] = False
     # A regional API (Bedrock): a deployment that names no region runs in the gateway's own region.
     regional: ClassVar[bool] = False

@@ -234,16 +234,18 @@ def build_adapters(
         cls = registry[provider.type]
         ref = provider.api_key if provider.api_key else (f"env:{cls.key_env_var}" if cls.key_env_var else None)
         secret = resolve_secret(ref, environ, fetch)
+        refused = None
         if secret is not None and split_key(secret.strip()) is not None:
             # One of this gateway's own keys (a client's environment, say): it must never be sent upstream.
-            shown = reference_name(ref or "")
-            logger.warning(f"provider {name}: {shown} holds a gateway key (gwk_...), not a provider key; ignored")
+            refused = reference_name(ref or "")
+            logger.warning(f"provider {name}: {refused} holds a gateway key (gwk_...), not a provider key; ignored")
             secret = None
         redaction.register(secret)
         options = provider.options()
         if "headers" in options:
             options["headers"] = provider_headers(name, options["headers"], environ, fetch)
         adapters[name] = cls(name, secret, options)
+        adapters[name].refused_reference = refused
     return adapters
 
 

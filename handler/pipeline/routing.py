@@ -202,8 +202,15 @@ class Router:
             first = attempts[0]
             ref = self.config.providers[first.target.provider].api_key
             ref = ref or (f"env:{first.adapter.key_env_var}" if first.adapter.key_env_var else None)
+            hint = reference_hint(ref)
+            if first.adapter.refused_reference:  # set, but to one of this gateway's own keys (a client's setup)
+                hint = (
+                    f"{first.adapter.refused_reference} holds one of this gateway's own keys (gwk_...), not the "
+                    "provider's: set the provider's key there in the gateway's environment (a gateway key belongs "
+                    "in a client's)"
+                )
             raise ServiceUnavailableError(
-                f"provider '{first.target.provider}' for model '{model}' has no API key: {reference_hint(ref)}",
+                f"provider '{first.target.provider}' for model '{model}' has no API key: {hint}",
                 code="provider_not_configured",
             )
         return Plan(usable, skipped)

@@ -671,6 +671,10 @@ def test_the_gateways_own_key_is_never_used_as_a_provider_key(
         answer = chat(running, running.mint())
         assert answer.status_code == 503 and answer.json()["error"]["code"] == "provider_not_configured"
         assert all(own not in str(r["headers"]) for r in fakes["openai"].state.requests[since:])
+        # The answer says why (it said "set the environment variable OPENAI_API_KEY", which was set: the client
+        # setup `make serve` prints, exported in the gateway's own shell; found by review), and never the key.
+        message = answer.json()["error"]["message"]
+        assert "env:OPENAI_API_KEY holds one of this gateway's own keys" in message and own not in answer.text
     finally:
         gateway_server.stop()
 
