@@ -1,7 +1,8 @@
-"""Tool call ids as OpenAI's APIs take them: at most 64 characters.
+"""Tool call ids as OpenAI's APIs and Bedrock's Converse take them: at most 64 characters.
 
 OpenAI (and Azure OpenAI) refuse a longer one with a 400 (`string_above_max_length`, on Chat Completions'
-`messages[i].tool_calls[j].id` and `tool_call_id`, on the Responses API's `input[i].call_id`), yet longer ones
+`messages[i].tool_calls[j].id` and `tool_call_id`, on the Responses API's `input[i].call_id`), and Bedrock
+refuses a `toolUseId` past 64 characters (a `ValidationException`), yet longer ones
 reach the gateway legitimately: the Gemini adapter carries a call's thought signature in its id (hundreds of
 characters), and MCP tools and other clients make long ids of their own. A session whose earlier turns another
 provider served would then fail on every later turn. The provider only pairs a call with its result within one
