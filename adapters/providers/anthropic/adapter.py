@@ -92,6 +92,7 @@ TRANSLATED = frozenset(
         "parallel_tool_calls",
         "response_format",
         "user",
+        "safety_identifier",
         "reasoning_effort",
         "thinking",
     }
@@ -657,15 +658,26 @@ class AnthropicAdapter(ProviderAdapter):
             # Anthropic refuses the whole request for a whitespace-only sequence ("each stop sequence must
             # contain non-whitespace"); a newline stop is common from OpenAI clients.
             dropped.append("stop")
-        if req.user:
-            body["metadata"] = {"user_id": req.user}
+        # The end user, as Anthropic's abuse detection takes it: OpenAI's `user`, or the `safety_identifier` that
+        # replaces it (a Responses client following OpenAI's advice sends only that).
+        safety = (req.model_extra or {}).get("safety_identifier")
+        who = req.user or (safety if isinstance(safety, str) else None)
+        if who:
+            body["metadata"] = {"user_id": who}
+        if safety is not None and safety != who:
+            dropped.append("safety_identifier")
 
         tools, tool_choice = _tools(req), _tool_choice(req)
         forced = json_tool(req)
         if forced is not None:
             named = tool_choice is not None and tool_choice["type"] == "tool"
+            if tool_choice is not None and tool_choice["type"] == "none":
+                tools = []  # no function may be called: the answer is the JSON tool's alone (as on Bedrock)
             if not named:
+                one = req.parallel_tool_calls is False and bool(tools)  # (the JSON tool alone is one call anyway)
                 tool_choice = {"type": "tool", "name": JSON_TOOL} if not tools else {"type": "any"}
+                if one:
+                    tool_choice["disable_parallel_tool_use"] = True
             tools.append(forced)
         elif req.response_format is not None and req.response_format.type == "json_object":
             system.append({"type": "text", "text": JSON_OBJECT_INSTRUCTION})

@@ -475,6 +475,27 @@ def test_json_schema_with_client_tools_requires_some_tool() -> None:
     assert [t["name"] for t in body["tools"]] == ["get_weather", JSON_TOOL] and body["tool_choice"] == {"type": "any"}
 
 
+def test_json_schema_keeps_tool_choice_none_and_one_call_at_a_time() -> None:
+    """`tool_choice: none` became `any` beside the client's tools, so Claude was made to call one; and
+    `parallel_tool_calls: false` was lost (found by review)."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "grade", "schema": SCHEMA}}
+    body, dropped = built(request(response_format=fmt, tools=[WEATHER], tool_choice="none"))
+    assert [t["name"] for t in body["tools"]] == [JSON_TOOL] and body["tool_choice"] == {
+        "type": "tool",
+        "name": JSON_TOOL,
+    }
+    body, _ = built(request(response_format=fmt, tools=[WEATHER], parallel_tool_calls=False))
+    assert body["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
+
+
+def test_the_end_user_is_the_user_else_the_safety_identifier() -> None:
+    """OpenAI replaces `user` with `safety_identifier`: a client sending only that lost its end user at Anthropic."""
+    body, dropped = built(request(safety_identifier="end-user-42"))
+    assert body["metadata"] == {"user_id": "end-user-42"} and dropped == []
+    body, dropped = built(request(user="u-1", safety_identifier="end-user-42"))
+    assert body["metadata"] == {"user_id": "u-1"} and dropped == ["safety_identifier"]
+
+
 # --- answer --------------------------------------------------------------------------------------
 
 
