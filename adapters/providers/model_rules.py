@@ -7,6 +7,7 @@ version suffixes included) and what that family requires.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Final
 
@@ -69,27 +70,34 @@ NO_RULES = ModelRules()
 # Meta Llama, Mistral AI's models and Cohere Command R/R+ have the first and not the second), Mistral's reasoning page
 # ("adjustable reasoning is available on mistral-small-latest and mistral-medium-3-5 via the reasoning_effort
 # parameter": `high` or `none`; mistral-small-latest is Mistral Small 4, mistral-small-2603).
-MODEL_RULES: tuple[tuple[re.Pattern[str], ModelRules], ...] = (
+MODEL_RULES: tuple[tuple[str, ModelRules], ...] = (
     (
-        re.compile(r"claude-(sonnet|haiku|opus)-4-5|claude-opus-4"),
+        r"claude-(sonnet|haiku|opus)-4-5|claude-opus-4",
         ModelRules(one_sampling_knob=True, forced_tool_choice=True),
     ),
-    (re.compile(r"^(o\d|gpt-5)"), ModelRules(completion_tokens_field=True)),
+    (r"^(o\d|gpt-5)", ModelRules(completion_tokens_field=True)),
     (
-        re.compile(r"gemini-3"),
+        r"gemini-3",
         ModelRules(signed_function_calls=True, media_in_function_responses=True, no_penalties=True),
     ),
-    (re.compile(r"gemini-2\.5"), ModelRules(no_tools_with_json_mode=True, no_penalties=True)),
-    (re.compile(r"claude-(3|(sonnet|haiku|opus)-\d)|amazon\.nova-"), ModelRules(forced_tool_choice=True)),
-    (re.compile(r"meta\.llama|mistral\.|cohere\.command-r"), ModelRules(no_streaming_tools=True)),
-    (re.compile(r"^(mistral-small-(latest|2603)|mistral-medium-3-5)"), ModelRules(reasoning_on_off=True)),
+    (r"gemini-2\.5", ModelRules(no_tools_with_json_mode=True, no_penalties=True)),
+    (r"claude-(3|(sonnet|haiku|opus)-\d)|amazon\.nova-", ModelRules(forced_tool_choice=True)),
+    (r"meta\.llama|mistral\.|cohere\.command-r", ModelRules(no_streaming_tools=True)),
+    (r"^(mistral-small-(latest|2603)|mistral-medium-3-5)", ModelRules(reasoning_on_off=True)),
 )
+
+
+@functools.cache
+def compiled_rules() -> tuple[tuple[re.Pattern[str], ModelRules], ...]:
+    """`MODEL_RULES` compiled, on first use: at import, the patterns cost every Lambda cold start some 2 million
+    instructions, for the adapters (Gemini, Bedrock, Anthropic's translation, Mistral) that read them."""
+    return tuple((re.compile(pattern), rules) for pattern, rules in MODEL_RULES)
 
 
 def rules_for(model: str) -> ModelRules:
     """The rules of the model family `model` belongs to (none for a model the table does not name)."""
     name = model.rsplit("/", 1)[-1]
-    for pattern, rules in MODEL_RULES:
+    for pattern, rules in compiled_rules():
         if pattern.search(name):
             return rules
     return NO_RULES
