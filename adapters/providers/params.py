@@ -45,14 +45,22 @@ class Rule(Value):
         self.max_items: Final = max_items
 
 
-# Parameters whose `false` is the API's own default: a client that sends it asks for nothing a provider without
-# the parameter fails to honour, so it is not named as dropped (nor refused under `x-gateway-strict`).
-FALSE_BY_DEFAULT = frozenset({"logprobs", "store"})
+# Parameters sent at the API's own default (`false`, a penalty of 0, no biases): a client that sends it asks for
+# nothing a provider without the parameter fails to honour, so it is not named as dropped (nor refused under
+# `x-gateway-strict`).
+DEFAULTS = {"logprobs": False, "store": False, "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}}
 
 
 def asks(name: str, value: Any) -> bool:
-    """Whether a parameter's value asks for anything: not null, nor `false` where that is the default."""
-    return value is not None and not (value is False and name in FALSE_BY_DEFAULT)
+    """Whether a parameter's value asks for anything: not null, nor the API's default (`DEFAULTS`)."""
+    if value is None:
+        return False
+    if name not in DEFAULTS:
+        return True
+    default = DEFAULTS[name]
+    if isinstance(default, bool):
+        return value is not default  # (only `false` itself: a 0 is no flag)
+    return bool(value != default)  # (0.0 is 0)
 
 
 def apply_rules(

@@ -22,6 +22,7 @@ from adapters.providers.params import (
     THINKING_BLOCKS,
     Rule,
     apply_rules,
+    asks,
     cache_control,
     named_messages,
     redacted_thinking,
@@ -640,7 +641,7 @@ class AnthropicAdapter(ProviderAdapter):
         dropped = apply_rules(params, RULES)
         params.pop("n", None)
         unknown = sorted(name for name in params if name not in RULES)
-        dropped += [name for name in unknown if params.pop(name) is not None]
+        dropped += [name for name in unknown if asks(name, params.pop(name))]
         dropped += keep_one_sampling_knob(params, target.model) + named_messages(req.messages)
 
         system, messages = convert_messages(req.messages)

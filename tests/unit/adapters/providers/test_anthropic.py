@@ -778,3 +778,11 @@ def test_a_budget_cap_below_the_thinking_budget_lowers_it_or_turns_thinking_off(
     assert lowered.dropped == []
     off = adapter().native_request(NativeCall(MESSAGES_API, body), target(), stream=False, output_limit=2000)
     assert "thinking" not in orjson.loads(off.request.body) and off.dropped == ["thinking"]
+
+
+def test_a_parameter_sent_at_openais_default_is_not_named_as_dropped() -> None:
+    """A penalty of 0 (OpenAI's default) asks for nothing: it was named dropped, and a 400 under strict mode (found
+    by review)."""
+    _, dropped = built(request(presence_penalty=0, frequency_penalty=0, logprobs=False))
+    assert dropped == []
+    assert built(request(frequency_penalty=0.2))[1] == ["frequency_penalty"]

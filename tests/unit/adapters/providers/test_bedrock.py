@@ -802,3 +802,7 @@ def test_a_parameter_sent_at_its_default_is_not_named_as_dropped() -> None:
     _, dropped = built(request(logprobs=False, store=False))
     assert "logprobs" not in dropped and "store" not in dropped
     assert "logprobs" in built(request(logprobs=True))[1]
+    # A penalty of 0 and no biases are OpenAI's defaults too (they were named, and refused under strict mode).
+    _, dropped = built(request(presence_penalty=0, frequency_penalty=0.0, logit_bias={}))
+    assert dropped == []
+    assert built(request(presence_penalty=0.5))[1] == ["presence_penalty"]
