@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -56,6 +56,9 @@ from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
 from handler.telemetry.observability import observe, observe_failure
 from handler.wire import interrupted
+
+if TYPE_CHECKING:  # (the chunk model is built on a stream's first use: a cold start pays for none)
+    from handler.schemas import ChatCompletionChunk
 
 logger = logging.getLogger("gateway")
 M = TypeVar("M", bound=BaseModel)
@@ -341,25 +344,48 @@ class Api:
         return response
 
 
+def ends_a_choice(chunk: ChatCompletionChunk) -> bool:
+    return any(choice.finish_reason for choice in chunk.choices)
+
+
 def stream_headers(ex: Exchange) -> dict[str, str]:
     return {**ex.headers(), "cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 async def openai_events(stream: ChunkStream, include_usage: bool) -> AsyncIterator[bytes]:
-    """The client's SSE body: chunks, one final event with usage and cost, `[DONE]`; an error after the first
-    byte, the stream's close and the request's observation as for every other front-end (`guarded`)."""
+    """The client's SSE body: chunks, the cost on the last data event, `[DONE]`; an error after the first byte,
+    the stream's close and the request's observation as for every other front-end (`guarded`).
+
+    With `stream_options.include_usage` the last event is OpenAI's extra chunk of no choices, with the usage, and
+    the cost beside it. Without it OpenAI sends no chunk of no choices, and clients index `choices[0]` of every
+    chunk (OpenAI's own streaming example does): the chunks that end a choice are held until the upstream ends,
+    and the last of them carries the cost."""
 
     async def events() -> AsyncGenerator[bytes]:
         write = sse_chunk_usage_null if include_usage else sse_chunk
+        ending: list[ChatCompletionChunk] = []
         async for batch in stream.batches():  # what one upstream read brought: one write to the client
-            yield b"".join(write(chunk) for chunk in batch)
+            if not include_usage and any(ends_a_choice(chunk) for chunk in batch):
+                ending += [chunk for chunk in batch if ends_a_choice(chunk)]
+                batch = [chunk for chunk in batch if not ends_a_choice(chunk)]
+            if batch:
+                yield b"".join(write(chunk) for chunk in batch)
         cut = stream.cut
         if cut:
             stream.failed(UpstreamError.status)  # its ledger line, log line and metrics say so
         await stream.complete()
         if cut:  # (billed and settled above)
+            if ending:
+                yield b"".join(sse_chunk(chunk) for chunk in ending)
             raise interrupted()
-        yield sse_json(stream.final_chunk(include_usage))
+        final = stream.final_chunk(include_usage)
+        if include_usage or not ending:
+            yield sse_json(final)
+            return
+        last = ending.pop()
+        tail = {name: final[name] for name in ("cost", "schema_violation") if name in final}
+        spliced = last.model_dump_json().encode()[:-1] + b"," + orjson.dumps(tail)[1:]
+        yield b"".join(sse_chunk(chunk) for chunk in ending) + b"data: " + spliced + b"\n\n"
 
     async with contextlib.aclosing(guarded(stream, events(), sse_error)) as relayed:
         async for data in relayed:

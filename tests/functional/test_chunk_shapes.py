@@ -30,6 +30,19 @@ def test_without_include_usage_no_chunk_has_usage(running: Running, key: str) ->
     assert len(events) > 1 and not any("usage" in event for event in events)
 
 
+def test_without_include_usage_every_chunk_has_a_choice_and_the_last_carries_the_cost(
+    running: Running, key: str
+) -> None:
+    """OpenAI sends a chunk of no choices only when `include_usage` asks for one, and its own streaming example reads
+    `chunk.choices[0]` of every chunk: the gateway's extra chunk (for its cost) broke that loop at the end of every
+    stream (found by review). The cost now rides on the chunk that ends the choice."""
+    for model in ("gpt-4o-mini", "claude-haiku-4-5"):
+        *chunks, last = stream_events(running, key, {"model": model})
+        assert all(event["choices"] for event in [*chunks, last])
+        assert not any("cost" in chunk for chunk in chunks)
+        assert last["choices"][0]["finish_reason"] == "stop" and last["cost"]["total_usd"] > 0
+
+
 def first_data_line(running: Running, key: str, model: str) -> bytes:
     """The first `data:` line of a stream, as the bytes the client received."""
     ask = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "stream": True}
