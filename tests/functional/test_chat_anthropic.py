@@ -11,16 +11,9 @@ from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
 from tests.fakes.anthropic import OUTPUT_TOKENS, SIGNATURE, TEXT, THINKING, TOOL_INPUT
 from tests.functional.conftest import Running
+from tests.support.tools import WEATHER_TOOL
 
 MODEL = "claude-haiku-4-5"
-WEATHER_TOOL: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 HI: Any = [{"role": "user", "content": "Hi"}]
 
 

@@ -14,6 +14,7 @@ from handler.config import parse_config
 from tests.fakes import bedrock as fake
 from tests.functional.conftest import Running, anthropic_client, serve_gateway
 from tests.support.servers import ServerThread
+from tests.support.tools import WEATHER_TOOL
 
 pytestmark = pytest.mark.skipif("bedrock" not in REGISTRY, reason="no bedrock adapter registered")
 
@@ -22,14 +23,6 @@ SONNET = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
 LLAMA = "us.meta.llama3-3-70b-instruct-v1:0"
 PRICE = {"input": 1, "output": 2}
 HI: Any = [{"role": "user", "content": "Hi"}]
-WEATHER_TOOL: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 
 
 @pytest.fixture(scope="module")

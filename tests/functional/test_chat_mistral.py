@@ -15,18 +15,11 @@ from handler.config import parse_config
 from tests.fakes import mistral as fake
 from tests.functional.conftest import Running, anthropic_client, serve_gateway
 from tests.support.servers import ServerThread
+from tests.support.tools import WEATHER_TOOL
 
 PRICE = {"input": 1, "output": 2}
 HI: Any = [{"role": "user", "content": "Hi"}]
 CALL_WEATHER: Any = [{"role": "user", "content": 'CALL get_weather {"city":"Oslo"}'}]
-WEATHER_TOOL: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 
 
 @pytest.fixture(scope="module")
