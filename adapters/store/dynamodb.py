@@ -230,12 +230,19 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
     def _family_key(self, parent_id: str, sk: str) -> Item:
         return {"pk": text(f"FAMILY#{parent_id}"), "sk": text(sk)}
 
-    async def _create_child(self, record: KeyRecord, parent_id: str, max_children: int) -> None:
-        link: Item = {**self._family_key(parent_id, f"{CHILD_PREFIX}{record.id}"), "child": text(record.id)}
-        purge = key_purge_after(record)
-        if purge is not None:  # (no TTL without an end: such a child may write lines for ever)
+    def _link_item(self, parent_id: str, child_id: str, purge: float | None, ttl: float | None) -> Item:
+        """A child's link: `purge`, when its record goes at the latest; `ttl`, when the link itself may (none
+        for a child without an end, which may write lines for ever)."""
+        link: Item = {**self._family_key(parent_id, f"{CHILD_PREFIX}{child_id}"), "child": text(child_id)}
+        if purge is not None:
             link["purge"] = num(purge)
-            link["ttl"] = num(int(purge + LEDGER_TTL_SECONDS))
+        if ttl is not None:
+            link["ttl"] = num(int(ttl))
+        return link
+
+    async def _create_child(self, record: KeyRecord, parent_id: str, max_children: int) -> None:
+        purge = key_purge_after(record)
+        link = self._link_item(parent_id, record.id, purge, None if purge is None else purge + LEDGER_TTL_SECONDS)
         writes = [
             {
                 "Put": {
@@ -868,12 +875,8 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
             request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
         linked = 0
         for (parent_id, child_id), ttl in sorted(links.items()):
-            link: Item = {**self._family_key(parent_id, f"{CHILD_PREFIX}{child_id}"), "child": text(child_id)}
             purge = purges.get((parent_id, child_id), 0.0)  # 0: a child known only from its lines, purged already
-            if purge is not None:
-                link["purge"] = num(purge)
-            if ttl is not None:
-                link["ttl"] = num(int(ttl))
+            link = self._link_item(parent_id, child_id, purge, ttl)
             try:
                 await self._call(
                     "put_item", TableName=self.table, Item=link, ConditionExpression="attribute_not_exists(pk)"

@@ -229,26 +229,30 @@ class KeyService:
         self.clock = clock
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
 
-    async def mint(self, template: KeyRecord) -> MintedKey:
-        """Store a new key built from `template` (its id, hash and timestamps are replaced)."""
+    def _new(self, template: KeyRecord) -> MintedKey:
+        """A new key built from `template` (its id, hash and timestamps replaced), not yet stored."""
         secret = secrets.token_urlsafe(32)
         record = replace(template, id=new_key_id(), secret_hash=hash_secret(secret), created_at=self.clock(), version=1)
-        await self.store.create_key(record)
         return MintedKey(record, format_key(record.id, secret))
+
+    async def mint(self, template: KeyRecord) -> MintedKey:
+        """Store a new key built from `template` (its id, hash and timestamps are replaced)."""
+        minted = self._new(template)
+        await self.store.create_key(minted.record)
+        return minted
 
     async def mint_child(self, template: KeyRecord, max_children: int) -> MintedKey:
         """`mint` under `template.parent_id`, refused with a 403 `child_key_limit` when the parent has
         `max_children` live children: the store counts and inserts in one atomic step (`Store.create_child`)."""
-        secret = secrets.token_urlsafe(32)
-        record = replace(template, id=new_key_id(), secret_hash=hash_secret(secret), created_at=self.clock(), version=1)
+        minted = self._new(template)
         try:
-            await self.store.create_child(record, max_children)
+            await self.store.create_child(minted.record, max_children)
         except ChildLimitReached:
             raise PermissionDeniedError(
                 f"this key has minted its {max_children} child keys (gateway.key_minting.max_children)",
                 code="child_key_limit",
             ) from None
-        return MintedKey(record, format_key(record.id, secret))
+        return minted
 
     async def rotate(self, record: KeyRecord, grace_seconds: float) -> MintedKey:
         """A new secret for the same key; the old one keeps working for `grace_seconds`. A key revoked, itself or
