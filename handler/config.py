@@ -44,6 +44,10 @@ class ProviderConfig(BaseModel):
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {}) | ({"base_url": self.base_url} if self.base_url else {})
 
+    def key_reference(self, default_env: str | None) -> str | None:
+        """Where its key is read: its `api_key`, else its type's environment variable (`default_env`)."""
+        return self.api_key or (f"env:{default_env}" if default_env else None)
+
 
 class DeploymentConfig(BaseModel):
     """One place a public model is served: provider instance, upstream model, region."""

@@ -75,14 +75,20 @@ def _known_types() -> set[str]:
     return set(REGISTRY)
 
 
-def _provider_headers(config: Config) -> None:
-    """Each provider's `headers` resolved as the gateway will at start-up: a reference to nothing is said now."""
-    from handler.pipeline.gateway import provider_headers
+def _start_up_checks(config: Config) -> None:
+    """What the gateway's start-up refuses, said before serving: the `OTEL_*` environment, each provider's
+    `headers` resolved (a reference to nothing), and an option no adapter reads (a misspelt `base_ulr`)."""
+    from adapters.providers.registry import REGISTRY
+    from handler.pipeline.gateway import provider_headers, unread_options
 
+    otlp_settings(config.observability.otlp, os.environ)
     for name, provider in config.providers.items():
         headers = provider.options().get("headers")
         if headers is not None:
             provider_headers(name, headers, os.environ, None)
+    unread = unread_options(config, REGISTRY)
+    if unread:
+        raise ConfigError(unread)
 
 
 def _print_json(payload: Any) -> None:
@@ -131,8 +137,7 @@ def provider_variables_holding_gateway_keys(config: Config, environ: Mapping[str
 
     found: list[str] = []
     for provider in config.providers.values():
-        default = REGISTRY[provider.type].key_env_var
-        reference = provider.api_key or (f"env:{default}" if default else "")
+        reference = provider.key_reference(REGISTRY[provider.type].key_env_var) or ""
         name = reference.removeprefix("env:") if reference.startswith("env:") else ""
         if name and name not in found and split_key(environ.get(name, "").strip()) is not None:
             found.append(name)
@@ -157,8 +162,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["GATEWAY_STORE"] = args.store
     try:
         config = load_config(os.environ.get("GATEWAY_CONFIG") or None, _known_types())
-        otlp_settings(config.observability.otlp, os.environ)  # the OTEL_* environment, checked before serving
-        _provider_headers(config)
+        _start_up_checks(config)
         metrics_port = config.observability.metrics_port
         if metrics_port is not None and args.workers > 1:
             # Each worker counts its own requests: one port cannot show them all.
@@ -231,14 +235,7 @@ def _has(module: str) -> bool:
 def cmd_config_check(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config or os.environ.get("GATEWAY_CONFIG") or None, _known_types())
-        otlp_settings(config.observability.otlp, os.environ)
-        _provider_headers(config)
-        from adapters.providers.registry import REGISTRY
-        from handler.pipeline.gateway import unread_options
-
-        unread = unread_options(config, REGISTRY)
-        if unread:
-            raise ConfigError(unread)
+        _start_up_checks(config)
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 1

@@ -232,7 +232,7 @@ def build_adapters(
     adapters: dict[str, ProviderAdapter] = {}
     for name, provider in config.providers.items():
         cls = registry[provider.type]
-        ref = provider.api_key if provider.api_key else (f"env:{cls.key_env_var}" if cls.key_env_var else None)
+        ref = provider.key_reference(cls.key_env_var)
         secret = resolve_secret(ref, environ, fetch)
         refused = None
         if secret is not None and split_key(secret.strip()) is not None:

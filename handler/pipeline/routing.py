@@ -200,9 +200,7 @@ class Router:
         usable.sort(key=lambda a: self.breakers.state(a.target.label) == "open")
         if not usable:
             first = attempts[0]
-            ref = self.config.providers[first.target.provider].api_key
-            ref = ref or (f"env:{first.adapter.key_env_var}" if first.adapter.key_env_var else None)
-            hint = reference_hint(ref)
+            hint = reference_hint(self.config.providers[first.target.provider].key_reference(first.adapter.key_env_var))
             if first.adapter.refused_reference:  # set, but to one of this gateway's own keys (a client's setup)
                 hint = (
                     f"{first.adapter.refused_reference} holds one of this gateway's own keys (gwk_...), not the "

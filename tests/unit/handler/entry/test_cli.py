@@ -147,3 +147,19 @@ def test_serve_names_a_gateway_key_left_where_a_provider_key_belongs(
     warnings = [line for line in capsys.readouterr().err.splitlines() if "holds a gateway key" in line]
     assert len(warnings) == 1 and warnings[0].startswith("warning: OPENAI_API_KEY holds a gateway key"), warnings
     assert "env -u OPENAI_API_KEY make serve" in warnings[0]
+
+
+def test_serve_refuses_an_option_no_adapter_reads_before_it_binds(
+    serve_here: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A misspelt option was refused only where the app was built, in uvicorn's worker, after "listening": serve
+    now says it as a config error, as `gateway config check` does, and starts nothing."""
+    config = tmp_path / "typo.yaml"
+    config.write_text(
+        "providers:\n  up: {type: openai, auth: none, base_ulr: 'http://up/v1'}\n"
+        "models:\n  m: {deployments: [{provider: up, model: m}], price: unknown}\n"
+    )
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: pytest.fail("served"))
+    assert main(["serve", "--port", str(free_port()), "--config", str(config)]) == 2
+    printed = capsys.readouterr()
+    assert "providers.up.base_ulr: not an option of provider type openai" in printed.err and printed.out == ""
