@@ -219,11 +219,15 @@ class Running:
 
         gateway = self.gateway
         deadline = time.monotonic() + 5
+        seen: list[LedgerItem] | None = None
         while True:
-            settling = gateway.background or gateway.queued or gateway.landing  # (an error's settles after its answer)
+            settling = gateway.unsettled  # (an error's settles after its answer)
             items = asyncio.run(read())
-            if (items and not settling) or time.monotonic() > deadline:
+            # Settled, and the same twice over a poll: a full run once read the lines while an error's
+            # settlement had yet to be handed to the gateway, and missed its line.
+            if (items and not settling and seen is not None and len(seen) == len(items)) or time.monotonic() > deadline:
                 return items
+            seen = None if settling else items
             time.sleep(0.05)
 
 
