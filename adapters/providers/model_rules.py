@@ -67,7 +67,9 @@ NO_RULES = ModelRules()
 # AWS's ToolChoice reference (a forced `toolChoice`: "only supported by Anthropic Claude 3 and Amazon Nova models";
 # Llama, Mistral and DeepSeek on Bedrock answer "This model doesn't support the toolConfig.toolChoice.any field"),
 # AWS's "Supported models and model features" table for Converse (its "Tool use" and "Streaming tool use" columns:
-# Meta Llama, Mistral AI's models and Cohere Command R/R+ have the first and not the second), Mistral's reasoning page
+# Meta Llama, Mistral AI's models and Writer's Palmyra have the first and not the second; Cohere Command R/R+, AI21
+# Jamba 1.5, Nova and Claude have both; Bedrock's answer to Llama 4 with tools in a stream, "This model doesn't support
+# tool use in streaming mode.", is in earendil-works/pi#3739), Mistral's reasoning page
 # ("adjustable reasoning is available on mistral-small-latest and mistral-medium-3-5 via the reasoning_effort
 # parameter": `high` or `none`; mistral-small-latest is Mistral Small 4, mistral-small-2603).
 MODEL_RULES: tuple[tuple[str, ModelRules], ...] = (
@@ -82,7 +84,7 @@ MODEL_RULES: tuple[tuple[str, ModelRules], ...] = (
     ),
     (r"gemini-2\.5", ModelRules(no_tools_with_json_mode=True, no_penalties=True)),
     (r"claude-(3|(sonnet|haiku|opus)-\d)|amazon\.nova-", ModelRules(forced_tool_choice=True)),
-    (r"meta\.llama|mistral\.|cohere\.command-r", ModelRules(no_streaming_tools=True)),
+    (r"meta\.llama|mistral\.|writer\.palmyra", ModelRules(no_streaming_tools=True)),
     (r"^(mistral-small-(latest|2603)|mistral-medium-3-5)", ModelRules(reasoning_on_off=True)),
 )
 

@@ -64,7 +64,7 @@ REQUEST_FIELDS = {
 INFERENCE_FIELDS = {"maxTokens", "temperature", "topP", "stopSequences"}
 OUTPUT_LIMITS = {"meta.llama3-3-70b-instruct": 8192}  # model id part -> the most `maxTokens` it takes
 # Model id parts of models with tool use but no streaming tool use (AWS's "Supported models and model features").
-NO_STREAMING_TOOLS = ("meta.llama", "mistral.", "cohere.command-r")
+NO_STREAMING_TOOLS = ("meta.llama", "mistral.", "writer.palmyra")
 BLOCK_FIELDS = {"text", "image", "document", "toolUse", "toolResult", "reasoningContent", "cachePoint"}
 
 

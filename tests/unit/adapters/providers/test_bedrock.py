@@ -248,11 +248,13 @@ LLAMA = "us.meta.llama3-3-70b-instruct-v1:0"
 
 
 STREAMING_TOOLLESS = [LLAMA, "meta.llama4-maverick-17b-instruct-v1:0", "mistral.mistral-large-2407-v1:0"]
+# Tool use in ConverseStream, in AWS's table of Converse's model features.
+STREAMING_TOOLS = ["cohere.command-r-plus-v1:0", "ai21.jamba-1-5-large-v1:0", "us.amazon.nova-pro-v1:0"]
 
 
-@pytest.mark.parametrize("model", [*STREAMING_TOOLLESS, "cohere.command-r-v1:0"])
+@pytest.mark.parametrize("model", [*STREAMING_TOOLLESS, "writer.palmyra-x5-v1:0"])
 def test_a_streamed_request_with_tools_goes_to_converse_for_a_model_without_streaming_tool_use(model: str) -> None:
-    """ConverseStream answers Llama, Mistral and Command R with tools "This model doesn't support tool use in
+    """ConverseStream answers Llama, Mistral and Palmyra with tools "This model doesn't support tool use in
     streaming mode." (a 400): such a request goes to Converse, whose whole answer the gateway streams. Without
     tools, or for a model with streaming tool use, the stream is ConverseStream's."""
     tooled = adapter().chat_request(request(tools=[WEATHER]), target(model), stream=True).request
@@ -262,6 +264,15 @@ def test_a_streamed_request_with_tools_goes_to_converse_for_a_model_without_stre
     assert plain.url.endswith("/converse-stream")
     claude = adapter().chat_request(request(tools=[WEATHER]), target(), stream=True).request
     assert claude.url.endswith("/converse-stream")
+
+
+@pytest.mark.parametrize("model", STREAMING_TOOLS)
+def test_a_model_with_streaming_tool_use_streams_its_tools(model: str) -> None:
+    """Command R/R+ (once listed without streaming tool use, so its streamed tool calls came whole), Jamba 1.5 and
+    Nova take tools in ConverseStream: the stream stays incremental."""
+    tooled = adapter().chat_request(request(tools=[WEATHER]), target(model), stream=True).request
+    assert tooled.url.endswith("/converse-stream")
+    assert "toolConfig" in orjson.loads(tooled.body)
 
 
 @pytest.mark.parametrize("model", [LLAMA, "mistral.mistral-large-2407-v1:0", "us.deepseek.r1-v1:0"])
