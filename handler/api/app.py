@@ -96,7 +96,7 @@ def error_response(request: Request, exc: GatewayError) -> Response:
     ex: Exchange | None = state.get("exchange")
     if ex is not None:
         headers = {**ex.headers(), **headers}
-        observe(ex, exc.status, code=exc.code)
+        observe(ex, exc.status, stream=ex.stream, code=exc.code)
     else:
         # (A path may hold what a client mistook for an id: a whole key, where `/admin/keys/{id}` wants its id.)
         observe_failure(state.get("request_id"), redact_message(route_path(request.scope)), exc.status, exc.code)
@@ -241,7 +241,13 @@ class Api:
         return lineage
 
     def exchange(
-        self, request: Request, key: KeyRecord, model: str, inbound_dropped: list[str] | None = None
+        self,
+        request: Request,
+        key: KeyRecord,
+        model: str,
+        inbound_dropped: list[str] | None = None,
+        *,
+        stream: bool | None = False,
     ) -> Exchange:
         lineage = self.lineage(request)
         self.gateway.keys.check_model(lineage, model)
@@ -251,7 +257,13 @@ class Api:
                 f"cannot honour: {', '.join(inbound_dropped)} (x-gateway-strict is on)", param=inbound_dropped[0]
             )
         ex = Exchange(
-            request.state.request_id, key, model, controls, inbound_dropped=inbound_dropped or [], lineage=lineage
+            request.state.request_id,
+            key,
+            model,
+            controls,
+            inbound_dropped=inbound_dropped or [],
+            lineage=lineage,
+            stream=bool(stream),
         )
         request.state.exchange = ex
         tracer = self.gateway.tracer
@@ -324,7 +336,7 @@ class Api:
     async def chat_completions(self, request: Request) -> Response:
         key = await self.authenticate(request)
         req = await self.parse(request, ChatRequest)
-        ex = self.exchange(request, key, req.model)
+        ex = self.exchange(request, key, req.model, stream=req.stream)
         if req.stream:
             stream = await self.pipeline.chat_stream(req, ex)
             include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -192,7 +192,7 @@ class ResponsesRoutes:
         seal = (await self.seal()).for_response()
         handed_back = with_sealed_reasoning(history, sealed)  # the stored turns as the provider needs them
         req, dropped = to_chat_request(body, handed_back, seal)
-        ex = api.exchange(request, key, req.model)
+        ex = api.exchange(request, key, req.model, stream=req.stream)
         conversation = [*history, *input_items(body)]  # (as the client has it, to list and continue)
 
         # A deployment that serves the Responses API gets the client's body (`relay.call`), any other the

@@ -120,7 +120,7 @@ class Exchange:
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
         "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "price_multiplier",
         "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left",
-        "fallbacks",
+        "fallbacks", "stream",
     )  # fmt: skip
 
     def __init__(
@@ -131,8 +131,10 @@ class Exchange:
         controls: Controls,
         inbound_dropped: list[str] | None = None,  # what the inbound API's translation could not carry
         lineage: list[KeyRecord] | None = None,  # the key and its ancestors (the key alone when not given)
+        stream: bool = False,  # the client asked for a stream (its log line says so, even if refused before one)
     ) -> None:
         self.request_id = request_id
+        self.stream = stream
         self.key = key
         self.model = model
         self.controls = controls

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from tests.fakes.openai import TEXT
@@ -171,3 +172,39 @@ def test_a_model_of_the_other_kind_is_named_with_its_article(running: Running, k
     with pytest.raises(openai.BadRequestError) as embed:
         oa.embeddings.create(model="gpt-4o-mini", input="x")
     assert embed.value.message.endswith("model 'gpt-4o-mini' is a chat model, not an embedding model")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}),
+        ("/v1/messages", {"model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}),
+        ("/v1/responses", {"model": "gpt-4o-mini", "input": "Hi"}),
+    ],
+    ids=["chat", "messages", "responses"],
+)
+def test_a_stream_refused_before_it_began_is_logged_as_a_stream(
+    running: Running, key: str, path: str, body: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A streamed request refused before its first byte (here by its own cost cap) was logged `"stream": false`,
+    which put it beside the whole answers in any search of the log lines by stream."""
+    answer = httpx.post(
+        f"{running.url}{path}",
+        json={**body, "stream": True},
+        headers={"authorization": f"Bearer {key}", "x-gateway-max-cost-usd": "0.000000001"},
+    )
+    assert answer.status_code == 402, answer.text
+    assert logged(capsys, answer.headers["x-request-id"]) == [(402, True)]
+    whole = httpx.post(
+        f"{running.url}{path}",
+        json=body,
+        headers={"authorization": f"Bearer {key}", "x-gateway-max-cost-usd": "0.000000001"},
+    )
+    assert whole.status_code == 402
+    assert logged(capsys, whole.headers["x-request-id"]) == [(402, False)]
+
+
+def logged(capsys: pytest.CaptureFixture[str], request_id: str) -> list[tuple[int, bool]]:
+    """Status and stream flag of each request log line of `request_id` written since the last read."""
+    lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines() if request_id in line]
+    return [(line["status"], line["stream"]) for line in lines]
