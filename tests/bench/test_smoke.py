@@ -57,3 +57,23 @@ def test_warm_invocations_are_counted_in_instructions() -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     figures = json.loads(result.stderr.strip().splitlines()[-1])
     assert figures["chat"] > figures["bare"] > 50_000
+
+
+@pytest.mark.skipif(not (shutil.which("nginx") and shutil.which("wrk")), reason="nginx and wrk: `make tools`")
+def test_the_floor_serves_and_writes_a_ledger_line_per_answer() -> None:
+    """tests/bench/floor.py, a round of a second: the floor answers without errors, beside the bare proxy and the
+    gateway, and has a ledger line for every answer wrk saw (it is a floor for a metered proxy, not a bare one)."""
+    import re
+
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.bench.floor", "--rounds", "1", "--seconds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    for server in ("bare", "floor", "gateway"):
+        assert re.search(rf"^\| {server} \| [\d,]+ \| [\d.]+ \| \d+ \|$", result.stdout, re.MULTILINE), result.stdout
+    lines, answered = re.search(r"ledger: ([\d,]+) lines for the ([\d,]+) answers", result.stdout).groups()  # type: ignore[union-attr]
+    assert int(lines.replace(",", "")) >= int(answered.replace(",", "")) > 0
