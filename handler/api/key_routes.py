@@ -239,9 +239,18 @@ class KeyRoutes:
 
     # --- admin ------------------------------------------------------------------------------
 
-    async def _admin(self, request: Request) -> KeyRecord:
+    async def _admin(self, request: Request, *, hands_out_a_secret: bool = False) -> KeyRecord:
+        """The caller, an admin key. `hands_out_a_secret`: the route answers with a key's secret (a new root key,
+        a rotated one), which an admin key with a parent (a dashboard session) may not have: a root key would
+        outlive the session and its parent's revocation, and a rotation would give it its parent's new secret."""
         key: KeyRecord = await self.api.authenticate(request)
         self.gateway.keys.require_admin(key)
+        if hands_out_a_secret and key.parent_id is not None:
+            raise PermissionDeniedError(
+                "an admin key with a parent (a dashboard session) cannot create or rotate keys: use the admin key "
+                "it was made from (it can read, retag and revoke)",
+                code="admin_only",
+            )
         return key
 
     async def _target(self, request: Request) -> KeyRecord:
@@ -257,7 +266,7 @@ class KeyRoutes:
         return self.api.json({"object": "list", "data": [key_view(r) for r in records]})
 
     async def admin_create(self, request: Request) -> Response:
-        await self._admin(request)
+        await self._admin(request, hands_out_a_secret=True)
         spec = await self.api.parse(request, AdminKeySpec)
         minted = await self.gateway.keys.mint(record_from(spec, admin=spec.admin, now=time.time()))
         return self.api.json({**key_view(minted.record), "key": minted.key}, status=201)
@@ -270,7 +279,7 @@ class KeyRoutes:
         return self.api.json({**key_view(record), **state})
 
     async def admin_rotate(self, request: Request) -> Response:
-        await self._admin(request)
+        await self._admin(request, hands_out_a_secret=True)
         record = await self._target(request)
         spec = await self.api.parse(request, RotateSpec, empty_ok=True)
         try:

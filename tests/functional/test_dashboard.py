@@ -590,3 +590,34 @@ def test_a_sign_in_link_is_refused_once_expired_or_for_a_key_no_longer_admin(
     capsys.readouterr()
     assert cli_main(["dashboard", "--store", empty, "--no-open"]) == 1
     assert "gateway keys create --name admin --admin" in capsys.readouterr().err
+
+
+def test_a_dashboard_session_reads_and_revokes_but_cannot_mint_or_rotate(
+    known: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A session is an admin child of the key it signed in as, for 8 hours. It minted a root admin key with no
+    expiry (`POST /admin/keys`), which outlived the session and its parent's revocation, and a rotation would
+    have handed it its parent's new secret: both need the admin key itself now."""
+    admin = known.mint(admin=True, name="local-admin")
+    admin_id = (split_key(admin) or ("", ""))[0]
+    other_id = (split_key(known.mint(name="client")) or ("", ""))[0]
+    token = dashboard_link(known, capsys, "--key", admin_id).partition("#sign-in=")[2]
+    session = httpx.post(f"{known.url}/dashboard/sign-in", json={"token": token}).json()["key"]
+
+    for path, body in (
+        ("/admin/keys", {"name": "escape", "admin": True}),
+        ("/admin/keys", {"name": "plain"}),
+        (f"/admin/keys/{admin_id}/rotate", {}),
+        (f"/admin/keys/{other_id}/rotate", {}),
+    ):
+        refused = httpx.post(f"{known.url}{path}", json=body, headers=headers(session))
+        assert refused.status_code == 403, (path, refused.text)
+        assert refused.json()["error"]["code"] == "admin_only" and "key" not in refused.json()
+    assert httpx.get(f"{known.url}/admin/keys", headers=headers(session)).status_code == 200
+    assert httpx.get(f"{known.url}/admin/usage", headers=headers(session)).status_code == 200
+    revoked = httpx.post(f"{known.url}/admin/keys/{other_id}/revoke", headers=headers(session))
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
+    # The admin key itself still mints and rotates.
+    assert httpx.post(f"{known.url}/admin/keys", json={"name": "plain"}, headers=headers(admin)).status_code == 201
+    rotated = httpx.post(f"{known.url}/admin/keys/{admin_id}/rotate", json={"grace_seconds": 0}, headers=headers(admin))
+    assert rotated.status_code == 200 and rotated.json()["key"] != admin
