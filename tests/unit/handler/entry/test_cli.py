@@ -3,6 +3,7 @@ listens only once it does, and names the mistakes a newcomer makes starting it."
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -160,6 +161,9 @@ def test_serve_refuses_an_option_no_adapter_reads_before_it_binds(
         "models:\n  m: {deployments: [{provider: up, model: m}], price: unknown}\n"
     )
     monkeypatch.setattr(cli, "_run_server", lambda config, listener: pytest.fail("served"))
+    # (serve hands its config to its workers in the environment: a copy here, or every later test's gateway built
+    # from the environment read this broken file)
+    monkeypatch.setattr(os, "environ", os.environ.copy())
     assert main(["serve", "--port", str(free_port()), "--config", str(config)]) == 2
     printed = capsys.readouterr()
     assert "providers.up.base_ulr: not an option of provider type openai" in printed.err and printed.out == ""
