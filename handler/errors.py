@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from handler.redaction import redact_message
+from handler.redaction import redact_message, redact_secrets
 
 if TYPE_CHECKING:
     from handler.schemas import Usage
@@ -57,6 +57,7 @@ class GatewayError(Exception):
         headers: dict[str, str] | None = None,
         retry: bool | None = None,
     ) -> None:
+        message = redact_secrets(message)  # (it may quote what a client sent: a key where a name belongs)
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code

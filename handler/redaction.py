@@ -18,21 +18,33 @@ from functools import cache
 REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 8  # shorter values (test placeholders, "none") would redact ordinary words
 
-# Compiled on the first message to scrub (an upstream's error), not at a cold start that may never need it.
-CREDENTIAL_SHAPES = (
-    r"(?i)(bearer\s+)[^\s\"',;]+"
-    r"|(x-api-key|x-goog-api-key|api[-_]key|authorization|aws_secret_access_key|x-amz-security-token)(\"?\s*[:=]\s*\"?(?:(?:bearer|basic|token)\s+)?)[^\s\"',;&]+"
-    r"|([?&]key=)[^&\s\"']+"
-    r"|\b(sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{8,})"
+# Values shaped like a key, whatever surrounds them: OpenAI's and Anthropic's, this gateway's own, AWS access key
+# ids, Google's.
+KEY_SHAPES = (
+    r"\b(sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{8,})"
     r"|\b(gwk_[a-z0-9]{12}_[A-Za-z0-9_\-]{8,})"
     r"|\b((?:AKIA|ASIA)[0-9A-Z]{16})\b"
     r"|\b(AIza[0-9A-Za-z_\-]{30,})"
 )
+# Those, and a value where a credential is named: a bearer token, a key header or field, a `key=` parameter. (A
+# value ends at a space, quote, separator or closing bracket: `(x-api-key: ...)` keeps its `)`.)
+CREDENTIAL_SHAPES = (
+    r"(?i)(bearer\s+)[^\s\"',;)\]}]+"
+    r"|(x-api-key|x-goog-api-key|api[-_]key|authorization|aws_secret_access_key|x-amz-security-token)(\"?\s*[:=]\s*\"?(?:(?:bearer|basic|token)\s+)?)[^\s\"',;&)\]}]+"
+    r"|([?&]key=)[^&\s\"')\]}]+"
+    r"|" + KEY_SHAPES
+)
 
 
+# Compiled on the first message to scrub (an upstream's error), not at a cold start that may never need it.
 @cache
 def credential_shapes() -> re.Pattern[str]:
     return re.compile(CREDENTIAL_SHAPES)
+
+
+@cache
+def key_shapes() -> re.Pattern[str]:
+    return re.compile(KEY_SHAPES)
 
 
 _fixed: set[str] = set()
@@ -83,6 +95,17 @@ def redact_message(text: str) -> str:
         if secret in text:
             text = text.replace(secret, REDACTED)
     return credential_shapes().sub(_shape, text)
+
+
+def redact_secrets(text: str) -> str:
+    """`text`, written by the gateway around what a client sent (a model name, a key id, a path), without any
+    known secret or value shaped like a key: a client that puts its key where a name belongs (`"model": "gwk_..."`)
+    sees it in no answer, log line, metric or span. (Unlike `redact_message`, the gateway's own wording stays:
+    "send Authorization: Bearer <key>" names no secret.)"""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return key_shapes().sub(REDACTED, text)
 
 
 def scrub(body: bytes) -> bytes:

@@ -196,7 +196,7 @@ def observe(
     fields: dict[str, Any] = {
         "request_id": ex.request_id,
         "key_id": ex.key.id,
-        "model": ex.model,
+        "model": prometheus.REGISTRY.model_named(ex.model),
         "provider": target.provider if target else None,
         "upstream_model": target.model if target else None,
         "region": target.region if target else None,
@@ -242,7 +242,11 @@ def observe(
         values += [("output_tokens", "Count", cost.usage.completion_tokens)]
     if cost is not None and cost.total_usd is not None:
         values += [("cost_usd", "None", cost.total_usd)]
-    emf_line({"provider": target.provider if target else "none", "model": served}, values)
+    # The dimensions Prometheus' labels are: a model or provider the config does not name is `other` (a client
+    # cannot add metrics to CloudWatch, each billed, by naming models; nor put a key in one).
+    provider = target.provider if target else "none"
+    model = served if served in prometheus.REGISTRY.models else prometheus.OTHER
+    emf_line({"provider": provider, "model": model}, values)
 
 
 def emf_line(dimensions: dict[str, str], values: list[tuple[str, str, float]]) -> None:

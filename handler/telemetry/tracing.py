@@ -27,6 +27,7 @@ import orjson
 from handler.config import ConfigError, OtlpConfig, SecretFetcher, resolve_secret
 from handler.records import Value
 from handler.redaction import redact_message
+from handler.telemetry import prometheus
 
 if TYPE_CHECKING:
     from adapters.otlp.exporter import BatchExporter
@@ -262,7 +263,7 @@ class RequestTracer:
                 trace.trace_id,
                 trace.span_id,
                 trace.parent_id,
-                f"{OPERATIONS.get(trace.path, 'chat')} {ex.model}",
+                f"{OPERATIONS.get(trace.path, 'chat')} {prometheus.REGISTRY.model_named(ex.model)}",
                 SERVER,
                 trace.clock(ex.started),
                 trace.clock(ended),
@@ -295,7 +296,7 @@ class RequestTracer:
         total_ms = (ended - ex.started) * 1000
         out: Attributes = [
             ("gen_ai.operation.name", OPERATIONS.get(trace.path, "chat")),
-            ("gen_ai.request.model", ex.model),
+            ("gen_ai.request.model", prometheus.REGISTRY.model_named(ex.model)),
             *trace.request,
             ("http.request.method", "POST"),
             ("http.route", trace.path),

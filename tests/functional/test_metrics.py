@@ -86,3 +86,30 @@ def test_metrics_count_what_the_ledger_records_after_a_fallback_and_a_failed_str
     assert grew("gateway_requests_total", model="garbled", status="200", **served) == 0
     assert grew("gateway_tokens_total", model="garbled", direction="output", **served) == failed.output_tokens
     assert grew("gateway_cost_usd_total", model="garbled", **served) == pytest.approx(failed.cost_usd + failed.fee_usd)
+
+
+def test_a_model_the_config_does_not_name_is_other_in_emf_and_no_key_reaches_a_line(
+    running: Running, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key sent as the model (a 404) was written whole in the answer's message, the log line and the EMF line's
+    dimensions; and any model name a client chose became a CloudWatch dimension (a new metric each, billed). The
+    EMF dimensions are Prometheus' labels now: `other` for a model the config does not name."""
+    import orjson
+
+    from handler.telemetry import observability
+
+    monkeypatch.setattr(observability, "METRICS_ON", True)
+    key = running.mint(models=["*"])
+    for model in (key, "my-own-model-xyz"):
+        answer = httpx.post(
+            f"{running.url}/v1/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": "Hi"}]},
+            headers={"authorization": f"Bearer {key}"},
+        )
+        assert answer.status_code == 404 and key not in answer.text
+        written = capsys.readouterr().out
+        assert key not in written and key.split("_")[2] not in written
+        [emf] = [orjson.loads(line) for line in written.splitlines() if '"_aws"' in line]
+        assert emf["model"] == "other" and emf["provider"] == "none"
+        [logged] = [orjson.loads(line) for line in written.splitlines() if '"message":"request"' in line]
+        assert logged["model"] == ("[REDACTED]" if model == key else model)

@@ -413,3 +413,14 @@ def post_to(url: str, key: str) -> httpx.Response:
     answer = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
     assert answer.status_code == 200
     return answer
+
+
+def test_a_key_sent_as_the_model_reaches_no_span(traced: Running, receiver: OtlpReceiver) -> None:
+    """A client that put its key where the model belongs (`"model": "gwk_..."`, a 404) had it exported twice, in
+    the request span's name and its `gen_ai.request.model`."""
+    key = traced.mint(models=["*"])
+    answer = post(traced, "/v1/chat/completions", key, {"model": key, "messages": [{"role": "user", "content": "Hi"}]})
+    assert answer.status_code == 404 and key not in answer.text
+    root, *_ = receiver.request_spans(answer.headers["x-request-id"])
+    assert root.name == "chat [REDACTED]" and root.attributes["gen_ai.request.model"] == "[REDACTED]"
+    assert key.encode() not in b"".join(receiver.bodies)

@@ -66,3 +66,22 @@ def test_a_clients_query_goes_upstream_as_the_providers_parameters_only(raw: byt
     """The client's query string put on an upstream URL: only the parameters the provider reads (Anthropic's
     `beta`), encoded anew; a whole query went as sent, a key a client mistook for a parameter with it."""
     assert forwarded_query(raw) == query
+
+
+def test_a_redacted_value_ends_where_its_brackets_close() -> None:
+    """`Overloaded (x-api-key: sk-...)` lost its `)` with the key: a value runs to a space, quote, separator or
+    closing bracket."""
+    assert redaction.redact_message("Overloaded (x-api-key: abcdefgh12345678)") == "Overloaded (x-api-key: [REDACTED])"
+    assert redaction.redact_message("[authorization=Bearer abcdefgh1234]") == "[authorization=Bearer [REDACTED]]"
+
+
+def test_the_gateways_own_words_keep_their_wording_and_lose_any_key() -> None:
+    """What the gateway writes around a client's string (a model, a key id) loses only key-shaped values: its own
+    "send Authorization: Bearer <key>" stays as written."""
+    from handler.errors import AuthenticationError, NotFoundError
+
+    advice = "missing API key: send x-api-key: <key> or Authorization: Bearer <key>"
+    assert AuthenticationError(advice).message == advice
+    key = "gwk_abcdefghijkm_S3cr3tS3cr3tS3cr3tS3cr3t"
+    assert NotFoundError(f"model '{key}' does not exist").message == "model '[REDACTED]' does not exist"
+    assert redaction.redact_secrets("gpt-4o-mini and sk-proj-abcdefgh12345678") == "gpt-4o-mini and [REDACTED]"
