@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from handler.errors import GatewayError, UpstreamTimeoutError
+from handler.errors import ClientClosedError, GatewayError, UpstreamTimeoutError
 from handler.pipeline.pricing import plausible, wants_reasoning
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import NativeCall
@@ -294,4 +294,6 @@ async def guarded(
     finally:
         await events.aclose()
         await stream.close()
-        observe(stream.ex, stream.status, stream=True, code=failure.code if failure else None)
+        # (A client that left mid-stream: its line says why, as a whole answer's does.)
+        code = failure.code if failure else (ClientClosedError.default_code if stream.status == CLIENT_CLOSED else None)
+        observe(stream.ex, stream.status, stream=True, code=code)

@@ -298,3 +298,32 @@ def test_a_stream_answered_with_a_whole_error_body_is_the_providers_malformed_an
     assert "stream ended before its first event" in message and "overloaded, try later" in message
     [line] = scripted.ledger(key)
     assert (line.status, line.cost_usd) == (502, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "marker"),
+    [
+        ("/v1/chat/completions", {"model": "drip", "messages": HI, "stream": True}, b"data: {"),
+        ("/v1/messages", {"model": "drip", "max_tokens": 100, "messages": HI, "stream": True}, b"message_start"),
+        ("/v1/responses", {"model": "drip", "input": "Hi", "stream": True}, b"response.created"),
+    ],
+    ids=["chat", "messages", "responses"],
+)
+def test_a_client_that_leaves_mid_stream_is_logged_with_its_code(
+    running: Running, path: str, body: dict[str, Any], marker: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 499 mid-stream was logged with no `error_code` (and counted in no `gateway_errors_total`), where a client
+    that left a whole answer is `client_closed_request`."""
+    import orjson
+
+    key = running.mint(name=f"leaves-{path}")
+    capsys.readouterr()
+    leave_after(running, path, body, key, marker)
+    deadline = time.monotonic() + 5
+    lines: list[dict[str, Any]] = []
+    while not lines and time.monotonic() < deadline:
+        time.sleep(0.05)
+        out = capsys.readouterr().out.splitlines()
+        lines += [orjson.loads(line) for line in out if '"message":"request"' in line and key.split("_")[1] in line]
+    [line] = lines
+    assert (line["status"], line["stream"], line.get("error_code")) == (499, True, "client_closed_request")
