@@ -18,7 +18,8 @@ is modelled: the prefix up to the last `cache_control` marker is written the fir
 (`cache_creation_input_tokens`, in `cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and
 read after (`cache_read_input_tokens`). With a web search tool (`web_search_20250305`), the answer searches
 once before its text (a `server_tool_use` block and its `web_search_tool_result`), counted in
-`usage.server_tool_use.web_search_requests`.
+`usage.server_tool_use.web_search_requests`. A request's `speed` (fast mode) and `inference_geo` come back in its
+usage, where Anthropic reports the speed and the place the answer ran at.
 `POST /v1/messages/count_tokens` counts. Every request (path, query, headers, body) is recorded on
 `app.state.requests`.
 """
@@ -247,7 +248,7 @@ def create_app() -> Starlette:
         if prefix:
             cached.add(prefix)
         written = tokens - read
-        return {
+        counts: dict[str, Any] = {
             "input_tokens": max(1, input_tokens(body) - tokens),
             "cache_creation_input_tokens": written,
             "cache_read_input_tokens": read,
@@ -257,6 +258,10 @@ def create_app() -> Starlette:
             },
             "server_tool_use": {"web_search_requests": searches(body)},
         }
+        for name in ("speed", "inference_geo"):
+            if body.get(name) is not None:
+                counts[name] = body[name]
+        return counts
 
     async def received(request: Request) -> tuple[dict[str, Any], Response | None]:
         raw = await request.body()
