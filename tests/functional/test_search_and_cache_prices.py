@@ -1,12 +1,13 @@
 """What the providers bill besides tokens, and at what rate: web searches their own tools run (Anthropic's
-`web_search_*` server tool, the Responses API's hosted `web_search`), Anthropic's hour-long cache writes, and the
-options of a Messages request that multiply its model's prices at Anthropic (`speed: fast`, `inference_geo: us`).
+`web_search_*` server tool, the Responses API's hosted `web_search`), Anthropic's hour-long cache writes, the
+options of a Messages request that multiply its model's prices at Anthropic (`speed: fast`, `inference_geo: us`),
+and the tokens of Anthropic's server-side compaction, which its usage counts apart from the top level.
 
 The official SDKs through gateways in front of the fakes: one that prices searches
 (`priced_options.web_search_usd`), one that does not. Before, a search was neither priced nor refused, and an
 hour's cache write was charged at the 5-minute rate (100k such tokens on Sonnet 4.5: $0.375 instead of $0.60),
-and fast mode passed through at the standard prices (Opus 4.6: $5/$25 per million instead of $30/$150), its worst
-case reserved at them too.
+fast mode passed through at the standard prices (Opus 4.6: $5/$25 per million instead of $30/$150), its worst
+case reserved at them too, and a compaction's tokens (the whole conversation read, the summary written) not at all.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ CLAUDE_PRICE = {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write"
 GPT_PRICE = {"input": 1.0, "output": 2.0}
 HI: Any = [{"role": "user", "content": "What is new today?"}]
 FAST_BETA = "fast-mode-2026-02-01"
+COMPACT_BETA = "compact-2026-01-12"
 
 
 def config(url: str, searches: float | None) -> dict[str, Any]:
@@ -277,6 +279,43 @@ def test_fast_mode_is_named_dropped_where_the_request_is_translated(priced: Runn
     assert raw.headers["x-gateway-dropped-params"] == "speed"
     [line] = priced.ledger(key)
     assert line.cost_usd == pytest.approx((line.input_tokens * 1.0 + line.output_tokens * 2.0) / 1e6)
+
+
+# --- Anthropic's server-side compaction -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_compactions_tokens_are_charged_beside_the_answers_own(priced: Running, stream: bool) -> None:
+    """A conversation past its compaction trigger is compacted first: the compaction reads all of it and writes the
+    summary, tokens Anthropic bills though its top-level usage leaves them out (they are in `usage.iterations`).
+    The header, the ledger line and its token counts have them."""
+    key = priced.mint(name=f"compaction-{stream}")
+    # About 52,000 tokens as the fake counts them: past the trigger's documented minimum, set here.
+    conversation: Any = [{"role": "user", "content": "Tell me more about the layout. " * 6700}]
+    edits: Any = {"edits": [{"type": "compact_20260112", "trigger": {"type": "input_tokens", "value": 50_000}}]}
+    sdk = anthropic_client(priced, key).beta.messages
+    if stream:
+        with sdk.stream(
+            model="claude", max_tokens=100, messages=conversation, context_management=edits, betas=[COMPACT_BETA]
+        ) as events:
+            message = events.get_final_message()
+    else:
+        raw = sdk.with_raw_response.create(
+            model="claude", max_tokens=100, messages=conversation, context_management=edits, betas=[COMPACT_BETA]
+        )
+        message = raw.parse()
+    assert message.content[0].type == "compaction"
+    usage = message.usage
+    [compaction] = [entry for entry in usage.iterations or () if entry.type == "compaction"]
+    assert compaction.input_tokens > 50_000 > usage.input_tokens
+    input_tokens = usage.input_tokens + compaction.input_tokens
+    output_tokens = usage.output_tokens + compaction.output_tokens
+    expected = (input_tokens * 3.0 + output_tokens * 15.0) / 1e6
+    if not stream:
+        assert float(raw.headers["x-gateway-cost-usd"]) == pytest.approx(expected)
+    [line] = priced.ledger(key)
+    assert (line.input_tokens, line.output_tokens) == (input_tokens, output_tokens)
+    assert line.cost_usd == pytest.approx(expected) and line.cost_source == "provider"
 
 
 # --- the Responses API's hosted web search -------------------------------------------------------------
