@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -83,6 +83,11 @@ class Price(_Strict):
     cache_write_1h: float | None = Field(default=None, ge=0, description="a write cached for an hour (Anthropic)")
     audio_input: float | None = Field(default=None, ge=0, description="audio prompt tokens, where they cost more")
     long_context: LongContextPrice | None = None
+    # Multipliers on all of these prices, by value, of the options of a Messages request passed through to Anthropic
+    # that change them: `speed` (`fast`: fast mode) and `inference_geo` (`us`: inference in the US only). Any other
+    # value but `standard` and `global` (the prices above) is refused (400), as an unpriced option is.
+    speed: dict[str, Annotated[float, Field(ge=0)]] = {}
+    inference_geo: dict[str, Annotated[float, Field(ge=0)]] = {}
 
 
 class ModelConfig(_Strict):

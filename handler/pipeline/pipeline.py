@@ -51,8 +51,10 @@ from handler.pipeline.passthrough import (
 from handler.pipeline.pricing import (
     Cost,
     PromptEstimate,
+    asked_options,
     cost_of,
     fee_for,
+    option_rate,
     plausible,
     predicted_tokens,
     price_for,
@@ -60,6 +62,7 @@ from handler.pipeline.pricing import (
     scaled,
     sent_as_written,
     usd,
+    with_options,
     worst_case_usd,
 )
 from handler.pipeline.routing import Attempt, Plan, RouteControls
@@ -120,7 +123,7 @@ class Exchange:
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
         "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "price_multiplier",
         "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left",
-        "fallbacks", "stream",
+        "fallbacks", "stream", "native_api", "native_options",
     )  # fmt: skip
 
     def __init__(
@@ -176,6 +179,10 @@ class Exchange:
         self.fallbacks: dict[str, RateLimitError | None] = {}
         self.user: str | None = None  # the end user the client named, for attribution
         self.price_multiplier = 1.0  # a service tier's
+        # Options that change the model's price (`pricing.PRICED_PER_MODEL`) of a request passed through as written
+        # in `native_api`: priced at each deployment that speaks that API (`pricing.with_options`).
+        self.native_api = ""
+        self.native_options: dict[str, str] = {}
         self.per_request_usd = 0.0  # options billed per request (web search)
         self.search_usd = 0.0  # the price of a search a provider's own search tool runs (`allow_searches`)
         self.searches = 0  # the most searches the request allows (reserved for)
@@ -457,6 +464,8 @@ class Pipeline:
         if isinstance(who, str) and who and ex.user is None:
             ex.user = who[:MAX_USER_CHARS]
         self._price_options(ex, req)
+        if call is not None:
+            self._price_native_options(ex, plan, call)
         ex.prompt = prompt_estimate(req)
         if call is not None and any(attempt.adapter.speaks(call.api, attempt.target) for attempt in plan):
             ex.prompt = sent_as_written(ex.prompt, call.body)  # (what the translation left out goes too)
@@ -514,6 +523,28 @@ class Pipeline:
                 ex.inbound_dropped.append("metadata")
 
     @staticmethod
+    def _price_native_options(ex: Exchange, plan: list[Attempt], call: NativeCall) -> None:
+        """Options of a request passed through as written that change what its model costs (`asked_options`:
+        Anthropic's fast mode, US-only inference): priced at every deployment in the plan that it passes through
+        to, by that model's price, else refused. A deployment that gets the translation is sent none of them (the
+        route names them dropped), so they do not change its price."""
+        asked = asked_options(call)
+        if not asked:
+            return
+        for attempt in plan:
+            if not attempt.adapter.speaks(call.api, attempt.target):
+                continue
+            price = price_for(attempt.model, attempt.spec, attempt.target.model)
+            for name, value in asked.items():
+                if option_rate(price, name, value) is None:
+                    raise InvalidRequestError(
+                        f"{name} '{value}' is not priced for model '{attempt.model}' on this gateway (no multiplier "
+                        f"for it in the model's `price.{name}`)",
+                        param=name,
+                    )
+        ex.native_api, ex.native_options = call.api, asked
+
+    @staticmethod
     def search_limit(value: Any, param: str) -> int:
         """A web search tool's limit as the client set it (Anthropic's `max_uses`, the Responses API's
         `max_tool_calls`): `DEFAULT_SEARCHES` when unset or null (the SDKs' types allow null), else a positive
@@ -548,7 +579,10 @@ class Pipeline:
             )
 
     def _price(self, ex: Exchange, attempt: Attempt) -> Price | None:
-        return scaled(price_for(attempt.model, attempt.spec, attempt.target.model), ex.price_multiplier)
+        price = price_for(attempt.model, attempt.spec, attempt.target.model)
+        if ex.native_options and attempt.adapter.speaks(ex.native_api, attempt.target):
+            price = with_options(price, ex.native_options)
+        return scaled(price, ex.price_multiplier)
 
     def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage) -> Cost:
         """What `usage` at `attempt` costs, with the options billed per request."""

@@ -13,6 +13,7 @@ import orjson
 
 from handler.config import FeeConfig, ModelConfig, Price, load_yaml
 from handler.pipeline.images import image_tokens
+from handler.ports import MESSAGES_API, NativeCall
 from handler.records import Value
 from handler.schemas import ChatRequest, ImagePart, Usage
 
@@ -332,7 +333,7 @@ def estimate_prompt_tokens(req: ChatRequest) -> int:
 
 
 def scaled(price: Price | None, multiplier: float) -> Price | None:
-    """`price` with every token price times `multiplier` (a service tier's)."""
+    """`price` with every token price times `multiplier` (a service tier's, a priced option's)."""
     if price is None or multiplier == 1.0:
         return price
     fields = ("input", "output", "cached_input", "cache_write", "cache_write_1h", "audio_input")
@@ -343,6 +344,39 @@ def scaled(price: Price | None, multiplier: float) -> Price | None:
             update={f: getattr(long, f) * multiplier for f in fields if getattr(long, f, None) is not None}
         )
     return price.model_copy(update={**scaled_fields, "long_context": long})
+
+
+# The options of a request passed through as written (by its API) that change what its model costs at the provider,
+# each with its value at the standard price: any other value is priced by a multiplier in the model's price (the
+# `Price` field of the option's name) or refused. A deployment that gets the request translated is sent none of them.
+PRICED_PER_MODEL: dict[str, tuple[tuple[str, str], ...]] = {
+    MESSAGES_API: (("speed", "standard"), ("inference_geo", "global")),
+}
+
+
+def asked_options(call: NativeCall) -> dict[str, Any]:
+    """The options of `PRICED_PER_MODEL` that `call` sets to other than their standard value (null is unset)."""
+    body = call.body
+    return {
+        name: body[name]
+        for name, standard in PRICED_PER_MODEL.get(call.api, ())
+        if body.get(name) is not None and body[name] != standard
+    }
+
+
+def option_rate(price: Price | None, name: str, value: Any) -> float | None:
+    """The multiplier `price` sets for option `name` at `value` (see `PRICED_PER_MODEL`); None where it sets none."""
+    rates: dict[str, float] = getattr(price, name) if price is not None else {}
+    return rates.get(value) if isinstance(value, str) else None
+
+
+def with_options(price: Price | None, options: Mapping[str, str]) -> Price | None:
+    """`price` for a request with `options` (each priced, `option_rate`): their multipliers stack, as Anthropic's
+    do (US-only inference on top of fast mode)."""
+    for name, value in options.items():
+        rate = option_rate(price, name, value)
+        price = scaled(price, 1.0 if rate is None else rate)
+    return price
 
 
 MAX_PLAUSIBLE_TOKENS = 50_000_000

@@ -18,7 +18,11 @@ is modelled: the prefix up to the last `cache_control` marker is written the fir
 (`cache_creation_input_tokens`, in `cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and
 read after (`cache_read_input_tokens`). With a web search tool (`web_search_20250305`), the answer searches
 once before its text (a `server_tool_use` block and its `web_search_tool_result`), counted in
-`usage.server_tool_use.web_search_requests`.
+`usage.server_tool_use.web_search_requests`. A request's `speed` (fast mode) and `inference_geo` come back in its
+usage, where Anthropic reports the speed and the place the answer ran at. A request asking for server-side compaction
+(`context_management.edits` with `compact_20260112`) whose input reaches its trigger (150,000 tokens unless set) is
+compacted as the compaction docs show it: a `compaction` block first, the top-level usage counting the sampling
+after it, and `usage.iterations` both, the compaction's tokens in its own entry alone.
 `POST /v1/messages/count_tokens` counts. Every request (path, query, headers, body) is recorded on
 `app.state.requests`.
 """
@@ -47,6 +51,8 @@ TOOL_USE_ID = "toolu_01FakeAnthropic"
 THINKING = "The user wants a greeting."
 SIGNATURE = "EqQBCkYIBRgCKkBfakeSignature=="
 SEARCH_ID = "srvtoolu_01FakeAnthropic"
+COMPACTION_SUMMARY = "Summary of the conversation: the user is building a website and asked for its layout."
+COMPACTION_TRIGGER = 150_000  # input tokens, unless the edit sets its own
 OUTPUT_LIMITS = {"claude-haiku-4-5": 64_000, "claude-3-5-haiku-latest": 8_192}  # refused past these, as Anthropic does
 
 
@@ -73,6 +79,26 @@ def cached_prefix(body: dict[str, Any]) -> tuple[bytes, str]:
         return b"", "5m"
     ttl = blocks[marked[-1]]["cache_control"].get("ttl") or "5m"
     return orjson.dumps(blocks[: marked[-1] + 1]), ttl
+
+
+def compaction_trigger(body: dict[str, Any]) -> int | None:
+    """The input tokens at which the request asks to be compacted, None when it does not ask."""
+    edits = (body.get("context_management") or {}).get("edits") or []
+    for edit in edits:
+        if isinstance(edit, dict) and edit.get("type") == "compact_20260112":
+            return int((edit.get("trigger") or {}).get("value", COMPACTION_TRIGGER))
+    return None
+
+
+def compacted(body: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
+    """The usage of an answer compacted first (`counts`: its usage uncompacted): the compaction read the whole
+    prompt and wrote the summary; the answer's own sampling, the only one the top level counts, read the summary."""
+    summary = len(COMPACTION_SUMMARY) // 4
+    none = {"cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
+    compaction = {"type": "compaction", "input_tokens": input_tokens(body), "output_tokens": summary, **none}
+    message = {"type": "message", "input_tokens": summary, "output_tokens": OUTPUT_TOKENS, **none}
+    cache = {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}
+    return {**counts, "input_tokens": summary, **none, "cache_creation": cache, "iterations": [compaction, message]}
 
 
 def searches(body: dict[str, Any]) -> int:
@@ -222,6 +248,8 @@ def _pieces(block: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]
         ]
     if block["type"] == "web_search_tool_result":
         return block, []
+    if block["type"] == "compaction":  # its summary in one delta
+        return {"type": "compaction"}, [{"type": "compaction_delta", "content": block["content"]}]
     if block["type"] in ("tool_use", "server_tool_use"):
         text = orjson.dumps(block["input"]).decode()
         parts = ["", text[: len(text) // 2], text[len(text) // 2 :]]
@@ -247,7 +275,7 @@ def create_app() -> Starlette:
         if prefix:
             cached.add(prefix)
         written = tokens - read
-        return {
+        counts: dict[str, Any] = {
             "input_tokens": max(1, input_tokens(body) - tokens),
             "cache_creation_input_tokens": written,
             "cache_read_input_tokens": read,
@@ -257,6 +285,11 @@ def create_app() -> Starlette:
             },
             "server_tool_use": {"web_search_requests": searches(body)},
         }
+        for name in ("speed", "inference_geo"):
+            if body.get(name) is not None:
+                counts[name] = body[name]
+        trigger = compaction_trigger(body)
+        return compacted(body, counts) if trigger is not None and input_tokens(body) >= trigger else counts
 
     async def received(request: Request) -> tuple[dict[str, Any], Response | None]:
         raw = await request.body()
@@ -300,6 +333,9 @@ def create_app() -> Starlette:
         tool = _tool_name(body)
         content = _content(body, tool)
         calls = any(block["type"] == "tool_use" for block in content)
+        trigger = compaction_trigger(body)
+        if trigger is not None and input_tokens(body) >= trigger:
+            content.insert(0, {"type": "compaction", "content": COMPACTION_SUMMARY})
         if body.get("stream"):
             overloaded = None
             if "stream-overloaded" in faults:
@@ -336,8 +372,12 @@ def create_app() -> Starlette:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            # No search has run yet when the message starts: the count comes with `message_delta`.
-            "usage": {**final, "output_tokens": 1, "server_tool_use": {"web_search_requests": 0}},
+            # No search nor compaction has run yet when the message starts: they come with `message_delta`.
+            "usage": {
+                **{name: count for name, count in final.items() if name != "iterations"},
+                "output_tokens": 1,
+                "server_tool_use": {"web_search_requests": 0},
+            },
         }
         yield _sse("message_start", {"type": "message_start", "message": start})
         yield _sse("ping", {"type": "ping"})
@@ -357,9 +397,10 @@ def create_app() -> Starlette:
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": "tool_use" if calls else "end_turn", "stop_sequence": None},
-                # The cumulative usage; with a search, as Anthropic's web search example shows it, in full.
+                # The cumulative usage; with a search (as Anthropic's web search example shows it) or a compaction,
+                # in full.
                 "usage": {**final, "output_tokens": OUTPUT_TOKENS}
-                if searches(body)
+                if searches(body) or "iterations" in final
                 else {"output_tokens": OUTPUT_TOKENS},
             },
         )

@@ -1,9 +1,13 @@
 """What the providers bill besides tokens, and at what rate: web searches their own tools run (Anthropic's
-`web_search_*` server tool, the Responses API's hosted `web_search`), and Anthropic's hour-long cache writes.
+`web_search_*` server tool, the Responses API's hosted `web_search`), Anthropic's hour-long cache writes, the
+options of a Messages request that multiply its model's prices at Anthropic (`speed: fast`, `inference_geo: us`),
+and the tokens of Anthropic's server-side compaction, which its usage counts apart from the top level.
 
 The official SDKs through gateways in front of the fakes: one that prices searches
 (`priced_options.web_search_usd`), one that does not. Before, a search was neither priced nor refused, and an
-hour's cache write was charged at the 5-minute rate (100k such tokens on Sonnet 4.5: $0.375 instead of $0.60).
+hour's cache write was charged at the 5-minute rate (100k such tokens on Sonnet 4.5: $0.375 instead of $0.60),
+fast mode passed through at the standard prices (Opus 4.6: $5/$25 per million instead of $30/$150), its worst
+case reserved at them too, and a compaction's tokens (the whole conversation read, the summary written) not at all.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ SEARCH: Any = {"type": "web_search_20250305", "name": "web_search"}
 CLAUDE_PRICE = {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write": 3.75, "cache_write_1h": 6.0}
 GPT_PRICE = {"input": 1.0, "output": 2.0}
 HI: Any = [{"role": "user", "content": "What is new today?"}]
+FAST_BETA = "fast-mode-2026-02-01"
+COMPACT_BETA = "compact-2026-01-12"
 
 
 def config(url: str, searches: float | None) -> dict[str, Any]:
@@ -47,6 +53,7 @@ def config(url: str, searches: float | None) -> dict[str, Any]:
             "claude": {"deployments": [{"provider": "anthropic", "model": "claude-x"}], "price": CLAUDE_PRICE},
             # No price: the built-in table's, by the upstream model.
             "sonnet": {"deployments": [{"provider": "anthropic", "model": "claude-sonnet-4-5-20250929"}]},
+            "opus": {"deployments": [{"provider": "anthropic", "model": "claude-opus-4-6"}]},
             "gpt": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": GPT_PRICE},
         },
     }
@@ -196,6 +203,119 @@ def test_a_tool_choice_left_without_its_tool_goes_too(unpriced: Running) -> None
     assert raw_r.parse().output
     assert "tool_choice" not in sent(unpriced, "openai")
     assert raw_r.headers["x-gateway-dropped-params"] == "tools[web_search],tool_choice"
+
+
+# --- Anthropic's fast mode and US-only inference ---------------------------------------------------------
+
+
+def opus_usd(usage: Any, times: float) -> float:
+    """A Messages answer's tokens at the table's Opus 4.6 prices ($5 in, $25 out per million) times `times`."""
+    return (usage.input_tokens * 5.0 + usage.output_tokens * 25.0) * times / 1e6
+
+
+@pytest.mark.parametrize(
+    ("options", "times"),
+    [({"speed": "fast"}, 6.0), ({"inference_geo": "us"}, 1.1), ({"speed": "fast", "inference_geo": "us"}, 6.6)],
+    ids=["fast", "us", "fast-in-the-us"],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_fast_mode_and_us_inference_are_charged_at_the_tables_multipliers(
+    priced: Running, options: dict[str, str], times: float, stream: bool
+) -> None:
+    """Opus 4.6 passed through with `speed: fast` costs six times its prices, with `inference_geo: us` 1.1 times,
+    with both 6.6 times (Anthropic stacks them); the header and the ledger line say the same."""
+    key = priced.mint(name=f"fast-{'-'.join(options)}-{stream}")
+    sdk = anthropic_client(priced, key).beta.messages
+    if stream:
+        with sdk.stream(model="opus", max_tokens=100, messages=HI, betas=[FAST_BETA], **options) as events:
+            message = events.get_final_message()
+    else:
+        raw = sdk.with_raw_response.create(model="opus", max_tokens=100, messages=HI, betas=[FAST_BETA], **options)
+        message = raw.parse()
+        assert float(raw.headers["x-gateway-cost-usd"]) == pytest.approx(opus_usd(message.usage, times))
+        assert "x-gateway-dropped-params" not in raw.headers
+    assert {name: sent(priced, "anthropic")[name] for name in options} == options
+    assert {name: getattr(message.usage, name) for name in options} == options  # as Anthropic reports it ran
+    [line] = priced.ledger(key)
+    assert line.cost_usd == pytest.approx(opus_usd(message.usage, times))
+
+
+def test_the_worst_case_is_reserved_at_the_fast_price(priced: Running) -> None:
+    """x-gateway-max-cost-usd is held against fast mode's prices: 1,000 output tokens at $150 a million pass
+    $0.10, at the standard $25 they do not."""
+    sdk = anthropic_client(priced, priced.mint(name="fast-worst")).beta.messages
+    ceiling = {"x-gateway-max-cost-usd": "0.10"}
+    assert sdk.create(model="opus", max_tokens=1000, messages=HI, extra_headers=ceiling).content
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        sdk.create(model="opus", max_tokens=1000, messages=HI, speed="fast", betas=[FAST_BETA], extra_headers=ceiling)
+    assert refused.value.status_code == 402 and "exceeds x-gateway-max-cost-usd" in str(refused.value.body)
+
+
+@pytest.mark.parametrize(("name", "value"), [("speed", "fast"), ("inference_geo", "us"), ("speed", "turbo")])
+def test_an_option_the_models_price_has_no_multiplier_for_is_refused(priced: Running, name: str, value: str) -> None:
+    """`claude`'s configured price sets no multiplier for fast mode or US-only inference: the request is refused in
+    Anthropic's shape, naming the option, before anything is sent; the standard values pass."""
+    sdk = anthropic_client(priced, priced.mint(name=f"unpriced-{name}-{value}"))
+    requests = priced.fakes["anthropic"].state.requests
+    before = len(requests)
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        sdk.messages.create(model="claude", max_tokens=100, messages=HI, extra_body={name: value})
+    error: Any = caught.value.body
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert error["error"]["message"].startswith(f"{name} '{value}' is not priced for model 'claude'")
+    assert len(requests) == before
+    standard: Any = {"speed": "standard", "inference_geo": "global"}
+    assert sdk.messages.create(model="claude", max_tokens=100, messages=HI, extra_body=standard).content
+
+
+def test_fast_mode_is_named_dropped_where_the_request_is_translated(priced: Running) -> None:
+    """A provider that gets the Messages request translated is sent no `speed`: named dropped, priced as usual."""
+    key = priced.mint(name="fast-translated")
+    raw = anthropic_client(priced, key).beta.messages.with_raw_response.create(
+        model="gpt", max_tokens=100, messages=HI, speed="fast", betas=[FAST_BETA]
+    )
+    assert raw.parse().content
+    assert "speed" not in sent(priced, "openai")
+    assert raw.headers["x-gateway-dropped-params"] == "speed"
+    [line] = priced.ledger(key)
+    assert line.cost_usd == pytest.approx((line.input_tokens * 1.0 + line.output_tokens * 2.0) / 1e6)
+
+
+# --- Anthropic's server-side compaction -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_compactions_tokens_are_charged_beside_the_answers_own(priced: Running, stream: bool) -> None:
+    """A conversation past its compaction trigger is compacted first: the compaction reads all of it and writes the
+    summary, tokens Anthropic bills though its top-level usage leaves them out (they are in `usage.iterations`).
+    The header, the ledger line and its token counts have them."""
+    key = priced.mint(name=f"compaction-{stream}")
+    # About 52,000 tokens as the fake counts them: past the trigger's documented minimum, set here.
+    conversation: Any = [{"role": "user", "content": "Tell me more about the layout. " * 6700}]
+    edits: Any = {"edits": [{"type": "compact_20260112", "trigger": {"type": "input_tokens", "value": 50_000}}]}
+    sdk = anthropic_client(priced, key).beta.messages
+    if stream:
+        with sdk.stream(
+            model="claude", max_tokens=100, messages=conversation, context_management=edits, betas=[COMPACT_BETA]
+        ) as events:
+            message = events.get_final_message()
+    else:
+        raw = sdk.with_raw_response.create(
+            model="claude", max_tokens=100, messages=conversation, context_management=edits, betas=[COMPACT_BETA]
+        )
+        message = raw.parse()
+    assert message.content[0].type == "compaction"
+    usage = message.usage
+    [compaction] = [entry for entry in usage.iterations or () if entry.type == "compaction"]
+    assert compaction.input_tokens > 50_000 > usage.input_tokens
+    input_tokens = usage.input_tokens + compaction.input_tokens
+    output_tokens = usage.output_tokens + compaction.output_tokens
+    expected = (input_tokens * 3.0 + output_tokens * 15.0) / 1e6
+    if not stream:
+        assert float(raw.headers["x-gateway-cost-usd"]) == pytest.approx(expected)
+    [line] = priced.ledger(key)
+    assert (line.input_tokens, line.output_tokens) == (input_tokens, output_tokens)
+    assert line.cost_usd == pytest.approx(expected) and line.cost_source == "provider"
 
 
 # --- the Responses API's hosted web search -------------------------------------------------------------

@@ -31,9 +31,24 @@ def _count(counts: Any, name: str) -> int:
 # The usage fields a `message_delta` may bring besides the output count.
 FOLDED = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 # Also read, from the extras (each field declared costs a Lambda cold start about 0.3 million instructions): the
-# writes by how long they are kept (`cache_creation.ephemeral_1h_input_tokens`), and what Anthropic's own tools
-# did (`server_tool_use.web_search_requests`, billed per search).
-FOLDED_EXTRA = ("cache_creation", "server_tool_use")
+# writes by how long they are kept (`cache_creation.ephemeral_1h_input_tokens`), what Anthropic's own tools did
+# (`server_tool_use.web_search_requests`, billed per search), and the samplings of the request (`iterations`).
+FOLDED_EXTRA = ("cache_creation", "server_tool_use", "iterations")
+# The `iterations` whose tokens the top-level counts leave out, billed besides them at the model's prices: a
+# server-side compaction ("A `compaction` entry's tokens are not included in the top-level `usage` fields", the
+# SDK's `BetaUsage.iterations`; Anthropic's compaction docs: 180,000 in and 3,500 out beside a top level of 23,000
+# and 1,000). The other entries (`message`, each turn of a server tool loop) are in the top level already.
+BILLED_APART = ("compaction",)
+
+
+def _billed_apart(iterations: Any) -> list[dict[str, Any]]:
+    """The entries of `usage.iterations` that `BILLED_APART` names (none when absent or null); another shape is a
+    malformed answer."""
+    if iterations is None:
+        return []
+    if not isinstance(iterations, list) or not all(isinstance(entry, dict) for entry in iterations):
+        raise ValueError("usage iterations is not a list of objects")
+    return [entry for entry in iterations if entry.get("type") in BILLED_APART]
 
 
 class WireUsage(_Wire):
@@ -45,16 +60,18 @@ class WireUsage(_Wire):
     cache_read_input_tokens: int | None = None
 
     def to_usage(self) -> Usage:
+        """The counts the request is billed for: the top level's, and a compaction's beside them."""
+        fresh, output = self.input_tokens or 0, self.output_tokens
         read, write = self.cache_read_input_tokens or 0, self.cache_creation_input_tokens or 0
         extra = self.__pydantic_extra__ or {}
-        hour = min(write, _count(extra.get("cache_creation"), "ephemeral_1h_input_tokens")) if extra else 0
-        usage = Usage.of(
-            (self.input_tokens or 0) + read + write,
-            self.output_tokens,
-            cached=read,
-            cache_write=write,
-            cache_write_1h=hour,
-        )
+        hour = _count(extra.get("cache_creation"), "ephemeral_1h_input_tokens") if extra else 0
+        for entry in _billed_apart(extra.get("iterations")) if extra else ():
+            fresh += _count(entry, "input_tokens")
+            output += _count(entry, "output_tokens")
+            read += _count(entry, "cache_read_input_tokens")
+            write += _count(entry, "cache_creation_input_tokens")
+            hour += _count(entry.get("cache_creation"), "ephemeral_1h_input_tokens")
+        usage = Usage.of(fresh + read + write, output, cached=read, cache_write=write, cache_write_1h=min(write, hour))
         searches = _count(extra.get("server_tool_use"), "web_search_requests") if extra else 0
         if searches:
             usage.set_count("web_searches", searches)

@@ -769,6 +769,56 @@ def test_the_native_meter_reads_cache_usage_and_estimates_a_cut_stream() -> None
     assert raised.value.upstream_status == 529 and raised.value.retryable
 
 
+# Anthropic's compaction docs' answer: the top level counts the sampling after the compaction, the compaction's own
+# (a sampling that read the whole conversation and wrote its summary) is in `iterations` alone.
+COMPACTED_USAGE = {
+    "input_tokens": 23000,
+    "output_tokens": 1000,
+    "iterations": [
+        {
+            "type": "compaction",
+            "input_tokens": 180000,
+            "output_tokens": 3500,
+            "cache_read_input_tokens": 4000,
+            "cache_creation_input_tokens": 2000,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 2000},
+        },
+        {
+            "type": "message",
+            "input_tokens": 23000,
+            "output_tokens": 1000,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+        },
+    ],
+}
+
+
+def test_a_compactions_tokens_are_billed_beside_the_top_level_counts() -> None:
+    """The top level leaves a compaction's tokens out (the SDK's `BetaUsage.iterations`): they are added, its cache
+    reads and writes (an hour's among them) too; a `message` entry is in the top level already. They were metered
+    23,000 in and 1,000 out."""
+    message = {"id": "m", "type": "message", "role": "assistant", "model": MODEL, "content": []}
+    answer = {**message, "usage": COMPACTED_USAGE}
+    usage = adapter().native_usage(NativeCall(MESSAGES_API, {}), orjson.dumps(answer))
+    assert (usage.prompt_tokens, usage.completion_tokens) == (23000 + 180000 + 4000 + 2000, 1000 + 3500)
+    assert (usage.cached_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens) == (4000, 2000, 2000)
+    malformed = {**answer, "usage": {**COMPACTED_USAGE, "iterations": {"type": "compaction"}}}
+    with pytest.raises(ValueError):  # (the pipeline's malformed answer: `passthrough.SHAPE_ERRORS`)
+        adapter().native_usage(NativeCall(MESSAGES_API, {}), orjson.dumps(malformed))
+
+
+def test_a_streams_compaction_is_billed_from_the_final_message_delta() -> None:
+    meter = MessagesMeter()
+    message = {"id": "m", "type": "message", "role": "assistant", "model": MODEL, "content": []}
+    start = {"type": "message_start", "message": {**message, "usage": {"input_tokens": 23000, "output_tokens": 1}}}
+    meter.feed(StreamEvent("message_start", orjson.dumps(start)))
+    end = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": COMPACTED_USAGE}
+    meter.feed(StreamEvent("message_delta", orjson.dumps(end)))
+    assert meter.usage is not None
+    assert (meter.usage.prompt_tokens, meter.usage.completion_tokens) == (209000, 4500)
+
+
 def test_a_budget_cap_below_the_thinking_budget_lowers_it_or_turns_thinking_off() -> None:
     """The lowered budget leaves the answer room, half of this small cap (at `max_tokens - 1` it had one token);
     where no budget of Anthropic's minimum fits beside it, thinking is not sent, and that is named."""

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from handler.config import FeeConfig, ModelConfig, Price
 from handler.pipeline.pricing import (
     PromptEstimate,
+    asked_options,
     builtin_prices,
     cost_of,
     estimate_prompt_tokens,
@@ -19,8 +20,10 @@ from handler.pipeline.pricing import (
     price_for,
     sent_as_written,
     usd,
+    with_options,
     worst_case_usd,
 )
+from handler.ports import MESSAGES_API, RESPONSES_API, NativeCall
 from handler.schemas import ChatRequest, Usage
 
 NO_FEE = FeeConfig()
@@ -160,6 +163,24 @@ def test_the_worst_case_covers_an_hours_writes_wherever_the_model_bills_cache_wr
     worst = worst_case_usd(100_000, 0, claude, NO_FEE)
     assert charged == pytest.approx(0.6) and worst is not None and worst >= charged
     assert worst_case_usd(100_000, 0, Price(input=3.0, output=15.0), NO_FEE) == pytest.approx(0.3)
+
+
+def test_fast_mode_multiplies_every_price_of_the_model_and_stacks_with_us_inference() -> None:
+    """Opus 4.6 in fast mode: $30/$150 per million, cache reads and writes six times theirs too (Anthropic's cache
+    multipliers apply on top of fast mode's prices); with US-only inference 1.1 times that."""
+    opus = builtin_prices().find("claude-opus-4-6-20260205")
+    fast = with_options(opus, {"speed": "fast"})
+    assert fast is not None and (fast.input, fast.output, fast.cached_input, fast.cache_write_1h) == (30, 150, 3, 60)
+    both = with_options(opus, {"speed": "fast", "inference_geo": "us"})
+    assert both is not None and (both.input, both.output) == pytest.approx((33.0, 165.0))
+    assert worst_case_usd(0, 1_000_000, fast, NO_FEE) == pytest.approx(150.0)
+
+
+def test_only_a_passed_through_apis_own_options_other_than_standard_are_asked() -> None:
+    body = {"speed": "fast", "inference_geo": None, "service_tier": "auto"}
+    assert asked_options(NativeCall(MESSAGES_API, body)) == {"speed": "fast"}
+    assert asked_options(NativeCall(MESSAGES_API, {"speed": "standard", "inference_geo": "global"})) == {}
+    assert asked_options(NativeCall(RESPONSES_API, body)) == {}
 
 
 def test_a_body_sent_as_written_is_reserved_on_all_of_it_but_its_inline_pictures() -> None:
