@@ -404,6 +404,24 @@ def test_an_openai_reasoning_model_gets_reasoning_effort_and_max_completion_toke
     assert raw.headers["x-gateway-dropped-params"] == "context_management"
 
 
+def test_an_openai_reasoning_model_gets_the_nearest_effort_it_takes(
+    agents: Running, client: anthropic.Anthropic
+) -> None:
+    """A budget above 16384 is `xhigh` and `output_config.effort: max` is `xhigh` too, which o4-mini refuses (OpenAI's
+    400: "Unsupported value: 'xhigh' is not supported with the 'o4-mini' model"): it gets `high`, the nearest it
+    takes; the effort the client named is reported, the budget it only approximated is not."""
+    body = {**claude_code_body("o4"), "max_tokens": 21000, "thinking": {"type": "enabled", "budget_tokens": 20000}}
+    del body["output_config"]
+    raw = client.beta.messages.with_raw_response.create(betas=BETAS, **body)
+    assert raw.parse().content[0].type == "tool_use"
+    assert last(agents, "openai")["json"]["reasoning_effort"] == "high"
+    assert raw.headers["x-gateway-dropped-params"] == "context_management"
+    body = {**claude_code_body("o4"), "output_config": {"effort": "max"}}
+    raw = client.beta.messages.with_raw_response.create(betas=BETAS, **body)
+    assert last(agents, "openai")["json"]["reasoning_effort"] == "high"
+    assert raw.headers["x-gateway-dropped-params"] == "context_management,thinking"
+
+
 def test_strict_mode_refuses_what_a_translation_drops_but_not_a_pass_through(client: anthropic.Anthropic) -> None:
     strict = {"x-gateway-strict": "true"}
     with pytest.raises(anthropic.BadRequestError) as refused:
