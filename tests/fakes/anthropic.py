@@ -8,13 +8,13 @@ test can pick a fault on a configured model: `fail-429` (rate_limit_error with r
 `stream-overloaded` (a stream that ends after its first delta with Anthropic's in-stream `error` event, an
 `overloaded_error`; with `echo-auth` its message quotes the request's `x-api-key`, as an upstream that echoes
 credentials would), `bad-json` (a 200 whose body is not JSON). A whitespace-only stop sequence is refused, as
-Anthropic refuses it. A request with tools and a `tool_choice` of
-`any` or `tool` is answered with a `tool_use` block (its input following the tool's schema); a user message
-may script a tool call (`tests.fakes.script`). A request asking for `thinking`, or for a `thinker` model, gets
-a signed thinking block first (its text empty under `display: omitted`); for a `thinker`, an assistant turn
-that called a tool must come back opening with it, signature intact, as the real API requires, and so must the
-final assistant turn, if it called a tool, of any request asking for `thinking`. Prompt caching
-is modelled: the prefix up to the last `cache_control` marker is written the first time it is seen
+Anthropic refuses it, and so is a beta's field without its beta in `anthropic-beta` (`BETA_FIELDS`). A request
+with tools and a `tool_choice` of `any` or `tool` is answered with a `tool_use` block (its input following the
+tool's schema); a user message may script a tool call (`tests.fakes.script`). A request asking for `thinking`,
+or for a `thinker` model, gets a signed thinking block first (its text empty under `display: omitted`); for a
+`thinker`, an assistant turn that called a tool must come back opening with it, signature intact, as the real API
+requires, and so must the final assistant turn, if it called a tool, of any request asking for `thinking`.
+Prompt caching is modelled: the prefix up to the last `cache_control` marker is written the first time it is seen
 (`cache_creation_input_tokens`, in `cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and
 read after (`cache_read_input_tokens`). With a web search tool (`web_search_20250305`), the answer searches
 once before its text (a `server_tool_use` block and its `web_search_tool_result`), counted in
@@ -48,6 +48,8 @@ THINKING = "The user wants a greeting."
 SIGNATURE = "EqQBCkYIBRgCKkBfakeSignature=="
 SEARCH_ID = "srvtoolu_01FakeAnthropic"
 OUTPUT_LIMITS = {"claude-haiku-4-5": 64_000, "claude-3-5-haiku-latest": 8_192}  # refused past these, as Anthropic does
+# Body fields Anthropic knows only under a beta: without it, the field is unknown to the API.
+BETA_FIELDS = {"context_management": "context-management-2025-06-27"}
 
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -268,6 +270,10 @@ def create_app() -> Starlette:
             return body, _error(401, "authentication_error", "invalid x-api-key")
         if not request.headers.get("anthropic-version"):
             return body, _error(400, "invalid_request_error", "anthropic-version: header is required")
+        betas = {beta.strip() for value in request.headers.getlist("anthropic-beta") for beta in value.split(",")}
+        for field, beta in BETA_FIELDS.items():
+            if field in body and beta not in betas:
+                return body, _error(400, "invalid_request_error", f"{field}: Extra inputs are not permitted")
         return body, None
 
     async def count_tokens(request: Request) -> Response:

@@ -19,12 +19,15 @@ import httpx
 import orjson
 import pytest
 
+from adapters.providers.registry import REGISTRY
+from handler.config import parse_config
 from tests.fakes import anthropic as fake_anthropic
 from tests.fakes import bedrock as fake_bedrock
 from tests.fakes import gemini as fake_gemini
 from tests.fakes import openai as fake_openai
-from tests.functional.agents_gateway import CLAUDE, agents_gateway
-from tests.functional.conftest import Running
+from tests.functional.agents_gateway import CLAUDE, CLAUDE_PRICE, agents_gateway
+from tests.functional.conftest import Running, serving
+from tests.support.servers import ServerThread
 
 BETAS = ["interleaved-thinking-2025-05-14", "context-management-2025-06-27"]
 CACHED = {"type": "ephemeral"}
@@ -251,6 +254,43 @@ def test_claude_codes_beta_query_reaches_anthropic_and_only_anthropic(agents: Ru
         answer = httpx.post(f"{agents.url}{path}?beta=true", json={**body, "model": "gpt"}, headers=headers)
         assert answer.status_code == 200
         assert last(agents, "openai")["query"] == ""
+
+
+@pytest.fixture(scope="module")
+def beta_gateway(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    """A gateway whose Anthropic provider turns a beta on for its clients (`anthropic_beta`)."""
+    anthropic_url = f"{upstream[0].url}/anthropic"
+    provider = {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": anthropic_url}
+    data = {
+        "providers": {"anthropic": {**provider, "anthropic_beta": BETAS[1]}},
+        "models": {"claude": {"deployments": [{"provider": "anthropic", "model": CLAUDE}], "price": CLAUDE_PRICE}},
+    }
+    store_url = f"sqlite:///{tmp_path_factory.mktemp('beta-store') / 'gateway.db'}"
+    yield from serving(parse_config(data, set(REGISTRY)), store_url, upstream)
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+def test_the_configured_beta_goes_with_the_clients_betas(beta_gateway: Running, path: str) -> None:
+    """docs/configuration.md: the provider's `anthropic_beta` is "sent with every request of the provider". A
+    client sending betas of its own replaced it, and Anthropic refused the field the configured beta turns on
+    ("context_management: Extra inputs are not permitted")."""
+    headers = {"x-api-key": beta_gateway.mint(name="beta"), "anthropic-version": "2023-06-01"}
+    body: dict[str, Any] = {
+        "model": "claude",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "context_management": CONTEXT_MANAGEMENT,
+    }
+    if path == "/v1/messages":
+        body["max_tokens"] = 10
+    answer = httpx.post(f"{beta_gateway.url}{path}", json=body, headers={**headers, "anthropic-beta": BETAS[0]})
+    assert answer.status_code == 200, answer.text
+    sent = beta_gateway.fakes["anthropic"].state.requests[-1]
+    assert sent["path"].endswith(path) and sent["headers"]["anthropic-beta"] == ",".join(BETAS)
+    both = httpx.post(f"{beta_gateway.url}{path}", json=body, headers={**headers, "anthropic-beta": ",".join(BETAS)})
+    assert both.status_code == 200, both.text
+    assert beta_gateway.fakes["anthropic"].state.requests[-1]["headers"]["anthropic-beta"] == ",".join(BETAS)
 
 
 def test_the_sdk_stream_accumulates_thinking_with_its_signature(client: anthropic.Anthropic) -> None:

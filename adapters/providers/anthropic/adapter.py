@@ -49,7 +49,6 @@ from handler.schemas import (
     Usage,
 )
 from handler.wire import (
-    ANTHROPIC_HEADERS,
     StreamEvent,
     error_excerpt,
     event_payload,
@@ -374,6 +373,18 @@ def claude_effort(level: reasoning.Level, model: str) -> str:
     return level.effort
 
 
+def merged_betas(client: str | None, configured: str | None) -> str | None:
+    """One `anthropic-beta` value (a comma-separated list) from the client's and the provider's: the client's as
+    it sent it, then each configured beta it did not name, in the configured order."""
+    betas = [client] if client else []
+    named = {beta.strip() for beta in (client or "").split(",")}
+    for beta in (beta.strip() for beta in (configured or "").split(",")):
+        if beta and beta not in named:
+            betas.append(beta)
+            named.add(beta)
+    return ",".join(betas) or None
+
+
 def json_tool(req: ChatRequest) -> dict[str, Any] | None:
     """The forced tool serving a `json_schema` response format, or None for other requests."""
     fmt = req.response_format
@@ -610,7 +621,8 @@ class AnthropicAdapter(ProviderAdapter):
     """The `anthropic` provider type: Anthropic's Messages API.
 
     Options: `max_output_tokens` (provider-wide or per deployment) sets the `max_tokens` sent when the
-    client gives none; `anthropic_beta` sets the `anthropic-beta` header; `headers` adds headers.
+    client gives none; `anthropic_beta` is sent as `anthropic-beta`, after a Messages client's own betas;
+    `headers` adds headers.
     """
 
     type_name = "anthropic"
@@ -773,11 +785,15 @@ class AnthropicAdapter(ProviderAdapter):
         return True
 
     def native_headers(self, call: NativeCall) -> dict[str, str]:
-        """The adapter's headers with the client's `anthropic-version` and `anthropic-beta` as it sent them."""
+        """The adapter's headers with the client's `anthropic-version`, and its `anthropic-beta` as it sent it
+        followed by the provider's configured betas it did not name (`merged_betas`): the configured one goes
+        with every request of the provider, whatever betas the client has."""
         headers = self.headers()
-        for name in ANTHROPIC_HEADERS:
-            if call.headers.get(name):
-                headers[name] = call.headers[name]
+        if call.headers.get("anthropic-version"):
+            headers["anthropic-version"] = call.headers["anthropic-version"]
+        betas = merged_betas(call.headers.get("anthropic-beta"), headers.get("anthropic-beta"))
+        if betas:
+            headers["anthropic-beta"] = betas
         return headers
 
     def native_url(self, call: NativeCall, url: str) -> str:

@@ -737,6 +737,28 @@ def test_a_native_request_keeps_the_body_and_the_clients_anthropic_headers() -> 
     assert orjson.loads(uncapped.request.body)["max_tokens"] == 9000
 
 
+@pytest.mark.parametrize(
+    ("client", "configured", "sent"),
+    [
+        ("a-1,b-2", "context-1m-2025-08-07", "a-1,b-2,context-1m-2025-08-07"),
+        ("a-1, context-1m-2025-08-07", "context-1m-2025-08-07,c-3", "a-1, context-1m-2025-08-07,c-3"),
+        (None, "context-1m-2025-08-07", "context-1m-2025-08-07"),
+        ("a-1", None, "a-1"),
+    ],
+)
+def test_a_native_request_sends_the_clients_betas_and_then_the_configured_ones(
+    client: str | None, configured: str | None, sent: str
+) -> None:
+    """docs/configuration.md: the provider's `anthropic_beta` goes "with every request of the provider"; a client
+    that sent betas of its own (Claude Code always does) replaced it, on messages and on count_tokens."""
+    headers = {"anthropic-beta": client} if client else {}
+    call = NativeCall(MESSAGES_API, {"model": "public", "max_tokens": 10, "messages": []}, headers)
+    configured_adapter = adapter(anthropic_beta=configured) if configured else adapter()
+    built = configured_adapter.native_request(call, target(), stream=False, output_limit=None)
+    counted = configured_adapter.count_tokens_request(call, request(), target())
+    assert built.request.headers["anthropic-beta"] == counted.request.headers["anthropic-beta"] == sent
+
+
 def test_the_native_meter_reads_cache_usage_and_estimates_a_cut_stream() -> None:
     meter = MessagesMeter()
     start = {
