@@ -13,12 +13,12 @@ with tools and a `tool_choice` of `any` or `tool` is answered with a `tool_use` 
 tool's schema); a user message may script a tool call (`tests.fakes.script`). A request asking for `thinking`,
 or for a `thinker` model, gets a signed thinking block first (its text empty under `display: omitted`); for a
 `thinker`, an assistant turn that called a tool must come back opening with it, signature intact, as the real API
-requires, and so must the final assistant turn, if it called a tool, of any request asking for `thinking`.
-Prompt caching is modelled: the prefix up to the last `cache_control` marker is written the first time it is seen
-(`cache_creation_input_tokens`, in `cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and
-read after (`cache_read_input_tokens`). With a web search tool (`web_search_20250305`), the answer searches
-once before its text (a `server_tool_use` block and its `web_search_tool_result`), counted in
-`usage.server_tool_use.web_search_requests`.
+requires, and so must the final assistant turn, if it called a tool, of any request asking for `thinking`;
+a `clear_thinking_...` context-management edit needs `thinking` on. Prompt caching is modelled: the prefix up to
+the last `cache_control` marker is written the first time it is seen (`cache_creation_input_tokens`, in
+`cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and read after (`cache_read_input_tokens`).
+With a web search tool (`web_search_20250305`), the answer searches once before its text (a `server_tool_use`
+block and its `web_search_tool_result`), counted in `usage.server_tool_use.web_search_requests`.
 `POST /v1/messages/count_tokens` counts. Every request (path, query, headers, body) is recorded on
 `app.state.requests`.
 """
@@ -182,9 +182,13 @@ def _problem(body: dict[str, Any]) -> str | None:
         return "tool_choice may only be specified while providing tools."
     if any(not str(sequence).strip() for sequence in body.get("stop_sequences") or ()):
         return "stop_sequences: each stop sequence must contain non-whitespace"
+    thinking = (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
+    for edit in (body.get("context_management") or {}).get("edits") or ():
+        if str(edit.get("type")).startswith("clear_thinking") and not thinking:
+            return f"`{edit['type']}` strategy requires `thinking` to be enabled"
     if "thinker" in str(body.get("model")):
         return _unsigned_turn(messages)
-    if (body.get("thinking") or {}).get("type") in ("enabled", "adaptive"):
+    if thinking:
         return _unsigned_turn(messages, final_only=True)
     return None
 

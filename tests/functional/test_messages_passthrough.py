@@ -280,7 +280,7 @@ def test_the_configured_beta_goes_with_the_clients_betas(beta_gateway: Running, 
     body: dict[str, Any] = {
         "model": "claude",
         "messages": [{"role": "user", "content": "Hi"}],
-        "context_management": CONTEXT_MANAGEMENT,
+        "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]},  # (clearing thinking needs it on)
     }
     if path == "/v1/messages":
         body["max_tokens"] = 10
@@ -543,6 +543,41 @@ def test_signed_thinking_goes_back_to_claude_and_is_named_when_dropped(
     assert "thinking_blocks" not in last(agents, "openai")["json"]["messages"][1]
 
 
+def test_a_tool_loop_another_provider_began_goes_on_on_claude_without_thinking(
+    agents: Running, client: anthropic.Anthropic
+) -> None:
+    """Turn 1 fails over to OpenAI, which calls the tool; turn 2 (the tool result) reaches Claude. Claude Code asks
+    for thinking, and clears old thinking, on every turn, but turn 1 has no Claude thinking to hand back: Anthropic
+    refuses thinking then ("a final `assistant` message must start with a thinking block"), and the clearing edit
+    without thinking ("`clear_thinking_20251015` strategy requires `thinking` to be enabled"). Both are left out of
+    that request and named; the next question is thought through again."""
+    settings: Any = {
+        "model": "claude-or-gpt",
+        "betas": BETAS,
+        "max_tokens": 2000,
+        "tools": [BASH_TOOL],
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "context_management": CONTEXT_MANAGEMENT,
+    }
+    task: Any = [{"role": "user", "content": TASK}]
+    first = client.beta.messages.with_raw_response.create(**settings, messages=task, metadata={"user_id": "fail-529"})
+    assert first.headers["x-gateway-provider"] == "openai"
+    call = first.parse().content[0]
+    assert call.type == "tool_use"
+    result = {"type": "tool_result", "tool_use_id": call.id, "content": "done"}
+    turns = [*task, {"role": "assistant", "content": [call.model_dump()]}, {"role": "user", "content": [result]}]
+    second = client.beta.messages.with_raw_response.create(**settings, messages=turns)
+    assert second.headers["x-gateway-provider"] == "anthropic"
+    assert second.parse().content[-1].type == "text"
+    sent = last(agents, "anthropic")["json"]
+    assert "thinking" not in sent and "context_management" not in sent and sent["messages"] == turns
+    named = second.headers["x-gateway-dropped-params"].split(",")
+    assert named == ["thinking", "context_management.edits[clear_thinking_20251015]"]
+    ended = [*turns, {"role": "assistant", "content": "Done."}, {"role": "user", "content": "Thanks. Next?"}]
+    client.beta.messages.create(**settings, messages=ended)
+    assert last(agents, "anthropic")["json"]["thinking"] == settings["thinking"]
+
+
 def test_a_turn_of_thinking_alone_reaches_openai_as_an_empty_answer(
     agents: Running, client: anthropic.Anthropic
 ) -> None:
@@ -624,7 +659,7 @@ def test_models_come_in_anthropics_shape_for_anthropic_clients(client: anthropic
     assert [m.id for m in page.data] == ["azure-gpt", "bedrock-claude"] and page.has_more
     assert page.data[0].type == "model" and page.data[0].display_name == "azure-gpt"
     following = client.models.list(limit=2, after_id="claude-cut")
-    assert [m.id for m in following.data] == ["claude-then-gpt", "gemini"]
+    assert [m.id for m in following.data] == ["claude-or-gpt", "claude-then-gpt"]
     earlier = client.models.list(limit=2, before_id="claude-cut")
     assert [m.id for m in earlier.data] == ["bedrock-claude", "claude"] and earlier.has_more
     key = client.api_key
