@@ -27,12 +27,15 @@ class ModelRules(Value):
     streaming mode.") though Converse takes it: a streamed request with tools goes to Converse, and its whole answer
     is streamed to the client (only the Bedrock adapter reads it).
     `reasoning_on_off`: takes Mistral's `reasoning_effort` as a switch, `high` or `none` (Mistral Small 4 and
-    Medium 3.5; the `mistral` profile drops it for every other Mistral model; only the Mistral adapter reads it)."""
+    Medium 3.5; the `mistral` profile drops it for every other Mistral model; only the Mistral adapter reads it).
+    `openai_efforts`: the `reasoning_effort` values an OpenAI reasoning model takes (None where the table does not
+    say: the level goes as `reasoning.LEVELS` has it); any other is a 400 ("Unsupported value: 'minimal' is not
+    supported with the 'gpt-5.1' model"). Only the OpenAI adapter reads it (`reasoning.openai_effort`)."""
 
     __slots__ = (
         "one_sampling_knob", "completion_tokens_field", "signed_function_calls", "no_tools_with_json_mode",
         "media_in_function_responses", "no_penalties", "forced_tool_choice", "no_streaming_tools",
-        "reasoning_on_off",
+        "reasoning_on_off", "openai_efforts",
     )  # fmt: skip
 
     def __init__(
@@ -46,6 +49,7 @@ class ModelRules(Value):
         forced_tool_choice: bool = False,
         no_streaming_tools: bool = False,
         reasoning_on_off: bool = False,
+        openai_efforts: tuple[str, ...] | None = None,
     ) -> None:
         self.one_sampling_knob: Final = one_sampling_knob
         self.completion_tokens_field: Final = completion_tokens_field
@@ -56,9 +60,12 @@ class ModelRules(Value):
         self.forced_tool_choice: Final = forced_tool_choice
         self.no_streaming_tools: Final = no_streaming_tools
         self.reasoning_on_off: Final = reasoning_on_off
+        self.openai_efforts: Final = openai_efforts
 
 
 NO_RULES = ModelRules()
+LOW_TO_HIGH = ("low", "medium", "high")
+LOW_TO_XHIGH = (*LOW_TO_HIGH, "xhigh")
 
 # First match wins. Sources: Anthropic's "migrating to Claude 4.5" notes (sampling), OpenAI's reasoning
 # guide (max_completion_tokens), Gemini's thought-signatures, structured-output and function-calling pages
@@ -71,13 +78,26 @@ NO_RULES = ModelRules()
 # Jamba 1.5, Nova and Claude have both; Bedrock's answer to Llama 4 with tools in a stream, "This model doesn't support
 # tool use in streaming mode.", is in earendil-works/pi#3739), Mistral's reasoning page
 # ("adjustable reasoning is available on mistral-small-latest and mistral-medium-3-5 via the reasoning_effort
-# parameter": `high` or `none`; mistral-small-latest is Mistral Small 4, mistral-small-2603).
+# parameter": `high` or `none`; mistral-small-latest is Mistral Small 4, mistral-small-2603), OpenAI's API reference
+# for `reasoning_effort` ("The supported reasoning values for gpt-5.1 are none, low, medium, and high"; models before
+# gpt-5.1 "do not support none"; "gpt-5-pro ... only supports high"; "xhigh is supported for all models after
+# gpt-5.1-codex-max"; the o-series takes low, medium and high) and its 400s for the Codex models, which take no
+# `none` ("Supported values are: 'low', 'medium', and 'high'" for gpt-5-codex and gpt-5.1-codex, openai/codex#6647),
+# and gpt-oss's model card (low, medium, high).
 MODEL_RULES: tuple[tuple[str, ModelRules], ...] = (
     (
         r"claude-(sonnet|haiku|opus)-4-5|claude-opus-4",
         ModelRules(one_sampling_knob=True, forced_tool_choice=True),
     ),
-    (r"^(o\d|gpt-5)", ModelRules(completion_tokens_field=True)),
+    (r"^gpt-5-pro", ModelRules(completion_tokens_field=True, openai_efforts=("high",))),
+    (r"^gpt-5\.1-codex-max", ModelRules(completion_tokens_field=True, openai_efforts=LOW_TO_XHIGH)),
+    (r"^gpt-5(\.1)?-codex", ModelRules(completion_tokens_field=True, openai_efforts=LOW_TO_HIGH)),
+    (r"^gpt-5\.\d+-codex", ModelRules(completion_tokens_field=True, openai_efforts=LOW_TO_XHIGH)),
+    (r"^gpt-5\.1", ModelRules(completion_tokens_field=True, openai_efforts=("none", *LOW_TO_HIGH))),
+    (r"^gpt-5\.", ModelRules(completion_tokens_field=True, openai_efforts=("none", *LOW_TO_XHIGH))),
+    (r"^gpt-5", ModelRules(completion_tokens_field=True, openai_efforts=("minimal", *LOW_TO_HIGH))),
+    (r"^o\d", ModelRules(completion_tokens_field=True, openai_efforts=LOW_TO_HIGH)),
+    (r"^gpt-oss", ModelRules(openai_efforts=LOW_TO_HIGH)),
     (
         r"gemini-3",
         ModelRules(signed_function_calls=True, media_in_function_responses=True, no_penalties=True),

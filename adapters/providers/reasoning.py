@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from adapters.providers.model_rules import rules_for
 from handler.records import Value
 from handler.schemas import ChatRequest
 
@@ -47,6 +48,8 @@ LEVELS: tuple[Level, ...] = (
     Level("max", openai="xhigh", budget=32768, gemini_level="high", nova="high"),
 )
 BY_EFFORT = {level.effort: level for level in LEVELS}
+# OpenAI's `reasoning_effort` values, shallowest first.
+OPENAI_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 # Model families with a reasoning control, by upstream model name. A model outside them gets no reasoning
 # parameter (sending one is a 400 at OpenAI and Anthropic), and the request's wish is reported as dropped.
@@ -100,6 +103,22 @@ def requested(req: ChatRequest) -> Reasoning | None:
     if effort.effort == "none":
         return Reasoning(off=True)
     return Reasoning(level=effort)
+
+
+def openai_effort(effort: str, model: str) -> str:
+    """The `reasoning_effort` to send `model` for `effort`: itself where the model takes it, else the nearest
+    value it does take (`ModelRules.openai_efforts`), the deeper of two as near, so that a wish to think never
+    becomes `none`. A value or a model the tables do not know goes as it is."""
+    takes = rules_for(model).openai_efforts
+    if takes is None or effort in takes or effort not in OPENAI_EFFORTS:
+        return effort
+    wanted = OPENAI_EFFORTS.index(effort)
+
+    def distance(value: str) -> tuple[int, int]:
+        depth = OPENAI_EFFORTS.index(value)
+        return abs(depth - wanted), -depth
+
+    return min(takes, key=distance)
 
 
 def openai_reasons(target: Target) -> bool:

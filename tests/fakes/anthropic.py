@@ -8,21 +8,22 @@ test can pick a fault on a configured model: `fail-429` (rate_limit_error with r
 `stream-overloaded` (a stream that ends after its first delta with Anthropic's in-stream `error` event, an
 `overloaded_error`; with `echo-auth` its message quotes the request's `x-api-key`, as an upstream that echoes
 credentials would), `bad-json` (a 200 whose body is not JSON). A whitespace-only stop sequence is refused, as
-Anthropic refuses it. A request with tools and a `tool_choice` of
-`any` or `tool` is answered with a `tool_use` block (its input following the tool's schema); a user message
-may script a tool call (`tests.fakes.script`). A request asking for `thinking`, or for a `thinker` model, gets
-a signed thinking block first (its text empty under `display: omitted`); for a `thinker`, an assistant turn
-that called a tool must come back opening with it, signature intact, as the real API requires, and so must the
-final assistant turn, if it called a tool, of any request asking for `thinking`. Prompt caching
-is modelled: the prefix up to the last `cache_control` marker is written the first time it is seen
-(`cache_creation_input_tokens`, in `cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and
-read after (`cache_read_input_tokens`). With a web search tool (`web_search_20250305`), the answer searches
-once before its text (a `server_tool_use` block and its `web_search_tool_result`), counted in
-`usage.server_tool_use.web_search_requests`. A request's `speed` (fast mode) and `inference_geo` come back in its
-usage, where Anthropic reports the speed and the place the answer ran at. A request asking for server-side compaction
-(`context_management.edits` with `compact_20260112`) whose input reaches its trigger (150,000 tokens unless set) is
-compacted as the compaction docs show it: a `compaction` block first, the top-level usage counting the sampling
-after it, and `usage.iterations` both, the compaction's tokens in its own entry alone.
+Anthropic refuses it, and so is a beta's field without its beta in `anthropic-beta` (`BETA_FIELDS`). A request
+with tools and a `tool_choice` of `any` or `tool` is answered with a `tool_use` block (its input following the
+tool's schema); a user message may script a tool call (`tests.fakes.script`). A request asking for `thinking`,
+or for a `thinker` model, gets a signed thinking block first (its text empty under `display: omitted`); for a
+`thinker`, an assistant turn that called a tool must come back opening with it, signature intact, as the real API
+requires, and so must the final assistant turn, if it called a tool, of any request asking for `thinking`;
+a `clear_thinking_...` context-management edit needs `thinking` on. Prompt caching is modelled: the prefix up to
+the last `cache_control` marker is written the first time it is seen (`cache_creation_input_tokens`, in
+`cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and read after (`cache_read_input_tokens`).
+With a web search tool (`web_search_20250305`), the answer searches once before its text (a `server_tool_use`
+block and its `web_search_tool_result`), counted in `usage.server_tool_use.web_search_requests`. A request's `speed` (fast mode) and
+`inference_geo` come back in its usage, where Anthropic reports the speed and the place the answer ran at. A
+request asking for server-side compaction (`context_management.edits` with `compact_20260112`) whose input reaches
+its trigger (150,000 tokens unless set) is compacted as the compaction docs show it: a `compaction` block first,
+the top-level usage counting the sampling after it, and `usage.iterations` both, the compaction's tokens in its
+own entry alone.
 `POST /v1/messages/count_tokens` counts. Every request (path, query, headers, body) is recorded on
 `app.state.requests`.
 """
@@ -54,6 +55,8 @@ SEARCH_ID = "srvtoolu_01FakeAnthropic"
 COMPACTION_SUMMARY = "Summary of the conversation: the user is building a website and asked for its layout."
 COMPACTION_TRIGGER = 150_000  # input tokens, unless the edit sets its own
 OUTPUT_LIMITS = {"claude-haiku-4-5": 64_000, "claude-3-5-haiku-latest": 8_192}  # refused past these, as Anthropic does
+# Body fields Anthropic knows only under a beta: without it, the field is unknown to the API.
+BETA_FIELDS = {"context_management": "context-management-2025-06-27"}
 
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -206,9 +209,13 @@ def _problem(body: dict[str, Any]) -> str | None:
         return "tool_choice may only be specified while providing tools."
     if any(not str(sequence).strip() for sequence in body.get("stop_sequences") or ()):
         return "stop_sequences: each stop sequence must contain non-whitespace"
+    thinking = (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
+    for edit in (body.get("context_management") or {}).get("edits") or ():
+        if str(edit.get("type")).startswith("clear_thinking") and not thinking:
+            return f"`{edit['type']}` strategy requires `thinking` to be enabled"
     if "thinker" in str(body.get("model")):
         return _unsigned_turn(messages)
-    if (body.get("thinking") or {}).get("type") in ("enabled", "adaptive"):
+    if thinking:
         return _unsigned_turn(messages, final_only=True)
     return None
 
@@ -301,6 +308,10 @@ def create_app() -> Starlette:
             return body, _error(401, "authentication_error", "invalid x-api-key")
         if not request.headers.get("anthropic-version"):
             return body, _error(400, "invalid_request_error", "anthropic-version: header is required")
+        betas = {beta.strip() for value in request.headers.getlist("anthropic-beta") for beta in value.split(",")}
+        for field, beta in BETA_FIELDS.items():
+            if field in body and beta not in betas:
+                return body, _error(400, "invalid_request_error", f"{field}: Extra inputs are not permitted")
         return body, None
 
     async def count_tokens(request: Request) -> Response:

@@ -10,9 +10,10 @@ whose message quotes the request's authorization and `x-` headers back, as some 
 (DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`).
 It refuses, as OpenAI does, message and content-part fields Chat Completions does not define, an image in
 a message other than a user's, a tool `description` of null, `max_tokens` on a reasoning model (o-series,
-gpt-5), `reasoning_effort` on any other, `metadata` without `store: true`, an output cap past the model's
-(`OUTPUT_LIMITS`), and a tool call id (or a Responses `call_id`) longer than 64 characters. A user message may
-script a tool call (`tests/fakes/script.py`); a `json_schema` response format is followed.
+gpt-5), `reasoning_effort` on any other, a `reasoning_effort` (or a Responses `reasoning.effort`) the model
+does not take (`EFFORTS`), `metadata` without `store: true`, an output cap past the model's (`OUTPUT_LIMITS`),
+and a tool call id (or a Responses `call_id`) longer than 64 characters. A user message may script a tool call
+(`tests/fakes/script.py`); a `json_schema` response format is followed.
 `POST /v1/responses` is OpenAI's Responses API (tests/fakes/openai_responses.py). Every request is recorded on
 `app.state.requests`.
 """
@@ -39,6 +40,18 @@ SLOW_SECONDS = 2.0
 REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 # The most output tokens a model may be asked for (its model page), refused above it as each API words it.
 OUTPUT_LIMITS = {"gpt-4o-mini": 16_384, "gpt-4o": 16_384, "deepseek-chat": 8_192}
+# The reasoning efforts each model takes, by name prefix (first match), as OpenAI's API reference and its 400s list
+# them.
+EFFORTS: tuple[tuple[str | tuple[str, ...], tuple[str, ...]], ...] = (
+    ("gpt-5-pro", ("high",)),
+    ("gpt-5.1-codex-max", ("low", "medium", "high", "xhigh")),
+    ("gpt-5-codex", ("low", "medium", "high")),
+    ("gpt-5.1-codex", ("low", "medium", "high")),
+    ("gpt-5.1", ("none", "low", "medium", "high")),
+    ("gpt-5.", ("none", "low", "medium", "high", "xhigh")),
+    ("gpt-5", ("minimal", "low", "medium", "high")),
+    (("o1", "o3", "o4"), ("low", "medium", "high")),
+)
 MESSAGE_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "audio", "function_call"}
 PART_FIELDS = {"type", "text", "image_url", "input_audio", "file", "refusal"}
 
@@ -112,6 +125,23 @@ def _problem(body: dict[str, Any]) -> str | None:
         if "description" in tool.get("function", {}) and tool["function"]["description"] is None:
             return f"Invalid type for 'tools[{i}].function.description': expected a string, but got null instead."
     return None
+
+
+def _unsupported_effort(body: dict[str, Any], param: str) -> Response | None:
+    """OpenAI's 400 for a reasoning effort the model does not take (`param`: `reasoning_effort` on Chat
+    Completions, `reasoning.effort` on Responses), in its words."""
+    model = str(body.get("model", ""))
+    wish = body.get("reasoning")
+    effort = body.get("reasoning_effort") if param == "reasoning_effort" else (wish or {}).get("effort")
+    takes = next((values for prefix, values in EFFORTS if model.startswith(prefix)), None)
+    if effort is None or takes is None or effort in takes:
+        return None
+    quoted = [f"'{value}'" for value in takes]
+    supported = f"{', '.join(quoted[:-1])}, and {quoted[-1]}" if len(quoted) > 2 else " and ".join(quoted)
+    message = (
+        f"Unsupported value: '{effort}' is not supported with the '{model}' model. Supported values are: {supported}."
+    )
+    return _error(400, message, "invalid_request_error", "unsupported_value", param=param)
 
 
 def _too_long(body: dict[str, Any]) -> tuple[str, int] | None:
@@ -226,6 +256,9 @@ def create_app() -> Starlette:
         problem = _problem(body)
         if problem:
             return _error(400, problem, "invalid_request_error", None)
+        unsupported = _unsupported_effort(body, "reasoning_effort")
+        if unsupported is not None:
+            return unsupported
         too_long = _refused_as_too_long(_too_long(body))
         if too_long is not None:
             return too_long
@@ -329,6 +362,9 @@ def create_app() -> Starlette:
         refused = openai_responses.problem(body)
         if refused is not None:
             return _error(400, refused, "invalid_request_error", None)
+        unsupported = _unsupported_effort(body, "reasoning.effort")
+        if unsupported is not None:
+            return unsupported
         too_long = _refused_as_too_long(openai_responses.too_long(body))
         if too_long is not None:
             return too_long

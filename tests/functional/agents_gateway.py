@@ -1,8 +1,9 @@
 """A gateway with one model on each provider type, in front of the fakes: for the coding-agent clients.
 
 `claude` is served by the anthropic type (natively), `gpt` and `o4` by the openai type, `azure-gpt` by azure,
-`gemini` by the gemini type, `bedrock-claude` by bedrock; `claude-then-gpt` fails over from Anthropic to OpenAI
-and `claude-cut` (`gpt-cut`) is an Anthropic (OpenAI) stream that stops half-way.
+`gemini` by the gemini type, `bedrock-claude` by bedrock; `claude-then-gpt` fails over from Anthropic to OpenAI,
+`claude-or-gpt` does when a request picks a fault of the fake Anthropic (`metadata.user_id`), and `claude-cut`
+(`gpt-cut`) is an Anthropic (OpenAI) stream that stops half-way.
 """
 
 from __future__ import annotations
@@ -62,6 +63,13 @@ def agents_gateway(directory: Path) -> Iterator[Running]:
             "claude-then-gpt": {
                 "deployments": [
                     {"provider": "anthropic", "model": "fail-500"},
+                    {"provider": "openai", "model": "gpt-4o-mini"},
+                ],
+                "price": PRICE,
+            },
+            "claude-or-gpt": {
+                "deployments": [
+                    {"provider": "anthropic", "model": CLAUDE},
                     {"provider": "openai", "model": "gpt-4o-mini"},
                 ],
                 "price": PRICE,

@@ -19,12 +19,15 @@ import httpx
 import orjson
 import pytest
 
+from adapters.providers.registry import REGISTRY
+from handler.config import parse_config
 from tests.fakes import anthropic as fake_anthropic
 from tests.fakes import bedrock as fake_bedrock
 from tests.fakes import gemini as fake_gemini
 from tests.fakes import openai as fake_openai
-from tests.functional.agents_gateway import CLAUDE, agents_gateway
-from tests.functional.conftest import Running
+from tests.functional.agents_gateway import CLAUDE, CLAUDE_PRICE, agents_gateway
+from tests.functional.conftest import Running, serving
+from tests.support.servers import ServerThread
 
 BETAS = ["interleaved-thinking-2025-05-14", "context-management-2025-06-27"]
 CACHED = {"type": "ephemeral"}
@@ -253,6 +256,43 @@ def test_claude_codes_beta_query_reaches_anthropic_and_only_anthropic(agents: Ru
         assert last(agents, "openai")["query"] == ""
 
 
+@pytest.fixture(scope="module")
+def beta_gateway(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    """A gateway whose Anthropic provider turns a beta on for its clients (`anthropic_beta`)."""
+    anthropic_url = f"{upstream[0].url}/anthropic"
+    provider = {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": anthropic_url}
+    data = {
+        "providers": {"anthropic": {**provider, "anthropic_beta": BETAS[1]}},
+        "models": {"claude": {"deployments": [{"provider": "anthropic", "model": CLAUDE}], "price": CLAUDE_PRICE}},
+    }
+    store_url = f"sqlite:///{tmp_path_factory.mktemp('beta-store') / 'gateway.db'}"
+    yield from serving(parse_config(data, set(REGISTRY)), store_url, upstream)
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+def test_the_configured_beta_goes_with_the_clients_betas(beta_gateway: Running, path: str) -> None:
+    """docs/configuration.md: the provider's `anthropic_beta` is "sent with every request of the provider". A
+    client sending betas of its own replaced it, and Anthropic refused the field the configured beta turns on
+    ("context_management: Extra inputs are not permitted")."""
+    headers = {"x-api-key": beta_gateway.mint(name="beta"), "anthropic-version": "2023-06-01"}
+    body: dict[str, Any] = {
+        "model": "claude",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]},  # (clearing thinking needs it on)
+    }
+    if path == "/v1/messages":
+        body["max_tokens"] = 10
+    answer = httpx.post(f"{beta_gateway.url}{path}", json=body, headers={**headers, "anthropic-beta": BETAS[0]})
+    assert answer.status_code == 200, answer.text
+    sent = beta_gateway.fakes["anthropic"].state.requests[-1]
+    assert sent["path"].endswith(path) and sent["headers"]["anthropic-beta"] == ",".join(BETAS)
+    both = httpx.post(f"{beta_gateway.url}{path}", json=body, headers={**headers, "anthropic-beta": ",".join(BETAS)})
+    assert both.status_code == 200, both.text
+    assert beta_gateway.fakes["anthropic"].state.requests[-1]["headers"]["anthropic-beta"] == ",".join(BETAS)
+
+
 def test_the_sdk_stream_accumulates_thinking_with_its_signature(client: anthropic.Anthropic) -> None:
     with client.beta.messages.stream(
         model="claude",
@@ -404,6 +444,24 @@ def test_an_openai_reasoning_model_gets_reasoning_effort_and_max_completion_toke
     assert raw.headers["x-gateway-dropped-params"] == "context_management"
 
 
+def test_an_openai_reasoning_model_gets_the_nearest_effort_it_takes(
+    agents: Running, client: anthropic.Anthropic
+) -> None:
+    """A budget above 16384 is `xhigh` and `output_config.effort: max` is `xhigh` too, which o4-mini refuses (OpenAI's
+    400: "Unsupported value: 'xhigh' is not supported with the 'o4-mini' model"): it gets `high`, the nearest it
+    takes; the effort the client named is reported, the budget it only approximated is not."""
+    body = {**claude_code_body("o4"), "max_tokens": 21000, "thinking": {"type": "enabled", "budget_tokens": 20000}}
+    del body["output_config"]
+    raw = client.beta.messages.with_raw_response.create(betas=BETAS, **body)
+    assert raw.parse().content[0].type == "tool_use"
+    assert last(agents, "openai")["json"]["reasoning_effort"] == "high"
+    assert raw.headers["x-gateway-dropped-params"] == "context_management"
+    body = {**claude_code_body("o4"), "output_config": {"effort": "max"}}
+    raw = client.beta.messages.with_raw_response.create(betas=BETAS, **body)
+    assert last(agents, "openai")["json"]["reasoning_effort"] == "high"
+    assert raw.headers["x-gateway-dropped-params"] == "context_management,thinking"
+
+
 def test_strict_mode_refuses_what_a_translation_drops_but_not_a_pass_through(client: anthropic.Anthropic) -> None:
     strict = {"x-gateway-strict": "true"}
     with pytest.raises(anthropic.BadRequestError) as refused:
@@ -483,6 +541,41 @@ def test_signed_thinking_goes_back_to_claude_and_is_named_when_dropped(
     raw = client.messages.with_raw_response.create(model="gpt", **common)
     assert raw.headers["x-gateway-dropped-params"] == "messages.thinking"
     assert "thinking_blocks" not in last(agents, "openai")["json"]["messages"][1]
+
+
+def test_a_tool_loop_another_provider_began_goes_on_on_claude_without_thinking(
+    agents: Running, client: anthropic.Anthropic
+) -> None:
+    """Turn 1 fails over to OpenAI, which calls the tool; turn 2 (the tool result) reaches Claude. Claude Code asks
+    for thinking, and clears old thinking, on every turn, but turn 1 has no Claude thinking to hand back: Anthropic
+    refuses thinking then ("a final `assistant` message must start with a thinking block"), and the clearing edit
+    without thinking ("`clear_thinking_20251015` strategy requires `thinking` to be enabled"). Both are left out of
+    that request and named; the next question is thought through again."""
+    settings: Any = {
+        "model": "claude-or-gpt",
+        "betas": BETAS,
+        "max_tokens": 2000,
+        "tools": [BASH_TOOL],
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "context_management": CONTEXT_MANAGEMENT,
+    }
+    task: Any = [{"role": "user", "content": TASK}]
+    first = client.beta.messages.with_raw_response.create(**settings, messages=task, metadata={"user_id": "fail-529"})
+    assert first.headers["x-gateway-provider"] == "openai"
+    call = first.parse().content[0]
+    assert call.type == "tool_use"
+    result = {"type": "tool_result", "tool_use_id": call.id, "content": "done"}
+    turns = [*task, {"role": "assistant", "content": [call.model_dump()]}, {"role": "user", "content": [result]}]
+    second = client.beta.messages.with_raw_response.create(**settings, messages=turns)
+    assert second.headers["x-gateway-provider"] == "anthropic"
+    assert second.parse().content[-1].type == "text"
+    sent = last(agents, "anthropic")["json"]
+    assert "thinking" not in sent and "context_management" not in sent and sent["messages"] == turns
+    named = second.headers["x-gateway-dropped-params"].split(",")
+    assert named == ["thinking", "context_management.edits[clear_thinking_20251015]"]
+    ended = [*turns, {"role": "assistant", "content": "Done."}, {"role": "user", "content": "Thanks. Next?"}]
+    client.beta.messages.create(**settings, messages=ended)
+    assert last(agents, "anthropic")["json"]["thinking"] == settings["thinking"]
 
 
 def test_a_turn_of_thinking_alone_reaches_openai_as_an_empty_answer(
@@ -566,7 +659,7 @@ def test_models_come_in_anthropics_shape_for_anthropic_clients(client: anthropic
     assert [m.id for m in page.data] == ["azure-gpt", "bedrock-claude"] and page.has_more
     assert page.data[0].type == "model" and page.data[0].display_name == "azure-gpt"
     following = client.models.list(limit=2, after_id="claude-cut")
-    assert [m.id for m in following.data] == ["claude-then-gpt", "gemini"]
+    assert [m.id for m in following.data] == ["claude-or-gpt", "claude-then-gpt"]
     earlier = client.models.list(limit=2, before_id="claude-cut")
     assert [m.id for m in earlier.data] == ["bedrock-claude", "claude"] and earlier.has_more
     key = client.api_key

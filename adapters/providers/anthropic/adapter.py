@@ -49,7 +49,6 @@ from handler.schemas import (
     Usage,
 )
 from handler.wire import (
-    ANTHROPIC_HEADERS,
     StreamEvent,
     error_excerpt,
     event_payload,
@@ -349,19 +348,50 @@ def thinking_param(req: ChatRequest, model: str, max_tokens: int) -> tuple[dict[
     return {"thinking": {"type": "enabled", "budget_tokens": budget}}, []
 
 
-def tool_turn_without_thinking(turns: list[dict[str, Any]]) -> bool:
+def tool_turn_without_thinking(turns: list[Any]) -> bool:
     """Whether the conversation's last assistant turn called a tool without opening with Claude's thinking.
 
     With thinking on, Anthropic refuses such a turn (a 400: "a final `assistant` message must start with a
     thinking block ... To avoid this requirement, disable `thinking`"): a tool-use loop is one assistant turn,
     thought through or not as a whole. The client often has no thinking to send back: Chat Completions clients
-    never return `thinking_blocks`, and a Responses history served by another provider carries its reasoning,
-    not Claude's. A turn that ended in text closed its loop, and earlier turns need no thinking back.
+    never return `thinking_blocks`, a Responses or Messages history served by another provider carries its
+    reasoning, not Claude's (a failover, or a Claude Code user switching models mid-loop). A turn that ended in
+    text closed its loop, and earlier turns need no thinking back. `turns` are Messages turns, translated or as a
+    client sent them (a turn's content may be a string).
     """
-    last = next((turn for turn in reversed(turns) if turn["role"] == "assistant"), None)
-    if last is None or not any(block["type"] == "tool_use" for block in last["content"]):
+    assistant = [turn for turn in turns if isinstance(turn, dict) and turn.get("role") == "assistant"]
+    content = assistant[-1].get("content") if assistant else None
+    blocks = [block for block in content if isinstance(block, dict)] if isinstance(content, list) else []
+    if not any(block.get("type") == "tool_use" for block in blocks):
         return False
-    return bool(last["content"][0]["type"] not in ("thinking", "redacted_thinking"))
+    return blocks[0].get("type") not in ("thinking", "redacted_thinking")
+
+
+def thinking_refused(body: dict[str, Any]) -> list[str]:
+    """Leave `thinking` out of a Messages body passed through, where Anthropic would refuse it: its last assistant
+    turn called a tool without Claude's thinking (`tool_turn_without_thinking`), as the translation does. With it go
+    the context-management edits that need thinking on (Anthropic's 400: "`clear_thinking_20251015` strategy
+    requires `thinking` to be enabled"; Claude Code sends one). `output_config.effort` stays: Anthropic takes it
+    without thinking, for the depth of the answer itself. Returns the names of what was left out."""
+    thinking, messages = body.get("thinking"), body.get("messages")
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "adaptive"):
+        return []
+    if not isinstance(messages, list) or not tool_turn_without_thinking(messages):
+        return []
+    del body["thinking"]
+    dropped = ["thinking"]
+    management = body.get("context_management")
+    edits = management.get("edits") if isinstance(management, dict) else None
+    if not isinstance(management, dict) or not isinstance(edits, list):
+        return dropped
+    cleared = [edit for edit in edits if isinstance(edit, dict) and str(edit.get("type")).startswith("clear_thinking")]
+    if cleared:
+        kept = [edit for edit in edits if edit not in cleared]
+        if kept:
+            body["context_management"] = {**management, "edits": kept}
+        else:
+            del body["context_management"]
+    return dropped + [f"context_management.edits[{edit['type']}]" for edit in cleared]
 
 
 def claude_effort(level: reasoning.Level, model: str) -> str:
@@ -372,6 +402,18 @@ def claude_effort(level: reasoning.Level, model: str) -> str:
     if level.effort == "xhigh":
         return "xhigh" if reasoning.reasons(model, XHIGH_FRAGMENTS) else "max"
     return level.effort
+
+
+def merged_betas(client: str | None, configured: str | None) -> str | None:
+    """One `anthropic-beta` value (a comma-separated list) from the client's and the provider's: the client's as
+    it sent it, then each configured beta it did not name, in the configured order."""
+    betas = [client] if client else []
+    named = {beta.strip() for beta in (client or "").split(",")}
+    for beta in (beta.strip() for beta in (configured or "").split(",")):
+        if beta and beta not in named:
+            betas.append(beta)
+            named.add(beta)
+    return ",".join(betas) or None
 
 
 def json_tool(req: ChatRequest) -> dict[str, Any] | None:
@@ -610,7 +652,8 @@ class AnthropicAdapter(ProviderAdapter):
     """The `anthropic` provider type: Anthropic's Messages API.
 
     Options: `max_output_tokens` (provider-wide or per deployment) sets the `max_tokens` sent when the
-    client gives none; `anthropic_beta` sets the `anthropic-beta` header; `headers` adds headers.
+    client gives none; `anthropic_beta` is sent as `anthropic-beta`, after a Messages client's own betas;
+    `headers` adds headers.
     """
 
     type_name = "anthropic"
@@ -773,11 +816,15 @@ class AnthropicAdapter(ProviderAdapter):
         return True
 
     def native_headers(self, call: NativeCall) -> dict[str, str]:
-        """The adapter's headers with the client's `anthropic-version` and `anthropic-beta` as it sent them."""
+        """The adapter's headers with the client's `anthropic-version`, and its `anthropic-beta` as it sent it
+        followed by the provider's configured betas it did not name (`merged_betas`): the configured one goes
+        with every request of the provider, whatever betas the client has."""
         headers = self.headers()
-        for name in ANTHROPIC_HEADERS:
-            if call.headers.get(name):
-                headers[name] = call.headers[name]
+        if call.headers.get("anthropic-version"):
+            headers["anthropic-version"] = call.headers["anthropic-version"]
+        betas = merged_betas(call.headers.get("anthropic-beta"), headers.get("anthropic-beta"))
+        if betas:
+            headers["anthropic-beta"] = betas
         return headers
 
     def native_url(self, call: NativeCall, url: str) -> str:
@@ -790,7 +837,7 @@ class AnthropicAdapter(ProviderAdapter):
     ) -> BuiltRequest:
         body = dict(call.body)
         body["model"] = target.model
-        dropped: list[str] = []
+        dropped = thinking_refused(body)
         if output_limit is not None and (
             not isinstance(body.get("max_tokens"), int) or body["max_tokens"] > output_limit
         ):

@@ -154,7 +154,10 @@ def _reasoning(body: dict[str, Any], req: ChatRequest, reasons: bool, takes_thin
     """`reasoning_effort` and the output cap as OpenAI's reasoning models take them (`reasoning.LEVELS`).
 
     A client's own `reasoning_effort` is passed on (any OpenAI-compatible API may define it); a Messages
-    client's `thinking` becomes one only for a model that reasons, and is reported as dropped otherwise.
+    client's `thinking` becomes one only for a model that reasons, and is reported as dropped otherwise. A value
+    the model refuses (gpt-5.1 takes no `minimal`, gpt-5 no `xhigh`) goes as the nearest it takes
+    (`reasoning.openai_effort`), reported when the client named the effort itself: a budget was only ever
+    approximated by a level.
     """
     dropped: list[str] = []
     thinking = body.pop("thinking", None)
@@ -172,6 +175,12 @@ def _reasoning(body: dict[str, Any], req: ChatRequest, reasons: bool, takes_thin
             dropped.append("thinking")
         elif wish.level is not None:
             body["reasoning_effort"] = wish.level.openai
+    effort = body.get("reasoning_effort")
+    if isinstance(effort, str):
+        body["reasoning_effort"] = reasoning.openai_effort(effort, body["model"])
+        named = req.reasoning_effort or (req.thinking.effort if req.thinking is not None else None)
+        if body["reasoning_effort"] != effort and named:
+            dropped.append(reasoning.asked_with(req))
     if reasons and "max_tokens" in body:
         # OpenAI's reasoning models refuse `max_tokens`: their cap covers the hidden reasoning too.
         limit = body.pop("max_tokens")

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from adapters.providers.call_ids import shorten_input_call_ids
+from adapters.providers.reasoning import openai_effort
 from handler.schemas import CompletionTokensDetails, Usage
 from handler.wire import ENCRYPTED_REASONING, RESPONSES_TERMINAL, StreamEvent, event_payload, json_body, malformed
 
@@ -41,9 +42,11 @@ def request_body(
     reasons: bool,
 ) -> tuple[dict[str, Any], list[str]]:
     """The client's body for a deployment: its model, `stream`, the output cap, and `store` only where the
-    operator lets the provider keep answers and the client asked for it (`store` defaults to true); and what
-    had to be left out of its input (see `unpersisted`). A call id longer than OpenAI takes goes as its stand-in
-    (`call_ids.short_call_id`).
+    operator lets the provider keep answers and the client asked for it (`store` defaults to true); and the names
+    of what could not go as the client sent it (see `unpersisted`). A call id longer than OpenAI takes goes as its
+    stand-in (`call_ids.short_call_id`); a `reasoning.effort` the deployment's model refuses goes as the nearest
+    it takes (`reasoning.openai_effort`), named `reasoning.effort`: the client chose the effort for the model it
+    named, and the model the plan serves may take other values.
 
     With `store: false` upstream, a reasoning model's reasoning can go back on a later turn only as its
     `encrypted_content`: `include` asks for it when the gateway keeps the turn (the client's `store`, true by
@@ -65,6 +68,12 @@ def request_body(
             body["include"] = [*include, ENCRYPTED_REASONING]
     if output_limit is not None:
         body["max_output_tokens"] = output_limit
+    wish = body.get("reasoning")
+    if isinstance(wish, dict) and isinstance(wish.get("effort"), str):
+        effort = openai_effort(wish["effort"], model)
+        if effort != wish["effort"]:
+            body["reasoning"] = {**wish, "effort": effort}
+            dropped = [*dropped, "reasoning.effort"]
     return body, dropped
 
 

@@ -54,6 +54,17 @@ def test_the_body_goes_upstream_as_sent(
     assert raw.headers["x-gateway-provider"] == fake
 
 
+def test_an_effort_the_deployments_model_refuses_goes_as_the_nearest_it_takes(fleet: Running, fleet_key: str) -> None:
+    """`xhigh` is for the models after gpt-5.1-codex-max; the o-series takes low, medium and high (OpenAI's 400:
+    "Unsupported value: 'xhigh' is not supported with the 'o4-mini' model")."""
+    raw = openai_client(fleet, fleet_key).responses.with_raw_response.create(
+        model="gpt-reasoner", input="Hi", reasoning={"effort": "xhigh", "summary": "auto"}
+    )
+    assert raw.parse().output_text == TEXT
+    assert sent(fleet)["reasoning"] == {"effort": "high", "summary": "auto"}
+    assert raw.headers["x-gateway-dropped-params"] == "reasoning.effort"
+
+
 def test_the_operator_may_let_the_provider_keep_answers(fleet: Running, fleet_key: str) -> None:
     sdk = openai_client(fleet, fleet_key)
     sdk.responses.create(model="gpt-keeps", input="Hi")

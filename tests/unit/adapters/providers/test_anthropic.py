@@ -737,6 +737,28 @@ def test_a_native_request_keeps_the_body_and_the_clients_anthropic_headers() -> 
     assert orjson.loads(uncapped.request.body)["max_tokens"] == 9000
 
 
+@pytest.mark.parametrize(
+    ("client", "configured", "sent"),
+    [
+        ("a-1,b-2", "context-1m-2025-08-07", "a-1,b-2,context-1m-2025-08-07"),
+        ("a-1, context-1m-2025-08-07", "context-1m-2025-08-07,c-3", "a-1, context-1m-2025-08-07,c-3"),
+        (None, "context-1m-2025-08-07", "context-1m-2025-08-07"),
+        ("a-1", None, "a-1"),
+    ],
+)
+def test_a_native_request_sends_the_clients_betas_and_then_the_configured_ones(
+    client: str | None, configured: str | None, sent: str
+) -> None:
+    """docs/configuration.md: the provider's `anthropic_beta` goes "with every request of the provider"; a client
+    that sent betas of its own (Claude Code always does) replaced it, on messages and on count_tokens."""
+    headers = {"anthropic-beta": client} if client else {}
+    call = NativeCall(MESSAGES_API, {"model": "public", "max_tokens": 10, "messages": []}, headers)
+    configured_adapter = adapter(anthropic_beta=configured) if configured else adapter()
+    built = configured_adapter.native_request(call, target(), stream=False, output_limit=None)
+    counted = configured_adapter.count_tokens_request(call, request(), target())
+    assert built.request.headers["anthropic-beta"] == counted.request.headers["anthropic-beta"] == sent
+
+
 def test_the_native_meter_reads_cache_usage_and_estimates_a_cut_stream() -> None:
     meter = MessagesMeter()
     start = {
@@ -828,6 +850,52 @@ def test_a_budget_cap_below_the_thinking_budget_lowers_it_or_turns_thinking_off(
     assert lowered.dropped == []
     off = adapter().native_request(NativeCall(MESSAGES_API, body), target(), stream=False, output_limit=2000)
     assert "thinking" not in orjson.loads(off.request.body) and off.dropped == ["thinking"]
+
+
+TOOL_USE: Any = {"type": "tool_use", "id": "call_1", "name": "Bash", "input": {"command": "ls"}}
+TOOL_RESULT: Any = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "ok"}]}
+
+
+@pytest.mark.parametrize(
+    ("assistant", "kept"),
+    [
+        ([TOOL_USE], False),  # another provider served the turn: no thinking of Claude's to hand back
+        ([{"type": "text", "text": "Let me look."}, TOOL_USE], False),
+        ([SIGNED, TOOL_USE], True),
+        ([{"type": "redacted_thinking", "data": "x"}, TOOL_USE], True),
+        ("Done.", True),  # the loop ended in text: the next question is thought through again
+    ],
+)
+def test_a_native_request_continuing_a_tool_turn_without_thinking_is_sent_none(assistant: Any, kept: bool) -> None:
+    """With thinking on, Anthropic refuses a final assistant turn that called a tool without opening with thinking
+    ("a final `assistant` message must start with a thinking block"); the translated path already left thinking
+    out for it, the pass-through did not."""
+    messages: Any = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": assistant}, TOOL_RESULT]
+    thinking = {"type": "adaptive"}
+    body = {"model": "m", "max_tokens": 9000, "thinking": thinking, "output_config": {"effort": "high"}}
+    built = adapter().native_request(
+        NativeCall(MESSAGES_API, {**body, "messages": messages}), target(), stream=False, output_limit=None
+    )
+    sent = orjson.loads(built.request.body)
+    assert sent["output_config"] == {"effort": "high"} and sent["messages"] == messages
+    assert sent.get("thinking") == (thinking if kept else None) and built.dropped == ([] if kept else ["thinking"])
+
+
+def test_a_native_request_sent_without_thinking_loses_the_edits_that_clear_thinking() -> None:
+    """Anthropic: "`clear_thinking_20251015` strategy requires `thinking` to be enabled"."""
+    clear = {"type": "clear_thinking_20251015", "keep": "all"}
+    uses = {"type": "clear_tool_uses_20250919"}
+    messages: Any = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [TOOL_USE]}, TOOL_RESULT]
+    body: Any = {"model": "m", "max_tokens": 9000, "messages": messages, "thinking": {"type": "enabled"}}
+    cleared = "context_management.edits[clear_thinking_20251015]"
+    for edits, left, named in (
+        ([clear, uses], {"edits": [uses]}, ["thinking", cleared]),
+        ([clear], None, ["thinking", cleared]),
+        ([uses], {"edits": [uses]}, ["thinking"]),
+    ):
+        call = NativeCall(MESSAGES_API, {**body, "context_management": {"edits": edits}})
+        built = adapter().native_request(call, target(), stream=False, output_limit=None)
+        assert orjson.loads(built.request.body).get("context_management") == left and built.dropped == named
 
 
 def test_a_parameter_sent_at_openais_default_is_not_named_as_dropped() -> None:

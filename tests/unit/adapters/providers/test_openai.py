@@ -192,7 +192,7 @@ def test_other_models_keep_max_tokens() -> None:
 
 def test_thinking_becomes_reasoning_effort_only_on_reasoning_models() -> None:
     thinking = {"type": "adaptive", "effort": "max"}
-    body, dropped = sent(request(thinking=thinking), "gpt-5")
+    body, dropped = sent(request(thinking=thinking), "gpt-5.2")
     assert body["reasoning_effort"] == "xhigh" and "thinking" not in body and dropped == []
     body, dropped = sent(request(thinking={"type": "enabled", "budget_tokens": 3000}), "o4-mini")
     assert body["reasoning_effort"] == "medium"
@@ -203,6 +203,52 @@ def test_thinking_becomes_reasoning_effort_only_on_reasoning_models() -> None:
 def test_a_clients_own_reasoning_effort_is_passed_on() -> None:
     body, dropped = sent(request(reasoning_effort="low"), "some-compatible-model")
     assert body["reasoning_effort"] == "low" and dropped == []
+
+
+@pytest.mark.parametrize(
+    ("asked", "model", "effort"),
+    [
+        ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "gpt-5.1", "low"),  # minimal: none or low
+        ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "gpt-5-mini", "minimal"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "o3", "low"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 20000}}, "gpt-5", "high"),  # xhigh
+        ({"thinking": {"type": "enabled", "budget_tokens": 20000}}, "gpt-5.1-2025-11-13", "high"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 20000}}, "gpt-5.1-codex-max", "xhigh"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 20000}}, "gpt-5.2", "xhigh"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 20000}}, "o4-mini", "high"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 4000}}, "gpt-5-pro", "high"),  # it takes high only
+    ],
+)
+def test_a_budget_becomes_the_nearest_effort_the_model_takes(asked: dict[str, object], model: str, effort: str) -> None:
+    """OpenAI answers 400 for an effort the model does not take ("Unsupported value: 'minimal' is not supported
+    with the 'gpt-5.1' model"): a budget's level goes as the nearest one it does, unreported (a budget was only
+    ever approximated by a level)."""
+    body, dropped = sent(request(**asked), model)
+    assert body["reasoning_effort"] == effort and dropped == []
+
+
+@pytest.mark.parametrize(
+    ("asked", "model", "effort", "named"),
+    [
+        ({"reasoning_effort": "minimal"}, "gpt-5.1", "low", "reasoning_effort"),
+        ({"reasoning_effort": "none"}, "gpt-5", "minimal", "reasoning_effort"),
+        ({"reasoning_effort": "none"}, "gpt-5.1-codex", "low", "reasoning_effort"),
+        ({"reasoning_effort": "xhigh"}, "o3", "high", "reasoning_effort"),
+        ({"thinking": {"type": "adaptive", "effort": "max"}}, "gpt-5", "high", "thinking"),
+        ({"thinking": {"type": "adaptive", "effort": "xhigh"}}, "gpt-5.1", "high", "thinking"),
+    ],
+)
+def test_an_effort_the_client_named_and_the_model_refuses_is_the_nearest_and_named(
+    asked: dict[str, object], model: str, effort: str, named: str
+) -> None:
+    body, dropped = sent(request(**asked), model)
+    assert body["reasoning_effort"] == effort and dropped == [named]
+
+
+def test_an_effort_the_model_takes_goes_as_asked() -> None:
+    for model, effort in (("gpt-5.1", "none"), ("gpt-5", "minimal"), ("gpt-5.2", "xhigh"), ("o3-mini", "low")):
+        body, dropped = sent(request(reasoning_effort=effort), model)
+        assert body["reasoning_effort"] == effort and dropped == []
 
 
 def test_tools_without_a_description_and_cache_markers_are_left_out() -> None:
