@@ -18,12 +18,12 @@ a `clear_thinking_...` context-management edit needs `thinking` on. Prompt cachi
 the last `cache_control` marker is written the first time it is seen (`cache_creation_input_tokens`, in
 `cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and read after (`cache_read_input_tokens`).
 With a web search tool (`web_search_20250305`), the answer searches once before its text (a `server_tool_use`
-block and its `web_search_tool_result`), counted in `usage.server_tool_use.web_search_requests`. A request's `speed` (fast mode) and
-`inference_geo` come back in its usage, where Anthropic reports the speed and the place the answer ran at. A
-request asking for server-side compaction (`context_management.edits` with `compact_20260112`) whose input reaches
-its trigger (150,000 tokens unless set) is compacted as the compaction docs show it: a `compaction` block first,
-the top-level usage counting the sampling after it, and `usage.iterations` both, the compaction's tokens in its
-own entry alone.
+block and its `web_search_tool_result`), counted in `usage.server_tool_use.web_search_requests`. A request's
+`speed` (fast mode) and `inference_geo` come back in its usage, where Anthropic reports the speed and the place the
+answer ran at. A request asking for server-side compaction (`context_management.edits` with `compact_20260112`)
+whose input reaches its trigger (150,000 tokens unless set) is compacted as the compaction docs show it: a
+`compaction` block first, the top-level usage counting the sampling after it, and `usage.iterations` both, the
+compaction's tokens in its own entry alone.
 `POST /v1/messages/count_tokens` counts. Every request (path, query, headers, body) is recorded on
 `app.state.requests`.
 """
@@ -56,7 +56,8 @@ COMPACTION_SUMMARY = "Summary of the conversation: the user is building a websit
 COMPACTION_TRIGGER = 150_000  # input tokens, unless the edit sets its own
 OUTPUT_LIMITS = {"claude-haiku-4-5": 64_000, "claude-3-5-haiku-latest": 8_192}  # refused past these, as Anthropic does
 # Body fields Anthropic knows only under a beta: without it, the field is unknown to the API.
-BETA_FIELDS = {"context_management": "context-management-2025-06-27"}
+# A beta field and the betas that admit it (context editing's, or compaction's, whose edit rides in the same field).
+BETA_FIELDS = {"context_management": ("context-management-2025-06-27", "compact-2026-01-12")}
 
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -309,8 +310,8 @@ def create_app() -> Starlette:
         if not request.headers.get("anthropic-version"):
             return body, _error(400, "invalid_request_error", "anthropic-version: header is required")
         betas = {beta.strip() for value in request.headers.getlist("anthropic-beta") for beta in value.split(",")}
-        for field, beta in BETA_FIELDS.items():
-            if field in body and beta not in betas:
+        for field, admitting in BETA_FIELDS.items():
+            if field in body and not any(beta in betas for beta in admitting):
                 return body, _error(400, "invalid_request_error", f"{field}: Extra inputs are not permitted")
         return body, None
 
