@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from handler import schemas
-from handler.api.route_table import Endpoints, Handler, direct_lane, handlers, starlette_routes
+from handler.api.route_table import COUNTED_PATHS, Endpoints, Handler, direct_lane, handlers, starlette_routes
 from handler.api.streaming import (
     DONE,
     EventStream,
@@ -99,7 +99,16 @@ def error_response(request: Request, exc: GatewayError) -> Response:
         observe(ex, exc.status, stream=ex.stream, code=exc.code)
     else:
         # (A path may hold what a client mistook for an id: a whole key, where `/admin/keys/{id}` wants its id.)
-        observe_failure(state.get("request_id"), redact_message(route_path(request.scope)), exc.status, exc.code)
+        path = route_path(request.scope)
+        lineage: list[KeyRecord] | None = state.get("lineage")  # (once the key was known)
+        observe_failure(
+            state.get("request_id"),
+            redact_message(path),
+            exc.status,
+            exc.code,
+            key_id=lineage[0].id if lineage else None,
+            counted=request.scope["method"] == "POST" and path in COUNTED_PATHS,
+        )
     if state.get("request_id"):
         headers["x-request-id"] = state["request_id"]
         if anthropic:

@@ -130,7 +130,7 @@ class Endpoints:
 class RouteSpec(Value):
     """One row of the route table."""
 
-    __slots__ = ("path", "method", "endpoint", "auth", "summary", "operation", "direct")
+    __slots__ = ("path", "method", "endpoint", "auth", "summary", "operation", "direct", "counted")
 
     def __init__(
         self,
@@ -141,6 +141,7 @@ class RouteSpec(Value):
         summary: str,
         operation: Callable[[], dict[str, Any]],
         direct: bool = False,
+        counted: bool | None = None,
     ) -> None:
         self.path: Final = path
         self.method: Final = method
@@ -151,6 +152,9 @@ class RouteSpec(Value):
         # `/openapi.json` is first asked for: a cold start that serves requests never builds them.
         self.operation: Final = operation
         self.direct: Final = direct  # served by the direct lane: a proxied POST, past Starlette's router (POSTs only)
+        # A request to a model (the proxied routes, and token counting): in the request metrics, a failure before
+        # its model was known as well; the key, admin and usage routes are not (their successes are not either).
+        self.counted: Final = direct if counted is None else counted
 
 
 @cache
@@ -274,6 +278,7 @@ ROUTES: tuple[RouteSpec, ...] = (
             ref("MessagesCountRequest"),
             error_schema=ANTHROPIC_ERROR,
         ),
+        counted=True,
     ),
     RouteSpec(
         "/v1/responses",
@@ -471,6 +476,8 @@ ROUTES: tuple[RouteSpec, ...] = (
         ),
     ),
 )
+# The POSTs counted in the request metrics (`RouteSpec.counted`), by path.
+COUNTED_PATHS = frozenset(spec.path for spec in ROUTES if spec.counted and spec.method == "POST")
 
 
 def handlers(endpoints: Endpoints) -> dict[tuple[str, str], Handler]:

@@ -285,7 +285,22 @@ def pending_settlements(count: int) -> None:
     metrics.flush_metrics()
 
 
-def observe_failure(request_id: str | None, path: str, status: int, code: str) -> None:
-    """A request that failed before it had an exchange (bad key, bad JSON, ...)."""
-    request_line({"request_id": request_id, "path": path, "status": status, "error_code": code}, "observe_failure")
+def observe_failure(
+    request_id: str | None, path: str, status: int, code: str, *, key_id: str | None = None, counted: bool = True
+) -> None:
+    """A request that failed before it had an exchange (bad key, bad JSON, ...): its log line (with its key's id,
+    once the key was known), and, for a request to a model (`counted`), its metrics: the request metrics count
+    requests to models, whole, so the key, admin and usage routes are in neither their successes nor failures."""
+    fields: dict[str, Any] = {"request_id": request_id, "path": path, "status": status, "error_code": code}
+    if key_id is not None:
+        fields["key_id"] = key_id
+    request_line(fields, "observe_failure")
+    if not counted:
+        return
     prometheus.REGISTRY.failure(status, code)
+    if METRICS_ON:
+        values: list[tuple[str, str, float]] = [
+            ("requests", "Count", 1),
+            ("errors", "Count", 1 if status >= 500 else 0),
+        ]
+        emf_line({"provider": "none", "model": prometheus.OTHER}, values)

@@ -113,3 +113,64 @@ def test_a_model_the_config_does_not_name_is_other_in_emf_and_no_key_reaches_a_l
         assert emf["model"] == "other" and emf["provider"] == "none"
         [logged] = [orjson.loads(line) for line in written.splitlines() if '"message":"request"' in line]
         assert logged["model"] == ("[REDACTED]" if model == key else model)
+
+
+def test_the_request_metrics_count_requests_to_models_only_failures_too(
+    running: Running, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key, admin and usage routes' failures were counted in `gateway_requests_total` (and their successes
+    not), which skewed any error rate; their log lines lacked the key id once the key was known; and on Lambda a
+    model request refused before its model was known wrote no EMF line, so CloudWatch counted fewer requests."""
+    import orjson
+
+    from handler.telemetry import observability
+
+    monkeypatch.setattr(observability, "METRICS_ON", True)
+    admin, user = running.mint(admin=True), running.mint()
+    before = scrape(running, admin)
+    capsys.readouterr()
+    bad = {"authorization": "Bearer gwk_nosuchkey1234_abcdefghijklmnop"}
+    assert (
+        httpx.post(
+            f"{running.url}/admin/keys", json={"name": "x"}, headers={"authorization": f"Bearer {user}"}
+        ).status_code
+        == 403
+    )
+    assert httpx.get(f"{running.url}/v1/usage", headers=bad).status_code == 401
+    assert (
+        httpx.post(f"{running.url}/v1/keys", content=b"{", headers={"authorization": f"Bearer {user}"}).status_code
+        == 400
+    )
+    assert (
+        httpx.post(
+            f"{running.url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": HI}, headers=bad
+        ).status_code
+        == 401
+    )
+    assert (
+        httpx.post(f"{running.url}/v1/messages", content=b"{", headers={"authorization": f"Bearer {user}"}).status_code
+        == 400
+    )
+    written = capsys.readouterr().out.splitlines()
+    after = scrape(running, admin)
+
+    def grew(name: str, key: tuple[tuple[str, str], ...]) -> float:
+        return after.get(name, {}).get(key, 0) - before.get(name, {}).get(key, 0)
+
+    where = {"model": "other", "provider": "none", "region": "none"}
+    assert grew("gateway_requests_total", labels(**where, status="401")) == 1  # the chat request's, not /v1/usage's
+    assert grew("gateway_requests_total", labels(**where, status="400")) == 1
+    assert grew("gateway_requests_total", labels(**where, status="403")) == 0
+    assert grew("gateway_errors_total", labels(code="admin_only", status="403")) == 0
+    logged = [orjson.loads(line) for line in written if '"message":"request"' in line]
+    assert [(line["path"], line["status"]) for line in logged] == [
+        ("/admin/keys", 403),
+        ("/v1/usage", 401),
+        ("/v1/keys", 400),
+        ("/v1/chat/completions", 401),
+        ("/v1/messages", 400),
+    ]
+    user_id = user.split("_")[1]
+    assert [line.get("key_id") for line in logged] == [user_id, None, user_id, None, user_id]
+    emf = [orjson.loads(line) for line in written if '"_aws"' in line]
+    assert [(line["model"], line["requests"]) for line in emf] == [("other", [1.0]), ("other", [1.0])]
