@@ -304,7 +304,8 @@ class Api:
         if anthropic:
             from handler.api.messages_routes import allowed_models, anthropic_models
 
-            return json_response(anthropic_models(request, allowed_models(self, lineage, "chat")))
+            models = self.gateway.config.models
+            return json_response(anthropic_models(request, allowed_models(self, lineage, "chat"), models))
         data = [
             openai_model(name, spec) for name, spec in self.gateway.config.models.items() if allows_model(lineage, name)
         ]
@@ -320,9 +321,9 @@ class Api:
         if spec is None or not allows_model(self.lineage(request), name) or (anthropic and spec.kind != "chat"):
             raise NotFoundError(f"The model '{name}' does not exist or you do not have access to it.", param="model")
         if anthropic:
-            from handler.api.messages_routes import EPOCH
+            from handler.api.messages_routes import anthropic_model
 
-            return json_response({"type": "model", "id": name, "display_name": name, "created_at": EPOCH})
+            return json_response(anthropic_model(name, spec))
         return json_response(openai_model(name, spec))
 
     async def route(self, request: Request) -> Response:

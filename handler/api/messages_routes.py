@@ -25,7 +25,10 @@ from handler.telemetry.observability import observe
 from handler.wire import ANTHROPIC_HEADERS, forwarded_query
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from handler.api.app import Api
+    from handler.config import ModelConfig
 
 MODELS_PAGE = 20
 MODELS_PAGE_MAX = 1000
@@ -170,7 +173,21 @@ class MessagesRoutes:
         return response
 
 
-def anthropic_models(request: Request, names: list[str]) -> dict[str, Any]:
+def anthropic_model(name: str, spec: ModelConfig) -> dict[str, Any]:
+    """One model in Anthropic's shape (`ModelInfo`): its context window and output ceiling where the config has
+    them (Claude Code's model discovery reads them), else null, as Anthropic's optional fields are."""
+    return {
+        "type": "model",
+        "id": name,
+        "display_name": name,
+        "created_at": EPOCH,
+        "lifecycle": "active",
+        "max_input_tokens": spec.context_window,
+        "max_tokens": spec.max_output_tokens,
+    }
+
+
+def anthropic_models(request: Request, names: list[str], models: Mapping[str, ModelConfig]) -> dict[str, Any]:
     """Anthropic's model list (`GET /v1/models` with `anthropic-version`): newest first there, by name
     here, paged by `limit`, `after_id` and `before_id` as Anthropic pages it."""
     params = request.query_params
@@ -191,7 +208,7 @@ def anthropic_models(request: Request, names: list[str]) -> dict[str, Any]:
             ordered = ordered[ordered.index(after) + 1 :] if after in ordered else []
         page = ordered[:limit]
         has_more = len(ordered) > len(page)
-    data = [{"type": "model", "id": name, "display_name": name, "created_at": EPOCH} for name in page]
+    data = [anthropic_model(name, models[name]) for name in page]
     return {
         "data": data,
         "has_more": has_more,

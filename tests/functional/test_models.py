@@ -24,7 +24,11 @@ def models_gateway(upstream: tuple[Any, dict[str, Any]], tmp_path_factory: pytes
     config = {
         "providers": {"openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{url}/openai/v1"}},
         "models": {
-            "gpt-4o-mini": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]},
+            "gpt-4o-mini": {
+                "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
+                "context_window": 128_000,
+                "max_output_tokens": 16_384,
+            },
             "meta/llama-3": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": "unknown"},
             "secret-model": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]},
             "text-embedding-3-small": {
@@ -52,6 +56,10 @@ def test_anthropic_callers_get_anthropics_model_object(models_gateway: Running) 
         model = sdk.models.retrieve("gpt-4o-mini")
         assert (model.type, model.id, model.display_name) == ("model", "gpt-4o-mini", "gpt-4o-mini")
         assert model.model_dump() == next(m for m in sdk.models.list() if m.id == "gpt-4o-mini").model_dump()
+        # Claude Code's model discovery reads the window and the output ceiling; `lifecycle` is required.
+        assert (model.max_input_tokens, model.max_tokens, model.lifecycle) == (128_000, 16_384, "active")
+        unknown = sdk.models.retrieve("meta/llama-3")
+        assert (unknown.max_input_tokens, unknown.max_tokens) == (None, None)
         with pytest.raises(anthropic.NotFoundError) as embedding:  # the Anthropic list holds chat models only
             sdk.models.retrieve("text-embedding-3-small")
     assert embedding.value.body == {
