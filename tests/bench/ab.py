@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from tests.bench.run import BODY, PERCENTILES, bare_proxy, bench_files, process, wait_ready, wrk
+from tests.bench.run import BODY, PERCENTILES, bare_proxy, nginx_upstream, wait_ready, wrk
 from tests.support.servers import free_port
 
 
@@ -56,11 +55,7 @@ def run(
     """wrk at `connections` on the direct call, the bare proxy and each checkout, `rounds` times in turn."""
     with tempfile.TemporaryDirectory(prefix="gateway-ab-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
-        upstream_port = free_port()
-        env = {**os.environ, **bench_files(workdir, upstream_port)}
-        direct = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
-        stack.enter_context(process(["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx.log")]))
-        wait_ready(direct)
+        direct, env = stack.enter_context(nginx_upstream(workdir))
         targets = {"direct": (direct, ""), "bare": (stack.enter_context(bare_proxy("aiohttp", direct)), "")}
         for name, root in checkouts.items():
             (workdir / name).mkdir()

@@ -197,35 +197,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def serve_floor(stack: ExitStack, upstream: str, workdir: Path) -> tuple[str, int]:
-    from tests.bench.run import process, wait_ready
-    from tests.support.servers import free_port
-
-    port = free_port()
-    env = {**os.environ, "UPSTREAM": upstream, "FLOOR_LEDGER": str(workdir / "floor.db"),
-           "FLOOR_LOG": str(workdir / "floor.log")}  # fmt: skip
-    serve = [sys.executable, "-m", "uvicorn", "tests.bench.floor:app", "--port", str(port), "--log-level",
-             "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"]  # fmt: skip
-    proc = stack.enter_context(process(serve, env))
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    wait_ready(url)
-    return url, proc.pid
-
-
-def serve_bare(stack: ExitStack, upstream: str) -> tuple[str, int]:
-    from tests.bench.run import process, wait_ready
-    from tests.support.servers import free_port
-
-    port = free_port()
-    env = {**os.environ, "UPSTREAM": upstream, "CLIENT": "aiohttp"}
-    serve = [sys.executable, "-m", "uvicorn", "tests.bench.bare_proxy:app", "--port", str(port), "--log-level",
-             "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"]  # fmt: skip
-    proc = stack.enter_context(process(serve, env))
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    wait_ready(url)
-    return url, proc.pid
-
-
 def serve_gateway(stack: ExitStack, env: dict[str, str], workdir: Path) -> tuple[str, str, int]:
     from tests.bench.run import gateway_pid, mint_key, process, wait_ready
     from tests.support.servers import free_port
@@ -239,8 +210,7 @@ def serve_gateway(stack: ExitStack, env: dict[str, str], workdir: Path) -> tuple
 
 
 def main() -> int:
-    from tests.bench.run import BODY, bench_files, process, wait_ready, wrk
-    from tests.support.servers import free_port
+    from tests.bench.run import BODY, nginx_upstream, uvicorn_app, wrk
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -249,13 +219,13 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gateway-floor-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
-        upstream_port = free_port()
-        env = {**os.environ, **bench_files(workdir, upstream_port)}
-        direct = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
-        stack.enter_context(process(["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx.log")]))
-        wait_ready(direct)
-        bare_url, bare_pid = serve_bare(stack, direct)
-        floor_url, floor_pid = serve_floor(stack, direct, workdir)
+        direct, env = stack.enter_context(nginx_upstream(workdir))
+        bare_url, bare_pid = stack.enter_context(
+            uvicorn_app("tests.bench.bare_proxy:app", {"UPSTREAM": direct, "CLIENT": "aiohttp"})
+        )
+        floor_environ = {"UPSTREAM": direct, "FLOOR_LEDGER": str(workdir / "floor.db"),
+                         "FLOOR_LOG": str(workdir / "floor.log")}  # fmt: skip
+        floor_url, floor_pid = stack.enter_context(uvicorn_app("tests.bench.floor:app", floor_environ))
         gateway_url, gateway_key, gateway_pid = serve_gateway(stack, env, workdir)
         targets = {
             "bare": (bare_url, "", bare_pid),

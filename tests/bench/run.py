@@ -197,14 +197,33 @@ def process(
 @contextmanager
 def bare_proxy(client: str, upstream: str) -> Iterator[str]:
     """tests/bench/bare_proxy.py served by uvicorn as the gateway is (one worker, uvloop, httptools)."""
+    with uvicorn_app("tests.bench.bare_proxy:app", {"UPSTREAM": upstream, "CLIENT": client}) as (url, _):
+        yield url
+
+
+@contextmanager
+def uvicorn_app(app: str, environ: dict[str, str]) -> Iterator[tuple[str, int]]:
+    """The ASGI app `app` (`module:name`) served by uvicorn as the gateway is (one worker, uvloop, httptools), with
+    `environ` added to the environment: its chat completions URL and its process id."""
     port = free_port()
-    env = {**os.environ, "UPSTREAM": upstream, "CLIENT": client}
-    serve = [sys.executable, "-m", "uvicorn", "tests.bench.bare_proxy:app", "--port", str(port), "--log-level",
-             "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"]  # fmt: skip
-    with process(serve, env):
+    serve = [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--log-level", "warning",
+             "--no-access-log", "--loop", "uvloop", "--http", "httptools"]  # fmt: skip
+    with process(serve, {**os.environ, **environ}) as served:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         wait_ready(url)  # any answer will do (a GET here is a 405)
-        yield url
+        yield url, served.pid
+
+
+@contextmanager
+def nginx_upstream(workdir: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """nginx answering as in the benchmark, with the gateway's files in `workdir` (`bench_files`): the URL of its
+    chat completions, and the environment that serves the gateway in front of it."""
+    upstream_port = free_port()
+    env = {**os.environ, **bench_files(workdir, upstream_port)}
+    direct = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
+    with process(["nginx", "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx.log")]):
+        wait_ready(direct)
+        yield direct, env
 
 
 def wait_ready(url: str, timeout: float = 30) -> None:
