@@ -76,7 +76,7 @@ deploy_dns() {
   sam deploy --template-file infra/dns.yaml --region "$region" --stack-name "${STACK_NAME}-dns" \
     --no-confirm-changeset --no-fail-on-empty-changeset \
     --parameter-overrides "DomainName=${DOMAIN}" "HostedZoneId=${HOSTED_ZONE_ID}" "HttpApiId=${api_id}" \
-    "CertificateArn=${cert}"
+    ${cert:+"CertificateArn=${cert}"}  # (none given: the stack's default; `CertificateArn=` alone is refused)
 }
 
 if [ -z "${SKIP_BUILD:-}" ]; then

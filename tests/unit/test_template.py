@@ -194,17 +194,56 @@ def test_iam_is_scoped_to_the_table_the_secrets_prefix_and_bedrock(template: dic
         else:
             assert service == "bedrock"
     assert actions == {
-        "dynamodb:GetItem",
-        "dynamodb:PutItem",
-        "dynamodb:UpdateItem",
-        "dynamodb:Query",
+        *code_needs_of_dynamodb(),
+        *code_needs_of_bedrock(),
         "ssm:GetParameter",
-        "ssm:GetParameters",
         "secretsmanager:GetSecretValue",
         "kms:Decrypt",
-        "bedrock:InvokeModel",
-        "bedrock:InvokeModelWithResponseStream",
     }
+
+
+# The IAM actions a DynamoDB call of the store needs. A transaction needs those of its items (Put and Update
+# only: the store writes no Delete or ConditionCheck in one); `scan` is `gateway store migrate`'s, run with the
+# operator's credentials, not the functions'.
+DYNAMODB_ACTIONS = {
+    "get_item": {"dynamodb:GetItem"},
+    "batch_get_item": {"dynamodb:BatchGetItem"},
+    "put_item": {"dynamodb:PutItem"},
+    "update_item": {"dynamodb:UpdateItem"},
+    "delete_item": {"dynamodb:DeleteItem"},
+    "query": {"dynamodb:Query"},
+    "transact_write_items": {"dynamodb:PutItem", "dynamodb:UpdateItem"},
+    "scan": set(),
+}
+# Bedrock's runtime paths the adapter calls, and the action each needs (Converse is authorized as InvokeModel).
+BEDROCK_ACTIONS = {
+    "converse": "bedrock:InvokeModel",
+    "converse-stream": "bedrock:InvokeModelWithResponseStream",
+    "count-tokens": "bedrock:CountTokens",
+}
+
+
+def code_needs_of_dynamodb() -> set[str]:
+    """The actions of every DynamoDB operation the store's code names (the policy granted four: a stored
+    response's deletion, a sign-in's, and a child count's recount, which reads keys in batches, were 503s)."""
+    from adapters.store.dynamo_client import OPERATIONS
+
+    called: set[str] = set()
+    for path in (ROOT / "adapters" / "store").glob("*.py"):
+        if path.name != "dynamo_client.py":  # (its table of every operation it can sign)
+            called |= set(re.findall(r'"(' + "|".join(OPERATIONS) + r')"', path.read_text()))
+    assert called - DYNAMODB_ACTIONS.keys() == set(), "a DynamoDB call this test does not know the IAM action of"
+    return set().union(*(DYNAMODB_ACTIONS[operation] for operation in called))
+
+
+def code_needs_of_bedrock() -> set[str]:
+    """The actions of the Bedrock runtime paths the adapter calls (Bedrock's CountTokens was denied: every
+    `count_tokens` for Claude on Bedrock fell back to an estimate)."""
+    source = (ROOT / "adapters" / "providers" / "bedrock" / "adapter.py").read_text()
+    paths = set(re.findall(r'self\.url\(target, (?:"([a-z-]+)" if \w+ else )?"([a-z-]+)"\)', source))
+    called = {path for pair in paths for path in pair if path}
+    assert called and called <= BEDROCK_ACTIONS.keys(), called
+    return {BEDROCK_ACTIONS[path] for path in called}
 
 
 def test_alarms_watch_5xx_throttles_errors_and_the_metric_the_gateway_emits(template: dict[str, Any]) -> None:
@@ -245,3 +284,35 @@ def test_samconfig_and_the_multi_region_script() -> None:
     assert subprocess.run(["bash", "-n", str(deploy)], capture_output=True).returncode == 0
     script = deploy.read_text()
     assert "--replica-updates" in script and "CreateTable=" in script and 'sam deploy --region "$region"' in script
+
+
+def test_each_production_region_reads_its_own_config_and_local_invoke_the_stacks_table() -> None:
+    """The `prod-*` sections gave no `ConfigFile` (the functions ran the shipped default, whose keys the template
+    does not set: every provider a 503), and `sam local invoke` named its table after a stack called `local`."""
+    config = tomllib.loads(source("samconfig.toml"))
+    for name, env in config.items():
+        if name.startswith("prod-"):
+            overrides = env["deploy"]["parameters"]["parameter_overrides"].split()
+            assert f"ConfigFile=config/{name.removeprefix('prod-')}.yaml" in overrides, name
+    assert "TableName=llm-gateway" in config["default"]["local_invoke"]["parameters"]["parameter_overrides"].split()
+
+
+@pytest.mark.parametrize("certificate", ["", "arn:aws:acm:us-east-1:123456789012:certificate/abc"])
+def test_the_dns_stack_gets_a_certificate_only_when_one_is_given(tmp_path: Path, certificate: str) -> None:
+    """`deploy.sh` passed `CertificateArn=` empty when no certificate was set (the documented default), which sam
+    refuses ("CertificateArn= is not a valid format"): the script stopped at its DNS step."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aws").write_text("#!/bin/sh\necho api123\n")
+    (bin_dir / "sam").write_text(f'#!/bin/sh\nfor a in "$@"; do echo "$a"; done > {tmp_path / "sam-args"}\n')
+    for tool in ("aws", "sam"):
+        (bin_dir / tool).chmod(0o755)
+    script = (ROOT / "infra" / "deploy.sh").read_text()
+    function = script[script.index("deploy_dns() {") : script.index("\n}\n", script.index("deploy_dns() {")) + 3]
+    environ = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CERTIFICATE_ARN_us_east_1": certificate}
+    run = f"say() {{ :; }}\n{function}\nSTACK_NAME=s DOMAIN=d.example HOSTED_ZONE_ID=Z1\ndeploy_dns us-east-1\n"
+    assert subprocess.run(["bash", "-c", run], env=environ).returncode == 0
+    passed = (tmp_path / "sam-args").read_text().splitlines()
+    assert "HttpApiId=api123" in passed
+    certificates = [a for a in passed if a.startswith("CertificateArn")]
+    assert certificates == ([f"CertificateArn={certificate}"] if certificate else [])
