@@ -4,6 +4,8 @@ a provider's error answer as `UpstreamError` (with its `retry-after`), and upstr
 from __future__ import annotations
 
 import email.utils
+import functools
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, Final
@@ -193,7 +195,29 @@ def upstream_error(
     error.said = redact_message(message)
     error.provider_code = redact_message(code)[:100] if isinstance(code, str) and code else None
     error.provider_param = redact_message(param)[:200] if isinstance(param, str) and param else None
+    if status == 400 and context_overflow().search(message):
+        # OpenAI's code for it, whoever said it: Codex tells a full context (it compacts, or says so) by this code
+        # alone, and Anthropic, Gemini and Bedrock give none (Mistral a number of its own).
+        error.provider_code = CONTEXT_LENGTH_EXCEEDED
     return error
+
+
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+# The providers' words for a prompt past the model's context window: Anthropic's (and Claude's on Bedrock), Gemini's,
+# Bedrock's for its other models, Mistral's, and OpenAI-compatible servers' (DeepSeek's, vLLM's).
+CONTEXT_OVERFLOW = (
+    r"(?i)prompt is too long: \d+ tokens > \d+ maximum"
+    r"|input token count \(?\d+\)? exceeds the maximum number of tokens"
+    r"|input is too long for requested model"
+    r"|too large for model with \d+ maximum context length"
+    r"|maximum context length is \d+ tokens"
+)
+
+
+@functools.cache
+def context_overflow() -> re.Pattern[str]:
+    """`CONTEXT_OVERFLOW`, compiled on the first error that may need it, not at a cold start."""
+    return re.compile(CONTEXT_OVERFLOW)
 
 
 ERROR_EXCERPT_CHARS = 200  # of an error body that is not the provider's JSON, relayed as the message

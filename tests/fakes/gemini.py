@@ -7,7 +7,8 @@ mode `ANY` it answers with a `functionCall`; a user message may script a call (`
 `gemini-3` model every function call carries a `thoughtSignature`, and one sent back without it is
 refused; a `gemini-2.5` or `gemini-3` model refuses a non-zero penalty, as Google's do. `:countTokens`
 counts a `generateContentRequest`. Behaviour is chosen by the model name, as in the OpenAI fake:
-`fail-429` (RESOURCE_EXHAUSTED, retry delay 0s), `fail-500`, `fail-400` (INVALID_ARGUMENT), `slow` (waits
+`fail-429` (RESOURCE_EXHAUSTED, retry delay 0s), `fail-500`, `fail-400` (INVALID_ARGUMENT), `fail-context` (the
+input token count past the maximum, INVALID_ARGUMENT), `slow` (waits
 `SLOW_SECONDS`), `stream-cut` (a stream that stops before its finishReason), `bad-json` (a 200 whose
 body is not JSON), `malformed-call` (the model's function call Gemini could not parse: a candidate without
 content, `finishReason: MALFORMED_FUNCTION_CALL`, its prompt billed, streamed or not). Usage counts each
@@ -260,6 +261,8 @@ def create_app() -> Starlette:
                 "* GenerateContentRequest.contents[0].parts[0].data: "
                 "required oneof field 'data' must have one initialized field\n"
             )
+        if "fail-context" in model:  # (Gemini's words for a prompt past the model's window)
+            return _invalid("The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).")
         if "slow" in model:
             await asyncio.sleep(SLOW_SECONDS)
         if method == "batchEmbedContents":

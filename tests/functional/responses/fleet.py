@@ -81,5 +81,11 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
                 "fallbacks": ["gpt"],
                 "price": PRICE,
             },
+            # A prompt past the model's window, in each provider's words.
+            "claude-full": {"deployments": [{"provider": "anthropic", "model": "fail-context"}], "price": PRICE},
+            "gemini-full": {
+                "deployments": [{"provider": "gemini", "model": "gemini-2.5-fail-context"}],
+                "price": PRICE,
+            },
         },
     }

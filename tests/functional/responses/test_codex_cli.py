@@ -59,3 +59,16 @@ def test_codex_runs_a_shell_command_and_answers(fleet: Running, model: str, tmp_
     if model in ("gpt", "gpt-chat"):  # what Codex asks for reaches OpenAI: its cache key, and nothing kept there
         sent = fleet.fakes["openai"].state.requests[-1]["json"]
         assert sent["prompt_cache_key"] and not sent.get("store")
+
+
+@pytest.mark.parametrize("model", ["claude-full", "gemini-full"])
+def test_codex_knows_a_full_context_from_claude_or_gemini(fleet: Running, model: str, tmp_path: Path) -> None:
+    """Anthropic's `prompt is too long: N tokens > M maximum` and Gemini's `The input token count (N) exceeds the
+    maximum number of tokens allowed (M).` reached Codex as `invalid_request`, an error it could only print; with
+    OpenAI's `context_length_exceeded` it knows the context is full (as it does with OpenAI's own)."""
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    done = codex_exec(fleet, fleet.mint(name=f"codex-{model}"), model, "say hi", workdir, home)
+    said = done.stdout + done.stderr
+    assert "ran out of room in the model's context window" in said, said[-3000:]

@@ -85,3 +85,40 @@ def test_the_gateways_own_words_keep_their_wording_and_lose_any_key() -> None:
     key = "gwk_abcdefghijkm_S3cr3tS3cr3tS3cr3tS3cr3t"
     assert NotFoundError(f"model '{key}' does not exist").message == "model '[REDACTED]' does not exist"
     assert redaction.redact_secrets("gpt-4o-mini and sk-proj-abcdefgh12345678") == "gpt-4o-mini and [REDACTED]"
+
+
+@pytest.mark.parametrize(
+    ("provider", "status", "body", "headers"),
+    [
+        ("anthropic", 400, {"type": "error", "error": {"type": "invalid_request_error",
+         "message": "prompt is too long: 210000 tokens > 200000 maximum"}}, {}),
+        ("gemini", 400, {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message":
+         "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."}}, {}),
+        ("bedrock", 400, {"message": "Input is too long for requested model."},
+         {"x-amzn-errortype": "ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/"}),
+        ("mistral", 400, {"object": "error", "type": "invalid_request_message_order", "code": "3051", "message":
+         "Prompt contains 40000 tokens and 0 draft tokens, too large for model with 32768 maximum context length"}, {}),
+        ("deepseek", 400, {"error": {"type": "invalid_request_error", "message": "This model's maximum context length "
+         "is 65536 tokens. However, you requested 70000 tokens (70000 in the messages, 0 in the completion)."}}, {}),
+    ],
+    ids=["anthropic", "gemini", "bedrock", "mistral", "deepseek"],
+)  # fmt: skip
+def test_a_prompt_past_the_window_is_context_length_exceeded_whoever_says_it(
+    provider: str, status: int, body: dict[str, object], headers: dict[str, str]
+) -> None:
+    """Codex knows a full context by OpenAI's code alone; Anthropic, Gemini and Bedrock give none, Mistral its own
+    number. The provider's words stay as they are (Claude Code reads Anthropic's whole)."""
+    import orjson
+
+    from adapters.providers.registry import REGISTRY
+    from handler.errors import ProviderRejectedError
+
+    adapter_class = REGISTRY[provider]
+    error = adapter_class.error(adapter_class.__new__(adapter_class), status, orjson.dumps(body), headers)
+    rejected = ProviderRejectedError(error)
+    assert rejected.code == "context_length_exceeded"
+    assert rejected.message in orjson.dumps(body).decode() or "Input is too long" in rejected.message
+    other = {"type": "error", "error": {"type": "invalid_request_error", "message": "messages: must not be empty"}}
+    assert (
+        ProviderRejectedError(REGISTRY["anthropic"].error(None, 400, orjson.dumps(other), {})).code == "invalid_request"
+    )  # type: ignore[arg-type]
