@@ -359,8 +359,8 @@ def tool_turn_without_thinking(turns: list[Any]) -> bool:
     text closed its loop, and earlier turns need no thinking back. `turns` are Messages turns, translated or as a
     client sent them (a turn's content may be a string).
     """
-    assistant = [turn for turn in turns if isinstance(turn, dict) and turn.get("role") == "assistant"]
-    content = assistant[-1].get("content") if assistant else None
+    last = next((t for t in reversed(turns) if isinstance(t, dict) and t.get("role") == "assistant"), None)
+    content = last.get("content") if last is not None else None
     blocks = [block for block in content if isinstance(block, dict)] if isinstance(content, list) else []
     if not any(block.get("type") == "tool_use" for block in blocks):
         return False
@@ -378,6 +378,12 @@ def thinking_refused(body: dict[str, Any]) -> list[str]:
         return []
     if not isinstance(messages, list) or not tool_turn_without_thinking(messages):
         return []
+    return without_thinking(body)
+
+
+def without_thinking(body: dict[str, Any]) -> list[str]:
+    """Take `thinking` out of a Messages body passed through, and the context-management edits that need it on;
+    returns the names of what was taken out."""
     del body["thinking"]
     dropped = ["thinking"]
     management = body.get("context_management")
@@ -614,17 +620,22 @@ class MessagesMeter:
 
         try:
             if kind == "message_start":
-                self._wire = WireMessage.model_validate(payload.get("message")).usage
+                wire = WireMessage.model_validate(payload.get("message")).usage
+                wire.to_usage()  # (its extras' shapes, checked now: a count it cannot read is not kept)
+                self._wire = wire
                 self._started = True
             elif kind == "message_delta" and payload.get("usage") is not None:
-                self._wire.update(WireUsage.model_validate(payload["usage"]))
+                wire = self._wire.model_copy(deep=True)
+                wire.update(WireUsage.model_validate(payload["usage"]))
+                wire.to_usage()
+                self._wire = wire
                 self._started = self.final = True
             elif kind == "error":
                 error = payload.get("error") or {}
                 failure = error_from_body(ERROR_STATUS.get(str(error.get("type")), 500), event.data, {})
                 failure.native_event = redact_message(event.data.decode("utf-8", "replace")).encode()
                 raise failure
-        except ValidationError as exc:
+        except (ValidationError, ValueError) as exc:
             raise malformed(f"upstream sent a malformed '{kind}' event") from exc
 
 
@@ -852,8 +863,7 @@ class AnthropicAdapter(ProviderAdapter):
                     if budget is not None:
                         body["thinking"] = {**thinking, "budget_tokens": budget}
                     else:
-                        del body["thinking"]
-                        dropped.append("thinking")
+                        dropped += without_thinking(body)
         url = self.native_url(call, self.messages_url(target))
         request = UpstreamRequest("POST", url, self.native_headers(call), orjson.dumps(body))
         return BuiltRequest(request, dropped)

@@ -841,6 +841,30 @@ def test_a_streams_compaction_is_billed_from_the_final_message_delta() -> None:
     assert (meter.usage.prompt_tokens, meter.usage.completion_tokens) == (209000, 4500)
 
 
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"output_tokens": 9, "iterations": [{"type": "compaction", "input_tokens": 150000.0}]},
+        {"output_tokens": 9, "iterations": {"type": "compaction"}},
+        {"output_tokens": 9, "cache_creation": {"ephemeral_1h_input_tokens": "many"}},
+    ],
+    ids=["float-count", "not-a-list", "cache-creation"],
+)
+def test_a_usage_the_meter_cannot_read_is_a_malformed_event_and_the_counts_before_it_stay(usage: Any) -> None:
+    """Such a count was kept, and raised only when the stream was costed: after the flag that settles a stream
+    once was set, so the stream had no ledger line, no charge, and its reservation held (found by review)."""
+    from handler.errors import UpstreamError
+
+    meter = MessagesMeter()
+    message = {"id": "m", "type": "message", "role": "assistant", "model": MODEL, "content": []}
+    start = {"type": "message_start", "message": {**message, "usage": {"input_tokens": 23000, "output_tokens": 1}}}
+    meter.feed(StreamEvent("message_start", orjson.dumps(start)))
+    end = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}
+    with pytest.raises(UpstreamError):
+        meter.feed(StreamEvent("message_delta", orjson.dumps(end)))
+    assert meter.usage is not None and meter.usage.prompt_tokens == 23000 and not meter.final
+
+
 def test_a_budget_cap_below_the_thinking_budget_lowers_it_or_turns_thinking_off() -> None:
     """The lowered budget leaves the answer room, half of this small cap (at `max_tokens - 1` it had one token);
     where no budget of Anthropic's minimum fits beside it, thinking is not sent, and that is named."""
@@ -850,6 +874,11 @@ def test_a_budget_cap_below_the_thinking_budget_lowers_it_or_turns_thinking_off(
     assert lowered.dropped == []
     off = adapter().native_request(NativeCall(MESSAGES_API, body), target(), stream=False, output_limit=2000)
     assert "thinking" not in orjson.loads(off.request.body) and off.dropped == ["thinking"]
+    # Off for want of room, thinking takes with it the edits that need it on, as off for a tool turn does.
+    managed = {**body, "context_management": {"edits": [{"type": "clear_thinking_20251015"}]}}
+    off = adapter().native_request(NativeCall(MESSAGES_API, managed), target(), stream=False, output_limit=1500)
+    assert "context_management" not in orjson.loads(off.request.body)
+    assert off.dropped == ["thinking", "context_management.edits[clear_thinking_20251015]"]
 
 
 TOOL_USE: Any = {"type": "tool_use", "id": "call_1", "name": "Bash", "input": {"command": "ls"}}
