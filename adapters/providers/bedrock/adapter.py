@@ -8,7 +8,7 @@ the gateway's shared HTTP client like every other provider's. Messages become Co
 of the Anthropic adapter's conversion (the two APIs share the turn model: system apart, alternating
 roles, tool results in the user turn), re-shaped into Converse content blocks. A stream is AWS
 event-stream framing (see `eventstream`) carrying one JSON event per frame; a streamed request with tools to a
-model whose ConverseStream refuses them (`model_rules`: Llama, Mistral, Command R) goes to Converse instead.
+model whose ConverseStream refuses them (`model_rules`: Llama, Mistral, Palmyra) goes to Converse instead.
 """
 
 from __future__ import annotations
