@@ -89,12 +89,16 @@ def _shape(match: re.Match[str]) -> str:
     return REDACTED
 
 
-def redact_message(text: str) -> str:
-    """An upstream's error message without any known secret or credential-shaped value."""
+def _without_known(text: str) -> str:
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return credential_shapes().sub(_shape, text)
+    return text
+
+
+def redact_message(text: str) -> str:
+    """An upstream's error message without any known secret or credential-shaped value."""
+    return credential_shapes().sub(_shape, _without_known(text))
 
 
 def redact_secrets(text: str) -> str:
@@ -102,10 +106,7 @@ def redact_secrets(text: str) -> str:
     known secret or value shaped like a key: a client that puts its key where a name belongs (`"model": "gwk_..."`)
     sees it in no answer, log line, metric or span. (Unlike `redact_message`, the gateway's own wording stays:
     "send Authorization: Bearer <key>" names no secret.)"""
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return key_shapes().sub(REDACTED, text)
+    return key_shapes().sub(REDACTED, _without_known(text))
 
 
 def scrub(body: bytes) -> bytes:

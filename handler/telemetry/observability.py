@@ -245,8 +245,7 @@ def observe(
     # The dimensions Prometheus' labels are: a model or provider the config does not name is `other` (a client
     # cannot add metrics to CloudWatch, each billed, by naming models; nor put a key in one).
     provider = target.provider if target else "none"
-    model = served if served in prometheus.REGISTRY.models else prometheus.OTHER
-    emf_line({"provider": provider, "model": model}, values)
+    emf_line({"provider": provider, "model": prometheus.REGISTRY.model_label(served)}, values)
 
 
 def emf_line(dimensions: dict[str, str], values: list[tuple[str, str, float]]) -> None:

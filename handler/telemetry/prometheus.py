@@ -124,6 +124,10 @@ class Registry:
         self.providers.update(providers)
         self._series.clear()  # a value counted as `other` until now may be named from here on
 
+    def model_label(self, model: str | None) -> str:
+        """`model` as a label or a metric's dimension: a model the config names, else `other`."""
+        return model if model in self.models else OTHER
+
     def model_named(self, model: str) -> str:
         """`model` as a log line or span may carry it: a model the config names as it is, any other (a client's
         choice) without a key-shaped value in it (a key sent where the model belongs)."""
@@ -134,7 +138,7 @@ class Registry:
 
     def _where(self, model: str | None, provider: str | None, region: str | None) -> Labels:
         return (
-            ("model", model if model in self.models else OTHER),
+            ("model", self.model_label(model)),
             ("provider", provider if provider in self.providers else ("none" if provider is None else OTHER)),
             ("region", region or "none"),
         )
