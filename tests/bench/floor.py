@@ -209,6 +209,14 @@ def serve_gateway(stack: ExitStack, env: dict[str, str], workdir: Path) -> tuple
     return f"http://127.0.0.1:{port}/v1/chat/completions", key, gateway_pid(proc)
 
 
+def ledger_lines(path: Path) -> int:
+    """The floor's ledger lines in the file at `path`, once its last batch is written."""
+    time.sleep(LINGER_S * 5)
+    with sqlite3.connect(path) as db:
+        (lines,) = db.execute("SELECT COUNT(*) FROM ledger").fetchone()
+    return int(lines)
+
+
 def main() -> int:
     from tests.bench.run import BODY, nginx_upstream, uvicorn_app, wrk
 
@@ -237,6 +245,7 @@ def main() -> int:
         rps: dict[str, list[float]] = {name: [] for name in targets}
         cpu_us: dict[str, list[float]] = {name: [] for name in targets}
         answered = 0  # the floor's answers wrk saw, each of which must have its ledger line
+        before_rounds = ledger_lines(workdir / "floor.db")
         for round_ in range(args.rounds):
             for name, (url, key, pid) in targets.items():
                 before = cpu_seconds(pid)
@@ -251,11 +260,9 @@ def main() -> int:
                 + "; ".join(f"{n} {rps[n][-1]:,.0f} req/s, {cpu_us[n][-1]:.0f} µs CPU" for n in targets),
                 flush=True,
             )
-        time.sleep(LINGER_S * 5)  # the last batch
-        with sqlite3.connect(workdir / "floor.db") as db:
-            (lines,) = db.execute("SELECT COUNT(*) FROM ledger").fetchone()
-        print(f"the floor's ledger: {lines:,} lines for the {answered:,} answers wrk saw in the rounds (and more")
-        print("for the warm-up and answers cut at the end of a run)")
+        lines = ledger_lines(workdir / "floor.db") - before_rounds
+        print(f"the floor's ledger: {lines:,} lines for the {answered:,} answers wrk saw in the rounds (a few more:")
+        print("the requests in flight when a run ended, answered but not counted by wrk)")
         bare = statistics.median(rps["bare"])
         print(f"medians of {args.rounds} rounds at {args.connections} connections:")
         print("| server | req/s | × the bare proxy | CPU µs per request |\n|---|---|---|---|")
