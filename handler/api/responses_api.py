@@ -536,6 +536,12 @@ def content_part(kind: str, text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
+def ending_status(finish_reason: str | None) -> str:
+    """The status of the output item (message or function call) an answer ends in: `incomplete` when the output
+    cap or a content filter cut it there (the response's `incomplete_details`), as OpenAI marks it."""
+    return "incomplete" if finish_reason in INCOMPLETE else "completed"
+
+
 def message_item(item_id: str, parts: list[dict[str, Any]], status: str = "completed") -> dict[str, Any]:
     return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": parts}
 
@@ -621,6 +627,8 @@ def to_response(
             output.append(message_item(ids.item("msg"), parts))
         for call in message.tool_calls or ():
             output.append(call_item(ids.item("fc"), call.id, call.function.name, call.function.arguments))
+        if output and output[-1]["type"] != "reasoning":
+            output[-1]["status"] = ending_status(choice.finish_reason)
     response = envelope(
         req,
         ids.response,

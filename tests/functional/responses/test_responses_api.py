@@ -76,6 +76,29 @@ def test_stream_events_assemble_the_final_response_in_the_sdk(fleet: Running, fl
     assert final.usage is not None and final.usage.output_tokens > 0
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_cut_at_its_output_cap_is_an_incomplete_message(fleet: Running, fleet_key: str, stream: bool) -> None:
+    """Claude stopped on `max_tokens`: the response is incomplete, and so is its message item (OpenAI's
+    `status: incomplete`), in the answer, the stream's `output_item.done` and its final response, and as stored."""
+    sdk = openai_client(fleet, fleet_key)
+    asked: Any = {"model": "claude", "input": "Hi", "max_output_tokens": 16, "user": "max-tokens"}
+    if stream:
+        with sdk.responses.stream(**asked) as stream_events:
+            events = list(stream_events)
+        assert events[-1].type == "response.incomplete"  # (the SDK's `get_final_response` wants a completed one)
+        response = events[-1].response
+        (item,) = [e.item for e in events if e.type == "response.output_item.done"]
+        assert item.type == "message" and item.status == "incomplete"
+    else:
+        response = sdk.responses.create(**asked)
+    assert response.status == "incomplete" and response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert response.output_text and response.output_text in ANTHROPIC_TEXT and response.output_text != ANTHROPIC_TEXT
+    (message,) = response.output
+    assert message.type == "message" and message.status == "incomplete"
+    assert sdk.responses.retrieve(response.id).output[0].status == "incomplete"
+
+
 @pytest.mark.parametrize("model", PROVIDER_MODELS)
 @pytest.mark.parametrize("stream", [False, True])
 def test_function_tool_conversation(fleet: Running, fleet_key: str, model: str, stream: bool) -> None:
