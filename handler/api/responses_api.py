@@ -18,6 +18,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -167,6 +168,19 @@ def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
     if isinstance(req.input, str):
         return [{"type": "message", "role": "user", "content": req.input}]
     return list(req.input)
+
+
+def unsealed_reasoning(items: list[dict[str, Any]]) -> list[str]:
+    """The ids of the reasoning items sent back without their `encrypted_content` (the client did not ask for
+    it) that the gateway made itself: what it kept of them is beside the response their id names."""
+    return [
+        item["id"]
+        for item in items
+        if item.get("type") == "reasoning"
+        and not item.get("encrypted_content")
+        and isinstance(item.get("id"), str)
+        and ResponseIds.response_of(item["id"]) is not None
+    ]
 
 
 def with_sealed_reasoning(items: list[dict[str, Any]], sealed: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -403,10 +417,11 @@ def _response_format(text: TextConfig | None) -> dict[str, Any] | None:
 
 
 def to_chat_request(
-    req: ResponsesRequest, history: list[dict[str, Any]], seal: ReasoningSeal
+    req: ResponsesRequest, history: list[dict[str, Any]], seal: ReasoningSeal, kept: Mapping[str, str] | None = None
 ) -> tuple[ChatRequest, list[str]]:
     """The internal request for a Responses one (after the stored `history` items, if any), and the
-    Responses fields and items it cannot carry."""
+    Responses fields and items it cannot carry. `kept`: the sealed reasoning the gateway kept for reasoning items
+    the input sends back without it (by item id, see `with_sealed_reasoning`)."""
     for name, instead in UNSERVED.items():
         if (req.model_extra or {}).get(name):  # (`background: false` is what the gateway does anyway)
             raise InvalidRequestError(f"{name} is not supported by this model's provider; {instead}", param=name)
@@ -417,7 +432,8 @@ def to_chat_request(
     conversation = _Conversation(seal, dropped)
     if req.instructions:
         conversation.messages.append({"role": "system", "content": req.instructions})
-    for i, item in enumerate([*history, *input_items(req)]):
+    items = input_items(req)
+    for i, item in enumerate([*history, *(with_sealed_reasoning(items, kept) if kept else items)]):
         conversation.add(item, f"input[{i - len(history)}]" if i >= len(history) else f"previous[{i}]")
     if not any(m["role"] != "system" for m in conversation.messages):
         raise InvalidRequestError("input must hold at least one message or item", param="input")
@@ -470,6 +486,9 @@ def response_usage(usage: Usage) -> dict[str, Any]:
 class ResponseIds:
     """The ids of one response and its output items, derived from the gateway's request id."""
 
+    # An output item's id: its type's prefix, the request id's 32 hex digits, its count in the response.
+    ITEM_ID = re.compile(r"[a-z]+_([0-9a-f]{32})[0-9]{3,}")
+
     def __init__(self, request_id: str) -> None:
         self.token = request_id.removeprefix("req_")
         self.response = f"resp_{self.token}"
@@ -478,6 +497,13 @@ class ResponseIds:
     def item(self, prefix: str) -> str:
         self.count += 1
         return f"{prefix}_{self.token}{self.count:03d}"
+
+    @classmethod
+    def response_of(cls, item_id: str) -> str | None:
+        """The id of the response whose output item has `item_id`, for an id the gateway made (`item`); None
+        for any other (a provider's own, on a response passed through)."""
+        made = cls.ITEM_ID.fullmatch(item_id)
+        return f"resp_{made.group(1)}" if made else None
 
 
 def reasoning_fields(extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -508,6 +534,12 @@ def content_part(kind: str, text: str) -> dict[str, Any]:
     if kind == "refusal":
         return {"type": "refusal", "refusal": text}
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def ending_status(finish_reason: str | None) -> str:
+    """The status of the output item (message or function call) an answer ends in: `incomplete` when the output
+    cap or a content filter cut it there (the response's `incomplete_details`), as OpenAI marks it."""
+    return "incomplete" if finish_reason in INCOMPLETE else "completed"
 
 
 def message_item(item_id: str, parts: list[dict[str, Any]], status: str = "completed") -> dict[str, Any]:
@@ -595,6 +627,8 @@ def to_response(
             output.append(message_item(ids.item("msg"), parts))
         for call in message.tool_calls or ():
             output.append(call_item(ids.item("fc"), call.id, call.function.name, call.function.arguments))
+        if output and output[-1]["type"] != "reasoning":
+            output[-1]["status"] = ending_status(choice.finish_reason)
     response = envelope(
         req,
         ids.response,

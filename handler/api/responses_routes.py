@@ -4,7 +4,8 @@ A stored response (the default, `store: true`) keeps the conversation's input it
 in the gateway's store for `gateway.responses_ttl_seconds`, with its reasoning sealed as `include:
 ["reasoning.encrypted_content"]` would have given it; `previous_response_id` continues it, handing the
 reasoning back to the provider whole (Claude's signed thinking; OpenAI's encrypted reasoning, which the gateway
-asks for when it keeps the turn) though the client was shown its summary only. Only the key that made a
+asks for when it keeps the turn) though the client was shown its summary only; so does a stored turn's reasoning
+item a client sends back by value, found by its id (`ResponseArchive.kept_reasoning`). Only the key that made a
 response, or one of that key's ancestors, can see it: for any other key it does not exist (404, never 403,
 which would tell that it does).
 """
@@ -28,6 +29,7 @@ from handler.api.responses_api import (
     input_items,
     to_chat_request,
     to_response,
+    unsealed_reasoning,
     with_sealed_reasoning,
 )
 from handler.api.responses_items import PageAsked, item_ids, page, stored_ids
@@ -131,6 +133,33 @@ class ResponseArchive:
             logger.warning("response not stored: %s", exc, extra={"response_id": response["id"]})
             response["store"] = False
 
+    async def kept_reasoning(self, item_ids: list[str], key: KeyRecord) -> dict[str, str]:
+        """The sealed reasoning kept for reasoning items a client sends back by value without it (`item_ids`, in
+        input order; see `unsealed_reasoning`), from the responses their ids name that this key may see. The
+        responses are read from the last the input names back, one read each, until every item is found: a
+        response keeps the reasoning of the turns it continued too, so the last one usually holds it all. An item
+        of a response not stored, gone or another key's gets none, as from a store failing (the request goes on,
+        its reasoning as the client sent it)."""
+        by_response: dict[str, list[str]] = {}
+        for item_id in reversed(item_ids):
+            response_id = ResponseIds.response_of(item_id)
+            if response_id is not None:
+                by_response.setdefault(response_id, []).append(item_id)
+        wanted, found = set(item_ids), dict[str, str]()
+        for response_id, own in by_response.items():
+            if wanted.isdisjoint(own):
+                continue
+            try:
+                stored = await self.store.get_response(response_id)
+            except StoreError as exc:
+                logger.warning("kept reasoning not read: %s", exc, extra={"response_id": response_id})
+                break
+            if stored is not None and self._visible(stored, key):
+                sealed: dict[str, str] = orjson.loads(stored.body).get("sealed") or {}
+                found.update((item_id, sealed[item_id]) for item_id in wanted if item_id in sealed)
+            wanted.difference_update(own, found)
+        return found
+
     async def seal_secret(self) -> bytes:
         """The gateway's own reasoning-seal secret, made once and kept in the store (under an id no client
         can ask for: theirs start with `resp_`)."""
@@ -188,10 +217,18 @@ class ResponsesRoutes:
             history = [*previous["items"], *previous["response"].get("output", [])]
             history_ids = item_ids(history, previous_id, stored_ids(previous, previous_id))
             sealed = previous.get("sealed") or {}
+        # Reasoning items of stored turns a client sends back by value (the Agents SDK does), without the
+        # `encrypted_content` it did not ask for: what the gateway kept of them goes back as with the turns' id.
+        unsealed = [
+            item_id
+            for item_id in unsealed_reasoning(input_items(body))
+            if item_id not in sealed and ResponseIds.response_of(item_id) != body.previous_response_id
+        ]
+        kept = await self.archive.kept_reasoning(unsealed, key) if unsealed else {}
         # The translation is needed either way: admission estimates and caps the request in the internal form.
         seal = (await self.seal()).for_response()
         handed_back = with_sealed_reasoning(history, sealed)  # the stored turns as the provider needs them
-        req, dropped = to_chat_request(body, handed_back, seal)
+        req, dropped = to_chat_request(body, handed_back, seal, {**sealed, **kept})
         ex = api.exchange(request, key, req.model, stream=req.stream)
         conversation = [*history, *input_items(body)]  # (as the client has it, to list and continue)
 
@@ -202,8 +239,9 @@ class ResponsesRoutes:
 
         async def keep(response: dict[str, Any]) -> None:
             if body.stored:
-                kept = {**sealed, **(seal.items or {}), **relay.kept}
-                await self.archive.keep(key, conversation, response, history_ids, kept)
+                await self.archive.keep(
+                    key, conversation, response, history_ids, {**sealed, **kept, **(seal.items or {}), **relay.kept}
+                )
 
         ids = ResponseIds(ex.request_id)
         if req.stream:

@@ -20,6 +20,7 @@ from handler.api.responses_api import (
     ResponsesRequest,
     call_item,
     content_part,
+    ending_status,
     envelope,
     finish,
     merge,
@@ -135,7 +136,8 @@ class ResponsesEventWriter:
         added = call_item(item.id, item.call_id, item.name, "", "in_progress")
         return self.event("response.output_item.added", item=added, output_index=item.index)
 
-    def _close(self) -> bytes:
+    def _close(self, status: str = "completed") -> bytes:
+        """Close the open item (a message or function call as `status`)."""
         item, self.open, self.open_key = self.open, None, None
         if item is None:
             return b""
@@ -149,9 +151,9 @@ class ResponsesEventWriter:
             out += self.event("response.reasoning_summary_part.done", summary_index=0, part=part, **where)
         elif item.kind == "message":
             out += self._close_part(item)
-            done = message_item(item.id, item.parts)
+            done = message_item(item.id, item.parts, status)
         else:
-            done = call_item(item.id, item.call_id, item.name, text)
+            done = call_item(item.id, item.call_id, item.name, text, status)
             out += self.event("response.function_call_arguments.done", name=item.name, arguments=text, **where)
         self.output.append(done)
         return out + self.event("response.output_item.done", item=done, output_index=item.index)
@@ -224,7 +226,8 @@ class ResponsesEventWriter:
 
     def completed(self) -> tuple[bytes, dict[str, Any]]:
         """Close what is open; the final response (usage still to be put on it) and the events so far."""
-        out = self._calls(self.calls.flush()) + self._close()
+        out = self._calls(self.calls.flush())
+        out += self._close(ending_status(self.finish_reason))  # the item the answer ended in
         if self.trailing:
             item = reasoning_item(self.ids.item("rs"), "", self.trailing, self.req, self.seal)
             self.output.append(item)

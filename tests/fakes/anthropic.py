@@ -7,7 +7,8 @@ test can pick a fault on a configured model: `fail-429` (rate_limit_error with r
 (a stream that stops mid-way, without `message_delta` or `message_stop`),
 `stream-overloaded` (a stream that ends after its first delta with Anthropic's in-stream `error` event, an
 `overloaded_error`; with `echo-auth` its message quotes the request's `x-api-key`, as an upstream that echoes
-credentials would), `bad-json` (a 200 whose body is not JSON). A whitespace-only stop sequence is refused, as
+credentials would), `bad-json` (a 200 whose body is not JSON), `max-tokens` (an answer that reached its output cap:
+its text cut in half, `stop_reason: max_tokens`). A whitespace-only stop sequence is refused, as
 Anthropic refuses it, and so is a beta's field without its beta in `anthropic-beta` (`BETA_FIELDS`). A request
 with tools and a `tool_choice` of `any` or `tool` is answered with a `tool_use` block (its input following the
 tool's schema); a user message may script a tool call (`tests.fakes.script`). A request asking for `thinking`,
@@ -344,7 +345,11 @@ def create_app() -> Starlette:
             return Response(b"{not json", 200, media_type="application/json")
         tool = _tool_name(body)
         content = _content(body, tool)
-        calls = any(block["type"] == "tool_use" for block in content)
+        stop = "tool_use" if any(block["type"] == "tool_use" for block in content) else "end_turn"
+        if "max-tokens" in faults and content[-1]["type"] == "text":
+            words = content[-1]["text"].split(" ")
+            content[-1] = {"type": "text", "text": " ".join(words[: len(words) // 2])}
+            stop = "max_tokens"
         trigger = compaction_trigger(body)
         if trigger is not None and input_tokens(body) >= trigger:
             content.insert(0, {"type": "compaction", "content": COMPACTION_SUMMARY})
@@ -353,7 +358,7 @@ def create_app() -> Starlette:
             if "stream-overloaded" in faults:
                 echoed = f" (x-api-key: {request.headers['x-api-key']})" if "echo-auth" in faults else ""
                 overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded" + echoed}}
-            stream = _stream(body, model, content, calls, "stream-cut" in faults, overloaded)
+            stream = _stream(body, model, content, stop, "stream-cut" in faults, overloaded)
             return StreamingResponse(stream, media_type="text/event-stream")
         answer = {
             "id": MESSAGE_ID,
@@ -361,7 +366,7 @@ def create_app() -> Starlette:
             "role": "assistant",
             "model": model,
             "content": content,
-            "stop_reason": "tool_use" if calls else "end_turn",
+            "stop_reason": stop,
             "stop_sequence": None,
             "usage": {**usage(body), "output_tokens": OUTPUT_TOKENS, "service_tier": "standard"},
         }
@@ -371,7 +376,7 @@ def create_app() -> Starlette:
         body: dict[str, Any],
         model: str,
         content: list[dict[str, Any]],
-        calls: bool,
+        stop: str,
         cut: bool,
         error: dict[str, Any] | None = None,
     ) -> AsyncIterator[bytes]:
@@ -408,7 +413,7 @@ def create_app() -> Starlette:
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": "tool_use" if calls else "end_turn", "stop_sequence": None},
+                "delta": {"stop_reason": stop, "stop_sequence": None},
                 # The cumulative usage; with a search (as Anthropic's web search example shows it) or a compaction,
                 # in full.
                 "usage": {**final, "output_tokens": OUTPUT_TOKENS}

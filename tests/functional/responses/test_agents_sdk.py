@@ -48,3 +48,39 @@ async def test_an_agent_calls_its_tool_and_answers(fleet: Running, agent_key: st
     assert result.final_output == "DONE: 18C and sunny in Paris"
     kinds = [item.type for item in result.new_items]
     assert kinds[:2] == ["tool_call_item", "tool_call_output_item"] and kinds[-1] == "message_output_item"
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_claudes_thinking_goes_back_on_the_agents_next_turn(
+    fleet: Running, agent_key: str, streamed: bool
+) -> None:
+    """With a reasoning effort, the agent's second turn sends the first one's output back by value, its reasoning
+    item without the `encrypted_content` it did not ask for: Claude still gets its signed thinking back, and
+    thinking on, from what the gateway kept of the stored turn."""
+    from openai import AsyncOpenAI
+    from openai.types.shared import Reasoning
+
+    from tests.fakes.anthropic import SIGNATURE, THINKING
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"18C and sunny in {city}"
+
+    client = AsyncOpenAI(base_url=f"{fleet.url}/v1", api_key=agent_key, max_retries=0)
+    async with client:
+        settings = agents.ModelSettings(reasoning=Reasoning(effort="medium", summary="auto"))
+        agent = agents.Agent(name="weather", tools=[get_weather], model="claude", model_settings=settings)
+        config = agents.RunConfig(model_provider=agents.OpenAIProvider(openai_client=client), tracing_disabled=True)
+        question = 'Weather in Paris? CALL get_weather {"city": "Paris"}'
+        if streamed:
+            result: Any = agents.Runner.run_streamed(agent, question, run_config=config)
+            async for _ in result.stream_events():
+                pass
+        else:
+            result = await agents.Runner.run(agent, question, run_config=config)
+    assert result.final_output == "DONE: 18C and sunny in Paris"
+    sent = fleet.fakes["anthropic"].state.requests[-1]["json"]
+    assert sent["thinking"]["type"] == "enabled"
+    turn = next(m for m in sent["messages"] if m["role"] == "assistant")
+    assert turn["content"][0] == {"type": "thinking", "thinking": THINKING, "signature": SIGNATURE}

@@ -13,8 +13,9 @@ from pydantic import BaseModel
 
 from adapters.providers.gemini.adapter import call_signature
 from tests.fakes import azure as azure_fake
+from tests.fakes.anthropic import SIGNATURE, THINKING
 from tests.fakes.anthropic import TEXT as ANTHROPIC_TEXT
-from tests.fakes.anthropic import THINKING
+from tests.fakes.bedrock import SIGNATURE as BEDROCK_SIGNATURE
 from tests.fakes.bedrock import THINKING as BEDROCK_THINKING
 from tests.fakes.gemini import CALL_SIGNATURE
 from tests.fakes.openai import REASONING, TEXT
@@ -73,6 +74,29 @@ def test_stream_events_assemble_the_final_response_in_the_sdk(fleet: Running, fl
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text and final.output_text == text and final.status == "completed"
     assert final.usage is not None and final.usage.output_tokens > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_cut_at_its_output_cap_is_an_incomplete_message(fleet: Running, fleet_key: str, stream: bool) -> None:
+    """Claude stopped on `max_tokens`: the response is incomplete, and so is its message item (OpenAI's
+    `status: incomplete`), in the answer, the stream's `output_item.done` and its final response, and as stored."""
+    sdk = openai_client(fleet, fleet_key)
+    asked: Any = {"model": "claude", "input": "Hi", "max_output_tokens": 16, "user": "max-tokens"}
+    if stream:
+        with sdk.responses.stream(**asked) as stream_events:
+            events = list(stream_events)
+        assert events[-1].type == "response.incomplete"  # (the SDK's `get_final_response` wants a completed one)
+        response = events[-1].response
+        (item,) = [e.item for e in events if e.type == "response.output_item.done"]
+        assert item.type == "message" and item.status == "incomplete"
+    else:
+        response = sdk.responses.create(**asked)
+    assert response.status == "incomplete" and response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert response.output_text and response.output_text in ANTHROPIC_TEXT and response.output_text != ANTHROPIC_TEXT
+    (message,) = response.output
+    assert message.type == "message" and message.status == "incomplete"
+    assert sdk.responses.retrieve(response.id).output[0].status == "incomplete"
 
 
 @pytest.mark.parametrize("model", PROVIDER_MODELS)
@@ -364,6 +388,84 @@ def test_previous_response_id_hands_the_reasoning_back_as_the_provider_gave_it(
     assert all(getattr(item, "encrypted_content", None) is None for item in listed)
     third = sdk.responses.create(previous_response_id=raw.parse().id, input="And in Rome?", **settings)
     assert third.status == "completed"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", ["claude", "bedrock-thinker"])
+def test_a_stored_turn_sent_back_by_value_hands_its_reasoning_back(
+    fleet: Running, fleet_key: str, stream: bool, model: str
+) -> None:
+    """The Agents SDK (any client keeping the context itself) sends a stored turn's output back as input, its
+    reasoning item without `encrypted_content` (it did not ask for it), and no `previous_response_id`. The item's
+    id finds the signed thinking the gateway kept: Claude gets it back, with thinking on. Another key's stored
+    turn is not looked into: its reasoning is the summary it sent, as for any client's."""
+    sdk = openai_client(fleet, fleet_key)
+    question: Any = [{"role": "user", "content": 'Weather in Paris? CALL get_weather {"city": "Paris"}'}]
+    settings: Any = {"model": model, "tools": [WEATHER], "reasoning": {"effort": "medium", "summary": "auto"}}
+    if stream:  # (a forced tool choice would turn Claude's thinking off: the model calls the tool itself)
+        with sdk.responses.stream(input=question, **settings) as events:
+            first = events.get_final_response()
+    else:
+        first = sdk.responses.create(input=question, **settings)
+    assert next(item for item in first.output if item.type == "reasoning").encrypted_content is None
+    call = next(item for item in first.output if item.type == "function_call")
+    back: Any = [
+        *question,
+        *[item.model_dump(exclude_none=True) for item in first.output],
+        {"type": "function_call_output", "call_id": call.call_id, "output": "18C"},
+    ]
+    raw = sdk.responses.with_raw_response.create(input=back, **settings)
+    assert raw.parse().status == "completed" and "x-gateway-dropped-params" not in raw.headers
+    if model == "claude":
+        sent = fleet.fakes["anthropic"].state.requests[-1]["json"]
+        assert sent["thinking"]["type"] == "enabled"
+        turn = next(m for m in sent["messages"] if m["role"] == "assistant")
+        assert turn["content"][0] == {"type": "thinking", "thinking": THINKING, "signature": SIGNATURE}
+    else:
+        sent = fleet.fakes["bedrock"].state.requests[-1]["json"]
+        turn = next(m for m in sent["messages"] if m["role"] == "assistant")
+        signed = {"reasoningText": {"text": BEDROCK_THINKING, "signature": BEDROCK_SIGNATURE}}
+        assert turn["content"][0] == {"reasoningContent": signed}
+        return
+
+    stranger = openai_client(fleet, fleet.mint(name="stranger"))
+    raw = stranger.responses.with_raw_response.create(input=back, **settings)
+    assert raw.parse().status == "completed" and dropped(raw.headers) == ["reasoning_effort"]
+    assert "thinking" not in fleet.fakes["anthropic"].state.requests[-1]["json"]
+
+
+def test_reasoning_sent_back_by_value_costs_one_store_read_per_response_at_most(
+    fleet: Running, fleet_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conversation kept by the client sends every earlier turn's reasoning back, each turn a response: the
+    last one kept the reasoning of those before it, so one read finds it all; no reasoning item, no read."""
+    store = fleet.gateway.store
+    reads: list[str] = []
+    real = store.get_response
+
+    async def counted(response_id: str) -> Any:
+        reads.append(response_id)
+        return await real(response_id)
+
+    sdk = openai_client(fleet, fleet_key)
+    settings: Any = {"model": "claude", "tools": [WEATHER], "reasoning": {"effort": "medium", "summary": "auto"}}
+    items: Any = [{"role": "user", "content": 'Weather in Paris? CALL get_weather {"city": "Paris"}'}]
+    first = sdk.responses.create(input=items, **settings)
+    call = next(item for item in first.output if item.type == "function_call")
+    items += [item.model_dump(exclude_none=True) for item in first.output]
+    items.append({"type": "function_call_output", "call_id": call.call_id, "output": "18C"})
+    second = sdk.responses.create(input=items, **settings)
+    items += [item.model_dump(exclude_none=True) for item in second.output]
+    items.append({"role": "user", "content": "And in Rome?"})
+    monkeypatch.setattr(store, "get_response", counted)
+    raw = sdk.responses.with_raw_response.create(input=items, **settings)
+    assert raw.parse().status == "completed" and "x-gateway-dropped-params" not in raw.headers
+    assert reads == [second.id]
+    turns = [m for m in fleet.fakes["anthropic"].state.requests[-1]["json"]["messages"] if m["role"] == "assistant"]
+    assert [turn["content"][0]["type"] for turn in turns] == ["thinking", "thinking"]
+
+    reads.clear()
+    assert sdk.responses.create(input="Hi", **settings).status == "completed" and reads == []
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from handler.api.responses_api import ReasoningSeal, ResponsesRequest, to_chat_request
+from handler.api.responses_api import ReasoningSeal, ResponseIds, ResponsesRequest, to_chat_request
 from handler.errors import InvalidRequestError
 
 SEAL = ReasoningSeal(b"unit")
@@ -98,3 +98,12 @@ def test_state_kept_at_openai_is_refused_not_dropped(field: dict[str, Any]) -> N
 def test_background_false_is_what_the_gateway_does_anyway() -> None:
     messages, dropped = translate([{"role": "user", "content": "Hi"}], background=False)
     assert messages == [{"role": "user", "content": "Hi"}] and dropped == []
+
+
+def test_an_item_id_the_gateway_made_names_its_response() -> None:
+    """What the gateway kept of a reasoning item sent back by value is found by the response its id names."""
+    ids = ResponseIds("req_" + "0123456789abcdef" * 2)
+    made = [ids.item("rs") for _ in range(1000)]
+    assert {ResponseIds.response_of(item_id) for item_id in made} == {ids.response}
+    for foreign in ("rs_68c1f0a2b3d4e5f60718293a4b5c6d7e0f1a2b3c4d5e6f70", "rs_1", "rs_" + "0" * 32, "msg"):
+        assert ResponseIds.response_of(foreign) is None
