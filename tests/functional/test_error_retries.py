@@ -13,7 +13,7 @@ import pytest
 
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
-from tests.functional.conftest import Running, serve_gateway
+from tests.functional.conftest import Running, fresh_minute, serve_gateway
 from tests.support.servers import ServerThread
 
 PRICE = {"input": 1.0, "output": 2.0}
@@ -177,6 +177,7 @@ def test_unknown_routes_and_refusals_say_not_to_retry(gw: Running) -> None:
 
 def test_the_keys_own_rate_limit_says_when_to_retry(gw: Running) -> None:
     key = gw.mint(rpm=1)
+    fresh_minute()  # (two requests each side of a minute would both be admitted)
     counter = Counter()
     client = sdk_openai(gw, key, counter).with_options(max_retries=0)
     client.chat.completions.create(model="ok", messages=HI)  # type: ignore[arg-type]
