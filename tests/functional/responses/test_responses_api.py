@@ -391,6 +391,31 @@ def test_geminis_thought_signatures_go_back_in_the_call_id(fleet: Running, fleet
     assert parts and parts[0]["thoughtSignature"] == CALL_SIGNATURE
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_parallel_calls_answered_out_of_order_reach_gemini_paired_with_their_results(
+    fleet: Running, fleet_key: str, stream: bool
+) -> None:
+    """The Responses API pairs a `function_call_output` with its call by `call_id`, so Codex may hand back the
+    outputs of parallel calls in the order they finished; Gemini pairs them by position."""
+    items: Any = [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"type": "function_call", "call_id": "call_paris", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+        {"type": "function_call", "call_id": "call_rome", "name": "get_weather", "arguments": '{"city":"Rome"}'},
+        {"type": "function_call_output", "call_id": "call_rome", "output": "25C in Rome"},
+        {"type": "function_call_output", "call_id": "call_paris", "output": "18C in Paris"},
+    ]
+    sdk = openai_client(fleet, fleet_key)
+    settings: Any = {"model": "gemini", "input": items, "tools": [WEATHER], "store": False}
+    if stream:
+        with sdk.responses.stream(**settings) as events:
+            response = events.get_final_response()
+    else:
+        response = sdk.responses.create(**settings)
+    assert response.output_text == (
+        'get_weather({"city":"Paris"}) = 18C in Paris; get_weather({"city":"Rome"}) = 25C in Rome'
+    )
+
+
 def test_a_codex_history_served_elsewhere_continues_on_claude_without_thinking(fleet: Running, fleet_key: str) -> None:
     """A Codex session whose tool-calling turn OpenAI served continues on Claude with a reasoning effort: OpenAI's
     encrypted reasoning is nothing Claude can take, so the turn has no signed thinking, and Anthropic refuses

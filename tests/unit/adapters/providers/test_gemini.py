@@ -288,7 +288,7 @@ def test_tool_results_find_their_function_name_and_become_objects() -> None:
     body, _ = built(messages=messages)
     assert [c["role"] for c in body["contents"]] == ["user", "model", "user"]
     assert body["contents"][2]["parts"] == [
-        {"functionResponse": {"name": "get_weather", "response": {"result": [1, 2]}}}
+        {"functionResponse": {"id": "call_1", "name": "get_weather", "response": {"result": [1, 2]}}}
     ]
 
 
@@ -361,6 +361,33 @@ def test_generated_ids_answer_back_into_function_responses() -> None:
     ]
     body, _ = built(messages=messages)
     assert body["contents"][2]["parts"][0]["functionResponse"]["name"] == "get_time"
+
+
+def test_parallel_calls_answered_out_of_order_go_back_in_call_order_with_their_ids() -> None:
+    """OpenAI's APIs pair a tool result with its call by id, so a client may answer parallel calls in any order;
+    Gemini pairs them by position: Paris's result must not go back in Rome's place."""
+    signed = signed_call_id("call_rome", "CiQB+/xz9A==")
+    calls = [
+        {"id": "call_paris", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
+        {"id": signed, "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'}},
+    ]
+    messages = [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "tool_calls": calls},
+        {"role": "tool", "tool_call_id": signed, "content": "25C in Rome"},
+        {"role": "tool", "tool_call_id": "call_paris", "content": "18C in Paris"},
+        {"role": "user", "content": "Which is warmer?"},
+    ]
+    contents = built(messages=messages)[0]["contents"]
+    assert [part["functionCall"]["id"] for part in contents[1]["parts"]] == ["call_paris", "call_rome"]
+    assert contents[2] == {
+        "role": "user",
+        "parts": [
+            {"functionResponse": {"id": "call_paris", "name": "get_weather", "response": {"result": "18C in Paris"}}},
+            {"functionResponse": {"id": "call_rome", "name": "get_weather", "response": {"result": "25C in Rome"}}},
+            {"text": "Which is warmer?"},
+        ],
+    }
 
 
 @pytest.mark.parametrize(
