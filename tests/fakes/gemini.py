@@ -16,7 +16,9 @@ body is not JSON), `malformed-call` (the model's function call Gemini could not 
 content, `finishReason: MALFORMED_FUNCTION_CALL`, its prompt billed, streamed or not). Usage counts each
 modality of the prompt apart (`promptTokensDetails`), as Gemini does:
 inline audio (`audio/*`) as `AUDIO_TOKENS_PER_KB` tokens a kilobyte (its stand-in for Gemini's 32 tokens a
-second), the rest as text. Every request is recorded on `app.state.requests`.
+second), the rest as text. With `thinkingConfig.includeThoughts` the answer starts with a thought part
+(`THOUGHT`, `thought: true`), as Gemini's thought summaries do; without it no thought is shown. Every request is
+recorded on `app.state.requests`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from tests.fakes.script import ScriptedCall, input_for, scripted_turn, text_for,
 
 API_KEY = "test-gemini-key"
 TEXT = "Hello from fake Gemini."
+THOUGHT = "**Answering briefly**\n\nThe user greets me; a short hello will do."
 SLOW_SECONDS = 2.0
 MODEL_VERSION = "gemini-2.5-flash"
 RESPONSE_ID = "fakeGeminiResponse01"
@@ -249,6 +252,12 @@ def _usage(body: dict[str, Any], candidates: int, thoughts: int) -> dict[str, An
     return usage
 
 
+def _thoughts(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model's thought summary, which Gemini answers with only when `includeThoughts` asks for it."""
+    thinking = (body.get("generationConfig") or {}).get("thinkingConfig") or {}
+    return [{"text": THOUGHT, "thought": True}] if thinking.get("includeThoughts") else []
+
+
 def _answer(parts: list[dict[str, Any]], usage: dict[str, Any], finish: str | None) -> dict[str, Any]:
     candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
     if finish:
@@ -353,13 +362,16 @@ def create_app() -> Starlette:
                 return _invalid("the fake only streams with alt=sse")
             return StreamingResponse(_stream(model, body, call), media_type="text/event-stream")
         parts = [_call_part(model, call)] if call else [{"text": _text(body)}]
-        answer = _answer(parts, _usage(body, 5, 2), "STOP")
+        answer = _answer(_thoughts(body) + parts, _usage(body, 5, 2), "STOP")
         return Response(orjson.dumps(answer), media_type="application/json")
 
     async def _stream(model: str, body: dict[str, Any], call: dict[str, Any] | None) -> AsyncIterator[bytes]:
         def event(payload: dict[str, Any]) -> bytes:
             return b"data: " + orjson.dumps(payload) + b"\r\n\r\n"
 
+        thoughts = _thoughts(body)
+        if thoughts:
+            yield event(_answer(thoughts, _usage(body, 0, 2), None))
         if call:
             yield event(_answer([_call_part(model, call)], _usage(body, 5, 2), "STOP"))
             return

@@ -437,18 +437,27 @@ def budget_within(budget: int, model: str) -> int:
 
 def thinking_config(req: ChatRequest, model: str, dropped: list[str]) -> dict[str, Any] | None:
     """`generationConfig.thinkingConfig` for the request's reasoning wish (`reasoning.LEVELS`): a
-    `thinkingLevel` for Gemini 3, a `thinkingBudget` for 2.5; thoughts come back when a Messages client
-    asked to see them."""
+    `thinkingLevel` for Gemini 3, a `thinkingBudget` for 2.5; thoughts come back (`includeThoughts`, Gemini's
+    thought summaries) when a Messages client asked to see them or a Responses client for a summary."""
     wish = reasoning.requested(req)
-    if wish is None:
+    thinking = req.thinking
+    if thinking is not None:
+        shown = thinking.type != "disabled" and (thinking.model_extra or {}).get("display") != "omitted"
+    else:
+        shown = req.reasoning_summary is not None and not (wish is not None and wish.off)
+    if wish is None and not shown:
         return None
     if not reasoning.reasons(model, reasoning.GEMINI_THINKING_FRAGMENTS):
-        if not wish.off:
+        if wish is not None and not wish.off:
             dropped.append(reasoning.asked_with(req))
+        if req.reasoning_summary is not None:
+            dropped.append("reasoning_summary")
         return None
     config: dict[str, Any] = {}
     pro = "pro" in model
-    if "gemini-3" in model:
+    if wish is None:
+        pass  # a summary alone: the model thinks as it would unasked
+    elif "gemini-3" in model:
         level = reasoning.BY_EFFORT["none"] if wish.off else wish.level
         if level is not None:
             config["thinkingLevel"] = (
@@ -467,12 +476,7 @@ def thinking_config(req: ChatRequest, model: str, dropped: list[str]) -> dict[st
         config["thinkingBudget"] = budget_within(wish.level.budget, model)  # a level: its nearest budget there
     else:
         config["thinkingBudget"] = DYNAMIC_BUDGET
-    thinking = req.thinking
-    if (
-        thinking is not None
-        and thinking.type != "disabled"
-        and (thinking.model_extra or {}).get("display") != "omitted"
-    ):
+    if shown:
         config["includeThoughts"] = True
     return config or None
 

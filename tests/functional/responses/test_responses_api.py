@@ -16,7 +16,8 @@ from tests.fakes import azure as azure_fake
 from tests.fakes.anthropic import TEXT as ANTHROPIC_TEXT
 from tests.fakes.anthropic import THINKING
 from tests.fakes.bedrock import THINKING as BEDROCK_THINKING
-from tests.fakes.gemini import CALL_SIGNATURE
+from tests.fakes.gemini import CALL_SIGNATURE, THOUGHT
+from tests.fakes.gemini import TEXT as GEMINI_TEXT
 from tests.fakes.openai import REASONING, TEXT
 from tests.functional.conftest import FAKE_KEYS, Running, anthropic_client, openai_client, serve_gateway
 from tests.functional.responses.fleet import NATIVE, PROVIDER_MODELS
@@ -389,6 +390,26 @@ def test_geminis_thought_signatures_go_back_in_the_call_id(fleet: Running, fleet
     contents = fleet.fakes["gemini"].state.requests[-1]["json"]["contents"]
     parts = [part for content in contents for part in content["parts"] if "functionCall" in part]
     assert parts and parts[0]["thoughtSignature"] == CALL_SIGNATURE
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reasoning_summary_codex_asks_for_comes_back_from_gemini(
+    fleet: Running, fleet_key: str, stream: bool
+) -> None:
+    """Codex sends `reasoning.summary: auto` to see what the model thought; Gemini shows its thoughts only when
+    `includeThoughts` asks, and they come back as the reasoning item's summary."""
+    sdk = openai_client(fleet, fleet_key)
+    settings: Any = {"model": "gemini", "input": "Hi", "store": False}
+    for reasoning, shown in (({"effort": "low", "summary": "auto"}, [THOUGHT]), ({"effort": "low"}, [])):
+        if stream:
+            with sdk.responses.stream(reasoning=reasoning, **settings) as events:
+                response = events.get_final_response()
+        else:
+            response = sdk.responses.create(reasoning=reasoning, **settings)
+        summaries = [part.text for item in response.output if item.type == "reasoning" for part in item.summary]
+        assert summaries == shown and response.output_text == GEMINI_TEXT
+        thinking = fleet.fakes["gemini"].state.requests[-1]["json"]["generationConfig"]["thinkingConfig"]
+        assert thinking.get("includeThoughts", False) is bool(shown)
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -236,12 +236,24 @@ def test_parameters_gemini_cannot_honour_are_reported() -> None:
         ({"thinking": {"type": "disabled"}}, "gemini-2.5-pro", None, ["thinking"]),
         ({"reasoning_effort": "high"}, "gemini-2.0-flash", None, ["reasoning_effort"]),
         ({"thinking": {"type": "adaptive"}}, "gemini-2.0-flash", None, ["thinking"]),
+        # A Responses client's `reasoning.summary` (`ChatRequest.reasoning_summary`): Gemini's thought summaries.
+        (
+            {"reasoning_effort": "low", "reasoning_summary": "auto"},
+            "gemini-2.5-flash",
+            {"thinkingBudget": 2048, "includeThoughts": True},
+            [],
+        ),
+        ({"reasoning_summary": "detailed"}, "gemini-3-flash", {"includeThoughts": True}, []),
+        ({"reasoning_effort": "none", "reasoning_summary": "auto"}, "gemini-2.5-flash", {"thinkingBudget": 0}, []),
+        ({"reasoning_summary": "auto"}, "gemini-2.0-flash", None, ["reasoning_summary"]),
     ],
 )
 def test_reasoning_becomes_a_thinking_config(
     fields: dict[str, Any], model: str, expected: dict[str, Any] | None, dropped: list[str]
 ) -> None:
-    result = adapter().chat_request(request(**fields), target(model), stream=False)
+    req = request(**{name: value for name, value in fields.items() if name != "reasoning_summary"})
+    req.reasoning_summary = fields.get("reasoning_summary")  # (set by the Responses front-end, not a field)
+    result = adapter().chat_request(req, target(model), stream=False)
     body = orjson.loads(result.request.body)
     assert body.get("generationConfig", {}).get("thinkingConfig") == expected and result.dropped == dropped
 

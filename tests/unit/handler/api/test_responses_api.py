@@ -98,3 +98,21 @@ def test_state_kept_at_openai_is_refused_not_dropped(field: dict[str, Any]) -> N
 def test_background_false_is_what_the_gateway_does_anyway() -> None:
     messages, dropped = translate([{"role": "user", "content": "Hi"}], background=False)
     assert messages == [{"role": "user", "content": "Hi"}] and dropped == []
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "summary"),
+    [
+        ({"effort": "low", "summary": "auto"}, "auto"),
+        ({"summary": "detailed"}, "detailed"),
+        ({"generate_summary": "concise"}, "concise"),
+        ({"effort": "low"}, None),
+    ],
+)
+def test_a_reasoning_summary_reaches_the_adapters_and_never_an_upstream_body(
+    reasoning: dict[str, Any], summary: str | None
+) -> None:
+    body = ResponsesRequest.model_validate({"model": "m", "input": "Hi", "reasoning": reasoning})
+    req, dropped = to_chat_request(body, [], SEAL)
+    assert req.reasoning_summary == summary and dropped == []
+    assert "reasoning_summary" not in req.model_dump()  # no Chat Completions API has it
