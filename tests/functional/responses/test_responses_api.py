@@ -103,6 +103,24 @@ def test_function_tool_conversation(fleet: Running, fleet_key: str, model: str, 
     assert not [item for item in second.output if item.type == "function_call"]
 
 
+@pytest.mark.parametrize("model", ["claude", "bedrock-claude"])
+def test_a_streamed_call_without_arguments_has_an_empty_object_as_when_whole(
+    fleet: Running, fleet_key: str, model: str
+) -> None:
+    """Claude streams a call without arguments with an empty input: the `function_call` item's arguments, and
+    those `response.function_call_arguments.done` gives, are `{}`, as in the whole answer, not `""`."""
+    sdk = openai_client(fleet, fleet_key)
+    clock: Any = {"type": "function", "name": "get_time", "parameters": {"type": "object", "properties": {}}}
+    ask: Any = {"model": model, "input": "What time is it? CALL get_time {}", "tools": [clock], "store": False}
+    whole = sdk.responses.create(**ask)
+    assert [item.arguments for item in whole.output if item.type == "function_call"] == ["{}"]
+    with sdk.responses.stream(**ask) as events:
+        done = [event.arguments for event in events if event.type == "response.function_call_arguments.done"]
+        final = events.get_final_response()
+    assert done == ["{}"]
+    assert [item.arguments for item in final.output if item.type == "function_call"] == ["{}"]
+
+
 class Weather(BaseModel):
     city: str
     degrees: int
