@@ -68,6 +68,8 @@ UNSERVED = {
     "background": "send the request without background",
 }
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+# The `reasoning.summary` values that ask for one (`generate_summary` is its older name).
+SUMMARIES = ("auto", "concise", "detailed")
 
 
 class _Open(BaseModel):
@@ -462,10 +464,14 @@ def to_chat_request(
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     try:
-        return ChatRequest.model_validate(body), dropped
+        chat = ChatRequest.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise InvalidRequestError(f"the request cannot be translated: {first['msg']}") from None
+    summary = req.reasoning and (req.reasoning.summary or req.reasoning.generate_summary)
+    if summary in SUMMARIES:
+        chat.reasoning_summary = summary
+    return chat, dropped
 
 
 # --- the answer ----------------------------------------------------------------------------------

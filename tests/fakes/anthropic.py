@@ -9,14 +9,15 @@ test can pick a fault on a configured model: `fail-429` (rate_limit_error with r
 `overloaded_error`; with `echo-auth` its message quotes the request's `x-api-key`, as an upstream that echoes
 credentials would), `bad-json` (a 200 whose body is not JSON), `max-tokens` (an answer that reached its output cap:
 its text cut in half, `stop_reason: max_tokens`). A whitespace-only stop sequence is refused, as
-Anthropic refuses it, and so is a beta's field without its beta in `anthropic-beta` (`BETA_FIELDS`). A request
-with tools and a `tool_choice` of `any` or `tool` is answered with a `tool_use` block (its input following the
-tool's schema); a user message may script a tool call (`tests.fakes.script`). A request asking for `thinking`,
-or for a `thinker` model, gets a signed thinking block first (its text empty under `display: omitted`); for a
+Anthropic refuses it, and so is a beta's field without its beta in `anthropic-beta` (`BETA_FIELDS`). A request with
+tools and a `tool_choice` of `any` or `tool` is answered with a `tool_use` block (its input following the tool's
+schema); a user message may script a tool call (`tests.fakes.script`). A streamed tool call without arguments has
+one `input_json_delta` whose `partial_json` is empty, as Anthropic streams it. A request asking for `thinking`, or
+for a `thinker` model, gets a signed thinking block first (its text empty under `display: omitted`); for a
 `thinker`, an assistant turn that called a tool must come back opening with it, signature intact, as the real API
-requires, and so must the final assistant turn, if it called a tool, of any request asking for `thinking`;
-a `clear_thinking_...` context-management edit needs `thinking` on. Prompt caching is modelled: the prefix up to
-the last `cache_control` marker is written the first time it is seen (`cache_creation_input_tokens`, in
+requires, and so must the final assistant turn, if it called a tool, of any request asking for `thinking`; a
+`clear_thinking_...` context-management edit needs `thinking` on. Prompt caching is modelled: the prefix up to the
+last `cache_control` marker is written the first time it is seen (`cache_creation_input_tokens`, in
 `cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and read after (`cache_read_input_tokens`).
 With a web search tool (`web_search_20250305`), the answer searches once before its text (a `server_tool_use`
 block and its `web_search_tool_result`), counted in `usage.server_tool_use.web_search_requests`. A request's
@@ -260,8 +261,8 @@ def _pieces(block: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]
     if block["type"] == "compaction":  # its summary in one delta
         return {"type": "compaction"}, [{"type": "compaction_delta", "content": block["content"]}]
     if block["type"] in ("tool_use", "server_tool_use"):
-        text = orjson.dumps(block["input"]).decode()
-        parts = ["", text[: len(text) // 2], text[len(text) // 2 :]]
+        text = orjson.dumps(block["input"]).decode() if block["input"] else ""  # no arguments: no JSON at all
+        parts = ["", text[: len(text) // 2], text[len(text) // 2 :]] if text else [""]
         return {**block, "input": {}}, [{"type": "input_json_delta", "partial_json": p} for p in parts]
     words = block["text"].split(" ")
     return {"type": "text", "text": ""}, [

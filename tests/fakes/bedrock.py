@@ -96,7 +96,8 @@ def exception_frame(exception_type: str, message: str) -> bytes:
 
 
 def stream_frames(answer: Mapping[str, Any]) -> list[bytes]:
-    """The ConverseStream transcript of a Converse answer: text in word pieces, tool input in two."""
+    """The ConverseStream transcript of a Converse answer: text in word pieces, tool input in two (an empty
+    input as one empty piece, as Claude streams a call without arguments)."""
     frames = [event_frame("messageStart", {"role": "assistant"})]
     for index, block in enumerate(answer["output"]["message"]["content"]):
         if "reasoningContent" in block:
@@ -114,8 +115,8 @@ def stream_frames(answer: Mapping[str, Any]) -> list[bytes]:
             use = block["toolUse"]
             start = {"toolUse": {"toolUseId": use["toolUseId"], "name": use["name"]}}
             frames.append(event_frame("contentBlockStart", {"contentBlockIndex": index, "start": start}))
-            raw = orjson.dumps(use["input"]).decode()
-            for piece in (raw[: len(raw) // 2], raw[len(raw) // 2 :]):
+            raw = orjson.dumps(use["input"]).decode() if use["input"] else ""  # as Claude streams no arguments
+            for piece in (raw[: len(raw) // 2], raw[len(raw) // 2 :]) if raw else ("",):
                 delta = {"toolUse": {"input": piece}}
                 frames.append(event_frame("contentBlockDelta", {"contentBlockIndex": index, "delta": delta}))
         frames.append(event_frame("contentBlockStop", {"contentBlockIndex": index}))

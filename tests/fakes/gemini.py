@@ -5,8 +5,11 @@ It serves `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent
 `contents`, roles other than `user`/`model`) with Google's error body. With tools and function-calling
 mode `ANY` it answers with a `functionCall`; a user message may script a call (`tests.fakes.script`); on a
 `gemini-3` model every function call carries a `thoughtSignature`, and one sent back without it is
-refused; a `gemini-2.5` or `gemini-3` model refuses a non-zero penalty, as Google's do. `:countTokens`
-counts a `generateContentRequest`. Behaviour is chosen by the model name, as in the OpenAI fake:
+refused; function responses pair with the calls of the turn before by position, as Gemini pairs them: their
+counts must agree, and so must a response's `id` and its call's, and a turn answering several calls is
+answered with the pairs made (`PAIRED`), so a swap shows; a `gemini-2.5` or `gemini-3` model refuses a
+non-zero penalty, as Google's do. `:countTokens` counts a `generateContentRequest`. Behaviour is chosen by
+the model name, as in the OpenAI fake:
 `fail-429` (RESOURCE_EXHAUSTED, retry delay 0s), `fail-500`, `fail-400` (INVALID_ARGUMENT), `fail-context` (the
 input token count past the maximum, INVALID_ARGUMENT), `slow` (waits
 `SLOW_SECONDS`), `stream-cut` (a stream that stops before its finishReason), `bad-json` (a 200 whose
@@ -14,7 +17,9 @@ body is not JSON), `malformed-call` (the model's function call Gemini could not 
 content, `finishReason: MALFORMED_FUNCTION_CALL`, its prompt billed, streamed or not). Usage counts each
 modality of the prompt apart (`promptTokensDetails`), as Gemini does:
 inline audio (`audio/*`) as `AUDIO_TOKENS_PER_KB` tokens a kilobyte (its stand-in for Gemini's 32 tokens a
-second), the rest as text. Every request is recorded on `app.state.requests`.
+second), the rest as text. With `thinkingConfig.includeThoughts` the answer starts with a thought part
+(`THOUGHT`, `thought: true`), as Gemini's thought summaries do; without it no thought is shown. Every request is
+recorded on `app.state.requests`.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from tests.fakes.script import ScriptedCall, input_for, scripted_turn, text_for,
 
 API_KEY = "test-gemini-key"
 TEXT = "Hello from fake Gemini."
+THOUGHT = "**Answering briefly**\n\nThe user greets me; a short hello will do."
 SLOW_SECONDS = 2.0
 MODEL_VERSION = "gemini-2.5-flash"
 RESPONSE_ID = "fakeGeminiResponse01"
@@ -130,6 +136,49 @@ def _unsigned_call(model: str, body: dict[str, Any]) -> str | None:
     return None
 
 
+def _function_parts(content: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [part[kind] for part in content.get("parts") or [] if kind in part]
+
+
+def _pairs(body: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]] | str:
+    """The (call, response) pairs of the latest function-response turn, made by position, or why Gemini
+    refuses one of the request's turns of function responses."""
+    contents = body.get("contents") or []
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for i, content in enumerate(contents):
+        responses = _function_parts(content, "functionResponse")
+        if not responses:
+            continue
+        calls = _function_parts(contents[i - 1], "functionCall") if i else []
+        if len(calls) != len(responses):
+            return (
+                "Please ensure that the number of function response parts is equal to the number of function "
+                "call parts of the function call turn."
+            )
+        for call, response in zip(calls, responses, strict=True):
+            if "id" in response and response["id"] != call.get("id"):
+                return f"functionResponse.id {response['id']!r} does not match functionCall.id {call.get('id')!r}"
+        pairs = list(zip(calls, responses, strict=True))
+    return pairs
+
+
+# The answer to a turn answering several calls: each call with the response Gemini took for it.
+PAIRED = "{name}({args}) = {result}"
+
+
+def _paired(body: dict[str, Any]) -> str | None:
+    contents = body.get("contents") or []
+    pairs = _pairs(body)
+    if isinstance(pairs, str) or len(pairs) < 2 or not _function_parts(contents[-1], "functionResponse"):
+        return None
+    return "; ".join(
+        PAIRED.format(
+            name=call.get("name"), args=orjson.dumps(call.get("args")).decode(), result=texts(response.get("response"))
+        )
+        for call, response in pairs
+    )
+
+
 def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
     contents = body.get("contents") or []
     users = [texts([p.get("text") for p in c.get("parts") or []]) for c in contents if c.get("role") == "user"]
@@ -141,6 +190,9 @@ def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
 
 
 def _text(body: dict[str, Any]) -> str:
+    paired = _paired(body)
+    if paired is not None:
+        return paired
     script = _script(body)
     if isinstance(script, str):
         return script
@@ -199,6 +251,12 @@ def _usage(body: dict[str, Any], candidates: int, thoughts: int) -> dict[str, An
     if thoughts:
         usage["thoughtsTokenCount"] = thoughts
     return usage
+
+
+def _thoughts(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model's thought summary, which Gemini answers with only when `includeThoughts` asks for it."""
+    thinking = (body.get("generationConfig") or {}).get("thinkingConfig") or {}
+    return [{"text": THOUGHT, "thought": True}] if thinking.get("includeThoughts") else []
 
 
 def _answer(parts: list[dict[str, Any]], usage: dict[str, Any], finish: str | None) -> dict[str, Any]:
@@ -279,9 +337,10 @@ def create_app() -> Starlette:
         failure = _validate(body)
         if failure is not None:
             return failure
-        unsigned = _unsigned_call(model, body) or _penalty(model, body)
-        if unsigned:
-            return _invalid(unsigned)
+        pairs = _pairs(body)
+        refused = _unsigned_call(model, body) or _penalty(model, body) or (pairs if isinstance(pairs, str) else None)
+        if refused:
+            return _invalid(refused)
         if "bad-json" in model:
             return Response(b"{not json", 200, media_type="application/json")
         if "malformed-call" in model:
@@ -306,13 +365,16 @@ def create_app() -> Starlette:
                 return _invalid("the fake only streams with alt=sse")
             return StreamingResponse(_stream(model, body, call), media_type="text/event-stream")
         parts = [_call_part(model, call)] if call else [{"text": _text(body)}]
-        answer = _answer(parts, _usage(body, 5, 2), "STOP")
+        answer = _answer(_thoughts(body) + parts, _usage(body, 5, 2), "STOP")
         return Response(orjson.dumps(answer), media_type="application/json")
 
     async def _stream(model: str, body: dict[str, Any], call: dict[str, Any] | None) -> AsyncIterator[bytes]:
         def event(payload: dict[str, Any]) -> bytes:
             return b"data: " + orjson.dumps(payload) + b"\r\n\r\n"
 
+        thoughts = _thoughts(body)
+        if thoughts:
+            yield event(_answer(thoughts, _usage(body, 0, 2), None))
         if call:
             yield event(_answer([_call_part(model, call)], _usage(body, 5, 2), "STOP"))
             return

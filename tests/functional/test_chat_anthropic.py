@@ -11,7 +11,7 @@ from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
 from tests.fakes.anthropic import OUTPUT_TOKENS, SIGNATURE, TEXT, THINKING, TOOL_INPUT
 from tests.functional.conftest import Running
-from tests.support.tools import WEATHER_TOOL
+from tests.support.tools import ASK_THE_TIME, CLOCK_TOOL, WEATHER_TOOL, streamed_arguments
 
 MODEL = "claude-haiku-4-5"
 HI: Any = [{"role": "user", "content": "Hi"}]
@@ -93,6 +93,17 @@ def test_tool_call_returned_and_streamed(running: Running, key: str) -> None:
     args = "".join(tc.function.arguments or "" for tc in calls if tc.function)
     assert json.loads(args) == TOOL_INPUT
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+def test_a_streamed_call_without_arguments_has_an_empty_object_as_when_whole(running: Running, key: str) -> None:
+    """Anthropic streams a call without arguments with an empty `partial_json`: its arguments are `{}`, as the
+    whole answer's empty `input` gives them, not `""` (which no client can parse)."""
+    oa = client(running, key)
+    whole = oa.chat.completions.create(model=MODEL, messages=ASK_THE_TIME, tools=[CLOCK_TOOL])
+    call = (whole.choices[0].message.tool_calls or [])[0]
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall) and call.function.arguments == "{}"
+    stream = oa.chat.completions.create(model=MODEL, messages=ASK_THE_TIME, tools=[CLOCK_TOOL], stream=True)
+    assert streamed_arguments(stream) == ["{}"]
 
 
 def test_thinking_is_left_off_a_tool_loop_whose_turn_carries_no_signed_thinking(running: Running, key: str) -> None:

@@ -14,7 +14,7 @@ from handler.config import parse_config
 from tests.fakes import bedrock as fake
 from tests.functional.conftest import Running, anthropic_client, serve_gateway
 from tests.support.servers import ServerThread
-from tests.support.tools import WEATHER_TOOL
+from tests.support.tools import ASK_THE_TIME, CLOCK_TOOL, WEATHER_TOOL, streamed_arguments
 
 pytestmark = pytest.mark.skipif("bedrock" not in REGISTRY, reason="no bedrock adapter registered")
 
@@ -142,6 +142,17 @@ def test_tools_stream_and_not_and_the_result_goes_back(bedrock: Running, client:
         "toolUseId": fake.TOOL_USE_ID,
         "content": [{"text": "18 C and clear"}],
     }
+
+
+def test_a_streamed_call_without_arguments_has_an_empty_object_as_when_whole(client: openai.OpenAI) -> None:
+    """Claude on Bedrock streams a call without arguments with an empty input: `{}`, as in the whole answer."""
+    whole = client.chat.completions.create(model="claude-haiku", messages=ASK_THE_TIME, tools=[CLOCK_TOOL])
+    call = (whole.choices[0].message.tool_calls or [])[0]
+    assert call.function.arguments == "{}"  # type: ignore[union-attr]
+    stream = client.chat.completions.create(
+        model="claude-haiku", messages=ASK_THE_TIME, tools=[CLOCK_TOOL], stream=True
+    )
+    assert streamed_arguments(stream) == ["{}"]
 
 
 def test_a_model_without_forced_tool_choice_still_answers(bedrock: Running, client: openai.OpenAI) -> None:

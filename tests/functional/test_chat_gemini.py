@@ -141,12 +141,35 @@ def test_tools_return_tool_calls_stream_and_not(running: Running, key: str) -> N
     contents = sent(running)["json"]["contents"]
     assert contents[1] == {
         "role": "model",
-        "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}],
+        "parts": [{"functionCall": {"id": call.id, "name": "get_weather", "args": {"city": "Paris"}}}],
     }
     assert contents[2] == {
         "role": "user",
-        "parts": [{"functionResponse": {"name": "get_weather", "response": {"result": "21C"}}}],
+        "parts": [{"functionResponse": {"id": call.id, "name": "get_weather", "response": {"result": "21C"}}}],
     }
+
+
+def test_parallel_calls_answered_out_of_order_reach_gemini_paired_with_their_results(
+    running: Running, key: str
+) -> None:
+    """OpenAI pairs a tool message with its call by `tool_call_id`, so a client may answer parallel calls in the
+    order they finished; Gemini pairs them by position: Paris's weather must not come back as Rome's."""
+    calls: Any = [
+        {"id": "call_paris", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
+        {"id": "call_rome", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'}},
+    ]
+    messages: Any = [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "call_rome", "content": "25C in Rome"},
+        {"role": "tool", "tool_call_id": "call_paris", "content": "18C in Paris"},
+    ]
+    answer = client(running, key).chat.completions.create(
+        model="gemini-2.5-flash", messages=messages, tools=[WEATHER_TOOL]
+    )
+    assert answer.choices[0].message.content == (
+        'get_weather({"city":"Paris"}) = 18C in Paris; get_weather({"city":"Rome"}) = 25C in Rome'
+    )
 
 
 def test_a_thought_signature_sent_back_in_extra_content_reaches_gemini(running: Running, key: str) -> None:
@@ -167,7 +190,7 @@ def test_a_thought_signature_sent_back_in_extra_content_reaches_gemini(running: 
     client(running, key).chat.completions.create(model="gemini-2.5-flash", messages=messages, tools=[WEATHER_TOOL])
     call = sent(running)["json"]["contents"][1]["parts"][0]
     assert call == {
-        "functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+        "functionCall": {"id": "call_1", "name": "get_weather", "args": {"city": "Paris"}},
         "thoughtSignature": CALL_SIGNATURE,
     }
 

@@ -479,7 +479,8 @@ def test_gemini_gets_a_thinking_config_and_the_system_instruction(agents: Runnin
     texts = [part["text"] for part in sent["systemInstruction"]["parts"]]
     assert texts == [SYSTEM[0]["text"], SYSTEM[1]["text"], "# Environment\nPrimary working directory: /tmp/work"]
     assert raw.headers["x-gateway-dropped-params"] == "context_management,user"  # Gemini has no end-user id
-    assert raw.parse().content[0].type == "tool_use"
+    # The thoughts `includeThoughts` asked for come first, as a thinking block.
+    assert [block.type for block in raw.parse().content] == ["thinking", "tool_use"]
 
 
 def test_bedrock_gets_cache_points_and_a_thinking_budget(agents: Running, client: anthropic.Anthropic) -> None:

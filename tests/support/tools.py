@@ -1,4 +1,4 @@
-"""A function tool as the chat tests offer it, in OpenAI's Chat Completions shape."""
+"""Function tools as the chat tests offer them, in OpenAI's Chat Completions shape."""
 
 from __future__ import annotations
 
@@ -12,3 +12,18 @@ WEATHER_TOOL: Any = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
+# A function without arguments, and a user message that scripts a call to it (`tests.fakes.script`).
+CLOCK_TOOL: Any = {
+    "type": "function",
+    "function": {"name": "get_time", "description": "The time now", "parameters": {"type": "object", "properties": {}}},
+}
+ASK_THE_TIME: Any = [{"role": "user", "content": "What time is it? CALL get_time {}"}]
+
+
+def streamed_arguments(chunks: Any) -> list[str]:
+    """Each tool call's arguments, joined from the deltas of a Chat Completions stream."""
+    calls: dict[int, str] = {}
+    for chunk in chunks:
+        for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            calls[delta.index] = calls.get(delta.index, "") + (delta.function.arguments or "" if delta.function else "")
+    return list(calls.values())

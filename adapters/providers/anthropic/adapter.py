@@ -455,6 +455,8 @@ class AnthropicStreamParser:
         self._wire_usage = WireUsage()
         self._blocks: dict[int, tuple[str, int]] = {}
         self._thinking: dict[int, list[str]] = {}  # a thinking block's text so far, until its signature
+        # Tool blocks that have streamed no JSON yet: a call without arguments sends `partial_json: ""` or nothing.
+        self._no_input: set[int] = set()
         self._tools = 0
         self._json_answer = False
         self._usage_sent = False
@@ -500,14 +502,17 @@ class AnthropicStreamParser:
             self.usage = self._wire_usage.to_usage()
             finish = _finish(delta.get("stop_reason"), self._json_answer, self._tools > 0)
             stop_sequence = delta.get("stop_sequence")
-            return [self._chunk(finish=finish, stop_sequence=stop_sequence if isinstance(stop_sequence, str) else None)]
+            ending = self._chunk(finish=finish, stop_sequence=stop_sequence if isinstance(stop_sequence, str) else None)
+            return [*self._empty_inputs(), ending]
+        if kind == "content_block_stop":
+            return self._empty_inputs(int(payload.get("index", 0)))
         if kind == "message_stop":
             return self._usage_chunk()
         if kind == "error":
             error = payload.get("error") or {}
             status = ERROR_STATUS.get(str(error.get("type")), 500)
             raise error_from_body(status, orjson.dumps(payload), {})
-        return []  # ping, content_block_stop, and event types added after this was written
+        return []  # ping, and event types added after this was written
 
     def _block_start(self, index: int, block: WireBlock) -> list[ChatCompletionChunk]:
         if block.type == "text":
@@ -522,11 +527,13 @@ class AnthropicStreamParser:
         if block.type == "tool_use" and self._json_mode and block.name == JSON_TOOL:
             self._blocks[index] = ("json", 0)
             self._json_answer = True
+            self._no_input.add(index)
             return []
         if block.type == "tool_use":
             position = self._tools
             self._tools += 1
             self._blocks[index] = ("tool", position)
+            self._no_input.add(index)
             call = schemas.ToolCallDelta(
                 index=position,
                 id=block.id,
@@ -549,13 +556,27 @@ class AnthropicStreamParser:
             block = signed_thinking("".join(self._thinking.pop(index, [])), delta["signature"])
             return [self._chunk(schemas.ChunkDelta(**{THINKING_BLOCKS: [block]}))]
         if delta_type == "input_json_delta" and delta.get("partial_json"):
-            fragment = str(delta["partial_json"])
-            if kind == "json":
-                return [self._chunk(schemas.ChunkDelta(content=fragment))]
-            if kind == "tool":
-                call = schemas.ToolCallDelta(index=position, function=schemas.FunctionCallDelta(arguments=fragment))
-                return [self._chunk(schemas.ChunkDelta(tool_calls=[call]))]
+            self._no_input.discard(index)
+            return self._input(kind, position, str(delta["partial_json"]))
         return []  # citations_delta: nothing the OpenAI form carries
+
+    def _input(self, kind: str, position: int, fragment: str) -> list[ChatCompletionChunk]:
+        if kind == "json":
+            return [self._chunk(schemas.ChunkDelta(content=fragment))]
+        if kind == "tool":
+            call = schemas.ToolCallDelta(index=position, function=schemas.FunctionCallDelta(arguments=fragment))
+            return [self._chunk(schemas.ChunkDelta(tool_calls=[call]))]
+        return []
+
+    def _empty_inputs(self, index: int | None = None) -> list[ChatCompletionChunk]:
+        """`{}` for a tool block (`index`, or every one still open) that ended without JSON: a call without
+        arguments, as the whole answer gives its empty `input`, not `""` (which no client can parse)."""
+        ended = sorted(self._no_input) if index is None else [index] if index in self._no_input else []
+        chunks: list[ChatCompletionChunk] = []
+        for block in ended:
+            self._no_input.discard(block)
+            chunks += self._input(*self._blocks[block], "{}")
+        return chunks
 
     def _usage_chunk(self) -> list[ChatCompletionChunk]:
         if self.usage is None or self._usage_sent:

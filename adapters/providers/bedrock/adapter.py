@@ -455,13 +455,15 @@ class BedrockStreamParser(AnthropicStreamParser):
             return self._block_start(index, block)
         if kind == "contentBlockDelta":
             return self._block_delta(index, anthropic_delta(payload.get("delta")))
+        if kind == "contentBlockStop":
+            return self._empty_inputs(index)
         if kind == "messageStop":
             finish = finish_reason(payload.get("stopReason"), self._json_answer, self._tools > 0)
-            return [self._chunk(finish=finish, stop_sequence=fired(payload, self._stops))]
+            return [*self._empty_inputs(), self._chunk(finish=finish, stop_sequence=fired(payload, self._stops))]
         if kind == "metadata":
             self.usage = usage_of(payload.get("usage"))
             return self._usage_chunk()
-        return []  # contentBlockStop, and event types added after this was written
+        return []  # event types added after this was written
 
 
 def fired(answer: dict[str, Any], stops: list[str]) -> str | None:

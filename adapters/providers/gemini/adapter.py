@@ -259,6 +259,11 @@ def given_signature(call: ToolCall) -> str | None:
     return given if isinstance(given, str) and given else call_signature(call.id)
 
 
+def wire_call_id(call_id: str) -> str:
+    """The id a call goes to Gemini with: the client's, without the thought signature it may carry."""
+    return call_id.partition(SIGNATURE_MARK)[0]
+
+
 def _contents(
     req: ChatRequest, dropped: list[str], model: str = ""
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
@@ -266,6 +271,10 @@ def _contents(
     system: list[dict[str, Any]] = []
     contents: list[dict[str, Any]] = []
     call_names: dict[str, str] = {}
+    # Gemini pairs the function responses of a turn with the calls of the model turn before it by position (and
+    # a response's id must then be its call's); OpenAI's APIs pair them by id, and a client may answer in any order.
+    turn_calls: dict[str, int] = {}  # the position of each call of the latest model turn, by its id
+    answers: list[Message] = []  # the tool messages since, until the next turn
 
     def add(role: str, parts: list[dict[str, Any]]) -> None:
         if not parts:
@@ -275,19 +284,35 @@ def _contents(
         else:
             contents.append({"role": role, "parts": parts})
 
+    def answer_calls() -> None:
+        answers.sort(key=lambda m: turn_calls.get(m.tool_call_id or "", len(turn_calls)))
+        add("user", [_function_response(m, call_names, dropped, model) for m in answers])
+        answers.clear()
+
     for message in req.messages:
+        if message.role in ("tool", "function"):
+            answers.append(message)
+            continue
         if message.role in ("system", "developer"):
             system.extend(_content_parts(message.content, dropped))
-        elif message.role == "user":
+            continue
+        answer_calls()
+        if message.role == "user":
             add("user", _content_parts(message.content, dropped))
-        elif message.role == "assistant":
+        else:
             if thinking_blocks(message) and "messages.thinking" not in dropped:
                 dropped.append("messages.thinking")  # Claude's signed thinking means nothing to Gemini
             parts = _content_parts(message.content, dropped)
+            if message.tool_calls:
+                turn_calls.clear()
             for position, call in enumerate(message.tool_calls or ()):
                 call_names[call.id] = call.function.name
+                turn_calls.setdefault(call.id, len(turn_calls))
                 args = _json_object(call.function.arguments, "arguments")
-                part: dict[str, Any] = {"functionCall": {"name": call.function.name, "args": args}}
+                function_call: dict[str, Any] = {"name": call.function.name, "args": args}
+                if wire_call_id(call.id):  # Gemini 3's own, or another's: its response carries it too
+                    function_call["id"] = wire_call_id(call.id)
+                part: dict[str, Any] = {"functionCall": function_call}
                 signature = given_signature(call)
                 if signature is None and position == 0 and "gemini-3" in model:
                     signature = SKIP_SIGNATURE
@@ -295,8 +320,7 @@ def _contents(
                     part["thoughtSignature"] = signature
                 parts.append(part)
             add("model", parts)
-        else:
-            add("user", [_function_response(message, call_names, dropped, model)])
+    answer_calls()
     return contents, ({"parts": system} if system else None)
 
 
@@ -350,6 +374,9 @@ def _function_response(
             param="messages",
         )
     response: dict[str, Any] = {"name": name, "response": _json_object(message.text(), "result")}
+    answered = wire_call_id(message.tool_call_id or "")
+    if answered and message.tool_call_id in call_names:
+        response["id"] = answered  # the id of the call it answers, as the call carried it
     if media:
         response["parts"] = media
     return {"functionResponse": response}
@@ -410,18 +437,27 @@ def budget_within(budget: int, model: str) -> int:
 
 def thinking_config(req: ChatRequest, model: str, dropped: list[str]) -> dict[str, Any] | None:
     """`generationConfig.thinkingConfig` for the request's reasoning wish (`reasoning.LEVELS`): a
-    `thinkingLevel` for Gemini 3, a `thinkingBudget` for 2.5; thoughts come back when a Messages client
-    asked to see them."""
+    `thinkingLevel` for Gemini 3, a `thinkingBudget` for 2.5; thoughts come back (`includeThoughts`, Gemini's
+    thought summaries) when a Messages client asked to see them or a Responses client for a summary."""
     wish = reasoning.requested(req)
-    if wish is None:
+    thinking = req.thinking
+    if thinking is not None:
+        shown = thinking.type != "disabled" and (thinking.model_extra or {}).get("display") != "omitted"
+    else:
+        shown = req.reasoning_summary is not None and not (wish is not None and wish.off)
+    if wish is None and not shown:
         return None
     if not reasoning.reasons(model, reasoning.GEMINI_THINKING_FRAGMENTS):
-        if not wish.off:
+        if wish is not None and not wish.off:
             dropped.append(reasoning.asked_with(req))
+        if req.reasoning_summary is not None:
+            dropped.append("reasoning_summary")
         return None
     config: dict[str, Any] = {}
     pro = "pro" in model
-    if "gemini-3" in model:
+    if wish is None:
+        pass  # a summary alone: the model thinks as it would unasked
+    elif "gemini-3" in model:
         level = reasoning.BY_EFFORT["none"] if wish.off else wish.level
         if level is not None:
             config["thinkingLevel"] = (
@@ -440,12 +476,7 @@ def thinking_config(req: ChatRequest, model: str, dropped: list[str]) -> dict[st
         config["thinkingBudget"] = budget_within(wish.level.budget, model)  # a level: its nearest budget there
     else:
         config["thinkingBudget"] = DYNAMIC_BUDGET
-    thinking = req.thinking
-    if (
-        thinking is not None
-        and thinking.type != "disabled"
-        and (thinking.model_extra or {}).get("display") != "omitted"
-    ):
+    if shown:
         config["includeThoughts"] = True
     return config or None
 

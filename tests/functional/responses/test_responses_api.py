@@ -17,7 +17,8 @@ from tests.fakes.anthropic import SIGNATURE, THINKING
 from tests.fakes.anthropic import TEXT as ANTHROPIC_TEXT
 from tests.fakes.bedrock import SIGNATURE as BEDROCK_SIGNATURE
 from tests.fakes.bedrock import THINKING as BEDROCK_THINKING
-from tests.fakes.gemini import CALL_SIGNATURE
+from tests.fakes.gemini import CALL_SIGNATURE, THOUGHT
+from tests.fakes.gemini import TEXT as GEMINI_TEXT
 from tests.fakes.openai import REASONING, TEXT
 from tests.functional.conftest import FAKE_KEYS, Running, anthropic_client, openai_client, serve_gateway
 from tests.functional.responses.fleet import NATIVE, PROVIDER_MODELS
@@ -124,6 +125,24 @@ def test_function_tool_conversation(fleet: Running, fleet_key: str, model: str, 
     second = sdk.responses.create(model=model, input=follow_up, tools=[WEATHER], store=False)
     assert second.status == "completed" and second.output_text
     assert not [item for item in second.output if item.type == "function_call"]
+
+
+@pytest.mark.parametrize("model", ["claude", "bedrock-claude"])
+def test_a_streamed_call_without_arguments_has_an_empty_object_as_when_whole(
+    fleet: Running, fleet_key: str, model: str
+) -> None:
+    """Claude streams a call without arguments with an empty input: the `function_call` item's arguments, and
+    those `response.function_call_arguments.done` gives, are `{}`, as in the whole answer, not `""`."""
+    sdk = openai_client(fleet, fleet_key)
+    clock: Any = {"type": "function", "name": "get_time", "parameters": {"type": "object", "properties": {}}}
+    ask: Any = {"model": model, "input": "What time is it? CALL get_time {}", "tools": [clock], "store": False}
+    whole = sdk.responses.create(**ask)
+    assert [item.arguments for item in whole.output if item.type == "function_call"] == ["{}"]
+    with sdk.responses.stream(**ask) as events:
+        done = [event.arguments for event in events if event.type == "response.function_call_arguments.done"]
+        final = events.get_final_response()
+    assert done == ["{}"]
+    assert [item.arguments for item in final.output if item.type == "function_call"] == ["{}"]
 
 
 class Weather(BaseModel):
@@ -491,6 +510,51 @@ def test_geminis_thought_signatures_go_back_in_the_call_id(fleet: Running, fleet
     contents = fleet.fakes["gemini"].state.requests[-1]["json"]["contents"]
     parts = [part for content in contents for part in content["parts"] if "functionCall" in part]
     assert parts and parts[0]["thoughtSignature"] == CALL_SIGNATURE
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reasoning_summary_codex_asks_for_comes_back_from_gemini(
+    fleet: Running, fleet_key: str, stream: bool
+) -> None:
+    """Codex sends `reasoning.summary: auto` to see what the model thought; Gemini shows its thoughts only when
+    `includeThoughts` asks, and they come back as the reasoning item's summary."""
+    sdk = openai_client(fleet, fleet_key)
+    settings: Any = {"model": "gemini", "input": "Hi", "store": False}
+    for reasoning, shown in (({"effort": "low", "summary": "auto"}, [THOUGHT]), ({"effort": "low"}, [])):
+        if stream:
+            with sdk.responses.stream(reasoning=reasoning, **settings) as events:
+                response = events.get_final_response()
+        else:
+            response = sdk.responses.create(reasoning=reasoning, **settings)
+        summaries = [part.text for item in response.output if item.type == "reasoning" for part in item.summary]
+        assert summaries == shown and response.output_text == GEMINI_TEXT
+        thinking = fleet.fakes["gemini"].state.requests[-1]["json"]["generationConfig"]["thinkingConfig"]
+        assert thinking.get("includeThoughts", False) is bool(shown)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_parallel_calls_answered_out_of_order_reach_gemini_paired_with_their_results(
+    fleet: Running, fleet_key: str, stream: bool
+) -> None:
+    """The Responses API pairs a `function_call_output` with its call by `call_id`, so Codex may hand back the
+    outputs of parallel calls in the order they finished; Gemini pairs them by position."""
+    items: Any = [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"type": "function_call", "call_id": "call_paris", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+        {"type": "function_call", "call_id": "call_rome", "name": "get_weather", "arguments": '{"city":"Rome"}'},
+        {"type": "function_call_output", "call_id": "call_rome", "output": "25C in Rome"},
+        {"type": "function_call_output", "call_id": "call_paris", "output": "18C in Paris"},
+    ]
+    sdk = openai_client(fleet, fleet_key)
+    settings: Any = {"model": "gemini", "input": items, "tools": [WEATHER], "store": False}
+    if stream:
+        with sdk.responses.stream(**settings) as events:
+            response = events.get_final_response()
+    else:
+        response = sdk.responses.create(**settings)
+    assert response.output_text == (
+        'get_weather({"city":"Paris"}) = 18C in Paris; get_weather({"city":"Rome"}) = 25C in Rome'
+    )
 
 
 def test_a_codex_history_served_elsewhere_continues_on_claude_without_thinking(fleet: Running, fleet_key: str) -> None:

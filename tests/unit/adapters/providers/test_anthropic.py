@@ -617,6 +617,25 @@ def test_second_tool_block_gets_the_next_tool_call_index() -> None:
     ]
 
 
+def test_a_streamed_call_without_arguments_ends_with_an_empty_object() -> None:
+    """A call without arguments streams an empty `partial_json`, or no delta at all: each ends as `{}` (the whole
+    answer's empty `input`), at its block's stop or, failing that, before the finish; a call with JSON gets no more."""
+    parser = adapter().stream_parser(request(), target())
+    feed(parser, "message_start", {"type": "message_start", "message": orjson.loads(fixture("message-response.json"))})
+    for index in range(3):
+        block = {"type": "tool_use", "id": f"toolu_{index}", "name": "get_time", "input": {}}
+        feed(parser, "content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
+    empty = {"type": "input_json_delta", "partial_json": ""}
+    assert feed(parser, "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": empty}) == []
+    given = {"type": "input_json_delta", "partial_json": '{"tz": "CET"}'}
+    feed(parser, "content_block_delta", {"type": "content_block_delta", "index": 1, "delta": given})
+    stops = [feed(parser, "content_block_stop", {"type": "content_block_stop", "index": i}) for i in (0, 1)]
+    assert [arguments(chunks) for chunks in stops] == ["{}", ""]
+    ending = feed(parser, "message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"}})
+    assert ending[0]["choices"][0]["delta"]["tool_calls"] == [{"index": 2, "function": {"arguments": "{}"}}]
+    assert ending[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
 def test_stream_json_schema_tool_input_streams_as_content() -> None:
     fmt = {"type": "json_schema", "json_schema": {"name": "weather", "schema": SCHEMA}}
     transcript = fixture("messages-stream.sse").replace(b'"name":"get_weather"', f'"name":"{JSON_TOOL}"'.encode())

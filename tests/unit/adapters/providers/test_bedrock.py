@@ -644,6 +644,28 @@ def test_stream_reasoning_and_json_schema_tool_input() -> None:
     assert usage is None
 
 
+def test_a_streamed_call_without_arguments_ends_with_an_empty_object() -> None:
+    """A call without arguments (Claude's streams an empty input) ends as `{}`, as Converse's whole answer gives it,
+    and an empty JSON-schema answer as `{}` too."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+    for req, field in ((request(), "tool_calls"), (request(response_format=fmt), "content")):
+        name = "json_response" if field == "content" else "get_time"
+        frames = [
+            event_frame("messageStart", {"role": "assistant"}),
+            event_frame(
+                "contentBlockStart", {"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "t", "name": name}}}
+            ),
+            event_frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"toolUse": {"input": ""}}}),
+            event_frame("contentBlockStop", {"contentBlockIndex": 0}),
+            event_frame("messageStop", {"stopReason": "tool_use"}),
+        ]
+        chunks, _ = parse(b"".join(frames), req)
+        delta = [c["choices"][0]["delta"] for c in chunks if c["choices"][0]["delta"].get(field)][-1]
+        assert delta == (
+            {"content": "{}"} if field == "content" else {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}
+        )
+
+
 def test_usage_is_sent_once() -> None:
     parser = adapter().stream_parser(request(), target())
     metadata = StreamEvent("metadata", orjson.dumps({"usage": {"inputTokens": 5, "outputTokens": 2}}))

@@ -236,12 +236,24 @@ def test_parameters_gemini_cannot_honour_are_reported() -> None:
         ({"thinking": {"type": "disabled"}}, "gemini-2.5-pro", None, ["thinking"]),
         ({"reasoning_effort": "high"}, "gemini-2.0-flash", None, ["reasoning_effort"]),
         ({"thinking": {"type": "adaptive"}}, "gemini-2.0-flash", None, ["thinking"]),
+        # A Responses client's `reasoning.summary` (`ChatRequest.reasoning_summary`): Gemini's thought summaries.
+        (
+            {"reasoning_effort": "low", "reasoning_summary": "auto"},
+            "gemini-2.5-flash",
+            {"thinkingBudget": 2048, "includeThoughts": True},
+            [],
+        ),
+        ({"reasoning_summary": "detailed"}, "gemini-3-flash", {"includeThoughts": True}, []),
+        ({"reasoning_effort": "none", "reasoning_summary": "auto"}, "gemini-2.5-flash", {"thinkingBudget": 0}, []),
+        ({"reasoning_summary": "auto"}, "gemini-2.0-flash", None, ["reasoning_summary"]),
     ],
 )
 def test_reasoning_becomes_a_thinking_config(
     fields: dict[str, Any], model: str, expected: dict[str, Any] | None, dropped: list[str]
 ) -> None:
-    result = adapter().chat_request(request(**fields), target(model), stream=False)
+    req = request(**{name: value for name, value in fields.items() if name != "reasoning_summary"})
+    req.reasoning_summary = fields.get("reasoning_summary")  # (set by the Responses front-end, not a field)
+    result = adapter().chat_request(req, target(model), stream=False)
     body = orjson.loads(result.request.body)
     assert body.get("generationConfig", {}).get("thinkingConfig") == expected and result.dropped == dropped
 
@@ -288,7 +300,7 @@ def test_tool_results_find_their_function_name_and_become_objects() -> None:
     body, _ = built(messages=messages)
     assert [c["role"] for c in body["contents"]] == ["user", "model", "user"]
     assert body["contents"][2]["parts"] == [
-        {"functionResponse": {"name": "get_weather", "response": {"result": [1, 2]}}}
+        {"functionResponse": {"id": "call_1", "name": "get_weather", "response": {"result": [1, 2]}}}
     ]
 
 
@@ -361,6 +373,33 @@ def test_generated_ids_answer_back_into_function_responses() -> None:
     ]
     body, _ = built(messages=messages)
     assert body["contents"][2]["parts"][0]["functionResponse"]["name"] == "get_time"
+
+
+def test_parallel_calls_answered_out_of_order_go_back_in_call_order_with_their_ids() -> None:
+    """OpenAI's APIs pair a tool result with its call by id, so a client may answer parallel calls in any order;
+    Gemini pairs them by position: Paris's result must not go back in Rome's place."""
+    signed = signed_call_id("call_rome", "CiQB+/xz9A==")
+    calls = [
+        {"id": "call_paris", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
+        {"id": signed, "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'}},
+    ]
+    messages = [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "tool_calls": calls},
+        {"role": "tool", "tool_call_id": signed, "content": "25C in Rome"},
+        {"role": "tool", "tool_call_id": "call_paris", "content": "18C in Paris"},
+        {"role": "user", "content": "Which is warmer?"},
+    ]
+    contents = built(messages=messages)[0]["contents"]
+    assert [part["functionCall"]["id"] for part in contents[1]["parts"]] == ["call_paris", "call_rome"]
+    assert contents[2] == {
+        "role": "user",
+        "parts": [
+            {"functionResponse": {"id": "call_paris", "name": "get_weather", "response": {"result": "18C in Paris"}}},
+            {"functionResponse": {"id": "call_rome", "name": "get_weather", "response": {"result": "25C in Rome"}}},
+            {"text": "Which is warmer?"},
+        ],
+    }
 
 
 @pytest.mark.parametrize(

@@ -107,3 +107,21 @@ def test_an_item_id_the_gateway_made_names_its_response() -> None:
     assert {ResponseIds.response_of(item_id) for item_id in made} == {ids.response}
     for foreign in ("rs_68c1f0a2b3d4e5f60718293a4b5c6d7e0f1a2b3c4d5e6f70", "rs_1", "rs_" + "0" * 32, "msg"):
         assert ResponseIds.response_of(foreign) is None
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "summary"),
+    [
+        ({"effort": "low", "summary": "auto"}, "auto"),
+        ({"summary": "detailed"}, "detailed"),
+        ({"generate_summary": "concise"}, "concise"),
+        ({"effort": "low"}, None),
+    ],
+)
+def test_a_reasoning_summary_reaches_the_adapters_and_never_an_upstream_body(
+    reasoning: dict[str, Any], summary: str | None
+) -> None:
+    body = ResponsesRequest.model_validate({"model": "m", "input": "Hi", "reasoning": reasoning})
+    req, dropped = to_chat_request(body, [], SEAL)
+    assert req.reasoning_summary == summary and dropped == []
+    assert "reasoning_summary" not in req.model_dump()  # no Chat Completions API has it
