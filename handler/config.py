@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -83,11 +83,11 @@ class Price(_Strict):
     cache_write_1h: float | None = Field(default=None, ge=0, description="a write cached for an hour (Anthropic)")
     audio_input: float | None = Field(default=None, ge=0, description="audio prompt tokens, where they cost more")
     long_context: LongContextPrice | None = None
-    # Multipliers on all of these prices, by value, of the options of a Messages request passed through to Anthropic
-    # that change them: `speed` (`fast`: fast mode) and `inference_geo` (`us`: inference in the US only). Any other
-    # value but `standard` and `global` (the prices above) is refused (400), as an unpriced option is.
-    speed: dict[str, Annotated[float, Field(ge=0)]] = {}
-    inference_geo: dict[str, Annotated[float, Field(ge=0)]] = {}
+    # Multipliers on all of these prices, by option and value, of the options of a Messages request passed through to
+    # Anthropic that change them (`PRICE_OPTIONS`): `{speed: {fast: 6.0}, inference_geo: {us: 1.1}}`. Any other value
+    # but `standard` and `global` (the prices above) is refused (400), as an unpriced option is. (One field, checked
+    # in `_cross_check`: each field declared here costs every Lambda cold start, the bundled price table's too.)
+    options: dict[str, dict[str, float]] | None = None
 
 
 class ModelConfig(_Strict):
@@ -275,6 +275,21 @@ def parse_config(data: Any, known_types: set[str]) -> Config:
 OPENAI_API_TYPES = ("openai", "azure")
 
 
+# The request options a model's price may set multipliers for (`Price.options`), with the value at its plain price.
+PRICE_OPTIONS = {"speed": "standard", "inference_geo": "global"}
+
+
+def price_option_problems(where: str, price: Price) -> list[str]:
+    """What is wrong with `price.options` (`where`: its path in the config): an option no request has, or a
+    negative multiplier."""
+    problems = []
+    for name, rates in (price.options or {}).items():
+        if name not in PRICE_OPTIONS:
+            problems.append(f"{where}.options.{name}: not a priced option (one of: {', '.join(PRICE_OPTIONS)})")
+        problems += [f"{where}.options.{name}.{value}: a negative multiplier" for value, r in rates.items() if r < 0]
+    return problems
+
+
 def _cross_check(config: Config, known_types: set[str]) -> list[str]:
     problems: list[str] = []
     for name, provider in config.providers.items():
@@ -290,6 +305,8 @@ def _cross_check(config: Config, known_types: set[str]) -> list[str]:
                     f"models.{model}.deployments[{i}].reasoning: only for a deployment of OpenAI's API "
                     f"({', '.join(OPENAI_API_TYPES)}), not of '{kind}' (its models' reasoning is told by their names)"
                 )
+        if isinstance(spec.price, Price):
+            problems += price_option_problems(f"models.{model}.price", spec.price)
         for i, fallback in enumerate(spec.fallbacks):
             if fallback not in config.models:
                 problems.append(f"models.{model}.fallbacks[{i}]: unknown model '{fallback}'")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -252,7 +253,7 @@ def describe(routes: Iterable[RouteSpec]) -> dict[str, Any]:
     _, definitions = models_json_schema(schema_models(), ref_template=REF)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        described = {"summary": route.summary, **route.operation()}
+        described = {"summary": route.summary, **route.operation(sys.modules[__name__])}
         if route.auth.security is not None:
             described["security"] = route.auth.security
         paths.setdefault(openapi_path(route.path), {})[route.method.lower()] = described

@@ -21,30 +21,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from handler.api.openapi import (
-    ANTHROPIC_ERROR,
-    ANY_OBJECT,
-    CONTROLS,
-    JSON,
-    KEY_ERRORS,
-    KEY_VIEW,
-    LISTING,
-    USAGE_OK,
-    USAGE_PARAMETERS,
-    describe,
-    json_answer,
-    operation,
-    path_parameter,
-    proxied,
-    query,
-    ref,
-    stream_or,
-    text_answer,
-)
 from handler.dashboard.assets import ASSETS
 from handler.records import Value
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from handler.api.app import Api
     from handler.api.key_routes import KeyRoutes
     from handler.api.messages_routes import MessagesRoutes
@@ -139,7 +121,7 @@ class RouteSpec(Value):
         endpoint: Callable[[Endpoints], Handler],
         auth: Auth,
         summary: str,
-        operation: Callable[[], dict[str, Any]],
+        operation: Callable[[ModuleType], dict[str, Any]],
         direct: bool = False,
         counted: bool | None = None,
     ) -> None:
@@ -148,8 +130,9 @@ class RouteSpec(Value):
         self.endpoint: Final = endpoint
         self.auth: Final = auth
         self.summary: Final = summary
-        # The OpenAPI operation's answers, body and parameters (`handler.api.openapi.operation`), made when
-        # `/openapi.json` is first asked for: a cold start that serves requests never builds them.
+        # The OpenAPI operation's answers, body and parameters (`handler.api.openapi.operation`), made from the
+        # `handler.api.openapi` module it is given when `/openapi.json` is first asked for: a cold start that serves
+        # requests never imports it (about 1.9 million instructions).
         self.operation: Final = operation
         self.direct: Final = direct  # served by the direct lane: a proxied POST, past Starlette's router (POSTs only)
         # A request to a model (the proxied routes, and token counting): in the request metrics, a failure before
@@ -159,17 +142,17 @@ class RouteSpec(Value):
 
 @cache
 def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of `ROUTES`, built once per process."""
+    """The OpenAPI 3.1 document of `ROUTES`, built once per process (`handler.api.openapi` is imported then: a
+    Lambda cold start that never describes the API does not build the helpers the operations are written with)."""
+    from handler.api.openapi import describe
+
     return describe(ROUTES)
 
 
 async def openapi_json(request: Request) -> Response:
     """`GET /openapi.json`."""
-    return Response(orjson.dumps(openapi_document()), media_type=JSON)
+    return Response(orjson.dumps(openapi_document()), media_type="application/json")
 
-
-KEY_ID = path_parameter("key_id")
-RESPONSE_ID = path_parameter("response_id")
 
 ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec(
@@ -179,7 +162,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         Auth.OPTIONAL_KEY,
         "Liveness; no auth. With an admin key, also `pending_settlements`: settlements the store refused, "
         "waiting in the spool to land",
-        lambda: operation(json_answer(ANY_OBJECT, "the gateway is up"), auth_errors=KEY_ERRORS),
+        lambda o: o.operation(o.json_answer(o.ANY_OBJECT, "the gateway is up"), auth_errors=o.KEY_ERRORS),
     ),
     RouteSpec(
         "/metrics",
@@ -187,9 +170,9 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.api.metrics,
         Auth.ADMIN,
         "Request metrics in Prometheus' text format (admin key)",
-        lambda: operation(
-            text_answer("counters and histograms by model, provider and region", "text/plain"),
-            auth_errors=KEY_ERRORS,
+        lambda o: o.operation(
+            o.text_answer("counters and histograms by model, provider and region", "text/plain"),
+            auth_errors=o.KEY_ERRORS,
         ),
     ),
     RouteSpec(
@@ -198,7 +181,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: openapi_json,
         Auth.PUBLIC,
         "This document; no auth",
-        lambda: operation(json_answer(ANY_OBJECT, "the OpenAPI document"), auth_errors={}),
+        lambda o: o.operation(o.json_answer(o.ANY_OBJECT, "the OpenAPI document"), auth_errors={}),
     ),
     RouteSpec(
         "/v1/models",
@@ -206,7 +189,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.api.models,
         Auth.KEY,
         "The models this key may use (Anthropic's list shape when the request carries `anthropic-version`)",
-        lambda: operation(json_answer(LISTING, "the models")),
+        lambda o: o.operation(o.json_answer(o.LISTING, "the models")),
     ),
     RouteSpec(
         "/v1/models/{model_id:path}",
@@ -214,10 +197,10 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.api.model,
         Auth.KEY,
         "A model this key may use (Anthropic's shape when the request carries `anthropic-version`)",
-        lambda: operation(
-            json_answer(ANY_OBJECT, "the model"),
+        lambda o: o.operation(
+            o.json_answer(o.ANY_OBJECT, "the model"),
             errors={"404": "model_not_found (unknown, or not this key's)"},
-            parameters=[path_parameter("model_id")],
+            parameters=[o.path_parameter("model_id")],
         ),
     ),
     RouteSpec(
@@ -226,10 +209,10 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.api.route,
         Auth.KEY,
         "The deployments a request for `model` would try, in order",
-        lambda: operation(
-            json_answer(ANY_OBJECT, "the plan"),
+        lambda o: o.operation(
+            o.json_answer(o.ANY_OBJECT, "the plan"),
             errors={"404": "model_not_found", "503": "no_deployment_available, provider_not_configured"},
-            parameters=[query("model", "a public model name", required=True), *CONTROLS],
+            parameters=[o.query("model", "a public model name", required=True), *o.CONTROLS],
         ),
     ),
     RouteSpec(
@@ -238,9 +221,9 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.api.chat_completions,
         Auth.KEY,
         "OpenAI Chat Completions, stream and not",
-        lambda: proxied(
-            stream_or(ref("ChatCompletion"), "a completion, or an SSE stream ending in `data: [DONE]`"),
-            ref("ChatRequest"),
+        lambda o: o.proxied(
+            o.stream_or(o.ref("ChatCompletion"), "a completion, or an SSE stream ending in `data: [DONE]`"),
+            o.ref("ChatRequest"),
         ),
         direct=True,
     ),
@@ -250,7 +233,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.api.embeddings,
         Auth.KEY,
         "OpenAI embeddings",
-        lambda: proxied(json_answer(ref("EmbeddingsResponse"), "the embeddings"), ref("EmbeddingsRequest")),
+        lambda o: o.proxied(o.json_answer(o.ref("EmbeddingsResponse"), "the embeddings"), o.ref("EmbeddingsRequest")),
         direct=True,
     ),
     RouteSpec(
@@ -259,10 +242,10 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.messages.messages,
         Auth.KEY_OR_X_API_KEY,
         "Anthropic Messages API, stream and not, to any model",
-        lambda: proxied(
-            stream_or(ANY_OBJECT, "an Anthropic message, or its SSE event sequence"),
-            ref("MessagesRequest"),
-            error_schema=ANTHROPIC_ERROR,
+        lambda o: o.proxied(
+            o.stream_or(o.ANY_OBJECT, "an Anthropic message, or its SSE event sequence"),
+            o.ref("MessagesRequest"),
+            error_schema=o.ANTHROPIC_ERROR,
         ),
         direct=True,
     ),
@@ -273,10 +256,10 @@ ROUTES: tuple[RouteSpec, ...] = (
         Auth.KEY_OR_X_API_KEY,
         "Anthropic token counting, to any model: the provider's own count (Anthropic, Gemini) or an estimate "
         "marked `x-gateway-estimate: true`; free, not metered",
-        lambda: proxied(
-            json_answer({"type": "object", "required": ["input_tokens"]}, "`{input_tokens}`"),
-            ref("MessagesCountRequest"),
-            error_schema=ANTHROPIC_ERROR,
+        lambda o: o.proxied(
+            o.json_answer({"type": "object", "required": ["input_tokens"]}, "`{input_tokens}`"),
+            o.ref("MessagesCountRequest"),
+            error_schema=o.ANTHROPIC_ERROR,
         ),
         counted=True,
     ),
@@ -286,9 +269,9 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.responses.create,
         Auth.KEY,
         "OpenAI Responses API, stream and not, to any model",
-        lambda: proxied(
-            stream_or(ANY_OBJECT, "a `response` object, or its SSE event sequence"),
-            ref("ResponsesRequest"),
+        lambda o: o.proxied(
+            o.stream_or(o.ANY_OBJECT, "a `response` object, or its SSE event sequence"),
+            o.ref("ResponsesRequest"),
             errors={"404": "not_found (previous_response_id), model_not_found"},
         ),
         direct=True,
@@ -299,8 +282,10 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.responses.get,
         Auth.KEY,
         "A stored response (made by this key or one of its descendants)",
-        lambda: operation(
-            json_answer(ANY_OBJECT, "the response"), errors={"404": "not_found"}, parameters=[RESPONSE_ID]
+        lambda o: o.operation(
+            o.json_answer(o.ANY_OBJECT, "the response"),
+            errors={"404": "not_found"},
+            parameters=[o.path_parameter("response_id")],
         ),
     ),
     RouteSpec(
@@ -309,10 +294,10 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.responses.delete,
         Auth.KEY,
         "Delete a stored response",
-        lambda: operation(
-            json_answer(ANY_OBJECT, "`{id, object: response, deleted: true}`"),
+        lambda o: o.operation(
+            o.json_answer(o.ANY_OBJECT, "`{id, object: response, deleted: true}`"),
             errors={"404": "not_found"},
-            parameters=[RESPONSE_ID],
+            parameters=[o.path_parameter("response_id")],
         ),
     ),
     RouteSpec(
@@ -321,11 +306,11 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.responses.input_items,
         Auth.KEY,
         "A stored response's input items",
-        lambda: operation(
-            json_answer(LISTING, "the items"),
+        lambda o: o.operation(
+            o.json_answer(o.LISTING, "the items"),
             errors={"400": "invalid_request", "404": "not_found"},
             parameters=[
-                RESPONSE_ID,
+                o.path_parameter("response_id"),
                 {
                     "name": "limit",
                     "in": "query",
@@ -339,7 +324,7 @@ ROUTES: tuple[RouteSpec, ...] = (
                     "required": False,
                     "schema": {"enum": ["asc", "desc"], "default": "desc"},
                 },
-                query("after", "the id of the item the page follows (the last item of the page before)"),
+                o.query("after", "the id of the item the page follows (the last item of the page before)"),
             ],
         ),
     ),
@@ -349,7 +334,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.whoami,
         Auth.KEY_OR_X_API_KEY,
         "This key: scopes, budget, spent, remaining, expiry",
-        lambda: operation(json_answer(KEY_VIEW, "the key")),
+        lambda o: o.operation(o.json_answer(o.KEY_VIEW, "the key")),
     ),
     RouteSpec(
         "/v1/keys",
@@ -357,8 +342,10 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.mint_child,
         Auth.KEY,
         "Mint a child key: narrower models, budget within the remaining, expiry within this key's",
-        lambda: operation(
-            json_answer(KEY_VIEW, "the child key, with its secret (shown once)"), ok_status="201", body=ref("KeySpec")
+        lambda o: o.operation(
+            o.json_answer(o.KEY_VIEW, "the child key, with its secret (shown once)"),
+            ok_status="201",
+            body=o.ref("KeySpec"),
         ),
     ),
     RouteSpec(
@@ -367,7 +354,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.usage,
         Auth.KEY_OR_X_API_KEY,
         "This key's cost line items",
-        lambda: operation(USAGE_OK, parameters=USAGE_PARAMETERS),
+        lambda o: o.operation(o.USAGE_OK, parameters=o.USAGE_PARAMETERS),
     ),
     RouteSpec(
         "/admin/usage",
@@ -375,7 +362,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.admin_usage,
         Auth.ADMIN,
         "Every key's cost line items (admin key only)",
-        lambda: operation(USAGE_OK, parameters=[*USAGE_PARAMETERS, query("key", "one key id")]),
+        lambda o: o.operation(o.USAGE_OK, parameters=[*o.USAGE_PARAMETERS, o.query("key", "one key id")]),
     ),
     RouteSpec(
         "/admin/keys",
@@ -383,8 +370,8 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.admin_list,
         Auth.ADMIN,
         "List keys (admin key only)",
-        lambda: operation(
-            json_answer(LISTING, "the keys"), parameters=[query("parent_id", "only the children of this key")]
+        lambda o: o.operation(
+            o.json_answer(o.LISTING, "the keys"), parameters=[o.query("parent_id", "only the children of this key")]
         ),
     ),
     RouteSpec(
@@ -393,8 +380,10 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.admin_create,
         Auth.ADMIN,
         "Create a key (admin key only)",
-        lambda: operation(
-            json_answer(KEY_VIEW, "the key, with its secret (shown once)"), ok_status="201", body=ref("AdminKeySpec")
+        lambda o: o.operation(
+            o.json_answer(o.KEY_VIEW, "the key, with its secret (shown once)"),
+            ok_status="201",
+            body=o.ref("AdminKeySpec"),
         ),
     ),
     RouteSpec(
@@ -403,7 +392,9 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.admin_show,
         Auth.ADMIN,
         "Show a key (admin key only)",
-        lambda: operation(json_answer(KEY_VIEW, "the key"), errors={"404": "not_found"}, parameters=[KEY_ID]),
+        lambda o: o.operation(
+            o.json_answer(o.KEY_VIEW, "the key"), errors={"404": "not_found"}, parameters=[o.path_parameter("key_id")]
+        ),
     ),
     RouteSpec(
         "/admin/keys/{key_id}",
@@ -411,11 +402,11 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.admin_update,
         Auth.ADMIN,
         "Replace a key's default attribution tags (admin key only)",
-        lambda: operation(
-            json_answer(KEY_VIEW, "the key"),
-            body=ref("KeyUpdateSpec"),
+        lambda o: o.operation(
+            o.json_answer(o.KEY_VIEW, "the key"),
+            body=o.ref("KeyUpdateSpec"),
             errors={"404": "not_found"},
-            parameters=[KEY_ID],
+            parameters=[o.path_parameter("key_id")],
         ),
     ),
     RouteSpec(
@@ -424,12 +415,12 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.admin_rotate,
         Auth.ADMIN,
         "A new secret for a key; the old one works for `grace_seconds` (admin key only)",
-        lambda: operation(
-            json_answer(KEY_VIEW, "the key, with its new secret (shown once)"),
-            body=ref("RotateSpec"),
+        lambda o: o.operation(
+            o.json_answer(o.KEY_VIEW, "the key, with its new secret (shown once)"),
+            body=o.ref("RotateSpec"),
             body_required=False,
             errors={"404": "not_found"},
-            parameters=[KEY_ID],
+            parameters=[o.path_parameter("key_id")],
         ),
     ),
     RouteSpec(
@@ -438,7 +429,11 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.admin_revoke,
         Auth.ADMIN,
         "Revoke a key and, through it, its children (admin key only)",
-        lambda: operation(json_answer(KEY_VIEW, "the revoked key"), errors={"404": "not_found"}, parameters=[KEY_ID]),
+        lambda o: o.operation(
+            o.json_answer(o.KEY_VIEW, "the revoked key"),
+            errors={"404": "not_found"},
+            parameters=[o.path_parameter("key_id")],
+        ),
     ),
     RouteSpec(
         "/dashboard",
@@ -447,7 +442,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         Auth.PUBLIC,
         "The spend dashboard's page: static, it holds no data; its figures come from the admin routes, "
         "called with the admin key typed into it",
-        lambda: operation(text_answer("the page", "text/html"), auth_errors={}),
+        lambda o: o.operation(o.text_answer("the page", "text/html"), auth_errors={}),
     ),
     RouteSpec(
         "/dashboard/sign-in",
@@ -455,9 +450,9 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.dashboard.sign_in,
         Auth.PUBLIC,
         "Trade a one-time sign-in token from `gateway dashboard` for a dashboard session (a short-lived admin key)",
-        lambda: operation(
-            json_answer(ANY_OBJECT, "the session: `key`, `key_id`, `expires_at`, `signed_in_as`"),
-            body=ref("SignIn"),
+        lambda o: o.operation(
+            o.json_answer(o.ANY_OBJECT, "the session: `key`, `key_id`, `expires_at`, `signed_in_as`"),
+            body=o.ref("SignIn"),
             errors={"401": "sign_in_link_expired (used already or expired), key_revoked"},
             auth_errors={"400": "invalid_request", "503": "store_unavailable"},
         ),
@@ -468,10 +463,10 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.dashboard.asset,
         Auth.PUBLIC,
         "The dashboard's script, style sheet and icon",
-        lambda: operation(
-            text_answer("the asset", *sorted({media.split(";")[0] for media in ASSETS.values()})),
+        lambda o: o.operation(
+            o.text_answer("the asset", *sorted({media.split(";")[0] for media in ASSETS.values()})),
             errors={"404": "not_found"},
-            parameters=[{**path_parameter("name"), "schema": {"enum": sorted(ASSETS)}}],
+            parameters=[{**o.path_parameter("name"), "schema": {"enum": sorted(ASSETS)}}],
             auth_errors={},
         ),
     ),

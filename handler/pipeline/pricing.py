@@ -347,8 +347,8 @@ def scaled(price: Price | None, multiplier: float) -> Price | None:
 
 
 # The options of a request passed through as written (by its API) that change what its model costs at the provider,
-# each with its value at the standard price: any other value is priced by a multiplier in the model's price (the
-# `Price` field of the option's name) or refused. A deployment that gets the request translated is sent none of them.
+# each with its value at the standard price: any other value is priced by a multiplier in the model's price
+# (`Price.options`) or refused. A deployment that gets the request translated is sent none of them.
 PRICED_PER_MODEL: dict[str, tuple[tuple[str, str], ...]] = {
     MESSAGES_API: (("speed", "standard"), ("inference_geo", "global")),
 }
@@ -366,7 +366,7 @@ def asked_options(call: NativeCall) -> dict[str, Any]:
 
 def option_rate(price: Price | None, name: str, value: Any) -> float | None:
     """The multiplier `price` sets for option `name` at `value` (see `PRICED_PER_MODEL`); None where it sets none."""
-    rates: dict[str, float] = getattr(price, name) if price is not None else {}
+    rates = (price.options or {}).get(name, {}) if price is not None else {}
     return rates.get(value) if isinstance(value, str) else None
 
 

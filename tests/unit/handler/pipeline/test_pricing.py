@@ -234,3 +234,29 @@ def test_a_body_sent_as_written_is_reserved_on_all_of_it_but_its_inline_pictures
     assert written.text_tokens == (len(orjson.dumps(responses)) - len(data_url)) // 2 + 100 * 4_600
     # Never below the translation's own estimate.
     assert sent_as_written(PromptEstimate(10**6, ()), by_url).text_tokens == 10**6
+
+
+def test_a_prices_options_name_request_options_and_no_negative_multiplier() -> None:
+    """`Price.options` is one field (each field declared costs every Lambda cold start): what a per-option field
+    checked, a config check does, the bundled table included."""
+    from handler.config import ConfigError, Price, parse_config, price_option_problems
+
+    for model, price in builtin_prices().prices.items():
+        assert price_option_problems(model, price) == []
+    wrong = Price(input=1, options={"sped": {"fast": 6.0}, "speed": {"fast": -1.0}})
+    assert price_option_problems("m", wrong) == [
+        "m.options.sped: not a priced option (one of: speed, inference_geo)",
+        "m.options.speed.fast: a negative multiplier",
+    ]
+    config = {
+        "providers": {"a": {"type": "anthropic", "api_key": "env:K"}},
+        "models": {
+            "m": {
+                "deployments": [{"provider": "a", "model": "m"}],
+                "price": {"input": 1, "options": {"geo": {"us": 2}}},
+            }
+        },
+    }
+    with pytest.raises(ConfigError) as refused:
+        parse_config(config, {"anthropic"})
+    assert "models.m.price.options.geo: not a priced option" in str(refused.value)
