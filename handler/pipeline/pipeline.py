@@ -539,7 +539,7 @@ class Pipeline:
                 if option_rate(price, name, value) is None:
                     raise InvalidRequestError(
                         f"{name} '{value}' is not priced for model '{attempt.model}' on this gateway (no multiplier "
-                        f"for it in the model's `price.{name}`)",
+                        f"for it in the model's `price.options.{name}`)",
                         param=name,
                     )
         ex.native_api, ex.native_options = call.api, asked
