@@ -6,6 +6,7 @@ process by `resolve_secret`; a literal key in the file is accepted but discourag
 
 # No `from __future__ import annotations` here: pydantic would evaluate every field's annotation from its string
 # when the class is made, in the cold start; as objects they come from the cached bytecode.
+import math
 import os
 from collections.abc import Callable, Mapping
 from importlib import resources
@@ -281,12 +282,16 @@ PRICE_OPTIONS = {"speed": "standard", "inference_geo": "global"}
 
 def price_option_problems(where: str, price: Price) -> list[str]:
     """What is wrong with `price.options` (`where`: its path in the config): an option no request has, or a
-    negative multiplier."""
+    multiplier that is negative or not a number (YAML's `.nan`, `.inf`)."""
     problems = []
     for name, rates in (price.options or {}).items():
         if name not in PRICE_OPTIONS:
             problems.append(f"{where}.options.{name}: not a priced option (one of: {', '.join(PRICE_OPTIONS)})")
-        problems += [f"{where}.options.{name}.{value}: a negative multiplier" for value, r in rates.items() if r < 0]
+        problems += [
+            f"{where}.options.{name}.{value}: not a multiplier (a finite number, 0 or more)"
+            for value, rate in rates.items()
+            if not (math.isfinite(rate) and rate >= 0)
+        ]
     return problems
 
 

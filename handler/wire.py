@@ -195,7 +195,7 @@ def upstream_error(
     error.said = redact_message(message)
     error.provider_code = redact_message(code)[:100] if isinstance(code, str) and code else None
     error.provider_param = redact_message(param)[:200] if isinstance(param, str) and param else None
-    if status == 400 and context_overflow().search(message):
+    if status == 400 and context_overflow().search(message) and not output_cap_too_large().search(message):
         # OpenAI's code for it, whoever said it: Codex tells a full context (it compacts, or says so) by this code
         # alone, and Anthropic, Gemini and Bedrock give none (Mistral a number of its own).
         error.provider_code = CONTEXT_LENGTH_EXCEEDED
@@ -212,6 +212,17 @@ CONTEXT_OVERFLOW = (
     r"|too large for model with \d+ maximum context length"
     r"|maximum context length is \d+ tokens"
 )
+
+
+# The same words in an OpenAI-compatible server's refusal of a too large output cap (vLLM's: "'max_tokens' or
+# 'max_completion_tokens' is too large: 32000. This model's maximum context length is 32768 tokens and your request
+# has 2778 input tokens"): the prompt fits, the cap does not; not a full context.
+OUTPUT_CAP_TOO_LARGE = r"(?i)max_(?:completion_)?tokens'?[^.]{0,60}too large"
+
+
+@functools.cache
+def output_cap_too_large() -> re.Pattern[str]:
+    return re.compile(OUTPUT_CAP_TOO_LARGE)
 
 
 @functools.cache

@@ -118,6 +118,15 @@ def test_a_prompt_past_the_window_is_context_length_exceeded_whoever_says_it(
     rejected = ProviderRejectedError(error)
     assert rejected.code == "context_length_exceeded"
     assert rejected.message in orjson.dumps(body).decode() or "Input is too long" in rejected.message
+    cap = (
+        "'max_tokens' or 'max_completion_tokens' is too large: 32000. This model's maximum context length is 32768 "
+        "tokens and your request has 2778 input tokens (32000 > 32768 - 2778)."
+    )  # vLLM's: the prompt fits, the output cap does not
+    vllm = {"object": "error", "message": cap, "type": "BadRequestError", "param": None, "code": 400}
+    assert (
+        ProviderRejectedError(REGISTRY["openai"].error(None, 400, orjson.dumps(vllm), {})).code
+        != "context_length_exceeded"
+    )  # type: ignore[arg-type]
     other = {"type": "error", "error": {"type": "invalid_request_error", "message": "messages: must not be empty"}}
     assert (
         ProviderRejectedError(REGISTRY["anthropic"].error(None, 400, orjson.dumps(other), {})).code == "invalid_request"

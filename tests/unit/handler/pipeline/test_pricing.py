@@ -243,10 +243,11 @@ def test_a_prices_options_name_request_options_and_no_negative_multiplier() -> N
 
     for model, price in builtin_prices().prices.items():
         assert price_option_problems(model, price) == []
-    wrong = Price(input=1, options={"sped": {"fast": 6.0}, "speed": {"fast": -1.0}})
+    wrong = Price(input=1, options={"sped": {"fast": 6.0}, "speed": {"fast": -1.0, "x": float("nan")}})
     assert price_option_problems("m", wrong) == [
         "m.options.sped: not a priced option (one of: speed, inference_geo)",
-        "m.options.speed.fast: a negative multiplier",
+        "m.options.speed.fast: not a multiplier (a finite number, 0 or more)",
+        "m.options.speed.x: not a multiplier (a finite number, 0 or more)",
     ]
     config = {
         "providers": {"a": {"type": "anthropic", "api_key": "env:K"}},
