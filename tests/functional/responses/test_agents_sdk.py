@@ -18,11 +18,26 @@ def agent_key(fleet: Running) -> str:
     return fleet.mint(name="agents")
 
 
+async def run_agent(fleet: Running, key: str, agent: Any, streamed: bool) -> Any:
+    """`agent` asked the weather in Paris, a tool call scripted in the question, through the SDK's default provider
+    (the Responses API) with the gateway's client; the fake upstream plays the model's part: the tool call the
+    question scripts, then an answer quoting the tool's result."""
+    from openai import AsyncOpenAI
+
+    async with AsyncOpenAI(base_url=f"{fleet.url}/v1", api_key=key, max_retries=0) as client:
+        config = agents.RunConfig(model_provider=agents.OpenAIProvider(openai_client=client), tracing_disabled=True)
+        question = 'Weather in Paris? CALL get_weather {"city": "Paris"}'
+        if not streamed:
+            return await agents.Runner.run(agent, question, run_config=config)
+        result = agents.Runner.run_streamed(agent, question, run_config=config)
+        async for _ in result.stream_events():
+            pass
+        return result
+
+
 @pytest.mark.parametrize("model", PROVIDER_MODELS)
 @pytest.mark.parametrize("streamed", [False, True])
 async def test_an_agent_calls_its_tool_and_answers(fleet: Running, agent_key: str, model: str, streamed: bool) -> None:
-    from openai import AsyncOpenAI
-
     seen: list[str] = []
 
     @agents.function_tool
@@ -31,19 +46,8 @@ async def test_an_agent_calls_its_tool_and_answers(fleet: Running, agent_key: st
         seen.append(city)
         return f"18C and sunny in {city}"
 
-    client = AsyncOpenAI(base_url=f"{fleet.url}/v1", api_key=agent_key, max_retries=0)
-    async with client:
-        agent = agents.Agent(name="weather", instructions="Answer with the weather.", tools=[get_weather], model=model)
-        # The SDK's default provider (the Responses API), with the gateway's client; the fake upstream plays the
-        # model's part: the tool call the question scripts, then an answer quoting the tool's result.
-        config = agents.RunConfig(model_provider=agents.OpenAIProvider(openai_client=client), tracing_disabled=True)
-        question = 'Weather in Paris? CALL get_weather {"city": "Paris"}'
-        if streamed:
-            result: Any = agents.Runner.run_streamed(agent, question, run_config=config)
-            async for _ in result.stream_events():
-                pass
-        else:
-            result = await agents.Runner.run(agent, question, run_config=config)
+    agent = agents.Agent(name="weather", instructions="Answer with the weather.", tools=[get_weather], model=model)
+    result = await run_agent(fleet, agent_key, agent, streamed)
     assert seen == ["Paris"]
     assert result.final_output == "DONE: 18C and sunny in Paris"
     kinds = [item.type for item in result.new_items]
@@ -57,7 +61,6 @@ async def test_claudes_thinking_goes_back_on_the_agents_next_turn(
     """With a reasoning effort, the agent's second turn sends the first one's output back by value, its reasoning
     item without the `encrypted_content` it did not ask for: Claude still gets its signed thinking back, and
     thinking on, from what the gateway kept of the stored turn."""
-    from openai import AsyncOpenAI
     from openai.types.shared import Reasoning
 
     from tests.fakes.anthropic import SIGNATURE, THINKING
@@ -67,18 +70,9 @@ async def test_claudes_thinking_goes_back_on_the_agents_next_turn(
         """The weather in a city."""
         return f"18C and sunny in {city}"
 
-    client = AsyncOpenAI(base_url=f"{fleet.url}/v1", api_key=agent_key, max_retries=0)
-    async with client:
-        settings = agents.ModelSettings(reasoning=Reasoning(effort="medium", summary="auto"))
-        agent = agents.Agent(name="weather", tools=[get_weather], model="claude", model_settings=settings)
-        config = agents.RunConfig(model_provider=agents.OpenAIProvider(openai_client=client), tracing_disabled=True)
-        question = 'Weather in Paris? CALL get_weather {"city": "Paris"}'
-        if streamed:
-            result: Any = agents.Runner.run_streamed(agent, question, run_config=config)
-            async for _ in result.stream_events():
-                pass
-        else:
-            result = await agents.Runner.run(agent, question, run_config=config)
+    settings = agents.ModelSettings(reasoning=Reasoning(effort="medium", summary="auto"))
+    agent = agents.Agent(name="weather", tools=[get_weather], model="claude", model_settings=settings)
+    result = await run_agent(fleet, agent_key, agent, streamed)
     assert result.final_output == "DONE: 18C and sunny in Paris"
     sent = fleet.fakes["anthropic"].state.requests[-1]["json"]
     assert sent["thinking"]["type"] == "enabled"
