@@ -105,9 +105,16 @@ class ResponseArchive:
 
     async def find(self, response_id: str, key: KeyRecord, param: str | None = None) -> dict[str, Any]:
         """The stored `{"items": [...], "response": {...}}`, or a 404 alike for unknown and not yours."""
+        record = await self._record(response_id, key)
+        if record is None:
+            raise NotFoundError(f"Response with id '{response_id}' not found.", code="not_found", param=param)
+        return record
+
+    async def _record(self, response_id: str, key: KeyRecord) -> dict[str, Any] | None:
+        """The stored record of `response_id` if `key` may see it, else None (unknown, expired, another's)."""
         stored = await self.store.get_response(response_id) if response_id.startswith("resp_") else None
         if stored is None or not self._visible(stored, key):
-            raise NotFoundError(f"Response with id '{response_id}' not found.", code="not_found", param=param)
+            return None
         record: dict[str, Any] = orjson.loads(stored.body)
         return record
 
@@ -150,12 +157,12 @@ class ResponseArchive:
             if wanted.isdisjoint(own):
                 continue
             try:
-                stored = await self.store.get_response(response_id)
+                record = await self._record(response_id, key)
             except StoreError as exc:
                 logger.warning("kept reasoning not read: %s", exc, extra={"response_id": response_id})
                 break
-            if stored is not None and self._visible(stored, key):
-                sealed: dict[str, str] = orjson.loads(stored.body).get("sealed") or {}
+            if record is not None:
+                sealed: dict[str, str] = record.get("sealed") or {}
                 found.update((item_id, sealed[item_id]) for item_id in wanted if item_id in sealed)
             wanted.difference_update(own, found)
         return found
