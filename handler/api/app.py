@@ -387,9 +387,11 @@ async def openai_events(stream: ChunkStream, include_usage: bool) -> AsyncIterat
         write = sse_chunk_usage_null if include_usage else sse_chunk
         ending: list[ChatCompletionChunk] = []
         async for batch in stream.batches():  # what one upstream read brought: one write to the client
-            if not include_usage and any(ends_a_choice(chunk) for chunk in batch):
-                ending += [chunk for chunk in batch if ends_a_choice(chunk)]
-                batch = [chunk for chunk in batch if not ends_a_choice(chunk)]
+            if not include_usage:
+                going: list[ChatCompletionChunk] = []
+                for chunk in batch:
+                    (ending if ends_a_choice(chunk) else going).append(chunk)
+                batch = going
             if batch:
                 yield b"".join(write(chunk) for chunk in batch)
         cut = stream.cut
