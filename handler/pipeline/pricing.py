@@ -11,7 +11,7 @@ from typing import Any, Final
 
 import orjson
 
-from handler.config import FeeConfig, ModelConfig, Price, load_yaml
+from handler.config import PRICE_OPTIONS, FeeConfig, ModelConfig, Price, load_yaml
 from handler.pipeline.images import image_tokens
 from handler.ports import MESSAGES_API, NativeCall
 from handler.records import Value
@@ -349,9 +349,7 @@ def scaled(price: Price | None, multiplier: float) -> Price | None:
 # The options of a request passed through as written (by its API) that change what its model costs at the provider,
 # each with its value at the standard price: any other value is priced by a multiplier in the model's price
 # (`Price.options`) or refused. A deployment that gets the request translated is sent none of them.
-PRICED_PER_MODEL: dict[str, tuple[tuple[str, str], ...]] = {
-    MESSAGES_API: (("speed", "standard"), ("inference_geo", "global")),
-}
+PRICED_PER_MODEL: dict[str, tuple[tuple[str, str], ...]] = {MESSAGES_API: tuple(PRICE_OPTIONS.items())}
 
 
 def asked_options(call: NativeCall) -> dict[str, Any]:
