@@ -13,7 +13,7 @@ import importlib
 import operator
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 # `value is None` as a C call: the answer writers run it for every optional field of every chunk.
 _is_none = functools.partial(operator.is_, None)
@@ -237,18 +237,14 @@ class ChatRequest(_Open):
     # OpenAI's reasoning control (`none` ... `xhigh`; `max` only comes from a Messages `output_config.effort`).
     reasoning_effort: str | None = None
     thinking: ThinkingConfig | None = None
-    # Not a field: no Chat Completions API has it, so no client sends it here and no upstream gets it as one.
-    _reasoning_summary: str | None = PrivateAttr(default=None)
 
     @property
     def reasoning_summary(self) -> str | None:
-        """A Responses request's `reasoning.summary` (`auto`, `concise`, `detailed`), set by that front-end: the
-        client wants the model's reasoning back as text."""
-        return self._reasoning_summary
-
-    @reasoning_summary.setter
-    def reasoning_summary(self, summary: str | None) -> None:
-        self._reasoning_summary = summary
+        """A Responses request's `reasoning.summary` (`auto`, `concise`, `detailed`): the client wants the model's
+        reasoning back as text. Not a field: no Chat Completions API has it, so no client sends it here and no
+        upstream gets it as one; a Responses request asking for one is a `SummarisedChatRequest`
+        (handler/api/responses_api.py), and every other has none."""
+        return None
 
     def output_limit(self) -> int | None:
         """The client's cap on generated tokens, whichever field it used."""
