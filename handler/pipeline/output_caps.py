@@ -38,11 +38,11 @@ def ceiling_named(message: str) -> int | None:
 
 class OutputCap:
     """One request's cap, per attempt. A budgeted request (or one with `x-gateway-max-cost-usd`) always sends one:
-    the client's own, else (or when larger) the attempt's ceiling (the gateway's default without one), never more
-    than its worst case covers (`reserved`: the largest over the plan when it was admitted). Any other request
-    sends the client's own,
-    lowered to the attempt's ceiling. The cap goes in the field the client used (`max_tokens` when it sent only
-    that, else `max_completion_tokens`; an adapter renames it as its provider needs)."""
+    the client's own (lowered to the attempt's ceiling), else the ceiling (the gateway's default without one), never
+    more than its worst case covers (`reserved`: the largest over the plan when it was admitted). Any other request
+    sends the client's own, lowered to the attempt's ceiling. The cap goes in the field the client used
+    (`max_tokens` when it sent only that, else `max_completion_tokens`; an adapter renames it as its provider
+    needs)."""
 
     __slots__ = ("req", "limit", "default", "legacy", "learned", "reserved")
 
@@ -64,9 +64,14 @@ class OutputCap:
         return min(configured, learned)
 
     def of(self, attempt: Attempt) -> int:
-        """The most `attempt` may write on a bounded request: what its worst case covers."""
-        cap = self.ceiling(attempt) or self.default
-        return min(self.limit, cap) if self.limit else cap
+        """The most `attempt` may write on a bounded request: what its worst case covers. The client's own cap,
+        lowered to the attempt's ceiling where one is known; without a cap of the client's, the ceiling, else the
+        gateway's default. (The default is no ceiling: a client's 32,000 cut to 4,096 on a model whose ceiling the
+        gateway does not know truncated Claude Code's answers on a budgeted key.)"""
+        ceiling = self.ceiling(attempt)
+        if self.limit:
+            return min(self.limit, ceiling) if ceiling else self.limit
+        return ceiling or self.default
 
     def sent(self, attempt: Attempt) -> int | None:
         """The cap `attempt` is sent (None: none, the provider's own default)."""

@@ -282,8 +282,12 @@ def test_a_budgeted_request_cannot_ask_for_more_output_than_was_reserved(running
     recorded = running.fakes["openai"].state.requests
     assert chat(running, key).status_code == 200
     assert recorded[-1]["json"]["max_completion_tokens"] == running.gateway.config.gateway.default_max_output_tokens
-    assert chat(running, key, max_tokens=10**6).status_code == 200
-    assert recorded[-1]["json"]["max_tokens"] == running.gateway.config.gateway.default_max_output_tokens
+    # The client's own cap is reserved and sent, whole, though the model names no ceiling (it had been cut to
+    # the default); a cap the budget cannot cover is refused, not cut.
+    assert chat(running, key, max_tokens=10_000).status_code == 200
+    assert recorded[-1]["json"]["max_tokens"] == 10_000
+    refused = chat(running, key, max_tokens=2 * 10**6)
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded"
     assert chat(running, key, max_tokens=7).status_code == 200
     assert recorded[-1]["json"]["max_tokens"] == 7
 

@@ -96,10 +96,24 @@ def test_a_budgeted_request_is_never_sent_more_than_its_reservation_covers() -> 
     its cap to 16,384, past what its reservation covered (found by review)."""
     unknown = attempt("unknown")
     learned: dict[str, int] = {}
-    req = request(max_tokens=100_000)
+    req = request()
     cap = OutputCap(req, 4096, learned)
     cap.reserved = cap.of(unknown)
     assert cap.reserved == 4096
     learned[unknown.target.label] = 16_384  # another request's refusal, meanwhile
     cap.apply(unknown)
-    assert req.max_tokens == 4096
+    assert req.max_completion_tokens == 4096
+
+
+def test_a_budgeted_request_keeps_its_own_cap_on_a_model_whose_ceiling_is_unknown() -> None:
+    """Claude Code's 32,000 was cut to the gateway's default (4,096) on a budgeted key whenever its model had no
+    `max_output_tokens`: answers ended at 4,096 tokens, named nowhere. The default is for a request without a cap."""
+    unknown, known = attempt("unknown"), attempt("known")
+    req = request(max_tokens=32_000)
+    cap = OutputCap(req, 4096, {})
+    assert (cap.of(unknown), cap.of(known)) == (32_000, 16_384)
+    cap.reserved = cap.of(unknown)
+    cap.apply(unknown)
+    assert req.max_tokens == 32_000
+    assert OutputCap(request(max_tokens=1_000), 4096, {}).of(unknown) == 1_000
+    assert OutputCap(request(), 4096, {}).of(unknown) == 4096
