@@ -15,7 +15,7 @@ from handler.config import PRICE_OPTIONS, FeeConfig, ModelConfig, Price, load_ya
 from handler.pipeline.images import image_tokens
 from handler.ports import MESSAGES_API, NativeCall
 from handler.records import Value
-from handler.schemas import ChatRequest, ImagePart, Usage
+from handler.schemas import ChatRequest, FilePart, ImagePart, Usage
 
 PRICE_TABLE_RESOURCE = "prices.yaml"
 IMAGE_TOKEN_ALLOWANCE = 1600
@@ -218,6 +218,11 @@ class PromptEstimate(Value):
         return self.text_tokens + sum(image_tokens(url, detail, provider_type, model) for url, detail in self.images)
 
 
+# A PDF the provider fetches itself (a URL, an uploaded file): its size is not in the request. Anthropic reads at most
+# 100 pages a request, each as its text (1,500-3,000 tokens) and its picture (at most 1,600).
+REFERENCED_DOCUMENT_TOKENS = 100 * (3_000 + 1_600)
+
+
 def prompt_estimate(req: ChatRequest) -> PromptEstimate:
     """An upper-bound estimate of the prompt's tokens, cheap enough for the hot path.
 
@@ -235,8 +240,11 @@ def prompt_estimate(req: ChatRequest) -> PromptEstimate:
             for part in content:
                 if isinstance(part, ImagePart):
                     images.append((part.image_url.url, part.image_url.detail))
-                else:
-                    total += len(part.model_dump_json().encode()) // 2 + 1
+                    continue
+                total += len(part.model_dump_json().encode()) // 2 + 1
+                if isinstance(part, FilePart) and not part.file.get("file_data"):
+                    # An uploaded file (`file_id`): the provider reads and bills all of it, 20 bytes here.
+                    total += REFERENCED_DOCUMENT_TOKENS
         for call in message.tool_calls or ():
             total += (len(call.function.arguments.encode()) + len(call.function.name)) // 2 + 4
         if message.reasoning_content:
@@ -255,11 +263,6 @@ def prompt_estimate(req: ChatRequest) -> PromptEstimate:
         sent = {name: value for name, value in extra.items() if name != "prediction"}
         total += len(orjson.dumps(sent)) // 2
     return PromptEstimate(total, tuple(images))
-
-
-# A PDF the provider fetches itself (a URL, an uploaded file): its size is not in the request. Anthropic reads at most
-# 100 pages a request, each as its text (1,500-3,000 tokens) and its picture (at most 1,600).
-REFERENCED_DOCUMENT_TOKENS = 100 * (3_000 + 1_600)
 
 
 def sent_as_written(estimate: PromptEstimate, body: Mapping[str, Any]) -> PromptEstimate:

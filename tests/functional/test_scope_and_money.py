@@ -588,6 +588,27 @@ def test_what_a_pass_through_sends_beyond_its_translation_is_in_the_worst_case(g
     assert post(gw, "/v1/messages", key, body).status_code == 200
 
 
+def test_a_file_sent_by_id_is_reserved_at_the_most_a_document_can_cost(gw: Running) -> None:
+    """A file part by `file_id` (Chat Completions' `file`, the Responses API's `input_file` translated to it) was
+    reserved as its twenty bytes of JSON, though the provider reads and bills the whole document: a key with $0.01
+    left was admitted and billed $0.04 for 40,000 prompt tokens (found by review). It is reserved as a PDF the
+    provider fetches itself, as a pass-through's is: 100 pages, $0.069 for gpt-4o-mini."""
+    key = gw.mint(budget_usd=0.01)
+    since = len(gw.fakes["openai"].state.requests)
+    by_id = {"type": "file", "file": {"file_id": "file-abc"}}
+    body = {"model": "gpt-test", "max_tokens": 16, "messages": [{"role": "user", "content": [by_id]}]}
+    refused = post(gw, "/v1/chat/completions", key, body)
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded", refused.text
+    item = {"role": "user", "content": [{"type": "input_file", "file_id": "file-abc"}]}
+    refused = post(gw, "/v1/responses", key, {"model": "gpt-test", "input": [item], "max_output_tokens": 16})
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded", refused.text
+    assert received(gw, "openai", since) == [] and ledger(gw, key) == []
+    # Sent inline, its bytes are the estimate: a small file goes.
+    inline = {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"}}
+    body["messages"] = [{"role": "user", "content": [inline]}]
+    assert post(gw, "/v1/chat/completions", key, body).status_code == 200
+
+
 def test_a_max_cost_request_is_sent_the_output_cap_its_worst_case_assumed(gw: Running) -> None:
     """`x-gateway-max-cost-usd` admits on a worst case of the gateway's default output cap (4,096 tokens) when the
     client sets none; without a budget that cap was not sent, and the provider could write its own maximum (gpt-4o-

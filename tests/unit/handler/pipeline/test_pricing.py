@@ -18,6 +18,7 @@ from handler.pipeline.pricing import (
     estimate_prompt_tokens,
     plausible,
     price_for,
+    prompt_estimate,
     sent_as_written,
     usd,
     with_options,
@@ -234,6 +235,19 @@ def test_a_body_sent_as_written_is_reserved_on_all_of_it_but_its_inline_pictures
     assert written.text_tokens == (len(orjson.dumps(responses)) - len(data_url)) // 2 + 100 * 4_600
     # Never below the translation's own estimate.
     assert sent_as_written(PromptEstimate(10**6, ()), by_url).text_tokens == 10**6
+
+
+def test_a_file_by_id_is_estimated_as_the_most_a_document_can_cost() -> None:
+    """A translated request's file part by `file_id` is read and billed whole by the provider (found by review:
+    it was estimated as its JSON, some 20 tokens); one sent inline is its bytes."""
+
+    def request(file: dict[str, str]) -> ChatRequest:
+        part = {"type": "file", "file": file}
+        return ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": [part]}]})
+
+    by_id = prompt_estimate(request({"file_id": "file-abc"})).text_tokens
+    inline = prompt_estimate(request({"file_data": "data:application/pdf;base64,JVBERi0x"})).text_tokens
+    assert by_id >= 100 * 4_600 > inline
 
 
 def test_a_prices_options_name_request_options_and_no_negative_multiplier() -> None:
