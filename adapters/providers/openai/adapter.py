@@ -8,9 +8,10 @@ something.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
+from pydantic import BaseModel, ValidationError
 
 import adapters.providers.openai.responses as responses
 from adapters.providers import reasoning
@@ -22,6 +23,8 @@ from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import RESPONSES_API, BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import ChatCompletion, ChatRequest, PromptTokensDetails, Usage
 from handler.wire import StreamEvent, error_excerpt, json_body, malformed, upstream_error
+
+M = TypeVar("M", bound=BaseModel)
 
 if TYPE_CHECKING:
     from handler.schemas import ChatCompletionChunk, EmbeddingsRequest, EmbeddingsResponse
@@ -63,6 +66,39 @@ def normalize_usage(usage: Usage | None) -> Usage | None:
     return usage
 
 
+# OpenAI's finish reasons; and those other OpenAI-compatible APIs document, in OpenAI's words. Mistral's
+# `model_length` (the context is full) and `error` (generation failed part way) and DeepSeek's
+# `insufficient_system_resource` (cut for want of capacity) each end an answer short of what it would have been.
+OPENAI_FINISHES = frozenset(("stop", "length", "tool_calls", "content_filter", "function_call"))
+CUT_SHORT = frozenset(("model_length", "error", "insufficient_system_resource", "abort"))  # (vLLM's `abort`)
+
+
+def validated(model: type[M], payload: Any) -> M:
+    """`payload` as `model` (an answer or a chunk), with any finish reason outside OpenAI's put in its words: a
+    documented value of another API (Mistral's `model_length`) refused the answer as malformed, after the
+    provider had billed it, and sent the request to a fallback to be billed again. Only an answer that fails
+    validation is looked at again: on the hot path, OpenAI's own are validated once."""
+    try:
+        return model.model_validate(payload)
+    except ValidationError:
+        if not _conform_finishes(payload):
+            raise
+        return model.model_validate(payload)
+
+
+def _conform_finishes(payload: Any) -> bool:
+    """Put each choice's finish reason outside OpenAI's in its words (in place): `length` for one that cut the
+    answer short, `stop` for any other; whether any was."""
+    choices = payload.get("choices") if isinstance(payload, dict) else None
+    changed = False
+    for choice in choices if isinstance(choices, list) else ():
+        reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+        if isinstance(reason, str) and reason not in OPENAI_FINISHES:
+            choice["finish_reason"] = "length" if reason in CUT_SHORT else "stop"
+            changed = True
+    return changed
+
+
 def conform_messages(messages: list[dict[str, Any]], profile: Profile) -> None:
     """Rename roles the API does not know and leave out tool-call fields it refuses (in place); refuse, as
     the client's 400, a role or content part the API has no equivalent for."""
@@ -102,7 +138,7 @@ class OpenAIStreamParser:
             raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
         if isinstance(payload, dict) and "error" in payload and "choices" not in payload:
             raise error_from_body(500, data, {})
-        chunk = schemas.ChatCompletionChunk.model_validate(self.conformed(payload))
+        chunk = validated(schemas.ChatCompletionChunk, self.conformed(payload))
         if chunk.usage is not None:
             self.usage = normalize_usage(chunk.usage)
         return [chunk]
@@ -284,7 +320,7 @@ class OpenAIAdapter(ProviderAdapter):
         data = json_body(body)
         if not isinstance(data, dict) or "choices" not in data:
             raise malformed("upstream answered without choices")
-        completion = ChatCompletion.model_validate(self.conformed_answer(data))
+        completion = validated(ChatCompletion, self.conformed_answer(data))
         completion.usage = normalize_usage(completion.usage)
         return completion
 

@@ -117,3 +117,16 @@ def test_a_json_schema_format_becomes_json_mode_with_the_schema_in_an_instructio
     first = body["messages"][0]
     assert first["role"] == "system" and "JSON" in first["content"]
     assert orjson.dumps(schema).decode() in first["content"]
+
+
+def test_an_answer_cut_for_want_of_capacity_is_served_as_cut_short() -> None:
+    """DeepSeek's `insufficient_system_resource` finish reason was refused as malformed (a 502 after the billed
+    answer, and a fallback billed again); it is `length` in OpenAI's words. A bad reason of another type still
+    makes the answer malformed. Found by review."""
+    answer = orjson.loads((FIXTURES / "deepseek" / "chat-reasoner-response.json").read_bytes())
+    answer["choices"][0]["finish_reason"] = "insufficient_system_resource"
+    completion = adapter().chat_response(orjson.dumps(answer), request(), target())
+    assert completion.choices[0].finish_reason == "length" and completion.usage is not None
+    answer["choices"][0]["finish_reason"] = 42
+    with pytest.raises(ValueError):
+        adapter().chat_response(orjson.dumps(answer), request(), target())

@@ -156,3 +156,28 @@ def test_reasoning_effort_goes_to_the_models_that_take_it_as_a_switch() -> None:
     for model in ("mistral-large-latest", "magistral-medium-latest", "mistral-small-2506"):
         built = adapter().chat_request(request(reasoning_effort="high"), target(model), stream=False)
         assert "reasoning_effort" not in orjson.loads(built.request.body) and built.dropped == ["reasoning_effort"]
+
+
+def test_mistrals_own_finish_reasons_are_put_in_openais_words() -> None:
+    """Mistral documents `model_length` and `error` beside OpenAI's reasons: an answer ending so was refused as
+    malformed (a 502, after Mistral had billed it, and a fallback billed again). Found by review."""
+    a = adapter()
+    for reason, openai in (("model_length", "length"), ("error", "length"), ("end_of_everything", "stop")):
+        answer = {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "mistral-large-latest",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "part"}, "finish_reason": reason}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 900, "total_tokens": 910},
+        }
+        completion = a.chat_response(orjson.dumps(answer), request(), target())
+        assert completion.choices[0].finish_reason == openai
+        assert completion.usage is not None and completion.usage.completion_tokens == 900
+        chunk = {**answer, "object": "chat.completion.chunk"}
+        chunk["choices"] = [{"index": 0, "delta": {"content": ""}, "finish_reason": reason}]
+        decoder, parser = a.frame_decoder(), a.stream_parser(request(), target())
+        raw = b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
+        [last] = [c for e in decoder.feed(raw) + decoder.finish() for c in parser.feed(e)]
+        assert last.choices[0].finish_reason == openai
+        assert parser.usage is not None and parser.usage.completion_tokens == 900
