@@ -46,12 +46,20 @@ PARAMETERS_SINCE: dict[str, str] = {
     "prediction": "2025-01-01-preview",
 }
 PARTS_SINCE: dict[str, str] = {"input_audio": "2025-01-01-preview", "file": "2025-03-01-preview"}
+# OpenAI's members that no dated api-version of Azure's Chat Completions defines: added by OpenAI after Azure's
+# last dated version (2025-04-01-preview; newer features come with Azure's versionless v1 API), or never taken by
+# Azure's Chat Completions. Azure refuses an unknown member ("Unrecognized request argument supplied"), a 400
+# that does not fail over; sent on, a request OpenAI serves failed on its Azure deployment (found by review).
+OPENAI_ONLY = ("verbosity", "prompt_cache_key", "safety_identifier", "service_tier", "web_search_options")
 
 
 def conform_to_version(body: dict[str, Any], version: str, dropped: list[str]) -> None:
     """Fit an OpenAI body to what Azure's api-version `version` defines (in place)."""
     for name, since in PARAMETERS_SINCE.items():
         if version < since and name in body and body.pop(name) is not None:
+            dropped.append(name)
+    for name in OPENAI_ONLY:
+        if name in body and body.pop(name) is not None:
             dropped.append(name)
     if version < COMPLETION_CAP_SINCE:
         body.pop("stream_options", None)

@@ -166,6 +166,24 @@ def test_the_default_api_version_gets_no_field_it_predates() -> None:
     assert body["messages"][0]["role"] == "developer" and body["reasoning_effort"] == "low" and newer.dropped == []
 
 
+def test_openais_members_no_azure_version_defines_are_dropped_and_named() -> None:
+    """`verbosity`, `prompt_cache_key`, `safety_identifier`, `service_tier` and `web_search_options` went to Azure
+    unnamed; Azure refuses a member it does not know with a 400 (found by review)."""
+    extras = {
+        "verbosity": "low",
+        "prompt_cache_key": "k",
+        "safety_identifier": "u",
+        "service_tier": "auto",
+        "web_search_options": {},
+    }
+    req = ChatRequest.model_validate({"model": "public", "messages": [{"role": "user", "content": "hi"}], **extras})
+    for version in ("2024-10-21", "2025-04-01-preview"):
+        built = adapter().chat_request(req, target(api_version=version), stream=False)
+        body = orjson.loads(built.request.body)
+        assert not set(extras) & set(body), version
+        assert sorted(built.dropped) == sorted(extras), version
+
+
 def test_a_content_part_the_api_version_lacks_is_a_clear_400() -> None:
     audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
     req = ChatRequest.model_validate({"model": "public", "messages": [{"role": "user", "content": [audio]}]})
