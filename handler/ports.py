@@ -100,6 +100,32 @@ class StreamParser(Protocol):
 # `NativeCall.api` of the front-ends' requests: Anthropic's Messages API and OpenAI's Responses API.
 MESSAGES_API = "anthropic.messages"
 RESPONSES_API = "openai.responses"
+# A parameter a provider cannot honour is named in `x-gateway-dropped-params` as the client wrote it: what the
+# internal (Chat Completions) form calls it, in each front-end's words where they differ (a Messages client
+# sending `metadata.user_id` was told `user` was dropped).
+CLIENT_NAMES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
+    {
+        MESSAGES_API: {
+            "user": "metadata.user_id",
+            "stop": "stop_sequences",
+            "reasoning_effort": "output_config.effort",
+            "response_format": "output_config.format",
+            "parallel_tool_calls": "tool_choice.disable_parallel_tool_use",
+        },
+        RESPONSES_API: {
+            "max_completion_tokens": "max_output_tokens",
+            "reasoning_effort": "reasoning.effort",
+            "response_format": "text.format",
+            "verbosity": "text.verbosity",
+        },
+    }
+)
+
+
+def as_client_named(api: str, names: list[str]) -> list[str]:
+    """`names` (dropped parameters, as the internal form calls them) as the clients of `api` call them."""
+    words = CLIENT_NAMES.get(api)
+    return [words.get(name, name) for name in names] if words else names
 
 
 class NativeCall(Value):

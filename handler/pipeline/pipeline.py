@@ -68,7 +68,7 @@ from handler.pipeline.pricing import (
 from handler.pipeline.routing import Attempt, Plan, RouteControls
 from handler.pipeline.schema_check import enforce, schema_of, violation
 from handler.pipeline.upstream import UpstreamResponse
-from handler.ports import BuiltRequest, KeyRecord, LedgerItem, NativeCall, StreamParser
+from handler.ports import BuiltRequest, KeyRecord, LedgerItem, NativeCall, StreamParser, as_client_named
 from handler.records import Value
 from handler.schemas import ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
@@ -392,7 +392,7 @@ class Pipeline:
                 native = attempt.adapter.native_request(call, attempt.target, stream=stream, output_limit=limit)
                 return BuiltRequest(native.request, [*call.dropped, *native.dropped])
             built = attempt.adapter.chat_request(req, attempt.target, stream=stream)
-            return BuiltRequest(built.request, [*call.untranslated, *built.dropped])
+            return BuiltRequest(built.request, [*call.untranslated, *as_client_named(call.api, built.dropped)])
 
         return build
 

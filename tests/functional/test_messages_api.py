@@ -177,3 +177,16 @@ def test_malformed_content_blocks_are_the_clients_400_in_anthropic_shape(
     answer = httpx.post(f"{running.url}{path}", json=body, headers=headers)
     assert answer.status_code == 400, answer.text
     assert answer.json()["type"] == "error" and answer.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_what_a_provider_cannot_honour_is_named_as_the_messages_client_wrote_it(running: Running, key: str) -> None:
+    """A Messages client's `metadata.user_id`, which Gemini has no field for, was named `user` (the internal
+    form's word) in `x-gateway-dropped-params` (found by review)."""
+    raw = client(running, key).messages.with_raw_response.create(
+        model="gemini-2.5-flash",
+        max_tokens=50,
+        metadata={"user_id": "u-1"},
+        messages=[{"role": "user", "content": "Hi"}],
+    )
+    assert raw.headers["x-gateway-provider"] == "gemini"
+    assert raw.headers["x-gateway-dropped-params"] == "metadata.user_id"

@@ -449,7 +449,7 @@ def test_a_stored_turn_sent_back_by_value_hands_its_reasoning_back(
 
     stranger = openai_client(fleet, fleet.mint(name="stranger"))
     raw = stranger.responses.with_raw_response.create(input=back, **settings)
-    assert raw.parse().status == "completed" and dropped(raw.headers) == ["reasoning_effort"]
+    assert raw.parse().status == "completed" and dropped(raw.headers) == ["reasoning.effort"]
     assert "thinking" not in fleet.fakes["anthropic"].state.requests[-1]["json"]
 
 
@@ -571,7 +571,7 @@ def test_a_codex_history_served_elsewhere_continues_on_claude_without_thinking(f
     settings["reasoning"] = {"effort": "medium", "summary": "auto"}
     raw = openai_client(fleet, fleet_key).responses.with_raw_response.create(model="claude", input=history, **settings)
     assert raw.parse().status == "completed"
-    assert dropped(raw.headers) == ["input[reasoning].encrypted_content", "reasoning_effort"]
+    assert dropped(raw.headers) == ["input[reasoning].encrypted_content", "reasoning.effort"]
     assert "thinking" not in fleet.fakes["anthropic"].state.requests[-1]["json"]
 
 
