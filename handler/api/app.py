@@ -30,6 +30,7 @@ from handler.api.streaming import (
     sse_chunk_usage_null,
     sse_error,
     sse_json,
+    stream_head,
     until_client_leaves,
 )
 from handler.config import ModelConfig
@@ -348,9 +349,9 @@ class Api:
         req = await self.parse(request, ChatRequest)
         ex = self.exchange(request, key, req.model, stream=req.stream)
         if req.stream:
-            stream = await self.pipeline.chat_stream(req, ex)
+            stream, watch = await stream_head(request, self.pipeline.chat_stream(req, ex), ex)
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return EventStream(openai_events(stream, include_usage), stream_headers(ex))
+            return EventStream(openai_events(stream, include_usage), stream_headers(ex), watch)
         completion = await until_client_leaves(request, self.pipeline.chat(req, ex), ex)
         response = json_response(answer_json(completion), headers=ex.headers())
         observe(ex, 200, answer=response.body)
