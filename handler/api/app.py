@@ -347,6 +347,10 @@ class Api:
     async def chat_completions(self, request: Request) -> Response:
         key = await self.authenticate(request)
         req = await self.parse(request, ChatRequest)
+        if req.stream_options is not None and not req.stream:  # (as OpenAI refuses it; null is no option)
+            raise InvalidRequestError(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
+            )
         ex = self.exchange(request, key, req.model, stream=req.stream)
         if req.stream:
             stream, watch = await stream_head(request, self.pipeline.chat_stream(req, ex), ex)

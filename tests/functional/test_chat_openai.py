@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import openai
 import orjson
@@ -139,6 +141,24 @@ def test_malformed_and_oversized_bodies(running: Running, key: str) -> None:
     assert wrong_type.status_code == 400 and wrong_type.json()["error"]["param"] == "messages"
     huge = httpx.post(url, content=b"x" * (9 * 1024 * 1024), headers=headers)
     assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
+
+
+def test_stream_options_need_a_stream(running: Running, key: str) -> None:
+    """OpenAI refuses `stream_options` on a request that does not stream; the gateway took it, and dropped it."""
+    headers = {"authorization": f"Bearer {key}"}
+    url = f"{running.url}/v1/chat/completions"
+    body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+    for stream in ({}, {"stream": False}, {"stream": None}):
+        refused = httpx.post(url, json={**body, **stream, "stream_options": {"include_usage": True}}, headers=headers)
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert (error["type"], error["param"], error["code"]) == (
+            "invalid_request_error",
+            "stream_options",
+            "invalid_request",
+        )
+        assert error["message"] == "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+    assert httpx.post(url, json={**body, "stream_options": None}, headers=headers).status_code == 200  # as OpenAI
 
 
 def test_upstream_failures_fail_over_or_map(running: Running, key: str) -> None:
