@@ -161,6 +161,30 @@ def test_stream_options_need_a_stream(running: Running, key: str) -> None:
     assert httpx.post(url, json={**body, "stream_options": None}, headers=headers).status_code == 200  # as OpenAI
 
 
+def test_a_stop_list_goes_whole_or_is_refused_as_the_provider_refuses_it(running: Running, key: str) -> None:
+    """Five stop sequences to an OpenAI model were cut to four (named in `x-gateway-dropped-params`), where OpenAI
+    answers a 400: the answer could run on past the fifth. Refused as OpenAI refuses them, nothing sent; four go
+    whole, and a provider that takes more (Anthropic) gets all five."""
+    headers = {"authorization": f"Bearer {key}"}
+    url = f"{running.url}/v1/chat/completions"
+    five = ["a", "b", "c", "d", "e"]
+    hi = [{"role": "user", "content": "x"}]
+    sent_to_openai = running.fakes["openai"].state.requests
+    before = len(sent_to_openai)
+    refused = httpx.post(url, json={"model": "gpt-4o-mini", "messages": hi, "stop": five}, headers=headers)
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", "stop")
+    assert "maximum length 4, but got an array with length 5" in error["message"]
+    assert len(sent_to_openai) == before
+    four = httpx.post(url, json={"model": "gpt-4o-mini", "messages": hi, "stop": five[:4]}, headers=headers)
+    assert four.status_code == 200 and "x-gateway-dropped-params" not in four.headers
+    assert sent_to_openai[-1]["json"]["stop"] == five[:4]
+    honoured = httpx.post(url, json={"model": "claude-haiku-4-5", "messages": hi, "stop": five}, headers=headers)
+    assert honoured.status_code == 200 and "x-gateway-dropped-params" not in honoured.headers
+    assert running.fakes["anthropic"].state.requests[-1]["json"]["stop_sequences"] == five
+
+
 def test_upstream_failures_fail_over_or_map(running: Running, key: str) -> None:
     oa = client(running, key)
     raw = oa.chat.completions.with_raw_response.create(model="flaky", messages=[{"role": "user", "content": "x"}])
