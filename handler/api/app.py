@@ -84,6 +84,18 @@ def anthropic_caller(request: Request) -> bool:
     return anthropic_path(route_path(request.scope), "anthropic-version" in request.headers)
 
 
+def unread_x_api_key(path: str) -> str:
+    """Why a key sent as `x-api-key` was not read on `path` (which is not echoed, nor the key: a path may hold what a
+    client mistook for an id). "Send a bearer key" told a client that had sent its key that it had sent none."""
+    if path.startswith("/v1/models"):
+        return (
+            "x-api-key is read on /v1/models only with an anthropic-version header (Anthropic's list shape, as "
+            "Anthropic's SDK asks for it): add anthropic-version: 2023-06-01, or send the key as Authorization: "
+            "Bearer <key>"
+        )
+    return "this route does not read x-api-key: send the key as Authorization: Bearer <key>"
+
+
 def openai_model(name: str, spec: ModelConfig) -> dict[str, Any]:
     """A model as OpenAI's `/v1/models` shows one."""
     return {"id": name, "object": "model", "created": 0, "owned_by": "gateway", "kind": spec.kind}
@@ -240,6 +252,8 @@ class Api:
             token = request.headers.get("x-api-key")
             if not token:  # an Anthropic client: its SDK and Claude Code send `x-api-key`
                 raise AuthenticationError("missing API key: send x-api-key: <key> or Authorization: Bearer <key>")
+        elif token is None and "x-api-key" in request.headers:
+            raise AuthenticationError(unread_x_api_key(route_path(request.scope)))
         lineage = await self.gateway.keys.authenticate_lineage(token, self.client_ip(request))
         request.state.lineage = lineage
         return lineage[0]
