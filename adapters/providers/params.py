@@ -23,7 +23,7 @@ class Rule(Value):
     `rename` moves it to another name; `drop` removes it (reported); `clamp` bounds a number
     (reported when it changed the value); `values` maps enum values (an unmapped value is kept);
     `only` keeps it only when its value is one of these (otherwise dropped and reported); `max_items`
-    keeps the first so many items of a list (reported when it cut some).
+    refuses a list of more items (`at_most`).
     """
 
     __slots__ = ("rename", "drop", "clamp", "values", "only", "max_items")
@@ -82,15 +82,26 @@ def apply_rules(
             if bounded != value:
                 dropped.append(name)
             value = bounded
-        if rule.max_items is not None and isinstance(value, list) and len(value) > rule.max_items:
-            value = value[: rule.max_items]
-            dropped.append(name)
+        if rule.max_items is not None and isinstance(value, list):
+            at_most(name, value, rule.max_items)
         if rule.values is not None and isinstance(value, str):
             value = rule.values.get(value, value)
         body[rule.rename or name] = value
     for name, value in (defaults or {}).items():
         body.setdefault(name, value)
     return dropped
+
+
+def at_most(name: str, items: list[Any], most: int) -> None:
+    """Refuse a list longer than the provider takes, as the client's 400 in OpenAI's words (OpenAI refuses a fifth
+    stop sequence so). Not cut and named: a cut list asks for another answer (one that runs on past a stop
+    sequence the client set), which a header read after it came does not undo."""
+    if len(items) > most:
+        raise InvalidRequestError(
+            f"Invalid '{name}': array too long. Expected an array with maximum length {most}, but got an array with "
+            f"length {len(items)} instead.",
+            param=name,
+        )
 
 
 def require_turns(turns: list[Any], provider: str) -> None:

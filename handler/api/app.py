@@ -30,6 +30,7 @@ from handler.api.streaming import (
     sse_chunk_usage_null,
     sse_error,
     sse_json,
+    stream_head,
     until_client_leaves,
 )
 from handler.config import ModelConfig
@@ -81,6 +82,18 @@ def anthropic_path(path: str, versioned: bool) -> bool:
 def anthropic_caller(request: Request) -> bool:
     """`anthropic_path` of an app's request."""
     return anthropic_path(route_path(request.scope), "anthropic-version" in request.headers)
+
+
+def unread_x_api_key(path: str) -> str:
+    """Why a key sent as `x-api-key` was not read on `path` (which is not echoed, nor the key: a path may hold what a
+    client mistook for an id). "Send a bearer key" told a client that had sent its key that it had sent none."""
+    if path.startswith("/v1/models"):
+        return (
+            "x-api-key is read on /v1/models only with an anthropic-version header (Anthropic's list shape, as "
+            "Anthropic's SDK asks for it): add anthropic-version: 2023-06-01, or send the key as Authorization: "
+            "Bearer <key>"
+        )
+    return "this route does not read x-api-key: send the key as Authorization: Bearer <key>"
 
 
 def openai_model(name: str, spec: ModelConfig) -> dict[str, Any]:
@@ -239,6 +252,8 @@ class Api:
             token = request.headers.get("x-api-key")
             if not token:  # an Anthropic client: its SDK and Claude Code send `x-api-key`
                 raise AuthenticationError("missing API key: send x-api-key: <key> or Authorization: Bearer <key>")
+        elif token is None and "x-api-key" in request.headers:
+            raise AuthenticationError(unread_x_api_key(route_path(request.scope)))
         lineage = await self.gateway.keys.authenticate_lineage(token, self.client_ip(request))
         request.state.lineage = lineage
         return lineage[0]
@@ -346,11 +361,15 @@ class Api:
     async def chat_completions(self, request: Request) -> Response:
         key = await self.authenticate(request)
         req = await self.parse(request, ChatRequest)
+        if req.stream_options is not None and not req.stream:  # (as OpenAI refuses it; null is no option)
+            raise InvalidRequestError(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
+            )
         ex = self.exchange(request, key, req.model, stream=req.stream)
         if req.stream:
-            stream = await self.pipeline.chat_stream(req, ex)
+            stream, watch = await stream_head(request, self.pipeline.chat_stream(req, ex), ex)
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return EventStream(openai_events(stream, include_usage), stream_headers(ex))
+            return EventStream(openai_events(stream, include_usage), stream_headers(ex), watch)
         completion = await until_client_leaves(request, self.pipeline.chat(req, ex), ex)
         response = json_response(answer_json(completion), headers=ex.headers())
         observe(ex, 200, answer=response.body)

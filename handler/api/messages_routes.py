@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from handler.api.messages_api import MessagesCountRequest, MessagesRequest, to_chat_request
 from handler.api.messages_out import anthropic_events, native_events, native_message, to_message
-from handler.api.streaming import EventStream, until_client_leaves
+from handler.api.streaming import EventStream, stream_head, until_client_leaves
 from handler.errors import InvalidRequestError
 from handler.pipeline.keys import allows_model
 from handler.pipeline.passthrough import NativeReply, NativeStream
@@ -137,13 +137,13 @@ class MessagesRoutes:
         pipeline = api.pipeline
         call = native_call(request, data, untranslated, server_tools(pipeline, ex, data))
         if req.stream:
-            stream = await pipeline.native_stream(call, req, ex)
+            stream, watch = await stream_head(request, pipeline.native_stream(call, req, ex), ex)
             if isinstance(stream, NativeStream):
                 events = native_events(stream)
             else:
                 events = anthropic_events(stream, req.model, estimate_prompt_tokens(req))
             return EventStream(
-                events, {**anthropic_headers(ex), "cache-control": "no-cache", "x-accel-buffering": "no"}
+                events, {**anthropic_headers(ex), "cache-control": "no-cache", "x-accel-buffering": "no"}, watch
             )
         outcome = await until_client_leaves(request, pipeline.native(call, req, ex), ex)
         if isinstance(outcome, NativeReply):

@@ -35,7 +35,7 @@ from handler.api.responses_api import (
 from handler.api.responses_items import PageAsked, item_ids, page, stored_ids
 from handler.api.responses_native import Relay, relayed_events
 from handler.api.responses_stream import responses_events
-from handler.api.streaming import EventStream, until_client_leaves
+from handler.api.streaming import EventStream, stream_head, until_client_leaves
 from handler.config import resolve_secret
 from handler.errors import NotFoundError
 from handler.pipeline.passthrough import NativeReply, NativeStream
@@ -252,10 +252,10 @@ class ResponsesRoutes:
 
         ids = ResponseIds(ex.request_id)
         if req.stream:
-            stream = await api.pipeline.native_stream(relay.call, req, ex)
+            stream, watch = await stream_head(request, api.pipeline.native_stream(relay.call, req, ex), ex)
             if isinstance(stream, NativeStream):
-                return EventStream(relayed_events(stream, relay, keep), stream_headers(ex))
-            return EventStream(responses_events(stream, body, ids, seal, keep), stream_headers(ex))
+                return EventStream(relayed_events(stream, relay, keep), stream_headers(ex), watch)
+            return EventStream(responses_events(stream, body, ids, seal, keep), stream_headers(ex), watch)
         outcome = await until_client_leaves(request, api.pipeline.native(relay.call, req, ex), ex)
         if isinstance(outcome, NativeReply):
             response = relay.finish(outcome.body)

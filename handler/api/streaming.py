@@ -106,6 +106,11 @@ class DisconnectWatch:
         if self._watcher is not None:
             self._watcher.cancel()
 
+    def closed(self) -> ClientClosedError:
+        """The client's 499, for the work this watch cancelled when the client left (`gone`)."""
+        self.task.uncancel()
+        return ClientClosedError("the client closed the connection before the answer")
+
 
 class EventStream(Response):
     """An SSE answer: each piece of `events` is written as it comes, and a client that hangs up cancels
@@ -113,19 +118,21 @@ class EventStream(Response):
 
     Starlette's `StreamingResponse` does the same with an anyio task group per answer; on servers that
     speak ASGI 2.3 (uvicorn) or 2.0 (Mangum) that costs more than the rest of the stream's own work.
-    Here one plain task watches for the disconnect and cancels the writer if it comes.
+    Here one plain task watches for the disconnect and cancels the writer if it comes: `watch`, the one that
+    watched the stream's head (`stream_head`).
     """
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+    def __init__(self, events: AsyncIterator[bytes], headers: Mapping[str, str], watch: DisconnectWatch) -> None:
         self.events = events
+        self.watch = watch
         self.status_code = 200
         self.background = None
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watch = DisconnectWatch(receive)
+        watch = self.watch
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async for piece in self.events:
@@ -160,7 +167,25 @@ async def until_client_leaves(request: Request, work: Coroutine[Any, Any, T], ex
     except asyncio.CancelledError:
         if not watch.gone:
             raise
-        watch.task.uncancel()
-        raise ClientClosedError("the client closed the connection before the answer") from None
+        raise watch.closed() from None
     finally:
         watch.stop()
+
+
+async def stream_head(request: Request, work: Coroutine[Any, Any, T], exchange: Exchange) -> tuple[T, DisconnectWatch]:
+    """A stream's head (`work`: the attempts until its first chunk), cancelled if the client disconnects first, as
+    `until_client_leaves` cancels a whole answer; and the watch, which goes on over the stream (`EventStream`).
+    Started before the head rather than with the first write: a client gone while the provider was still to answer
+    went unnoticed, and a stream that came in a single read was written to nobody, settled and logged as a 200
+    before the watch ever ran. (The one task a stream's watch costs, started earlier.)"""
+    watch = DisconnectWatch(request.receive, exchange=exchange)
+    try:
+        return await work, watch
+    except asyncio.CancelledError:
+        watch.stop()
+        if not watch.gone:
+            raise
+        raise watch.closed() from None
+    except BaseException:
+        watch.stop()
+        raise

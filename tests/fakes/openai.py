@@ -12,6 +12,7 @@ It refuses, as OpenAI does, message and content-part fields Chat Completions doe
 a message other than a user's, a tool `description` of null, `max_tokens` on a reasoning model (o-series,
 gpt-5), `reasoning_effort` on any other, a `reasoning_effort` (or a Responses `reasoning.effort`) the model
 does not take (`EFFORTS`), `metadata` without `store: true`, an output cap past the model's (`OUTPUT_LIMITS`),
+more than 4 stop sequences (DeepSeek's: 16),
 and a tool call id (or a Responses `call_id`) longer than 64 characters. A user message may script a tool call
 (`tests/fakes/script.py`); a `json_schema` response format is followed.
 `POST /v1/responses` is OpenAI's Responses API (tests/fakes/openai_responses.py). Every request is recorded on
@@ -95,6 +96,12 @@ def _problem(body: dict[str, Any]) -> str | None:
         return (
             f"{cap_field} is too large: {cap}. This model supports at most {most} completion tokens, whereas you "
             f"provided {cap}."
+        )
+    stops, most_stops = body.get("stop"), 16 if model.startswith("deepseek") else 4
+    if isinstance(stops, list) and len(stops) > most_stops:
+        return (
+            f"Invalid 'stop': array too long. Expected an array with maximum length {most_stops}, but got an array "
+            f"with length {len(stops)} instead."
         )
     if body.get("metadata") is not None and body.get("store") is not True and not model.startswith("deepseek"):
         return "The 'metadata' parameter is only allowed when 'store' is enabled."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import openai
 import orjson
@@ -139,6 +141,48 @@ def test_malformed_and_oversized_bodies(running: Running, key: str) -> None:
     assert wrong_type.status_code == 400 and wrong_type.json()["error"]["param"] == "messages"
     huge = httpx.post(url, content=b"x" * (9 * 1024 * 1024), headers=headers)
     assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
+
+
+def test_stream_options_need_a_stream(running: Running, key: str) -> None:
+    """OpenAI refuses `stream_options` on a request that does not stream; the gateway took it, and dropped it."""
+    headers = {"authorization": f"Bearer {key}"}
+    url = f"{running.url}/v1/chat/completions"
+    body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+    for stream in ({}, {"stream": False}, {"stream": None}):
+        refused = httpx.post(url, json={**body, **stream, "stream_options": {"include_usage": True}}, headers=headers)
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert (error["type"], error["param"], error["code"]) == (
+            "invalid_request_error",
+            "stream_options",
+            "invalid_request",
+        )
+        assert error["message"] == "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+    assert httpx.post(url, json={**body, "stream_options": None}, headers=headers).status_code == 200  # as OpenAI
+
+
+def test_a_stop_list_goes_whole_or_is_refused_as_the_provider_refuses_it(running: Running, key: str) -> None:
+    """Five stop sequences to an OpenAI model were cut to four (named in `x-gateway-dropped-params`), where OpenAI
+    answers a 400: the answer could run on past the fifth. Refused as OpenAI refuses them, nothing sent; four go
+    whole, and a provider that takes more (Anthropic) gets all five."""
+    headers = {"authorization": f"Bearer {key}"}
+    url = f"{running.url}/v1/chat/completions"
+    five = ["a", "b", "c", "d", "e"]
+    hi = [{"role": "user", "content": "x"}]
+    sent_to_openai = running.fakes["openai"].state.requests
+    before = len(sent_to_openai)
+    refused = httpx.post(url, json={"model": "gpt-4o-mini", "messages": hi, "stop": five}, headers=headers)
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", "stop")
+    assert "maximum length 4, but got an array with length 5" in error["message"]
+    assert len(sent_to_openai) == before
+    four = httpx.post(url, json={"model": "gpt-4o-mini", "messages": hi, "stop": five[:4]}, headers=headers)
+    assert four.status_code == 200 and "x-gateway-dropped-params" not in four.headers
+    assert sent_to_openai[-1]["json"]["stop"] == five[:4]
+    honoured = httpx.post(url, json={"model": "claude-haiku-4-5", "messages": hi, "stop": five}, headers=headers)
+    assert honoured.status_code == 200 and "x-gateway-dropped-params" not in honoured.headers
+    assert running.fakes["anthropic"].state.requests[-1]["json"]["stop_sequences"] == five
 
 
 def test_upstream_failures_fail_over_or_map(running: Running, key: str) -> None:

@@ -95,3 +95,29 @@ def test_retrieving_a_model_takes_a_key(models_gateway: Running) -> None:
         f"{models_gateway.url}/v1/models/gpt-4o-mini", headers={"anthropic-version": "2023-06-01"}
     )
     assert anthropic_style.status_code == 401 and anthropic_style.json()["type"] == "error"
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/models/gpt-4o-mini"])
+def test_a_key_sent_as_x_api_key_without_anthropic_version_is_told_what_is_missing(
+    models_gateway: Running, path: str
+) -> None:
+    """`x-api-key` is Anthropic's header, read here with `anthropic-version` (as Anthropic's SDK sends both). Without
+    it the 401 said to send a key, to a client that had sent one: it names the header missing, and never the key."""
+    key = models_gateway.mint(name="x-api-key")
+    answer = httpx.get(f"{models_gateway.url}{path}", headers={"x-api-key": key})
+    assert answer.status_code == 401
+    message = answer.json()["error"]["message"]
+    assert "anthropic-version" in message and "Authorization: Bearer" in message and key not in answer.text
+    assert key.split("_")[1] not in answer.text  # (not even its id)
+    versioned = httpx.get(f"{models_gateway.url}{path}", headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
+    assert versioned.status_code == 200
+
+
+def test_a_key_sent_as_x_api_key_where_only_a_bearer_key_is_read_is_told_so(models_gateway: Running) -> None:
+    key = models_gateway.mint(name="x-api-key-chat")
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+    answer = httpx.post(f"{models_gateway.url}/v1/chat/completions", json=body, headers={"x-api-key": key})
+    assert answer.status_code == 401 and key not in answer.text
+    assert answer.json()["error"]["message"] == (
+        "this route does not read x-api-key: send the key as Authorization: Bearer <key>"
+    )

@@ -26,6 +26,7 @@ from tests.functional.conftest import Running, openai_client, serve_gateway
 from tests.support.servers import ServerThread
 
 SEARCH_USD = 0.01
+LATE_S = 0.6
 HI: Any = [{"role": "user", "content": "What is new today?"}]
 
 
@@ -137,6 +138,21 @@ async def ignoring_stream(request: Request) -> Response:
     return Response(b"\n" + json.dumps(answer, indent=2).encode(), media_type="application/json")
 
 
+async def late_stream(request: Request) -> StreamingResponse:
+    """A chat stream whose first chunk comes after `LATE_S` (a model still thinking), then whole at once."""
+    await request.body()
+    chunk = {"id": "chatcmpl-late", "object": "chat.completion.chunk", "created": 1, "model": "gpt-x"}
+    said = {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}]}
+    usage = {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13}
+    ended = {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}
+
+    async def events() -> AsyncIterator[bytes]:
+        await asyncio.sleep(LATE_S)
+        yield b"data: " + orjson.dumps(said) + b"\n\ndata: " + orjson.dumps(ended) + b"\n\ndata: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
 @pytest.fixture(scope="module")
 def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     routes = [
@@ -145,6 +161,7 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         Route("/failing/v1/responses", failing_response, methods=["POST"]),
         Route("/ignoring/v1/chat/completions", ignoring_stream, methods=["POST"]),
         Route("/whole-anthropic/v1/messages", ignoring_stream, methods=["POST"]),
+        Route("/late/v1/chat/completions", late_stream, methods=["POST"]),
     ]
     server = ServerThread(Starlette(routes=routes)).start()
     price = {"input": 3.0, "output": 15.0}
@@ -164,6 +181,7 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             "searching": native("searching"),
             "failing": native("failing"),
             "ignoring": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/ignoring/v1"},
+            "late": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/late/v1"},
             "whole-anthropic": {
                 "type": "anthropic",
                 "api_key": "env:ANTHROPIC_API_KEY",
@@ -177,6 +195,7 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             "gpt-whole": {"deployments": [{"provider": "ignoring", "model": "gpt-x"}], "price": price},
             "gpt-whole-error": {"deployments": [{"provider": "ignoring", "model": "gpt-x-error"}], "price": price},
             "claude-whole": {"deployments": [{"provider": "whole-anthropic", "model": "claude-x"}], "price": price},
+            "gpt-late": {"deployments": [{"provider": "late", "model": "gpt-x"}], "price": price},
         },
     }
     store = f"sqlite:///{Path(tmp_path_factory.mktemp('endings')) / 'gateway.db'}"
@@ -314,16 +333,47 @@ def test_a_client_that_leaves_mid_stream_is_logged_with_its_code(
 ) -> None:
     """A 499 mid-stream was logged with no `error_code` (and counted in no `gateway_errors_total`), where a client
     that left a whole answer is `client_closed_request`."""
-    import orjson
-
     key = running.mint(name=f"leaves-{path}")
     capsys.readouterr()
     leave_after(running, path, body, key, marker)
+    [line] = request_lines(capsys, key)
+    assert (line["status"], line["stream"], line.get("error_code")) == (499, True, "client_closed_request")
+
+
+def request_lines(capsys: pytest.CaptureFixture[str], key: str) -> list[dict[str, Any]]:
+    """The request log lines of `key`, once one was written (within 5 s)."""
     deadline = time.monotonic() + 5
     lines: list[dict[str, Any]] = []
     while not lines and time.monotonic() < deadline:
         time.sleep(0.05)
         out = capsys.readouterr().out.splitlines()
         lines += [orjson.loads(line) for line in out if '"message":"request"' in line and key.split("_")[1] in line]
-    [line] = lines
+    return lines
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "gpt-late", "messages": HI, "stream": True}),
+        ("/v1/messages", {"model": "gpt-late", "max_tokens": 100, "messages": HI, "stream": True}),
+        ("/v1/responses", {"model": "gpt-late", "input": "Hi", "stream": True}),
+    ],
+    ids=["chat", "messages", "responses"],
+)
+def test_a_client_that_leaves_before_the_first_byte_is_logged_as_gone(
+    scripted: Running, path: str, body: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing watched a stream's client until its first write: one that left while the provider was still to
+    answer was logged (and counted in the metrics) as a 200, its stream written to nobody. It is the 499 a client
+    leaving mid-stream is, sent and never answered (the reserved worst case, nothing left held)."""
+    key = scripted.mint(name=f"gone-early-{path}", budget_usd=1.0)
+    capsys.readouterr()
+    headers = {"authorization": f"Bearer {key}", "anthropic-version": "2023-06-01"}
+    with pytest.raises(httpx.ReadTimeout):  # gone before the provider's first chunk
+        httpx.post(f"{scripted.url}{path}", json=body, headers=headers, timeout=httpx.Timeout(10, read=LATE_S / 3))
+    [line] = request_lines(capsys, key)
     assert (line["status"], line["stream"], line.get("error_code")) == (499, True, "client_closed_request")
+    [item] = scripted.ledger(key)
+    assert (item.status, item.cost_source) == (499, "reserved")
+    state = httpx.get(f"{scripted.url}/v1/key", headers=headers).json()
+    assert state["reserved_usd"] == 0 and state["spent_usd"] == pytest.approx(item.cost_usd + item.fee_usd), state

@@ -23,7 +23,15 @@ import orjson
 
 from adapters.providers import reasoning
 from adapters.providers.model_rules import rules_for
-from adapters.providers.params import Rule, apply_rules, asks, named_messages, require_turns, thinking_blocks
+from adapters.providers.params import (
+    Rule,
+    apply_rules,
+    asks,
+    at_most,
+    named_messages,
+    require_turns,
+    thinking_blocks,
+)
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (
@@ -683,9 +691,8 @@ class GeminiAdapter(ProviderAdapter):
         config = {name: value for name, value in config.items() if value is not None}
         stops = req.stop_list()
         if stops:
-            config["stopSequences"] = stops[:MAX_STOP_SEQUENCES]
-            if len(stops) > MAX_STOP_SEQUENCES:
-                dropped.append("stop")
+            at_most("stop", stops, MAX_STOP_SEQUENCES)
+            config["stopSequences"] = stops
         config.update(_response_format(req))
         thinking = thinking_config(req, target.model, dropped)
         if thinking is not None:

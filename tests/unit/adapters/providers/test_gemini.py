@@ -202,14 +202,18 @@ def test_parameters_gemini_cannot_honour_are_reported() -> None:
         parallel_tool_calls=False,
         reasoning_effort="low",
         n=10,
-        stop=["a", "b", "c", "d", "e", "f"],
+        stop=["a", "b", "c", "d", "e"],
     )
-    assert sorted(dropped) == sorted(
-        ["logit_bias", "logprobs", "top_logprobs", "user", "parallel_tool_calls", "n", "stop"]
-    )
+    assert sorted(dropped) == sorted(["logit_bias", "logprobs", "top_logprobs", "user", "parallel_tool_calls", "n"])
     config = body["generationConfig"]
-    assert config["candidateCount"] == 8 and config["stopSequences"] == ["a", "b", "c", "d", "e"]
+    assert config["candidateCount"] == 8 and config["stopSequences"] == ["a", "b", "c", "d", "e"]  # (OpenAI: 4)
     assert set(config) == {"candidateCount", "stopSequences", "thinkingConfig"}
+
+
+def test_more_stop_sequences_than_gemini_takes_are_refused_not_cut() -> None:
+    with pytest.raises(InvalidRequestError, match="maximum length 5, but got an array with length 6") as refused:
+        built(stop=["a", "b", "c", "d", "e", "f"])
+    assert refused.value.param == "stop"
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from adapters.providers.openai import OpenAIAdapter
-from handler.errors import UpstreamError
+from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import Target
 from handler.schemas import ChatRequest
 from handler.wire import SSEDecoder
@@ -151,9 +151,24 @@ def test_a_reasoning_model_gets_the_cap_as_max_completion_tokens() -> None:
     assert body["max_tokens"] == 100
 
 
-def test_more_stop_sequences_than_openai_takes_are_cut_and_reported() -> None:
-    built = adapter().chat_request(request(stop=["a", "b", "c", "d", "e"]), target(), stream=False)
-    assert orjson.loads(built.request.body)["stop"] == ["a", "b", "c", "d"] and built.dropped == ["stop"]
+def test_more_stop_sequences_than_openai_takes_are_refused_as_openai_refuses_them() -> None:
+    """Cut to four and named in a header, the request asked OpenAI for an answer that could run on past the fifth:
+    a 400 naming `stop`, in OpenAI's words, as OpenAI answers it. Four go whole; other profiles have their own
+    bounds (DeepSeek's 16) or none."""
+    with pytest.raises(InvalidRequestError) as refused:
+        adapter().chat_request(request(stop=["a", "b", "c", "d", "e"]), target(), stream=False)
+    assert refused.value.param == "stop" and refused.value.status == 400
+    assert refused.value.message == (
+        "Invalid 'stop': array too long. Expected an array with maximum length 4, but got an array with length 5 "
+        "instead."
+    )
+    built = adapter().chat_request(request(stop=["a", "b", "c", "d"]), target(), stream=False)
+    assert orjson.loads(built.request.body)["stop"] == ["a", "b", "c", "d"] and built.dropped == []
+    sixteen = [str(n) for n in range(16)]
+    built = adapter().chat_request(request(stop=sixteen), target("https://api.deepseek.com/v1"), stream=False)
+    assert orjson.loads(built.request.body)["stop"] == sixteen and built.dropped == []
+    with pytest.raises(InvalidRequestError, match="maximum length 16"):
+        adapter().chat_request(request(stop=[*sixteen, "x"]), target("https://api.deepseek.com/v1"), stream=False)
 
 
 def test_another_providers_tool_call_state_is_not_sent() -> None:

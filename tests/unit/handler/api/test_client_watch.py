@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from handler.api.streaming import WATCH_AFTER_S, EventStream, until_client_leaves
+from handler.api.streaming import WATCH_AFTER_S, DisconnectWatch, EventStream, until_client_leaves
 
 
 def request(scope: dict[str, Any], asked: list[str]) -> Request:
@@ -64,7 +64,10 @@ async def test_a_stream_whose_client_leaves_during_a_paused_write_closes_its_eve
                 await asyncio.sleep(10)  # the second write is paused: the client reads no more
 
     stream = events()
-    answer = EventStream(stream, {})
-    await asyncio.wait_for(answer({"type": "http"}, receive, send), 5)
+
+    async def answer() -> None:  # (the watch cancels the task it is made in: the one writing)
+        await EventStream(stream, {}, DisconnectWatch(receive))({"type": "http"}, receive, send)
+
+    await asyncio.wait_for(answer(), 5)
     assert closed == ["closed"]  # the response (and this test) still hold the generator: closed all the same
     assert len(written) == 2
