@@ -29,7 +29,9 @@ in the holding process see exact ones (the store subtracts what it holds). A bud
 reservation) only after its last request's reservation would have, so a crashed process's slices come
 back exactly as its reservations would. Rate slices live as long as their minute. A slice serves only
 limits at least as high as the one it was granted under (a lowered limit is checked in the file), and
-a request that spends beyond what its slice held has the excess committed with its settlement.
+a request that spends beyond what its slice held has the excess committed with its settlement. Until that
+is written (with the rest of its batch, or at a retry), the process counts the excess on top of what the file
+says: a grant in the meantime, in the same batch say, finds only the room that is left.
 
 This module keeps the process's side: the slices, the requests admitted from them, and the arithmetic.
 The store (adapters/store/sqlite_slices.py) writes the grants and returns.
@@ -65,7 +67,18 @@ def slice_size(need: float, room: float, used: float, since_s: float, exact: boo
 class BudgetSlice:
     """A slice of one key's budget for one period: `row` in `reservations`, `avail` of it unused here."""
 
-    __slots__ = ("row", "expires_at", "limit", "avail", "committed_seen", "drawn", "granted_at", "used_at", "holds")
+    __slots__ = (
+        "row",
+        "expires_at",
+        "limit",
+        "avail",
+        "committed_seen",
+        "unwritten",
+        "drawn",
+        "granted_at",
+        "used_at",
+        "holds",
+    )
 
     def __init__(self, row: str) -> None:
         self.row = row
@@ -73,6 +86,9 @@ class BudgetSlice:
         self.limit = 0.0  # the limit it was granted under: a lower one must go back to the file
         self.avail = 0.0
         self.committed_seen = 0.0  # the counter after this process's last write on it, this slice included
+        # Spent beyond the slice by requests settled here whose settlements the file does not have yet: counted in
+        # `committed_seen` already, and by a grant on top of what it reads from the file.
+        self.unwritten = 0.0
         self.drawn = 0.0  # drawn since the last grant
         self.granted_at = 0.0
         self.used_at = 0.0
@@ -202,8 +218,10 @@ class Slices:
                 slice_.holds -= 1
                 # Spent beyond what the slice held: committed anew, as a late settlement's spend is.
                 deficit = max(0.0, -slice_.avail)
-                slice_.avail += deficit
-                slice_.committed_seen += deficit
+                if deficit:
+                    slice_.avail += deficit
+                    slice_.committed_seen += deficit
+                    slice_.unwritten += deficit
                 held.deficits.append(deficit)
             for rate in settlement.rates:
                 counter = (rate_owner(rate, held.key_id), rate.name)
@@ -232,7 +250,7 @@ class Slices:
                 # it was reserved in. Past RENEW_S those rows may be released, and the rows-of-its-own path
                 # then counts its spend right.
                 if now > held.expires_at + RENEW_S:
-                    del self.held[reservation_id]
+                    self.forget(reservation_id)
                 continue
             del self.held[reservation_id]
             for budget_key, slice_ in zip(held.budget_keys, held.budgets, strict=True):
@@ -242,6 +260,14 @@ class Slices:
                     if budget_key == key_id or key_id is None:
                         released += held.amount_usd
         return released
+
+    def forget(self, reservation_id: str) -> None:
+        """Forget a request settled here once the file has its settlement (or it is given up on): what it spent
+        beyond its slices is no longer theirs to count on top of the file."""
+        held = self.held.pop(reservation_id, None)
+        if held is not None and any(held.deficits):
+            for slice_, deficit in zip(held.budgets, held.deficits, strict=True):
+                slice_.unwritten -= deficit
 
     def recall(self, key_id: str, at: float | None) -> None:
         """Note that another process recalled the slices of `key_id` at `at` (None, 0: it did not)."""

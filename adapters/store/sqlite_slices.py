@@ -162,7 +162,7 @@ class SliceCache(MeteredStore):
             slices.recall(meter.key_id, recalled)
         if all(slices.exact(m.key_id, now) for m in write.meters) and not self._holds_slices(write, now):
             return self._admit_exactly(db, write, others_hold, now)
-        budget_plans: list[tuple[BudgetSlice, bool, float, float]] = []
+        budget_plans: list[tuple[BudgetSlice, bool, float, float, float]] = []
         rate_plans: list[tuple[RateSlice, bool, int, int]] = []
         unmet: dict[str, Counters] = {}
         for meter in write.meters:
@@ -170,6 +170,7 @@ class SliceCache(MeteredStore):
             stored = self._stored(db, meter)
             for charge in meter.budgets:
                 slice_ = slices.budgets.get((charge.key_id, charge.period))
+                unwritten = 0.0 if slice_ is None else slice_.unwritten  # (in `stored` already)
                 fresh = slice_ is None or slice_.expires_at <= now  # an expired slice's row may be released already
                 if slice_ is None or fresh:
                     slice_ = slices.new_budget_slice()
@@ -180,7 +181,8 @@ class SliceCache(MeteredStore):
                 since = now - slice_.granted_at
                 exact = slices.exact(charge.key_id, now)
                 size = slice_size(need, room, slice_.drawn, since, exact) if 0 < need <= room + EPSILON else 0.0
-                budget_plans.append((slice_, fresh, size, max(slice_.expires_at, admission.expires_at + RENEW_S)))
+                expires_at = max(slice_.expires_at, admission.expires_at + RENEW_S)
+                budget_plans.append((slice_, fresh, size, expires_at, unwritten))
             for step in meter.rates:
                 rate = step.charge
                 rate_slice = slices.rates.get((meter.key_id, rate.name))
@@ -205,7 +207,7 @@ class SliceCache(MeteredStore):
         budgets = [(m.key_id, charge) for m in write.meters for charge in m.budgets]
         rates = [(m.key_id, step.charge) for m in write.meters for step in m.rates]
         committed_now = []
-        for (_, charge), (slice_, _, size, expires_at) in zip(budgets, budget_plans, strict=True):
+        for (_, charge), (slice_, _, size, expires_at, _) in zip(budgets, budget_plans, strict=True):
             committed_now.append(add_committed(db, charge.key_id, charge.period, size))
             reserve(db, charge.key_id, slice_.row, charge.period, size, expires_at)
         for (owner, rate), (_, _, count, size) in zip(rates, rate_plans, strict=True):
@@ -217,14 +219,14 @@ class SliceCache(MeteredStore):
         for owner, rate in rates:
             self._keep(slices.rates, (owner, rate.name))
         self._undo.append(functools.partial(slices.held.pop, admission.reservation_id, None))  # type: ignore[arg-type]
-        for (_, charge), (slice_, fresh, size, expires_at), committed in zip(
+        for (_, charge), (slice_, fresh, size, expires_at, unwritten), committed in zip(
             budgets, budget_plans, committed_now, strict=True
         ):
             if fresh:
                 slices.budgets[(charge.key_id, charge.period)] = slice_
             slice_.avail += size
             slice_.expires_at = expires_at
-            slice_.committed_seen = committed
+            slice_.committed_seen = committed + unwritten
             slice_.limit = charge.limit_usd
             if size:
                 slice_.drawn, slice_.granted_at = 0.0, now
@@ -295,16 +297,21 @@ class SliceCache(MeteredStore):
         self._announce(db, self._unused_slices(admission), now)
         return Applied(after)
 
-    @staticmethod
-    def _stored(db: sqlite3.Connection, meter: MeterUpdate) -> Counters:
-        """The counters `meter` draws on, as the file has them."""
+    def _stored(self, db: sqlite3.Connection, meter: MeterUpdate) -> Counters:
+        """The counters `meter` draws on, as the file has them, each budget's with what settlements here spent
+        beyond this process's slice of it and the file does not have yet (`BudgetSlice.unwritten`: their writes
+        wait for the end of the batch, or for a retry). A grant that read the file alone, in the batch of a
+        settlement that overspent, granted from room already spent, and set the slice's `committed_seen` below
+        it: later requests were admitted from memory on a budget spent several times over."""
         counters = Counters()
         for charge in meter.budgets:
             row = db.execute(
                 "SELECT committed FROM meters WHERE key_id = ? AND period = ?", (charge.key_id, charge.period)
             ).fetchone()
-            if row:
-                counters.committed[charge.period] = row[0]
+            slice_ = self.slices.budgets.get((charge.key_id, charge.period))
+            unwritten = 0.0 if slice_ is None else slice_.unwritten
+            if row or unwritten:
+                counters.committed[charge.period] = (row[0] if row else 0.0) + unwritten
         for step in meter.rates:
             row = db.execute(
                 "SELECT window, count FROM rates WHERE key_id = ? AND name = ?", (meter.key_id, step.charge.name)
@@ -455,7 +462,7 @@ class SliceCache(MeteredStore):
             raise StoreError(f"SQLite write failed: {exc}") from exc
 
     def _settled(self, reservation_id: str) -> None:
-        self.slices.held.pop(reservation_id, None)
+        self.slices.forget(reservation_id)
 
     async def release_expired(self, key_id: str, now: float) -> float:
         """As `MeteredStore.release_expired`, and the requests admitted from slices here whose reservations

@@ -49,9 +49,9 @@ class Served:
         return await self.gateway.store.usage(UsageQuery([self.key.record.id], 0, time.time() + 3600))
 
 
-async def serve(upstream: Upstream, models: dict[str, Any], **settings: Any) -> Served:
+async def serve(upstream: Upstream, models: dict[str, Any], budget_usd: float = 10.0, **settings: Any) -> Served:
     """The gateway on an in-memory store, its `openai` provider answered by `upstream`, and a key with a
-    monthly budget."""
+    monthly budget of `budget_usd`."""
     data = {
         "gateway": settings,
         "providers": {"openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up/v1"}},
@@ -63,7 +63,7 @@ async def serve(upstream: Upstream, models: dict[str, Any], **settings: Any) -> 
         environ={"OPENAI_API_KEY": "sk-test-000000000000"},
         transport=httpx.MockTransport(upstream),
     )
-    record = KeyRecord(id="", name="k", secret_hash="", created_at=0, budget_usd=10.0, budget_period="month")
+    record = KeyRecord(id="", name="k", secret_hash="", created_at=0, budget_usd=budget_usd, budget_period="month")
     key = await KeyService(gateway.store, 0).mint(record)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway)), base_url="http://gw")
     return Served(gateway, http, key)
@@ -176,6 +176,26 @@ async def test_a_request_is_reported_in_the_budget_period_it_was_charged_to(
     assert (await served.post("/v1/chat/completions", {"model": "m", "messages": HI})).status_code == 200
     [line] = await served.ledger()
     assert budgets.period_of("month", line.ts) == "month:2026-11"
+    await served.gateway.aclose()
+
+
+async def test_once_a_request_spent_the_budget_the_next_ones_are_refused_even_sent_at_once() -> None:
+    """The provider billed $0.04 for a request reserved at $0.00003 (what it read, the gateway could not see), on a
+    budget of $0.01: the next requests, sent one after another with no pause, were all answered on the embedded
+    store (six requests, $0.24 spent; with a pause between them, the second was refused). The grant that admitted
+    the second request shared a transaction with the first one's settlement and read the budget as unspent."""
+
+    def billed_more(request: httpx.Request) -> httpx.Response:
+        usage = {"prompt_tokens": 40_000, "completion_tokens": 5, "total_tokens": 40_005}
+        return httpx.Response(200, json={**completion(), "usage": usage})
+
+    served = await serve(billed_more, {"m": MODEL}, budget_usd=0.01)
+    statuses = []
+    for _ in range(6):
+        answer = await served.post("/v1/chat/completions", {"model": "m", "messages": HI, "max_tokens": 10})
+        statuses.append(answer.status_code)
+    assert statuses == [200] + [402] * 5
+    assert sum(line.cost_usd or 0.0 for line in await served.ledger()) == pytest.approx(0.04001)
     await served.gateway.aclose()
 
 

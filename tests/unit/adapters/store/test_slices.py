@@ -258,6 +258,41 @@ async def test_spend_beyond_the_lease_is_committed_at_once(path: str) -> None:
         await store.close()
 
 
+@pytest.mark.parametrize("settled_first", [True, False], ids=["settlement-then-grant", "grant-then-settlement"])
+@pytest.mark.parametrize("budget_of", ["key", "parent"])
+async def test_a_grant_in_the_batch_of_a_settlement_that_overspent_finds_the_budget_spent(
+    store: SQLiteStore, settled_first: bool, budget_of: str
+) -> None:
+    """A request spent four times the budget; the next request's grant shared a transaction with its settlement,
+    whose excess the file gets only at the batch's end. The grant read the budget as unspent, took a quarter of
+    it, and set the slice's count of the budget below what was spent, so every later request was admitted from
+    memory (found by review: six requests billed $0.04 each on a $0.01 budget, all answered)."""
+    key, parent = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
+    limits = {key: 0.01, parent: 1.0} if budget_of == "key" else {key: 1.0, parent: 0.01}
+
+    def chained(amount: float) -> Admission:
+        budgets = [BudgetCharge(owner, PERIOD, limit, amount) for owner, limit in limits.items()]
+        return Admission(uuid.uuid4().hex, key, budgets, [], time.time() + 60)
+
+    first = chained(0.001)
+    await store.admit(first)  # a first grant is exactly the request: nothing beyond it in the slice
+    overspent = settlement(first, 0.04, line(key, 0.04))
+    settling = store.settle_soon(overspent) if settled_first else None
+    admitting = asyncio.ensure_future(store.admit(chained(0.001)))
+    await asyncio.sleep(0)  # its grant is queued
+    settling = settling or store.settle_soon(overspent)
+    assert settling is not None and store._batch is not None and len(store._batch) == 2  # one transaction
+    with pytest.raises(BudgetRefused):
+        await admitting
+    await settling
+    for _ in range(3):
+        with pytest.raises(BudgetRefused):
+            await store.admit(chained(0.001))
+    for owner in (key, parent):
+        assert (await store.meter(owner, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.04)
+    assert all(slice_.unwritten == pytest.approx(0.0) for slice_ in store.slices.budgets.values())
+
+
 async def test_a_settlement_retried_after_its_reservation_expired_counts_once(store: SQLiteStore, quick: None) -> None:
     key = uuid.uuid4().hex[:12]
     adm = Admission(uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1.0, 0.4)], [], time.time() + 0.15)
