@@ -32,6 +32,7 @@ from handler.errors import (
     ServiceUnavailableError,
     StrictParamsError,
     UpstreamError,
+    UpstreamOverloadedError,
     UpstreamRateLimitedError,
 )
 from handler.pipeline.attribution import line_tags
@@ -72,7 +73,7 @@ from handler.ports import BuiltRequest, KeyRecord, LedgerItem, NativeCall, Strea
 from handler.records import Value
 from handler.schemas import ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
-from handler.wire import StreamEvent, WholeBodySniffer, error_excerpt, json_body, malformed
+from handler.wire import OVERLOADED, StreamEvent, WholeBodySniffer, error_excerpt, json_body, malformed
 
 if TYPE_CHECKING:
     from handler.schemas import ChatCompletionChunk, EmbeddingsRequest, EmbeddingsResponse
@@ -123,7 +124,7 @@ class Exchange:
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
         "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "price_multiplier",
         "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left",
-        "fallbacks", "stream", "native_api", "native_options",
+        "fallbacks", "stream", "native_api", "native_options", "anthropic",
     )  # fmt: skip
 
     def __init__(
@@ -135,9 +136,11 @@ class Exchange:
         inbound_dropped: list[str] | None = None,  # what the inbound API's translation could not carry
         lineage: list[KeyRecord] | None = None,  # the key and its ancestors (the key alone when not given)
         stream: bool = False,  # the client asked for a stream (its log line says so, even if refused before one)
+        anthropic: bool = False,  # the client speaks Anthropic's API: an error's status is its (`status_for`)
     ) -> None:
         self.request_id = request_id
         self.stream = stream
+        self.anthropic = anthropic
         self.key = key
         self.model = model
         self.controls = controls
@@ -663,7 +666,8 @@ class Pipeline:
             # The status the client is answered (a provider's 500 is the client's 502), as its log line and
             # metrics say; the provider's own is in the line's route.
             ex.attempt, upstream_status = ex.answered
-            await self._settle(ex, Usage.of(0, 0), getattr(exc, "status", upstream_status), background=True, free=True)
+            status = exc.status_for(ex.anthropic) if isinstance(exc, GatewayError) else upstream_status
+            await self._settle(ex, Usage.of(0, 0), status, background=True, free=True)
         else:
             await self._settle(ex, None, 0, background=True)
 
@@ -685,8 +689,7 @@ class Pipeline:
         accept: Callable[[Attempt, UpstreamResponse], Awaitable[T]],
     ) -> T:
         last: UpstreamError | None = None
-        limited: list[bool] = []  # per failed attempt: the provider said 429
-        limited_waits: list[float | None] = []
+        failed: list[UpstreamError] = []  # every failed try, the gateway's own retries among them
         skipped = False  # a candidate was passed over for its open breaker, opened by failures other than 429s
         retries = self.gateway.config.gateway.max_retries_per_deployment
         breakers = self.gateway.router.breakers
@@ -723,8 +726,7 @@ class Pipeline:
                         raise attempt.adapter.error(response.status, await response.read(), response.headers)
                     result = await accept(attempt, response)
                 except UpstreamError as err:
-                    limited.append(err.upstream_status == 429)
-                    limited_waits.append(err.retry_after)
+                    failed.append(err)
                     ex.inflight = None
                     if err.upstream_status:  # answered: an error, or a 2xx it could not read (no line had it)
                         ex.answered = (attempt, err.upstream_status)
@@ -742,8 +744,7 @@ class Pipeline:
                             # The cap sent was past the model's ceiling, which the refusal named (one not
                             # configured, or configured higher): sent again within it, as it is from now on.
                             lowered = True
-                            limited.pop()
-                            limited_waits.pop()
+                            failed.pop()
                             built = build(attempt)
                             continue
                         raise self._client_facing(err) from None
@@ -769,22 +770,33 @@ class Pipeline:
             if refusal is not None:  # the rest were passed over for their open breakers
                 raise refusal
             raise ServiceUnavailableError("every deployment's circuit breaker is open", code="no_deployment_available")
-        if len(limited) == 1 and not limited[0] and not last.billable:
-            # One attempt, failed for a passing reason (a 5xx, overloaded, unreachable), with nothing else to try:
-            # the gateway retried nothing, so the client's SDK may (Claude Code retries an overloaded Anthropic
-            # several times); told not to, one 529 ended the client's call. Not an attempt the provider may still
-            # run and bill (it stalled, or broke mid-answer): its worst case is charged, and a retry at once
-            # could be billed again.
-            last.should_retry = True
-        if limited and all(limited) and not skipped:  # (one skipped for other failures: not every one rate-limited)
-            waits = [w for w in limited_waits if w is not None]
+        failure = last
+        if all(err.upstream_status == 429 for err in failed) and not skipped:
+            # (One skipped for other failures: not every one rate-limited.)
+            waits = [err.retry_after for err in failed if err.retry_after is not None]
             headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else {}
             raise UpstreamRateLimitedError(
                 f"every provider rate-limited this request, after the gateway's own retries: {last.message}",
                 upstream_status=429,
                 headers=headers,
             )
-        raise last
+        if all(err.upstream_status == OVERLOADED for err in failed):
+            # Real overload (a candidate skipped for its open breaker is not available either): Anthropic's own
+            # answer to it on its API, which Claude Code falls back on; a 502 it may retry without end.
+            failure = UpstreamOverloadedError(
+                last.message,
+                upstream_status=OVERLOADED,
+                retry_after=last.retry_after,
+                upstream_type=last.upstream_type,
+            )
+        if len(failed) == 1 and last.upstream_status != 429 and not last.billable:
+            # One attempt, failed for a passing reason (a 5xx, overloaded, unreachable), with nothing else to try:
+            # the gateway retried nothing, so the client's SDK may (Claude Code retries an overloaded Anthropic
+            # several times); told not to, one 529 ended the client's call. Not an attempt the provider may still
+            # run and bill (it stalled, or broke mid-answer): its worst case is charged, and a retry at once
+            # could be billed again.
+            failure.should_retry = True
+        raise failure
 
     async def _fallback_refused(self, ex: Exchange, model: str) -> bool:
         """Whether a fallback `model`'s own per-model limits (the key's or an ancestor's) refuse the request,
