@@ -134,7 +134,9 @@ SEARCH_BLOCKS = [
 def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
     messages = body.get("messages") or []
     users = [texts(m.get("content")) for m in messages if m.get("role") == "user"]
-    last = messages[-1].get("content") if messages else None
+    # The last turn: a `system` message after it (Claude Code's, once it switched to its fallback model) is none.
+    turns = [m for m in messages if m.get("role") != "system"]
+    last = turns[-1].get("content") if turns else None
     results = (
         [b for b in last if isinstance(b, dict) and b.get("type") == "tool_result"] if isinstance(last, list) else []
     )
