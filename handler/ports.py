@@ -133,6 +133,17 @@ class NativeCall(Value):
         self.query: Final = query
 
 
+class Served(Value):
+    """What an answer's usage says beyond its counts that changes what it costs. `options`: the value it was served
+    at of options that change its model's prices (`config.PRICE_OPTIONS`): Anthropic's `usage.speed`, as fast mode
+    asked for may be served at standard speed, and is billed at the speed served."""
+
+    __slots__ = ("options",)
+
+    def __init__(self, options: Mapping[str, str] = MappingProxyType({})) -> None:
+        self.options: Final = options
+
+
 class NativeMeter(Protocol):
     """Reads the usage out of a native stream's events without changing them.
 
@@ -141,7 +152,8 @@ class NativeMeter(Protocol):
     the characters of generated output seen, for an estimate when there is no usage; `final` whether `usage`
     is the provider's final count (Anthropic's `message_delta`, a Responses stream's terminal event), which
     may come before the stream's last event; `searches` the web searches the provider has run so far (billed
-    per search, even in a stream cut short).
+    per search, even in a stream cut short); `served` what the usage so far says of how it was served
+    (`Served`), None where the API says nothing of it.
     """
 
     output_chars: int
@@ -150,6 +162,9 @@ class NativeMeter(Protocol):
 
     @property
     def usage(self) -> Usage | None: ...
+
+    @property
+    def served(self) -> Served | None: ...
 
     def feed(self, event: StreamEvent) -> None: ...
 
@@ -225,6 +240,11 @@ class ProviderAdapter(ABC):
         """The usage of a native non-streaming answer, None when it has none (a malformed answer is an
         `UpstreamError`)."""
         raise NotImplementedError(f"provider type '{self.type_name}' does not speak {call.api}")
+
+    def native_served(self, call: NativeCall, body: Mapping[str, Any]) -> Served | None:
+        """What a native non-streaming answer (its parsed `body`) says of how it was served (`Served`), None where
+        the API says nothing of it (a malformed answer is an `UpstreamError`)."""
+        return None
 
     def native_meter(self, call: NativeCall) -> NativeMeter:
         """A fresh meter for one native stream."""

@@ -52,6 +52,7 @@ from handler.pipeline.passthrough import (
 from handler.pipeline.pricing import (
     Cost,
     PromptEstimate,
+    as_served,
     asked_options,
     cost_of,
     fee_for,
@@ -69,7 +70,7 @@ from handler.pipeline.pricing import (
 from handler.pipeline.routing import Attempt, Plan, RouteControls
 from handler.pipeline.schema_check import enforce, schema_of, violation
 from handler.pipeline.upstream import UpstreamResponse
-from handler.ports import BuiltRequest, KeyRecord, LedgerItem, NativeCall, StreamParser
+from handler.ports import BuiltRequest, KeyRecord, LedgerItem, NativeCall, Served, StreamParser
 from handler.records import Value
 from handler.schemas import ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
@@ -322,20 +323,22 @@ class Pipeline:
             body = json_body(raw)
             if not isinstance(body, dict):
                 raise malformed("upstream answered with something other than a JSON object")
-            return NativeReply(body, usage)
+            return NativeReply(body, usage, attempt.adapter.native_served(call, body))
 
         try:
             outcome = await self._deadline(ex, self._failover(ex, plan, self._native_build(call, req, False), accept))
         except BaseException as exc:
             await self._unanswered(ex, exc)
             raise
+        served = None
         if isinstance(outcome, NativeReply):
             # The answer's generated part: a message's `content` (Messages), a response's `output` (Responses).
             generated = outcome.body.get("content", outcome.body.get("output"))
             usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(generated)))
+            served = outcome.served
         else:
             usage, source = self._checked(outcome.usage, ex, lambda: answer_chars(outcome))
-        await self._settle(ex, usage, 200, background=True, source=source)
+        await self._settle(ex, usage, 200, background=True, source=source, served=served)
         return outcome
 
     async def native_stream(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> NativeStream | ChunkStream:
@@ -581,15 +584,19 @@ class Pipeline:
                 f"{names[0]} is billed by the provider beyond tokens, which this gateway does not price", param=names[0]
             )
 
-    def _price(self, ex: Exchange, attempt: Attempt) -> Price | None:
+    def _price(self, ex: Exchange, attempt: Attempt, served: Served | None = None) -> Price | None:
+        """`attempt`'s price for this request: with the options it passes through (at the values the answer was
+        `served` at, once it says), times a service tier's multiplier."""
         price = price_for(attempt.model, attempt.spec, attempt.target.model)
         if ex.native_options and attempt.adapter.speaks(ex.native_api, attempt.target):
-            price = with_options(price, ex.native_options)
+            options = ex.native_options if served is None else as_served(price, ex.native_options, served.options)
+            price = with_options(price, options)
         return scaled(price, ex.price_multiplier)
 
-    def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage) -> Cost:
-        """What `usage` at `attempt` costs, with the options billed per request."""
-        cost = cost_of(usage, self._price(ex, attempt), self.fee)
+    def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage, served: Served | None = None) -> Cost:
+        """What `usage` at `attempt` costs, with the options billed per request; `served`: what the answer says of
+        how it was served (the speed it ran at)."""
+        cost = cost_of(usage, self._price(ex, attempt, served), self.fee)
         apart = ex.per_request_usd + (usage.web_searches * ex.search_usd if ex.search_usd else 0.0)
         if apart and cost.provider_usd is not None:
             provider = cost.provider_usd + apart
@@ -854,13 +861,15 @@ class Pipeline:
         background: bool = False,
         source: str = "provider",
         free: bool = False,
+        served: Served | None = None,
     ) -> None:
         """Cost the answer, release the reservation's rest and write the ledger line, exactly once.
 
         `source` says how the cost is known: `provider` (its usage), `estimate` (none or impossible usage:
         estimated), `reserved` (cut before any answer: the reserved worst case, `usage` unused). `free`: the
         answer costs nothing (an error answer, a count of tokens): neither the prices per request (web search)
-        nor the gateway's fee apply to it; an earlier attempt the provider may bill still does."""
+        nor the gateway's fee apply to it; an earlier attempt the provider may bill still does. `served`: what the
+        answer says of how it was served (`Served`), which its cost follows."""
         reservation = ex.reservation
         if reservation is None:
             return
@@ -875,7 +884,7 @@ class Pipeline:
                 for missed in ex.missed:  # attempts before this one that the provider may bill
                     self._waste(ex, missed, self._worst(ex, reservation, missed))
         if usage is not None and attempt is not None:
-            ex.cost = self._cost(ex, attempt, usage) if not free else Cost(0.0, 0.0, usage, None)
+            ex.cost = self._cost(ex, attempt, usage, served) if not free else Cost(0.0, 0.0, usage, None)
             if ex.wasted_usd and ex.cost.provider_usd is not None:
                 provider = ex.cost.provider_usd + ex.wasted_usd  # the fee is on the whole, once
                 ex.cost = Cost(provider, fee_for(provider, self.fee), usage, ex.cost.unit_prices)

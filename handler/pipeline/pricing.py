@@ -368,6 +368,18 @@ def option_rate(price: Price | None, name: str, value: Any) -> float | None:
     return rates.get(value) if isinstance(value, str) else None
 
 
+def as_served(price: Price | None, asked: Mapping[str, str], served: Mapping[str, str]) -> dict[str, str]:
+    """The options `asked` (each priced, `option_rate`) at the values the answer says it was served at: fast mode
+    served at standard speed is billed at standard speed. A value served that `price` does not know (neither the
+    option's standard value nor one it sets a multiplier for) leaves the option as asked."""
+    options = dict(asked)
+    for name in asked:
+        value = served.get(name)
+        if value is not None and (value == PRICE_OPTIONS.get(name) or option_rate(price, name, value) is not None):
+            options[name] = value
+    return options
+
+
 def with_options(price: Price | None, options: Mapping[str, str]) -> Price | None:
     """`price` for a request with `options` (each priced, `option_rate`): their multipliers stack, as Anthropic's
     do (US-only inference on top of fast mode)."""

@@ -22,10 +22,11 @@ last `cache_control` marker is written the first time it is seen (`cache_creatio
 With a web search tool (`web_search_20250305`), the answer searches once before its text (a `server_tool_use`
 block and its `web_search_tool_result`), counted in `usage.server_tool_use.web_search_requests`. A request's
 `speed` (fast mode) and `inference_geo` come back in its usage, where Anthropic reports the speed and the place the
-answer ran at. A request asking for server-side compaction (`context_management.edits` with `compact_20260112`)
-whose input reaches its trigger (150,000 tokens unless set) is compacted as the compaction docs show it: a
-`compaction` block first, the top-level usage counting the sampling after it, and `usage.iterations` both, the
-compaction's tokens in its own entry alone.
+answer ran at; with `standard-speed` fast mode asked for is served at standard speed, and its usage says so. A
+request asking for server-side compaction (`context_management.edits` with `compact_20260112`) whose input reaches its
+trigger (150,000 tokens unless set) is compacted as the compaction docs show it: a `compaction` block first, the
+top-level usage counting the sampling after it, and `usage.iterations` both, the compaction's tokens in its own entry
+alone.
 `POST /v1/messages/count_tokens` counts. Every request (path, query, headers, body) is recorded on
 `app.state.requests`.
 """
@@ -105,6 +106,11 @@ def compacted(body: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
     message = {"type": "message", "input_tokens": summary, "output_tokens": OUTPUT_TOKENS, **none}
     cache = {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}
     return {**counts, "input_tokens": summary, **none, "cache_creation": cache, "iterations": [compaction, message]}
+
+
+def faults(body: dict[str, Any]) -> str:
+    """Where a request names the faults it asks for: its model, and its `metadata.user_id`."""
+    return f"{body.get('model', '')} {(body.get('metadata') or {}).get('user_id', '')}"
 
 
 def searches(body: dict[str, Any]) -> int:
@@ -300,6 +306,8 @@ def create_app() -> Starlette:
         for name in ("speed", "inference_geo"):
             if body.get(name) is not None:
                 counts[name] = body[name]
+        if "speed" in counts and "standard-speed" in faults(body):
+            counts["speed"] = "standard"
         trigger = compaction_trigger(body)
         return compacted(body, counts) if trigger is not None and input_tokens(body) >= trigger else counts
 
@@ -335,21 +343,21 @@ def create_app() -> Starlette:
         if failure is not None:
             return failure
         model = str(body.get("model", ""))
-        faults = f"{model} {(body.get('metadata') or {}).get('user_id', '')}"
-        fault = _fault(faults)
+        asked = faults(body)
+        fault = _fault(asked)
         if fault is not None:
             return fault
         problem = _problem(body)
         if problem:
             return _error(400, "invalid_request_error", problem)
-        if "slow" in faults:
+        if "slow" in asked:
             await asyncio.sleep(SLOW_SECONDS)
-        if "bad-json" in faults:
+        if "bad-json" in asked:
             return Response(b"{not json", 200, media_type="application/json")
         tool = _tool_name(body)
         content = _content(body, tool)
         stop = "tool_use" if any(block["type"] == "tool_use" for block in content) else "end_turn"
-        if "max-tokens" in faults and content[-1]["type"] == "text":
+        if "max-tokens" in asked and content[-1]["type"] == "text":
             words = content[-1]["text"].split(" ")
             content[-1] = {"type": "text", "text": " ".join(words[: len(words) // 2])}
             stop = "max_tokens"
@@ -358,10 +366,10 @@ def create_app() -> Starlette:
             content.insert(0, {"type": "compaction", "content": COMPACTION_SUMMARY})
         if body.get("stream"):
             overloaded = None
-            if "stream-overloaded" in faults:
-                echoed = f" (x-api-key: {request.headers['x-api-key']})" if "echo-auth" in faults else ""
+            if "stream-overloaded" in asked:
+                echoed = f" (x-api-key: {request.headers['x-api-key']})" if "echo-auth" in asked else ""
                 overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded" + echoed}}
-            stream = _stream(body, model, content, stop, "stream-cut" in faults, overloaded)
+            stream = _stream(body, model, content, stop, "stream-cut" in asked, overloaded)
             return StreamingResponse(stream, media_type="text/event-stream")
         answer = {
             "id": MESSAGE_ID,

@@ -1,13 +1,15 @@
 """What the providers bill besides tokens, and at what rate: web searches their own tools run (Anthropic's
 `web_search_*` server tool, the Responses API's hosted `web_search`), Anthropic's hour-long cache writes, the
 options of a Messages request that multiply its model's prices at Anthropic (`speed: fast`, `inference_geo: us`),
-and the tokens of Anthropic's server-side compaction, which its usage counts apart from the top level.
+at the speed the answer was served at, and the tokens of Anthropic's server-side compaction, which its usage counts
+apart from the top level.
 
 The official SDKs through gateways in front of the fakes: one that prices searches
 (`priced_options.web_search_usd`), one that does not. Before, a search was neither priced nor refused, and an
 hour's cache write was charged at the 5-minute rate (100k such tokens on Sonnet 4.5: $0.375 instead of $0.60),
 fast mode passed through at the standard prices (Opus 4.6: $5/$25 per million instead of $30/$150), its worst
 case reserved at them too, and a compaction's tokens (the whole conversation read, the summary written) not at all.
+Then fast mode served at standard speed was still charged six times over.
 """
 
 from __future__ import annotations
@@ -238,6 +240,26 @@ def test_fast_mode_and_us_inference_are_charged_at_the_tables_multipliers(
     assert {name: getattr(message.usage, name) for name in options} == options  # as Anthropic reports it ran
     [line] = priced.ledger(key)
     assert line.cost_usd == pytest.approx(opus_usd(message.usage, times))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_fast_mode_served_at_standard_speed_is_charged_at_the_standard_prices(priced: Running, stream: bool) -> None:
+    """Fast mode asked for and served at standard speed (its capacity short), as the answer's `usage.speed` says:
+    charged at Opus 4.6's standard prices, not six times them (the worst case was reserved at fast, below)."""
+    key = priced.mint(name=f"fast-served-standard-{stream}")
+    sdk = anthropic_client(priced, key).beta.messages
+    settings: Any = {"model": "opus", "max_tokens": 100, "messages": HI, "speed": "fast", "betas": [FAST_BETA]}
+    served_standard: Any = {"user_id": "standard-speed"}  # (the fake's fault)
+    if stream:
+        with sdk.stream(**settings, metadata=served_standard) as events:
+            message = events.get_final_message()
+    else:
+        raw = sdk.with_raw_response.create(**settings, metadata=served_standard)
+        message = raw.parse()
+        assert float(raw.headers["x-gateway-cost-usd"]) == pytest.approx(opus_usd(message.usage, 1.0))
+    assert sent(priced, "anthropic")["speed"] == "fast" and message.usage.speed == "standard"
+    [line] = priced.ledger(key)
+    assert line.cost_usd == pytest.approx(opus_usd(message.usage, 1.0)) and line.cost_source == "provider"
 
 
 def test_the_worst_case_is_reserved_at_the_fast_price(priced: Running) -> None:

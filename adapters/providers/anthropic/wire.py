@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from handler.ports import Served
 from handler.schemas import Usage
 
 
@@ -32,13 +33,18 @@ def _count(counts: Any, name: str) -> int:
 FOLDED = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 # Also read, from the extras (each field declared costs a Lambda cold start about 0.3 million instructions): the
 # writes by how long they are kept (`cache_creation.ephemeral_1h_input_tokens`), what Anthropic's own tools did
-# (`server_tool_use.web_search_requests`, billed per search), and the samplings of the request (`iterations`).
-FOLDED_EXTRA = ("cache_creation", "server_tool_use", "iterations")
+# (`server_tool_use.web_search_requests`, billed per search), the samplings of the request (`iterations`), and the
+# speed it was served at (`speed`, should a delta bring it).
+FOLDED_EXTRA = ("cache_creation", "server_tool_use", "iterations", "speed")
 # The `iterations` whose tokens the top-level counts leave out, billed besides them at the model's prices: a
 # server-side compaction ("A `compaction` entry's tokens are not included in the top-level `usage` fields", the
 # SDK's `BetaUsage.iterations`; Anthropic's compaction docs: 180,000 in and 3,500 out beside a top level of 23,000
 # and 1,000). The other entries (`message`, each turn of a server tool loop) are in the top level already.
 BILLED_APART = ("compaction",)
+# The usage fields saying what an option that changes the model's prices was served at: `speed` ("The inference
+# speed mode used for this request", `standard` or `fast`): fast mode asked for may run at standard speed, and is
+# billed at it.
+SERVED_OPTIONS = ("speed",)
 
 
 def _billed_apart(iterations: Any) -> list[dict[str, Any]]:
@@ -76,6 +82,11 @@ class WireUsage(_Wire):
         if searches:
             usage.set_count("web_searches", searches)
         return usage
+
+    def served(self) -> Served:
+        """How the answer says it was served, beyond its counts: its speed (`SERVED_OPTIONS`)."""
+        extra = self.__pydantic_extra__ or {}
+        return Served({name: extra[name] for name in SERVED_OPTIONS if isinstance(extra.get(name), str)})
 
     def update(self, later: "WireUsage") -> None:
         """Fold in a `message_delta` usage: cumulative counts, input fields only when present."""

@@ -884,6 +884,27 @@ def test_a_usage_the_meter_cannot_read_is_a_malformed_event_and_the_counts_befor
     assert meter.usage is not None and meter.usage.prompt_tokens == 23000 and not meter.final
 
 
+def test_an_answer_says_the_speed_it_was_served_at() -> None:
+    """Fast mode asked for and served at standard speed says so in `usage.speed`: billed at the speed asked for."""
+    usage = {"input_tokens": 500, "output_tokens": 80, "speed": "standard"}
+    message = {"id": "m", "type": "message", "role": "assistant", "model": MODEL, "content": [], "usage": usage}
+    assert adapter().native_served(NativeCall(MESSAGES_API, {}), message).options == {"speed": "standard"}
+
+
+def test_a_streams_speed_comes_with_message_start() -> None:
+    meter = MessagesMeter()
+    assert meter.served is None
+    message = {"id": "m", "type": "message", "role": "assistant", "model": MODEL, "content": []}
+    begun = {"input_tokens": 500, "output_tokens": 1, "speed": "standard"}
+    meter.feed(
+        StreamEvent("message_start", orjson.dumps({"type": "message_start", "message": {**message, "usage": begun}}))
+    )
+    assert meter.served is not None and meter.served.options == {"speed": "standard"}
+    end = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 9}}
+    meter.feed(StreamEvent("message_delta", orjson.dumps(end)))
+    assert meter.served.options == {"speed": "standard"}
+
+
 def test_a_budget_cap_below_the_thinking_budget_lowers_it_or_turns_thinking_off() -> None:
     """The lowered budget leaves the answer room, half of this small cap (at `max_tokens - 1` it had one token);
     where no budget of Anthropic's minimum fits beside it, thinking is not sent, and that is named."""
