@@ -136,12 +136,17 @@ class NativeCall(Value):
 class Served(Value):
     """What an answer's usage says beyond its counts that changes what it costs. `options`: the value it was served
     at of options that change its model's prices (`config.PRICE_OPTIONS`): Anthropic's `usage.speed`, as fast mode
-    asked for may be served at standard speed, and is billed at the speed served."""
+    asked for may be served at standard speed, and is billed at the speed served. `others`: the tokens other models
+    ran for it, by model (Anthropic's advisor tool: each of its sub-inferences on the advisor model, which the
+    answer's top-level counts leave out), each billed at its own model's prices."""
 
-    __slots__ = ("options",)
+    __slots__ = ("options", "others")
 
-    def __init__(self, options: Mapping[str, str] = MappingProxyType({})) -> None:
+    def __init__(
+        self, options: Mapping[str, str] = MappingProxyType({}), others: tuple[tuple[str, Usage], ...] = ()
+    ) -> None:
         self.options: Final = options
+        self.others: Final = others
 
 
 class NativeMeter(Protocol):

@@ -63,6 +63,7 @@ from handler.pipeline.pricing import (
     prompt_estimate,
     scaled,
     sent_as_written,
+    upstream_price,
     usd,
     with_options,
     worst_case_usd,
@@ -72,6 +73,7 @@ from handler.pipeline.schema_check import enforce, schema_of, violation
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import BuiltRequest, KeyRecord, LedgerItem, NativeCall, Served, StreamParser
 from handler.records import Value
+from handler.redaction import redact_message
 from handler.schemas import ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
 from handler.wire import OVERLOADED, StreamEvent, WholeBodySniffer, error_excerpt, json_body, malformed
@@ -595,13 +597,35 @@ class Pipeline:
 
     def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage, served: Served | None = None) -> Cost:
         """What `usage` at `attempt` costs, with the options billed per request; `served`: what the answer says of
-        how it was served (the speed it ran at)."""
+        how it was served (the speed it ran at, the tokens other models ran for it)."""
         cost = cost_of(usage, self._price(ex, attempt, served), self.fee)
         apart = ex.per_request_usd + (usage.web_searches * ex.search_usd if ex.search_usd else 0.0)
+        if served is not None and served.others:
+            apart += self._others_usd(ex, attempt, served)
         if apart and cost.provider_usd is not None:
             provider = cost.provider_usd + apart
             cost = Cost(provider, fee_for(provider, self.fee), usage, cost.unit_prices)
         return cost
+
+    def _others_usd(self, ex: Exchange, attempt: Attempt, served: Served) -> float:
+        """What the tokens other models ran for the answer cost (Anthropic's advisor), each at its own model's price
+        (`upstream_price`: the config's, else the built-in table's). A model with none is never free: its tokens are
+        priced at the answer's own model's (the least an advisor costs: Anthropic pairs a model only with an advisor
+        at least as capable), and the gap is logged."""
+        total = 0.0
+        for model, usage in served.others:
+            if not plausible(usage):
+                log.warning("another model's usage refused as impossible", extra={"request_id": ex.request_id})
+                continue
+            price = upstream_price(self.gateway.config.models, model)
+            if price is None:
+                log.warning(
+                    "a model with no price served part of this answer, priced at the answer's own model's",
+                    extra={"request_id": ex.request_id, "unpriced_model": redact_message(model)[:100]},
+                )
+                price = self._price(ex, attempt, served)
+            total += cost_of(usage, price, self.fee).provider_usd or 0.0
+        return total
 
     async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], output: int) -> None:
         estimate = ex.prompt or PromptEstimate(0, ())

@@ -612,7 +612,8 @@ class MessagesMeter:
 
     @property
     def served(self) -> Served | None:
-        """What the usage so far says of how the answer was served (its speed, from `message_start`)."""
+        """What the usage so far says of how the answer was served (its speed from `message_start`, its advisor's
+        tokens from the final `message_delta`)."""
         return self._wire.served() if self._started else None
 
     @property

@@ -41,20 +41,33 @@ FOLDED_EXTRA = ("cache_creation", "server_tool_use", "iterations", "speed")
 # SDK's `BetaUsage.iterations`; Anthropic's compaction docs: 180,000 in and 3,500 out beside a top level of 23,000
 # and 1,000). The other entries (`message`, each turn of a server tool loop) are in the top level already.
 BILLED_APART = ("compaction",)
+# The `iterations` of another model's sampling, which the top-level counts leave out too, billed at that model's
+# prices: the advisor tool's sub-inferences (`advisor_message`, with the advisor's `model`: "usage is billed at the
+# advisor model's rates", the SDKs' `BetaAdvisorMessageIterationUsage`).
+BILLED_AT_THEIR_MODEL = ("advisor_message",)
 # The usage fields saying what an option that changes the model's prices was served at: `speed` ("The inference
 # speed mode used for this request", `standard` or `fast`): fast mode asked for may run at standard speed, and is
 # billed at it.
 SERVED_OPTIONS = ("speed",)
 
 
-def _billed_apart(iterations: Any) -> list[dict[str, Any]]:
-    """The entries of `usage.iterations` that `BILLED_APART` names (none when absent or null); another shape is a
+def _entries(iterations: Any, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The entries of `usage.iterations` of the `kinds` named (none when absent or null); another shape is a
     malformed answer."""
     if iterations is None:
         return []
     if not isinstance(iterations, list) or not all(isinstance(entry, dict) for entry in iterations):
         raise ValueError("usage iterations is not a list of objects")
-    return [entry for entry in iterations if entry.get("type") in BILLED_APART]
+    return [entry for entry in iterations if entry.get("type") in kinds]
+
+
+def _their_model(entry: dict[str, Any]) -> tuple[str, Usage]:
+    """An iteration of another model's (`BILLED_AT_THEIR_MODEL`): that model, and its counts."""
+    model = entry.get("model")
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"usage iteration {entry.get('type')} names no model")
+    counts = {name: entry[name] for name in ("output_tokens", "cache_creation", *FOLDED) if name in entry}
+    return model, WireUsage.model_validate(counts).to_usage()
 
 
 class WireUsage(_Wire):
@@ -71,7 +84,7 @@ class WireUsage(_Wire):
         read, write = self.cache_read_input_tokens or 0, self.cache_creation_input_tokens or 0
         extra = self.__pydantic_extra__ or {}
         hour = _count(extra.get("cache_creation"), "ephemeral_1h_input_tokens") if extra else 0
-        for entry in _billed_apart(extra.get("iterations")) if extra else ():
+        for entry in _entries(extra.get("iterations"), BILLED_APART) if extra else ():
             fresh += _count(entry, "input_tokens")
             output += _count(entry, "output_tokens")
             read += _count(entry, "cache_read_input_tokens")
@@ -84,9 +97,12 @@ class WireUsage(_Wire):
         return usage
 
     def served(self) -> Served:
-        """How the answer says it was served, beyond its counts: its speed (`SERVED_OPTIONS`)."""
+        """How the answer says it was served, beyond its counts: its speed (`SERVED_OPTIONS`), and the tokens its
+        advisor's model ran (`BILLED_AT_THEIR_MODEL`)."""
         extra = self.__pydantic_extra__ or {}
-        return Served({name: extra[name] for name in SERVED_OPTIONS if isinstance(extra.get(name), str)})
+        options = {name: extra[name] for name in SERVED_OPTIONS if isinstance(extra.get(name), str)}
+        others = tuple(_their_model(entry) for entry in _entries(extra.get("iterations"), BILLED_AT_THEIR_MODEL))
+        return Served(options, others)
 
     def update(self, later: "WireUsage") -> None:
         """Fold in a `message_delta` usage: cumulative counts, input fields only when present."""

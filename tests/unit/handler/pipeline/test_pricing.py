@@ -20,6 +20,7 @@ from handler.pipeline.pricing import (
     plausible,
     price_for,
     sent_as_written,
+    upstream_price,
     usd,
     with_options,
     worst_case_usd,
@@ -191,6 +192,22 @@ def test_options_are_priced_at_the_values_the_answer_was_served_at_where_the_pri
     assert as_served(opus, {"inference_geo": "us"}, {"speed": "fast"}) == {"inference_geo": "us"}
     served = with_options(opus, as_served(opus, {"speed": "fast"}, {"speed": "standard"}))
     assert served is not None and (served.input, served.output) == (5.0, 25.0)
+
+
+def test_a_providers_own_model_is_priced_by_the_config_that_deploys_it_else_by_the_table() -> None:
+    """How an advisor model an answer names is priced: the config's price of a model deploying it (or named so),
+    else the built-in table's (by its aliases too), else none."""
+    models = {
+        "advisor": ModelConfig.model_validate(
+            {"deployments": [{"provider": "p", "model": "claude-opus-4-6"}], "price": {"input": 7.0, "output": 35.0}}
+        ),
+        "unknown": ModelConfig.model_validate({"deployments": [{"provider": "p", "model": "x-1"}], "price": "unknown"}),
+    }
+    deployed = upstream_price(models, "claude-opus-4-6")
+    assert deployed is not None and (deployed.input, deployed.output) == (7.0, 35.0)
+    tabled = upstream_price(models, "claude-sonnet-4-5-20250929")
+    assert tabled is not None and (tabled.input, tabled.output) == (3.0, 15.0)
+    assert upstream_price(models, "x-1") is None and upstream_price({}, "claude-nobody-prices") is None
 
 
 def test_only_a_passed_through_apis_own_options_other_than_standard_are_asked() -> None:
