@@ -14,6 +14,7 @@
     ├── RateLimitError                429 rate_limit_exceeded (+ retry-after)
     ├── UpstreamError                 502 upstream_error (the provider's status and message, never its key)
     │   ├── UpstreamRateLimitedError  429 upstream_rate_limited (every candidate's provider said 429)
+    │   ├── UpstreamOverloadedError   502 upstream_error; on Anthropic's API 529 overloaded_error (every one said 529)
     │   ├── UpstreamTimeoutError      504 upstream_timeout
     │   └── SchemaViolationError      502 schema_violation
     ├── ServiceUnavailableError       503 provider_not_configured | no_deployment_available | store_unavailable
@@ -21,6 +22,9 @@
 
 `UpstreamError.retryable` tells the router whether another deployment may succeed. Library errors are
 mapped at the boundary with `raise ... from exc`; nothing else reaches the client.
+
+`status_for` is the status in the caller's API: the class's `status`, or Anthropic's own for the error
+(`anthropic_status`) on Anthropic's routes.
 
 `should_retry` tells the client, as the `x-should-retry` header the official OpenAI and Anthropic SDKs honour:
 true only where the same request can succeed later (the key's own rate limit, an unavailable store, open
@@ -46,6 +50,8 @@ class GatewayError(Exception):
     default_code: ClassVar[str] = "internal_error"
     error_type: ClassVar[str] = "api_error"
     anthropic_type: ClassVar[str] = "api_error"
+    # Anthropic's own status for the error, where its API has one that OpenAI's has not (its 529 overloaded).
+    anthropic_status: ClassVar[int | None] = None
     should_retry: bool = False
 
     def __init__(
@@ -69,6 +75,10 @@ class GatewayError(Exception):
         """Settle `should_retry` (and what goes with it); `retry` is the raiser's own word, if it gave one."""
         if retry is not None:
             self.should_retry = retry
+
+    def status_for(self, anthropic: bool) -> int:
+        """The status of this error's answer in the caller's API (`anthropic`: Anthropic's)."""
+        return (self.anthropic_status or self.status) if anthropic else self.status
 
     def openai_body(self) -> dict[str, object]:
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
@@ -245,6 +255,18 @@ class UpstreamRateLimitedError(UpstreamError):
     default_code = "upstream_rate_limited"
     error_type = "rate_limit_error"
     anthropic_type = "rate_limit_error"
+
+
+class UpstreamOverloadedError(UpstreamError):
+    """Every provider the gateway tried said it is overloaded (Anthropic's 529 `overloaded_error`), once the
+    gateway's own retries were spent: real overload. Anthropic's API has a status of its own for it, and the
+    Messages API answers with it, a 529 `overloaded_error`, as Anthropic would: Claude Code counts it as an
+    overload (on the status or the type), and with `--fallback-model` switches to its fallback on it, also where a
+    502 does not make it switch (its retry watchdog, fast mode). OpenAI's API has none, so there it is the 502
+    `upstream_error` of any provider's failure, with the provider's 529 and `overloaded_error` inside."""
+
+    anthropic_status = 529
+    anthropic_type = "overloaded_error"
 
 
 class UpstreamTimeoutError(UpstreamError):

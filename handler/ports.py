@@ -159,6 +159,22 @@ class NativeCall(Value):
         self.query: Final = query
 
 
+class Served(Value):
+    """What an answer's usage says beyond its counts that changes what it costs. `options`: the value it was served
+    at of options that change its model's prices (`config.PRICE_OPTIONS`): Anthropic's `usage.speed`, as fast mode
+    asked for may be served at standard speed, and is billed at the speed served. `others`: the tokens other models
+    ran for it, by model (Anthropic's advisor tool: each of its sub-inferences on the advisor model, which the
+    answer's top-level counts leave out), each billed at its own model's prices."""
+
+    __slots__ = ("options", "others")
+
+    def __init__(
+        self, options: Mapping[str, str] = MappingProxyType({}), others: tuple[tuple[str, Usage], ...] = ()
+    ) -> None:
+        self.options: Final = options
+        self.others: Final = others
+
+
 class NativeMeter(Protocol):
     """Reads the usage out of a native stream's events without changing them.
 
@@ -167,7 +183,8 @@ class NativeMeter(Protocol):
     the characters of generated output seen, for an estimate when there is no usage; `final` whether `usage`
     is the provider's final count (Anthropic's `message_delta`, a Responses stream's terminal event), which
     may come before the stream's last event; `searches` the web searches the provider has run so far (billed
-    per search, even in a stream cut short).
+    per search, even in a stream cut short); `served` what the usage so far says of how it was served
+    (`Served`), None where the API says nothing of it.
     """
 
     output_chars: int
@@ -176,6 +193,9 @@ class NativeMeter(Protocol):
 
     @property
     def usage(self) -> Usage | None: ...
+
+    @property
+    def served(self) -> Served | None: ...
 
     def feed(self, event: StreamEvent) -> None: ...
 
@@ -251,6 +271,11 @@ class ProviderAdapter(ABC):
         """The usage of a native non-streaming answer, None when it has none (a malformed answer is an
         `UpstreamError`)."""
         raise NotImplementedError(f"provider type '{self.type_name}' does not speak {call.api}")
+
+    def native_served(self, call: NativeCall, body: Mapping[str, Any]) -> Served | None:
+        """What a native non-streaming answer (its parsed `body`) says of how it was served (`Served`), None where
+        the API says nothing of it (a malformed answer is an `UpstreamError`)."""
+        return None
 
     def native_meter(self, call: NativeCall) -> NativeMeter:
         """A fresh meter for one native stream."""

@@ -152,7 +152,8 @@ class WholeBodySniffer:
         return [StreamEvent(None, bytes(self.whole))]
 
 
-RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+OVERLOADED = 529  # Anthropic's status for its API overloaded (its in-stream `overloaded_error` is read as one)
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, OVERLOADED})
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

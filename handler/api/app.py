@@ -104,12 +104,13 @@ def openai_model(name: str, spec: ModelConfig) -> dict[str, Any]:
 def error_response(request: Request, exc: GatewayError) -> Response:
     anthropic = anthropic_caller(request)
     body = exc.anthropic_body() if anthropic else exc.openai_body()
+    status = exc.status_for(anthropic)
     headers = dict(exc.headers)
     state = request.scope.get("state", {})
     ex: Exchange | None = state.get("exchange")
     if ex is not None:
         headers = {**ex.headers(), **headers}
-        observe(ex, exc.status, stream=ex.stream, code=exc.code)
+        observe(ex, status, stream=ex.stream, code=exc.code)
     else:
         # (A path may hold what a client mistook for an id: a whole key, where `/admin/keys/{id}` wants its id.)
         path = route_path(request.scope)
@@ -117,7 +118,7 @@ def error_response(request: Request, exc: GatewayError) -> Response:
         observe_failure(
             state.get("request_id"),
             redact_message(path),
-            exc.status,
+            status,
             exc.code,
             key_id=lineage[0].id if lineage else None,
             counted=request.scope["method"] == "POST" and path in COUNTED_PATHS,
@@ -127,7 +128,7 @@ def error_response(request: Request, exc: GatewayError) -> Response:
         if anthropic:
             headers["request-id"] = state["request_id"]  # where Anthropic's SDK reads it (`_request_id`)
     headers["x-should-retry"] = "true" if exc.should_retry else "false"
-    return json_response(body, exc.status, headers)
+    return json_response(body, status, headers)
 
 
 class Api:
@@ -288,6 +289,7 @@ class Api:
             inbound_dropped=inbound_dropped or [],
             lineage=lineage,
             stream=bool(stream),
+            anthropic=anthropic_caller(request),
         )
         request.state.exchange = ex
         tracer = self.gateway.tracer

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from handler.errors import ClientClosedError, GatewayError, UpstreamTimeoutError
 from handler.pipeline.pricing import plausible, wants_reasoning
 from handler.pipeline.upstream import UpstreamResponse
-from handler.ports import NativeCall
+from handler.ports import NativeCall, Served
 from handler.schemas import ChatRequest, Usage
 from handler.telemetry.observability import observe
 from handler.wire import StreamEvent, error_excerpt, malformed
@@ -34,14 +34,15 @@ T = TypeVar("T")
 
 
 class NativeReply:
-    """A provider's non-streaming answer in its own format, and the usage read from it (None: it had none,
-    so it is estimated)."""
+    """A provider's non-streaming answer in its own format, the usage read from it (None: it had none, so it is
+    estimated), and what it says of how it was served (`Served`, None where its API says nothing of it)."""
 
-    __slots__ = ("body", "usage")
+    __slots__ = ("body", "usage", "served")
 
-    def __init__(self, body: dict[str, Any], usage: Usage | None) -> None:
+    def __init__(self, body: dict[str, Any], usage: Usage | None, served: Served | None = None) -> None:
         self.body = body
         self.usage = usage
+        self.served = served
 
 
 def sse_frame(event: StreamEvent) -> bytes:
@@ -114,6 +115,10 @@ class UpstreamStream(ABC, Generic[T]):
     def _searches(self) -> int:
         """The web searches the provider has run so far (its own search tool's)."""
         return 0
+
+    def _served(self) -> Served | None:
+        """What the provider has said so far of how it served the answer (`Served`), if anything."""
+        return None
 
     def _provider_finished(self) -> bool:
         """Whether the provider finished its answer: its stream ended, or it gave its final usage before that."""
@@ -232,7 +237,8 @@ class UpstreamStream(ABC, Generic[T]):
             self._settled = True
             self.status = self._ended_status or status
             usage, source = self.metered()
-            await self.pipeline._settle(self.ex, usage, self.status, background=True, source=source)
+            served = self._served()
+            await self.pipeline._settle(self.ex, usage, self.status, background=True, source=source, served=served)
 
 
 class NativeStream(UpstreamStream[StreamEvent]):
@@ -257,6 +263,9 @@ class NativeStream(UpstreamStream[StreamEvent]):
 
     def _reported(self) -> Usage | None:
         return self.meter.usage
+
+    def _served(self) -> Served | None:
+        return self.meter.served
 
     def _relayed_chars(self) -> int:
         return self.meter.output_chars

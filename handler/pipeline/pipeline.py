@@ -32,6 +32,7 @@ from handler.errors import (
     ServiceUnavailableError,
     StrictParamsError,
     UpstreamError,
+    UpstreamOverloadedError,
     UpstreamRateLimitedError,
 )
 from handler.pipeline.attribution import line_tags
@@ -51,6 +52,7 @@ from handler.pipeline.passthrough import (
 from handler.pipeline.pricing import (
     Cost,
     PromptEstimate,
+    as_served,
     asked_options,
     cost_of,
     fee_for,
@@ -61,6 +63,7 @@ from handler.pipeline.pricing import (
     prompt_estimate,
     scaled,
     sent_as_written,
+    upstream_price,
     usd,
     with_options,
     worst_case_usd,
@@ -68,11 +71,12 @@ from handler.pipeline.pricing import (
 from handler.pipeline.routing import Attempt, Plan, RouteControls
 from handler.pipeline.schema_check import enforce, schema_of, violation
 from handler.pipeline.upstream import UpstreamResponse
-from handler.ports import BuiltRequest, KeyRecord, LedgerItem, NativeCall, StreamParser, as_client_named
+from handler.ports import BuiltRequest, KeyRecord, LedgerItem, NativeCall, Served, StreamParser, as_client_named
 from handler.records import Value
+from handler.redaction import redact_message
 from handler.schemas import ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
-from handler.wire import StreamEvent, WholeBodySniffer, error_excerpt, json_body, malformed
+from handler.wire import OVERLOADED, StreamEvent, WholeBodySniffer, error_excerpt, json_body, malformed
 
 if TYPE_CHECKING:
     from handler.schemas import ChatCompletionChunk, EmbeddingsRequest, EmbeddingsResponse
@@ -123,7 +127,7 @@ class Exchange:
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
         "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "price_multiplier",
         "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left",
-        "fallbacks", "stream", "native_api", "native_options",
+        "fallbacks", "stream", "native_api", "native_options", "anthropic",
     )  # fmt: skip
 
     def __init__(
@@ -135,9 +139,11 @@ class Exchange:
         inbound_dropped: list[str] | None = None,  # what the inbound API's translation could not carry
         lineage: list[KeyRecord] | None = None,  # the key and its ancestors (the key alone when not given)
         stream: bool = False,  # the client asked for a stream (its log line says so, even if refused before one)
+        anthropic: bool = False,  # the client speaks Anthropic's API: an error's status is its (`status_for`)
     ) -> None:
         self.request_id = request_id
         self.stream = stream
+        self.anthropic = anthropic
         self.key = key
         self.model = model
         self.controls = controls
@@ -319,20 +325,22 @@ class Pipeline:
             body = json_body(raw)
             if not isinstance(body, dict):
                 raise malformed("upstream answered with something other than a JSON object")
-            return NativeReply(body, usage)
+            return NativeReply(body, usage, attempt.adapter.native_served(call, body))
 
         try:
             outcome = await self._deadline(ex, self._failover(ex, plan, self._native_build(call, req, False), accept))
         except BaseException as exc:
             await self._unanswered(ex, exc)
             raise
+        served = None
         if isinstance(outcome, NativeReply):
             # The answer's generated part: a message's `content` (Messages), a response's `output` (Responses).
             generated = outcome.body.get("content", outcome.body.get("output"))
             usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(generated)))
+            served = outcome.served
         else:
             usage, source = self._checked(outcome.usage, ex, lambda: answer_chars(outcome))
-        await self._settle(ex, usage, 200, background=True, source=source)
+        await self._settle(ex, usage, 200, background=True, source=source, served=served)
         return outcome
 
     async def native_stream(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> NativeStream | ChunkStream:
@@ -578,20 +586,46 @@ class Pipeline:
                 f"{names[0]} is billed by the provider beyond tokens, which this gateway does not price", param=names[0]
             )
 
-    def _price(self, ex: Exchange, attempt: Attempt) -> Price | None:
+    def _price(self, ex: Exchange, attempt: Attempt, served: Served | None = None) -> Price | None:
+        """`attempt`'s price for this request: with the options it passes through (at the values the answer was
+        `served` at, once it says), times a service tier's multiplier."""
         price = price_for(attempt.model, attempt.spec, attempt.target.model)
         if ex.native_options and attempt.adapter.speaks(ex.native_api, attempt.target):
-            price = with_options(price, ex.native_options)
+            options = ex.native_options if served is None else as_served(price, ex.native_options, served.options)
+            price = with_options(price, options)
         return scaled(price, ex.price_multiplier)
 
-    def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage) -> Cost:
-        """What `usage` at `attempt` costs, with the options billed per request."""
-        cost = cost_of(usage, self._price(ex, attempt), self.fee)
+    def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage, served: Served | None = None) -> Cost:
+        """What `usage` at `attempt` costs, with the options billed per request; `served`: what the answer says of
+        how it was served (the speed it ran at, the tokens other models ran for it)."""
+        cost = cost_of(usage, self._price(ex, attempt, served), self.fee)
         apart = ex.per_request_usd + (usage.web_searches * ex.search_usd if ex.search_usd else 0.0)
+        if served is not None and served.others:
+            apart += self._others_usd(ex, attempt, served)
         if apart and cost.provider_usd is not None:
             provider = cost.provider_usd + apart
             cost = Cost(provider, fee_for(provider, self.fee), usage, cost.unit_prices)
         return cost
+
+    def _others_usd(self, ex: Exchange, attempt: Attempt, served: Served) -> float:
+        """What the tokens other models ran for the answer cost (Anthropic's advisor), each at its own model's price
+        (`upstream_price`: the config's, else the built-in table's). A model with none is never free: its tokens are
+        priced at the answer's own model's (the least an advisor costs: Anthropic pairs a model only with an advisor
+        at least as capable), and the gap is logged."""
+        total = 0.0
+        for model, usage in served.others:
+            if not plausible(usage):
+                log.warning("another model's usage refused as impossible", extra={"request_id": ex.request_id})
+                continue
+            price = upstream_price(self.gateway.config.models, model)
+            if price is None:
+                log.warning(
+                    "a model with no price served part of this answer, priced at the answer's own model's",
+                    extra={"request_id": ex.request_id, "unpriced_model": redact_message(model)[:100]},
+                )
+                price = self._price(ex, attempt, served)
+            total += cost_of(usage, price, self.fee).provider_usd or 0.0
+        return total
 
     async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], output: int) -> None:
         estimate = ex.prompt or PromptEstimate(0, ())
@@ -663,7 +697,8 @@ class Pipeline:
             # The status the client is answered (a provider's 500 is the client's 502), as its log line and
             # metrics say; the provider's own is in the line's route.
             ex.attempt, upstream_status = ex.answered
-            await self._settle(ex, Usage.of(0, 0), getattr(exc, "status", upstream_status), background=True, free=True)
+            status = exc.status_for(ex.anthropic) if isinstance(exc, GatewayError) else upstream_status
+            await self._settle(ex, Usage.of(0, 0), status, background=True, free=True)
         else:
             await self._settle(ex, None, 0, background=True)
 
@@ -685,8 +720,7 @@ class Pipeline:
         accept: Callable[[Attempt, UpstreamResponse], Awaitable[T]],
     ) -> T:
         last: UpstreamError | None = None
-        limited: list[bool] = []  # per failed attempt: the provider said 429
-        limited_waits: list[float | None] = []
+        failed: list[UpstreamError] = []  # every failed try, the gateway's own retries among them
         skipped = False  # a candidate was passed over for its open breaker, opened by failures other than 429s
         retries = self.gateway.config.gateway.max_retries_per_deployment
         breakers = self.gateway.router.breakers
@@ -723,8 +757,7 @@ class Pipeline:
                         raise attempt.adapter.error(response.status, await response.read(), response.headers)
                     result = await accept(attempt, response)
                 except UpstreamError as err:
-                    limited.append(err.upstream_status == 429)
-                    limited_waits.append(err.retry_after)
+                    failed.append(err)
                     ex.inflight = None
                     if err.upstream_status:  # answered: an error, or a 2xx it could not read (no line had it)
                         ex.answered = (attempt, err.upstream_status)
@@ -742,8 +775,7 @@ class Pipeline:
                             # The cap sent was past the model's ceiling, which the refusal named (one not
                             # configured, or configured higher): sent again within it, as it is from now on.
                             lowered = True
-                            limited.pop()
-                            limited_waits.pop()
+                            failed.pop()
                             built = build(attempt)
                             continue
                         raise self._client_facing(err) from None
@@ -769,22 +801,33 @@ class Pipeline:
             if refusal is not None:  # the rest were passed over for their open breakers
                 raise refusal
             raise ServiceUnavailableError("every deployment's circuit breaker is open", code="no_deployment_available")
-        if len(limited) == 1 and not limited[0] and not last.billable:
-            # One attempt, failed for a passing reason (a 5xx, overloaded, unreachable), with nothing else to try:
-            # the gateway retried nothing, so the client's SDK may (Claude Code retries an overloaded Anthropic
-            # several times); told not to, one 529 ended the client's call. Not an attempt the provider may still
-            # run and bill (it stalled, or broke mid-answer): its worst case is charged, and a retry at once
-            # could be billed again.
-            last.should_retry = True
-        if limited and all(limited) and not skipped:  # (one skipped for other failures: not every one rate-limited)
-            waits = [w for w in limited_waits if w is not None]
+        failure = last
+        if all(err.upstream_status == 429 for err in failed) and not skipped:
+            # (One skipped for other failures: not every one rate-limited.)
+            waits = [err.retry_after for err in failed if err.retry_after is not None]
             headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else {}
             raise UpstreamRateLimitedError(
                 f"every provider rate-limited this request, after the gateway's own retries: {last.message}",
                 upstream_status=429,
                 headers=headers,
             )
-        raise last
+        if all(err.upstream_status == OVERLOADED for err in failed):
+            # Real overload (a candidate skipped for its open breaker is not available either): Anthropic's own
+            # answer to it on its API, which Claude Code falls back on; a 502 it may retry without end.
+            failure = UpstreamOverloadedError(
+                last.message,
+                upstream_status=OVERLOADED,
+                retry_after=last.retry_after,
+                upstream_type=last.upstream_type,
+            )
+        if len(failed) == 1 and last.upstream_status != 429 and not last.billable:
+            # One attempt, failed for a passing reason (a 5xx, overloaded, unreachable), with nothing else to try:
+            # the gateway retried nothing, so the client's SDK may (Claude Code retries an overloaded Anthropic
+            # several times); told not to, one 529 ended the client's call. Not an attempt the provider may still
+            # run and bill (it stalled, or broke mid-answer): its worst case is charged, and a retry at once
+            # could be billed again.
+            failure.should_retry = True
+        raise failure
 
     async def _fallback_refused(self, ex: Exchange, model: str) -> bool:
         """Whether a fallback `model`'s own per-model limits (the key's or an ancestor's) refuse the request,
@@ -842,13 +885,15 @@ class Pipeline:
         background: bool = False,
         source: str = "provider",
         free: bool = False,
+        served: Served | None = None,
     ) -> None:
         """Cost the answer, release the reservation's rest and write the ledger line, exactly once.
 
         `source` says how the cost is known: `provider` (its usage), `estimate` (none or impossible usage:
         estimated), `reserved` (cut before any answer: the reserved worst case, `usage` unused). `free`: the
         answer costs nothing (an error answer, a count of tokens): neither the prices per request (web search)
-        nor the gateway's fee apply to it; an earlier attempt the provider may bill still does."""
+        nor the gateway's fee apply to it; an earlier attempt the provider may bill still does. `served`: what the
+        answer says of how it was served (`Served`), which its cost follows."""
         reservation = ex.reservation
         if reservation is None:
             return
@@ -863,7 +908,7 @@ class Pipeline:
                 for missed in ex.missed:  # attempts before this one that the provider may bill
                     self._waste(ex, missed, self._worst(ex, reservation, missed))
         if usage is not None and attempt is not None:
-            ex.cost = self._cost(ex, attempt, usage) if not free else Cost(0.0, 0.0, usage, None)
+            ex.cost = self._cost(ex, attempt, usage, served) if not free else Cost(0.0, 0.0, usage, None)
             if ex.wasted_usd and ex.cost.provider_usd is not None:
                 provider = ex.cost.provider_usd + ex.wasted_usd  # the fee is on the whole, once
                 ex.cost = Cost(provider, fee_for(provider, self.fee), usage, ex.cost.unit_prices)

@@ -65,6 +65,17 @@ def price_for(model: str, spec: ModelConfig, upstream_model: str) -> Price | Non
     return builtin_prices().find(upstream_model, model)
 
 
+def upstream_price(models: Mapping[str, ModelConfig], upstream_model: str) -> Price | None:
+    """The price of a provider's own model, by its id (`upstream_model`: one an answer names, as Anthropic's advisor
+    tool's): the config's, of a model that deploys it or is named so, else the built-in table's."""
+    for name, spec in models.items():
+        if name == upstream_model or any(deployment.model == upstream_model for deployment in spec.deployments):
+            price = price_for(name, spec, upstream_model)
+            if price is not None:
+                return price
+    return builtin_prices().find(upstream_model)
+
+
 def exact(value: float) -> float:
     """`value` without the noise of the float arithmetic that made it (its 16th and 17th significant digits):
     11 prompt tokens at $0.15 and 9 completion tokens at $0.60 per million come to 7.0499999999999986e-06 in
@@ -369,6 +380,18 @@ def option_rate(price: Price | None, name: str, value: Any) -> float | None:
     """The multiplier `price` sets for option `name` at `value` (see `PRICED_PER_MODEL`); None where it sets none."""
     rates = (price.options or {}).get(name, {}) if price is not None else {}
     return rates.get(value) if isinstance(value, str) else None
+
+
+def as_served(price: Price | None, asked: Mapping[str, str], served: Mapping[str, str]) -> dict[str, str]:
+    """The options `asked` (each priced, `option_rate`) at the values the answer says it was served at: fast mode
+    served at standard speed is billed at standard speed. A value served that `price` does not know (neither the
+    option's standard value nor one it sets a multiplier for) leaves the option as asked."""
+    options = dict(asked)
+    for name in asked:
+        value = served.get(name)
+        if value is not None and (value == PRICE_OPTIONS.get(name) or option_rate(price, name, value) is not None):
+            options[name] = value
+    return options
 
 
 def with_options(price: Price | None, options: Mapping[str, str]) -> Price | None:

@@ -22,10 +22,14 @@ last `cache_control` marker is written the first time it is seen (`cache_creatio
 With a web search tool (`web_search_20250305`), the answer searches once before its text (a `server_tool_use`
 block and its `web_search_tool_result`), counted in `usage.server_tool_use.web_search_requests`. A request's
 `speed` (fast mode) and `inference_geo` come back in its usage, where Anthropic reports the speed and the place the
-answer ran at. A request asking for server-side compaction (`context_management.edits` with `compact_20260112`)
-whose input reaches its trigger (150,000 tokens unless set) is compacted as the compaction docs show it: a
-`compaction` block first, the top-level usage counting the sampling after it, and `usage.iterations` both, the
-compaction's tokens in its own entry alone.
+answer ran at; with `standard-speed` fast mode asked for is served at standard speed, and its usage says so. With the
+advisor tool (`advisor_20260301`), the answer consults the advisor once before its text (a `server_tool_use` block
+named `advisor` and its `advisor_tool_result`), and `usage.iterations` has the advisor's sampling in an
+`advisor_message` entry with the tool's `model` (`ADVICE_TOKENS` out, the prompt in), beside a `message` entry with
+the top level's counts, which leave the advisor's out. A request asking for server-side compaction
+(`context_management.edits` with `compact_20260112`) whose input reaches its trigger (150,000 tokens unless set) is
+compacted as the compaction docs show it: a `compaction` block first, the top-level usage counting the sampling after
+it, and `usage.iterations` both, the compaction's tokens in its own entry alone.
 `POST /v1/messages/count_tokens` counts. Every request (path, query, headers, body) is recorded on
 `app.state.requests`.
 """
@@ -56,6 +60,9 @@ SIGNATURE = "EqQBCkYIBRgCKkBfakeSignature=="
 SEARCH_ID = "srvtoolu_01FakeAnthropic"
 COMPACTION_SUMMARY = "Summary of the conversation: the user is building a website and asked for its layout."
 COMPACTION_TRIGGER = 150_000  # input tokens, unless the edit sets its own
+ADVICE = "Plan: read the layout first, then answer."
+ADVICE_TOKENS = 1500  # an advisor's output, thinking included (Anthropic: typically 1,400 to 1,800)
+ADVISOR_ID = "srvtoolu_01FakeAdvisor"
 OUTPUT_LIMITS = {"claude-haiku-4-5": 64_000, "claude-3-5-haiku-latest": 8_192}  # refused past these, as Anthropic does
 # Body fields Anthropic knows only under a beta: without it, the field is unknown to the API.
 # A beta field and the betas that admit it (context editing's, or compaction's, whose edit rides in the same field).
@@ -107,6 +114,29 @@ def compacted(body: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
     return {**counts, "input_tokens": summary, **none, "cache_creation": cache, "iterations": [compaction, message]}
 
 
+def faults(body: dict[str, Any]) -> str:
+    """Where a request names the faults it asks for: its model, and its `metadata.user_id`."""
+    return f"{body.get('model', '')} {(body.get('metadata') or {}).get('user_id', '')}"
+
+
+def advisor(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The advisor tool the request offers, if any."""
+    tools = body.get("tools") or []
+    return next((t for t in tools if str(t.get("type", "")).startswith("advisor_")), None)
+
+
+def advised(body: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
+    """The usage of an answer that consulted the advisor once (`counts`: the executor's own, the top level)."""
+    tool = advisor(body) or {}
+    none = {"cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
+    advice = {"type": "advisor_message", "model": tool.get("model"), "input_tokens": input_tokens(body), **none}
+    message = {"type": "message", **{name: counts[name] for name in ("input_tokens", *none)}}
+    return {
+        **counts,
+        "iterations": [{**message, "output_tokens": OUTPUT_TOKENS}, {**advice, "output_tokens": ADVICE_TOKENS}],
+    }
+
+
 def searches(body: dict[str, Any]) -> int:
     """The searches the answer runs: one when the request offers the web search tool."""
     tools = body.get("tools") or []
@@ -134,7 +164,9 @@ SEARCH_BLOCKS = [
 def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
     messages = body.get("messages") or []
     users = [texts(m.get("content")) for m in messages if m.get("role") == "user"]
-    last = messages[-1].get("content") if messages else None
+    # The last turn: a `system` message after it (Claude Code's, once it switched to its fallback model) is none.
+    turns = [m for m in messages if m.get("role") != "system"]
+    last = turns[-1].get("content") if turns else None
     results = (
         [b for b in last if isinstance(b, dict) and b.get("type") == "tool_result"] if isinstance(last, list) else []
     )
@@ -151,6 +183,10 @@ def _content(body: dict[str, Any], tool: str | None) -> list[dict[str, Any]]:
         content.append({"type": "thinking", "thinking": text, "signature": SIGNATURE})
     if searches(body) and not tool:
         content.extend(SEARCH_BLOCKS)
+    if advisor(body) and not tool:
+        content.append({"type": "server_tool_use", "id": ADVISOR_ID, "name": "advisor", "input": {}})
+        result = {"type": "advisor_result", "text": ADVICE, "stop_reason": "end_turn"}
+        content.append({"type": "advisor_tool_result", "tool_use_id": ADVISOR_ID, "content": result})
     script = _script(body)
     schemas = {t.get("name"): t.get("input_schema") for t in body.get("tools") or []}
     if tool:
@@ -256,7 +292,7 @@ def _pieces(block: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]
             *deltas,
             {"type": "signature_delta", "signature": block["signature"]},
         ]
-    if block["type"] == "web_search_tool_result":
+    if block["type"] in ("web_search_tool_result", "advisor_tool_result"):
         return block, []
     if block["type"] == "compaction":  # its summary in one delta
         return {"type": "compaction"}, [{"type": "compaction_delta", "content": block["content"]}]
@@ -298,8 +334,12 @@ def create_app() -> Starlette:
         for name in ("speed", "inference_geo"):
             if body.get(name) is not None:
                 counts[name] = body[name]
+        if "speed" in counts and "standard-speed" in faults(body):
+            counts["speed"] = "standard"
         trigger = compaction_trigger(body)
-        return compacted(body, counts) if trigger is not None and input_tokens(body) >= trigger else counts
+        if trigger is not None and input_tokens(body) >= trigger:
+            return compacted(body, counts)
+        return advised(body, counts) if advisor(body) else counts
 
     async def received(request: Request) -> tuple[dict[str, Any], Response | None]:
         raw = await request.body()
@@ -333,21 +373,21 @@ def create_app() -> Starlette:
         if failure is not None:
             return failure
         model = str(body.get("model", ""))
-        faults = f"{model} {(body.get('metadata') or {}).get('user_id', '')}"
-        fault = _fault(faults)
+        asked = faults(body)
+        fault = _fault(asked)
         if fault is not None:
             return fault
         problem = _problem(body)
         if problem:
             return _error(400, "invalid_request_error", problem)
-        if "slow" in faults:
+        if "slow" in asked:
             await asyncio.sleep(SLOW_SECONDS)
-        if "bad-json" in faults:
+        if "bad-json" in asked:
             return Response(b"{not json", 200, media_type="application/json")
         tool = _tool_name(body)
         content = _content(body, tool)
         stop = "tool_use" if any(block["type"] == "tool_use" for block in content) else "end_turn"
-        if "max-tokens" in faults and content[-1]["type"] == "text":
+        if "max-tokens" in asked and content[-1]["type"] == "text":
             words = content[-1]["text"].split(" ")
             content[-1] = {"type": "text", "text": " ".join(words[: len(words) // 2])}
             stop = "max_tokens"
@@ -356,10 +396,10 @@ def create_app() -> Starlette:
             content.insert(0, {"type": "compaction", "content": COMPACTION_SUMMARY})
         if body.get("stream"):
             overloaded = None
-            if "stream-overloaded" in faults:
-                echoed = f" (x-api-key: {request.headers['x-api-key']})" if "echo-auth" in faults else ""
+            if "stream-overloaded" in asked:
+                echoed = f" (x-api-key: {request.headers['x-api-key']})" if "echo-auth" in asked else ""
                 overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded" + echoed}}
-            stream = _stream(body, model, content, stop, "stream-cut" in faults, overloaded)
+            stream = _stream(body, model, content, stop, "stream-cut" in asked, overloaded)
             return StreamingResponse(stream, media_type="text/event-stream")
         answer = {
             "id": MESSAGE_ID,
@@ -415,8 +455,8 @@ def create_app() -> Starlette:
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": stop, "stop_sequence": None},
-                # The cumulative usage; with a search (as Anthropic's web search example shows it) or a compaction,
-                # in full.
+                # The cumulative usage; with a search (as Anthropic's web search example shows it), a compaction or
+                # an advisor's sampling, in full.
                 "usage": {**final, "output_tokens": OUTPUT_TOKENS}
                 if searches(body) or "iterations" in final
                 else {"output_tokens": OUTPUT_TOKENS},

@@ -2,8 +2,9 @@
 
 `claude` is served by the anthropic type (natively), `gpt` and `o4` by the openai type, `azure-gpt` by azure,
 `gemini` by the gemini type, `bedrock-claude` by bedrock; `claude-then-gpt` fails over from Anthropic to OpenAI,
-`claude-or-gpt` does when a request picks a fault of the fake Anthropic (`metadata.user_id`), and `claude-cut`
-(`gpt-cut`) is an Anthropic (OpenAI) stream that stops half-way.
+`claude-or-gpt` does when a request picks a fault of the fake Anthropic (`metadata.user_id`), `claude-cut`
+(`gpt-cut`) is an Anthropic (OpenAI) stream that stops half-way, and `claude-overloaded` an Anthropic that answers
+every request with its 529 `overloaded_error`.
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ def agents_gateway(directory: Path) -> Iterator[Running]:
             "gpt": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": PRICE},
             "azure-gpt": {"deployments": [{"provider": "azure", "model": "gpt-4o-mini"}], "price": PRICE},
             "claude-cut": {"deployments": [{"provider": "anthropic", "model": "stream-cut"}], "price": CLAUDE_PRICE},
+            "claude-overloaded": {
+                "deployments": [{"provider": "anthropic", "model": "fail-529"}],
+                "price": CLAUDE_PRICE,
+            },
             "gpt-cut": {"deployments": [{"provider": "openai", "model": "stream-cut"}], "price": PRICE},
             "o4": {"deployments": [{"provider": "openai", "model": "o4-mini"}], "price": PRICE},
             "gemini": {"deployments": [{"provider": "gemini", "model": "gemini-2.5-flash"}], "price": PRICE},

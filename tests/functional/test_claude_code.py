@@ -36,8 +36,17 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         yield running
 
 
-def claude(running: Running, model: str, workdir: Path, home: Path) -> subprocess.CompletedProcess[str]:
-    """`claude -p` on `model`, configured as the gateway's README says, in a home of its own."""
+def claude(
+    running: Running,
+    model: str,
+    workdir: Path,
+    home: Path,
+    *options: str,
+    environ: dict[str, str] | None = None,
+    timeout: float = 180,
+) -> subprocess.CompletedProcess[str]:
+    """`claude -p` on `model`, configured as the gateway's README says, in a home of its own (`options`: more of
+    its command line; `environ`: more of its environment)."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
@@ -45,9 +54,10 @@ def claude(running: Running, model: str, workdir: Path, home: Path) -> subproces
         "ANTHROPIC_API_KEY": running.mint(name=f"claude-code-{model}"),
         "DISABLE_TELEMETRY": "1",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        **(environ or {}),
     }
-    command = [str(CLAUDE_CLI), "-p", TASK, "--model", model, "--allowedTools", "Bash"]
-    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=180, check=False)
+    command = [str(CLAUDE_CLI), "-p", TASK, "--model", model, "--allowedTools", "Bash", *options]
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def requests_since(running: Running, provider: str, start: int) -> list[dict[str, Any]]:
@@ -102,3 +112,24 @@ def test_claude_codes_requests_reach_anthropic_as_sent(agents: Running, tmp_path
     assistant = next(m for m in history if m["role"] == "assistant")
     thinking = [b for b in assistant["content"] if b["type"] == "thinking"]
     assert thinking and thinking[0]["signature"] == SIGNATURE
+
+
+def test_claude_code_switches_to_its_fallback_model_when_anthropic_is_overloaded(
+    agents: Running, tmp_path: Path
+) -> None:
+    """`--fallback-model` takes over when the model's provider is overloaded (every request a 529
+    `overloaded_error`): the gateway answers with Anthropic's own 529, which Claude Code counts as an overload, and
+    after three in a row it switches. Under its retry watchdog (`CLAUDE_CODE_RETRY_WATCHDOG`, for sessions nobody
+    watches) it switches on an overload only: the 502 `api_error` the gateway answered before it retried without
+    end (without the watchdog a 502 makes it switch too, at once)."""
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    start = len(agents.fakes["anthropic"].state.requests)
+    watched = {"CLAUDE_CODE_RETRY_WATCHDOG": "1"}
+    done = claude(agents, "claude-overloaded", workdir, home, "--fallback-model", "claude", environ=watched, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert (workdir / "out.txt").read_text() == "hi\n"
+    assert ANSWER in done.stdout
+    models = [r["json"]["model"] for r in requests_since(agents, "anthropic", start) if r["path"].endswith("/messages")]
+    assert models[:4] == ["fail-529", "fail-529", "fail-529", CLAUDE], models

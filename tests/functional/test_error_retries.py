@@ -68,6 +68,25 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
                     ],
                     "price": PRICE,
                 },
+                # (Each with breakers of its own: other tests' 529s do not open them.)
+                "lone-overloaded": {
+                    "deployments": [{"provider": "anthropic", "model": "fail-529-lone"}],
+                    "price": PRICE,
+                },
+                "all-overloaded": {
+                    "deployments": [
+                        {"provider": "anthropic", "model": "fail-529-a"},
+                        {"provider": "anthropic", "model": "fail-529-b"},
+                    ],
+                    "price": PRICE,
+                },
+                "down-then-overloaded": {
+                    "deployments": [
+                        {"provider": "openai", "model": "fail-500-c"},
+                        {"provider": "anthropic", "model": "fail-529-c"},
+                    ],
+                    "price": PRICE,
+                },
             },
         },
         set(REGISTRY),
@@ -292,3 +311,46 @@ def test_a_request_the_provider_rejects_keeps_the_providers_words_code_and_param
         "prompt is too long: 210000 tokens > 200000 maximum",
     )
     assert counter.sent == 2
+
+
+def test_a_providers_overload_is_anthropics_own_529_on_the_messages_api(gw: Running) -> None:
+    """Every provider tried said it is overloaded (Anthropic's 529): real overload, answered on `/v1/messages` as
+    Anthropic answers it, a 529 `overloaded_error`, which Claude Code counts as an overload (by the status or the
+    type) and falls back on. It was a 502 `api_error`, which Claude Code under its retry watchdog retried without end.
+    `x-should-retry` as before: true after one attempt, false once the gateway failed over."""
+    key = gw.mint()
+    counter = Counter()
+    claude = sdk_anthropic(gw, key, counter)
+    with pytest.raises(anthropic.APIStatusError) as lone:
+        claude.messages.create(model="lone-overloaded", max_tokens=10, messages=HI)  # type: ignore[arg-type]
+    assert (lone.value.status_code, lone.value.body["error"]["type"]) == (529, "overloaded_error")  # type: ignore[index]
+    assert lone.value.response.headers["x-should-retry"] == "true" and counter.sent == 3  # the SDK's own retries
+    counter.sent = 0
+    with pytest.raises(anthropic.APIStatusError) as both:
+        claude.messages.create(model="all-overloaded", max_tokens=10, messages=HI)  # type: ignore[arg-type]
+    assert (both.value.status_code, both.value.body["error"]["type"]) == (529, "overloaded_error")  # type: ignore[index]
+    assert both.value.response.headers["x-should-retry"] == "false" and counter.sent == 1
+    assert "test-anthropic-key" not in both.value.response.text
+    with pytest.raises(anthropic.APIStatusError) as mixed:  # a 500, then a 529: not every one overloaded
+        claude.messages.create(model="down-then-overloaded", max_tokens=10, messages=HI)  # type: ignore[arg-type]
+    claude.close()
+    assert (mixed.value.status_code, mixed.value.body["error"]["type"]) == (502, "api_error")  # type: ignore[index]
+    assert [line.status for line in gw.ledger(key)] == [529, 529, 529, 529, 502]
+
+
+def test_a_providers_overload_stays_a_502_upstream_error_in_openais_apis(gw: Running) -> None:
+    """OpenAI's API has no status for an overload: the same failure is the 502 `upstream_error` of any provider's,
+    the provider's 529 and type inside."""
+    key = gw.mint()
+    for model in ("lone-overloaded", "all-overloaded"):
+        answer = httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            json={"model": model, "messages": HI},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        error = answer.json()["error"]
+        assert answer.status_code == 502, model
+        assert (error["code"], error["type"]) == ("upstream_error", "upstream_error")
+        assert (error["upstream_status"], error["upstream_type"]) == (529, "overloaded_error")
+    assert [line.status for line in gw.ledger(key)] == [502, 502]

@@ -660,7 +660,7 @@ def test_models_come_in_anthropics_shape_for_anthropic_clients(client: anthropic
     assert [m.id for m in page.data] == ["azure-gpt", "bedrock-claude"] and page.has_more
     assert page.data[0].type == "model" and page.data[0].display_name == "azure-gpt"
     following = client.models.list(limit=2, after_id="claude-cut")
-    assert [m.id for m in following.data] == ["claude-or-gpt", "claude-then-gpt"]
+    assert [m.id for m in following.data] == ["claude-or-gpt", "claude-overloaded"]
     earlier = client.models.list(limit=2, before_id="claude-cut")
     assert [m.id for m in earlier.data] == ["bedrock-claude", "claude"] and earlier.has_more
     key = client.api_key

@@ -1,13 +1,15 @@
 """What the providers bill besides tokens, and at what rate: web searches their own tools run (Anthropic's
 `web_search_*` server tool, the Responses API's hosted `web_search`), Anthropic's hour-long cache writes, the
 options of a Messages request that multiply its model's prices at Anthropic (`speed: fast`, `inference_geo: us`),
-and the tokens of Anthropic's server-side compaction, which its usage counts apart from the top level.
+at the speed the answer was served at, and the tokens of Anthropic's server-side compaction and of its advisor
+tool's model, which its usage counts apart from the top level.
 
 The official SDKs through gateways in front of the fakes: one that prices searches
 (`priced_options.web_search_usd`), one that does not. Before, a search was neither priced nor refused, and an
 hour's cache write was charged at the 5-minute rate (100k such tokens on Sonnet 4.5: $0.375 instead of $0.60),
 fast mode passed through at the standard prices (Opus 4.6: $5/$25 per million instead of $30/$150), its worst
 case reserved at them too, and a compaction's tokens (the whole conversation read, the summary written) not at all.
+Then fast mode served at standard speed was still charged six times over, and an advisor's tokens not at all.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ GPT_PRICE = {"input": 1.0, "output": 2.0}
 HI: Any = [{"role": "user", "content": "What is new today?"}]
 FAST_BETA = "fast-mode-2026-02-01"
 COMPACT_BETA = "compact-2026-01-12"
+ADVISOR_BETA = "advisor-tool-2026-03-01"
+ADVISOR_PRICE = {"input": 7.0, "output": 35.0}
 
 
 def config(url: str, searches: float | None) -> dict[str, Any]:
@@ -54,6 +58,11 @@ def config(url: str, searches: float | None) -> dict[str, Any]:
             # No price: the built-in table's, by the upstream model.
             "sonnet": {"deployments": [{"provider": "anthropic", "model": "claude-sonnet-4-5-20250929"}]},
             "opus": {"deployments": [{"provider": "anthropic", "model": "claude-opus-4-6"}]},
+            # A model the config prices, which Anthropic's advisor tool may name by its upstream id.
+            "advisor": {
+                "deployments": [{"provider": "anthropic", "model": "claude-advisor-x"}],
+                "price": ADVISOR_PRICE,
+            },
             "gpt": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": GPT_PRICE},
         },
     }
@@ -240,6 +249,26 @@ def test_fast_mode_and_us_inference_are_charged_at_the_tables_multipliers(
     assert line.cost_usd == pytest.approx(opus_usd(message.usage, times))
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_fast_mode_served_at_standard_speed_is_charged_at_the_standard_prices(priced: Running, stream: bool) -> None:
+    """Fast mode asked for and served at standard speed (its capacity short), as the answer's `usage.speed` says:
+    charged at Opus 4.6's standard prices, not six times them (the worst case was reserved at fast, below)."""
+    key = priced.mint(name=f"fast-served-standard-{stream}")
+    sdk = anthropic_client(priced, key).beta.messages
+    settings: Any = {"model": "opus", "max_tokens": 100, "messages": HI, "speed": "fast", "betas": [FAST_BETA]}
+    served_standard: Any = {"user_id": "standard-speed"}  # (the fake's fault)
+    if stream:
+        with sdk.stream(**settings, metadata=served_standard) as events:
+            message = events.get_final_message()
+    else:
+        raw = sdk.with_raw_response.create(**settings, metadata=served_standard)
+        message = raw.parse()
+        assert float(raw.headers["x-gateway-cost-usd"]) == pytest.approx(opus_usd(message.usage, 1.0))
+    assert sent(priced, "anthropic")["speed"] == "fast" and message.usage.speed == "standard"
+    [line] = priced.ledger(key)
+    assert line.cost_usd == pytest.approx(opus_usd(message.usage, 1.0)) and line.cost_source == "provider"
+
+
 def test_the_worst_case_is_reserved_at_the_fast_price(priced: Running) -> None:
     """x-gateway-max-cost-usd is held against fast mode's prices: 1,000 output tokens at $150 a million pass
     $0.10, at the standard $25 they do not."""
@@ -316,6 +345,45 @@ def test_a_compactions_tokens_are_charged_beside_the_answers_own(priced: Running
     [line] = priced.ledger(key)
     assert (line.input_tokens, line.output_tokens) == (input_tokens, output_tokens)
     assert line.cost_usd == pytest.approx(expected) and line.cost_source == "provider"
+
+
+# --- Anthropic's advisor tool ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("advisor", "rates"),
+    [("claude-advisor-x", (7.0, 35.0)), ("claude-opus-4-6", (5.0, 25.0)), ("claude-nobody-prices", (3.0, 15.0))],
+    ids=["the-configs-price", "the-tables-price", "no-price-the-executors"],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_an_advisors_tokens_are_charged_at_its_own_models_price(
+    priced: Running, advisor: str, rates: tuple[float, float], stream: bool
+) -> None:
+    """The advisor tool runs another model inside the answer: its tokens are in `usage.iterations` alone (an
+    `advisor_message` entry naming that model), billed at that model's rates. They are charged at its price, the
+    config's for a model it deploys, else the built-in table's; with neither, at the price of the model it advised
+    (never free: an advisor is at least as capable), and logged. The line's token counts are the answer's own."""
+    key = priced.mint(name=f"advisor-{advisor}-{stream}")
+    sdk = anthropic_client(priced, key).beta.messages
+    tool: Any = {"type": "advisor_20260301", "name": "advisor", "model": advisor}
+    settings: Any = {"model": "sonnet", "max_tokens": 100, "messages": HI, "tools": [tool], "betas": [ADVISOR_BETA]}
+    if stream:
+        with sdk.stream(**settings) as events:
+            message = events.get_final_message()
+    else:
+        raw = sdk.with_raw_response.create(**settings)
+        message = raw.parse()
+    assert [block.type for block in message.content] == ["server_tool_use", "advisor_tool_result", "text"]
+    usage = message.usage
+    [advice] = [entry for entry in usage.iterations or () if entry.type == "advisor_message"]
+    assert advice.model == advisor and advice.output_tokens > 1000
+    expected = (usage.input_tokens * 3.0 + usage.output_tokens * 15.0) / 1e6  # Sonnet 4.5, the table's
+    expected += (advice.input_tokens * rates[0] + advice.output_tokens * rates[1]) / 1e6
+    if not stream:
+        assert float(raw.headers["x-gateway-cost-usd"]) == pytest.approx(expected)
+    [line] = priced.ledger(key)
+    assert line.cost_usd == pytest.approx(expected) and line.cost_source == "provider"
+    assert (line.input_tokens, line.output_tokens) == (usage.input_tokens, usage.output_tokens)
 
 
 # --- the Responses API's hosted web search -------------------------------------------------------------

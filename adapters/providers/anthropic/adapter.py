@@ -32,7 +32,7 @@ from adapters.providers.params import (
 )
 from handler import schemas
 from handler.errors import InvalidRequestError, UpstreamError
-from handler.ports import MESSAGES_API, BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
+from handler.ports import MESSAGES_API, BuiltRequest, NativeCall, ProviderAdapter, Served, Target, UpstreamRequest
 from handler.redaction import redact_message
 from handler.schemas import (
     AssistantMessage,
@@ -611,6 +611,12 @@ class MessagesMeter:
         self.searches = 0
 
     @property
+    def served(self) -> Served | None:
+        """What the usage so far says of how the answer was served (its speed from `message_start`, its advisor's
+        tokens from the final `message_delta`)."""
+        return self._wire.served() if self._started else None
+
+    @property
     def usage(self) -> Usage | None:
         """The provider's counts; until its final ones, with the output at least the relayed text's estimate.
         (Read when the stream is costed, not on every delta.)"""
@@ -643,12 +649,14 @@ class MessagesMeter:
             if kind == "message_start":
                 wire = WireMessage.model_validate(payload.get("message")).usage
                 wire.to_usage()  # (its extras' shapes, checked now: a count it cannot read is not kept)
+                wire.served()
                 self._wire = wire
                 self._started = True
             elif kind == "message_delta" and payload.get("usage") is not None:
                 wire = self._wire.model_copy(deep=True)
                 wire.update(WireUsage.model_validate(payload["usage"]))
                 wire.to_usage()
+                wire.served()
                 self._wire = wire
                 self._started = self.final = True
             elif kind == "error":
@@ -896,6 +904,14 @@ class AnthropicAdapter(ProviderAdapter):
             return WireMessage.model_validate(json_body(body)).usage.to_usage()
         except ValidationError as exc:
             raise malformed("upstream answer is not an Anthropic message") from exc
+
+    def native_served(self, call: NativeCall, body: Mapping[str, Any]) -> Served:
+        from adapters.providers.anthropic.wire import WireUsage  # (see the note on the imports)
+
+        try:
+            return WireUsage.model_validate(body.get("usage")).served()
+        except ValueError as exc:  # (pydantic's ValidationError among them)
+            raise malformed("upstream answer's usage is not Anthropic's") from exc
 
     def native_meter(self, call: NativeCall) -> MessagesMeter:
         return MessagesMeter()

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from handler.ports import Served
 from handler.schemas import Usage
 
 
@@ -32,23 +33,41 @@ def _count(counts: Any, name: str) -> int:
 FOLDED = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 # Also read, from the extras (each field declared costs a Lambda cold start about 0.3 million instructions): the
 # writes by how long they are kept (`cache_creation.ephemeral_1h_input_tokens`), what Anthropic's own tools did
-# (`server_tool_use.web_search_requests`, billed per search), and the samplings of the request (`iterations`).
-FOLDED_EXTRA = ("cache_creation", "server_tool_use", "iterations")
+# (`server_tool_use.web_search_requests`, billed per search), the samplings of the request (`iterations`), and the
+# speed it was served at (`speed`, should a delta bring it).
+FOLDED_EXTRA = ("cache_creation", "server_tool_use", "iterations", "speed")
 # The `iterations` whose tokens the top-level counts leave out, billed besides them at the model's prices: a
 # server-side compaction ("A `compaction` entry's tokens are not included in the top-level `usage` fields", the
 # SDK's `BetaUsage.iterations`; Anthropic's compaction docs: 180,000 in and 3,500 out beside a top level of 23,000
 # and 1,000). The other entries (`message`, each turn of a server tool loop) are in the top level already.
 BILLED_APART = ("compaction",)
+# The `iterations` of another model's sampling, which the top-level counts leave out too, billed at that model's
+# prices: the advisor tool's sub-inferences (`advisor_message`, with the advisor's `model`: "usage is billed at the
+# advisor model's rates", the SDKs' `BetaAdvisorMessageIterationUsage`).
+BILLED_AT_THEIR_MODEL = ("advisor_message",)
+# The usage fields saying what an option that changes the model's prices was served at: `speed` ("The inference
+# speed mode used for this request", `standard` or `fast`): fast mode asked for may run at standard speed, and is
+# billed at it.
+SERVED_OPTIONS = ("speed",)
 
 
-def _billed_apart(iterations: Any) -> list[dict[str, Any]]:
-    """The entries of `usage.iterations` that `BILLED_APART` names (none when absent or null); another shape is a
+def _entries(iterations: Any, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The entries of `usage.iterations` of the `kinds` named (none when absent or null); another shape is a
     malformed answer."""
     if iterations is None:
         return []
     if not isinstance(iterations, list) or not all(isinstance(entry, dict) for entry in iterations):
         raise ValueError("usage iterations is not a list of objects")
-    return [entry for entry in iterations if entry.get("type") in BILLED_APART]
+    return [entry for entry in iterations if entry.get("type") in kinds]
+
+
+def _their_model(entry: dict[str, Any]) -> tuple[str, Usage]:
+    """An iteration of another model's (`BILLED_AT_THEIR_MODEL`): that model, and its counts."""
+    model = entry.get("model")
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"usage iteration {entry.get('type')} names no model")
+    counts = {name: entry[name] for name in ("output_tokens", "cache_creation", *FOLDED) if name in entry}
+    return model, WireUsage.model_validate(counts).to_usage()
 
 
 class WireUsage(_Wire):
@@ -65,7 +84,7 @@ class WireUsage(_Wire):
         read, write = self.cache_read_input_tokens or 0, self.cache_creation_input_tokens or 0
         extra = self.__pydantic_extra__ or {}
         hour = _count(extra.get("cache_creation"), "ephemeral_1h_input_tokens") if extra else 0
-        for entry in _billed_apart(extra.get("iterations")) if extra else ():
+        for entry in _entries(extra.get("iterations"), BILLED_APART) if extra else ():
             fresh += _count(entry, "input_tokens")
             output += _count(entry, "output_tokens")
             read += _count(entry, "cache_read_input_tokens")
@@ -76,6 +95,14 @@ class WireUsage(_Wire):
         if searches:
             usage.set_count("web_searches", searches)
         return usage
+
+    def served(self) -> Served:
+        """How the answer says it was served, beyond its counts: its speed (`SERVED_OPTIONS`), and the tokens its
+        advisor's model ran (`BILLED_AT_THEIR_MODEL`)."""
+        extra = self.__pydantic_extra__ or {}
+        options = {name: extra[name] for name in SERVED_OPTIONS if isinstance(extra.get(name), str)}
+        others = tuple(_their_model(entry) for entry in _entries(extra.get("iterations"), BILLED_AT_THEIR_MODEL))
+        return Served(options, others)
 
     def update(self, later: "WireUsage") -> None:
         """Fold in a `message_delta` usage: cumulative counts, input fields only when present."""

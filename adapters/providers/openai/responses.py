@@ -12,6 +12,7 @@ from typing import Any
 
 from adapters.providers.call_ids import shorten_input_call_ids
 from adapters.providers.reasoning import openai_effort
+from handler.ports import Served
 from handler.schemas import CompletionTokensDetails, Usage
 from handler.wire import ENCRYPTED_REASONING, RESPONSES_TERMINAL, StreamEvent, event_payload, json_body, malformed
 
@@ -123,6 +124,7 @@ class ResponsesMeter:
         self.output_chars = 0
         self.final = False
         self.searches = 0  # `web_search_call` items added so far: billed even if the stream is cut
+        self.served: Served | None = None  # (the Responses API says nothing of it)
 
     def feed(self, event: StreamEvent) -> None:
         if not event.data or event.data == b"[DONE]":

@@ -884,6 +884,63 @@ def test_a_usage_the_meter_cannot_read_is_a_malformed_event_and_the_counts_befor
     assert meter.usage is not None and meter.usage.prompt_tokens == 23000 and not meter.final
 
 
+# An answer whose executor consulted the advisor once: the advisor's sampling, on its own model, is in `iterations`
+# alone (an `advisor_message` entry); the top level is the executor's `message` entries. Fast mode asked for and
+# served at standard speed says so in `speed`.
+ADVISED_USAGE = {
+    "input_tokens": 500,
+    "output_tokens": 80,
+    "speed": "standard",
+    "iterations": [
+        {"type": "message", "input_tokens": 500, "output_tokens": 80},
+        {
+            "type": "advisor_message",
+            "model": "claude-opus-4-6",
+            "input_tokens": 9000,
+            "output_tokens": 1600,
+            "cache_read_input_tokens": 3000,
+            "cache_creation_input_tokens": 1000,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 1000},
+        },
+    ],
+}
+
+
+def test_an_answer_says_the_speed_it_was_served_at_and_its_advisors_tokens_by_model() -> None:
+    """What the pipeline prices beside the top-level counts, which leave the advisor's tokens out: they were neither
+    counted nor priced, and fast mode was billed at the speed asked for."""
+    message = {"id": "m", "type": "message", "role": "assistant", "model": MODEL, "content": [], "usage": ADVISED_USAGE}
+    call = NativeCall(MESSAGES_API, {})
+    usage = adapter().native_usage(call, orjson.dumps(message))
+    assert (usage.prompt_tokens, usage.completion_tokens) == (500, 80)
+    served = adapter().native_served(call, message)
+    assert served.options == {"speed": "standard"}
+    [(model, advice)] = served.others
+    assert model == "claude-opus-4-6" and (advice.prompt_tokens, advice.completion_tokens) == (13000, 1600)
+    assert (advice.cached_tokens, advice.cache_write_tokens, advice.cache_write_1h_tokens) == (3000, 1000, 1000)
+    nameless = {**ADVISED_USAGE, "iterations": [{"type": "advisor_message", "input_tokens": 1, "output_tokens": 1}]}
+    with pytest.raises(UpstreamError):
+        adapter().native_served(call, {**message, "usage": nameless})
+
+
+def test_a_streams_speed_comes_with_message_start_and_its_advisors_tokens_with_the_final_delta() -> None:
+    meter = MessagesMeter()
+    assert meter.served is None
+    message = {"id": "m", "type": "message", "role": "assistant", "model": MODEL, "content": []}
+    begun = {"input_tokens": 500, "output_tokens": 1, "speed": "standard"}
+    meter.feed(
+        StreamEvent("message_start", orjson.dumps({"type": "message_start", "message": {**message, "usage": begun}}))
+    )
+    assert meter.served is not None and meter.served.options == {"speed": "standard"} and not meter.served.others
+    end = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {**ADVISED_USAGE, "speed": None}}
+    meter.feed(StreamEvent("message_delta", orjson.dumps(end)))
+    assert meter.served.options == {"speed": "standard"}
+    assert [(model, advice.completion_tokens) for model, advice in meter.served.others] == [("claude-opus-4-6", 1600)]
+    nameless = {"output_tokens": 9, "iterations": [{"type": "advisor_message", "input_tokens": 1, "output_tokens": 1}]}
+    with pytest.raises(UpstreamError):  # (read now: not when the stream is costed, once settling began)
+        meter.feed(StreamEvent("message_delta", orjson.dumps({**end, "usage": nameless})))
+
+
 def test_a_budget_cap_below_the_thinking_budget_lowers_it_or_turns_thinking_off() -> None:
     """The lowered budget leaves the answer room, half of this small cap (at `max_tokens - 1` it had one token);
     where no budget of Anthropic's minimum fits beside it, thinking is not sent, and that is named."""

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from handler.config import FeeConfig, ModelConfig, Price
 from handler.pipeline.pricing import (
     PromptEstimate,
+    as_served,
     asked_options,
     builtin_prices,
     cost_of,
@@ -20,6 +21,7 @@ from handler.pipeline.pricing import (
     price_for,
     prompt_estimate,
     sent_as_written,
+    upstream_price,
     usd,
     with_options,
     worst_case_usd,
@@ -175,6 +177,38 @@ def test_fast_mode_multiplies_every_price_of_the_model_and_stacks_with_us_infere
     both = with_options(opus, {"speed": "fast", "inference_geo": "us"})
     assert both is not None and (both.input, both.output) == pytest.approx((33.0, 165.0))
     assert worst_case_usd(0, 1_000_000, fast, NO_FEE) == pytest.approx(150.0)
+
+
+def test_options_are_priced_at_the_values_the_answer_was_served_at_where_the_price_knows_them() -> None:
+    """Fast mode served at standard speed is billed at standard; a value served that the price knows nothing of
+    (nor is the standard one) leaves the option as asked, and an option not asked stays unasked."""
+    opus = builtin_prices().find("claude-opus-4-6")
+    asked = {"speed": "fast", "inference_geo": "us"}
+    assert as_served(opus, asked, {"speed": "standard"}) == {"speed": "standard", "inference_geo": "us"}
+    assert as_served(opus, asked, {"speed": "fast", "inference_geo": "global"}) == {
+        "speed": "fast",
+        "inference_geo": "global",
+    }
+    assert as_served(opus, asked, {"speed": "turbo"}) == asked
+    assert as_served(opus, {"inference_geo": "us"}, {"speed": "fast"}) == {"inference_geo": "us"}
+    served = with_options(opus, as_served(opus, {"speed": "fast"}, {"speed": "standard"}))
+    assert served is not None and (served.input, served.output) == (5.0, 25.0)
+
+
+def test_a_providers_own_model_is_priced_by_the_config_that_deploys_it_else_by_the_table() -> None:
+    """How an advisor model an answer names is priced: the config's price of a model deploying it (or named so),
+    else the built-in table's (by its aliases too), else none."""
+    models = {
+        "advisor": ModelConfig.model_validate(
+            {"deployments": [{"provider": "p", "model": "claude-opus-4-6"}], "price": {"input": 7.0, "output": 35.0}}
+        ),
+        "unknown": ModelConfig.model_validate({"deployments": [{"provider": "p", "model": "x-1"}], "price": "unknown"}),
+    }
+    deployed = upstream_price(models, "claude-opus-4-6")
+    assert deployed is not None and (deployed.input, deployed.output) == (7.0, 35.0)
+    tabled = upstream_price(models, "claude-sonnet-4-5-20250929")
+    assert tabled is not None and (tabled.input, tabled.output) == (3.0, 15.0)
+    assert upstream_price(models, "x-1") is None and upstream_price({}, "claude-nobody-prices") is None
 
 
 def test_only_a_passed_through_apis_own_options_other_than_standard_are_asked() -> None:
