@@ -1,6 +1,6 @@
 """A fake Amazon Bedrock Runtime (Converse and ConverseStream), speaking AWS's documented wire format.
 
-It serves `POST /model/{modelId}/converse` and `/converse-stream`, the stream as
+It serves `POST /model/{modelId}/converse`, `/converse-stream` and `/count-tokens` (CountTokens), the stream as
 `application/vnd.amazon.eventstream` frames (built by `encode_frame`, with real CRCs), and checks that
 each request carries a SigV4 `Authorization` for service `bedrock` in `REGION` whose signature verifies
 against the test credentials over the exact bytes received (`verify_sigv4`, written from the SigV4
@@ -61,6 +61,7 @@ REQUEST_FIELDS = {
     "requestMetadata",
     "performanceConfig",
 }
+COUNTED_FIELDS = {"messages", "system", "toolConfig", "additionalModelRequestFields"}  # ConverseTokensRequest
 INFERENCE_FIELDS = {"maxTokens", "temperature", "topP", "stopSequences"}
 OUTPUT_LIMITS = {"meta.llama3-3-70b-instruct": 8192}  # model id part -> the most `maxTokens` it takes
 # Model id parts of models with tool use but no streaming tool use (AWS's "Supported models and model features").
@@ -251,10 +252,14 @@ def _no_streaming_tools(body: dict[str, Any], model: str) -> str | None:
 
 
 def _invalid_count(body: dict[str, Any]) -> str | None:
-    """A CountTokens body: `{"input": {"converse": {messages, system}}}`, the Converse part as Converse checks it."""
+    """A CountTokens body: `{"input": {"converse": {...}}}` with the members of botocore's `ConverseTokensRequest`,
+    checked as Converse checks them (so a tool-use history without its `toolConfig` is refused)."""
     converse = (body.get("input") or {}).get("converse")
-    if set(body) != {"input"} or not isinstance(converse, dict) or set(converse) - {"messages", "system"}:
+    if set(body) != {"input"} or not isinstance(converse, dict):
         return "Malformed input request: input must be one of converse, invokeModel"
+    for name in converse:
+        if name not in COUNTED_FIELDS:
+            return f"Malformed input request: extraneous key [{name}] is not permitted"
     return _invalid(converse)
 
 

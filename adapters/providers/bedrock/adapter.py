@@ -96,6 +96,8 @@ TRANSLATED = frozenset(
         "thinking",
     }
 )
+# The members of the Converse request that CountTokens takes (botocore's `ConverseTokensRequest`).
+COUNTED_FIELDS = ("messages", "system", "toolConfig", "additionalModelRequestFields")
 # Where a prompt-cache marker (`cache_control`) stood: Converse caches the prefix up to a cache point.
 CACHE_POINT = {"cachePoint": {"type": "default"}}
 
@@ -558,7 +560,9 @@ class BedrockAdapter(ProviderAdapter):
             body["inferenceConfig"] = inference
         return body, list(dict.fromkeys(dropped))
 
-    def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
+    def converse_body(self, req: ChatRequest, target: Target) -> tuple[dict[str, Any], list[str]]:
+        """The whole Converse request body for this deployment (its output cap, reasoning fields) and what it
+        could not carry."""
         body, dropped = self.chat_body(req, target.model)
         if "maxTokens" not in body.get("inferenceConfig", {}):
             configured = target.options.get("max_output_tokens") or self.options.get("max_output_tokens")
@@ -591,6 +595,10 @@ class BedrockAdapter(ProviderAdapter):
                     for name, wire in (("temperature", "temperature"), ("top_p", "topP"))
                     if inference.pop(wire, None) is not None
                 ]
+        return body, dropped
+
+    def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
+        body, dropped = self.converse_body(req, target)
         if stream and "toolConfig" in body and rules_for(target.model).no_streaming_tools:
             # ConverseStream refuses this model's tools (a 400): Converse answers whole, and a whole answer to a
             # streamed request is handed out as the chunks of a stream (`handler.wire.WholeBodySniffer`).
@@ -660,9 +668,10 @@ class BedrockAdapter(ProviderAdapter):
         return reasoning.reasons(target.model, ("anthropic.claude",))
 
     def count_tokens_request(self, call: NativeCall, req: ChatRequest, target: Target) -> BuiltRequest:
-        """Bedrock's CountTokens for the Converse request this prompt would be."""
-        body, _ = self.chat_body(req, target.model)
-        converse = {name: body[name] for name in ("messages", "system") if name in body}
+        """Bedrock's CountTokens for the Converse request this prompt would be: what of it CountTokens takes
+        (`ConverseTokensRequest`). The tools count, and a tool-use history is refused without them."""
+        body, _ = self.converse_body(req, target)
+        converse = {name: body[name] for name in COUNTED_FIELDS if name in body}
         payload = orjson.dumps({"input": {"converse": converse}})
         request = UpstreamRequest(
             "POST", self.url(target, "count-tokens"), {"content-type": "application/json"}, payload

@@ -23,9 +23,10 @@ from adapters.providers.bedrock import adapter as bedrock
 from adapters.providers.bedrock.eventstream import EventStreamDecoder, parse_headers
 from adapters.providers.registry import REGISTRY
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
-from handler.ports import Target
+from handler.ports import MESSAGES_API, NativeCall, Target
 from handler.schemas import ChatRequest
 from handler.wire import StreamEvent
+from tests.conformance import references
 from tests.fakes.bedrock import encode_frame, event_frame, exception_frame, stream_frames, verify_sigv4
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "bedrock"
@@ -829,6 +830,29 @@ def test_cache_markers_become_cache_points_after_their_blocks_and_tools() -> Non
     assert body["system"] == [{"text": "Rules."}, point]
     assert body["messages"][0]["content"] == [{"text": "Q"}, point, {"text": "R"}]
     assert body["toolConfig"]["tools"][1] == point and dropped == []
+
+
+def test_count_tokens_sends_what_converse_tokens_request_takes_of_the_converse_body() -> None:
+    """`toolConfig` and `additionalModelRequestFields` as Converse would get them (a tool-use history without its
+    `toolConfig` is a 400), nothing CountTokens does not take (`inferenceConfig`)."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    call = {"id": "toolu_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    messages = [
+        {"role": "system", "content": "Rules."},
+        {"role": "user", "content": "Go"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "done"},
+        {"role": "assistant", "content": "Done."},
+        {"role": "user", "content": "Thanks"},
+    ]
+    req = request(messages=messages, tools=[tool], max_tokens=4000, reasoning_effort="low")
+    counted = adapter().count_tokens_request(NativeCall(MESSAGES_API, {}), req, target(SONNET))
+    converse_body, _ = built(req, target(SONNET))
+    assert references.bedrock_request(orjson.loads(counted.request.body), "CountTokens") == []
+    sent = orjson.loads(counted.request.body)["input"]["converse"]
+    members = ("messages", "system", "toolConfig", "additionalModelRequestFields")  # ConverseTokensRequest's
+    assert sent == {name: converse_body[name] for name in members}
+    assert "toolUse" in sent["messages"][1]["content"][0] and "thinking" in sent["additionalModelRequestFields"]
 
 
 def test_a_parameter_sent_at_its_default_is_not_named_as_dropped() -> None:
