@@ -14,9 +14,9 @@ Schema gets an answer following it. A request asking for Claude's `thinking` (in
 whose final assistant turn called a tool without opening with its signed reasoning is refused, as Anthropic
 refuses it.
 
-Behaviour by model id: `fail-throttle` (HTTP 429 ThrottlingException), `fail-validation` (400),
-`fail-500` (InternalServerException), `stream-exception` (a stream whose first frame is a
-throttlingException).
+Behaviour by model id: `thinker` and `redacts` (see `THINKING`, `REDACTED`), `fail-throttle` (HTTP 429
+ThrottlingException), `fail-validation` (400), `fail-500` (InternalServerException), `stream-exception` (a stream
+whose first frame is a throttlingException).
 Every request is recorded on `app.state.requests`.
 """
 
@@ -48,6 +48,8 @@ TOOL_USE_ID = "tooluse_fake01"
 # A model id with `thinker` has reasoning on: its answers open with signed reasoning, which must come back.
 THINKING = "The user wants the weather; a tool knows it."
 SIGNATURE = "ErcBCkgIBxgCfakeBedrockSignature"
+# A model id with `redacts` opens its reasoning with a block Claude's safety systems encrypted (a Blob: base64).
+REDACTED = "RXJjQkNrZ0lCeGdDZmFrZVJlZGFjdGVkVGhpbmtpbmc="
 USAGE = {"inputTokens": 11, "outputTokens": 6, "totalTokens": 20, "cacheReadInputTokens": 3}
 
 REQUEST_FIELDS = {
@@ -101,7 +103,10 @@ def stream_frames(answer: Mapping[str, Any]) -> list[bytes]:
     input as one empty piece, as Claude streams a call without arguments)."""
     frames = [event_frame("messageStart", {"role": "assistant"})]
     for index, block in enumerate(answer["output"]["message"]["content"]):
-        if "reasoningContent" in block:
+        if "redactedContent" in block.get("reasoningContent", {}):
+            delta = {"reasoningContent": {"redactedContent": block["reasoningContent"]["redactedContent"]}}
+            frames.append(event_frame("contentBlockDelta", {"contentBlockIndex": index, "delta": delta}))
+        elif "reasoningContent" in block:
             reasoning = block["reasoningContent"]["reasoningText"]
             for delta in ({"text": reasoning["text"]}, {"signature": reasoning["signature"]}):
                 frames.append(
@@ -301,9 +306,10 @@ def _text(body: dict[str, Any]) -> str:
     return TEXT
 
 
-def answer_for(body: dict[str, Any], thinks: bool = False) -> dict[str, Any]:
+def answer_for(body: dict[str, Any], thinks: bool = False, redacts: bool = False) -> dict[str, Any]:
     """A Converse answer: a `toolUse` when a tool is forced, the scripted turn of `tests.fakes.script`, else
-    the fixed text; opened by signed reasoning when thinking is asked for (or `thinks`)."""
+    the fixed text; opened by signed reasoning when thinking is asked for (or `thinks`), and before it by redacted
+    reasoning when `redacts`."""
     config = body.get("toolConfig") or {}
     choice = config.get("toolChoice") or {}
     last = body["messages"][-1]["content"]
@@ -337,6 +343,8 @@ def answer_for(body: dict[str, Any], thinks: bool = False) -> dict[str, Any]:
             break
     if thinks or "thinking" in (body.get("additionalModelRequestFields") or {}):
         content.insert(0, {"reasoningContent": {"reasoningText": {"text": THINKING, "signature": SIGNATURE}}})
+        if redacts:
+            content.insert(0, {"reasoningContent": {"redactedContent": REDACTED}})
     answer = {
         "output": {"message": {"role": "assistant", "content": content}},
         "stopReason": stop,
@@ -380,7 +388,9 @@ def create_app() -> Starlette:
         model, body, failure = await guard(request)
         if failure is not None or body is None:
             return failure or _error(400, "ValidationException", "no body")
-        return Response(orjson.dumps(answer_for(body, "thinker" in model)), media_type="application/json")
+        return Response(
+            orjson.dumps(answer_for(body, "thinker" in model, "redacts" in model)), media_type="application/json"
+        )
 
     async def converse_stream(request: Request) -> Response:
         model, body, failure = await guard(request)
@@ -394,7 +404,7 @@ def create_app() -> Starlette:
             if "stream-exception" in model:
                 yield exception_frame("throttlingException", "Too many tokens, please wait before trying again.")
                 return
-            for frame in stream_frames(answer_for(body, "thinker" in model)):
+            for frame in stream_frames(answer_for(body, "thinker" in model, "redacts" in model)):
                 yield frame[:7]  # frames split across network writes, as a real stream may be
                 yield frame[7:]
 

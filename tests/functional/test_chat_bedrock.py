@@ -20,6 +20,7 @@ pytestmark = pytest.mark.skipif("bedrock" not in REGISTRY, reason="no bedrock ad
 
 MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
 SONNET = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+REDACTING = "us.anthropic.claude-sonnet-4-5-redacts-v1:0"  # (the fake's Claude whose reasoning opens redacted)
 LLAMA = "us.meta.llama3-3-70b-instruct-v1:0"
 PRICE = {"input": 1, "output": 2}
 HI: Any = [{"role": "user", "content": "Hi"}]
@@ -37,6 +38,7 @@ def bedrock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         "models": {
             "claude-haiku": {"deployments": [{**deployment, "model": MODEL}], "price": PRICE},
             "claude-sonnet": {"deployments": [{**deployment, "model": SONNET}], "price": PRICE},
+            "claude-redacting": {"deployments": [{**deployment, "model": REDACTING}], "price": PRICE},
             "nova-anywhere": {
                 "deployments": [{"provider": "bedrock", "model": "amazon.nova-lite-v1:0"}],
                 "price": PRICE,
@@ -288,6 +290,37 @@ def test_thinking_is_left_off_a_tool_loop_whose_turn_carries_no_signed_thinking(
     raw = client.chat.completions.with_raw_response.create(messages=HI, **settings)
     assert "x-gateway-dropped-params" not in raw.headers
     assert sent(bedrock)["json"]["additionalModelRequestFields"]["thinking"]["type"] == "enabled"
+
+
+def test_redacted_thinking_comes_back_in_a_stream_as_in_a_whole_answer(bedrock: Running, client: openai.OpenAI) -> None:
+    """Claude's redacted reasoning (`redactedContent`) must go back on the next turn: a whole answer kept it, a
+    stream lost it. A Messages stream has its `redacted_thinking` block, a Chat stream its `thinking_blocks`."""
+    claude = anthropic_client(bedrock, bedrock.mint(name="redacted"))
+    asked: Any = {
+        "model": "claude-redacting",
+        "max_tokens": 2000,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": HI,
+    }
+    whole = claude.messages.create(**asked)
+    with claude.messages.stream(**asked) as events:
+        streamed = events.get_final_message()
+    assert [block.model_dump(exclude_none=True) for block in streamed.content] == [
+        block.model_dump(exclude_none=True) for block in whole.content
+    ]
+    assert streamed.content[0].model_dump() == {"type": "redacted_thinking", "data": fake.REDACTED}
+
+    settings: Any = {"model": "claude-redacting", "messages": HI, "reasoning_effort": "low"}
+    answer = client.chat.completions.create(**settings)
+    blocks = (answer.choices[0].message.model_extra or {})["thinking_blocks"]
+    chunks = client.chat.completions.create(**settings, stream=True)
+    streamed_blocks = [
+        block
+        for c in chunks
+        if c.choices
+        for block in (c.choices[0].delta.model_extra or {}).get("thinking_blocks", [])
+    ]
+    assert streamed_blocks == blocks and blocks[0] == {"type": "redacted_thinking", "data": fake.REDACTED}
 
 
 def test_throttling_falls_back_stream_and_not(client: openai.OpenAI) -> None:

@@ -13,6 +13,7 @@ model whose ConverseStream refuses them (`model_rules`: Llama, Mistral, Palmyra)
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
 import urllib.parse
@@ -424,7 +425,8 @@ class BedrockStreamParser(AnthropicStreamParser):
 
     ConverseStream is Anthropic's stream under other names: `messageStart` gives the role chunk, a
     `contentBlockStart` with `toolUse` a tool-call delta (index, id, name) whose `contentBlockDelta` input
-    fragments follow, `messageStop` the finish reason and `metadata` (which comes last) the usage. So each
+    fragments follow, a block of redacted reasoning (`redactedContent` deltas) a `redacted_thinking` block once
+    it stops, `messageStop` the finish reason and `metadata` (which comes last) the usage. So each
     event is renamed into its Anthropic counterpart and the Anthropic parser's block bookkeeping (tool-call
     positions, a `json_schema` tool streaming as content) does the rest.
     """
@@ -433,6 +435,7 @@ class BedrockStreamParser(AnthropicStreamParser):
         super().__init__(model, json_mode)
         self._id = completion_id()
         self._stops = stops or []
+        self._redacted: dict[int, list[str]] = {}  # a redacted reasoning block's data so far, until its stop
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
         if not event.data:
@@ -456,16 +459,44 @@ class BedrockStreamParser(AnthropicStreamParser):
             block = WireBlock(type="tool_use", id=tool.get("toolUseId"), name=tool.get("name"))
             return self._block_start(index, block)
         if kind == "contentBlockDelta":
+            redacted = redacted_content(payload.get("delta"))
+            if redacted is not None:
+                self._redacted.setdefault(index, []).append(redacted)
+                return []
             return self._block_delta(index, anthropic_delta(payload.get("delta")))
         if kind == "contentBlockStop":
-            return self._empty_inputs(index)
+            return [*self._redacted_blocks(index), *self._empty_inputs(index)]
         if kind == "messageStop":
             finish = finish_reason(payload.get("stopReason"), self._json_answer, self._tools > 0)
-            return [*self._empty_inputs(), self._chunk(finish=finish, stop_sequence=fired(payload, self._stops))]
+            ending = self._chunk(finish=finish, stop_sequence=fired(payload, self._stops))
+            return [*self._redacted_blocks(), *self._empty_inputs(), ending]
         if kind == "metadata":
             self.usage = usage_of(payload.get("usage"))
             return self._usage_chunk()
         return []  # event types added after this was written
+
+    def _redacted_blocks(self, index: int | None = None) -> list[ChatCompletionChunk]:
+        """Claude's redacted reasoning (block `index`, or every one still open) as the `redacted_thinking` block an
+        Anthropic stream starts with its data whole: it must go back on the next turn as the whole answer's does."""
+        chunks: list[ChatCompletionChunk] = []
+        for block in sorted(self._redacted) if index is None else [index] if index in self._redacted else []:
+            data = joined_blob(self._redacted.pop(block))
+            chunks += self._block_start(block, WireBlock(type="redacted_thinking", data=data))
+        return chunks
+
+
+def redacted_content(delta: Any) -> str | None:
+    """A delta's redacted reasoning (`reasoningContent.redactedContent`, a Blob: base64 text), else None."""
+    reasoning = delta.get("reasoningContent") if isinstance(delta, dict) else None
+    data = reasoning.get("redactedContent") if isinstance(reasoning, dict) else None
+    return data if isinstance(data, str) else None
+
+
+def joined_blob(pieces: list[str]) -> str:
+    """One Blob of the base64 pieces of a block streamed in several deltas: the bytes they carry, joined."""
+    if len(pieces) == 1:
+        return pieces[0]
+    return base64.b64encode(b"".join(base64.b64decode(piece, validate=True) for piece in pieces)).decode()
 
 
 def fired(answer: dict[str, Any], stops: list[str]) -> str | None:
@@ -493,7 +524,7 @@ def anthropic_delta(delta: Any) -> dict[str, Any]:
     tool = delta.get("toolUse")
     if isinstance(tool, dict) and isinstance(tool.get("input"), str):
         return {"type": "input_json_delta", "partial_json": tool["input"]}
-    return {}  # redacted reasoning, citations: nothing the OpenAI form carries
+    return {}  # citations: nothing the OpenAI form carries (redacted reasoning: `redacted_content`)
 
 
 # --- adapter -------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import struct
 import sys
@@ -21,12 +22,14 @@ from botocore.eventstream import EventStreamBuffer
 from adapters.providers.bedrock import BedrockAdapter
 from adapters.providers.bedrock import adapter as bedrock
 from adapters.providers.bedrock.eventstream import EventStreamDecoder, parse_headers
+from adapters.providers.params import THINKING_BLOCKS as THINKING
 from adapters.providers.registry import REGISTRY
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
 from handler.ports import MESSAGES_API, NativeCall, Target
 from handler.schemas import ChatRequest
 from handler.wire import StreamEvent
 from tests.conformance import references
+from tests.fakes import bedrock as fake
 from tests.fakes.bedrock import encode_frame, event_frame, exception_frame, stream_frames, verify_sigv4
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "bedrock"
@@ -643,6 +646,28 @@ def test_stream_reasoning_and_json_schema_tool_input() -> None:
     assert deltas(chunks, "content") == '{"a":1}'
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     assert usage is None
+
+
+def test_a_stream_keeps_redacted_reasoning_as_the_whole_answer_does() -> None:
+    """`redactedContent` deltas become the `redacted_thinking` block the whole answer has (it went as nothing), in
+    its place among the thinking blocks: Claude needs it back on the next turn."""
+    answer = fake.answer_for({"messages": [{"role": "user", "content": [{"text": "Hi"}]}]}, thinks=True, redacts=True)
+    whole = adapter().chat_response(orjson.dumps(answer), request(), target())
+    chunks, _ = parse(b"".join(stream_frames(answer)))
+    streamed = [block for c in chunks if c.get("choices") for block in c["choices"][0]["delta"].get(THINKING, [])]
+    assert streamed == getattr(whole.choices[0].message, THINKING)
+    assert streamed[0] == {"type": "redacted_thinking", "data": fake.REDACTED}
+
+
+def test_redacted_reasoning_in_several_deltas_is_one_block_of_their_bytes() -> None:
+    frames = [event_frame("messageStart", {"role": "assistant"})]
+    for piece in (b"first ", b"second"):
+        delta = {"reasoningContent": {"redactedContent": base64.b64encode(piece).decode()}}
+        frames.append(event_frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": delta}))
+    frames += [event_frame("contentBlockStop", {"contentBlockIndex": 0}), event_frame("messageStop", {})]
+    chunks, _ = parse(b"".join(frames))
+    [block] = [block for c in chunks if c.get("choices") for block in c["choices"][0]["delta"].get(THINKING, [])]
+    assert block == {"type": "redacted_thinking", "data": base64.b64encode(b"first second").decode()}
 
 
 def test_a_streamed_call_without_arguments_ends_with_an_empty_object() -> None:
