@@ -9,10 +9,11 @@ do not alternate, a conversation not opening with the user, a forced `toolChoice
 model other than Claude and Nova, the only ones AWS's ToolChoice reference names, a `toolConfig` sent to
 ConverseStream for a model without streaming tool use in AWS's "Supported models and model features" table:
 Llama, Mistral, Command R) with a `ValidationException`.
-With tools and a `toolChoice` of `any` or `tool` it answers with a `toolUse`; a system prompt that gives a JSON
-Schema gets an answer following it. A request asking for Claude's `thinking` (in `additionalModelRequestFields`)
-whose final assistant turn called a tool without opening with its signed reasoning is refused, as Anthropic
-refuses it.
+A request with cache points writes the prompt up to the last one (its usage says for how long, in `cacheDetails`)
+or reads it when written before. With tools and a `toolChoice` of `any` or `tool` it answers with a `toolUse`; a
+system prompt that gives a JSON Schema gets an answer following it. A request asking for Claude's `thinking` (in
+`additionalModelRequestFields`) whose final assistant turn called a tool without opening with its signed reasoning
+is refused, as Anthropic refuses it.
 
 Behaviour by model id: `thinker` and `redacts` (see `THINKING`, `REDACTED`), `fail-throttle` (HTTP 429
 ThrottlingException), `fail-validation` (400), `fail-500` (InternalServerException), `stream-exception` (a stream
@@ -68,6 +69,7 @@ INFERENCE_FIELDS = {"maxTokens", "temperature", "topP", "stopSequences"}
 OUTPUT_LIMITS = {"meta.llama3-3-70b-instruct": 8192}  # model id part -> the most `maxTokens` it takes
 # Model id parts of models with tool use but no streaming tool use (AWS's "Supported models and model features").
 NO_STREAMING_TOOLS = ("meta.llama", "mistral.", "writer.palmyra")
+CACHE_TTLS = ("5m", "1h")  # botocore's CacheTTL
 BLOCK_FIELDS = {"text", "image", "document", "toolUse", "toolResult", "reasoningContent", "cachePoint"}
 
 
@@ -216,6 +218,14 @@ def _invalid(body: dict[str, Any]) -> str | None:
                     f"1 validation error detected: Value '{tool_use_id}' at '{field}' failed to satisfy constraint: "
                     "Member must have length less than or equal to 64"
                 )
+    blocks = [*(body.get("system") or ()), *((body.get("toolConfig") or {}).get("tools") or ())]
+    for block in [*blocks, *(b for m in messages for b in m.get("content") or ())]:
+        ttl = (block.get("cachePoint") or {}).get("ttl", "5m")
+        if ttl not in CACHE_TTLS:
+            return (
+                f"1 validation error detected: Value '{ttl}' at 'cachePoint.ttl' failed to satisfy constraint: "
+                "Member must satisfy enum value set: [5m, 1h]"
+            )
     uses_tools = any("toolUse" in b or "toolResult" in b for m in messages for b in m["content"])
     if uses_tools and "toolConfig" not in body:
         return "The toolConfig field must be defined when using toolUse and toolResult content blocks."
@@ -306,6 +316,35 @@ def _text(body: dict[str, Any]) -> str:
     return TEXT
 
 
+def cached_prefix(body: dict[str, Any]) -> tuple[bytes, str]:
+    """The prompt up to its last cache point (tools, system, then messages), and how long that point keeps it
+    (its `ttl`; Bedrock's default, five minutes, without)."""
+    blocks: list[Any] = list((body.get("toolConfig") or {}).get("tools") or [])
+    blocks += body.get("system") or []
+    for message in body.get("messages") or []:
+        blocks += message.get("content") or []
+    points = [i for i, block in enumerate(blocks) if isinstance(block, dict) and "cachePoint" in block]
+    if not points:
+        return b"", "5m"
+    return orjson.dumps(blocks[: points[-1]]), blocks[points[-1]]["cachePoint"].get("ttl") or "5m"
+
+
+def usage_for(body: dict[str, Any], cached: set[bytes]) -> dict[str, Any]:
+    """`USAGE`, or for a request with cache points its cached prefix written (the first time: `cacheDetails` says
+    for how long, as Bedrock reports writes by TTL) or read (`cached`: the prefixes written so far)."""
+    prefix, ttl = cached_prefix(body)
+    if not prefix:
+        return USAGE
+    tokens = len(prefix) // 4
+    read = tokens if prefix in cached else 0
+    cached.add(prefix)
+    usage = {**USAGE, "cacheReadInputTokens": read, "cacheWriteInputTokens": tokens - read}
+    usage["totalTokens"] = usage["inputTokens"] + usage["outputTokens"] + tokens
+    if tokens - read:
+        usage["cacheDetails"] = [{"ttl": ttl, "inputTokens": tokens - read}]
+    return usage
+
+
 def answer_for(body: dict[str, Any], thinks: bool = False, redacts: bool = False) -> dict[str, Any]:
     """A Converse answer: a `toolUse` when a tool is forced, the scripted turn of `tests.fakes.script`, else
     the fixed text; opened by signed reasoning when thinking is asked for (or `thinks`), and before it by redacted
@@ -356,6 +395,7 @@ def answer_for(body: dict[str, Any], thinks: bool = False, redacts: bool = False
 
 def create_app() -> Starlette:
     requests: list[dict[str, Any]] = []
+    cached: set[bytes] = set()
 
     async def guard(
         request: Request, validate: Callable[[dict[str, Any]], str | None] = _invalid
@@ -388,9 +428,8 @@ def create_app() -> Starlette:
         model, body, failure = await guard(request)
         if failure is not None or body is None:
             return failure or _error(400, "ValidationException", "no body")
-        return Response(
-            orjson.dumps(answer_for(body, "thinker" in model, "redacts" in model)), media_type="application/json"
-        )
+        answer = {**answer_for(body, "thinker" in model, "redacts" in model), "usage": usage_for(body, cached)}
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     async def converse_stream(request: Request) -> Response:
         model, body, failure = await guard(request)
@@ -404,7 +443,8 @@ def create_app() -> Starlette:
             if "stream-exception" in model:
                 yield exception_frame("throttlingException", "Too many tokens, please wait before trying again.")
                 return
-            for frame in stream_frames(answer_for(body, "thinker" in model, "redacts" in model)):
+            answer = {**answer_for(body, "thinker" in model, "redacts" in model), "usage": usage_for(body, cached)}
+            for frame in stream_frames(answer):
                 yield frame[:7]  # frames split across network writes, as a real stream may be
                 yield frame[7:]
 

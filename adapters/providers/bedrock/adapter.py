@@ -99,8 +99,6 @@ TRANSLATED = frozenset(
 )
 # The members of the Converse request that CountTokens takes (botocore's `ConverseTokensRequest`).
 COUNTED_FIELDS = ("messages", "system", "toolConfig", "additionalModelRequestFields")
-# Where a prompt-cache marker (`cache_control`) stood: Converse caches the prefix up to a cache point.
-CACHE_POINT = {"cachePoint": {"type": "default"}}
 
 STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -234,6 +232,15 @@ def _image(block: Mapping[str, Any]) -> dict[str, Any]:
     return {"image": {"format": image_format, "source": {"bytes": _data_bytes(source)}}}
 
 
+def cache_point(marker: Mapping[str, Any]) -> dict[str, Any]:
+    """The Converse cache point where a prompt-cache marker (`cache_control`) stood: Converse caches the prefix up
+    to it, for as long as the marker's `ttl` says (`5m` or `1h`, botocore's `CacheTTL`; Bedrock's default without)."""
+    point: dict[str, Any] = {"type": "default"}
+    if isinstance(marker.get("ttl"), str):
+        point["ttl"] = marker["ttl"]  # (a value Bedrock does not take is its 400 to name, as Anthropic's would be)
+    return {"cachePoint": point}
+
+
 def converse_block(block: Mapping[str, Any], position: int) -> dict[str, Any]:
     """One Anthropic-form content block (as `convert_messages` builds them) as a Converse block."""
     kind = block["type"]
@@ -266,7 +273,7 @@ def converse_messages(req: ChatRequest) -> tuple[list[dict[str, Any]], list[dict
     for block in system_blocks:
         system.append({"text": block["text"]})
         if "cache_control" in block:
-            system.append(CACHE_POINT)
+            system.append(cache_point(block["cache_control"]))
     position = 0
     messages = []
     for turn in turns:
@@ -275,7 +282,7 @@ def converse_messages(req: ChatRequest) -> tuple[list[dict[str, Any]], list[dict
             position += 1
             content.append(converse_block(block, position))
             if "cache_control" in block:
-                content.append(CACHE_POINT)
+                content.append(cache_point(block["cache_control"]))
         messages.append({"role": turn["role"], "content": content})
     return system, messages
 
@@ -311,8 +318,9 @@ def _tool_specs(req: ChatRequest) -> list[dict[str, Any]]:
         specs.append(
             _tool_spec(tool.function.name, tool.function.description, tool.function.parameters, tool.function.strict)
         )
-        if cache_control(tool) is not None:
-            specs.append(CACHE_POINT)
+        marker = cache_control(tool)
+        if marker is not None:
+            specs.append(cache_point(marker))
     return specs
 
 
@@ -402,13 +410,21 @@ def tool_config(
 
 
 def usage_of(raw: Any) -> Usage | None:
-    """Converse usage: `inputTokens` leaves out cache reads and writes, which OpenAI counts in."""
+    """Converse usage: `inputTokens` leaves out cache reads and writes, which OpenAI counts in. The writes kept an
+    hour (`cacheDetails`, the writes by TTL) are counted apart: they are priced at their own rate."""
     if not isinstance(raw, dict):
         return None
     counts = {name: value for name, value in raw.items() if isinstance(value, int)}
-    read, write = counts.get("cacheReadInputTokens", 0), counts.get("cacheWriteInputTokens", 0)
+    listed = raw.get("cacheDetails")
+    details = [d for d in listed if isinstance(d, dict)] if isinstance(listed, list) else []
+    by_ttl = [(d.get("ttl"), d["inputTokens"]) for d in details if isinstance(d.get("inputTokens"), int)]
+    read = counts.get("cacheReadInputTokens", 0)
+    write = counts.get("cacheWriteInputTokens", sum(tokens for _, tokens in by_ttl))
+    hour = sum(tokens for ttl, tokens in by_ttl if ttl == "1h")
     prompt = counts.get("inputTokens", 0) + read + write
-    return Usage.of(prompt, counts.get("outputTokens", 0), cached=read, cache_write=write)
+    return Usage.of(
+        prompt, counts.get("outputTokens", 0), cached=read, cache_write=write, cache_write_1h=min(write, hour)
+    )
 
 
 def finish_reason(stop_reason: Any, json_answer: bool, tool_calls: bool) -> FinishReason:

@@ -399,6 +399,17 @@ def test_text_answer_with_cache_usage() -> None:
     assert (usage.cached_tokens, usage.cache_write_tokens) == (2048, 0)
 
 
+def test_cache_writes_kept_an_hour_are_counted_apart() -> None:
+    """`cacheDetails` (botocore's TokenUsage: the writes by TTL, 1h first) says which writes cost the hour's rate."""
+    details = [{"ttl": "1h", "inputTokens": 1500}, {"ttl": "5m", "inputTokens": 500}]
+    raw = {"inputTokens": 10, "outputTokens": 5, "cacheWriteInputTokens": 2000, "cacheDetails": details}
+    usage = bedrock.usage_of(raw)
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens) == (2010, 2000, 1500)
+    others = [bedrock.usage_of({**raw, "cacheDetails": listed}) for listed in ([details[1]], "1h", None)]
+    assert [other.cache_write_1h_tokens if other else None for other in others] == [0, 0, 0]
+
+
 def test_tool_use_answer_becomes_tool_calls() -> None:
     completion = adapter().chat_response(fixture("converse-tool-use-response.json"), request(), target())
     choice = completion.choices[0]
@@ -842,8 +853,9 @@ def test_reasoning_goes_into_additional_model_request_fields(
 
 def test_cache_markers_become_cache_points_after_their_blocks_and_tools() -> None:
     marker = {"type": "ephemeral"}
+    hour = {"type": "ephemeral", "ttl": "1h"}
     messages = [
-        {"role": "system", "content": [{"type": "text", "text": "Rules.", "cache_control": marker}]},
+        {"role": "system", "content": [{"type": "text", "text": "Rules.", "cache_control": hour}]},
         {
             "role": "user",
             "content": [{"type": "text", "text": "Q", "cache_control": marker}, {"type": "text", "text": "R"}],
@@ -852,7 +864,7 @@ def test_cache_markers_become_cache_points_after_their_blocks_and_tools() -> Non
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}, "cache_control": marker}
     body, dropped = built(request(messages=messages, tools=[tool]))
     point = {"cachePoint": {"type": "default"}}
-    assert body["system"] == [{"text": "Rules."}, point]
+    assert body["system"] == [{"text": "Rules."}, {"cachePoint": {"type": "default", "ttl": "1h"}}]  # kept an hour
     assert body["messages"][0]["content"] == [{"text": "Q"}, point, {"text": "R"}]
     assert body["toolConfig"]["tools"][1] == point and dropped == []
 
