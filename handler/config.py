@@ -81,7 +81,9 @@ class Price(_Strict):
     output: float = Field(default=0.0, ge=0)
     cached_input: float | None = Field(default=None, ge=0)
     cache_write: float | None = Field(default=None, ge=0)
-    cache_write_1h: float | None = Field(default=None, ge=0, description="a write cached for an hour (Anthropic)")
+    cache_write_1h: float | None = Field(
+        default=None, ge=0, description="a write cached for an hour (Claude's, on Anthropic or Bedrock)"
+    )
     audio_input: float | None = Field(default=None, ge=0, description="audio prompt tokens, where they cost more")
     long_context: LongContextPrice | None = None
     # Multipliers on all of these prices, by option and value, of the options of a Messages request passed through to

@@ -148,7 +148,7 @@ class Cost(Value):
         return event
 
 
-# An hour's cache write costs twice the input price at Anthropic, the only provider that reports one.
+# An hour's cache write costs twice the input price at Anthropic; Anthropic and Bedrock (Claude's models) report them.
 HOUR_WRITE_TIMES_INPUT = 2.0
 
 
@@ -437,7 +437,7 @@ def wants_reasoning(req: ChatRequest) -> bool:
 def worst_case_usd(prompt_tokens: int, max_output: int, price: Price | None, fee: FeeConfig) -> float | None:
     """The most a request can cost: estimated prompt at its dearest input price plus every output token. An hour's
     cache write is among the input prices where the model bills cache writes (the price names `cache_write` or
-    `cache_write_1h`: Anthropic's models); the estimate is not always enough to cover it at the 5-minute rate
+    `cache_write_1h`: Claude's models); the estimate is not always enough to cover it at the 5-minute rate
     (CJK text runs about 1.5 times its tokens). (Audio, dearer at some providers, is estimated from its base64
     text: thousands of times its tokens.)"""
     if price is None:

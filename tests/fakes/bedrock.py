@@ -1,6 +1,6 @@
 """A fake Amazon Bedrock Runtime (Converse and ConverseStream), speaking AWS's documented wire format.
 
-It serves `POST /model/{modelId}/converse` and `/converse-stream`, the stream as
+It serves `POST /model/{modelId}/converse`, `/converse-stream` and `/count-tokens` (CountTokens), the stream as
 `application/vnd.amazon.eventstream` frames (built by `encode_frame`, with real CRCs), and checks that
 each request carries a SigV4 `Authorization` for service `bedrock` in `REGION` whose signature verifies
 against the test credentials over the exact bytes received (`verify_sigv4`, written from the SigV4
@@ -9,14 +9,15 @@ do not alternate, a conversation not opening with the user, a forced `toolChoice
 model other than Claude and Nova, the only ones AWS's ToolChoice reference names, a `toolConfig` sent to
 ConverseStream for a model without streaming tool use in AWS's "Supported models and model features" table:
 Llama, Mistral, Command R) with a `ValidationException`.
-With tools and a `toolChoice` of `any` or `tool` it answers with a `toolUse`; a system prompt that gives a JSON
-Schema gets an answer following it. A request asking for Claude's `thinking` (in `additionalModelRequestFields`)
-whose final assistant turn called a tool without opening with its signed reasoning is refused, as Anthropic
-refuses it.
+A request with cache points writes the prompt up to the last one (its usage says for how long, in `cacheDetails`)
+or reads it when written before. With tools and a `toolChoice` of `any` or `tool` it answers with a `toolUse`; a
+system prompt that gives a JSON Schema gets an answer following it. A request asking for Claude's `thinking` (in
+`additionalModelRequestFields`) whose final assistant turn called a tool without opening with its signed reasoning
+is refused, as Anthropic refuses it.
 
-Behaviour by model id: `fail-throttle` (HTTP 429 ThrottlingException), `fail-validation` (400),
-`fail-500` (InternalServerException), `stream-exception` (a stream whose first frame is a
-throttlingException).
+Behaviour by model id: `thinker` and `redacts` (see `THINKING`, `REDACTED`), `fail-throttle` (HTTP 429
+ThrottlingException), `fail-validation` (400), `fail-500` (InternalServerException), `stream-exception` (a stream
+whose first frame is a throttlingException).
 Every request is recorded on `app.state.requests`.
 """
 
@@ -48,6 +49,8 @@ TOOL_USE_ID = "tooluse_fake01"
 # A model id with `thinker` has reasoning on: its answers open with signed reasoning, which must come back.
 THINKING = "The user wants the weather; a tool knows it."
 SIGNATURE = "ErcBCkgIBxgCfakeBedrockSignature"
+# A model id with `redacts` opens its reasoning with a block Claude's safety systems encrypted (a Blob: base64).
+REDACTED = "RXJjQkNrZ0lCeGdDZmFrZVJlZGFjdGVkVGhpbmtpbmc="
 USAGE = {"inputTokens": 11, "outputTokens": 6, "totalTokens": 20, "cacheReadInputTokens": 3}
 
 REQUEST_FIELDS = {
@@ -61,10 +64,12 @@ REQUEST_FIELDS = {
     "requestMetadata",
     "performanceConfig",
 }
+COUNTED_FIELDS = {"messages", "system", "toolConfig", "additionalModelRequestFields"}  # ConverseTokensRequest
 INFERENCE_FIELDS = {"maxTokens", "temperature", "topP", "stopSequences"}
 OUTPUT_LIMITS = {"meta.llama3-3-70b-instruct": 8192}  # model id part -> the most `maxTokens` it takes
 # Model id parts of models with tool use but no streaming tool use (AWS's "Supported models and model features").
 NO_STREAMING_TOOLS = ("meta.llama", "mistral.", "writer.palmyra")
+CACHE_TTLS = ("5m", "1h")  # botocore's CacheTTL
 BLOCK_FIELDS = {"text", "image", "document", "toolUse", "toolResult", "reasoningContent", "cachePoint"}
 
 
@@ -100,7 +105,10 @@ def stream_frames(answer: Mapping[str, Any]) -> list[bytes]:
     input as one empty piece, as Claude streams a call without arguments)."""
     frames = [event_frame("messageStart", {"role": "assistant"})]
     for index, block in enumerate(answer["output"]["message"]["content"]):
-        if "reasoningContent" in block:
+        if "redactedContent" in block.get("reasoningContent", {}):
+            delta = {"reasoningContent": {"redactedContent": block["reasoningContent"]["redactedContent"]}}
+            frames.append(event_frame("contentBlockDelta", {"contentBlockIndex": index, "delta": delta}))
+        elif "reasoningContent" in block:
             reasoning = block["reasoningContent"]["reasoningText"]
             for delta in ({"text": reasoning["text"]}, {"signature": reasoning["signature"]}):
                 frames.append(
@@ -210,6 +218,14 @@ def _invalid(body: dict[str, Any]) -> str | None:
                     f"1 validation error detected: Value '{tool_use_id}' at '{field}' failed to satisfy constraint: "
                     "Member must have length less than or equal to 64"
                 )
+    blocks = [*(body.get("system") or ()), *((body.get("toolConfig") or {}).get("tools") or ())]
+    for block in [*blocks, *(b for m in messages for b in m.get("content") or ())]:
+        ttl = (block.get("cachePoint") or {}).get("ttl", "5m")
+        if ttl not in CACHE_TTLS:
+            return (
+                f"1 validation error detected: Value '{ttl}' at 'cachePoint.ttl' failed to satisfy constraint: "
+                "Member must satisfy enum value set: [5m, 1h]"
+            )
     uses_tools = any("toolUse" in b or "toolResult" in b for m in messages for b in m["content"])
     if uses_tools and "toolConfig" not in body:
         return "The toolConfig field must be defined when using toolUse and toolResult content blocks."
@@ -251,10 +267,14 @@ def _no_streaming_tools(body: dict[str, Any], model: str) -> str | None:
 
 
 def _invalid_count(body: dict[str, Any]) -> str | None:
-    """A CountTokens body: `{"input": {"converse": {messages, system}}}`, the Converse part as Converse checks it."""
+    """A CountTokens body: `{"input": {"converse": {...}}}` with the members of botocore's `ConverseTokensRequest`,
+    checked as Converse checks them (so a tool-use history without its `toolConfig` is refused)."""
     converse = (body.get("input") or {}).get("converse")
-    if set(body) != {"input"} or not isinstance(converse, dict) or set(converse) - {"messages", "system"}:
+    if set(body) != {"input"} or not isinstance(converse, dict):
         return "Malformed input request: input must be one of converse, invokeModel"
+    for name in converse:
+        if name not in COUNTED_FIELDS:
+            return f"Malformed input request: extraneous key [{name}] is not permitted"
     return _invalid(converse)
 
 
@@ -296,9 +316,39 @@ def _text(body: dict[str, Any]) -> str:
     return TEXT
 
 
-def answer_for(body: dict[str, Any], thinks: bool = False) -> dict[str, Any]:
+def cached_prefix(body: dict[str, Any]) -> tuple[bytes, str]:
+    """The prompt up to its last cache point (tools, system, then messages), and how long that point keeps it
+    (its `ttl`; Bedrock's default, five minutes, without)."""
+    blocks: list[Any] = list((body.get("toolConfig") or {}).get("tools") or [])
+    blocks += body.get("system") or []
+    for message in body.get("messages") or []:
+        blocks += message.get("content") or []
+    points = [i for i, block in enumerate(blocks) if isinstance(block, dict) and "cachePoint" in block]
+    if not points:
+        return b"", "5m"
+    return orjson.dumps(blocks[: points[-1]]), blocks[points[-1]]["cachePoint"].get("ttl") or "5m"
+
+
+def usage_for(body: dict[str, Any], cached: set[bytes]) -> dict[str, Any]:
+    """`USAGE`, or for a request with cache points its cached prefix written (the first time: `cacheDetails` says
+    for how long, as Bedrock reports writes by TTL) or read (`cached`: the prefixes written so far)."""
+    prefix, ttl = cached_prefix(body)
+    if not prefix:
+        return USAGE
+    tokens = len(prefix) // 4
+    read = tokens if prefix in cached else 0
+    cached.add(prefix)
+    usage = {**USAGE, "cacheReadInputTokens": read, "cacheWriteInputTokens": tokens - read}
+    usage["totalTokens"] = usage["inputTokens"] + usage["outputTokens"] + tokens
+    if tokens - read:
+        usage["cacheDetails"] = [{"ttl": ttl, "inputTokens": tokens - read}]
+    return usage
+
+
+def answer_for(body: dict[str, Any], thinks: bool = False, redacts: bool = False) -> dict[str, Any]:
     """A Converse answer: a `toolUse` when a tool is forced, the scripted turn of `tests.fakes.script`, else
-    the fixed text; opened by signed reasoning when thinking is asked for (or `thinks`)."""
+    the fixed text; opened by signed reasoning when thinking is asked for (or `thinks`), and before it by redacted
+    reasoning when `redacts`."""
     config = body.get("toolConfig") or {}
     choice = config.get("toolChoice") or {}
     last = body["messages"][-1]["content"]
@@ -332,6 +382,8 @@ def answer_for(body: dict[str, Any], thinks: bool = False) -> dict[str, Any]:
             break
     if thinks or "thinking" in (body.get("additionalModelRequestFields") or {}):
         content.insert(0, {"reasoningContent": {"reasoningText": {"text": THINKING, "signature": SIGNATURE}}})
+        if redacts:
+            content.insert(0, {"reasoningContent": {"redactedContent": REDACTED}})
     answer = {
         "output": {"message": {"role": "assistant", "content": content}},
         "stopReason": stop,
@@ -343,6 +395,7 @@ def answer_for(body: dict[str, Any], thinks: bool = False) -> dict[str, Any]:
 
 def create_app() -> Starlette:
     requests: list[dict[str, Any]] = []
+    cached: set[bytes] = set()
 
     async def guard(
         request: Request, validate: Callable[[dict[str, Any]], str | None] = _invalid
@@ -375,7 +428,8 @@ def create_app() -> Starlette:
         model, body, failure = await guard(request)
         if failure is not None or body is None:
             return failure or _error(400, "ValidationException", "no body")
-        return Response(orjson.dumps(answer_for(body, "thinker" in model)), media_type="application/json")
+        answer = {**answer_for(body, "thinker" in model, "redacts" in model), "usage": usage_for(body, cached)}
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     async def converse_stream(request: Request) -> Response:
         model, body, failure = await guard(request)
@@ -389,7 +443,8 @@ def create_app() -> Starlette:
             if "stream-exception" in model:
                 yield exception_frame("throttlingException", "Too many tokens, please wait before trying again.")
                 return
-            for frame in stream_frames(answer_for(body, "thinker" in model)):
+            answer = {**answer_for(body, "thinker" in model, "redacts" in model), "usage": usage_for(body, cached)}
+            for frame in stream_frames(answer):
                 yield frame[:7]  # frames split across network writes, as a real stream may be
                 yield frame[7:]
 

@@ -20,8 +20,11 @@ pytestmark = pytest.mark.skipif("bedrock" not in REGISTRY, reason="no bedrock ad
 
 MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
 SONNET = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+REDACTING = "us.anthropic.claude-sonnet-4-5-redacts-v1:0"  # (the fake's Claude whose reasoning opens redacted)
 LLAMA = "us.meta.llama3-3-70b-instruct-v1:0"
 PRICE = {"input": 1, "output": 2}
+# An hour's cache write at a rate of its own (not the default of twice the input price).
+CACHE_PRICE = {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write": 3.75, "cache_write_1h": 7.0}
 HI: Any = [{"role": "user", "content": "Hi"}]
 
 
@@ -37,6 +40,8 @@ def bedrock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         "models": {
             "claude-haiku": {"deployments": [{**deployment, "model": MODEL}], "price": PRICE},
             "claude-sonnet": {"deployments": [{**deployment, "model": SONNET}], "price": PRICE},
+            "claude-redacting": {"deployments": [{**deployment, "model": REDACTING}], "price": PRICE},
+            "claude-cached": {"deployments": [{**deployment, "model": SONNET}], "price": CACHE_PRICE},
             "nova-anywhere": {
                 "deployments": [{"provider": "bedrock", "model": "amazon.nova-lite-v1:0"}],
                 "price": PRICE,
@@ -288,6 +293,73 @@ def test_thinking_is_left_off_a_tool_loop_whose_turn_carries_no_signed_thinking(
     raw = client.chat.completions.with_raw_response.create(messages=HI, **settings)
     assert "x-gateway-dropped-params" not in raw.headers
     assert sent(bedrock)["json"]["additionalModelRequestFields"]["thinking"]["type"] == "enabled"
+
+
+def test_redacted_thinking_comes_back_in_a_stream_as_in_a_whole_answer(bedrock: Running, client: openai.OpenAI) -> None:
+    """Claude's redacted reasoning (`redactedContent`) must go back on the next turn: a whole answer kept it, a
+    stream lost it. A Messages stream has its `redacted_thinking` block, a Chat stream its `thinking_blocks`."""
+    claude = anthropic_client(bedrock, bedrock.mint(name="redacted"))
+    asked: Any = {
+        "model": "claude-redacting",
+        "max_tokens": 2000,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": HI,
+    }
+    whole = claude.messages.create(**asked)
+    with claude.messages.stream(**asked) as events:
+        streamed = events.get_final_message()
+    assert [block.model_dump(exclude_none=True) for block in streamed.content] == [
+        block.model_dump(exclude_none=True) for block in whole.content
+    ]
+    assert streamed.content[0].model_dump() == {"type": "redacted_thinking", "data": fake.REDACTED}
+
+    settings: Any = {"model": "claude-redacting", "messages": HI, "reasoning_effort": "low"}
+    answer = client.chat.completions.create(**settings)
+    blocks = (answer.choices[0].message.model_extra or {})["thinking_blocks"]
+    chunks = client.chat.completions.create(**settings, stream=True)
+    streamed_blocks = [
+        block
+        for c in chunks
+        if c.choices
+        for block in (c.choices[0].delta.model_extra or {}).get("thinking_blocks", [])
+    ]
+    assert streamed_blocks == blocks and blocks[0] == {"type": "redacted_thinking", "data": fake.REDACTED}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_an_hours_cache_marker_reaches_bedrock_and_its_writes_are_priced_at_the_hour_rate(
+    bedrock: Running, stream: bool
+) -> None:
+    """`cache_control: {"ttl": "1h"}` went as a plain cache point (Bedrock's five minutes): the cache point carries
+    the `ttl` (botocore's CachePointBlock), and the writes Bedrock reports kept an hour (`cacheDetails`) are priced at
+    the model's `cache_write_1h`, from Messages and Chat clients alike."""
+    key = bedrock.mint(name=f"hour-cache-{stream}")
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    rules = f"House rules ({stream}): " + "be brief. " * 300
+    system: Any = [{"type": "text", "text": rules, "cache_control": hour}]
+    asked: Any = {"model": "claude-cached", "max_tokens": 50, "system": system, "messages": HI}
+    claude = anthropic_client(bedrock, key)
+    if stream:
+        with claude.messages.stream(**asked) as events:
+            events.get_final_message()
+    else:
+        claude.messages.create(**asked)
+    assert sent(bedrock)["json"]["system"] == [{"text": rules}, {"cachePoint": {"type": "default", "ttl": "1h"}}]
+    with openai.OpenAI(base_url=f"{bedrock.url}/v1", api_key=key, max_retries=0) as chat:
+        chat_system = {"role": "system", "content": [{"type": "text", "text": rules + "!", "cache_control": hour}]}
+        settings: Any = {"model": "claude-cached", "messages": [chat_system, *HI], "max_tokens": 50}
+        if stream:
+            list(chat.chat.completions.create(**settings, stream=True, stream_options={"include_usage": True}))
+        else:
+            chat.chat.completions.create(**settings)
+    assert sent(bedrock)["json"]["system"][1] == {"cachePoint": {"type": "default", "ttl": "1h"}}
+    lines = bedrock.ledger(key)
+    assert len(lines) == 2
+    for line in lines:
+        written = line.cache_write_tokens
+        uncached = line.input_tokens - written
+        expected = (uncached * 3.0 + written * 7.0 + line.output_tokens * 15.0) / 1e6
+        assert written > 0 and line.cost_usd == pytest.approx(expected, rel=1e-9)
 
 
 def test_throttling_falls_back_stream_and_not(client: openai.OpenAI) -> None:

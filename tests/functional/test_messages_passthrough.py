@@ -628,6 +628,28 @@ def test_count_tokens_asks_anthropic_and_gemini_and_estimates_elsewhere(
     assert failed.headers["x-gateway-estimate"] == "true" and failed.headers["x-gateway-route"].endswith("=500")
 
 
+def test_count_tokens_on_bedrock_counts_the_tools_and_takes_a_tool_history(
+    agents: Running, client: anthropic.Anthropic
+) -> None:
+    """CountTokens takes the Converse request's `toolConfig` (botocore's `ConverseTokensRequest`): without it the
+    tools went uncounted, and every tool-use history (each Claude Code turn) was refused with a 400."""
+    asked: Any = [{"role": "user", "content": "Run it"}]
+    bare = client.messages.count_tokens(model="bedrock-claude", messages=asked)
+    with_tools = client.messages.count_tokens(model="bedrock-claude", tools=[BASH_TOOL], messages=asked)
+    converse = last(agents, "bedrock")["json"]["input"]["converse"]
+    assert converse["toolConfig"]["tools"][0]["toolSpec"]["name"] == BASH_TOOL["name"]
+    assert with_tools.input_tokens > bare.input_tokens
+    call = {"type": "tool_use", "id": "toolu_1", "name": BASH_TOOL["name"], "input": {"command": "ls"}}
+    history: Any = [
+        *asked,
+        {"role": "assistant", "content": [call]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "a.txt"}]},
+    ]
+    raw = client.messages.with_raw_response.count_tokens(model="bedrock-claude", tools=[BASH_TOOL], messages=history)
+    assert "x-gateway-estimate" not in raw.headers
+    assert raw.parse().input_tokens == len(orjson.dumps(last(agents, "bedrock")["json"]["input"]["converse"])) // 4
+
+
 def test_count_tokens_is_not_charged(agents: Running) -> None:
     key = agents.mint(name="counting", budget_usd=1.0)
     with anthropic.Anthropic(base_url=agents.url, api_key=key, max_retries=0) as sdk:

@@ -13,6 +13,7 @@ model whose ConverseStream refuses them (`model_rules`: Llama, Mistral, Palmyra)
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
 import urllib.parse
@@ -96,8 +97,8 @@ TRANSLATED = frozenset(
         "thinking",
     }
 )
-# Where a prompt-cache marker (`cache_control`) stood: Converse caches the prefix up to a cache point.
-CACHE_POINT = {"cachePoint": {"type": "default"}}
+# The members of the Converse request that CountTokens takes (botocore's `ConverseTokensRequest`).
+COUNTED_FIELDS = ("messages", "system", "toolConfig", "additionalModelRequestFields")
 
 STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -231,6 +232,15 @@ def _image(block: Mapping[str, Any]) -> dict[str, Any]:
     return {"image": {"format": image_format, "source": {"bytes": _data_bytes(source)}}}
 
 
+def cache_point(marker: Mapping[str, Any]) -> dict[str, Any]:
+    """The Converse cache point where a prompt-cache marker (`cache_control`) stood: Converse caches the prefix up
+    to it, for as long as the marker's `ttl` says (`5m` or `1h`, botocore's `CacheTTL`; Bedrock's default without)."""
+    point: dict[str, Any] = {"type": "default"}
+    if isinstance(marker.get("ttl"), str):
+        point["ttl"] = marker["ttl"]  # (a value Bedrock does not take is its 400 to name, as Anthropic's would be)
+    return {"cachePoint": point}
+
+
 def converse_block(block: Mapping[str, Any], position: int) -> dict[str, Any]:
     """One Anthropic-form content block (as `convert_messages` builds them) as a Converse block."""
     kind = block["type"]
@@ -263,7 +273,7 @@ def converse_messages(req: ChatRequest) -> tuple[list[dict[str, Any]], list[dict
     for block in system_blocks:
         system.append({"text": block["text"]})
         if "cache_control" in block:
-            system.append(CACHE_POINT)
+            system.append(cache_point(block["cache_control"]))
     position = 0
     messages = []
     for turn in turns:
@@ -272,7 +282,7 @@ def converse_messages(req: ChatRequest) -> tuple[list[dict[str, Any]], list[dict
             position += 1
             content.append(converse_block(block, position))
             if "cache_control" in block:
-                content.append(CACHE_POINT)
+                content.append(cache_point(block["cache_control"]))
         messages.append({"role": turn["role"], "content": content})
     return system, messages
 
@@ -308,8 +318,9 @@ def _tool_specs(req: ChatRequest) -> list[dict[str, Any]]:
         specs.append(
             _tool_spec(tool.function.name, tool.function.description, tool.function.parameters, tool.function.strict)
         )
-        if cache_control(tool) is not None:
-            specs.append(CACHE_POINT)
+        marker = cache_control(tool)
+        if marker is not None:
+            specs.append(cache_point(marker))
     return specs
 
 
@@ -399,13 +410,21 @@ def tool_config(
 
 
 def usage_of(raw: Any) -> Usage | None:
-    """Converse usage: `inputTokens` leaves out cache reads and writes, which OpenAI counts in."""
+    """Converse usage: `inputTokens` leaves out cache reads and writes, which OpenAI counts in. The writes kept an
+    hour (`cacheDetails`, the writes by TTL) are counted apart: they are priced at their own rate."""
     if not isinstance(raw, dict):
         return None
     counts = {name: value for name, value in raw.items() if isinstance(value, int)}
-    read, write = counts.get("cacheReadInputTokens", 0), counts.get("cacheWriteInputTokens", 0)
+    listed = raw.get("cacheDetails")
+    details = [d for d in listed if isinstance(d, dict)] if isinstance(listed, list) else []
+    by_ttl = [(d.get("ttl"), d["inputTokens"]) for d in details if isinstance(d.get("inputTokens"), int)]
+    read = counts.get("cacheReadInputTokens", 0)
+    write = counts.get("cacheWriteInputTokens", sum(tokens for _, tokens in by_ttl))
+    hour = sum(tokens for ttl, tokens in by_ttl if ttl == "1h")
     prompt = counts.get("inputTokens", 0) + read + write
-    return Usage.of(prompt, counts.get("outputTokens", 0), cached=read, cache_write=write)
+    return Usage.of(
+        prompt, counts.get("outputTokens", 0), cached=read, cache_write=write, cache_write_1h=min(write, hour)
+    )
 
 
 def finish_reason(stop_reason: Any, json_answer: bool, tool_calls: bool) -> FinishReason:
@@ -422,7 +441,8 @@ class BedrockStreamParser(AnthropicStreamParser):
 
     ConverseStream is Anthropic's stream under other names: `messageStart` gives the role chunk, a
     `contentBlockStart` with `toolUse` a tool-call delta (index, id, name) whose `contentBlockDelta` input
-    fragments follow, `messageStop` the finish reason and `metadata` (which comes last) the usage. So each
+    fragments follow, a block of redacted reasoning (`redactedContent` deltas) a `redacted_thinking` block once
+    it stops, `messageStop` the finish reason and `metadata` (which comes last) the usage. So each
     event is renamed into its Anthropic counterpart and the Anthropic parser's block bookkeeping (tool-call
     positions, a `json_schema` tool streaming as content) does the rest.
     """
@@ -431,6 +451,7 @@ class BedrockStreamParser(AnthropicStreamParser):
         super().__init__(model, json_mode)
         self._id = completion_id()
         self._stops = stops or []
+        self._redacted: dict[int, list[str]] = {}  # a redacted reasoning block's data so far, until its stop
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
         if not event.data:
@@ -454,16 +475,44 @@ class BedrockStreamParser(AnthropicStreamParser):
             block = WireBlock(type="tool_use", id=tool.get("toolUseId"), name=tool.get("name"))
             return self._block_start(index, block)
         if kind == "contentBlockDelta":
+            redacted = redacted_content(payload.get("delta"))
+            if redacted is not None:
+                self._redacted.setdefault(index, []).append(redacted)
+                return []
             return self._block_delta(index, anthropic_delta(payload.get("delta")))
         if kind == "contentBlockStop":
-            return self._empty_inputs(index)
+            return [*self._redacted_blocks(index), *self._empty_inputs(index)]
         if kind == "messageStop":
             finish = finish_reason(payload.get("stopReason"), self._json_answer, self._tools > 0)
-            return [*self._empty_inputs(), self._chunk(finish=finish, stop_sequence=fired(payload, self._stops))]
+            ending = self._chunk(finish=finish, stop_sequence=fired(payload, self._stops))
+            return [*self._redacted_blocks(), *self._empty_inputs(), ending]
         if kind == "metadata":
             self.usage = usage_of(payload.get("usage"))
             return self._usage_chunk()
         return []  # event types added after this was written
+
+    def _redacted_blocks(self, index: int | None = None) -> list[ChatCompletionChunk]:
+        """Claude's redacted reasoning (block `index`, or every one still open) as the `redacted_thinking` block an
+        Anthropic stream starts with its data whole: it must go back on the next turn as the whole answer's does."""
+        chunks: list[ChatCompletionChunk] = []
+        for block in sorted(self._redacted) if index is None else [index] if index in self._redacted else []:
+            data = joined_blob(self._redacted.pop(block))
+            chunks += self._block_start(block, WireBlock(type="redacted_thinking", data=data))
+        return chunks
+
+
+def redacted_content(delta: Any) -> str | None:
+    """A delta's redacted reasoning (`reasoningContent.redactedContent`, a Blob: base64 text), else None."""
+    reasoning = delta.get("reasoningContent") if isinstance(delta, dict) else None
+    data = reasoning.get("redactedContent") if isinstance(reasoning, dict) else None
+    return data if isinstance(data, str) else None
+
+
+def joined_blob(pieces: list[str]) -> str:
+    """One Blob of the base64 pieces of a block streamed in several deltas: the bytes they carry, joined."""
+    if len(pieces) == 1:
+        return pieces[0]
+    return base64.b64encode(b"".join(base64.b64decode(piece, validate=True) for piece in pieces)).decode()
 
 
 def fired(answer: dict[str, Any], stops: list[str]) -> str | None:
@@ -491,7 +540,7 @@ def anthropic_delta(delta: Any) -> dict[str, Any]:
     tool = delta.get("toolUse")
     if isinstance(tool, dict) and isinstance(tool.get("input"), str):
         return {"type": "input_json_delta", "partial_json": tool["input"]}
-    return {}  # redacted reasoning, citations: nothing the OpenAI form carries
+    return {}  # citations: nothing the OpenAI form carries (redacted reasoning: `redacted_content`)
 
 
 # --- adapter -------------------------------------------------------------------------------------
@@ -558,7 +607,9 @@ class BedrockAdapter(ProviderAdapter):
             body["inferenceConfig"] = inference
         return body, list(dict.fromkeys(dropped))
 
-    def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
+    def converse_body(self, req: ChatRequest, target: Target) -> tuple[dict[str, Any], list[str]]:
+        """The whole Converse request body for this deployment (its output cap, reasoning fields) and what it
+        could not carry."""
         body, dropped = self.chat_body(req, target.model)
         if "maxTokens" not in body.get("inferenceConfig", {}):
             configured = target.options.get("max_output_tokens") or self.options.get("max_output_tokens")
@@ -591,6 +642,10 @@ class BedrockAdapter(ProviderAdapter):
                     for name, wire in (("temperature", "temperature"), ("top_p", "topP"))
                     if inference.pop(wire, None) is not None
                 ]
+        return body, dropped
+
+    def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
+        body, dropped = self.converse_body(req, target)
         if stream and "toolConfig" in body and rules_for(target.model).no_streaming_tools:
             # ConverseStream refuses this model's tools (a 400): Converse answers whole, and a whole answer to a
             # streamed request is handed out as the chunks of a stream (`handler.wire.WholeBodySniffer`).
@@ -660,9 +715,10 @@ class BedrockAdapter(ProviderAdapter):
         return reasoning.reasons(target.model, ("anthropic.claude",))
 
     def count_tokens_request(self, call: NativeCall, req: ChatRequest, target: Target) -> BuiltRequest:
-        """Bedrock's CountTokens for the Converse request this prompt would be."""
-        body, _ = self.chat_body(req, target.model)
-        converse = {name: body[name] for name in ("messages", "system") if name in body}
+        """Bedrock's CountTokens for the Converse request this prompt would be: what of it CountTokens takes
+        (`ConverseTokensRequest`). The tools count, and a tool-use history is refused without them."""
+        body, _ = self.converse_body(req, target)
+        converse = {name: body[name] for name in COUNTED_FIELDS if name in body}
         payload = orjson.dumps({"input": {"converse": converse}})
         request = UpstreamRequest(
             "POST", self.url(target, "count-tokens"), {"content-type": "application/json"}, payload

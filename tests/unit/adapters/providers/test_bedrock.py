@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import struct
 import sys
@@ -21,11 +22,14 @@ from botocore.eventstream import EventStreamBuffer
 from adapters.providers.bedrock import BedrockAdapter
 from adapters.providers.bedrock import adapter as bedrock
 from adapters.providers.bedrock.eventstream import EventStreamDecoder, parse_headers
+from adapters.providers.params import THINKING_BLOCKS as THINKING
 from adapters.providers.registry import REGISTRY
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
-from handler.ports import Target
+from handler.ports import MESSAGES_API, NativeCall, Target
 from handler.schemas import ChatRequest
 from handler.wire import StreamEvent
+from tests.conformance import references
+from tests.fakes import bedrock as fake
 from tests.fakes.bedrock import encode_frame, event_frame, exception_frame, stream_frames, verify_sigv4
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "bedrock"
@@ -395,6 +399,17 @@ def test_text_answer_with_cache_usage() -> None:
     assert (usage.cached_tokens, usage.cache_write_tokens) == (2048, 0)
 
 
+def test_cache_writes_kept_an_hour_are_counted_apart() -> None:
+    """`cacheDetails` (botocore's TokenUsage: the writes by TTL, 1h first) says which writes cost the hour's rate."""
+    details = [{"ttl": "1h", "inputTokens": 1500}, {"ttl": "5m", "inputTokens": 500}]
+    raw = {"inputTokens": 10, "outputTokens": 5, "cacheWriteInputTokens": 2000, "cacheDetails": details}
+    usage = bedrock.usage_of(raw)
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens) == (2010, 2000, 1500)
+    others = [bedrock.usage_of({**raw, "cacheDetails": listed}) for listed in ([details[1]], "1h", None)]
+    assert [other.cache_write_1h_tokens if other else None for other in others] == [0, 0, 0]
+
+
 def test_tool_use_answer_becomes_tool_calls() -> None:
     completion = adapter().chat_response(fixture("converse-tool-use-response.json"), request(), target())
     choice = completion.choices[0]
@@ -644,6 +659,28 @@ def test_stream_reasoning_and_json_schema_tool_input() -> None:
     assert usage is None
 
 
+def test_a_stream_keeps_redacted_reasoning_as_the_whole_answer_does() -> None:
+    """`redactedContent` deltas become the `redacted_thinking` block the whole answer has (it went as nothing), in
+    its place among the thinking blocks: Claude needs it back on the next turn."""
+    answer = fake.answer_for({"messages": [{"role": "user", "content": [{"text": "Hi"}]}]}, thinks=True, redacts=True)
+    whole = adapter().chat_response(orjson.dumps(answer), request(), target())
+    chunks, _ = parse(b"".join(stream_frames(answer)))
+    streamed = [block for c in chunks if c.get("choices") for block in c["choices"][0]["delta"].get(THINKING, [])]
+    assert streamed == getattr(whole.choices[0].message, THINKING)
+    assert streamed[0] == {"type": "redacted_thinking", "data": fake.REDACTED}
+
+
+def test_redacted_reasoning_in_several_deltas_is_one_block_of_their_bytes() -> None:
+    frames = [event_frame("messageStart", {"role": "assistant"})]
+    for piece in (b"first ", b"second"):
+        delta = {"reasoningContent": {"redactedContent": base64.b64encode(piece).decode()}}
+        frames.append(event_frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": delta}))
+    frames += [event_frame("contentBlockStop", {"contentBlockIndex": 0}), event_frame("messageStop", {})]
+    chunks, _ = parse(b"".join(frames))
+    [block] = [block for c in chunks if c.get("choices") for block in c["choices"][0]["delta"].get(THINKING, [])]
+    assert block == {"type": "redacted_thinking", "data": base64.b64encode(b"first second").decode()}
+
+
 def test_a_streamed_call_without_arguments_ends_with_an_empty_object() -> None:
     """A call without arguments (Claude's streams an empty input) ends as `{}`, as Converse's whole answer gives it,
     and an empty JSON-schema answer as `{}` too."""
@@ -816,8 +853,9 @@ def test_reasoning_goes_into_additional_model_request_fields(
 
 def test_cache_markers_become_cache_points_after_their_blocks_and_tools() -> None:
     marker = {"type": "ephemeral"}
+    hour = {"type": "ephemeral", "ttl": "1h"}
     messages = [
-        {"role": "system", "content": [{"type": "text", "text": "Rules.", "cache_control": marker}]},
+        {"role": "system", "content": [{"type": "text", "text": "Rules.", "cache_control": hour}]},
         {
             "role": "user",
             "content": [{"type": "text", "text": "Q", "cache_control": marker}, {"type": "text", "text": "R"}],
@@ -826,9 +864,32 @@ def test_cache_markers_become_cache_points_after_their_blocks_and_tools() -> Non
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}, "cache_control": marker}
     body, dropped = built(request(messages=messages, tools=[tool]))
     point = {"cachePoint": {"type": "default"}}
-    assert body["system"] == [{"text": "Rules."}, point]
+    assert body["system"] == [{"text": "Rules."}, {"cachePoint": {"type": "default", "ttl": "1h"}}]  # kept an hour
     assert body["messages"][0]["content"] == [{"text": "Q"}, point, {"text": "R"}]
     assert body["toolConfig"]["tools"][1] == point and dropped == []
+
+
+def test_count_tokens_sends_what_converse_tokens_request_takes_of_the_converse_body() -> None:
+    """`toolConfig` and `additionalModelRequestFields` as Converse would get them (a tool-use history without its
+    `toolConfig` is a 400), nothing CountTokens does not take (`inferenceConfig`)."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    call = {"id": "toolu_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    messages = [
+        {"role": "system", "content": "Rules."},
+        {"role": "user", "content": "Go"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "done"},
+        {"role": "assistant", "content": "Done."},
+        {"role": "user", "content": "Thanks"},
+    ]
+    req = request(messages=messages, tools=[tool], max_tokens=4000, reasoning_effort="low")
+    counted = adapter().count_tokens_request(NativeCall(MESSAGES_API, {}), req, target(SONNET))
+    converse_body, _ = built(req, target(SONNET))
+    assert references.bedrock_request(orjson.loads(counted.request.body), "CountTokens") == []
+    sent = orjson.loads(counted.request.body)["input"]["converse"]
+    members = ("messages", "system", "toolConfig", "additionalModelRequestFields")  # ConverseTokensRequest's
+    assert sent == {name: converse_body[name] for name in members}
+    assert "toolUse" in sent["messages"][1]["content"][0] and "thinking" in sent["additionalModelRequestFields"]
 
 
 def test_a_parameter_sent_at_its_default_is_not_named_as_dropped() -> None:
