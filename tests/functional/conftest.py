@@ -54,7 +54,12 @@ def gateway_config(upstream_url: str, providers: set[str]) -> Config:
     data: dict[str, Any] = {
         "gateway": {"timeouts": {"connect": 2, "first_byte": 1.5, "between_chunks": 1.5}},
         "providers": {
-            "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"},
+            "openai": {  # OpenAI's own table, as api.openai.com gets (the fake's host would choose a compatible one)
+                "type": "openai",
+                "api_key": "env:OPENAI_API_KEY",
+                "base_url": f"{upstream_url}/openai/v1",
+                "profile": "openai",
+            },
             "nokey": {"type": "openai", "api_key": "env:NOKEY_API_KEY", "base_url": f"{upstream_url}/openai/v1"},
             "dead": {
                 "type": "openai",

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from adapters.providers.openai.adapter import OpenAIAdapter, OpenAIStreamParser, error_from_body
+from adapters.providers.openai.profiles import PROFILES, Profile
 from handler.config import ConfigError
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import BuiltRequest, Target
@@ -156,6 +157,10 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     supports_embeddings = True
     provider_options = OpenAIAdapter.provider_options | {"api_version"}
     deployment_options = frozenset({"api_version"})
+
+    def profile(self, target: Target) -> Profile:
+        """OpenAI's own table (its bounds are Azure's too) whatever the resource's host, unless one is named."""
+        return PROFILES[self.options.get("profile") or "openai"]
 
     def base_url(self, region: str, override: str | None) -> str:
         url = super().base_url(region, override)

@@ -67,6 +67,9 @@ OPENAI_STOPS = Rule(max_items=4)  # OpenAI's spec: "up to 4 sequences"
 
 PROFILES: dict[str, Profile] = {
     "openai": Profile(rules={"stop": OPENAI_STOPS}),
+    # A server the gateway does not know (vLLM, SGLang, LM Studio, ...): OpenAI's bodies, none of OpenAI's own
+    # bounds. OpenAI's four stop sequences, applied to them, refused a list vLLM takes.
+    "compatible": Profile(),
     "deepseek": Profile(
         rules={
             "max_completion_tokens": Rule(rename="max_tokens"),
@@ -146,8 +149,9 @@ PORT_PROFILES: dict[str, str] = {"11434": "ollama"}
 
 
 def profile_for(name: str | None, base_url: str) -> Profile:
-    """The named profile, else the one its host (or a local server's default port) implies, else OpenAI's own."""
+    """The named profile, else the one its host (or a local server's default port) implies, else a compatible
+    server's (OpenAI's bodies without OpenAI's own bounds)."""
     if name:
         return PROFILES[name]
     host, _, port = base_url.split("://", 1)[-1].split("/", 1)[0].partition(":")
-    return PROFILES[HOST_PROFILES.get(host) or PORT_PROFILES.get(port, "openai")]
+    return PROFILES[HOST_PROFILES.get(host) or PORT_PROFILES.get(port, "compatible")]

@@ -184,6 +184,15 @@ def test_openais_members_no_azure_version_defines_are_dropped_and_named() -> Non
         assert sorted(built.dropped) == sorted(extras), version
 
 
+def test_azure_keeps_openais_bounds_whatever_its_host() -> None:
+    """A resource's host is no profile's: Azure takes OpenAI's table (its four stop sequences)."""
+    req = ChatRequest.model_validate(
+        {"model": "public", "messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}
+    )
+    with pytest.raises(InvalidRequestError, match="maximum length 4"):
+        adapter().chat_request(req, target(), stream=False)
+
+
 def test_a_content_part_the_api_version_lacks_is_a_clear_400() -> None:
     audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
     req = ChatRequest.model_validate({"model": "public", "messages": [{"role": "user", "content": [audio]}]})

@@ -169,6 +169,11 @@ def test_more_stop_sequences_than_openai_takes_are_refused_as_openai_refuses_the
     assert orjson.loads(built.request.body)["stop"] == sixteen and built.dropped == []
     with pytest.raises(InvalidRequestError, match="maximum length 16"):
         adapter().chat_request(request(stop=[*sixteen, "x"]), target("https://api.deepseek.com/v1"), stream=False)
+    # A server the gateway does not know (vLLM) is not bound by OpenAI's four; named `openai`, it is.
+    built = adapter().chat_request(request(stop=sixteen), target("http://10.0.0.5:8000/v1"), stream=False)
+    assert orjson.loads(built.request.body)["stop"] == sixteen and built.dropped == []
+    with pytest.raises(InvalidRequestError, match="maximum length 4"):
+        adapter(profile="openai").chat_request(request(stop=sixteen), target("http://10.0.0.5:8000/v1"), stream=False)
 
 
 def test_another_providers_tool_call_state_is_not_sent() -> None:
