@@ -478,7 +478,7 @@ def test_gemini_gets_a_thinking_config_and_the_system_instruction(agents: Runnin
     assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 4000, "includeThoughts": True}
     texts = [part["text"] for part in sent["systemInstruction"]["parts"]]
     assert texts == [SYSTEM[0]["text"], SYSTEM[1]["text"], "# Environment\nPrimary working directory: /tmp/work"]
-    assert raw.headers["x-gateway-dropped-params"] == "context_management,user"  # Gemini has no end-user id
+    assert raw.headers["x-gateway-dropped-params"] == "context_management,metadata.user_id"  # Gemini has no end-user id
     # The thoughts `includeThoughts` asked for come first, as a thinking block.
     assert [block.type for block in raw.parse().content] == ["thinking", "tool_use"]
 
