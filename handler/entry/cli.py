@@ -27,6 +27,7 @@ from handler.telemetry.tracing import otlp_settings
 if TYPE_CHECKING:
     import uvicorn
 
+STORE_HELP = f"the server's store URL (default: GATEWAY_STORE, else {DEFAULT_STORE_URL})"
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -55,8 +56,8 @@ def _require_store(url: str | None) -> None:
         if not path.exists():
             default = "" if url or os.environ.get("GATEWAY_STORE") else " (the default, relative to this folder)"
             raise MissingStoreError(
-                f"no store at {path}{default}: run this where `gateway serve` runs, or pass --store / set "
-                "GATEWAY_STORE to the server's store URL"
+                f"no store at {path}{default}: run this where `gateway serve` runs, or name the server's store: "
+                "add `--store URL` to this command, or set GATEWAY_STORE=URL"
             )
 
 
@@ -472,15 +473,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway locally (uvicorn)")
     serve.add_argument("--config", help="config file (default: GATEWAY_CONFIG or the shipped default)")
     serve.add_argument("--store", help=f"store URL (default: GATEWAY_STORE or {DEFAULT_STORE_URL})")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
+    )
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port (default: 1; not with metrics_port)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("keys", help="manage gateway keys")
-    keys.add_argument("--store", help="store URL")
+    keys.add_argument("--store", help=STORE_HELP)
+    # `--store` is read before the subcommand or after it (`keys create --store URL`, as the docs write it); the
+    # subcommand's copy sets nothing when absent, so it never undoes one given before.
+    store_after = argparse.ArgumentParser(add_help=False)
+    store_after.add_argument("--store", default=argparse.SUPPRESS, help=STORE_HELP)
     ksub = keys.add_subparsers(dest="keys_command", required=True)
-    create = ksub.add_parser("create", help="create a key; the secret is printed once")
+    create = ksub.add_parser("create", help="create a key; the secret is printed once", parents=[store_after])
     create.add_argument("--name", required=True)
     create.add_argument("--models", help="comma-separated model globs (default: all)")
     create.add_argument("--budget-usd", type=float)
@@ -492,14 +501,19 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--admin", action="store_true")
     create.add_argument("--tags", help="default attribution tags for its ledger lines: team=search,env=prod")
     create.add_argument("--json", action="store_true")
-    ksub.add_parser("list", help="list keys")
-    for name in ("show", "revoke"):
-        cmd = ksub.add_parser(name)
+    ksub.add_parser("list", help="list keys", parents=[store_after])
+    for name, help_text in (
+        ("show", "a key's settings and state as JSON (never its secret)"),
+        ("revoke", "revoke a key from now on"),
+    ):
+        cmd = ksub.add_parser(name, help=help_text, parents=[store_after])
         cmd.add_argument("id")
-    tag = ksub.add_parser("tag", help="replace a key's default attribution tags ('' clears them)")
+    tag = ksub.add_parser(
+        "tag", help="replace a key's default attribution tags ('' clears them)", parents=[store_after]
+    )
     tag.add_argument("id")
     tag.add_argument("tags", help="team=search,env=prod")
-    rotate = ksub.add_parser("rotate", help="new secret; the old one works for --grace")
+    rotate = ksub.add_parser("rotate", help="new secret; the old one works for --grace", parents=[store_after])
     rotate.add_argument("id")
     rotate.add_argument("--grace", type=parse_duration, default=3600.0)
     keys.set_defaults(func=cmd_keys)

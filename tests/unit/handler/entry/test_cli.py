@@ -23,7 +23,7 @@ def test_read_only_commands_name_the_missing_store_and_create_nothing(
     for command in (["keys", "list"], ["keys", "show", "abcdefghijkm"], ["usage"]):
         assert main(command) == 2
         error = capsys.readouterr().err
-        assert str(tmp_path / ".gateway" / "gateway.db") in error and "--store" in error
+        assert str(tmp_path / ".gateway" / "gateway.db") in error and "add `--store URL` to this command" in error
     assert not (tmp_path / ".gateway").exists()
 
 
@@ -37,6 +37,25 @@ def test_the_cli_and_the_server_share_a_store_named_by_url(
     monkeypatch.setenv("GATEWAY_STORE", store)
     assert main(["keys", "list"]) == 0
     assert [k["id"] for k in orjson.loads(capsys.readouterr().out)] == [created["id"]]
+
+
+def test_keys_take_store_after_the_subcommand_as_the_docs_write_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gateway keys create --admin --name ops --store URL` was argparse's exit 2 ("unrecognized arguments")."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GATEWAY_STORE", raising=False)
+    store = f"sqlite:///{tmp_path / 'deployed.db'}"
+    assert main(["keys", "create", "--admin", "--name", "ops", "--store", store, "--json"]) == 0
+    created = orjson.loads(capsys.readouterr().out)
+    assert main(["keys", "list", "--store", store]) == 0
+    assert [k["id"] for k in orjson.loads(capsys.readouterr().out)] == [created["id"]]
+    assert main(["keys", "--store", store, "show", created["id"]]) == 0  # before it still works
+    assert orjson.loads(capsys.readouterr().out)["admin"] is True
+    assert not (tmp_path / ".gateway").exists()
+    with pytest.raises(SystemExit):
+        main(["keys", "create", "--help"])
+    assert "--store" in capsys.readouterr().out
 
 
 def test_keys_carry_default_tags_set_at_creation_and_replaced_later(
