@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import re
+import shlex
 import socket
 import sys
 import time
@@ -105,6 +106,34 @@ async def ensure_admin_key(store: Store) -> str | None:
     return minted.key
 
 
+async def has_live_admin_key(store: Store, now: float) -> bool:
+    """Whether the store holds an admin key that signs in to the dashboard now (as `gateway dashboard` picks one)."""
+    from handler.dashboard.routes import live_admin
+
+    return any(r.parent_id is None and live_admin(r, now) for r in await store.list_keys())
+
+
+def admin_key_notice(store_url: str, has_admin: bool) -> str:
+    """What `gateway serve` says of the admin key when it mints none: only hashes are kept, so never a secret, but
+    how to make one; a store with keys and no live admin key (a `keys create` before the first start) says so."""
+    store = "" if store_url == DEFAULT_STORE_URL else f" --store {shlex.quote(store_url)}"
+    create = f"`gateway keys create --name admin --admin{store}`"
+    if has_admin:
+        return f"Admin key: the one printed when this store was new (it keeps only a hash); another: {create}\n"
+    return (
+        "\nThis store has keys but no live admin key, so none was printed and nobody can use the dashboard or "
+        f"/admin: create one with {create} (its secret is printed once)\n\n"
+    )
+
+
+async def _admin_key_at_start(store: Store) -> tuple[str | None, bool]:
+    try:
+        secret = await ensure_admin_key(store)
+        return secret, secret is not None or await has_live_admin_key(store, time.time())
+    finally:
+        await store.close()
+
+
 def _listen(host: str, port: int) -> socket.socket:
     """The gateway's listening socket, bound before anything says the gateway listens (as uvicorn binds it)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -188,11 +217,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     with listener:
         _warn_of_gateway_keys_as_provider_keys(config, os.environ)
-        store = _store(None)
-        secret = asyncio.run(ensure_admin_key(store))
-        asyncio.run(store.close())
+        secret, has_admin = asyncio.run(_admin_key_at_start(_store(None)))
         url = f"http://{args.host}:{args.port}"
-        if secret:
+        if not secret:
+            sys.stdout.write(admin_key_notice(_store_url(None), has_admin))
+        else:
             sys.stdout.write(
                 "\nCreated the first admin key. It is shown once; keep it somewhere safe:\n\n"
                 f"    export GATEWAY_KEY={secret}\n\n"
@@ -504,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     ksub.add_parser("list", help="list keys", parents=[store_after])
     for name, help_text in (
         ("show", "a key's settings and state as JSON (never its secret)"),
-        ("revoke", "revoke a key from now on"),
+        ("revoke", "revoke a key, and through it its children"),
     ):
         cmd = ksub.add_parser(name, help=help_text, parents=[store_after])
         cmd.add_argument("id")

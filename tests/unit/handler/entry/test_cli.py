@@ -186,3 +186,24 @@ def test_serve_refuses_an_option_no_adapter_reads_before_it_binds(
     assert main(["serve", "--port", str(free_port()), "--config", str(config)]) == 2
     printed = capsys.readouterr()
     assert "providers.up.base_ulr: not an option of provider type openai" in printed.err and printed.out == ""
+
+
+def test_serve_on_a_store_with_keys_but_no_admin_key_says_how_to_make_one(
+    serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `keys create` before the first start (the README's, on the wrong store) left serve minting nothing and
+    saying nothing: no key for the dashboard or /admin, and no word of it."""
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
+    assert main(["keys", "create", "--name", "ci", "--store", serve_here]) == 0
+    capsys.readouterr()
+    assert main(["serve", "--port", str(free_port())]) == 0
+    out = capsys.readouterr().out
+    assert "no live admin key" in out and "gwk_" not in out
+    assert f"`gateway keys create --name admin --admin --store {serve_here}`" in out
+
+    assert main(["keys", "create", "--name", "admin", "--admin", "--store", serve_here]) == 0
+    capsys.readouterr()
+    assert main(["serve", "--port", str(free_port())]) == 0
+    out = capsys.readouterr().out
+    assert "no live admin key" not in out and "gwk_" not in out  # the secret is not kept, let alone printed
+    assert "Admin key: the one printed when this store was new" in out
