@@ -195,11 +195,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _start_up_checks(config)
         metrics_port = config.observability.metrics_port
         if metrics_port is not None and args.workers > 1:
-            # Each worker counts its own requests: one port cannot show them all.
+            # Each worker counts its own requests, and workers share one port: no scrape can see them all.
             raise ConfigError(
                 [
-                    "observability.metrics_port: serves one process's figures; run --workers 1, or scrape each "
-                    "worker's /metrics with an admin key"
+                    "observability.metrics_port: shows one process's figures, and --workers share one port, so no "
+                    "scrape could see them all: run --workers 1 (for more processes, one `gateway serve` per port, "
+                    "each with a config of its own metrics_port, each scraped)"
                 ]
             )
         if metrics_port == args.port:
@@ -507,7 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
     serve.add_argument(
-        "--workers", type=int, default=1, help="processes sharing the port (default: 1; not with metrics_port)"
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port (default: 1; 1 with observability.metrics_port)",
     )
     serve.set_defaults(func=cmd_serve)
 
