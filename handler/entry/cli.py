@@ -473,6 +473,12 @@ def cmd_store_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unread_secret(kind: str, name: str) -> str:
+    """`route explain` reads no SSM parameter or Secrets Manager secret: a key kept there counts as present (only
+    the server can tell); one from an unset environment variable is named missing in its answer."""
+    return f"(not read: {kind}:{name})"
+
+
 def cmd_route_explain(args: argparse.Namespace) -> int:
     from adapters.providers.registry import REGISTRY
     from handler.pipeline.gateway import build_adapters, gateway_region
@@ -484,7 +490,7 @@ def cmd_route_explain(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{exc}\n")
         return 1
     region = args.region or gateway_region(os.environ)
-    router = Router(config, build_adapters(config, REGISTRY, os.environ), region)
+    router = Router(config, build_adapters(config, REGISTRY, os.environ, _unread_secret), region)
     from handler.errors import GatewayError
 
     try:

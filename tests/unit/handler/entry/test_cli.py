@@ -207,3 +207,27 @@ def test_serve_on_a_store_with_keys_but_no_admin_key_says_how_to_make_one(
     out = capsys.readouterr().out
     assert "no live admin key" not in out and "gwk_" not in out  # the secret is not kept, let alone printed
     assert "Admin key: the one printed when this store was new" in out
+
+
+def test_route_explain_reads_no_provider_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It exited 1 `provider_not_configured` in a shell without OPENAI_API_KEY; it would also have read an SSM
+    parameter to explain a route."""
+    import handler.config
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setattr(handler.config, "_aws_fetch", lambda kind, name: pytest.fail(f"read {kind}:{name}"))
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "providers:\n  openai: {type: openai, api_key: env:OPENAI_API_KEY}\n"
+        "  anthropic: {type: anthropic, api_key: ssm:/gateway/anthropic}\n"
+        "models:\n  gpt-4o-mini: {deployments: [{provider: openai, model: gpt-4o-mini}], fallbacks: [haiku]}\n"
+        "  haiku: {deployments: [{provider: anthropic, model: claude-haiku-4-5}]}\n"
+    )
+    assert main(["route", "explain", "gpt-4o-mini", "--config", str(config)]) == 0
+    attempts = orjson.loads(capsys.readouterr().out)["attempts"]
+    assert [(a["provider"], a.get("skipped"), a.get("hint")) for a in attempts] == [
+        ("openai", "provider_not_configured", "set the environment variable OPENAI_API_KEY"),
+        ("anthropic", None, None),  # kept in SSM: not read, counted as there
+    ]
