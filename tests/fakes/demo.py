@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  models: {', '.join(MODELS)}\n"
             f"  config: {config} (providers at {', '.join(fake.url for fake in fakes.values())})\n"
             f"  store: {store}\n\n"
-            "The `gateway` commands (keys, usage, dashboard) use this store once, in the shell you run them from:\n\n"
+            "For the `gateway` commands (keys, usage, dashboard) to use this store, in the shell you run them from:\n\n"
             f"    export GATEWAY_STORE={store}\n"
         )
         sys.stdout.flush()
