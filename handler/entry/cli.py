@@ -21,7 +21,7 @@ from handler.config import Config, ConfigError, load_config
 from handler.pipeline.attribution import parse_tags
 from handler.pipeline.gateway import DEFAULT_STORE_URL
 from handler.pipeline.keys import KeyService, key_names, split_key, with_descendants
-from handler.ports import KeyRecord, Store, StoreError
+from handler.ports import KeyRecord, LedgerItem, Store, StoreError
 from handler.redaction import redact_message
 from handler.telemetry.tracing import otlp_settings
 
@@ -364,7 +364,16 @@ def _created_record(args: argparse.Namespace) -> KeyRecord:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    from handler.dashboard.reports import aggregate, as_json, latency, latency_table, parse_report, to_csv, to_table
+    from handler.dashboard.reports import (
+        aggregate,
+        columns,
+        latency,
+        latency_table,
+        parse_report,
+        report_json,
+        to_csv,
+        to_table,
+    )
     from handler.errors import GatewayError
     from handler.ports import UsageQuery
 
@@ -380,26 +389,26 @@ def cmd_usage(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{exc}\n")
         return 2
 
-    async def fetch() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    async def fetch() -> tuple[list[LedgerItem], dict[str, str] | None]:
         store = _store(args.store)
         try:
             family = await with_descendants(store, args.key) if args.key else None
             items = spec.select(await store.usage(UsageQuery(family, spec.since, spec.until)))
             by_key = "key" in spec.group_by
-            names = await key_names(store.get_key, (i.key_id for i in items)) if by_key else None
-            return aggregate(items, spec.group_by, names), latency(items)
+            return items, await key_names(store.get_key, (i.key_id for i in items)) if by_key else None
         finally:
             await store.close()
 
-    rows, latencies = asyncio.run(fetch())
-    if args.format == "json":
-        _print_json(as_json(rows))
+    items, names = asyncio.run(fetch())
+    rows = aggregate(items, spec.group_by, names)
+    if args.format == "json":  # as `GET /v1/usage` answers
+        _print_json(report_json(spec, items, rows))
     elif args.format == "csv":
-        sys.stdout.write(to_csv(rows))
+        sys.stdout.write(to_csv(rows, columns(spec.group_by, names)))
     else:
         sys.stdout.write(to_table(rows))
-        if latencies["requests"]:
-            sys.stdout.write(latency_table(latencies))
+        if items:
+            sys.stdout.write(latency_table(latency(items)))
     return 0
 
 

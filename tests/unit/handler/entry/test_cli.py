@@ -231,3 +231,20 @@ def test_route_explain_reads_no_provider_key(
         ("openai", "provider_not_configured", "set the environment variable OPENAI_API_KEY"),
         ("anthropic", None, None),  # kept in SSM: not read, counted as there
     ]
+
+
+def test_usage_prints_what_the_http_report_holds_and_a_csv_header_with_no_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--format json` printed the rows alone (docs/usage.md listed `filter`, `tag_names` and `latency` too), and
+    `--format csv` printed nothing at all for a window with no lines: not even the columns."""
+    store = f"sqlite:///{tmp_path / 'gateway.db'}"
+    assert main(["keys", "create", "--name", "ci", "--store", store]) == 0
+    capsys.readouterr()
+    assert main(["usage", "--store", store, "--group-by", "key,model", "--user", "ann", "--format", "json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["data"] == [] and report["tag_names"] == [] and report["latency"]["requests"] == 0
+    assert report["filter"] == {"tags": {}, "user": "ann", "session": None} and report["group_by"] == ["key", "model"]
+    assert main(["usage", "--store", store, "--group-by", "key,model", "--format", "csv"]) == 0
+    header = capsys.readouterr().out.splitlines()
+    assert header[0].startswith("key,model,key_name,requests,input_tokens,") and len(header) == 1
