@@ -219,3 +219,18 @@ def test_every_whole_config_a_page_shows_passes_config_check(
     config = tmp_path / "config.yaml"
     config.write_text(body)
     assert main(["config", "check", "--config", str(config)]) == 0, capsys.readouterr().err
+
+
+def test_configuration_names_the_provider_types_that_take_headers() -> None:
+    """The options table and the prose under "Providers" disagreed (five types against two); both follow the
+    adapters' own `provider_options`."""
+    from adapters.providers.registry import REGISTRY
+
+    taking = {name for name, adapter in REGISTRY.items() if "headers" in adapter.provider_options}
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    row = re.search(r"^\| `headers` \| (.*?) provider \|", text, re.M)
+    paragraph = next(p for p in text.split("\n\n") if "may send headers of its own" in p)
+    prose = paragraph.split("may send headers of its own")[0]
+    assert row
+    assert set(re.findall(r"`(\w+)`", row.group(1))) == taking
+    assert set(re.findall(r"`(\w+)`", prose)) == taking
