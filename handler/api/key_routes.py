@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from handler.dashboard.reports import aggregate, as_json, latency, parse_report, to_csv
+from handler.dashboard.reports import aggregate, columns, parse_report, report_json, to_csv
 from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from handler.pipeline.attribution import line_tags, validate_tags
 from handler.pipeline.budgets import period_of
@@ -316,19 +316,8 @@ class KeyRoutes:
         if shape not in ("json", "csv"):
             raise InvalidRequestError(f"format must be json or csv, not '{shape}'", param="format")
         if shape == "csv":
-            return Response(to_csv(rows), media_type="text/csv")
-        return self.api.json(
-            {
-                "object": "list",
-                "since": spec.since,
-                "until": spec.until,
-                "group_by": spec.group_by,
-                "filter": spec.filter.as_json(),
-                "latency": latency(items),
-                "tag_names": sorted({name for item in items for name in item.tags}),
-                "data": as_json(rows),
-            }
-        )
+            return Response(to_csv(rows, columns(spec.group_by, names)), media_type="text/csv")
+        return self.api.json(report_json(spec, items, rows))
 
     async def admin_update(self, request: Request) -> Response:
         await self._admin(request)

@@ -211,7 +211,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         "The deployments a request for `model` would try, in order",
         lambda o: o.operation(
             o.json_answer(o.ANY_OBJECT, "the plan"),
-            errors={"404": "model_not_found", "503": "no_deployment_available, provider_not_configured"},
+            errors={"404": "model_not_found", "503": "no_deployment_available"},
             parameters=[o.query("model", "a public model name", required=True), *o.CONTROLS],
         ),
     ),

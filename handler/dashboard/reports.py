@@ -181,6 +181,31 @@ def latency(items: Iterable[LedgerItem]) -> dict[str, Any]:
     return summary
 
 
+# A row's figures, in column order, each at zero.
+FIGURES: Final = MappingProxyType(
+    {
+        "requests": 0,
+        "input_tokens": 0,
+        "cached_tokens": 0,
+        "cache_write_tokens": 0,
+        "output_tokens": 0,
+        "reasoning_tokens": 0,
+        "cost_usd": Decimal(0),
+        "fee_usd": Decimal(0),
+        "total_usd": Decimal(0),
+        "cache_savings_usd": Decimal(0),
+        "unknown_cost_requests": 0,
+        "estimated_cost_requests": 0,
+        "reserved_cost_requests": 0,
+    }
+)
+
+
+def columns(group_by: list[str], names: Mapping[str, str] | None = None) -> list[str]:
+    """The columns of `aggregate`'s rows for these groups, rows or none (a CSV's header with no lines)."""
+    return [*group_by, *(["key_name"] if "key" in group_by and names is not None else []), *FIGURES]
+
+
 def aggregate(
     items: Iterable[LedgerItem], group_by: list[str], names: Mapping[str, str] | None = None
 ) -> list[dict[str, Any]]:
@@ -195,21 +220,7 @@ def aggregate(
             row = dict(zip(group_by, group, strict=True))
             if "key" in group_by and names is not None:
                 row["key_name"] = names.get(item.key_id, "")
-            row.update(
-                requests=0,
-                input_tokens=0,
-                cached_tokens=0,
-                cache_write_tokens=0,
-                output_tokens=0,
-                reasoning_tokens=0,
-                cost_usd=Decimal(0),
-                fee_usd=Decimal(0),
-                total_usd=Decimal(0),
-                cache_savings_usd=Decimal(0),
-                unknown_cost_requests=0,
-                estimated_cost_requests=0,
-                reserved_cost_requests=0,
-            )
+            row.update(FIGURES)
             rows[group] = row
         row["requests"] += 1
         row["input_tokens"] += item.input_tokens
@@ -235,6 +246,21 @@ def as_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: float(v) if k in USD_COLUMNS else v for k, v in row.items()} for row in rows]
 
 
+def report_json(spec: ReportSpec, items: list[LedgerItem], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A report as JSON, the same on every surface (`gateway usage --format json`, `/v1/usage`, `/admin/usage`):
+    its window, groups and filter, the tag names its lines carry, their latency percentiles and the rows."""
+    return {
+        "object": "list",
+        "since": spec.since,
+        "until": spec.until,
+        "group_by": spec.group_by,
+        "filter": spec.filter.as_json(),
+        "latency": latency(items),
+        "tag_names": sorted({name for item in items for name in item.tags}),
+        "data": as_json(rows),
+    }
+
+
 def usd_display(value: Decimal) -> str:
     """A USD amount for people: cents for large sums, every significant digit (up to 1e-10) for tiny ones."""
     if value == 0:
@@ -257,11 +283,13 @@ def csv_cell(value: Any) -> Any:
     return value
 
 
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    if not rows:
+def to_csv(rows: list[dict[str, Any]], header: list[str] | None = None) -> str:
+    """The rows as CSV; with none, `header` alone (`columns`), so a report of no lines still names its columns."""
+    names = list(rows[0]) if rows else header
+    if not names:
         return ""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=[csv_cell(name) for name in rows[0]], lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=[csv_cell(name) for name in names], lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({csv_cell(k): format(v, "f") if k in USD_COLUMNS else csv_cell(v) for k, v in row.items()})

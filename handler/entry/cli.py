@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import re
+import shlex
 import socket
 import sys
 import time
@@ -20,13 +21,14 @@ from handler.config import Config, ConfigError, load_config
 from handler.pipeline.attribution import parse_tags
 from handler.pipeline.gateway import DEFAULT_STORE_URL
 from handler.pipeline.keys import KeyService, key_names, split_key, with_descendants
-from handler.ports import KeyRecord, Store, StoreError
+from handler.ports import KeyRecord, LedgerItem, Store, StoreError
 from handler.redaction import redact_message
 from handler.telemetry.tracing import otlp_settings
 
 if TYPE_CHECKING:
     import uvicorn
 
+STORE_HELP = f"the server's store URL (default: GATEWAY_STORE, else {DEFAULT_STORE_URL})"
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -55,8 +57,8 @@ def _require_store(url: str | None) -> None:
         if not path.exists():
             default = "" if url or os.environ.get("GATEWAY_STORE") else " (the default, relative to this folder)"
             raise MissingStoreError(
-                f"no store at {path}{default}: run this where `gateway serve` runs, or pass --store / set "
-                "GATEWAY_STORE to the server's store URL"
+                f"no store at {path}{default}: run this where `gateway serve` runs, or name the server's store: "
+                "add `--store URL` to this command, or set GATEWAY_STORE=URL"
             )
 
 
@@ -102,6 +104,34 @@ async def ensure_admin_key(store: Store) -> str | None:
     service = KeyService(store, 0)
     minted = await service.mint(KeyRecord(id="", name="admin", secret_hash="", created_at=0, admin=True))
     return minted.key
+
+
+async def has_live_admin_key(store: Store, now: float) -> bool:
+    """Whether the store holds an admin key that signs in to the dashboard now (as `gateway dashboard` picks one)."""
+    from handler.dashboard.routes import live_admin
+
+    return any(r.parent_id is None and live_admin(r, now) for r in await store.list_keys())
+
+
+def admin_key_notice(store_url: str, has_admin: bool) -> str:
+    """What `gateway serve` says of the admin key when it mints none: only hashes are kept, so never a secret, but
+    how to make one; a store with keys and no live admin key (a `keys create` before the first start) says so."""
+    store = "" if store_url == DEFAULT_STORE_URL else f" --store {shlex.quote(store_url)}"
+    create = f"`gateway keys create --name admin --admin{store}`"
+    if has_admin:
+        return f"Admin key: the one printed when this store was new (it keeps only a hash); another: {create}\n"
+    return (
+        "\nThis store has keys but no live admin key, so none was printed and nobody can use the dashboard or "
+        f"/admin: create one with {create} (its secret is printed once)\n\n"
+    )
+
+
+async def _admin_key_at_start(store: Store) -> tuple[str | None, bool]:
+    try:
+        secret = await ensure_admin_key(store)
+        return secret, secret is not None or await has_live_admin_key(store, time.time())
+    finally:
+        await store.close()
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -165,11 +195,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _start_up_checks(config)
         metrics_port = config.observability.metrics_port
         if metrics_port is not None and args.workers > 1:
-            # Each worker counts its own requests: one port cannot show them all.
+            # Each worker counts its own requests, and workers share one port: no scrape can see them all.
             raise ConfigError(
                 [
-                    "observability.metrics_port: serves one process's figures; run --workers 1, or scrape each "
-                    "worker's /metrics with an admin key"
+                    "observability.metrics_port: shows one process's figures, and --workers share one port, so no "
+                    "scrape could see them all: run --workers 1 (for more processes, one `gateway serve` per port, "
+                    "each with a config of its own metrics_port, each scraped)"
                 ]
             )
         if metrics_port == args.port:
@@ -187,11 +218,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     with listener:
         _warn_of_gateway_keys_as_provider_keys(config, os.environ)
-        store = _store(None)
-        secret = asyncio.run(ensure_admin_key(store))
-        asyncio.run(store.close())
+        secret, has_admin = asyncio.run(_admin_key_at_start(_store(None)))
         url = f"http://{args.host}:{args.port}"
-        if secret:
+        if not secret:
+            sys.stdout.write(admin_key_notice(_store_url(None), has_admin))
+        else:
             sys.stdout.write(
                 "\nCreated the first admin key. It is shown once; keep it somewhere safe:\n\n"
                 f"    export GATEWAY_KEY={secret}\n\n"
@@ -333,7 +364,16 @@ def _created_record(args: argparse.Namespace) -> KeyRecord:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    from handler.dashboard.reports import aggregate, as_json, latency, latency_table, parse_report, to_csv, to_table
+    from handler.dashboard.reports import (
+        aggregate,
+        columns,
+        latency,
+        latency_table,
+        parse_report,
+        report_json,
+        to_csv,
+        to_table,
+    )
     from handler.errors import GatewayError
     from handler.ports import UsageQuery
 
@@ -349,26 +389,26 @@ def cmd_usage(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{exc}\n")
         return 2
 
-    async def fetch() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    async def fetch() -> tuple[list[LedgerItem], dict[str, str] | None]:
         store = _store(args.store)
         try:
             family = await with_descendants(store, args.key) if args.key else None
             items = spec.select(await store.usage(UsageQuery(family, spec.since, spec.until)))
             by_key = "key" in spec.group_by
-            names = await key_names(store.get_key, (i.key_id for i in items)) if by_key else None
-            return aggregate(items, spec.group_by, names), latency(items)
+            return items, await key_names(store.get_key, (i.key_id for i in items)) if by_key else None
         finally:
             await store.close()
 
-    rows, latencies = asyncio.run(fetch())
-    if args.format == "json":
-        _print_json(as_json(rows))
+    items, names = asyncio.run(fetch())
+    rows = aggregate(items, spec.group_by, names)
+    if args.format == "json":  # as `GET /v1/usage` answers
+        _print_json(report_json(spec, items, rows))
     elif args.format == "csv":
-        sys.stdout.write(to_csv(rows))
+        sys.stdout.write(to_csv(rows, columns(spec.group_by, names)))
     else:
         sys.stdout.write(to_table(rows))
-        if latencies["requests"]:
-            sys.stdout.write(latency_table(latencies))
+        if items:
+            sys.stdout.write(latency_table(latency(items)))
     return 0
 
 
@@ -442,6 +482,12 @@ def cmd_store_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unread_secret(kind: str, name: str) -> str:
+    """`route explain` reads no SSM parameter or Secrets Manager secret: a key kept there counts as present (only
+    the server can tell); one from an unset environment variable is named missing in its answer."""
+    return f"(not read: {kind}:{name})"
+
+
 def cmd_route_explain(args: argparse.Namespace) -> int:
     from adapters.providers.registry import REGISTRY
     from handler.pipeline.gateway import build_adapters, gateway_region
@@ -453,7 +499,7 @@ def cmd_route_explain(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{exc}\n")
         return 1
     region = args.region or gateway_region(os.environ)
-    router = Router(config, build_adapters(config, REGISTRY, os.environ), region)
+    router = Router(config, build_adapters(config, REGISTRY, os.environ, _unread_secret), region)
     from handler.errors import GatewayError
 
     try:
@@ -472,15 +518,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway locally (uvicorn)")
     serve.add_argument("--config", help="config file (default: GATEWAY_CONFIG or the shipped default)")
     serve.add_argument("--store", help=f"store URL (default: GATEWAY_STORE or {DEFAULT_STORE_URL})")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
+    )
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port (default: 1; 1 with observability.metrics_port)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("keys", help="manage gateway keys")
-    keys.add_argument("--store", help="store URL")
+    keys.add_argument("--store", help=STORE_HELP)
+    # `--store` is read before the subcommand or after it (`keys create --store URL`, as the docs write it); the
+    # subcommand's copy sets nothing when absent, so it never undoes one given before.
+    store_after = argparse.ArgumentParser(add_help=False)
+    store_after.add_argument("--store", default=argparse.SUPPRESS, help=STORE_HELP)
     ksub = keys.add_subparsers(dest="keys_command", required=True)
-    create = ksub.add_parser("create", help="create a key; the secret is printed once")
+    create = ksub.add_parser("create", help="create a key; the secret is printed once", parents=[store_after])
     create.add_argument("--name", required=True)
     create.add_argument("--models", help="comma-separated model globs (default: all)")
     create.add_argument("--budget-usd", type=float)
@@ -492,14 +549,19 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--admin", action="store_true")
     create.add_argument("--tags", help="default attribution tags for its ledger lines: team=search,env=prod")
     create.add_argument("--json", action="store_true")
-    ksub.add_parser("list", help="list keys")
-    for name in ("show", "revoke"):
-        cmd = ksub.add_parser(name)
+    ksub.add_parser("list", help="list keys", parents=[store_after])
+    for name, help_text in (
+        ("show", "a key's settings and state as JSON (never its secret)"),
+        ("revoke", "revoke a key, and through it its children"),
+    ):
+        cmd = ksub.add_parser(name, help=help_text, parents=[store_after])
         cmd.add_argument("id")
-    tag = ksub.add_parser("tag", help="replace a key's default attribution tags ('' clears them)")
+    tag = ksub.add_parser(
+        "tag", help="replace a key's default attribution tags ('' clears them)", parents=[store_after]
+    )
     tag.add_argument("id")
     tag.add_argument("tags", help="team=search,env=prod")
-    rotate = ksub.add_parser("rotate", help="new secret; the old one works for --grace")
+    rotate = ksub.add_parser("rotate", help="new secret; the old one works for --grace", parents=[store_after])
     rotate.add_argument("id")
     rotate.add_argument("--grace", type=parse_duration, default=3600.0)
     keys.set_defaults(func=cmd_keys)

@@ -22,6 +22,7 @@ import orjson
 from handler import schemas
 from handler.config import Price
 from handler.errors import (
+    BudgetExceededError,
     ClientClosedError,
     CostLimitError,
     GatewayError,
@@ -630,6 +631,7 @@ class Pipeline:
     async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], output: int) -> None:
         estimate = ex.prompt or PromptEstimate(0, ())
         worst: float | None = 0.0
+        worst_model = ex.model
         prompt = 0
         for attempt in plan:
             tokens = estimate.tokens(attempt.target.provider_type, attempt.target.model)
@@ -638,17 +640,28 @@ class Pipeline:
             apart = ex.per_request_usd + ex.searches * ex.search_usd
             if case is not None and apart:
                 case += apart * (1 + self.fee.percent / 100)
+            if case is not None and worst is not None and case > worst:
+                worst_model = attempt.model
             worst = None if case is None or worst is None else max(worst, case)
+        # Any model the plan may try must be covered, so a fallback's worst case can be the one refused.
+        lower = (
+            f"; it is {worst_model}'s, a fallback: `x-gateway-fallbacks: none` or a smaller max_tokens lowers it"
+            if worst_model != ex.model
+            else "; a smaller max_tokens lowers it"
+        )
         if ex.controls.max_cost_usd is not None:
             if worst is None:
                 raise CostLimitError("the cost of this model is unknown, so x-gateway-max-cost-usd cannot be honoured")
             if worst > ex.controls.max_cost_usd:
                 raise CostLimitError(
                     f"worst-case cost ${usd(worst)} exceeds x-gateway-max-cost-usd ${usd(ex.controls.max_cost_usd)}"
+                    + lower
                 )
         ex.reserving = True
         try:
             reservation = await self.meter.admit(ex.lineage, ex.model, worst, prompt + output, ex.request_id)
+        except BudgetExceededError as exc:
+            raise BudgetExceededError(exc.message + lower, code=exc.code, headers=exc.headers) from None
         finally:
             ex.reserving = False
         reservation.prompt_tokens, reservation.output_tokens = prompt, output

@@ -162,7 +162,37 @@ class Router:
     def plan(self, model: str, controls: RouteControls, allowed: Callable[[str], bool], kind: str = "chat") -> Plan:
         """Attempts in order: the model's deployments nearest first, then its fallbacks'. Only models
         `allowed` (the key's scope along its whole chain) are planned: a forbidden fallback, from the config
-        or the client's header, is skipped and named in `Plan.skipped`."""
+        or the client's header, is skipped and named in `Plan.skipped`. A deployment whose provider has no key is
+        left out (`503 provider_not_configured` when none is left)."""
+        candidates = self._candidates(model, controls, allowed, kind)
+        usable = [a for a in candidates if self._keyed(a)]
+        # A deployment whose breaker is open goes last rather than away: if all else fails, try it.
+        usable.sort(key=lambda a: self.breakers.state(a.target.label) == "open")
+        if not usable:
+            first = candidates[0]
+            raise ServiceUnavailableError(
+                f"provider '{first.target.provider}' for model '{model}' has no API key: {self._key_hint(first)}",
+                code="provider_not_configured",
+            )
+        return Plan(usable, candidates.skipped)
+
+    @staticmethod
+    def _keyed(attempt: Attempt) -> bool:
+        return not (attempt.adapter.requires_key and not attempt.adapter.secret)
+
+    def _key_hint(self, attempt: Attempt) -> str:
+        """Where the operator puts the key `attempt`'s provider lacks; never a secret."""
+        if attempt.adapter.refused_reference:  # set, but to one of this gateway's own keys (a client's setup)
+            return (
+                f"{attempt.adapter.refused_reference} holds one of this gateway's own keys (gwk_...), not the "
+                "provider's: set the provider's key there in the gateway's environment (a gateway key belongs "
+                "in a client's)"
+            )
+        provider = self.config.providers[attempt.target.provider]
+        return reference_hint(provider.key_reference(attempt.adapter.key_env_var))
+
+    def _candidates(self, model: str, controls: RouteControls, allowed: Callable[[str], bool], kind: str) -> Plan:
+        """`plan`'s attempts nearest first, those without a key included, and the fallbacks out of scope."""
         spec = self.spec(model)
         if not allowed(model):
             raise PermissionDeniedError(
@@ -195,32 +225,19 @@ class Router:
                 code="no_deployment_available",
                 retry=False,
             )
-        usable = [a for a in attempts if not (a.adapter.requires_key and not a.adapter.secret)]
-        # A deployment whose breaker is open goes last rather than away: if all else fails, try it.
-        usable.sort(key=lambda a: self.breakers.state(a.target.label) == "open")
-        if not usable:
-            first = attempts[0]
-            hint = reference_hint(self.config.providers[first.target.provider].key_reference(first.adapter.key_env_var))
-            if first.adapter.refused_reference:  # set, but to one of this gateway's own keys (a client's setup)
-                hint = (
-                    f"{first.adapter.refused_reference} holds one of this gateway's own keys (gwk_...), not the "
-                    "provider's: set the provider's key there in the gateway's environment (a gateway key belongs "
-                    "in a client's)"
-                )
-            raise ServiceUnavailableError(
-                f"provider '{first.target.provider}' for model '{model}' has no API key: {hint}",
-                code="provider_not_configured",
-            )
-        return Plan(usable, skipped)
+        return Plan(attempts, skipped)
 
     def explain(self, model: str, controls: RouteControls, allowed: Callable[[str], bool]) -> list[dict[str, Any]]:
-        """The order `plan` would try now, with the reason for each place."""
+        """The order `plan` would try now, with the reason for each place. A deployment whose provider has no key
+        keeps its place, marked skipped with where to put the key (explaining needs none); a fallback out of the
+        key's scope comes last."""
         spec = self.spec(model)
-        plan = self.plan(model, controls, allowed, kind=spec.kind)
+        candidates = self._candidates(model, controls, allowed, spec.kind)
+        candidates.sort(key=lambda a: self.breakers.state(a.target.label) == "open")  # as `plan` orders them
         unit = "rtt_ms" if self._latency else "distance_km"
-        skipped = [{"model": name, "role": "fallback", "skipped": "model_not_allowed"} for name in plan.skipped]
-        return [
-            {
+        explained: list[dict[str, Any]] = []
+        for a in candidates:
+            entry = {
                 "model": a.model,
                 "provider": a.target.provider,
                 "type": a.target.provider_type,
@@ -231,8 +248,11 @@ class Router:
                 "role": "primary" if a.model == model else "fallback",
                 "pinned": bool(controls.provider or controls.region),
             }
-            for a in plan
-        ] + skipped
+            if not self._keyed(a):
+                entry |= {"skipped": "provider_not_configured", "hint": self._key_hint(a)}
+            explained.append(entry)
+        skipped = [{"model": name, "role": "fallback", "skipped": "model_not_allowed"} for name in candidates.skipped]
+        return explained + skipped
 
     @staticmethod
     def _pinned(attempt: Attempt, controls: RouteControls) -> bool:

@@ -70,13 +70,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = folder / "config.yaml"
         config.write_text(yaml.safe_dump(demo_config({name: fake.url for name, fake in fakes.items()})))
         os.environ.update({KEY_VARIABLES[name]: module.API_KEY for name, module in FAKES.items()})
-        store = f"sqlite:///{folder / 'gateway.db'}"
+        # Absolute, so that the `gateway` commands find it from any folder: without it they use (and `keys create`
+        # creates) `make serve`'s store, whose keys this gateway refuses.
+        store = f"sqlite:///{(folder / 'gateway.db').resolve()}"
         sys.stdout.write(
             "Demo: fake providers answer every model below with canned text; no provider key is needed and no "
             "request leaves this machine.\n"
             f"  models: {', '.join(MODELS)}\n"
             f"  config: {config} (providers at {', '.join(fake.url for fake in fakes.values())})\n"
-            f"  store: {store} (for `gateway` commands: GATEWAY_STORE={store} .venv/bin/gateway usage)\n"
+            f"  store: {store}\n\n"
+            "For the `gateway` commands (keys, usage, dashboard) to use this store, in the shell you run them from:\n\n"
+            f"    export GATEWAY_STORE={store}\n"
         )
         sys.stdout.flush()
         return gateway(["serve", "--config", str(config), "--store", store, "--port", str(args.port)])

@@ -592,7 +592,7 @@ def test_a_sign_in_link_is_refused_once_expired_or_for_a_key_no_longer_admin(
     assert "gateway keys create --name admin --admin" in capsys.readouterr().err
 
 
-def test_a_dashboard_session_reads_and_revokes_but_cannot_mint_or_rotate(
+def test_a_dashboard_session_reads_and_revokes_but_cannot_mint_a_root_key_or_rotate(
     known: Running, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A session is an admin child of the key it signed in as, for 8 hours. It minted a root admin key with no
@@ -617,6 +617,13 @@ def test_a_dashboard_session_reads_and_revokes_but_cannot_mint_or_rotate(
     assert httpx.get(f"{known.url}/admin/usage", headers=headers(session)).status_code == 200
     revoked = httpx.post(f"{known.url}/admin/keys/{other_id}/revoke", headers=headers(session))
     assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
+    # Like any key, it mints a child of its own (docs/usage.md said it could not create keys): a client key that
+    # ends with the session.
+    session_view = httpx.get(f"{known.url}/v1/key", headers=headers(session)).json()
+    child = httpx.post(f"{known.url}/v1/keys", json={"name": "from-session"}, headers=headers(session))
+    assert child.status_code == 201, child.text
+    assert child.json()["admin"] is False and child.json()["parent_id"] == session_view["id"]
+    assert child.json()["expires_at"] == session_view["expires_at"] is not None
     # The admin key itself still mints and rotates.
     assert httpx.post(f"{known.url}/admin/keys", json={"name": "plain"}, headers=headers(admin)).status_code == 201
     rotated = httpx.post(f"{known.url}/admin/keys/{admin_id}/rotate", json={"grace_seconds": 0}, headers=headers(admin))

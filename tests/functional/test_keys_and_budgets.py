@@ -367,6 +367,30 @@ def test_budget_refusal_is_402_not_429(running: Running, mint: Any) -> None:
     assert answer.status_code == 402 and answer.json()["error"]["code"] == "budget_exceeded"
 
 
+def test_a_budget_refused_for_a_fallbacks_worst_case_says_so_and_how_to_lower_it(running: Running, mint: Any) -> None:
+    """The budget must cover every model the plan may try, so a $0.01 key asking a cheap model was refused for its
+    fallback's worst case (claude-haiku-4-5's $0.0205 at 4,096 tokens), in a message that said neither."""
+    if "claude-haiku-4-5" not in running.gateway.config.models:
+        pytest.skip("the Anthropic fake is not available")
+    key = mint(budget_usd=0.01)
+    refused = chat(running, key, model="broken")  # $2 per 1M output; its fallback, claude-haiku-4-5, $5
+    assert refused.status_code == 402, refused.text
+    message = refused.json()["error"]["message"]
+    assert "it is claude-haiku-4-5's, a fallback: `x-gateway-fallbacks: none` or a smaller max_tokens lowers it" in (
+        message
+    )
+    body = {"model": "broken", "messages": HI}
+    alone = httpx.post(
+        f"{running.url}/v1/chat/completions",
+        json=body,
+        headers={**headers(key), "x-gateway-fallbacks": "none"},
+        timeout=10,
+    )
+    assert alone.status_code != 402, alone.text  # admitted (its one deployment then fails, as it always does)
+    broke = chat(running, mint(budget_usd=0.0))  # no fallback: only the cap to lower
+    assert broke.json()["error"]["message"].endswith("; a smaller max_tokens lowers it")
+
+
 def test_usage_of_a_key_includes_its_children(running: Running, mint: Any) -> None:
     parent = mint(models=["gpt-4o-mini"])
     child = httpx.post(

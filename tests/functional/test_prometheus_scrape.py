@@ -162,6 +162,9 @@ def test_a_metrics_port_with_several_workers_is_a_clear_error(
 ) -> None:
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"observability": {"metrics_port": 9464}}))
     assert main(["serve", "--config", str(tmp_path / "config.yaml"), "--workers", "2"]) == 2
-    assert "observability.metrics_port" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "observability.metrics_port" in error and "run --workers 1" in error
+    # (it advised scraping each worker's /metrics, which cannot be done: the workers share the gateway's port)
+    assert "each worker" not in error and "one `gateway serve` per port" in error
     assert main(["serve", "--config", str(tmp_path / "config.yaml"), "--port", "9464"]) == 2
     assert "the gateway's own port" in capsys.readouterr().err

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.functional.conftest import Running
@@ -119,6 +120,36 @@ def test_make_demo_runs_the_fake_providers_and_prints_the_key_the_examples_use(
         monkeypatch.setenv("GATEWAY_KEY", key.group(1))
         for code in examples("python"):
             run_python_example(code, url)
+
+        # The README's key commands, in a shell with the demo's `export GATEWAY_STORE=...`: the key is the demo's
+        # (it was created in `make serve`'s store, and the demo answered it 401).
+        store = re.search(r"^    export GATEWAY_STORE=(sqlite:///\S+)$", printed, re.M)
+        assert store, printed
+        commands = next(code for code in examples("sh") if "gateway keys create" in code)
+        ran = subprocess.run(
+            [
+                "bash",
+                "-euo",
+                "pipefail",
+                "-c",
+                commands.replace(".venv/bin/gateway", f"{sys.executable} -m handler.entry.cli"),
+            ],
+            cwd=tmp_path,  # another folder than the demo's: the store is found all the same
+            env={**environ, "GATEWAY_STORE": store.group(1), "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ran.returncode == 0, ran.stderr
+        created = re.search(r'"key": "(gwk_[^"]+)"', ran.stdout)
+        assert created, ran.stdout
+        answer = httpx.post(
+            f"{url}/v1/chat/completions",
+            headers={"authorization": f"Bearer {created.group(1)}"},
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
     finally:
         demo.send_signal(signal.SIGINT)  # Ctrl-C
         returncode = demo.wait(15)

@@ -1,5 +1,5 @@
-"""The README and docs/ hold together: every relative link and anchor resolves, and nothing in the repository
-points at a file outside it."""
+"""The README and docs/ hold together: every relative link and anchor resolves, nothing in the repository
+points at a file outside it, and every whole config file they show passes `gateway config check`."""
 
 from __future__ import annotations
 
@@ -185,3 +185,52 @@ def test_every_curl_sending_json_says_so(page: Path) -> None:
     for command in shell_commands(page):
         if re.search(r"\bcurl\b", command) and re.search(r"\s(-d|--data(-raw|-binary)?)\s", command):
             assert re.search(r"content-type: application/json", command, flags=re.I), command
+
+
+def complete_configs() -> list[tuple[str, str]]:
+    """The YAML blocks of the pages that are whole config files (a top-level `providers:` and `models:`), each with
+    where it is (`docs/configuration.md:12`)."""
+    found = []
+    for page in PAGES:
+        text = page.read_text()
+        for block in re.finditer(r"^```yaml\n(.*?)^```$", text, flags=re.S | re.M):
+            body = block.group(1)
+            if re.search(r"^providers:", body, re.M) and re.search(r"^models:", body, re.M):
+                line = text.count("\n", 0, block.start()) + 1
+                found.append((f"{page.relative_to(ROOT).as_posix()}:{line}", body))
+    return found
+
+
+def test_the_pages_show_whole_configs() -> None:
+    pages = {where.split(":")[0] for where, _ in complete_configs()}
+    assert {"README.md", "docs/configuration.md"} <= pages
+
+
+@pytest.mark.parametrize(("where", "body"), complete_configs(), ids=[where for where, _ in complete_configs()])
+def test_every_whole_config_a_page_shows_passes_config_check(
+    where: str, body: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gateway config check`, which the pages advertise, passes on their own examples (a fallback to a model the
+    file did not define failed it)."""
+    from handler.entry.cli import main
+
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED"):
+        monkeypatch.delenv(name, raising=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(body)
+    assert main(["config", "check", "--config", str(config)]) == 0, capsys.readouterr().err
+
+
+def test_configuration_names_the_provider_types_that_take_headers() -> None:
+    """The options table and the prose under "Providers" disagreed (five types against two); both follow the
+    adapters' own `provider_options`."""
+    from adapters.providers.registry import REGISTRY
+
+    taking = {name for name, adapter in REGISTRY.items() if "headers" in adapter.provider_options}
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    row = re.search(r"^\| `headers` \| (.*?) provider \|", text, re.M)
+    paragraph = next(p for p in text.split("\n\n") if "may send headers of its own" in p)
+    prose = paragraph.split("may send headers of its own")[0]
+    assert row
+    assert set(re.findall(r"`(\w+)`", row.group(1))) == taking
+    assert set(re.findall(r"`(\w+)`", prose)) == taking

@@ -23,7 +23,7 @@ def test_read_only_commands_name_the_missing_store_and_create_nothing(
     for command in (["keys", "list"], ["keys", "show", "abcdefghijkm"], ["usage"]):
         assert main(command) == 2
         error = capsys.readouterr().err
-        assert str(tmp_path / ".gateway" / "gateway.db") in error and "--store" in error
+        assert str(tmp_path / ".gateway" / "gateway.db") in error and "add `--store URL` to this command" in error
     assert not (tmp_path / ".gateway").exists()
 
 
@@ -37,6 +37,25 @@ def test_the_cli_and_the_server_share_a_store_named_by_url(
     monkeypatch.setenv("GATEWAY_STORE", store)
     assert main(["keys", "list"]) == 0
     assert [k["id"] for k in orjson.loads(capsys.readouterr().out)] == [created["id"]]
+
+
+def test_keys_take_store_after_the_subcommand_as_the_docs_write_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gateway keys create --admin --name ops --store URL` was argparse's exit 2 ("unrecognized arguments")."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GATEWAY_STORE", raising=False)
+    store = f"sqlite:///{tmp_path / 'deployed.db'}"
+    assert main(["keys", "create", "--admin", "--name", "ops", "--store", store, "--json"]) == 0
+    created = orjson.loads(capsys.readouterr().out)
+    assert main(["keys", "list", "--store", store]) == 0
+    assert [k["id"] for k in orjson.loads(capsys.readouterr().out)] == [created["id"]]
+    assert main(["keys", "--store", store, "show", created["id"]]) == 0  # before it still works
+    assert orjson.loads(capsys.readouterr().out)["admin"] is True
+    assert not (tmp_path / ".gateway").exists()
+    with pytest.raises(SystemExit):
+        main(["keys", "create", "--help"])
+    assert "--store" in capsys.readouterr().out
 
 
 def test_keys_carry_default_tags_set_at_creation_and_replaced_later(
@@ -167,3 +186,65 @@ def test_serve_refuses_an_option_no_adapter_reads_before_it_binds(
     assert main(["serve", "--port", str(free_port()), "--config", str(config)]) == 2
     printed = capsys.readouterr()
     assert "providers.up.base_ulr: not an option of provider type openai" in printed.err and printed.out == ""
+
+
+def test_serve_on_a_store_with_keys_but_no_admin_key_says_how_to_make_one(
+    serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `keys create` before the first start (the README's, on the wrong store) left serve minting nothing and
+    saying nothing: no key for the dashboard or /admin, and no word of it."""
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
+    assert main(["keys", "create", "--name", "ci", "--store", serve_here]) == 0
+    capsys.readouterr()
+    assert main(["serve", "--port", str(free_port())]) == 0
+    out = capsys.readouterr().out
+    assert "no live admin key" in out and "gwk_" not in out
+    assert f"`gateway keys create --name admin --admin --store {serve_here}`" in out
+
+    assert main(["keys", "create", "--name", "admin", "--admin", "--store", serve_here]) == 0
+    capsys.readouterr()
+    assert main(["serve", "--port", str(free_port())]) == 0
+    out = capsys.readouterr().out
+    assert "no live admin key" not in out and "gwk_" not in out  # the secret is not kept, let alone printed
+    assert "Admin key: the one printed when this store was new" in out
+
+
+def test_route_explain_reads_no_provider_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It exited 1 `provider_not_configured` in a shell without OPENAI_API_KEY; it would also have read an SSM
+    parameter to explain a route."""
+    import handler.config
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setattr(handler.config, "_aws_fetch", lambda kind, name: pytest.fail(f"read {kind}:{name}"))
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "providers:\n  openai: {type: openai, api_key: env:OPENAI_API_KEY}\n"
+        "  anthropic: {type: anthropic, api_key: ssm:/gateway/anthropic}\n"
+        "models:\n  gpt-4o-mini: {deployments: [{provider: openai, model: gpt-4o-mini}], fallbacks: [haiku]}\n"
+        "  haiku: {deployments: [{provider: anthropic, model: claude-haiku-4-5}]}\n"
+    )
+    assert main(["route", "explain", "gpt-4o-mini", "--config", str(config)]) == 0
+    attempts = orjson.loads(capsys.readouterr().out)["attempts"]
+    assert [(a["provider"], a.get("skipped"), a.get("hint")) for a in attempts] == [
+        ("openai", "provider_not_configured", "set the environment variable OPENAI_API_KEY"),
+        ("anthropic", None, None),  # kept in SSM: not read, counted as there
+    ]
+
+
+def test_usage_prints_what_the_http_report_holds_and_a_csv_header_with_no_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--format json` printed the rows alone (docs/usage.md listed `filter`, `tag_names` and `latency` too), and
+    `--format csv` printed nothing at all for a window with no lines: not even the columns."""
+    store = f"sqlite:///{tmp_path / 'gateway.db'}"
+    assert main(["keys", "create", "--name", "ci", "--store", store]) == 0
+    capsys.readouterr()
+    assert main(["usage", "--store", store, "--group-by", "key,model", "--user", "ann", "--format", "json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["data"] == [] and report["tag_names"] == [] and report["latency"]["requests"] == 0
+    assert report["filter"] == {"tags": {}, "user": "ann", "session": None} and report["group_by"] == ["key", "model"]
+    assert main(["usage", "--store", store, "--group-by", "key,model", "--format", "csv"]) == 0
+    header = capsys.readouterr().out.splitlines()
+    assert header[0].startswith("key,model,key_name,requests,input_tokens,") and len(header) == 1

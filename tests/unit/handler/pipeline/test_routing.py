@@ -64,6 +64,21 @@ def test_unconfigured_provider_is_skipped_or_named() -> None:
     assert info.value.code == "provider_not_configured"
 
 
+def test_explaining_a_route_needs_no_provider_key_and_marks_the_deployments_without_one() -> None:
+    """`gateway route explain` exited 1 `provider_not_configured` in a shell without the provider's key, and a
+    deployment without a key was left out of the answer unsaid."""
+    explained = router("eu-west-1", {"B": "y"}).explain("m", RouteControls(), any_model)
+    assert [(e["upstream_model"], e.get("skipped")) for e in explained] == [
+        ("m-eu", "provider_not_configured"),
+        ("m-us", "provider_not_configured"),
+        ("m-ap", None),
+        ("n-global", None),
+    ]
+    assert explained[0]["hint"] == "set the environment variable A"
+    nothing = router("eu-west-1", {}).explain("m", RouteControls(provider="a"), any_model)
+    assert {e["skipped"] for e in nothing} == {"provider_not_configured"} and len(nothing) == 2
+
+
 def test_a_gateway_key_as_a_literal_provider_key_is_ignored_and_never_shown(caplog: pytest.LogCaptureFixture) -> None:
     """A literal `api_key` that is one of this gateway's own keys is never sent upstream, and neither the
     warning nor the client's 503 repeats it (any client allowed the model would read another key)."""
