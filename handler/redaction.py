@@ -20,12 +20,15 @@ MIN_SECRET_LENGTH = 8  # shorter values (test placeholders, "none") would redact
 
 # Values shaped like a key, whatever surrounds them: OpenAI's and Anthropic's, this gateway's own, AWS access key
 # ids, Google's.
+# (Not `\b` before them: `resp_gwk_...`, a key pasted after an id's prefix, has no word boundary there.)
 KEY_SHAPES = (
-    r"\b(sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{8,})"
-    r"|\b(gwk_[a-z0-9]{12}_[A-Za-z0-9_\-]{8,})"
+    r"(?<![A-Za-z0-9])(sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{8,})"
+    r"|(?<![A-Za-z0-9])(gwk_[a-z0-9]{12}_[A-Za-z0-9_\-]{8,})"
     r"|\b((?:AKIA|ASIA)[0-9A-Z]{16})\b"
-    r"|\b(AIza[0-9A-Za-z_\-]{30,})"
+    r"|(?<![A-Za-z0-9])(AIza[0-9A-Za-z_\-]{30,})"
 )
+# How each of those begins: a value with none of these in it holds no key of those shapes.
+KEY_MARKERS = ("sk-", "gwk_", "AKIA", "ASIA", "AIza")
 # Those, and a value where a credential is named: a bearer token, a key header or field, a `key=` parameter. (A
 # value ends at a space, quote, separator or closing bracket: `(x-api-key: ...)` keeps its `)`.)
 CREDENTIAL_SHAPES = (
@@ -107,6 +110,16 @@ def redact_secrets(text: str) -> str:
     sees it in no answer, log line, metric or span. (Unlike `redact_message`, the gateway's own wording stays:
     "send Authorization: Bearer <key>" names no secret.)"""
     return key_shapes().sub(REDACTED, _without_known(text))
+
+
+def unkeyed(value: str) -> str:
+    """`value`, a client's name for its user, its session or a tag (kept on ledger lines and in reports, spans and
+    CSV exports), with any key in it redacted: a client that sends its key there finds it nowhere. A value without
+    a key's first letters is returned as it is, with no regular expression run (the hot path)."""
+    for marker in KEY_MARKERS:
+        if marker in value:
+            return redact_secrets(value)
+    return value
 
 
 def scrub(body: bytes) -> bytes:

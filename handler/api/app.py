@@ -52,7 +52,7 @@ from handler.pipeline.passthrough import guarded
 from handler.pipeline.pipeline import ChunkStream, Controls, Exchange, Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import KeyRecord, StoreError
-from handler.redaction import redact_message, scrub
+from handler.redaction import redact_message, scrub, unkeyed
 from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
 from handler.telemetry.observability import observe, observe_failure
@@ -583,7 +583,7 @@ def session_of(request: Request) -> str | None:
     for name in SESSION_HEADERS:
         value = request.headers.get(name.decode())
         if value and TAG.fullmatch(value.strip()):
-            return value.strip()
+            return unkeyed(value.strip())
     return None
 
 

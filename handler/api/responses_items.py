@@ -99,10 +99,12 @@ class PageAsked(Value):
         raw_limit = query.get("limit")
         limit = DEFAULT_LIMIT
         if raw_limit is not None:
-            limit = int(raw_limit) if raw_limit.strip().isdigit() else 0
+            digits = raw_limit.strip()
+            # (`isdigit` alone takes `²` and 5,000 digits, which `int` refuses: a 500.)
+            limit = int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 6 else 0
             if not 1 <= limit <= MOST:
                 raise InvalidRequestError(
-                    f"limit must be an integer from 1 to {MOST}, not '{raw_limit}'", param="limit"
+                    f"limit must be an integer from 1 to {MOST}, not '{raw_limit[:20]}'", param="limit"
                 )
         order = query.get("order", "desc")
         if order not in ("asc", "desc"):

@@ -18,7 +18,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from handler.api.app import anthropic_path, new_request_id
 from handler.config import LimitsConfig
-from handler.errors import HeadersTooLargeError
+from handler.errors import GatewayError, HeadersTooLargeError, InvalidRequestError
 
 
 @functools.cache
@@ -30,15 +30,20 @@ def request_header_bytes() -> int:
 
 
 def too_large_answer(limit: int, anthropic: bool = False) -> bytes:
-    """The 431, written before the app sees the request: with a request id of its own, as every answer has, in the
-    error shape of the caller's API (`anthropic`: Anthropic's, with its `request-id` too)."""
+    """The 431, written before the app sees the request."""
     error = HeadersTooLargeError(f"the request's line and headers exceed {limit} bytes")
+    return refusal(error, b"431 Request Header Fields Too Large", anthropic)
+
+
+def refusal(error: GatewayError, status_line: bytes, anthropic: bool) -> bytes:
+    """An answer written before the app sees the request: with a request id of its own, as every answer has, in
+    the error shape of the caller's API (`anthropic`: Anthropic's, with its `request-id` too)."""
     body = orjson.dumps(error.anthropic_body() if anthropic else error.openai_body())
     request_id = new_request_id().encode()
     return (
-        b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+        b"HTTP/1.1 %s\r\ncontent-type: application/json\r\n"
         b"x-request-id: %s\r\n%sx-should-retry: false\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-        % (request_id, b"request-id: %s\r\n" % request_id if anthropic else b"", len(body), body)
+        % (status_line, request_id, b"request-id: %s\r\n" % request_id if anthropic else b"", len(body), body)
     )
 
 
@@ -87,6 +92,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             anthropic = anthropic_head(getattr(self, "url", b""), getattr(self, "headers", None) or [])
             self.transport.write(too_large_answer(request_header_bytes(), anthropic))
             self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """A head the HTTP parser refuses (a CR or NUL in a header's value, two `Content-Length`s): the client's 400
+        in the error shape of its API, where uvicorn wrote a plain-text one with no request id."""
+        if self.transport.is_closing():
+            return
+        anthropic = anthropic_head(getattr(self, "url", b""), getattr(self, "headers", None) or [])
+        error = InvalidRequestError(f"the request's HTTP head is malformed ({msg.rstrip('.')})")
+        self.transport.write(refusal(error, b"400 Bad Request", anthropic))
+        self.transport.close()
 
     def on_message_begin(self) -> None:
         # (A request after the first on a kept-alive connection: its first read was counted as the last

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 
 from handler.errors import InvalidRequestError
 from handler.ports import KeyRecord
+from handler.redaction import unkeyed
 
 TAG = re.compile(r"[A-Za-z0-9_.:/@+-]{1,128}")
 MAX_TAGS = 16
@@ -41,7 +42,7 @@ def validate_tags(pairs: Iterable[tuple[str, str]] | Mapping[str, str], param: s
     for name, value in items:
         if not (TAG.fullmatch(name) and TAG.fullmatch(value)):
             raise InvalidRequestError(f"{param} takes name=value pairs separated by commas; {TAG_RULE}", param=param)
-        tags[name] = value
+        tags[name] = unkeyed(value)
     if len(tags) > MAX_TAGS:
         raise InvalidRequestError(f"{param} takes at most {MAX_TAGS} tags", param=param)
     return tags

@@ -251,3 +251,25 @@ def test_a_redirecting_deployment_fails_over_with_its_reason_in_the_route(runnin
     finally:
         server.stop()
         redirecting.close()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\nx-gateway-tags: a=b\x00c\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}",
+    ],
+)
+def test_a_head_the_parser_refuses_is_a_400_in_the_apis_shape(served: ServerThread, head: bytes) -> None:
+    """A NUL in a header's value, or two `Content-Length`s, got uvicorn's plain-text 400 with no request id
+    (found by review)."""
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        sock.sendall(head)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head_out, _, body = answer.partition(b"\r\n\r\n")
+    assert head_out.startswith(b"HTTP/1.1 400 ") and b"\r\nx-request-id: req_" in head_out
+    assert b"\r\nx-should-retry: false\r\n" in head_out
+    error = httpx.Response(400, content=body).json()["error"]
+    assert error["code"] == "invalid_request" and "malformed" in error["message"]

@@ -862,3 +862,19 @@ def test_a_client_that_leaves_while_its_reservation_is_written_leaves_nothing_re
     assert state["reserved_usd"] == 0 and not state["spent_usd"], state
     assert ledger(gw, key) == []  # nothing was sent
     assert chat(gw, key).status_code == 200  # and the key works on
+
+
+def test_a_key_sent_as_a_user_session_or_tag_is_kept_nowhere(gw: Running) -> None:
+    """A client's key sent where an id belongs (`user`, a session header, a tag's value) was stored as it came: on
+    the ledger line, in `/v1/usage` and `/admin/usage` (JSON and CSV) and in spans. Found by review."""
+    key = gw.mint(name="ids")
+    body = {"model": "gpt-test", "messages": HI, "user": key}
+    answer = post(gw, "/v1/chat/completions", key, body, **{"x-session-id": key, "x-gateway-tags": f"app={key}"})
+    assert answer.status_code == 200, answer.text
+    [line] = ledger(gw, key)
+    assert (line.user, line.session, dict(line.tags)["app"]) == ("[REDACTED]",) * 3
+    report = httpx.get(f"{gw.url}/v1/usage", params={"group_by": "user,session,tag:app"}, headers=auth(key))
+    assert report.status_code == 200 and key not in report.text and "[REDACTED]" in report.text
+    # An id with no key in it is kept as sent.
+    answer = post(gw, "/v1/chat/completions", key, {**body, "user": "u-42"}, **{"x-session-id": "3f2a-sk"})
+    assert (ledger(gw, key)[-1].user, ledger(gw, key)[-1].session) in {("u-42", "3f2a-sk")}

@@ -109,6 +109,8 @@ def test_pages_follow_limit_order_and_after(running: Running, key: str) -> None:
         ("limit=0", "limit"),
         ("limit=101", "limit"),
         ("limit=ten", "limit"),
+        ("limit=%C2%B2", "limit"),  # `²`, a digit to `isdigit` and not to `int` (a 500, found by review)
+        ("limit=" + "1" * 4301, "limit"),  # past `int`'s digit limit (a 500)
         ("order=up", "order"),
         ("after=msg_x", "after"),
     ],

@@ -85,6 +85,9 @@ def test_the_gateways_own_words_keep_their_wording_and_lose_any_key() -> None:
     key = "gwk_abcdefghijkm_S3cr3tS3cr3tS3cr3tS3cr3t"
     assert NotFoundError(f"model '{key}' does not exist").message == "model '[REDACTED]' does not exist"
     assert redaction.redact_secrets("gpt-4o-mini and sk-proj-abcdefgh12345678") == "gpt-4o-mini and [REDACTED]"
+    # A key after an id's prefix (`resp_gwk_...`): no word boundary there, and it was kept (found by review).
+    assert redaction.redact_secrets(f"resp_{key}") == "resp_[REDACTED]"
+    assert redaction.unkeyed(f"team-{key}") == "team-[REDACTED]" and redaction.unkeyed("3f2a-sk") == "3f2a-sk"
 
 
 @pytest.mark.parametrize(
