@@ -4,7 +4,7 @@ Items (`pk`, `sk`; `gsi1pk`/`gsi1sk` feed the one index; `ttl` is the table's TT
 
 | item | pk | sk | holds |
 |---|---|---|---|
-| key | `KEY#<id>` | `KEY` | the record as JSON, `version`; `gsi1pk=KEYS`, `gsi1sk=<parent or ~>#<id>` |
+| key | `KEY#<id>` | `KEY` | the record as JSON, `version`, `w`; `gsi1pk=KEYS`, `gsi1sk=<parent or ~>#<id>` |
 | meter | `METER#<id>` | `METER`| `c:`/`s:<period>` committed/spent USD, `r:<id>` reservations, `w:`/`n:<name>` rates |
 | settled marker | `SETTLED#<reservation>` | `SETTLED` | makes settlement idempotent |
 | line item | `LEDGER#<key id>` | `<ts>#<request id>` | the item as JSON; `gsi1pk=LEDGERS#<n>` for all-keys reports |
@@ -15,6 +15,7 @@ Items (`pk`, `sk`; `gsi1pk`/`gsi1sk` feed the one index; `ttl` is the table's TT
 | child link | `FAMILY#<id>` | `CHILD#<child id>` | `child`, `purge` (when its record may go); a TTL past its lines' |
 
 A meter item's `q` names the last admission without a budget that counted on it (`_admit_update`).
+A key item's `w` is a token of the write that put it, so that a write sent again knows its own (`already_written`).
 
 A key's budget counters, its reservations and its rate counters sit in one item, so an admission for a
 key without budgeted parents is one conditional `UpdateItem` whose new values come back in the same
@@ -42,6 +43,7 @@ import math
 import os
 import random
 import time
+import uuid
 import zlib
 from collections.abc import Callable
 from decimal import Decimal
@@ -87,6 +89,7 @@ from handler.ports import (
 T = TypeVar("T")
 METER_SK = "METER"
 LAST_ADMISSION = "q"  # on a meter item: the last admission written to it (`_admit_update`)
+WRITE_TOKEN = "w"  # on a key item: a token of the write that put it (`already_written`)
 BUCKET_SECONDS = 60  # reservations are summed by the minute they expire in (`reservation_bucket`)
 SWEEP_SECONDS = 120.0  # a process releases a key's expired reservations this often, after settling on it
 # All-keys reports read this many index partitions (the module docstring): each takes about 1,000 writes a
@@ -194,15 +197,18 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         if record.parent_id is not None:
             await self._create_child(record, record.parent_id, NO_CHILD_LIMIT)
             return
+        item = stamped(self._key_item(record))
         try:
             await self._call(
                 "put_item",
                 TableName=self.table,
-                Item=self._key_item(record),
+                Item=item,
                 ConditionExpression="attribute_not_exists(pk)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ConditionFailed as exc:
-            raise ConflictError(f"key {record.id} exists") from exc
+            if not already_written(exc.item, item):
+                raise ConflictError(f"key {record.id} exists") from exc
 
     async def create_child(self, record: KeyRecord, max_children: int) -> None:
         """The key's conditional `Put` in one `TransactWriteItems` with its parent's child count (`ADD n 1` if
@@ -243,12 +249,14 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
     async def _create_child(self, record: KeyRecord, parent_id: str, max_children: int) -> None:
         purge = key_purge_after(record)
         link = self._link_item(parent_id, record.id, purge, None if purge is None else purge + LEDGER_TTL_SECONDS)
+        item = stamped(self._key_item(record))
         writes = [
             {
                 "Put": {
                     "TableName": self.table,
-                    "Item": self._key_item(record),
+                    "Item": item,
                     "ConditionExpression": "attribute_not_exists(pk)",
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             },
             {
@@ -269,6 +277,8 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
                 return
             except ConditionFailed as exc:
                 if exc.reasons and exc.reasons[0].get("Code") == FAILED:
+                    if already_written(exc.reasons[0].get("Item", {}), item):
+                        return  # the whole transaction landed: its count and link with it
                     raise ConflictError(f"key {record.id} exists") from exc
                 if attempt == 2 or not await self._recount(parent_id, max_children):
                     raise ChildLimitReached(parent_id, max_children) from exc
@@ -347,17 +357,20 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
 
     async def update_key(self, record: KeyRecord) -> None:
         """Written in the key's home region, like its meter, so two regions never race on the record."""
+        item = stamped(self._key_item(record))
         try:
             await call(
                 self._client_for(record.home_region),
                 "put_item",
                 TableName=self.table,
-                Item=self._key_item(record),
+                Item=item,
                 ConditionExpression="version = :previous",
                 ExpressionAttributeValues={":previous": num(record.version - 1)},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ConditionFailed as exc:
-            raise ConflictError(f"key {record.id} changed since it was read") from exc
+            if not already_written(exc.item, item):
+                raise ConflictError(f"key {record.id} changed since it was read") from exc
 
     async def list_keys(self, parent_id: str | None = None) -> list[KeyRecord]:
         condition = "gsi1pk = :keys"
@@ -938,6 +951,20 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
     async def close(self) -> None:
         await self.leases.close()
         await self.reconnect()
+
+
+def already_written(found: Item, written: Item) -> bool:
+    """Whether the key item a conditional write was refused on (`found`, as the refusal returned it) is the one
+    that write puts (`written`, `stamped`): it landed, its answer was lost (a timeout), the client sent it again,
+    and its own condition refused it. Told by the write's token, not by the record: the same record written
+    again by another call is a conflict, as on the embedded store. A write made on top of it before it was sent
+    again hides it (a conflict then, as before)."""
+    return WRITE_TOKEN in found and found[WRITE_TOKEN] == written[WRITE_TOKEN]
+
+
+def stamped(item: Item) -> Item:
+    """`item` with a token drawn for this one write (`already_written`)."""
+    return {**item, WRITE_TOKEN: text(uuid.uuid4().hex)}
 
 
 def ledger_shard(request_id: str) -> str:

@@ -19,11 +19,13 @@ from adapters.sigv4 import Credentials
 from adapters.store.dynamo_client import DynamoDBClient
 from adapters.store.dynamodb import LEDGER_SHARDS, SWEEP_SECONDS, DynamoDBStore
 from adapters.store.expressions import Expression, num, text
+from handler.pipeline.keys import KeyService
 from handler.ports import (
     Admission,
     BudgetCharge,
     BudgetRefused,
     ChildLimitReached,
+    ConflictError,
     KeyRecord,
     RateCharge,
     Settlement,
@@ -246,6 +248,68 @@ async def test_a_release_sent_again_after_its_answer_was_lost_still_frees_the_bu
     assert await store.release_expired(key, time.time()) == pytest.approx(0.8)
     assert transport.lose is None  # the release's answer was lost once, and the request sent again
     assert (await store.admit(fresh)).committed_usd[PERIOD] == pytest.approx(0.5)
+    await store.close()
+
+
+def losing_store(dynamo: DynamoServer) -> tuple[AnswerLost, DynamoDBStore]:
+    """A store whose client loses the answer of the next call of `transport.lose`, and sends it again."""
+    transport = AnswerLost()
+    client = DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url, transport=transport)
+    return transport, DynamoDBStore(client, dynamo.create_table(), owned=[client])
+
+
+async def test_a_rotation_sent_again_after_its_answer_was_lost_stands(dynamo: DynamoServer) -> None:
+    """A rotation writes the key if its version is still the one read. One that landed, its answer lost, was sent
+    again and refused by its own condition: the admin got 400 "the key changed while rotating; retry", the new
+    secret was never shown, and retrying as told moved that unknown secret into the grace slot, so the original
+    secret stopped at once despite its grace."""
+    transport, store = losing_store(dynamo)
+    keys = KeyService(store, 0)
+    original = await keys.mint(record())
+    transport.lose = "PutItem"
+    rotated = await keys.rotate(original.record, 3600)
+    assert transport.lose is None  # the answer was lost once, and the write sent again
+    assert (await keys.authenticate(rotated.key, None)).version == 2
+    assert (await keys.authenticate(original.key, None)).id == original.record.id  # in its grace
+    with pytest.raises(ConflictError):  # a rotation from the same version, by another call, is a conflict
+        await keys.rotate(original.record, 3600)
+    await store.close()
+
+
+async def test_a_key_created_again_after_its_answer_was_lost_is_created(dynamo: DynamoServer) -> None:
+    """Its put, conditional on the id being free, was refused by itself when sent again: 503 for a key that
+    existed, its secret never shown."""
+    transport, store = losing_store(dynamo)
+    key = record(admin=True)
+    transport.lose = "PutItem"
+    await store.create_key(key)
+    assert transport.lose is None
+    assert await store.get_key(key.id) == key
+    with pytest.raises(ConflictError):  # the same record, created again by another call
+        await store.create_key(key)
+    await store.close()
+
+
+async def test_a_child_minted_again_after_its_answer_was_lost_is_minted_once(dynamo: DynamoServer) -> None:
+    """The child's put, its parent's count and its link are one transaction, refused by itself when sent again:
+    503, the child created anyway with its secret never shown, holding one of its parent's `max_children` for as
+    long as it lived; each retry by the client added another."""
+    transport, store = losing_store(dynamo)
+    parent = record()
+    await store.create_key(parent)
+    first = record(parent_id=parent.id, ancestors=[parent.id])
+    await store.create_child(first, 3)  # (the parent's count exists from here: the next mint passes at once)
+    child = record(parent_id=parent.id, ancestors=[parent.id])
+    transport.lose = "TransactWriteItems"
+    await store.create_child(child, 3)
+    assert transport.lose is None
+    assert await store.get_key(child.id) == child
+    assert await store.child_ids(parent.id) == sorted([first.id, child.id])
+    await store.create_child(record(parent_id=parent.id, ancestors=[parent.id]), 3)  # counted once: one slot left
+    with pytest.raises(ChildLimitReached):
+        await store.create_child(record(parent_id=parent.id, ancestors=[parent.id]), 3)
+    with pytest.raises(ConflictError):  # the same record, minted again by another call
+        await store.create_child(child, 5)
     await store.close()
 
 
