@@ -400,7 +400,13 @@ class Pipeline:
                 limit = req.output_limit()
                 native = attempt.adapter.native_request(call, attempt.target, stream=stream, output_limit=limit)
                 return BuiltRequest(native.request, [*call.dropped, *native.dropped])
-            built = attempt.adapter.chat_request(req, attempt.target, stream=stream)
+            try:
+                built = attempt.adapter.chat_request(req, attempt.target, stream=stream)
+            except InvalidRequestError as err:  # (`stop` too long for the provider: the client sent `stop_sequences`)
+                named = as_client_named(call.api, [err.param])[0] if err.param else None
+                if named != err.param:
+                    err.message, err.param = err.message.replace(f"'{err.param}'", f"'{named}'"), named
+                raise
             return BuiltRequest(built.request, [*call.untranslated, *as_client_named(call.api, built.dropped)])
 
         return build
@@ -594,19 +600,28 @@ class Pipeline:
         if ex.native_options and attempt.adapter.speaks(ex.native_api, attempt.target):
             options = ex.native_options if served is None else as_served(price, ex.native_options, served.options)
             price = with_options(price, options)
-        return scaled(price, ex.price_multiplier)
+        # A service tier the deployment was not sent (dropped and named) is not billed.
+        return scaled(price, ex.price_multiplier if "service_tier" not in ex.dropped else 1.0)
 
     def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage, served: Served | None = None) -> Cost:
         """What `usage` at `attempt` costs, with the options billed per request; `served`: what the answer says of
         how it was served (the speed it ran at, the tokens other models ran for it)."""
         cost = cost_of(usage, self._price(ex, attempt, served), self.fee)
-        apart = ex.per_request_usd + (usage.web_searches * ex.search_usd if ex.search_usd else 0.0)
+        apart = self._per_request_usd(ex) + (usage.web_searches * ex.search_usd if ex.search_usd else 0.0)
         if served is not None and served.others:
             apart += self._others_usd(ex, attempt, served)
         if apart and cost.provider_usd is not None:
             provider = cost.provider_usd + apart
             cost = Cost(provider, fee_for(provider, self.fee), usage, cost.unit_prices)
         return cost
+
+    @staticmethod
+    def _per_request_usd(ex: Exchange) -> float:
+        """The options billed per request (web search), unless the deployment that answered was not sent them
+        (dropped and named): Azure's Chat Completions has no `web_search_options`, and its search fee was billed."""
+        if ex.per_request_usd and "web_search_options" in ex.dropped:
+            return 0.0
+        return ex.per_request_usd
 
     def _others_usd(self, ex: Exchange, attempt: Attempt, served: Served) -> float:
         """What the tokens other models ran for the answer cost (Anthropic's advisor), each at its own model's price
@@ -643,24 +658,22 @@ class Pipeline:
             if case is not None and worst is not None and case > worst:
                 worst_model = attempt.model
             worst = None if case is None or worst is None else max(worst, case)
-        # Any model the plan may try must be covered, so a fallback's worst case can be the one refused.
-        lower = (
-            f"; it is {worst_model}'s, a fallback: `x-gateway-fallbacks: none` or a smaller max_tokens lowers it"
-            if worst_model != ex.model
-            else "; a smaller max_tokens lowers it"
-        )
         if ex.controls.max_cost_usd is not None:
             if worst is None:
                 raise CostLimitError("the cost of this model is unknown, so x-gateway-max-cost-usd cannot be honoured")
             if worst > ex.controls.max_cost_usd:
                 raise CostLimitError(
                     f"worst-case cost ${usd(worst)} exceeds x-gateway-max-cost-usd ${usd(ex.controls.max_cost_usd)}"
-                    + lower
+                    + lowered_by(worst_model, ex.model)
                 )
         ex.reserving = True
         try:
-            reservation = await self.meter.admit(ex.lineage, ex.model, worst, prompt + output, ex.request_id)
+            # The rate limits count what the request shows: a document the provider fetches (`referenced`) is in
+            # the budget's worst case, not in the tokens a minute (100 pages would refuse it on any key's tpm).
+            tokens = prompt - estimate.referenced + output
+            reservation = await self.meter.admit(ex.lineage, ex.model, worst, tokens, ex.request_id)
         except BudgetExceededError as exc:
+            lower = lowered_by(worst_model, ex.model)
             raise BudgetExceededError(exc.message + lower, code=exc.code, headers=exc.headers) from None
         finally:
             ex.reserving = False
@@ -680,7 +693,7 @@ class Pipeline:
             log.warning("upstream usage refused as impossible", extra={"request_id": ex.request_id})
         attempt = ex.attempt
         estimate = ex.prompt or PromptEstimate(0, ())
-        prompt = estimate.tokens(attempt.target.provider_type, attempt.target.model) if attempt else 0
+        prompt = estimate.seen(attempt.target.provider_type, attempt.target.model) if attempt else 0
         return Usage.of(prompt, math.ceil(output_chars() / 3)), "estimate"
 
     async def _unanswered(self, ex: Exchange, exc: BaseException) -> None:
@@ -967,6 +980,14 @@ class Pipeline:
                 self.gateway.settle_soon(self.meter, settlement)
             else:
                 await self.meter.settle(settlement)
+
+
+def lowered_by(worst_model: str, model: str) -> str:
+    """What lowers a refused worst case, told in the refusal. Any model the plan may try must be covered, so a
+    fallback's worst case can be the one refused."""
+    if worst_model != model:
+        return f"; it is {worst_model}'s, a fallback: `x-gateway-fallbacks: none` or a smaller max_tokens lowers it"
+    return "; a smaller max_tokens lowers it"
 
 
 def answer_chars(completion: ChatCompletion) -> int:

@@ -214,16 +214,24 @@ def cost_of(usage: Usage, price: Price | None, fee: FeeConfig) -> Cost:
 
 
 class PromptEstimate(Value):
-    """An upper bound of a prompt's input tokens: its text, and its images, whose price depends on who reads them."""
+    """An upper bound of a prompt's input tokens: its text, its images, whose price depends on who reads them, and
+    the allowance for documents the provider fetches itself (by URL or file id), whose size the request does not
+    show. The allowance is reserved (`tokens`), never billed (`seen`): an answer without usage is billed on what
+    the gateway saw, not on 100 pages it did not (a file id billed 460,000 tokens, found by review)."""
 
-    __slots__ = ("text_tokens", "images")
+    __slots__ = ("text_tokens", "images", "referenced")
 
-    def __init__(self, text_tokens: int, images: tuple[tuple[str, str | None], ...]) -> None:
+    def __init__(self, text_tokens: int, images: tuple[tuple[str, str | None], ...], referenced: int = 0) -> None:
         self.text_tokens: Final = text_tokens
         self.images: Final = images  # (url, detail)
+        self.referenced: Final = referenced
 
     def tokens(self, provider_type: str, model: str) -> int:
-        """The estimate for `model` of `provider_type`, each image by that provider's formula."""
+        """The worst case for `model` of `provider_type`, each image by that provider's formula."""
+        return self.seen(provider_type, model) + self.referenced
+
+    def seen(self, provider_type: str, model: str) -> int:
+        """The estimate of what the request shows (its text and images), for an answer that came without usage."""
         if not self.images:
             return self.text_tokens
         return self.text_tokens + sum(image_tokens(url, detail, provider_type, model) for url, detail in self.images)
@@ -240,7 +248,7 @@ def prompt_estimate(req: ChatRequest) -> PromptEstimate:
     Half the UTF-8 byte length over-counts every tokenizer we price (English runs about four
     characters a token, CJK about one character of three bytes), so a reservation is not undercut.
     """
-    total = 0
+    total = referenced = 0
     images: list[tuple[str, str | None]] = []
     for message in req.messages:
         total += MESSAGE_OVERHEAD_TOKENS
@@ -255,7 +263,7 @@ def prompt_estimate(req: ChatRequest) -> PromptEstimate:
                 total += len(part.model_dump_json().encode()) // 2 + 1
                 if isinstance(part, FilePart) and not part.file.get("file_data"):
                     # An uploaded file (`file_id`): the provider reads and bills all of it, 20 bytes here.
-                    total += REFERENCED_DOCUMENT_TOKENS
+                    referenced += REFERENCED_DOCUMENT_TOKENS
         for call in message.tool_calls or ():
             total += (len(call.function.arguments.encode()) + len(call.function.name)) // 2 + 4
         if message.reasoning_content:
@@ -273,7 +281,7 @@ def prompt_estimate(req: ChatRequest) -> PromptEstimate:
         # add a few tokens.
         sent = {name: value for name, value in extra.items() if name != "prediction"}
         total += len(orjson.dumps(sent)) // 2
-    return PromptEstimate(total, tuple(images))
+    return PromptEstimate(total, tuple(images), referenced)
 
 
 def sent_as_written(estimate: PromptEstimate, body: Mapping[str, Any]) -> PromptEstimate:
@@ -307,8 +315,8 @@ def sent_as_written(estimate: PromptEstimate, body: Mapping[str, Any]) -> Prompt
                 pictures += inline
         elif kind in ("document", "input_file") and not _inline_document(block):
             referenced += REFERENCED_DOCUMENT_TOKENS
-    written = (len(orjson.dumps(dict(body), default=str)) - pictures) // 2 + referenced
-    return PromptEstimate(max(estimate.text_tokens, written), tuple(images))
+    written = (len(orjson.dumps(dict(body), default=str)) - pictures) // 2
+    return PromptEstimate(max(estimate.text_tokens, written), tuple(images), max(estimate.referenced, referenced))
 
 
 def _inline_picture(block: dict[str, Any]) -> int | None:

@@ -49,18 +49,26 @@ class Served:
         return await self.gateway.store.usage(UsageQuery([self.key.record.id], 0, time.time() + 3600))
 
 
-async def serve(upstream: Upstream, models: dict[str, Any], budget_usd: float = 10.0, **settings: Any) -> Served:
-    """The gateway on an in-memory store, its `openai` provider answered by `upstream`, and a key with a
-    monthly budget of `budget_usd`."""
+async def serve(
+    upstream: Upstream,
+    models: dict[str, Any],
+    budget_usd: float = 10.0,
+    provider: dict[str, Any] | None = None,
+    **settings: Any,
+) -> Served:
+    """The gateway on an in-memory store, its `openai` provider (`provider`, else an OpenAI-compatible one)
+    answered by `upstream`, and a key with a monthly budget of `budget_usd`."""
     data = {
         "gateway": settings,
-        "providers": {"openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up/v1"}},
+        "providers": {
+            "openai": provider or {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up/v1"}
+        },
         "models": models,
     }
     gateway = build_gateway(
         config=parse_config(data, set(REGISTRY)),
         store_url="sqlite://",
-        environ={"OPENAI_API_KEY": "sk-test-000000000000"},
+        environ={"OPENAI_API_KEY": "sk-test-000000000000", "AZURE_OPENAI_API_KEY": "azkey-0000000000000000"},
         transport=httpx.MockTransport(upstream),
     )
     record = KeyRecord(id="", name="k", secret_hash="", created_at=0, budget_usd=budget_usd, budget_period="month")
@@ -224,4 +232,62 @@ async def test_embeddings_carry_their_user() -> None:
     assert answer.status_code == 200, answer.text
     [line] = await served.ledger()
     assert line.user == "ann"
+    await served.gateway.aclose()
+
+
+async def test_an_option_the_deployment_was_not_sent_is_not_billed() -> None:
+    """Azure's Chat Completions has no `web_search_options` or `service_tier`: they are dropped and named, and were
+    billed all the same (the $0.03 search fee for a search that never ran, a priority tier's double price). Found
+    by review."""
+    sent: list[dict[str, Any]] = []
+
+    def azure(request: httpx.Request) -> httpx.Response:
+        sent.append(orjson.loads(request.content))
+        return httpx.Response(200, json=completion())
+
+    azure_provider = {
+        "type": "azure",
+        "api_key": "env:AZURE_OPENAI_API_KEY",
+        "base_url": "https://res.openai.azure.com",
+    }
+    served = await serve(
+        azure,
+        {"m": MODEL},
+        provider=azure_provider,
+        priced_options={"web_search_usd": 0.03, "service_tier": {"priority": 2.0}},
+    )
+    plain = 10 * 1.0e-6 + 5 * 2.0e-6
+    for extra in ({"web_search_options": {}}, {"service_tier": "priority"}, {}):
+        answer = await served.post("/v1/chat/completions", {"model": "m", "messages": HI, **extra})
+        assert answer.status_code == 200, answer.text
+        assert not set(extra) & set(sent[-1])
+        assert answer.headers.get("x-gateway-dropped-params", "") == ",".join(extra)
+        assert float(answer.headers["x-gateway-cost-usd"]) == pytest.approx(plain), extra
+    assert [line.cost_usd for line in await served.ledger()] == pytest.approx([plain] * 3)
+    await served.gateway.aclose()
+
+
+async def test_a_document_by_id_is_reserved_but_an_answer_without_usage_is_billed_on_what_was_seen() -> None:
+    """A file part by `file_id` is reserved as 100 pages; an answer without usage was billed those 460,000 tokens
+    too ($0.46 for a $0.00005 answer), and a key's tpm counted them (found by review). The estimate bills what the
+    request shows; the rate limit counts it too."""
+
+    def no_usage(request: httpx.Request) -> httpx.Response:
+        answer = completion()
+        del answer["usage"]
+        return httpx.Response(200, json=answer)
+
+    served = await serve(no_usage, {"m": MODEL})
+    part = {"type": "file", "file": {"file_id": "file-abc"}}
+    answer = await served.post(
+        "/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": [part]}]}
+    )
+    assert answer.status_code == 200, answer.text
+    [line] = await served.ledger()
+    assert line.cost_source == "estimate" and line.input_tokens < 100
+    limited = KeyRecord(id="", name="t", secret_hash="", created_at=0, tpm=50_000)
+    key = await KeyService(served.gateway.store, 0).mint(limited)
+    body = {"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": [part]}]}
+    answer = await served.http.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key.key}"})
+    assert answer.status_code == 200, answer.text  # not "too large for the tpm limit"
     await served.gateway.aclose()

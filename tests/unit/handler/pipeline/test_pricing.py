@@ -254,7 +254,7 @@ def test_a_body_sent_as_written_is_reserved_on_all_of_it_but_its_inline_pictures
         "model": "m",
         "messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "url", "url": "u"}}]}],
     }
-    assert sent_as_written(PromptEstimate(0, ()), by_url).text_tokens >= 100 * 4_600
+    assert sent_as_written(PromptEstimate(0, ()), by_url).tokens("anthropic", "m") >= 100 * 4_600
     # The Responses API's input: a data URL is a picture priced by formula, a file by id a PDF fetched.
     data_url = "data:image/png;base64," + picture
     items = [
@@ -266,7 +266,8 @@ def test_a_body_sent_as_written_is_reserved_on_all_of_it_but_its_inline_pictures
     ]
     responses = {"model": "m", "input": items}
     written = sent_as_written(PromptEstimate(0, ()), responses)
-    assert written.text_tokens == (len(orjson.dumps(responses)) - len(data_url)) // 2 + 100 * 4_600
+    assert written.text_tokens == (len(orjson.dumps(responses)) - len(data_url)) // 2
+    assert written.referenced == 100 * 4_600  # reserved (`tokens`), never billed as seen (`seen`)
     # Never below the translation's own estimate.
     assert sent_as_written(PromptEstimate(10**6, ()), by_url).text_tokens == 10**6
 
@@ -279,9 +280,10 @@ def test_a_file_by_id_is_estimated_as_the_most_a_document_can_cost() -> None:
         part = {"type": "file", "file": file}
         return ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": [part]}]})
 
-    by_id = prompt_estimate(request({"file_id": "file-abc"})).text_tokens
-    inline = prompt_estimate(request({"file_data": "data:application/pdf;base64,JVBERi0x"})).text_tokens
-    assert by_id >= 100 * 4_600 > inline
+    by_id = prompt_estimate(request({"file_id": "file-abc"}))
+    inline = prompt_estimate(request({"file_data": "data:application/pdf;base64,JVBERi0x"}))
+    assert by_id.tokens("openai", "m") >= 100 * 4_600 > inline.tokens("openai", "m")
+    assert by_id.seen("openai", "m") < 100  # what an answer without usage is billed on
 
 
 def test_a_prices_options_name_request_options_and_no_negative_multiplier() -> None:
