@@ -273,6 +273,7 @@ class Api:
         inbound_dropped: list[str] | None = None,
         *,
         stream: bool | None = False,
+        anthropic: bool = False,
     ) -> Exchange:
         lineage = self.lineage(request)
         self.gateway.keys.check_model(lineage, model)
@@ -289,7 +290,7 @@ class Api:
             inbound_dropped=inbound_dropped or [],
             lineage=lineage,
             stream=bool(stream),
-            anthropic=anthropic_caller(request),
+            anthropic=anthropic,  # (the Messages routes say so: no header scan on every request)
         )
         request.state.exchange = ex
         tracer = self.gateway.tracer

@@ -133,7 +133,7 @@ class MessagesRoutes:
         key = await api.authenticate(request, allow_x_api_key=True)
         data = await api.parse_json(request)
         req, untranslated = to_chat_request(api.validate(MessagesRequest, data))
-        ex = api.exchange(request, key, req.model, stream=req.stream)
+        ex = api.exchange(request, key, req.model, stream=req.stream, anthropic=True)
         pipeline = api.pipeline
         call = native_call(request, data, untranslated, server_tools(pipeline, ex, data))
         if req.stream:
@@ -161,7 +161,7 @@ class MessagesRoutes:
         key = await api.authenticate(request, allow_x_api_key=True)
         data = await api.parse_json(request)
         req, untranslated = to_chat_request(api.validate(MessagesCountRequest, data))
-        ex = api.exchange(request, key, req.model, stream=req.stream)
+        ex = api.exchange(request, key, req.model, stream=req.stream, anthropic=True)
         counted = await api.pipeline.count_tokens(native_call(request, data, untranslated), req, ex)
         headers = anthropic_headers(ex)
         payload: dict[str, Any] = {"input_tokens": counted}

@@ -190,3 +190,16 @@ def test_what_a_provider_cannot_honour_is_named_as_the_messages_client_wrote_it(
     )
     assert raw.headers["x-gateway-provider"] == "gemini"
     assert raw.headers["x-gateway-dropped-params"] == "metadata.user_id"
+
+
+def test_a_stop_list_too_long_for_the_provider_is_refused_by_the_messages_name(running: Running, key: str) -> None:
+    """Five `stop_sequences` to an OpenAI model are refused, as OpenAI refuses five `stop`s; the 400 named `stop`,
+    which a Messages client never sent (found by review)."""
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client(running, key).messages.create(
+            model="gpt-4o-mini",
+            max_tokens=50,
+            stop_sequences=["a", "b", "c", "d", "e"],
+            messages=[{"role": "user", "content": "Hi"}],
+        )
+    assert "'stop_sequences'" in refused.value.message and "'stop'" not in refused.value.message
