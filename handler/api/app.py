@@ -46,6 +46,7 @@ from handler.errors import (
     UpstreamError,
 )
 from handler.pipeline.attribution import TAG, parse_tags
+from handler.pipeline.budgets import SETTLE_BY
 from handler.pipeline.gateway import Gateway
 from handler.pipeline.keys import allows_model
 from handler.pipeline.passthrough import guarded
@@ -489,6 +490,10 @@ BEHIND_WEB_ADAPTER = bool(os.environ.get("AWS_LWA_INVOKE_MODE") or os.environ.ge
 LOOPBACK = {"127.0.0.1", "::1"}
 # What a Lambda invocation keeps back from its deadline for settling and answering.
 LAMBDA_MARGIN_MS = 1500
+# What it keeps back from its deadline for spooling a settlement the store has not taken by then, logging it and
+# answering: the store's attempts end there (`budgets.SETTLE_BY`). A spool line is one fsynced append, its log line
+# one write: milliseconds.
+SETTLE_MARGIN_MS = 500
 
 
 def from_web_adapter(request: Request) -> bool:
@@ -530,6 +535,12 @@ def lambda_time_left_s(request: Request) -> float | None:
 
 def web_adapter_time_left_s(raw: str | None) -> float | None:
     """The time left before the invocation's deadline in the Web Adapter's Lambda context, less the margin."""
+    left = web_adapter_ms_left(raw)
+    return None if left is None else max(0.1, (left - LAMBDA_MARGIN_MS) / 1000)
+
+
+def web_adapter_ms_left(raw: str | None) -> float | None:
+    """The milliseconds left before the invocation's deadline in the Web Adapter's Lambda context."""
     if not raw:
         return None
     try:
@@ -539,7 +550,26 @@ def web_adapter_time_left_s(raw: str | None) -> float | None:
             return None
     except (orjson.JSONDecodeError, AttributeError):
         return None
-    return max(0.1, (deadline - time.time() * 1000 - LAMBDA_MARGIN_MS) / 1000)
+    return float(deadline - time.time() * 1000)
+
+
+def settle_by(scope: Any) -> float | None:
+    """On Lambda: the event loop's time by which the invocation's settlements must be durable, its deadline less
+    `SETTLE_MARGIN_MS` (from Mangum's context, or the Web Adapter's, believed as `lambda_time_left_s` believes it).
+    None elsewhere: a server has no deadline to be killed at."""
+    context = scope.get("aws.context")
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    left: float | None = None
+    if remaining is not None:
+        try:
+            left = float(remaining())
+        except (TypeError, ValueError):
+            return None
+    elif BEHIND_WEB_ADAPTER:
+        request = Request(scope)
+        if from_web_adapter(request):
+            left = web_adapter_ms_left(request.headers.get("x-amzn-lambda-context"))
+    return None if left is None else asyncio.get_running_loop().time() + (left - SETTLE_MARGIN_MS) / 1000
 
 
 NO_CONTROLS = Controls()
@@ -695,7 +725,8 @@ class Settling:
     """`app`, then the settlements it left, within the same loop run (a buffered Lambda invocation: its answer
     is not sent before they are written, and a second loop run would cost more than the wait itself). They are
     deferred while the app runs and written after it, in this task (`Gateway.settle_now`); if the app raises,
-    they become tasks, which the Lambda handler drains."""
+    they become tasks, which the Lambda handler drains. Each is durable by the invocation's deadline less
+    `SETTLE_MARGIN_MS` (`settle_by`): written, or else spooled, before Lambda can kill the environment."""
 
     def __init__(self, app: GatewayApp, gateway: Gateway) -> None:
         self.app = app
@@ -705,17 +736,21 @@ class Settling:
         gateway = self.gateway
         deferred: list[Coroutine[Any, Any, None]] = []
         gateway.deferred = deferred
+        by = SETTLE_BY.set(settle_by(scope))  # (the tasks of an app that raised take it along)
         try:
-            await self.app(scope, receive, send)
-        except BaseException:
+            try:
+                await self.app(scope, receive, send)
+            except BaseException:
+                gateway.deferred = None
+                for work in deferred:
+                    gateway.spawn(work)
+                raise
             gateway.deferred = None
-            for work in deferred:
-                gateway.spawn(work)
-            raise
-        gateway.deferred = None
-        await gateway.settle_now(deferred)
-        if gateway.background:
-            await gateway.drain()
+            await gateway.settle_now(deferred)
+            if gateway.background:
+                await gateway.drain()
+        finally:
+            SETTLE_BY.reset(by)
 
 
 class SettledBeforeTheEnd:
@@ -723,7 +758,8 @@ class SettledBeforeTheEnd:
     byte, and the environment is then frozen, or reclaimed, with whatever had not run. Each response's last
     message waits for the settlements left to write (the answer's ledger line, its budget's charge), so none is
     lost with the environment or left to land only on the next invocation's thaw. The client has every byte of the
-    answer but the end of the stream by then; what it waits is the store's one write."""
+    answer but the end of the stream by then; what it waits is the store's one write, or, past the invocation's
+    deadline less `SETTLE_MARGIN_MS` (`settle_by`), the spool's."""
 
     def __init__(self, app: GatewayApp, gateway: Gateway) -> None:
         self.app = app
@@ -740,6 +776,7 @@ class SettledBeforeTheEnd:
                 await gateway.drain()
             await send(message)
 
+        by = SETTLE_BY.set(settle_by(scope))  # (the settlements' tasks and callbacks take it along)
         try:
             await self.app(scope, receive, send_when_settled)
         finally:
@@ -747,6 +784,7 @@ class SettledBeforeTheEnd:
                 # A response that never sent its end (its client left mid-stream): the server ends it, and the
                 # invocation with it, once the app returns.
                 await gateway.drain()
+            SETTLE_BY.reset(by)
 
 
 def serving_app(gateway: Gateway) -> GatewayApp | SettledBeforeTheEnd:

@@ -8,7 +8,8 @@ budget and no limits costs no store call before the upstream call at all.
 Across regions the store spends a key homed elsewhere from this region's lease of its budget; the charges
 carry each key's `home_region` so the store can tell (`adapters/store/region_leases.py`).
 
-A settlement the store keeps refusing goes to the settlement spool (handler/pipeline/spool.py) and lands later.
+A settlement the store keeps refusing goes to the settlement spool (handler/pipeline/spool.py) and lands later; so
+does one still unwritten when a Lambda invocation's time is nearly up (`SETTLE_BY`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 
@@ -41,6 +43,12 @@ from handler.telemetry.observability import span
 # A settlement the store refuses is tried this many times (after 0.05, 0.15, 0.45, 1.35 s), then spooled.
 SETTLE_ATTEMPTS = 5
 SETTLE_FIRST_DELAY_S = 0.05
+# On Lambda, the event loop's time by which a settlement made in this context must be durable: the invocation's
+# deadline less a margin (set per invocation by handler/api/app.py; tasks and callbacks started from the invocation
+# inherit it). Lambda kills an environment at its deadline, with whatever it was writing: a settlement still in
+# the store's retries then had neither a ledger line nor a spool line. None: no deadline (a server).
+SETTLE_BY: ContextVar[float | None] = ContextVar("settle_by", default=None)
+OUT_OF_TIME = "the invocation's time ran out before the store took it"
 
 
 def period_of(kind: str, now: float) -> str:
@@ -314,26 +322,42 @@ class Meter:
 
     async def settle(self, settlement: Settlement) -> None:
         """Apply a settlement, retrying a failed store call; if the store still refuses it, spool it (see
-        handler/pipeline/spool.py): a settled cost must never be lost. Never raises but for cancellation (the
-        settlement is spooled first)."""
+        handler/pipeline/spool.py): a settled cost must never be lost. Under a deadline (`SETTLE_BY`) the attempts,
+        every retry of the layers below included, end there and the settlement is spooled (at once, without a store
+        call, if that time has passed); a write cut off may have landed, and its re-drive then changes nothing.
+        Never raises but for cancellation (the settlement is spooled first)."""
         if not settlement.budgets and not settlement.rates and settlement.item is None:
             return
-        delay = SETTLE_FIRST_DELAY_S
+        by = SETTLE_BY.get()
         try:
-            for attempt in range(1, SETTLE_ATTEMPTS + 1):
+            if by is None:
+                await self._attempts(settlement)
+            elif by > asyncio.get_running_loop().time():
                 try:
-                    await self.store.settle(settlement)
-                    break
-                except Exception as exc:  # noqa: BLE001 - whatever failed, the cost must reach the spool
-                    if attempt == SETTLE_ATTEMPTS:
-                        self.spool.add(settlement, str(exc) or type(exc).__name__)
-                        break
-                    await asyncio.sleep(delay)
-                    delay *= 3
+                    async with asyncio.timeout_at(by):
+                        await self._attempts(settlement)
+                except TimeoutError:
+                    self.spool.add(settlement, OUT_OF_TIME)
+            else:
+                self.spool.add(settlement, OUT_OF_TIME)
         except asyncio.CancelledError:  # (shutdown): it may have landed; if so, the re-drive changes nothing
             self.spool.add(settlement, "cancelled while settling")
             raise
         self.spool.watch(self.store)  # the store answers again, or was just refused: re-drive what waits
+
+    async def _attempts(self, settlement: Settlement) -> None:
+        """`SETTLE_ATTEMPTS` store calls, further apart each time, then the spool."""
+        delay = SETTLE_FIRST_DELAY_S
+        for attempt in range(1, SETTLE_ATTEMPTS + 1):
+            try:
+                await self.store.settle(settlement)
+                return
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the cost must reach the spool
+                if attempt == SETTLE_ATTEMPTS:
+                    self.spool.add(settlement, str(exc) or type(exc).__name__)
+                    return
+                await asyncio.sleep(delay)
+                delay *= 3
 
     def settle_soon(self, settlement: Settlement) -> asyncio.Future[None] | None:
         """`settle`'s first attempt queued in the store's batch, with no task waiting on it (the store's

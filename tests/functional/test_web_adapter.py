@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from handler.api.app import serving_app
 from handler.config import parse_config
 from handler.pipeline.gateway import Gateway, build_gateway
 from handler.pipeline.keys import KeyService
-from handler.ports import KeyRecord
+from handler.pipeline.spool import ENV
+from handler.ports import KeyRecord, Settlement, StoreError
 from tests.support.asgi import post_scope
 
 HI = [{"role": "user", "content": "hi"}]
@@ -133,4 +135,43 @@ async def test_a_stream_its_client_left_is_settled_before_the_app_returns(
         await serving_app(gateway)(scope, receive, send)
         assert sent == [True] and lines(store) == 1
     finally:
+        await gateway.aclose()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_settlement_the_store_does_not_take_is_spooled_before_the_deadline(
+    stream: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last byte waited on the store however long it stalled: past the invocation's deadline, where Lambda kills
+    the environment, the settlement unwritten and not spooled. Now it goes to the spool at the deadline less the
+    margin, the answer ends, and the spool lands it once."""
+    monkeypatch.delenv(ENV, raising=False)
+    gateway, store, key = await behind_the_adapter(tmp_path, monkeypatch)
+    answering = asyncio.Event()
+
+    async def stalls(settlement: Settlement) -> None:  # DynamoDB browning out: no answer
+        await answering.wait()
+        raise StoreError("stalled")
+
+    monkeypatch.setattr(gateway.store, "settle", stalls)
+    monkeypatch.setattr(gateway.store, "settle_soon", lambda settlement: None)  # as DynamoDB's: a task each
+    scope, receive, _ = call(key, stream)
+    deadline_ms = time.time() * 1000 + 2500
+    scope["headers"].append((b"x-amzn-lambda-context", orjson.dumps({"request_id": "r", "deadline": deadline_ms})))
+    ended: list[float] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            ended.append(time.time() * 1000)
+
+    try:
+        async with asyncio.timeout(10):
+            await serving_app(gateway)(scope, receive, send)
+        assert len(ended) == 1 and ended[0] < deadline_ms - 300  # (the margin is 500 ms)
+        assert lines(store) == 0 and gateway.spool.count() == 1
+        monkeypatch.undo()  # the store answers again
+        assert await gateway.spool.redrive(gateway.store) == 1
+        assert lines(store) == 1 and gateway.spool.count() == 0
+    finally:
+        answering.set()
         await gateway.aclose()

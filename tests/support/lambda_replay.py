@@ -2,10 +2,11 @@
 
 Usage: python -m tests.support.lambda_replay EVENT.json [EVENT.json ...] — prints one JSON line per
 invocation: {"event", "status", "headers", "body", "ms", "request_lines", "unsettled", "ledger_lines"}. The
-environment (GATEWAY_CONFIG, GATEWAY_STORE, an embedded store's sqlite:/// URL, provider keys) comes from the
-caller; `LAMBDA_FREEZE_S`, if set, is a pause between invocations during which nothing runs in the process, as
-Lambda freezes an environment between them (the event loop does not run, so nothing reads what peers send or
-notices that they closed).
+environment (GATEWAY_CONFIG, GATEWAY_STORE, provider keys) comes from the caller; `ledger_lines` is counted for an
+embedded store's sqlite:/// URL only (None for another). `LAMBDA_FREEZE_S`, if set, is a pause between invocations
+during which nothing runs in the process, as Lambda freezes an environment between them (the event loop does not
+run, so nothing reads what peers send or notices that they closed). `LAMBDA_TIMEOUT_MS`, if set, is the function's
+timeout: each invocation's context then tells its remaining time, running down from it, as Lambda's does.
 """
 
 from __future__ import annotations
@@ -26,8 +27,20 @@ class Context:
     aws_request_id = "00000000-0000-0000-0000-000000000000"
 
 
-def ledger_lines(store_url: str) -> int:
+class TimedContext(Context):
+    """A context with the invocation's remaining time, as Lambda's: `timeout_ms` from its making, running down."""
+
+    def __init__(self, timeout_ms: float) -> None:
+        self.deadline = time.monotonic() + timeout_ms / 1000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+def ledger_lines(store_url: str) -> int | None:
     """The ledger's lines in the embedded store's file, read as another process would: what has committed."""
+    if not store_url.startswith("sqlite:///"):
+        return None
     db = sqlite3.connect(store_url.removeprefix("sqlite:///"))
     try:
         return int(db.execute("SELECT count(*) FROM ledger").fetchone()[0])
@@ -60,6 +73,7 @@ def main(paths: list[str]) -> None:
     from handler.entry.lambda_handler import gateway, handler
 
     freeze_s = float(os.environ.get("LAMBDA_FREEZE_S", "0"))
+    timeout_ms = os.environ.get("LAMBDA_TIMEOUT_MS")
     for number, path in enumerate(paths):
         if number and freeze_s:
             time.sleep(freeze_s)  # frozen: not even the event loop runs
@@ -67,8 +81,9 @@ def main(paths: list[str]) -> None:
         started = time.perf_counter()
         before = logged.requests
         lines_before = ledger_lines(os.environ["GATEWAY_STORE"])
-        response = handler(event, Context())
+        response = handler(event, TimedContext(float(timeout_ms)) if timeout_ms else Context())
         elapsed = (time.perf_counter() - started) * 1000
+        lines_after = ledger_lines(os.environ["GATEWAY_STORE"])
         body = response.get("body", "")
         if response.get("isBase64Encoded"):
             import base64
@@ -82,7 +97,8 @@ def main(paths: list[str]) -> None:
             "ms": elapsed,
             "request_lines": logged.requests - before,  # written before the handler returned
             "unsettled": len(gateway.background),  # settlements still running when it returned
-            "ledger_lines": ledger_lines(os.environ["GATEWAY_STORE"]) - lines_before,  # committed before it returned
+            # committed before it returned
+            "ledger_lines": None if lines_before is None or lines_after is None else lines_after - lines_before,
         }
         results.write(json.dumps(line) + "\n")
         results.flush()

@@ -11,19 +11,30 @@ from typing import Any
 import pytest
 
 from adapters.store import sqlite as sqlite_store
-from handler.api.app import Settling
+from handler.api.app import SETTLE_MARGIN_MS, Settling
+from handler.pipeline.budgets import Meter
 from handler.pipeline.gateway import build_gateway
+from handler.pipeline.spool import ENV
+from handler.ports import Settlement
 from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement
 
 
-async def run(app: Any) -> None:
+async def run(app: Any, **scope: Any) -> None:
     async def receive() -> dict[str, Any]:
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
         pass
 
-    await app({"type": "http", "method": "POST", "path": "/"}, receive, send)
+    await app({"type": "http", "method": "POST", "path": "/", **scope}, receive, send)
+
+
+class LambdaContext:
+    def __init__(self, remaining_ms: int) -> None:
+        self.remaining_ms = remaining_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
 
 
 @pytest.mark.usefixtures("no_gc_pauses")
@@ -106,3 +117,28 @@ async def test_a_server_shutting_down_writes_the_settlements_still_lingering(
     assert isinstance(store, sqlite_store.SQLiteStore)
     assert store.db.execute("SELECT request_id FROM ledger WHERE key_id = ?", (key,)).fetchall() == [(item.request_id,)]
     await gateway.aclose()
+
+
+async def test_a_settlement_whose_time_has_run_out_is_spooled_without_a_store_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An invocation with less time left than the margin spooling needs (`SETTLE_MARGIN_MS`): its settlement goes to
+    the spool at once, no store call begun that Lambda could kill half-way; the spool lands it later."""
+    monkeypatch.delenv(ENV, raising=False)
+    gateway = build_gateway(store_url="sqlite://", environ={})
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.5)
+    await gateway.store.admit(adm)
+    called: list[Settlement] = []
+    monkeypatch.setattr(gateway.store, "settle", called.append)  # (a store call would fail the test: not awaitable)
+    meter = Meter(gateway.store, gateway.keys, 60)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        gateway.settle_soon(meter, settlement(adm, 0.2, line(key, 0.2)))
+
+    await run(Settling(app, gateway), **{"aws.context": LambdaContext(SETTLE_MARGIN_MS - 100)})  # type: ignore[arg-type]
+    assert called == [] and gateway.spool.count() == 1
+    monkeypatch.undo()
+    assert await gateway.spool.redrive(gateway.store) == 1
+    assert (await gateway.store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.2)
+    await gateway.store.close()

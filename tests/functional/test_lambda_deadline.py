@@ -1,0 +1,158 @@
+"""A buffered Lambda invocation whose settlement DynamoDB will not take in time: the settlement is spooled, and the
+handler answers, before the function's deadline, where Lambda kills the environment with whatever it was writing.
+
+The handler runs in a fresh interpreter (tests/support/lambda_replay.py) under a context whose remaining time runs
+down from `TIMEOUT_MS`; the store is moto behind a proxy that throttles the settlement's `TransactWriteItems`, stalls
+it, or lets moto apply it and never answers. The spool, re-driven afterwards, lands the settlement exactly once.
+Before the fix the store's retries (the meter's, the contention retries, the HTTP client's) ran on: 12 s throttled and
+about 50 s stalled, so on Lambda the function was killed with no ledger line, no spool line and no log line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from adapters.store import open_store
+from handler.pipeline.budgets import OUT_OF_TIME, period_of
+from handler.pipeline.keys import hash_secret
+from handler.pipeline.spool import SettlementSpool
+from handler.ports import KeyRecord, LedgerItem, UsageQuery
+from tests.support.dynamo import DynamoServer
+from tests.support.events import EVENTS, SAMPLE_KEY_ID, SAMPLE_SECRET
+from tests.support.servers import ServerThread
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT_MS = 4000  # the function's timeout, as the context tells it (template.yaml's is 29 s)
+THROTTLED = b'{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"Rate exceeded."}'
+
+
+def settling_refused(target: str, mode: str) -> Any:
+    """A DynamoDB endpoint forwarding every call to `target`, except a settlement's transaction (the one that writes
+    a `SETTLED#` marker): `throttle` refuses it, `stall` never answers it, `applied` has it applied and never
+    answers (the write landed, the gateway cannot know)."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"] if k.lower() not in (b"host", b"content-length")}
+        settling = headers.get("x-amz-target", "").endswith(".TransactWriteItems") and b'"SETTLED#' in body
+        if settling and mode == "throttle":
+            head = [(b"content-type", b"application/x-amz-json-1.0")]
+            await send({"type": "http.response.start", "status": 400, "headers": head})
+            await send({"type": "http.response.body", "body": THROTTLED})
+            return
+        if not (settling and mode == "stall"):
+            async with httpx.AsyncClient() as client:
+                answer = await client.post(target + "/", content=body, headers=headers)
+            if not settling:
+                head = [(b"content-type", answer.headers.get("content-type", "").encode())]
+                await send({"type": "http.response.start", "status": answer.status_code, "headers": head})
+                await send({"type": "http.response.body", "body": answer.content})
+                return
+        while (await receive())["type"] != "http.disconnect":  # no answer, until the gateway gives up on it
+            pass
+
+    return app
+
+
+async def budgeted_sample_key(store_url: str) -> None:
+    """The events' sample key, with a budget: the settlement moves its committed and spent too."""
+    store = open_store(store_url)
+    try:
+        secret_hash = hash_secret(SAMPLE_SECRET)
+        record = KeyRecord(id=SAMPLE_KEY_ID, name="sample", secret_hash=secret_hash, created_at=0, budget_usd=1.0)
+        await store.create_key(record)
+    finally:
+        await store.close()
+
+
+async def replayed(store_url: str, spool: SettlementSpool) -> tuple[list[LedgerItem], float, float]:
+    """Re-drive `spool` into the store; the key's ledger lines then, its committed and spent."""
+    store = open_store(store_url)
+    try:
+        await spool.redrive(store)
+        lines = await store.usage(UsageQuery([SAMPLE_KEY_ID], 0, time.time() + 60))
+        period = period_of("total", time.time())
+        meter = await store.meter(SAMPLE_KEY_ID, period)
+        return lines, meter.committed_usd[period], meter.spent_usd[period]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("mode", ["throttle", "stall", "applied"])
+def test_a_settlement_the_store_does_not_take_is_spooled_and_answered_before_the_deadline(
+    mode: str, tmp_path: Path, dynamo: DynamoServer, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    table = dynamo.create_table()
+    asyncio.run(budgeted_sample_key(dynamo.store_url(table)))
+    proxy = ServerThread(settling_refused(dynamo.url, mode)).start()
+    server, _ = upstream
+    config = {
+        "providers": {
+            "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/openai/v1"}
+        },
+        "models": {"gpt-4o-mini": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    spool_path = tmp_path / "settlements.jsonl"
+    env = {
+        **os.environ,
+        "GATEWAY_CONFIG": str(tmp_path / "config.yaml"),
+        "GATEWAY_STORE": f"dynamodb://{table}?region=us-east-1&endpoint_url={proxy.url}",  # 2 s reads, as deployed
+        "GATEWAY_SETTLEMENT_SPOOL": str(spool_path),
+        "OPENAI_API_KEY": "test-openai-key",
+        "AWS_REGION": "us-east-1",
+        "LAMBDA_TIMEOUT_MS": str(TIMEOUT_MS),
+    }
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "tests.support.lambda_replay", str(EVENTS / "chat-completions-ok.json")],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        proxy.stop()
+    assert run.returncode == 0, run.stderr[-3000:]
+    [result] = [json.loads(line) for line in run.stdout.splitlines()]
+    request_id = result["headers"]["x-request-id"]
+
+    # The client has its answer, and the function returned before Lambda would have killed it...
+    assert result["status"] == 200, result
+    assert result["ms"] < TIMEOUT_MS, result["ms"]
+    assert result["unsettled"] == 0  # (nothing left to run after it returned)
+    # ...with the settlement in the spool, and in a log line that carries the whole of it.
+    spool = SettlementSpool(spool_path)
+    assert spool.count() == 1
+    logged = [json.loads(line) for line in run.stderr.splitlines() if '"settlement spooled' in line]
+    assert [(e["reason"], e["settlement"]["reservation_id"]) for e in logged] == [(OUT_OF_TIME, request_id)]
+
+    # Re-driven later, it counts once: one line, its cost committed and spent once; also where its write had landed.
+    landed, _, _ = asyncio.run(replayed(dynamo.store_url(table), SettlementSpool(tmp_path / "nothing.jsonl")))
+    assert [line.request_id for line in landed] == ([request_id] if mode == "applied" else [])
+    lines, committed, spent = asyncio.run(replayed(dynamo.store_url(table), spool))
+    assert [line.request_id for line in lines] == [request_id]
+    assert committed == pytest.approx(lines[0].cost_usd) and spent == pytest.approx(lines[0].cost_usd)
+    assert spool.count() == 0
+    # Replayed once more from its log line (a recycled environment's /tmp is gone): nothing changes.
+    from_the_log = tmp_path / "from-the-log.jsonl"
+    from_the_log.write_text(json.dumps({"add": logged[0]["settlement"]}) + "\n")
+    again, committed_again, spent_again = asyncio.run(replayed(dynamo.store_url(table), SettlementSpool(from_the_log)))
+    assert [line.request_id for line in again] == [request_id]
+    assert (committed_again, spent_again) == (committed, spent)
