@@ -905,11 +905,16 @@ class AnthropicAdapter(ProviderAdapter):
         except ValidationError as exc:
             raise malformed("upstream answer is not an Anthropic message") from exc
 
-    def native_served(self, call: NativeCall, body: Mapping[str, Any]) -> Served:
-        from adapters.providers.anthropic.wire import WireUsage  # (see the note on the imports)
+    def native_served(self, call: NativeCall, body: Mapping[str, Any]) -> Served | None:
+        from adapters.providers.anthropic.wire import SERVED_OPTIONS, WireUsage  # (see the note on the imports)
 
+        usage = body.get("usage")
+        if isinstance(usage, dict) and "iterations" not in usage:
+            # The common answer: its usage was validated with the message (`native_usage`); only its speed is read.
+            options = {name: usage[name] for name in SERVED_OPTIONS if isinstance(usage.get(name), str)}
+            return Served(options) if options else None
         try:
-            return WireUsage.model_validate(body.get("usage")).served()
+            return WireUsage.model_validate(usage).served()
         except ValueError as exc:  # (pydantic's ValidationError among them)
             raise malformed("upstream answer's usage is not Anthropic's") from exc
 
