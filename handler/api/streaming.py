@@ -162,14 +162,9 @@ async def until_client_leaves(request: Request, work: Coroutine[Any, Any, T], ex
     if "aws.event" in request.scope:
         return await work
     watch = DisconnectWatch(request.receive, WATCH_AFTER_S, exchange)
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if not watch.gone:
-            raise
-        raise watch.closed() from None
-    finally:
-        watch.stop()
+    result = await watched(work, watch)
+    watch.stop()
+    return result
 
 
 async def stream_head(request: Request, work: Coroutine[Any, Any, T], exchange: Exchange) -> tuple[T, DisconnectWatch]:
@@ -179,13 +174,16 @@ async def stream_head(request: Request, work: Coroutine[Any, Any, T], exchange: 
     went unnoticed, and a stream that came in a single read was written to nobody, settled and logged as a 200
     before the watch ever ran. (The one task a stream's watch costs, started earlier.)"""
     watch = DisconnectWatch(request.receive, exchange=exchange)
+    return await watched(work, watch), watch
+
+
+async def watched(work: Coroutine[Any, Any, T], watch: DisconnectWatch) -> T:
+    """`work` under `watch`: if it fails the watch stops, and a cancellation because the client left is the
+    client's 499. (On success the watch is the caller's to stop, or to keep over a stream.)"""
     try:
-        return await work, watch
-    except asyncio.CancelledError:
+        return await work
+    except BaseException as exc:
         watch.stop()
-        if not watch.gone:
-            raise
-        raise watch.closed() from None
-    except BaseException:
-        watch.stop()
+        if isinstance(exc, asyncio.CancelledError) and watch.gone:
+            raise watch.closed() from None
         raise
