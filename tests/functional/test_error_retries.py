@@ -237,19 +237,26 @@ def test_a_passing_failure_the_gateway_tried_once_is_left_to_the_sdks_retries(gw
 
 def test_the_gateways_own_time_leaves_out_what_it_waited_for_the_provider(gw: Running) -> None:
     """The provider's retry-after before the gateway's retry is upstream time; and an error answer does not wait
-    for its ledger line (it waited out the store's linger, ~10 ms, counted as the gateway's own)."""
+    for its ledger line (it waited out the store's linger, ~10 ms, counted as the gateway's own).
+
+    Three requests, the least of their own times against 8 ms: either defect puts every one of them past 10 ms,
+    while a single request on a shared two-core machine was once held 55 ms by something else (a flaky bound)."""
     key = gw.mint()
-    answer = httpx.post(
-        f"{gw.url}/v1/chat/completions",
-        json={"model": "limited-wait", "messages": HI},
-        headers={"authorization": f"Bearer {key}"},
-        timeout=10,
-    )
-    assert answer.status_code == 429
-    timing = dict(part.strip().split(";dur=") for part in answer.headers["server-timing"].split(","))
-    assert float(timing["upstream"]) >= 300 and float(timing["gateway"]) < 8, timing
-    line = gw.ledger(key)[-1]
-    assert line.upstream_ms >= 300 and line.gateway_ms < 8
+    timings = []
+    for _ in range(3):
+        answer = httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            json={"model": "limited-wait", "messages": HI},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        assert answer.status_code == 429
+        timings.append(dict(part.strip().split(";dur=") for part in answer.headers["server-timing"].split(",")))
+    assert all(float(timing["upstream"]) >= 300 for timing in timings), timings
+    assert min(float(timing["gateway"]) for timing in timings) < 8, timings
+    lines = gw.ledger(key)[-3:]
+    assert len(lines) == 3 and all(line.upstream_ms >= 300 for line in lines)
+    assert min(line.gateway_ms for line in lines) < 8, [line.gateway_ms for line in lines]
 
 
 def test_an_attempt_the_provider_may_still_bill_is_not_retried_by_the_sdk(
