@@ -482,6 +482,49 @@ def cmd_store_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store_replay_logs(args: argparse.Namespace) -> int:
+    """Land the settlements that log lines say were spooled (`settlement spooled: ...`), from a spool that is gone
+    with its machine (a recycled Lambda environment's `/tmp`). A settlement the store already has changes nothing:
+    every store applies one once per reservation id, so the same logs can be replayed again."""
+    from handler.pipeline.spool import logged_settlements
+
+    texts = []
+    for name in args.logs:
+        try:
+            texts.append(sys.stdin.read() if name == "-" else Path(name).read_text(errors="replace"))
+        except OSError as exc:
+            sys.stderr.write(f"gateway: {name}: {exc.strerror or exc}\n")
+            return 1
+    settlements, unreadable = logged_settlements("\n".join(texts))
+    if unreadable:
+        sys.stderr.write(f"gateway: {unreadable} 'settlement spooled' log lines could not be read (cut short?)\n")
+
+    async def run() -> list[str]:
+        store = _store(args.store, must_exist=True)
+        failed = []
+        try:
+            for settlement in settlements:
+                try:
+                    await store.settle(settlement)
+                except StoreError as exc:
+                    failed.append(settlement.reservation_id)
+                    sys.stderr.write(f"{settlement.reservation_id}: {redact_message(str(exc))}\n")
+        finally:
+            await store.close()
+        return failed
+
+    try:
+        failed = asyncio.run(run()) if settlements else []
+    except MissingStoreError as exc:
+        sys.stderr.write(f"gateway: {exc}\n")
+        return 1
+    landed = len(settlements) - len(failed)
+    sys.stdout.write(f"ok: {landed} of {len(settlements)} spooled settlements landed (each at most once)\n")
+    if failed:
+        sys.stderr.write(f"{len(failed)} did not land; run the same command again once the store takes writes\n")
+    return 1 if failed or unreadable else 0
+
+
 def _unread_secret(kind: str, name: str) -> str:
     """`route explain` reads no SSM parameter or Secrets Manager secret: a key kept there counts as present (only
     the server can tell); one from an unset environment variable is named missing in its answer."""
@@ -590,6 +633,14 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = ssub.add_parser("migrate", help="bring the store's data to this version's layout (run once)")
     migrate.add_argument("--store", help="store URL")
     migrate.set_defaults(func=cmd_store_migrate)
+    replay = ssub.add_parser(
+        "replay-logs", help="land the settlements log lines say were spooled (a spool lost with its machine)"
+    )
+    replay.add_argument(
+        "logs", nargs="+", help="log files: JSON lines, CloudWatch exports or `aws logs` output; - reads stdin"
+    )
+    replay.add_argument("--store", help="store URL")
+    replay.set_defaults(func=cmd_store_replay_logs)
 
     route = sub.add_parser("route", help="routing tools")
     rsub = route.add_subparsers(dest="route_command", required=True)

@@ -236,3 +236,36 @@ class SettlementSpool:
             self._retry.cancel()
             with contextlib.suppress(asyncio.CancelledError, RuntimeError):
                 await self._retry
+
+
+SPOOLED_MESSAGE = "settlement spooled"  # how `SettlementSpool.add`'s log line begins
+
+
+def logged_settlements(text: str) -> tuple[list[Settlement], int]:
+    """The settlements in log output the spool wrote (`settlement spooled: ...` lines, each carrying the whole
+    settlement), once per reservation id, in the order found; and how many such lines could not be read.
+
+    `text` is log lines as they are kept: the JSON line alone (`gateway serve`'s log), a CloudWatch export or
+    `aws logs tail` output (a timestamp and a stream name before the JSON), or `aws logs filter-log-events`'s JSON
+    document (`{"events": [{"message": ...}]}`). Any other line is passed over."""
+    messages: list[str] = text.splitlines()
+    with contextlib.suppress(orjson.JSONDecodeError):
+        document = orjson.loads(text)
+        if isinstance(document, dict) and isinstance(document.get("events"), list):
+            messages = [event["message"] for event in document["events"] if isinstance(event, dict)]
+            messages = [message for message in messages if isinstance(message, str)]
+    found: dict[str, Settlement] = {}
+    unreadable = 0
+    for message in messages:
+        if SPOOLED_MESSAGE not in message or "{" not in message:
+            continue
+        try:
+            record = orjson.loads(message[message.index("{") :])
+            if not isinstance(record, dict) or not str(record.get("message", "")).startswith(SPOOLED_MESSAGE):
+                continue
+            settlement = settlement_from_dict(record["settlement"])
+        except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
+            unreadable += 1
+            continue
+        found.setdefault(settlement.reservation_id, settlement)
+    return list(found.values()), unreadable

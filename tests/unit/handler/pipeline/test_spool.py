@@ -419,3 +419,76 @@ def test_a_spooled_settlement_keeps_its_reservations_expiry() -> None:
     old = settlement_to_dict(settlement)
     del old["expires_at"]  # spooled by a gateway before the field
     assert settlement_from_dict(old).expires_at is None
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "dynamodb"])
+def test_settlements_whose_spool_is_gone_land_once_from_their_log_lines(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Lambda environment recycled with its `/tmp` spool leaves only the `settlement spooled` log lines:
+    `gateway store replay-logs` lands them from the logs as CloudWatch keeps them, each once, however often run
+    (it was a manual edit of a spool file, docs/store.md)."""
+    import io
+    import logging
+
+    from handler.entry.cli import main
+
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        server: DynamoServer = request.getfixturevalue("dynamo")
+        url = server.store_url(server.create_table())
+    key = record(budget_usd=1.0, tpm=10_000)
+    written = io.StringIO()
+    to_the_log = logging.StreamHandler(written)
+    to_the_log.setFormatter(observability.logger.registered_handler.formatter)
+
+    async def spooled() -> list[Settlement]:
+        store = open_store(url)
+        meter = Meter(store, KeyService(store, 0), 60, spool=SettlementSpool(tmp_path / "lost-with-tmp.jsonl"))
+        settlements = [await admitted(meter, key, cost) for cost in (0.2, 0.3)]
+        observability.logger.addHandler(to_the_log)
+        try:
+            for settlement in settlements:
+                meter.spool.add(settlement, "the invocation's time ran out before the store took it")
+        finally:
+            observability.logger.removeHandler(to_the_log)
+            await meter.spool.close()
+            await store.close()
+        return settlements
+
+    settlements = asyncio.run(spooled())
+    (tmp_path / "lost-with-tmp.jsonl").unlink()  # the environment is gone
+    lines = written.getvalue().splitlines()
+    assert len(lines) == 2 and all('"settlement spooled' in line for line in lines)
+    exported = tmp_path / "exported.log"  # a CloudWatch export: a timestamp before each line, other lines between
+    exported.write_text(
+        "2026-12-05T00:00:00.000Z START RequestId: 1\n"
+        + "".join(f"2026-12-05T00:00:0{n}.000Z {line}\n" for n, line in enumerate([*lines, lines[0]]))
+        + '{"level":"INFO","message":"request","settlement":{"not":"one"}}\n'
+    )
+    cut_short = tmp_path / "cut-short.log"
+    cut_short.write_text(lines[0][:-40] + "\n")
+    filtered = tmp_path / "filtered.json"  # `aws logs filter-log-events --output json`
+    filtered.write_text(orjson.dumps({"events": [{"message": line, "timestamp": 1} for line in lines]}).decode())
+
+    async def ledger() -> tuple[list[str], tuple[float, float, int]]:
+        store = open_store(url)
+        try:
+            items = await store.usage(UsageQuery([key.id], 0, time.time() + 1))
+            return sorted(item.request_id for item in items), await spent(store, key)
+        finally:
+            await store.close()
+
+    expected = sorted(s.item.request_id for s in settlements if s.item is not None)
+    assert main(["store", "replay-logs", str(cut_short), "--store", url]) == 1  # said, never passed over in silence
+    assert "1 'settlement spooled' log lines could not be read" in capsys.readouterr().err
+    for logs in (exported, exported, filtered):  # again, and from the other format: nothing changes
+        assert main(["store", "replay-logs", str(logs), "--store", url]) == 0
+        assert capsys.readouterr().out == "ok: 2 of 2 spooled settlements landed (each at most once)\n"
+        requests, (committed, paid, tokens) = asyncio.run(ledger())
+        assert requests == expected
+        assert paid == pytest.approx(0.5) and tokens == 300
+        # (On the embedded store the two requests were admitted from a slice of the budget, which the process
+        # that is gone held: committed until it expires, as a crashed process's slices are.)
+        assert committed == pytest.approx(0.5 if kind == "dynamodb" else 1.5)
