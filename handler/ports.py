@@ -703,11 +703,12 @@ class Store(ABC):
         parent for `child_ids`, in the same write."""
 
     @abstractmethod
-    async def create_child(self, record: KeyRecord, max_children: int) -> None:
+    async def create_child(self, record: KeyRecord, max_children: int, parent_home: str | None = None) -> None:
         """Insert a new key under `record.parent_id` if the parent has fewer than `max_children` live children
         (not yet purged: see `adapters.store.records.key_purge_after`), else `ChildLimitReached`; the count and
-        the insert are one atomic step, whatever runs beside it. `ConflictError` if the id exists. Like
-        `create_key`, it records the parent-child link `child_ids` reads."""
+        the insert are one atomic step, whatever runs beside it, in every region (a replicated store counts in
+        the parent's home region, `parent_home`). `ConflictError` if the id exists. Like `create_key`, it
+        records the parent-child link `child_ids` reads."""
 
     @abstractmethod
     async def child_ids(self, parent_id: str) -> list[str]:

@@ -210,7 +210,7 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
             if not already_written(exc.item, item):
                 raise ConflictError(f"key {record.id} exists") from exc
 
-    async def create_child(self, record: KeyRecord, max_children: int) -> None:
+    async def create_child(self, record: KeyRecord, max_children: int, parent_home: str | None = None) -> None:
         """The key's conditional `Put` in one `TransactWriteItems` with its parent's child count (`ADD n 1` if
         `n < max_children`) and its link (`child_ids`), so that racing mints cannot all pass one count: of 20
         concurrent mints under a limit of 3, counted by a listing read before a separate write, all 20 passed.
@@ -225,13 +225,15 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         existed, long since on the index. A count changed since the recount read it is not corrected (the
         correction is conditional on the value read), so a mint the recount missed is never forgotten.
 
-        Written in this store's region: across the replicas of a global table, two regions minting under one
-        parent at once can each pass the same count (the last writer wins the count item)."""
+        Written in the parent's home region (`parent_home`), as its meter and record are, and counted again there:
+        across the replicas of a global table, two regions minting under one parent at once each passed the same
+        count in their own replica (the last writer wins the count item), and the parent had a child past its
+        limit for each region. The child itself is homed where it was minted."""
         if record.parent_id is None:
             raise ValueError("create_child needs a record with a parent_id")
         if record.home_region is None:
             record.home_region = self.region
-        await self._create_child(record, record.parent_id, max_children)
+        await self._create_child(record, record.parent_id, max_children, self._client_for(parent_home))
 
     def _family_key(self, parent_id: str, sk: str) -> Item:
         return {"pk": text(f"FAMILY#{parent_id}"), "sk": text(sk)}
@@ -246,7 +248,11 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
             link["ttl"] = num(int(ttl))
         return link
 
-    async def _create_child(self, record: KeyRecord, parent_id: str, max_children: int) -> None:
+    async def _create_child(
+        self, record: KeyRecord, parent_id: str, max_children: int, client: Any | None = None
+    ) -> None:
+        """`create_child`'s transaction, on `client` (the parent's home region's; this region's if None)."""
+        client = client or self.client
         purge = key_purge_after(record)
         link = self._link_item(parent_id, record.id, purge, None if purge is None else purge + LEDGER_TTL_SECONDS)
         item = stamped(self._key_item(record))
@@ -273,23 +279,23 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         ]
         for attempt in (1, 2):
             try:
-                await self._call("transact_write_items", TransactItems=writes)
+                await call(client, "transact_write_items", TransactItems=writes)
                 return
             except ConditionFailed as exc:
                 if exc.reasons and exc.reasons[0].get("Code") == FAILED:
                     if already_written(exc.reasons[0].get("Item", {}), item):
                         return  # the whole transaction landed: its count and link with it
                     raise ConflictError(f"key {record.id} exists") from exc
-                if attempt == 2 or not await self._recount(parent_id, max_children):
+                if attempt == 2 or not await self._recount(parent_id, max_children, client):
                     raise ChildLimitReached(parent_id, max_children) from exc
 
-    async def _recount(self, parent_id: str, max_children: int) -> bool:
+    async def _recount(self, parent_id: str, max_children: int, client: Any) -> bool:
         """After a refused count: whether fewer than `max_children` children are live; if so, the count set to
         them (unless it changed since it was read). See `create_child`."""
         count_key = self._family_key(parent_id, COUNT_SK)
-        answer = await self._call("get_item", TableName=self.table, Key=count_key, ConsistentRead=True)
+        answer = await call(client, "get_item", TableName=self.table, Key=count_key, ConsistentRead=True)
         seen = answer.get("Item", {}).get("n")
-        live = await self._live_children(parent_id)
+        live = await self._live_children(parent_id, client)
         if len(live) >= max_children:
             return False
         e = Expression()
@@ -297,37 +303,38 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         e.clauses["SET"].append(f"{count} = {e.value(num(len(live)))}")
         e.conditions.append(f"attribute_not_exists({count})" if seen is None else f"{count} = {e.value(seen)}")
         with contextlib.suppress(ConditionFailed):  # moved meanwhile: the retry meets the count as it is now
-            await self._call("update_item", **e.update(count_key, self.table))
+            await call(client, "update_item", **e.update(count_key, self.table))
         return True
 
-    async def _links(self, parent_id: str) -> list[Item]:
+    async def _links(self, parent_id: str, client: Any | None = None) -> list[Item]:
         return await self._query(
             KeyConditionExpression="pk = :pk AND begins_with(sk, :child)",
             ExpressionAttributeValues={":pk": text(f"FAMILY#{parent_id}"), ":child": text(CHILD_PREFIX)},
             ConsistentRead=True,
+            client=client,
         )
 
-    async def _live_children(self, parent_id: str) -> set[str]:
+    async def _live_children(self, parent_id: str, client: Any | None = None) -> set[str]:
         """The parent's children not yet purged: linked ones by consistent reads of their records (a link's
         `purge` is when the child's record goes at the latest: a revocation brings it forward, nothing puts it
         back), and those of the key listing."""
         now = self.clock()
         linked = [
             item["child"]["S"]
-            for item in await self._links(parent_id)
+            for item in await self._links(parent_id, client)
             if "purge" not in item or float(item["purge"]["N"]) >= now
         ]
-        live = {record.id for record in await self._get_keys(linked)}
+        live = {record.id for record in await self._get_keys(linked, client)}
         return live | {record.id for record in await self.list_keys(parent_id)}
 
-    async def _get_keys(self, key_ids: list[str]) -> list[KeyRecord]:
+    async def _get_keys(self, key_ids: list[str], client: Any | None = None) -> list[KeyRecord]:
         """The live records of `key_ids`, read consistently, `BATCH_GET_KEYS` to a `BatchGetItem`."""
         found: list[KeyRecord] = []
         for start in range(0, len(key_ids), BATCH_GET_KEYS):
             keys = [{"pk": text(f"KEY#{k}"), "sk": text("KEY")} for k in key_ids[start : start + BATCH_GET_KEYS]]
             pending: Item = {self.table: {"Keys": keys, "ConsistentRead": True}}
             while pending:
-                answer = await self._call("batch_get_item", RequestItems=pending)
+                answer = await call(client or self.client, "batch_get_item", RequestItems=pending)
                 items = answer.get("Responses", {}).get(self.table, [])
                 found += [record for item in items if (record := self._live(item)) is not None]
                 pending = answer.get("UnprocessedKeys") or {}
@@ -382,13 +389,14 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
         records = [self._live(item) for item in items]
         return sorted((r for r in records if r is not None), key=lambda r: r.id)
 
-    async def _query(self, **request: Any) -> list[Item]:
-        """Every item a query matches, page after page (`page_size` items a page, if set)."""
+    async def _query(self, *, client: Any | None = None, **request: Any) -> list[Item]:
+        """Every item a query matches, page after page (`page_size` items a page, if set), on `client` (this
+        region's if None)."""
         if self.page_size is not None:
             request["Limit"] = self.page_size
         items: list[Item] = []
         while True:
-            answer = await self._call("query", TableName=self.table, **request)
+            answer = await call(client or self.client, "query", TableName=self.table, **request)
             items += answer.get("Items", [])
             if "LastEvaluatedKey" not in answer:
                 return items

@@ -442,7 +442,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
         with self._write() as db:
             self._insert_key(db, record)
 
-    async def create_child(self, record: KeyRecord, max_children: int) -> None:
+    async def create_child(self, record: KeyRecord, max_children: int, parent_home: str | None = None) -> None:
         """The count of the parent's live children and the insert in one `BEGIN IMMEDIATE` transaction: it holds
         the file's write lock from before the count to the commit, so no other connection (another worker
         process, the CLI) inserts a child in between; a count read outside it let two workers mint four

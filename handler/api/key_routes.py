@@ -234,7 +234,7 @@ class KeyRoutes:
                 code="key_depth_limit",
             )
         child = replace(child, parent_id=parent.id, ancestors=[*parent.ancestors, parent.id])
-        minted = await self.gateway.keys.mint_child(child, minting.max_children)
+        minted = await self.gateway.keys.mint_child(child, minting.max_children, parent.home_region)
         return self.api.json({**key_view(minted.record), "key": minted.key}, status=201)
 
     # --- admin ------------------------------------------------------------------------------

@@ -241,12 +241,13 @@ class KeyService:
         await self.store.create_key(minted.record)
         return minted
 
-    async def mint_child(self, template: KeyRecord, max_children: int) -> MintedKey:
+    async def mint_child(self, template: KeyRecord, max_children: int, parent_home: str | None = None) -> MintedKey:
         """`mint` under `template.parent_id`, refused with a 403 `child_key_limit` when the parent has
-        `max_children` live children: the store counts and inserts in one atomic step (`Store.create_child`)."""
+        `max_children` live children: the store counts and inserts in one atomic step (`Store.create_child`), in
+        the parent's home region `parent_home`."""
         minted = self._new(template)
         try:
-            await self.store.create_child(minted.record, max_children)
+            await self.store.create_child(minted.record, max_children, parent_home)
         except ChildLimitReached:
             raise PermissionDeniedError(
                 f"this key has minted its {max_children} child keys (gateway.key_minting.max_children)",

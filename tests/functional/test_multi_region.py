@@ -42,6 +42,7 @@ PER_REGION = 60
 FITS = 40
 REPLICATION_DELAY = 0.5
 LEASE_IDLE_SECONDS = 2.0
+MAX_CHILDREN = 3
 # The fake answers 7 tokens: with max_tokens 7 a request's worst case is close to its actual cost.
 BODY = {"model": "metered", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 7}
 
@@ -56,6 +57,7 @@ def region_client(server: DynamoServer, region: str) -> Any:
 def config(upstream_url: str) -> Config:
     return parse_config(
         {
+            "gateway": {"key_minting": {"max_children": MAX_CHILDREN, "per_minute": 100}},
             "providers": {
                 "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"}
             },
@@ -271,3 +273,43 @@ def test_one_shared_meter_item_overspends_under_last_writer_wins(world: World) -
         },
     )
     assert spent > 1.2 * budget
+
+
+def test_a_parents_child_limit_holds_when_two_regions_mint_at_once(world: World) -> None:
+    """Mints under one parent from both regions at once: each region's replica counted its own children and
+    passed the count (the last writer wins the count item), so the parent got a child past its limit for each
+    region. The count is kept in the parent's home region, as its meter is."""
+    parent = mint(world.regions[HOME], 1.0)
+    wait_for_key_everywhere(world, parent)
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return list(
+                await asyncio.gather(
+                    *(
+                        client.post(
+                            f"{region.url}/v1/keys",
+                            json={"name": f"{region.name}-{n}"},
+                            headers={"authorization": f"Bearer {parent}"},
+                        )
+                        for n in range(MAX_CHILDREN)
+                        for region in world.regions.values()
+                    )
+                )
+            )
+
+    answers = asyncio.run(fire())
+    minted = [a.json()["id"] for a in answers if a.status_code == 201]
+    refused = [a.json()["error"]["code"] for a in answers if a.status_code != 201]
+    assert len(minted) == MAX_CHILDREN and refused == ["child_key_limit"] * MAX_CHILDREN, (minted, refused)
+    world.replicator.wait_until_settled()
+
+    async def children(region: Region) -> list[str]:
+        store = open_store(region.store_url)
+        try:
+            return sorted(record.id for record in await store.list_keys(parent.split("_")[1]))
+        finally:
+            await store.close()
+
+    for region in world.regions.values():  # (each replica holds the same three, and no other)
+        assert asyncio.run(children(region)) == sorted(minted), region.name

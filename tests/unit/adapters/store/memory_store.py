@@ -137,7 +137,7 @@ class MemoryStore(MeteredStore):
         if record.parent_id is not None:
             self.children.setdefault(record.parent_id, set()).add(record.id)
 
-    async def create_child(self, record: KeyRecord, max_children: int) -> None:
+    async def create_child(self, record: KeyRecord, max_children: int, parent_home: str | None = None) -> None:
         assert record.parent_id is not None
         async with self.lock:
             if len(await self.list_keys(record.parent_id)) >= max_children:
