@@ -170,21 +170,29 @@ class UpstreamStream(ABC, Generic[T]):
             raise
 
     async def _pull(self) -> None:
+        waited = time.perf_counter()
         try:
-            raw = await self._raw.__anext__()
-            if self._head is not None and len(self._head) < HEAD_KEPT:
-                self._head += raw[: HEAD_KEPT - len(self._head)]  # what it said, if no event comes of it
+            raw: bytes | None = await self._raw.__anext__()
         except StopAsyncIteration:
+            raw = None
+        finally:
+            if self._head is None:
+                # Past the stream's head (`_failover` timed the attempt up to it), waiting on the provider as it
+                # generates: upstream time. It was the gateway's own: an 8 s stream logged `gateway_ms` 7,998.
+                self.ex.upstream_ms += (time.perf_counter() - waited) * 1000
+        if raw is None:
             self._finished = True
             try:
                 self._pending.extend(self._items(self.decoder.finish()))
             except SHAPE_ERRORS as exc:
                 raise misshapen("stream event", exc) from exc
-        else:
-            try:
-                self._pending.extend(self._items(self.decoder.feed(raw)))
-            except SHAPE_ERRORS as exc:
-                raise misshapen("stream event", exc) from exc
+            return
+        if self._head is not None and len(self._head) < HEAD_KEPT:
+            self._head += raw[: HEAD_KEPT - len(self._head)]  # what it said, if no event comes of it
+        try:
+            self._pending.extend(self._items(self.decoder.feed(raw)))
+        except SHAPE_ERRORS as exc:
+            raise misshapen("stream event", exc) from exc
 
     async def batches(self) -> AsyncIterator[list[T]]:
         """The items as they arrive, grouped by the upstream read that brought them. The request's deadline holds
@@ -236,6 +244,8 @@ class UpstreamStream(ABC, Generic[T]):
         if not self._settled:
             self._settled = True
             self.status = self._ended_status or status
+            if self.ex.trace is not None:
+                self.ex.trace.stream_ended()
             usage, source = self.metered()
             served = self._served()
             await self.pipeline._settle(self.ex, usage, self.status, background=True, source=source, served=served)

@@ -82,6 +82,7 @@ class Trace:
     answer: list[str] | None = None  # a list only when content is captured
     answer_chars: int = 0
     body: bytes | memoryview | None = None  # a whole answer's body, read on the exporter's thread
+    answering: Step | None = None  # the attempt that answered: a stream's runs on to the stream's end
 
     def requested(self, req: ChatRequest) -> None:
         """The request's sampling parameters, as the client sent them."""
@@ -107,7 +108,15 @@ class Trace:
         if outcome is not None:
             attributes.append(("error.type", str(outcome)))
         name = f"{OPERATIONS.get(self.path, 'chat')} {target.model}"
-        self.steps.append(Step(name, started, time.perf_counter(), attributes, outcome is not None))
+        step = Step(name, started, time.perf_counter(), attributes, outcome is not None)
+        self.steps.append(step)
+        if outcome is None:
+            self.answering = step
+
+    def stream_ended(self) -> None:
+        """The answering attempt's stream ended (or was cut): its span ends now, not at its first chunks."""
+        if self.answering is not None:
+            self.answering.ended = time.perf_counter()
 
     def store(self, name: str, store_ms: float) -> None:
         """A store round trip of `store_ms` that ended now."""

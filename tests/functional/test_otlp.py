@@ -156,6 +156,28 @@ def test_a_streamed_request_spans_the_whole_stream(traced: Running, receiver: Ot
     assert trace_id_is_new(root)
 
 
+def test_a_streams_upstream_span_runs_to_the_streams_end(
+    traced: Running, receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upstream attempt's span ended at the stream's first chunks: a provider generating for seconds after
+    them showed as a short call and a long wait in the gateway."""
+    from tests.fakes import openai as openai_fake
+
+    monkeypatch.setattr(openai_fake, "SLOW_SECONDS", 0.25)  # between the fake's chunks
+    key = traced.mint()
+    body = {"model": "drip", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    with httpx.stream(
+        "POST", f"{traced.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+    ) as answer:
+        answer.read()
+        request_id = answer.headers["x-request-id"]
+    root, *children = receiver.request_spans(request_id)
+    [attempt] = by_name(children, "chat ")
+    whole, upstream = root.end_ns - root.start_ns, attempt.end_ns - attempt.start_ns
+    assert whole > 750e6 and upstream > 0.75 * whole, (whole, upstream)
+    assert attempt.end_ns <= root.end_ns
+
+
 def trace_id_is_new(span: ReceivedSpan) -> bool:
     return span.parent_span_id == "" and span.trace_id not in ("", "0" * 32, CALLER_TRACE)
 

@@ -377,3 +377,39 @@ def test_a_client_that_leaves_before_the_first_byte_is_logged_as_gone(
     assert (item.status, item.cost_source) == (499, "reserved")
     state = httpx.get(f"{scripted.url}/v1/key", headers=headers).json()
     assert state["reserved_usd"] == 0 and state["spent_usd"] == pytest.approx(item.cost_usd + item.fee_usd), state
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "drip", "messages": HI, "stream": True}),
+        ("/v1/messages", {"model": "drip", "max_tokens": 100, "messages": HI, "stream": True}),
+        ("/v1/responses", {"model": "drip", "input": "Hi", "stream": True}),
+    ],
+    ids=["chat", "messages", "responses"],
+)
+def test_a_streams_generation_time_is_the_providers_not_the_gateways(
+    running: Running,
+    path: str,
+    body: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Upstream time stopped at a stream's first chunks: everything the provider took after them was logged, put
+    on the ledger line, the metrics and EMF as the gateway's own (an 8 s stream: `gateway_ms` 7,998)."""
+    from tests.fakes import openai as openai_fake
+
+    monkeypatch.setattr(openai_fake, "SLOW_SECONDS", 0.25)  # between the fake's chunks
+    key = running.mint(name=f"timed-{path}")
+    capsys.readouterr()
+    headers = {"authorization": f"Bearer {key}", "anthropic-version": "2023-06-01"}
+    started = time.perf_counter()
+    with httpx.stream("POST", f"{running.url}{path}", json=body, headers=headers, timeout=30) as answer:
+        assert answer.status_code == 200
+        answer.read()
+    took_ms = (time.perf_counter() - started) * 1000
+    assert took_ms > 750  # (the fake's chunks, each 0.25 s after the last)
+    [line] = request_lines(capsys, key)
+    [item] = running.ledger(key)
+    for upstream_ms, gateway_ms in ((line["upstream_ms"], line["gateway_ms"]), (item.upstream_ms, item.gateway_ms)):
+        assert upstream_ms > took_ms * 0.75 and gateway_ms < took_ms / 4, (took_ms, line, item)
