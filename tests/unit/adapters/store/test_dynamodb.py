@@ -4,6 +4,7 @@ contention (injected at the client: neither emulator produces it), reports in a 
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import time
 import uuid
@@ -19,6 +20,7 @@ from adapters.sigv4 import Credentials
 from adapters.store.dynamo_client import DynamoDBClient
 from adapters.store.dynamodb import LEDGER_SHARDS, SWEEP_SECONDS, DynamoDBStore
 from adapters.store.expressions import Expression, num, text
+from adapters.store.responses import pack
 from handler.pipeline.keys import KeyService
 from handler.ports import (
     Admission,
@@ -29,6 +31,7 @@ from handler.ports import (
     KeyRecord,
     RateCharge,
     Settlement,
+    StoredResponse,
     StoreError,
     UsageQuery,
 )
@@ -70,18 +73,24 @@ CONTENTION = [
 ]
 
 
+ANY_CALL = "*"
+
+
 class AnswerLost(httpx.AsyncBaseTransport):
-    """Forwards every request to moto; the next one of `lose` (an operation) lands but its answer is lost, as a
-    read timeout loses it, so the client sends it again."""
+    """Forwards every request to moto; the next one of `lose` (an operation, or `ANY_CALL`) lands but its answer
+    is lost, as a read timeout loses it, so the client sends it again."""
 
     def __init__(self) -> None:
         self.inner = httpx.AsyncHTTPTransport()
         self.lose: str | None = None
 
+    def losing(self, request: httpx.Request) -> bool:
+        return self.lose is not None and self.lose in (ANY_CALL, request.headers["x-amz-target"].rpartition(".")[2])
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self.inner.handle_async_request(request)
         await response.aread()
-        if self.lose is not None and request.headers["x-amz-target"].endswith(f".{self.lose}"):
+        if self.losing(request):
             self.lose = None
             raise httpx.ReadTimeout("applied, answer lost", request=request)
         return response
@@ -189,7 +198,7 @@ class AnswerLostAfter(AnswerLost):
     between: Callable[[], Awaitable[Any]] | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        losing = self.lose is not None and request.headers["x-amz-target"].endswith(f".{self.lose}")
+        losing = self.losing(request)
         try:
             return await super().handle_async_request(request)
         finally:
@@ -310,6 +319,53 @@ async def test_a_child_minted_again_after_its_answer_was_lost_is_minted_once(dyn
         await store.create_child(record(parent_id=parent.id, ancestors=[parent.id]), 3)
     with pytest.raises(ConflictError):  # the same record, minted again by another call
         await store.create_child(child, 5)
+    await store.close()
+
+
+async def test_a_sign_in_taken_again_after_its_answer_was_lost_signs_in(dynamo: DynamoServer) -> None:
+    """Taking a token deleted it: the call sent again found nothing, and a good link answered "used already or
+    expired" to its own user. Taken by one call, it is still taken for any other, as on the embedded store."""
+    transport, store = losing_store(dynamo)
+    token, stale = uuid.uuid4().hex, uuid.uuid4().hex
+    await store.put_sign_in(token, "admin-1", time.time() + 60)
+    await store.put_sign_in(stale, "admin-1", time.time() - 1)
+    transport.lose = ANY_CALL
+    assert await store.take_sign_in(token) == "admin-1"
+    assert transport.lose is None  # the answer was lost once, and the call sent again
+    assert await store.take_sign_in(token) is None
+    for unusable in (stale, uuid.uuid4().hex):
+        transport.lose = ANY_CALL
+        assert await store.take_sign_in(unusable) is None
+        assert transport.lose is None
+    await store.close()
+
+
+async def test_a_response_deleted_again_after_its_answer_was_lost_existed(dynamo: DynamoServer) -> None:
+    """Deleting a response deleted its item: the call sent again found nothing and said the response had not
+    existed. Deleted by one call, it is gone for any other, as on the embedded store."""
+    transport, store = losing_store(dynamo)
+    now = time.time()
+    for response_id, expires_at in (("resp_live", now + 60), ("resp_old", now - 1)):
+        await store.put_response(StoredResponse(response_id, "key1", [], now, expires_at, b'{"items": []}'))
+    transport.lose = ANY_CALL
+    assert await store.delete_response("resp_live") is True
+    assert transport.lose is None  # the answer was lost once, and the call sent again
+    assert await store.get_response("resp_live") is None
+    assert await store.delete_response("resp_live") is False
+    for unknown in ("resp_old", "resp_never"):
+        transport.lose = ANY_CALL
+        assert await store.delete_response(unknown) is False
+        assert transport.lose is None
+    raw = await store.client.get_item(TableName=store.table, Key={"pk": text("RESP#resp_live"), "sk": text("RESP")})
+    assert "data" not in raw["Item"]  # the record itself is gone, not only hidden
+    # Kept before items had `expires_at`: the call sent again answers by its `ttl`.
+    legacy = StoredResponse("resp_legacy", "key1", [], now, now + 60, b'{"items": []}')
+    item = {"pk": text("RESP#resp_legacy"), "sk": text("RESP"), "ttl": num(int(legacy.expires_at))}
+    item["data"] = text(base64.b64encode(pack(legacy)).decode())
+    await store.client.put_item(TableName=store.table, Item=item)
+    transport.lose = ANY_CALL
+    assert await store.delete_response("resp_legacy") is True
+    assert transport.lose is None
     await store.close()
 
 
