@@ -739,6 +739,79 @@ async def test_what_a_settlement_frees_in_a_returned_lease_goes_home_too(dynamo:
     await home.close()
 
 
+def two_regions_losing(dynamo: DynamoServer) -> tuple[AnswerLost, AnswerLost, DynamoDBStore, DynamoDBStore]:
+    """`two_regions`, the lease region's calls (to its own replica, and to the home's) through `AnswerLost`."""
+    table = dynamo.create_table()
+    local, remote = AnswerLost(), AnswerLost()
+    credentials = Credentials("testing", "testing")
+    home_client = DynamoDBClient("us-east-1", credentials, dynamo.url, transport=remote)
+    here = DynamoDBStore(
+        DynamoDBClient("us-east-1", credentials, dynamo.url, transport=local),
+        table,
+        region="eu-west-1",
+        client_for=lambda region: home_client,
+        owned=[home_client],
+    )
+    home = DynamoDBStore(DynamoDBClient("us-east-1", credentials, dynamo.url), table, region="us-east-1")
+    here.owned.append(here.client)
+    return local, remote, here, home
+
+
+async def test_a_lease_grant_sent_again_after_its_answer_was_lost_is_granted_once(dynamo: DynamoServer) -> None:
+    """A grant is a conditional ADD on the home meter. One that landed, its answer lost, was sent again: where the
+    budget had room for a second chunk it was granted twice; where it had not (here: $0.70 of $1 committed at
+    home, $0.30 asked for), its own condition refused it, the request was refused (402) with the budget free,
+    and the $0.30, granted at home and never credited to the lease, was lost to both regions for good."""
+    local, remote, here, home = two_regions_losing(dynamo)
+    key = uuid.uuid4().hex[:12]
+
+    def homed(amount: float) -> Admission:
+        charge = BudgetCharge(key, PERIOD, 1.0, amount, "us-east-1")
+        return Admission(uuid.uuid4().hex, key, [charge], [], time.time() + 60, "us-east-1")
+
+    await home.admit(homed(0.7))
+    remote.lose = "UpdateItem"
+    adm = homed(0.3)
+    assert (await here.admit(adm)).committed_usd[PERIOD] == pytest.approx(1.0)
+    assert remote.lose is None  # the answer was lost once, and the grant sent again
+    spent = BudgetCharge(key, PERIOD, 1.0, 0.2, "us-east-1")
+    await here.settle(Settlement(adm.reservation_id, [spent], 0.3, [], line(key, 0.2), "us-east-1", adm.expires_at))
+    await here.return_idle_leases(force=True)
+    assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.9)
+    await home.admit(homed(0.1))  # the last cent is the home's again
+    with pytest.raises(BudgetRefused):
+        await home.admit(homed(0.01))
+    await here.close()
+    await home.close()
+
+
+async def test_a_lease_return_sent_again_after_its_answer_was_lost_is_counted_at_home(dynamo: DynamoServer) -> None:
+    """A return gives up the lease's USD (conditional on the lease still holding it), then the home counts it.
+    One that landed, its answer lost, was sent again and refused by its own condition, taken for a lease used
+    meanwhile: the home was not told, and kept the USD committed until this region returned that key again (never,
+    if its traffic moved away or its process ended)."""
+    local, remote, here, home = two_regions_losing(dynamo)
+    key = uuid.uuid4().hex[:12]
+    charge = BudgetCharge(key, PERIOD, 1.0, 0.1, "us-east-1")
+    adm = Admission(uuid.uuid4().hex, key, [charge], [], time.time() + 60, "us-east-1")
+    await here.admit(adm)  # a grant of $0.25 from the home, $0.10 of it reserved
+    await here.settle(Settlement(adm.reservation_id, [charge], 0.1, [], line(key, 0.1), "us-east-1", adm.expires_at))
+    local.lose = "UpdateItem"
+    await here.return_idle_leases(force=True)
+    assert local.lose is None  # the answer was lost once, and the return sent again
+    await here.close()
+    assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.1)
+
+    def at_home(amount: float) -> Admission:
+        home_charge = BudgetCharge(key, PERIOD, 1.0, amount, "us-east-1")
+        return Admission(uuid.uuid4().hex, key, [home_charge], [], time.time() + 60, "us-east-1")
+
+    await home.admit(at_home(0.85))  # the home has the returned $0.15 again
+    with pytest.raises(BudgetRefused):
+        await home.admit(at_home(0.1))
+    await home.close()
+
+
 async def test_a_leases_dead_reservations_go_home_when_it_is_returned(dynamo: DynamoServer) -> None:
     """A request that died in a region (a crash, a timeout) holds its reservation in that region's lease until it
     expires and is released: only a refusal there released it, and a region whose traffic for the key moved
