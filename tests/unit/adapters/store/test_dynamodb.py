@@ -267,6 +267,25 @@ def losing_store(dynamo: DynamoServer) -> tuple[AnswerLost, DynamoDBStore]:
     return transport, DynamoDBStore(client, dynamo.create_table(), owned=[client])
 
 
+async def test_a_settlement_sent_again_after_its_answer_was_lost_counts_once(dynamo: DynamoServer) -> None:
+    """Its transaction (marker, meter, line item, daily aggregate) sent again is refused by its own marker, which
+    says it landed: one line, one aggregate request, the spend once (as a spooled settlement re-driven is)."""
+    transport, store = losing_store(dynamo)
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.4)
+    await store.admit(adm)
+    item = line(key, 0.25)
+    transport.lose = "TransactWriteItems"
+    await store.settle(settlement(adm, 0.25, item))
+    assert transport.lose is None  # the answer was lost once, and the transaction sent again
+    meter = await store.meter(key, PERIOD)
+    assert meter.committed_usd[PERIOD] == pytest.approx(0.25) and meter.spent_usd[PERIOD] == pytest.approx(0.25)
+    assert [i.request_id for i in await store.usage(UsageQuery([key], 0, time.time() + 60))] == [item.request_id]
+    (totals,) = await store.daily_totals(item.day)
+    assert totals["requests"] == 1 and totals["cost_usd"] == pytest.approx(0.25)
+    await store.close()
+
+
 async def test_a_rotation_sent_again_after_its_answer_was_lost_stands(dynamo: DynamoServer) -> None:
     """A rotation writes the key if its version is still the one read. One that landed, its answer lost, was sent
     again and refused by its own condition: the admin got 400 "the key changed while rotating; retry", the new
