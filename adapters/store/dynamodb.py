@@ -52,6 +52,7 @@ from typing import Any, TypeVar
 from adapters.store.dynamo_client import CONDITION_FAILED, ConditionFailed, DynamoDBClient, call
 from adapters.store.expressions import Expression, Item, dec, exact, num, number, read_num, text
 from adapters.store.metered import (
+    EPSILON,
     AdmissionWrite,
     Applied,
     Counters,
@@ -90,6 +91,7 @@ T = TypeVar("T")
 METER_SK = "METER"
 LAST_ADMISSION = "q"  # on a meter item: the last admission written to it (`_admit_update`)
 WRITE_TOKEN = "w"  # on a key item: a token of the write that put it (`already_written`)
+TOLERANCE = exact(EPSILON)  # what a budget's condition lets pass beyond its limit, as `fits` does
 BUCKET_SECONDS = 60  # reservations are summed by the minute they expire in (`reservation_bucket`)
 SWEEP_SECONDS = 120.0  # a process releases a key's expired reservations this often, after settling on it
 # All-keys reports read this many index partitions (the module docstring): each takes about 1,000 writes a
@@ -426,8 +428,11 @@ class DynamoDBStore(DynamoDBResponses, DynamoDBSignIns, MeteredStore):
                 continue
             committed = e.name(f"c:{charge.period}")
             e.clauses["ADD"].append(f"{committed} {e.value(num(charge.amount_usd))}")
-            ceiling = e.value(num(charge.limit_usd - charge.amount_usd))
-            if charge.amount_usd <= charge.limit_usd:
+            # In decimals, with `fits`' tolerance: the float difference (1.0 - 0.9 = 0.09999999999999998) refused
+            # a request filling the budget to the cent, which `fits` then found fitting, three times: a 503.
+            room = exact(charge.limit_usd) - exact(charge.amount_usd) + TOLERANCE
+            ceiling = e.value(number(room))
+            if room >= 0:
                 e.conditions.append(f"attribute_not_exists({committed}) OR {committed} <= {ceiling}")
             else:  # a missing counter is zero, and zero plus this amount is over the limit
                 e.conditions.append(f"{committed} <= {ceiling}")

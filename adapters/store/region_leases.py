@@ -8,10 +8,11 @@ Items (per budget period `P`; both under `pk = METER#<key id>`, so one query rea
 
 - home meter, `sk = METER`, written only in the key's home region: `c:P` committed, the home region's own
   spend and reservations **plus every lease granted out**; `g:P#<R>` / `b:P#<R>` USD granted to /
-  returned by region R (cumulative).
+  returned by region R (cumulative); `q:P#<R>` a token of the last grant to R.
 - lease, `sk = LEASE#<R>`, written only in region R: `a:P` available, `c:P` committed, `s:P` spent,
   `g:P` / `b:P` granted / returned (cumulative, as credited here), `t:P` last use, `x:P@<minute>` reservations
-  summed by their minute of expiry, and R's rate counters (rate limits hold per region).
+  summed by their minute of expiry, `q:P` a token of its last return, and R's rate counters (rate limits hold
+  per region).
 
 The home meter is the item a single-region gateway has always used, so the home region's hot path is
 unchanged: one conditional `ADD c:P amount IF c:P <= limit - amount`. A grant to another region is the same
@@ -27,6 +28,12 @@ no request in R used for `idle_seconds` (`t:P`) is returned by a sweeper task in
 it: the lease gives up its `a:P` (`b:P += a`), then the home's `c:P` drops by what R has returned and the
 home has not yet counted (again cumulative, so a lost second write heals on the next return).
 
+A grant and a return each write a token drawn for that one write (`q:`), under a condition it does not hold
+yet: the client sends a call again when its answer does not come, and the write sent again after landing is
+refused by its own token and recognised (`ReturnValuesOnConditionCheckFailure`) rather than applied twice or
+taken for a refusal: a grant landed but refused when sent again had refused the request with the budget free,
+and left its chunk granted at home and never credited to the lease, for good.
+
 Invariant, each inequality kept by a conditional write in one region: sum over regions of committed <= sum
 of leases (per lease, `a:P >= 0`) and home committed (own + leases) <= limit. Overspend is zero, except for
 what a request spends beyond its reservation (as in one region). Home unreachable: leases keep serving; a
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
@@ -214,12 +222,15 @@ class RegionLeases:
         limit = exact(charge.limit_usd)
         unleased = self._unleased.get(key, limit)
         client = self.client_for(home)
+        token_name = f"q:{charge.period}#{self.region}"
         for _ in range(3):
             chunk = self._chunk(unleased, need)
             e = Expression()
             committed = e.name(f"c:{charge.period}")
             granted = e.name(f"g:{charge.period}#{self.region}")
             e.clauses["ADD"] += [f"{committed} {e.value(number(chunk))}", f"{granted} {e.value(number(chunk))}"]
+            token = text(uuid.uuid4().hex)
+            write_once(e, token_name, token)
             ceiling = e.value(number(limit - chunk))
             if limit - chunk >= 0:
                 e.conditions.append(f"attribute_not_exists({committed}) OR {committed} <= {ceiling}")
@@ -234,14 +245,16 @@ class RegionLeases:
                     ReturnValues="ALL_NEW",
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
+                item = answer.get("Attributes", {})
             except ConditionFailed as failed:
-                unleased = limit - dec(failed.item, f"c:{charge.period}")
-                self._unleased[key] = unleased
-                if unleased < need:
-                    self.stats.refusals += 1
-                    raise BudgetRefused(charge.key_id, float(avail + max(unleased, Decimal(0)))) from None
-                continue
-            item = answer.get("Attributes", {})
+                if failed.item.get(token_name) != token:
+                    unleased = limit - dec(failed.item, f"c:{charge.period}")
+                    self._unleased[key] = unleased
+                    if unleased < need:
+                        self.stats.refusals += 1
+                        raise BudgetRefused(charge.key_id, float(avail + max(unleased, Decimal(0)))) from None
+                    continue
+                item = failed.item  # it landed, its answer was lost, and it was sent again: the item after it
             self._unleased[key] = limit - dec(item, f"c:{charge.period}")
             self.stats.grants += 1
             self.stats.granted_usd += float(chunk)
@@ -330,9 +343,23 @@ class RegionLeases:
                 f"{available} {e.value(number(-avail))}",
                 f"{e.name(f'b:{p}')} {e.value(number(avail))}",
             ]
+            token_name, token = f"q:{p}", text(uuid.uuid4().hex)
+            write_once(e, token_name, token)
             e.conditions.append(f"{available} >= {e.value(number(avail))}")
-            answer = await call(self.local, "update_item", **e.update(lease_key, self.table), ReturnValues="ALL_NEW")
-            returned_total = dec(answer.get("Attributes", {}), f"b:{p}")
+            try:
+                answer = await call(
+                    self.local,
+                    "update_item",
+                    **e.update(lease_key, self.table),
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+                returned = answer.get("Attributes", {})
+            except ConditionFailed as failed:
+                if failed.item.get(token_name) != token:
+                    raise  # used meanwhile
+                returned = failed.item  # it landed, its answer was lost, and it was sent again: the item after it
+            returned_total = dec(returned, f"b:{p}")
         await self._sync_returned(held, returned_total)
         if avail > 0:
             self.stats.returns += 1
@@ -390,3 +417,12 @@ class RegionLeases:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError, RuntimeError):
                 await self._sweeper
+
+
+def write_once(e: Expression, name: str, token: Item) -> None:
+    """Make the update write `token`, a token drawn for this one write, to the attribute `name`, on condition that
+    `name` does not hold it already: the write sent again after its answer was lost is refused by its own token
+    instead of applied again, and the refusal's item (ALL_OLD) holding the token says it landed."""
+    placeholder, value = e.name(name), e.value(token)
+    e.clauses["SET"].append(f"{placeholder} = {value}")
+    e.conditions.append(f"attribute_not_exists({placeholder}) OR {placeholder} <> {value}")

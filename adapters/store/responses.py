@@ -4,10 +4,15 @@ A response is kept whole, compressed (a conversation's items repeat a lot of tex
 holds at most 400 KB), under its id, until its expiry; reads treat an expired one as gone before the
 backend's own clean-up (DynamoDB's TTL runs within days, SQLite's sweep on the next write) removes it.
 
+DynamoDB deletes a response by removing its record and marking the item (`gone`, a token drawn by the deleting
+call) rather than deleting the item: its client sends a call again when the answer does not come, and a delete
+that had landed left nothing for the call sent again to find, so it said the response had not existed. The mark
+sent again finds its own token and answers as the first would have; the item, its record gone, goes with its TTL.
+
 | backend | where |
 |---|---|
 | SQLite | table `responses` (`id`, `expires_at`, `data`) |
-| DynamoDB | `pk=RESP#<id>`, `sk=RESP`, `data` (base64 of the compressed record), `ttl` |
+| DynamoDB | `pk=RESP#<id>`, `sk=RESP`, `data` (base64 of the compressed record), `expires_at`, `ttl`, `gone` |
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ from __future__ import annotations
 import base64
 import sqlite3
 import time
+import uuid
 import zlib
 from typing import Any
 
 import orjson
 
-from adapters.store.dynamo_client import call
-from adapters.store.expressions import num, text
+from adapters.store.dynamo_client import ConditionFailed, call
+from adapters.store.expressions import num, read_num, text
 from handler.ports import StoredResponse, StoreError
 
 RESPONSES_SCHEMA = (
@@ -32,6 +38,8 @@ RESPONSES_SCHEMA = (
 # (5 ms a put with 20,000 of 4 KB kept, on the event loop, and growing with them; 0.05 ms by the index).
 RESPONSES_EXPIRY_INDEX = "CREATE INDEX IF NOT EXISTS responses_expiry ON responses (expires_at)"
 RESPONSE_SK = "RESP"
+DATA = "data"
+GONE = "gone"  # on a DynamoDB response item: the token of the call that deleted it (its `data` removed)
 # DynamoDB's item limit is 400 KB; what a response may take of it, keys and attribute names aside.
 MAX_DYNAMODB_DATA = 380_000
 
@@ -123,7 +131,12 @@ class DynamoDBResponses:
             raise StoreError(
                 f"the response is too large to keep ({len(data)} bytes compressed, at most {MAX_DYNAMODB_DATA})"
             )
-        item = {**self._response_key(stored.id), "data": text(data), "ttl": num(int(stored.expires_at))}
+        item = {
+            **self._response_key(stored.id),
+            DATA: text(data),
+            "expires_at": num(stored.expires_at),  # (what a delete sent again answers by: `data` is gone then)
+            "ttl": num(int(stored.expires_at)),
+        }
         await call(self.client, "put_item", TableName=self.table, Item=item)
 
     async def get_response(self, response_id: str) -> StoredResponse | None:
@@ -131,18 +144,32 @@ class DynamoDBResponses:
             self.client, "get_item", TableName=self.table, Key=self._response_key(response_id), ConsistentRead=True
         )
         item = answer.get("Item")
-        if not item:
+        if not item or DATA not in item:  # (deleted: `gone`)
             return None
-        stored = unpack(base64.b64decode(item["data"]["S"]))
+        stored = unpack(base64.b64decode(item[DATA]["S"]))
         return stored if stored.expires_at >= time.time() else None
 
     async def delete_response(self, response_id: str) -> bool:
-        answer = await call(
-            self.client,
-            "delete_item",
-            TableName=self.table,
-            Key=self._response_key(response_id),
-            ReturnValues="ALL_OLD",
-        )
-        old = answer.get("Attributes")
-        return bool(old) and unpack(base64.b64decode(old["data"]["S"])).expires_at >= time.time()
+        """Removes the record and marks the item deleted by this call (see the module docstring); whether it
+        existed and had not expired. The request, sent again, is the same: its token, and its `now` here."""
+        now = time.time()
+        try:
+            answer = await call(
+                self.client,
+                "update_item",
+                TableName=self.table,
+                Key=self._response_key(response_id),
+                UpdateExpression="SET #gone = :token REMOVE #data",
+                ConditionExpression="attribute_exists(#data) OR #gone = :token",
+                ExpressionAttributeNames={"#gone": GONE, "#data": DATA},
+                ExpressionAttributeValues={":token": text(uuid.uuid4().hex)},
+                ReturnValues="ALL_OLD",
+            )
+        except ConditionFailed:  # unknown, or deleted by another call
+            return False
+        old = answer["Attributes"]
+        if DATA in old:
+            return unpack(base64.b64decode(old[DATA]["S"])).expires_at >= now
+        # Sent again: the first call removed the record. A response kept before `expires_at` was written has
+        # only its `ttl`, the second it expires in.
+        return read_num(old, "expires_at") >= now if "expires_at" in old else read_num(old, "ttl") + 1 > now

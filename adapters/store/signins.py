@@ -2,22 +2,28 @@
 
 `gateway dashboard` keeps the SHA-256 of a fresh random token, with the admin key it stands for and a
 deadline about a minute away; the dashboard page hands the token back once and gets a session. Taking a token
-deletes it in the same statement, so of two racing exchanges only one finds it; an expired one is never taken
+uses it up in the same statement, so of two racing exchanges only one finds it; an expired one is never taken
 (the backend's own clean-up removes it later: SQLite on the next write, DynamoDB's TTL within days).
+
+SQLite deletes the row. DynamoDB marks the item taken (`taken`, a token drawn by the taking call) rather than
+deleting it: its client sends a call again when the answer does not come, and a delete that had landed left
+nothing for the call sent again to find, so a good link answered "used already" to its own user. The mark
+sent again finds its own token and answers as the first would have.
 
 | backend | where |
 |---|---|
 | SQLite | table `sign_ins` (`hash`, `key_id`, `expires_at`) |
-| DynamoDB | `pk=SIGNIN#<hash>`, `sk=SIGNIN`, `key_id`, `expires_at`, `ttl` |
+| DynamoDB | `pk=SIGNIN#<hash>`, `sk=SIGNIN`, `key_id`, `expires_at`, `ttl`, `taken` once taken |
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+import uuid
 from typing import Any
 
-from adapters.store.dynamo_client import call
+from adapters.store.dynamo_client import ConditionFailed, call
 from adapters.store.expressions import num, text
 from handler.ports import StoreError
 
@@ -26,6 +32,7 @@ SIGN_INS_SCHEMA = (
     "WITHOUT ROWID"
 )
 SIGN_IN_SK = "SIGNIN"
+TAKEN = "taken"  # on a DynamoDB sign-in item: the token of the call that took it
 
 
 class SQLiteSignIns:
@@ -85,10 +92,20 @@ class DynamoDBSignIns:
         await call(self.client, "put_item", TableName=self.table, Item=item)
 
     async def take_sign_in(self, token_hash: str) -> str | None:
-        answer = await call(
-            self.client, "delete_item", TableName=self.table, Key=self._sign_in_key(token_hash), ReturnValues="ALL_OLD"
-        )
-        old = answer.get("Attributes")
-        if not old or float(old["expires_at"]["N"]) < time.time():
+        """Marks the item taken by this call, if it is live and not taken by another (see the module docstring).
+        The request, sent again, is the same: its token and its `now`, so it answers as the first would have."""
+        try:
+            answer = await call(
+                self.client,
+                "update_item",
+                TableName=self.table,
+                Key=self._sign_in_key(token_hash),
+                UpdateExpression="SET #taken = :token",
+                ConditionExpression="#expires >= :now AND (attribute_not_exists(#taken) OR #taken = :token)",
+                ExpressionAttributeNames={"#taken": TAKEN, "#expires": "expires_at"},
+                ExpressionAttributeValues={":token": text(uuid.uuid4().hex), ":now": num(time.time())},
+                ReturnValues="ALL_NEW",
+            )
+        except ConditionFailed:  # unknown, expired, or taken by another call
             return None
-        return str(old["key_id"]["S"])
+        return str(answer["Attributes"]["key_id"]["S"])

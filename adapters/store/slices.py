@@ -31,7 +31,9 @@ back exactly as its reservations would. Rate slices live as long as their minute
 limits at least as high as the one it was granted under (a lowered limit is checked in the file), and
 a request that spends beyond what its slice held has the excess committed with its settlement. Until that
 is written (with the rest of its batch, or at a retry), the process counts the excess on top of what the file
-says: a grant in the meantime, in the same batch say, finds only the room that is left.
+says (`Slices.unwritten`, by counter, not by slice: a retry may outlast the slice, which the sweeper drops once
+idle and a grant replaces once expired): a grant in the meantime, in the same batch say, finds only the room
+that is left.
 
 This module keeps the process's side: the slices, the requests admitted from them, and the arithmetic.
 The store (adapters/store/sqlite_slices.py) writes the grants and returns.
@@ -73,7 +75,6 @@ class BudgetSlice:
         "limit",
         "avail",
         "committed_seen",
-        "unwritten",
         "drawn",
         "granted_at",
         "used_at",
@@ -85,10 +86,8 @@ class BudgetSlice:
         self.expires_at = 0.0
         self.limit = 0.0  # the limit it was granted under: a lower one must go back to the file
         self.avail = 0.0
-        self.committed_seen = 0.0  # the counter after this process's last write on it, this slice included
-        # Spent beyond the slice by requests settled here whose settlements the file does not have yet: counted in
-        # `committed_seen` already, and by a grant on top of what it reads from the file.
-        self.unwritten = 0.0
+        # The counter after this process's last write on it, this slice and `Slices.unwritten` included.
+        self.committed_seen = 0.0
         self.drawn = 0.0  # drawn since the last grant
         self.granted_at = 0.0
         self.used_at = 0.0
@@ -129,21 +128,21 @@ class RateSlice:
 class Held:
     """A request admitted from slices, until it settles (or its reservation expires)."""
 
-    __slots__ = ("key_id", "expires_at", "amount_usd", "budget_keys", "budgets", "rates", "adjusted", "deficits")
+    __slots__ = ("key_id", "expires_at", "amount_usd", "counters", "budgets", "rates", "adjusted", "deficits")
 
     def __init__(
         self,
         key_id: str,
         expires_at: float,
         amount_usd: float,
-        budget_keys: list[str],
+        counters: list[tuple[str, str]],  # per budget: (key id, period)
         budgets: list[BudgetSlice],
         rates: dict[tuple[str, str], RateSlice],  # by (owner key, rate name)
     ) -> None:
         self.key_id = key_id
         self.expires_at = expires_at
         self.amount_usd = amount_usd
-        self.budget_keys = budget_keys
+        self.counters = counters
         self.budgets = budgets
         self.rates = rates
         self.adjusted = False  # the settlement has been applied to the slices (the store write may follow)
@@ -153,11 +152,16 @@ class Held:
 class Slices:
     """One process's slices on one store (see the module docstring)."""
 
-    __slots__ = ("holder", "budgets", "rates", "held", "recalled", "epoch")
+    __slots__ = ("holder", "budgets", "unwritten", "rates", "held", "recalled", "epoch")
 
     def __init__(self) -> None:
         self.holder = uuid.uuid4().hex[:12]
         self.budgets: dict[tuple[str, str], BudgetSlice] = {}
+        # By (key id, period): what requests settled here spent beyond their slices that the file does not have
+        # yet, and how many such settlements wait (`forget` removes the entry with the last). Counted in the
+        # slice's `committed_seen` at once, and by a grant on top of what it reads from the file (`unwritten_usd`).
+        # Kept by counter, not on the slice: the slice may be dropped or replaced before the file has it.
+        self.unwritten: dict[tuple[str, str], tuple[float, int]] = {}
         self.rates: dict[tuple[str, str], RateSlice] = {}
         self.held: dict[str, Held] = {}
         self.recalled: dict[str, float] = {}  # key id -> another's last refusal that recalled slices
@@ -198,8 +202,10 @@ class Slices:
             rate_slice.used_at = now
             snapshot.rates[rate.counter] = rate_slice.count_seen - rate_slice.avail  # (an ancestor's: `name@id`)
         amount = admission.budgets[0].amount_usd if admission.budgets else 0.0
-        keys = [charge.key_id for charge in admission.budgets]
-        self.held[admission.reservation_id] = Held(admission.key_id, admission.expires_at, amount, keys, budgets, rates)
+        counters = [(charge.key_id, charge.period) for charge in admission.budgets]
+        self.held[admission.reservation_id] = Held(
+            admission.key_id, admission.expires_at, amount, counters, budgets, rates
+        )
         return snapshot
 
     def adjust(self, settlement: Settlement) -> tuple[list[tuple[str, float]] | None, list[int]]:
@@ -213,7 +219,7 @@ class Slices:
         if not held.adjusted:
             held.adjusted = True
             held.deficits = []
-            for charge, slice_ in zip(settlement.budgets, held.budgets, strict=True):
+            for charge, slice_, counter in zip(settlement.budgets, held.budgets, held.counters, strict=True):
                 slice_.avail += held.amount_usd - charge.amount_usd
                 slice_.holds -= 1
                 # Spent beyond what the slice held: committed anew, as a late settlement's spend is.
@@ -221,7 +227,8 @@ class Slices:
                 if deficit:
                     slice_.avail += deficit
                     slice_.committed_seen += deficit
-                    slice_.unwritten += deficit
+                    total, waiting = self.unwritten.get(counter, (0.0, 0))
+                    self.unwritten[counter] = (total + deficit, waiting + 1)
                 held.deficits.append(deficit)
             for rate in settlement.rates:
                 counter = (rate_owner(rate, held.key_id), rate.name)
@@ -243,7 +250,7 @@ class Slices:
         reservations back to the slices they came from; returns the USD given back."""
         released = 0.0
         for reservation_id, held in list(self.held.items()):
-            if held.expires_at >= now or (key_id is not None and key_id not in held.budget_keys):
+            if held.expires_at >= now or (key_id is not None and all(key_id != k for k, _ in held.counters)):
                 continue
             if held.adjusted:
                 # Settled here, its write still pending or being retried: the retry must find the slice rows
@@ -253,7 +260,7 @@ class Slices:
                     self.forget(reservation_id)
                 continue
             del self.held[reservation_id]
-            for budget_key, slice_ in zip(held.budget_keys, held.budgets, strict=True):
+            for (budget_key, _), slice_ in zip(held.counters, held.budgets, strict=True):
                 slice_.holds -= 1
                 if slice_.expires_at > now:  # an expired slice's row is released with what it held
                     slice_.avail += held.amount_usd
@@ -266,8 +273,19 @@ class Slices:
         beyond its slices is no longer theirs to count on top of the file."""
         held = self.held.pop(reservation_id, None)
         if held is not None and any(held.deficits):
-            for slice_, deficit in zip(held.budgets, held.deficits, strict=True):
-                slice_.unwritten -= deficit
+            for counter, deficit in zip(held.counters, held.deficits, strict=True):
+                if not deficit:
+                    continue
+                total, waiting = self.unwritten[counter]
+                if waiting == 1:  # the last: nothing left, not a float's residue of the sums
+                    del self.unwritten[counter]
+                else:
+                    self.unwritten[counter] = (total - deficit, waiting - 1)
+
+    def unwritten_usd(self, key_id: str, period: str) -> float:
+        """What settlements here spent beyond their slices of this budget that the file does not have yet."""
+        found = self.unwritten.get((key_id, period))
+        return 0.0 if found is None else found[0]
 
     def recall(self, key_id: str, at: float | None) -> None:
         """Note that another process recalled the slices of `key_id` at `at` (None, 0: it did not)."""

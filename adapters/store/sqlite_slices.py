@@ -170,7 +170,7 @@ class SliceCache(MeteredStore):
             stored = self._stored(db, meter)
             for charge in meter.budgets:
                 slice_ = slices.budgets.get((charge.key_id, charge.period))
-                unwritten = 0.0 if slice_ is None else slice_.unwritten  # (in `stored` already)
+                unwritten = slices.unwritten_usd(charge.key_id, charge.period)  # (in `stored` already)
                 fresh = slice_ is None or slice_.expires_at <= now  # an expired slice's row may be released already
                 if slice_ is None or fresh:
                     slice_ = slices.new_budget_slice()
@@ -299,17 +299,16 @@ class SliceCache(MeteredStore):
 
     def _stored(self, db: sqlite3.Connection, meter: MeterUpdate) -> Counters:
         """The counters `meter` draws on, as the file has them, each budget's with what settlements here spent
-        beyond this process's slice of it and the file does not have yet (`BudgetSlice.unwritten`: their writes
-        wait for the end of the batch, or for a retry). A grant that read the file alone, in the batch of a
-        settlement that overspent, granted from room already spent, and set the slice's `committed_seen` below
-        it: later requests were admitted from memory on a budget spent several times over."""
+        beyond this process's slices of it and the file does not have yet (`Slices.unwritten`: their writes
+        wait for the end of the batch, or for a retry, which may outlast the slice). A grant that read the file
+        alone, in the batch of a settlement that overspent, granted from room already spent, and set the slice's
+        `committed_seen` below it: later requests were admitted from memory on a budget spent several times over."""
         counters = Counters()
         for charge in meter.budgets:
             row = db.execute(
                 "SELECT committed FROM meters WHERE key_id = ? AND period = ?", (charge.key_id, charge.period)
             ).fetchone()
-            slice_ = self.slices.budgets.get((charge.key_id, charge.period))
-            unwritten = 0.0 if slice_ is None else slice_.unwritten
+            unwritten = self.slices.unwritten_usd(charge.key_id, charge.period)
             if row or unwritten:
                 counters.committed[charge.period] = (row[0] if row else 0.0) + unwritten
         for step in meter.rates:

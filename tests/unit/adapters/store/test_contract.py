@@ -243,6 +243,16 @@ async def test_expired_reservations_are_released_and_settle_late_without_double_
     assert meter.spent_usd[PERIOD] == pytest.approx(0.2)
 
 
+async def test_a_request_filling_the_budget_to_the_cent_is_admitted(store: Store) -> None:
+    """DynamoDB's condition compared the counter with the limit less the amount in floats (1.0 - 0.9 =
+    0.09999999999999998 < 0.1): refused there, found fitting by the check that follows, tried three times, a 503."""
+    key = uuid.uuid4().hex[:12]
+    await store.admit(admission(key, 0.1))
+    assert (await store.admit(admission(key, 0.9))).committed_usd[PERIOD] == pytest.approx(1.0)
+    with pytest.raises(BudgetRefused):
+        await store.admit(admission(key, 0.01))
+
+
 async def test_ancestor_budgets_are_charged_atomically(store: Store) -> None:
     parent, child = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
     await store.admit(admission(parent, 0.7))

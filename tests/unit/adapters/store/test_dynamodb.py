@@ -4,6 +4,7 @@ contention (injected at the client: neither emulator produces it), reports in a 
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import time
 import uuid
@@ -19,6 +20,7 @@ from adapters.sigv4 import Credentials
 from adapters.store.dynamo_client import DynamoDBClient
 from adapters.store.dynamodb import LEDGER_SHARDS, SWEEP_SECONDS, DynamoDBStore
 from adapters.store.expressions import Expression, num, text
+from adapters.store.responses import pack
 from handler.pipeline.keys import KeyService
 from handler.ports import (
     Admission,
@@ -29,6 +31,7 @@ from handler.ports import (
     KeyRecord,
     RateCharge,
     Settlement,
+    StoredResponse,
     StoreError,
     UsageQuery,
 )
@@ -70,18 +73,24 @@ CONTENTION = [
 ]
 
 
+ANY_CALL = "*"
+
+
 class AnswerLost(httpx.AsyncBaseTransport):
-    """Forwards every request to moto; the next one of `lose` (an operation) lands but its answer is lost, as a
-    read timeout loses it, so the client sends it again."""
+    """Forwards every request to moto; the next one of `lose` (an operation, or `ANY_CALL`) lands but its answer
+    is lost, as a read timeout loses it, so the client sends it again."""
 
     def __init__(self) -> None:
         self.inner = httpx.AsyncHTTPTransport()
         self.lose: str | None = None
 
+    def losing(self, request: httpx.Request) -> bool:
+        return self.lose is not None and self.lose in (ANY_CALL, request.headers["x-amz-target"].rpartition(".")[2])
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self.inner.handle_async_request(request)
         await response.aread()
-        if self.lose is not None and request.headers["x-amz-target"].endswith(f".{self.lose}"):
+        if self.losing(request):
             self.lose = None
             raise httpx.ReadTimeout("applied, answer lost", request=request)
         return response
@@ -189,7 +198,7 @@ class AnswerLostAfter(AnswerLost):
     between: Callable[[], Awaitable[Any]] | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        losing = self.lose is not None and request.headers["x-amz-target"].endswith(f".{self.lose}")
+        losing = self.losing(request)
         try:
             return await super().handle_async_request(request)
         finally:
@@ -258,6 +267,25 @@ def losing_store(dynamo: DynamoServer) -> tuple[AnswerLost, DynamoDBStore]:
     return transport, DynamoDBStore(client, dynamo.create_table(), owned=[client])
 
 
+async def test_a_settlement_sent_again_after_its_answer_was_lost_counts_once(dynamo: DynamoServer) -> None:
+    """Its transaction (marker, meter, line item, daily aggregate) sent again is refused by its own marker, which
+    says it landed: one line, one aggregate request, the spend once (as a spooled settlement re-driven is)."""
+    transport, store = losing_store(dynamo)
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.4)
+    await store.admit(adm)
+    item = line(key, 0.25)
+    transport.lose = "TransactWriteItems"
+    await store.settle(settlement(adm, 0.25, item))
+    assert transport.lose is None  # the answer was lost once, and the transaction sent again
+    meter = await store.meter(key, PERIOD)
+    assert meter.committed_usd[PERIOD] == pytest.approx(0.25) and meter.spent_usd[PERIOD] == pytest.approx(0.25)
+    assert [i.request_id for i in await store.usage(UsageQuery([key], 0, time.time() + 60))] == [item.request_id]
+    (totals,) = await store.daily_totals(item.day)
+    assert totals["requests"] == 1 and totals["cost_usd"] == pytest.approx(0.25)
+    await store.close()
+
+
 async def test_a_rotation_sent_again_after_its_answer_was_lost_stands(dynamo: DynamoServer) -> None:
     """A rotation writes the key if its version is still the one read. One that landed, its answer lost, was sent
     again and refused by its own condition: the admin got 400 "the key changed while rotating; retry", the new
@@ -310,6 +338,53 @@ async def test_a_child_minted_again_after_its_answer_was_lost_is_minted_once(dyn
         await store.create_child(record(parent_id=parent.id, ancestors=[parent.id]), 3)
     with pytest.raises(ConflictError):  # the same record, minted again by another call
         await store.create_child(child, 5)
+    await store.close()
+
+
+async def test_a_sign_in_taken_again_after_its_answer_was_lost_signs_in(dynamo: DynamoServer) -> None:
+    """Taking a token deleted it: the call sent again found nothing, and a good link answered "used already or
+    expired" to its own user. Taken by one call, it is still taken for any other, as on the embedded store."""
+    transport, store = losing_store(dynamo)
+    token, stale = uuid.uuid4().hex, uuid.uuid4().hex
+    await store.put_sign_in(token, "admin-1", time.time() + 60)
+    await store.put_sign_in(stale, "admin-1", time.time() - 1)
+    transport.lose = ANY_CALL
+    assert await store.take_sign_in(token) == "admin-1"
+    assert transport.lose is None  # the answer was lost once, and the call sent again
+    assert await store.take_sign_in(token) is None
+    for unusable in (stale, uuid.uuid4().hex):
+        transport.lose = ANY_CALL
+        assert await store.take_sign_in(unusable) is None
+        assert transport.lose is None
+    await store.close()
+
+
+async def test_a_response_deleted_again_after_its_answer_was_lost_existed(dynamo: DynamoServer) -> None:
+    """Deleting a response deleted its item: the call sent again found nothing and said the response had not
+    existed. Deleted by one call, it is gone for any other, as on the embedded store."""
+    transport, store = losing_store(dynamo)
+    now = time.time()
+    for response_id, expires_at in (("resp_live", now + 60), ("resp_old", now - 1)):
+        await store.put_response(StoredResponse(response_id, "key1", [], now, expires_at, b'{"items": []}'))
+    transport.lose = ANY_CALL
+    assert await store.delete_response("resp_live") is True
+    assert transport.lose is None  # the answer was lost once, and the call sent again
+    assert await store.get_response("resp_live") is None
+    assert await store.delete_response("resp_live") is False
+    for unknown in ("resp_old", "resp_never"):
+        transport.lose = ANY_CALL
+        assert await store.delete_response(unknown) is False
+        assert transport.lose is None
+    raw = await store.client.get_item(TableName=store.table, Key={"pk": text("RESP#resp_live"), "sk": text("RESP")})
+    assert "data" not in raw["Item"]  # the record itself is gone, not only hidden
+    # Kept before items had `expires_at`: the call sent again answers by its `ttl`.
+    legacy = StoredResponse("resp_legacy", "key1", [], now, now + 60, b'{"items": []}')
+    item = {"pk": text("RESP#resp_legacy"), "sk": text("RESP"), "ttl": num(int(legacy.expires_at))}
+    item["data"] = text(base64.b64encode(pack(legacy)).decode())
+    await store.client.put_item(TableName=store.table, Item=item)
+    transport.lose = ANY_CALL
+    assert await store.delete_response("resp_legacy") is True
+    assert transport.lose is None
     await store.close()
 
 
@@ -680,6 +755,79 @@ async def test_what_a_settlement_frees_in_a_returned_lease_goes_home_too(dynamo:
     await here.return_idle_leases(force=True)
     assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.1)
     await here.close()
+    await home.close()
+
+
+def two_regions_losing(dynamo: DynamoServer) -> tuple[AnswerLost, AnswerLost, DynamoDBStore, DynamoDBStore]:
+    """`two_regions`, the lease region's calls (to its own replica, and to the home's) through `AnswerLost`."""
+    table = dynamo.create_table()
+    local, remote = AnswerLost(), AnswerLost()
+    credentials = Credentials("testing", "testing")
+    home_client = DynamoDBClient("us-east-1", credentials, dynamo.url, transport=remote)
+    here = DynamoDBStore(
+        DynamoDBClient("us-east-1", credentials, dynamo.url, transport=local),
+        table,
+        region="eu-west-1",
+        client_for=lambda region: home_client,
+        owned=[home_client],
+    )
+    home = DynamoDBStore(DynamoDBClient("us-east-1", credentials, dynamo.url), table, region="us-east-1")
+    here.owned.append(here.client)
+    return local, remote, here, home
+
+
+async def test_a_lease_grant_sent_again_after_its_answer_was_lost_is_granted_once(dynamo: DynamoServer) -> None:
+    """A grant is a conditional ADD on the home meter. One that landed, its answer lost, was sent again: where the
+    budget had room for a second chunk it was granted twice; where it had not (here: $0.70 of $1 committed at
+    home, $0.30 asked for), its own condition refused it, the request was refused (402) with the budget free,
+    and the $0.30, granted at home and never credited to the lease, was lost to both regions for good."""
+    local, remote, here, home = two_regions_losing(dynamo)
+    key = uuid.uuid4().hex[:12]
+
+    def homed(amount: float) -> Admission:
+        charge = BudgetCharge(key, PERIOD, 1.0, amount, "us-east-1")
+        return Admission(uuid.uuid4().hex, key, [charge], [], time.time() + 60, "us-east-1")
+
+    await home.admit(homed(0.7))
+    remote.lose = "UpdateItem"
+    adm = homed(0.3)
+    assert (await here.admit(adm)).committed_usd[PERIOD] == pytest.approx(1.0)
+    assert remote.lose is None  # the answer was lost once, and the grant sent again
+    spent = BudgetCharge(key, PERIOD, 1.0, 0.2, "us-east-1")
+    await here.settle(Settlement(adm.reservation_id, [spent], 0.3, [], line(key, 0.2), "us-east-1", adm.expires_at))
+    await here.return_idle_leases(force=True)
+    assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.9)
+    await home.admit(homed(0.1))  # the last cent is the home's again
+    with pytest.raises(BudgetRefused):
+        await home.admit(homed(0.01))
+    await here.close()
+    await home.close()
+
+
+async def test_a_lease_return_sent_again_after_its_answer_was_lost_is_counted_at_home(dynamo: DynamoServer) -> None:
+    """A return gives up the lease's USD (conditional on the lease still holding it), then the home counts it.
+    One that landed, its answer lost, was sent again and refused by its own condition, taken for a lease used
+    meanwhile: the home was not told, and kept the USD committed until this region returned that key again (never,
+    if its traffic moved away or its process ended)."""
+    local, remote, here, home = two_regions_losing(dynamo)
+    key = uuid.uuid4().hex[:12]
+    charge = BudgetCharge(key, PERIOD, 1.0, 0.1, "us-east-1")
+    adm = Admission(uuid.uuid4().hex, key, [charge], [], time.time() + 60, "us-east-1")
+    await here.admit(adm)  # a grant of $0.25 from the home, $0.10 of it reserved
+    await here.settle(Settlement(adm.reservation_id, [charge], 0.1, [], line(key, 0.1), "us-east-1", adm.expires_at))
+    local.lose = "UpdateItem"
+    await here.return_idle_leases(force=True)
+    assert local.lose is None  # the answer was lost once, and the return sent again
+    await here.close()
+    assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.1)
+
+    def at_home(amount: float) -> Admission:
+        home_charge = BudgetCharge(key, PERIOD, 1.0, amount, "us-east-1")
+        return Admission(uuid.uuid4().hex, key, [home_charge], [], time.time() + 60, "us-east-1")
+
+    await home.admit(at_home(0.85))  # the home has the returned $0.15 again
+    with pytest.raises(BudgetRefused):
+        await home.admit(at_home(0.1))
     await home.close()
 
 

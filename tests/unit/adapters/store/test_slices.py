@@ -290,7 +290,43 @@ async def test_a_grant_in_the_batch_of_a_settlement_that_overspent_finds_the_bud
             await store.admit(chained(0.001))
     for owner in (key, parent):
         assert (await store.meter(owner, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.04)
-    assert all(slice_.unwritten == pytest.approx(0.0) for slice_ in store.slices.budgets.values())
+    assert store.slices.unwritten == {}
+
+
+@pytest.mark.parametrize("replaced", ["idle", "expired"])
+async def test_an_overspend_waiting_for_its_retry_outlives_the_slice_it_was_counted_on(
+    store: SQLiteStore, quick: None, monkeypatch: pytest.MonkeyPatch, replaced: str
+) -> None:
+    """A request spent $0.50 from a slice of $0.01; its batch failed to commit, so the file has $0.01 until the
+    retry lands. The slice was replaced meanwhile (the sweeper drops an idle slice nobody holds, a grant replaces
+    an expired one), and the overspend, kept on the old slice, went with it: the new slice counted from the file
+    alone, and a $0.60 request, granted in the retry's own batch, was admitted on a $1 budget already half spent
+    ($1.10 committed once the retry landed)."""
+    if replaced == "expired":
+        monkeypatch.setattr(slices, "RENEW_S", 0.05)  # the slice expires 0.05 s after its request's reservation
+    key = uuid.uuid4().hex[:12]
+    first = Admission(uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1.0, 0.01)], [], time.time() + 0.1)
+    await store.admit(first)  # a first grant is exactly the request
+    overspent = settlement(first, 0.5, line(key, 0.5))
+    with failing_commits(store), pytest.raises(StoreError):
+        await store.settle(overspent)
+    old = store.slices.budgets[(key, PERIOD)]
+    await asyncio.sleep(0.3)  # idle past IDLE_S, and past its expiry
+    while store._batch is not None:  # (a sweep's batch being written: the retry starts the next)
+        await asyncio.sleep(0)
+    retrying = store.settle_soon(overspent)  # the caller's retry (budgets.py), in one batch with the next grant
+    admitting = asyncio.ensure_future(store.admit(admission(key, 0.6)))
+    await asyncio.sleep(0)
+    assert retrying is not None and not retrying.done() and store._batch is not None and len(store._batch) >= 2
+    with pytest.raises(BudgetRefused):
+        await admitting
+    assert store.slices.budgets.get((key, PERIOD)) is not old  # replaced
+    await retrying
+    assert (await store.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.5)
+    assert store.slices.unwritten == {}  # the file has it: not counted twice
+    assert (await store.admit(admission(key, 0.5))).committed_usd[PERIOD] == pytest.approx(1.0)
+    with pytest.raises(BudgetRefused):
+        await store.admit(admission(key, 0.001))
 
 
 async def test_a_settlement_retried_after_its_reservation_expired_counts_once(store: SQLiteStore, quick: None) -> None:
