@@ -182,8 +182,11 @@ class ResponseArchive:
         return stored.body
 
     async def delete(self, response_id: str, key: KeyRecord) -> None:
+        """Delete `key`'s stored response, or the 404 `find` gives; also when another delete took it between the
+        two calls (both were told `deleted: true`)."""
         await self.find(response_id, key)
-        await self.store.delete_response(response_id)
+        if not await self.store.delete_response(response_id):
+            raise NotFoundError(f"Response with id '{response_id}' not found.", code="not_found")
 
 
 class ResponsesRoutes:

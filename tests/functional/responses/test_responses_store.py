@@ -50,6 +50,23 @@ def test_a_stored_response_is_read_continued_and_deleted(on_each_store: Running)
     assert isinstance(caught.value.body, dict) and caught.value.body["param"] == "previous_response_id"
 
 
+def test_of_deletes_racing_one_deletes_and_the_others_find_nothing(on_each_store: Running) -> None:
+    """Each delete looked the response up, then deleted it, and answered `deleted: true` whatever the store
+    said: deletes racing each other all passed the look-up, and all said they deleted it."""
+    import asyncio
+
+    running = on_each_store
+    key = running.mint(name="racing-deletes")
+    made = openai_client(running, key).responses.create(model="gpt-4o-mini", input="Hi")
+
+    async def race() -> list[int]:
+        async with httpx.AsyncClient(headers=bearer(key), timeout=30) as client:
+            url = f"{running.url}/v1/responses/{made.id}"
+            return [answer.status_code for answer in await asyncio.gather(*(client.delete(url) for _ in range(6)))]
+
+    assert sorted(asyncio.run(race())) == [200, 404, 404, 404, 404, 404]
+
+
 def test_only_the_maker_and_its_ancestors_see_a_response(on_each_store: Running) -> None:
     running = on_each_store
     parent = running.mint(name="parent")
