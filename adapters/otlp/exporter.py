@@ -5,8 +5,15 @@ only appended to a bounded queue (a deque: no lock on the request's path; buildi
 happens on the thread too) and, once a batch is full, wakes the thread. The thread sends a
 batch (`application/x-protobuf`, POST to the traces URL) when one is full or every `schedule_delay_s`,
 whichever comes first. When the queue is full, new spans are dropped and counted, never waited for: a slow or
-dead collector costs the requests nothing. `flush` sends everything queued (the end of a Lambda invocation,
-shutdown); `close` flushes and stops the thread.
+dead collector costs the requests nothing.
+
+`flush` (the end of a Lambda invocation) and `close` (shutdown) have the thread send everything queued and wait
+for it at most their `timeout_s`: only the thread ever talks to the collector, so no wait outlasts its bound
+whatever the collector does (an HTTP timeout bounds each read, not a whole export, and an export can be in flight
+on the thread when a flush begins, or when Lambda froze the environment). Spans not sent by then stay queued and go
+out with the next export; an export that fails drops its spans, counted, with one warning per run of failures. Once
+a flush has run out of time, flushes wait no more until an export lands again: a collector that never answers
+costs one wait, not one per invocation.
 """
 
 from __future__ import annotations
@@ -54,14 +61,18 @@ class BatchExporter:
         self.exported = 0
         self._on_drop = on_drop
         self._queue: collections.deque[tuple[int, SpanSource]] = collections.deque()
-        # Spans queued = queued_in - queued_out; each counter has one writer (submit's thread; the sender, under
-        # `_sending`), so neither loses an update without a lock.
+        # Spans queued = queued_in - queued_out; spans sent or dropped by the thread: finished. Each counter has one
+        # writer (submit's thread; the sender), so none loses an update without a lock.
         self._queued_in = 0
         self._queued_out = 0
+        self._finished = 0
+        self._progress = threading.Condition()  # notified by the sender each time `_finished` moves
         self._wake = threading.Event()
-        self._sending = threading.Lock()  # one batch at a time: the thread's or a flush's
+        self._sending = threading.Lock()  # held by the thread while it builds and sends batches
         self._closed = False
+        self._abandoned = False  # `close` counted what was left (its batch in flight included) as dropped
         self._failing = False
+        self._stalled = False  # a flush ran out of time and no export has landed since
         self._client = httpx.Client(
             headers={**headers, "content-type": "application/x-protobuf"}, timeout=timeout_s, transport=transport
         )
@@ -86,24 +97,33 @@ class BatchExporter:
             self._on_drop(count)
 
     def _run(self) -> None:
-        while not self._closed:
-            self._wake.wait(self.schedule_delay_s)
-            self._wake.clear()
-            self._send_queued()
+        try:
+            while not self._closed:
+                self._wake.wait(self.schedule_delay_s)
+                self._wake.clear()
+                self._send_queued()
+        finally:
+            self._client.close()  # here, not in `close`: an export still in flight when `close` gave up ends first
 
-    def _send_queued(self, deadline: float | None = None) -> None:
+    def _send_queued(self) -> None:
         with self._sending:
-            while self._queue and (deadline is None or time.monotonic() < deadline):
+            while self._queue:
                 batch: list[wire.SpanData] = []
+                taken = 0
                 while self._queue and len(batch) < self.batch_size:
                     count, build = self._queue.popleft()
                     self._queued_out += count
+                    taken += count
                     try:
                         batch.extend(build())
                     except Exception:  # noqa: BLE001 - one request's spans lost, never the thread
                         log.exception("building a request's spans failed")
                         self._drop(count)
-                self._send(batch)
+                if batch:
+                    self._send(batch)
+                with self._progress:
+                    self._finished += taken
+                    self._progress.notify_all()
 
     def _send(self, batch: list[wire.SpanData]) -> None:
         encoded = []
@@ -123,8 +143,10 @@ class BatchExporter:
                 status, reason = response.status_code, response.reason_phrase
                 if status < 300:
                     self.exported += len(batch)
-                    self._failing = False
+                    self._failing = self._stalled = False
                     return
+            if self._abandoned:  # (`close` counted this batch already)
+                return
             if attempt == 0 and (status == 0 or status in RETRYABLE) and not self._closed:
                 time.sleep(0.5)
                 continue
@@ -134,20 +156,43 @@ class BatchExporter:
             self._failing = True
             log.warning("OTLP export failed (%s %s); spans are dropped until it recovers", status or "", reason)
 
-    def flush(self, timeout_s: float = 5.0) -> None:
-        """Send everything queued now, for up to `timeout_s` (what is left after that stays queued)."""
-        self._send_queued(time.monotonic() + timeout_s)
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Have the thread send everything queued now, and wait for it at most `timeout_s` (none at all while a
+        flush has run out of time and no export landed since): True once all of it is sent or dropped. What is not
+        sent by then stays queued for the next export."""
+        target = self._queued_in
+        if self._finished >= target:
+            return True
+        self._wake.set()
+        if not self._stalled and self._wait(target, timeout_s):
+            return True
+        if not self._stalled:  # once per run of slow flushes, as failures are warned of
+            self._stalled = True
+            log.warning(
+                "OTLP export did not finish within %.1f s; its spans stay queued for the next export, and flushes "
+                "do not wait until an export lands",
+                timeout_s,
+            )
+        return False
+
+    def _wait(self, target: int, timeout_s: float) -> bool:
+        with self._progress:
+            return self._progress.wait_for(lambda: self._finished >= target, timeout_s)
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Flush, stop the thread and drop whatever could not be sent in `timeout_s`."""
+        """Send what is queued, stop the thread, and drop (counted) whatever is not sent within `timeout_s`."""
         if self._closed:
             return
-        self.flush(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        target = self._queued_in
+        self._wake.set()
+        self._wait(target, timeout_s)  # (shutdown waits even for a collector a flush gave up on)
         self._closed = True
         self._wake.set()
-        self._thread.join(timeout_s)
-        left = sum(count for count, _ in self._queue)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._abandoned = True
+        left = self._queued_in - self._finished  # still queued, or in an export that has not ended
         self._queue.clear()
         if left:
             self._drop(left)
-        self._client.close()
+            log.warning("OTLP exporter stopped with %d spans not sent within %.1f s; they are dropped", left, timeout_s)

@@ -843,7 +843,9 @@ def create_app(gateway: Gateway) -> GatewayApp:
         if metrics is not None:
             metrics.close()
             await metrics.wait_closed()
-        await gateway.drain()  # the settlements still lingering for company are written, not left behind
+        # The settlements still lingering for company are written, not left behind; those the store does not take
+        # within `SHUTDOWN_SETTLE_S` are spooled, so a store that never answers cannot hold the exit.
+        await gateway.settle_before_exit()
         await gateway.spool.close()
         if gateway.tracer is not None:
             await asyncio.to_thread(gateway.tracer.close)  # the spans still queued go out

@@ -97,6 +97,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if gateway.background:  # the app raised before its own drain
         _loop.run_until_complete(gateway.drain())
     if gateway.tracer is not None:
-        # Sent before the environment can be frozen (docs/observability.md: OpenTelemetry on Lambda).
+        # Sent before the environment can be frozen, waited for at most FLUSH_SECONDS whatever the collector does;
+        # what is not sent by then goes with a later export (docs/observability.md: OpenTelemetry on Lambda).
         gateway.tracer.flush(FLUSH_SECONDS)
     return response

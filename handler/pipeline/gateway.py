@@ -31,6 +31,12 @@ if TYPE_CHECKING:
     from handler.telemetry.tracing import RequestTracer
 
 DEFAULT_STORE_URL = "sqlite:///.gateway/gateway.db"
+# How long a server's shutdown waits for the settlements still in flight (`Gateway.settle_before_exit`); one the
+# store has not taken by then is spooled, and re-driven at the next start. More than the meter's five attempts take
+# against a store that refuses at once (about 2 s), so such a store still gets them all; well within the time a
+# service manager gives a stopping process before it kills it (Docker 10 s, ECS and Kubernetes 30 s). Without it a
+# stalled store held the shutdown for the store's every retry (77 s on DynamoDB), past those.
+SHUTDOWN_SETTLE_S = 5.0
 
 
 class Gateway:
@@ -152,6 +158,32 @@ class Gateway:
                 except Exception:  # noqa: BLE001 - the task's failure is logged where it ends (`_reap`)
                     pass
 
+    async def settle_before_exit(self, timeout_s: float | None = None) -> None:
+        """Shutdown's `drain`, bounded by `timeout_s` (`SHUTDOWN_SETTLE_S`): each settlement the store has not taken by
+        then has its attempt cancelled, which spools it (`Meter.settle`, `Meter.landed`), to be re-driven at the next
+        start: the process exits without losing it. A write cut off may have landed; its re-drive then changes
+        nothing."""
+        timeout_s = SHUTDOWN_SETTLE_S if timeout_s is None else timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.drain()
+            return
+        except TimeoutError:
+            pass
+        while self.unsettled:
+            await asyncio.sleep(0)  # settlements queued for the loop reach the store, or a task
+            for done in list(self.landing):
+                done.cancel()  # (the store skips a cancelled one; `_landed` spools it)
+            tasks = list(self.background)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        logger.warning(
+            "shutdown: settlements the store did not take within %.1f s are spooled, re-driven at the next start "
+            "(each in a `settlement spooled` line)",
+            timeout_s,
+        )
+
     def nearest(self) -> dict[str, Attempt]:
         """Each model's nearest deployment, by model: where its first requests will go. A model that cannot be
         served as configured (a provider without its key) is left out: its requests will say why."""
@@ -186,7 +218,7 @@ class Gateway:
         await self.warm()
 
     async def aclose(self) -> None:
-        await self.drain()
+        await self.settle_before_exit()
         await self.spool.close()  # what is still pending stays in the spool's file for the next start
         await self.upstream.aclose()
         await self.store.close()

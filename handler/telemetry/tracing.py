@@ -357,12 +357,13 @@ class RequestTracer:
             out.append(("gen_ai.output.messages", redact_message("".join(trace.answer))))
         return out
 
-    def flush(self, timeout_s: float = 5.0) -> None:
-        """Send what is queued (the end of a Lambda invocation)."""
-        self.exporter.flush(timeout_s)
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Have what is queued sent (the end of a Lambda invocation), waiting for it at most `timeout_s`: False if it
+        was not all sent by then (it stays queued for the next export; adapters/otlp/exporter.py)."""
+        return self.exporter.flush(timeout_s)
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Send what is queued and stop the exporter (shutdown)."""
+        """Send what is queued and stop the exporter (shutdown), within `timeout_s`: what is left then is dropped."""
         self.exporter.close(timeout_s)
 
 

@@ -5,11 +5,16 @@ The handler runs in a fresh interpreter (tests/support/lambda_replay.py) under a
 down from `TIMEOUT_MS`; the store is moto behind a proxy that throttles the settlement's `TransactWriteItems`, stalls
 it, or lets moto apply it and never answers. The spool, re-driven afterwards, lands the settlement exactly once.
 Before the fix the store's retries (the meter's, the contention retries, the HTTP client's) ran on: 12 s throttled and
-about 50 s stalled, so on Lambda the function was killed with no ledger line, no spool line and no log line."""
+about 50 s stalled, so on Lambda the function was killed with no ledger line, no spool line and no log line.
+
+`gateway serve` stopping (SIGTERM) with such a settlement in flight has no deadline of Lambda's, but a service
+manager kills a process that takes too long to stop: its shutdown waits `SHUTDOWN_SETTLE_S` for the settlement, then
+spools it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -24,11 +29,13 @@ import yaml
 
 from adapters.store import open_store
 from handler.pipeline.budgets import OUT_OF_TIME, period_of
-from handler.pipeline.keys import hash_secret
+from handler.pipeline.gateway import SHUTDOWN_SETTLE_S
+from handler.pipeline.keys import hash_secret, split_key
 from handler.pipeline.spool import SettlementSpool
 from handler.ports import KeyRecord, LedgerItem, UsageQuery
 from tests.support.dynamo import DynamoServer
 from tests.support.events import EVENTS, SAMPLE_KEY_ID, SAMPLE_SECRET
+from tests.support.serve import gateway_serve
 from tests.support.servers import ServerThread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,14 +87,16 @@ async def budgeted_sample_key(store_url: str) -> None:
         await store.close()
 
 
-async def replayed(store_url: str, spool: SettlementSpool) -> tuple[list[LedgerItem], float, float]:
+async def replayed(
+    store_url: str, spool: SettlementSpool, key_id: str = SAMPLE_KEY_ID
+) -> tuple[list[LedgerItem], float, float]:
     """Re-drive `spool` into the store; the key's ledger lines then, its committed and spent."""
     store = open_store(store_url)
     try:
         await spool.redrive(store)
-        lines = await store.usage(UsageQuery([SAMPLE_KEY_ID], 0, time.time() + 60))
+        lines = await store.usage(UsageQuery([key_id], 0, time.time() + 60))
         period = period_of("total", time.time())
-        meter = await store.meter(SAMPLE_KEY_ID, period)
+        meter = await store.meter(key_id, period)
         return lines, meter.committed_usd[period], meter.spent_usd[period]
     finally:
         await store.close()
@@ -156,3 +165,52 @@ def test_a_settlement_the_store_does_not_take_is_spooled_and_answered_before_the
     again, committed_again, spent_again = asyncio.run(replayed(dynamo.store_url(table), SettlementSpool(from_the_log)))
     assert [line.request_id for line in again] == [request_id]
     assert (committed_again, spent_again) == (committed, spent)
+
+
+@pytest.mark.parametrize("mode", ["stall", "applied"])
+def test_gateway_serve_stops_in_time_with_a_settlement_the_store_does_not_take_and_spools_it(
+    mode: str, tmp_path: Path, dynamo: DynamoServer, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """SIGTERM while a settlement's write stalls (or landed and was never answered): the shutdown waited for every
+    retry of every layer (77 s measured, stalled), and a service manager would have killed the process before the
+    settlement was spooled. Now it stops after `SHUTDOWN_SETTLE_S`, the settlement spooled; re-driven, one line."""
+    table = dynamo.create_table()
+    proxy = ServerThread(settling_refused(dynamo.url, mode)).start()
+    server, _ = upstream
+    spool_path = tmp_path / "settlements.jsonl"
+    environ = {
+        "GATEWAY_STORE": f"dynamodb://{table}?region=us-east-1&endpoint_url={proxy.url}",  # 2 s reads, as deployed
+        "GATEWAY_SETTLEMENT_SPOOL": str(spool_path),
+        "AWS_REGION": "us-east-1",
+    }
+    try:
+        with gateway_serve(server.url, tmp_path, {}, environ) as served:
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+            headers = {"authorization": f"Bearer {served.key}"}
+            answer = httpx.post(f"{served.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+            assert answer.status_code == 200
+            time.sleep(0.3)  # its settlement is in the store's hands
+            started = time.monotonic()
+            served.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                served.process.wait(SHUTDOWN_SETTLE_S + 30)
+            stopped = time.monotonic() - started
+            if served.process.poll() is None:
+                served.process.kill()
+    finally:
+        proxy.stop()
+    assert stopped < SHUTDOWN_SETTLE_S + 3, stopped
+    request_id = answer.headers["x-request-id"]
+    spool = SettlementSpool(spool_path)
+    assert spool.count() == 1
+    log = (tmp_path / "gateway.log").read_text().splitlines()
+    logged = [json.loads(line) for line in log if '"settlement spooled' in line]
+    assert [e["settlement"]["reservation_id"] for e in logged] == [request_id]
+    assert any("shutdown: settlements the store did not take" in line for line in log)
+
+    key_id, _ = split_key(served.key) or ("", "")
+    landed, _, _ = asyncio.run(replayed(dynamo.store_url(table), SettlementSpool(tmp_path / "nothing.jsonl"), key_id))
+    assert [line.request_id for line in landed] == ([request_id] if mode == "applied" else [])
+    lines, _, _ = asyncio.run(replayed(dynamo.store_url(table), spool, key_id))
+    assert [line.request_id for line in lines] == [request_id]  # exactly one line, however far its write had gone
+    assert spool.count() == 0

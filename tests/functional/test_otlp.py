@@ -3,8 +3,10 @@ opentelemetry-proto's own classes (tests/support/otlp.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import statistics
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ SECRET_PROMPT = "the-prompt-text-that-must-stay-home"
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
 SERVER, CLIENT, ERROR = 2, 3, 2
+LAMBDA_FLUSH_SECONDS = 2.0  # handler/entry/lambda_handler.py's FLUSH_SECONDS (importing it builds a gateway)
 
 
 def otlp_gateway(
@@ -352,6 +355,63 @@ def test_on_lambda_each_invocation_flushes_its_spans_and_emits_emf(
     assert first["output_tokens"] == roots[0].attributes["gen_ai.usage.output_tokens"]
     assert first["cost_usd"] == pytest.approx(roots[0].attributes["gateway.cost_usd"])
     assert first["gateway_overhead"] == pytest.approx(roots[0].attributes["gateway.latency.gateway_ms"], abs=0.01)
+
+
+def silent_collector() -> socket.socket:
+    """A collector that accepts connections and never answers: the kernel completes the handshakes, nothing reads."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    return silent
+
+
+def test_on_lambda_a_collector_that_never_answers_holds_no_invocation_past_the_flush_bound(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """The buffered function exporting to a collector that never answers (the export's own timeout the default 10 s,
+    retried once): each invocation took 20.5 s. Now the first waits at most `FLUSH_SECONDS` for its spans, the
+    environment is frozen with that export in flight, and the invocations after it do not wait for it at all."""
+    server, _ = upstream
+    logs: list[str] = []
+    with silent_collector() as silent:
+        results = replay(
+            tmp_path,
+            server.url,
+            [EVENTS / "chat-completions-ok.json"] * 3,
+            freeze_s=0.5,
+            environ={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}"},
+            observability={"otlp": {"schedule_delay_ms": 600_000}},
+            logs=logs,
+        )
+    assert [r["status"] for r in results] == [200] * 3
+    first, *later = [r["ms"] for r in results]
+    assert first < (LAMBDA_FLUSH_SECONDS + 0.5) * 1000, first
+    assert max(later) < 500, later
+    assert sum("OTLP export did not finish within 2.0 s" in line for line in logs) == 1
+
+
+def test_gateway_serve_stops_within_its_bound_when_the_collector_never_answers(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Shutdown sends what is queued for up to 5 s: it sent on its own thread, behind an export already in flight, and
+    waited for the exports' timeouts (10 s, retried once: 20 s and more). Now it stops after 5 s, the spans counted as
+    dropped."""
+    server, _ = upstream
+    with silent_collector() as silent:
+        otlp = {"otlp": {"endpoint": f"http://127.0.0.1:{silent.getsockname()[1]}", "schedule_delay_ms": 20}}
+        with gateway_serve(server.url, tmp_path, otlp) as served:
+            post_to(served.url, served.key)
+            time.sleep(0.2)  # the exporter's thread has sent it, and waits for an answer
+            post_to(served.url, served.key)
+            started = time.monotonic()
+            served.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                served.process.wait(60)
+            stopped = time.monotonic() - started
+            if served.process.poll() is None:
+                served.process.kill()
+    assert stopped < 5 + 2, stopped
+    assert "OTLP exporter stopped with 4 spans not sent within 5.0 s" in (tmp_path / "gateway.log").read_text()
 
 
 def test_a_responses_request_and_an_embedding_are_spans_too(traced: Running, receiver: OtlpReceiver) -> None:

@@ -4,16 +4,20 @@ Usage: python -m tests.support.lambda_replay EVENT.json [EVENT.json ...] — pri
 invocation: {"event", "status", "headers", "body", "ms", "request_lines", "unsettled", "ledger_lines"}. The
 environment (GATEWAY_CONFIG, GATEWAY_STORE, provider keys) comes from the caller; `ledger_lines` is counted for an
 embedded store's sqlite:/// URL only (None for another). `LAMBDA_FREEZE_S`, if set, is a pause between invocations
-during which nothing runs in the process, as Lambda freezes an environment between them (the event loop does not
-run, so nothing reads what peers send or notices that they closed). `LAMBDA_TIMEOUT_MS`, if set, is the function's
-timeout: each invocation's context then tells its remaining time, running down from it, as Lambda's does.
+during which nothing runs in the process, no thread either, as Lambda freezes an environment between them: the
+process is stopped (SIGSTOP) and continued by a helper (the event loop does not run, so nothing reads what peers send
+or notices that they closed; an export the OTLP exporter's thread has in flight stays in flight). `LAMBDA_TIMEOUT_MS`,
+if set, is the function's timeout: each invocation's context then tells its remaining time, running down from it, as
+Lambda's does.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -66,6 +70,13 @@ class LineCounter:
         self.out.flush()
 
 
+def freeze(seconds: float) -> None:
+    """Stop the whole process for `seconds`, every thread of it, as Lambda's freeze does."""
+    helper = subprocess.Popen(["sh", "-c", f"sleep {seconds}; kill -CONT {os.getpid()}"])
+    os.kill(os.getpid(), signal.SIGSTOP)
+    helper.wait()
+
+
 def main(paths: list[str]) -> None:
     results = sys.stdout
     logged = LineCounter(sys.stderr)
@@ -76,7 +87,7 @@ def main(paths: list[str]) -> None:
     timeout_ms = os.environ.get("LAMBDA_TIMEOUT_MS")
     for number, path in enumerate(paths):
         if number and freeze_s:
-            time.sleep(freeze_s)  # frozen: not even the event loop runs
+            freeze(freeze_s)
         event = json.loads(Path(path).read_text())
         started = time.perf_counter()
         before = logged.requests

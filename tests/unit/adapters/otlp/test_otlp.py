@@ -1,9 +1,11 @@
 """OTLP's trace protobuf as written by hand (adapters/otlp/wire.py), read back with opentelemetry-proto;
-and the batch exporter's queue: bounded, dropping and counting, flushed on close."""
+and the batch exporter's queue: bounded, dropping and counting, flushed on close; a flush or a close that waits no
+longer than it is given."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 import pytest
@@ -159,3 +161,50 @@ def test_spans_that_fail_to_build_are_dropped_and_the_thread_goes_on(caplog: pyt
     batcher.close()
     assert batcher.dropped == 3 and collector.spans() == ["chat gpt-4o-mini #4"]
     assert "building a request's spans failed" in caplog.text
+
+
+def test_a_flush_waits_no_longer_than_its_bound_and_keeps_what_it_could_not_send(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A collector that holds the export (one that never answers; or an export in flight when Lambda froze the
+    environment): the flush sent on the caller's thread and waited for the export's own timeouts (10 s, retried: 20 s
+    on Lambda). Now it returns at its bound with the spans still queued; the next flush does not wait for that
+    collector at all, and once it answers the spans go out, none dropped."""
+    collector = Collector(hold=True)
+    batcher = exporter(collector, schedule_delay_s=60)
+    queue(batcher, span(1))
+    started = time.monotonic()
+    sent = batcher.flush(0.2)
+    assert time.monotonic() - started < 0.2 + 0.5
+    assert sent is False
+    queue(batcher, span(2))
+    started = time.monotonic()
+    sent = batcher.flush(0.2)  # the export is still in flight: no second wait for it
+    assert time.monotonic() - started < 0.1
+    assert sent is False
+    assert caplog.text.count("OTLP export did not finish within 0.2 s") == 1
+    collector.release.set()
+    deadline = time.monotonic() + 5
+    while batcher.exported < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert collector.spans() == ["chat gpt-4o-mini #1", "chat gpt-4o-mini #2"] and batcher.dropped == 0
+    queue(batcher, span(3))
+    assert batcher.flush(5) is True  # an export landed: flushes wait again
+    batcher.close()
+    assert collector.spans()[-1] == "chat gpt-4o-mini #3"
+
+
+def test_close_ends_within_its_bound_and_counts_what_it_could_not_send(caplog: pytest.LogCaptureFixture) -> None:
+    collector = Collector(status=503, hold=True)
+    counted: list[int] = []
+    batcher = exporter(collector, schedule_delay_s=60, on_drop=counted.append)
+    queue(batcher, span(1), span(2))
+    queue(batcher, span(3))
+    started = time.monotonic()
+    batcher.close(0.3)
+    assert time.monotonic() - started < 0.3 + 0.5
+    assert batcher.dropped == 3 and sum(counted) == 3
+    assert "OTLP exporter stopped with 3 spans not sent within 0.3 s" in caplog.text
+    collector.release.set()  # the export in flight fails late: its spans are not counted a second time
+    batcher._thread.join(5)
+    assert batcher.dropped == 3

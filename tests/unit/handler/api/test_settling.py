@@ -1,8 +1,10 @@
 """`Settling`, the buffered Lambda invocation's app: the settlements a request leaves are written before it returns,
-in its own task, and none is lost when the app raises. A server's shutdown writes those still waiting too."""
+in its own task, and none is lost when the app raises. A server's shutdown writes those still waiting too, and
+spools those the store does not take in time."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -12,6 +14,7 @@ import pytest
 
 from adapters.store import sqlite as sqlite_store
 from handler.api.app import SETTLE_MARGIN_MS, Settling
+from handler.pipeline import gateway as gateway_module
 from handler.pipeline.budgets import Meter
 from handler.pipeline.gateway import build_gateway
 from handler.pipeline.spool import ENV
@@ -117,6 +120,52 @@ async def test_a_server_shutting_down_writes_the_settlements_still_lingering(
     assert isinstance(store, sqlite_store.SQLiteStore)
     assert store.db.execute("SELECT request_id FROM ledger WHERE key_id = ?", (key,)).fetchall() == [(item.request_id,)]
     await gateway.aclose()
+
+
+async def test_a_server_shutting_down_spools_a_settlement_the_store_never_takes_and_exits_in_time(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that never answers a settlement (stalled, or throttling it on every retry): the shutdown waited for it
+    without end (on DynamoDB, for every retry of every layer: 77 s, past any service manager's grace). Now it waits
+    `SHUTDOWN_SETTLE_S`, spools the settlement and returns; the spool, re-driven at the next start, lands it once."""
+    from handler.api.app import create_app
+
+    monkeypatch.delenv(ENV, raising=False)  # the spool beside the store's file, where the next start finds it
+    monkeypatch.setattr(gateway_module, "SHUTDOWN_SETTLE_S", 0.3)
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    gateway = build_gateway(store_url=store_url, environ={})
+    app = create_app(gateway)
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.5)
+    item = line(key, 0.25)
+    meter = Meter(gateway.store, gateway.keys, 60)
+    answers = gateway.store.settle
+
+    async def never_answers(settlement: Settlement) -> None:
+        await asyncio.Event().wait()
+
+    async with asyncio.timeout(5):  # (before the fix: the shutdown never ended)
+        async with app.starlette.router.lifespan_context(app.starlette):  # as uvicorn runs it
+            await gateway.store.admit(adm)
+            monkeypatch.setattr(gateway.store, "settle", never_answers)
+            gateway.spawn(meter.settle(settlement(adm, 0.25, item)))
+            await asyncio.sleep(0.05)  # its first attempt is waiting on the store
+            started = time.perf_counter()
+        stopped = time.perf_counter() - started
+    assert stopped < 0.3 + 0.5, stopped
+    assert not gateway.unsettled and gateway.spool.count() == 1
+    assert "did not take within 0.3 s are spooled" in caplog.text
+    monkeypatch.setattr(gateway.store, "settle", answers)
+    await gateway.aclose()
+
+    restarted = build_gateway(store_url=store_url, environ={})  # the next start re-drives the spool
+    assert await restarted.spool.redrive(restarted.store) == 1
+    store = restarted.store
+    assert isinstance(store, sqlite_store.SQLiteStore)
+    assert store.db.execute("SELECT request_id FROM ledger WHERE key_id = ?", (key,)).fetchall() == [(item.request_id,)]
+    assert (await store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.25)
+    assert restarted.spool.count() == 0
+    await restarted.aclose()
 
 
 async def test_a_settlement_whose_time_has_run_out_is_spooled_without_a_store_call(
