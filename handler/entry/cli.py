@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 STORE_HELP = f"the server's store URL (default: GATEWAY_STORE, else {DEFAULT_STORE_URL})"
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# `serve --shutdown-grace`: with the settlements' own bound after it (`SHUTDOWN_SETTLE_S`, 5 s), within the 30 s
+# ECS and Kubernetes give a process between SIGTERM and SIGKILL.
+SHUTDOWN_GRACE_S = 20.0
 
 
 def parse_duration(text: str) -> float:
@@ -249,6 +252,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # handler/entry/server.py.
             http="handler.entry.server:BoundedHttpToolsProtocol" if _has("httptools") else "h11",
             h11_max_incomplete_event_size=config.gateway.limits.request_header_bytes,
+            # On SIGTERM, answers still going (a stream can run for `timeouts.total`) get this long; then they are
+            # cut and settled as a client that left is, their settlements written or spooled within
+            # `SHUTDOWN_SETTLE_S`: all before a service manager's kill (Docker's 10 s, ECS's and Kubernetes' 30 s
+            # by default). Without it a long stream held the shutdown until the kill, its settlement never written.
+            timeout_graceful_shutdown=args.shutdown_grace,
         )
         try:
             _run_server(server, listener)
@@ -561,6 +569,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway locally (uvicorn)")
     serve.add_argument("--config", help="config file (default: GATEWAY_CONFIG or the shipped default)")
     serve.add_argument("--store", help=f"store URL (default: GATEWAY_STORE or {DEFAULT_STORE_URL})")
+    serve.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=SHUTDOWN_GRACE_S,
+        metavar="SECONDS",
+        help=f"on SIGTERM, how long answers still going may finish before they are cut (default {SHUTDOWN_GRACE_S:g})",
+    )
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
     )

@@ -33,16 +33,24 @@ class Served:
 
 @contextmanager
 def gateway_serve(
-    upstream_url: str, folder: Path, observability: dict[str, Any], environ: dict[str, str] | None = None
+    upstream_url: str,
+    folder: Path,
+    observability: dict[str, Any],
+    environ: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    upstream_models: tuple[str, ...] = (),
 ) -> Iterator[Served]:
-    """`gateway serve` with one model, gpt-4o-mini at the fake OpenAI, and `observability` in its config;
-    stopped (SIGTERM, as a service manager does) at the end, unless the test stopped it already."""
+    """`gateway serve` (with `args`) with one model, gpt-4o-mini at the fake OpenAI, and `observability` in its
+    config; each of `upstream_models` a model of that name at the same fake too (`drip`: a slow stream); stopped
+    (SIGTERM, as a service manager does) at the end, unless the test stopped it already."""
     config = {
         "observability": observability,
         "providers": {
             "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"}
         },
-        "models": {"gpt-4o-mini": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]}},
+        "models": {
+            name: {"deployments": [{"provider": "openai", "model": name}]} for name in ("gpt-4o-mini", *upstream_models)
+        },
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     env = {
@@ -64,7 +72,7 @@ def gateway_serve(
     port = free_port()
     with (folder / "gateway.log").open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "handler.entry.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "handler.entry.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
             env=env,
             cwd=ROOT,
             stdout=log,
