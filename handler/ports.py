@@ -117,6 +117,7 @@ CLIENT_NAMES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
             "reasoning_effort": "reasoning.effort",
             "response_format": "text.format",
             "verbosity": "text.verbosity",
+            "reasoning_summary": "reasoning.summary",
         },
     }
 )

@@ -459,7 +459,7 @@ def thinking_config(req: ChatRequest, model: str, dropped: list[str]) -> dict[st
         if wish is not None and not wish.off:
             dropped.append(reasoning.asked_with(req))
         if req.reasoning_summary is not None:
-            dropped.append("reasoning_summary")
+            dropped.append(reasoning.SUMMARY)
         return None
     config: dict[str, Any] = {}
     pro = "pro" in model

@@ -204,6 +204,10 @@ class MistralAdapter(OpenAIAdapter):
             body["reasoning_effort"] = "none" if wish.off else "high"
         return body, dropped
 
+    def shows_reasoning(self, body: dict[str, Any], target: Target) -> bool:
+        # Thinking chunks from the models that reason (Small 4 and Medium 3.5 when asked); the others do not reason.
+        return reasons(target.model)
+
     def conformed_answer(self, data: dict[str, Any]) -> dict[str, Any]:
         return dict(_conform_choices(data, "message"))
 

@@ -285,8 +285,14 @@ class OpenAIAdapter(ProviderAdapter):
 
     def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
         body, dropped = self.chat_body(req, target, stream=stream)
+        dropped += reasoning.summary_unshown(req, self.shows_reasoning(body, target))
         request = UpstreamRequest("POST", f"{target.base_url}/chat/completions", self.headers(), orjson.dumps(body))
         return BuiltRequest(request, dropped)
+
+    def shows_reasoning(self, body: dict[str, Any], target: Target) -> bool:
+        """Whether the answer to `body` will carry the model's reasoning as text (`Profile.reasoning_shown`): what a
+        Responses client's `reasoning.summary` asks to see."""
+        return self.profile(target).reasoning_shown
 
     def serves_responses(self, target: Target) -> bool:
         """Whether `/v1/responses` goes to the upstream's own `/responses`: OpenAI's API has it; an
