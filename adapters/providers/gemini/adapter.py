@@ -638,7 +638,11 @@ class GeminiStreamParser:
                     else:
                         chunks.append(self._chunk(index, ChunkDelta(content=part["text"])))
             if candidate.get("finishReason"):
-                reason = finish_reason(candidate["finishReason"], bool(self._calls.get(index)))
+                try:
+                    reason = finish_reason(candidate["finishReason"], bool(self._calls.get(index)))
+                except UpstreamError as unusable:
+                    unusable.billed = self.usage  # charged before a failover, as a whole answer's is
+                    raise
                 chunks.append(self._chunk(index, ChunkDelta(), reason))
         return chunks
 
