@@ -93,7 +93,8 @@ def summary_unshown(req: ChatRequest, shown: bool) -> list[str]:
     """`[SUMMARY]` when the request asks for a reasoning summary and the deployment's answers carry no reasoning
     (`shown` False: its model does not reason, or its API never returns the reasoning), else `[]`. One that shows
     its reasoning honours it, whether this request has the model reason or not (as OpenAI's answers no summary at
-    effort `minimal`); a client that turned reasoning off has none to be summarised, as it asked."""
+    effort `minimal`); a client that turned reasoning off has none to be summarised, as it asked. (Callers ask only
+    for a request with a summary: `shown` is worked out for those alone.)"""
     if req.reasoning_summary is None or shown:
         return []
     wish = requested(req)

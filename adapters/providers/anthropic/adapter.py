@@ -782,7 +782,8 @@ class AnthropicAdapter(ProviderAdapter):
             # turn that did not open with its signed thinking: Anthropic's own advice is to send no thinking then.
             thinking = None
             dropped.append(reasoning.asked_with(req))
-        dropped += reasoning.summary_unshown(req, reasoning.shows_claude_reasoning(target.model))
+        if req.reasoning_summary is not None:
+            dropped += reasoning.summary_unshown(req, reasoning.shows_claude_reasoning(target.model))
         if thinking is not None:
             body.update(thinking)
             # Claude refuses sampling changes while thinking.

@@ -660,11 +660,12 @@ class BedrockAdapter(ProviderAdapter):
             unthinking = {name: value for name, value in fields.items() if name not in ("thinking", "output_config")}
             fields = unthinking or None
             dropped.append(reasoning.asked_with(req))
-        claude = reasoning.reasons(target.model, ("anthropic.claude",))
-        shown = claude and reasoning.shows_claude_reasoning(target.model)
-        dropped += reasoning.summary_unshown(
-            req, shown or reasoning.reasons(target.model, reasoning.BEDROCK_SHOWN_FRAGMENTS)
-        )
+        if req.reasoning_summary is not None:
+            claude = reasoning.reasons(target.model, ("anthropic.claude",))
+            shown = claude and reasoning.shows_claude_reasoning(target.model)
+            dropped += reasoning.summary_unshown(
+                req, shown or reasoning.reasons(target.model, reasoning.BEDROCK_SHOWN_FRAGMENTS)
+            )
         if req.stop_list() and reasoning.reasons(target.model, ("anthropic.claude",)):
             body["additionalModelResponseFieldPaths"] = ["/stop_sequence"]  # which one fired, as Anthropic says
         if fields is not None:

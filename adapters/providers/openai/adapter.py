@@ -285,7 +285,8 @@ class OpenAIAdapter(ProviderAdapter):
 
     def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
         body, dropped = self.chat_body(req, target, stream=stream)
-        dropped += reasoning.summary_unshown(req, self.shows_reasoning(body, target))
+        if req.reasoning_summary is not None:
+            dropped += reasoning.summary_unshown(req, self.shows_reasoning(body, target))
         request = UpstreamRequest("POST", f"{target.base_url}/chat/completions", self.headers(), orjson.dumps(body))
         return BuiltRequest(request, dropped)
 
