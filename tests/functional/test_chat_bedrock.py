@@ -502,3 +502,18 @@ def test_a_malformed_stop_mid_stream_is_the_error_of_each_clients_api(
     lines = bedrock.ledger(key)
     assert [line.status for line in lines] == [502, 502, 502]
     assert all(line.cost_source == "provider" and line.output_tokens == 6 for line in lines)
+
+
+def test_a_messages_clients_ask_for_summarized_thinking_is_named_where_no_reasoning_comes_back(
+    bedrock: Running,
+) -> None:
+    """`thinking.display: summarized` is a Messages client's ask to see the reasoning, as a Responses client's
+    `reasoning.summary` is: Llama on Bedrock does not reason, and that went unsaid (only a Gemini deployment named
+    the ask). It is named as the client wrote it."""
+    claude = anthropic_client(bedrock, bedrock.mint(name="display-llama"))
+    thinking: Any = {"type": "enabled", "budget_tokens": 2048, "display": "summarized"}
+    raw = claude.messages.with_raw_response.create(
+        model="llama", max_tokens=4096, thinking=thinking, messages=[{"role": "user", "content": "Hi"}]
+    )
+    assert raw.parse().content[0].text == fake.TEXT  # type: ignore[union-attr]
+    assert "thinking.display" in raw.headers["x-gateway-dropped-params"].split(",")

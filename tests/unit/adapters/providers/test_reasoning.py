@@ -10,7 +10,7 @@ import pytest
 
 from adapters.providers.registry import REGISTRY
 from handler.api.responses_api import SummarisedChatRequest
-from handler.ports import RESPONSES_API, Target, as_client_named
+from handler.ports import MESSAGES_API, RESPONSES_API, Target, as_client_named
 from handler.schemas import ChatRequest
 
 # (provider type, its options, the upstream model, the base URL) -> whether its answers show the reasoning.
@@ -77,3 +77,21 @@ def test_a_client_that_turned_reasoning_off_is_not_told_its_summary_was_dropped(
         "reasoning_summary"
         not in adapter.chat_request(summarised(reasoning_effort="none"), target, stream=False).dropped
     )
+
+
+def test_a_messages_clients_ask_to_see_summarized_thinking_is_the_same_ask() -> None:
+    """A Messages client asks for the reasoning as text with `thinking.display: summarized`: honoured on Bedrock's
+    adaptive Claude (which may omit it unasked), named as the client wrote it where no answer can show it."""
+    thinking = {"type": "adaptive", "display": "summarized"}
+    req = ChatRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "thinking": thinking}
+    )
+    bedrock = REGISTRY["bedrock"]("bedrock", None, {})
+    target = Target(
+        "bedrock", "bedrock", "us.anthropic.claude-opus-4-7", "us-east-1", bedrock.base_url("us-east-1", None)
+    )
+    body = orjson.loads(bedrock.chat_request(req, target, stream=False).request.body)
+    assert body["additionalModelRequestFields"]["thinking"] == thinking
+    openai = REGISTRY["openai"]("openai", "secret", {})
+    own = Target("openai", "openai", "o4-mini", "global", "https://api.openai.com/v1")
+    assert "thinking.display" in as_client_named(MESSAGES_API, openai.chat_request(req, own, stream=False).dropped)
