@@ -111,12 +111,14 @@ CLIENT_NAMES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
             "reasoning_effort": "output_config.effort",
             "response_format": "output_config.format",
             "parallel_tool_calls": "tool_choice.disable_parallel_tool_use",
+            "reasoning_summary": "thinking.display",
         },
         RESPONSES_API: {
             "max_completion_tokens": "max_output_tokens",
             "reasoning_effort": "reasoning.effort",
             "response_format": "text.format",
             "verbosity": "text.verbosity",
+            "reasoning_summary": "reasoning.summary",
         },
     }
 )

@@ -243,7 +243,10 @@ class ChatRequest(_Open):
         """A Responses request's `reasoning.summary` (`auto`, `concise`, `detailed`): the client wants the model's
         reasoning back as text. Not a field: no Chat Completions API has it, so no client sends it here and no
         upstream gets it as one; a Responses request asking for one is a `SummarisedChatRequest`
-        (handler/api/responses_api.py), and every other has none."""
+        (handler/api/responses_api.py). A Messages client asks the same with `thinking.display: summarized`."""
+        thinking = self.thinking
+        if thinking is not None and thinking.model_extra and thinking.model_extra.get("display") == "summarized":
+            return "summarized"
         return None
 
     def output_limit(self) -> int | None:

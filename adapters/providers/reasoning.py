@@ -74,6 +74,33 @@ class Reasoning(Value):
         self.adaptive: Final = adaptive
 
 
+# A Responses request's `reasoning.summary` (`ChatRequest.reasoning_summary`) as `x-gateway-dropped-params` names it
+# inward (the Responses front-end names it back as its client wrote it, `reasoning.summary`).
+SUMMARY = "reasoning_summary"
+# Claude's models that cannot think (before 3.7): the others return their thinking when it is on.
+UNTHINKING_CLAUDE_FRAGMENTS = ("claude-3-5", "claude-3-opus", "claude-3-sonnet", "claude-3-haiku", "claude-2")
+# Bedrock's other models whose Converse answer carries their reasoning as text: DeepSeek-R1, OpenAI's gpt-oss. (Nova
+# 2's comes back as "[REDACTED]"; Llama, Mistral's, Titan, Command and the rest do not reason.)
+BEDROCK_SHOWN_FRAGMENTS = ("deepseek.r1", "gpt-oss")
+
+
+def shows_claude_reasoning(model: str) -> bool:
+    """Whether a Claude model returns its reasoning when it reasons: every one that can think."""
+    return not reasons(model, UNTHINKING_CLAUDE_FRAGMENTS)
+
+
+def summary_unshown(req: ChatRequest, shown: bool) -> list[str]:
+    """`[SUMMARY]` when the request asks for a reasoning summary and the deployment's answers carry no reasoning
+    (`shown` False: its model does not reason, or its API never returns the reasoning), else `[]`. One that shows
+    its reasoning honours it, whether this request has the model reason or not (as OpenAI's answers no summary at
+    effort `minimal`); a client that turned reasoning off has none to be summarised, as it asked. (Callers ask only
+    for a request with a summary: `shown` is worked out for those alone.)"""
+    if req.reasoning_summary is None or shown:
+        return []
+    wish = requested(req)
+    return [] if wish is not None and wish.off else [SUMMARY]
+
+
 def asked_with(req: ChatRequest) -> str:
     """The request's parameter that carried its reasoning wish, as `x-gateway-dropped-params` names it."""
     return "thinking" if req.thinking is not None else "reasoning_effort"

@@ -269,7 +269,7 @@ class Pipeline:
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> ChunkStream:
             stream = ChunkStream(self, ex, req, attempt, response)
-            await stream.prime()
+            await self._prime(stream, ex, attempt)
             return stream
 
         def build(attempt: Attempt) -> BuiltRequest:
@@ -290,9 +290,7 @@ class Pipeline:
         except SHAPE_ERRORS as exc:
             raise misshapen("answer", exc) from exc
         except UpstreamError as unusable:
-            if unusable.billed is not None:  # billed though unusable: charged, and covered before a failover
-                self._waste(ex, attempt, unusable.billed)
-                ex.rejected += 1
+            self._billed_unusable(ex, attempt, unusable)
             raise
         schema = self._enforced_schema(req, attempt, ex)
         if schema is not None and completion.choices:
@@ -356,7 +354,7 @@ class Pipeline:
                 stream = NativeStream(self, ex, req, call, attempt, response)
             else:
                 stream = ChunkStream(self, ex, req, attempt, response)
-            await stream.prime()
+            await self._prime(stream, ex, attempt)
             return stream
 
         try:
@@ -410,6 +408,21 @@ class Pipeline:
             return BuiltRequest(built.request, [*call.untranslated, *as_client_named(call.api, built.dropped)])
 
         return build
+
+    async def _prime(self, stream: NativeStream | ChunkStream, ex: Exchange, attempt: Attempt) -> None:
+        """Read `stream` to its first item; an answer it found unusable there is charged as a whole one is."""
+        try:
+            await stream.prime()
+        except UpstreamError as unusable:
+            self._billed_unusable(ex, attempt, unusable)
+            raise
+
+    def _billed_unusable(self, ex: Exchange, attempt: Attempt, err: UpstreamError) -> None:
+        """An answer the provider billed and the gateway could not use (`UpstreamError.billed`: a model's invalid
+        tool call): charged on the request's line, and covered before a failover."""
+        if err.billed is not None:
+            self._waste(ex, attempt, err.billed)
+            ex.rejected += 1
 
     def _enforced_schema(self, req: ChatRequest, attempt: Attempt, ex: Exchange) -> dict[str, Any] | None:
         if not (ex.controls.enforce_schema or attempt.spec.enforce_schema):
@@ -1076,6 +1089,10 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         malformed answer, as a stream that brought no event is."""
         try:
             completion = self.attempt.adapter.chat_response(body, self.req, self.attempt.target)
+        except UpstreamError as unusable:
+            if unusable.billed is not None:
+                raise  # an answer the adapter read and could not use: its own error names why, with what it billed
+            raise malformed(f"the provider's stream ended before its first event: {error_excerpt(body)}") from None
         except (GatewayError, *SHAPE_ERRORS):
             raise malformed(f"the provider's stream ended before its first event: {error_excerpt(body)}") from None
         self._whole_usage = completion.usage

@@ -13,7 +13,8 @@ Anthropic refuses it, and so is a beta's field without its beta in `anthropic-be
 tools and a `tool_choice` of `any` or `tool` is answered with a `tool_use` block (its input following the tool's
 schema); a user message may script a tool call (`tests.fakes.script`). A streamed tool call without arguments has
 one `input_json_delta` whose `partial_json` is empty, as Anthropic streams it. A request asking for `thinking`, or
-for a `thinker` model, gets a signed thinking block first (its text empty under `display: omitted`); for a
+for a `thinker` model, gets a signed thinking block first (its text empty under `display: omitted`, the default of a
+model whose id has `OMITS_THINKING`, as Claude Opus 4.7's is); for a
 `thinker`, an assistant turn that called a tool must come back opening with it, signature intact, as the real API
 requires, and so must the final assistant turn, if it called a tool, of any request asking for `thinking`; a
 `clear_thinking_...` context-management edit needs `thinking` on. Prompt caching is modelled: the prefix up to the
@@ -57,6 +58,9 @@ MESSAGE_ID = "msg_01FakeAnthropic"
 TOOL_USE_ID = "toolu_01FakeAnthropic"
 THINKING = "The user wants a greeting."
 SIGNATURE = "EqQBCkYIBRgCKkBfakeSignature=="
+# A model id part whose thinking is omitted unless `display: summarized` asks (Anthropic: "the default depends on the
+# model"; Claude Opus 4.7 omits it).
+OMITS_THINKING = "claude-opus-4-7"
 SEARCH_ID = "srvtoolu_01FakeAnthropic"
 COMPACTION_SUMMARY = "Summary of the conversation: the user is building a website and asked for its layout."
 COMPACTION_TRIGGER = 150_000  # input tokens, unless the edit sets its own
@@ -179,7 +183,8 @@ def _content(body: dict[str, Any], tool: str | None) -> list[dict[str, Any]]:
     content: list[dict[str, Any]] = []
     thinking = body.get("thinking") or {}
     if thinking.get("type") in ("enabled", "adaptive") or "thinker" in str(body.get("model")):
-        text = "" if thinking.get("display") == "omitted" else THINKING
+        display = thinking.get("display") or ("omitted" if OMITS_THINKING in str(body.get("model")) else "summarized")
+        text = "" if display == "omitted" else THINKING
         content.append({"type": "thinking", "thinking": text, "signature": SIGNATURE})
     if searches(body) and not tool:
         content.extend(SEARCH_BLOCKS)

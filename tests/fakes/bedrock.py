@@ -17,12 +17,16 @@ is refused, as Anthropic refuses it.
 
 Behaviour by model id: `thinker` and `redacts` (see `THINKING`, `REDACTED`), `fail-throttle` (HTTP 429
 ThrottlingException), `fail-validation` (400), `fail-500` (InternalServerException), `stream-exception` (a stream
-whose first frame is a throttlingException).
+whose first frame is a throttlingException), `malformed-tool-use` and `malformed-output` (the words the model wrote
+before a tool use Bedrock could not parse, or output it could not read: `stopReason` `malformed_tool_use` or
+`malformed_model_output`, its usage billed; a stream pauses `MALFORMED_PAUSE_S` before its `messageStop`, as a model
+writing for a while does).
 Every request is recorded on `app.state.requests`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import struct
@@ -52,6 +56,10 @@ SIGNATURE = "ErcBCkgIBxgCfakeBedrockSignature"
 # A model id with `redacts` opens its reasoning with a block Claude's safety systems encrypted (a Blob: base64).
 REDACTED = "RXJjQkNrZ0lCeGdDZmFrZVJlZGFjdGVkVGhpbmtpbmc="
 USAGE = {"inputTokens": 11, "outputTokens": 6, "totalTokens": 20, "cacheReadInputTokens": 3}
+# A model id part -> the stop reason of an answer Bedrock could not use, and the words written before it.
+MALFORMED = {"malformed-tool-use": "malformed_tool_use", "malformed-output": "malformed_model_output"}
+MALFORMED_TEXT = "Let me look that up."
+MALFORMED_PAUSE_S = 0.3
 
 REQUEST_FIELDS = {
     "messages",
@@ -393,6 +401,18 @@ def answer_for(body: dict[str, Any], thinks: bool = False, redacts: bool = False
     return {**answer, "additionalModelResponseFields": fields} if fields else answer
 
 
+def malformed_answer(answer: dict[str, Any], model: str) -> dict[str, Any]:
+    """`answer` as the model id's malformed stop (`MALFORMED`) ends it, if it names one."""
+    stop = next((reason for part, reason in MALFORMED.items() if part in model), None)
+    if stop is None:
+        return answer
+    return {
+        **answer,
+        "output": {"message": {"role": "assistant", "content": [{"text": MALFORMED_TEXT}]}},
+        "stopReason": stop,
+    }
+
+
 def create_app() -> Starlette:
     requests: list[dict[str, Any]] = []
     cached: set[bytes] = set()
@@ -429,7 +449,7 @@ def create_app() -> Starlette:
         if failure is not None or body is None:
             return failure or _error(400, "ValidationException", "no body")
         answer = {**answer_for(body, "thinker" in model, "redacts" in model), "usage": usage_for(body, cached)}
-        return Response(orjson.dumps(answer), media_type="application/json")
+        return Response(orjson.dumps(malformed_answer(answer, model)), media_type="application/json")
 
     async def converse_stream(request: Request) -> Response:
         model, body, failure = await guard(request)
@@ -444,7 +464,10 @@ def create_app() -> Starlette:
                 yield exception_frame("throttlingException", "Too many tokens, please wait before trying again.")
                 return
             answer = {**answer_for(body, "thinker" in model, "redacts" in model), "usage": usage_for(body, cached)}
+            answer = malformed_answer(answer, model)
             for frame in stream_frames(answer):
+                if answer["stopReason"] in MALFORMED.values() and b"messageStop" in frame:
+                    await asyncio.sleep(MALFORMED_PAUSE_S)
                 yield frame[:7]  # frames split across network writes, as a real stream may be
                 yield frame[7:]
 

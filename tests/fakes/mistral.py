@@ -11,7 +11,9 @@ tool calls carry Mistral's nine-character ids and their `index`.
 It refuses what Mistral refuses: a top-level field outside its chat request (422, `extra_forbidden`, in the shape of
 Mistral's validation errors), `stream_options`, a tool-call id that is not nine letters and digits, and a
 `reasoning_effort` other than `high` or `none`, or sent to a model without adjustable reasoning (a 400 whose wording
-is the fake's: Mistral documents no message for it). A user message may script a tool call (`tests/fakes/script.py`).
+is the fake's: Mistral documents no message for it). An assistant turn's `content` may be such a list too, a
+`thinking` chunk then `text`: how a reasoning model takes its earlier reasoning back (recorded, as sent). A user
+message may script a tool call (`tests/fakes/script.py`).
 Every request is recorded on `app.state.requests`.
 """
 

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import httpx
 import openai
 import pytest
 
@@ -22,6 +24,10 @@ MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
 SONNET = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
 REDACTING = "us.anthropic.claude-sonnet-4-5-redacts-v1:0"  # (the fake's Claude whose reasoning opens redacted)
 LLAMA = "us.meta.llama3-3-70b-instruct-v1:0"
+# The fake's Claude whose answer ends in a tool use Bedrock could not parse (`malformed_tool_use`), or in output it
+# could not read (`malformed_model_output`).
+MISCALLING = "us.anthropic.claude-malformed-tool-use-v1:0"
+GARBLING = "us.anthropic.claude-malformed-output-v1:0"
 PRICE = {"input": 1, "output": 2}
 # An hour's cache write at a rate of its own (not the default of twice the input price).
 CACHE_PRICE = {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write": 3.75, "cache_write_1h": 7.0}
@@ -57,6 +63,18 @@ def bedrock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             },
             "rejects": {"deployments": [{**deployment, "model": "fail-validation"}], "price": PRICE},
             "llama": {"deployments": [{**deployment, "model": LLAMA}], "price": PRICE},
+            "claude-miscalls": {
+                "deployments": [{**deployment, "model": MISCALLING}],
+                "price": PRICE,
+                "fallbacks": ["claude-haiku"],
+            },
+            "claude-miscalls-alone": {"deployments": [{**deployment, "model": MISCALLING}], "price": PRICE},
+            "claude-garbles-alone": {"deployments": [{**deployment, "model": GARBLING}], "price": PRICE},
+            "llama-miscalls": {
+                "deployments": [{**deployment, "model": "us.meta.llama3-3-malformed-tool-use-v1:0"}],
+                "price": PRICE,
+                "fallbacks": ["claude-haiku"],
+            },
         },
     }
     store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('bedrock-store')) / 'gateway.db'}"
@@ -415,3 +433,87 @@ def test_a_cap_past_the_models_limit_is_sent_again_within_the_limit_bedrock_name
     again = client.chat.completions.with_raw_response.create(model="llama", messages=HI, max_tokens=20_000)
     assert again.headers["x-gateway-route"] == f"{label}=200"
     assert sent(bedrock)["json"]["inferenceConfig"]["maxTokens"] == 8192
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_malformed_tool_use_fails_over_and_what_bedrock_billed_is_charged(bedrock: Running, stream: bool) -> None:
+    """Bedrock's `stopReason: malformed_tool_use` (the model's tool use did not parse) came back as the words before
+    it with `finish_reason: stop`: the client was told a broken call ended normally (found by review). Now it is the
+    provider's malformed answer: another deployment is tried, and the line charges what Bedrock billed for both. A
+    stream reaches it so when the model's answer comes whole (Llama's tools go to Converse)."""
+    key = bedrock.mint(name=f"miscalls-{stream}")
+    with openai.OpenAI(base_url=f"{bedrock.url}/v1", api_key=key, max_retries=0) as sdk:
+        if stream:
+            with sdk.chat.completions.with_streaming_response.create(
+                model="llama-miscalls", messages=HI, tools=[WEATHER_TOOL], stream=True
+            ) as streamed:
+                route = streamed.headers["x-gateway-route"]
+                text = "".join(c.choices[0].delta.content or "" for c in streamed.parse() if c.choices)
+        else:
+            raw = sdk.chat.completions.with_raw_response.create(model="claude-miscalls", messages=HI)
+            route, text = raw.headers["x-gateway-route"], raw.parse().choices[0].message.content
+        single = sdk.chat.completions.with_raw_response.create(model="claude-haiku", messages=HI)
+    assert route.split(", ")[0].endswith("=invalid_response") and route.endswith(f"bedrock/{MODEL}@us-east-1=200")
+    assert text == fake.TEXT
+    miscalled, answered = bedrock.ledger(key)[-2:]
+    # The same usage billed twice: for the miscall, and for the answer.
+    assert miscalled.cost_usd == pytest.approx(2 * float(single.headers["x-gateway-cost-usd"]))
+    assert (miscalled.status, answered.status) == (200, 200)
+    with openai.OpenAI(base_url=f"{bedrock.url}/v1", api_key=key, max_retries=0) as sdk:
+        with pytest.raises(openai.APIStatusError) as alone:
+            sdk.chat.completions.create(model="claude-miscalls-alone", messages=HI)
+    assert alone.value.status_code == 502 and "malformed_tool_use" in alone.value.message
+
+
+@pytest.mark.parametrize(
+    ("model", "stop_reason"),
+    [("claude-miscalls-alone", "malformed_tool_use"), ("claude-garbles-alone", "malformed_model_output")],
+)
+def test_a_malformed_stop_mid_stream_is_the_error_of_each_clients_api(
+    bedrock: Running, model: str, stop_reason: str
+) -> None:
+    """A stream already begun when Bedrock says its answer was malformed ended as a clean `stop` (`end_turn`, a
+    completed response). Each API now ends it with its own in-stream error naming Bedrock's stop reason, and the
+    line charges what Bedrock billed, with the error's status."""
+    key = bedrock.mint(name=f"garbled-{stop_reason}")
+    with openai.OpenAI(base_url=f"{bedrock.url}/v1", api_key=key, max_retries=0) as sdk:
+        text, finishes = "", []
+        with pytest.raises(openai.APIError) as chat:
+            for chunk in sdk.chat.completions.create(model=model, messages=HI, stream=True):
+                text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+                finishes += [chunk.choices[0].finish_reason] if chunk.choices and chunk.choices[0].finish_reason else []
+    assert text == fake.MALFORMED_TEXT and finishes == [] and stop_reason in chat.value.message
+
+    claude = anthropic_client(bedrock, key)
+    with pytest.raises(anthropic.APIStatusError) as messages:
+        with claude.messages.stream(model=model, max_tokens=50, messages=HI) as events:
+            events.get_final_message()
+    assert stop_reason in messages.value.message
+
+    body = {"model": model, "input": "Hi", "stream": True}
+    with httpx.stream(
+        "POST", f"{bedrock.url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"}
+    ) as answer:
+        events = [line for line in answer.iter_lines() if line.startswith(("event: ", "data: "))]
+    kinds = [line.removeprefix("event: ") for line in events if line.startswith("event: ")]
+    assert kinds[-2:] == ["error", "response.failed"] and "response.completed" not in kinds
+    assert stop_reason in events[-1]
+
+    lines = bedrock.ledger(key)
+    assert [line.status for line in lines] == [502, 502, 502]
+    assert all(line.cost_source == "provider" and line.output_tokens == 6 for line in lines)
+
+
+def test_a_messages_clients_ask_for_summarized_thinking_is_named_where_no_reasoning_comes_back(
+    bedrock: Running,
+) -> None:
+    """`thinking.display: summarized` is a Messages client's ask to see the reasoning, as a Responses client's
+    `reasoning.summary` is: Llama on Bedrock does not reason, and that went unsaid (only a Gemini deployment named
+    the ask). It is named as the client wrote it."""
+    claude = anthropic_client(bedrock, bedrock.mint(name="display-llama"))
+    thinking: Any = {"type": "enabled", "budget_tokens": 2048, "display": "summarized"}
+    raw = claude.messages.with_raw_response.create(
+        model="llama", max_tokens=4096, thinking=thinking, messages=[{"role": "user", "content": "Hi"}]
+    )
+    assert raw.parse().content[0].text == fake.TEXT  # type: ignore[union-attr]
+    assert "thinking.display" in raw.headers["x-gateway-dropped-params"].split(",")

@@ -308,13 +308,13 @@ def test_an_invalid_function_call_fails_over_and_its_billed_prompt_is_charged(fa
         route, text = raw.headers["x-gateway-route"], raw.parse().choices[0].message.content
     assert route.startswith("gemini/malformed-call@global=invalid_response") and route.endswith("=200")
     assert text == TEXT
-    if not stream:  # (a stream's failed attempt is not read for usage before the next one goes out)
-        [line] = faulty.ledger(key)
-        missed, answered = (r["json"] for r in faulty.fakes["gemini"].state.requests[-2:])
-        prompts = [max(1, len(orjson.dumps(r["contents"])) // 4) for r in (missed, answered)]
-        # The answer's prompt and output (5 tokens and 2 of thinking), and the prompt Gemini billed for the miscall.
-        billed = (prompts[1] * PRICE["input"] + 7 * PRICE["output"] + prompts[0] * PRICE["input"]) / 1e6
-        assert line.cost_usd == pytest.approx(billed) and line.status == 200
+    # (A stream's miscall was not charged: its error carried no usage; it does, from the event that brought it.)
+    [line] = faulty.ledger(key)
+    missed, answered = (r["json"] for r in faulty.fakes["gemini"].state.requests[-2:])
+    prompts = [max(1, len(orjson.dumps(r["contents"])) // 4) for r in (missed, answered)]
+    # The answer's prompt and output (5 tokens and 2 of thinking), and the prompt Gemini billed for the miscall.
+    billed = (prompts[1] * PRICE["input"] + 7 * PRICE["output"] + prompts[0] * PRICE["input"]) / 1e6
+    assert line.cost_usd == pytest.approx(billed) and line.status == 200
     with pytest.raises(openai.APIStatusError) as alone:
         oa.chat.completions.create(model="gemini-miscalls-alone", messages=HI, tools=tools)
     assert alone.value.status_code == 502 and "invalid function call" in alone.value.message

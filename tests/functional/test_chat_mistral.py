@@ -129,3 +129,48 @@ def test_a_responses_client_gets_a_reasoning_item_and_the_text(client: openai.Op
     with client.responses.stream(model="magistral", input="Hi") as events:
         final = events.get_final_response()
     assert [item.type for item in final.output] == ["reasoning", "message"] and final.output_text == fake.TEXT
+
+
+def sent_back(mistral: Running) -> Any:
+    """The assistant turn the last request to Mistral carried back."""
+    return next(m for m in sent(mistral)["json"]["messages"] if m["role"] == "assistant")
+
+
+THOUGHT_BACK = [
+    {"type": "thinking", "thinking": [{"type": "text", "text": fake.THINKING}]},
+    {"type": "text", "text": fake.TEXT},
+]
+
+
+@pytest.mark.parametrize("api", ["chat", "messages", "responses"])
+def test_magistrals_reasoning_goes_back_to_it_on_the_next_turn(mistral: Running, api: str) -> None:
+    """The reasoning Magistral gave on a turn, handed back as the client's API carries it (`reasoning_content`, a
+    thinking block, a reasoning item), was left out of the next request: Mistral got the text alone. It goes back
+    as Mistral documents, a `thinking` chunk before the turn's text."""
+    key = mistral.mint(name=f"magistral-back-{api}")
+    again = "And again?"
+    if api == "chat":
+        with openai.OpenAI(base_url=f"{mistral.url}/v1", api_key=key, max_retries=0) as sdk:
+            first = sdk.chat.completions.create(model="magistral", messages=HI).choices[0].message
+            turn: Any = first.model_dump(exclude_none=True)
+            raw = sdk.chat.completions.with_raw_response.create(
+                model="magistral", messages=[*HI, turn, {"role": "user", "content": again}]
+            )
+    elif api == "messages":
+        claude = anthropic_client(mistral, key)
+        message = claude.messages.create(model="magistral", max_tokens=200, messages=HI)
+        blocks: Any = [block.model_dump(exclude_none=True) for block in message.content]
+        raw = claude.messages.with_raw_response.create(
+            model="magistral",
+            max_tokens=200,
+            messages=[*HI, {"role": "assistant", "content": blocks}, {"role": "user", "content": again}],
+        )
+    else:
+        with openai.OpenAI(base_url=f"{mistral.url}/v1", api_key=key, max_retries=0) as sdk:
+            response = sdk.responses.create(model="magistral", input="Hi", store=False)
+            items: Any = [item.model_dump(exclude_none=True) for item in response.output]
+            raw = sdk.responses.with_raw_response.create(
+                model="magistral", input=[{"role": "user", "content": "Hi"}, *items, {"role": "user", "content": again}]
+            )
+    assert sent_back(mistral)["content"] == THOUGHT_BACK
+    assert "reasoning_content" not in sent_back(mistral) and "x-gateway-dropped-params" not in raw.headers

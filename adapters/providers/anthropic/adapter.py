@@ -329,8 +329,8 @@ def system_param(blocks: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
 
 def thinking_param(req: ChatRequest, model: str, max_tokens: int) -> tuple[dict[str, Any] | None, list[str]]:
     """Claude's body fields for the request's reasoning wish (see `reasoning.LEVELS`): `thinking` (adaptive, with
-    `output_config.effort` when a level was asked, on the models that take it; else a budget), and what was
-    dropped."""
+    `output_config.effort` when a level was asked, on the models that take it, and shown summarized when a summary
+    was asked; else a budget, whose thinking Claude 4 returns summarized), and what was dropped."""
     wish = reasoning.requested(req)
     if wish is None or wish.off:
         return None, []
@@ -339,6 +339,10 @@ def thinking_param(req: ChatRequest, model: str, max_tokens: int) -> tuple[dict[
         return None, asked
     if reasoning.reasons(model, ADAPTIVE_FRAGMENTS):
         fields: dict[str, Any] = {"thinking": {"type": "adaptive"}}
+        if req.reasoning_summary is not None:
+            # A Responses client asked to see the reasoning: the adaptive models' default display may omit it
+            # (Opus 4.7's does: the thinking block comes back empty, its signature alone).
+            fields["thinking"]["display"] = "summarized"
         if wish.level is not None:
             fields["output_config"] = {"effort": claude_effort(wish.level, model)}
         return fields, []
@@ -778,6 +782,8 @@ class AnthropicAdapter(ProviderAdapter):
             # turn that did not open with its signed thinking: Anthropic's own advice is to send no thinking then.
             thinking = None
             dropped.append(reasoning.asked_with(req))
+        if req.reasoning_summary is not None:
+            dropped += reasoning.summary_unshown(req, reasoning.shows_claude_reasoning(target.model))
         if thinking is not None:
             body.update(thinking)
             # Claude refuses sampling changes while thinking.

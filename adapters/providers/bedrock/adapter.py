@@ -109,6 +109,15 @@ STOP_REASONS: dict[str, FinishReason] = {
     "guardrail_intervened": "content_filter",
     "content_filtered": "content_filter",
 }
+# The rest of botocore's `StopReason`: the model wrote a tool use Bedrock could not parse, or output it could not
+# read. Neither is an answer (it was `stop`: a client was told a broken call ended normally), and no finish reason of
+# OpenAI's or stop reason of Anthropic's says so: the provider's malformed answer, failed over, its usage charged, as
+# OpenAI answers a model's invalid output (a 500, "The model produced invalid content") and as Gemini's
+# `MALFORMED_FUNCTION_CALL` is here. In a stream begun, the client's API's in-stream error names it.
+UNUSABLE_STOPS: dict[str, str] = {
+    "malformed_tool_use": "the model wrote a tool use Bedrock could not parse",
+    "malformed_model_output": "the model's output was malformed",
+}
 
 # Bedrock's error names (HTTP `x-amzn-errortype`, or an in-stream `:exception-type` in camel case) and
 # the status each carries. Throttling and a model that is not ready yet are worth another attempt.
@@ -431,6 +440,17 @@ def finish_reason(stop_reason: Any, json_answer: bool, tool_calls: bool) -> Fini
     return answer_finish(STOP_REASONS.get(str(stop_reason), "stop"), json_answer, tool_calls)
 
 
+def unusable(stop_reason: Any, usage: Usage | None) -> UpstreamError | None:
+    """The error of an answer its stop reason says is no answer (`UNUSABLE_STOPS`), carrying what Bedrock billed for
+    it; None for any other."""
+    what = UNUSABLE_STOPS.get(stop_reason) if isinstance(stop_reason, str) else None
+    if what is None:
+        return None
+    err = malformed(f"{what} (Bedrock's stopReason {stop_reason})")
+    err.billed = usage
+    return err
+
+
 def completion_id() -> str:
     """Converse answers carry no id; OpenAI clients expect one."""
     return f"chatcmpl-{secrets.token_hex(12)}"
@@ -442,7 +462,8 @@ class BedrockStreamParser(AnthropicStreamParser):
     ConverseStream is Anthropic's stream under other names: `messageStart` gives the role chunk, a
     `contentBlockStart` with `toolUse` a tool-call delta (index, id, name) whose `contentBlockDelta` input
     fragments follow, a block of redacted reasoning (`redactedContent` deltas) a `redacted_thinking` block once
-    it stops, `messageStop` the finish reason and `metadata` (which comes last) the usage. So each
+    it stops, `messageStop` the finish reason (or, for a stop reason that makes it no answer, `UNUSABLE_STOPS`, the
+    error `finish` raises once the usage is in) and `metadata` (which comes last) the usage. So each
     event is renamed into its Anthropic counterpart and the Anthropic parser's block bookkeeping (tool-call
     positions, a `json_schema` tool streaming as content) does the rest.
     """
@@ -452,6 +473,7 @@ class BedrockStreamParser(AnthropicStreamParser):
         self._id = completion_id()
         self._stops = stops or []
         self._redacted: dict[int, list[str]] = {}  # a redacted reasoning block's data so far, until its stop
+        self._unusable: str | None = None  # a stop reason that makes the answer no answer (`UNUSABLE_STOPS`)
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
         if not event.data:
@@ -483,6 +505,9 @@ class BedrockStreamParser(AnthropicStreamParser):
         if kind == "contentBlockStop":
             return [*self._redacted_blocks(index), *self._empty_inputs(index)]
         if kind == "messageStop":
+            if payload.get("stopReason") in UNUSABLE_STOPS:
+                self._unusable = payload["stopReason"]  # failed at the end, with the usage `metadata` brings
+                return []
             finish = finish_reason(payload.get("stopReason"), self._json_answer, self._tools > 0)
             ending = self._chunk(finish=finish, stop_sequence=fired(payload, self._stops))
             return [*self._redacted_blocks(), *self._empty_inputs(), ending]
@@ -490,6 +515,12 @@ class BedrockStreamParser(AnthropicStreamParser):
             self.usage = usage_of(payload.get("usage"))
             return self._usage_chunk()
         return []  # event types added after this was written
+
+    def finish(self) -> list[ChatCompletionChunk]:
+        failure = unusable(self._unusable, self.usage)
+        if failure is not None:
+            raise failure
+        return super().finish()
 
     def _redacted_blocks(self, index: int | None = None) -> list[ChatCompletionChunk]:
         """Claude's redacted reasoning (block `index`, or every one still open) as the `redacted_thinking` block an
@@ -629,6 +660,12 @@ class BedrockAdapter(ProviderAdapter):
             unthinking = {name: value for name, value in fields.items() if name not in ("thinking", "output_config")}
             fields = unthinking or None
             dropped.append(reasoning.asked_with(req))
+        if req.reasoning_summary is not None:
+            claude = reasoning.reasons(target.model, ("anthropic.claude",))
+            shown = claude and reasoning.shows_claude_reasoning(target.model)
+            dropped += reasoning.summary_unshown(
+                req, shown or reasoning.reasons(target.model, reasoning.BEDROCK_SHOWN_FRAGMENTS)
+            )
         if req.stop_list() and reasoning.reasons(target.model, ("anthropic.claude",)):
             body["additionalModelResponseFieldPaths"] = ["/stop_sequence"]  # which one fired, as Anthropic says
         if fields is not None:
@@ -661,6 +698,9 @@ class BedrockAdapter(ProviderAdapter):
 
     def chat_response(self, body: bytes, req: ChatRequest, target: Target) -> ChatCompletion:
         data = json_body(body)
+        failure = unusable(data.get("stopReason"), usage_of(data.get("usage"))) if isinstance(data, dict) else None
+        if failure is not None:
+            raise failure
         output = data.get("output") if isinstance(data, dict) else None
         message = output.get("message") if isinstance(output, dict) else None
         if not isinstance(message, dict) or not isinstance(message.get("content"), list):

@@ -459,7 +459,7 @@ def thinking_config(req: ChatRequest, model: str, dropped: list[str]) -> dict[st
         if wish is not None and not wish.off:
             dropped.append(reasoning.asked_with(req))
         if req.reasoning_summary is not None:
-            dropped.append("reasoning_summary")
+            dropped.append(reasoning.SUMMARY)
         return None
     config: dict[str, Any] = {}
     pro = "pro" in model
@@ -638,7 +638,11 @@ class GeminiStreamParser:
                     else:
                         chunks.append(self._chunk(index, ChunkDelta(content=part["text"])))
             if candidate.get("finishReason"):
-                reason = finish_reason(candidate["finishReason"], bool(self._calls.get(index)))
+                try:
+                    reason = finish_reason(candidate["finishReason"], bool(self._calls.get(index)))
+                except UpstreamError as unusable:
+                    unusable.billed = self.usage  # charged before a failover, as a whole answer's is
+                    raise
                 chunks.append(self._chunk(index, ChunkDelta(), reason))
         return chunks
 

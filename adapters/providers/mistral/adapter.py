@@ -11,7 +11,11 @@ A reasoning answer (Magistral's always, Mistral Small 4's and Medium 3.5's when 
 has a list of typed chunks for `content`, in the answer and in each stream delta: `thinking` chunks (each with its
 own list of text chunks) and `text` chunks. They become `reasoning_content` and `content`, as every front-end
 reads another provider's reasoning. Small 4 and Medium 3.5 take `reasoning_effort` as `high` or `none` only
-(`model_rules`): any effort asked of them is `high`, `none` (or thinking disabled) `none`.
+(`model_rules`): any effort asked of them is `high`, `none` (or thinking disabled) `none`. To a model that reasons,
+an earlier assistant turn's reasoning (as each front-end carries it: `reasoning_content`, thinking blocks, reasoning
+items) goes back as Mistral documents it, a `thinking` chunk opening the turn's `content` ("always replay the
+assistant turn with its ThinkChunks intact": the model does worse without); to any other, it is left out as
+OpenAI's Chat Completions leaves it.
 """
 
 from __future__ import annotations
@@ -66,6 +70,10 @@ MISTRAL_FIELDS = frozenset(
     }
 )  # fmt: skip
 NO_PARAMETERS = {"type": "object", "properties": {}}
+# Mistral's models that reason: Magistral always, Small 4 and Medium 3.5 when asked (`ModelRules.reasoning_on_off`).
+MAGISTRAL = ("magistral",)
+# The `mistral` profile, keeping an assistant turn's reasoning for `reasoning_as_chunks` (a model that reasons).
+REASONING_PROFILE = PROFILES["mistral"]._replace(strip_message_fields=())
 
 
 def _mistral_part(part: dict[str, Any]) -> dict[str, Any]:
@@ -96,6 +104,28 @@ def conform_to_mistral(body: dict[str, Any], dropped: list[str]) -> None:
     for name in [name for name in body if name not in MISTRAL_FIELDS]:
         if body.pop(name) is not None:
             dropped.append(name)
+
+
+def reasons(model: str) -> bool:
+    """Whether a Mistral model reasons (always, or when asked): its earlier turns' reasoning goes back to it."""
+    return reasoning.reasons(model, MAGISTRAL, prefix=True) or rules_for(model).reasoning_on_off
+
+
+def thinking_chunk(text: str) -> dict[str, Any]:
+    """Mistral's `thinking` chunk (its `ThinkChunk`) of a reasoning text."""
+    return {"type": "thinking", "thinking": [{"type": "text", "text": text}]}
+
+
+def reasoning_as_chunks(messages: list[dict[str, Any]]) -> None:
+    """Each assistant turn's `reasoning_content` (in place) as the `thinking` chunk opening its `content`, as Mistral
+    takes a turn's reasoning back: before its text (a string becomes a `text` chunk), or alone beside its calls."""
+    for message in messages:
+        thought = message.pop("reasoning_content", None)
+        if message["role"] != "assistant" or not thought:
+            continue
+        content = message.get("content")
+        text = [{"type": "text", "text": content}] if isinstance(content, str) and content else []
+        message["content"] = [thinking_chunk(thought), *(content if isinstance(content, list) else text)]
 
 
 def _chunk_texts(chunks: Any) -> list[str]:
@@ -157,10 +187,14 @@ class MistralAdapter(OpenAIAdapter):
     key_env_var = "MISTRAL_API_KEY"
 
     def profile(self, target: Target) -> Profile:
-        return PROFILES[self.options.get("profile") or "mistral"]
+        named = self.options.get("profile")
+        if named:
+            return PROFILES[named]
+        return REASONING_PROFILE if reasons(target.model) else PROFILES["mistral"]
 
     def chat_body(self, req: ChatRequest, target: Target, *, stream: bool) -> tuple[dict[str, Any], list[str]]:
         body, dropped = super().chat_body(req, target, stream=stream)
+        reasoning_as_chunks(body["messages"])  # (kept by `REASONING_PROFILE` only: a model that reasons)
         map_tool_ids(body["messages"])
         conform_to_mistral(body, dropped)
         wish, asked = reasoning.requested(req), reasoning.asked_with(req)
@@ -169,6 +203,10 @@ class MistralAdapter(OpenAIAdapter):
             dropped.remove(asked)
             body["reasoning_effort"] = "none" if wish.off else "high"
         return body, dropped
+
+    def shows_reasoning(self, body: dict[str, Any], target: Target) -> bool:
+        # Thinking chunks from the models that reason (Small 4 and Medium 3.5 when asked); the others do not reason.
+        return reasons(target.model)
 
     def conformed_answer(self, data: dict[str, Any]) -> dict[str, Any]:
         return dict(_conform_choices(data, "message"))

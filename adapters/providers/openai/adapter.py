@@ -151,19 +151,27 @@ class OpenAIStreamParser:
         return payload
 
 
+def unreadable(blocks: Any) -> bool:
+    """Whether Claude's thinking blocks hold reasoning no `reasoning_content` carries: a redacted block's (encrypted
+    by Claude's safety systems, it has no text)."""
+    return isinstance(blocks, list) and any(isinstance(b, dict) and b.get("type") != "thinking" for b in blocks)
+
+
 def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...]) -> list[str]:
     """Leave in the messages only what Chat Completions defines: a Messages client's signed thinking blocks
     are Claude's alone (reported as dropped unless the profile keeps the reasoning text, as DeepSeek's
-    does); prompt-cache markers go too, since OpenAI caches prefixes by itself. An assistant turn left with
-    neither content nor a tool call (it was all thinking) is an empty answer: the API refuses a null one. A
-    tool message takes text parts only (the API refuses an image there): any other is left out and named."""
+    does, and they held nothing else: a redacted block's encrypted reasoning); prompt-cache markers go too,
+    since OpenAI caches prefixes by itself. An assistant turn left with neither content nor a tool call (it was
+    all thinking) is an empty answer: the API refuses a null one. A tool message takes text parts only (the API
+    refuses an image there): any other is left out and named."""
     dropped: list[str] = []
     for message in messages:
         if message.get("role") == "tool" and isinstance(message.get("content"), list):
             text = [part for part in message["content"] if part.get("type") == "text"]
             dropped += [f"messages.tool.{part.get('type')}" for part in message["content"] if part not in text]
             message["content"] = text or ""
-        if message.pop("thinking_blocks", None) and "reasoning_content" in strip and "messages.thinking" not in dropped:
+        blocks = message.pop("thinking_blocks", None)
+        if blocks and "messages.thinking" not in dropped and ("reasoning_content" in strip or unreadable(blocks)):
             dropped.append("messages.thinking")
         for name in strip:
             message.pop(name, None)
@@ -277,8 +285,15 @@ class OpenAIAdapter(ProviderAdapter):
 
     def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
         body, dropped = self.chat_body(req, target, stream=stream)
+        if req.reasoning_summary is not None:
+            dropped += reasoning.summary_unshown(req, self.shows_reasoning(body, target))
         request = UpstreamRequest("POST", f"{target.base_url}/chat/completions", self.headers(), orjson.dumps(body))
         return BuiltRequest(request, dropped)
+
+    def shows_reasoning(self, body: dict[str, Any], target: Target) -> bool:
+        """Whether the answer to `body` will carry the model's reasoning as text (`Profile.reasoning_shown`): what a
+        Responses client's `reasoning.summary` asks to see."""
+        return self.profile(target).reasoning_shown
 
     def serves_responses(self, target: Target) -> bool:
         """Whether `/v1/responses` goes to the upstream's own `/responses`: OpenAI's API has it; an

@@ -25,7 +25,9 @@ class Profile(Value):
     only content parts the API takes and `refused_roles` roles it has no equivalent for (either is the
     client's 400, named, rather than the provider's); `thinking` says whether the API takes a
     `thinking: {"type": "enabled" | "disabled"}` switch (DeepSeek's); `short_call_ids` whether tool call ids
-    longer than OpenAI's 64 characters go as stand-ins (`call_ids.short_call_id`)."""
+    longer than OpenAI's 64 characters go as stand-ins (`call_ids.short_call_id`); `reasoning_shown` whether an
+    answer carries the model's reasoning as text where it reasons (a compatible server's `reasoning_content`;
+    OpenAI's Chat Completions never does, so a reasoning summary asked of it is named as dropped)."""
 
     __slots__ = (
         "rules",
@@ -37,6 +39,7 @@ class Profile(Value):
         "refused_roles",
         "thinking",
         "short_call_ids",
+        "reasoning_shown",
     )
 
     def __init__(
@@ -50,6 +53,7 @@ class Profile(Value):
         refused_roles: tuple[str, ...] = (),
         thinking: bool = False,
         short_call_ids: bool = True,
+        reasoning_shown: bool = True,
     ) -> None:
         self.rules: Final = rules
         self.stream_usage: Final = stream_usage
@@ -60,13 +64,14 @@ class Profile(Value):
         self.refused_roles: Final = refused_roles
         self.thinking: Final = thinking
         self.short_call_ids: Final = short_call_ids
+        self.reasoning_shown: Final = reasoning_shown
 
 
 OPENAI_STOPS = Rule(max_items=4)  # OpenAI's spec: "up to 4 sequences"
 
 
 PROFILES: dict[str, Profile] = {
-    "openai": Profile(rules={"stop": OPENAI_STOPS}),
+    "openai": Profile(rules={"stop": OPENAI_STOPS}, reasoning_shown=False),
     # A server the gateway does not know (vLLM, SGLang, LM Studio, ...): OpenAI's bodies, none of OpenAI's own
     # bounds. OpenAI's four stop sequences, applied to them, refused a list vLLM takes.
     "compatible": Profile(),

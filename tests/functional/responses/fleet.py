@@ -34,6 +34,13 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
                 "responses_store": True,
             },
             "openai-chat": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream}/openai/v1"},
+            # OpenAI's own Chat Completions (its profile, as api.openai.com's host would pick it).
+            "openai-chat-own": {
+                "type": "openai",
+                "api_key": "env:OPENAI_API_KEY",
+                "base_url": f"{upstream}/openai/v1",
+                "profile": "openai",
+            },
             "anthropic": {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": f"{upstream}/anthropic"},
             "gemini": {"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": f"{upstream}/gemini"},
             "deepseek": {"type": "deepseek", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream}/openai/v1"},
@@ -69,6 +76,8 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
             "native-cut": {"deployments": [{"provider": "openai", "model": "stream-cut"}], "price": PRICE},
             "native-slow": {"deployments": [{"provider": "openai", "model": "slow-mini"}], "price": PRICE},
             "gpt-chat": {"deployments": [{"provider": "openai-chat", "model": "gpt-4o-mini"}], "price": PRICE},
+            "o4-chat": {"deployments": [{"provider": "openai-chat-own", "model": "o4-mini"}], "price": PRICE},
+            "claude-opus": {"deployments": [{"provider": "anthropic", "model": "claude-opus-4-7"}], "price": PRICE},
             "gpt-keeps": {"deployments": [{"provider": "openai-keeps", "model": "gpt-4o-mini"}], "price": PRICE},
             "gpt-reasoner": {"deployments": [{"provider": "openai", "model": "o4-reasoner"}], "price": PRICE},
             "gpt-or-claude": {

@@ -532,6 +532,41 @@ def test_a_reasoning_summary_codex_asks_for_comes_back_from_gemini(
         assert thinking.get("includeThoughts", False) is bool(shown)
 
 
+@pytest.mark.parametrize(
+    ("model", "named"), [("o4-chat", True), ("bedrock-claude", True), ("claude", False), ("gemini", False)]
+)
+def test_a_reasoning_summary_no_answer_can_show_is_named_as_dropped(
+    fleet: Running, fleet_key: str, model: str, named: bool
+) -> None:
+    """`reasoning.summary` was named as dropped by Gemini alone (as `reasoning_summary`): OpenAI's Chat Completions
+    (which never returns reasoning) and a model that cannot reason (Claude 3.5 Haiku on Bedrock) left the client
+    without its summary and without a word. Now each names it as the client wrote it; one that shows its reasoning
+    does not."""
+    raw = openai_client(fleet, fleet_key).responses.with_raw_response.create(
+        model=model, input="Hi", reasoning={"effort": "low", "summary": "auto"}, store=False
+    )
+    assert raw.parse().status == "completed"
+    assert ("reasoning.summary" in dropped(raw.headers)) is named and "reasoning_summary" not in dropped(raw.headers)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_summary_asked_of_a_claude_that_omits_its_thinking_comes_back(
+    fleet: Running, fleet_key: str, stream: bool
+) -> None:
+    """Claude Opus 4.7 omits its thinking unless asked (Anthropic: "the default depends on the model"): Codex's
+    `reasoning.summary` got an empty summary. The request now asks for the thinking `summarized`."""
+    sdk = openai_client(fleet, fleet_key)
+    settings: Any = {"model": "claude-opus", "input": "Hi", "reasoning": {"effort": "high", "summary": "auto"}}
+    if stream:
+        with sdk.responses.stream(**settings) as events:
+            response = events.get_final_response()
+    else:
+        response = sdk.responses.create(**settings)
+    summaries = [part.text for item in response.output if item.type == "reasoning" for part in item.summary]
+    assert summaries == [THINKING] and response.output_text == ANTHROPIC_TEXT
+    assert fleet.fakes["anthropic"].state.requests[-1]["json"]["thinking"]["display"] == "summarized"
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_parallel_calls_answered_out_of_order_reach_gemini_paired_with_their_results(
     fleet: Running, fleet_key: str, stream: bool

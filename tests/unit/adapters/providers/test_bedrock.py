@@ -521,6 +521,43 @@ def test_stop_reasons_map_to_finish_reasons(stop_reason: str, finish: str) -> No
     assert adapter().chat_response(orjson.dumps(answer), request(), target()).choices[0].finish_reason == finish
 
 
+def test_every_stop_reason_botocore_documents_is_known() -> None:
+    """botocore's `StopReason` enum, each value mapped to a finish reason or known to be no answer: two were mapped
+    to `stop` (found by review), and a value AWS adds is caught here when botocore is updated."""
+    model = botocore.session.get_session().get_service_model("bedrock-runtime")
+    documented = set(model.shape_for("StopReason").enum)
+    assert documented == set(bedrock.STOP_REASONS) | set(bedrock.UNUSABLE_STOPS)
+
+
+@pytest.mark.parametrize("stop_reason", ["malformed_tool_use", "malformed_model_output"])
+def test_a_malformed_tool_use_or_output_is_no_answer_with_what_it_billed(stop_reason: str) -> None:
+    """Bedrock's `malformed_tool_use` (and `malformed_model_output`) were `stop`: a client was told a broken tool
+    call ended normally. Now the provider's malformed answer (retryable: another deployment is tried), naming the
+    stop reason, with the usage Bedrock billed; in a stream, once its usage is in."""
+    usage = {"inputTokens": 40, "outputTokens": 9, "totalTokens": 49}
+    content = [{"text": "Let me look that up."}]
+    answer = {"output": {"message": {"role": "assistant", "content": content}}, "stopReason": stop_reason}
+    with pytest.raises(UpstreamError) as whole:
+        adapter().chat_response(orjson.dumps({**answer, "usage": usage}), request(), target())
+    assert whole.value.retryable and whole.value.outcome == "invalid_response" and stop_reason in whole.value.message
+    assert whole.value.billed is not None and (
+        whole.value.billed.prompt_tokens,
+        whole.value.billed.completion_tokens,
+    ) == (
+        40,
+        9,
+    )
+
+    parser = adapter().stream_parser(request(), target())
+    frames = stream_frames({**answer, "usage": usage})
+    chunks = [c for event in decode(b"".join(frames)) for c in parser.feed(event)]
+    assert not [c for c in chunks if c.choices and c.choices[0].finish_reason]  # no `stop` before the error
+    with pytest.raises(UpstreamError) as streamed:
+        parser.finish()
+    assert parser.usage is not None and parser.usage.completion_tokens == 9
+    assert stop_reason in streamed.value.message and streamed.value.billed == parser.usage
+
+
 @pytest.mark.parametrize(("body", "outcome"), [(b"{nope", "invalid_json"), (b'{"output": {}}', "invalid_response")])
 def test_unusable_200_answers_are_retryable_upstream_errors(body: bytes, outcome: str) -> None:
     with pytest.raises(UpstreamError) as caught:

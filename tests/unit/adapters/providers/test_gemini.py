@@ -439,8 +439,9 @@ def test_an_invalid_function_call_is_a_malformed_answer_with_what_it_billed(raw:
         adapter().chat_response(orjson.dumps(answer), request(), target())
     assert unusable.value.retryable and unusable.value.billed is not None
     assert unusable.value.billed.prompt_tokens == 2595
-    with pytest.raises(UpstreamError):
+    with pytest.raises(UpstreamError) as streamed:
         GeminiStreamParser("gemini-2.5-flash").feed(StreamEvent(None, orjson.dumps(answer)))
+    assert streamed.value.billed is not None and streamed.value.billed.prompt_tokens == 2595
 
 
 def test_several_candidates_become_several_choices() -> None:

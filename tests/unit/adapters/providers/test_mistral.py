@@ -181,3 +181,43 @@ def test_mistrals_own_finish_reasons_are_put_in_openais_words() -> None:
         [last] = [c for e in decoder.feed(raw) + decoder.finish() for c in parser.feed(e)]
         assert last.choices[0].finish_reason == openai
         assert parser.usage is not None and parser.usage.completion_tokens == 900
+
+
+def test_an_earlier_turns_reasoning_goes_back_to_a_model_that_reasons_as_a_thinking_chunk() -> None:
+    """An assistant turn's reasoning (`reasoning_content`, as every front-end carries it inward) was stripped before
+    Magistral saw the conversation again. Mistral takes it back as a `thinking` chunk opening the turn's content
+    (before its text, or alone beside its calls); a model that does not reason gets none, as before."""
+    call = {"id": "D681PevKs", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    history = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call], "reasoning_content": "A tool knows."},
+        {"role": "tool", "tool_call_id": "D681PevKs", "content": "18 C"},
+        {"role": "assistant", "content": "It is 18 C.", "reasoning_content": "Report it."},
+        {"role": "user", "content": "And tomorrow?"},
+    ]
+    thinking = {"type": "thinking", "thinking": [{"type": "text", "text": "A tool knows."}]}
+    for model in ("magistral-medium-latest", "mistral-small-latest", "mistral-medium-3-5"):
+        built = adapter().chat_request(request(messages=history), target(model), stream=False)
+        messages = orjson.loads(built.request.body)["messages"]
+        assert messages[1]["content"] == [thinking] and messages[1]["tool_calls"][0]["id"] == "D681PevKs"
+        assert messages[3]["content"] == [
+            {"type": "thinking", "thinking": [{"type": "text", "text": "Report it."}]},
+            {"type": "text", "text": "It is 18 C."},
+        ]
+        assert not any("reasoning_content" in message for message in messages) and built.dropped == []
+    plain = orjson.loads(adapter().chat_request(request(messages=history), target(), stream=False).request.body)
+    assert plain["messages"][3] == {"role": "assistant", "content": "It is 18 C."}
+
+
+def test_claudes_redacted_thinking_is_named_where_its_text_goes_back() -> None:
+    """A Messages client's thinking blocks go as their text; a redacted one (encrypted, no text) cannot, and is
+    named."""
+    signed = {"type": "thinking", "thinking": "Hmm.", "signature": "sig"}
+    redacted = {"type": "redacted_thinking", "data": "RXJj"}
+    for blocks, dropped in (([signed], []), ([redacted, signed], ["messages.thinking"])):
+        turn = {"role": "assistant", "content": "Hi.", "reasoning_content": "Hmm.", "thinking_blocks": blocks}
+        messages = [{"role": "user", "content": "hi"}, turn, {"role": "user", "content": "again"}]
+        built = adapter().chat_request(request(messages=messages), target("magistral-small-latest"), stream=False)
+        sent = orjson.loads(built.request.body)["messages"][1]
+        assert sent["content"][0]["thinking"] == [{"type": "text", "text": "Hmm."}] and "thinking_blocks" not in sent
+        assert built.dropped == dropped
