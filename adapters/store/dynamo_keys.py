@@ -1,0 +1,285 @@
+"""The DynamoDB store's keys: records, children and their counts, the links reports walk (`DynamoDBKeys`, a part of
+`adapters.store.dynamodb.DynamoDBStore`; its module docstring lists the items).
+
+Every key write carries a token of its own (`w`, `stamped`), so a write sent again after its answer was lost knows
+itself when its own condition refuses it (`already_written`). A child is counted and written in its parent's home
+region (`create_child`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from adapters.store.dynamo_client import CONDITION_FAILED as FAILED
+from adapters.store.dynamo_client import ConditionFailed, call
+from adapters.store.expressions import Expression, Item, num, text
+from adapters.store.records import LEDGER_TTL_SECONDS, key_from_json, key_purge_after, key_to_json
+from adapters.store.region_leases import RegionLeases
+from handler.ports import ChildLimitReached, ConflictError, KeyRecord
+
+WRITE_TOKEN = "w"  # on a key item: a token of the write that put it (`already_written`)
+COUNT_SK = "COUNT"
+CHILD_PREFIX = "CHILD#"
+NO_CHILD_LIMIT = 2**53  # `create_key`'s children: counted like any other, never refused
+BATCH_GET_KEYS = 100  # DynamoDB's limit for one `BatchGetItem`
+
+
+class DynamoDBKeys:
+    """Keys on the DynamoDB store's table, and the calls the rest of the store shares (`_call`, `_query`)."""
+
+    client: Any
+    table: str
+    clock: Callable[[], float]
+    region: str | None
+    leases: RegionLeases
+    page_size: int | None
+
+    def _client_for(self, home: str | None) -> Any:
+        return self.leases.client_for(home) if self.leases.remote(home) and home else self.client
+
+    async def _call(self, operation: str, **request: Any) -> Any:
+        """`dynamo_client.call` on this region's client: a lost condition is `ConditionFailed`, else `StoreError`."""
+        return await call(self.client, operation, **request)
+
+    def _key_item(self, record: KeyRecord) -> Item:
+        item: Item = {
+            "pk": text(f"KEY#{record.id}"),
+            "sk": text("KEY"),
+            "gsi1pk": text("KEYS"),
+            "gsi1sk": text(f"{record.parent_id or '~'}#{record.id}"),
+            "version": num(record.version),
+            "data": text(key_to_json(record)),
+        }
+        purge = key_purge_after(record)
+        if purge is not None:
+            item["ttl"] = num(int(purge))
+        return item
+
+    async def create_key(self, record: KeyRecord) -> None:
+        if record.home_region is None:
+            record.home_region = self.region
+        if record.parent_id is not None:
+            await self._create_child(record, record.parent_id, NO_CHILD_LIMIT)
+            return
+        item = stamped(self._key_item(record))
+        try:
+            await self._call(
+                "put_item",
+                TableName=self.table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(pk)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ConditionFailed as exc:
+            if not already_written(exc.item, item):
+                raise ConflictError(f"key {record.id} exists") from exc
+
+    async def create_child(self, record: KeyRecord, max_children: int, parent_home: str | None = None) -> None:
+        """The key's conditional `Put` in one `TransactWriteItems` with its parent's child count (`ADD n 1` if
+        `n < max_children`) and its link (`child_ids`), so that racing mints cannot all pass one count: of 20
+        concurrent mints under a limit of 3, counted by a listing read before a separate write, all 20 passed.
+
+        The count only grows: a child purged a day after it ends (its TTL) cannot lower it. So a refused
+        condition is checked against the children themselves (`_recount`) and, where fewer than the limit are
+        live, the count is corrected and the mint tried once more. A parent without a count (its children all
+        minted before counts existed) has its count set the same way: `n < max` fails on a missing `n`. The
+        recount reads the links with a consistent query of the parent's partition and the children's records
+        with consistent reads, not the key listing (`list_keys` reads the `gsi1` index, which is eventually
+        consistent and can miss a child minted a moment ago); the listing adds only children minted before links
+        existed, long since on the index. A count changed since the recount read it is not corrected (the
+        correction is conditional on the value read), so a mint the recount missed is never forgotten.
+
+        Written in the parent's home region (`parent_home`), as its meter and record are, and counted again there:
+        across the replicas of a global table, two regions minting under one parent at once each passed the same
+        count in their own replica (the last writer wins the count item), and the parent had a child past its
+        limit for each region. The child itself is homed where it was minted."""
+        if record.parent_id is None:
+            raise ValueError("create_child needs a record with a parent_id")
+        if record.home_region is None:
+            record.home_region = self.region
+        await self._create_child(record, record.parent_id, max_children, self._client_for(parent_home))
+
+    def _family_key(self, parent_id: str, sk: str) -> Item:
+        return {"pk": text(f"FAMILY#{parent_id}"), "sk": text(sk)}
+
+    def _link_item(self, parent_id: str, child_id: str, purge: float | None, ttl: float | None) -> Item:
+        """A child's link: `purge`, when its record goes at the latest; `ttl`, when the link itself may (none
+        for a child without an end, which may write lines for ever)."""
+        link: Item = {**self._family_key(parent_id, f"{CHILD_PREFIX}{child_id}"), "child": text(child_id)}
+        if purge is not None:
+            link["purge"] = num(purge)
+        if ttl is not None:
+            link["ttl"] = num(int(ttl))
+        return link
+
+    async def _create_child(
+        self, record: KeyRecord, parent_id: str, max_children: int, client: Any | None = None
+    ) -> None:
+        """`create_child`'s transaction, on `client` (the parent's home region's; this region's if None)."""
+        client = client or self.client
+        purge = key_purge_after(record)
+        link = self._link_item(parent_id, record.id, purge, None if purge is None else purge + LEDGER_TTL_SECONDS)
+        item = stamped(self._key_item(record))
+        writes = [
+            {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": item,
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            },
+            {
+                "Update": {
+                    "TableName": self.table,
+                    "Key": self._family_key(parent_id, COUNT_SK),
+                    "UpdateExpression": "ADD #n :one",
+                    "ConditionExpression": "#n < :max",
+                    "ExpressionAttributeNames": {"#n": "n"},
+                    "ExpressionAttributeValues": {":one": num(1), ":max": num(max_children)},
+                }
+            },
+            {"Put": {"TableName": self.table, "Item": link}},
+        ]
+        for attempt in (1, 2):
+            try:
+                await call(client, "transact_write_items", TransactItems=writes)
+                return
+            except ConditionFailed as exc:
+                if exc.reasons and exc.reasons[0].get("Code") == FAILED:
+                    if already_written(exc.reasons[0].get("Item", {}), item):
+                        return  # the whole transaction landed: its count and link with it
+                    raise ConflictError(f"key {record.id} exists") from exc
+                if attempt == 2 or not await self._recount(parent_id, max_children, client):
+                    raise ChildLimitReached(parent_id, max_children) from exc
+
+    async def _recount(self, parent_id: str, max_children: int, client: Any) -> bool:
+        """After a refused count: whether fewer than `max_children` children are live; if so, the count set to
+        them (unless it changed since it was read). See `create_child`."""
+        count_key = self._family_key(parent_id, COUNT_SK)
+        answer = await call(client, "get_item", TableName=self.table, Key=count_key, ConsistentRead=True)
+        seen = answer.get("Item", {}).get("n")
+        live = await self._live_children(parent_id, client)
+        if len(live) >= max_children:
+            return False
+        e = Expression()
+        count = e.name("n")
+        e.clauses["SET"].append(f"{count} = {e.value(num(len(live)))}")
+        e.conditions.append(f"attribute_not_exists({count})" if seen is None else f"{count} = {e.value(seen)}")
+        with contextlib.suppress(ConditionFailed):  # moved meanwhile: the retry meets the count as it is now
+            await call(client, "update_item", **e.update(count_key, self.table))
+        return True
+
+    async def _links(self, parent_id: str, client: Any | None = None) -> list[Item]:
+        return await self._query(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :child)",
+            ExpressionAttributeValues={":pk": text(f"FAMILY#{parent_id}"), ":child": text(CHILD_PREFIX)},
+            ConsistentRead=True,
+            client=client,
+        )
+
+    async def _live_children(self, parent_id: str, client: Any | None = None) -> set[str]:
+        """The parent's children not yet purged: linked ones by consistent reads of their records (a link's
+        `purge` is when the child's record goes at the latest: a revocation brings it forward, nothing puts it
+        back), and those of the key listing."""
+        now = self.clock()
+        linked = [
+            item["child"]["S"]
+            for item in await self._links(parent_id, client)
+            if "purge" not in item or float(item["purge"]["N"]) >= now
+        ]
+        live = {record.id for record in await self._get_keys(linked, client)}
+        return live | {record.id for record in await self.list_keys(parent_id)}
+
+    async def _get_keys(self, key_ids: list[str], client: Any | None = None) -> list[KeyRecord]:
+        """The live records of `key_ids`, read consistently, `BATCH_GET_KEYS` to a `BatchGetItem`."""
+        found: list[KeyRecord] = []
+        for start in range(0, len(key_ids), BATCH_GET_KEYS):
+            keys = [{"pk": text(f"KEY#{k}"), "sk": text("KEY")} for k in key_ids[start : start + BATCH_GET_KEYS]]
+            pending: Item = {self.table: {"Keys": keys, "ConsistentRead": True}}
+            while pending:
+                answer = await call(client or self.client, "batch_get_item", RequestItems=pending)
+                items = answer.get("Responses", {}).get(self.table, [])
+                found += [record for item in items if (record := self._live(item)) is not None]
+                pending = answer.get("UnprocessedKeys") or {}
+                if pending:
+                    await asyncio.sleep(0.05)  # throttled: DynamoDB hands back what it did not read
+        return found
+
+    async def child_ids(self, parent_id: str) -> list[str]:
+        """The parent's links (kept past their lines' TTL), with the children the key listing has (those minted
+        before links existed, until `migrate` links them)."""
+        links, listed = await asyncio.gather(self._links(parent_id), self.list_keys(parent_id))
+        return sorted({item["child"]["S"] for item in links} | {record.id for record in listed})
+
+    def _live(self, item: Item) -> KeyRecord | None:
+        # TTL deletion lags by up to a couple of days, so an item past its TTL is treated as gone.
+        ttl = item.get("ttl")
+        if ttl and float(ttl["N"]) < self.clock():
+            return None
+        return key_from_json(item["data"]["S"])
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        answer = await self._call(
+            "get_item", TableName=self.table, Key={"pk": text(f"KEY#{key_id}"), "sk": text("KEY")}, ConsistentRead=True
+        )
+        item = answer.get("Item")
+        return self._live(item) if item else None
+
+    async def update_key(self, record: KeyRecord) -> None:
+        """Written in the key's home region, like its meter, so two regions never race on the record."""
+        item = stamped(self._key_item(record))
+        try:
+            await call(
+                self._client_for(record.home_region),
+                "put_item",
+                TableName=self.table,
+                Item=item,
+                ConditionExpression="version = :previous",
+                ExpressionAttributeValues={":previous": num(record.version - 1)},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ConditionFailed as exc:
+            if not already_written(exc.item, item):
+                raise ConflictError(f"key {record.id} changed since it was read") from exc
+
+    async def list_keys(self, parent_id: str | None = None) -> list[KeyRecord]:
+        condition = "gsi1pk = :keys"
+        values: Item = {":keys": text("KEYS")}
+        if parent_id is not None:
+            condition += " AND begins_with(gsi1sk, :parent)"
+            values[":parent"] = text(f"{parent_id}#")
+        items = await self._query(IndexName="gsi1", KeyConditionExpression=condition, ExpressionAttributeValues=values)
+        records = [self._live(item) for item in items]
+        return sorted((r for r in records if r is not None), key=lambda r: r.id)
+
+    async def _query(self, *, client: Any | None = None, **request: Any) -> list[Item]:
+        """Every item a query matches, page after page (`page_size` items a page, if set), on `client` (this
+        region's if None)."""
+        if self.page_size is not None:
+            request["Limit"] = self.page_size
+        items: list[Item] = []
+        while True:
+            answer = await call(client or self.client, "query", TableName=self.table, **request)
+            items += answer.get("Items", [])
+            if "LastEvaluatedKey" not in answer:
+                return items
+            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+
+
+def already_written(found: Item, written: Item) -> bool:
+    """Whether the key item a conditional write was refused on (`found`, as the refusal returned it) is the one
+    that write puts (`written`, `stamped`): it landed, its answer was lost (a timeout), the client sent it again,
+    and its own condition refused it. Told by the write's token, not by the record: the same record written
+    again by another call is a conflict, as on the embedded store. A write made on top of it before it was sent
+    again hides it (a conflict then, as before)."""
+    return WRITE_TOKEN in found and found[WRITE_TOKEN] == written[WRITE_TOKEN]
+
+
+def stamped(item: Item) -> Item:
+    """`item` with a token drawn for this one write (`already_written`)."""
+    return {**item, WRITE_TOKEN: text(uuid.uuid4().hex)}
