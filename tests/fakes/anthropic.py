@@ -7,8 +7,9 @@ test can pick a fault on a configured model: `fail-429` (rate_limit_error with r
 (a stream that stops mid-way, without `message_delta` or `message_stop`),
 `stream-overloaded` (a stream that ends after its first delta with Anthropic's in-stream `error` event, an
 `overloaded_error`; with `echo-auth` its message quotes the request's `x-api-key`, as an upstream that echoes
-credentials would), `bad-json` (a 200 whose body is not JSON), `max-tokens` (an answer that reached its output cap:
-its text cut in half, `stop_reason: max_tokens`). A whitespace-only stop sequence is refused, as
+credentials would), `bad-json` (a 200 whose body is not JSON), `slashes-escaped` (its JSON written with every `/`
+escaped, `\\/`, as PHP's or Java's encoders write it), `max-tokens` (an answer that reached its output cap: its
+text cut in half, `stop_reason: max_tokens`). A whitespace-only stop sequence is refused, as
 Anthropic refuses it, and so is a beta's field without its beta in `anthropic-beta` (`BETA_FIELDS`). A request with
 tools and a `tool_choice` of `any` or `tool` is answered with a `tool_use` block (its input following the tool's
 schema); a user message may script a tool call (`tests.fakes.script`). A streamed tool call without arguments has
@@ -46,7 +47,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes.script import ScriptedCall, input_for, scripted_turn, texts
+from tests.fakes.script import ScriptedCall, escaped, escaping, input_for, pieces, scripted_turn, texts
 
 API_KEY = "test-anthropic-key"
 TEXT = "Hello from fake Anthropic."
@@ -300,10 +301,7 @@ def _pieces(block: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]
         text = orjson.dumps(block["input"]).decode() if block["input"] else ""  # no arguments: no JSON at all
         parts = ["", text[: len(text) // 2], text[len(text) // 2 :]] if text else [""]
         return {**block, "input": {}}, [{"type": "input_json_delta", "partial_json": p} for p in parts]
-    words = block["text"].split(" ")
-    return {"type": "text", "text": ""}, [
-        {"type": "text_delta", "text": (" " if i else "") + w} for i, w in enumerate(words)
-    ]
+    return {"type": "text", "text": ""}, [{"type": "text_delta", "text": piece} for piece in pieces(block["text"])]
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
@@ -399,7 +397,7 @@ def create_app() -> Starlette:
             if "stream-overloaded" in asked:
                 echoed = f" (x-api-key: {request.headers['x-api-key']})" if "echo-auth" in asked else ""
                 overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded" + echoed}}
-            stream = _stream(body, model, content, stop, "stream-cut" in asked, overloaded)
+            stream = escaping(_stream(body, model, content, stop, "stream-cut" in asked, overloaded), asked)
             return StreamingResponse(stream, media_type="text/event-stream")
         answer = {
             "id": MESSAGE_ID,
@@ -411,7 +409,7 @@ def create_app() -> Starlette:
             "stop_sequence": None,
             "usage": {**usage(body), "output_tokens": OUTPUT_TOKENS, "service_tier": "standard"},
         }
-        return Response(orjson.dumps(answer), media_type="application/json")
+        return Response(escaped(orjson.dumps(answer), asked), media_type="application/json")
 
     async def _stream(
         body: dict[str, Any],
