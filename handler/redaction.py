@@ -95,7 +95,7 @@ def _rebuild() -> None:
     written = {s.encode() for s in _secrets} | {orjson.dumps(s)[1:-1] for s in _secrets}
     _secrets_bytes = tuple(sorted(written, key=len, reverse=True))
     starts: dict[str, list[str]] = {}
-    for secret in _secrets:
+    for secret in sorted(_secrets, key=len, reverse=True):  # (a secret inside a longer one: the longer first)
         starts.setdefault(secret[0], []).append(secret)
     _starts = tuple((first, tuple(secrets)) for first, secrets in starts.items())
     _firsts = frozenset(starts)
@@ -162,10 +162,11 @@ def _unescaped(match: re.Match[bytes]) -> bytes:
     if code is None:
         return b"/" if match.group(0) == b"\\/" else match.group(0)
     char = int(code, 16)
-    # A quote, a backslash, a control character or half a surrogate pair stays escaped: undone, it would not be JSON.
-    if char < 0x20 or char in (0x22, 0x5C) or 0xD800 <= char < 0xE000:
+    # Printable ASCII only, what keys are written in: a quote or a backslash undone would not be JSON, a control
+    # character would not be one line of SSE, and a client may split lines on U+2028 or U+0085.
+    if char < 0x20 or char > 0x7E or char in (0x22, 0x5C):
         return match.group(0)
-    return chr(char).encode()
+    return bytes((char,))
 
 
 def _scrub_unescaped(body: bytes) -> bytes:

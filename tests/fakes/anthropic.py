@@ -14,23 +14,24 @@ Anthropic refuses it, and so is a beta's field without its beta in `anthropic-be
 tools and a `tool_choice` of `any` or `tool` is answered with a `tool_use` block (its input following the tool's
 schema); a user message may script a tool call (`tests.fakes.script`). A streamed tool call without arguments has
 one `input_json_delta` whose `partial_json` is empty, as Anthropic streams it. A request asking for `thinking`, or
-for a `thinker` model, gets a signed thinking block first (its text empty under `display: omitted`); for a
-`thinker`, an assistant turn that called a tool must come back opening with it, signature intact, as the real API
-requires, and so must the final assistant turn, if it called a tool, of any request asking for `thinking`; a
-`clear_thinking_...` context-management edit needs `thinking` on. Prompt caching is modelled: the prefix up to the
-last `cache_control` marker is written the first time it is seen (`cache_creation_input_tokens`, in
-`cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and read after (`cache_read_input_tokens`).
-With a web search tool (`web_search_20250305`), the answer searches once before its text (a `server_tool_use`
-block and its `web_search_tool_result`), counted in `usage.server_tool_use.web_search_requests`. A request's
-`speed` (fast mode) and `inference_geo` come back in its usage, where Anthropic reports the speed and the place the
-answer ran at; with `standard-speed` fast mode asked for is served at standard speed, and its usage says so. With the
-advisor tool (`advisor_20260301`), the answer consults the advisor once before its text (a `server_tool_use` block
-named `advisor` and its `advisor_tool_result`), and `usage.iterations` has the advisor's sampling in an
-`advisor_message` entry with the tool's `model` (`ADVICE_TOKENS` out, the prompt in), beside a `message` entry with
-the top level's counts, which leave the advisor's out. A request asking for server-side compaction
-(`context_management.edits` with `compact_20260112`) whose input reaches its trigger (150,000 tokens unless set) is
-compacted as the compaction docs show it: a `compaction` block first, the top-level usage counting the sampling after
-it, and `usage.iterations` both, the compaction's tokens in its own entry alone.
+for a `thinker` model, gets a signed thinking block first (its text empty under `display: omitted`; for a said
+answer, what it was told to say); for a `thinker`, an assistant turn that called a tool must come back opening with
+it, signature intact, as the real API requires, and so must the final assistant turn, if it called a tool, of any
+request asking for `thinking`; a `clear_thinking_...` context-management edit needs `thinking` on. Prompt caching is
+modelled: the prefix up to the last `cache_control` marker is written the first time it is seen
+(`cache_creation_input_tokens`, in `cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and read
+after (`cache_read_input_tokens`). With a web search tool (`web_search_20250305`), the answer searches once before
+its text (a `server_tool_use` block and its `web_search_tool_result`), counted in
+`usage.server_tool_use.web_search_requests`. A request's `speed` (fast mode) and `inference_geo` come back in its
+usage, where Anthropic reports the speed and the place the answer ran at; with `standard-speed` fast mode asked for
+is served at standard speed, and its usage says so. With the advisor tool (`advisor_20260301`), the answer consults
+the advisor once before its text (a `server_tool_use` block named `advisor` and its `advisor_tool_result`), and
+`usage.iterations` has the advisor's sampling in an `advisor_message` entry with the tool's `model` (`ADVICE_TOKENS`
+out, the prompt in), beside a `message` entry with the top level's counts, which leave the advisor's out. A request
+asking for server-side compaction (`context_management.edits` with `compact_20260112`) whose input reaches its
+trigger (150,000 tokens unless set) is compacted as the compaction docs show it: a `compaction` block first, the
+top-level usage counting the sampling after it, and `usage.iterations` both, the compaction's tokens in its own
+entry alone.
 `POST /v1/messages/count_tokens` counts. Every request (path, query, headers, body) is recorded on
 `app.state.requests`.
 """
@@ -47,7 +48,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes.script import ScriptedCall, escaped, escaping, input_for, pieces, scripted_turn, texts
+from tests.fakes.script import Said, ScriptedCall, escaped, escaping, input_for, pieces, scripted_turn, texts
 
 API_KEY = "test-anthropic-key"
 TEXT = "Hello from fake Anthropic."
@@ -178,9 +179,10 @@ def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
 def _content(body: dict[str, Any], tool: str | None) -> list[dict[str, Any]]:
     """The answer's blocks: a thinking block if asked for, then a tool call, the scripted turn, or text."""
     content: list[dict[str, Any]] = []
+    script = _script(body)
     thinking = body.get("thinking") or {}
     if thinking.get("type") in ("enabled", "adaptive") or "thinker" in str(body.get("model")):
-        text = "" if thinking.get("display") == "omitted" else THINKING
+        text = "" if thinking.get("display") == "omitted" else script if isinstance(script, Said) else THINKING
         content.append({"type": "thinking", "thinking": text, "signature": SIGNATURE})
     if searches(body) and not tool:
         content.extend(SEARCH_BLOCKS)
@@ -188,7 +190,6 @@ def _content(body: dict[str, Any], tool: str | None) -> list[dict[str, Any]]:
         content.append({"type": "server_tool_use", "id": ADVISOR_ID, "name": "advisor", "input": {}})
         result = {"type": "advisor_result", "text": ADVICE, "stop_reason": "end_turn"}
         content.append({"type": "advisor_tool_result", "tool_use_id": ADVISOR_ID, "content": result})
-    script = _script(body)
     schemas = {t.get("name"): t.get("input_schema") for t in body.get("tools") or []}
     if tool:
         content.append(
@@ -288,7 +289,9 @@ def _tool_name(body: dict[str, Any]) -> str | None:
 def _pieces(block: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A whole content block as Anthropic streams it: its empty start, then its deltas."""
     if block["type"] == "thinking":
-        deltas = [{"type": "thinking_delta", "thinking": block["thinking"]}] if block["thinking"] else []
+        thought = block["thinking"]
+        said = pieces(thought) if isinstance(thought, Said) else [thought] if thought else []
+        deltas = [{"type": "thinking_delta", "thinking": piece} for piece in said]
         return {"type": "thinking", "thinking": "", "signature": ""}, [
             *deltas,
             {"type": "signature_delta", "signature": block["signature"]},

@@ -96,6 +96,33 @@ def test_responses_stream_joins_to_no_secret(openai_sdk: openai.OpenAI, model: s
     assert stored.output_text == SHOWN
 
 
+def test_thinking_cut_across_deltas_joins_to_no_secret(
+    openai_sdk: openai.OpenAI, anthropic_sdk: anthropic.Anthropic
+) -> None:
+    """Claude's thinking (the fake thinks what it is told to say) as each API streams it: thinking deltas passed
+    through, `reasoning_content` in Chat Completions, a reasoning summary in the Responses API."""
+    thinking: Any = {"type": "enabled", "budget_tokens": 1024}
+    asked: Any = {"model": "claude", "max_tokens": 2000, "messages": [{"role": "user", "content": SAID}]}
+    with anthropic_sdk.messages.stream(**asked, thinking=thinking) as stream:
+        blocks = stream.get_final_message().content
+    assert [(b.type, getattr(b, "thinking", None)) for b in blocks][0] == ("thinking", SHOWN)
+
+    reasoned: list[str] = []
+    messages: Any = [{"role": "user", "content": SAID}]
+    extra = {"reasoning_effort": "low"}
+    with openai_sdk.chat.completions.stream(model="claude", messages=messages, extra_body=extra) as chat:
+        for event in chat:
+            if event.type == "chunk" and event.chunk.choices:
+                reasoned.append((event.chunk.choices[0].delta.model_extra or {}).get("reasoning_content") or "")
+    assert "".join(reasoned) == SHOWN
+
+    summary: Any = {"effort": "low", "summary": "auto"}
+    with openai_sdk.responses.stream(model="claude", input=SAID, reasoning=summary) as responses:
+        output = responses.get_final_response().output
+    reasoning = [item for item in output if item.type == "reasoning"]
+    assert reasoning and reasoning[0].summary[0].text == SHOWN  # type: ignore[union-attr]
+
+
 # --- tool-call arguments, cut across deltas ------------------------------------------------------
 
 

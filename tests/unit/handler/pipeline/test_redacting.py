@@ -3,12 +3,12 @@ events passed through (`EventRedactor`), whatever channel a secret is cut across
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 
-from handler import redaction
 from handler.pipeline.redacting import ChunkRedactor, EventRedactor, messages_delta, responses_delta
 from handler.redaction import REDACTED
 from handler.schemas import ChatCompletionChunk
@@ -18,8 +18,8 @@ SECRET = "sk-live-Qv83HxT1nZ6cW0bJ"
 
 
 @pytest.fixture(autouse=True)
-def known() -> None:
-    redaction.register(SECRET)
+def known(only_secrets: Callable[..., None]) -> None:
+    only_secrets(SECRET)
 
 
 def chunk(delta: dict[str, Any], index: int = 0, finish: str | None = None) -> ChatCompletionChunk:
