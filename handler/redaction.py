@@ -147,14 +147,16 @@ def scrub(body: bytes) -> bytes:
     for secret in _secrets_bytes:
         if secret in body:
             body = body.replace(secret, REDACTED.encode())
-    if (b"\\/" in body or b"\\u" in body) and _secrets_bytes:
+    if (b"\\/" in body or b"\\u00" in body) and _secrets_bytes:
         return _scrub_unescaped(body)
     return body
 
 
-# JSON's escapes that an encoder may write for a character it need not (`\/`, `\u0041`); an escaped backslash is
-# matched too, so that the `\/` in `\\/` (a backslash, then `/`) is not read as one.
-ESCAPES = re.compile(rb"\\(?:u([0-9A-Fa-f]{4})|/|\\)")
+# JSON's escapes that an encoder may write for a character it need not: `\/`, and `\u0041` for a printable ASCII
+# character, what keys are written in. (Not others: a quote or a backslash undone would not be JSON, a control
+# character would not be one line of SSE, and a client may split lines on U+2028 or U+0085.) An escaped backslash
+# is matched too, so that the `\/` in `\\/` (a backslash, then `/`) is not read as one.
+ESCAPES = re.compile(rb"\\(?:u00([2-7][0-9A-Fa-f])|/|\\)")
 
 
 def _unescaped(match: re.Match[bytes]) -> bytes:
@@ -162,11 +164,7 @@ def _unescaped(match: re.Match[bytes]) -> bytes:
     if code is None:
         return b"/" if match.group(0) == b"\\/" else match.group(0)
     char = int(code, 16)
-    # Printable ASCII only, what keys are written in: a quote or a backslash undone would not be JSON, a control
-    # character would not be one line of SSE, and a client may split lines on U+2028 or U+0085.
-    if char < 0x20 or char > 0x7E or char in (0x22, 0x5C):
-        return match.group(0)
-    return bytes((char,))
+    return match.group(0) if char in (0x22, 0x5C, 0x7F) else bytes((char,))
 
 
 def _scrub_unescaped(body: bytes) -> bytes:
