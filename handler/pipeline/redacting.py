@@ -24,7 +24,7 @@ from handler.redaction import HeldText, withheld
 from handler.wire import StreamEvent
 
 if TYPE_CHECKING:
-    from handler.schemas import ChatCompletionChunk, ChunkDelta, ToolCallDelta
+    from handler.schemas import ChatCompletionChunk, ChunkChoice, ChunkDelta
 
 TEXT_FIELDS = ("reasoning_content", "content", "refusal")  # in the order the Messages and Responses writers read them
 
@@ -39,15 +39,28 @@ class ChunkRedactor:
         self.text: HeldText[tuple[str, int, int]] = HeldText()
 
     def redact(self, chunks: list[ChatCompletionChunk], ended: bool, template: ChatCompletionChunk | None) -> None:
-        """Redact `chunks` in place; with `ended` (the upstream's last), what is still held goes in a chunk of its
-        own (a stream that said it ended without a finish reason)."""
-        for chunk in chunks:
+        """Redact `chunks` in place. What a channel held goes in a chunk of its own once the channel ends, right
+        before the chunk that moved on from it (so that a writer of blocks puts it in the block it belongs to); with
+        `ended` (the upstream's last), what is still held goes in a last chunk (a stream that said it ended without
+        a finish reason)."""
+        at = 0
+        while at < len(chunks):
+            chunk = chunks[at]
+            released: list[ChunkChoice] | None = None
             for choice in chunk.choices:
-                self._delta(choice.index, choice.delta, bool(choice.finish_reason))
+                rest = self._delta(choice.index, choice.delta, bool(choice.finish_reason))
+                if rest is not None:
+                    released = [*(released or ()), rest]
+            if released is not None:
+                chunks.insert(at, _chunk(chunk, released))
+                at += 1
+            at += 1
         if ended and self.text.held and template is not None:
-            chunks.append(self._released(template))
+            choices = [self._released(channel) for channel in list(self.text.held)]
+            chunks.append(_chunk(template, sorted(choices, key=lambda choice: choice.index)))
 
-    def _delta(self, index: int, delta: ChunkDelta, finished: bool) -> None:
+    def _delta(self, index: int, delta: ChunkDelta, finished: bool) -> ChunkChoice | None:
+        """Redact one delta; what a channel it ended had held, if any."""
         text = self.text
         calls = delta.tool_calls
         if not (calls or delta.reasoning_content or delta.refusal):  # (the usual delta: its text alone)
@@ -62,22 +75,19 @@ class ChunkRedactor:
                         delta.content = passed
                     elif passed != content or rest:
                         delta.content = passed + rest
-                return
+                return None
         written = [(name, index, -1) for name in TEXT_FIELDS if getattr(delta, name)]
         if calls:
             written += [("call", index, call.index) for call in calls if call.function and call.function.arguments]
+        ended = None
         if text.held and (written or finished):
-            # A channel this delta does not go on with has ended (the choice went on to its answer, its calls, its
-            # next call, or finished): what it held goes in this delta, before what follows it.
+            # A channel of this choice the delta does not go on with has ended: it went on to its answer, its calls,
+            # its next call, or finished. (A choice holds one channel at most: a delta's channels but its last end.)
             for channel in [c for c in text.held if c[1] == index and c not in written]:
-                rest = text.release(channel)
-                if channel[0] == "call":
-                    delta.tool_calls = [_arguments(channel[2], rest), *(delta.tool_calls or ())]
-                else:
-                    setattr(delta, channel[0], rest)
+                ended = self._released(channel)
         last = len(written) - 1
         for at, channel in enumerate(written):
-            ends = finished or at < last  # (a delta's channels but its last end in it)
+            ends = finished or at < last
             if channel[0] != "call":
                 setattr(delta, channel[0], self._passed(channel, getattr(delta, channel[0]), ends))
                 continue
@@ -85,31 +95,28 @@ class ChunkRedactor:
                 function = call.function
                 if call.index == channel[2] and function is not None and function.arguments:
                     function.arguments = self._passed(channel, function.arguments, ends)
+        return ended
 
     def _passed(self, channel: tuple[str, int, int], value: str, ends: bool) -> str:
         passed = self.text.pass_on(channel, value)
         return passed + self.text.release(channel) if ends else passed
 
-    def _released(self, template: ChatCompletionChunk) -> ChatCompletionChunk:
-        """A chunk with what every channel still holds."""
-        from handler.schemas import ChatCompletionChunk, ChunkChoice, ChunkDelta
+    def _released(self, channel: tuple[str, int, int]) -> ChunkChoice:
+        """A choice with what `channel` held, which has ended."""
+        from handler.schemas import ChunkChoice, ChunkDelta, FunctionCallDelta, ToolCallDelta
 
-        deltas: dict[int, ChunkDelta] = {}
-        for (name, index, call), rest in self.text.held.items():
-            delta = deltas.setdefault(index, ChunkDelta())
-            if name == "call":
-                delta.tool_calls = [*(delta.tool_calls or ()), _arguments(call, rest)]
-            else:
-                setattr(delta, name, rest)
-        self.text.held.clear()
-        choices = [ChunkChoice(index=index, delta=delta) for index, delta in sorted(deltas.items())]
-        return ChatCompletionChunk(id=template.id, created=template.created, model=template.model, choices=choices)
+        name, index, call = channel
+        rest = self.text.release(channel)
+        if name == "call":
+            arguments = ToolCallDelta(index=call, function=FunctionCallDelta(arguments=rest))
+            return ChunkChoice(index=index, delta=ChunkDelta(tool_calls=[arguments]))
+        return ChunkChoice(index=index, delta=ChunkDelta(**{name: rest}))
 
 
-def _arguments(index: int, arguments: str) -> ToolCallDelta:
-    from handler.schemas import FunctionCallDelta, ToolCallDelta
+def _chunk(like: ChatCompletionChunk, choices: list[ChunkChoice]) -> ChatCompletionChunk:
+    from handler.schemas import ChatCompletionChunk
 
-    return ToolCallDelta(index=index, function=FunctionCallDelta(arguments=arguments))
+    return ChatCompletionChunk(id=like.id, created=like.created, model=like.model, choices=choices)
 
 
 # --- a provider's own events ----------------------------------------------------------------------
