@@ -66,7 +66,10 @@ _secrets: frozenset[str] = frozenset()
 _secrets_bytes: tuple[bytes, ...] = ()  # each secret, and as JSON writes it where that differs (a `"` or `\\` in it)
 _starts: tuple[tuple[str, tuple[str, ...]], ...] = ()  # the secrets by their first character
 _firsts: frozenset[str] = frozenset()  # a text with none of these holds no secret, nor the beginning of one
+_beginnings: frozenset[str] = frozenset()  # the secrets' beginnings (not whole), up to `BEGINNING_KEPT` characters
 _longest = 0
+_shortest = 0
+BEGINNING_KEPT = 64
 
 
 def register(*secrets: str | None) -> None:
@@ -90,7 +93,7 @@ def _usable(secrets: tuple[str | None, ...]) -> set[str]:
 
 
 def _rebuild() -> None:
-    global _secrets, _secrets_bytes, _starts, _firsts, _longest
+    global _secrets, _secrets_bytes, _starts, _firsts, _beginnings, _longest, _shortest
     _secrets = frozenset(_fixed.union(*_current.values()))
     written = {s.encode() for s in _secrets} | {orjson.dumps(s)[1:-1] for s in _secrets}
     _secrets_bytes = tuple(sorted(written, key=len, reverse=True))
@@ -99,7 +102,9 @@ def _rebuild() -> None:
         starts.setdefault(secret[0], []).append(secret)
     _starts = tuple((first, tuple(secrets)) for first, secrets in starts.items())
     _firsts = frozenset(starts)
+    _beginnings = frozenset(s[:n] for s in _secrets for n in range(1, min(len(s), BEGINNING_KEPT + 1)))
     _longest = max(map(len, _secrets), default=0)
+    _shortest = min(map(len, _secrets), default=0)
 
 
 def _shape(match: re.Match[str]) -> str:
@@ -179,22 +184,24 @@ def _scrub_unescaped(body: bytes) -> bytes:
 
 def secret_start(text: str) -> int:
     """Where the end of `text` begins that is the beginning of a known secret (but not all of it): `len(text)`
-    if no secret begins in its last characters. (One `find` per distinct first character of the secrets, over
-    those characters: a microsecond or so for a delta.)"""
+    if no secret begins in its last characters. (For a delta, a set's look-up per character that begins a
+    secret.)"""
     end = len(text)
-    held = end
+    start = max(0, end - _longest + 1)
+    if end - start <= BEGINNING_KEPT:
+        for at in range(start, end):
+            if text[at] in _firsts and text[at:] in _beginnings:
+                return at
+        return end
+    held = end  # (a long text: a `find` per first character, and the beginnings of the long secrets tested whole)
     for first, secrets in _starts:
-        at = text.find(first, max(0, end - _longest + 1), held)
+        at = text.find(first, start, held)
         while at != -1:
             rest = text[at:]
-            for secret in secrets:
-                if secret.startswith(rest):
-                    held = at
-                    break
-            else:
-                at = text.find(first, at + 1, held)
-                continue
-            break
+            if rest in _beginnings if len(rest) <= BEGINNING_KEPT else any(s.startswith(rest) for s in secrets):
+                held = at
+                break
+            at = text.find(first, at + 1, held)
     return held
 
 
@@ -204,11 +211,12 @@ def withheld(text: str) -> tuple[str, str]:
     characters.)"""
     if _firsts.isdisjoint(text):
         return text, ""
-    for first, secrets in _starts:
-        if first in text:
-            for secret in secrets:
-                if secret in text:
-                    text = text.replace(secret, REDACTED)
+    if len(text) >= _shortest:
+        for first, secrets in _starts:
+            if first in text:
+                for secret in secrets:
+                    if secret in text:
+                        text = text.replace(secret, REDACTED)
     cut = secret_start(text)
     if cut == len(text):
         return text, ""

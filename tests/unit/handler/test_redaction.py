@@ -42,6 +42,16 @@ def test_a_secret_cut_in_four_character_tokens_is_redacted() -> None:
     assert whole == f"use {REDACTED} and {REDACTED}."
 
 
+def test_a_long_secret_cut_in_small_pieces_is_redacted(only_secrets: Callable[..., None]) -> None:
+    token = "IQoJb3JpZ2luX2VjE" + "FwoGZXIvYXdzEJr//////////wEaDLpCe2kK" * 20  # a session token's length
+    only_secrets(token)
+    said = f"token {token} ok " * 2
+    _, whole = joined([said[i : i + 3] for i in range(0, len(said), 3)])
+    assert whole == f"token {REDACTED} ok " * 2
+    _, cut_short = joined([said[:500]])
+    assert cut_short == said[:500]  # the beginning alone, at the stream's end, is no secret
+
+
 def test_text_that_only_begins_like_a_secret_comes_whole_and_in_order() -> None:
     sent, whole = joined(["it is sk-", "proj-", "abc and s", "o on"])
     assert whole == "it is sk-proj-abc and so on"
