@@ -143,6 +143,11 @@ RESPONSES_DELTAS = frozenset(
 )
 
 
+# Events that may come between two deltas of one text and end nothing: Anthropic's `ping` ("any number of ping
+# events"), the Responses API's `keepalive`. They go on at once, ahead of the deltas held.
+PASSING = frozenset({"ping", "keepalive"})
+
+
 def messages_delta(event: StreamEvent) -> tuple[Located, dict[str, Any]] | None:
     """A Messages `content_block_delta`'s text: its block's (by index), in its delta."""
     if event.event != "content_block_delta":
@@ -200,8 +205,9 @@ def _passes(located: Located) -> bool:
 class EventRedactor:
     """The secrets held back from one stream of a provider's own events, whose deltas `locate` finds.
 
-    While the end of a channel's text could begin a secret, its events wait (`held`); any other event, or the stream's
-    end, sends them on as they are (the channel has ended, or another began: nothing of theirs joins what follows).
+    While the end of a channel's text could begin a secret, its events wait (`held`); any other event (but a ping),
+    or the stream's end, sends them on as they are (the channel has ended, or another began: nothing of theirs joins
+    what follows).
     The events that complete a secret are joined into the first of them, its text redacted, and written again; the
     others are left out (an SDK accumulates the same text).
     """
@@ -222,7 +228,7 @@ class EventRedactor:
             except orjson.JSONDecodeError:
                 found = None  # (the relay says what is wrong with it)
             if found is None:
-                if self.held:
+                if self.held and event.event not in PASSING:
                     out += self.release()
                 out.append(event)
                 continue

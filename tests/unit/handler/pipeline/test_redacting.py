@@ -143,6 +143,13 @@ def test_a_secret_cut_across_events_goes_in_the_first_of_them_redacted() -> None
     assert len(out) == 3  # the events the key was cut across, joined into one
 
 
+def test_a_ping_between_two_deltas_does_not_release_what_was_held() -> None:
+    redactor = EventRedactor(messages_delta)
+    ping = StreamEvent("ping", b'{"type":"ping"}')
+    out = redactor.relay([block_delta("key " + SECRET[:6]), ping, block_delta(SECRET[6:] + ".")])
+    assert out[0] is ping and texts(out) == f"key {REDACTED}."
+
+
 def test_another_blocks_event_releases_what_was_held() -> None:
     redactor = EventRedactor(messages_delta)
     assert redactor.relay([block_delta("a sk", 0)]) == []
