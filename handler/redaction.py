@@ -7,13 +7,22 @@ that repeats them), so:
   a credential (bearer tokens, API-key shapes, this gateway's own `gwk_` keys, AWS access key ids, `key=`
   query parameters);
 - every answer body and stream event is scrubbed of the known secrets, exactly: a plain substring test per
-  secret, which costs microseconds, and leaves ordinary content alone.
+  secret, which costs microseconds, and leaves ordinary content alone. A body written by an encoder that escapes
+  what JSON lets it escape (`\\/` for `/`, `\\u0041` for `A`) is read with those escapes undone as well
+  (`scrub`);
+- a stream's text is scrubbed as the client joins it (`HeldText`): a secret the model writes across several deltas
+  is whole only once they are joined, so the end of a delta that could begin a secret is held back, and sent
+  with what follows it (or at the stream's end).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from functools import cache
+from typing import Generic, TypeVar
+
+import orjson
 
 REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 8  # shorter values (test placeholders, "none") would redact ordinary words
@@ -50,10 +59,17 @@ def key_shapes() -> re.Pattern[str]:
     return re.compile(KEY_SHAPES)
 
 
+Channel = TypeVar("Channel", bound=Hashable)
 _fixed: set[str] = set()
 _current: dict[str, frozenset[str]] = {}  # secrets that are renewed, by what holds them: the latest only
 _secrets: frozenset[str] = frozenset()
-_secrets_bytes: tuple[bytes, ...] = ()
+_secrets_bytes: tuple[bytes, ...] = ()  # each secret, and as JSON writes it where that differs (a `"` or `\\` in it)
+_starts: tuple[tuple[str, tuple[str, ...]], ...] = ()  # the secrets by their first character
+_firsts: frozenset[str] = frozenset()  # a text with none of these holds no secret, nor the beginning of one
+_beginnings: frozenset[str] = frozenset()  # the secrets' beginnings (not whole), up to `BEGINNING_KEPT` characters
+_longest = 0
+_shortest = 0
+BEGINNING_KEPT = 64
 
 
 def register(*secrets: str | None) -> None:
@@ -77,9 +93,18 @@ def _usable(secrets: tuple[str | None, ...]) -> set[str]:
 
 
 def _rebuild() -> None:
-    global _secrets, _secrets_bytes
+    global _secrets, _secrets_bytes, _starts, _firsts, _beginnings, _longest, _shortest
     _secrets = frozenset(_fixed.union(*_current.values()))
-    _secrets_bytes = tuple(s.encode() for s in sorted(_secrets, key=len, reverse=True))
+    written = {s.encode() for s in _secrets} | {orjson.dumps(s)[1:-1] for s in _secrets}
+    _secrets_bytes = tuple(sorted(written, key=len, reverse=True))
+    starts: dict[str, list[str]] = {}
+    for secret in sorted(_secrets, key=len, reverse=True):  # (a secret inside a longer one: the longer first)
+        starts.setdefault(secret[0], []).append(secret)
+    _starts = tuple((first, tuple(secrets)) for first, secrets in starts.items())
+    _firsts = frozenset(starts)
+    _beginnings = frozenset(s[:n] for s in _secrets for n in range(1, min(len(s), BEGINNING_KEPT + 1)))
+    _longest = max(map(len, _secrets), default=0)
+    _shortest = min(map(len, _secrets), default=0)
 
 
 def _shape(match: re.Match[str]) -> str:
@@ -123,8 +148,102 @@ def unkeyed(value: str) -> str:
 
 
 def scrub(body: bytes) -> bytes:
-    """`body` without any known secret (exact matches only)."""
+    """`body` (JSON, or SSE events of JSON) without any known secret, as written or with JSON's escapes undone."""
     for secret in _secrets_bytes:
         if secret in body:
             body = body.replace(secret, REDACTED.encode())
+    if (b"\\/" in body or b"\\u00" in body) and _secrets_bytes:
+        return _scrub_unescaped(body)
     return body
+
+
+# JSON's escapes that an encoder may write for a character it need not: `\/`, and `\u0041` for a printable ASCII
+# character, what keys are written in. (Not others: a quote or a backslash undone would not be JSON, a control
+# character would not be one line of SSE, and a client may split lines on U+2028 or U+0085.) An escaped backslash
+# is matched too, so that the `\/` in `\\/` (a backslash, then `/`) is not read as one.
+ESCAPES = re.compile(rb"\\(?:u00([2-7][0-9A-Fa-f])|/|\\)")
+
+
+def _unescaped(match: re.Match[bytes]) -> bytes:
+    code = match.group(1)
+    if code is None:
+        return b"/" if match.group(0) == b"\\/" else match.group(0)
+    char = int(code, 16)
+    return match.group(0) if char in (0x22, 0x5C, 0x7F) else bytes((char,))
+
+
+def _scrub_unescaped(body: bytes) -> bytes:
+    """`body` with its needless escapes undone, if that shows a known secret (then redacted); else as it was."""
+    plain = ESCAPES.sub(_unescaped, body)
+    scrubbed = plain
+    for secret in _secrets_bytes:
+        if secret in scrubbed:
+            scrubbed = scrubbed.replace(secret, REDACTED.encode())
+    return scrubbed if scrubbed is not plain else body
+
+
+def secret_start(text: str) -> int:
+    """Where the end of `text` begins that is the beginning of a known secret (but not all of it): `len(text)`
+    if no secret begins in its last characters. (For a delta, a set's look-up per character that begins a
+    secret.)"""
+    end = len(text)
+    start = max(0, end - _longest + 1)
+    if end - start <= BEGINNING_KEPT:
+        for at in range(start, end):
+            if text[at] in _firsts and text[at:] in _beginnings:
+                return at
+        return end
+    held = end  # (a long text: a `find` per first character, and the beginnings of the long secrets tested whole)
+    for first, secrets in _starts:
+        at = text.find(first, start, held)
+        while at != -1:
+            rest = text[at:]
+            if rest in _beginnings if len(rest) <= BEGINNING_KEPT else any(s.startswith(rest) for s in secrets):
+                held = at
+                break
+            at = text.find(first, at + 1, held)
+    return held
+
+
+def withheld(text: str) -> tuple[str, str]:
+    """`text` without the known secrets, cut where its end could begin one: what may go, and what to hold back.
+    (A delta with none of the secrets' first characters, the usual one, costs a set's look-up of each of its
+    characters.)"""
+    if _firsts.isdisjoint(text):
+        return text, ""
+    if len(text) >= _shortest:
+        for first, secrets in _starts:
+            if first in text:
+                for secret in secrets:
+                    if secret in text:
+                        text = text.replace(secret, REDACTED)
+    cut = secret_start(text)
+    if cut == len(text):
+        return text, ""
+    return text[:cut], text[cut:]
+
+
+class HeldText(Generic[Channel]):
+    """A stream's text, scrubbed as the client will join it: by channel (a choice's text, a content block, a tool
+    call's arguments: whatever the client concatenates), the end of a delta that could begin a known secret is
+    held back and put before the channel's next text (`pass_on`), or handed out on its own once the channel
+    ends (`release`). The text the client joins has no known secret in it; it comes in other pieces.
+    """
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held: dict[Channel, str] = {}
+
+    def pass_on(self, channel: Channel, text: str) -> str:
+        """What of `channel`'s next `text` may go now (what was held before it, then the text, without the known
+        secrets, less its end if that could begin one)."""
+        held = self.held.pop(channel, "") if self.held else ""
+        passed, rest = withheld(held + text if held else text)
+        if rest:
+            self.held[channel] = rest
+        return passed
+
+    def release(self, channel: Channel) -> str:
+        """What `channel` still holds, now that it has ended: the beginning of a secret at most, not a secret."""
+        return self.held.pop(channel, "") if self.held else ""

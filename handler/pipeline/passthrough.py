@@ -2,7 +2,8 @@
 
 When a front-end's format is the deployment's own (a Messages request to an Anthropic deployment), the
 client's body goes upstream as sent (model renamed, output capped) and the answer comes back unchanged:
-a non-streaming body as a `NativeReply`, a stream as a `NativeStream` of the provider's own events. The
+a non-streaming body as a `NativeReply`, a stream as a `NativeStream` of the provider's own events (less what could
+be the beginning of a secret the model is writing, held back until its next delta: `handler.pipeline.redacting`). The
 adapter's meter reads the usage from them; the pipeline costs and settles as for any other request.
 """
 
@@ -17,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from handler.errors import ClientClosedError, GatewayError, UpstreamTimeoutError
 from handler.pipeline.pricing import plausible, wants_reasoning
+from handler.pipeline.redacting import EventRedactor, messages_delta, responses_delta
 from handler.pipeline.upstream import UpstreamResponse
-from handler.ports import NativeCall, Served
+from handler.ports import RESPONSES_API, NativeCall, Served
 from handler.schemas import ChatRequest, Usage
 from handler.telemetry.observability import observe
 from handler.wire import StreamEvent, error_excerpt, malformed
@@ -265,11 +267,13 @@ class NativeStream(UpstreamStream[StreamEvent]):
     ) -> None:
         super().__init__(pipeline, ex, req, attempt, response)
         self.meter = attempt.adapter.native_meter(call)
+        self.redactor = EventRedactor(responses_delta if call.api == RESPONSES_API else messages_delta)
 
     def _items(self, events: list[StreamEvent]) -> list[StreamEvent]:
         for event in events:
             self.meter.feed(event)
-        return events
+        relayed = self.redactor.relay(events)
+        return relayed + self.redactor.release() if self._finished else relayed
 
     def _reported(self) -> Usage | None:
         return self.meter.usage

@@ -69,6 +69,7 @@ from handler.pipeline.pricing import (
     with_options,
     worst_case_usd,
 )
+from handler.pipeline.redacting import ChunkRedactor
 from handler.pipeline.routing import Attempt, Plan, RouteControls
 from handler.pipeline.schema_check import enforce, schema_of, violation
 from handler.pipeline.upstream import UpstreamResponse
@@ -1035,6 +1036,7 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         self.schema_violation: str | None = None
         self._choices: set[int] = set()
         self._finished_choices: set[int] = set()
+        self.redactor = ChunkRedactor()
 
     @property
     def cut(self) -> bool:
@@ -1060,6 +1062,7 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
                 continue
             chunk.usage = None
             kept.append(chunk)
+        self.redactor.redact(kept, self._finished, self._template)
         return kept
 
     async def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:

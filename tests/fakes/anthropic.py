@@ -7,14 +7,15 @@ test can pick a fault on a configured model: `fail-429` (rate_limit_error with r
 (a stream that stops mid-way, without `message_delta` or `message_stop`),
 `stream-overloaded` (a stream that ends after its first delta with Anthropic's in-stream `error` event, an
 `overloaded_error`; with `echo-auth` its message quotes the request's `x-api-key`, as an upstream that echoes
-credentials would), `bad-json` (a 200 whose body is not JSON), `max-tokens` (an answer that reached its output cap:
-its text cut in half, `stop_reason: max_tokens`). A whitespace-only stop sequence is refused, as
+credentials would), `bad-json` (a 200 whose body is not JSON), `slashes-escaped` (its JSON written with every `/`
+escaped, `\\/`, as PHP's or Java's encoders write it), `max-tokens` (an answer that reached its output cap: its
+text cut in half, `stop_reason: max_tokens`). A whitespace-only stop sequence is refused, as
 Anthropic refuses it, and so is a beta's field without its beta in `anthropic-beta` (`BETA_FIELDS`). A request with
 tools and a `tool_choice` of `any` or `tool` is answered with a `tool_use` block (its input following the tool's
 schema); a user message may script a tool call (`tests.fakes.script`). A streamed tool call without arguments has
 one `input_json_delta` whose `partial_json` is empty, as Anthropic streams it. A request asking for `thinking`, or
 for a `thinker` model, gets a signed thinking block first (its text empty under `display: omitted`, the default of a
-model whose id has `OMITS_THINKING`, as Claude Opus 4.7's is); for a
+model whose id has `OMITS_THINKING`, as Claude Opus 4.7's is; for a said answer, what it was told to say); for a
 `thinker`, an assistant turn that called a tool must come back opening with it, signature intact, as the real API
 requires, and so must the final assistant turn, if it called a tool, of any request asking for `thinking`; a
 `clear_thinking_...` context-management edit needs `thinking` on. Prompt caching is modelled: the prefix up to the
@@ -47,7 +48,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes.script import ScriptedCall, input_for, scripted_turn, texts
+from tests.fakes.script import Said, ScriptedCall, escaped, escaping, input_for, pieces, scripted_turn, texts
 
 API_KEY = "test-anthropic-key"
 TEXT = "Hello from fake Anthropic."
@@ -181,10 +182,11 @@ def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
 def _content(body: dict[str, Any], tool: str | None) -> list[dict[str, Any]]:
     """The answer's blocks: a thinking block if asked for, then a tool call, the scripted turn, or text."""
     content: list[dict[str, Any]] = []
+    script = _script(body)
     thinking = body.get("thinking") or {}
     if thinking.get("type") in ("enabled", "adaptive") or "thinker" in str(body.get("model")):
         display = thinking.get("display") or ("omitted" if OMITS_THINKING in str(body.get("model")) else "summarized")
-        text = "" if display == "omitted" else THINKING
+        text = "" if display == "omitted" else script if isinstance(script, Said) else THINKING
         content.append({"type": "thinking", "thinking": text, "signature": SIGNATURE})
     if searches(body) and not tool:
         content.extend(SEARCH_BLOCKS)
@@ -192,7 +194,6 @@ def _content(body: dict[str, Any], tool: str | None) -> list[dict[str, Any]]:
         content.append({"type": "server_tool_use", "id": ADVISOR_ID, "name": "advisor", "input": {}})
         result = {"type": "advisor_result", "text": ADVICE, "stop_reason": "end_turn"}
         content.append({"type": "advisor_tool_result", "tool_use_id": ADVISOR_ID, "content": result})
-    script = _script(body)
     schemas = {t.get("name"): t.get("input_schema") for t in body.get("tools") or []}
     if tool:
         content.append(
@@ -292,7 +293,9 @@ def _tool_name(body: dict[str, Any]) -> str | None:
 def _pieces(block: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A whole content block as Anthropic streams it: its empty start, then its deltas."""
     if block["type"] == "thinking":
-        deltas = [{"type": "thinking_delta", "thinking": block["thinking"]}] if block["thinking"] else []
+        thought = block["thinking"]
+        said = pieces(thought) if isinstance(thought, Said) else [thought] if thought else []
+        deltas = [{"type": "thinking_delta", "thinking": piece} for piece in said]
         return {"type": "thinking", "thinking": "", "signature": ""}, [
             *deltas,
             {"type": "signature_delta", "signature": block["signature"]},
@@ -305,10 +308,7 @@ def _pieces(block: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]
         text = orjson.dumps(block["input"]).decode() if block["input"] else ""  # no arguments: no JSON at all
         parts = ["", text[: len(text) // 2], text[len(text) // 2 :]] if text else [""]
         return {**block, "input": {}}, [{"type": "input_json_delta", "partial_json": p} for p in parts]
-    words = block["text"].split(" ")
-    return {"type": "text", "text": ""}, [
-        {"type": "text_delta", "text": (" " if i else "") + w} for i, w in enumerate(words)
-    ]
+    return {"type": "text", "text": ""}, [{"type": "text_delta", "text": piece} for piece in pieces(block["text"])]
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
@@ -404,7 +404,7 @@ def create_app() -> Starlette:
             if "stream-overloaded" in asked:
                 echoed = f" (x-api-key: {request.headers['x-api-key']})" if "echo-auth" in asked else ""
                 overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded" + echoed}}
-            stream = _stream(body, model, content, stop, "stream-cut" in asked, overloaded)
+            stream = escaping(_stream(body, model, content, stop, "stream-cut" in asked, overloaded), asked)
             return StreamingResponse(stream, media_type="text/event-stream")
         answer = {
             "id": MESSAGE_ID,
@@ -416,7 +416,7 @@ def create_app() -> Starlette:
             "stop_sequence": None,
             "usage": {**usage(body), "output_tokens": OUTPUT_TOKENS, "service_tier": "standard"},
         }
-        return Response(orjson.dumps(answer), media_type="application/json")
+        return Response(escaped(orjson.dumps(answer), asked), media_type="application/json")
 
     async def _stream(
         body: dict[str, Any],

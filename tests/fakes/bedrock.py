@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes.script import ScriptedCall, input_for, scripted_turn, text_for, texts
+from tests.fakes.script import ScriptedCall, input_for, pieces, scripted_turn, text_for, texts
 
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
@@ -123,9 +123,7 @@ def stream_frames(answer: Mapping[str, Any]) -> list[bytes]:
                     event_frame("contentBlockDelta", {"contentBlockIndex": index, "delta": {"reasoningContent": delta}})
                 )
         elif "text" in block:
-            words = block["text"].split(" ")
-            for i, word in enumerate(words):
-                piece = word if i == 0 else " " + word
+            for piece in pieces(block["text"]):
                 frames.append(event_frame("contentBlockDelta", {"contentBlockIndex": index, "delta": {"text": piece}}))
         else:
             use = block["toolUse"]

@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes.script import ScriptedCall, input_for, scripted_turn, text_for, texts
+from tests.fakes.script import ScriptedCall, input_for, pieces, scripted_turn, text_for, texts
 
 API_KEY = "test-gemini-key"
 TEXT = "Hello from fake Gemini."
@@ -378,13 +378,13 @@ def create_app() -> Starlette:
         if call:
             yield event(_answer([_call_part(model, call)], _usage(body, 5, 2), "STOP"))
             return
-        words = _text(body).split(" ")
+        words = pieces(_text(body))
         for i, word in enumerate(words):
             if "stream-cut" in model and i == 2:
                 return
             last = i == len(words) - 1
             usage = _usage(body, 5, 2) if last else _usage(body, 0, 2)
-            yield event(_answer([{"text": (" " if i else "") + word}], usage, "STOP" if last else None))
+            yield event(_answer([{"text": word}], usage, "STOP" if last else None))
 
     def _embed(model: str, body: dict[str, Any]) -> Response:
         items = body.get("requests")

@@ -5,7 +5,8 @@ Behaviour is chosen by the requested model name, so tests need no side channel:
 `fail-401`, `fail-context` (`context_length_exceeded`, param `messages`),
 `slow` (waits `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way without [DONE]),
 `drip` (a stream whose chunks come `SLOW_SECONDS` apart), `bad-json` (a 200 whose body is not JSON),
-`no-usage` (an answer without `usage`), `negative-usage` (usage with negative counts), `echo-auth` (a 400
+`slashes-escaped` (JSON written with every `/` escaped, `\\/`, as PHP's or Java's encoders write it), `no-usage`
+(an answer without `usage`), `negative-usage` (usage with negative counts), `echo-auth` (a 400
 whose message quotes the request's authorization and `x-` headers back, as some upstream errors do), `reasoner`
 (DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`).
 It refuses, as OpenAI does, message and content-part fields Chat Completions does not define, an image in
@@ -33,7 +34,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.fakes import openai_responses
-from tests.fakes.script import ScriptedCall, scripted_turn, text_for, texts
+from tests.fakes.script import ScriptedCall, escaped, escaping, pieces, scripted_turn, text_for, texts
 
 API_KEY = "test-openai-key"
 TEXT, REASONING = openai_responses.TEXT, openai_responses.REASONING
@@ -286,7 +287,8 @@ def create_app() -> Starlette:
         if "negative-usage" in model:
             usage = {"prompt_tokens": -1_000_000, "completion_tokens": -1_000_000, "total_tokens": -2_000_000}
         if body.get("stream"):
-            return StreamingResponse(_stream(body, call, usage, text), media_type="text/event-stream")
+            stream = escaping(_stream(body, call, usage, text), model)
+            return StreamingResponse(stream, media_type="text/event-stream")
         if "garbled" in model:  # an answer of another shape: `choices` is no list
             return Response(orjson.dumps({"id": "chatcmpl-fake1", "object": "chat.completion", "choices": "oops"}))
         message: dict[str, Any] = {"role": "assistant", "content": None if call else text, "refusal": None}
@@ -307,7 +309,7 @@ def create_app() -> Starlette:
         }
         if "no-usage" in model:
             del answer["usage"]
-        return Response(orjson.dumps(answer), media_type="application/json")
+        return Response(escaped(orjson.dumps(answer), model), media_type="application/json")
 
     async def _stream(
         body: dict[str, Any], call: dict[str, Any] | None, usage: dict[str, Any], text: str
@@ -349,14 +351,14 @@ def create_app() -> Starlette:
                 delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
                 yield event([{"index": 0, "delta": delta, "finish_reason": None}])
         else:
-            for i, word in enumerate(text.split(" ")):
+            for i, piece in enumerate(pieces(text)):
                 if "stream-cut" in model and i == 2:
                     return
                 if "garbled" in model and i == 2:  # a chunk of another shape: `choices` is no list
                     yield b"data: " + orjson.dumps({**base, "choices": "oops"}) + b"\n\n"
                 if "drip" in model:
                     await asyncio.sleep(SLOW_SECONDS)
-                yield event([{"index": 0, "delta": {"content": (" " if i else "") + word}, "finish_reason": None}])
+                yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
         yield event([{"index": 0, "delta": {}, "finish_reason": "tool_calls" if call else "stop"}])
         if (body.get("stream_options") or {}).get("include_usage"):
             yield event([], usage=usage)
@@ -381,11 +383,12 @@ def create_app() -> Starlette:
         if "slow" in str(body.get("model")):
             await asyncio.sleep(SLOW_SECONDS)
         tokens = prompt_tokens(body)
+        model = str(body.get("model"))
         if body.get("stream"):
-            stream = openai_responses.events(body, tokens, "stream-cut" in body["model"])
+            stream = escaping(openai_responses.events(body, tokens, "stream-cut" in model), model)
             return StreamingResponse(stream, media_type="text/event-stream")
         answer = openai_responses.response_of(body, openai_responses.output_of(body), "completed", tokens)
-        return Response(orjson.dumps(answer), media_type="application/json")
+        return Response(escaped(orjson.dumps(answer), model), media_type="application/json")
 
     async def embeddings(request: Request) -> Response:
         body, failure = await guard(request)

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from tests.fakes.script import ScriptedCall, scripted_turn, text_for, texts
+from tests.fakes.script import ScriptedCall, pieces, scripted_turn, text_for, texts
 
 TEXT = "Hello from fake OpenAI."
 REASONING = "The user greets me; I greet back."
@@ -171,10 +171,10 @@ async def events(body: dict[str, Any], input_tokens: int, cut: bool) -> AsyncIte
             text = item["content"][0]["text"]
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             yield event("response.content_part.added", content_index=0, part=part, **where)
-            for i, word in enumerate(text.split(" ")):
+            for i, piece in enumerate(pieces(text)):
                 if cut and i == 2:
                     return
-                yield event("response.output_text.delta", content_index=0, delta=(" " if i else "") + word, **where)
+                yield event("response.output_text.delta", content_index=0, delta=piece, **where)
             yield event("response.output_text.done", content_index=0, text=text, **where)
             yield event("response.content_part.done", content_index=0, part=item["content"][0], **where)
         elif item["type"] == "function_call":

@@ -4,7 +4,10 @@
   `CALL <tool> <json arguments>` and that tool is offered (`tool_choice: auto` is enough), the model calls
   it; once the conversation's last message is that tool's result, it answers `DONE: <the result's last
   non-empty line>`, so a test sees that the tool ran and its output came back.
+- A said answer: when the last user message holding `SAY ` has no `CALL`, the model answers what follows `SAY `
+  (`Said`), streamed `SAID_PIECE` characters at a time, as a model's tokens cut a word (a key) anywhere.
 - An answer that follows a requested JSON schema (`sample_of`), as a structured-output model's would.
+- JSON written as some providers' encoders write it, every `/` escaped (`escaped`), for a `slashes-escaped` model.
 
 Each fake reduces its own wire format to the plain values these functions take.
 """
@@ -12,12 +15,27 @@ Each fake reduces its own wire format to the plain values these functions take.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 MARKER = re.compile(r"CALL ([A-Za-z0-9_.-]+) (\{.*?\})(?:\s|$)", re.S)
+SAY = "SAY "
+SAID_PIECE = 4
+
+
+class Said(str):
+    """What the model was told to say (`SAY <text>`): streamed in pieces of `SAID_PIECE` characters (`pieces`)."""
+
+
+def pieces(text: str) -> list[str]:
+    """How a fake streams an answer's text: word by word (each but the first with its leading space); a said
+    answer (`Said`) `SAID_PIECE` characters at a time."""
+    if isinstance(text, Said):
+        return [text[i : i + SAID_PIECE] for i in range(0, len(text), SAID_PIECE)] or [""]
+    return [(" " if i else "") + word for i, word in enumerate(text.split(" "))]
 
 
 @dataclass(frozen=True)
@@ -37,7 +55,8 @@ def scripted_turn(user_texts: list[str], tools: list[str], tool_result: str | No
         for match in MARKER.finditer(text):
             found = match
     if found is None:
-        return None
+        said = [text for text in user_texts if SAY in text]
+        return Said(said[-1].split(SAY, 1)[1]) if said else None
     if tool_result is not None:
         lines = [line.strip() for line in tool_result.splitlines() if line.strip()]
         return f"DONE: {lines[-1] if lines else ''}"
@@ -97,3 +116,15 @@ def text_for(schema: Any, default: str) -> str:
     usual text (which such a schema then rejects, as a model's off-schema answer would be)."""
     value = input_for(schema, {})
     return orjson.dumps(value).decode() if value else default
+
+
+def escaped(data: bytes, behaviour: str) -> bytes:
+    """JSON as an encoder that escapes `/` writes it (PHP's, Java's), for a `slashes-escaped` model: every `/` is
+    in a string, and `\\/` is its escape."""
+    return data.replace(b"/", b"\\/") if "slashes-escaped" in behaviour else data
+
+
+async def escaping(stream: AsyncIterator[bytes], behaviour: str) -> AsyncIterator[bytes]:
+    """A stream's events written as `escaped` writes JSON."""
+    async for data in stream:
+        yield escaped(data, behaviour)

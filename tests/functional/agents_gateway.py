@@ -1,9 +1,11 @@
 """A gateway with one model on each provider type, in front of the fakes: for the coding-agent clients.
 
-`claude` is served by the anthropic type (natively), `gpt` and `o4` by the openai type, `azure-gpt` by azure,
+`claude` is served by the anthropic type (natively), `gpt` and `o4` by the openai type (`gpt-native` too, its
+Responses API passed through), `azure-gpt` by azure,
 `gemini` by the gemini type, `bedrock-claude` by bedrock; `claude-then-gpt` fails over from Anthropic to OpenAI,
 `claude-or-gpt` does when a request picks a fault of the fake Anthropic (`metadata.user_id`), `claude-cut`
-(`gpt-cut`) is an Anthropic (OpenAI) stream that stops half-way, and `claude-overloaded` an Anthropic that answers
+(`gpt-cut`) is an Anthropic (OpenAI) stream that stops half-way, `escaping-claude` (`escaping-gpt`) an Anthropic
+(OpenAI) that escapes every `/` in the JSON it writes, and `claude-overloaded` an Anthropic that answers
 every request with its 529 `overloaded_error`.
 """
 
@@ -51,6 +53,12 @@ def agents_gateway(directory: Path) -> Iterator[Running]:
         "providers": {
             "anthropic": {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": f"{url}/anthropic"},
             "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{url}/openai/v1"},
+            "openai-native": {
+                "type": "openai",
+                "api_key": "env:OPENAI_API_KEY",
+                "base_url": f"{url}/openai/v1",
+                "responses_api": "native",
+            },
             "gemini": {"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": f"{url}/gemini"},
             "bedrock": {"type": "bedrock", "base_url": bedrock.url},
             "azure": {"type": "azure", "base_url": f"{url}/azure", "region": "eastus"},
@@ -83,6 +91,15 @@ def agents_gateway(directory: Path) -> Iterator[Running]:
                 "price": CLAUDE_PRICE,
             },
             "gpt-cut": {"deployments": [{"provider": "openai", "model": "stream-cut"}], "price": PRICE},
+            "escaping-claude": {
+                "deployments": [{"provider": "anthropic", "model": "slashes-escaped"}],
+                "price": CLAUDE_PRICE,
+            },
+            "gpt-native": {"deployments": [{"provider": "openai-native", "model": "gpt-4o-mini"}], "price": PRICE},
+            "escaping-gpt": {
+                "deployments": [{"provider": "openai-native", "model": "gpt-4o-mini-slashes-escaped"}],
+                "price": PRICE,
+            },
             "o4": {"deployments": [{"provider": "openai", "model": "o4-mini"}], "price": PRICE},
             "gemini": {"deployments": [{"provider": "gemini", "model": "gemini-2.5-flash"}], "price": PRICE},
             "gemini-3": {"deployments": [{"provider": "gemini", "model": "gemini-3-pro-preview"}], "price": PRICE},

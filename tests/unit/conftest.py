@@ -1,12 +1,15 @@
-"""Tests marked `both_loops` run once on asyncio's own event loop and once on uvloop's."""
+"""Tests marked `both_loops` run once on asyncio's own event loop and once on uvloop's. `only_secrets`: the
+secrets the gateway knows, for one test."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 import uvloop
+
+from handler import redaction
 
 
 def pytest_asyncio_loop_factories(
@@ -16,3 +19,15 @@ def pytest_asyncio_loop_factories(
     if item.get_closest_marker("both_loops"):
         return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
     return {"asyncio": asyncio.new_event_loop}  # (the hook must name a loop for every test it sees)
+
+
+@pytest.fixture
+def only_secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """`redaction.register` for a test that must know which secrets are known: those it registers, none that other
+    tests of the process registered (a stream's text is held back by the first letters of every one), and the
+    process's own again after it."""
+    monkeypatch.setattr(redaction, "_fixed", set())
+    monkeypatch.setattr(redaction, "_current", {})
+    yield redaction.register
+    monkeypatch.undo()
+    redaction._rebuild()

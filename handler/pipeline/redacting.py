@@ -1,0 +1,275 @@
+"""Streams relayed without a known secret, however the model cuts it across deltas (`handler.redaction.HeldText`).
+
+A client joins a stream's deltas: a key written over several of them reaches it whole though no event holds it.
+Each stream holds back, by what the client joins (a choice's text, reasoning or refusal, a tool call's arguments,
+an Anthropic content block, a Responses item's text), the end of a delta that could begin a known secret, and
+sends it with the next delta there; a secret completed so is redacted. What a channel still holds when it ends (its
+choice finished, its block or item closed, the stream over) goes then: it is no secret.
+
+- `ChunkRedactor`, on the internal chunks, covers every stream the gateway writes itself (Chat Completions, and
+  Messages and Responses translated from another provider);
+- `EventRedactor`, on a provider's own events passed through (a Messages stream from Anthropic, a Responses stream
+  from OpenAI), holds back the events themselves: while nothing is redacted they go on as the provider wrote them,
+  later; an event that completes a secret is written again, with the events it was cut across joined into it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from handler.redaction import HeldText, withheld
+from handler.wire import StreamEvent
+
+if TYPE_CHECKING:
+    from handler.schemas import ChatCompletionChunk, ChunkChoice, ChunkDelta
+
+TEXT_FIELDS = ("reasoning_content", "content", "refusal")  # in the order the Messages and Responses writers read them
+
+
+class ChunkRedactor:
+    """The secrets held back from one stream of internal chunks, by choice and by field or tool call (a channel:
+    the field's name, or "call", the choice's index, and the call's, -1 for a field)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self) -> None:
+        self.text: HeldText[tuple[str, int, int]] = HeldText()
+
+    def redact(self, chunks: list[ChatCompletionChunk], ended: bool, template: ChatCompletionChunk | None) -> None:
+        """Redact `chunks` in place. What a channel held goes in a chunk of its own once the channel ends, right
+        before the chunk that moved on from it (so that a writer of blocks puts it in the block it belongs to); with
+        `ended` (the upstream's last), what is still held goes in a last chunk (a stream that said it ended without
+        a finish reason)."""
+        at = 0
+        while at < len(chunks):
+            chunk = chunks[at]
+            released: list[ChunkChoice] | None = None
+            for choice in chunk.choices:
+                rest = self._delta(choice.index, choice.delta, bool(choice.finish_reason))
+                if rest is not None:
+                    released = [*(released or ()), rest]
+            if released is not None:
+                chunks.insert(at, _chunk(chunk, released))
+                at += 1
+            at += 1
+        if ended and self.text.held and template is not None:
+            choices = [self._released(channel) for channel in list(self.text.held)]
+            chunks.append(_chunk(template, sorted(choices, key=lambda choice: choice.index)))
+
+    def _delta(self, index: int, delta: ChunkDelta, finished: bool) -> ChunkChoice | None:
+        """Redact one delta; what a channel it ended had held, if any."""
+        text = self.text
+        calls = delta.tool_calls
+        if not (calls or delta.reasoning_content or delta.refusal):  # (the usual delta: its text alone)
+            channel = ("content", index, -1)
+            held = text.held
+            if not held or (len(held) == 1 and channel in held):
+                content = delta.content or ""
+                if content or (held and finished):
+                    passed, rest = withheld(held.pop(channel) + content if held else content)
+                    if rest and not finished:
+                        held[channel] = rest
+                        delta.content = passed
+                    elif passed != content or rest:
+                        delta.content = passed + rest
+                return None
+        written = [(name, index, -1) for name in TEXT_FIELDS if getattr(delta, name)]
+        if calls:
+            written += [("call", index, call.index) for call in calls if call.function and call.function.arguments]
+        ended = None
+        if text.held and (written or finished):
+            # A channel of this choice the delta does not go on with has ended: it went on to its answer, its calls,
+            # its next call, or finished. (A choice holds one channel at most: a delta's channels but its last end.)
+            for channel in [c for c in text.held if c[1] == index and c not in written]:
+                ended = self._released(channel)
+        last = len(written) - 1
+        for at, channel in enumerate(written):
+            ends = finished or at < last
+            if channel[0] != "call":
+                setattr(delta, channel[0], self._passed(channel, getattr(delta, channel[0]), ends))
+                continue
+            for call in calls or ():
+                function = call.function
+                if call.index == channel[2] and function is not None and function.arguments:
+                    function.arguments = self._passed(channel, function.arguments, ends)
+        return ended
+
+    def _passed(self, channel: tuple[str, int, int], value: str, ends: bool) -> str:
+        passed = self.text.pass_on(channel, value)
+        return passed + self.text.release(channel) if ends else passed
+
+    def _released(self, channel: tuple[str, int, int]) -> ChunkChoice:
+        """A choice with what `channel` held, which has ended."""
+        from handler.schemas import ChunkChoice, ChunkDelta, FunctionCallDelta, ToolCallDelta
+
+        name, index, call = channel
+        rest = self.text.release(channel)
+        if name == "call":
+            arguments = ToolCallDelta(index=call, function=FunctionCallDelta(arguments=rest))
+            return ChunkChoice(index=index, delta=ChunkDelta(tool_calls=[arguments]))
+        return ChunkChoice(index=index, delta=ChunkDelta(**{name: rest}))
+
+
+def _chunk(like: ChatCompletionChunk, choices: list[ChunkChoice]) -> ChatCompletionChunk:
+    from handler.schemas import ChatCompletionChunk
+
+    return ChatCompletionChunk(id=like.id, created=like.created, model=like.model, choices=choices)
+
+
+# --- a provider's own events ----------------------------------------------------------------------
+
+# Where a delta's text is: the event's channel (what the client joins it with), and the object and member holding it.
+Located = tuple[Hashable, dict[str, Any], str]
+Locate = Callable[[StreamEvent], "tuple[Located, dict[str, Any]] | None"]
+
+# Anthropic's deltas that carry generated text, and the member holding it (a signature, a citation carry none).
+MESSAGES_DELTAS = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+# The Responses API's events that stream text (not `response.audio.delta`: audio, in base64 pieces).
+RESPONSES_DELTAS = frozenset(
+    {
+        "response.output_text.delta",
+        "response.refusal.delta",
+        "response.function_call_arguments.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+        "response.custom_tool_call_input.delta",
+        "response.mcp_call_arguments.delta",
+        "response.code_interpreter_call_code.delta",
+        "response.audio.transcript.delta",
+    }
+)
+
+
+# Events that may come between two deltas of one text and end nothing: Anthropic's `ping` ("any number of ping
+# events"), the Responses API's `keepalive`. They go on at once, ahead of the deltas held.
+PASSING = frozenset({"ping", "keepalive"})
+
+
+def messages_delta(event: StreamEvent) -> tuple[Located, dict[str, Any]] | None:
+    """A Messages `content_block_delta`'s text: its block's (by index), in its delta."""
+    if event.event != "content_block_delta":
+        return None
+    payload = orjson.loads(event.data)
+    delta = payload.get("delta") if isinstance(payload, dict) else None
+    if not isinstance(delta, dict):
+        return None
+    member = MESSAGES_DELTAS.get(delta.get("type"))  # type: ignore[arg-type]
+    if member is None or not isinstance(delta.get(member), str):
+        return None
+    return (payload.get("index"), delta, member), payload
+
+
+def responses_delta(event: StreamEvent) -> tuple[Located, dict[str, Any]] | None:
+    """A Responses text delta's text: its item's part (by type, item, output, content and summary index)."""
+    if event.event is not None and event.event not in RESPONSES_DELTAS:
+        return None
+    payload = orjson.loads(event.data) if event.data and event.data != b"[DONE]" else None
+    if not isinstance(payload, dict) or payload.get("type") not in RESPONSES_DELTAS:
+        return None
+    if not isinstance(payload.get("delta"), str):
+        return None
+    get = payload.get
+    where = (get("type"), get("item_id"), get("output_index"), get("content_index"), get("summary_index"))
+    return (where, payload, "delta"), payload
+
+
+class _Held:
+    """An event held back: its text, and its payload once the text was changed (it is then written again)."""
+
+    __slots__ = ("event", "payload", "place", "member", "text", "changed")
+
+    def __init__(self, event: StreamEvent, located: Located, payload: dict[str, Any]) -> None:
+        self.event = event
+        self.payload = payload
+        _, self.place, self.member = located
+        self.text: str = self.place[self.member]
+        self.changed = False
+
+    def written(self) -> StreamEvent:
+        if not self.changed:
+            return self.event
+        self.place[self.member] = self.text
+        return StreamEvent(self.event.event, orjson.dumps(self.payload))
+
+
+def _passes(located: Located) -> bool:
+    """Whether a delta's text may go as it is, with nothing held before it."""
+    text = located[1][located[2]]
+    passed, rest = withheld(text)
+    return not rest and passed == text
+
+
+class EventRedactor:
+    """The secrets held back from one stream of a provider's own events, whose deltas `locate` finds.
+
+    While the end of a channel's text could begin a secret, its events wait (`held`); any other event (but a ping),
+    or the stream's end, sends them on as they are (the channel has ended, or another began: nothing of theirs joins
+    what follows).
+    The events that complete a secret are joined into the first of them, its text redacted, and written again; the
+    others are left out (an SDK accumulates the same text).
+    """
+
+    __slots__ = ("locate", "held", "channel")
+
+    def __init__(self, locate: Locate) -> None:
+        self.locate = locate
+        self.held: list[_Held] = []
+        self.channel: Hashable = None
+
+    def relay(self, events: list[StreamEvent]) -> list[StreamEvent]:
+        """The events that may go now, of `events` and of those held before."""
+        out: list[StreamEvent] = []
+        for event in events:
+            try:
+                found = self.locate(event)
+            except orjson.JSONDecodeError:
+                found = None  # (the relay says what is wrong with it)
+            if found is None:
+                if self.held and event.event not in PASSING:
+                    out += self.release()
+                out.append(event)
+                continue
+            located, payload = found
+            if self.held:
+                if located[0] != self.channel:
+                    out += self.release()
+            elif _passes(located):  # (the usual event: nothing in it to hold back or redact)
+                out.append(event)
+                continue
+            self.channel = located[0]
+            self._add(_Held(event, located, payload), out)
+        return out
+
+    def release(self) -> list[StreamEvent]:
+        """The events held, to go now: their channel has ended."""
+        held, self.held = self.held, []
+        return [h.written() for h in held]
+
+    def _add(self, event: _Held, out: list[StreamEvent]) -> None:
+        held = self.held
+        held.append(event)
+        joined = "".join(h.text for h in held)
+        passed, rest = withheld(joined)
+        if passed + rest != joined:
+            # A secret completed: the first event held carries the text of all, redacted (the others are left out),
+            # and waits as the others did if its end could begin a secret again.
+            first = held[0]
+            first.text, first.changed = passed + rest, True
+            self.held = [first]
+            if not rest:
+                out += self.release()
+            return
+        if not rest:
+            out += self.release()
+            return
+        # Those wholly before what is held back go now, as they are.
+        start = 0
+        for i, h in enumerate(held):
+            if start + len(h.text) > len(passed):
+                out += [g.written() for g in held[:i]]
+                self.held = held[i:]
+                return
+            start += len(h.text)

@@ -1,0 +1,178 @@
+"""A stream's deltas scrubbed as its client joins them: the internal chunks (`ChunkRedactor`) and a provider's own
+events passed through (`EventRedactor`), whatever channel a secret is cut across."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from handler.pipeline.redacting import ChunkRedactor, EventRedactor, messages_delta, responses_delta
+from handler.redaction import REDACTED
+from handler.schemas import ChatCompletionChunk
+from handler.wire import StreamEvent
+
+SECRET = "sk-live-Qv83HxT1nZ6cW0bJ"
+
+
+@pytest.fixture(autouse=True)
+def known(only_secrets: Callable[..., None]) -> None:
+    only_secrets(SECRET)
+
+
+def chunk(delta: dict[str, Any], index: int = 0, finish: str | None = None) -> ChatCompletionChunk:
+    choice = {"index": index, "delta": delta, "finish_reason": finish}
+    return ChatCompletionChunk.model_validate({"id": "c1", "created": 1, "model": "m", "choices": [choice]})
+
+
+def relayed(chunks: list[ChatCompletionChunk], ended: bool = True) -> list[ChatCompletionChunk]:
+    out = list(chunks)
+    ChunkRedactor().redact(out, ended, chunks[0])
+    return out
+
+
+def field(chunks: list[ChatCompletionChunk], name: str, index: int = 0) -> str:
+    return "".join(getattr(c.delta, name) or "" for ch in chunks for c in ch.choices if c.index == index)
+
+
+def arguments(chunks: list[ChatCompletionChunk]) -> str:
+    calls = [call for ch in chunks for c in ch.choices for call in c.delta.tool_calls or ()]
+    return "".join(call.function.arguments or "" for call in calls if call.function)
+
+
+def test_text_reasoning_and_a_refusal_cut_across_chunks_are_redacted() -> None:
+    for name in ("content", "reasoning_content", "refusal"):
+        pieces = ["my key ", SECRET[:5], SECRET[5:13], SECRET[13:] + " ok"]
+        out = relayed([chunk({name: p}) for p in pieces] + [chunk({}, finish="stop")])
+        assert field(out, name) == f"my key {REDACTED} ok"
+        assert all(SECRET[:5] not in (getattr(c.choices[0].delta, name) or "") for c in out)
+
+
+def test_reasoning_held_back_goes_before_the_answer_that_follows_it() -> None:
+    """In a chunk of its own, before the answer's: a writer of blocks (Messages, Responses) puts it in the thinking
+    block, still open, rather than in a new one after the text."""
+    out = relayed([chunk({"reasoning_content": "think s"}), chunk({"content": "Hi"}), chunk({}, finish="stop")])
+    deltas = [(c.choices[0].delta.reasoning_content, c.choices[0].delta.content) for c in out]
+    assert deltas == [("think ", None), ("s", None), (None, "Hi"), (None, None)]
+
+
+def test_tool_call_arguments_cut_across_chunks_are_redacted() -> None:
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}
+    args = orjson.dumps({"token": SECRET}).decode()
+    pieces = [args[:14], args[14:20], args[20:]]
+    deltas = [{"tool_calls": [call]}] + [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in pieces]
+    out = relayed([chunk(d) for d in deltas] + [chunk({}, finish="tool_calls")])
+    assert orjson.loads(arguments(out)) == {"token": REDACTED}
+
+
+def test_a_calls_held_arguments_go_before_the_next_call_of_its_choice_alone() -> None:
+    def call(index: int, arguments: str) -> dict[str, Any]:
+        return {"index": index, "function": {"arguments": arguments}}
+
+    out = relayed(
+        [
+            chunk({"tool_calls": [call(0, '{"a":"sk-li')]}, 0),
+            chunk({"tool_calls": [call(0, '{"b":"x"}')]}, 1),  # another choice's first call: not joined to it
+            chunk({"tool_calls": [call(1, '{"c":1}')]}, 0),  # the next call: the first one is over
+            chunk({}, 0, "tool_calls"),
+            chunk({}, 1, "tool_calls"),
+        ]
+    )
+    sent = [
+        [(c.index, c.function.arguments if c.function else None) for c in ch.choices[0].delta.tool_calls or ()]
+        for ch in out
+    ]
+    assert sent == [[(0, '{"a":"')], [(0, '{"b":"x"}')], [(0, "sk-li")], [(1, '{"c":1}')], [], []]
+
+
+def test_what_a_finished_choice_held_goes_in_its_finishing_chunk() -> None:
+    out = relayed([chunk({"content": "a sk-li"}), chunk({}, finish="stop")])
+    assert [c.choices[0].delta.content for c in out] == ["a ", "sk-li"]
+    assert out[1].choices[0].finish_reason == "stop"
+
+
+def test_a_stream_that_ends_without_finishing_still_gets_what_was_held() -> None:
+    out = relayed([chunk({"content": "a sk-li"})])
+    assert len(out) == 2 and field(out, "content") == "a sk-li"
+
+
+def test_choices_hold_apart() -> None:
+    out = relayed(
+        [
+            chunk({"content": "x " + SECRET[:6]}, 0),
+            chunk({"content": SECRET[6:]}, 1),  # another choice: its text is not joined with choice 0's
+            chunk({"content": SECRET[6:]}, 0),
+            chunk({}, 0, "stop"),
+            chunk({}, 1, "stop"),
+        ]
+    )
+    assert field(out, "content", 0) == f"x {REDACTED}" and field(out, "content", 1) == SECRET[6:]
+
+
+# --- a provider's own events ----------------------------------------------------------------------
+
+
+def block_delta(text: str, index: int = 0) -> StreamEvent:
+    payload = {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}}
+    return StreamEvent("content_block_delta", orjson.dumps(payload))
+
+
+def texts(events: list[StreamEvent]) -> str:
+    found = [messages_delta(e) for e in events]
+    return "".join(f[0][1][f[0][2]] for f in found if f is not None)
+
+
+def test_events_without_a_secret_go_on_as_the_provider_wrote_them() -> None:
+    redactor = EventRedactor(messages_delta)
+    first, held, third = block_delta("Hello "), block_delta("this"), block_delta(" went")
+    assert redactor.relay([first]) == [first]
+    assert redactor.relay([held]) == []  # `s`, the beginning of the key, waits for what follows
+    assert redactor.relay([third]) == [held, third]  # as sent: the same events
+    stop = StreamEvent("content_block_stop", b'{"type":"content_block_stop","index":0}')
+    last = block_delta("end sk-")
+    assert redactor.relay([last, stop]) == [last, stop]  # the block ended: its beginning of a key goes
+
+
+def test_a_secret_cut_across_events_goes_in_the_first_of_them_redacted() -> None:
+    redactor = EventRedactor(messages_delta)
+    pieces = ["key ", SECRET[:4], SECRET[4:9], SECRET[9:], " ok"]
+    out = [e for p in pieces for e in redactor.relay([block_delta(p)])] + redactor.release()
+    assert texts(out) == f"key {REDACTED} ok" and SECRET.encode() not in b"".join(e.data for e in out)
+    assert len(out) == 3  # the events the key was cut across, joined into one
+
+
+def test_a_ping_between_two_deltas_does_not_release_what_was_held() -> None:
+    redactor = EventRedactor(messages_delta)
+    ping = StreamEvent("ping", b'{"type":"ping"}')
+    out = redactor.relay([block_delta("key " + SECRET[:6]), ping, block_delta(SECRET[6:] + ".")])
+    assert out[0] is ping and texts(out) == f"key {REDACTED}."
+
+
+def test_another_blocks_event_releases_what_was_held() -> None:
+    redactor = EventRedactor(messages_delta)
+    assert redactor.relay([block_delta("a sk", 0)]) == []
+    out = redactor.relay([block_delta("-live", 1)])
+    assert texts(out) == "a sk-live"  # two blocks: a client does not join them
+
+
+def test_a_responses_stream_keeps_its_sequence_in_order() -> None:
+    def delta(text: str, sequence: int) -> StreamEvent:
+        payload = {
+            "type": "response.output_text.delta",
+            "sequence_number": sequence,
+            "item_id": "msg_1",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": text,
+        }
+        return StreamEvent("response.output_text.delta", orjson.dumps(payload))
+
+    redactor = EventRedactor(responses_delta)
+    pieces = ["the ", SECRET[:7], SECRET[7:], " is"]
+    out = [e for i, p in enumerate(pieces) for e in redactor.relay([delta(p, i + 3)])] + redactor.release()
+    payloads = [orjson.loads(e.data) for e in out]
+    assert "".join(p["delta"] for p in payloads) == f"the {REDACTED} is"
+    sequence = [p["sequence_number"] for p in payloads]
+    assert sequence == sorted(set(sequence))

@@ -1,0 +1,93 @@
+"""Known secrets scrubbed from what is relayed: a body however its JSON escapes them, a stream however it is cut."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+from handler.redaction import REDACTED, HeldText, scrub
+
+SECRET = "sk-proj-Zq81LmN0pX4vR7tY2uW9"
+SLASHED = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # an AWS secret key: `/` and `+` in it
+QUOTED = 'pa"ss\\word-0123456789'  # a registered secret may hold what JSON escapes
+
+
+@pytest.fixture(autouse=True)
+def known(only_secrets: Callable[..., None]) -> None:
+    only_secrets(SECRET, SLASHED, QUOTED)
+
+
+def joined(pieces: list[str], channel: object = 0) -> tuple[list[str], str]:
+    """What a client gets of `pieces` sent as the deltas of one channel: each delta, and all of them joined."""
+    text = HeldText()
+    sent = [text.pass_on(channel, piece) for piece in pieces] + [text.release(channel)]
+    return sent, "".join(sent)
+
+
+def test_a_secret_cut_anywhere_across_deltas_reaches_the_client_redacted() -> None:
+    said = f"key: {SECRET}, done"
+    for cuts in itertools.combinations(range(1, len(said)), 2):
+        pieces = [said[: cuts[0]], said[cuts[0] : cuts[1]], said[cuts[1] :]]
+        sent, whole = joined(pieces)
+        assert whole == f"key: {REDACTED}, done", cuts
+        assert all(SECRET not in "".join(sent[: i + 1]) for i in range(len(sent)))
+
+
+def test_a_secret_cut_in_four_character_tokens_is_redacted() -> None:
+    said = f"use {SLASHED} and {SECRET}."
+    _, whole = joined([said[i : i + 4] for i in range(0, len(said), 4)])
+    assert whole == f"use {REDACTED} and {REDACTED}."
+
+
+def test_a_long_secret_cut_in_small_pieces_is_redacted(only_secrets: Callable[..., None]) -> None:
+    token = "IQoJb3JpZ2luX2VjE" + "FwoGZXIvYXdzEJr//////////wEaDLpCe2kK" * 20  # a session token's length
+    only_secrets(token)
+    said = f"token {token} ok " * 2
+    _, whole = joined([said[i : i + 3] for i in range(0, len(said), 3)])
+    assert whole == f"token {REDACTED} ok " * 2
+    _, cut_short = joined([said[:500]])
+    assert cut_short == said[:500]  # the beginning alone, at the stream's end, is no secret
+
+
+def test_text_that_only_begins_like_a_secret_comes_whole_and_in_order() -> None:
+    sent, whole = joined(["it is sk-", "proj-", "abc and s", "o on"])
+    assert whole == "it is sk-proj-abc and so on"
+    assert sent[0] == "it is " and sent[1] == ""  # held back while it could still be the key
+    assert joined(["ends on sk-pr"])[0] == ["ends on ", "sk-pr"]  # the end of the channel releases it
+
+
+def test_text_without_a_secrets_first_character_passes_as_it_is() -> None:
+    text = HeldText()
+    piece = "Hello"  # no `s`, `w`, `p`: nothing held
+    assert text.pass_on(0, piece) is piece and not text.held
+
+
+def test_each_channel_holds_its_own_text() -> None:
+    text = HeldText()
+    assert text.pass_on("content", "a s") == "a "
+    assert text.pass_on("arguments", "k-proj") == "k-proj"  # another channel: not joined with the first
+    assert text.pass_on("content", "k-proj-Zq") == ""
+    assert text.pass_on("content", SECRET[len("sk-proj-Zq") :] + "!") == REDACTED + "!"
+
+
+def test_a_body_whose_json_escapes_a_secret_is_scrubbed() -> None:
+    for written in (
+        SLASHED.replace("/", "\\/"),
+        "".join(f"\\u{ord(c):04x}" for c in SECRET),
+        orjson.dumps(QUOTED).decode()[1:-1],
+    ):
+        body = f'{{"text":"the key {written} \\u00e9\\u2028\\n","n":1}}'.encode()
+        scrubbed = scrub(body)
+        assert orjson.loads(scrubbed) == {"text": f"the key {REDACTED} é\u2028\n", "n": 1}
+        assert b"\\u2028" in scrubbed  # a character a client may split lines on stays escaped
+
+
+def test_escapes_without_a_secret_behind_them_are_left_as_written() -> None:
+    body = b'{"path":"a\\/b \\u00e9 \\\\/ \\u0022"}'
+    assert scrub(body) is body
+    # An escaped backslash before `/` is a backslash, then a slash: not the escape of `/`.
+    tricky = ('{"text":"' + SLASHED.replace("/", "\\\\/") + '"}').encode()
+    assert scrub(tricky) == tricky
