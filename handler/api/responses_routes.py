@@ -41,6 +41,7 @@ from handler.errors import NotFoundError
 from handler.pipeline.passthrough import NativeReply, NativeStream
 from handler.pipeline.pipeline import Exchange, Pipeline
 from handler.ports import KeyRecord, StoredResponse, StoreError
+from handler.redaction import scrub
 from handler.telemetry.observability import observe
 
 if TYPE_CHECKING:
@@ -132,7 +133,8 @@ class ResponseArchive:
         still answered, and says so (`store: false`): the provider was paid for it, so it must not be lost."""
         now = time.time()
         ids = item_ids(items, response["id"], known_ids)
-        body = orjson.dumps({"items": items, "item_ids": ids, "response": response, "sealed": sealed})
+        # Kept as the client was answered: without a secret the model said (it was redacted only when read back).
+        body = scrub(orjson.dumps({"items": items, "item_ids": ids, "response": response, "sealed": sealed}))
         stored = StoredResponse(response["id"], key.id, list(key.ancestors), now, now + self.ttl, body)
         try:
             await self.store.put_response(stored)

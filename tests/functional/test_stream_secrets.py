@@ -189,3 +189,29 @@ def test_a_whole_chat_answer_carries_no_escaped_secret(openai_sdk: openai.OpenAI
     )
     assert_secret_free(answer.http_response.content)
     assert answer.parse().choices[0].message.content == SHOWN
+
+
+@pytest.mark.parametrize("model", ["escaping-gpt", "claude"])
+def test_a_stored_response_keeps_no_secret_the_model_said(agents: Running, model: str) -> None:
+    """A stored response was redacted only when read back: the store held the secret the model said as the
+    provider wrote it (a passed-through answer, `escaping-gpt`) or as the gateway translated it (`claude`)."""
+    import asyncio
+
+    from adapters.store import open_store
+
+    headers = {"authorization": f"Bearer {agents.mint()}"}
+    answer = httpx.post(f"{agents.url}/v1/responses", json={"model": model, "input": SAID}, headers=headers)
+    assert answer.status_code == 200 and answer.json()["output"], answer.text
+
+    async def stored() -> bytes:
+        store = open_store(agents.store_url)
+        try:
+            kept = await store.get_response(answer.json()["id"])
+            assert kept is not None
+            return kept.body
+        finally:
+            await store.close()
+
+    body = asyncio.run(stored())
+    assert SHOWN.encode() in body  # (the answer is there, as the client saw it)
+    assert_secret_free(body)
