@@ -18,8 +18,10 @@ content, `finishReason: MALFORMED_FUNCTION_CALL`, its prompt billed, streamed or
 modality of the prompt apart (`promptTokensDetails`), as Gemini does:
 inline audio (`audio/*`) as `AUDIO_TOKENS_PER_KB` tokens a kilobyte (its stand-in for Gemini's 32 tokens a
 second), the rest as text. With `thinkingConfig.includeThoughts` the answer starts with a thought part
-(`THOUGHT`, `thought: true`), as Gemini's thought summaries do; without it no thought is shown. Every request is
-recorded on `app.state.requests`.
+(`THOUGHT`, `thought: true`), as Gemini's thought summaries do; without it no thought is shown. Thoughts count
+against `maxOutputTokens`: a `thinkingBudget` that reaches it is thought through to the cap, and the answer is
+empty (`finishReason: MAX_TOKENS`, a content without parts), as Gemini's is. Every request is recorded on
+`app.state.requests`.
 """
 
 from __future__ import annotations
@@ -259,6 +261,16 @@ def _thoughts(body: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"text": THOUGHT, "thought": True}] if thinking.get("includeThoughts") else []
 
 
+def _thought_to_the_cap(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The answer of a model whose thinking budget reaches its output cap: its thoughts took all of it."""
+    config = body.get("generationConfig") or {}
+    cap, budget = config.get("maxOutputTokens"), (config.get("thinkingConfig") or {}).get("thinkingBudget")
+    if not isinstance(cap, int) or not isinstance(budget, int) or budget < cap:
+        return None
+    candidate = {"content": {"role": "model"}, "finishReason": "MAX_TOKENS", "index": 0}
+    return {"candidates": [candidate], "usageMetadata": _usage(body, 0, cap), "modelVersion": MODEL_VERSION}
+
+
 def _answer(parts: list[dict[str, Any]], usage: dict[str, Any], finish: str | None) -> dict[str, Any]:
     candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
     if finish:
@@ -359,6 +371,11 @@ def create_app() -> Starlette:
             if method == "streamGenerateContent":
                 return Response(b"data: " + orjson.dumps(answer) + b"\r\n\r\n", media_type="text/event-stream")
             return Response(orjson.dumps(answer), media_type="application/json")
+        spent = _thought_to_the_cap(body)
+        if spent is not None:
+            if method == "streamGenerateContent":
+                return Response(b"data: " + orjson.dumps(spent) + b"\r\n\r\n", media_type="text/event-stream")
+            return Response(orjson.dumps(spent), media_type="application/json")
         call = _function_call(body)
         if method == "streamGenerateContent":
             if request.query_params.get("alt") != "sse":

@@ -218,6 +218,25 @@ def test_penalties_gemini_2_5_refuses_are_dropped_and_named(running: Running, ke
     assert raw.parse().choices[0].message.content == TEXT and "x-gateway-dropped-params" not in raw.headers
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_high_effort_under_a_small_cap_still_answers(running: Running, key: str, stream: bool) -> None:
+    """Gemini counts its thoughts against `maxOutputTokens`: high effort's 16,384 tokens of thinking under a cap of
+    1,000 were thought to the cap, and the answer came back empty, cut off (`finish_reason: length`). Thinking
+    leaves the answer its room, as Claude's does: half of a cap this small."""
+    sdk = client(running, key)
+    asked: Any = {"model": "gemini-2.5-flash", "messages": HI, "max_tokens": 1000, "reasoning_effort": "high"}
+    if stream:
+        chunks = list(sdk.chat.completions.create(stream=True, **asked))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finish = next(c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason)
+    else:
+        choice = sdk.chat.completions.create(**asked).choices[0]
+        text, finish = choice.message.content or "", choice.finish_reason
+    assert (text, finish) == (TEXT, "stop")
+    config = sent(running)["json"]["generationConfig"]
+    assert config["thinkingConfig"] == {"thinkingBudget": 500} and config["maxOutputTokens"] == 1000
+
+
 def test_a_conversation_with_nothing_to_send_is_refused_before_the_upstream(running: Running, key: str) -> None:
     recorded = running.fakes["gemini"].state.requests
     before = len(recorded)

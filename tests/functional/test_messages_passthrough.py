@@ -472,6 +472,7 @@ def test_strict_mode_refuses_what_a_translation_drops_but_not_a_pass_through(cli
 
 def test_gemini_gets_a_thinking_config_and_the_system_instruction(agents: Running, client: anthropic.Anthropic) -> None:
     body = claude_code_body("gemini")
+    body["max_tokens"] = 8000  # (Gemini's thoughts count against it: a budget must leave the answer room)
     body["thinking"] = {"type": "enabled", "budget_tokens": 4000}
     raw = client.beta.messages.with_raw_response.create(betas=BETAS, **body)
     sent = last(agents, "gemini")["json"]

@@ -430,23 +430,48 @@ def _response_format(req: ChatRequest) -> dict[str, Any]:
     return config
 
 
-def budget_within(budget: int, model: str) -> int:
-    """A Gemini 2.5 `thinkingBudget` within what the model takes (Google's thinking guide: Pro 128-32768,
-    Flash 1-24576, Flash-Lite 512-24576); beyond it the API answers 400."""
+def budget_range(model: str) -> tuple[int, int]:
+    """The `thinkingBudget` a Gemini 2.5 model takes (Google's thinking guide: Pro 128-32768, Flash 1-24576,
+    Flash-Lite 512-24576); beyond it the API answers 400."""
     name = model.rsplit("/", 1)[-1].lower()
     if "pro" in name:
-        low, high = 128, 32768
-    elif "flash-lite" in name:
-        low, high = 512, 24576
-    else:
-        low, high = 1, 24576
+        return 128, 32768
+    if "flash-lite" in name:
+        return 512, 24576
+    return 1, 24576
+
+
+def budget_within(budget: int, model: str) -> int:
+    """A Gemini 2.5 `thinkingBudget` within what the model takes (`budget_range`)."""
+    low, high = budget_range(model)
     return min(max(budget, low), high)
 
 
-def thinking_config(req: ChatRequest, model: str, dropped: list[str]) -> dict[str, Any] | None:
+def thinking_room(cap: int) -> int:
+    """What of an output cap thinking may take: Gemini counts its thoughts against `maxOutputTokens`, and thoughts
+    that reach it leave no answer (`MAX_TOKENS`, nothing written). The answer keeps what a Claude answer keeps
+    beside its thinking budget (`reasoning.thinking_budget`): `ANSWER_ROOM` tokens, or half of a smaller cap."""
+    return cap - min(reasoning.ANSWER_ROOM, cap // 2)
+
+
+def level_within(level: reasoning.Level, cap: int | None) -> reasoning.Level:
+    """The deepest level at or below `level` whose thinking (its budget in `reasoning.LEVELS`, the gateway's one
+    measure of a level's depth) fits beside the answer under `cap`; the shallowest when none does."""
+    if cap is None or level.budget <= thinking_room(cap):
+        return level
+    fitting = [shallower for shallower in reasoning.LEVELS[1:] if shallower.budget <= thinking_room(cap)]
+    return fitting[-1] if fitting else reasoning.BY_EFFORT["minimal"]
+
+
+def thinking_config(req: ChatRequest, model: str, dropped: list[str], cap: int | None = None) -> dict[str, Any] | None:
     """`generationConfig.thinkingConfig` for the request's reasoning wish (`reasoning.LEVELS`): a
     `thinkingLevel` for Gemini 3, a `thinkingBudget` for 2.5; thoughts come back (`includeThoughts`, Gemini's
-    thought summaries) when a Messages client asked to see them or a Responses client for a summary."""
+    thought summaries) when a Messages client asked to see them or a Responses client for a summary.
+
+    Under an output cap (`maxOutputTokens`, which Gemini's thoughts count against) thinking leaves the answer its
+    room (`thinking_room`), as Claude's does: a budget the client named is kept if it is below the cap, else
+    lowered and named; a level's budget is lowered, and Gemini 3's level to the deepest that fits; thinking a 2.5
+    model can leave off is left off, and named, when it has less room than the model's least budget."""
     wish = reasoning.requested(req)
     thinking = req.thinking
     if thinking is not None:
@@ -468,6 +493,7 @@ def thinking_config(req: ChatRequest, model: str, dropped: list[str]) -> dict[st
     elif "gemini-3" in model:
         level = reasoning.BY_EFFORT["none"] if wish.off else wish.level
         if level is not None:
+            level = level if wish.off else level_within(level, cap)
             config["thinkingLevel"] = (
                 PRO_LEVELS.get(level.gemini_level, level.gemini_level) if pro else level.gemini_level
             )
@@ -476,14 +502,23 @@ def thinking_config(req: ChatRequest, model: str, dropped: list[str]) -> dict[st
         return None
     elif wish.off:
         config["thinkingBudget"] = 0
-    elif wish.budget is not None:
-        config["thinkingBudget"] = budget_within(wish.budget, model)
-        if config["thinkingBudget"] != wish.budget:  # the client's own number could not be kept
-            dropped.append(reasoning.asked_with(req))
-    elif wish.level is not None:
-        config["thinkingBudget"] = budget_within(wish.level.budget, model)  # a level: its nearest budget there
     else:
-        config["thinkingBudget"] = DYNAMIC_BUDGET
+        low, high = budget_range(model)
+        room = thinking_room(cap) if cap is not None else None
+        named = wish.budget is not None and (cap is None or wish.budget < cap)  # the client's split, kept
+        if wish.budget is not None:
+            budget = wish.budget if named or room is None else room
+        elif wish.level is not None:
+            budget = wish.level.budget if room is None else min(wish.level.budget, room)  # a level: its budget there
+        else:
+            budget = DYNAMIC_BUDGET if room is None or high <= room else room
+        if room is not None and not named and budget != DYNAMIC_BUDGET and budget < low and not pro:
+            config["thinkingBudget"] = 0  # no room for the least the model thinks: no thinking, rather than no answer
+            dropped.append(reasoning.asked_with(req))
+        else:
+            config["thinkingBudget"] = budget if budget == DYNAMIC_BUDGET else budget_within(budget, model)
+            if wish.budget is not None and config["thinkingBudget"] != wish.budget:
+                dropped.append(reasoning.asked_with(req))  # the client's own number could not be kept
     if shown:
         config["includeThoughts"] = True
     return config or None
@@ -698,7 +733,8 @@ class GeminiAdapter(ProviderAdapter):
             at_most("stop", stops, MAX_STOP_SEQUENCES)
             config["stopSequences"] = stops
         config.update(_response_format(req))
-        thinking = thinking_config(req, target.model, dropped)
+        cap = config.get("maxOutputTokens")
+        thinking = thinking_config(req, target.model, dropped, cap if isinstance(cap, int) else None)
         if thinking is not None:
             config["thinkingConfig"] = thinking
         if config:

@@ -265,6 +265,49 @@ def test_reasoning_becomes_a_thinking_config(
     assert body.get("generationConfig", {}).get("thinkingConfig") == expected and result.dropped == dropped
 
 
+OMITTED = {"type": "enabled", "display": "omitted"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "model", "expected", "dropped"),
+    [
+        # The review's requests: Chat's `max_tokens: 1000` with high effort (16,384 was sent), a budgeted Codex
+        # request's cap of 4,096. The answer keeps half of a cap this small, as a Claude answer does.
+        ({"max_tokens": 1000, "reasoning_effort": "high"}, "gemini-2.5-flash", {"thinkingBudget": 500}, []),
+        ({"max_completion_tokens": 4096, "reasoning_effort": "high"}, "gemini-2.5-pro", {"thinkingBudget": 2048}, []),
+        # ... and 4,096 tokens of a larger one.
+        ({"max_tokens": 20000, "reasoning_effort": "high"}, "gemini-2.5-flash", {"thinkingBudget": 15904}, []),
+        ({"max_tokens": 40000, "reasoning_effort": "high"}, "gemini-2.5-flash", {"thinkingBudget": 16384}, []),
+        # A budget the client named below the cap is its own split; one that is not is lowered, and named.
+        ({"max_tokens": 4000, "thinking": {**OMITTED, "budget_tokens": 3000}}, "gemini-2.5-flash", 3000, []),
+        ({"max_tokens": 4000, "thinking": {**OMITTED, "budget_tokens": 4000}}, "gemini-2.5-flash", 2000, ["thinking"]),
+        # "As much as the prompt needs" could take the whole cap: the room is its most.
+        ({"max_tokens": 8000, "thinking": {"type": "adaptive", "display": "omitted"}}, "gemini-2.5-flash", 4000, []),
+        ({"max_tokens": 40000, "thinking": {"type": "adaptive", "display": "omitted"}}, "gemini-2.5-flash", -1, []),
+        # Less room than Flash-Lite's least budget (512): no thinking rather than no answer, named; Pro always thinks.
+        ({"max_tokens": 600, "reasoning_effort": "low"}, "gemini-2.5-flash-lite", 0, ["reasoning_effort"]),
+        ({"max_tokens": 200, "reasoning_effort": "low"}, "gemini-2.5-pro", 128, []),
+        # Gemini 3's level: the deepest whose budget fits the room.
+        ({"max_tokens": 1000, "reasoning_effort": "high"}, "gemini-3-flash", {"thinkingLevel": "minimal"}, []),
+        ({"max_tokens": 4096, "reasoning_effort": "high"}, "gemini-3-flash", {"thinkingLevel": "low"}, []),
+        ({"max_tokens": 4096, "reasoning_effort": "high"}, "gemini-3-pro-preview", {"thinkingLevel": "low"}, []),
+        ({"max_tokens": 20000, "reasoning_effort": "high"}, "gemini-3-flash", {"thinkingLevel": "medium"}, []),
+        ({"max_tokens": 40000, "reasoning_effort": "high"}, "gemini-3-flash", {"thinkingLevel": "high"}, []),
+        ({"max_tokens": 1000, "reasoning_effort": "none"}, "gemini-3-flash", {"thinkingLevel": "minimal"}, []),
+    ],
+)
+def test_thinking_leaves_the_answer_room_under_the_output_cap(
+    fields: dict[str, Any], model: str, expected: int | dict[str, Any], dropped: list[str]
+) -> None:
+    """Gemini counts its thoughts against `maxOutputTokens`: a budget that reaches the cap can leave no answer
+    (`MAX_TOKENS`, nothing written)."""
+    result = adapter().chat_request(request(**fields), target(model), stream=False)
+    config = orjson.loads(result.request.body)["generationConfig"]
+    assert config["thinkingConfig"] == (expected if isinstance(expected, dict) else {"thinkingBudget": expected})
+    assert config["maxOutputTokens"] == fields.get("max_tokens", fields.get("max_completion_tokens"))
+    assert result.dropped == dropped
+
+
 def test_parallel_tool_calls_true_is_geminis_behaviour_and_not_reported() -> None:
     body, dropped = built(parallel_tool_calls=True, temperature=0)
     assert dropped == [] and body["generationConfig"] == {"temperature": 0}
