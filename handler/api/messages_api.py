@@ -206,11 +206,13 @@ class Translation:
         content = block.get("content")
         message: dict[str, Any] = {"role": "tool", "tool_call_id": str(block.get("tool_use_id", ""))}
         error = "[tool error] " if block.get("is_error") else ""
-        if isinstance(content, list) and any(
-            b.get("type") != "text" for b in _block_list(content, "messages.tool_result.content")
-        ):
+        blocks = _block_list(content, "messages.tool_result.content") if isinstance(content, list) else []
+        # The result's cache marker (its own, else the last of its content's: Anthropic takes one on either) goes
+        # on the message's last part, which Bedrock follows with a cache point.
+        marked = next((b for b in (block, *reversed(blocks)) if isinstance(b.get("cache_control"), dict)), block)
+        if any(b.get("type") != "text" for b in blocks):
             parts = [{"type": "text", "text": error}] if error else []
-            for item in content:
+            for item in blocks:
                 kind = item.get("type")
                 if kind == "text":
                     parts.append({"type": "text", "text": str(item.get("text", ""))})
@@ -221,11 +223,11 @@ class Translation:
                     parts += self._document(item)
                 else:
                     self.drop(f"messages.tool_result.{kind}")
-            message["content"] = [*parts[:-1], _marked(parts[-1], block)] if parts else ""
+            message["content"] = [*parts[:-1], _marked(parts[-1], marked)] if parts else ""
             return message
         text = error + _text_of(content, "messages.tool_result.content")
-        marker = block.get("cache_control")
-        message["content"] = [_marked({"type": "text", "text": text}, block)] if isinstance(marker, dict) else text
+        marker = marked.get("cache_control")
+        message["content"] = [_marked({"type": "text", "text": text}, marked)] if isinstance(marker, dict) else text
         return message
 
     def assistant(self, blocks: list[dict[str, Any]]) -> dict[str, Any]:

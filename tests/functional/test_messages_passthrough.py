@@ -506,6 +506,40 @@ def test_bedrock_gets_cache_points_and_a_thinking_budget(agents: Running, client
     assert raw.headers["x-gateway-dropped-params"] == "context_management"
 
 
+def test_bedrock_caches_claude_codes_conversation_at_each_tool_result(
+    agents: Running, client: anthropic.Anthropic
+) -> None:
+    """Claude Code marks the last block of each turn for the cache; on a tool turn that is its `tool_result`. The
+    marker was dropped (no cache point in Converse's `messages`), and the conversation billed at the full input
+    price every turn: a cache point follows the `toolResult` (Converse takes none inside one), the conversation
+    is written once and read on the next turn. With the system prompt's, two cache points: within Bedrock's four."""
+    call = {"type": "tool_use", "id": "toolu_cached", "name": "Bash", "input": {"command": "echo cached"}}
+    result = {"type": "tool_result", "tool_use_id": "toolu_cached", "content": "cached", "cache_control": CACHED}
+    turn: Any = {
+        "model": "bedrock-claude",
+        "max_tokens": 1000,
+        "system": SYSTEM,
+        "tools": [BASH_TOOL],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": TASK}]},
+            {"role": "assistant", "content": [call]},
+            {"role": "user", "content": [result]},
+        ],
+    }
+    first = client.messages.create(**turn)
+    sent = last(agents, "bedrock")["json"]
+    assert sent["messages"][-1]["content"] == [
+        {"toolResult": {"toolUseId": "toolu_cached", "content": [{"text": "cached"}]}},
+        {"cachePoint": {"type": "default"}},
+    ]
+    blocks = [*sent["system"], *sent["toolConfig"]["tools"], *(b for m in sent["messages"] for b in m["content"])]
+    assert len([block for block in blocks if "cachePoint" in block]) == 2
+    written = first.usage.cache_creation_input_tokens
+    assert written
+    again = client.messages.create(**turn)
+    assert again.usage.cache_read_input_tokens == written and not again.usage.cache_creation_input_tokens
+
+
 def test_bedrock_claudes_thinking_comes_back_signed(client: anthropic.Anthropic) -> None:
     params: Any = {
         "model": "bedrock-claude",

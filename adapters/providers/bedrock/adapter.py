@@ -250,6 +250,19 @@ def cache_point(marker: Mapping[str, Any]) -> dict[str, Any]:
     return {"cachePoint": point}
 
 
+def block_marker(block: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A content block's prompt-cache marker: its own, or a tool result's from its content (the Messages
+    translation moves a marked result's marker onto its content, and a Chat Completions client marks the parts of
+    a tool message). Converse takes cache points between a turn's blocks, not inside a `toolResult`: the point
+    goes after the result, and caches it whole."""
+    marker = block.get("cache_control")
+    if marker is None and block["type"] == "tool_result":
+        marker = next(
+            (inner["cache_control"] for inner in reversed(block.get("content") or ()) if "cache_control" in inner), None
+        )
+    return marker
+
+
 def converse_block(block: Mapping[str, Any], position: int) -> dict[str, Any]:
     """One Anthropic-form content block (as `convert_messages` builds them) as a Converse block."""
     kind = block["type"]
@@ -290,8 +303,9 @@ def converse_messages(req: ChatRequest) -> tuple[list[dict[str, Any]], list[dict
         for block in turn["content"]:
             position += 1
             content.append(converse_block(block, position))
-            if "cache_control" in block:
-                content.append(cache_point(block["cache_control"]))
+            marker = block_marker(block)
+            if marker is not None:
+                content.append(cache_point(marker))
         messages.append({"role": turn["role"], "content": content})
     return system, messages
 

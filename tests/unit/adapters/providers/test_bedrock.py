@@ -906,6 +906,34 @@ def test_cache_markers_become_cache_points_after_their_blocks_and_tools() -> Non
     assert body["toolConfig"]["tools"][1] == point and dropped == []
 
 
+def test_a_marked_tool_result_is_followed_by_a_cache_point() -> None:
+    """Claude Code marks the last block of each turn, on a tool turn its `tool_result`, which the Messages
+    translation marks on the result's content, as a Chat Completions client marks a tool message's parts. Converse
+    takes no cache point inside a `toolResult`: one follows it (it was dropped, and the conversation billed at the
+    full input price every turn). One point a marked block, however many of its parts are marked: a request within
+    Anthropic's four markers stays within Bedrock's four cache points."""
+    marker = {"type": "ephemeral"}
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    call = {"id": "toolu_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    parts = [
+        {"type": "text", "text": "out", "cache_control": marker},
+        {"type": "text", "text": "put", "cache_control": hour},
+    ]
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "Rules.", "cache_control": marker}]},
+        {"role": "user", "content": "Go"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": parts},
+    ]
+    body, dropped = built(request(messages=messages, tools=[tool]))
+    result = {"toolResult": {"toolUseId": "toolu_1", "content": [{"text": "out"}, {"text": "put"}]}}
+    assert body["messages"][-1]["content"] == [result, {"cachePoint": {"type": "default", "ttl": "1h"}}]
+    points = [b for b in [*body["system"], *(b for m in body["messages"] for b in m["content"])] if "cachePoint" in b]
+    assert len(points) == 2 and dropped == []
+    assert references.bedrock_request(body) == []  # Converse's shape: a cache point is a turn's content block
+
+
 def test_count_tokens_sends_what_converse_tokens_request_takes_of_the_converse_body() -> None:
     """`toolConfig` and `additionalModelRequestFields` as Converse would get them (a tool-use history without its
     `toolConfig` is a 400), nothing CountTokens does not take (`inferenceConfig`)."""

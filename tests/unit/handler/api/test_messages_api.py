@@ -125,6 +125,32 @@ def test_thinking_blocks_keep_their_signatures_and_tools_their_absent_descriptio
     assert dropped == ["tools.web_search_20250305"]
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        [{"type": "text", "text": "do"}, {"type": "text", "text": "ne", "cache_control": CACHED}],
+        [
+            {"type": "text", "text": "do", "cache_control": CACHED},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}},
+        ],
+    ],
+    ids=["text", "with-an-image"],
+)
+def test_a_marker_inside_a_tool_result_marks_the_tool_messages_last_part(content: list[dict[str, Any]]) -> None:
+    """Anthropic takes a cache marker on a tool result's content blocks as on the result: it is kept (it was lost
+    with the result's text), on the tool message's last part, where Bedrock follows the result with a cache
+    point."""
+    messages = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Bash", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": content}]},
+    ]
+    req, dropped = translate(messages=messages, tools=[{"name": "Bash", "input_schema": {"type": "object"}}])
+    parts = dumped(req)[2]["content"]
+    assert parts[-1]["cache_control"] == CACHED and dropped == []
+    assert [part for part in parts if "cache_control" in part] == parts[-1:]
+
+
 def test_count_requests_need_no_max_tokens() -> None:
     req, _ = to_chat_request(
         MessagesCountRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}]})
