@@ -269,6 +269,13 @@ class ProviderAdapter(ABC):
         """The client's body for `target`: its model substituted, its output capped at `output_limit`."""
         raise NotImplementedError(f"provider type '{self.type_name}' does not speak {call.api}")
 
+    def translated_request(self, call: NativeCall, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
+        """The upstream request for a client's request in an API the deployment does not speak (`call`): its
+        translation `req`, built as a Chat Completions request is. An adapter whose API carries more of the
+        client's own request than the internal form does (Bedrock: Claude's betas, from `anthropic-beta`) reads it
+        from `call`."""
+        return self.chat_request(req, target, stream=stream)
+
     def native_usage(self, call: NativeCall, body: bytes) -> Usage | None:
         """The usage of a native non-streaming answer, None when it has none (a malformed answer is an
         `UpstreamError`)."""

@@ -400,7 +400,7 @@ class Pipeline:
                 native = attempt.adapter.native_request(call, attempt.target, stream=stream, output_limit=limit)
                 return BuiltRequest(native.request, [*call.dropped, *native.dropped])
             try:
-                built = attempt.adapter.chat_request(req, attempt.target, stream=stream)
+                built = attempt.adapter.translated_request(call, req, attempt.target, stream=stream)
             except InvalidRequestError as err:  # (`stop` too long for the provider: the client sent `stop_sequences`)
                 named = as_client_named(call.api, [err.param])[0] if err.param else None
                 if named != err.param:

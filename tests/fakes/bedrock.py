@@ -13,7 +13,8 @@ A request with cache points writes the prompt up to the last one (its usage says
 or reads it when written before. With tools and a `toolChoice` of `any` or `tool` it answers with a `toolUse`; a
 system prompt that gives a JSON Schema gets an answer following it. A request asking for Claude's `thinking` (in
 `additionalModelRequestFields`) whose final assistant turn called a tool without opening with its signed reasoning
-is refused, as Anthropic refuses it.
+is refused, as Anthropic refuses it, and so is a beta (`anthropic_beta`) Bedrock does not take for Claude
+(`CLAUDE_BETAS`: "invalid beta flag").
 
 Behaviour by model id: `thinker` and `redacts` (see `THINKING`, `REDACTED`), `fail-throttle` (HTTP 429
 ThrottlingException), `fail-validation` (400), `fail-500` (InternalServerException), `stream-exception` (a stream
@@ -79,6 +80,21 @@ OUTPUT_LIMITS = {"meta.llama3-3-70b-instruct": 8192}  # model id part -> the mos
 NO_STREAMING_TOOLS = ("meta.llama", "mistral.", "writer.palmyra")
 CACHE_TTLS = ("5m", "1h")  # botocore's CacheTTL
 BLOCK_FIELDS = {"text", "image", "document", "toolUse", "toolResult", "reasoningContent", "cachePoint"}
+# The betas Claude takes on Bedrock (`additionalModelRequestFields.anthropic_beta`, Bedrock's Claude request page);
+# any other is a ValidationException, "invalid beta flag".
+CLAUDE_BETAS = {
+    "computer-use-2024-10-22",
+    "computer-use-2025-01-24",
+    "token-efficient-tools-2025-02-19",
+    "interleaved-thinking-2025-05-14",
+    "output-128k-2025-02-19",
+    "dev-full-thinking-2025-05-14",
+    "context-1m-2025-08-07",
+    "context-management-2025-06-27",
+    "effort-2025-11-24",
+    "tool-search-tool-2025-10-19",
+    "tool-examples-2025-10-29",
+}
 
 
 # --- event-stream encoding ------------------------------------------------------------------------
@@ -232,6 +248,9 @@ def _invalid(body: dict[str, Any]) -> str | None:
                 f"1 validation error detected: Value '{ttl}' at 'cachePoint.ttl' failed to satisfy constraint: "
                 "Member must satisfy enum value set: [5m, 1h]"
             )
+    betas = (body.get("additionalModelRequestFields") or {}).get("anthropic_beta") or []
+    if any(beta not in CLAUDE_BETAS for beta in betas):
+        return "invalid beta flag"
     uses_tools = any("toolUse" in b or "toolResult" in b for m in messages for b in m["content"])
     if uses_tools and "toolConfig" not in body:
         return "The toolConfig field must be defined when using toolUse and toolResult content blocks."

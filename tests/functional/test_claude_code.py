@@ -114,6 +114,26 @@ def test_claude_codes_requests_reach_anthropic_as_sent(agents: Running, tmp_path
     assert thinking and thinking[0]["signature"] == SIGNATURE
 
 
+def test_claude_codes_tool_turns_are_cached_on_bedrock_with_its_1m_context(agents: Running, tmp_path: Path) -> None:
+    """Claude Code given `bedrock-claude[1m]` asks for the 1M context (`context-1m-2025-08-07`) and marks each turn's
+    last block for the cache, on a tool turn its `tool_result`: Bedrock got neither (the conversation was billed
+    at the full input price every turn, within a 200K context). Its tool turn now ends with a cache point after the
+    `toolResult`, its betas Bedrock takes are sent, and the request keeps within Bedrock's four cache points."""
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    start = len(agents.fakes["bedrock"].state.requests)
+    done = claude(agents, "bedrock-claude[1m]", workdir, home)
+    assert done.returncode == 0, done.stderr
+    assert ANSWER in done.stdout
+    body = requests_since(agents, "bedrock", start)[-1]["json"]  # the turn carrying the command's output
+    assert "toolResult" in body["messages"][-1]["content"][0]
+    assert body["messages"][-1]["content"][-1] == {"cachePoint": {"type": "default"}}
+    blocks = [*body.get("system", ()), *(b for m in body["messages"] for b in m["content"])]
+    assert len([block for block in blocks if "cachePoint" in block]) <= 4
+    assert "context-1m-2025-08-07" in body["additionalModelRequestFields"]["anthropic_beta"]
+
+
 def test_claude_code_switches_to_its_fallback_model_when_anthropic_is_overloaded(
     agents: Running, tmp_path: Path
 ) -> None:

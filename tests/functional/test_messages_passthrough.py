@@ -501,9 +501,14 @@ def test_bedrock_gets_cache_points_and_a_thinking_budget(agents: Running, client
         {"text": "Answer briefly."},
     ]
     assert sent["messages"][0]["content"] == [{"text": "Hi"}, {"cachePoint": {"type": "default"}}]
-    assert sent["additionalModelRequestFields"] == {"thinking": {"type": "enabled", "budget_tokens": 2000}}
+    assert sent["additionalModelRequestFields"] == {
+        "thinking": {"type": "enabled", "budget_tokens": 2000},
+        "anthropic_beta": ["interleaved-thinking-2025-05-14"],
+    }
     assert sent["inferenceConfig"]["maxTokens"] == 4000
-    assert raw.headers["x-gateway-dropped-params"] == "context_management"
+    # The context management beta goes with the field it turns on.
+    dropped = "context_management,anthropic-beta[context-management-2025-06-27]"
+    assert raw.headers["x-gateway-dropped-params"] == dropped
 
 
 def test_bedrock_caches_claude_codes_conversation_at_each_tool_result(
@@ -538,6 +543,36 @@ def test_bedrock_caches_claude_codes_conversation_at_each_tool_result(
     assert written
     again = client.messages.create(**turn)
     assert again.usage.cache_read_input_tokens == written and not again.usage.cache_creation_input_tokens
+
+
+def test_bedrock_gets_the_betas_it_takes_and_names_the_others(agents: Running, client: anthropic.Anthropic) -> None:
+    """Claude Code's betas for a model given as `name[1m]` (recorded from `claude -p`, 2.1.x) were all lost on
+    Bedrock, the 1M context with them: the ones Bedrock takes for Claude reach it in
+    `additionalModelRequestFields.anthropic_beta`, for the answer and for counting; the others (a beta Bedrock does
+    not know is its 400, "invalid beta flag") are named."""
+    betas = [
+        "claude-code-20250219",
+        "context-1m-2025-08-07",
+        "interleaved-thinking-2025-05-14",
+        "context-management-2025-06-27",
+        "effort-2025-11-24",
+    ]
+    asked: Any = {
+        "model": "bedrock-claude",
+        "max_tokens": 4000,
+        "thinking": {"type": "enabled", "budget_tokens": 2000},
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    raw = client.beta.messages.with_raw_response.create(betas=betas, **asked)
+    assert raw.parse().content[-1].type == "text"
+    fields = last(agents, "bedrock")["json"]["additionalModelRequestFields"]
+    assert fields["anthropic_beta"] == ["context-1m-2025-08-07", "interleaved-thinking-2025-05-14"]
+    named = ["claude-code-20250219", "context-management-2025-06-27", "effort-2025-11-24"]
+    assert raw.headers["x-gateway-dropped-params"] == ",".join(f"anthropic-beta[{beta}]" for beta in named)
+    del asked["max_tokens"]
+    client.beta.messages.count_tokens(betas=betas, **asked)
+    counted = last(agents, "bedrock")["json"]["input"]["converse"]["additionalModelRequestFields"]
+    assert counted["anthropic_beta"] == ["context-1m-2025-08-07", "interleaved-thinking-2025-05-14"]
 
 
 def test_bedrock_claudes_thinking_comes_back_signed(client: anthropic.Anthropic) -> None:

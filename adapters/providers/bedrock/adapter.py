@@ -17,7 +17,7 @@ import base64
 import secrets
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -333,6 +333,39 @@ def reasoning_fields(req: ChatRequest, model: str, max_tokens: int) -> tuple[dic
         level = wish.level or reasoning.BY_EFFORT["medium"]
         return {"reasoningConfig": {"type": "enabled", "maxReasoningEffort": level.nova}}, []
     return None, asked
+
+
+def _thinks(body: Mapping[str, Any]) -> bool:
+    return "thinking" in body.get("additionalModelRequestFields", {})
+
+
+# The `anthropic-beta` values Bedrock takes for Claude (its Claude request page lists them; any other is its 400
+# "invalid beta flag"), each sent in `additionalModelRequestFields.anthropic_beta` when the Converse request uses
+# what it turns on: a model may refuse a beta it does not serve (Opus 4.7 refuses most), so one that asks for
+# nothing here is not worth the risk. Bedrock's others serve what the translation leaves out, named (computer use
+# and the tool search tool, server tools; tool use examples; context management; effort, which Bedrock takes as a
+# beta on Opus 4.5 alone, where the gateway sends a thinking budget).
+CLAUDE_BETAS: dict[str, Callable[[Mapping[str, Any]], bool]] = {
+    "context-1m-2025-08-07": lambda body: True,  # a prompt past 200K tokens
+    "output-128k-2025-02-19": lambda body: True,  # an answer past 64K tokens (Claude 3.7 Sonnet)
+    "interleaved-thinking-2025-05-14": _thinks,
+    "dev-full-thinking-2025-05-14": _thinks,
+    "token-efficient-tools-2025-02-19": lambda body: "toolConfig" in body,
+}
+
+
+def claude_betas(call: NativeCall | None, model: str, body: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The betas of the client's own request (a Messages client's `anthropic-beta`: Claude Code's
+    `context-1m-2025-08-07` for a model it was given as `name[1m]`, its `interleaved-thinking-2025-05-14`) that the
+    Converse `body` for a Claude `model` takes (`CLAUDE_BETAS`), and the others as `x-gateway-dropped-params` names
+    them (`anthropic-beta[NAME]`)."""
+    header = call.headers.get("anthropic-beta", "") if call is not None else ""
+    if not header:
+        return [], []
+    betas = list(dict.fromkeys(beta.strip() for beta in header.split(",") if beta.strip()))
+    claude = reasoning.reasons(model, ("anthropic.claude",))
+    kept = [beta for beta in betas if claude and beta in CLAUDE_BETAS and CLAUDE_BETAS[beta](body)]
+    return kept, [f"anthropic-beta[{beta}]" for beta in betas if beta not in kept]
 
 
 def _tool_specs(req: ChatRequest) -> list[dict[str, Any]]:
@@ -652,9 +685,11 @@ class BedrockAdapter(ProviderAdapter):
             body["inferenceConfig"] = inference
         return body, list(dict.fromkeys(dropped))
 
-    def converse_body(self, req: ChatRequest, target: Target) -> tuple[dict[str, Any], list[str]]:
-        """The whole Converse request body for this deployment (its output cap, reasoning fields) and what it
-        could not carry."""
+    def converse_body(
+        self, req: ChatRequest, target: Target, call: NativeCall | None = None
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The whole Converse request body for this deployment (its output cap, reasoning fields, the betas of the
+        client's request `call` that Bedrock takes) and what it could not carry."""
         body, dropped = self.chat_body(req, target.model)
         if "maxTokens" not in body.get("inferenceConfig", {}):
             configured = target.options.get("max_output_tokens") or self.options.get("max_output_tokens")
@@ -693,10 +728,23 @@ class BedrockAdapter(ProviderAdapter):
                     for name, wire in (("temperature", "temperature"), ("top_p", "topP"))
                     if inference.pop(wire, None) is not None
                 ]
+        betas, not_betas = claude_betas(call, target.model, body)
+        dropped += not_betas
+        if betas:
+            body.setdefault("additionalModelRequestFields", {})["anthropic_beta"] = betas
         return body, dropped
 
     def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
-        body, dropped = self.converse_body(req, target)
+        return self.converse_request(req, target, stream=stream)
+
+    def translated_request(self, call: NativeCall, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
+        return self.converse_request(req, target, stream=stream, call=call)
+
+    def converse_request(
+        self, req: ChatRequest, target: Target, *, stream: bool, call: NativeCall | None = None
+    ) -> BuiltRequest:
+        """The signed Converse (or ConverseStream) request, with the betas of the client's own request (`call`)."""
+        body, dropped = self.converse_body(req, target, call)
         if stream and "toolConfig" in body and rules_for(target.model).no_streaming_tools:
             # ConverseStream refuses this model's tools (a 400): Converse answers whole, and a whole answer to a
             # streamed request is handed out as the chunks of a stream (`handler.wire.WholeBodySniffer`).
@@ -771,7 +819,7 @@ class BedrockAdapter(ProviderAdapter):
     def count_tokens_request(self, call: NativeCall, req: ChatRequest, target: Target) -> BuiltRequest:
         """Bedrock's CountTokens for the Converse request this prompt would be: what of it CountTokens takes
         (`ConverseTokensRequest`). The tools count, and a tool-use history is refused without them."""
-        body, _ = self.converse_body(req, target)
+        body, _ = self.converse_body(req, target, call)
         converse = {name: body[name] for name in COUNTED_FIELDS if name in body}
         payload = orjson.dumps({"input": {"converse": converse}})
         request = UpstreamRequest(

@@ -934,6 +934,52 @@ def test_a_marked_tool_result_is_followed_by_a_cache_point() -> None:
     assert references.bedrock_request(body) == []  # Converse's shape: a cache point is a turn's content block
 
 
+# Claude Code's betas for a model given as `name[1m]` (recorded from `claude -p`, 2.1.x).
+CLAUDE_CODE_BETAS = (
+    "claude-code-20250219,context-1m-2025-08-07,interleaved-thinking-2025-05-14,context-management-2025-06-27,"
+    "advanced-tool-use-2025-11-20,effort-2025-11-24"
+)
+
+
+def translated(req: ChatRequest, model: str, betas: str = CLAUDE_CODE_BETAS) -> tuple[dict[str, Any], list[str]]:
+    call = NativeCall(MESSAGES_API, {}, {"anthropic-beta": betas})
+    result = adapter().translated_request(call, req, target(model), stream=False)
+    return orjson.loads(result.request.body), result.dropped
+
+
+def test_a_messages_clients_betas_bedrock_takes_reach_claude_and_the_others_are_named() -> None:
+    """Bedrock takes Claude's betas in `additionalModelRequestFields.anthropic_beta` (they were all lost: no 1M
+    context for Claude Code's `name[1m]`); one it does not take is its 400 ("invalid beta flag"), and one whose
+    feature the request leaves out (context management, effort on a model given a thinking budget) asks for
+    nothing a model may refuse: both are named, as the client wrote them."""
+    thinking = request(thinking={"type": "enabled", "budget_tokens": 2000}, max_tokens=4000)
+    body, dropped = translated(thinking, SONNET)
+    fields = body["additionalModelRequestFields"]
+    assert fields["anthropic_beta"] == ["context-1m-2025-08-07", "interleaved-thinking-2025-05-14"]
+    assert fields["thinking"] == {"type": "enabled", "budget_tokens": 2000}
+    named = [
+        "claude-code-20250219",
+        "context-management-2025-06-27",
+        "advanced-tool-use-2025-11-20",
+        "effort-2025-11-24",
+    ]
+    assert dropped == [f"anthropic-beta[{beta}]" for beta in named]
+    assert references.bedrock_request(body) == []
+    # Interleaved thinking only where Claude thinks; nothing for a model that is not Claude.
+    body, dropped = translated(request(), SONNET)
+    assert body["additionalModelRequestFields"] == {"anthropic_beta": ["context-1m-2025-08-07"]}
+    assert "anthropic-beta[interleaved-thinking-2025-05-14]" in dropped
+    body, dropped = translated(request(), "us.amazon.nova-pro-v1:0", "context-1m-2025-08-07")
+    assert "additionalModelRequestFields" not in body and dropped == ["anthropic-beta[context-1m-2025-08-07]"]
+    # A request without betas (every Chat Completions one) gets none, and names none.
+    body, dropped = built(thinking, target(SONNET))
+    assert "anthropic_beta" not in body["additionalModelRequestFields"] and dropped == []
+    # CountTokens counts the prompt as the 1M context would take it.
+    call = NativeCall(MESSAGES_API, {}, {"anthropic-beta": CLAUDE_CODE_BETAS})
+    counted = orjson.loads(adapter().count_tokens_request(call, thinking, target(SONNET)).request.body)
+    assert counted["input"]["converse"]["additionalModelRequestFields"]["anthropic_beta"][0] == "context-1m-2025-08-07"
+
+
 def test_count_tokens_sends_what_converse_tokens_request_takes_of_the_converse_body() -> None:
     """`toolConfig` and `additionalModelRequestFields` as Converse would get them (a tool-use history without its
     `toolConfig` is a 400), nothing CountTokens does not take (`inferenceConfig`)."""
