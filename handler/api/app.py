@@ -53,7 +53,7 @@ from handler.pipeline.passthrough import guarded
 from handler.pipeline.pipeline import ChunkStream, Controls, Exchange, Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import KeyRecord, StoreError
-from handler.redaction import redact_message, scrub, unkeyed
+from handler.redaction import clipped, redact_message, scrub, unkeyed
 from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
 from handler.telemetry.observability import observe, observe_failure
@@ -338,7 +338,9 @@ class Api:
         name = request.path_params["model_id"]
         spec = self.gateway.config.models.get(name)
         if spec is None or not allows_model(self.lineage(request), name) or (anthropic and spec.kind != "chat"):
-            raise NotFoundError(f"The model '{name}' does not exist or you do not have access to it.", param="model")
+            raise NotFoundError(
+                f"The model '{clipped(name)}' does not exist or you do not have access to it.", param="model"
+            )
         if anthropic:
             from handler.api.messages_routes import anthropic_model
 

@@ -12,7 +12,7 @@ import asyncio
 import bisect
 from collections.abc import Iterable
 
-from handler.redaction import redact_secrets
+from handler.redaction import clipped
 
 MAX_SERIES = 2000
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -130,8 +130,8 @@ class Registry:
 
     def model_named(self, model: str) -> str:
         """`model` as a log line or span may carry it: a model the config names as it is, any other (a client's
-        choice) without a key-shaped value in it (a key sent where the model belongs)."""
-        return model if model in self.models else redact_secrets(model)
+        choice) cut at `NAME_CHARS` and without a key-shaped value in it (a key sent where the model belongs)."""
+        return model if model in self.models else clipped(model)
 
     def families(self) -> list[Family]:
         return [self.requests, self.errors, self.tokens, self.cost, self.duration, self.added, self.dropped_spans]

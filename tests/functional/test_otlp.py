@@ -506,3 +506,39 @@ def test_a_key_sent_as_the_model_reaches_no_span(traced: Running, receiver: Otlp
     root, *_ = receiver.request_spans(answer.headers["x-request-id"])
     assert root.name == "chat [REDACTED]" and root.attributes["gen_ai.request.model"] == "[REDACTED]"
     assert key.encode() not in b"".join(receiver.bodies)
+
+
+def test_a_huge_model_name_is_cut_in_the_answer_the_log_line_and_the_span(
+    traced: Running, receiver: OtlpReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 5 MB `"model"` (the body limit allows ~8 MiB) was echoed whole: a 5,000,481-byte log line (CloudWatch Logs
+    takes events of 256 KB), a 10 MB span (its name and `gen_ai.request.model`), whose batch a collector refused
+    with every other request's span in it, and a 5 MB error message. Each carries the name's first 256 characters;
+    a key that begins before the cut is redacted whole, not left with its first characters showing."""
+    import orjson
+
+    key = traced.mint(models=["*"])
+    capsys.readouterr()
+    huge = "m" * 5_000_000
+    answer = post(traced, "/v1/chat/completions", key, {"model": huge, "messages": [{"role": "user", "content": "x"}]})
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found"
+    assert len(answer.content) < 1024 and f"'{'m' * 256}'" in answer.json()["error"]["message"]
+    root, *_ = receiver.request_spans(answer.headers["x-request-id"])
+    assert root.name == f"chat {'m' * 256}" and root.attributes["gen_ai.request.model"] == "m" * 256
+    logged = [line for line in capsys.readouterr().out.splitlines() if answer.headers["x-request-id"] in line]
+    assert [orjson.loads(line)["model"] for line in logged] == ["m" * 256] and len(logged[0]) < 2048
+
+    straddling = "m" * 249 + "/" + key  # the key begins 6 characters before the cut
+    answer = post(
+        traced, "/v1/chat/completions", key, {"model": straddling, "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert answer.status_code == 404
+    root, *_ = receiver.request_spans(answer.headers["x-request-id"])
+    assert root.attributes["gen_ai.request.model"] == ("m" * 249 + "/[REDACTED]")[:256]
+    assert key[:6] not in answer.text.replace("m" * 250, "")
+    assert key[:6] not in capsys.readouterr().out.replace("m" * 250, "")
+    scoped = traced.mint(models=["gpt-4o-mini"])  # a model the key may not use: its 403 quotes the name too
+    answer = post(
+        traced, "/v1/chat/completions", scoped, {"model": huge, "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert answer.status_code == 403 and len(answer.content) < 1024
