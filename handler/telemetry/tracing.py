@@ -409,9 +409,16 @@ def otlp_settings(
         if value is None:
             raise ConfigError([f"observability.otlp.headers.{name}: the reference resolves to nothing"])
         headers[name] = value
+    # The service's name, as the OTel spec ranks it (`OTEL_SERVICE_NAME` over `service.name` in
+    # `OTEL_RESOURCE_ATTRIBUTES`), with the config's own over both, and `llm-gateway` where none names it.
     resource = _pairs(environ.get("OTEL_RESOURCE_ATTRIBUTES", ""), "OTEL_RESOURCE_ATTRIBUTES")
+    if environ.get("OTEL_SERVICE_NAME", "").strip():
+        resource["service.name"] = environ["OTEL_SERVICE_NAME"].strip()
     resource |= config.resource_attributes or {}
-    resource["service.name"] = config.service_name or environ.get("OTEL_SERVICE_NAME") or "llm-gateway"
+    if config.service_name:
+        resource["service.name"] = config.service_name
+    if not resource.get("service.name"):
+        resource["service.name"] = "llm-gateway"
     timeout_ms = config.timeout_ms or _millis(
         environ, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"
     )
