@@ -324,6 +324,30 @@ def test_an_unsampled_caller_trace_is_not_exported(traced: Running, receiver: Ot
         receiver.request_spans(quiet.headers["x-request-id"], timeout_s=0.5)
 
 
+def test_a_traceparent_of_a_higher_version_is_continued_from_its_first_four_fields(
+    traced: Running, receiver: OtlpReceiver
+) -> None:
+    """`01-<trace>-<span>-01-extra` started a new trace: W3C Trace Context says a higher version SHOULD be parsed
+    as version 00, from its first four fields. Version 00 with more after its flags, and version ff, stay invalid."""
+    key = traced.mint()
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+    for header in (f"01-{CALLER_TRACE}-{CALLER_SPAN}-01-extra", f"cc-{CALLER_TRACE}-{CALLER_SPAN}-03"):
+        answer = post(traced, "/v1/chat/completions", key, body, traceparent=header)
+        root, *_ = receiver.request_spans(answer.headers["x-request-id"])
+        assert (root.trace_id, root.parent_span_id) == (CALLER_TRACE, CALLER_SPAN), header
+    unsampled = post(traced, "/v1/chat/completions", key, body, traceparent=f"02-{CALLER_TRACE}-{CALLER_SPAN}-00-x")
+    with pytest.raises(AssertionError, match="no span"):
+        receiver.request_spans(unsampled.headers["x-request-id"], timeout_s=0.5)
+    for header in (
+        f"00-{CALLER_TRACE}-{CALLER_SPAN}-01-extra",
+        f"ff-{CALLER_TRACE}-{CALLER_SPAN}-01",
+        f"01-{CALLER_TRACE}-{CALLER_SPAN}-01extra",
+    ):
+        answer = post(traced, "/v1/chat/completions", key, body, traceparent=header)
+        root, *_ = receiver.request_spans(answer.headers["x-request-id"])
+        assert trace_id_is_new(root), header
+
+
 def test_on_lambda_each_invocation_flushes_its_spans_and_emits_emf(
     tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]], receiver: OtlpReceiver
 ) -> None:
