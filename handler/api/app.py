@@ -302,10 +302,15 @@ class Api:
     # --- routes -----------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        """Liveness for anyone; with an admin key, also the settlements waiting in the spool to land."""
+        """Liveness for anyone, whatever credentials it carries; with a valid admin key, also the settlements
+        waiting in the spool to land. (A header that is no valid key, a revoked or rotated-away one or a proxy's
+        `Basic` credentials, answered 401: the probe that sent it reported a live gateway down.)"""
         body: dict[str, Any] = {"status": "ok", "region": self.gateway.region}
         if request.headers.get("authorization"):
-            key = await self.authenticate(request)
+            try:
+                key = await self.authenticate(request)
+            except (GatewayError, StoreError):
+                return json_response(body)
             if key.admin:
                 body["pending_settlements"] = self.gateway.spool.count()
         return json_response(body)
