@@ -123,6 +123,7 @@ def error_response(request: Request, exc: GatewayError) -> Response:
             exc.code,
             key_id=lineage[0].id if lineage else None,
             counted=request.scope["method"] == "POST" and path in COUNTED_PATHS,
+            started=state.get("started"),
         )
     if state.get("request_id"):
         headers["x-request-id"] = state["request_id"]
@@ -698,7 +699,9 @@ class GatewayApp:
             await self.starlette(scope, receive, send)
             return
         request_id = new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["started"] = time.perf_counter()  # (a request refused before its exchange is timed from here)
         handler = self.direct.get(route_path(scope)) if scope["method"] == "POST" else None
         if handler is None:
             await self.starlette(scope, receive, with_request_id(send, request_id))

@@ -188,10 +188,14 @@ class Registry:
             self._series[(model, provider, region, status)] = labels
         return labels
 
-    def failure(self, status: int, code: str) -> None:
-        """A request refused before it had a model (bad key, bad JSON, ...)."""
-        self.requests.add((*self._where(None, None, None), ("status", str(status))))
+    def failure(self, status: int, code: str, seconds: float) -> None:
+        """A request refused before it had a model (bad key, bad JSON, ...), answered in `seconds`: in the duration
+        histograms as in the counts, so each histogram's `_count` is the requests counted (it left them out)."""
+        where = self._where(None, None, None)
+        self.requests.add((*where, ("status", str(status))))
         self.errors.add((("code", code), ("status", str(status))))
+        self.duration.observe(where, seconds)
+        self.added.observe(where, seconds)
 
     def spans_dropped(self, count: int) -> None:
         """Spans the OTLP exporter could not send (called from its thread)."""
