@@ -348,6 +348,34 @@ def test_a_traceparent_of_a_higher_version_is_continued_from_its_first_four_fiel
         assert trace_id_is_new(root), header
 
 
+def test_the_docs_traceparent_example_has_the_children_the_docs_name(traced: Running, receiver: OtlpReceiver) -> None:
+    """docs/observability.md's curl example (with `$GATEWAY_KEY`, the first admin key: no budget) promised "store
+    and upstream children"; it has the upstream attempt's only, and a key with a budget gets `store.admit` too."""
+    import re
+    import shlex
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "observability.md").read_text()
+    example = re.search(
+        r"# A request that continues a trace of the caller's.*?\n(curl .*?)\n```\n\n(.*?)\n\n", page, re.S
+    )
+    assert example is not None
+    words = shlex.split(example.group(1).replace("\\\n", " "))
+    headers = dict(words[i + 1].split(": ", 1) for i, word in enumerate(words) if word == "-H")
+    body = orjson.loads(words[words.index("-d") + 1])
+    said = " ".join(example.group(2).split())
+    assert "with its upstream attempt's span as its child" in said and "store and upstream children" not in said
+    for key, children in (
+        (traced.mint(admin=True), ["chat gpt-4o-mini"]),
+        (traced.mint(budget_usd=5.0), ["chat gpt-4o-mini", "store.admit"]),
+    ):
+        sent = {**headers, "authorization": f"Bearer {key}"}
+        answer = httpx.post(f"{traced.url}/v1/chat/completions", json=body, headers=sent, timeout=30)
+        assert answer.status_code == 200
+        root, *rest = receiver.request_spans(answer.headers["x-request-id"])
+        assert (root.name, root.trace_id, root.parent_span_id) == ("chat gpt-4o-mini", CALLER_TRACE, CALLER_SPAN)
+        assert sorted(span.name for span in rest) == children
+
+
 def test_on_lambda_each_invocation_flushes_its_spans_and_emits_emf(
     tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]], receiver: OtlpReceiver
 ) -> None:
