@@ -320,7 +320,7 @@ class Api:
         """Prometheus' text format, for an admin key (`handler/telemetry/prometheus.py`)."""
         key = await self.authenticate(request)
         self.gateway.keys.require_admin(key)
-        return Response(prometheus.REGISTRY.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(await prometheus.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def models(self, request: Request) -> Response:
         anthropic = "anthropic-version" in request.headers
@@ -849,6 +849,8 @@ def create_app(gateway: Gateway) -> GatewayApp:
         metrics = None
         if observability.metrics_port is not None:
             metrics = await prometheus.serve(observability.metrics_host, observability.metrics_port)
+        # A worker of `gateway serve --workers N`: its figures go to the server's folder, for every worker's scrape.
+        sharing = await prometheus.share(os.environ.get(prometheus.SHARED_ENV))
         yield
         if metrics is not None:
             metrics.close()
@@ -859,6 +861,7 @@ def create_app(gateway: Gateway) -> GatewayApp:
         await gateway.spool.close()
         if gateway.tracer is not None:
             await asyncio.to_thread(gateway.tracer.close)  # the spans still queued go out
+        await prometheus.unshare(sharing)  # last: the figures of every request, and of spans dropped at the close
 
     table = handlers(Endpoints(api))
 
