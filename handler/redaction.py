@@ -26,6 +26,10 @@ import orjson
 
 REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 8  # shorter values (test placeholders, "none") would redact ordinary words
+# The most of a name a client chose (a model the config does not name) that an answer, a log line or a span
+# echoes: a 5 MB `"model"` (the body limit allows ~8 MiB) filled a log line past CloudWatch's 256 KB event limit,
+# and a span past what a collector takes in one batch (the batch was refused, and every span in it lost).
+NAME_CHARS = 256
 
 # Values shaped like a key, whatever surrounds them: OpenAI's and Anthropic's, this gateway's own, AWS access key
 # ids, Google's.
@@ -135,6 +139,16 @@ def redact_secrets(text: str) -> str:
     sees it in no answer, log line, metric or span. (Unlike `redact_message`, the gateway's own wording stays:
     "send Authorization: Bearer <key>" names no secret.)"""
     return key_shapes().sub(REDACTED, _without_known(text))
+
+
+def clipped(name: str, limit: int = NAME_CHARS) -> str:
+    """`name`, a client's (a model the config does not name), as an answer, a log line or a span echoes it: its
+    first `limit` characters, without any known secret or key-shaped value. The redaction reads past the cut, as
+    far as the longest secret (or a key's shape) reaches: a key that begins before the cut is redacted whole, not
+    left with its first characters showing; a name of megabytes costs no more than one of a few hundred."""
+    if len(name) <= limit:
+        return redact_secrets(name)
+    return redact_secrets(name[: limit + max(_longest, 64)])[:limit]
 
 
 def unkeyed(value: str) -> str:

@@ -53,7 +53,7 @@ from handler.pipeline.passthrough import guarded
 from handler.pipeline.pipeline import ChunkStream, Controls, Exchange, Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import KeyRecord, StoreError
-from handler.redaction import redact_message, scrub, unkeyed
+from handler.redaction import clipped, redact_message, scrub, unkeyed
 from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
 from handler.telemetry.observability import observe, observe_failure
@@ -123,6 +123,7 @@ def error_response(request: Request, exc: GatewayError) -> Response:
             exc.code,
             key_id=lineage[0].id if lineage else None,
             counted=request.scope["method"] == "POST" and path in COUNTED_PATHS,
+            started=state.get("started"),
         )
     if state.get("request_id"):
         headers["x-request-id"] = state["request_id"]
@@ -302,10 +303,15 @@ class Api:
     # --- routes -----------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        """Liveness for anyone; with an admin key, also the settlements waiting in the spool to land."""
+        """Liveness for anyone, whatever credentials it carries; with a valid admin key, also the settlements
+        waiting in the spool to land. (A header that is no valid key, a revoked or rotated-away one or a proxy's
+        `Basic` credentials, answered 401: the probe that sent it reported a live gateway down.)"""
         body: dict[str, Any] = {"status": "ok", "region": self.gateway.region}
         if request.headers.get("authorization"):
-            key = await self.authenticate(request)
+            try:
+                key = await self.authenticate(request)
+            except (GatewayError, StoreError):
+                return json_response(body)
             if key.admin:
                 body["pending_settlements"] = self.gateway.spool.count()
         return json_response(body)
@@ -314,7 +320,7 @@ class Api:
         """Prometheus' text format, for an admin key (`handler/telemetry/prometheus.py`)."""
         key = await self.authenticate(request)
         self.gateway.keys.require_admin(key)
-        return Response(prometheus.REGISTRY.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(await prometheus.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def models(self, request: Request) -> Response:
         anthropic = "anthropic-version" in request.headers
@@ -338,7 +344,9 @@ class Api:
         name = request.path_params["model_id"]
         spec = self.gateway.config.models.get(name)
         if spec is None or not allows_model(self.lineage(request), name) or (anthropic and spec.kind != "chat"):
-            raise NotFoundError(f"The model '{name}' does not exist or you do not have access to it.", param="model")
+            raise NotFoundError(
+                f"The model '{clipped(name)}' does not exist or you do not have access to it.", param="model"
+            )
         if anthropic:
             from handler.api.messages_routes import anthropic_model
 
@@ -691,7 +699,9 @@ class GatewayApp:
             await self.starlette(scope, receive, send)
             return
         request_id = new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["started"] = time.perf_counter()  # (a request refused before its exchange is timed from here)
         handler = self.direct.get(route_path(scope)) if scope["method"] == "POST" else None
         if handler is None:
             await self.starlette(scope, receive, with_request_id(send, request_id))
@@ -839,6 +849,8 @@ def create_app(gateway: Gateway) -> GatewayApp:
         metrics = None
         if observability.metrics_port is not None:
             metrics = await prometheus.serve(observability.metrics_host, observability.metrics_port)
+        # A worker of `gateway serve --workers N`: its figures go to the server's folder, for every worker's scrape.
+        sharing = await prometheus.share(os.environ.get(prometheus.SHARED_ENV))
         yield
         if metrics is not None:
             metrics.close()
@@ -849,6 +861,7 @@ def create_app(gateway: Gateway) -> GatewayApp:
         await gateway.spool.close()
         if gateway.tracer is not None:
             await asyncio.to_thread(gateway.tracer.close)  # the spans still queued go out
+        await prometheus.unshare(sharing)  # last: the figures of every request, and of spans dropped at the close
 
     table = handlers(Endpoints(api))
 

@@ -9,6 +9,7 @@ import re
 import shlex
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from handler.pipeline.gateway import DEFAULT_STORE_URL
 from handler.pipeline.keys import KeyService, key_names, split_key, with_descendants
 from handler.ports import KeyRecord, LedgerItem, Store, StoreError
 from handler.redaction import redact_message
+from handler.telemetry.prometheus import SHARED_ENV
 from handler.telemetry.tracing import otlp_settings
 
 if TYPE_CHECKING:
@@ -153,13 +155,21 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def _run_server(config: uvicorn.Config, listener: socket.socket) -> None:
-    """Serve on `listener` until a signal stops the server (its workers, with `--workers` above 1)."""
+    """Serve on `listener` until a signal stops the server (its workers, with `--workers` above 1, each writing its
+    figures to a folder of the server's, so that `/metrics` on any of them answers for all:
+    handler/telemetry/prometheus.py)."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
     if config.workers > 1:
-        Multiprocess(config, sockets=[listener]).run()
+        with tempfile.TemporaryDirectory(prefix="gateway-metrics-", ignore_cleanup_errors=True) as shared:
+            os.environ[SHARED_ENV] = shared  # (the workers inherit it)
+            try:
+                Multiprocess(config, sockets=[listener]).run()
+            finally:
+                os.environ.pop(SHARED_ENV, None)
     else:
+        os.environ.pop(SHARED_ENV, None)  # one process: its own figures are the server's
         uvicorn.Server(config).run(sockets=[listener])
 
 

@@ -22,7 +22,7 @@ from typing import Final
 from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
 from handler.ports import ChildLimitReached, KeyRecord, Store
 from handler.records import Value
-from handler.redaction import REDACTED
+from handler.redaction import REDACTED, clipped
 
 KEY_PREFIX = "gwk"
 ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
@@ -367,7 +367,7 @@ class KeyService:
         """403 unless the key and every ancestor (`lineage`, nearest first) may use `model`."""
         if not allows_model(lineage, model):
             raise PermissionDeniedError(
-                f"this key may not use model '{model}'", code="model_not_allowed", param="model"
+                f"this key may not use model '{clipped(model)}'", code="model_not_allowed", param="model"
             )
 
     @staticmethod

@@ -15,6 +15,7 @@ from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedE
 from handler.pipeline.breakers import Breakers
 from handler.ports import ProviderAdapter, Target
 from handler.records import Value
+from handler.redaction import clipped
 
 # Approximate locations (latitude, longitude) of AWS regions; distance orders deployments when the
 # config gives no measured round-trip times.
@@ -156,7 +157,7 @@ class Router:
     def spec(self, model: str) -> ModelConfig:
         spec = self.config.models.get(model)
         if spec is None:
-            raise NotFoundError(f"model '{model}' does not exist on this gateway", param="model")
+            raise NotFoundError(f"model '{clipped(model)}' does not exist on this gateway", param="model")
         return spec
 
     def plan(self, model: str, controls: RouteControls, allowed: Callable[[str], bool], kind: str = "chat") -> Plan:
@@ -205,7 +206,7 @@ class Router:
         fallbacks = spec.fallbacks if controls.fallbacks is None else controls.fallbacks
         for name in fallbacks:
             if name not in self.config.models:
-                raise NotFoundError(f"fallback model '{name}' does not exist on this gateway", param="model")
+                raise NotFoundError(f"fallback model '{clipped(name)}' does not exist on this gateway", param="model")
             if name in chain or name in skipped or self.config.models[name].kind != kind:
                 continue
             if allowed(name):

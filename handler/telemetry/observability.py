@@ -285,20 +285,33 @@ def pending_settlements(count: int) -> None:
 
 
 def observe_failure(
-    request_id: str | None, path: str, status: int, code: str, *, key_id: str | None = None, counted: bool = True
+    request_id: str | None,
+    path: str,
+    status: int,
+    code: str,
+    *,
+    key_id: str | None = None,
+    counted: bool = True,
+    started: float | None = None,
 ) -> None:
     """A request that failed before it had an exchange (bad key, bad JSON, ...): its log line (with its key's id,
     once the key was known), and, for a request to a model (`counted`), its metrics: the request metrics count
-    requests to models, whole, so the key, admin and usage routes are in neither their successes nor failures."""
+    requests to models, whole, so the key, admin and usage routes are in neither their successes nor failures.
+    `started`: when the request came in (`time.perf_counter()`); its time is in the duration histograms as the
+    request is in the counts (all of it the gateway's own: no upstream was asked)."""
+    seconds = max(0.0, time.perf_counter() - started) if started is not None else 0.0
     fields: dict[str, Any] = {"request_id": request_id, "path": path, "status": status, "error_code": code}
     if key_id is not None:
         fields["key_id"] = key_id
+    fields["latency_ms"] = round(seconds * 1000, 3)
     request_line(fields, "observe_failure")
     if not counted:
         return
-    prometheus.REGISTRY.failure(status, code)
+    prometheus.REGISTRY.failure(status, code, seconds)
     if METRICS_ON:
         values: list[tuple[str, str, float]] = [
+            ("latency", "Milliseconds", seconds * 1000),
+            ("gateway_overhead", "Milliseconds", seconds * 1000),
             ("requests", "Count", 1),
             ("errors", "Count", 1 if status >= 500 else 0),
         ]

@@ -1,18 +1,31 @@
-"""`GET /metrics`: the process's request figures in Prometheus' text format (version 0.0.4).
+"""`GET /metrics`: the server's request figures in Prometheus' text format (version 0.0.4).
 
-Counters and histograms live in this process (each `gateway serve` worker has its own, as Prometheus expects
-of a multi-process target scraped per process; on Lambda the same figures go out as CloudWatch EMF). Label
+Counters and histograms live in this process (on Lambda the same figures go out as CloudWatch EMF). Label
 values are bounded: a model or provider the config does not name, and any label set past `MAX_SERIES` per
 metric, are counted under `other`, so a client cannot grow the series without limit.
+
+`gateway serve --workers N` runs N processes on one port, and a scrape reaches whichever took the connection: each
+worker answered with its own figures (ten scrapes read 15, 15, 15, 5, ...; a kept-alive Prometheus saw 5 requests of
+20, and a "reset" each time it moved). So the server makes a folder for its workers (`SHARED_ENV`); each writes its
+figures there, a file of its own (`Shared`), at most every `SHARE_INTERVAL_S` and only when they changed, and once
+more on its way out; a scrape on any worker answers with its own figures as they are and every other worker's file,
+summed (every figure is a counter or a histogram). A request's path does no file I/O: the writes are a task's
+of their own, and the reads a scrape's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
+import os
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
-from handler.redaction import redact_secrets
+import orjson
+
+from handler.redaction import clipped
 
 MAX_SERIES = 2000
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -130,8 +143,8 @@ class Registry:
 
     def model_named(self, model: str) -> str:
         """`model` as a log line or span may carry it: a model the config names as it is, any other (a client's
-        choice) without a key-shaped value in it (a key sent where the model belongs)."""
-        return model if model in self.models else redact_secrets(model)
+        choice) cut at `NAME_CHARS` and without a key-shaped value in it (a key sent where the model belongs)."""
+        return model if model in self.models else clipped(model)
 
     def families(self) -> list[Family]:
         return [self.requests, self.errors, self.tokens, self.cost, self.duration, self.added, self.dropped_spans]
@@ -188,10 +201,48 @@ class Registry:
             self._series[(model, provider, region, status)] = labels
         return labels
 
-    def failure(self, status: int, code: str) -> None:
-        """A request refused before it had a model (bad key, bad JSON, ...)."""
-        self.requests.add((*self._where(None, None, None), ("status", str(status))))
+    def state(self) -> dict[str, Any]:
+        """The figures as a worker's file holds them: by metric, its counters' and histograms' label sets and
+        values. (The dicts are copied first: the exporter's thread may add a dropped span meanwhile.)"""
+        return {
+            family.name: {
+                "counters": [[labels, value] for labels, value in list(family.counters.items())],
+                "histograms": [
+                    [labels, list(h.counts), h.total, h.count] for labels, h in list(family.histograms.items())
+                ],
+            }
+            for family in self.families()
+        }
+
+    def fingerprint(self) -> float:
+        """A number that grows whenever a figure does (every counter and histogram only grows)."""
+        total = 0.0
+        for family in self.families():
+            total += sum(list(family.counters.values())) + sum(h.count for h in list(family.histograms.values()))
+        return total
+
+    def absorb(self, state: dict[str, Any]) -> None:
+        """Add another worker's figures (its `state`, as its file holds it) to these, label set by label set."""
+        for family in self.families():
+            figures = state.get(family.name) or {}
+            for labels, value in figures.get("counters", ()):
+                key = tuple((name, label) for name, label in labels)
+                family.counters[key] = family.counters.get(key, 0.0) + value
+            for labels, counts, total, count in figures.get("histograms", ()):
+                key = tuple((name, label) for name, label in labels)
+                histogram = family.histograms.setdefault(key, Histogram())
+                histogram.counts = [mine + theirs for mine, theirs in zip(histogram.counts, counts, strict=True)]
+                histogram.total += total
+                histogram.count += count
+
+    def failure(self, status: int, code: str, seconds: float) -> None:
+        """A request refused before it had a model (bad key, bad JSON, ...), answered in `seconds`: in the duration
+        histograms as in the counts, so each histogram's `_count` is the requests counted (it left them out)."""
+        where = self._where(None, None, None)
+        self.requests.add((*where, ("status", str(status))))
         self.errors.add((("code", code), ("status", str(status))))
+        self.duration.observe(where, seconds)
+        self.added.observe(where, seconds)
 
     def spans_dropped(self, count: int) -> None:
         """Spans the OTLP exporter could not send (called from its thread)."""
@@ -202,6 +253,97 @@ class Registry:
 
 
 REGISTRY = Registry()
+SHARED_ENV = "GATEWAY_METRICS_SHARED_DIR"  # the folder `gateway serve --workers N` makes for its workers' figures
+SHARE_INTERVAL_S = 1.0  # a worker writes its figures at most this often (when they changed), and on its way out
+
+
+class Shared:
+    """This worker's figures in the server's folder (a file of its own), and the other workers' read back."""
+
+    def __init__(self, folder: Path, registry: Registry) -> None:
+        self.folder = folder
+        self.registry = registry
+        # The process id and a random part: a worker the server starts in place of one that died may get its id,
+        # and must not write over the figures the dead one left (they stay in the server's sums).
+        self.path = folder / f"worker-{os.getpid()}-{os.urandom(4).hex()}.json"
+        self._written: float | None = None  # the fingerprint of the figures last written
+
+    def _due(self) -> bytes | None:
+        """The figures to write, if they changed since the last write (read on the event loop: consistent)."""
+        mark = self.registry.fingerprint()
+        if mark == self._written:
+            return None
+        self._written = mark
+        return orjson.dumps(self.registry.state())
+
+    def _write(self, data: bytes) -> None:
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, self.path)  # a reader sees the previous figures or these, never half of them
+
+    async def run(self) -> None:
+        """Write the figures every `SHARE_INTERVAL_S` while they change (until cancelled)."""
+        while True:
+            await asyncio.sleep(SHARE_INTERVAL_S)
+            data = self._due()
+            if data is not None:
+                await asyncio.to_thread(self._write, data)
+
+    def close(self) -> None:
+        """The last figures, written on the worker's way out."""
+        data = self._due()
+        if data is not None:
+            with contextlib.suppress(OSError):  # (the server removed its folder first: nobody will read them)
+                self._write(data)
+
+    def others(self) -> list[dict[str, Any]]:
+        """Every other worker's figures as last written (those of a worker that has exited too: what it counted
+        stays counted, so the server's counters never go back)."""
+        states = []
+        for path in self.folder.glob("worker-*.json"):
+            if path == self.path:
+                continue
+            with contextlib.suppress(OSError, orjson.JSONDecodeError):
+                states.append(orjson.loads(path.read_bytes()))
+        return states
+
+
+_shared: list[Shared] = []  # this worker's, while it shares its figures
+
+
+async def share(folder: str | None) -> asyncio.Task[None] | None:
+    """Share this process's figures through `folder` (a worker of `gateway serve --workers N`; None: a process
+    that serves alone): the task that writes them, to cancel at shutdown, then `unshare`."""
+    if not folder:
+        return None
+    shared = Shared(Path(folder), REGISTRY)
+    _shared[:] = [shared]
+    return asyncio.create_task(shared.run())
+
+
+async def unshare(task: asyncio.Task[None] | None) -> None:
+    """Stop writing on a schedule, and write the last figures (the worker is stopping)."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    for shared in _shared:
+        shared.close()
+    _shared.clear()
+
+
+async def render() -> bytes:
+    """The text `GET /metrics` answers: this process's figures, and with `--workers` every worker's, summed
+    (this one's as they are, the others' as they last wrote them: at most `SHARE_INTERVAL_S` old)."""
+    if not _shared:
+        return REGISTRY.render()
+    others = await asyncio.to_thread(_shared[0].others)
+    server = Registry()
+    server.absorb(REGISTRY.state())
+    for state in others:
+        server.absorb(state)
+    return server.render()
 
 
 def configure(models: Iterable[str], providers: Iterable[str]) -> None:
@@ -224,7 +366,7 @@ async def serve(host: str, port: int) -> asyncio.Server:
             method, _, rest = head.partition(b" ")
             path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
             if method == b"GET" and path == b"/metrics":
-                status, body, kind = b"200 OK", REGISTRY.render(), CONTENT_TYPE.encode()
+                status, body, kind = b"200 OK", await render(), CONTENT_TYPE.encode()
             else:
                 status, body, kind = b"404 Not Found", b"only GET /metrics here\n", b"text/plain"
             writer.write(

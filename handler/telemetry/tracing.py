@@ -35,7 +35,9 @@ if TYPE_CHECKING:
     from handler.schemas import ChatRequest
     from handler.telemetry.observability import Observed, Sent
 
-TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+# W3C Trace Context's `traceparent`: version 00 is these four fields exactly; a higher version (not ff) is read as
+# version 00 from its first four fields, as the spec says it SHOULD be, whatever follows them after a dash.
+TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.DOTALL)
 CONTENT_CHARS = 64 * 1024  # a captured prompt or answer is cut here
 # What each proxied route is, as `gen_ai.operation.name`.
 OPERATIONS = {
@@ -203,6 +205,14 @@ class Trace:
         return self.wall_ns + int((perf - self.perf) * 1e9)
 
 
+def _continued(version: str, trace_id: str, parent_id: str, flags: str, rest: str | None) -> bool:
+    """Whether a `traceparent` of these fields names a trace to continue: version ff is invalid, version 00 has
+    nothing after its flags, and neither id may be all zeros."""
+    if version == "ff" or (version == "00" and rest is not None):
+        return False
+    return trace_id != "0" * 32 and parent_id != "0" * 16
+
+
 @functools.lru_cache(maxsize=1024)  # a deployment's base URL: the same few for every request
 def _host(url: str) -> tuple[str, int | None]:
     parts = urllib.parse.urlsplit(url)
@@ -241,10 +251,10 @@ class RequestTracer:
         random = os.urandom(24)
         trace_id, parent_id = random[:16], b""
         match = TRACEPARENT.fullmatch(headers.get("traceparent", "").strip())
-        if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
-            if not int(match.group(3), 16) & 1:
+        if match and _continued(*match.groups()):
+            if not int(match.group(4), 16) & 1:
                 return None
-            trace_id, parent_id = bytes.fromhex(match.group(1)), bytes.fromhex(match.group(2))
+            trace_id, parent_id = bytes.fromhex(match.group(2)), bytes.fromhex(match.group(3))
         trace = Trace(self, trace_id, parent_id, random[16:], time.time_ns(), perf, path)
         if self.capture_content:
             trace.answer = []
@@ -409,9 +419,16 @@ def otlp_settings(
         if value is None:
             raise ConfigError([f"observability.otlp.headers.{name}: the reference resolves to nothing"])
         headers[name] = value
+    # The service's name, as the OTel spec ranks it (`OTEL_SERVICE_NAME` over `service.name` in
+    # `OTEL_RESOURCE_ATTRIBUTES`), with the config's own over both, and `llm-gateway` where none names it.
     resource = _pairs(environ.get("OTEL_RESOURCE_ATTRIBUTES", ""), "OTEL_RESOURCE_ATTRIBUTES")
+    if environ.get("OTEL_SERVICE_NAME", "").strip():
+        resource["service.name"] = environ["OTEL_SERVICE_NAME"].strip()
     resource |= config.resource_attributes or {}
-    resource["service.name"] = config.service_name or environ.get("OTEL_SERVICE_NAME") or "llm-gateway"
+    if config.service_name:
+        resource["service.name"] = config.service_name
+    if not resource.get("service.name"):
+        resource["service.name"] = "llm-gateway"
     timeout_ms = config.timeout_ms or _millis(
         environ, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"
     )

@@ -120,7 +120,9 @@ def test_the_request_metrics_count_requests_to_models_only_failures_too(
 ) -> None:
     """The key, admin and usage routes' failures were counted in `gateway_requests_total` (and their successes
     not), which skewed any error rate; their log lines lacked the key id once the key was known; and on Lambda a
-    model request refused before its model was known wrote no EMF line, so CloudWatch counted fewer requests."""
+    model request refused before its model was known wrote no EMF line, so CloudWatch counted fewer requests. Such a
+    request was in `gateway_requests_total` but not in the duration histograms (bad key, bad JSON: requests_total +2,
+    gateway_request_duration_seconds_count +0), which the docs say count the same requests."""
     import orjson
 
     from handler.telemetry import observability
@@ -162,6 +164,11 @@ def test_the_request_metrics_count_requests_to_models_only_failures_too(
     assert grew("gateway_requests_total", labels(**where, status="400")) == 1
     assert grew("gateway_requests_total", labels(**where, status="403")) == 0
     assert grew("gateway_errors_total", labels(code="admin_only", status="403")) == 0
+    # Both are in the duration histograms as they are in the counts (requests_total grew by 2, each _count by 0).
+    assert grew("gateway_request_duration_seconds_count", labels(**where)) == 2
+    assert grew("gateway_added_latency_seconds_count", labels(**where)) == 2
+    assert grew("gateway_request_duration_seconds_bucket", labels(**where, le="+Inf")) == 2
+    assert grew("gateway_request_duration_seconds_sum", labels(**where)) > 0
     logged = [orjson.loads(line) for line in written if '"message":"request"' in line]
     assert [(line["path"], line["status"]) for line in logged] == [
         ("/admin/keys", 403),
@@ -172,5 +179,7 @@ def test_the_request_metrics_count_requests_to_models_only_failures_too(
     ]
     user_id = user.split("_")[1]
     assert [line.get("key_id") for line in logged] == [user_id, None, user_id, None, user_id]
+    assert all(line["latency_ms"] > 0 for line in logged)
     emf = [orjson.loads(line) for line in written if '"_aws"' in line]
     assert [(line["model"], line["requests"]) for line in emf] == [("other", [1.0]), ("other", [1.0])]
+    assert all(line["latency"][0] > 0 for line in emf)  # (the request's whole time, as an answered one's)

@@ -324,6 +324,58 @@ def test_an_unsampled_caller_trace_is_not_exported(traced: Running, receiver: Ot
         receiver.request_spans(quiet.headers["x-request-id"], timeout_s=0.5)
 
 
+def test_a_traceparent_of_a_higher_version_is_continued_from_its_first_four_fields(
+    traced: Running, receiver: OtlpReceiver
+) -> None:
+    """`01-<trace>-<span>-01-extra` started a new trace: W3C Trace Context says a higher version SHOULD be parsed
+    as version 00, from its first four fields. Version 00 with more after its flags, and version ff, stay invalid."""
+    key = traced.mint()
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+    for header in (f"01-{CALLER_TRACE}-{CALLER_SPAN}-01-extra", f"cc-{CALLER_TRACE}-{CALLER_SPAN}-03"):
+        answer = post(traced, "/v1/chat/completions", key, body, traceparent=header)
+        root, *_ = receiver.request_spans(answer.headers["x-request-id"])
+        assert (root.trace_id, root.parent_span_id) == (CALLER_TRACE, CALLER_SPAN), header
+    unsampled = post(traced, "/v1/chat/completions", key, body, traceparent=f"02-{CALLER_TRACE}-{CALLER_SPAN}-00-x")
+    with pytest.raises(AssertionError, match="no span"):
+        receiver.request_spans(unsampled.headers["x-request-id"], timeout_s=0.5)
+    for header in (
+        f"00-{CALLER_TRACE}-{CALLER_SPAN}-01-extra",
+        f"ff-{CALLER_TRACE}-{CALLER_SPAN}-01",
+        f"01-{CALLER_TRACE}-{CALLER_SPAN}-01extra",
+    ):
+        answer = post(traced, "/v1/chat/completions", key, body, traceparent=header)
+        root, *_ = receiver.request_spans(answer.headers["x-request-id"])
+        assert trace_id_is_new(root), header
+
+
+def test_the_docs_traceparent_example_has_the_children_the_docs_name(traced: Running, receiver: OtlpReceiver) -> None:
+    """docs/observability.md's curl example (with `$GATEWAY_KEY`, the first admin key: no budget) promised "store
+    and upstream children"; it has the upstream attempt's only, and a key with a budget gets `store.admit` too."""
+    import re
+    import shlex
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "observability.md").read_text()
+    example = re.search(
+        r"# A request that continues a trace of the caller's.*?\n(curl .*?)\n```\n\n(.*?)\n\n", page, re.S
+    )
+    assert example is not None
+    words = shlex.split(example.group(1).replace("\\\n", " "))
+    headers = dict(words[i + 1].split(": ", 1) for i, word in enumerate(words) if word == "-H")
+    body = orjson.loads(words[words.index("-d") + 1])
+    said = " ".join(example.group(2).split())
+    assert "with its upstream attempt's span as its child" in said and "store and upstream children" not in said
+    for key, children in (
+        (traced.mint(admin=True), ["chat gpt-4o-mini"]),
+        (traced.mint(budget_usd=5.0), ["chat gpt-4o-mini", "store.admit"]),
+    ):
+        sent = {**headers, "authorization": f"Bearer {key}"}
+        answer = httpx.post(f"{traced.url}/v1/chat/completions", json=body, headers=sent, timeout=30)
+        assert answer.status_code == 200
+        root, *rest = receiver.request_spans(answer.headers["x-request-id"])
+        assert (root.name, root.trace_id, root.parent_span_id) == ("chat gpt-4o-mini", CALLER_TRACE, CALLER_SPAN)
+        assert sorted(span.name for span in rest) == children
+
+
 def test_on_lambda_each_invocation_flushes_its_spans_and_emits_emf(
     tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]], receiver: OtlpReceiver
 ) -> None:
@@ -506,3 +558,39 @@ def test_a_key_sent_as_the_model_reaches_no_span(traced: Running, receiver: Otlp
     root, *_ = receiver.request_spans(answer.headers["x-request-id"])
     assert root.name == "chat [REDACTED]" and root.attributes["gen_ai.request.model"] == "[REDACTED]"
     assert key.encode() not in b"".join(receiver.bodies)
+
+
+def test_a_huge_model_name_is_cut_in_the_answer_the_log_line_and_the_span(
+    traced: Running, receiver: OtlpReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 5 MB `"model"` (the body limit allows ~8 MiB) was echoed whole: a 5,000,481-byte log line (CloudWatch Logs
+    takes events of 256 KB), a 10 MB span (its name and `gen_ai.request.model`), whose batch a collector refused
+    with every other request's span in it, and a 5 MB error message. Each carries the name's first 256 characters;
+    a key that begins before the cut is redacted whole, not left with its first characters showing."""
+    import orjson
+
+    key = traced.mint(models=["*"])
+    capsys.readouterr()
+    huge = "m" * 5_000_000
+    answer = post(traced, "/v1/chat/completions", key, {"model": huge, "messages": [{"role": "user", "content": "x"}]})
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found"
+    assert len(answer.content) < 1024 and f"'{'m' * 256}'" in answer.json()["error"]["message"]
+    root, *_ = receiver.request_spans(answer.headers["x-request-id"])
+    assert root.name == f"chat {'m' * 256}" and root.attributes["gen_ai.request.model"] == "m" * 256
+    logged = [line for line in capsys.readouterr().out.splitlines() if answer.headers["x-request-id"] in line]
+    assert [orjson.loads(line)["model"] for line in logged] == ["m" * 256] and len(logged[0]) < 2048
+
+    straddling = "m" * 249 + "/" + key  # the key begins 6 characters before the cut
+    answer = post(
+        traced, "/v1/chat/completions", key, {"model": straddling, "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert answer.status_code == 404
+    root, *_ = receiver.request_spans(answer.headers["x-request-id"])
+    assert root.attributes["gen_ai.request.model"] == ("m" * 249 + "/[REDACTED]")[:256]
+    assert key[:6] not in answer.text.replace("m" * 250, "")
+    assert key[:6] not in capsys.readouterr().out.replace("m" * 250, "")
+    scoped = traced.mint(models=["gpt-4o-mini"])  # a model the key may not use: its 403 quotes the name too
+    answer = post(
+        traced, "/v1/chat/completions", scoped, {"model": huge, "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert answer.status_code == 403 and len(answer.content) < 1024

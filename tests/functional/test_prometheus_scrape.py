@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import yaml
 
@@ -155,6 +157,88 @@ def test_prometheus_scrapes_the_metrics_port_of_gateway_serve(
             wait_for(lambda: query(prometheus, f"gateway_requests_total{{{selector}}}") == 2, "the scrape")
             tokens = query(prometheus, 'sum(gateway_tokens_total{model="gpt-4o-mini"})')
             assert tokens == sum(answer.json()["usage"][k] for k in ("prompt_tokens", "completion_tokens")) * 2
+
+
+def test_every_worker_of_gateway_serve_answers_for_the_whole_server(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Path
+) -> None:
+    """`gateway serve --workers 2`: `/metrics` answered with the figures of whichever worker took the connection
+    (ten scrapes read 15, 15, 15, 5, 15, ...; Prometheus, on a kept-alive connection, saw 5 requests of 20, and the
+    counter "reset" as it moved between workers). Each worker now answers with the whole server's figures: its own,
+    and the others' as they last wrote them to the server's folder (at most a second old)."""
+    server, _ = upstream
+    temporary = tmp_path / "tmp"  # where the server makes its workers' folder
+    temporary.mkdir()
+    ok = 'model="gpt-4o-mini",provider="openai",region="global",status="200"'
+
+    def per_worker() -> list[float]:
+        """Each worker's requests, as its file in the server's folder says."""
+        counts = []
+        for path in temporary.glob("gateway-metrics-*/worker-*.json"):
+            figures = orjson.loads(path.read_bytes()).get("gateway_requests_total", {})
+            counts.append(sum(value for _, value in figures.get("counters", ())))
+        return counts
+
+    def requests_reported(admin: str) -> float:
+        """`gateway_requests_total` for gpt-4o-mini, from one scrape on a connection of its own."""
+        answer = httpx.get(f"{served.url}/metrics", headers={"authorization": f"Bearer {admin}"})
+        assert answer.status_code == 200
+        return sum(float(line.rsplit(" ", 1)[1]) for line in answer.text.splitlines() if ok in line)
+
+    environ = {"TMPDIR": str(temporary)}
+    with gateway_serve(server.url, tmp_path, {}, environ, args=("--workers", "2")) as served:
+        store = f"sqlite:///{tmp_path / 'gateway.db'}"
+        created = subprocess.run(
+            [sys.executable, "-m", "handler.entry.cli", "keys", "create", "--name", "prometheus", "--admin", "--json"],
+            env={**os.environ, "GATEWAY_STORE": store},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        admin = orjson.loads(created.stdout)["key"]
+        sent = 0
+        # Each request on a connection of its own: the workers take them in turns the kernel decides. Go on until
+        # both served some (their files say so), so that a sum is what the scrapes must show.
+        while sent < 200:
+            for _ in range(10):
+                answer = httpx.post(
+                    f"{served.url}/v1/chat/completions",
+                    json={"model": "gpt-4o-mini", "messages": HI},
+                    headers={"authorization": f"Bearer {served.key}"},
+                )
+                assert answer.status_code == 200
+                sent += 1
+            time.sleep(1.2)
+            if len(per_worker()) == 2 and all(per_worker()):
+                break
+        wait_for(lambda: requests_reported(admin) == sent, f"a scrape reporting {sent} requests", timeout_s=5)
+        scrapes = [requests_reported(admin) for _ in range(10)]
+        assert scrapes == [sent] * 10, f"each worker's own figures: {per_worker()}"
+        assert len(per_worker()) == 2 and all(per_worker()), "one worker took every request: nothing was summed"
+
+        # Prometheus keeps its connection, and so scrapes one worker: it sees every request, and no reset.
+        job = {
+            "job_name": "gateway",
+            "metrics_path": "/metrics",
+            "authorization": {"type": "Bearer", "credentials": admin},
+            "static_configs": [{"targets": [served.url.removeprefix("http://")]}],
+        }
+        with prometheus_server(job, tmp_path) as prometheus:
+            wait_for(lambda: query(prometheus, f"gateway_requests_total{{{ok}}}") == sent, "the scrape")
+            for _ in range(10):
+                httpx.post(
+                    f"{served.url}/v1/chat/completions",
+                    json={"model": "gpt-4o-mini", "messages": HI},
+                    headers={"authorization": f"Bearer {served.key}"},
+                )
+            sent += 10
+            wait_for(lambda: query(prometheus, f"gateway_requests_total{{{ok}}}") == sent, "the next scrapes")
+            selector = 'model="gpt-4o-mini",provider="openai",region="global"'
+            assert query(prometheus, f"gateway_request_duration_seconds_count{{{selector}}}") == sent
+            assert query(prometheus, f"resets(gateway_requests_total{{{ok}}}[5m])") == 0
+        served.process.terminate()
+        served.process.wait(15)
+    assert not list(temporary.glob("gateway-metrics-*")), "the server leaves its workers' folder behind"
 
 
 def test_a_metrics_port_with_several_workers_is_a_clear_error(

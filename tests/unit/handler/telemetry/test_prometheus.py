@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -50,3 +53,27 @@ def test_a_model_named_after_its_first_requests_gets_its_own_series() -> None:
     registry.record(model="late", **answered)  # type: ignore[arg-type]
     by_model = {dict(labels)["model"]: count for labels, count in registry.requests.counters.items()}
     assert by_model == {"other": 1, "late": 1}
+
+
+def test_the_workers_figures_summed_are_the_figures_of_one_process_that_served_it_all(tmp_path: Path) -> None:
+    """`gateway serve --workers 2`: a scrape answered with one worker's figures. Each worker's file, summed with the
+    scraped worker's own figures, gives what one process serving every request would have counted."""
+    answered = {"provider": "p", "region": "r", "code": None, "added_seconds": 0.001, "input_tokens": 3}
+    workers, alone = (
+        [Registry(models=["m"], providers=["p"]) for _ in range(2)],
+        Registry(models=["m"], providers=["p"]),
+    )
+    for number, seconds in enumerate((0.002, 0.3, 0.03, 7.0, 0.0004)):
+        for registry in (workers[number % 2], alone):
+            registry.record(model="m", status=200, seconds=seconds, cost_usd=0.25, **answered)  # type: ignore[arg-type]
+            registry.failure(401, "invalid_api_key", seconds)
+    workers[1].spans_dropped(3)
+    alone.spans_dropped(3)
+    files = [prometheus.Shared(tmp_path, worker) for worker in workers]
+    files[1].close()  # the other worker's last figures, as it writes them on its way out
+    assert files[0].others() == [orjson.loads(files[1].path.read_bytes())]
+    server = Registry()
+    server.absorb(workers[0].state())
+    for state in files[0].others():
+        server.absorb(state)
+    assert server.render() == alone.render()

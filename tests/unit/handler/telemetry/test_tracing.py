@@ -62,6 +62,27 @@ def test_the_config_wins_over_the_environment_and_its_headers_take_secret_refere
         otlp_settings(config, {})  # the reference resolves to nothing: say so at start-up, not per export
 
 
+def test_the_service_name_is_ranked_as_the_otel_spec_ranks_it() -> None:
+    """`OTEL_RESOURCE_ATTRIBUTES=service.name=checkout-gateway` was overwritten with `llm-gateway`: the spec has
+    `OTEL_SERVICE_NAME` win only when it is set, then `service.name` from `OTEL_RESOURCE_ATTRIBUTES`; the config's
+    own setting (`service_name`, or `service.name` in its `resource_attributes`) wins over both."""
+    base = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}
+
+    def service(config: OtlpConfig | None = None, **environ: str) -> str:
+        found = otlp_settings(config, {**base, **environ})
+        assert found is not None
+        return found.resource["service.name"]
+
+    attributes = "service.name=checkout-gateway,team=pay"
+    assert service(OTEL_RESOURCE_ATTRIBUTES=attributes) == "checkout-gateway"
+    assert service(OTEL_RESOURCE_ATTRIBUTES=attributes, OTEL_SERVICE_NAME="edge") == "edge"
+    assert service(OTEL_RESOURCE_ATTRIBUTES=attributes, OTEL_SERVICE_NAME="") == "checkout-gateway"
+    assert service(OtlpConfig(service_name="gw"), OTEL_RESOURCE_ATTRIBUTES=attributes, OTEL_SERVICE_NAME="e") == "gw"
+    in_config = OtlpConfig(resource_attributes={"service.name": "from-config"})
+    assert service(in_config, OTEL_RESOURCE_ATTRIBUTES=attributes, OTEL_SERVICE_NAME="edge") == "from-config"
+    assert service(OTEL_RESOURCE_ATTRIBUTES="team=pay") == "llm-gateway"
+
+
 @pytest.mark.parametrize(
     ("environ", "named"),
     [
