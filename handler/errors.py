@@ -28,7 +28,7 @@ mapped at the boundary with `raise ... from exc`; nothing else reaches the clien
 
 `should_retry` tells the client, as the `x-should-retry` header the official OpenAI and Anthropic SDKs honour:
 true only where the same request can succeed later (the key's own rate limit, an unavailable store, open
-breakers), with a `retry-after`, and a provider's passing failure on the only attempt made; false where it
+breakers), with a `retry-after`, and a provider's passing failure or 429 on the only attempt made; false where it
 cannot (a bad request, a missing key, a budget) or where the gateway has already spent its own retries or failed
 over.
 """
@@ -248,8 +248,10 @@ class ProviderRejectedError(InvalidRequestError):
 
 
 class UpstreamRateLimitedError(UpstreamError):
-    """Every candidate's provider rate-limited the request, and the gateway's own waits and retries are spent:
-    a 429 with the providers' `retry-after`, which the client should not retry at once."""
+    """Every candidate's provider rate-limited the request: a 429 with the providers' `retry-after`. Once the
+    gateway's own waits and retries are spent (or it failed over), the client should not retry at once; where the
+    gateway made the one attempt and did not retry it (the provider named no wait, or one past the gateway's own
+    bound), the client may, after that wait, as it would against the provider."""
 
     status = 429
     default_code = "upstream_rate_limited"

@@ -92,6 +92,11 @@ MAX_USER_CHARS = 256
 DEFAULT_SEARCHES = 10
 # Upstream statuses that mean the client's request itself is wrong: answered as 400, not 502.
 CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
+# The longest `retry-after` the gateway waits out itself before retrying a deployment; a longer wait is the client's.
+MAX_RETRY_WAIT_S = 5
+# The `retry-after` of a 429 whose providers named no wait (Bedrock's ThrottlingException): the least the header can
+# say. Codex retries a 429 only when it carries one (without, it gave up after the one request).
+UNNAMED_WAIT_S = 1
 
 
 NO_ROUTE_CONTROLS = RouteControls()  # the config's routing, as the client left it
@@ -820,7 +825,7 @@ class Pipeline:
                             continue
                         raise self._client_facing(err) from None
                     breakers.failure(label, err.upstream_status == 429)
-                    if retry < retries and err.retry_after is not None and err.retry_after <= 5:
+                    if retry < retries and err.retry_after is not None and err.retry_after <= MAX_RETRY_WAIT_S:
                         retry += 1
                         waited = time.perf_counter()
                         await asyncio.sleep(err.retry_after)  # the provider's wait, not the gateway's own time
@@ -845,12 +850,24 @@ class Pipeline:
         if all(err.upstream_status == 429 for err in failed) and not skipped:
             # (One skipped for other failures: not every one rate-limited.)
             waits = [err.retry_after for err in failed if err.retry_after is not None]
-            headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else {}
-            raise UpstreamRateLimitedError(
-                f"every provider rate-limited this request, after the gateway's own retries: {last.message}",
+            headers = {"retry-after": str(max(1, math.ceil(min(waits))) if waits else UNNAMED_WAIT_S)}
+            if len(failed) > 1:
+                raise UpstreamRateLimitedError(
+                    f"every provider rate-limited this request, after the gateway's own retries: {last.message}",
+                    upstream_status=429,
+                    headers=headers,
+                )
+            # The one attempt made, not retried: the provider named no wait (Bedrock's ThrottlingException), or one
+            # past the gateway's own bound (Anthropic's 20 s). The client may wait and retry, as it would against
+            # the provider: told not to, the SDKs and Claude Code gave up at once, and Codex after one request.
+            limited = UpstreamRateLimitedError(
+                f"the provider rate-limited this request and the gateway did not retry it "
+                f"({self._unretried(last, retries)}): {last.message}",
                 upstream_status=429,
                 headers=headers,
             )
+            limited.should_retry = True
+            raise limited
         if all(err.upstream_status == OVERLOADED for err in failed):
             # Real overload (a candidate skipped for its open breaker is not available either): Anthropic's own
             # answer to it on its API, which Claude Code falls back on; a 502 it may retry without end.
@@ -868,6 +885,16 @@ class Pipeline:
             # could be billed again.
             failure.should_retry = True
         raise failure
+
+    @staticmethod
+    def _unretried(limited: UpstreamError, retries: int) -> str:
+        """Why the gateway did not retry a deployment's 429, in its answer's words."""
+        if retries == 0:
+            return "gateway.max_retries_per_deployment is 0"
+        if limited.retry_after is None:
+            return "the provider named no wait"
+        wait = math.ceil(limited.retry_after)
+        return f"the provider's retry-after of {wait} s is past the {MAX_RETRY_WAIT_S} s the gateway waits itself"
 
     async def _fallback_refused(self, ex: Exchange, model: str) -> bool:
         """Whether a fallback `model`'s own per-model limits (the key's or an ancestor's) refuse the request,

@@ -1,10 +1,11 @@
 """A fake Anthropic Messages API (`POST /v1/messages`), speaking Anthropic's documented wire format.
 
 Behaviour is chosen by the requested model name, or by `metadata.user_id` (the OpenAI `user`) so a gateway
-test can pick a fault on a configured model: `fail-429` (rate_limit_error with retry-after: 0), `fail-500`
-(api_error), `fail-529` (overloaded_error), `fail-400` (invalid_request_error), `fail-context` (Anthropic's
-`prompt is too long: N tokens > M maximum`), `slow` (waits `SLOW_SECONDS` before answering), `stream-cut`
-(a stream that stops mid-way, without `message_delta` or `message_stop`),
+test can pick a fault on a configured model: `fail-429` (rate_limit_error with retry-after: 0), `fail-429-long`
+(the same with retry-after: 20), `fail-500` (api_error), `fail-529` (overloaded_error), `fail-400`
+(invalid_request_error), `fail-context` (Anthropic's `prompt is too long: N tokens > M maximum`), `slow` (waits
+`SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way, without `message_delta` or
+`message_stop`),
 `stream-overloaded` (a stream that ends after its first delta with Anthropic's in-stream `error` event, an
 `overloaded_error`; with `echo-auth` its message quotes the request's `x-api-key`, as an upstream that echoes
 credentials would), `bad-json` (a 200 whose body is not JSON), `slashes-escaped` (its JSON written with every `/`
@@ -267,6 +268,13 @@ def _problem(body: dict[str, Any]) -> str | None:
 
 def _fault(faults: str) -> Response | None:
     """The error a fault name in the model (or `metadata.user_id`) asks for."""
+    if "fail-429-long" in faults:  # a wait as Anthropic names one for its per-minute token limits
+        return _error(
+            429,
+            "rate_limit_error",
+            "This request would exceed your organization's rate limit of 30,000 input tokens per minute.",
+            {"retry-after": "20", "x-should-retry": "true"},
+        )
     if "fail-429" in faults:
         return _error(
             429, "rate_limit_error", "Number of request tokens has exceeded your rate limit.", {"retry-after": "0"}

@@ -17,7 +17,8 @@ is refused, as Anthropic refuses it, and so is a beta (`anthropic_beta`) Bedrock
 (`CLAUDE_BETAS`: "invalid beta flag").
 
 Behaviour by model id: `thinker` and `redacts` (see `THINKING`, `REDACTED`), `fail-throttle` (HTTP 429
-ThrottlingException), `fail-validation` (400), `fail-500` (InternalServerException), `stream-exception` (a stream
+ThrottlingException, which names no wait), `throttle-once` (that 429 for the first request to the model, served after
+it), `fail-validation` (400), `fail-500` (InternalServerException), `stream-exception` (a stream
 whose first frame is a throttlingException), `malformed-tool-use` and `malformed-output` (the words the model wrote
 before a tool use Bedrock could not parse, or output it could not read: `stopReason` `malformed_tool_use` or
 `malformed_model_output`, its usage billed; a stream pauses `MALFORMED_PAUSE_S` before its `messageStop`, as a model
@@ -433,6 +434,7 @@ def malformed_answer(answer: dict[str, Any], model: str) -> dict[str, Any]:
 def create_app() -> Starlette:
     requests: list[dict[str, Any]] = []
     cached: set[bytes] = set()
+    throttled: set[str] = set()  # the `throttle-once` models already throttled
 
     async def guard(
         request: Request, validate: Callable[[dict[str, Any]], str | None] = _invalid
@@ -446,7 +448,8 @@ def create_app() -> Starlette:
         problem = verify_sigv4("POST", raw_path, request.url.query, headers, raw)
         if problem is not None:
             return model, None, _error(403, "InvalidSignatureException", problem)
-        if "fail-throttle" in model:
+        if "fail-throttle" in model or ("throttle-once" in model and model not in throttled):
+            throttled.add(model)
             return (
                 model,
                 None,

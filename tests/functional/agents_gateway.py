@@ -6,7 +6,8 @@ Responses API passed through), `azure-gpt` by azure,
 `claude-or-gpt` does when a request picks a fault of the fake Anthropic (`metadata.user_id`), `claude-cut`
 (`gpt-cut`) is an Anthropic (OpenAI) stream that stops half-way, `escaping-claude` (`escaping-gpt`) an Anthropic
 (OpenAI) that escapes every `/` in the JSON it writes, and `claude-overloaded` an Anthropic that answers
-every request with its 529 `overloaded_error`.
+every request with its 529 `overloaded_error`; `bedrock-throttled` is a Bedrock that throttles the first request it
+gets (a 429 `ThrottlingException`, which names no wait) and serves the rest.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tests.support.servers import ServerThread
 
 CLAUDE = "claude-sonnet-4-5-20250929"
 BEDROCK_CLAUDE = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+THROTTLED_ONCE = "us.anthropic.claude-sonnet-4-5-throttle-once-v1:0"
 CLAUDE_PRICE = {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write": 3.75}
 PRICE = {"input": 1.0, "output": 2.0}
 
@@ -105,6 +107,12 @@ def agents_gateway(directory: Path) -> Iterator[Running]:
             "gemini-3": {"deployments": [{"provider": "gemini", "model": "gemini-3-pro-preview"}], "price": PRICE},
             "bedrock-claude": {
                 "deployments": [{"provider": "bedrock", "model": BEDROCK_CLAUDE, "region": fake_bedrock.REGION}],
+                "price": CLAUDE_PRICE,
+            },
+            "bedrock-throttled": {
+                "deployments": [
+                    {"provider": "bedrock", "model": THROTTLED_ONCE, "region": fake_bedrock.REGION},
+                ],
                 "price": CLAUDE_PRICE,
             },
         },

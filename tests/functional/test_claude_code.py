@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.anthropic import SIGNATURE
-from tests.functional.agents_gateway import CLAUDE, agents_gateway
+from tests.functional.agents_gateway import CLAUDE, THROTTLED_ONCE, agents_gateway
 from tests.functional.conftest import Running
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,3 +153,20 @@ def test_claude_code_switches_to_its_fallback_model_when_anthropic_is_overloaded
     assert ANSWER in done.stdout
     models = [r["json"]["model"] for r in requests_since(agents, "anthropic", start) if r["path"].endswith("/messages")]
     assert models[:4] == ["fail-529", "fail-529", "fail-529", CLAUDE], models
+
+
+def test_claude_code_waits_and_retries_a_429_the_gateway_did_not_retry(agents: Running, tmp_path: Path) -> None:
+    """Bedrock throttles the first request (a `ThrottlingException`, which names no wait, so the gateway does not
+    retry it). The gateway answered that 429 with `x-should-retry: false`, "after the gateway's own retries", and
+    Claude Code stopped at once (exit 1 after about a second); told the truth (`true`: one attempt, not retried), it
+    waits, sends the request again and finishes the task."""
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    start = len(agents.fakes["bedrock"].state.requests)
+    done = claude(agents, "bedrock-throttled", workdir, home, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (workdir / "out.txt").read_text() == "hi\n"
+    assert ANSWER in done.stdout
+    models = [r["model"] for r in requests_since(agents, "bedrock", start)]
+    assert models.count(THROTTLED_ONCE) >= 3, models  # the throttled request, sent again, then the tool result

@@ -13,6 +13,7 @@ import pytest
 
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
+from tests.fakes import bedrock as fake_bedrock
 from tests.functional.conftest import Running, fresh_minute, serve_gateway
 from tests.support.servers import ServerThread
 
@@ -24,9 +25,13 @@ HI = [{"role": "user", "content": "Hi"}]
 def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     server, fakes = upstream
     base = f"{server.url}/openai/v1"
+    bedrock_app = fake_bedrock.create_app()
+    bedrock = ServerThread(bedrock_app).start()
+    throttling = {"provider": "bedrock", "model": "fail-throttle", "region": fake_bedrock.REGION}
     config = parse_config(
         {
             "providers": {
+                "bedrock": {"type": "bedrock", "base_url": bedrock.url},
                 "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": base},
                 "nokey": {"type": "openai", "api_key": "env:NOKEY_API_KEY", "base_url": base},
                 "anthropic": {
@@ -39,6 +44,15 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
                 "ok": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": PRICE},
                 "limited": {"deployments": [{"provider": "openai", "model": "fail-429"}], "price": PRICE},
                 "limited-wait": {"deployments": [{"provider": "openai", "model": "fail-429-wait"}], "price": PRICE},
+                "throttled": {"deployments": [throttling], "price": PRICE},
+                "limited-long": {"deployments": [{"provider": "anthropic", "model": "fail-429-long"}], "price": PRICE},
+                "throttled-then-limited": {  # (deployments of its own: the others' 429s do not open their breakers)
+                    "deployments": [
+                        {**throttling, "model": "fail-throttle-b"},
+                        {"provider": "anthropic", "model": "fail-429-long-b"},
+                    ],
+                    "price": PRICE,
+                },
                 "unconfigured": {"deployments": [{"provider": "nokey", "model": "gpt-4o-mini"}], "price": PRICE},
                 "down": {"deployments": [{"provider": "openai", "model": "fail-500"}], "price": PRICE},
                 "overloaded": {"deployments": [{"provider": "anthropic", "model": "fail-529"}], "price": PRICE},
@@ -91,9 +105,11 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
         },
         set(REGISTRY),
     )
-    running, gateway_server = serve_gateway(config, f"sqlite:///{tmp_path_factory.mktemp('e') / 'g.db'}", server, fakes)
+    store = f"sqlite:///{tmp_path_factory.mktemp('e') / 'g.db'}"
+    running, gateway_server = serve_gateway(config, store, server, {**fakes, "bedrock": bedrock_app})
     yield running
     gateway_server.stop()
+    bedrock.stop()
 
 
 class Counter:
@@ -131,6 +147,61 @@ def test_a_providers_429_after_the_gateways_retries_is_a_429_the_sdk_does_not_re
     assert answer.headers["retry-after"] == "1"
     assert counter.sent == 1
     assert len(fake) - since == 2  # the gateway's own attempt and its one retry, nothing more
+
+
+def test_a_providers_429_the_gateway_did_not_retry_is_left_to_the_sdks_retries(gw: Running) -> None:
+    """A provider's 429 the gateway sent once and did not retry (Bedrock's ThrottlingException names no wait) was
+    answered as though the gateway had spent its retries: `x-should-retry: false`, and the SDK, and Claude Code,
+    gave up after the one attempt. The gateway retried nothing, so the SDK's own retries stand: each of its three
+    tries reaches Bedrock once, and the answer says the gateway did not retry. Its `retry-after` is the least one
+    (the interface gives every `upstream_rate_limited` one; Codex retries a 429 only with one)."""
+    fake = gw.fakes["bedrock"].state.requests
+    since = len(fake)
+    counter = Counter()
+    claude = sdk_anthropic(gw, gw.mint(), counter)
+    with pytest.raises(anthropic.RateLimitError) as raised:
+        claude.messages.create(model="throttled", max_tokens=10, messages=HI)  # type: ignore[arg-type]
+    claude.close()
+    answer = raised.value.response
+    assert (answer.headers["x-should-retry"], answer.headers["retry-after"]) == ("true", "1")  # (none named)
+    said = raised.value.body["error"]  # type: ignore[index]
+    assert said["type"] == "rate_limit_error"
+    assert said["message"].startswith("the provider rate-limited this request and the gateway did not retry it")
+    assert "(the provider named no wait)" in said["message"]
+    assert counter.sent == 3 and len(fake) - since == 3
+
+
+def test_a_providers_wait_past_the_gateways_bound_is_passed_on_for_the_client_to_wait(gw: Running) -> None:
+    """Anthropic's 429 with `retry-after: 20`, past the 5 s the gateway waits itself: one attempt, not retried,
+    answered with the provider's wait and `x-should-retry: true` (it said false, "after the gateway's own
+    retries", and Claude Code stopped at once where against Anthropic it waits and retries)."""
+    fake = gw.fakes["anthropic"].state.requests
+    since = len(fake)
+    counter = Counter()
+    client = sdk_openai(gw, gw.mint(), counter).with_options(max_retries=0)  # (its retry would wait the 20 s)
+    with pytest.raises(openai.RateLimitError) as raised:
+        client.chat.completions.create(model="limited-long", messages=HI)  # type: ignore[arg-type]
+    client.close()
+    answer = raised.value.response
+    assert (answer.headers["x-should-retry"], answer.headers["retry-after"]) == ("true", "20")
+    error = answer.json()["error"]
+    assert (error["code"], error["upstream_status"]) == ("upstream_rate_limited", 429)
+    assert "the provider's retry-after of 20 s is past the 5 s the gateway waits itself" in error["message"]
+    assert len(fake) - since == 1
+
+
+def test_a_failover_between_providers_that_all_said_429_is_not_retried_by_the_sdk(gw: Running) -> None:
+    """Two deployments, each tried once and rate-limited: the gateway failed over, so the client is told not to
+    retry at once, with the providers' wait (the shortest they named) passed on."""
+    counter = Counter()
+    client = sdk_openai(gw, gw.mint(), counter)
+    with pytest.raises(openai.RateLimitError) as raised:
+        client.chat.completions.create(model="throttled-then-limited", messages=HI)  # type: ignore[arg-type]
+    client.close()
+    answer = raised.value.response
+    assert (answer.headers["x-should-retry"], answer.headers["retry-after"]) == ("false", "20")
+    assert "after the gateway's own retries" in answer.json()["error"]["message"]
+    assert counter.sent == 1
 
 
 def until_a_breaker_opens(gw: Running, model: str) -> tuple[list[httpx.Response], list[str]]:

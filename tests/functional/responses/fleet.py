@@ -10,6 +10,7 @@ PROVIDER_MODELS = ["gpt", "azure-gpt", "gpt-chat", "claude", "gemini", "bedrock-
 NATIVE = {"gpt", "azure-gpt"}
 PRICE = {"input": 1, "output": 2}
 SEARCH_USD = 0.01
+THROTTLED_ONCE = "us.anthropic.claude-3-5-haiku-throttle-once-v1:0"
 
 
 def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
@@ -63,6 +64,11 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
                 "price": PRICE,
             },
             "deepseek": {"deployments": [{"provider": "deepseek", "model": "deepseek-chat"}], "price": PRICE},
+            # A Bedrock that throttles the first request it gets (a ThrottlingException names no wait).
+            "bedrock-throttled": {
+                "deployments": [{"provider": "bedrock", "model": THROTTLED_ONCE, "region": "us-east-1"}],
+                "price": PRICE,
+            },
             "reasoner": {"deployments": [{"provider": "deepseek", "model": "deepseek-reasoner"}], "price": PRICE},
             "gemini-thinker": {"deployments": [{"provider": "gemini", "model": "gemini-3-thinker"}], "price": PRICE},
             "claude-thinker": {"deployments": [{"provider": "anthropic", "model": "claude-thinker"}], "price": PRICE},

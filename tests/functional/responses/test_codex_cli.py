@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from tests.functional.conftest import Running
-from tests.functional.responses.fleet import PROVIDER_MODELS
+from tests.functional.responses.fleet import PROVIDER_MODELS, THROTTLED_ONCE
 
 CODEX = Path(__file__).resolve().parents[3] / ".tools" / "node_modules" / ".bin" / "codex"
 pytestmark = pytest.mark.skipif(not CODEX.exists(), reason=f"the Codex CLI is not installed at {CODEX} (make clients)")
@@ -72,3 +72,21 @@ def test_codex_knows_a_full_context_from_claude_or_gemini(fleet: Running, model:
     done = codex_exec(fleet, fleet.mint(name=f"codex-{model}"), model, "say hi", workdir, home)
     said = done.stdout + done.stderr
     assert "ran out of room in the model's context window" in said, said[-3000:]
+
+
+def test_codex_waits_and_retries_a_429_the_gateway_did_not_retry(fleet: Running, tmp_path: Path) -> None:
+    """Bedrock throttles the first request (a `ThrottlingException` names no wait, so the gateway does not retry
+    it). Codex retries a 429 only when it carries a `retry-after`: the gateway's 429 had none, and Codex printed
+    "exceeded retry limit" after the one request. With the least wait given, it sends it again and finishes."""
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    start = len(fleet.fakes["bedrock"].state.requests)
+    call = orjson.dumps({"cmd": "echo hi > out.txt"}).decode()
+    done = codex_exec(
+        fleet, fleet.mint(name="codex-throttled"), "bedrock-throttled", f"CALL exec_command {call}", workdir, home
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (workdir / "out.txt").read_text().strip() == "hi"
+    models = [r["model"] for r in fleet.fakes["bedrock"].state.requests[start:]]
+    assert models.count(THROTTLED_ONCE) >= 3, models  # the throttled request, sent again, then the command's output
