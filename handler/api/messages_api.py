@@ -104,6 +104,28 @@ class MessagesRequest(MessagesCountRequest):
     metadata: dict[str, Any] | None = None
 
 
+def end_user(user_id: str) -> str:
+    """The end user a Messages request's `metadata.user_id` names. Claude Code's is a JSON object written as a string,
+    `{"device_id": ..., "account_uuid": ..., "session_id": ...}`: kept whole, it made each session a user of its own
+    (the ledger's `user`, `/v1/usage?group_by=user`), and it went to OpenAI as `user`, past the 64 characters its
+    docs allow a `safety_identifier`. The user is its account where it has one, else its device (a 64-character
+    hash); the session is the ledger's `session` already, from Claude Code's `x-claude-code-session-id`. Any other
+    `user_id` is the user as written."""
+    if not user_id.startswith("{"):
+        return user_id
+    try:
+        named = orjson.loads(user_id)
+    except orjson.JSONDecodeError:
+        return user_id
+    if not isinstance(named, dict):
+        return user_id
+    for field in ("account_uuid", "device_id"):
+        who = named.get(field)
+        if isinstance(who, str) and who:
+            return who
+    return user_id
+
+
 def sent_fields(model: BaseModel) -> set[str]:
     return set(model.model_fields_set | set(model.model_extra or {}))
 
@@ -359,7 +381,7 @@ class Translation:
             if req.stream:
                 body["stream"] = True
             if req.metadata and req.metadata.get("user_id"):
-                body["user"] = str(req.metadata["user_id"])
+                body["user"] = end_user(str(req.metadata["user_id"]))
         if req.tools:
             tools = self.tools(req.tools)
             if tools:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.fakes.anthropic import SIGNATURE
@@ -170,3 +172,31 @@ def test_claude_code_waits_and_retries_a_429_the_gateway_did_not_retry(agents: R
     assert ANSWER in done.stdout
     models = [r["model"] for r in requests_since(agents, "bedrock", start)]
     assert models.count(THROTTLED_ONCE) >= 3, models  # the throttled request, sent again, then the tool result
+
+
+def test_claude_codes_sessions_on_one_machine_are_one_user(agents: Running, tmp_path: Path) -> None:
+    """Two Claude Code sessions on one machine (one home): the ledger's `user` was the whole `metadata.user_id`, a
+    JSON string holding the session id, so `group_by=user` counted a user per session, and OpenAI was sent that
+    string as `user`. Now both sessions are the device's one user (no account: an API key), their sessions apart,
+    and OpenAI gets that identifier, within the 64 characters its docs allow."""
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    key = agents.mint(name="claude-code-sessions")
+    start = len(agents.fakes["openai"].state.requests)
+    for _ in range(2):
+        done = claude(agents, "gpt", workdir, home, environ={"ANTHROPIC_API_KEY": key})
+        assert done.returncode == 0, done.stderr
+    lines = agents.ledger(key)
+    for _ in range(50):  # (each line is written once its answer went out)
+        if len(lines) >= 4:
+            break
+        time.sleep(0.1)
+        lines = agents.ledger(key)
+    users, sessions = {line.user for line in lines}, {line.session for line in lines}
+    assert len(lines) >= 4 and len(users) == 1 and len(sessions) == 2, [(line.user, line.session) for line in lines]
+    user = users.pop()
+    assert user is not None and len(user) == 64 and not user.startswith("{")
+    assert {r["json"].get("user") for r in requests_since(agents, "openai", start)} == {user}
+    usage = httpx.get(f"{agents.url}/v1/usage", params={"group_by": "user"}, headers={"authorization": f"Bearer {key}"})
+    assert [group["user"] for group in usage.json()["data"]] == [user]

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from adapters.providers.registry import REGISTRY
@@ -20,7 +21,7 @@ from handler.config import Config, parse_config
 from handler.entry.cli import main as cli_main
 from handler.pipeline.keys import split_key
 from handler.ports import LedgerItem, StoreError
-from tests.functional.conftest import FAKE_KEYS, Running, fresh_minute, serve_gateway, serving
+from tests.functional.conftest import FAKE_KEYS, Running, anthropic_client, fresh_minute, serve_gateway, serving
 from tests.support.dynamo import DynamoServer
 from tests.support.servers import ServerThread
 
@@ -724,6 +725,49 @@ def test_each_line_carries_its_tags_user_and_session_and_reports_group_by_them(g
         ("ads", "u-7", "codex-9", 1),
         ("search", "u-42", "sess-1", 1),
     ]
+
+
+def test_claude_codes_user_id_is_its_account_or_its_device_not_its_session(gw: Running) -> None:
+    """Claude Code's `metadata.user_id` is a JSON object in a string, its session id inside: kept whole as the
+    ledger's `user`, one machine and account counted a user per session (`group_by=user`), and OpenAI was sent the
+    whole string (150 characters with no account) as `user`. The user is the account where it has one, else the
+    device; the session is Claude Code's header's; a plain `user_id` stays as written (the test above). Anthropic
+    gets the body as sent, as it would from Claude Code directly."""
+    device, account = "d" * 64, "6f1c5b9e-2a4d-4c1e-9f3b-8a7d6e5c4b3a"
+    key = gw.mint()
+    client = anthropic_client(gw, key)
+    openai_fake, anthropic_fake = gw.fakes["openai"].state.requests, gw.fakes["anthropic"].state.requests
+    sent = []
+    for model, session, account_uuid in [
+        ("gpt-test", "sess-a", ""),
+        ("gpt-test", "sess-b", ""),
+        ("claude-test", "sess-c", ""),
+        ("gpt-test", "sess-d", account),
+    ]:
+        user_id = orjson.dumps({"device_id": device, "account_uuid": account_uuid, "session_id": session}).decode()
+        client.messages.create(
+            model=model,
+            max_tokens=20,
+            messages=HI,
+            metadata={"user_id": user_id},
+            extra_headers={"x-claude-code-session-id": session},
+        )
+        sent.append(openai_fake[-1]["json"]["user"] if model == "gpt-test" else anthropic_fake[-1]["json"]["metadata"])
+        if model == "claude-test":
+            assert sent[-1] == {"user_id": user_id}  # (Anthropic gets what Claude Code sends it directly)
+    assert [sent[0], sent[1], sent[3]] == [device, device, account]
+    lines = ledger(gw, key)
+    while len(lines) < 4:
+        time.sleep(0.05)
+        lines = ledger(gw, key)
+    assert sorted((line.session, line.user) for line in lines) == [
+        ("sess-a", device),
+        ("sess-b", device),
+        ("sess-c", device),
+        ("sess-d", account),
+    ]
+    report = httpx.get(f"{gw.url}/v1/usage", params={"group_by": "user"}, headers=auth(key)).json()
+    assert sorted((r["user"], r["requests"]) for r in report["data"]) == sorted([(device, 3), (account, 1)])
 
 
 @pytest.mark.parametrize(

@@ -176,3 +176,21 @@ def test_an_mcp_toolset_has_no_name_and_is_named_as_dropped_but_a_custom_tool_ne
     for nameless in ({"input_schema": {"type": "object"}}, {"type": "custom", "input_schema": {"type": "object"}}):
         with pytest.raises(InvalidRequestError, match="tools.0.name"):
             translate(tools=[nameless])
+
+
+@pytest.mark.parametrize(
+    ("user_id", "user"),
+    [
+        ('{"device_id":"d1","account_uuid":"a1","session_id":"s1"}', "a1"),
+        ('{"device_id":"d1","account_uuid":"","session_id":"s1"}', "d1"),
+        ("alice", "alice"),
+        ("{not json", "{not json"),
+        ('["d1"]', '["d1"]'),
+        ('{"session_id":"s1"}', '{"session_id":"s1"}'),
+    ],
+)
+def test_the_end_user_is_claude_codes_account_or_device_and_any_other_user_id_as_written(
+    user_id: str, user: str
+) -> None:
+    req, _ = translate(metadata={"user_id": user_id})
+    assert req.user == user
