@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from handler.redaction import redact_message, redact_secrets
+from handler.redaction import clipped, redact_message, redact_secrets
 
 if TYPE_CHECKING:
     from handler.schemas import Usage
@@ -124,6 +124,18 @@ class PermissionDeniedError(GatewayError):
     default_code = "model_not_allowed"
     error_type = "permission_error"
     anthropic_type = "permission_error"
+
+
+def model_not_allowed(model: str) -> PermissionDeniedError:
+    """The 403 for a model outside the scopes of the key (or an ancestor). Its words say the key was accepted:
+    Claude Code shows every 403 as "Failed to authenticate" ("Please run /login" when interactive), the gateway's
+    message after it, whatever the body's type; Codex as "unexpected status 403 Forbidden", the message after it."""
+    return PermissionDeniedError(
+        f"this key may not use model '{clipped(model)}': the key is valid, the model is outside its scopes (signing in "
+        "again will not change that; GET /v1/models lists the models it may use)",
+        code="model_not_allowed",
+        param="model",
+    )
 
 
 class NotFoundError(GatewayError):

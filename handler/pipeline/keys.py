@@ -19,10 +19,10 @@ from dataclasses import replace
 from fnmatch import fnmatchcase
 from typing import Final
 
-from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
+from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError, model_not_allowed
 from handler.ports import ChildLimitReached, KeyRecord, Store
 from handler.records import Value
-from handler.redaction import REDACTED, clipped
+from handler.redaction import REDACTED
 
 KEY_PREFIX = "gwk"
 ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
@@ -366,9 +366,7 @@ class KeyService:
     def check_model(lineage: list[KeyRecord], model: str) -> None:
         """403 unless the key and every ancestor (`lineage`, nearest first) may use `model`."""
         if not allows_model(lineage, model):
-            raise PermissionDeniedError(
-                f"this key may not use model '{clipped(model)}'", code="model_not_allowed", param="model"
-            )
+            raise model_not_allowed(model)
 
     @staticmethod
     def require_admin(record: KeyRecord) -> None:

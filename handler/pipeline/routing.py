@@ -11,7 +11,13 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from handler.config import Config, ModelConfig, reference_hint
-from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError, ServiceUnavailableError
+from handler.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+    model_not_allowed,
+)
 from handler.pipeline.breakers import Breakers
 from handler.ports import ProviderAdapter, Target
 from handler.records import Value
@@ -196,9 +202,7 @@ class Router:
         """`plan`'s attempts nearest first, those without a key included, and the fallbacks out of scope."""
         spec = self.spec(model)
         if not allowed(model):
-            raise PermissionDeniedError(
-                f"this key may not use model '{model}'", code="model_not_allowed", param="model"
-            )
+            raise model_not_allowed(model)
         if spec.kind != kind:
             raise InvalidRequestError(f"model '{model}' is {a_model(spec.kind)}, not {a_model(kind)}", param="model")
         chain = [model]

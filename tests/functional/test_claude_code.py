@@ -200,3 +200,23 @@ def test_claude_codes_sessions_on_one_machine_are_one_user(agents: Running, tmp_
     assert {r["json"].get("user") for r in requests_since(agents, "openai", start)} == {user}
     usage = httpx.get(f"{agents.url}/v1/usage", params={"group_by": "user"}, headers={"authorization": f"Bearer {key}"})
     assert [group["user"] for group in usage.json()["data"]] == [user]
+
+
+def test_claude_code_shows_a_model_outside_the_keys_scopes_as_such_not_as_a_login_to_renew(
+    agents: Running, tmp_path: Path
+) -> None:
+    """Claude Code shows any 403 as "Failed to authenticate" ("Please run /login" when interactive), whatever the
+    body's type; what follows is the gateway's message, which said only "this key may not use model 'claude'". It
+    now says the key was accepted and where to see the models it may use."""
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    key = agents.mint(name="claude-code-scoped", models=["gpt"])
+    start = len(agents.fakes["anthropic"].state.requests)
+    done = claude(agents, "claude", workdir, home, environ={"ANTHROPIC_API_KEY": key}, timeout=60)
+    assert done.returncode == 1
+    said = done.stdout.strip()
+    assert said.startswith("Failed to authenticate. API Error: 403 this key may not use model 'claude'"), said
+    assert "the key is valid, the model is outside its scopes (signing in again will not change that" in said
+    assert "GET /v1/models lists the models it may use" in said
+    assert len(agents.fakes["anthropic"].state.requests) == start and agents.ledger(key) == []
