@@ -6,7 +6,7 @@ Responses API passed through), `azure-gpt` by azure,
 `claude-or-gpt` does when a request picks a fault of the fake Anthropic (`metadata.user_id`), `claude-cut`
 (`gpt-cut`) is an Anthropic (OpenAI) stream that stops half-way, `escaping-claude` (`escaping-gpt`) an Anthropic
 (OpenAI) that escapes every `/` in the JSON it writes, and `claude-overloaded` an Anthropic that answers
-every request with its 529 `overloaded_error`; `bedrock-throttled` is a Bedrock that throttles the first request it
+every request with its 529 `overloaded_error`; `throttled-bedrock` is a Bedrock that throttles the first request it
 gets (a 429 `ThrottlingException`, which names no wait) and serves the rest.
 """
 
@@ -109,7 +109,7 @@ def agents_gateway(directory: Path) -> Iterator[Running]:
                 "deployments": [{"provider": "bedrock", "model": BEDROCK_CLAUDE, "region": fake_bedrock.REGION}],
                 "price": CLAUDE_PRICE,
             },
-            "bedrock-throttled": {
+            "throttled-bedrock": {
                 "deployments": [
                     {"provider": "bedrock", "model": THROTTLED_ONCE, "region": fake_bedrock.REGION},
                 ],

@@ -166,7 +166,7 @@ def test_claude_code_waits_and_retries_a_429_the_gateway_did_not_retry(agents: R
     workdir.mkdir()
     home.mkdir()
     start = len(agents.fakes["bedrock"].state.requests)
-    done = claude(agents, "bedrock-throttled", workdir, home, timeout=120)
+    done = claude(agents, "throttled-bedrock", workdir, home, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (workdir / "out.txt").read_text() == "hi\n"
     assert ANSWER in done.stdout
