@@ -151,10 +151,14 @@ def clipped(name: str, limit: int = NAME_CHARS) -> str:
     return redact_secrets(name[: limit + max(_longest, 64)])[:limit]
 
 
-def unkeyed(value: str) -> str:
+def unkeyed(value: str, limit: int | None = None) -> str:
     """`value`, a client's name for its user, its session or a tag (kept on ledger lines and in reports, spans and
     CSV exports), with any key in it redacted: a client that sends its key there finds it nowhere. A value without
-    a key's first letters is returned as it is, with no regular expression run (the hot path)."""
+    a key's first letters is returned as it is, with no regular expression run (the hot path). With `limit`, its
+    first `limit` characters, redacted before the cut as `clipped` does: cut first, a key straddling the cut kept
+    its first characters, too few for a key's shape."""
+    if limit is not None and len(value) > limit:
+        return unkeyed(value[: limit + max(_longest, 64)])[:limit]
     for marker in KEY_MARKERS:
         if marker in value:
             return redact_secrets(value)

@@ -461,7 +461,7 @@ class Pipeline:
     async def embeddings(self, req: EmbeddingsRequest, ex: Exchange) -> EmbeddingsResponse:
         plan = self._plan(ex, req.model, kind="embedding")
         if isinstance(req.user, str) and req.user and ex.user is None:
-            ex.user = unkeyed(req.user[:MAX_USER_CHARS])  # attributed as a chat request's `user` is (`_admit`)
+            ex.user = unkeyed(req.user, MAX_USER_CHARS)  # attributed as a chat request's `user` is (`_admit`)
         texts = [req.input] if isinstance(req.input, str) else req.input
         tokens = sum(len(t.encode()) // 2 + 1 if isinstance(t, str) else len(str(t)) for t in texts)
         ex.prompt = PromptEstimate(tokens, ())
@@ -496,7 +496,7 @@ class Pipeline:
             ex.trace.requested(req)  # before the output cap below is applied
         who = req.user or (req.model_extra or {}).get("safety_identifier")
         if isinstance(who, str) and who and ex.user is None:
-            ex.user = unkeyed(who[:MAX_USER_CHARS])
+            ex.user = unkeyed(who, MAX_USER_CHARS)
         self._price_options(ex, req)
         if call is not None:
             self._price_native_options(ex, plan, call)

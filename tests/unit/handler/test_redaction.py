@@ -91,3 +91,16 @@ def test_escapes_without_a_secret_behind_them_are_left_as_written() -> None:
     # An escaped backslash before `/` is a backslash, then a slash: not the escape of `/`.
     tricky = ('{"text":"' + SLASHED.replace("/", "\\\\/") + '"}').encode()
     assert scrub(tricky) == tricky
+
+
+def test_a_key_straddling_the_cut_of_a_clients_name_is_redacted_whole() -> None:
+    """A user name was cut to its limit before it was redacted: a key beginning a few characters before the cut
+    kept them, too few for a key's shape (`gwk_<id>_` and 7 characters of its secret, on the ledger line)."""
+    from handler.redaction import unkeyed
+
+    secret = "S3cretPart" * 4
+    pieces = {secret[i : i + 3] for i in range(len(secret) - 2)}
+    for before in range(18, 60):  # the secret's first `before - 17` characters fall before the cut
+        kept = unkeyed("u" * (255 - before) + " gwk_abcdefghijkm_" + secret + " and more", 256)
+        assert len(kept) <= 256 and not any(piece in kept for piece in pieces), (before, kept)
+    assert unkeyed("alice", 256) == "alice" and unkeyed("b" * 300, 256) == "b" * 256
