@@ -47,10 +47,12 @@ from handler.errors import (
 )
 from handler.pipeline.attribution import TAG, parse_tags
 from handler.pipeline.budgets import SETTLE_BY
+from handler.pipeline.chunk_stream import ChunkStream
+from handler.pipeline.exchange import Controls, Exchange
 from handler.pipeline.gateway import Gateway
 from handler.pipeline.keys import allows_model
 from handler.pipeline.passthrough import guarded
-from handler.pipeline.pipeline import ChunkStream, Controls, Exchange, Pipeline
+from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import KeyRecord, StoreError
 from handler.redaction import clipped, redact_message, scrub, unkeyed

@@ -15,8 +15,8 @@ import orjson
 from handler.api.call_order import CallOrder
 from handler.api.streaming import sse_event
 from handler.errors import GatewayError, UpstreamError
+from handler.pipeline.chunk_stream import ChunkStream
 from handler.pipeline.passthrough import NativeReply, NativeStream, guarded, sse_frame
-from handler.pipeline.pipeline import ChunkStream
 from handler.pipeline.pricing import Cost
 from handler.schemas import ChatCompletion, ChatCompletionChunk, ToolCallDelta, Usage
 from handler.wire import StreamEvent, interrupted

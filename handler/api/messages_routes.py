@@ -14,9 +14,10 @@ from handler.api.messages_api import MessagesCountRequest, MessagesRequest, to_c
 from handler.api.messages_out import anthropic_events, native_events, native_message, to_message
 from handler.api.streaming import EventStream, stream_head, until_client_leaves
 from handler.errors import InvalidRequestError
+from handler.pipeline.exchange import Exchange
 from handler.pipeline.keys import allows_model
 from handler.pipeline.passthrough import NativeReply, NativeStream
-from handler.pipeline.pipeline import Exchange, Pipeline
+from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.pricing import estimate_prompt_tokens
 from handler.ports import MESSAGES_API, KeyRecord, NativeCall
 from handler.redaction import scrub

@@ -18,8 +18,8 @@ from typing import Any
 from handler.api.responses_api import ReasoningSeal, ResponsesRequest, input_items
 from handler.api.streaming import sse_event
 from handler.errors import GatewayError
+from handler.pipeline.exchange import Exchange
 from handler.pipeline.passthrough import NativeStream, guarded, sse_frame
-from handler.pipeline.pipeline import Exchange
 from handler.ports import RESPONSES_API, NativeCall
 from handler.wire import RESPONSES_TERMINAL, event_payload, interrupted
 

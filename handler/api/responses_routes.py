@@ -38,8 +38,9 @@ from handler.api.responses_stream import responses_events
 from handler.api.streaming import EventStream, stream_head, until_client_leaves
 from handler.config import resolve_secret
 from handler.errors import NotFoundError
+from handler.pipeline.exchange import Exchange
 from handler.pipeline.passthrough import NativeReply, NativeStream
-from handler.pipeline.pipeline import Exchange, Pipeline
+from handler.pipeline.pipeline import Pipeline
 from handler.ports import KeyRecord, StoredResponse, StoreError
 from handler.redaction import scrub
 from handler.telemetry.observability import observe

@@ -30,8 +30,8 @@ from handler.api.responses_api import (
 )
 from handler.api.streaming import sse_event
 from handler.errors import GatewayError, UpstreamError
+from handler.pipeline.chunk_stream import ChunkStream
 from handler.pipeline.passthrough import guarded
-from handler.pipeline.pipeline import ChunkStream
 from handler.schemas import ChatCompletionChunk, ToolCallDelta
 from handler.wire import interrupted
 

@@ -20,7 +20,7 @@ from handler.redaction import scrub
 from handler.schemas import ChatCompletion
 
 if TYPE_CHECKING:
-    from handler.pipeline.pipeline import Exchange
+    from handler.pipeline.exchange import Exchange
     from handler.schemas import ChatCompletionChunk
 
 DONE = b"data: [DONE]\n\n"

@@ -26,7 +26,8 @@ from handler.telemetry.observability import observe
 from handler.wire import StreamEvent, error_excerpt, malformed
 
 if TYPE_CHECKING:
-    from handler.pipeline.pipeline import Exchange, Pipeline
+    from handler.pipeline.exchange import Exchange
+    from handler.pipeline.pipeline import Pipeline
     from handler.pipeline.routing import Attempt
 
 logger = logging.getLogger("gateway")

@@ -11,15 +11,12 @@ import contextlib
 import logging
 import math
 import time
-import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from functools import partial
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from handler import schemas
 from handler.config import Price
 from handler.errors import (
     BudgetExceededError,
@@ -38,6 +35,8 @@ from handler.errors import (
 )
 from handler.pipeline.attribution import line_tags
 from handler.pipeline.budgets import Meter, Reservation, remaining_usd
+from handler.pipeline.chunk_stream import ChunkStream, answer_chars
+from handler.pipeline.exchange import Exchange
 from handler.pipeline.gateway import Gateway
 from handler.pipeline.keys import allows_model
 from handler.pipeline.output_caps import OutputCap
@@ -46,7 +45,6 @@ from handler.pipeline.passthrough import (
     SHAPE_ERRORS,
     NativeReply,
     NativeStream,
-    UpstreamStream,
     deadline_passed,
     misshapen,
 )
@@ -69,20 +67,17 @@ from handler.pipeline.pricing import (
     with_options,
     worst_case_usd,
 )
-from handler.pipeline.redacting import ChunkRedactor
-from handler.pipeline.routing import Attempt, Plan, RouteControls
-from handler.pipeline.schema_check import enforce, schema_of, violation
+from handler.pipeline.routing import Attempt, Plan
+from handler.pipeline.schema_check import enforce, schema_of
 from handler.pipeline.upstream import UpstreamResponse
-from handler.ports import BuiltRequest, KeyRecord, LedgerItem, NativeCall, Served, StreamParser, as_client_named
-from handler.records import Value
+from handler.ports import BuiltRequest, LedgerItem, NativeCall, Served, as_client_named
 from handler.redaction import redact_message, unkeyed
 from handler.schemas import ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
-from handler.wire import OVERLOADED, StreamEvent, WholeBodySniffer, error_excerpt, json_body, malformed
+from handler.wire import OVERLOADED, json_body, malformed
 
 if TYPE_CHECKING:
-    from handler.schemas import ChatCompletionChunk, EmbeddingsRequest, EmbeddingsResponse
-    from handler.telemetry.tracing import Trace  # (imported only when OTLP export is on: handler/pipeline/gateway.py)
+    from handler.schemas import EmbeddingsRequest, EmbeddingsResponse
 
 T = TypeVar("T")
 log = logging.getLogger("gateway")
@@ -97,145 +92,6 @@ MAX_RETRY_WAIT_S = 5
 # The `retry-after` of a 429 whose providers named no wait (Bedrock's ThrottlingException): the least the header can
 # say. Codex retries a 429 only when it carries one (without, it gave up after the one request).
 UNNAMED_WAIT_S = 1
-
-
-NO_ROUTE_CONTROLS = RouteControls()  # the config's routing, as the client left it
-
-
-class Controls(Value):
-    """The client's request-control headers, parsed."""
-
-    __slots__ = ("route", "deadline_s", "max_cost_usd", "strict", "enforce_schema", "tags", "session")
-
-    def __init__(
-        self,
-        route: RouteControls = NO_ROUTE_CONTROLS,
-        deadline_s: float | None = None,
-        max_cost_usd: float | None = None,
-        strict: bool = False,
-        enforce_schema: bool = False,
-        tags: Mapping[str, str] = MappingProxyType({}),
-        session: str | None = None,
-    ) -> None:
-        self.route: Final = route
-        self.deadline_s: Final = deadline_s
-        self.max_cost_usd: Final = max_cost_usd
-        self.strict: Final = strict
-        self.enforce_schema: Final = enforce_schema
-        self.tags: Final = tags
-        self.session: Final = session
-
-
-class Exchange:
-    """One client request on its way through the gateway: who, what, where it went, how long it took."""
-
-    __slots__ = (
-        "request_id", "key", "model", "controls", "started", "route", "dropped", "inbound_dropped", "store_ms",
-        "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
-        "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "price_multiplier",
-        "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left",
-        "fallbacks", "stream", "native_api", "native_options", "anthropic",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        request_id: str,
-        key: KeyRecord,
-        model: str,
-        controls: Controls,
-        inbound_dropped: list[str] | None = None,  # what the inbound API's translation could not carry
-        lineage: list[KeyRecord] | None = None,  # the key and its ancestors (the key alone when not given)
-        stream: bool = False,  # the client asked for a stream (its log line says so, even if refused before one)
-        anthropic: bool = False,  # the client speaks Anthropic's API: an error's status is its (`status_for`)
-    ) -> None:
-        self.request_id = request_id
-        self.stream = stream
-        self.anthropic = anthropic
-        self.key = key
-        self.model = model
-        self.controls = controls
-        self.started = time.perf_counter()
-        self.route: list[str] = []
-        self.dropped: list[str] = []
-        self.inbound_dropped = [] if inbound_dropped is None else inbound_dropped
-        self.store_ms = 0.0
-        self.upstream_ms = 0.0
-        self.attempt: Attempt | None = None
-        self.reservation: Reservation | None = None
-        self.cost: Cost | None = None
-        self.budget_remaining: float | None = None
-        self.wasted_usd = 0.0
-        self.limit_headers: dict[str, str] = {}
-        self.lineage = lineage or [key]
-        # The attempt whose request went out and has no answer yet: if the request is cut now (deadline, Lambda
-        # time cap, client gone), the provider may still run it to the end and bill it.
-        self.inflight: Attempt | None = None
-        self.inflight_at = 0.0  # when it went out (`time.perf_counter`)
-        # The last attempt the provider answered with an error (the request reached it; nothing to bill).
-        self.answered: tuple[Attempt, int] | None = None
-        # Attempts sent whole that gave no usable answer (a first-byte timeout, a stall, a broken answer): the
-        # provider may have run them to the end, so each is charged the reserved worst case.
-        self.missed: list[Attempt] = []
-        # Answers the provider billed and the gateway threw away (they broke the response schema): their cost is
-        # in `wasted_usd`, and each is covered like a missed attempt before the next attempt goes out.
-        self.rejected = 0
-        # A worst case more reserved for each of them before the next attempt went out (`Meter.reserve_again`).
-        self.extra: list[Reservation] = []
-        self.prompt: PromptEstimate | None = None
-        self.output_cap: OutputCap | None = None  # the cap on each attempt's output (`_admit`)
-        # While a reservation is being written, a client that leaves does not cancel the request (the write may
-        # land with nobody to release it): it is marked, and the request ends once the reservation is known.
-        self.reserving = False
-        self.client_left = False
-        # The fallback models counted on their own per-model limits before their first attempt (None), or refused
-        # by one of them (the 429): the request was admitted on the model it named (`Meter.admit_fallback`).
-        self.fallbacks: dict[str, RateLimitError | None] = {}
-        self.user: str | None = None  # the end user the client named, for attribution
-        self.price_multiplier = 1.0  # a service tier's
-        # Options that change the model's price (`pricing.PRICED_PER_MODEL`) of a request passed through as written
-        # in `native_api`: priced at each deployment that speaks that API (`pricing.with_options`).
-        self.native_api = ""
-        self.native_options: dict[str, str] = {}
-        self.per_request_usd = 0.0  # options billed per request (web search)
-        self.search_usd = 0.0  # the price of a search a provider's own search tool runs (`allow_searches`)
-        self.searches = 0  # the most searches the request allows (reserved for)
-        self.trace: Trace | None = None  # what its OpenTelemetry spans need, when OTLP export is on (tracing.py)
-
-    def headers(self) -> dict[str, str]:
-        """The gateway's headers for this answer, as far as they are known."""
-        headers = {"x-request-id": self.request_id}
-        if self.attempt is not None:
-            target = self.attempt.target
-            headers["x-gateway-provider"] = target.provider
-            headers["x-gateway-model"] = target.model
-            headers["x-gateway-region"] = target.region
-        if self.route:
-            headers["x-gateway-route"] = ", ".join(self.route)
-        if self.dropped or self.inbound_dropped:
-            # The names come from the client's body: percent-encoded, a header value stays Latin-1 with no CR/LF
-            # and the list's commas stay separators; the brackets of `tools[web_search]` are kept as written.
-            names = [*self.inbound_dropped, *self.dropped]
-            headers["x-gateway-dropped-params"] = ",".join(urllib.parse.quote(n, safe="[]") for n in names)
-        if self.cost is not None:
-            provider = self.cost.provider_usd
-            headers["x-gateway-cost-usd"] = "unknown" if provider is None else usd(provider)
-            headers["x-gateway-fee-usd"] = usd(self.cost.fee_usd)
-        if self.budget_remaining is not None:
-            headers["x-gateway-budget-remaining-usd"] = usd(self.budget_remaining)
-        elif self.reservation is not None and self.reservation.budget_limit is not None:
-            # Before the cost is known (a stream's head): what is left with the worst case held, the least it
-            # can be once the request is settled; the exact figure rides in the stream's last `cost`.
-            # (A worst case more for each attempt the provider may bill beside the answer: review.)
-            held = remaining_usd(self.reservation, self.reservation.amount_usd * (1 + len(self.missed)))
-            if held is not None:
-                headers["x-gateway-budget-remaining-usd"] = usd(held)
-        headers.update(self.limit_headers)
-        total = (time.perf_counter() - self.started) * 1000
-        gateway = max(0.0, total - self.store_ms - self.upstream_ms)
-        headers["server-timing"] = (
-            f"gateway;dur={gateway:.3f}, store;dur={self.store_ms:.3f}, upstream;dur={self.upstream_ms:.3f}"
-        )
-        return headers
 
 
 class Pipeline:
@@ -1029,134 +885,3 @@ def lowered_by(worst_model: str, model: str) -> str:
     if worst_model != model:
         return f"; it is {worst_model}'s, a fallback: `x-gateway-fallbacks: none` or a smaller max_tokens lowers it"
     return "; a smaller max_tokens lowers it"
-
-
-def answer_chars(completion: ChatCompletion) -> int:
-    """The characters of everything an answer generated: text, reasoning, a refusal and tool-call arguments."""
-    total = 0
-    for choice in completion.choices:
-        message = choice.message
-        total += len(message.content or "") + len(message.reasoning_content or "") + len(message.refusal or "")
-        for call in message.tool_calls or ():
-            total += len(call.function.arguments or "") + len(call.function.name or "")
-    return total
-
-
-class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
-    """An upstream stream in the gateway's chunk form, with its usage, cost and settlement.
-
-    Chunks that carry only usage are withheld: the route writes one final event with usage and cost.
-    """
-
-    def __init__(
-        self, pipeline: Pipeline, ex: Exchange, req: ChatRequest, attempt: Attempt, response: UpstreamResponse
-    ) -> None:
-        super().__init__(pipeline, ex, req, attempt, response)
-        self.parser: StreamParser = attempt.adapter.stream_parser(req, attempt.target)
-        # A server that ignores `stream` answers with the whole completion: it is streamed from that (`_whole`).
-        self.decoder = self.sniffer = WholeBodySniffer(self.decoder, response.max_body)
-        self._whole_usage: Usage | None = None
-        self._template: ChatCompletionChunk | None = None
-        self._chars = 0
-        self.schema = pipeline._enforced_schema(req, attempt, ex)
-        self._text: list[str] = []
-        self.schema_violation: str | None = None
-        self._choices: set[int] = set()
-        self._finished_choices: set[int] = set()
-        self.redactor = ChunkRedactor()
-
-    @property
-    def cut(self) -> bool:
-        """Whether the upstream stream ended with a choice (or every choice) left without its finish reason:
-        what was sent is billed, but the answer is not whole. A stream that said it ended (OpenAI's `[DONE]`,
-        which some compatible servers send with no finish reason) is whole."""
-        if getattr(self.parser, "ended", False):
-            return False
-        return not self._finished_choices or self._choices != self._finished_choices
-
-    def _items(self, events: list[StreamEvent]) -> list[ChatCompletionChunk]:
-        if self.sniffer.whole is not None:
-            chunks = [c for e in events for c in self._whole(e.data)]
-        else:
-            chunks = [c for e in events for c in self.parser.feed(e)]
-            if self._finished:
-                chunks += self.parser.finish()
-        kept = []
-        for chunk in chunks:
-            if self._template is None:
-                self._template = chunk
-            if not chunk.choices and chunk.usage is not None:
-                continue
-            chunk.usage = None
-            kept.append(chunk)
-        self.redactor.redact(kept, self._finished, self._template)
-        return kept
-
-    async def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
-        async for batch in self.batches():
-            for chunk in batch:
-                yield chunk
-
-    def _handing_out(self, batch: list[ChatCompletionChunk]) -> None:
-        for chunk in batch:
-            self._count(chunk)
-
-    def _count(self, chunk: ChatCompletionChunk) -> None:
-        for choice in chunk.choices:
-            self._choices.add(choice.index)
-            if choice.finish_reason:
-                self._finished_choices.add(choice.index)
-            delta = choice.delta
-            self._chars += len(delta.content or "") + len(delta.reasoning_content or "") + len(delta.refusal or "")
-            if self.schema is not None and choice.index == 0 and choice.delta.content:
-                self._text.append(choice.delta.content)
-            for call in choice.delta.tool_calls or ():
-                self._chars += len(call.function.arguments or "") if call.function else 0
-
-    def _whole(self, body: bytes) -> list[ChatCompletionChunk]:
-        """A whole answer where a stream was asked for, read as the provider's non-streamed answer and handed out
-        as the chunks its stream would have brought; not one (an error or a page in a 200), the provider's
-        malformed answer, as a stream that brought no event is."""
-        try:
-            completion = self.attempt.adapter.chat_response(body, self.req, self.attempt.target)
-        except UpstreamError as unusable:
-            if unusable.billed is not None:
-                raise  # an answer the adapter read and could not use: its own error names why, with what it billed
-            raise malformed(f"the provider's stream ended before its first event: {error_excerpt(body)}") from None
-        except (GatewayError, *SHAPE_ERRORS):
-            raise malformed(f"the provider's stream ended before its first event: {error_excerpt(body)}") from None
-        self._whole_usage = completion.usage
-        return schemas.completion_chunks(completion)
-
-    def _reported(self) -> Usage | None:
-        if self._whole_usage is not None:
-            return self._whole_usage
-        usage = self.parser.usage
-        return usage if isinstance(usage, Usage) else None
-
-    def _relayed_chars(self) -> int:
-        return self._chars
-
-    def final_chunk(self, include_usage: bool) -> dict[str, object]:
-        """The last data event: no choices, the usage if asked for, and always the cost."""
-        template = self._template
-        payload: dict[str, object] = {
-            "id": template.id if template else f"chatcmpl-{self.ex.request_id}",
-            "object": "chat.completion.chunk",
-            "created": template.created if template else int(time.time()),
-            "model": template.model if template else self.attempt.target.model,
-            "choices": [],
-        }
-        if include_usage:
-            payload["usage"] = self.usage().model_dump(exclude_none=True)
-        cost = self.ex.cost
-        payload["cost"] = cost.as_event() if cost else None
-        if self.schema_violation is not None:
-            payload["schema_violation"] = {"code": "schema_violation", "message": self.schema_violation}
-        return payload
-
-    async def complete(self) -> None:
-        """The upstream finished: check the schema if enforced, cost it and settle (in the background)."""
-        if self.schema is not None:
-            self.schema_violation = violation(self.schema, "".join(self._text))
-        await super().complete()

@@ -68,7 +68,7 @@ def test_behind_the_web_adapter_the_deadline_is_its_lambda_contexts(monkeypatch:
 
 
 def test_controls_come_from_the_gateway_headers_alone() -> None:
-    from handler.pipeline.pipeline import Controls
+    from handler.pipeline.exchange import Controls
     from handler.pipeline.routing import RouteControls
 
     assert parse_controls(request({"authorization": "Bearer k", "x-request-id": "r"})) == Controls()

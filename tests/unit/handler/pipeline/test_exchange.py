@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handler.pipeline.pipeline import Controls, Exchange
+from handler.pipeline.exchange import Controls, Exchange
 from handler.ports import KeyRecord
 
 
@@ -20,7 +20,7 @@ def test_dropped_params_are_listed_as_named_with_anything_unsafe_percent_encoded
 def test_a_refusal_counts_in_the_estimate_of_an_answer_without_usage() -> None:
     """An answer without usage is charged an estimate of what it generated; a refusal's text (a blocked prompt's
     answer) counted as nothing, so a refused answer was estimated free of output."""
-    from handler.pipeline.pipeline import answer_chars
+    from handler.pipeline.chunk_stream import answer_chars
     from handler.schemas import ChatCompletion
 
     refused = ChatCompletion.model_validate(
@@ -43,7 +43,7 @@ def test_a_refusal_counts_in_the_estimate_of_an_answer_without_usage() -> None:
 
 def test_a_refusal_streamed_counts_in_the_estimate_of_a_stream_cut_before_its_usage() -> None:
     from handler.chunks import ChatCompletionChunk
-    from handler.pipeline.pipeline import ChunkStream
+    from handler.pipeline.chunk_stream import ChunkStream
 
     stream = ChunkStream.__new__(ChunkStream)
     stream._chars, stream.schema, stream._text = 0, None, []

@@ -1,0 +1,157 @@
+"""A provider's stream read in the gateway's chunk form (`ChunkStream`), whatever API the provider speaks: its
+chunks, with a secret the model writes across deltas held back until it can be redacted (`ChunkRedactor`), its
+usage, cost and settlement; and what a whole answer generated (`answer_chars`), for an answer without usage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from handler import schemas
+from handler.errors import GatewayError, UpstreamError
+from handler.pipeline.passthrough import SHAPE_ERRORS, UpstreamStream
+from handler.pipeline.redacting import ChunkRedactor
+from handler.pipeline.schema_check import violation
+from handler.pipeline.upstream import UpstreamResponse
+from handler.ports import StreamParser
+from handler.schemas import ChatCompletion, ChatRequest, Usage
+from handler.wire import StreamEvent, WholeBodySniffer, error_excerpt, malformed
+
+if TYPE_CHECKING:
+    from handler.pipeline.exchange import Exchange
+    from handler.pipeline.pipeline import Pipeline
+    from handler.pipeline.routing import Attempt
+    from handler.schemas import ChatCompletionChunk
+
+
+def answer_chars(completion: ChatCompletion) -> int:
+    """The characters of everything an answer generated: text, reasoning, a refusal and tool-call arguments."""
+    total = 0
+    for choice in completion.choices:
+        message = choice.message
+        total += len(message.content or "") + len(message.reasoning_content or "") + len(message.refusal or "")
+        for call in message.tool_calls or ():
+            total += len(call.function.arguments or "") + len(call.function.name or "")
+    return total
+
+
+class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
+    """An upstream stream in the gateway's chunk form, with its usage, cost and settlement.
+
+    Chunks that carry only usage are withheld: the route writes one final event with usage and cost.
+    """
+
+    def __init__(
+        self, pipeline: Pipeline, ex: Exchange, req: ChatRequest, attempt: Attempt, response: UpstreamResponse
+    ) -> None:
+        super().__init__(pipeline, ex, req, attempt, response)
+        self.parser: StreamParser = attempt.adapter.stream_parser(req, attempt.target)
+        # A server that ignores `stream` answers with the whole completion: it is streamed from that (`_whole`).
+        self.decoder = self.sniffer = WholeBodySniffer(self.decoder, response.max_body)
+        self._whole_usage: Usage | None = None
+        self._template: ChatCompletionChunk | None = None
+        self._chars = 0
+        self.schema = pipeline._enforced_schema(req, attempt, ex)
+        self._text: list[str] = []
+        self.schema_violation: str | None = None
+        self._choices: set[int] = set()
+        self._finished_choices: set[int] = set()
+        self.redactor = ChunkRedactor()
+
+    @property
+    def cut(self) -> bool:
+        """Whether the upstream stream ended with a choice (or every choice) left without its finish reason:
+        what was sent is billed, but the answer is not whole. A stream that said it ended (OpenAI's `[DONE]`,
+        which some compatible servers send with no finish reason) is whole."""
+        if getattr(self.parser, "ended", False):
+            return False
+        return not self._finished_choices or self._choices != self._finished_choices
+
+    def _items(self, events: list[StreamEvent]) -> list[ChatCompletionChunk]:
+        if self.sniffer.whole is not None:
+            chunks = [c for e in events for c in self._whole(e.data)]
+        else:
+            chunks = [c for e in events for c in self.parser.feed(e)]
+            if self._finished:
+                chunks += self.parser.finish()
+        kept = []
+        for chunk in chunks:
+            if self._template is None:
+                self._template = chunk
+            if not chunk.choices and chunk.usage is not None:
+                continue
+            chunk.usage = None
+            kept.append(chunk)
+        self.redactor.redact(kept, self._finished, self._template)
+        return kept
+
+    async def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
+        async for batch in self.batches():
+            for chunk in batch:
+                yield chunk
+
+    def _handing_out(self, batch: list[ChatCompletionChunk]) -> None:
+        for chunk in batch:
+            self._count(chunk)
+
+    def _count(self, chunk: ChatCompletionChunk) -> None:
+        for choice in chunk.choices:
+            self._choices.add(choice.index)
+            if choice.finish_reason:
+                self._finished_choices.add(choice.index)
+            delta = choice.delta
+            self._chars += len(delta.content or "") + len(delta.reasoning_content or "") + len(delta.refusal or "")
+            if self.schema is not None and choice.index == 0 and choice.delta.content:
+                self._text.append(choice.delta.content)
+            for call in choice.delta.tool_calls or ():
+                self._chars += len(call.function.arguments or "") if call.function else 0
+
+    def _whole(self, body: bytes) -> list[ChatCompletionChunk]:
+        """A whole answer where a stream was asked for, read as the provider's non-streamed answer and handed out
+        as the chunks its stream would have brought; not one (an error or a page in a 200), the provider's
+        malformed answer, as a stream that brought no event is."""
+        try:
+            completion = self.attempt.adapter.chat_response(body, self.req, self.attempt.target)
+        except UpstreamError as unusable:
+            if unusable.billed is not None:
+                raise  # an answer the adapter read and could not use: its own error names why, with what it billed
+            raise malformed(f"the provider's stream ended before its first event: {error_excerpt(body)}") from None
+        except (GatewayError, *SHAPE_ERRORS):
+            raise malformed(f"the provider's stream ended before its first event: {error_excerpt(body)}") from None
+        self._whole_usage = completion.usage
+        return schemas.completion_chunks(completion)
+
+    def _reported(self) -> Usage | None:
+        if self._whole_usage is not None:
+            return self._whole_usage
+        usage = self.parser.usage
+        return usage if isinstance(usage, Usage) else None
+
+    def _relayed_chars(self) -> int:
+        return self._chars
+
+    def final_chunk(self, include_usage: bool) -> dict[str, object]:
+        """The last data event: no choices, the usage if asked for, and always the cost."""
+        template = self._template
+        payload: dict[str, object] = {
+            "id": template.id if template else f"chatcmpl-{self.ex.request_id}",
+            "object": "chat.completion.chunk",
+            "created": template.created if template else int(time.time()),
+            "model": template.model if template else self.attempt.target.model,
+            "choices": [],
+        }
+        if include_usage:
+            payload["usage"] = self.usage().model_dump(exclude_none=True)
+        cost = self.ex.cost
+        payload["cost"] = cost.as_event() if cost else None
+        if self.schema_violation is not None:
+            payload["schema_violation"] = {"code": "schema_violation", "message": self.schema_violation}
+        return payload
+
+    async def complete(self) -> None:
+        """The upstream finished: check the schema if enforced, cost it and settle (in the background)."""
+        if self.schema is not None:
+            self.schema_violation = violation(self.schema, "".join(self._text))
+        await super().complete()

@@ -1,0 +1,163 @@
+"""One client request on its way through the gateway (`Exchange`): who sent it, what it asked, which attempt
+answered, what it cost, how long each part took; and the request-control headers it came with (`Controls`).
+Every route builds one, the pipeline fills it in, and the answer's headers, its ledger line and its log line
+are read from it.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final
+
+from handler.errors import RateLimitError
+from handler.pipeline.budgets import Reservation, remaining_usd
+from handler.pipeline.output_caps import OutputCap
+from handler.pipeline.pricing import Cost, PromptEstimate, usd
+from handler.pipeline.routing import Attempt, RouteControls
+from handler.ports import KeyRecord
+from handler.records import Value
+
+if TYPE_CHECKING:
+    from handler.telemetry.tracing import Trace  # (imported only when OTLP export is on: handler/pipeline/gateway.py)
+
+
+NO_ROUTE_CONTROLS = RouteControls()  # the config's routing, as the client left it
+
+
+class Controls(Value):
+    """The client's request-control headers, parsed."""
+
+    __slots__ = ("route", "deadline_s", "max_cost_usd", "strict", "enforce_schema", "tags", "session")
+
+    def __init__(
+        self,
+        route: RouteControls = NO_ROUTE_CONTROLS,
+        deadline_s: float | None = None,
+        max_cost_usd: float | None = None,
+        strict: bool = False,
+        enforce_schema: bool = False,
+        tags: Mapping[str, str] = MappingProxyType({}),
+        session: str | None = None,
+    ) -> None:
+        self.route: Final = route
+        self.deadline_s: Final = deadline_s
+        self.max_cost_usd: Final = max_cost_usd
+        self.strict: Final = strict
+        self.enforce_schema: Final = enforce_schema
+        self.tags: Final = tags
+        self.session: Final = session
+
+
+class Exchange:
+    """One client request on its way through the gateway: who, what, where it went, how long it took."""
+
+    __slots__ = (
+        "request_id", "key", "model", "controls", "started", "route", "dropped", "inbound_dropped", "store_ms",
+        "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
+        "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "price_multiplier",
+        "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left",
+        "fallbacks", "stream", "native_api", "native_options", "anthropic",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        request_id: str,
+        key: KeyRecord,
+        model: str,
+        controls: Controls,
+        inbound_dropped: list[str] | None = None,  # what the inbound API's translation could not carry
+        lineage: list[KeyRecord] | None = None,  # the key and its ancestors (the key alone when not given)
+        stream: bool = False,  # the client asked for a stream (its log line says so, even if refused before one)
+        anthropic: bool = False,  # the client speaks Anthropic's API: an error's status is its (`status_for`)
+    ) -> None:
+        self.request_id = request_id
+        self.stream = stream
+        self.anthropic = anthropic
+        self.key = key
+        self.model = model
+        self.controls = controls
+        self.started = time.perf_counter()
+        self.route: list[str] = []
+        self.dropped: list[str] = []
+        self.inbound_dropped = [] if inbound_dropped is None else inbound_dropped
+        self.store_ms = 0.0
+        self.upstream_ms = 0.0
+        self.attempt: Attempt | None = None
+        self.reservation: Reservation | None = None
+        self.cost: Cost | None = None
+        self.budget_remaining: float | None = None
+        self.wasted_usd = 0.0
+        self.limit_headers: dict[str, str] = {}
+        self.lineage = lineage or [key]
+        # The attempt whose request went out and has no answer yet: if the request is cut now (deadline, Lambda
+        # time cap, client gone), the provider may still run it to the end and bill it.
+        self.inflight: Attempt | None = None
+        self.inflight_at = 0.0  # when it went out (`time.perf_counter`)
+        # The last attempt the provider answered with an error (the request reached it; nothing to bill).
+        self.answered: tuple[Attempt, int] | None = None
+        # Attempts sent whole that gave no usable answer (a first-byte timeout, a stall, a broken answer): the
+        # provider may have run them to the end, so each is charged the reserved worst case.
+        self.missed: list[Attempt] = []
+        # Answers the provider billed and the gateway threw away (they broke the response schema): their cost is
+        # in `wasted_usd`, and each is covered like a missed attempt before the next attempt goes out.
+        self.rejected = 0
+        # A worst case more reserved for each of them before the next attempt went out (`Meter.reserve_again`).
+        self.extra: list[Reservation] = []
+        self.prompt: PromptEstimate | None = None
+        self.output_cap: OutputCap | None = None  # the cap on each attempt's output (`_admit`)
+        # While a reservation is being written, a client that leaves does not cancel the request (the write may
+        # land with nobody to release it): it is marked, and the request ends once the reservation is known.
+        self.reserving = False
+        self.client_left = False
+        # The fallback models counted on their own per-model limits before their first attempt (None), or refused
+        # by one of them (the 429): the request was admitted on the model it named (`Meter.admit_fallback`).
+        self.fallbacks: dict[str, RateLimitError | None] = {}
+        self.user: str | None = None  # the end user the client named, for attribution
+        self.price_multiplier = 1.0  # a service tier's
+        # Options that change the model's price (`pricing.PRICED_PER_MODEL`) of a request passed through as written
+        # in `native_api`: priced at each deployment that speaks that API (`pricing.with_options`).
+        self.native_api = ""
+        self.native_options: dict[str, str] = {}
+        self.per_request_usd = 0.0  # options billed per request (web search)
+        self.search_usd = 0.0  # the price of a search a provider's own search tool runs (`allow_searches`)
+        self.searches = 0  # the most searches the request allows (reserved for)
+        self.trace: Trace | None = None  # what its OpenTelemetry spans need, when OTLP export is on (tracing.py)
+
+    def headers(self) -> dict[str, str]:
+        """The gateway's headers for this answer, as far as they are known."""
+        headers = {"x-request-id": self.request_id}
+        if self.attempt is not None:
+            target = self.attempt.target
+            headers["x-gateway-provider"] = target.provider
+            headers["x-gateway-model"] = target.model
+            headers["x-gateway-region"] = target.region
+        if self.route:
+            headers["x-gateway-route"] = ", ".join(self.route)
+        if self.dropped or self.inbound_dropped:
+            # The names come from the client's body: percent-encoded, a header value stays Latin-1 with no CR/LF
+            # and the list's commas stay separators; the brackets of `tools[web_search]` are kept as written.
+            names = [*self.inbound_dropped, *self.dropped]
+            headers["x-gateway-dropped-params"] = ",".join(urllib.parse.quote(n, safe="[]") for n in names)
+        if self.cost is not None:
+            provider = self.cost.provider_usd
+            headers["x-gateway-cost-usd"] = "unknown" if provider is None else usd(provider)
+            headers["x-gateway-fee-usd"] = usd(self.cost.fee_usd)
+        if self.budget_remaining is not None:
+            headers["x-gateway-budget-remaining-usd"] = usd(self.budget_remaining)
+        elif self.reservation is not None and self.reservation.budget_limit is not None:
+            # Before the cost is known (a stream's head): what is left with the worst case held, the least it
+            # can be once the request is settled; the exact figure rides in the stream's last `cost`.
+            # (A worst case more for each attempt the provider may bill beside the answer: review.)
+            held = remaining_usd(self.reservation, self.reservation.amount_usd * (1 + len(self.missed)))
+            if held is not None:
+                headers["x-gateway-budget-remaining-usd"] = usd(held)
+        headers.update(self.limit_headers)
+        total = (time.perf_counter() - self.started) * 1000
+        gateway = max(0.0, total - self.store_ms - self.upstream_ms)
+        headers["server-timing"] = (
+            f"gateway;dur={gateway:.3f}, store;dur={self.store_ms:.3f}, upstream;dur={self.upstream_ms:.3f}"
+        )
+        return headers
