@@ -160,10 +160,10 @@ def test_expired_revoked_and_rotated_keys_stop_at_once(running: Running, mint: A
     """Revoked and rotated here: this process drops its cached keys at once, so the very next request is
     refused; expired: the first request after the expiry is refused, without waiting for the key cache."""
     admin = mint(admin=True)
-    minted = time.monotonic()
     soon = httpx.post(
         f"{running.url}/admin/keys", headers=auth(admin), json={"name": "soon", "expires_in_seconds": 3.0}
     ).json()
+    minted = time.monotonic()  # (after the answer: the key was made before it, so it has expired 3 s after this)
     assert chat(running, soon["key"]).status_code == 200
     victim = httpx.post(f"{running.url}/admin/keys", headers=auth(admin), json={"name": "v"}).json()
     rotated = httpx.post(f"{running.url}/admin/keys", headers=auth(admin), json={"name": "r"}).json()
