@@ -1,0 +1,351 @@
+"""Anthropic's streams: its Messages events read into the gateway's chunks (`AnthropicStreamParser`, which Bedrock's
+parser extends), and a passed-through stream or answer metered as it goes (`MessagesMeter`)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from pydantic import ValidationError
+
+from adapters.providers.params import (
+    THINKING_BLOCKS,
+    redacted_thinking,
+    signed_thinking,
+)
+from handler import schemas
+from handler.errors import UpstreamError
+from handler.ports import Served
+from handler.redaction import redact_message
+from handler.schemas import (
+    FinishReason,
+    Usage,
+)
+from handler.wire import (
+    StreamEvent,
+    error_excerpt,
+    event_payload,
+    malformed,
+    upstream_error,
+)
+
+# Anthropic's answer models (adapters/providers/anthropic/wire.py) are imported where they are used, on first use: a
+# Lambda whose first request goes to another provider does not make their four pydantic classes (about 4.5 million
+# instructions of its cold start, callgrind). A server's start-up and a SnapStart snapshot make and build them
+# (`schemas.LATER_MODULES`); a stream's frequent events (text deltas) do not reach an import.
+if TYPE_CHECKING:
+    from adapters.providers.anthropic.wire import WireBlock
+    from handler.schemas import ChatCompletionChunk, ChunkDelta
+
+
+JSON_TOOL = "json_response"  # the forced tool that serves a `json_schema` answer (its input is the text)
+STOP_REASONS: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+# The HTTP status Anthropic uses for each error type, for errors that arrive inside a stream.
+ERROR_STATUS: dict[str, int] = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+    """Anthropic's error body `{"type": "error", "error": {"type", "message"}}`, tolerating others."""
+    message, kind = "", None
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict):
+            message = str(error.get("message") or "")
+            kind = str(error["type"]) if error.get("type") else None
+        elif isinstance(error, str):
+            message = error
+    if not message:
+        message = error_excerpt(body)
+    return upstream_error(status, message, headers, upstream_type=kind)
+
+
+def answer_finish(mapped: FinishReason, json_answer: bool, tool_calls: bool) -> FinishReason:
+    """OpenAI's finish reason of a Claude answer (Anthropic's or Bedrock's, its stop reason `mapped`): a
+    `json_schema` answer (the forced tool's call, shown as content) stopped, unless a limit cut it (`length`:
+    its JSON is incomplete)."""
+    if json_answer and not tool_calls and mapped != "length":
+        return "stop"
+    return mapped
+
+
+def _finish(stop_reason: str | None, json_answer: bool, tool_calls: bool) -> FinishReason:
+    return answer_finish(STOP_REASONS.get(stop_reason or "end_turn", "stop"), json_answer, tool_calls)
+
+
+class AnthropicStreamParser:
+    """Anthropic's named SSE events into OpenAI chunks.
+
+    `message_start` gives the role chunk, each `tool_use` block a tool-call delta (index, id, name)
+    followed by its `input_json_delta` fragments, `message_delta` the finish reason and final usage.
+    With a `json_schema` request, the forced tool's input streams as content text instead.
+    """
+
+    def __init__(self, model: str, json_mode: bool) -> None:
+        from adapters.providers.anthropic.wire import WireUsage  # (see the note on the imports)
+
+        self.usage: Usage | None = None
+        self._json_mode = json_mode
+        self._id = "msg_unknown"
+        self._model = model
+        self._created = int(time.time())
+        self._wire_usage = WireUsage()
+        self._blocks: dict[int, tuple[str, int]] = {}
+        self._thinking: dict[int, list[str]] = {}  # a thinking block's text so far, until its signature
+        # Tool blocks that have streamed no JSON yet: a call without arguments sends `partial_json: ""` or nothing.
+        self._no_input: set[int] = set()
+        self._tools = 0
+        self._json_answer = False
+        self._usage_sent = False
+
+    def _chunk(
+        self, delta: ChunkDelta | None = None, finish: FinishReason | None = None, stop_sequence: str | None = None
+    ) -> ChatCompletionChunk:
+        choice = schemas.ChunkChoice(
+            delta=delta or schemas.ChunkDelta(), finish_reason=finish, stop_sequence=stop_sequence
+        )
+        return schemas.ChatCompletionChunk(id=self._id, created=self._created, model=self._model, choices=[choice])
+
+    def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
+        if not event.data:
+            return []
+        payload = event_payload(event)
+        kind = payload.get("type") or event.event
+        try:
+            return self._event(str(kind), payload)
+        except ValidationError as exc:
+            raise malformed(f"upstream sent a malformed '{kind}' event") from exc
+
+    def _event(self, kind: str, payload: dict[str, Any]) -> list[ChatCompletionChunk]:
+        if kind == "message_start":
+            from adapters.providers.anthropic.wire import WireMessage  # (see the note on the imports)
+
+            message = WireMessage.model_validate(payload.get("message"))
+            self._id, self._model = message.id, message.model
+            self._wire_usage = message.usage
+            return [self._chunk(schemas.ChunkDelta(role="assistant", content=""))]
+        if kind == "content_block_start":
+            from adapters.providers.anthropic.wire import WireBlock  # (see the note on the imports)
+
+            return self._block_start(int(payload.get("index", 0)), WireBlock.model_validate(payload["content_block"]))
+        if kind == "content_block_delta":
+            return self._block_delta(int(payload.get("index", 0)), payload.get("delta") or {})
+        if kind == "message_delta":
+            delta = payload.get("delta") or {}
+            if payload.get("usage") is not None:
+                from adapters.providers.anthropic.wire import WireUsage  # (see the note on the imports)
+
+                self._wire_usage.update(WireUsage.model_validate(payload["usage"]))
+            self.usage = self._wire_usage.to_usage()
+            finish = _finish(delta.get("stop_reason"), self._json_answer, self._tools > 0)
+            stop_sequence = delta.get("stop_sequence")
+            ending = self._chunk(finish=finish, stop_sequence=stop_sequence if isinstance(stop_sequence, str) else None)
+            return [*self._empty_inputs(), ending]
+        if kind == "content_block_stop":
+            return self._empty_inputs(int(payload.get("index", 0)))
+        if kind == "message_stop":
+            return self._usage_chunk()
+        if kind == "error":
+            error = payload.get("error") or {}
+            status = ERROR_STATUS.get(str(error.get("type")), 500)
+            raise error_from_body(status, orjson.dumps(payload), {})
+        return []  # ping, and event types added after this was written
+
+    def _block_start(self, index: int, block: WireBlock) -> list[ChatCompletionChunk]:
+        if block.type == "text":
+            self._blocks[index] = ("text", 0)
+            return [self._chunk(schemas.ChunkDelta(content=block.text))] if block.text else []
+        if block.type == "thinking":
+            self._blocks[index] = ("thinking", 0)
+            self._thinking[index] = [block.thinking or ""]
+            return [self._chunk(schemas.ChunkDelta(reasoning_content=block.thinking))] if block.thinking else []
+        if block.type == "redacted_thinking" and block.data:
+            return [self._chunk(schemas.ChunkDelta(**{THINKING_BLOCKS: [redacted_thinking(block.data)]}))]
+        if block.type == "tool_use" and self._json_mode and block.name == JSON_TOOL:
+            self._blocks[index] = ("json", 0)
+            self._json_answer = True
+            self._no_input.add(index)
+            return []
+        if block.type == "tool_use":
+            position = self._tools
+            self._tools += 1
+            self._blocks[index] = ("tool", position)
+            self._no_input.add(index)
+            call = schemas.ToolCallDelta(
+                index=position,
+                id=block.id,
+                type="function",
+                function=schemas.FunctionCallDelta(name=block.name, arguments=""),
+            )
+            return [self._chunk(schemas.ChunkDelta(tool_calls=[call]))]
+        return []
+
+    def _block_delta(self, index: int, delta: dict[str, Any]) -> list[ChatCompletionChunk]:
+        kind, position = self._blocks.get(index, ("", 0))
+        delta_type = delta.get("type")
+        if delta_type == "text_delta" and delta.get("text"):
+            return [self._chunk(schemas.ChunkDelta(content=str(delta["text"])))]
+        if delta_type == "thinking_delta" and delta.get("thinking"):
+            self._thinking.setdefault(index, []).append(str(delta["thinking"]))
+            return [self._chunk(schemas.ChunkDelta(reasoning_content=str(delta["thinking"])))]
+        if delta_type == "signature_delta" and isinstance(delta.get("signature"), str):
+            # The block is whole once signed: it travels on (in the internal form) for the next turn.
+            block = signed_thinking("".join(self._thinking.pop(index, [])), delta["signature"])
+            return [self._chunk(schemas.ChunkDelta(**{THINKING_BLOCKS: [block]}))]
+        if delta_type == "input_json_delta" and delta.get("partial_json"):
+            self._no_input.discard(index)
+            return self._input(kind, position, str(delta["partial_json"]))
+        return []  # citations_delta: nothing the OpenAI form carries
+
+    def _input(self, kind: str, position: int, fragment: str) -> list[ChatCompletionChunk]:
+        if kind == "json":
+            return [self._chunk(schemas.ChunkDelta(content=fragment))]
+        if kind == "tool":
+            call = schemas.ToolCallDelta(index=position, function=schemas.FunctionCallDelta(arguments=fragment))
+            return [self._chunk(schemas.ChunkDelta(tool_calls=[call]))]
+        return []
+
+    def _empty_inputs(self, index: int | None = None) -> list[ChatCompletionChunk]:
+        """`{}` for a tool block (`index`, or every one still open) that ended without JSON: a call without
+        arguments, as the whole answer gives its empty `input`, not `""` (which no client can parse)."""
+        ended = sorted(self._no_input) if index is None else [index] if index in self._no_input else []
+        chunks: list[ChatCompletionChunk] = []
+        for block in ended:
+            self._no_input.discard(block)
+            chunks += self._input(*self._blocks[block], "{}")
+        return chunks
+
+    def _usage_chunk(self) -> list[ChatCompletionChunk]:
+        if self.usage is None or self._usage_sent:
+            return []
+        self._usage_sent = True
+        return [schemas.ChatCompletionChunk(id=self._id, created=self._created, model=self._model, usage=self.usage)]
+
+    def finish(self) -> list[ChatCompletionChunk]:
+        return self._usage_chunk()
+
+
+# --- native pass-through ------------------------------------------------------------------------
+
+
+class MessagesMeter:
+    """Reads the usage of a Messages stream passed through unchanged.
+
+    `message_start` brings the input counts (cache reads and writes among them) and `message_delta` the
+    final cumulative ones. Until then the output is estimated from the text the deltas relayed
+    (`output_chars`: text, thinking, and tool input JSON, not the events around them), so a stream cut short
+    is still charged for what it produced; `searches` counts the `web_search` server tool calls that started
+    (the stream's estimate carries them, `UpstreamStream.metered`).
+    """
+
+    def __init__(self) -> None:
+        from adapters.providers.anthropic.wire import WireUsage  # (see the note on the imports)
+
+        self._wire = WireUsage()
+        self._started = False  # `message_start` (or `message_delta`) brought counts
+        self.output_chars = 0
+        self.final = False  # `message_delta` brought the final counts (`message_stop` is still to come)
+        self.searches = 0
+
+    @property
+    def served(self) -> Served | None:
+        """What the usage so far says of how the answer was served (its speed from `message_start`, its advisor's
+        tokens from the final `message_delta`)."""
+        return self._wire.served() if self._started else None
+
+    @property
+    def usage(self) -> Usage | None:
+        """The provider's counts; until its final ones, with the output at least the relayed text's estimate.
+        (Read when the stream is costed, not on every delta.)"""
+        if not self._started:
+            return None
+        usage = self._wire.to_usage()
+        produced = math.ceil(self.output_chars / CHARS_PER_TOKEN)
+        if not self.final and produced > usage.completion_tokens:
+            return usage.counted_as(usage.prompt_tokens, produced)
+        return usage
+
+    def feed(self, event: StreamEvent) -> None:
+        if not event.data:
+            return
+        kind = event.event
+        if kind == "content_block_delta":
+            self.output_chars += relayed_chars(event.data)
+            return
+        if kind == "content_block_start" and b'"server_tool_use"' in event.data:
+            block = event_payload(event).get("content_block")
+            if isinstance(block, dict) and block.get("type") == "server_tool_use" and block.get("name") == "web_search":
+                self.searches += 1
+            return
+        if kind not in ("message_start", "message_delta", "error"):
+            return
+        payload = event_payload(event)
+        from adapters.providers.anthropic.wire import WireMessage, WireUsage  # (see the note on the imports)
+
+        try:
+            if kind == "message_start":
+                wire = WireMessage.model_validate(payload.get("message")).usage
+                wire.to_usage()  # (its extras' shapes, checked now: a count it cannot read is not kept)
+                wire.served()
+                self._wire = wire
+                self._started = True
+            elif kind == "message_delta" and payload.get("usage") is not None:
+                wire = self._wire.model_copy(deep=True)
+                wire.update(WireUsage.model_validate(payload["usage"]))
+                wire.to_usage()
+                wire.served()
+                self._wire = wire
+                self._started = self.final = True
+            elif kind == "error":
+                error = payload.get("error") or {}
+                failure = error_from_body(ERROR_STATUS.get(str(error.get("type")), 500), event.data, {})
+                failure.native_event = redact_message(event.data.decode("utf-8", "replace")).encode()
+                raise failure
+        except (ValidationError, ValueError) as exc:
+            raise malformed(f"upstream sent a malformed '{kind}' event") from exc
+
+
+CHARS_PER_TOKEN = 3  # the gateway's estimate of generated text (`Pipeline._checked`)
+# The field of each delta type holding generated output; other deltas (`signature_delta`, `citations_delta`)
+# carry none.
+DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+
+
+def relayed_chars(data: bytes) -> int:
+    """The characters of generated output a `content_block_delta` event carries (one JSON parse, about a
+    microsecond; all of it when it is not JSON, as nothing in it can be told apart)."""
+    try:
+        delta = orjson.loads(data).get("delta")
+        text = delta.get(DELTA_TEXT.get(delta.get("type"), ""))
+    except (orjson.JSONDecodeError, AttributeError):
+        return len(data)
+    return len(text) if isinstance(text, str) else 0
+
+
+# --- adapter -------------------------------------------------------------------------------------
