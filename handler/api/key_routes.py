@@ -213,15 +213,17 @@ class KeyRoutes:
                 if mine is not None and theirs is not None and mine > theirs:
                     raise InvalidRequestError(f"{name} {mine} exceeds {whose} {theirs}", param=name)
             wider_model_limit(child, held, whose)
-        state = await self._budget_state(lineage)  # what the parent may still spend, along its own chain
-        if state["remaining_usd"] is not None:
-            remaining = float(state["remaining_usd"])
-            if child.budget_usd is None and parent.budget_usd is not None:
-                child.budget_usd = remaining
-            elif child.budget_usd is not None and child.budget_usd > remaining + 1e-12:
+        # A child without a budget of its own has none: its chain's budgets bind each of its requests as they bind
+        # any key's (`GET /v1/key` says what they leave). It was given a *total* budget of what its parent had left
+        # at that moment, which ended it for good once spent though the parent's day or month began again; with
+        # nothing left, a key of $0; and none at all when the budget was a grandparent's.
+        if child.budget_usd is not None:
+            state = await self._budget_state(lineage)  # what the parent may still spend, along its own chain
+            remaining = state["remaining_usd"]
+            if remaining is not None and child.budget_usd > float(remaining) + 1e-12:
                 whose = "the parent's" if state["remaining_bound_by"] == parent.id else "its chain's"
                 raise InvalidRequestError(
-                    f"budget_usd {child.budget_usd} exceeds {whose} remaining ${remaining:.6f}"
+                    f"budget_usd {child.budget_usd} exceeds {whose} remaining ${float(remaining):.6f}"
                     + ("" if whose == "the parent's" else f" (the budget of key '{state['remaining_bound_by']}')"),
                     param="budget_usd",
                 )

@@ -12,6 +12,7 @@ import openai
 import orjson
 import pytest
 
+from handler.pipeline.keys import split_key
 from handler.pipeline.pricing import estimate_prompt_tokens, price_for, worst_case_usd
 from handler.schemas import ChatRequest
 from tests.functional.conftest import Running, fresh_minute, openai_client
@@ -354,11 +355,50 @@ def test_what_binds_a_child_from_its_chain_is_what_it_is_told(on_each_store: Run
     too_rich = httpx.post(url, headers=headers(child), json={"name": "g", "budget_usd": within_own})
     assert too_rich.status_code == 400 and too_rich.json()["error"]["param"] == "budget_usd"
     assert parent_view["id"] in too_rich.json()["error"]["message"]
-    # A grandchild without a budget of its own is told what its chain leaves.
+    # A child or grandchild without a budget of its own has none, and is told what its chain leaves.
     free = httpx.post(url, headers=headers(parent), json={"name": "free"})
-    assert free.status_code == 201 and free.json()["budget_usd"] == parent_view["remaining_usd"]
+    assert free.status_code == 201 and free.json()["budget_usd"] is None
+    free_view = httpx.get(f"{running.url}/v1/key", headers=headers(free.json()["key"])).json()
+    assert (free_view["remaining_usd"], free_view["remaining_bound_by"]) == (
+        parent_view["remaining_usd"],
+        parent_view["id"],
+    )
     limitless = httpx.post(url, headers=headers(child), json={"name": "g2"}).json()
-    assert limitless["budget_usd"] == child_view["remaining_usd"]
+    assert limitless["budget_usd"] is None
+    limitless_view = httpx.get(f"{running.url}/v1/key", headers=headers(limitless["key"])).json()
+    assert limitless_view["remaining_usd"] == child_view["remaining_usd"]
+
+
+def test_a_child_minted_without_a_budget_has_none_and_its_chain_binds_it(on_each_store: Running) -> None:
+    """A child minted without a budget under a parent with a day budget got a *total* budget of what the parent had
+    left at that moment: it stopped for good once it spent that, though the parent's day began again; under a
+    parent with nothing left, a $0 key (201); and under a grandparent's budget alone, none. Now it has none in each
+    case, and every budget of its chain binds each of its requests."""
+    running = on_each_store
+    url = f"{running.url}/v1/keys"
+    parent = running.mint(budget_usd=0.01, budget_period="day")
+    assert chat(running, parent).status_code == 200
+    time.sleep(0.3)  # (settled after the answer)
+    child = httpx.post(url, headers=headers(parent), json={"name": "agent"})
+    assert child.status_code == 201, child.text
+    assert (child.json()["budget_usd"], child.json()["budget_period"]) == (None, None)
+    view = httpx.get(f"{running.url}/v1/key", headers=headers(child.json()["key"])).json()
+    parent_view = httpx.get(f"{running.url}/v1/key", headers=headers(parent)).json()
+    assert 0 < view["remaining_usd"] == parent_view["remaining_usd"] < 0.01
+    assert view["remaining_bound_by"] == parent_view["id"] and view["spent_usd"] is None
+    # Under a parent whose day's budget is spent: a key without a budget of its own, held to the parent's.
+    broke = running.mint(budget_usd=0.0, budget_period="day")
+    under_broke = httpx.post(url, headers=headers(broke), json={"name": "agent"})
+    assert under_broke.status_code == 201 and under_broke.json()["budget_usd"] is None
+    refused = chat(running, under_broke.json()["key"])
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded"
+    # The same when the budget is a grandparent's: nothing of its own, the grandparent's binding.
+    middle = httpx.post(url, headers=headers(broke), json={"name": "team"}).json()
+    grandchild = httpx.post(url, headers=headers(middle["key"]), json={"name": "agent"})
+    assert grandchild.status_code == 201 and grandchild.json()["budget_usd"] is None
+    assert chat(running, grandchild.json()["key"]).status_code == 402
+    bound = httpx.get(f"{running.url}/v1/key", headers=headers(grandchild.json()["key"])).json()
+    assert (bound["remaining_usd"], bound["remaining_bound_by"]) == (0.0, split_key(broke)[0])  # type: ignore[index]
 
 
 def test_budget_refusal_is_402_not_429(running: Running, mint: Any) -> None:
