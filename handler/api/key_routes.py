@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 MAX_GRACE_SECONDS = 7 * 86400
 MAX_PATTERN_CHARS = 200  # a model name pattern of a key's `models`
+# An answer carrying a key's secret must not be kept by a cache along the way, nor by the client's.
+SECRET_HEADERS = {"cache-control": "no-store"}
 
 
 class KeySpec(BaseModel):
@@ -237,7 +239,7 @@ class KeyRoutes:
             )
         child = replace(child, parent_id=parent.id, ancestors=[*parent.ancestors, parent.id])
         minted = await self.gateway.keys.mint_child(child, minting.max_children, parent.home_region)
-        return self.api.json({**key_view(minted.record), "key": minted.key}, status=201)
+        return self.api.json({**key_view(minted.record), "key": minted.key}, status=201, headers=SECRET_HEADERS)
 
     # --- admin ------------------------------------------------------------------------------
 
@@ -271,7 +273,7 @@ class KeyRoutes:
         await self._admin(request, hands_out_a_secret=True)
         spec = await self.api.parse(request, AdminKeySpec)
         minted = await self.gateway.keys.mint(record_from(spec, admin=spec.admin, now=time.time()))
-        return self.api.json({**key_view(minted.record), "key": minted.key}, status=201)
+        return self.api.json({**key_view(minted.record), "key": minted.key}, status=201, headers=SECRET_HEADERS)
 
     async def admin_show(self, request: Request) -> Response:
         await self._admin(request)
@@ -288,7 +290,7 @@ class KeyRoutes:
             minted = await self.gateway.keys.rotate(record, spec.grace_seconds)
         except ConflictError:
             raise InvalidRequestError("the key changed while rotating; retry") from None
-        return self.api.json({**key_view(minted.record), "key": minted.key})
+        return self.api.json({**key_view(minted.record), "key": minted.key}, headers=SECRET_HEADERS)
 
     async def usage(self, request: Request) -> Response:
         key = await self.api.authenticate(request, allow_x_api_key=True)

@@ -68,6 +68,18 @@ def test_revoke_and_rotate_with_grace(running: Running, mint: Any) -> None:
     assert revoked.status_code == 401 and revoked.json()["error"]["code"] == "key_revoked"
 
 
+def test_every_answer_carrying_a_secret_says_no_store(running: Running, mint: Any) -> None:
+    """A new key's secret (`POST /admin/keys`, `POST /v1/keys`) and a rotated one came without `cache-control:
+    no-store`, so a cache along the way, or the client's, could keep them (only the dashboard's sign-in said so)."""
+    admin = mint(admin=True)
+    created = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "svc"})
+    child = httpx.post(f"{running.url}/v1/keys", headers=headers(created.json()["key"]), json={"name": "c"})
+    rotated = httpx.post(f"{running.url}/admin/keys/{created.json()['id']}/rotate", headers=headers(admin), json={})
+    for answer in (created, child, rotated):
+        assert answer.status_code in (200, 201) and "key" in answer.json(), answer.text
+        assert answer.headers["cache-control"] == "no-store", answer.request.url
+
+
 def test_a_revoked_key_stays_revoked_as_it_was(running: Running, mint: Any) -> None:
     """Revoking a revoked key moved its `revoked_at` later, and rotating it answered 200 with a new secret that
     could never work (401): now the first revocation stands, and the rotation is refused."""
