@@ -63,6 +63,10 @@ def test_revoke_and_rotate_with_grace(running: Running, mint: Any) -> None:
     ).json()
     assert chat(running, no_grace["key"]).status_code == 200
     assert chat(running, rotated["key"]).status_code == 401
+    too_long = httpx.post(
+        f"{running.url}/admin/keys/{victim['id']}/rotate", headers=headers(admin), json={"grace_seconds": 8 * 86400}
+    )  # (`gateway keys rotate --grace` says the same)
+    assert too_long.json()["error"]["message"] == "grace_seconds: Input should be less than or equal to 604800"
     httpx.post(f"{running.url}/admin/keys/{victim['id']}/revoke", headers=headers(admin))
     revoked = chat(running, no_grace["key"])
     assert revoked.status_code == 401 and revoked.json()["error"]["code"] == "key_revoked"
