@@ -25,6 +25,9 @@ MAX_GRACE_SECONDS = 7 * 86400
 MAX_PATTERN_CHARS = 200  # a model name pattern of a key's `models`
 # An answer carrying a key's secret must not be kept by a cache along the way, nor by the client's.
 SECRET_HEADERS = {"cache-control": "no-store"}
+# Ten years: a key meant to last has no expiry at all. Without a bound, `expires_in_seconds: 1e200` made a key
+# (SQLite) or a 503 `store_unavailable` to retry (DynamoDB, whose TTL number it could not hold).
+MAX_EXPIRES_IN_SECONDS = 3650 * 86400
 
 
 class KeySpec(BaseModel):
@@ -39,7 +42,7 @@ class KeySpec(BaseModel):
     )
     budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     budget_period: Literal["day", "month", "total"] = "total"
-    expires_in_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    expires_in_seconds: float | None = Field(default=None, gt=0, le=MAX_EXPIRES_IN_SECONDS, allow_inf_nan=False)
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
     model_limits: (

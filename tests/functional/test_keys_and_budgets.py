@@ -84,6 +84,24 @@ def test_every_answer_carrying_a_secret_says_no_store(running: Running, mint: An
         assert answer.headers["cache-control"] == "no-store", answer.request.url
 
 
+def test_an_expiry_too_far_off_is_a_clear_400_on_each_store(on_each_store: Running) -> None:
+    """`expires_in_seconds: 1e200` made a key on SQLite and, on DynamoDB, a 503 `store_unavailable` "retry shortly"
+    with `x-should-retry: true` (the key's TTL, a number DynamoDB cannot hold): the same 400 on both now, for a
+    root key and a child, and the longest expiry allowed is stored on both."""
+    running = on_each_store
+    admin, parent = running.mint(admin=True), running.mint()
+    for far in (1e200, 1e40, 3650 * 86400 + 1):  # (ten years, the longest)
+        for url, key in ((f"{running.url}/admin/keys", admin), (f"{running.url}/v1/keys", parent)):
+            refused = httpx.post(url, headers=headers(key), json={"name": "far", "expires_in_seconds": far})
+            assert refused.status_code == 400, (url, far, refused.text)
+            assert refused.json()["error"]["param"] == "expires_in_seconds"
+            assert refused.headers["x-should-retry"] == "false"
+    for url, key in ((f"{running.url}/admin/keys", admin), (f"{running.url}/v1/keys", parent)):
+        longest = httpx.post(url, headers=headers(key), json={"name": "long", "expires_in_seconds": 3650 * 86400})
+        assert longest.status_code == 201, longest.text
+        assert chat(running, longest.json()["key"]).status_code == 200
+
+
 def test_a_revoked_key_stays_revoked_as_it_was(running: Running, mint: Any) -> None:
     """Revoking a revoked key moved its `revoked_at` later, and rotating it answered 200 with a new secret that
     could never work (401): now the first revocation stands, and the rotation is refused."""

@@ -86,6 +86,7 @@ def test_keys_carry_default_tags_set_at_creation_and_replaced_later(
         (["--rpm", "0"], "rpm"),  # no limit at all
         (["--tpm", "-3"], "tpm"),  # every request a 429
         (["--expires-in", "0s"], "expires_in_seconds"),  # a key that never expires
+        (["--expires-in", "99999999d"], "expires_in_seconds"),  # a TTL DynamoDB cannot hold: a 503 to retry
         (["--models", ","], "models"),  # a key for no model
     ],
 )
