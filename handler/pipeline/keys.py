@@ -256,12 +256,10 @@ class KeyService:
         return minted
 
     async def rotate(self, record: KeyRecord, grace_seconds: float) -> MintedKey:
-        """A new secret for the same key; the old one keeps working for `grace_seconds`. A key revoked, itself or
-        through an ancestor, is refused: its new secret could never work."""
-        revoked = next((held for held in await self.lineage(record) if held.revoked_at is not None), None)
-        if revoked is not None:
-            whose = "is revoked" if revoked is record else f"has a revoked ancestor ('{revoked.id}')"
-            raise InvalidRequestError(f"key '{record.id}' {whose}; a revoked key cannot be rotated")
+        """A new secret for the same key; the old one keeps working for `grace_seconds`. A key whose new secret
+        could never work is refused: one revoked or expired, itself or through an ancestor, or with an ancestor
+        that no longer exists (purged a day after it ended)."""
+        self._check_rotatable(record, await self._chain(record))
         secret = secrets.token_urlsafe(32)
         now = self.clock()
         rotated = replace(
@@ -274,6 +272,31 @@ class KeyService:
         await self.store.update_key(rotated)
         self._cache.pop(record.id, None)
         return MintedKey(rotated, format_key(record.id, secret))
+
+    async def _chain(self, record: KeyRecord) -> list[tuple[str, KeyRecord | None]]:
+        """`record` and its ancestors, nearest first, by id (None for one that no longer exists)."""
+        chain: list[tuple[str, KeyRecord | None]] = [(record.id, record)]
+        for ancestor_id in reversed(record.ancestors):
+            chain.append((ancestor_id, await self.lookup(ancestor_id)))
+        return chain
+
+    def _check_rotatable(self, record: KeyRecord, chain: list[tuple[str, KeyRecord | None]]) -> None:
+        """A 400 saying why `record`'s new secret could never work, if it could not (`chain`: `_chain`'s). An
+        expired key, or a child of a purged parent, was rotated (200) to a secret every request refused."""
+        now = self.clock()
+        for key_id, held in chain:
+            mine = held is record
+            if held is None:
+                why = f"has an ancestor that no longer exists ('{key_id}'); its new secret could never work"
+            elif held.revoked_at is not None:
+                why = "is revoked" if mine else f"has a revoked ancestor ('{key_id}')"
+                why += "; a revoked key cannot be rotated"
+            elif held.expires_at is not None and held.expires_at <= now:
+                why = "has expired" if mine else f"has an expired ancestor ('{key_id}')"
+                why += "; an expired key cannot be rotated (its new secret could never work)"
+            else:
+                continue
+            raise InvalidRequestError(f"key '{record.id}' {why}")
 
     async def retag(self, record: KeyRecord, tags: dict[str, str]) -> KeyRecord:
         """Replace the key's default attribution tags (its lines from now on carry them)."""

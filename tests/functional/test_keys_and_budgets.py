@@ -122,6 +122,32 @@ def test_a_revoked_key_stays_revoked_as_it_was(running: Running, mint: Any) -> N
     assert orphan.status_code == 400 and "revoked ancestor" in orphan.json()["error"]["message"]
 
 
+def test_a_key_whose_new_secret_could_never_work_is_not_rotated(on_each_store: Running) -> None:
+    """Rotating an expired key, a child of an expired key, or a child of a revoked parent purged since (the key's
+    chain read without it) answered 200 with a new secret that every request then refused: now a 400 saying why, as
+    for a revoked key, and the key is left as it was."""
+    running = on_each_store
+    admin = running.mint(admin=True)
+    now = time.time()
+    expired = running.mint(name="expired", expires_at=now - 1)
+    expired_id = split_key(expired)[0]  # type: ignore[index]
+    under_expired = running.mint(name="under", parent_id=expired_id, ancestors=[expired_id])
+    purged = running.mint(name="gone", revoked_at=now - 3 * 86400)  # a day after its end, the store forgets it
+    purged_id = split_key(purged)[0]  # type: ignore[index]
+    orphan = running.mint(name="orphan", parent_id=purged_id, ancestors=[purged_id])
+    for key, why in (
+        (expired, "has expired; an expired key cannot be rotated"),
+        (under_expired, f"has an expired ancestor ('{expired_id}')"),
+        (orphan, f"has an ancestor that no longer exists ('{purged_id}')"),
+    ):
+        key_id = split_key(key)[0]  # type: ignore[index]
+        before = httpx.get(f"{running.url}/admin/keys/{key_id}", headers=headers(admin)).json()
+        refused = httpx.post(f"{running.url}/admin/keys/{key_id}/rotate", headers=headers(admin), json={})
+        assert refused.status_code == 400 and "key" not in refused.json(), refused.text
+        assert refused.json()["error"]["message"].startswith(f"key '{key_id}' {why}"), refused.text
+        assert httpx.get(f"{running.url}/admin/keys/{key_id}", headers=headers(admin)).json() == before
+
+
 def test_key_and_usage_inputs_are_taken_as_written(running: Running, mint: Any) -> None:
     """`"admin": "yes"` made an admin key (a string read as a boolean), `format=xml` answered JSON, and a time whose
     offset's `+` came unencoded in the query (a space) was refused though it is the ISO time the docs ask for."""
