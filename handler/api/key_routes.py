@@ -23,11 +23,16 @@ if TYPE_CHECKING:
 
 MAX_GRACE_SECONDS = 7 * 86400
 MAX_PATTERN_CHARS = 200  # a model name pattern of a key's `models`
-# An answer carrying a key's secret must not be kept by a cache along the way, nor by the client's.
-SECRET_HEADERS = {"cache-control": "no-store"}
+# A key's IP ranges, as its `models` and `model_limits` are bounded: every request of the key (and of its children)
+# is matched against them, and the record must fit a DynamoDB item (400 KB). 20,001 ranges were minted by a plain
+# key for a child of its own, whose requests then held up every other key's on the process.
+MAX_ALLOW_IPS = 100
+MAX_RANGE_CHARS = 64  # the longest range written out (an IPv4-mapped IPv6 one) is under 50
 # Ten years: a key meant to last has no expiry at all. Without a bound, `expires_in_seconds: 1e200` made a key
 # (SQLite) or a 503 `store_unavailable` to retry (DynamoDB, whose TTL number it could not hold).
 MAX_EXPIRES_IN_SECONDS = 3650 * 86400
+# An answer carrying a key's secret must not be kept by a cache along the way, nor by the client's.
+SECRET_HEADERS = {"cache-control": "no-store"}
 
 
 class KeySpec(BaseModel):
@@ -48,7 +53,9 @@ class KeySpec(BaseModel):
     model_limits: (
         dict[Annotated[str, Field(min_length=1, max_length=MAX_PATTERN_CHARS)], dict[Literal["rpm", "tpm"], int]] | None
     ) = Field(default=None, max_length=100)
-    allow_ips: list[str] | None = None
+    allow_ips: list[Annotated[str, Field(max_length=MAX_RANGE_CHARS)]] | None = Field(
+        default=None, max_length=MAX_ALLOW_IPS
+    )
     # Default attribution tags for the key's ledger lines; a child also carries its parent's (which win).
     tags: dict[str, str] | None = None
 

@@ -88,6 +88,7 @@ def test_keys_carry_default_tags_set_at_creation_and_replaced_later(
         (["--expires-in", "0s"], "expires_in_seconds"),  # a key that never expires
         (["--expires-in", "99999999d"], "expires_in_seconds"),  # a TTL DynamoDB cannot hold: a 503 to retry
         (["--models", ","], "models"),  # a key for no model
+        (["--allow-ip", ",".join(f"10.0.0.{i}" for i in range(101))], "allow_ips"),  # every request slowed
     ],
 )
 def test_keys_create_refuses_what_the_key_api_refuses(
