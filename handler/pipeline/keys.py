@@ -4,14 +4,18 @@ A key reads `gwk_<id>_<secret>`: the id finds the record, the secret (256 random
 against its SHA-256 hash. A fast hash is right here because the secret is random, not a password:
 there is nothing to brute-force. The cache keeps a record for `key_cache_seconds` (5 s by default),
 which is the window in which a revoked, rotated-out or narrowed key may still be accepted by a warm
-process that saw it just before.
+process that saw it just before. A secret its cached record refuses is checked against the store once more
+before it is refused (a rotation elsewhere gives a secret the cached record cannot know), at most once a
+`RECHECK_SECONDS` per key: a stream of wrong secrets for a real key id is not a store read each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -27,6 +31,8 @@ from handler.redaction import REDACTED, clipped
 KEY_PREFIX = "gwk"
 ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
 ID_LENGTH = 12
+# How often a key's record may be read again for a secret its cached copy refuses (see the module docstring).
+RECHECK_SECONDS = 1.0
 
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -235,12 +241,15 @@ async def key_names(lookup: Callable[[str], Awaitable[KeyRecord | None]], key_id
 class CachedKey:
     """A key's record as this process read it from the store (None: no such key), with its `allow_ips` parsed."""
 
-    __slots__ = ("read_at", "record", "networks")
+    __slots__ = ("read_at", "record", "networks", "rechecked_at", "rereading")
 
     def __init__(self, read_at: float, record: KeyRecord | None) -> None:
         self.read_at = read_at
         self.record = record
         self.networks = parse_networks(record.allow_ips) if record is not None and record.allow_ips else ()
+        # When a secret this record refused last had the store read again, and that read while it runs.
+        self.rechecked_at = -math.inf
+        self.rereading: asyncio.Future[CachedKey] | None = None
 
 
 class KeyService:
@@ -361,6 +370,26 @@ class KeyService:
             self._cache[key_id] = cached
         return cached
 
+    async def _reread(self, key_id: str, cached: CachedKey, now: float) -> CachedKey:
+        """For a secret the cached record `cached` refused: the record read again (a rotation by another process
+        leaves a secret the cached copy cannot know: it was refused for `key_cache_seconds`), unless the key was
+        read again for that less than `RECHECK_SECONDS` ago, so that a stream of wrong secrets is not a store read
+        each. Requests that meet a read under way wait for it rather than read again."""
+        if cached.rereading is None:
+            if now - cached.rechecked_at < RECHECK_SECONDS:
+                return cached
+            cached.rechecked_at = now
+
+            async def reread() -> CachedKey:
+                found = await self._read(key_id, now)
+                found.rechecked_at = now
+                return found
+
+            cached.rereading = rereading = asyncio.ensure_future(reread())
+            rereading.add_done_callback(lambda done: _settled(cached, done))
+        # Shielded: a request given up while waiting must not cancel the read the others wait for.
+        return await asyncio.shield(cached.rereading)
+
     async def authenticate(self, token: str | None, client_ip: str | None) -> KeyRecord:
         """The live key behind `token`, or the matching 401/403."""
         return (await self.authenticate_lineage(token, client_ip))[0]
@@ -375,10 +404,17 @@ class KeyService:
             raise AuthenticationError("invalid API key")
         key_id, secret = parts
         now = self.clock()
-        cached = await self._cached(key_id, now)
+        cached, fresh = self._cache.get(key_id), False
+        if cached is None or now - cached.read_at >= self.cache_seconds:
+            cached, fresh = await self._read(key_id, now), True
+        digest = hash_secret(secret)
         record = cached.record
-        if record is None or not secret_matches(record, hash_secret(secret), now):
-            raise AuthenticationError("invalid API key")
+        if record is None or not hmac.compare_digest(digest, record.secret_hash):
+            if not fresh and not secret_matches(record, digest, now):
+                cached = await self._reread(key_id, cached, now)
+                record = cached.record
+            if record is None or not secret_matches(record, digest, now):
+                raise AuthenticationError("invalid API key")
         await self._check_live(record, now)
         lineage = [record]
         ranged = [(record, cached.networks)] if cached.networks else []
@@ -437,3 +473,11 @@ def secret_matches(record: KeyRecord | None, digest: str, now: float) -> bool:
         return True
     grace = record.prev_secret_hash and record.prev_valid_until and now < record.prev_valid_until
     return bool(grace) and hmac.compare_digest(digest, record.prev_secret_hash or "")
+
+
+def _settled(cached: CachedKey, done: asyncio.Future[CachedKey]) -> None:
+    """A re-read is over: the next refused secret may start another (after `RECHECK_SECONDS`). Its failure is
+    taken here too, so that one whose every waiter was given up is not reported as never retrieved."""
+    cached.rereading = None
+    if not done.cancelled():
+        done.exception()
