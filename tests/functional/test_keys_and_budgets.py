@@ -72,6 +72,20 @@ def test_revoke_and_rotate_with_grace(running: Running, mint: Any) -> None:
     assert revoked.status_code == 401 and revoked.json()["error"]["code"] == "key_revoked"
 
 
+def test_a_second_rotation_ends_the_first_old_secret_as_the_docs_say(running: Running, mint: Any) -> None:
+    """A key keeps one previous secret: a second rotation within the first's grace cut the first old secret off at
+    once, which the docs, promising the grace, did not say (docs/keys-and-budgets.md says so now)."""
+    admin = mint(admin=True)
+    original = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "r2"}).json()
+    rotate = f"{running.url}/admin/keys/{original['id']}/rotate"
+    first = httpx.post(rotate, headers=headers(admin), json={"grace_seconds": 3600}).json()
+    assert chat(running, original["key"]).status_code == 200
+    second = httpx.post(rotate, headers=headers(admin), json={"grace_seconds": 600}).json()
+    assert second["rotation_grace_until"] < first["rotation_grace_until"]  # the grace of the secret just replaced
+    assert chat(running, original["key"]).status_code == 401
+    assert chat(running, first["key"]).status_code == chat(running, second["key"]).status_code == 200
+
+
 def test_every_answer_carrying_a_secret_says_no_store(running: Running, mint: Any) -> None:
     """A new key's secret (`POST /admin/keys`, `POST /v1/keys`) and a rotated one came without `cache-control:
     no-store`, so a cache along the way, or the client's, could keep them (only the dashboard's sign-in said so)."""
