@@ -23,6 +23,16 @@ if TYPE_CHECKING:
 
 MAX_GRACE_SECONDS = 7 * 86400
 MAX_PATTERN_CHARS = 200  # a model name pattern of a key's `models`
+# A key's IP ranges, as its `models` and `model_limits` are bounded: every request of the key (and of its children)
+# is matched against them, and the record must fit a DynamoDB item (400 KB). 20,001 ranges were minted by a plain
+# key for a child of its own, whose requests then held up every other key's on the process.
+MAX_ALLOW_IPS = 100
+MAX_RANGE_CHARS = 64  # the longest range written out (an IPv4-mapped IPv6 one) is under 50
+# Ten years: a key meant to last has no expiry at all. Without a bound, `expires_in_seconds: 1e200` made a key
+# (SQLite) or a 503 `store_unavailable` to retry (DynamoDB, whose TTL number it could not hold).
+MAX_EXPIRES_IN_SECONDS = 3650 * 86400
+# An answer carrying a key's secret must not be kept by a cache along the way, nor by the client's.
+SECRET_HEADERS = {"cache-control": "no-store"}
 
 
 class KeySpec(BaseModel):
@@ -37,13 +47,15 @@ class KeySpec(BaseModel):
     )
     budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     budget_period: Literal["day", "month", "total"] = "total"
-    expires_in_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    expires_in_seconds: float | None = Field(default=None, gt=0, le=MAX_EXPIRES_IN_SECONDS, allow_inf_nan=False)
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
     model_limits: (
         dict[Annotated[str, Field(min_length=1, max_length=MAX_PATTERN_CHARS)], dict[Literal["rpm", "tpm"], int]] | None
     ) = Field(default=None, max_length=100)
-    allow_ips: list[str] | None = None
+    allow_ips: list[Annotated[str, Field(max_length=MAX_RANGE_CHARS)]] | None = Field(
+        default=None, max_length=MAX_ALLOW_IPS
+    )
     # Default attribution tags for the key's ledger lines; a child also carries its parent's (which win).
     tags: dict[str, str] | None = None
 
@@ -213,15 +225,17 @@ class KeyRoutes:
                 if mine is not None and theirs is not None and mine > theirs:
                     raise InvalidRequestError(f"{name} {mine} exceeds {whose} {theirs}", param=name)
             wider_model_limit(child, held, whose)
-        state = await self._budget_state(lineage)  # what the parent may still spend, along its own chain
-        if state["remaining_usd"] is not None:
-            remaining = float(state["remaining_usd"])
-            if child.budget_usd is None and parent.budget_usd is not None:
-                child.budget_usd = remaining
-            elif child.budget_usd is not None and child.budget_usd > remaining + 1e-12:
+        # A child without a budget of its own has none: its chain's budgets bind each of its requests as they bind
+        # any key's (`GET /v1/key` says what they leave). It was given a *total* budget of what its parent had left
+        # at that moment, which ended it for good once spent though the parent's day or month began again; with
+        # nothing left, a key of $0; and none at all when the budget was a grandparent's.
+        if child.budget_usd is not None:
+            state = await self._budget_state(lineage)  # what the parent may still spend, along its own chain
+            remaining = state["remaining_usd"]
+            if remaining is not None and child.budget_usd > float(remaining) + 1e-12:
                 whose = "the parent's" if state["remaining_bound_by"] == parent.id else "its chain's"
                 raise InvalidRequestError(
-                    f"budget_usd {child.budget_usd} exceeds {whose} remaining ${remaining:.6f}"
+                    f"budget_usd {child.budget_usd} exceeds {whose} remaining ${float(remaining):.6f}"
                     + ("" if whose == "the parent's" else f" (the budget of key '{state['remaining_bound_by']}')"),
                     param="budget_usd",
                 )
@@ -235,7 +249,7 @@ class KeyRoutes:
             )
         child = replace(child, parent_id=parent.id, ancestors=[*parent.ancestors, parent.id])
         minted = await self.gateway.keys.mint_child(child, minting.max_children, parent.home_region)
-        return self.api.json({**key_view(minted.record), "key": minted.key}, status=201)
+        return self.api.json({**key_view(minted.record), "key": minted.key}, status=201, headers=SECRET_HEADERS)
 
     # --- admin ------------------------------------------------------------------------------
 
@@ -269,7 +283,7 @@ class KeyRoutes:
         await self._admin(request, hands_out_a_secret=True)
         spec = await self.api.parse(request, AdminKeySpec)
         minted = await self.gateway.keys.mint(record_from(spec, admin=spec.admin, now=time.time()))
-        return self.api.json({**key_view(minted.record), "key": minted.key}, status=201)
+        return self.api.json({**key_view(minted.record), "key": minted.key}, status=201, headers=SECRET_HEADERS)
 
     async def admin_show(self, request: Request) -> Response:
         await self._admin(request)
@@ -286,7 +300,7 @@ class KeyRoutes:
             minted = await self.gateway.keys.rotate(record, spec.grace_seconds)
         except ConflictError:
             raise InvalidRequestError("the key changed while rotating; retry") from None
-        return self.api.json({**key_view(minted.record), "key": minted.key})
+        return self.api.json({**key_view(minted.record), "key": minted.key}, headers=SECRET_HEADERS)
 
     async def usage(self, request: Request) -> Response:
         key = await self.api.authenticate(request, allow_x_api_key=True)

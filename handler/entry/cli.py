@@ -338,6 +338,7 @@ async def _key_command(args: argparse.Namespace, store: Store) -> int:
     if args.keys_command == "list":
         _print_json([key_view(r) for r in await store.list_keys()])
         return 0
+    grace = _rotation_grace(args.grace) if args.keys_command == "rotate" else 0.0
     existing = await store.get_key(args.id)
     if existing is None:
         sys.stderr.write(f"no key with id '{args.id}'\n")
@@ -349,9 +350,23 @@ async def _key_command(args: argparse.Namespace, store: Store) -> int:
     elif args.keys_command == "tag":
         _print_json(key_view(await service.retag(existing, parse_tags(args.tags, "tags"))))
     elif args.keys_command == "rotate":
-        minted = await service.rotate(existing, args.grace)
+        minted = await service.rotate(existing, grace)
         _print_json({**key_view(minted.record), "key": minted.key})
     return 0
+
+
+def _rotation_grace(seconds: float) -> float:
+    """`keys rotate --grace`, checked as `POST /admin/keys/{id}/rotate` checks `grace_seconds` (at most 7 days, the
+    same message): `--grace 99999999d` kept the old secret working for 270,000 years. Raises `GatewayError`."""
+    from pydantic import ValidationError
+
+    from handler.api.app import invalid_from_validation
+    from handler.api.key_routes import RotateSpec
+
+    try:
+        return RotateSpec.model_validate({"grace_seconds": seconds}).grace_seconds
+    except ValidationError as exc:
+        raise invalid_from_validation(exc) from None
 
 
 def _created_record(args: argparse.Namespace) -> KeyRecord:

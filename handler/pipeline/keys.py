@@ -4,20 +4,24 @@ A key reads `gwk_<id>_<secret>`: the id finds the record, the secret (256 random
 against its SHA-256 hash. A fast hash is right here because the secret is random, not a password:
 there is nothing to brute-force. The cache keeps a record for `key_cache_seconds` (5 s by default),
 which is the window in which a revoked, rotated-out or narrowed key may still be accepted by a warm
-process that saw it just before.
+process that saw it just before. A secret its cached record refuses is checked against the store once more
+before it is refused (a rotation elsewhere gives a secret the cached record cannot know), at most once a
+`RECHECK_SECONDS` per key: a stream of wrong secrets for a real key id is not a store read each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from fnmatch import fnmatchcase
-from typing import Final
+from typing import Final, TypeAlias
 
 from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError, model_not_allowed
 from handler.ports import ChildLimitReached, KeyRecord, Store
@@ -27,6 +31,10 @@ from handler.redaction import REDACTED
 KEY_PREFIX = "gwk"
 ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
 ID_LENGTH = 12
+# How often a key's record may be read again for a secret its cached copy refuses (see the module docstring).
+RECHECK_SECONDS = 1.0
+
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def new_key_id() -> str:
@@ -151,8 +159,18 @@ def glob_within(child: str, parent: str) -> bool:
 
 
 def ip_allowed(networks: list[str], address: str | None) -> bool:
-    if not networks:
-        return True
+    """Whether `address` is in one of the ranges `networks` (any address when there are none)."""
+    return not networks or address_allowed(parse_networks(networks), address)
+
+
+def parse_networks(networks: list[str]) -> tuple[Network, ...]:
+    """A key's `allow_ips` as ranges to match, parsed once when its record is read (`KeyService`): parsed at
+    every request, 40,001 ranges cost a key's requests 0.31 s of CPU each, every other key's waiting behind."""
+    return tuple(network(net) for net in networks)
+
+
+def address_allowed(networks: tuple[Network, ...], address: str | None) -> bool:
+    """Whether `address` is in one of the (parsed, non-empty) `networks`."""
     if address is None:
         return False
     try:
@@ -161,10 +179,10 @@ def ip_allowed(networks: list[str], address: str | None) -> bool:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return any(ip in network(net) for net in networks)
+    return any(ip in net for net in networks)
 
 
-def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def network(text: str) -> Network:
     """A range as `allow_ips` holds it; an IPv4-mapped IPv6 range (`::ffff:10.0.0.0/104`) as the IPv4 range it
     maps, since a client's mapped address is matched as the IPv4 address it is."""
     net = ipaddress.ip_network(text, strict=False)
@@ -220,6 +238,20 @@ async def key_names(lookup: Callable[[str], Awaitable[KeyRecord | None]], key_id
     return names
 
 
+class CachedKey:
+    """A key's record as this process read it from the store (None: no such key), with its `allow_ips` parsed."""
+
+    __slots__ = ("read_at", "record", "networks", "rechecked_at", "rereading")
+
+    def __init__(self, read_at: float, record: KeyRecord | None) -> None:
+        self.read_at = read_at
+        self.record = record
+        self.networks = parse_networks(record.allow_ips) if record is not None and record.allow_ips else ()
+        # When a secret this record refused last had the store read again, and that read while it runs.
+        self.rechecked_at = -math.inf
+        self.rereading: asyncio.Future[CachedKey] | None = None
+
+
 class KeyService:
     """Key lifecycle and verification over a `Store`."""
 
@@ -227,7 +259,7 @@ class KeyService:
         self.store = store
         self.cache_seconds = cache_seconds
         self.clock = clock
-        self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        self._cache: dict[str, CachedKey] = {}
 
     def _new(self, template: KeyRecord) -> MintedKey:
         """A new key built from `template` (its id, hash and timestamps replaced), not yet stored."""
@@ -256,12 +288,10 @@ class KeyService:
         return minted
 
     async def rotate(self, record: KeyRecord, grace_seconds: float) -> MintedKey:
-        """A new secret for the same key; the old one keeps working for `grace_seconds`. A key revoked, itself or
-        through an ancestor, is refused: its new secret could never work."""
-        revoked = next((held for held in await self.lineage(record) if held.revoked_at is not None), None)
-        if revoked is not None:
-            whose = "is revoked" if revoked is record else f"has a revoked ancestor ('{revoked.id}')"
-            raise InvalidRequestError(f"key '{record.id}' {whose}; a revoked key cannot be rotated")
+        """A new secret for the same key; the old one keeps working for `grace_seconds`. A key whose new secret
+        could never work is refused: one revoked or expired, itself or through an ancestor, or with an ancestor
+        that no longer exists (purged a day after it ended)."""
+        self._check_rotatable(record, await self._chain(record))
         secret = secrets.token_urlsafe(32)
         now = self.clock()
         rotated = replace(
@@ -274,6 +304,31 @@ class KeyService:
         await self.store.update_key(rotated)
         self._cache.pop(record.id, None)
         return MintedKey(rotated, format_key(record.id, secret))
+
+    async def _chain(self, record: KeyRecord) -> list[tuple[str, KeyRecord | None]]:
+        """`record` and its ancestors, nearest first, by id (None for one that no longer exists)."""
+        chain: list[tuple[str, KeyRecord | None]] = [(record.id, record)]
+        for ancestor_id in reversed(record.ancestors):
+            chain.append((ancestor_id, await self.lookup(ancestor_id)))
+        return chain
+
+    def _check_rotatable(self, record: KeyRecord, chain: list[tuple[str, KeyRecord | None]]) -> None:
+        """A 400 saying why `record`'s new secret could never work, if it could not (`chain`: `_chain`'s). An
+        expired key, or a child of a purged parent, was rotated (200) to a secret every request refused."""
+        now = self.clock()
+        for key_id, held in chain:
+            mine = held is record
+            if held is None:
+                why = f"has an ancestor that no longer exists ('{key_id}'); its new secret could never work"
+            elif held.revoked_at is not None:
+                why = "is revoked" if mine else f"has a revoked ancestor ('{key_id}')"
+                why += "; a revoked key cannot be rotated"
+            elif held.expires_at is not None and held.expires_at <= now:
+                why = "has expired" if mine else f"has an expired ancestor ('{key_id}')"
+                why += "; an expired key cannot be rotated (its new secret could never work)"
+            else:
+                continue
+            raise InvalidRequestError(f"key '{record.id}' {why}")
 
     async def retag(self, record: KeyRecord, tags: dict[str, str]) -> KeyRecord:
         """Replace the key's default attribution tags (its lines from now on carry them)."""
@@ -297,16 +352,43 @@ class KeyService:
 
     async def lookup(self, key_id: str) -> KeyRecord | None:
         """The record, from the warm cache when fresh."""
-        now = self.clock()
+        return (await self._cached(key_id, self.clock())).record
+
+    async def _cached(self, key_id: str, now: float) -> CachedKey:
+        """The key from the warm cache when fresh, else read from the store."""
         cached = self._cache.get(key_id)
-        if cached is not None and now - cached[0] < self.cache_seconds:
-            return cached[1]
-        record = await self.store.get_key(key_id)
+        if cached is not None and now - cached.read_at < self.cache_seconds:
+            return cached
+        return await self._read(key_id, now)
+
+    async def _read(self, key_id: str, now: float) -> CachedKey:
+        """The key read from the store, and cached."""
+        cached = CachedKey(now, await self.store.get_key(key_id))
         if self.cache_seconds > 0:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[key_id] = (now, record)
-        return record
+            self._cache[key_id] = cached
+        return cached
+
+    async def _reread(self, key_id: str, cached: CachedKey, now: float) -> CachedKey:
+        """For a secret the cached record `cached` refused: the record read again (a rotation by another process
+        leaves a secret the cached copy cannot know: it was refused for `key_cache_seconds`), unless the key was
+        read again for that less than `RECHECK_SECONDS` ago, so that a stream of wrong secrets is not a store read
+        each. Requests that meet a read under way wait for it rather than read again."""
+        if cached.rereading is None:
+            if now - cached.rechecked_at < RECHECK_SECONDS:
+                return cached
+            cached.rechecked_at = now
+
+            async def reread() -> CachedKey:
+                found = await self._read(key_id, now)
+                found.rechecked_at = now
+                return found
+
+            cached.rereading = rereading = asyncio.ensure_future(reread())
+            rereading.add_done_callback(lambda done: _settled(cached, done))
+        # Shielded: a request given up while waiting must not cancel the read the others wait for.
+        return await asyncio.shield(cached.rereading)
 
     async def authenticate(self, token: str | None, client_ip: str | None) -> KeyRecord:
         """The live key behind `token`, or the matching 401/403."""
@@ -321,25 +403,32 @@ class KeyService:
         if parts is None:
             raise AuthenticationError("invalid API key")
         key_id, secret = parts
-        record = await self.lookup(key_id)
-        if record is None:
-            raise AuthenticationError("invalid API key")
         now = self.clock()
+        cached, fresh = self._cache.get(key_id), False
+        if cached is None or now - cached.read_at >= self.cache_seconds:
+            cached, fresh = await self._read(key_id, now), True
         digest = hash_secret(secret)
-        if not hmac.compare_digest(digest, record.secret_hash):
-            grace = record.prev_secret_hash and record.prev_valid_until and now < record.prev_valid_until
-            if not (grace and hmac.compare_digest(digest, record.prev_secret_hash or "")):
+        record = cached.record
+        if record is None or not hmac.compare_digest(digest, record.secret_hash):
+            if not fresh and not secret_matches(record, digest, now):
+                cached = await self._reread(key_id, cached, now)
+                record = cached.record
+            if record is None or not secret_matches(record, digest, now):
                 raise AuthenticationError("invalid API key")
         await self._check_live(record, now)
         lineage = [record]
+        ranged = [(record, cached.networks)] if cached.networks else []
         for ancestor_id in reversed(record.ancestors):
-            ancestor = await self.lookup(ancestor_id)
+            held = await self._cached(ancestor_id, now)
+            ancestor = held.record
             if ancestor is None:
                 raise AuthenticationError("this key's parent no longer exists", code="key_revoked")
             await self._check_live(ancestor, now, inherited=True)
             lineage.append(ancestor)
-        for holder in lineage:
-            if not ip_allowed(holder.allow_ips, client_ip):
+            if held.networks:
+                ranged.append((ancestor, held.networks))
+        for holder, networks in ranged:
+            if not address_allowed(networks, client_ip):
                 whose = "this key" if holder is record else "a parent of this key"
                 raise PermissionDeniedError(
                     f"requests from {client_ip} are not allowed for {whose}", code="ip_not_allowed"
@@ -372,3 +461,21 @@ class KeyService:
     def require_admin(record: KeyRecord) -> None:
         if not record.admin:
             raise PermissionDeniedError("this route needs an admin key", code="admin_only")
+
+
+def secret_matches(record: KeyRecord | None, digest: str, now: float) -> bool:
+    """Whether `digest` is the hash of the key's secret, or of its previous one within the rotation's grace."""
+    if record is None:
+        return False
+    if hmac.compare_digest(digest, record.secret_hash):
+        return True
+    grace = record.prev_secret_hash and record.prev_valid_until and now < record.prev_valid_until
+    return bool(grace) and hmac.compare_digest(digest, record.prev_secret_hash or "")
+
+
+def _settled(cached: CachedKey, done: asyncio.Future[CachedKey]) -> None:
+    """A re-read is over: the next refused secret may start another (after `RECHECK_SECONDS`). Its failure is
+    taken here too, so that one whose every waiter was given up is not reported as never retrieved."""
+    cached.rereading = None
+    if not done.cancelled():
+        done.exception()

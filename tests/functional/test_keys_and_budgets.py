@@ -12,6 +12,7 @@ import openai
 import orjson
 import pytest
 
+from handler.pipeline.keys import split_key
 from handler.pipeline.pricing import estimate_prompt_tokens, price_for, worst_case_usd
 from handler.schemas import ChatRequest
 from tests.functional.conftest import Running, fresh_minute, openai_client
@@ -62,9 +63,57 @@ def test_revoke_and_rotate_with_grace(running: Running, mint: Any) -> None:
     ).json()
     assert chat(running, no_grace["key"]).status_code == 200
     assert chat(running, rotated["key"]).status_code == 401
+    too_long = httpx.post(
+        f"{running.url}/admin/keys/{victim['id']}/rotate", headers=headers(admin), json={"grace_seconds": 8 * 86400}
+    )  # (`gateway keys rotate --grace` says the same)
+    assert too_long.json()["error"]["message"] == "grace_seconds: Input should be less than or equal to 604800"
     httpx.post(f"{running.url}/admin/keys/{victim['id']}/revoke", headers=headers(admin))
     revoked = chat(running, no_grace["key"])
     assert revoked.status_code == 401 and revoked.json()["error"]["code"] == "key_revoked"
+
+
+def test_a_second_rotation_ends_the_first_old_secret_as_the_docs_say(running: Running, mint: Any) -> None:
+    """A key keeps one previous secret: a second rotation within the first's grace cut the first old secret off at
+    once, which the docs, promising the grace, did not say (docs/keys-and-budgets.md says so now)."""
+    admin = mint(admin=True)
+    original = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "r2"}).json()
+    rotate = f"{running.url}/admin/keys/{original['id']}/rotate"
+    first = httpx.post(rotate, headers=headers(admin), json={"grace_seconds": 3600}).json()
+    assert chat(running, original["key"]).status_code == 200
+    second = httpx.post(rotate, headers=headers(admin), json={"grace_seconds": 600}).json()
+    assert second["rotation_grace_until"] < first["rotation_grace_until"]  # the grace of the secret just replaced
+    assert chat(running, original["key"]).status_code == 401
+    assert chat(running, first["key"]).status_code == chat(running, second["key"]).status_code == 200
+
+
+def test_every_answer_carrying_a_secret_says_no_store(running: Running, mint: Any) -> None:
+    """A new key's secret (`POST /admin/keys`, `POST /v1/keys`) and a rotated one came without `cache-control:
+    no-store`, so a cache along the way, or the client's, could keep them (only the dashboard's sign-in said so)."""
+    admin = mint(admin=True)
+    created = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "svc"})
+    child = httpx.post(f"{running.url}/v1/keys", headers=headers(created.json()["key"]), json={"name": "c"})
+    rotated = httpx.post(f"{running.url}/admin/keys/{created.json()['id']}/rotate", headers=headers(admin), json={})
+    for answer in (created, child, rotated):
+        assert answer.status_code in (200, 201) and "key" in answer.json(), answer.text
+        assert answer.headers["cache-control"] == "no-store", answer.request.url
+
+
+def test_an_expiry_too_far_off_is_a_clear_400_on_each_store(on_each_store: Running) -> None:
+    """`expires_in_seconds: 1e200` made a key on SQLite and, on DynamoDB, a 503 `store_unavailable` "retry shortly"
+    with `x-should-retry: true` (the key's TTL, a number DynamoDB cannot hold): the same 400 on both now, for a
+    root key and a child, and the longest expiry allowed is stored on both."""
+    running = on_each_store
+    admin, parent = running.mint(admin=True), running.mint()
+    for far in (1e200, 1e40, 3650 * 86400 + 1):  # (ten years, the longest)
+        for url, key in ((f"{running.url}/admin/keys", admin), (f"{running.url}/v1/keys", parent)):
+            refused = httpx.post(url, headers=headers(key), json={"name": "far", "expires_in_seconds": far})
+            assert refused.status_code == 400, (url, far, refused.text)
+            assert refused.json()["error"]["param"] == "expires_in_seconds"
+            assert refused.headers["x-should-retry"] == "false"
+    for url, key in ((f"{running.url}/admin/keys", admin), (f"{running.url}/v1/keys", parent)):
+        longest = httpx.post(url, headers=headers(key), json={"name": "long", "expires_in_seconds": 3650 * 86400})
+        assert longest.status_code == 201, longest.text
+        assert chat(running, longest.json()["key"]).status_code == 200
 
 
 def test_a_revoked_key_stays_revoked_as_it_was(running: Running, mint: Any) -> None:
@@ -85,6 +134,32 @@ def test_a_revoked_key_stays_revoked_as_it_was(running: Running, mint: Any) -> N
     httpx.post(f"{running.url}/admin/keys/{parent['id']}/revoke", headers=headers(admin))
     orphan = httpx.post(f"{running.url}/admin/keys/{kid['id']}/rotate", headers=headers(admin), json={})
     assert orphan.status_code == 400 and "revoked ancestor" in orphan.json()["error"]["message"]
+
+
+def test_a_key_whose_new_secret_could_never_work_is_not_rotated(on_each_store: Running) -> None:
+    """Rotating an expired key, a child of an expired key, or a child of a revoked parent purged since (the key's
+    chain read without it) answered 200 with a new secret that every request then refused: now a 400 saying why, as
+    for a revoked key, and the key is left as it was."""
+    running = on_each_store
+    admin = running.mint(admin=True)
+    now = time.time()
+    expired = running.mint(name="expired", expires_at=now - 1)
+    expired_id = split_key(expired)[0]  # type: ignore[index]
+    under_expired = running.mint(name="under", parent_id=expired_id, ancestors=[expired_id])
+    purged = running.mint(name="gone", revoked_at=now - 3 * 86400)  # a day after its end, the store forgets it
+    purged_id = split_key(purged)[0]  # type: ignore[index]
+    orphan = running.mint(name="orphan", parent_id=purged_id, ancestors=[purged_id])
+    for key, why in (
+        (expired, "has expired; an expired key cannot be rotated"),
+        (under_expired, f"has an expired ancestor ('{expired_id}')"),
+        (orphan, f"has an ancestor that no longer exists ('{purged_id}')"),
+    ):
+        key_id = split_key(key)[0]  # type: ignore[index]
+        before = httpx.get(f"{running.url}/admin/keys/{key_id}", headers=headers(admin)).json()
+        refused = httpx.post(f"{running.url}/admin/keys/{key_id}/rotate", headers=headers(admin), json={})
+        assert refused.status_code == 400 and "key" not in refused.json(), refused.text
+        assert refused.json()["error"]["message"].startswith(f"key '{key_id}' {why}"), refused.text
+        assert httpx.get(f"{running.url}/admin/keys/{key_id}", headers=headers(admin)).json() == before
 
 
 def test_key_and_usage_inputs_are_taken_as_written(running: Running, mint: Any) -> None:
@@ -133,6 +208,35 @@ def test_revoked_key_works_at_most_for_the_cache_window(running: Running, mint: 
     assert chat(running, key).json()["error"]["code"] == "key_revoked"
 
 
+def test_a_secret_rotated_by_another_process_works_at_once(on_each_store: Running) -> None:
+    """Rotated by another process (a worker of `--workers 2`, a Lambda environment, `gateway keys rotate`), the new
+    secret got 401 `invalid API key` for up to `key_cache_seconds` on a gateway that had the key cached: measured
+    from 0 to 4.6 s. Now it works at once, and the old one keeps its grace."""
+    running = on_each_store
+    assert running.gateway.config.gateway.key_cache_seconds > 0
+    key = running.mint()
+    assert chat(running, key).status_code == 200  # the gateway has it cached
+    key_id = split_key(key)[0]  # type: ignore[index]
+
+    async def rotate_elsewhere() -> str:
+        from adapters.store import open_store
+        from handler.pipeline.keys import KeyService
+
+        store = open_store(running.store_url)
+        try:
+            record = await store.get_key(key_id)
+            assert record is not None
+            return (await KeyService(store, 0).rotate(record, 3600)).key
+        finally:
+            await store.close()
+
+    rotated = asyncio.run(rotate_elsewhere())
+    assert chat(running, rotated).status_code == 200
+    assert chat(running, key).status_code == 200  # within its grace
+    wrong = httpx.get(f"{running.url}/v1/key", headers=headers(f"gwk_{key_id}_{'w' * 43}"))
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+
+
 def test_expired_key_and_ip_allowlist(running: Running, mint: Any) -> None:
     expired = mint(expires_at=time.time() - 1)
     assert chat(running, expired).json()["error"]["code"] == "key_expired"
@@ -144,6 +248,27 @@ def test_expired_key_and_ip_allowlist(running: Running, mint: Any) -> None:
     )
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "ip_not_allowed"
     assert chat(running, mint(allow_ips=["127.0.0.1/32", "::1/128"])).status_code == 200
+
+
+def test_a_keys_ip_ranges_are_bounded_on_each_store(on_each_store: Running) -> None:
+    """`allow_ips` had no bound: a plain key minted a child with 20,001 ranges (201 on both stores), whose every
+    request then held up the other keys' on the process; on DynamoDB a list past an item's 400 KB was a 503
+    `store_unavailable` to retry. Now at most 100 ranges, as `models` and `model_limits`, on every route that
+    sets them, and 100 are stored and held on both stores."""
+    running = on_each_store
+    admin, parent = running.mint(admin=True), running.mint()
+    ranges = [f"10.0.{i // 256}.{i % 256}/32" for i in range(100)] + ["127.0.0.1/32"]
+    for url, key in ((f"{running.url}/admin/keys", admin), (f"{running.url}/v1/keys", parent)):
+        for too_many in (ranges, ranges * 200):
+            refused = httpx.post(url, headers=headers(key), json={"name": "wide", "allow_ips": too_many})
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["param"] == "allow_ips" and "at most 100" in refused.text
+            assert refused.headers["x-should-retry"] == "false"
+        held = httpx.post(url, headers=headers(key), json={"name": "wide", "allow_ips": ranges[1:]})
+        assert held.status_code == 201 and len(held.json()["allow_ips"]) == 100
+        assert chat(running, held.json()["key"]).status_code == 200
+        outside = httpx.post(url, headers=headers(key), json={"name": "narrow", "allow_ips": ranges[:100]})
+        assert chat(running, outside.json()["key"]).json()["error"]["code"] == "ip_not_allowed"
 
 
 def test_whoami_and_child_keys(running: Running, mint: Any) -> None:
@@ -354,11 +479,50 @@ def test_what_binds_a_child_from_its_chain_is_what_it_is_told(on_each_store: Run
     too_rich = httpx.post(url, headers=headers(child), json={"name": "g", "budget_usd": within_own})
     assert too_rich.status_code == 400 and too_rich.json()["error"]["param"] == "budget_usd"
     assert parent_view["id"] in too_rich.json()["error"]["message"]
-    # A grandchild without a budget of its own is told what its chain leaves.
+    # A child or grandchild without a budget of its own has none, and is told what its chain leaves.
     free = httpx.post(url, headers=headers(parent), json={"name": "free"})
-    assert free.status_code == 201 and free.json()["budget_usd"] == parent_view["remaining_usd"]
+    assert free.status_code == 201 and free.json()["budget_usd"] is None
+    free_view = httpx.get(f"{running.url}/v1/key", headers=headers(free.json()["key"])).json()
+    assert (free_view["remaining_usd"], free_view["remaining_bound_by"]) == (
+        parent_view["remaining_usd"],
+        parent_view["id"],
+    )
     limitless = httpx.post(url, headers=headers(child), json={"name": "g2"}).json()
-    assert limitless["budget_usd"] == child_view["remaining_usd"]
+    assert limitless["budget_usd"] is None
+    limitless_view = httpx.get(f"{running.url}/v1/key", headers=headers(limitless["key"])).json()
+    assert limitless_view["remaining_usd"] == child_view["remaining_usd"]
+
+
+def test_a_child_minted_without_a_budget_has_none_and_its_chain_binds_it(on_each_store: Running) -> None:
+    """A child minted without a budget under a parent with a day budget got a *total* budget of what the parent had
+    left at that moment: it stopped for good once it spent that, though the parent's day began again; under a
+    parent with nothing left, a $0 key (201); and under a grandparent's budget alone, none. Now it has none in each
+    case, and every budget of its chain binds each of its requests."""
+    running = on_each_store
+    url = f"{running.url}/v1/keys"
+    parent = running.mint(budget_usd=0.01, budget_period="day")
+    assert chat(running, parent).status_code == 200
+    time.sleep(0.3)  # (settled after the answer)
+    child = httpx.post(url, headers=headers(parent), json={"name": "agent"})
+    assert child.status_code == 201, child.text
+    assert (child.json()["budget_usd"], child.json()["budget_period"]) == (None, None)
+    view = httpx.get(f"{running.url}/v1/key", headers=headers(child.json()["key"])).json()
+    parent_view = httpx.get(f"{running.url}/v1/key", headers=headers(parent)).json()
+    assert 0 < view["remaining_usd"] == parent_view["remaining_usd"] < 0.01
+    assert view["remaining_bound_by"] == parent_view["id"] and view["spent_usd"] is None
+    # Under a parent whose day's budget is spent: a key without a budget of its own, held to the parent's.
+    broke = running.mint(budget_usd=0.0, budget_period="day")
+    under_broke = httpx.post(url, headers=headers(broke), json={"name": "agent"})
+    assert under_broke.status_code == 201 and under_broke.json()["budget_usd"] is None
+    refused = chat(running, under_broke.json()["key"])
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded"
+    # The same when the budget is a grandparent's: nothing of its own, the grandparent's binding.
+    middle = httpx.post(url, headers=headers(broke), json={"name": "team"}).json()
+    grandchild = httpx.post(url, headers=headers(middle["key"]), json={"name": "agent"})
+    assert grandchild.status_code == 201 and grandchild.json()["budget_usd"] is None
+    assert chat(running, grandchild.json()["key"]).status_code == 402
+    bound = httpx.get(f"{running.url}/v1/key", headers=headers(grandchild.json()["key"])).json()
+    assert (bound["remaining_usd"], bound["remaining_bound_by"]) == (0.0, split_key(broke)[0])  # type: ignore[index]
 
 
 def test_budget_refusal_is_402_not_429(running: Running, mint: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import orjson
@@ -85,7 +86,9 @@ def test_keys_carry_default_tags_set_at_creation_and_replaced_later(
         (["--rpm", "0"], "rpm"),  # no limit at all
         (["--tpm", "-3"], "tpm"),  # every request a 429
         (["--expires-in", "0s"], "expires_in_seconds"),  # a key that never expires
+        (["--expires-in", "99999999d"], "expires_in_seconds"),  # a TTL DynamoDB cannot hold: a 503 to retry
         (["--models", ","], "models"),  # a key for no model
+        (["--allow-ip", ",".join(f"10.0.0.{i}" for i in range(101))], "allow_ips"),  # every request slowed
     ],
 )
 def test_keys_create_refuses_what_the_key_api_refuses(
@@ -97,6 +100,22 @@ def test_keys_create_refuses_what_the_key_api_refuses(
     assert named in capsys.readouterr().err
     assert main(["keys", "--store", store, "list"]) == 0
     assert orjson.loads(capsys.readouterr().out) == []
+
+
+def test_keys_rotate_caps_the_grace_as_the_http_route_does(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`keys rotate --grace 99999999d` kept the old secret working for 270,000 years, where the HTTP route refuses
+    more than 7 days: now the route's cap and its message, exit 2, and the key is left as it was."""
+    store = f"sqlite:///{tmp_path / 'gateway.db'}"
+    assert main(["keys", "--store", store, "create", "--name", "k", "--json"]) == 0
+    created = orjson.loads(capsys.readouterr().out)
+    for grace in ("99999999d", "8d", "604801s"):
+        assert main(["keys", "--store", store, "rotate", created["id"], "--grace", grace]) == 2
+        assert capsys.readouterr().err == "grace_seconds: Input should be less than or equal to 604800\n"
+    assert main(["keys", "--store", store, "show", created["id"]]) == 0
+    assert orjson.loads(capsys.readouterr().out)["rotation_grace_until"] is None
+    assert main(["keys", "--store", store, "rotate", created["id"], "--grace", "7d"]) == 0
+    rotated = orjson.loads(capsys.readouterr().out)
+    assert rotated["rotation_grace_until"] == pytest.approx(time.time() + 7 * 86400, abs=60)
 
 
 def test_a_store_the_cli_cannot_open_is_one_line_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
