@@ -18,9 +18,7 @@ that repeats them), so:
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable
 from functools import cache
-from typing import Generic, TypeVar
 
 import orjson
 
@@ -63,7 +61,6 @@ def key_shapes() -> re.Pattern[str]:
     return re.compile(KEY_SHAPES)
 
 
-Channel = TypeVar("Channel", bound=Hashable)
 _fixed: set[str] = set()
 _current: dict[str, frozenset[str]] = {}  # secrets that are renewed, by what holds them: the latest only
 _secrets: frozenset[str] = frozenset()
@@ -178,8 +175,11 @@ def scrub(body: bytes) -> bytes:
 # JSON's escapes that an encoder may write for a character it need not: `\/`, and `\u0041` for a printable ASCII
 # character, what keys are written in. (Not others: a quote or a backslash undone would not be JSON, a control
 # character would not be one line of SSE, and a client may split lines on U+2028 or U+0085.) An escaped backslash
-# is matched too, so that the `\/` in `\\/` (a backslash, then `/`) is not read as one.
-ESCAPES = re.compile(rb"\\(?:u00([2-7][0-9A-Fa-f])|/|\\)")
+# is matched too, so that the `\/` in `\\/` (a backslash, then `/`) is not read as one. Compiled on the first body
+# with such an escape, not at a cold start that may never see one.
+@cache
+def escapes() -> re.Pattern[bytes]:
+    return re.compile(rb"\\(?:u00([2-7][0-9A-Fa-f])|/|\\)")
 
 
 def _unescaped(match: re.Match[bytes]) -> bytes:
@@ -192,7 +192,7 @@ def _unescaped(match: re.Match[bytes]) -> bytes:
 
 def _scrub_unescaped(body: bytes) -> bytes:
     """`body` with its needless escapes undone, if that shows a known secret (then redacted); else as it was."""
-    plain = ESCAPES.sub(_unescaped, body)
+    plain = escapes().sub(_unescaped, body)
     scrubbed = plain
     for secret in _secrets_bytes:
         if secret in scrubbed:
@@ -239,29 +239,3 @@ def withheld(text: str) -> tuple[str, str]:
     if cut == len(text):
         return text, ""
     return text[:cut], text[cut:]
-
-
-class HeldText(Generic[Channel]):
-    """A stream's text, scrubbed as the client will join it: by channel (a choice's text, a content block, a tool
-    call's arguments: whatever the client concatenates), the end of a delta that could begin a known secret is
-    held back and put before the channel's next text (`pass_on`), or handed out on its own once the channel
-    ends (`release`). The text the client joins has no known secret in it; it comes in other pieces.
-    """
-
-    __slots__ = ("held",)
-
-    def __init__(self) -> None:
-        self.held: dict[Channel, str] = {}
-
-    def pass_on(self, channel: Channel, text: str) -> str:
-        """What of `channel`'s next `text` may go now (what was held before it, then the text, without the known
-        secrets, less its end if that could begin one)."""
-        held = self.held.pop(channel, "") if self.held else ""
-        passed, rest = withheld(held + text if held else text)
-        if rest:
-            self.held[channel] = rest
-        return passed
-
-    def release(self, channel: Channel) -> str:
-        """What `channel` still holds, now that it has ended: the beginning of a secret at most, not a secret."""
-        return self.held.pop(channel, "") if self.held else ""

@@ -47,7 +47,6 @@ from handler.errors import (
 )
 from handler.pipeline.attribution import TAG, parse_tags
 from handler.pipeline.budgets import SETTLE_BY
-from handler.pipeline.chunk_stream import ChunkStream
 from handler.pipeline.exchange import Controls, Exchange
 from handler.pipeline.gateway import Gateway
 from handler.pipeline.keys import allows_model
@@ -62,6 +61,7 @@ from handler.telemetry.observability import observe, observe_failure
 from handler.wire import interrupted
 
 if TYPE_CHECKING:  # (the chunk model is built on a stream's first use: a cold start pays for none)
+    from handler.pipeline.chunk_stream import ChunkStream
     from handler.schemas import ChatCompletionChunk
 
 logger = logging.getLogger("gateway")

@@ -1,6 +1,7 @@
 """A provider's stream read in the gateway's chunk form (`ChunkStream`), whatever API the provider speaks: its
 chunks, with a secret the model writes across deltas held back until it can be redacted (`ChunkRedactor`), its
-usage, cost and settlement; and what a whole answer generated (`answer_chars`), for an answer without usage.
+usage, cost and settlement. Imported with the first stream (or a front-end that streams), not at a cold start:
+a Lambda whose requests are whole answers never needs it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from handler.pipeline.redacting import ChunkRedactor
 from handler.pipeline.schema_check import violation
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import StreamParser
-from handler.schemas import ChatCompletion, ChatRequest, Usage
+from handler.schemas import ChatRequest, Usage
 from handler.wire import StreamEvent, WholeBodySniffer, error_excerpt, malformed
 
 if TYPE_CHECKING:
@@ -24,17 +25,6 @@ if TYPE_CHECKING:
     from handler.pipeline.pipeline import Pipeline
     from handler.pipeline.routing import Attempt
     from handler.schemas import ChatCompletionChunk
-
-
-def answer_chars(completion: ChatCompletion) -> int:
-    """The characters of everything an answer generated: text, reasoning, a refusal and tool-call arguments."""
-    total = 0
-    for choice in completion.choices:
-        message = choice.message
-        total += len(message.content or "") + len(message.reasoning_content or "") + len(message.refusal or "")
-        for call in message.tool_calls or ():
-            total += len(call.function.arguments or "") + len(call.function.name or "")
-    return total
 
 
 class ChunkStream(UpstreamStream["ChatCompletionChunk"]):

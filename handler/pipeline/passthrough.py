@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from handler.errors import ClientClosedError, GatewayError, UpstreamTimeoutError
 from handler.pipeline.pricing import plausible, wants_reasoning
-from handler.pipeline.redacting import EventRedactor, messages_delta, responses_delta
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import RESPONSES_API, NativeCall, Served
 from handler.schemas import ChatRequest, Usage
@@ -268,6 +267,8 @@ class NativeStream(UpstreamStream[StreamEvent]):
     ) -> None:
         super().__init__(pipeline, ex, req, attempt, response)
         self.meter = attempt.adapter.native_meter(call)
+        from handler.pipeline.redacting import EventRedactor, messages_delta, responses_delta  # (first stream)
+
         self.redactor = EventRedactor(responses_delta if call.api == RESPONSES_API else messages_delta)
 
     def _items(self, events: list[StreamEvent]) -> list[StreamEvent]:

@@ -35,7 +35,6 @@ from handler.errors import (
 )
 from handler.pipeline.attribution import line_tags
 from handler.pipeline.budgets import Meter, Reservation, remaining_usd
-from handler.pipeline.chunk_stream import ChunkStream, answer_chars
 from handler.pipeline.exchange import Exchange
 from handler.pipeline.gateway import Gateway
 from handler.pipeline.keys import allows_model
@@ -72,11 +71,12 @@ from handler.pipeline.schema_check import enforce, schema_of
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import BuiltRequest, LedgerItem, NativeCall, Served, as_client_named
 from handler.redaction import redact_message, unkeyed
-from handler.schemas import ChatCompletion, ChatRequest, Usage
+from handler.schemas import LATER_MODULES, ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
 from handler.wire import OVERLOADED, json_body, malformed
 
 if TYPE_CHECKING:
+    from handler.pipeline.chunk_stream import ChunkStream  # (imported with the first stream: `_chunk_stream`)
     from handler.schemas import EmbeddingsRequest, EmbeddingsResponse
 
 T = TypeVar("T")
@@ -130,7 +130,7 @@ class Pipeline:
         await self._admit(ex, plan, req)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> ChunkStream:
-            stream = ChunkStream(self, ex, req, attempt, response)
+            stream = _chunk_stream()(self, ex, req, attempt, response)
             await self._prime(stream, ex, attempt)
             return stream
 
@@ -215,7 +215,7 @@ class Pipeline:
             if attempt.adapter.speaks(call.api, attempt.target):
                 stream = NativeStream(self, ex, req, call, attempt, response)
             else:
-                stream = ChunkStream(self, ex, req, attempt, response)
+                stream = _chunk_stream()(self, ex, req, attempt, response)
             await self._prime(stream, ex, attempt)
             return stream
 
@@ -885,3 +885,26 @@ def lowered_by(worst_model: str, model: str) -> str:
     if worst_model != model:
         return f"; it is {worst_model}'s, a fallback: `x-gateway-fallbacks: none` or a smaller max_tokens lowers it"
     return "; a smaller max_tokens lowers it"
+
+
+LATER_MODULES.add("handler.pipeline.chunk_stream")  # (a server's start-up and a snapshot import it)
+
+
+def _chunk_stream() -> type[ChunkStream]:
+    """`ChunkStream`, its module imported with the first stream: a cold start serving whole answers (Lambda's
+    buffered function) does not import it and the redaction of deltas it brings (two modules, about 1.7 million
+    instructions, callgrind)."""
+    from handler.pipeline.chunk_stream import ChunkStream
+
+    return ChunkStream
+
+
+def answer_chars(completion: ChatCompletion) -> int:
+    """The characters of everything an answer generated: text, reasoning, a refusal and tool-call arguments."""
+    total = 0
+    for choice in completion.choices:
+        message = choice.message
+        total += len(message.content or "") + len(message.reasoning_content or "") + len(message.refusal or "")
+        for call in message.tool_calls or ():
+            total += len(call.function.arguments or "") + len(call.function.name or "")
+    return total

@@ -1,4 +1,4 @@
-"""Streams relayed without a known secret, however the model cuts it across deltas (`handler.redaction.HeldText`).
+"""Streams relayed without a known secret, however the model cuts it across deltas (`HeldText`).
 
 A client joins a stream's deltas: a key written over several of them reaches it whole though no event holds it.
 Each stream holds back, by what the client joins (a choice's text, reasoning or refusal, a tool call's arguments,
@@ -16,15 +16,45 @@ choice finished, its block or item closed, the stream over) goes then: it is no 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 
-from handler.redaction import HeldText, withheld
+from handler.redaction import withheld
 from handler.wire import StreamEvent
 
 if TYPE_CHECKING:
     from handler.schemas import ChatCompletionChunk, ChunkChoice, ChunkDelta
+
+
+Channel = TypeVar("Channel", bound=Hashable)
+
+
+class HeldText(Generic[Channel]):
+    """A stream's text, scrubbed as the client will join it: by channel (a choice's text, a content block, a tool
+    call's arguments: whatever the client concatenates), the end of a delta that could begin a known secret is
+    held back and put before the channel's next text (`pass_on`), or handed out on its own once the channel
+    ends (`release`). The text the client joins has no known secret in it; it comes in other pieces.
+    """
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held: dict[Channel, str] = {}
+
+    def pass_on(self, channel: Channel, text: str) -> str:
+        """What of `channel`'s next `text` may go now (what was held before it, then the text, without the known
+        secrets, less its end if that could begin one)."""
+        held = self.held.pop(channel, "") if self.held else ""
+        passed, rest = withheld(held + text if held else text)
+        if rest:
+            self.held[channel] = rest
+        return passed
+
+    def release(self, channel: Channel) -> str:
+        """What `channel` still holds, now that it has ended: the beginning of a secret at most, not a secret."""
+        return self.held.pop(channel, "") if self.held else ""
+
 
 TEXT_FIELDS = ("reasoning_content", "content", "refusal")  # in the order the Messages and Responses writers read them
 

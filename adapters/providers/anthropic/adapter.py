@@ -16,13 +16,6 @@ import orjson
 from pydantic import ValidationError
 
 from adapters.providers import reasoning
-from adapters.providers.anthropic.stream import (
-    JSON_TOOL,
-    AnthropicStreamParser,
-    MessagesMeter,
-    _finish,
-    error_from_body,
-)
 from adapters.providers.model_rules import keep_one_sampling_knob
 from adapters.providers.params import (
     THINKING_BLOCKS,
@@ -45,6 +38,7 @@ from handler.schemas import (
     ChatRequest,
     Choice,
     FilePart,
+    FinishReason,
     FunctionCall,
     ImagePart,
     Message,
@@ -52,18 +46,16 @@ from handler.schemas import (
     ToolCall,
     Usage,
 )
-from handler.wire import (
-    json_body,
-    malformed,
-)
+from handler.wire import error_excerpt, json_body, malformed, upstream_error
 
 # Anthropic's answer models (adapters/providers/anthropic/wire.py) are imported where they are used, on first use: a
 # Lambda whose first request goes to another provider does not make their four pydantic classes (about 4.5 million
 # instructions of its cold start, callgrind). A server's start-up and a SnapStart snapshot make and build them
 # (`schemas.LATER_MODULES`); a stream's frequent events (text deltas) do not reach an import.
 schemas.LATER_MODULES.add("adapters.providers.anthropic.wire")
+schemas.LATER_MODULES.add("adapters.providers.anthropic.stream")  # (its parser too: imported with the first stream)
 if TYPE_CHECKING:
-    pass
+    from adapters.providers.anthropic.stream import AnthropicStreamParser, MessagesMeter
 
 API_VERSION = "2023-06-01"
 JSON_OBJECT_INSTRUCTION = "Respond only with a single valid JSON object, with no text before or after it."
@@ -111,6 +103,64 @@ DEFAULT_MAX_TOKENS: tuple[tuple[str, int], ...] = (
     ("claude-3", 4096),
 )
 FALLBACK_MAX_TOKENS = 4096
+
+
+JSON_TOOL = "json_response"  # the forced tool that serves a `json_schema` answer (its input is the text)
+STOP_REASONS: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+# The HTTP status Anthropic uses for each error type, for errors that arrive inside a stream.
+ERROR_STATUS: dict[str, int] = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+    """Anthropic's error body `{"type": "error", "error": {"type", "message"}}`, tolerating others."""
+    message, kind = "", None
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict):
+            message = str(error.get("message") or "")
+            kind = str(error["type"]) if error.get("type") else None
+        elif isinstance(error, str):
+            message = error
+    if not message:
+        message = error_excerpt(body)
+    return upstream_error(status, message, headers, upstream_type=kind)
+
+
+def answer_finish(mapped: FinishReason, json_answer: bool, tool_calls: bool) -> FinishReason:
+    """OpenAI's finish reason of a Claude answer (Anthropic's or Bedrock's, its stop reason `mapped`): a
+    `json_schema` answer (the forced tool's call, shown as content) stopped, unless a limit cut it (`length`:
+    its JSON is incomplete)."""
+    if json_answer and not tool_calls and mapped != "length":
+        return "stop"
+    return mapped
+
+
+def _finish(stop_reason: str | None, json_answer: bool, tool_calls: bool) -> FinishReason:
+    return answer_finish(STOP_REASONS.get(stop_reason or "end_turn", "stop"), json_answer, tool_calls)
 
 
 def default_max_tokens(model: str) -> int:
@@ -539,6 +589,8 @@ class AnthropicAdapter(ProviderAdapter):
         )
 
     def stream_parser(self, req: ChatRequest, target: Target) -> AnthropicStreamParser:
+        from adapters.providers.anthropic.stream import AnthropicStreamParser  # (a cold start needs none)
+
         return AnthropicStreamParser(target.model, json_tool(req) is not None)
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
@@ -615,6 +667,8 @@ class AnthropicAdapter(ProviderAdapter):
             raise malformed("upstream answer's usage is not Anthropic's") from exc
 
     def native_meter(self, call: NativeCall) -> MessagesMeter:
+        from adapters.providers.anthropic.stream import MessagesMeter  # (with the first stream)
+
         return MessagesMeter()
 
     def count_tokens_request(self, call: NativeCall, req: ChatRequest, target: Target) -> BuiltRequest:

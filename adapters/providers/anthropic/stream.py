@@ -1,23 +1,23 @@
 """Anthropic's streams: its Messages events read into the gateway's chunks (`AnthropicStreamParser`, which Bedrock's
-parser extends), and a passed-through stream or answer metered as it goes (`MessagesMeter`)."""
+parser extends), and a passed-through stream metered as it goes (`MessagesMeter`). Imported with the first stream,
+not at a cold start (Lambda's buffered function answers whole)."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import ValidationError
 
+from adapters.providers.anthropic.adapter import ERROR_STATUS, JSON_TOOL, _finish, error_from_body
 from adapters.providers.params import (
     THINKING_BLOCKS,
     redacted_thinking,
     signed_thinking,
 )
 from handler import schemas
-from handler.errors import UpstreamError
 from handler.ports import Served
 from handler.redaction import redact_message
 from handler.schemas import (
@@ -26,10 +26,8 @@ from handler.schemas import (
 )
 from handler.wire import (
     StreamEvent,
-    error_excerpt,
     event_payload,
     malformed,
-    upstream_error,
 )
 
 # Anthropic's answer models (adapters/providers/anthropic/wire.py) are imported where they are used, on first use: a
@@ -39,64 +37,6 @@ from handler.wire import (
 if TYPE_CHECKING:
     from adapters.providers.anthropic.wire import WireBlock
     from handler.schemas import ChatCompletionChunk, ChunkDelta
-
-
-JSON_TOOL = "json_response"  # the forced tool that serves a `json_schema` answer (its input is the text)
-STOP_REASONS: dict[str, FinishReason] = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
-
-# The HTTP status Anthropic uses for each error type, for errors that arrive inside a stream.
-ERROR_STATUS: dict[str, int] = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
-
-
-def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
-    """Anthropic's error body `{"type": "error", "error": {"type", "message"}}`, tolerating others."""
-    message, kind = "", None
-    try:
-        data = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        data = None
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict):
-            message = str(error.get("message") or "")
-            kind = str(error["type"]) if error.get("type") else None
-        elif isinstance(error, str):
-            message = error
-    if not message:
-        message = error_excerpt(body)
-    return upstream_error(status, message, headers, upstream_type=kind)
-
-
-def answer_finish(mapped: FinishReason, json_answer: bool, tool_calls: bool) -> FinishReason:
-    """OpenAI's finish reason of a Claude answer (Anthropic's or Bedrock's, its stop reason `mapped`): a
-    `json_schema` answer (the forced tool's call, shown as content) stopped, unless a limit cut it (`length`:
-    its JSON is incomplete)."""
-    if json_answer and not tool_calls and mapped != "length":
-        return "stop"
-    return mapped
-
-
-def _finish(stop_reason: str | None, json_answer: bool, tool_calls: bool) -> FinishReason:
-    return answer_finish(STOP_REASONS.get(stop_reason or "end_turn", "stop"), json_answer, tool_calls)
 
 
 class AnthropicStreamParser:

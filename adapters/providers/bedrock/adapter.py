@@ -28,12 +28,14 @@ from adapters.http import parsed_url
 from adapters.providers import reasoning
 from adapters.providers.anthropic.adapter import (
     JSON_OBJECT_INSTRUCTION,
+    JSON_TOOL,
+    answer_finish,
     convert_messages,
     default_max_tokens,
     json_tool,
     thinking_param,
 )
-from adapters.providers.anthropic.stream import JSON_TOOL, AnthropicStreamParser, answer_finish
+from adapters.providers.anthropic.stream import AnthropicStreamParser
 from adapters.providers.anthropic.wire import WireBlock
 from adapters.providers.bedrock.eventstream import EventStreamDecoder
 from adapters.providers.call_ids import short_call_id

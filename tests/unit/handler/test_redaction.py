@@ -8,7 +8,8 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from handler.redaction import REDACTED, HeldText, scrub
+from handler.pipeline.redacting import HeldText
+from handler.redaction import REDACTED, scrub
 
 SECRET = "sk-proj-Zq81LmN0pX4vR7tY2uW9"
 SLASHED = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # an AWS secret key: `/` and `+` in it

@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from adapters.providers.anthropic import AnthropicAdapter
-from adapters.providers.anthropic.adapter import JSON_OBJECT_INSTRUCTION
-from adapters.providers.anthropic.stream import JSON_TOOL, AnthropicStreamParser, MessagesMeter
+from adapters.providers.anthropic.adapter import JSON_OBJECT_INSTRUCTION, JSON_TOOL
+from adapters.providers.anthropic.stream import AnthropicStreamParser, MessagesMeter
 from adapters.providers.registry import REGISTRY
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import MESSAGES_API, NativeCall, Target

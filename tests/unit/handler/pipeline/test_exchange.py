@@ -20,7 +20,7 @@ def test_dropped_params_are_listed_as_named_with_anything_unsafe_percent_encoded
 def test_a_refusal_counts_in_the_estimate_of_an_answer_without_usage() -> None:
     """An answer without usage is charged an estimate of what it generated; a refusal's text (a blocked prompt's
     answer) counted as nothing, so a refused answer was estimated free of output."""
-    from handler.pipeline.chunk_stream import answer_chars
+    from handler.pipeline.pipeline import answer_chars
     from handler.schemas import ChatCompletion
 
     refused = ChatCompletion.model_validate(
