@@ -297,16 +297,20 @@ def to_csv(rows: list[dict[str, Any]], header: list[str] | None = None) -> str:
 
 
 def to_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as a table for people. Every cell and header is plain `Text`: a key's name, a client's `user`, a tag
+    value are the callers' own, and rich would read `[prod]` in them as markup (and hide it), fail on `[/]` with a
+    `MarkupError`, and turn `:smile:` into an emoji."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="Usage")
     if not rows:
         return "no usage in this window\n"
     for column in rows[0]:
         text = column in GROUPS or column in ATTRIBUTION or column == "key_name" or column.startswith("tag:")
-        table.add_column(column, justify="left" if text else "right")
+        table.add_column(Text(column), justify="left" if text else "right")
     for row in rows:
-        table.add_row(*(usd_display(v) if k in USD_COLUMNS else str(v) for k, v in row.items()))
+        table.add_row(*(Text(usd_display(v) if k in USD_COLUMNS else str(v)) for k, v in row.items()))
     return render(table)
 
 
