@@ -338,6 +338,34 @@ async def test_usage_filters_by_key_and_time(store: Store) -> None:
     assert {i.request_id for i in everything} >= {i.request_id for i in items}
 
 
+@pytest.mark.parametrize(
+    ("since", "until", "found"),
+    [
+        (0.0, 13_569_465_600.0, True),  # until 2400-01-01
+        (0.0, 1e10, True),  # 2286-11-20, where a time gets its eleventh digit
+        (-1.0, 2e11, True),  # 8307
+        (-1e12, 1e300, True),
+        (1e10, 2e10, False),  # a window after any line: none, and no query DynamoDB would refuse
+        (-1e10, 0.0, False),
+    ],
+)
+async def test_usage_windows_reaching_far_past_or_future_hold_the_lines_in_them(
+    store: Store, since: float, until: float, found: bool
+) -> None:
+    """DynamoDB compared the bounds as `{ts:017.6f}` strings: `until` from 2286 on (eleven digits, `1...`) sorted
+    below every line, so a report to 2400-01-01 held nothing where SQLite held every line (and a `since` of
+    today with it was a lower bound above the upper one, which DynamoDB refuses)."""
+    key = uuid.uuid4().hex[:12]
+    item = line(key, 0.1)
+    await store.settle(Settlement(item.request_id, [], 0.0, [], item))
+    assert [i.request_id for i in await store.usage(UsageQuery([key], since, until))] == ([item.request_id] * found)
+    everything = await store.usage(UsageQuery(None, since, until))
+    assert (item.request_id in {i.request_id for i in everything}) is found
+    if until > item.ts:  # from a minute ago on
+        recent = await store.usage(UsageQuery([key], item.ts - 60, until))
+        assert [i.request_id for i in recent] == [item.request_id]
+
+
 async def test_keys_are_hashed_at_rest(store: Store, store_url: str, dynamo_raw: Callable[[str], str]) -> None:
     storage_only(store_url, "reads the stored bytes around the store's code; a dict holds no bytes")
     minted = await KeyService(store, 0).mint(record())

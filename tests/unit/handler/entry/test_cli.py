@@ -292,3 +292,13 @@ def test_usage_tables_print_names_and_users_as_they_are(any_store: str, capsys: 
     table = capsys.readouterr().out
     for name, user in zip(names, users, strict=True):
         assert re.search(rf"│ {re.escape(user)} +│ {re.escape(name)} +│", table), table
+
+
+@pytest.mark.parametrize("until", ["2400-01-01", "1e10", "9999-12-31"])
+def test_usage_until_far_in_the_future_holds_every_line(
+    any_store: str, capsys: pytest.CaptureFixture[str], until: str
+) -> None:
+    """On DynamoDB, `gateway usage --until 2400-01-01` printed no usage where SQLite printed every line."""
+    settle_lines(any_store, [line("k1", 0.01), line("k2", 0.02)])
+    assert main(["usage", "--store", any_store, "--until", until, "--since", "1900-01-01", "--format", "json"]) == 0
+    assert [row["requests"] for row in orjson.loads(capsys.readouterr().out)["data"]] == [2]
