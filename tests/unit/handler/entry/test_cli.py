@@ -294,6 +294,17 @@ def test_usage_tables_print_names_and_users_as_they_are(any_store: str, capsys: 
         assert re.search(rf"│ {re.escape(user)} +│ {re.escape(name)} +│", table), table
 
 
+def test_usage_tables_show_control_characters_never_send_them(
+    any_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A client's `user` reached the operator's terminal with its escape sequences: `\x1b[8m` hid what followed."""
+    settle_lines(any_store, [replace(line("k1", 0.01), user="eve\x1b[8mhidden\x07")])
+    assert main(["usage", "--store", any_store, "--group-by", "user"]) == 0
+    table = capsys.readouterr().out
+    assert "\x1b" not in table and "\x07" not in table
+    assert "│ eve\\x1b[8mhidden\\x07 │" in table
+
+
 @pytest.mark.parametrize("until", ["2400-01-01", "1e10", "9999-12-31"])
 def test_usage_until_far_in_the_future_holds_every_line(
     any_store: str, capsys: pytest.CaptureFixture[str], until: str
