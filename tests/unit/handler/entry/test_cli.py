@@ -4,10 +4,10 @@ listens only once it does, and names the mistakes a newcomer makes starting it."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import socket
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -278,6 +278,11 @@ def settle_lines(store_url: str, items: list[LedgerItem]) -> None:
     asyncio.run(settle())
 
 
+def used_by(key_id: str, user: str) -> LedgerItem:
+    """A line of `key_id`'s, for the client's end user `user`."""
+    return dataclasses.replace(line(key_id, 0.01), user=user)
+
+
 def test_usage_tables_print_names_and_users_as_they_are(any_store: str, capsys: pytest.CaptureFixture[str]) -> None:
     """rich read a tenant's `[...]` as markup: `team [/] budget` or a client's `alice[/b]` crashed `gateway usage`
     (a `MarkupError` traceback, exit 1), `search [prod]` printed as `search`, a `user` of `[bob]` as nothing."""
@@ -287,7 +292,7 @@ def test_usage_tables_print_names_and_users_as_they_are(any_store: str, capsys: 
         assert main(["keys", "--store", any_store, "create", "--name", name, "--json"]) == 0
         ids.append(orjson.loads(capsys.readouterr().out)["id"])
     users = ["alice[/b]", "[bob] :smile:"]
-    settle_lines(any_store, [replace(line(key_id, 0.01), user=user) for key_id, user in zip(ids, users, strict=True)])
+    settle_lines(any_store, [used_by(key_id, user) for key_id, user in zip(ids, users, strict=True)])
     assert main(["usage", "--store", any_store, "--group-by", "key,user"]) == 0
     table = capsys.readouterr().out
     for name, user in zip(names, users, strict=True):
@@ -298,7 +303,7 @@ def test_usage_tables_show_control_characters_never_send_them(
     any_store: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A client's `user` reached the operator's terminal with its escape sequences: `\x1b[8m` hid what followed."""
-    settle_lines(any_store, [replace(line("k1", 0.01), user="eve\x1b[8mhidden\x07")])
+    settle_lines(any_store, [used_by("k1", "eve\x1b[8mhidden\x07")])
     assert main(["usage", "--store", any_store, "--group-by", "user"]) == 0
     table = capsys.readouterr().out
     assert "\x1b" not in table and "\x07" not in table
