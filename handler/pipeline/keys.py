@@ -209,7 +209,11 @@ async def with_descendants(store: Store, key_id: str) -> list[str]:
 
     Every descendant, however many: the walk stopped once it had found 10,000 keys, and a parent's report left
     out the spend of the rest without a word (1,000 children with 9 children each hid a great-grandchild's). A
-    level's parents are asked `WALK_CONCURRENCY` at a time."""
+    level's parents are asked `WALK_CONCURRENCY` at a time, unless the store finds the family in one call
+    (`Store.family_ids`)."""
+    family = await store.family_ids(key_id)
+    if family is not None:
+        return family
     found, frontier = [key_id], [key_id]
     seen = {key_id}
     gate = asyncio.Semaphore(WALK_CONCURRENCY)
