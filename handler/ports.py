@@ -724,6 +724,11 @@ class Store(ABC):
         """The ids of every key created under `parent_id`, purged ones included, for as long as their ledger lines
         may live: a report on a parent's family must not lose a child's spend when the child's record goes."""
 
+    async def family_ids(self, key_id: str) -> list[str] | None:
+        """`key_id` and every key created under it, at any depth, as `child_ids` links them, in one call where the
+        store can; None where it cannot (`handler.pipeline.keys.with_descendants` then walks `child_ids`)."""
+        return None
+
     @abstractmethod
     async def get_key(self, key_id: str) -> KeyRecord | None: ...
 

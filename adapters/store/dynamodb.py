@@ -69,6 +69,7 @@ from adapters.store.records import (
     key_from_json,
     key_purge_after,
     ledger_from_json,
+    ledger_sort_bounds,
     ledger_sort_key,
     ledger_to_json,
 )
@@ -579,8 +580,10 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
     async def usage(self, query: UsageQuery) -> list[LedgerItem]:
         """Per key, one query over its lines' time range; for all keys, one per index shard, sent together
         (see the module docstring); each followed through its pages."""
-        low, high = text(f"{query.since:017.6f}"), text(f"{query.until:017.6f}")
-        between = {":low": low, ":high": high}
+        bounds = ledger_sort_bounds(query.since, query.until)
+        if bounds is None:
+            return []
+        between = {":low": text(bounds[0]), ":high": text(bounds[1])}
         if query.key_ids is not None:
             requests = [
                 {

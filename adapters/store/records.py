@@ -53,3 +53,18 @@ def key_purge_after(record: KeyRecord) -> float | None:
 def ledger_sort_key(item: LedgerItem) -> str:
     """Sorts line items by time as a string; the request id makes it unique."""
     return f"{item.ts:017.6f}#{item.request_id}"
+
+
+# The times `ledger_sort_key` sorts as strings: ten digits before the point, from 1970 into 2286. Every line's time
+# falls here; a report's bound outside did not sort as the time it is (`until=2400-01-01`, 1e10 seconds, wrote
+# `10000000000.000000`, below every line's key: no line at all).
+SORTABLE_TIMES = (0.0, 9_999_999_999.999999)
+
+
+def ledger_sort_bounds(since: float, until: float) -> tuple[str, str] | None:
+    """The sort keys a report of `[since, until)` reads between (`BETWEEN`, both ends in), the bounds clamped to
+    `SORTABLE_TIMES`; None when no line can fall in the window."""
+    low, high = max(since, SORTABLE_TIMES[0]), min(until, SORTABLE_TIMES[1])
+    if low > high:
+        return None
+    return f"{low:017.6f}", f"{high:017.6f}"

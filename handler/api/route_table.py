@@ -17,9 +17,11 @@ from functools import cache, cached_property
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from handler.dashboard.assets import ASSETS
 from handler.records import Value
@@ -517,9 +519,33 @@ def bind_on_first_call(spec: RouteSpec, endpoints: Endpoints) -> Handler:
     return handler
 
 
+class TableRoute(Route):
+    """A row as a Starlette route, whose 405 names every method its path takes (`allow`). Starlette's own named
+    only the methods of the first row of the path: `DELETE /admin/keys` answered `allow: HEAD, GET`, though the
+    path takes POST too."""
+
+    def __init__(self, path: str, endpoint: Handler, method: str, allow: str) -> None:
+        super().__init__(path, endpoint, methods=[method])
+        self.allow = allow
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.methods and scope["method"] not in self.methods:
+            raise HTTPException(status_code=405, headers={"Allow": self.allow})
+        await self.app(scope, receive, send)
+
+
+def allowed_methods() -> dict[str, str]:
+    """Path → the `Allow` header of a 405 on it: every method its rows take, HEAD with GET (Starlette answers it)."""
+    methods: dict[str, set[str]] = {}
+    for spec in ROUTES:
+        methods.setdefault(spec.path, set()).update([spec.method, "HEAD"] if spec.method == "GET" else [spec.method])
+    return {path: ", ".join(sorted(taken)) for path, taken in methods.items()}
+
+
 def starlette_routes(table: dict[tuple[str, str], Handler]) -> list[Route]:
     """Every row as a Starlette route (the direct lane's too: they answer other methods with a 405 there)."""
-    return [Route(spec.path, table[spec.method, spec.path], methods=[spec.method]) for spec in ROUTES]
+    allow = allowed_methods()
+    return [TableRoute(spec.path, table[spec.method, spec.path], spec.method, allow[spec.path]) for spec in ROUTES]
 
 
 def direct_lane(table: dict[tuple[str, str], Handler]) -> dict[str, Handler]:

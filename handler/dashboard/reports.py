@@ -296,17 +296,31 @@ def to_csv(rows: list[dict[str, Any]], header: list[str] | None = None) -> str:
     return out.getvalue()
 
 
+# C0 and C1 control characters and DEL: a terminal acts on them (an ESC starts a sequence that recolours, hides or
+# retitles), so a table shows them escaped, as JSON does.
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(text: str) -> str:
+    """`text` as a terminal will show it, never act on it: each control character as its `\\xNN` escape."""
+    return CONTROL_CHARACTER.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+
+
 def to_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as a table for people. Every cell and header is plain `Text`: a key's name, a client's `user`, a tag
+    value are the callers' own, and rich would read `[prod]` in them as markup (and hide it), fail on `[/]` with a
+    `MarkupError`, and turn `:smile:` into an emoji; their control characters are shown escaped (`shown`)."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="Usage")
     if not rows:
         return "no usage in this window\n"
     for column in rows[0]:
         text = column in GROUPS or column in ATTRIBUTION or column == "key_name" or column.startswith("tag:")
-        table.add_column(column, justify="left" if text else "right")
+        table.add_column(Text(shown(column)), justify="left" if text else "right")
     for row in rows:
-        table.add_row(*(usd_display(v) if k in USD_COLUMNS else str(v) for k, v in row.items()))
+        table.add_row(*(Text(usd_display(v) if k in USD_COLUMNS else shown(str(v))) for k, v in row.items()))
     return render(table)
 
 

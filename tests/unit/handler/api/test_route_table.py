@@ -18,6 +18,7 @@ from handler.api.openapi import openapi_path
 from handler.api.route_table import ROUTES, Auth, RouteSpec, openapi_document
 from handler.pipeline.gateway import build_gateway
 from handler.ports import KeyRecord
+from tests.support.dynamo import DynamoServer
 
 ROWS = {(spec.method, spec.path): spec for spec in ROUTES}
 
@@ -109,6 +110,33 @@ def test_each_route_checks_the_auth_its_row_states(method: str, path: str, keys:
     if needs_key:
         assert status({"authorization": f"Bearer {admin}"})[0] not in (401, 403)
         assert (status({"x-api-key": plain})[0] == 401) is (auth is not Auth.KEY_OR_X_API_KEY)
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def any_app(request: pytest.FixtureRequest) -> GatewayApp:
+    """The app on each store (a 405 is answered before the store is read: the same on both)."""
+    if request.param == "sqlite":
+        return create_app(build_gateway(store_url="sqlite://", environ={}))
+    server: DynamoServer = request.getfixturevalue("dynamo")
+    return create_app(build_gateway(store_url=server.store_url(server.create_table()), environ={}))
+
+
+def test_a_405_names_every_method_its_path_takes(any_app: GatewayApp) -> None:
+    """Starlette's 405 named only the methods of the path's first row: `DELETE /admin/keys` answered
+    `allow: HEAD, GET` though it takes POST, and `PUT /admin/keys/{id}` left PATCH out."""
+    taken: dict[str, set[str]] = {}
+    for method, path in ROWS:
+        taken.setdefault(path, set()).update({method, "HEAD"} if method == "GET" else {method})
+    with TestClient(any_app) as client:
+        for path, methods in sorted(taken.items()):
+            for method in sorted({"GET", "POST", "PUT", "PATCH", "DELETE"} - methods):
+                answer = client.request(method, concrete(path))
+                assert answer.status_code == 405, (method, path, answer.status_code)
+                assert set(answer.headers["allow"].split(", ")) == methods, (method, path, answer.headers["allow"])
+                error = answer.json()["error"]  # Anthropic's shape on /v1/messages
+                assert error.get("code", error["type"]) in ("method_not_allowed", "invalid_request_error")
+    assert taken["/admin/keys"] == {"GET", "HEAD", "POST"}
+    assert taken["/admin/keys/{key_id}"] == {"GET", "HEAD", "PATCH"}
 
 
 def test_the_documented_tags_header_is_the_one_the_app_parses() -> None:

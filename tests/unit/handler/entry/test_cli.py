@@ -3,7 +3,10 @@ listens only once it does, and names the mistakes a newcomer makes starting it."
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -11,9 +14,13 @@ from pathlib import Path
 import orjson
 import pytest
 
+from adapters.store import open_store
 from handler.entry import cli
 from handler.entry.cli import main
+from handler.ports import LedgerItem, Settlement
+from tests.support.dynamo import DynamoServer
 from tests.support.servers import free_port
+from tests.unit.adapters.store.test_contract import line
 
 
 def test_read_only_commands_name_the_missing_store_and_create_nothing(
@@ -267,3 +274,66 @@ def test_usage_prints_what_the_http_report_holds_and_a_csv_header_with_no_lines(
     assert main(["usage", "--store", store, "--group-by", "key,model", "--format", "csv"]) == 0
     header = capsys.readouterr().out.splitlines()
     assert header[0].startswith("key,model,key_name,requests,input_tokens,") and len(header) == 1
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL for each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'gateway.db'}"
+    server: DynamoServer = request.getfixturevalue("dynamo")
+    return server.store_url(server.create_table())
+
+
+def settle_lines(store_url: str, items: list[LedgerItem]) -> None:
+    async def settle() -> None:
+        store = open_store(store_url)
+        try:
+            for item in items:
+                await store.settle(Settlement(item.request_id, [], 0.0, [], item))
+        finally:
+            await store.close()
+
+    asyncio.run(settle())
+
+
+def used_by(key_id: str, user: str) -> LedgerItem:
+    """A line of `key_id`'s, for the client's end user `user`."""
+    return dataclasses.replace(line(key_id, 0.01), user=user)
+
+
+def test_usage_tables_print_names_and_users_as_they_are(any_store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """rich read a tenant's `[...]` as markup: `team [/] budget` or a client's `alice[/b]` crashed `gateway usage`
+    (a `MarkupError` traceback, exit 1), `search [prod]` printed as `search`, a `user` of `[bob]` as nothing."""
+    names = ["team [/] budget", "search [prod]"]
+    ids = []
+    for name in names:
+        assert main(["keys", "--store", any_store, "create", "--name", name, "--json"]) == 0
+        ids.append(orjson.loads(capsys.readouterr().out)["id"])
+    users = ["alice[/b]", "[bob] :smile:"]
+    settle_lines(any_store, [used_by(key_id, user) for key_id, user in zip(ids, users, strict=True)])
+    assert main(["usage", "--store", any_store, "--group-by", "key,user"]) == 0
+    table = capsys.readouterr().out
+    for name, user in zip(names, users, strict=True):
+        assert re.search(rf"│ {re.escape(user)} +│ {re.escape(name)} +│", table), table
+
+
+def test_usage_tables_show_control_characters_never_send_them(
+    any_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A client's `user` reached the operator's terminal with its escape sequences: `\x1b[8m` hid what followed."""
+    settle_lines(any_store, [used_by("k1", "eve\x1b[8mhidden\x07")])
+    assert main(["usage", "--store", any_store, "--group-by", "user"]) == 0
+    table = capsys.readouterr().out
+    assert "\x1b" not in table and "\x07" not in table
+    assert "│ eve\\x1b[8mhidden\\x07 │" in table
+
+
+@pytest.mark.parametrize("until", ["2400-01-01", "1e10", "9999-12-31"])
+def test_usage_until_far_in_the_future_holds_every_line(
+    any_store: str, capsys: pytest.CaptureFixture[str], until: str
+) -> None:
+    """On DynamoDB, `gateway usage --until 2400-01-01` printed no usage where SQLite printed every line."""
+    settle_lines(any_store, [line("k1", 0.01), line("k2", 0.02)])
+    assert main(["usage", "--store", any_store, "--until", until, "--since", "1900-01-01", "--format", "json"]) == 0
+    assert [row["requests"] for row in orjson.loads(capsys.readouterr().out)["data"]] == [2]
