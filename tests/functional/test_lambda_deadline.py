@@ -14,7 +14,6 @@ spools it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
@@ -190,13 +189,7 @@ def test_gateway_serve_stops_in_time_with_a_settlement_the_store_does_not_take_a
             answer = httpx.post(f"{served.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
             assert answer.status_code == 200
             time.sleep(0.3)  # its settlement is in the store's hands
-            started = time.monotonic()
-            served.process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                served.process.wait(SHUTDOWN_SETTLE_S + 30)
-            stopped = time.monotonic() - started
-            if served.process.poll() is None:
-                served.process.kill()
+            stopped = served.stopped_in(SHUTDOWN_SETTLE_S + 30)
     finally:
         proxy.stop()
     assert stopped < SHUTDOWN_SETTLE_S + 3, stopped

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -57,13 +56,7 @@ def test_a_stream_still_going_at_sigterm_is_cut_after_its_grace_and_settled_befo
         while not received and time.monotonic() < deadline:  # its head is out: the stream is going
             time.sleep(0.05)
         assert received
-        started = time.monotonic()
-        served.process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            served.process.wait(30)
-        stopped = time.monotonic() - started
-        if served.process.poll() is None:
-            served.process.kill()
+        stopped = served.stopped_in(30)
         reader.join(10)
     assert stopped < GRACE_S + SHUTDOWN_SETTLE_S, stopped  # (it was the stream's whole ~20 s)
     assert b"data: [DONE]" not in b"".join(received)  # cut, not finished

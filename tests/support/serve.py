@@ -30,6 +30,18 @@ class Served:
     key: str
     process: subprocess.Popen[bytes]
 
+    def stopped_in(self, wait_s: float) -> float:
+        """Seconds from SIGTERM, as a service manager sends it, to the process's exit; killed (as the manager then
+        would) if it is still running after `wait_s`, the time waited returned."""
+        started = time.monotonic()
+        self.process.terminate()
+        try:
+            self.process.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(15)
+        return time.monotonic() - started
+
 
 @contextmanager
 def gateway_serve(
