@@ -68,7 +68,6 @@ class BatchExporter:
         self._finished = 0
         self._progress = threading.Condition()  # notified by the sender each time `_finished` moves
         self._wake = threading.Event()
-        self._sending = threading.Lock()  # held by the thread while it builds and sends batches
         self._closed = False
         self._abandoned = False  # `close` counted what was left (its batch in flight included) as dropped
         self._failing = False
@@ -106,24 +105,23 @@ class BatchExporter:
             self._client.close()  # here, not in `close`: an export still in flight when `close` gave up ends first
 
     def _send_queued(self) -> None:
-        with self._sending:
-            while self._queue:
-                batch: list[wire.SpanData] = []
-                taken = 0
-                while self._queue and len(batch) < self.batch_size:
-                    count, build = self._queue.popleft()
-                    self._queued_out += count
-                    taken += count
-                    try:
-                        batch.extend(build())
-                    except Exception:  # noqa: BLE001 - one request's spans lost, never the thread
-                        log.exception("building a request's spans failed")
-                        self._drop(count)
-                if batch:
-                    self._send(batch)
-                with self._progress:
-                    self._finished += taken
-                    self._progress.notify_all()
+        while self._queue:
+            batch: list[wire.SpanData] = []
+            taken = 0
+            while self._queue and len(batch) < self.batch_size:
+                count, build = self._queue.popleft()
+                self._queued_out += count
+                taken += count
+                try:
+                    batch.extend(build())
+                except Exception:  # noqa: BLE001 - one request's spans lost, never the thread
+                    log.exception("building a request's spans failed")
+                    self._drop(count)
+            if batch:
+                self._send(batch)
+            with self._progress:
+                self._finished += taken
+                self._progress.notify_all()
 
     def _send(self, batch: list[wire.SpanData]) -> None:
         encoded = []

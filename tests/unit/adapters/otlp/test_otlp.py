@@ -123,8 +123,8 @@ def test_a_full_queue_drops_and_counts_instead_of_waiting() -> None:
     counted: list[int] = []
     batcher = exporter(collector, batch_size=1, queue_size=2, schedule_delay_s=0.01, on_drop=counted.append)
     queue(batcher, span(1))
-    while not (batcher._sending.locked() and not batcher._queue):  # the thread took the first span and waits
-        pass
+    while not (batcher._queued_out == 1 and batcher._finished == 0 and not batcher._queue):  # the thread took
+        pass  # the first span and waits on the collector
     for number in range(2, 12):
         queue(batcher, span(number))
     assert batcher.dropped == 8 and sum(counted) == 8
