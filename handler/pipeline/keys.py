@@ -457,12 +457,7 @@ class KeyService:
 
     async def lineage(self, record: KeyRecord) -> list[KeyRecord]:
         """`record` and the ancestors that still exist, nearest first (from the warm cache when fresh)."""
-        found = [record]
-        for ancestor_id in reversed(record.ancestors):
-            ancestor = await self.lookup(ancestor_id)
-            if ancestor is not None:
-                found.append(ancestor)
-        return found
+        return [held for _, held in await self._chain(record) if held is not None]
 
     async def _check_live(self, record: KeyRecord, now: float, inherited: bool = False) -> None:
         whose = "this key's parent" if inherited else "this key"
