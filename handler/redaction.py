@@ -138,6 +138,17 @@ def redact_secrets(text: str) -> str:
     return key_shapes().sub(REDACTED, _without_known(text))
 
 
+# How far past a cut a key's shape can reach (`KEY_SHAPES`' longest match worth reading): a name is redacted over
+# its first `limit` characters and this much more (or the longest known secret), then cut (`_window`).
+SHAPE_REACH = 64
+
+
+def _window(value: str, limit: int) -> str:
+    """What of a value longer than `limit` is read before its redaction and cut: far enough that a key beginning
+    before the cut is found whole."""
+    return value[: limit + max(_longest, SHAPE_REACH)]
+
+
 def clipped(name: str, limit: int = NAME_CHARS) -> str:
     """`name`, a client's (a model the config does not name), as an answer, a log line or a span echoes it: its
     first `limit` characters, without any known secret or key-shaped value. The redaction reads past the cut, as
@@ -145,7 +156,7 @@ def clipped(name: str, limit: int = NAME_CHARS) -> str:
     left with its first characters showing; a name of megabytes costs no more than one of a few hundred."""
     if len(name) <= limit:
         return redact_secrets(name)
-    return redact_secrets(name[: limit + max(_longest, 64)])[:limit]
+    return redact_secrets(_window(name, limit))[:limit]
 
 
 def unkeyed(value: str, limit: int | None = None) -> str:
@@ -155,7 +166,7 @@ def unkeyed(value: str, limit: int | None = None) -> str:
     first `limit` characters, redacted before the cut as `clipped` does: cut first, a key straddling the cut kept
     its first characters, too few for a key's shape."""
     if limit is not None and len(value) > limit:
-        return unkeyed(value[: limit + max(_longest, 64)])[:limit]
+        return unkeyed(_window(value, limit))[:limit]
     for marker in KEY_MARKERS:
         if marker in value:
             return redact_secrets(value)
