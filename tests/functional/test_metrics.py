@@ -108,7 +108,7 @@ def test_a_model_the_config_does_not_name_is_other_in_emf_and_no_key_reaches_a_l
         )
         assert answer.status_code == 404 and key not in answer.text
         written = capsys.readouterr().out
-        assert key not in written and key.split("_")[2] not in written
+        assert key not in written and key.split("_", 2)[2] not in written
         [emf] = [orjson.loads(line) for line in written.splitlines() if '"_aws"' in line]
         assert emf["model"] == "other" and emf["provider"] == "none"
         [logged] = [orjson.loads(line) for line in written.splitlines() if '"message":"request"' in line]
