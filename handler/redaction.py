@@ -63,7 +63,7 @@ def key_shapes() -> re.Pattern[str]:
 
 _fixed: set[str] = set()
 _current: dict[str, frozenset[str]] = {}  # secrets that are renewed, by what holds them: the latest only
-_secrets: frozenset[str] = frozenset()
+_secrets: tuple[str, ...] = ()  # the longest first: a secret inside a longer one is replaced after it, not before
 _secrets_bytes: tuple[bytes, ...] = ()  # each secret, and as JSON writes it where that differs (a `"` or `\\` in it)
 _starts: tuple[tuple[str, tuple[str, ...]], ...] = ()  # the secrets by their first character
 _firsts: frozenset[str] = frozenset()  # a text with none of these holds no secret, nor the beginning of one
@@ -95,11 +95,11 @@ def _usable(secrets: tuple[str | None, ...]) -> set[str]:
 
 def _rebuild() -> None:
     global _secrets, _secrets_bytes, _starts, _firsts, _beginnings, _longest, _shortest
-    _secrets = frozenset(_fixed.union(*_current.values()))
+    _secrets = tuple(sorted(_fixed.union(*_current.values()), key=len, reverse=True))
     written = {s.encode() for s in _secrets} | {orjson.dumps(s)[1:-1] for s in _secrets}
     _secrets_bytes = tuple(sorted(written, key=len, reverse=True))
     starts: dict[str, list[str]] = {}
-    for secret in sorted(_secrets, key=len, reverse=True):  # (a secret inside a longer one: the longer first)
+    for secret in _secrets:
         starts.setdefault(secret[0], []).append(secret)
     _starts = tuple((first, tuple(secrets)) for first, secrets in starts.items())
     _firsts = frozenset(starts)
@@ -162,7 +162,8 @@ def clipped(name: str, limit: int = NAME_CHARS) -> str:
 def unkeyed(value: str, limit: int | None = None) -> str:
     """`value`, a client's name for its user, its session or a tag (kept on ledger lines and in reports, spans and
     CSV exports), with any key in it redacted: a client that sends its key there finds it nowhere. A value without
-    a key's first letters is returned as it is, with no regular expression run (the hot path). With `limit`, its
+    a key's first letters is tested for the known secrets alone (a provider's key need not look like one: Azure's
+    are hex), with no regular expression run (the hot path). With `limit`, its
     first `limit` characters, redacted before the cut as `clipped` does: cut first, a key straddling the cut kept
     its first characters, too few for a key's shape."""
     if limit is not None and len(value) > limit:
@@ -170,7 +171,7 @@ def unkeyed(value: str, limit: int | None = None) -> str:
     for marker in KEY_MARKERS:
         if marker in value:
             return redact_secrets(value)
-    return value
+    return _without_known(value)
 
 
 def scrub(body: bytes) -> bytes:
