@@ -34,6 +34,10 @@ RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "re
 # hands back to the provider).
 ENCRYPTED_REASONING = "reasoning.encrypted_content"
 
+# Anthropic's stream deltas that carry generated output, and the member holding it (the others, `signature_delta`
+# and `citations_delta`, carry none): what a stream's output is estimated from, and what its redaction reads.
+MESSAGES_DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+
 # Client headers Anthropic's API reads, forwarded unchanged to a deployment that speaks it.
 ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import orjson
 
 from handler.redaction import withheld
-from handler.wire import StreamEvent
+from handler.wire import MESSAGES_DELTA_TEXT, StreamEvent
 
 if TYPE_CHECKING:
     from handler.schemas import ChatCompletionChunk, ChunkChoice, ChunkDelta
@@ -155,8 +155,6 @@ def _chunk(like: ChatCompletionChunk, choices: list[ChunkChoice]) -> ChatComplet
 Located = tuple[Hashable, dict[str, Any], str]
 Locate = Callable[[StreamEvent], "tuple[Located, dict[str, Any]] | None"]
 
-# Anthropic's deltas that carry generated text, and the member holding it (a signature, a citation carry none).
-MESSAGES_DELTAS = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
 # The Responses API's events that stream text (not `response.audio.delta`: audio, in base64 pieces).
 RESPONSES_DELTAS = frozenset(
     {
@@ -186,7 +184,7 @@ def messages_delta(event: StreamEvent) -> tuple[Located, dict[str, Any]] | None:
     delta = payload.get("delta") if isinstance(payload, dict) else None
     if not isinstance(delta, dict):
         return None
-    member = MESSAGES_DELTAS.get(delta.get("type"))  # type: ignore[arg-type]
+    member = MESSAGES_DELTA_TEXT.get(delta.get("type"))  # type: ignore[arg-type]
     if member is None or not isinstance(delta.get(member), str):
         return None
     return (payload.get("index"), delta, member), payload

@@ -25,6 +25,7 @@ from handler.schemas import (
     Usage,
 )
 from handler.wire import (
+    MESSAGES_DELTA_TEXT,
     StreamEvent,
     event_payload,
     malformed,
@@ -272,9 +273,6 @@ class MessagesMeter:
 
 
 CHARS_PER_TOKEN = 3  # the gateway's estimate of generated text (`Pipeline._checked`)
-# The field of each delta type holding generated output; other deltas (`signature_delta`, `citations_delta`)
-# carry none.
-DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
 
 
 def relayed_chars(data: bytes) -> int:
@@ -282,7 +280,7 @@ def relayed_chars(data: bytes) -> int:
     microsecond; all of it when it is not JSON, as nothing in it can be told apart)."""
     try:
         delta = orjson.loads(data).get("delta")
-        text = delta.get(DELTA_TEXT.get(delta.get("type"), ""))
+        text = delta.get(MESSAGES_DELTA_TEXT.get(delta.get("type"), ""))
     except (orjson.JSONDecodeError, AttributeError):
         return len(data)
     return len(text) if isinstance(text, str) else 0
