@@ -176,9 +176,7 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
         e = Expression()
         # The item names the last admission written to it: the same write sent again after its answer was lost
         # (a timeout) fails here instead of counting twice, and `_write_admission` finds itself named.
-        last, this = e.name(LAST_ADMISSION), e.value(text(admission.reservation_id))
-        e.clauses["SET"].append(f"{last} = {this}")
-        e.conditions.append(f"attribute_not_exists({last}) OR {last} <> {this}")
+        e.write_once(LAST_ADMISSION, text(admission.reservation_id))
         for charge in meter.budgets:
             bucket = e.name(self._bucket(charge.period, admission.expires_at, meter.home_region))
             if self.leases.remote(meter.home_region):
@@ -188,12 +186,7 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
             e.clauses["ADD"].append(f"{committed} {e.value(num(charge.amount_usd))}")
             # In decimals, with `fits`' tolerance: the float difference (1.0 - 0.9 = 0.09999999999999998) refused
             # a request filling the budget to the cent, which `fits` then found fitting, three times: a 503.
-            room = exact(charge.limit_usd) - exact(charge.amount_usd) + TOLERANCE
-            ceiling = e.value(number(room))
-            if room >= 0:
-                e.conditions.append(f"attribute_not_exists({committed}) OR {committed} <= {ceiling}")
-            else:  # a missing counter is zero, and zero plus this amount is over the limit
-                e.conditions.append(f"{committed} <= {ceiling}")
+            e.at_most(committed, exact(charge.limit_usd) - exact(charge.amount_usd) + TOLERANCE)
             e.clauses["ADD"].append(f"{bucket} {e.value(num(charge.amount_usd))}")
         for step in meter.rates:
             rate = step.charge

@@ -59,6 +59,23 @@ class Expression:
         self.values[placeholder] = value
         return placeholder
 
+    def write_once(self, attribute: str, token: Item) -> None:
+        """Write `token`, drawn for this one write, to `attribute`, on condition that it does not hold it already:
+        the write sent again after its answer was lost is refused by its own token instead of applied again, and
+        the refusal's item (ALL_OLD) holding the token says it landed."""
+        placeholder, value = self.name(attribute), self.value(token)
+        self.clauses["SET"].append(f"{placeholder} = {value}")
+        self.conditions.append(f"attribute_not_exists({placeholder}) OR {placeholder} <> {value}")
+
+    def at_most(self, placeholder: str, ceiling: Decimal) -> None:
+        """On condition that the number at `placeholder` is at most `ceiling` before the update; a missing one
+        is zero, so fits any ceiling but a negative one."""
+        bound = self.value(number(ceiling))
+        if ceiling >= 0:
+            self.conditions.append(f"attribute_not_exists({placeholder}) OR {placeholder} <= {bound}")
+        else:
+            self.conditions.append(f"{placeholder} <= {bound}")
+
     def update(self, key: Item, table: str) -> Item:
         """The `UpdateItem` request. Declares only the placeholders the expressions use: DynamoDB refuses a
         request with an unused one (`ValidationException`), and a clause left out for some shape of item

@@ -230,12 +230,8 @@ class RegionLeases:
             granted = e.name(f"g:{charge.period}#{self.region}")
             e.clauses["ADD"] += [f"{committed} {e.value(number(chunk))}", f"{granted} {e.value(number(chunk))}"]
             token = text(uuid.uuid4().hex)
-            write_once(e, token_name, token)
-            ceiling = e.value(number(limit - chunk))
-            if limit - chunk >= 0:
-                e.conditions.append(f"attribute_not_exists({committed}) OR {committed} <= {ceiling}")
-            else:
-                e.conditions.append(f"{committed} <= {ceiling}")
+            e.write_once(token_name, token)
+            e.at_most(committed, limit - chunk)
             update = e.update({"pk": meter_pk(charge.key_id), "sk": text(HOME_SK)}, self.table)
             try:
                 answer = await call(
@@ -344,7 +340,7 @@ class RegionLeases:
                 f"{e.name(f'b:{p}')} {e.value(number(avail))}",
             ]
             token_name, token = f"q:{p}", text(uuid.uuid4().hex)
-            write_once(e, token_name, token)
+            e.write_once(token_name, token)
             e.conditions.append(f"{available} >= {e.value(number(avail))}")
             try:
                 answer = await call(
@@ -417,12 +413,3 @@ class RegionLeases:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError, RuntimeError):
                 await self._sweeper
-
-
-def write_once(e: Expression, name: str, token: Item) -> None:
-    """Make the update write `token`, a token drawn for this one write, to the attribute `name`, on condition that
-    `name` does not hold it already: the write sent again after its answer was lost is refused by its own token
-    instead of applied again, and the refusal's item (ALL_OLD) holding the token says it landed."""
-    placeholder, value = e.name(name), e.value(token)
-    e.clauses["SET"].append(f"{placeholder} = {value}")
-    e.conditions.append(f"attribute_not_exists({placeholder}) OR {placeholder} <> {value}")
