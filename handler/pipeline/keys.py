@@ -21,12 +21,15 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from fnmatch import fnmatchcase
-from typing import Final, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError, model_not_allowed
 from handler.ports import ChildLimitReached, KeyRecord, Store
 from handler.records import Value
 from handler.redaction import REDACTED
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # (pydantic's dependency; only read by the type checker)
 
 KEY_PREFIX = "gwk"
 ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
@@ -429,11 +432,11 @@ class KeyService:
             cached, fresh = await self._read(key_id, now), True
         digest = hash_secret(secret)
         record = cached.record
-        if record is None or not hmac.compare_digest(digest, record.secret_hash):
-            if not fresh and not secret_matches(record, digest, now):
+        if not secret_matches(record, digest, now):
+            if not fresh:  # (a cached copy: the key may have been rotated by another process since)
                 cached = await self._reread(key_id, cached, now)
                 record = cached.record
-            if record is None or not secret_matches(record, digest, now):
+            if not secret_matches(record, digest, now):
                 raise AuthenticationError("invalid API key")
         await self._check_live(record, now)
         lineage = [record]
@@ -478,7 +481,7 @@ class KeyService:
             raise PermissionDeniedError("this route needs an admin key", code="admin_only")
 
 
-def secret_matches(record: KeyRecord | None, digest: str, now: float) -> bool:
+def secret_matches(record: KeyRecord | None, digest: str, now: float) -> TypeIs[KeyRecord]:
     """Whether `digest` is the hash of the key's secret, or of its previous one within the rotation's grace."""
     if record is None:
         return False
