@@ -623,6 +623,8 @@ class Pipeline:
         last: UpstreamError | None = None
         failed: list[UpstreamError] = []  # every failed try, the gateway's own retries among them
         skipped = False  # a candidate was passed over for its open breaker, opened by failures other than 429s
+        unsupported: InvalidRequestError | None = None  # the first deployment that could not take the request
+        passed = False  # one that could was passed over (its breaker open, its model's limits reached)
         retries = self.gateway.config.gateway.max_retries_per_deployment
         breakers = self.gateway.router.breakers
         for position, attempt in enumerate(plan):
@@ -630,9 +632,11 @@ class Pipeline:
             if position < len(plan) - 1 and not breakers.allow(label):
                 ex.route.append(f"{label}=breaker-open")
                 skipped = skipped or not breakers.rate_limited(label)
+                passed = True
                 continue
             if attempt.model != ex.model and await self._fallback_refused(ex, attempt.model):
                 ex.route.append(f"{label}=rate_limited")
+                passed = True
                 continue
             if len(ex.extra) < len(ex.missed) + ex.rejected and last is not None:
                 await self._cover_missed(ex, last)
@@ -640,12 +644,21 @@ class Pipeline:
                 raise ClientClosedError("the client closed the connection before the answer")
             if ex.output_cap is not None:
                 ex.output_cap.apply(attempt)
-            built = build(attempt)
-            if built.dropped and ex.controls.strict:
-                raise StrictParamsError(
-                    f"{attempt.target.provider} cannot honour: {', '.join(built.dropped)} (x-gateway-strict is on)",
-                    param=built.dropped[0],
-                )
+            try:
+                built = build(attempt)
+                if built.dropped and ex.controls.strict:
+                    named = ", ".join(built.dropped)
+                    raise StrictParamsError(
+                        f"{attempt.target.provider} cannot honour: {named} (x-gateway-strict is on)",
+                        param=built.dropped[0],
+                    )
+            except InvalidRequestError as cannot:
+                # This deployment's provider cannot take the request as written (an image by URL for Bedrock, an
+                # image for DeepSeek, a parameter it would drop under strict): the next may. Refused by all, the
+                # first refusal is the client's 400; the first deployment's refusal ended the whole request.
+                ex.route.append(f"{label}=unsupported")
+                unsupported = unsupported or cannot
+                continue
             retry = 0
             lowered = False  # sent again within a ceiling the provider named: once per attempt at most
             while True:
@@ -698,6 +711,8 @@ class Pipeline:
                 ex.dropped = built.dropped
                 return result
         if last is None:
+            if unsupported is not None and not passed:
+                raise unsupported
             refusal = next((refused for refused in ex.fallbacks.values() if refused is not None), None)
             if refusal is not None:  # the rest were passed over for their open breakers
                 raise refusal

@@ -153,6 +153,12 @@ def gateway_config(upstream_url: str, providers: set[str]) -> Config:
         }
         data["models"]["claude-haiku-4-5"] = {"deployments": [{"provider": "anthropic", "model": "claude-haiku-4-5"}]}
         data["models"]["broken"]["fallbacks"] = ["claude-haiku-4-5"]
+        data["models"]["claude-or-openai"] = {
+            "deployments": [
+                {"provider": "anthropic", "model": "claude-haiku-4-5"},
+                {"provider": "openai", "model": "gpt-4o-mini"},
+            ]
+        }
     if "gemini" in providers:
         data["providers"]["gemini"] = {
             "type": "gemini",

@@ -197,3 +197,38 @@ def test_schema_violation_is_a_502_after_every_attempt(running: Running, key: st
         )
     )
     assert (chunks[-1].model_extra or {})["schema_violation"]["code"] == "schema_violation"
+
+
+AUDIO = {"type": "input_audio", "input_audio": {"data": "UklGRiQAAABXQVZFZm10IBAAAAABAAEA", "format": "wav"}}
+
+
+def test_a_deployment_that_cannot_take_the_request_passes_it_to_the_next(running: Running, key: str) -> None:
+    """The first deployment's provider could not take the request as written (audio for Claude; under strict, a
+    `seed` Claude would drop): that refusal was the whole request's 400, though the next deployment takes it. A
+    review's example: the interface's own `claude-haiku` (Bedrock, Bedrock, Anthropic) refused an image by URL."""
+    sdk = client(running, key)
+    sent_to_claude = len(running.fakes["anthropic"].state.requests)
+    heard = [{"role": "user", "content": [{"type": "text", "text": "what is it"}, AUDIO]}]
+    raw = sdk.chat.completions.with_raw_response.create(model="claude-or-openai", messages=heard)  # type: ignore[arg-type]
+    assert raw.parse().choices[0].message.content == TEXT
+    assert raw.headers["x-gateway-route"] == (
+        "anthropic/claude-haiku-4-5@global=unsupported, openai/gpt-4o-mini@global=200"
+    )
+    strict = sdk.chat.completions.with_raw_response.create(
+        model="claude-or-openai", messages=HI, seed=7, extra_headers={"x-gateway-strict": "true"}
+    )
+    assert strict.headers["x-gateway-route"] == (
+        "anthropic/claude-haiku-4-5@global=unsupported, openai/gpt-4o-mini@global=200"
+    )
+    assert "x-gateway-dropped-params" not in strict.headers  # OpenAI honours `seed`
+    assert len(running.fakes["anthropic"].state.requests) == sent_to_claude
+    assert [line.status for line in running.ledger(key)] == [200, 200]  # a line each, none for the refusals
+
+
+def test_a_request_no_deployment_can_take_is_the_first_ones_400(running: Running, key: str) -> None:
+    heard = [{"role": "user", "content": [AUDIO]}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(running, key).chat.completions.create(model="claude-haiku-4-5", messages=heard)  # type: ignore[arg-type]
+    assert "input_audio" in refused.value.message
+    assert refused.value.response.headers["x-gateway-route"] == "anthropic/claude-haiku-4-5@global=unsupported"
+    assert running.ledger(key) == []  # nothing reached a provider
