@@ -161,11 +161,6 @@ def glob_within(child: str, parent: str) -> bool:
     return within(0, 0)
 
 
-def ip_allowed(networks: list[str], address: str | None) -> bool:
-    """Whether `address` is in one of the ranges `networks` (any address when there are none)."""
-    return not networks or address_allowed(parse_networks(networks), address)
-
-
 def parse_networks(networks: list[str]) -> tuple[Network, ...]:
     """A key's `allow_ips` as ranges to match, parsed once when its record is read (`KeyService`): parsed at
     every request, 40,001 ranges cost a key's requests 0.31 s of CPU each, every other key's waiting behind."""

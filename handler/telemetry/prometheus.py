@@ -308,7 +308,7 @@ class Shared:
         return states
 
 
-_shared: list[Shared] = []  # this worker's, while it shares its figures
+_shared: Shared | None = None  # this worker's, while it shares its figures
 
 
 async def share(folder: str | None) -> asyncio.Task[None] | None:
@@ -316,9 +316,9 @@ async def share(folder: str | None) -> asyncio.Task[None] | None:
     that serves alone): the task that writes them, to cancel at shutdown, then `unshare`."""
     if not folder:
         return None
-    shared = Shared(Path(folder), REGISTRY)
-    _shared[:] = [shared]
-    return asyncio.create_task(shared.run())
+    global _shared
+    _shared = Shared(Path(folder), REGISTRY)
+    return asyncio.create_task(_shared.run())
 
 
 async def unshare(task: asyncio.Task[None] | None) -> None:
@@ -328,17 +328,18 @@ async def unshare(task: asyncio.Task[None] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    for shared in _shared:
-        shared.close()
-    _shared.clear()
+    global _shared
+    if _shared is not None:
+        _shared.close()
+        _shared = None
 
 
 async def render() -> bytes:
     """The text `GET /metrics` answers: this process's figures, and with `--workers` every worker's, summed
     (this one's as they are, the others' as they last wrote them: at most `SHARE_INTERVAL_S` old)."""
-    if not _shared:
+    if _shared is None:
         return REGISTRY.render()
-    others = await asyncio.to_thread(_shared[0].others)
+    others = await asyncio.to_thread(_shared.others)
     server = Registry()
     server.absorb(REGISTRY.state())
     for state in others:

@@ -11,11 +11,12 @@ from handler.pipeline.keys import (
     RECHECK_SECONDS,
     KeyService,
     MintedKey,
+    address_allowed,
     format_key,
     hash_secret,
-    ip_allowed,
     model_allowed,
     models_within,
+    parse_networks,
     split_key,
     validate_networks,
 )
@@ -36,6 +37,11 @@ def test_model_globs_and_subsets() -> None:
     assert model_allowed(["gpt-*"], "gpt-4o") and not model_allowed(["gpt-*"], "claude-3")
     assert models_within(["gpt-4o", "gpt-4o-*"], ["gpt-*"])
     assert not models_within(["*"], ["gpt-*"])
+
+
+def ip_allowed(networks: list[str], address: str | None) -> bool:
+    """As a key's `allow_ips` are checked: parsed once (when its record is read), any address when there are none."""
+    return not networks or address_allowed(parse_networks(networks), address)
 
 
 def test_ip_ranges_v4_v6_and_mapped() -> None:
