@@ -521,7 +521,7 @@ class Pipeline:
     async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], output: int) -> None:
         estimate = ex.prompt or PromptEstimate(0, ())
         worst: float | None = 0.0
-        worst_model = ex.model
+        worst_model = ex.model  # the model of the worst case; with an unknown price, the first model without one
         prompt = 0
         for attempt in plan:
             tokens = estimate.tokens(attempt.target.provider_type, attempt.target.model)
@@ -530,7 +530,7 @@ class Pipeline:
             apart = ex.per_request_usd + ex.searches * ex.search_usd
             if case is not None and apart:
                 case += apart * (1 + self.fee.percent / 100)
-            if case is not None and worst is not None and case > worst:
+            if worst is not None and (case is None or case > worst):
                 worst_model = attempt.model
             worst = None if case is None or worst is None else max(worst, case)
         if ex.controls.max_cost_usd is not None:
@@ -548,6 +548,8 @@ class Pipeline:
             tokens = prompt - estimate.referenced + output
             reservation = await self.meter.admit(ex.lineage, ex.model, worst, tokens, ex.request_id)
         except BudgetExceededError as exc:
+            if worst is None:  # no max_tokens lowers an unknown price: only a model with a known one serves
+                raise BudgetExceededError(unpriced(worst_model, ex.model), code=exc.code, headers=exc.headers) from None
             lower = lowered_by(worst_model, ex.model)
             raise BudgetExceededError(exc.message + lower, code=exc.code, headers=exc.headers) from None
         finally:
@@ -892,6 +894,14 @@ class Pipeline:
                 self.gateway.settle_soon(self.meter, settlement)
             else:
                 await self.meter.settle(settlement)
+
+
+def unpriced(unknown_model: str, model: str) -> str:
+    """The refusal of a budgeted key's request that a model with no known price could serve."""
+    message = f"model '{unknown_model}' has no known price, so a key with a budget cannot use it"
+    if unknown_model != model:
+        return message + "; it is a fallback: `x-gateway-fallbacks: none` leaves it out"
+    return message
 
 
 def lowered_by(worst_model: str, model: str) -> str:

@@ -75,6 +75,7 @@ def gateway_config(upstream_url: str, providers: set[str]) -> Config:
                 "deployments": [{"provider": "openai", "model": "text-embedding-3-small"}],
             },
             "unconfigured": {"deployments": [{"provider": "nokey", "model": "gpt-4o-mini"}], "price": "unknown"},
+            "unpriced": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": "unknown"},
             "flaky": {
                 "deployments": [
                     {"provider": "openai", "model": "fail-500"},

@@ -571,3 +571,24 @@ def test_usage_of_a_key_includes_its_children(running: Running, mint: Any) -> No
     )
     theirs = httpx.get(f"{running.url}/v1/usage", headers=headers(child)).json()["data"]
     assert theirs[0]["requests"] == 2  # a child sees itself and its own children, never its parent
+
+
+def test_a_model_with_no_price_is_refused_to_a_budget_with_advice_that_helps(running: Running) -> None:
+    """A budgeted key asking for a model of unknown price was told "a smaller max_tokens lowers it": no max_tokens
+    does. A fallback with no price is named as the fallback it is, with what leaves it out."""
+    key = running.mint(name="priced-only", budget_usd=1.0)
+    refused = chat(running, key, model="unpriced", max_tokens=10)
+    assert refused.status_code == 402
+    message = refused.json()["error"]["message"]
+    assert message == "model 'unpriced' has no known price, so a key with a budget cannot use it"
+    through = httpx.post(
+        f"{running.url}/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": HI, "max_tokens": 10},
+        headers={**headers(key), "x-gateway-fallbacks": "unpriced"},
+    )
+    assert through.status_code == 402
+    assert through.json()["error"]["message"] == (
+        "model 'unpriced' has no known price, so a key with a budget cannot use it; it is a fallback: "
+        "`x-gateway-fallbacks: none` leaves it out"
+    )
+    assert chat(running, key, max_tokens=10).status_code == 200
