@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from handler.errors import InvalidRequestError
 from handler.records import Value
+from handler.schemas import ResponseFormat
 
 
 class Rule(Value):
@@ -129,6 +130,18 @@ def cache_control(part: BaseModel) -> dict[str, Any] | None:
 
 
 JSON_SCHEMA_INSTRUCTION = "Answer in JSON: one JSON object, nothing before or after it, following this JSON Schema: "
+
+
+# The name `x-gateway-dropped-params` gives a `json_schema` response format's `strict: true` where the provider or
+# model cannot constrain its answer to the schema (as `tools.strict` names a strict tool's).
+STRICT_SCHEMA = "response_format.json_schema.strict"
+
+
+def strict_schema(fmt: ResponseFormat | None) -> bool:
+    """Whether a request's `response_format` asks for a `json_schema` answer with `strict: true`: an answer that
+    always fits the schema, which a provider honours only by constraining its output to it."""
+    spec = fmt.json_schema if fmt is not None and fmt.type == "json_schema" else None
+    return spec is not None and spec.strict is True
 
 
 def json_schema_instruction(schema: Any) -> str:

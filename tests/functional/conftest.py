@@ -61,6 +61,7 @@ def gateway_config(upstream_url: str, providers: set[str]) -> Config:
                 "profile": "openai",
             },
             "nokey": {"type": "openai", "api_key": "env:NOKEY_API_KEY", "base_url": f"{upstream_url}/openai/v1"},
+            "deepseek": {"type": "deepseek", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"},
             "dead": {
                 "type": "openai",
                 "api_key": "env:OPENAI_API_KEY",
@@ -70,6 +71,7 @@ def gateway_config(upstream_url: str, providers: set[str]) -> Config:
         "models": {
             "gpt-4o-mini": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]},
             "tools-model": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]},
+            "deepseek-chat": {"deployments": [{"provider": "deepseek", "model": "deepseek-chat"}]},
             "text-embedding-3-small": {
                 "kind": "embedding",
                 "deployments": [{"provider": "openai", "model": "text-embedding-3-small"}],

@@ -146,6 +146,31 @@ def test_json_schema_is_answered_through_a_forced_tool(running: Running, key: st
     assert completion.choices[0].finish_reason == "stop"
 
 
+def test_a_strict_json_schema_goes_as_a_strict_forced_tool(running: Running, key: str) -> None:
+    """A `json_schema` format with `strict: true` went as a forced tool without `strict` (a client's own strict tool
+    keeps it), so Claude's answer was not held to the schema, and nothing was named even under `x-gateway-strict`.
+    The forced tool is now strict, as Claude's strict tool use holds its input, the answer, to the schema; a
+    format that is not strict goes as before."""
+    schema: Any = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    for strict in (True, False):
+        fmt: Any = {"type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": strict}}
+        raw = client(running, key).chat.completions.with_raw_response.create(
+            model=MODEL,
+            messages=HI,
+            response_format=fmt,
+            extra_headers={"x-gateway-strict": "true"},
+        )
+        assert json.loads(raw.parse().choices[0].message.content or "") == TOOL_INPUT
+        assert "x-gateway-dropped-params" not in raw.headers
+        [tool] = sent(running)["json"]["tools"]
+        assert tool["input_schema"] == schema and tool.get("strict") is (True if strict else None)
+
+
 def test_dropped_parameters_are_reported(running: Running, key: str) -> None:
     raw = client(running, key).chat.completions.with_raw_response.create(
         model=MODEL, messages=HI, seed=3, presence_penalty=0.5

@@ -209,6 +209,35 @@ def test_a_model_without_forced_tool_choice_still_answers(bedrock: Running, clie
         assert "toolConfig" not in body and '"city"' in body["system"][-1]["text"]
 
 
+def test_a_strict_json_schema_is_a_strict_forced_tool_or_named_where_only_an_instruction_serves_it(
+    bedrock: Running, client: openai.OpenAI
+) -> None:
+    """A `json_schema` format with `strict: true` went to Claude as a forced tool without `strict`, and to Llama as
+    an instruction in the system prompt, with nothing named, even under `x-gateway-strict`. Claude's forced tool is
+    now strict (`toolSpec.strict`, as a client's own strict tool goes); for Llama, which takes no forced tool, the
+    schema still goes as an instruction and `strict` is named, a 400 under `x-gateway-strict`."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": True}}
+    raw = client.chat.completions.with_raw_response.create(
+        model="claude-haiku", messages=HI, response_format=fmt, extra_headers={"x-gateway-strict": "true"}
+    )
+    assert raw.parse().choices[0].message.content is not None and "x-gateway-dropped-params" not in raw.headers
+    [tool] = sent(bedrock)["json"]["toolConfig"]["tools"]
+    assert tool["toolSpec"]["name"] == "json_response" and tool["toolSpec"]["strict"] is True
+
+    raw = client.chat.completions.with_raw_response.create(model="llama", messages=HI, response_format=fmt)
+    assert raw.parse().choices[0].message.content == '{"city":"Paris"}'
+    assert raw.headers["x-gateway-dropped-params"] == "response_format.json_schema.strict"
+    assert '"city"' in sent(bedrock)["json"]["system"][-1]["text"]
+    before = len(bedrock.fakes["bedrock"].state.requests)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="llama", messages=HI, response_format=fmt, extra_headers={"x-gateway-strict": "true"}
+        )
+    assert refused.value.param == "response_format.json_schema.strict"
+    assert len(bedrock.fakes["bedrock"].state.requests) == before
+
+
 CALL_WEATHER: Any = [{"role": "user", "content": 'CALL get_weather {"city":"Oslo"}'}]
 
 

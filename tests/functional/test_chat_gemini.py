@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,55 @@ def test_dropped_parameters_are_named(running: Running, key: str) -> None:
         model="gemini-2.5-flash", messages=HI, logit_bias={"1": 1}, user="u-1"
     )
     assert set(raw.headers["x-gateway-dropped-params"].split(",")) == {"logit_bias", "user"}
+
+
+def test_a_strict_schemas_keywords_gemini_does_not_enforce_are_named_and_refused_under_strict(
+    running: Running, key: str
+) -> None:
+    """`responseJsonSchema` constrains an answer by the keywords Gemini's reference lists (`type`, `properties`,
+    `enum`, `minimum`, `items`, `anyOf`, `$ref`, ...) and ignores the others. A strict format's `pattern`,
+    `minLength`, `uniqueItems`, `multipleOf`, `exclusiveMinimum` went as written with nothing named, even under
+    `x-gateway-strict`. The schema still goes whole, and what Gemini leaves unenforced is named, once each (a
+    property named like a keyword, an annotation like `$schema`, are not); a 400 under `x-gateway-strict`."""
+    schema: Any = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": {
+            "code": {"type": "string", "pattern": "^[A-Z]{3}$", "minLength": 3, "maxLength": 3},
+            "tags": {"type": "array", "items": {"type": "string", "pattern": "^#"}, "uniqueItems": True},
+            "qty": {"anyOf": [{"type": "integer", "multipleOf": 5, "exclusiveMinimum": 0}, {"type": "null"}]},
+            "pattern": {"$ref": "#/$defs/shape"},
+        },
+        "$defs": {"shape": {"type": "object", "properties": {"x": {"type": "number"}}, "minProperties": 1}},
+        "required": ["code", "tags", "qty", "pattern"],
+        "additionalProperties": False,
+    }
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "order", "schema": schema, "strict": True}}
+    raw = client(running, key).chat.completions.with_raw_response.create(
+        model="gemini-2.5-flash", messages=HI, response_format=fmt
+    )
+    assert json.loads(raw.parse().choices[0].message.content or "")["code"] == "Paris"
+    unenforced = ("exclusiveMinimum", "maxLength", "minLength", "minProperties", "multipleOf", "pattern", "uniqueItems")
+    named = raw.headers["x-gateway-dropped-params"].split(",")
+    assert named == [f"response_format.json_schema.schema[{keyword}]" for keyword in unenforced]
+    assert sent(running)["json"]["generationConfig"]["responseJsonSchema"] == schema
+    requests = running.fakes["gemini"].state.requests
+    before = len(requests)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(running, key).chat.completions.create(
+            model="gemini-2.5-flash", messages=HI, response_format=fmt, extra_headers={"x-gateway-strict": "true"}
+        )
+    assert refused.value.param is not None and refused.value.param.startswith("response_format.json_schema.schema[")
+    assert len(requests) == before
+    # Without `strict` nothing was promised beyond what Gemini enforces; supported keywords alone name nothing.
+    supported = {"type": "object", "properties": {"x": {"type": "number", "minimum": 0}}, "required": ["x"]}
+    loose: Any = {"type": "json_schema", "json_schema": {"name": "order", "schema": schema}}
+    plain: Any = {"type": "json_schema", "json_schema": {"name": "x", "schema": supported, "strict": True}}
+    for format_ in (loose, plain):
+        raw = client(running, key).chat.completions.with_raw_response.create(
+            model="gemini-2.5-flash", messages=HI, response_format=format_, extra_headers={"x-gateway-strict": "true"}
+        )
+        assert raw.parse().choices[0].message.content and "x-gateway-dropped-params" not in raw.headers
 
 
 def test_penalties_gemini_2_5_refuses_are_dropped_and_named(running: Running, key: str) -> None:

@@ -185,6 +185,38 @@ def test_a_stop_list_goes_whole_or_is_refused_as_the_provider_refuses_it(running
     assert running.fakes["anthropic"].state.requests[-1]["json"]["stop_sequences"] == five
 
 
+def test_a_strict_json_schema_to_deepseek_is_named_and_refused_under_strict(running: Running, key: str) -> None:
+    """DeepSeek takes only JSON mode: a `json_schema` format goes as `json_object` with the schema in a system
+    instruction, which holds the answer to JSON but not to the schema. A `strict: true` format was served so with
+    nothing named, even under `x-gateway-strict`; `strict` is now named, and such a request refused under it."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": True}}
+    sent_to_deepseek = running.fakes["openai"].state.requests
+    raw = client(running, key).chat.completions.with_raw_response.create(
+        model="deepseek-chat", messages=[{"role": "user", "content": "x"}], response_format=fmt
+    )
+    assert raw.parse().choices[0].message.content == '{"city":"Paris"}'
+    assert raw.headers["x-gateway-dropped-params"] == "response_format.json_schema.strict"
+    body = sent_to_deepseek[-1]["json"]
+    assert body["response_format"] == {"type": "json_object"} and '"city"' in body["messages"][0]["content"]
+    before = len(sent_to_deepseek)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(running, key).chat.completions.create(
+            model="deepseek-chat",
+            messages=[{"role": "user", "content": "x"}],
+            response_format=fmt,
+            extra_headers={"x-gateway-strict": "true"},
+        )
+    assert refused.value.param == "response_format.json_schema.strict"
+    assert len(sent_to_deepseek) == before
+    loose: Any = {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}}
+    raw = client(running, key).chat.completions.with_raw_response.create(
+        model="deepseek-chat", messages=[{"role": "user", "content": "x"}], response_format=loose
+    )
+    assert raw.parse().choices[0].message.content == '{"city":"Paris"}'
+    assert "x-gateway-dropped-params" not in raw.headers
+
+
 def test_upstream_failures_fail_over_or_map(running: Running, key: str) -> None:
     oa = client(running, key)
     raw = oa.chat.completions.with_raw_response.create(model="flaky", messages=[{"role": "user", "content": "x"}])

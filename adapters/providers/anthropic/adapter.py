@@ -27,6 +27,7 @@ from adapters.providers.params import (
     redacted_thinking,
     require_turns,
     signed_thinking,
+    strict_schema,
     thinking_blocks,
 )
 from handler import schemas
@@ -419,14 +420,19 @@ def merged_betas(client: str | None, configured: str | None) -> str | None:
 
 
 def json_tool(req: ChatRequest) -> dict[str, Any] | None:
-    """The forced tool serving a `json_schema` response format, or None for other requests."""
+    """The forced tool serving a `json_schema` response format, or None for other requests. A strict format's tool
+    is strict, as a client's own strict tool goes: Claude's strict tool use constrains the tool's input, the answer,
+    to the schema."""
     fmt = req.response_format
     if fmt is None or fmt.type != "json_schema":
         return None
     spec = fmt.json_schema
     schema = dict((spec.schema_ if spec else None) or {"type": "object"})
     description = (spec.description if spec else None) or "Give the answer as this tool's input."
-    return {"name": JSON_TOOL, "description": description, "input_schema": schema}
+    tool: dict[str, Any] = {"name": JSON_TOOL, "description": description, "input_schema": schema}
+    if strict_schema(fmt):
+        tool["strict"] = True
+    return tool
 
 
 # --- stream --------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from adapters.providers.bedrock.eventstream import EventStreamDecoder
 from adapters.providers.call_ids import short_call_id
 from adapters.providers.model_rules import keep_one_sampling_knob, rules_for
 from adapters.providers.params import (
+    STRICT_SCHEMA,
     THINKING_BLOCKS,
     Rule,
     apply_rules,
@@ -51,6 +52,7 @@ from adapters.providers.params import (
     redacted_thinking,
     require_turns,
     signed_thinking,
+    strict_schema,
 )
 from adapters.sigv4 import Credentials as SigCredentials
 from adapters.sigv4 import Signer
@@ -449,7 +451,8 @@ def tool_config(
     if json_answer is not None:
         if chosen is None or "tool" not in chosen:
             chosen = {"tool": {"name": JSON_TOOL}} if not tools else {"any": {}}
-        tools.append(_tool_spec(json_answer["name"], json_answer["description"], json_answer["input_schema"]))
+        name, description, schema = json_answer["name"], json_answer["description"], json_answer["input_schema"]
+        tools.append(_tool_spec(name, description, schema, json_answer.get("strict")))
     if not tools:
         if choice not in (None, "none"):
             dropped.append("tool_choice")
@@ -676,6 +679,8 @@ class BedrockAdapter(ProviderAdapter):
             system.append({"text": JSON_OBJECT_INSTRUCTION})
         elif fmt is not None and fmt.type == "json_schema" and not forced:
             system.append({"text": json_schema_instruction(fmt.json_schema.schema_ if fmt.json_schema else None)})
+            if strict_schema(fmt):
+                dropped.append(STRICT_SCHEMA)  # an instruction asks; nothing holds the answer to the schema
         if system:
             body["system"] = system
         inference = {name: value for name, value in inference.items() if value is not None}

@@ -12,7 +12,7 @@ from typing import Any
 
 from adapters.providers.openai.adapter import OpenAIAdapter
 from adapters.providers.openai.profiles import PROFILES, Profile
-from adapters.providers.params import json_schema_instruction
+from adapters.providers.params import STRICT_SCHEMA, json_schema_instruction, strict_schema
 from handler.ports import Target
 from handler.schemas import ChatRequest
 
@@ -39,7 +39,8 @@ class DeepSeekAdapter(OpenAIAdapter):
     def chat_body(self, req: ChatRequest, target: Target, *, stream: bool) -> tuple[dict[str, Any], list[str]]:
         """OpenAI's body, but a `json_schema` response format (DeepSeek takes only `json_object`, and answers 400
         to the other) as JSON mode with the schema in a system instruction (DeepSeek's JSON mode also wants the
-        word "json" in the prompt); the gateway's `enforce_schema` checks the answer where the model asks it."""
+        word "json" in the prompt); the gateway's `enforce_schema` checks the answer where the model asks it. A strict
+        format is named (`STRICT_SCHEMA`): nothing on DeepSeek constrains the answer to the schema."""
         body, dropped = super().chat_body(req, target, stream=stream)
         fmt = body.get("response_format")
         if self.options.get("profile") is None and isinstance(fmt, dict) and fmt.get("type") == "json_schema":
@@ -47,4 +48,6 @@ class DeepSeekAdapter(OpenAIAdapter):
             body["response_format"] = {"type": "json_object"}
             instruction = json_schema_instruction(spec.get("schema") if isinstance(spec, dict) else None)
             body["messages"] = [{"role": "system", "content": instruction}, *body["messages"]]
+            if strict_schema(req.response_format):
+                dropped.append(STRICT_SCHEMA)  # JSON mode holds the answer to JSON, not to the schema
         return body, dropped

@@ -30,6 +30,7 @@ from adapters.providers.params import (
     at_most,
     named_messages,
     require_turns,
+    strict_schema,
     thinking_blocks,
 )
 from handler.errors import InvalidRequestError, UpstreamError
@@ -417,7 +418,42 @@ def _tools(req: ChatRequest, dropped: list[str]) -> tuple[list[dict[str, Any]] |
     return tools, {"functionCallingConfig": config}
 
 
-def _response_format(req: ChatRequest) -> dict[str, Any]:
+# The JSON Schema keywords `responseJsonSchema` constrains an answer by (Gemini's API reference lists them), and the
+# annotations, which ask nothing of an answer. Gemini ignores any other keyword: its constraint does not hold.
+SCHEMA_KEYWORDS = frozenset(
+    {
+        "$id", "$defs", "$ref", "$anchor", "type", "format", "title", "description", "enum", "items", "prefixItems",
+        "minItems", "maxItems", "minimum", "maximum", "anyOf", "oneOf", "properties", "additionalProperties",
+        "required",
+    }
+)  # fmt: skip
+ANNOTATIONS = frozenset({"$schema", "$comment", "default", "examples", "deprecated", "readOnly", "writeOnly"})
+SCHEMA_NAME = "response_format.json_schema.schema"
+
+
+def unsupported_keywords(schema: dict[str, Any]) -> list[str]:
+    """The keywords of a JSON Schema, and of the schemas inside it, that `responseJsonSchema` does not constrain an
+    answer by (`pattern`, `minLength`, `multipleOf`, `allOf`, ...), each once, sorted. The keywords that take
+    schemas are walked (a property's name, an enum's values are no keywords); an unsupported one is not."""
+    found: set[str] = set()
+    pending: list[Any] = [schema]
+    while pending:
+        node = pending.pop()
+        if not isinstance(node, dict):
+            continue
+        for keyword, value in node.items():
+            if keyword in ("properties", "$defs") and isinstance(value, dict):
+                pending.extend(value.values())
+            elif keyword in ("items", "additionalProperties"):
+                pending.extend(value if isinstance(value, list) else (value,))
+            elif keyword in ("prefixItems", "anyOf", "oneOf") and isinstance(value, list):
+                pending.extend(value)
+            elif keyword not in SCHEMA_KEYWORDS and keyword not in ANNOTATIONS:
+                found.add(keyword)
+    return sorted(found)
+
+
+def _response_format(req: ChatRequest, dropped: list[str]) -> dict[str, Any]:
     fmt = req.response_format
     if fmt is None or fmt.type == "text":
         return {}
@@ -426,7 +462,12 @@ def _response_format(req: ChatRequest) -> dict[str, Any]:
         # `responseJsonSchema` accepts standard JSON Schema as OpenAI clients write it (`$ref`,
         # `additionalProperties`, `anyOf`, ...); `responseSchema` is Google's OpenAPI subset and would
         # need a lossy rewrite of every schema.
-        config["responseJsonSchema"] = fmt.json_schema.schema_
+        schema = fmt.json_schema.schema_
+        config["responseJsonSchema"] = schema
+        if strict_schema(fmt):
+            # Sent as written (Gemini ignores what it does not take, and an answer still fits the rest), but a
+            # strict format promises an answer that fits all of it: what Gemini leaves unenforced is named.
+            dropped += [f"{SCHEMA_NAME}[{keyword}]" for keyword in unsupported_keywords(schema)]
     return config
 
 
@@ -732,7 +773,7 @@ class GeminiAdapter(ProviderAdapter):
         if stops:
             at_most("stop", stops, MAX_STOP_SEQUENCES)
             config["stopSequences"] = stops
-        config.update(_response_format(req))
+        config.update(_response_format(req, dropped))
         cap = config.get("maxOutputTokens")
         thinking = thinking_config(req, target.model, dropped, cap if isinstance(cap, int) else None)
         if thinking is not None:

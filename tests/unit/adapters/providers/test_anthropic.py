@@ -460,7 +460,12 @@ def test_json_schema_mode_forces_a_tool_with_the_schema() -> None:
     fmt = {"type": "json_schema", "json_schema": {"name": "grade", "schema": SCHEMA, "strict": True}}
     body, dropped = built(request(response_format=fmt))
     assert body["tools"] == [
-        {"name": JSON_TOOL, "description": "Give the answer as this tool's input.", "input_schema": SCHEMA}
+        {
+            "name": JSON_TOOL,
+            "description": "Give the answer as this tool's input.",
+            "input_schema": SCHEMA,
+            "strict": True,
+        }
     ]
     assert body["tool_choice"] == {"type": "tool", "name": JSON_TOOL} and dropped == []
 
