@@ -21,6 +21,15 @@ class EmbeddingsRequest(_Open):
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
 
+    def batches(self, most: int | None) -> list["EmbeddingsRequest"]:
+        """This request as requests of at most `most` inputs each, in order (itself when it has no more): for an API
+        that takes fewer inputs a call than OpenAI's 2,048 (Gemini's `batchEmbedContents` takes 100). A list of
+        token ids is one input."""
+        inputs = self.input
+        if most is None or isinstance(inputs, str) or len(inputs) <= most or isinstance(inputs[0], int):
+            return [self]
+        return [self.model_copy(update={"input": inputs[i : i + most]}) for i in range(0, len(inputs), most)]
+
 
 class Embedding(_Open):
     object: Literal["embedding"] = "embedding"
@@ -38,3 +47,16 @@ class EmbeddingsResponse(_Open):
     data: list[Embedding]
     model: str
     usage: EmbeddingsUsage = Field(default_factory=EmbeddingsUsage)
+
+    @classmethod
+    def joined(cls, answers: list["EmbeddingsResponse"]) -> "EmbeddingsResponse":
+        """The answers to a request's batches (`EmbeddingsRequest.batches`, in order) as the one answer to it: each
+        embedding indexed within the whole request, the usage summed."""
+        data: list[Embedding] = []
+        for answer in answers:
+            offset = len(data)
+            data += [item.model_copy(update={"index": offset + item.index}) for item in answer.data]
+        prompt = sum(answer.usage.prompt_tokens for answer in answers)
+        total = sum(answer.usage.total_tokens for answer in answers)
+        usage = EmbeddingsUsage(prompt_tokens=prompt, total_tokens=total)
+        return cls(data=data, model=answers[0].model, usage=usage)

@@ -223,6 +223,9 @@ class ProviderAdapter(ABC):
     # The reference (`env:OPENAI_API_KEY`) that held one of this gateway's own keys, refused as the provider's.
     refused_reference: str | None = None
     supports_embeddings: ClassVar[bool] = False
+    # The most inputs the API embeds in one call, where it takes fewer than OpenAI's 2,048 (Gemini: 100): a request
+    # with more is sent as several calls to the one deployment, their answers joined (`Pipeline.embeddings`).
+    embedding_batch: ClassVar[int | None] = None
     # A regional API (Bedrock): a deployment that names no region runs in the gateway's own region.
     regional: ClassVar[bool] = False
 

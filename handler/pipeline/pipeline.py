@@ -85,6 +85,9 @@ MAX_USER_CHARS = 256
 # The searches a request with a provider's own web search tool may run when it sets no limit: the limit sent
 # (Anthropic's `max_uses`, the Responses API's `max_tool_calls`) and the worst case reserved.
 DEFAULT_SEARCHES = 10
+# The batches of one embeddings request in flight at once, where the API takes fewer inputs a call than the client
+# sent (`ProviderAdapter.embedding_batch`): OpenAI's 2,048 inputs are 21 of Gemini's batches.
+BATCHES_AT_ONCE = 8
 # Upstream statuses that mean the client's request itself is wrong: answered as 400, not 502.
 CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
 # The longest `retry-after` the gateway waits out itself before retrying a deployment; a longer wait is the client's.
@@ -323,11 +326,20 @@ class Pipeline:
         ex.prompt = PromptEstimate(tokens, ())
         await self._admit_tokens(ex, plan, 0)
 
+        # The attempt's batches (`ProviderAdapter.embedding_batch`), each with its upstream request: all built before
+        # the first is sent, so that one the adapter refuses is the client's 400 before anything is spent.
+        batches: list[tuple[EmbeddingsRequest, BuiltRequest]] = []
+
         async def accept(attempt: Attempt, response: UpstreamResponse) -> EmbeddingsResponse:
-            return attempt.adapter.embeddings_response(await response.read(), req, attempt.target)
+            first = attempt.adapter.embeddings_response(await response.read(), batches[0][0], attempt.target)
+            if len(batches) == 1:
+                return first
+            return await self._other_batches(ex, attempt, first, batches[1:])
 
         def build(attempt: Attempt) -> BuiltRequest:
-            return attempt.adapter.embeddings_request(req, attempt.target)
+            parts = req.batches(attempt.adapter.embedding_batch)
+            batches[:] = [(part, attempt.adapter.embeddings_request(part, attempt.target)) for part in parts]
+            return batches[0][1]
 
         try:
             result = await self._deadline(ex, self._failover(ex, plan, build, accept))
@@ -337,6 +349,47 @@ class Pipeline:
         usage, source = self._checked(Usage.of(result.usage.prompt_tokens, 0), ex, lambda: 0)
         await self._settle(ex, usage, 200, background=True, source=source)
         return result
+
+    async def _other_batches(
+        self,
+        ex: Exchange,
+        attempt: Attempt,
+        first: EmbeddingsResponse,
+        rest: list[tuple[EmbeddingsRequest, BuiltRequest]],
+    ) -> EmbeddingsResponse:
+        """The answers to an embeddings request's batches after the first (answered: `first`), sent to the same
+        deployment (a few at a time) and joined with it in order. Any batch that fails fails the attempt as one
+        error, once every batch has its answer: what the provider billed for those that answered is charged
+        (`UpstreamError.billed`), unless one may still run unanswered, whose worst case covers the whole request."""
+        gate = asyncio.Semaphore(BATCHES_AT_ONCE)
+
+        async def one(part: EmbeddingsRequest, built: BuiltRequest) -> EmbeddingsResponse:
+            async with gate:
+                response = await self.gateway.upstream.send(built.request)
+                body = await response.read()
+            if response.status >= 400:
+                raise attempt.adapter.error(response.status, body, response.headers)
+            return attempt.adapter.embeddings_response(body, part, attempt.target)
+
+        outcomes = await asyncio.gather(*(one(part, built) for part, built in rest), return_exceptions=True)
+        answers = [first]
+        failures: list[UpstreamError] = []
+        for outcome in outcomes:
+            if isinstance(outcome, UpstreamError):
+                failures.append(outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                answers.append(outcome)
+        if not failures:
+            return type(first).joined(answers)
+        # The error the attempt ends with: one the provider may still bill, else the client's own fault (sent again,
+        # it fails again), else the first.
+        failure = min(failures, key=lambda err: (not err.billable, err.retryable))
+        if not failure.billable:
+            failure.billed = Usage.of(sum(answer.usage.prompt_tokens for answer in answers), 0)
+            self._billed_unusable(ex, attempt, failure)
+        raise failure
 
     # --- shared steps -----------------------------------------------------------------------
 

@@ -4,7 +4,7 @@
   (`Message`, `RawMessageStreamEvent`).
 - Gemini: `google-genai`'s pydantic types (`Content`, `Tool`, `ToolConfig`, `GenerationConfig`), read by
   their camelCase REST aliases.
-- Mistral: `mistralai`'s request model (`ChatCompletionRequest`).
+- Mistral: `mistralai`'s request models (`ChatCompletionRequest`, `EmbeddingRequest`).
 - Bedrock: botocore's `bedrock-runtime` service model (the `Converse` input shape).
 - OpenAI and Azure: `openai_spec.py`, the required fields, types and enums of their published specs.
 
@@ -202,6 +202,13 @@ def mistral_request(body: dict[str, Any]) -> Problems:
     from mistralai.client.models import ChatCompletionRequest, ChatCompletionStreamRequest
 
     return typed_problems(ChatCompletionStreamRequest if body.get("stream") else ChatCompletionRequest, body)
+
+
+def mistral_embedding_request(body: dict[str, Any]) -> Problems:
+    """An embeddings body against `mistralai`'s `EmbeddingRequest`."""
+    from mistralai.client.models import EmbeddingRequest
+
+    return typed_problems(EmbeddingRequest, body)
 
 
 # --- Bedrock ----------------------------------------------------------------------------------------

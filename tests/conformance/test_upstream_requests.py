@@ -16,7 +16,7 @@ from adapters.providers.registry import REGISTRY
 from handler.api.messages_api import MessagesRequest, to_chat_request
 from handler.errors import InvalidRequestError
 from handler.ports import BuiltRequest, Target
-from handler.schemas import ChatRequest, Message
+from handler.schemas import ChatRequest, EmbeddingsRequest, Message
 from tests.conformance import references
 from tests.conformance.corpus import CASES, MODELS, Case
 from tests.conformance.openai_spec import (
@@ -245,3 +245,23 @@ def test_the_corpus_covers_every_field_the_gateway_accepts() -> None:
     assert set(MessagesRequest.model_fields) <= messages_fields
     message_fields = {key for case in CASES if not case.messages_api for m in case.body["messages"] for key in m}
     assert set(Message.model_fields) <= message_fields
+
+
+EMBEDDINGS: list[dict[str, Any]] = [
+    {"input": "one text"},
+    {"input": ["a", "b"], "dimensions": 256, "encoding_format": "base64", "user": "u1"},
+    {"input": ["a"], "encoding_format": "float", "output_dtype": "int8", "metadata": {"job": "j1"}},
+]
+
+
+@pytest.mark.parametrize("fields", EMBEDDINGS, ids=["text", "openai-options", "mistral-options"])
+def test_mistral_embeddings_conform(fields: dict[str, Any]) -> None:
+    """OpenAI's embeddings request went to Mistral as written: `dimensions` and `user` are no members of Mistral's
+    `EmbeddingRequest` (it refused them, 422). Each field the client sent is in the body or named as dropped."""
+    adapter = REGISTRY["mistral"]("mistral", "test-secret", {})
+    target = Target("mistral", "mistral", "mistral-embed", "us-east-1", adapter.base_url("us-east-1", None))
+    built = adapter.embeddings_request(EmbeddingsRequest.model_validate({"model": "e", **fields}), target)
+    body = orjson.loads(built.request.body)
+    assert references.mistral_embedding_request(body) == []
+    landed = {"dimensions": "output_dimension"}
+    assert [name for name in fields if landed.get(name, name) not in body and name not in built.dropped] == []

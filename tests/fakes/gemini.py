@@ -2,7 +2,9 @@
 
 It serves `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse` and
 `:batchEmbedContents`, checks `x-goog-api-key`, and refuses what Google refuses (unknown fields, empty
-`contents`, roles other than `user`/`model`) with Google's error body. With tools and function-calling
+`contents`, roles other than `user`/`model`, a batch of more than 100 embeddings) with Google's error body; a
+batch of embeddings holding the text `fail-500` answers 500, as one call of several may; an embedding's values
+scale with its text's length, so that their order shows. With tools and function-calling
 mode `ANY` it answers with a `functionCall`; a user message may script a call (`tests.fakes.script`); on a
 `gemini-3` model every function call carries a `thoughtSignature`, and one sent back without it is
 refused; function responses pair with the calls of the turn before by position, as Gemini pairs them: their
@@ -45,6 +47,8 @@ SLOW_SECONDS = 2.0
 MODEL_VERSION = "gemini-2.5-flash"
 RESPONSE_ID = "fakeGeminiResponse01"
 CALL_ARGS = {"city": "Paris"}
+MAX_EMBED_BATCH = 100  # Google's bound on one `batchEmbedContents` call
+FAIL_EMBED = "fail-500"  # a batch holding a text with it answers 500 (the rest of the request's batches do not)
 
 REQUEST_FIELDS = {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig", "safetySettings"}
 GENERATION_FIELDS = {
@@ -407,6 +411,11 @@ def create_app() -> Starlette:
         items = body.get("requests")
         if not isinstance(items, list) or not items:
             return _invalid("* BatchEmbedContentsRequest.requests: requests is not specified\n")
+        if len(items) > MAX_EMBED_BATCH:
+            return _invalid("* BatchEmbedContentsRequest.requests: at most 100 requests can be in one batch\n")
+        texts = [part.get("text", "") for item in items for part in (item.get("content") or {}).get("parts") or ()]
+        if any(FAIL_EMBED in text for text in texts):
+            return _error(500, "An internal error has occurred. Please retry or report.", "INTERNAL")
         embeddings = []
         for i, item in enumerate(items):
             if item.get("model") != f"models/{model}":
@@ -415,8 +424,8 @@ def create_app() -> Starlette:
                 )
             if not (item.get("content") or {}).get("parts"):
                 return _invalid(f"* BatchEmbedContentsRequest.requests[{i}].content: content is not specified\n")
-            size = item.get("outputDimensionality") or 3
-            embeddings.append({"values": [round(0.1 * (n + 1), 1) for n in range(size)]})
+            size, scale = item.get("outputDimensionality") or 3, len(item["content"]["parts"][0].get("text", ""))
+            embeddings.append({"values": [round(0.1 * (n + 1) * scale, 6) for n in range(size)]})
         return Response(orjson.dumps({"embeddings": embeddings}), media_type="application/json")
 
     app = Starlette(routes=[Route("/v1beta/models/{target}", dispatch, methods=["POST"])])

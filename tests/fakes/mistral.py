@@ -1,4 +1,5 @@
-"""A fake Mistral AI chat API (`POST /v1/chat/completions`), speaking Mistral's documented wire format.
+"""A fake Mistral AI chat and embeddings API (`POST /v1/chat/completions`, `POST /v1/embeddings`), speaking
+Mistral's documented wire format.
 
 Mistral's chat answer is OpenAI's shape with its own differences, and those are what this fake speaks: a
 reasoning model's `content` is a list of typed chunks, a `thinking` chunk (its own list of `text` chunks) then a
@@ -14,12 +15,17 @@ Mistral's validation errors), `stream_options`, a tool-call id that is not nine 
 is the fake's: Mistral documents no message for it). An assistant turn's `content` may be such a list too, a
 `thinking` chunk then `text`: how a reasoning model takes its earlier reasoning back (recorded, as sent). A user
 message may script a tool call (`tests/fakes/script.py`).
+Embeddings take Mistral's `EmbeddingRequest` (`output_dimension`, not OpenAI's `dimensions`; `encoding_format`
+`float` or `base64`, the latter answered as OpenAI's little-endian float32 bytes) and text alone: any other field
+is refused as chat's are, token ids with a 422 `string_type`.
 Every request is recorded on `app.state.requests`.
 """
 
 from __future__ import annotations
 
+import base64
 import re
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -46,6 +52,9 @@ REQUEST_FIELDS = frozenset(
     }
 )  # fmt: skip
 TOOL_ID = re.compile(r"^[A-Za-z0-9]{9}$")
+# Mistral's embeddings request (`mistralai`'s `EmbeddingRequest`), and its embeddings' default size.
+EMBEDDING_FIELDS = frozenset({"model", "input", "metadata", "output_dimension", "output_dtype", "encoding_format"})
+EMBEDDING_SIZE = 3
 
 
 def _error(status: int, message: Any, kind: str) -> Response:
@@ -53,8 +62,8 @@ def _error(status: int, message: Any, kind: str) -> Response:
     return Response(orjson.dumps(body), status, media_type="application/json")
 
 
-def _refusal(body: dict[str, Any]) -> Response | None:
-    extra = [name for name in body if name not in REQUEST_FIELDS]
+def _unknown_fields(body: dict[str, Any], known: frozenset[str]) -> Response | None:
+    extra = [name for name in body if name not in known]
     if extra:
         detail = [
             {
@@ -66,6 +75,13 @@ def _refusal(body: dict[str, Any]) -> Response | None:
             for name in extra
         ]
         return _error(422, {"detail": detail}, "invalid_request_message_error")
+    return None
+
+
+def _refusal(body: dict[str, Any]) -> Response | None:
+    extra = _unknown_fields(body, REQUEST_FIELDS)
+    if extra is not None:
+        return extra
     for message in body.get("messages") or ():
         ids = [call.get("id") for call in message.get("tool_calls") or ()] + [message.get("tool_call_id")]
         for call_id in (i for i in ids if i is not None):
@@ -154,6 +170,42 @@ def create_app() -> Starlette:
         yield event({"content": ""}, "tool_calls" if call else "stop", usage=usage)
         yield b"data: [DONE]\n\n"
 
-    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    async def embeddings(request: Request) -> Response:
+        raw = await request.body()
+        body = orjson.loads(raw) if raw else {}
+        requests.append({"path": request.url.path, "headers": dict(request.headers), "json": body})
+        if request.headers.get("authorization") != f"Bearer {API_KEY}":
+            return _error(401, "Unauthorized", "invalid_request_error")
+        refused = _unknown_fields(body, EMBEDDING_FIELDS)
+        if refused is not None:
+            return refused
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+            detail = [{"type": "string_type", "loc": ["body", "input"], "msg": "Input should be a valid string"}]
+            return _error(422, {"detail": detail}, "invalid_request_message_error")
+        size = body.get("output_dimension") or EMBEDDING_SIZE
+        data = []
+        for index in range(len(texts)):
+            vector = [round(0.1 * (n + 1), 1) for n in range(size)]
+            encoded = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
+            embedding = encoded if body.get("encoding_format") == "base64" else vector
+            data.append({"object": "embedding", "embedding": embedding, "index": index})
+        tokens = sum(len(text.split()) + 1 for text in texts)
+        answer = {
+            "id": "embd-aad6fc62b17349b192ef09225058bc45",
+            "object": "list",
+            "data": data,
+            "model": body["model"],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
+        }
+        return Response(orjson.dumps(answer), media_type="application/json")
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+        ]
+    )
     app.state.requests = requests
     return app

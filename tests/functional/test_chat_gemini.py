@@ -413,6 +413,50 @@ def test_embeddings(faulty: Running) -> None:
     }
 
 
+def gemini_tokens(texts: list[str]) -> int:
+    """What the adapter counts for texts Gemini embedded (it reports no usage): about four characters a token."""
+    return sum(len(text) // 4 + 1 for text in texts)
+
+
+def test_embeddings_past_100_inputs_go_in_batches_of_100_joined_in_order(faulty: Running) -> None:
+    """Gemini takes at most 100 embeddings a `batchEmbedContents` call; OpenAI takes 2,048 an embeddings request.
+    250 inputs went as one call of 250, refused (review: 101 inputs, one call of 101). Now three calls of 100, 100
+    and 50, answered in the order asked, on one ledger line with all their tokens."""
+    key = faulty.mint(name="gemini-batches")
+    fake = faulty.fakes["gemini"].state.requests
+    before = len(fake)
+    texts = ["x" * (i + 1) for i in range(250)]  # (the fake's vectors scale with their text's length)
+    raw = client(faulty, key).embeddings.with_raw_response.create(model="gemini-embedding-001", input=texts)
+    result = raw.parse()
+    calls = [r["json"]["requests"] for r in fake[before:]]
+    assert sorted(len(call) for call in calls) == [50, 100, 100]
+    assert sorted(item["content"]["parts"][0]["text"] for call in calls for item in call) == sorted(texts)
+    assert [d.index for d in result.data] == list(range(250))
+    assert [d.embedding[0] for d in result.data] == pytest.approx([0.1 * len(text) for text in texts])
+    assert result.usage.prompt_tokens == gemini_tokens(texts)
+    assert raw.headers["x-gateway-route"] == "gemini/gemini-embedding-001@global=200"
+    [line] = faulty.ledger(key)
+    assert (line.status, line.input_tokens) == (200, gemini_tokens(texts))
+    assert line.cost_usd == pytest.approx(gemini_tokens(texts) * 0.15 / 1e6)
+
+
+def test_a_batch_that_fails_fails_the_request_and_the_batches_answered_are_charged(faulty: Running) -> None:
+    """One batch's failure is the request's one error (no partial answer); the batch Gemini did answer was billed,
+    and is on the request's line."""
+    key = faulty.mint(name="gemini-batch-fails")
+    fake = faulty.fakes["gemini"].state.requests
+    before = len(fake)
+    texts = [f"text {i}" for i in range(150)]
+    texts[120] = gemini_fake.FAIL_EMBED
+    with pytest.raises(openai.APIStatusError) as failed:
+        client(faulty, key).embeddings.create(model="gemini-embedding-001", input=texts)
+    assert failed.value.status_code == 502 and failed.value.body["upstream_status"] == 500  # type: ignore[index]
+    assert sorted(len(r["json"]["requests"]) for r in fake[before:]) == [50, 100]
+    [line] = faulty.ledger(key)
+    assert line.status == 502 and line.route == "gemini/gemini-embedding-001@global=500"
+    assert line.cost_usd == pytest.approx(gemini_tokens(texts[:100]) * 0.15 / 1e6)
+
+
 def test_audio_input_is_priced_at_its_own_rate(faulty: Running) -> None:
     """Gemini counts a prompt's audio apart (`promptTokensDetails`), and 2.5 Flash bills it at $1.00 a million
     against text's $0.30: it was charged as text. Stream and not, the ledger has the audio at its rate."""

@@ -35,6 +35,11 @@ def mistral(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         "models": {
             "magistral": {"deployments": [{"provider": "mistral", "model": "magistral-medium-latest"}], "price": PRICE},
             "small": {"deployments": [{"provider": "mistral", "model": "mistral-small-latest"}], "price": PRICE},
+            "embed": {
+                "kind": "embedding",
+                "deployments": [{"provider": "mistral", "model": "mistral-embed"}],
+                "price": {"input": 0.1},
+            },
         },
     }
     store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('mistral-store')) / 'gateway.db'}"
@@ -174,3 +179,28 @@ def test_magistrals_reasoning_goes_back_to_it_on_the_next_turn(mistral: Running,
             )
     assert sent_back(mistral)["content"] == THOUGHT_BACK
     assert "reasoning_content" not in sent_back(mistral) and "x-gateway-dropped-params" not in raw.headers
+
+
+def test_embeddings_reach_mistral_in_its_own_names(mistral: Running, client: openai.OpenAI) -> None:
+    """Mistral's embeddings got OpenAI's body untranslated: `dimensions` (Mistral's `output_dimension`) and `user`
+    were refused (422 `extra_forbidden`), so any client that set either failed. Now `dimensions` is sent as
+    `output_dimension`, `user` is dropped and named, and the SDK's `base64` answer reads as the floats."""
+    raw = client.embeddings.with_raw_response.create(model="embed", input=["a b", "c"], dimensions=4, user="u1")
+    result = raw.parse()
+    body = sent(mistral)["json"]
+    assert sent(mistral)["path"] == "/v1/embeddings"
+    assert body == {"model": "mistral-embed", "input": ["a b", "c"], "output_dimension": 4, "encoding_format": "base64"}
+    assert raw.headers["x-gateway-dropped-params"] == "user"
+    assert [d.index for d in result.data] == [0, 1] and result.data[1].embedding == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert result.usage.prompt_tokens == 5  # (the fake's count: a token a word, and one)
+    plain = client.embeddings.create(model="embed", input="hi", encoding_format="float")
+    assert plain.data[0].embedding == [0.1, 0.2, 0.3] and sent(mistral)["json"]["encoding_format"] == "float"
+
+
+def test_token_ids_are_the_clients_400_before_mistral(mistral: Running, client: openai.OpenAI) -> None:
+    """Mistral embeds text only: token ids (OpenAI takes them) are refused here, naming `input`, and not sent."""
+    before = len(mistral.fakes["mistral"].state.requests)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model="embed", input=[15339, 1917])
+    assert refused.value.param == "input" and "token ids" in refused.value.message
+    assert len(mistral.fakes["mistral"].state.requests) == before

@@ -65,6 +65,8 @@ from handler.wire import StreamEvent, error_excerpt, json_body, malformed, upstr
 
 API_VERSION = "v1beta"
 MAX_STOP_SEQUENCES = 5  # Gemini rejects more than five stop sequences
+# `batchEmbedContents` takes at most 100 requests ("at most 100 requests can be in one batch").
+MAX_EMBED_BATCH = 100
 
 DROP = Rule(drop=True)
 
@@ -739,6 +741,7 @@ class GeminiAdapter(ProviderAdapter):
     default_base_url = "https://generativelanguage.googleapis.com"
     key_env_var = "GEMINI_API_KEY"
     supports_embeddings = True
+    embedding_batch = MAX_EMBED_BATCH
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}

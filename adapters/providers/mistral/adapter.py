@@ -5,7 +5,8 @@ choice -> `any`, `max_completion_tokens` -> `max_tokens`); Mistral's own fields 
 `prompt_mode`, ...) pass through. Mistral accepts only tool-call ids of nine letters and digits, so ids
 from another provider (`call_...`, `toolu_...`) are mapped to nine-character ids derived from them:
 the same id always maps the same way, so an assistant's call and the tool result answering it still
-match, and the ids Mistral itself issues are left as they are.
+match, and the ids Mistral itself issues are left as they are. Embeddings go to Mistral's `/v1/embeddings` in its
+own names (`dimensions` as `output_dimension`), text only; `user`, which it has no field for, is dropped and named.
 
 A reasoning answer (Magistral's always, Mistral Small 4's and Medium 3.5's when asked with `reasoning_effort`)
 has a list of typed chunks for `content`, in the answer and in each stream delta: `thinking` chunks (each with its
@@ -23,15 +24,20 @@ from __future__ import annotations
 import hashlib
 import re
 import string
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from adapters.providers import reasoning
 from adapters.providers.model_rules import rules_for
 from adapters.providers.openai.adapter import OpenAIAdapter, OpenAIStreamParser
 from adapters.providers.openai.profiles import PROFILES, Profile
 from handler.errors import InvalidRequestError
-from handler.ports import Target
+from handler.ports import BuiltRequest, Target, UpstreamRequest
 from handler.schemas import ChatRequest
+
+if TYPE_CHECKING:
+    from handler.schemas import EmbeddingsRequest
 
 ID_LENGTH = 9
 ALPHABET = string.ascii_letters + string.digits
@@ -69,6 +75,9 @@ MISTRAL_FIELDS = frozenset(
         "safe_prompt", "min_tokens", "repetition_penalty", "top_k", "logprobs", "top_logprobs",
     }
 )  # fmt: skip
+# The members of Mistral's embeddings request (`mistralai`'s `EmbeddingRequest`): it refuses any other (422,
+# `extra_forbidden`). `encoding_format` is OpenAI's (`float` or `base64`); `output_dimension` is OpenAI's `dimensions`.
+EMBEDDING_FIELDS = frozenset({"model", "input", "metadata", "output_dimension", "output_dtype", "encoding_format"})
 NO_PARAMETERS = {"type": "object", "properties": {}}
 # Mistral's models that reason: Magistral always, Small 4 and Medium 3.5 when asked (`ModelRules.reasoning_on_off`).
 MAGISTRAL = ("magistral",)
@@ -213,3 +222,17 @@ class MistralAdapter(OpenAIAdapter):
 
     def stream_parser(self, req: ChatRequest, target: Target) -> MistralStreamParser:
         return MistralStreamParser()
+
+    def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> BuiltRequest:
+        """OpenAI's embeddings request in Mistral's names; what Mistral has no field for (`user`) is dropped and
+        named. Mistral embeds text only: token ids are the client's 400."""
+        if not isinstance(req.input, str) and not all(isinstance(item, str) for item in req.input):
+            raise InvalidRequestError("Mistral embeddings take text input, not token ids", param="input")
+        body = req.model_dump(exclude_unset=True)
+        body["model"] = target.model
+        dimensions = body.pop("dimensions", None)
+        if dimensions is not None:
+            body["output_dimension"] = dimensions
+        dropped = [name for name in [n for n in body if n not in EMBEDDING_FIELDS] if body.pop(name) is not None]
+        request = UpstreamRequest("POST", f"{target.base_url}/embeddings", self.headers(), orjson.dumps(body))
+        return BuiltRequest(request, dropped)
