@@ -525,9 +525,11 @@ class Pipeline:
         """`attempt`'s price for this request: with the options it passes through (at the values the answer was
         `served` at, once it says), times a service tier's multiplier."""
         price = price_for(attempt.model, attempt.spec, attempt.target.model)
-        if ex.native_options and attempt.adapter.speaks(ex.native_api, attempt.target):
-            options = ex.native_options if served is None else as_served(price, ex.native_options, served.options)
-            price = with_options(price, options)
+        asked = ex.native_options if ex.native_options and attempt.adapter.speaks(ex.native_api, attempt.target) else {}
+        if served is not None and served.options:  # (the answer says how it ran: as asked or not, billed so)
+            price = with_options(price, as_served(price, asked, served.options))
+        elif asked:
+            price = with_options(price, asked)
         # A service tier the deployment was not sent (dropped and named) is not billed.
         return scaled(price, ex.price_multiplier if "service_tier" not in ex.dropped else 1.0)
 

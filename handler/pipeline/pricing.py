@@ -393,11 +393,15 @@ def option_rate(price: Price | None, name: str, value: Any) -> float | None:
 def as_served(price: Price | None, asked: Mapping[str, str], served: Mapping[str, str]) -> dict[str, str]:
     """The options `asked` (each priced, `option_rate`) at the values the answer says it was served at: fast mode
     served at standard speed is billed at standard speed. A value served that `price` does not know (neither the
-    option's standard value nor one it sets a multiplier for) leaves the option as asked."""
+    option's standard value nor one it sets a multiplier for) leaves the option as asked. An option served that
+    was not asked, at a value `price` sets a multiplier for, is billed too: a workspace whose default inference geo
+    is `us` runs a request that sets none US-only, and Anthropic bills it so (`usage.inference_geo`)."""
     options = dict(asked)
-    for name in asked:
-        value = served.get(name)
-        if value is not None and (value == PRICE_OPTIONS.get(name) or option_rate(price, name, value) is not None):
+    for name, value in served.items():
+        if name in asked:
+            if value == PRICE_OPTIONS.get(name) or option_rate(price, name, value) is not None:
+                options[name] = value
+        elif value != PRICE_OPTIONS.get(name) and option_rate(price, name, value) is not None:
             options[name] = value
     return options
 

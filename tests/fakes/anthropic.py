@@ -25,9 +25,10 @@ last `cache_control` marker is written the first time it is seen (`cache_creatio
 With a web search tool (`web_search_20250305`), the answer searches once before its text (a `server_tool_use`
 block and its `web_search_tool_result`), counted in `usage.server_tool_use.web_search_requests`. A request's
 `speed` (fast mode) and `inference_geo` come back in its usage, where Anthropic reports the speed and the place the
-answer ran at; with `standard-speed` fast mode asked for is served at standard speed, and its usage says so. With the
-advisor tool (`advisor_20260301`), the answer consults the advisor once before its text (a `server_tool_use` block
-named `advisor` and its `advisor_tool_result`), and `usage.iterations` has the advisor's sampling in an
+answer ran at; with `standard-speed` fast mode asked for is served at standard speed, and its usage says so; with
+`us-workspace` a request that sets no `inference_geo` runs US-only, as in a workspace whose default geo is `us`.
+With the advisor tool (`advisor_20260301`), the answer consults the advisor once before its text (a `server_tool_use`
+block named `advisor` and its `advisor_tool_result`), and `usage.iterations` has the advisor's sampling in an
 `advisor_message` entry with the tool's `model` (`ADVICE_TOKENS` out, the prompt in), beside a `message` entry with
 the top level's counts, which leave the advisor's out. A request asking for server-side compaction
 (`context_management.edits` with `compact_20260112`) whose input reaches its trigger (150,000 tokens unless set) is
@@ -349,6 +350,8 @@ def create_app() -> Starlette:
                 counts[name] = body[name]
         if "speed" in counts and "standard-speed" in faults(body):
             counts["speed"] = "standard"
+        if "inference_geo" not in counts and "us-workspace" in faults(body):
+            counts["inference_geo"] = "us"  # (a workspace whose default inference geo is `us`)
         trigger = compaction_trigger(body)
         if trigger is not None and input_tokens(body) >= trigger:
             return compacted(body, counts)

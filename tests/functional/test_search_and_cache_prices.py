@@ -269,6 +269,25 @@ def test_fast_mode_served_at_standard_speed_is_charged_at_the_standard_prices(pr
     assert line.cost_usd == pytest.approx(opus_usd(message.usage, 1.0)) and line.cost_source == "provider"
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_us_inference_a_workspace_applies_unasked_is_charged_as_served(priced: Running, stream: bool) -> None:
+    """A workspace whose default inference geo is `us` runs a request that sets none US-only, its usage says so
+    (`inference_geo: us`), and Anthropic bills it 1.1 times: it was charged at the global prices (cost review)."""
+    key = priced.mint(name=f"us-workspace-{stream}")
+    sdk = anthropic_client(priced, key).beta.messages
+    settings: Any = {"model": "opus", "max_tokens": 100, "messages": HI, "metadata": {"user_id": "us-workspace"}}
+    if stream:
+        with sdk.stream(**settings) as events:
+            message = events.get_final_message()
+    else:
+        raw = sdk.with_raw_response.create(**settings)
+        message = raw.parse()
+        assert float(raw.headers["x-gateway-cost-usd"]) == pytest.approx(opus_usd(message.usage, 1.1))
+    assert "inference_geo" not in sent(priced, "anthropic") and message.usage.inference_geo == "us"
+    [line] = priced.ledger(key)
+    assert line.cost_usd == pytest.approx(opus_usd(message.usage, 1.1))
+
+
 def test_the_worst_case_is_reserved_at_the_fast_price(priced: Running) -> None:
     """x-gateway-max-cost-usd is held against fast mode's prices: 1,000 output tokens at $150 a million pass
     $0.10, at the standard $25 they do not."""

@@ -47,8 +47,9 @@ BILLED_APART = ("compaction",)
 BILLED_AT_THEIR_MODEL = ("advisor_message",)
 # The usage fields saying what an option that changes the model's prices was served at: `speed` ("The inference
 # speed mode used for this request", `standard` or `fast`): fast mode asked for may run at standard speed, and is
-# billed at it.
-SERVED_OPTIONS = ("speed",)
+# billed at it; `inference_geo` (`global` or `us`): a workspace's default geo applies to a request that sets none,
+# and is billed.
+SERVED_OPTIONS = ("speed", "inference_geo")
 
 
 def _entries(iterations: Any, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
