@@ -226,6 +226,9 @@ class ProviderAdapter(ABC):
     # The most inputs the API embeds in one call, where it takes fewer than OpenAI's 2,048 (Gemini: 100): a request
     # with more is sent as several calls to the one deployment, their answers joined (`Pipeline.embeddings`).
     embedding_batch: ClassVar[int | None] = None
+    # Whether its embeddings answer counts the tokens it bills (Gemini's `batchEmbedContents` counts none: the adapter
+    # estimates them, and the ledger line says `estimate`).
+    counts_embedding_tokens: ClassVar[bool] = True
     # A regional API (Bedrock): a deployment that names no region runs in the gateway's own region.
     regional: ClassVar[bool] = False
 

@@ -347,6 +347,8 @@ class Pipeline:
             await self._unanswered(ex, exc)
             raise
         usage, source = self._checked(Usage.of(result.usage.prompt_tokens, 0), ex, lambda: 0)
+        if ex.attempt is not None and not ex.attempt.adapter.counts_embedding_tokens:
+            source = "estimate"  # (the adapter's count: the provider's answer has none)
         await self._settle(ex, usage, 200, background=True, source=source)
         return result
 

@@ -414,8 +414,20 @@ def test_embeddings(faulty: Running) -> None:
 
 
 def gemini_tokens(texts: list[str]) -> int:
-    """What the adapter counts for texts Gemini embedded (it reports no usage): about four characters a token."""
+    """What the adapter counts for ASCII texts Gemini embedded (it reports no usage): about four characters a token."""
     return sum(len(text) // 4 + 1 for text in texts)
+
+
+def test_embeddings_gemini_counts_none_of_are_an_estimate_on_the_line(faulty: Running) -> None:
+    """Gemini's `batchEmbedContents` reports no tokens: the adapter's count went on the line as the provider's
+    (`cost_source: provider`), and 1,000 Chinese characters were counted 251 tokens, at four characters a token,
+    where a tokenizer gives about one a character (cost review)."""
+    key = faulty.mint(name="gemini-embed-estimate")
+    chinese = "语言模型" * 250
+    result = client(faulty, key).embeddings.create(model="gemini-embedding-001", input=[chinese, "plain text here!"])
+    assert result.usage.prompt_tokens == (250 + 1000 + 1) + (4 + 1)
+    [line] = faulty.ledger(key)
+    assert line.cost_source == "estimate" and line.input_tokens == 1256
 
 
 def test_embeddings_past_100_inputs_go_in_batches_of_100_joined_in_order(faulty: Running) -> None:
