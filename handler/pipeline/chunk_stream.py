@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 from handler import schemas
 from handler.errors import GatewayError, UpstreamError
 from handler.pipeline.passthrough import SHAPE_ERRORS, UpstreamStream
+from handler.pipeline.pricing import tier_served
 from handler.pipeline.redacting import ChunkRedactor
 from handler.pipeline.schema_check import violation
 from handler.pipeline.upstream import UpstreamResponse
-from handler.ports import StreamParser
+from handler.ports import Served, StreamParser
 from handler.schemas import ChatRequest, Usage
 from handler.wire import StreamEvent, WholeBodySniffer, error_excerpt, malformed
 
@@ -121,6 +122,11 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
 
     def _relayed_chars(self) -> int:
         return self._chars
+
+    def _served(self) -> Served | None:
+        """The service tier the stream's chunks say it ran at (OpenAI's, on every chunk: the first's is read)."""
+        template = self._template
+        return tier_served(template.model_extra, self.ex.price_multiplier) if template is not None else None
 
     def final_chunk(self, include_usage: bool) -> dict[str, object]:
         """The last data event: no choices, the usage if asked for, and always the cost."""

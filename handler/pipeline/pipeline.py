@@ -61,6 +61,7 @@ from handler.pipeline.pricing import (
     prompt_estimate,
     scaled,
     sent_as_written,
+    tier_served,
     upstream_price,
     usd,
     with_options,
@@ -124,7 +125,8 @@ class Pipeline:
             await self._unanswered(ex, exc)
             raise
         usage, source = self._checked(completion.usage, ex, lambda: answer_chars(completion))
-        await self._settle(ex, usage, 200, background=True, source=source)
+        served = tier_served(completion.model_extra, ex.price_multiplier)
+        await self._settle(ex, usage, 200, background=True, source=source, served=served)
         return completion
 
     async def chat_stream(self, req: ChatRequest, ex: Exchange) -> ChunkStream:
@@ -201,9 +203,10 @@ class Pipeline:
             # The answer's generated part: a message's `content` (Messages), a response's `output` (Responses).
             generated = outcome.body.get("content", outcome.body.get("output"))
             usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(generated)))
-            served = outcome.served
+            served = outcome.served or tier_served(outcome.body, ex.price_multiplier)
         else:
             usage, source = self._checked(outcome.usage, ex, lambda: answer_chars(outcome))
+            served = tier_served(outcome.model_extra, ex.price_multiplier)
         await self._settle(ex, usage, 200, background=True, source=source, served=served)
         return outcome
 
@@ -532,8 +535,14 @@ class Pipeline:
             price = with_options(price, as_served(price, asked, served.options))
         elif asked:
             price = with_options(price, asked)
-        # A service tier the deployment was not sent (dropped and named) is not billed.
-        return scaled(price, ex.price_multiplier if "service_tier" not in ex.dropped else 1.0)
+        # A service tier the deployment was not sent (dropped and named) is not billed; one the answer says it
+        # ran at is billed at that tier, as OpenAI bills it (`priority` is served at `default` past its ramp limits).
+        multiplier = ex.price_multiplier if "service_tier" not in ex.dropped else 1.0
+        tier = served.options.get("service_tier") if served is not None else None
+        if tier is not None:
+            tiers = self.gateway.config.gateway.priced_options.service_tier
+            multiplier = 1.0 if tier == "default" else tiers.get(tier, multiplier)
+        return scaled(price, multiplier)
 
     def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage, served: Served | None = None) -> Cost:
         """What `usage` at `attempt` costs, with the options billed per request; `served`: what the answer says of

@@ -13,7 +13,7 @@ import orjson
 
 from handler.config import PRICE_OPTIONS, FeeConfig, ModelConfig, Price, load_yaml
 from handler.pipeline.images import image_tokens
-from handler.ports import MESSAGES_API, NativeCall
+from handler.ports import MESSAGES_API, NativeCall, Served
 from handler.records import Value
 from handler.schemas import ChatRequest, FilePart, ImagePart, Usage
 
@@ -404,6 +404,16 @@ def as_served(price: Price | None, asked: Mapping[str, str], served: Mapping[str
         elif value != PRICE_OPTIONS.get(name) and option_rate(price, name, value) is not None:
             options[name] = value
     return options
+
+
+def tier_served(answer: Mapping[str, Any] | None, asked: float) -> Served | None:
+    """The service tier an OpenAI answer (a completion, a chunk, a response: `answer`'s members) says it ran at,
+    where it may be billed otherwise than the tier `asked` (its multiplier); None for the usual answer, served at
+    the default tier as asked."""
+    tier = answer.get("service_tier") if answer else None
+    if not isinstance(tier, str) or (tier == "default" and asked == 1.0):
+        return None
+    return Served({"service_tier": tier})
 
 
 def with_options(price: Price | None, options: Mapping[str, str]) -> Price | None:

@@ -8,7 +8,8 @@ Behaviour is chosen by the requested model name, so tests need no side channel:
 `slashes-escaped` (JSON written with every `/` escaped, `\\/`, as PHP's or Java's encoders write it), `no-usage`
 (an answer without `usage`), `negative-usage` (usage with negative counts), `echo-auth` (a 400
 whose message quotes the request's authorization and `x-` headers back, as some upstream errors do), `reasoner`
-(DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`).
+(DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`), `ramp-limited` (`priority` asked
+for and served at `default`, as the answer's `service_tier` says: OpenAI does past a project's priority ramp limits).
 It refuses, as OpenAI does, message and content-part fields Chat Completions does not define, an image in
 a message other than a user's, a tool `description` of null, `max_tokens` on a reasoning model (o-series,
 gpt-5), `reasoning_effort` on any other, a `reasoning_effort` (or a Responses `reasoning.effort`) the model
@@ -305,6 +306,7 @@ def create_app() -> Starlette:
                 {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls" if call else "stop"}
             ],
             "usage": usage,
+            "service_tier": openai_responses.served_tier(body),
             "system_fingerprint": "fp_fake",
         }
         if "no-usage" in model:
@@ -315,7 +317,13 @@ def create_app() -> Starlette:
         body: dict[str, Any], call: dict[str, Any] | None, usage: dict[str, Any], text: str
     ) -> AsyncIterator[bytes]:
         model = body["model"]
-        base = {"id": "chatcmpl-fake1", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+        base = {
+            "id": "chatcmpl-fake1",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "service_tier": openai_responses.served_tier(body),
+        }
 
         def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
             return (

@@ -116,6 +116,16 @@ def output_of(body: dict[str, Any]) -> list[dict[str, Any]]:
     return output
 
 
+def served_tier(body: dict[str, Any]) -> str:
+    """The `service_tier` an answer says it ran at, as OpenAI answers it: `default` where `auto` or none was asked,
+    else the tier asked; but a `ramp-limited` model serves `priority` at `default` (OpenAI does past a project's
+    priority ramp limits, and bills it at default)."""
+    asked = body.get("service_tier")
+    if asked in (None, "auto") or (asked == "priority" and "ramp-limited" in str(body.get("model"))):
+        return "default"
+    return str(asked)
+
+
 def response_of(body: dict[str, Any], output: list[dict[str, Any]], status: str, input_tokens: int) -> dict[str, Any]:
     return {
         "id": "resp_fakeOpenAI1",
@@ -130,6 +140,7 @@ def response_of(body: dict[str, Any], output: list[dict[str, Any]], status: str,
         "output": output,
         "parallel_tool_calls": body.get("parallel_tool_calls", True),
         "previous_response_id": None,
+        "service_tier": served_tier(body),
         "reasoning": body.get("reasoning") or {"effort": None, "summary": None},
         "store": body.get("store", True),
         "temperature": body.get("temperature", 1.0),

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import openai
 import orjson
 import pytest
 
@@ -60,6 +61,7 @@ def scope_config(upstream_url: str, first_byte: float = 5) -> Config:
             },
             "models": {
                 "gpt-test": model("gpt-4o-mini"),
+                "ramp-test": model("gpt-4o-mini-ramp-limited"),
                 "claude-test": model("claude-haiku-4-5", "anthropic"),
                 "broken-test": model("fail-500"),
                 "slow-test": model("slow"),
@@ -624,6 +626,41 @@ def test_a_max_cost_request_is_sent_the_output_cap_its_worst_case_assumed(gw: Ru
     assert chat(gw, gw.mint()).status_code == 200
     (sent,) = received(gw, "openai", since)
     assert "max_completion_tokens" not in sent["json"] and "max_tokens" not in sent["json"]
+
+
+@pytest.mark.parametrize("api", ["chat", "chat-stream", "responses", "responses-stream"])
+def test_a_service_tier_is_billed_as_the_answer_says_it_was_served(gw: Running, api: str) -> None:
+    """`priority` asked for and served at `default` (OpenAI does past a project's priority ramp limits, and bills
+    the default price), as the answer's `service_tier` says: it was charged the priority price, twice the default
+    (cost review: gpt-5 at $0.0045 where OpenAI billed $0.00225). A `priority` served as asked stays priority."""
+    key = gw.mint()
+    sdk = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0)
+
+    def cost(model: str, tier: str | None) -> float:
+        extra: Any = {"service_tier": tier} if tier else {}
+        if api.startswith("chat"):
+            raw = sdk.chat.completions.with_raw_response.create(
+                model=model, messages=HI, stream=api.endswith("stream"), **extra
+            )
+            if api.endswith("stream"):
+                *_, last = raw.parse()
+                return float(last.model_extra["cost"]["provider_usd"])
+        else:
+            raw = sdk.responses.with_raw_response.create(
+                model=model, input="Hi", stream=api.endswith("stream"), **extra
+            )
+            if api.endswith("stream"):
+                events = list(raw.parse())
+                return float(events[-1].response.model_extra["cost"]["provider_usd"])  # type: ignore[union-attr]
+        return float(raw.headers["x-gateway-cost-usd"])
+
+    plain, served_default, served_priority = (
+        cost("ramp-test", None),
+        cost("ramp-test", "priority"),
+        cost("gpt-test", "priority"),
+    )
+    assert served_default == pytest.approx(plain)
+    assert served_priority == pytest.approx(2 * cost("gpt-test", None))
 
 
 def test_options_that_change_the_price_are_priced_or_refused(gw: Running) -> None:

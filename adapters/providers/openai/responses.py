@@ -124,7 +124,7 @@ class ResponsesMeter:
         self.output_chars = 0
         self.final = False
         self.searches = 0  # `web_search_call` items added so far: billed even if the stream is cut
-        self.served: Served | None = None  # (the Responses API says nothing of it)
+        self.served: Served | None = None  # the service tier the terminal event's response says it ran at
 
     def feed(self, event: StreamEvent) -> None:
         if not event.data or event.data == b"[DONE]":
@@ -141,3 +141,6 @@ class ResponsesMeter:
         if kind in RESPONSES_TERMINAL and isinstance(response, dict):
             self.usage = response_usage(response)
             self.final = True
+            tier = response.get("service_tier")
+            if isinstance(tier, str):
+                self.served = Served({"service_tier": tier})
