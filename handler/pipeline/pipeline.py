@@ -73,7 +73,7 @@ from handler.ports import BuiltRequest, LedgerItem, NativeCall, Served, as_clien
 from handler.redaction import redact_message, unkeyed
 from handler.schemas import LATER_MODULES, ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
-from handler.wire import OVERLOADED, json_body, malformed
+from handler.wire import OVERLOADED, error_answer, json_body, malformed
 
 if TYPE_CHECKING:
     from handler.pipeline.chunk_stream import ChunkStream  # (imported with the first stream: `_chunk_stream`)
@@ -668,7 +668,8 @@ class Pipeline:
                     async with span("upstream", provider=attempt.target.provider, region=attempt.target.region):
                         response = await self.gateway.upstream.send(built.request)
                     if response.status >= 400:
-                        raise attempt.adapter.error(response.status, await response.read(), response.headers)
+                        body = await response.read()
+                        raise error_answer(attempt.adapter.error, response.status, body, response.headers)
                     result = await accept(attempt, response)
                 except UpstreamError as err:
                     failed.append(err)

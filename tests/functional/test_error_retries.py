@@ -3,7 +3,7 @@ where retrying cannot help."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import anthropic
@@ -11,14 +11,44 @@ import httpx
 import openai
 import pytest
 
+from adapters.providers.openai import adapter as openai_adapter
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
+from handler.errors import UpstreamError
 from tests.fakes import bedrock as fake_bedrock
 from tests.functional.conftest import Running, fresh_minute, serve_gateway
 from tests.support.servers import ServerThread
 
 PRICE = {"input": 1.0, "output": 2.0}
 HI = [{"role": "user", "content": "Hi"}]
+# Providers' waits the gateway cannot read (the fakes' `fail-<status>;<header>=<value>` faults): each was a 500.
+UNREADABLE_WAITS = {
+    "repeated": "fail-429;retry-after=2;retry-after=2",  # an origin's and a proxy's, which httpx joins as "2, 2"
+    "iso-date": "fail-503;retry-after=2026-12-05T03:30:00Z",
+    "suffixed": "fail-429;retry-after=30s",
+    "infinite": "fail-429;retry-after=inf",
+    "infinite-ms": "fail-429;retry-after-ms=inf",
+    "not-a-number": "fail-429;retry-after=nan",
+}
+HEALTHY = {"provider": "openai", "model": "gpt-4o-mini"}
+
+
+def then_healthy(provider: str, model: str, healthy: dict[str, str] = HEALTHY) -> dict[str, Any]:
+    """A model whose first deployment fails as `model` asks, and whose second answers."""
+    return {"deployments": [{"provider": provider, "model": model}, healthy], "price": PRICE}
+
+
+def lone(provider: str, model: str) -> dict[str, Any]:
+    return {"deployments": [{"provider": provider, "model": model}], "price": PRICE}
+
+
+WAIT_MODELS = {
+    **{f"unreadable-{name}": then_healthy("openai", fault) for name, fault in UNREADABLE_WAITS.items()},
+    "lone-infinite": lone("openai", "lone-fail-429;retry-after=inf"),
+    "lone-infinite-ms": lone("openai", "lone-fail-429;retry-after-ms=inf"),
+    "lone-huge": lone("openai", "lone-fail-429;retry-after=1e300"),
+    "down-then-healthy": then_healthy("openai", "fail-500-unread"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +131,7 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
                     ],
                     "price": PRICE,
                 },
+                **WAIT_MODELS,
             },
         },
         set(REGISTRY),
@@ -432,3 +463,63 @@ def test_a_providers_overload_stays_a_502_upstream_error_in_openais_apis(gw: Run
         assert (error["code"], error["type"]) == ("upstream_error", "upstream_error")
         assert (error["upstream_status"], error["upstream_type"]) == (529, "overloaded_error")
     assert [line.status for line in gw.ledger(key)] == [502, 502]
+
+
+@pytest.mark.parametrize("name", UNREADABLE_WAITS)
+def test_a_wait_the_gateway_cannot_read_fails_over_as_any_failure_does(gw: Running, name: str) -> None:
+    """A provider's `retry-after` the gateway cannot read (twice, an ISO date, `30s`, `inf`, `nan`) is no wait
+    named: the next deployment answers and the request costs what it did. Reading it raised, and the request was a
+    500 `internal_error`, the healthy deployment never tried and the reserved worst case charged (`inf` crashed
+    the answer's own `retry-after`; `nan` was waited as 0)."""
+    key = gw.mint()
+    client = sdk_openai(gw, key, Counter())
+    answer = client.chat.completions.with_raw_response.create(model=f"unreadable-{name}", messages=HI)  # type: ignore[arg-type]
+    client.close()
+    route = answer.headers["x-gateway-route"].split(", ")
+    assert answer.status_code == 200 and route[1:] == ["openai/gpt-4o-mini@global=200"], route
+    assert route[0].endswith(("@global=429", "@global=503")), route  # (tried once: no wait, so no retry)
+    [line] = gw.ledger(key)
+    assert (line.status, line.cost_source, line.output_tokens) == (200, "provider", 7)
+
+
+@pytest.mark.parametrize(
+    ("model", "wait", "why"),
+    [
+        ("lone-infinite", "1", "the provider named no wait"),
+        ("lone-infinite-ms", "1", "the provider named no wait"),
+        ("lone-huge", "86400", "the provider's retry-after of 86400 s is past the 5 s the gateway waits itself"),
+    ],
+)
+def test_a_lone_429s_unreadable_or_huge_wait_is_passed_on_as_a_number(
+    gw: Running, model: str, wait: str, why: str
+) -> None:
+    """A lone deployment's 429 with `retry-after: inf` (or `retry-after-ms: inf`) was a 500 (OverflowError); one of
+    `1e300` was passed on as a 301-digit header. Now: none named (the least, 1 s) and a day at most."""
+    key = gw.mint()
+    client = sdk_openai(gw, key, Counter()).with_options(max_retries=0)
+    with pytest.raises(openai.RateLimitError) as raised:
+        client.chat.completions.create(model=model, messages=HI)  # type: ignore[arg-type]
+    client.close()
+    answer = raised.value.response
+    assert (answer.headers["retry-after"], answer.headers["x-should-retry"]) == (wait, "true")
+    assert answer.json()["error"]["code"] == "upstream_rate_limited" and f"({why})" in answer.json()["error"]["message"]
+    assert [line.status for line in gw.ledger(key)] == [429]
+
+
+def test_an_error_answer_its_adapter_cannot_read_fails_over_as_any_failure_does(
+    gw: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a provider's error answer breaks in its adapter's reading of it, the attempt failed: the next
+    deployment answers (an exception there ended the request as a 500 and charged the worst case)."""
+
+    def unreadable(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+        raise IndexError("an answer no adapter foresaw")
+
+    monkeypatch.setattr(openai_adapter, "error_from_body", unreadable)
+    key = gw.mint()
+    client = sdk_openai(gw, key, Counter())
+    answer = client.chat.completions.with_raw_response.create(model="down-then-healthy", messages=HI)  # type: ignore[arg-type]
+    client.close()
+    assert answer.status_code == 200
+    assert answer.headers["x-gateway-route"] == "openai/fail-500-unread@global=500, openai/gpt-4o-mini@global=200"
+    assert [(line.status, line.cost_source) for line in gw.ledger(key)] == [(200, "provider")]
