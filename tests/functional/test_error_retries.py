@@ -3,6 +3,7 @@ where retrying cannot help."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -47,6 +48,13 @@ WAIT_MODELS = {
     "lone-infinite": lone("openai", "lone-fail-429;retry-after=inf"),
     "lone-infinite-ms": lone("openai", "lone-fail-429;retry-after-ms=inf"),
     "lone-huge": lone("openai", "lone-fail-429;retry-after=1e300"),
+    "limited-past-deadline": then_healthy("openai", "fail-429;retry-after=4"),
+    "lone-limited-past-deadline": lone("openai", "lone-fail-429;retry-after=3"),
+    "unavailable-waiting": then_healthy("openai", "fail-503;retry-after=3"),
+    "overloaded-waiting": then_healthy(
+        "anthropic", "fail-529;retry-after=2", {"provider": "anthropic", "model": "claude-haiku-4-5"}
+    ),
+    "lone-unavailable-waiting": lone("openai", "lone-fail-503;retry-after=3"),
     "down-then-healthy": then_healthy("openai", "fail-500-unread"),
 }
 
@@ -504,6 +512,78 @@ def test_a_lone_429s_unreadable_or_huge_wait_is_passed_on_as_a_number(
     assert (answer.headers["retry-after"], answer.headers["x-should-retry"]) == (wait, "true")
     assert answer.json()["error"]["code"] == "upstream_rate_limited" and f"({why})" in answer.json()["error"]["message"]
     assert [line.status for line in gw.ledger(key)] == [429]
+
+
+def test_a_wait_past_the_deadline_is_not_waited_the_next_deployment_answers(gw: Running) -> None:
+    """A 429 with `retry-after: 4` under `x-gateway-deadline-ms: 2000`: the gateway waited the 4 s, the deadline
+    cut it at 2 s with a 504, and the healthy next deployment was never tried."""
+    client = sdk_openai(gw, gw.mint(), Counter()).with_options(max_retries=0)
+    started = time.perf_counter()
+    answer = client.chat.completions.with_raw_response.create(
+        model="limited-past-deadline",
+        messages=HI,  # type: ignore[arg-type]
+        extra_headers={"x-gateway-deadline-ms": "2000"},
+    )
+    elapsed = time.perf_counter() - started
+    client.close()
+    assert answer.status_code == 200 and elapsed < 1.5, elapsed
+    assert answer.headers["x-gateway-route"] == (
+        "openai/fail-429;retry-after=4@global=429, openai/gpt-4o-mini@global=200"
+    )
+
+
+def test_a_lone_429_whose_wait_is_past_the_deadline_is_passed_on_at_once(gw: Running) -> None:
+    """The same with no next deployment: the provider's 429 and its wait at once, saying why it was not retried
+    (it was a 504 once the deadline cut the wait)."""
+    client = sdk_openai(gw, gw.mint(), Counter()).with_options(max_retries=0)
+    started = time.perf_counter()
+    with pytest.raises(openai.RateLimitError) as raised:
+        client.chat.completions.create(
+            model="lone-limited-past-deadline",
+            messages=HI,  # type: ignore[arg-type]
+            extra_headers={"x-gateway-deadline-ms": "2000"},
+        )
+    elapsed = time.perf_counter() - started
+    client.close()
+    answer = raised.value.response
+    assert elapsed < 1.5, elapsed
+    assert (answer.headers["retry-after"], answer.headers["x-should-retry"]) == ("3", "true")
+    assert "(the provider's retry-after of 3 s would end past the request's deadline)" in answer.text
+
+
+def test_only_a_429_is_waited_out_a_5xx_goes_straight_to_the_next_deployment(gw: Running) -> None:
+    """As the configuration says of `max_retries_per_deployment`: a 503 with `retry-after: 3`, or Anthropic's 529
+    with `retry-after: 2`, was waited out and sent again to the same deployment (`a=503, a=503, b=200` after
+    3 s) before the healthy next one was tried."""
+    client = sdk_openai(gw, gw.mint(), Counter()).with_options(max_retries=0)
+    started = time.perf_counter()
+    answer = client.chat.completions.with_raw_response.create(model="unavailable-waiting", messages=HI)  # type: ignore[arg-type]
+    client.close()
+    assert answer.headers["x-gateway-route"] == (
+        "openai/fail-503;retry-after=3@global=503, openai/gpt-4o-mini@global=200"
+    )
+    claude = sdk_anthropic(gw, gw.mint(), Counter()).with_options(max_retries=0)
+    said = claude.messages.with_raw_response.create(model="overloaded-waiting", max_tokens=10, messages=HI)  # type: ignore[arg-type]
+    claude.close()
+    assert said.headers["x-gateway-route"] == (
+        "anthropic/fail-529;retry-after=2@global=529, anthropic/claude-haiku-4-5@global=200"
+    )
+    assert time.perf_counter() - started < 1.5
+
+
+def test_a_lone_5xx_with_a_wait_is_left_to_the_client_with_that_wait(gw: Running) -> None:
+    """A lone deployment's 503 with `retry-after: 3`: sent once, not waited out by the gateway (it was, and sent
+    again), and passed on with the provider's wait, which the SDK's own retry waits."""
+    fake = gw.fakes["openai"].state.requests
+    since = len(fake)
+    client = sdk_openai(gw, gw.mint(), Counter()).with_options(max_retries=0)
+    started = time.perf_counter()
+    with pytest.raises(openai.InternalServerError) as raised:
+        client.chat.completions.create(model="lone-unavailable-waiting", messages=HI)  # type: ignore[arg-type]
+    client.close()
+    answer = raised.value.response
+    assert time.perf_counter() - started < 1.5 and len(fake) - since == 1
+    assert (answer.status_code, answer.headers["x-should-retry"], answer.headers["retry-after"]) == (502, "true", "3")
 
 
 def test_an_error_answer_its_adapter_cannot_read_fails_over_as_any_failure_does(
