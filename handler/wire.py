@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import logging
+import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode
 
@@ -16,6 +18,8 @@ import orjson
 from handler.errors import UpstreamError
 from handler.records import Value
 from handler.redaction import redact_message
+
+log = logging.getLogger("gateway")
 
 
 class StreamEvent(Value):
@@ -160,22 +164,43 @@ OVERLOADED = 529  # Anthropic's status for its API overloaded (its in-stream `ov
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, OVERLOADED})
 
 
+# The longest wait the gateway reads from a provider (a day): a longer `retry-after` is read as this one, so what is
+# passed on to the client stays a number it can wait (`1e300` was passed on as 301 digits).
+MAX_NAMED_WAIT_S = 86_400.0
+
+
+def named_wait(seconds: float) -> float | None:
+    """A provider's wait in seconds as the gateway keeps it: none for one that is not a number (`inf`, `nan`, which
+    crashed the answer's `retry-after` and was waited as 0), at most `MAX_NAMED_WAIT_S`, never below 0."""
+    if not math.isfinite(seconds):
+        return None
+    return min(MAX_NAMED_WAIT_S, max(0.0, seconds))
+
+
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """The provider's `retry-after` (seconds or HTTP date) or `retry-after-ms` hint, if any."""
+    """The provider's `retry-after` (seconds or HTTP date) or `retry-after-ms` hint, if any. One the gateway cannot
+    read (two headers, which httpx joins as `2, 2`; an ISO date; `30s`) is none named: the attempt's failure is
+    then any other's, where reading it raised and the request ended as a 500."""
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            return max(0.0, float(ms) / 1000)
+            wait = named_wait(float(ms) / 1000)
         except ValueError:
-            pass
+            wait = None
+        if wait is not None:
+            return wait
     value = headers.get("retry-after")
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        return named_wait(float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return named_wait(parsed.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def upstream_error(
@@ -205,6 +230,20 @@ def upstream_error(
         # alone, and Anthropic, Gemini and Bedrock give none (Mistral a number of its own).
         error.provider_code = CONTEXT_LENGTH_EXCEEDED
     return error
+
+
+def error_answer(
+    read: Callable[[int, bytes, Mapping[str, str]], UpstreamError], status: int, body: bytes, headers: Mapping[str, str]
+) -> UpstreamError:
+    """A provider's error answer as its adapter `read`s it. One the adapter cannot read fails the attempt as any
+    other error answer does, by its status: an exception escaping from it ended the request as a 500, with no
+    failover to the next deployment and the reserved worst case charged."""
+    try:
+        return read(status, body, headers)
+    except Exception as exc:  # (the provider's bytes are the input: whatever they break, the attempt just failed)
+        unread = {"upstream_status": status, "error_type": type(exc).__name__}
+        log.warning("a provider's error answer could not be read", extra=unread)
+        return upstream_error(status, f"an error answer the gateway could not read ({type(exc).__name__})", {})
 
 
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"

@@ -74,7 +74,7 @@ from handler.ports import BuiltRequest, LedgerItem, NativeCall, Served, as_clien
 from handler.redaction import redact_message, unkeyed
 from handler.schemas import LATER_MODULES, ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
-from handler.wire import OVERLOADED, json_body, malformed
+from handler.wire import OVERLOADED, error_answer, json_body, malformed
 
 if TYPE_CHECKING:
     from handler.pipeline.chunk_stream import ChunkStream  # (imported with the first stream: `_chunk_stream`)
@@ -736,7 +736,8 @@ class Pipeline:
                     async with span("upstream", provider=attempt.target.provider, region=attempt.target.region):
                         response = await self.gateway.upstream.send(built.request)
                     if response.status >= 400:
-                        raise attempt.adapter.error(response.status, await response.read(), response.headers)
+                        body = await response.read()
+                        raise error_answer(attempt.adapter.error, response.status, body, response.headers)
                     result = await accept(attempt, response)
                 except UpstreamError as err:
                     failed.append(err)
@@ -762,10 +763,11 @@ class Pipeline:
                             continue
                         raise self._client_facing(err) from None
                     breakers.failure(label, err.upstream_status == 429)
-                    if retry < retries and err.retry_after is not None and err.retry_after <= MAX_RETRY_WAIT_S:
+                    wait = self._retry_wait(ex, err) if retry < retries else None
+                    if wait is not None:
                         retry += 1
                         waited = time.perf_counter()
-                        await asyncio.sleep(err.retry_after)  # the provider's wait, not the gateway's own time
+                        await asyncio.sleep(wait)  # the provider's wait, not the gateway's own time
                         ex.upstream_ms += (time.perf_counter() - waited) * 1000
                         continue
                     break
@@ -801,7 +803,7 @@ class Pipeline:
             # the provider: told not to, the SDKs and Claude Code gave up at once, and Codex after one request.
             limited = UpstreamRateLimitedError(
                 f"the provider rate-limited this request and the gateway did not retry it "
-                f"({self._unretried(last, retries)}): {last.message}",
+                f"({self._unretried(ex, last, retries)}): {last.message}",
                 upstream_status=429,
                 headers=headers,
             )
@@ -823,17 +825,33 @@ class Pipeline:
             # run and bill (it stalled, or broke mid-answer): its worst case is charged, and a retry at once
             # could be billed again.
             failure.should_retry = True
+            if last.retry_after is not None:  # the provider's wait, which the gateway waits only on a 429: the SDK's
+                failure.headers.setdefault("retry-after", str(max(1, math.ceil(last.retry_after))))
         raise failure
 
     @staticmethod
-    def _unretried(limited: UpstreamError, retries: int) -> str:
+    def _retry_wait(ex: Exchange, err: UpstreamError) -> float | None:
+        """The wait the gateway waits out before sending a deployment's failure to it again, if it does: only a
+        429's (a 503 or 529 with a short `retry-after` was waited out before a healthy next deployment was tried),
+        at most `MAX_RETRY_WAIT_S`, ending before the request's deadline (one past it was waited, the deadline cut
+        it, and the next deployment was never tried)."""
+        wait = err.retry_after
+        if err.upstream_status != 429 or wait is None or wait > MAX_RETRY_WAIT_S:
+            return None
+        deadline = ex.controls.deadline_s
+        return wait if deadline is None or time.perf_counter() + wait < ex.started + deadline else None
+
+    @staticmethod
+    def _unretried(ex: Exchange, limited: UpstreamError, retries: int) -> str:
         """Why the gateway did not retry a deployment's 429, in its answer's words."""
         if retries == 0:
             return "gateway.max_retries_per_deployment is 0"
         if limited.retry_after is None:
             return "the provider named no wait"
         wait = math.ceil(limited.retry_after)
-        return f"the provider's retry-after of {wait} s is past the {MAX_RETRY_WAIT_S} s the gateway waits itself"
+        if limited.retry_after > MAX_RETRY_WAIT_S:
+            return f"the provider's retry-after of {wait} s is past the {MAX_RETRY_WAIT_S} s the gateway waits itself"
+        return f"the provider's retry-after of {wait} s would end past the request's deadline"
 
     async def _fallback_refused(self, ex: Exchange, model: str) -> bool:
         """Whether a fallback `model`'s own per-model limits (the key's or an ancestor's) refuse the request,

@@ -3,7 +3,8 @@
 Behaviour is chosen by the requested model name, or by `metadata.user_id` (the OpenAI `user`) so a gateway
 test can pick a fault on a configured model: `fail-429` (rate_limit_error with retry-after: 0), `fail-429-long`
 (the same with retry-after: 20), `fail-500` (api_error), `fail-529` (overloaded_error), `fail-400`
-(invalid_request_error), `fail-context` (Anthropic's `prompt is too long: N tokens > M maximum`), `slow` (waits
+(invalid_request_error), `fail-context` (Anthropic's `prompt is too long: N tokens > M maximum`),
+`fail-<status>;<header>=<value>;...` (that status with those headers, `tests/fakes/script.py`), `slow` (waits
 `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way, without `message_delta` or
 `message_stop`),
 `stream-overloaded` (a stream that ends after its first delta with Anthropic's in-stream `error` event, an
@@ -50,7 +51,17 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes.script import Said, ScriptedCall, escaped, escaping, input_for, pieces, scripted_turn, texts
+from tests.fakes.script import (
+    Said,
+    ScriptedCall,
+    escaped,
+    escaping,
+    headed_fault,
+    input_for,
+    pieces,
+    scripted_turn,
+    texts,
+)
 
 API_KEY = "test-anthropic-key"
 TEXT = "Hello from fake Anthropic."
@@ -269,6 +280,13 @@ def _problem(body: dict[str, Any]) -> str | None:
 
 def _fault(faults: str) -> Response | None:
     """The error a fault name in the model (or `metadata.user_id`) asks for."""
+    headed = headed_fault(faults)
+    if headed is not None:
+        status, headers = headed
+        kind = {429: "rate_limit_error", 529: "overloaded_error"}.get(status, "api_error")
+        failure = _error(status, kind, f"Scripted failure {status}")
+        failure.raw_headers += headers
+        return failure
     if "fail-429-long" in faults:  # a wait as Anthropic names one for its per-minute token limits
         return _error(
             429,

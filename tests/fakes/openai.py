@@ -2,7 +2,8 @@
 
 Behaviour is chosen by the requested model name, so tests need no side channel:
 `fail-429` (rate limit with retry-after: 0), `fail-429-wait` (retry-after-ms: 300), `fail-500`, `fail-400`,
-`fail-401`, `fail-context` (`context_length_exceeded`, param `messages`),
+`fail-401`, `fail-context` (`context_length_exceeded`, param `messages`), `fail-<status>;<header>=<value>;...`
+(that status with those headers, `tests/fakes/script.py`),
 `slow` (waits `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way without [DONE]),
 `drip` (a stream whose chunks come `SLOW_SECONDS` apart), `bad-json` (a 200 whose body is not JSON),
 `slashes-escaped` (JSON written with every `/` escaped, `\\/`, as PHP's or Java's encoders write it), `no-usage`
@@ -35,7 +36,16 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.fakes import openai_responses
-from tests.fakes.script import ScriptedCall, escaped, escaping, pieces, scripted_turn, text_for, texts
+from tests.fakes.script import (
+    ScriptedCall,
+    escaped,
+    escaping,
+    headed_fault,
+    pieces,
+    scripted_turn,
+    text_for,
+    texts,
+)
 
 API_KEY = "test-openai-key"
 TEXT, REASONING = openai_responses.TEXT, openai_responses.REASONING
@@ -227,6 +237,13 @@ def create_app() -> Starlette:
         if request.headers.get("authorization") != f"Bearer {API_KEY}":
             return None, _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
         model = str(body.get("model", ""))
+        headed = headed_fault(model)
+        if headed is not None:
+            status, headers = headed
+            kind = "requests" if status == 429 else "server_error"
+            failure = _error(status, f"Scripted failure {status}", kind, None)
+            failure.raw_headers += headers
+            return None, failure
         if "fail-429-wait" in model:  # a wait in milliseconds too, as OpenAI gives it
             return None, _error(
                 429,

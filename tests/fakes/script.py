@@ -8,6 +8,8 @@
   (`Said`), streamed `SAID_PIECE` characters at a time, as a model's tokens cut a word (a key) anywhere.
 - An answer that follows a requested JSON schema (`sample_of`), as a structured-output model's would.
 - JSON written as some providers' encoders write it, every `/` escaped (`escaped`), for a `slashes-escaped` model.
+- An error answer with the headers the model names (`headed_fault`), `fail-<status>;<header>=<value>;...`: a
+  provider's `retry-after` as it may really come (twice, as an ISO date, `inf`), answered in each fake's own shape.
 
 Each fake reduces its own wire format to the plain values these functions take.
 """
@@ -24,6 +26,17 @@ import orjson
 MARKER = re.compile(r"CALL ([A-Za-z0-9_.-]+) (\{.*?\})(?:\s|$)", re.S)
 SAY = "SAY "
 SAID_PIECE = 4
+HEADED_FAULT = re.compile(r"fail-(\d{3});(.*)")
+
+
+def headed_fault(model: str) -> tuple[int, list[tuple[bytes, bytes]]] | None:
+    """The status and headers of the error answer a model `fail-<status>;<header>=<value>;...` asks for
+    (`fail-503;retry-after=3`; a header named twice is sent twice), or None."""
+    match = HEADED_FAULT.search(model)
+    if match is None:
+        return None
+    named = (part.partition("=") for part in match[2].split(";") if part)
+    return int(match[1]), [(name.encode(), value.encode()) for name, _, value in named]
 
 
 class Said(str):

@@ -3,7 +3,8 @@ where retrying cannot help."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import anthropic
@@ -11,14 +12,51 @@ import httpx
 import openai
 import pytest
 
+from adapters.providers.openai import adapter as openai_adapter
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
+from handler.errors import UpstreamError
 from tests.fakes import bedrock as fake_bedrock
 from tests.functional.conftest import Running, fresh_minute, serve_gateway
 from tests.support.servers import ServerThread
 
 PRICE = {"input": 1.0, "output": 2.0}
 HI = [{"role": "user", "content": "Hi"}]
+# Providers' waits the gateway cannot read (the fakes' `fail-<status>;<header>=<value>` faults): each was a 500.
+UNREADABLE_WAITS = {
+    "repeated": "fail-429;retry-after=2;retry-after=2",  # an origin's and a proxy's, which httpx joins as "2, 2"
+    "iso-date": "fail-503;retry-after=2026-12-05T03:30:00Z",
+    "suffixed": "fail-429;retry-after=30s",
+    "infinite": "fail-429;retry-after=inf",
+    "infinite-ms": "fail-429;retry-after-ms=inf",
+    "not-a-number": "fail-429;retry-after=nan",
+}
+HEALTHY = {"provider": "openai", "model": "gpt-4o-mini"}
+
+
+def then_healthy(provider: str, model: str, healthy: dict[str, str] = HEALTHY) -> dict[str, Any]:
+    """A model whose first deployment fails as `model` asks, and whose second answers."""
+    return {"deployments": [{"provider": provider, "model": model}, healthy], "price": PRICE}
+
+
+def lone(provider: str, model: str) -> dict[str, Any]:
+    return {"deployments": [{"provider": provider, "model": model}], "price": PRICE}
+
+
+WAIT_MODELS = {
+    **{f"unreadable-{name}": then_healthy("openai", fault) for name, fault in UNREADABLE_WAITS.items()},
+    "lone-infinite": lone("openai", "lone-fail-429;retry-after=inf"),
+    "lone-infinite-ms": lone("openai", "lone-fail-429;retry-after-ms=inf"),
+    "lone-huge": lone("openai", "lone-fail-429;retry-after=1e300"),
+    "limited-past-deadline": then_healthy("openai", "fail-429;retry-after=4"),
+    "lone-limited-past-deadline": lone("openai", "lone-fail-429;retry-after=3"),
+    "unavailable-waiting": then_healthy("openai", "fail-503;retry-after=3"),
+    "overloaded-waiting": then_healthy(
+        "anthropic", "fail-529;retry-after=2", {"provider": "anthropic", "model": "claude-haiku-4-5"}
+    ),
+    "lone-unavailable-waiting": lone("openai", "lone-fail-503;retry-after=3"),
+    "down-then-healthy": then_healthy("openai", "fail-500-unread"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +139,7 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
                     ],
                     "price": PRICE,
                 },
+                **WAIT_MODELS,
             },
         },
         set(REGISTRY),
@@ -432,3 +471,135 @@ def test_a_providers_overload_stays_a_502_upstream_error_in_openais_apis(gw: Run
         assert (error["code"], error["type"]) == ("upstream_error", "upstream_error")
         assert (error["upstream_status"], error["upstream_type"]) == (529, "overloaded_error")
     assert [line.status for line in gw.ledger(key)] == [502, 502]
+
+
+@pytest.mark.parametrize("name", UNREADABLE_WAITS)
+def test_a_wait_the_gateway_cannot_read_fails_over_as_any_failure_does(gw: Running, name: str) -> None:
+    """A provider's `retry-after` the gateway cannot read (twice, an ISO date, `30s`, `inf`, `nan`) is no wait
+    named: the next deployment answers and the request costs what it did. Reading it raised, and the request was a
+    500 `internal_error`, the healthy deployment never tried and the reserved worst case charged (`inf` crashed
+    the answer's own `retry-after`; `nan` was waited as 0)."""
+    key = gw.mint()
+    client = sdk_openai(gw, key, Counter())
+    answer = client.chat.completions.with_raw_response.create(model=f"unreadable-{name}", messages=HI)  # type: ignore[arg-type]
+    client.close()
+    route = answer.headers["x-gateway-route"].split(", ")
+    assert answer.status_code == 200 and route[1:] == ["openai/gpt-4o-mini@global=200"], route
+    assert route[0].endswith(("@global=429", "@global=503")), route  # (tried once: no wait, so no retry)
+    [line] = gw.ledger(key)
+    assert (line.status, line.cost_source, line.output_tokens) == (200, "provider", 7)
+
+
+@pytest.mark.parametrize(
+    ("model", "wait", "why"),
+    [
+        ("lone-infinite", "1", "the provider named no wait"),
+        ("lone-infinite-ms", "1", "the provider named no wait"),
+        ("lone-huge", "86400", "the provider's retry-after of 86400 s is past the 5 s the gateway waits itself"),
+    ],
+)
+def test_a_lone_429s_unreadable_or_huge_wait_is_passed_on_as_a_number(
+    gw: Running, model: str, wait: str, why: str
+) -> None:
+    """A lone deployment's 429 with `retry-after: inf` (or `retry-after-ms: inf`) was a 500 (OverflowError); one of
+    `1e300` was passed on as a 301-digit header. Now: none named (the least, 1 s) and a day at most."""
+    key = gw.mint()
+    client = sdk_openai(gw, key, Counter()).with_options(max_retries=0)
+    with pytest.raises(openai.RateLimitError) as raised:
+        client.chat.completions.create(model=model, messages=HI)  # type: ignore[arg-type]
+    client.close()
+    answer = raised.value.response
+    assert (answer.headers["retry-after"], answer.headers["x-should-retry"]) == (wait, "true")
+    assert answer.json()["error"]["code"] == "upstream_rate_limited" and f"({why})" in answer.json()["error"]["message"]
+    assert [line.status for line in gw.ledger(key)] == [429]
+
+
+def test_a_wait_past_the_deadline_is_not_waited_the_next_deployment_answers(gw: Running) -> None:
+    """A 429 with `retry-after: 4` under `x-gateway-deadline-ms: 2000`: the gateway waited the 4 s, the deadline
+    cut it at 2 s with a 504, and the healthy next deployment was never tried."""
+    client = sdk_openai(gw, gw.mint(), Counter()).with_options(max_retries=0)
+    started = time.perf_counter()
+    answer = client.chat.completions.with_raw_response.create(
+        model="limited-past-deadline",
+        messages=HI,  # type: ignore[arg-type]
+        extra_headers={"x-gateway-deadline-ms": "2000"},
+    )
+    elapsed = time.perf_counter() - started
+    client.close()
+    assert answer.status_code == 200 and elapsed < 1.5, elapsed
+    assert answer.headers["x-gateway-route"] == (
+        "openai/fail-429;retry-after=4@global=429, openai/gpt-4o-mini@global=200"
+    )
+
+
+def test_a_lone_429_whose_wait_is_past_the_deadline_is_passed_on_at_once(gw: Running) -> None:
+    """The same with no next deployment: the provider's 429 and its wait at once, saying why it was not retried
+    (it was a 504 once the deadline cut the wait)."""
+    client = sdk_openai(gw, gw.mint(), Counter()).with_options(max_retries=0)
+    started = time.perf_counter()
+    with pytest.raises(openai.RateLimitError) as raised:
+        client.chat.completions.create(
+            model="lone-limited-past-deadline",
+            messages=HI,  # type: ignore[arg-type]
+            extra_headers={"x-gateway-deadline-ms": "2000"},
+        )
+    elapsed = time.perf_counter() - started
+    client.close()
+    answer = raised.value.response
+    assert elapsed < 1.5, elapsed
+    assert (answer.headers["retry-after"], answer.headers["x-should-retry"]) == ("3", "true")
+    assert "(the provider's retry-after of 3 s would end past the request's deadline)" in answer.text
+
+
+def test_only_a_429_is_waited_out_a_5xx_goes_straight_to_the_next_deployment(gw: Running) -> None:
+    """As the configuration says of `max_retries_per_deployment`: a 503 with `retry-after: 3`, or Anthropic's 529
+    with `retry-after: 2`, was waited out and sent again to the same deployment (`a=503, a=503, b=200` after
+    3 s) before the healthy next one was tried."""
+    client = sdk_openai(gw, gw.mint(), Counter()).with_options(max_retries=0)
+    started = time.perf_counter()
+    answer = client.chat.completions.with_raw_response.create(model="unavailable-waiting", messages=HI)  # type: ignore[arg-type]
+    client.close()
+    assert answer.headers["x-gateway-route"] == (
+        "openai/fail-503;retry-after=3@global=503, openai/gpt-4o-mini@global=200"
+    )
+    claude = sdk_anthropic(gw, gw.mint(), Counter()).with_options(max_retries=0)
+    said = claude.messages.with_raw_response.create(model="overloaded-waiting", max_tokens=10, messages=HI)  # type: ignore[arg-type]
+    claude.close()
+    assert said.headers["x-gateway-route"] == (
+        "anthropic/fail-529;retry-after=2@global=529, anthropic/claude-haiku-4-5@global=200"
+    )
+    assert time.perf_counter() - started < 1.5
+
+
+def test_a_lone_5xx_with_a_wait_is_left_to_the_client_with_that_wait(gw: Running) -> None:
+    """A lone deployment's 503 with `retry-after: 3`: sent once, not waited out by the gateway (it was, and sent
+    again), and passed on with the provider's wait, which the SDK's own retry waits."""
+    fake = gw.fakes["openai"].state.requests
+    since = len(fake)
+    client = sdk_openai(gw, gw.mint(), Counter()).with_options(max_retries=0)
+    started = time.perf_counter()
+    with pytest.raises(openai.InternalServerError) as raised:
+        client.chat.completions.create(model="lone-unavailable-waiting", messages=HI)  # type: ignore[arg-type]
+    client.close()
+    answer = raised.value.response
+    assert time.perf_counter() - started < 1.5 and len(fake) - since == 1
+    assert (answer.status_code, answer.headers["x-should-retry"], answer.headers["retry-after"]) == (502, "true", "3")
+
+
+def test_an_error_answer_its_adapter_cannot_read_fails_over_as_any_failure_does(
+    gw: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a provider's error answer breaks in its adapter's reading of it, the attempt failed: the next
+    deployment answers (an exception there ended the request as a 500 and charged the worst case)."""
+
+    def unreadable(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+        raise IndexError("an answer no adapter foresaw")
+
+    monkeypatch.setattr(openai_adapter, "error_from_body", unreadable)
+    key = gw.mint()
+    client = sdk_openai(gw, key, Counter())
+    answer = client.chat.completions.with_raw_response.create(model="down-then-healthy", messages=HI)  # type: ignore[arg-type]
+    client.close()
+    assert answer.status_code == 200
+    assert answer.headers["x-gateway-route"] == "openai/fail-500-unread@global=500, openai/gpt-4o-mini@global=200"
+    assert [(line.status, line.cost_source) for line in gw.ledger(key)] == [(200, "provider")]

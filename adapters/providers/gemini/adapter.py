@@ -61,7 +61,7 @@ from handler.schemas import (
     ToolCallDelta,
     Usage,
 )
-from handler.wire import StreamEvent, error_excerpt, json_body, malformed, upstream_error
+from handler.wire import StreamEvent, error_excerpt, json_body, malformed, named_wait, upstream_error
 
 API_VERSION = "v1beta"
 MAX_STOP_SEQUENCES = 5  # Gemini rejects more than five stop sequences
@@ -145,10 +145,10 @@ _DATA_URL = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(;[^,]*)?),(?P<data>.*
 
 
 def _duration_seconds(value: Any) -> float | None:
-    """A protobuf Duration in JSON (`"27s"`, `"1.5s"`) as seconds."""
+    """A protobuf Duration in JSON (`"27s"`, `"1.5s"`) as seconds, as a `retry-after` is read (`"infs"` is none)."""
     if isinstance(value, str) and value.endswith("s"):
         try:
-            return max(0.0, float(value[:-1]))
+            return named_wait(float(value[:-1]))
         except ValueError:
             return None
     return None

@@ -9,7 +9,7 @@ import pytest
 from adapters.providers.registry import REGISTRY
 from handler import redaction
 from handler.errors import ProviderRejectedError, UpstreamError
-from handler.wire import ERROR_EXCERPT_CHARS, error_excerpt, forwarded_query
+from handler.wire import ERROR_EXCERPT_CHARS, error_answer, error_excerpt, forwarded_query, retry_after_seconds
 
 SECRET = "f3a9c2e1b7d4f3a9c2e1b7d4f3a9c2e1b7d4f3a9c2e1b7d4"
 
@@ -134,3 +134,34 @@ def test_a_prompt_past_the_window_is_context_length_exceeded_whoever_says_it(
     assert (
         ProviderRejectedError(REGISTRY["anthropic"].error(None, 400, orjson.dumps(other), {})).code == "invalid_request"
     )  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("headers", "wait"),
+    [
+        ({"retry-after": "2"}, 2.0),
+        ({"retry-after": "2, 2"}, None),  # (two headers, as httpx joins them)
+        ({"retry-after": "2026-12-05T03:30:00Z"}, None),
+        ({"retry-after": "30s"}, None),
+        ({"retry-after": "inf"}, None),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after": "1e300"}, 86_400.0),
+        ({"retry-after": "Fri, 05 Dec 99999 03:30:00 GMT"}, None),
+        ({"retry-after": "Thu, 01 Jan 1970 00:00:00 GMT"}, 0.0),
+        ({"retry-after-ms": "inf", "retry-after": "3"}, 3.0),
+        ({"retry-after-ms": "1500", "retry-after": "3"}, 1.5),
+    ],
+)
+def test_a_providers_wait_is_a_number_the_gateway_can_wait_or_none(headers: dict[str, str], wait: float | None) -> None:
+    """What the gateway cannot read is no wait named (each of these raised, or was `inf`, and the request ended as
+    a 500); what is past a day is a day."""
+    assert retry_after_seconds(headers) == wait
+
+
+def test_an_error_answer_its_adapter_cannot_read_is_the_attempts_failure_by_its_status() -> None:
+    def unreadable(status: int, body: bytes, headers: object) -> UpstreamError:
+        raise KeyError("error")
+
+    error = error_answer(unreadable, 503, b"{}", {})
+    assert (error.upstream_status, error.retryable, error.retry_after) == (503, True, None)
+    assert "could not read (KeyError)" in error.message

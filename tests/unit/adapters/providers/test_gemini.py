@@ -581,6 +581,14 @@ def test_429_is_retryable_with_googles_retry_delay() -> None:
     assert adapter().error(429, fixture("error-429.json"), {"retry-after": "2"}).retry_after == 2.0
 
 
+@pytest.mark.parametrize(("delay", "wait"), [("infs", None), ("nans", None), ("1e300s", 86_400.0), ("-3s", 0.0)])
+def test_a_retry_delay_is_read_as_a_retry_after_is(delay: str, wait: float | None) -> None:
+    """Google's `retryDelay` is a wait as a `retry-after` is: none for one that is not a number (`infs` crashed the
+    gateway's answer, a 500 where a 429 belonged), a day at most."""
+    body = fixture("error-429.json").replace(b'"27s"', orjson.dumps(delay))
+    assert adapter().error(429, body, {}).retry_after == wait
+
+
 def test_400_is_not_retryable_and_keeps_googles_message() -> None:
     error = adapter().error(400, fixture("error-400.json"), {})
     assert not error.retryable and error.upstream_status == 400 and error.upstream_type == "INVALID_ARGUMENT"
