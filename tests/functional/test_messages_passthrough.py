@@ -667,6 +667,37 @@ def test_a_turn_of_thinking_alone_reaches_openai_as_an_empty_answer(
 # --- count_tokens and the model list ---------------------------------------------------------------
 
 
+def test_an_openai_reasoning_model_gets_no_temperature_and_top_p_and_they_are_named(
+    agents: Running, client: anthropic.Anthropic
+) -> None:
+    """A Messages client's sampling, valid for Claude, reached o4-mini, which refuses it (OpenAI's 400:
+    "Unsupported parameter: 'temperature' is not supported with this model.")."""
+    raw = client.messages.with_raw_response.create(
+        model="o4",
+        max_tokens=200,
+        messages=[{"role": "user", "content": "Hi"}],
+        extra_body={"temperature": 0.2, "top_p": 0.9},  # (this SDK version has no sampling arguments)
+    )
+    assert raw.parse().content[0].type == "text"
+    sent = last(agents, "openai")["json"]
+    assert "temperature" not in sent and "top_p" not in sent and sent["max_completion_tokens"] == 200
+    assert raw.headers["x-gateway-dropped-params"] == "temperature,top_p"
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(
+            model="o4",
+            max_tokens=200,
+            messages=[{"role": "user", "content": "Hi"}],
+            extra_body={"temperature": 0.2},
+            extra_headers={"x-gateway-strict": "true"},
+        )
+    assert "temperature" in refused.value.message
+    # The default temperature asks for nothing: it is left out without a word.
+    raw = client.messages.with_raw_response.create(
+        model="o4", max_tokens=200, messages=[{"role": "user", "content": "Hi"}], extra_body={"temperature": 1}
+    )
+    assert "temperature" not in last(agents, "openai")["json"] and "x-gateway-dropped-params" not in raw.headers
+
+
 def test_count_tokens_asks_anthropic_and_gemini_and_estimates_elsewhere(
     agents: Running, client: anthropic.Anthropic
 ) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 import adapters.providers.openai.responses as responses
 from adapters.providers import reasoning
 from adapters.providers.call_ids import shorten_message_call_ids
+from adapters.providers.model_rules import rules_for
 from adapters.providers.openai.profiles import PROFILES, Profile, profile_for
 from adapters.providers.params import apply_rules
 from handler import schemas
@@ -232,6 +233,24 @@ def _reasoning(body: dict[str, Any], req: ChatRequest, reasons: bool, takes_thin
     return dropped
 
 
+SAMPLING = ("temperature", "top_p")
+
+
+def unsent_sampling(body: dict[str, Any], reasons: bool) -> list[str]:
+    """Leave out `temperature` and `top_p` (in place) where the model does not take them, and name those that asked
+    for anything (1, their default, asks nothing): OpenAI's reasoning models refuse them ("Unsupported parameter:
+    'temperature' is not supported with this model"; gpt-5 takes only the default, 1), but for gpt-5.1 and later
+    with `reasoning_effort: none`, which OpenAI's guide documents as taking them (sent only when the request says
+    `none` itself: the model's default effort is not the gateway's to assume); DeepSeek's reasoner takes them
+    without effect (`ModelRules.ignores_sampling`)."""
+    if reasons and body.get("reasoning_effort") == "none":
+        return []
+    if not reasons and not rules_for(body["model"]).ignores_sampling:
+        return []
+    values = {name: body.pop(name) for name in SAMPLING if name in body}
+    return [name for name, value in values.items() if value is not None and value != 1]
+
+
 class OpenAIAdapter(ProviderAdapter):
     """The `openai` provider type."""
 
@@ -275,7 +294,9 @@ class OpenAIAdapter(ProviderAdapter):
         if profile.short_call_ids:
             shorten_message_call_ids(body["messages"])
         _plain_tools(body.get("tools"))
-        dropped += _reasoning(body, req, reasoning.openai_reasons(target), profile.thinking)
+        reasons = reasoning.openai_reasons(target)
+        dropped += _reasoning(body, req, reasons, profile.thinking)
+        dropped += unsent_sampling(body, reasons)
         dropped += apply_rules(body, profile.rules)
         if stream:
             body["stream"] = True
