@@ -1,41 +1,37 @@
 """A fake Anthropic Messages API (`POST /v1/messages`), speaking Anthropic's documented wire format.
 
-Behaviour is chosen by the requested model name, or by `metadata.user_id` (the OpenAI `user`) so a gateway
-test can pick a fault on a configured model: `fail-429` (rate_limit_error with retry-after: 0), `fail-429-long`
-(the same with retry-after: 20), `fail-500` (api_error), `fail-529` (overloaded_error), `fail-400`
-(invalid_request_error), `fail-context` (Anthropic's `prompt is too long: N tokens > M maximum`), `slow` (waits
-`SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way, without `message_delta` or
-`message_stop`),
-`stream-overloaded` (a stream that ends after its first delta with Anthropic's in-stream `error` event, an
-`overloaded_error`; with `echo-auth` its message quotes the request's `x-api-key`, as an upstream that echoes
-credentials would), `bad-json` (a 200 whose body is not JSON), `slashes-escaped` (its JSON written with every `/`
-escaped, `\\/`, as PHP's or Java's encoders write it), `max-tokens` (an answer that reached its output cap: its
-text cut in half, `stop_reason: max_tokens`). A whitespace-only stop sequence is refused, as
-Anthropic refuses it, and so is a beta's field without its beta in `anthropic-beta` (`BETA_FIELDS`). A request with
-tools and a `tool_choice` of `any` or `tool` is answered with a `tool_use` block (its input following the tool's
-schema); a user message may script a tool call (`tests.fakes.script`). A streamed tool call without arguments has
-one `input_json_delta` whose `partial_json` is empty, as Anthropic streams it. A request asking for `thinking`, or
-for a `thinker` model, gets a signed thinking block first (its text empty under `display: omitted`, the default of a
-model whose id has `OMITS_THINKING`, as Claude Opus 4.7's is; for a said answer, what it was told to say); for a
-`thinker`, an assistant turn that called a tool must come back opening with it, signature intact, as the real API
-requires, and so must the final assistant turn, if it called a tool, of any request asking for `thinking`; a
-`clear_thinking_...` context-management edit needs `thinking` on. Prompt caching is modelled: the prefix up to the
-last `cache_control` marker is written the first time it is seen (`cache_creation_input_tokens`, in
-`cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and read after (`cache_read_input_tokens`).
-With a web search tool (`web_search_20250305`), the answer searches once before its text (a `server_tool_use`
-block and its `web_search_tool_result`), counted in `usage.server_tool_use.web_search_requests`. A request's
-`speed` (fast mode) and `inference_geo` come back in its usage, where Anthropic reports the speed and the place the
-answer ran at; with `standard-speed` fast mode asked for is served at standard speed, and its usage says so. With the
-advisor tool (`advisor_20260301`), the answer consults the advisor once before its text (a `server_tool_use` block
-named `advisor` and its `advisor_tool_result`), and `usage.iterations` has the advisor's sampling in an
-`advisor_message` entry with the tool's `model` (`ADVICE_TOKENS` out, the prompt in), beside a `message` entry with
-the top level's counts, which leave the advisor's out. A request asking for server-side compaction
-(`context_management.edits` with `compact_20260112`) whose input reaches its trigger (150,000 tokens unless set) is
-compacted as the compaction docs show it: a `compaction` block first, the top-level usage counting the sampling after
-it, and `usage.iterations` both, the compaction's tokens in its own entry alone.
-`POST /v1/messages/count_tokens` counts. Every request (path, query, headers, body) is recorded on
-`app.state.requests`.
-"""
+Behaviour is chosen by the requested model name, or by `metadata.user_id` (the OpenAI `user`) so a gateway test can pick
+a fault on a configured model: `fail-429` (rate_limit_error with retry-after: 0), `fail-429-long` (the same with
+retry-after: 20), `fail-500` (api_error), `fail-529` (overloaded_error), `fail-400` (invalid_request_error),
+`fail-context` (Anthropic's `prompt is too long: N tokens > M maximum`), `slow` (waits `SLOW_SECONDS` before answering),
+`stream-cut` (a stream that stops mid-way, without `message_delta` or `message_stop`), `stream-overloaded` (a stream
+that ends after its first delta with Anthropic's in-stream `error` event, an `overloaded_error`; with `echo-auth` its
+message quotes the request's `x-api-key`, as an upstream that echoes credentials would), `bad-json` (a 200 whose body is
+not JSON), `slashes-escaped` (its JSON written with every `/` escaped, `\\/`, as PHP's or Java's encoders write it),
+`max-tokens` (an answer that reached its output cap: its text cut in half, `stop_reason: max_tokens`). A whitespace-only
+stop sequence is refused, as Anthropic refuses it, an image of a type other than JPEG, PNG, GIF and WebP (`IMAGES`), and
+a beta's field without its beta in `anthropic-beta` (`BETA_FIELDS`). A request with tools and a `tool_choice` of `any`
+or `tool` is answered with a `tool_use` block (its input following the tool's schema); a user message may script a tool
+call (`tests.fakes.script`). A streamed tool call without arguments has one `input_json_delta` whose `partial_json` is
+empty, as Anthropic streams it. A request asking for `thinking`, or for a `thinker` model, gets a signed thinking block
+first (its text empty under `display: omitted`, the default of a model whose id has `OMITS_THINKING`, as Claude Opus
+4.7's is; for a said answer, what it was told to say); for a `thinker`, an assistant turn that called a tool must come
+back opening with it, signature intact, as the real API requires, and so must the final assistant turn, if it called a
+tool, of any request asking for `thinking`; a `clear_thinking_...` context-management edit needs `thinking` on. Prompt
+caching is modelled: the prefix up to the last `cache_control` marker is written the first time it is seen
+(`cache_creation_input_tokens`, in `cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and read
+after (`cache_read_input_tokens`). With a web search tool (`web_search_20250305`), the answer searches once before its
+text (a `server_tool_use` block and its `web_search_tool_result`), counted in
+`usage.server_tool_use.web_search_requests`. A request's `speed` (fast mode) and `inference_geo` come back in its usage,
+where Anthropic reports the speed and the place the answer ran at; with `standard-speed` fast mode asked for is served
+at standard speed, and its usage says so. With the advisor tool (`advisor_20260301`), the answer consults the advisor
+once before its text (a `server_tool_use` block named `advisor` and its `advisor_tool_result`), and `usage.iterations`
+has the advisor's sampling in an `advisor_message` entry with the tool's `model` (`ADVICE_TOKENS` out, the prompt in),
+beside a `message` entry with the top level's counts, which leave the advisor's out. A request asking for server-side
+compaction (`context_management.edits` with `compact_20260112`) whose input reaches its trigger (150,000 tokens unless
+set) is compacted as the compaction docs show it: a `compaction` block first, the top-level usage counting the sampling
+after it, and `usage.iterations` both, the compaction's tokens in its own entry alone. `POST /v1/messages/count_tokens`
+counts. Every request (path, query, headers, body) is recorded on `app.state.requests`."""
 
 from __future__ import annotations
 
@@ -234,6 +230,9 @@ def _unsigned_turn(messages: list[Any], *, final_only: bool = False) -> str | No
     return None
 
 
+IMAGES = ("image/jpeg", "image/png", "image/gif", "image/webp")  # the only image types Anthropic takes
+
+
 def _problem(body: dict[str, Any]) -> str | None:
     """What the real API would reject in a body, for the few rules an adapter may get wrong."""
     if not isinstance(body.get("max_tokens"), int):
@@ -251,6 +250,13 @@ def _problem(body: dict[str, Any]) -> str | None:
         # `system` messages inside `messages` are a beta of Anthropic's, sent by current Claude Code.
         if message.get("role") not in ("user", "assistant", "system"):
             return f"messages.{i}.role: Input should be 'user', 'assistant' or 'system'"
+        for j, block in enumerate(message.get("content") if isinstance(message.get("content"), list) else ()):
+            source = block.get("source") if block.get("type") == "image" else None
+            if isinstance(source, dict) and source.get("type") == "base64" and source.get("media_type") not in IMAGES:
+                return (
+                    f"messages.{i}.content.{j}.image.source.base64.media_type: Input should be 'image/jpeg', "
+                    "'image/png', 'image/gif' or 'image/webp'"
+                )
     if body.get("tool_choice") and not body.get("tools"):
         return "tool_choice may only be specified while providing tools."
     if any(not str(sequence).strip() for sequence in body.get("stop_sequences") or ()):

@@ -10,11 +10,11 @@ Behaviour is chosen by the requested model name, so tests need no side channel:
 whose message quotes the request's authorization and `x-` headers back, as some upstream errors do), `reasoner`
 (DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`).
 It refuses, as OpenAI does, message and content-part fields Chat Completions does not define, an image in
-a message other than a user's, a tool `description` of null, `max_tokens` on a reasoning model (o-series,
-gpt-5), and `temperature` or `top_p` other than 1 there (gpt-5.1 and later take them with `reasoning_effort: none`),
-`reasoning_effort` on any other, a `reasoning_effort` (or a Responses `reasoning.effort`) the model
-does not take (`EFFORTS`), `metadata` without `store: true`, an output cap past the model's (`OUTPUT_LIMITS`),
-more than 4 stop sequences (DeepSeek's: 16),
+a message other than a user's, a file's `file_data` without its `filename`, a tool `description` of null,
+`max_tokens` on a reasoning model (o-series, gpt-5), and `temperature` or `top_p` other than 1 there (gpt-5.1 and
+later take them with `reasoning_effort: none`), `reasoning_effort` on any other, a `reasoning_effort` (or a Responses
+`reasoning.effort`) the model does not take (`EFFORTS`), `metadata` without `store: true`, an output cap past the
+model's (`OUTPUT_LIMITS`), more than 4 stop sequences (DeepSeek's: 16),
 and a tool call id (or a Responses `call_id`) longer than 64 characters. A user message may script a tool call
 (`tests/fakes/script.py`); a `json_schema` response format is followed.
 `POST /v1/responses` is OpenAI's Responses API (tests/fakes/openai_responses.py). Every request is recorded on
@@ -128,6 +128,10 @@ def _problem(body: dict[str, Any]) -> str | None:
             for name in part:
                 if name not in PART_FIELDS:
                     return f"Unrecognized parameter: 'messages[{i}].content[{j}].{name}'"
+            file = part.get("file") if part.get("type") == "file" else None
+            if isinstance(file, dict) and "file_data" in file and "filename" not in file:
+                # OpenAI's words (it names the other way of giving a file).
+                return f"Missing required parameter: 'messages[{i}].content[{j}].file.file_id'."
             if part.get("type") == "image_url" and message.get("role") != "user":
                 return (
                     f"Invalid 'messages[{i}]'. Image URLs are only allowed for messages with role 'user', but this "

@@ -18,11 +18,11 @@ from adapters.providers import reasoning
 from adapters.providers.call_ids import shorten_message_call_ids
 from adapters.providers.model_rules import rules_for
 from adapters.providers.openai.profiles import PROFILES, Profile, profile_for
-from adapters.providers.params import apply_rules
+from adapters.providers.params import IMAGE_DETAIL, apply_rules, unsent_part_fields
 from handler import schemas
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import RESPONSES_API, BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
-from handler.schemas import ChatCompletion, ChatRequest, PromptTokensDetails, Usage
+from handler.schemas import DOCUMENT, ChatCompletion, ChatRequest, PromptTokensDetails, Usage
 from handler.wire import StreamEvent, error_excerpt, json_body, malformed, upstream_error
 
 M = TypeVar("M", bound=BaseModel)
@@ -98,6 +98,13 @@ def _conform_finishes(payload: Any) -> bool:
             choice["finish_reason"] = "length" if reason in CUT_SHORT else "stop"
             changed = True
     return changed
+
+
+# What a Chat Completions part carries of the gateway's part fields (`params.unsent_part_fields`): an image's
+# `detail`, and a document's title as its file's `filename`; a document's `context` and `citations` have no field.
+CARRIED = frozenset({IMAGE_DETAIL, "file.filename"})
+# The file name a file sent without one gets (`_name_file`), by its media type.
+FILE_EXTENSIONS = {"application/pdf": ".pdf", "text/plain": ".txt", "text/csv": ".csv", "text/markdown": ".md"}
 
 
 def conform_messages(messages: list[dict[str, Any]], profile: Profile) -> None:
@@ -183,7 +190,19 @@ def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...]) -> l
             for part in message["content"]:
                 if isinstance(part, dict):
                     part.pop("cache_control", None)
+                    part.pop(DOCUMENT, None)
+                    if part.get("type") == "file":
+                        _name_file(part["file"])
     return list(dict.fromkeys(dropped))
+
+
+def _name_file(file: dict[str, Any]) -> None:
+    """Give a file sent as `file_data` the `filename` OpenAI requires beside it (a Messages document without a
+    `title` has none): without it OpenAI answers 400, "Missing required parameter: '...file.file_id'"."""
+    data = file.get("file_data")
+    if isinstance(data, str) and not file.get("filename"):
+        media_type = data[5 : data.find(";")] if data.startswith("data:") else ""
+        file["filename"] = "document" + FILE_EXTENSIONS.get(media_type, "")
 
 
 def _plain_tools(tools: list[dict[str, Any]] | None) -> None:
@@ -290,6 +309,7 @@ class OpenAIAdapter(ProviderAdapter):
         body.pop("stream", None)
         body.pop("stream_options", None)
         dropped = _plain_messages(body["messages"], profile.strip_message_fields)
+        dropped += unsent_part_fields(req.messages, CARRIED)
         conform_messages(body["messages"], profile)
         if profile.short_call_ids:
             shorten_message_call_ids(body["messages"])
