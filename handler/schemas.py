@@ -103,6 +103,14 @@ class FilePart(_Open):
     file: dict[str, Any]
 
 
+# A Messages `document` block's fields with no place in a Chat Completions part (its `title`, `context` and
+# `citations`), kept by the Messages translation on the part it becomes (a `file` part, or a `text` part for a text
+# source) as `{"document": {...}}`: each adapter sends what its provider takes of them and names the rest
+# (`adapters.providers.params.unsent_part_fields`). It never goes upstream as it is.
+DOCUMENT = "document"
+DOCUMENT_FIELDS = ("title", "context", "citations")
+
+
 ContentPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
 
 

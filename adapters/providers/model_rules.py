@@ -30,12 +30,16 @@ class ModelRules(Value):
     Medium 3.5; the `mistral` profile drops it for every other Mistral model; only the Mistral adapter reads it).
     `openai_efforts`: the `reasoning_effort` values an OpenAI reasoning model takes (None where the table does not
     say: the level goes as `reasoning.LEVELS` has it); any other is a 400 ("Unsupported value: 'minimal' is not
-    supported with the 'gpt-5.1' model"). Only the OpenAI adapter reads it (`reasoning.openai_effort`)."""
+    supported with the 'gpt-5.1' model"). Only the OpenAI adapter reads it (`reasoning.openai_effort`).
+    `ignores_sampling`: takes `temperature` and `top_p` without effect (DeepSeek's reasoner, whose API reference lists
+    them as "not supported": "setting temperature, top_p ... will not trigger an error but will also not take
+    effect"); the OpenAI-compatible adapters leave them out and name them, as they do for OpenAI's reasoning models,
+    which refuse them (`openai.adapter.unsent_sampling`)."""
 
     __slots__ = (
         "one_sampling_knob", "completion_tokens_field", "signed_function_calls", "no_tools_with_json_mode",
         "media_in_function_responses", "no_penalties", "forced_tool_choice", "no_streaming_tools",
-        "reasoning_on_off", "openai_efforts",
+        "reasoning_on_off", "openai_efforts", "ignores_sampling",
     )  # fmt: skip
 
     def __init__(
@@ -50,6 +54,7 @@ class ModelRules(Value):
         no_streaming_tools: bool = False,
         reasoning_on_off: bool = False,
         openai_efforts: tuple[str, ...] | None = None,
+        ignores_sampling: bool = False,
     ) -> None:
         self.one_sampling_knob: Final = one_sampling_knob
         self.completion_tokens_field: Final = completion_tokens_field
@@ -61,6 +66,7 @@ class ModelRules(Value):
         self.no_streaming_tools: Final = no_streaming_tools
         self.reasoning_on_off: Final = reasoning_on_off
         self.openai_efforts: Final = openai_efforts
+        self.ignores_sampling: Final = ignores_sampling
 
 
 NO_RULES = ModelRules()
@@ -106,6 +112,7 @@ MODEL_RULES: tuple[tuple[str, ModelRules], ...] = (
     (r"claude-(3|(sonnet|haiku|opus)-\d)|amazon\.nova-", ModelRules(forced_tool_choice=True)),
     (r"meta\.llama|mistral\.|writer\.palmyra", ModelRules(no_streaming_tools=True)),
     (r"^(mistral-small-(latest|2603)|mistral-medium-3-5)", ModelRules(reasoning_on_off=True)),
+    (r"^deepseek-reasoner", ModelRules(ignores_sampling=True)),
 )
 
 

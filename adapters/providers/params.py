@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from handler.errors import InvalidRequestError
 from handler.records import Value
-from handler.schemas import ResponseFormat
+from handler.schemas import DOCUMENT, DOCUMENT_FIELDS, ResponseFormat
 
 
 class Rule(Value):
@@ -127,6 +127,52 @@ def cache_control(part: BaseModel) -> dict[str, Any] | None:
     Chat Completions clients share with Anthropic's blocks; None when the part has none."""
     marker = (part.model_extra or {}).get("cache_control")
     return marker if isinstance(marker, dict) else None
+
+
+def document_fields(part: BaseModel) -> dict[str, Any]:
+    """A content part's Messages document fields (`DOCUMENT`): those that ask for something, none when it has
+    none (a title or context that is not an empty string, citations that are `enabled`)."""
+    document = (part.model_extra or {}).get(DOCUMENT)
+    if not isinstance(document, dict):
+        return {}
+    asked: dict[str, Any] = {}
+    for name in DOCUMENT_FIELDS:
+        value = document.get(name)
+        if name == "citations":
+            if isinstance(value, dict) and value.get("enabled") is True:
+                asked[name] = {"enabled": True}
+        elif isinstance(value, str) and value:
+            asked[name] = value
+    return asked
+
+
+# An image part's `detail` the provider has no equivalent for: "low" asks for a cheaper image (OpenAI's 85 tokens),
+# "high" for a finer one; "auto", the default, asks for nothing.
+IMAGE_DETAIL = "image_url.detail"
+
+
+def unsent_part_fields(messages: list[Any], carried: frozenset[str]) -> list[str]:
+    """The content-part fields of `messages` that ask for something this provider does not carry (`carried`
+    holds `IMAGE_DETAIL` and `document.<field>` names; a `file` part's own `filename` carries a document's title
+    wherever `file.filename` is carried), as `x-gateway-dropped-params` names (`messages.image_url.detail`,
+    `messages.document.citations`)."""
+    dropped: list[str] = []
+    for message in messages:
+        if not isinstance(message.content, list):
+            continue
+        for part in message.content:
+            if part.type == "image_url":
+                if part.image_url.detail in ("low", "high") and IMAGE_DETAIL not in carried:
+                    dropped.append("messages." + IMAGE_DETAIL)
+                continue
+            if not part.model_extra:
+                continue
+            for name in document_fields(part):
+                field = f"document.{name}"
+                titled = name == "title" and part.type == "file" and "file.filename" in carried
+                if field not in carried and not titled:
+                    dropped.append("messages." + field)
+    return list(dict.fromkeys(dropped))
 
 
 JSON_SCHEMA_INSTRUCTION = "Answer in JSON: one JSON object, nothing before or after it, following this JSON Schema: "

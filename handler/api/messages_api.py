@@ -17,7 +17,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from handler.errors import InvalidRequestError
-from handler.schemas import ChatRequest
+from handler.schemas import DOCUMENT, DOCUMENT_FIELDS, ChatRequest
 
 # Top-level Messages fields the internal form carries; any other the client set is named as dropped.
 MAPPED = frozenset(
@@ -186,6 +186,8 @@ class Translation:
         return _marked({"type": "image_url", "image_url": {"url": url}}, block)
 
     def _document(self, block: dict[str, Any]) -> list[dict[str, Any]]:
+        """A document as a `file` part (base64) or a `text` part (a text or content source), its `title`,
+        `context` and `citations` kept on the part (`params.DOCUMENT`) for the adapter to send or name."""
         source = _source(block)
         kind = source.get("type")
         if kind == "base64":
@@ -193,14 +195,18 @@ class Translation:
             file = {"file_data": f"data:{media_type};base64,{source.get('data', '')}"}
             if block.get("title"):
                 file["filename"] = str(block["title"])
-            return [_marked({"type": "file", "file": file}, block)]
-        if kind == "text":
-            return [_marked({"type": "text", "text": str(source.get("data", ""))}, block)]
-        if kind == "content" and isinstance(source.get("content"), list):
-            text = _text_of(source["content"], "messages.document.source.content")
-            return [_marked({"type": "text", "text": text}, block)]
-        self.drop(f"messages.document.{kind}")  # a URL or an Anthropic upload only Anthropic can fetch
-        return []
+            part: dict[str, Any] = {"type": "file", "file": file}
+        elif kind == "text":
+            part = {"type": "text", "text": str(source.get("data", ""))}
+        elif kind == "content" and isinstance(source.get("content"), list):
+            part = {"type": "text", "text": _text_of(source["content"], "messages.document.source.content")}
+        else:
+            self.drop(f"messages.document.{kind}")  # a URL or an Anthropic upload only Anthropic can fetch
+            return []
+        document = {name: block[name] for name in DOCUMENT_FIELDS if block.get(name) is not None}
+        if document:
+            part[DOCUMENT] = document
+        return [_marked(part, block)]
 
     def user_parts(self, blocks: list[dict[str, Any]], messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A user turn's content parts; its tool results become tool messages appended to `messages`."""

@@ -177,6 +177,24 @@ CHAT_CASES = [
     chat("unknown-field", frobnicate=True),
     chat("reasoning-model-max-tokens", max_tokens=100, models={"openai": "o3-mini"}),
     chat(
+        "reasoning-model-sampling",
+        temperature=0.3,
+        top_p=0.9,
+        models={"openai": "gpt-5", "deepseek": "deepseek-reasoner"},
+    ),
+    chat(
+        "image-data-url-parameters",
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/jpg;name=a.jpg;base64,/9j/4AAQ"}},
+                ],
+            }
+        ],
+    ),
+    chat(
         "gemini-3-tool-history",
         [
             USER,
@@ -247,6 +265,29 @@ MESSAGES_CASES = [
                 "content": [
                     {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
                     {"type": "text", "text": "What?"},
+                ],
+            }
+        ],
+    ),
+    messages(
+        "messages-documents",
+        [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "document",
+                        "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQ="},
+                        "context": "Q3 figures",
+                        "citations": {"enabled": True},
+                    },
+                    {
+                        "type": "document",
+                        "source": {"type": "text", "media_type": "text/plain", "data": "The sky is green."},
+                        "title": "Facts.txt",
+                        "citations": {"enabled": True},
+                    },
+                    {"type": "text", "text": "What colour is the sky?"},
                 ],
             }
         ],

@@ -26,6 +26,7 @@ from tests.conformance.openai_spec import (
     DEEPSEEK_REQUEST,
     OPENAI_REQUEST,
 )
+from tests.fakes import bedrock as fake_bedrock
 
 OPTIONS: dict[str, dict[str, Any]] = {"azure": {"base_url": "https://contoso.openai.azure.com"}}
 OPENAI_LIKE = ("openai", "azure", "deepseek", "mistral")
@@ -86,6 +87,8 @@ GEMINI_NO_TOOLS_WITH_JSON = re.compile(r"gemini-2\.5")
 GEMINI_SIGNED_CALLS = re.compile(r"gemini-3")
 GEMINI_NO_PENALTIES = re.compile(r"gemini-(2\.5|3)")
 OPENAI_REASONING = re.compile(r"^(o\d|gpt-5)")
+ANTHROPIC_IMAGE_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
+GEMINI_IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"}
 
 
 def at(body: Any, path: str) -> Any:
@@ -177,6 +180,51 @@ def rule_problems(provider: str, model: str, body: dict[str, Any]) -> list[str]:
                 found.append("Mistral needs a tool's parameters")
     if provider == "openai" and OPENAI_REASONING.search(model) and "max_tokens" in body:
         found.append(f"{model} refuses max_tokens (it takes max_completion_tokens)")
+    if provider == "openai" and OPENAI_REASONING.search(model) and body.get("reasoning_effort") != "none":
+        found += [f"{model} refuses {name}" for name in ("temperature", "top_p") if name in body]
+    if provider in OPENAI_LIKE:
+        for message in body["messages"]:
+            for part in message["content"] if isinstance(message["content"], list) else ():
+                file = part.get("file") if part.get("type") == "file" else None
+                if isinstance(file, dict) and "file_data" in file and "filename" not in file:
+                    found.append("OpenAI refuses file_data without a filename")
+    if provider == "anthropic":
+        sources = [b.get("source") for m in body["messages"] for b in m["content"] if isinstance(b, dict)]
+        for source in sources:
+            if isinstance(source, dict) and source.get("type") == "base64" and "media_type" in source:
+                if source["media_type"] not in ANTHROPIC_IMAGE_TYPES | {"application/pdf"}:
+                    found.append(f"Anthropic refuses media type {source['media_type']!r}")
+    if provider == "gemini":
+        for content in body["contents"]:
+            for part in content["parts"]:
+                mime = (part.get("inlineData") or {}).get("mimeType", "")
+                if mime.startswith("image/") and mime not in GEMINI_IMAGE_TYPES:
+                    found.append(f"Gemini refuses an inline image of type {mime!r}")
+    if provider == "bedrock":
+        for message in body["messages"]:
+            for block in message["content"]:
+                name = (block.get("document") or {}).get("name")
+                if name is not None and fake_bedrock._document_refused(block["document"]) is not None:
+                    found.append(f"Converse refuses the document name {name!r}")
+    return found
+
+
+def part_field_problems(req: ChatRequest, body: dict[str, Any], dropped: list[str]) -> list[str]:
+    """An image's `detail` and a Messages document's title, context and citations: in the body, or named."""
+    found = []
+    text = orjson.dumps(body).decode()
+    parts = [p for m in req.messages if isinstance(m.content, list) for p in m.content]
+    for part in parts:
+        if part.type == "image_url" and part.image_url.detail in ("low", "high"):
+            if '"detail"' not in text and "messages.image_url.detail" not in dropped:
+                found.append("messages.image_url.detail: lost without a word")
+        for name, value in ((part.model_extra or {}).get("document") or {}).items():
+            if name == "citations":
+                carried = '"citations"' in text
+            else:
+                carried = str(value) in text or (name == "title" and str(value).split(".")[0] in text)
+            if not carried and f"messages.document.{name}" not in dropped:
+                found.append(f"messages.document.{name}: lost without a word")
     return found
 
 
@@ -225,6 +273,7 @@ def problems(provider: str, case: Case) -> list[str]:
     found = definition_problems(provider, body, built.request.url)
     found += rule_problems(provider, target.model, body)
     found += loss_problems(provider, req, body, dropped)
+    found += part_field_problems(req, body, dropped)
     return found
 
 

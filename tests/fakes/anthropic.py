@@ -12,7 +12,8 @@ test can pick a fault on a configured model: `fail-429` (rate_limit_error with r
 credentials would), `bad-json` (a 200 whose body is not JSON), `slashes-escaped` (its JSON written with every `/`
 escaped, `\\/`, as PHP's or Java's encoders write it), `max-tokens` (an answer that reached its output cap: its
 text cut in half, `stop_reason: max_tokens`). A whitespace-only stop sequence is refused, as
-Anthropic refuses it, and so is a beta's field without its beta in `anthropic-beta` (`BETA_FIELDS`). A request with
+Anthropic refuses it, an image of a type other than JPEG, PNG, GIF and WebP (`IMAGES`), and a beta's field without its
+beta in `anthropic-beta` (`BETA_FIELDS`). A request with
 tools and a `tool_choice` of `any` or `tool` is answered with a `tool_use` block (its input following the tool's
 schema); a user message may script a tool call (`tests.fakes.script`). A streamed tool call without arguments has
 one `input_json_delta` whose `partial_json` is empty, as Anthropic streams it. A request asking for `thinking`, or
@@ -246,6 +247,9 @@ def _unsigned_turn(messages: list[Any], *, final_only: bool = False) -> str | No
     return None
 
 
+IMAGES = ("image/jpeg", "image/png", "image/gif", "image/webp")  # the only image types Anthropic takes
+
+
 def _problem(body: dict[str, Any]) -> str | None:
     """What the real API would reject in a body, for the few rules an adapter may get wrong."""
     if not isinstance(body.get("max_tokens"), int):
@@ -263,6 +267,13 @@ def _problem(body: dict[str, Any]) -> str | None:
         # `system` messages inside `messages` are a beta of Anthropic's, sent by current Claude Code.
         if message.get("role") not in ("user", "assistant", "system"):
             return f"messages.{i}.role: Input should be 'user', 'assistant' or 'system'"
+        for j, block in enumerate(message.get("content") if isinstance(message.get("content"), list) else ()):
+            source = block.get("source") if block.get("type") == "image" else None
+            if isinstance(source, dict) and source.get("type") == "base64" and source.get("media_type") not in IMAGES:
+                return (
+                    f"messages.{i}.content.{j}.image.source.base64.media_type: Input should be 'image/jpeg', "
+                    "'image/png', 'image/gif' or 'image/webp'"
+                )
     if body.get("tool_choice") and not body.get("tools"):
         return "tool_choice may only be specified while providing tools."
     if any(not str(sequence).strip() for sequence in body.get("stop_sequences") or ()):

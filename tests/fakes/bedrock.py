@@ -212,6 +212,32 @@ def _error(status: int, kind: str, message: str) -> Response:
     return Response(orjson.dumps({"message": message}), status, headers=headers, media_type="application/json")
 
 
+DOCUMENT_FIELDS = {"format", "name", "source", "context", "citations"}  # botocore's DocumentBlock
+DOCUMENT_FORMATS = {"pdf", "csv", "doc", "docx", "xls", "xlsx", "html", "txt", "md"}
+DOCUMENT_SOURCES = {"bytes", "s3Location", "text", "content"}
+
+
+def _document_refused(document: dict[str, Any]) -> str | None:
+    """What Converse refuses in a DocumentBlock: unknown fields, a format or source it does not know, a name of
+    other characters than letters, digits, single spaces, hyphens, parentheses and square brackets."""
+    for name in document:
+        if name not in DOCUMENT_FIELDS:
+            return f"Malformed input request: extraneous key [{name}] is not permitted"
+    if document.get("format") not in DOCUMENT_FORMATS:
+        return f"Malformed input request: {document.get('format')} is not a valid enum value"
+    source = document.get("source")
+    if not isinstance(source, dict) or len(source) != 1 or next(iter(source)) not in DOCUMENT_SOURCES:
+        return "Malformed input request: the document source must be one of bytes, s3Location, text or content"
+    name = document.get("name")
+    allowed = isinstance(name, str) and 0 < len(name) <= 200 and "  " not in name
+    if not allowed or not all(c.isascii() and (c.isalnum() or c in " -()[]") for c in name):
+        return (
+            "The document file name can only contain alphanumeric characters, whitespace characters, hyphens, "
+            "parentheses, and square brackets. The name can't contain more than one consecutive whitespace character."
+        )
+    return None
+
+
 def _invalid(body: dict[str, Any]) -> str | None:
     for name in body:
         if name not in REQUEST_FIELDS:
@@ -231,6 +257,10 @@ def _invalid(body: dict[str, Any]) -> str | None:
                 return f"Malformed content block {sorted(block)}"
             if "text" in block and not block["text"].strip():
                 return "The text field in the ContentBlock object is blank."
+            if "document" in block:
+                refused = _document_refused(block["document"])
+                if refused is not None:
+                    return refused
     for i, message in enumerate(messages):
         for j, block in enumerate(message.get("content") or ()):
             kind = next(iter(block))

@@ -2,9 +2,10 @@
 
 It serves `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse` and
 `:batchEmbedContents`, checks `x-goog-api-key`, and refuses what Google refuses (unknown fields, empty
-`contents`, roles other than `user`/`model`, a batch of more than 100 embeddings) with Google's error body; a
-batch of embeddings holding the text `fail-500` answers 500, as one call of several may; an embedding's values
-scale with its text's length, so that their order shows. With tools and function-calling
+`contents`, roles other than `user`/`model`, a batch of more than 100 embeddings, an inline image of a type Gemini
+does not take, a GIF) with Google's error body; a batch of embeddings holding the text `fail-500` answers 500, as one
+call of several may; an embedding's values scale with its text's length, so that their order shows. With tools and
+function-calling
 mode `ANY` it answers with a `functionCall`; a user message may script a call (`tests.fakes.script`); on a
 `gemini-3` model every function call carries a `thoughtSignature`, and one sent back without it is
 refused; function responses pair with the calls of the turn before by position, as Gemini pairs them: their
@@ -89,6 +90,9 @@ def _invalid(message: str) -> Response:
     return _error(400, message, "INVALID_ARGUMENT")
 
 
+IMAGES = ("image/png", "image/jpeg", "image/webp", "image/heic", "image/heif")  # Gemini's image types
+
+
 def _validate(body: dict[str, Any]) -> Response | None:
     """What Google refuses before generating: the fake is as strict as the real API about shape."""
     for name in body:
@@ -107,6 +111,10 @@ def _validate(body: dict[str, Any]) -> Response | None:
             return _invalid(f"Please use a valid role: user, model. (contents[{i}])")
         if not content.get("parts"):
             return _invalid(f"* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty.\n")
+        for part in content["parts"]:
+            mime = str((part.get("inlineData") or {}).get("mimeType", ""))
+            if mime.startswith("image/") and mime not in IMAGES:
+                return _invalid("Request contains an invalid argument.")  # what Gemini 2.0 on answers to a GIF
     thinking = (body.get("generationConfig") or {}).get("thinkingConfig") or {}
     for name in thinking:
         if name not in THINKING_FIELDS:

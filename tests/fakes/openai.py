@@ -12,10 +12,11 @@ whose message quotes the request's authorization and `x-` headers back, as some 
 (DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`), `ramp-limited` (`priority` asked
 for and served at `default`, as the answer's `service_tier` says: OpenAI does past a project's priority ramp limits).
 It refuses, as OpenAI does, message and content-part fields Chat Completions does not define, an image in
-a message other than a user's, a tool `description` of null, `max_tokens` on a reasoning model (o-series,
-gpt-5), `reasoning_effort` on any other, a `reasoning_effort` (or a Responses `reasoning.effort`) the model
-does not take (`EFFORTS`), `metadata` without `store: true`, an output cap past the model's (`OUTPUT_LIMITS`),
-more than 4 stop sequences (DeepSeek's: 16),
+a message other than a user's, a file's `file_data` without its `filename`, a tool `description` of null,
+`max_tokens` on a reasoning model (o-series, gpt-5), and `temperature` or `top_p` other than 1 there (gpt-5.1 and
+later take them with `reasoning_effort: none`), `reasoning_effort` on any other, a `reasoning_effort` (or a Responses
+`reasoning.effort`) the model does not take (`EFFORTS`), `metadata` without `store: true`, an output cap past the
+model's (`OUTPUT_LIMITS`), more than 4 stop sequences (DeepSeek's: 16),
 and a tool call id (or a Responses `call_id`) longer than 64 characters. A user message may script a tool call
 (`tests/fakes/script.py`); a `json_schema` response format is followed.
 `POST /v1/responses` is OpenAI's Responses API (tests/fakes/openai_responses.py). Every request is recorded on
@@ -121,6 +122,9 @@ def _problem(body: dict[str, Any]) -> str | None:
         return "This response_format type is unavailable now"  # DeepSeek takes json_object only
     if not reasoning and "reasoning_effort" in body:
         return "Unsupported parameter: 'reasoning_effort' is not supported with this model."
+    sampling = _sampling_refused(body, model) if reasoning else None
+    if sampling is not None:
+        return sampling
     # DeepSeek (served by this fake too) takes an assistant turn's reasoning back.
     fields = MESSAGE_FIELDS | {"reasoning_content"} if model.startswith("deepseek") else MESSAGE_FIELDS
     for i, message in enumerate(body.get("messages") or []):
@@ -135,6 +139,10 @@ def _problem(body: dict[str, Any]) -> str | None:
             for name in part:
                 if name not in PART_FIELDS:
                     return f"Unrecognized parameter: 'messages[{i}].content[{j}].{name}'"
+            file = part.get("file") if part.get("type") == "file" else None
+            if isinstance(file, dict) and "file_data" in file and "filename" not in file:
+                # OpenAI's words (it names the other way of giving a file).
+                return f"Missing required parameter: 'messages[{i}].content[{j}].file.file_id'."
             if part.get("type") == "image_url" and message.get("role") != "user":
                 return (
                     f"Invalid 'messages[{i}]'. Image URLs are only allowed for messages with role 'user', but this "
@@ -143,6 +151,24 @@ def _problem(body: dict[str, Any]) -> str | None:
     for i, tool in enumerate(body.get("tools") or []):
         if "description" in tool.get("function", {}) and tool["function"]["description"] is None:
             return f"Invalid type for 'tools[{i}].function.description': expected a string, but got null instead."
+    return None
+
+
+def _sampling_refused(body: dict[str, Any], model: str) -> str | None:
+    """A reasoning model's refusal of `temperature` or `top_p`, in OpenAI's words: the o-series takes neither, gpt-5
+    only their default (1); gpt-5.1 and later take them with `reasoning_effort: none`."""
+    if model.startswith("gpt-5.") and body.get("reasoning_effort") == "none":
+        return None
+    for name in ("temperature", "top_p"):
+        if name not in body:
+            continue
+        if not model.startswith("gpt-5"):
+            return f"Unsupported parameter: '{name}' is not supported with this model."
+        if body[name] != 1:
+            return (
+                f"Unsupported value: '{name}' does not support {body[name]} with this model. Only the default (1) "
+                "value is supported."
+            )
     return None
 
 

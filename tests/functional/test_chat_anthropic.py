@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import openai
+import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
@@ -203,3 +204,55 @@ def test_upstream_errors_are_mapped(running: Running, key: str) -> None:
     with pytest.raises(openai.BadRequestError) as rejected:
         oa.chat.completions.create(model=MODEL, messages=HI, user="fail-400")
     assert "text content blocks must be non-empty" in rejected.value.message
+
+
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+
+
+def looking_at(url: str, detail: str | None = None) -> Any:
+    image: dict[str, Any] = {"url": url} if detail is None else {"url": url, "detail": detail}
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "What is it?"}, {"type": "image_url", "image_url": image}],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("written", "media_type"),
+    [("image/png;name=a.png", "image/png"), ("image/jpg", "image/jpeg"), ("IMAGE/PNG", "image/png")],
+)
+def test_an_images_data_url_reaches_claude_as_a_media_type_it_takes(
+    running: Running, key: str, written: str, media_type: str
+) -> None:
+    """The data URL's header went to Anthropic as written (`image/png;name=a.png`, `image/jpg`): Anthropic takes
+    only image/jpeg, image/png, image/gif and image/webp, by those names."""
+    client(running, key).chat.completions.create(model=MODEL, messages=looking_at(f"data:{written};base64,{PNG}"))
+    source = sent(running)["json"]["messages"][0]["content"][1]["source"]
+    assert source == {"type": "base64", "media_type": media_type, "data": PNG}
+
+
+@pytest.mark.parametrize("written", ["image/heic", ""])
+def test_an_image_claude_cannot_take_is_the_clients_400(running: Running, key: str, written: str) -> None:
+    """An image of another type, or of none (`data:;base64,`, sent as media type `""`), reached Anthropic."""
+    before = len(running.fakes["anthropic"].state.requests)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(running, key).chat.completions.create(model=MODEL, messages=looking_at(f"data:{written};base64,{PNG}"))
+    assert "it takes image/jpeg, image/png, image/gif and image/webp" in refused.value.message
+    assert len(running.fakes["anthropic"].state.requests) == before
+
+
+def test_an_images_detail_claude_cannot_honour_is_named(running: Running, key: str) -> None:
+    """`detail: low` (OpenAI's cheaper image) was left out without a word, even under x-gateway-strict."""
+    oa = client(running, key)
+    raw = oa.chat.completions.with_raw_response.create(model=MODEL, messages=looking_at("https://x.test/a.png", "low"))
+    assert raw.headers["x-gateway-dropped-params"] == "messages.image_url.detail"
+    assert "detail" not in orjson.dumps(sent(running)["json"]).decode()
+    raw = oa.chat.completions.with_raw_response.create(model=MODEL, messages=looking_at("https://x.test/a.png", "auto"))
+    assert "x-gateway-dropped-params" not in raw.headers  # the default asks for nothing
+    with pytest.raises(openai.BadRequestError) as refused:
+        oa.chat.completions.create(
+            model=MODEL, messages=looking_at("https://x.test/a.png", "high"), extra_headers={"x-gateway-strict": "true"}
+        )
+    assert "messages.image_url.detail" in refused.value.message

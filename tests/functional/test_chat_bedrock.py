@@ -546,3 +546,18 @@ def test_a_messages_clients_ask_for_summarized_thinking_is_named_where_no_reason
     )
     assert raw.parse().content[0].text == fake.TEXT  # type: ignore[union-attr]
     assert "thinking.display" in raw.headers["x-gateway-dropped-params"].split(",")
+
+
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+
+
+def test_an_images_type_parameters_are_left_out_and_its_detail_named(bedrock: Running, client: openai.OpenAI) -> None:
+    """`data:image/png;name=a.png;base64,` was refused ("Bedrock does not take images of type
+    'image/png;name=a.png'"), and `detail: low` left out without a word."""
+    image = {"url": f"data:image/png;name=a.png;base64,{PNG}", "detail": "low"}
+    messages: Any = [
+        {"role": "user", "content": [{"type": "text", "text": "What?"}, {"type": "image_url", "image_url": image}]}
+    ]
+    raw = client.chat.completions.with_raw_response.create(model="claude-haiku", messages=messages)
+    assert sent(bedrock)["json"]["messages"][0]["content"][1] == {"image": {"format": "png", "source": {"bytes": PNG}}}
+    assert raw.headers["x-gateway-dropped-params"] == "messages.image_url.detail"

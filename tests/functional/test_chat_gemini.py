@@ -498,3 +498,37 @@ def test_audio_input_is_priced_at_its_own_rate(faulty: Running) -> None:
         while len(lines) < (2 if stream else 1):
             lines = faulty.ledger(key)
         assert max(lines, key=lambda line: line.ts).cost_usd == pytest.approx(expected)
+
+
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+
+
+def looking_at(url: str, detail: str | None = None) -> Any:
+    image: dict[str, Any] = {"url": url} if detail is None else {"url": url, "detail": detail}
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "What is it?"}, {"type": "image_url", "image_url": image}],
+        }
+    ]
+
+
+def test_an_image_gemini_cannot_take_is_the_clients_400_and_jpg_is_jpeg(running: Running, key: str) -> None:
+    """A GIF went to Gemini as `inlineData` `image/gif`, not among its image types (PNG, JPEG, WEBP, HEIC, HEIF), and
+    `image/jpg` as written."""
+    oa = client(running, key)
+    oa.chat.completions.create(model="gemini-2.5-flash", messages=looking_at(f"data:image/jpg;base64,{PNG}"))
+    assert sent(running)["json"]["contents"][0]["parts"][1] == {"inlineData": {"mimeType": "image/jpeg", "data": PNG}}
+    before = len(running.fakes["gemini"].state.requests)
+    for written in ("image/gif", ""):
+        with pytest.raises(openai.BadRequestError) as refused:
+            oa.chat.completions.create(model="gemini-2.5-flash", messages=looking_at(f"data:{written};base64,{PNG}"))
+        assert "it takes image/png, image/jpeg, image/webp, image/heic and image/heif" in refused.value.message
+    assert len(running.fakes["gemini"].state.requests) == before
+
+
+def test_an_images_detail_gemini_cannot_honour_is_named(running: Running, key: str) -> None:
+    raw = client(running, key).chat.completions.with_raw_response.create(
+        model="gemini-2.5-flash", messages=looking_at(f"data:image/png;base64,{PNG}", "low")
+    )
+    assert raw.headers["x-gateway-dropped-params"] == "messages.image_url.detail"

@@ -667,6 +667,132 @@ def test_a_turn_of_thinking_alone_reaches_openai_as_an_empty_answer(
 # --- count_tokens and the model list ---------------------------------------------------------------
 
 
+PDF = "JVBERi0xLjQKJSVFT0Y="  # `%PDF-1.4 %%EOF`, base64
+CITED_DOCUMENTS: Any = [
+    {
+        "type": "document",
+        "source": {"type": "base64", "media_type": "application/pdf", "data": PDF},
+        "title": "report.pdf",
+        "context": "Q3 figures",
+        "citations": {"enabled": True},
+    },
+    {
+        "type": "document",
+        "source": {"type": "text", "media_type": "text/plain", "data": "The sky is green."},
+        "title": "Facts",
+        "citations": {"enabled": True},
+    },
+    {"type": "text", "text": "What colour is the sky?"},
+]
+
+
+def test_bedrock_gets_a_documents_title_context_and_text_and_citations_are_named(
+    agents: Running, client: anthropic.Anthropic
+) -> None:
+    """Bedrock's Converse got every document as `format: pdf`, `name: document-N`, a text document as a bare text
+    block, and neither context nor citations, without a word. Citations are named, not sent: their answer
+    (`citationsContent`) has no way back to the client through the gateway's form."""
+    raw = client.messages.with_raw_response.create(
+        model="bedrock-claude", max_tokens=100, messages=[{"role": "user", "content": CITED_DOCUMENTS}]
+    )
+    assert raw.parse().content[0].type == "text"
+    content = last(agents, "bedrock")["json"]["messages"][0]["content"]
+    pdf = {"format": "pdf", "name": "report pdf", "source": {"bytes": PDF}, "context": "Q3 figures"}
+    assert content[:2] == [
+        {"document": pdf},
+        {"document": {"format": "txt", "name": "Facts", "source": {"text": "The sky is green."}}},
+    ]
+    assert raw.headers["x-gateway-dropped-params"] == "messages.document.citations"
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(
+            model="bedrock-claude",
+            max_tokens=100,
+            messages=[{"role": "user", "content": CITED_DOCUMENTS}],
+            extra_headers={"x-gateway-strict": "true"},
+        )
+    assert "messages.document.citations" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("model", "provider", "named"),
+    [
+        ("gemini", "gemini", "messages.document.title,messages.document.context,messages.document.citations"),
+        # (the PDF's title goes as its file's `filename`)
+        ("gpt", "openai", "messages.document.context,messages.document.citations,messages.document.title"),
+    ],
+)
+def test_a_documents_title_context_and_citations_are_named_where_the_provider_has_no_place_for_them(
+    agents: Running, client: anthropic.Anthropic, model: str, provider: str, named: str
+) -> None:
+    """They were lost without a word on every deployment but Anthropic's, even under `x-gateway-strict`."""
+    raw = client.messages.with_raw_response.create(
+        model=model, max_tokens=100, messages=[{"role": "user", "content": CITED_DOCUMENTS}]
+    )
+    assert raw.headers["x-gateway-dropped-params"] == named
+    assert "citations" not in orjson.dumps(last(agents, provider)["json"]).decode()
+    before = len(agents.fakes[provider].state.requests)
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(
+            model=model,
+            max_tokens=100,
+            messages=[{"role": "user", "content": CITED_DOCUMENTS}],
+            extra_headers={"x-gateway-strict": "true"},
+        )
+    assert named.replace(",", ", ") in refused.value.message
+    assert len(agents.fakes[provider].state.requests) == before
+
+
+def test_a_document_without_a_title_reaches_openai_with_a_file_name(
+    agents: Running, client: anthropic.Anthropic
+) -> None:
+    """OpenAI requires a `filename` beside `file_data` (its 400 names `file_id`: "Missing required parameter:
+    'messages[0].content[0].file.file_id'"), and a Messages document's `title` is optional."""
+    document = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}}
+    raw = client.messages.with_raw_response.create(
+        model="gpt",
+        max_tokens=50,
+        messages=[{"role": "user", "content": [document, {"type": "text", "text": "Sum up"}]}],
+    )
+    assert raw.parse().content[0].type == "text"
+    part = last(agents, "openai")["json"]["messages"][0]["content"][0]
+    assert part == {
+        "type": "file",
+        "file": {"file_data": f"data:application/pdf;base64,{PDF}", "filename": "document.pdf"},
+    }
+    assert "x-gateway-dropped-params" not in raw.headers
+
+
+def test_an_openai_reasoning_model_gets_no_temperature_and_top_p_and_they_are_named(
+    agents: Running, client: anthropic.Anthropic
+) -> None:
+    """A Messages client's sampling, valid for Claude, reached o4-mini, which refuses it (OpenAI's 400:
+    "Unsupported parameter: 'temperature' is not supported with this model.")."""
+    raw = client.messages.with_raw_response.create(
+        model="o4",
+        max_tokens=200,
+        messages=[{"role": "user", "content": "Hi"}],
+        extra_body={"temperature": 0.2, "top_p": 0.9},  # (this SDK version has no sampling arguments)
+    )
+    assert raw.parse().content[0].type == "text"
+    sent = last(agents, "openai")["json"]
+    assert "temperature" not in sent and "top_p" not in sent and sent["max_completion_tokens"] == 200
+    assert raw.headers["x-gateway-dropped-params"] == "temperature,top_p"
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(
+            model="o4",
+            max_tokens=200,
+            messages=[{"role": "user", "content": "Hi"}],
+            extra_body={"temperature": 0.2},
+            extra_headers={"x-gateway-strict": "true"},
+        )
+    assert "temperature" in refused.value.message
+    # The default temperature asks for nothing: it is left out without a word.
+    raw = client.messages.with_raw_response.create(
+        model="o4", max_tokens=200, messages=[{"role": "user", "content": "Hi"}], extra_body={"temperature": 1}
+    )
+    assert "temperature" not in last(agents, "openai")["json"] and "x-gateway-dropped-params" not in raw.headers
+
+
 def test_count_tokens_asks_anthropic_and_gemini_and_estimates_elsewhere(
     agents: Running, client: anthropic.Anthropic
 ) -> None:

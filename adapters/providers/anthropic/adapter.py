@@ -23,17 +23,20 @@ from adapters.providers.params import (
     apply_rules,
     asks,
     cache_control,
+    document_fields,
     named_messages,
     redacted_thinking,
     require_turns,
     signed_thinking,
     strict_schema,
     thinking_blocks,
+    unsent_part_fields,
 )
 from handler import schemas
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import MESSAGES_API, BuiltRequest, NativeCall, ProviderAdapter, Served, Target, UpstreamRequest
 from handler.schemas import (
+    DOCUMENT,
     AssistantMessage,
     ChatCompletion,
     ChatRequest,
@@ -175,29 +178,54 @@ def default_max_tokens(model: str) -> int:
 # --- request -------------------------------------------------------------------------------------
 
 
+# The image types Anthropic takes (its vision guide: JPEG, PNG, GIF, WebP), as Bedrock's Converse does for Claude;
+# `image/jpg`, which clients write, is JPEG.
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+MEDIA_TYPE_ALIASES = {"image/jpg": "image/jpeg"}
+# What the gateway sends of a Messages document's fields (`params.unsent_part_fields` names the rest): its title and
+# context; not `citations`, whose answer (text blocks that cite) the OpenAI form cannot carry back.
+CARRIED = frozenset({"document.title", "document.context"})
+
+
 def _media(url: str, param: str) -> tuple[str, str]:
-    """`(media_type, base64 data)` of a `data:` URL."""
+    """`(media_type, base64 data)` of a `data:` URL, the type without its parameters (`;name=a.png`)."""
     header, sep, data = url.partition(",")
     if not sep or not header.endswith(";base64"):
         raise InvalidRequestError("only base64 data URLs are supported", param=param)
-    return header[len("data:") : -len(";base64")], data
+    media_type = header[len("data:") :].split(";", 1)[0].strip().lower()
+    return MEDIA_TYPE_ALIASES.get(media_type, media_type), data
 
 
 def _image_block(part: ImagePart) -> dict[str, Any]:
     url = part.image_url.url
     if url.startswith("data:"):
         media_type, data = _media(url, "messages")
+        if media_type not in IMAGE_TYPES:
+            named = f"of type '{media_type}'" if media_type else "without a media type (data:image/png;base64,...)"
+            raise InvalidRequestError(
+                f"an image {named} cannot be sent to this model: it takes image/jpeg, image/png, image/gif and "
+                "image/webp",
+                param="messages",
+            )
         return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
     if url.startswith(("http://", "https://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
     raise InvalidRequestError("an image_url must be an http(s) or data URL", param="messages")
 
 
+def _with_document_fields(block: dict[str, Any], part: TextPart | FilePart) -> dict[str, Any]:
+    """A document block with the Messages document's `title` and `context` (`CARRIED`) its part kept."""
+    fields = document_fields(part)
+    block.update((name, fields[name]) for name in ("title", "context") if name in fields)
+    return block
+
+
 def _file_block(part: FilePart) -> dict[str, Any]:
     data_url = part.file.get("file_data")
     if isinstance(data_url, str) and data_url.startswith("data:application/pdf"):
         media_type, data = _media(data_url, "messages")
-        return {"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}}
+        block = {"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}}
+        return _with_document_fields(block, part) if part.model_extra else block
     raise InvalidRequestError("only PDF files given as file_data can be sent to this provider", param="messages")
 
 
@@ -211,7 +239,12 @@ def _content_blocks(message: Message) -> list[dict[str, Any]]:
         if isinstance(part, TextPart):
             if not part.text:
                 continue
-            block: dict[str, Any] = {"type": "text", "text": part.text}
+            if part.model_extra and DOCUMENT in part.model_extra:
+                # A Messages text document with a title, context or citations: a document again.
+                source = {"type": "text", "media_type": "text/plain", "data": part.text}
+                block: dict[str, Any] = _with_document_fields({"type": "document", "source": source}, part)
+            else:
+                block = {"type": "text", "text": part.text}
         elif isinstance(part, ImagePart):
             block = _image_block(part)
         elif isinstance(part, FilePart):
@@ -479,6 +512,7 @@ class AnthropicAdapter(ProviderAdapter):
 
         system, messages = convert_messages(req.messages)
         require_turns(messages, "Anthropic")
+        dropped += unsent_part_fields(req.messages, CARRIED)
         max_tokens = self.max_tokens(req, target)
         body: dict[str, Any] = {"model": target.model, "max_tokens": max_tokens, "messages": messages}
         body.update(params)

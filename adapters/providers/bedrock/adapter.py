@@ -53,6 +53,7 @@ from adapters.providers.params import (
     require_turns,
     signed_thinking,
     strict_schema,
+    unsent_part_fields,
 )
 from adapters.sigv4 import Credentials as SigCredentials
 from adapters.sigv4 import Signer
@@ -243,6 +244,38 @@ def _image(block: Mapping[str, Any]) -> dict[str, Any]:
     return {"image": {"format": image_format, "source": {"bytes": _data_bytes(source)}}}
 
 
+# What Converse's DocumentBlock `name` may hold besides letters and digits (botocore's bedrock-runtime model:
+# alphanumeric characters, single whitespace characters, hyphens, parentheses and square brackets; 1 to 200).
+NAME_PUNCTUATION = frozenset("-()[]")
+# What Converse carries of a Messages document's fields (`params.unsent_part_fields` names the rest): its title as
+# the document's `name`, and its `context`. Not `citations`, whose answer (`citationsContent` blocks) the OpenAI
+# form cannot carry back: asked for, the answer's cited text would reach the client without them.
+CARRIED = frozenset({"document.title", "document.context"})
+
+
+def document_name(title: object, position: int) -> str:
+    """A Converse document's name: the Messages document's title in the characters Converse takes (`doc.pdf` is
+    `doc pdf`), else `document-<position>` (a title with none of them too)."""
+    if not isinstance(title, str):
+        return f"document-{position}"
+    kept = "".join(c if c.isascii() and (c.isalnum() or c in NAME_PUNCTUATION) else " " for c in title)
+    name = " ".join(kept.split())[:200].strip()
+    return name or f"document-{position}"
+
+
+def _document(block: Mapping[str, Any], position: int) -> dict[str, Any]:
+    """A Converse DocumentBlock of an Anthropic-form document block: a PDF's bytes, or a text document's text."""
+    source = block["source"]
+    if source.get("type") == "text":
+        document: dict[str, Any] = {"format": "txt", "source": {"text": str(source.get("data", ""))}}
+    else:
+        document = {"format": "pdf", "source": {"bytes": _data_bytes(source)}}
+    document["name"] = document_name(block.get("title"), position)
+    if block.get("context"):
+        document["context"] = block["context"]
+    return document
+
+
 def cache_point(marker: Mapping[str, Any]) -> dict[str, Any]:
     """The Converse cache point where a prompt-cache marker (`cache_control`) stood: Converse caches the prefix up
     to it, for as long as the marker's `ttl` says (`5m` or `1h`, botocore's `CacheTTL`; Bedrock's default without)."""
@@ -273,8 +306,7 @@ def converse_block(block: Mapping[str, Any], position: int) -> dict[str, Any]:
     if kind == "image":
         return _image(block)
     if kind == "document":
-        document = {"format": "pdf", "name": f"document-{position}", "source": {"bytes": _data_bytes(block["source"])}}
-        return {"document": document}
+        return {"document": _document(block, position)}
     if kind == "tool_use":
         return {"toolUse": {"toolUseId": short_call_id(block["id"]), "name": block["name"], "input": block["input"]}}
     if kind == "thinking":
@@ -668,6 +700,7 @@ class BedrockAdapter(ProviderAdapter):
 
         system, messages = converse_messages(req)
         require_turns(messages, "Bedrock")
+        dropped += unsent_part_fields(req.messages, CARRIED)
         user_first(messages)
         body: dict[str, Any] = {"messages": messages}
         forced = rules_for(model).forced_tool_choice

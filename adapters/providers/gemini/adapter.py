@@ -32,6 +32,7 @@ from adapters.providers.params import (
     require_turns,
     strict_schema,
     thinking_blocks,
+    unsent_part_fields,
 )
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
@@ -214,6 +215,36 @@ def _media_part(url: str, dropped: list[str], what: str) -> dict[str, Any] | Non
     return None
 
 
+# The image types Gemini takes (its image-understanding page: PNG, JPEG, WEBP, HEIC and HEIF; not GIF, which
+# Gemini 2.0 and later refuse as an invalid argument); `image/jpg`, which clients write, is JPEG.
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
+MEDIA_TYPE_ALIASES = {"image/jpg": "image/jpeg"}
+# A Gemini part carries none of the gateway's part fields (`params.unsent_part_fields`): no image `detail` (its
+# `mediaResolution` is another scale), no document title, context or citations.
+CARRIED: frozenset[str] = frozenset()
+
+
+def _image_part(url: str, dropped: list[str]) -> dict[str, Any] | None:
+    """An image as Gemini's part: a data URL's bytes inline, an image type as Gemini takes it (an image of a type
+    it does not take, or of no type, is the client's 400, not Gemini's vaguer one; another media type, a PDF or a
+    text a client sent as an `image_url`, goes as it came, Gemini reads those too); any other URL as
+    `_media_part` sends it."""
+    inline = _data_url(url)
+    if inline is None:
+        return _media_part(url, dropped, "messages.image_url")
+    mime = inline[0].lower()
+    mime = MEDIA_TYPE_ALIASES.get(mime, mime)
+    untyped = url[5:6] in (";", ",")
+    if untyped or (mime.startswith("image/") and mime not in IMAGE_TYPES):
+        named = "without a media type (data:image/png;base64,...)" if untyped else f"of type '{mime}'"
+        raise InvalidRequestError(
+            f"an image {named} cannot be sent to Gemini: it takes image/png, image/jpeg, image/webp, image/heic and "
+            "image/heif",
+            param="messages",
+        )
+    return {"inlineData": {"mimeType": mime, "data": inline[1]}}
+
+
 def _content_parts(content: str | list[ContentPart] | None, dropped: list[str]) -> list[dict[str, Any]]:
     if content is None:
         return []
@@ -225,7 +256,7 @@ def _content_parts(content: str | list[ContentPart] | None, dropped: list[str]) 
         if isinstance(part, TextPart):
             converted = {"text": part.text} if part.text else None  # Gemini refuses an empty text part
         elif isinstance(part, ImagePart):
-            converted = _media_part(part.image_url.url, dropped, "messages.image_url")
+            converted = _image_part(part.image_url.url, dropped)
         elif isinstance(part, AudioPart):
             mime = f"audio/{part.input_audio.format}"
             converted = {"inlineData": {"mimeType": mime, "data": part.input_audio.data}}
@@ -769,6 +800,7 @@ class GeminiAdapter(ProviderAdapter):
         dropped: list[str] = []
         contents, system = _contents(req, dropped, target.model)
         require_turns(contents, "Gemini")
+        dropped += unsent_part_fields(req.messages, CARRIED)
         body: dict[str, Any] = {"contents": contents}
         if system is not None:
             body["systemInstruction"] = system

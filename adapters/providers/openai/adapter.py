@@ -16,12 +16,13 @@ from pydantic import BaseModel, ValidationError
 import adapters.providers.openai.responses as responses
 from adapters.providers import reasoning
 from adapters.providers.call_ids import shorten_message_call_ids
+from adapters.providers.model_rules import rules_for
 from adapters.providers.openai.profiles import PROFILES, Profile, profile_for
-from adapters.providers.params import apply_rules
+from adapters.providers.params import IMAGE_DETAIL, apply_rules, unsent_part_fields
 from handler import schemas
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import RESPONSES_API, BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
-from handler.schemas import ChatCompletion, ChatRequest, PromptTokensDetails, Usage
+from handler.schemas import DOCUMENT, ChatCompletion, ChatRequest, PromptTokensDetails, Usage
 from handler.wire import StreamEvent, error_excerpt, json_body, malformed, upstream_error
 
 M = TypeVar("M", bound=BaseModel)
@@ -97,6 +98,13 @@ def _conform_finishes(payload: Any) -> bool:
             choice["finish_reason"] = "length" if reason in CUT_SHORT else "stop"
             changed = True
     return changed
+
+
+# What a Chat Completions part carries of the gateway's part fields (`params.unsent_part_fields`): an image's
+# `detail`, and a document's title as its file's `filename`; a document's `context` and `citations` have no field.
+CARRIED = frozenset({IMAGE_DETAIL, "file.filename"})
+# The file name a file sent without one gets (`_name_file`), by its media type.
+FILE_EXTENSIONS = {"application/pdf": ".pdf", "text/plain": ".txt", "text/csv": ".csv", "text/markdown": ".md"}
 
 
 def conform_messages(messages: list[dict[str, Any]], profile: Profile) -> None:
@@ -182,7 +190,19 @@ def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...]) -> l
             for part in message["content"]:
                 if isinstance(part, dict):
                     part.pop("cache_control", None)
+                    part.pop(DOCUMENT, None)
+                    if part.get("type") == "file":
+                        _name_file(part["file"])
     return list(dict.fromkeys(dropped))
+
+
+def _name_file(file: dict[str, Any]) -> None:
+    """Give a file sent as `file_data` the `filename` OpenAI requires beside it (a Messages document without a
+    `title` has none): without it OpenAI answers 400, "Missing required parameter: '...file.file_id'"."""
+    data = file.get("file_data")
+    if isinstance(data, str) and not file.get("filename"):
+        media_type = data[5 : data.find(";")] if data.startswith("data:") else ""
+        file["filename"] = "document" + FILE_EXTENSIONS.get(media_type, "")
 
 
 def _plain_tools(tools: list[dict[str, Any]] | None) -> None:
@@ -232,6 +252,24 @@ def _reasoning(body: dict[str, Any], req: ChatRequest, reasons: bool, takes_thin
     return dropped
 
 
+SAMPLING = ("temperature", "top_p")
+
+
+def unsent_sampling(body: dict[str, Any], reasons: bool) -> list[str]:
+    """Leave out `temperature` and `top_p` (in place) where the model does not take them, and name those that asked
+    for anything (1, their default, asks nothing): OpenAI's reasoning models refuse them ("Unsupported parameter:
+    'temperature' is not supported with this model"; gpt-5 takes only the default, 1), but for gpt-5.1 and later
+    with `reasoning_effort: none`, which OpenAI's guide documents as taking them (sent only when the request says
+    `none` itself: the model's default effort is not the gateway's to assume); DeepSeek's reasoner takes them
+    without effect (`ModelRules.ignores_sampling`)."""
+    if reasons and body.get("reasoning_effort") == "none":
+        return []
+    if not reasons and not rules_for(body["model"]).ignores_sampling:
+        return []
+    values = {name: body.pop(name) for name in SAMPLING if name in body}
+    return [name for name, value in values.items() if value is not None and value != 1]
+
+
 class OpenAIAdapter(ProviderAdapter):
     """The `openai` provider type."""
 
@@ -271,11 +309,14 @@ class OpenAIAdapter(ProviderAdapter):
         body.pop("stream", None)
         body.pop("stream_options", None)
         dropped = _plain_messages(body["messages"], profile.strip_message_fields)
+        dropped += unsent_part_fields(req.messages, CARRIED)
         conform_messages(body["messages"], profile)
         if profile.short_call_ids:
             shorten_message_call_ids(body["messages"])
         _plain_tools(body.get("tools"))
-        dropped += _reasoning(body, req, reasoning.openai_reasons(target), profile.thinking)
+        reasons = reasoning.openai_reasons(target)
+        dropped += _reasoning(body, req, reasons, profile.thinking)
+        dropped += unsent_sampling(body, reasons)
         dropped += apply_rules(body, profile.rules)
         if stream:
             body["stream"] = True

@@ -90,7 +90,8 @@ def test_representative_request_becomes_the_recorded_messages_body() -> None:
     req = ChatRequest.model_validate_json(fixture("openai-request.json"))
     result = adapter().chat_request(req, target(), stream=False)
     assert orjson.loads(result.request.body) == orjson.loads(fixture("messages-request.json"))
-    assert result.dropped == ["top_p"]  # Claude Sonnet 4.5 refuses temperature and top_p together
+    # Claude Sonnet 4.5 refuses temperature and top_p together; Claude has no image `detail` (the image's is "low").
+    assert result.dropped == ["top_p", "messages.image_url.detail"]
     assert result.request.method == "POST" and result.request.url == "https://api.anthropic.com/v1/messages"
     assert result.request.headers["x-api-key"] == "sk-ant-test"
     assert result.request.headers["anthropic-version"] == "2023-06-01"

@@ -1011,3 +1011,21 @@ def test_a_parameter_sent_at_its_default_is_not_named_as_dropped() -> None:
     _, dropped = built(request(presence_penalty=0, frequency_penalty=0.0, logit_bias={}))
     assert dropped == []
     assert built(request(presence_penalty=0.5))[1] == ["presence_penalty"]
+
+
+@pytest.mark.parametrize(
+    ("title", "name"),
+    [
+        ("report.pdf", "report pdf"),
+        ("Q3 (draft) [v2] - final", "Q3 (draft) [v2] - final"),
+        ("  two\t\tspaces  ", "two spaces"),
+        ("données_2024", "donn es 2024"),
+        ("...", "document-3"),
+        (None, "document-3"),
+        ("x" * 300, "x" * 200),
+    ],
+)
+def test_a_documents_title_becomes_a_name_converse_takes(title: str | None, name: str) -> None:
+    # Converse's DocumentBlock name: letters, digits, single whitespace, hyphens, parentheses, square brackets.
+    assert bedrock.document_name(title, 3) == name
+    assert fake._document_refused({"format": "pdf", "name": name, "source": {"bytes": "JVBE"}}) is None

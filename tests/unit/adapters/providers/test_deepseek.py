@@ -130,3 +130,13 @@ def test_an_answer_cut_for_want_of_capacity_is_served_as_cut_short() -> None:
     answer["choices"][0]["finish_reason"] = 42
     with pytest.raises(ValueError):
         adapter().chat_response(orjson.dumps(answer), request(), target())
+
+
+def test_the_reasoners_sampling_which_it_ignores_is_left_out_and_named() -> None:
+    # DeepSeek's API reference: deepseek-reasoner takes temperature and top_p "but they will not take effect".
+    built = adapter().chat_request(request(temperature=0.2, top_p=0.9), target(), stream=False)
+    body = orjson.loads(built.request.body)
+    assert "temperature" not in body and "top_p" not in body
+    assert built.dropped == ["temperature", "top_p"]
+    built = adapter().chat_request(request(temperature=0.2, top_p=0.9), target("deepseek-chat"), stream=False)
+    assert orjson.loads(built.request.body)["temperature"] == 0.2 and built.dropped == []

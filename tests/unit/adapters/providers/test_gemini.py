@@ -138,7 +138,7 @@ def test_representative_request_matches_geminis_documented_form() -> None:
     # Gemini 2.5 refuses function calling with JSON output: the tools win and the format is reported.
     del expected["generationConfig"]["responseMimeType"], expected["generationConfig"]["responseJsonSchema"]
     assert orjson.loads(result.request.body) == expected
-    assert result.dropped == ["response_format"]
+    assert result.dropped == ["messages.image_url.detail", "response_format"]  # (its image asks for "low" detail)
 
 
 def test_a_model_that_takes_tools_with_json_output_gets_both() -> None:
@@ -146,7 +146,7 @@ def test_a_model_that_takes_tools_with_json_output_gets_both() -> None:
         ChatRequest.model_validate(REPRESENTATIVE), target("gemini-2.0-flash"), stream=False
     )
     assert orjson.loads(result.request.body) == orjson.loads(fixture("generate-content-request.json"))
-    assert result.dropped == []
+    assert result.dropped == ["messages.image_url.detail"]
 
 
 def test_key_goes_in_the_header_never_the_url() -> None:

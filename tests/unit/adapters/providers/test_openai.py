@@ -288,3 +288,29 @@ def test_signed_thinking_of_a_messages_client_is_named_as_dropped() -> None:
     ]
     body, dropped = sent(request(messages=messages))
     assert body["messages"][1] == {"role": "assistant", "content": "yes"} and dropped == ["messages.thinking"]
+
+
+@pytest.mark.parametrize(
+    ("model", "fields", "kept"),
+    [
+        ("o3-mini", {}, False),
+        ("gpt-5", {"reasoning_effort": "minimal"}, False),
+        ("gpt-5.1", {}, False),  # (its default effort is not the gateway's to assume)
+        ("gpt-5.1", {"reasoning_effort": "low"}, False),
+        # OpenAI's guide: gpt-5.1 and later take temperature and top_p with reasoning effort `none`.
+        ("gpt-5.2", {"reasoning_effort": "none"}, True),
+        ("gpt-4o-mini", {}, True),
+    ],
+)
+def test_a_reasoning_model_gets_no_sampling_but_without_reasoning(
+    model: str, fields: dict[str, str], kept: bool
+) -> None:
+    built = adapter().chat_request(request(temperature=0.2, top_p=0.9, **fields), target(model=model), stream=False)
+    body = orjson.loads(built.request.body)
+    assert ("temperature" in body and "top_p" in body) is kept
+    assert built.dropped == ([] if kept else ["temperature", "top_p"])
+
+
+def test_a_reasoning_models_default_temperature_is_left_out_without_a_word() -> None:
+    built = adapter().chat_request(request(temperature=1), target(model="o4-mini"), stream=False)
+    assert "temperature" not in orjson.loads(built.request.body) and built.dropped == []

@@ -88,7 +88,8 @@ def test_documents_images_and_unknown_blocks() -> None:
     ]
     req, dropped = translate(messages=[{"role": "user", "content": content}])
     parts = dumped(req)[0]["content"]
-    assert parts[0] == {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBE", "filename": "a.pdf"}}
+    file = {"file_data": "data:application/pdf;base64,JVBE", "filename": "a.pdf"}
+    assert parts[0] == {"type": "file", "file": file, "document": {"title": "a.pdf"}}
     assert parts[1] == {"type": "text", "text": "plain words"}
     assert parts[2] == {
         "type": "image_url",
@@ -96,6 +97,22 @@ def test_documents_images_and_unknown_blocks() -> None:
         "cache_control": CACHED,
     }
     assert dropped == ["messages.document.url", "messages.search_result"]
+
+
+def test_a_documents_title_context_and_citations_stay_on_its_part_for_the_adapter() -> None:
+    # They were lost here, on every deployment but Anthropic's, without a word even under x-gateway-strict.
+    source = {"type": "text", "media_type": "text/plain", "data": "The sky is green."}
+    cited = {
+        "type": "document",
+        "source": source,
+        "title": "Facts",
+        "context": "a test",
+        "citations": {"enabled": True},
+    }
+    req, dropped = translate(messages=[{"role": "user", "content": [cited, {"type": "text", "text": "Colour?"}]}])
+    document = {"title": "Facts", "context": "a test", "citations": {"enabled": True}}
+    assert dumped(req)[0]["content"][0] == {"type": "text", "text": "The sky is green.", "document": document}
+    assert dropped == []  # (named, or carried, by the adapter of the deployment that serves it)
 
 
 def test_thinking_blocks_keep_their_signatures_and_tools_their_absent_descriptions() -> None:
