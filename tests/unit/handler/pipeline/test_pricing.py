@@ -181,7 +181,8 @@ def test_fast_mode_multiplies_every_price_of_the_model_and_stacks_with_us_infere
 
 def test_options_are_priced_at_the_values_the_answer_was_served_at_where_the_price_knows_them() -> None:
     """Fast mode served at standard speed is billed at standard; a value served that the price knows nothing of
-    (nor is the standard one) leaves the option as asked, and an option not asked stays unasked."""
+    (nor is the standard one) leaves the option as asked; an option not asked that the answer says it was served
+    at is billed as served (a workspace's default inference geo, `us`), unless it is the standard value."""
     opus = builtin_prices().find("claude-opus-4-6")
     asked = {"speed": "fast", "inference_geo": "us"}
     assert as_served(opus, asked, {"speed": "standard"}) == {"speed": "standard", "inference_geo": "us"}
@@ -190,7 +191,9 @@ def test_options_are_priced_at_the_values_the_answer_was_served_at_where_the_pri
         "inference_geo": "global",
     }
     assert as_served(opus, asked, {"speed": "turbo"}) == asked
-    assert as_served(opus, {"inference_geo": "us"}, {"speed": "fast"}) == {"inference_geo": "us"}
+    assert as_served(opus, {"inference_geo": "us"}, {"speed": "standard"}) == {"inference_geo": "us"}
+    assert as_served(opus, {}, {"inference_geo": "us"}) == {"inference_geo": "us"}
+    assert as_served(opus, {}, {"inference_geo": "mars"}) == {}
     served = with_options(opus, as_served(opus, {"speed": "fast"}, {"speed": "standard"}))
     assert served is not None and (served.input, served.output) == (5.0, 25.0)
 
