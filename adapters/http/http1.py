@@ -23,7 +23,9 @@ closes its connection. A pooled connection is checked before reuse: closed, clos
 `poll` per reuse. That check cannot see a close that is still on the wire, nor tell a TLS session
 ticket from a TLS close, and after a Lambda freeze the event loop has not run to notice either; so a
 request on a reused connection that fails before any byte of the answer arrived is sent once more on a
-new connection. Nothing was answered, so nothing was acted on that a client could see twice.
+new connection. Nothing was answered, so nothing was acted on that a client could see twice. On a new
+connection the same failure says where it happened: a reset (the request not read whole) is a
+`RemoteProtocolError`, an orderly close after the whole request went out is `HungUp` (the origin may run it).
 
 Bounds (`Limits`): the bytes of an answer's status line and headers (interim answers included) and the
 number of header fields, checked as bytes arrive; a whole body read with `Http1Stream.read`; and an
@@ -88,6 +90,13 @@ class DeadlineExceeded(httpx.ReadTimeout):
 
 class HeadTimeout(httpx.ReadTimeout):
     """The request went out whole and its answer's head did not come in time: the origin may be running it."""
+
+
+class HungUp(httpx.RemoteProtocolError):
+    """The origin closed the connection in order (a FIN, every byte of the request written) before its answer's
+    head was whole: it read the request and may be running it, as an origin behind a proxy whose idle timeout
+    cut it is. One that did not read all of it resets the connection instead (a close with unread input is a
+    reset), which stays a plain `RemoteProtocolError`: the request did not reach it whole."""
 
 
 class Connection(asyncio.Protocol):
@@ -168,7 +177,11 @@ class Connection(asyncio.Protocol):
             return
         if not self.complete:
             detail = f": {exc}" if exc else ""
-            error_type = httpx.ReadError if self.head_done.done() else httpx.RemoteProtocolError
+            if self.head_done.done():
+                error_type: type[httpx.TransportError] = httpx.ReadError
+            else:
+                # (An orderly close comes only once what was written is flushed: the request went out whole.)
+                error_type = HungUp if exc is None else httpx.RemoteProtocolError
             self._fail(error_type(f"upstream closed the connection before the answer was complete{detail}"))
 
     # --- httptools callbacks ------------------------------------------------------------------
@@ -424,6 +437,9 @@ class OriginPool:
         try:
             connection.send(checked_head([b"CONNECT ", authority, b" HTTP/1.1\r\n"], fields), None, head_only=True)
             await connection.head_done
+        except HungUp as exc:  # (no request of the caller's went out: the proxy's failure, not the origin's)
+            connection.close()
+            raise httpx.ProxyError(f"the proxy {proxy.host}:{proxy.port} closed the tunnel unanswered") from exc
         except BaseException:
             connection.close()
             raise
@@ -542,7 +558,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
         idle (see the module docstring): the request goes once more on a new connection, unseen by the
         caller. `head_timeout` bounds everything up to the answer's headers, and says which side of the
         request's sending it ran out on: `httpx.PoolTimeout` before (the origin never saw it), `HeadTimeout`
-        after (the origin may bill it). `total_timeout` bounds the answer's end."""
+        after (the origin may bill it); so does a new connection's close before the answer: a reset, or `HungUp`
+        (closed in order once the request was out whole). `total_timeout` bounds the answer's end."""
         pool = self._pool(url)
         sent = False
         try:

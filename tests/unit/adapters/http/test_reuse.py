@@ -15,6 +15,7 @@ import pytest
 
 from adapters.http.http1 import Http1Transport
 from handler.config import TimeoutConfig
+from handler.errors import UpstreamError
 from handler.pipeline.upstream import UpstreamClient
 from handler.ports import UpstreamRequest
 from tests.support.servers import SocketServer
@@ -138,8 +139,8 @@ async def test_a_reused_connection_that_breaks_mid_answer_is_not_retried() -> No
         client = UpstreamClient(TimeoutConfig())
         answer = await client.send(UpstreamRequest("POST", url, None, b"{}"))
         assert await answer.read() == b'{"ok":true}'
-        with pytest.raises(Exception, match="unreachable") as failure:
+        with pytest.raises(UpstreamError) as failure:
             await client.send(UpstreamRequest("POST", url, None, b"{}"))
-        assert "RemoteProtocolError" in str(failure.value)
+        assert (failure.value.outcome, failure.value.billable) == ("upstream_disconnected", True)
         assert server.connections == 1 and seen == 2
         await client.aclose()
