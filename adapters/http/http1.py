@@ -23,7 +23,10 @@ closes its connection. A pooled connection is checked before reuse: closed, clos
 `poll` per reuse. That check cannot see a close that is still on the wire, nor tell a TLS session
 ticket from a TLS close, and after a Lambda freeze the event loop has not run to notice either; so a
 request on a reused connection that fails before any byte of the answer arrived is sent once more on a
-new connection. Nothing was answered, so nothing was acted on that a client could see twice.
+new connection. Nothing was answered, so nothing was acted on that a client could see twice; one that fails
+later than a close on the wire could take (`STALE_CLOSE_S`) is not sent again. Not retried, the failure says
+where it happened: a reset (the request not read whole) is a `RemoteProtocolError`, an orderly close after
+the whole request went out is `HungUp` (the origin may run it).
 
 Bounds (`Limits`): the bytes of an answer's status line and headers (interim answers included) and the
 number of header fields, checked as bytes arrive; a whole body read with `Http1Stream.read`; and an
@@ -58,6 +61,10 @@ HIGH_WATER = 256 * 1024  # buffered body bytes at which reading from the socket 
 CRLF = b"\r\n"
 TOO_LARGE = "upstream_body_too_large"
 READABLE = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
+# How soon after a request on a reused connection its failure must come to be taken for a close that was on the
+# wire before it (a peer's idle close arrives within a round trip); one later came from a peer that held the
+# request, as a proxy's idle timeout in front of a slow origin does: not sent again.
+STALE_CLOSE_S = 1.0
 
 
 class Limits(Value):
@@ -88,6 +95,13 @@ class DeadlineExceeded(httpx.ReadTimeout):
 
 class HeadTimeout(httpx.ReadTimeout):
     """The request went out whole and its answer's head did not come in time: the origin may be running it."""
+
+
+class HungUp(httpx.RemoteProtocolError):
+    """The origin closed the connection in order (a FIN, every byte of the request written) before its answer's
+    head was whole: it read the request and may be running it, as an origin behind a proxy whose idle timeout
+    cut it is. One that did not read all of it resets the connection instead (a close with unread input is a
+    reset), which stays a plain `RemoteProtocolError`: the request did not reach it whole."""
 
 
 class Connection(asyncio.Protocol):
@@ -168,7 +182,11 @@ class Connection(asyncio.Protocol):
             return
         if not self.complete:
             detail = f": {exc}" if exc else ""
-            error_type = httpx.ReadError if self.head_done.done() else httpx.RemoteProtocolError
+            if self.head_done.done():
+                error_type: type[httpx.TransportError] = httpx.ReadError
+            else:
+                # (An orderly close comes only once what was written is flushed: the request went out whole.)
+                error_type = HungUp if exc is None else httpx.RemoteProtocolError
             self._fail(error_type(f"upstream closed the connection before the answer was complete{detail}"))
 
     # --- httptools callbacks ------------------------------------------------------------------
@@ -424,6 +442,9 @@ class OriginPool:
         try:
             connection.send(checked_head([b"CONNECT ", authority, b" HTTP/1.1\r\n"], fields), None, head_only=True)
             await connection.head_done
+        except HungUp as exc:  # (no request of the caller's went out: the proxy's failure, not the origin's)
+            connection.close()
+            raise httpx.ProxyError(f"the proxy {proxy.host}:{proxy.port} closed the tunnel unanswered") from exc
         except BaseException:
             connection.close()
             raise
@@ -538,11 +559,13 @@ class Http1Transport(httpx.AsyncBaseTransport):
         """Send a request framed by `head` (see `request_head`) and wait for the answer's status line and
         headers; the body comes from the stream, and closing the stream returns the connection.
 
-        A reused connection that fails before any byte of the answer arrived was closed by its peer while
-        idle (see the module docstring): the request goes once more on a new connection, unseen by the
-        caller. `head_timeout` bounds everything up to the answer's headers, and says which side of the
-        request's sending it ran out on: `httpx.PoolTimeout` before (the origin never saw it), `HeadTimeout`
-        after (the origin may bill it). `total_timeout` bounds the answer's end."""
+        A reused connection that fails before any byte of the answer arrived, within `STALE_CLOSE_S` of the
+        request, was closed by its peer while idle (see the module docstring): the request goes once more on a
+        new connection, unseen by the caller. `head_timeout` bounds everything up to the answer's headers, and
+        says which side of the request's sending it ran out on: `httpx.PoolTimeout` before (the origin never
+        saw it), `HeadTimeout` after (the origin may bill it); so does a close before the answer not retried:
+        a reset, or `HungUp` (closed in order once the request was out whole). `total_timeout` bounds the
+        answer's end."""
         pool = self._pool(url)
         sent = False
         try:
@@ -554,12 +577,13 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 head_only = method == "HEAD"
                 while True:
                     try:
+                        sent_at = pool.loop.time()
                         connection.send(head, body, head_only)
                         sent = True
                         await connection.head_done
                     except httpx.TransportError:
                         connection.close()
-                        if not reused or connection.received:
+                        if not reused or connection.received or pool.loop.time() - sent_at > STALE_CLOSE_S:
                             pool.release(connection)
                             raise
                         try:

@@ -26,6 +26,8 @@ from handler.wire import RESPONSES_TERMINAL, event_payload, interrupted
 Finished = Callable[[dict[str, Any]], Awaitable[None]]
 # The stream events that carry a whole output item (a reasoning item's `encrypted_content` among its members).
 ITEM_EVENTS = frozenset({"response.output_item.added", "response.output_item.done"})
+# The events that carry the response in progress, before the terminal one.
+LIFECYCLE_EVENTS = frozenset({"response.created", "response.queued", "response.in_progress"})
 
 
 class Relay:
@@ -126,9 +128,10 @@ class SentBody(Mapping[str, Any]):
 def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) -> AsyncIterator[bytes]:
     """The provider's events as it sent them; the terminal one (which carries the final usage) also carries
     the gateway's additions, settled from that usage. `on_finished` gets a finished response before it goes
-    on. An error after the first byte ends the stream with an `error` and a `response.failed` event."""
+    on. An error after the first byte ends the stream with an `error` and a `response.failed` event, of the
+    response the stream began."""
 
-    sequence = _Sequence()
+    progress = _Progress()
 
     async def events() -> AsyncGenerator[bytes]:
         terminal: tuple[str, dict[str, Any], dict[str, Any]] | None = None
@@ -140,9 +143,12 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
                 payload = event_payload(event)
                 kind = str(payload.get("type") or event.event or "")
                 if isinstance(payload.get("sequence_number"), int):
-                    sequence.last = payload["sequence_number"]
+                    progress.last = payload["sequence_number"]
                 response = payload.get("response")
-                if kind in RESPONSES_TERMINAL and isinstance(response, dict):
+                if kind in LIFECYCLE_EVENTS and isinstance(response, dict):
+                    progress.response = response
+                    out += sse_frame(event)
+                elif kind in RESPONSES_TERMINAL and isinstance(response, dict):
                     terminal = (kind, payload, response)
                 elif kind in ITEM_EVENTS and relay.keep_reasoning(payload.get("item")):
                     out += sse_event(event.event or kind, payload)
@@ -163,7 +169,7 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
             await on_finished(response)
         yield sse_event(kind, payload)
 
-    return guarded(stream, events(), lambda exc: _failed(exc, sequence))
+    return guarded(stream, events(), lambda exc: _failed(exc, progress))
 
 
 def failed_status(error: Any) -> int:
@@ -175,21 +181,26 @@ def failed_status(error: Any) -> int:
     return 400 if code.startswith("invalid") else 502
 
 
-class _Sequence:
-    """The last `sequence_number` relayed: the gateway's own closing events number on from it."""
+class _Progress:
+    """What the client was sent of a stream: the last `sequence_number` (the gateway's own closing events number
+    on from it), and the response in progress as the provider last gave it (its closing `response.failed` is that
+    response's: the OpenAI SDK's stream helper raises "Lifecycle response identity changed" at one of another id)."""
 
     def __init__(self) -> None:
         self.last = -1
+        self.response: dict[str, Any] | None = None
 
     def next(self) -> int:
         self.last += 1
         return self.last
 
 
-def _failed(exc: GatewayError, sequence: _Sequence) -> bytes:
-    """The Responses API's way to end a stream that failed: an `error` event, then `response.failed`."""
-    error = {"type": "error", "sequence_number": sequence.next(), "code": exc.code, "message": exc.message}
+def _failed(exc: GatewayError, progress: _Progress) -> bytes:
+    """The Responses API's way to end a stream that failed: an `error` event, then `response.failed` (of the
+    response begun, its id, model and creation time as the provider gave them; the output items are the events')."""
+    error = {"type": "error", "sequence_number": progress.next(), "code": exc.code, "message": exc.message}
     failed = {"code": exc.code, "message": exc.message}
-    response: dict[str, Any] = {"id": None, "object": "response", "status": "failed", "error": failed, "output": []}
-    closing = {"type": "response.failed", "sequence_number": sequence.next(), "response": response}
+    response: dict[str, Any] = {"id": None, **(progress.response or {})}
+    response |= {"object": "response", "status": "failed", "error": failed, "output": []}
+    closing = {"type": "response.failed", "sequence_number": progress.next(), "response": response}
     return sse_event("error", {**error, "param": exc.param}) + sse_event("response.failed", closing)

@@ -21,7 +21,9 @@ An answer the gateway cannot use as one is an `UpstreamError` (502 `upstream_err
 names every upstream failure) whose outcome, in `x-gateway-route`, says what it was, whatever the
 transport: a redirect (3xx, never followed: `upstream_redirect`), a protocol switch or a final interim
 status (`upstream_protocol_error`), headers or a body beyond the bounds (`upstream_headers_too_large`,
-`upstream_body_too_large`); the overall deadline passing is an `UpstreamTimeoutError` (504).
+`upstream_body_too_large`), a connection closed in order after the whole request went out and before any answer
+(`upstream_disconnected`: billable, as a stall is, where a reset or a refused connection is `connect_error`, free);
+the overall deadline passing is an `UpstreamTimeoutError` (504).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from adapters.http.http1 import (
     HeadTimeout,
     Http1Stream,
     Http1Transport,
+    HungUp,
     Limits,
     request_head,
 )
@@ -193,6 +196,15 @@ class UpstreamClient:
         except (TimeoutError, HeadTimeout) as exc:
             # Sent whole (or, through another transport, perhaps): the provider may run it to the end.
             raise UpstreamTimeoutError("upstream did not answer in time", retryable=True) from exc
+        except HungUp as exc:
+            # It read the whole request and hung up, as a proxy's idle timeout in front of a slow provider does: the
+            # provider may run it to the end and bill it, as a stalled one may, so it is charged as one.
+            raise UpstreamError(
+                "upstream closed the connection after the whole request, before its answer (it may still run it)",
+                retryable=True,
+                outcome="upstream_disconnected",
+                billable=True,
+            ) from exc
         except httpx.ConnectError as exc:
             raise UpstreamError("upstream refused the connection", retryable=True, outcome="connect_error") from exc
         except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteTimeout) as exc:

@@ -1,20 +1,24 @@
-"""The gateway's edges under abuse: request headers beyond the bound on `gateway serve`'s protocol, and a
-client that leaves while its non-streamed answer is still upstream."""
+"""The gateway's edges under abuse: request headers beyond the bound on `gateway serve`'s protocol, a client
+that leaves while its non-streamed answer is still upstream, and upstreams that drop the connection."""
 
 from __future__ import annotations
 
 import re
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import anthropic
 import httpx
+import openai
 import pytest
 
 from handler.config import Config
-from tests.functional.conftest import Running, serve_gateway
+from tests.functional.conftest import Running, anthropic_client, openai_client, serve_gateway
 from tests.support.servers import ServerThread, SocketServer
 
 SERVE_PROTOCOL = "handler.entry.server:BoundedHttpToolsProtocol"  # what `gateway serve` runs (handler/entry/cli.py)
@@ -273,3 +277,137 @@ def test_a_head_the_parser_refuses_is_a_400_in_the_apis_shape(served: ServerThre
     assert b"\r\nx-should-retry: false\r\n" in head_out
     error = httpx.Response(400, content=body).json()["error"]
     assert error["code"] == "invalid_request" and "malformed" in error["message"]
+
+
+def read_request(conn: socket.socket) -> None:
+    """The whole of one request from `conn`: its head, then the body its `content-length` announces."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    fields = head.lower().split(b"\r\n")
+    length = next(int(line.split(b":")[1]) for line in fields if line.startswith(b"content-length"))
+    while len(body) < length:
+        body += conn.recv(65536)
+
+
+def hang_up(conn: socket.socket) -> None:
+    """An upstream that reads the whole request, works on it a while, then closes the connection with no answer:
+    a proxy's idle timeout in front of a slow provider."""
+    with conn:
+        conn.settimeout(5)
+        read_request(conn)
+        time.sleep(0.2)
+
+
+def reset(conn: socket.socket) -> None:
+    """An upstream that resets the connection before reading the request: it never got it."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+DROPPING_PRICE = {"input": 1.0, "output": 2.0}
+CASES = [f"{api}-{way}" for api in ("chat", "responses", "messages") for way in ("whole", "stream")]
+DROPPING_CAP = 1000  # output tokens each request allows: its worst case is 1000 x $2/M at least
+
+
+@pytest.fixture(scope="module")
+def dropping(running: Running) -> Iterator[Running]:
+    """A gateway whose deployments hang up on a request (alone, or with the fakes to fail over to) or reset the
+    connection, for each kind of provider."""
+    servers = {"hangs-up": SocketServer(hang_up), "resets": SocketServer(reset)}
+    fakes = running.upstream.url
+    providers: dict[str, Any] = {}
+    models: dict[str, Any] = {}
+    for kind, answering in (("openai", f"{fakes}/openai/v1"), ("anthropic", f"{fakes}/anthropic")):
+        suffix = "/v1" if kind == "openai" else ""
+        providers[kind] = {"type": kind, "api_key": f"env:{kind.upper()}_API_KEY", "base_url": answering}
+        for name, server in servers.items():
+            providers[f"{kind}-{name}"] = {
+                "type": kind,
+                "api_key": f"env:{kind.upper()}_API_KEY",
+                "base_url": server.url + suffix,
+            }
+            for case in CASES:  # (a deployment each: failures in a row on one would open its breaker)
+                dropped = {"provider": f"{kind}-{name}", "model": case}
+                models[f"{kind}-{name}-{case}"] = {"deployments": [dropped], "price": DROPPING_PRICE}
+                models[f"{kind}-{name}-{case}-then-ok"] = {
+                    "deployments": [dropped, {"provider": kind, "model": "answering-x"}],
+                    "price": DROPPING_PRICE,
+                }
+    config = Config.model_validate({"providers": providers, "models": models})
+    gateway, server = serve_gateway(config, running.store_url, running.upstream, running.fakes)
+    yield gateway
+    server.stop()
+    for dropper in servers.values():
+        dropper.close()
+
+
+def call_through_sdk(running: Running, key: str, api: str, model: str, stream: bool) -> httpx.Response:
+    """One request through the official SDK of `api`; the HTTP answer it got, an error's included."""
+    hi: Any = [{"role": "user", "content": "Hi"}]
+    try:
+        if api == "messages":
+            calling: Any = anthropic_client(running, key).messages.with_streaming_response.create(
+                model=model, messages=hi, max_tokens=DROPPING_CAP, stream=stream
+            )
+        elif api == "chat":
+            calling = openai_client(running, key).chat.completions.with_streaming_response.create(
+                model=model, messages=hi, max_tokens=DROPPING_CAP, stream=stream
+            )
+        else:
+            calling = openai_client(running, key).responses.with_streaming_response.create(
+                model=model, input="Hi", max_output_tokens=DROPPING_CAP, stream=stream
+            )
+        with calling as answer:
+            answer.read()
+            response: httpx.Response = answer.http_response
+            return response
+    except (openai.APIStatusError, anthropic.APIStatusError) as failed:
+        return failed.response
+
+
+APIS = [("chat", "openai"), ("responses", "openai"), ("messages", "anthropic")]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize(("api", "kind"), APIS, ids=[api for api, _ in APIS])
+def test_an_upstream_that_hangs_up_on_the_whole_request_is_charged_as_a_stall(
+    dropping: Running, api: str, kind: str, stream: bool
+) -> None:
+    """It took the whole request and closed the connection unanswered: the provider may be running it and billing
+    it, so it is `upstream_disconnected`, charged its worst case on a ledger line and not for the client to retry at
+    once; it was `connect_error`, free, with no line, `x-should-retry: true`."""
+    key = dropping.mint(name="hung-up")
+    case = f"{api}-{'stream' if stream else 'whole'}"
+    alone = call_through_sdk(dropping, key, api, f"{kind}-hangs-up-{case}", stream)
+    assert alone.status_code == 502, alone.text
+    assert alone.headers["x-gateway-route"] == f"{kind}-hangs-up/{case}@global=upstream_disconnected"
+    assert alone.headers["x-should-retry"] == "false"
+    (line,) = dropping.ledger(key)
+    assert (line.status, line.cost_source) == (502, "reserved")
+    assert line.cost_usd >= DROPPING_CAP * DROPPING_PRICE["output"] / 1e6
+    key = dropping.mint(name="hung-up-then-ok")
+    fell_over = call_through_sdk(dropping, key, api, f"{kind}-hangs-up-{case}-then-ok", stream)
+    assert fell_over.status_code == 200, fell_over.text
+    route = fell_over.headers["x-gateway-route"]
+    assert route == f"{kind}-hangs-up/{case}@global=upstream_disconnected, {kind}/answering-x@global=200"
+    (line,) = dropping.ledger(key)
+    assert line.status == 200 and line.cost_usd >= DROPPING_CAP * DROPPING_PRICE["output"] / 1e6
+
+
+@pytest.mark.parametrize(("api", "kind"), APIS, ids=[api for api, _ in APIS])
+def test_an_upstream_that_resets_the_connection_unread_is_free(dropping: Running, api: str, kind: str) -> None:
+    """A reset before the request was read: nothing reached the provider, so nothing is charged and the client may
+    retry at once."""
+    key = dropping.mint(name="reset")
+    case = f"{api}-whole"
+    alone = call_through_sdk(dropping, key, api, f"{kind}-resets-{case}", False)
+    assert alone.status_code == 502, alone.text
+    assert alone.headers["x-gateway-route"] == f"{kind}-resets/{case}@global=connect_error"
+    assert alone.headers["x-should-retry"] == "true"
+    key = dropping.mint(name="reset-then-ok")
+    fell_over = call_through_sdk(dropping, key, api, f"{kind}-resets-{case}-then-ok", False)
+    assert fell_over.headers["x-gateway-route"].startswith(f"{kind}-resets/{case}@global=connect_error, ")
+    (line,) = dropping.ledger(key)
+    assert line.status == 200 and line.cost_usd < DROPPING_CAP * DROPPING_PRICE["output"] / 1e6

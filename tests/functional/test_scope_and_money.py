@@ -27,6 +27,7 @@ from tests.support.dynamo import DynamoServer
 from tests.support.servers import ServerThread
 
 HI = [{"role": "user", "content": "Hi"}]
+WORDS = [{"role": "user", "content": "word " * 400}]
 PRICE = {"input": 1.0, "output": 2.0}
 PROXY_KEY = "proxy-secret-0123456789abcdef"
 ACCOUNT_TOKEN = "account-token-fedcba9876543210"  # a literal in the config, under a credential's name
@@ -522,17 +523,30 @@ def test_a_client_that_leaves_mid_stream_is_charged_the_prompt_too(gw: Running) 
     assert line.input_tokens >= 400 and (line.cost_usd or 0) > 0  # the first chunk carried no text yet
 
 
-def test_a_stream_past_the_requests_deadline_ends_with_a_504_and_is_charged(gw: Running) -> None:
+@pytest.mark.parametrize(
+    ("path", "extra", "ending"),
+    [
+        ("/v1/chat/completions", {}, '"code":"upstream_timeout"'),
+        ("/v1/messages", {"max_tokens": 100}, '"type":"timeout_error"'),
+        ("/v1/responses", {}, '"type":"response.failed"'),
+    ],
+    ids=["chat", "messages", "responses"],
+)
+def test_a_stream_past_the_requests_deadline_ends_with_a_504_and_is_charged(
+    gw: Running, path: str, extra: dict[str, Any], ending: str
+) -> None:
     """The deadline (`x-gateway-deadline-ms`; on Lambda, the invocation's time left) held for a stream's head only:
-    its body ran on past it, and on Lambda the function was killed mid-stream with nothing settled."""
+    its body ran on past it, and on Lambda the function was killed mid-stream with nothing settled. On each API
+    (the docs said a stream's deadline ran until its first chunk)."""
     key = gw.mint(budget_usd=1.0)
-    body = {"model": "drip-test", "messages": [{"role": "user", "content": "word " * 400}], "stream": True}
+    said: dict[str, Any] = {"input": "word " * 400} if "responses" in path else {"messages": WORDS}
+    body = {"model": "drip-test", "stream": True, **said, **extra}
     started = time.monotonic()
-    answer = httpx.post(
-        f"{gw.url}/v1/chat/completions", json=body, headers={**auth(key), "x-gateway-deadline-ms": "600"}, timeout=30
-    )
+    headers = {**auth(key), "x-gateway-deadline-ms": "600", "anthropic-version": "2023-06-01"}
+    answer = httpx.post(f"{gw.url}{path}", json=body, headers=headers, timeout=30)
     assert time.monotonic() - started < 1.8  # a word every 2 s: the stream alone would have taken 8 s
-    assert answer.status_code == 200 and '"upstream_timeout"' in answer.text and "600 ms" in answer.text
+    assert answer.status_code == 200 and "600 ms" in answer.text
+    assert ending in answer.text.replace(" ", "")
     [line] = ledger(gw, key)
     assert line.status == 504 and line.cost_source == "estimate" and line.input_tokens >= 400
 

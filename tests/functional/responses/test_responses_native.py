@@ -192,12 +192,20 @@ def test_the_stream_is_relayed_and_metered(fleet: Running, fleet_key: str) -> No
 
 
 def test_a_stream_cut_short_ends_with_response_failed(fleet: Running, fleet_key: str) -> None:
-    body = {"model": "native-cut", "input": "Hi", "stream": True}
-    with httpx.stream(
-        "POST", f"{fleet.url}/v1/responses", json=body, headers={"authorization": f"Bearer {fleet_key}"}
-    ) as answer:
-        kinds = [line.removeprefix("event: ") for line in answer.iter_lines() if line.startswith("event: ")]
+    """Through the OpenAI SDK's stream helper, the closing `response.failed` is the response the stream began (its
+    id, model, creation time): it said `"id": null`, and the helper raised "Lifecycle response identity changed"."""
+    with openai_client(fleet, fleet_key).responses.stream(model="native-cut", input="Hi") as stream:
+        events = list(stream)
+    kinds = [event.type for event in events]
     assert kinds[0] == "response.created" and kinds[-2:] == ["error", "response.failed"]
+    began, failed = events[0], events[-1]
+    assert began.type == "response.created" and failed.type == "response.failed"
+    assert failed.response.status == "failed" and failed.response.error is not None
+    assert (failed.response.id, failed.response.model, failed.response.created_at) == (
+        began.response.id,
+        began.response.model,
+        began.response.created_at,
+    )
 
 
 def test_a_passed_through_stream_cut_short_is_charged_its_prompt_and_relayed_text(fleet: Running) -> None:

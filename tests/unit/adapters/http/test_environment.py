@@ -38,6 +38,7 @@ class ForwardProxy:
     """What the proxy carried: CONNECT tunnels, and the request heads it forwarded in absolute form."""
 
     refuse: bool = False
+    hang_up: bool = False  # a CONNECT is closed unanswered
     tunnels: list[bytes] = field(default_factory=list)
     forwarded: list[bytes] = field(default_factory=list)
 
@@ -47,6 +48,8 @@ class ForwardProxy:
             method, target, _ = head.split(b"\r\n", 1)[0].split(b" ", 2)
             if method == b"CONNECT":
                 self.tunnels.append(head)
+                if self.hang_up:
+                    return
                 if self.refuse:
                     writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n")
                     return
@@ -78,8 +81,8 @@ async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
 
 
 @asynccontextmanager
-async def forward_proxy(refuse: bool = False) -> AsyncIterator[tuple[ForwardProxy, str]]:
-    proxy = ForwardProxy(refuse)
+async def forward_proxy(refuse: bool = False, hang_up: bool = False) -> AsyncIterator[tuple[ForwardProxy, str]]:
+    proxy = ForwardProxy(refuse, hang_up)
     server = await asyncio.start_server(proxy.serve, "127.0.0.1", 0)
     try:
         yield proxy, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
@@ -165,6 +168,18 @@ async def test_a_refused_tunnel_is_an_upstream_error(monkeypatch: pytest.MonkeyP
         with pytest.raises(UpstreamError) as failure:
             await client.send(UpstreamRequest("POST", "https://api.example.test/v1/chat", None, b"{}"))
         assert "refused the tunnel: 407" in str(failure.value.__cause__)
+        await client.aclose()
+    assert len(proxy.tunnels) == 1
+
+
+async def test_a_tunnel_the_proxy_closes_unanswered_never_reached_the_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proxy hung up on its CONNECT, not the origin on the request: unreachable, charged nothing."""
+    async with forward_proxy(hang_up=True) as (proxy, proxy_url):
+        monkeypatch.setenv("HTTPS_PROXY", proxy_url)
+        client = UpstreamClient(TimeoutConfig(connect=2))
+        with pytest.raises(UpstreamError) as failure:
+            await client.send(UpstreamRequest("POST", "https://api.example.test/v1/chat", None, b"{}"))
+        assert (failure.value.outcome, failure.value.billable) == ("connect_error", False)
         await client.aclose()
     assert len(proxy.tunnels) == 1
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from adapters.http.http1 import HIGH_WATER, Http1Stream, Http1Transport
+from adapters.http.http1 import HIGH_WATER, Http1Stream, Http1Transport, HungUp
 from handler.config import TimeoutConfig
 from handler.errors import UpstreamError
 from handler.pipeline.upstream import USER_AGENT, UpstreamClient
@@ -276,9 +278,31 @@ async def test_closed_before_answering_and_malformed_answers() -> None:
         await read_request(reader)
 
     async with scripted(silent) as (_, url):
-        await send_fails(url, httpx.RemoteProtocolError)
+        await send_fails(url, HungUp)
     async with scripted(answering(b"NOT HTTP AT ALL\r\n\r\n")) as (_, url):
         await send_fails(url, httpx.RemoteProtocolError)
+
+
+async def test_a_close_says_whether_the_request_went_out_whole() -> None:
+    """Closed in order once the request was read (the origin may run it) is `HungUp`; reset unread, a reset
+    (`RemoteProtocolError`, not `HungUp`): the caller bills the one and not the other."""
+
+    async def hanging_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(0.05)
+
+    async def resetting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # a reset (a close with no lingering), the request unread
+
+    async with scripted(hanging_up) as (_, url):
+        await send_fails(url, HungUp, match="before the answer was complete")
+    async with scripted(resetting) as (_, url):
+        transport = Http1Transport()
+        with pytest.raises(httpx.RemoteProtocolError) as failure:
+            await send(transport, url)
+        assert not isinstance(failure.value, HungUp)
+        await transport.aclose()
 
 
 async def test_header_injection_is_refused_before_sending() -> None:

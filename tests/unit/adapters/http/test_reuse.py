@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.http.http1 import Http1Transport
+from adapters.http.http1 import STALE_CLOSE_S, Http1Transport
 from handler.config import TimeoutConfig
+from handler.errors import UpstreamError
 from handler.pipeline.upstream import UpstreamClient
 from handler.ports import UpstreamRequest
 from tests.support.servers import SocketServer
@@ -120,6 +121,32 @@ async def test_a_tls_connection_closed_while_frozen_is_retried_on_a_new_one(tmp_
         await client.aclose()
 
 
+async def test_a_reused_connection_hung_up_on_after_the_request_is_not_retried() -> None:
+    """A peer that held the request longer than a close on the wire takes, then closed the connection unanswered
+    (a proxy's idle timeout in front of a slow provider), took it: it is not sent again (the provider would run
+    it twice), and the upstream client charges it as it charges a stall."""
+    seen = 0
+
+    async def ok_then_held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal seen
+        await read_request(reader)
+        seen += 1
+        writer.write(OK)
+        await read_request(reader)
+        seen += 1
+        await asyncio.sleep(STALE_CLOSE_S + 0.2)
+
+    async with scripted(ok_then_held) as (server, url):
+        client = UpstreamClient(TimeoutConfig())
+        answer = await client.send(UpstreamRequest("POST", url, None, b"{}"))
+        assert await answer.read() == b'{"ok":true}'
+        with pytest.raises(UpstreamError) as failure:
+            await client.send(UpstreamRequest("POST", url, None, b"{}"))
+        assert (failure.value.outcome, failure.value.billable) == ("upstream_disconnected", True)
+        assert server.connections == 1 and seen == 2
+        await client.aclose()
+
+
 async def test_a_reused_connection_that_breaks_mid_answer_is_not_retried() -> None:
     """Once any byte of the answer came, the upstream acted on the request: it is not sent again."""
     seen = 0
@@ -138,8 +165,8 @@ async def test_a_reused_connection_that_breaks_mid_answer_is_not_retried() -> No
         client = UpstreamClient(TimeoutConfig())
         answer = await client.send(UpstreamRequest("POST", url, None, b"{}"))
         assert await answer.read() == b'{"ok":true}'
-        with pytest.raises(Exception, match="unreachable") as failure:
+        with pytest.raises(UpstreamError) as failure:
             await client.send(UpstreamRequest("POST", url, None, b"{}"))
-        assert "RemoteProtocolError" in str(failure.value)
+        assert (failure.value.outcome, failure.value.billable) == ("upstream_disconnected", True)
         assert server.connections == 1 and seen == 2
         await client.aclose()
