@@ -157,6 +157,31 @@ def test_audio_prompt_tokens_are_priced_at_the_audio_rate_unless_cached() -> Non
     assert not plausible(usage)  # more audio than prompt
 
 
+def test_audio_output_tokens_are_charged_and_reserved_at_the_audio_output_rate() -> None:
+    """gpt-4o-audio-preview at $2.50 in, $10 text out and $80 audio out (OpenAI's model page), 900 of 1,000 output
+    tokens audio: $0.07325, charged $0.01025 at the text rate; the worst case of a request asking for audio holds
+    every output token at the dearer rate (it held the text rate: a budget overspent about 7 times)."""
+    usage = Usage.model_validate(
+        {
+            "prompt_tokens": 100,
+            "completion_tokens": 1000,
+            "total_tokens": 1100,
+            "completion_tokens_details": {"audio_tokens": 900, "text_tokens": 100, "reasoning_tokens": 0},
+        }
+    )
+    price = Price(input=2.5, output=10.0, audio_output=80.0)
+    cost = cost_of(usage, price, NO_FEE)
+    assert cost.provider_usd == 0.07325 and cost.unit_prices is not None and cost.unit_prices["audio_output"] == 80
+    # Without an audio output price, audio is output like any other (such a request is not sent: pipeline).
+    assert cost_of(usage, Price(input=2.5, output=10.0), NO_FEE).provider_usd == 0.01025
+    assert worst_case_usd(100, 1000, price, NO_FEE, audio_output=True) == pytest.approx(0.08025)
+    assert worst_case_usd(100, 1000, price, NO_FEE) == pytest.approx(0.01025)  # no audio asked: text at most
+    assert with_options(price, {}) == price and plausible(usage)
+    assert usage.completion_tokens_details is not None
+    usage.completion_tokens_details.audio_tokens = 1001
+    assert not plausible(usage)  # more audio than output
+
+
 def test_the_worst_case_covers_an_hours_writes_wherever_the_model_bills_cache_writes() -> None:
     """A price naming `cache_write` but not `cache_write_1h` (a Claude price written before the hour rate) costs an
     hour's write at twice the input: the worst case must hold it (it held the 5-minute rate: $0.375 against a
