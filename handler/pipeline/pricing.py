@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from functools import lru_cache
@@ -22,6 +23,12 @@ IMAGE_TOKEN_ALLOWANCE = 1600
 MESSAGE_OVERHEAD_TOKENS = 8
 
 
+# What may follow an alias's prefix: a release of the same model, by its date (`2024-07-18`, `20250929`) and or its
+# version (`v1`, `v1:0`, as Bedrock names them). A variant of another price (`gpt-4o-mini-audio-preview`,
+# `-search-preview`, `-realtime-preview`, `-tts`) names itself in words, so no family alias can take it.
+RELEASE_TAG = re.compile(r"(?:\d{4}-\d{2}-\d{2}|\d{8})?(?:-?v\d+(?::\d+)?)?")
+
+
 class PriceTable(Value):
     """The shipped table: exact ids and prefix aliases, with the date it was checked."""
 
@@ -34,13 +41,18 @@ class PriceTable(Value):
 
     def find(self, *names: str) -> Price | None:
         """The price of the first of `names` the table knows, by its own entry or an alias (a dated release of
-        it): the names in order of preference, so a public name that is itself an entry never wins over the
-        upstream model's alias (`gpt-4o` serving `gpt-4o-mini-2024-07-18` costs what the mini costs)."""
+        it: the prefix followed by a `RELEASE_TAG` alone): the names in order of preference, so a public name that
+        is itself an entry never wins over the upstream model's alias (`gpt-4o` serving `gpt-4o-mini-2024-07-18`
+        costs what the mini costs)."""
         for name in names:
             if name in self.prices:
                 return self.prices[name]
             for prefix, target in self.aliases:
-                if name.startswith(prefix):
+                if (
+                    name.startswith(prefix)
+                    and len(name) > len(prefix)
+                    and RELEASE_TAG.fullmatch(name, len(prefix)) is not None
+                ):
                     return self.prices[target]
         return None
 

@@ -182,6 +182,51 @@ def test_audio_output_tokens_are_charged_and_reserved_at_the_audio_output_rate()
     assert not plausible(usage)  # more audio than output
 
 
+def test_an_alias_takes_the_releases_of_its_model_and_no_other_model() -> None:
+    """A family alias took any id it began: `gpt-4o-mini-` priced gpt-4o-mini-audio-preview (audio in at $10 a
+    million), -realtime-preview, -search-preview and -tts as gpt-4o-mini text ($0.15/$0.60), and `gpt-4o-2` priced
+    gpt-4o-2024-05-13 ($5/$15, no cache discount) as gpt-4o ($2.50/$10). Now only a date or version follows a
+    prefix; a model the table does not know has no price (`gateway config check` refuses it)."""
+    table = builtin_prices()
+    released = {
+        "gpt-4o-mini-2024-07-18": "gpt-4o-mini",
+        "gpt-4o-2024-08-06": "gpt-4o",
+        "gpt-4o-2024-11-20": "gpt-4o",
+        "gpt-4.1-2025-04-14": "gpt-4.1",
+        "gpt-4.1-mini-2025-04-14": "gpt-4.1-mini",
+        "claude-sonnet-4-5-20250929": "claude-sonnet-4-5",
+        "claude-opus-4-6-20260205": "claude-opus-4-6",
+        "global.anthropic.claude-opus-4-6-v1": "claude-opus-4-6",
+        "anthropic.claude-3-5-haiku-20241022-v1:0": "claude-3-5-haiku",
+        "gpt-4o-mini-audio-preview-2024-12-17": "gpt-4o-mini-audio-preview",
+    }
+    for upstream, entry in released.items():
+        assert table.find(upstream) is table.prices[entry], upstream
+    for other in (
+        "gpt-4o-mini-realtime-preview",
+        "gpt-4o-mini-search-preview",
+        "gpt-4o-mini-tts",
+        "gpt-4o-mini-transcribe",
+        "gpt-4o-audio-preview-2024-10-01",  # (its audio cost $100/$200 a million, not the current $40/$80)
+        "gpt-4o-realtime-preview",
+        "gpt-4.1-nano",
+        "claude-sonnet-4-5-latest-preview",
+    ):
+        assert table.find(other) is None, other
+    may = table.find("gpt-4o-2024-05-13")
+    assert may is not None and (may.input, may.output, may.cached_input) == (5.0, 15.0, None)
+    assert cost_of(Usage.of(1000, 100, cached=500), may, NO_FEE).provider_usd == (1000 * 5 + 100 * 15) / 1e6
+    voice = table.find("gpt-4o-mini-audio-preview")
+    assert voice is not None and (voice.input, voice.audio_input, voice.output, voice.audio_output) == (
+        0.15,
+        10.0,
+        0.6,
+        20.0,
+    )
+    heard = Usage.of(1000, 100, audio=900)
+    assert cost_of(heard, voice, NO_FEE).provider_usd == (100 * 0.15 + 900 * 10 + 100 * 0.6) / 1e6  # 0.009075
+
+
 def test_the_worst_case_covers_an_hours_writes_wherever_the_model_bills_cache_writes() -> None:
     """A price naming `cache_write` but not `cache_write_1h` (a Claude price written before the hour rate) costs an
     hour's write at twice the input: the worst case must hold it (it held the 5-minute rate: $0.375 against a
