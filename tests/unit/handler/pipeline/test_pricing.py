@@ -227,6 +227,41 @@ def test_an_alias_takes_the_releases_of_its_model_and_no_other_model() -> None:
     assert cost_of(heard, voice, NO_FEE).provider_usd == (100 * 0.15 + 900 * 10 + 100 * 0.6) / 1e6  # 0.009075
 
 
+@pytest.mark.parametrize("geo", ["", "us.", "eu.", "jp.", "au."])
+@pytest.mark.parametrize(
+    ("family", "release"),
+    [
+        ("claude-sonnet-4-5", "20250929-v1:0"),
+        ("claude-haiku-4-5", "20251001-v1:0"),
+        ("claude-opus-4-5", "20251101-v1:0"),
+        ("claude-opus-4-6", "v1"),
+    ],
+)
+def test_bedrocks_regional_claude_costs_a_tenth_more_than_its_global_profile(
+    geo: str, family: str, release: str
+) -> None:
+    """From Claude Sonnet 4.5, Haiku 4.5 and Opus 4.5 on, Bedrock charges 10% more through a regional endpoint (in
+    one Region, or a `us.`/`eu.`/`jp.`/`au.` profile) than through the `global.` profile, which charges Anthropic's
+    prices: the regional ids were priced as global, and the global profiles of Sonnet 4.5 and Haiku 4.5 had no price
+    at all (`config check`: "no price known")."""
+    table = builtin_prices()
+    direct = table.prices[family]
+    assert table.find(f"global.anthropic.{family}-{release}") is direct
+    regional = table.find(f"{geo}anthropic.{family}-{release}")
+    assert regional is not None and regional is not direct
+    fields = ("input", "output", "cached_input", "cache_write", "cache_write_1h")
+    assert [getattr(regional, f) for f in fields] == pytest.approx([getattr(direct, f) * 1.1 for f in fields])
+    if direct.long_context is not None:
+        assert regional.long_context is not None
+        tiers = ("threshold", "input", "output", "cached_input", "cache_write")
+        assert [getattr(regional.long_context, f) for f in tiers] == pytest.approx(
+            [direct.long_context.threshold] + [getattr(direct.long_context, f) * 1.1 for f in tiers[1:]]
+        )
+    sonnet = cost_of(Usage.of(100_000, 100_000), table.find("us.anthropic.claude-sonnet-4-5-20250929-v1:0"), NO_FEE)
+    assert sonnet.provider_usd == 1.98  # $3.30 and $16.50 a million
+    assert table.find("us.anthropic.claude-3-5-haiku-20241022-v1:0") is table.prices["claude-3-5-haiku"]  # one price
+
+
 def test_the_worst_case_covers_an_hours_writes_wherever_the_model_bills_cache_writes() -> None:
     """A price naming `cache_write` but not `cache_write_1h` (a Claude price written before the hour rate) costs an
     hour's write at twice the input: the worst case must hold it (it held the 5-minute rate: $0.375 against a
