@@ -262,6 +262,15 @@ def test_bedrocks_regional_claude_costs_a_tenth_more_than_its_global_profile(
     assert table.find("us.anthropic.claude-3-5-haiku-20241022-v1:0") is table.prices["claude-3-5-haiku"]  # one price
 
 
+def test_mistral_large_latest_is_mistral_large_3() -> None:
+    """`mistral-large-latest` has been Mistral Large 3 (`mistral-large-2512`, $0.50/$1.50) since December 2025; it was
+    priced as Mistral Large 2 ($2/$6), four times over."""
+    table = builtin_prices()
+    for name in ("mistral-large-latest", "mistral-large-2512"):
+        large = table.find(name)
+        assert large is not None and cost_of(Usage.of(100_000, 100_000), large, NO_FEE).provider_usd == 0.2
+
+
 def test_the_worst_case_covers_an_hours_writes_wherever_the_model_bills_cache_writes() -> None:
     """A price naming `cache_write` but not `cache_write_1h` (a Claude price written before the hour rate) costs an
     hour's write at twice the input: the worst case must hold it (it held the 5-minute rate: $0.375 against a
