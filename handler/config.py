@@ -85,6 +85,9 @@ class Price(_Strict):
         default=None, ge=0, description="a write cached for an hour (Claude's, on Anthropic or Bedrock)"
     )
     audio_input: float | None = Field(default=None, ge=0, description="audio prompt tokens, where they cost more")
+    audio_output: float | None = Field(
+        default=None, ge=0, description="audio output tokens (`completion_tokens_details.audio_tokens`); none: no audio"
+    )
     long_context: LongContextPrice | None = None
     # Multipliers on all of these prices, by option and value, of the options of a Messages request passed through to
     # Anthropic that change them (`PRICE_OPTIONS`): `{speed: {fast: 6.0}, inference_geo: {us: 1.1}}`. Any other value
@@ -137,7 +140,8 @@ class PricedOptions(_Strict):
     # a provider's own search tool runs (Anthropic's `web_search_*`, the Responses API's `web_search`). None:
     # `web_search_options` is refused and the search tools are left out (named dropped).
     web_search_usd: float | None = Field(default=None, ge=0)
-    # Audio output (`modalities: [audio]`, `audio`): its tokens are priced apart and not in the price table.
+    # Audio output (`modalities: [audio]`, `audio`): allowed at all. Its tokens are priced at each model's
+    # `price.audio_output`; a deployment whose price has none cannot take such a request (the next may).
     audio_output: bool = False
     # `store: true` keeps the tenant's prompts and answers in the operator's provider account: off unless allowed.
     provider_store: bool = False

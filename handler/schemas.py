@@ -300,7 +300,10 @@ class PromptTokensDetails(_Counted):
     cache_write_tokens: int = 0
 
 
-class CompletionTokensDetails(_Open):
+class CompletionTokensDetails(_Counted):
+    """Also, among the extras: `audio_tokens` (audio output: OpenAI's count, Gemini's AUDIO modality; dearer than
+    text)."""
+
     reasoning_tokens: int = 0
 
 
@@ -330,6 +333,12 @@ class Usage(_Counted):
     @property
     def audio_prompt_tokens(self) -> int:
         details = self.prompt_tokens_details
+        return details.count("audio_tokens") if details else 0
+
+    @property
+    def audio_completion_tokens(self) -> int:
+        """The output tokens that are audio (already within `completion_tokens`)."""
+        details = self.completion_tokens_details
         return details.count("audio_tokens") if details else 0
 
     @property

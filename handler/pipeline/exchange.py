@@ -59,7 +59,7 @@ class Exchange:
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
         "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "price_multiplier",
         "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left",
-        "fallbacks", "stream", "native_api", "native_options", "anthropic",
+        "fallbacks", "stream", "native_api", "native_options", "anthropic", "audio_output",
     )  # fmt: skip
 
     def __init__(
@@ -124,6 +124,7 @@ class Exchange:
         self.per_request_usd = 0.0  # options billed per request (web search)
         self.search_usd = 0.0  # the price of a search a provider's own search tool runs (`allow_searches`)
         self.searches = 0  # the most searches the request allows (reserved for)
+        self.audio_output = False  # it asks for audio output: priced at each model's `audio_output`, else not sent
         self.trace: Trace | None = None  # what its OpenTelemetry spans need, when OTLP export is on (tracing.py)
 
     def headers(self) -> dict[str, str]:

@@ -457,6 +457,7 @@ class Pipeline:
             raise InvalidRequestError(
                 "audio output is not priced on this gateway (gateway.priced_options.audio_output)", param="modalities"
             )
+        ex.audio_output = wants_audio
         if extra.get("store") is True and not options.provider_store:
             del extra["store"]
             if ex.controls.strict:
@@ -526,6 +527,18 @@ class Pipeline:
                 f"{names[0]} is billed by the provider beyond tokens, which this gateway does not price", param=names[0]
             )
 
+    @staticmethod
+    def _audio_priced(attempt: Attempt) -> None:
+        """Refuses audio output to a deployment whose model's price has no `audio_output`: its audio tokens would be
+        billed (and reserved) at the text price, a tenth or less of what the provider charges for them."""
+        price = price_for(attempt.model, attempt.spec, attempt.target.model)
+        if price is not None and price.audio_output is None:
+            raise InvalidRequestError(
+                f"audio output is not priced for model '{attempt.model}' on this gateway (no `audio_output` in "
+                "its price)",
+                param="modalities",
+            )
+
     def _price(self, ex: Exchange, attempt: Attempt, served: Served | None = None) -> Price | None:
         """`attempt`'s price for this request: with the options it passes through (at the values the answer was
         `served` at, once it says), times a service tier's multiplier."""
@@ -592,7 +605,7 @@ class Pipeline:
         for attempt in plan:
             tokens = estimate.tokens(attempt.target.provider_type, attempt.target.model)
             prompt = max(prompt, tokens)
-            case = worst_case_usd(tokens, output, self._price(ex, attempt), self.fee)
+            case = worst_case_usd(tokens, output, self._price(ex, attempt), self.fee, ex.audio_output)
             apart = ex.per_request_usd + ex.searches * ex.search_usd
             if case is not None and apart:
                 case += apart * (1 + self.fee.percent / 100)
@@ -713,6 +726,8 @@ class Pipeline:
             if ex.output_cap is not None:
                 ex.output_cap.apply(attempt)
             try:
+                if ex.audio_output:
+                    self._audio_priced(attempt)
                 built = build(attempt)
                 if built.dropped and ex.controls.strict:
                     named = ", ".join(built.dropped)

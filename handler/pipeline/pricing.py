@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from functools import lru_cache
@@ -22,6 +23,12 @@ IMAGE_TOKEN_ALLOWANCE = 1600
 MESSAGE_OVERHEAD_TOKENS = 8
 
 
+# What may follow an alias's prefix: a release of the same model, by its date (`2024-07-18`, `20250929`) and or its
+# version (`v1`, `v1:0`, as Bedrock names them). A variant of another price (`gpt-4o-mini-audio-preview`,
+# `-search-preview`, `-realtime-preview`, `-tts`) names itself in words, so no family alias can take it.
+RELEASE_TAG = re.compile(r"(?:\d{4}-\d{2}-\d{2}|\d{8})?(?:-?v\d+(?::\d+)?)?")
+
+
 class PriceTable(Value):
     """The shipped table: exact ids and prefix aliases, with the date it was checked."""
 
@@ -34,13 +41,18 @@ class PriceTable(Value):
 
     def find(self, *names: str) -> Price | None:
         """The price of the first of `names` the table knows, by its own entry or an alias (a dated release of
-        it): the names in order of preference, so a public name that is itself an entry never wins over the
-        upstream model's alias (`gpt-4o` serving `gpt-4o-mini-2024-07-18` costs what the mini costs)."""
+        it: the prefix followed by a `RELEASE_TAG` alone): the names in order of preference, so a public name that
+        is itself an entry never wins over the upstream model's alias (`gpt-4o` serving `gpt-4o-mini-2024-07-18`
+        costs what the mini costs)."""
         for name in names:
             if name in self.prices:
                 return self.prices[name]
             for prefix, target in self.aliases:
-                if name.startswith(prefix):
+                if (
+                    name.startswith(prefix)
+                    and len(name) > len(prefix)
+                    and RELEASE_TAG.fullmatch(name, len(prefix)) is not None
+                ):
                     return self.prices[target]
         return None
 
@@ -153,8 +165,9 @@ HOUR_WRITE_TIMES_INPUT = 2.0
 
 
 def _effective(price: Price, prompt_tokens: int) -> dict[str, float]:
-    """The unit prices that apply: `cache_write_1h` and `audio_input` only where the price names them (else
-    `hour_rate` and `audio_rate` give Anthropic's rule and the input price); the long tier names neither."""
+    """The unit prices that apply: `cache_write_1h`, `audio_input` and `audio_output` only where the price names
+    them (else `hour_rate`, `audio_rate` and `audio_output_rate` give Anthropic's rule and the text prices); the long
+    tier names none of them."""
     long = price.long_context
     if long is not None and prompt_tokens > long.threshold:
         return {
@@ -173,6 +186,8 @@ def _effective(price: Price, prompt_tokens: int) -> dict[str, float]:
         unit["cache_write_1h"] = price.cache_write_1h
     if price.audio_input is not None:
         unit["audio_input"] = price.audio_input
+    if price.audio_output is not None:
+        unit["audio_output"] = price.audio_output
     return unit
 
 
@@ -182,6 +197,10 @@ def hour_rate(unit: dict[str, float]) -> float:
 
 def audio_rate(unit: dict[str, float]) -> float:
     return unit.get("audio_input", unit["input"])
+
+
+def audio_output_rate(unit: dict[str, float]) -> float:
+    return unit.get("audio_output", unit["output"])
 
 
 def fee_for(provider_usd: float | None, fee: FeeConfig) -> float:
@@ -201,14 +220,17 @@ def cost_of(usage: Usage, price: Price | None, fee: FeeConfig) -> Cost:
     if usage.has_counts():
         hour = usage.cache_write_1h_tokens
         audio = min(usage.audio_prompt_tokens, uncached)  # (read from a cache, audio is priced as any cache read)
+    # Audio output (`completion_tokens_details.audio_tokens`, within the completion tokens) at its own rate.
+    spoken = min(usage.audio_completion_tokens, usage.completion_tokens)
     provider = (
         uncached * unit["input"]
         + cached * unit["cached_input"]
         + written * unit["cache_write"]
         + usage.completion_tokens * unit["output"]
     )
-    if hour or audio:  # (few answers have either)
+    if hour or audio or spoken:  # (few answers have any)
         provider += hour * (hour_rate(unit) - unit["cache_write"]) + audio * (audio_rate(unit) - unit["input"])
+        provider += spoken * (audio_output_rate(unit) - unit["output"])
     provider /= 1_000_000
     return Cost(provider, fee_for(provider, fee), usage, unit)
 
@@ -358,7 +380,7 @@ def scaled(price: Price | None, multiplier: float) -> Price | None:
     """`price` with every token price times `multiplier` (a service tier's, a priced option's)."""
     if price is None or multiplier == 1.0:
         return price
-    fields = ("input", "output", "cached_input", "cache_write", "cache_write_1h", "audio_input")
+    fields = ("input", "output", "cached_input", "cache_write", "cache_write_1h", "audio_input", "audio_output")
     scaled_fields = {f: getattr(price, f) * multiplier for f in fields if getattr(price, f) is not None}
     long = price.long_context
     if long is not None:
@@ -430,7 +452,8 @@ MAX_PLAUSIBLE_SEARCHES = 10_000
 
 
 def plausible(usage: Usage) -> bool:
-    """Counts a provider could have billed: none negative or absurd, cache reads and writes within the prompt."""
+    """Counts a provider could have billed: none negative or absurd, cache reads and writes within the prompt, audio
+    output within the output."""
     prompt, cached, written = usage.prompt_tokens, usage.cached_tokens, usage.cache_write_tokens
     return (
         0 <= prompt <= MAX_PLAUSIBLE_TOKENS
@@ -438,6 +461,7 @@ def plausible(usage: Usage) -> bool:
         and 0 <= cached <= MAX_PLAUSIBLE_TOKENS
         and 0 <= written <= MAX_PLAUSIBLE_TOKENS
         and cached + written <= prompt
+        and 0 <= usage.audio_completion_tokens <= usage.completion_tokens
         and (
             not usage.has_counts()
             or (
@@ -456,19 +480,23 @@ def wants_reasoning(req: ChatRequest) -> bool:
     return bool(req.reasoning_effort or thinking or extra.get("reasoning"))
 
 
-def worst_case_usd(prompt_tokens: int, max_output: int, price: Price | None, fee: FeeConfig) -> float | None:
-    """The most a request can cost: estimated prompt at its dearest input price plus every output token. An hour's
-    cache write is among the input prices where the model bills cache writes (the price names `cache_write` or
-    `cache_write_1h`: Claude's models); the estimate is not always enough to cover it at the 5-minute rate
-    (CJK text runs about 1.5 times its tokens). (Audio, dearer at some providers, is estimated from its base64
-    text: thousands of times its tokens.)"""
+def worst_case_usd(
+    prompt_tokens: int, max_output: int, price: Price | None, fee: FeeConfig, audio_output: bool = False
+) -> float | None:
+    """The most a request can cost: estimated prompt at its dearest input price plus every output token at the
+    dearest output price the request can produce (`audio_output`: it asks for audio, which the price's
+    `audio_output` may price above text). An hour's cache write is among the input prices where the model bills
+    cache writes (the price names `cache_write` or `cache_write_1h`: Claude's models); the estimate is not always
+    enough to cover it at the 5-minute rate (CJK text runs about 1.5 times its tokens). (Audio input, dearer at some
+    providers, is estimated from its base64 text: thousands of times its tokens.)"""
     if price is None:
         return None
     unit = _effective(price, prompt_tokens)
     input_rate = max(unit["input"], unit["cache_write"])
     if price.cache_write_1h is not None or price.cache_write is not None:
         input_rate = max(input_rate, hour_rate(unit))
-    provider = (prompt_tokens * input_rate + max_output * unit["output"]) / 1_000_000
+    output_rate = max(unit["output"], audio_output_rate(unit)) if audio_output else unit["output"]
+    provider = (prompt_tokens * input_rate + max_output * output_rate) / 1_000_000
     return math.ceil((provider + fee_for(provider, fee)) * 1e9) / 1e9
 
 

@@ -51,6 +51,9 @@ from tests.fakes.script import (
 API_KEY = "test-openai-key"
 TEXT, REASONING = openai_responses.TEXT, openai_responses.REASONING
 SLOW_SECONDS = 2.0
+# An answer asked for audio (`modalities: ["text", "audio"]`) speaks its text: so many tokens of audio, counted as
+# OpenAI counts them, within `completion_tokens` and apart in `completion_tokens_details.audio_tokens`.
+AUDIO_OUTPUT_TOKENS = 90
 REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 # The most output tokens a model may be asked for (its model page), refused above it as each API words it.
 OUTPUT_LIMITS = {"gpt-4o-mini": 16_384, "gpt-4o": 16_384, "deepseek-chat": 8_192}
@@ -328,6 +331,15 @@ def create_app() -> Starlette:
             },
             "completion_tokens_details": {"reasoning_tokens": 4 if "reasoner" in model else 0, "audio_tokens": 0},
         }
+        spoken = "audio" in (body.get("modalities") or ())
+        if spoken:
+            usage["completion_tokens"] += AUDIO_OUTPUT_TOKENS
+            usage["total_tokens"] += AUDIO_OUTPUT_TOKENS
+            usage["completion_tokens_details"] = {
+                "reasoning_tokens": 0,
+                "audio_tokens": AUDIO_OUTPUT_TOKENS,
+                "text_tokens": 7,
+            }
         if "negative-usage" in model:
             usage = {"prompt_tokens": -1_000_000, "completion_tokens": -1_000_000, "total_tokens": -2_000_000}
         if body.get("stream"):
@@ -340,6 +352,14 @@ def create_app() -> Starlette:
             message["tool_calls"] = [call]
         if "reasoner" in model:
             message["reasoning_content"] = REASONING
+        if spoken:  # the text is the audio's transcript (the reference's `message.audio`), the content null
+            message["content"] = None
+            message["audio"] = {
+                "id": "audio_fake1",
+                "data": "UklGRiQAAABXQVZF",
+                "expires_at": int(time.time()) + 3600,
+                "transcript": text,
+            }
         answer = {
             "id": "chatcmpl-fake1",
             "object": "chat.completion",

@@ -1,15 +1,17 @@
 """What the providers bill besides tokens, and at what rate: web searches their own tools run (Anthropic's
-`web_search_*` server tool, the Responses API's hosted `web_search`), Anthropic's hour-long cache writes, the
-options of a Messages request that multiply its model's prices at Anthropic (`speed: fast`, `inference_geo: us`),
-at the speed the answer was served at, and the tokens of Anthropic's server-side compaction and of its advisor
-tool's model, which its usage counts apart from the top level.
+`web_search_*` server tool, the Responses API's hosted `web_search`), audio output, Anthropic's hour-long cache
+writes, the options of a Messages request that multiply its model's prices at Anthropic (`speed: fast`,
+`inference_geo: us`), at the speed the answer was served at, and the tokens of Anthropic's server-side compaction
+and of its advisor tool's model, which its usage counts apart from the top level.
 
 The official SDKs through gateways in front of the fakes: one that prices searches
 (`priced_options.web_search_usd`), one that does not. Before, a search was neither priced nor refused, and an
 hour's cache write was charged at the 5-minute rate (100k such tokens on Sonnet 4.5: $0.375 instead of $0.60),
 fast mode passed through at the standard prices (Opus 4.6: $5/$25 per million instead of $30/$150), its worst
 case reserved at them too, and a compaction's tokens (the whole conversation read, the summary written) not at all.
-Then fast mode served at standard speed was still charged six times over, and an advisor's tokens not at all.
+Then fast mode served at standard speed was still charged six times over, and an advisor's tokens not at all. Audio
+output (`completion_tokens_details.audio_tokens`) was charged and reserved at the text output price ($0.60 a million
+for gpt-4o-mini-audio-preview's, whose audio costs $20), with no price to put it at.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from handler.pipeline.pipeline import DEFAULT_SEARCHES
 from tests.fakes import anthropic as fake_anthropic
+from tests.fakes import openai as fake_openai
 from tests.functional.conftest import Running, anthropic_client, openai_client, serving
 from tests.support.servers import ServerThread
 
@@ -39,11 +42,14 @@ FAST_BETA = "fast-mode-2026-02-01"
 COMPACT_BETA = "compact-2026-01-12"
 ADVISOR_BETA = "advisor-tool-2026-03-01"
 ADVISOR_PRICE = {"input": 7.0, "output": 35.0}
+SPEAKS: Any = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}
 
 
 def config(url: str, searches: float | None) -> dict[str, Any]:
     return {
-        "gateway": {"priced_options": {"web_search_usd": searches}} if searches is not None else {},
+        "gateway": {"priced_options": {"web_search_usd": searches, "audio_output": True}}
+        if searches is not None
+        else {},
         "providers": {
             "anthropic": {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": f"{url}/anthropic"},
             "openai": {
@@ -64,6 +70,14 @@ def config(url: str, searches: float | None) -> dict[str, Any]:
                 "price": ADVISOR_PRICE,
             },
             "gpt": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": GPT_PRICE},
+            # No price: the built-in table's, audio in and out at their own rates.
+            "voice": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini-audio-preview"}]},
+            # A price with no audio output: such a request goes to its fallback.
+            "mute": {
+                "deployments": [{"provider": "openai", "model": "gpt-voice-x"}],
+                "price": GPT_PRICE,
+                "fallbacks": ["voice"],
+            },
         },
     }
 
@@ -541,3 +555,33 @@ def test_the_fake_counts_searches_and_hour_writes_as_anthropic_documents() -> No
         usage = http.post("/v1/messages", json=body, headers=headers).json()["usage"]
     assert usage["server_tool_use"] == {"web_search_requests": 1}
     assert set(usage["cache_creation"]) == {"ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"}
+
+
+def test_audio_output_is_charged_and_reserved_at_its_own_rate(priced: Running) -> None:
+    """gpt-4o-mini-audio-preview's audio output costs $20 a million, its text $0.60 (OpenAI's model page): the audio
+    tokens of the answer's usage are charged at the audio rate, and the worst case reserved at it (the request asks
+    for audio). A model whose price names no audio output cannot take such a request: its fallback does."""
+    key = priced.mint(name="voice")
+    oa = openai_client(priced, key)
+    raw = oa.chat.completions.with_raw_response.create(model="voice", messages=HI, max_tokens=1000, **SPEAKS)
+    answer = raw.parse()
+    usage = answer.usage
+    assert usage is not None and usage.completion_tokens_details is not None
+    spoken = usage.completion_tokens_details.audio_tokens or 0
+    assert spoken == fake_openai.AUDIO_OUTPUT_TOKENS and answer.choices[0].message.audio is not None
+    expected = (usage.prompt_tokens * 0.15 + (usage.completion_tokens - spoken) * 0.60 + spoken * 20.0) / 1e6
+    assert float(raw.headers["x-gateway-cost-usd"]) == pytest.approx(expected, abs=1e-12)
+    assert priced.ledger(key)[-1].cost_usd == pytest.approx(expected, abs=1e-12)
+    # 1,000 tokens of audio may cost $0.02, more than the $0.01 allowed; as text, $0.0006 (and so it passes).
+    limit = {"x-gateway-max-cost-usd": "0.01"}
+    with pytest.raises(openai.APIStatusError) as capped:
+        oa.chat.completions.create(model="voice", messages=HI, max_tokens=1000, extra_headers=limit, **SPEAKS)
+    assert capped.value.status_code == 402
+    assert oa.chat.completions.create(model="voice", messages=HI, max_tokens=1000, extra_headers=limit).usage
+    # No audio output price: the request goes to the fallback that has one, the first named unsupported.
+    passed = oa.chat.completions.with_raw_response.create(model="mute", messages=HI, **SPEAKS)
+    assert passed.parse().model == "gpt-4o-mini-audio-preview"
+    assert passed.headers["x-gateway-route"].startswith("openai/gpt-voice-x@global=unsupported, ")
+    with pytest.raises(openai.BadRequestError) as refused:
+        oa.chat.completions.create(model="mute", messages=HI, extra_headers={"x-gateway-fallbacks": "none"}, **SPEAKS)
+    assert refused.value.param == "modalities" and "audio_output" in refused.value.message

@@ -640,8 +640,11 @@ def usage_of(meta: Any) -> Usage | None:
     audio -= modality_tokens(meta.get("cacheTokensDetails"), "AUDIO")
     if audio > 0 and usage.prompt_tokens_details is not None:
         usage.prompt_tokens_details.set_count("audio_tokens", audio)
-    if thoughts:
+    spoken = modality_tokens(meta.get("candidatesTokensDetails"), "AUDIO")  # audio output, dearer still
+    if thoughts or spoken > 0:
         usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=thoughts)
+        if spoken > 0:
+            usage.completion_tokens_details.set_count("audio_tokens", spoken)
     return usage
 
 

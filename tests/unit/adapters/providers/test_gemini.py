@@ -718,3 +718,20 @@ def test_a_thinking_budget_stays_within_what_the_model_takes(
     body, dropped = adapter().chat_body(request(**fields), target(model))
     assert body["generationConfig"]["thinkingConfig"]["thinkingBudget"] == budget
     assert (("thinking" in dropped) or ("reasoning_effort" in dropped)) is named
+
+
+def test_audio_output_is_counted_apart_from_the_text() -> None:
+    """Gemini counts an answer's audio by modality (`candidatesTokensDetails`), as OpenAI's
+    `completion_tokens_details.audio_tokens`: priced at the model's `audio_output`, dearer than its text."""
+    from adapters.providers.gemini.adapter import usage_of
+
+    meta = {
+        "promptTokenCount": 10,
+        "candidatesTokenCount": 300,
+        "candidatesTokensDetails": [{"modality": "AUDIO", "tokenCount": 250}, {"modality": "TEXT", "tokenCount": 50}],
+        "totalTokenCount": 310,
+    }
+    usage = usage_of(meta)
+    assert usage is not None and (usage.completion_tokens, usage.audio_completion_tokens) == (300, 250)
+    plain = usage_of({**meta, "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": 300}]})
+    assert plain is not None and plain.audio_completion_tokens == 0 and plain.completion_tokens_details is None

@@ -157,6 +157,120 @@ def test_audio_prompt_tokens_are_priced_at_the_audio_rate_unless_cached() -> Non
     assert not plausible(usage)  # more audio than prompt
 
 
+def test_audio_output_tokens_are_charged_and_reserved_at_the_audio_output_rate() -> None:
+    """gpt-4o-audio-preview at $2.50 in, $10 text out and $80 audio out (OpenAI's model page), 900 of 1,000 output
+    tokens audio: $0.07325, charged $0.01025 at the text rate; the worst case of a request asking for audio holds
+    every output token at the dearer rate (it held the text rate: a budget overspent about 7 times)."""
+    usage = Usage.model_validate(
+        {
+            "prompt_tokens": 100,
+            "completion_tokens": 1000,
+            "total_tokens": 1100,
+            "completion_tokens_details": {"audio_tokens": 900, "text_tokens": 100, "reasoning_tokens": 0},
+        }
+    )
+    price = Price(input=2.5, output=10.0, audio_output=80.0)
+    cost = cost_of(usage, price, NO_FEE)
+    assert cost.provider_usd == 0.07325 and cost.unit_prices is not None and cost.unit_prices["audio_output"] == 80
+    # Without an audio output price, audio is output like any other (such a request is not sent: pipeline).
+    assert cost_of(usage, Price(input=2.5, output=10.0), NO_FEE).provider_usd == 0.01025
+    assert worst_case_usd(100, 1000, price, NO_FEE, audio_output=True) == pytest.approx(0.08025)
+    assert worst_case_usd(100, 1000, price, NO_FEE) == pytest.approx(0.01025)  # no audio asked: text at most
+    assert with_options(price, {}) == price and plausible(usage)
+    assert usage.completion_tokens_details is not None
+    usage.completion_tokens_details.audio_tokens = 1001
+    assert not plausible(usage)  # more audio than output
+
+
+def test_an_alias_takes_the_releases_of_its_model_and_no_other_model() -> None:
+    """A family alias took any id it began: `gpt-4o-mini-` priced gpt-4o-mini-audio-preview (audio in at $10 a
+    million), -realtime-preview, -search-preview and -tts as gpt-4o-mini text ($0.15/$0.60), and `gpt-4o-2` priced
+    gpt-4o-2024-05-13 ($5/$15, no cache discount) as gpt-4o ($2.50/$10). Now only a date or version follows a
+    prefix; a model the table does not know has no price (`gateway config check` refuses it)."""
+    table = builtin_prices()
+    released = {
+        "gpt-4o-mini-2024-07-18": "gpt-4o-mini",
+        "gpt-4o-2024-08-06": "gpt-4o",
+        "gpt-4o-2024-11-20": "gpt-4o",
+        "gpt-4.1-2025-04-14": "gpt-4.1",
+        "gpt-4.1-mini-2025-04-14": "gpt-4.1-mini",
+        "claude-sonnet-4-5-20250929": "claude-sonnet-4-5",
+        "claude-opus-4-6-20260205": "claude-opus-4-6",
+        "global.anthropic.claude-opus-4-6-v1": "claude-opus-4-6",
+        "anthropic.claude-3-5-haiku-20241022-v1:0": "claude-3-5-haiku",
+        "gpt-4o-mini-audio-preview-2024-12-17": "gpt-4o-mini-audio-preview",
+    }
+    for upstream, entry in released.items():
+        assert table.find(upstream) is table.prices[entry], upstream
+    for other in (
+        "gpt-4o-mini-realtime-preview",
+        "gpt-4o-mini-search-preview",
+        "gpt-4o-mini-tts",
+        "gpt-4o-mini-transcribe",
+        "gpt-4o-audio-preview-2024-10-01",  # (its audio cost $100/$200 a million, not the current $40/$80)
+        "gpt-4o-realtime-preview",
+        "gpt-4.1-nano",
+        "claude-sonnet-4-5-latest-preview",
+    ):
+        assert table.find(other) is None, other
+    may = table.find("gpt-4o-2024-05-13")
+    assert may is not None and (may.input, may.output, may.cached_input) == (5.0, 15.0, None)
+    assert cost_of(Usage.of(1000, 100, cached=500), may, NO_FEE).provider_usd == (1000 * 5 + 100 * 15) / 1e6
+    voice = table.find("gpt-4o-mini-audio-preview")
+    assert voice is not None and (voice.input, voice.audio_input, voice.output, voice.audio_output) == (
+        0.15,
+        10.0,
+        0.6,
+        20.0,
+    )
+    heard = Usage.of(1000, 100, audio=900)
+    assert cost_of(heard, voice, NO_FEE).provider_usd == (100 * 0.15 + 900 * 10 + 100 * 0.6) / 1e6  # 0.009075
+
+
+@pytest.mark.parametrize("geo", ["", "us.", "eu.", "jp.", "au."])
+@pytest.mark.parametrize(
+    ("family", "release"),
+    [
+        ("claude-sonnet-4-5", "20250929-v1:0"),
+        ("claude-haiku-4-5", "20251001-v1:0"),
+        ("claude-opus-4-5", "20251101-v1:0"),
+        ("claude-opus-4-6", "v1"),
+    ],
+)
+def test_bedrocks_regional_claude_costs_a_tenth_more_than_its_global_profile(
+    geo: str, family: str, release: str
+) -> None:
+    """From Claude Sonnet 4.5, Haiku 4.5 and Opus 4.5 on, Bedrock charges 10% more through a regional endpoint (in
+    one Region, or a `us.`/`eu.`/`jp.`/`au.` profile) than through the `global.` profile, which charges Anthropic's
+    prices: the regional ids were priced as global, and the global profiles of Sonnet 4.5 and Haiku 4.5 had no price
+    at all (`config check`: "no price known")."""
+    table = builtin_prices()
+    direct = table.prices[family]
+    assert table.find(f"global.anthropic.{family}-{release}") is direct
+    regional = table.find(f"{geo}anthropic.{family}-{release}")
+    assert regional is not None and regional is not direct
+    fields = ("input", "output", "cached_input", "cache_write", "cache_write_1h")
+    assert [getattr(regional, f) for f in fields] == pytest.approx([getattr(direct, f) * 1.1 for f in fields])
+    if direct.long_context is not None:
+        assert regional.long_context is not None
+        tiers = ("threshold", "input", "output", "cached_input", "cache_write")
+        assert [getattr(regional.long_context, f) for f in tiers] == pytest.approx(
+            [direct.long_context.threshold] + [getattr(direct.long_context, f) * 1.1 for f in tiers[1:]]
+        )
+    sonnet = cost_of(Usage.of(100_000, 100_000), table.find("us.anthropic.claude-sonnet-4-5-20250929-v1:0"), NO_FEE)
+    assert sonnet.provider_usd == 1.98  # $3.30 and $16.50 a million
+    assert table.find("us.anthropic.claude-3-5-haiku-20241022-v1:0") is table.prices["claude-3-5-haiku"]  # one price
+
+
+def test_mistral_large_latest_is_mistral_large_3() -> None:
+    """`mistral-large-latest` has been Mistral Large 3 (`mistral-large-2512`, $0.50/$1.50) since December 2025; it was
+    priced as Mistral Large 2 ($2/$6), four times over."""
+    table = builtin_prices()
+    for name in ("mistral-large-latest", "mistral-large-2512"):
+        large = table.find(name)
+        assert large is not None and cost_of(Usage.of(100_000, 100_000), large, NO_FEE).provider_usd == 0.2
+
+
 def test_the_worst_case_covers_an_hours_writes_wherever_the_model_bills_cache_writes() -> None:
     """A price naming `cache_write` but not `cache_write_1h` (a Claude price written before the hour rate) costs an
     hour's write at twice the input: the worst case must hold it (it held the 5-minute rate: $0.375 against a
