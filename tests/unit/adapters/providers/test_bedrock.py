@@ -82,9 +82,9 @@ def decode(raw: bytes, sizes: int | None = None) -> list[StreamEvent]:
     return events + decoder.finish()
 
 
-def parse(raw: bytes, req: ChatRequest | None = None) -> tuple[list[dict[str, Any]], Any]:
+def parse(raw: bytes, req: ChatRequest | None = None, model: str = MODEL) -> tuple[list[dict[str, Any]], Any]:
     a = adapter()
-    parser = a.stream_parser(req or request(), target())
+    parser = a.stream_parser(req or request(), target(model))
     chunks = [c for event in decode(raw, 29) for c in parser.feed(event)] + parser.finish()
     return [c.model_dump(exclude_none=True) for c in chunks], parser.usage
 
@@ -716,6 +716,31 @@ def test_redacted_reasoning_in_several_deltas_is_one_block_of_their_bytes() -> N
     chunks, _ = parse(b"".join(frames))
     [block] = [block for c in chunks if c.get("choices") for block in c["choices"][0]["delta"].get(THINKING, [])]
     assert block == {"type": "redacted_thinking", "data": base64.b64encode(b"first second").decode()}
+
+
+def nova_reasoning_frames(*pieces: str) -> list[bytes]:
+    frames = [event_frame("messageStart", {"role": "assistant"})]
+    for piece in pieces:
+        delta = {"reasoningContent": {"text": piece}}
+        frames.append(event_frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": delta}))
+    frames.append(event_frame("contentBlockStop", {"contentBlockIndex": 0}))
+    frames.append(event_frame("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"text": "Hi."}}))
+    return [*frames, event_frame("contentBlockStop", {"contentBlockIndex": 1}), event_frame("messageStop", {})]
+
+
+def test_nova_2s_redacted_reasoning_is_no_reasoning_in_any_pieces_and_a_real_one_still_streams() -> None:
+    """Nova 2's reasoning is the text "[REDACTED]" (AWS's Nova 2 guide): it was relayed as the model's reasoning. It
+    is left out however Bedrock cuts it into deltas; reasoning that only starts like it streams whole, and another
+    model's "[REDACTED]" is its own text."""
+    nova = "us.amazon.nova-2-lite-v1:0"
+    for pieces in (["[REDACTED]"], ["[RED", "ACT", "ED]"]):
+        chunks, _ = parse(b"".join(nova_reasoning_frames(*pieces)), model=nova)
+        assert deltas(chunks, "reasoning_content") == "" and deltas(chunks, "content") == "Hi."
+    for pieces in (["[RED", "ACTED] by", " design"], ["[RED"], ["[REDACTED]", " and more"]):
+        chunks, _ = parse(b"".join(nova_reasoning_frames(*pieces)), model=nova)
+        assert deltas(chunks, "reasoning_content") == "".join(pieces)
+    chunks, _ = parse(b"".join(nova_reasoning_frames("[REDACTED]")), model="us.deepseek.r1-v1:0")
+    assert deltas(chunks, "reasoning_content") == "[REDACTED]"
 
 
 def test_a_streamed_call_without_arguments_ends_with_an_empty_object() -> None:
