@@ -112,6 +112,7 @@ CLIENT_NAMES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
             "response_format": "output_config.format",
             "parallel_tool_calls": "tool_choice.disable_parallel_tool_use",
             "reasoning_summary": "thinking.display",
+            "messages.reasoning_content": "messages.thinking",
         },
         RESPONSES_API: {
             "max_completion_tokens": "max_output_tokens",
@@ -119,6 +120,9 @@ CLIENT_NAMES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
             "response_format": "text.format",
             "verbosity": "text.verbosity",
             "reasoning_summary": "reasoning.summary",
+            # An earlier turn's reasoning: what a reasoning item carried (its text, Claude's signed thinking).
+            "messages.reasoning_content": "input[reasoning]",
+            "messages.thinking": "input[reasoning]",
         },
     }
 )
@@ -127,7 +131,7 @@ CLIENT_NAMES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
 def as_client_named(api: str, names: list[str]) -> list[str]:
     """`names` (dropped parameters, as the internal form calls them) as the clients of `api` call them."""
     words = CLIENT_NAMES.get(api)
-    return [words.get(name, name) for name in names] if words else names
+    return list(dict.fromkeys(words.get(name, name) for name in names)) if words else names
 
 
 class NativeCall(Value):
