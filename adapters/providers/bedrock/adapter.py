@@ -392,13 +392,15 @@ def claude_betas(call: NativeCall | None, model: str, body: Mapping[str, Any]) -
     """The betas of the client's own request (a Messages client's `anthropic-beta`: Claude Code's
     `context-1m-2025-08-07` for a model it was given as `name[1m]`, its `interleaved-thinking-2025-05-14`) that the
     Converse `body` for a Claude `model` takes (`CLAUDE_BETAS`), and the others as `x-gateway-dropped-params` names
-    them (`anthropic-beta[NAME]`)."""
+    them (`anthropic-beta[NAME]`): Claude is sent the request without them. Another model loses what a translation
+    to any other provider loses (`NativeCall.lost_headers`), no more: the betas are Claude's."""
     header = call.headers.get("anthropic-beta", "") if call is not None else ""
-    if not header:
+    if not header or call is None:
         return [], []
+    if not reasoning.reasons(model, ("anthropic.claude",)):
+        return [], list(call.lost_headers)
     betas = list(dict.fromkeys(beta.strip() for beta in header.split(",") if beta.strip()))
-    claude = reasoning.reasons(model, ("anthropic.claude",))
-    kept = [beta for beta in betas if claude and beta in CLAUDE_BETAS and CLAUDE_BETAS[beta](body)]
+    kept = [beta for beta in betas if beta in CLAUDE_BETAS and CLAUDE_BETAS[beta](body)]
     return kept, [f"anthropic-beta[{beta}]" for beta in betas if beta not in kept]
 
 

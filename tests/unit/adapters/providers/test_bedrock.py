@@ -24,6 +24,7 @@ from adapters.providers.bedrock import adapter as bedrock
 from adapters.providers.bedrock.eventstream import EventStreamDecoder, parse_headers
 from adapters.providers.params import THINKING_BLOCKS as THINKING
 from adapters.providers.registry import REGISTRY
+from handler.api.messages_api import lost_betas
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
 from handler.ports import MESSAGES_API, NativeCall, Target
 from handler.schemas import ChatRequest
@@ -967,7 +968,7 @@ CLAUDE_CODE_BETAS = (
 
 
 def translated(req: ChatRequest, model: str, betas: str = CLAUDE_CODE_BETAS) -> tuple[dict[str, Any], list[str]]:
-    call = NativeCall(MESSAGES_API, {}, {"anthropic-beta": betas})
+    call = NativeCall(MESSAGES_API, {}, {"anthropic-beta": betas}, lost_headers=lost_betas(betas, {}, []))
     result = adapter().translated_request(call, req, target(model), stream=False)
     return orjson.loads(result.request.body), result.dropped
 
@@ -995,6 +996,9 @@ def test_a_messages_clients_betas_bedrock_takes_reach_claude_and_the_others_are_
     assert body["additionalModelRequestFields"] == {"anthropic_beta": ["context-1m-2025-08-07"]}
     assert "anthropic-beta[interleaved-thinking-2025-05-14]" in dropped
     body, dropped = translated(request(), "us.amazon.nova-pro-v1:0", "context-1m-2025-08-07")
+    assert "additionalModelRequestFields" not in body and dropped == ["anthropic-beta[context-1m-2025-08-07]"]
+    # Another model loses what any translation loses (`lost_betas`): Claude Code's own beta, say, is not named.
+    body, dropped = translated(request(), "us.amazon.nova-pro-v1:0")
     assert "additionalModelRequestFields" not in body and dropped == ["anthropic-beta[context-1m-2025-08-07]"]
     # A request without betas (every Chat Completions one) gets none, and names none.
     body, dropped = built(thinking, target(SONNET))
