@@ -54,6 +54,7 @@ from adapters.providers.params import (
     signed_thinking,
     strict_schema,
     unsent_part_fields,
+    unsent_reasoning,
 )
 from adapters.sigv4 import Credentials as SigCredentials
 from adapters.sigv4 import Signer
@@ -737,7 +738,7 @@ class BedrockAdapter(ProviderAdapter):
         params = req.model_dump(exclude_unset=True, by_alias=True)
         inference = {name: params.pop(name) for name in INFERENCE_RULES if name in params}
         dropped = apply_rules(inference, INFERENCE_RULES) + keep_one_sampling_knob(inference, model, "topP")
-        dropped += named_messages(req.messages)
+        dropped += named_messages(req.messages) + unsent_reasoning(req.messages)
         harmless = {name: params.pop(name) for name in HARMLESS_RULES if name in params}
         dropped += apply_rules(harmless, HARMLESS_RULES)
         dropped += sorted(name for name, value in params.items() if name not in TRANSLATED and asks(name, value))

@@ -449,7 +449,8 @@ def test_a_stored_turn_sent_back_by_value_hands_its_reasoning_back(
 
     stranger = openai_client(fleet, fleet.mint(name="stranger"))
     raw = stranger.responses.with_raw_response.create(input=back, **settings)
-    assert raw.parse().status == "completed" and dropped(raw.headers) == ["reasoning.effort"]
+    # (The summary it sent is no signed thinking: Claude gets neither, and the item is named.)
+    assert raw.parse().status == "completed" and dropped(raw.headers) == ["input[reasoning]", "reasoning.effort"]
     assert "thinking" not in fleet.fakes["anthropic"].state.requests[-1]["json"]
 
 
@@ -684,6 +685,33 @@ def test_an_earlier_turns_reasoning_a_compatible_server_cannot_take_is_named(
     sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
     assistant = next(m for m in sent if m["role"] == "assistant")
     assert "reasoning_content" not in assistant and "thinking_blocks" not in assistant
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+@pytest.mark.parametrize("model", ["gemini", "claude", "bedrock-claude"])
+def test_another_providers_reasoning_text_is_named_where_it_cannot_go_back(
+    fleet: Running, fleet_key: str, api: str, model: str
+) -> None:
+    """Anthropic and Bedrock take back Claude's signed thinking only, Gemini none: DeepSeek's reasoning handed back
+    as text (Chat's `reasoning_content`, a Responses reasoning item) was left out of the request unnamed."""
+    question: Any = [{"role": "user", "content": "Weather in Paris?"}]
+    sdk = openai_client(fleet, fleet_key)
+    if api == "chat":
+        turn: Any = sdk.chat.completions.create(model="reasoner", messages=question).choices[0].message
+        again: Any = [*question, turn.model_dump(exclude_none=True), {"role": "user", "content": "And tomorrow?"}]
+        raw: Any = sdk.chat.completions.with_raw_response.create(model=model, messages=again)
+        assert dropped(raw.headers) == ["messages.reasoning_content"]
+    else:
+        settings: Any = {"store": False, "include": ["reasoning.encrypted_content"]}
+        first = sdk.responses.create(model="reasoner", input=question, **settings)
+        back: Any = [*question, *[item.model_dump(exclude_none=True) for item in first.output]]
+        raw = sdk.responses.with_raw_response.create(model=model, input=[*back, {"role": "user", "content": "And?"}])
+        assert dropped(raw.headers) == ["input[reasoning]"]
+    assert REASONING.encode() not in orjson.dumps(fleet.fakes[model_fake(model)].state.requests[-1]["json"])
+
+
+def model_fake(model: str) -> str:
+    return {"claude": "anthropic", "bedrock-claude": "bedrock"}.get(model, model)
 
 
 def test_another_gateway_process_on_the_same_store_opens_the_seal(fleet: Running, fleet_key: str) -> None:
