@@ -112,6 +112,7 @@ CLIENT_NAMES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
             "response_format": "output_config.format",
             "parallel_tool_calls": "tool_choice.disable_parallel_tool_use",
             "reasoning_summary": "thinking.display",
+            "messages.reasoning_content": "messages.thinking",
         },
         RESPONSES_API: {
             "max_completion_tokens": "max_output_tokens",
@@ -119,6 +120,9 @@ CLIENT_NAMES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
             "response_format": "text.format",
             "verbosity": "text.verbosity",
             "reasoning_summary": "reasoning.summary",
+            # An earlier turn's reasoning: what a reasoning item carried (its text, Claude's signed thinking).
+            "messages.reasoning_content": "input[reasoning]",
+            "messages.thinking": "input[reasoning]",
         },
     }
 )
@@ -127,7 +131,7 @@ CLIENT_NAMES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
 def as_client_named(api: str, names: list[str]) -> list[str]:
     """`names` (dropped parameters, as the internal form calls them) as the clients of `api` call them."""
     words = CLIENT_NAMES.get(api)
-    return [words.get(name, name) for name in names] if words else names
+    return list(dict.fromkeys(words.get(name, name) for name in names)) if words else names
 
 
 class NativeCall(Value):
@@ -140,9 +144,12 @@ class NativeCall(Value):
     `dropped` names what the passed-through body leaves out of the client's (reported for a native one).
     `query` is what of the client's query string the API's provider reads (`handler.wire.forwarded_query`:
     Anthropic's `beta`), for a deployment that speaks the API to get on its URL; empty when there was none.
+    `lost_headers` names what of the client's `headers` a translation loses (a Messages client's betas whose
+    feature the request uses, `anthropic-beta[NAME]`: `handler.api.messages_api.lost_betas`), reported by a
+    deployment that gets the translated request unless its adapter sends some of them itself (Bedrock, for Claude).
     """
 
-    __slots__ = ("api", "body", "headers", "untranslated", "dropped", "query")
+    __slots__ = ("api", "body", "headers", "untranslated", "dropped", "query", "lost_headers")
 
     def __init__(
         self,
@@ -152,6 +159,7 @@ class NativeCall(Value):
         untranslated: tuple[str, ...] = (),
         dropped: tuple[str, ...] = (),
         query: str = "",
+        lost_headers: tuple[str, ...] = (),
     ) -> None:
         self.api: Final = api
         self.body: Final = body
@@ -159,6 +167,7 @@ class NativeCall(Value):
         self.untranslated: Final = untranslated
         self.dropped: Final = dropped
         self.query: Final = query
+        self.lost_headers: Final = lost_headers
 
 
 class Served(Value):
@@ -277,10 +286,13 @@ class ProviderAdapter(ABC):
 
     def translated_request(self, call: NativeCall, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
         """The upstream request for a client's request in an API the deployment does not speak (`call`): its
-        translation `req`, built as a Chat Completions request is. An adapter whose API carries more of the
-        client's own request than the internal form does (Bedrock: Claude's betas, from `anthropic-beta`) reads it
-        from `call`."""
-        return self.chat_request(req, target, stream=stream)
+        translation `req`, built as a Chat Completions request is, and what of the client's headers it loses
+        (`NativeCall.lost_headers`). An adapter whose API carries more of the client's own request than the internal
+        form does (Bedrock: Claude's betas, from `anthropic-beta`) reads it from `call`."""
+        built = self.chat_request(req, target, stream=stream)
+        if not call.lost_headers:
+            return built
+        return BuiltRequest(built.request, [*built.dropped, *call.lost_headers])
 
     def native_usage(self, call: NativeCall, body: bytes) -> Usage | None:
         """The usage of a native non-streaming answer, None when it has none (a malformed answer is an

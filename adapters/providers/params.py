@@ -215,3 +215,12 @@ def thinking_blocks(message: BaseModel) -> list[dict[str, Any]]:
     internal message by the Messages front-end so a Claude deployment gets them back unchanged."""
     blocks = (message.model_extra or {}).get("thinking_blocks")
     return [b for b in blocks if isinstance(b, dict)] if isinstance(blocks, list) else []
+
+
+def unsent_reasoning(messages: list[Any]) -> list[str]:
+    """`["messages.reasoning_content"]` when an assistant turn's reasoning comes as text alone (a Chat client's
+    `reasoning_content`, a Responses client's reasoning item: another provider's reasoning, unsigned), for a provider
+    that takes none back (Anthropic and Bedrock take Claude's signed thinking blocks only, Gemini its own
+    signatures): reported dropped rather than lost without a word. Claude's blocks beside it carry it."""
+    unsent = any(m.role == "assistant" and m.reasoning_content and not thinking_blocks(m) for m in messages)
+    return ["messages.reasoning_content"] if unsent else []

@@ -6,11 +6,13 @@ what the internal form can carry: system blocks with their `cache_control`, `sys
 `messages` (Claude Code sends them for models it does not know), `thinking` (enabled or adaptive) with
 `output_config.effort`, `output_config.format`, images and documents, and signed thinking blocks of earlier
 turns (on the internal message as `thinking_blocks`). What it cannot carry is named, for
-`x-gateway-dropped-params`. Rendering answers back out is in `handler.api.messages_out`.
+`x-gateway-dropped-params`, and so are the client's betas whose meaning it loses (`lost_betas`). Rendering answers
+back out is in `handler.api.messages_out`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import orjson
@@ -414,3 +416,87 @@ def to_chat_request(req: MessagesCountRequest) -> tuple[ChatRequest, list[str]]:
     translation = Translation()
     chat = translation.request(req)
     return chat, translation.dropped
+
+
+# --- the client's betas -----------------------------------------------------------------------------
+
+# What a beta turns on, for `lost_betas`: a beta family (its name less its date) whose feature is a field, tool or
+# block of the request, by the names the translation gives it when it leaves it out (`Translation.dropped`), or one
+# that changes how Claude answers the request as it stands (a predicate on the client's body).
+LeftOut = Callable[[Mapping[str, Any], Sequence[str]], bool]
+
+
+def _left_out(*prefixes: str) -> LeftOut:
+    return lambda body, untranslated: any(name.startswith(prefixes) for name in untranslated)
+
+
+def _thinks(body: Mapping[str, Any], untranslated: Sequence[str]) -> bool:
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+
+
+BETA_FEATURES: Mapping[str, LeftOut] = {
+    "context-management": _left_out("context_management", "tools.memory_"),
+    "compact": _left_out("context_management"),
+    "mcp-client": _left_out("mcp_servers", "tools.mcp_toolset"),
+    "files-api": _left_out("messages.image.file", "messages.document.file", "messages.container_upload"),
+    "code-execution": _left_out("tools.code_execution_"),
+    "computer-use": _left_out("tools.computer_", "tools.bash_", "tools.text_editor_"),
+    "web-fetch": _left_out("tools.web_fetch_"),
+    "skills": _left_out("container"),
+    "fast-mode": _left_out("speed"),
+    "advanced-tool-use": _left_out(
+        "tools.tool_search_tool_", "tools.defer_loading", "tools.input_examples", "tools.allowed_callers"
+    ),
+    "tool-search-tool": _left_out("tools.tool_search_tool_", "tools.defer_loading"),
+    "tool-examples": _left_out("tools.input_examples"),
+    "advisor-tool": _left_out("tools.advisor_"),
+    "search-results": _left_out("messages.search_result", "messages.tool_result.search_result"),
+    # A window of a million tokens: the deployment's model has its own, and Claude Code, which asks it of a model it
+    # was given as `name[1m]`, keeps a conversation that long before it compacts.
+    "context-1m": lambda body, untranslated: True,
+    # Claude's thinking in full rather than summarised: another model's reasoning comes back as its API gives it.
+    "dev-full-thinking": _thinks,
+}
+# Betas whose meaning a translation keeps, or that ask nothing of the answer: never named. Claude Code's own
+# (`claude-code`, sent with every request) and sign-in (`oauth`); ways of streaming or encoding what is asked
+# (`fine-grained-tool-streaming`, `token-efficient-tools`); caching, which the translation leaves to the provider
+# without notice, as it does `cache_control`; room for a longer answer (`output-128k`, `max-tokens-3-5-sonnet`),
+# which the gateway fits to the deployment's model whatever the client asked; thinking between tool calls
+# (`interleaved-thinking`), as every model that reasons does at each request, a tool's result included (one that
+# does not reason has the thinking itself named); and features carried by the translation (`effort`,
+# `structured-outputs`) or out of beta (`token-counting`, `pdfs`, `message-batches`).
+BETAS_KEPT = frozenset(
+    {
+        "claude-code", "oauth", "fine-grained-tool-streaming", "token-efficient-tools", "prompt-caching",
+        "extended-cache-ttl", "output-128k", "max-tokens-3-5-sonnet", "interleaved-thinking", "effort",
+        "structured-outputs", "token-counting", "pdfs", "message-batches",
+    }
+)  # fmt: skip
+
+
+def beta_family(beta: str) -> str:
+    """A beta's name less its date (`context-1m-2025-08-07`: `context-1m`; `claude-code-20250219`: `claude-code`)."""
+    head, _, date = beta.rpartition("-")
+    if len(date) == 8 and date.isdigit():
+        return head
+    parts = beta.rsplit("-", 3)
+    if len(parts) == 4 and len(parts[1]) == 4 and all(part.isdigit() for part in parts[1:]):
+        return parts[0]
+    return beta
+
+
+def lost_betas(header: str, body: Mapping[str, Any], untranslated: Sequence[str]) -> tuple[str, ...]:
+    """The betas of a Messages request's `anthropic-beta` `header` that a translation to another model loses, as
+    `x-gateway-dropped-params` names them (`anthropic-beta[NAME]`): each whose feature the request uses
+    (`BETA_FEATURES`: on its client's `body`, or what the translation left out of it, `untranslated`), and each the
+    gateway does not know (what it turns on cannot be told), but none of `BETAS_KEPT`."""
+    lost = []
+    for beta in dict.fromkeys(value.strip() for value in header.split(",")):
+        family = beta_family(beta)
+        if not beta or family in BETAS_KEPT:
+            continue
+        used = BETA_FEATURES.get(family)
+        if used is None or used(body, untranslated):
+            lost.append(f"anthropic-beta[{beta}]")
+    return tuple(lost)

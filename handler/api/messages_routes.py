@@ -10,7 +10,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from handler.api.messages_api import MessagesCountRequest, MessagesRequest, to_chat_request
+from handler.api.messages_api import MessagesCountRequest, MessagesRequest, lost_betas, to_chat_request
 from handler.api.messages_out import anthropic_events, native_events, native_message, to_message
 from handler.api.streaming import EventStream, stream_head, until_client_leaves
 from handler.errors import InvalidRequestError
@@ -60,7 +60,9 @@ def native_call(
         if not (value.isascii() and value.isprintable()):
             raise InvalidRequestError(f"the {name} header must be printable ASCII", param=name)
     query = forwarded_query(request.scope.get("query_string", b""))
-    return NativeCall(MESSAGES_API, data, headers, tuple(untranslated), tuple(dropped or ()), query)
+    betas = headers.get("anthropic-beta")
+    lost = lost_betas(betas, data, untranslated) if betas else ()
+    return NativeCall(MESSAGES_API, data, headers, tuple(untranslated), tuple(dropped or ()), query, lost)
 
 
 # Anthropic's server tools billed beyond tokens at rates the gateway does not price: code execution (per

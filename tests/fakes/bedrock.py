@@ -16,6 +16,9 @@ system prompt that gives a JSON Schema gets an answer following it. A request as
 is refused, as Anthropic refuses it, and so is a beta (`anthropic_beta`) Bedrock does not take for Claude
 (`CLAUDE_BETAS`: "invalid beta flag").
 
+Amazon Nova 2 asked to reason (`additionalModelRequestFields.reasoningConfig`) answers as AWS documents it: its
+reasoning block's text is `NOVA_REDACTED` (no signature), and its reasoning tokens are billed in `outputTokens`.
+
 Behaviour by model id: `thinker` and `redacts` (see `THINKING`, `REDACTED`), `fail-throttle` (HTTP 429
 ThrottlingException, which names no wait), `throttle-once` (that 429 for the first request to the model, served after
 it), `fail-validation` (400), `fail-500` (InternalServerException), `stream-exception` (a stream
@@ -57,6 +60,11 @@ THINKING = "The user wants the weather; a tool knows it."
 SIGNATURE = "ErcBCkgIBxgCfakeBedrockSignature"
 # A model id with `redacts` opens its reasoning with a block Claude's safety systems encrypted (a Blob: base64).
 REDACTED = "RXJjQkNrZ0lCeGdDZmFrZVJlZGFjdGVkVGhpbmtpbmc="
+# Nova 2's reasoning, "redacted in the output and displays as [REDACTED], though you are still charged for these
+# tokens" (AWS's Nova 2 user guide, "Reasoning capabilities"): the text of its reasoning block, and the tokens that
+# reasoning adds to `outputTokens`.
+NOVA_REDACTED = "[REDACTED]"
+NOVA_REASONING_TOKENS = 40
 USAGE = {"inputTokens": 11, "outputTokens": 6, "totalTokens": 20, "cacheReadInputTokens": 3}
 # A model id part -> the stop reason of an answer Bedrock could not use, and the words written before it.
 MALFORMED = {"malformed-tool-use": "malformed_tool_use", "malformed-output": "malformed_model_output"}
@@ -135,7 +143,8 @@ def stream_frames(answer: Mapping[str, Any]) -> list[bytes]:
             frames.append(event_frame("contentBlockDelta", {"contentBlockIndex": index, "delta": delta}))
         elif "reasoningContent" in block:
             reasoning = block["reasoningContent"]["reasoningText"]
-            for delta in ({"text": reasoning["text"]}, {"signature": reasoning["signature"]}):
+            signed = ({"signature": reasoning["signature"]},) if "signature" in reasoning else ()
+            for delta in ({"text": reasoning["text"]}, *signed):
                 frames.append(
                     event_frame("contentBlockDelta", {"contentBlockIndex": index, "delta": {"reasoningContent": delta}})
                 )
@@ -449,6 +458,20 @@ def answer_for(body: dict[str, Any], thinks: bool = False, redacts: bool = False
     return {**answer, "additionalModelResponseFields": fields} if fields else answer
 
 
+def nova_reasoning(answer: dict[str, Any], body: dict[str, Any], model: str) -> dict[str, Any]:
+    """`answer` as Nova 2 gives it when asked to reason: opened by its redacted reasoning (`NOVA_REDACTED`, unsigned),
+    whose tokens its usage counts as output."""
+    config = (body.get("additionalModelRequestFields") or {}).get("reasoningConfig") or {}
+    if "amazon.nova-2" not in model or config.get("type") != "enabled":
+        return answer
+    opening = {"reasoningContent": {"reasoningText": {"text": NOVA_REDACTED}}}
+    message = {**answer["output"]["message"], "content": [opening, *answer["output"]["message"]["content"]]}
+    usage = dict(answer["usage"])
+    usage["outputTokens"] += NOVA_REASONING_TOKENS
+    usage["totalTokens"] += NOVA_REASONING_TOKENS
+    return {**answer, "output": {"message": message}, "usage": usage}
+
+
 def malformed_answer(answer: dict[str, Any], model: str) -> dict[str, Any]:
     """`answer` as the model id's malformed stop (`MALFORMED`) ends it, if it names one."""
     stop = next((reason for part, reason in MALFORMED.items() if part in model), None)
@@ -499,6 +522,7 @@ def create_app() -> Starlette:
         if failure is not None or body is None:
             return failure or _error(400, "ValidationException", "no body")
         answer = {**answer_for(body, "thinker" in model, "redacts" in model), "usage": usage_for(body, cached)}
+        answer = nova_reasoning(answer, body, model)
         return Response(orjson.dumps(malformed_answer(answer, model)), media_type="application/json")
 
     async def converse_stream(request: Request) -> Response:
@@ -514,7 +538,7 @@ def create_app() -> Starlette:
                 yield exception_frame("throttlingException", "Too many tokens, please wait before trying again.")
                 return
             answer = {**answer_for(body, "thinker" in model, "redacts" in model), "usage": usage_for(body, cached)}
-            answer = malformed_answer(answer, model)
+            answer = malformed_answer(nova_reasoning(answer, body, model), model)
             for frame in stream_frames(answer):
                 if answer["stopReason"] in MALFORMED.values() and b"messageStop" in frame:
                     await asyncio.sleep(MALFORMED_PAUSE_S)

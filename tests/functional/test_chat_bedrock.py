@@ -24,6 +24,7 @@ MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
 SONNET = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
 REDACTING = "us.anthropic.claude-sonnet-4-5-redacts-v1:0"  # (the fake's Claude whose reasoning opens redacted)
 LLAMA = "us.meta.llama3-3-70b-instruct-v1:0"
+NOVA_2 = "us.amazon.nova-2-lite-v1:0"
 # The fake's Claude whose answer ends in a tool use Bedrock could not parse (`malformed_tool_use`), or in output it
 # could not read (`malformed_model_output`).
 MISCALLING = "us.anthropic.claude-malformed-tool-use-v1:0"
@@ -63,6 +64,7 @@ def bedrock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             },
             "rejects": {"deployments": [{**deployment, "model": "fail-validation"}], "price": PRICE},
             "llama": {"deployments": [{**deployment, "model": LLAMA}], "price": PRICE},
+            "nova-2": {"deployments": [{**deployment, "model": NOVA_2}], "price": PRICE},
             "claude-miscalls": {
                 "deployments": [{**deployment, "model": MISCALLING}],
                 "price": PRICE,
@@ -561,3 +563,39 @@ def test_an_images_type_parameters_are_left_out_and_its_detail_named(bedrock: Ru
     raw = client.chat.completions.with_raw_response.create(model="claude-haiku", messages=messages)
     assert sent(bedrock)["json"]["messages"][0]["content"][1] == {"image": {"format": "png", "source": {"bytes": PNG}}}
     assert raw.headers["x-gateway-dropped-params"] == "messages.image_url.detail"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_nova_2s_redacted_reasoning_is_not_passed_off_as_its_reasoning(bedrock: Running, stream: bool) -> None:
+    """Nova 2's reasoning comes back from Bedrock as the text "[REDACTED]" (AWS's Nova 2 guide: "reasoning content
+    is redacted in the output and displays as [REDACTED], though you are still charged for these tokens"). It
+    reached a Chat client as its `reasoning_content` and a Messages client as a thinking block, as if the model had
+    thought "[REDACTED]": neither gets reasoning text now, and the reasoning tokens are billed all the same."""
+    key = bedrock.mint(name=f"nova-2-{stream}")
+    billed = fake.USAGE["outputTokens"] + fake.NOVA_REASONING_TOKENS
+    with openai.OpenAI(base_url=f"{bedrock.url}/v1", api_key=key, max_retries=0) as chat:
+        asked: Any = {"model": "nova-2", "messages": HI, "reasoning_effort": "low"}
+        if stream:
+            chunks = list(chat.chat.completions.create(**asked, stream=True, stream_options={"include_usage": True}))
+            deltas = [c.choices[0].delta for c in chunks if c.choices]
+            assert "".join(d.content or "" for d in deltas) == fake.TEXT
+            assert not [d for d in deltas if (d.model_extra or {}).get("reasoning_content")]
+            usage = chunks[-1].usage
+        else:
+            completion = chat.chat.completions.create(**asked)
+            assert completion.choices[0].message.content == fake.TEXT
+            assert (completion.choices[0].message.model_extra or {}).get("reasoning_content") is None
+            usage = completion.usage
+    assert sent(bedrock)["json"]["additionalModelRequestFields"]["reasoningConfig"]["type"] == "enabled"
+    assert usage is not None and usage.completion_tokens == billed
+
+    claude = anthropic_client(bedrock, key)
+    thinking: Any = {"model": "nova-2", "max_tokens": 4096, "thinking": {"type": "enabled", "budget_tokens": 2048}}
+    if stream:
+        with claude.messages.stream(**thinking, messages=HI) as events:
+            message = events.get_final_message()
+    else:
+        message = claude.messages.create(**thinking, messages=HI)
+    assert [block.type for block in message.content] == ["text"]
+    assert message.usage.output_tokens == billed
+    assert [line.output_tokens for line in bedrock.ledger(key)] == [billed, billed]

@@ -36,6 +36,7 @@ SYSTEM: Any = [
     {"type": "text", "text": "Answer briefly."},
 ]
 CONTEXT_MANAGEMENT: Any = {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}
+MANAGED = "anthropic-beta[context-management-2025-06-27]"  # (named beside `context_management` by a translation)
 # The fakes' script (tests.fakes.script): a model offered `Bash` calls it as the task says.
 TASK = 'Write hi into out.txt. CALL Bash {"command": "echo hi > out.txt"}'
 BASH_TOOL: Any = {
@@ -319,7 +320,8 @@ def test_failover_to_another_provider_translates_that_attempt(agents: Running, c
     assert raw.parse().content[0].text == fake_openai.TEXT  # type: ignore[union-attr]
     assert raw.headers["x-gateway-provider"] == "openai"
     assert raw.headers["x-gateway-route"].endswith("=500, openai/gpt-4o-mini@global=200")
-    assert raw.headers["x-gateway-dropped-params"] == "context_management"
+    # The context management beta goes with the field it turns on, as on Bedrock.
+    assert raw.headers["x-gateway-dropped-params"] == f"context_management,{MANAGED}"
     assert last(agents, "openai")["json"]["messages"][0]["role"] == "system"
 
 
@@ -432,7 +434,7 @@ def test_claude_codes_request_reaches_openai_translated(agents: Running, client:
     assert sent["messages"][0]["content"][0] == {"type": "text", "text": SYSTEM[0]["text"]}
     assert sent["tools"][0]["function"] == {"name": "Bash", "parameters": BASH_TOOL["input_schema"]}
     assert "thinking" not in sent and "reasoning_effort" not in sent and sent["max_tokens"] == 1000
-    assert raw.headers["x-gateway-dropped-params"].split(",") == ["context_management", "thinking"]
+    assert raw.headers["x-gateway-dropped-params"].split(",") == ["context_management", "thinking", MANAGED]
 
 
 def test_an_openai_reasoning_model_gets_reasoning_effort_and_max_completion_tokens(
@@ -441,7 +443,7 @@ def test_an_openai_reasoning_model_gets_reasoning_effort_and_max_completion_toke
     raw = client.beta.messages.with_raw_response.create(betas=BETAS, **claude_code_body("o4"))
     sent = last(agents, "openai")["json"]
     assert sent["reasoning_effort"] == "high" and sent["max_completion_tokens"] == 1000 and "max_tokens" not in sent
-    assert raw.headers["x-gateway-dropped-params"] == "context_management"
+    assert raw.headers["x-gateway-dropped-params"] == f"context_management,{MANAGED}"
 
 
 def test_an_openai_reasoning_model_gets_the_nearest_effort_it_takes(
@@ -455,11 +457,11 @@ def test_an_openai_reasoning_model_gets_the_nearest_effort_it_takes(
     raw = client.beta.messages.with_raw_response.create(betas=BETAS, **body)
     assert raw.parse().content[0].type == "tool_use"
     assert last(agents, "openai")["json"]["reasoning_effort"] == "high"
-    assert raw.headers["x-gateway-dropped-params"] == "context_management"
+    assert raw.headers["x-gateway-dropped-params"] == f"context_management,{MANAGED}"
     body = {**claude_code_body("o4"), "output_config": {"effort": "max"}}
     raw = client.beta.messages.with_raw_response.create(betas=BETAS, **body)
     assert last(agents, "openai")["json"]["reasoning_effort"] == "high"
-    assert raw.headers["x-gateway-dropped-params"] == "context_management,thinking"
+    assert raw.headers["x-gateway-dropped-params"] == f"context_management,thinking,{MANAGED}"
 
 
 def test_strict_mode_refuses_what_a_translation_drops_but_not_a_pass_through(client: anthropic.Anthropic) -> None:
@@ -479,7 +481,8 @@ def test_gemini_gets_a_thinking_config_and_the_system_instruction(agents: Runnin
     assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 4000, "includeThoughts": True}
     texts = [part["text"] for part in sent["systemInstruction"]["parts"]]
     assert texts == [SYSTEM[0]["text"], SYSTEM[1]["text"], "# Environment\nPrimary working directory: /tmp/work"]
-    assert raw.headers["x-gateway-dropped-params"] == "context_management,metadata.user_id"  # Gemini has no end-user id
+    # (Gemini has no end-user id.)
+    assert raw.headers["x-gateway-dropped-params"] == f"context_management,metadata.user_id,{MANAGED}"
     # The thoughts `includeThoughts` asked for come first, as a thinking block.
     assert [block.type for block in raw.parse().content] == ["thinking", "tool_use"]
 
@@ -573,6 +576,53 @@ def test_bedrock_gets_the_betas_it_takes_and_names_the_others(agents: Running, c
     client.beta.messages.count_tokens(betas=betas, **asked)
     counted = last(agents, "bedrock")["json"]["input"]["converse"]["additionalModelRequestFields"]
     assert counted["anthropic_beta"] == ["context-1m-2025-08-07", "interleaved-thinking-2025-05-14"]
+
+
+# Claude Code's betas for a model given as `name[1m]` (recorded from `claude -p`, 2.1.x).
+CLAUDE_CODE_BETAS = [
+    "claude-code-20250219",
+    "context-1m-2025-08-07",
+    "interleaved-thinking-2025-05-14",
+    "context-management-2025-06-27",
+    "advanced-tool-use-2025-11-20",
+    "effort-2025-11-24",
+]
+
+
+@pytest.mark.parametrize("model", ["gpt", "o4", "azure-gpt", "gemini"])
+def test_a_translation_names_the_betas_whose_meaning_it_loses(
+    agents: Running, client: anthropic.Anthropic, model: str
+) -> None:
+    """A Messages request to a deployment that is not Anthropic's lost its `anthropic-beta` values unnamed (only
+    Bedrock named them). Named now: the betas whose feature the request uses and no translation carries (the 1M
+    context window; context management, beside the field; a tool's `input_examples`, the advanced tool use beta's);
+    not Claude Code's own, nor interleaved thinking (every model that reasons does so at each request), nor effort
+    (carried as the model's reasoning effort). A beta the request does not use is not named; one the gateway does
+    not know is."""
+    body = claude_code_body(model)
+    body["tools"] = [{**BASH_TOOL, "input_examples": [{"command": "ls"}]}]
+    raw = client.beta.messages.with_raw_response.create(betas=CLAUDE_CODE_BETAS, **body)
+    assert raw.parse().content[-1].type in ("text", "tool_use")
+    named = raw.headers["x-gateway-dropped-params"].split(",")
+    betas = [name for name in named if name.startswith("anthropic-beta[")]
+    assert betas == [
+        "anthropic-beta[context-1m-2025-08-07]",
+        "anthropic-beta[context-management-2025-06-27]",
+        "anthropic-beta[advanced-tool-use-2025-11-20]",
+    ]
+    assert "context_management" in named and "tools.input_examples" in named
+
+    plain: Any = {"model": model, "max_tokens": 1000, "messages": [{"role": "user", "content": "Hi"}]}
+    unused = ["claude-code-20250219", "context-management-2025-06-27", "advanced-tool-use-2025-11-20"]
+    raw = client.beta.messages.with_raw_response.create(betas=unused, **plain)
+    assert "x-gateway-dropped-params" not in raw.headers
+    raw = client.beta.messages.with_raw_response.create(betas=["some-new-feature-2027-01-01"], **plain)
+    assert raw.headers["x-gateway-dropped-params"] == "anthropic-beta[some-new-feature-2027-01-01]"
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.beta.messages.create(
+            betas=["context-1m-2025-08-07"], **plain, extra_headers={"x-gateway-strict": "true"}
+        )
+    assert "anthropic-beta[context-1m-2025-08-07]" in refused.value.message
 
 
 def test_bedrock_claudes_thinking_comes_back_signed(client: anthropic.Anthropic) -> None:

@@ -331,14 +331,15 @@ def test_an_option_the_models_price_has_no_multiplier_for_is_refused(priced: Run
 
 
 def test_fast_mode_is_named_dropped_where_the_request_is_translated(priced: Running) -> None:
-    """A provider that gets the Messages request translated is sent no `speed`: named dropped, priced as usual."""
+    """A provider that gets the Messages request translated is sent no `speed`: named dropped (with the beta that
+    turns it on), priced as usual."""
     key = priced.mint(name="fast-translated")
     raw = anthropic_client(priced, key).beta.messages.with_raw_response.create(
         model="gpt", max_tokens=100, messages=HI, speed="fast", betas=[FAST_BETA]
     )
     assert raw.parse().content
     assert "speed" not in sent(priced, "openai")
-    assert raw.headers["x-gateway-dropped-params"] == "speed"
+    assert raw.headers["x-gateway-dropped-params"] == f"speed,anthropic-beta[{FAST_BETA}]"
     [line] = priced.ledger(key)
     assert line.cost_usd == pytest.approx((line.input_tokens * 1.0 + line.output_tokens * 2.0) / 1e6)
 

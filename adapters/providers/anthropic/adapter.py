@@ -31,6 +31,7 @@ from adapters.providers.params import (
     strict_schema,
     thinking_blocks,
     unsent_part_fields,
+    unsent_reasoning,
 )
 from handler import schemas
 from handler.errors import InvalidRequestError, UpstreamError
@@ -508,7 +509,9 @@ class AnthropicAdapter(ProviderAdapter):
         params.pop("n", None)
         unknown = sorted(name for name in params if name not in RULES)
         dropped += [name for name in unknown if asks(name, params.pop(name))]
-        dropped += keep_one_sampling_knob(params, target.model) + named_messages(req.messages)
+        dropped += (
+            keep_one_sampling_knob(params, target.model) + named_messages(req.messages) + unsent_reasoning(req.messages)
+        )
 
         system, messages = convert_messages(req.messages)
         require_turns(messages, "Anthropic")

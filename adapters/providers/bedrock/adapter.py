@@ -54,6 +54,7 @@ from adapters.providers.params import (
     signed_thinking,
     strict_schema,
     unsent_part_fields,
+    unsent_reasoning,
 )
 from adapters.sigv4 import Credentials as SigCredentials
 from adapters.sigv4 import Signer
@@ -392,13 +393,15 @@ def claude_betas(call: NativeCall | None, model: str, body: Mapping[str, Any]) -
     """The betas of the client's own request (a Messages client's `anthropic-beta`: Claude Code's
     `context-1m-2025-08-07` for a model it was given as `name[1m]`, its `interleaved-thinking-2025-05-14`) that the
     Converse `body` for a Claude `model` takes (`CLAUDE_BETAS`), and the others as `x-gateway-dropped-params` names
-    them (`anthropic-beta[NAME]`)."""
+    them (`anthropic-beta[NAME]`): Claude is sent the request without them. Another model loses what a translation
+    to any other provider loses (`NativeCall.lost_headers`), no more: the betas are Claude's."""
     header = call.headers.get("anthropic-beta", "") if call is not None else ""
-    if not header:
+    if not header or call is None:
         return [], []
+    if not reasoning.reasons(model, ("anthropic.claude",)):
+        return [], list(call.lost_headers)
     betas = list(dict.fromkeys(beta.strip() for beta in header.split(",") if beta.strip()))
-    claude = reasoning.reasons(model, ("anthropic.claude",))
-    kept = [beta for beta in betas if claude and beta in CLAUDE_BETAS and CLAUDE_BETAS[beta](body)]
+    kept = [beta for beta in betas if beta in CLAUDE_BETAS and CLAUDE_BETAS[beta](body)]
     return kept, [f"anthropic-beta[{beta}]" for beta in betas if beta not in kept]
 
 
@@ -555,6 +558,8 @@ class BedrockStreamParser(AnthropicStreamParser):
         self._id = completion_id()
         self._stops = stops or []
         self._redacted: dict[int, list[str]] = {}  # a redacted reasoning block's data so far, until its stop
+        self._nova = redacts_reasoning(model)
+        self._held: dict[int, str | None] = {}  # Nova's reasoning while it may be `NOVA_REDACTED` whole, None after
         self._unusable: str | None = None  # a stop reason that makes the answer no answer (`UNUSABLE_STOPS`)
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
@@ -583,16 +588,19 @@ class BedrockStreamParser(AnthropicStreamParser):
             if redacted is not None:
                 self._redacted.setdefault(index, []).append(redacted)
                 return []
-            return self._block_delta(index, anthropic_delta(payload.get("delta")))
+            delta = anthropic_delta(payload.get("delta"))
+            if self._nova and delta.get("type") == "thinking_delta":
+                return self._nova_reasoning(index, str(delta["thinking"]))
+            return self._block_delta(index, delta)
         if kind == "contentBlockStop":
-            return [*self._redacted_blocks(index), *self._empty_inputs(index)]
+            return [*self._held_reasoning(index), *self._redacted_blocks(index), *self._empty_inputs(index)]
         if kind == "messageStop":
             if payload.get("stopReason") in UNUSABLE_STOPS:
                 self._unusable = payload["stopReason"]  # failed at the end, with the usage `metadata` brings
                 return []
             finish = finish_reason(payload.get("stopReason"), self._json_answer, self._tools > 0)
             ending = self._chunk(finish=finish, stop_sequence=fired(payload, self._stops))
-            return [*self._redacted_blocks(), *self._empty_inputs(), ending]
+            return [*self._held_reasoning(), *self._redacted_blocks(), *self._empty_inputs(), ending]
         if kind == "metadata":
             self.usage = usage_of(payload.get("usage"))
             return self._usage_chunk()
@@ -604,6 +612,31 @@ class BedrockStreamParser(AnthropicStreamParser):
             raise failure
         return super().finish()
 
+    def _nova_reasoning(self, index: int, text: str) -> list[ChatCompletionChunk]:
+        """Nova's reasoning text, held while all of the block's so far could be `NOVA_REDACTED` (Nova 2 redacts its
+        reasoning: that is no reasoning to show), and relayed as it comes once it cannot."""
+        held = self._held.get(index, "")
+        if held is None:
+            return self._block_delta(index, {"type": "thinking_delta", "thinking": text})
+        held += text
+        if NOVA_REDACTED.startswith(held):
+            self._held[index] = held
+            return []
+        self._held[index] = None
+        return self._block_delta(index, {"type": "thinking_delta", "thinking": held})
+
+    def _held_reasoning(self, index: int | None = None) -> list[ChatCompletionChunk]:
+        """The reasoning text still held for block `index` (or every block) as it stops: none when it was
+        `NOVA_REDACTED`, whole, else the start of a reasoning that ended there."""
+        if not self._held:
+            return []  # (every parser but Nova's)
+        chunks: list[ChatCompletionChunk] = []
+        for block in sorted(self._held) if index is None else [index] if index in self._held else []:
+            held = self._held.pop(block)
+            if held and held != NOVA_REDACTED:
+                chunks += self._block_delta(block, {"type": "thinking_delta", "thinking": held})
+        return chunks
+
     def _redacted_blocks(self, index: int | None = None) -> list[ChatCompletionChunk]:
         """Claude's redacted reasoning (block `index`, or every one still open) as the `redacted_thinking` block an
         Anthropic stream starts with its data whole: it must go back on the next turn as the whole answer's does."""
@@ -612,6 +645,18 @@ class BedrockStreamParser(AnthropicStreamParser):
             data = joined_blob(self._redacted.pop(block))
             chunks += self._block_start(block, WireBlock(type="redacted_thinking", data=data))
         return chunks
+
+
+# Amazon Nova 2's reasoning comes back as this text ("reasoning content is redacted in the output and displays as
+# [REDACTED], though you are still charged for these tokens": AWS's Nova 2 user guide, "Reasoning capabilities"),
+# unsigned. It is no reasoning of the model's, so it is not shown as any: its tokens stay in the usage's output.
+NOVA_REDACTED = "[REDACTED]"
+NOVA_FRAGMENTS = ("amazon.nova",)
+
+
+def redacts_reasoning(model: str) -> bool:
+    """Whether the model's reasoning may come back as `NOVA_REDACTED`: Amazon Nova's."""
+    return reasoning.reasons(model, NOVA_FRAGMENTS)
 
 
 def redacted_content(delta: Any) -> str | None:
@@ -693,7 +738,7 @@ class BedrockAdapter(ProviderAdapter):
         params = req.model_dump(exclude_unset=True, by_alias=True)
         inference = {name: params.pop(name) for name in INFERENCE_RULES if name in params}
         dropped = apply_rules(inference, INFERENCE_RULES) + keep_one_sampling_knob(inference, model, "topP")
-        dropped += named_messages(req.messages)
+        dropped += named_messages(req.messages) + unsent_reasoning(req.messages)
         harmless = {name: params.pop(name) for name in HARMLESS_RULES if name in params}
         dropped += apply_rules(harmless, HARMLESS_RULES)
         dropped += sorted(name for name, value in params.items() if name not in TRANSLATED and asks(name, value))
@@ -806,6 +851,7 @@ class BedrockAdapter(ProviderAdapter):
         if not isinstance(message, dict) or not isinstance(message.get("content"), list):
             raise malformed("upstream answer is not a Converse response")
         json_mode = json_tool(req) is not None
+        nova = redacts_reasoning(target.model)
         texts: list[str] = []
         reasoning_texts: list[str] = []
         signed: list[dict[str, Any]] = []
@@ -826,8 +872,10 @@ class BedrockAdapter(ProviderAdapter):
                 calls.append(ToolCall(id=str(tool.get("toolUseId", "")), function=function))
             elif isinstance(reasoning, dict) and isinstance(reasoning.get("reasoningText"), dict):
                 text = str(reasoning["reasoningText"].get("text", ""))
-                reasoning_texts.append(text)
                 signature = reasoning["reasoningText"].get("signature")
+                if text == NOVA_REDACTED and signature is None and nova:
+                    continue  # Nova 2's reasoning is redacted: no reasoning to show (its tokens are in the usage)
+                reasoning_texts.append(text)
                 if isinstance(signature, str):
                     signed.append(signed_thinking(text, signature))
             elif isinstance(reasoning, dict) and isinstance(reasoning.get("redactedContent"), str):

@@ -33,6 +33,7 @@ from adapters.providers.params import (
     strict_schema,
     thinking_blocks,
     unsent_part_fields,
+    unsent_reasoning,
 )
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
@@ -830,7 +831,7 @@ class GeminiAdapter(ProviderAdapter):
         if config:
             body["generationConfig"] = config
         dropped += [name for name, value in params.items() if name not in STRUCTURAL and asks(name, value)]
-        dropped += named_messages(req.messages)
+        dropped += named_messages(req.messages) + unsent_reasoning(req.messages)
         return body, list(dict.fromkeys(dropped))
 
     def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:

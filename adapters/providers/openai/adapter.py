@@ -168,7 +168,9 @@ def unreadable(blocks: Any) -> bool:
 def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...]) -> list[str]:
     """Leave in the messages only what Chat Completions defines: a Messages client's signed thinking blocks
     are Claude's alone (reported as dropped unless the profile keeps the reasoning text, as DeepSeek's
-    does, and they held nothing else: a redacted block's encrypted reasoning); prompt-cache markers go too,
+    does, and they held nothing else: a redacted block's encrypted reasoning); an earlier turn's reasoning text
+    (a Chat client's `reasoning_content`, a Responses client's reasoning item) is reported where the profile strips
+    it, as OpenAI's own and the generic compatible ones do; prompt-cache markers go too,
     since OpenAI caches prefixes by itself. An assistant turn left with neither content nor a tool call (it was
     all thinking) is an empty answer: the API refuses a null one. A tool message takes text parts only (the API
     refuses an image there): any other is left out and named."""
@@ -179,8 +181,10 @@ def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...]) -> l
             dropped += [f"messages.tool.{part.get('type')}" for part in message["content"] if part not in text]
             message["content"] = text or ""
         blocks = message.pop("thinking_blocks", None)
-        if blocks and "messages.thinking" not in dropped and ("reasoning_content" in strip or unreadable(blocks)):
+        if blocks and ("reasoning_content" in strip or unreadable(blocks)):
             dropped.append("messages.thinking")
+        elif message.get("reasoning_content") and "reasoning_content" in strip:
+            dropped.append("messages.reasoning_content")
         for name in strip:
             message.pop(name, None)
         calls = message.get("tool_calls") or message.get("function_call")

@@ -449,7 +449,8 @@ def test_a_stored_turn_sent_back_by_value_hands_its_reasoning_back(
 
     stranger = openai_client(fleet, fleet.mint(name="stranger"))
     raw = stranger.responses.with_raw_response.create(input=back, **settings)
-    assert raw.parse().status == "completed" and dropped(raw.headers) == ["reasoning.effort"]
+    # (The summary it sent is no signed thinking: Claude gets neither, and the item is named.)
+    assert raw.parse().status == "completed" and dropped(raw.headers) == ["input[reasoning]", "reasoning.effort"]
     assert "thinking" not in fleet.fakes["anthropic"].state.requests[-1]["json"]
 
 
@@ -640,6 +641,77 @@ def test_a_conversation_moving_to_another_provider_leaves_signed_thinking_behind
         sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
         assistant = next(m for m in sent if m["role"] == "assistant")
         assert "thinking_blocks" not in assistant and assistant["tool_calls"][0]["id"] == call.call_id
+
+
+@pytest.mark.parametrize("api", ["chat", "messages", "responses"])
+@pytest.mark.parametrize("served_by", ["reasoner", "claude-thinker"])
+def test_an_earlier_turns_reasoning_a_compatible_server_cannot_take_is_named(
+    fleet: Running, fleet_key: str, api: str, served_by: str
+) -> None:
+    """An OpenAI-compatible server the gateway knows only by its profile (vLLM, xAI, Groq, Together: `gpt-chat` here)
+    gets no earlier turn's reasoning; a Responses client's reasoning item handed back (DeepSeek's reasoning, sealed)
+    was left out unnamed, and Claude's signed thinking in one was named in words the client never wrote
+    (`messages.thinking`). Each is named as the client's API calls it, with Chat's `reasoning_content` and Messages'
+    thinking blocks."""
+    question: Any = [{"role": "user", "content": "Weather in Paris?"}]
+    if api == "chat":
+        sdk = openai_client(fleet, fleet_key)
+        answer = sdk.chat.completions.create(model=served_by, messages=question).choices[0].message
+        turn: Any = answer.model_dump(exclude_none=True)
+        assert turn.get("reasoning_content") or turn.get("thinking_blocks")
+        raw: Any = sdk.chat.completions.with_raw_response.create(
+            model="gpt-chat", messages=[*question, turn, {"role": "user", "content": "And tomorrow?"}]
+        )
+        expected = "messages.thinking" if "thinking_blocks" in turn else "messages.reasoning_content"
+    elif api == "messages":
+        claude = anthropic_client(fleet, fleet_key)
+        thinking: Any = {"type": "enabled", "budget_tokens": 1024}
+        message = claude.messages.create(model=served_by, max_tokens=2000, thinking=thinking, messages=question)
+        blocks: Any = [block.model_dump(exclude_none=True) for block in message.content]
+        assert blocks[0]["type"] == "thinking"
+        again: Any = [*question, {"role": "assistant", "content": blocks}, {"role": "user", "content": "And tomorrow?"}]
+        raw = claude.messages.with_raw_response.create(model="gpt-chat", max_tokens=2000, messages=again)
+        expected = "messages.thinking"
+    else:
+        sdk = openai_client(fleet, fleet_key)
+        settings: Any = {"store": False, "include": ["reasoning.encrypted_content"]}
+        first = sdk.responses.create(model=served_by, input=question, **settings)
+        items: Any = [item.model_dump(exclude_none=True) for item in first.output]
+        assert items[0]["type"] == "reasoning"
+        back: Any = [*question, *items, {"role": "user", "content": "And tomorrow?"}]
+        raw = sdk.responses.with_raw_response.create(model="gpt-chat", input=back, **settings)
+        expected = "input[reasoning]"
+    assert dropped(raw.headers) == [expected]
+    sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
+    assistant = next(m for m in sent if m["role"] == "assistant")
+    assert "reasoning_content" not in assistant and "thinking_blocks" not in assistant
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+@pytest.mark.parametrize("model", ["gemini", "claude", "bedrock-claude"])
+def test_another_providers_reasoning_text_is_named_where_it_cannot_go_back(
+    fleet: Running, fleet_key: str, api: str, model: str
+) -> None:
+    """Anthropic and Bedrock take back Claude's signed thinking only, Gemini none: DeepSeek's reasoning handed back
+    as text (Chat's `reasoning_content`, a Responses reasoning item) was left out of the request unnamed."""
+    question: Any = [{"role": "user", "content": "Weather in Paris?"}]
+    sdk = openai_client(fleet, fleet_key)
+    if api == "chat":
+        turn: Any = sdk.chat.completions.create(model="reasoner", messages=question).choices[0].message
+        again: Any = [*question, turn.model_dump(exclude_none=True), {"role": "user", "content": "And tomorrow?"}]
+        raw: Any = sdk.chat.completions.with_raw_response.create(model=model, messages=again)
+        assert dropped(raw.headers) == ["messages.reasoning_content"]
+    else:
+        settings: Any = {"store": False, "include": ["reasoning.encrypted_content"]}
+        first = sdk.responses.create(model="reasoner", input=question, **settings)
+        back: Any = [*question, *[item.model_dump(exclude_none=True) for item in first.output]]
+        raw = sdk.responses.with_raw_response.create(model=model, input=[*back, {"role": "user", "content": "And?"}])
+        assert dropped(raw.headers) == ["input[reasoning]"]
+    assert REASONING.encode() not in orjson.dumps(fleet.fakes[model_fake(model)].state.requests[-1]["json"])
+
+
+def model_fake(model: str) -> str:
+    return {"claude": "anthropic", "bedrock-claude": "bedrock"}.get(model, model)
 
 
 def test_another_gateway_process_on_the_same_store_opens_the_seal(fleet: Running, fleet_key: str) -> None:

@@ -24,6 +24,7 @@ from adapters.providers.bedrock import adapter as bedrock
 from adapters.providers.bedrock.eventstream import EventStreamDecoder, parse_headers
 from adapters.providers.params import THINKING_BLOCKS as THINKING
 from adapters.providers.registry import REGISTRY
+from handler.api.messages_api import lost_betas
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
 from handler.ports import MESSAGES_API, NativeCall, Target
 from handler.schemas import ChatRequest
@@ -82,9 +83,9 @@ def decode(raw: bytes, sizes: int | None = None) -> list[StreamEvent]:
     return events + decoder.finish()
 
 
-def parse(raw: bytes, req: ChatRequest | None = None) -> tuple[list[dict[str, Any]], Any]:
+def parse(raw: bytes, req: ChatRequest | None = None, model: str = MODEL) -> tuple[list[dict[str, Any]], Any]:
     a = adapter()
-    parser = a.stream_parser(req or request(), target())
+    parser = a.stream_parser(req or request(), target(model))
     chunks = [c for event in decode(raw, 29) for c in parser.feed(event)] + parser.finish()
     return [c.model_dump(exclude_none=True) for c in chunks], parser.usage
 
@@ -718,6 +719,31 @@ def test_redacted_reasoning_in_several_deltas_is_one_block_of_their_bytes() -> N
     assert block == {"type": "redacted_thinking", "data": base64.b64encode(b"first second").decode()}
 
 
+def nova_reasoning_frames(*pieces: str) -> list[bytes]:
+    frames = [event_frame("messageStart", {"role": "assistant"})]
+    for piece in pieces:
+        delta = {"reasoningContent": {"text": piece}}
+        frames.append(event_frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": delta}))
+    frames.append(event_frame("contentBlockStop", {"contentBlockIndex": 0}))
+    frames.append(event_frame("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"text": "Hi."}}))
+    return [*frames, event_frame("contentBlockStop", {"contentBlockIndex": 1}), event_frame("messageStop", {})]
+
+
+def test_nova_2s_redacted_reasoning_is_no_reasoning_in_any_pieces_and_a_real_one_still_streams() -> None:
+    """Nova 2's reasoning is the text "[REDACTED]" (AWS's Nova 2 guide): it was relayed as the model's reasoning. It
+    is left out however Bedrock cuts it into deltas; reasoning that only starts like it streams whole, and another
+    model's "[REDACTED]" is its own text."""
+    nova = "us.amazon.nova-2-lite-v1:0"
+    for pieces in (["[REDACTED]"], ["[RED", "ACT", "ED]"]):
+        chunks, _ = parse(b"".join(nova_reasoning_frames(*pieces)), model=nova)
+        assert deltas(chunks, "reasoning_content") == "" and deltas(chunks, "content") == "Hi."
+    for pieces in (["[RED", "ACTED] by", " design"], ["[RED"], ["[REDACTED]", " and more"]):
+        chunks, _ = parse(b"".join(nova_reasoning_frames(*pieces)), model=nova)
+        assert deltas(chunks, "reasoning_content") == "".join(pieces)
+    chunks, _ = parse(b"".join(nova_reasoning_frames("[REDACTED]")), model="us.deepseek.r1-v1:0")
+    assert deltas(chunks, "reasoning_content") == "[REDACTED]"
+
+
 def test_a_streamed_call_without_arguments_ends_with_an_empty_object() -> None:
     """A call without arguments (Claude's streams an empty input) ends as `{}`, as Converse's whole answer gives it,
     and an empty JSON-schema answer as `{}` too."""
@@ -942,7 +968,7 @@ CLAUDE_CODE_BETAS = (
 
 
 def translated(req: ChatRequest, model: str, betas: str = CLAUDE_CODE_BETAS) -> tuple[dict[str, Any], list[str]]:
-    call = NativeCall(MESSAGES_API, {}, {"anthropic-beta": betas})
+    call = NativeCall(MESSAGES_API, {}, {"anthropic-beta": betas}, lost_headers=lost_betas(betas, {}, []))
     result = adapter().translated_request(call, req, target(model), stream=False)
     return orjson.loads(result.request.body), result.dropped
 
@@ -970,6 +996,9 @@ def test_a_messages_clients_betas_bedrock_takes_reach_claude_and_the_others_are_
     assert body["additionalModelRequestFields"] == {"anthropic_beta": ["context-1m-2025-08-07"]}
     assert "anthropic-beta[interleaved-thinking-2025-05-14]" in dropped
     body, dropped = translated(request(), "us.amazon.nova-pro-v1:0", "context-1m-2025-08-07")
+    assert "additionalModelRequestFields" not in body and dropped == ["anthropic-beta[context-1m-2025-08-07]"]
+    # Another model loses what any translation loses (`lost_betas`): Claude Code's own beta, say, is not named.
+    body, dropped = translated(request(), "us.amazon.nova-pro-v1:0")
     assert "additionalModelRequestFields" not in body and dropped == ["anthropic-beta[context-1m-2025-08-07]"]
     # A request without betas (every Chat Completions one) gets none, and names none.
     body, dropped = built(thinking, target(SONNET))

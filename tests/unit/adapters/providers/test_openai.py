@@ -61,8 +61,28 @@ def test_deepseek_profile_from_host_renames_and_reports_dropped() -> None:
     built = adapter().chat_request(req, target("https://api.deepseek.com/v1", "deepseek-chat"), stream=False)
     body = orjson.loads(built.request.body)
     assert body["max_tokens"] == 50 and "max_completion_tokens" not in body and body["temperature"] == 0.3
-    assert sorted(built.dropped) == ["logit_bias", "n", "seed"]
+    # (The `openai` type strips an earlier turn's reasoning, which the `deepseek` type sends back: named.)
+    assert sorted(built.dropped) == ["logit_bias", "messages.reasoning_content", "n", "seed"]
     assert all("reasoning_content" not in m for m in body["messages"])
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://vllm.internal:8000/v1",
+        "https://api.x.ai/v1",
+        "https://api.groq.com/openai/v1",
+        "https://api.together.xyz/v1",
+    ],
+)
+def test_a_generic_profile_names_the_earlier_reasoning_it_leaves_out(base_url: str) -> None:
+    """vLLM, xAI, Groq and Together get no earlier turn's reasoning (their profiles strip it): it went unnamed when it
+    came as text alone (a Chat client's `reasoning_content`, a Responses client's reasoning item)."""
+    req = request()
+    req.messages.append(req.messages[0].model_copy(update={"role": "assistant", "reasoning_content": "thoughts"}))
+    built = adapter().chat_request(req, target(base_url, "some-model"), stream=False)
+    assert built.dropped == ["messages.reasoning_content"]
+    assert all("reasoning_content" not in m for m in orjson.loads(built.request.body)["messages"])
 
 
 def test_mistral_profile_renames_seed_and_maps_required_tool_choice() -> None:

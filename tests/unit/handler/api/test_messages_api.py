@@ -6,7 +6,13 @@ from typing import Any
 
 import pytest
 
-from handler.api.messages_api import MessagesCountRequest, MessagesRequest, to_chat_request
+from handler.api.messages_api import (
+    MessagesCountRequest,
+    MessagesRequest,
+    beta_family,
+    lost_betas,
+    to_chat_request,
+)
 from handler.errors import InvalidRequestError
 from handler.schemas import ChatRequest
 
@@ -211,3 +217,54 @@ def test_the_end_user_is_claude_codes_account_or_device_and_any_other_user_id_as
 ) -> None:
     req, _ = translate(metadata={"user_id": user_id})
     assert req.user == user
+
+
+def lost(header: str, **fields: Any) -> tuple[str, ...]:
+    """The betas of `header` a translation of the request with `fields` loses."""
+    body = {"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}], **fields}
+    _, untranslated = to_chat_request(MessagesRequest.model_validate(body))
+    return lost_betas(header, body, untranslated)
+
+
+@pytest.mark.parametrize(
+    ("beta", "family"),
+    [
+        ("context-1m-2025-08-07", "context-1m"),
+        ("claude-code-20250219", "claude-code"),
+        ("output-128k-2025-02-19", "output-128k"),
+        ("max-tokens-3-5-sonnet-2024-07-15", "max-tokens-3-5-sonnet"),
+        ("no-date", "no-date"),
+    ],
+)
+def test_a_betas_family_is_its_name_less_its_date(beta: str, family: str) -> None:
+    assert beta_family(beta) == family
+
+
+def test_a_beta_is_named_when_the_request_uses_what_it_turns_on() -> None:
+    """The rule `lost_betas` writes down: a beta's feature that the request uses and the translation leaves out is
+    named; one the request does not use, or whose meaning the translation keeps, is not; an unknown one is."""
+    assert lost("context-management-2025-06-27") == ()
+    managed: Any = {"edits": [{"type": "clear_thinking_20251015"}]}
+    assert lost("context-management-2025-06-27", context_management=managed) == (
+        "anthropic-beta[context-management-2025-06-27]",
+    )
+    tool = {"name": "t", "input_schema": {"type": "object"}}
+    assert lost("advanced-tool-use-2025-11-20", tools=[tool]) == ()
+    assert lost("advanced-tool-use-2025-11-20", tools=[{**tool, "defer_loading": True}]) == (
+        "anthropic-beta[advanced-tool-use-2025-11-20]",
+    )
+    assert lost("code-execution-2025-08-25") == ()
+    assert lost("code-execution-2025-08-25", tools=[{"type": "code_execution_20250825", "name": "code_execution"}])
+    upload = {"type": "document", "source": {"type": "file", "file_id": "file_1"}}
+    asked = {"role": "user", "content": [{"type": "text", "text": "Summarise it."}, upload]}
+    assert lost("files-api-2025-04-14", messages=[asked]) == ("anthropic-beta[files-api-2025-04-14]",)
+    assert lost("dev-full-thinking-2025-05-14") == ()
+    assert lost("dev-full-thinking-2025-05-14", thinking={"type": "enabled", "budget_tokens": 2048})
+    assert lost("context-1m-2025-08-07") == ("anthropic-beta[context-1m-2025-08-07]",)
+    kept = (
+        "claude-code-20250219, interleaved-thinking-2025-05-14,effort-2025-11-24,fine-grained-tool-streaming-2025-05-14"
+    )
+    assert lost(kept, thinking={"type": "adaptive"}, output_config={"effort": "high"}) == ()
+    assert lost("some-new-feature-2027-01-01,some-new-feature-2027-01-01, ") == (
+        "anthropic-beta[some-new-feature-2027-01-01]",
+    )
