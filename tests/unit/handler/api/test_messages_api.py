@@ -265,6 +265,7 @@ def test_a_beta_is_named_when_the_request_uses_what_it_turns_on() -> None:
         "claude-code-20250219, interleaved-thinking-2025-05-14,effort-2025-11-24,fine-grained-tool-streaming-2025-05-14"
     )
     assert lost(kept, thinking={"type": "adaptive"}, output_config={"effort": "high"}) == ()
+    assert lost("prompt-caching-scope-2026-01-05") == ()  # (Claude Code 2.1's: caching, the provider's)
     assert lost("some-new-feature-2027-01-01,some-new-feature-2027-01-01, ") == (
         "anthropic-beta[some-new-feature-2027-01-01]",
     )
