@@ -6,7 +6,7 @@ import math
 import re
 from collections.abc import Mapping
 from decimal import Decimal
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any, Final
 
@@ -26,7 +26,10 @@ MESSAGE_OVERHEAD_TOKENS = 8
 # What may follow an alias's prefix: a release of the same model, by its date (`2024-07-18`, `20250929`) and or its
 # version (`v1`, `v1:0`, as Bedrock names them). A variant of another price (`gpt-4o-mini-audio-preview`,
 # `-search-preview`, `-realtime-preview`, `-tts`) names itself in words, so no family alias can take it.
-RELEASE_TAG = re.compile(r"(?:\d{4}-\d{2}-\d{2}|\d{8})?(?:-?v\d+(?::\d+)?)?")
+# Compiled on the first alias looked up, not at a cold start whose models are all priced by name.
+@cache
+def release_tag() -> re.Pattern[str]:
+    return re.compile(r"(?:\d{4}-\d{2}-\d{2}|\d{8})?(?:-?v\d+(?::\d+)?)?")
 
 
 class PriceTable(Value):
@@ -41,7 +44,7 @@ class PriceTable(Value):
 
     def find(self, *names: str) -> Price | None:
         """The price of the first of `names` the table knows, by its own entry or an alias (a dated release of
-        it: the prefix followed by a `RELEASE_TAG` alone): the names in order of preference, so a public name that
+        it: the prefix followed by a `release_tag` alone): the names in order of preference, so a public name that
         is itself an entry never wins over the upstream model's alias (`gpt-4o` serving `gpt-4o-mini-2024-07-18`
         costs what the mini costs)."""
         for name in names:
@@ -51,7 +54,7 @@ class PriceTable(Value):
                 if (
                     name.startswith(prefix)
                     and len(name) > len(prefix)
-                    and RELEASE_TAG.fullmatch(name, len(prefix)) is not None
+                    and release_tag().fullmatch(name, len(prefix)) is not None
                 ):
                     return self.prices[target]
         return None

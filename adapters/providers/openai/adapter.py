@@ -266,6 +266,8 @@ def unsent_sampling(body: dict[str, Any], reasons: bool) -> list[str]:
     with `reasoning_effort: none`, which OpenAI's guide documents as taking them (sent only when the request says
     `none` itself: the model's default effort is not the gateway's to assume); DeepSeek's reasoner takes them
     without effect (`ModelRules.ignores_sampling`)."""
+    if "temperature" not in body and "top_p" not in body:
+        return []  # (the usual request: the model's rules are not looked up, nor compiled at a cold start)
     if reasons and body.get("reasoning_effort") == "none":
         return []
     if not reasons and not rules_for(body["model"]).ignores_sampling:
