@@ -12,10 +12,12 @@ from typing import Any, Final
 
 from handler.config import Config, ModelConfig, reference_hint
 from handler.errors import (
+    GatewayError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
     ServiceUnavailableError,
+    UpstreamRateLimitedError,
     model_not_allowed,
 )
 from handler.pipeline.breakers import Breakers
@@ -170,11 +172,10 @@ class Router:
         """Attempts in order: the model's deployments nearest first, then its fallbacks'. Only models
         `allowed` (the key's scope along its whole chain) are planned: a forbidden fallback, from the config
         or the client's header, is skipped and named in `Plan.skipped`. A deployment whose provider has no key is
-        left out (`503 provider_not_configured` when none is left)."""
+        left out (`503 provider_not_configured` when none is left). One whose breaker is open keeps its place: the
+        failover passes it over, and `shed` refuses a request that has none left to try."""
         candidates = self._candidates(model, controls, allowed, kind)
         usable = [a for a in candidates if self._keyed(a)]
-        # A deployment whose breaker is open goes last rather than away: if all else fails, try it.
-        usable.sort(key=lambda a: self.breakers.state(a.target.label) == "open")
         if not usable:
             first = candidates[0]
             raise ServiceUnavailableError(
@@ -182,6 +183,31 @@ class Router:
                 code="provider_not_configured",
             )
         return Plan(usable, candidates.skipped)
+
+    def shed(self, plan: list[Attempt]) -> GatewayError | None:
+        """The refusal of a request none of whose `plan` may be tried now, every deployment's breaker open (or
+        half-open with its one probe under way), else None; its `retry-after` is when the first may be tried again.
+        Where every one of them opened on its provider's 429s, the providers are rate-limiting: a 429
+        `upstream_rate_limited`, which the SDKs, Claude Code and Codex wait out and retry; else the 503
+        `no_deployment_available` (on Anthropic's API an `overloaded_error`)."""
+        breakers = self.breakers
+        if any(breakers.available(a.target.label) for a in plan):
+            return None
+        wait = str(max(1, math.ceil(min(breakers.wait(a.target.label) for a in plan))))
+        if all(breakers.rate_limited(a.target.label) for a in plan):
+            limited = UpstreamRateLimitedError(
+                f"every deployment of '{plan[0].model}' is rate-limiting the gateway (their circuit breakers opened "
+                f"on their providers' 429s): nothing was sent; retry after {wait} s",
+                upstream_status=429,
+                headers={"retry-after": wait},
+            )
+            limited.should_retry = True
+            return limited
+        return ServiceUnavailableError(
+            f"every deployment's circuit breaker is open: nothing was sent; retry after {wait} s",
+            code="no_deployment_available",
+            headers={"retry-after": wait},
+        )
 
     @staticmethod
     def _keyed(attempt: Attempt) -> bool:
@@ -238,7 +264,6 @@ class Router:
         key's scope comes last."""
         spec = self.spec(model)
         candidates = self._candidates(model, controls, allowed, spec.kind)
-        candidates.sort(key=lambda a: self.breakers.state(a.target.label) == "open")  # as `plan` orders them
         unit = "rtt_ms" if self._latency else "distance_km"
         explained: list[dict[str, Any]] = []
         for a in candidates:
