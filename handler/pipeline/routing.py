@@ -25,8 +25,8 @@ from handler.ports import ProviderAdapter, Target
 from handler.records import Value
 from handler.redaction import clipped
 
-# Approximate locations (latitude, longitude) of AWS regions; distance orders deployments when the
-# config gives no measured round-trip times.
+# Approximate locations (latitude, longitude) of AWS regions: a region's round trip is estimated from its distance
+# where the config gives no measured one (`gateway.region_latency_ms`).
 REGION_COORDINATES: dict[str, tuple[float, float]] = {
     "us-east-1": (38.9, -77.4),
     "us-east-2": (40.0, -83.0),
@@ -63,6 +63,10 @@ REGION_COORDINATES: dict[str, tuple[float, float]] = {
 GLOBAL = "global"
 # Provider-global endpoints (api.openai.com and the like) mostly serve from the US east coast.
 GLOBAL_LOCATION = "us-east-1"
+# The round trip estimated per kilometre of great-circle distance: light in fibre goes 100 km and back in 1 ms, and
+# the routes run longer than the great circle (us-east-1 to eu-west-1, 5,470 km: 82 ms estimated, 70-75 measured;
+# to us-east-2, 496 km: 7 ms, about 11 measured). Measured times and estimates order the deployments together.
+ESTIMATED_RTT_MS_PER_KM = 0.015
 
 
 def distance_km(a: str, b: str) -> float:
@@ -84,16 +88,27 @@ def a_model(kind: str) -> str:
 class Attempt(Value):
     """One deployment to try: the public model it serves and how to reach it."""
 
-    __slots__ = ("model", "spec", "target", "adapter", "distance")
+    __slots__ = ("model", "spec", "target", "adapter", "distance_km", "rtt_ms", "measured")
 
     def __init__(
-        self, model: str, spec: ModelConfig, target: Target, adapter: ProviderAdapter, distance: float
+        self,
+        model: str,
+        spec: ModelConfig,
+        target: Target,
+        adapter: ProviderAdapter,
+        distance_km: float,
+        rtt_ms: float,
+        measured: bool,
     ) -> None:
         self.model: Final = model
         self.spec: Final = spec
         self.target: Final = target
         self.adapter: Final = adapter
-        self.distance: Final = distance
+        self.distance_km: Final = distance_km
+        # The round trip from the gateway's region, which orders the deployments: `measured` (the config's), else
+        # estimated from the distance.
+        self.rtt_ms: Final = rtt_ms
+        self.measured: Final = measured
 
 
 class Plan(list[Attempt]):
@@ -153,14 +168,13 @@ class Router:
             if dep.reasoning is not None:
                 options["reasoning"] = dep.reasoning
             target = Target(dep.provider, provider.type, dep.model, region, base_url, options)
-            attempts.append(Attempt(model, spec, target, adapter, self.distance(region)))
-        return sorted(attempts, key=lambda a: a.distance)
-
-    def distance(self, region: str) -> float:
-        """Measured round-trip ms from the config when given, else kilometres (same order)."""
-        if region in self._latency:
-            return self._latency[region]
-        return distance_km(self.region, region)
+            km = distance_km(self.region, region)
+            measured = self._latency.get(region)
+            rtt = measured if measured is not None else km * ESTIMATED_RTT_MS_PER_KM
+            attempts.append(Attempt(model, spec, target, adapter, km, rtt, measured is not None))
+        # One unit for all: a region the config measured and one it did not are compared in milliseconds (kilometres
+        # against milliseconds served from Ireland a gateway in Virginia that had Ohio, 496 km away, beside it).
+        return sorted(attempts, key=lambda a: a.rtt_ms)
 
     def spec(self, model: str) -> ModelConfig:
         spec = self.config.models.get(model)
@@ -264,7 +278,6 @@ class Router:
         key's scope comes last."""
         spec = self.spec(model)
         candidates = self._candidates(model, controls, allowed, spec.kind)
-        unit = "rtt_ms" if self._latency else "distance_km"
         explained: list[dict[str, Any]] = []
         for a in candidates:
             entry = {
@@ -273,7 +286,9 @@ class Router:
                 "type": a.target.provider_type,
                 "upstream_model": a.target.model,
                 "region": a.target.region,
-                unit: round(a.distance, 1),
+                "distance_km": round(a.distance_km, 1),
+                "rtt_ms": round(a.rtt_ms, 1),
+                "rtt": "measured" if a.measured else "estimated",
                 "breaker": self.breakers.state(a.target.label),
                 "role": "primary" if a.model == model else "fallback",
                 "pinned": bool(controls.provider or controls.region),
