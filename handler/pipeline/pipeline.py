@@ -347,10 +347,12 @@ class Pipeline:
         the last of the plan was sent whatever its breaker said, so an open breaker shed no load."""
         router = self.gateway.router
         plan = router.plan(model, ex.controls.route, partial(allows_model, ex.lineage), kind=kind)
-        ex.route.extend(f"{name}=model_not_allowed" for name in plan.skipped)
         refusal = router.shed(plan) if shed else None
         if refusal is not None:
-            ex.route.extend(f"{attempt.target.label}=breaker-open" for attempt in plan)
+            for position, attempt in enumerate(plan):
+                passed_over(ex, plan, position)
+                ex.route.append(f"{attempt.target.label}=breaker-open")
+            passed_over(ex, plan, len(plan))
             raise refusal
         return plan
 
@@ -634,7 +636,8 @@ class Pipeline:
         passed = False  # one that could was passed over (its breaker open, its model's limits reached)
         retries = self.gateway.config.gateway.max_retries_per_deployment
         breakers = self.gateway.router.breakers
-        for attempt in plan:
+        for position, attempt in enumerate(plan):
+            passed_over(ex, plan, position)
             label = attempt.target.label
             if not breakers.allow(label):
                 ex.route.append(f"{label}=breaker-open")
@@ -717,6 +720,7 @@ class Pipeline:
                 ex.attempt = attempt
                 ex.dropped = built.dropped
                 return result
+        passed_over(ex, plan, len(plan))
         if last is None:
             if unsupported is not None and not passed:
                 raise unsupported
@@ -902,6 +906,14 @@ class Pipeline:
                 self.gateway.settle_soon(self.meter, settlement)
             else:
                 await self.meter.settle(settlement)
+
+
+def passed_over(ex: Exchange, plan: list[Attempt], position: int) -> None:
+    """The route names the fallbacks the key may not use where the plan would have tried them, before the attempt at
+    `position` (they were listed first, ahead of the attempts that came before them)."""
+    skipped_at = plan.skipped_at if isinstance(plan, Plan) else None
+    if skipped_at:
+        ex.route.extend(f"{name}=model_not_allowed" for name in skipped_at.get(position, ()))
 
 
 def shed(err: GatewayError) -> bool:

@@ -113,13 +113,23 @@ class Attempt(Value):
 
 class Plan(list[Attempt]):
     """The attempts to make, in order, and the fallback models left out because the key (or an ancestor)
-    may not use them."""
+    may not use them: `skipped`, and `skipped_at`, each one's place among the attempts (before the attempt at that
+    index; after the last at `len`), where `x-gateway-route` names it."""
 
     skipped: list[str]
+    skipped_at: dict[int, list[str]]
+    chain: list[str]
 
-    def __init__(self, attempts: list[Attempt], skipped: list[str]) -> None:
+    def __init__(self, attempts: list[Attempt], skipped: list[str], chain: list[str] | None = None) -> None:
+        """`chain`: the models planned, in order, with the skipped ones among them."""
         super().__init__(attempts)
         self.skipped = skipped
+        self.chain = chain or []
+        self.skipped_at = {}
+        if skipped and chain:
+            for name in skipped:
+                before = chain[: chain.index(name)]
+                self.skipped_at.setdefault(sum(a.model in before for a in attempts), []).append(name)
 
 
 def any_model(model: str) -> bool:
@@ -196,7 +206,7 @@ class Router:
                 f"provider '{first.target.provider}' for model '{model}' has no API key: {self._key_hint(first)}",
                 code="provider_not_configured",
             )
-        return Plan(usable, candidates.skipped)
+        return Plan(usable, candidates.skipped, candidates.chain)
 
     def shed(self, plan: list[Attempt]) -> GatewayError | None:
         """The refusal of a request none of whose `plan` may be tried now, every deployment's breaker open (or
@@ -247,6 +257,7 @@ class Router:
             raise InvalidRequestError(f"model '{model}' is {a_model(spec.kind)}, not {a_model(kind)}", param="model")
         chain = [model]
         skipped: list[str] = []
+        planned = [model]  # (the chain with the skipped ones in their places)
         fallbacks = spec.fallbacks if controls.fallbacks is None else controls.fallbacks
         for name in fallbacks:
             if name not in self.config.models:
@@ -257,6 +268,7 @@ class Router:
                 chain.append(name)
             else:
                 skipped.append(name)
+            planned.append(name)
         attempts = [a for name in chain for a in self._targets[name] if self._pinned(a, controls)]
         if not attempts and any(self._pinned(a, controls) for name in skipped for a in self._targets[name]):
             raise PermissionDeniedError(
@@ -270,7 +282,7 @@ class Router:
                 code="no_deployment_available",
                 retry=False,
             )
-        return Plan(attempts, skipped)
+        return Plan(attempts, skipped, planned)
 
     def explain(self, model: str, controls: RouteControls, allowed: Callable[[str], bool]) -> list[dict[str, Any]]:
         """The order `plan` would try now, with the reason for each place. A deployment whose provider has no key

@@ -232,3 +232,13 @@ def test_a_request_no_deployment_can_take_is_the_first_ones_400(running: Running
     assert "input_audio" in refused.value.message
     assert refused.value.response.headers["x-gateway-route"] == "anthropic/claude-haiku-4-5@global=unsupported"
     assert running.ledger(key) == []  # nothing reached a provider
+
+
+def test_a_fallback_outside_the_keys_scope_is_named_in_the_route_where_the_plan_reaches_it(running: Running) -> None:
+    """`x-gateway-route` lists every attempt in order: a fallback skipped as outside the key's scope was listed
+    first, before the attempts of the model it falls back from."""
+    key = running.mint(models=["broken", "gpt-4o-mini"])
+    route = route_of(running, key, "broken", **{"x-gateway-fallbacks": "claude-haiku-4-5,gpt-4o-mini"}).split(", ")
+    assert route[0].startswith("openai/fail-500@global=")  # (500, or breaker-open after other tests' failures)
+    assert route[1:] == ["claude-haiku-4-5=model_not_allowed", "openai/gpt-4o-mini@global=200"]
+
