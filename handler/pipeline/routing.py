@@ -260,8 +260,11 @@ class Router:
         planned = [model]  # (the chain with the skipped ones in their places)
         fallbacks = spec.fallbacks if controls.fallbacks is None else controls.fallbacks
         for name in fallbacks:
-            if name not in self.config.models:
-                raise NotFoundError(f"fallback model '{clipped(name)}' does not exist on this gateway", param="model")
+            if name not in self.config.models:  # (the config's own are checked at load: the client's header named it)
+                raise NotFoundError(
+                    f"fallback model '{clipped(name)}' in x-gateway-fallbacks does not exist on this gateway",
+                    param="x-gateway-fallbacks",
+                )
             if name in chain or name in skipped or self.config.models[name].kind != kind:
                 continue
             if allowed(name):
