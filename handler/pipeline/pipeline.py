@@ -729,8 +729,7 @@ class Pipeline:
                 raise refusal
             # Every one passed over for its breaker after `_plan` found one to try (a concurrent request took the
             # half-open breaker's one probe): refused as `_plan` refuses, the reservation released unspent.
-            shed = self.gateway.router.shed(plan)
-            raise shed or ServiceUnavailableError("every deployment's circuit breaker is open")
+            raise self.gateway.router.shed(plan) or ServiceUnavailableError("every deployment's breaker is open")
         failure = last
         if all(err.upstream_status == 429 for err in failed) and not skipped:
             # (One skipped for other failures: not every one rate-limited.)
