@@ -323,6 +323,13 @@ def _cross_check(config: Config, known_types: set[str]) -> list[str]:
                 problems.append(f"models.{model}.fallbacks[{i}]: unknown model '{fallback}'")
             elif fallback == model:
                 problems.append(f"models.{model}.fallbacks[{i}]: a model cannot fall back to itself")
+            elif (kind := config.models[fallback].kind) != spec.kind:
+                # (It was accepted, and every request passed it over unsaid: a chat request is never sent to an
+                # embedding model.)
+                problems.append(
+                    f"models.{model}.fallbacks[{i}]: '{fallback}' is a model of kind '{kind}', and '{model}' of "
+                    f"kind '{spec.kind}': a request is never sent to a model of another kind"
+                )
     return problems
 
 

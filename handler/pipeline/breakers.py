@@ -1,14 +1,20 @@
 """Per-deployment circuit breakers, in the process: skip a deployment that keeps failing.
 
 Closed: requests flow. After `threshold` consecutive retryable failures the breaker opens for
-`cooldown` seconds, during which the router puts the deployment last. Then it is half-open: one
-request may probe it; success closes the breaker, failure opens it again for another cooldown.
+`cooldown` seconds, during which no request is sent to the deployment (the failover passes it over; with
+every candidate's breaker open the request is refused before it is admitted). Then it is half-open: one
+request may probe it, the others are refused as if it were open; success closes the breaker, failure opens
+it again for another cooldown.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+
+# The wait told to a client refused while a half-open breaker's probe is under way: its outcome, due as soon as the
+# provider answers, decides, so no longer a wait than the least `retry-after` can say.
+PROBING_WAIT_S = 1.0
 
 
 class _State:
@@ -51,6 +57,25 @@ class Breakers:
             return False
         s.probe_at = now
         return True
+
+    def available(self, label: str) -> bool:
+        """Whether `allow` would let a request through now, without taking the probe: closed, or half-open with
+        no probe under way."""
+        state = self.state(label)
+        if state != "half-open":
+            return state == "closed"
+        probe_at = self._states[label].probe_at
+        return probe_at is None or self.clock() - probe_at >= self.cooldown
+
+    def wait(self, label: str) -> float:
+        """Seconds until this deployment may be tried again: until its open breaker half-opens, or `PROBING_WAIT_S`
+        while its half-open breaker's probe is under way; 0 when it may be tried now."""
+        if self.available(label):
+            return 0.0
+        opened_at = self._states[label].opened_at
+        if opened_at is None or self.state(label) == "half-open":  # (None: closed, so available above)
+            return PROBING_WAIT_S
+        return max(0.0, opened_at + self.cooldown - self.clock())
 
     def rate_limited(self, label: str) -> bool:
         """Whether the failures that opened this deployment's breaker were all its provider's 429s: skipping it

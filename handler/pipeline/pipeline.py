@@ -235,7 +235,7 @@ class Pipeline:
         """The prompt's input tokens as the serving deployment's provider counts them, or None where it has
         no count (the route then estimates). Free at the providers, so not admitted; a count a provider gave
         still leaves its ledger line, at no cost."""
-        plan = self._plan(ex, req.model)
+        plan = self._plan(ex, req.model, shed=False)  # (breakers open: the route's estimate serves)
         kind = plan[0].target.provider_type
         counting = [a for a in plan if a.target.provider_type == kind and a.adapter.counts_tokens(a.target)]
         if not counting:
@@ -252,8 +252,8 @@ class Pipeline:
             count = await self._deadline(ex, self._failover(ex, counting, build, accept))
         except GatewayError as err:
             await self._unanswered(ex, err)
-            if isinstance(err, UpstreamError) or isinstance(err.__cause__, UpstreamError):
-                return None  # the provider would not count (now, or this prompt): an estimate serves
+            if isinstance(err, UpstreamError) or isinstance(err.__cause__, UpstreamError) or shed(err):
+                return None  # the provider would not count (now, or this prompt, or its breaker is open): an estimate
             raise
         await self._settle(ex, Usage.of(0, 0), 200, background=True, free=True)
         return count
@@ -398,11 +398,20 @@ class Pipeline:
 
     # --- shared steps -----------------------------------------------------------------------
 
-    def _plan(self, ex: Exchange, model: str, kind: str = "chat") -> Plan:
+    def _plan(self, ex: Exchange, model: str, kind: str = "chat", shed: bool = True) -> Plan:
         """The attempts for `model` within the key's scope along its whole chain; a fallback the key (or an
-        ancestor) may not use is skipped and named in the route."""
-        plan = self.gateway.router.plan(model, ex.controls.route, partial(allows_model, ex.lineage), kind=kind)
-        ex.route.extend(f"{name}=model_not_allowed" for name in plan.skipped)
+        ancestor) may not use is skipped and named in the route. `shed`: with every deployment's breaker open, the
+        request is refused here, before it is admitted (nothing reserved or counted, no ledger line, nothing sent):
+        the last of the plan was sent whatever its breaker said, so an open breaker shed no load."""
+        router = self.gateway.router
+        plan = router.plan(model, ex.controls.route, partial(allows_model, ex.lineage), kind=kind)
+        refusal = router.shed(plan) if shed else None
+        if refusal is not None:
+            for position, attempt in enumerate(plan):
+                passed_over(ex, plan, position)
+                ex.route.append(f"{attempt.target.label}=breaker-open")
+            passed_over(ex, plan, len(plan))
+            raise refusal
         return plan
 
     async def _admit(self, ex: Exchange, plan: list[Attempt], req: ChatRequest, call: NativeCall | None = None) -> None:
@@ -709,8 +718,9 @@ class Pipeline:
         retries = self.gateway.config.gateway.max_retries_per_deployment
         breakers = self.gateway.router.breakers
         for position, attempt in enumerate(plan):
+            passed_over(ex, plan, position)
             label = attempt.target.label
-            if position < len(plan) - 1 and not breakers.allow(label):
+            if not breakers.allow(label):
                 ex.route.append(f"{label}=breaker-open")
                 skipped = skipped or not breakers.rate_limited(label)
                 passed = True
@@ -795,13 +805,16 @@ class Pipeline:
                 ex.attempt = attempt
                 ex.dropped = built.dropped
                 return result
+        passed_over(ex, plan, len(plan))
         if last is None:
             if unsupported is not None and not passed:
                 raise unsupported
             refusal = next((refused for refused in ex.fallbacks.values() if refused is not None), None)
             if refusal is not None:  # the rest were passed over for their open breakers
                 raise refusal
-            raise ServiceUnavailableError("every deployment's circuit breaker is open", code="no_deployment_available")
+            # Every one passed over for its breaker after `_plan` found one to try (a concurrent request took the
+            # half-open breaker's one probe): refused as `_plan` refuses, the reservation released unspent.
+            raise self.gateway.router.shed(plan) or ServiceUnavailableError("every deployment's breaker is open")
         failure = last
         if all(err.upstream_status == 429 for err in failed) and not skipped:
             # (One skipped for other failures: not every one rate-limited.)
@@ -1001,6 +1014,19 @@ def unpriced(unknown_model: str, model: str) -> str:
     if unknown_model != model:
         return message + "; it is a fallback: `x-gateway-fallbacks: none` leaves it out"
     return message
+
+
+def passed_over(ex: Exchange, plan: list[Attempt], position: int) -> None:
+    """The route names the fallbacks the key may not use where the plan would have tried them, before the attempt at
+    `position` (they were listed first, ahead of the attempts that came before them)."""
+    skipped_at = plan.skipped_at if isinstance(plan, Plan) else None
+    if skipped_at:
+        ex.route.extend(f"{name}=model_not_allowed" for name in skipped_at.get(position, ()))
+
+
+def shed(err: GatewayError) -> bool:
+    """Whether `err` refused a request for its deployments' open breakers (`Router.shed`), nothing sent."""
+    return isinstance(err, ServiceUnavailableError) and err.code == "no_deployment_available"
 
 
 def lowered_by(worst_model: str, model: str) -> str:

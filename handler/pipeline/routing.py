@@ -12,10 +12,12 @@ from typing import Any, Final
 
 from handler.config import Config, ModelConfig, reference_hint
 from handler.errors import (
+    GatewayError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
     ServiceUnavailableError,
+    UpstreamRateLimitedError,
     model_not_allowed,
 )
 from handler.pipeline.breakers import Breakers
@@ -23,8 +25,8 @@ from handler.ports import ProviderAdapter, Target
 from handler.records import Value
 from handler.redaction import clipped
 
-# Approximate locations (latitude, longitude) of AWS regions; distance orders deployments when the
-# config gives no measured round-trip times.
+# Approximate locations (latitude, longitude) of AWS regions: a region's round trip is estimated from its distance
+# where the config gives no measured one (`gateway.region_latency_ms`).
 REGION_COORDINATES: dict[str, tuple[float, float]] = {
     "us-east-1": (38.9, -77.4),
     "us-east-2": (40.0, -83.0),
@@ -61,6 +63,10 @@ REGION_COORDINATES: dict[str, tuple[float, float]] = {
 GLOBAL = "global"
 # Provider-global endpoints (api.openai.com and the like) mostly serve from the US east coast.
 GLOBAL_LOCATION = "us-east-1"
+# The round trip estimated per kilometre of great-circle distance: light in fibre goes 100 km and back in 1 ms, and
+# the routes run longer than the great circle (us-east-1 to eu-west-1, 5,470 km: 82 ms estimated, 70-75 measured;
+# to us-east-2, 496 km: 7 ms, about 11 measured). Measured times and estimates order the deployments together.
+ESTIMATED_RTT_MS_PER_KM = 0.015
 
 
 def distance_km(a: str, b: str) -> float:
@@ -82,27 +88,48 @@ def a_model(kind: str) -> str:
 class Attempt(Value):
     """One deployment to try: the public model it serves and how to reach it."""
 
-    __slots__ = ("model", "spec", "target", "adapter", "distance")
+    __slots__ = ("model", "spec", "target", "adapter", "distance_km", "rtt_ms", "measured")
 
     def __init__(
-        self, model: str, spec: ModelConfig, target: Target, adapter: ProviderAdapter, distance: float
+        self,
+        model: str,
+        spec: ModelConfig,
+        target: Target,
+        adapter: ProviderAdapter,
+        distance_km: float,
+        rtt_ms: float,
+        measured: bool,
     ) -> None:
         self.model: Final = model
         self.spec: Final = spec
         self.target: Final = target
         self.adapter: Final = adapter
-        self.distance: Final = distance
+        self.distance_km: Final = distance_km
+        # The round trip from the gateway's region, which orders the deployments: `measured` (the config's), else
+        # estimated from the distance.
+        self.rtt_ms: Final = rtt_ms
+        self.measured: Final = measured
 
 
 class Plan(list[Attempt]):
     """The attempts to make, in order, and the fallback models left out because the key (or an ancestor)
-    may not use them."""
+    may not use them: `skipped`, and `skipped_at`, each one's place among the attempts (before the attempt at that
+    index; after the last at `len`), where `x-gateway-route` names it."""
 
     skipped: list[str]
+    skipped_at: dict[int, list[str]]
+    chain: list[str]
 
-    def __init__(self, attempts: list[Attempt], skipped: list[str]) -> None:
+    def __init__(self, attempts: list[Attempt], skipped: list[str], chain: list[str] | None = None) -> None:
+        """`chain`: the models planned, in order, with the skipped ones among them."""
         super().__init__(attempts)
         self.skipped = skipped
+        self.chain = chain or []
+        self.skipped_at = {}
+        if skipped and chain:
+            for name in skipped:
+                before = chain[: chain.index(name)]
+                self.skipped_at.setdefault(sum(a.model in before for a in attempts), []).append(name)
 
 
 def any_model(model: str) -> bool:
@@ -151,14 +178,13 @@ class Router:
             if dep.reasoning is not None:
                 options["reasoning"] = dep.reasoning
             target = Target(dep.provider, provider.type, dep.model, region, base_url, options)
-            attempts.append(Attempt(model, spec, target, adapter, self.distance(region)))
-        return sorted(attempts, key=lambda a: a.distance)
-
-    def distance(self, region: str) -> float:
-        """Measured round-trip ms from the config when given, else kilometres (same order)."""
-        if region in self._latency:
-            return self._latency[region]
-        return distance_km(self.region, region)
+            km = distance_km(self.region, region)
+            measured = self._latency.get(region)
+            rtt = measured if measured is not None else km * ESTIMATED_RTT_MS_PER_KM
+            attempts.append(Attempt(model, spec, target, adapter, km, rtt, measured is not None))
+        # One unit for all: a region the config measured and one it did not are compared in milliseconds (kilometres
+        # against milliseconds served from Ireland a gateway in Virginia that had Ohio, 496 km away, beside it).
+        return sorted(attempts, key=lambda a: a.rtt_ms)
 
     def spec(self, model: str) -> ModelConfig:
         spec = self.config.models.get(model)
@@ -170,18 +196,42 @@ class Router:
         """Attempts in order: the model's deployments nearest first, then its fallbacks'. Only models
         `allowed` (the key's scope along its whole chain) are planned: a forbidden fallback, from the config
         or the client's header, is skipped and named in `Plan.skipped`. A deployment whose provider has no key is
-        left out (`503 provider_not_configured` when none is left)."""
+        left out (`503 provider_not_configured` when none is left). One whose breaker is open keeps its place: the
+        failover passes it over, and `shed` refuses a request that has none left to try."""
         candidates = self._candidates(model, controls, allowed, kind)
         usable = [a for a in candidates if self._keyed(a)]
-        # A deployment whose breaker is open goes last rather than away: if all else fails, try it.
-        usable.sort(key=lambda a: self.breakers.state(a.target.label) == "open")
         if not usable:
             first = candidates[0]
             raise ServiceUnavailableError(
                 f"provider '{first.target.provider}' for model '{model}' has no API key: {self._key_hint(first)}",
                 code="provider_not_configured",
             )
-        return Plan(usable, candidates.skipped)
+        return Plan(usable, candidates.skipped, candidates.chain)
+
+    def shed(self, plan: list[Attempt]) -> GatewayError | None:
+        """The refusal of a request none of whose `plan` may be tried now, every deployment's breaker open (or
+        half-open with its one probe under way), else None; its `retry-after` is when the first may be tried again.
+        Where every one of them opened on its provider's 429s, the providers are rate-limiting: a 429
+        `upstream_rate_limited`, which the SDKs, Claude Code and Codex wait out and retry; else the 503
+        `no_deployment_available` (on Anthropic's API an `overloaded_error`)."""
+        breakers = self.breakers
+        if any(breakers.available(a.target.label) for a in plan):
+            return None
+        wait = str(max(1, math.ceil(min(breakers.wait(a.target.label) for a in plan))))
+        if all(breakers.rate_limited(a.target.label) for a in plan):
+            limited = UpstreamRateLimitedError(
+                f"every deployment of '{plan[0].model}' is rate-limiting the gateway (their circuit breakers opened "
+                f"on their providers' 429s): nothing was sent; retry after {wait} s",
+                upstream_status=429,
+                headers={"retry-after": wait},
+            )
+            limited.should_retry = True
+            return limited
+        return ServiceUnavailableError(
+            f"every deployment's circuit breaker is open: nothing was sent; retry after {wait} s",
+            code="no_deployment_available",
+            headers={"retry-after": wait},
+        )
 
     @staticmethod
     def _keyed(attempt: Attempt) -> bool:
@@ -207,16 +257,21 @@ class Router:
             raise InvalidRequestError(f"model '{model}' is {a_model(spec.kind)}, not {a_model(kind)}", param="model")
         chain = [model]
         skipped: list[str] = []
+        planned = [model]  # (the chain with the skipped ones in their places)
         fallbacks = spec.fallbacks if controls.fallbacks is None else controls.fallbacks
         for name in fallbacks:
-            if name not in self.config.models:
-                raise NotFoundError(f"fallback model '{clipped(name)}' does not exist on this gateway", param="model")
+            if name not in self.config.models:  # (the config's own are checked at load: the client's header named it)
+                raise NotFoundError(
+                    f"fallback model '{clipped(name)}' in x-gateway-fallbacks does not exist on this gateway",
+                    param="x-gateway-fallbacks",
+                )
             if name in chain or name in skipped or self.config.models[name].kind != kind:
                 continue
             if allowed(name):
                 chain.append(name)
             else:
                 skipped.append(name)
+            planned.append(name)
         attempts = [a for name in chain for a in self._targets[name] if self._pinned(a, controls)]
         if not attempts and any(self._pinned(a, controls) for name in skipped for a in self._targets[name]):
             raise PermissionDeniedError(
@@ -230,7 +285,7 @@ class Router:
                 code="no_deployment_available",
                 retry=False,
             )
-        return Plan(attempts, skipped)
+        return Plan(attempts, skipped, planned)
 
     def explain(self, model: str, controls: RouteControls, allowed: Callable[[str], bool]) -> list[dict[str, Any]]:
         """The order `plan` would try now, with the reason for each place. A deployment whose provider has no key
@@ -238,8 +293,6 @@ class Router:
         key's scope comes last."""
         spec = self.spec(model)
         candidates = self._candidates(model, controls, allowed, spec.kind)
-        candidates.sort(key=lambda a: self.breakers.state(a.target.label) == "open")  # as `plan` orders them
-        unit = "rtt_ms" if self._latency else "distance_km"
         explained: list[dict[str, Any]] = []
         for a in candidates:
             entry = {
@@ -248,7 +301,9 @@ class Router:
                 "type": a.target.provider_type,
                 "upstream_model": a.target.model,
                 "region": a.target.region,
-                unit: round(a.distance, 1),
+                "distance_km": round(a.distance_km, 1),
+                "rtt_ms": round(a.rtt_ms, 1),
+                "rtt": "measured" if a.measured else "estimated",
                 "breaker": self.breakers.state(a.target.label),
                 "role": "primary" if a.model == model else "fallback",
                 "pinned": bool(controls.provider or controls.region),

@@ -3,6 +3,7 @@ where retrying cannot help."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -106,10 +107,10 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
                     ],
                     "price": PRICE,
                 },
-                "down-then-limited": {
+                "down-then-limited": {  # (breakers of its own: its test opens them)
                     "deployments": [
-                        {"provider": "openai", "model": "fail-500"},
-                        {"provider": "openai", "model": "fail-429"},
+                        {"provider": "openai", "model": "fail-500-dl"},
+                        {"provider": "openai", "model": "fail-429-dl"},
                     ],
                     "price": PRICE,
                 },
@@ -140,6 +141,17 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
                     "price": PRICE,
                 },
                 **WAIT_MODELS,
+                # (Breakers of their own, opened by the tests of shedding alone.)
+                "shed-down": {"deployments": [{"provider": "openai", "model": "fail-500-shed"}], "price": PRICE},
+                "shed-overloaded": {
+                    "deployments": [
+                        {"provider": "anthropic", "model": "fail-529-shed-a"},
+                        {"provider": "anthropic", "model": "fail-529-shed-b"},
+                    ],
+                    "price": PRICE,
+                },
+                "shed-limited": {"deployments": [{"provider": "openai", "model": "fail-429-shed"}], "price": PRICE},
+                "shed-probe": {"deployments": [{"provider": "openai", "model": "slow-probe"}], "price": PRICE},
             },
         },
         set(REGISTRY),
@@ -259,21 +271,34 @@ def until_a_breaker_opens(gw: Running, model: str) -> tuple[list[httpx.Response]
 
 
 def test_a_candidate_skipped_for_its_open_breaker_is_not_taken_for_rate_limited(gw: Running) -> None:
-    """`upstream_rate_limited` says every candidate's provider rate-limited the request. Once the first
-    deployment's breaker opened (its 500s), it was skipped, and the second's 429 alone made the answer a 429
-    `upstream_rate_limited`, where the same request had been a 502 before the breaker opened."""
+    """`upstream_rate_limited` says every candidate's provider rate-limited the request. The first deployment's
+    breaker open (its 500s), it is skipped, and the second's 429 alone made the answer a 429
+    `upstream_rate_limited`, where the same request had been a 502 before the breaker opened. Both breakers open,
+    nothing is sent, and the answer is the 503 `no_deployment_available`, not a rate limit either."""
+    breakers = gw.gateway.router.breakers
+    for _ in range(breakers.threshold):
+        breakers.failure("openai/fail-500-dl@global")
     answers, routes = until_a_breaker_opens(gw, "down-then-limited")
-    assert any("fail-500@global=breaker-open" in route for route in routes), routes
-    assert [(a.status_code, a.json()["error"]["code"]) for a in answers] == [(502, "upstream_error")] * 8, routes
+    assert routes[0] == (
+        "openai/fail-500-dl@global=breaker-open, openai/fail-429-dl@global=429, openai/fail-429-dl@global=429"
+    )
+    codes = [(a.status_code, a.json()["error"]["code"]) for a in answers]
+    assert codes[0] == (502, "upstream_error") and codes[-1] == (503, "no_deployment_available"), routes
+    assert set(codes) == {(502, "upstream_error"), (503, "no_deployment_available")}, routes
 
 
 def test_a_candidate_skipped_for_a_breaker_its_429s_opened_still_makes_the_answer_rate_limited(gw: Running) -> None:
     """The other side (found by review): a deployment whose breaker its own 429s opened is rate-limiting the
-    request when it is skipped; with the first fix alone, every provider's 429 became a 502 once it opened."""
+    request when it is skipped; with the first fix alone, every provider's 429 became a 502 once it opened. Both
+    breakers open, the request is not sent and is still a rate limit, its wait until a breaker half-opens."""
     answers, routes = until_a_breaker_opens(gw, "both-limited")
     assert any("fail-429-a@global=breaker-open" in route for route in routes), routes
     assert [(a.status_code, a.json()["error"]["code"]) for a in answers] == [(429, "upstream_rate_limited")] * 8
-    assert all(a.headers["retry-after"] == "1" for a in answers)
+    sent = [a for a, route in zip(answers, routes, strict=True) if "=429" in route]
+    shed = [a for a, route in zip(answers, routes, strict=True) if "=429" not in route]
+    assert sent and shed, routes
+    assert all(a.headers["retry-after"] == "1" for a in sent)
+    assert all(int(a.headers["retry-after"]) >= 25 and a.headers["x-should-retry"] == "true" for a in shed)
 
 
 def test_a_provider_without_a_key_is_not_retried_nor_called_overloaded(gw: Running) -> None:
@@ -603,3 +628,111 @@ def test_an_error_answer_its_adapter_cannot_read_fails_over_as_any_failure_does(
     assert answer.status_code == 200
     assert answer.headers["x-gateway-route"] == "openai/fail-500-unread@global=500, openai/gpt-4o-mini@global=200"
     assert [(line.status, line.cost_source) for line in gw.ledger(key)] == [(200, "provider")]
+
+
+def opened(gw: Running, model: str, failing: int) -> str:
+    """A key that sent `model` `failing` requests (no retries), enough to open its deployments' breakers."""
+    key = gw.mint(budget_usd=5.0)
+    with sdk_openai(gw, key, Counter()).with_options(max_retries=0) as client:
+        for _ in range(failing):
+            with pytest.raises(openai.APIStatusError):
+                client.chat.completions.create(model=model, messages=HI)  # type: ignore[arg-type]
+    return key
+
+
+def reserved_usd(gw: Running, key: str) -> float:
+    state = httpx.get(f"{gw.url}/v1/key", headers={"authorization": f"Bearer {key}"}).json()
+    return float(state["reserved_usd"])
+
+
+def test_a_lone_deployment_whose_breaker_is_open_is_not_sent_the_request(gw: Running) -> None:
+    """The last deployment of a plan was sent every request whatever its breaker said (review: a lone deployment
+    answering 500, its breaker open, took 30 upstream calls from 10 SDK calls). Its breaker open, the request is
+    the documented 503 `no_deployment_available`: nothing sent, nothing reserved, no ledger line, and a
+    `retry-after` saying when the breaker half-opens (the SDKs wait it out)."""
+    fake = gw.fakes["openai"].state.requests
+    key = opened(gw, "shed-down", 5)
+    since, lines = len(fake), len(gw.ledger(key))
+    counter = Counter()
+    client = sdk_openai(gw, key, counter).with_options(max_retries=0)
+    with pytest.raises(openai.InternalServerError) as refused:
+        client.chat.completions.create(model="shed-down", messages=HI)  # type: ignore[arg-type]
+    client.close()
+    answer = refused.value.response
+    assert (answer.status_code, answer.json()["error"]["code"]) == (503, "no_deployment_available")
+    assert answer.headers["x-gateway-route"] == "openai/fail-500-shed@global=breaker-open"
+    assert answer.headers["x-should-retry"] == "true" and 25 <= int(answer.headers["retry-after"]) <= 30
+    assert len(fake) == since and counter.sent == 1
+    assert len(gw.ledger(key)) == lines and reserved_usd(gw, key) == 0
+
+
+def test_every_claude_deployments_breaker_open_is_anthropics_overloaded_error_with_nothing_sent(gw: Running) -> None:
+    """Two Claude deployments, both overloaded and their breakers open: the second was sent every request (12 of
+    12 in review). On `/v1/messages` the refusal is Anthropic's error shape, `overloaded_error`, with the wait."""
+    fake = gw.fakes["anthropic"].state.requests
+    key = opened(gw, "shed-overloaded", 5)
+    since = len(fake)
+    counter = Counter()
+    claude = sdk_anthropic(gw, key, counter).with_options(max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        claude.messages.create(model="shed-overloaded", max_tokens=10, messages=HI)  # type: ignore[arg-type]
+    claude.close()
+    answer = refused.value.response
+    assert answer.status_code == 503 and answer.json()["type"] == "error"
+    assert answer.json()["error"]["type"] == "overloaded_error"
+    assert answer.headers["x-should-retry"] == "true" and int(answer.headers["retry-after"]) >= 25
+    assert answer.headers["x-gateway-route"] == (
+        "anthropic/fail-529-shed-a@global=breaker-open, anthropic/fail-529-shed-b@global=breaker-open"
+    )
+    assert len(fake) == since and counter.sent == 1
+
+
+def test_a_breaker_its_providers_429s_opened_sheds_as_a_rate_limit_the_agents_wait_out(gw: Running) -> None:
+    """A deployment whose breaker its provider's 429s opened is rate-limiting the gateway: the request is not sent,
+    and the answer is the 429 `upstream_rate_limited` Claude Code and Codex wait out and retry (`retry-after`, until
+    the breaker half-opens; `x-should-retry: true`, as no attempt was made)."""
+    fake = gw.fakes["openai"].state.requests
+    key = opened(gw, "shed-limited", 3)  # (each tried twice, the gateway's own retry)
+    since = len(fake)
+    client = sdk_openai(gw, key, Counter()).with_options(max_retries=0)
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model="shed-limited", messages=HI)  # type: ignore[arg-type]
+    client.close()
+    answer = refused.value.response
+    assert answer.json()["error"]["code"] == "upstream_rate_limited"
+    assert answer.headers["x-should-retry"] == "true" and int(answer.headers["retry-after"]) >= 25
+    assert len(fake) == since
+
+
+def test_a_half_open_breaker_lets_one_probe_through_and_refuses_the_others(
+    gw: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half-open, one request probes the deployment; the others sent meanwhile get the 503 (wait: 1 s, the probe's
+    outcome decides), not a pile-up on a provider that was failing. The probe's success closes the breaker."""
+    breakers = gw.gateway.router.breakers
+    label = "openai/slow-probe@global"
+    for _ in range(breakers.threshold):
+        breakers.failure(label)
+    clock = breakers.clock
+    monkeypatch.setattr(breakers, "clock", lambda: clock() + breakers.cooldown)  # (the cooldown has passed)
+    assert breakers.state(label) == "half-open"
+    fake = gw.fakes["openai"].state.requests
+    since = len(fake)
+    key = gw.mint(budget_usd=5.0)
+
+    async def send() -> int:
+        async with openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0) as client:
+            try:
+                await client.chat.completions.create(model="shed-probe", messages=HI)  # type: ignore[arg-type]
+            except openai.APIStatusError as refused:
+                assert refused.response.json()["error"]["code"] == "no_deployment_available"
+                assert refused.response.headers["retry-after"] == "1"
+                return refused.status_code
+            return 200
+
+    async def together() -> list[int]:
+        return list(await asyncio.gather(*(send() for _ in range(4))))
+
+    assert sorted(asyncio.run(together())) == [200, 503, 503, 503]
+    assert len(fake) - since == 1 and breakers.state(label) == "closed"
+    assert [line.status for line in gw.ledger(key)] == [200] and reserved_usd(gw, key) == 0

@@ -232,3 +232,22 @@ def test_a_request_no_deployment_can_take_is_the_first_ones_400(running: Running
     assert "input_audio" in refused.value.message
     assert refused.value.response.headers["x-gateway-route"] == "anthropic/claude-haiku-4-5@global=unsupported"
     assert running.ledger(key) == []  # nothing reached a provider
+
+
+def test_a_fallback_outside_the_keys_scope_is_named_in_the_route_where_the_plan_reaches_it(running: Running) -> None:
+    """`x-gateway-route` lists every attempt in order: a fallback skipped as outside the key's scope was listed
+    first, before the attempts of the model it falls back from."""
+    key = running.mint(models=["broken", "gpt-4o-mini"])
+    route = route_of(running, key, "broken", **{"x-gateway-fallbacks": "claude-haiku-4-5,gpt-4o-mini"}).split(", ")
+    assert route[0].startswith("openai/fail-500@global=")  # (500, or breaker-open after other tests' failures)
+    assert route[1:] == ["claude-haiku-4-5=model_not_allowed", "openai/gpt-4o-mini@global=200"]
+
+
+def test_an_unknown_fallback_in_the_header_is_the_headers_fault(running: Running, key: str) -> None:
+    """`x-gateway-fallbacks: nope` was a 404 naming `param: model`, though the request's model was fine."""
+    with pytest.raises(openai.NotFoundError) as info:
+        client(running, key).chat.completions.create(
+            model="gpt-4o-mini", messages=HI, extra_headers={"x-gateway-fallbacks": "nope"}
+        )
+    assert (info.value.code, info.value.param) == ("model_not_found", "x-gateway-fallbacks")
+    assert "x-gateway-fallbacks" in info.value.message

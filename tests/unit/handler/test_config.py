@@ -49,6 +49,24 @@ def test_unknown_provider_type_and_fallback() -> None:
     assert "models.m.fallbacks[0]: unknown model 'ghost'" in found
 
 
+def test_a_fallback_of_another_kind_is_refused() -> None:
+    """A chat model falling back to an embedding model was accepted (`gateway config check` passed it), and every
+    request passed that fallback over unsaid."""
+    data = {
+        "providers": {"x": {"type": "openai", "api_key": "env:X"}},
+        "models": {
+            "m": {"deployments": [{"provider": "x", "model": "a"}], "fallbacks": ["emb"]},
+            "emb": {"kind": "embedding", "deployments": [{"provider": "x", "model": "e"}], "fallbacks": ["m"]},
+        },
+    }
+    assert problems(data) == [
+        "models.m.fallbacks[0]: 'emb' is a model of kind 'embedding', and 'm' of kind 'chat': a request is never "
+        "sent to a model of another kind",
+        "models.emb.fallbacks[0]: 'm' is a model of kind 'chat', and 'emb' of kind 'embedding': a request is never "
+        "sent to a model of another kind",
+    ]
+
+
 def test_not_a_mapping_and_bad_yaml(tmp_path: Path) -> None:
     assert problems(["a"]) == ["(root): the config must be a mapping with providers and models"]
     bad = tmp_path / "bad.yaml"

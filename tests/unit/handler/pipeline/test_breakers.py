@@ -62,3 +62,21 @@ def test_whether_a_breaker_is_rate_limiting_follows_the_failures_that_keep_it_op
     b.failure("e", limited=True)
     b.failure("e")  # a 500 among the failures that open it: not rate-limited
     assert b.state("e") == "open" and not b.rate_limited("e")
+
+
+def test_availability_and_the_wait_until_a_deployment_may_be_tried_again() -> None:
+    """What `Router.shed` refuses on, without taking the probe: an open breaker is unavailable until its cooldown
+    has passed (the wait says how long); half-open, it is available until its one probe is taken, then the wait
+    is the least one while the probe is under way."""
+    clock = Clock()
+    b = Breakers(threshold=1, cooldown=30, clock=clock)
+    assert b.available("d") and b.wait("d") == 0
+    b.failure("d")
+    clock.now += 12
+    assert not b.available("d") and b.wait("d") == 18
+    clock.now += 18
+    assert b.available("d") and b.available("d")  # (asking takes no probe)
+    assert b.allow("d")
+    assert not b.available("d") and b.wait("d") == 1
+    b.success("d")
+    assert b.available("d")

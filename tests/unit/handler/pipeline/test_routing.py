@@ -128,3 +128,29 @@ def test_a_fallback_outside_the_scope_is_skipped_and_named() -> None:
 def test_the_requested_model_outside_the_scope_is_refused() -> None:
     with pytest.raises(PermissionDeniedError):
         router("eu-west-1").plan("m", RouteControls(), lambda model: model == "n")
+
+
+def test_a_measured_round_trip_and_an_unmeasured_regions_are_compared_in_one_unit() -> None:
+    """`region_latency_ms` naming some regions only: the others were ordered by their kilometres against the
+    measured milliseconds, so a gateway in us-east-1 that measured eu-west-1 (75 ms) sent its requests to Ireland
+    before Ohio (496 km, read as 496 ms). The unmeasured region's round trip is estimated from its distance, and
+    `/v1/route` says which is which."""
+    data = {
+        "gateway": {"region_latency_ms": {"us-east-1": {"eu-west-1": 75}}},
+        "providers": {"a": {"type": "openai", "api_key": "env:A"}},
+        "models": {
+            "m": {
+                "deployments": [
+                    {"provider": "a", "model": "m-ie", "region": "eu-west-1"},
+                    {"provider": "a", "model": "m-oh", "region": "us-east-2"},
+                ]
+            }
+        },
+    }
+    config = parse_config(data, set(REGISTRY))
+    r = Router(config, build_adapters(config, REGISTRY, {"A": "x"}), "us-east-1")
+    assert [a.target.model for a in r.plan("m", RouteControls(), any_model)] == ["m-oh", "m-ie"]
+    explained = r.explain("m", RouteControls(), any_model)
+    assert [(e["upstream_model"], e["rtt"]) for e in explained] == [("m-oh", "estimated"), ("m-ie", "measured")]
+    assert explained[0]["distance_km"] == 496 and 5 < explained[0]["rtt_ms"] < 15
+    assert explained[1]["rtt_ms"] == 75
