@@ -9,6 +9,9 @@ call) rather than deleting the item: its client sends a call again when the answ
 that had landed left nothing for the call sent again to find, so it said the response had not existed. The mark
 sent again finds its own token and answers as the first would have; the item, its record gone, goes with its TTL.
 
+The DynamoDB mixin imports the DynamoDB client in its methods: a process on the embedded store never imports
+it (with the store package's, 3.2 million instructions of a Lambda's cold start on SQLite).
+
 | backend | where |
 |---|---|
 | SQLite | table `responses` (`id`, `expires_at`, `data`) |
@@ -26,7 +29,6 @@ from typing import Any
 
 import orjson
 
-from adapters.store.dynamo_client import ConditionFailed, call
 from adapters.store.expressions import num, read_num, text
 from handler.ports import StoredResponse, StoreError
 
@@ -126,6 +128,8 @@ class DynamoDBResponses:
         return {"pk": text(f"RESP#{response_id}"), "sk": text(RESPONSE_SK)}
 
     async def put_response(self, stored: StoredResponse) -> None:
+        from adapters.store.dynamo_client import call  # (on first use: see the module docstring)
+
         data = base64.b64encode(pack(stored)).decode()
         if len(data) > MAX_DYNAMODB_DATA:
             raise StoreError(
@@ -140,6 +144,8 @@ class DynamoDBResponses:
         await call(self.client, "put_item", TableName=self.table, Item=item)
 
     async def get_response(self, response_id: str) -> StoredResponse | None:
+        from adapters.store.dynamo_client import call  # (on first use: see the module docstring)
+
         answer = await call(
             self.client, "get_item", TableName=self.table, Key=self._response_key(response_id), ConsistentRead=True
         )
@@ -152,6 +158,8 @@ class DynamoDBResponses:
     async def delete_response(self, response_id: str) -> bool:
         """Removes the record and marks the item deleted by this call (see the module docstring); whether it
         existed and had not expired. The request, sent again, is the same: its token, and its `now` here."""
+        from adapters.store.dynamo_client import ConditionFailed, call  # (on first use)
+
         now = time.time()
         try:
             answer = await call(

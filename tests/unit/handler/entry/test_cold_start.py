@@ -274,3 +274,20 @@ def test_a_chat_completion_that_does_not_stream_makes_no_chunk_or_embeddings_mod
     key = mint_key(start_up_environment(tmp_path, GATEWAY_CONFIG=str(config)))  # as the benchmark mints its own
     state = started(FIRST_CHAT, tmp_path, GATEWAY_CONFIG=str(config), LOCAL_KEY="sk-local", BENCH_GATEWAY_KEY=key)
     assert state == [[], []]
+
+
+# The store modules a cold start imports, of those only one of the two stores needs.
+STORES = """
+import json, sys
+import handler.entry.lambda_handler
+print(json.dumps(sorted(name for name in (
+    "adapters.aws", "adapters.sigv4", "adapters.store.dynamo_client", "adapters.store.dynamodb",
+    "adapters.store.sqlite",
+) if name in sys.modules)))
+"""
+
+
+def test_a_cold_start_on_the_embedded_store_imports_no_dynamodb_client(tmp_path: Path) -> None:
+    """The store package and the stored responses' and sign-ins' mixins imported the DynamoDB client, the AWS layer
+    and SigV4 at every start-up: 3.2 million instructions of a Lambda's cold start on SQLite (callgrind)."""
+    assert started(STORES, tmp_path) == ["adapters.store.sqlite"]
