@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from handler.config import Price
 from handler.errors import (
     BudgetExceededError,
     ClientClosedError,
@@ -35,6 +34,7 @@ from handler.errors import (
 )
 from handler.pipeline.attribution import line_tags
 from handler.pipeline.budgets import Meter, Reservation, remaining_usd
+from handler.pipeline.charges import Charges
 from handler.pipeline.exchange import Exchange
 from handler.pipeline.gateway import Gateway
 from handler.pipeline.keys import allows_model
@@ -50,28 +50,20 @@ from handler.pipeline.passthrough import (
 from handler.pipeline.pricing import (
     Cost,
     PromptEstimate,
-    as_served,
-    asked_options,
-    cost_of,
     fee_for,
-    option_rate,
     plausible,
     predicted_tokens,
-    price_for,
     prompt_estimate,
-    scaled,
     sent_as_written,
     tier_served,
-    upstream_price,
     usd,
-    with_options,
     worst_case_usd,
 )
 from handler.pipeline.routing import Attempt, Plan
 from handler.pipeline.schema_check import enforce, schema_of
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import BuiltRequest, LedgerItem, NativeCall, Served, as_client_named
-from handler.redaction import redact_message, unkeyed
+from handler.redaction import unkeyed
 from handler.schemas import LATER_MODULES, ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
 from handler.wire import OVERLOADED, error_answer, json_body, malformed
@@ -83,9 +75,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = logging.getLogger("gateway")
 MAX_USER_CHARS = 256
-# The searches a request with a provider's own web search tool may run when it sets no limit: the limit sent
-# (Anthropic's `max_uses`, the Responses API's `max_tool_calls`) and the worst case reserved.
-DEFAULT_SEARCHES = 10
 # The batches of one embeddings request in flight at once, where the API takes fewer inputs a call than the client
 # sent (`ProviderAdapter.embedding_batch`): OpenAI's 2,048 inputs are 21 of Gemini's batches.
 BATCHES_AT_ONCE = 8
@@ -98,7 +87,7 @@ MAX_RETRY_WAIT_S = 5
 UNNAMED_WAIT_S = 1
 
 
-class Pipeline:
+class Pipeline(Charges):
     """Runs chat and embeddings requests against the gateway's deployments."""
 
     def __init__(self, gateway: Gateway) -> None:
@@ -437,174 +426,6 @@ class Pipeline:
             # is a 400 (gpt-4o-mini's 16,384 against a fallback's 64,000).
             cap.reserved = worst_output
         ex.output_cap = cap
-
-    def _price_options(self, ex: Exchange, req: ChatRequest) -> None:
-        """Options that change what the provider bills: priced as configured, else refused; `store: true`
-        (the tenant's data kept in the operator's provider account) dropped unless the operator allows it."""
-        extra = req.model_extra
-        if not extra:
-            return
-        options = self.gateway.config.gateway.priced_options
-        tier = extra.get("service_tier")
-        if tier is not None and tier not in ("auto", "default"):
-            if not isinstance(tier, str) or tier not in options.service_tier:
-                raise InvalidRequestError(
-                    f"service_tier '{tier}' is not priced on this gateway (gateway.priced_options.service_tier)",
-                    param="service_tier",
-                )
-            ex.price_multiplier = options.service_tier[tier]
-        if extra.get("web_search_options") is not None:
-            if options.web_search_usd is None:
-                raise InvalidRequestError(
-                    "web search is not priced on this gateway (gateway.priced_options.web_search_usd)",
-                    param="web_search_options",
-                )
-            ex.per_request_usd += options.web_search_usd
-        modalities = extra.get("modalities")
-        wants_audio = extra.get("audio") is not None or (isinstance(modalities, list) and "audio" in modalities)
-        if wants_audio and not options.audio_output:
-            raise InvalidRequestError(
-                "audio output is not priced on this gateway (gateway.priced_options.audio_output)", param="modalities"
-            )
-        ex.audio_output = wants_audio
-        if extra.get("store") is True and not options.provider_store:
-            del extra["store"]
-            if ex.controls.strict:
-                raise StrictParamsError(
-                    "store: true would keep this request in the provider's account; this gateway does not allow it",
-                    param="store",
-                )
-            ex.inbound_dropped.append("store")
-            if extra.pop("metadata", None) is not None:
-                # The stored completion's tags: OpenAI refuses `metadata` unless `store` is on ("The 'metadata'
-                # parameter is only allowed when 'store' is enabled"), so it goes with it.
-                ex.inbound_dropped.append("metadata")
-
-    @staticmethod
-    def _price_native_options(ex: Exchange, plan: list[Attempt], call: NativeCall) -> None:
-        """Options of a request passed through as written that change what its model costs (`asked_options`:
-        Anthropic's fast mode, US-only inference): priced at every deployment in the plan that it passes through
-        to, by that model's price, else refused. A deployment that gets the translation is sent none of them (the
-        route names them dropped), so they do not change its price."""
-        asked = asked_options(call)
-        if not asked:
-            return
-        for attempt in plan:
-            if not attempt.adapter.speaks(call.api, attempt.target):
-                continue
-            price = price_for(attempt.model, attempt.spec, attempt.target.model)
-            for name, value in asked.items():
-                if option_rate(price, name, value) is None:
-                    raise InvalidRequestError(
-                        f"{name} '{value}' is not priced for model '{attempt.model}' on this gateway (no multiplier "
-                        f"for it in the model's `price.options.{name}`)",
-                        param=name,
-                    )
-        ex.native_api, ex.native_options = call.api, asked
-
-    @staticmethod
-    def search_limit(value: Any, param: str) -> int:
-        """A web search tool's limit as the client set it (Anthropic's `max_uses`, the Responses API's
-        `max_tool_calls`): `DEFAULT_SEARCHES` when unset or null (the SDKs' types allow null), else a positive
-        integer or the client's 400."""
-        if value is None:
-            return DEFAULT_SEARCHES
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidRequestError(f"{param} must be a positive integer", param=param)
-        return value
-
-    def allow_searches(self, ex: Exchange, most: int, names: list[str]) -> bool:
-        """A provider's own web search tool (`names`, as `x-gateway-dropped-params` would name them) in a
-        request that may run up to `most` searches: priced per search at `priced_options.web_search_usd`, the
-        worst case reserved (True); else not to be sent (False; a 400 under `x-gateway-strict`)."""
-        price = self.gateway.config.gateway.priced_options.web_search_usd
-        if price is None:
-            if ex.controls.strict:
-                raise StrictParamsError(
-                    "web search is not priced on this gateway (gateway.priced_options.web_search_usd)", param=names[0]
-                )
-            return False
-        ex.search_usd, ex.searches = price, most
-        return True
-
-    @staticmethod
-    def refuse_unpriced_tools(ex: Exchange, names: list[str]) -> None:
-        """Tools the provider runs and bills beyond tokens, which this gateway cannot price (`names`, as
-        `x-gateway-dropped-params` would name them): the route leaves them out; under `x-gateway-strict`, a 400."""
-        if names and ex.controls.strict:
-            raise StrictParamsError(
-                f"{names[0]} is billed by the provider beyond tokens, which this gateway does not price", param=names[0]
-            )
-
-    @staticmethod
-    def _audio_priced(attempt: Attempt) -> None:
-        """Refuses audio output to a deployment whose model's price has no `audio_output`: its audio tokens would be
-        billed (and reserved) at the text price, a tenth or less of what the provider charges for them."""
-        price = price_for(attempt.model, attempt.spec, attempt.target.model)
-        if price is not None and price.audio_output is None:
-            raise InvalidRequestError(
-                f"audio output is not priced for model '{attempt.model}' on this gateway (no `audio_output` in "
-                "its price)",
-                param="modalities",
-            )
-
-    def _price(self, ex: Exchange, attempt: Attempt, served: Served | None = None) -> Price | None:
-        """`attempt`'s price for this request: with the options it passes through (at the values the answer was
-        `served` at, once it says), times a service tier's multiplier."""
-        price = price_for(attempt.model, attempt.spec, attempt.target.model)
-        asked = ex.native_options if ex.native_options and attempt.adapter.speaks(ex.native_api, attempt.target) else {}
-        if served is not None and served.options:  # (the answer says how it ran: as asked or not, billed so)
-            price = with_options(price, as_served(price, asked, served.options))
-        elif asked:
-            price = with_options(price, asked)
-        # A service tier the deployment was not sent (dropped and named) is not billed; one the answer says it
-        # ran at is billed at that tier, as OpenAI bills it (`priority` is served at `default` past its ramp limits).
-        multiplier = ex.price_multiplier if "service_tier" not in ex.dropped else 1.0
-        tier = served.options.get("service_tier") if served is not None else None
-        if tier is not None:
-            tiers = self.gateway.config.gateway.priced_options.service_tier
-            multiplier = 1.0 if tier == "default" else tiers.get(tier, multiplier)
-        return scaled(price, multiplier)
-
-    def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage, served: Served | None = None) -> Cost:
-        """What `usage` at `attempt` costs, with the options billed per request; `served`: what the answer says of
-        how it was served (the speed it ran at, the tokens other models ran for it)."""
-        cost = cost_of(usage, self._price(ex, attempt, served), self.fee)
-        apart = self._per_request_usd(ex) + (usage.web_searches * ex.search_usd if ex.search_usd else 0.0)
-        if served is not None and served.others:
-            apart += self._others_usd(ex, attempt, served)
-        if apart and cost.provider_usd is not None:
-            provider = cost.provider_usd + apart
-            cost = Cost(provider, fee_for(provider, self.fee), usage, cost.unit_prices)
-        return cost
-
-    @staticmethod
-    def _per_request_usd(ex: Exchange) -> float:
-        """The options billed per request (web search), unless the deployment that answered was not sent them
-        (dropped and named): Azure's Chat Completions has no `web_search_options`, and its search fee was billed."""
-        if ex.per_request_usd and "web_search_options" in ex.dropped:
-            return 0.0
-        return ex.per_request_usd
-
-    def _others_usd(self, ex: Exchange, attempt: Attempt, served: Served) -> float:
-        """What the tokens other models ran for the answer cost (Anthropic's advisor), each at its own model's price
-        (`upstream_price`: the config's, else the built-in table's). A model with none is never free: its tokens are
-        priced at the answer's own model's (the least an advisor costs: Anthropic pairs a model only with an advisor
-        at least as capable), and the gap is logged."""
-        total = 0.0
-        for model, usage in served.others:
-            if not plausible(usage):
-                log.warning("another model's usage refused as impossible", extra={"request_id": ex.request_id})
-                continue
-            price = upstream_price(self.gateway.config.models, model)
-            if price is None:
-                log.warning(
-                    "a model with no price served part of this answer, priced at the answer's own model's",
-                    extra={"request_id": ex.request_id, "unpriced_model": redact_message(model)[:100]},
-                )
-                price = self._price(ex, attempt, served)
-            total += cost_of(usage, price, self.fee).provider_usd or 0.0
-        return total
 
     async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], output: int) -> None:
         estimate = ex.prompt or PromptEstimate(0, ())

@@ -27,7 +27,7 @@ from starlette.testclient import TestClient
 
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
-from handler.pipeline.pipeline import DEFAULT_SEARCHES
+from handler.pipeline.charges import DEFAULT_SEARCHES
 from tests.fakes import anthropic as fake_anthropic
 from tests.fakes import openai as fake_openai
 from tests.functional.conftest import Running, anthropic_client, openai_client, serving
