@@ -89,6 +89,12 @@ def _arguments(raw: str) -> Any:
         return {"_raw": raw}
 
 
+def claude_block(entry: dict[str, Any]) -> dict[str, Any]:
+    """A `thinking_blocks` entry as Claude's content block: without the `index` that numbers it among the answer's
+    thinking blocks for Chat Completions clients (no Messages client expects it, and Claude refuses it back)."""
+    return {key: value for key, value in entry.items() if key != "index"}
+
+
 def stop_reason(finish_reason: str | None, stop_sequence: str | None, refused: bool = False) -> str:
     """Anthropic's stop reason: `stop_sequence` when the provider said which one fired; `refusal` for an answer
     that refused (OpenAI's `refusal`, which ends as a plain `stop`)."""
@@ -105,7 +111,7 @@ def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dic
     if choice is not None:
         signed = (choice.message.model_extra or {}).get("thinking_blocks")
         if isinstance(signed, list):
-            content.extend(signed)
+            content.extend(claude_block(block) for block in signed if isinstance(block, dict))
         elif choice.message.reasoning_content:
             # Reasoning of another provider: shown as thinking, with no signature (it cannot go back to Claude).
             content.append({"type": "thinking", "thinking": choice.message.reasoning_content, "signature": ""})
@@ -197,7 +203,7 @@ class EventWriter:
                 out += self._delta({"type": "signature_delta", "signature": block["signature"]})
                 out += self._close()
             elif block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str):
-                out += self._switch("redacted_thinking", self.index + 1, dict(block)) + self._close()
+                out += self._switch("redacted_thinking", self.index + 1, claude_block(block)) + self._close()
         return out
 
     def chunk(self, chunk: ChatCompletionChunk) -> bytes:

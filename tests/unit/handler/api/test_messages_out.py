@@ -20,13 +20,14 @@ def events(raw: bytes) -> list[dict[str, Any]]:
 
 def test_a_signed_thinking_block_ends_with_its_signature_and_a_redacted_one_stands_alone() -> None:
     """Claude's thinking from a translated deployment (Bedrock) reaches a Messages client as Claude wrote it:
-    the block completed by `thinking_blocks` on a delta gets its `signature_delta`, and closes."""
+    the block completed by `thinking_blocks` on a delta gets its `signature_delta`, and closes; a redacted block
+    is Claude's, without the `index` that numbers a `thinking_blocks` entry for Chat Completions clients."""
     writer = EventWriter("m", "msg_1")
-    signed = {"type": "thinking", "thinking": "Plan.", "signature": "sig-1"}
+    signed = {"type": "thinking", "thinking": "Plan.", "signature": "sig-1", "index": 0}
     redacted = {"type": "redacted_thinking", "data": "opaque"}
     out = writer.chunk(chunk(reasoning_content="Plan."))
     out += writer.chunk(chunk(thinking_blocks=[signed]))
-    out += writer.chunk(chunk(thinking_blocks=[redacted]))
+    out += writer.chunk(chunk(thinking_blocks=[{**redacted, "index": 1}]))
     out += writer.chunk(chunk(content="Hi"))
     sent = events(out)
     assert [e["type"] for e in sent] == [
