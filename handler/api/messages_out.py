@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
+from pydantic_core import from_json
 
 from handler.api.call_order import CallOrder
 from handler.api.streaming import sse_event
@@ -82,11 +83,23 @@ def anthropic_usage(usage: Usage) -> dict[str, int]:
     }
 
 
-def _arguments(raw: str) -> Any:
+def _arguments(raw: str, cut: bool) -> Any:
+    """A call's `input`: its arguments' JSON; for an answer cut at its token limit (`cut`), as much of it as is
+    whole, as a Messages stream's client accumulates the fragments Claude streams up to the cut (the Anthropic SDK
+    reads them with jiter's partial mode, `pydantic_core.from_json`'s engine: an unfinished string, number or
+    literal left out), and so as the streamed answer has it; arguments that are not JSON at all, `_raw`."""
     try:
         return orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError:
-        return {"_raw": raw}
+        pass
+    if cut:
+        try:
+            whole = from_json(raw, allow_partial=True)
+        except ValueError:
+            whole = None
+        if isinstance(whole, dict):
+            return whole
+    return {"_raw": raw}
 
 
 def claude_block(entry: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +136,7 @@ def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dic
                     "type": "tool_use",
                     "id": call.id,
                     "name": call.function.name,
-                    "input": _arguments(call.function.arguments),
+                    "input": _arguments(call.function.arguments, choice.finish_reason == "length"),
                 }
             )
     reason = choice.finish_reason if choice else None

@@ -5,9 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
-from handler.api.messages_out import EventWriter
-from handler.schemas import ChatCompletionChunk, ChunkChoice, ChunkDelta, Usage
+from handler.api.messages_out import EventWriter, to_message
+from handler.schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChunkChoice,
+    ChunkDelta,
+    FunctionCall,
+    ToolCall,
+    Usage,
+)
 
 
 def chunk(**delta: Any) -> ChatCompletionChunk:
@@ -118,3 +129,22 @@ def test_a_call_numbered_with_an_index_an_earlier_call_had_is_a_call_of_its_own(
             '{"b":2}',
             '{"c":3}',
         ]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "finish", "expected"),
+    [
+        ('{"city":"Paris","units":"cel', "length", {"city": "Paris"}),
+        ('{"city":"Pa', "length", {}),
+        ("not json", "length", {"_raw": "not json"}),
+        ('{"city":"Pa', "tool_calls", {"_raw": '{"city":"Pa'}),
+    ],
+    ids=["cut-after-a-value", "cut-in-the-first", "cut-not-json", "malformed-whole"],
+)
+def test_a_calls_input_when_its_arguments_are_not_whole_json(arguments: str, finish: str, expected: Any) -> None:
+    """Cut at the token limit, a call's input is what is whole of its JSON (as the Anthropic SDK accumulates a
+    stream cut there); arguments no cut explains, or that are no JSON at all, stay readable under `_raw`."""
+    call = ToolCall(id="call_1", function=FunctionCall(name="get_weather", arguments=arguments))
+    choice = Choice(message=AssistantMessage(content=None, tool_calls=[call]), finish_reason=finish)
+    message = to_message(ChatCompletion(id="c", created=0, model="m", choices=[choice]), "m", None)
+    assert message["content"] == [{"type": "tool_use", "id": "call_1", "name": "get_weather", "input": expected}]
