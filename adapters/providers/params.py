@@ -198,23 +198,33 @@ def json_schema_instruction(schema: Any) -> str:
 
 
 THINKING_BLOCKS = "thinking_blocks"
+# Each `thinking_blocks` entry's position among the answer's thinking blocks, whole or streamed: the OpenAI SDK's
+# stream helper merges list deltas by it (an entry without one is a `RuntimeError`). No Claude block has it: it is
+# dropped where the blocks are read back (`thinking_blocks`, the Messages front-end).
+THINKING_INDEX = "index"
 
 
-def signed_thinking(text: str, signature: str) -> dict[str, Any]:
-    """A thinking block of Claude's, with the signature that lets it go back on the next turn."""
-    return {"type": "thinking", "thinking": text, "signature": signature}
+def signed_thinking(text: str, signature: str, index: int) -> dict[str, Any]:
+    """A thinking block of Claude's, with the signature that lets it go back on the next turn; `index` its
+    position among the answer's thinking blocks (`THINKING_INDEX`)."""
+    return {"type": "thinking", "thinking": text, "signature": signature, THINKING_INDEX: index}
 
 
-def redacted_thinking(data: str) -> dict[str, Any]:
-    """A thinking block Claude's safety systems encrypted: it goes back as it came."""
-    return {"type": "redacted_thinking", "data": data}
+def redacted_thinking(data: str, index: int) -> dict[str, Any]:
+    """A thinking block Claude's safety systems encrypted: it goes back as it came; `index` its position among the
+    answer's thinking blocks (`THINKING_INDEX`)."""
+    return {"type": "redacted_thinking", "data": data, THINKING_INDEX: index}
 
 
 def thinking_blocks(message: BaseModel) -> list[dict[str, Any]]:
     """An assistant turn's thinking blocks as a Messages client sent them (with their signatures), kept on the
-    internal message by the Messages front-end so a Claude deployment gets them back unchanged."""
+    internal message by the Messages front-end so a Claude deployment gets them back unchanged; or as a Chat client
+    hands back an answer's, without the `index` the gateway numbered them by (Anthropic refuses a field it does
+    not know)."""
     blocks = (message.model_extra or {}).get("thinking_blocks")
-    return [b for b in blocks if isinstance(b, dict)] if isinstance(blocks, list) else []
+    if not isinstance(blocks, list):
+        return []
+    return [{k: v for k, v in b.items() if k != THINKING_INDEX} for b in blocks if isinstance(b, dict)]
 
 
 def unsent_reasoning(messages: list[Any]) -> list[str]:

@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
+from pydantic_core import from_json
 
 from handler.api.call_order import CallOrder
 from handler.api.streaming import sse_event
@@ -82,11 +83,29 @@ def anthropic_usage(usage: Usage) -> dict[str, int]:
     }
 
 
-def _arguments(raw: str) -> Any:
+def _arguments(raw: str, cut: bool) -> Any:
+    """A call's `input`: its arguments' JSON; for an answer cut at its token limit (`cut`), as much of it as is
+    whole, as a Messages stream's client accumulates the fragments Claude streams up to the cut (the Anthropic SDK
+    reads them with jiter's partial mode, `pydantic_core.from_json`'s engine: an unfinished string, number or
+    literal left out), and so as the streamed answer has it; arguments that are not JSON at all, `_raw`."""
     try:
         return orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError:
-        return {"_raw": raw}
+        pass
+    if cut:
+        try:
+            whole = from_json(raw, allow_partial=True)
+        except ValueError:
+            whole = None
+        if isinstance(whole, dict):
+            return whole
+    return {"_raw": raw}
+
+
+def claude_block(entry: dict[str, Any]) -> dict[str, Any]:
+    """A `thinking_blocks` entry as Claude's content block: without the `index` that numbers it among the answer's
+    thinking blocks for Chat Completions clients (no Messages client expects it, and Claude refuses it back)."""
+    return {key: value for key, value in entry.items() if key != "index"}
 
 
 def stop_reason(finish_reason: str | None, stop_sequence: str | None, refused: bool = False) -> str:
@@ -105,7 +124,7 @@ def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dic
     if choice is not None:
         signed = (choice.message.model_extra or {}).get("thinking_blocks")
         if isinstance(signed, list):
-            content.extend(signed)
+            content.extend(claude_block(block) for block in signed if isinstance(block, dict))
         elif choice.message.reasoning_content:
             # Reasoning of another provider: shown as thinking, with no signature (it cannot go back to Claude).
             content.append({"type": "thinking", "thinking": choice.message.reasoning_content, "signature": ""})
@@ -117,7 +136,7 @@ def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dic
                     "type": "tool_use",
                     "id": call.id,
                     "name": call.function.name,
-                    "input": _arguments(call.function.arguments),
+                    "input": _arguments(call.function.arguments, choice.finish_reason == "length"),
                 }
             )
     reason = choice.finish_reason if choice else None
@@ -197,7 +216,7 @@ class EventWriter:
                 out += self._delta({"type": "signature_delta", "signature": block["signature"]})
                 out += self._close()
             elif block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str):
-                out += self._switch("redacted_thinking", self.index + 1, dict(block)) + self._close()
+                out += self._switch("redacted_thinking", self.index + 1, claude_block(block)) + self._close()
         return out
 
     def chunk(self, chunk: ChatCompletionChunk) -> bytes:

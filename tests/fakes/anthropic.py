@@ -21,6 +21,10 @@ for a `thinker` model, gets a signed thinking block first (its text empty under 
 model whose id has `OMITS_THINKING`, as Claude Opus 4.7's is; for a said answer, what it was told to say); for a
 `thinker`, an assistant turn that called a tool must come back opening with it, signature intact, as the real API
 requires, and so must the final assistant turn, if it called a tool, of any request asking for `thinking`; a
+thinking block sent back with a field Claude's blocks do not have is refused, as Anthropic refuses it. With
+`interleaved` and thinking, the answer thinks between its blocks, as with interleaved thinking: its signed thinking
+block, a call of the request's first tool (`INTERLEAVED_CALL_ID`), a second signed block (`THINKING_AGAIN`,
+`SIGNATURE_AGAIN`), a redacted one (`REDACTED`), then the rest of the answer. A
 `clear_thinking_...` context-management edit needs `thinking` on. Prompt caching is modelled: the prefix up to the
 last `cache_control` marker is written the first time it is seen (`cache_creation_input_tokens`, in
 `cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and read after (`cache_read_input_tokens`).
@@ -73,6 +77,11 @@ MESSAGE_ID = "msg_01FakeAnthropic"
 TOOL_USE_ID = "toolu_01FakeAnthropic"
 THINKING = "The user wants a greeting."
 SIGNATURE = "EqQBCkYIBRgCKkBfakeSignature=="
+THINKING_AGAIN = "Now the rest of the answer."
+SIGNATURE_AGAIN = "EqQBCkYIBRgCKkBfakeSecondSignature=="
+REDACTED = "EmwKAhgBEgy3fakeRedactedThinking=="
+INTERLEAVED_CALL_ID = "toolu_01FakeAnthropicInterleaved"
+THINKING_FIELDS = {"thinking": {"type", "thinking", "signature"}, "redacted_thinking": {"type", "data"}}
 # A model id part whose thinking is omitted unless `display: summarized` asks (Anthropic: "the default depends on the
 # model"; Claude Opus 4.7 omits it).
 OMITS_THINKING = "claude-opus-4-7"
@@ -202,6 +211,8 @@ def _content(body: dict[str, Any], tool: str | None) -> list[dict[str, Any]]:
         display = thinking.get("display") or ("omitted" if OMITS_THINKING in str(body.get("model")) else "summarized")
         text = "" if display == "omitted" else script if isinstance(script, Said) else THINKING
         content.append({"type": "thinking", "thinking": text, "signature": SIGNATURE})
+        if "interleaved" in faults(body):
+            content += _interleaved(body)
     if searches(body) and not tool:
         content.extend(SEARCH_BLOCKS)
     if advisor(body) and not tool:
@@ -218,6 +229,29 @@ def _content(body: dict[str, Any], tool: str | None) -> list[dict[str, Any]]:
     else:
         content.append({"type": "text", "text": script if isinstance(script, str) else TEXT})
     return content
+
+
+def _interleaved(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """What interleaved thinking adds after the first thinking block: a call of the first tool, then more thinking."""
+    again = [
+        {"type": "thinking", "thinking": THINKING_AGAIN, "signature": SIGNATURE_AGAIN},
+        {"type": "redacted_thinking", "data": REDACTED},
+    ]
+    tools = body.get("tools") or []
+    if not tools:
+        return again
+    tool_input = input_for(tools[0].get("input_schema"), TOOL_INPUT)
+    return [{"type": "tool_use", "id": INTERLEAVED_CALL_ID, "name": tools[0]["name"], "input": tool_input}, *again]
+
+
+def _unknown_thinking_field(messages: list[Any]) -> str | None:
+    """A thinking block sent back with a field Claude's blocks do not have, as Anthropic names it."""
+    for i, message in enumerate(messages):
+        for j, block in enumerate(message.get("content") if isinstance(message.get("content"), list) else ()):
+            allowed = THINKING_FIELDS.get(block.get("type"), set(block))
+            for field in sorted(set(block) - allowed):
+                return f"messages.{i}.content.{j}.{block['type']}.{field}: Extra inputs are not permitted"
+    return None
 
 
 def _unsigned_turn(messages: list[Any], *, final_only: bool = False) -> str | None:
@@ -274,6 +308,9 @@ def _problem(body: dict[str, Any]) -> str | None:
                     f"messages.{i}.content.{j}.image.source.base64.media_type: Input should be 'image/jpeg', "
                     "'image/png', 'image/gif' or 'image/webp'"
                 )
+    unknown = _unknown_thinking_field(messages)
+    if unknown:
+        return unknown
     if body.get("tool_choice") and not body.get("tools"):
         return "tool_choice may only be specified while providing tools."
     if any(not str(sequence).strip() for sequence in body.get("stop_sequences") or ()):
@@ -338,7 +375,7 @@ def _pieces(block: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]
             *deltas,
             {"type": "signature_delta", "signature": block["signature"]},
         ]
-    if block["type"] in ("web_search_tool_result", "advisor_tool_result"):
+    if block["type"] in ("web_search_tool_result", "advisor_tool_result", "redacted_thinking"):
         return block, []
     if block["type"] == "compaction":  # its summary in one delta
         return {"type": "compaction"}, [{"type": "compaction_delta", "content": block["content"]}]

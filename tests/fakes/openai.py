@@ -10,7 +10,9 @@ Behaviour is chosen by the requested model name, so tests need no side channel:
 (an answer without `usage`), `negative-usage` (usage with negative counts), `echo-auth` (a 400
 whose message quotes the request's authorization and `x-` headers back, as some upstream errors do), `reasoner`
 (DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`), `ramp-limited` (`priority` asked
-for and served at `default`, as the answer's `service_tier` says: OpenAI does past a project's priority ramp limits).
+for and served at `default`, as the answer's `service_tier` says: OpenAI does past a project's priority ramp limits),
+`cut-call` (an answer that reached its output cap inside its tool call's arguments: `CUT_ARGUMENTS`, whole or
+streamed, and `finish_reason: length`).
 It refuses, as OpenAI does, message and content-part fields Chat Completions does not define, an image in
 a message other than a user's, a file's `file_data` without its `filename`, a tool `description` of null,
 `max_tokens` on a reasoning model (o-series, gpt-5), and `temperature` or `top_p` other than 1 there (gpt-5.1 and
@@ -232,7 +234,20 @@ def _answer_text(body: dict[str, Any]) -> str:
     return text_for((fmt.get("json_schema") or {}).get("schema"), TEXT)
 
 
+# A tool call's arguments cut by the output cap (a `cut-call` model), in the middle of their second value.
+CUT_ARGUMENTS = '{"city":"Paris","units":"cel'
+
+
+def _finish(model: str, call: dict[str, Any] | None) -> str:
+    if "cut-call" in model:
+        return "length"
+    return "tool_calls" if call else "stop"
+
+
 def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    if "cut-call" in str(body.get("model")):
+        name = (body.get("tools") or [{"function": {"name": "get_weather"}}])[0]["function"]["name"]
+        return {"id": "call_fake123", "type": "function", "function": {"name": name, "arguments": CUT_ARGUMENTS}}
     tools = body.get("tools") or []
     choice = body.get("tool_choice")
     script = _script(body)
@@ -365,9 +380,7 @@ def create_app() -> Starlette:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [
-                {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls" if call else "stop"}
-            ],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(model, call)}],
             "usage": usage,
             "service_tier": openai_responses.served_tier(body),
             "system_fingerprint": "fp_fake",
@@ -430,7 +443,7 @@ def create_app() -> Starlette:
                 if "drip" in model:
                     await asyncio.sleep(SLOW_SECONDS)
                 yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
-        yield event([{"index": 0, "delta": {}, "finish_reason": "tool_calls" if call else "stop"}])
+        yield event([{"index": 0, "delta": {}, "finish_reason": _finish(model, call)}])
         if (body.get("stream_options") or {}).get("include_usage"):
             yield event([], usage=usage)
         yield b"data: [DONE]\n\n"

@@ -95,6 +95,10 @@ def gateway_config(upstream_url: str, providers: set[str]) -> Config:
             },
             "slow": {"deployments": [{"provider": "openai", "model": "slow"}], "price": {"input": 1, "output": 2}},
             "cut": {"deployments": [{"provider": "openai", "model": "stream-cut"}], "price": {"input": 1, "output": 2}},
+            "cut-call": {
+                "deployments": [{"provider": "openai", "model": "cut-call"}],
+                "price": {"input": 1, "output": 2},
+            },
             "drip": {"deployments": [{"provider": "openai", "model": "drip"}], "price": {"input": 1, "output": 2}},
             "garbled": {
                 "deployments": [{"provider": "openai", "model": "garbled"}],

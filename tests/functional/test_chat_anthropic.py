@@ -10,7 +10,17 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
-from tests.fakes.anthropic import OUTPUT_TOKENS, SIGNATURE, TEXT, THINKING, TOOL_INPUT
+from tests.fakes.anthropic import (
+    INTERLEAVED_CALL_ID,
+    OUTPUT_TOKENS,
+    REDACTED,
+    SIGNATURE,
+    SIGNATURE_AGAIN,
+    TEXT,
+    THINKING,
+    THINKING_AGAIN,
+    TOOL_INPUT,
+)
 from tests.functional.conftest import Running
 from tests.support.tools import ASK_THE_TIME, CLOCK_TOOL, WEATHER_TOOL, streamed_arguments
 
@@ -134,6 +144,49 @@ def test_thinking_is_left_off_a_tool_loop_whose_turn_carries_no_signed_thinking(
     closed: Any = [*loop, {"role": "assistant", "content": "18 C."}, {"role": "user", "content": "And Rome?"}]
     raw = client(running, key).chat.completions.with_raw_response.create(messages=closed, **settings)
     assert "x-gateway-dropped-params" not in raw.headers and sent(running)["json"]["thinking"]["type"] == "enabled"
+
+
+def test_the_sdks_stream_helper_accumulates_interleaved_thinking_as_the_whole_answer_has_it(
+    running: Running, key: str
+) -> None:
+    """A Claude answer with two or more thinking blocks (interleaved thinking around a tool call, a redacted block)
+    broke the OpenAI SDK's `chat.completions.stream()` helper (`RuntimeError: Expected list delta entry to have an
+    'index' key`): each block came as its own `thinking_blocks` list delta, which the SDK merges by `index`. Each
+    entry carries its position among the answer's thinking blocks, so the accumulated message has the whole answer's
+    blocks, in order; handed back next turn, they reach Claude as it wrote them, without the `index`."""
+    oa = client(running, key)
+    asked: Any = {
+        "model": MODEL,
+        "messages": HI,
+        "tools": [WEATHER_TOOL],
+        "reasoning_effort": "low",
+        "user": "interleaved",
+    }
+    whole = oa.chat.completions.create(**asked).choices[0].message
+    with oa.chat.completions.stream(**asked) as events:
+        streamed = events.get_final_completion().choices[0].message
+    blocks = (whole.model_extra or {})["thinking_blocks"]
+    assert (streamed.model_extra or {})["thinking_blocks"] == blocks
+    assert blocks == [
+        {"type": "thinking", "thinking": THINKING, "signature": SIGNATURE, "index": 0},
+        {"type": "thinking", "thinking": THINKING_AGAIN, "signature": SIGNATURE_AGAIN, "index": 1},
+        {"type": "redacted_thinking", "data": REDACTED, "index": 2},
+    ]
+    reasoning = [(m.model_extra or {})["reasoning_content"] for m in (whole, streamed)]
+    assert reasoning == [THINKING + THINKING_AGAIN] * 2
+    assert [c.id for c in streamed.tool_calls or []] == [c.id for c in whole.tool_calls or []] == [INTERLEAVED_CALL_ID]
+
+    calls: Any = [
+        {"id": INTERLEAVED_CALL_ID, "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    ]
+    handed = (streamed.model_extra or {})["thinking_blocks"]
+    turn = {"role": "assistant", "content": streamed.content, "tool_calls": calls, "thinking_blocks": handed}
+    result = {"role": "tool", "tool_call_id": INTERLEAVED_CALL_ID, "content": "18 C"}
+    again: Any = {**{k: v for k, v in asked.items() if k != "user"}, "messages": [*HI, turn, result]}
+    answer = oa.chat.completions.create(**again)
+    assert answer.choices[0].message.content == TEXT
+    handed_back = sent(running)["json"]["messages"][1]["content"]
+    assert handed_back[:3] == [{k: v for k, v in block.items() if k != "index"} for block in blocks]
 
 
 def test_json_schema_is_answered_through_a_forced_tool(running: Running, key: str) -> None:

@@ -372,7 +372,36 @@ def test_redacted_thinking_comes_back_in_a_stream_as_in_a_whole_answer(bedrock: 
         if c.choices
         for block in (c.choices[0].delta.model_extra or {}).get("thinking_blocks", [])
     ]
-    assert streamed_blocks == blocks and blocks[0] == {"type": "redacted_thinking", "data": fake.REDACTED}
+    assert streamed_blocks == blocks and blocks[0] == {"type": "redacted_thinking", "data": fake.REDACTED, "index": 0}
+
+
+def test_the_sdks_stream_helper_accumulates_claudes_thinking_blocks_as_the_whole_answer_has_them(
+    bedrock: Running, client: openai.OpenAI
+) -> None:
+    """Claude on Bedrock answering with a redacted and a signed thinking block broke the OpenAI SDK's
+    `chat.completions.stream()` helper (`RuntimeError: Expected list delta entry to have an 'index' key`): each block
+    was its own `thinking_blocks` list delta, which the SDK merges by `index`. Each entry has its position among the
+    answer's thinking blocks, and the accumulated message has the whole answer's blocks; handed back, both go to
+    Bedrock as the reasoning it gave."""
+    settings: Any = {"model": "claude-redacting", "messages": HI, "reasoning_effort": "low"}
+    whole = client.chat.completions.create(**settings).choices[0].message
+    with client.chat.completions.stream(**settings) as events:
+        streamed = events.get_final_completion().choices[0].message
+    blocks = (streamed.model_extra or {})["thinking_blocks"]
+    assert blocks == (whole.model_extra or {})["thinking_blocks"]
+    assert blocks == [
+        {"type": "redacted_thinking", "data": fake.REDACTED, "index": 0},
+        {"type": "thinking", "thinking": fake.THINKING, "signature": fake.SIGNATURE, "index": 1},
+    ]
+    assert streamed.content == whole.content == fake.TEXT
+
+    turn = {"role": "assistant", "content": streamed.content, "thinking_blocks": blocks}
+    client.chat.completions.create(**{**settings, "messages": [*HI, turn, {"role": "user", "content": "And?"}]})
+    assert sent(bedrock)["json"]["messages"][1]["content"] == [
+        {"reasoningContent": {"redactedContent": fake.REDACTED}},
+        {"reasoningContent": {"reasoningText": {"text": fake.THINKING, "signature": fake.SIGNATURE}}},
+        {"text": fake.TEXT},
+    ]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])

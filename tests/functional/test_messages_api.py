@@ -51,6 +51,28 @@ def test_stream_events_accumulate_in_the_sdk(running: Running, key: str) -> None
     assert final.stop_reason == "end_turn" and final.usage.output_tokens == 7
 
 
+def test_a_tool_call_cut_at_max_tokens_has_the_same_input_whole_and_streamed(running: Running, key: str) -> None:
+    """A tool call an OpenAI-compatible upstream cut at its token limit (`finish_reason: length`, its arguments
+    unfinished JSON) had `input: {'_raw': '{"city":"Paris","units":"cel'}` in the whole message, where the SDK's
+    streamed one accumulated the fragments to what was whole of them: the two disagreed, `stop_reason: max_tokens`
+    both. The whole message now has what the stream accumulates to, as a client of Claude's stream cut mid-call
+    gets it."""
+    asked: Any = {
+        "model": "cut-call",
+        "max_tokens": 50,
+        "tools": [TOOL],
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    ac = client(running, key)
+    whole = ac.messages.create(**asked)
+    with ac.messages.stream(**asked) as stream:
+        streamed = stream.get_final_message()
+    assert whole.stop_reason == streamed.stop_reason == "max_tokens"
+    assert [b.model_dump() for b in whole.content] == [b.model_dump() for b in streamed.content]
+    block = whole.content[0]
+    assert block.type == "tool_use" and block.name == "get_weather" and block.input == {"city": "Paris"}
+
+
 def test_tool_use_round_trip(running: Running, key: str) -> None:
     ac = client(running, key)
     message = ac.messages.create(

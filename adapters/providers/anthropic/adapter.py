@@ -602,9 +602,9 @@ class AnthropicAdapter(ProviderAdapter):
         json_answer: str | None = None
         for block in message.content:
             if block.type == "thinking" and block.signature is not None:
-                signed.append(signed_thinking(block.thinking or "", block.signature))
+                signed.append(signed_thinking(block.thinking or "", block.signature, len(signed)))
             elif block.type == "redacted_thinking" and block.data:
-                signed.append(redacted_thinking(block.data))
+                signed.append(redacted_thinking(block.data, len(signed)))
             if block.type == "text" and block.text:
                 texts.append(block.text)
             elif block.type == "thinking" and block.thinking:

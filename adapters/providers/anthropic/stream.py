@@ -59,6 +59,7 @@ class AnthropicStreamParser:
         self._wire_usage = WireUsage()
         self._blocks: dict[int, tuple[str, int]] = {}
         self._thinking: dict[int, list[str]] = {}  # a thinking block's text so far, until its signature
+        self._thought = 0  # the thinking blocks completed (each entry's `index` in `thinking_blocks`)
         # Tool blocks that have streamed no JSON yet: a call without arguments sends `partial_json: ""` or nothing.
         self._no_input: set[int] = set()
         self._tools = 0
@@ -127,7 +128,7 @@ class AnthropicStreamParser:
             self._thinking[index] = [block.thinking or ""]
             return [self._chunk(schemas.ChunkDelta(reasoning_content=block.thinking))] if block.thinking else []
         if block.type == "redacted_thinking" and block.data:
-            return [self._chunk(schemas.ChunkDelta(**{THINKING_BLOCKS: [redacted_thinking(block.data)]}))]
+            return [self._thinking_block(redacted_thinking(block.data, self._thought))]
         if block.type == "tool_use" and self._json_mode and block.name == JSON_TOOL:
             self._blocks[index] = ("json", 0)
             self._json_answer = True
@@ -157,12 +158,17 @@ class AnthropicStreamParser:
             return [self._chunk(schemas.ChunkDelta(reasoning_content=str(delta["thinking"])))]
         if delta_type == "signature_delta" and isinstance(delta.get("signature"), str):
             # The block is whole once signed: it travels on (in the internal form) for the next turn.
-            block = signed_thinking("".join(self._thinking.pop(index, [])), delta["signature"])
-            return [self._chunk(schemas.ChunkDelta(**{THINKING_BLOCKS: [block]}))]
+            block = signed_thinking("".join(self._thinking.pop(index, [])), delta["signature"], self._thought)
+            return [self._thinking_block(block)]
         if delta_type == "input_json_delta" and delta.get("partial_json"):
             self._no_input.discard(index)
             return self._input(kind, position, str(delta["partial_json"]))
         return []  # citations_delta: nothing the OpenAI form carries
+
+    def _thinking_block(self, block: dict[str, Any]) -> ChatCompletionChunk:
+        """A completed thinking block, as the next entry of the message's `thinking_blocks` (its `index` given)."""
+        self._thought += 1
+        return self._chunk(schemas.ChunkDelta(**{THINKING_BLOCKS: [block]}))
 
     def _input(self, kind: str, position: int, fragment: str) -> list[ChatCompletionChunk]:
         if kind == "json":

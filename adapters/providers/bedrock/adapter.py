@@ -877,9 +877,9 @@ class BedrockAdapter(ProviderAdapter):
                     continue  # Nova 2's reasoning is redacted: no reasoning to show (its tokens are in the usage)
                 reasoning_texts.append(text)
                 if isinstance(signature, str):
-                    signed.append(signed_thinking(text, signature))
+                    signed.append(signed_thinking(text, signature, len(signed)))
             elif isinstance(reasoning, dict) and isinstance(reasoning.get("redactedContent"), str):
-                signed.append(redacted_thinking(reasoning["redactedContent"]))
+                signed.append(redacted_thinking(reasoning["redactedContent"], len(signed)))
         content = json_answer if json_answer is not None else ("".join(texts) if texts else None)
         reply = AssistantMessage(
             content=content,

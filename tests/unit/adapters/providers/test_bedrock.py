@@ -705,7 +705,7 @@ def test_a_stream_keeps_redacted_reasoning_as_the_whole_answer_does() -> None:
     chunks, _ = parse(b"".join(stream_frames(answer)))
     streamed = [block for c in chunks if c.get("choices") for block in c["choices"][0]["delta"].get(THINKING, [])]
     assert streamed == getattr(whole.choices[0].message, THINKING)
-    assert streamed[0] == {"type": "redacted_thinking", "data": fake.REDACTED}
+    assert streamed[0] == {"type": "redacted_thinking", "data": fake.REDACTED, "index": 0}
 
 
 def test_redacted_reasoning_in_several_deltas_is_one_block_of_their_bytes() -> None:
@@ -716,7 +716,7 @@ def test_redacted_reasoning_in_several_deltas_is_one_block_of_their_bytes() -> N
     frames += [event_frame("contentBlockStop", {"contentBlockIndex": 0}), event_frame("messageStop", {})]
     chunks, _ = parse(b"".join(frames))
     [block] = [block for c in chunks if c.get("choices") for block in c["choices"][0]["delta"].get(THINKING, [])]
-    assert block == {"type": "redacted_thinking", "data": base64.b64encode(b"first second").decode()}
+    assert block == {"type": "redacted_thinking", "data": base64.b64encode(b"first second").decode(), "index": 0}
 
 
 def nova_reasoning_frames(*pieces: str) -> list[bytes]:

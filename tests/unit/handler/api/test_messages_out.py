@@ -5,9 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
-from handler.api.messages_out import EventWriter
-from handler.schemas import ChatCompletionChunk, ChunkChoice, ChunkDelta, Usage
+from handler.api.messages_out import EventWriter, to_message
+from handler.schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChunkChoice,
+    ChunkDelta,
+    FunctionCall,
+    ToolCall,
+    Usage,
+)
 
 
 def chunk(**delta: Any) -> ChatCompletionChunk:
@@ -20,13 +31,14 @@ def events(raw: bytes) -> list[dict[str, Any]]:
 
 def test_a_signed_thinking_block_ends_with_its_signature_and_a_redacted_one_stands_alone() -> None:
     """Claude's thinking from a translated deployment (Bedrock) reaches a Messages client as Claude wrote it:
-    the block completed by `thinking_blocks` on a delta gets its `signature_delta`, and closes."""
+    the block completed by `thinking_blocks` on a delta gets its `signature_delta`, and closes; a redacted block
+    is Claude's, without the `index` that numbers a `thinking_blocks` entry for Chat Completions clients."""
     writer = EventWriter("m", "msg_1")
-    signed = {"type": "thinking", "thinking": "Plan.", "signature": "sig-1"}
+    signed = {"type": "thinking", "thinking": "Plan.", "signature": "sig-1", "index": 0}
     redacted = {"type": "redacted_thinking", "data": "opaque"}
     out = writer.chunk(chunk(reasoning_content="Plan."))
     out += writer.chunk(chunk(thinking_blocks=[signed]))
-    out += writer.chunk(chunk(thinking_blocks=[redacted]))
+    out += writer.chunk(chunk(thinking_blocks=[{**redacted, "index": 1}]))
     out += writer.chunk(chunk(content="Hi"))
     sent = events(out)
     assert [e["type"] for e in sent] == [
@@ -117,3 +129,22 @@ def test_a_call_numbered_with_an_index_an_earlier_call_had_is_a_call_of_its_own(
             '{"b":2}',
             '{"c":3}',
         ]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "finish", "expected"),
+    [
+        ('{"city":"Paris","units":"cel', "length", {"city": "Paris"}),
+        ('{"city":"Pa', "length", {}),
+        ("not json", "length", {"_raw": "not json"}),
+        ('{"city":"Pa', "tool_calls", {"_raw": '{"city":"Pa'}),
+    ],
+    ids=["cut-after-a-value", "cut-in-the-first", "cut-not-json", "malformed-whole"],
+)
+def test_a_calls_input_when_its_arguments_are_not_whole_json(arguments: str, finish: str, expected: Any) -> None:
+    """Cut at the token limit, a call's input is what is whole of its JSON (as the Anthropic SDK accumulates a
+    stream cut there); arguments no cut explains, or that are no JSON at all, stay readable under `_raw`."""
+    call = ToolCall(id="call_1", function=FunctionCall(name="get_weather", arguments=arguments))
+    choice = Choice(message=AssistantMessage(content=None, tool_calls=[call]), finish_reason=finish)
+    message = to_message(ChatCompletion(id="c", created=0, model="m", choices=[choice]), "m", None)
+    assert message["content"] == [{"type": "tool_use", "id": "call_1", "name": "get_weather", "input": expected}]
