@@ -495,11 +495,12 @@ class SummarisedChatRequest(ChatRequest):
 
 
 def response_usage(usage: Usage) -> dict[str, Any]:
-    """Responses usage: `input_tokens` counts cached tokens too, as OpenAI's does."""
+    """Responses usage: `input_tokens` counts cached tokens and cache writes too, as OpenAI's does; the details say
+    how many were read from the cache and how many written to it (a field OpenAI's schema requires)."""
     reasoning = usage.completion_tokens_details.reasoning_tokens if usage.completion_tokens_details else 0
     return {
         "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens},
         "output_tokens": usage.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,

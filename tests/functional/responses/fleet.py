@@ -86,6 +86,7 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
             "claude-opus": {"deployments": [{"provider": "anthropic", "model": "claude-opus-4-7"}], "price": PRICE},
             "gpt-keeps": {"deployments": [{"provider": "openai-keeps", "model": "gpt-4o-mini"}], "price": PRICE},
             "gpt-reasoner": {"deployments": [{"provider": "openai", "model": "o4-reasoner"}], "price": PRICE},
+            "gpt-cache-write": {"deployments": [{"provider": "openai", "model": "gpt-5-cache-write"}], "price": PRICE},
             "gpt-or-claude": {
                 "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
                 "fallbacks": ["claude"],

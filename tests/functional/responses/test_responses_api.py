@@ -50,6 +50,7 @@ def test_create_answers_a_response_with_usage_and_cost(running: Running, key: st
     assert response.usage is not None and response.usage.output_tokens == 7
     assert response.usage.total_tokens == response.usage.input_tokens + 7
     assert response.usage.input_tokens_details.cached_tokens == 0
+    assert response.usage.input_tokens_details.cache_write_tokens == 0  # (a field OpenAI's schema requires)
     assert response.usage.output_tokens_details.reasoning_tokens == 0
     body = raw.http_response.json()
     assert body["cost"]["output_tokens"] == 7
@@ -75,6 +76,7 @@ def test_stream_events_assemble_the_final_response_in_the_sdk(fleet: Running, fl
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text and final.output_text == text and final.status == "completed"
     assert final.usage is not None and final.usage.output_tokens > 0
+    assert final.usage.input_tokens_details.cache_write_tokens == 0
 
 
 @pytest.mark.parametrize("stream", [False, True])
