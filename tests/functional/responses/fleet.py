@@ -72,6 +72,16 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
             "reasoner": {"deployments": [{"provider": "deepseek", "model": "deepseek-reasoner"}], "price": PRICE},
             "gemini-thinker": {"deployments": [{"provider": "gemini", "model": "gemini-3-thinker"}], "price": PRICE},
             "claude-thinker": {"deployments": [{"provider": "anthropic", "model": "claude-thinker"}], "price": PRICE},
+            "bedrock-redacting": {
+                "deployments": [
+                    {
+                        "provider": "bedrock",
+                        "model": "us.anthropic.claude-sonnet-4-5-thinker-redacts-v1:0",
+                        "region": "us-east-1",
+                    }
+                ],
+                "price": PRICE,
+            },
             "bedrock-thinker": {
                 "deployments": [
                     {"provider": "bedrock", "model": "us.anthropic.claude-sonnet-4-thinker-v1:0", "region": "us-east-1"}

@@ -378,6 +378,38 @@ def test_reasoning_goes_back_to_the_provider_sealed(
 
 
 @pytest.mark.parametrize("stream", [False, True])
+def test_claudes_redacted_reasoning_stays_in_its_place_and_goes_back_in_order(
+    fleet: Running, fleet_key: str, stream: bool
+) -> None:
+    """Claude on Bedrock opens its reasoning with a redacted block, then a signed one: one reasoning item first,
+    streamed as whole, and both blocks back in that order (Anthropic takes its thinking back unmodified)."""
+    sdk = openai_client(fleet, fleet_key)
+    question: Any = [{"role": "user", "content": "Weather in Paris?"}]
+    settings: Any = {"model": "bedrock-redacting", "tools": [WEATHER], "include": ["reasoning.encrypted_content"]}
+    if stream:
+        with sdk.responses.stream(input=question, tool_choice="required", **settings) as events:
+            added = [e.output_index for e in events if e.type == "response.output_item.added"]
+            first = events.get_final_response()
+        assert added == [0, 1]
+    else:
+        first = sdk.responses.create(input=question, tool_choice="required", **settings)
+    assert [item.type for item in first.output] == ["reasoning", "function_call"]
+    assert first.output[0].summary[0].text == BEDROCK_THINKING
+    call = first.output[1]
+    assert call.type == "function_call"
+    back: Any = [
+        *question,
+        *[item.model_dump(exclude_none=True) for item in first.output],
+        {"type": "function_call_output", "call_id": call.call_id, "output": "18C"},
+    ]
+    assert sdk.responses.create(input=back, **settings).status == "completed"
+    sent = fleet.fakes["bedrock"].state.requests[-1]["json"]["messages"]
+    assistant = next(m for m in sent if m["role"] == "assistant")["content"]
+    assert [next(iter(block)) for block in assistant] == ["reasoningContent", "reasoningContent", "toolUse"]
+    assert [next(iter(block["reasoningContent"])) for block in assistant[:2]] == ["redactedContent", "reasoningText"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("model", ["reasoner", "claude-thinker", "bedrock-thinker"])
 def test_previous_response_id_hands_the_reasoning_back_as_the_provider_gave_it(
     fleet: Running, fleet_key: str, stream: bool, model: str
