@@ -169,3 +169,39 @@ def test_cache_writes_are_in_the_usage_openais_types_require(stream: bool) -> No
     usage = Response.model_validate(response).usage
     assert usage is not None and usage.input_tokens == 160
     assert (usage.input_tokens_details.cached_tokens, usage.input_tokens_details.cache_write_tokens) == (100, 50)
+
+
+def test_only_a_turn_that_thinks_between_its_parts_keeps_their_order() -> None:
+    sealed = [SEAL.seal({"text": t, "fields": {"thinking_blocks": [block(t)]}}) for t in ("a", "b")]
+    reasoning = [{"type": "reasoning", "summary": [], "encrypted_content": s} for s in sealed]
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+    said = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "hm"}]}
+    question = {"role": "user", "content": "go"}
+    between, _ = to_chat_request(
+        ResponsesRequest.model_validate({"model": "m", "input": [question, reasoning[0], said, reasoning[1], call]}),
+        [],
+        SEAL,
+    )
+    assert between.messages[1].block_order == [("thinking", 0), ("text", 2), ("thinking", 1), ("call", 0)]
+    first, _ = to_chat_request(
+        ResponsesRequest.model_validate({"model": "m", "input": [question, *reasoning, said, call]}), [], SEAL
+    )
+    assert first.messages[1].block_order is None  # the usual order says it
+
+
+def test_an_order_the_answer_no_longer_fits_gives_the_usual_items() -> None:
+    """An answer changed after its order was taken (a secret in its text redacted) is not cut at the wrong places."""
+    req = ResponsesRequest.model_validate({"model": "m", "input": "Hi"})
+    thinking = {"thinking_blocks": [block("a"), block("b")]}
+    order = [("thinking", 0), ("text", 5), ("thinking", 1)]
+    ids = ResponseIds("req_" + "0" * 32)
+    fits = completion({"content": "hello", "reasoning_content": "ab", **thinking})
+    fits.choices[0].message.block_order = order
+    assert [item["type"] for item in to_response(fits, req, ids, SEAL, None)["output"]] == [
+        "reasoning",
+        "message",
+        "reasoning",
+    ]
+    changed = completion({"content": "[REDACTED]", "reasoning_content": "ab", **thinking})
+    changed.choices[0].message.block_order = order
+    assert [item["type"] for item in to_response(changed, req, ids, SEAL, None)["output"]] == ["reasoning", "message"]
