@@ -561,17 +561,17 @@ def test_a_messages_turn_that_thinks_between_its_calls_reaches_bedrock_in_its_or
         {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"city": "Rome"}},
     ]
     results = [{"type": "tool_result", "tool_use_id": f"toolu_{n}", "content": "sunny"} for n in (1, 2)]
-    with anthropic_client(bedrock, bedrock.mint(name="interleaved")) as claude:
-        claude.messages.create(
-            model="claude-haiku",
-            max_tokens=100,
-            tools=[{"name": "get_weather", "input_schema": {"type": "object"}}],
-            messages=[
-                {"role": "user", "content": "Weather?"},
-                {"role": "assistant", "content": turn},
-                {"role": "user", "content": results},
-            ],
-        )
+    claude = anthropic_client(bedrock, bedrock.mint(name="interleaved"))  # (its HTTP client is shared: left open)
+    claude.messages.create(
+        model="claude-haiku",
+        max_tokens=100,
+        tools=[{"name": "get_weather", "input_schema": {"type": "object"}}],
+        messages=[
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": turn},
+            {"role": "user", "content": results},
+        ],
+    )
     assistant = sent(bedrock)["json"]["messages"][1]["content"]
     assert assistant == [
         {"reasoningContent": {"reasoningText": {"text": "One.", "signature": "sig-1"}}},
