@@ -132,6 +132,48 @@ class ToolCall(_Open):
     extra_content: dict[str, Any] | None = Omitted()
 
 
+# An assistant turn's parts in the order the model wrote them, where Claude put its thinking between them
+# (interleaved thinking: a thinking block after a tool call or text), which one Chat Completions message cannot say.
+# Each entry names a part: `("thinking", i)` the i-th of its `thinking_blocks`, `("call", i)` its i-th tool call,
+# `("text", n)` the next n characters of its content. The gateway's own: no API writes it (`exclude`), and a turn
+# that thinks first has none (its parts go in the usual order: thinking, text, calls).
+BlockOrder = list[tuple[str, int]]
+
+
+def thinks_between(order: BlockOrder) -> bool:
+    """Whether a thinking part follows a part of another kind: only then does the order say more than the usual."""
+    other = False
+    for kind, _ in order:
+        if kind != "thinking":
+            other = True
+        elif other:
+            return True
+    return False
+
+
+def ordered_parts(
+    order: BlockOrder, blocks: list[dict[str, Any]], text: str, calls: list[Any]
+) -> list[tuple[str, Any]] | None:
+    """The parts `order` names, each with what it stands for (a thinking block, a text, a tool call); None when it
+    does not name each block, call and character exactly once (the turn changed since: the usual order serves)."""
+    parts: list[tuple[str, Any]] = []
+    at = 0
+    blocks_left, calls_left = set(range(len(blocks))), set(range(len(calls)))
+    for kind, n in order:
+        if kind == "thinking" and n in blocks_left:
+            blocks_left.discard(n)
+            parts.append((kind, blocks[n]))
+        elif kind == "call" and n in calls_left:
+            calls_left.discard(n)
+            parts.append((kind, calls[n]))
+        elif kind == "text" and 0 < n <= len(text) - at:
+            parts.append((kind, text[at : at + n]))
+            at += n
+        else:
+            return None
+    return parts if at == len(text) and not blocks_left and not calls_left else None
+
+
 class Message(_Open):
     model_config = REQUEST
 
@@ -141,6 +183,7 @@ class Message(_Open):
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     reasoning_content: str | None = None
+    block_order: BlockOrder | None = Field(default=None, exclude=True)  # (see `BlockOrder`)
 
     def text(self) -> str:
         """The message's text parts joined; non-text parts are left out."""
@@ -395,6 +438,7 @@ class AssistantMessage(_Open):
     tool_calls: list[ToolCall] | None = Omitted()
     refusal: str | None = None
     reasoning_content: str | None = Omitted()
+    block_order: BlockOrder | None = Field(default=None, exclude=True)  # (see `BlockOrder`)
 
 
 class Choice(_Open):

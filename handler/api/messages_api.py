@@ -20,7 +20,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from handler.errors import InvalidRequestError
-from handler.schemas import DOCUMENT, DOCUMENT_FIELDS, ChatRequest
+from handler.schemas import DOCUMENT, DOCUMENT_FIELDS, BlockOrder, ChatRequest, thinks_between
 
 # Top-level Messages fields the internal form carries; any other the client set is named as dropped.
 MAPPED = frozenset(
@@ -265,16 +265,21 @@ class Translation:
         texts: list[dict[str, Any]] = []
         calls: list[dict[str, Any]] = []
         thinking: list[dict[str, Any]] = []
+        order: BlockOrder = []  # (the blocks' places, kept where Claude thought between its calls)
         for block in blocks:
             kind = block.get("type")
             if kind == "text":
                 texts.append(_marked({"type": "text", "text": str(block.get("text", ""))}, block))
+                if texts[-1]["text"]:
+                    order.append(("text", len(texts[-1]["text"])))
             elif kind == "tool_use":
                 arguments = orjson.dumps(block.get("input") or {}).decode()
                 function = {"name": block.get("name"), "arguments": arguments}
                 calls.append({"id": str(block.get("id", "")), "type": "function", "function": function})
+                order.append(("call", len(calls) - 1))
             elif kind in ("thinking", "redacted_thinking"):
                 thinking.append(block)
+                order.append(("thinking", len(thinking) - 1))
             else:
                 self.drop(f"messages.{kind}")  # server tool use and its results: Anthropic's own tools
         message: dict[str, Any] = {"role": "assistant"}
@@ -282,6 +287,8 @@ class Translation:
             message["content"] = texts
         else:
             message["content"] = "".join(part["text"] for part in texts) or None
+            if thinking and thinks_between(order):  # a translated Claude (Bedrock's) gets the blocks in place
+                message["block_order"] = order
         if calls:
             message["tool_calls"] = calls
         if thinking:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
+import operator
 import os
 import re
 import time
@@ -28,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from handler.errors import InvalidRequestError
 from handler.pipeline.pricing import Cost
-from handler.schemas import ChatCompletion, ChatRequest, Usage
+from handler.schemas import AssistantMessage, ChatCompletion, ChatRequest, Usage, ordered_parts, thinks_between
 from handler.wire import ENCRYPTED_REASONING
 
 # Request fields the translation honours (the gateway keeps, echoes or acts on them itself).
@@ -317,13 +319,15 @@ class _Conversation:
             elif kind == "function_call":
                 call = FunctionCallItem.model_validate(raw)
                 turn = self.assistant()
-                turn.setdefault("tool_calls", []).append(
+                calls = turn.setdefault("tool_calls", [])
+                calls.append(
                     {
                         "id": call.call_id,
                         "type": "function",
                         "function": {"name": call.name, "arguments": call.arguments},
                     }
                 )
+                _mark(turn, "call", len(calls) - 1)
             elif kind == "function_call_output":
                 result = FunctionCallOutputItem.model_validate(raw)
                 self.close_turn()
@@ -350,6 +354,8 @@ class _Conversation:
                 turn = self.assistant()
             text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
             turn["content"] = (turn["content"] or "") + text
+            if text:
+                _mark(turn, "text", len(text))
             return
         self.close_turn()
         role = "system" if message.role == "developer" else message.role
@@ -362,11 +368,33 @@ class _Conversation:
             self.dropped.append("input[reasoning].encrypted_content")
         if sealed is not None:
             text = str(sealed.get("text") or "")
+            known = _blocks(turn)
             merge(turn, sealed.get("fields") or {})  # a turn may think twice (between its calls)
+            for at in range(known, _blocks(turn)):
+                _mark(turn, "thinking", at)
         else:
             text = "".join(p.text for p in (item.content or item.summary))
         if text:
             turn["reasoning_content"] = (turn.get("reasoning_content") or "") + text
+
+
+def _mark(turn: dict[str, Any], kind: str, index: int) -> None:
+    """Note an assistant turn's part in the order the items came (see `BlockOrder`; kept where Claude thought
+    between its calls: `_ordered_turns`)."""
+    turn.setdefault("block_order", []).append((kind, index))
+
+
+def _blocks(turn: dict[str, Any]) -> int:
+    blocks = turn.get("thinking_blocks")
+    return len(blocks) if isinstance(blocks, list) else 0
+
+
+def _ordered_turns(messages: list[dict[str, Any]]) -> None:
+    """Keep an assistant turn's order only where it says more than the usual one (thinking between its calls)."""
+    for message in messages:
+        order = message.pop("block_order", None)
+        if order and thinks_between(order):
+            message["block_order"] = order
 
 
 def _tools(req: ResponsesRequest, dropped: list[str]) -> list[dict[str, Any]]:
@@ -437,6 +465,7 @@ def to_chat_request(
     items = input_items(req)
     for i, item in enumerate([*history, *(with_sealed_reasoning(items, kept) if kept else items)]):
         conversation.add(item, f"input[{i - len(history)}]" if i >= len(history) else f"previous[{i}]")
+    _ordered_turns(conversation.messages)
     if not any(m["role"] != "system" for m in conversation.messages):
         raise InvalidRequestError("input must hold at least one message or item", param="input")
     tools = _tools(req, dropped)
@@ -495,11 +524,12 @@ class SummarisedChatRequest(ChatRequest):
 
 
 def response_usage(usage: Usage) -> dict[str, Any]:
-    """Responses usage: `input_tokens` counts cached tokens too, as OpenAI's does."""
+    """Responses usage: `input_tokens` counts cached tokens and cache writes too, as OpenAI's does; the details say
+    how many were read from the cache and how many written to it (a field OpenAI's schema requires)."""
     reasoning = usage.completion_tokens_details.reasoning_tokens if usage.completion_tokens_details else 0
     return {
         "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens},
         "output_tokens": usage.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
@@ -632,6 +662,53 @@ def finish(response: dict[str, Any], usage: Usage, cost: Cost | None) -> dict[st
     return response
 
 
+def _items(
+    message: AssistantMessage, fields: dict[str, Any], req: ResponsesRequest, ids: ResponseIds, seal: ReasoningSeal
+) -> list[dict[str, Any]]:
+    """Output items in the usual order: the reasoning, the message, the calls."""
+    output: list[dict[str, Any]] = []
+    if message.reasoning_content or fields:
+        output.append(reasoning_item(ids.item("rs"), message.reasoning_content or "", fields, req, seal))
+    parts = [content_part("output_text", message.content)] if message.content else []
+    if message.refusal:  # its own part, as OpenAI answers one: a client parsing the text does not parse it
+        parts.append(content_part("refusal", message.refusal))
+    if parts:
+        output.append(message_item(ids.item("msg"), parts))
+    for call in message.tool_calls or ():
+        output.append(call_item(ids.item("fc"), call.id, call.function.name, call.function.arguments))
+    return output
+
+
+def _ordered(message: AssistantMessage, fields: dict[str, Any]) -> list[tuple[str, Any]] | None:
+    """The answer's parts in the order the model wrote them (see `BlockOrder`), where it says and a refusal is not
+    among them."""
+    blocks = fields.get("thinking_blocks")
+    if message.block_order is None or message.refusal or not isinstance(blocks, list):
+        return None
+    return ordered_parts(message.block_order, blocks, message.content or "", message.tool_calls or [])
+
+
+def _items_in_order(
+    parts: list[tuple[str, Any]], fields: dict[str, Any], req: ResponsesRequest, ids: ResponseIds, seal: ReasoningSeal
+) -> list[dict[str, Any]]:
+    """Output items for parts in the model's order, as its stream has them: a reasoning item for each run of thinking
+    blocks (their text its summary, the blocks sealed with it), a message for each run of text, an item per call."""
+    output: list[dict[str, Any]] = []
+    rest = {name: value for name, value in fields.items() if name != "thinking_blocks"}
+    for kind, run in itertools.groupby(parts, key=operator.itemgetter(0)):
+        same = [part for _, part in run]
+        if kind == "thinking":
+            text = "".join(str(block.get("thinking") or "") for block in same)
+            sealed, rest = {**rest, "thinking_blocks": same}, {}  # (any other field rides with the first)
+            output.append(reasoning_item(ids.item("rs"), text, sealed, req, seal))
+        elif kind == "text":
+            output.append(message_item(ids.item("msg"), [content_part("output_text", "".join(same))]))
+        else:
+            for call in same:
+                output.append(call_item(ids.item("fc"), call.id, call.function.name, call.function.arguments))
+    return output
+
+
 def to_response(
     completion: ChatCompletion, req: ResponsesRequest, ids: ResponseIds, seal: ReasoningSeal, cost: Cost | None
 ) -> dict[str, Any]:
@@ -641,15 +718,11 @@ def to_response(
     if choice is not None:
         message = choice.message
         fields = reasoning_fields(message.model_extra)
-        if message.reasoning_content or fields:
-            output.append(reasoning_item(ids.item("rs"), message.reasoning_content or "", fields, req, seal))
-        parts = [content_part("output_text", message.content)] if message.content else []
-        if message.refusal:  # its own part, as OpenAI answers one: a client parsing the text does not parse it
-            parts.append(content_part("refusal", message.refusal))
-        if parts:
-            output.append(message_item(ids.item("msg"), parts))
-        for call in message.tool_calls or ():
-            output.append(call_item(ids.item("fc"), call.id, call.function.name, call.function.arguments))
+        parts = _ordered(message, fields) if message.block_order else None
+        if parts is not None:  # Claude thought between its calls: the items in the order it wrote them
+            output = _items_in_order(parts, fields, req, ids, seal)
+        else:
+            output = _items(message, fields, req, ids, seal)
         if output and output[-1]["type"] != "reasoning":
             output[-1]["status"] = ending_status(choice.finish_reason)
     response = envelope(

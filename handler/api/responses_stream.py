@@ -163,7 +163,10 @@ class ResponsesEventWriter:
         for choice in (c for c in chunk.choices if c.index == 0):  # the Responses API has one answer
             delta = choice.delta
             fields = reasoning_fields(delta.model_extra)
-            if delta.reasoning_content or (fields and self.open_key == ("reasoning", 0)):
+            # Claude's blocks (a redacted one, a signature closing a thinking block) come in deltas of their own, in
+            # the order the model wrote them: a reasoning item where they stand, as the whole answer has it.
+            own = "thinking_blocks" in fields and not (delta.content or delta.refusal or delta.tool_calls)
+            if delta.reasoning_content or (fields and (own or self.open_key == ("reasoning", 0))):
                 data, item = self._switch("reasoning", 0)
                 out += data
                 merge(item.fields, fields)

@@ -22,9 +22,11 @@ model whose id has `OMITS_THINKING`, as Claude Opus 4.7's is; for a said answer,
 `thinker`, an assistant turn that called a tool must come back opening with it, signature intact, as the real API
 requires, and so must the final assistant turn, if it called a tool, of any request asking for `thinking`; a
 thinking block sent back with a field Claude's blocks do not have is refused, as Anthropic refuses it. With
-`interleaved` and thinking, the answer thinks between its blocks, as with interleaved thinking: its signed thinking
+`think-between` and thinking, the answer thinks between its blocks, as with interleaved thinking: its signed thinking
 block, a call of the request's first tool (`INTERLEAVED_CALL_ID`), a second signed block (`THINKING_AGAIN`,
-`SIGNATURE_AGAIN`), a redacted one (`REDACTED`), then the rest of the answer. A
+`SIGNATURE_AGAIN`), a redacted one (`REDACTED`), then the rest of the answer. An
+`interleaved` model, given tools, thinks between its calls (a signed thinking block, a call, a second signed block,
+text, a call to the last tool) and wants that turn back as it wrote it, every block in its place; a
 `clear_thinking_...` context-management edit needs `thinking` on. Prompt caching is modelled: the prefix up to the
 last `cache_control` marker is written the first time it is seen (`cache_creation_input_tokens`, in
 `cache_creation` by that marker's `ttl`: `1h` or the default 5 minutes) and read after (`cache_read_input_tokens`).
@@ -82,6 +84,12 @@ SIGNATURE_AGAIN = "EqQBCkYIBRgCKkBfakeSecondSignature=="
 REDACTED = "EmwKAhgBEgy3fakeRedactedThinking=="
 INTERLEAVED_CALL_ID = "toolu_01FakeAnthropicInterleaved"
 THINKING_FIELDS = {"thinking": {"type", "thinking", "signature"}, "redacted_thinking": {"type", "data"}}
+
+# An `interleaved` model thinks between its calls (interleaved thinking): its second thought, signed, and its text.
+SECOND_THINKING = "Now the second tool."
+SECOND_SIGNATURE = "EqQBCkYIBRgCKkBfakeSecondSignature=="
+INTERLEAVED_TEXT = "And the other one."
+SECOND_TOOL_USE_ID = "toolu_02FakeAnthropic"
 # A model id part whose thinking is omitted unless `display: summarized` asks (Anthropic: "the default depends on the
 # model"; Claude Opus 4.7 omits it).
 OMITS_THINKING = "claude-opus-4-7"
@@ -202,17 +210,59 @@ def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
     return scripted_turn(users, [str(t.get("name")) for t in body.get("tools") or []], result)
 
 
+def _interleaved(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """An `interleaved` model's turn: it thinks, calls the first tool, thinks again, says so and calls the last."""
+    tools = body.get("tools") or []
+    first, last = tools[0], tools[-1]
+    return [
+        {"type": "thinking", "thinking": THINKING, "signature": SIGNATURE},
+        {
+            "type": "tool_use",
+            "id": TOOL_USE_ID,
+            "name": first["name"],
+            "input": input_for(first.get("input_schema"), TOOL_INPUT),
+        },
+        {"type": "thinking", "thinking": SECOND_THINKING, "signature": SECOND_SIGNATURE},
+        {"type": "text", "text": INTERLEAVED_TEXT},
+        {
+            "type": "tool_use",
+            "id": SECOND_TOOL_USE_ID,
+            "name": last["name"],
+            "input": input_for(last.get("input_schema"), TOOL_INPUT),
+        },
+    ]
+
+
+def _modified_turn(body: dict[str, Any]) -> str | None:
+    """An `interleaved` model's turn must come back as it wrote it, its thinking blocks unmodified and in their
+    places, as the real API requires of thinking blocks."""
+    for i, message in enumerate(body.get("messages") or []):
+        content = message.get("content")
+        if message.get("role") != "assistant" or not isinstance(content, list):
+            continue
+        if any(block.get("id") == TOOL_USE_ID for block in content) and content != _interleaved(body):
+            return (
+                f"messages.{i}.content: `thinking` or `redacted_thinking` blocks in the latest assistant message "
+                "cannot be modified. These blocks must remain as they were in the original response."
+            )
+    return None
+
+
 def _content(body: dict[str, Any], tool: str | None) -> list[dict[str, Any]]:
     """The answer's blocks: a thinking block if asked for, then a tool call, the scripted turn, or text."""
     content: list[dict[str, Any]] = []
     script = _script(body)
+    last = (body.get("messages") or [{}])[-1].get("content")
+    answered = isinstance(last, list) and any(block.get("type") == "tool_result" for block in last)
+    if "interleaved" in str(body.get("model")) and body.get("tools") and script is None and not answered:
+        return _interleaved(body)
     thinking = body.get("thinking") or {}
     if thinking.get("type") in ("enabled", "adaptive") or "thinker" in str(body.get("model")):
         display = thinking.get("display") or ("omitted" if OMITS_THINKING in str(body.get("model")) else "summarized")
         text = "" if display == "omitted" else script if isinstance(script, Said) else THINKING
         content.append({"type": "thinking", "thinking": text, "signature": SIGNATURE})
-        if "interleaved" in faults(body):
-            content += _interleaved(body)
+        if "think-between" in faults(body):
+            content += _thinks_between(body)
     if searches(body) and not tool:
         content.extend(SEARCH_BLOCKS)
     if advisor(body) and not tool:
@@ -231,8 +281,8 @@ def _content(body: dict[str, Any], tool: str | None) -> list[dict[str, Any]]:
     return content
 
 
-def _interleaved(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """What interleaved thinking adds after the first thinking block: a call of the first tool, then more thinking."""
+def _thinks_between(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """What `think-between` adds after the first thinking block: a call of the first tool, then more thinking."""
     again = [
         {"type": "thinking", "thinking": THINKING_AGAIN, "signature": SIGNATURE_AGAIN},
         {"type": "redacted_thinking", "data": REDACTED},
@@ -288,6 +338,10 @@ def _problem(body: dict[str, Any]) -> str | None:
     """What the real API would reject in a body, for the few rules an adapter may get wrong."""
     if not isinstance(body.get("max_tokens"), int):
         return "max_tokens: Field required"
+    if "interleaved" in str(body.get("model")):
+        modified = _modified_turn(body)
+        if modified:
+            return modified
     most = OUTPUT_LIMITS.get(str(body.get("model")))
     if most is not None and body["max_tokens"] > most:
         return (

@@ -351,8 +351,11 @@ def _unsigned_turn(body: dict[str, Any], model: str) -> str | None:
     """With reasoning on, Bedrock refuses an assistant tool-use turn that lost its signed reasoning: every such
     turn of a `thinker` (the fake's own reasoning, unchanged), and the final assistant turn (the one a tool-use
     loop continues) of a request asking for `thinking`, Anthropic's documented rule, which Bedrock relays (there
-    any reasoning will do: a client may hand back what Bedrock itself signed)."""
+    any reasoning will do: a client may hand back what Bedrock itself signed). A `redacts` thinker's turn opens with
+    its redacted block, then the signed one: Claude's reasoning goes back unmodified, in the order it came."""
     final_only = "thinker" not in model
+    own = [{"reasoningContent": {"redactedContent": REDACTED}}] if "redacts" in model else []
+    own.append({"reasoningContent": {"reasoningText": {"text": THINKING, "signature": SIGNATURE}}})
     if final_only and "thinking" not in (body.get("additionalModelRequestFields") or {}):
         return None
     assistants = [message for message in body.get("messages") or () if message.get("role") == "assistant"]
@@ -361,9 +364,7 @@ def _unsigned_turn(body: dict[str, Any], model: str) -> str | None:
         if not any("toolUse" in block for block in content):
             continue
         opening = content[0].get("reasoningContent")
-        reasoning = (opening or {}).get("reasoningText") or {}
-        signed = (reasoning.get("text"), reasoning.get("signature")) == (THINKING, SIGNATURE)
-        if not (signed or (final_only and opening)):
+        if not (content[: len(own)] == own or (final_only and opening)):
             return (
                 "The model returned the following errors: messages.1.content.0.type: Expected `thinking` or "
                 "`redacted_thinking`, but found `tool_use`. When `thinking` is enabled, a final `assistant` "

@@ -154,7 +154,11 @@ def response_of(body: dict[str, Any], output: list[dict[str, Any]], status: str,
         if status == "in_progress"
         else {
             "input_tokens": input_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            # A `cache-write` model writes half its prompt to the cache, as OpenAI's extended caching reports it.
+            "input_tokens_details": {
+                "cached_tokens": 0,
+                "cache_write_tokens": input_tokens // 2 if "cache-write" in str(body.get("model")) else 0,
+            },
             "output_tokens": 7,
             "output_tokens_details": {"reasoning_tokens": 3 if "reasoner" in str(body.get("model")) else 0},
             "total_tokens": input_tokens + 7,

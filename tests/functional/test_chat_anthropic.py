@@ -160,7 +160,7 @@ def test_the_sdks_stream_helper_accumulates_interleaved_thinking_as_the_whole_an
         "messages": HI,
         "tools": [WEATHER_TOOL],
         "reasoning_effort": "low",
-        "user": "interleaved",
+        "user": "think-between",
     }
     whole = oa.chat.completions.create(**asked).choices[0].message
     with oa.chat.completions.stream(**asked) as events:

@@ -579,6 +579,38 @@ def test_a_messages_clients_ask_for_summarized_thinking_is_named_where_no_reason
     assert "thinking.display" in raw.headers["x-gateway-dropped-params"].split(",")
 
 
+def test_a_messages_turn_that_thinks_between_its_calls_reaches_bedrock_in_its_order(bedrock: Running) -> None:
+    """Interleaved thinking a Messages client hands back (it thought, called, thought again, wrote, called): Bedrock
+    gets the blocks where Claude wrote them (Anthropic takes thinking back unmodified, in order), not all first."""
+    turn: Any = [
+        {"type": "thinking", "thinking": "One.", "signature": "sig-1"},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+        {"type": "redacted_thinking", "data": "Zm9v"},
+        {"type": "text", "text": "And the time:"},
+        {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"city": "Rome"}},
+    ]
+    results = [{"type": "tool_result", "tool_use_id": f"toolu_{n}", "content": "sunny"} for n in (1, 2)]
+    claude = anthropic_client(bedrock, bedrock.mint(name="interleaved"))  # (its HTTP client is shared: left open)
+    claude.messages.create(
+        model="claude-haiku",
+        max_tokens=100,
+        tools=[{"name": "get_weather", "input_schema": {"type": "object"}}],
+        messages=[
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": turn},
+            {"role": "user", "content": results},
+        ],
+    )
+    assistant = sent(bedrock)["json"]["messages"][1]["content"]
+    assert assistant == [
+        {"reasoningContent": {"reasoningText": {"text": "One.", "signature": "sig-1"}}},
+        {"toolUse": {"toolUseId": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}},
+        {"reasoningContent": {"redactedContent": "Zm9v"}},
+        {"text": "And the time:"},
+        {"toolUse": {"toolUseId": "toolu_2", "name": "get_weather", "input": {"city": "Rome"}}},
+    ]
+
+
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 
 

@@ -39,6 +39,7 @@ from handler.ports import MESSAGES_API, BuiltRequest, NativeCall, ProviderAdapte
 from handler.schemas import (
     DOCUMENT,
     AssistantMessage,
+    BlockOrder,
     ChatCompletion,
     ChatRequest,
     Choice,
@@ -50,6 +51,8 @@ from handler.schemas import (
     TextPart,
     ToolCall,
     Usage,
+    ordered_parts,
+    thinks_between,
 )
 from handler.wire import error_excerpt, json_body, malformed, upstream_error
 
@@ -275,20 +278,36 @@ def _turn(message: Message) -> tuple[str, list[dict[str, Any]]]:
         if blocks:
             result["content"] = blocks
         return "user", [result]
+    if message.role == "assistant" and message.block_order and isinstance(message.content, str | None):
+        parts = ordered_parts(
+            message.block_order, thinking_blocks(message), message.content or "", message.tool_calls or []
+        )
+        if parts is not None:  # Claude thought between its calls: its blocks go back in the order it wrote them
+            return "assistant", [_assistant_block(kind, part) for kind, part in parts]
     blocks = _content_blocks(message)
     if message.role == "assistant":
         # Signed thinking goes back first, as Claude wrote it; reasoning without a signature cannot.
         blocks = [*thinking_blocks(message), *blocks]
-        for call in message.tool_calls or ():
-            blocks.append(
-                {
-                    "type": "tool_use",
-                    "id": call.id,
-                    "name": call.function.name,
-                    "input": _tool_input(call.function.arguments),
-                }
-            )
+        blocks.extend(_tool_use(call) for call in message.tool_calls or ())
     return ("assistant" if message.role == "assistant" else "user"), blocks
+
+
+def _tool_use(call: ToolCall) -> dict[str, Any]:
+    return {
+        "type": "tool_use",
+        "id": call.id,
+        "name": call.function.name,
+        "input": _tool_input(call.function.arguments),
+    }
+
+
+def _assistant_block(kind: str, part: Any) -> dict[str, Any]:
+    """An assistant turn's part (see `ordered_parts`) as its content block."""
+    if kind == "call":
+        return _tool_use(part)
+    if kind == "text":
+        return {"type": "text", "text": part}
+    return dict(part)  # a thinking block, as Claude signed it
 
 
 def convert_messages(messages: list[Message]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -600,13 +619,17 @@ class AnthropicAdapter(ProviderAdapter):
         signed: list[dict[str, Any]] = []
         calls: list[ToolCall] = []
         json_answer: str | None = None
+        order: BlockOrder = []  # (the parts as Claude wrote them: see `BlockOrder`)
         for block in message.content:
             if block.type == "thinking" and block.signature is not None:
                 signed.append(signed_thinking(block.thinking or "", block.signature, len(signed)))
+                order.append(("thinking", len(signed) - 1))
             elif block.type == "redacted_thinking" and block.data:
                 signed.append(redacted_thinking(block.data, len(signed)))
+                order.append(("thinking", len(signed) - 1))
             if block.type == "text" and block.text:
                 texts.append(block.text)
+                order.append(("text", len(block.text)))
             elif block.type == "thinking" and block.thinking:
                 reasoning.append(block.thinking)
             elif block.type == "tool_use" and json_mode and block.name == JSON_TOOL:
@@ -616,12 +639,15 @@ class AnthropicAdapter(ProviderAdapter):
                 calls.append(
                     ToolCall(id=block.id or "", function=FunctionCall(name=block.name or "", arguments=arguments))
                 )
+                order.append(("call", len(calls) - 1))
         content = json_answer if json_answer is not None else ("".join(texts) if texts else None)
         reply = AssistantMessage(
             content=content, tool_calls=calls or None, reasoning_content="".join(reasoning) if reasoning else None
         )
         if signed:
             setattr(reply, THINKING_BLOCKS, signed)
+            if json_answer is None and thinks_between(order):  # interleaved thinking: a Responses client sees it
+                reply.block_order = order
         finish = _finish(message.stop_reason, json_answer is not None, bool(calls))
         return ChatCompletion(
             id=message.id,

@@ -62,6 +62,7 @@ from handler.errors import InvalidRequestError, ServiceUnavailableError, Upstrea
 from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (
     AssistantMessage,
+    BlockOrder,
     ChatCompletion,
     ChatCompletionChunk,
     ChatRequest,
@@ -71,6 +72,7 @@ from handler.schemas import (
     FunctionCall,
     ToolCall,
     Usage,
+    thinks_between,
 )
 from handler.wire import StreamEvent, error_excerpt, json_body, malformed, upstream_error
 
@@ -857,6 +859,7 @@ class BedrockAdapter(ProviderAdapter):
         signed: list[dict[str, Any]] = []
         calls: list[ToolCall] = []
         json_answer: str | None = None
+        order: BlockOrder = []  # (the parts as Claude wrote them: see `BlockOrder`)
         for block in message["content"]:
             if not isinstance(block, dict):
                 continue
@@ -864,12 +867,15 @@ class BedrockAdapter(ProviderAdapter):
             reasoning = block.get("reasoningContent")
             if isinstance(block.get("text"), str):
                 texts.append(block["text"])
+                if block["text"]:
+                    order.append(("text", len(block["text"])))
             elif isinstance(tool, dict) and json_mode and tool.get("name") == JSON_TOOL:
                 json_answer = orjson.dumps(tool.get("input") or {}).decode()
             elif isinstance(tool, dict):
                 arguments = orjson.dumps(tool.get("input") or {}).decode()
                 function = FunctionCall(name=str(tool.get("name", "")), arguments=arguments)
                 calls.append(ToolCall(id=str(tool.get("toolUseId", "")), function=function))
+                order.append(("call", len(calls) - 1))
             elif isinstance(reasoning, dict) and isinstance(reasoning.get("reasoningText"), dict):
                 text = str(reasoning["reasoningText"].get("text", ""))
                 signature = reasoning["reasoningText"].get("signature")
@@ -878,8 +884,10 @@ class BedrockAdapter(ProviderAdapter):
                 reasoning_texts.append(text)
                 if isinstance(signature, str):
                     signed.append(signed_thinking(text, signature, len(signed)))
+                order.append(("thinking", len(signed) - 1 if isinstance(signature, str) else -1))
             elif isinstance(reasoning, dict) and isinstance(reasoning.get("redactedContent"), str):
                 signed.append(redacted_thinking(reasoning["redactedContent"], len(signed)))
+                order.append(("thinking", len(signed) - 1))
         content = json_answer if json_answer is not None else ("".join(texts) if texts else None)
         reply = AssistantMessage(
             content=content,
@@ -888,6 +896,8 @@ class BedrockAdapter(ProviderAdapter):
             # Claude's thinking as Anthropic's blocks, signatures kept: it goes back on the next turn.
             **({THINKING_BLOCKS: signed} if signed else {}),
         )
+        if signed and json_answer is None and thinks_between(order):  # interleaved thinking: Responses shows it
+            reply.block_order = order  # (one unsigned, at -1, leaves it unused: `ordered_parts`)
         finish = finish_reason(data.get("stopReason"), json_answer is not None, bool(calls))
         choice = Choice(message=reply, finish_reason=finish, stop_sequence=fired(data, req.stop_list()))
         return ChatCompletion(

@@ -28,6 +28,7 @@ def usage_of(raw: Any) -> Usage | None:
     usage = Usage.of(int(raw.get("input_tokens") or 0), int(raw.get("output_tokens") or 0))
     if usage.prompt_tokens_details is not None:
         usage.prompt_tokens_details.cached_tokens = int(details.get("cached_tokens") or 0)
+        usage.prompt_tokens_details.cache_write_tokens = int(details.get("cache_write_tokens") or 0)
     reasoning = int(output_details.get("reasoning_tokens") or 0)
     usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=reasoning)
     return usage

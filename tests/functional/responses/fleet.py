@@ -72,6 +72,20 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
             "reasoner": {"deployments": [{"provider": "deepseek", "model": "deepseek-reasoner"}], "price": PRICE},
             "gemini-thinker": {"deployments": [{"provider": "gemini", "model": "gemini-3-thinker"}], "price": PRICE},
             "claude-thinker": {"deployments": [{"provider": "anthropic", "model": "claude-thinker"}], "price": PRICE},
+            "claude-interleaved": {
+                "deployments": [{"provider": "anthropic", "model": "claude-sonnet-4-5-interleaved"}],
+                "price": PRICE,
+            },
+            "bedrock-redacting": {
+                "deployments": [
+                    {
+                        "provider": "bedrock",
+                        "model": "us.anthropic.claude-sonnet-4-5-thinker-redacts-v1:0",
+                        "region": "us-east-1",
+                    }
+                ],
+                "price": PRICE,
+            },
             "bedrock-thinker": {
                 "deployments": [
                     {"provider": "bedrock", "model": "us.anthropic.claude-sonnet-4-thinker-v1:0", "region": "us-east-1"}
@@ -86,6 +100,7 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
             "claude-opus": {"deployments": [{"provider": "anthropic", "model": "claude-opus-4-7"}], "price": PRICE},
             "gpt-keeps": {"deployments": [{"provider": "openai-keeps", "model": "gpt-4o-mini"}], "price": PRICE},
             "gpt-reasoner": {"deployments": [{"provider": "openai", "model": "o4-reasoner"}], "price": PRICE},
+            "gpt-cache-write": {"deployments": [{"provider": "openai", "model": "gpt-5-cache-write"}], "price": PRICE},
             "gpt-or-claude": {
                 "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
                 "fallbacks": ["claude"],

@@ -78,3 +78,42 @@ async def test_claudes_thinking_goes_back_on_the_agents_next_turn(
     assert sent["thinking"]["type"] == "enabled"
     turn = next(m for m in sent["messages"] if m["role"] == "assistant")
     assert turn["content"][0] == {"type": "thinking", "thinking": THINKING, "signature": SIGNATURE}
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_claudes_interleaved_thinking_goes_back_in_its_places_on_the_agents_next_turn(
+    fleet: Running, agent_key: str, streamed: bool
+) -> None:
+    """Claude thinks, calls one tool, thinks again, writes and calls the other: the agent runs both, and its next
+    turn hands Claude that turn back as it wrote it (the fake refuses it with a thinking block moved)."""
+    from openai import AsyncOpenAI
+
+    from tests.fakes.anthropic import TEXT
+
+    ran: list[str] = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        ran.append("get_weather")
+        return f"18C and sunny in {city}"
+
+    @agents.function_tool
+    def get_time() -> str:
+        """The time now."""
+        ran.append("get_time")
+        return "noon"
+
+    agent = agents.Agent(name="planner", tools=[get_weather, get_time], model="claude-interleaved")
+    async with AsyncOpenAI(base_url=f"{fleet.url}/v1", api_key=agent_key, max_retries=0) as client:
+        config = agents.RunConfig(model_provider=agents.OpenAIProvider(openai_client=client), tracing_disabled=True)
+        if streamed:
+            result: Any = agents.Runner.run_streamed(agent, "Weather and time?", run_config=config)
+            async for _ in result.stream_events():
+                pass
+        else:
+            result = await agents.Runner.run(agent, "Weather and time?", run_config=config)
+    assert ran == ["get_weather", "get_time"] and result.final_output == TEXT
+    sent = fleet.fakes["anthropic"].state.requests[-1]["json"]["messages"]
+    turn = next(m for m in sent if m["role"] == "assistant")["content"]
+    assert [block["type"] for block in turn] == ["thinking", "tool_use", "thinking", "text", "tool_use"]

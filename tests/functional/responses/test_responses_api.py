@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from adapters.providers.gemini.adapter import call_signature
 from tests.fakes import azure as azure_fake
-from tests.fakes.anthropic import SIGNATURE, THINKING
+from tests.fakes.anthropic import INTERLEAVED_TEXT, SECOND_THINKING, SIGNATURE, THINKING
 from tests.fakes.anthropic import TEXT as ANTHROPIC_TEXT
 from tests.fakes.bedrock import SIGNATURE as BEDROCK_SIGNATURE
 from tests.fakes.bedrock import THINKING as BEDROCK_THINKING
@@ -50,6 +50,7 @@ def test_create_answers_a_response_with_usage_and_cost(running: Running, key: st
     assert response.usage is not None and response.usage.output_tokens == 7
     assert response.usage.total_tokens == response.usage.input_tokens + 7
     assert response.usage.input_tokens_details.cached_tokens == 0
+    assert response.usage.input_tokens_details.cache_write_tokens == 0  # (a field OpenAI's schema requires)
     assert response.usage.output_tokens_details.reasoning_tokens == 0
     body = raw.http_response.json()
     assert body["cost"]["output_tokens"] == 7
@@ -75,6 +76,7 @@ def test_stream_events_assemble_the_final_response_in_the_sdk(fleet: Running, fl
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text and final.output_text == text and final.status == "completed"
     assert final.usage is not None and final.usage.output_tokens > 0
+    assert final.usage.input_tokens_details.cache_write_tokens == 0
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -373,6 +375,81 @@ def test_reasoning_goes_back_to_the_provider_sealed(
     assert "input[reasoning].encrypted_content" in dropped(raw.headers)
     sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
     assert "reasoning_content" not in next(m for m in sent if m["role"] == "assistant")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_claudes_redacted_reasoning_stays_in_its_place_and_goes_back_in_order(
+    fleet: Running, fleet_key: str, stream: bool
+) -> None:
+    """Claude on Bedrock opens its reasoning with a redacted block, then a signed one: one reasoning item first,
+    streamed as whole, and both blocks back in that order (Anthropic takes its thinking back unmodified)."""
+    sdk = openai_client(fleet, fleet_key)
+    question: Any = [{"role": "user", "content": "Weather in Paris?"}]
+    settings: Any = {"model": "bedrock-redacting", "tools": [WEATHER], "include": ["reasoning.encrypted_content"]}
+    if stream:
+        with sdk.responses.stream(input=question, tool_choice="required", **settings) as events:
+            added = [e.output_index for e in events if e.type == "response.output_item.added"]
+            first = events.get_final_response()
+        assert added == [0, 1]
+    else:
+        first = sdk.responses.create(input=question, tool_choice="required", **settings)
+    assert [item.type for item in first.output] == ["reasoning", "function_call"]
+    assert first.output[0].summary[0].text == BEDROCK_THINKING
+    call = first.output[1]
+    assert call.type == "function_call"
+    back: Any = [
+        *question,
+        *[item.model_dump(exclude_none=True) for item in first.output],
+        {"type": "function_call_output", "call_id": call.call_id, "output": "18C"},
+    ]
+    assert sdk.responses.create(input=back, **settings).status == "completed"
+    sent = fleet.fakes["bedrock"].state.requests[-1]["json"]["messages"]
+    assistant = next(m for m in sent if m["role"] == "assistant")["content"]
+    assert [next(iter(block)) for block in assistant] == ["reasoningContent", "reasoningContent", "toolUse"]
+    assert [next(iter(block["reasoningContent"])) for block in assistant[:2]] == ["redactedContent", "reasoningText"]
+
+
+@pytest.mark.parametrize("store", [False, True])
+@pytest.mark.parametrize("stream", [False, True])
+def test_claudes_interleaved_thinking_keeps_its_places_and_goes_back_in_them(
+    fleet: Running, fleet_key: str, stream: bool, store: bool
+) -> None:
+    """Claude thinks, calls a tool, thinks again, writes and calls another: five items in that order, streamed as
+    whole, and the turn back to Anthropic as it wrote it (by value, or by `previous_response_id`), which the fake
+    requires of thinking blocks as the API does."""
+    sdk = openai_client(fleet, fleet_key)
+    question: Any = [{"role": "user", "content": "Weather and time in Paris?"}]
+    tools: Any = [WEATHER, {"type": "function", "name": "get_time", "parameters": {"type": "object"}}]
+    settings: Any = {"model": "claude-interleaved", "tools": tools, "store": store}
+    if not store:
+        settings["include"] = ["reasoning.encrypted_content"]
+    if stream:
+        with sdk.responses.stream(input=question, **settings) as events:
+            first = events.get_final_response()
+    else:
+        first = sdk.responses.create(input=question, **settings)
+    assert [item.type for item in first.output] == [
+        "reasoning",
+        "function_call",
+        "reasoning",
+        "message",
+        "function_call",
+    ]
+    reasoning = [item for item in first.output if item.type == "reasoning"]
+    assert [[part.text for part in item.summary] for item in reasoning] == [[THINKING], [SECOND_THINKING]]
+    assert first.output_text == INTERLEAVED_TEXT
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert [call.name for call in calls] == ["get_weather", "get_time"]
+    results: Any = [{"type": "function_call_output", "call_id": call.call_id, "output": "ok"} for call in calls]
+    if store:
+        after = sdk.responses.create(input=results, previous_response_id=first.id, **settings)
+    else:
+        back = [*question, *[item.model_dump(exclude_none=True) for item in first.output], *results]
+        after = sdk.responses.create(input=back, **settings)
+    assert after.status == "completed"  # (the fake refuses the turn with its blocks moved)
+    sent = fleet.fakes["anthropic"].state.requests[-1]["json"]["messages"]
+    turn = next(m for m in sent if m["role"] == "assistant")["content"]
+    assert [block["type"] for block in turn] == ["thinking", "tool_use", "thinking", "text", "tool_use"]
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -16,6 +16,7 @@ from tests.fakes.openai_responses import ENCRYPTED
 from tests.functional.conftest import Running, openai_client
 from tests.functional.responses.fleet import PRICE, SEARCH_USD
 
+LONG = "Summarise the house rules. " * 40
 WEB: Any = [{"type": "web_search"}, {"type": "function", "name": "f", "parameters": {"type": "object"}}]
 
 
@@ -237,6 +238,20 @@ def test_a_passed_through_answer_is_charged_the_providers_usage(fleet: Running) 
     [line] = fleet.ledger(key)
     assert line.cost_source == "provider" and line.status == 200
     assert (line.input_tokens, line.output_tokens) == (provider["input_tokens"], provider["output_tokens"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_passed_through_answer_s_cache_writes_reach_the_client_and_the_ledger(fleet: Running, stream: bool) -> None:
+    key = fleet.mint(name=f"cache-writes-{stream}")
+    sdk = openai_client(fleet, key)
+    if stream:
+        with sdk.responses.stream(model="gpt-cache-write", input=LONG) as events:
+            usage = events.get_final_response().usage
+    else:
+        usage = sdk.responses.create(model="gpt-cache-write", input=LONG).usage
+    assert usage is not None and usage.input_tokens_details.cache_write_tokens == usage.input_tokens // 2 > 0
+    [line] = fleet.ledger(key)
+    assert line.cache_write_tokens == usage.input_tokens_details.cache_write_tokens
 
 
 def test_a_mixed_plan_passes_through_on_a_deployment_that_serves_the_api(fleet: Running, fleet_key: str) -> None:

@@ -1,13 +1,25 @@
-"""The Responses front-end's translation of input items into the internal request."""
+"""The Responses front-end's translation of input items into the internal request, and of the answer into a
+response (whole, or as a stream ends it)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from openai.types.responses import Response
 
-from handler.api.responses_api import ReasoningSeal, ResponseIds, ResponsesRequest, to_chat_request
+from handler import schemas
+from handler.api.responses_api import (
+    ReasoningSeal,
+    ResponseIds,
+    ResponsesRequest,
+    finish,
+    to_chat_request,
+    to_response,
+)
+from handler.api.responses_stream import ResponsesEventWriter
 from handler.errors import InvalidRequestError
+from handler.schemas import ChatCompletion, Usage
 
 SEAL = ReasoningSeal(b"unit")
 
@@ -125,3 +137,71 @@ def test_a_reasoning_summary_reaches_the_adapters_and_never_an_upstream_body(
     req, dropped = to_chat_request(body, [], SEAL)
     assert req.reasoning_summary == summary and dropped == []
     assert "reasoning_summary" not in req.model_dump()  # no Chat Completions API has it
+
+
+def completion(message: dict[str, Any], usage: Usage | None = None, finish: str = "stop") -> ChatCompletion:
+    return ChatCompletion.model_validate(
+        {
+            "id": "c",
+            "created": 0,
+            "model": "m",
+            "choices": [{"message": {"role": "assistant", **message}, "finish_reason": finish}],
+            "usage": usage or Usage.of(10, 3),
+        }
+    )
+
+
+def streamed(answer: ChatCompletion, req: ResponsesRequest) -> dict[str, Any]:
+    """The final response a stream of the same answer ends with."""
+    writer = ResponsesEventWriter(req, ResponseIds("req_" + "0" * 32), SEAL)
+    for chunk in schemas.completion_chunks(answer):
+        writer.chunk(chunk)
+    _, response = writer.completed()
+    return finish(response, answer.usage or Usage(), None)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_cache_writes_are_in_the_usage_openais_types_require(stream: bool) -> None:
+    req = ResponsesRequest.model_validate({"model": "m", "input": "Hi"})
+    answer = completion({"content": "Hello"}, Usage.of(160, 7, cached=100, cache_write=50))
+    ids = ResponseIds("req_" + "0" * 32)
+    response = streamed(answer, req) if stream else to_response(answer, req, ids, SEAL, None)
+    usage = Response.model_validate(response).usage
+    assert usage is not None and usage.input_tokens == 160
+    assert (usage.input_tokens_details.cached_tokens, usage.input_tokens_details.cache_write_tokens) == (100, 50)
+
+
+def test_only_a_turn_that_thinks_between_its_parts_keeps_their_order() -> None:
+    sealed = [SEAL.seal({"text": t, "fields": {"thinking_blocks": [block(t)]}}) for t in ("a", "b")]
+    reasoning = [{"type": "reasoning", "summary": [], "encrypted_content": s} for s in sealed]
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+    said = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "hm"}]}
+    question = {"role": "user", "content": "go"}
+    between, _ = to_chat_request(
+        ResponsesRequest.model_validate({"model": "m", "input": [question, reasoning[0], said, reasoning[1], call]}),
+        [],
+        SEAL,
+    )
+    assert between.messages[1].block_order == [("thinking", 0), ("text", 2), ("thinking", 1), ("call", 0)]
+    first, _ = to_chat_request(
+        ResponsesRequest.model_validate({"model": "m", "input": [question, *reasoning, said, call]}), [], SEAL
+    )
+    assert first.messages[1].block_order is None  # the usual order says it
+
+
+def test_an_order_the_answer_no_longer_fits_gives_the_usual_items() -> None:
+    """An answer changed after its order was taken (a secret in its text redacted) is not cut at the wrong places."""
+    req = ResponsesRequest.model_validate({"model": "m", "input": "Hi"})
+    thinking = {"thinking_blocks": [block("a"), block("b")]}
+    order = [("thinking", 0), ("text", 5), ("thinking", 1)]
+    ids = ResponseIds("req_" + "0" * 32)
+    fits = completion({"content": "hello", "reasoning_content": "ab", **thinking})
+    fits.choices[0].message.block_order = order
+    assert [item["type"] for item in to_response(fits, req, ids, SEAL, None)["output"]] == [
+        "reasoning",
+        "message",
+        "reasoning",
+    ]
+    changed = completion({"content": "[REDACTED]", "reasoning_content": "ab", **thinking})
+    changed.choices[0].message.block_order = order
+    assert [item["type"] for item in to_response(changed, req, ids, SEAL, None)["output"]] == ["reasoning", "message"]
