@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from handler.pipeline.pipeline import DEFAULT_SEARCHES
+from handler.pipeline.charges import DEFAULT_SEARCHES
 from tests.fakes.anthropic import TEXT as ANTHROPIC_TEXT
 from tests.fakes.openai import REASONING, TEXT
 from tests.fakes.openai_responses import ENCRYPTED
