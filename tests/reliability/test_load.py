@@ -5,7 +5,9 @@ What is counted: a request answered 200 is "served"; its cost is the `x-gateway-
 stream, the `cost` object of its last data event. Requests to `broken` (every deployment answers 500)
 are answered 502 `upstream_error`: they reached a provider, which answered with an error, so each writes one
 ledger item at no cost (a stream cut mid-way is billed and recorded with the status 499/200 it ended with, but
-this mix has none). So: ledger items == 200s + 502s, and spend == sum of the costs.
+this mix has none); once their deployments' circuit breakers are open, 503 `no_deployment_available`, sent nowhere
+and written nowhere (a probe a cooldown goes through, answered 502). So: ledger items == 200s + 502s, and spend ==
+sum of the costs.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ MIX: list[tuple[str, bool]] = [
     ("broken", True),
     ("gpt-4o-mini", True),
 ]
-EXPECTED_FAILURE_CODES = {"upstream_error", "upstream_timeout"}
+EXPECTED_FAILURE_CODES = {"upstream_error", "upstream_timeout", "no_deployment_available"}
 
 
 async def one(client: httpx.AsyncClient, url: str, key: str, i: int) -> tuple[int, str | None, float]:
@@ -83,7 +85,8 @@ def run_load(running: Running, total: int, connections: int) -> dict[str, Any]:
     answers = asyncio.run(fire(running, key, total, connections))
     elapsed = time.time() - started
     statuses = Counter(status for status, _, _ in answers)
-    assert set(statuses) <= {200, 502, 504}, statuses  # no 5xx the gateway caused
+    assert set(statuses) <= {200, 502, 503, 504}, statuses  # no 5xx the gateway caused (503: breakers open)
+    assert all(code == "no_deployment_available" for status, code, _ in answers if status == 503)
     assert all(code in EXPECTED_FAILURE_CODES for status, code, _ in answers if status != 200)
     served = statuses[200]
     reached = served + statuses[502]
