@@ -13,7 +13,6 @@ from typing import Any, Final
 import orjson
 
 from handler.config import PRICE_OPTIONS, FeeConfig, ModelConfig, Price, load_yaml
-from handler.pipeline.images import image_tokens
 from handler.ports import MESSAGES_API, NativeCall, Served
 from handler.records import Value
 from handler.schemas import ChatRequest, FilePart, ImagePart, Usage
@@ -259,6 +258,8 @@ class PromptEstimate(Value):
         """The estimate of what the request shows (its text and images), for an answer that came without usage."""
         if not self.images:
             return self.text_tokens
+        from handler.pipeline.images import image_tokens  # (with the first image: a cold start imports none of it)
+
         return self.text_tokens + sum(image_tokens(url, detail, provider_type, model) for url, detail in self.images)
 
 

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
-import adapters.providers.openai.responses as responses
 from adapters.providers import reasoning
 from adapters.providers.call_ids import shorten_message_call_ids
 from adapters.providers.model_rules import rules_for
@@ -22,12 +21,17 @@ from adapters.providers.params import IMAGE_DETAIL, apply_rules, unsent_part_fie
 from handler import schemas
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import RESPONSES_API, BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
-from handler.schemas import DOCUMENT, ChatCompletion, ChatRequest, PromptTokensDetails, Usage
+from handler.schemas import DOCUMENT, LATER_MODULES, ChatCompletion, ChatRequest, PromptTokensDetails, Usage
 from handler.wire import StreamEvent, error_excerpt, json_body, malformed, upstream_error
 
 M = TypeVar("M", bound=BaseModel)
+# The Responses API's wire (adapters/providers/openai/responses.py) is imported with the first Responses request
+# passed through: a cold start serving Chat Completions imports none of it. A server's start-up and a snapshot do.
+LATER_MODULES.add("adapters.providers.openai.responses")
+
 
 if TYPE_CHECKING:
+    from adapters.providers.openai.responses import ResponsesMeter
     from handler.schemas import ChatCompletionChunk, EmbeddingsRequest, EmbeddingsResponse
 
 
@@ -361,7 +365,9 @@ class OpenAIAdapter(ProviderAdapter):
         self, call: NativeCall, target: Target, *, stream: bool, output_limit: int | None
     ) -> BuiltRequest:
         keeps = bool(self.options.get("responses_store", False))
-        body, dropped = responses.request_body(
+        from adapters.providers.openai.responses import request_body  # (on first use: see LATER_MODULES above)
+
+        body, dropped = request_body(
             call.body,
             target.model,
             stream=stream,
@@ -373,10 +379,14 @@ class OpenAIAdapter(ProviderAdapter):
         return BuiltRequest(request, dropped)
 
     def native_usage(self, call: NativeCall, body: bytes) -> Usage | None:
-        return responses.answer_usage(body)
+        from adapters.providers.openai.responses import answer_usage
 
-    def native_meter(self, call: NativeCall) -> responses.ResponsesMeter:
-        return responses.ResponsesMeter()
+        return answer_usage(body)
+
+    def native_meter(self, call: NativeCall) -> ResponsesMeter:
+        from adapters.providers.openai.responses import ResponsesMeter
+
+        return ResponsesMeter()
 
     def chat_response(self, body: bytes, req: ChatRequest, target: Target) -> ChatCompletion:
         data = json_body(body)
