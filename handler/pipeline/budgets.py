@@ -305,8 +305,17 @@ class Meter:
             return Settlement(item.request_id if item else "", [], 0.0, [], item)
         # Built field by field: `dataclasses.replace` walks the fields by name, several times the cost here.
         budgets = [BudgetCharge(b.key_id, b.period, b.limit_usd, actual_usd, b.home_region) for b in admission.budgets]
+        # Each correction names the key whose counter it corrects (an ancestor's, or the admission's own key): a
+        # request that reached no provider has no line item to name it, and gives back all it reserved.
         rates = [
-            RateCharge(r.name, r.window, r.limit, tokens - r.amount, r.key_id, r.home_region)
+            RateCharge(
+                r.name,
+                r.window,
+                r.limit,
+                tokens - r.amount,
+                r.key_id or admission.key_id,
+                r.home_region if r.key_id else admission.home_region,
+            )
             for r in admission.rates
             if r.name.startswith("tpm")
         ]
