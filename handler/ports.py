@@ -481,8 +481,8 @@ class BudgetCharge(FrozenRecord):
 class RateCharge(FrozenRecord):
     """Count against one rate limit for the window `window` (epoch minute).
 
-    `name` is `rpm`, `tpm`, `rpm:<model>` or `tpm:<model>`; the counter must stay `<= limit` after
-    adding `amount` (for `rpm` the amount is 1).
+    `name` is `rpm`, `tpm`, `rpm:<pattern>` or `tpm:<pattern>` (a `model_limits` entry); the counter must stay
+    `<= limit` after adding `amount` (for `rpm` the amount is 1).
     """
 
     name: str
