@@ -481,8 +481,8 @@ class BudgetCharge(FrozenRecord):
 class RateCharge(FrozenRecord):
     """Count against one rate limit for the window `window` (epoch minute).
 
-    `name` is `rpm`, `tpm`, `rpm:<model>` or `tpm:<model>`; the counter must stay `<= limit` after
-    adding `amount` (for `rpm` the amount is 1).
+    `name` is `rpm`, `tpm`, `rpm:<pattern>` or `tpm:<pattern>` (a `model_limits` entry); the counter must stay
+    `<= limit` after adding `amount` (for `rpm` the amount is 1).
     """
 
     name: str
@@ -660,7 +660,9 @@ class Settlement(FrozenRecord):
     Idempotent: settling the same `reservation_id` twice changes nothing the second time.
     `budgets` carries the same (key, period) pairs as the admission with `amount_usd` now the
     actual cost; `reserved_usd` is what the admission reserved on each. `rates` adds the token
-    difference (actual minus estimated) to the `tpm` counters of the admission's window.
+    difference (actual minus estimated) to the `tpm` counters of the admission's window, each naming
+    the key whose counter it is (`key_id`), line item or not: a request that reached no provider has
+    none, and gives back all it reserved.
     """
 
     reservation_id: str

@@ -379,11 +379,13 @@ class MeteredStore(Store):
 
     async def settle(self, settlement: Settlement) -> None:
         item = settlement.item
-        # Tokens are corrected on the counters the admission counted them on (a line item names the own key),
-        # and only in the current window: a rolled-over window has nothing left to correct.
+        # Tokens are corrected on the counters the admission counted them on (each correction names its key; an
+        # older spooled one names only an ancestor's, the line item the own key's), line item or not (a request
+        # that reached no provider gives back all it reserved), and only in the current window: a rolled-over
+        # window has nothing left to correct.
         owner = item.key_id if item is not None else ""
         window = int(self.clock() // 60)
-        tokens = [r for r in settlement.rates if r.window == window and r.amount] if item is not None else []
+        tokens = [r for r in settlement.rates if r.window == window and r.amount and rate_owner(r, owner)]
         owners = [rate_owner(r, owner) for r in tokens]
         key_ids = list(dict.fromkeys([*(b.key_id for b in settlement.budgets), *owners]))
         released: set[str] = set()

@@ -234,7 +234,8 @@ class Slices:
                 counter = (rate_owner(rate, held.key_id), rate.name)
                 rate_slice = held.rates.get(counter)
                 current = self.rates.get(counter)
-                absorbed = settlement.item is not None  # (without a line item the file never adjusts tokens)
+                # (a correction that names no key, spooled by an older gateway, has only the line item to name it)
+                absorbed = rate.key_id is not None or settlement.item is not None
                 if absorbed and rate_slice is current and rate_slice is not None and rate_slice.window == rate.window:
                     rate_slice.avail -= rate.amount  # more tokens than estimated take from the slice, fewer add
                 else:

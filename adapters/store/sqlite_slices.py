@@ -421,12 +421,13 @@ class SliceCache(MeteredStore):
         item = settlement.item
         if not self._mark_settled(db, settlement, line):
             return
-        if item is not None:
-            for i in rates:
-                rate = settlement.rates[i]
+        owner = item.key_id if item is not None else ""
+        for i in rates:
+            rate = settlement.rates[i]
+            if rate_owner(rate, owner):
                 db.execute(
                     "UPDATE rates SET count = max(0, count + ?) WHERE key_id = ? AND name = ? AND window = ?",
-                    (rate.amount, rate_owner(rate, item.key_id), rate.name, rate.window),
+                    (rate.amount, rate_owner(rate, owner), rate.name, rate.window),
                 )
         # The spend leaves each slice row with the rest of the batch's (last: nothing after this can fail and
         # leave it counted).

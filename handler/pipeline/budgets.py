@@ -61,12 +61,11 @@ def period_of(kind: str, now: float) -> str:
     return "total"
 
 
-def model_limits(key: KeyRecord, model: str) -> dict[str, int]:
-    """The per-model limits of `key` that apply to `model` (first matching glob wins)."""
-    for pattern, limits in key.model_limits.items():
-        if model_allowed([pattern], model):
-            return limits
-    return {}
+def model_limits(key: KeyRecord, model: str) -> list[tuple[str, dict[str, int]]]:
+    """The per-model limits of `key` that apply to `model`, as (pattern, limits): every entry whose pattern matches
+    it binds, whatever its place (as minting a child assumes), each on a counter of its own that every model the
+    pattern matches shares (`gpt-*` at 10 rpm: ten requests a minute to all gpt models together)."""
+    return [(pattern, limits) for pattern, limits in key.model_limits.items() if model_allowed([pattern], model)]
 
 
 class Reservation:
@@ -163,14 +162,18 @@ class Meter:
         reservation.headers = self._rate_headers(rates, snapshot, window)
         return reservation
 
-    async def admit_fallback(self, lineage: list[KeyRecord], model: str, tokens: int, request_id: str) -> None:
+    async def admit_fallback(
+        self, lineage: list[KeyRecord], model: str, tokens: int, request_id: str, counted: list[str]
+    ) -> None:
         """Count a request on a fallback `model`'s own limits along the key's chain (`tokens`: its worst case,
         which the request's settlement does not adjust) before its first attempt: the request was admitted on
-        the model it named, and a fallback must not escape a per-model limit. Raises the 429 when one is spent."""
+        the model it named, and a fallback must not escape a per-model limit. A pattern that also matches a model
+        in `counted` (the one it named, the fallbacks counted before) has counted it already. Raises the 429 when
+        one is spent."""
         key = lineage[0]
         now = self.clock()
         window = int(now // 60)
-        rates = [rate for holder in lineage for rate in self._rates(holder, key, model, window, tokens, True)]
+        rates = [rate for holder in lineage for rate in self._rates(holder, key, model, window, tokens, counted)]
         if rates:
             admission = Admission(request_id, key.id, [], rates, now + self.reservation_ttl, key.home_region)
             await self._admit(admission, key, 0.0, window)
@@ -245,21 +248,24 @@ class Meter:
 
     @staticmethod
     def _rates(
-        holder: KeyRecord, key: KeyRecord, model: str, window: int, tokens: int, model_only: bool = False
+        holder: KeyRecord, key: KeyRecord, model: str, window: int, tokens: int, counted: list[str] | None = None
     ) -> list[RateCharge]:
-        """The rate charges of `holder`'s limits (`model_only`: its limits on `model` alone): `key` itself, or
-        one of its ancestors, whose counters every descendant shares (`RateCharge.key_id`)."""
+        """The rate charges of `holder`'s limits (`counted`: the models the request was counted on already; then
+        only its limits on `model` that none of them matched): `key` itself, or one of its ancestors, whose
+        counters every descendant shares (`RateCharge.key_id`)."""
         owner, home = (None, None) if holder is key else (holder.id, holder.home_region)
         rates = []
-        if holder.rpm and not model_only:
+        if holder.rpm and counted is None:
             rates.append(RateCharge("rpm", window, holder.rpm, 1, owner, home))
-        if holder.tpm and not model_only:
+        if holder.tpm and counted is None:
             rates.append(RateCharge("tpm", window, holder.tpm, tokens, owner, home))
-        per_model = model_limits(holder, model)
-        if per_model.get("rpm"):
-            rates.append(RateCharge(f"rpm:{model}", window, per_model["rpm"], 1, owner, home))
-        if per_model.get("tpm"):
-            rates.append(RateCharge(f"tpm:{model}", window, per_model["tpm"], tokens, owner, home))
+        for pattern, limits in model_limits(holder, model) if holder.model_limits else ():
+            if counted and any(model_allowed([pattern], other) for other in counted):
+                continue
+            if limits.get("rpm"):
+                rates.append(RateCharge(f"rpm:{pattern}", window, limits["rpm"], 1, owner, home))
+            if limits.get("tpm"):
+                rates.append(RateCharge(f"tpm:{pattern}", window, limits["tpm"], tokens, owner, home))
         return rates
 
     def _rate_headers(self, rates: list[RateCharge], snapshot: MeterSnapshot | None, window: int) -> dict[str, str]:
@@ -269,7 +275,7 @@ class Meter:
         for kind, label in (("rpm", "requests"), ("tpm", "tokens")):
             tightest: tuple[int, int] | None = None  # (remaining, limit)
             for charge in rates:
-                if charge.name[:3] != kind:  # "rpm", "tpm", "rpm:<model>", "tpm:<model>"
+                if charge.name[:3] != kind:  # "rpm", "tpm", "rpm:<pattern>", "tpm:<pattern>"
                     continue
                 used = snapshot.rates.get(charge.counter) if snapshot else None
                 if used is None and snapshot is not None:
@@ -305,8 +311,17 @@ class Meter:
             return Settlement(item.request_id if item else "", [], 0.0, [], item)
         # Built field by field: `dataclasses.replace` walks the fields by name, several times the cost here.
         budgets = [BudgetCharge(b.key_id, b.period, b.limit_usd, actual_usd, b.home_region) for b in admission.budgets]
+        # Each correction names the key whose counter it corrects (an ancestor's, or the admission's own key): a
+        # request that reached no provider has no line item to name it, and gives back all it reserved.
         rates = [
-            RateCharge(r.name, r.window, r.limit, tokens - r.amount, r.key_id, r.home_region)
+            RateCharge(
+                r.name,
+                r.window,
+                r.limit,
+                tokens - r.amount,
+                r.key_id or admission.key_id,
+                r.home_region if r.key_id else admission.home_region,
+            )
             for r in admission.rates
             if r.name.startswith("tpm")
         ]

@@ -709,7 +709,8 @@ class Pipeline(Charges):
             reservation = ex.reservation
             tokens = reservation.prompt_tokens + reservation.output_tokens if reservation is not None else 0
             try:
-                await self.meter.admit_fallback(ex.lineage, model, tokens, f"{ex.request_id}@{model}")
+                counted = [ex.model, *(m for m, refused in ex.fallbacks.items() if refused is None)]
+                await self.meter.admit_fallback(ex.lineage, model, tokens, f"{ex.request_id}@{model}", counted)
                 ex.fallbacks[model] = None
             except RateLimitError as refused:
                 ex.fallbacks[model] = refused

@@ -442,6 +442,32 @@ def test_rate_limits_answer_429_with_headers(on_each_store: Running) -> None:
         )
 
 
+def test_a_request_that_reached_no_provider_gives_its_tokens_back(on_each_store: Running) -> None:
+    # Pinned to a provider that refuses connections, each 502 kept its 410-token worst case on the key's tpm for the
+    # rest of the minute (remaining 590, then 180), so the SDK's default retries of the 502 (x-should-retry: true)
+    # ended in the key's own 429 "rate limit tpm=1000 per minute reached", though no token was used.
+    running = on_each_store
+    fresh_minute()
+    key = running.mint(rpm=10, tpm=1000)
+    client = openai.OpenAI(
+        base_url=f"{running.url}/v1",
+        api_key=key,
+        max_retries=2,  # the SDK's default
+        default_headers={"x-gateway-provider": "dead", "x-gateway-fallbacks": "none"},
+    )
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(model="refused", messages=HI, max_tokens=400)  # type: ignore[arg-type]
+    assert raised.value.status_code == 502, raised.value.response.text
+    time.sleep(0.3)  # (settlements land in the background)
+    served = chat(running, key, max_tokens=400)
+    assert served.status_code == 200
+    # Only the served request holds tokens; each of the three attempts stays counted on rpm, as a request does once
+    # admitted.
+    assert int(served.headers["x-ratelimit-remaining-tokens"]) > 1000 - 2 * 410
+    assert served.headers["x-ratelimit-remaining-requests"] == "6"
+    assert len(running.ledger(key)) == 1
+
+
 def test_what_binds_a_child_from_its_chain_is_what_it_is_told(on_each_store: Running) -> None:
     """A child's answers and its `GET /v1/key` give what its chain leaves it. A child without limits of its
     own under a parent's rpm got no `x-ratelimit-*` headers on a 200, though the parent's limit bound it; a

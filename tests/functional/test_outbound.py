@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from handler.config import Config
-from tests.functional.conftest import Running, anthropic_client, openai_client, serve_gateway
+from tests.functional.conftest import Running, anthropic_client, fresh_minute, openai_client, serve_gateway
 from tests.support.servers import ServerThread, SocketServer
 
 SERVE_PROTOCOL = "handler.entry.server:BoundedHttpToolsProtocol"  # what `gateway serve` runs (handler/entry/cli.py)
@@ -309,6 +309,7 @@ def reset(conn: socket.socket) -> None:
 DROPPING_PRICE = {"input": 1.0, "output": 2.0}
 CASES = [f"{api}-{way}" for api in ("chat", "responses", "messages") for way in ("whole", "stream")]
 DROPPING_CAP = 1000  # output tokens each request allows: its worst case is 1000 x $2/M at least
+TPM = 100_000  # a key's tokens a minute, where one request's worst case is about DROPPING_CAP
 
 
 @pytest.fixture(scope="module")
@@ -378,7 +379,8 @@ def test_an_upstream_that_hangs_up_on_the_whole_request_is_charged_as_a_stall(
     """It took the whole request and closed the connection unanswered: the provider may be running it and billing
     it, so it is `upstream_disconnected`, charged its worst case on a ledger line and not for the client to retry at
     once; it was `connect_error`, free, with no line, `x-should-retry: true`."""
-    key = dropping.mint(name="hung-up")
+    fresh_minute()
+    key = dropping.mint(name="hung-up", tpm=TPM)
     case = f"{api}-{'stream' if stream else 'whole'}"
     alone = call_through_sdk(dropping, key, api, f"{kind}-hangs-up-{case}", stream)
     assert alone.status_code == 502, alone.text
@@ -387,6 +389,9 @@ def test_an_upstream_that_hangs_up_on_the_whole_request_is_charged_as_a_stall(
     (line,) = dropping.ledger(key)
     assert (line.status, line.cost_source) == (502, "reserved")
     assert line.cost_usd >= DROPPING_CAP * DROPPING_PRICE["output"] / 1e6
+    # Its worst case stays on the key's tokens a minute, as it stays charged.
+    again = call_through_sdk(dropping, key, api, f"{kind}-hangs-up-{case}", stream)
+    assert int(again.headers["x-ratelimit-remaining-tokens"]) <= TPM - 2 * DROPPING_CAP
     key = dropping.mint(name="hung-up-then-ok")
     fell_over = call_through_sdk(dropping, key, api, f"{kind}-hangs-up-{case}-then-ok", stream)
     assert fell_over.status_code == 200, fell_over.text
@@ -400,12 +405,17 @@ def test_an_upstream_that_hangs_up_on_the_whole_request_is_charged_as_a_stall(
 def test_an_upstream_that_resets_the_connection_unread_is_free(dropping: Running, api: str, kind: str) -> None:
     """A reset before the request was read: nothing reached the provider, so nothing is charged and the client may
     retry at once."""
-    key = dropping.mint(name="reset")
+    fresh_minute()
+    key = dropping.mint(name="reset", tpm=TPM)
     case = f"{api}-whole"
     alone = call_through_sdk(dropping, key, api, f"{kind}-resets-{case}", False)
     assert alone.status_code == 502, alone.text
     assert alone.headers["x-gateway-route"] == f"{kind}-resets/{case}@global=connect_error"
     assert alone.headers["x-should-retry"] == "true"
+    # Nor on the key's tokens a minute: the retry finds all its reserved tokens given back.
+    time.sleep(0.3)  # (settlements land in the background)
+    again = call_through_sdk(dropping, key, api, f"{kind}-resets-{case}", False)
+    assert int(again.headers["x-ratelimit-remaining-tokens"]) > TPM - 2 * DROPPING_CAP
     key = dropping.mint(name="reset-then-ok")
     fell_over = call_through_sdk(dropping, key, api, f"{kind}-resets-{case}-then-ok", False)
     assert fell_over.headers["x-gateway-route"].startswith(f"{kind}-resets/{case}@global=connect_error, ")

@@ -277,6 +277,38 @@ def test_a_fallback_is_held_to_its_own_per_model_limits_along_the_chain(gw: Runn
     assert chat(gw, other, "claude-test").status_code == 429  # its minute's one request went to the fallback
 
 
+def test_every_matching_model_limit_binds_whatever_its_place(gw: Running) -> None:
+    """The first matching pattern alone bound: `{"gpt-test": rpm 1, "*": rpm 5}` gave 200, 429, 429, 429 on
+    gpt-test, the same in the other order four 200s; and a child of a parent with the second order had 4 of 4,
+    though minting it a gpt-test limit of 3 was refused as above the parent's 1 (found by review)."""
+    fresh_minute()
+    for limits in ({"gpt-test": {"rpm": 1}, "*": {"rpm": 5}}, {"*": {"rpm": 5}, "gpt-test": {"rpm": 1}}):
+        key = gw.mint(model_limits=limits)
+        assert [chat(gw, key).status_code for _ in range(3)] == [200, 429, 429], limits
+    parent = gw.mint(model_limits={"*": {"rpm": 5}, "gpt-test": {"rpm": 1}})
+    refused = post(gw, "/v1/keys", parent, {"name": "w", "model_limits": {"gpt-test": {"rpm": 3}}})
+    assert refused.status_code == 400, refused.text
+    below = child(gw, parent)
+    assert [chat(gw, below).status_code for _ in range(3)] == [200, 429, 429]
+
+
+def test_a_patterns_limit_counts_every_model_it_matches_together(gw: Running) -> None:
+    """`{"*": rpm 2}` counted per model: 2 on each of three models, 6 a minute (found by review); a pattern is one
+    count for all the models it matches, and a request that falls back within it counts on it once."""
+    fresh_minute()
+    key = gw.mint(model_limits={"*": {"rpm": 2}})
+    assert [chat(gw, key, model).status_code for model in ("gpt-test", "claude-test", "claude-test")] == [
+        200,
+        200,
+        429,
+    ]
+    other = gw.mint(model_limits={"*": {"rpm": 2}})
+    served = chat(gw, other, "broken-test", **{"x-gateway-fallbacks": "claude-test"})
+    assert served.status_code == 200 and served.headers["x-gateway-route"].endswith("=200"), served.text
+    assert served.headers["x-ratelimit-remaining-requests"] == "1"
+    assert [chat(gw, other).status_code for _ in range(2)] == [200, 429]
+
+
 def test_a_chain_of_keys_is_as_deep_as_a_store_transaction_allows(gw: Running) -> None:
     """Every key of a chain is admitted and settled in one store transaction (DynamoDB: at most 100 items):
     `gateway.key_minting.max_depth` (32 keys) bounds a chain, so none is admitted whose settlement could not

@@ -450,17 +450,22 @@ async def test_the_sweeper_outlives_a_failed_round_and_not_its_store(store: SQLi
     assert store._sweeper is None or store._sweeper.done()
 
 
-async def test_a_settlement_without_a_line_item_leaves_token_counts_alone(store: SQLiteStore) -> None:
-    """As the file does, with or without a slice: without a line item there are no actual tokens to count."""
+async def test_a_settlement_without_a_line_item_gives_back_the_tokens_of_the_key_it_names(store: SQLiteStore) -> None:
+    """As the file does, with or without a slice: a request that reached no provider settles with no line item and
+    gives back all it reserved on the counter its correction names (a correction naming no key, as an older gateway
+    spooled it, has no key to correct and leaves the count alone)."""
     key = uuid.uuid4().hex[:12]
     window = this_minute()
     admitted = [Admission(uuid.uuid4().hex, key, [], [RateCharge("tpm", window, 10_000, 100)], time.time() + 60)]
     admitted.append(Admission(uuid.uuid4().hex, key, [], [RateCharge("tpm", window, 10_000, 100)], time.time() + 60))
     for adm in admitted:
         await store.admit(adm)
-    adjust = [RateCharge("tpm", window, 10_000, -100)]
-    await store.settle(Settlement(admitted[1].reservation_id, [], 0.0, adjust, None))
+    unnamed = [RateCharge("tpm", window, 10_000, -100)]
+    await store.settle(Settlement(admitted[0].reservation_id, [], 0.0, unnamed, None))
     assert (await store.meter(key, PERIOD)).rates == {"tpm": 200}
+    named = [RateCharge("tpm", window, 10_000, -100, key)]
+    await store.settle(Settlement(admitted[1].reservation_id, [], 0.0, named, None))
+    assert (await store.meter(key, PERIOD)).rates == {"tpm": 100}
 
 
 async def test_children_in_two_processes_share_their_parents_rate_slices(path: str, quick: None) -> None:
