@@ -360,10 +360,14 @@ class BudgetRefused(Exception):
 
 class RateRefused(Exception):
     """Admission refused: a rate-limit counter is full for this window; or, with `requested`, the request alone
-    needs more than the limit (no window will ever admit it)."""
+    needs more than the limit (no window will ever admit it). `key_id` is the key whose limit it is: the
+    admission's own, or the ancestor whose counter its descendants share."""
 
-    def __init__(self, limit_name: str, limit: int, retry_after: float, requested: int | None = None) -> None:
+    def __init__(
+        self, limit_name: str, limit: int, retry_after: float, requested: int | None = None, *, key_id: str
+    ) -> None:
         super().__init__(limit_name)
+        self.key_id = key_id
         self.limit_name = limit_name
         self.limit = limit
         self.retry_after = retry_after

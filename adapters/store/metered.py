@@ -259,7 +259,13 @@ class MeteredStore(Store):
     async def admit(self, admission: Admission) -> MeterSnapshot:
         for rate in admission.rates:
             if rate.amount > rate.limit:
-                raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - self.clock(), rate.amount)
+                raise RateRefused(
+                    rate.name,
+                    rate.limit,
+                    (rate.window + 1) * 60 - self.clock(),
+                    rate.amount,
+                    key_id=rate_owner(rate, admission.key_id),
+                )
         cached = self._cached(admission)
         if cached is not None:
             return cached
@@ -327,11 +333,11 @@ class MeteredStore(Store):
             if how == SAME:
                 restart.discard((key_id, rate.name))  # another request started this window first: add to it
                 if count + rate.amount > rate.limit:
-                    raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - self.clock())
+                    raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - self.clock(), key_id=key_id)
             elif how == ROLLED:
                 restart.add((key_id, rate.name))
             else:
-                raise RateRefused(rate.name, rate.limit, (window - rate.window + 1) * 60)
+                raise RateRefused(rate.name, rate.limit, (window - rate.window + 1) * 60, key_id=key_id)
 
     def _check_budget(self, charge: BudgetCharge, old: Counters) -> None:
         """Raise `BudgetRefused` if `charge` does not fit the counter as it was."""

@@ -15,6 +15,7 @@ does one still unwritten when a Lambda invocation's time is nearly up (`SETTLE_B
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
@@ -228,18 +229,19 @@ class Meter:
                 f"{whose} budget cannot cover this request's worst case of ${amount:.6f}{remaining}"
             ) from None
         except RateRefused as refused:
-            wait = max(1, int(refused.retry_after + 0.999))
+            wait = max(1, math.ceil(refused.retry_after))
+            whose = "this key's" if refused.key_id == key.id else "a parent key's"
             if refused.requested is not None:  # as OpenAI answers it: a 429 that says not to retry
                 raise RateLimitError(
-                    f"request too large for the {refused.limit_name} limit of {refused.limit} tokens per minute: "
+                    f"request too large for {whose} {refused.limit_name} limit of {refused.limit} tokens per minute: "
                     f"it needs about {refused.requested} (the prompt and the output it may produce); lower "
                     "max_tokens or shorten the prompt, no minute will admit it as it is",
                     retry=False,  # (`retry-after` stays, as on every 429; the SDKs read x-should-retry first)
-                    headers={"retry-after": str(wait), **self._refusal_headers(admission.rates, refused, window)},
+                    headers={"retry-after": str(wait), **self._refusal_headers(admission.rates, refused, wait)},
                 ) from None
             raise RateLimitError(
-                f"rate limit {refused.limit_name}={refused.limit} per minute reached; retry in {wait}s",
-                headers={"retry-after": str(wait), **self._refusal_headers(admission.rates, refused, window)},
+                f"{whose} rate limit {refused.limit_name}={refused.limit} per minute reached; retry in {wait}s",
+                headers={"retry-after": str(wait), **self._refusal_headers(admission.rates, refused, wait)},
             ) from None
         except StoreError as exc:
             raise ServiceUnavailableError(
@@ -270,7 +272,12 @@ class Meter:
 
     def _rate_headers(self, rates: list[RateCharge], snapshot: MeterSnapshot | None, window: int) -> dict[str, str]:
         """OpenAI's `x-ratelimit-*` headers, for the tightest limit of each kind (requests, tokens)."""
-        reset = f"{max(1, int((window + 1) * 60 - self.clock()))}s"
+        return self._limit_headers(rates, snapshot, max(1, math.ceil((window + 1) * 60 - self.clock())))
+
+    @staticmethod
+    def _limit_headers(rates: list[RateCharge], snapshot: MeterSnapshot | None, reset_s: int) -> dict[str, str]:
+        """As `_rate_headers`, the counters resetting in `reset_s` seconds (rounded up, as `retry-after` is)."""
+        reset = f"{reset_s}s"
         headers: dict[str, str] = {}
         for kind, label in (("rpm", "requests"), ("tpm", "tokens")):
             tightest: tuple[int, int] | None = None  # (remaining, limit)
@@ -289,11 +296,12 @@ class Meter:
                 headers[f"x-ratelimit-reset-{label}"] = reset
         return headers
 
-    def _refusal_headers(self, rates: list[RateCharge], refused: RateRefused, window: int) -> dict[str, str]:
+    def _refusal_headers(self, rates: list[RateCharge], refused: RateRefused, wait: int) -> dict[str, str]:
         """A 429's `x-ratelimit-*` headers: the refused limit with nothing remaining (unless the request alone was
         too large: the window's count is not known then), the other kind's limit without a remaining count,
-        which a refusal does not read (it used to be the limit less this request, as if nothing had been used)."""
-        headers = self._rate_headers(rates, None, window)
+        which a refusal does not read (it used to be the limit less this request, as if nothing had been used).
+        They reset in `wait` seconds, the 429's `retry-after` (both rounded up from one reading of the clock)."""
+        headers = self._limit_headers(rates, None, wait)
         refused_label = "requests" if refused.limit_name[:3] == "rpm" else "tokens"
         for label in ("requests", "tokens"):
             if label == refused_label and refused.requested is None:

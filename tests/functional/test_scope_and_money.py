@@ -206,12 +206,20 @@ def test_children_share_their_parents_rate_limits(gw: Running) -> None:
     refused = chat(gw, first)
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert int(refused.headers["retry-after"]) >= 1
+    # The limit that bound is the parent's (the child has none), and said so, as a parent's budget's 402 does;
+    # its reset is the retry-after (it was a second less: one rounded down, the other up)
+    assert refused.json()["error"]["message"].startswith("a parent key's rate limit rpm=2 per minute reached")
+    assert refused.headers["x-ratelimit-reset-requests"] == f"{refused.headers['retry-after']}s"
+    own = gw.mint(rpm=1)
+    assert chat(gw, own).status_code == 200
+    also_refused = chat(gw, own)
+    assert also_refused.json()["error"]["message"].startswith("this key's rate limit rpm=1 per minute reached")
     tokens = key_id_of(gw.mint(tpm=60))  # "Hi" is reserved at about 4,100 tokens: more than the parent's tpm
     too_large = chat(gw, gw.mint(parent_id=tokens, ancestors=[tokens]))
     assert too_large.status_code == 429 and too_large.json()["error"]["code"] == "rate_limit_exceeded"
     # No minute will ever admit it: said so, and the official SDKs told not to retry (x-should-retry, which they
     # read before retry-after; every 429 carries retry-after)
-    assert "request too large" in too_large.json()["error"]["message"]
+    assert "request too large for a parent key's tpm limit" in too_large.json()["error"]["message"]
     assert too_large.headers["x-should-retry"] == "false" and int(too_large.headers["retry-after"]) >= 1
     too_fast = post(gw, "/v1/keys", parent, {"name": "x", "rpm": 5})
     assert too_fast.status_code == 400 and too_fast.json()["error"]["param"] == "rpm"
