@@ -159,7 +159,8 @@ class MessagesRoutes:
 
     async def count_tokens(self, request: Request) -> Response:
         """The provider's own count where it has one (Anthropic, Gemini), else an estimate marked as one
-        (`x-gateway-estimate: true`, and `"estimate": true` in the body). Not metered: counting is free."""
+        (`x-gateway-estimate: true`, and `"estimate": true` in the body). Free, so no budget or tokens a minute;
+        a count a provider makes is held to the key's requests a minute (see `Pipeline.count_tokens`)."""
         api = self.api
         key = await api.authenticate(request, allow_x_api_key=True)
         data = await api.parse_json(request)

@@ -222,13 +222,16 @@ class Pipeline(Charges):
 
     async def count_tokens(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> int | None:
         """The prompt's input tokens as the serving deployment's provider counts them, or None where it has
-        no count (the route then estimates). Free at the providers, so not admitted; a count a provider gave
+        no count (the route then estimates). Free at the providers, so no budget or tokens a minute; but the
+        provider limits its counting per organisation, on the operator's key, so a count it is asked for is
+        held to the requests a minute of the key's chain (a 429 when they are spent). A count a provider gave
         still leaves its ledger line, at no cost."""
         plan = self._plan(ex, req.model, shed=False)  # (breakers open: the route's estimate serves)
         kind = plan[0].target.provider_type
         counting = [a for a in plan if a.target.provider_type == kind and a.adapter.counts_tokens(a.target)]
         if not counting:
             return None
+        await self.meter.admit_count(ex.lineage, ex.model, ex.request_id)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> int:
             return attempt.adapter.count_tokens_response(await response.read())

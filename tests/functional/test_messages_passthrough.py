@@ -26,7 +26,7 @@ from tests.fakes import bedrock as fake_bedrock
 from tests.fakes import gemini as fake_gemini
 from tests.fakes import openai as fake_openai
 from tests.functional.agents_gateway import CLAUDE, CLAUDE_PRICE, agents_gateway
-from tests.functional.conftest import Running, serving
+from tests.functional.conftest import Running, fresh_minute, serving
 from tests.support.servers import ServerThread
 
 BETAS = ["interleaved-thinking-2025-05-14", "context-management-2025-06-27"]
@@ -912,6 +912,31 @@ def test_count_tokens_is_not_charged(agents: Running) -> None:
         time.sleep(0.05)
     [row] = usage["data"]
     assert row["requests"] == 1 and row["total_usd"] == 0
+
+
+def test_count_tokens_a_provider_makes_is_held_to_the_chains_rpm(agents: Running) -> None:
+    """Counting was never admitted, yet it calls the provider on the operator's key, and Anthropic limits its
+    counting per organisation: a key with its rpm spent had 20 of 20 counts answered and sent upstream. A count
+    a provider makes now takes a request of the chain's rpm (a parent's here; no budget, no tpm); one the
+    gateway estimates itself calls no provider and is not held."""
+    parent = agents.mint(name="counted", rpm=2, budget_usd=0.000001)
+    parent_id = parent.split("_")[1]
+    key = agents.mint(name="counting", parent_id=parent_id, ancestors=[parent_id])
+    messages: Any = [{"role": "user", "content": "Hi"}]
+    fresh_minute()
+    sent = len(agents.fakes["anthropic"].state.requests)
+    with anthropic.Anthropic(base_url=agents.url, api_key=key, max_retries=0) as sdk:
+        assert sdk.messages.count_tokens(model="claude", messages=messages).input_tokens > 0  # (budget: not drawn)
+        assert sdk.messages.count_tokens(model="claude", messages=messages).input_tokens > 0
+        with pytest.raises(anthropic.RateLimitError) as refused:
+            sdk.messages.count_tokens(model="claude", messages=messages)
+        estimated = sdk.messages.with_raw_response.count_tokens(model="gpt", messages=messages)
+    assert len(agents.fakes["anthropic"].state.requests) == sent + 2
+    body = refused.value.response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
+    assert body["error"]["message"].startswith("a parent key's rate limit rpm=2 per minute reached")
+    assert int(refused.value.response.headers["retry-after"]) >= 1
+    assert estimated.headers["x-gateway-estimate"] == "true"
 
 
 def test_count_tokens_keeps_to_the_keys_models(agents: Running) -> None:
