@@ -21,16 +21,18 @@ it (with the store package's, 3.2 million instructions of a Lambda's cold start 
 from __future__ import annotations
 
 import base64
-import sqlite3
 import time
 import uuid
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from adapters.store.expressions import num, read_num, text
 from handler.ports import StoredResponse, StoreError
+
+if TYPE_CHECKING:
+    import sqlite3
 
 RESPONSES_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, expires_at REAL NOT NULL, data BLOB NOT NULL) "
@@ -86,6 +88,8 @@ class SQLiteResponses:
         return self.db
 
     async def put_response(self, stored: StoredResponse) -> None:
+        import sqlite3  # (the embedded store's: a DynamoDB store's start-up never imports it)
+
         try:
             db = self._responses()
             db.execute("DELETE FROM responses WHERE expires_at < ?", (time.time(),))
@@ -97,6 +101,8 @@ class SQLiteResponses:
             raise StoreError(f"SQLite store cannot keep the response: {exc}") from exc
 
     async def get_response(self, response_id: str) -> StoredResponse | None:
+        import sqlite3  # (the embedded store's: a DynamoDB store's start-up never imports it)
+
         try:
             row = (
                 self._responses()
@@ -108,6 +114,8 @@ class SQLiteResponses:
         return unpack(row[0]) if row else None
 
     async def delete_response(self, response_id: str) -> bool:
+        import sqlite3  # (the embedded store's: a DynamoDB store's start-up never imports it)
+
         try:
             cursor = self._responses().execute(
                 "DELETE FROM responses WHERE id = ? AND expires_at >= ?", (response_id, time.time())

@@ -21,13 +21,15 @@ it (with the store package's, 3.2 million instructions of a Lambda's cold start 
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.store.expressions import num, text
 from handler.ports import StoreError
+
+if TYPE_CHECKING:
+    import sqlite3
 
 SIGN_INS_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sign_ins (hash TEXT PRIMARY KEY, key_id TEXT NOT NULL, expires_at REAL NOT NULL) "
@@ -50,6 +52,8 @@ class SQLiteSignIns:
         return self.db
 
     async def put_sign_in(self, token_hash: str, key_id: str, expires_at: float) -> None:
+        import sqlite3  # (the embedded store's: a DynamoDB store's start-up never imports it)
+
         try:
             db = self._sign_ins()
             db.execute("DELETE FROM sign_ins WHERE expires_at < ?", (time.time(),))
@@ -60,6 +64,8 @@ class SQLiteSignIns:
             raise StoreError(f"SQLite store cannot keep the sign-in token: {exc}") from exc
 
     async def take_sign_in(self, token_hash: str) -> str | None:
+        import sqlite3  # (the embedded store's: a DynamoDB store's start-up never imports it)
+
         try:
             row = (
                 self._sign_ins()
