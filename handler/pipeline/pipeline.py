@@ -365,7 +365,7 @@ class Pipeline(Charges):
                 response = await self.gateway.upstream.send(built.request)
                 body = await response.read()
             if response.status >= 400:
-                raise attempt.adapter.error(response.status, body, response.headers)
+                raise error_answer(attempt.adapter.error, response.status, body, response.headers)
             return attempt.adapter.embeddings_response(body, part, attempt.target)
 
         outcomes = await asyncio.gather(*(one(part, built) for part, built in rest), return_exceptions=True)

@@ -469,6 +469,25 @@ def test_a_batch_that_fails_fails_the_request_and_the_batches_answered_are_charg
     assert line.cost_usd == pytest.approx(gemini_tokens(texts[:100]) * 0.15 / 1e6)
 
 
+def test_a_batch_whose_error_answer_cannot_be_read_fails_as_any_failed_batch(
+    faulty: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A later batch's error answer its adapter could not read escaped as it was: a 500 of the gateway's, where the
+    first batch's (and every other attempt's) is read by `wire.error_answer` as its status."""
+
+    def unreadable(*_: Any) -> Any:
+        raise ValueError("an error body the adapter cannot read")
+
+    monkeypatch.setattr(REGISTRY["gemini"], "error", unreadable)
+    texts = [f"text {i}" for i in range(150)]
+    texts[120] = gemini_fake.FAIL_EMBED
+    with pytest.raises(openai.APIStatusError) as failed:
+        client(faulty, faulty.mint(name="gemini-batch-unread")).embeddings.create(
+            model="gemini-embedding-001", input=texts
+        )
+    assert failed.value.status_code == 502 and failed.value.body["upstream_status"] == 500  # type: ignore[index]
+
+
 def test_audio_input_is_priced_at_its_own_rate(faulty: Running) -> None:
     """Gemini counts a prompt's audio apart (`promptTokensDetails`), and 2.5 Flash bills it at $1.00 a million
     against text's $0.30: it was charged as text. Stream and not, the ledger has the audio at its rate."""
