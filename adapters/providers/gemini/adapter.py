@@ -17,7 +17,7 @@ import struct
 import time
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -41,11 +41,8 @@ from handler.schemas import (
     AssistantMessage,
     AudioPart,
     ChatCompletion,
-    ChatCompletionChunk,
     ChatRequest,
     Choice,
-    ChunkChoice,
-    ChunkDelta,
     CompletionTokensDetails,
     ContentPart,
     Embedding,
@@ -55,15 +52,16 @@ from handler.schemas import (
     FilePart,
     FinishReason,
     FunctionCall,
-    FunctionCallDelta,
     ImagePart,
     Message,
     TextPart,
     ToolCall,
-    ToolCallDelta,
     Usage,
 )
-from handler.wire import StreamEvent, error_excerpt, json_body, malformed, named_wait, upstream_error
+from handler.wire import error_excerpt, json_body, malformed, named_wait, upstream_error
+
+if TYPE_CHECKING:
+    from adapters.providers.gemini.stream import GeminiStreamParser
 
 API_VERSION = "v1beta"
 MAX_STOP_SEQUENCES = 5  # Gemini rejects more than five stop sequences
@@ -663,13 +661,13 @@ def call_id(index: int) -> str:
     return f"call_{index}_{secrets.token_hex(8)}"
 
 
-def _parts(candidate: Mapping[str, Any]) -> list[dict[str, Any]]:
+def candidate_parts(candidate: Mapping[str, Any]) -> list[dict[str, Any]]:
     content = candidate.get("content")
     parts = content.get("parts") if isinstance(content, dict) else None
     return [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
 
 
-def _tool_call(part: Mapping[str, Any], index: int) -> ToolCall | None:
+def tool_call_of(part: Mapping[str, Any], index: int) -> ToolCall | None:
     call = part.get("functionCall")
     if not isinstance(call, dict):
         return None
@@ -681,13 +679,13 @@ def _tool_call(part: Mapping[str, Any], index: int) -> ToolCall | None:
     return ToolCall(id=identifier, function=FunctionCall(name=str(call["name"]), arguments=args))
 
 
-def _block_message(data: Mapping[str, Any]) -> str | None:
+def block_message(data: Mapping[str, Any]) -> str | None:
     feedback = data.get("promptFeedback")
     reason = feedback.get("blockReason") if isinstance(feedback, dict) else None
     return f"Gemini blocked the prompt ({reason})" if reason else None
 
 
-def _check_payload(data: Any) -> dict[str, Any]:
+def checked_payload(data: Any) -> dict[str, Any]:
     if isinstance(data, list) and len(data) == 1:
         data = data[0]
     if not isinstance(data, dict):
@@ -696,83 +694,6 @@ def _check_payload(data: Any) -> dict[str, Any]:
         code = data["error"].get("code") if isinstance(data["error"], dict) else None
         raise _error_from_data(code if isinstance(code, int) else 500, data, b"", {})
     return data
-
-
-class GeminiStreamParser:
-    """`streamGenerateContent?alt=sse` events, each a whole `GenerateContentResponse`, into chunks.
-
-    Gemini sends text in pieces but every function call whole, so a call becomes one complete tool-call
-    delta. Each event repeats the running `usageMetadata`; the last one is the bill.
-    """
-
-    def __init__(self, model: str) -> None:
-        self.usage: Usage | None = None
-        self._id = f"chatcmpl-{secrets.token_hex(12)}"
-        self._created = int(time.time())
-        self._model = model
-        self._started: set[int] = set()
-        self._calls: dict[int, int] = {}
-
-    def _chunk(self, index: int, delta: ChunkDelta, reason: FinishReason | None = None) -> ChatCompletionChunk:
-        choice = ChunkChoice(index=index, delta=delta, finish_reason=reason)
-        return ChatCompletionChunk(id=self._id, created=self._created, model=self._model, choices=[choice])
-
-    def _start(self, index: int) -> list[ChatCompletionChunk]:
-        if index in self._started:
-            return []
-        self._started.add(index)
-        return [self._chunk(index, ChunkDelta(role="assistant", content=""))]
-
-    def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
-        if not event.data.strip():
-            return []
-        data = _check_payload(json_body(event.data))
-        if not self._started and isinstance(data.get("responseId"), str):
-            self._id = f"chatcmpl-{data['responseId']}"
-        if isinstance(data.get("modelVersion"), str):
-            self._model = data["modelVersion"]
-        usage = usage_of(data.get("usageMetadata"))
-        if usage is not None:
-            self.usage = usage
-        chunks: list[ChatCompletionChunk] = []
-        candidates = [c for c in data.get("candidates") or () if isinstance(c, dict)]
-        blocked = _block_message(data)
-        if not candidates and blocked:
-            chunks += self._start(0)
-            chunks.append(self._chunk(0, ChunkDelta(refusal=blocked), "content_filter"))
-        for position, candidate in enumerate(candidates):
-            index = candidate.get("index", position)
-            chunks += self._start(index)
-            for part in _parts(candidate):
-                call = _tool_call(part, self._calls.get(index, 0))
-                if call is not None:
-                    n = self._calls.get(index, 0)
-                    self._calls[index] = n + 1
-                    delta = ToolCallDelta(
-                        index=n,
-                        id=call.id,
-                        type="function",
-                        function=FunctionCallDelta(name=call.function.name, arguments=call.function.arguments),
-                    )
-                    chunks.append(self._chunk(index, ChunkDelta(tool_calls=[delta])))
-                elif isinstance(part.get("text"), str) and part["text"]:
-                    if part.get("thought"):
-                        chunks.append(self._chunk(index, ChunkDelta(reasoning_content=part["text"])))
-                    else:
-                        chunks.append(self._chunk(index, ChunkDelta(content=part["text"])))
-            if candidate.get("finishReason"):
-                try:
-                    reason = finish_reason(candidate["finishReason"], bool(self._calls.get(index)))
-                except UpstreamError as unusable:
-                    unusable.billed = self.usage  # charged before a failover, as a whole answer's is
-                    raise
-                chunks.append(self._chunk(index, ChunkDelta(), reason))
-        return chunks
-
-    def finish(self) -> list[ChatCompletionChunk]:
-        if self.usage is None:
-            return []
-        return [ChatCompletionChunk(id=self._id, created=self._created, model=self._model, usage=self.usage)]
 
 
 # --- the adapter --------------------------------------------------------------------------------
@@ -841,9 +762,9 @@ class GeminiAdapter(ProviderAdapter):
         return BuiltRequest(UpstreamRequest("POST", url, self.headers(), orjson.dumps(body)), dropped)
 
     def chat_response(self, body: bytes, req: ChatRequest, target: Target) -> ChatCompletion:
-        data = _check_payload(json_body(body))
+        data = checked_payload(json_body(body))
         candidates = [c for c in data.get("candidates") or () if isinstance(c, dict)]
-        blocked = _block_message(data)
+        blocked = block_message(data)
         if not candidates and not blocked:
             raise malformed("upstream answered without candidates")
         choices: list[Choice] = []
@@ -851,8 +772,8 @@ class GeminiAdapter(ProviderAdapter):
             texts: list[str] = []
             thoughts: list[str] = []
             calls: list[ToolCall] = []
-            for part in _parts(candidate):
-                call = _tool_call(part, len(calls))
+            for part in candidate_parts(candidate):
+                call = tool_call_of(part, len(calls))
                 if call is not None:
                     calls.append(call)
                 elif isinstance(part.get("text"), str):
@@ -881,6 +802,8 @@ class GeminiAdapter(ProviderAdapter):
         )
 
     def stream_parser(self, req: ChatRequest, target: Target) -> GeminiStreamParser:
+        from adapters.providers.gemini.stream import GeminiStreamParser  # (a cold start needs none)
+
         return GeminiStreamParser(target.model)
 
     def counts_tokens(self, target: Target) -> bool:
@@ -895,7 +818,7 @@ class GeminiAdapter(ProviderAdapter):
         return BuiltRequest(UpstreamRequest("POST", self.url(target, "countTokens"), self.headers(), payload))
 
     def count_tokens_response(self, body: bytes) -> int:
-        data = _check_payload(json_body(body))
+        data = checked_payload(json_body(body))
         if not isinstance(data.get("totalTokens"), int):
             raise malformed("upstream answered countTokens without totalTokens")
         return int(data["totalTokens"])
@@ -921,7 +844,7 @@ class GeminiAdapter(ProviderAdapter):
         return BuiltRequest(request, dropped)
 
     def embeddings_response(self, body: bytes, req: EmbeddingsRequest, target: Target) -> EmbeddingsResponse:
-        data = _check_payload(json_body(body))
+        data = checked_payload(json_body(body))
         embeddings = data.get("embeddings")
         if not isinstance(embeddings, list):
             raise malformed("upstream answered embeddings without embeddings")

@@ -300,3 +300,34 @@ def test_a_cold_start_on_dynamodb_imports_no_sqlite(tmp_path: Path) -> None:
     probe = STORES.replace('"adapters.store.sqlite",', '"adapters.store.sqlite", "sqlite3",')
     imported = started(probe, tmp_path, GATEWAY_STORE=store, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y")
     assert "sqlite3" not in imported and "adapters.store.dynamodb" in imported
+
+
+# The stream parsers a cold start imports, with a Bedrock and a Gemini deployment configured.
+STREAM_PARSERS = """
+import json, sys
+import handler.entry.lambda_handler
+print(json.dumps(sorted(name for name in (
+    "adapters.providers.bedrock.adapter", "adapters.providers.bedrock.stream", "adapters.providers.anthropic.stream",
+    "adapters.providers.gemini.adapter", "adapters.providers.gemini.stream",
+) if name in sys.modules)))
+"""
+
+
+def test_a_cold_start_with_bedrock_and_gemini_deployments_imports_no_stream_parser(tmp_path: Path) -> None:
+    """The Bedrock and Gemini adapters' modules held their stream parsers (Bedrock's built on Anthropic's): a cold
+    start with their deployments imported them all, though a Lambda's buffered function answers whole."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "providers:\n  aws: {type: bedrock}\n  google: {type: gemini, api_key: env:LOCAL_KEY}\n"
+        "models:\n  claude: {deployments: [{provider: aws, model: anthropic.claude-3-haiku-20240307-v1:0,"
+        " region: us-east-1}]}\n  flash: {deployments: [{provider: google, model: gemini-2.5-flash}]}\n"
+    )
+    imported = started(
+        STREAM_PARSERS,
+        tmp_path,
+        GATEWAY_CONFIG=str(config),
+        LOCAL_KEY="k",
+        AWS_ACCESS_KEY_ID="x",
+        AWS_SECRET_ACCESS_KEY="y",
+    )
+    assert imported == ["adapters.providers.bedrock.adapter", "adapters.providers.gemini.adapter"]

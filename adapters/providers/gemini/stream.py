@@ -1,0 +1,104 @@
+"""Gemini's `streamGenerateContent?alt=sse` events as OpenAI chunks (`GeminiStreamParser`), imported with the first
+stream: a Lambda's buffered function answers whole."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from adapters.providers.gemini.adapter import (
+    block_message,
+    candidate_parts,
+    checked_payload,
+    finish_reason,
+    tool_call_of,
+    usage_of,
+)
+from handler.errors import UpstreamError
+from handler.schemas import (
+    ChatCompletionChunk,
+    ChunkChoice,
+    ChunkDelta,
+    FinishReason,
+    FunctionCallDelta,
+    ToolCallDelta,
+    Usage,
+)
+from handler.wire import StreamEvent, json_body
+
+
+class GeminiStreamParser:
+    """`streamGenerateContent?alt=sse` events, each a whole `GenerateContentResponse`, into chunks.
+
+    Gemini sends text in pieces but every function call whole, so a call becomes one complete tool-call
+    delta. Each event repeats the running `usageMetadata`; the last one is the bill.
+    """
+
+    def __init__(self, model: str) -> None:
+        self.usage: Usage | None = None
+        self._id = f"chatcmpl-{secrets.token_hex(12)}"
+        self._created = int(time.time())
+        self._model = model
+        self._started: set[int] = set()
+        self._calls: dict[int, int] = {}
+
+    def _chunk(self, index: int, delta: ChunkDelta, reason: FinishReason | None = None) -> ChatCompletionChunk:
+        choice = ChunkChoice(index=index, delta=delta, finish_reason=reason)
+        return ChatCompletionChunk(id=self._id, created=self._created, model=self._model, choices=[choice])
+
+    def _start(self, index: int) -> list[ChatCompletionChunk]:
+        if index in self._started:
+            return []
+        self._started.add(index)
+        return [self._chunk(index, ChunkDelta(role="assistant", content=""))]
+
+    def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
+        if not event.data.strip():
+            return []
+        data = checked_payload(json_body(event.data))
+        if not self._started and isinstance(data.get("responseId"), str):
+            self._id = f"chatcmpl-{data['responseId']}"
+        if isinstance(data.get("modelVersion"), str):
+            self._model = data["modelVersion"]
+        usage = usage_of(data.get("usageMetadata"))
+        if usage is not None:
+            self.usage = usage
+        chunks: list[ChatCompletionChunk] = []
+        candidates = [c for c in data.get("candidates") or () if isinstance(c, dict)]
+        blocked = block_message(data)
+        if not candidates and blocked:
+            chunks += self._start(0)
+            chunks.append(self._chunk(0, ChunkDelta(refusal=blocked), "content_filter"))
+        for position, candidate in enumerate(candidates):
+            index = candidate.get("index", position)
+            chunks += self._start(index)
+            for part in candidate_parts(candidate):
+                call = tool_call_of(part, self._calls.get(index, 0))
+                if call is not None:
+                    n = self._calls.get(index, 0)
+                    self._calls[index] = n + 1
+                    delta = ToolCallDelta(
+                        index=n,
+                        id=call.id,
+                        type="function",
+                        function=FunctionCallDelta(name=call.function.name, arguments=call.function.arguments),
+                    )
+                    chunks.append(self._chunk(index, ChunkDelta(tool_calls=[delta])))
+                elif isinstance(part.get("text"), str) and part["text"]:
+                    if part.get("thought"):
+                        chunks.append(self._chunk(index, ChunkDelta(reasoning_content=part["text"])))
+                    else:
+                        chunks.append(self._chunk(index, ChunkDelta(content=part["text"])))
+            if candidate.get("finishReason"):
+                try:
+                    reason = finish_reason(candidate["finishReason"], bool(self._calls.get(index)))
+                except UpstreamError as unusable:
+                    unusable.billed = self.usage  # charged before a failover, as a whole answer's is
+                    raise
+                chunks.append(self._chunk(index, ChunkDelta(), reason))
+        return chunks
+
+    def finish(self) -> list[ChatCompletionChunk]:
+        if self.usage is None:
+            return []
+        return [ChatCompletionChunk(id=self._id, created=self._created, model=self._model, usage=self.usage)]
