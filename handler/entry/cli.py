@@ -232,7 +232,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with listener:
         _warn_of_gateway_keys_as_provider_keys(config, os.environ)
         secret, has_admin = asyncio.run(_admin_key_at_start(_store(None)))
-        url = f"http://{args.host}:{args.port}"
+        url = f"http://[{args.host}]:{args.port}" if ":" in args.host else f"http://{args.host}:{args.port}"
         if not secret:
             sys.stdout.write(admin_key_notice(_store_url(None), has_admin))
         else:

@@ -11,6 +11,7 @@ import socket
 import time
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
@@ -157,6 +158,28 @@ def test_serve_says_it_listens_once_it_does(
     monkeypatch.setattr(cli, "_run_server", serving)
     assert main(["serve", "--port", str(port)]) == 0
     assert f"gateway listening on http://127.0.0.1:{port}" in str(seen["printed"]) and seen["connected"]
+
+
+def test_serve_on_an_ipv6_address_says_a_url_a_client_can_use(
+    serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--host ::` printed `http://:::PORT`, no URL, and the `OPENAI_BASE_URL` advice built from it."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    port = free_port()
+    seen: dict[str, object] = {}
+
+    def serving(config: object, listener: socket.socket) -> None:
+        seen["printed"] = capsys.readouterr().out
+        with socket.create_connection(("::1", port), timeout=2):
+            seen["connected"] = True
+
+    monkeypatch.setattr(cli, "_run_server", serving)
+    assert main(["serve", "--host", "::", "--port", str(port)]) == 0
+    printed = str(seen["printed"])
+    assert f"gateway listening on http://[::]:{port} " in printed and seen["connected"]
+    assert f"OPENAI_BASE_URL=http://[::]:{port}/v1 " in printed
+    httpx.URL(f"http://[::]:{port}/v1")  # (a URL a client parses)
 
 
 def test_serve_on_a_port_in_use_names_the_option_and_starts_nothing(
