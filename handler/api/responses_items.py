@@ -30,15 +30,19 @@ def item_kind(item: Mapping[str, Any]) -> str:
 
 def item_ids(items: Sequence[Mapping[str, Any]], response_id: str, known: Sequence[str] = ()) -> list[str]:
     """The ids of a conversation's items: `known` for the first ones (the turns it continues), then each item's
-    own, else one made from `response_id` and the item's position."""
+    own, else one made from `response_id` and the item's position. An id is one item's: an item whose own id an
+    earlier item has (a continuation that sent the previous turn's output again by value) gets a made one, so a
+    page's `after` names one place (paging by the first of two came back to it forever)."""
     token = response_id.removeprefix("resp_")
     ids = list(known[: len(items)])
+    taken = set(ids)
     for position in range(len(ids), len(items)):
         item = items[position]
         own = item.get("id")
-        ids.append(
-            own if isinstance(own, str) and own else f"{ID_PREFIX.get(item_kind(item), 'item')}_{token}_{position:03d}"
-        )
+        if not isinstance(own, str) or not own or own in taken:
+            own = f"{ID_PREFIX.get(item_kind(item), 'item')}_{token}_{position:03d}"
+        taken.add(own)
+        ids.append(own)
     return ids
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -101,6 +102,22 @@ def test_pages_follow_limit_order_and_after(running: Running, key: str) -> None:
     assert len(sdk.responses.input_items.list(made.id).data) == 20  # limit defaults to 20
     rest = sdk.responses.input_items.list(made.id, order="asc", after=ids[22])
     assert [item.id for item in rest.data] == ids[23:] and not rest.has_more
+
+
+def test_items_sent_again_by_value_page_to_the_end(running: Running, key: str) -> None:
+    """A continuation that sends the previous turn's output again by value, its ids with it, beside
+    `previous_response_id`: two items had one id, and the SDK's paging by `after` came back to the first forever."""
+    sdk = openai_client(running, key)
+    first = sdk.responses.create(model="gpt-4o-mini", input="hi")
+    again = [item.model_dump(exclude_none=True) for item in first.output]
+    second = sdk.responses.create(
+        model="gpt-4o-mini", previous_response_id=first.id, input=[*again, {"role": "user", "content": "again"}]
+    )
+    everything = [item.id for item in sdk.responses.input_items.list(second.id, order="asc")]
+    paged = [item.id for item in itertools.islice(sdk.responses.input_items.list(second.id, order="asc", limit=1), 20)]
+    assert len(everything) == 4 and len(set(everything)) == 4
+    assert paged == everything
+    assert everything[1] == first.output[0].id  # the first of the two keeps the id the client knows it by
 
 
 @pytest.mark.parametrize(
