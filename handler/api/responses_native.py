@@ -83,14 +83,20 @@ class Relay:
             self.kept[item["id"]] = sealed
         return sealed is not None
 
+    def opening(self, response: dict[str, Any]) -> None:
+        """A stream's response in progress (`response.created`, `response.in_progress`) as the client's: what the
+        gateway does with `store` and the id the client continued, as the terminal event says them (the provider's
+        said `store: false` and no `previous_response_id`: the body it was sent)."""
+        response["store"] = self.body.stored
+        response["previous_response_id"] = self.body.previous_response_id
+
     def finish(self, response: dict[str, Any]) -> dict[str, Any]:
         """The gateway's part of an answer: what it did with `store`, the id the client continued, the cost;
         the encrypted reasoning the client did not ask for taken out (`keep_reasoning`)."""
         if self.hides_reasoning and isinstance(response.get("output"), list):
             for item in response["output"]:
                 self.keep_reasoning(item)
-        response["store"] = self.body.stored
-        response["previous_response_id"] = self.body.previous_response_id
+        self.opening(response)
         cost = self.ex.cost
         response["cost"] = cost.as_event() if cost is not None else None
         return response
@@ -147,7 +153,8 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
                 response = payload.get("response")
                 if kind in LIFECYCLE_EVENTS and isinstance(response, dict):
                     progress.response = response
-                    out += sse_frame(event)
+                    relay.opening(response)
+                    out += sse_event(event.event or kind, payload)
                 elif kind in RESPONSES_TERMINAL and isinstance(response, dict):
                     terminal = (kind, payload, response)
                 elif kind in ITEM_EVENTS and relay.keep_reasoning(payload.get("item")):

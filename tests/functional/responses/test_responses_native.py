@@ -192,6 +192,17 @@ def test_the_stream_is_relayed_and_metered(fleet: Running, fleet_key: str) -> No
     assert openai_client(fleet, fleet_key).responses.retrieve(final.id).output_text == TEXT
 
 
+def test_a_relayed_stream_opens_with_the_store_and_previous_id_it_ends_with(fleet: Running, fleet_key: str) -> None:
+    """`response.created` and `response.in_progress` came as the provider sent them, for the body it was sent
+    (`store: false`, no `previous_response_id`), and `response.completed` said `store: true` and the id continued."""
+    sdk = openai_client(fleet, fleet_key)
+    first = sdk.responses.create(model="gpt", input="Hi")
+    with sdk.responses.stream(model="gpt", input="again", previous_response_id=first.id) as stream:
+        events = [event for event in stream if hasattr(event, "response")]
+    assert [event.type for event in events] == ["response.created", "response.in_progress", "response.completed"]
+    assert [(event.response.store, event.response.previous_response_id) for event in events] == [(True, first.id)] * 3
+
+
 def test_a_stream_cut_short_ends_with_response_failed(fleet: Running, fleet_key: str) -> None:
     """Through the OpenAI SDK's stream helper, the closing `response.failed` is the response the stream began (its
     id, model, creation time): it said `"id": null`, and the helper raised "Lifecycle response identity changed"."""
