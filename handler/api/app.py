@@ -827,9 +827,12 @@ def create_app(gateway: Gateway) -> GatewayApp:
         return error_response(request, error)
 
     async def on_store_error(request: Request, exc: Exception) -> Response:
-        # A store outage outside metering (key lookups, usage, admin): 503, not an "unhandled" 500.
+        # A store outage outside metering (key lookups, stored responses, usage, admin): 503, not an "unhandled" 500.
         logger.warning("store unavailable: %s", exc, extra={"path": redact_message(request.url.path)})
-        error = ServiceUnavailableError("the key store is unavailable; retry shortly", code="store_unavailable")
+        error = ServiceUnavailableError(
+            "the gateway's store (keys, budgets, stored responses) is unavailable; retry shortly",
+            code="store_unavailable",
+        )
         return error_response(request, error)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:

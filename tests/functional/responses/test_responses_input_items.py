@@ -22,7 +22,7 @@ from openai.types.responses import (
 
 from adapters.store import open_store
 from handler.pipeline.keys import split_key
-from handler.ports import StoredResponse
+from handler.ports import StoredResponse, StoreError
 from tests.fakes.openai import TEXT
 from tests.functional.conftest import Running, openai_client
 
@@ -186,3 +186,29 @@ def test_a_response_stored_before_item_ids_were_kept(running: Running, key: str)
     continued = sdk.responses.create(model="gpt-4o-mini", input="new", previous_response_id=response_id)
     later = [item.id for item in sdk.responses.input_items.list(continued.id, order="asc")]
     assert later[:3] == [*ids, "msg_old001"] and len(set(later)) == 4
+
+
+@pytest.mark.parametrize("call", ["GET", "input_items", "DELETE", "previous_response_id"])
+def test_a_store_down_on_a_stored_response_is_a_503_that_names_the_store(
+    fleet: Running, fleet_key: str, call: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of a stored response the store could not answer said "the key store is unavailable"."""
+    made = openai_client(fleet, fleet_key).responses.create(model="claude", input="hi")
+
+    async def down(response_id: str) -> StoredResponse | None:
+        raise StoreError("ProvisionedThroughputExceededException: throttled")
+
+    monkeypatch.setattr(fleet.gateway.store, "get_response", down)
+    url, auth = f"{fleet.url}/v1/responses", {"authorization": f"Bearer {fleet_key}"}
+    asked = {
+        "GET": lambda: httpx.get(f"{url}/{made.id}", headers=auth),
+        "input_items": lambda: httpx.get(f"{url}/{made.id}/input_items", headers=auth),
+        "DELETE": lambda: httpx.delete(f"{url}/{made.id}", headers=auth),
+        "previous_response_id": lambda: httpx.post(
+            url, headers=auth, json={"model": "claude", "input": "x", "previous_response_id": made.id}
+        ),
+    }[call]()
+    error = asked.json()["error"]
+    assert asked.status_code == 503 and asked.headers["retry-after"] and error["code"] == "store_unavailable"
+    assert "key store" not in error["message"] and "store" in error["message"]
+    assert "Provisioned" not in asked.text  # (the store's own words stay in the log)
