@@ -87,10 +87,13 @@ class StreamParser(Protocol):
     """Layer 2 of streaming: one provider's events into OpenAI chunks.
 
     `feed` raises `UpstreamError` for an in-stream error event. `finish` returns any chunks still held
-    (a final usage chunk with `choices=[]` among them). After `finish`, `usage` holds the totals.
+    (a final usage chunk with `choices=[]` among them). After `finish`, `usage` holds the totals, and `served`
+    what the usage so far says of how the answer was served (`Served`; None where its API says nothing of it, or
+    where, as OpenAI's service tier, its chunks carry it).
     """
 
     usage: Any
+    served: Served | None
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]: ...
 
@@ -257,6 +260,11 @@ class ProviderAdapter(ABC):
     @abstractmethod
     def chat_response(self, body: bytes, req: ChatRequest, target: Target) -> ChatCompletion:
         """Parse a successful (2xx) non-streaming answer."""
+
+    def chat_answer(self, body: bytes, req: ChatRequest, target: Target) -> tuple[ChatCompletion, Served | None]:
+        """`chat_response`, and what the answer says of how it was served (`Served`), read in the same parse; None
+        where its API says nothing of it, or where, as OpenAI's service tier, the completion carries it."""
+        return self.chat_response(body, req, target), None
 
     @abstractmethod
     def stream_parser(self, req: ChatRequest, target: Target) -> StreamParser:

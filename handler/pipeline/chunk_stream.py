@@ -42,6 +42,7 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         # A server that ignores `stream` answers with the whole completion: it is streamed from that (`_whole`).
         self.decoder = self.sniffer = WholeBodySniffer(self.decoder, response.max_body)
         self._whole_usage: Usage | None = None
+        self._whole_served: Served | None = None
         self._template: ChatCompletionChunk | None = None
         self._chars = 0
         self.schema = pipeline._enforced_schema(req, attempt, ex)
@@ -104,14 +105,14 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         as the chunks its stream would have brought; not one (an error or a page in a 200), the provider's
         malformed answer, as a stream that brought no event is."""
         try:
-            completion = self.attempt.adapter.chat_response(body, self.req, self.attempt.target)
+            completion, served = self.attempt.adapter.chat_answer(body, self.req, self.attempt.target)
         except UpstreamError as unusable:
             if unusable.billed is not None:
                 raise  # an answer the adapter read and could not use: its own error names why, with what it billed
             raise malformed(f"the provider's stream ended before its first event: {error_excerpt(body)}") from None
         except (GatewayError, *SHAPE_ERRORS):
             raise malformed(f"the provider's stream ended before its first event: {error_excerpt(body)}") from None
-        self._whole_usage = completion.usage
+        self._whole_usage, self._whole_served = completion.usage, served
         return schemas.completion_chunks(completion)
 
     def _reported(self) -> Usage | None:
@@ -124,7 +125,12 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         return self._chars
 
     def _served(self) -> Served | None:
-        """The service tier the stream's chunks say it ran at (OpenAI's, on every chunk: the first's is read)."""
+        """What the provider said of how it served the answer: in its usage, as its parser read it (Anthropic's
+        speed and geo, its advisor's tokens), else the service tier its chunks say it ran at (OpenAI's, on every
+        chunk: the first's is read)."""
+        served = self._whole_served if self.sniffer.whole is not None else self.parser.served
+        if served is not None:
+            return served
         template = self._template
         return tier_served(template.model_extra, self.ex.price_multiplier) if template is not None else None
 

@@ -73,6 +73,8 @@ if TYPE_CHECKING:
     from handler.schemas import EmbeddingsRequest, EmbeddingsResponse
 
 T = TypeVar("T")
+# A whole answer in the internal form, and what it says of how it was served (`ProviderAdapter.chat_answer`).
+Answered = tuple[ChatCompletion, Served | None]
 log = logging.getLogger("gateway")
 MAX_USER_CHARS = 256
 # The batches of one embeddings request in flight at once, where the API takes fewer inputs a call than the client
@@ -102,19 +104,19 @@ class Pipeline(Charges):
         plan = self._plan(ex, req.model)
         await self._admit(ex, plan, req)
 
-        async def accept(attempt: Attempt, response: UpstreamResponse) -> ChatCompletion:
+        async def accept(attempt: Attempt, response: UpstreamResponse) -> Answered:
             return await self._chat_answer(req, ex, attempt, response)
 
         def build(attempt: Attempt) -> BuiltRequest:
             return attempt.adapter.chat_request(req, attempt.target, stream=False)
 
         try:
-            completion = await self._deadline(ex, self._failover(ex, plan, build, accept))
+            completion, served = await self._deadline(ex, self._failover(ex, plan, build, accept))
         except BaseException as exc:
             await self._unanswered(ex, exc)
             raise
         usage, source = self._checked(completion.usage, ex, lambda: answer_chars(completion))
-        served = tier_served(completion.model_extra, ex.price_multiplier)
+        served = served or tier_served(completion.model_extra, ex.price_multiplier)
         await self._settle(ex, usage, 200, background=True, source=source, served=served)
         return completion
 
@@ -139,10 +141,12 @@ class Pipeline(Charges):
 
     async def _chat_answer(
         self, req: ChatRequest, ex: Exchange, attempt: Attempt, response: UpstreamResponse
-    ) -> ChatCompletion:
+    ) -> Answered:
+        """A whole answer in the internal form, and what it says of how it was served (`Served`, where the
+        adapter reads it from the provider's answer: `ProviderAdapter.chat_answer`)."""
         raw = await response.read()
         try:
-            completion = attempt.adapter.chat_response(raw, req, attempt.target)
+            completion, served = attempt.adapter.chat_answer(raw, req, attempt.target)
         except SHAPE_ERRORS as exc:
             raise misshapen("answer", exc) from exc
         except UpstreamError as unusable:
@@ -155,11 +159,11 @@ class Pipeline(Charges):
             except SchemaViolationError:
                 # The provider billed this answer even though it is thrown away: its cost goes on the request's
                 # line, whether a later attempt answers or none does (then a line of its own, as for an error).
-                self._waste(ex, attempt, completion.usage)
+                self._waste(ex, attempt, completion.usage, served)
                 ex.rejected += 1
                 ex.answered = (attempt, 200)
                 raise
-        return completion
+        return completion, served
 
     # --- native pass-through ------------------------------------------------------------------
 
@@ -169,7 +173,7 @@ class Pipeline(Charges):
         plan = self._plan(ex, req.model)
         await self._admit(ex, plan, req, call)
 
-        async def accept(attempt: Attempt, response: UpstreamResponse) -> NativeReply | ChatCompletion:
+        async def accept(attempt: Attempt, response: UpstreamResponse) -> NativeReply | Answered:
             if not attempt.adapter.speaks(call.api, attempt.target):
                 return await self._chat_answer(req, ex, attempt, response)
             raw = await response.read()
@@ -187,17 +191,18 @@ class Pipeline(Charges):
         except BaseException as exc:
             await self._unanswered(ex, exc)
             raise
-        served = None
         if isinstance(outcome, NativeReply):
             # The answer's generated part: a message's `content` (Messages), a response's `output` (Responses).
             generated = outcome.body.get("content", outcome.body.get("output"))
             usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(generated)))
             served = outcome.served or tier_served(outcome.body, ex.price_multiplier)
-        else:
-            usage, source = self._checked(outcome.usage, ex, lambda: answer_chars(outcome))
-            served = tier_served(outcome.model_extra, ex.price_multiplier)
+            await self._settle(ex, usage, 200, background=True, source=source, served=served)
+            return outcome
+        completion, served = outcome
+        usage, source = self._checked(completion.usage, ex, lambda: answer_chars(completion))
+        served = served or tier_served(completion.model_extra, ex.price_multiplier)
         await self._settle(ex, usage, 200, background=True, source=source, served=served)
-        return outcome
+        return completion
 
     async def native_stream(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> NativeStream | ChunkStream:
         """`native`, streaming: the provider's own events from a deployment that speaks the API, the internal
@@ -305,10 +310,11 @@ class Pipeline(Charges):
             worst.set_count("web_searches", ex.searches)
         return worst
 
-    def _waste(self, ex: Exchange, attempt: Attempt, usage: Usage | None) -> None:
-        """An earlier attempt the provider may bill: its provider cost (the fee is the request's, on the whole)."""
+    def _waste(self, ex: Exchange, attempt: Attempt, usage: Usage | None, served: Served | None = None) -> None:
+        """An earlier attempt the provider may bill: its provider cost (the fee is the request's, on the whole), as
+        it was `served`."""
         if usage is not None:
-            ex.wasted_usd += self._cost(ex, attempt, usage).provider_usd or 0.0
+            ex.wasted_usd += self._cost(ex, attempt, usage, served).provider_usd or 0.0
 
     # --- embeddings -------------------------------------------------------------------------
 

@@ -9,7 +9,9 @@ The official SDKs through gateways in front of the fakes: one that prices search
 hour's cache write was charged at the 5-minute rate (100k such tokens on Sonnet 4.5: $0.375 instead of $0.60),
 fast mode passed through at the standard prices (Opus 4.6: $5/$25 per million instead of $30/$150), its worst
 case reserved at them too, and a compaction's tokens (the whole conversation read, the summary written) not at all.
-Then fast mode served at standard speed was still charged six times over, and an advisor's tokens not at all. Audio
+Then fast mode served at standard speed was still charged six times over, and an advisor's tokens not at all; and a
+Chat Completions or Responses request translated for Anthropic had none of its answer's usage read for how it was
+served (a `us` workspace's answers charged at the global prices, a tenth short). Audio
 output (`completion_tokens_details.audio_tokens`) was charged and reserved at the text output price ($0.60 a million
 for gpt-4o-mini-audio-preview's, whose audio costs $20), with no price to put it at.
 """
@@ -300,6 +302,48 @@ def test_us_inference_a_workspace_applies_unasked_is_charged_as_served(priced: R
     assert "inference_geo" not in sent(priced, "anthropic") and message.usage.inference_geo == "us"
     [line] = priced.ledger(key)
     assert line.cost_usd == pytest.approx(opus_usd(message.usage, 1.1))
+
+
+def translated_cost(running: Running, key: str, api: str, stream: bool, user: str) -> float:
+    """What an answer of `opus` (on Anthropic) to an OpenAI SDK client speaking `api` (Chat Completions or the
+    Responses API) was said to cost (`x-gateway-cost-usd`; a stream's last event), `user` naming the fake's faults."""
+    sdk = openai_client(running, key)
+    if api == "chat" and stream:
+        chunks = list(
+            sdk.chat.completions.create(
+                model="opus", messages=HI, user=user, stream=True, stream_options={"include_usage": True}
+            )
+        )
+        return float((chunks[-1].model_extra or {})["cost"]["provider_usd"])
+    if api == "chat":
+        raw = sdk.chat.completions.with_raw_response.create(model="opus", messages=HI, user=user)
+        return float(raw.headers["x-gateway-cost-usd"])
+    if stream:
+        with sdk.responses.stream(model="opus", input="What is new today?", user=user) as events:
+            return float((events.get_final_response().model_extra or {})["cost"]["provider_usd"])
+    answer = sdk.responses.with_raw_response.create(model="opus", input="What is new today?", user=user)
+    return float(answer.headers["x-gateway-cost-usd"])
+
+
+@pytest.mark.parametrize(("user", "times"), [("us-workspace", 1.1), ("global-workspace", 1.0)], ids=["us", "global"])
+@pytest.mark.parametrize("api", ["chat", "responses"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_us_inference_a_workspace_applies_is_charged_as_served_where_the_request_is_translated(
+    priced: Running, user: str, times: float, api: str, stream: bool
+) -> None:
+    """A Chat Completions or Responses client's request translated for Anthropic, in a workspace whose default
+    inference geo is `us`: Anthropic bills it 1.1 times, as its usage says (`inference_geo: us`), and so does the
+    gateway, as it does the request passed through; elsewhere, the plain prices. The translation read only OpenAI's
+    service tier: it was charged at the global prices ($0.000275 for the fake's 20 tokens in and 7 out, which
+    Anthropic bills $0.0003025)."""
+    key = priced.mint(name=f"{user}-{api}-{stream}")
+    told = translated_cost(priced, key, api, stream, user)
+    body = sent(priced, "anthropic")
+    assert body["metadata"] == {"user_id": user} and "inference_geo" not in body
+    [line] = priced.ledger(key)
+    expected = (line.input_tokens * 5.0 + line.output_tokens * 25.0) * times / 1e6
+    assert line.cost_usd == pytest.approx(expected) and line.cost_source == "provider"
+    assert told == pytest.approx(expected)
 
 
 def test_the_worst_case_is_reserved_at_the_fast_price(priced: Running) -> None:

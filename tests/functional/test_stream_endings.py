@@ -128,13 +128,16 @@ WHOLE_MESSAGE = {
 
 
 async def ignoring_stream(request: Request) -> Response:
-    """Whatever was asked, the whole answer in one JSON body: a chat completion, or a Message at `/whole-anthropic`,
-    or in a 200 an error body (a model named `...-error`)."""
+    """Whatever was asked, the whole answer in one JSON body: a chat completion, or a Message at `/whole-anthropic`
+    (run US-only for a model named `...-us`, as in a workspace whose default inference geo is `us`), or in a 200 an
+    error body (a model named `...-error`)."""
     asked = orjson.loads(await request.body())
     assert asked.get("stream") is True  # a stream was asked for
     if asked["model"].endswith("-error"):
         return Response(b'{"error": {"message": "overloaded, try later"}}', media_type="application/json")
     answer = WHOLE_MESSAGE if "anthropic" in request.url.path else WHOLE_COMPLETION
+    if asked["model"].endswith("-us"):
+        answer = {**answer, "usage": {**answer["usage"], "inference_geo": "us"}}
     return Response(b"\n" + json.dumps(answer, indent=2).encode(), media_type="application/json")
 
 
@@ -195,6 +198,10 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             "gpt-whole": {"deployments": [{"provider": "ignoring", "model": "gpt-x"}], "price": price},
             "gpt-whole-error": {"deployments": [{"provider": "ignoring", "model": "gpt-x-error"}], "price": price},
             "claude-whole": {"deployments": [{"provider": "whole-anthropic", "model": "claude-x"}], "price": price},
+            "claude-whole-us": {
+                "deployments": [{"provider": "whole-anthropic", "model": "claude-x-us"}],
+                "price": {**price, "options": {"inference_geo": {"us": 1.1}}},
+            },
             "gpt-late": {"deployments": [{"provider": "late", "model": "gpt-x"}], "price": price},
         },
     }
@@ -301,6 +308,21 @@ def test_a_translated_stream_answered_whole_is_streamed_in_the_clients_api(scrip
         ("gpt-whole", 200, "provider"),
     ]
     assert [line.cost_usd for line in lines] == pytest.approx([WHOLE_USD, WHOLE_USD])
+
+
+def test_a_translated_stream_answered_whole_is_charged_as_its_answer_says_it_was_served(scripted: Running) -> None:
+    """The whole Message a stream was answered with says it ran US-only (`usage.inference_geo: us`, a workspace's
+    default): charged 1.1 times, as Anthropic bills it and as the same answer streamed is (it was charged the
+    plain prices)."""
+    key = scripted.mint(name="whole-us")
+    chunks = list(
+        openai_client(scripted, key).chat.completions.create(
+            model="claude-whole-us", messages=HI, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert (chunks[-1].model_extra or {})["cost"]["provider_usd"] == pytest.approx(WHOLE_USD * 1.1)
+    [line] = scripted.ledger(key)
+    assert (line.status, line.cost_source) == (200, "provider") and line.cost_usd == pytest.approx(WHOLE_USD * 1.1)
 
 
 def test_a_stream_answered_with_a_whole_error_body_is_the_providers_malformed_answer(scripted: Running) -> None:

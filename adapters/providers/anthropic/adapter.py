@@ -606,6 +606,11 @@ class AnthropicAdapter(ProviderAdapter):
         return BuiltRequest(request, dropped)
 
     def chat_response(self, body: bytes, req: ChatRequest, target: Target) -> ChatCompletion:
+        return self.chat_answer(body, req, target)[0]
+
+    def chat_answer(self, body: bytes, req: ChatRequest, target: Target) -> tuple[ChatCompletion, Served | None]:
+        """The completion, and what its usage says of how it was served, as a Messages answer passed through is
+        billed (`native_served`): the speed and geo it ran at, its advisor's tokens."""
         from adapters.providers.anthropic.wire import WireMessage  # (see the note on the imports)
 
         data = json_body(body)
@@ -649,13 +654,14 @@ class AnthropicAdapter(ProviderAdapter):
             if json_answer is None and thinks_between(order):  # interleaved thinking: a Responses client sees it
                 reply.block_order = order
         finish = _finish(message.stop_reason, json_answer is not None, bool(calls))
-        return ChatCompletion(
+        completion = ChatCompletion(
             id=message.id,
             created=int(time.time()),
             model=message.model,
             choices=[Choice(message=reply, finish_reason=finish, stop_sequence=message.stop_sequence)],
             usage=message.usage.to_usage(),
         )
+        return completion, message.usage.served()  # (a usage it cannot read is a ValueError, as `to_usage`'s)
 
     def stream_parser(self, req: ChatRequest, target: Target) -> AnthropicStreamParser:
         from adapters.providers.anthropic.stream import AnthropicStreamParser  # (a cold start needs none)

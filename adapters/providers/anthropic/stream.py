@@ -52,6 +52,9 @@ class AnthropicStreamParser:
         from adapters.providers.anthropic.wire import WireUsage  # (see the note on the imports)
 
         self.usage: Usage | None = None
+        # What the usage says of how the answer was served: its speed and geo from `message_start`, its advisor's
+        # tokens from the final `message_delta` (`WireUsage.served`).
+        self.served: Served | None = None
         self._json_mode = json_mode
         self._id = "msg_unknown"
         self._model = model
@@ -91,6 +94,7 @@ class AnthropicStreamParser:
             message = WireMessage.model_validate(payload.get("message"))
             self._id, self._model = message.id, message.model
             self._wire_usage = message.usage
+            self.served = message.usage.served()
             return [self._chunk(schemas.ChunkDelta(role="assistant", content=""))]
         if kind == "content_block_start":
             from adapters.providers.anthropic.wire import WireBlock  # (see the note on the imports)
@@ -105,6 +109,7 @@ class AnthropicStreamParser:
 
                 self._wire_usage.update(WireUsage.model_validate(payload["usage"]))
             self.usage = self._wire_usage.to_usage()
+            self.served = self._wire_usage.served()  # (read now: not when the stream is costed, once settling began)
             finish = _finish(delta.get("stop_reason"), self._json_answer, self._tools > 0)
             stop_sequence = delta.get("stop_sequence")
             ending = self._chunk(finish=finish, stop_sequence=stop_sequence if isinstance(stop_sequence, str) else None)

@@ -50,6 +50,8 @@ BILLED_AT_THEIR_MODEL = ("advisor_message",)
 # billed at it; `inference_geo` (`global` or `us`): a workspace's default geo applies to a request that sets none,
 # and is billed.
 SERVED_OPTIONS = ("speed", "inference_geo")
+# The usage fields `WireUsage.served` reads.
+SAYS_SERVED = (*SERVED_OPTIONS, "iterations")
 
 
 def _entries(iterations: Any, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -97,13 +99,15 @@ class WireUsage(_Wire):
             usage.set_count("web_searches", searches)
         return usage
 
-    def served(self) -> Served:
-        """How the answer says it was served, beyond its counts: its speed (`SERVED_OPTIONS`), and the tokens its
-        advisor's model ran (`BILLED_AT_THEIR_MODEL`)."""
-        extra = self.__pydantic_extra__ or {}
+    def served(self) -> Served | None:
+        """How the answer says it was served, beyond its counts: its speed and geo (`SERVED_OPTIONS`), and the
+        tokens its advisor's model ran (`BILLED_AT_THEIR_MODEL`); None where it says neither."""
+        extra = self.__pydantic_extra__
+        if not extra or extra.keys().isdisjoint(SAYS_SERVED):  # (the common answer: nothing more to read)
+            return None
         options = {name: extra[name] for name in SERVED_OPTIONS if isinstance(extra.get(name), str)}
         others = tuple(_their_model(entry) for entry in _entries(extra.get("iterations"), BILLED_AT_THEIR_MODEL))
-        return Served(options, others)
+        return Served(options, others) if options or others else None
 
     def update(self, later: "WireUsage") -> None:
         """Fold in a `message_delta` usage: cumulative counts, input fields only when present."""

@@ -15,6 +15,7 @@ from adapters.providers.gemini.adapter import (
     usage_of,
 )
 from handler.errors import UpstreamError
+from handler.ports import Served
 from handler.schemas import (
     ChatCompletionChunk,
     ChunkChoice,
@@ -33,6 +34,8 @@ class GeminiStreamParser:
     Gemini sends text in pieces but every function call whole, so a call becomes one complete tool-call
     delta. Each event repeats the running `usageMetadata`; the last one is the bill.
     """
+
+    served: Served | None = None  # (its usage says nothing of how the answer was served)
 
     def __init__(self, model: str) -> None:
         self.usage: Usage | None = None

@@ -20,7 +20,7 @@ from adapters.providers.openai.profiles import PROFILES, Profile, profile_for
 from adapters.providers.params import IMAGE_DETAIL, apply_rules, unsent_part_fields
 from handler import schemas
 from handler.errors import InvalidRequestError, UpstreamError
-from handler.ports import RESPONSES_API, BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
+from handler.ports import RESPONSES_API, BuiltRequest, NativeCall, ProviderAdapter, Served, Target, UpstreamRequest
 from handler.schemas import DOCUMENT, LATER_MODULES, ChatCompletion, ChatRequest, PromptTokensDetails, Usage
 from handler.wire import StreamEvent, error_excerpt, json_body, malformed, upstream_error
 
@@ -132,6 +132,8 @@ def conform_messages(messages: list[dict[str, Any]], profile: Profile) -> None:
 class OpenAIStreamParser:
     """Chunks are already in the gateway's form; this validates them and keeps the usage. A compatible API that
     differs in a chunk's shape overrides `conformed`."""
+
+    served: Served | None = None  # (the service tier it ran at is on its chunks, read from there)
 
     def __init__(self) -> None:
         self.usage: Usage | None = None

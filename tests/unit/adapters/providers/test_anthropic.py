@@ -943,6 +943,47 @@ def test_a_streams_speed_comes_with_message_start_and_its_advisors_tokens_with_t
         meter.feed(StreamEvent("message_delta", orjson.dumps({**end, "usage": nameless})))
 
 
+def test_a_translated_answer_says_how_it_was_served_as_one_passed_through_does() -> None:
+    """A Chat Completions or Responses request translated for Anthropic: its answer's usage is read for the speed and
+    geo it ran at and its advisor's tokens in the one parse of the answer (`chat_answer`), as a Messages answer
+    passed through is; the translation read none of it (a `us` workspace's answers were charged the global
+    prices). An answer that says nothing of it (the common one) has nothing to read."""
+    message = {"id": "m", "type": "message", "role": "assistant", "model": MODEL, "content": []}
+    usage = {**ADVISED_USAGE, "inference_geo": "us"}
+    completion, served = adapter().chat_answer(orjson.dumps({**message, "usage": usage}), request(), target())
+    counted = completion.usage
+    assert counted is not None and (counted.prompt_tokens, counted.completion_tokens) == (500, 80)
+    assert served is not None and served.options == {"speed": "standard", "inference_geo": "us"}
+    assert [(model, advice.completion_tokens) for model, advice in served.others] == [("claude-opus-4-6", 1600)]
+    plain = {"input_tokens": 5, "output_tokens": 2, "service_tier": "standard", "cache_creation": {}}
+    assert adapter().chat_answer(orjson.dumps({**message, "usage": plain}), request(), target())[1] is None
+    nameless = {**ADVISED_USAGE, "iterations": [{"type": "advisor_message", "input_tokens": 1, "output_tokens": 1}]}
+    with pytest.raises(ValueError):  # (the pipeline's malformed answer, as a usage `to_usage` cannot read)
+        adapter().chat_answer(orjson.dumps({**message, "usage": nameless}), request(), target())
+
+
+def test_a_translated_streams_geo_comes_with_message_start_and_its_advisors_tokens_with_the_final_delta() -> None:
+    """The chunk parser of a translated stream reads what its usage says of how it was served, as `MessagesMeter`
+    does for one passed through: the geo and speed from `message_start` (so a stream cut before its end is charged
+    as served), the advisor's tokens from the final `message_delta`, a malformed entry as it arrives."""
+    parser = adapter().stream_parser(request(), target())
+    assert parser.served is None
+    message = {"id": "m", "type": "message", "role": "assistant", "model": MODEL, "content": []}
+    begun = {"input_tokens": 500, "output_tokens": 1, "inference_geo": "us"}
+    feed(parser, "message_start", {"type": "message_start", "message": {**message, "usage": begun}})
+    assert parser.served is not None and parser.served.options == {"inference_geo": "us"} and not parser.served.others
+    end = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {**ADVISED_USAGE, "speed": None}}
+    feed(parser, "message_delta", end)
+    assert parser.served.options == {"inference_geo": "us"}
+    assert [(model, advice.completion_tokens) for model, advice in parser.served.others] == [("claude-opus-4-6", 1600)]
+    nameless = {"output_tokens": 9, "iterations": [{"type": "advisor_message", "input_tokens": 1, "output_tokens": 1}]}
+    with pytest.raises(ValueError):  # (read now: not when the stream is costed, once settling began)
+        feed(parser, "message_delta", {**end, "usage": nameless})
+    plain = adapter().stream_parser(request(), target())
+    feed(plain, "message_start", {"type": "message_start", "message": {**message, "usage": {"input_tokens": 5}}})
+    assert plain.served is None
+
+
 def test_a_budget_cap_below_the_thinking_budget_lowers_it_or_turns_thinking_off() -> None:
     """The lowered budget leaves the answer room, half of this small cap (at `max_tokens - 1` it had one token);
     where no budget of Anthropic's minimum fits beside it, thinking is not sent, and that is named."""
