@@ -50,7 +50,9 @@ def azure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 "price": PRICE,
                 "fallbacks": ["gpt-4o"],
             },
+            "limited-alone": {"deployments": [{**provider, "model": "fail-429"}], "price": PRICE},
             "filtered": {"deployments": [{**provider, "model": "content-filter"}], "price": PRICE},
+            "retired": {"deployments": [{**provider, "model": "gpt-35-turbo-retired"}], "price": PRICE},
             "reasoner": {
                 "deployments": [
                     {**provider, "model": "prod-reasoner", "reasoning": True, "api_version": "2025-01-01-preview"}
@@ -89,6 +91,7 @@ def sent(running: Running) -> dict[str, Any]:
 def test_completion_reaches_the_deployment_with_the_azure_key(azure: Running, client: openai.OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
     assert raw.parse().choices[0].message.content == TEXT
+    assert raw.parse().model == "gpt-4o-2024-11-20"  # Azure names the model's version, not the deployment
     assert raw.headers["x-gateway-route"] == "azure/gpt-4o-prod@eastus=200"
     upstream = sent(azure)
     assert upstream["path"] == "/openai/deployments/gpt-4o-prod/chat/completions"
@@ -105,7 +108,7 @@ def test_stream_skips_the_prompt_filter_chunk_and_ends_with_usage(client: openai
     chunks = list(
         client.chat.completions.create(model="gpt-4o", messages=HI, stream=True, stream_options={"include_usage": True})
     )
-    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[0].choices[0].delta.role == "assistant" and {c.model for c in chunks} == {"gpt-4o-2024-11-20"}
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == TEXT
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 7
 
@@ -130,6 +133,15 @@ def test_rate_limit_falls_back(client: openai.OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(model="limited", messages=HI)
     assert raw.parse().choices[0].message.content == TEXT
     assert raw.headers["x-gateway-route"].startswith("azure/fail-429@eastus=429, ")
+
+
+def test_azures_rate_limit_tells_the_client_its_wait(client: openai.OpenAI) -> None:
+    """Azure's 429 names its wait in `retry-after-ms`, `retry-after` and its message: past what the gateway waits
+    itself, it is the client's to wait."""
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="limited-alone", messages=HI)
+    assert caught.value.response.headers["retry-after"] == "60"
+    assert "retry after 60 seconds" in caught.value.message
 
 
 def test_content_filter_refusal_is_a_client_error_naming_the_category(client: openai.OpenAI) -> None:
@@ -204,3 +216,9 @@ def test_an_older_api_version_gets_only_the_arguments_it_defines(azure: Running)
         assert "2024-08-01-preview" in refused.value.message and refused.value.code == "invalid_request"
     sources = [line.cost_source for line in azure.ledger(key)]
     assert sources == ["provider", "provider", "estimate"]
+
+
+def test_a_deployment_the_resource_lacks_is_azures_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="retired", messages=HI)
+    assert "deployment for this resource does not exist" in caught.value.message
