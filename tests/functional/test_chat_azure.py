@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -34,7 +35,15 @@ def azure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     provider = {"provider": "azure"}
     data = {
         "gateway": {"timeouts": {"connect": 2, "first_byte": 1.5, "between_chunks": 1.5}},
-        "providers": {"azure": {"type": "azure", "base_url": upstream.url, "region": "eastus"}},
+        "providers": {
+            "azure": {"type": "azure", "base_url": upstream.url, "region": "eastus"},
+            "azure-translated": {
+                "type": "azure",
+                "base_url": upstream.url,
+                "region": "eastus",
+                "responses_api": "translate",
+            },
+        },
         "models": {
             "gpt-4o": {"deployments": [{**provider, "model": "gpt-4o-prod"}], "price": PRICE},
             "gpt-4o-preview": {
@@ -52,6 +61,11 @@ def azure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             },
             "limited-alone": {"deployments": [{**provider, "model": "fail-429"}], "price": PRICE},
             "filtered": {"deployments": [{**provider, "model": "content-filter"}], "price": PRICE},
+            **{
+                f"{name}{suffix}": {"deployments": [{"provider": serving, "model": name}], "price": PRICE}
+                for name in ("async-filter", "async-filter-blocked", "async-filter-late")
+                for suffix, serving in (("", "azure"), ("-translated", "azure-translated"))
+            },
             "retired": {"deployments": [{**provider, "model": "gpt-35-turbo-retired"}], "price": PRICE},
             "reasoner": {
                 "deployments": [
@@ -216,6 +230,50 @@ def test_an_older_api_version_gets_only_the_arguments_it_defines(azure: Running)
         assert "2024-08-01-preview" in refused.value.message and refused.value.code == "invalid_request"
     sources = [line.cost_source for line in azure.ledger(key)]
     assert sources == ["provider", "provider", "estimate"]
+
+
+def stream_finishes(client: openai.OpenAI, model: str) -> tuple[str, list[str]]:
+    text, finishes = "", []
+    for chunk in client.chat.completions.create(model=model, messages=HI, stream=True):
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            finishes += [choice.finish_reason] if choice.finish_reason else []
+    return text, finishes
+
+
+@pytest.mark.parametrize(
+    ("model", "finish", "stop_reason", "status", "source"),
+    [
+        ("async-filter", "stop", "end_turn", "completed", "provider"),
+        ("async-filter-blocked", "content_filter", "refusal", "incomplete", "estimate"),
+        ("async-filter-late", "content_filter", "refusal", "incomplete", "provider"),
+    ],
+)
+def test_the_asynchronous_filters_verdict_reaches_every_api(
+    azure: Running, model: str, finish: str, stop_reason: str, status: str, source: str
+) -> None:
+    """A deployment whose content filter is Azure's Asynchronous Filter streams the text before its verdict: a block
+    comes after the text it blocks, mid-stream (an annotation with `finish_reason: content_filter`, then `[DONE]`) or
+    after the `stop` chunk (a verdict `filtered: true`, no finish reason). The block was dropped as a filter-only
+    chunk: Chat Completions ended with no finish reason, Messages said `end_turn`, Responses `completed` (found by
+    review). Each is told the answer was filtered, and billed as any answer is: by Azure's usage when it comes, else
+    estimated."""
+    key = azure.mint(name=f"async-{model}")
+    with openai.OpenAI(base_url=f"{azure.url}/v1", api_key=key, max_retries=0) as client:
+        text, finishes = stream_finishes(client, model)
+        assert text == TEXT and finishes == [finish]
+        with client.responses.create(model=f"{model}-translated", input="Hi", stream=True) as events:
+            last = [event for event in events][-1]
+        assert last.type == f"response.{status}" and last.response.status == status  # type: ignore[union-attr]
+        if status == "incomplete":
+            assert last.response.incomplete_details.reason == "content_filter"  # type: ignore[union-attr]
+    with anthropic.Anthropic(base_url=azure.url, api_key=key, max_retries=0) as claude:
+        with claude.messages.stream(model=model, max_tokens=100, messages=HI) as stream:
+            message = stream.get_final_message()
+    assert message.stop_reason == stop_reason and message.content[0].text == TEXT  # type: ignore[union-attr]
+    lines = azure.ledger(key)
+    assert len(lines) == 3 and all(line.status == 200 and line.cost_usd > 0 for line in lines)
+    assert {line.cost_source for line in lines} == {source}
 
 
 def test_a_deployment_the_resource_lacks_is_azures_404(client: openai.OpenAI) -> None:
