@@ -43,6 +43,14 @@ def azure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 "region": "eastus",
                 "responses_api": "translate",
             },
+            # A resource using Microsoft Entra ID: its token in `headers`, no key (AZURE_OPENAI_API_KEY is still set).
+            "entra": {
+                "type": "azure",
+                "base_url": upstream.url,
+                "region": "eastus",
+                "auth": "none",
+                "headers": {"authorization": f"Bearer {fake.ENTRA_TOKEN}"},
+            },
         },
         "models": {
             "gpt-4o": {"deployments": [{**provider, "model": "gpt-4o-prod"}], "price": PRICE},
@@ -66,6 +74,7 @@ def azure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 for name in ("async-filter", "async-filter-blocked", "async-filter-late")
                 for suffix, serving in (("", "azure"), ("-translated", "azure-translated"))
             },
+            "entra": {"deployments": [{"provider": "entra", "model": "gpt-4o-prod"}], "price": PRICE},
             "retired": {"deployments": [{**provider, "model": "gpt-35-turbo-retired"}], "price": PRICE},
             "reasoner": {
                 "deployments": [
@@ -274,6 +283,20 @@ def test_the_asynchronous_filters_verdict_reaches_every_api(
     lines = azure.ledger(key)
     assert len(lines) == 3 and all(line.status == 200 and line.cost_usd > 0 for line in lines)
     assert {line.cost_source for line in lines} == {source}
+
+
+def test_an_entra_id_token_in_headers_reaches_the_resource_and_no_log(
+    azure: Running, client: openai.OpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A resource with key authentication disabled takes a Microsoft Entra ID token: `auth: none` and `headers:
+    {authorization: Bearer ...}`, as the configuration docs allow. The header was removed before the request went,
+    so the resource got no credential (found by review). It goes as written, with no `api-key` beside it (the
+    environment's key is not this provider's), and appears in no log line."""
+    raw = client.chat.completions.with_raw_response.create(model="entra", messages=HI)
+    assert raw.parse().choices[0].message.content == TEXT
+    upstream = sent(azure)["headers"]
+    assert upstream["authorization"] == f"Bearer {fake.ENTRA_TOKEN}" and "api-key" not in upstream
+    assert fake.ENTRA_TOKEN not in capsys.readouterr().out
 
 
 def test_a_deployment_the_resource_lacks_is_azures_404(client: openai.OpenAI) -> None:

@@ -3,7 +3,8 @@
 A request goes to `{base_url}/openai/deployments/{deployment}/{operation}?api-version=...`, where the
 deployment is the config deployment's `model` and `base_url` is the resource's endpoint
 (`https://NAME.openai.azure.com`), set on the provider or on each deployment (one resource per region).
-The key travels in `api-key`. Bodies, answers and streams are OpenAI's, handled by the OpenAI adapter;
+The key travels in `api-key`, or an operator's `authorization` header (a Microsoft Entra ID token) in its place.
+Bodies, answers and streams are OpenAI's, handled by the OpenAI adapter;
 what Azure adds is its content filter: a refused prompt comes back as a 400 whose `innererror` names
 the filtered categories, a stream opens with a choice-less chunk of `prompt_filter_results`, and with the
 Asynchronous Filter the verdict on text already streamed comes after it, in annotations, which may block the
@@ -257,12 +258,22 @@ class AzureOpenAIAdapter(OpenAIAdapter):
             )
         return url.removesuffix("/openai")
 
+    def __init__(self, name: str, secret: str | None, options: Mapping[str, Any]) -> None:
+        super().__init__(name, secret, options)
+        extra = self.options.get("headers")
+        configured = {str(k): str(v) for k, v in extra.items()} if isinstance(extra, dict) else {}
+        # An `authorization` header of the operator's is the resource's credential (a Microsoft Entra ID token, for
+        # a resource whose keys are disabled): sent as written, with no `api-key` beside it (the provider's key or
+        # AZURE_OPENAI_API_KEY) unless `headers` names one too; nor does `auth: none` send the key.
+        if any(header.lower() == "authorization" for header in configured):
+            self.requires_key = False
+        self._headers = {"content-type": "application/json"}
+        if self.secret and self.requires_key:
+            self._headers["api-key"] = self.secret
+        self._headers.update(configured)
+
     def headers(self) -> dict[str, str]:
-        headers = super().headers()
-        headers.pop("authorization", None)
-        if self.secret:
-            headers["api-key"] = self.secret
-        return headers
+        return dict(self._headers)
 
     def api_version(self, target: Target) -> str:
         return str(target.options.get("api_version") or self.options.get("api_version") or DEFAULT_API_VERSION)

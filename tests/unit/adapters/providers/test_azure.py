@@ -49,6 +49,31 @@ def test_chat_goes_to_the_deployment_with_the_api_version_and_api_key_header() -
     assert built.dropped == []
 
 
+def test_an_entra_id_authorization_header_is_sent_without_an_api_key() -> None:
+    """A resource using Microsoft Entra ID takes `authorization: Bearer <token>`, which the operator configures in
+    `headers` (with `auth: none`, or beside a key in the environment). It was removed after the headers were merged,
+    so the resource got no credential at all (found by review); nor does any `api-key` go beside it unasked."""
+    token = "Bearer eyJ0eXAiOiJKV1Qi.entra.sig"
+    for auth in ({"auth": "none"}, {}):
+        for secret in (None, "key-from-env"):
+            entra = AzureOpenAIAdapter(
+                "azure", secret, {"base_url": ENDPOINT, "headers": {"authorization": token}, **auth}
+            )
+            headers = entra.chat_request(request(), target(), stream=False).request.headers
+            assert headers["authorization"] == token and "api-key" not in headers, (auth, secret)
+            assert not entra.requires_key
+    both = AzureOpenAIAdapter(
+        "azure", None, {"base_url": ENDPOINT, "headers": {"Authorization": token, "api-key": "k2"}}
+    )
+    headers = both.chat_request(request(), target(), stream=False).request.headers
+    assert headers["Authorization"] == token and headers["api-key"] == "k2"
+
+
+def test_auth_none_sends_no_api_key() -> None:
+    keyless = AzureOpenAIAdapter("azure", "key-from-env", {"base_url": ENDPOINT, "auth": "none"})
+    assert "api-key" not in keyless.chat_request(request(), target(), stream=False).request.headers
+
+
 def test_api_version_comes_from_the_deployment_then_the_provider() -> None:
     provider_wide = adapter(api_version="2024-06-01").chat_request(request(), target(), stream=False)
     assert provider_wide.request.url.endswith("?api-version=2024-06-01")
