@@ -43,6 +43,8 @@ STREAMS = [
     ("openai", "openai/chat-tool-calls-stream.sse"),
     ("deepseek", "openai/deepseek-reasoner-stream.sse"),
     ("azure", "azure/chat-stream.sse"),
+    ("azure", "azure/chat-stream-async-filter-blocked.sse"),
+    ("azure", "azure/chat-stream-async-filter-late.sse"),
     ("mistral", "mistral/magistral-stream.sse"),
     ("anthropic", "anthropic/messages-stream.sse"),
     ("anthropic", "anthropic/messages-thinking-stream.sse"),

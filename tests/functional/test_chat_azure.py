@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -34,7 +35,23 @@ def azure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     provider = {"provider": "azure"}
     data = {
         "gateway": {"timeouts": {"connect": 2, "first_byte": 1.5, "between_chunks": 1.5}},
-        "providers": {"azure": {"type": "azure", "base_url": upstream.url, "region": "eastus"}},
+        "providers": {
+            "azure": {"type": "azure", "base_url": upstream.url, "region": "eastus"},
+            "azure-translated": {
+                "type": "azure",
+                "base_url": upstream.url,
+                "region": "eastus",
+                "responses_api": "translate",
+            },
+            # A resource using Microsoft Entra ID: its token in `headers`, no key (AZURE_OPENAI_API_KEY is still set).
+            "entra": {
+                "type": "azure",
+                "base_url": upstream.url,
+                "region": "eastus",
+                "auth": "none",
+                "headers": {"authorization": f"Bearer {fake.ENTRA_TOKEN}"},
+            },
+        },
         "models": {
             "gpt-4o": {"deployments": [{**provider, "model": "gpt-4o-prod"}], "price": PRICE},
             "gpt-4o-preview": {
@@ -50,7 +67,15 @@ def azure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 "price": PRICE,
                 "fallbacks": ["gpt-4o"],
             },
+            "limited-alone": {"deployments": [{**provider, "model": "fail-429"}], "price": PRICE},
             "filtered": {"deployments": [{**provider, "model": "content-filter"}], "price": PRICE},
+            **{
+                f"{name}{suffix}": {"deployments": [{"provider": serving, "model": name}], "price": PRICE}
+                for name in ("async-filter", "async-filter-blocked", "async-filter-late")
+                for suffix, serving in (("", "azure"), ("-translated", "azure-translated"))
+            },
+            "entra": {"deployments": [{"provider": "entra", "model": "gpt-4o-prod"}], "price": PRICE},
+            "retired": {"deployments": [{**provider, "model": "gpt-35-turbo-retired"}], "price": PRICE},
             "reasoner": {
                 "deployments": [
                     {**provider, "model": "prod-reasoner", "reasoning": True, "api_version": "2025-01-01-preview"}
@@ -89,6 +114,7 @@ def sent(running: Running) -> dict[str, Any]:
 def test_completion_reaches_the_deployment_with_the_azure_key(azure: Running, client: openai.OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
     assert raw.parse().choices[0].message.content == TEXT
+    assert raw.parse().model == "gpt-4o-2024-11-20"  # Azure names the model's version, not the deployment
     assert raw.headers["x-gateway-route"] == "azure/gpt-4o-prod@eastus=200"
     upstream = sent(azure)
     assert upstream["path"] == "/openai/deployments/gpt-4o-prod/chat/completions"
@@ -105,7 +131,7 @@ def test_stream_skips_the_prompt_filter_chunk_and_ends_with_usage(client: openai
     chunks = list(
         client.chat.completions.create(model="gpt-4o", messages=HI, stream=True, stream_options={"include_usage": True})
     )
-    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[0].choices[0].delta.role == "assistant" and {c.model for c in chunks} == {"gpt-4o-2024-11-20"}
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == TEXT
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 7
 
@@ -130,6 +156,15 @@ def test_rate_limit_falls_back(client: openai.OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(model="limited", messages=HI)
     assert raw.parse().choices[0].message.content == TEXT
     assert raw.headers["x-gateway-route"].startswith("azure/fail-429@eastus=429, ")
+
+
+def test_azures_rate_limit_tells_the_client_its_wait(client: openai.OpenAI) -> None:
+    """Azure's 429 names its wait in `retry-after-ms`, `retry-after` and its message: past what the gateway waits
+    itself, it is the client's to wait."""
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="limited-alone", messages=HI)
+    assert caught.value.response.headers["retry-after"] == "60"
+    assert "retry after 60 seconds" in caught.value.message
 
 
 def test_content_filter_refusal_is_a_client_error_naming_the_category(client: openai.OpenAI) -> None:
@@ -204,3 +239,67 @@ def test_an_older_api_version_gets_only_the_arguments_it_defines(azure: Running)
         assert "2024-08-01-preview" in refused.value.message and refused.value.code == "invalid_request"
     sources = [line.cost_source for line in azure.ledger(key)]
     assert sources == ["provider", "provider", "estimate"]
+
+
+def stream_finishes(client: openai.OpenAI, model: str) -> tuple[str, list[str]]:
+    text, finishes = "", []
+    for chunk in client.chat.completions.create(model=model, messages=HI, stream=True):
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            finishes += [choice.finish_reason] if choice.finish_reason else []
+    return text, finishes
+
+
+@pytest.mark.parametrize(
+    ("model", "finish", "stop_reason", "status", "source"),
+    [
+        ("async-filter", "stop", "end_turn", "completed", "provider"),
+        ("async-filter-blocked", "content_filter", "refusal", "incomplete", "estimate"),
+        ("async-filter-late", "content_filter", "refusal", "incomplete", "provider"),
+    ],
+)
+def test_the_asynchronous_filters_verdict_reaches_every_api(
+    azure: Running, model: str, finish: str, stop_reason: str, status: str, source: str
+) -> None:
+    """A deployment whose content filter is Azure's Asynchronous Filter streams the text before its verdict: a block
+    comes after the text it blocks, mid-stream (an annotation with `finish_reason: content_filter`, then `[DONE]`) or
+    after the `stop` chunk (a verdict `filtered: true`, no finish reason). The block was dropped as a filter-only
+    chunk: Chat Completions ended with no finish reason, Messages said `end_turn`, Responses `completed` (found by
+    review). Each is told the answer was filtered, and billed as any answer is: by Azure's usage when it comes, else
+    estimated."""
+    key = azure.mint(name=f"async-{model}")
+    with openai.OpenAI(base_url=f"{azure.url}/v1", api_key=key, max_retries=0) as client:
+        text, finishes = stream_finishes(client, model)
+        assert text == TEXT and finishes == [finish]
+        with client.responses.create(model=f"{model}-translated", input="Hi", stream=True) as events:
+            last = [event for event in events][-1]
+        assert last.type == f"response.{status}" and last.response.status == status  # type: ignore[union-attr]
+        if status == "incomplete":
+            assert last.response.incomplete_details.reason == "content_filter"  # type: ignore[union-attr]
+    with anthropic.Anthropic(base_url=azure.url, api_key=key, max_retries=0) as claude:
+        with claude.messages.stream(model=model, max_tokens=100, messages=HI) as stream:
+            message = stream.get_final_message()
+    assert message.stop_reason == stop_reason and message.content[0].text == TEXT  # type: ignore[union-attr]
+    lines = azure.ledger(key)
+    assert len(lines) == 3 and all(line.status == 200 and line.cost_usd > 0 for line in lines)
+    assert {line.cost_source for line in lines} == {source}
+
+
+def test_an_entra_id_token_in_headers_reaches_the_resource_and_no_log(
+    azure: Running, client: openai.OpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A resource with key authentication disabled takes a Microsoft Entra ID token: `auth: none` and `headers:
+    {authorization: Bearer ...}`, as the configuration docs allow. The header was removed before the request went,
+    so the resource got no credential (found by review). It goes as written, with no `api-key` beside it (the
+    environment's key is not this provider's), and appears in no log line."""
+    raw = client.chat.completions.with_raw_response.create(model="entra", messages=HI)
+    assert raw.parse().choices[0].message.content == TEXT
+    upstream = sent(azure)["headers"]
+    assert upstream["authorization"] == f"Bearer {fake.ENTRA_TOKEN}" and "api-key" not in upstream
+    assert fake.ENTRA_TOKEN not in capsys.readouterr().out
+
+
+def test_a_deployment_the_resource_lacks_is_azures_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="retired", messages=HI)
+    assert "deployment for this resource does not exist" in caught.value.message

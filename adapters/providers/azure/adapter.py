@@ -3,9 +3,12 @@
 A request goes to `{base_url}/openai/deployments/{deployment}/{operation}?api-version=...`, where the
 deployment is the config deployment's `model` and `base_url` is the resource's endpoint
 (`https://NAME.openai.azure.com`), set on the provider or on each deployment (one resource per region).
-The key travels in `api-key`. Bodies, answers and streams are OpenAI's, handled by the OpenAI adapter;
+The key travels in `api-key`, or an operator's `authorization` header (a Microsoft Entra ID token) in its place.
+Bodies, answers and streams are OpenAI's, handled by the OpenAI adapter;
 what Azure adds is its content filter: a refused prompt comes back as a 400 whose `innererror` names
-the filtered categories, and a stream opens with a choice-less chunk of `prompt_filter_results`.
+the filtered categories, a stream opens with a choice-less chunk of `prompt_filter_results`, and with the
+Asynchronous Filter the verdict on text already streamed comes after it, in annotations, which may block the
+answer (`AzureStreamParser`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from adapters.providers.openai.adapter import OpenAIAdapter, OpenAIStreamParser, error_from_body
+from adapters.providers.openai.adapter import OpenAIAdapter, OpenAIStreamParser, error_from_body, validated
 from adapters.providers.openai.profiles import PROFILES, Profile
 from handler.config import ConfigError
 from handler.errors import InvalidRequestError, UpstreamError
@@ -91,11 +94,19 @@ def conform_to_version(body: dict[str, Any], version: str, dropped: list[str]) -
                 )
 
 
+def blocked(verdict: Any) -> bool:
+    """Whether one category's verdict blocks the text: `filtered`, or, for the custom blocklists, any of them (a
+    list of verdicts in older api-versions, `{"filtered", "details": [...]}` in newer ones)."""
+    if isinstance(verdict, list):
+        return any(blocked(v) for v in verdict)
+    return isinstance(verdict, dict) and verdict.get("filtered") is True
+
+
 def filtered_categories(result: Any) -> list[str]:
     """The names of the categories Azure's content filter blocked, from a `content_filter_result(s)`."""
     if not isinstance(result, dict):
         return []
-    return sorted(name for name, verdict in result.items() if isinstance(verdict, dict) and verdict.get("filtered"))
+    return sorted(name for name, verdict in result.items() if blocked(verdict))
 
 
 def azure_error(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
@@ -121,30 +132,104 @@ def azure_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upstrea
     return err
 
 
-def filter_only(data: bytes) -> bool:
-    """Azure's chunks of content-filter results alone: the opening one (prompt-filter results, no choices) and,
-    with the Asynchronous Filter, annotations sent along the stream (choices with `content_filter_offsets` and
-    no `delta`); both with blank `object` and `model`, and no usage."""
-    if b'"prompt_filter_results"' not in data and b'"content_filter_offsets"' not in data:
-        return False
+# What only a chunk of content-filter results holds (`annotation_choices`): a chunk without any of them is OpenAI's,
+# parsed at once. `prompt_annotations` is the prompt's results under their name before 2023-10-01-preview.
+FILTER_MARKS = (b'"content_filter_offsets"', b'"prompt_filter_results"', b'"prompt_annotations"')
+
+
+def annotation_choices(data: bytes) -> list[Any] | None:
+    """The choices of an Azure chunk of content-filter results alone, None for any other chunk: the opening one
+    (the prompt's results, no choices) and the Asynchronous Filter's annotations along the stream (choices with
+    `content_filter_offsets` and no delta: the results for text already sent). Both have a blank `object` and
+    `model`, and no usage."""
+    if not any(mark in data for mark in FILTER_MARKS):
+        return None
     try:
         payload = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return False
+        return None
     if not isinstance(payload, dict) or payload.get("usage") is not None:
-        return False
+        return None
     choices = payload.get("choices")
     if not choices:
-        return True
-    return isinstance(choices, list) and all(isinstance(c, dict) and "delta" not in c for c in choices)
+        return []
+    if isinstance(choices, list) and all(isinstance(c, dict) and not c.get("delta") for c in choices):
+        return choices
+    return None
 
 
 class AzureStreamParser(OpenAIStreamParser):
-    """OpenAI's stream parser, leaving out Azure's chunks that carry only content-filter results (they are not
-    valid OpenAI chunks, and clients have no use for them)."""
+    """OpenAI's stream parser, reading Azure's chunks of content-filter results rather than relaying them (they are
+    no OpenAI chunks).
+
+    With the Asynchronous Filter, the filter's verdict on text already sent comes after it, in an annotation: one
+    that blocks the answer (`finish_reason: content_filter`, then `[DONE]`) ends the choice as filtered, and one
+    that blocks text the choice's `stop` chunk already followed (a verdict `filtered: true`, no finish reason) turns
+    that finish reason into `content_filter`. So a chunk with a finish reason is held until the stream ends (only
+    an annotation and the usage can follow it); a client then learns the answer was filtered (Chat Completions'
+    `content_filter`, Messages' `refusal`, Responses' `incomplete`) rather than that it ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: ChatCompletionChunk | None = None  # the answer's latest chunk: its id, for a finish written here
+        self._held: list[ChatCompletionChunk] = []
+        self._finished: set[int] = set()
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
-        return [] if filter_only(event.data) else super().feed(event)
+        if event.data == b"[DONE]":
+            super().feed(event)
+            return self.finish()
+        choices = annotation_choices(event.data)
+        if choices is not None:
+            return [chunk for choice in choices if (chunk := self._annotated(choice)) is not None]
+        passed = []
+        for chunk in super().feed(event):
+            if not chunk.choices:
+                passed.append(chunk)
+                continue
+            self._last = chunk
+            ended = [choice.index for choice in chunk.choices if choice.finish_reason]
+            if ended:
+                self._finished.update(ended)
+                self._held.append(chunk)
+            else:
+                passed.append(chunk)
+        return passed
+
+    def finish(self) -> list[ChatCompletionChunk]:
+        held, self._held = self._held, []
+        return held
+
+    def _annotated(self, choice: dict[str, Any]) -> ChatCompletionChunk | None:
+        """What an annotation changes: a choice's finish reason when it blocks the text, or brings one."""
+        index = choice.get("index", 0)
+        results = choice.get("content_filter_results")
+        reason = "content_filter" if isinstance(results, dict) and any(map(blocked, results.values())) else None
+        reason = reason or choice.get("finish_reason")
+        if not isinstance(index, int) or reason is None:
+            return None
+        for chunk in self._held:
+            for ended in chunk.choices:
+                if ended.index == index and ended.finish_reason:
+                    if reason == "content_filter":
+                        ended.finish_reason = "content_filter"
+                        if ended.model_extra is not None:  # the verdict, as Azure's own finish chunk carries it
+                            ended.model_extra["content_filter_results"] = results
+                    return None
+        if index in self._finished:
+            return None
+        self._finished.add(index)
+        last = self._last
+        payload = {
+            "id": last.id if last else "",
+            "object": "chat.completion.chunk",
+            "created": last.created if last else 0,
+            "model": last.model if last else "",
+            "choices": [
+                {"index": index, "delta": {}, "finish_reason": reason, "content_filter_results": results or {}}
+            ],
+        }
+        return validated(ChatCompletionChunk, payload)
 
 
 class AzureOpenAIAdapter(OpenAIAdapter):
@@ -173,12 +258,22 @@ class AzureOpenAIAdapter(OpenAIAdapter):
             )
         return url.removesuffix("/openai")
 
+    def __init__(self, name: str, secret: str | None, options: Mapping[str, Any]) -> None:
+        super().__init__(name, secret, options)
+        extra = self.options.get("headers")
+        configured = {str(k): str(v) for k, v in extra.items()} if isinstance(extra, dict) else {}
+        # An `authorization` header of the operator's is the resource's credential (a Microsoft Entra ID token, for
+        # a resource whose keys are disabled): sent as written, with no `api-key` beside it (the provider's key or
+        # AZURE_OPENAI_API_KEY) unless `headers` names one too; nor does `auth: none` send the key.
+        if any(header.lower() == "authorization" for header in configured):
+            self.requires_key = False
+        self._headers = {"content-type": "application/json"}
+        if self.secret and self.requires_key:
+            self._headers["api-key"] = self.secret
+        self._headers.update(configured)
+
     def headers(self) -> dict[str, str]:
-        headers = super().headers()
-        headers.pop("authorization", None)
-        if self.secret:
-            headers["api-key"] = self.secret
-        return headers
+        return dict(self._headers)
 
     def api_version(self, target: Target) -> str:
         return str(target.options.get("api_version") or self.options.get("api_version") or DEFAULT_API_VERSION)

@@ -9,12 +9,13 @@ import orjson
 import pytest
 
 from adapters.providers.azure import AzureOpenAIAdapter
+from adapters.providers.azure.adapter import blocked
 from adapters.providers.registry import REGISTRY
 from handler.config import ConfigError, parse_config
 from handler.errors import InvalidRequestError
 from handler.pipeline.gateway import build_adapters
 from handler.ports import Target
-from handler.schemas import ChatRequest, EmbeddingsRequest
+from handler.schemas import ChatCompletionChunk, ChatRequest, EmbeddingsRequest
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "azure"
 ENDPOINT = "https://contoso-eastus.openai.azure.com"
@@ -46,6 +47,31 @@ def test_chat_goes_to_the_deployment_with_the_api_version_and_api_key_header() -
     body = orjson.loads(built.request.body)
     assert body["temperature"] == 0.3 and body["messages"] == [{"role": "user", "content": "hi"}]
     assert built.dropped == []
+
+
+def test_an_entra_id_authorization_header_is_sent_without_an_api_key() -> None:
+    """A resource using Microsoft Entra ID takes `authorization: Bearer <token>`, which the operator configures in
+    `headers` (with `auth: none`, or beside a key in the environment). It was removed after the headers were merged,
+    so the resource got no credential at all (found by review); nor does any `api-key` go beside it unasked."""
+    token = "Bearer eyJ0eXAiOiJKV1Qi.entra.sig"
+    for auth in ({"auth": "none"}, {}):
+        for secret in (None, "key-from-env"):
+            entra = AzureOpenAIAdapter(
+                "azure", secret, {"base_url": ENDPOINT, "headers": {"authorization": token}, **auth}
+            )
+            headers = entra.chat_request(request(), target(), stream=False).request.headers
+            assert headers["authorization"] == token and "api-key" not in headers, (auth, secret)
+            assert not entra.requires_key
+    both = AzureOpenAIAdapter(
+        "azure", None, {"base_url": ENDPOINT, "headers": {"Authorization": token, "api-key": "k2"}}
+    )
+    headers = both.chat_request(request(), target(), stream=False).request.headers
+    assert headers["Authorization"] == token and headers["api-key"] == "k2"
+
+
+def test_auth_none_sends_no_api_key() -> None:
+    keyless = AzureOpenAIAdapter("azure", "key-from-env", {"base_url": ENDPOINT, "auth": "none"})
+    assert "api-key" not in keyless.chat_request(request(), target(), stream=False).request.headers
 
 
 def test_api_version_comes_from_the_deployment_then_the_provider() -> None:
@@ -110,6 +136,55 @@ def test_stream_leaves_out_the_asynchronous_filters_annotation_chunks() -> None:
     raw = first + b"\n\ndata: " + orjson.dumps(annotation) + b"\n\n" + rest
     chunks = [c for e in decoder.feed(raw) + decoder.finish() for c in parser.feed(e)] + parser.finish()
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from Azure."
+
+
+def parsed(fixture: str) -> list[ChatCompletionChunk]:
+    a = adapter()
+    decoder, parser = a.frame_decoder(), a.stream_parser(request(), target())
+    events = decoder.feed((FIXTURES / fixture).read_bytes()) + decoder.finish()
+    return [c for e in events for c in parser.feed(e)] + parser.finish()
+
+
+def finishes(chunks: list[ChatCompletionChunk]) -> list[str]:
+    return [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason]
+
+
+def test_the_asynchronous_filters_block_mid_stream_ends_the_answer_as_filtered() -> None:
+    """With the Asynchronous Filter, Azure blocks an answer already partly sent with an annotation (no delta,
+    `finish_reason: content_filter`, blank id and model) and `[DONE]` (Microsoft's content-streaming document). It
+    was left out as a filter-only chunk: the answer ended with no finish reason at all, which a Messages client read
+    as `end_turn` and a Responses client as `completed` (found by review)."""
+    chunks = parsed("chat-stream-async-filter-blocked.sse")
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hey Jude,"
+    assert finishes(chunks) == ["content_filter"]
+    last = chunks[-1]
+    assert last.id == "chatcmpl-8JCbt5d4luUIhYCI7YH4dQK7hnHx2" and last.model == "gpt-35-turbo"
+    verdict = (last.choices[0].model_extra or {})["content_filter_results"]
+    assert verdict == {"protected_material_text": {"detected": True, "filtered": True}}
+
+
+def test_a_block_after_the_stop_chunk_makes_the_finish_reason_content_filter() -> None:
+    """The filter may block text after its `stop` chunk came: an annotation whose verdict is `filtered: true`, with
+    no finish reason. The finish reason is held to the stream's end, and then says the answer was filtered."""
+    chunks = parsed("chat-stream-async-filter-late.sse")
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Color is"
+    assert finishes(chunks) == ["content_filter"]
+    assert (chunks[-1].choices[0].model_extra or {})["content_filter_results"]["violence"]["filtered"] is True
+
+
+def test_annotations_that_block_nothing_leave_the_finish_reason_alone() -> None:
+    raw = (FIXTURES / "chat-stream-async-filter-late.sse").read_bytes().replace(b'"filtered":true', b'"filtered":false')
+    a = adapter()
+    decoder, parser = a.frame_decoder(), a.stream_parser(request(), target())
+    chunks = [c for e in decoder.feed(raw) + decoder.finish() for c in parser.feed(e)] + parser.finish()
+    assert finishes(chunks) == ["stop"]
+
+
+def test_a_blocklist_verdict_blocks_in_either_shape() -> None:
+    """Custom blocklists report a list of verdicts (older api-versions) or `{filtered, details}` (newer)."""
+    assert blocked([{"filtered": False, "id": "a"}, {"filtered": True, "id": "b"}])
+    assert blocked({"filtered": True, "details": [{"filtered": True, "id": "b"}]})
+    assert not blocked({"filtered": False, "detected": True}) and not blocked([])
 
 
 def test_content_filtered_answer_keeps_its_finish_reason() -> None:
