@@ -46,8 +46,11 @@ class ProviderConfig(BaseModel):
         return dict(self.model_extra or {}) | ({"base_url": self.base_url} if self.base_url else {})
 
     def key_reference(self, default_env: str | None) -> str | None:
-        """Where its key is read: its `api_key`, else its type's environment variable (`default_env`)."""
-        return self.api_key or (f"env:{default_env}" if default_env else None)
+        """Where its key is read: its `api_key`, else its type's environment variable (`default_env`); none with
+        `auth: none` and no `api_key` (a local server's: the environment's key is another provider's)."""
+        if self.api_key or (self.model_extra or {}).get("auth") == "none":
+            return self.api_key
+        return f"env:{default_env}" if default_env else None
 
 
 class DeploymentConfig(BaseModel):

@@ -72,3 +72,21 @@ def test_config_check_resolves_the_headers_as_start_up_will(
     assert "providers.up.headers.x-proxy-key: env:NOPE resolves to nothing" in capsys.readouterr().err
     monkeypatch.setenv("NOPE", "now-it-is-set-1234567890")
     assert main(["config", "check", "--config", str(path)]) == 0
+
+
+@pytest.mark.parametrize("kind", ["openai", "mistral", "deepseek", "azure"])
+def test_a_provider_without_a_key_is_sent_none_of_the_environments(kind: str) -> None:
+    """`auth: none` (a local server, a proxy that holds the credentials) still read its type's variable: with
+    `OPENAI_API_KEY` set, the OpenAI key went to the local server as its `authorization`."""
+    variable = REGISTRY[kind].key_env_var
+    assert variable
+    config = parse_config(
+        {
+            "providers": {"up": {"type": kind, "auth": "none", "base_url": "http://up/v1"}},
+            "models": {"m": {"deployments": [{"provider": "up", "model": "m"}], "price": "unknown"}},
+        },
+        set(REGISTRY),
+    )
+    adapter = build_adapters(config, REGISTRY, {variable: "sk-the-operators-own-1234567890"})["up"]
+    assert adapter.secret is None and not adapter.requires_key
+    assert "sk-the-operators-own" not in str(adapter.headers())
