@@ -38,6 +38,7 @@ ID_LENGTH = 12
 RECHECK_SECONDS = 1.0
 
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def new_key_id() -> str:
@@ -172,12 +173,40 @@ def address_allowed(networks: tuple[Network, ...], address: str | None) -> bool:
     if address is None:
         return False
     try:
-        ip = ipaddress.ip_address(address)
+        ip = unmapped(ipaddress.ip_address(address))
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     return any(ip in net for net in networks)
+
+
+def unmapped(address: Address) -> Address:
+    """An IPv4-mapped IPv6 address (`::ffff:127.0.0.1`, an IPv4 peer of a dual-stack socket) as the IPv4 address it
+    maps; any other address as it is."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def hop_address(hop: str) -> Address | None:
+    """An address as a peer or an `X-Forwarded-For` hop gives it, or None if it is none: bare, or with the port some
+    proxies add (`203.0.113.7:51234`, `[2001:db8::1]:443`, as Azure Application Gateway writes them), an IPv4-mapped
+    one as its IPv4 address (`unmapped`)."""
+    try:
+        return unmapped(ipaddress.ip_address(hop))
+    except ValueError:
+        pass
+    if hop.startswith("["):  # `[v6]` or `[v6]:port`
+        host, closed, port = hop[1:].partition("]")
+        if not closed or (port and not (port[0] == ":" and port[1:].isdigit())):
+            return None
+    else:  # `v4:port`: one colon only (more is an IPv6 address, which needs brackets for a port)
+        host, colon, port = hop.rpartition(":")
+        if not colon or ":" in host or not port.isdigit():
+            return None
+    try:
+        return unmapped(ipaddress.ip_address(host))
+    except ValueError:
+        return None
 
 
 def network(text: str) -> Network:
