@@ -49,6 +49,59 @@ def test_admin_routes_need_an_admin_key(running: Running, key: str, mint: Any) -
     assert unknown.status_code == 400
 
 
+def test_an_admin_key_creates_rotates_and_revokes_only_within_its_own_bounds(running: Running, mint: Any) -> None:
+    """A temporary, narrow admin key (60 s, gpt-4o-mini, $0.01, 127.0.0.1 only) created a permanent root admin key
+    with every model, no budget and no IP ranges (201), and rotated the operator's own admin key with no grace,
+    locking the operator out (found by review). Now what it creates takes its expiry, models and ranges (wider is
+    refused), a key with a budget or rates of its own creates no root key at all (it would spend apart), and it
+    rotates or revokes only keys its bounds hold."""
+    operator = mint(admin=True)
+    operator_id = httpx.get(f"{running.url}/v1/key", headers=headers(operator)).json()["id"]
+    admin_keys = f"{running.url}/admin/keys"
+
+    def create(by: str, **body: Any) -> httpx.Response:
+        return httpx.post(admin_keys, headers=headers(by), json={"name": "k", **body})
+
+    narrow = {"expires_in_seconds": 60, "models": ["gpt-4o-mini"], "allow_ips": ["127.0.0.1/32"]}
+    contractor = create(operator, admin=True, **narrow).json()
+    forever = create(contractor["key"], admin=True)
+    assert forever.status_code == 201, forever.text
+    bounds = ("expires_at", "models", "allow_ips")
+    assert {k: forever.json()[k] for k in bounds} == {k: contractor[k] for k in bounds}
+    assert forever.json()["expires_at"] is not None and forever.json()["admin"] is True
+    for wider, status, param in (
+        ({"models": ["*"]}, 403, None),
+        ({"expires_in_seconds": 3600}, 400, "expires_in_seconds"),
+        ({"allow_ips": ["10.0.0.0/8"]}, 400, "allow_ips"),
+    ):
+        refused = create(contractor["key"], **wider)
+        assert refused.status_code == status and refused.json()["error"].get("param") == param, refused.text
+        assert "key" not in refused.json()
+
+    for action, body in (("rotate", {"grace_seconds": 0}), ("revoke", None)):
+        for target in (operator_id, create(operator).json()["id"]):  # the operator's, and an unbounded client key
+            refused = httpx.post(f"{admin_keys}/{target}/{action}", headers=headers(contractor["key"]), json=body)
+            assert refused.status_code == 403 and refused.json()["error"]["code"] == "admin_only", refused.text
+            assert "key" not in refused.json()
+    assert httpx.get(f"{running.url}/v1/key", headers=headers(operator)).status_code == 200
+    within = create(operator, **{**narrow, "expires_in_seconds": 30}).json()  # the contractor's to rotate, revoke
+    rotated = httpx.post(f"{admin_keys}/{within['id']}/rotate", headers=headers(contractor["key"]), json={})
+    assert rotated.status_code == 200 and "key" in rotated.json()
+    own = httpx.post(f"{admin_keys}/{contractor['id']}/rotate", headers=headers(contractor["key"]), json={})
+    assert own.status_code == 200
+    revoked = httpx.post(f"{admin_keys}/{forever.json()['id']}/revoke", headers=headers(own.json()["key"]))
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
+
+    budgeted = create(operator, admin=True, budget_usd=0.01).json()["key"]
+    for body in ({}, {"budget_usd": 0.01}, {"admin": True, "budget_usd": 0.001}):
+        refused = create(budgeted, **body)
+        assert refused.status_code == 403 and "POST /v1/keys" in refused.json()["error"]["message"], refused.text
+    child = httpx.post(f"{running.url}/v1/keys", headers=headers(budgeted), json={"name": "c"}).json()
+    assert httpx.post(f"{admin_keys}/{child['id']}/rotate", headers=headers(budgeted), json={}).status_code == 200
+    assert httpx.post(f"{admin_keys}/{within['id']}/revoke", headers=headers(budgeted)).status_code == 403
+    assert create(operator, admin=True).status_code == 201  # an admin key without bounds is as it was
+
+
 def test_revoke_and_rotate_with_grace(running: Running, mint: Any) -> None:
     admin = mint(admin=True)
     victim = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "v"}).json()
