@@ -320,16 +320,17 @@ class KeyService:
         await self.store.create_key(minted.record)
         return minted
 
-    async def mint_child(self, template: KeyRecord, max_children: int, parent_home: str | None = None) -> MintedKey:
-        """`mint` under `template.parent_id`, refused with a 403 `child_key_limit` when the parent has
-        `max_children` live children: the store counts and inserts in one atomic step (`Store.create_child`), in
-        the parent's home region `parent_home`."""
+    async def mint_child(self, template: KeyRecord, max_children: int, root_home: str | None = None) -> MintedKey:
+        """`mint` under `template.parent_id`, refused with a 403 `child_key_limit` when its family (the keys under
+        its root key, at every depth) holds `max_children` live keys: the store counts and inserts in one atomic
+        step (`Store.create_child`), in the root's home region `root_home`."""
         minted = self._new(template)
         try:
-            await self.store.create_child(minted.record, max_children, parent_home)
-        except ChildLimitReached:
+            await self.store.create_child(minted.record, max_children, root_home)
+        except ChildLimitReached as full:
             raise PermissionDeniedError(
-                f"this key has minted its {max_children} child keys (gateway.key_minting.max_children)",
+                f"this key's family holds {max_children} live keys, the most one root key may have under it at every "
+                f"depth (root '{full.root_id}'; gateway.key_minting.max_children)",
                 code="child_key_limit",
             ) from None
         return minted
