@@ -410,6 +410,8 @@ class KeyRecord(Record):
     # Default attribution tags for the key's ledger lines (see `handler/pipeline/attribution.py` for how they combine
     # with its ancestors' and the request's).
     tags: dict[str, str]
+    # The ancestor whose revocation revoked this key with it (`revoked_at` is then that revocation's time).
+    revoked_by: str | None
 
     def __init__(
         self,
@@ -434,6 +436,7 @@ class KeyRecord(Record):
         version: int = 1,
         home_region: str | None = None,
         tags: dict[str, str] | None = None,
+        revoked_by: str | None = None,
     ) -> None:
         self.id = id
         self.name = name
@@ -456,6 +459,7 @@ class KeyRecord(Record):
         self.version = version
         self.home_region = home_region
         self.tags = {} if tags is None else tags
+        self.revoked_by = revoked_by
 
 
 def family_root(record: KeyRecord) -> str | None:

@@ -96,6 +96,7 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
         "ancestors": record.ancestors,
         "created_at": record.created_at,
         "revoked_at": record.revoked_at,
+        "revoked_by": record.revoked_by,
         "rotation_grace_until": record.prev_valid_until,
         "tags": record.tags,
     }

@@ -24,7 +24,7 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError, model_not_allowed
-from handler.ports import ChildLimitReached, KeyRecord, Store
+from handler.ports import ChildLimitReached, ConflictError, KeyRecord, Store
 from handler.records import Value
 from handler.redaction import REDACTED
 
@@ -369,7 +369,8 @@ class KeyService:
             if held is None:
                 why = f"has an ancestor that no longer exists ('{key_id}'); its new secret could never work"
             elif held.revoked_at is not None:
-                why = "is revoked" if mine else f"has a revoked ancestor ('{key_id}')"
+                by = held.revoked_by if mine else key_id
+                why = f"has a revoked ancestor ('{by}')" if by is not None else "is revoked"
                 why += "; a revoked key cannot be rotated"
             elif held.expires_at is not None and held.expires_at <= now:
                 why = "has expired" if mine else f"has an expired ancestor ('{key_id}')"
@@ -386,13 +387,46 @@ class KeyService:
         return retagged
 
     async def revoke(self, record: KeyRecord) -> KeyRecord:
-        """The key revoked from now on; one revoked already stays as it was (when it was revoked is kept)."""
-        if record.revoked_at is not None:
-            return record
-        revoked = replace(record, revoked_at=self.clock(), version=record.version + 1)
-        await self.store.update_key(revoked)
-        self._cache.pop(record.id, None)
+        """The key revoked from now on, and every live key under it with it (`revoked_by` naming it); one revoked
+        already stays as it was (when it was revoked is kept), and the keys under it are revoked with it again
+        (a revocation cut short, by a store error or a child minted meanwhile, is finished by the next)."""
+        revoked = record
+        if record.revoked_at is None:
+            revoked = replace(record, revoked_at=self.clock(), version=record.version + 1)
+            await self.store.update_key(revoked)
+            self._cache.pop(record.id, None)
+        await self._revoke_descendants(revoked)
         return revoked
+
+    async def _revoke_descendants(self, revoked: KeyRecord) -> None:
+        """Every live key under `revoked`, revoked at its time. Its requests were refused already (an ancestor's
+        revocation ends a chain), but the admin API showed such keys live for good (`revoked_at` None) and the store
+        never purged them: it forgets a key a day after its own end (`adapters.store.records.key_purge_after`)."""
+        assert revoked.revoked_at is not None
+        now, ended_at = self.clock(), revoked.revoked_at
+        gate = asyncio.Semaphore(WALK_CONCURRENCY)
+
+        async def end(key_id: str) -> None:
+            async with gate:
+                for attempt in (1, 2):  # (once more after a concurrent write: a retag, a rotation)
+                    held = await self.store.get_key(key_id)
+                    if held is None or held.revoked_at is not None:
+                        return  # purged, or revoked already (its own revocation stands)
+                    if held.expires_at is not None and held.expires_at <= now:
+                        return  # ended already, and purged at its own end
+                    try:
+                        await self.store.update_key(
+                            replace(held, revoked_at=ended_at, revoked_by=revoked.id, version=held.version + 1)
+                        )
+                    except ConflictError:
+                        if attempt == 2:
+                            raise
+                        continue
+                    self._cache.pop(key_id, None)
+                    return
+
+        family = await with_descendants(self.store, revoked.id)
+        await asyncio.gather(*(end(key_id) for key_id in family if key_id != revoked.id))
 
     def forget(self) -> None:
         """Drop every cached record (after a SnapStart restore the cache may be arbitrarily old)."""
@@ -490,6 +524,8 @@ class KeyService:
     async def _check_live(self, record: KeyRecord, now: float, inherited: bool = False) -> None:
         whose = "this key's parent" if inherited else "this key"
         if record.revoked_at is not None and record.revoked_at <= now:
+            if record.revoked_by is not None and not inherited:  # revoked with an ancestor: say which, as before
+                whose = "this key's parent" if record.revoked_by == record.parent_id else "an ancestor of this key"
             raise AuthenticationError(f"{whose} has been revoked", code="key_revoked")
         if record.expires_at is not None and record.expires_at <= now:
             raise AuthenticationError(f"{whose} has expired", code="key_expired")

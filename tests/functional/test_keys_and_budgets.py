@@ -12,7 +12,8 @@ import openai
 import orjson
 import pytest
 
-from handler.pipeline.keys import split_key
+from adapters.store import open_store
+from handler.pipeline.keys import KeyService, split_key
 from handler.pipeline.pricing import estimate_prompt_tokens, price_for, worst_case_usd
 from handler.schemas import ChatRequest
 from tests.functional.conftest import Running, fresh_minute, openai_client
@@ -187,6 +188,60 @@ def test_a_revoked_key_stays_revoked_as_it_was(running: Running, mint: Any) -> N
     httpx.post(f"{running.url}/admin/keys/{parent['id']}/revoke", headers=headers(admin))
     orphan = httpx.post(f"{running.url}/admin/keys/{kid['id']}/rotate", headers=headers(admin), json={})
     assert orphan.status_code == 400 and "revoked ancestor" in orphan.json()["error"]["message"]
+
+
+def test_the_keys_under_a_revoked_key_are_shown_revoked_and_purged_with_it(on_each_store: Running) -> None:
+    """After a parent was revoked its children were dead (401 "this key's parent has been revoked"), but
+    `GET /admin/keys` and `/admin/keys/{child}` showed them live (`revoked_at` None) and the store, which forgets a key
+    a day after its own end, never purged them (found by review). Now a revocation revokes every live key under it
+    at its time, naming itself (`revoked_by`), and they go with it; one revoked before keeps its own revocation."""
+    running = on_each_store
+    admin = running.mint(admin=True)
+
+    def mint_under(parent: str, name: str) -> dict[str, Any]:
+        minted = httpx.post(f"{running.url}/v1/keys", headers=headers(parent), json={"name": name})
+        assert minted.status_code == 201, minted.text
+        body: dict[str, Any] = minted.json()
+        return body
+
+    def shown(key_id: str) -> httpx.Response:
+        return httpx.get(f"{running.url}/admin/keys/{key_id}", headers=headers(admin))
+
+    lead = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "team-lead"}).json()
+    agent = mint_under(lead["key"], "agent")
+    tool = mint_under(agent["key"], "tool")
+    earlier = mint_under(lead["key"], "earlier")
+    own = httpx.post(f"{running.url}/admin/keys/{earlier['id']}/revoke", headers=headers(admin)).json()["revoked_at"]
+    revoked = httpx.post(f"{running.url}/admin/keys/{lead['id']}/revoke", headers=headers(admin)).json()
+    assert revoked["revoked_at"] is not None and revoked["revoked_by"] is None
+    for key, whose in ((agent, "this key's parent"), (tool, "an ancestor of this key")):
+        refused = httpx.get(f"{running.url}/v1/key", headers=headers(key["key"]))
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "key_revoked"
+        assert refused.json()["error"]["message"] == f"{whose} has been revoked"
+        view = shown(key["id"]).json()
+        assert (view["revoked_at"], view["revoked_by"]) == (revoked["revoked_at"], lead["id"]), view
+    listed = {k["id"]: k for k in httpx.get(f"{running.url}/admin/keys", headers=headers(admin)).json()["data"]}
+    assert listed[tool["id"]]["revoked_at"] == revoked["revoked_at"] and listed[tool["id"]]["revoked_by"] == lead["id"]
+    assert (listed[earlier["id"]]["revoked_at"], listed[earlier["id"]]["revoked_by"]) == (own, None)
+
+    # A day and more after the revocation, the keys under it are gone with it.
+    team = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "old-team"}).json()
+    under = mint_under(mint_under(team["key"], "agent")["key"], "tool")["id"]
+
+    async def revoke_long_ago() -> None:
+        store = open_store(running.store_url)
+        try:
+            record = await store.get_key(team["id"])
+            assert record is not None
+            await KeyService(store, 0, clock=lambda: time.time() - 86400 - 60).revoke(record)
+        finally:
+            await store.close()
+
+    asyncio.run(revoke_long_ago())
+    for key_id in (team["id"], under):
+        assert shown(key_id).status_code == 404
+    listed_ids = {k["id"] for k in httpx.get(f"{running.url}/admin/keys", headers=headers(admin)).json()["data"]}
+    assert under not in listed_ids
 
 
 def test_a_key_whose_new_secret_could_never_work_is_not_rotated(on_each_store: Running) -> None:
