@@ -151,7 +151,8 @@ class PricedOptions(_Strict):
 
 
 class KeyMinting(_Strict):
-    """Limits on `POST /v1/keys` (child keys), per parent key."""
+    """Limits on `POST /v1/keys` (child keys), on a key's whole family: `per_minute` counts a mint on the parent
+    and on every ancestor, `max_children` the live keys under a root key at every depth."""
 
     per_minute: int = Field(default=30, ge=1)
     max_children: int = Field(default=1000, ge=1)

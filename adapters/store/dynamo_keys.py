@@ -19,11 +19,13 @@ from adapters.store.dynamo_client import ConditionFailed, call
 from adapters.store.expressions import Expression, Item, num, text
 from adapters.store.records import LEDGER_TTL_SECONDS, key_from_json, key_purge_after, key_to_json
 from adapters.store.region_leases import RegionLeases
-from handler.ports import ChildLimitReached, ConflictError, KeyRecord
+from handler.ports import ChildLimitReached, ConflictError, KeyRecord, family_root
 
 WRITE_TOKEN = "w"  # on a key item: a token of the write that put it (`already_written`)
 COUNT_SK = "COUNT"
+FAMILY_COUNT = "d"  # on a root's count item: the keys minted in its family (`create_child`)
 CHILD_PREFIX = "CHILD#"
+DESCENDANT_PREFIX = "DESC#"  # on a root's partition: a key deeper than its children, for the family's recount
 NO_CHILD_LIMIT = 2**53  # `create_key`'s children: counted like any other, never refused
 BATCH_GET_KEYS = 100  # DynamoDB's limit for one `BatchGetItem`
 
@@ -63,7 +65,7 @@ class DynamoDBKeys:
         if record.home_region is None:
             record.home_region = self.region
         if record.parent_id is not None:
-            await self._create_child(record, record.parent_id, NO_CHILD_LIMIT)
+            await self._create_child(record, NO_CHILD_LIMIT)
             return
         item = stamped(self._key_item(record))
         try:
@@ -78,22 +80,23 @@ class DynamoDBKeys:
             if not already_written(exc.item, item):
                 raise ConflictError(f"key {record.id} exists") from exc
 
-    async def create_child(self, record: KeyRecord, max_children: int, parent_home: str | None = None) -> None:
-        """The key's conditional `Put` in one `TransactWriteItems` with its parent's child count (`ADD n 1` if
-        `n < max_children`) and its link (`child_ids`), so that racing mints cannot all pass one count: of 20
+    async def create_child(self, record: KeyRecord, max_children: int, root_home: str | None = None) -> None:
+        """The key's conditional `Put` in one `TransactWriteItems` with its root's family count (`ADD d 1` if
+        `d < max_children`), its link to its parent (`child_ids`) and, below the root's children, its link on the
+        root's partition (`DESC#`, for the recount), so that racing mints cannot all pass one count: of 20
         concurrent mints under a limit of 3, counted by a listing read before a separate write, all 20 passed.
 
-        The count only grows: a child purged a day after it ends (its TTL) cannot lower it. So a refused
-        condition is checked against the children themselves (`_recount`) and, where fewer than the limit are
-        live, the count is corrected and the mint tried once more. A parent without a count (its children all
-        minted before counts existed) has its count set the same way: `n < max` fails on a missing `n`. The
-        recount reads the links with a consistent query of the parent's partition and the children's records
-        with consistent reads, not the key listing (`list_keys` reads the `gsi1` index, which is eventually
-        consistent and can miss a child minted a moment ago); the listing adds only children minted before links
-        existed, long since on the index. A count changed since the recount read it is not corrected (the
-        correction is conditional on the value read), so a mint the recount missed is never forgotten.
+        The count only grows: a key purged a day after it ends (its TTL) cannot lower it. So a refused condition
+        is checked against the family itself (`_recount`) and, where fewer than the limit are live, the count is
+        corrected and the mint tried once more. A root without a family count (its children minted before family
+        counts existed, when each parent counted its children as `n`) has its count set the same way: `d < max`
+        fails on a missing `d`. The recount reads the links with a consistent query of the root's partition and
+        the keys' records with consistent reads, not the key listing (`list_keys` reads the `gsi1` index, which is
+        eventually consistent and can miss a child minted a moment ago); the listing adds only children minted
+        before links existed, long since on the index. A count changed since the recount read it is not corrected
+        (the correction is conditional on the value read), so a mint the recount missed is never forgotten.
 
-        Written in the parent's home region (`parent_home`), as its meter and record are, and counted again there:
+        Written in the root's home region (`root_home`), as its meter and record are, and counted again there:
         across the replicas of a global table, two regions minting under one parent at once each passed the same
         count in their own replica (the last writer wins the count item), and the parent had a child past its
         limit for each region. The child itself is homed where it was minted."""
@@ -101,7 +104,7 @@ class DynamoDBKeys:
             raise ValueError("create_child needs a record with a parent_id")
         if record.home_region is None:
             record.home_region = self.region
-        await self._create_child(record, record.parent_id, max_children, self._client_for(parent_home))
+        await self._create_child(record, max_children, self._client_for(root_home))
 
     def _family_key(self, parent_id: str, sk: str) -> Item:
         return {"pk": text(f"FAMILY#{parent_id}"), "sk": text(sk)}
@@ -116,15 +119,15 @@ class DynamoDBKeys:
             link["ttl"] = num(int(ttl))
         return link
 
-    async def _create_child(
-        self, record: KeyRecord, parent_id: str, max_children: int, client: Any | None = None
-    ) -> None:
-        """`create_child`'s transaction, on `client` (the parent's home region's; this region's if None)."""
+    async def _create_child(self, record: KeyRecord, max_children: int, client: Any | None = None) -> None:
+        """`create_child`'s transaction, on `client` (the root's home region's; this region's if None)."""
         client = client or self.client
+        parent_id, root_id = record.parent_id, family_root(record)
+        assert parent_id is not None and root_id is not None
         purge = key_purge_after(record)
         link = self._link_item(parent_id, record.id, purge, None if purge is None else purge + LEDGER_TTL_SECONDS)
         item = stamped(self._key_item(record))
-        writes = [
+        writes: list[Item] = [
             {
                 "Put": {
                     "TableName": self.table,
@@ -136,15 +139,21 @@ class DynamoDBKeys:
             {
                 "Update": {
                     "TableName": self.table,
-                    "Key": self._family_key(parent_id, COUNT_SK),
-                    "UpdateExpression": "ADD #n :one",
-                    "ConditionExpression": "#n < :max",
-                    "ExpressionAttributeNames": {"#n": "n"},
+                    "Key": self._family_key(root_id, COUNT_SK),
+                    "UpdateExpression": "ADD #d :one",
+                    "ConditionExpression": "#d < :max",
+                    "ExpressionAttributeNames": {"#d": FAMILY_COUNT},
                     "ExpressionAttributeValues": {":one": num(1), ":max": num(max_children)},
                 }
             },
             {"Put": {"TableName": self.table, "Item": link}},
         ]
+        if root_id != parent_id:  # (the root's children are its `CHILD#` links already)
+            deeper: Item = {**self._family_key(root_id, f"{DESCENDANT_PREFIX}{record.id}"), "child": text(record.id)}
+            if purge is not None:
+                deeper["purge"] = num(purge)
+                deeper["ttl"] = num(int(purge))
+            writes.append({"Put": {"TableName": self.table, "Item": deeper}})
         for attempt in (1, 2):
             try:
                 await call(client, "transact_write_items", TransactItems=writes)
@@ -154,20 +163,20 @@ class DynamoDBKeys:
                     if already_written(exc.reasons[0].get("Item", {}), item):
                         return  # the whole transaction landed: its count and link with it
                     raise ConflictError(f"key {record.id} exists") from exc
-                if attempt == 2 or not await self._recount(parent_id, max_children, client):
-                    raise ChildLimitReached(parent_id, max_children) from exc
+                if attempt == 2 or not await self._recount(root_id, max_children, client):
+                    raise ChildLimitReached(root_id, max_children) from exc
 
-    async def _recount(self, parent_id: str, max_children: int, client: Any) -> bool:
-        """After a refused count: whether fewer than `max_children` children are live; if so, the count set to
-        them (unless it changed since it was read). See `create_child`."""
-        count_key = self._family_key(parent_id, COUNT_SK)
+    async def _recount(self, root_id: str, max_children: int, client: Any) -> bool:
+        """After a refused count: whether fewer than `max_children` keys of the root's family are live; if so,
+        the count set to them (unless it changed since it was read). See `create_child`."""
+        count_key = self._family_key(root_id, COUNT_SK)
         answer = await call(client, "get_item", TableName=self.table, Key=count_key, ConsistentRead=True)
-        seen = answer.get("Item", {}).get("n")
-        live = await self._live_children(parent_id, client)
+        seen = answer.get("Item", {}).get(FAMILY_COUNT)
+        live = await self._live_family(root_id, client)
         if len(live) >= max_children:
             return False
         e = Expression()
-        count = e.name("n")
+        count = e.name(FAMILY_COUNT)
         e.clauses["SET"].append(f"{count} = {e.value(num(len(live)))}")
         e.conditions.append(f"attribute_not_exists({count})" if seen is None else f"{count} = {e.value(seen)}")
         with contextlib.suppress(ConditionFailed):  # moved meanwhile: the retry meets the count as it is now
@@ -182,18 +191,32 @@ class DynamoDBKeys:
             client=client,
         )
 
-    async def _live_children(self, parent_id: str, client: Any | None = None) -> set[str]:
-        """The parent's children not yet purged: linked ones by consistent reads of their records (a link's
-        `purge` is when the child's record goes at the latest: a revocation brings it forward, nothing puts it
-        back), and those of the key listing."""
+    async def _live_family(self, root_id: str, client: Any | None = None) -> set[str]:
+        """The keys of the root's family not yet purged, under no purged key: linked ones (its children's and
+        deeper keys' links on its partition) by consistent reads of their records (a link's `purge` is when the
+        key's record goes at the latest: a revocation brings it forward, nothing puts it back), and its children
+        of the key listing."""
         now = self.clock()
+        links = await self._query(
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": text(f"FAMILY#{root_id}")},
+            ConsistentRead=True,
+            client=client,
+        )
         linked = [
             item["child"]["S"]
-            for item in await self._links(parent_id, client)
-            if "purge" not in item or float(item["purge"]["N"]) >= now
+            for item in links
+            if item["sk"]["S"].startswith((CHILD_PREFIX, DESCENDANT_PREFIX))
+            and ("purge" not in item or float(item["purge"]["N"]) >= now)
         ]
-        live = {record.id for record in await self._get_keys(linked, client)}
-        return live | {record.id for record in await self.list_keys(parent_id)}
+        records = await self._get_keys(linked, client) + await self.list_keys(root_id)
+        live = {record.id for record in records}
+        return {
+            record.id
+            for record in records
+            if root_id in record.ancestors
+            and all(held in live for held in record.ancestors[record.ancestors.index(root_id) + 1 :])
+        }
 
     async def _get_keys(self, key_ids: list[str], client: Any | None = None) -> list[KeyRecord]:
         """The live records of `key_ids`, read consistently, `BATCH_GET_KEYS` to a `BatchGetItem`."""

@@ -11,8 +11,9 @@ Items (`pk`, `sk`; `gsi1pk`/`gsi1sk` feed the one index; `ttl` is the table's TT
 | daily aggregate | `AGG#<day>` | `<key id>#<model>@<region>` | requests, tokens, USD (`ADD`; one writer) |
 
 | lease | `METER#<id>` | `LEASE#<region>` | a region's lease of a key homed elsewhere (`region_leases.py`) |
-| child count | `FAMILY#<id>` | `COUNT` | `n`: children minted, less those a recount found purged (`create_child`) |
+| family count | `FAMILY#<root>` | `COUNT` | `d`: keys minted under it (any depth) less those purged (`create_child`) |
 | child link | `FAMILY#<id>` | `CHILD#<child id>` | `child`, `purge` (when its record may go); a TTL past its lines' |
+| deeper link | `FAMILY#<root>` | `DESC#<key id>` | a key below its children: `child`, `purge`, its TTL (for recounts) |
 
 A meter item's `q` names the last admission without a budget that counted on it (`_admit_update`).
 A key item's `w` is a token of the write that put it, so that a write sent again knows its own (`already_written`).

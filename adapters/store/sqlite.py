@@ -80,6 +80,7 @@ from handler.ports import (
     Settlement,
     StoreError,
     UsageQuery,
+    family_root,
 )
 
 SCHEMA = """
@@ -129,6 +130,16 @@ WITH RECURSIVE family_of(id) AS (
     UNION SELECT keys.id FROM keys JOIN family_of ON keys.parent_id = family_of.id
 )
 SELECT id FROM family_of
+"""
+# The live keys under a root key, at every depth, through live keys only (one under a purged key is not live either):
+# `create_child`'s count, bounded by the limit it checks (the index on `parent_id` finds each level).
+LIVE_FAMILY = """
+WITH RECURSIVE under(id) AS (
+    SELECT id FROM keys WHERE parent_id = :root AND (purge_after IS NULL OR purge_after >= :now)
+    UNION ALL SELECT keys.id FROM keys JOIN under ON keys.parent_id = under.id
+    WHERE keys.purge_after IS NULL OR keys.purge_after >= :now
+)
+SELECT count(*) FROM under
 """
 T = TypeVar("T")
 SETTLE_LINGER_S = 0.01
@@ -452,20 +463,18 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
         with self._write() as db:
             self._insert_key(db, record)
 
-    async def create_child(self, record: KeyRecord, max_children: int, parent_home: str | None = None) -> None:
-        """The count of the parent's live children and the insert in one `BEGIN IMMEDIATE` transaction: it holds
-        the file's write lock from before the count to the commit, so no other connection (another worker
-        process, the CLI) inserts a child in between; a count read outside it let two workers mint four
-        children of a parent allowed three."""
-        if record.parent_id is None:
+    async def create_child(self, record: KeyRecord, max_children: int, root_home: str | None = None) -> None:
+        """The count of the root's live family (`LIVE_FAMILY`) and the insert in one `BEGIN IMMEDIATE`
+        transaction: it holds the file's write lock from before the count to the commit, so no other connection
+        (another worker process, the CLI) inserts a child in between; a count read outside it let two workers
+        mint four children of a parent allowed three."""
+        root = family_root(record)
+        if root is None:
             raise ValueError("create_child needs a record with a parent_id")
         with self._write() as db:
-            (live,) = db.execute(
-                "SELECT count(*) FROM keys WHERE parent_id = ? AND (purge_after IS NULL OR purge_after >= ?)",
-                (record.parent_id, time.time()),
-            ).fetchone()
+            (live,) = db.execute(LIVE_FAMILY, {"root": root, "now": time.time()}).fetchone()
             if live >= max_children:
-                raise ChildLimitReached(record.parent_id, max_children)
+                raise ChildLimitReached(root, max_children)
             self._insert_key(db, record)
 
     @staticmethod

@@ -49,7 +49,7 @@ from handler.pipeline.attribution import TAG, parse_tags
 from handler.pipeline.budgets import SETTLE_BY
 from handler.pipeline.exchange import Controls, Exchange
 from handler.pipeline.gateway import Gateway
-from handler.pipeline.keys import allows_model
+from handler.pipeline.keys import allows_model, hop_address, network
 from handler.pipeline.passthrough import guarded
 from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import RouteControls
@@ -143,7 +143,7 @@ class Api:
         self.pipeline = Pipeline(gateway)
         settings = gateway.config.gateway
         self.max_body = settings.max_body_bytes
-        self.trusted = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies]
+        self.trusted = [network(n) for n in settings.trusted_proxies]  # (a mapped range as the IPv4 one it maps)
         self.capture_content = gateway.tracer is not None and gateway.tracer.capture_content
 
     # --- request helpers --------------------------------------------------------------------
@@ -236,15 +236,18 @@ class Api:
         # (HAProxy does), and the lines are one list (RFC 9110 5.3), whose first is the client's own word.
         lines = request.headers.getlist("x-forwarded-for")
         hops = [h.strip() for line in lines for h in line.split(",") if h.strip()]
+        # Each hop read as `hop_address` reads it: a dual-stack socket's IPv4 peer is `::ffff:127.0.0.1`, which no
+        # IPv4 range holds (an IPv4 proxy was never trusted there: the proxy's own address was the client's), and a
+        # hop with a port (`203.0.113.7:51234`) was no address at all (an allowed client refused).
         chain = [*hops, peer]
+        address = None
         for hop in reversed(chain):
-            try:
-                address = ipaddress.ip_address(hop)
-            except ValueError:
+            address = hop_address(hop)
+            if address is None:
                 return hop
             if not any(address in net for net in self.trusted):
-                return hop
-        return chain[0]
+                return str(address)
+        return str(address)
 
     async def authenticate(self, request: Request, *, allow_x_api_key: bool = False) -> KeyRecord:
         token = None

@@ -96,6 +96,7 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
         "ancestors": record.ancestors,
         "created_at": record.created_at,
         "revoked_at": record.revoked_at,
+        "revoked_by": record.revoked_by,
         "rotation_grace_until": record.prev_valid_until,
         "tags": record.tags,
     }
@@ -136,6 +137,57 @@ def networks_within(child: list[str], parent: list[str]) -> bool:
         if not any(held.version == p.version and held.subnet_of(p) for p in parents):  # type: ignore[arg-type]
             return False
     return True
+
+
+def narrow_to(key: KeyRecord, spec: KeySpec, holder: KeyRecord, what: str, whose: str) -> None:
+    """Hold `key` (built from `spec`) to `holder`'s models, expiry and IP ranges: one that `spec` leaves out is the
+    holder's; one wider than the holder's is refused (`what`: the new key, `whose`: the holder, in the message)."""
+    if spec.models is None:
+        key.models = list(holder.models)
+    elif not models_within(key.models, holder.models):
+        raise PermissionDeniedError(f"{what}'s models must be within {whose}'s", code="model_not_allowed")
+    if holder.expires_at is not None:
+        if key.expires_at is None:
+            key.expires_at = holder.expires_at
+        elif key.expires_at > holder.expires_at:
+            raise InvalidRequestError(f"{what} cannot outlive {whose}", param="expires_in_seconds")
+    if not spec.allow_ips:  # none given (or an empty list, which would mean "anywhere"): the holder's
+        key.allow_ips = list(holder.allow_ips)
+    elif not networks_within(key.allow_ips, holder.allow_ips):
+        raise InvalidRequestError(f"{what}'s IP ranges must be within {whose}'s", param="allow_ips")
+
+
+def spending_bounds(record: KeyRecord) -> list[str]:
+    """The bounds of `record` on how much its holder may spend or send (a budget, rates): what a key outside its
+    family, its own budget and rates apart, would multiply."""
+    named = {"budget_usd": record.budget_usd, "rpm": record.rpm, "tpm": record.tpm}
+    return [name for name, value in named.items() if value is not None] + (
+        ["model_limits"] if record.model_limits else []
+    )
+
+
+def beyond_authority(target: list[KeyRecord], authority: KeyRecord) -> str | None:
+    """Why the key `target` (it and its ancestors, nearest first) is less bounded than the admin key `authority`,
+    or None when `authority`'s bounds hold it: it is `authority` or one of its descendants (every request of it is
+    held to `authority`'s bounds), or it is no wider on any bound: no later expiry (none at all is later), models and
+    IP ranges within (those of any key of its chain), and `authority` has no budget or rates, which a key spending
+    apart from it would escape."""
+    if authority.id in (target[0].id, *target[0].ancestors):
+        return None
+    spending = spending_bounds(authority)
+    if spending:
+        return f"this admin key has {' and '.join(spending)} of its own, which a key outside its family escapes"
+    if authority.expires_at is not None:
+        ends = [held.expires_at for held in target if held.expires_at is not None]
+        if not ends or min(ends) > authority.expires_at:
+            return "it outlives this admin key"
+    if not any(models_within(held.models, authority.models) for held in target):
+        return "its models are not within this admin key's"
+    if authority.allow_ips and not any(
+        held.allow_ips and networks_within(held.allow_ips, authority.allow_ips) for held in target
+    ):
+        return "its IP ranges are not within this admin key's"
+    return None
 
 
 def wider_model_limit(child: KeyRecord, parent: KeyRecord, whose: str) -> None:
@@ -204,19 +256,7 @@ class KeyRoutes:
         spec = await self.api.parse(request, KeySpec)
         now = time.time()
         child = record_from(spec, now=now)
-        if spec.models is None:
-            child.models = list(parent.models)
-        elif not models_within(child.models, parent.models):
-            raise PermissionDeniedError("a child key's models must be within its parent's", code="model_not_allowed")
-        if parent.expires_at is not None:
-            if child.expires_at is None:
-                child.expires_at = parent.expires_at
-            elif child.expires_at > parent.expires_at:
-                raise InvalidRequestError("a child key cannot outlive its parent", param="expires_in_seconds")
-        if not spec.allow_ips:  # none given (or an empty list, which would mean "anywhere"): the parent's
-            child.allow_ips = list(parent.allow_ips)
-        elif not networks_within(child.allow_ips, parent.allow_ips):
-            raise InvalidRequestError("a child key's IP ranges must be within its parent's", param="allow_ips")
+        narrow_to(child, spec, parent, "a child key", "its parent")
         lineage = await self.gateway.keys.lineage(parent)
         for held in lineage:  # the parent's own, and what binds it from above
             whose = "the parent's" if held is parent else f"the limit of ancestor '{held.id}',"
@@ -239,16 +279,20 @@ class KeyRoutes:
                     + ("" if whose == "the parent's" else f" (the budget of key '{state['remaining_bound_by']}')"),
                     param="budget_usd",
                 )
+        # Counted on the parent and on every ancestor, as a chain's rate limits are: counted per parent, a key's 30
+        # children minted 30 each in the same minute (930 keys in 3.5 s), and theirs could have gone on.
         minting = self.gateway.config.gateway.key_minting
-        mints = RateCharge("mint", 0, minting.per_minute, 1)
-        await self.api.pipeline.meter.count_request(parent, request.state.request_id, [mints])
+        mints = [RateCharge("mint", 0, minting.per_minute, 1)] + [
+            RateCharge("mint", 0, minting.per_minute, 1, held.id, held.home_region) for held in lineage[1:]
+        ]
+        await self.api.pipeline.meter.count_request(parent, request.state.request_id, mints)
         if len(parent.ancestors) + 2 > minting.max_depth:
             raise PermissionDeniedError(
                 f"a key may have at most {minting.max_depth - 1} ancestors (gateway.key_minting.max_depth)",
                 code="key_depth_limit",
             )
         child = replace(child, parent_id=parent.id, ancestors=[*parent.ancestors, parent.id])
-        minted = await self.gateway.keys.mint_child(child, minting.max_children, parent.home_region)
+        minted = await self.gateway.keys.mint_child(child, minting.max_children, lineage[-1].home_region)
         return self.api.json({**key_view(minted.record), "key": minted.key}, status=201, headers=SECRET_HEADERS)
 
     # --- admin ------------------------------------------------------------------------------
@@ -267,6 +311,27 @@ class KeyRoutes:
             )
         return key
 
+    async def _authority(self, request: Request) -> KeyRecord:
+        """The admin key whose bounds an admin request is held to: the caller's, or for a dashboard session (an admin
+        key with a parent) the admin key it was made from, for which it acts (its own expiry ends the session, not
+        what it may do)."""
+        await self._admin(request)
+        return self.api.lineage(request)[-1]
+
+    async def _held_target(self, request: Request, authority: KeyRecord, action: str) -> KeyRecord:
+        """The key of the path, if `authority` may `action` it (`beyond_authority`), else a 403 `admin_only`: a
+        temporary, narrow admin key rotated the operator's own first admin key with no grace, locking the operator
+        out, and a rotation hands out the key's new secret."""
+        record = await self._target(request)
+        why = beyond_authority(await self.gateway.keys.lineage(record), authority)
+        if why is not None:
+            raise PermissionDeniedError(
+                f"this admin key cannot {action} key '{record.id}': {why}; an admin key may only {action} a key its "
+                "own bounds hold",
+                code="admin_only",
+            )
+        return record
+
     async def _target(self, request: Request) -> KeyRecord:
         record: KeyRecord | None = await self.gateway.store.get_key(request.path_params["key_id"])
         if record is None:
@@ -280,9 +345,20 @@ class KeyRoutes:
         return self.api.json({"object": "list", "data": [key_view(r) for r in records]})
 
     async def admin_create(self, request: Request) -> Response:
-        await self._admin(request, hands_out_a_secret=True)
+        """A root key, within the bounds of the admin key creating it: a temporary, narrow admin key (60 s, one
+        model, $0.01, one address) created a permanent admin key with every model, no budget and no IP ranges."""
+        creator = await self._admin(request, hands_out_a_secret=True)
         spec = await self.api.parse(request, AdminKeySpec)
-        minted = await self.gateway.keys.mint(record_from(spec, admin=spec.admin, now=time.time()))
+        spending = spending_bounds(creator)
+        if spending:
+            raise PermissionDeniedError(
+                f"this admin key has {' and '.join(spending)} of its own, which a root key would escape (it spends "
+                "apart): mint a child with POST /v1/keys, whose requests are held to them",
+                code="admin_only",
+            )
+        record = record_from(spec, admin=spec.admin, now=time.time())
+        narrow_to(record, spec, creator, "a new key", "this admin key")
+        minted = await self.gateway.keys.mint(record)
         return self.api.json({**key_view(minted.record), "key": minted.key}, status=201, headers=SECRET_HEADERS)
 
     async def admin_show(self, request: Request) -> Response:
@@ -293,8 +369,8 @@ class KeyRoutes:
         return self.api.json({**key_view(record), **state})
 
     async def admin_rotate(self, request: Request) -> Response:
-        await self._admin(request, hands_out_a_secret=True)
-        record = await self._target(request)
+        caller = await self._admin(request, hands_out_a_secret=True)
+        record = await self._held_target(request, caller, "rotate")
         spec = await self.api.parse(request, RotateSpec, empty_ok=True)
         try:
             minted = await self.gateway.keys.rotate(record, spec.grace_seconds)
@@ -344,8 +420,7 @@ class KeyRoutes:
         return self.api.json(key_view(updated))
 
     async def admin_revoke(self, request: Request) -> Response:
-        await self._admin(request)
-        record = await self._target(request)
+        record = await self._held_target(request, await self._authority(request), "revoke")
         try:
             revoked = await self.gateway.keys.revoke(record)
         except ConflictError:

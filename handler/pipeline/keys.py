@@ -24,7 +24,7 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError, model_not_allowed
-from handler.ports import ChildLimitReached, KeyRecord, Store
+from handler.ports import ChildLimitReached, ConflictError, KeyRecord, Store
 from handler.records import Value
 from handler.redaction import REDACTED
 
@@ -38,6 +38,7 @@ ID_LENGTH = 12
 RECHECK_SECONDS = 1.0
 
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def new_key_id() -> str:
@@ -172,12 +173,40 @@ def address_allowed(networks: tuple[Network, ...], address: str | None) -> bool:
     if address is None:
         return False
     try:
-        ip = ipaddress.ip_address(address)
+        ip = unmapped(ipaddress.ip_address(address))
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     return any(ip in net for net in networks)
+
+
+def unmapped(address: Address) -> Address:
+    """An IPv4-mapped IPv6 address (`::ffff:127.0.0.1`, an IPv4 peer of a dual-stack socket) as the IPv4 address it
+    maps; any other address as it is."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def hop_address(hop: str) -> Address | None:
+    """An address as a peer or an `X-Forwarded-For` hop gives it, or None if it is none: bare, or with the port some
+    proxies add (`203.0.113.7:51234`, `[2001:db8::1]:443`, as Azure Application Gateway writes them), an IPv4-mapped
+    one as its IPv4 address (`unmapped`)."""
+    try:
+        return unmapped(ipaddress.ip_address(hop))
+    except ValueError:
+        pass
+    if hop.startswith("["):  # `[v6]` or `[v6]:port`
+        host, closed, port = hop[1:].partition("]")
+        if not closed or (port and not (port[0] == ":" and port[1:].isdigit())):
+            return None
+    else:  # `v4:port`: one colon only (more is an IPv6 address, which needs brackets for a port)
+        host, colon, port = hop.rpartition(":")
+        if not colon or ":" in host or not port.isdigit():
+            return None
+    try:
+        return unmapped(ipaddress.ip_address(host))
+    except ValueError:
+        return None
 
 
 def network(text: str) -> Network:
@@ -291,16 +320,17 @@ class KeyService:
         await self.store.create_key(minted.record)
         return minted
 
-    async def mint_child(self, template: KeyRecord, max_children: int, parent_home: str | None = None) -> MintedKey:
-        """`mint` under `template.parent_id`, refused with a 403 `child_key_limit` when the parent has
-        `max_children` live children: the store counts and inserts in one atomic step (`Store.create_child`), in
-        the parent's home region `parent_home`."""
+    async def mint_child(self, template: KeyRecord, max_children: int, root_home: str | None = None) -> MintedKey:
+        """`mint` under `template.parent_id`, refused with a 403 `child_key_limit` when its family (the keys under
+        its root key, at every depth) holds `max_children` live keys: the store counts and inserts in one atomic
+        step (`Store.create_child`), in the root's home region `root_home`."""
         minted = self._new(template)
         try:
-            await self.store.create_child(minted.record, max_children, parent_home)
-        except ChildLimitReached:
+            await self.store.create_child(minted.record, max_children, root_home)
+        except ChildLimitReached as full:
             raise PermissionDeniedError(
-                f"this key has minted its {max_children} child keys (gateway.key_minting.max_children)",
+                f"this key's family holds {max_children} live keys, the most one root key may have under it at every "
+                f"depth (root '{full.root_id}'; gateway.key_minting.max_children)",
                 code="child_key_limit",
             ) from None
         return minted
@@ -339,7 +369,8 @@ class KeyService:
             if held is None:
                 why = f"has an ancestor that no longer exists ('{key_id}'); its new secret could never work"
             elif held.revoked_at is not None:
-                why = "is revoked" if mine else f"has a revoked ancestor ('{key_id}')"
+                by = held.revoked_by if mine else key_id
+                why = f"has a revoked ancestor ('{by}')" if by is not None else "is revoked"
                 why += "; a revoked key cannot be rotated"
             elif held.expires_at is not None and held.expires_at <= now:
                 why = "has expired" if mine else f"has an expired ancestor ('{key_id}')"
@@ -356,13 +387,46 @@ class KeyService:
         return retagged
 
     async def revoke(self, record: KeyRecord) -> KeyRecord:
-        """The key revoked from now on; one revoked already stays as it was (when it was revoked is kept)."""
-        if record.revoked_at is not None:
-            return record
-        revoked = replace(record, revoked_at=self.clock(), version=record.version + 1)
-        await self.store.update_key(revoked)
-        self._cache.pop(record.id, None)
+        """The key revoked from now on, and every live key under it with it (`revoked_by` naming it); one revoked
+        already stays as it was (when it was revoked is kept), and the keys under it are revoked with it again
+        (a revocation cut short, by a store error or a child minted meanwhile, is finished by the next)."""
+        revoked = record
+        if record.revoked_at is None:
+            revoked = replace(record, revoked_at=self.clock(), version=record.version + 1)
+            await self.store.update_key(revoked)
+            self._cache.pop(record.id, None)
+        await self._revoke_descendants(revoked)
         return revoked
+
+    async def _revoke_descendants(self, revoked: KeyRecord) -> None:
+        """Every live key under `revoked`, revoked at its time. Its requests were refused already (an ancestor's
+        revocation ends a chain), but the admin API showed such keys live for good (`revoked_at` None) and the store
+        never purged them: it forgets a key a day after its own end (`adapters.store.records.key_purge_after`)."""
+        assert revoked.revoked_at is not None
+        now, ended_at = self.clock(), revoked.revoked_at
+        gate = asyncio.Semaphore(WALK_CONCURRENCY)
+
+        async def end(key_id: str) -> None:
+            async with gate:
+                for attempt in (1, 2):  # (once more after a concurrent write: a retag, a rotation)
+                    held = await self.store.get_key(key_id)
+                    if held is None or held.revoked_at is not None:
+                        return  # purged, or revoked already (its own revocation stands)
+                    if held.expires_at is not None and held.expires_at <= now:
+                        return  # ended already, and purged at its own end
+                    try:
+                        await self.store.update_key(
+                            replace(held, revoked_at=ended_at, revoked_by=revoked.id, version=held.version + 1)
+                        )
+                    except ConflictError:
+                        if attempt == 2:
+                            raise
+                        continue
+                    self._cache.pop(key_id, None)
+                    return
+
+        family = await with_descendants(self.store, revoked.id)
+        await asyncio.gather(*(end(key_id) for key_id in family if key_id != revoked.id))
 
     def forget(self) -> None:
         """Drop every cached record (after a SnapStart restore the cache may be arbitrarily old)."""
@@ -460,6 +524,8 @@ class KeyService:
     async def _check_live(self, record: KeyRecord, now: float, inherited: bool = False) -> None:
         whose = "this key's parent" if inherited else "this key"
         if record.revoked_at is not None and record.revoked_at <= now:
+            if record.revoked_by is not None and not inherited:  # revoked with an ancestor: say which, as before
+                whose = "this key's parent" if record.revoked_by == record.parent_id else "an ancestor of this key"
             raise AuthenticationError(f"{whose} has been revoked", code="key_revoked")
         if record.expires_at is not None and record.expires_at <= now:
             raise AuthenticationError(f"{whose} has expired", code="key_expired")

@@ -12,7 +12,8 @@ import openai
 import orjson
 import pytest
 
-from handler.pipeline.keys import split_key
+from adapters.store import open_store
+from handler.pipeline.keys import KeyService, split_key
 from handler.pipeline.pricing import estimate_prompt_tokens, price_for, worst_case_usd
 from handler.schemas import ChatRequest
 from tests.functional.conftest import Running, fresh_minute, openai_client
@@ -47,6 +48,59 @@ def test_admin_routes_need_an_admin_key(running: Running, key: str, mint: Any) -
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "budget_usd"
     unknown = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "x", "colour": "red"})
     assert unknown.status_code == 400
+
+
+def test_an_admin_key_creates_rotates_and_revokes_only_within_its_own_bounds(running: Running, mint: Any) -> None:
+    """A temporary, narrow admin key (60 s, gpt-4o-mini, $0.01, 127.0.0.1 only) created a permanent root admin key
+    with every model, no budget and no IP ranges (201), and rotated the operator's own admin key with no grace,
+    locking the operator out (found by review). Now what it creates takes its expiry, models and ranges (wider is
+    refused), a key with a budget or rates of its own creates no root key at all (it would spend apart), and it
+    rotates or revokes only keys its bounds hold."""
+    operator = mint(admin=True)
+    operator_id = httpx.get(f"{running.url}/v1/key", headers=headers(operator)).json()["id"]
+    admin_keys = f"{running.url}/admin/keys"
+
+    def create(by: str, **body: Any) -> httpx.Response:
+        return httpx.post(admin_keys, headers=headers(by), json={"name": "k", **body})
+
+    narrow = {"expires_in_seconds": 60, "models": ["gpt-4o-mini"], "allow_ips": ["127.0.0.1/32"]}
+    contractor = create(operator, admin=True, **narrow).json()
+    forever = create(contractor["key"], admin=True)
+    assert forever.status_code == 201, forever.text
+    bounds = ("expires_at", "models", "allow_ips")
+    assert {k: forever.json()[k] for k in bounds} == {k: contractor[k] for k in bounds}
+    assert forever.json()["expires_at"] is not None and forever.json()["admin"] is True
+    for wider, status, param in (
+        ({"models": ["*"]}, 403, None),
+        ({"expires_in_seconds": 3600}, 400, "expires_in_seconds"),
+        ({"allow_ips": ["10.0.0.0/8"]}, 400, "allow_ips"),
+    ):
+        refused = create(contractor["key"], **wider)
+        assert refused.status_code == status and refused.json()["error"].get("param") == param, refused.text
+        assert "key" not in refused.json()
+
+    for action, body in (("rotate", {"grace_seconds": 0}), ("revoke", None)):
+        for target in (operator_id, create(operator).json()["id"]):  # the operator's, and an unbounded client key
+            refused = httpx.post(f"{admin_keys}/{target}/{action}", headers=headers(contractor["key"]), json=body)
+            assert refused.status_code == 403 and refused.json()["error"]["code"] == "admin_only", refused.text
+            assert "key" not in refused.json()
+    assert httpx.get(f"{running.url}/v1/key", headers=headers(operator)).status_code == 200
+    within = create(operator, **{**narrow, "expires_in_seconds": 30}).json()  # the contractor's to rotate, revoke
+    rotated = httpx.post(f"{admin_keys}/{within['id']}/rotate", headers=headers(contractor["key"]), json={})
+    assert rotated.status_code == 200 and "key" in rotated.json()
+    own = httpx.post(f"{admin_keys}/{contractor['id']}/rotate", headers=headers(contractor["key"]), json={})
+    assert own.status_code == 200
+    revoked = httpx.post(f"{admin_keys}/{forever.json()['id']}/revoke", headers=headers(own.json()["key"]))
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
+
+    budgeted = create(operator, admin=True, budget_usd=0.01).json()["key"]
+    for body in ({}, {"budget_usd": 0.01}, {"admin": True, "budget_usd": 0.001}):
+        refused = create(budgeted, **body)
+        assert refused.status_code == 403 and "POST /v1/keys" in refused.json()["error"]["message"], refused.text
+    child = httpx.post(f"{running.url}/v1/keys", headers=headers(budgeted), json={"name": "c"}).json()
+    assert httpx.post(f"{admin_keys}/{child['id']}/rotate", headers=headers(budgeted), json={}).status_code == 200
+    assert httpx.post(f"{admin_keys}/{within['id']}/revoke", headers=headers(budgeted)).status_code == 403
+    assert create(operator, admin=True).status_code == 201  # an admin key without bounds is as it was
 
 
 def test_revoke_and_rotate_with_grace(running: Running, mint: Any) -> None:
@@ -134,6 +188,60 @@ def test_a_revoked_key_stays_revoked_as_it_was(running: Running, mint: Any) -> N
     httpx.post(f"{running.url}/admin/keys/{parent['id']}/revoke", headers=headers(admin))
     orphan = httpx.post(f"{running.url}/admin/keys/{kid['id']}/rotate", headers=headers(admin), json={})
     assert orphan.status_code == 400 and "revoked ancestor" in orphan.json()["error"]["message"]
+
+
+def test_the_keys_under_a_revoked_key_are_shown_revoked_and_purged_with_it(on_each_store: Running) -> None:
+    """After a parent was revoked its children were dead (401 "this key's parent has been revoked"), but
+    `GET /admin/keys` and `/admin/keys/{child}` showed them live (`revoked_at` None) and the store, which forgets a key
+    a day after its own end, never purged them (found by review). Now a revocation revokes every live key under it
+    at its time, naming itself (`revoked_by`), and they go with it; one revoked before keeps its own revocation."""
+    running = on_each_store
+    admin = running.mint(admin=True)
+
+    def mint_under(parent: str, name: str) -> dict[str, Any]:
+        minted = httpx.post(f"{running.url}/v1/keys", headers=headers(parent), json={"name": name})
+        assert minted.status_code == 201, minted.text
+        body: dict[str, Any] = minted.json()
+        return body
+
+    def shown(key_id: str) -> httpx.Response:
+        return httpx.get(f"{running.url}/admin/keys/{key_id}", headers=headers(admin))
+
+    lead = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "team-lead"}).json()
+    agent = mint_under(lead["key"], "agent")
+    tool = mint_under(agent["key"], "tool")
+    earlier = mint_under(lead["key"], "earlier")
+    own = httpx.post(f"{running.url}/admin/keys/{earlier['id']}/revoke", headers=headers(admin)).json()["revoked_at"]
+    revoked = httpx.post(f"{running.url}/admin/keys/{lead['id']}/revoke", headers=headers(admin)).json()
+    assert revoked["revoked_at"] is not None and revoked["revoked_by"] is None
+    for key, whose in ((agent, "this key's parent"), (tool, "an ancestor of this key")):
+        refused = httpx.get(f"{running.url}/v1/key", headers=headers(key["key"]))
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "key_revoked"
+        assert refused.json()["error"]["message"] == f"{whose} has been revoked"
+        view = shown(key["id"]).json()
+        assert (view["revoked_at"], view["revoked_by"]) == (revoked["revoked_at"], lead["id"]), view
+    listed = {k["id"]: k for k in httpx.get(f"{running.url}/admin/keys", headers=headers(admin)).json()["data"]}
+    assert listed[tool["id"]]["revoked_at"] == revoked["revoked_at"] and listed[tool["id"]]["revoked_by"] == lead["id"]
+    assert (listed[earlier["id"]]["revoked_at"], listed[earlier["id"]]["revoked_by"]) == (own, None)
+
+    # A day and more after the revocation, the keys under it are gone with it.
+    team = httpx.post(f"{running.url}/admin/keys", headers=headers(admin), json={"name": "old-team"}).json()
+    under = mint_under(mint_under(team["key"], "agent")["key"], "tool")["id"]
+
+    async def revoke_long_ago() -> None:
+        store = open_store(running.store_url)
+        try:
+            record = await store.get_key(team["id"])
+            assert record is not None
+            await KeyService(store, 0, clock=lambda: time.time() - 86400 - 60).revoke(record)
+        finally:
+            await store.close()
+
+    asyncio.run(revoke_long_ago())
+    for key_id in (team["id"], under):
+        assert shown(key_id).status_code == 404
+    listed_ids = {k["id"] for k in httpx.get(f"{running.url}/admin/keys", headers=headers(admin)).json()["data"]}
+    assert under not in listed_ids
 
 
 def test_a_key_whose_new_secret_could_never_work_is_not_rotated(on_each_store: Running) -> None:

@@ -236,6 +236,27 @@ def test_minting_is_rate_limited_and_capped_per_parent(gw: Running) -> None:
     assert 429 in codes and codes.count(201) <= 3
 
 
+def test_minting_is_bounded_over_a_whole_family(gw: Running) -> None:
+    """The limits were per parent: a plain key (rpm 10, $1) minted 30 children and each of them 30 more, 930 keys
+    in 3.5 s, and theirs could have gone on (found by review). A mint now counts on the parent's minute and on every
+    ancestor's (3 a minute here, for the whole family), and `max_children` (2 here) on the live keys under the root
+    at every depth."""
+    fresh_minute()
+    root = gw.mint()
+    kid = child(gw, root)
+    grandchild = child(gw, kid)  # the family's second key; the root's second mint this minute
+    full = post(gw, "/v1/keys", grandchild, {"name": "great-grandchild"})  # the third: counted, and refused
+    assert full.status_code == 403 and full.json()["error"]["code"] == "child_key_limit", full.text
+    assert key_id_of(root) in full.json()["error"]["message"]
+    too_fast = post(gw, "/v1/keys", kid, {"name": "fourth"})
+    assert too_fast.status_code == 429 and too_fast.json()["error"]["code"] == "rate_limit_exceeded"
+    assert too_fast.json()["error"]["message"].startswith("a parent key's rate limit mint=3 per minute reached")
+    assert int(too_fast.headers["retry-after"]) >= 1
+    assert post(gw, "/v1/keys", root, {"name": "fifth"}).status_code == 429
+    other = gw.mint()  # another family counts apart
+    assert post(gw, "/v1/keys", other, {"name": "elsewhere"}).status_code == 201
+
+
 def test_glob_containment_holds_when_minting(gw: Running) -> None:
     parent = gw.mint(models=["gpt-te?t*"])
     wider = post(gw, "/v1/keys", parent, {"name": "w", "models": ["gpt-te*"]})
@@ -322,10 +343,11 @@ def test_a_chain_of_keys_is_as_deep_as_a_store_transaction_allows(gw: Running) -
     `gateway.key_minting.max_depth` (32 keys) bounds a chain, so none is admitted whose settlement could not
     be written."""
     key = gw.mint(budget_usd=10.0)
+    chain = [key_id_of(key)]
+    # (Through the store: minting bounds this gateway's families to 2 keys and 3 mints a minute.)
     for depth in range(2, 33):
-        answer = post(gw, "/v1/keys", key, {"name": f"d{depth}"})
-        assert answer.status_code == 201, (depth, answer.text)
-        key = answer.json()["key"]
+        key = gw.mint(name=f"d{depth}", parent_id=chain[-1], ancestors=list(chain))
+        chain.append(key_id_of(key))
     too_deep = post(gw, "/v1/keys", key, {"name": "d33"})
     assert too_deep.status_code == 403 and too_deep.json()["error"]["code"] == "key_depth_limit"
     assert chat(gw, key).status_code == 200  # the deepest key works, settled on all 32

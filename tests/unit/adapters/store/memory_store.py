@@ -27,6 +27,7 @@ from handler.ports import (
     Settlement,
     StoredResponse,
     UsageQuery,
+    family_root,
 )
 
 
@@ -137,11 +138,18 @@ class MemoryStore(MeteredStore):
         if record.parent_id is not None:
             self.children.setdefault(record.parent_id, set()).add(record.id)
 
-    async def create_child(self, record: KeyRecord, max_children: int, parent_home: str | None = None) -> None:
-        assert record.parent_id is not None
+    async def create_child(self, record: KeyRecord, max_children: int, root_home: str | None = None) -> None:
+        root = family_root(record)
+        assert root is not None
         async with self.lock:
-            if len(await self.list_keys(record.parent_id)) >= max_children:
-                raise ChildLimitReached(record.parent_id, max_children)
+            live = {r.id: r for r in await self.list_keys()}
+            family = [
+                r
+                for r in live.values()
+                if root in r.ancestors and all(a in live for a in r.ancestors[r.ancestors.index(root) + 1 :])
+            ]
+            if len(family) >= max_children:
+                raise ChildLimitReached(root, max_children)
             await self.create_key(record)
 
     async def child_ids(self, parent_id: str) -> list[str]:

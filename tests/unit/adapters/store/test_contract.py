@@ -169,6 +169,32 @@ async def test_a_purged_child_no_longer_counts_toward_the_limit(store: Store) ->
         await store.create_child(record(parent_id=parent.id, ancestors=[parent.id]), 1)
 
 
+async def test_the_limit_counts_a_root_keys_whole_family(store: Store) -> None:
+    """Counted per parent, a key's 30 children minted 30 each (930 keys in 3.5 s, found by review), and theirs could
+    have gone on: the limit is on the live keys under a root key at every depth, whoever their parent. A key purged
+    frees its place, and so does every key under it (dead with it)."""
+    root = record()
+    await store.create_key(root)
+    child = child_of(root, expires_at=time.time() + 3600)
+    await store.create_child(child, 3)
+    grandchildren = [child_of(child, expires_at=time.time() + 3600) for _ in range(2)]
+    for grandchild in grandchildren:
+        await store.create_child(grandchild, 3)
+    for parent in (child, grandchildren[0], root):  # the family is full, whichever of it mints
+        with pytest.raises(ChildLimitReached) as full:
+            await store.create_child(child_of(parent), 3)
+        assert full.value.root_id == root.id
+    other = record()  # (another family counts apart)
+    await store.create_key(other)
+    await store.create_child(child_of(other), 3)
+    # Revoked over a day ago: purged, and both keys under it with it.
+    await store.update_key(replace(child, revoked_at=time.time() - 86400 - 60, version=2))
+    for _ in range(3):
+        await store.create_child(child_of(root), 3)
+    with pytest.raises(ChildLimitReached):
+        await store.create_child(child_of(root), 3)
+
+
 async def test_child_ids_outlive_the_childrens_records(store: Store) -> None:
     """A child's lines outlive its record: its parent's reports find it by the link, purged or not."""
     parent = record()

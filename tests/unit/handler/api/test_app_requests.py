@@ -143,6 +143,69 @@ def test_every_x_forwarded_for_line_is_read_from_the_right(monkeypatch: pytest.M
     assert api.client_ip(behind) == "203.0.113.7"  # trusted hops are walked past
 
 
+def test_a_dual_stack_peer_and_hops_with_ports_are_read_as_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a dual-stack socket (`gateway serve --host ::`) an IPv4 proxy's address is `::ffff:127.0.0.1`, which was
+    tested raw against `127.0.0.0/8`: never trusted, so `X-Forwarded-For` was ignored and every key's `allow_ips`
+    checked the proxy's own address. And a hop with a port (`203.0.113.7:51234`, as Azure Application Gateway writes
+    it) was taken for no address at all: its allowed client refused (found by review)."""
+    import ipaddress
+
+    monkeypatch.setattr(app_module, "BEHIND_WEB_ADAPTER", False)
+    api = app_module.Api.__new__(app_module.Api)
+    api.trusted = [ipaddress.ip_network("127.0.0.0/8")]
+    mapped = ("::ffff:127.0.0.1", 5000)
+    assert api.client_ip(request({"x-forwarded-for": "198.51.100.1"}, client=mapped)) == "198.51.100.1"
+    assert api.client_ip(request({"x-forwarded-for": "::ffff:203.0.113.7"}, client=mapped)) == "203.0.113.7"
+    behind = request({"x-forwarded-for": "198.51.100.1, ::ffff:127.0.0.2"}, client=mapped)
+    assert api.client_ip(behind) == "198.51.100.1"  # a mapped trusted hop is walked past too
+    for hop, client in (
+        ("203.0.113.7:51234", "203.0.113.7"),
+        ("[2001:db8::1]:443", "2001:db8::1"),
+        ("[2001:db8::1]", "2001:db8::1"),
+        ("10.9.9.9, 203.0.113.7:51234", "203.0.113.7"),
+    ):
+        assert api.client_ip(request({"x-forwarded-for": hop}, client=("127.0.0.1", 5000))) == client
+    for unreadable in ("203.0.113.7:port", "2001:db8::1:443x", "[2001:db8::1]443", "[2001:db8::1", "unknown"):
+        assert api.client_ip(request({"x-forwarded-for": unreadable}, client=mapped)) == unreadable  # no address
+    untrusted = ("::ffff:198.51.100.2", 5000)
+    assert api.client_ip(request({"x-forwarded-for": "10.0.0.1"}, client=untrusted)) == "198.51.100.2"
+
+
+def test_a_keys_ip_ranges_hold_behind_a_trusted_proxy_on_a_dual_stack_socket() -> None:
+    """What a key holder sees (the review's figures, port 18434): a key allowed from 127.0.0.0/8 answered 200 to a
+    client the proxy said was 198.51.100.1, and a key allowed from 203.0.113.0/24 refused its own client (403
+    "requests from ::ffff:127.0.0.1"). Through the app, with the peer a dual-stack socket gives."""
+    import asyncio
+
+    from starlette.testclient import TestClient
+
+    from handler.api.app import create_app
+    from handler.config import parse_config
+    from handler.pipeline.gateway import build_gateway
+    from handler.ports import KeyRecord
+
+    config = parse_config({"gateway": {"trusted_proxies": ["127.0.0.0/8"]}}, set())
+    gateway = build_gateway(config=config, store_url="sqlite://", environ={})
+
+    def mint(allow_ips: list[str]) -> str:
+        record = KeyRecord(id="", name="ranged", secret_hash="", created_at=0, allow_ips=allow_ips)
+        return asyncio.run(gateway.keys.mint(record)).key
+
+    internal, office = mint(["127.0.0.0/8"]), mint(["203.0.113.0/24"])
+    with TestClient(create_app(gateway), client=("::ffff:127.0.0.1", 50000)) as client:
+
+        def whoami(key: str, forwarded: str) -> Any:
+            return client.get("/v1/key", headers={"authorization": f"Bearer {key}", "x-forwarded-for": forwarded})
+
+        outside = whoami(internal, "198.51.100.1")
+        assert outside.status_code == 403 and outside.json()["error"]["code"] == "ip_not_allowed"
+        assert "198.51.100.1" in outside.json()["error"]["message"]
+        assert whoami(office, "198.51.100.1").status_code == 403
+        assert whoami(office, "203.0.113.7").status_code == 200
+        assert whoami(office, "203.0.113.7:51234").status_code == 200
+        assert whoami(internal, "127.0.0.1").status_code == 200
+
+
 def test_a_wrong_method_is_405_with_allow() -> None:
     from starlette.testclient import TestClient
 
