@@ -3,7 +3,9 @@
 Behaviour is chosen by the requested model name, or by `metadata.user_id` (the OpenAI `user`) so a gateway
 test can pick a fault on a configured model: `fail-429` (rate_limit_error with retry-after: 0), `fail-429-long`
 (the same with retry-after: 20), `fail-500` (api_error), `fail-529` (overloaded_error), `fail-400`
-(invalid_request_error), `fail-context` (Anthropic's `prompt is too long: N tokens > M maximum`),
+(invalid_request_error), `fail-context` (Anthropic's `prompt is too long: N tokens > M maximum`), `fail-403`
+(permission_error: the key may not use the model), `retired` (not_found_error `model: <name>`, as Anthropic answers a
+model it does not have),
 `fail-<status>;<header>=<value>;...` (that status with those headers, `tests/fakes/script.py`), `slow` (waits
 `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way, without `message_delta` or
 `message_stop`),
@@ -389,6 +391,10 @@ def _fault(faults: str) -> Response | None:
         failure = _error(status, kind, f"Scripted failure {status}")
         failure.raw_headers += headers
         return failure
+    if "fail-403" in faults:
+        return _error(403, "permission_error", "Your API key does not have permission to use the specified resource.")
+    if "retired" in faults:
+        return _error(404, "not_found_error", f"model: {faults.split(' ')[0]}")
     if "fail-429-long" in faults:  # a wait as Anthropic names one for its per-minute token limits
         return _error(
             429,

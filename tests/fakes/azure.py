@@ -5,9 +5,10 @@ It serves `POST /openai/deployments/{deployment}/chat/completions` and `/embeddi
 `api-key` header and a known `api-version`, and answers as the fake OpenAI API does for a model named
 like the deployment (so `fail-429`, `fail-500`, ... work here too), adding what Azure adds: a stream opens
 with a choice-less `prompt_filter_results` chunk. A deployment named `content-filter` refuses the prompt
-with Azure's content-filter error. An argument newer than the request's api-version is refused as Azure refuses
-it. A deployment runs the base model `DEPLOYMENTS` names for it (an operator's own
-name, `prod-reasoner`, for OpenAI's o3), else the model its name is. Every request is recorded on
+with Azure's content-filter error; one named `deleted-...` answers Azure's 404 `DeploymentNotFound`, as Azure does
+for a deployment deleted (or created minutes ago, not yet in the region). An argument newer than the request's
+api-version is refused as Azure refuses it. A deployment runs the base model `DEPLOYMENTS` names for it (an
+operator's own name, `prod-reasoner`, for OpenAI's o3), else the model its name is. Every request is recorded on
 `app.state.requests`.
 """
 
@@ -50,6 +51,13 @@ PROMPT_FILTER_CHUNK = {
     "model": "",
     "object": "",
     "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": FILTER_RESULTS}],
+}
+DEPLOYMENT_NOT_FOUND = {
+    "error": {
+        "code": "DeploymentNotFound",
+        "message": "The API deployment for this resource does not exist. If you created the deployment within the "
+        "last 5 minutes, please wait a moment and try again.",
+    }
 }
 CONTENT_FILTER_ERROR = {
     "error": {
@@ -122,6 +130,8 @@ def create_app() -> Starlette:
         version = request.query_params.get("api-version", "")
         if version not in API_VERSIONS:
             return _json(404, {"error": {"code": "404", "message": "Resource not found"}})
+        if deployment.startswith("deleted-"):
+            return _json(404, DEPLOYMENT_NOT_FOUND)
         refused = unsupported(body, version)
         if refused is not None:
             return refused
