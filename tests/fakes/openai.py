@@ -76,6 +76,17 @@ MESSAGE_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id", "refu
 PART_FIELDS = {"type", "text", "image_url", "input_audio", "file", "refusal"}
 
 
+INVALID_KEY = ("invalid_request_error", "invalid_api_key")
+
+
+def incorrect_key(authorization: str) -> str:
+    """OpenAI's words for a key it does not know, the key masked as OpenAI masks it: its first 8 characters and
+    its last 4 (`sk-VKMIs****...wjh3`)."""
+    key = authorization.removeprefix("Bearer ")
+    shown = f"{key[:8]}{'*' * 39}{key[-4:]}" if len(key) > 12 else key
+    return f"Incorrect API key provided: {shown}. You can find your API key at https://platform.openai.com/account/api-keys."
+
+
 def _error(
     status: int,
     message: str,
@@ -280,7 +291,7 @@ def create_app() -> Starlette:
             }
         )
         if request.headers.get("authorization") != f"Bearer {API_KEY}":
-            return None, _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+            return None, _error(401, incorrect_key(request.headers.get("authorization", "")), *INVALID_KEY)
         model = str(body.get("model", ""))
         if "retired" in model:
             missing = f"The model `{model}` does not exist or you do not have access to it."

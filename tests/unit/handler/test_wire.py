@@ -394,3 +394,31 @@ def test_other_statuses_are_not_the_deployments_fault(status: int) -> None:
     body = {"error": {"message": "Invalid value for 'messages'.", "type": "x", "param": None, "code": None}}
     error = REGISTRY["openai"]("p", "provider-key-000000", {}).error(status, _json(body), {})
     assert not error.deployment_fault and error.retryable == (status in (429, 500))
+
+
+@pytest.mark.parametrize(
+    "masked",
+    [
+        "sk-VKMIs***************************************wjh3",
+        "sk-proj-abcd1234*****************************wjh3",
+        "sk-proj-********************************************cdef",
+    ],
+)
+def test_a_key_the_provider_masked_in_its_refusal_is_redacted_whole(masked: str) -> None:
+    """OpenAI's 401 quotes the key it refused, masked: its first characters and its last four. Relayed in the 502
+    a deployment's refusal ends as, they reached every client of the gateway (the shape of a key needed eight
+    characters after `sk-` and stopped at the first `*`)."""
+    body = {
+        "error": {
+            "message": f"Incorrect API key provided: {masked}. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
+    error = REGISTRY["openai"]("p", "provider-key-000000", {}).error(401, orjson.dumps(body), {})
+    assert (
+        error.message == "upstream returned 401: Incorrect API key provided: [REDACTED]. You can find your API key "
+        "at https://platform.openai.com/account/api-keys."
+    )
