@@ -170,6 +170,11 @@ DEPLOYMENT_FAULT_STATUSES = frozenset({401, 402, 403})
 # Azure's deployment deleted, or created minutes ago and not yet in this region; OpenAI's model retired or not open
 # to the account; the only resource a Bedrock Converse call names is its model (or profile).
 MISSING_DEPLOYMENT_TYPES = frozenset({"deploymentnotfound", "model_not_found", "resourcenotfoundexception"})
+# The providers that answer the same with a 400: Mistral's type for a model it does not have (`Invalid model: x`);
+# and in their words, Anthropic's account out of credit (its 402 in all but status), DeepSeek's `Model Not Exist`,
+# Bedrock's ValidationException for a model id it does not know. Only these words: any other 400 is the request's.
+REFUSED_400_TYPES = MISSING_DEPLOYMENT_TYPES | {"invalid_model"}
+REFUSED_400 = r"(?i)credit balance is too low|^model not exist\W*$|provided model identifier is invalid"
 # The same in a 404's words, for providers that give no such code: Anthropic's `model: <name>`, Google's
 # `models/<name> is not found for API version v1beta`, OpenAI-compatible servers' `The model `x` does not exist`
 # (vLLM) or `model "x" not found` (Ollama), Azure's words for its deployment; and a path the server does not have at
@@ -192,15 +197,23 @@ def missing_deployment() -> re.Pattern[str]:
     return re.compile(MISSING_DEPLOYMENT)
 
 
+@functools.cache
+def refused_400() -> re.Pattern[str]:
+    """`REFUSED_400`, compiled on the first 400 that may need it, not at a cold start."""
+    return re.compile(REFUSED_400)
+
+
 def deployment_at_fault(status: int, message: str, code: object, param: object, upstream_type: str | None) -> bool:
     """Whether a provider's error answer refuses the deployment (its key, account, model or deployment), not the
     client's request: the gateway then fails over to the next deployment, and counts it on the deployment's breaker.
-    A 404 whose `param` names a part of the request other than `model` is the client's, whatever its words."""
+    A 400 or 404 whose `param` names a part of the request other than `model` is the client's, whatever its words."""
     if status in DEPLOYMENT_FAULT_STATUSES:
         return True
-    if status != 404 or (isinstance(param, str) and param and param != "model"):
+    if status not in (400, 404) or (isinstance(param, str) and param and param != "model"):
         return False
     kinds = {kind.lower() for kind in (code, upstream_type) if isinstance(kind, str)}
+    if status == 400:
+        return not kinds.isdisjoint(REFUSED_400_TYPES) or refused_400().search(message) is not None
     return not kinds.isdisjoint(MISSING_DEPLOYMENT_TYPES) or missing_deployment().search(message) is not None
 
 

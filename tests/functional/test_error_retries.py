@@ -74,6 +74,7 @@ DEPLOYMENT_FAULT_MODELS = {
     "forbidden-then-healthy": then_healthy("anthropic", "fail-403", CLAUDE),
     "retired-then-healthy": then_healthy("openai", "retired-gpt-4"),
     "claude-retired-then-healthy": then_healthy("anthropic", "retired-claude-2", CLAUDE),
+    "no-credit-then-healthy": then_healthy("anthropic", "no-credit", CLAUDE),
     "revoked-breaker": then_healthy("revoked", "breaker"),
     "lone-revoked": lone("revoked", "lone"),
     "lone-retired": lone("openai", "retired-lone"),
@@ -776,6 +777,8 @@ def test_a_half_open_breaker_lets_one_probe_through_and_refuses_the_others(
         # Anthropic's 404 `not_found_error` `model: <name>`.
         ("retired-then-healthy", "openai/retired-gpt-4@global=404, openai/gpt-4o-mini@global=200"),
         ("claude-retired-then-healthy", "anthropic/retired-claude-2@global=404, anthropic/claude-haiku-4-5@global=200"),
+        # An account out of credit, which Anthropic answers with a 400 `invalid_request_error` in its own words.
+        ("no-credit-then-healthy", "anthropic/no-credit@global=400, anthropic/claude-haiku-4-5@global=200"),
     ],
 )
 def test_a_deployments_own_refusal_fails_over_to_the_next(gw: Running, model: str, route: str) -> None:

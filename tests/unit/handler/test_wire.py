@@ -323,13 +323,53 @@ DEPLOYMENT_REFUSALS = [
 ]
 
 
+# The same refusals that some providers answer with a 400, in their words.
+DEPLOYMENT_REFUSALS_400 = [
+    (
+        "anthropic",
+        {
+            "type": "error",
+            "error": {
+                "type": "invalid_request_error",
+                "message": "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing "
+                "to upgrade or purchase credits.",
+            },
+        },
+    ),
+    (
+        "deepseek",
+        {
+            "error": {
+                "message": "Model Not Exist",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_request_error",
+            }
+        },
+    ),
+    (
+        "mistral",
+        {
+            "object": "error",
+            "message": "Invalid model: mistral-medium-3.5",
+            "type": "invalid_model",
+            "param": None,
+            "code": "1500",
+        },
+    ),
+    ("bedrock", {"message": "The provided model identifier is invalid."}),
+]
+DEPLOYMENT_REFUSALS += [(provider, 400, body) for provider, body in DEPLOYMENT_REFUSALS_400]
+
+
 @pytest.mark.parametrize(("provider", "status", "body"), DEPLOYMENT_REFUSALS)
 def test_a_refusal_of_the_deployment_itself_is_retried_on_the_next(provider: str, status: int, body: object) -> None:
     """The deployment's key, account, permissions or model: the operator's, never the client's. The pipeline fails
     it over to the next deployment (and counts it on the deployment's breaker); each one ended the request, and a
     404 blamed the client with a 400."""
     adapter = REGISTRY[provider]("p", "provider-key-000000", {})
-    headers = {"x-amzn-errortype": "AccessDeniedException" if status == 403 else "ResourceNotFoundException"}
+    named = {400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException"}
+    headers = {"x-amzn-errortype": named[status]} if status in named else {}
     error = adapter.error(status, _json(body), headers if provider == "bedrock" else {})
     assert (error.deployment_fault, error.retryable) == (True, True), error.message
 
