@@ -3,7 +3,8 @@
     GatewayError                      status, code, message, param, headers
     ├── InvalidRequestError           400 invalid_request
     │   ├── StrictParamsError         400 invalid_request (x-gateway-strict and a dropped parameter)
-    │   └── ProviderRejectedError     400 the provider's code, else invalid_request (its own 400/404/413/422)
+    │   └── ProviderRejectedError     400 the provider's code, else invalid_request (its own 400/413/422, or a 404
+    │                                     about the request, not the deployment)
     ├── AuthenticationError           401 invalid_api_key | key_expired | key_revoked
     ├── BudgetExceededError           402 budget_exceeded
     ├── PermissionDeniedError         403 model_not_allowed | ip_not_allowed | admin_only
@@ -196,6 +197,9 @@ class UpstreamError(GatewayError):
     provider's own in-stream error event (its data, credentials redacted), for a front-end that speaks the
     provider's API to relay as it came. `billed` is the usage of an answer the provider billed and the gateway
     could not use (a model's invalid function call): charged on the request's line, as a thrown-away answer is.
+    `deployment_fault` says the provider refused the deployment itself, not the request (its key, its account's
+    balance, its permissions, a model or deployment it does not have: `handler.wire.deployment_at_fault`): retryable
+    on the next deployment, never by the client, whose same request fails the same way until the operator acts.
     """
 
     status = 502
@@ -228,6 +232,7 @@ class UpstreamError(GatewayError):
         self._outcome = outcome
         self.native_event: bytes | None = None
         self.billed: Usage | None = None
+        self.deployment_fault = False
         # The provider's own words, `code` and `param` (`upstream_error`): a rejected request's, for the client.
         self.said: str | None = None
         self.provider_code: str | None = None
@@ -245,10 +250,12 @@ class UpstreamError(GatewayError):
 
 
 class ProviderRejectedError(InvalidRequestError):
-    """A provider's own 400, 404, 413 or 422: the request is the client's to fix. Its message, `code` and `param`
-    as the provider gave them (an agent branches on them: Codex on `context_length_exceeded`, Claude Code matches
-    Anthropic's `prompt is too long: N tokens > M maximum` whole), `invalid_request` where it gave no code, and
-    the provider's status and type beside them in OpenAI's shape, as a provider's failure has."""
+    """A provider's own 400, 413 or 422, or a 404 about something the request names (not a deployment or model the
+    provider does not have, which is failed over as the operator's): the request is the client's to fix. Its
+    message, `code` and `param` as the provider gave them (an agent branches on them: Codex on
+    `context_length_exceeded`, Claude Code matches Anthropic's `prompt is too long: N tokens > M maximum` whole),
+    `invalid_request` where it gave no code, and the provider's status and type beside them in OpenAI's shape, as a
+    provider's failure has."""
 
     def __init__(self, rejected: UpstreamError) -> None:
         super().__init__(rejected.said or rejected.message, code=rejected.provider_code, param=rejected.provider_param)

@@ -29,11 +29,12 @@ MIN_SECRET_LENGTH = 8  # shorter values (test placeholders, "none") would redact
 # and a span past what a collector takes in one batch (the batch was refused, and every span in it lost).
 NAME_CHARS = 256
 
-# Values shaped like a key, whatever surrounds them: OpenAI's and Anthropic's, this gateway's own, AWS access key
-# ids, Google's.
+# Values shaped like a key, whatever surrounds them: OpenAI's and Anthropic's, and OpenAI's masked form of one it
+# refused (`Incorrect API key provided: sk-VKMIs*****...wjh3`: the key's first and last characters, which a client
+# of the gateway has no business reading), this gateway's own, AWS access key ids, Google's.
 # (Not `\b` before them: `resp_gwk_...`, a key pasted after an id's prefix, has no word boundary there.)
 KEY_SHAPES = (
-    r"(?<![A-Za-z0-9])(sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{8,})"
+    r"(?<![A-Za-z0-9])(sk-[A-Za-z0-9_\-]*\*{3,}[A-Za-z0-9_\-]*|sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{8,})"
     r"|(?<![A-Za-z0-9])(gwk_[a-z0-9]{12}_[A-Za-z0-9_\-]{8,})"
     r"|\b((?:AKIA|ASIA)[0-9A-Z]{16})\b"
     r"|(?<![A-Za-z0-9])(AIza[0-9A-Za-z_\-]{30,})"

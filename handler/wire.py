@@ -162,6 +162,59 @@ class WholeBodySniffer:
 
 OVERLOADED = 529  # Anthropic's status for its API overloaded (its in-stream `overloaded_error` is read as one)
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, OVERLOADED})
+# A provider's refusal of the deployment itself, whatever the request: its key (401: rotated, revoked), its account
+# (402: out of balance, as DeepSeek answers), its permissions, region or network (403). The operator's to fix, never
+# the client's (the gateway sends its own key, not the client's): the next deployment may well answer.
+DEPLOYMENT_FAULT_STATUSES = frozenset({401, 402, 403})
+# A 404's codes (OpenAI's shape) or types (Bedrock's error name) for a deployment or model the provider does not have:
+# Azure's deployment deleted, or created minutes ago and not yet in this region; OpenAI's model retired or not open
+# to the account; the only resource a Bedrock Converse call names is its model (or profile).
+MISSING_DEPLOYMENT_TYPES = frozenset({"deploymentnotfound", "model_not_found", "resourcenotfoundexception"})
+# The providers that answer the same with a 400: Mistral's type for a model it does not have (`Invalid model: x`);
+# and in their words, Anthropic's account out of credit (its 402 in all but status), DeepSeek's `Model Not Exist`,
+# Bedrock's ValidationException for a model id it does not know. Only these words: any other 400 is the request's.
+REFUSED_400_TYPES = MISSING_DEPLOYMENT_TYPES | {"invalid_model"}
+REFUSED_400 = r"(?i)credit balance is too low|^model not exist\W*$|provided model identifier is invalid"
+# The same in a 404's words, for providers that give no such code: Anthropic's `model: <name>`, Google's
+# `models/<name> is not found for API version v1beta`, OpenAI-compatible servers' `The model `x` does not exist`
+# (vLLM) or `model "x" not found` (Ollama), Azure's words for its deployment; and a path the server does not have at
+# all (a bare `Not Found`, Azure's `Resource not found` for an api-version it lacks, a web server's HTML page, no
+# body): a base_url or api_version the operator configured wrong. Any other 404 is about something the client's
+# request names (an input item, a file, a stored response: `Item with id 'rs_...' not found`), the client's to fix.
+MISSING_DEPLOYMENT = (
+    r"(?i)^model: "
+    r"|\bmodels?\b[^\n]{0,100}?\b(?:does not exist|not exist|not found)\b"
+    r"|\bdeployment\b[^\n]{0,100}?\b(?:does not exist|not found)\b"
+    r"|^\W*(?:404\W*)?(?:resource\s+|page\s+)?not\s+found\W*$"
+    r"|^\s*<"
+    r"|^no error body$"
+)
+
+
+@functools.cache
+def missing_deployment() -> re.Pattern[str]:
+    """`MISSING_DEPLOYMENT`, compiled on the first 404 that may need it, not at a cold start."""
+    return re.compile(MISSING_DEPLOYMENT)
+
+
+@functools.cache
+def refused_400() -> re.Pattern[str]:
+    """`REFUSED_400`, compiled on the first 400 that may need it, not at a cold start."""
+    return re.compile(REFUSED_400)
+
+
+def deployment_at_fault(status: int, message: str, code: object, param: object, upstream_type: str | None) -> bool:
+    """Whether a provider's error answer refuses the deployment (its key, account, model or deployment), not the
+    client's request: the gateway then fails over to the next deployment, and counts it on the deployment's breaker.
+    A 400 or 404 whose `param` names a part of the request other than `model` is the client's, whatever its words."""
+    if status in DEPLOYMENT_FAULT_STATUSES:
+        return True
+    if status not in (400, 404) or (isinstance(param, str) and param and param != "model"):
+        return False
+    kinds = {kind.lower() for kind in (code, upstream_type) if isinstance(kind, str)}
+    if status == 400:
+        return not kinds.isdisjoint(REFUSED_400_TYPES) or refused_400().search(message) is not None
+    return not kinds.isdisjoint(MISSING_DEPLOYMENT_TYPES) or missing_deployment().search(message) is not None
 
 
 # The longest wait the gateway reads from a provider (a day): a longer `retry-after` is read as this one, so what is
@@ -214,14 +267,17 @@ def upstream_error(
 ) -> UpstreamError:
     """The common mapping from a provider's error answer to `UpstreamError`. `code` and `param`, the provider's
     own (a string, or nothing), reach the client only with a request it rejected (`ProviderRejectedError`), never
-    as the gateway's code for a failure."""
+    as the gateway's code for a failure. A refusal of the deployment itself (`deployment_at_fault`) is retryable: on
+    the next deployment, not on this one."""
+    at_fault = deployment_at_fault(status, message, code, param, upstream_type)
     error = UpstreamError(
         f"upstream returned {status}: {message}",
         upstream_status=status,
-        retryable=status in RETRYABLE_STATUSES,
+        retryable=status in RETRYABLE_STATUSES or at_fault,
         retry_after=retry_after_seconds(headers),
         upstream_type=upstream_type,
     )
+    error.deployment_fault = at_fault
     error.said = redact_message(message)
     error.provider_code = redact_message(code)[:100] if isinstance(code, str) and code else None
     error.provider_param = redact_message(param)[:200] if isinstance(param, str) and param else None

@@ -80,7 +80,8 @@ MAX_USER_CHARS = 256
 # The batches of one embeddings request in flight at once, where the API takes fewer inputs a call than the client
 # sent (`ProviderAdapter.embedding_batch`): OpenAI's 2,048 inputs are 21 of Gemini's batches.
 BATCHES_AT_ONCE = 8
-# Upstream statuses that mean the client's request itself is wrong: answered as 400, not 502.
+# Upstream statuses that mean the client's request itself is wrong: answered as 400, not 502. (A 404 about the
+# deployment, not the request, is failed over as the operator's: `handler.wire.deployment_at_fault`.)
 CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
 # The longest `retry-after` the gateway waits out itself before retrying a deployment; a longer wait is the client's.
 MAX_RETRY_WAIT_S = 5
@@ -676,12 +677,13 @@ class Pipeline(Charges):
                 retry_after=last.retry_after,
                 upstream_type=last.upstream_type,
             )
-        if len(failed) == 1 and last.upstream_status != 429 and not last.billable:
+        if len(failed) == 1 and last.upstream_status != 429 and not last.billable and not last.deployment_fault:
             # One attempt, failed for a passing reason (a 5xx, overloaded, unreachable), with nothing else to try:
             # the gateway retried nothing, so the client's SDK may (Claude Code retries an overloaded Anthropic
             # several times); told not to, one 529 ended the client's call. Not an attempt the provider may still
             # run and bill (it stalled, or broke mid-answer): its worst case is charged, and a retry at once
-            # could be billed again.
+            # could be billed again. Nor a refusal of the deployment itself (its key revoked, its account out of
+            # balance): sent again, it fails again until the operator acts.
             failure.should_retry = True
             if last.retry_after is not None:  # the provider's wait, which the gateway waits only on a 429: the SDK's
                 failure.headers.setdefault("retry-after", str(max(1, math.ceil(last.retry_after))))

@@ -3,7 +3,9 @@
 Behaviour is chosen by the requested model name, or by `metadata.user_id` (the OpenAI `user`) so a gateway
 test can pick a fault on a configured model: `fail-429` (rate_limit_error with retry-after: 0), `fail-429-long`
 (the same with retry-after: 20), `fail-500` (api_error), `fail-529` (overloaded_error), `fail-400`
-(invalid_request_error), `fail-context` (Anthropic's `prompt is too long: N tokens > M maximum`),
+(invalid_request_error), `fail-context` (Anthropic's `prompt is too long: N tokens > M maximum`), `fail-403`
+(permission_error: the key may not use the model), `retired` (not_found_error `model: <name>`, as Anthropic answers a
+model it does not have), `no-credit` (Anthropic's 400 for an account out of credit),
 `fail-<status>;<header>=<value>;...` (that status with those headers, `tests/fakes/script.py`), `slow` (waits
 `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way, without `message_delta` or
 `message_stop`),
@@ -103,6 +105,13 @@ OUTPUT_LIMITS = {"claude-haiku-4-5": 64_000, "claude-3-5-haiku-latest": 8_192}  
 # Body fields Anthropic knows only under a beta: without it, the field is unknown to the API.
 # A beta field and the betas that admit it (context editing's, or compaction's, whose edit rides in the same field).
 BETA_FIELDS = {"context_management": ("context-management-2025-06-27", "compact-2026-01-12")}
+
+
+# Anthropic's words for an organisation out of credit (a 400 `invalid_request_error`, not its `billing_error`).
+NO_CREDIT = (
+    "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase "
+    "credits."
+)
 
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -389,6 +398,12 @@ def _fault(faults: str) -> Response | None:
         failure = _error(status, kind, f"Scripted failure {status}")
         failure.raw_headers += headers
         return failure
+    if "fail-403" in faults:
+        return _error(403, "permission_error", "Your API key does not have permission to use the specified resource.")
+    if "no-credit" in faults:
+        return _error(400, "invalid_request_error", NO_CREDIT)
+    if "retired" in faults:
+        return _error(404, "not_found_error", f"model: {faults.split(' ')[0]}")
     if "fail-429-long" in faults:  # a wait as Anthropic names one for its per-minute token limits
         return _error(
             429,

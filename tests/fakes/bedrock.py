@@ -21,7 +21,8 @@ reasoning block's text is `NOVA_REDACTED` (no signature), and its reasoning toke
 
 Behaviour by model id: `thinker` and `redacts` (see `THINKING`, `REDACTED`), `fail-throttle` (HTTP 429
 ThrottlingException, which names no wait), `throttle-once` (that 429 for the first request to the model, served after
-it), `fail-validation` (400), `fail-500` (InternalServerException), `stream-exception` (a stream
+it), `fail-validation` (400: a request Bedrock cannot read), `unknown-id` (400: Bedrock's words for a model id it does
+not know), `fail-500` (InternalServerException), `stream-exception` (a stream
 whose first frame is a throttlingException), `malformed-tool-use` and `malformed-output` (the words the model wrote
 before a tool use Bedrock could not parse, or output it could not read: `stopReason` `malformed_tool_use` or
 `malformed_model_output`, its usage billed; a stream pauses `MALFORMED_PAUSE_S` before its `messageStop`, as a model
@@ -509,8 +510,11 @@ def create_app() -> Starlette:
                 None,
                 _error(429, "ThrottlingException", "Too many requests, please wait before trying again."),
             )
-        if "fail-validation" in model:
+        if "unknown-id" in model:
             return model, None, _error(400, "ValidationException", "The provided model identifier is invalid.")
+        if "fail-validation" in model:
+            malformed = "Malformed input request: #: extraneous key [foo] is not permitted, please reformat your input"
+            return model, None, _error(400, "ValidationException", malformed + " and try again.")
         if "fail-500" in model:
             return model, None, _error(500, "InternalServerException", "The server encountered an internal error.")
         invalid = validate(body) or _unforceable(body, model) or _over_limit(body, model) or _unsigned_turn(body, model)

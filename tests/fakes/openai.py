@@ -3,7 +3,8 @@
 Behaviour is chosen by the requested model name, so tests need no side channel:
 `fail-429` (rate limit with retry-after: 0), `fail-429-wait` (retry-after-ms: 300), `fail-500`, `fail-400`,
 `fail-401`, `fail-context` (`context_length_exceeded`, param `messages`), `fail-<status>;<header>=<value>;...`
-(that status with those headers, `tests/fakes/script.py`),
+(that status with those headers, `tests/fakes/script.py`), `retired` (OpenAI's 404 `model_not_found` for a model
+the account cannot use), `no-balance` (DeepSeek's 402 `Insufficient Balance`, DeepSeek's API being this one),
 `slow` (waits `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way without [DONE]),
 `drip` (a stream whose chunks come `SLOW_SECONDS` apart), `bad-json` (a 200 whose body is not JSON),
 `slashes-escaped` (JSON written with every `/` escaped, `\\/`, as PHP's or Java's encoders write it), `no-usage`
@@ -73,6 +74,17 @@ EFFORTS: tuple[tuple[str | tuple[str, ...], tuple[str, ...]], ...] = (
 )
 MESSAGE_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "audio", "function_call"}
 PART_FIELDS = {"type", "text", "image_url", "input_audio", "file", "refusal"}
+
+
+INVALID_KEY = ("invalid_request_error", "invalid_api_key")
+
+
+def incorrect_key(authorization: str) -> str:
+    """OpenAI's words for a key it does not know, the key masked as OpenAI masks it: its first 8 characters and
+    its last 4 (`sk-VKMIs****...wjh3`)."""
+    key = authorization.removeprefix("Bearer ")
+    shown = f"{key[:8]}{'*' * 39}{key[-4:]}" if len(key) > 12 else key
+    return f"Incorrect API key provided: {shown}. You can find your API key at https://platform.openai.com/account/api-keys."
 
 
 def _error(
@@ -279,8 +291,13 @@ def create_app() -> Starlette:
             }
         )
         if request.headers.get("authorization") != f"Bearer {API_KEY}":
-            return None, _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+            return None, _error(401, incorrect_key(request.headers.get("authorization", "")), *INVALID_KEY)
         model = str(body.get("model", ""))
+        if "retired" in model:
+            missing = f"The model `{model}` does not exist or you do not have access to it."
+            return None, _error(404, missing, "invalid_request_error", "model_not_found")
+        if "no-balance" in model:
+            return None, _error(402, "Insufficient Balance", "unknown_error", "invalid_request_error")
         headed = headed_fault(model)
         if headed is not None:
             status, headers = headed

@@ -20,6 +20,7 @@ from tests.support.servers import ServerThread
 pytestmark = pytest.mark.skipif("azure" not in REGISTRY, reason="no azure adapter registered")
 
 PRICE = {"input": 1, "output": 2}
+ROTATED_KEY = "azure-key-rotated-away-7d41c0"  # what the `rotated` resource still sends: refused, as Azure does
 HI: Any = [{"role": "user", "content": "Hi"}]
 WEATHER_TOOL: Any = {
     "type": "function",
@@ -51,6 +52,13 @@ def azure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 "auth": "none",
                 "headers": {"authorization": f"Bearer {fake.ENTRA_TOKEN}"},
             },
+            # A resource in another region whose key was rotated without the gateway's being updated.
+            "rotated": {
+                "type": "azure",
+                "base_url": upstream.url,
+                "region": "westeurope",
+                "api_key": "env:AZURE_ROTATED_KEY",
+            },
         },
         "models": {
             "gpt-4o": {"deployments": [{**provider, "model": "gpt-4o-prod"}], "price": PRICE},
@@ -76,6 +84,15 @@ def azure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             },
             "entra": {"deployments": [{"provider": "entra", "model": "gpt-4o-prod"}], "price": PRICE},
             "retired": {"deployments": [{**provider, "model": "gpt-35-turbo-retired"}], "price": PRICE},
+            "rotated-then-eastus": {
+                "deployments": [{"provider": "rotated", "model": "gpt-4o-prod"}, {**provider, "model": "gpt-4o-prod"}],
+                "price": PRICE,
+            },
+            "deleted-then-live": {
+                "deployments": [{**provider, "model": "deleted-gpt-4o"}, {**provider, "model": "gpt-4o-prod"}],
+                "price": PRICE,
+            },
+            "deleted": {"deployments": [{**provider, "model": "deleted-lone"}], "price": PRICE},
             "reasoner": {
                 "deployments": [
                     {**provider, "model": "prod-reasoner", "reasoning": True, "api_version": "2025-01-01-preview"}
@@ -91,9 +108,8 @@ def azure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         },
     }
     store_url = f"sqlite:///{Path(tmp_path_factory.mktemp('azure-store')) / 'gateway.db'}"
-    running, server = serve_gateway(
-        parse_config(data, set(REGISTRY)), store_url, upstream, {"azure": app}, {"AZURE_OPENAI_API_KEY": fake.API_KEY}
-    )
+    environ = {"AZURE_OPENAI_API_KEY": fake.API_KEY, "AZURE_ROTATED_KEY": ROTATED_KEY}
+    running, server = serve_gateway(parse_config(data, set(REGISTRY)), store_url, upstream, {"azure": app}, environ)
     yield running
     server.stop()
     upstream.stop()
@@ -165,6 +181,56 @@ def test_azures_rate_limit_tells_the_client_its_wait(client: openai.OpenAI) -> N
         client.chat.completions.create(model="limited-alone", messages=HI)
     assert caught.value.response.headers["retry-after"] == "60"
     assert "retry after 60 seconds" in caught.value.message
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("model", "route"),
+    [
+        ("rotated-then-eastus", "rotated/gpt-4o-prod@westeurope=401, azure/gpt-4o-prod@eastus=200"),
+        ("deleted-then-live", "azure/deleted-gpt-4o@eastus=404, azure/gpt-4o-prod@eastus=200"),
+    ],
+)
+def test_a_rotated_key_or_a_deleted_deployment_fails_over_to_the_next_deployment(
+    azure: Running, model: str, route: str, stream: bool
+) -> None:
+    """A resource whose key was rotated (Azure's 401) or a deployment deleted, or not yet propagated to its region
+    (Azure's 404 `DeploymentNotFound`), is the operator's deployment failing, not the client's request: the next
+    deployment answers. The 401 was a 502 and the 404 a 400 `invalid_request_error` (blaming the client, whom the
+    SDKs do not retry), every request, the healthy deployment never tried. Only the answer is charged."""
+    key = azure.mint(name="failover", budget_usd=5.0)
+    with openai.OpenAI(base_url=f"{azure.url}/v1", api_key=key, max_retries=0) as sdk:
+        raw = sdk.chat.completions.with_raw_response.create(
+            model=model, messages=HI, stream=stream, stream_options={"include_usage": True} if stream else None
+        )
+        if stream:
+            text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+        else:
+            text = raw.parse().choices[0].message.content or ""
+    assert (raw.status_code, raw.headers["x-gateway-route"], text) == (200, route, TEXT)
+    (line,) = azure.ledger(key)
+    assert (line.status, line.route, line.region) == (200, route, "eastus") and line.cost_usd
+    answered = PRICE["input"] * line.input_tokens / 1e6 + PRICE["output"] * line.output_tokens / 1e6
+    assert line.cost_usd == pytest.approx(answered)  # the answer's tokens alone
+
+
+def test_a_lone_deleted_deployment_is_the_operators_502_not_the_clients_400(azure: Running) -> None:
+    """With no other deployment, Azure's `DeploymentNotFound` is a 502 `upstream_error` naming Azure's 404 and its
+    words (the operator's to fix), which the SDK is told not to retry; it was a 400 blaming the client."""
+    key = azure.mint(name="deleted")
+    with openai.OpenAI(base_url=f"{azure.url}/v1", api_key=key, max_retries=0) as sdk:
+        with pytest.raises(openai.InternalServerError) as failed:
+            sdk.chat.completions.create(model="deleted", messages=HI)
+    answer = failed.value.response
+    error = answer.json()["error"]
+    assert (answer.status_code, error["type"], error["upstream_status"]) == (502, "upstream_error", 404)
+    assert (
+        error["upstream_type"] == "DeploymentNotFound"
+        and "deployment for this resource does not exist" in error["message"]
+    )
+    assert answer.headers["x-should-retry"] == "false"
+    assert answer.headers["x-gateway-route"] == "azure/deleted-lone@eastus=404"
+    assert [(line.status, line.cost_usd) for line in azure.ledger(key)] == [(502, 0.0)]
 
 
 def test_content_filter_refusal_is_a_client_error_naming_the_category(client: openai.OpenAI) -> None:

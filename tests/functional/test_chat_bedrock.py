@@ -63,6 +63,10 @@ def bedrock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 "price": PRICE,
             },
             "rejects": {"deployments": [{**deployment, "model": "fail-validation"}], "price": PRICE},
+            "unknown-id-then-haiku": {
+                "deployments": [{**deployment, "model": "unknown-id"}, {**deployment, "model": MODEL}],
+                "price": PRICE,
+            },
             "llama": {"deployments": [{**deployment, "model": LLAMA}], "price": PRICE},
             "nova-2": {"deployments": [{**deployment, "model": NOVA_2}], "price": PRICE},
             "claude-miscalls": {
@@ -457,7 +461,15 @@ def test_throttling_falls_back_stream_and_not(client: openai.OpenAI) -> None:
 def test_validation_exception_is_a_client_error(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="rejects", messages=HI)
-    assert "model identifier is invalid" in caught.value.message
+    assert "Malformed input request" in caught.value.message
+
+
+def test_a_model_id_bedrock_does_not_know_fails_over_to_the_next_deployment(client: openai.OpenAI) -> None:
+    """Bedrock's ValidationException "The provided model identifier is invalid." is about the configured model id,
+    not the client's request: the next deployment answers (it was the client's 400, the next never tried)."""
+    raw = client.chat.completions.with_raw_response.create(model="unknown-id-then-haiku", messages=HI)
+    assert raw.parse().choices[0].message.content == fake.TEXT
+    assert raw.headers["x-gateway-route"] == f"bedrock/unknown-id@{fake.REGION}=400, bedrock/{MODEL}@{fake.REGION}=200"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])

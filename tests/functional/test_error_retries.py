@@ -18,7 +18,7 @@ from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from handler.errors import UpstreamError
 from tests.fakes import bedrock as fake_bedrock
-from tests.functional.conftest import Running, fresh_minute, serve_gateway
+from tests.functional.conftest import FAKE_KEYS, Running, fresh_minute, serve_gateway
 from tests.support.servers import ServerThread
 
 PRICE = {"input": 1.0, "output": 2.0}
@@ -33,6 +33,10 @@ UNREADABLE_WAITS = {
     "not-a-number": "fail-429;retry-after=nan",
 }
 HEALTHY = {"provider": "openai", "model": "gpt-4o-mini"}
+CLAUDE = {"provider": "anthropic", "model": "claude-haiku-4-5"}
+# The key a `revoked` provider sends the fake OpenAI API, which it refuses (401 `invalid_api_key`), as OpenAI refuses
+# one revoked or rotated away.
+REVOKED_KEY = "sk-revoked-5f0c9d2e8a7b6c1d"
 
 
 def then_healthy(provider: str, model: str, healthy: dict[str, str] = HEALTHY) -> dict[str, Any]:
@@ -58,6 +62,24 @@ WAIT_MODELS = {
     "lone-unavailable-waiting": lone("openai", "lone-fail-503;retry-after=3"),
     "down-then-healthy": then_healthy("openai", "fail-500-unread"),
 }
+# Deployments refused for what they are, not for the request: each model's first deployment, then one that answers.
+# (Each deployment of its own: the breaker test opens one.)
+DEPLOYMENT_FAULT_MODELS = {
+    "revoked-then-healthy": then_healthy("revoked", "gpt-4o-mini"),
+    "broke-then-fallback": {
+        "deployments": [{"provider": "deepseek", "model": "no-balance"}],
+        "price": PRICE,
+        "fallbacks": ["ok"],
+    },
+    "forbidden-then-healthy": then_healthy("anthropic", "fail-403", CLAUDE),
+    "retired-then-healthy": then_healthy("openai", "retired-gpt-4"),
+    "claude-retired-then-healthy": then_healthy("anthropic", "retired-claude-2", CLAUDE),
+    "no-credit-then-healthy": then_healthy("anthropic", "no-credit", CLAUDE),
+    "revoked-breaker": then_healthy("revoked", "breaker"),
+    "lone-revoked": lone("revoked", "lone"),
+    "lone-retired": lone("openai", "retired-lone"),
+    "claude": {"deployments": [CLAUDE], "price": PRICE},
+}
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +95,8 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
                 "bedrock": {"type": "bedrock", "base_url": bedrock.url},
                 "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": base},
                 "nokey": {"type": "openai", "api_key": "env:NOKEY_API_KEY", "base_url": base},
+                "revoked": {"type": "openai", "api_key": "env:REVOKED_API_KEY", "base_url": base},
+                "deepseek": {"type": "deepseek", "api_key": "env:OPENAI_API_KEY", "base_url": base},
                 "anthropic": {
                     "type": "anthropic",
                     "api_key": "env:ANTHROPIC_API_KEY",
@@ -141,6 +165,7 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
                     "price": PRICE,
                 },
                 **WAIT_MODELS,
+                **DEPLOYMENT_FAULT_MODELS,
                 # (Breakers of their own, opened by the tests of shedding alone.)
                 "shed-down": {"deployments": [{"provider": "openai", "model": "fail-500-shed"}], "price": PRICE},
                 "shed-overloaded": {
@@ -157,7 +182,8 @@ def gw(upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.T
         set(REGISTRY),
     )
     store = f"sqlite:///{tmp_path_factory.mktemp('e') / 'g.db'}"
-    running, gateway_server = serve_gateway(config, store, server, {**fakes, "bedrock": bedrock_app})
+    environ = {**FAKE_KEYS, "REVOKED_API_KEY": REVOKED_KEY}
+    running, gateway_server = serve_gateway(config, store, server, {**fakes, "bedrock": bedrock_app}, environ)
     yield running
     gateway_server.stop()
     bedrock.stop()
@@ -736,3 +762,89 @@ def test_a_half_open_breaker_lets_one_probe_through_and_refuses_the_others(
     assert sorted(asyncio.run(together())) == [200, 503, 503, 503]
     assert len(fake) - since == 1 and breakers.state(label) == "closed"
     assert [line.status for line in gw.ledger(key)] == [200] and reserved_usd(gw, key) == 0
+
+
+@pytest.mark.parametrize(
+    ("model", "route"),
+    [
+        # A key revoked (or rotated away) at the provider: OpenAI's 401 `invalid_api_key`.
+        ("revoked-then-healthy", "revoked/gpt-4o-mini@global=401, openai/gpt-4o-mini@global=200"),
+        # An account out of balance: DeepSeek's 402 `Insufficient Balance`, then the model's fallback.
+        ("broke-then-fallback", "deepseek/no-balance@global=402, openai/gpt-4o-mini@global=200"),
+        # A key that may not use the model: Anthropic's 403 `permission_error`.
+        ("forbidden-then-healthy", "anthropic/fail-403@global=403, anthropic/claude-haiku-4-5@global=200"),
+        # A model the provider does not have (retired, or not open to the account): OpenAI's 404 `model_not_found`,
+        # Anthropic's 404 `not_found_error` `model: <name>`.
+        ("retired-then-healthy", "openai/retired-gpt-4@global=404, openai/gpt-4o-mini@global=200"),
+        ("claude-retired-then-healthy", "anthropic/retired-claude-2@global=404, anthropic/claude-haiku-4-5@global=200"),
+        # An account out of credit, which Anthropic answers with a 400 `invalid_request_error` in its own words.
+        ("no-credit-then-healthy", "anthropic/no-credit@global=400, anthropic/claude-haiku-4-5@global=200"),
+    ],
+)
+def test_a_deployments_own_refusal_fails_over_to_the_next(gw: Running, model: str, route: str) -> None:
+    """A provider refusing the deployment itself (its key, its account, its permissions, its model) is the
+    operator's, never the client's: the next deployment or fallback answers. Each ended the request at once, without
+    trying the healthy deployment after it: a 502 for the 401, 402 and 403, and a 400 `invalid_request_error` for the
+    404, which blamed the client (the SDKs do not retry it). The error answer costs nothing: the line is the answer's
+    cost alone, as the healthy deployment's is for the same request sent to it first."""
+    key, direct = gw.mint(budget_usd=5.0), gw.mint(budget_usd=5.0)
+    with sdk_openai(gw, key, Counter()).with_options(max_retries=0) as client:
+        answer = client.chat.completions.with_raw_response.create(model=model, messages=HI)  # type: ignore[arg-type]
+    assert (answer.status_code, answer.headers["x-gateway-route"]) == (200, route)
+    assert answer.parse().choices[0].message.content
+    served = route.rsplit(", ", 1)[1].split("/", 1)[0]
+    healthy = "ok" if served == "openai" else "claude"
+    with sdk_openai(gw, direct, Counter()).with_options(max_retries=0) as client:
+        client.chat.completions.create(model=healthy, messages=HI)  # type: ignore[arg-type]
+    (line,) = gw.ledger(key)
+    (alone,) = gw.ledger(direct)
+    assert (line.status, line.route, line.cost_source) == (200, route, "provider")
+    assert line.cost_usd == alone.cost_usd and line.cost_usd > 0
+    assert reserved_usd(gw, key) == 0
+
+
+def test_a_deployment_whose_key_was_revoked_is_skipped_once_its_breaker_opens(gw: Running) -> None:
+    """A revoked key's 401s count against its deployment's breaker, as a 5xx's do: once it opens, the deployment is
+    passed over (`=breaker-open`) and no longer sent every request only to refuse it. Its 401s counted as successes:
+    every request was sent to it, and the breaker never opened."""
+    fake = gw.fakes["openai"].state.requests
+    threshold = gw.gateway.router.breakers.threshold
+    since = len(fake)
+    routes = []
+    with sdk_openai(gw, gw.mint(), Counter()).with_options(max_retries=0) as client:
+        for _ in range(threshold + 2):
+            answer = client.chat.completions.with_raw_response.create(model="revoked-breaker", messages=HI)  # type: ignore[arg-type]
+            assert answer.status_code == 200
+            routes.append(answer.headers["x-gateway-route"])
+    refused = "revoked/breaker@global=401, openai/gpt-4o-mini@global=200"
+    skipped = "revoked/breaker@global=breaker-open, openai/gpt-4o-mini@global=200"
+    assert routes == [refused] * threshold + [skipped] * 2
+    sent_revoked = [r for r in fake[since:] if r["headers"].get("authorization") == f"Bearer {REVOKED_KEY}"]
+    assert len(sent_revoked) == threshold
+
+
+def test_a_lone_deployments_refusal_is_the_operators_502_naming_the_providers_status(gw: Running) -> None:
+    """With no deployment to fail over to, a deployment's own refusal is a 502 `upstream_error` with the provider's
+    status, never its key, and not retried by the SDK (the same request fails the same way until the operator acts).
+    A model the provider does not have was the client's 400 `invalid_request_error`."""
+    counter = Counter()
+    key = gw.mint(budget_usd=5.0)
+    with sdk_openai(gw, key, counter) as client:  # (the SDK's own retries on: it is told not to)
+        with pytest.raises(openai.InternalServerError) as revoked:
+            client.chat.completions.create(model="lone-revoked", messages=HI)  # type: ignore[arg-type]
+        with pytest.raises(openai.InternalServerError) as retired:
+            client.chat.completions.create(model="lone-retired", messages=HI)  # type: ignore[arg-type]
+    assert counter.sent == 2
+    for raised, status in ((revoked, 401), (retired, 404)):
+        answer = raised.value.response
+        error = answer.json()["error"]
+        assert (answer.status_code, error["type"], error["upstream_status"]) == (502, "upstream_error", status)
+        assert error["message"].startswith(f"upstream returned {status}: ")
+        assert answer.headers["x-should-retry"] == "false"
+        # (OpenAI quotes the key it refused masked, its first 8 characters and its last 4: neither reaches the client.)
+        assert REVOKED_KEY[:8] not in answer.text and REVOKED_KEY[-4:] not in answer.text
+    assert revoked.value.response.headers["x-gateway-route"] == "revoked/lone@global=401"
+    assert retired.value.response.headers["x-gateway-route"] == "openai/retired-lone@global=404"
+    lines = gw.ledger(key)
+    assert [(line.status, line.cost_usd) for line in lines] == [(502, 0.0), (502, 0.0)]
+    assert reserved_usd(gw, key) == 0

@@ -165,3 +165,300 @@ def test_an_error_answer_its_adapter_cannot_read_is_the_attempts_failure_by_its_
     error = error_answer(unreadable, 503, b"{}", {})
     assert (error.upstream_status, error.retryable, error.retry_after) == (503, True, None)
     assert "could not read (KeyError)" in error.message
+
+
+def _json(body: object) -> bytes:
+    return orjson.dumps(body)
+
+
+# Each provider's error answers as it words them (its documented shapes; the messages as the providers send them).
+DEPLOYMENT_REFUSALS = [
+    # A key revoked or rotated away, the gateway's own.
+    (
+        "openai",
+        401,
+        {
+            "error": {
+                "message": "Incorrect API key provided.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+        },
+    ),
+    (
+        "azure",
+        401,
+        {"error": {"code": "401", "message": "Access denied due to invalid subscription key or wrong API endpoint."}},
+    ),
+    ("anthropic", 401, {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}),
+    (
+        "gemini",
+        400,
+        {
+            "error": {
+                "code": 400,
+                "message": "API key not valid. Please pass a valid API key.",
+                "status": "INVALID_ARGUMENT",
+                "details": [{"reason": "API_KEY_INVALID"}],
+            }
+        },
+    ),
+    # An account out of balance.
+    (
+        "deepseek",
+        402,
+        {
+            "error": {
+                "message": "Insufficient Balance",
+                "type": "unknown_error",
+                "param": None,
+                "code": "invalid_request_error",
+            }
+        },
+    ),
+    ("anthropic", 402, {"type": "error", "error": {"type": "billing_error", "message": "Billing error"}}),
+    # A key that may not use the model, or a region or network the provider refuses.
+    (
+        "anthropic",
+        403,
+        {
+            "type": "error",
+            "error": {
+                "type": "permission_error",
+                "message": "Your API key does not have permission to use the specified resource.",
+            },
+        },
+    ),
+    (
+        "openai",
+        403,
+        {
+            "error": {
+                "message": "Country, region, or territory not supported",
+                "type": "request_forbidden",
+                "param": None,
+                "code": "unsupported_country_region_territory",
+            }
+        },
+    ),
+    (
+        "gemini",
+        403,
+        {
+            "error": {
+                "code": 403,
+                "message": "Method doesn't allow unregistered callers.",
+                "status": "PERMISSION_DENIED",
+            }
+        },
+    ),
+    ("bedrock", 403, {"message": "You don't have access to the model with the specified model ID."}),
+    # A deployment or model the provider does not have.
+    (
+        "azure",
+        404,
+        {
+            "error": {
+                "code": "DeploymentNotFound",
+                "message": "The API deployment for this resource does "
+                "not exist. If you created the deployment within the last 5 minutes, please wait a "
+                "moment and try again.",
+            }
+        },
+    ),
+    ("azure", 404, {"error": {"code": "404", "message": "Resource not found"}}),  # (an api-version it lacks)
+    (
+        "openai",
+        404,
+        {
+            "error": {
+                "message": "The model `gpt-4.5-preview` does not exist or you do not have access to it.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "model_not_found",
+            }
+        },
+    ),
+    ("anthropic", 404, {"type": "error", "error": {"type": "not_found_error", "message": "model: claude-3-opus"}}),
+    ("anthropic", 404, {"type": "error", "error": {"type": "not_found_error", "message": "Not Found"}}),
+    (
+        "gemini",
+        404,
+        {
+            "error": {
+                "code": 404,
+                "message": "models/gemini-1.0-pro is not found for API version v1beta, "
+                "or is not supported for generateContent.",
+                "status": "NOT_FOUND",
+            }
+        },
+    ),
+    ("bedrock", 404, {"message": "Model not found."}),
+    # OpenAI-compatible servers: vLLM's, Ollama's, and a path a web server does not have.
+    (
+        "openai",
+        404,
+        {
+            "object": "error",
+            "message": "The model `llama-3-70b` does not exist.",
+            "type": "NotFoundError",
+            "param": None,
+            "code": 404,
+        },
+    ),
+    (
+        "openai",
+        404,
+        {
+            "error": {
+                "message": 'model "llama3" not found, try pulling it first',
+                "type": "api_error",
+                "param": None,
+                "code": None,
+            }
+        },
+    ),
+    ("openai", 404, {"detail": "Not Found"}),
+]
+
+
+# The same refusals that some providers answer with a 400, in their words.
+DEPLOYMENT_REFUSALS_400 = [
+    (
+        "anthropic",
+        {
+            "type": "error",
+            "error": {
+                "type": "invalid_request_error",
+                "message": "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing "
+                "to upgrade or purchase credits.",
+            },
+        },
+    ),
+    (
+        "deepseek",
+        {
+            "error": {
+                "message": "Model Not Exist",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_request_error",
+            }
+        },
+    ),
+    (
+        "mistral",
+        {
+            "object": "error",
+            "message": "Invalid model: mistral-medium-3.5",
+            "type": "invalid_model",
+            "param": None,
+            "code": "1500",
+        },
+    ),
+    ("bedrock", {"message": "The provided model identifier is invalid."}),
+]
+DEPLOYMENT_REFUSALS += [(provider, 400, body) for provider, body in DEPLOYMENT_REFUSALS_400]
+
+
+@pytest.mark.parametrize(("provider", "status", "body"), DEPLOYMENT_REFUSALS)
+def test_a_refusal_of_the_deployment_itself_is_retried_on_the_next(provider: str, status: int, body: object) -> None:
+    """The deployment's key, account, permissions or model: the operator's, never the client's. The pipeline fails
+    it over to the next deployment (and counts it on the deployment's breaker); each one ended the request, and a
+    404 blamed the client with a 400."""
+    adapter = REGISTRY[provider]("p", "provider-key-000000", {})
+    named = {400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException"}
+    headers = {"x-amzn-errortype": named[status]} if status in named else {}
+    error = adapter.error(status, _json(body), headers if provider == "bedrock" else {})
+    assert (error.deployment_fault, error.retryable) == (True, True), error.message
+
+
+@pytest.mark.parametrize("body", [b"", b"<html><body><h1>404 Not Found</h1></body></html>", b"404 page not found"])
+def test_a_path_the_server_does_not_have_is_the_deployments_configuration(body: bytes) -> None:
+    """A 404 without the provider's error shape: the base_url (or path) is wrong, not the client's request."""
+    for provider in ("openai", "anthropic", "gemini"):
+        assert REGISTRY[provider]("p", "provider-key-000000", {}).error(404, body, {}).deployment_fault
+
+
+REQUEST_NOT_FOUND = [
+    # OpenAI's for an input item looked up by its id where nothing is stored (as reported; with and without a param).
+    {
+        "error": {
+            "message": "Item with id 'rs_0496' not found. Items are not persisted when `store` is set to false. "
+            "Try again with `store` set to true, or remove this item from your input.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    },
+    {
+        "error": {
+            "message": "Item with id 'rs_0496' not found.",
+            "type": "invalid_request_error",
+            "param": "input",
+            "code": None,
+        }
+    },
+    # A param naming the client's request decides, whatever the words.
+    {
+        "error": {
+            "message": "Previous response with id 'resp_1' not found.",
+            "type": "invalid_request_error",
+            "param": "previous_response_id",
+            "code": "previous_response_not_found",
+        }
+    },
+    {
+        "error": {
+            "message": "No such File object: file-abc123",
+            "type": "invalid_request_error",
+            "param": "id",
+            "code": None,
+        }
+    },
+]
+
+
+@pytest.mark.parametrize("body", REQUEST_NOT_FOUND)
+def test_a_404_about_what_the_request_names_stays_the_clients_400(body: object) -> None:
+    """Something the client's request names is missing: not failed over (every deployment would say the same, and
+    it would count against their breakers), and answered as the client's 400 with the provider's words."""
+    error = REGISTRY["openai"]("p", "provider-key-000000", {}).error(404, _json(body), {})
+    assert (error.deployment_fault, error.retryable) == (False, False)
+    assert ProviderRejectedError(error).status == 400
+
+
+@pytest.mark.parametrize("status", [400, 413, 422, 429, 500])
+def test_other_statuses_are_not_the_deployments_fault(status: int) -> None:
+    body = {"error": {"message": "Invalid value for 'messages'.", "type": "x", "param": None, "code": None}}
+    error = REGISTRY["openai"]("p", "provider-key-000000", {}).error(status, _json(body), {})
+    assert not error.deployment_fault and error.retryable == (status in (429, 500))
+
+
+@pytest.mark.parametrize(
+    "masked",
+    [
+        "sk-VKMIs***************************************wjh3",
+        "sk-proj-abcd1234*****************************wjh3",
+        "sk-proj-********************************************cdef",
+    ],
+)
+def test_a_key_the_provider_masked_in_its_refusal_is_redacted_whole(masked: str) -> None:
+    """OpenAI's 401 quotes the key it refused, masked: its first characters and its last four. Relayed in the 502
+    a deployment's refusal ends as, they reached every client of the gateway (the shape of a key needed eight
+    characters after `sk-` and stopped at the first `*`)."""
+    body = {
+        "error": {
+            "message": f"Incorrect API key provided: {masked}. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
+    error = REGISTRY["openai"]("p", "provider-key-000000", {}).error(401, orjson.dumps(body), {})
+    assert (
+        error.message == "upstream returned 401: Incorrect API key provided: [REDACTED]. You can find your API key "
+        "at https://platform.openai.com/account/api-keys."
+    )

@@ -715,9 +715,10 @@ def test_rate_limit_429_carries_retry_after() -> None:
     ("status", "kind", "retryable"),
     [
         (400, "invalid_request_error", False),
-        (401, "authentication_error", False),
-        (403, "permission_error", False),
-        (404, "not_found_error", False),
+        # The gateway's key refused: the deployment's, tried on the next one.
+        (401, "authentication_error", True),
+        (403, "permission_error", True),
+        (404, "not_found_error", False),  # (not a model: something the request names)
         (413, "request_too_large", False),
         (500, "api_error", True),
     ],

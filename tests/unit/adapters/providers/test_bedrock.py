@@ -812,8 +812,9 @@ def test_recorded_exception_stream() -> None:
     ("status", "kind", "retryable"),
     [
         (400, "ValidationException", False),
-        (403, "AccessDeniedException", False),
-        (404, "ResourceNotFoundException", False),
+        # The model not open to the account, or not in the region: the deployment's, tried on the next one.
+        (403, "AccessDeniedException", True),
+        (404, "ResourceNotFoundException", True),
         (408, "ModelTimeoutException", True),
         (429, "ThrottlingException", True),
         (500, "InternalServerException", True),
