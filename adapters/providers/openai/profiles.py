@@ -117,6 +117,7 @@ PROFILES: dict[str, Profile] = {
         },
         stream_usage=False,
         roles={"developer": "system", "function": "tool"},
+        prefix=REPEATS,
     ),
     "groq": Profile(
         rules={
