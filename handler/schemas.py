@@ -300,6 +300,16 @@ class ChatRequest(_Open):
             return "summarized"
         return None
 
+    @property
+    def prefill(self) -> str | None:
+        """The text a Messages request's final assistant turn prefills the answer with: Claude's answer continues it,
+        and does not repeat it. Not a field: a Chat Completions client's last assistant message asks nothing of the
+        kind (Mistral's and DeepSeek's `prefix: true` on it are the client's own, sent as written), and a Responses
+        input has no prefill; a Messages request ending with one is a `PrefilledChatRequest`
+        (handler/api/messages_api.py). Each adapter sends it where its provider continues an assistant turn, and
+        names it as dropped (`messages.prefill`) where it cannot."""
+        return None
+
     def output_limit(self) -> int | None:
         """The client's cap on generated tokens, whichever field it used."""
         return self.max_completion_tokens or self.max_tokens

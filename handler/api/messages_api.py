@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from handler.errors import InvalidRequestError
 from handler.schemas import DOCUMENT, DOCUMENT_FIELDS, BlockOrder, ChatRequest, thinks_between
@@ -413,10 +413,42 @@ class Translation:
             if choice.disable_parallel_tool_use:
                 body["parallel_tool_calls"] = False
         self.reasoning(req, body)
+        prefill = prefill_of(body["messages"][-1]) if req.messages[-1].role == "assistant" else None
         try:
+            if prefill:
+                return PrefilledChatRequest.continuing(prefill, body)
             return ChatRequest.model_validate(body)
         except ValueError as exc:
             raise InvalidRequestError(f"the request cannot be translated: {exc}") from None
+
+
+def prefill_of(message: dict[str, Any]) -> str | None:
+    """The text a final assistant turn (translated) prefills the answer with; None for one that called a tool (no
+    prefill: Anthropic wants the tool's result next) or has no text."""
+    if message["role"] != "assistant" or message.get("tool_calls"):
+        return None
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(str(part.get("text", "")) for part in content if part.get("type") == "text")
+    return content or None
+
+
+class PrefilledChatRequest(ChatRequest):
+    """The internal request of a Messages request whose final assistant turn prefills the answer (`prefill`). A class
+    of its own, as `SummarisedChatRequest` is: a private attribute of `ChatRequest` would cost every Chat Completions
+    request's validation, and none has one."""
+
+    _prefill: str | None = PrivateAttr(default=None)
+
+    @classmethod
+    def continuing(cls, prefill: str, body: dict[str, Any]) -> PrefilledChatRequest:
+        chat = cls.model_validate(body)
+        chat._prefill = prefill
+        return chat
+
+    @property
+    def prefill(self) -> str | None:
+        return self._prefill
 
 
 def to_chat_request(req: MessagesCountRequest) -> tuple[ChatRequest, list[str]]:

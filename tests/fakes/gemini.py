@@ -2,10 +2,11 @@
 
 It serves `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse` and
 `:batchEmbedContents`, checks `x-goog-api-key`, and refuses what Google refuses (unknown fields, empty
-`contents`, roles other than `user`/`model`, a batch of more than 100 embeddings, an inline image of a type Gemini
-does not take, a GIF) with Google's error body; a batch of embeddings holding the text `fail-500` answers 500, as one
-call of several may; an embedding's values scale with its text's length, so that their order shows. With tools and
-function-calling
+`contents`, roles other than `user`/`model`, a conversation whose last turn is the model's (Google documents no
+continuing of one; the words of the 400 are those Gemini's users report), a batch of more than 100 embeddings, an
+inline image of a type Gemini does not take, a GIF) with Google's error body; a batch of embeddings holding the text
+`fail-500` answers 500, as one call of several may; an embedding's values scale with its text's length, so that
+their order shows. With tools and function-calling
 mode `ANY` it answers with a `functionCall`; a user message may script a call (`tests.fakes.script`); on a
 `gemini-3` model every function call carries a `thoughtSignature`, and one sent back without it is
 refused; function responses pair with the calls of the turn before by position, as Gemini pairs them: their
@@ -361,6 +362,8 @@ def create_app() -> Starlette:
         failure = _validate(body)
         if failure is not None:
             return failure
+        if body["contents"][-1].get("role") == "model":
+            return _invalid("Requests ending with a model turn are not supported.")
         pairs = _pairs(body)
         refused = _unsigned_call(model, body) or _penalty(model, body) or (pairs if isinstance(pairs, str) else None)
         if refused:

@@ -9,6 +9,11 @@ Reasoning Modes" and "Reasoning"). Magistral models (`magistral-*`) always reaso
 `reasoning_effort: high` and not with `none`. A stream's last chunk carries the usage (Mistral sends it unasked);
 tool calls carry Mistral's nine-character ids and their `index`.
 
+A final assistant message marked `"prefix": true` is the prefix of the answer ("force the model to start its answer by
+the content of the message"), and the answer repeats it at its start, as the examples of Mistral's guide show (the
+guide takes it off with `content[len(prefix):]`), whole and streamed; a final assistant message without the mark is
+refused as Mistral refuses it (400, "Expected last role User or Tool (or Assistant with prefix True) for serving but
+got assistant").
 It refuses what Mistral refuses: a top-level field outside its chat request (422, `extra_forbidden`, in the shape of
 Mistral's validation errors), `stream_options`, a tool-call id that is not nine letters and digits, and a
 `reasoning_effort` other than `high` or `none`, or sent to a model without adjustable reasoning (a 400 whose wording
@@ -91,6 +96,13 @@ def _refusal(body: dict[str, Any]) -> Response | None:
                     f"Tool call id was {call_id} but must be a-z, A-Z, 0-9, with a length of 9.",
                     "invalid_request_message_error",
                 )
+    messages = body.get("messages") or [{}]
+    if messages[-1].get("role") == "assistant" and messages[-1].get("prefix") is not True:
+        return _error(
+            400,
+            "Expected last role User or Tool (or Assistant with prefix True) for serving but got assistant",
+            "invalid_request_message_error",
+        )
     effort = body.get("reasoning_effort")
     if effort is not None and (effort not in ("high", "none") or not str(body["model"]).startswith(ADJUSTABLE)):
         return _error(400, f"reasoning_effort '{effort}' is not supported by this model", "invalid_request_error")
@@ -114,6 +126,12 @@ def _call(body: dict[str, Any]) -> dict[str, Any] | None:
     return {"id": CALL_ID, "type": "function", "function": function, "index": 0}
 
 
+def _prefix(body: dict[str, Any]) -> str:
+    """The prefix the answer starts with (a final assistant message marked `prefix: true`), "" without one."""
+    last = (body.get("messages") or [{}])[-1]
+    return texts(last.get("content")) if last.get("role") == "assistant" and last.get("prefix") is True else ""
+
+
 def _thinking(text: str) -> dict[str, Any]:
     return {"type": "thinking", "thinking": [{"type": "text", "text": text}]}
 
@@ -130,13 +148,14 @@ def create_app() -> Starlette:
         refused = _refusal(body)
         if refused is not None:
             return refused
-        call, reasons = _call(body), _reasons(body)
+        call, reasons, text = _call(body), _reasons(body), _prefix(body) + TEXT
         usage = {"prompt_tokens": 12, "total_tokens": 40, "completion_tokens": 28}
         if body.get("stream"):
-            return StreamingResponse(_stream(body["model"], call, reasons, usage), media_type="text/event-stream")
-        content: Any = "" if call else TEXT
+            answer = _stream(body["model"], call, reasons, usage, text)
+            return StreamingResponse(answer, media_type="text/event-stream")
+        content: Any = "" if call else text
         if reasons:
-            content = [_thinking(THINKING)] + ([] if call else [{"type": "text", "text": TEXT}])
+            content = [_thinking(THINKING)] + ([] if call else [{"type": "text", "text": text}])
         message = {"role": "assistant", "tool_calls": [call] if call else None, "content": content, "prefix": False}
         answer = {
             "id": "cmpl-e5cc70bb28c444948073e77776eb30ef",
@@ -149,7 +168,7 @@ def create_app() -> Starlette:
         return Response(orjson.dumps(answer), media_type="application/json")
 
     async def _stream(
-        model: str, call: dict[str, Any] | None, reasons: bool, usage: dict[str, Any]
+        model: str, call: dict[str, Any] | None, reasons: bool, usage: dict[str, Any], text: str
     ) -> AsyncIterator[bytes]:
         base = {"id": "cmpl-4c2e8a1f6b0d4e3a", "object": "chat.completion.chunk", "created": int(time.time())}
 
@@ -164,7 +183,7 @@ def create_app() -> Starlette:
         if call:
             yield event({"tool_calls": [call]})
         else:
-            for i, word in enumerate(TEXT.split(" ")):
+            for i, word in enumerate(text.split(" ")):
                 piece = (" " if i else "") + word
                 yield event({"content": [{"type": "text", "text": piece}]} if reasons else {"content": piece})
         yield event({"content": ""}, "tool_calls" if call else "stop", usage=usage)

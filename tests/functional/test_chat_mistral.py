@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import orjson
 import pytest
 
 from adapters.providers.registry import REGISTRY
@@ -124,6 +125,45 @@ def test_a_messages_client_gets_a_thinking_block_and_the_text(mistral: Running, 
     assert message.content[0].thinking == fake.THINKING  # type: ignore[union-attr]
     assert message.content[1].text == fake.TEXT  # type: ignore[union-attr]
     assert message.stop_reason == "end_turn"
+
+
+PREFILL = "Ahoy there,"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_messages_prefill_is_continued_and_not_repeated(mistral: Running, stream: bool) -> None:
+    """A Messages client's final assistant turn (a prefill: Claude's answer continues it) reached Mistral without
+    `prefix: true`, and Mistral refused the request: 400, "Expected last role User or Tool (or Assistant with prefix
+    True)" (found by review). It goes as Mistral's prefix now; Mistral's answer repeats it at its start, and the
+    client gets the continuation alone, as from Claude, whole and streamed (the prefix there across two deltas)."""
+    claude = anthropic_client(mistral, mistral.mint(name=f"mistral-prefill-{stream}"))
+    asked: Any = {
+        "model": "small",
+        "max_tokens": 200,
+        "messages": [*HI, {"role": "assistant", "content": PREFILL}],
+    }
+    if stream:
+        with claude.messages.with_streaming_response.create(**asked, stream=True) as raw:
+            headers = raw.headers
+            events = [line for line in raw.iter_lines() if line.startswith("data: ")]
+        texts = [orjson.loads(line[6:])["delta"].get("text") for line in events if "text_delta" in line]
+        assert "".join(texts) == fake.TEXT  # (how it is cut into deltas is the gateway's: redaction may hold some)
+    else:
+        raw_whole = claude.messages.with_raw_response.create(**asked)
+        headers, message = raw_whole.headers, raw_whole.parse()
+        assert [block.type for block in message.content] == ["text"]
+        assert message.content[0].text == fake.TEXT  # type: ignore[union-attr]
+    assert "x-gateway-dropped-params" not in headers
+    assert sent(mistral)["json"]["messages"][-1] == {"role": "assistant", "content": PREFILL, "prefix": True}
+
+
+def test_a_chat_clients_own_prefix_is_its_business(mistral: Running, client: openai.OpenAI) -> None:
+    """A Chat Completions client's `prefix: true` goes as it sent it, and Mistral's answer comes as Mistral wrote it,
+    the prefix repeated: the gateway changes nothing of that API's meaning."""
+    last: Any = {"role": "assistant", "content": PREFILL, "prefix": True}
+    answer = client.chat.completions.create(model="small", messages=[*HI, last])
+    assert answer.choices[0].message.content == PREFILL + fake.TEXT
+    assert sent(mistral)["json"]["messages"][-1] == last
 
 
 def test_a_responses_client_gets_a_reasoning_item_and_the_text(client: openai.OpenAI) -> None:

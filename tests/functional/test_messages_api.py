@@ -6,6 +6,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import openai
 import pytest
 
 from tests.fakes.openai import TEXT
@@ -225,3 +226,49 @@ def test_a_stop_list_too_long_for_the_provider_is_refused_by_the_messages_name(r
             messages=[{"role": "user", "content": "Hi"}],
         )
     assert "'stop_sequences'" in refused.value.message and "'stop'" not in refused.value.message
+
+
+PREFILLED: Any = [{"role": "user", "content": "JSON please"}, {"role": "assistant", "content": "{"}]
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "deepseek-chat", "gemini-2.5-flash"])
+def test_a_prefill_the_provider_cannot_continue_is_named_and_refused_under_strict(
+    running: Running, key: str, model: str
+) -> None:
+    """A Messages client's final assistant turn asks that the answer continue it (a prefill), which OpenAI's Chat
+    Completions, DeepSeek's outside its beta URL and Gemini cannot do: OpenAI's and DeepSeek's got it as an earlier
+    turn, answered 200 with `x-gateway-dropped-params` empty, and the answer did not continue it (found by review).
+    It is named now (`messages.prefill`), and refused under `x-gateway-strict`. Gemini, which refuses a conversation
+    ending with the model's turn, is sent the conversation without it."""
+    ac = client(running, key)
+    raw = ac.messages.with_raw_response.create(model=model, max_tokens=50, messages=PREFILLED)
+    assert raw.parse().content[0].type == "text"
+    assert raw.headers["x-gateway-dropped-params"] == "messages.prefill"
+    with ac.messages.with_streaming_response.create(model=model, max_tokens=50, messages=PREFILLED, stream=True) as s:
+        assert s.headers["x-gateway-dropped-params"] == "messages.prefill"
+    fake = "gemini" if model.startswith("gemini") else "openai"
+    sent = running.fakes[fake].state.requests[-1]["json"]
+    if fake == "gemini":
+        assert [turn["role"] for turn in sent["contents"]] == ["user"]
+    else:
+        assert sent["messages"][-1] == {"role": "assistant", "content": "{"}
+    with pytest.raises(anthropic.BadRequestError) as strict:
+        ac.messages.create(model=model, max_tokens=50, messages=PREFILLED, extra_headers={"x-gateway-strict": "true"})
+    assert "messages.prefill" in strict.value.message
+
+
+def test_a_prefill_reaches_anthropic_as_written(running: Running, key: str) -> None:
+    """An Anthropic deployment gets the prefill as the client sent it (Claude continues it): nothing is named."""
+    raw = client(running, key).messages.with_raw_response.create(
+        model="claude-haiku-4-5", max_tokens=50, messages=PREFILLED
+    )
+    assert raw.parse().content[0].type == "text" and "x-gateway-dropped-params" not in raw.headers
+    assert running.fakes["anthropic"].state.requests[-1]["json"]["messages"] == PREFILLED
+
+
+def test_a_chat_clients_last_assistant_message_is_not_a_prefill(running: Running, key: str) -> None:
+    """A Chat Completions client's conversation ending with an assistant message asks nothing of the kind: nothing is
+    named."""
+    with openai.OpenAI(base_url=f"{running.url}/v1", api_key=key, max_retries=0) as sdk:
+        raw = sdk.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=PREFILLED)
+    assert raw.parse().choices[0].message.content and "x-gateway-dropped-params" not in raw.headers

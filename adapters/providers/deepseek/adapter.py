@@ -3,7 +3,10 @@
 An answer's `reasoning_content` (message and stream delta) reaches the client, and a client's earlier
 assistant turns keep theirs on the way back: DeepSeek's thinking mode refuses a conversation whose
 tool-calling turns lost their reasoning. Usage reports cache hits as `prompt_cache_hit_tokens`, which
-the OpenAI adapter folds into `prompt_tokens_details.cached_tokens` for pricing.
+the OpenAI adapter folds into `prompt_tokens_details.cached_tokens` for pricing. A Messages client's prefill is
+DeepSeek's Chat Prefix Completion, a beta served on its beta URL alone (`https://api.deepseek.com/beta`): a
+deployment whose `base_url` is that one continues it (the final assistant message marked `prefix: true`; the answer
+is the continuation alone), any other names it as dropped.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.providers.openai.adapter import OpenAIAdapter
-from adapters.providers.openai.profiles import PROFILES, Profile
+from adapters.providers.openai.profiles import CONTINUES, PROFILES, Profile
 from adapters.providers.params import STRICT_SCHEMA, json_schema_instruction, strict_schema
 from handler.ports import Target
 from handler.schemas import ChatRequest
@@ -23,6 +26,13 @@ PROFILE = _OPENAI_COMPATIBLE._replace(
     strip_message_fields=(),
     thinking=True,
 )
+# On DeepSeek's beta URL: Chat Prefix Completion ("set base_url to https://api.deepseek.com/beta to enable it").
+BETA_PROFILE = PROFILE._replace(prefix=CONTINUES)
+
+
+def beta(base_url: str) -> bool:
+    """Whether `base_url` is DeepSeek's beta URL (its path `/beta`), where its beta features are served."""
+    return base_url.rstrip("/").endswith("/beta")
 
 
 class DeepSeekAdapter(OpenAIAdapter):
@@ -34,7 +44,9 @@ class DeepSeekAdapter(OpenAIAdapter):
 
     def profile(self, target: Target) -> Profile:
         name = self.options.get("profile")
-        return PROFILES[name] if name else PROFILE
+        if name:
+            return PROFILES[name]
+        return BETA_PROFILE if beta(target.base_url) else PROFILE
 
     def chat_body(self, req: ChatRequest, target: Target, *, stream: bool) -> tuple[dict[str, Any], list[str]]:
         """OpenAI's body, but a `json_schema` response format (DeepSeek takes only `json_object`, and answers 400

@@ -35,6 +35,7 @@ from adapters.providers.params import (
     unsent_part_fields,
     unsent_reasoning,
 )
+from adapters.providers.prefill import PREFILL
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (
@@ -340,7 +341,13 @@ def _contents(
         add("user", [_function_response(m, call_names, dropped, model) for m in answers])
         answers.clear()
 
-    for message in req.messages:
+    messages = req.messages
+    if req.prefill is not None:
+        # A Messages client's prefill: Gemini documents no continuing of a model turn, and refuses a conversation
+        # ending with one ("Requests ending with a model turn are not supported"). Left out, and named.
+        messages = messages[:-1]
+        dropped.append(PREFILL)
+    for message in messages:
         if message.role in ("tool", "function"):
             answers.append(message)
             continue

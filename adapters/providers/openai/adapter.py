@@ -16,8 +16,9 @@ from pydantic import BaseModel, ValidationError
 from adapters.providers import reasoning
 from adapters.providers.call_ids import shorten_message_call_ids
 from adapters.providers.model_rules import rules_for
-from adapters.providers.openai.profiles import PROFILES, Profile, profile_for
+from adapters.providers.openai.profiles import PROFILES, REPEATS, Profile, profile_for
 from adapters.providers.params import IMAGE_DETAIL, apply_rules, unsent_part_fields
+from adapters.providers.prefill import PREFILL, RepeatedPrefix, strip_repeated
 from handler import schemas
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import RESPONSES_API, BuiltRequest, NativeCall, ProviderAdapter, Served, Target, UpstreamRequest
@@ -135,9 +136,11 @@ class OpenAIStreamParser:
 
     served: Served | None = None  # (the service tier it ran at is on its chunks, read from there)
 
-    def __init__(self) -> None:
+    def __init__(self, repeated: str | None = None) -> None:
         self.usage: Usage | None = None
         self.ended = False  # `[DONE]` came: the stream is whole, with or without a finish reason
+        # A Messages client's prefill the answer repeats (`Profile.prefix`), taken off its text.
+        self.repeated = RepeatedPrefix(repeated) if repeated else None
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
         data = event.data
@@ -155,6 +158,8 @@ class OpenAIStreamParser:
         chunk = validated(schemas.ChatCompletionChunk, self.conformed(payload))
         if chunk.usage is not None:
             self.usage = normalize_usage(chunk.usage)
+        if self.repeated is not None:
+            self.repeated.strip(chunk)
         return [chunk]
 
     def finish(self) -> list[ChatCompletionChunk]:
@@ -326,6 +331,14 @@ class OpenAIAdapter(ProviderAdapter):
         if profile.short_call_ids:
             shorten_message_call_ids(body["messages"])
         _plain_tools(body.get("tools"))
+        if req.prefill is not None:
+            # A Messages client's prefill: continued where the API takes the final assistant message as the prefix of
+            # its answer; elsewhere the message goes as an earlier turn, which the answer follows rather than
+            # continues, and the prefill is named.
+            if profile.prefix is not None:
+                body["messages"][-1]["prefix"] = True
+            else:
+                dropped.append(PREFILL)
         reasons = reasoning.openai_reasons(target)
         dropped += _reasoning(body, req, reasons, profile.thinking)
         dropped += unsent_sampling(body, reasons)
@@ -396,14 +409,22 @@ class OpenAIAdapter(ProviderAdapter):
             raise malformed("upstream answered without choices")
         completion = validated(ChatCompletion, self.conformed_answer(data))
         completion.usage = normalize_usage(completion.usage)
+        repeated = self.repeated_prefix(req, target)
+        if repeated is not None:
+            strip_repeated(completion, repeated)
         return completion
+
+    def repeated_prefix(self, req: ChatRequest, target: Target) -> str | None:
+        """The prefill `req`'s answer opens with again (`REPEATS`), for the client to get the continuation alone."""
+        prefill = req.prefill
+        return prefill if prefill is not None and self.profile(target).prefix == REPEATS else None
 
     def conformed_answer(self, data: dict[str, Any]) -> dict[str, Any]:
         """An answer's JSON in OpenAI's shape (it is already, from OpenAI); an API that differs overrides it."""
         return data
 
     def stream_parser(self, req: ChatRequest, target: Target) -> OpenAIStreamParser:
-        return OpenAIStreamParser()
+        return OpenAIStreamParser(self.repeated_prefix(req, target))
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         return error_from_body(status, body, headers)

@@ -27,7 +27,11 @@ class Profile(Value):
     `thinking: {"type": "enabled" | "disabled"}` switch (DeepSeek's); `short_call_ids` whether tool call ids
     longer than OpenAI's 64 characters go as stand-ins (`call_ids.short_call_id`); `reasoning_shown` whether an
     answer carries the model's reasoning as text where it reasons (a compatible server's `reasoning_content`;
-    OpenAI's Chat Completions never does, so a reasoning summary asked of it is named as dropped)."""
+    OpenAI's Chat Completions never does, so a reasoning summary asked of it is named as dropped); `prefix` whether
+    the API continues a final assistant message marked `"prefix": true` (a Messages client's prefill) and how its
+    answer begins: `CONTINUES` with the continuation alone (DeepSeek's beta), `REPEATS` with the prefix again
+    (Mistral's, "force the model to start its answer by the content of the message"), None where it cannot (the
+    prefill is then named as dropped, `messages.prefill`)."""
 
     __slots__ = (
         "rules",
@@ -40,6 +44,7 @@ class Profile(Value):
         "thinking",
         "short_call_ids",
         "reasoning_shown",
+        "prefix",
     )
 
     def __init__(
@@ -54,6 +59,7 @@ class Profile(Value):
         thinking: bool = False,
         short_call_ids: bool = True,
         reasoning_shown: bool = True,
+        prefix: str | None = None,
     ) -> None:
         self.rules: Final = rules
         self.stream_usage: Final = stream_usage
@@ -65,8 +71,11 @@ class Profile(Value):
         self.thinking: Final = thinking
         self.short_call_ids: Final = short_call_ids
         self.reasoning_shown: Final = reasoning_shown
+        self.prefix: Final = prefix
 
 
+# How an API that continues a final assistant message (`Profile.prefix`) begins its answer.
+CONTINUES, REPEATS = "continues", "repeats"
 OPENAI_STOPS = Rule(max_items=4)  # OpenAI's spec: "up to 4 sequences"
 
 
@@ -108,6 +117,7 @@ PROFILES: dict[str, Profile] = {
         },
         stream_usage=False,
         roles={"developer": "system", "function": "tool"},
+        prefix=REPEATS,
     ),
     "groq": Profile(
         rules={

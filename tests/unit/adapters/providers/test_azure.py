@@ -11,6 +11,7 @@ import pytest
 from adapters.providers.azure import AzureOpenAIAdapter
 from adapters.providers.azure.adapter import blocked
 from adapters.providers.registry import REGISTRY
+from handler.api.messages_api import MessagesRequest, to_chat_request
 from handler.config import ConfigError, parse_config
 from handler.errors import InvalidRequestError
 from handler.pipeline.gateway import build_adapters
@@ -319,3 +320,11 @@ def test_before_completion_caps_the_smaller_cap_goes_as_max_tokens() -> None:
     assert built.dropped == []
     current = orjson.loads(adapter().chat_request(req, target(), stream=True).request.body)
     assert current["max_completion_tokens"] == 20 and current["stream_options"] == {"include_usage": True}
+
+
+def test_a_messages_prefill_is_named() -> None:
+    """Azure's Chat Completions cannot continue an assistant message: a Messages client's prefill is named (it was
+    sent as an earlier turn, 200, nothing named: found by review)."""
+    messages = [{"role": "user", "content": "JSON please"}, {"role": "assistant", "content": "{"}]
+    req = to_chat_request(MessagesRequest.model_validate({"model": "m", "max_tokens": 9, "messages": messages}))[0]
+    assert adapter().chat_request(req, target(), stream=False).dropped == ["messages.prefill"]

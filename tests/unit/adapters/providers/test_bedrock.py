@@ -24,7 +24,7 @@ from adapters.providers.bedrock import adapter as bedrock
 from adapters.providers.bedrock.eventstream import EventStreamDecoder, parse_headers
 from adapters.providers.params import THINKING_BLOCKS as THINKING
 from adapters.providers.registry import REGISTRY
-from handler.api.messages_api import lost_betas
+from handler.api.messages_api import MessagesRequest, lost_betas, to_chat_request
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
 from handler.ports import MESSAGES_API, NativeCall, Target
 from handler.schemas import ChatRequest
@@ -1059,3 +1059,12 @@ def test_a_documents_title_becomes_a_name_converse_takes(title: str | None, name
     # Converse's DocumentBlock name: letters, digits, single whitespace, hyphens, parentheses, square brackets.
     assert bedrock.document_name(title, 3) == name
     assert fake._document_refused({"format": "pdf", "name": name, "source": {"bytes": "JVBE"}}) is None
+
+
+def test_a_messages_prefill_reaches_claude_as_the_final_assistant_turn() -> None:
+    """Converse continues a final assistant turn for Claude ("the response content will continue immediately from
+    the content in that message"): a Messages client's prefill goes as it is, and nothing is named."""
+    messages = [{"role": "user", "content": "JSON please"}, {"role": "assistant", "content": "{"}]
+    req = to_chat_request(MessagesRequest.model_validate({"model": "m", "max_tokens": 9, "messages": messages}))[0]
+    body, dropped = built(req)
+    assert body["messages"][-1] == {"role": "assistant", "content": [{"text": "{"}]} and dropped == []

@@ -9,6 +9,7 @@ import pytest
 
 from adapters.providers.deepseek import DeepSeekAdapter
 from adapters.providers.registry import REGISTRY
+from handler.api.messages_api import MessagesRequest, to_chat_request
 from handler.errors import InvalidRequestError
 from handler.ports import Target
 from handler.schemas import ChatRequest
@@ -140,3 +141,26 @@ def test_the_reasoners_sampling_which_it_ignores_is_left_out_and_named() -> None
     assert built.dropped == ["temperature", "top_p"]
     built = adapter().chat_request(request(temperature=0.2, top_p=0.9), target("deepseek-chat"), stream=False)
     assert orjson.loads(built.request.body)["temperature"] == 0.2 and built.dropped == []
+
+
+def prefilled() -> ChatRequest:
+    """A Messages request's translation whose final assistant turn prefills the answer."""
+    messages = [{"role": "user", "content": "Quick sort?"}, {"role": "assistant", "content": "```python\n"}]
+    return to_chat_request(MessagesRequest.model_validate({"model": "m", "max_tokens": 9, "messages": messages}))[0]
+
+
+def test_a_prefill_is_chat_prefix_completion_on_the_beta_url_and_named_elsewhere() -> None:
+    """DeepSeek continues a final assistant message marked `prefix: true` on its beta URL alone (Chat Prefix
+    Completion, a beta): a deployment there gets the mark; one on the usual URL got the prefill as an earlier turn,
+    answered 200 and named nothing (found by review): it is named now."""
+    beta = Target("deepseek", "deepseek", "deepseek-chat", "global", "https://api.deepseek.com/beta")
+    built = adapter().chat_request(prefilled(), beta, stream=False)
+    assert built.request.url == "https://api.deepseek.com/beta/chat/completions" and built.dropped == []
+    assert orjson.loads(built.request.body)["messages"][-1] == {
+        "role": "assistant",
+        "content": "```python\n",
+        "prefix": True,
+    }
+    usual = adapter().chat_request(prefilled(), target("deepseek-chat"), stream=False)
+    assert usual.dropped == ["messages.prefill"]
+    assert orjson.loads(usual.request.body)["messages"][-1] == {"role": "assistant", "content": "```python\n"}

@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from adapters.providers.openai import OpenAIAdapter
+from handler.api.messages_api import MessagesRequest, to_chat_request
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import Target
 from handler.schemas import ChatRequest
@@ -334,3 +335,18 @@ def test_a_reasoning_model_gets_no_sampling_but_without_reasoning(
 def test_a_reasoning_models_default_temperature_is_left_out_without_a_word() -> None:
     built = adapter().chat_request(request(temperature=1), target(model="o4-mini"), stream=False)
     assert "temperature" not in orjson.loads(built.request.body) and built.dropped == []
+
+
+@pytest.mark.parametrize(
+    "base_url", ["https://api.openai.com/v1", "http://localhost:8000/v1"], ids=["openai", "compatible"]
+)
+def test_a_messages_prefill_is_named_where_chat_completions_cannot_continue_it(base_url: str) -> None:
+    """Chat Completions has no continuing of an assistant message: a Messages client's prefill goes as an earlier
+    turn, which the answer follows rather than continues, and is named (it was not: found by review)."""
+    messages = [{"role": "user", "content": "JSON please"}, {"role": "assistant", "content": "{"}]
+    req = to_chat_request(MessagesRequest.model_validate({"model": "m", "max_tokens": 9, "messages": messages}))[0]
+    built = adapter().chat_request(req, target(base_url), stream=False)
+    assert built.dropped == ["messages.prefill"]
+    assert orjson.loads(built.request.body)["messages"][-1] == {"role": "assistant", "content": "{"}
+    plain = adapter().chat_request(request(messages=messages), target(base_url), stream=False)
+    assert plain.dropped == []  # (a Chat Completions client's own last assistant message asks nothing of the kind)

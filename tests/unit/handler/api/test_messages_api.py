@@ -269,3 +269,18 @@ def test_a_beta_is_named_when_the_request_uses_what_it_turns_on() -> None:
     assert lost("some-new-feature-2027-01-01,some-new-feature-2027-01-01, ") == (
         "anthropic-beta[some-new-feature-2027-01-01]",
     )
+
+
+def test_a_final_assistant_turn_with_text_is_a_prefill() -> None:
+    """Claude's answer continues a final assistant turn: the internal request says so (`prefill`), for each adapter
+    to send it as its provider continues one, or name it. One that called a tool asks for the tool's result, not a
+    continuation; a conversation ending with the user's turn has none."""
+    hi = {"role": "user", "content": "hi"}
+    marked = [{"type": "text", "text": "Here", "cache_control": CACHED}, {"type": "text", "text": " it is: {"}]
+    prefilled, dropped = translate(messages=[hi, {"role": "assistant", "content": marked}])
+    assert prefilled.prefill == "Here it is: {" and dropped == []
+    assert dumped(prefilled)[-1]["role"] == "assistant"
+    call = {"type": "tool_use", "id": "t1", "name": "f", "input": {}}
+    for last in ({"role": "assistant", "content": [{"type": "text", "text": "Let me look."}, call]}, hi):
+        assert translate(messages=[hi, last])[0].prefill is None
+    assert translate(messages=[hi, {"role": "assistant", "content": ""}])[0].prefill is None
