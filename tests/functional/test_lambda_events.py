@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,8 @@ from starlette.routing import Mount
 from adapters.store import open_store
 from handler.pipeline.keys import hash_secret
 from handler.ports import KeyRecord
-from tests.fakes.openai import TEXT
+from tests.fakes import ssm
+from tests.fakes.openai import API_KEY, TEXT
 from tests.fakes.openai import create_app as openai_fake
 from tests.support.events import (
     EVENTS,
@@ -118,12 +121,13 @@ def replay(
     environ: dict[str, str] | None = None,
     observability: dict[str, Any] | None = None,
     logs: list[str] | None = None,
+    api_key: str = "env:OPENAI_API_KEY",
+    settings: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """The handler's answers to `paths`, one warm environment; its log lines (stderr) appended to `logs`."""
+    """The handler's answers to `paths`, one warm environment; its log lines (stderr) appended to `logs`. `api_key`:
+    the provider's key reference; `settings`: the config's `gateway:` section."""
     config: dict[str, Any] = {
-        "providers": {
-            "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"}
-        },
+        "providers": {"openai": {"type": "openai", "api_key": api_key, "base_url": f"{upstream_url}/openai/v1"}},
         "models": {
             "gpt-4o-mini": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]},
             "text-embedding-3-small": {
@@ -134,6 +138,8 @@ def replay(
     }
     if observability is not None:
         config["observability"] = observability
+    if settings is not None:
+        config["gateway"] = settings
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     store_url = f"sqlite:///{tmp_path / 'lambda.db'}"
@@ -328,3 +334,120 @@ def test_warm_invocations_survive_an_upstream_closing_idle_connections_while_fro
     assert [r["status"] for r in results] == [200] * 4, [r["headers"].get("x-gateway-route") for r in results]
     assert {r["headers"]["x-gateway-route"] for r in results} == {"openai/gpt-4o-mini@global=200"}
     assert len(fake.state.requests) == 4
+
+
+@contextmanager
+def fake_ssm(script: list[str]) -> Iterator[tuple[dict[str, str], list[str]]]:
+    """SSM answering as `script` says (tests/fakes/ssm.py): the environment pointing the handler at it (each call
+    tried once: botocore's own retries are not what is tested), and the names it was asked for."""
+    app = ssm.create_app(script)
+    server = ServerThread(app).start()
+    environ = {
+        "AWS_ENDPOINT_URL_SSM": server.url,
+        "AWS_ACCESS_KEY_ID": "AKIAFAKESSMTESTS",
+        "AWS_SECRET_ACCESS_KEY": "fake-secret-access-key-for-the-ssm-fake",
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    try:
+        yield environ, app.state.calls
+    finally:
+        server.stop()
+
+
+STORED_KEY = "ssm:/llm-gateway/openai"
+
+
+def test_a_provider_key_ssm_would_not_give_at_init_is_read_again_and_the_503_says_so(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """SSM throttled the key's read at init (a burst of cold starts does): the environment started, and its requests
+    were answered `503 provider_not_configured` "store the key in ssm" (untrue), `x-should-retry: false`, for the
+    environment's life, SSM never asked again. Now the 503 says the key could not be read, that a retry may succeed,
+    and the key is read again on a later invocation, which is answered; the failure is logged, the key never."""
+    server, _ = upstream
+    logs: list[str] = []
+    with fake_ssm([ssm.THROTTLE, API_KEY]) as (environ, calls):
+        results = replay(
+            tmp_path,
+            server.url,
+            [EVENTS / "chat-completions-ok.json"] * 3,
+            freeze_s=1.2,
+            environ=environ,
+            logs=logs,
+            api_key=STORED_KEY,
+            settings={"provider_key_refresh_seconds": 1.0},
+        )
+    refused = results[0]
+    assert refused["status"] == 503, refused
+    error = json.loads(refused["body"])["error"]
+    assert error["code"] == "provider_not_configured", error
+    assert f"{STORED_KEY} could not be read (ThrottlingException)" in error["message"], error
+    assert refused["headers"]["x-should-retry"] == "true" and int(refused["headers"]["retry-after"]) >= 1, refused
+    assert [r["status"] for r in results[1:]] == [200, 200], results
+    assert len(calls) >= 2 and set(calls) == {"/llm-gateway/openai"}
+    assert any("ThrottlingException" in line and "provider openai" in line for line in logs), logs
+    assert not any(API_KEY in line for line in logs)
+
+
+def test_a_provider_key_absent_from_ssm_is_named_missing(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """An absent parameter is not an unreadable one: the 503 says where to store the key, and not to retry."""
+    server, _ = upstream
+    with fake_ssm([ssm.ABSENT]) as (environ, _calls):
+        (result,) = replay(
+            tmp_path, server.url, [EVENTS / "chat-completions-ok.json"], environ=environ, api_key=STORED_KEY
+        )
+    assert result["status"] == 503, result
+    error = json.loads(result["body"])["error"]
+    assert (
+        error["code"] == "provider_not_configured" and "store the key in ssm as /llm-gateway/openai" in error["message"]
+    ), error
+    assert result["headers"]["x-should-retry"] == "false", result
+
+
+def test_a_provider_key_rotated_in_ssm_is_read_again_when_the_provider_refuses_the_old_one(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """The key was rotated in SSM (the old one revoked at the provider) after the environment read it: the provider's
+    401 has the gateway read the key again, and the request is sent again with the new one, once. Before: a 502
+    until the environment ended."""
+    server, _ = upstream
+    with fake_ssm(["sk-old-key-revoked-at-openai", API_KEY]) as (environ, calls):
+        results = replay(
+            tmp_path, server.url, [EVENTS / "chat-completions-ok.json"] * 2, environ=environ, api_key=STORED_KEY
+        )
+    assert [r["status"] for r in results] == [200, 200], results
+    route = "openai/gpt-4o-mini@global"
+    assert results[0]["headers"]["x-gateway-route"] == f"{route}=401, {route}=200", results[0]
+    assert results[1]["headers"]["x-gateway-route"] == f"{route}=200", results[1]
+    assert results[0]["ledger_lines"] == 1 and len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        [ssm.THROTTLE, API_KEY],  # the read failed while the snapshot was taken
+        ["sk-old-key-revoked-at-openai", API_KEY],  # the key was rotated after the snapshot
+    ],
+    ids=["unread-at-snapshot", "rotated-after-snapshot"],
+)
+def test_a_snapstart_restore_reads_the_provider_keys_again(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]], script: list[str]
+) -> None:
+    """With SnapStart the key read at init is the snapshot's, restored hours later into any number of environments:
+    the restore hook reads it again, so the first invocation is answered with the key SSM holds now. Before: a
+    failed read was frozen into the snapshot (every restored environment 503 for its life), and a rotated key was
+    never picked up."""
+    server, _ = upstream
+    with fake_ssm(script) as (environ, calls):
+        (result,) = replay(
+            tmp_path,
+            server.url,
+            [EVENTS / "chat-completions-ok.json"],
+            environ={**environ, "LAMBDA_SNAPSTART": "1"},
+            api_key=STORED_KEY,
+        )
+    assert result["status"] == 200, result
+    assert result["headers"]["x-gateway-route"] == "openai/gpt-4o-mini@global=200", result
+    assert len(calls) == 2  # at init, and after the restore
