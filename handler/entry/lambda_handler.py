@@ -12,7 +12,8 @@ SnapStart: before the snapshot every front-end is imported, the request path pri
 and every validator and the router the cold start left to first use built (so a restored environment's first
 invocation does no more than a warm one); the upstream connections are closed; after a restore they are opened
 afresh and the key cache is emptied (a snapshot can be restored hours after it was
-taken). The hooks come from the Lambda runtime's `snapshot_restore_py`, absent elsewhere.
+taken), the provider keys held in SSM or Secrets Manager are read again, AWS credentials from a role fetched afresh
+and `random` seeded anew. The hooks come from the Lambda runtime's `snapshot_restore_py`, absent elsewhere.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ gc.disable()
 
 import asyncio  # noqa: E402
 import os  # noqa: E402
+import random  # noqa: E402
 from typing import Any  # noqa: E402
 
 # The gateway uses no pydantic plugins; looking for them reads every installed distribution's metadata when the
@@ -79,6 +81,10 @@ def _before_snapshot() -> None:
 
 
 def _after_restore() -> None:
+    # Every environment restored from one snapshot holds the same `random` state: the same retry jitter and the same
+    # times for the store's periodic sweeps in all of them. Seeded afresh from the OS (as AWS's SnapStart guide
+    # asks); ids come from `os.urandom`, which a restore does not repeat.
+    random.seed()
     _loop.run_until_complete(gateway.reopen())
 
 
