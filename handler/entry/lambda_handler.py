@@ -33,6 +33,7 @@ from typing import Any  # noqa: E402
 # first model is built, in the cold start. An operator's own setting wins.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
+from handler.api.answer_size import AnswerLimit  # noqa: E402
 from handler.api.app import Settling, create_app  # noqa: E402
 from handler.entry.adapter import lambda_adapter  # noqa: E402
 from handler.pipeline.gateway import build_gateway  # noqa: E402
@@ -40,10 +41,11 @@ from handler.schemas import build_deferred_models  # noqa: E402
 from handler.telemetry.observability import logger  # noqa: E402
 
 gateway = build_gateway()
-app = create_app(gateway)
+answer_limit = AnswerLimit()  # Lambda returns at most 6 MB: a larger answer is a 413, never a crash
+app = create_app(gateway, answer_limit)
 
 
-_mangum = lambda_adapter(Settling(app, gateway))
+_mangum = lambda_adapter(Settling(app, gateway, answer_limit))
 # The loop Mangum runs every invocation on (it takes the thread's current loop, as here).
 _loop = asyncio.new_event_loop()
 asyncio.set_event_loop(_loop)

@@ -842,6 +842,7 @@ class Pipeline(Charges):
                 user=ex.user,
                 session=ex.controls.session,
             )
+        ex.ledger_item = item
         settlements = [self.meter.settlement(reservation, actual, tokens, item)]
         # The worst cases reserved more for attempts the provider may bill: released (the line carries their cost).
         settlements += [self.meter.settlement(extra, 0.0, 0, None) for extra in ex.extra]

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -451,3 +452,96 @@ def test_a_snapstart_restore_reads_the_provider_keys_again(
     assert result["status"] == 200, result
     assert result["headers"]["x-gateway-route"] == "openai/gpt-4o-mini@global=200", result
     assert len(calls) == 2  # at init, and after the restore
+
+
+LAMBDA_PAYLOAD_BYTES = 6_291_556  # the most Lambda returns from a synchronous invocation (its own figure)
+
+
+def event_with(tmp_path: Path, name: str, body: dict[str, Any], file: str) -> Path:
+    """`events/NAME.json` with another body, written to `tmp_path/FILE.json`."""
+    event = json.loads((EVENTS / f"{name}.json").read_text())
+    event["body"] = json.dumps(body)
+    path = tmp_path / f"{file}.json"
+    path.write_text(json.dumps(event))
+    return path
+
+
+def ledger(tmp_path: Path) -> list[dict[str, Any]]:
+    """The ledger's lines in the replay's embedded store, oldest first."""
+    db = sqlite3.connect(tmp_path / "lambda.db")
+    try:
+        return [json.loads(row[0]) for row in db.execute("SELECT data FROM ledger ORDER BY ts")]
+    finally:
+        db.close()
+
+
+def embeddings(inputs: int, **options: Any) -> dict[str, Any]:
+    texts = [f"document number {i} about something" for i in range(inputs)]
+    return {"model": "text-embedding-3-small", "input": texts, "dimensions": 1536, **options}
+
+
+def test_an_embeddings_answer_known_to_be_past_lambda_s_6_mb_is_refused_before_it_is_sent(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """300 inputs of 1,536 floats is a 9.6 MB answer: Lambda's Runtime API refused it (413), the runtime exited, API
+    Gateway answered 500, after the provider had billed it (and billed each retry again). Once the environment has
+    seen the model's answers, it knows beforehand: a 413 in OpenAI's shape naming the limit and what to do, nothing
+    sent, nothing charged; the same inputs as base64 (what OpenAI's SDKs ask for) fit and are answered."""
+    server, fakes = upstream
+    recorded = fakes["openai"].state.requests
+    paths = [
+        event_with(tmp_path, "embeddings-ok", embeddings(100), "hundred"),
+        event_with(tmp_path, "embeddings-ok", embeddings(300), "three-hundred"),
+        event_with(tmp_path, "embeddings-ok", embeddings(300, encoding_format="base64"), "three-hundred-base64"),
+        event_with(tmp_path, "embeddings-ok", embeddings(10), "ten"),
+    ]
+    before = len(recorded)
+    results = replay(tmp_path, server.url, paths)
+    assert [r["status"] for r in results] == [200, 413, 200, 200], [r["body"][:300] for r in results]
+    assert all(r["payload_bytes"] <= LAMBDA_PAYLOAD_BYTES for r in results), [r["payload_bytes"] for r in results]
+    refused = results[1]
+    error = json.loads(refused["body"])["error"]
+    assert error["code"] == "request_too_large" and error["param"] == "input", error
+    for words in ("6,291,556 bytes", "nothing was sent", "at most", "encoding_format base64", "streaming endpoint"):
+        assert words in error["message"], error
+    assert refused["headers"]["x-should-retry"] == "false" and refused["ledger_lines"] == 0, refused
+    assert len(recorded) - before == 3  # the refused one never reached the provider
+    assert [line["status"] for line in ledger(tmp_path)] == [200, 200, 200]
+
+
+def test_an_answer_past_lambda_s_6_mb_is_a_413_whose_ledger_line_says_so(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """The first embeddings request of an environment (nothing learned of the model yet) whose answer is past the
+    limit: the provider answered and billed it. The client gets a 413 saying so with its cost, not Lambda's 500 and
+    a dead runtime; the ledger line keeps the cost and says 413, not a delivered 200; the environment serves on."""
+    server, _ = upstream
+    paths = [event_with(tmp_path, "embeddings-ok", embeddings(300), "three-hundred"), EVENTS / "embeddings-ok.json"]
+    results = replay(tmp_path, server.url, paths)
+    assert [r["status"] for r in results] == [413, 200], [r["body"][:300] for r in results]
+    assert all(r["payload_bytes"] <= LAMBDA_PAYLOAD_BYTES for r in results), [r["payload_bytes"] for r in results]
+    undelivered = results[0]
+    error = json.loads(undelivered["body"])["error"]
+    assert error["code"] == "request_too_large" and "billed" in error["message"], error
+    assert float(undelivered["headers"]["x-gateway-cost-usd"]) > 0, undelivered["headers"]
+    assert undelivered["headers"]["x-should-retry"] == "false" and undelivered["ledger_lines"] == 1, undelivered
+    first, second = ledger(tmp_path)
+    assert first["status"] == 413 and first["cost_usd"] > 0, first
+    assert second["status"] == 200
+
+
+def test_a_stream_past_lambda_s_6_mb_on_the_buffered_function_is_a_413(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """A stream sent to the buffered endpoint arrives in one piece: one past the limit (40,000 chunks) is a 413 in
+    OpenAI's shape, its ledger line saying so, rather than a payload Lambda refuses."""
+    server, _ = upstream
+    said = "SAY " + "abcd" * 40_000
+    body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": said}]}
+    (result,) = replay(tmp_path, server.url, [event_with(tmp_path, "chat-completions-stream", body, "long-stream")])
+    assert result["status"] == 413 and result["payload_bytes"] <= LAMBDA_PAYLOAD_BYTES, result["body"][:300]
+    error = json.loads(result["body"])["error"]
+    assert error["code"] == "request_too_large" and "streaming endpoint" in error["message"], error
+    assert result["headers"]["x-request-id"].startswith("req_")
+    (line,) = ledger(tmp_path)
+    assert line["status"] == 413 and line["cost_usd"] > 0, line

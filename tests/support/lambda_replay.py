@@ -1,7 +1,8 @@
 """Replays events through the Lambda handler in a fresh interpreter, as one warm execution environment.
 
 Usage: python -m tests.support.lambda_replay EVENT.json [EVENT.json ...] — prints one JSON line per
-invocation: {"event", "status", "headers", "body", "ms", "request_lines", "unsettled", "ledger_lines"}. The
+invocation: {"event", "status", "headers", "body", "ms", "payload_bytes", "request_lines", "unsettled",
+"ledger_lines"}. The
 environment (GATEWAY_CONFIG, GATEWAY_STORE, provider keys) comes from the caller; `ledger_lines` is counted for an
 embedded store's sqlite:/// URL only (None for another). `LAMBDA_FREEZE_S`, if set, is a pause between invocations
 during which nothing runs in the process, no thread either, as Lambda freezes an environment between them: the
@@ -116,6 +117,8 @@ def main(paths: list[str]) -> None:
             "headers": response.get("headers", {}),
             "body": body,
             "ms": elapsed,
+            # What the runtime posts to Lambda (awslambdaric's JSON, `ensure_ascii=False`), which takes at most 6 MB.
+            "payload_bytes": len(json.dumps(response, ensure_ascii=False).encode()),
             "request_lines": logged.requests - before,  # written before the handler returned
             "unsettled": len(gateway.background),  # settlements still running when it returned
             # committed before it returned
