@@ -573,6 +573,7 @@ class Pipeline(Charges):
                 if ex.audio_output:
                     self._audio_priced(attempt)
                 built = build(attempt)
+                key = attempt.adapter.secret  # (the key `built` carries: a 401 may have it read again)
                 if built.dropped and ex.controls.strict:
                     named = ", ".join(built.dropped)
                     raise StrictParamsError(
@@ -619,15 +620,15 @@ class Pipeline(Charges):
                             # configured, or configured higher): sent again within it, as it is from now on.
                             lowered = True
                             failed.pop()
-                            built = build(attempt)
+                            built, key = build(attempt), attempt.adapter.secret
                             continue
                         if err.upstream_status == 401 and not rekeyed:
                             rekeyed = True  # (once per attempt: a key read again that is refused too is the answer)
-                            if await self.gateway.provider_keys.renewed(attempt.adapter):
+                            if await self.gateway.provider_keys.renewed(attempt.adapter, key):
                                 # The key was rotated in its store since it was last read: sent again with the new
                                 # one (a 401 is not billed).
                                 failed.pop()
-                                built = build(attempt)
+                                built, key = build(attempt), attempt.adapter.secret
                                 continue
                         raise self._client_facing(err) from None
                     breakers.failure(label, err.upstream_status == 429)

@@ -65,13 +65,14 @@ def unreadable(adapter: ProviderAdapter, failure: SecretUnreadableError, retry_s
 class StoredKey:
     """One provider's key in SSM or Secrets Manager: where it is, and when it is to be read again."""
 
-    __slots__ = ("adapter", "reference", "due", "reading")
+    __slots__ = ("adapter", "reference", "due", "reading", "refused_at")
 
     def __init__(self, adapter: ProviderAdapter, reference: str, due: float) -> None:
         self.adapter = adapter
         self.reference = reference
         self.due = due  # when it is to be read again (`math.inf` while a read is under way)
         self.reading: threading.Event | None = None  # set when the read under way ends
+        self.refused_at = -math.inf  # when a provider's 401 last had it read (`ProviderKeys.renewed`)
 
 
 class ProviderKeys:
@@ -108,27 +109,32 @@ class ProviderKeys:
     async def settle(self) -> bool:
         """For a request none of whose deployments has a key: wait up to `WAIT_S` for the reads of keys that could
         not be read (started now if due); whether any of them is now held."""
-        self.check()
         unread = [key for key in self.stored if key.adapter.unread]
-        waiting = [key.reading for key in unread if key.reading is not None]
-        if not waiting:
-            return False
+        self.check()
         deadline = self.clock() + WAIT_S
-        for done in waiting:
-            await asyncio.to_thread(done.wait, max(0.0, deadline - self.clock()))
+        for done in [key.reading for key in unread]:
+            if done is not None:  # (a read that ended already needs no wait)
+                await asyncio.to_thread(done.wait, max(0.0, deadline - self.clock()))
         return any(key.adapter.secret for key in unread)
 
-    async def renewed(self, adapter: ProviderAdapter) -> bool:
-        """After the provider refused `adapter`'s key (401): read it now (waiting up to `WAIT_S`); whether the key
-        held changed, so the request may be sent again with it. A key not held in a store: False."""
+    async def renewed(self, adapter: ProviderAdapter, refused: str | None) -> bool:
+        """After the provider refused the key `refused` (401): whether `adapter` now holds another, so the request may
+        be sent again with it. The key is read now (waiting up to `WAIT_S`), unless a 401 had it read less than
+        `retry_s` before (a revoked key still in the store would otherwise have every request read it). A key not
+        held in a store: False."""
         key = self._of(adapter)
         if key is None:
             return False
-        before = adapter.secret
-        with self._lock:
-            done = key.reading or self._start(key)
-        await asyncio.to_thread(done.wait, WAIT_S)
-        return bool(adapter.secret) and adapter.secret != before
+        if adapter.secret == refused:
+            with self._lock:
+                done = key.reading
+                if done is None:
+                    if self.clock() - key.refused_at < self.retry_s:
+                        return False
+                    key.refused_at = self.clock()
+                    done = self._start(key)
+            await asyncio.to_thread(done.wait, WAIT_S)
+        return bool(adapter.secret) and adapter.secret != refused
 
     async def reread(self) -> None:
         """Read every key now (after a SnapStart restore), waiting up to `RESTORE_WAIT_S` for them all."""
