@@ -14,8 +14,8 @@ provider's `base_url`), else `AWS_ENDPOINT_URL_<SERVICE>` (`AWS_ENDPOINT_URL_DYN
 endpoint in the region's partition (`dynamodb.cn-north-1.amazonaws.com.cn`). Regions of the `aws`
 partition are named without botocore; any other comes from botocore's endpoint data.
 
-SSM and Secrets Manager are read once per process, at start, through boto3 (`boto3_client`), with the
-same region and endpoints.
+SSM and Secrets Manager are read through boto3 (`boto3_client`), with the same region and endpoints: at start, and
+again for provider keys while the process runs (handler/pipeline/provider_keys.py).
 """
 
 from __future__ import annotations
@@ -89,9 +89,18 @@ class AwsCredentials:
             return self._snapshot
 
     def renew(self) -> None:
-        """Take a new snapshot now, blocking (after a SnapStart restore: the one in the snapshot may be
-        hours old, its keys expired); keys from the environment stay as they are."""
-        if self._source is not None:
+        """Fetch new credentials now, blocking (after a SnapStart restore: the ones in the snapshot may be hours old,
+        their keys expired or revoked, however far from its expiry botocore thinks them): botocore's chain is
+        resolved afresh, which asks the role's endpoint again. Keys from the environment stay as they are; if the
+        chain now finds none, the ones held stay in use."""
+        if self._source is None:
+            return
+        import botocore.session  # (imported when the chain was resolved)
+
+        with self._lock:
+            source = botocore.session.get_session().get_credentials()
+            if source is not None:
+                self._source = source
             self._take_snapshot()
 
     def _take_snapshot(self) -> None:

@@ -1,7 +1,8 @@
 """The config file: YAML validated by pydantic, with errors that name the offending path.
 
-Secrets are references (`env:NAME`, `ssm:/path`, `secretsmanager:NAME`), resolved once per warm
-process by `resolve_secret`; a literal key in the file is accepted but discouraged.
+Secrets are references (`env:NAME`, `ssm:/path`, `secretsmanager:NAME`), resolved at start by `resolve_secret`
+(a provider key held in SSM or Secrets Manager is read again while the process runs:
+handler/pipeline/provider_keys.py); a literal key in the file is accepted but discouraged.
 """
 
 # No `from __future__ import annotations` here: pydantic would evaluate every field's annotation from its string
@@ -23,6 +24,17 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class SecretUnreadableError(Exception):
+    """A secret's store (SSM, Secrets Manager) could not be asked or did not answer (throttled, unreachable,
+    access denied): not the same as a secret that is not there. The message names the reference and the error's
+    code, never a value."""
+
+    def __init__(self, reference: str, reason: str) -> None:
+        super().__init__(f"{reference} could not be read ({reason})")
+        self.reference = reference
+        self.reason = reason
 
 
 # Each part's own validator is built on its first direct use (`defer_build`); Config's, built at import, holds
@@ -164,6 +176,9 @@ class KeyMinting(_Strict):
 class GatewaySettings(_Strict):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     key_cache_seconds: float = Field(default=5.0, ge=0)
+    # How often a provider key held in SSM or Secrets Manager is read again (a rotated key is in use within it);
+    # one that could not be read is tried again sooner (handler/pipeline/provider_keys.py).
+    provider_key_refresh_seconds: float = Field(default=300.0, gt=0)
     reservation_ttl_seconds: float = Field(default=900.0, gt=0)
     default_max_output_tokens: int = Field(default=4096, gt=0)
     trusted_proxies: list[str] = []
@@ -376,7 +391,8 @@ def resolve_secret(
     """Resolve `env:NAME`, `ssm:/path` or `secretsmanager:NAME`; None when unset or absent.
 
     `fetch(kind, name)` reads SSM and Secrets Manager; the default builds boto3 clients on first
-    use only, so a deployment without such references never pays boto3's import at cold start.
+    use only, so a deployment without such references never pays boto3's import at cold start. A store that
+    could not be read raises `SecretUnreadableError` (the default's; a `fetch` may raise it too).
     """
     if not reference:
         return None
@@ -411,6 +427,10 @@ def reference_hint(reference: str | None) -> str:
     return "replace the provider's literal api_key with a provider key (better: a reference such as env:NAME)"
 
 
+# What SSM and Secrets Manager answer for a name they do not hold: the secret is absent, not unreadable.
+ABSENT_CODES = frozenset({"ParameterNotFound", "ParameterVersionNotFound", "ResourceNotFoundException"})
+
+
 def _aws_fetch(kind: str, name: str) -> str | None:
     # Deferred: boto3's import, a large part of a cold start, is for SSM/Secrets Manager references only. The
     # client comes from the AWS layer, so region, endpoints (`AWS_ENDPOINT_URL_SSM`, ...) and partition are
@@ -423,5 +443,10 @@ def _aws_fetch(kind: str, name: str) -> str | None:
             return str(value) if value else None
         secret = boto3_client("secretsmanager").get_secret_value(SecretId=name).get("SecretString")
         return str(secret) if secret else None
-    except Exception:  # noqa: BLE001 - an unreachable secret leaves the provider unconfigured (503)
-        return None
+    except Exception as exc:  # noqa: BLE001 - absent (None) or unreadable (raised), told apart by the error's code
+        response = getattr(exc, "response", None)  # (botocore's ClientError: the service's error code)
+        code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+        if code in ABSENT_CODES:
+            return None
+        # Only the code or the exception's class: botocore's messages quote no value, but nothing of it is needed.
+        raise SecretUnreadableError(f"{kind}:{name}", str(code or type(exc).__name__)) from None

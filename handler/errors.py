@@ -10,6 +10,7 @@
     ├── PermissionDeniedError         403 model_not_allowed | ip_not_allowed | admin_only
     ├── NotFoundError                 404 model_not_found | not_found
     ├── RequestTooLargeError          413 request_too_large
+    │   └── AnswerTooLargeError       413 request_too_large (the buffered Lambda function: an answer past 6 MB)
     ├── HeadersTooLargeError          431 headers_too_large (`gateway serve`: request headers beyond the bound)
     ├── ClientClosedError             499 client_closed_request (the client left; nobody reads this answer)
     ├── RateLimitError                429 rate_limit_exceeded (+ retry-after)

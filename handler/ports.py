@@ -234,6 +234,9 @@ class ProviderAdapter(ABC):
     requires_key: bool = True
     # The reference (`env:OPENAI_API_KEY`) that held one of this gateway's own keys, refused as the provider's.
     refused_reference: str | None = None
+    # Why its key, held in SSM or Secrets Manager, could not be read (the store's error code), while it has none
+    # (handler/pipeline/provider_keys.py).
+    unread: str | None = None
     supports_embeddings: ClassVar[bool] = False
     # The most inputs the API embeds in one call, where it takes fewer than OpenAI's 2,048 (Gemini: 100): a request
     # with more is sent as several calls to the one deployment, their answers joined (`Pipeline.embeddings`).

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from handler import schemas
+from handler.api.answer_size import AnswerLimit, deliverable
 from handler.api.route_table import COUNTED_PATHS, Endpoints, Handler, direct_lane, handlers, starlette_routes
 from handler.api.streaming import (
     DONE,
@@ -138,9 +139,10 @@ def error_response(request: Request, exc: GatewayError) -> Response:
 class Api:
     """Route handlers bound to one gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, answer_limit: AnswerLimit | None = None) -> None:
         self.gateway = gateway
         self.pipeline = Pipeline(gateway)
+        self.answer_limit = answer_limit  # the buffered Lambda function's (handler/api/answer_size.py)
         settings = gateway.config.gateway
         self.max_body = settings.max_body_bytes
         self.trusted = [network(n) for n in settings.trusted_proxies]  # (a mapped range as the IPv4 one it maps)
@@ -388,16 +390,27 @@ class Api:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return EventStream(openai_events(stream, include_usage), stream_headers(ex), watch)
         completion = await until_client_leaves(request, self.pipeline.chat(req, ex), ex)
-        response = json_response(answer_json(completion), headers=ex.headers())
-        observe(ex, 200, answer=response.body)
-        return response
+        return self.answered(ex, json_response(answer_json(completion), headers=ex.headers()))
 
     async def embeddings(self, request: Request) -> Response:
         key = await self.authenticate(request)
         req = await self.parse(request, schemas.EmbeddingsRequest)
+        limit = self.answer_limit
+        if limit is not None:
+            limit.check_embeddings(req)  # (an answer known to be past it: refused before anything is sent)
         ex = self.exchange(request, key, req.model)
         result = await until_client_leaves(request, self.pipeline.embeddings(req, ex), ex)
         response = json_response(result.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
+        if limit is not None:
+            limit.learn(req, result, len(response.body))
+        return self.answered(ex, response)
+
+    def answered(self, ex: Exchange, response: Response) -> Response:
+        """`response`, a proxied request's whole answer, observed; on the buffered Lambda function, one past what it
+        can return is a 413 instead (`AnswerLimit.check_answer`)."""
+        limit = self.answer_limit
+        if limit is not None:
+            limit.check_answer(ex, response.body)
         observe(ex, 200, answer=response.body)
         return response
 
@@ -741,26 +754,41 @@ class Settling:
     is not sent before they are written, and a second loop run would cost more than the wait itself). They are
     deferred while the app runs and written after it, in this task (`Gateway.settle_now`); if the app raises,
     they become tasks, which the Lambda handler drains. Each is durable by the invocation's deadline less
-    `SETTLE_MARGIN_MS` (`settle_by`): written, or else spooled, before Lambda can kill the environment."""
+    `SETTLE_MARGIN_MS` (`settle_by`): written, or else spooled, before Lambda can kill the environment.
 
-    def __init__(self, app: GatewayApp, gateway: Gateway) -> None:
+    With an `answer_limit` (the buffered Lambda function's, its app's too), the answer's messages are held until the
+    app is done (Mangum holds the whole answer anyway), and one past the limit is replaced by a 413 (`deliverable`)."""
+
+    def __init__(self, app: GatewayApp, gateway: Gateway, answer_limit: AnswerLimit | None = None) -> None:
         self.app = app
         self.gateway = gateway
+        self.answer_limit = answer_limit
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         gateway = self.gateway
         deferred: list[Coroutine[Any, Any, None]] = []
         gateway.deferred = deferred
+        limit = self.answer_limit
+        held: list[Any] = []
+
+        async def hold(message: Any) -> None:
+            held.append(message)
+
         by = SETTLE_BY.set(settle_by(scope))  # (the tasks of an app that raised take it along)
         try:
             try:
-                await self.app(scope, receive, send)
+                await self.app(scope, receive, send if limit is None else hold)
             except BaseException:
                 gateway.deferred = None
                 for work in deferred:
                     gateway.spawn(work)
+                for message in held:
+                    await send(message)
                 raise
             gateway.deferred = None
+            if limit is not None:
+                for message in deliverable(limit, scope, held):
+                    await send(message)
             await gateway.settle_now(deferred)
             if gateway.background:
                 await gateway.drain()
@@ -809,10 +837,11 @@ def serving_app(gateway: Gateway) -> GatewayApp | SettledBeforeTheEnd:
     return SettledBeforeTheEnd(app, gateway) if BEHIND_WEB_ADAPTER else app
 
 
-def create_app(gateway: Gateway) -> GatewayApp:
-    """The ASGI app for one gateway; build the gateway once per process and pass it in."""
+def create_app(gateway: Gateway, answer_limit: AnswerLimit | None = None) -> GatewayApp:
+    """The ASGI app for one gateway; build the gateway once per process and pass it in. `answer_limit`: the most an
+    answer may weigh (the buffered Lambda function's, handler/api/answer_size.py); none by default."""
     prometheus.configure(gateway.config.models, gateway.config.providers)
-    api = Api(gateway)
+    api = Api(gateway, answer_limit)
 
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)

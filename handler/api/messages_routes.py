@@ -153,9 +153,7 @@ class MessagesRoutes:
             payload = native_message(outcome, ex.cost)
         else:
             payload = to_message(outcome, req.model, ex.cost)
-        response = json_answer(payload, anthropic_headers(ex))
-        observe(ex, 200, answer=response.body)
-        return response
+        return api.answered(ex, json_answer(payload, anthropic_headers(ex)))
 
     async def count_tokens(self, request: Request) -> Response:
         """The provider's own count where it has one (Anthropic, Gemini), else an estimate marked as one

@@ -43,7 +43,6 @@ from handler.pipeline.passthrough import NativeReply, NativeStream
 from handler.pipeline.pipeline import Pipeline
 from handler.ports import KeyRecord, StoredResponse, StoreError
 from handler.redaction import scrub
-from handler.telemetry.observability import observe
 
 if TYPE_CHECKING:
     from handler.api.app import Api
@@ -271,9 +270,7 @@ class ResponsesRoutes:
         return self.answer(ex, response)
 
     def answer(self, ex: Exchange, response: dict[str, Any]) -> Response:
-        answer = self.api.json(response, headers=ex.headers())
-        observe(ex, 200, answer=answer.body)
-        return answer
+        return self.api.answered(ex, self.api.json(response, headers=ex.headers()))
 
     async def get(self, request: Request) -> Response:
         key = await self.api.authenticate(request)

@@ -12,7 +12,8 @@ SnapStart: before the snapshot every front-end is imported, the request path pri
 and every validator and the router the cold start left to first use built (so a restored environment's first
 invocation does no more than a warm one); the upstream connections are closed; after a restore they are opened
 afresh and the key cache is emptied (a snapshot can be restored hours after it was
-taken). The hooks come from the Lambda runtime's `snapshot_restore_py`, absent elsewhere.
+taken), the provider keys held in SSM or Secrets Manager are read again, AWS credentials from a role fetched afresh
+and `random` seeded anew. The hooks come from the Lambda runtime's `snapshot_restore_py`, absent elsewhere.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ gc.disable()
 
 import asyncio  # noqa: E402
 import os  # noqa: E402
+import random  # noqa: E402
 from typing import Any  # noqa: E402
 
 # The gateway uses no pydantic plugins; looking for them reads every installed distribution's metadata when the
 # first model is built, in the cold start. An operator's own setting wins.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
+from handler.api.answer_size import AnswerLimit  # noqa: E402
 from handler.api.app import Settling, create_app  # noqa: E402
 from handler.entry.adapter import lambda_adapter  # noqa: E402
 from handler.pipeline.gateway import build_gateway  # noqa: E402
@@ -38,10 +41,11 @@ from handler.schemas import build_deferred_models  # noqa: E402
 from handler.telemetry.observability import logger  # noqa: E402
 
 gateway = build_gateway()
-app = create_app(gateway)
+answer_limit = AnswerLimit()  # Lambda returns at most 6 MB: a larger answer is a 413, never a crash
+app = create_app(gateway, answer_limit)
 
 
-_mangum = lambda_adapter(Settling(app, gateway))
+_mangum = lambda_adapter(Settling(app, gateway, answer_limit))
 # The loop Mangum runs every invocation on (it takes the thread's current loop, as here).
 _loop = asyncio.new_event_loop()
 asyncio.set_event_loop(_loop)
@@ -79,6 +83,10 @@ def _before_snapshot() -> None:
 
 
 def _after_restore() -> None:
+    # Every environment restored from one snapshot holds the same `random` state: the same retry jitter and the same
+    # times for the store's periodic sweeps in all of them. Seeded afresh from the OS (as AWS's SnapStart guide
+    # asks); ids come from `os.urandom`, which a restore does not repeat.
+    random.seed()
     _loop.run_until_complete(gateway.reopen())
 
 

@@ -17,7 +17,7 @@ from handler.pipeline.budgets import Reservation, remaining_usd
 from handler.pipeline.output_caps import OutputCap
 from handler.pipeline.pricing import Cost, PromptEstimate, usd
 from handler.pipeline.routing import Attempt, RouteControls
-from handler.ports import KeyRecord
+from handler.ports import KeyRecord, LedgerItem
 from handler.records import Value
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class Exchange:
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
         "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "price_multiplier",
         "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left",
-        "fallbacks", "stream", "native_api", "native_options", "anthropic", "audio_output",
+        "fallbacks", "stream", "native_api", "native_options", "anthropic", "audio_output", "ledger_item",
     )  # fmt: skip
 
     def __init__(
@@ -126,6 +126,9 @@ class Exchange:
         self.searches = 0  # the most searches the request allows (reserved for)
         self.audio_output = False  # it asks for audio output: priced at each model's `audio_output`, else not sent
         self.trace: Trace | None = None  # what its OpenTelemetry spans need, when OTLP export is on (tracing.py)
+        # Its ledger line, once settled: the buffered Lambda function marks it when the answer cannot be delivered
+        # (handler/api/answer_size.py), before its settlement is written.
+        self.ledger_item: LedgerItem | None = None
 
     def headers(self) -> dict[str, str]:
         """The gateway's headers for this answer, as far as they are known."""

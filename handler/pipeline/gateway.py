@@ -15,9 +15,18 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from handler import redaction
-from handler.config import Config, ConfigError, SecretFetcher, load_config, reference_name, resolve_secret
+from handler.config import (
+    Config,
+    ConfigError,
+    SecretFetcher,
+    SecretUnreadableError,
+    load_config,
+    reference_name,
+    resolve_secret,
+)
 from handler.errors import GatewayError
-from handler.pipeline.keys import KeyService, split_key
+from handler.pipeline.keys import KeyService
+from handler.pipeline.provider_keys import ProviderKeys, install, unreadable
 from handler.pipeline.routing import Attempt, RouteControls, Router, any_model
 from handler.pipeline.spool import SettlementSpool
 from handler.pipeline.upstream import UpstreamClient
@@ -51,6 +60,7 @@ class Gateway:
         router: Router,
         upstream: UpstreamClient,
         tracer: RequestTracer | None = None,  # OTLP span export, when configured (handler/telemetry/tracing.py)
+        provider_keys: ProviderKeys | None = None,  # provider keys held in SSM or Secrets Manager, kept current
     ) -> None:
         self.config = config
         self.region = region
@@ -59,6 +69,7 @@ class Gateway:
         self.router = router
         self.upstream = upstream
         self.tracer = tracer
+        self.provider_keys = provider_keys or ProviderKeys({}, {}, config.gateway.provider_key_refresh_seconds)
         self.background: set[asyncio.Task[None]] = set()
         # While a buffered invocation runs (`Settling`): what `spawn` was given, run after the answer by
         # `settle_now`.
@@ -206,8 +217,8 @@ class Gateway:
         await asyncio.gather(*(self.upstream.warm(url) for url in self.origins()[:limit]))
 
     async def reopen(self) -> None:
-        """After a SnapStart restore: sockets in the snapshot are dead, cached keys and AWS credentials from
-        a role may be stale."""
+        """After a SnapStart restore: sockets in the snapshot are dead; cached keys, provider keys read from a secret
+        store and AWS credentials from a role may be stale."""
         from adapters.aws import renew_process_credentials
 
         await asyncio.to_thread(renew_process_credentials)
@@ -215,7 +226,7 @@ class Gateway:
         self.upstream = UpstreamClient(self.config.gateway.timeouts, limits=self.config.gateway.limits)
         await self.store.reconnect()
         self.keys.forget()
-        await self.warm()
+        await asyncio.gather(self.provider_keys.reread(), self.warm())
 
     async def aclose(self) -> None:
         await self.settle_before_exit()
@@ -264,21 +275,23 @@ def build_adapters(
     adapters: dict[str, ProviderAdapter] = {}
     for name, provider in config.providers.items():
         cls = registry[provider.type]
-        ref = provider.key_reference(cls.key_env_var)
-        secret = resolve_secret(ref, environ, fetch)
-        refused = None
-        if secret is not None and split_key(secret.strip()) is not None:
-            # One of this gateway's own keys (a client's environment, say): it must never be sent upstream.
-            refused = reference_name(ref or "")
-            logger.warning(f"provider {name}: {refused} holds a gateway key (gwk_...), not a provider key; ignored")
-            secret = None
-        redaction.register(secret)
         options = provider.options()
         if "headers" in options:
             options["headers"] = provider_headers(name, options["headers"], environ, fetch)
-        adapters[name] = cls(name, secret, options)
-        adapters[name].refused_reference = refused
+        adapter = adapters[name] = cls(name, None, options)
+        ref = provider.key_reference(cls.key_env_var)
+        try:
+            secret = resolve_secret(ref, environ, fetch)
+        except SecretUnreadableError as failure:  # (read again later: handler/pipeline/provider_keys.py)
+            unreadable(adapter, failure)
+            continue
+        install(adapter, ref, secret)
     return adapters
+
+
+def key_references(config: Config, registry: Mapping[str, type[ProviderAdapter]]) -> dict[str, str | None]:
+    """Each provider's key reference (`env:NAME`, `ssm:/path`, a literal), by provider name."""
+    return {name: p.key_reference(registry[p.type].key_env_var) for name, p in config.providers.items()}
 
 
 # A header whose name says it carries a credential: its value is a secret even when written in the config.
@@ -296,7 +309,10 @@ def provider_headers(
     resolved: dict[str, str] = {}
     for header, raw in headers.items():
         value = "" if raw is None else str(raw)  # (a number or a flag, written as YAML reads it: as before)
-        secret = resolve_secret(value, environ, fetch) if value else value
+        try:
+            secret = resolve_secret(value, environ, fetch) if value else value
+        except SecretUnreadableError as failure:  # (the environment's init fails, and is tried again)
+            raise ConfigError([f"providers.{provider}.headers.{header}: {failure}"]) from None
         if secret is None:
             raise ConfigError([f"providers.{provider}.headers.{header}: {reference_name(value)} resolves to nothing"])
         if secret != value or re.search(CREDENTIAL_HEADER, str(header)):
@@ -326,14 +342,17 @@ def build_gateway(
         store = open_store(store_url or env.get("GATEWAY_STORE") or DEFAULT_STORE_URL)
     region = gateway_region(env)
     redaction.register(env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN"))
+    adapters = build_adapters(config, REGISTRY, env, fetch)
+    refresh_s = config.gateway.provider_key_refresh_seconds
     return Gateway(
         config=config,
         region=region,
         store=store,
         keys=KeyService(store, config.gateway.key_cache_seconds),
-        router=Router(config, build_adapters(config, REGISTRY, env, fetch), region),
+        router=Router(config, adapters, region),
         upstream=UpstreamClient(config.gateway.timeouts, transport, config.gateway.limits),
         tracer=build_tracer(config, env, region, fetch),
+        provider_keys=ProviderKeys(adapters, key_references(config, REGISTRY), refresh_s, env, fetch),
     )
 
 

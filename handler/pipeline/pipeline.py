@@ -102,7 +102,7 @@ class Pipeline(Charges):
 
     async def chat(self, req: ChatRequest, ex: Exchange) -> ChatCompletion:
         """A non-streaming chat completion."""
-        plan = self._plan(ex, req.model)
+        plan = await self._plan(ex, req.model)
         await self._admit(ex, plan, req)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> Answered:
@@ -123,7 +123,7 @@ class Pipeline(Charges):
 
     async def chat_stream(self, req: ChatRequest, ex: Exchange) -> ChunkStream:
         """A streaming chat completion whose first chunks have arrived (failover is over by then)."""
-        plan = self._plan(ex, req.model)
+        plan = await self._plan(ex, req.model)
         await self._admit(ex, plan, req)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> ChunkStream:
@@ -171,7 +171,7 @@ class Pipeline(Charges):
     async def native(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> NativeReply | ChatCompletion:
         """A request in a provider API's own format (`call`), non-streaming: sent as written to a deployment
         that speaks that API, and as `req` (the same request in the internal form) to any other in the plan."""
-        plan = self._plan(ex, req.model)
+        plan = await self._plan(ex, req.model)
         await self._admit(ex, plan, req, call)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> NativeReply | Answered:
@@ -208,7 +208,7 @@ class Pipeline(Charges):
     async def native_stream(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> NativeStream | ChunkStream:
         """`native`, streaming: the provider's own events from a deployment that speaks the API, the internal
         chunk stream from any other; either has its first events in by the time it is returned."""
-        plan = self._plan(ex, req.model)
+        plan = await self._plan(ex, req.model)
         await self._admit(ex, plan, req, call)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> NativeStream | ChunkStream:
@@ -232,7 +232,7 @@ class Pipeline(Charges):
         provider limits its counting per organisation, on the operator's key, so a count it is asked for is
         held to the requests a minute of the key's chain (a 429 when they are spent). A count a provider gave
         still leaves its ledger line, at no cost."""
-        plan = self._plan(ex, req.model, shed=False)  # (breakers open: the route's estimate serves)
+        plan = await self._plan(ex, req.model, shed=False)  # (breakers open: the route's estimate serves)
         kind = plan[0].target.provider_type
         counting = [a for a in plan if a.target.provider_type == kind and a.adapter.counts_tokens(a.target)]
         if not counting:
@@ -320,7 +320,7 @@ class Pipeline(Charges):
     # --- embeddings -------------------------------------------------------------------------
 
     async def embeddings(self, req: EmbeddingsRequest, ex: Exchange) -> EmbeddingsResponse:
-        plan = self._plan(ex, req.model, kind="embedding")
+        plan = await self._plan(ex, req.model, kind="embedding")
         if isinstance(req.user, str) and req.user and ex.user is None:
             ex.user = unkeyed(req.user, MAX_USER_CHARS)  # attributed as a chat request's `user` is (`_admit`)
         texts = [req.input] if isinstance(req.input, str) else req.input
@@ -397,13 +397,23 @@ class Pipeline(Charges):
 
     # --- shared steps -----------------------------------------------------------------------
 
-    def _plan(self, ex: Exchange, model: str, kind: str = "chat", shed: bool = True) -> Plan:
+    async def _plan(self, ex: Exchange, model: str, kind: str = "chat", shed: bool = True) -> Plan:
         """The attempts for `model` within the key's scope along its whole chain; a fallback the key (or an
         ancestor) may not use is skipped and named in the route. `shed`: with every deployment's breaker open, the
         request is refused here, before it is admitted (nothing reserved or counted, no ledger line, nothing sent):
-        the last of the plan was sent whatever its breaker said, so an open breaker shed no load."""
+        the last of the plan was sent whatever its breaker said, so an open breaker shed no load. Provider keys
+        held in a secret store that are due are read again from here, off this request's way; one that could not
+        be read, and that this request needs, is waited for a moment (`ProviderKeys.settle`)."""
         router = self.gateway.router
-        plan = router.plan(model, ex.controls.route, partial(allows_model, ex.lineage), kind=kind)
+        keys = self.gateway.provider_keys
+        keys.check()
+        allowed = partial(allows_model, ex.lineage)
+        try:
+            plan = router.plan(model, ex.controls.route, allowed, kind=kind)
+        except ServiceUnavailableError as unkeyed:
+            if unkeyed.code != "provider_not_configured" or not await keys.settle():
+                raise
+            plan = router.plan(model, ex.controls.route, allowed, kind=kind)
         refusal = router.shed(plan) if shed else None
         if refusal is not None:
             for position, attempt in enumerate(plan):
@@ -570,6 +580,7 @@ class Pipeline(Charges):
                 if ex.audio_output:
                     self._audio_priced(attempt)
                 built = build(attempt)
+                key = attempt.adapter.secret  # (the key `built` carries: a 401 may have it read again)
                 if built.dropped and ex.controls.strict:
                     named = ", ".join(built.dropped)
                     raise StrictParamsError(
@@ -585,6 +596,7 @@ class Pipeline(Charges):
                 continue
             retry = 0
             lowered = False  # sent again within a ceiling the provider named: once per attempt at most
+            rekeyed = False  # sent again with its key read again after a 401: once per attempt at most
             while True:
                 started = ex.inflight_at = time.perf_counter()
                 ex.inflight = attempt
@@ -615,8 +627,16 @@ class Pipeline(Charges):
                             # configured, or configured higher): sent again within it, as it is from now on.
                             lowered = True
                             failed.pop()
-                            built = build(attempt)
+                            built, key = build(attempt), attempt.adapter.secret
                             continue
+                        if err.upstream_status == 401 and not rekeyed:
+                            rekeyed = True  # (once per attempt: a key read again that is refused too is the answer)
+                            if await self.gateway.provider_keys.renewed(attempt.adapter, key):
+                                # The key was rotated in its store since it was last read: sent again with the new
+                                # one (a 401 is not billed).
+                                failed.pop()
+                                built, key = build(attempt), attempt.adapter.secret
+                                continue
                         raise self._client_facing(err) from None
                     breakers.failure(label, err.upstream_status == 429)
                     wait = self._retry_wait(ex, err) if retry < retries else None
@@ -831,6 +851,7 @@ class Pipeline(Charges):
                 user=ex.user,
                 session=ex.controls.session,
             )
+        ex.ledger_item = item
         settlements = [self.meter.settlement(reservation, actual, tokens, item)]
         # The worst cases reserved more for attempts the provider may bill: released (the line carries their cost).
         settlements += [self.meter.settlement(extra, 0.0, 0, None) for extra in ex.extra]

@@ -21,6 +21,7 @@ from handler.errors import (
     model_not_allowed,
 )
 from handler.pipeline.breakers import Breakers
+from handler.pipeline.provider_keys import RETRY_S
 from handler.ports import ProviderAdapter, Target
 from handler.records import Value
 from handler.redaction import clipped
@@ -202,9 +203,12 @@ class Router:
         usable = [a for a in candidates if self._keyed(a)]
         if not usable:
             first = candidates[0]
+            unread = first.adapter.unread is not None  # (it may be read later: the client may retry then)
             raise ServiceUnavailableError(
                 f"provider '{first.target.provider}' for model '{model}' has no API key: {self._key_hint(first)}",
                 code="provider_not_configured",
+                retry=unread,
+                headers={"retry-after": str(math.ceil(RETRY_S))} if unread else None,
             )
         return Plan(usable, candidates.skipped, candidates.chain)
 
@@ -246,7 +250,13 @@ class Router:
                 "in a client's)"
             )
         provider = self.config.providers[attempt.target.provider]
-        return reference_hint(provider.key_reference(attempt.adapter.key_env_var))
+        reference = provider.key_reference(attempt.adapter.key_env_var)
+        if attempt.adapter.unread and reference:  # (stored, but the store did not answer: not a missing key)
+            return (
+                f"{reference} could not be read ({attempt.adapter.unread}); the gateway reads it again within "
+                f"{RETRY_S:g} s"
+            )
+        return reference_hint(reference)
 
     def _candidates(self, model: str, controls: RouteControls, allowed: Callable[[str], bool], kind: str) -> Plan:
         """`plan`'s attempts nearest first, those without a key included, and the fallbacks out of scope."""

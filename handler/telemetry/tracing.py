@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from handler.config import ConfigError, OtlpConfig, SecretFetcher, resolve_secret
+from handler.config import ConfigError, OtlpConfig, SecretFetcher, SecretUnreadableError, resolve_secret
 from handler.records import Value
 from handler.redaction import redact_message
 from handler.telemetry import prometheus
@@ -415,7 +415,10 @@ def otlp_settings(
     headers = _pairs(environ.get("OTEL_EXPORTER_OTLP_HEADERS", ""), "OTEL_EXPORTER_OTLP_HEADERS")
     headers |= _pairs(environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS", ""), "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
     for name, reference in (config.headers or {}).items():
-        value = resolve_secret(reference, environ, fetch)
+        try:
+            value = resolve_secret(reference, environ, fetch)
+        except SecretUnreadableError as failure:  # (the environment's init fails, and is tried again)
+            raise ConfigError([f"observability.otlp.headers.{name}: {failure}"]) from None
         if value is None:
             raise ConfigError([f"observability.otlp.headers.{name}: the reference resolves to nothing"])
         headers[name] = value

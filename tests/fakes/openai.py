@@ -22,6 +22,8 @@ later take them with `reasoning_effort: none`), `reasoning_effort` on any other,
 model's (`OUTPUT_LIMITS`), more than 4 stop sequences (DeepSeek's: 16),
 and a tool call id (or a Responses `call_id`) longer than 64 characters. A user message may script a tool call
 (`tests/fakes/script.py`); a `json_schema` response format is followed.
+Embeddings are `[0.1, 0.2, 0.3]` unless the request names `dimensions`: then that many float32 values, written as
+OpenAI writes them (`-0.006929283495992422`), or with `encoding_format: base64` the float32s' bytes in base64.
 `POST /v1/responses` is OpenAI's Responses API (tests/fakes/openai_responses.py). Every request is recorded on
 `app.state.requests`.
 """
@@ -29,6 +31,9 @@ and a tool call id (or a Responses `call_id`) longer than 64 characters. A user 
 from __future__ import annotations
 
 import asyncio
+import base64
+import random
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -496,7 +501,11 @@ def create_app() -> Starlette:
         if failure is not None or body is None:
             return failure or _error(400, "no body", "invalid_request_error", None)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))]
+        dimensions = body.get("dimensions")
+        data = [
+            {"object": "embedding", "index": i, "embedding": vector(i, dimensions, body.get("encoding_format"))}
+            for i in range(len(inputs))
+        ]
         tokens = prompt_tokens(body)
         answer = {
             "object": "list",
@@ -505,6 +514,15 @@ def create_app() -> Starlette:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         return Response(orjson.dumps(answer), media_type="application/json")
+
+    def vector(index: int, dimensions: int | None, encoding: str | None) -> list[float] | str:
+        if dimensions is None:
+            return [0.1, 0.2, 0.3]
+        draw = random.Random(index)
+        packed = struct.pack(f"<{dimensions}f", *(draw.uniform(-0.1, 0.1) for _ in range(dimensions)))
+        if encoding == "base64":
+            return base64.b64encode(packed).decode()
+        return list(struct.unpack(f"<{dimensions}f", packed))  # float32s, as doubles: OpenAI's way of writing them
 
     app = Starlette(
         routes=[

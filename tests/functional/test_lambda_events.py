@@ -7,8 +7,11 @@ import csv
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,8 @@ from starlette.routing import Mount
 from adapters.store import open_store
 from handler.pipeline.keys import hash_secret
 from handler.ports import KeyRecord
-from tests.fakes.openai import TEXT
+from tests.fakes import ssm
+from tests.fakes.openai import API_KEY, TEXT
 from tests.fakes.openai import create_app as openai_fake
 from tests.support.events import (
     EVENTS,
@@ -118,12 +122,13 @@ def replay(
     environ: dict[str, str] | None = None,
     observability: dict[str, Any] | None = None,
     logs: list[str] | None = None,
+    api_key: str = "env:OPENAI_API_KEY",
+    settings: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """The handler's answers to `paths`, one warm environment; its log lines (stderr) appended to `logs`."""
+    """The handler's answers to `paths`, one warm environment; its log lines (stderr) appended to `logs`. `api_key`:
+    the provider's key reference; `settings`: the config's `gateway:` section."""
     config: dict[str, Any] = {
-        "providers": {
-            "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"}
-        },
+        "providers": {"openai": {"type": "openai", "api_key": api_key, "base_url": f"{upstream_url}/openai/v1"}},
         "models": {
             "gpt-4o-mini": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]},
             "text-embedding-3-small": {
@@ -134,6 +139,8 @@ def replay(
     }
     if observability is not None:
         config["observability"] = observability
+    if settings is not None:
+        config["gateway"] = settings
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     store_url = f"sqlite:///{tmp_path / 'lambda.db'}"
@@ -328,3 +335,213 @@ def test_warm_invocations_survive_an_upstream_closing_idle_connections_while_fro
     assert [r["status"] for r in results] == [200] * 4, [r["headers"].get("x-gateway-route") for r in results]
     assert {r["headers"]["x-gateway-route"] for r in results} == {"openai/gpt-4o-mini@global=200"}
     assert len(fake.state.requests) == 4
+
+
+@contextmanager
+def fake_ssm(script: list[str]) -> Iterator[tuple[dict[str, str], list[str]]]:
+    """SSM answering as `script` says (tests/fakes/ssm.py): the environment pointing the handler at it (each call
+    tried once: botocore's own retries are not what is tested), and the names it was asked for."""
+    app = ssm.create_app(script)
+    server = ServerThread(app).start()
+    environ = {
+        "AWS_ENDPOINT_URL_SSM": server.url,
+        "AWS_ACCESS_KEY_ID": "AKIAFAKESSMTESTS",
+        "AWS_SECRET_ACCESS_KEY": "fake-secret-access-key-for-the-ssm-fake",
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    try:
+        yield environ, app.state.calls
+    finally:
+        server.stop()
+
+
+STORED_KEY = "ssm:/llm-gateway/openai"
+
+
+def test_a_provider_key_ssm_would_not_give_at_init_is_read_again_and_the_503_says_so(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """SSM throttled the key's read at init (a burst of cold starts does): the environment started, and its requests
+    were answered `503 provider_not_configured` "store the key in ssm" (untrue), `x-should-retry: false`, for the
+    environment's life, SSM never asked again. Now the 503 says the key could not be read, that a retry may succeed,
+    and the key is read again on a later invocation, which is answered; the failure is logged, the key never."""
+    server, _ = upstream
+    logs: list[str] = []
+    with fake_ssm([ssm.THROTTLE, API_KEY]) as (environ, calls):
+        results = replay(
+            tmp_path,
+            server.url,
+            [EVENTS / "chat-completions-ok.json"] * 3,
+            freeze_s=1.2,
+            environ=environ,
+            logs=logs,
+            api_key=STORED_KEY,
+            settings={"provider_key_refresh_seconds": 1.0},
+        )
+    refused = results[0]
+    assert refused["status"] == 503, refused
+    error = json.loads(refused["body"])["error"]
+    assert error["code"] == "provider_not_configured", error
+    assert f"{STORED_KEY} could not be read (ThrottlingException)" in error["message"], error
+    assert refused["headers"]["x-should-retry"] == "true" and int(refused["headers"]["retry-after"]) >= 1, refused
+    assert [r["status"] for r in results[1:]] == [200, 200], results
+    assert len(calls) >= 2 and set(calls) == {"/llm-gateway/openai"}
+    assert any("ThrottlingException" in line and "provider openai" in line for line in logs), logs
+    assert not any(API_KEY in line for line in logs)
+
+
+def test_a_provider_key_absent_from_ssm_is_named_missing(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """An absent parameter is not an unreadable one: the 503 says where to store the key, and not to retry."""
+    server, _ = upstream
+    with fake_ssm([ssm.ABSENT]) as (environ, _calls):
+        (result,) = replay(
+            tmp_path, server.url, [EVENTS / "chat-completions-ok.json"], environ=environ, api_key=STORED_KEY
+        )
+    assert result["status"] == 503, result
+    error = json.loads(result["body"])["error"]
+    assert (
+        error["code"] == "provider_not_configured" and "store the key in ssm as /llm-gateway/openai" in error["message"]
+    ), error
+    assert result["headers"]["x-should-retry"] == "false", result
+
+
+def test_a_provider_key_rotated_in_ssm_is_read_again_when_the_provider_refuses_the_old_one(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """The key was rotated in SSM (the old one revoked at the provider) after the environment read it: the provider's
+    401 has the gateway read the key again, and the request is sent again with the new one, once. Before: a 502
+    until the environment ended."""
+    server, _ = upstream
+    with fake_ssm(["sk-old-key-revoked-at-openai", API_KEY]) as (environ, calls):
+        results = replay(
+            tmp_path, server.url, [EVENTS / "chat-completions-ok.json"] * 2, environ=environ, api_key=STORED_KEY
+        )
+    assert [r["status"] for r in results] == [200, 200], results
+    route = "openai/gpt-4o-mini@global"
+    assert results[0]["headers"]["x-gateway-route"] == f"{route}=401, {route}=200", results[0]
+    assert results[1]["headers"]["x-gateway-route"] == f"{route}=200", results[1]
+    assert results[0]["ledger_lines"] == 1 and len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        [ssm.THROTTLE, API_KEY],  # the read failed while the snapshot was taken
+        ["sk-old-key-revoked-at-openai", API_KEY],  # the key was rotated after the snapshot
+    ],
+    ids=["unread-at-snapshot", "rotated-after-snapshot"],
+)
+def test_a_snapstart_restore_reads_the_provider_keys_again(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]], script: list[str]
+) -> None:
+    """With SnapStart the key read at init is the snapshot's, restored hours later into any number of environments:
+    the restore hook reads it again, so the first invocation is answered with the key SSM holds now. Before: a
+    failed read was frozen into the snapshot (every restored environment 503 for its life), and a rotated key was
+    never picked up."""
+    server, _ = upstream
+    with fake_ssm(script) as (environ, calls):
+        (result,) = replay(
+            tmp_path,
+            server.url,
+            [EVENTS / "chat-completions-ok.json"],
+            environ={**environ, "LAMBDA_SNAPSTART": "1"},
+            api_key=STORED_KEY,
+        )
+    assert result["status"] == 200, result
+    assert result["headers"]["x-gateway-route"] == "openai/gpt-4o-mini@global=200", result
+    assert len(calls) == 2  # at init, and after the restore
+
+
+LAMBDA_PAYLOAD_BYTES = 6_291_556  # the most Lambda returns from a synchronous invocation (its own figure)
+
+
+def event_with(tmp_path: Path, name: str, body: dict[str, Any], file: str) -> Path:
+    """`events/NAME.json` with another body, written to `tmp_path/FILE.json`."""
+    event = json.loads((EVENTS / f"{name}.json").read_text())
+    event["body"] = json.dumps(body)
+    path = tmp_path / f"{file}.json"
+    path.write_text(json.dumps(event))
+    return path
+
+
+def ledger(tmp_path: Path) -> list[dict[str, Any]]:
+    """The ledger's lines in the replay's embedded store, oldest first."""
+    db = sqlite3.connect(tmp_path / "lambda.db")
+    try:
+        return [json.loads(row[0]) for row in db.execute("SELECT data FROM ledger ORDER BY ts")]
+    finally:
+        db.close()
+
+
+def embeddings(inputs: int, **options: Any) -> dict[str, Any]:
+    texts = [f"document number {i} about something" for i in range(inputs)]
+    return {"model": "text-embedding-3-small", "input": texts, "dimensions": 1536, **options}
+
+
+def test_an_embeddings_answer_known_to_be_past_lambda_s_6_mb_is_refused_before_it_is_sent(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """300 inputs of 1,536 floats is a 9.6 MB answer: Lambda's Runtime API refused it (413), the runtime exited, API
+    Gateway answered 500, after the provider had billed it (and billed each retry again). Once the environment has
+    seen the model's answers, it knows beforehand: a 413 in OpenAI's shape naming the limit and what to do, nothing
+    sent, nothing charged; the same inputs as base64 (what OpenAI's SDKs ask for) fit and are answered."""
+    server, fakes = upstream
+    recorded = fakes["openai"].state.requests
+    paths = [
+        event_with(tmp_path, "embeddings-ok", embeddings(100), "hundred"),
+        event_with(tmp_path, "embeddings-ok", embeddings(300), "three-hundred"),
+        event_with(tmp_path, "embeddings-ok", embeddings(300, encoding_format="base64"), "three-hundred-base64"),
+        event_with(tmp_path, "embeddings-ok", embeddings(10), "ten"),
+    ]
+    before = len(recorded)
+    results = replay(tmp_path, server.url, paths)
+    assert [r["status"] for r in results] == [200, 413, 200, 200], [r["body"][:300] for r in results]
+    assert all(r["payload_bytes"] <= LAMBDA_PAYLOAD_BYTES for r in results), [r["payload_bytes"] for r in results]
+    refused = results[1]
+    error = json.loads(refused["body"])["error"]
+    assert error["code"] == "request_too_large" and error["param"] == "input", error
+    for words in ("6,291,556 bytes", "nothing was sent", "at most", "encoding_format base64", "streaming endpoint"):
+        assert words in error["message"], error
+    assert refused["headers"]["x-should-retry"] == "false" and refused["ledger_lines"] == 0, refused
+    assert len(recorded) - before == 3  # the refused one never reached the provider
+    assert [line["status"] for line in ledger(tmp_path)] == [200, 200, 200]
+
+
+def test_an_answer_past_lambda_s_6_mb_is_a_413_whose_ledger_line_says_so(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """The first embeddings request of an environment (nothing learned of the model yet) whose answer is past the
+    limit: the provider answered and billed it. The client gets a 413 saying so with its cost, not Lambda's 500 and
+    a dead runtime; the ledger line keeps the cost and says 413, not a delivered 200; the environment serves on."""
+    server, _ = upstream
+    paths = [event_with(tmp_path, "embeddings-ok", embeddings(300), "three-hundred"), EVENTS / "embeddings-ok.json"]
+    results = replay(tmp_path, server.url, paths)
+    assert [r["status"] for r in results] == [413, 200], [r["body"][:300] for r in results]
+    assert all(r["payload_bytes"] <= LAMBDA_PAYLOAD_BYTES for r in results), [r["payload_bytes"] for r in results]
+    undelivered = results[0]
+    error = json.loads(undelivered["body"])["error"]
+    assert error["code"] == "request_too_large" and "billed" in error["message"], error
+    assert float(undelivered["headers"]["x-gateway-cost-usd"]) > 0, undelivered["headers"]
+    assert undelivered["headers"]["x-should-retry"] == "false" and undelivered["ledger_lines"] == 1, undelivered
+    first, second = ledger(tmp_path)
+    assert first["status"] == 413 and first["cost_usd"] > 0, first
+    assert second["status"] == 200
+
+
+def test_a_stream_past_lambda_s_6_mb_on_the_buffered_function_is_a_413(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """A stream sent to the buffered endpoint arrives in one piece: one past the limit (40,000 chunks) is a 413 in
+    OpenAI's shape, its ledger line saying so, rather than a payload Lambda refuses."""
+    server, _ = upstream
+    said = "SAY " + "abcd" * 40_000
+    body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": said}]}
+    (result,) = replay(tmp_path, server.url, [event_with(tmp_path, "chat-completions-stream", body, "long-stream")])
+    assert result["status"] == 413 and result["payload_bytes"] <= LAMBDA_PAYLOAD_BYTES, result["body"][:300]
+    error = json.loads(result["body"])["error"]
+    assert error["code"] == "request_too_large" and "streaming endpoint" in error["message"], error
+    assert result["headers"]["x-request-id"].startswith("req_")
+    (line,) = ledger(tmp_path)
+    assert line["status"] == 413 and line["cost_usd"] > 0, line

@@ -1,14 +1,17 @@
 """Replays events through the Lambda handler in a fresh interpreter, as one warm execution environment.
 
 Usage: python -m tests.support.lambda_replay EVENT.json [EVENT.json ...] — prints one JSON line per
-invocation: {"event", "status", "headers", "body", "ms", "request_lines", "unsettled", "ledger_lines"}. The
+invocation: {"event", "status", "headers", "body", "ms", "payload_bytes", "request_lines", "unsettled",
+"ledger_lines"}. The
 environment (GATEWAY_CONFIG, GATEWAY_STORE, provider keys) comes from the caller; `ledger_lines` is counted for an
 embedded store's sqlite:/// URL only (None for another). `LAMBDA_FREEZE_S`, if set, is a pause between invocations
 during which nothing runs in the process, no thread either, as Lambda freezes an environment between them: the
 process is stopped (SIGSTOP) and continued by a helper (the event loop does not run, so nothing reads what peers send
 or notices that they closed; an export the OTLP exporter's thread has in flight stays in flight). `LAMBDA_TIMEOUT_MS`,
 if set, is the function's timeout: each invocation's context then tells its remaining time, running down from it, as
-Lambda's does.
+Lambda's does. `LAMBDA_SNAPSTART=1` runs SnapStart's hooks as Lambda's runtime does (`snapshot_restore_py`'s
+registries) after init: those before the snapshot, then, `LAMBDA_RESTORE_AFTER_S` later (the process stopped, as
+a snapshot is), those after a restore, before the first invocation.
 """
 
 from __future__ import annotations
@@ -83,6 +86,14 @@ def main(paths: list[str]) -> None:
     sys.stdout = logged  # the handler's log lines go to stderr here, leaving stdout to the results
     from handler.entry.lambda_handler import gateway, handler
 
+    if os.environ.get("LAMBDA_SNAPSTART") == "1":
+        import snapshot_restore_py
+
+        for hook, args, kwargs in snapshot_restore_py.get_before_snapshot():
+            hook(*args, **kwargs)
+        freeze(float(os.environ.get("LAMBDA_RESTORE_AFTER_S", "0.1")))
+        for hook, args, kwargs in snapshot_restore_py.get_after_restore():
+            hook(*args, **kwargs)
     freeze_s = float(os.environ.get("LAMBDA_FREEZE_S", "0"))
     timeout_ms = os.environ.get("LAMBDA_TIMEOUT_MS")
     for number, path in enumerate(paths):
@@ -106,6 +117,8 @@ def main(paths: list[str]) -> None:
             "headers": response.get("headers", {}),
             "body": body,
             "ms": elapsed,
+            # What the runtime posts to Lambda (awslambdaric's JSON, `ensure_ascii=False`), which takes at most 6 MB.
+            "payload_bytes": len(json.dumps(response, ensure_ascii=False).encode()),
             "request_lines": logged.requests - before,  # written before the handler returned
             "unsettled": len(gateway.background),  # settlements still running when it returned
             # committed before it returned

@@ -169,7 +169,7 @@ class ContainerCredentials:
                 expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=6)
                 body = json.dumps(
                     {
-                        "AccessKeyId": "ASIACONTAINER",
+                        "AccessKeyId": served.access_key,
                         "SecretAccessKey": "container-secret",
                         "Token": "container-token",
                         "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -185,6 +185,7 @@ class ContainerCredentials:
                 pass
 
         self.calls = 0
+        self.access_key = "ASIACONTAINER"  # (the role's keys as the endpoint hands them out now)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/credentials"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -223,3 +224,26 @@ def test_the_store_without_keys_in_the_environment_uses_container_credentials(
     assert found is not None and found.name == "c"
     assert container.calls == 1
     assert aws.process_credentials().current().access_key == "ASIACONTAINER"
+
+
+def test_a_snapstart_restore_fetches_credentials_from_a_role_afresh(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Credentials from a container role, hours from their expiry (botocore would not refresh them yet), are fetched
+    again when a restore renews them: the snapshot may be older than they are valid, and they may have been revoked.
+    `renew` only took botocore's snapshot of the same keys, asking the endpoint nothing."""
+    container = ContainerCredentials()
+    for name in KEY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", container.url)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    try:
+        credentials = aws.AwsCredentials({})
+        assert credentials.current().access_key == "ASIACONTAINER"
+        container.access_key = "ASIARESTORED"  # the role's keys now, when the snapshot is restored
+        credentials.renew()
+        assert credentials.current().access_key == "ASIARESTORED"
+        assert container.calls == 2
+    finally:
+        container.stop()

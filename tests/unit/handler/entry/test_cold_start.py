@@ -147,6 +147,33 @@ def test_a_snapstart_snapshot_holds_every_validator_and_a_primed_request_path_an
     assert state["left"] == {"stdout": "", "metrics_changed": False, "keys": 0, "ledger": 0}
 
 
+# Two execution environments restored from one snapshot, as SnapStart restores it (the interpreter's memory, `random`'s
+# state with it): each runs the after-restore hooks, then draws.
+RESTORED_TWICE = """
+import json, random
+import snapshot_restore_py
+import handler.entry.lambda_handler as entry
+for hook, args, kwargs in snapshot_restore_py.get_before_snapshot():
+    hook(*args, **kwargs)
+snapshot = random.getstate()
+draws = []
+for environment in range(2):
+    random.setstate(snapshot)
+    for hook, args, kwargs in snapshot_restore_py.get_after_restore():
+        hook(*args, **kwargs)
+    draws.append([random.random() for _ in range(4)])
+print(json.dumps(draws))
+"""
+
+
+def test_environments_restored_from_one_snapshot_draw_different_random_numbers(tmp_path: Path) -> None:
+    """`random` drives the retry jitter and the store's periodic sweeps: environments restored from one snapshot drew
+    the same numbers (the same jitter, sweeps within 0.21 s of each other where they should spread over 120 s) until
+    the restore hook seeded it afresh, as AWS's SnapStart guide asks."""
+    first, second = started(RESTORED_TWICE, tmp_path)
+    assert first != second
+
+
 # Which front-ends (handler.api.route_table.FRONT_ENDS) an entry point's start-up imports.
 IMPORTED = """
 import json, sys
