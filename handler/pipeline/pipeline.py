@@ -619,6 +619,14 @@ class Pipeline(Charges):
                     if ex.trace is not None:
                         ex.trace.attempt(attempt, started, err.upstream_status, err.outcome)
                     last = err
+                    if err.upstream_status == 401 and not rekeyed:
+                        rekeyed = True  # (once per attempt: a key read again that is refused too fails over)
+                        if await self.gateway.provider_keys.renewed(attempt.adapter, key):
+                            # The key was rotated in its store since it was last read: sent again with the new one
+                            # (a 401 is not billed), before the deployment is failed over as one whose key is bad.
+                            failed.pop()
+                            built, key = build(attempt), attempt.adapter.secret
+                            continue
                     if not err.retryable:
                         breakers.success(label)
                         cap = ex.output_cap
@@ -629,14 +637,6 @@ class Pipeline(Charges):
                             failed.pop()
                             built, key = build(attempt), attempt.adapter.secret
                             continue
-                        if err.upstream_status == 401 and not rekeyed:
-                            rekeyed = True  # (once per attempt: a key read again that is refused too is the answer)
-                            if await self.gateway.provider_keys.renewed(attempt.adapter, key):
-                                # The key was rotated in its store since it was last read: sent again with the new
-                                # one (a 401 is not billed).
-                                failed.pop()
-                                built, key = build(attempt), attempt.adapter.secret
-                                continue
                         raise self._client_facing(err) from None
                     breakers.failure(label, err.upstream_status == 429)
                     wait = self._retry_wait(ex, err) if retry < retries else None

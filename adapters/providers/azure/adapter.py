@@ -267,13 +267,15 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         # AZURE_OPENAI_API_KEY) unless `headers` names one too; nor does `auth: none` send the key.
         if any(header.lower() == "authorization" for header in configured):
             self.requires_key = False
-        self._headers = {"content-type": "application/json"}
-        if self.secret and self.requires_key:
-            self._headers["api-key"] = self.secret
-        self._headers.update(configured)
+        self._configured = configured
 
     def headers(self) -> dict[str, str]:
-        return dict(self._headers)
+        # (`secret` read here, not at construction: a key in a secret store is installed, and read again, later)
+        headers = {"content-type": "application/json"}
+        if self.secret and self.requires_key:
+            headers["api-key"] = self.secret
+        headers.update(self._configured)
+        return headers
 
     def api_version(self, target: Target) -> str:
         return str(target.options.get("api_version") or self.options.get("api_version") or DEFAULT_API_VERSION)
