@@ -792,8 +792,8 @@ class Store(ABC):
 
     @abstractmethod
     async def put_response(self, stored: StoredResponse) -> None:
-        """Keep a response until its `expires_at` (written once per id); `ResponseTooLarge` past what the store
-        can keep."""
+        """Keep a response until its `expires_at`, unless one kept under its id still lives: the first write
+        stands (read it back to learn which did). `ResponseTooLarge` past what the store can keep."""
 
     @abstractmethod
     async def get_response(self, response_id: str) -> StoredResponse | None:

@@ -2,7 +2,8 @@
 
 A response is kept whole, compressed (a conversation's items repeat a lot of text), under its id, until its
 expiry; reads treat an expired one as gone before the backend's own clean-up (DynamoDB's TTL runs within days,
-SQLite's sweep on the next write) removes it.
+SQLite's sweep on the next write) removes it. The first write of an id stands while it lives (put if absent):
+two processes making the reasoning seal's secret at once both read back the one that was kept.
 
 On DynamoDB, whose item holds at most 400 KB, a record is cut into parts of `PART_BYTES` (binary, not base64): the
 first on the response's item, the others on items of their own under the same partition key, named by a token
@@ -117,7 +118,7 @@ class SQLiteResponses:
             db = self._responses()
             db.execute("DELETE FROM responses WHERE expires_at < ?", (time.time(),))
             db.execute(
-                "INSERT OR REPLACE INTO responses (id, expires_at, data) VALUES (?, ?, ?)",
+                "INSERT OR IGNORE INTO responses (id, expires_at, data) VALUES (?, ?, ?)",  # (expired ones: gone)
                 (stored.id, stored.expires_at, pack(stored)),
             )
         except sqlite3.Error as exc:
@@ -171,7 +172,7 @@ class DynamoDBResponses:
         return {"B": base64.b64encode(value).decode() if isinstance(self.client, DynamoDBClient) else value}
 
     async def put_response(self, stored: StoredResponse) -> None:
-        from adapters.store.dynamo_client import call  # (on first use: see the module docstring)
+        from adapters.store.dynamo_client import ConditionFailed, call  # (on first use: see the module docstring)
 
         record = pack(stored)
         if len(record) > MAX_DYNAMODB_RECORD:
@@ -206,7 +207,18 @@ class DynamoDBResponses:
                     for n, part in enumerate(parts[1:], 1)
                 )
             )
-        await call(self.client, "put_item", TableName=self.table, Item=item)
+        try:
+            await call(
+                self.client,
+                "put_item",
+                TableName=self.table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(pk) OR #ttl < :now",
+                ExpressionAttributeNames={"#ttl": "ttl"},
+                ExpressionAttributeValues={":now": num(int(time.time()))},
+            )
+        except ConditionFailed:  # a live response has the id: the first write stands (its parts, if any, expire)
+            return
 
     async def get_response(self, response_id: str) -> StoredResponse | None:
         from adapters.store.dynamo_client import call  # (on first use: see the module docstring)

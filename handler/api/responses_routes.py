@@ -178,7 +178,8 @@ class ResponseArchive:
             now = time.time()
             secret = os.urandom(32).hex().encode()
             await self.store.put_response(StoredResponse(SEAL_SECRET_ID, "", [], now, now + SEAL_SECRET_TTL, secret))
-            # Two processes starting at once both write; reading back, both use the one written last.
+            # Two processes starting at once both write, and the first write stands (`put_response`): reading
+            # back, both use it. (Unconditional, the later write replaced the secret the first had sealed with.)
             stored = await self.store.get_response(SEAL_SECRET_ID)
         if stored is None:
             raise StoreError("the reasoning seal's secret could not be read back")

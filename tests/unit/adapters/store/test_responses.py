@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import time
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from adapters.store import responses
+from adapters.store import open_store, responses
+from handler.api.responses_routes import ResponseArchive
 from handler.ports import ResponseTooLarge, Store, StoredResponse, StoreError
 from tests.unit.adapters.store import test_contract
+from tests.unit.adapters.store.test_contract import storage_only
 
 # The contract's fixtures: the store on SQLite, then on moto's DynamoDB server.
 store_url = test_contract.store_url
@@ -123,6 +128,19 @@ async def test_too_large_a_conversation_is_refused_saying_so(
     assert await store.get_response("resp_huge") is None
 
 
+async def test_the_first_write_of_an_id_stands(store: Store) -> None:
+    """Put if absent, as the reasoning seal's secret needs: two processes making it at once each wrote theirs,
+    and the one that read back before the other's write landed sealed with a secret nobody keeps."""
+    await store.put_response(stored("resp_once", b"first"))
+    await store.put_response(stored("resp_once", b"second"))
+    found = await store.get_response("resp_once")
+    assert found is not None and found.body == b"first"
+    await store.put_response(stored("resp_lapsed", b"first", ttl=-1))  # an expired one is no longer there
+    await store.put_response(stored("resp_lapsed", b"second"))
+    found = await store.get_response("resp_lapsed")
+    assert found is not None and found.body == b"second"
+
+
 async def test_a_response_kept_as_one_base64_item_is_still_read_and_deleted(store: Store, store_url: str) -> None:
     if not store_url.startswith("dynamodb"):
         pytest.skip("DynamoDB's former layout")
@@ -149,3 +167,34 @@ async def test_keeping_a_response_does_not_read_every_stored_one(store: Store, s
     db = store.db  # type: ignore[attr-defined]
     plan = " ".join(row[-1] for row in db.execute("EXPLAIN QUERY PLAN DELETE FROM responses WHERE expires_at < 1"))
     assert "responses_expiry" in plan, plan
+
+
+async def test_two_processes_making_the_seal_secret_at_once_agree_on_it(store: Store, store_url: str) -> None:
+    """Two instances starting together on a fresh store each wrote a secret; the one whose write landed first
+    read it back and sealed with a secret the other's write then replaced (its blobs opened nowhere after)."""
+    storage_only(store_url, "two processes share the store")
+    other = open_store(store_url)
+    for opened, delay in ((store, 0.0), (other, 0.05)):  # both read before either wrote; the second's write late
+        opened.put_response = on_the_wire(opened.put_response, delay)  # type: ignore[method-assign]
+    later = open_store(store_url)  # a third, starting after them
+    try:
+        first, second = await asyncio.gather(archive_on(store).seal_secret(), archive_on(other).seal_secret())
+        third = await archive_on(later).seal_secret()
+    finally:
+        await other.close()
+        await later.close()
+    assert first == second == third
+
+
+def on_the_wire(put: Callable[[StoredResponse], Awaitable[None]], delay: float) -> Any:
+    async def late(stored: StoredResponse) -> None:
+        await asyncio.sleep(delay)
+        await put(stored)
+
+    return late
+
+
+def archive_on(store: Store) -> ResponseArchive:
+    config = SimpleNamespace(gateway=SimpleNamespace(responses_ttl_seconds=60))
+    api: Any = SimpleNamespace(gateway=SimpleNamespace(store=store, config=config))
+    return ResponseArchive(api)
