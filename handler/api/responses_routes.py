@@ -37,11 +37,11 @@ from handler.api.responses_native import Relay, relayed_events
 from handler.api.responses_stream import responses_events
 from handler.api.streaming import EventStream, stream_head, until_client_leaves
 from handler.config import resolve_secret
-from handler.errors import NotFoundError
+from handler.errors import InvalidRequestError, NotFoundError
 from handler.pipeline.exchange import Exchange
 from handler.pipeline.passthrough import NativeReply, NativeStream
 from handler.pipeline.pipeline import Pipeline
-from handler.ports import KeyRecord, StoredResponse, StoreError
+from handler.ports import KeyRecord, ResponseTooLarge, StoredResponse, StoreError
 from handler.redaction import scrub
 from handler.telemetry.observability import observe
 
@@ -56,6 +56,7 @@ def stream_headers(ex: Exchange) -> dict[str, str]:
 logger = logging.getLogger("gateway")
 SEAL_SECRET_ID = "gateway-reasoning-seal"
 SEAL_SECRET_TTL = 10 * 365 * 86400
+UNKEPT = "unkept"  # a record that stands for a response answered but not kept: why, for the client
 
 
 # Hosted tools OpenAI bills beyond tokens at rates the gateway does not price: per call (`file_search`), per
@@ -106,10 +107,17 @@ class ResponseArchive:
         return stored.key_id == key.id or key.id in stored.ancestors
 
     async def find(self, response_id: str, key: KeyRecord, param: str | None = None) -> dict[str, Any]:
-        """The stored `{"items": [...], "response": {...}}`, or a 404 alike for unknown and not yours."""
+        """The stored `{"items": [...], "response": {...}}`, or a 404 alike for unknown and not yours. One the
+        store could not keep (`keep`) says why to its key: a 404 read, a 400 continued (`param`)."""
         record = await self._record(response_id, key)
         if record is None:
             raise NotFoundError(f"Response with id '{response_id}' not found.", code="not_found", param=param)
+        if UNKEPT in record:
+            why = f"Response with id '{response_id}' was answered but not stored (`store: false` in it): "
+            why += f"{record[UNKEPT]}."
+            if param is None:
+                raise NotFoundError(why, code="not_found")
+            raise InvalidRequestError(f"{why} Continue from an earlier response, or start anew.", param=param)
         return record
 
     async def _record(self, response_id: str, key: KeyRecord) -> dict[str, Any] | None:
@@ -142,6 +150,17 @@ class ResponseArchive:
         except StoreError as exc:
             logger.warning("response not stored: %s", exc, extra={"response_id": response["id"]})
             response["store"] = False
+            if isinstance(exc, ResponseTooLarge):
+                # What the next turn finds instead: a 400 saying why, not a 404 as if the id were wrong.
+                await self._keep_why(stored, str(exc))
+
+    async def _keep_why(self, stored: StoredResponse, why: str) -> None:
+        body = orjson.dumps({UNKEPT: why})
+        unkept = StoredResponse(stored.id, stored.key_id, stored.ancestors, stored.created_at, stored.expires_at, body)
+        try:
+            await self.store.put_response(unkept)
+        except StoreError as exc:
+            logger.warning("why a response was not stored not kept: %s", exc, extra={"response_id": stored.id})
 
     async def kept_reasoning(self, item_ids: list[str], key: KeyRecord) -> dict[str, str]:
         """The sealed reasoning kept for reasoning items a client sends back by value without it (`item_ids`, in
