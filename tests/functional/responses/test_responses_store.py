@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from adapters.store import responses
+from handler.api.responses_routes import MAX_KEPT_READS
 from handler.ports import StoredResponse, StoreError
 from tests.fakes.openai import TEXT
 from tests.functional.conftest import Running, openai_client
@@ -176,3 +177,27 @@ def test_a_conversation_too_large_to_keep_says_so_when_continued(
     assert read.status_code == 404 and "too large to keep" in read.json()["error"]["message"]
     stranger = httpx.get(f"{running.url}/v1/responses/{made.id}", headers=bearer(running.mint(name="stranger")))
     assert stranger.status_code == 404 and "too large" not in stranger.text  # (another key's: not there at all)
+
+
+def test_reasoning_items_of_made_up_responses_cost_few_store_reads(
+    on_each_store: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each distinct response a reasoning item's id names was read, before the key's rate limit: a key whose rpm
+    was spent sent 2,000 made-up ones and had its 429 after 2,000 reads (8.9 s on DynamoDB)."""
+    running = on_each_store
+    key = running.mint(name="reads", rpm=1)
+    store = running.gateway.store
+    real = store.get_response
+    reads: list[str] = []
+
+    async def counted(response_id: str) -> StoredResponse | None:
+        reads.append(response_id)
+        return await real(response_id)
+
+    assert httpx.post(f"{running.url}/v1/responses", headers=bearer(key), json={"model": "gpt-4o-mini", "input": "hi"})
+    monkeypatch.setattr(store, "get_response", counted)
+    made_up = [{"type": "reasoning", "id": f"rs_{i:032x}001", "summary": []} for i in range(2_000)]
+    body = {"model": "gpt-4o-mini", "input": [*made_up, {"role": "user", "content": "x"}], "store": False}
+    answer = httpx.post(f"{running.url}/v1/responses", headers=bearer(key), json=body, timeout=60)
+    assert answer.status_code == 429 and answer.json()["error"]["code"] == "rate_limit_exceeded"
+    assert len([r for r in reads if r.startswith("resp_")]) <= MAX_KEPT_READS
