@@ -347,6 +347,10 @@ class StoreError(Exception):
     """The store could not be reached or failed; budgeted requests fail closed on it."""
 
 
+class ResponseTooLarge(StoreError):
+    """A response past what the store can keep; the message says by how much, for the client."""
+
+
 class ConflictError(StoreError):
     """A conditional write lost: the item exists already, or changed since it was read."""
 
@@ -811,7 +815,8 @@ class Store(ABC):
 
     @abstractmethod
     async def put_response(self, stored: StoredResponse) -> None:
-        """Keep a response until its `expires_at` (written once per id)."""
+        """Keep a response until its `expires_at`, unless one kept under its id still lives: the first write
+        stands (read it back to learn which did). `ResponseTooLarge` past what the store can keep."""
 
     @abstractmethod
     async def get_response(self, response_id: str) -> StoredResponse | None:

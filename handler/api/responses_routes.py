@@ -37,11 +37,11 @@ from handler.api.responses_native import Relay, relayed_events
 from handler.api.responses_stream import responses_events
 from handler.api.streaming import EventStream, stream_head, until_client_leaves
 from handler.config import resolve_secret
-from handler.errors import NotFoundError
+from handler.errors import InvalidRequestError, NotFoundError
 from handler.pipeline.exchange import Exchange
 from handler.pipeline.passthrough import NativeReply, NativeStream
 from handler.pipeline.pipeline import Pipeline
-from handler.ports import KeyRecord, StoredResponse, StoreError
+from handler.ports import KeyRecord, ResponseTooLarge, StoredResponse, StoreError
 from handler.redaction import scrub
 
 if TYPE_CHECKING:
@@ -55,6 +55,12 @@ def stream_headers(ex: Exchange) -> dict[str, str]:
 logger = logging.getLogger("gateway")
 SEAL_SECRET_ID = "gateway-reasoning-seal"
 SEAL_SECRET_TTL = 10 * 365 * 86400
+# The most stored responses one request's input may have the store read for its reasoning items (see
+# `kept_reasoning`): before the key is admitted, so that made-up ids cost no more than this (2,000 of them were
+# 2,000 reads, 8.9 s on DynamoDB, before the request's 429). A client's own turns need one: the last response
+# keeps the reasoning of those it continued.
+MAX_KEPT_READS = 8
+UNKEPT = "unkept"  # a record that stands for a response answered but not kept: why, for the client
 
 
 # Hosted tools OpenAI bills beyond tokens at rates the gateway does not price: per call (`file_search`), per
@@ -105,10 +111,17 @@ class ResponseArchive:
         return stored.key_id == key.id or key.id in stored.ancestors
 
     async def find(self, response_id: str, key: KeyRecord, param: str | None = None) -> dict[str, Any]:
-        """The stored `{"items": [...], "response": {...}}`, or a 404 alike for unknown and not yours."""
+        """The stored `{"items": [...], "response": {...}}`, or a 404 alike for unknown and not yours. One the
+        store could not keep (`keep`) says why to its key: a 404 read, a 400 continued (`param`)."""
         record = await self._record(response_id, key)
         if record is None:
             raise NotFoundError(f"Response with id '{response_id}' not found.", code="not_found", param=param)
+        if UNKEPT in record:
+            why = f"Response with id '{response_id}' was answered but not stored (`store: false` in it): "
+            why += f"{record[UNKEPT]}."
+            if param is None:
+                raise NotFoundError(why, code="not_found")
+            raise InvalidRequestError(f"{why} Continue from an earlier response, or start anew.", param=param)
         return record
 
     async def _record(self, response_id: str, key: KeyRecord) -> dict[str, Any] | None:
@@ -141,23 +154,40 @@ class ResponseArchive:
         except StoreError as exc:
             logger.warning("response not stored: %s", exc, extra={"response_id": response["id"]})
             response["store"] = False
+            if isinstance(exc, ResponseTooLarge):
+                # What the next turn finds instead: a 400 saying why, not a 404 as if the id were wrong.
+                await self._keep_why(stored, str(exc))
 
-    async def kept_reasoning(self, item_ids: list[str], key: KeyRecord) -> dict[str, str]:
+    async def _keep_why(self, stored: StoredResponse, why: str) -> None:
+        body = orjson.dumps({UNKEPT: why})
+        unkept = StoredResponse(stored.id, stored.key_id, stored.ancestors, stored.created_at, stored.expires_at, body)
+        try:
+            await self.store.put_response(unkept)
+        except StoreError as exc:
+            logger.warning("why a response was not stored not kept: %s", exc, extra={"response_id": stored.id})
+
+    async def kept_reasoning(self, item_ids: list[str], key: KeyRecord) -> tuple[dict[str, str], bool]:
         """The sealed reasoning kept for reasoning items a client sends back by value without it (`item_ids`, in
-        input order; see `unsealed_reasoning`), from the responses their ids name that this key may see. The
-        responses are read from the last the input names back, one read each, until every item is found: a
-        response keeps the reasoning of the turns it continued too, so the last one usually holds it all. An item
-        of a response not stored, gone or another key's gets none, as from a store failing (the request goes on,
-        its reasoning as the client sent it)."""
+        input order; see `unsealed_reasoning`), from the responses their ids name that this key may see, and
+        whether some were not looked for. The responses are read from the last the input names back, one read each,
+        until every item is found: a response keeps the reasoning of the turns it continued too, so the last one
+        usually holds it all. At most `MAX_KEPT_READS` are read: the items of the others are not looked for. An
+        item of a response not stored, gone, another key's or not read gets none, as from a store failing (the
+        request goes on, its reasoning as the client sent it)."""
         by_response: dict[str, list[str]] = {}
         for item_id in reversed(item_ids):
             response_id = ResponseIds.response_of(item_id)
             if response_id is not None:
                 by_response.setdefault(response_id, []).append(item_id)
         wanted, found = set(item_ids), dict[str, str]()
+        reads = 0
         for response_id, own in by_response.items():
             if wanted.isdisjoint(own):
                 continue
+            if reads == MAX_KEPT_READS:
+                logger.warning("kept reasoning of more than %d responses not read", MAX_KEPT_READS)
+                return found, True
+            reads += 1
             try:
                 record = await self._record(response_id, key)
             except StoreError as exc:
@@ -167,7 +197,7 @@ class ResponseArchive:
                 sealed: dict[str, str] = record.get("sealed") or {}
                 found.update((item_id, sealed[item_id]) for item_id in wanted if item_id in sealed)
             wanted.difference_update(own, found)
-        return found
+        return found, False
 
     async def seal_secret(self) -> bytes:
         """The gateway's own reasoning-seal secret, made once and kept in the store (under an id no client
@@ -177,7 +207,8 @@ class ResponseArchive:
             now = time.time()
             secret = os.urandom(32).hex().encode()
             await self.store.put_response(StoredResponse(SEAL_SECRET_ID, "", [], now, now + SEAL_SECRET_TTL, secret))
-            # Two processes starting at once both write; reading back, both use the one written last.
+            # Two processes starting at once both write, and the first write stands (`put_response`): reading
+            # back, both use it. (Unconditional, the later write replaced the secret the first had sealed with.)
             stored = await self.store.get_response(SEAL_SECRET_ID)
         if stored is None:
             raise StoreError("the reasoning seal's secret could not be read back")
@@ -236,11 +267,13 @@ class ResponsesRoutes:
             for item_id in unsealed_reasoning(input_items(body))
             if item_id not in sealed and ResponseIds.response_of(item_id) != body.previous_response_id
         ]
-        kept = await self.archive.kept_reasoning(unsealed, key) if unsealed else {}
+        kept, unread = await self.archive.kept_reasoning(unsealed, key) if unsealed else ({}, False)
         # The translation is needed either way: admission estimates and caps the request in the internal form.
         seal = (await self.seal()).for_response()
         handed_back = with_sealed_reasoning(history, sealed)  # the stored turns as the provider needs them
         req, dropped = to_chat_request(body, handed_back, seal, {**sealed, **kept})
+        if unread and "input[reasoning]" not in dropped:
+            dropped.append("input[reasoning]")  # (the reasoning of items past `MAX_KEPT_READS`: their summary went)
         ex = api.exchange(request, key, req.model, stream=req.stream)
         conversation = [*history, *input_items(body)]  # (as the client has it, to list and continue)
 

@@ -10,6 +10,7 @@ first (a `web_search_call` item, which OpenAI bills per call). Like OpenAI, it r
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -126,9 +127,17 @@ def served_tier(body: dict[str, Any]) -> str:
     return str(asked)
 
 
-def response_of(body: dict[str, Any], output: list[dict[str, Any]], status: str, input_tokens: int) -> dict[str, Any]:
+def response_id() -> str:
+    """A new response's id: OpenAI's are unique (the gateway keeps a natively served response under it)."""
+    return f"resp_fake{uuid.uuid4().hex}"
+
+
+def response_of(
+    body: dict[str, Any], output: list[dict[str, Any]], status: str, input_tokens: int, made: str | None = None
+) -> dict[str, Any]:
+    """The response object; `made`: its id, where the same response is shown again (a stream's events)."""
     return {
-        "id": "resp_fakeOpenAI1",
+        "id": made or response_id(),
         "object": "response",
         "created_at": int(time.time()),
         "status": status,
@@ -177,8 +186,9 @@ async def events(body: dict[str, Any], input_tokens: int, cut: bool) -> AsyncIte
         sequence += 1
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
-    yield event("response.created", response=response_of(body, [], "in_progress", input_tokens))
-    yield event("response.in_progress", response=response_of(body, [], "in_progress", input_tokens))
+    made = response_id()
+    yield event("response.created", response=response_of(body, [], "in_progress", input_tokens, made))
+    yield event("response.in_progress", response=response_of(body, [], "in_progress", input_tokens, made))
     for index, item in enumerate(output):
         where = {"output_index": index, "item_id": item["id"]}
         if item["type"] == "message":
@@ -210,4 +220,4 @@ async def events(body: dict[str, Any], input_tokens: int, cut: bool) -> AsyncIte
             yield event("response.reasoning_summary_text.done", summary_index=0, text=summary["text"], **where)
             yield event("response.reasoning_summary_part.done", summary_index=0, part=summary, **where)
         yield event("response.output_item.done", output_index=index, item=item)
-    yield event("response.completed", response=response_of(body, output, "completed", input_tokens))
+    yield event("response.completed", response=response_of(body, output, "completed", input_tokens, made))

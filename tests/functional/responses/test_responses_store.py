@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import os
 from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
+from adapters.store import responses
+from handler.api.responses_routes import MAX_KEPT_READS
 from handler.ports import StoredResponse, StoreError
 from tests.fakes.openai import TEXT
 from tests.functional.conftest import Running, openai_client
@@ -123,3 +128,76 @@ def test_a_response_the_store_cannot_keep_is_still_answered(
     else:
         response = sdk.responses.create(model="claude", input="Hi")
     assert response.status == "completed" and response.output_text and response.store is False
+
+
+def screenshot_turn(turn: int) -> list[dict[str, Any]]:
+    """A computer-use turn: a 120 KB screenshot (PNG data does not compress) and a question."""
+    shot = base64.b64encode(os.urandom(120_000)).decode()
+    content = [
+        {"type": "input_text", "text": f"turn {turn}: what changed?"},
+        {"type": "input_image", "image_url": f"data:image/png;base64,{shot}"},
+    ]
+    return [{"role": "user", "content": content}]
+
+
+def test_a_chain_of_screenshots_is_kept_turn_after_turn(on_each_store: Running) -> None:
+    """On DynamoDB the third turn (360 KB of screenshots) was answered `store: false` and the fourth, continuing
+    it, was a 404: a response was one item of base64, 380,000 bytes at most. SQLite kept them all."""
+    running = on_each_store
+    sdk = openai_client(running, running.mint(name="screens"))
+    previous: str | None = None
+    for turn in range(1, 6):
+        made = sdk.responses.create(
+            model="gpt-4o-mini", input=screenshot_turn(turn), previous_response_id=previous or openai.NOT_GIVEN
+        )
+        assert made.store is True, turn
+        previous = made.id
+    sent = orjson.dumps(running.fakes["openai"].state.requests[-1]["json"])
+    assert sent.count(b"data:image/png;base64,") == 5
+    assert len(sdk.responses.input_items.list(previous, limit=100).data) == 9  # five questions, four answers
+
+
+def test_a_conversation_too_large_to_keep_says_so_when_continued(
+    running_dynamodb: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One the store cannot keep is answered `store: false`, and continuing it is a 400 that says why, where it
+    was a 404 as for an id never given."""
+    running = running_dynamodb
+    monkeypatch.setattr(responses, "MAX_DYNAMODB_RECORD", 200_000)  # (16 MB, brought within a test's reach)
+    key = running.mint(name="too-large")
+    sdk = openai_client(running, key)
+    made = sdk.responses.create(model="gpt-4o-mini", input=[*screenshot_turn(1), *screenshot_turn(2)])
+    assert made.status == "completed" and made.store is False
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.responses.create(model="gpt-4o-mini", input="and now?", previous_response_id=made.id)
+    assert isinstance(caught.value.body, dict) and caught.value.body["param"] == "previous_response_id"
+    message = caught.value.body["message"]
+    assert "not stored" in message and "too large to keep on DynamoDB" in message and "at most 0.2 MB" in message
+    read = httpx.get(f"{running.url}/v1/responses/{made.id}", headers=bearer(key))
+    assert read.status_code == 404 and "too large to keep" in read.json()["error"]["message"]
+    stranger = httpx.get(f"{running.url}/v1/responses/{made.id}", headers=bearer(running.mint(name="stranger")))
+    assert stranger.status_code == 404 and "too large" not in stranger.text  # (another key's: not there at all)
+
+
+def test_reasoning_items_of_made_up_responses_cost_few_store_reads(
+    on_each_store: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each distinct response a reasoning item's id names was read, before the key's rate limit: a key whose rpm
+    was spent sent 2,000 made-up ones and had its 429 after 2,000 reads (8.9 s on DynamoDB)."""
+    running = on_each_store
+    key = running.mint(name="reads", rpm=1)
+    store = running.gateway.store
+    real = store.get_response
+    reads: list[str] = []
+
+    async def counted(response_id: str) -> StoredResponse | None:
+        reads.append(response_id)
+        return await real(response_id)
+
+    assert httpx.post(f"{running.url}/v1/responses", headers=bearer(key), json={"model": "gpt-4o-mini", "input": "hi"})
+    monkeypatch.setattr(store, "get_response", counted)
+    made_up = [{"type": "reasoning", "id": f"rs_{i:032x}001", "summary": []} for i in range(2_000)]
+    body = {"model": "gpt-4o-mini", "input": [*made_up, {"role": "user", "content": "x"}], "store": False}
+    answer = httpx.post(f"{running.url}/v1/responses", headers=bearer(key), json=body, timeout=60)
+    assert answer.status_code == 429 and answer.json()["error"]["code"] == "rate_limit_exceeded"
+    assert len([r for r in reads if r.startswith("resp_")]) <= MAX_KEPT_READS

@@ -178,7 +178,8 @@ class MemoryStore(MeteredStore):
         return sorted(lines, key=lambda i: i.ts)
 
     async def put_response(self, stored: StoredResponse) -> None:
-        self.responses.setdefault(stored.id, stored)
+        if await self.get_response(stored.id) is None:
+            self.responses[stored.id] = stored
 
     async def get_response(self, response_id: str) -> StoredResponse | None:
         stored = self.responses.get(response_id)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import os
 import time
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from handler.ports import Store, StoredResponse, StoreError
+from adapters.store import open_store, responses
+from handler.api.responses_routes import ResponseArchive
+from handler.ports import ResponseTooLarge, Store, StoredResponse, StoreError
 from tests.unit.adapters.store import test_contract
+from tests.unit.adapters.store.test_contract import storage_only
 
 # The contract's fixtures: the store on SQLite, then on moto's DynamoDB server.
 store_url = test_contract.store_url
@@ -44,12 +52,110 @@ async def test_a_long_conversation_is_kept_compressed(store: Store) -> None:
     assert found is not None and found.body == body
 
 
-async def test_what_cannot_be_kept_is_a_store_error(store: Store, store_url: str) -> None:
+def screenshots(count: int, size: int = 120_000) -> bytes:
+    """A record's body holding `count` images as a client sends them: base64 of data that does not compress."""
+    shots = ",".join(f'"data:image/png;base64,{base64.b64encode(os.urandom(size)).decode()}"' for _ in range(count))
+    return f'{{"items": [{shots}], "response": {{}}}}'.encode()
+
+
+async def items_of(store: Store, response_id: str) -> list[dict[str, Any]]:
+    """The DynamoDB items under a response's partition key, as they are."""
+    answer = await store.client.query(  # type: ignore[attr-defined]
+        TableName=store.table,  # type: ignore[attr-defined]
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": f"RESP#{response_id}"}},
+        ConsistentRead=True,
+    )
+    items: list[dict[str, Any]] = answer["Items"]
+    return items
+
+
+async def test_a_conversation_past_a_dynamodb_item_is_kept_read_and_deleted(store: Store, store_url: str) -> None:
+    """On DynamoDB a response was one item of base64 (380,000 bytes at most): a conversation past ~285 KB of
+    images (a 120 KB screenshot a turn: the third turn) was not kept, and the next turn's `previous_response_id`
+    was a 404, where SQLite kept it. Now its parts go on items of their own, binary."""
+    body = screenshots(8)  # 1.3 MB of base64, some 1 MB compressed
+    await store.put_response(stored("resp_screens", body))
+    found = await store.get_response("resp_screens")
+    assert found is not None and found.body == body
+    if store_url.startswith("dynamodb"):
+        items = await items_of(store, "resp_screens")
+        assert len(items) == 4 and all("B" in item["record"] for item in items)
+    assert await store.delete_response("resp_screens") is True
+    assert await store.get_response("resp_screens") is None
+    assert await store.delete_response("resp_screens") is False
+    if store_url.startswith("dynamodb"):  # the images go with the delete, not with the TTL
+        assert not any("record" in item for item in await items_of(store, "resp_screens"))
+
+
+async def test_a_record_not_whole_in_this_region_reads_as_not_kept(store: Store, store_url: str) -> None:
+    """A reader never sees a half-written record: the parts are written before the response's item names them,
+    and a part not (yet) there, as in a region a global table has not brought it to, is no record."""
     if not store_url.startswith("dynamodb"):
-        pytest.skip("only DynamoDB limits an item's size")
-    body = b'{"noise": "' + os.urandom(300_000).hex().encode() + b'"}'
-    with pytest.raises(StoreError, match="too large"):
-        await store.put_response(stored("resp_huge", body))
+        pytest.skip("DynamoDB's parts")
+    client = store.client  # type: ignore[attr-defined]
+    real = client.call
+    written: list[str] = []
+
+    async def failing_last(operation: str, request: dict[str, Any]) -> dict[str, Any]:
+        if operation == "PutItem" and request["Item"]["sk"]["S"] == "RESP":
+            raise StoreError("lost on the way")
+        written.append(request["Item"]["sk"]["S"])
+        return await real(operation, request)
+
+    client.call = failing_last
+    try:
+        with pytest.raises(StoreError):
+            await store.put_response(stored("resp_half", screenshots(4)))
+    finally:
+        client.call = real
+    assert written and await store.get_response("resp_half") is None  # its part was written, never named
+
+    await store.put_response(stored("resp_partial", screenshots(4)))
+    part = next(item for item in await items_of(store, "resp_partial") if item["sk"]["S"] != "RESP")
+    await client.put_item(TableName=store.table, Item={"pk": part["pk"], "sk": part["sk"]})  # type: ignore[attr-defined]
+    assert await store.get_response("resp_partial") is None
+
+
+async def test_too_large_a_conversation_is_refused_saying_so(
+    store: Store, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not store_url.startswith("dynamodb"):
+        pytest.skip("only DynamoDB bounds a record")
+    monkeypatch.setattr(responses, "MAX_DYNAMODB_RECORD", 400_000)
+    with pytest.raises(ResponseTooLarge, match=r"too large to keep on DynamoDB \(0.\d MB compressed, at most 0.4 MB\)"):
+        await store.put_response(stored("resp_huge", screenshots(4)))
+    assert await store.get_response("resp_huge") is None
+
+
+async def test_the_first_write_of_an_id_stands(store: Store) -> None:
+    """Put if absent, as the reasoning seal's secret needs: two processes making it at once each wrote theirs,
+    and the one that read back before the other's write landed sealed with a secret nobody keeps."""
+    await store.put_response(stored("resp_once", b"first"))
+    await store.put_response(stored("resp_once", b"second"))
+    found = await store.get_response("resp_once")
+    assert found is not None and found.body == b"first"
+    await store.put_response(stored("resp_lapsed", b"first", ttl=-1))  # an expired one is no longer there
+    await store.put_response(stored("resp_lapsed", b"second"))
+    found = await store.get_response("resp_lapsed")
+    assert found is not None and found.body == b"second"
+
+
+async def test_a_response_kept_as_one_base64_item_is_still_read_and_deleted(store: Store, store_url: str) -> None:
+    if not store_url.startswith("dynamodb"):
+        pytest.skip("DynamoDB's former layout")
+    kept = stored("resp_before", b'{"items": [], "response": {"id": "resp_before"}}')
+    item = {
+        "pk": {"S": "RESP#resp_before"},
+        "sk": {"S": "RESP"},
+        "data": {"S": base64.b64encode(responses.pack(kept)).decode()},
+        "expires_at": {"N": repr(kept.expires_at)},
+        "ttl": {"N": str(int(kept.expires_at))},
+    }
+    await store.client.put_item(TableName=store.table, Item=item)  # type: ignore[attr-defined]
+    assert await store.get_response("resp_before") == kept
+    assert await store.delete_response("resp_before") is True
+    assert await store.get_response("resp_before") is None
 
 
 async def test_keeping_a_response_does_not_read_every_stored_one(store: Store, store_url: str) -> None:
@@ -61,3 +167,34 @@ async def test_keeping_a_response_does_not_read_every_stored_one(store: Store, s
     db = store.db  # type: ignore[attr-defined]
     plan = " ".join(row[-1] for row in db.execute("EXPLAIN QUERY PLAN DELETE FROM responses WHERE expires_at < 1"))
     assert "responses_expiry" in plan, plan
+
+
+async def test_two_processes_making_the_seal_secret_at_once_agree_on_it(store: Store, store_url: str) -> None:
+    """Two instances starting together on a fresh store each wrote a secret; the one whose write landed first
+    read it back and sealed with a secret the other's write then replaced (its blobs opened nowhere after)."""
+    storage_only(store_url, "two processes share the store")
+    other = open_store(store_url)
+    for opened, delay in ((store, 0.0), (other, 0.05)):  # both read before either wrote; the second's write late
+        opened.put_response = on_the_wire(opened.put_response, delay)  # type: ignore[method-assign]
+    later = open_store(store_url)  # a third, starting after them
+    try:
+        first, second = await asyncio.gather(archive_on(store).seal_secret(), archive_on(other).seal_secret())
+        third = await archive_on(later).seal_secret()
+    finally:
+        await other.close()
+        await later.close()
+    assert first == second == third
+
+
+def on_the_wire(put: Callable[[StoredResponse], Awaitable[None]], delay: float) -> Any:
+    async def late(stored: StoredResponse) -> None:
+        await asyncio.sleep(delay)
+        await put(stored)
+
+    return late
+
+
+def archive_on(store: Store) -> ResponseArchive:
+    config = SimpleNamespace(gateway=SimpleNamespace(responses_ttl_seconds=60))
+    api: Any = SimpleNamespace(gateway=SimpleNamespace(store=store, config=config))
+    return ResponseArchive(api)
