@@ -98,6 +98,8 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
         "revoked_at": record.revoked_at,
         "rotation_grace_until": record.prev_valid_until,
         "tags": record.tags,
+        # The region whose store holds the key's record and budget of record (None: one shared meter item).
+        "home_region": record.home_region,
     }
 
 

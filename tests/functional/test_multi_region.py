@@ -136,11 +136,12 @@ def world(upstream: tuple[ServerThread, dict[str, Any]]) -> Iterator[World]:
         server.stop()
 
 
-def mint(region: Region, budget: float, homed: bool = True) -> str:
-    """A key created in `region`; `homed=False` makes a key as before home regions (one shared meter)."""
+def mint(region: Region, budget: float, homed: bool = True, url: str | None = None) -> str:
+    """A key created in `region` (through the store `url`, if given); `homed=False` makes a key as before home
+    regions (one shared meter)."""
 
     async def go() -> str:
-        store = open_store(region.store_url) if homed else DynamoDBStore(region.client, TABLE)
+        store = open_store(url or region.store_url) if homed else DynamoDBStore(region.client, TABLE)
         try:
             record = KeyRecord(id="", name="multi", secret_hash="", created_at=0, budget_usd=budget)
             return (await KeyService(store, 0).mint(record)).key
@@ -249,6 +250,29 @@ def test_leased_budget_holds_across_two_regions(world: World) -> None:
         "replicated_items": world.replicator.stats.copied,
     }
     print("multi-region leases:", report)
+
+
+def test_a_key_made_through_a_store_url_without_a_region_is_homed_and_holds_its_budget(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dynamodb://TABLE` with `AWS_REGION` set (as an operator's `gateway keys create` runs): the store had no
+    region and homed the key nowhere, both regions wrote its one meter item, and a burst spent 1.83x its budget
+    ($0.176 of $0.096) while the meter recorded half of it. The key is homed in the client's region, and says so."""
+    monkeypatch.setenv("AWS_REGION", HOME)
+    home = world.regions[HOME]
+    budget = FITS * world.worst
+    key = mint(home, budget, url=f"dynamodb://{TABLE}?endpoint_url={home.server.url}")
+    wait_for_key_everywhere(world, key)
+    assert {name: whoami(region, key)["home_region"] for name, region in world.regions.items()} == {
+        HOME: HOME,
+        OTHER: HOME,
+    }
+    answers = burst(world, key)
+    spent = sum(charged(a) for a in answers.values())
+    assert spent <= budget + 1e-12, (spent, budget)
+    time.sleep(LEASE_IDLE_SECONDS * 2)
+    world.replicator.wait_until_settled()
+    assert whoami(home, key)["spent_usd"] == pytest.approx(spent, abs=1e-9)
 
 
 def test_one_shared_meter_item_overspends_under_last_writer_wins(world: World) -> None:

@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from adapters.sigv4 import Credentials
+from adapters.store import open_store
 from adapters.store.dynamo_client import DynamoDBClient
 from adapters.store.dynamodb import LEDGER_SHARDS, SWEEP_SECONDS, DynamoDBStore
 from adapters.store.expressions import Expression, num, text
@@ -908,3 +909,42 @@ async def test_migrate_links_children_from_before_links(flaky: tuple[FlakyClient
     assert await store.migrate() == 2
     assert await store.child_ids(parent.id) == sorted([live.id, "purgedchild1"])
     assert await store.migrate() == 0
+
+
+async def test_a_store_url_without_a_region_homes_its_keys_in_the_clients_region(
+    dynamo: DynamoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dynamodb://TABLE` with `AWS_REGION` set, as the DynamoDB client accepts it: the store had no region, its
+    keys no home, and every region wrote their one meter item (two regions spent 1.83x a budget). The store takes
+    the region the client signs for; a URL whose region cannot be known is refused."""
+    table = dynamo.create_table()  # (moto keeps tables per region: this one is us-east-1's)
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    store = open_store(f"dynamodb://{table}?endpoint_url={dynamo.url}")
+    assert isinstance(store, DynamoDBStore) and store.region == "us-east-1"
+    minted = await KeyService(store, 0).mint(record(budget_usd=1.0))
+    found = await store.get_key(minted.record.id)
+    assert found is not None and found.home_region == "us-east-1"
+    assert store.spool_path is not None and store.spool_path.endswith(f"settlements-{table}.jsonl")  # as before
+    await store.close()
+    monkeypatch.delenv("AWS_REGION")
+    with pytest.raises(StoreError, match=r"no AWS region for DynamoDB: set AWS_REGION or add \?region=R"):
+        open_store(f"dynamodb://{table}?endpoint_url={dynamo.url}")
+
+
+async def test_migrate_homes_keys_made_without_a_home_region(dynamo: DynamoServer) -> None:
+    """A key made before home regions (or by a store without a region) is homed in the region `gateway store
+    migrate` runs in, so that it stops sharing one meter item across regions; a second run homes nothing."""
+    table = dynamo.create_table()
+    legacy = DynamoDBStore(DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url), table)
+    old = record(budget_usd=1.0)
+    await legacy.create_key(old)
+    assert (await legacy.get_key(old.id)).home_region is None  # type: ignore[union-attr]
+    store = open_store(dynamo.store_url(table, "us-east-1"))
+    assert isinstance(store, DynamoDBStore)
+    assert await store.migrate() == 1
+    homed = await store.get_key(old.id)
+    assert homed is not None and homed.home_region == "us-east-1" and homed.version == old.version + 1
+    assert await store.migrate() == 0
+    await store.close()
+    await legacy.close()
