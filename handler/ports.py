@@ -777,6 +777,12 @@ class Store(ABC):
         """Release reservations on `key_id`'s counters written in this store's region whose expiry passed;
         returns USD released."""
 
+    async def release_held(self, charge: BudgetCharge, now: float) -> float:
+        """Before a refusal of `charge` for want of budget stands: free what holds that budget and serves no
+        request, and return the USD freed (the admission is then tried again): reservations whose expiry
+        passed (`release_expired`) and, on a store spanning regions, leases idle in other regions."""
+        return await self.release_expired(charge.key_id, now)
+
     @abstractmethod
     async def meter(self, key_id: str, period: str) -> MeterSnapshot:
         """The key's committed spend (spent plus live reservations) for `period`, summed over every region

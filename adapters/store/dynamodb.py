@@ -78,6 +78,7 @@ from adapters.store.responses import DynamoDBResponses
 from adapters.store.signins import DynamoDBSignIns
 from handler.ports import (
     Admission,
+    BudgetCharge,
     LedgerItem,
     Settlement,
     StoreError,
@@ -563,6 +564,14 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
                     if name not in counters.rates or counters.rates[name][0] < stored[0]:
                         counters.rates[name] = stored
         return counters
+
+    async def release_held(self, charge: BudgetCharge, now: float) -> float:
+        """`release_expired`, then the leases of other regions idle for `lease_idle_seconds` taken home
+        (`RegionLeases.reclaim_idle`): on Lambda no sweeper returns a lease between invocations."""
+        released = await self.release_expired(charge.key_id, now)
+        if self.region is None:
+            return released
+        return released + await self.leases.reclaim_idle(charge, await self._meter_items(charge.key_id))
 
     async def return_idle_leases(self, force: bool = False) -> float:
         """Give back to their home regions the leases this process holds that sat idle (all, if `force`)."""

@@ -10,15 +10,21 @@ without a home region, as every key was before) overspends: the demonstration of
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
 import httpx
 import pytest
+import yaml
 from botocore.config import Config as BotoConfig
 
 from adapters.providers.registry import REGISTRY
@@ -33,6 +39,7 @@ from handler.ports import KeyRecord
 from handler.schemas import ChatRequest
 from tests.functional.conftest import FAKE_KEYS
 from tests.support.dynamo import DynamoServer, table_spec, ttl_attribute
+from tests.support.events import event
 from tests.support.replicator import Replica, Replicator
 from tests.support.servers import ServerThread
 
@@ -55,21 +62,22 @@ def region_client(server: DynamoServer, region: str) -> Any:
 
 
 def config(upstream_url: str) -> Config:
-    return parse_config(
-        {
-            "gateway": {"key_minting": {"max_children": MAX_CHILDREN, "per_minute": 100}},
-            "providers": {
-                "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"}
-            },
-            "models": {
-                "metered": {
-                    "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
-                    "price": {"input": 100, "output": 200},
-                }
-            },
+    return parse_config(config_document(upstream_url), set(REGISTRY))
+
+
+def config_document(upstream_url: str) -> dict[str, Any]:
+    return {
+        "gateway": {"key_minting": {"max_children": MAX_CHILDREN, "per_minute": 100}},
+        "providers": {
+            "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"}
         },
-        set(REGISTRY),
-    )
+        "models": {
+            "metered": {
+                "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
+                "price": {"input": 100, "output": 200},
+            }
+        },
+    }
 
 
 @dataclass
@@ -96,6 +104,7 @@ class World:
     regions: dict[str, Region]
     replicator: Replicator
     worst: float
+    upstream_url: str
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +137,7 @@ def world(upstream: tuple[ServerThread, dict[str, Any]]) -> Iterator[World]:
         gateway_config.gateway.fee,
     )
     assert worst is not None
-    yield World(regions, replicator, worst)
+    yield World(regions, replicator, worst, upstream[0].url)
     for region in regions.values():
         region.http.stop()
     replicator.stop()
@@ -337,3 +346,58 @@ def test_a_parents_child_limit_holds_when_two_regions_mint_at_once(world: World)
 
     for region in world.regions.values():  # (each replica holds the same three, and no other)
         assert asyncio.run(children(region)) == sorted(minted), region.name
+
+
+def test_a_lease_left_on_lambda_comes_home_when_another_region_needs_it(world: World, tmp_path: Path) -> None:
+    """On Lambda the event loop runs only during an invocation, so the sweeper that returns an idle lease never
+    ran in a region that got no further request: 20 s after its last use eu still held $0.25 of $1, and us
+    refused a $0.90 worst case ("$0.75 left") with $0.0022 spent. A region about to refuse takes home the leases
+    idle for `lease_idle_seconds` first. eu's one invocation runs through the Lambda handler in an environment
+    that is never invoked again (its process ends)."""
+    home, other = world.regions[HOME], world.regions[OTHER]
+    key = mint(home, 1.0)
+    wait_for_key_everywhere(world, key)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config_document(world.upstream_url)))
+    event_path = tmp_path / "chat.json"
+    event_path.write_text(json.dumps(event("POST", "/v1/chat/completions", BODY, key=key)))
+    env = {
+        **os.environ,
+        **FAKE_KEYS,
+        "GATEWAY_CONFIG": str(config_path),
+        "GATEWAY_STORE": other.store_url,
+        "GATEWAY_SETTLEMENT_SPOOL": str(tmp_path / "spool.jsonl"),
+        "AWS_REGION": OTHER,
+    }
+    replay = subprocess.run(
+        [sys.executable, "-m", "tests.support.lambda_replay", str(event_path)],
+        cwd=Path(__file__).parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    assert json.loads(replay.stdout)["status"] == 200
+    lease_key = {"pk": {"S": f"METER#{key.split('_')[1]}"}, "sk": {"S": f"LEASE#{OTHER}"}}
+    lease = other.client.get_item(TableName=TABLE, Key=lease_key, ConsistentRead=True)["Item"]
+    assert float(lease["a:total"]["N"]) > 0.2  # what eu was granted and did not spend, left in its lease
+    time.sleep(LEASE_IDLE_SECONDS * 1.5)
+    world.replicator.wait_until_settled()
+    big = {**BODY, "max_tokens": 4500}  # a worst case of about $0.90: more than the home has unleased
+    answer = httpx.post(
+        f"{home.url}/v1/chat/completions", json=big, headers={"authorization": f"Bearer {key}"}, timeout=60
+    )
+    assert answer.status_code == 200, answer.text
+    lease = other.client.get_item(TableName=TABLE, Key=lease_key, ConsistentRead=True)["Item"]
+    assert float(lease["a:total"]["N"]) == 0
+    world.replicator.wait_until_settled()
+    costs = [
+        float(json.loads(replay.stdout)["headers"]["x-gateway-cost-usd"]),
+        float(answer.headers["x-gateway-cost-usd"]),
+    ]
+    view = whoami(home, key)
+    assert (view["spent_usd"], view["reserved_usd"]) == (
+        pytest.approx(sum(costs), abs=1e-9),
+        pytest.approx(0, abs=1e-9),
+    )

@@ -84,6 +84,7 @@ class AnswerLost(httpx.AsyncBaseTransport):
     def __init__(self) -> None:
         self.inner = httpx.AsyncHTTPTransport()
         self.lose: str | None = None
+        self.times = 1  # how many answers of `lose` in a row are lost
 
     def losing(self, request: httpx.Request) -> bool:
         return self.lose is not None and self.lose in (ANY_CALL, request.headers["x-amz-target"].rpartition(".")[2])
@@ -92,7 +93,9 @@ class AnswerLost(httpx.AsyncBaseTransport):
         response = await self.inner.handle_async_request(request)
         await response.aread()
         if self.losing(request):
-            self.lose = None
+            self.times -= 1
+            if self.times <= 0:
+                self.lose, self.times = None, 1
             raise httpx.ReadTimeout("applied, answer lost", request=request)
         return response
 
@@ -948,3 +951,54 @@ async def test_migrate_homes_keys_made_without_a_home_region(dynamo: DynamoServe
     assert await store.migrate() == 0
     await store.close()
     await legacy.close()
+
+
+async def lost_grant(dynamo: DynamoServer) -> tuple[DynamoDBStore, DynamoDBStore, str]:
+    """`two_regions_losing`, with a grant to the lease region that landed at home and whose every answer was lost
+    (the request had a 503): the home counts $0.25 leased out, the lease holds nothing."""
+    _, remote, here, home = two_regions_losing(dynamo)
+    key = uuid.uuid4().hex[:12]
+    remote.lose, remote.times = "UpdateItem", 10
+    with pytest.raises(StoreError):
+        await here.admit(homed(key, 0.1))
+    remote.lose = None
+    meter = (await home._meter_items(key))[0]
+    assert (meter["c:" + PERIOD]["N"], meter["g:" + PERIOD + "#eu-west-1"]["N"]) == ("0.250000", "0.250000")
+    return here, home, key
+
+
+def homed(key: str, amount: float) -> Admission:
+    """An admission of `amount` on a $1 budget of `key`, homed in us-east-1."""
+    charge = BudgetCharge(key, PERIOD, 1.0, amount, "us-east-1")
+    return Admission(uuid.uuid4().hex, key, [charge], [], time.time() + 60, "us-east-1")
+
+
+async def test_a_grant_whose_answers_were_all_lost_comes_home_with_the_idle_lease(dynamo: DynamoServer) -> None:
+    """A grant landed at home, its answers lost on every try: the request had a 503, the home counted the chunk
+    leased and the lease never had it, and its return gave back only what the lease held. A quarter of the budget
+    stayed locked until the region's next grant (for a key that never came back there, for the period), while
+    `GET /v1/key` said all of it remained. The lease is watched from the grant on, and its return credits what
+    the home granted and it never had, then gives it back."""
+    here, home, key = await lost_grant(dynamo)
+    assert await here.return_idle_leases(force=True) == pytest.approx(0.25)
+    assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.0)
+    await home.admit(homed(key, 1.0))  # the whole budget is the home's again
+    await here.close()
+    await home.close()
+
+
+async def test_a_region_about_to_refuse_takes_home_the_leases_idle_elsewhere(dynamo: DynamoServer) -> None:
+    """No process in the lease region returns its lease (on Lambda nothing runs between invocations; here the
+    grant's answers were lost too): the home, about to refuse a request for want of budget, takes home every
+    lease idle for `lease_idle_seconds`, through the lease region's endpoint, and admits it."""
+    here, home, key = await lost_grant(dynamo)
+    home.leases.client_for = lambda region: here.client  # the lease region's endpoint, as the home reaches it
+    big = homed(key, 0.9)
+    with pytest.raises(BudgetRefused):
+        await home.admit(big)
+    charge = big.budgets[0]
+    assert await home.release_held(charge, time.time()) == pytest.approx(0.25)
+    await home.admit(big)
+    assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.9)
+    await here.close()
+    await home.close()
