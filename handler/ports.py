@@ -756,6 +756,12 @@ class Store(ABC):
     @abstractmethod
     async def get_key(self, key_id: str) -> KeyRecord | None: ...
 
+    async def get_key_latest(self, key_id: str) -> KeyRecord | None:
+        """`get_key` as the key's home region has it, where the store spans regions: a write made in this region
+        to a key homed in another lands there first, and reaches this region's replica only with replication. For
+        rechecks and writes, never the hot path (a read in another region)."""
+        return await self.get_key(key_id)
+
     @abstractmethod
     async def update_key(self, record: KeyRecord) -> None:
         """Write `record` if the stored version is `record.version - 1`; else `ConflictError`."""
