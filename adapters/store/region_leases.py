@@ -463,10 +463,6 @@ class RegionLeases:
 
     # --- reads ------------------------------------------------------------------------------------
 
-    def unleased_hint(self, key_id: str, period: str) -> float:
-        """What the home meter had unleased when this process last asked (0 if it never did)."""
-        return max(float(self._unleased.get((key_id, period), 0)), 0.0)
-
     @staticmethod
     def totals(items: Iterable[Item], period: str) -> tuple[float, float]:
         """(committed, spent) summed over the home meter and every region's lease, as replicated here: the

@@ -1002,3 +1002,19 @@ async def test_a_region_about_to_refuse_takes_home_the_leases_idle_elsewhere(dyn
     assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.9)
     await here.close()
     await home.close()
+
+
+async def test_what_a_lease_region_reports_left_is_no_more_than_it_would_admit(dynamo: DynamoServer) -> None:
+    """An admission's counters give the budget's remaining header. In a lease region they added to the lease what
+    the home had unleased when this process last asked, which other regions spend meanwhile and no process
+    refreshes: the header said $0.0456 left where $0.0104 was (4.4x). They give what the lease holds."""
+    here, home = two_regions(dynamo)
+    key = uuid.uuid4().hex[:12]
+    await here.admit(homed(key, 0.1))  # a grant of $0.25, $0.10 of it reserved
+    await home.admit(homed(key, 0.75))  # the home spends what it had unleased
+    snapshot = await here.admit(homed(key, 0.05))  # from the lease: $0.10 left in it, none at home
+    assert 1.0 - snapshot.committed_usd[PERIOD] == pytest.approx(0.10)
+    with pytest.raises(BudgetRefused):
+        await here.admit(homed(key, 0.11))
+    await here.close()
+    await home.close()
