@@ -278,15 +278,26 @@ class RegionLeases:
         """Raise this region's lease to the home's cumulative grant `total`, from `credited` as last seen."""
         key = self.item_key(charge.key_id, charge.home_region)
         mark, counter = f"g:{charge.period}", f"a:{charge.period}"
-        if not await self._raise_mark(self.local, key, mark, counter, total, credited, sign=1):
+        # In use from now: a region about to refuse takes home only leases idle for `idle_seconds` (`reclaim_idle`).
+        used = f"t:{charge.period}"
+        if not await self._raise_mark(self.local, key, mark, counter, total, credited, sign=1, touch=used):
             raise StoreError("could not credit a lease grant; retry")
 
     async def _raise_mark(
-        self, client: Any, key: Item, mark: str, counter: str, total: Decimal, seen: Decimal, sign: int
+        self,
+        client: Any,
+        key: Item,
+        mark: str,
+        counter: str,
+        total: Decimal,
+        seen: Decimal,
+        sign: int,
+        touch: str | None = None,
     ) -> bool:
         """Raise the cumulative watermark `mark` to `total` and move `counter` by the difference (times
         `sign`), once: the write holds only if the mark is still `seen`, and a lost race re-reads it. Being
-        cumulative, a move interrupted by a crash is completed by the next one. False if it kept losing."""
+        cumulative, a move interrupted by a crash is completed by the next one. False if it kept losing.
+        `touch` names an attribute set to now with it (a lease's last use)."""
         for _ in range(5):
             if seen >= total:
                 return True
@@ -294,6 +305,8 @@ class RegionLeases:
             placeholder = e.name(mark)
             e.clauses["SET"].append(f"{placeholder} = {e.value(number(total))}")
             e.clauses["ADD"].append(f"{e.name(counter)} {e.value(number(sign * (total - seen)))}")
+            if touch is not None:
+                e.clauses["SET"].append(f"{e.name(touch)} = {e.value(num(self.clock()))}")
             absent = f"attribute_not_exists({placeholder})"
             e.conditions.append(f"{placeholder} = {e.value(number(seen))}" if seen else absent)
             try:
