@@ -9,6 +9,7 @@
     ├── BudgetExceededError           402 budget_exceeded
     ├── PermissionDeniedError         403 model_not_allowed | ip_not_allowed | admin_only
     ├── NotFoundError                 404 model_not_found | not_found
+    ├── KeyChangedError               409 key_changed (a key kept changing under an admin write; retry)
     ├── RequestTooLargeError          413 request_too_large
     │   └── AnswerTooLargeError       413 request_too_large (the buffered Lambda function: an answer past 6 MB)
     ├── HeadersTooLargeError          431 headers_too_large (`gateway serve`: request headers beyond the bound)
@@ -145,6 +146,17 @@ class NotFoundError(GatewayError):
     default_code = "model_not_found"
     error_type = "invalid_request_error"
     anthropic_type = "not_found_error"
+
+
+class KeyChangedError(GatewayError):
+    """409: a key kept changing (other writes) while an admin write was read again and applied again. The SDKs
+    retry a 409; they do not retry a 400."""
+
+    status = 409
+    default_code = "key_changed"
+    error_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    should_retry = True
 
 
 class RequestTooLargeError(GatewayError):

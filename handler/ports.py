@@ -783,6 +783,12 @@ class Store(ABC):
     @abstractmethod
     async def get_key(self, key_id: str) -> KeyRecord | None: ...
 
+    async def get_key_latest(self, key_id: str) -> KeyRecord | None:
+        """`get_key` as the key's home region has it, where the store spans regions: a write made in this region
+        to a key homed in another lands there first, and reaches this region's replica only with replication. For
+        rechecks and writes, never the hot path (a read in another region)."""
+        return await self.get_key(key_id)
+
     @abstractmethod
     async def update_key(self, record: KeyRecord) -> None:
         """Write `record` if the stored version is `record.version - 1`; else `ConflictError`."""
@@ -803,6 +809,12 @@ class Store(ABC):
     async def release_expired(self, key_id: str, now: float) -> float:
         """Release reservations on `key_id`'s counters written in this store's region whose expiry passed;
         returns USD released."""
+
+    async def release_held(self, charge: BudgetCharge, now: float) -> float:
+        """Before a refusal of `charge` for want of budget stands: free what holds that budget and serves no
+        request, and return the USD freed (the admission is then tried again): reservations whose expiry
+        passed (`release_expired`) and, on a store spanning regions, leases idle in other regions."""
+        return await self.release_expired(charge.key_id, now)
 
     @abstractmethod
     async def meter(self, key_id: str, period: str) -> MeterSnapshot:

@@ -19,7 +19,7 @@ from adapters.store.dynamo_client import ConditionFailed, call
 from adapters.store.expressions import Expression, Item, num, text
 from adapters.store.records import LEDGER_TTL_SECONDS, key_from_json, key_purge_after, key_to_json
 from adapters.store.region_leases import RegionLeases
-from handler.ports import ChildLimitReached, ConflictError, KeyRecord, family_root
+from handler.ports import ChildLimitReached, ConflictError, KeyRecord, StoreError, family_root
 
 WRITE_TOKEN = "w"  # on a key item: a token of the write that put it (`already_written`)
 COUNT_SK = "COUNT"
@@ -157,14 +157,32 @@ class DynamoDBKeys:
         for attempt in (1, 2):
             try:
                 await call(client, "transact_write_items", TransactItems=writes)
-                return
+                break
             except ConditionFailed as exc:
                 if exc.reasons and exc.reasons[0].get("Code") == FAILED:
                     if already_written(exc.reasons[0].get("Item", {}), item):
-                        return  # the whole transaction landed: its count and link with it
+                        break  # the whole transaction landed: its count and link with it
                     raise ConflictError(f"key {record.id} exists") from exc
                 if attempt == 2 or not await self._recount(root_id, max_children, client):
                     raise ChildLimitReached(root_id, max_children) from exc
+        if client is not self.client:
+            await self._copy_here(item)
+
+    async def _copy_here(self, item: Item) -> None:
+        """A key item just written in another region (a child counted in its parent's home), put in this region's
+        replica too: it is used here at once (minted here, for an agent that starts now), and was 401 here until
+        replication brought it (1.34 s). The same item, stamped by the same write, and only where the key is not
+        yet or is this very write: a later change (made in the key's home, this region) is never overwritten, and
+        the copy replication brings later is older than it (the last writer wins by time)."""
+        with contextlib.suppress(ConditionFailed, StoreError):  # changed here already, or unreachable: replicated
+            await self._call(
+                "put_item",
+                TableName=self.table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(pk) OR #w = :w",
+                ExpressionAttributeNames={"#w": WRITE_TOKEN},
+                ExpressionAttributeValues={":w": item[WRITE_TOKEN]},
+            )
 
     async def _recount(self, root_id: str, max_children: int, client: Any) -> bool:
         """After a refused count: whether fewer than `max_children` keys of the root's family are live; if so,
@@ -253,6 +271,21 @@ class DynamoDBKeys:
         item = answer.get("Item")
         return self._live(item) if item else None
 
+    async def get_key_latest(self, key_id: str) -> KeyRecord | None:
+        """`get_key`, read again in the key's home region when that is another (where `update_key` writes it)."""
+        record = await self.get_key(key_id)
+        if record is None or not self.leases.remote(record.home_region):
+            return record
+        answer = await call(
+            self._client_for(record.home_region),
+            "get_item",
+            TableName=self.table,
+            Key={"pk": text(f"KEY#{key_id}"), "sk": text("KEY")},
+            ConsistentRead=True,
+        )
+        item = answer.get("Item")
+        return self._live(item) if item else None
+
     async def update_key(self, record: KeyRecord) -> None:
         """Written in the key's home region, like its meter, so two regions never race on the record."""
         item = stamped(self._key_item(record))
@@ -269,6 +302,38 @@ class DynamoDBKeys:
         except ConditionFailed as exc:
             if not already_written(exc.item, item):
                 raise ConflictError(f"key {record.id} changed since it was read") from exc
+
+    async def _home_keys(self) -> int:
+        """Home every key without a home region (made before regions, or by a store that had none) in this store's
+        region; returns how many it homed. Such a key keeps one meter item that every region serving it writes,
+        and replication keeps one region's writes of it (two regions spent 1.83x a budget). A key changed since
+        the scan read it is left to the next run."""
+        if self.region is None:
+            return 0
+        homed = 0
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "begins_with(pk, :key) AND sk = :keysk",
+            "ProjectionExpression": "#data",
+            "ExpressionAttributeNames": {"#data": "data"},
+            "ExpressionAttributeValues": {":key": text("KEY#"), ":keysk": text("KEY")},
+        }
+        while True:
+            answer = await self._call("scan", **request)
+            for item in answer.get("Items", []):
+                record = key_from_json(item["data"]["S"])
+                if record.home_region is not None:
+                    continue
+                record.home_region = self.region
+                record.version += 1
+                try:
+                    await self.update_key(record)
+                except ConflictError:
+                    continue
+                homed += 1
+            if "LastEvaluatedKey" not in answer:
+                return homed
+            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
     async def list_keys(self, parent_id: str | None = None) -> list[KeyRecord]:
         condition = "gsi1pk = :keys"

@@ -26,7 +26,10 @@ take everything at once), then one write crediting R's lease up to the home's cu
 (idempotent: a grant whose credit was lost is credited by the next one), then the admission again. A lease
 no request in R used for `idle_seconds` (`t:P`) is returned by a sweeper task in every process that drew on
 it: the lease gives up its `a:P` (`b:P += a`), then the home's `c:P` drops by what R has returned and the
-home has not yet counted (again cumulative, so a lost second write heals on the next return).
+home has not yet counted (again cumulative, so a lost second write heals on the next return). A return first
+credits the lease up to the home's `g:P#R` (a grant whose every answer was lost landed at home only). A region
+about to refuse a request for want of budget first does the same for every other region's lease idle for
+`idle_seconds` (`reclaim_idle`), through that region's endpoint: on Lambda no sweeper runs between invocations.
 
 A grant and a return each write a token drawn for that one write (`q:`), under a condition it does not hold
 yet: the client sends a call again when its answer does not come, and the write sent again after landing is
@@ -66,6 +69,10 @@ MAX_TRACKED = 10_000
 
 def meter_pk(key_id: str) -> dict[str, str]:
     return text(f"METER#{key_id}")
+
+
+def is_lease(item: Item) -> bool:
+    return str(item.get("sk", {}).get("S", "")).startswith(LEASE_PREFIX)
 
 
 class LeaseShort(Exception):
@@ -199,11 +206,15 @@ class RegionLeases:
         async with lock:
             if self.generation(*key) != seen_generation:
                 return
+            # Watched before the home write: a grant whose answers are all lost (a 503 here) landed or not, and
+            # the sweep settles the home's cumulative grant against the lease's (`_give_back`) either way.
+            self._hold(charge)
             home = charge.home_region or ""
             avail = dec(lease, f"a:{charge.period}")
+            credited = dec(lease, f"g:{charge.period}")
             need = exact(charge.amount_usd) - avail
-            total = await self._take_from_home(charge, home, need, avail)
-            await self._credit(charge, total, dec(lease, f"g:{charge.period}"))
+            total = await self._take_from_home(charge, home, need, avail, credited)
+            await self._credit(charge, total, credited)
             if len(self._generation) > MAX_TRACKED:  # a long-lived process: forget hints of long-gone keys
                 self._generation.clear()
                 self._unleased.clear()
@@ -216,12 +227,15 @@ class RegionLeases:
         share = (unleased * self.fraction).quantize(MICRO, rounding=ROUND_FLOOR)
         return max(need, share) if unleased >= need else need
 
-    async def _take_from_home(self, charge: BudgetCharge, home: str, need: Decimal, avail: Decimal) -> Decimal:
-        """One conditional write on the home meter; returns the cumulative USD granted to this region."""
+    async def _take_from_home(
+        self, charge: BudgetCharge, home: str, need: Decimal, avail: Decimal, credited: Decimal
+    ) -> Decimal:
+        """One conditional write on the home meter; returns the cumulative USD granted to this region (`credited`:
+        the lease's, as read)."""
         key = (charge.key_id, charge.period)
         limit = exact(charge.limit_usd)
         unleased = self._unleased.get(key, limit)
-        client = self.client_for(home)
+        client = self._client(home)
         token_name = f"q:{charge.period}#{self.region}"
         for _ in range(3):
             chunk = self._chunk(unleased, need)
@@ -247,6 +261,9 @@ class RegionLeases:
                     unleased = limit - dec(failed.item, f"c:{charge.period}")
                     self._unleased[key] = unleased
                     if unleased < need:
+                        owed = dec(failed.item, f"g:{charge.period}#{self.region}")
+                        if owed > credited:  # granted before, its answers lost: credit it, then admit again
+                            return owed
                         self.stats.refusals += 1
                         raise BudgetRefused(charge.key_id, float(avail + max(unleased, Decimal(0)))) from None
                     continue
@@ -261,15 +278,26 @@ class RegionLeases:
         """Raise this region's lease to the home's cumulative grant `total`, from `credited` as last seen."""
         key = self.item_key(charge.key_id, charge.home_region)
         mark, counter = f"g:{charge.period}", f"a:{charge.period}"
-        if not await self._raise_mark(self.local, key, mark, counter, total, credited, sign=1):
+        # In use from now: a region about to refuse takes home only leases idle for `idle_seconds` (`reclaim_idle`).
+        used = f"t:{charge.period}"
+        if not await self._raise_mark(self.local, key, mark, counter, total, credited, sign=1, touch=used):
             raise StoreError("could not credit a lease grant; retry")
 
     async def _raise_mark(
-        self, client: Any, key: Item, mark: str, counter: str, total: Decimal, seen: Decimal, sign: int
+        self,
+        client: Any,
+        key: Item,
+        mark: str,
+        counter: str,
+        total: Decimal,
+        seen: Decimal,
+        sign: int,
+        touch: str | None = None,
     ) -> bool:
         """Raise the cumulative watermark `mark` to `total` and move `counter` by the difference (times
         `sign`), once: the write holds only if the mark is still `seen`, and a lost race re-reads it. Being
-        cumulative, a move interrupted by a crash is completed by the next one. False if it kept losing."""
+        cumulative, a move interrupted by a crash is completed by the next one. False if it kept losing.
+        `touch` names an attribute set to now with it (a lease's last use)."""
         for _ in range(5):
             if seen >= total:
                 return True
@@ -277,6 +305,8 @@ class RegionLeases:
             placeholder = e.name(mark)
             e.clauses["SET"].append(f"{placeholder} = {e.value(number(total))}")
             e.clauses["ADD"].append(f"{e.name(counter)} {e.value(number(sign * (total - seen)))}")
+            if touch is not None:
+                e.clauses["SET"].append(f"{e.name(touch)} = {e.value(num(self.clock()))}")
             absent = f"attribute_not_exists({placeholder})"
             e.conditions.append(f"{placeholder} = {e.value(number(seen))}" if seen else absent)
             try:
@@ -321,15 +351,33 @@ class RegionLeases:
                 self._held.pop(key, None)
         return returned
 
-    async def _give_back(self, held: HeldLease, force: bool) -> float:
-        """Give up the lease's available USD, then tell the home meter; -1 if the lease is in use."""
+    async def _give_back(self, held: HeldLease, force: bool, region: str | None = None) -> float:
+        """Give up the lease's available USD, then tell the home meter; -1 if the lease is in use. `region` is
+        the lease's (this region's if None): another region reclaims a lease idle where no process sweeps it
+        (`reclaim_idle`), through that region's endpoint, so the lease is still written only in its region.
+
+        What the home granted the lease and the lease never credited (a grant whose answers were lost: the
+        client had a 503, the home counts it leased) is credited first, so it comes home with the rest."""
+        region = region or self.region or ""
+        client = self._client(region)
         p = held.period
-        lease_key = self.item_key(held.key_id, held.home)
-        answer = await call(self.local, "get_item", TableName=self.table, Key=lease_key, ConsistentRead=True)
-        lease: Item = answer.get("Item", {})
-        if not force and self.clock() - read_num(lease, f"t:{p}") < self.idle_seconds:
+        lease_key = {"pk": meter_pk(held.key_id), "sk": text(f"{LEASE_PREFIX}{region}")}
+
+        async def read() -> Item:
+            answer = await call(client, "get_item", TableName=self.table, Key=lease_key, ConsistentRead=True)
+            found: Item = answer.get("Item", {})
+            return found
+
+        lease = await read()
+        cutoff = self.clock() - self.idle_seconds
+        if not force and read_num(lease, f"t:{p}") > cutoff:
             held.last_used = read_num(lease, f"t:{p}")
             return -1.0
+        granted, counted = await self._home_marks(held, region)
+        if granted > dec(lease, f"g:{p}"):
+            if not await self._raise_mark(client, lease_key, f"g:{p}", f"a:{p}", granted, dec(lease, f"g:{p}"), 1):
+                raise StoreError("could not credit a lease grant; it is retried when next idle")
+            lease = await read()
         avail = dec(lease, f"a:{p}")
         returned_total = dec(lease, f"b:{p}")
         if avail > 0:
@@ -342,9 +390,12 @@ class RegionLeases:
             token_name, token = f"q:{p}", text(uuid.uuid4().hex)
             e.write_once(token_name, token)
             e.conditions.append(f"{available} >= {e.value(number(avail))}")
+            if not force:  # an admission since the read makes it busy again
+                last_use = e.name(f"t:{p}")
+                e.conditions.append(f"attribute_not_exists({last_use}) OR {last_use} <= {e.value(num(cutoff))}")
             try:
                 answer = await call(
-                    self.local,
+                    client,
                     "update_item",
                     **e.update(lease_key, self.table),
                     ReturnValues="ALL_NEW",
@@ -356,38 +407,74 @@ class RegionLeases:
                     raise  # used meanwhile
                 returned = failed.item  # it landed, its answer was lost, and it was sent again: the item after it
             returned_total = dec(returned, f"b:{p}")
-        await self._sync_returned(held, returned_total)
+        await self._sync_returned(held, region, returned_total, counted)
         if avail > 0:
             self.stats.returns += 1
             self.stats.returned_usd += float(avail)
             self._unleased.pop((held.key_id, p), None)
         return float(max(avail, Decimal(0)))
 
-    async def _sync_returned(self, held: HeldLease, total: Decimal) -> None:
-        """Lower the home meter by what this region returned beyond what the home has counted, as the home's
-        own mark says (read, not guessed: a return whose home write failed left the lease at zero, and a guess
-        from the lease would take it as counted and never write it)."""
-        client = self.client_for(held.home)
-        key = {"pk": meter_pk(held.key_id), "sk": text(HOME_SK)}
-        mark, counter = f"b:{held.period}#{self.region}", f"c:{held.period}"
+    async def _home_marks(self, held: HeldLease, region: str) -> tuple[Decimal, Decimal]:
+        """What the home meter has granted `region` and counted back from it, cumulative: read, not guessed (a
+        return whose home write failed left the lease at zero, and a guess from the lease would take it as
+        counted and never write it; a grant whose answer was lost is on the home meter only)."""
         answer = await call(
-            client,
+            self._client(held.home),
             "get_item",
             TableName=self.table,
-            Key=key,
+            Key={"pk": meter_pk(held.key_id), "sk": text(HOME_SK)},
             ConsistentRead=True,
-            ProjectionExpression="#m",
-            ExpressionAttributeNames={"#m": mark},
+            ProjectionExpression="#g, #b",
+            ExpressionAttributeNames={"#g": f"g:{held.period}#{region}", "#b": f"b:{held.period}#{region}"},
         )
-        counted = dec(answer.get("Item", {}), mark)
+        item = answer.get("Item", {})
+        return dec(item, f"g:{held.period}#{region}"), dec(item, f"b:{held.period}#{region}")
+
+    async def _sync_returned(self, held: HeldLease, region: str, total: Decimal, counted: Decimal) -> None:
+        """Lower the home meter by what `region` returned (`total`) beyond what the home has counted (`counted`,
+        its own mark as read; a lost race reads it again)."""
+        client = self._client(held.home)
+        key = {"pk": meter_pk(held.key_id), "sk": text(HOME_SK)}
+        mark, counter = f"b:{held.period}#{region}", f"c:{held.period}"
         if not await self._raise_mark(client, key, mark, counter, total, counted, sign=-1):
             raise StoreError("could not return a lease to its home; it is retried when next idle")
 
-    # --- reads ------------------------------------------------------------------------------------
+    async def reclaim_idle(self, charge: BudgetCharge, items: list[Item]) -> float:
+        """Before refusing `charge` for want of budget: take home every other region's lease of the key that sat
+        idle for `idle_seconds`, and what the home granted a region that never credited it; returns the USD
+        that came home. `items` are the key's meter items as this replica has them (a lease looks idle here no
+        later than it is: the conditional writes in its region decide).
 
-    def unleased_hint(self, key_id: str, period: str) -> float:
-        """What the home meter had unleased when this process last asked (0 if it never did)."""
-        return max(float(self._unleased.get((key_id, period), 0)), 0.0)
+        A lease goes home from its own region's sweeper, a task of a running process: on Lambda it runs only
+        during an invocation, so a lease of a region that gets none stayed out for good (20 s after its last
+        use, $0.25 of $1 still leased and a $0.90 request refused elsewhere). The region about to refuse
+        returns it instead, through the lease region's endpoint, exactly as that region would."""
+        home = charge.home_region or self.region
+        if home is None or self.region is None:
+            return 0.0
+        p = charge.period
+        leases = {item["sk"]["S"].removeprefix(LEASE_PREFIX): item for item in items if is_lease(item)}
+        meter = next((item for item in items if item["sk"]["S"] == HOME_SK), {})
+        regions = {name.rpartition("#")[2] for name in meter if name.startswith(f"g:{p}#")} | set(leases)
+        cutoff = self.clock() - self.idle_seconds
+        returned = 0.0
+        for region in sorted(regions - {self.region}):
+            lease = leases.get(region, {})
+            lost = dec(meter, f"g:{p}#{region}") > dec(lease, f"g:{p}")
+            if read_num(lease, f"t:{p}") > cutoff or not (lost or dec(lease, f"a:{p}") > 0):
+                continue
+            held = HeldLease(charge.key_id, p, home, 0.0)
+            with contextlib.suppress(ConditionFailed, StoreError):  # used meanwhile, or unreachable: refused
+                returned += max(await self._give_back(held, False, region), 0.0)
+        if returned:
+            self._unleased.pop((charge.key_id, p), None)
+        return returned
+
+    def _client(self, region: str) -> Any:
+        """This region's client for its own replica, else `client_for`'s for another region's."""
+        return self.local if region == self.region else self.client_for(region)
+
+    # --- reads ------------------------------------------------------------------------------------
 
     @staticmethod
     def totals(items: Iterable[Item], period: str) -> tuple[float, float]:

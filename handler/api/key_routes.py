@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
 from handler.dashboard.reports import aggregate, columns, parse_report, report_json, to_csv
-from handler.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from handler.errors import InvalidRequestError, KeyChangedError, NotFoundError, PermissionDeniedError
 from handler.pipeline.attribution import line_tags, validate_tags
 from handler.pipeline.budgets import period_of
 from handler.pipeline.keys import glob_within, key_names, models_within, network, validate_networks, with_descendants
@@ -21,7 +22,9 @@ from handler.ports import ConflictError, KeyRecord, RateCharge, UsageQuery
 if TYPE_CHECKING:
     from handler.api.app import Api
 
+T = TypeVar("T")
 MAX_GRACE_SECONDS = 7 * 86400
+CHANGE_TRIES = 3  # an admin write to a key another write changed meanwhile is read again and made again
 MAX_PATTERN_CHARS = 200  # a model name pattern of a key's `models`
 # A key's IP ranges, as its `models` and `model_limits` are bounded: every request of the key (and of its children)
 # is matched against them, and the record must fit a DynamoDB item (400 KB). 20,001 ranges were minted by a plain
@@ -99,6 +102,8 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
         "revoked_by": record.revoked_by,
         "rotation_grace_until": record.prev_valid_until,
         "tags": record.tags,
+        # The region whose store holds the key's record and budget of record (None: one shared meter item).
+        "home_region": record.home_region,
     }
 
 
@@ -318,11 +323,13 @@ class KeyRoutes:
         await self._admin(request)
         return self.api.lineage(request)[-1]
 
-    async def _held_target(self, request: Request, authority: KeyRecord, action: str) -> KeyRecord:
+    async def _held_target(
+        self, request: Request, authority: KeyRecord, action: str, latest: bool = False
+    ) -> KeyRecord:
         """The key of the path, if `authority` may `action` it (`beyond_authority`), else a 403 `admin_only`: a
         temporary, narrow admin key rotated the operator's own first admin key with no grace, locking the operator
         out, and a rotation hands out the key's new secret."""
-        record = await self._target(request)
+        record = await self._target(request, latest)
         why = beyond_authority(await self.gateway.keys.lineage(record), authority)
         if why is not None:
             raise PermissionDeniedError(
@@ -332,11 +339,36 @@ class KeyRoutes:
             )
         return record
 
-    async def _target(self, request: Request) -> KeyRecord:
-        record: KeyRecord | None = await self.gateway.store.get_key(request.path_params["key_id"])
+    async def _target(self, request: Request, latest: bool = False) -> KeyRecord:
+        """The key the path names; `latest`: as its home region has it (`Store.get_key_latest`), for a write."""
+        store = self.gateway.store
+        key_id = request.path_params["key_id"]
+        record: KeyRecord | None = await (store.get_key_latest if latest else store.get_key)(key_id)
         if record is None:
-            raise NotFoundError(f"no key with id '{request.path_params['key_id']}'", code="not_found")
+            raise NotFoundError(f"no key with id '{key_id}'", code="not_found")
         return record
+
+    async def _change(
+        self,
+        request: Request,
+        change: Callable[[KeyRecord], Awaitable[T]],
+        doing: str,
+        held: tuple[KeyRecord, str] | None = None,
+    ) -> T:
+        """`change` applied to the key the path names, as its home region has it (a write made here a moment ago
+        to a key homed elsewhere is there, not yet here: a second admin write in a row was a 400 "the key
+        changed"); one another write changed meanwhile is read again and changed again, then a 409. `held`: the
+        admin key whose bounds the key must be within, and the action (`_held_target`), checked on each read."""
+        for _ in range(CHANGE_TRIES):
+            if held is None:
+                record = await self._target(request, latest=True)
+            else:
+                record = await self._held_target(request, held[0], held[1], latest=True)
+            try:
+                return await change(record)
+            except ConflictError:
+                continue
+        raise KeyChangedError(f"the key kept changing while {doing}; retry")
 
     async def admin_list(self, request: Request) -> Response:
         await self._admin(request)
@@ -370,12 +402,11 @@ class KeyRoutes:
 
     async def admin_rotate(self, request: Request) -> Response:
         caller = await self._admin(request, hands_out_a_secret=True)
-        record = await self._held_target(request, caller, "rotate")
         spec = await self.api.parse(request, RotateSpec, empty_ok=True)
-        try:
-            minted = await self.gateway.keys.rotate(record, spec.grace_seconds)
-        except ConflictError:
-            raise InvalidRequestError("the key changed while rotating; retry") from None
+        grace = spec.grace_seconds
+        minted = await self._change(
+            request, lambda record: self.gateway.keys.rotate(record, grace), "rotating", (caller, "rotate")
+        )
         return self.api.json({**key_view(minted.record), "key": minted.key}, headers=SECRET_HEADERS)
 
     async def usage(self, request: Request) -> Response:
@@ -411,18 +442,12 @@ class KeyRoutes:
 
     async def admin_update(self, request: Request) -> Response:
         await self._admin(request)
-        record = await self._target(request)
         spec = await self.api.parse(request, KeyUpdateSpec)
-        try:
-            updated = await self.gateway.keys.retag(record, validate_tags(spec.tags, "tags"))
-        except ConflictError:
-            raise InvalidRequestError("the key changed while updating; retry") from None
+        tags = validate_tags(spec.tags, "tags")
+        updated = await self._change(request, lambda record: self.gateway.keys.retag(record, tags), "updating")
         return self.api.json(key_view(updated))
 
     async def admin_revoke(self, request: Request) -> Response:
-        record = await self._held_target(request, await self._authority(request), "revoke")
-        try:
-            revoked = await self.gateway.keys.revoke(record)
-        except ConflictError:
-            raise InvalidRequestError("the key changed while revoking; retry") from None
+        authority = await self._authority(request)
+        revoked = await self._change(request, self.gateway.keys.revoke, "revoking", (authority, "revoke"))
         return self.api.json(key_view(revoked))

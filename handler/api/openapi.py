@@ -115,6 +115,10 @@ ERROR_SCHEMAS: dict[str, Any] = {
             "admin": {"type": "boolean"},
             "created_at": {"type": "number"},
             "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+            "home_region": {
+                "type": ["string", "null"],
+                "description": "the region holding the key's record and budget (null: one shared meter)",
+            },
             "key": {"type": "string", "description": "the secret, shown once, on creation and rotation only"},
         },
     },

@@ -407,7 +407,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda o: o.operation(
             o.json_answer(o.KEY_VIEW, "the key"),
             body=o.ref("KeyUpdateSpec"),
-            errors={"404": "not_found"},
+            errors={"404": "not_found", "409": "key_changed"},
             parameters=[o.path_parameter("key_id")],
         ),
     ),
@@ -421,7 +421,7 @@ ROUTES: tuple[RouteSpec, ...] = (
             o.json_answer(o.KEY_VIEW, "the key, with its new secret (shown once)"),
             body=o.ref("RotateSpec"),
             body_required=False,
-            errors={"404": "not_found"},
+            errors={"404": "not_found", "409": "key_changed"},
             parameters=[o.path_parameter("key_id")],
         ),
     ),
@@ -433,7 +433,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         "Revoke a key and, through it, its children (admin key only)",
         lambda o: o.operation(
             o.json_answer(o.KEY_VIEW, "the revoked key"),
-            errors={"404": "not_found"},
+            errors={"404": "not_found", "409": "key_changed"},
             parameters=[o.path_parameter("key_id")],
         ),
     ),

@@ -500,7 +500,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_store_migrate(args: argparse.Namespace) -> int:
     """Bring what the store holds to this version's layout (SQLite files migrate when opened; DynamoDB moves
-    line items written before reports read index shards, and links children minted before family links)."""
+    line items written before reports read index shards, links children minted before family links, and homes keys
+    without a home region in the store's region)."""
 
     async def run() -> int:
         store = _store(args.store)

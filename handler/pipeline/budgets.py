@@ -235,8 +235,12 @@ class Meter:
                 async with span("store.admit"):
                     return await self.store.admit(admission)
             except BudgetRefused as refused:
-                # Reservations of requests that died hold budget until they expire; free them and retry once.
-                if await self.store.release_expired(refused.key_id, self.clock()) <= 0:
+                # Reservations of requests that died hold budget until they expire, leases idle in other regions
+                # until their region returns them; free them and retry once.
+                charge = next((b for b in admission.budgets if b.key_id == refused.key_id), None)
+                if charge is None:
+                    raise
+                if await self.store.release_held(charge, self.clock()) <= 0:
                     raise
                 return await self.store.admit(admission)
         except BudgetRefused as refused:

@@ -350,7 +350,7 @@ class KeyService:
             version=record.version + 1,
         )
         await self.store.update_key(rotated)
-        self._cache.pop(record.id, None)
+        self._wrote(rotated)
         return MintedKey(rotated, format_key(record.id, secret))
 
     async def _chain(self, record: KeyRecord) -> list[tuple[str, KeyRecord | None]]:
@@ -383,7 +383,7 @@ class KeyService:
         """Replace the key's default attribution tags (its lines from now on carry them)."""
         retagged = replace(record, tags=tags, version=record.version + 1)
         await self.store.update_key(retagged)
-        self._cache.pop(record.id, None)
+        self._wrote(retagged)
         return retagged
 
     async def revoke(self, record: KeyRecord) -> KeyRecord:
@@ -394,7 +394,7 @@ class KeyService:
         if record.revoked_at is None:
             revoked = replace(record, revoked_at=self.clock(), version=record.version + 1)
             await self.store.update_key(revoked)
-            self._cache.pop(record.id, None)
+            self._wrote(revoked)
         await self._revoke_descendants(revoked)
         return revoked
 
@@ -409,7 +409,7 @@ class KeyService:
         async def end(key_id: str) -> None:
             async with gate:
                 for attempt in (1, 2):  # (once more after a concurrent write: a retag, a rotation)
-                    held = await self.store.get_key(key_id)
+                    held = await self.store.get_key_latest(key_id)  # (a write goes to its home region)
                     if held is None or held.revoked_at is not None:
                         return  # purged, or revoked already (its own revocation stands)
                     if held.expires_at is not None and held.expires_at <= now:
@@ -428,6 +428,14 @@ class KeyService:
         family = await with_descendants(self.store, revoked.id)
         await asyncio.gather(*(end(key_id) for key_id in family if key_id != revoked.id))
 
+    def _wrote(self, record: KeyRecord) -> None:
+        """Cache the record this process just wrote: a key homed in another region is written there, and this
+        region's replica has the write only with replication (a rotated secret was 401 here for 1.09 s)."""
+        if self.cache_seconds > 0:
+            self._cache[record.id] = CachedKey(self.clock(), record)
+        else:
+            self._cache.pop(record.id, None)
+
     def forget(self) -> None:
         """Drop every cached record (after a SnapStart restore the cache may be arbitrarily old)."""
         self._cache.clear()
@@ -443,9 +451,9 @@ class KeyService:
             return cached
         return await self._read(key_id, now)
 
-    async def _read(self, key_id: str, now: float) -> CachedKey:
-        """The key read from the store, and cached."""
-        cached = CachedKey(now, await self.store.get_key(key_id))
+    async def _read(self, key_id: str, now: float, latest: bool = False) -> CachedKey:
+        """The key read from the store (`latest`: as its home region has it, `Store.get_key_latest`), and cached."""
+        cached = CachedKey(now, await (self.store.get_key_latest if latest else self.store.get_key)(key_id))
         if self.cache_seconds > 0:
             if len(self._cache) > 10_000:
                 self._cache.clear()
@@ -463,7 +471,7 @@ class KeyService:
             cached.rechecked_at = now
 
             async def reread() -> CachedKey:
-                found = await self._read(key_id, now)
+                found = await self._read(key_id, now, latest=True)
                 found.rechecked_at = now
                 return found
 
@@ -492,7 +500,9 @@ class KeyService:
         digest = hash_secret(secret)
         record = cached.record
         if not secret_matches(record, digest, now):
-            if not fresh:  # (a cached copy: the key may have been rotated by another process since)
+            # A cached copy may predate a rotation by another process; a copy just read, one written in the key's
+            # home region and not yet replicated here (`Store.get_key_latest`).
+            if not fresh or record is not None:
                 cached = await self._reread(key_id, cached, now)
                 record = cached.record
             if not secret_matches(record, digest, now):

@@ -10,15 +10,21 @@ without a home region, as every key was before) overspends: the demonstration of
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
 import httpx
 import pytest
+import yaml
 from botocore.config import Config as BotoConfig
 
 from adapters.providers.registry import REGISTRY
@@ -33,6 +39,7 @@ from handler.ports import KeyRecord
 from handler.schemas import ChatRequest
 from tests.functional.conftest import FAKE_KEYS
 from tests.support.dynamo import DynamoServer, table_spec, ttl_attribute
+from tests.support.events import event
 from tests.support.replicator import Replica, Replicator
 from tests.support.servers import ServerThread
 
@@ -55,21 +62,22 @@ def region_client(server: DynamoServer, region: str) -> Any:
 
 
 def config(upstream_url: str) -> Config:
-    return parse_config(
-        {
-            "gateway": {"key_minting": {"max_children": MAX_CHILDREN, "per_minute": 100}},
-            "providers": {
-                "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"}
-            },
-            "models": {
-                "metered": {
-                    "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
-                    "price": {"input": 100, "output": 200},
-                }
-            },
+    return parse_config(config_document(upstream_url), set(REGISTRY))
+
+
+def config_document(upstream_url: str) -> dict[str, Any]:
+    return {
+        "gateway": {"key_minting": {"max_children": MAX_CHILDREN, "per_minute": 100}},
+        "providers": {
+            "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"}
         },
-        set(REGISTRY),
-    )
+        "models": {
+            "metered": {
+                "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
+                "price": {"input": 100, "output": 200},
+            }
+        },
+    }
 
 
 @dataclass
@@ -96,6 +104,7 @@ class World:
     regions: dict[str, Region]
     replicator: Replicator
     worst: float
+    upstream_url: str
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +137,7 @@ def world(upstream: tuple[ServerThread, dict[str, Any]]) -> Iterator[World]:
         gateway_config.gateway.fee,
     )
     assert worst is not None
-    yield World(regions, replicator, worst)
+    yield World(regions, replicator, worst, upstream[0].url)
     for region in regions.values():
         region.http.stop()
     replicator.stop()
@@ -136,13 +145,14 @@ def world(upstream: tuple[ServerThread, dict[str, Any]]) -> Iterator[World]:
         server.stop()
 
 
-def mint(region: Region, budget: float, homed: bool = True) -> str:
-    """A key created in `region`; `homed=False` makes a key as before home regions (one shared meter)."""
+def mint(region: Region, budget: float | None, homed: bool = True, url: str | None = None, admin: bool = False) -> str:
+    """A key created in `region` (through the store `url`, if given); `homed=False` makes a key as before home
+    regions (one shared meter)."""
 
     async def go() -> str:
-        store = open_store(region.store_url) if homed else DynamoDBStore(region.client, TABLE)
+        store = open_store(url or region.store_url) if homed else DynamoDBStore(region.client, TABLE)
         try:
-            record = KeyRecord(id="", name="multi", secret_hash="", created_at=0, budget_usd=budget)
+            record = KeyRecord(id="", name="multi", secret_hash="", created_at=0, budget_usd=budget, admin=admin)
             return (await KeyService(store, 0).mint(record)).key
         finally:
             await store.close()
@@ -251,6 +261,29 @@ def test_leased_budget_holds_across_two_regions(world: World) -> None:
     print("multi-region leases:", report)
 
 
+def test_a_key_made_through_a_store_url_without_a_region_is_homed_and_holds_its_budget(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dynamodb://TABLE` with `AWS_REGION` set (as an operator's `gateway keys create` runs): the store had no
+    region and homed the key nowhere, both regions wrote its one meter item, and a burst spent 1.83x its budget
+    ($0.176 of $0.096) while the meter recorded half of it. The key is homed in the client's region, and says so."""
+    monkeypatch.setenv("AWS_REGION", HOME)
+    home = world.regions[HOME]
+    budget = FITS * world.worst
+    key = mint(home, budget, url=f"dynamodb://{TABLE}?endpoint_url={home.server.url}")
+    wait_for_key_everywhere(world, key)
+    assert {name: whoami(region, key)["home_region"] for name, region in world.regions.items()} == {
+        HOME: HOME,
+        OTHER: HOME,
+    }
+    answers = burst(world, key)
+    spent = sum(charged(a) for a in answers.values())
+    assert spent <= budget + 1e-12, (spent, budget)
+    time.sleep(LEASE_IDLE_SECONDS * 2)
+    world.replicator.wait_until_settled()
+    assert whoami(home, key)["spent_usd"] == pytest.approx(spent, abs=1e-9)
+
+
 def test_one_shared_meter_item_overspends_under_last_writer_wins(world: World) -> None:
     """The naive design: both regions admit against one replicated meter item. Each region's conditions
     see only its own writes (and replication overwrites the other's), so together they overspend."""
@@ -313,3 +346,108 @@ def test_a_parents_child_limit_holds_when_two_regions_mint_at_once(world: World)
 
     for region in world.regions.values():  # (each replica holds the same three, and no other)
         assert asyncio.run(children(region)) == sorted(minted), region.name
+
+
+def test_a_lease_left_on_lambda_comes_home_when_another_region_needs_it(world: World, tmp_path: Path) -> None:
+    """On Lambda the event loop runs only during an invocation, so the sweeper that returns an idle lease never
+    ran in a region that got no further request: 20 s after its last use eu still held $0.25 of $1, and us
+    refused a $0.90 worst case ("$0.75 left") with $0.0022 spent. A region about to refuse takes home the leases
+    idle for `lease_idle_seconds` first. eu's one invocation runs through the Lambda handler in an environment
+    that is never invoked again (its process ends)."""
+    home, other = world.regions[HOME], world.regions[OTHER]
+    key = mint(home, 1.0)
+    wait_for_key_everywhere(world, key)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config_document(world.upstream_url)))
+    event_path = tmp_path / "chat.json"
+    event_path.write_text(json.dumps(event("POST", "/v1/chat/completions", BODY, key=key)))
+    env = {
+        **os.environ,
+        **FAKE_KEYS,
+        "GATEWAY_CONFIG": str(config_path),
+        "GATEWAY_STORE": other.store_url,
+        "GATEWAY_SETTLEMENT_SPOOL": str(tmp_path / "spool.jsonl"),
+        "AWS_REGION": OTHER,
+    }
+    replay = subprocess.run(
+        [sys.executable, "-m", "tests.support.lambda_replay", str(event_path)],
+        cwd=Path(__file__).parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    assert json.loads(replay.stdout)["status"] == 200
+    lease_key = {"pk": {"S": f"METER#{key.split('_')[1]}"}, "sk": {"S": f"LEASE#{OTHER}"}}
+    lease = other.client.get_item(TableName=TABLE, Key=lease_key, ConsistentRead=True)["Item"]
+    assert float(lease["a:total"]["N"]) > 0.2  # what eu was granted and did not spend, left in its lease
+    time.sleep(LEASE_IDLE_SECONDS * 1.5)
+    world.replicator.wait_until_settled()
+    big = {**BODY, "max_tokens": 4500}  # a worst case of about $0.90: more than the home has unleased
+    answer = httpx.post(
+        f"{home.url}/v1/chat/completions", json=big, headers={"authorization": f"Bearer {key}"}, timeout=60
+    )
+    assert answer.status_code == 200, answer.text
+    lease = other.client.get_item(TableName=TABLE, Key=lease_key, ConsistentRead=True)["Item"]
+    assert float(lease["a:total"]["N"]) == 0
+    world.replicator.wait_until_settled()
+    costs = [
+        float(json.loads(replay.stdout)["headers"]["x-gateway-cost-usd"]),
+        float(answer.headers["x-gateway-cost-usd"]),
+    ]
+    view = whoami(home, key)
+    assert (view["spent_usd"], view["reserved_usd"]) == (
+        pytest.approx(sum(costs), abs=1e-9),
+        pytest.approx(0, abs=1e-9),
+    )
+
+
+def test_key_writes_made_in_a_region_are_read_there_at_once(world: World) -> None:
+    """A key's writes go to the key's home region (a child's count and record to its parent's), and this region's
+    replica has them only with replication: a child minted in eu under a parent homed in us was 401 in eu for
+    1.34 s, a secret rotated in eu for 1.09 s, and a second admin write in a row in eu a 400 "the key changed
+    while updating; retry" (which the SDKs do not retry). Each is checked in the process that wrote and in
+    another eu process (its own cache, as another worker or Lambda environment)."""
+    home, other = world.regions[HOME], world.regions[OTHER]
+    admin, parent = mint(home, None, admin=True), mint(home, 1.0)
+    for key in (admin, parent):
+        wait_for_key_everywhere(world, key)
+    gateway = build_gateway(
+        config=config(world.upstream_url), store_url=other.store_url, environ={**FAKE_KEYS, "GATEWAY_REGION": OTHER}
+    )
+    second = ServerThread(create_app(gateway), cleanup=gateway.aclose).start()
+    as_admin = {"authorization": f"Bearer {admin}"}
+    try:
+        minted = httpx.post(f"{other.url}/v1/keys", json={"name": "run"}, headers={"authorization": f"Bearer {parent}"})
+        assert minted.status_code == 201, minted.text
+        child = minted.json()["key"]
+        assert [chat_status(url, child) for url in (other.url, second.url)] == [200, 200]
+
+        key = mint(home, 1.0)
+        wait_for_key_everywhere(world, key)
+        assert chat_status(second.url, key) == 200  # cached there before the rotation
+        rotated = httpx.post(
+            f"{other.url}/admin/keys/{key.split('_')[1]}/rotate", json={"grace_seconds": 0}, headers=as_admin
+        )
+        assert rotated.status_code == 200, rotated.text
+        new = rotated.json()["key"]
+        assert [chat_status(url, new) for url in (other.url, second.url)] == [200, 200]
+        assert chat_status(other.url, key) == 401
+
+        path = f"/admin/keys/{key.split('_')[1]}"
+        writes = [
+            httpx.patch(f"{other.url}{path}", json={"tags": {"team": "a"}}, headers=as_admin),
+            httpx.patch(f"{second.url}{path}", json={"tags": {"team": "b"}}, headers=as_admin),
+            httpx.post(f"{other.url}{path}/revoke", headers=as_admin),
+        ]
+        assert [w.status_code for w in writes] == [200, 200, 200], [w.text for w in writes]
+        assert writes[2].json()["tags"] == {"team": "b"}
+        assert chat_status(other.url, new) == 401
+    finally:
+        second.stop()
+
+
+def chat_status(url: str, key: str) -> int:
+    answer = httpx.post(f"{url}/v1/chat/completions", json=BODY, headers={"authorization": f"Bearer {key}"})
+    return answer.status_code

@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from adapters.sigv4 import Credentials
+from adapters.store import open_store
 from adapters.store.dynamo_client import DynamoDBClient
 from adapters.store.dynamodb import LEDGER_SHARDS, SWEEP_SECONDS, DynamoDBStore
 from adapters.store.expressions import Expression, num, text
@@ -83,6 +84,7 @@ class AnswerLost(httpx.AsyncBaseTransport):
     def __init__(self) -> None:
         self.inner = httpx.AsyncHTTPTransport()
         self.lose: str | None = None
+        self.times = 1  # how many answers of `lose` in a row are lost
 
     def losing(self, request: httpx.Request) -> bool:
         return self.lose is not None and self.lose in (ANY_CALL, request.headers["x-amz-target"].rpartition(".")[2])
@@ -91,7 +93,9 @@ class AnswerLost(httpx.AsyncBaseTransport):
         response = await self.inner.handle_async_request(request)
         await response.aread()
         if self.losing(request):
-            self.lose = None
+            self.times -= 1
+            if self.times <= 0:
+                self.lose, self.times = None, 1
             raise httpx.ReadTimeout("applied, answer lost", request=request)
         return response
 
@@ -908,3 +912,109 @@ async def test_migrate_links_children_from_before_links(flaky: tuple[FlakyClient
     assert await store.migrate() == 2
     assert await store.child_ids(parent.id) == sorted([live.id, "purgedchild1"])
     assert await store.migrate() == 0
+
+
+async def test_a_store_url_without_a_region_homes_its_keys_in_the_clients_region(
+    dynamo: DynamoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dynamodb://TABLE` with `AWS_REGION` set, as the DynamoDB client accepts it: the store had no region, its
+    keys no home, and every region wrote their one meter item (two regions spent 1.83x a budget). The store takes
+    the region the client signs for; a URL whose region cannot be known is refused."""
+    table = dynamo.create_table()  # (moto keeps tables per region: this one is us-east-1's)
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    store = open_store(f"dynamodb://{table}?endpoint_url={dynamo.url}")
+    assert isinstance(store, DynamoDBStore) and store.region == "us-east-1"
+    minted = await KeyService(store, 0).mint(record(budget_usd=1.0))
+    found = await store.get_key(minted.record.id)
+    assert found is not None and found.home_region == "us-east-1"
+    assert store.spool_path is not None and store.spool_path.endswith(f"settlements-{table}.jsonl")  # as before
+    await store.close()
+    monkeypatch.delenv("AWS_REGION")
+    with pytest.raises(StoreError, match=r"no AWS region for DynamoDB: set AWS_REGION or add \?region=R"):
+        open_store(f"dynamodb://{table}?endpoint_url={dynamo.url}")
+
+
+async def test_migrate_homes_keys_made_without_a_home_region(dynamo: DynamoServer) -> None:
+    """A key made before home regions (or by a store without a region) is homed in the region `gateway store
+    migrate` runs in, so that it stops sharing one meter item across regions; a second run homes nothing."""
+    table = dynamo.create_table()
+    legacy = DynamoDBStore(DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url), table)
+    old = record(budget_usd=1.0)
+    await legacy.create_key(old)
+    assert (await legacy.get_key(old.id)).home_region is None  # type: ignore[union-attr]
+    store = open_store(dynamo.store_url(table, "us-east-1"))
+    assert isinstance(store, DynamoDBStore)
+    assert await store.migrate() == 1
+    homed = await store.get_key(old.id)
+    assert homed is not None and homed.home_region == "us-east-1" and homed.version == old.version + 1
+    assert await store.migrate() == 0
+    await store.close()
+    await legacy.close()
+
+
+async def lost_grant(dynamo: DynamoServer) -> tuple[DynamoDBStore, DynamoDBStore, str]:
+    """`two_regions_losing`, with a grant to the lease region that landed at home and whose every answer was lost
+    (the request had a 503): the home counts $0.25 leased out, the lease holds nothing."""
+    _, remote, here, home = two_regions_losing(dynamo)
+    key = uuid.uuid4().hex[:12]
+    remote.lose, remote.times = "UpdateItem", 10
+    with pytest.raises(StoreError):
+        await here.admit(homed(key, 0.1))
+    remote.lose = None
+    meter = (await home._meter_items(key))[0]
+    assert (meter["c:" + PERIOD]["N"], meter["g:" + PERIOD + "#eu-west-1"]["N"]) == ("0.250000", "0.250000")
+    return here, home, key
+
+
+def homed(key: str, amount: float) -> Admission:
+    """An admission of `amount` on a $1 budget of `key`, homed in us-east-1."""
+    charge = BudgetCharge(key, PERIOD, 1.0, amount, "us-east-1")
+    return Admission(uuid.uuid4().hex, key, [charge], [], time.time() + 60, "us-east-1")
+
+
+async def test_a_grant_whose_answers_were_all_lost_comes_home_with_the_idle_lease(dynamo: DynamoServer) -> None:
+    """A grant landed at home, its answers lost on every try: the request had a 503, the home counted the chunk
+    leased and the lease never had it, and its return gave back only what the lease held. A quarter of the budget
+    stayed locked until the region's next grant (for a key that never came back there, for the period), while
+    `GET /v1/key` said all of it remained. The lease is watched from the grant on, and its return credits what
+    the home granted and it never had, then gives it back."""
+    here, home, key = await lost_grant(dynamo)
+    assert await here.return_idle_leases(force=True) == pytest.approx(0.25)
+    assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.0)
+    await home.admit(homed(key, 1.0))  # the whole budget is the home's again
+    await here.close()
+    await home.close()
+
+
+async def test_a_region_about_to_refuse_takes_home_the_leases_idle_elsewhere(dynamo: DynamoServer) -> None:
+    """No process in the lease region returns its lease (on Lambda nothing runs between invocations; here the
+    grant's answers were lost too): the home, about to refuse a request for want of budget, takes home every
+    lease idle for `lease_idle_seconds`, through the lease region's endpoint, and admits it."""
+    here, home, key = await lost_grant(dynamo)
+    home.leases.client_for = lambda region: here.client  # the lease region's endpoint, as the home reaches it
+    big = homed(key, 0.9)
+    with pytest.raises(BudgetRefused):
+        await home.admit(big)
+    charge = big.budgets[0]
+    assert await home.release_held(charge, time.time()) == pytest.approx(0.25)
+    await home.admit(big)
+    assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.9)
+    await here.close()
+    await home.close()
+
+
+async def test_what_a_lease_region_reports_left_is_no_more_than_it_would_admit(dynamo: DynamoServer) -> None:
+    """An admission's counters give the budget's remaining header. In a lease region they added to the lease what
+    the home had unleased when this process last asked, which other regions spend meanwhile and no process
+    refreshes: the header said $0.0456 left where $0.0104 was (4.4x). They give what the lease holds."""
+    here, home = two_regions(dynamo)
+    key = uuid.uuid4().hex[:12]
+    await here.admit(homed(key, 0.1))  # a grant of $0.25, $0.10 of it reserved
+    await home.admit(homed(key, 0.75))  # the home spends what it had unleased
+    snapshot = await here.admit(homed(key, 0.05))  # from the lease: $0.10 left in it, none at home
+    assert 1.0 - snapshot.committed_usd[PERIOD] == pytest.approx(0.10)
+    with pytest.raises(BudgetRefused):
+        await here.admit(homed(key, 0.11))
+    await here.close()
+    await home.close()
