@@ -187,19 +187,86 @@ class DynamoDBKeys:
     async def _recount(self, root_id: str, max_children: int, client: Any) -> bool:
         """After a refused count: whether fewer than `max_children` keys of the root's family are live; if so,
         the count set to them (unless it changed since it was read). See `create_child`."""
+        live, _ = await self._count_family(root_id, client, max_children)
+        return live < max_children
+
+    async def _count_family(self, root_id: str, client: Any, limit: int | None = None) -> tuple[int, bool]:
+        """How many keys of the root's family are live, and whether its count was set to that: not where `limit`
+        of them are live, where it holds that number already, or where it changed since it was read (a mint
+        meanwhile: one the count read here missed is never forgotten)."""
         count_key = self._family_key(root_id, COUNT_SK)
         answer = await call(client, "get_item", TableName=self.table, Key=count_key, ConsistentRead=True)
         seen = answer.get("Item", {}).get(FAMILY_COUNT)
-        live = await self._live_family(root_id, client)
-        if len(live) >= max_children:
-            return False
+        live = len(await self._live_family(root_id, client))
+        if (limit is not None and live >= limit) or (seen is not None and int(seen["N"]) == live):
+            return live, False
         e = Expression()
         count = e.name(FAMILY_COUNT)
-        e.clauses["SET"].append(f"{count} = {e.value(num(len(live)))}")
+        e.clauses["SET"].append(f"{count} = {e.value(num(live))}")
         e.conditions.append(f"attribute_not_exists({count})" if seen is None else f"{count} = {e.value(seen)}")
-        with contextlib.suppress(ConditionFailed):  # moved meanwhile: the retry meets the count as it is now
+        try:
             await call(client, "update_item", **e.update(count_key, self.table))
-        return True
+        except ConditionFailed:
+            return live, False  # moved meanwhile: a retry meets the count as it is now
+        return live, True
+
+    async def _link_families(self) -> int:
+        """Bring families minted before family counts to them (`migrate`); returns how many items it wrote. An
+        older gateway counted each parent's children (`n` on the parent's partition) and linked a key to its
+        parent only: the keys below a root's children had no `DESC#` link, its recount (`_live_family`) did not
+        find them, and a root with 1 child and 2 grandchildren under a limit of 3 minted a fourth key and more.
+        Each such key is linked on its root's partition, and each root's count is set to its live family (as a
+        recount sets it, conditional on the value read, so a mint meanwhile is never forgotten). Both are
+        written in the root's home region, where `create_child` counts. A second run writes nothing."""
+        records = await self._scan_keys()
+        homes = {record.id: record.home_region for record in records}
+        written = 0
+        roots: set[str] = set()
+        for record in records:
+            root_id = family_root(record)
+            if root_id is None:
+                continue
+            roots.add(root_id)
+            if root_id == record.parent_id:
+                continue  # (a root's children are its `CHILD#` links already)
+            link: Item = {**self._family_key(root_id, f"{DESCENDANT_PREFIX}{record.id}"), "child": text(record.id)}
+            purge = key_purge_after(record)
+            if purge is not None:
+                link["purge"] = num(purge)
+                link["ttl"] = num(int(purge))
+            try:
+                await call(
+                    self._client_for(homes.get(root_id)),
+                    "put_item",
+                    TableName=self.table,
+                    Item=link,
+                    ConditionExpression="attribute_not_exists(pk)",
+                )
+            except ConditionFailed:
+                continue  # linked when minted, or by another run
+            written += 1
+        for root_id in sorted(roots & homes.keys()):  # (a purged root's family mints no more)
+            _, counted = await self._count_family(root_id, self._client_for(homes.get(root_id)))
+            written += counted
+        return written
+
+    async def _scan_keys(self) -> list[KeyRecord]:
+        """Every key record the table holds that is not yet purged (one paginated, consistent scan)."""
+        found: list[KeyRecord] = []
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "begins_with(pk, :key) AND sk = :keysk",
+            "ProjectionExpression": "#data, #ttl",
+            "ExpressionAttributeNames": {"#data": "data", "#ttl": "ttl"},
+            "ExpressionAttributeValues": {":key": text("KEY#"), ":keysk": text("KEY")},
+            "ConsistentRead": True,
+        }
+        while True:
+            answer = await self._call("scan", **request)
+            found += [record for item in answer.get("Items", []) if (record := self._live(item)) is not None]
+            if "LastEvaluatedKey" not in answer:
+                return found
+            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
     async def _links(self, parent_id: str, client: Any | None = None) -> list[Item]:
         return await self._query(

@@ -627,9 +627,11 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
         Line items written before reports read index shards (`gsi1pk = LEDGER#<day>`) move onto their shard,
         so all-keys reports find them (`_move_lines`); children minted before family links existed are linked
         to their parents, so their parents' reports keep their lines after their records go (`_link_children`).
-        Keys created before home regions existed are homed in this store's region (`_home_keys`). Each is one
-        paginated scan of the table."""
-        return await self._move_lines() + await self._link_children() + await self._home_keys()
+        Keys created before home regions existed are homed in this store's region (`_home_keys`). Keys minted
+        before family counts, below a root's children, are linked on their root's partition and each root's count
+        set to its live family (`_link_families`). Each is one paginated scan of the table."""
+        moved = await self._move_lines() + await self._link_children() + await self._home_keys()
+        return moved + await self._link_families()
 
     async def _link_children(self) -> int:
         """Write the missing child links: from every key record with a parent, and from every line item whose

@@ -500,19 +500,23 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_store_migrate(args: argparse.Namespace) -> int:
     """Bring what the store holds to this version's layout (SQLite files migrate when opened; DynamoDB moves
-    line items written before reports read index shards, links children minted before family links, and homes keys
-    without a home region in the store's region)."""
+    line items written before reports read index shards, links children minted before family links and keys below
+    a root's children to their root, sets each root's family count, and homes keys without a home region in the
+    store's region), and, on every store, revoke the live keys under a key an older gateway revoked alone
+    (`KeyService.finish_revocations`). Safe beside serving gateways; a second run changes nothing."""
 
-    async def run() -> int:
+    async def run() -> tuple[int, int]:
         store = _store(args.store)
         try:
+            revoked = await KeyService(store, 0).finish_revocations()
             migrate = getattr(store, "migrate", None)
             moved: int = await migrate() if migrate is not None else 0
-            return moved
+            return moved, revoked
         finally:
             await store.close()
 
-    sys.stdout.write(f"ok: {asyncio.run(run())} items moved\n")
+    moved, revoked = asyncio.run(run())
+    sys.stdout.write(f"ok: {moved} items moved, {revoked} keys revoked with a revoked or purged ancestor\n")
     return 0
 
 

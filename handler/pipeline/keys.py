@@ -428,6 +428,60 @@ class KeyService:
         family = await with_descendants(self.store, revoked.id)
         await asyncio.gather(*(end(key_id) for key_id in family if key_id != revoked.id))
 
+    async def finish_revocations(self) -> int:
+        """Revoke every live key with an ancestor revoked or gone (its record purged), as `revoke` revokes the keys
+        under a key; returns how many it revoked (`gateway store migrate`). An older gateway revoked a key alone:
+        the keys under it were refused but shown live (`revoked_at` None) and never purged, and once the revoked
+        key was purged, a day later, no revocation could reach them. Each is revoked at its revoked ancestor's time
+        (the earliest, where several are), `revoked_by` naming it (or the key that ancestor was revoked with); under
+        an ancestor gone, whose end is no longer known, from now on, `revoked_by` naming the ancestor. Safe beside
+        serving gateways: each write is conditional on the version read, and a key changed meanwhile is read again
+        once (then left to the next run); a second run revokes nothing."""
+        now = self.clock()
+        records = await self.store.list_keys()
+        held: dict[str, KeyRecord | None] = {record.id: record for record in records}
+
+        async def ancestor(key_id: str) -> KeyRecord | None:
+            if key_id not in held:  # (the listing, an index, may not have a key minted a moment ago: read it)
+                held[key_id] = await self.store.get_key_latest(key_id)
+            return held[key_id]
+
+        ends: dict[str, tuple[float, str]] = {}  # key id -> (revoked at, revoked by)
+        for record in records:
+            if record.revoked_at is not None or (record.expires_at is not None and record.expires_at <= now):
+                continue  # ended already, and purged at its own end
+            known: list[tuple[float, str]] = []
+            gone: str | None = None
+            for ancestor_id in record.ancestors:
+                found = await ancestor(ancestor_id)
+                if found is None:
+                    gone = gone or ancestor_id
+                elif found.revoked_at is not None:
+                    known.append((found.revoked_at, found.revoked_by or found.id))
+            if known:
+                ends[record.id] = min(known)
+            elif gone is not None:
+                ends[record.id] = (now, gone)
+        gate = asyncio.Semaphore(WALK_CONCURRENCY)
+
+        async def end(key_id: str, revoked_at: float, revoked_by: str) -> int:
+            async with gate:
+                for _ in (1, 2):  # (once more after a concurrent write: a retag, a rotation)
+                    record = await self.store.get_key_latest(key_id)  # (a write goes to its home region)
+                    if record is None or record.revoked_at is not None:
+                        return 0
+                    try:
+                        await self.store.update_key(
+                            replace(record, revoked_at=revoked_at, revoked_by=revoked_by, version=record.version + 1)
+                        )
+                    except ConflictError:
+                        continue
+                    self._cache.pop(key_id, None)
+                    return 1
+                return 0
+
+        return sum(await asyncio.gather(*(end(key_id, *ends[key_id]) for key_id in sorted(ends))))
+
     def _wrote(self, record: KeyRecord) -> None:
         """Cache the record this process just wrote: a key homed in another region is written there, and this
         region's replica has the write only with replication (a rotated secret was 401 here for 1.09 s)."""

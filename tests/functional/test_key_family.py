@@ -16,9 +16,12 @@ import pytest
 
 from adapters.providers.registry import REGISTRY
 from adapters.store import open_store
+from adapters.store.dynamodb import DynamoDBStore
+from adapters.store.expressions import num, text
 from handler.config import Config, parse_config
-from handler.pipeline.keys import split_key
-from handler.ports import KeyRecord
+from handler.entry.cli import main
+from handler.pipeline.keys import KeyService, new_key_id, split_key
+from handler.ports import KeyRecord, Store
 from tests.functional.conftest import FAKE_KEYS, Running, serve_gateway, serving
 from tests.support.dynamo import DynamoServer
 from tests.support.servers import ServerThread
@@ -154,6 +157,104 @@ def revoke(store_url: str, key_id: str, at: float) -> None:
             await store.close()
 
     asyncio.run(go())
+
+
+async def put_as_before(store: Store, parent: KeyRecord, **fields: Any) -> KeyRecord:
+    """A key under `parent` written as the gateway before family counts and cascading revocations wrote it: on
+    DynamoDB its item, its parent's own child count (`n`) and its `CHILD#` link, nothing on its root's partition
+    (`git show e606a7e:adapters/store/dynamo_keys.py`); SQLite's rows were as they are."""
+    record = KeyRecord(
+        id=new_key_id(),
+        name=fields.pop("name", "old"),
+        secret_hash="0" * 64,
+        created_at=time.time() - 7200,
+        parent_id=parent.id,
+        ancestors=[*parent.ancestors, parent.id],
+        home_region=parent.home_region,
+        **fields,
+    )
+    if not isinstance(store, DynamoDBStore):
+        await store.create_key(record)
+        return record
+    await store._call("put_item", TableName=store.table, Item=store._key_item(record))
+    await store._call(
+        "update_item",
+        TableName=store.table,
+        Key=store._family_key(parent.id, "COUNT"),
+        UpdateExpression="ADD #n :one",
+        ExpressionAttributeNames={"#n": "n"},
+        ExpressionAttributeValues={":one": num(1)},
+    )
+    link = store._link_item(parent.id, record.id, None, None)
+    await store._call("put_item", TableName=store.table, Item={**link, "child": text(record.id)})
+    return record
+
+
+def test_migrate_brings_an_older_gateways_families_and_revocations(
+    gateway: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store an older gateway wrote, upgraded: on DynamoDB its keys below a root's children had no `DESC#` link
+    and the root no family count, so the recount saw the children only and a root with 1 child and 2 grandchildren
+    (limit 3) minted a fourth key; on both stores the keys under a key it revoked stayed shown live (`revoked_at`
+    None) and were never purged, nor, once the revoked key was purged, could any revocation reach them. `gateway
+    store migrate` links and counts the families, and revokes those keys (`revoked_by`); a second run changes
+    nothing."""
+    admin = gateway.mint(name="admin", admin=True)
+    an_hour_ago, two_days_ago = time.time() - 3600, time.time() - 2 * 86400
+
+    async def populate() -> tuple[str, dict[str, KeyRecord]]:
+        store = open_store(gateway.store_url)
+        try:
+            service = KeyService(store, 0)
+            minted = await service.mint(KeyRecord(id="", name="root", secret_hash="", created_at=0))
+            root = minted.record
+            kid = await put_as_before(store, root, name="kid")
+            old = {"root": root, "kid": kid}
+            old["grandchild"] = await put_as_before(store, kid, name="grandchild")
+            old["grandchild2"] = await put_as_before(store, kid, name="grandchild2")
+            team = (await service.mint(KeyRecord(id="", name="team", secret_hash="", created_at=0))).record
+            old["revoked"] = await put_as_before(store, team, name="revoked", revoked_at=an_hour_ago)
+            old["under_revoked"] = await put_as_before(store, old["revoked"], name="under-revoked")
+            old["deeper"] = await put_as_before(store, old["under_revoked"], name="deeper")
+            gone = await put_as_before(store, team, name="purged", revoked_at=two_days_ago)
+            old["under_purged"] = await put_as_before(store, gone, name="under-purged")
+            old["purged"] = gone
+            return minted.key, old
+        finally:
+            await store.close()
+
+    root_key, old = asyncio.run(populate())
+
+    def shown(name: str) -> dict[str, Any]:
+        answer = httpx.get(f"{gateway.url}/admin/keys/{old[name].id}", headers=auth(admin))
+        assert answer.status_code == 200, answer.text
+        view: dict[str, Any] = answer.json()
+        return view
+
+    assert shown("under_revoked")["revoked_at"] is None  # (as the older gateway left it)
+    capsys.readouterr()
+    assert main(["store", "migrate", "--store", gateway.store_url]) == 0
+    first_run = capsys.readouterr().out
+
+    refused = httpx.post(f"{gateway.url}/v1/keys", json={"name": "fourth"}, headers=auth(root_key))
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "child_key_limit", refused.text
+    for name in ("kid", "grandchild", "grandchild2"):
+        assert (shown(name)["revoked_at"], shown(name)["revoked_by"]) == (None, None)
+    assert (shown("revoked")["revoked_at"], shown("revoked")["revoked_by"]) == (an_hour_ago, None)  # its own
+    for name in ("under_revoked", "deeper"):
+        assert (shown(name)["revoked_at"], shown(name)["revoked_by"]) == (an_hour_ago, old["revoked"].id)
+    orphan = shown("under_purged")  # its parent's end is no longer known: revoked from the migration on
+    assert orphan["revoked_by"] == old["purged"].id and time.time() - 60 < orphan["revoked_at"] <= time.time()
+    listed = httpx.get(
+        f"{gateway.url}/admin/keys", params={"parent_id": old["revoked"].id}, headers=auth(admin)
+    ).json()["data"]
+    assert [(k["id"], k["revoked_by"]) for k in listed] == [(old["under_revoked"].id, old["revoked"].id)]
+
+    assert first_run.endswith(", 3 keys revoked with a revoked or purged ancestor\n")
+    capsys.readouterr()  # (the gateway's request log lines)
+    assert main(["store", "migrate", "--store", gateway.store_url]) == 0
+    said = capsys.readouterr().out.splitlines()[-1]
+    assert said == "ok: 0 items moved, 0 keys revoked with a revoked or purged ancestor"
 
 
 def test_two_gateways_on_one_sqlite_file_stop_at_max_children(

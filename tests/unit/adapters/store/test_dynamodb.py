@@ -683,7 +683,7 @@ async def test_migrate_moves_lines_written_before_shards_into_reports(
     assert [i.request_id for i in await store.usage(everything)] == [new.request_id]
     url = dynamo.store_url(store.table)
     assert await asyncio.to_thread(main, ["store", "migrate", "--store", url]) == 0
-    assert capsys.readouterr().out == "ok: 1 items moved\n"
+    assert capsys.readouterr().out == "ok: 1 items moved, 0 keys revoked with a revoked or purged ancestor\n"
     assert [i.request_id for i in await store.usage(everything)] == [old.request_id, new.request_id]
     assert await store.migrate() == 0
 
@@ -897,6 +897,30 @@ async def test_children_from_before_counts_are_counted(flaky: tuple[FlakyClient,
     await store.create_child(record(parent_id=parent.id, ancestors=[parent.id]), 4)
     with pytest.raises(ChildLimitReached):
         await store.create_child(record(parent_id=parent.id, ancestors=[parent.id]), 4)
+
+
+async def test_migrate_counts_families_from_before_family_counts(flaky: tuple[FlakyClient, DynamoDBStore]) -> None:
+    """A family an older gateway minted (each key linked to its parent only, each parent counting its own children
+    as `n`) had no `DESC#` links and no family count: the recount found the root's 1 child, not its 2 grandchildren,
+    and a root allowed 3 minted a fourth key and a fifth. Even once a recount had set the count (to 1), it stayed
+    low. `migrate` links the grandchildren on the root's partition and sets the count to the live family; a second
+    run writes nothing."""
+    _, store = flaky
+    counted, uncounted = record(), record()
+    for root in (counted, uncounted):
+        await store.create_key(root)
+        kid = record(parent_id=root.id, ancestors=[root.id])
+        await put_legacy_key(store, kid)
+        for _ in range(2):
+            await put_legacy_key(store, record(parent_id=kid.id, ancestors=[root.id, kid.id]))
+    await store.create_child(record(parent_id=counted.id, ancestors=[counted.id]), 3)  # (recounted: 1 live)
+    # 6 `CHILD#` links (`put_legacy_key` writes none), 4 `DESC#` links, 2 family counts (`d` 4 and 3)
+    assert await store.migrate() == 6 + 4 + 2
+    for root in (counted, uncounted):
+        with pytest.raises(ChildLimitReached):
+            await store.create_child(record(parent_id=root.id, ancestors=[root.id]), 3)
+    await store.create_child(record(parent_id=uncounted.id, ancestors=[uncounted.id]), 4)
+    assert await store.migrate() == 0
 
 
 async def test_migrate_links_children_from_before_links(flaky: tuple[FlakyClient, DynamoDBStore]) -> None:
