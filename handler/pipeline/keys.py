@@ -323,7 +323,11 @@ class KeyService:
     async def mint_child(self, template: KeyRecord, max_children: int, root_home: str | None = None) -> MintedKey:
         """`mint` under `template.parent_id`, refused with a 403 `child_key_limit` when its family (the keys under
         its root key, at every depth) holds `max_children` live keys: the store counts and inserts in one atomic
-        step (`Store.create_child`), in the root's home region `root_home`."""
+        step (`Store.create_child`), in the root's home region `root_home`.
+
+        Its ancestors are read again once it is stored (`_revoked_with_ancestor`): one revoked meanwhile by another
+        process (this one held the parent live in its cache) walked its family before the key was in it, and the
+        key stayed live under a revoked key, shown live and never purged, for good once the revoked key was."""
         minted = self._new(template)
         try:
             await self.store.create_child(minted.record, max_children, root_home)
@@ -333,7 +337,26 @@ class KeyService:
                 f"depth (root '{full.root_id}'; gateway.key_minting.max_children)",
                 code="child_key_limit",
             ) from None
+        await self._revoked_with_ancestor(minted.record)
         return minted
+
+    async def _revoked_with_ancestor(self, record: KeyRecord) -> None:
+        """For a key just stored: if an ancestor is revoked or gone, the key revoked with it (as `revoke` would
+        have, had its walk found it) and a 401 `key_revoked`, as the request meets when its cache is fresh. Read
+        after the key's write, as a revocation walks the family after its own: one of the two sees the other."""
+        chain = await asyncio.gather(*(self.store.get_key_latest(held) for held in record.ancestors))
+        for ancestor_id, held in zip(record.ancestors, chain, strict=True):
+            if held is not None and held.revoked_at is None:
+                continue
+            revoked_at = self.clock() if held is None or held.revoked_at is None else held.revoked_at
+            revoked_by = ancestor_id if held is None else held.revoked_by or ancestor_id
+            revoked = replace(record, revoked_at=revoked_at, revoked_by=revoked_by, version=record.version + 1)
+            await self.store.update_key(revoked)
+            self._wrote(revoked)
+            whose = "this key's parent" if ancestor_id == record.parent_id else "an ancestor of this key"
+            raise AuthenticationError(
+                f"{whose} has been revoked" if held is not None else f"{whose} no longer exists", code="key_revoked"
+            )
 
     async def rotate(self, record: KeyRecord, grace_seconds: float) -> MintedKey:
         """A new secret for the same key; the old one keeps working for `grace_seconds`. A key whose new secret

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -173,6 +174,28 @@ async def test_a_secret_rotated_elsewhere_works_at_once_where_the_key_is_cached(
     assert (await here.authenticate(again.key, None)).id == key_id
     with pytest.raises(AuthenticationError):
         await here.authenticate(rotated.key, None)
+
+
+async def test_a_child_minted_as_its_parent_is_revoked_elsewhere_is_revoked_with_it() -> None:
+    """A process holding the parent live in its cache (`key_cache_seconds`) minted a child after another process
+    revoked the parent and walked its family: the child stayed live (`revoked_at` None) under a revoked key, shown
+    so and never purged, and for good once the parent was purged a day later. The mint now reads the ancestors again
+    once the child is stored: the child is revoked with its parent, and the mint refused as a fresh cache would."""
+    store = MemoryStore()
+    here, elsewhere = KeyService(store, 5), KeyService(store, 5)
+    parent = await here.mint(KeyRecord(id="", name="team", secret_hash="", created_at=0))
+    held = await here.authenticate(parent.key, None)  # cached here, live
+    revoked = await elsewhere.revoke(parent.record)
+    template = KeyRecord(id="", name="agent", secret_hash="", created_at=0, parent_id=held.id, ancestors=[held.id])
+    with pytest.raises(AuthenticationError, match="this key's parent has been revoked") as refused:
+        await here.mint_child(template, 10)
+    assert refused.value.code == "key_revoked"
+    [child_id] = await store.child_ids(held.id)
+    child = await store.get_key(child_id)
+    assert child is not None and (child.revoked_at, child.revoked_by) == (revoked.revoked_at, held.id)
+    other = (await here.mint(KeyRecord(id="", name="other", secret_hash="", created_at=0))).record
+    live = await here.mint_child(replace(template, parent_id=other.id, ancestors=[other.id]), 10)
+    assert live.record.revoked_at is None  # (a live parent's child is as it was)
 
 
 async def test_wrong_secrets_for_a_real_key_cost_one_store_read_a_second_at_most() -> None:
