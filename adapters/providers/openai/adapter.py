@@ -48,7 +48,7 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> Ups
     if isinstance(data, dict):
         error = data.get("error", data)
         if isinstance(error, dict):
-            message = str(error.get("message") or error.get("detail") or "")
+            message = readable(error.get("message") or error.get("detail"))
             raw_type = error.get("type") or error.get("code")
             kind = str(raw_type) if raw_type else None
             code, param = error.get("code"), error.get("param")
@@ -57,6 +57,27 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> Ups
     if not message:
         message = error_excerpt(body)
     return upstream_error(status, message, headers, upstream_type=kind, code=code, param=param)
+
+
+def readable(said: Any) -> str:
+    """A provider's error message as words: a string as it came; a validation error's problems (Mistral's 422,
+    `{"detail": [{"loc": ["body", "foo"], "msg": "Extra inputs are not permitted", ...}]}`, FastAPI's shape) as
+    `body.foo: Extra inputs are not permitted`, joined by "; "; anything else as JSON. Mistral's 422 reached the
+    client as a Python repr of that object (`{'detail': [{'type': 'extra_forbidden', ...`)."""
+    if isinstance(said, str):
+        return said
+    if said is None:
+        return ""
+    if isinstance(said, dict):
+        if "detail" in said or "message" in said:
+            return readable(said.get("detail") or said.get("message"))
+        if isinstance(said.get("msg"), str):
+            loc = said.get("loc")
+            where = ".".join(str(part) for part in loc) if isinstance(loc, list) and loc else ""
+            return f"{where}: {said['msg']}" if where else str(said["msg"])
+    if isinstance(said, list) and said:
+        return "; ".join(readable(item) for item in said)
+    return orjson.dumps(said).decode()
 
 
 def normalize_usage(usage: Usage | None) -> Usage | None:
