@@ -36,8 +36,9 @@ if TYPE_CHECKING:
     from handler.schemas import ChatCompletionChunk, EmbeddingsRequest, EmbeddingsResponse
 
 
-def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
-    """OpenAI's error body `{"error": {"message", "type", "param", "code"}}`, tolerating variants."""
+def error_from_body(status: int, body: bytes, headers: Mapping[str, str], note: str = "") -> UpstreamError:
+    """OpenAI's error body `{"error": {"message", "type", "param", "code"}}`, tolerating variants; `note`, the
+    gateway's own words, follows the provider's."""
     message, kind, code, param = "", None, None, None
     try:
         data = orjson.loads(body) if body else None
@@ -56,7 +57,7 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> Ups
             message = error
     if not message:
         message = error_excerpt(body)
-    return upstream_error(status, message, headers, upstream_type=kind, code=code, param=param)
+    return upstream_error(status, message + note, headers, upstream_type=kind, code=code, param=param)
 
 
 def readable(said: Any) -> str:
@@ -78,6 +79,14 @@ def readable(said: Any) -> str:
     if isinstance(said, list) and said:
         return "; ".join(readable(item) for item in said)
     return orjson.dumps(said).decode()
+
+
+# A server that refuses `stream_options` (a strict compatible one: vLLM with its extra fields forbidden) answers every
+# stream 400, naming it: the request was the gateway's, and the fix is the provider's option, so its error says so.
+STREAM_OPTIONS_REFUSED = (
+    " (the gateway asks for a stream's usage with `stream_options`, which this server refuses: set "
+    "`stream_usage: false` on provider '{name}' in the gateway's configuration)"
+)
 
 
 def normalize_usage(usage: Usage | None) -> Usage | None:
@@ -315,7 +324,7 @@ class OpenAIAdapter(ProviderAdapter):
     default_base_url = "https://api.openai.com/v1"
     key_env_var = "OPENAI_API_KEY"
     supports_embeddings = True
-    provider_options = frozenset({"profile", "auth", "headers", "responses_api", "responses_store"})
+    provider_options = frozenset({"profile", "auth", "headers", "responses_api", "responses_store", "stream_usage"})
 
     def __init__(self, name: str, secret: str | None, options: Mapping[str, Any]) -> None:
         super().__init__(name, secret, options)
@@ -326,6 +335,11 @@ class OpenAIAdapter(ProviderAdapter):
         responses_api = self.options.get("responses_api")
         if responses_api not in (None, "native", "translate"):
             raise ValueError(f"responses_api must be 'native' or 'translate', not '{responses_api}'")
+        stream_usage = self.options.get("stream_usage")
+        if stream_usage is not None and not isinstance(stream_usage, bool):
+            raise ValueError(f"stream_usage must be true or false, not '{stream_usage}'")
+        # Whether a stream asks for its usage (`stream_options.include_usage`): the profile's choice unless set.
+        self.stream_usage: bool | None = stream_usage
 
     def profile(self, target: Target) -> Profile:
         return profile_for(self.options.get("profile"), target.base_url)
@@ -366,7 +380,7 @@ class OpenAIAdapter(ProviderAdapter):
         dropped += apply_rules(body, profile.rules)
         if stream:
             body["stream"] = True
-            if profile.stream_usage:
+            if profile.stream_usage if self.stream_usage is None else self.stream_usage:
                 body["stream_options"] = {"include_usage": True}
         return body, dropped
 
@@ -448,6 +462,8 @@ class OpenAIAdapter(ProviderAdapter):
         return OpenAIStreamParser(self.repeated_prefix(req, target))
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+        if status in (400, 422) and b"stream_options" in body:  # (only a stream is sent `stream_options`)
+            return error_from_body(status, body, headers, STREAM_OPTIONS_REFUSED.format(name=self.name))
         return error_from_body(status, body, headers)
 
     def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> BuiltRequest:

@@ -31,7 +31,8 @@ class Profile(Value):
     the API continues a final assistant message marked `"prefix": true` (a Messages client's prefill) and how its
     answer begins: `CONTINUES` with the continuation alone (DeepSeek's beta), `REPEATS` with the prefix again
     (Mistral's, "force the model to start its answer by the content of the message"), None where it cannot (the
-    prefill is then named as dropped, `messages.prefill`)."""
+    prefill is then named as dropped, `messages.prefill`). A provider's `stream_usage` option overrides the profile's
+    (`OpenAIAdapter`)."""
 
     __slots__ = (
         "rules",

@@ -350,3 +350,41 @@ def test_a_messages_prefill_is_named_where_chat_completions_cannot_continue_it(b
     assert orjson.loads(built.request.body)["messages"][-1] == {"role": "assistant", "content": "{"}
     plain = adapter().chat_request(request(messages=messages), target(base_url), stream=False)
     assert plain.dropped == []  # (a Chat Completions client's own last assistant message asks nothing of the kind)
+
+
+VLLM = "http://vllm.internal:8000/v1"
+
+
+@pytest.mark.parametrize(
+    ("options", "base_url", "asked"),
+    [
+        ({}, VLLM, True),
+        ({"stream_usage": False}, VLLM, False),
+        ({"stream_usage": False}, "https://api.openai.com/v1", False),
+        ({"profile": "mistral"}, VLLM, False),  # (Mistral refuses it)
+        ({"profile": "mistral", "stream_usage": True}, VLLM, True),
+    ],
+)
+def test_stream_usage_false_sends_no_stream_options(options: dict[str, object], base_url: str, asked: bool) -> None:
+    """A compatible server that refuses `stream_options` (vLLM with extra fields forbidden: 400 "Extra inputs are not
+    permitted") could not stream at all, through any API: the gateway always asked for the usage. `stream_usage:
+    false` on the provider leaves it out (the stream is then estimated, as one without usage is)."""
+    body = orjson.loads(adapter(**options).chat_request(request(), target(base_url), stream=True).request.body)
+    assert body["stream"] is True and ("stream_options" in body) is asked
+    if asked:
+        assert body["stream_options"] == {"include_usage": True}
+
+
+def test_a_stream_usage_that_is_not_a_boolean_is_refused_at_start_up() -> None:
+    with pytest.raises(ValueError, match="stream_usage must be true or false"):
+        adapter(stream_usage="no")
+
+
+def test_a_refused_stream_options_names_the_option_that_leaves_it_out() -> None:
+    """vLLM's 400 named `stream_options`, which the client never sent: the error now says what to set."""
+    detail = "[{'type': 'extra_forbidden', 'loc': ('body', 'stream_options'), 'msg': 'Extra inputs are not permitted'}]"
+    body = orjson.dumps({"object": "error", "message": detail, "type": "BadRequestError", "param": None, "code": 400})
+    error = adapter().error(400, body, {})
+    assert error.said is not None and error.said.startswith(detail)
+    assert "set `stream_usage: false` on provider 'p'" in error.said
+    assert "stream_usage" not in (adapter().error(400, (FIXTURES / "error-429.json").read_bytes(), {}).said or "")
