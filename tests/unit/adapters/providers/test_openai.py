@@ -388,3 +388,54 @@ def test_a_refused_stream_options_names_the_option_that_leaves_it_out() -> None:
     assert error.said is not None and error.said.startswith(detail)
     assert "set `stream_usage: false` on provider 'p'" in error.said
     assert "stream_usage" not in (adapter().error(400, (FIXTURES / "error-429.json").read_bytes(), {}).said or "")
+
+
+USAGE = {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60}
+
+
+def answer(**head: object) -> dict[str, object]:
+    """A compatible server's whole answer, its head as given (`...` leaves a member out)."""
+    message = {"role": "assistant", "content": "Hello"}
+    body = {"id": "c1", "object": "chat.completion", "created": 1, "model": "llama", "usage": USAGE}
+    body |= {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    body |= head
+    return {name: value for name, value in body.items() if value is not ...}
+
+
+def stream_of(*payloads: dict[str, object]) -> bytes:
+    return b"".join(b"data: " + orjson.dumps(p) + b"\n\n" for p in payloads) + b"data: [DONE]\n\n"
+
+
+def fed(a: OpenAIAdapter, raw: bytes, base_url: str = VLLM, model: str = "qwen3") -> tuple[list[object], object]:
+    parser = a.stream_parser(request(), target(base_url, model))
+    decoder = a.frame_decoder()
+    chunks = [c for e in decoder.feed(raw) + decoder.finish() for c in parser.feed(e)]
+    return chunks, parser
+
+
+def test_a_compatible_servers_reasoning_under_its_new_name_is_read() -> None:
+    """vLLM 0.17+ (and Ollama, Groq, OpenRouter) name the reasoning `reasoning`, not `reasoning_content`: it was
+    left as an unknown member, so a Messages client got no thinking block and a Responses client an empty summary,
+    though its tokens were billed. It is the answer's (and each delta's) `reasoning_content` now."""
+    body = answer()
+    body["choices"][0]["message"]["reasoning"] = "2+2=4"  # type: ignore[index]
+    message = adapter().chat_response(orjson.dumps(body), request(), target(VLLM, "qwen3")).choices[0].message
+    assert message.reasoning_content == "2+2=4" and "reasoning" not in (message.model_extra or {})
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "qwen3"}
+    raw = stream_of(
+        {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        {**chunk, "choices": [{"index": 0, "delta": {"reasoning": "2+2"}}]},
+        {**chunk, "choices": [{"index": 0, "delta": {"reasoning": "=4"}}]},
+        {**chunk, "choices": [{"index": 0, "delta": {"content": "4"}, "finish_reason": "stop"}]},
+    )
+    chunks, _ = fed(adapter(), raw)
+    deltas = [c.choices[0].delta for c in chunks]  # type: ignore[attr-defined]
+    assert "".join(d.reasoning_content or "" for d in deltas) == "2+2=4"
+    assert not any("reasoning" in (d.model_extra or {}) for d in deltas)
+    # A server that sends both keeps its own `reasoning_content` (and its `reasoning`); a null one is no reasoning.
+    body["choices"][0]["message"] |= {"reasoning_content": "mine", "reasoning": "theirs"}  # type: ignore[index]
+    message = adapter().chat_response(orjson.dumps(body), request(), target(VLLM)).choices[0].message
+    assert message.reasoning_content == "mine" and (message.model_extra or {})["reasoning"] == "theirs"
+    body["choices"][0]["message"] = {"role": "assistant", "content": "4", "reasoning": None}  # type: ignore[index]
+    message = adapter().chat_response(orjson.dumps(body), request(), target(VLLM)).choices[0].message
+    assert message.reasoning_content is None and not message.model_extra
