@@ -329,3 +329,29 @@ async def test_a_server_told_to_send_no_stream_options_streams_and_its_line_is_a
     assert [(line.status, line.cost_source) for line in lines] == [(200, "estimate")] * 3
     assert all(line.output_tokens > 0 and line.cost_usd > 0 for line in lines)
     await served.gateway.aclose()
+
+
+async def test_a_malformed_answer_is_charged_the_usage_it_carries() -> None:
+    """An answer the gateway cannot read (a compatible server's off-schema message) is the provider's malformed
+    answer, a 502, but the provider billed it: its line was $0 though the body carried the usage. It is charged
+    that usage, as Bedrock's malformed answers are."""
+    broken = completion()
+    broken["choices"][0]["message"]["role"] = "tool"
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "llama", "usage": broken["usage"]}
+    sse = b"data: " + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": {"role": "tool"}}]}) + b"\n\n"
+
+    def malformed(request: httpx.Request) -> httpx.Response:
+        if b'"stream":true' in request.content.replace(b" ", b""):
+            return httpx.Response(200, content=sse, headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json=broken)
+
+    served = await serve(malformed, {"m": MODEL})
+    plain = await served.post("/v1/chat/completions", {"model": "m", "messages": HI})
+    streamed = await served.post("/v1/chat/completions", {"model": "m", "messages": HI, "stream": True})
+    assert (plain.status_code, streamed.status_code) == (502, 502)
+    assert plain.json()["error"]["message"] == "the provider sent a malformed answer (ValidationError)"
+    lines = await served.ledger()
+    billed = (10 * 1.0 + 5 * 2.0) / 1e6  # the answer's usage at the model's price
+    assert [(line.status, line.route) for line in lines] == [(502, "openai/gpt-4o-mini@global=invalid_response")] * 2
+    assert [line.cost_usd for line in lines] == pytest.approx([billed] * 2)
+    await served.gateway.aclose()

@@ -7,6 +7,8 @@ something.
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -109,17 +111,57 @@ OPENAI_FINISHES = frozenset(("stop", "length", "tool_calls", "content_filter", "
 CUT_SHORT = frozenset(("model_length", "error", "insufficient_system_resource", "abort"))  # (vLLM's `abort`)
 
 
-def validated(model: type[M], payload: Any) -> M:
+def validated(model: type[M], payload: Any, head: dict[str, Any], upstream_model: str) -> M:
     """`payload` as `model` (an answer or a chunk), with any finish reason outside OpenAI's put in its words: a
     documented value of another API (Mistral's `model_length`) refused the answer as malformed, after the
-    provider had billed it, and sent the request to a fallback to be billed again. Only an answer that fails
-    validation is looked at again: on the hot path, OpenAI's own are validated once."""
+    provider had billed it, and sent the request to a fallback to be billed again; and an `id`, `created` or `model`
+    a compatible server left out (or sent as null, `created` as a float) filled in (`_conform_head`). Only an answer
+    that fails validation is looked at again: on the hot path, OpenAI's own are validated once."""
     try:
         return model.model_validate(payload)
     except ValidationError:
-        if not _conform_finishes(payload):
+        finishes = _conform_finishes(payload)
+        if not (_conform_head(payload, head, upstream_model) or finishes):
             raise
         return model.model_validate(payload)
+
+
+def _conform_head(payload: Any, head: dict[str, Any], upstream_model: str) -> bool:
+    """Fill in (in place) the members of an answer's (or a chunk's) head OpenAI's schema requires and a compatible
+    server may leave out (`id`, `created`, `model`: llama.cpp's and other servers' answers lack some, or give `created`
+    as a float): each missing or null one from `head`, made on first use (an id of OpenAI's form, the time, the
+    deployment's model: one for every chunk of a stream, which a client joins by its id), a float `created` as its
+    whole seconds. Whether any was. A client reads them all (the OpenAI SDK's models require them); left out, the
+    answer was a 502, its usage unbilled."""
+    if not isinstance(payload, dict):
+        return False
+    changed = False
+    for name, kind in (("id", str), ("model", str), ("created", int)):
+        value = payload.get(name)
+        if isinstance(value, kind) and not isinstance(value, bool):
+            continue
+        if name == "created" and isinstance(value, float) and value == value and abs(value) < 1e15:
+            payload[name] = int(value)
+        else:
+            if not head:
+                head.update(id=f"chatcmpl-{secrets.token_hex(12)}", created=int(time.time()), model=upstream_model)
+            payload[name] = head[name]
+        changed = True
+    return changed
+
+
+def billed_unusable(payload: Any, exc: ValidationError, what: str) -> UpstreamError:
+    """The error of an answer (or a stream event) that does not read as OpenAI's even conformed, carrying the usage
+    it reports, which the provider billed: charged on the request's line, as Bedrock's malformed answers are."""
+    error = malformed(f"the provider sent a malformed {what} ({type(exc).__name__})")
+    error.__cause__ = exc
+    raw = payload.get("usage") if isinstance(payload, dict) else None
+    if isinstance(raw, dict):
+        try:
+            error.billed = normalize_usage(Usage.model_validate(raw))
+        except ValidationError:
+            pass
+    return error
 
 
 def _conform_finishes(payload: Any) -> bool:
@@ -162,15 +204,18 @@ def conform_messages(messages: list[dict[str, Any]], profile: Profile) -> None:
 
 class OpenAIStreamParser:
     """Chunks are already in the gateway's form; this validates them and keeps the usage. A compatible API that
-    differs in a chunk's shape overrides `conformed`."""
+    differs in a chunk's shape overrides `conformed`. `model`, the deployment's, heads the chunks of a server that
+    names none."""
 
     served: Served | None = None  # (the service tier it ran at is on its chunks, read from there)
 
-    def __init__(self, repeated: str | None = None) -> None:
+    def __init__(self, model: str, repeated: str | None = None) -> None:
         self.usage: Usage | None = None
         self.ended = False  # `[DONE]` came: the stream is whole, with or without a finish reason
         # A Messages client's prefill the answer repeats (`Profile.prefix`), taken off its text.
         self.repeated = RepeatedPrefix(repeated) if repeated else None
+        self.model = model
+        self.head: dict[str, Any] = {}  # what the chunks of a server that leaves their head out get (`_conform_head`)
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
         data = event.data
@@ -185,7 +230,15 @@ class OpenAIStreamParser:
             raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
         if isinstance(payload, dict) and "error" in payload and "choices" not in payload:
             raise error_from_body(500, data, {})
-        chunk = validated(schemas.ChatCompletionChunk, self.conformed(payload))
+        payload = self.conformed(payload)
+        if self.head:  # (a server that left it out of one chunk leaves it out of the next)
+            _conform_head(payload, self.head, self.model)
+        try:
+            chunk = validated(schemas.ChatCompletionChunk, payload, self.head, self.model)
+        except ValidationError as exc:
+            unusable = billed_unusable(payload, exc, "stream event")
+            self.usage = unusable.billed or self.usage  # (a stream already begun is charged it as it ends)
+            raise unusable from exc
         if chunk.usage is not None:
             self.usage = normalize_usage(chunk.usage)
         if self.repeated is not None:
@@ -442,7 +495,11 @@ class OpenAIAdapter(ProviderAdapter):
         data = json_body(body)
         if not isinstance(data, dict) or "choices" not in data:
             raise malformed("upstream answered without choices")
-        completion = validated(ChatCompletion, self.conformed_answer(data))
+        data = self.conformed_answer(data)
+        try:
+            completion = validated(ChatCompletion, data, {}, target.model)
+        except ValidationError as exc:
+            raise billed_unusable(data, exc, "answer") from exc
         completion.usage = normalize_usage(completion.usage)
         repeated = self.repeated_prefix(req, target)
         if repeated is not None:
@@ -459,7 +516,7 @@ class OpenAIAdapter(ProviderAdapter):
         return data
 
     def stream_parser(self, req: ChatRequest, target: Target) -> OpenAIStreamParser:
-        return OpenAIStreamParser(self.repeated_prefix(req, target))
+        return OpenAIStreamParser(target.model, self.repeated_prefix(req, target))
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         if status in (400, 422) and b"stream_options" in body:  # (only a stream is sent `stream_options`)

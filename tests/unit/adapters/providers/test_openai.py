@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 import orjson
@@ -439,3 +441,61 @@ def test_a_compatible_servers_reasoning_under_its_new_name_is_read() -> None:
     body["choices"][0]["message"] = {"role": "assistant", "content": "4", "reasoning": None}  # type: ignore[index]
     message = adapter().chat_response(orjson.dumps(body), request(), target(VLLM)).choices[0].message
     assert message.reasoning_content is None and not message.model_extra
+
+
+@pytest.mark.parametrize(
+    ("member", "sent", "read"),
+    [
+        ("id", ..., "made"),
+        ("id", None, "made"),
+        ("created", ..., "now"),
+        ("created", 1733000000.5, 1733000000),
+        ("model", ..., "llama-3.1-8b"),
+    ],
+    ids=["no-id", "null-id", "no-created", "float-created", "no-model"],
+)
+def test_an_answer_missing_its_head_gets_one_and_keeps_its_usage(member: str, sent: object, read: object) -> None:
+    """A compatible server's answer without `id`, `created` or `model` (or `created` as a float) was a 502 "malformed
+    answer (ValidationError)", its usage unbilled: it gets an id, the time, the deployment's model (`llama-3.1-8b`,
+    where the server said `llama`), whole or streamed (one head for every chunk of a stream)."""
+    before = int(time.time())
+    body = answer(**{member: sent})
+    completion = adapter().chat_response(orjson.dumps(body), request(), target(VLLM, "llama-3.1-8b"))
+    assert completion.usage is not None and completion.usage.prompt_tokens == 50
+    value = getattr(completion, member)
+    if read == "made":
+        assert re.fullmatch(r"chatcmpl-[0-9a-f]{24}", value)
+    elif read == "now":
+        assert before <= value <= time.time() + 1
+    else:
+        assert value == read
+    chunk = {name: value for name, value in body.items() if name not in ("choices", "usage")}
+    chunk["object"] = "chat.completion.chunk"
+    raw = stream_of(
+        {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]},
+        {**chunk, "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]},
+        {**chunk, "choices": [], "usage": USAGE},
+    )
+    chunks, parser = fed(adapter(), raw, model="llama-3.1-8b")
+    heads = {(c.id, c.created, c.model) for c in chunks}  # type: ignore[attr-defined]
+    assert len(chunks) == 3 and len(heads) == 1 and parser.usage.prompt_tokens == 50  # type: ignore[attr-defined]
+    assert read in ("made", "now") or getattr(chunks[0], member) == read
+
+
+def test_a_malformed_answer_carries_the_usage_the_provider_billed() -> None:
+    """An answer that does not read even with its head filled in is the provider's malformed answer (retryable), but
+    it was billed: the error carries its usage, charged on the request's line as Bedrock's malformed answers are."""
+    body = answer()
+    body["choices"][0]["message"]["role"] = "user"  # type: ignore[index]
+    with pytest.raises(UpstreamError) as whole:
+        adapter().chat_response(orjson.dumps(body), request(), target(VLLM))
+    assert whole.value.retryable and whole.value.message == "the provider sent a malformed answer (ValidationError)"
+    assert whole.value.billed is not None and whole.value.billed.completion_tokens == 10
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "llama"}
+    broken = {**chunk, "choices": [{"index": 0, "delta": {"role": "user"}}], "usage": USAGE}
+    with pytest.raises(UpstreamError) as streamed:
+        fed(adapter(), stream_of(broken))
+    assert streamed.value.billed is not None and streamed.value.billed.prompt_tokens == 50
+    with pytest.raises(UpstreamError) as unbilled:  # (no usage: nothing to charge but what the gateway saw)
+        adapter().chat_response(orjson.dumps({**body, "usage": None}), request(), target(VLLM))
+    assert unbilled.value.billed is None
