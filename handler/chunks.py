@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, PlainSerializer
 
-from handler.schemas import ChatCompletion, FinishReason, Omitted, Usage, _Open
+from handler.schemas import ChatCompletion, FinishReason, Omitted, ReasoningText, Usage, _Open
 
 
 class _SentNull(str):
@@ -53,7 +53,7 @@ class ChunkDelta(_Open):
     content: NullKept = Omitted()
     tool_calls: list[ToolCallDelta] | None = Omitted()
     refusal: NullKept = Omitted()
-    reasoning_content: str | None = Omitted()
+    reasoning_content: str | None = ReasoningText()
 
 
 class ChunkChoice(_Open):

@@ -13,7 +13,7 @@ import importlib
 import operator
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 # `value is None` as a C call: the answer writers run it for every optional field of every chunk.
 _is_none = functools.partial(operator.is_, None)
@@ -24,6 +24,18 @@ def Omitted() -> Any:  # noqa: N802 - reads as a field type at the use site
     dump with every field, so the fields OpenAI's schemas require even when null (`message.content`,
     `message.refusal`, `choices[].logprobs`, a chunk's `finish_reason`) are always written."""
     return Field(default=None, exclude_if=_is_none)
+
+
+REASONING_NAMES = AliasChoices("reasoning_content", "reasoning")
+
+
+def ReasoningText() -> Any:  # noqa: N802 - reads as a field type at the use site
+    """An answer's (or a stream delta's) reasoning text, an `Omitted` field read under either name OpenAI-compatible
+    servers give it: `reasoning_content`, else `reasoning` (the newer servers' name for it). Read so as the answer is
+    validated, with no step of its own; written as `reasoning_content`, where every front-end, a stream's redaction and
+    a cut stream's estimate read it. Read under the one name, a server's `reasoning` reached a Messages or Responses
+    client as nothing at all (no thinking block, an empty summary), though its tokens were billed."""
+    return Field(default=None, exclude_if=_is_none, validation_alias=REASONING_NAMES)
 
 
 # Every API model's validator is built on its first use, not at import (`defer_build`): a Lambda cold start
@@ -447,7 +459,7 @@ class AssistantMessage(_Open):
     content: str | None = None
     tool_calls: list[ToolCall] | None = Omitted()
     refusal: str | None = None
-    reasoning_content: str | None = Omitted()
+    reasoning_content: str | None = ReasoningText()
     block_order: BlockOrder | None = Field(default=None, exclude=True)  # (see `BlockOrder`)
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import orjson
 import pytest
@@ -31,11 +32,24 @@ def mistral(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     data = {
         "gateway": {"timeouts": {"connect": 2, "first_byte": 1.5, "between_chunks": 1.5}},
         "providers": {
-            "mistral": {"type": "mistral", "api_key": "env:MISTRAL_API_KEY", "base_url": f"{upstream.url}/v1"}
+            "mistral": {"type": "mistral", "api_key": "env:MISTRAL_API_KEY", "base_url": f"{upstream.url}/v1"},
+            # A strict OpenAI-compatible server (Mistral's API, taken for a generic one): it refuses `stream_options`.
+            "strict": {"type": "openai", "api_key": "env:MISTRAL_API_KEY", "base_url": f"{upstream.url}/v1"},
+            "strict-told": {
+                "type": "openai",
+                "api_key": "env:MISTRAL_API_KEY",
+                "base_url": f"{upstream.url}/v1",
+                "stream_usage": False,
+            },
         },
         "models": {
             "magistral": {"deployments": [{"provider": "mistral", "model": "magistral-medium-latest"}], "price": PRICE},
             "small": {"deployments": [{"provider": "mistral", "model": "mistral-small-latest"}], "price": PRICE},
+            "strict": {"deployments": [{"provider": "strict", "model": "mistral-large-latest"}], "price": PRICE},
+            "strict-told": {
+                "deployments": [{"provider": "strict-told", "model": "mistral-large-latest"}],
+                "price": PRICE,
+            },
             "embed": {
                 "kind": "embedding",
                 "deployments": [{"provider": "mistral", "model": "mistral-embed"}],
@@ -244,3 +258,35 @@ def test_token_ids_are_the_clients_400_before_mistral(mistral: Running, client: 
         client.embeddings.create(model="embed", input=[15339, 1917])
     assert refused.value.param == "input" and "token ids" in refused.value.message
     assert len(mistral.fakes["mistral"].state.requests) == before
+
+
+REFUSED_STREAM_OPTIONS = (
+    "body.stream_options: Extra inputs are not permitted (the gateway asks for a stream's usage with `stream_options`, "
+    "which this server refuses: set `stream_usage: false` on provider 'strict' in the gateway's configuration)"
+)
+
+
+def test_a_server_that_refuses_stream_options_streams_once_told(mistral: Running) -> None:
+    """A server that refuses `stream_options` (Mistral's 422, a strict vLLM's 400) could not stream through any API:
+    the gateway always asked for the usage. Its refusal, Mistral's object of problems, reached the client as a
+    Python repr (`{'detail': [{'type': 'extra_forbidden', ...`). It reads as words now, naming the provider option
+    that leaves `stream_options` out; with `stream_usage: false` every API streams (Mistral sends the usage unasked,
+    so the line is the provider's)."""
+    key = mistral.mint(name="strict")
+    with openai.OpenAI(base_url=f"{mistral.url}/v1", api_key=key, max_retries=0) as sdk:
+        with pytest.raises(openai.BadRequestError) as refused:
+            list(sdk.chat.completions.create(model="strict", messages=HI, stream=True))
+        assert refused.value.body["message"] == REFUSED_STREAM_OPTIONS  # type: ignore[index]
+        assert "stream_options" in sent(mistral)["json"]
+        chunks = list(sdk.chat.completions.create(model="strict-told", messages=HI, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == fake.TEXT
+        assert "stream_options" not in sent(mistral)["json"]
+        with sdk.responses.stream(model="strict-told", input="Hi") as events:
+            assert events.get_final_response().output_text == fake.TEXT
+    with anthropic_client(mistral, key).messages.stream(model="strict-told", max_tokens=50, messages=HI) as events:
+        assert events.get_final_message().content[0].text == fake.TEXT  # type: ignore[union-attr]
+    with pytest.raises(anthropic.BadRequestError) as messages_refused:
+        anthropic_client(mistral, key).messages.create(model="strict", max_tokens=50, messages=HI, stream=True)
+    assert messages_refused.value.body["error"]["message"] == REFUSED_STREAM_OPTIONS  # type: ignore[index]
+    lines = [(line.model, line.status, line.cost_source) for line in mistral.ledger(key)]
+    assert lines == [("strict", 400, "provider"), *[("strict-told", 200, "provider")] * 3, ("strict", 400, "provider")]

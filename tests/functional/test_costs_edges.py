@@ -291,3 +291,67 @@ async def test_a_document_by_id_is_reserved_but_an_answer_without_usage_is_bille
     answer = await served.http.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key.key}"})
     assert answer.status_code == 200, answer.text  # not "too large for the tpm limit"
     await served.gateway.aclose()
+
+
+async def test_a_server_told_to_send_no_stream_options_streams_and_its_line_is_an_estimate() -> None:
+    """A compatible server that refuses `stream_options` answered every stream 400, through every API. With
+    `stream_usage: false` it is not sent; a stream without usage is then billed on what the gateway saw (`estimate`),
+    as any stream without usage is."""
+    sent: list[dict[str, Any]] = []
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "llama"}
+    events = [
+        {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hello"}}]},
+        {**chunk, "choices": [{"index": 0, "delta": {"content": " world"}, "finish_reason": "stop"}]},
+    ]
+    sse = b"".join(b"data: " + orjson.dumps(event) + b"\n\n" for event in events) + b"data: [DONE]\n\n"
+
+    def strict(request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        sent.append(body)
+        if "stream_options" in body:
+            detail = "[{'type': 'extra_forbidden', 'loc': ('body', 'stream_options'), 'msg': 'Extra inputs are "
+            detail += "not permitted'}]"
+            return httpx.Response(
+                400, json={"object": "error", "message": detail, "type": "BadRequestError", "code": 400}
+            )
+        return httpx.Response(200, content=sse, headers={"content-type": "text/event-stream"})
+
+    provider = {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up/v1", "stream_usage": False}
+    served = await serve(strict, {"m": MODEL}, provider=provider)
+    chat = await served.post("/v1/chat/completions", {"model": "m", "messages": HI, "stream": True})
+    assert chat.status_code == 200 and b"Hello" in chat.content and b'"error"' not in chat.content
+    messages = await served.post("/v1/messages", {"model": "m", "max_tokens": 50, "messages": HI, "stream": True})
+    assert messages.status_code == 200 and b"message_stop" in messages.content
+    responses = await served.post("/v1/responses", {"model": "m", "input": "hi", "stream": True})
+    assert responses.status_code == 200 and b"response.completed" in responses.content
+    assert [body["stream"] for body in sent] == [True] * 3 and not any("stream_options" in body for body in sent)
+    lines = await served.ledger()
+    assert [(line.status, line.cost_source) for line in lines] == [(200, "estimate")] * 3
+    assert all(line.output_tokens > 0 and line.cost_usd > 0 for line in lines)
+    await served.gateway.aclose()
+
+
+async def test_a_malformed_answer_is_charged_the_usage_it_carries() -> None:
+    """An answer the gateway cannot read (a compatible server's off-schema message) is the provider's malformed
+    answer, a 502, but the provider billed it: its line was $0 though the body carried the usage. It is charged
+    that usage, as Bedrock's malformed answers are."""
+    broken = completion()
+    broken["choices"][0]["message"]["role"] = "tool"
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "llama", "usage": broken["usage"]}
+    sse = b"data: " + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": {"role": "tool"}}]}) + b"\n\n"
+
+    def malformed(request: httpx.Request) -> httpx.Response:
+        if b'"stream":true' in request.content.replace(b" ", b""):
+            return httpx.Response(200, content=sse, headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json=broken)
+
+    served = await serve(malformed, {"m": MODEL})
+    plain = await served.post("/v1/chat/completions", {"model": "m", "messages": HI})
+    streamed = await served.post("/v1/chat/completions", {"model": "m", "messages": HI, "stream": True})
+    assert (plain.status_code, streamed.status_code) == (502, 502)
+    assert plain.json()["error"]["message"] == "the provider sent a malformed answer (ValidationError)"
+    lines = await served.ledger()
+    billed = (10 * 1.0 + 5 * 2.0) / 1e6  # the answer's usage at the model's price
+    assert [(line.status, line.route) for line in lines] == [(502, "openai/gpt-4o-mini@global=invalid_response")] * 2
+    assert [line.cost_usd for line in lines] == pytest.approx([billed] * 2)
+    await served.gateway.aclose()

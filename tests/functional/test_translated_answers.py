@@ -74,7 +74,17 @@ STREAMS = {
         chunk({"refusal": "I can't help with that."}),
         chunk({}, "stop"),
     ],
+    # vLLM 0.17+ (and Ollama, Groq, OpenRouter) name the reasoning `reasoning`, not `reasoning_content`.
+    "qwen3-reasoning": [
+        chunk({"reasoning": "2+2"}),
+        chunk({"reasoning": "=4"}),
+        chunk({"content": "4"}),
+        chunk({}, "stop"),
+    ],
+    # A server whose chunks have no id, nor model, nor time (every chunk's left out: `HEADLESS`).
+    "llama-headless": [chunk({"content": "Hel"}), chunk({"content": "lo"}, "stop")],
 }
+HEADLESS = ("llama-headless",)
 REFUSAL = "I'm sorry, I can't help with that."
 REFUSED = {
     "id": "chatcmpl-1",
@@ -93,14 +103,30 @@ REFUSED = {
 }
 
 
+def whole(message: dict[str, Any], **head: Any) -> dict[str, Any]:
+    """An answer of `message`, its head's members replaced by `head`'s (`None` leaves one out)."""
+    answer = {**REFUSED, "choices": [{**REFUSED["choices"][0], "message": message}], **head}  # type: ignore[index]
+    return {name: value for name, value in answer.items() if value is not None}
+
+
+WHOLE = {
+    "qwen3-reasoning": whole({"role": "assistant", "content": "4", "reasoning": "2+2=4"}),
+    "llama-headless": whole({"role": "assistant", "content": "Hello"}, id=None, created=None, model=None),
+}
+
+
 async def chat_completions(request: Request) -> Response:
-    """The scripted stream for the model asked (with its usage chunk and `[DONE]`), or a refusal answered whole."""
+    """The scripted stream for the model asked (with its usage chunk and `[DONE]`), or its whole answer (a refusal
+    unless `WHOLE` has one)."""
     asked = orjson.loads(await request.body())
     if not asked.get("stream"):
-        return Response(orjson.dumps(REFUSED), media_type="application/json")
+        return Response(orjson.dumps(WHOLE.get(asked["model"], REFUSED)), media_type="application/json")
     first = chunk({"role": "assistant", "content": None})
     usage = {**chunk({}), "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}}
-    lines = [b"data: " + orjson.dumps(c) + b"\n\n" for c in [first, *STREAMS[asked["model"]], usage]]
+    chunks = [first, *STREAMS[asked["model"]], usage]
+    if asked["model"] in HEADLESS:
+        chunks = [{k: v for k, v in c.items() if k not in ("id", "created", "model")} for c in chunks]
+    lines = [b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks]
     return StreamingResponse(iter([*lines, b"data: [DONE]\n\n"]), media_type="text/event-stream")
 
 
@@ -208,3 +234,47 @@ def test_a_refusal_reaches_a_messages_client_with_the_refusal_stop_reason(gatewa
         final = stream.get_final_message()
     assert final.stop_reason == "refusal"
     assert [(block.type, block.text) for block in final.content] == [("text", REFUSAL)]  # type: ignore[union-attr]
+
+
+def test_reasoning_under_its_new_name_reaches_every_client(gateway: Running, key: str) -> None:
+    """vLLM 0.17+ returns the reasoning as `reasoning` (it was `reasoning_content`): only `reasoning_content` was read,
+    so a Messages client got no thinking block and a Responses client an empty reasoning summary, whole and streamed,
+    though the reasoning's tokens were billed. Every API carries it now (Chat Completions as `reasoning_content`, the
+    name it has for every provider's reasoning)."""
+    thinking: Any = {"type": "enabled", "budget_tokens": 1024}
+    claude = anthropic_client(gateway, key)
+    message = claude.messages.create(model="qwen3-reasoning", max_tokens=2000, thinking=thinking, messages=HI)
+    assert [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in message.content] == [
+        ("thinking", "2+2=4"),
+        ("text", "4"),
+    ]
+    with claude.messages.stream(model="qwen3-reasoning", max_tokens=2000, thinking=thinking, messages=HI) as stream:
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["thinking", "text"] and final.content[0].thinking == "2+2=4"  # type: ignore[union-attr]
+    client = openai_client(gateway, key)
+    asked: Any = {"effort": "low", "summary": "auto"}
+    response = client.responses.create(model="qwen3-reasoning", input="2+2", reasoning=asked)
+    assert [s.text for s in response.output[0].summary] == ["2+2=4"] and response.output_text == "4"  # type: ignore[union-attr]
+    with client.responses.stream(model="qwen3-reasoning", input="2+2", reasoning=asked) as events:
+        streamed = events.get_final_response()
+    assert [s.text for s in streamed.output[0].summary] == ["2+2=4"] and streamed.output_text == "4"  # type: ignore[union-attr]
+    chat = client.chat.completions.create(model="qwen3-reasoning", messages=HI).choices[0].message
+    assert (chat.model_extra or {}) == {"reasoning_content": "2+2=4"} and chat.content == "4"
+
+
+def test_an_answer_without_its_head_reaches_every_client(gateway: Running, key: str) -> None:
+    """A compatible server's answer or chunks without `id`, `created` or `model` were a 502 (the provider's "malformed
+    answer"), billed nothing though the server counted the usage: they read, with an id, the time and the model
+    filled in, and their line is the provider's usage."""
+    client = openai_client(gateway, key)
+    completion = client.chat.completions.create(model="llama-headless", messages=HI)
+    assert completion.choices[0].message.content == "Hello" and completion.model == "llama-headless"
+    assert completion.id.startswith("chatcmpl-") and completion.created > 1_700_000_000
+    chunks = list(client.chat.completions.create(model="llama-headless", messages=HI, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello"
+    assert len({c.id for c in chunks}) == 1 and chunks[0].model == "llama-headless"
+    with anthropic_client(gateway, key).messages.stream(model="llama-headless", max_tokens=50, messages=HI) as stream:
+        assert stream.get_final_message().content[0].text == "Hello"  # type: ignore[union-attr]
+    assert client.responses.create(model="llama-headless", input="Hi").output_text == "Hello"
+    lines = [line for line in gateway.ledger(key) if line.model == "llama-headless"]
+    assert [(line.status, line.cost_source, line.output_tokens) for line in lines] == [(200, "provider", 9)] * 4

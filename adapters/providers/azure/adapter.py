@@ -169,8 +169,8 @@ class AzureStreamParser(OpenAIStreamParser):
     an annotation and the usage can follow it); a client then learns the answer was filtered (Chat Completions'
     `content_filter`, Messages' `refusal`, Responses' `incomplete`) rather than that it ended."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
         self._last: ChatCompletionChunk | None = None  # the answer's latest chunk: its id, for a finish written here
         self._held: list[ChatCompletionChunk] = []
         self._finished: set[int] = set()
@@ -229,7 +229,7 @@ class AzureStreamParser(OpenAIStreamParser):
                 {"index": index, "delta": {}, "finish_reason": reason, "content_filter_results": results or {}}
             ],
         }
-        return validated(ChatCompletionChunk, payload)
+        return validated(ChatCompletionChunk, payload, self.head, self.model)
 
 
 class AzureOpenAIAdapter(OpenAIAdapter):
@@ -306,7 +306,7 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         return built
 
     def stream_parser(self, req: ChatRequest, target: Target) -> AzureStreamParser:
-        return AzureStreamParser()
+        return AzureStreamParser(target.model)
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         return azure_error(status, body, headers)

@@ -221,7 +221,7 @@ class MistralAdapter(OpenAIAdapter):
         return dict(_conform_choices(data, "message"))
 
     def stream_parser(self, req: ChatRequest, target: Target) -> MistralStreamParser:
-        return MistralStreamParser(self.repeated_prefix(req, target))
+        return MistralStreamParser(target.model, self.repeated_prefix(req, target))
 
     def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> BuiltRequest:
         """OpenAI's embeddings request in Mistral's names; what Mistral has no field for (`user`) is dropped and

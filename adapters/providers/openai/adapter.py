@@ -7,6 +7,8 @@ something.
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,8 +38,9 @@ if TYPE_CHECKING:
     from handler.schemas import ChatCompletionChunk, EmbeddingsRequest, EmbeddingsResponse
 
 
-def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
-    """OpenAI's error body `{"error": {"message", "type", "param", "code"}}`, tolerating variants."""
+def error_from_body(status: int, body: bytes, headers: Mapping[str, str], note: str = "") -> UpstreamError:
+    """OpenAI's error body `{"error": {"message", "type", "param", "code"}}`, tolerating variants; `note`, the
+    gateway's own words, follows the provider's."""
     message, kind, code, param = "", None, None, None
     try:
         data = orjson.loads(body) if body else None
@@ -48,7 +51,7 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> Ups
     if isinstance(data, dict):
         error = data.get("error", data)
         if isinstance(error, dict):
-            message = str(error.get("message") or error.get("detail") or "")
+            message = readable(error.get("message") or error.get("detail"))
             raw_type = error.get("type") or error.get("code")
             kind = str(raw_type) if raw_type else None
             code, param = error.get("code"), error.get("param")
@@ -56,7 +59,36 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> Ups
             message = error
     if not message:
         message = error_excerpt(body)
-    return upstream_error(status, message, headers, upstream_type=kind, code=code, param=param)
+    return upstream_error(status, message + note, headers, upstream_type=kind, code=code, param=param)
+
+
+def readable(said: Any) -> str:
+    """A provider's error message as words: a string as it came; a validation error's problems (Mistral's 422,
+    `{"detail": [{"loc": ["body", "foo"], "msg": "Extra inputs are not permitted", ...}]}`, FastAPI's shape) as
+    `body.foo: Extra inputs are not permitted`, joined by "; "; anything else as JSON. Mistral's 422 reached the
+    client as a Python repr of that object (`{'detail': [{'type': 'extra_forbidden', ...`)."""
+    if isinstance(said, str):
+        return said
+    if said is None:
+        return ""
+    if isinstance(said, dict):
+        if "detail" in said or "message" in said:
+            return readable(said.get("detail") or said.get("message"))
+        if isinstance(said.get("msg"), str):
+            loc = said.get("loc")
+            where = ".".join(str(part) for part in loc) if isinstance(loc, list) and loc else ""
+            return f"{where}: {said['msg']}" if where else str(said["msg"])
+    if isinstance(said, list) and said:
+        return "; ".join(readable(item) for item in said)
+    return orjson.dumps(said).decode()
+
+
+# A server that refuses `stream_options` (a strict compatible one: vLLM with its extra fields forbidden) answers every
+# stream 400, naming it: the request was the gateway's, and the fix is the provider's option, so its error says so.
+STREAM_OPTIONS_REFUSED = (
+    " (the gateway asks for a stream's usage with `stream_options`, which this server refuses: set "
+    "`stream_usage: false` on provider '{name}' in the gateway's configuration)"
+)
 
 
 def normalize_usage(usage: Usage | None) -> Usage | None:
@@ -79,17 +111,57 @@ OPENAI_FINISHES = frozenset(("stop", "length", "tool_calls", "content_filter", "
 CUT_SHORT = frozenset(("model_length", "error", "insufficient_system_resource", "abort"))  # (vLLM's `abort`)
 
 
-def validated(model: type[M], payload: Any) -> M:
+def validated(model: type[M], payload: Any, head: dict[str, Any], upstream_model: str) -> M:
     """`payload` as `model` (an answer or a chunk), with any finish reason outside OpenAI's put in its words: a
     documented value of another API (Mistral's `model_length`) refused the answer as malformed, after the
-    provider had billed it, and sent the request to a fallback to be billed again. Only an answer that fails
-    validation is looked at again: on the hot path, OpenAI's own are validated once."""
+    provider had billed it, and sent the request to a fallback to be billed again; and an `id`, `created` or `model`
+    a compatible server left out (or sent as null, `created` as a float) filled in (`_conform_head`). Only an answer
+    that fails validation is looked at again: on the hot path, OpenAI's own are validated once."""
     try:
         return model.model_validate(payload)
     except ValidationError:
-        if not _conform_finishes(payload):
+        finishes = _conform_finishes(payload)
+        if not (_conform_head(payload, head, upstream_model) or finishes):
             raise
         return model.model_validate(payload)
+
+
+def _conform_head(payload: Any, head: dict[str, Any], upstream_model: str) -> bool:
+    """Fill in (in place) the members of an answer's (or a chunk's) head OpenAI's schema requires and a compatible
+    server may leave out (`id`, `created`, `model`: llama.cpp's and other servers' answers lack some, or give `created`
+    as a float): each missing or null one from `head`, made on first use (an id of OpenAI's form, the time, the
+    deployment's model: one for every chunk of a stream, which a client joins by its id), a float `created` as its
+    whole seconds. Whether any was. A client reads them all (the OpenAI SDK's models require them); left out, the
+    answer was a 502, its usage unbilled."""
+    if not isinstance(payload, dict):
+        return False
+    changed = False
+    for name, kind in (("id", str), ("model", str), ("created", int)):
+        value = payload.get(name)
+        if isinstance(value, kind) and not isinstance(value, bool):
+            continue
+        if name == "created" and isinstance(value, float) and value == value and abs(value) < 1e15:
+            payload[name] = int(value)
+        else:
+            if not head:
+                head.update(id=f"chatcmpl-{secrets.token_hex(12)}", created=int(time.time()), model=upstream_model)
+            payload[name] = head[name]
+        changed = True
+    return changed
+
+
+def billed_unusable(payload: Any, exc: ValidationError, what: str) -> UpstreamError:
+    """The error of an answer (or a stream event) that does not read as OpenAI's even conformed, carrying the usage
+    it reports, which the provider billed: charged on the request's line, as Bedrock's malformed answers are."""
+    error = malformed(f"the provider sent a malformed {what} ({type(exc).__name__})")
+    error.__cause__ = exc
+    raw = payload.get("usage") if isinstance(payload, dict) else None
+    if isinstance(raw, dict):
+        try:
+            error.billed = normalize_usage(Usage.model_validate(raw))
+        except ValidationError:
+            pass
+    return error
 
 
 def _conform_finishes(payload: Any) -> bool:
@@ -132,15 +204,18 @@ def conform_messages(messages: list[dict[str, Any]], profile: Profile) -> None:
 
 class OpenAIStreamParser:
     """Chunks are already in the gateway's form; this validates them and keeps the usage. A compatible API that
-    differs in a chunk's shape overrides `conformed`."""
+    differs in a chunk's shape overrides `conformed`. `model`, the deployment's, heads the chunks of a server that
+    names none."""
 
     served: Served | None = None  # (the service tier it ran at is on its chunks, read from there)
 
-    def __init__(self, repeated: str | None = None) -> None:
+    def __init__(self, model: str, repeated: str | None = None) -> None:
         self.usage: Usage | None = None
         self.ended = False  # `[DONE]` came: the stream is whole, with or without a finish reason
         # A Messages client's prefill the answer repeats (`Profile.prefix`), taken off its text.
         self.repeated = RepeatedPrefix(repeated) if repeated else None
+        self.model = model
+        self.head: dict[str, Any] = {}  # what the chunks of a server that leaves their head out get (`_conform_head`)
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
         data = event.data
@@ -155,7 +230,15 @@ class OpenAIStreamParser:
             raise malformed("upstream sent a stream event that is not JSON", "invalid_json") from exc
         if isinstance(payload, dict) and "error" in payload and "choices" not in payload:
             raise error_from_body(500, data, {})
-        chunk = validated(schemas.ChatCompletionChunk, self.conformed(payload))
+        payload = self.conformed(payload)
+        if self.head:  # (a server that left it out of one chunk leaves it out of the next)
+            _conform_head(payload, self.head, self.model)
+        try:
+            chunk = validated(schemas.ChatCompletionChunk, payload, self.head, self.model)
+        except ValidationError as exc:
+            unusable = billed_unusable(payload, exc, "stream event")
+            self.usage = unusable.billed or self.usage  # (a stream already begun is charged it as it ends)
+            raise unusable from exc
         if chunk.usage is not None:
             self.usage = normalize_usage(chunk.usage)
         if self.repeated is not None:
@@ -294,7 +377,7 @@ class OpenAIAdapter(ProviderAdapter):
     default_base_url = "https://api.openai.com/v1"
     key_env_var = "OPENAI_API_KEY"
     supports_embeddings = True
-    provider_options = frozenset({"profile", "auth", "headers", "responses_api", "responses_store"})
+    provider_options = frozenset({"profile", "auth", "headers", "responses_api", "responses_store", "stream_usage"})
 
     def __init__(self, name: str, secret: str | None, options: Mapping[str, Any]) -> None:
         super().__init__(name, secret, options)
@@ -305,6 +388,11 @@ class OpenAIAdapter(ProviderAdapter):
         responses_api = self.options.get("responses_api")
         if responses_api not in (None, "native", "translate"):
             raise ValueError(f"responses_api must be 'native' or 'translate', not '{responses_api}'")
+        stream_usage = self.options.get("stream_usage")
+        if stream_usage is not None and not isinstance(stream_usage, bool):
+            raise ValueError(f"stream_usage must be true or false, not '{stream_usage}'")
+        # Whether a stream asks for its usage (`stream_options.include_usage`): the profile's choice unless set.
+        self.stream_usage: bool | None = stream_usage
 
     def profile(self, target: Target) -> Profile:
         return profile_for(self.options.get("profile"), target.base_url)
@@ -345,7 +433,7 @@ class OpenAIAdapter(ProviderAdapter):
         dropped += apply_rules(body, profile.rules)
         if stream:
             body["stream"] = True
-            if profile.stream_usage:
+            if profile.stream_usage if self.stream_usage is None else self.stream_usage:
                 body["stream_options"] = {"include_usage": True}
         return body, dropped
 
@@ -407,7 +495,11 @@ class OpenAIAdapter(ProviderAdapter):
         data = json_body(body)
         if not isinstance(data, dict) or "choices" not in data:
             raise malformed("upstream answered without choices")
-        completion = validated(ChatCompletion, self.conformed_answer(data))
+        data = self.conformed_answer(data)
+        try:
+            completion = validated(ChatCompletion, data, {}, target.model)
+        except ValidationError as exc:
+            raise billed_unusable(data, exc, "answer") from exc
         completion.usage = normalize_usage(completion.usage)
         repeated = self.repeated_prefix(req, target)
         if repeated is not None:
@@ -424,9 +516,11 @@ class OpenAIAdapter(ProviderAdapter):
         return data
 
     def stream_parser(self, req: ChatRequest, target: Target) -> OpenAIStreamParser:
-        return OpenAIStreamParser(self.repeated_prefix(req, target))
+        return OpenAIStreamParser(target.model, self.repeated_prefix(req, target))
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
+        if status in (400, 422) and b"stream_options" in body:  # (only a stream is sent `stream_options`)
+            return error_from_body(status, body, headers, STREAM_OPTIONS_REFUSED.format(name=self.name))
         return error_from_body(status, body, headers)
 
     def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> BuiltRequest:

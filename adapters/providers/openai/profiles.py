@@ -26,12 +26,14 @@ class Profile(Value):
     client's 400, named, rather than the provider's); `thinking` says whether the API takes a
     `thinking: {"type": "enabled" | "disabled"}` switch (DeepSeek's); `short_call_ids` whether tool call ids
     longer than OpenAI's 64 characters go as stand-ins (`call_ids.short_call_id`); `reasoning_shown` whether an
-    answer carries the model's reasoning as text where it reasons (a compatible server's `reasoning_content`;
-    OpenAI's Chat Completions never does, so a reasoning summary asked of it is named as dropped); `prefix` whether
+    answer carries the model's reasoning as text where it reasons (a compatible server's `reasoning_content`, or
+    `reasoning` as vLLM 0.17+ and Ollama name it; OpenAI's Chat Completions never does, so a reasoning summary asked of
+    it is named as dropped); `prefix` whether
     the API continues a final assistant message marked `"prefix": true` (a Messages client's prefill) and how its
     answer begins: `CONTINUES` with the continuation alone (DeepSeek's beta), `REPEATS` with the prefix again
     (Mistral's, "force the model to start its answer by the content of the message"), None where it cannot (the
-    prefill is then named as dropped, `messages.prefill`)."""
+    prefill is then named as dropped, `messages.prefill`). A provider's `stream_usage` option overrides the profile's
+    (`OpenAIAdapter`)."""
 
     __slots__ = (
         "rules",

@@ -10,7 +10,7 @@ import pytest
 from adapters.providers.deepseek import DeepSeekAdapter
 from adapters.providers.registry import REGISTRY
 from handler.api.messages_api import MessagesRequest, to_chat_request
-from handler.errors import InvalidRequestError
+from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import Target
 from handler.schemas import ChatRequest
 
@@ -129,8 +129,9 @@ def test_an_answer_cut_for_want_of_capacity_is_served_as_cut_short() -> None:
     completion = adapter().chat_response(orjson.dumps(answer), request(), target())
     assert completion.choices[0].finish_reason == "length" and completion.usage is not None
     answer["choices"][0]["finish_reason"] = 42
-    with pytest.raises(ValueError):
+    with pytest.raises(UpstreamError, match="malformed answer") as malformed:
         adapter().chat_response(orjson.dumps(answer), request(), target())
+    assert malformed.value.retryable and malformed.value.billed is not None  # (what DeepSeek billed for it)
 
 
 def test_the_reasoners_sampling_which_it_ignores_is_left_out_and_named() -> None:

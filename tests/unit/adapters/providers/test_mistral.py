@@ -221,3 +221,24 @@ def test_claudes_redacted_thinking_is_named_where_its_text_goes_back() -> None:
         sent = orjson.loads(built.request.body)["messages"][1]
         assert sent["content"][0]["thinking"] == [{"type": "text", "text": "Hmm."}] and "thinking_blocks" not in sent
         assert built.dropped == dropped
+
+
+def test_a_validation_error_reads_as_words_not_a_python_repr() -> None:
+    """Mistral's 422 carries an object as its `message` (`{"detail": [{"loc", "msg", ...}]}`): clients got its
+    Python repr, `{'detail': [{'type': 'extra_forbidden', ...`. Each problem now reads as where and what."""
+    detail = [
+        {"type": "extra_forbidden", "loc": ["body", "foo"], "msg": "Extra inputs are not permitted", "input": 1},
+        {"type": "string_type", "loc": ["body", "messages", 0, "content"], "msg": "Input should be a valid string"},
+    ]
+    body = {"object": "error", "message": {"detail": detail}, "type": "invalid_request_message_error", "param": None}
+    error = adapter().error(422, orjson.dumps(body), {})
+    assert error.said == (
+        "body.foo: Extra inputs are not permitted; body.messages.0.content: Input should be a valid string"
+    )
+    assert error.message == f"upstream returned 422: {error.said}" and "{'" not in error.message
+    assert error.upstream_type == "invalid_request_message_error" and not error.retryable
+    # Any other object is its JSON, never a repr; a plain message is as it came.
+    odd = adapter().error(400, orjson.dumps({"message": {"code": 3051, "why": None}}), {})
+    assert odd.said == '{"code":3051,"why":null}'
+    plain = adapter().error(429, orjson.dumps({"message": "Requests rate limit exceeded"}), {})
+    assert plain.said == "Requests rate limit exceeded"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 import orjson
@@ -350,3 +352,150 @@ def test_a_messages_prefill_is_named_where_chat_completions_cannot_continue_it(b
     assert orjson.loads(built.request.body)["messages"][-1] == {"role": "assistant", "content": "{"}
     plain = adapter().chat_request(request(messages=messages), target(base_url), stream=False)
     assert plain.dropped == []  # (a Chat Completions client's own last assistant message asks nothing of the kind)
+
+
+VLLM = "http://vllm.internal:8000/v1"
+
+
+@pytest.mark.parametrize(
+    ("options", "base_url", "asked"),
+    [
+        ({}, VLLM, True),
+        ({"stream_usage": False}, VLLM, False),
+        ({"stream_usage": False}, "https://api.openai.com/v1", False),
+        ({"profile": "mistral"}, VLLM, False),  # (Mistral refuses it)
+        ({"profile": "mistral", "stream_usage": True}, VLLM, True),
+    ],
+)
+def test_stream_usage_false_sends_no_stream_options(options: dict[str, object], base_url: str, asked: bool) -> None:
+    """A compatible server that refuses `stream_options` (vLLM with extra fields forbidden: 400 "Extra inputs are not
+    permitted") could not stream at all, through any API: the gateway always asked for the usage. `stream_usage:
+    false` on the provider leaves it out (the stream is then estimated, as one without usage is)."""
+    body = orjson.loads(adapter(**options).chat_request(request(), target(base_url), stream=True).request.body)
+    assert body["stream"] is True and ("stream_options" in body) is asked
+    if asked:
+        assert body["stream_options"] == {"include_usage": True}
+
+
+def test_a_stream_usage_that_is_not_a_boolean_is_refused_at_start_up() -> None:
+    with pytest.raises(ValueError, match="stream_usage must be true or false"):
+        adapter(stream_usage="no")
+
+
+def test_a_refused_stream_options_names_the_option_that_leaves_it_out() -> None:
+    """vLLM's 400 named `stream_options`, which the client never sent: the error now says what to set."""
+    detail = "[{'type': 'extra_forbidden', 'loc': ('body', 'stream_options'), 'msg': 'Extra inputs are not permitted'}]"
+    body = orjson.dumps({"object": "error", "message": detail, "type": "BadRequestError", "param": None, "code": 400})
+    error = adapter().error(400, body, {})
+    assert error.said is not None and error.said.startswith(detail)
+    assert "set `stream_usage: false` on provider 'p'" in error.said
+    assert "stream_usage" not in (adapter().error(400, (FIXTURES / "error-429.json").read_bytes(), {}).said or "")
+
+
+USAGE = {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60}
+
+
+def answer(**head: object) -> dict[str, object]:
+    """A compatible server's whole answer, its head as given (`...` leaves a member out)."""
+    message = {"role": "assistant", "content": "Hello"}
+    body = {"id": "c1", "object": "chat.completion", "created": 1, "model": "llama", "usage": USAGE}
+    body |= {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    body |= head
+    return {name: value for name, value in body.items() if value is not ...}
+
+
+def stream_of(*payloads: dict[str, object]) -> bytes:
+    return b"".join(b"data: " + orjson.dumps(p) + b"\n\n" for p in payloads) + b"data: [DONE]\n\n"
+
+
+def fed(a: OpenAIAdapter, raw: bytes, base_url: str = VLLM, model: str = "qwen3") -> tuple[list[object], object]:
+    parser = a.stream_parser(request(), target(base_url, model))
+    decoder = a.frame_decoder()
+    chunks = [c for e in decoder.feed(raw) + decoder.finish() for c in parser.feed(e)]
+    return chunks, parser
+
+
+def test_a_compatible_servers_reasoning_under_its_new_name_is_read() -> None:
+    """vLLM 0.17+ (and Ollama, Groq, OpenRouter) name the reasoning `reasoning`, not `reasoning_content`: it was
+    left as an unknown member, so a Messages client got no thinking block and a Responses client an empty summary,
+    though its tokens were billed. It is the answer's (and each delta's) `reasoning_content` now."""
+    body = answer()
+    body["choices"][0]["message"]["reasoning"] = "2+2=4"  # type: ignore[index]
+    message = adapter().chat_response(orjson.dumps(body), request(), target(VLLM, "qwen3")).choices[0].message
+    assert message.reasoning_content == "2+2=4" and "reasoning" not in (message.model_extra or {})
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "qwen3"}
+    raw = stream_of(
+        {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        {**chunk, "choices": [{"index": 0, "delta": {"reasoning": "2+2"}}]},
+        {**chunk, "choices": [{"index": 0, "delta": {"reasoning": "=4"}}]},
+        {**chunk, "choices": [{"index": 0, "delta": {"content": "4"}, "finish_reason": "stop"}]},
+    )
+    chunks, _ = fed(adapter(), raw)
+    deltas = [c.choices[0].delta for c in chunks]  # type: ignore[attr-defined]
+    assert "".join(d.reasoning_content or "" for d in deltas) == "2+2=4"
+    assert not any("reasoning" in (d.model_extra or {}) for d in deltas)
+    # A server that sends both keeps its own `reasoning_content` (and its `reasoning`); a null one is no reasoning.
+    body["choices"][0]["message"] |= {"reasoning_content": "mine", "reasoning": "theirs"}  # type: ignore[index]
+    message = adapter().chat_response(orjson.dumps(body), request(), target(VLLM)).choices[0].message
+    assert message.reasoning_content == "mine" and (message.model_extra or {})["reasoning"] == "theirs"
+    body["choices"][0]["message"] = {"role": "assistant", "content": "4", "reasoning": None}  # type: ignore[index]
+    message = adapter().chat_response(orjson.dumps(body), request(), target(VLLM)).choices[0].message
+    assert message.reasoning_content is None and not message.model_extra
+
+
+@pytest.mark.parametrize(
+    ("member", "sent", "read"),
+    [
+        ("id", ..., "made"),
+        ("id", None, "made"),
+        ("created", ..., "now"),
+        ("created", 1733000000.5, 1733000000),
+        ("model", ..., "llama-3.1-8b"),
+    ],
+    ids=["no-id", "null-id", "no-created", "float-created", "no-model"],
+)
+def test_an_answer_missing_its_head_gets_one_and_keeps_its_usage(member: str, sent: object, read: object) -> None:
+    """A compatible server's answer without `id`, `created` or `model` (or `created` as a float) was a 502 "malformed
+    answer (ValidationError)", its usage unbilled: it gets an id, the time, the deployment's model (`llama-3.1-8b`,
+    where the server said `llama`), whole or streamed (one head for every chunk of a stream)."""
+    before = int(time.time())
+    body = answer(**{member: sent})
+    completion = adapter().chat_response(orjson.dumps(body), request(), target(VLLM, "llama-3.1-8b"))
+    assert completion.usage is not None and completion.usage.prompt_tokens == 50
+    value = getattr(completion, member)
+    if read == "made":
+        assert re.fullmatch(r"chatcmpl-[0-9a-f]{24}", value)
+    elif read == "now":
+        assert before <= value <= time.time() + 1
+    else:
+        assert value == read
+    chunk = {name: value for name, value in body.items() if name not in ("choices", "usage")}
+    chunk["object"] = "chat.completion.chunk"
+    raw = stream_of(
+        {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]},
+        {**chunk, "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]},
+        {**chunk, "choices": [], "usage": USAGE},
+    )
+    chunks, parser = fed(adapter(), raw, model="llama-3.1-8b")
+    heads = {(c.id, c.created, c.model) for c in chunks}  # type: ignore[attr-defined]
+    assert len(chunks) == 3 and len(heads) == 1 and parser.usage.prompt_tokens == 50  # type: ignore[attr-defined]
+    assert read in ("made", "now") or getattr(chunks[0], member) == read
+
+
+def test_a_malformed_answer_carries_the_usage_the_provider_billed() -> None:
+    """An answer that does not read even with its head filled in is the provider's malformed answer (retryable), but
+    it was billed: the error carries its usage, charged on the request's line as Bedrock's malformed answers are."""
+    body = answer()
+    body["choices"][0]["message"]["role"] = "user"  # type: ignore[index]
+    with pytest.raises(UpstreamError) as whole:
+        adapter().chat_response(orjson.dumps(body), request(), target(VLLM))
+    assert whole.value.retryable and whole.value.message == "the provider sent a malformed answer (ValidationError)"
+    assert whole.value.billed is not None and whole.value.billed.completion_tokens == 10
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "llama"}
+    broken = {**chunk, "choices": [{"index": 0, "delta": {"role": "user"}}], "usage": USAGE}
+    with pytest.raises(UpstreamError) as streamed:
+        fed(adapter(), stream_of(broken))
+    assert streamed.value.billed is not None and streamed.value.billed.prompt_tokens == 50
+    with pytest.raises(UpstreamError) as unbilled:  # (no usage: nothing to charge but what the gateway saw)
+        adapter().chat_response(orjson.dumps({**body, "usage": None}), request(), target(VLLM))
+    assert unbilled.value.billed is None
