@@ -35,7 +35,6 @@ from adapters.providers.params import (
     unsent_part_fields,
     unsent_reasoning,
 )
-from adapters.providers.prefill import PREFILL
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (
@@ -346,6 +345,8 @@ def _contents(
         # A Messages client's prefill: Gemini documents no continuing of a model turn, and refuses a conversation
         # ending with one ("Requests ending with a model turn are not supported"). Left out, and named.
         messages = messages[:-1]
+        from adapters.providers.prefill import PREFILL  # (on first use)
+
         dropped.append(PREFILL)
     for message in messages:
         if message.role in ("tool", "function"):

@@ -20,7 +20,6 @@ from adapters.providers.call_ids import shorten_message_call_ids
 from adapters.providers.model_rules import rules_for
 from adapters.providers.openai.profiles import PROFILES, REPEATS, Profile, profile_for
 from adapters.providers.params import IMAGE_DETAIL, apply_rules, unsent_part_fields
-from adapters.providers.prefill import PREFILL, RepeatedPrefix, strip_repeated
 from handler import schemas
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import RESPONSES_API, BuiltRequest, NativeCall, ProviderAdapter, Served, Target, UpstreamRequest
@@ -31,10 +30,12 @@ M = TypeVar("M", bound=BaseModel)
 # The Responses API's wire (adapters/providers/openai/responses.py) is imported with the first Responses request
 # passed through: a cold start serving Chat Completions imports none of it. A server's start-up and a snapshot do.
 LATER_MODULES.add("adapters.providers.openai.responses")
+LATER_MODULES.add("adapters.providers.prefill")  # (a Messages client's prefill's: on first use)
 
 
 if TYPE_CHECKING:
     from adapters.providers.openai.responses import ResponsesMeter
+    from adapters.providers.prefill import RepeatedPrefix
     from handler.schemas import ChatCompletionChunk, EmbeddingsRequest, EmbeddingsResponse
 
 
@@ -213,7 +214,11 @@ class OpenAIStreamParser:
         self.usage: Usage | None = None
         self.ended = False  # `[DONE]` came: the stream is whole, with or without a finish reason
         # A Messages client's prefill the answer repeats (`Profile.prefix`), taken off its text.
-        self.repeated = RepeatedPrefix(repeated) if repeated else None
+        self.repeated: RepeatedPrefix | None = None
+        if repeated:
+            from adapters.providers.prefill import RepeatedPrefix  # (a prefill's: on first use)
+
+            self.repeated = RepeatedPrefix(repeated)
         self.model = model
         self.head: dict[str, Any] = {}  # what the chunks of a server that leaves their head out get (`_conform_head`)
 
@@ -426,6 +431,8 @@ class OpenAIAdapter(ProviderAdapter):
             if profile.prefix is not None:
                 body["messages"][-1]["prefix"] = True
             else:
+                from adapters.providers.prefill import PREFILL  # (on first use: see `LATER_MODULES`)
+
                 dropped.append(PREFILL)
         reasons = reasoning.openai_reasons(target)
         dropped += _reasoning(body, req, reasons, profile.thinking)
@@ -503,6 +510,8 @@ class OpenAIAdapter(ProviderAdapter):
         completion.usage = normalize_usage(completion.usage)
         repeated = self.repeated_prefix(req, target)
         if repeated is not None:
+            from adapters.providers.prefill import strip_repeated
+
             strip_repeated(completion, repeated)
         return completion
 
