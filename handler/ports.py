@@ -237,6 +237,10 @@ class ProviderAdapter(ABC):
     # Why its key, held in SSM or Secrets Manager, could not be read (the store's error code), while it has none
     # (handler/pipeline/provider_keys.py).
     unread: str | None = None
+    # Each of its `headers` held in SSM or Secrets Manager that could not be read, while it has no value for it: why
+    # (`ssm:/path could not be read (ThrottlingException)`), by header. Its requests are not sent meanwhile: the
+    # header may be the credential (an Entra ID token). Replaced whole, never changed in place.
+    unread_headers: Mapping[str, str] = MappingProxyType({})
     supports_embeddings: ClassVar[bool] = False
     # The most inputs the API embeds in one call, where it takes fewer than OpenAI's 2,048 (Gemini: 100): a request
     # with more is sent as several calls to the one deployment, their answers joined (`Pipeline.embeddings`).

@@ -84,7 +84,8 @@ def _known_types() -> set[str]:
 
 def _start_up_checks(config: Config) -> None:
     """What the gateway's start-up refuses, said before serving: the `OTEL_*` environment, each provider's
-    `headers` resolved (a reference to nothing), and an option no adapter reads (a misspelt `base_ulr`)."""
+    `headers` resolved (a reference to nothing; one whose store cannot be read now is read again once serving, as a
+    key is), and an option no adapter reads (a misspelt `base_ulr`)."""
     from adapters.providers.registry import REGISTRY
     from handler.pipeline.gateway import provider_headers, unread_options
 

@@ -26,7 +26,15 @@ from handler.config import (
 )
 from handler.errors import GatewayError
 from handler.pipeline.keys import KeyService
-from handler.pipeline.provider_keys import ProviderKeys, install, unreadable
+from handler.pipeline.provider_keys import (
+    ProviderKeys,
+    header_holder,
+    header_secrets,
+    header_unreadable,
+    install,
+    is_stored,
+    unreadable,
+)
 from handler.pipeline.routing import Attempt, RouteControls, Router, any_model
 from handler.pipeline.spool import SettlementSpool
 from handler.pipeline.upstream import UpstreamClient
@@ -276,9 +284,12 @@ def build_adapters(
     for name, provider in config.providers.items():
         cls = registry[provider.type]
         options = provider.options()
+        unread: dict[str, SecretUnreadableError] = {}
         if "headers" in options:
-            options["headers"] = provider_headers(name, options["headers"], environ, fetch)
+            options["headers"], unread = provider_headers(name, options["headers"], environ, fetch)
         adapter = adapters[name] = cls(name, None, options)
+        for header, failure in unread.items():  # (read again later, as a key is)
+            header_unreadable(adapter, header, failure)
         ref = provider.key_reference(cls.key_env_var)
         try:
             secret = resolve_secret(ref, environ, fetch)
@@ -294,31 +305,50 @@ def key_references(config: Config, registry: Mapping[str, type[ProviderAdapter]]
     return {name: p.key_reference(registry[p.type].key_env_var) for name, p in config.providers.items()}
 
 
+def header_references(config: Config) -> dict[str, dict[str, str]]:
+    """Each provider's `headers` whose value is held in SSM or Secrets Manager: header -> reference, by provider
+    name (the values `ProviderKeys` reads again)."""
+    found: dict[str, dict[str, str]] = {}
+    for name, provider in config.providers.items():
+        headers = provider.options().get("headers")
+        if isinstance(headers, dict):
+            stored = {str(h): str(ref) for h, ref in headers.items() if isinstance(ref, str) and is_stored(ref)}
+            if stored:
+                found[name] = stored
+    return found
+
+
 # A header whose name says it carries a credential: its value is a secret even when written in the config.
 CREDENTIAL_HEADER = r"(?i)auth|key|token|secret|password|signature|cookie|session"  # (compiled when used)
 
 
 def provider_headers(
     provider: str, headers: Any, environ: Mapping[str, str], fetch: SecretFetcher | None
-) -> dict[str, str]:
+) -> tuple[dict[str, str], dict[str, SecretUnreadableError]]:
     """A provider's extra `headers`, each value a literal or a reference (`env:NAME`, `ssm:/path`,
-    `secretsmanager:NAME`) as `api_key` takes. A value from a reference, or under a credential's name
-    (`authorization`, `x-api-key`, ...), is registered as a secret: redacted from everything relayed."""
+    `secretsmanager:NAME`) as `api_key` takes; and those held in a store that could not be read (throttled,
+    unreachable), each given no value (`""`) until it is (handler/pipeline/provider_keys.py), as a provider's key is.
+    A value from a reference, or under a credential's name (`authorization`, `x-api-key`, ...), is registered as a
+    secret: redacted from everything relayed (one from a store in place of the one it replaces, when read again)."""
     if not isinstance(headers, dict) or any(isinstance(v, dict | list) for v in headers.values()):
         raise ConfigError([f"providers.{provider}.headers: a mapping of header names to values"])
     resolved: dict[str, str] = {}
+    unread: dict[str, SecretUnreadableError] = {}
     for header, raw in headers.items():
         value = "" if raw is None else str(raw)  # (a number or a flag, written as YAML reads it: as before)
         try:
             secret = resolve_secret(value, environ, fetch) if value else value
-        except SecretUnreadableError as failure:  # (the environment's init fails, and is tried again)
-            raise ConfigError([f"providers.{provider}.headers.{header}: {failure}"]) from None
+        except SecretUnreadableError as failure:
+            resolved[str(header)], unread[str(header)] = "", failure
+            continue
         if secret is None:
             raise ConfigError([f"providers.{provider}.headers.{header}: {reference_name(value)} resolves to nothing"])
-        if secret != value or re.search(CREDENTIAL_HEADER, str(header)):
-            redaction.register(secret)
+        if is_stored(value):
+            redaction.register_current(header_holder(provider, str(header)), *header_secrets(secret))
+        elif secret != value or re.search(CREDENTIAL_HEADER, str(header)):
+            redaction.register(*header_secrets(secret))
         resolved[str(header)] = secret
-    return resolved
+    return resolved, unread
 
 
 def build_gateway(
@@ -352,7 +382,9 @@ def build_gateway(
         router=Router(config, adapters, region),
         upstream=UpstreamClient(config.gateway.timeouts, transport, config.gateway.limits),
         tracer=build_tracer(config, env, region, fetch),
-        provider_keys=ProviderKeys(adapters, key_references(config, REGISTRY), refresh_s, env, fetch),
+        provider_keys=ProviderKeys(
+            adapters, key_references(config, REGISTRY), refresh_s, env, fetch, headers=header_references(config)
+        ),
     )
 
 

@@ -621,9 +621,10 @@ class Pipeline(Charges):
                     last = err
                     if err.upstream_status == 401 and not rekeyed:
                         rekeyed = True  # (once per attempt: a key read again that is refused too fails over)
-                        if await self.gateway.provider_keys.renewed(attempt.adapter, key):
-                            # The key was rotated in its store since it was last read: sent again with the new one
-                            # (a 401 is not billed), before the deployment is failed over as one whose key is bad.
+                        if await self.gateway.provider_keys.renewed(attempt.adapter, key, built.request.headers):
+                            # The key (or a header's value) was rotated in its store since it was last read: sent again
+                            # with the new one (a 401 is not billed), before the deployment is failed over as one whose
+                            # key is bad.
                             failed.pop()
                             built, key = build(attempt), attempt.adapter.secret
                             continue

@@ -1,5 +1,9 @@
 """Provider keys held in SSM Parameter Store or Secrets Manager, kept current while the process runs.
 
+A provider's `headers` values held there (`headers: {authorization: ssm:/path}`, an Azure resource's Entra ID token)
+are credentials too, and kept current the same way: what follows of a key holds for each of them. Until such a header
+is first read, its provider's requests are not sent (`ProviderAdapter.unread_headers`): they answer the 503 below.
+
 Each is read at start (`build_adapters`), then read again:
 - every `gateway.provider_key_refresh_seconds` (300 s by default): a key rotated in its store is in use within that
   time. The read runs on a thread of its own, started by the first request after it is due (`check`, one clock
@@ -13,8 +17,8 @@ Each is read at start (`build_adapters`), then read again:
   that failed.
 - once when the provider refuses the key (a 401): a key rotated since its last read is used at once (`renewed`).
 
-A provider key given literally or by `env:NAME` is not read again: the environment does not change under a
-running process.
+A provider key (or header) given literally or by `env:NAME` is not read again: the environment does not change
+under a running process.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import TypeGuard
 
 from handler import redaction
 from handler.config import SECRET_STORES, SecretFetcher, SecretUnreadableError, reference_name, resolve_secret
@@ -62,6 +67,51 @@ def unreadable(adapter: ProviderAdapter, failure: SecretUnreadableError, retry_s
         adapter.unread = failure.reason
 
 
+# The schemes an `authorization` value names before its credential: an upstream may echo the credential alone.
+AUTH_SCHEMES = frozenset({"bearer", "basic", "token"})
+
+
+def header_secrets(value: str) -> tuple[str, ...]:
+    """A header's value as secrets to redact: itself, and the credential after its scheme (`Bearer <token>`)."""
+    scheme, _, credential = value.partition(" ")
+    return (value, credential.strip()) if scheme.lower() in AUTH_SCHEMES and credential.strip() else (value,)
+
+
+def header_holder(provider: str, header: str) -> str:
+    """Who holds a header's value read from a secret store, for `redaction.register_current`."""
+    return f"provider {provider} headers.{header}"
+
+
+def install_header(adapter: ProviderAdapter, header: str, value: str) -> None:
+    """Give `adapter` the value read for its header `header`, registered as a secret in place of the one before (which
+    stays registered too: `redaction.register_current`). The headers are replaced whole: a request building its
+    headers meanwhile reads the old mapping or the new one, never one changing under it."""
+    redaction.register_current(header_holder(adapter.name, header), *header_secrets(value))
+    adapter.options["headers"] = {**adapter.options.get("headers", {}), header: value}
+    if header in adapter.unread_headers:
+        adapter.unread_headers = {h: why for h, why in adapter.unread_headers.items() if h != header}
+
+
+def header_unreadable(
+    adapter: ProviderAdapter, header: str, failure: SecretUnreadableError | str, retry_s: float = RETRY_S
+) -> None:
+    """Mark `adapter`'s header `header` as not read (`failure`, or why it was not); a value it holds from an earlier
+    read stays in use. Without one its requests are not sent (`ProviderAdapter.unread_headers`)."""
+    held = header not in adapter.unread_headers and bool(adapter.options.get("headers", {}).get(header))
+    logger.warning(
+        f"provider {adapter.name}: its header {header}: {failure}; "
+        + ("the value read before stays in use" if held else "its requests answer 503 until it is read")
+        + f"; read again in {retry_s:g} s"
+    )
+    if not held:
+        adapter.unread_headers = {**adapter.unread_headers, header: str(failure)}
+
+
+def is_stored(reference: str | None) -> TypeGuard[str]:
+    """Whether `reference` names a value in SSM or Secrets Manager (one read again while the process runs)."""
+    return reference is not None and reference.startswith(SECRET_STORES)
+
+
 class StoredKey:
     """One provider's key in SSM or Secrets Manager: where it is, and when it is to be read again."""
 
@@ -74,9 +124,77 @@ class StoredKey:
         self.reading: threading.Event | None = None  # set when the read under way ends
         self.refused_at = -math.inf  # when a provider's 401 last had it read (`ProviderKeys.renewed`)
 
+    @property
+    def unread(self) -> bool:
+        """Whether it could not be read and none is held (its provider's requests answer 503)."""
+        return self.adapter.unread is not None
+
+    def held(self) -> str | None:
+        """The value in use."""
+        return self.adapter.secret
+
+    def sent(self, key: str | None, headers: Mapping[str, str]) -> str | None:
+        """The value a request refused with the provider's key `key` and `headers` carried."""
+        return key
+
+    def take(self, secret: str | None, refresh_s: float, retry_s: float) -> None:
+        """Use `secret`, just read (None: the store holds none); read again in `refresh_s` (`retry_s` if it is still
+        `unread`)."""
+        adapter = self.adapter
+        if secret != adapter.secret:
+            if adapter.secret and secret:
+                logger.info(f"provider {adapter.name}: a new key read from {self.reference}, in use from now")
+            install(adapter, self.reference, secret)
+        adapter.unread = None
+
+    def failed(self, failure: SecretUnreadableError, retry_s: float) -> None:
+        """Note that it could not be read (`failure`); read again in `retry_s`."""
+        unreadable(self.adapter, failure, retry_s)
+
+
+class StoredHeader(StoredKey):
+    """One of a provider's `headers` whose value is in SSM or Secrets Manager (a credential: an Entra ID token)."""
+
+    __slots__ = ("header",)
+
+    def __init__(self, adapter: ProviderAdapter, header: str, reference: str, due: float) -> None:
+        super().__init__(adapter, reference, due)
+        self.header = header
+
+    @property
+    def unread(self) -> bool:
+        return self.header in self.adapter.unread_headers
+
+    def held(self) -> str | None:
+        if self.unread:
+            return None
+        return self.adapter.options.get("headers", {}).get(self.header) or None
+
+    def sent(self, key: str | None, headers: Mapping[str, str]) -> str | None:
+        return headers.get(self.header)
+
+    def take(self, secret: str | None, refresh_s: float, retry_s: float) -> None:
+        adapter = self.adapter
+        if secret is None:  # (absent now: at start that stopped the gateway; a value read before stays in use)
+            absent = f"{self.reference} resolves to nothing"
+            header_unreadable(adapter, self.header, absent, refresh_s if self.held() else retry_s)
+            return
+        held = self.held()
+        if secret != held:
+            if held:
+                logger.info(
+                    f"provider {adapter.name}: a new value of its header {self.header} read from {self.reference}, "
+                    "in use from now"
+                )
+            install_header(adapter, self.header, secret)
+
+    def failed(self, failure: SecretUnreadableError, retry_s: float) -> None:
+        header_unreadable(self.adapter, self.header, failure, retry_s)
+
 
 class ProviderKeys:
-    """The process's provider keys held in a secret store, each read again as the module docstring says."""
+    """The process's provider keys (and header values) held in a secret store, each read again as the module docstring
+    says."""
 
     def __init__(
         self,
@@ -86,6 +204,7 @@ class ProviderKeys:
         environ: Mapping[str, str] | None = None,
         fetch: SecretFetcher | None = None,
         clock: Callable[[], float] = time.monotonic,
+        headers: Mapping[str, Mapping[str, str]] | None = None,  # provider -> header -> reference
     ) -> None:
         self.refresh_s = refresh_s
         self.retry_s = min(RETRY_S, refresh_s)
@@ -93,11 +212,16 @@ class ProviderKeys:
         self.fetch = fetch
         self.clock = clock
         now = clock()
-        self.stored = [
-            StoredKey(adapters[name], ref, now + (self.retry_s if adapters[name].unread else refresh_s))
-            for name, ref in references.items()
-            if ref and ref.startswith(SECRET_STORES)
+        stored = [StoredKey(adapters[name], ref, now) for name, ref in references.items() if is_stored(ref)]
+        stored += [
+            StoredHeader(adapters[name], header, ref, now)
+            for name, refs in (headers or {}).items()
+            for header, ref in refs.items()
+            if is_stored(ref)
         ]
+        for key in stored:
+            key.due = now + (self.retry_s if key.unread else refresh_s)
+        self.stored = stored
         self.due = min((key.due for key in self.stored), default=math.inf)
         self._lock = threading.Lock()
 
@@ -109,32 +233,42 @@ class ProviderKeys:
     async def settle(self) -> bool:
         """For a request none of whose deployments has a key: wait up to `WAIT_S` for the reads of keys that could
         not be read (started now if due); whether any of them is now held."""
-        unread = [key for key in self.stored if key.adapter.unread]
+        unread = [key for key in self.stored if key.unread]
         self.check()
         deadline = self.clock() + WAIT_S
         for done in [key.reading for key in unread]:
             if done is not None:  # (a read that ended already needs no wait)
                 await asyncio.to_thread(done.wait, max(0.0, deadline - self.clock()))
-        return any(key.adapter.secret for key in unread)
+        return any(key.held() for key in unread)
 
-    async def renewed(self, adapter: ProviderAdapter, refused: str | None) -> bool:
-        """After the provider refused the key `refused` (401): whether `adapter` now holds another, so the request may
-        be sent again with it. The key is read now (waiting up to `WAIT_S`), unless a 401 had it read less than
-        `retry_s` before (a revoked key still in the store would otherwise have every request read it). A key not
+    async def renewed(
+        self, adapter: ProviderAdapter, refused: str | None, headers: Mapping[str, str] | None = None
+    ) -> bool:
+        """After the provider refused a request sent with the key `refused` and `headers` (a 401): whether `adapter`
+        now holds another key, or another value of a header read from a store, so the request may be sent again. Each
+        still holding what was sent is read now (waiting up to `WAIT_S`), unless a 401 had it read less than `retry_s`
+        before (a revoked key still in the store would otherwise have every request read it). An adapter with nothing
         held in a store: False."""
-        key = self._of(adapter)
-        if key is None:
+        sent = {} if headers is None else headers
+        stored = [key for key in self.stored if key.adapter is adapter]
+        if not stored:
             return False
-        if adapter.secret == refused:
-            with self._lock:
+        reads = []
+        with self._lock:
+            for key in stored:
+                if key.held() != key.sent(refused, sent):
+                    continue  # (another request had it read already)
                 done = key.reading
                 if done is None:
                     if self.clock() - key.refused_at < self.retry_s:
-                        return False
+                        continue
                     key.refused_at = self.clock()
                     done = self._start(key)
-            await asyncio.to_thread(done.wait, WAIT_S)
-        return bool(adapter.secret) and adapter.secret != refused
+                reads.append(done)
+        deadline = self.clock() + WAIT_S
+        for done in reads:
+            await asyncio.to_thread(done.wait, max(0.0, deadline - self.clock()))
+        return any(key.held() and key.held() != key.sent(refused, sent) for key in stored)
 
     async def reread(self) -> None:
         """Read every key now (after a SnapStart restore), waiting up to `RESTORE_WAIT_S` for them all."""
@@ -143,9 +277,6 @@ class ProviderKeys:
         deadline = self.clock() + RESTORE_WAIT_S
         for done in reads:
             await asyncio.to_thread(done.wait, max(0.0, deadline - self.clock()))
-
-    def _of(self, adapter: ProviderAdapter) -> StoredKey | None:
-        return next((key for key in self.stored if key.adapter is adapter), None)
 
     def _start_due(self) -> None:
         now = self.clock()
@@ -159,28 +290,23 @@ class ProviderKeys:
         """Start reading `key` on a thread (the lock held)."""
         done = key.reading = threading.Event()
         key.due = math.inf
-        name = f"provider-key-{key.adapter.name}"
+        name = f"provider-key-{key.adapter.name}"  # (a header's too)
         threading.Thread(target=self._read, args=(key, done), name=name, daemon=True).start()
         return done
 
     def _read(self, key: StoredKey, done: threading.Event) -> None:
-        adapter = key.adapter
         try:
             secret = resolve_secret(key.reference, self.environ, self.fetch)
         except SecretUnreadableError as failure:
-            unreadable(adapter, failure, self.retry_s)
+            key.failed(failure, self.retry_s)
             next_read = self.retry_s
         except Exception as exc:  # noqa: BLE001 - a store's client failing otherwise is one more unreadable store
             reason = type(exc).__name__
-            unreadable(adapter, SecretUnreadableError(reference_name(key.reference), reason), self.retry_s)
+            key.failed(SecretUnreadableError(reference_name(key.reference), reason), self.retry_s)
             next_read = self.retry_s
         else:
-            if secret != adapter.secret:
-                if adapter.secret and secret:
-                    logger.info(f"provider {adapter.name}: a new key read from {key.reference}, in use from now")
-                install(adapter, key.reference, secret)
-            adapter.unread = None
-            next_read = self.refresh_s
+            key.take(secret, self.refresh_s, self.retry_s)
+            next_read = self.retry_s if key.unread else self.refresh_s
         with self._lock:
             key.reading = None
             key.due = self.clock() + next_read

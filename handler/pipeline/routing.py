@@ -203,9 +203,12 @@ class Router:
         usable = [a for a in candidates if self._keyed(a)]
         if not usable:
             first = candidates[0]
-            unread = first.adapter.unread is not None  # (it may be read later: the client may retry then)
+            adapter = first.adapter
+            unread = adapter.unread is not None or bool(adapter.unread_headers)  # (read later: the client may retry)
+            header = next(iter(adapter.unread_headers), None)
+            lacks = "API key" if header is None else f"value for its header {header}"
             raise ServiceUnavailableError(
-                f"provider '{first.target.provider}' for model '{model}' has no API key: {self._key_hint(first)}",
+                f"provider '{first.target.provider}' for model '{model}' has no {lacks}: {self._key_hint(first)}",
                 code="provider_not_configured",
                 retry=unread,
                 headers={"retry-after": str(math.ceil(RETRY_S))} if unread else None,
@@ -239,10 +242,14 @@ class Router:
 
     @staticmethod
     def _keyed(attempt: Attempt) -> bool:
-        return not (attempt.adapter.requires_key and not attempt.adapter.secret)
+        adapter = attempt.adapter
+        return not (adapter.requires_key and not adapter.secret) and not adapter.unread_headers
 
     def _key_hint(self, attempt: Attempt) -> str:
-        """Where the operator puts the key `attempt`'s provider lacks; never a secret."""
+        """Where the operator puts the key `attempt`'s provider lacks, or why a header's value in a store was not
+        read; never a secret."""
+        for failure in attempt.adapter.unread_headers.values():  # (the credential may be a header: Entra ID's)
+            return f"{failure}; the gateway reads it again within {RETRY_S:g} s"
         if attempt.adapter.refused_reference:  # set, but to one of this gateway's own keys (a client's setup)
             return (
                 f"{attempt.adapter.refused_reference} holds one of this gateway's own keys (gwk_...), not the "

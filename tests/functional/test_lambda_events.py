@@ -122,13 +122,18 @@ def replay(
     environ: dict[str, str] | None = None,
     observability: dict[str, Any] | None = None,
     logs: list[str] | None = None,
-    api_key: str = "env:OPENAI_API_KEY",
+    api_key: str | None = "env:OPENAI_API_KEY",
     settings: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """The handler's answers to `paths`, one warm environment; its log lines (stderr) appended to `logs`. `api_key`:
-    the provider's key reference; `settings`: the config's `gateway:` section."""
+    the provider's key reference (None: `auth: none`); `settings`: the config's `gateway:` section; `headers`: the
+    provider's own."""
+    provider: dict[str, Any] = {"type": "openai", "base_url": f"{upstream_url}/openai/v1"}
+    provider |= {"api_key": api_key} if api_key is not None else {"auth": "none"}
+    provider |= {"headers": headers} if headers is not None else {}
     config: dict[str, Any] = {
-        "providers": {"openai": {"type": "openai", "api_key": api_key, "base_url": f"{upstream_url}/openai/v1"}},
+        "providers": {"openai": provider},
         "models": {
             "gpt-4o-mini": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]},
             "text-embedding-3-small": {
@@ -356,18 +361,38 @@ def fake_ssm(script: list[str]) -> Iterator[tuple[dict[str, str], list[str]]]:
 
 
 STORED_KEY = "ssm:/llm-gateway/openai"
+# Where the provider's credential held in SSM is configured: as its `api_key`, or as a header of its own holding the
+# whole `authorization` value (`auth: none`), as an Azure resource's Entra ID token is.
+CREDENTIALS = ["api_key", "header"]
 
 
+def stored_credential(credential: str) -> dict[str, Any]:
+    """`replay`'s arguments for a provider whose `credential` is `STORED_KEY`."""
+    if credential == "api_key":
+        return {"api_key": STORED_KEY}
+    return {"api_key": None, "headers": {"authorization": STORED_KEY}}
+
+
+def in_ssm(credential: str, script: list[str]) -> list[str]:
+    """`script` with each key as SSM holds it for `credential`: a header's value is the whole `Bearer <key>`."""
+    if credential == "api_key":
+        return script
+    return [step if step in (ssm.THROTTLE, ssm.ABSENT) else f"Bearer {step}" for step in script]
+
+
+@pytest.mark.parametrize("credential", CREDENTIALS)
 def test_a_provider_key_ssm_would_not_give_at_init_is_read_again_and_the_503_says_so(
-    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]], credential: str
 ) -> None:
     """SSM throttled the key's read at init (a burst of cold starts does): the environment started, and its requests
     were answered `503 provider_not_configured` "store the key in ssm" (untrue), `x-should-retry: false`, for the
     environment's life, SSM never asked again. Now the 503 says the key could not be read, that a retry may succeed,
-    and the key is read again on a later invocation, which is answered; the failure is logged, the key never."""
+    and the key is read again on a later invocation, which is answered; the failure is logged, the key never. A
+    credential in `headers` had the environment's init fail (every model down) where the same throttle on `api_key`
+    only gave that provider a 503 until it was read: now it is the same."""
     server, _ = upstream
     logs: list[str] = []
-    with fake_ssm([ssm.THROTTLE, API_KEY]) as (environ, calls):
+    with fake_ssm(in_ssm(credential, [ssm.THROTTLE, API_KEY])) as (environ, calls):
         results = replay(
             tmp_path,
             server.url,
@@ -375,8 +400,8 @@ def test_a_provider_key_ssm_would_not_give_at_init_is_read_again_and_the_503_say
             freeze_s=1.2,
             environ=environ,
             logs=logs,
-            api_key=STORED_KEY,
             settings={"provider_key_refresh_seconds": 1.0},
+            **stored_credential(credential),
         )
     refused = results[0]
     assert refused["status"] == 503, refused
@@ -407,16 +432,21 @@ def test_a_provider_key_absent_from_ssm_is_named_missing(
     assert result["headers"]["x-should-retry"] == "false", result
 
 
+@pytest.mark.parametrize("credential", CREDENTIALS)
 def test_a_provider_key_rotated_in_ssm_is_read_again_when_the_provider_refuses_the_old_one(
-    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]], credential: str
 ) -> None:
     """The key was rotated in SSM (the old one revoked at the provider) after the environment read it: the provider's
     401 has the gateway read the key again, and the request is sent again with the new one, once. Before: a 502
-    until the environment ended."""
+    until the environment ended (for a credential in `headers`, until this fix, whatever else was read again)."""
     server, _ = upstream
-    with fake_ssm(["sk-old-key-revoked-at-openai", API_KEY]) as (environ, calls):
+    with fake_ssm(in_ssm(credential, ["sk-old-key-revoked-at-openai", API_KEY])) as (environ, calls):
         results = replay(
-            tmp_path, server.url, [EVENTS / "chat-completions-ok.json"] * 2, environ=environ, api_key=STORED_KEY
+            tmp_path,
+            server.url,
+            [EVENTS / "chat-completions-ok.json"] * 2,
+            environ=environ,
+            **stored_credential(credential),
         )
     assert [r["status"] for r in results] == [200, 200], results
     route = "openai/gpt-4o-mini@global"
@@ -433,21 +463,22 @@ def test_a_provider_key_rotated_in_ssm_is_read_again_when_the_provider_refuses_t
     ],
     ids=["unread-at-snapshot", "rotated-after-snapshot"],
 )
+@pytest.mark.parametrize("credential", CREDENTIALS)
 def test_a_snapstart_restore_reads_the_provider_keys_again(
-    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]], script: list[str]
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]], script: list[str], credential: str
 ) -> None:
     """With SnapStart the key read at init is the snapshot's, restored hours later into any number of environments:
     the restore hook reads it again, so the first invocation is answered with the key SSM holds now. Before: a
     failed read was frozen into the snapshot (every restored environment 503 for its life), and a rotated key was
     never picked up."""
     server, _ = upstream
-    with fake_ssm(script) as (environ, calls):
+    with fake_ssm(in_ssm(credential, script)) as (environ, calls):
         (result,) = replay(
             tmp_path,
             server.url,
             [EVENTS / "chat-completions-ok.json"],
             environ={**environ, "LAMBDA_SNAPSTART": "1"},
-            api_key=STORED_KEY,
+            **stored_credential(credential),
         )
     assert result["status"] == 200, result
     assert result["headers"]["x-gateway-route"] == "openai/gpt-4o-mini@global=200", result

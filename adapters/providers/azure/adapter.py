@@ -261,20 +261,21 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     def __init__(self, name: str, secret: str | None, options: Mapping[str, Any]) -> None:
         super().__init__(name, secret, options)
         extra = self.options.get("headers")
-        configured = {str(k): str(v) for k, v in extra.items()} if isinstance(extra, dict) else {}
         # An `authorization` header of the operator's is the resource's credential (a Microsoft Entra ID token, for
         # a resource whose keys are disabled): sent as written, with no `api-key` beside it (the provider's key or
         # AZURE_OPENAI_API_KEY) unless `headers` names one too; nor does `auth: none` send the key.
-        if any(header.lower() == "authorization" for header in configured):
+        if isinstance(extra, dict) and any(str(header).lower() == "authorization" for header in extra):
             self.requires_key = False
-        self._configured = configured
 
     def headers(self) -> dict[str, str]:
-        # (`secret` read here, not at construction: a key in a secret store is installed, and read again, later)
+        # (`secret` and the configured headers read here, not at construction: a key or a header's value in a secret
+        # store is installed, and read again, later: handler/pipeline/provider_keys.py)
         headers = {"content-type": "application/json"}
         if self.secret and self.requires_key:
             headers["api-key"] = self.secret
-        headers.update(self._configured)
+        extra = self.options.get("headers")
+        if isinstance(extra, dict):
+            headers.update({str(k): str(v) for k, v in extra.items()})
         return headers
 
     def api_version(self, target: Target) -> str:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from adapters.providers.registry import REGISTRY
+from handler import redaction
 from handler.config import SecretUnreadableError, parse_config
-from handler.pipeline.gateway import build_adapters, key_references
+from handler.errors import ServiceUnavailableError
+from handler.pipeline.gateway import build_adapters, header_references, key_references
 from handler.pipeline.provider_keys import ProviderKeys
+from handler.pipeline.routing import RouteControls, Router, any_model
 from handler.ports import ProviderAdapter
 
 CONFIG = {
@@ -114,3 +119,101 @@ def test_a_401_has_the_key_read_again_at_most_once_per_retry_interval() -> None:
     assert adapter.secret == "sk-rotated-key-1"
     # A request refused with the old key after another had the new one read: sent again, nothing read.
     assert asyncio.run(keys.renewed(adapter, "sk-revoked-key-0")) is True and store.reads == 3
+
+
+def header_keys_for(
+    store: Store, clock: Clock, kind: str = "openai", refresh_s: float = 300.0
+) -> tuple[ProviderKeys, ProviderAdapter, Router]:
+    """A provider whose credential is a header of its own held in SSM (`auth: none`, `headers: {authorization:
+    ssm:/...}`: an Azure resource's Entra ID token), beside a header written in the config."""
+    provider = {
+        "type": kind,
+        "auth": "none",
+        "base_url": "https://resource.openai.azure.com" if kind == "azure" else "https://up.example.com/v1",
+        "headers": {"authorization": "ssm:/gw/bearer", "x-title": "my-app"},
+    }
+    config = parse_config(
+        {
+            "providers": {"up": provider},
+            "models": {"m": {"deployments": [{"provider": "up", "model": "m"}], "price": "unknown"}},
+        },
+        set(REGISTRY),
+    )
+    adapters = build_adapters(config, REGISTRY, {}, store)
+    references = key_references(config, REGISTRY)
+    keys = ProviderKeys(adapters, references, refresh_s, {}, store, clock, headers=header_references(config))
+    return keys, adapters["up"], Router(config, adapters, "us-east-1")
+
+
+@pytest.mark.parametrize("kind", ["openai", "azure"])
+def test_a_header_rotated_in_its_store_is_sent_after_the_refresh_interval(kind: str) -> None:
+    """A credential in `headers` was read once: a token rotated in SSM (an Entra ID token expires hourly) was never
+    sent, every request a 401 until the process ended. Now it is read again as a key is, and both values stay
+    redacted."""
+    store, clock = Store("Bearer header-token-old-000", "Bearer header-token-new-111"), Clock()
+    keys, adapter, _ = header_keys_for(store, clock, kind)
+    assert adapter.headers()["authorization"] == "Bearer header-token-old-000"
+    clock.now += 301
+    keys.check()
+    settled(keys)
+    sent = adapter.headers()
+    assert (sent["authorization"], sent["x-title"], store.reads) == ("Bearer header-token-new-111", "my-app", 2)
+    assert "api-key" not in sent
+    # (each whole, and the token alone: an upstream may echo it without its scheme)
+    shown = redaction.scrub(b"Bearer header-token-old-000 header-token-new-111")
+    assert shown == b"[REDACTED] [REDACTED]"
+
+
+def test_a_header_unread_at_start_is_its_providers_503_until_it_is_read() -> None:
+    """SSM throttled a header's read at start: the whole gateway failed to build (every model down), where the same
+    throttle on `api_key` gives that provider a 503 saying so until the key is read. Now a header is the same."""
+    store, clock = Store(ThrottlingException, "Bearer header-token-read-at-last"), Clock()
+    keys, adapter, router = header_keys_for(store, clock)
+    with pytest.raises(ServiceUnavailableError) as caught:
+        router.plan("m", RouteControls(), any_model)
+    assert caught.value.code == "provider_not_configured"
+    assert str(caught.value) == (
+        "provider 'up' for model 'm' has no value for its header authorization: ssm:/gw/bearer could not be read "
+        "(ThrottlingException); the gateway reads it again within 5 s"
+    )
+    assert caught.value.should_retry and caught.value.headers == {"retry-after": "5"}
+    assert asyncio.run(keys.settle()) is False  # not due yet
+    clock.now += 5
+    assert asyncio.run(keys.settle()) is True
+    assert adapter.headers()["authorization"] == "Bearer header-token-read-at-last" and not adapter.unread_headers
+    assert router.plan("m", RouteControls(), any_model)
+
+
+def test_a_401_has_a_header_read_again_at_most_once_per_retry_interval() -> None:
+    """A 401 to a credential in `headers` read nothing again: the request failed, and the next ones too."""
+    store, clock = Store("Bearer header-token-revoked-0"), Clock()
+    keys, adapter, _ = header_keys_for(store, clock)
+    refused = adapter.headers()
+    assert asyncio.run(keys.renewed(adapter, None, refused)) is False
+    assert asyncio.run(keys.renewed(adapter, None, refused)) is False
+    assert store.reads == 2  # at start, and at the first 401
+    store.answers.append("Bearer header-token-rotated-1")
+    clock.now += 5
+    assert asyncio.run(keys.renewed(adapter, None, refused)) is True
+    assert adapter.headers()["authorization"] == "Bearer header-token-rotated-1"
+    # A request refused with the old value after another had the new one read: sent again, nothing read.
+    assert asyncio.run(keys.renewed(adapter, None, refused)) is True and store.reads == 3
+
+
+def test_a_snapstart_restore_reads_the_headers_again() -> None:
+    store, clock = Store("Bearer header-token-in-snapshot", "Bearer header-token-after-restore"), Clock()
+    keys, adapter, _ = header_keys_for(store, clock)
+    asyncio.run(keys.reread())
+    assert adapter.headers()["authorization"] == "Bearer header-token-after-restore" and store.reads == 2
+
+
+def test_a_header_gone_from_its_store_keeps_the_value_read_before() -> None:
+    """At start a header referencing nothing stops the gateway (a config error); gone later, the value read before
+    is still sent (as one whose read failed), not none."""
+    store, clock = Store("Bearer header-token-kept-000", None), Clock()
+    keys, adapter, router = header_keys_for(store, clock)
+    clock.now += 301
+    keys.check()
+    settled(keys)
+    assert adapter.headers()["authorization"] == "Bearer header-token-kept-000" and store.reads == 2
+    assert not adapter.unread_headers and router.plan("m", RouteControls(), any_model)
