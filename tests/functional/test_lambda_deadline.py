@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ from handler.pipeline.gateway import SHUTDOWN_SETTLE_S
 from handler.pipeline.keys import hash_secret, split_key
 from handler.pipeline.spool import SettlementSpool
 from handler.ports import KeyRecord, LedgerItem, UsageQuery
+from tests.functional.conftest import gateway_config, serve_gateway
 from tests.support.dynamo import DynamoServer
 from tests.support.events import EVENTS, SAMPLE_KEY_ID, SAMPLE_SECRET
 from tests.support.serve import gateway_serve
@@ -391,3 +393,49 @@ def test_the_deadline_counts_from_the_request_s_arrival_its_key_lookup_included(
     assert result["status"] == 504, result
     assert json.loads(result["body"])["error"]["code"] == "upstream_timeout"
     assert HEADER_DEADLINE_MS - 50 < result["ms"] < HEADER_DEADLINE_MS + 300, result["ms"]
+
+
+def test_an_sqlite_write_lock_held_elsewhere_holds_a_request_no_longer_than_its_deadline(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """Another process holds the SQLite file's write lock: a budgeted key's admission waited for it 5 s (the store's
+    busy timeout) whatever the request's deadline, and a stored response's write as long, with the event loop held.
+    Now the admission is a 503 by `x-gateway-deadline-ms`, and the response is answered by then, not stored."""
+    server, fakes = upstream
+    path = tmp_path / "gateway.db"
+    running, gateway_server = serve_gateway(gateway_config(server.url, set(fakes)), f"sqlite:///{path}", server, fakes)
+    deadline = {"x-gateway-deadline-ms": str(HEADER_DEADLINE_MS)}
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+    respond = {"model": "gpt-4o-mini", "input": "x", "store": True}
+    try:
+        budgeted, plain = running.mint(budget_usd=1.0), running.mint()
+        with httpx.Client(base_url=running.url, timeout=30) as client:
+            warm = client.post("/v1/responses", json=respond, headers={"authorization": f"Bearer {plain}"})
+            assert warm.status_code == 200 and warm.json()["store"] is True
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # another process's write, held throughout
+            try:
+                started = time.perf_counter()
+                admitted = client.post(
+                    "/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {budgeted}", **deadline}
+                )
+                admitted_ms = (time.perf_counter() - started) * 1000
+                started = time.perf_counter()
+                kept = client.post(
+                    "/v1/responses", json=respond, headers={"authorization": f"Bearer {plain}", **deadline}
+                )
+                kept_ms = (time.perf_counter() - started) * 1000
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+    finally:
+        gateway_server.stop()
+    assert (admitted.status_code, kept.status_code) == (503, 200), (admitted.text, kept.text)
+    assert (admitted_ms < HEADER_DEADLINE_MS + SLACK_MS, kept_ms < HEADER_DEADLINE_MS + SLACK_MS) == (True, True), (
+        admitted_ms,
+        kept_ms,
+    )
+    assert admitted.json()["error"]["code"] == "store_unavailable"
+    assert "within the request's deadline" in admitted.json()["error"]["message"]
+    assert admitted.headers["retry-after"] == "1"
+    assert kept.json()["store"] is False  # (answered as the provider was paid for it; not kept)
