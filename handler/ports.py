@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -353,6 +354,19 @@ class StoreError(Exception):
 
 class ResponseTooLarge(StoreError):
     """A response past what the store can keep; the message says by how much, for the client."""
+
+
+class StoreDeadlineError(StoreError):
+    """A store call that could not end by its context's deadline (`STORE_DEADLINE`): cut there, not retried."""
+
+
+# The event loop's time by which a store call made in this context must have ended, every retry of every layer
+# included: the request's deadline (`x-gateway-deadline-ms`, on Lambda the invocation's remaining time less its
+# margin), set as the request arrives (handler/api/app.py), so that its key lookup, admission and stored responses
+# end there; a settlement's own while it settles (`budgets.SETTLE_BY`, after which it is spooled). A call past it
+# is a `StoreDeadlineError`. None: no bound but the store's own timeouts (a server's request with no deadline, and
+# background work, which clears it).
+STORE_DEADLINE: ContextVar[float | None] = ContextVar("store_deadline", default=None)
 
 
 class ConflictError(StoreError):

@@ -33,11 +33,20 @@ class HttpClient:
         self.total_timeout = total_timeout or connect_timeout + 2 * read_timeout
         self._timeouts = {"connect": connect_timeout, "read": read_timeout, "write": read_timeout}
 
-    async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> tuple[int, bytes]:
+    async def post(
+        self, url: str, headers: Mapping[str, str], body: bytes, ends_by: float | None = None
+    ) -> tuple[int, bytes]:
+        """`ends_by`, the event loop's time by which the exchange must end whatever its timeouts allow (a
+        request's deadline), cuts it sooner where it is sooner."""
         parsed = parsed_url(url)
         transport = self._transport
+        cut = False
         try:
-            async with asyncio.timeout(self.total_timeout):
+            async with asyncio.timeout(self.total_timeout) as bound:
+                when = bound.when()
+                if ends_by is not None and when is not None and ends_by < when:
+                    bound.reschedule(ends_by)
+                    cut = True
                 if isinstance(transport, Http1Transport):
                     head = request_head("POST", parsed, headers, body, USER_AGENT)
                     status, _, stream = await transport.exchange(
@@ -55,7 +64,8 @@ class HttpClient:
                 finally:
                     await response.aclose()
         except TimeoutError as exc:
-            raise httpx.TimeoutException(f"no whole answer from {parsed.host} within {self.total_timeout} s") from exc
+            within = "by the deadline it was given" if cut else f"within {self.total_timeout} s"
+            raise httpx.TimeoutException(f"no whole answer from {parsed.host} {within}") from exc
 
     async def aclose(self) -> None:
         await self._transport.aclose()

@@ -12,14 +12,18 @@ It answers as boto3's low-level client does, so the store serves both: the same 
 exceptions carrying boto3's `response` (`Error.Code`, `Error.Message`, and the error's own fields such as
 `Item` or `CancellationReasons`), with `exceptions.ConditionalCheckFailedException` and
 `exceptions.TransactionCanceledException` to catch. Throttling, 5xx answers, timeouts and failed
-connections are retried (at most `MAX_ATTEMPTS`, with jittered backoff), as botocore's standard mode does.
+connections are retried (at most `MAX_ATTEMPTS`, with jittered backoff), as botocore's standard mode does. Under a
+deadline (`handler.ports.STORE_DEADLINE`: the request's, or a settlement's) the attempts end there: the one in flight
+is cut at it, and none is sent, nor waited for, that could not end before it; the failure's code is then
+`DEADLINE_CODE`.
 
 Credentials and the endpoint come from the process's AWS layer (adapters/aws.py): the environment's keys,
 else botocore's chain (profiles, container and instance roles), refreshed off the hot path; the endpoint
 given, else `AWS_ENDPOINT_URL_DYNAMODB`/`AWS_ENDPOINT_URL`, else the region's in its partition.
 
 `call` is how the store's modules (dynamodb.py, region_leases.py, responses.py, signins.py) make every call: a lost
-condition is `ConditionFailed`, a call refused for contention is sent again, anything else is `StoreError`.
+condition is `ConditionFailed`, a call refused for contention is sent again (not past the deadline), a call the
+deadline cut is `StoreDeadlineError`, anything else is `StoreError`.
 """
 
 from __future__ import annotations
@@ -37,13 +41,15 @@ from adapters.http.client import HttpClient
 from adapters.http.http1 import Http1Transport
 from adapters.sigv4 import Credentials, Signer
 from adapters.store.expressions import Item
-from handler.ports import StoreError
+from handler.ports import STORE_DEADLINE, StoreDeadlineError, StoreError
 
 API_VERSION = "DynamoDB_20120810"
 CONTENT_TYPE = "application/x-amz-json-1.0"
 MAX_ATTEMPTS = 3
 MAX_CONNECTIONS = 64
 BACKOFF_S = 0.025
+# A call's failure code once its context's deadline (`STORE_DEADLINE`) cut it, or left no time for another attempt.
+DEADLINE_CODE = "DeadlineExceeded"
 # botocore's standard retry mode: throttling and transient errors (and every 5xx answer, below).
 RETRYABLE_CODES = frozenset(
     {
@@ -154,16 +160,20 @@ class DynamoDBClient:
     async def call(self, operation: str, request: dict[str, Any]) -> dict[str, Any]:
         body = orjson.dumps(request)
         headers = {"content-type": CONTENT_TYPE, "x-amz-target": f"{API_VERSION}.{operation}"}
+        by = STORE_DEADLINE.get()
+        if past(by):  # (nothing sent: a write cut as it went out may land unknown to anyone)
+            raise DynamoDBError(operation, error_response(0, DEADLINE_CODE, "the deadline had passed"))
         for attempt in range(1, MAX_ATTEMPTS + 1):
             last = attempt == MAX_ATTEMPTS
             signed = self._signer().headers(self.host, self.path, headers, body)
             try:
-                status, raw = await self.http.post(self.url, signed, body)
+                status, raw = await self.http.post(self.url, signed, body, by)
             except httpx.HTTPError as exc:  # refused, reset, timed out: nothing answered
+                message = f"{type(exc).__name__}: {exc}"
                 if last:
-                    message = f"{type(exc).__name__}: {exc}"
-                    raise DynamoDBError(operation, error_response(0, "ConnectionError", message)) from exc
-                await backoff(attempt)
+                    code = DEADLINE_CODE if past(by) else "ConnectionError"
+                    raise DynamoDBError(operation, error_response(0, code, message)) from exc
+                await backoff(operation, attempt, by, message)
                 continue
             if status == 200:
                 answer: dict[str, Any] = orjson.loads(raw) if raw else {}
@@ -171,7 +181,7 @@ class DynamoDBClient:
             failure = parse_error(status, raw)
             code = failure["Error"]["Code"]
             if not last and (status >= 500 or code in RETRYABLE_CODES):
-                await backoff(attempt)
+                await backoff(operation, attempt, by, f"{code}: {failure['Error']['Message']}")
                 continue
             raise ERROR_CLASSES.get(code, DynamoDBError)(operation, failure)
         raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
@@ -189,8 +199,18 @@ class DynamoDBClient:
         await self.http.aclose()
 
 
-async def backoff(attempt: int) -> None:
-    await asyncio.sleep(random.uniform(0, BACKOFF_S * 2**attempt))  # noqa: S311 - jitter, not a secret
+def past(by: float | None, wait: float = 0.0) -> bool:
+    """Whether the deadline `by` (the event loop's time; None: none) has passed, or will have after `wait` s."""
+    return by is not None and asyncio.get_running_loop().time() + wait >= by
+
+
+async def backoff(operation: str, attempt: int, by: float | None, failure: str) -> None:
+    """The jittered wait before attempt `attempt + 1`; the call's failure (`DEADLINE_CODE`) instead if the deadline
+    `by` has passed or will by then: the attempt could not end before it."""
+    wait = random.uniform(0, BACKOFF_S * 2**attempt)  # noqa: S311 - jitter, not a secret
+    if past(by, wait):
+        raise DynamoDBError(operation, error_response(0, DEADLINE_CODE, f"out of time after {failure}"))
+    await asyncio.sleep(wait)
 
 
 def error_response(status: int, code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -220,7 +240,15 @@ async def invoke(client: Any, operation: str, request: dict[str, Any]) -> Any:
     boto3's (whose calls block)."""
     if isinstance(client, DynamoDBClient):
         return await client.call(OPERATIONS[operation], request)
-    return await asyncio.to_thread(getattr(client, operation), **request)
+    by = STORE_DEADLINE.get()
+    if by is None:
+        return await asyncio.to_thread(getattr(client, operation), **request)
+    try:
+        async with asyncio.timeout_at(by):  # (the thread runs on; its answer is dropped)
+            return await asyncio.to_thread(getattr(client, operation), **request)
+    except TimeoutError as exc:
+        message = "no answer by the deadline"
+        raise DynamoDBError(OPERATIONS[operation], error_response(0, DEADLINE_CODE, message)) from exc
 
 
 def error_code(exc: BaseException) -> str:
@@ -274,6 +302,7 @@ async def call(client: Any, operation: str, **request: Any) -> Any:
     A call refused for contention (`contended`) is sent again, up to `CONTENTION_ATTEMPTS` times, after a
     capped exponential backoff with full jitter (so racing writers spread out rather than collide again).
     Checks error codes rather than `client.exceptions` classes, which differ between clients of two sessions."""
+    by = STORE_DEADLINE.get()
     for attempt in range(1, CONTENTION_ATTEMPTS + 1):
         try:
             return await invoke(client, operation, request)
@@ -285,8 +314,15 @@ async def call(client: Any, operation: str, **request: Any) -> Any:
                 raise ConditionFailed(response.get("Item", {})) from exc
             if code == "TransactionCanceledException" and any(r.get("Code") == CONDITION_FAILED for r in reasons):
                 raise ConditionFailed({}, reasons) from exc
+            if code == DEADLINE_CODE:
+                raise StoreDeadlineError(f"DynamoDB {operation} did not end by the deadline") from exc
             if attempt < CONTENTION_ATTEMPTS and contended(code, reasons):
-                await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt)))  # noqa: S311
+                wait = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))  # noqa: S311
+                if past(by, wait):
+                    raise StoreDeadlineError(
+                        f"DynamoDB {operation} was refused for contention until the deadline"
+                    ) from exc
+                await asyncio.sleep(wait)
                 continue
             raise StoreError(f"DynamoDB {operation} failed: {error_code(exc)}") from exc
     raise AssertionError("unreachable")  # the loop returns or raises on its last attempt

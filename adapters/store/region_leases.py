@@ -56,7 +56,7 @@ from typing import Any
 
 from adapters.store.dynamo_client import ConditionFailed, call
 from adapters.store.expressions import Expression, Item, dec, exact, num, number, read_num, text
-from handler.ports import BudgetCharge, BudgetRefused, Settlement, StoreError
+from handler.ports import STORE_DEADLINE, BudgetCharge, BudgetRefused, Settlement, StoreError
 
 HOME_SK = "METER"
 LEASE_PREFIX = "LEASE#"
@@ -325,6 +325,7 @@ class RegionLeases:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def _sweep(self) -> None:
+        STORE_DEADLINE.set(None)  # (this task's own: it outlives the request it was started in, and its deadline)
         while self._held:
             await asyncio.sleep(max(self.idle_seconds / 2, 0.05))
             with contextlib.suppress(StoreError):

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 import uuid
@@ -104,6 +105,10 @@ class SQLiteResponses:
     db: sqlite3.Connection
     _responses_ready: bool = False
 
+    def _lock_wait(self) -> contextlib.AbstractContextManager[None]:
+        """The store's bound on SQLite's wait for another process's write lock (`SQLiteStore._lock_wait`)."""
+        return contextlib.nullcontext()
+
     def _responses(self) -> sqlite3.Connection:
         if not self._responses_ready:
             self.db.execute(RESPONSES_SCHEMA)
@@ -116,11 +121,12 @@ class SQLiteResponses:
 
         try:
             db = self._responses()
-            db.execute("DELETE FROM responses WHERE expires_at < ?", (time.time(),))
-            db.execute(
-                "INSERT OR IGNORE INTO responses (id, expires_at, data) VALUES (?, ?, ?)",  # (expired ones: gone)
-                (stored.id, stored.expires_at, pack(stored)),
-            )
+            with self._lock_wait():  # (each statement autocommits: it may wait for another process's write lock)
+                db.execute("DELETE FROM responses WHERE expires_at < ?", (time.time(),))
+                db.execute(
+                    "INSERT OR IGNORE INTO responses (id, expires_at, data) VALUES (?, ?, ?)",  # (expired ones: gone)
+                    (stored.id, stored.expires_at, pack(stored)),
+                )
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store cannot keep the response: {exc}") from exc
 
@@ -141,9 +147,10 @@ class SQLiteResponses:
         import sqlite3  # (the embedded store's: a DynamoDB store's start-up never imports it)
 
         try:
-            cursor = self._responses().execute(
-                "DELETE FROM responses WHERE id = ? AND expires_at >= ?", (response_id, time.time())
-            )
+            with self._lock_wait():
+                cursor = self._responses().execute(
+                    "DELETE FROM responses WHERE id = ? AND expires_at >= ?", (response_id, time.time())
+                )
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store cannot delete the response: {exc}") from exc
         return cursor.rowcount > 0

@@ -72,12 +72,14 @@ from adapters.store.slices import (
 )
 from adapters.store.sqlite_slices import LOWER_COMMITTED, SPEND, SliceCache
 from handler.ports import (
+    STORE_DEADLINE,
     ChildLimitReached,
     ConflictError,
     KeyRecord,
     LedgerItem,
     MeterSnapshot,
     Settlement,
+    StoreDeadlineError,
     StoreError,
     UsageQuery,
     family_root,
@@ -146,6 +148,7 @@ SETTLE_LINGER_S = 0.01
 # How long a write waits for another process's lock before it fails, and how often a batch tries again.
 BUSY_TIMEOUT_MS = 5000
 BUSY_RETRY_S = 0.0005
+UNBOUNDED_WAIT = contextlib.nullcontext()  # (`_lock_wait` with no deadline: SQLite's own `BUSY_TIMEOUT_MS`)
 CHECKPOINT_EVERY_S = 0.1
 AUTOCHECKPOINT_PAGES = 10_000
 CACHE_KIB = 64 * 1024
@@ -304,8 +307,18 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
     async def _batched(
         self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False, single: bool = False
     ) -> T:
-        """Run `operation` in the transaction shared by this event-loop turn (see `_enqueue`)."""
-        return await self._enqueue(operation, linger=linger, single=single)
+        """Run `operation` in the transaction shared by this event-loop turn (see `_enqueue`). Under a deadline
+        (`STORE_DEADLINE`, a request's) the wait ends there, and the operation, given up, is not run: another
+        process holding the write lock held an admission for up to `BUSY_TIMEOUT_MS`, past the request's deadline."""
+        done = self._enqueue(operation, linger=linger, single=single)
+        by = STORE_DEADLINE.get()
+        if by is None:
+            return await done
+        try:
+            async with asyncio.timeout_at(by):
+                return await done
+        except TimeoutError:
+            raise StoreDeadlineError("the SQLite store's write lock was not free by the deadline") from None
 
     def _enqueue(
         self, operation: Callable[[sqlite3.Connection], T], *, linger: bool = False, single: bool = False
@@ -338,6 +351,9 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
 
     def _flush(self) -> None:
         batch, self._batch = self._batch or [], None
+        if any(done.cancelled() for _, done, _ in batch):  # given up (a deadline, a shutdown): not run
+            self._unsettled.difference_update(done for _, done, _ in batch if done.cancelled())
+            batch = [entry for entry in batch if not entry[1].cancelled()]
         self._flush_soon = None
         if self._flush_later is not None:
             self._flush_later.cancel()
@@ -439,12 +455,38 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
         self._busy_since = None
         return True
 
+    def _lock_wait(self) -> contextlib.AbstractContextManager[None]:
+        """SQLite's own wait for another process's write lock (`busy_timeout`, which sleeps in the event loop's
+        thread), ended by the context's deadline (`STORE_DEADLINE`, a request's) where that is sooner than
+        `BUSY_TIMEOUT_MS`; a `StoreDeadlineError` if the deadline has passed, or passes while it waits."""
+        by = STORE_DEADLINE.get()
+        return UNBOUNDED_WAIT if by is None else self._lock_wait_until(by)
+
+    @contextmanager
+    def _lock_wait_until(self, by: float) -> Iterator[None]:
+        left_ms = int((by - asyncio.get_running_loop().time()) * 1000)
+        if left_ms <= 0:
+            raise StoreDeadlineError("the deadline had passed")
+        if left_ms >= BUSY_TIMEOUT_MS:
+            yield
+            return
+        self.db.execute(f"PRAGMA busy_timeout = {left_ms}")
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                raise StoreDeadlineError(f"the SQLite store's write lock was not free by the deadline: {exc}") from exc
+            raise
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
     @contextmanager
     def _write(self, begun: bool = False) -> Iterator[sqlite3.Connection]:
         """One atomic write transaction (`begun`: its BEGIN is done); any exception rolls it back."""
         try:
             if not begun:
-                self.db.execute("BEGIN IMMEDIATE")
+                with self._lock_wait():
+                    self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store busy or failing: {exc}") from exc
         try:

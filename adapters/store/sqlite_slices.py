@@ -49,7 +49,7 @@ from adapters.store.slices import (
     Slices,
     slice_size,
 )
-from handler.ports import Admission, BudgetRefused, MeterSnapshot, RateRefused, Settlement, StoreError
+from handler.ports import STORE_DEADLINE, Admission, BudgetRefused, MeterSnapshot, RateRefused, Settlement, StoreError
 
 # A key's counters for a period move by (committed, spent); and committed down by what goes back.
 SPEND = (
@@ -478,6 +478,7 @@ class SliceCache(MeteredStore):
             self._sweeper = loop.create_task(self._sweep())
 
     async def _sweep(self) -> None:
+        STORE_DEADLINE.set(None)  # (this task's own: it outlives the request it was started in, and its deadline)
         while not self._closed and (self.slices.budgets or self.slices.rates or self.slices.held):
             await asyncio.sleep(SWEEP_S)
             try:

@@ -54,7 +54,7 @@ from handler.pipeline.keys import allows_model, hop_address, network
 from handler.pipeline.passthrough import guarded
 from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import RouteControls
-from handler.ports import KeyRecord, StoreError
+from handler.ports import STORE_DEADLINE, KeyRecord, StoreDeadlineError, StoreError
 from handler.redaction import clipped, redact_message, scrub, unkeyed
 from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
@@ -300,6 +300,7 @@ class Api:
             lineage=lineage,
             stream=bool(stream),
             anthropic=anthropic,  # (the Messages routes say so: no header scan on every request)
+            arrived=request.scope["state"].get("started"),  # (the deadline runs from there)
         )
         request.state.exchange = ex
         tracer = self.gateway.tracer
@@ -547,11 +548,18 @@ def lambda_time_left_s(request: Request) -> float | None:
     settlement written, not in the function being killed. Mangum puts the context in the scope; behind the Web
     Adapter it is the `x-amzn-lambda-context` header (the invocation's `deadline`, in epoch milliseconds), believed
     from the adapter itself only, on loopback."""
-    context = request.scope.get("aws.context")
+    return scope_time_left_s(request.scope)
+
+
+def scope_time_left_s(scope: Any) -> float | None:
+    """`lambda_time_left_s` of an ASGI scope."""
+    context = scope.get("aws.context")
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     if remaining is None:
-        if from_web_adapter(request):
-            return web_adapter_time_left_s(request.headers.get("x-amzn-lambda-context"))
+        if BEHIND_WEB_ADAPTER:
+            request = Request(scope)
+            if from_web_adapter(request):
+                return web_adapter_time_left_s(request.headers.get("x-amzn-lambda-context"))
         return None
     try:
         return max(0.1, (float(remaining()) - LAMBDA_MARGIN_MS) / 1000)
@@ -601,10 +609,40 @@ def settle_by(scope: Any) -> float | None:
 NO_CONTROLS = Controls()
 
 
+def arrival_deadline_s(scope: Any) -> float | None:
+    """The request's deadline, in seconds from its arrival: `x-gateway-deadline-ms`, and on Lambda the invocation's
+    time left less the margin (`scope_time_left_s`), whichever is sooner. Read as the request arrives (`GatewayApp`),
+    so that every store call it makes ends by then (`STORE_DEADLINE`), its key lookup first: the key was looked up
+    before the deadline was read, and a store that never answered held the request for three attempts of 5 s,
+    on Lambda until the function was killed. A header that is no positive number sets none here; `parse_controls`
+    answers it with a 400 once the key is known."""
+    left = scope_time_left_s(scope)
+    for name, value in scope["headers"]:
+        if name == b"x-gateway-deadline-ms":
+            try:
+                asked = float(value) / 1000
+            except ValueError:
+                break
+            if 0 < asked < float("inf"):
+                return asked if left is None or asked < left else left
+            break
+    return left
+
+
+def request_deadline_s(request: Request) -> float | None:
+    """The deadline `GatewayApp` read as the request arrived (`arrival_deadline_s`); read now for a request that did
+    not come through it."""
+    state = request.scope.get("state")
+    if state is not None and "deadline_s" in state:
+        deadline: float | None = state["deadline_s"]
+        return deadline
+    return arrival_deadline_s(request.scope)
+
+
 def parse_controls(request: Request) -> Controls:
     if not any(name.startswith(b"x-gateway-") or name in SESSION_HEADERS for name, _ in request.scope["headers"]):
         # Most requests set no control: one pass over the raw names instead of seven header lookups.
-        left = lambda_time_left_s(request)
+        left = request_deadline_s(request)
         return NO_CONTROLS if left is None else Controls(deadline_s=left)
     headers = request.headers
     fallbacks_header = headers.get("x-gateway-fallbacks")
@@ -612,7 +650,7 @@ def parse_controls(request: Request) -> Controls:
     if fallbacks_header is not None:
         value = fallbacks_header.strip()
         fallbacks = [] if value.lower() == "none" else [m.strip() for m in value.split(",") if m.strip()]
-    deadline = _number(headers.get("x-gateway-deadline-ms"), "x-gateway-deadline-ms", positive=True)
+    _number(headers.get("x-gateway-deadline-ms"), "x-gateway-deadline-ms", positive=True)  # (its 400; the value:)
     max_cost = _number(headers.get("x-gateway-max-cost-usd"), "x-gateway-max-cost-usd", positive=False)
     return Controls(
         route=RouteControls(
@@ -620,10 +658,7 @@ def parse_controls(request: Request) -> Controls:
             provider=headers.get("x-gateway-provider") or None,
             region=headers.get("x-gateway-region") or None,
         ),
-        deadline_s=min(
-            (d for d in (deadline / 1000 if deadline is not None else None, lambda_time_left_s(request)) if d),
-            default=None,
-        ),
+        deadline_s=request_deadline_s(request),
         max_cost_usd=max_cost,
         strict=_flag(headers.get("x-gateway-strict"), "x-gateway-strict"),
         enforce_schema=_flag(headers.get("x-gateway-enforce-schema"), "x-gateway-enforce-schema"),
@@ -720,6 +755,18 @@ class GatewayApp:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["started"] = time.perf_counter()  # (a request refused before its exchange is timed from here)
+        deadline_s = state["deadline_s"] = arrival_deadline_s(scope)
+        if deadline_s is None:
+            await self._serve(scope, receive, send, request_id)
+            return
+        # Every store call of the request ends by its deadline (its key lookup, admission, stored responses).
+        bound = STORE_DEADLINE.set(asyncio.get_running_loop().time() + deadline_s)
+        try:
+            await self._serve(scope, receive, send, request_id)
+        finally:
+            STORE_DEADLINE.reset(bound)
+
+    async def _serve(self, scope: Any, receive: Any, send: Any, request_id: str) -> None:
         handler = self.direct.get(route_path(scope)) if scope["method"] == "POST" else None
         if handler is None:
             await self.starlette(scope, receive, with_request_id(send, request_id))
@@ -859,12 +906,14 @@ def create_app(gateway: Gateway, answer_limit: AnswerLimit | None = None) -> Gat
         return error_response(request, error)
 
     async def on_store_error(request: Request, exc: Exception) -> Response:
-        # A store outage outside metering (key lookups, stored responses, usage, admin): 503, not an "unhandled" 500.
+        # A store outage outside metering (key lookups, stored responses, usage, admin): 503, not an "unhandled" 500;
+        # also one that did not answer by the request's deadline: the store failed, not the upstream (no 504).
         logger.warning("store unavailable: %s", exc, extra={"path": redact_message(request.url.path)})
-        error = ServiceUnavailableError(
-            "the gateway's store (keys, budgets, stored responses) is unavailable; retry shortly",
-            code="store_unavailable",
+        what = "the gateway's store (keys, budgets, stored responses)"
+        why = (
+            "did not answer within the request's deadline" if isinstance(exc, StoreDeadlineError) else "is unavailable"
         )
+        error = ServiceUnavailableError(f"{what} {why}; retry shortly", code="store_unavailable")
         return error_response(request, error)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:

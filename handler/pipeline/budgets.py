@@ -27,6 +27,7 @@ from handler.pipeline.keys import KeyService, model_allowed
 from handler.pipeline.pricing import dollars
 from handler.pipeline.spool import SettlementSpool
 from handler.ports import (
+    STORE_DEADLINE,
     Admission,
     BudgetCharge,
     BudgetRefused,
@@ -37,6 +38,7 @@ from handler.ports import (
     RateRefused,
     Settlement,
     Store,
+    StoreDeadlineError,
     StoreError,
 )
 from handler.telemetry.observability import span
@@ -265,8 +267,13 @@ class Meter:
                 headers={"retry-after": str(wait), **self._refusal_headers(admission.rates, refused, wait)},
             ) from None
         except StoreError as exc:
+            why = (
+                "did not answer within the request's deadline"
+                if isinstance(exc, StoreDeadlineError)
+                else "is unavailable"
+            )
             raise ServiceUnavailableError(
-                "the key store is unavailable, so limits cannot be checked; retry shortly", code="store_unavailable"
+                f"the key store {why}, so limits cannot be checked; retry shortly", code="store_unavailable"
             ) from exc
 
     @staticmethod
@@ -373,6 +380,8 @@ class Meter:
         if not settlement.budgets and not settlement.rates and settlement.item is None:
             return
         by = SETTLE_BY.get()
+        # Its store calls end by its own deadline, not by the request's (`STORE_DEADLINE`), which it may outlive.
+        bound = None if STORE_DEADLINE.get() == by else STORE_DEADLINE.set(by)
         try:
             if by is None:
                 await self._attempts(settlement)
@@ -387,6 +396,9 @@ class Meter:
         except asyncio.CancelledError:  # (shutdown): it may have landed; if so, the re-drive changes nothing
             self.spool.add(settlement, "cancelled while settling")
             raise
+        finally:
+            if bound is not None:
+                STORE_DEADLINE.reset(bound)
         self.spool.watch(self.store)  # the store answers again, or was just refused: re-drive what waits
 
     async def _attempts(self, settlement: Settlement) -> None:

@@ -60,6 +60,7 @@ class Exchange:
         "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "price_multiplier",
         "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left",
         "fallbacks", "stream", "native_api", "native_options", "anthropic", "audio_output", "ledger_item",
+        "ends_at",
     )  # fmt: skip
 
     def __init__(
@@ -72,6 +73,7 @@ class Exchange:
         lineage: list[KeyRecord] | None = None,  # the key and its ancestors (the key alone when not given)
         stream: bool = False,  # the client asked for a stream (its log line says so, even if refused before one)
         anthropic: bool = False,  # the client speaks Anthropic's API: an error's status is its (`status_for`)
+        arrived: float | None = None,  # when the request arrived (`time.perf_counter`), if before now
     ) -> None:
         self.request_id = request_id
         self.stream = stream
@@ -80,6 +82,10 @@ class Exchange:
         self.model = model
         self.controls = controls
         self.started = time.perf_counter()
+        # When the request's deadline passes (`time.perf_counter`), counted from its arrival: its key lookup and
+        # body took part of it. None: no deadline.
+        deadline = controls.deadline_s
+        self.ends_at = None if deadline is None else (arrived or self.started) + deadline
         self.route: list[str] = []
         self.dropped: list[str] = []
         self.inbound_dropped = [] if inbound_dropped is None else inbound_dropped

@@ -202,7 +202,7 @@ class UpstreamStream(ABC, Generic[T]):
         out was killed with the function, its settlement never written (the provider billed it, the ledger and
         the budget never saw it); past it, the stream ends with the in-stream 504 and is settled."""
         deadline = self.ex.controls.deadline_s
-        ends = None if deadline is None else self.ex.started + deadline
+        ends = self.ex.ends_at
         while True:
             if self._pending:
                 batch, self._pending = self._pending, []

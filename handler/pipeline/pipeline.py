@@ -535,9 +535,9 @@ class Pipeline(Charges):
             await self._settle(ex, None, 0, background=True)
 
     async def _deadline(self, ex: Exchange, work: Awaitable[T]) -> T:
-        if ex.controls.deadline_s is None:
+        if ex.controls.deadline_s is None or ex.ends_at is None:  # (set together)
             return await work
-        remaining = ex.controls.deadline_s - (time.perf_counter() - ex.started)
+        remaining = ex.ends_at - time.perf_counter()
         try:
             async with asyncio.timeout(max(0.0, remaining)):
                 return await work
@@ -719,8 +719,7 @@ class Pipeline(Charges):
         wait = err.retry_after
         if err.upstream_status != 429 or wait is None or wait > MAX_RETRY_WAIT_S:
             return None
-        deadline = ex.controls.deadline_s
-        return wait if deadline is None or time.perf_counter() + wait < ex.started + deadline else None
+        return wait if ex.ends_at is None or time.perf_counter() + wait < ex.ends_at else None
 
     @staticmethod
     def _unretried(ex: Exchange, limited: UpstreamError, retries: int) -> str:

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from handler.ports import BudgetCharge, LedgerItem, RateCharge, Settlement, Store
+from handler.ports import STORE_DEADLINE, BudgetCharge, LedgerItem, RateCharge, Settlement, Store
 from handler.telemetry.observability import logger, pending_settlements
 
 RETRY_FIRST_S = 1.0
@@ -190,6 +190,7 @@ class SettlementSpool:
             self._retry = loop.create_task(self._retrying(store, 0.0 if at_once else self.retry_first_s))
 
     async def _retrying(self, store: Store, delay: float) -> None:
+        STORE_DEADLINE.set(None)  # (this task's own: it outlives the request it was started in, and its deadline)
         while self._count:
             await asyncio.sleep(delay)
             try:

@@ -9,16 +9,26 @@ about 50 s stalled, so on Lambda the function was killed with no ledger line, no
 
 `gateway serve` stopping (SIGTERM) with such a settlement in flight has no deadline of Lambda's, but a service
 manager kills a process that takes too long to stop: its shutdown waits `SHUTDOWN_SETTLE_S` for the settlement, then
-spools it."""
+spools it.
+
+Every other store call a request makes (its key lookup, admission, stored responses, an admin route's reads) ends by
+the request's deadline too (`x-gateway-deadline-ms`, on Lambda the invocation's remaining time less 1.5 s): past it
+the client has a 503 `store_unavailable` with `retry-after`. Before, against a DynamoDB endpoint that accepts
+connections and never answers, each took three attempts of 5 s: 15 s whatever the deadline, and on Lambda the function
+was killed first with no answer at all; an SQLite file whose write lock another process held kept an admission 5 s."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +42,7 @@ from handler.pipeline.gateway import SHUTDOWN_SETTLE_S
 from handler.pipeline.keys import hash_secret, split_key
 from handler.pipeline.spool import SettlementSpool
 from handler.ports import KeyRecord, LedgerItem, UsageQuery
+from tests.functional.conftest import gateway_config, serve_gateway
 from tests.support.dynamo import DynamoServer
 from tests.support.events import EVENTS, SAMPLE_KEY_ID, SAMPLE_SECRET
 from tests.support.serve import gateway_serve
@@ -207,3 +218,224 @@ def test_gateway_serve_stops_in_time_with_a_settlement_the_store_does_not_take_a
     lines, _, _ = asyncio.run(replayed(dynamo.store_url(table), spool, key_id))
     assert [line.request_id for line in lines] == [request_id]  # exactly one line, however far its write had gone
     assert spool.count() == 0
+
+
+# Requests whose first store call is their key lookup: a chat completion, a model list, an admin route's read.
+KEY_LOOKUPS = ["chat-completions-ok", "models", "admin-keys-list"]
+HEADER_DEADLINE_MS = 1000
+SLACK_MS = 500  # what the deadline's 503 may take beyond it (a fresh interpreter's first requests)
+
+
+@contextmanager
+def silent_store() -> Iterator[str]:
+    """A DynamoDB endpoint that accepts connections and never answers (the kernel completes the handshakes; nothing
+    reads): its URL."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        yield f"http://127.0.0.1:{silent.getsockname()[1]}"
+
+
+def stalling(target: str, stalled: Callable[[str, bytes], bool], late_s: float | None = None) -> Any:
+    """A DynamoDB endpoint forwarding every call to `target`, but those `stalled(operation, body)` picks, which it never
+    answers (or forwards `late_s` late)."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"] if k.lower() not in (b"host", b"content-length")}
+        if stalled(headers.get("x-amz-target", "").rpartition(".")[2], body):
+            if late_s is None:
+                while (await receive())["type"] != "http.disconnect":  # no answer, until the gateway gives up on it
+                    pass
+                return
+            await asyncio.sleep(late_s)
+        async with httpx.AsyncClient() as client:
+            answer = await client.post(target + "/", content=body, headers=headers)
+        head = [(b"content-type", answer.headers.get("content-type", "").encode())]
+        await send({"type": "http.response.start", "status": answer.status_code, "headers": head})
+        await send({"type": "http.response.body", "body": answer.content})
+
+    return app
+
+
+def admitting_or_reading_responses(operation: str, body: bytes) -> bool:
+    """An admission's write (not a settlement's), or a stored response's read or write."""
+    writes = operation in ("TransactWriteItems", "UpdateItem", "PutItem") and b'"SETTLED#' not in body
+    return writes or b'"RESP#' in body
+
+
+def openai_config(tmp_path: Path, upstream_url: str, upstream_model: str = "gpt-4o-mini") -> Path:
+    """The config of the events' model, `gpt-4o-mini`, served by the fake's `upstream_model`."""
+    config = {
+        "providers": {
+            "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"}
+        },
+        "models": {"gpt-4o-mini": {"deployments": [{"provider": "openai", "model": upstream_model}]}},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def replay(events: list[Path], config: Path, store_url: str, timeout_ms: int | None) -> list[dict[str, Any]]:
+    """`events` through the Lambda handler, in one fresh interpreter (tests/support/lambda_replay.py), each under a
+    context with `timeout_ms` left (None: a context that tells none): a result line each."""
+    env = {
+        **os.environ,
+        "GATEWAY_CONFIG": str(config),
+        "GATEWAY_STORE": store_url,  # 2 s reads, as deployed
+        "GATEWAY_SETTLEMENT_SPOOL": str(config.parent / "settlements.jsonl"),
+        "OPENAI_API_KEY": "test-openai-key",
+        "AWS_REGION": "us-east-1",
+    }
+    if timeout_ms is not None:
+        env["LAMBDA_TIMEOUT_MS"] = str(timeout_ms)
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.support.lambda_replay", *map(str, events)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [json.loads(line) for line in run.stdout.splitlines()]
+
+
+def with_deadline(tmp_path: Path, name: str, ms: int) -> Path:
+    """The event `name` with `x-gateway-deadline-ms: ms`."""
+    event = json.loads((EVENTS / f"{name}.json").read_text())
+    event["headers"]["x-gateway-deadline-ms"] = str(ms)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(event))
+    return path
+
+
+def store_unavailable_by(result: dict[str, Any], limit_ms: float) -> None:
+    """`result` is the 503 of a store that did not answer by the request's deadline, answered within `limit_ms`."""
+    assert result["status"] == 503, result
+    assert result["ms"] < limit_ms, (result["event"], result["ms"])
+    error = json.loads(result["body"])["error"]
+    assert error["code"] == "store_unavailable", error
+    assert "within the request's deadline" in error["message"], error
+    assert (result["headers"]["retry-after"], result["headers"]["x-should-retry"]) == ("1", "true")
+
+
+@pytest.mark.parametrize("bound", ["invocation", "header"])
+def test_a_store_that_never_answers_is_a_503_by_the_request_s_deadline(
+    bound: str, tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """The key lookup of a chat completion, a model list and an admin read, against a DynamoDB endpoint that never
+    answers: each took 15 s (three attempts of 5 s), past a Lambda invocation's 4 s (the function killed, no answer)
+    and past `x-gateway-deadline-ms: 1000`. Now each is a 503 by the deadline: the invocation's time less its margin,
+    or the header's."""
+    server, _ = upstream
+    config = openai_config(tmp_path, server.url)
+    with silent_store() as endpoint:
+        store_url = f"dynamodb://gateway?region=us-east-1&endpoint_url={endpoint}"
+        if bound == "invocation":
+            results = replay([EVENTS / f"{name}.json" for name in KEY_LOOKUPS], config, store_url, TIMEOUT_MS)
+            limit_ms = TIMEOUT_MS  # (its deadline: 1.5 s before; past it, Lambda kills the function)
+        else:
+            events = [with_deadline(tmp_path, name, HEADER_DEADLINE_MS) for name in KEY_LOOKUPS]
+            results = replay(events, config, store_url, None)
+            limit_ms = HEADER_DEADLINE_MS + SLACK_MS
+    assert [r["event"] for r in results] == KEY_LOOKUPS
+    for result in results:
+        store_unavailable_by(result, limit_ms)
+
+
+def test_an_admission_or_a_stored_response_the_store_does_not_answer_is_a_503_before_the_invocation_s_deadline(
+    tmp_path: Path, dynamo: DynamoServer, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """The key found, then the budgeted key's admission, or a stored response's read, never answered: 15 s, past the
+    invocation's 4 s. Now a 503 before it; nothing reached the provider, so nothing was to be recorded."""
+    table = dynamo.create_table()
+    asyncio.run(budgeted_sample_key(dynamo.store_url(table)))
+    proxy = ServerThread(stalling(dynamo.url, admitting_or_reading_responses)).start()
+    server, fakes = upstream
+    config = openai_config(tmp_path, server.url)
+    calls: list[dict[str, Any]] = fakes["openai"].state.requests
+    before = len(calls)
+    try:
+        store_url = f"dynamodb://{table}?region=us-east-1&endpoint_url={proxy.url}"
+        events = [EVENTS / "chat-completions-ok.json", EVENTS / "responses-get-unknown.json"]
+        results = replay(events, config, store_url, TIMEOUT_MS)
+    finally:
+        proxy.stop()
+    for result in results:
+        store_unavailable_by(result, TIMEOUT_MS)
+    lines, committed, _ = asyncio.run(replayed(dynamo.store_url(table), SettlementSpool(tmp_path / "none.jsonl")))
+    assert (lines, committed) == ([], 0.0)
+    assert len(calls) == before
+
+
+def test_the_deadline_counts_from_the_request_s_arrival_its_key_lookup_included(
+    tmp_path: Path, dynamo: DynamoServer, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """A key lookup that takes 0.8 s, then a provider slower than the rest of `x-gateway-deadline-ms: 1500`: the
+    deadline was counted from after the lookup, and the 504 came at 2.4 s. Now at 1.5 s, the whole request's."""
+    table = dynamo.create_table()
+    asyncio.run(budgeted_sample_key(dynamo.store_url(table)))
+    proxy = ServerThread(stalling(dynamo.url, lambda operation, body: b'"KEY#' in body, late_s=0.8)).start()
+    server, _ = upstream
+    config = openai_config(tmp_path, server.url, "slow")  # (the fake answers it after 2 s)
+    try:
+        store_url = f"dynamodb://{table}?region=us-east-1&endpoint_url={proxy.url}"
+        [result] = replay([with_deadline(tmp_path, "chat-completions-ok", 1500)], config, store_url, None)
+    finally:
+        proxy.stop()
+    assert result["status"] == 504, result
+    assert json.loads(result["body"])["error"]["code"] == "upstream_timeout"
+    assert 1450 < result["ms"] < 1900, result["ms"]
+
+
+def test_an_sqlite_write_lock_held_elsewhere_holds_a_request_no_longer_than_its_deadline(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """Another process holds the SQLite file's write lock: a budgeted key's admission waited for it 5 s (the store's
+    busy timeout) whatever the request's deadline, and a stored response's write as long, with the event loop held.
+    Now the admission is a 503 by `x-gateway-deadline-ms`, and the response is answered by then, not stored."""
+    server, fakes = upstream
+    path = tmp_path / "gateway.db"
+    running, gateway_server = serve_gateway(gateway_config(server.url, set(fakes)), f"sqlite:///{path}", server, fakes)
+    deadline = {"x-gateway-deadline-ms": str(HEADER_DEADLINE_MS)}
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+    respond = {"model": "gpt-4o-mini", "input": "x", "store": True}
+    try:
+        budgeted, plain = running.mint(budget_usd=1.0), running.mint()
+        with httpx.Client(base_url=running.url, timeout=30) as client:
+            warm = client.post("/v1/responses", json=respond, headers={"authorization": f"Bearer {plain}"})
+            assert warm.status_code == 200 and warm.json()["store"] is True
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # another process's write, held throughout
+            try:
+                started = time.perf_counter()
+                admitted = client.post(
+                    "/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {budgeted}", **deadline}
+                )
+                admitted_ms = (time.perf_counter() - started) * 1000
+                started = time.perf_counter()
+                kept = client.post(
+                    "/v1/responses", json=respond, headers={"authorization": f"Bearer {plain}", **deadline}
+                )
+                kept_ms = (time.perf_counter() - started) * 1000
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+    finally:
+        gateway_server.stop()
+    assert (admitted.status_code, kept.status_code) == (503, 200), (admitted.text, kept.text)
+    assert (admitted_ms < HEADER_DEADLINE_MS + SLACK_MS, kept_ms < HEADER_DEADLINE_MS + SLACK_MS) == (True, True), (
+        admitted_ms,
+        kept_ms,
+    )
+    assert admitted.json()["error"]["code"] == "store_unavailable"
+    assert "within the request's deadline" in admitted.json()["error"]["message"]
+    assert admitted.headers["retry-after"] == "1"
+    assert kept.json()["store"] is False  # (answered as the provider was paid for it; not kept)

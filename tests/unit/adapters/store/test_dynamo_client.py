@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -16,8 +19,10 @@ from adapters.store.dynamo_client import (
     DynamoDBClient,
     DynamoDBError,
     TransactionCanceledException,
+    call,
 )
 from adapters.store.dynamodb import DynamoDBStore
+from handler.ports import STORE_DEADLINE, StoreDeadlineError
 from tests.support.dynamo import DynamoServer
 
 CREDENTIALS = Credentials("AKIDTEST", "secret", "token")
@@ -98,6 +103,48 @@ async def test_throttling_server_errors_and_refused_connections_are_retried() ->
     with pytest.raises(ConditionalCheckFailedException):  # never retried: the answer is final
         await client.update_item(TableName="t", Key=KEY)
     assert len(seen) == 1
+
+
+@contextmanager
+def deadline_in(seconds: float) -> Iterator[None]:
+    """Store calls made meanwhile end `seconds` from now (`STORE_DEADLINE`, as a request's deadline sets it)."""
+    bound = STORE_DEADLINE.set(asyncio.get_running_loop().time() + seconds)
+    try:
+        yield
+    finally:
+        STORE_DEADLINE.reset(bound)
+
+
+async def test_under_a_deadline_a_call_that_is_never_answered_ends_there_retries_included() -> None:
+    """An endpoint that never answers: three attempts of 5 s (its connect and read timeouts) whatever the request's
+    deadline, 15 s. Now the attempt in flight is cut at the deadline and none follows."""
+    seen: list[httpx.Request] = []
+
+    async def silent(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    client = DynamoDBClient("eu-west-1", CREDENTIALS, transport=httpx.MockTransport(silent))
+    started = time.perf_counter()
+    with deadline_in(0.3), pytest.raises(StoreDeadlineError):
+        await call(client, "get_item", TableName="t", Key=KEY)
+    assert 0.25 < time.perf_counter() - started < 0.8
+    assert len(seen) == 1
+    with deadline_in(-1), pytest.raises(StoreDeadlineError):  # past already: nothing is sent
+        await call(client, "get_item", TableName="t", Key=KEY)
+    assert len(seen) == 1
+
+
+async def test_under_a_deadline_contention_is_not_waited_out_past_it() -> None:
+    """A write refused for contention is sent again up to 8 times, over a second or more of backoff; under a deadline
+    the retries stop where the next would end past it."""
+    client, seen = scripted(*[error(400, "TransactionConflictException")] * 8)
+    started = time.perf_counter()
+    with deadline_in(0.05), pytest.raises(StoreDeadlineError):
+        await call(client, "update_item", TableName="t", Key=KEY)
+    assert time.perf_counter() - started < 0.1
+    assert 1 <= len(seen) < 8
 
 
 async def test_against_a_dynamodb_server(dynamo: DynamoServer) -> None:
