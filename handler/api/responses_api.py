@@ -176,14 +176,12 @@ def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
 
 def unsealed_reasoning(items: list[dict[str, Any]]) -> list[str]:
     """The ids of the reasoning items sent back without their `encrypted_content` (the client did not ask for
-    it) that the gateway made itself: what it kept of them is beside the response their id names."""
+    it): what the gateway kept of them is beside the response their id names (its own ids), or that holds them (a
+    provider's: see `StoredItems`)."""
     return [
         item["id"]
         for item in items
-        if item.get("type") == "reasoning"
-        and not item.get("encrypted_content")
-        and isinstance(item.get("id"), str)
-        and ResponseIds.response_of(item["id"]) is not None
+        if item.get("type") == "reasoning" and not item.get("encrypted_content") and isinstance(item.get("id"), str)
     ]
 
 
@@ -539,8 +537,9 @@ def response_usage(usage: Usage) -> dict[str, Any]:
 class ResponseIds:
     """The ids of one response and its output items, derived from the gateway's request id."""
 
-    # An output item's id: its type's prefix, the request id's 32 hex digits, its count in the response.
-    ITEM_ID = re.compile(r"[a-z]+_([0-9a-f]{32})[0-9]{3,}")
+    # An output item's id: its type's prefix, the request id's 32 hex digits, its count in the response; an input
+    # item's made id (`responses_items.item_ids`) has its position after a `_`.
+    ITEM_ID = re.compile(r"[a-z]+_([0-9a-f]{32})_?[0-9]{3,}")
 
     def __init__(self, request_id: str) -> None:
         self.token = request_id.removeprefix("req_")
@@ -553,8 +552,8 @@ class ResponseIds:
 
     @classmethod
     def response_of(cls, item_id: str) -> str | None:
-        """The id of the response whose output item has `item_id`, for an id the gateway made (`item`); None
-        for any other (a provider's own, on a response passed through)."""
+        """The id of the response that first kept the item `item_id`, for an id the gateway made (`item`, or an
+        input item's, `responses_items.item_ids`); None for any other (a provider's own, or a client's)."""
         made = cls.ITEM_ID.fullmatch(item_id)
         return f"resp_{made.group(1)}" if made else None
 
