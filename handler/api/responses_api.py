@@ -537,9 +537,12 @@ def response_usage(usage: Usage) -> dict[str, Any]:
 class ResponseIds:
     """The ids of one response and its output items, derived from the gateway's request id."""
 
-    # An output item's id: its type's prefix, the request id's 32 hex digits, its count in the response; an input
-    # item's made id (`responses_items.item_ids`) has its position after a `_`.
-    ITEM_ID = re.compile(r"[a-z]+_([0-9a-f]{32})_?[0-9]{3,}")
+    # An output item's id: its type's prefix, the request id's 32 hex digits, its count in the response.
+    ITEM_ID = re.compile(r"[a-z]+_([0-9a-f]{32})[0-9]{3,}")
+    # An input item's made id (`responses_items.item_ids`): its type's prefix, the id of the response that first kept
+    # it without `resp_` (the gateway's, or a provider's on a response passed through: OpenAI's `resp_<hex>`), and
+    # its position there after a `_`.
+    INPUT_ITEM_ID = re.compile(r"(?:msg|fc|fco|rs|item)_([0-9A-Za-z]+)_[0-9]{3,}")
 
     def __init__(self, request_id: str) -> None:
         self.token = request_id.removeprefix("req_")
@@ -554,7 +557,7 @@ class ResponseIds:
     def response_of(cls, item_id: str) -> str | None:
         """The id of the response that first kept the item `item_id`, for an id the gateway made (`item`, or an
         input item's, `responses_items.item_ids`); None for any other (a provider's own, or a client's)."""
-        made = cls.ITEM_ID.fullmatch(item_id)
+        made = cls.ITEM_ID.fullmatch(item_id) or cls.INPUT_ITEM_ID.fullmatch(item_id)
         return f"resp_{made.group(1)}" if made else None
 
 
