@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -749,6 +749,10 @@ class UsageQuery(Value):
         self.until: Final = until
 
 
+# The most responses `Store.responses_holding` names for one item id.
+MAX_HOLDERS = 4
+
+
 class StoredResponse(Value):
     """A Responses API answer kept for `previous_response_id` and `GET /v1/responses/{id}`: `body` is
     the JSON of the conversation's input items and the response; only `key_id` and its `ancestors`
@@ -844,13 +848,21 @@ class Store(ABC):
         """Ledger items in `[since, until)`, for the given keys (None: all)."""
 
     @abstractmethod
-    async def put_response(self, stored: StoredResponse) -> None:
+    async def put_response(self, stored: StoredResponse, held: Sequence[str] = ()) -> None:
         """Keep a response until its `expires_at`, unless one kept under its id still lives: the first write
-        stands (read it back to learn which did). `ResponseTooLarge` past what the store can keep."""
+        stands (read it back to learn which did). `ResponseTooLarge` past what the store can keep. `held`: ids of
+        items the response holds that do not name it (a provider's own), indexed for `responses_holding` until
+        the response expires."""
 
     @abstractmethod
     async def get_response(self, response_id: str) -> StoredResponse | None:
         """The response, or None when unknown, deleted or expired."""
+
+    @abstractmethod
+    async def responses_holding(self, item_id: str) -> list[str]:
+        """The ids of the responses kept with `item_id` among their `held` items, the newest first, at most
+        `MAX_HOLDERS`. A hint, to be read: one may since have been deleted, or (where the index is written before the
+        response) be another write's, whose id was taken (the first write stands)."""
 
     @abstractmethod
     async def delete_response(self, response_id: str) -> bool:

@@ -23,11 +23,20 @@ sent again finds its own token and answers as the first would have; the item, it
 The DynamoDB mixin imports the DynamoDB client in its methods: a process on the embedded store never imports
 it (with the store package's, 3.2 million instructions of a Lambda's cold start on SQLite).
 
+An item a response holds under an id that does not name the response (a provider's own: OpenAI's `fc_…`, `rs_…`;
+the gateway's own ids embed their response's token, see `handler.api.responses_api.ResponseIds`) is indexed beside
+it, so that an `item_reference` to it, or its reasoning sent back by value, finds the response (`responses_holding`):
+one row, or item, per item and response, written with the response and living as long. SQLite deletes a response's
+rows with it; DynamoDB leaves them to their TTL (the gateway's policy has no `DeleteItem`), which is the same to a
+reader: it reads the response a row names, and a deleted one is not there.
+
 | backend | where |
 |---|---|
 | SQLite | table `responses` (`id`, `expires_at`, `data`) |
+| | table `response_items` (`item_id`, `created_at`, `response_id`, `expires_at`) |
 | DynamoDB | `pk=RESP#<id>`, `sk=RESP`: `record` (part 0, binary), `parts`, `token`, `expires_at`, `ttl`, `gone` |
 | | `pk=RESP#<id>`, `sk=RESP#<token>#<n>`: `record` (part n), `ttl` |
+| | `pk=RESPITEM#<item id>`, `sk=<created_at>#<response id>`: `response`, `expires_at`, `ttl` |
 | | (kept before parts: `data`, the whole compressed record's base64, a string, on the response's item) |
 """
 
@@ -40,12 +49,13 @@ import logging
 import time
 import uuid
 import zlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from adapters.store.expressions import num, read_num, text
-from handler.ports import ResponseTooLarge, StoredResponse, StoreError
+from handler.ports import MAX_HOLDERS, ResponseTooLarge, StoredResponse, StoreError
 
 if TYPE_CHECKING:
     import sqlite3
@@ -59,7 +69,16 @@ RESPONSES_SCHEMA = (
 # Expired responses are deleted as each new one is kept: by this index, not by reading every stored response
 # (5 ms a put with 20,000 of 4 KB kept, on the event loop, and growing with them; 0.05 ms by the index).
 RESPONSES_EXPIRY_INDEX = "CREATE INDEX IF NOT EXISTS responses_expiry ON responses (expires_at)"
+RESPONSE_ITEMS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS response_items (item_id TEXT NOT NULL, created_at REAL NOT NULL, "
+    "response_id TEXT NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (item_id, created_at, response_id)) WITHOUT ROWID"
+)
+RESPONSE_ITEMS_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS response_items_expiry ON response_items (expires_at)",
+    "CREATE INDEX IF NOT EXISTS response_items_response ON response_items (response_id)",
+)
 RESPONSE_SK = "RESP"
+HOLDER_PK = "RESPITEM#"  # an item's index entries (`responses_holding`)
 RECORD = "record"  # a part of the compressed record, binary
 DATA = "data"  # the whole compressed record in base64, as responses kept before `record` were
 PARTS = "parts"
@@ -113,22 +132,50 @@ class SQLiteResponses:
         if not self._responses_ready:
             self.db.execute(RESPONSES_SCHEMA)
             self.db.execute(RESPONSES_EXPIRY_INDEX)  # (also on a file kept before the index was)
+            self.db.execute(RESPONSE_ITEMS_SCHEMA)
+            for index in RESPONSE_ITEMS_INDEXES:
+                self.db.execute(index)
             self._responses_ready = True
         return self.db
 
-    async def put_response(self, stored: StoredResponse) -> None:
+    async def put_response(self, stored: StoredResponse, held: Sequence[str] = ()) -> None:
         import sqlite3  # (the embedded store's: a DynamoDB store's start-up never imports it)
 
         try:
             db = self._responses()
             with self._lock_wait():  # (each statement autocommits: it may wait for another process's write lock)
-                db.execute("DELETE FROM responses WHERE expires_at < ?", (time.time(),))
-                db.execute(
+                now = time.time()
+                db.execute("DELETE FROM responses WHERE expires_at < ?", (now,))
+                db.execute("DELETE FROM response_items WHERE expires_at < ?", (now,))
+                written = db.execute(
                     "INSERT OR IGNORE INTO responses (id, expires_at, data) VALUES (?, ?, ?)",  # (expired ones: gone)
                     (stored.id, stored.expires_at, pack(stored)),
                 )
+                if written.rowcount > 0 and held:  # (the first write's items stand with it)
+                    db.executemany(
+                        "INSERT OR IGNORE INTO response_items (item_id, created_at, response_id, expires_at) "
+                        "VALUES (?, ?, ?, ?)",
+                        [(item_id, stored.created_at, stored.id, stored.expires_at) for item_id in held],
+                    )
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store cannot keep the response: {exc}") from exc
+
+    async def responses_holding(self, item_id: str) -> list[str]:
+        import sqlite3  # (the embedded store's: a DynamoDB store's start-up never imports it)
+
+        try:
+            rows = (
+                self._responses()
+                .execute(
+                    "SELECT response_id FROM response_items WHERE item_id = ? AND expires_at >= ? "
+                    "ORDER BY created_at DESC LIMIT ?",
+                    (item_id, time.time(), MAX_HOLDERS),
+                )
+                .fetchall()
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store cannot read the response's items: {exc}") from exc
+        return [str(row[0]) for row in rows]
 
     async def get_response(self, response_id: str) -> StoredResponse | None:
         import sqlite3  # (the embedded store's: a DynamoDB store's start-up never imports it)
@@ -147,10 +194,12 @@ class SQLiteResponses:
         import sqlite3  # (the embedded store's: a DynamoDB store's start-up never imports it)
 
         try:
+            db = self._responses()
             with self._lock_wait():
-                cursor = self._responses().execute(
+                cursor = db.execute(
                     "DELETE FROM responses WHERE id = ? AND expires_at >= ?", (response_id, time.time())
                 )
+                db.execute("DELETE FROM response_items WHERE response_id = ?", (response_id,))
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store cannot delete the response: {exc}") from exc
         return cursor.rowcount > 0
@@ -178,8 +227,7 @@ class DynamoDBResponses:
 
         return {"B": base64.b64encode(value).decode() if isinstance(self.client, DynamoDBClient) else value}
 
-    async def put_response(self, stored: StoredResponse) -> None:
-        from adapters.store.dynamo_client import ConditionFailed, call  # (on first use: see the module docstring)
+    async def put_response(self, stored: StoredResponse, held: Sequence[str] = ()) -> None:
 
         record = pack(stored)
         if len(record) > MAX_DYNAMODB_RECORD:
@@ -195,6 +243,34 @@ class DynamoDBResponses:
             "expires_at": num(stored.expires_at),  # (what a delete sent again answers by: the record is gone then)
             "ttl": ttl,
         }
+        # The index entries beside the record (no round trip more): one naming a response not written (its write
+        # failed, or another's stood) is read as the hint it is (`responses_holding`).
+        await asyncio.gather(
+            self._put_record(stored.id, item, parts, ttl), *(self._index(item_id, stored, ttl) for item_id in held)
+        )
+
+    async def _index(self, item_id: str, stored: StoredResponse, ttl: dict[str, Any]) -> None:
+        """An index entry of `responses_holding`; one not written leaves only that item unfound by its id (the
+        response is kept: it must not be answered as not stored)."""
+        from adapters.store.dynamo_client import call  # (on first use: see the module docstring)
+
+        entry = {
+            "pk": text(HOLDER_PK + item_id),
+            "sk": text(f"{stored.created_at:017.6f}#{stored.id}"),  # (the newest last: read backwards)
+            "response": text(stored.id),
+            "expires_at": num(stored.expires_at),
+            "ttl": ttl,
+        }
+        try:
+            await call(self.client, "put_item", TableName=self.table, Item=entry)
+        except StoreError as exc:
+            logger.warning("an item of a response not indexed: %s", exc, extra={"response_id": stored.id})
+
+    async def _put_record(
+        self, response_id: str, item: dict[str, Any], parts: list[bytes], ttl: dict[str, Any]
+    ) -> None:
+        from adapters.store.dynamo_client import ConditionFailed, call  # (on first use: see the module docstring)
+
         if len(parts) > 1:
             token = uuid.uuid4().hex
             item.update({PARTS: num(len(parts)), TOKEN: text(token)})
@@ -206,7 +282,7 @@ class DynamoDBResponses:
                         "put_item",
                         TableName=self.table,
                         Item={
-                            **self._response_key(stored.id, self._part_sk(token, n)),
+                            **self._response_key(response_id, self._part_sk(token, n)),
                             RECORD: self._binary(part),
                             "ttl": ttl,
                         },
@@ -226,6 +302,22 @@ class DynamoDBResponses:
             )
         except ConditionFailed:  # a live response has the id: the first write stands (its parts, if any, expire)
             return
+
+    async def responses_holding(self, item_id: str) -> list[str]:
+        from adapters.store.dynamo_client import call  # (on first use: see the module docstring)
+
+        answer = await call(
+            self.client,
+            "query",
+            TableName=self.table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": text(HOLDER_PK + item_id)},
+            ScanIndexForward=False,
+            Limit=MAX_HOLDERS,
+            ConsistentRead=True,
+        )
+        now = time.time()
+        return [item["response"]["S"] for item in answer.get("Items", []) if read_num(item, "expires_at") >= now]
 
     async def get_response(self, response_id: str) -> StoredResponse | None:
         from adapters.store.dynamo_client import call  # (on first use: see the module docstring)

@@ -176,14 +176,12 @@ def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
 
 def unsealed_reasoning(items: list[dict[str, Any]]) -> list[str]:
     """The ids of the reasoning items sent back without their `encrypted_content` (the client did not ask for
-    it) that the gateway made itself: what it kept of them is beside the response their id names."""
+    it): what the gateway kept of them is beside the response their id names (its own ids), or that holds them (a
+    provider's: see `StoredItems`)."""
     return [
         item["id"]
         for item in items
-        if item.get("type") == "reasoning"
-        and not item.get("encrypted_content")
-        and isinstance(item.get("id"), str)
-        and ResponseIds.response_of(item["id"]) is not None
+        if item.get("type") == "reasoning" and not item.get("encrypted_content") and isinstance(item.get("id"), str)
     ]
 
 
@@ -541,6 +539,10 @@ class ResponseIds:
 
     # An output item's id: its type's prefix, the request id's 32 hex digits, its count in the response.
     ITEM_ID = re.compile(r"[a-z]+_([0-9a-f]{32})[0-9]{3,}")
+    # An input item's made id (`responses_items.item_ids`): its type's prefix, the id of the response that first kept
+    # it without `resp_` (the gateway's, or a provider's on a response passed through: OpenAI's `resp_<hex>`), and
+    # its position there after a `_`.
+    INPUT_ITEM_ID = re.compile(r"(?:msg|fc|fco|rs|item)_([0-9A-Za-z]+)_[0-9]{3,}")
 
     def __init__(self, request_id: str) -> None:
         self.token = request_id.removeprefix("req_")
@@ -553,9 +555,9 @@ class ResponseIds:
 
     @classmethod
     def response_of(cls, item_id: str) -> str | None:
-        """The id of the response whose output item has `item_id`, for an id the gateway made (`item`); None
-        for any other (a provider's own, on a response passed through)."""
-        made = cls.ITEM_ID.fullmatch(item_id)
+        """The id of the response that first kept the item `item_id`, for an id the gateway made (`item`, or an
+        input item's, `responses_items.item_ids`); None for any other (a provider's own, or a client's)."""
+        made = cls.ITEM_ID.fullmatch(item_id) or cls.INPUT_ITEM_ID.fullmatch(item_id)
         return f"resp_{made.group(1)}" if made else None
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
-from handler.api.responses_api import ReasoningSeal, ResponsesRequest, input_items
+from handler.api.responses_api import ReasoningSeal, ResponseIds, ResponsesRequest, input_items, with_sealed_reasoning
 from handler.api.streaming import sse_event
 from handler.errors import GatewayError
 from handler.pipeline.exchange import Exchange
@@ -45,26 +45,35 @@ class Relay:
         ex: Exchange,
         untranslated: list[str],
         dropped: list[str] | None = None,  # what the body sent leaves out of the client's
+        kept: Mapping[str, str] | None = None,  # the encrypted reasoning kept for the input's reasoning items
     ) -> None:
         self.body = body
         self.ex = ex
         self.hides_reasoning = not body.wants_encrypted_reasoning()
         self.kept: dict[str, str] = {}
         items: Any = None
-        if history or body.previous_response_id:
-            items = [*history, *input_items(body)]
+        if history or body.previous_response_id or kept:
+            items = [*history, *with_sealed_reasoning(input_items(body), kept or {})]
         elif "input" in body.model_fields_set:
             items = body.input
         dropped = list(dropped or ())
         if isinstance(items, list):
-            kept = [item for item in items if not self._sealed_here(item)]
-            if len(kept) < len(items):
+            sent = [self._sendable(item) for item in items if not self._sealed_here(item)]
+            if len(sent) < len(items):
                 # The gateway's own seal (from a turn another provider served) means nothing to this one.
                 dropped.append("input[reasoning].encrypted_content")
-            items = kept
+            items = sent
         self.call = NativeCall(
             RESPONSES_API, SentBody(body, items), untranslated=tuple(untranslated), dropped=tuple(dropped)
         )
+
+    @staticmethod
+    def _sendable(item: Any) -> Any:
+        """An item without an id the gateway made (a stored input item's, a translated turn's output): the provider,
+        keeping answers itself, would look it up among its own (404)."""
+        if isinstance(item, dict) and isinstance(item.get("id"), str) and ResponseIds.response_of(item["id"]):
+            return {name: value for name, value in item.items() if name != "id"}
+        return item
 
     @staticmethod
     def _sealed_here(item: Any) -> bool:

@@ -5,7 +5,7 @@ in the gateway's store for `gateway.responses_ttl_seconds`, with its reasoning s
 ["reasoning.encrypted_content"]` would have given it; `previous_response_id` continues it, handing the
 reasoning back to the provider whole (Claude's signed thinking; OpenAI's encrypted reasoning, which the gateway
 asks for when it keeps the turn) though the client was shown its summary only; so does a stored turn's reasoning
-item a client sends back by value, found by its id (`ResponseArchive.kept_reasoning`). Only the key that made a
+item a client sends back by value, found by its id (`StoredItems`). Only the key that made a
 response, or one of that key's ancestors, can see it: for any other key it does not exist (404, never 403,
 which would tell that it does).
 """
@@ -55,11 +55,12 @@ def stream_headers(ex: Exchange) -> dict[str, str]:
 logger = logging.getLogger("gateway")
 SEAL_SECRET_ID = "gateway-reasoning-seal"
 SEAL_SECRET_TTL = 10 * 365 * 86400
-# The most stored responses one request's input may have the store read for its reasoning items (see
-# `kept_reasoning`): before the key is admitted, so that made-up ids cost no more than this (2,000 of them were
-# 2,000 reads, 8.9 s on DynamoDB, before the request's 429). A client's own turns need one: the last response
-# keeps the reasoning of those it continued.
+# The most store reads one request's input may cost for the stored items it names by id (`StoredItems`: the items
+# `item_reference`s stand for, the kept reasoning of reasoning items sent back by value): before the key is
+# admitted, so that made-up ids cost no more than this (2,000 of them were 2,000 reads, 8.9 s on DynamoDB, before
+# the request's 429). A client's own turns need one or two: the last response holds the turns it continued.
 MAX_KEPT_READS = 8
+MAX_INDEXED_ID = 256  # the longest item id indexed (a provider's are some 50 characters; a DynamoDB key, 2 KB)
 UNKEPT = "unkept"  # a record that stands for a response answered but not kept: why, for the client
 
 
@@ -146,11 +147,20 @@ class ResponseArchive:
         still answered, and says so (`store: false`): the provider was paid for it, so it must not be lost."""
         now = time.time()
         ids = item_ids(items, response["id"], known_ids)
+        # A provider's output ids name no response: indexed, so that a later request finds them (`StoredItems`).
+        held = [
+            item["id"]
+            for item in response.get("output") or ()
+            if isinstance(item, dict)
+            and isinstance(item.get("id"), str)
+            and 0 < len(item["id"]) <= MAX_INDEXED_ID
+            and ResponseIds.response_of(item["id"]) is None
+        ]
         # Kept as the client was answered: without a secret the model said (it was redacted only when read back).
         body = scrub(orjson.dumps({"items": items, "item_ids": ids, "response": response, "sealed": sealed}))
         stored = StoredResponse(response["id"], key.id, list(key.ancestors), now, now + self.ttl, body)
         try:
-            await self.store.put_response(stored)
+            await self.store.put_response(stored, held)
         except StoreError as exc:
             logger.warning("response not stored: %s", exc, extra={"response_id": response["id"]})
             response["store"] = False
@@ -165,39 +175,6 @@ class ResponseArchive:
             await self.store.put_response(unkept)
         except StoreError as exc:
             logger.warning("why a response was not stored not kept: %s", exc, extra={"response_id": stored.id})
-
-    async def kept_reasoning(self, item_ids: list[str], key: KeyRecord) -> tuple[dict[str, str], bool]:
-        """The sealed reasoning kept for reasoning items a client sends back by value without it (`item_ids`, in
-        input order; see `unsealed_reasoning`), from the responses their ids name that this key may see, and
-        whether some were not looked for. The responses are read from the last the input names back, one read each,
-        until every item is found: a response keeps the reasoning of the turns it continued too, so the last one
-        usually holds it all. At most `MAX_KEPT_READS` are read: the items of the others are not looked for. An
-        item of a response not stored, gone, another key's or not read gets none, as from a store failing (the
-        request goes on, its reasoning as the client sent it)."""
-        by_response: dict[str, list[str]] = {}
-        for item_id in reversed(item_ids):
-            response_id = ResponseIds.response_of(item_id)
-            if response_id is not None:
-                by_response.setdefault(response_id, []).append(item_id)
-        wanted, found = set(item_ids), dict[str, str]()
-        reads = 0
-        for response_id, own in by_response.items():
-            if wanted.isdisjoint(own):
-                continue
-            if reads == MAX_KEPT_READS:
-                logger.warning("kept reasoning of more than %d responses not read", MAX_KEPT_READS)
-                return found, True
-            reads += 1
-            try:
-                record = await self._record(response_id, key)
-            except StoreError as exc:
-                logger.warning("kept reasoning not read: %s", exc, extra={"response_id": response_id})
-                break
-            if record is not None:
-                sealed: dict[str, str] = record.get("sealed") or {}
-                found.update((item_id, sealed[item_id]) for item_id in wanted if item_id in sealed)
-            wanted.difference_update(own, found)
-        return found, False
 
     async def seal_secret(self) -> bytes:
         """The gateway's own reasoning-seal secret, made once and kept in the store (under an id no client
@@ -220,6 +197,142 @@ class ResponseArchive:
         await self.find(response_id, key)
         if not await self.store.delete_response(response_id):
             raise NotFoundError(f"Response with id '{response_id}' not found.", code="not_found")
+
+
+class StoredItems:
+    """The stored items one request's input names by id, as its key may see them: the item an `item_reference`
+    stands for, and the sealed reasoning kept for a reasoning item sent back by value without it (the Agents SDK
+    sends its history so, without the `encrypted_content` it did not ask for).
+
+    An id is looked for in the continued conversation first (read already), then in the response it names (the
+    gateway's own ids embed their response's token: `ResponseIds.response_of`) or, for a provider's id, in those the
+    store's index says hold it (`Store.responses_holding`), the newest first. Each response is read once, and all
+    of its items are known from then on: a response keeps the turns it continued, so the last one usually holds
+    every item a client sends back. At most `MAX_KEPT_READS` store reads (index queries included) are made, before
+    the key is admitted: made-up ids cost no more than that (`spent` then says some were not looked for). A store
+    failing reads as nothing found, and is not asked again for this request."""
+
+    def __init__(
+        self,
+        archive: ResponseArchive,
+        key: KeyRecord,
+        history: list[dict[str, Any]],
+        history_ids: list[str],
+        sealed: dict[str, str],
+    ) -> None:
+        self.archive = archive
+        self.key = key
+        self.reads = 0
+        self.spent = False
+        self.failing = False
+        self.read: set[str] = set()
+        self.known: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}
+        for item, item_id in zip(history, history_ids, strict=False):
+            self.known.setdefault(item_id, (item, sealed))
+
+    def _spend(self) -> bool:
+        if self.failing:
+            return False
+        if self.reads == MAX_KEPT_READS:
+            if not self.spent:
+                logger.warning("stored items of more than %d store reads not looked for", MAX_KEPT_READS)
+            self.spent = True
+            return False
+        self.reads += 1
+        return True
+
+    async def _read(self, response_id: str) -> None:
+        if response_id in self.read or not self._spend():
+            return
+        self.read.add(response_id)
+        try:
+            record = await self.archive._record(response_id, self.key)
+        except StoreError as exc:
+            logger.warning("stored items not read: %s", exc, extra={"response_id": response_id})
+            self.failing = True
+            return
+        if record is None or UNKEPT in record:
+            return
+        sealed: dict[str, str] = record.get("sealed") or {}
+        for item, item_id in zip(record["items"], stored_ids(record, response_id), strict=False):
+            self.known.setdefault(item_id, (item, sealed))
+        for item in record["response"].get("output") or ():
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                self.known.setdefault(item["id"], (item, sealed))
+
+    async def find(self, item_id: str) -> tuple[dict[str, Any], dict[str, str]] | None:
+        """The stored item with `item_id` and the sealed reasoning kept beside it (by item id), or None."""
+        if item_id in self.known:
+            return self.known[item_id]
+        named = ResponseIds.response_of(item_id)
+        holders = [named] if named is not None else []
+        if named is None and len(item_id) <= MAX_INDEXED_ID and self._spend():
+            try:
+                holders = await self.archive.store.responses_holding(item_id)
+            except StoreError as exc:
+                logger.warning("stored items not looked up: %s", exc)
+                self.failing = True
+        for response_id in holders:
+            await self._read(response_id)
+            if item_id in self.known:
+                return self.known[item_id]
+        return None
+
+    async def kept_reasoning(self, reasoning_ids: list[str]) -> dict[str, str]:
+        """The sealed reasoning kept for reasoning items sent back by value without it (`reasoning_ids`, in input
+        order; see `unsealed_reasoning`): looked for from the last back. An item not found gets none (the request
+        goes on, its reasoning as the client sent it)."""
+        kept: dict[str, str] = {}
+        for item_id in reversed(reasoning_ids):
+            found = await self.find(item_id)
+            if found is not None and item_id in found[1]:
+                kept[item_id] = found[1][item_id]
+        return kept
+
+    async def resolved(self, items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """`items` with each `item_reference` replaced by the stored item it names (with that id), and the sealed
+        reasoning kept for the reasoning items among them; a reference to nothing this key may read is a 400."""
+        if not any(item.get("type") == "item_reference" for item in items):
+            return items, {}
+        out: list[dict[str, Any]] = []
+        kept: dict[str, str] = {}
+        for position, item in enumerate(items):
+            if item.get("type") != "item_reference":
+                out.append(item)
+                continue
+            item_id = item.get("id")
+            where = f"input[{position}]"
+            if not isinstance(item_id, str) or not item_id:
+                raise InvalidRequestError(f"{where}.id: an item_reference names an item by its id", param=f"{where}.id")
+            found = await self.find(item_id)
+            if found is None:
+                why = f"Item with id '{item_id}' not found."
+                if self.spent:
+                    why += (
+                        f" (The input names items of more than {MAX_KEPT_READS} stored responses: send them by value.)"
+                    )
+                raise InvalidRequestError(why, param=where)
+            stored, sealed = found
+            out.append({**stored, "id": item_id})
+            if stored.get("type") == "reasoning" and item_id in sealed:
+                kept[item_id] = sealed[item_id]
+        return out, kept
+
+
+def refuse_duplicates(items: list[dict[str, Any]], history_ids: list[str]) -> None:
+    """A 400, as OpenAI answers it, for an input item whose id an earlier item has (in the input, or in the
+    conversation `previous_response_id` continues): the turn sent again by value beside the id that stands for it,
+    which the model would read twice and the key pay for twice."""
+    seen = set(history_ids)
+    for position, item in enumerate(items):
+        own = item.get("id")
+        if isinstance(own, str) and own:
+            if own in seen:
+                raise InvalidRequestError(
+                    f"Duplicate item found with id {own}. Remove duplicate items from your input and try again.",
+                    param=f"input[{position}]",
+                )
+            seen.add(own)
 
 
 class ResponsesRoutes:
@@ -260,14 +373,17 @@ class ResponsesRoutes:
             history = [*previous["items"], *previous["response"].get("output", [])]
             history_ids = item_ids(history, previous_id, stored_ids(previous, previous_id))
             sealed = previous.get("sealed") or {}
+        lookup = StoredItems(self.archive, key, history, history_ids, sealed)
+        items, kept = await lookup.resolved(input_items(body))
+        if isinstance(body.input, list):
+            body.input = items  # (the references replaced: for the translation, the provider and the store)
+        refuse_duplicates(items, history_ids)
         # Reasoning items of stored turns a client sends back by value (the Agents SDK does), without the
         # `encrypted_content` it did not ask for: what the gateway kept of them goes back as with the turns' id.
-        unsealed = [
-            item_id
-            for item_id in unsealed_reasoning(input_items(body))
-            if item_id not in sealed and ResponseIds.response_of(item_id) != body.previous_response_id
-        ]
-        kept, unread = await self.archive.kept_reasoning(unsealed, key) if unsealed else ({}, False)
+        unsealed = [item_id for item_id in unsealed_reasoning(items) if item_id not in sealed]
+        if unsealed:
+            kept.update(await lookup.kept_reasoning(unsealed))
+        unread = lookup.spent
         # The translation is needed either way: admission estimates and caps the request in the internal form.
         seal = (await self.seal()).for_response()
         handed_back = with_sealed_reasoning(history, sealed)  # the stored turns as the provider needs them
@@ -280,7 +396,7 @@ class ResponsesRoutes:
         # A deployment that serves the Responses API gets the client's body (`relay.call`), any other the
         # translation (`req`); what either leaves out is reported for the deployment that served. Both get the
         # stored turns' reasoning with what the gateway kept of it.
-        relay = Relay(body, handed_back, ex, dropped, hosted_tools(api.pipeline, ex, body))
+        relay = Relay(body, handed_back, ex, dropped, hosted_tools(api.pipeline, ex, body), kept)
 
         async def keep(response: dict[str, Any]) -> None:
             if body.stored:

@@ -81,10 +81,11 @@ def request_body(
 
 def unpersisted(items: list[Any]) -> tuple[list[Any], list[str]]:
     """Input items for a request the provider does not store. OpenAI looks an item with an `id` up among the
-    items it stored, and answers 404 ("Items are not persisted when `store` is set to false") when it kept none:
-    earlier turns' output (the gateway's stored conversations, an agent's replayed history) goes without its
-    ids, and a reasoning item without its `encrypted_content` (the reasoning itself, which only the provider
-    could look up) is left out, named `input[reasoning]`. An `item_reference` is the client's explicit ask."""
+        items it stored, and answers 404 ("Items are not persisted when `store` is set to false") when it kept none:
+        earlier turns' output (the gateway's stored conversations, an agent's replayed history) goes without its
+        ids, and a reasoning item without its `encrypted_content` (the reasoning itself, which only the provider
+        could look up) is left out, named `input[reasoning]`. An `item_reference` goes as it is (the gateway's
+    `/v1/responses` puts the stored item in its place before: `handler.api.responses_routes.StoredItems`)."""
     kept: list[Any] = []
     dropped: list[str] = []
     for item in items:

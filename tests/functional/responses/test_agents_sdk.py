@@ -117,3 +117,31 @@ async def test_claudes_interleaved_thinking_goes_back_in_its_places_on_the_agent
     sent = fleet.fakes["anthropic"].state.requests[-1]["json"]["messages"]
     turn = next(m for m in sent if m["role"] == "assistant")["content"]
     assert [block["type"] for block in turn] == ["thinking", "tool_use", "thinking", "text", "tool_use"]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_openais_reasoning_goes_back_on_the_agents_next_turn(
+    fleet: Running, agent_key: str, streamed: bool
+) -> None:
+    """On a reasoning model OpenAI serves natively, the agent's second turn sends the first one's output back by
+    value, its reasoning item under OpenAI's id and without the `encrypted_content` it did not ask for: the turn
+    reached OpenAI as [user, function_call, function_call_output], though the gateway had asked for the encrypted
+    reasoning on the first turn and kept it (its id names no response: the store's index finds it)."""
+    from openai.types.shared import Reasoning
+
+    from tests.fakes.openai_responses import ENCRYPTED
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"18C and sunny in {city}"
+
+    settings = agents.ModelSettings(reasoning=Reasoning(effort="medium", summary="auto"))
+    agent = agents.Agent(name="weather", tools=[get_weather], model="gpt-reasoner", model_settings=settings)
+    result = await run_agent(fleet, agent_key, agent, streamed)
+    assert result.final_output == "DONE: 18C and sunny in Paris"
+    sent = fleet.fakes["openai"].state.requests[-1]["json"]
+    kinds = [item.get("type") or item.get("role") for item in sent["input"]]
+    assert kinds == ["user", "reasoning", "function_call", "function_call_output"]
+    assert sent["input"][1]["encrypted_content"] == ENCRYPTED and "id" not in sent["input"][1]
+    assert sent["include"] == ["reasoning.encrypted_content"] and sent["store"] is False

@@ -104,20 +104,33 @@ def test_pages_follow_limit_order_and_after(running: Running, key: str) -> None:
     assert [item.id for item in rest.data] == ids[23:] and not rest.has_more
 
 
-def test_items_sent_again_by_value_page_to_the_end(running: Running, key: str) -> None:
-    """A continuation that sends the previous turn's output again by value, its ids with it, beside
-    `previous_response_id`: two items had one id, and the SDK's paging by `after` came back to the first forever."""
+def test_items_kept_twice_page_to_the_end(running: Running, key: str) -> None:
+    """A record kept with two items under one id (a continuation that sent the previous turn's output again by value
+    beside `previous_response_id`, before such an input was refused: see `test_responses_store`): the SDK's paging
+    by `after` came back to the first forever."""
     sdk = openai_client(running, key)
     first = sdk.responses.create(model="gpt-4o-mini", input="hi")
     again = [item.model_dump(exclude_none=True) for item in first.output]
-    second = sdk.responses.create(
-        model="gpt-4o-mini", previous_response_id=first.id, input=[*again, {"role": "user", "content": "again"}]
-    )
-    everything = [item.id for item in sdk.responses.input_items.list(second.id, order="asc")]
-    paged = [item.id for item in itertools.islice(sdk.responses.input_items.list(second.id, order="asc", limit=1), 20)]
+    response_id = "resp_keptitemstwice"
+    record = {
+        "items": [{"role": "user", "content": "hi"}, *again, *again, {"role": "user", "content": "again"}],
+        "response": {"id": response_id, "object": "response", "output": []},
+    }
+    asyncio.run(put_record(running, response_id, (split_key(key) or ("", ""))[0], record))
+    everything = [item.id for item in sdk.responses.input_items.list(response_id, order="asc")]
+    pages = sdk.responses.input_items.list(response_id, order="asc", limit=1)
     assert len(everything) == 4 and len(set(everything)) == 4
-    assert paged == everything
+    assert [item.id for item in itertools.islice(pages, 20)] == everything
     assert everything[1] == first.output[0].id  # the first of the two keeps the id the client knows it by
+
+
+async def put_record(running: Running, response_id: str, key_id: str, record: dict[str, Any]) -> None:
+    store = open_store(running.store_url)
+    try:
+        now = time.time()
+        await store.put_response(StoredResponse(response_id, key_id, [], now, now + 3600, orjson.dumps(record)))
+    finally:
+        await store.close()
 
 
 @pytest.mark.parametrize(
@@ -168,15 +181,7 @@ def test_a_response_stored_before_item_ids_were_kept(running: Running, key: str)
         "response": response,
     }
 
-    async def put() -> None:
-        store = open_store(running.store_url)
-        try:
-            now = time.time()
-            await store.put_response(StoredResponse(response_id, key_id, [], now, now + 3600, orjson.dumps(record)))
-        finally:
-            await store.close()
-
-    asyncio.run(put())
+    asyncio.run(put_record(running, response_id, key_id, record))
     sdk = openai_client(running, key)
     listed = sdk.responses.input_items.list(response_id, order="asc").data
     assert all(isinstance(item, ResponseInputMessageItem) and item.status == "completed" for item in listed)

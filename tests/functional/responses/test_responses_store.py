@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -117,7 +118,7 @@ def test_unknown_ids_are_404(running: Running, key: str) -> None:
 def test_a_response_the_store_cannot_keep_is_still_answered(
     fleet: Running, fleet_key: str, monkeypatch: pytest.MonkeyPatch, stream: bool
 ) -> None:
-    async def failing(stored: StoredResponse) -> None:
+    async def failing(stored: StoredResponse, held: Sequence[str] = ()) -> None:
         raise StoreError("the response is too large to keep")
 
     monkeypatch.setattr(fleet.gateway.store, "put_response", failing)
@@ -201,3 +202,111 @@ def test_reasoning_items_of_made_up_responses_cost_few_store_reads(
     answer = httpx.post(f"{running.url}/v1/responses", headers=bearer(key), json=body, timeout=60)
     assert answer.status_code == 429 and answer.json()["error"]["code"] == "rate_limit_exceeded"
     assert len([r for r in reads if r.startswith("resp_")]) <= MAX_KEPT_READS
+
+
+TOOLS: Any = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
+ASKED = 'Weather in Paris? CALL get_weather {"city": "Paris"}'
+
+
+def shown_upstream(running: Running, model: str) -> list[str]:
+    """What the provider's last request holds, in order: the call and its result as each API names them."""
+    fake = {"claude": "anthropic", "gemini": "gemini"}.get(model, "openai")
+    sent = running.fakes[fake].state.requests[-1]["json"]
+    if model == "claude":
+        return [str(part["type"]) for m in sent["messages"] for part in m["content"] if isinstance(part, dict)]
+    if model == "gemini":
+        return [next(iter(part)) for turn in sent["contents"] for part in turn["parts"]]
+    if model == "gpt-chat":
+        return ["tool_calls" if m.get("tool_calls") else m["role"] for m in sent["messages"]]
+    return [str(item.get("type") or item.get("role")) for item in sent["input"]]
+
+
+@pytest.mark.parametrize(
+    ("model", "shown"),
+    [
+        ("claude", ["text", "tool_use", "tool_result"]),
+        ("gemini", ["text", "functionCall", "functionResponse"]),
+        ("gpt-chat", ["user", "tool_calls", "tool"]),
+        ("gpt", ["user", "function_call", "function_call_output"]),
+        ("gpt-keeps", ["user", "function_call", "function_call_output"]),
+    ],
+)
+def test_an_item_reference_stands_for_the_stored_item(
+    fleet_on_each_store: Running, model: str, shown: list[str]
+) -> None:
+    """A tool turn that names the stored function call by `item_reference` instead of sending it again (as
+    Codex-style clients do): the reference was dropped (`input[item_reference]`), and each provider got a tool
+    result answering no call (Anthropic's and OpenAI's 400; the gateway's own for Gemini), or, passed through to
+    OpenAI with `store: false`, an id it never kept (its 404). It stands for the stored item now, on every provider:
+    OpenAI's own ids (passed through) found by the store's index, the gateway's by the response they name."""
+    running = fleet_on_each_store
+    sdk = openai_client(running, running.mint(name="references"))
+    first = sdk.responses.create(model=model, input=ASKED, tools=TOOLS)
+    call = next(item for item in first.output if item.type == "function_call")
+    raw = sdk.responses.with_raw_response.create(
+        model=model,
+        tools=TOOLS,
+        input=[
+            {"role": "user", "content": ASKED},
+            {"type": "item_reference", "id": call.id},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "18C"},
+        ],
+    )
+    second = raw.parse()
+    assert second.status == "completed" and "item_reference" not in raw.headers.get("x-gateway-dropped-params", "")
+    assert shown_upstream(running, model) == shown
+    listed = list(sdk.responses.input_items.list(second.id, order="asc"))
+    assert [item.type for item in listed] == ["message", "function_call", "function_call_output"]
+    assert listed[1].id == call.id and listed[1].call_id == call.call_id  # (the item it stood for, by its id)
+
+
+def test_an_item_reference_finds_only_what_the_key_may_read(fleet_on_each_store: Running) -> None:
+    """A reference resolves among the responses the key may read, as `previous_response_id` does; one to nothing
+    it may read is a 400 naming the id, as OpenAI's is, not a silent drop: an item of another key's response, of a
+    deleted one, or an id never given. A stored input item's made id (from `input_items`) names it too."""
+    running = fleet_on_each_store
+    key, stranger = running.mint(name="owner"), running.mint(name="stranger")
+    sdk = openai_client(running, key)
+    native = sdk.responses.create(model="gpt", input=ASKED, tools=TOOLS)
+    translated = sdk.responses.create(model="claude", input=ASKED, tools=TOOLS)
+    question = next(iter(sdk.responses.input_items.list(translated.id)))
+    assert question.id.startswith("msg_") and question.id != "msg_fake1"
+
+    def refer(to: str, by: str = key) -> httpx.Response:
+        body = {"model": "claude", "input": [{"type": "item_reference", "id": to}]}
+        return httpx.post(f"{running.url}/v1/responses", json=body, headers=bearer(by))
+
+    # (a natively served response's input ids are made from OpenAI's response id: `resp_<hex>`, any length)
+    native_question = next(iter(sdk.responses.input_items.list(native.id)))
+    for made in (question.id, native_question.id):
+        answered = refer(made)
+        assert answered.status_code == 200, answered.text
+        assert running.fakes["anthropic"].state.requests[-1]["json"]["messages"][0]["content"][0]["text"] == ASKED
+    call = translated.output[-1].id
+    assert httpx.delete(f"{running.url}/v1/responses/{translated.id}", headers=bearer(key)).status_code == 200
+    native_call = native.output[-1].id
+    for to, by in ((native_call, stranger), (question.id, stranger), (call, key), ("fc_never_given", key)):
+        refused = refer(to, by)
+        assert refused.status_code == 400, (to, refused.text)
+        error = refused.json()["error"]
+        assert error["message"] == f"Item with id '{to}' not found." and error["param"] == "input[0]"
+    assert refer(native_call).status_code == 200
+
+
+def test_an_input_sending_an_item_twice_is_refused(fleet: Running, fleet_key: str) -> None:
+    """Refused as OpenAI refuses it ("Duplicate item found with id ..."): the previous turn's output sent again by
+    value beside `previous_response_id`, or one reference beside the item it names, which the model read twice
+    and the key paid for twice; nothing reaches the provider."""
+    sdk = openai_client(fleet, fleet_key)
+    first = sdk.responses.create(model="claude", input=ASKED, tools=TOOLS)
+    call = first.output[-1]
+    sent = len(fleet.fakes["anthropic"].state.requests)
+    twice: list[Any] = [
+        {"previous_response_id": first.id, "input": [call.model_dump(exclude_none=True)]},
+        {"input": [{"type": "item_reference", "id": call.id}, {"type": "item_reference", "id": call.id}]},
+    ]
+    for body in twice:
+        answer = httpx.post(f"{fleet.url}/v1/responses", json={"model": "claude", **body}, headers=bearer(fleet_key))
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["message"].startswith(f"Duplicate item found with id {call.id}.")
+    assert len(fleet.fakes["anthropic"].state.requests) == sent

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from adapters.store.metered import (
@@ -20,6 +21,7 @@ from adapters.store.metered import (
 )
 from adapters.store.records import key_from_json, key_purge_after, key_to_json
 from handler.ports import (
+    MAX_HOLDERS,
     ChildLimitReached,
     ConflictError,
     KeyRecord,
@@ -55,6 +57,7 @@ class MemoryStore(MeteredStore):
         self.keys: dict[str, str] = {}  # id -> the record as JSON (a copy, as a real store would hold)
         self.children: dict[str, set[str]] = {}  # parent id -> its children's ids, kept past their records
         self.responses: dict[str, StoredResponse] = {}
+        self.holders: dict[str, list[str]] = {}  # item id: the responses holding it, the newest first
         self.sign_ins: dict[str, tuple[str, float]] = {}
 
     def _meter(self, key_id: str) -> Meter:
@@ -177,9 +180,15 @@ class MemoryStore(MeteredStore):
             lines = [i for i in lines if i.key_id in query.key_ids]
         return sorted(lines, key=lambda i: i.ts)
 
-    async def put_response(self, stored: StoredResponse) -> None:
+    async def put_response(self, stored: StoredResponse, held: Sequence[str] = ()) -> None:
         if await self.get_response(stored.id) is None:
             self.responses[stored.id] = stored
+            for item_id in held:
+                self.holders.setdefault(item_id, []).insert(0, stored.id)
+
+    async def responses_holding(self, item_id: str) -> list[str]:
+        live = [r for r in self.holders.get(item_id, []) if await self.get_response(r) is not None]
+        return live[:MAX_HOLDERS]
 
     async def get_response(self, response_id: str) -> StoredResponse | None:
         stored = self.responses.get(response_id)

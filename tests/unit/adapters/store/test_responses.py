@@ -14,7 +14,7 @@ import pytest
 
 from adapters.store import open_store, responses
 from handler.api.responses_routes import ResponseArchive
-from handler.ports import ResponseTooLarge, Store, StoredResponse, StoreError
+from handler.ports import MAX_HOLDERS, ResponseTooLarge, Store, StoredResponse, StoreError
 from tests.unit.adapters.store import test_contract
 from tests.unit.adapters.store.test_contract import storage_only
 
@@ -126,6 +126,51 @@ async def test_too_large_a_conversation_is_refused_saying_so(
     with pytest.raises(ResponseTooLarge, match=r"too large to keep on DynamoDB \(0.\d MB compressed, at most 0.4 MB\)"):
         await store.put_response(stored("resp_huge", screenshots(4)))
     assert await store.get_response("resp_huge") is None
+
+
+async def test_the_responses_holding_an_item_are_found_by_its_id(store: Store, store_url: str) -> None:
+    """A provider's item id names no response: the store indexes the ids a response holds (`held`), so that an
+    `item_reference` to one, or its reasoning sent back by value, finds the response; the newest first, for as long
+    as the response lives, with a record in parts too, and a deleted one no more found (DynamoDB leaves its entry to
+    the TTL: the response read is not there)."""
+    now = time.time()
+    older = StoredResponse("resp_older", "key1", [], now - 10, now + 60, b'{"items": []}')
+    await store.put_response(older, ["fc_abc", "rs_abc"])
+    await store.put_response(stored("resp_newer", screenshots(4)), ["fc_abc"])  # (in parts, on DynamoDB)
+    await store.put_response(stored("resp_lapsed", ttl=-1), ["fc_abc"])
+    assert await store.responses_holding("fc_abc") == ["resp_newer", "resp_older"]
+    assert await store.responses_holding("rs_abc") == ["resp_older"]
+    assert await store.responses_holding("fc_none") == []
+    assert await store.delete_response("resp_newer") is True
+    holders = await store.responses_holding("fc_abc")
+    assert [r for r in holders if await store.get_response(r) is not None] == ["resp_older"]
+    if not store_url.startswith("dynamodb"):
+        assert holders == ["resp_older"]
+    for n in range(MAX_HOLDERS + 2):
+        await store.put_response(stored(f"resp_many{n}"), ["fc_many"])
+    assert len(await store.responses_holding("fc_many")) == MAX_HOLDERS
+
+
+async def test_an_index_entry_not_written_leaves_the_response_kept(store: Store, store_url: str) -> None:
+    """The index is a way to find a response, not part of it: an entry DynamoDB did not write leaves that item
+    unfound by its id, and the response kept (not answered `store: false`, as a failing record write is)."""
+    if not store_url.startswith("dynamodb"):
+        pytest.skip("DynamoDB writes the entries on items of their own")
+    client = store.client  # type: ignore[attr-defined]
+    real = client.call
+
+    async def failing_entries(operation: str, request: dict[str, Any]) -> dict[str, Any]:
+        if operation == "PutItem" and request["Item"]["pk"]["S"].startswith(responses.HOLDER_PK):
+            raise StoreError("lost on the way")
+        return await real(operation, request)
+
+    client.call = failing_entries
+    try:
+        await store.put_response(stored("resp_unindexed"), ["fc_unindexed"])
+    finally:
+        client.call = real
+    assert await store.get_response("resp_unindexed") is not None
+    assert await store.responses_holding("fc_unindexed") == []
 
 
 async def test_the_first_write_of_an_id_stands(store: Store) -> None:

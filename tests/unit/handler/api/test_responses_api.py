@@ -17,6 +17,7 @@ from handler.api.responses_api import (
     to_chat_request,
     to_response,
 )
+from handler.api.responses_items import item_ids
 from handler.api.responses_stream import ResponsesEventWriter
 from handler.errors import InvalidRequestError
 from handler.schemas import ChatCompletion, Usage
@@ -119,6 +120,15 @@ def test_an_item_id_the_gateway_made_names_its_response() -> None:
     assert {ResponseIds.response_of(item_id) for item_id in made} == {ids.response}
     for foreign in ("rs_68c1f0a2b3d4e5f60718293a4b5c6d7e0f1a2b3c4d5e6f70", "rs_1", "rs_" + "0" * 32, "msg"):
         assert ResponseIds.response_of(foreign) is None
+
+
+def test_an_input_item_id_the_gateway_made_names_its_response() -> None:
+    """A stored input item's made id (`input_items` lists it so) names the response that first kept it, the
+    gateway's or, passed through, OpenAI's (`resp_<hex>`, of any length): an `item_reference` to it finds it. The
+    natively served one's was not recognised, and its reference was refused as naming nothing."""
+    for response_id in ("resp_" + "0123456789abcdef" * 2, "resp_68c1f0a2b3d4e5f60718293a4b5c6d7e0f1a2b3c4d5e6f70"):
+        made = item_ids([{"role": "user", "content": "Hi"}, {"type": "function_call_output"}], response_id)
+        assert [ResponseIds.response_of(item_id) for item_id in made] == [response_id, response_id]
 
 
 @pytest.mark.parametrize(
