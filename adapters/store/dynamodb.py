@@ -51,6 +51,7 @@ from typing import Any, TypeVar
 
 from adapters.store.dynamo_client import CONDITION_FAILED, ConditionFailed, DynamoDBClient
 from adapters.store.dynamo_keys import DynamoDBKeys
+from adapters.store.dynamo_responses import DynamoDBResponses
 from adapters.store.expressions import Expression, Item, dec, exact, num, number, read_num, text
 from adapters.store.metered import (
     EPSILON,
@@ -75,7 +76,6 @@ from adapters.store.records import (
     ledger_to_json,
 )
 from adapters.store.region_leases import IDLE_SECONDS, LEASE_PREFIX, MAX_TRACKED, LeaseShort, RegionLeases
-from adapters.store.responses import DynamoDBResponses
 from adapters.store.signins import DynamoDBSignIns
 from handler.ports import (
     Admission,

@@ -12,7 +12,7 @@ import openai
 import orjson
 import pytest
 
-from adapters.store import responses
+from adapters.store import dynamo_responses
 from handler.api.responses_routes import MAX_KEPT_READS
 from handler.ports import StoredResponse, StoreError
 from tests.fakes.openai import TEXT
@@ -164,7 +164,7 @@ def test_a_conversation_too_large_to_keep_says_so_when_continued(
     """One the store cannot keep is answered `store: false`, and continuing it is a 400 that says why, where it
     was a 404 as for an id never given."""
     running = running_dynamodb
-    monkeypatch.setattr(responses, "MAX_DYNAMODB_RECORD", 200_000)  # (16 MB, brought within a test's reach)
+    monkeypatch.setattr(dynamo_responses, "MAX_DYNAMODB_RECORD", 200_000)  # (16 MB, brought within a test's reach)
     key = running.mint(name="too-large")
     sdk = openai_client(running, key)
     made = sdk.responses.create(model="gpt-4o-mini", input=[*screenshot_turn(1), *screenshot_turn(2)])

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from adapters.store import open_store, responses
+from adapters.store import dynamo_responses, open_store, responses
 from handler.api.responses_routes import ResponseArchive
 from handler.ports import MAX_HOLDERS, ResponseTooLarge, Store, StoredResponse, StoreError
 from tests.unit.adapters.store import test_contract
@@ -122,7 +122,7 @@ async def test_too_large_a_conversation_is_refused_saying_so(
 ) -> None:
     if not store_url.startswith("dynamodb"):
         pytest.skip("only DynamoDB bounds a record")
-    monkeypatch.setattr(responses, "MAX_DYNAMODB_RECORD", 400_000)
+    monkeypatch.setattr(dynamo_responses, "MAX_DYNAMODB_RECORD", 400_000)
     with pytest.raises(ResponseTooLarge, match=r"too large to keep on DynamoDB \(0.\d MB compressed, at most 0.4 MB\)"):
         await store.put_response(stored("resp_huge", screenshots(4)))
     assert await store.get_response("resp_huge") is None
@@ -160,7 +160,7 @@ async def test_an_index_entry_not_written_leaves_the_response_kept(store: Store,
     real = client.call
 
     async def failing_entries(operation: str, request: dict[str, Any]) -> dict[str, Any]:
-        if operation == "PutItem" and request["Item"]["pk"]["S"].startswith(responses.HOLDER_PK):
+        if operation == "PutItem" and request["Item"]["pk"]["S"].startswith(dynamo_responses.HOLDER_PK):
             raise StoreError("lost on the way")
         return await real(operation, request)
 
