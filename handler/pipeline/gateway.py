@@ -27,10 +27,11 @@ from handler.config import (
 from handler.errors import GatewayError
 from handler.pipeline.keys import KeyService
 from handler.pipeline.provider_keys import (
-    ProviderKeys,
+    NoStoredKeys,
     header_holder,
     header_secrets,
     header_unreadable,
+    held_keys,
     install,
     is_stored,
     unreadable,
@@ -44,6 +45,7 @@ from handler.telemetry.observability import logger
 
 if TYPE_CHECKING:
     from handler.pipeline.budgets import Meter
+    from handler.pipeline.stored_keys import ProviderKeys
     from handler.ports import Settlement
     from handler.telemetry.tracing import RequestTracer
 
@@ -68,7 +70,9 @@ class Gateway:
         router: Router,
         upstream: UpstreamClient,
         tracer: RequestTracer | None = None,  # OTLP span export, when configured (handler/telemetry/tracing.py)
-        provider_keys: ProviderKeys | None = None,  # provider keys held in SSM or Secrets Manager, kept current
+        provider_keys: ProviderKeys
+        | NoStoredKeys
+        | None = None,  # provider keys held in SSM or Secrets Manager, kept current
     ) -> None:
         self.config = config
         self.region = region
@@ -77,7 +81,7 @@ class Gateway:
         self.router = router
         self.upstream = upstream
         self.tracer = tracer
-        self.provider_keys = provider_keys or ProviderKeys({}, {}, config.gateway.provider_key_refresh_seconds)
+        self.provider_keys = provider_keys or NoStoredKeys()
         self.background: set[asyncio.Task[None]] = set()
         # While a buffered invocation runs (`Settling`): what `spawn` was given, run after the answer by
         # `settle_now`.
@@ -382,7 +386,7 @@ def build_gateway(
         router=Router(config, adapters, region),
         upstream=UpstreamClient(config.gateway.timeouts, transport, config.gateway.limits),
         tracer=build_tracer(config, env, region, fetch),
-        provider_keys=ProviderKeys(
+        provider_keys=held_keys(
             adapters, key_references(config, REGISTRY), refresh_s, env, fetch, headers=header_references(config)
         ),
     )

@@ -11,8 +11,8 @@ from handler import redaction
 from handler.config import SecretUnreadableError, parse_config
 from handler.errors import ServiceUnavailableError
 from handler.pipeline.gateway import build_adapters, header_references, key_references
-from handler.pipeline.provider_keys import ProviderKeys
 from handler.pipeline.routing import RouteControls, Router, any_model
+from handler.pipeline.stored_keys import ProviderKeys
 from handler.ports import ProviderAdapter
 
 CONFIG = {
