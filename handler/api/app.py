@@ -543,16 +543,11 @@ def lwa_source_ip(raw: str | None) -> str | None:
         return None
 
 
-def lambda_time_left_s(request: Request) -> float | None:
-    """On Lambda: the invocation's remaining time, less a margin, so a slow upstream ends in our 504 with its
-    settlement written, not in the function being killed. Mangum puts the context in the scope; behind the Web
-    Adapter it is the `x-amzn-lambda-context` header (the invocation's `deadline`, in epoch milliseconds), believed
-    from the adapter itself only, on loopback."""
-    return scope_time_left_s(request.scope)
-
-
-def scope_time_left_s(scope: Any) -> float | None:
-    """`lambda_time_left_s` of an ASGI scope."""
+def lambda_time_left_s(scope: Any) -> float | None:
+    """On Lambda: the invocation's remaining time (the request's ASGI `scope`'s), less a margin, so a slow upstream
+    ends in our 504 with its settlement written, not in the function being killed. Mangum puts the context in the
+    scope; behind the Web Adapter it is the `x-amzn-lambda-context` header (the invocation's `deadline`, in epoch
+    milliseconds), believed from the adapter itself only, on loopback."""
     context = scope.get("aws.context")
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     if remaining is None:
@@ -611,12 +606,12 @@ NO_CONTROLS = Controls()
 
 def arrival_deadline_s(scope: Any) -> float | None:
     """The request's deadline, in seconds from its arrival: `x-gateway-deadline-ms`, and on Lambda the invocation's
-    time left less the margin (`scope_time_left_s`), whichever is sooner. Read as the request arrives (`GatewayApp`),
+    time left less the margin (`lambda_time_left_s`), whichever is sooner. Read as the request arrives (`GatewayApp`),
     so that every store call it makes ends by then (`STORE_DEADLINE`), its key lookup first: the key was looked up
     before the deadline was read, and a store that never answered held the request for three attempts of 5 s,
     on Lambda until the function was killed. A header that is no positive number sets none here; `parse_controls`
     answers it with a 400 once the key is known."""
-    left = scope_time_left_s(scope)
+    left = lambda_time_left_s(scope)
     for name, value in scope["headers"]:
         if name == b"x-gateway-deadline-ms":
             try:

@@ -40,12 +40,12 @@ def request(headers: dict[str, str] | None = None, **scope: Any) -> Request:
 
 def test_a_lambda_invocation_caps_the_deadline_at_its_remaining_time() -> None:
     on_lambda = request(**{"aws.context": LambdaContext(10_000)})
-    assert lambda_time_left_s(on_lambda) == pytest.approx(8.5)
+    assert lambda_time_left_s(on_lambda.scope) == pytest.approx(8.5)
     assert parse_controls(on_lambda).deadline_s == pytest.approx(8.5)
     tighter = request({"x-gateway-deadline-ms": "2000"}, **{"aws.context": LambdaContext(10_000)})
     assert parse_controls(tighter).deadline_s == pytest.approx(2.0)
     assert parse_controls(request()).deadline_s is None
-    assert lambda_time_left_s(request(**{"aws.context": LambdaContext(100)})) == pytest.approx(0.1)
+    assert lambda_time_left_s(request(**{"aws.context": LambdaContext(100)}).scope) == pytest.approx(0.1)
 
 
 def test_behind_the_web_adapter_the_deadline_is_its_lambda_contexts(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,16 +55,16 @@ def test_behind_the_web_adapter_the_deadline_is_its_lambda_contexts(monkeypatch:
     adapter = ("127.0.0.1", 5000)
     on_lambda = request({"x-amzn-lambda-context": f'{{"request_id": "r", "deadline": {deadline}}}'}, client=adapter)
     monkeypatch.setattr(app_module, "BEHIND_WEB_ADAPTER", False)
-    assert lambda_time_left_s(on_lambda) is None
+    assert lambda_time_left_s(on_lambda.scope) is None
     monkeypatch.setattr(app_module, "BEHIND_WEB_ADAPTER", True)
-    assert lambda_time_left_s(on_lambda) == pytest.approx(8.5, abs=0.2)
+    assert lambda_time_left_s(on_lambda.scope) == pytest.approx(8.5, abs=0.2)
     assert parse_controls(on_lambda).deadline_s == pytest.approx(8.5, abs=0.2)
     remote = request({"x-amzn-lambda-context": f'{{"deadline": {deadline}}}'}, client=("198.51.100.2", 5000))
-    assert lambda_time_left_s(remote) is None  # only the adapter itself, on loopback, is believed
+    assert lambda_time_left_s(remote.scope) is None  # only the adapter itself, on loopback, is believed
     for raw in ("not json", "[]", '{"deadline": "soon"}', '{"deadline": true}', "{}"):
-        assert lambda_time_left_s(request({"x-amzn-lambda-context": raw}, client=adapter)) is None
+        assert lambda_time_left_s(request({"x-amzn-lambda-context": raw}, client=adapter).scope) is None
     late = request({"x-amzn-lambda-context": f'{{"deadline": {deadline - 60_000}}}'}, client=adapter)
-    assert lambda_time_left_s(late) == pytest.approx(0.1)
+    assert lambda_time_left_s(late.scope) == pytest.approx(0.1)
 
 
 def test_controls_come_from_the_gateway_headers_alone() -> None:
