@@ -323,13 +323,10 @@ class KeyRoutes:
         await self._admin(request)
         return self.api.lineage(request)[-1]
 
-    async def _held_target(
-        self, request: Request, authority: KeyRecord, action: str, latest: bool = False
-    ) -> KeyRecord:
-        """The key of the path, if `authority` may `action` it (`beyond_authority`), else a 403 `admin_only`: a
-        temporary, narrow admin key rotated the operator's own first admin key with no grace, locking the operator
-        out, and a rotation hands out the key's new secret."""
-        record = await self._target(request, latest)
+    async def _hold(self, record: KeyRecord, authority: KeyRecord, action: str) -> None:
+        """A 403 `admin_only` unless `authority` may `action` the key `record` (`beyond_authority`): a temporary,
+        narrow admin key rotated the operator's own first admin key with no grace, locking the operator out, and a
+        rotation hands out the key's new secret."""
         why = beyond_authority(await self.gateway.keys.lineage(record), authority)
         if why is not None:
             raise PermissionDeniedError(
@@ -337,7 +334,6 @@ class KeyRoutes:
                 "own bounds hold",
                 code="admin_only",
             )
-        return record
 
     async def _target(self, request: Request, latest: bool = False) -> KeyRecord:
         """The key the path names; `latest`: as its home region has it (`Store.get_key_latest`), for a write."""
@@ -358,12 +354,11 @@ class KeyRoutes:
         """`change` applied to the key the path names, as its home region has it (a write made here a moment ago
         to a key homed elsewhere is there, not yet here: a second admin write in a row was a 400 "the key
         changed"); one another write changed meanwhile is read again and changed again, then a 409. `held`: the
-        admin key whose bounds the key must be within, and the action (`_held_target`), checked on each read."""
+        admin key whose bounds the key must be within, and the action (`_hold`), checked on each read."""
         for _ in range(CHANGE_TRIES):
-            if held is None:
-                record = await self._target(request, latest=True)
-            else:
-                record = await self._held_target(request, held[0], held[1], latest=True)
+            record = await self._target(request, latest=True)
+            if held is not None:
+                await self._hold(record, *held)
             try:
                 return await change(record)
             except ConflictError:
