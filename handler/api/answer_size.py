@@ -81,12 +81,16 @@ class AnswerLimit:
         data = bytes(body)
         return len(data) + sum(data.count(escaped) for escaped in (b'"', b"\\", b"\n", b"\r", b"\t"))
 
+    def limit_named(self) -> str:
+        """The limit, as a client is told it."""
+        return (
+            f"the {megabytes(self.payload_bytes)} ({self.payload_bytes:,} bytes) an answer from this endpoint (a "
+            "buffered AWS Lambda function) can carry"
+        )
+
     def too_large(self, weight: int) -> str:
         """What a client is told of an answer of `weight` bytes that the function cannot return."""
-        return (
-            f"the answer is {megabytes(weight)}, over the {megabytes(self.payload_bytes)} ({self.payload_bytes:,} "
-            "bytes) an answer from this endpoint (a buffered AWS Lambda function) can carry"
-        )
+        return f"the answer is {megabytes(weight)}, over {self.limit_named()}"
 
     def check_answer(self, ex: Exchange, body: bytes | memoryview) -> None:
         """Raise `AnswerTooLargeError` for a whole answer to a proxied request the function cannot return, its ledger
@@ -132,9 +136,7 @@ class AnswerLimit:
         advice.append(STREAMING)
         raise AnswerTooLargeError(
             f"the answer to these {len(inputs):,} inputs ({dimensions:,} dimensions each, as {encoding}) would be "
-            f"about {megabytes(size)} or more, over the {megabytes(self.payload_bytes)} ({self.payload_bytes:,} "
-            f"bytes) an answer from this endpoint (a buffered AWS Lambda function) can carry; nothing was sent: "
-            + ", or ".join(advice),
+            f"about {megabytes(size)} or more, over {self.limit_named()}; nothing was sent: " + ", or ".join(advice),
             param="input",
         )
 
