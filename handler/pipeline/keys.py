@@ -431,25 +431,36 @@ class KeyService:
 
         async def end(key_id: str) -> None:
             async with gate:
-                for attempt in (1, 2):  # (once more after a concurrent write: a retag, a rotation)
-                    held = await self.store.get_key_latest(key_id)  # (a write goes to its home region)
-                    if held is None or held.revoked_at is not None:
-                        return  # purged, or revoked already (its own revocation stands)
-                    if held.expires_at is not None and held.expires_at <= now:
-                        return  # ended already, and purged at its own end
-                    try:
-                        await self.store.update_key(
-                            replace(held, revoked_at=ended_at, revoked_by=revoked.id, version=held.version + 1)
-                        )
-                    except ConflictError:
-                        if attempt == 2:
-                            raise
-                        continue
-                    self._cache.pop(key_id, None)
-                    return
+                await self._revoke_with(key_id, ended_at, revoked.id, ended_by=now)
 
         family = await with_descendants(self.store, revoked.id)
         await asyncio.gather(*(end(key_id) for key_id in family if key_id != revoked.id))
+
+    async def _revoke_with(
+        self, key_id: str, revoked_at: float, revoked_by: str, *, ended_by: float | None = None, quiet: bool = False
+    ) -> bool:
+        """Revoke the key `key_id` at `revoked_at`, `revoked_by` naming the ancestor it is revoked with; whether it
+        was. Read at its home (where a write goes) and written on condition of the version read, once more after a
+        concurrent write (a retag, a rotation); a second conflict is raised, or with `quiet` left (to the next run).
+        A key purged, revoked already (its own revocation stands) or, with `ended_by`, ended by then (purged at its
+        own end) is left as it is."""
+        for attempt in (1, 2):
+            held = await self.store.get_key_latest(key_id)
+            if held is None or held.revoked_at is not None:
+                return False
+            if ended_by is not None and held.expires_at is not None and held.expires_at <= ended_by:
+                return False
+            try:
+                await self.store.update_key(
+                    replace(held, revoked_at=revoked_at, revoked_by=revoked_by, version=held.version + 1)
+                )
+            except ConflictError:
+                if attempt == 2 and not quiet:
+                    raise
+                continue
+            self._cache.pop(key_id, None)
+            return True
+        return False
 
     async def finish_revocations(self) -> int:
         """Revoke every live key with an ancestor revoked or gone (its record purged), as `revoke` revokes the keys
@@ -489,19 +500,7 @@ class KeyService:
 
         async def end(key_id: str, revoked_at: float, revoked_by: str) -> int:
             async with gate:
-                for _ in (1, 2):  # (once more after a concurrent write: a retag, a rotation)
-                    record = await self.store.get_key_latest(key_id)  # (a write goes to its home region)
-                    if record is None or record.revoked_at is not None:
-                        return 0
-                    try:
-                        await self.store.update_key(
-                            replace(record, revoked_at=revoked_at, revoked_by=revoked_by, version=record.version + 1)
-                        )
-                    except ConflictError:
-                        continue
-                    self._cache.pop(key_id, None)
-                    return 1
-                return 0
+                return int(await self._revoke_with(key_id, revoked_at, revoked_by, quiet=True))
 
         return sum(await asyncio.gather(*(end(key_id, *ends[key_id]) for key_id in sorted(ends))))
 
