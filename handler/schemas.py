@@ -11,6 +11,7 @@ OpenAI-compatible upstream receives them untouched, while other adapters report 
 import functools
 import importlib
 import operator
+import secrets
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
@@ -470,6 +471,12 @@ class Choice(_Open):
     logprobs: Any = None
     # Which of the client's stop sequences ended the answer, where the provider says (Anthropic does).
     stop_sequence: str | None = Omitted()
+
+
+def completion_id() -> str:
+    """An answer's id of OpenAI's form, for one whose provider gave none (Bedrock's Converse, Gemini without its
+    `responseId`, a compatible server that leaves it out)."""
+    return f"chatcmpl-{secrets.token_hex(12)}"
 
 
 class ChatCompletion(_Open):

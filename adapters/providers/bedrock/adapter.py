@@ -14,7 +14,6 @@ Converse instead.
 
 from __future__ import annotations
 
-import secrets
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -67,6 +66,7 @@ from handler.schemas import (
     FunctionCall,
     ToolCall,
     Usage,
+    completion_id,
     thinks_between,
 )
 from handler.wire import error_excerpt, json_body, malformed, upstream_error
@@ -534,11 +534,6 @@ def unusable(stop_reason: Any, usage: Usage | None) -> UpstreamError | None:
     err = malformed(f"{what} (Bedrock's stopReason {stop_reason})")
     err.billed = usage
     return err
-
-
-def completion_id() -> str:
-    """Converse answers carry no id; OpenAI clients expect one."""
-    return f"chatcmpl-{secrets.token_hex(12)}"
 
 
 # Amazon Nova 2's reasoning comes back as this text ("reasoning content is redacted in the output and displays as

@@ -14,14 +14,13 @@ from adapters.providers.anthropic.wire import WireBlock
 from adapters.providers.bedrock.adapter import (
     NOVA_REDACTED,
     UNUSABLE_STOPS,
-    completion_id,
     finish_reason,
     fired,
     redacts_reasoning,
     unusable,
     usage_of,
 )
-from handler.schemas import ChatCompletionChunk, ChunkDelta
+from handler.schemas import ChatCompletionChunk, ChunkDelta, completion_id
 from handler.wire import StreamEvent, json_body, malformed
 
 

@@ -57,6 +57,7 @@ from handler.schemas import (
     TextPart,
     ToolCall,
     Usage,
+    completion_id,
 )
 from handler.wire import error_excerpt, json_body, malformed, named_wait, upstream_error
 
@@ -802,7 +803,7 @@ class GeminiAdapter(ProviderAdapter):
             choices.append(Choice(index=0, message=message, finish_reason="content_filter"))
         response_id = data.get("responseId")
         return ChatCompletion(
-            id=f"chatcmpl-{response_id}" if isinstance(response_id, str) else f"chatcmpl-{secrets.token_hex(12)}",
+            id=f"chatcmpl-{response_id}" if isinstance(response_id, str) else completion_id(),
             created=int(time.time()),
             model=str(data.get("modelVersion") or target.model),
             choices=choices,

@@ -3,7 +3,6 @@ stream: a Lambda's buffered function answers whole."""
 
 from __future__ import annotations
 
-import secrets
 import time
 
 from adapters.providers.gemini.adapter import (
@@ -24,6 +23,7 @@ from handler.schemas import (
     FunctionCallDelta,
     ToolCallDelta,
     Usage,
+    completion_id,
 )
 from handler.wire import StreamEvent, json_body
 
@@ -39,7 +39,7 @@ class GeminiStreamParser:
 
     def __init__(self, model: str) -> None:
         self.usage: Usage | None = None
-        self._id = f"chatcmpl-{secrets.token_hex(12)}"
+        self._id = completion_id()
         self._created = int(time.time())
         self._model = model
         self._started: set[int] = set()

@@ -7,7 +7,6 @@ something.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,7 +22,15 @@ from adapters.providers.params import IMAGE_DETAIL, apply_rules, unsent_part_fie
 from handler import schemas
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import RESPONSES_API, BuiltRequest, NativeCall, ProviderAdapter, Served, Target, UpstreamRequest
-from handler.schemas import DOCUMENT, LATER_MODULES, ChatCompletion, ChatRequest, PromptTokensDetails, Usage
+from handler.schemas import (
+    DOCUMENT,
+    LATER_MODULES,
+    ChatCompletion,
+    ChatRequest,
+    PromptTokensDetails,
+    Usage,
+    completion_id,
+)
 from handler.wire import StreamEvent, error_excerpt, json_body, malformed, upstream_error
 
 M = TypeVar("M", bound=BaseModel)
@@ -145,7 +152,7 @@ def _conform_head(payload: Any, head: dict[str, Any], upstream_model: str) -> bo
             payload[name] = int(value)
         else:
             if not head:
-                head.update(id=f"chatcmpl-{secrets.token_hex(12)}", created=int(time.time()), model=upstream_model)
+                head.update(id=completion_id(), created=int(time.time()), model=upstream_model)
             payload[name] = head[name]
         changed = True
     return changed
