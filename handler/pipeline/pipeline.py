@@ -817,6 +817,9 @@ class Pipeline(Charges):
             if ex.wasted_usd and ex.cost.provider_usd is not None:
                 provider = ex.cost.provider_usd + ex.wasted_usd  # the fee is on the whole, once
                 ex.cost = Cost(provider, fee_for(provider, self.fee), usage, ex.cost.unit_prices)
+                # Part of it is an earlier attempt's reserved worst case, not a count the provider gave: the line
+                # says so (it was `provider`, and reports counted it as known exactly).
+                source = "reserved"
             actual = ex.cost.total_usd or 0.0
             tokens = usage.prompt_tokens + usage.completion_tokens
             ex.budget_remaining = remaining_usd(reservation, actual)

@@ -399,6 +399,7 @@ def test_an_upstream_that_hangs_up_on_the_whole_request_is_charged_as_a_stall(
     assert route == f"{kind}-hangs-up/{case}@global=upstream_disconnected, {kind}/answering-x@global=200"
     (line,) = dropping.ledger(key)
     assert line.status == 200 and line.cost_usd >= DROPPING_CAP * DROPPING_PRICE["output"] / 1e6
+    assert line.cost_source == "reserved"  # (its cost mostly the closed attempt's worst case)
 
 
 @pytest.mark.parametrize(("api", "kind"), APIS, ids=[api for api, _ in APIS])
