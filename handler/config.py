@@ -7,15 +7,18 @@ handler/pipeline/provider_keys.py); a literal key in the file is accepted but di
 
 # No `from __future__ import annotations` here: pydantic would evaluate every field's annotation from its string
 # when the class is made, in the cold start; as objects they come from the cached bytecode.
+import ipaddress
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class ConfigError(Exception):
@@ -37,6 +40,47 @@ class SecretUnreadableError(Exception):
         self.reason = reason
 
 
+def http_url(value: str) -> str:
+    """`value` if it is an http:// or https:// URL with a host: `htp:/not a url` was taken, and every request to
+    the provider then failed (502 `unsupported URL scheme`); an Azure or proxy URL without one, the same."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - a port that is no number raises here
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", value):
+        shown = f"'{value}'" if "@" not in value else "the URL"  # (one with a user and password is not echoed)
+        raise ValueError(f"{shown} is not an http:// or https:// URL with a host (https://HOST/PATH)")
+    return value
+
+
+def ip_network(value: str) -> str:
+    """`value` if it is an IP address or CIDR range (`gateway.trusted_proxies`): `not-a-cidr` was taken, and the
+    gateway then failed to start, a traceback after it said it listened."""
+    try:
+        ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"'{value}' is not an IP address or CIDR range (10.0.0.0/8, 2001:db8::/32)") from None
+    return value
+
+
+# A region names an endpoint's host (Bedrock's `bedrock-runtime.REGION.amazonaws.com`) and is written in the
+# `x-gateway-route` header (`provider/model@REGION=200`): one word, as every cloud spells its regions.
+REGION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def region_name(value: str) -> str:
+    """`value` if it can name a region: `eu central/1` was taken, and each request to it failed."""
+    if not REGION.fullmatch(value):
+        raise ValueError(f"'{value}' is not a region name (letters, digits, '-', '_' or '.', as eu-central-1)")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(http_url)]
+IpNetwork = Annotated[str, AfterValidator(ip_network)]
+Region = Annotated[str, AfterValidator(region_name)]
+
+
 # Each part's own validator is built on its first direct use (`defer_build`); Config's, built at import, holds
 # them all: built once each, instead of once in every model that nests them (a Lambda cold start builds it). A
 # part left out of the file is validated from `{}` by that validator too (`validate_default`), not built apart.
@@ -51,8 +95,8 @@ class ProviderConfig(BaseModel):
 
     type: str
     api_key: str | None = None
-    base_url: str | None = None
-    region: str | None = None
+    base_url: HttpUrl | None = None
+    region: Region | None = None
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {}) | ({"base_url": self.base_url} if self.base_url else {})
@@ -72,8 +116,8 @@ class DeploymentConfig(BaseModel):
 
     provider: str
     model: str
-    region: str | None = None
-    base_url: str | None = None
+    region: Region | None = None
+    base_url: HttpUrl | None = None
     reasoning: bool | None = Field(
         default=None,
         description="whether the upstream model reasons (OpenAI's o-series, gpt-5): by its name unless set, which an "
@@ -181,7 +225,7 @@ class GatewaySettings(_Strict):
     provider_key_refresh_seconds: float = Field(default=300.0, gt=0)
     reservation_ttl_seconds: float = Field(default=900.0, gt=0)
     default_max_output_tokens: int = Field(default=4096, gt=0)
-    trusted_proxies: list[str] = []
+    trusted_proxies: list[IpNetwork] = []
     fee: FeeConfig = Field(default={}, validate_default=True)
     timeouts: TimeoutConfig = Field(default={}, validate_default=True)
     limits: LimitsConfig = Field(default={}, validate_default=True)
@@ -217,9 +261,7 @@ class OtlpConfig(_Strict):
     @field_validator("endpoint", "traces_endpoint")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"'{value}' is not an http:// or https:// URL (OTLP/HTTP)")
-        return value
+        return None if value is None else http_url(value)
 
 
 class ObservabilityConfig(_Strict):
@@ -266,11 +308,30 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(root)"
 
 
+# `models.NAME.price` is a union (`Price | 'unknown'`): pydantic says what failed against each member, each under
+# the member's name (`price.Price.input`, and `price.literal['unknown']: Input should be 'unknown'`).
+PRICE_MEMBERS = ("Price", "literal['unknown']")
+PRICE_SHAPE = "a mapping of prices (USD per 1M tokens: input, output, ...) or 'unknown'"
+
+
 def _problems(exc: ValidationError, within: tuple[str, ...] = ()) -> list[str]:
+    """One `path: message` line per error, the path as the file writes it: a union member's name is no part of it
+    (the `'unknown'` member's complaint is said only where the value is no mapping at all), nor pydantic's
+    `Value error, ` of a message a validator wrote."""
     problems = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        problems.append(f"{_format_loc((*within, *loc))}: {err['msg']}")
+        message = err["msg"].removeprefix("Value error, ")
+        member = next((i for i in range(1, len(loc)) if loc[i - 1] == "price" and loc[i] in PRICE_MEMBERS), None)
+        if member is not None:
+            if loc[member] != "Price":
+                continue
+            if member == len(loc) - 1:  # (the value is no mapping: said once, for both members)
+                message = PRICE_SHAPE
+            loc = loc[:member] + loc[member + 1 :]
+        line = f"{_format_loc((*within, *loc))}: {message}"
+        if line not in problems:
+            problems.append(line)
     return problems
 
 
@@ -362,6 +423,46 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=SAFE_LOADER)  # a safe loader either way
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class UniqueKeyLoader(SAFE_LOADER):  # type: ignore[misc]
+    """`SAFE_LOADER` refusing a mapping that names a key twice (YAML forbids it; PyYAML keeps the last): two
+    `openai:` providers or two `a:` models read as one, the other lost unsaid. Keys a merge (`<<: *base`) brings in
+    may be written over, as YAML means them to be."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key '{key}' (first at line {first[key].start_mark.line + 1}): each name once",
+                        key_node.start_mark,
+                    )
+                first[key] = key_node
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep)
+        return mapping
+
+
+def yaml_problem(source: str, exc: yaml.YAMLError) -> str:
+    """A YAML error as one line naming the file, the line and the column (PyYAML's own message names
+    `"<unicode string>"`, and the place twice)."""
+    mark = getattr(exc, "problem_mark", None)
+    if not isinstance(exc, yaml.MarkedYAMLError) or mark is None:
+        return f"{source}: not valid YAML: {exc}"
+    message = f"{source}: not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    context = exc.context_mark
+    if exc.context and context is not None and (context.line, context.column) != (mark.line, mark.column):
+        message += f" ({exc.context} at line {context.line + 1}, column {context.column + 1})"
+    return message
+
+
 def load_config(path: str | os.PathLike[str] | None, known_types: set[str]) -> Config:
     """Load the config at `path`, or the shipped default when `path` is None."""
     if path is None:
@@ -374,9 +475,9 @@ def load_config(path: str | os.PathLike[str] | None, known_types: set[str]) -> C
             raise ConfigError([f"{path}: cannot read the config file ({exc.strerror})"]) from None
         source = str(path)
     try:
-        data = load_yaml(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # (a safe loader)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{source}: not valid YAML: {exc}"]) from None
+        raise ConfigError([yaml_problem(source, exc)]) from None
     return parse_config(data, known_types)
 
 

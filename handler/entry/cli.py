@@ -85,18 +85,17 @@ def _known_types() -> set[str]:
 def _start_up_checks(config: Config) -> None:
     """What the gateway's start-up refuses, said before serving: the `OTEL_*` environment, each provider's
     `headers` resolved (a reference to nothing; one whose store cannot be read now is read again once serving, as a
-    key is), and an option no adapter reads (a misspelt `base_ulr`)."""
+    key is), an option no adapter reads (a misspelt `base_ulr`) or one it cannot take, and what building the router
+    refuses (an Azure provider without its endpoint)."""
     from adapters.providers.registry import REGISTRY
-    from handler.pipeline.gateway import provider_headers, unread_options
+    from handler.pipeline.gateway import check_routes, gateway_region, provider_headers
 
     otlp_settings(config.observability.otlp, os.environ)
     for name, provider in config.providers.items():
         headers = provider.options().get("headers")
         if headers is not None:
             provider_headers(name, headers, os.environ, None)
-    unread = unread_options(config, REGISTRY)
-    if unread:
-        raise ConfigError(unread)
+    check_routes(config, REGISTRY, gateway_region(os.environ))
 
 
 def _print_json(payload: Any) -> None:

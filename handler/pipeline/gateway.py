@@ -275,6 +275,26 @@ def unread_options(config: Config, registry: Mapping[str, type[ProviderAdapter]]
     return problems
 
 
+def new_adapter(name: str, cls: type[ProviderAdapter], options: dict[str, Any]) -> ProviderAdapter:
+    """Provider `name`'s adapter, with no key yet; an option's value it cannot take (`profile: bogus`) is a
+    `ConfigError` naming the provider (it was a traceback, after `gateway serve` said it listened)."""
+    try:
+        return cls(name, None, options)
+    except ValueError as exc:
+        raise ConfigError([f"providers.{name}: {exc}"]) from None
+
+
+def check_routes(config: Config, registry: Mapping[str, type[ProviderAdapter]], region: str) -> None:
+    """Raise the `ConfigError` building the gateway's adapters and router would (an option no adapter reads, one it
+    cannot take, an Azure provider with no endpoint), reading no secret: what `gateway config check` and `serve` say
+    before anything starts."""
+    problems = unread_options(config, registry)
+    if problems:
+        raise ConfigError(problems)
+    adapters = {name: new_adapter(name, registry[p.type], p.options()) for name, p in config.providers.items()}
+    Router(config, adapters, region)
+
+
 def build_adapters(
     config: Config,
     registry: Mapping[str, type[ProviderAdapter]],
@@ -291,7 +311,7 @@ def build_adapters(
         unread: dict[str, SecretUnreadableError] = {}
         if "headers" in options:
             options["headers"], unread = provider_headers(name, options["headers"], environ, fetch)
-        adapter = adapters[name] = cls(name, None, options)
+        adapter = adapters[name] = new_adapter(name, cls, options)
         for header, failure in unread.items():  # (read again later, as a key is)
             header_unreadable(adapter, header, failure)
         ref = provider.key_reference(cls.key_env_var)

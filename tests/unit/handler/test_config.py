@@ -135,3 +135,93 @@ def test_the_otlp_section_validated_apart_names_its_problems_as_the_rest(otlp: o
     assert isinstance(parsed.observability.otlp, config_module.OtlpConfig)
     assert parsed.observability.otlp.endpoint == "http://c:4318" and parsed.observability.otlp.batch_size == 512
     assert parse_config({}, set(REGISTRY)).observability.otlp is None
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "problem"),
+    [
+        # Each was taken, and every request to it failed later (502 `unsupported URL scheme 'htp'`), or the gateway
+        # did not start at all (trusted_proxies: a traceback after `gateway serve` said it listened). Found by review.
+        (("providers", "p", "base_url"), "htp:/not a url", "providers.p.base_url: 'htp:/not a url' is not an http"),
+        (("providers", "p", "base_url"), "https://", "providers.p.base_url: 'https://' is not an http"),
+        (("deployment", "base_url"), "ftp://host/v1", "models.m.deployments[0].base_url: 'ftp://host/v1' is not"),
+        (("deployment", "base_url"), "https://u:secret@", "models.m.deployments[0].base_url: the URL is not"),
+        (("providers", "p", "region"), "eu central/1", "providers.p.region: 'eu central/1' is not a region name"),
+        (("deployment", "region"), "", "models.m.deployments[0].region: '' is not a region name"),
+        (("gateway", "trusted_proxies"), ["10.0.0.0/8", "not-a-cidr"], "gateway.trusted_proxies[1]: 'not-a-cidr' is"),
+    ],
+)
+def test_a_value_that_fails_later_is_refused_with_its_path(where: tuple[str, ...], value: object, problem: str) -> None:
+    provider: dict[str, object] = {"type": "openai", "api_key": "env:X"}
+    deployment: dict[str, object] = {"provider": "p", "model": "a"}
+    data: dict[str, object] = {"providers": {"p": provider}, "models": {"m": {"deployments": [deployment]}}}
+    if where[0] == "providers":
+        provider[where[2]] = value
+    elif where[0] == "deployment":
+        deployment[where[1]] = value
+    else:
+        data["gateway"] = {where[1]: value}
+    [found] = problems(data)
+    assert found.startswith(problem), found
+    assert "secret" not in found and "Value error" not in found
+
+
+def test_urls_regions_and_proxies_written_as_the_docs_write_them_pass() -> None:
+    config = parse_config(
+        {
+            "gateway": {"trusted_proxies": ["10.0.0.0/8", "2001:db8::/32", "192.168.1.7"]},
+            "providers": {"p": {"type": "openai", "api_key": "env:X", "base_url": "http://127.0.0.1:11434/v1"}},
+            "models": {"m": {"deployments": [{"provider": "p", "model": "a", "region": "us-central1"}]}},
+        },
+        TYPES,
+    )
+    assert config.providers["p"].base_url == "http://127.0.0.1:11434/v1"
+
+
+def test_a_price_that_is_wrong_names_the_path_the_file_writes() -> None:
+    """A negative price read `models.m.price.Price.input: ...` and `models.m.price.literal['unknown']: Input
+    should be 'unknown'`: the union's member names, and a complaint about a member nobody meant. Found by review."""
+    model = {"deployments": [{"provider": "p", "model": "a"}]}
+    data = {"providers": {"p": {"type": "openai", "api_key": "env:X"}}, "models": {"m": model}}
+    model["price"] = {"input": -1, "output": 0.6}
+    assert problems(data) == ["models.m.price.input: Input should be greater than or equal to 0"]
+    model["price"] = "cheap"
+    assert problems(data) == [
+        "models.m.price: a mapping of prices (USD per 1M tokens: input, output, ...) or 'unknown'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "providers:\n  openai: {type: openai, api_key: env:A}\n  openai: {type: anthropic}\n",
+            "not valid YAML at line 3, column 3: duplicate key 'openai' (first at line 2): each name once",
+        ),
+        (
+            "models:\n  a: {deployments: [{provider: p, model: x}]}\n  a : {deployments: [{provider: p, model: y}]}\n",
+            "not valid YAML at line 3, column 3: duplicate key 'a' (first at line 2): each name once",
+        ),
+        (
+            "providers:\n  openai: {type: openai, api_key: env:A\nmodels: [\n",
+            "not valid YAML at line 3, column 7: did not find expected ',' or '}' (while parsing a flow mapping at "
+            "line 2, column 11)",
+        ),
+    ],
+)
+def test_a_duplicated_key_or_a_syntax_error_names_the_file_and_the_line(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    """A name given twice was read as one, the first entry lost unsaid (`ok: 1 providers`); a syntax error named
+    `"<unicode string>"`, not the file. Found by review."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, TYPES)
+    assert caught.value.problems == [f"{path}: {problem}"]
+
+
+def test_a_merge_may_write_over_the_keys_it_brings() -> None:
+    text = "base: &b {type: openai, api_key: env:A}\nproviders:\n  p:\n    <<: *b\n    api_key: env:B\n"
+    data = yaml.load(text, Loader=config_module.UniqueKeyLoader)
+    assert data["providers"]["p"] == {"type": "openai", "api_key": "env:B"}

@@ -237,6 +237,47 @@ def test_serve_refuses_an_option_no_adapter_reads_before_it_binds(
     assert "providers.up.base_ulr: not an option of provider type openai" in printed.err and printed.out == ""
 
 
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        (
+            "providers:\n  az: {type: azure, api_key: k}\n"
+            "models:\n  m: {deployments: [{provider: az, model: gpt-4o}]}\n",
+            "providers.az.base_url: the Azure OpenAI resource endpoint (https://NAME.openai.azure.com) is required",
+        ),
+        (
+            "gateway: {trusted_proxies: [not-a-cidr]}\n",
+            "gateway.trusted_proxies[0]: 'not-a-cidr' is not an IP address or CIDR range",
+        ),
+        (
+            "providers:\n  o: {type: openai, api_key: k, profile: bogus}\n",
+            "providers.o: unknown profile 'bogus' (one of: ",
+        ),
+    ],
+)
+def test_serve_and_config_check_refuse_what_start_up_would_before_anything_starts(
+    serve_here: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    config: str,
+    problem: str,
+) -> None:
+    """`config check` said ok to these; `serve` minted the first admin key, printed it, said it listened, and died
+    with a traceback, exit 1, in building the app (the Lambda handler's import the same). Found by review."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(config)
+    assert main(["config", "check", "--config", str(path)]) == 1
+    printed = capsys.readouterr()
+    assert printed.err.startswith(problem) and printed.out == ""
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: pytest.fail("served"))
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # (see the test above)
+    assert main(["serve", "--port", str(free_port()), "--config", str(path)]) == 2
+    printed = capsys.readouterr()
+    assert printed.err.startswith(f"config error:\n{problem}") and printed.out == ""
+    assert "Traceback" not in printed.err and not (tmp_path / "gateway.db").exists()  # no key minted
+
+
 def test_serve_on_a_store_with_keys_but_no_admin_key_says_how_to_make_one(
     serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
