@@ -29,9 +29,13 @@ from handler.telemetry.tracing import otlp_settings
 
 if TYPE_CHECKING:
     import uvicorn
+    from pydantic import ValidationError
+
+    from handler.errors import InvalidRequestError
 
 STORE_HELP = f"the server's store URL (default: GATEWAY_STORE, else {DEFAULT_STORE_URL})"
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+ZERO = re.compile(r"^0+(?:\.0*)?$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # `serve --shutdown-grace`: with the settlements' own bound after it (`SHUTDOWN_SETTLE_S`, 5 s), within the 30 s
 # ECS and Kubernetes give a process between SIGTERM and SIGKILL.
@@ -39,10 +43,41 @@ SHUTDOWN_GRACE_S = 20.0
 
 
 def parse_duration(text: str) -> float:
+    """`30m`, `12h`, `7d` (or `s`) in seconds; a bare `0` is none at all (`--grace 0` ends an old secret at once,
+    as the docs say: it was refused for its missing unit)."""
+    if ZERO.match(text.strip()):
+        return 0.0
     match = DURATION.match(text.strip())
     if not match:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a duration like 30m, 12h or 7d")
+        raise argparse.ArgumentTypeError(f"'{text}' is not a duration like 30m, 12h or 7d (or 0)")
     return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def duration_text(seconds: float) -> str:
+    """`seconds` as the flags write a duration: in the largest unit it is a whole number of (`604800`: `7d`)."""
+    for unit, size in sorted(UNITS.items(), key=lambda item: -item[1]):
+        if seconds and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+# The flag that sets each field of the key API's bodies (`POST /admin/keys`, `.../rotate`), which `keys create` and
+# `keys rotate` check their values with: an error names the flag the user typed, not the API's field.
+FLAGS = {
+    "name": "--name",
+    "models": "--models",
+    "budget_usd": "--budget-usd",
+    "budget_period": "--budget-period",
+    "expires_in_seconds": "--expires-in",
+    "rpm": "--rpm",
+    "tpm": "--tpm",
+    "allow_ips": "--allow-ip",
+    "tags": "--tags",
+    "admin": "--admin",
+    "grace_seconds": "--grace",
+}
+DURATION_FIELDS = frozenset({"expires_in_seconds", "grace_seconds"})
+BOUNDS = {"gt": "more than", "ge": "at least", "lt": "less than", "le": "at most"}
 
 
 class MissingStoreError(Exception):
@@ -355,18 +390,34 @@ async def _key_command(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+def flag_error(exc: ValidationError) -> InvalidRequestError:
+    """The key API's validation error as the command line's: its first problem, under the flag that set the field
+    (`--grace: at most 7d`, where it said `grace_seconds: Input should be less than or equal to 604800`)."""
+    from handler.errors import InvalidRequestError
+
+    error = exc.errors()[0]
+    field, *within = error["loc"]
+    flag = FLAGS.get(str(field), str(field))
+    where = "".join(f" (item {part + 1})" if isinstance(part, int) else f".{part}" for part in within)
+    message = error["msg"]
+    bounds = {name: value for name, value in (error.get("ctx") or {}).items() if name in BOUNDS}
+    if field in DURATION_FIELDS and bounds:
+        [(name, value)] = bounds.items()
+        message = f"{BOUNDS[name]} {duration_text(float(value))}"
+    return InvalidRequestError(f"{flag}{where}: {message}", param=flag)
+
+
 def _rotation_grace(seconds: float) -> float:
-    """`keys rotate --grace`, checked as `POST /admin/keys/{id}/rotate` checks `grace_seconds` (at most 7 days, the
-    same message): `--grace 99999999d` kept the old secret working for 270,000 years. Raises `GatewayError`."""
+    """`keys rotate --grace`, checked as `POST /admin/keys/{id}/rotate` checks `grace_seconds` (at most 7 days):
+    `--grace 99999999d` kept the old secret working for 270,000 years. Raises `GatewayError`."""
     from pydantic import ValidationError
 
-    from handler.api.app import invalid_from_validation
     from handler.api.key_routes import RotateSpec
 
     try:
         return RotateSpec.model_validate({"grace_seconds": seconds}).grace_seconds
     except ValidationError as exc:
-        raise invalid_from_validation(exc) from None
+        raise flag_error(exc) from None
 
 
 def _created_record(args: argparse.Namespace) -> KeyRecord:
@@ -374,9 +425,15 @@ def _created_record(args: argparse.Namespace) -> KeyRecord:
     an expiry of 0 s, no model: refused, never a key that means something else); raises `GatewayError`."""
     from pydantic import ValidationError
 
-    from handler.api.app import invalid_from_validation
     from handler.api.key_routes import AdminKeySpec, record_from
+    from handler.errors import InvalidRequestError
 
+    if args.budget_period is not None and args.budget_usd is None:
+        # (It was stored as asked, and meant nothing: a key without a budget has no period.)
+        raise InvalidRequestError(
+            "--budget-period: the period of a budget: give --budget-usd too (a key without one spends freely)",
+            param="--budget-period",
+        )
     fields = {
         "name": args.name,
         "models": [m.strip() for m in args.models.split(",")] if args.models is not None else None,
@@ -392,7 +449,7 @@ def _created_record(args: argparse.Namespace) -> KeyRecord:
     try:
         spec = AdminKeySpec.model_validate({name: value for name, value in fields.items() if value is not None})
     except ValidationError as exc:
-        raise invalid_from_validation(exc) from None
+        raise flag_error(exc) from None
     return record_from(spec, admin=spec.admin, now=time.time())
 
 
@@ -410,6 +467,10 @@ def cmd_usage(args: argparse.Namespace) -> int:
     from handler.errors import GatewayError
     from handler.ports import UsageQuery
 
+    if args.json and args.format not in (None, "json"):
+        sys.stderr.write(f"--json is --format json: not with --format {args.format}\n")
+        return 2
+    output = "json" if args.json else args.format or "table"
     try:
         spec = parse_report(args.since, args.until, args.group_by, args.tag, args.user, args.session)
     except GatewayError as exc:
@@ -434,9 +495,9 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
     items, names = asyncio.run(fetch())
     rows = aggregate(items, spec.group_by, names)
-    if args.format == "json":  # as `GET /v1/usage` answers
+    if output == "json":  # as `GET /v1/usage` answers
         _print_json(report_json(spec, items, rows))
-    elif args.format == "csv":
+    elif output == "csv":
         sys.stdout.write(to_csv(rows, columns(spec.group_by, names)))
     else:
         sys.stdout.write(to_table(rows))
@@ -629,29 +690,41 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--models", help="comma-separated model globs (default: all)")
     create.add_argument("--budget-usd", type=float)
-    create.add_argument("--budget-period", choices=["day", "month", "total"], default="total")
-    create.add_argument("--expires-in", type=parse_duration)
+    create.add_argument(
+        "--budget-period",
+        choices=["day", "month", "total"],
+        help="the budget's period, with --budget-usd (default: total)",
+    )
+    create.add_argument("--expires-in", type=parse_duration, help="30m, 12h, 7d: the key ends then (default: never)")
     create.add_argument("--rpm", type=int)
     create.add_argument("--tpm", type=int)
     create.add_argument("--allow-ip", help="comma-separated CIDR ranges")
     create.add_argument("--admin", action="store_true")
     create.add_argument("--tags", help="default attribution tags for its ledger lines: team=search,env=prod")
     create.add_argument("--json", action="store_true")
-    ksub.add_parser("list", help="list keys", parents=[store_after])
+    # The other key commands print JSON always: `--json` is taken (a script writes it to every key command), and
+    # changes nothing.
+    json_always = argparse.ArgumentParser(add_help=False)
+    json_always.add_argument("--json", action="store_true", help="(their output is JSON already)")
+    ksub.add_parser("list", help="list keys", parents=[store_after, json_always])
     for name, help_text in (
         ("show", "a key's settings and state as JSON (never its secret)"),
         ("revoke", "revoke a key, and through it its children"),
     ):
-        cmd = ksub.add_parser(name, help=help_text, parents=[store_after])
+        cmd = ksub.add_parser(name, help=help_text, parents=[store_after, json_always])
         cmd.add_argument("id")
     tag = ksub.add_parser(
-        "tag", help="replace a key's default attribution tags ('' clears them)", parents=[store_after]
+        "tag", help="replace a key's default attribution tags ('' clears them)", parents=[store_after, json_always]
     )
     tag.add_argument("id")
     tag.add_argument("tags", help="team=search,env=prod")
-    rotate = ksub.add_parser("rotate", help="new secret; the old one works for --grace", parents=[store_after])
+    rotate = ksub.add_parser(
+        "rotate", help="new secret; the old one works for --grace", parents=[store_after, json_always]
+    )
     rotate.add_argument("id")
-    rotate.add_argument("--grace", type=parse_duration, default=3600.0)
+    rotate.add_argument(
+        "--grace", type=parse_duration, default=3600.0, help="30m, 12h, at most 7d; 0 ends it at once (default: 1h)"
+    )
     keys.set_defaults(func=cmd_keys)
 
     usage = sub.add_parser("usage", help="cost line items, grouped")
@@ -663,7 +736,8 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--tag", help="only lines carrying every one of these tags: team=search,env=prod")
     usage.add_argument("--user", help="only this end user's lines")
     usage.add_argument("--session", help="only this agent session's lines")
-    usage.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    usage.add_argument("--format", choices=["table", "csv", "json"], help="default: table")
+    usage.add_argument("--json", action="store_true", help="the same as --format json")
     usage.set_defaults(func=cmd_usage)
 
     dashboard = sub.add_parser("dashboard", help="open the dashboard signed in as an admin key (a one-time link)")
