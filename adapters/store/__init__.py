@@ -11,6 +11,7 @@ most), all of a request's calls ending by its deadline besides (`handler.ports.S
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -35,6 +36,21 @@ def dynamodb_client(
     return DynamoDBClient(region, process_credentials(), endpoint_url, connect_timeout, read_timeout)
 
 
+def seconds_parameter(query: dict[str, str], name: str, default: float) -> float:
+    """The store URL's `name=S`, a number of seconds above 0; anything else is a `StoreError` naming it (`abc` was
+    a ValueError's traceback from the CLI and at a Lambda function's start)."""
+    text = query.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise StoreError(f"the store URL's {name}={text[:40]} is not a number of seconds above 0 (default {default:g})")
+    return value
+
+
 def open_store(url: str, client: Any = None) -> Store:
     """The store a URL names; `client` injects a DynamoDB client (this package's, or boto3's)."""
     parts = urlsplit(url)
@@ -52,9 +68,10 @@ def open_store(url: str, client: Any = None) -> Store:
             raise StoreError(f"store URL '{url}' names no table: use dynamodb://TABLE?region=R")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         timeouts = {
-            "read_timeout": float(query.get("read_timeout", 2.0)),
-            "connect_timeout": float(query.get("connect_timeout", 1.0)),
+            "read_timeout": seconds_parameter(query, "read_timeout", 2.0),
+            "connect_timeout": seconds_parameter(query, "connect_timeout", 1.0),
         }
+        idle = seconds_parameter(query, "lease_idle_seconds", IDLE_SECONDS)
         owned: list[Any] = []
         # The region the client signs for is the store's: a store left without one homed its keys nowhere, and
         # every region then wrote the one meter item of a key (1.83x its budget spent from two regions).
@@ -71,7 +88,6 @@ def open_store(url: str, client: Any = None) -> Store:
                 owned.append(clients[other])
             return clients[other]
 
-        idle = float(query.get("lease_idle_seconds", IDLE_SECONDS))
         store = DynamoDBStore(
             client, parts.netloc, region=region, client_for=client_for, lease_idle_seconds=idle, owned=owned
         )

@@ -324,5 +324,23 @@ async def call(client: Any, operation: str, **request: Any) -> Any:
                     ) from exc
                 await asyncio.sleep(wait)
                 continue
+            if code == "ResourceNotFoundException":
+                raise StoreError(f"DynamoDB {operation} failed: {missing_table(client, request)}") from exc
             raise StoreError(f"DynamoDB {operation} failed: {error_code(exc)}") from exc
-    raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
+    raise AssertionError("unreachable")
+
+
+def missing_table(client: Any, request: dict[str, Any]) -> str:
+    """What a call's `ResourceNotFoundException` means, said with the table's name and how to make it: it was the
+    code alone (`DynamoDB query failed: ResourceNotFoundException`), which names neither."""
+    named = [request.get("TableName")] + [
+        part.get("TableName") for item in request.get("TransactItems", []) for part in item.values()
+    ]
+    tables = sorted({str(t) for t in named if t} | set(request.get("RequestItems", {})))
+    region = getattr(client, "region", None) or getattr(getattr(client, "meta", None), "region_name", None)
+    where = f" in {region}" if region else ""
+    return (
+        f"ResourceNotFoundException: no table {' or '.join(repr(t) for t in tables) or 'of that name'}{where}. "
+        "Name the table of the deployed stack (dynamodb://TABLE?region=R), or create it by deploying the stack "
+        "(`sam build && sam deploy --guided`, docs/deploying.md)"
+    )  # the loop returns or raises on its last attempt

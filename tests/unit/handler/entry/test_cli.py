@@ -173,6 +173,35 @@ def test_a_store_the_cli_cannot_open_is_one_line_not_a_traceback(capsys: pytest.
     assert error.startswith("gateway: the store cannot be used") and "Traceback" not in error
 
 
+@pytest.mark.parametrize("parameter", ["read_timeout=abc", "connect_timeout=-1", "lease_idle_seconds=nan"])
+def test_a_store_url_parameter_that_is_no_number_of_seconds_is_named_not_a_traceback(
+    parameter: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--store 'dynamodb://tbl?region=eu-west-1&read_timeout=abc'` was a ValueError's traceback, exit 1 (and the
+    Lambda function's start-up the same). Found by review."""
+    url = f"dynamodb://tbl?region=eu-west-1&endpoint_url=http://127.0.0.1:9&{parameter}"
+    assert main(["keys", "list", "--store", url]) == 2
+    name, _, value = parameter.partition("=")
+    assert capsys.readouterr().err == (
+        f"gateway: the store cannot be used: the store URL's {name}={value} is not a number of seconds above 0 "
+        f"(default {dict(read_timeout=2, connect_timeout=1, lease_idle_seconds=30)[name]})\n"
+    )
+
+
+def test_a_dynamodb_table_that_is_not_there_is_named_with_how_to_create_it(
+    dynamo: DynamoServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said `DynamoDB query failed: ResourceNotFoundException`: neither the table nor what to do. Found by
+    review."""
+    assert main(["keys", "list", "--store", dynamo.store_url("no-such-table", "eu-west-1")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(
+        "gateway: the store cannot be used: DynamoDB query failed: ResourceNotFoundException: no table "
+        "'no-such-table' in eu-west-1. Name the table of the deployed stack (dynamodb://TABLE?region=R), or create "
+        "it by deploying the stack (`sam build && sam deploy --guided`, docs/deploying.md)"
+    ), error
+
+
 @pytest.fixture
 def serve_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """`gateway serve`'s environment for a test: a fresh store in `tmp_path`, the shipped config, no provider
