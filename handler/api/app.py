@@ -46,7 +46,7 @@ from handler.errors import (
     StrictParamsError,
     UpstreamError,
 )
-from handler.pipeline.attribution import TAG, parse_tags
+from handler.pipeline.attribution import parse_tags, session_id
 from handler.pipeline.budgets import SETTLE_BY
 from handler.pipeline.exchange import Controls, Exchange
 from handler.pipeline.gateway import Gateway
@@ -55,7 +55,7 @@ from handler.pipeline.passthrough import guarded
 from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import STORE_DEADLINE, KeyRecord, StoreDeadlineError, StoreError
-from handler.redaction import clipped, redact_message, scrub, unkeyed
+from handler.redaction import clipped, redact_message, scrub
 from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
 from handler.telemetry.observability import observe, observe_failure
@@ -667,10 +667,11 @@ SESSION_HEADERS = (b"x-claude-code-session-id", b"session-id", b"x-session-id")
 
 
 def session_of(request: Request) -> str | None:
+    """The first of `SESSION_HEADERS` the request carries, as `session_id` takes it (a 400 for one it refuses)."""
     for name in SESSION_HEADERS:
         value = request.headers.get(name.decode())
-        if value and TAG.fullmatch(value.strip()):
-            return unkeyed(value.strip())
+        if value:
+            return session_id(value, name.decode())
     return None
 
 

@@ -48,6 +48,23 @@ def validate_tags(pairs: Iterable[tuple[str, str]] | Mapping[str, str], param: s
     return tags
 
 
+MAX_SESSION_CHARS = 256  # as a line's `user` (Claude Code's and Codex's session ids are 36-character UUIDs)
+SESSION_RULE = f"a session id is 1 to {MAX_SESSION_CHARS} printable characters (no control characters)"
+
+
+def session_id(raw: str, header: str) -> str | None:
+    """The agent session a client's `header` names: any printable text up to `MAX_SESSION_CHARS` (a UUID, `my
+    session`, `ticket#42`), kept as the line's `session` with any key in it redacted; none when empty. Anything else
+    is a 400 naming `header` and the rule: an id outside the tags' alphabet was dropped unsaid, its spend reported
+    under `(none)`, and a control character could break a log line or a CSV row."""
+    value = raw.strip()
+    if not value:
+        return None
+    if len(value) > MAX_SESSION_CHARS or not value.isprintable():
+        raise InvalidRequestError(f"{header}: {SESSION_RULE}", param=header)
+    return unkeyed(value)
+
+
 def line_tags(lineage: list[KeyRecord], requested: Mapping[str, str]) -> dict[str, str]:
     """The tags of a request's ledger line (a dict of its own): the header's, under the key's own, under its
     ancestors' (`lineage` is nearest first, so the root's are applied last and win)."""

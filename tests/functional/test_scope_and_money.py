@@ -842,6 +842,34 @@ def test_each_line_carries_its_tags_user_and_session_and_reports_group_by_them(g
     ]
 
 
+def test_a_session_id_of_any_printable_text_is_kept_and_one_that_is_not_is_a_400(gw: Running) -> None:
+    """`x-session-id: my session` and `ticket#42` answered 200 with no session on the line (only letters, digits and
+    `_.:/@+-` were kept, the rest dropped unsaid), and `group_by=session` reported them under `(none)`. Any
+    printable id up to 256 characters is the line's session now; a control character or a longer id is a 400 that
+    says the rule, and nothing reaches the provider. Found by review."""
+    key = gw.mint()
+    for session in ("my session", "ticket#42", "s" * 256):
+        assert chat(gw, key, **{"x-session-id": session}).status_code == 200
+    lines = ledger(gw, key)
+    while len(lines) < 3:
+        lines = ledger(gw, key)
+    assert sorted(line.session or "" for line in lines) == ["my session", "s" * 256, "ticket#42"]
+    report = httpx.get(f"{gw.url}/v1/usage", params={"group_by": "session"}, headers=auth(key)).json()
+    assert sorted(row["session"] for row in report["data"]) == ["my session", "s" * 256, "ticket#42"]
+    for header, session in (("x-session-id", "s" * 257), ("session-id", "tab\there"), ("x-session-id", "a\x85b")):
+        refused = httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            json={"model": "gpt-test", "messages": HI},
+            headers={**auth(key), header: session.encode("latin-1")},
+            timeout=15,
+        )
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "invalid_request" and error["param"] == header
+        assert error["message"] == f"{header}: a session id is 1 to 256 printable characters (no control characters)"
+    assert len(ledger(gw, key)) == 3
+
+
 def test_claude_codes_user_id_is_its_account_or_its_device_not_its_session(gw: Running) -> None:
     """Claude Code's `metadata.user_id` is a JSON object in a string, its session id inside: kept whole as the
     ledger's `user`, one machine and account counted a user per session (`group_by=user`), and OpenAI was sent the
