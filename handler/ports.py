@@ -257,6 +257,13 @@ class ProviderAdapter(ABC):
         self.secret = secret
         self.options = dict(options)
 
+    @classmethod
+    def option_problem(cls, option: str, value: Any) -> str | None:
+        """What is wrong with the value of one of its options (`provider_options`, `deployment_options`), said when
+        the config is checked at start-up; None when it can be taken. A value read only once a request comes (an
+        output cap of `abc`) failed that request instead."""
+        return None
+
     def base_url(self, region: str, override: str | None) -> str:
         """The upstream's base URL for a region; adapters with regional endpoints override it."""
         return (override or self.options.get("base_url") or self.default_base_url).rstrip("/")

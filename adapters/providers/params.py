@@ -52,6 +52,16 @@ class Rule(Value):
 DEFAULTS = {"logprobs": False, "store": False, "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}}
 
 
+def token_count_problem(value: Any) -> str | None:
+    """What is wrong with a config option that is a number of tokens (`max_output_tokens`): None for a whole
+    number of 1 or more (`4096`, or `"4096"`, as `int` reads it)."""
+    try:
+        whole = not isinstance(value, bool) and int(value) == float(value) and int(value) >= 1
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    return None if whole else f"'{value}' is not a number of tokens (a whole number, 1 or more)"
+
+
 def asks(name: str, value: Any) -> bool:
     """Whether a parameter's value asks for anything: not null, nor the API's default (`DEFAULTS`)."""
     if value is None:

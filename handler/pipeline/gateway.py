@@ -256,23 +256,33 @@ def gateway_region(environ: Mapping[str, str]) -> str:
 def unread_options(config: Config, registry: Mapping[str, type[ProviderAdapter]]) -> list[str]:
     """Each option of the config's providers and deployments that their adapter does not read
     (`ProviderAdapter.provider_options`, `deployment_options`): a misspelt `base_ulr` or `regoin` was taken and
-    ignored, and requests went to the default endpoint or region."""
+    ignored, and requests went to the default endpoint or region; and each value of one it reads that it cannot take
+    (`ProviderAdapter.option_problem`: `max_output_tokens: abc` failed every request that needed it)."""
     problems = []
     for name, provider in config.providers.items():
         cls = registry[provider.type]
         for option in sorted(set(provider.model_extra or {}) - cls.provider_options):
             known = ", ".join(sorted({"api_key", "base_url", "region", *cls.provider_options}))
             problems.append(f"providers.{name}.{option}: not an option of provider type {provider.type} ({known})")
+        problems += _option_values(f"providers.{name}", cls, provider.model_extra)
     for model, spec in config.models.items():
         for i, deployment in enumerate(spec.deployments):
             serving = config.providers.get(deployment.provider)
             if serving is None:
                 continue  # (named by the config's own check)
-            readable = registry[serving.type].deployment_options
+            cls = registry[serving.type]
+            readable = cls.deployment_options
             for option in sorted(set(deployment.model_extra or {}) - readable):
                 known = ", ".join(sorted({"provider", "model", "region", "base_url", "reasoning", *readable}))
                 problems.append(f"models.{model}.deployments[{i}].{option}: not an option of a deployment ({known})")
+            problems += _option_values(f"models.{model}.deployments[{i}]", cls, deployment.model_extra)
     return problems
+
+
+def _option_values(where: str, cls: type[ProviderAdapter], options: Mapping[str, Any] | None) -> list[str]:
+    """Each option's value its adapter cannot take (`ProviderAdapter.option_problem`), under its path."""
+    found = ((option, cls.option_problem(option, value)) for option, value in (options or {}).items())
+    return [f"{where}.{option}: {problem}" for option, problem in found if problem]
 
 
 def new_adapter(name: str, cls: type[ProviderAdapter], options: dict[str, Any]) -> ProviderAdapter:

@@ -30,6 +30,7 @@ from adapters.providers.params import (
     signed_thinking,
     strict_schema,
     thinking_blocks,
+    token_count_problem,
     unsent_part_fields,
     unsent_reasoning,
 )
@@ -504,6 +505,10 @@ class AnthropicAdapter(ProviderAdapter):
     key_env_var = "ANTHROPIC_API_KEY"
     provider_options = frozenset({"anthropic_beta", "headers", "max_output_tokens"})
     deployment_options = frozenset({"max_output_tokens"})
+
+    @classmethod
+    def option_problem(cls, option: str, value: Any) -> str | None:
+        return token_count_problem(value) if option == "max_output_tokens" else None
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "anthropic-version": API_VERSION}

@@ -49,6 +49,7 @@ from adapters.providers.params import (
     require_turns,
     signed_thinking,
     strict_schema,
+    token_count_problem,
     unsent_part_fields,
     unsent_reasoning,
 )
@@ -577,6 +578,10 @@ class BedrockAdapter(ProviderAdapter):
     regional = True
     provider_options = frozenset({"max_output_tokens"})
     deployment_options = frozenset({"max_output_tokens"})
+
+    @classmethod
+    def option_problem(cls, option: str, value: Any) -> str | None:
+        return token_count_problem(value) if option == "max_output_tokens" else None
 
     def base_url(self, region: str, override: str | None) -> str:
         configured = override or self.options.get("base_url")

@@ -323,6 +323,16 @@ def test_serve_refuses_an_option_no_adapter_reads_before_it_binds(
             "providers:\n  o: {type: openai, api_key: k, profile: bogus}\n",
             "providers.o: unknown profile 'bogus' (one of: ",
         ),
+        # (These started, and each request that needed the cap failed: `int('abc')`, or a cap of -3 sent upstream.)
+        (
+            "providers:\n  b: {type: bedrock, max_output_tokens: abc}\n",
+            "providers.b.max_output_tokens: 'abc' is not a number of tokens (a whole number, 1 or more)",
+        ),
+        (
+            "providers:\n  a: {type: anthropic, api_key: k}\n"
+            "models:\n  m: {deployments: [{provider: a, model: claude-haiku-4-5, max_output_tokens: -3}]}\n",
+            "models.m.deployments[0].max_output_tokens: '-3' is not a number of tokens",
+        ),
     ],
 )
 def test_serve_and_config_check_refuse_what_start_up_would_before_anything_starts(
