@@ -492,7 +492,9 @@ class Pipeline(Charges):
 
     def _checked(self, usage: Usage | None, ex: Exchange, output_chars: Callable[[], int]) -> tuple[Usage, str]:
         """The provider's usage when it is possible, else an estimate (`source` says which): an answer without
-        usage is not free, and negative or impossible counts are never credited."""
+        usage is not free, and negative or impossible counts are never credited. The estimate's output, about three
+        characters a token of what was generated, is at most what the attempt could write (`written_at_most`), so
+        that it stays within the worst case the request was admitted for."""
         if usage is not None and plausible(usage):
             return usage, "provider"
         if usage is not None:
@@ -500,7 +502,9 @@ class Pipeline(Charges):
         attempt = ex.attempt
         estimate = ex.prompt or PromptEstimate(0, ())
         prompt = estimate.seen(attempt.target.provider_type, attempt.target.model) if attempt else 0
-        return Usage.of(prompt, math.ceil(output_chars() / 3)), "estimate"
+        output = math.ceil(output_chars() / 3)
+        cap = ex.output_cap.written_at_most(attempt) if ex.output_cap is not None and attempt is not None else None
+        return Usage.of(prompt, output if cap is None else min(output, cap)), "estimate"
 
     async def _unanswered(self, ex: Exchange, exc: BaseException) -> None:
         """Settle a request that ends with no answer to relay. Sent and never answered (a deadline, the Lambda

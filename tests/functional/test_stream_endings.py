@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
+from handler.ports import LedgerItem
 from tests.functional.conftest import Running, openai_client, serve_gateway
 from tests.support.servers import ServerThread
 
@@ -88,6 +89,62 @@ async def failing_response(request: Request) -> StreamingResponse:
         yield sse("response.created", created)
         failed = {**response, "status": "failed", "error": {"code": code, "message": "The model failed."}}
         yield sse("response.failed", {"type": "response.failed", "sequence_number": 1, "response": failed})
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+WORD = " implementation"  # one token of fifteen characters: a third of a token a character over-counts it fivefold
+WORD_S = 0.02
+LAST_WORD_S = 2.0  # before the last word: a client that leaves one word before the end is gone before it comes
+WORDY_PRICE = {"input": 1.0, "output": 2.0}
+
+
+async def wordy_message(request: Request) -> StreamingResponse:
+    """A Messages stream of one word a token up to the request's `max_tokens`, the last word late (`LAST_WORD_S`).
+    `message_start` counts the input as Anthropic does, exact before any output (12 tokens)."""
+    body = orjson.loads(await request.body())
+    cap = int(body["max_tokens"])
+    counts = {"input_tokens": 12, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
+
+    async def events() -> AsyncIterator[bytes]:
+        start = {"id": "msg_wordy", "type": "message", "role": "assistant", "model": body["model"], "content": []}
+        start |= {"stop_reason": None, "stop_sequence": None, "usage": {**counts, "output_tokens": 1}}
+        yield sse("message_start", {"type": "message_start", "message": start})
+        text = {"type": "text", "text": ""}
+        yield sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": text})
+        for i in range(cap):
+            await asyncio.sleep(LAST_WORD_S if i == cap - 1 else WORD_S)
+            delta = {"type": "text_delta", "text": WORD}
+            yield sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+        yield sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+        ended = {"type": "message_delta", "delta": {"stop_reason": "max_tokens", "stop_sequence": None}}
+        yield sse("message_delta", {**ended, "usage": {"output_tokens": cap}})
+        yield sse("message_stop", {"type": "message_stop"})
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def wordy_completion(request: Request) -> StreamingResponse:
+    """A chat stream of one word a token up to the request's cap, the last word late (`LAST_WORD_S`); its usage
+    (12 tokens in) at the end, as OpenAI sends it."""
+    body = orjson.loads(await request.body())
+    cap = int(body.get("max_completion_tokens") or body["max_tokens"])
+    chunk = {"id": "chatcmpl-wordy", "object": "chat.completion.chunk", "created": 1, "model": body["model"]}
+
+    def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        said = {**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return b"data: " + orjson.dumps(said) + b"\n\n"
+
+    async def events() -> AsyncIterator[bytes]:
+        yield event({"role": "assistant", "content": ""})
+        for i in range(cap):
+            await asyncio.sleep(LAST_WORD_S if i == cap - 1 else WORD_S)
+            yield event({"content": WORD})
+        yield event({}, "length")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": 12, "completion_tokens": cap, "total_tokens": 12 + cap}
+            yield b"data: " + orjson.dumps({**chunk, "choices": [], "usage": usage}) + b"\n\n"
+        yield b"data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -165,6 +222,8 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         Route("/ignoring/v1/chat/completions", ignoring_stream, methods=["POST"]),
         Route("/whole-anthropic/v1/messages", ignoring_stream, methods=["POST"]),
         Route("/late/v1/chat/completions", late_stream, methods=["POST"]),
+        Route("/wordy-anthropic/v1/messages", wordy_message, methods=["POST"]),
+        Route("/wordy/v1/chat/completions", wordy_completion, methods=["POST"]),
     ]
     server = ServerThread(Starlette(routes=routes)).start()
     price = {"input": 3.0, "output": 15.0}
@@ -185,6 +244,12 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             "failing": native("failing"),
             "ignoring": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/ignoring/v1"},
             "late": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/late/v1"},
+            "wordy": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/wordy/v1"},
+            "wordy-anthropic": {
+                "type": "anthropic",
+                "api_key": "env:ANTHROPIC_API_KEY",
+                "base_url": f"{server.url}/wordy-anthropic",
+            },
             "whole-anthropic": {
                 "type": "anthropic",
                 "api_key": "env:ANTHROPIC_API_KEY",
@@ -203,6 +268,11 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 "price": {**price, "options": {"inference_geo": {"us": 1.1}}},
             },
             "gpt-late": {"deployments": [{"provider": "late", "model": "gpt-x"}], "price": price},
+            "claude-wordy": {
+                "deployments": [{"provider": "wordy-anthropic", "model": "claude-x"}],
+                "price": WORDY_PRICE,
+            },
+            "gpt-wordy": {"deployments": [{"provider": "wordy", "model": "gpt-x"}], "price": WORDY_PRICE},
         },
     }
     store = f"sqlite:///{Path(tmp_path_factory.mktemp('endings')) / 'gateway.db'}"
@@ -248,6 +318,53 @@ def test_a_search_is_billed_though_the_client_leaves_before_the_final_usage(
     [line] = lines
     assert line.status == 499 and line.cost_source == "estimate"
     assert line.cost_usd is not None and line.cost_usd > SEARCH_USD  # the search and the tokens
+
+
+def left_line(running: Running, key: str) -> LedgerItem:
+    """The one ledger line of a stream `key`'s client left, once it was written (within 5 s)."""
+    deadline = time.monotonic() + 5
+    lines = running.ledger(key)
+    while not lines and time.monotonic() < deadline:
+        lines = running.ledger(key)
+    [line] = lines
+    return line
+
+
+@pytest.mark.parametrize(
+    ("path", "model"),
+    [("/v1/chat/completions", "gpt-wordy"), ("/v1/messages", "claude-wordy")],
+    ids=["chat", "messages"],
+)
+def test_a_stream_left_before_its_end_is_charged_no_more_output_than_its_cap(
+    scripted: Running, path: str, model: str
+) -> None:
+    """The estimate of a stream's output (a third of a token a relayed character) had no bound: a stream capped at
+    40 tokens, left one word before its end, was charged 88, past its max_tokens and past the worst case its
+    budget and `x-gateway-max-cost-usd` had admitted it for (found by review: 1.86 times the budget spent). The
+    estimate is now at most the cap the provider was sent."""
+    limit = 0.0002  # the worst case, 40 tokens out, is within it; 195 tokens, 39 words' estimate, were not
+    key = scripted.mint(name=f"left-capped-{path}", budget_usd=limit)
+    headers = {
+        "authorization": f"Bearer {key}",
+        "anthropic-version": "2023-06-01",
+        "x-gateway-max-cost-usd": str(limit),
+    }
+    body = {"model": model, "max_tokens": 40, "messages": HI, "stream": True}
+    words = 0
+    with (
+        httpx.Client(timeout=10) as http,
+        http.stream("POST", f"{scripted.url}{path}", json=body, headers=headers) as a,
+    ):
+        assert a.status_code == 200, a.read()
+        for data in a.iter_lines():
+            words += data.count(WORD)
+            if words == 39:
+                break
+    line = left_line(scripted, key)
+    assert (line.status, line.cost_source, line.output_tokens) == (499, "estimate", 40)
+    assert line.cost_usd is not None and line.cost_usd + line.fee_usd <= limit
+    state = httpx.get(f"{scripted.url}/v1/key", headers=headers).json()
+    assert state["reserved_usd"] == 0 and state["spent_usd"] <= state["budget_usd"], state
 
 
 @pytest.mark.parametrize(("model_hint", "status"), [("", 502), ("limited", 429)], ids=["server-error", "rate-limit"])

@@ -4,7 +4,6 @@ not at a cold start (Lambda's buffered function answers whole)."""
 
 from __future__ import annotations
 
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -209,11 +208,12 @@ class AnthropicStreamParser:
 class MessagesMeter:
     """Reads the usage of a Messages stream passed through unchanged.
 
-    `message_start` brings the input counts (cache reads and writes among them) and `message_delta` the
-    final cumulative ones. Until then the output is estimated from the text the deltas relayed
-    (`output_chars`: text, thinking, and tool input JSON, not the events around them), so a stream cut short
-    is still charged for what it produced; `searches` counts the `web_search` server tool calls that started
-    (the stream's estimate carries them, `UpstreamStream.metered`).
+    `message_start` brings the input counts (cache reads and writes among them) and
+    `message_delta` the final cumulative ones. Until then the stream's output is estimated from the text the
+    deltas relayed (`output_chars`: text, thinking, and tool input JSON, not the events around them), so a stream
+    cut short is still charged for what it produced (`UpstreamStream.metered`, which holds the estimate to the
+    output cap); `searches` counts the `web_search` server tool calls that started (the stream's estimate carries
+    them).
     """
 
     def __init__(self) -> None:
@@ -233,15 +233,9 @@ class MessagesMeter:
 
     @property
     def usage(self) -> Usage | None:
-        """The provider's counts; until its final ones, with the output at least the relayed text's estimate.
-        (Read when the stream is costed, not on every delta.)"""
-        if not self._started:
-            return None
-        usage = self._wire.to_usage()
-        produced = math.ceil(self.output_chars / CHARS_PER_TOKEN)
-        if not self.final and produced > usage.completion_tokens:
-            return usage.counted_as(usage.prompt_tokens, produced)
-        return usage
+        """The provider's counts so far: from `message_start`, its input's, until the final ones. (Read when the
+        stream is costed, not on every delta.)"""
+        return self._wire.to_usage() if self._started else None
 
     def feed(self, event: StreamEvent) -> None:
         if not event.data:
@@ -281,9 +275,6 @@ class MessagesMeter:
                 raise failure
         except (ValidationError, ValueError) as exc:
             raise malformed(f"upstream sent a malformed '{kind}' event") from exc
-
-
-CHARS_PER_TOKEN = 3  # the gateway's estimate of generated text (`Pipeline._checked`)
 
 
 def relayed_chars(data: bytes) -> int:

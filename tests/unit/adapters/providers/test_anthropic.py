@@ -781,7 +781,9 @@ def test_a_native_request_sends_the_clients_betas_and_then_the_configured_ones(
     assert built.request.headers["anthropic-beta"] == counted.request.headers["anthropic-beta"] == sent
 
 
-def test_the_native_meter_reads_cache_usage_and_estimates_a_cut_stream() -> None:
+def test_the_native_meter_reads_cache_usage_and_the_text_a_cut_stream_is_estimated_from() -> None:
+    """`message_start`'s counts are the provider's, kept as they are until `message_delta`; the text relayed is
+    counted apart (`output_chars`), for the stream's estimate of its output (`UpstreamStream.metered`)."""
     meter = MessagesMeter()
     start = {
         "type": "message_start",
@@ -802,7 +804,7 @@ def test_the_native_meter_reads_cache_usage_and_estimates_a_cut_stream() -> None
     meter.feed(StreamEvent("message_start", orjson.dumps(start)))
     delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x" * 400}}
     meter.feed(StreamEvent("content_block_delta", orjson.dumps(delta)))
-    assert meter.usage is not None and meter.usage.completion_tokens > 1  # estimated while cut short
+    assert meter.usage is not None and meter.usage.completion_tokens == 1 and meter.output_chars == 400
     assert (meter.usage.prompt_tokens, meter.usage.cached_tokens, meter.usage.cache_write_tokens) == (60, 30, 20)
     end = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 7}}
     meter.feed(StreamEvent("message_delta", orjson.dumps(end)))
