@@ -90,11 +90,14 @@ class StreamParser(Protocol):
     `feed` raises `UpstreamError` for an in-stream error event. `finish` returns any chunks still held
     (a final usage chunk with `choices=[]` among them). After `finish`, `usage` holds the totals, and `served`
     what the usage so far says of how the answer was served (`Served`; None where its API says nothing of it, or
-    where, as OpenAI's service tier, its chunks carry it).
+    where, as OpenAI's service tier, its chunks carry it). `opening_usage`: the counts a stream gives as it opens,
+    before its `usage`, where its API gives any (Anthropic's `message_start`: the input's, exact), which a stream
+    cut short is charged its input by.
     """
 
     usage: Any
     served: Served | None
+    opening_usage: Usage | None
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]: ...
 

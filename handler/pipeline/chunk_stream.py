@@ -121,6 +121,9 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         usage = self.parser.usage
         return usage if isinstance(usage, Usage) else None
 
+    def _opening_usage(self) -> Usage | None:
+        return self.parser.opening_usage
+
     def _relayed_chars(self) -> int:
         return self._chars
 

@@ -296,11 +296,17 @@ class Pipeline(Charges):
         return schema_of(req)
 
     @staticmethod
-    def _worst(ex: Exchange, reservation: Reservation, attempt: Attempt | None) -> Usage:
+    def _worst(ex: Exchange, reservation: Reservation, attempt: Attempt | None, counted: Usage | None = None) -> Usage:
         """The worst case `attempt` can be billed: its own prompt estimate (a deployment's image or tokenizer
         rules differ) and the output reserved for. Priced at its deployment, it is within the reservation, which
         is the largest of them; the plan's largest prompt at a pricier deployment was not (review: a $1 key spent
-        $4.82 through an image a cheap fallback counted 48,000 tokens)."""
+        $4.82 through an image a cheap fallback counted 48,000 tokens). `counted`: the provider's counts so far (a
+        stream's opening usage), whose input, where it gave one, is exact and taken instead of the estimate."""
+        if counted is not None and counted.prompt_tokens:
+            worst = counted.counted_as(counted.prompt_tokens, reservation.output_tokens)
+            if ex.searches:
+                worst.set_count("web_searches", ex.searches)
+            return worst
         estimate = ex.prompt
         if estimate is not None and attempt is not None:
             prompt = estimate.tokens(attempt.target.provider_type, attempt.target.model)
@@ -799,10 +805,11 @@ class Pipeline(Charges):
         """Cost the answer, release the reservation's rest and write the ledger line, exactly once.
 
         `source` says how the cost is known: `provider` (its usage), `estimate` (none or impossible usage:
-        estimated), `reserved` (cut before any answer: the reserved worst case, `usage` unused). `free`: the
-        answer costs nothing (an error answer, a count of tokens): neither the prices per request (web search)
-        nor the gateway's fee apply to it; an earlier attempt the provider may bill still does. `served`: what the
-        answer says of how it was served (`Served`), which its cost follows."""
+        estimated), `reserved` (cut before any answer, or a reasoning stream cut short: the reserved worst case,
+        on the input counts of `usage` where the provider gave them, `_worst`). `free`: the answer costs nothing
+        (an error answer, a count of tokens): neither the prices per request (web search) nor the gateway's fee
+        apply to it; an earlier attempt the provider may bill still does. `served`: what the answer says of how it
+        was served (`Served`), which its cost follows."""
         reservation = ex.reservation
         if reservation is None:
             return
@@ -812,7 +819,7 @@ class Pipeline(Charges):
         actual = 0.0
         tokens = 0
         if source == "reserved" or ex.missed:  # (rare: the worst case is built only when it is charged)
-            usage = self._worst(ex, reservation, attempt) if source == "reserved" else usage
+            usage = self._worst(ex, reservation, attempt, usage) if source == "reserved" else usage
             if usage is not None and attempt is not None:
                 for missed in ex.missed:  # attempts before this one that the provider may bill
                     self._waste(ex, missed, self._worst(ex, reservation, missed))

@@ -1,5 +1,6 @@
-"""How a passed-through stream that does not end well is settled: a client that leaves after the provider ran a
-search (the search is billed, the stream cut or not), and a Responses stream the provider ends with
+"""How a stream that does not end well is settled: a client that leaves after the provider ran a search (the
+search is billed, the stream cut or not), or after the provider counted the input (those counts are charged, only
+the output estimated, and the estimate no more than the output cap), and a Responses stream the provider ends with
 `response.failed` (its status, not a 200, in the ledger and the metrics). The upstreams here are scripted
 streams in the providers' documented event formats, paced where the test needs a stream still running."""
 
@@ -23,7 +24,7 @@ from starlette.routing import Route
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from handler.ports import LedgerItem
-from tests.functional.conftest import Running, openai_client, serve_gateway
+from tests.functional.conftest import Running, anthropic_client, openai_client, serve_gateway
 from tests.support.servers import ServerThread
 
 SEARCH_USD = 0.01
@@ -93,18 +94,32 @@ async def failing_response(request: Request) -> StreamingResponse:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+# A Claude Code turn: its 200 KB system prompt read from Anthropic's cache (`CACHED` tokens), `WRITTEN` more written
+# to it, `UNCACHED` tokens besides; Claude's price for the cache's reads and writes.
+CACHED, WRITTEN, UNCACHED = 51_244, 2_048, 20
+CACHED_PRICE = {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write": 3.75}
+CLAUDE_CODE_SYSTEM = "The quick brown fox jumps over the lazy dog while the engineer reviews the pull request. " * 2_300
 WORD = " implementation"  # one token of fifteen characters: a third of a token a character over-counts it fivefold
 WORD_S = 0.02
 LAST_WORD_S = 2.0  # before the last word: a client that leaves one word before the end is gone before it comes
 WORDY_PRICE = {"input": 1.0, "output": 2.0}
 
 
+def claude_code_usd(output_tokens: int) -> float:
+    """What Anthropic bills a `claude-cached` turn that wrote `output_tokens`."""
+    return (UNCACHED * 3.0 + CACHED * 0.3 + WRITTEN * 3.75 + output_tokens * 15.0) / 1_000_000
+
+
 async def wordy_message(request: Request) -> StreamingResponse:
     """A Messages stream of one word a token up to the request's `max_tokens`, the last word late (`LAST_WORD_S`).
-    `message_start` counts the input as Anthropic does, exact before any output (12 tokens)."""
+    `message_start` counts the input as Anthropic does, exact before any output: a `claude-cached` turn's as a
+    Claude Code turn's (`CACHED`, `WRITTEN`, `UNCACHED`), any other's as 12 tokens."""
     body = orjson.loads(await request.body())
     cap = int(body["max_tokens"])
-    counts = {"input_tokens": 12, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
+    if body["model"] == "claude-cached":
+        counts = {"input_tokens": UNCACHED, "cache_read_input_tokens": CACHED, "cache_creation_input_tokens": WRITTEN}
+    else:
+        counts = {"input_tokens": 12, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
 
     async def events() -> AsyncIterator[bytes]:
         start = {"id": "msg_wordy", "type": "message", "role": "assistant", "model": body["model"], "content": []}
@@ -145,6 +160,30 @@ async def wordy_completion(request: Request) -> StreamingResponse:
             usage = {"prompt_tokens": 12, "completion_tokens": cap, "total_tokens": 12 + cap}
             yield b"data: " + orjson.dumps({**chunk, "choices": [], "usage": usage}) + b"\n\n"
         yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def cached_gemini(request: Request) -> StreamingResponse:
+    """A Gemini stream (`streamGenerateContent?alt=sse`) of a word an event, every event's `usageMetadata` counting
+    the prompt as a Claude Code-like turn's (`CACHED` of it from the implicit cache), as Gemini repeats it."""
+    body = orjson.loads(await request.body())
+    cap = int(body["generationConfig"]["maxOutputTokens"])
+    prompt = UNCACHED + CACHED + WRITTEN
+
+    async def events() -> AsyncIterator[bytes]:
+        for i in range(cap):
+            await asyncio.sleep(LAST_WORD_S if i == cap - 1 else WORD_S)
+            last = i == cap - 1
+            candidate = {"content": {"role": "model", "parts": [{"text": WORD}]}, "index": 0}
+            usage = {"promptTokenCount": prompt, "cachedContentTokenCount": CACHED, "candidatesTokenCount": i + 1}
+            answer = {
+                "candidates": [{**candidate, "finishReason": "MAX_TOKENS"} if last else candidate],
+                "usageMetadata": {**usage, "totalTokenCount": prompt + i + 1},
+                "modelVersion": "gemini-x",
+                "responseId": "wordy",
+            }
+            yield b"data: " + orjson.dumps(answer) + b"\r\n\r\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -224,6 +263,7 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         Route("/late/v1/chat/completions", late_stream, methods=["POST"]),
         Route("/wordy-anthropic/v1/messages", wordy_message, methods=["POST"]),
         Route("/wordy/v1/chat/completions", wordy_completion, methods=["POST"]),
+        Route("/wordy-gemini/v1beta/models/{method}", cached_gemini, methods=["POST"]),
     ]
     server = ServerThread(Starlette(routes=routes)).start()
     price = {"input": 3.0, "output": 15.0}
@@ -245,6 +285,11 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             "ignoring": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/ignoring/v1"},
             "late": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/late/v1"},
             "wordy": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/wordy/v1"},
+            "wordy-gemini": {
+                "type": "gemini",
+                "api_key": "env:GEMINI_API_KEY",
+                "base_url": f"{server.url}/wordy-gemini",
+            },
             "wordy-anthropic": {
                 "type": "anthropic",
                 "api_key": "env:ANTHROPIC_API_KEY",
@@ -268,6 +313,14 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 "price": {**price, "options": {"inference_geo": {"us": 1.1}}},
             },
             "gpt-late": {"deployments": [{"provider": "late", "model": "gpt-x"}], "price": price},
+            "claude-cached": {
+                "deployments": [{"provider": "wordy-anthropic", "model": "claude-cached"}],
+                "price": CACHED_PRICE,
+            },
+            "gemini-cached": {
+                "deployments": [{"provider": "wordy-gemini", "model": "gemini-x"}],
+                "price": CACHED_PRICE,
+            },
             "claude-wordy": {
                 "deployments": [{"provider": "wordy-anthropic", "model": "claude-x"}],
                 "price": WORDY_PRICE,
@@ -328,6 +381,100 @@ def left_line(running: Running, key: str) -> LedgerItem:
         lines = running.ledger(key)
     [line] = lines
     return line
+
+
+def leave_claude_code_turn(running: Running, key: str, api: str, max_tokens: int = 100, **asked: Any) -> None:
+    """A Claude Code-like turn (its large system prompt marked for the cache) to `claude-cached` through the
+    official SDK of `api`, whose user interrupts it after five events."""
+    cached = {"type": "text", "text": CLAUDE_CODE_SYSTEM, "cache_control": {"type": "ephemeral"}}
+    task = "Refactor the module."
+    if api == "messages":
+        client = anthropic_client(running, key)
+        messages: Any = [{"role": "user", "content": task}]
+        with client.messages.stream(
+            model="claude-cached", max_tokens=max_tokens, system=[cached], messages=messages, **asked
+        ) as stream:
+            for n, _ in enumerate(stream):
+                if n == 4:
+                    break
+        return
+    openai = openai_client(running, key)
+    events: Any
+    if api == "chat":
+        turns: Any = [{"role": "system", "content": [cached]}, {"role": "user", "content": task}]
+        events = openai.chat.completions.create(
+            model="claude-cached", max_tokens=max_tokens, messages=turns, stream=True
+        )
+    else:
+        events = openai.responses.create(
+            model="claude-cached",
+            max_output_tokens=max_tokens,
+            instructions=CLAUDE_CODE_SYSTEM,
+            input=task,
+            stream=True,
+        )
+    for n, _ in enumerate(events):
+        if n == 4:
+            break
+    events.close()
+
+
+@pytest.mark.parametrize("api", ["messages", "chat", "responses"])
+def test_a_claude_stream_the_client_leaves_is_charged_anthropics_input_counts(scripted: Running, api: str) -> None:
+    """Anthropic's `message_start` (which the client saw too) counts the input exactly, cache reads and writes
+    among them; only the output of a stream left before `message_delta` is the gateway's to estimate. The larger of
+    those counts and the prompt's upper bound (half its bytes) was charged: 51,242 tokens of a Claude Code turn
+    charged again as uncached input, 10.9 times Anthropic's bill; and translated (Chat, Responses), the upper bound
+    alone, the cache's reads lost, about 20 times (found by review)."""
+    key = scripted.mint(name=f"left-cached-{api}")
+    leave_claude_code_turn(scripted, key, api)
+    line = left_line(scripted, key)
+    assert (line.status, line.cost_source) == (499, "estimate")
+    assert (line.input_tokens, line.cached_tokens, line.cache_write_tokens) == (
+        UNCACHED + CACHED + WRITTEN,
+        CACHED,
+        WRITTEN,
+    )
+    assert 0 < line.output_tokens < 100
+    assert line.cost_usd == pytest.approx(claude_code_usd(line.output_tokens))
+
+
+def test_a_gemini_stream_the_client_leaves_is_charged_the_input_gemini_counted(scripted: Running) -> None:
+    """Gemini counts the prompt on every event of its stream (`usageMetadata`): a stream left before its end is
+    charged that count, its implicit cache's reads among it, not the larger prompt's upper bound."""
+    key = scripted.mint(name="left-gemini")
+    turns: Any = [{"role": "system", "content": CLAUDE_CODE_SYSTEM}, {"role": "user", "content": "Refactor it."}]
+    events = openai_client(scripted, key).chat.completions.create(
+        model="gemini-cached", max_tokens=100, messages=turns, stream=True
+    )
+    for n, _ in enumerate(events):
+        if n == 4:
+            break
+    events.close()
+    line = left_line(scripted, key)
+    assert (line.status, line.cost_source) == (499, "estimate")
+    assert (line.input_tokens, line.cached_tokens) == (UNCACHED + CACHED + WRITTEN, CACHED)
+    assert 0 < line.output_tokens < 100
+    uncached = UNCACHED + WRITTEN  # (no cache write at Gemini: input)
+    assert line.cost_usd == pytest.approx((uncached * 3.0 + CACHED * 0.3 + line.output_tokens * 15.0) / 1_000_000)
+
+
+def test_a_reasoning_claude_stream_the_client_leaves_is_charged_its_worst_output_on_anthropics_input_counts(
+    scripted: Running,
+) -> None:
+    """A reasoning stream cut short is charged the output reserved for (its reasoning may be billed unseen), but
+    its input as `message_start` counted it: it was the prompt's upper bound, the cache's reads charged as input."""
+    key = scripted.mint(name="left-cached-thinking")
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    leave_claude_code_turn(scripted, key, "messages", max_tokens=2048, thinking=thinking)
+    line = left_line(scripted, key)
+    assert (line.status, line.cost_source, line.output_tokens) == (499, "reserved", 2048)
+    assert (line.input_tokens, line.cached_tokens, line.cache_write_tokens) == (
+        UNCACHED + CACHED + WRITTEN,
+        CACHED,
+        WRITTEN,
+    )
+    assert line.cost_usd == pytest.approx(claude_code_usd(2048))
 
 
 @pytest.mark.parametrize(

@@ -42,8 +42,9 @@ if TYPE_CHECKING:
 class AnthropicStreamParser:
     """Anthropic's named SSE events into OpenAI chunks.
 
-    `message_start` gives the role chunk, each `tool_use` block a tool-call delta (index, id, name)
-    followed by its `input_json_delta` fragments, `message_delta` the finish reason and final usage.
+    `message_start` gives the role chunk and the input counts (`opening_usage`), each `tool_use` block a tool-call
+    delta (index, id, name) followed by its `input_json_delta` fragments, `message_delta` the finish reason and
+    final usage.
     With a `json_schema` request, the forced tool's input streams as content text instead.
     """
 
@@ -51,6 +52,8 @@ class AnthropicStreamParser:
         from adapters.providers.anthropic.wire import WireUsage  # (see the note on the imports)
 
         self.usage: Usage | None = None
+        # `message_start`'s usage: the input counts, exact, that a stream cut before `message_delta` is charged.
+        self.opening_usage: Usage | None = None
         # What the usage says of how the answer was served: its speed and geo from `message_start`, its advisor's
         # tokens from the final `message_delta` (`WireUsage.served`).
         self.served: Served | None = None
@@ -93,6 +96,7 @@ class AnthropicStreamParser:
             message = WireMessage.model_validate(payload.get("message"))
             self._id, self._model = message.id, message.model
             self._wire_usage = message.usage
+            self.opening_usage = message.usage.to_usage()
             self.served = message.usage.served()
             return [self._chunk(schemas.ChunkDelta(role="assistant", content=""))]
         if kind == "content_block_start":
@@ -208,7 +212,7 @@ class AnthropicStreamParser:
 class MessagesMeter:
     """Reads the usage of a Messages stream passed through unchanged.
 
-    `message_start` brings the input counts (cache reads and writes among them) and
+    `message_start` brings the input counts (cache reads and writes among them, exact and final) and
     `message_delta` the final cumulative ones. Until then the stream's output is estimated from the text the
     deltas relayed (`output_chars`: text, thinking, and tool input JSON, not the events around them), so a stream
     cut short is still charged for what it produced (`UpstreamStream.metered`, which holds the estimate to the

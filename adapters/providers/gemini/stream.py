@@ -36,6 +36,7 @@ class GeminiStreamParser:
     """
 
     served: Served | None = None  # (its usage says nothing of how the answer was served)
+    opening_usage: Usage | None = None  # (each event's running `usageMetadata` is `usage`)
 
     def __init__(self, model: str) -> None:
         self.usage: Usage | None = None

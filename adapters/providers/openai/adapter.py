@@ -216,6 +216,7 @@ class OpenAIStreamParser:
     names none."""
 
     served: Served | None = None  # (the service tier it ran at is on its chunks, read from there)
+    opening_usage: Usage | None = None  # (its usage comes at the end, or on every chunk as `usage`)
 
     def __init__(self, model: str, repeated: str | None = None) -> None:
         self.usage: Usage | None = None
