@@ -115,6 +115,12 @@ def record_from(spec: KeySpec, *, admin: bool = False, now: float) -> KeyRecord:
     for pattern, values in limits.items():
         if any(v < 1 for v in values.values()):
             raise InvalidRequestError(f"model_limits.{pattern}: limits must be at least 1", param="model_limits")
+    if "budget_period" in spec.model_fields_set and spec.budget_usd is None:
+        # (It was stored as no period at all: the key spent freely, its creator told nothing.)
+        raise InvalidRequestError(
+            "budget_period is the period of a budget: give budget_usd too (a key without one spends freely)",
+            param="budget_period",
+        )
     return KeyRecord(
         id="",
         name=spec.name,

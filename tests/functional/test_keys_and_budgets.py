@@ -170,6 +170,18 @@ def test_an_expiry_too_far_off_is_a_clear_400_on_each_store(on_each_store: Runni
         assert chat(running, longest.json()["key"]).status_code == 200
 
 
+def test_a_budget_period_without_a_budget_is_a_400(running: Running, mint: Any) -> None:
+    """`budget_period: day` with no `budget_usd` made a key with no period and no budget, 201: its creator meant a
+    daily budget and got a key that spends freely. Refused now, as the CLI refuses `--budget-period` alone."""
+    admin, parent = mint(admin=True), mint()
+    for url, key in ((f"{running.url}/admin/keys", admin), (f"{running.url}/v1/keys", parent)):
+        refused = httpx.post(url, headers=headers(key), json={"name": "daily", "budget_period": "day"})
+        assert refused.status_code == 400, (url, refused.text)
+        assert refused.json()["error"]["param"] == "budget_period"
+        made = httpx.post(url, headers=headers(key), json={"name": "d", "budget_period": "day", "budget_usd": 1})
+        assert made.status_code == 201 and made.json()["budget_period"] == "day", made.text
+
+
 def test_a_revoked_key_stays_revoked_as_it_was(running: Running, mint: Any) -> None:
     """Revoking a revoked key moved its `revoked_at` later, and rotating it answered 200 with a new secret that
     could never work (401): now the first revocation stands, and the rotation is refused."""
