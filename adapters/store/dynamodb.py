@@ -8,7 +8,6 @@ Items (`pk`, `sk`; `gsi1pk`/`gsi1sk` feed the one index; `ttl` is the table's TT
 | meter | `METER#<id>` | `METER`| `c:`/`s:<period>` committed/spent USD, `x:<period>@<minute>` reservations, rates |
 | settled marker | `SETTLED#<reservation>` | `SETTLED` | makes settlement idempotent |
 | line item | `LEDGER#<key id>` | `<ts>#<request id>` | the item as JSON; `gsi1pk=LEDGERS#<n>` for all-keys reports |
-| daily aggregate | `AGG#<day>` | `<key id>#<model>@<region>` | requests, tokens, USD (`ADD`; one writer) |
 
 | lease | `METER#<id>` | `LEASE#<region>` | a region's lease of a key homed elsewhere (`region_leases.py`) |
 | family count | `FAMILY#<root>` | `COUNT` | `d`: keys minted under it (any depth) less those purged (`create_child`) |
@@ -24,7 +23,7 @@ key without budgeted parents is one conditional `UpdateItem` whose new values co
 call; with budgeted ancestors it is one `TransactWriteItems` over their meter items, plus a consistent
 `GetItem` of each of those items, sent together, for the answer's headers (what every key of the chain has
 left). A settlement is one `TransactWriteItems`: the marker
-(so a retry is a no-op), the meter updates, the line item and the daily aggregate.
+(so a retry is a no-op), the meter updates and the line item.
 
 A meter item (and a lease) holds only the periods still open: once a period is closed (`period_closed`: an hour
 past its end), the first request of the key to settle after an admission saw its attributes removes them, unless
@@ -388,8 +387,8 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
             e.conditions.append(f"{window} = {e.value(num(rate.window))}")
         return e.update(self.leases.item_key(update.key_id, update.home_region), self.table)
 
-    def _ledger_writes(self, item: LedgerItem) -> list[Item]:
-        day = item.day
+    def _ledger_write(self, item: LedgerItem) -> Item:
+        """The line item's `Put`, refused if the line exists (settled before under another marker)."""
         line = {
             "pk": text(f"LEDGER#{item.key_id}"),
             "sk": text(ledger_sort_key(item)),
@@ -398,30 +397,11 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
             "data": text(ledger_to_json(item)),
             "ttl": num(int(item.ts + LEDGER_TTL_SECONDS)),
         }
-        e = Expression()
-        sums = {
-            "requests": 1,
-            "input_tokens": item.input_tokens,
-            "cached_tokens": item.cached_tokens,
-            "output_tokens": item.output_tokens,
-            "cost_usd": item.cost_usd or 0.0,
-            "fee_usd": item.fee_usd,
-        }
-        e.clauses["ADD"] += [f"{e.name(name)} {e.value(num(value))}" for name, value in sums.items()]
-        if item.cost_usd is None:
-            e.clauses["ADD"].append(f"{e.name('unpriced_requests')} {e.value(num(1))}")
-        # One aggregate per writing region: a global table would lose one of two regions' concurrent ADDs.
-        sk = f"{item.key_id}#{item.model}@{self.region or '-'}"
-        aggregate = e.update({"pk": text(f"AGG#{day}"), "sk": text(sk)}, self.table)
-        del aggregate["TableName"]
-        return [
-            {"Put": {"TableName": self.table, "Item": line, "ConditionExpression": "attribute_not_exists(pk)"}},
-            {"Update": {"TableName": self.table, **aggregate}},
-        ]
+        return {"Put": {"TableName": self.table, "Item": line, "ConditionExpression": "attribute_not_exists(pk)"}}
 
     async def _write_settlement(self, settlement: Settlement, updates: list[SettleUpdate]) -> frozenset[str]:
-        """One `TransactWriteItems`: the marker (so a retry is a no-op), the meter updates, the line item and
-        the daily aggregate. A token correction holds only while its counter still counts the admission's
+        """One `TransactWriteItems`: the marker (so a retry is a no-op), the meter updates and the line item.
+        A token correction holds only while its counter still counts the admission's
         minute: one whose counter restarted for the next minute meanwhile is dropped (that count is not the
         admission's to correct: a lower estimate would have freed the new minute's rate), and the rest written
         again."""
@@ -461,7 +441,7 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
         item = settlement.item
         written = [(u, w) for u in updates if (w := self._settle_update(settlement, u))["UpdateExpression"]]
         meter_writes = [{"Update": {**w, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}} for _, w in written]
-        writes = [marker, *meter_writes, *(self._ledger_writes(item) if item is not None else [])]
+        writes = [marker, *meter_writes, *([self._ledger_write(item)] if item is not None else [])]
         try:
             await self._call("transact_write_items", TransactItems=writes)
             return frozenset()
@@ -714,9 +694,29 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
         to their parents, so their parents' reports keep their lines after their records go (`_link_children`).
         Keys created before home regions existed are homed in this store's region (`_home_keys`). Keys minted
         before family counts, below a root's children, are linked on their root's partition and each root's count
-        set to its live family (`_link_families`). Each is one paginated scan of the table."""
+        set to its live family (`_link_families`). The daily aggregates older gateways wrote go (`_drop_aggregates`).
+        Each is one paginated scan of the table."""
         moved = await self._move_lines() + await self._link_children() + await self._home_keys()
-        return moved + await self._link_families()
+        return moved + await self._link_families() + await self._drop_aggregates()
+
+    async def _drop_aggregates(self) -> int:
+        """Delete the daily aggregates (`pk = AGG#<day>`) that settlements wrote until this version: nothing read
+        them (reports read the line items), and they carried no TTL. Returns how many went."""
+        dropped = 0
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "begins_with(pk, :aggregate)",
+            "ProjectionExpression": "pk, sk",
+            "ExpressionAttributeValues": {":aggregate": text("AGG#")},
+        }
+        while True:
+            answer = await self._call("scan", **request)
+            for item in answer.get("Items", []):
+                await self._call("delete_item", TableName=self.table, Key={"pk": item["pk"], "sk": item["sk"]})
+                dropped += 1
+            if "LastEvaluatedKey" not in answer:
+                return dropped
+            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
     async def _link_children(self) -> int:
         """Write the missing child links: from every key record with a parent, and from every line item whose
@@ -793,21 +793,6 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
             if "LastEvaluatedKey" not in answer:
                 return moved
             request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
-
-    async def daily_totals(self, day: str) -> list[dict[str, Any]]:
-        """The daily aggregates of `day`: one row per key and model, summed over the regions that wrote them."""
-        items = await self._query(
-            KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": text(f"AGG#{day}")}
-        )
-        rows: dict[tuple[str, str], dict[str, Any]] = {}
-        for item in items:
-            key_id, _, rest = item["sk"]["S"].partition("#")
-            model = rest.rpartition("@")[0] or rest
-            row = rows.setdefault((key_id, model), {"key_id": key_id, "model": model})
-            for name, value in item.items():
-                if "N" in value and name != "ttl":
-                    row[name] = row.get(name, Decimal(0)) + Decimal(value["N"])
-        return [rows[k] for k in sorted(rows)]
 
     async def reconnect(self) -> None:
         for client in self.owned:

@@ -275,8 +275,8 @@ def losing_store(dynamo: DynamoServer) -> tuple[AnswerLost, DynamoDBStore]:
 
 
 async def test_a_settlement_sent_again_after_its_answer_was_lost_counts_once(dynamo: DynamoServer) -> None:
-    """Its transaction (marker, meter, line item, daily aggregate) sent again is refused by its own marker, which
-    says it landed: one line, one aggregate request, the spend once (as a spooled settlement re-driven is)."""
+    """Its transaction (marker, meter, line item) sent again is refused by its own marker, which says it landed:
+    one line, the spend once (as a spooled settlement re-driven is)."""
     transport, store = losing_store(dynamo)
     key = uuid.uuid4().hex[:12]
     adm = admission(key, 0.4)
@@ -288,8 +288,21 @@ async def test_a_settlement_sent_again_after_its_answer_was_lost_counts_once(dyn
     meter = await store.meter(key, PERIOD)
     assert meter.committed_usd[PERIOD] == pytest.approx(0.25) and meter.spent_usd[PERIOD] == pytest.approx(0.25)
     assert [i.request_id for i in await store.usage(UsageQuery([key], 0, time.time() + 60))] == [item.request_id]
-    (totals,) = await store.daily_totals(item.day)
-    assert totals["requests"] == 1 and totals["cost_usd"] == pytest.approx(0.25)
+    await store.close()
+
+
+async def test_a_settlement_writes_its_marker_its_meter_and_its_line_only(dynamo: DynamoServer) -> None:
+    """Each settlement's transaction also added to a daily aggregate (`AGG#<day>`, one per key, model, day and
+    region, no TTL) that nothing read (reports read the line items): a fourth item, two write units more a request,
+    and items kept for good."""
+    store = DynamoDBStore(dynamo.client(), dynamo.create_table())
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.4)
+    await store.admit(adm)
+    await store.settle(settlement(adm, 0.25, line(key, 0.25)))
+    items = dynamo.client().scan(TableName=store.table)["Items"]
+    assert sorted(i["pk"]["S"].partition("#")[0] for i in items) == ["LEDGER", "METER", "SETTLED"]
+    assert all("ttl" in i for i in items if i["sk"]["S"] != "METER")
     await store.close()
 
 
@@ -790,6 +803,19 @@ async def test_migrate_moves_lines_written_before_shards_into_reports(
     assert capsys.readouterr().out == "ok: 1 items moved, 0 keys revoked with a revoked or purged ancestor\n"
     assert [i.request_id for i in await store.usage(everything)] == [old.request_id, new.request_id]
     assert await store.migrate() == 0
+
+
+async def test_migrate_drops_the_daily_aggregates_older_gateways_wrote(dynamo: DynamoServer) -> None:
+    """Settlements wrote them, with no TTL, until nothing did: they would have stayed in the table for good."""
+    store = DynamoDBStore(dynamo.client(), dynamo.create_table())
+    store.page_size = 2
+    for n in range(5):
+        aggregate = {"pk": text(f"AGG#2026-11-0{n + 1}"), "sk": text("k#gpt-4o@-"), "requests": num(3)}
+        await store._call("put_item", TableName=store.table, Item=aggregate)
+    assert await store.migrate() == 5
+    assert dynamo.client().scan(TableName=store.table)["Items"] == []
+    assert await store.migrate() == 0
+    await store.close()
 
 
 async def test_a_lease_return_whose_home_write_failed_is_counted_at_home_by_the_next_sweep(
