@@ -8,11 +8,12 @@ implement them. The provider registry (`adapters.providers.registry.REGISTRY`) i
 from __future__ import annotations
 
 import asyncio
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
@@ -510,9 +511,28 @@ def family_root(record: KeyRecord) -> str | None:
     return record.ancestors[0] if record.ancestors else record.parent_id
 
 
+@functools.lru_cache(maxsize=256)
+def period_end(period: str) -> float | None:
+    """When a budget period ends (epoch seconds, UTC): `day:YYYY-MM-DD` at the next midnight, `month:YYYY-MM` at
+    the first of the next month; None for `total` (or a name it cannot read), which never ends."""
+    kind, _, when = period.partition(":")
+    try:
+        if kind == "day":
+            start = datetime.strptime(when, "%Y-%m-%d").replace(tzinfo=UTC)
+            return (start + timedelta(days=1)).timestamp()
+        if kind == "month":
+            start = datetime.strptime(when, "%Y-%m").replace(tzinfo=UTC)
+            year, month = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
+            return start.replace(year=year, month=month).timestamp()
+    except ValueError:
+        return None
+    return None
+
+
 @dataclass(slots=True, init=False, eq=False, repr=False)
 class BudgetCharge(FrozenRecord):
-    """Reserve `amount_usd` on `key_id`'s counter for `period` if it stays within `limit_usd`.
+    """Reserve `amount_usd` on `key_id`'s counter for `period` (`total`, `day:YYYY-MM-DD` or `month:YYYY-MM`, UTC:
+    `period_end`) if it stays within `limit_usd`.
 
     `home_region` is the key's (`KeyRecord.home_region`): a store in another region spends from its own
     lease of the budget instead of the key's counter (None: the counter is local)."""

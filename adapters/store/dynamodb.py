@@ -5,17 +5,17 @@ Items (`pk`, `sk`; `gsi1pk`/`gsi1sk` feed the one index; `ttl` is the table's TT
 | item | pk | sk | holds |
 |---|---|---|---|
 | key | `KEY#<id>` | `KEY` | the record as JSON, `version`, `w`; `gsi1pk=KEYS`, `gsi1sk=<parent or ~>#<id>` |
-| meter | `METER#<id>` | `METER`| `c:`/`s:<period>` committed/spent USD, `r:<id>` reservations, `w:`/`n:<name>` rates |
+| meter | `METER#<id>` | `METER`| `c:`/`s:<period>` committed/spent USD, `x:<period>@<minute>` reservations, rates |
 | settled marker | `SETTLED#<reservation>` | `SETTLED` | makes settlement idempotent |
 | line item | `LEDGER#<key id>` | `<ts>#<request id>` | the item as JSON; `gsi1pk=LEDGERS#<n>` for all-keys reports |
-| daily aggregate | `AGG#<day>` | `<key id>#<model>@<region>` | requests, tokens, USD (`ADD`; one writer) |
 
 | lease | `METER#<id>` | `LEASE#<region>` | a region's lease of a key homed elsewhere (`region_leases.py`) |
 | family count | `FAMILY#<root>` | `COUNT` | `d`: keys minted under it (any depth) less those purged (`create_child`) |
 | child link | `FAMILY#<id>` | `CHILD#<child id>` | `child`, `purge` (when its record may go); a TTL past its lines' |
 | deeper link | `FAMILY#<root>` | `DESC#<key id>` | a key below its children: `child`, `purge`, its TTL (for recounts) |
 
-A meter item's `q` names the last admission without a budget that counted on it (`_admit_update`).
+A meter item's rates are `w:<name>` (the count) and `n:<name>` (its minute): one pair per limit, restarted each
+minute. Its `q` names the last admission written to it (`_admit_update`).
 A key item's `w` is a token of the write that put it, so that a write sent again knows its own (`already_written`).
 
 A key's budget counters, its reservations and its rate counters sit in one item, so an admission for a
@@ -23,7 +23,11 @@ key without budgeted parents is one conditional `UpdateItem` whose new values co
 call; with budgeted ancestors it is one `TransactWriteItems` over their meter items, plus a consistent
 `GetItem` of each of those items, sent together, for the answer's headers (what every key of the chain has
 left). A settlement is one `TransactWriteItems`: the marker
-(so a retry is a no-op), the meter updates, the line item and the daily aggregate.
+(so a retry is a no-op), the meter updates and the line item.
+
+A meter item (and a lease) holds only the periods still open: once a period is closed (`period_closed`: an hour
+past its end), the first request of the key to settle after an admission saw its attributes removes them, unless
+one of its reservations is still live (`_prune`). What was spent in it stays in the line items, which reports read.
 
 Reports read line items by key range, never by day: one key's lines are `pk = LEDGER#<key>` between two
 times; all keys' are spread over `LEDGER_SHARDS` index partitions (`gsi1pk = LEDGERS#<n>`, n from the request
@@ -49,7 +53,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from adapters.store.dynamo_client import CONDITION_FAILED, ConditionFailed, DynamoDBClient
+from adapters.store.dynamo_client import CONDITION_FAILED, ConditionFailed, DynamoDBClient, call
 from adapters.store.dynamo_keys import DynamoDBKeys
 from adapters.store.dynamo_responses import DynamoDBResponses
 from adapters.store.expressions import Expression, Item, dec, exact, num, number, read_num, text
@@ -74,6 +78,7 @@ from adapters.store.records import (
     ledger_sort_bounds,
     ledger_sort_key,
     ledger_to_json,
+    period_closed,
 )
 from adapters.store.region_leases import IDLE_SECONDS, LEASE_PREFIX, MAX_TRACKED, LeaseShort, RegionLeases
 from adapters.store.signins import DynamoDBSignIns
@@ -100,6 +105,8 @@ REPORT_CONCURRENCY = 8
 RELEASE_TRIES = 3  # a minute's bucket changed by a late settlement is read and released again
 RELEASE_CHUNK = 50  # expired reservations released by one update (DynamoDB: 300 operators, 4 KB an expression)
 FAILED = CONDITION_FAILED
+# The first letters of the attributes a budget period scopes, on a home meter and on a lease (`period_attribute`).
+PERIOD_KINDS = frozenset("abcgqstx")
 
 
 def reservation_bucket(period: str, expires_at: float, region: str | None) -> str:
@@ -113,6 +120,32 @@ def parse_bucket(name: str) -> tuple[str, float, str | None]:
     period, _, rest = name[2:].rpartition("@")
     minute, _, region = rest.partition("#")
     return period, int(minute) * BUCKET_SECONDS, region or None
+
+
+def period_attribute(name: str) -> str | None:
+    """The budget period a meter item's (or a lease's) attribute belongs to: `c:P`, `s:P`, `x:P@<minute>[#R]`,
+    `g:P#R`, `b:P#R`, `q:P#R` on the home meter, `a:P`, `t:P` and the like on a lease (region_leases.py); None for
+    the others (rates, `q`, `r:<id>`, the keys)."""
+    if len(name) < 3 or name[1] != ":" or name[0] not in PERIOD_KINDS:
+        return None
+    return name[2:].partition("@")[0].partition("#")[0]
+
+
+def closed_attributes(item: Item, now: float) -> list[str]:
+    """The attributes of a meter item (or lease) that belong to closed periods (`period_closed`), but for a period
+    still holding a live reservation: a minute not yet ended (a request admitted late, by a clock behind, still
+    settles into it) or one written before minutes (`r:<id>`: its release lowers the period's committed)."""
+    closed: dict[str, list[str]] = {}
+    for name in item:
+        period = period_attribute(name)
+        if period is not None and period_closed(period, now):
+            closed.setdefault(period, []).append(name)
+    for name, value in item.items():
+        if name.startswith("x:") and parse_bucket(name)[1] >= now:
+            closed.pop(parse_bucket(name)[0], None)
+        elif name.startswith("r:") and "M" in value:
+            closed.pop(value["M"].get("p", {}).get("S", ""), None)
+    return [name for names in closed.values() for name in names]
 
 
 class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredStore):
@@ -142,7 +175,10 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
             table, region, client, client_for or self._no_other_region, clock, lease_idle_seconds
         )
         self.leases.release_expired = lambda key_id: self.release_expired(key_id, self.clock())
+        self.leases.granted_from = self._note_closed
         self._swept: dict[str, float] = {}  # key id: when this process last released its expired minutes
+        # Items an admission (or a grant) saw holding closed periods, with the client of their region (`_prune`).
+        self._closed: dict[tuple[str, str], tuple[Item, Any]] = {}
         self.sweep_phase: Callable[[], float] = random.random  # where in its first period a key's sweep falls
         self.page_size: int | None = None  # a query's `Limit` (None: DynamoDB's 1 MB pages)
         # Where settlements the table refused wait (handler/pipeline/spool.py): Lambda can write only under /tmp.
@@ -218,7 +254,9 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
                 answer = await self._call(
                     "update_item", **update, ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD"
                 )
-                return Applied({key_id: self._counters(admission, key_id, answer.get("Attributes", {}))})
+                item = answer.get("Attributes", {})
+                self._note_closed(item)
+                return Applied({key_id: self._counters(admission, key_id, item)})
             if updates:
                 await self._call(
                     "transact_write_items",
@@ -227,6 +265,8 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
                     ],
                 )
             items = await self._read_reported(write)
+            for item in items.values():
+                self._note_closed(item)
             return Applied({key_id: self._counters(admission, key_id, item) for key_id, item in items.items()})
         except ConditionFailed as exc:
             if exc.reasons:  # the transaction's, in the order of its updates
@@ -248,6 +288,16 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
                         generation = seen[(charge.key_id, charge.period)]
                         raise Refill(functools.partial(self.leases.grant, charge, short.lease, generation)) from None
         return Unmet({key_id: self._counters(admission, key_id, item) for key_id, item in failed.items()})
+
+    def _note_closed(self, item: Item, client: Any = None) -> None:
+        """Remember a meter item (or lease) an admission got back that still holds a closed period's attributes:
+        `_prune` removes them once the request has settled, off the answer's path, through `client` (the replica
+        of the region that wrote it; this region's if None)."""
+        now = self.clock()
+        if "sk" in item and any(period_closed(p, now) for p in {period_attribute(n) for n in item} if p):
+            if len(self._closed) >= MAX_TRACKED:
+                self._closed.clear()
+            self._closed[(item["pk"]["S"], item["sk"]["S"])] = (item, client or self.client)
 
     @staticmethod
     def _already_admitted(write: AdmissionWrite, failed: dict[str, Item]) -> bool:
@@ -337,8 +387,8 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
             e.conditions.append(f"{window} = {e.value(num(rate.window))}")
         return e.update(self.leases.item_key(update.key_id, update.home_region), self.table)
 
-    def _ledger_writes(self, item: LedgerItem) -> list[Item]:
-        day = item.day
+    def _ledger_write(self, item: LedgerItem) -> Item:
+        """The line item's `Put`, refused if the line exists (settled before under another marker)."""
         line = {
             "pk": text(f"LEDGER#{item.key_id}"),
             "sk": text(ledger_sort_key(item)),
@@ -347,30 +397,11 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
             "data": text(ledger_to_json(item)),
             "ttl": num(int(item.ts + LEDGER_TTL_SECONDS)),
         }
-        e = Expression()
-        sums = {
-            "requests": 1,
-            "input_tokens": item.input_tokens,
-            "cached_tokens": item.cached_tokens,
-            "output_tokens": item.output_tokens,
-            "cost_usd": item.cost_usd or 0.0,
-            "fee_usd": item.fee_usd,
-        }
-        e.clauses["ADD"] += [f"{e.name(name)} {e.value(num(value))}" for name, value in sums.items()]
-        if item.cost_usd is None:
-            e.clauses["ADD"].append(f"{e.name('unpriced_requests')} {e.value(num(1))}")
-        # One aggregate per writing region: a global table would lose one of two regions' concurrent ADDs.
-        sk = f"{item.key_id}#{item.model}@{self.region or '-'}"
-        aggregate = e.update({"pk": text(f"AGG#{day}"), "sk": text(sk)}, self.table)
-        del aggregate["TableName"]
-        return [
-            {"Put": {"TableName": self.table, "Item": line, "ConditionExpression": "attribute_not_exists(pk)"}},
-            {"Update": {"TableName": self.table, **aggregate}},
-        ]
+        return {"Put": {"TableName": self.table, "Item": line, "ConditionExpression": "attribute_not_exists(pk)"}}
 
     async def _write_settlement(self, settlement: Settlement, updates: list[SettleUpdate]) -> frozenset[str]:
-        """One `TransactWriteItems`: the marker (so a retry is a no-op), the meter updates, the line item and
-        the daily aggregate. A token correction holds only while its counter still counts the admission's
+        """One `TransactWriteItems`: the marker (so a retry is a no-op), the meter updates and the line item.
+        A token correction holds only while its counter still counts the admission's
         minute: one whose counter restarted for the next minute meanwhile is dropped (that count is not the
         admission's to correct: a lower estimate would have freed the new minute's rate), and the rest written
         again."""
@@ -379,6 +410,7 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
             if isinstance(outcome, frozenset):
                 if not outcome:
                     await self._sweep([u.key_id for u in updates if u.budgets])
+                    await self._prune()
                 return outcome
             updates = [
                 SettleUpdate(
@@ -409,7 +441,7 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
         item = settlement.item
         written = [(u, w) for u in updates if (w := self._settle_update(settlement, u))["UpdateExpression"]]
         meter_writes = [{"Update": {**w, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}} for _, w in written]
-        writes = [marker, *meter_writes, *(self._ledger_writes(item) if item is not None else [])]
+        writes = [marker, *meter_writes, *([self._ledger_write(item)] if item is not None else [])]
         try:
             await self._call("transact_write_items", TransactItems=writes)
             return frozenset()
@@ -457,6 +489,39 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
             self._swept[key_id] = now
             with contextlib.suppress(StoreError):  # the settlement landed; the next sweep tries again
                 await self.release_expired(key_id, now)
+
+    async def _prune(self) -> None:
+        """Remove the closed periods' attributes (`closed_attributes`) from the items admissions noted: else a
+        day budget's item kept every past day's counters, 735 attributes and 13 KB after a year, and each of its
+        writes cost 13 write units. Conditional on each attribute being as the admission read it: a write to one
+        since (a late settlement, a release) fails it, and it is sent again with the item as that failure
+        returned it (at most `RELEASE_TRIES` times; the next admission to see them notes them again). Written in
+        this region, where the admission wrote the item (a home meter in its home region, a lease in its own)."""
+        noted, self._closed = self._closed, {}
+        now = self.clock()
+        for item, client in noted.values():
+            key = {"pk": item["pk"], "sk": item["sk"]}
+            for _ in range(RELEASE_TRIES):
+                try:
+                    await self._remove_as_read(client, key, item, closed_attributes(item, now))
+                    break
+                except ConditionFailed as failed:
+                    item = failed.item  # (none: the item is gone, and there is nothing to remove)
+                except StoreError:
+                    break
+
+    async def _remove_as_read(self, client: Any, key: Item, item: Item, names: list[str]) -> None:
+        """Remove `names` from the item at `key` (through `client`), each on condition that it still holds its
+        value in `item`, in updates of `RELEASE_CHUNK` (an expression's limits, as for a release)."""
+        for start in range(0, len(names), RELEASE_CHUNK):
+            e = Expression()
+            for name in names[start : start + RELEASE_CHUNK]:
+                placeholder = e.name(name)
+                e.clauses["REMOVE"].append(placeholder)
+                e.conditions.append(f"{placeholder} = {e.value(item[name])}")
+            await call(
+                client, "update_item", **e.update(key, self.table), ReturnValuesOnConditionCheckFailure="ALL_OLD"
+            )
 
     async def _expired_reservations(self, key_id: str, now: float) -> list[Reservation]:
         """On the home meter and this region's lease: those this region wrote, as the minutes they expire in
@@ -629,9 +694,29 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
         to their parents, so their parents' reports keep their lines after their records go (`_link_children`).
         Keys created before home regions existed are homed in this store's region (`_home_keys`). Keys minted
         before family counts, below a root's children, are linked on their root's partition and each root's count
-        set to its live family (`_link_families`). Each is one paginated scan of the table."""
+        set to its live family (`_link_families`). The daily aggregates older gateways wrote go (`_drop_aggregates`).
+        Each is one paginated scan of the table."""
         moved = await self._move_lines() + await self._link_children() + await self._home_keys()
-        return moved + await self._link_families()
+        return moved + await self._link_families() + await self._drop_aggregates()
+
+    async def _drop_aggregates(self) -> int:
+        """Delete the daily aggregates (`pk = AGG#<day>`) that settlements wrote until this version: nothing read
+        them (reports read the line items), and they carried no TTL. Returns how many went."""
+        dropped = 0
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "begins_with(pk, :aggregate)",
+            "ProjectionExpression": "pk, sk",
+            "ExpressionAttributeValues": {":aggregate": text("AGG#")},
+        }
+        while True:
+            answer = await self._call("scan", **request)
+            for item in answer.get("Items", []):
+                await self._call("delete_item", TableName=self.table, Key={"pk": item["pk"], "sk": item["sk"]})
+                dropped += 1
+            if "LastEvaluatedKey" not in answer:
+                return dropped
+            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
     async def _link_children(self) -> int:
         """Write the missing child links: from every key record with a parent, and from every line item whose
@@ -708,21 +793,6 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
             if "LastEvaluatedKey" not in answer:
                 return moved
             request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
-
-    async def daily_totals(self, day: str) -> list[dict[str, Any]]:
-        """The daily aggregates of `day`: one row per key and model, summed over the regions that wrote them."""
-        items = await self._query(
-            KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": text(f"AGG#{day}")}
-        )
-        rows: dict[tuple[str, str], dict[str, Any]] = {}
-        for item in items:
-            key_id, _, rest = item["sk"]["S"].partition("#")
-            model = rest.rpartition("@")[0] or rest
-            row = rows.setdefault((key_id, model), {"key_id": key_id, "model": model})
-            for name, value in item.items():
-                if "N" in value and name != "ttl":
-                    row[name] = row.get(name, Decimal(0)) + Decimal(value["N"])
-        return [rows[k] for k in sorted(rows)]
 
     async def reconnect(self) -> None:
         for client in self.owned:

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from handler.ports import KeyRecord, LedgerItem, Settlement
+from handler.ports import KeyRecord, LedgerItem, Settlement, period_end
 
 KEY_FIELDS = {f.name for f in dataclasses.fields(KeyRecord)}
 LEDGER_FIELDS = {f.name for f in dataclasses.fields(LedgerItem)}
@@ -17,6 +17,15 @@ LEDGER_TTL_SECONDS = 400 * 86400
 SETTLED_TTL_SECONDS = 7 * 86400
 # An expired key stays visible this long (so `keys show` can say it expired) before the TTL removes it.
 EXPIRED_KEY_GRACE_SECONDS = 86400
+# A budget period's counters are kept this long after it ends (a gateway whose clock is behind may still admit into
+# it); then it is closed: no budget goes back to it, and a store may drop its counters (the ledger keeps its spend).
+PERIOD_GRACE_SECONDS = 3600.0
+
+
+def period_closed(period: str, now: float) -> bool:
+    """Whether `period` ended `PERIOD_GRACE_SECONDS` before `now` (`total` never does)."""
+    end = period_end(period)
+    return end is not None and end + PERIOD_GRACE_SECONDS <= now
 
 
 def key_to_json(record: KeyRecord) -> str:

@@ -56,6 +56,7 @@ from typing import Any
 
 from adapters.store.dynamo_client import ConditionFailed, call
 from adapters.store.expressions import Expression, Item, dec, exact, num, number, read_num, text
+from adapters.store.records import period_closed
 from handler.ports import STORE_DEADLINE, BudgetCharge, BudgetRefused, Settlement, StoreError
 
 HOME_SK = "METER"
@@ -135,6 +136,9 @@ class RegionLeases:
         # Releases a key's expired reservations written here (the store's `release_expired`): a lease's dead
         # reservations hold its USD, and only this region may write its lease.
         self.release_expired: Callable[[str], Awaitable[float]] | None = None
+        # Shown the home meter as a grant left it, with the client of the home's replica (the store's
+        # `_note_closed`): a key spent only here writes its home meter only through grants.
+        self.granted_from: Callable[[Item, Any], None] | None = None
 
     # --- where a key's counters live ------------------------------------------------------------
 
@@ -269,6 +273,8 @@ class RegionLeases:
                     continue
                 item = failed.item  # it landed, its answer was lost, and it was sent again: the item after it
             self._unleased[key] = limit - dec(item, f"c:{charge.period}")
+            if self.granted_from is not None:
+                self.granted_from(item, client)
             self.stats.grants += 1
             self.stats.granted_usd += float(chunk)
             return dec(item, f"g:{charge.period}#{self.region}")
@@ -336,6 +342,10 @@ class RegionLeases:
         (all of them if `force`); returns the USD given back."""
         returned = 0.0
         for key, held in list(self._held.items()):
+            if period_closed(held.period, self.clock()):
+                # Budget given back to a closed period could not be spent, and the home drops its counters.
+                self._held.pop(key, None)
+                continue
             if not force and self.clock() - held.last_used < self.idle_seconds:
                 continue
             if self.release_expired is not None:

@@ -1,12 +1,14 @@
 """The stored records behave as the dataclasses they replaced did: compared, shown, frozen, hashed, copied
 with `replace`, listed by `fields` and written by orjson field by field, in declaration order."""
 
+import calendar
 import dataclasses
 
 import orjson
 import pytest
 
-from handler.ports import BudgetCharge, KeyRecord, LedgerItem, MeterSnapshot, RateCharge, Settlement
+from handler.pipeline.budgets import period_of
+from handler.ports import BudgetCharge, KeyRecord, LedgerItem, MeterSnapshot, RateCharge, Settlement, period_end
 
 
 def line(**changes: object) -> LedgerItem:
@@ -76,3 +78,19 @@ def test_records_keep_the_dataclass_protocol() -> None:
     ]
     assert LedgerItem(**written["item"]) == line()
     assert list(written["item"])[-2:] == ["reasoning_tokens", "cache_savings_usd"]
+
+
+@pytest.mark.parametrize("kind", ["day", "month"])
+@pytest.mark.parametrize("when", [(2027, 12, 31, 23, 59, 59), (2028, 2, 28, 12, 0, 0), (2028, 2, 29, 0, 0, 0)])
+def test_a_budget_period_ends_where_the_next_one_starts(kind: str, when: tuple[int, ...]) -> None:
+    """A store drops a period's counters some time after `period_end`: it must be the next period's first second."""
+    t = float(calendar.timegm(when))
+    period = period_of(kind, t)
+    end = period_end(period)
+    assert end is not None and end > t
+    assert period_of(kind, end - 1) == period and period_of(kind, end) != period
+
+
+def test_a_total_budget_never_ends() -> None:
+    assert period_end("total") is None
+    assert period_end("day:someday") is None  # (not a period `period_of` names: never dropped)

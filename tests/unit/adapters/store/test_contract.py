@@ -649,25 +649,6 @@ async def test_many_admissions_racing_into_a_new_rate_window_all_pass(store: Sto
     assert (await store.meter(key, PERIOD)).rates["rpm"] == 24
 
 
-async def test_dynamodb_daily_aggregates_equal_the_line_items(dynamo: DynamoServer) -> None:
-    """Aggregates are kept per writing region (no lost ADDs under replication) and summed on read."""
-    table = dynamo.create_table()
-    # Two regions' writers on one server (moto keeps a table per region, a global table is one table).
-    east = DynamoDBStore(dynamo.client(), table, region="us-east-1")
-    west = DynamoDBStore(dynamo.client(), table, region="eu-west-1")
-    key, now = uuid.uuid4().hex[:12], time.time()
-    items = [line(key, 0.001 * (i + 1), now, model="m1" if i % 3 else "m2") for i in range(9)]
-    for i, item in enumerate(items):
-        await (east if i % 2 else west).settle(Settlement(item.request_id, [], 0.0, [], item))
-    totals = {row["model"]: row for row in await east.daily_totals(time.strftime("%Y-%m-%d", time.gmtime(now)))}
-    for model in ("m1", "m2"):
-        mine = [i for i in items if i.model == model]
-        assert int(totals[model]["requests"]) == len(mine)
-        assert float(totals[model]["cost_usd"]) == pytest.approx(sum(i.cost_usd or 0 for i in mine), abs=1e-12)
-    await east.close()
-    await west.close()
-
-
 # --- every shape of key, and limits along the key chain -----------------------------------------------
 
 SHAPES = {

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import calendar
 import functools
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +24,7 @@ from adapters.store.dynamo_client import DynamoDBClient
 from adapters.store.dynamodb import LEDGER_SHARDS, SWEEP_SECONDS, DynamoDBStore
 from adapters.store.expressions import Expression, num, text
 from adapters.store.responses import pack
+from handler.pipeline.budgets import period_of
 from handler.pipeline.keys import KeyService
 from handler.ports import (
     Admission,
@@ -272,8 +275,8 @@ def losing_store(dynamo: DynamoServer) -> tuple[AnswerLost, DynamoDBStore]:
 
 
 async def test_a_settlement_sent_again_after_its_answer_was_lost_counts_once(dynamo: DynamoServer) -> None:
-    """Its transaction (marker, meter, line item, daily aggregate) sent again is refused by its own marker, which
-    says it landed: one line, one aggregate request, the spend once (as a spooled settlement re-driven is)."""
+    """Its transaction (marker, meter, line item) sent again is refused by its own marker, which says it landed:
+    one line, the spend once (as a spooled settlement re-driven is)."""
     transport, store = losing_store(dynamo)
     key = uuid.uuid4().hex[:12]
     adm = admission(key, 0.4)
@@ -285,8 +288,21 @@ async def test_a_settlement_sent_again_after_its_answer_was_lost_counts_once(dyn
     meter = await store.meter(key, PERIOD)
     assert meter.committed_usd[PERIOD] == pytest.approx(0.25) and meter.spent_usd[PERIOD] == pytest.approx(0.25)
     assert [i.request_id for i in await store.usage(UsageQuery([key], 0, time.time() + 60))] == [item.request_id]
-    (totals,) = await store.daily_totals(item.day)
-    assert totals["requests"] == 1 and totals["cost_usd"] == pytest.approx(0.25)
+    await store.close()
+
+
+async def test_a_settlement_writes_its_marker_its_meter_and_its_line_only(dynamo: DynamoServer) -> None:
+    """Each settlement's transaction also added to a daily aggregate (`AGG#<day>`, one per key, model, day and
+    region, no TTL) that nothing read (reports read the line items): a fourth item, two write units more a request,
+    and items kept for good."""
+    store = DynamoDBStore(dynamo.client(), dynamo.create_table())
+    key = uuid.uuid4().hex[:12]
+    adm = admission(key, 0.4)
+    await store.admit(adm)
+    await store.settle(settlement(adm, 0.25, line(key, 0.25)))
+    items = dynamo.client().scan(TableName=store.table)["Items"]
+    assert sorted(i["pk"]["S"].partition("#")[0] for i in items) == ["LEDGER", "METER", "SETTLED"]
+    assert all("ttl" in i for i in items if i["sk"]["S"] != "METER")
     await store.close()
 
 
@@ -423,6 +439,107 @@ async def test_a_meter_item_does_not_grow_with_the_requests_in_flight(dynamo: Dy
     meter = await store.meter(key, PERIOD)
     assert meter.committed_usd[PERIOD] == pytest.approx(200 * 0.5 + 100 * 0.25)
     assert meter.spent_usd[PERIOD] == pytest.approx(100 * 0.25)
+    await store.close()
+
+
+def at(year: int, month: int, day: int, hour: int = 12, minute: int = 0, second: int = 0) -> float:
+    return float(calendar.timegm((year, month, day, hour, minute, second)))
+
+
+def periods_held(item: dict[str, Any]) -> set[str]:
+    """The day and month periods an item has attributes of (`c:day:2027-01-01`, `x:day:2027-01-01@…`, `g:…#R`)."""
+    return {found.group(0) for name in item if (found := re.search(r"(day|month):[0-9-]+", name))}
+
+
+@pytest.mark.parametrize(("kind", "step", "requests"), [("day", 86400, 30), ("month", 31 * 86400, 8)])
+async def test_a_meter_item_keeps_only_its_open_periods(
+    dynamo: DynamoServer, kind: str, step: int, requests: int
+) -> None:
+    """Every past period kept its `c:`/`s:` attributes on the key's meter item, for good: after a year of one
+    request a day 735 attributes and 13 KB, each write of it (two a request, twice the units in a settlement's
+    transaction) 13 write units. A closed period's go once an admission has seen them; the ledger keeps its spend."""
+    now = [at(2027, 1, 1)]
+    store = DynamoDBStore(dynamo.client(), dynamo.create_table(), clock=lambda: now[0])
+    key = uuid.uuid4().hex[:12]
+    for _ in range(requests):
+        charge = BudgetCharge(key, period_of(kind, now[0]), 1.0, 0.5)
+        adm = Admission(uuid.uuid4().hex, key, [charge], [RateCharge("rpm", int(now[0] // 60), 100, 1)], now[0] + 900)
+        await store.admit(adm)
+        await store.settle(settlement(adm, 0.25, line(key, 0.25, now[0])))
+        last = charge.period
+        now[0] += step
+    (item,) = await store._meter_items(key)
+    assert periods_held(item) == {last}
+    assert len(orjson.dumps(item)) < 400
+    meter = await store.meter(key, last)
+    assert meter.committed_usd[last] == pytest.approx(0.25) and meter.spent_usd[last] == pytest.approx(0.25)
+    lines = await store.usage(UsageQuery([key], 0, now[0]))
+    assert len(lines) == requests and sum(i.cost_usd or 0 for i in lines) == pytest.approx(requests * 0.25)
+    await store.close()
+
+
+async def test_a_meter_item_a_year_old_sheds_its_past_days_at_its_next_request(dynamo: DynamoServer) -> None:
+    """An item an older gateway grew over a year (730 past-day attributes) is trimmed by its next request, in
+    updates within DynamoDB's expression limits (moto does not enforce them)."""
+    client = ReleaseSpy("us-east-1", Credentials("testing", "testing"), dynamo.url)
+    client.conditions = []
+    now = [at(2028, 1, 1)]
+    store = DynamoDBStore(client, dynamo.create_table(), clock=lambda: now[0], owned=[client])
+    key = uuid.uuid4().hex[:12]
+    old = {}
+    for n in range(365):
+        period = period_of("day", at(2027, 1, 1) + n * 86400)
+        old[f"c:{period}"] = old[f"s:{period}"] = num(0.0000054)
+    await store._call("put_item", TableName=store.table, Item={**store._meter_key(key), **old})
+    adm = Admission(uuid.uuid4().hex, key, [BudgetCharge(key, "day:2028-01-01", 1.0, 0.5)], [], now[0] + 900)
+    await store.admit(adm)
+    await store.settle(settlement(adm, 0.25, line(key, 0.25, now[0])))
+    (item,) = await store._meter_items(key)
+    assert periods_held(item) == {"day:2028-01-01"}
+    assert len(client.conditions) >= 730 // 50
+    assert all(len(c) <= 4096 and c.count(" AND ") < 300 for c in client.conditions)
+    await store.close()
+
+
+async def test_a_request_admitted_before_midnight_and_settled_after_is_charged_to_its_day(
+    dynamo: DynamoServer,
+) -> None:
+    """Removing a closed day must not lose what settles into it late: a request admitted at 23:59:59 and settled
+    after midnight is charged to the day it was admitted in, whether it settles while its reservation is live
+    (the day is kept) or after it expired, between the next day's admission and that request's settlement (the
+    removal, sent with the day as the admission read it, fails, and is sent again with the day as it is then)."""
+    now = [at(2027, 1, 1, 23, 59, 59)]
+    store = DynamoDBStore(dynamo.client(), dynamo.create_table(), clock=lambda: now[0])
+    key = uuid.uuid4().hex[:12]
+    day = "day:2027-01-01"
+
+    def admitted(period: str, ttl: float) -> Admission:
+        return Admission(uuid.uuid4().hex, key, [BudgetCharge(key, period, 1.0, 0.5)], [], now[0] + ttl)
+
+    long_running, late = admitted(day, 3 * 3600), admitted(day, 900)
+    await store.admit(long_running)
+    await store.admit(late)
+    now[0] = at(2027, 1, 2, 1, 30)  # the first day closed (an hour past its end), `late`'s reservation expired
+    today = admitted("day:2027-01-02", 900)
+    await store.admit(today)  # it sees the closed day
+    await store.settle(settlement(late, 0.25, line(key, 0.25, at(2027, 1, 1, 23, 59, 59))))
+    meter = await store.meter(key, day)
+    assert meter.committed_usd[day] == pytest.approx(0.25 + 0.5) and meter.spent_usd[day] == pytest.approx(0.25)
+    await store.settle(settlement(today, 0.1, line(key, 0.1, now[0])))
+    (item,) = await store._meter_items(key)
+    assert day in periods_held(item)  # `long_running` still holds its reservation in it
+    now[0] = at(2027, 1, 2, 1, 45)
+    await store.settle(settlement(long_running, 0.3, line(key, 0.3, at(2027, 1, 1, 23, 59, 59))))
+    meter = await store.meter(key, day)
+    assert meter.committed_usd[day] == pytest.approx(0.55) and meter.spent_usd[day] == pytest.approx(0.55)
+    now[0] = at(2027, 1, 2, 3, 30)  # its reservation's minute has ended too
+    tomorrow = admitted("day:2027-01-02", 900)
+    await store.admit(tomorrow)
+    await store.settle(settlement(tomorrow, 0.1, line(key, 0.1, now[0])))
+    (item,) = await store._meter_items(key)
+    assert periods_held(item) == {"day:2027-01-02"}
+    lines = await store.usage(UsageQuery([key], at(2027, 1, 1, 0), at(2027, 1, 2, 0)))
+    assert sorted(i.cost_usd or 0 for i in lines) == [0.25, 0.3]
     await store.close()
 
 
@@ -688,6 +805,19 @@ async def test_migrate_moves_lines_written_before_shards_into_reports(
     assert await store.migrate() == 0
 
 
+async def test_migrate_drops_the_daily_aggregates_older_gateways_wrote(dynamo: DynamoServer) -> None:
+    """Settlements wrote them, with no TTL, until nothing did: they would have stayed in the table for good."""
+    store = DynamoDBStore(dynamo.client(), dynamo.create_table())
+    store.page_size = 2
+    for n in range(5):
+        aggregate = {"pk": text(f"AGG#2026-11-0{n + 1}"), "sk": text("k#gpt-4o@-"), "requests": num(3)}
+        await store._call("put_item", TableName=store.table, Item=aggregate)
+    assert await store.migrate() == 5
+    assert dynamo.client().scan(TableName=store.table)["Items"] == []
+    assert await store.migrate() == 0
+    await store.close()
+
+
 async def test_a_lease_return_whose_home_write_failed_is_counted_at_home_by_the_next_sweep(
     dynamo: DynamoServer,
 ) -> None:
@@ -727,18 +857,19 @@ async def test_a_lease_return_whose_home_write_failed_is_counted_at_home_by_the_
     await home_client.close()
 
 
-def two_regions(dynamo: DynamoServer) -> tuple[DynamoDBStore, DynamoDBStore]:
+def two_regions(dynamo: DynamoServer, clock: Callable[[], float] = time.time) -> tuple[DynamoDBStore, DynamoDBStore]:
     """A key's gateway in eu-west-1 (spending from a lease) and in its home, us-east-1: one moto table stands for
     both regions' replicas."""
     table = dynamo.create_table()
     here = DynamoDBStore(
         DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url),
         table,
+        clock,
         region="eu-west-1",
         client_for=lambda region: DynamoDBClient(region, Credentials("testing", "testing"), dynamo.url),
     )
     home = DynamoDBStore(
-        DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url), table, region="us-east-1"
+        DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url), table, clock, region="us-east-1"
     )
     return here, home
 
@@ -758,6 +889,35 @@ async def test_what_a_settlement_frees_in_a_returned_lease_goes_home_too(dynamo:
     assert here.leases._held  # watched again
     await here.return_idle_leases(force=True)
     assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.1)
+    await here.close()
+    await home.close()
+
+
+async def test_a_key_spent_only_in_another_region_keeps_neither_its_lease_nor_its_home_growing(
+    dynamo: DynamoServer,
+) -> None:
+    """Each day a key homed elsewhere is used here adds the day's lease counters (`a:`, `c:`, `s:`, `g:`, `t:`,
+    minutes) to its lease and the day's grant (`c:`, `g:`, `q:`) to its home meter, which only grants write. A
+    closed day's go from both, each written in its own region; a lease of a closed day is not given back (the
+    home drops that day: a return would write it again)."""
+    now = [at(2027, 1, 1)]
+    here, home = two_regions(dynamo, lambda: now[0])
+    key = uuid.uuid4().hex[:12]
+    for _ in range(3):
+        charge = BudgetCharge(key, period_of("day", now[0]), 1.0, 0.5, "us-east-1")
+        adm = Admission(uuid.uuid4().hex, key, [charge], [], now[0] + 900, "us-east-1")
+        await here.admit(adm)
+        spent = BudgetCharge(key, charge.period, 1.0, 0.25, "us-east-1")
+        await here.settle(
+            Settlement(adm.reservation_id, [spent], 0.5, [], line(key, 0.25, now[0]), "us-east-1", adm.expires_at)
+        )
+        now[0] += 86400
+    now[0] = at(2027, 1, 4, 2)  # the last day closed too, its lease never given back
+    assert await here.return_idle_leases(force=True) == 0.0
+    items = {i["sk"]["S"]: i for i in await here._meter_items(key)}
+    assert set(items) == {"METER", "LEASE#eu-west-1"}
+    assert periods_held(items["METER"]) == periods_held(items["LEASE#eu-west-1"]) == {"day:2027-01-03"}
+    assert (await home.meter(key, "day:2027-01-03")).spent_usd["day:2027-01-03"] == pytest.approx(0.25)
     await here.close()
     await home.close()
 
