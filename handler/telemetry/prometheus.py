@@ -197,7 +197,9 @@ class Registry:
             (*where, ("direction", "input")),
             (*where, ("direction", "output")),
         )
-        if len(self._series) < MAX_SERIES:  # (label values a client chose cannot grow it without end)
+        # Kept for a model the config names (a request then builds no tuples); a client's made-up name (any length: a
+        # 1 MB one was kept whole, 2,000 of them a process's memory) is counted as `other` and kept by nothing.
+        if (model is None or model in self.models) and len(self._series) < MAX_SERIES:
             self._series[(model, provider, region, status)] = labels
         return labels
 
