@@ -6,7 +6,7 @@ a feature most requests do not use.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -18,8 +18,30 @@ if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
 
 
-@lru_cache(maxsize=256)
+# Validators built, by their schema's JSON, the most recent last: bounded by the schemas' bytes, not only their
+# number (256 of a client's 1 MB schemas, each held with what jsonschema builds from it, kept 558 MB resident).
+KEPT_BYTES = 4 * 1024 * 1024
+KEPT_SCHEMAS = 256
+_built: OrderedDict[bytes, Draft202012Validator] = OrderedDict()
+
+
 def _validator(schema_json: bytes) -> Draft202012Validator:
+    """The validator of `schema_json`, built once while it stays among the recent ones (`KEPT_BYTES`)."""
+    found = _built.get(schema_json)
+    if found is not None:
+        _built.move_to_end(schema_json)
+        return found
+    validator = _build(schema_json)
+    if len(schema_json) <= KEPT_BYTES // 16:  # (a larger one is built each time: only its sender pays for it)
+        _built[schema_json] = validator
+        kept = sum(map(len, _built))
+        while kept > KEPT_BYTES or len(_built) > KEPT_SCHEMAS:
+            oldest, _ = _built.popitem(last=False)
+            kept -= len(oldest)
+    return validator
+
+
+def _build(schema_json: bytes) -> Draft202012Validator:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
 
