@@ -216,6 +216,22 @@ async def test_a_lease_done_with_leaves_no_row_behind(store: SQLiteStore, quick:
     assert committed == pytest.approx(0.02) and spent == pytest.approx(0.02)
 
 
+async def test_a_process_forgets_the_keys_whose_slices_are_gone(
+    store: SQLiteStore, quick: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a process last said of each key's slices was kept for every budgeted key it ever admitted: 3,000
+    entries after 3,000 keys, each key's slices long gone (review: about 100-150 bytes a key, for good)."""
+    monkeypatch.setattr(slices, "CONTEND_S", 0.2)
+    keys = [uuid.uuid4().hex[:12] for _ in range(30)]
+    for key in keys:
+        adm = admission(key, 0.01)
+        await store.admit(adm)
+        await store.settle(settlement(adm, 0.005, line(key, 0.005)))
+    assert len(set(keys) & set(store._announced)) >= 10
+    await asyncio.sleep(0.6)
+    assert not set(keys) & set(store._announced)
+
+
 async def slice_held(store: SQLiteStore, key: str) -> None:
     """Three requests admitted and settled at what they reserved: the slice holds a slice beyond them."""
     admitted = [admission(key, 0.01) for _ in range(3)]
