@@ -484,6 +484,73 @@ def test_the_dashboard_answers_who_spent_what_caching_saved_and_where_the_time_w
     assert [cells[1] for cells in breakdowns["tag:team"] if cells[0] == ""] == ["(none)"]
 
 
+def figures_shown(page: Page) -> dict[str, Any]:
+    """What the page shows as the current selection's figures, and under which controls."""
+    shown: dict[str, Any] = page.evaluate(
+        """(() => {
+            const spend = document.getElementById('total-spend');
+            return {
+                state: document.documentElement.dataset.state,
+                visible: Boolean(spend && spend.checkVisibility()),
+                spend: spend ? spend.textContent : null,
+                period: document.getElementById('period').value,
+                shown_for: document.getElementById('report').dataset.filter || null,
+            };
+        })()"""
+    )
+    return shown
+
+
+@pytest.mark.skipif(chromium_missing() is not None, reason=chromium_missing() or "")
+def test_a_load_that_fails_leaves_no_figures_of_another_selection(known: Running) -> None:
+    """Filtered to one user, then a tag filter the API refuses (400): the page said so in red, but went on showing
+    that user's figures, and after a switch to 90 days, under "Last 90 days" and an empty User filter, the user's
+    30 days. Now a load greys the figures before it, and a failed one takes them off the page."""
+    admin = known.mint(admin=True, name="dashboard-admin")
+    with Browser() as browser:
+        page = browser.new_page()
+        page.goto(f"{known.url}/dashboard")
+        assert sign_in(page, admin) == "ready"
+        loads = page.mark()
+        page.evaluate(
+            "(() => { document.getElementById('filter-user').value = 'ann';"
+            " document.getElementById('filters').requestSubmit(); })()"
+        )
+        wait_ready(page)
+        ann = figures_shown(page)
+        reports = [u for u in page.activity(since=loads).requests if "/admin/usage" in u]
+
+        greyed = page.evaluate(
+            "(() => { document.getElementById('filter-user').value = '';"
+            " document.getElementById('filter-tag').value = 'team';"
+            " document.getElementById('filters').requestSubmit();"
+            " const figures = document.getElementById('figures') || document.getElementById('report');"
+            " return getComputedStyle(figures).opacity; })()"
+        )
+        page.wait_for("document.documentElement.dataset.state === 'error'")
+        refused = figures_shown(page)
+        page.evaluate(
+            "(() => { const p = document.getElementById('period'); p.value = '90';"
+            " p.dispatchEvent(new Event('change')); })()"
+        )
+        page.wait_for("document.documentElement.dataset.state === 'error'")
+        longer = figures_shown(page)
+
+        page.evaluate("document.getElementById('filter-clear').click()")
+        wait_ready(page)
+        cleared = figures_shown(page)
+        status = page.evaluate("document.getElementById('status').textContent")
+
+    assert ann["visible"] and ann["spend"] == usd_text(sum(float(c[4]) for c in KNOWN_LINES if c[2] == "ann"))
+    for failed in (refused, longer):
+        assert failed["state"] == "error" and not failed["visible"] and failed["shown_for"] is None, failed
+    assert longer["period"] == "90"
+    assert float(greyed) < 1, "the figures of the selection before are greyed while the next one loads"
+    assert len(reports) == 1 and "view=" in reports[0], "one report per load, its views in it"
+    assert cleared["visible"] and cleared["spend"] == usd_text(sum(float(c[4]) for c in KNOWN_LINES))
+    assert cleared["period"] == "90" and "Could not" not in status
+
+
 # --- `gateway dashboard`: signed in by a one-time link ---------------------------------------------------------
 
 
