@@ -551,6 +551,35 @@ def test_a_load_that_fails_leaves_no_figures_of_another_selection(known: Running
     assert cleared["period"] == "90" and "Could not" not in status
 
 
+@pytest.mark.skipif(chromium_missing() is not None, reason=chromium_missing() or "")
+def test_the_dashboard_fits_a_phone(known: Running, tmp_path: Path) -> None:
+    """At 390 px the page was laid out 906 px wide, amounts broke mid-number ("$0." over "003" over "588") and
+    the tables ran off the screen. Now the cards wrap, no figure breaks, and a wide table scrolls inside its card."""
+    admin = known.mint(admin=True, name="dashboard-phone")
+    with Browser(width=390, height=844) as browser:
+        page = browser.new_page()
+        page.goto(f"{known.url}/dashboard")
+        assert sign_in(page, admin) == "ready"
+        layout = page.evaluate(
+            """(() => {
+                const lines = (el) => Math.round(el.getBoundingClientRect().height /
+                    parseFloat(getComputedStyle(el).lineHeight));
+                return {
+                    width: document.documentElement.scrollWidth,
+                    values: [...document.querySelectorAll('.total .value')].map((v) => [v.textContent, lines(v)]),
+                    cards: [...document.querySelectorAll('.total, .card')].map((c) => c.getBoundingClientRect().right),
+                    tables: [...document.querySelectorAll('.scroll')].map((s) => [s.scrollWidth, s.clientWidth]),
+                };
+            })()"""
+        )
+        png = page.screenshot(tmp_path / "phone.png")
+    assert layout["width"] <= 390, layout
+    assert all(lines == 1 for _, lines in layout["values"]), layout["values"]
+    assert max(layout["cards"]) <= 390, layout["cards"]
+    assert any(wide > shown for wide, shown in layout["tables"]), "the breakdown's nine columns scroll in their card"
+    assert decode_png(png).width == 390
+
+
 # --- `gateway dashboard`: signed in by a one-time link ---------------------------------------------------------
 
 
