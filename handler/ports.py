@@ -849,8 +849,8 @@ class Store(ABC):
 
     async def scan_usage(self, query: UsageQuery, consume: Callable[[list[LedgerItem]], None]) -> None:
         """`usage`'s lines handed to `consume` a batch at a time, off the event loop: for a report that keeps their
-        sums, not the lines (`handler.dashboard.reports.ReportBuilder`). `consume` runs on a worker thread, one batch
-        after another; here, once, on all of `usage`'s lines."""
+        sums, not the lines (`handler.dashboard.reports.ReportBuilder`). `consume` may run on a worker thread (one batch
+        after another, never two at once); here it runs once, on a thread, on all of `usage`'s lines."""
         lines = await self.usage(query)
         await asyncio.to_thread(consume, lines)
 

@@ -2,7 +2,7 @@
 
 Calls run inline on the event loop: each is a few indexed statements on a local file in WAL mode,
 cheaper than a hop to a thread. A usage report is the exception: it reads every line of its window (seconds, for
-hundreds of thousands), so it reads on a worker thread, on a connection of its own (`usage`). Writes take the
+hundreds of thousands), so it reads on a worker thread, on a connection of its own (`scan_usage`). Writes take the
 database's write lock first (`BEGIN IMMEDIATE`), so several processes (the server, its workers, the CLI) share one
 file safely and a grant's checks and increments are atomic.
 
@@ -699,6 +699,7 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
     # --- ledger -------------------------------------------------------------------------------
 
     async def usage(self, query: UsageQuery) -> list[LedgerItem]:
+        """`scan_usage`'s lines, all of them (`gateway usage`, tests)."""
         lines: list[LedgerItem] = []
         await self.scan_usage(query, lines.extend)
         return lines
