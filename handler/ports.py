@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -876,6 +876,13 @@ class Store(ABC):
     @abstractmethod
     async def usage(self, query: UsageQuery) -> list[LedgerItem]:
         """Ledger items in `[since, until)`, for the given keys (None: all)."""
+
+    async def scan_usage(self, query: UsageQuery, consume: Callable[[list[LedgerItem]], None]) -> None:
+        """`usage`'s lines handed to `consume` a batch at a time, off the event loop: for a report that keeps their
+        sums, not the lines (`handler.dashboard.reports.ReportBuilder`). `consume` may run on a worker thread (one batch
+        after another, never two at once); here it runs once, on a thread, on all of `usage`'s lines."""
+        lines = await self.usage(query)
+        await asyncio.to_thread(consume, lines)
 
     @abstractmethod
     async def put_response(self, stored: StoredResponse, held: Sequence[str] = ()) -> None:

@@ -235,6 +235,16 @@ USAGE_PARAMETERS = [
     query("user", "only this end user's lines"),
     query("session", "only this agent session's lines"),
     {"name": "format", "in": "query", "required": False, "schema": {"enum": ["json", "csv"]}},
+    {
+        "name": "view",
+        "in": "query",
+        "required": False,
+        "description": "another grouping of the same lines, as group_by (empty: one row in all), answered in `views`; "
+        "JSON only",
+        "schema": {"type": "array", "items": TEXT, "maxItems": 8},
+        "style": "form",
+        "explode": True,
+    },
 ]
 KEY_VIEW = {"$ref": "#/components/schemas/KeyView"}
 LISTING = {"$ref": "#/components/schemas/List"}

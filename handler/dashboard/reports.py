@@ -6,11 +6,14 @@ from __future__ import annotations
 import csv
 import io
 import math
+import operator
 import re
 import time
+from array import array
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -21,8 +24,6 @@ from handler.ports import LedgerItem
 from handler.records import Value
 
 GROUPS = ("key", "model", "day")
-# Lines whose cost was not the provider's own figure (`LedgerItem.cost_source`), counted per row.
-COST_SOURCES = {"estimate": "estimated_cost_requests", "reserved": "reserved_cost_requests"}
 DEFAULT_WINDOW_DAYS = 30
 
 
@@ -57,17 +58,29 @@ ATTRIBUTION = ("user", "session")
 TAG_GROUP = r"tag:[A-Za-z0-9_.:/@+-]{1,128}"  # (`re` caches it compiled, from the first report on)
 
 
-def parse_group_by(text: str | None) -> list[str]:
-    """`key`, `model`, `day`, `user`, `session` and `tag:NAME` (the value of one `x-gateway-tags` name)."""
+def parse_group_by(text: str | None, name: str = "group_by") -> list[str]:
+    """`key`, `model`, `day`, `user`, `session` and `tag:NAME` (the value of one `x-gateway-tags` name); `name`:
+    the parameter, in the error."""
     if not text:
         return []
     groups = [g.strip() for g in text.split(",") if g.strip()]
     unknown = [g for g in groups if g not in GROUPS and g not in ATTRIBUTION and not re.fullmatch(TAG_GROUP, g)]
     if unknown:
         raise InvalidRequestError(
-            f"group_by takes key, model, day, user, session and tag:NAME, not {', '.join(unknown)}", param="group_by"
+            f"{name} takes key, model, day, user, session and tag:NAME, not {', '.join(unknown)}", param=name
         )
     return list(dict.fromkeys(groups))
+
+
+MAX_VIEWS = 8
+
+
+def parse_views(texts: list[str]) -> list[list[str]]:
+    """`view`, up to `MAX_VIEWS` times: more groupings of the same lines in one answer, each written as `group_by`
+    is (empty: one row in all). The dashboard asks for its five in one report, which reads the lines once."""
+    if len(texts) > MAX_VIEWS:
+        raise InvalidRequestError(f"view may be given at most {MAX_VIEWS} times, not {len(texts)}", param="view")
+    return [parse_group_by(text, "view") for text in texts]
 
 
 def group_value(item: LedgerItem, group: str) -> str:
@@ -77,12 +90,21 @@ def group_value(item: LedgerItem, group: str) -> str:
     if group == "model":
         return item.model
     if group == "day":
-        return item.day
+        return utc_day(int(item.ts // 86400))
     if group == "user":
         return item.user or ""
     if group == "session":
         return item.session or ""
     return item.tags.get(group[4:], "")
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@lru_cache(maxsize=1024)
+def utc_day(days: int) -> str:
+    """`LedgerItem.day` of a line `days` whole days after the epoch (the lines of a report share a few days)."""
+    return (EPOCH + timedelta(days=days)).strftime("%Y-%m-%d")
 
 
 def window(since: str | None, until: str | None) -> tuple[float, float]:
@@ -173,12 +195,31 @@ def percentile(ordered: list[float], p: int) -> float:
 def latency(items: Iterable[LedgerItem]) -> dict[str, Any]:
     """p50/p95/p99 of the time each part of the request took (the gateway's own work, the store's round trips,
     the upstream's answer), over the given lines; None where there are none."""
-    lines = list(items)
-    summary: dict[str, Any] = {"requests": len(lines)}
-    for part in LATENCY_PARTS:
-        ordered = sorted(float(getattr(item, part)) for item in lines)
-        summary[part] = {f"p{p}": (round(percentile(ordered, p), 3) if ordered else None) for p in PERCENTILES}
-    return summary
+    times = Times()
+    for item in items:
+        times.add(item)
+    return times.summary()
+
+
+class Times:
+    """The time each part of a request took, line after line, as `latency` sums them up (in arrays of doubles:
+    a report over hundreds of thousands of lines keeps no object per line)."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts = {part: array("d") for part in LATENCY_PARTS}
+
+    def add(self, item: LedgerItem) -> None:
+        for part, times in self.parts.items():
+            times.append(getattr(item, part))
+
+    def summary(self) -> dict[str, Any]:
+        summary: dict[str, Any] = {"requests": len(self.parts[LATENCY_PARTS[0]])}
+        for part, times in self.parts.items():
+            ordered = sorted(times)
+            summary[part] = {f"p{p}": (round(percentile(ordered, p), 3) if ordered else None) for p in PERCENTILES}
+        return summary
 
 
 # A row's figures, in column order, each at zero.
@@ -199,6 +240,7 @@ FIGURES: Final = MappingProxyType(
         "reserved_cost_requests": 0,
     }
 )
+NO_USD = Decimal(0)
 
 
 def columns(group_by: list[str], names: Mapping[str, str] | None = None) -> list[str]:
@@ -206,38 +248,74 @@ def columns(group_by: list[str], names: Mapping[str, str] | None = None) -> list
     return [*group_by, *(["key_name"] if "key" in group_by and names is not None else []), *FIGURES]
 
 
+@lru_cache(maxsize=1 << 16)
+def exact_usd(value: float) -> Decimal:
+    """A line's USD figure as the decimal its `usd` text is: computed once for a figure many lines share (a model's
+    price for the same tokens, a fee, no savings), of the three on each line that each row of each view sums."""
+    return Decimal(usd(value))
+
+
+def line_figures(item: LedgerItem) -> tuple[Any, ...]:
+    """What one line adds to its row, in `FIGURES`' order (`total_usd` is the row's cost plus fee, once summed).
+    USD figures are decimals of the line's exact figure, so a sum carries no binary float noise."""
+    unknown = item.cost_usd is None
+    return (
+        1,
+        item.input_tokens,
+        item.cached_tokens,
+        item.cache_write_tokens,
+        item.output_tokens,
+        item.reasoning_tokens,
+        NO_USD if item.cost_usd is None else exact_usd(item.cost_usd),
+        exact_usd(item.fee_usd),
+        NO_USD,
+        exact_usd(item.cache_savings_usd),
+        int(unknown),
+        # Costed from estimated usage, or at the reserved worst case.
+        int(item.cost_source == "estimate"),
+        int(item.cost_source == "reserved"),
+    )
+
+
+class Sums:
+    """One grouping's rows, summed line by line (`add`), as `aggregate` answers them once done (`rows`)."""
+
+    __slots__ = ("group_by", "sums")
+
+    def __init__(self, group_by: list[str]) -> None:
+        self.group_by = group_by
+        self.sums: dict[tuple[str, ...], list[Any]] = {}
+
+    def add(self, item: LedgerItem, figures: tuple[Any, ...]) -> None:
+        """Add a line's `line_figures` to its group's row."""
+        group = tuple(group_value(item, g) for g in self.group_by)
+        sums = self.sums.get(group)
+        if sums is None:
+            sums = self.sums[group] = list(FIGURES.values())
+        sums[:] = map(operator.add, sums, figures)
+
+    def rows(self, names: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """One row per group (one row in all without groups), sorted by group values; a row grouped by key carries
+        the key's name (`names`, by id) beside its id."""
+        rows = []
+        for group in sorted(self.sums):
+            row: dict[str, Any] = dict(zip(self.group_by, group, strict=True))
+            if "key" in self.group_by and names is not None:
+                row["key_name"] = names.get(row["key"], "")
+            row.update(zip(FIGURES, self.sums[group], strict=True))
+            row["total_usd"] = row["cost_usd"] + row["fee_usd"]
+            rows.append(row)
+        return rows
+
+
 def aggregate(
     items: Iterable[LedgerItem], group_by: list[str], names: Mapping[str, str] | None = None
 ) -> list[dict[str, Any]]:
-    """One row per group (one row in all without groups), sorted by group values. USD columns are summed as
-    decimals of each line's exact figure, so a total carries no binary float noise; a row grouped by key
-    carries the key's name (`names`, by id) beside its id."""
-    rows: dict[tuple[str, ...], dict[str, Any]] = {}
+    """`items` summed in one row per group (`Sums`)."""
+    sums = Sums(group_by)
     for item in items:
-        group = tuple(group_value(item, g) for g in group_by)
-        row = rows.get(group)
-        if row is None:
-            row = dict(zip(group_by, group, strict=True))
-            if "key" in group_by and names is not None:
-                row["key_name"] = names.get(item.key_id, "")
-            row.update(FIGURES)
-            rows[group] = row
-        row["requests"] += 1
-        row["input_tokens"] += item.input_tokens
-        row["cached_tokens"] += item.cached_tokens
-        row["cache_write_tokens"] += item.cache_write_tokens
-        row["output_tokens"] += item.output_tokens
-        row["reasoning_tokens"] += item.reasoning_tokens
-        if item.cost_source in COST_SOURCES:  # costed from estimated usage, or at the reserved worst case
-            row[COST_SOURCES[item.cost_source]] += 1
-        if item.cost_usd is None:
-            row["unknown_cost_requests"] += 1
-        else:
-            row["cost_usd"] += Decimal(usd(item.cost_usd))
-        row["fee_usd"] += Decimal(usd(item.fee_usd))
-        row["total_usd"] = row["cost_usd"] + row["fee_usd"]
-        row["cache_savings_usd"] += Decimal(usd(item.cache_savings_usd))
-    return [rows[k] for k in sorted(rows)]
+        sums.add(item, line_figures(item))
+    return sums.rows(names)
 
 
 def as_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -246,19 +324,70 @@ def as_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: float(v) if k in USD_COLUMNS else v for k, v in row.items()} for row in rows]
 
 
-def report_json(spec: ReportSpec, items: list[LedgerItem], rows: list[dict[str, Any]]) -> dict[str, Any]:
+def report_object(
+    spec: ReportSpec,
+    times: dict[str, Any],
+    tag_names: Iterable[str],
+    rows: list[dict[str, Any]],
+    views: list[tuple[list[str], list[dict[str, Any]]]] | None = None,
+) -> dict[str, Any]:
     """A report as JSON, the same on every surface (`gateway usage --format json`, `/v1/usage`, `/admin/usage`):
-    its window, groups and filter, the tag names its lines carry, their latency percentiles and the rows."""
-    return {
+    its window, groups and filter, the tag names its lines carry, their latency percentiles (`times`, `latency`'s)
+    and the rows; and with `views` (`parse_views`), each one's groups and rows, in the order asked."""
+    report: dict[str, Any] = {
         "object": "list",
         "since": spec.since,
         "until": spec.until,
         "group_by": spec.group_by,
         "filter": spec.filter.as_json(),
-        "latency": latency(items),
-        "tag_names": sorted({name for item in items for name in item.tags}),
+        "latency": times,
+        "tag_names": sorted(tag_names),
         "data": as_json(rows),
     }
+    if views is not None:
+        report["views"] = [{"group_by": groups, "data": as_json(view)} for groups, view in views]
+    return report
+
+
+def report_json(spec: ReportSpec, items: list[LedgerItem], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """`report_object` over `items`, summed as `rows`."""
+    return report_object(spec, latency(items), {name for item in items for name in item.tags}, rows)
+
+
+class ReportBuilder:
+    """A report made a batch of lines at a time (`add`, on the thread the store reads on) that keeps their sums,
+    never the lines: a month of a busy gateway is hundreds of thousands, and holding them all (as objects the
+    garbage collector walks, on every thread's time) made the process stand still for a second at a time. Its
+    `views` (`parse_views`) are summed in the same pass."""
+
+    def __init__(self, spec: ReportSpec, views: list[list[str]] | None = None) -> None:
+        self.spec = spec
+        self.views = views
+        self.sums = [Sums(spec.group_by), *(Sums(groups) for groups in views or [])]
+        self.times = Times()
+        self.tag_names: set[str] = set()
+        self.key_ids: set[str] = set()  # whose names the rows grouped by key show
+
+    def add(self, lines: Iterable[LedgerItem]) -> None:
+        keep = self.spec.filter
+        for item in lines:
+            if keep and not keep.matches(item):
+                continue
+            figures = line_figures(item)
+            for sums in self.sums:
+                sums.add(item, figures)
+            self.times.add(item)
+            if item.tags:
+                self.tag_names.update(item.tags)
+            self.key_ids.add(item.key_id)
+
+    def answer(self, names: Mapping[str, str] | None, shape: str) -> str | dict[str, Any]:
+        """The CSV text (`shape` "csv"), or the JSON object (`report_object`, with the views if any were asked)."""
+        rows = self.sums[0].rows(names)
+        if shape == "csv":
+            return to_csv(rows, columns(self.spec.group_by, names))
+        views = None if self.views is None else [(s.group_by, s.rows(names)) for s in self.sums[1:]]
+        return report_object(self.spec, self.times.summary(), self.tag_names, rows, views)
 
 
 def usd_display(value: Decimal) -> str:

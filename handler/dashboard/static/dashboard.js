@@ -102,17 +102,34 @@
     return body;
   }
 
-  // The whole answer: `data` (rows), `latency` (percentiles over the lines), `tag_names`.
-  function fetchReport(period, groupBy) {
+  // The groupings every load shows besides the breakdown, as `view`s of one report: the gateway reads the
+  // period's lines once for all of them (a report over a busy month's lines takes seconds).
+  const VIEWS = ["", "day,model", "day,key", "key"];
+
+  // The whole answer: `data` (rows by `groupBy`), `views` (rows by each of `views`, in order), `latency`
+  // (percentiles over the lines), `tag_names`.
+  function fetchReport(period, groupBy, views) {
     const params = new URLSearchParams({ since: period.since, until: period.until });
     if (groupBy) params.set("group_by", groupBy);
+    for (const view of views || []) params.append("view", view);
     for (const [name, value] of Object.entries(period.filter)) if (value) params.set(name, value);
     return api("admin/usage?" + params.toString());
   }
 
-  function usage(period, groupBy) {
-    return fetchReport(period, groupBy).then((body) => body.data);
+  // One report at a time from this page: a change made while one is in the making waits for it (the gateway
+  // makes two of a key's reports at once, and refuses a third with a 429).
+  let reporting = Promise.resolve();
+
+  function report(period, groupBy, views, mine) {
+    const next = reporting.catch(() => {}).then(() => {
+      if (mine !== generation) throw new Superseded();
+      return fetchReport(period, groupBy, views);
+    });
+    reporting = next;
+    return next;
   }
+
+  class Superseded extends Error {}
 
   function currentFilter() {
     return {
@@ -145,11 +162,44 @@
     $("sign-in").hidden = false;
     $("controls").hidden = true;
     $("report").hidden = true;
+    shown = null;
     setState("signed-out", message, Boolean(message));
     $("key").focus();
   }
 
   let generation = 0;
+  let shown = null; // the period (window and filter) whose figures are on the page, null when none are
+
+  // While a load is in the making the figures on the page are the previous selection's: greyed out. A load that
+  // fails leaves none: they would read as the new selection's (a 90-day period over 30 days of another filter).
+  function showFigures(state) {
+    const figures = $("figures");
+    figures.hidden = state === "none";
+    figures.classList.toggle("stale", state === "stale");
+    figures.setAttribute("aria-busy", String(state === "stale"));
+    if (state === "none") {
+      shown = null;
+      const section = $("report");
+      for (const name of ["since", "until", "filter"]) delete section.dataset[name];
+    }
+  }
+
+  function failed(error, mine) {
+    if (mine !== generation || error instanceof Superseded) return;
+    if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
+      sessionStorage.removeItem(STORAGE_KEY);
+      showSignIn(`${error.status} ${error.code}: ${error.message}`);
+      document.documentElement.dataset.state = "refused";
+      return;
+    }
+    showFigures("none");
+    const detail = error instanceof ApiError ? `${error.status} ${error.code}: ${error.message}` : String(error);
+    setState("error", "Could not load usage: " + detail, true);
+  }
+
+  function ready(period) {
+    setState("ready", `${period.since} to ${isoDay(Number(period.until) * 1000)} (UTC), as of ${new Date().toLocaleTimeString()}`);
+  }
 
   async function load() {
     if (!adminKey()) {
@@ -160,46 +210,60 @@
     $("sign-in").hidden = true;
     $("controls").hidden = false;
     setState("loading", "Loading…");
+    if (shown) showFigures("stale");
     const period = periodWindow(Number($("period").value));
     const breakdown = $("breakdown").value;
     try {
-      const [overall, byDayModel, byDayKey, byKey, byBreakdown, keys, health] = await Promise.all([
-        fetchReport(period, ""),
-        usage(period, "day,model"),
-        usage(period, "day,key"),
-        usage(period, "key"),
-        usage(period, breakdown),
-        api("admin/keys").then((body) => body.data),
+      const [body, keys, health] = await Promise.all([
+        report(period, breakdown, VIEWS, mine),
+        api("admin/keys").then((answer) => answer.data),
         api("health"),
       ]);
       if (mine !== generation) return;
+      const [overall, byDayModel, byDayKey, byKey] = body.views;
       const total = overall.data;
       const names = new Map(keys.map((k) => [k.id, k.name]));
       const keyLabel = (id) => (names.has(id) ? names.get(id) + " · " + id : id);
-      const report = $("report");
-      report.dataset.since = period.since;
-      report.dataset.until = period.until;
+      const section = $("report");
+      section.dataset.since = period.since;
+      section.dataset.until = period.until;
       renderPending(health.pending_settlements || 0);
       renderTotals(total[0] || null);
-      stackedBars($("chart-model"), period.days, byDayModel, "model", (m) => m);
-      stackedBars($("chart-key"), period.days, byDayKey, "key", keyLabel);
-      renderTopKeys(byKey, total[0] || null, keyLabel);
-      renderLatency(overall.latency);
-      renderBreakdownChoices(overall.tag_names || [], breakdown);
-      renderBreakdown(byBreakdown, breakdown);
-      report.dataset.filter = JSON.stringify(period.filter);
-      report.hidden = false;
-      setState("ready", `${period.since} to ${isoDay(Number(period.until) * 1000)} (UTC), as of ${new Date().toLocaleTimeString()}`);
+      stackedBars($("chart-model"), period.days, byDayModel.data, "model", (m) => m);
+      stackedBars($("chart-key"), period.days, byDayKey.data, "key", keyLabel);
+      renderTopKeys(byKey.data, total[0] || null, keyLabel);
+      renderLatency(body.latency);
+      renderBreakdownChoices(body.tag_names || [], breakdown);
+      renderBreakdown(body.data, breakdown);
+      section.dataset.filter = JSON.stringify(period.filter);
+      section.hidden = false;
+      shown = period;
+      showFigures("fresh");
+      ready(period);
     } catch (error) {
+      failed(error, mine);
+    }
+  }
+
+  // Another breakdown of the figures on the page: only its rows are new (the same window and filter).
+  async function loadBreakdown() {
+    if (!shown) {
+      load();
+      return;
+    }
+    const mine = ++generation;
+    const period = shown;
+    const breakdown = $("breakdown").value;
+    setState("loading", "Loading…");
+    showFigures("stale");
+    try {
+      const body = await report(period, breakdown, [], mine);
       if (mine !== generation) return;
-      if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
-        sessionStorage.removeItem(STORAGE_KEY);
-        showSignIn(`${error.status} ${error.code}: ${error.message}`);
-        document.documentElement.dataset.state = "refused";
-        return;
-      }
-      const detail = error instanceof ApiError ? `${error.status} ${error.code}: ${error.message}` : String(error);
-      setState("error", "Could not load usage: " + detail, true);
+      renderBreakdown(body.data, breakdown);
+      showFigures("fresh");
+      ready(period);
+    } catch (error) {
+      failed(error, mine);
     }
   }
 
@@ -518,7 +582,7 @@
       load();
     });
     $("period").addEventListener("change", load);
-    $("breakdown").addEventListener("change", load);
+    $("breakdown").addEventListener("change", loadBreakdown);
     $("filters").addEventListener("submit", (event) => {
       event.preventDefault();
       load();

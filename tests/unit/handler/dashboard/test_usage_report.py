@@ -8,7 +8,17 @@ from decimal import Decimal
 
 import pytest
 
-from handler.dashboard.reports import aggregate, as_json, latency, latency_table, parse_report, parse_when, to_csv
+from handler.dashboard.reports import (
+    ReportBuilder,
+    aggregate,
+    as_json,
+    latency,
+    latency_table,
+    parse_report,
+    parse_when,
+    report_json,
+    to_csv,
+)
 from handler.errors import InvalidRequestError
 from tests.unit.adapters.store.test_contract import line
 
@@ -84,3 +94,35 @@ def test_latency_percentiles_are_nearest_rank_over_the_lines() -> None:
 def test_a_time_that_is_no_number_is_refused_not_an_empty_report(when: str) -> None:
     with pytest.raises(InvalidRequestError, match="since must be a finite time"):
         parse_when(when, 0.0, "since")
+
+
+def test_a_report_made_batch_by_batch_with_views_is_each_grouping_summed_alone() -> None:
+    """The server sums a report's lines as the store reads them, a batch at a time, without keeping them
+    (`ReportBuilder`), and its views in the same pass: each is what `aggregate` makes of all the lines at once."""
+    items = [
+        replace(line(key, cost, ts=1_800_000_000 + 40_000 * i, model=model), tags=tags, cost_source=source)
+        for i, (key, cost, model, tags, source) in enumerate(
+            [
+                ("a", 0.1, "m1", {"team": "x"}, "provider"),
+                ("b", 1.6e-7, "m2", {"team": "y"}, "estimate"),
+                ("a", 0.2, "m2", {}, "reserved"),
+                ("c", 0.3, "m1", {"team": "x", "env": "prod"}, "provider"),
+                ("b", 0.4, "m1", {"team": "x"}, "provider"),
+            ]
+        )
+    ]
+    items[3] = replace(items[3], cost_usd=None)  # kept by the filter: an unknown cost
+    names = {"a": "alpha", "b": "beta", "c": "gamma"}
+    views = [[], ["day", "model"], ["key"], ["tag:team"]]
+    spec = parse_report("2020-01-01", "2030-01-01", "model", tag="team=x")
+    report = ReportBuilder(spec, views)
+    report.add(items[:2])
+    report.add(items[2:])
+    kept = spec.select(items)
+    assert report.answer(names, "json") == {
+        **report_json(spec, kept, aggregate(kept, ["model"], names)),
+        "views": [{"group_by": groups, "data": as_json(aggregate(kept, groups, names))} for groups in views],
+    }
+    assert report.answer(names, "csv") == to_csv(aggregate(kept, ["model"], names))
+    assert report.key_ids == {"a", "b", "c"}
+    assert ReportBuilder(spec).answer(None, "json")["data"] == []
