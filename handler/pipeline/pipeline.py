@@ -823,14 +823,15 @@ class Pipeline(Charges):
             if usage is not None and attempt is not None:
                 for missed in ex.missed:  # attempts before this one that the provider may bill
                     self._waste(ex, missed, self._worst(ex, reservation, missed))
+                if ex.missed:
+                    # Part of the cost is their reserved worst case, no count the provider gave: the line says so
+                    # (it said `provider`, and reports counted it as known exactly).
+                    source = "reserved"
         if usage is not None and attempt is not None:
             ex.cost = self._cost(ex, attempt, usage, served) if not free else Cost(0.0, 0.0, usage, None)
             if ex.wasted_usd and ex.cost.provider_usd is not None:
                 provider = ex.cost.provider_usd + ex.wasted_usd  # the fee is on the whole, once
                 ex.cost = Cost(provider, fee_for(provider, self.fee), usage, ex.cost.unit_prices)
-                # Part of it is an earlier attempt's reserved worst case, not a count the provider gave: the line
-                # says so (it was `provider`, and reports counted it as known exactly).
-                source = "reserved"
             actual = ex.cost.total_usd or 0.0
             tokens = usage.prompt_tokens + usage.completion_tokens
             ex.budget_remaining = remaining_usd(reservation, actual)
