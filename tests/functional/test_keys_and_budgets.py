@@ -328,6 +328,45 @@ def test_revoked_key_works_at_most_for_the_cache_window(running: Running, mint: 
     assert chat(running, key).json()["error"]["code"] == "key_revoked"
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
+def test_a_revocation_stamped_by_a_clock_running_ahead_takes_effect_within_the_cache_window(
+    on_each_store: Running,
+) -> None:
+    """`gateway keys revoke` run where the clock is 120 s ahead of the server's (an operator's laptop) stamped the
+    revocation 119 s in the server's future, and the server took a revocation as one only from its time on: the key
+    and the keys revoked with it kept being served (200 at +0, +6 and +30 s, `GET /v1/key` showing `revoked_at`),
+    on both stores (found by review). Nothing stamps a revocation to come, so any `revoked_at` revokes now."""
+    running = on_each_store
+    key = running.mint()
+    key_id = split_key(key)[0]  # type: ignore[index]
+    minted = httpx.post(f"{running.url}/v1/keys", headers=headers(key), json={"name": "under"})
+    assert minted.status_code == 201, minted.text
+    under = minted.json()["key"]
+    assert chat(running, key).status_code == 200 and chat(running, under).status_code == 200  # both cached
+
+    async def revoke_ahead() -> float:
+        store = open_store(running.store_url)
+        try:
+            record = await store.get_key(key_id)
+            assert record is not None
+            revoked = await KeyService(store, 0, clock=lambda: time.time() + 120).revoke(record)
+            assert revoked.revoked_at is not None
+            return revoked.revoked_at
+        finally:
+            await store.close()
+
+    assert asyncio.run(revoke_ahead()) > time.time() + 100
+    revoked_at = time.monotonic()
+    window = running.gateway.config.gateway.key_cache_seconds
+    for held in (key, under):
+        while chat(running, held).status_code == 200:
+            assert time.monotonic() - revoked_at <= window + 0.5
+            time.sleep(0.25)
+        assert chat(running, held).json()["error"]["code"] == "key_revoked"
+        shown = httpx.get(f"{running.url}/v1/key", headers=headers(held))
+        assert shown.status_code == 401 and shown.json()["error"]["code"] == "key_revoked"
+
+
 def test_a_secret_rotated_by_another_process_works_at_once(on_each_store: Running) -> None:
     """Rotated by another process (a worker of `--workers 2`, a Lambda environment, `gateway keys rotate`), the new
     secret got 401 `invalid API key` for up to `key_cache_seconds` on a gateway that had the key cached: measured
