@@ -15,6 +15,7 @@ import pytest
 from adapters.store import open_store
 from handler.pipeline.keys import KeyService, split_key
 from handler.pipeline.pricing import estimate_prompt_tokens, price_for, worst_case_usd
+from handler.ports import Admission, RateCharge
 from handler.schemas import ChatRequest
 from tests.functional.conftest import Running, fresh_minute, openai_client
 
@@ -365,6 +366,35 @@ def test_a_revocation_stamped_by_a_clock_running_ahead_takes_effect_within_the_c
         assert chat(running, held).json()["error"]["code"] == "key_revoked"
         shown = httpx.get(f"{running.url}/v1/key", headers=headers(held))
         assert shown.status_code == 401 and shown.json()["error"]["code"] == "key_revoked"
+
+
+def test_a_minute_another_gateways_clock_turned_first_counts_requests_here_not_429(on_each_store: Running) -> None:
+    """Two gateways on one table, one's clock a few seconds ahead: it turns each minute first, and the other refused
+    every request of a key with an rpm limit in those seconds, with 429 "retry in 120s" and `retry-after: 120`
+    where the minute turned here within the skew (review: rpm 60, one request used; 2 s later, 200 with 58 left).
+    Now a request here counts in the minute the other began; a full one refuses until it ends."""
+    running = on_each_store
+    key = running.mint(rpm=2)
+    key_id = split_key(key)[0]  # type: ignore[index]
+
+    async def counted_by_a_gateway_ahead() -> None:
+        store = open_store(running.store_url)
+        try:
+            record = await store.get_key(key_id)
+            assert record is not None
+            ahead = int(time.time() // 60) + 1
+            rate = RateCharge("rpm", ahead, 2, 1)
+            await store.admit(Admission("req_ahead", key_id, [], [rate], time.time() + 60, record.home_region))
+        finally:
+            await store.close()
+
+    asyncio.run(counted_by_a_gateway_ahead())
+    served = chat(running, key)
+    assert served.status_code == 200, served.text
+    assert served.headers["x-ratelimit-remaining-requests"] == "0"  # counted in the minute begun there
+    refused = chat(running, key)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 60 < int(refused.headers["retry-after"]) <= 120  # that minute's end, not a made-up two minutes
 
 
 def test_a_secret_rotated_by_another_process_works_at_once(on_each_store: Running) -> None:
