@@ -299,6 +299,15 @@ def test_key_and_usage_inputs_are_taken_as_written(running: Running, mint: Any) 
     assert encoded.json()["since"] == unencoded.json()["since"] == 1796238000.0
     fraction = httpx.get(f"{usage}?since=2026-12-03T00:00:00.5+05:00", headers=headers(admin))
     assert fraction.status_code == 200 and fraction.json()["since"] == 1796238000.5, fraction.text
+    # ISO 8601's basic date was read as epoch seconds (1970-08-23), and epoch milliseconds as seconds in the year
+    # 58,000: 200 with an empty report either way (found by review).
+    basic = httpx.get(f"{usage}?since=20261203&until=20261204", headers=headers(admin))
+    assert basic.status_code == 200 and (basic.json()["since"], basic.json()["until"]) == (1796256000.0, 1796342400.0)
+    for name in ("since", "until"):
+        millis = httpx.get(usage, params={name: "1796256000000"}, headers=headers(admin))
+        error = millis.json()["error"]
+        assert millis.status_code == 400 and error["param"] == name, millis.text
+        assert "milliseconds" in error["message"] and "epoch seconds" in error["message"]
 
 
 @pytest.mark.usefixtures("no_gc_pauses")
