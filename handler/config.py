@@ -171,13 +171,16 @@ class FeeConfig(_Strict):
 
 
 class TimeoutConfig(_Strict):
-    """Upstream timeouts in seconds. `total` bounds an answer from the request to its body's end, a stream
-    included: a body that trickles in, each piece within `between_chunks`, still ends there."""
+    """Timeouts in seconds. `total` bounds one attempt's answer from the request to its body's end, a stream
+    included: a body that trickles in, each piece within `between_chunks`, still ends there. `request` bounds the
+    whole request (every attempt, the gateway's retries and failover, a stream to its end): the gateway cuts it
+    there as it cuts one at its `x-gateway-deadline-ms`, so that it never outlives its budget reservation."""
 
     connect: float = Field(default=5.0, gt=0)
     first_byte: float = Field(default=120.0, gt=0)
     between_chunks: float = Field(default=60.0, gt=0)
     total: float = Field(default=900.0, gt=0)
+    request: float = Field(default=900.0, gt=0)
 
 
 class LimitsConfig(_Strict):
@@ -223,7 +226,9 @@ class GatewaySettings(_Strict):
     # How often a provider key held in SSM or Secrets Manager is read again (a rotated key is in use within it);
     # one that could not be read is tried again sooner (handler/pipeline/provider_keys.py).
     provider_key_refresh_seconds: float = Field(default=300.0, gt=0)
-    reservation_ttl_seconds: float = Field(default=900.0, gt=0)
+    # When a reservation whose request did not settle is released; at least `timeouts.request` and
+    # `RESERVATION_MARGIN_S` more (`_cross_check`): a live request's reservation is never released as a dead one's.
+    reservation_ttl_seconds: float = Field(default=960.0, gt=0)
     default_max_output_tokens: int = Field(default=4096, gt=0)
     trusted_proxies: list[IpNetwork] = []
     fee: FeeConfig = Field(default={}, validate_default=True)
@@ -381,8 +386,37 @@ def price_option_problems(where: str, price: Price) -> list[str]:
     return problems
 
 
+# What a reservation outlives its request's longest life (`timeouts.request`) by: the settlement's writes after the
+# request ends (retried for seconds before the spool takes it), and the clocks of the other gateways on the store
+# (another region's), which release an expired reservation by their own clock.
+RESERVATION_MARGIN_S = 60.0
+
+
+def lifetime_problems(settings: GatewaySettings) -> list[str]:
+    """What lets a request outlive its budget reservation: an attempt's `total` past the whole request's bound
+    (it could never be reached), or a reservation TTL that does not outlast that bound by the margin."""
+    timeouts = settings.timeouts
+    problems = []
+    if timeouts.total > timeouts.request:
+        problems.append(
+            f"gateway.timeouts.total: {timeouts.total:g} s is longer than gateway.timeouts.request "
+            f"({timeouts.request:g} s), the bound on a whole request (every attempt, retries, failover, a stream to "
+            "its end), so it could never be reached: lower it, or raise timeouts.request (and "
+            "gateway.reservation_ttl_seconds with it)"
+        )
+    least = timeouts.request + RESERVATION_MARGIN_S
+    if settings.reservation_ttl_seconds < least:
+        problems.append(
+            f"gateway.reservation_ttl_seconds: {settings.reservation_ttl_seconds:g} s would release the budget "
+            f"reservation of a request still running: gateway.timeouts.request lets one run {timeouts.request:g} s, "
+            f"and a reservation must outlast it by {RESERVATION_MARGIN_S:g} s (the settlement's writes, other "
+            f"gateways' clocks); set it to at least {least:g}, or lower timeouts.request"
+        )
+    return problems
+
+
 def _cross_check(config: Config, known_types: set[str]) -> list[str]:
-    problems: list[str] = []
+    problems: list[str] = lifetime_problems(config.gateway)
     for name, provider in config.providers.items():
         if provider.type not in known_types:
             kinds = ", ".join(sorted(known_types))

@@ -16,10 +16,11 @@ storage calls in each backend). A new backend implements:
 What the base class owns, once: which counters an admission touches (the key's own, each budgeted ancestor's,
 and the owner of each rate limit: the key a `RateCharge` names, else the admission's own); the refusal rules
 (a budget refuses when committed plus the amount passes the limit, `BudgetRefused(key, room left)`; a rate
-refuses an amount beyond its limit outright, a count that would pass the limit in the same window, and a
-window ahead of ours, another gateway's clock being ahead, until ours reaches it; a window behind ours rolled
-over and restarts at this request's amount); the retry loop (a rolled-over window is written again as a
-restart, at most `ADMIT_TRIES` times; a backend topping up a counter it keeps in parts raises `Refill`, at
+refuses an amount beyond its limit outright, and a count that would pass the limit in the same window; a window
+ahead of ours, another gateway's clock being ahead, is the window the request counts in (its minute has begun
+there, as it will here within the clocks' difference); a window behind ours rolled over and restarts at this
+request's amount); the retry loop (a rolled-over window is written again as a restart, one ahead as a count in
+it, at most `ADMIT_TRIES` times; a backend topping up a counter it keeps in parts raises `Refill`, at
 most `MAX_REFILLS` times); settlement arithmetic (committed moves by actual minus reserved, or by the whole
 actual when the reservation was released by expiry meanwhile; spent by the actual; token corrections only
 in the current window, on the counter the tokens were counted on); and the snapshots an admission and a meter
@@ -31,6 +32,7 @@ from __future__ import annotations
 import time
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Final
 
 from handler.ports import (
@@ -46,7 +48,8 @@ from handler.ports import (
 )
 from handler.records import Value
 
-# A retry rewrites rolled-over windows as restarts; a third failure means a race with another clock.
+# A retry rewrites rolled-over windows as restarts, and counts in windows ahead of ours; a third failure means a
+# race with another clock.
 ADMIT_TRIES = 3
 # Each refill moves budget into a counter kept in parts or refuses, so refills end as concurrent requests
 # drain it; this bounds a pathological race.
@@ -70,11 +73,32 @@ SAME, ROLLED, AHEAD = "same", "rolled", "ahead"
 
 def rate_window(rate: RateCharge, counters: Counters) -> tuple[str, int, int]:
     """The stored window against the charge's: `SAME` (the count adds to it), `ROLLED` (none, or an older one:
-    the count restarts at the charge's amount) or `AHEAD` (another gateway's clock is ahead: refuse until ours
-    reaches it); then the stored window and count."""
+    the count restarts at the charge's amount) or `AHEAD` (another gateway's clock is ahead: the count adds to
+    its window, `MeteredStore._diagnose`); then the stored window and count."""
     window, count = counters.rates.get(rate.name, (0, 0))
     how = SAME if window == rate.window else ROLLED if window < rate.window else AHEAD
     return how, window, count
+
+
+def counted_ahead(admission: Admission, ahead: dict[tuple[str, str], int]) -> Admission:
+    """`admission` with its rate charges on the counters `ahead` names (owner, name) in their stored windows, later
+    than its own: another gateway's clock turned the minute first. Its settlement corrects no tokens there (the
+    admission's own window is not the counter's: a correction is skipped, never misplaced), so a request admitted
+    in those seconds may count its worst case of tokens, not its actual ones."""
+    rates = [
+        rate
+        if (key := (rate_owner(rate, admission.key_id), rate.name)) not in ahead
+        else replace(rate, window=ahead[key])
+        for rate in admission.rates
+    ]
+    return Admission(
+        admission.reservation_id,
+        admission.key_id,
+        admission.budgets,
+        rates,
+        admission.expires_at,
+        admission.home_region,
+    )
 
 
 def rate_owner(rate: RateCharge, key_id: str) -> str:
@@ -270,6 +294,7 @@ class MeteredStore(Store):
         if cached is not None:
             return cached
         restart: set[tuple[str, str]] = set()
+        ahead: dict[tuple[str, str], int] = {}
         tries = refills = 0
         while tries < ADMIT_TRIES and refills < MAX_REFILLS:
             try:
@@ -281,7 +306,9 @@ class MeteredStore(Store):
             if isinstance(outcome, Applied):
                 return self._admitted(admission, outcome.counters)
             for key_id, counters in outcome.counters.items():
-                self._diagnose(admission, key_id, counters, restart)
+                self._diagnose(admission, key_id, counters, restart, ahead)
+            if ahead:
+                admission = counted_ahead(admission, ahead)
             tries += 1
         raise StoreError("meter update kept failing its condition")
 
@@ -320,9 +347,17 @@ class MeteredStore(Store):
                 return rate.home_region
         return charges.home_region
 
-    def _diagnose(self, admission: Admission, key_id: str, old: Counters, restart: set[tuple[str, str]]) -> None:
+    def _diagnose(
+        self,
+        admission: Admission,
+        key_id: str,
+        old: Counters,
+        restart: set[tuple[str, str]],
+        ahead: dict[tuple[str, str], int],
+    ) -> None:
         """Why `key_id`'s conditions failed, from its counters as they were: raise the refusal, or mark the
-        rate counters whose window rolled over so the next try restarts them."""
+        rate counters whose window rolled over so the next try restarts them, and those stored in a later window
+        than the admission's (`ahead`) so that it counts in that one."""
         for charge in admission.budgets:
             if charge.key_id == key_id:
                 self._check_budget(charge, old)
@@ -330,14 +365,18 @@ class MeteredStore(Store):
             if rate_owner(rate, admission.key_id) != key_id:
                 continue
             how, window, count = rate_window(rate, old)
-            if how == SAME:
-                restart.discard((key_id, rate.name))  # another request started this window first: add to it
-                if count + rate.amount > rate.limit:
-                    raise RateRefused(rate.name, rate.limit, (rate.window + 1) * 60 - self.clock(), key_id=key_id)
-            elif how == ROLLED:
-                restart.add((key_id, rate.name))
-            else:
-                raise RateRefused(rate.name, rate.limit, (window - rate.window + 1) * 60, key_id=key_id)
+            counter = (key_id, rate.name)
+            if how == ROLLED:
+                restart.add(counter)
+                continue
+            restart.discard(counter)  # another request started this window first: add to it
+            if how == AHEAD:
+                # Another gateway's clock has turned the minute this one's has not yet: the request counts in that
+                # window, whose minute begins here within the clocks' difference. (It was refused until this clock
+                # reached it, with `retry-after: 120`: a false 429 at every minute's turn, for the skew's length.)
+                ahead[counter] = window
+            if count + rate.amount > rate.limit:
+                raise RateRefused(rate.name, rate.limit, (window + 1) * 60 - self.clock(), key_id=key_id)
 
     def _check_budget(self, charge: BudgetCharge, old: Counters) -> None:
         """Raise `BudgetRefused` if `charge` does not fit the counter as it was."""

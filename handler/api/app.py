@@ -147,6 +147,7 @@ class Api:
         self.max_body = settings.max_body_bytes
         self.trusted = [network(n) for n in settings.trusted_proxies]  # (a mapped range as the IPv4 one it maps)
         self.capture_content = gateway.tracer is not None and gateway.tracer.capture_content
+        self.lifetime_s = settings.timeouts.request  # every request's bound, whatever deadline its client set
 
     # --- request helpers --------------------------------------------------------------------
 
@@ -301,6 +302,7 @@ class Api:
             stream=bool(stream),
             anthropic=anthropic,  # (the Messages routes say so: no header scan on every request)
             arrived=request.scope["state"].get("started"),  # (the deadline runs from there)
+            lifetime_s=self.lifetime_s,
         )
         request.state.exchange = ex
         tracer = self.gateway.tracer

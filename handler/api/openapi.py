@@ -228,9 +228,13 @@ CONTROLS = [
     for name, (text, schema) in CONTROL_HEADERS.items()
 ]
 USAGE_PARAMETERS = [
-    query("since", "start: YYYY-MM-DD, an ISO 8601 time or epoch seconds (default: 30 days ago)"),
+    query(
+        "since",
+        "start: YYYY-MM-DD (or YYYYMMDD), an ISO 8601 time or epoch seconds; UTC unless the time carries an offset "
+        "(default: 30 days ago)",
+    ),
     query("until", "end, exclusive (default: now)"),
-    query("group_by", "comma-separated: key, model, day, user, session, tag:NAME"),
+    query("group_by", "comma-separated: key, model, day (UTC), user, session, tag:NAME"),
     query("tag", "only lines carrying every one of these tags: team=search,env=prod"),
     query("user", "only this end user's lines"),
     query("session", "only this agent session's lines"),

@@ -27,26 +27,38 @@ GROUPS = ("key", "model", "day")
 DEFAULT_WINDOW_DAYS = 30
 
 
+# A number past this as epoch seconds (the year 5138) is no time a ledger holds: epoch milliseconds (13 digits now),
+# which were read as seconds in the year 58,000 and answered an empty report.
+EPOCH_SECONDS_BELOW = 1e11
+FORMS = "a date (YYYY-MM-DD or YYYYMMDD), an ISO 8601 time or epoch seconds"
+
+
 def parse_when(text: str | None, default: float, name: str) -> float:
-    """`YYYY-MM-DD`, an ISO 8601 time, or epoch seconds; UTC unless an offset is given."""
+    """`YYYY-MM-DD` (or ISO 8601's basic `YYYYMMDD`), an ISO 8601 time, or epoch seconds; UTC unless an offset is
+    given. Eight digits are a basic date, not epoch seconds (those were 1970 to 1973, when no ledger had a line:
+    `since=20261201` was read as 1970-08-23 and answered an empty report); epoch milliseconds are refused."""
     if text is None or text == "":
         return default
+    basic_date = len(text) == 8 and text.isdigit()
     try:
-        seconds = float(text)
+        seconds = float(text) if not basic_date else None
     except ValueError:
-        pass
-    else:
+        seconds = None
+    if seconds is not None:
         if not math.isfinite(seconds):  # nan, inf: no window at all, never "no usage"
             raise InvalidRequestError(f"{name} must be a finite time", param=name)
+        if abs(seconds) >= EPOCH_SECONDS_BELOW:
+            raise InvalidRequestError(
+                f"{name} {text} is no epoch seconds (it would be past the year 5000: milliseconds?); give {FORMS}",
+                param=name,
+            )
         return seconds
     # A `+` left unencoded in a query string arrives as a space: `...T00:00:00 05:00` meant `+05:00`.
     text = OFFSET_AS_SPACE.sub(r"\1+\2", text.replace("Z", "+00:00"))
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise InvalidRequestError(
-            f"{name} must be a date (YYYY-MM-DD), an ISO time or epoch seconds", param=name
-        ) from None
+        raise InvalidRequestError(f"{name} must be {FORMS}", param=name) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()

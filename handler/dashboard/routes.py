@@ -88,11 +88,11 @@ async def issue_sign_in(store: Store, admin: KeyRecord, now: float) -> str:
 
 
 def live_admin(record: KeyRecord | None, now: float) -> TypeGuard[KeyRecord]:
-    """Whether `record` is an admin key neither revoked nor expired."""
+    """Whether `record` is an admin key neither revoked (whenever it was: `KeyService._check_live`) nor expired."""
     return (
         record is not None
         and record.admin
-        and (record.revoked_at is None or record.revoked_at > now)
+        and record.revoked_at is None
         and (record.expires_at is None or record.expires_at > now)
     )
 

@@ -297,7 +297,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # handler/entry/server.py.
             http="handler.entry.server:BoundedHttpToolsProtocol" if _has("httptools") else "h11",
             h11_max_incomplete_event_size=config.gateway.limits.request_header_bytes,
-            # On SIGTERM, answers still going (a stream can run for `timeouts.total`) get this long; then they are
+            # On SIGTERM, answers still going (a stream can run for `timeouts.request`) get this long; then they are
             # cut and settled as a client that left is, their settlements written or spooled within
             # `SHUTDOWN_SETTLE_S`: all before a service manager's kill (Docker's 10 s, ECS's and Kubernetes' 30 s
             # by default). Without it a long stream held the shutdown until the kill, its settlement never written.
@@ -730,8 +730,8 @@ def build_parser() -> argparse.ArgumentParser:
     usage = sub.add_parser("usage", help="cost line items, grouped")
     usage.add_argument("--store", help="store URL")
     usage.add_argument("--key", help="one key id (its children included)")
-    usage.add_argument("--since", help="YYYY-MM-DD, ISO time or epoch seconds (default: 30 days ago)")
-    usage.add_argument("--until", help="YYYY-MM-DD, ISO time or epoch seconds (default: now)")
+    usage.add_argument("--since", help="YYYY-MM-DD, ISO time or epoch seconds, UTC (default: 30 days ago)")
+    usage.add_argument("--until", help="YYYY-MM-DD, ISO time or epoch seconds, UTC (default: now)")
     usage.add_argument("--group-by", help="any of key,model,day,user,session,tag:NAME")
     usage.add_argument("--tag", help="only lines carrying every one of these tags: team=search,env=prod")
     usage.add_argument("--user", help="only this end user's lines")

@@ -60,7 +60,7 @@ class Exchange:
         "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "price_multiplier",
         "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left",
         "fallbacks", "stream", "native_api", "native_options", "anthropic", "audio_output", "ledger_item",
-        "ends_at",
+        "ends_at", "lifetime_s",
     )  # fmt: skip
 
     def __init__(
@@ -74,6 +74,7 @@ class Exchange:
         stream: bool = False,  # the client asked for a stream (its log line says so, even if refused before one)
         anthropic: bool = False,  # the client speaks Anthropic's API: an error's status is its (`status_for`)
         arrived: float | None = None,  # when the request arrived (`time.perf_counter`), if before now
+        lifetime_s: float | None = None,  # the gateway's bound on a whole request (`timeouts.request`), if any
     ) -> None:
         self.request_id = request_id
         self.stream = stream
@@ -83,8 +84,12 @@ class Exchange:
         self.controls = controls
         self.started = time.perf_counter()
         # When the request's deadline passes (`time.perf_counter`), counted from its arrival: its key lookup and
-        # body took part of it. None: no deadline.
+        # body took part of it. The client's (`controls.deadline_s`: its header, the Lambda invocation's time left)
+        # or the gateway's bound on any request (`lifetime_s`), whichever is sooner. None: neither.
         deadline = controls.deadline_s
+        self.lifetime_s = lifetime_s
+        if lifetime_s is not None and (deadline is None or lifetime_s < deadline):
+            deadline = lifetime_s
         self.ends_at = None if deadline is None else (arrived or self.started) + deadline
         self.route: list[str] = []
         self.dropped: list[str] = []

@@ -609,7 +609,9 @@ class KeyService:
 
     async def _check_live(self, record: KeyRecord, now: float, inherited: bool = False) -> None:
         whose = "this key's parent" if inherited else "this key"
-        if record.revoked_at is not None and record.revoked_at <= now:
+        # Revoked whenever it was: nothing stamps a revocation to come (a rotation's grace is `prev_valid_until`), and
+        # a time ahead of this clock is another's (`gateway keys revoke` on a laptop running fast), not a delay.
+        if record.revoked_at is not None:
             if record.revoked_by is not None and not inherited:  # revoked with an ancestor: say which, as before
                 whose = "this key's parent" if record.revoked_by == record.parent_id else "an ancestor of this key"
             raise AuthenticationError(f"{whose} has been revoked", code="key_revoked")

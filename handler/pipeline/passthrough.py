@@ -67,10 +67,23 @@ def misshapen(what: str, exc: Exception) -> GatewayError:
     return error
 
 
-def deadline_passed(deadline_s: float, before: str) -> UpstreamTimeoutError:
-    """The request's deadline (`x-gateway-deadline-ms`, or the Lambda invocation's time left) passed."""
+# How near the request's deadline a timeout of its upstream read must come to be taken for the deadline's: a timer may
+# run a little before its time.
+CUT_SLACK_S = 0.01
+
+
+def deadline_passed(ex: Exchange, before: str) -> UpstreamTimeoutError:
+    """The request's deadline passed (`Exchange.ends_at`): the client's (`x-gateway-deadline-ms`, or the Lambda
+    invocation's time left), or the gateway's bound on a whole request (`gateway.timeouts.request`), the sooner."""
+    asked, lifetime = ex.controls.deadline_s, ex.lifetime_s
+    if lifetime is not None and (asked is None or lifetime < asked):
+        return UpstreamTimeoutError(
+            f"the gateway's bound on a whole request, {lifetime:g} s (gateway.timeouts.request: every attempt, "
+            f"retries and fallbacks, a stream to its end), passed before {before}"
+        )
+    assert asked is not None
     return UpstreamTimeoutError(
-        f"the deadline of {deadline_s * 1000:.0f} ms (x-gateway-deadline-ms, or the Lambda invocation's remaining "
+        f"the deadline of {asked * 1000:.0f} ms (x-gateway-deadline-ms, or the Lambda invocation's remaining "
         f"time) passed before {before}"
     )
 
@@ -214,9 +227,13 @@ class UpstreamStream(ABC, Generic[T]):
         """The items as they arrive, grouped by the upstream read that brought them. The request's deadline holds
         for the whole stream, not only its head: on Lambda, a body still running when the invocation's time ran
         out was killed with the function, its settlement never written (the provider billed it, the ledger and
-        the budget never saw it); past it, the stream ends with the in-stream 504 and is settled."""
-        deadline = self.ex.controls.deadline_s
+        the budget never saw it); past it, the stream ends with the in-stream 504 and is settled. So does the
+        gateway's bound on a whole request (`gateway.timeouts.request`), past which its budget reservation could
+        be released as a dead request's: each read times out there already (the attempt's `total` ends there), so
+        without a client's deadline no timer more is set per read, and the clock is read once per batch, for a
+        client that reads so slowly that the upstream's answer waits in the buffers."""
         ends = self.ex.ends_at
+        timed = ends is not None and self.ex.controls.deadline_s is not None
         while True:
             if self._pending:
                 batch, self._pending = self._pending, []
@@ -229,12 +246,21 @@ class UpstreamStream(ABC, Generic[T]):
             if ends is None:
                 await self._pull()
                 continue
+            if time.perf_counter() >= ends:
+                raise deadline_passed(self.ex, "the stream's end")
+            if not timed:
+                try:
+                    await self._pull()
+                except UpstreamTimeoutError:
+                    if time.perf_counter() >= ends - CUT_SLACK_S:  # (the attempt's `total`, cut at `ends`)
+                        raise deadline_passed(self.ex, "the stream's end") from None
+                    raise
+                continue
             try:
                 async with asyncio.timeout(max(0.0, ends - time.perf_counter())):
                     await self._pull()
             except TimeoutError:
-                assert deadline is not None
-                raise deadline_passed(deadline, "the stream's end") from None
+                raise deadline_passed(self.ex, "the stream's end") from None
 
     async def complete(self) -> None:
         """The upstream finished (with the error `failed` named, if it ended on one): cost it and settle (in the

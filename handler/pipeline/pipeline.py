@@ -31,6 +31,7 @@ from handler.errors import (
     UpstreamError,
     UpstreamOverloadedError,
     UpstreamRateLimitedError,
+    UpstreamTimeoutError,
 )
 from handler.pipeline.attribution import line_tags
 from handler.pipeline.budgets import Meter, Reservation, remaining_usd
@@ -41,6 +42,7 @@ from handler.pipeline.keys import allows_model
 from handler.pipeline.output_caps import OutputCap
 from handler.pipeline.passthrough import (
     CLIENT_CLOSED,
+    CUT_SLACK_S,
     SHAPE_ERRORS,
     NativeReply,
     NativeStream,
@@ -375,7 +377,8 @@ class Pipeline(Charges):
 
         async def one(part: EmbeddingsRequest, built: BuiltRequest) -> EmbeddingsResponse:
             async with gate:
-                response = await self.gateway.upstream.send(built.request)
+                within = None if ex.ends_at is None else ex.ends_at - time.perf_counter()
+                response = await self.gateway.upstream.send(built.request, within=within)
                 body = await response.read()
             if response.status >= 400:
                 raise error_answer(attempt.adapter.error, response.status, body, response.headers)
@@ -545,14 +548,14 @@ class Pipeline(Charges):
             await self._settle(ex, None, 0, background=True)
 
     async def _deadline(self, ex: Exchange, work: Awaitable[T]) -> T:
-        if ex.controls.deadline_s is None or ex.ends_at is None:  # (set together)
+        if ex.controls.deadline_s is None or ex.ends_at is None:  # (none, or the gateway's own: `_failover`'s)
             return await work
         remaining = ex.ends_at - time.perf_counter()
         try:
             async with asyncio.timeout(max(0.0, remaining)):
                 return await work
         except TimeoutError:
-            raise deadline_passed(ex.controls.deadline_s, "an answer") from None
+            raise deadline_passed(ex, "an answer") from None
 
     async def _failover(
         self,
@@ -608,11 +611,17 @@ class Pipeline(Charges):
             lowered = False  # sent again within a ceiling the provider named: once per attempt at most
             rekeyed = False  # sent again with its key read again after a 401: once per attempt at most
             while True:
-                started = ex.inflight_at = time.perf_counter()
+                started = time.perf_counter()
+                # What is left of the request's deadline bounds the attempt's answer (its `total`), so that the
+                # gateway's own bound (`timeouts.request`) needs no timer more than the upstream read's own.
+                within = None if ex.ends_at is None else ex.ends_at - started
+                if within is not None and within <= CUT_SLACK_S:
+                    raise deadline_passed(ex, "an answer")
+                ex.inflight_at = started
                 ex.inflight = attempt
                 try:
                     async with span("upstream", provider=attempt.target.provider, region=attempt.target.region):
-                        response = await self.gateway.upstream.send(built.request)
+                        response = await self.gateway.upstream.send(built.request, within=within)
                     if response.status >= 400:
                         body = await response.read()
                         raise error_answer(attempt.adapter.error, response.status, body, response.headers)
@@ -649,6 +658,14 @@ class Pipeline(Charges):
                             built, key = build(attempt), attempt.adapter.secret
                             continue
                         raise self._client_facing(err) from None
+                    if (
+                        isinstance(err, UpstreamTimeoutError)
+                        and ex.ends_at is not None
+                        and time.perf_counter() >= ex.ends_at - CUT_SLACK_S
+                    ):
+                        # The request's deadline cut the attempt (its `total` ended there), not the deployment:
+                        # no breaker failure, no next attempt.
+                        raise deadline_passed(ex, "an answer") from None
                     breakers.failure(label, err.upstream_status == 429)
                     wait = self._retry_wait(ex, err) if retry < retries else None
                     if wait is not None:

@@ -166,10 +166,14 @@ class UpstreamClient:
         request.headers.setdefault("user-agent", USER_AGENT)
         return request
 
-    async def send(self, request: UpstreamRequest, first_byte_timeout: float | None = None) -> UpstreamResponse:
-        """Send and wait for the status line and headers; the body is read by the caller."""
+    async def send(
+        self, request: UpstreamRequest, first_byte_timeout: float | None = None, within: float | None = None
+    ) -> UpstreamResponse:
+        """Send and wait for the status line and headers; the body is read by the caller. `within`: the seconds
+        left of the request's deadline, which ends the answer (its `total`) where it is sooner."""
         timeouts = self.timeouts
-        limit = min(timeouts.first_byte if first_byte_timeout is None else first_byte_timeout, timeouts.total)
+        total = timeouts.total if within is None or within > timeouts.total else max(within, 0.001)
+        limit = min(timeouts.first_byte if first_byte_timeout is None else first_byte_timeout, total)
         http1 = self._http1
         built = None if http1 else self._request(request.method, request.url, request.headers, request.body)
         try:
@@ -187,7 +191,7 @@ class UpstreamClient:
                     request.body,
                     timeouts.connect,
                     timeouts.between_chunks,
-                    timeouts.total,
+                    total,
                     head_timeout=limit,
                 )
                 answer = UpstreamResponse(status, headers, stream)

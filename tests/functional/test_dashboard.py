@@ -23,7 +23,7 @@ import pytest
 from adapters.store import open_store
 from adapters.store.records import ledger_to_json
 from handler.entry.cli import main as cli_main
-from handler.pipeline.keys import hash_secret, split_key
+from handler.pipeline.keys import KeyService, hash_secret, split_key
 from handler.ports import Admission, Settlement
 from tests.functional.conftest import Running, openai_client, start_gateway
 from tests.support.browser import Browser, Image, Page, chromium_missing, decode_png
@@ -680,6 +680,25 @@ def test_a_sign_in_link_is_refused_once_expired_or_for_a_key_no_longer_admin(
     token = dashboard_link(known, capsys, "--key", admin_id).partition("#sign-in=")[2]
     revoked = httpx.post(f"{known.url}/admin/keys/{admin_id}/revoke", headers=headers(admin))
     assert revoked.status_code == 200
+    refused = exchange(token)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "key_revoked"
+
+    # Revoked where the clock runs ahead of the server's (`gateway keys revoke` on a laptop), stamped in the server's
+    # future: its link signed the dashboard in until the server's clock caught up (found by review).
+    ahead = known.mint(admin=True, name="revoked-ahead")
+    ahead_id = (split_key(ahead) or ("", ""))[0]
+    token = dashboard_link(known, capsys, "--key", ahead_id).partition("#sign-in=")[2]
+
+    async def revoke_ahead() -> None:
+        store = open_store(known.store_url)
+        try:
+            record = await store.get_key(ahead_id)
+            assert record is not None
+            await KeyService(store, 0, clock=lambda: time.time() + 120).revoke(record)
+        finally:
+            await store.close()
+
+    asyncio.run(revoke_ahead())
     refused = exchange(token)
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "key_revoked"
 

@@ -15,6 +15,7 @@ import pytest
 from adapters.store import open_store
 from handler.pipeline.keys import KeyService, split_key
 from handler.pipeline.pricing import estimate_prompt_tokens, price_for, worst_case_usd
+from handler.ports import Admission, RateCharge
 from handler.schemas import ChatRequest
 from tests.functional.conftest import Running, fresh_minute, openai_client
 
@@ -298,6 +299,15 @@ def test_key_and_usage_inputs_are_taken_as_written(running: Running, mint: Any) 
     assert encoded.json()["since"] == unencoded.json()["since"] == 1796238000.0
     fraction = httpx.get(f"{usage}?since=2026-12-03T00:00:00.5+05:00", headers=headers(admin))
     assert fraction.status_code == 200 and fraction.json()["since"] == 1796238000.5, fraction.text
+    # ISO 8601's basic date was read as epoch seconds (1970-08-23), and epoch milliseconds as seconds in the year
+    # 58,000: 200 with an empty report either way (found by review).
+    basic = httpx.get(f"{usage}?since=20261203&until=20261204", headers=headers(admin))
+    assert basic.status_code == 200 and (basic.json()["since"], basic.json()["until"]) == (1796256000.0, 1796342400.0)
+    for name in ("since", "until"):
+        millis = httpx.get(usage, params={name: "1796256000000"}, headers=headers(admin))
+        error = millis.json()["error"]
+        assert millis.status_code == 400 and error["param"] == name, millis.text
+        assert "milliseconds" in error["message"] and "epoch seconds" in error["message"]
 
 
 @pytest.mark.usefixtures("no_gc_pauses")
@@ -326,6 +336,74 @@ def test_revoked_key_works_at_most_for_the_cache_window(running: Running, mint: 
         assert time.monotonic() - revoked_at <= window + 0.5
         time.sleep(0.25)
     assert chat(running, key).json()["error"]["code"] == "key_revoked"
+
+
+@pytest.mark.usefixtures("no_gc_pauses")
+def test_a_revocation_stamped_by_a_clock_running_ahead_takes_effect_within_the_cache_window(
+    on_each_store: Running,
+) -> None:
+    """`gateway keys revoke` run where the clock is 120 s ahead of the server's (an operator's laptop) stamped the
+    revocation 119 s in the server's future, and the server took a revocation as one only from its time on: the key
+    and the keys revoked with it kept being served (200 at +0, +6 and +30 s, `GET /v1/key` showing `revoked_at`),
+    on both stores (found by review). Nothing stamps a revocation to come, so any `revoked_at` revokes now."""
+    running = on_each_store
+    key = running.mint()
+    key_id = split_key(key)[0]  # type: ignore[index]
+    minted = httpx.post(f"{running.url}/v1/keys", headers=headers(key), json={"name": "under"})
+    assert minted.status_code == 201, minted.text
+    under = minted.json()["key"]
+    assert chat(running, key).status_code == 200 and chat(running, under).status_code == 200  # both cached
+
+    async def revoke_ahead() -> float:
+        store = open_store(running.store_url)
+        try:
+            record = await store.get_key(key_id)
+            assert record is not None
+            revoked = await KeyService(store, 0, clock=lambda: time.time() + 120).revoke(record)
+            assert revoked.revoked_at is not None
+            return revoked.revoked_at
+        finally:
+            await store.close()
+
+    assert asyncio.run(revoke_ahead()) > time.time() + 100
+    revoked_at = time.monotonic()
+    window = running.gateway.config.gateway.key_cache_seconds
+    for held in (key, under):
+        while chat(running, held).status_code == 200:
+            assert time.monotonic() - revoked_at <= window + 0.5
+            time.sleep(0.25)
+        assert chat(running, held).json()["error"]["code"] == "key_revoked"
+        shown = httpx.get(f"{running.url}/v1/key", headers=headers(held))
+        assert shown.status_code == 401 and shown.json()["error"]["code"] == "key_revoked"
+
+
+def test_a_minute_another_gateways_clock_turned_first_counts_requests_here_not_429(on_each_store: Running) -> None:
+    """Two gateways on one table, one's clock a few seconds ahead: it turns each minute first, and the other refused
+    every request of a key with an rpm limit in those seconds, with 429 "retry in 120s" and `retry-after: 120`
+    where the minute turned here within the skew (review: rpm 60, one request used; 2 s later, 200 with 58 left).
+    Now a request here counts in the minute the other began; a full one refuses until it ends."""
+    running = on_each_store
+    key = running.mint(rpm=2)
+    key_id = split_key(key)[0]  # type: ignore[index]
+
+    async def counted_by_a_gateway_ahead() -> None:
+        store = open_store(running.store_url)
+        try:
+            record = await store.get_key(key_id)
+            assert record is not None
+            ahead = int(time.time() // 60) + 1
+            rate = RateCharge("rpm", ahead, 2, 1)
+            await store.admit(Admission("req_ahead", key_id, [], [rate], time.time() + 60, record.home_region))
+        finally:
+            await store.close()
+
+    asyncio.run(counted_by_a_gateway_ahead())
+    served = chat(running, key)
+    assert served.status_code == 200, served.text
+    assert served.headers["x-ratelimit-remaining-requests"] == "0"  # counted in the minute begun there
+    refused = chat(running, key)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 60 < int(refused.headers["retry-after"]) <= 120  # that minute's end, not a made-up two minutes
 
 
 def test_a_secret_rotated_by_another_process_works_at_once(on_each_store: Running) -> None:

@@ -22,6 +22,8 @@ from handler.config import Config, parse_config
 from handler.entry.cli import main as cli_main
 from handler.pipeline.keys import split_key
 from handler.ports import LedgerItem, StoreError
+from tests.fakes import anthropic as anthropic_fake
+from tests.fakes import openai as openai_fake
 from tests.functional.conftest import FAKE_KEYS, Running, anthropic_client, fresh_minute, serve_gateway, serving
 from tests.support.dynamo import DynamoServer
 from tests.support.servers import ServerThread
@@ -34,17 +36,24 @@ ACCOUNT_TOKEN = "account-token-fedcba9876543210"  # a literal in the config, und
 SCOPE_ENV = {**FAKE_KEYS, "PROXY_KEY": PROXY_KEY}
 
 
-def scope_config(upstream_url: str, first_byte: float = 5) -> Config:
+def scope_config(upstream_url: str, first_byte: float = 5, **bounds: Any) -> Config:
+    """The module's config; `bounds`: more `gateway.timeouts` (and `reservation_ttl_seconds`, with them)."""
+
     def model(upstream: str, provider: str = "openai", **extra: Any) -> dict[str, Any]:
         return {"deployments": [{"provider": provider, "model": upstream}], "price": PRICE} | extra
 
+    def chain(*deployments: tuple[str, str]) -> dict[str, Any]:
+        return {"deployments": [{"provider": p, "model": m} for p, m in deployments], "price": PRICE}
+
+    ttl = bounds.pop("reservation_ttl_seconds", None)
     return parse_config(
         {
             "gateway": {
-                "timeouts": {"connect": 2, "first_byte": first_byte, "between_chunks": 5},
+                "timeouts": {"connect": 2, "first_byte": first_byte, "between_chunks": 5, **bounds},
                 "priced_options": {"service_tier": {"flex": 1.0, "priority": 2.0}},
                 "key_minting": {"per_minute": 3, "max_children": 2},
-            },
+            }
+            | ({"reservation_ttl_seconds": ttl} if ttl else {}),
             "providers": {
                 "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"},
                 "anthropic": {
@@ -73,6 +82,8 @@ def scope_config(upstream_url: str, first_byte: float = 5) -> Config:
                     ],
                     "price": PRICE,
                 },
+                "slow-then-slow-test": chain(("openai", "slow"), ("anthropic", "claude-slow")),
+                "slow-then-drip-test": chain(("anthropic", "claude-slow"), ("openai", "drip")),
                 "cut-test": model("stream-cut"),
                 "drip-test": model("drip"),
                 "no-usage-test": model("no-usage"),
@@ -112,6 +123,24 @@ def impatient(
     """The same gateway waiting 0.5 s for an answer's first byte (the slow fake takes 2 s)."""
     store_url = f"sqlite:///{tmp_path_factory.mktemp('impatient') / 'gateway.db'}"
     yield from serving(scope_config(upstream[0].url, first_byte=0.5), store_url, upstream, SCOPE_ENV)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "dynamodb"])
+def bounded(
+    request: pytest.FixtureRequest,
+    upstream: tuple[ServerThread, dict[str, Any]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Running]:
+    """The gateway with its bounds scaled down from the defaults' (first byte 120 s, an attempt's answer 900 s, a
+    whole request 900 s, a reservation 960 s): a first byte within 1.5 s, an attempt's answer within 2 s, a whole
+    request within 2 s."""
+    if request.param == "sqlite":
+        store_url = f"sqlite:///{tmp_path_factory.mktemp('bounded') / 'gateway.db'}"
+    else:
+        dynamo: DynamoServer = request.getfixturevalue("dynamo")
+        store_url = dynamo.store_url(dynamo.create_table())
+    config = scope_config(upstream[0].url, first_byte=1.5, total=2, request=2, reservation_ttl_seconds=62)
+    yield from serving(config, store_url, upstream, SCOPE_ENV)
 
 
 def auth(key: str) -> dict[str, str]:
@@ -550,6 +579,65 @@ def test_a_request_whose_every_attempt_timed_out_is_charged_the_reserved_worst_c
     [line] = ledger(gw, key)
     assert line.cost_source == "reserved" and line.status == 504 and (line.cost_usd or 0) > 0
     assert spent(gw, key) == pytest.approx((line.cost_usd or 0) + line.fee_usd)
+
+
+def test_a_failover_ends_at_the_bound_on_a_whole_request_charged_as_a_cut(
+    bounded: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`timeouts.total` bounded each attempt, not the request: the first deployment's first-byte timeout then the
+    fallback's answer ran past the request's budget reservation (its TTL), which another request's refusal then
+    released while it ran, and both were charged past the budget (review: $0.00603 of worst cases on a $0.005
+    budget, scaled down from the defaults' 120 s + 900 s against 900 s). The whole request ends at
+    `timeouts.request` now, a client's longer deadline notwithstanding, charged as a deadline's cut is."""
+    gw = bounded
+    monkeypatch.setattr(anthropic_fake, "SLOW_SECONDS", 1.0)  # the fallback would answer at 2.5 s
+    gw.gateway.router.breakers.success("openai/slow@global")
+    gw.gateway.router.breakers.success("anthropic/claude-slow@global")
+    key = gw.mint(budget_usd=1.0)
+    started = time.monotonic()
+    answer = chat(gw, key, "slow-then-slow-test", **{"x-gateway-deadline-ms": "60000"})
+    took = time.monotonic() - started
+    assert answer.status_code == 504, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "upstream_timeout" and "gateway.timeouts.request" in error["message"]
+    assert 1.9 < took < 2.4, took
+    assert answer.headers["x-gateway-route"] == (
+        "openai/slow@global=upstream_timeout, anthropic/claude-slow@global=upstream_timeout"
+    )
+    time.sleep(0.3)  # the settlement, in the background
+    [line] = ledger(gw, key)
+    assert (line.status, line.cost_source) == (504, "reserved")  # both attempts' worst cases
+    state = httpx.get(f"{gw.url}/v1/key", headers=auth(key)).json()
+    assert state["reserved_usd"] == 0 and state["spent_usd"] == pytest.approx((line.cost_usd or 0) + line.fee_usd)
+    # The cut is the request's, not the deployment's: the next request tries it first again.
+    assert gw.gateway.router.breakers.allow("anthropic/claude-slow@global")
+
+
+def test_a_stream_after_a_failover_ends_at_the_bound_on_a_whole_request(
+    bounded: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream from the fallback, its chunks within `between_chunks` and its end within its own `total`, ran past
+    the bound on the whole request: it is cut there with the in-stream 504, and settled."""
+    gw = bounded
+    monkeypatch.setattr(openai_fake, "SLOW_SECONDS", 0.3)  # between the drip's chunks: ~3 s from 1.5 s
+    gw.gateway.router.breakers.success("anthropic/claude-slow@global")
+    key = gw.mint(budget_usd=1.0)
+    started = time.monotonic()
+    body = {"model": "slow-then-drip-test", "messages": HI, "stream": True}
+    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, headers=auth(key), timeout=15) as answer:
+        assert answer.status_code == 200
+        events = [line[6:] for line in answer.iter_lines() if line.startswith("data: ")]
+    took = time.monotonic() - started
+    assert 1.9 < took < 2.4, took
+    relayed = [orjson.loads(e) for e in events if e != "[DONE]"]
+    assert any(chunk.get("choices") for chunk in relayed)  # some of the drip reached the client
+    error = relayed[-1]["error"]
+    assert error["code"] == "upstream_timeout" and "gateway.timeouts.request" in error["message"], error
+    time.sleep(0.3)
+    [line] = ledger(gw, key)
+    assert line.status == 504 and (line.cost_usd or 0) > 0
+    state = httpx.get(f"{gw.url}/v1/key", headers=auth(key)).json()
+    assert state["reserved_usd"] == 0 and state["spent_usd"] == pytest.approx((line.cost_usd or 0) + line.fee_usd)
 
 
 def test_an_answer_without_usage_is_estimated_and_impossible_usage_never_credits(gw: Running) -> None:

@@ -225,3 +225,24 @@ def test_a_merge_may_write_over_the_keys_it_brings() -> None:
     text = "base: &b {type: openai, api_key: env:A}\nproviders:\n  p:\n    <<: *b\n    api_key: env:B\n"
     data = yaml.load(text, Loader=config_module.UniqueKeyLoader)
     assert data["providers"]["p"] == {"type": "openai", "api_key": "env:B"}
+
+
+def test_timeouts_that_let_a_request_outlive_its_reservation_are_refused() -> None:
+    """`timeouts.total` bounded one attempt, not the request: a first-byte timeout then a fallback streaming to its
+    `total` ran 1,020 s with the defaults, past the 900 s `reservation_ttl_seconds`, and `total: 3600` was accepted
+    beside it; another request's refusal then released the live reservation, and both were charged past the budget
+    (found by review). The whole request is bounded now (`timeouts.request`), and the TTL must outlast it."""
+    settings = parse_config({}, TYPES).gateway
+    assert settings.timeouts.request + config_module.RESERVATION_MARGIN_S <= settings.reservation_ttl_seconds
+    assert settings.timeouts.total <= settings.timeouts.request
+    assert problems({"gateway": {"timeouts": {"total": 3600}}}) == [
+        "gateway.timeouts.total: 3600 s is longer than gateway.timeouts.request (900 s), the bound on a whole request "
+        "(every attempt, retries, failover, a stream to its end), so it could never be reached: lower it, or raise "
+        "timeouts.request (and gateway.reservation_ttl_seconds with it)"
+    ]
+    [ttl] = problems({"gateway": {"reservation_ttl_seconds": 900}})
+    assert ttl.startswith("gateway.reservation_ttl_seconds: 900 s would release the budget reservation of a request")
+    assert "gateway.timeouts.request lets one run 900 s" in ttl and "at least 960" in ttl
+    assert len(problems({"gateway": {"timeouts": {"total": 3600, "request": 3600}}})) == 1  # the TTL's
+    longer = {"timeouts": {"total": 3600, "request": 3600}, "reservation_ttl_seconds": 3660}
+    assert parse_config({"gateway": longer}, TYPES).gateway.timeouts.request == 3600

@@ -126,3 +126,15 @@ def test_a_report_made_batch_by_batch_with_views_is_each_grouping_summed_alone()
     assert report.answer(names, "csv") == to_csv(aggregate(kept, ["model"], names))
     assert report.key_ids == {"a", "b", "c"}
     assert ReportBuilder(spec).answer(None, "json")["data"] == []
+
+
+def test_a_basic_iso_date_is_a_date_and_epoch_milliseconds_are_refused() -> None:
+    """`20261201` (ISO 8601's basic date) was read as epoch seconds, 1970-08-23, and `1796256000000` (epoch
+    milliseconds) as seconds in the year 58,000: 200 with an empty report either way (found by review)."""
+    assert parse_when("20261201", 0.0, "since") == parse_when("2026-12-01", 0.0, "since") == 1796083200.0
+    assert parse_when("20261201T120000Z", 0.0, "since") == 1796083200.0 + 12 * 3600
+    assert parse_when("1796083200", 0.0, "since") == parse_when("1796083200.5", 0.0, "since") - 0.5 == 1796083200.0
+    with pytest.raises(InvalidRequestError, match="until 1796083200000 is no epoch seconds .*milliseconds"):
+        parse_when("1796083200000", 0.0, "until")
+    with pytest.raises(InvalidRequestError, match=r"since must be a date \(YYYY-MM-DD or YYYYMMDD\)"):
+        parse_when("20261399", 0.0, "since")
