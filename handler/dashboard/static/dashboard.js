@@ -108,12 +108,23 @@
 
   // The whole answer: `data` (rows by `groupBy`), `views` (rows by each of `views`, in order), `latency`
   // (percentiles over the lines), `tag_names`.
-  function fetchReport(period, groupBy, views) {
+  // A gateway from before `view=` (an older release still serving during a rollout) answers without `views`:
+  // each view is then asked for on its own, one after the other.
+  async function fetchReport(period, groupBy, views) {
+    const body = await api("admin/usage?" + reportParams(period, groupBy, views || []));
+    if (views && views.length && !Array.isArray(body.views)) {
+      body.views = [];
+      for (const view of views) body.views.push(await api("admin/usage?" + reportParams(period, view, [])));
+    }
+    return body;
+  }
+
+  function reportParams(period, groupBy, views) {
     const params = new URLSearchParams({ since: period.since, until: period.until });
     if (groupBy) params.set("group_by", groupBy);
-    for (const view of views || []) params.append("view", view);
+    for (const view of views) params.append("view", view);
     for (const [name, value] of Object.entries(period.filter)) if (value) params.set(name, value);
-    return api("admin/usage?" + params.toString());
+    return params.toString();
   }
 
   // One report at a time from this page: a change made while one is in the making waits for it (the gateway
