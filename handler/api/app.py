@@ -46,7 +46,7 @@ from handler.errors import (
     StrictParamsError,
     UpstreamError,
 )
-from handler.pipeline.attribution import TAG, parse_tags
+from handler.pipeline.attribution import parse_tags, tag_pattern
 from handler.pipeline.budgets import SETTLE_BY
 from handler.pipeline.exchange import Controls, Exchange
 from handler.pipeline.gateway import Gateway
@@ -669,7 +669,7 @@ SESSION_HEADERS = (b"x-claude-code-session-id", b"session-id", b"x-session-id")
 def session_of(request: Request) -> str | None:
     for name in SESSION_HEADERS:
         value = request.headers.get(name.decode())
-        if value and TAG.fullmatch(value.strip()):
+        if value and tag_pattern().fullmatch(value.strip()):
             return unkeyed(value.strip())
     return None
 
