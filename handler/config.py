@@ -195,39 +195,13 @@ class GatewaySettings(_Strict):
     responses_secret: str | None = None
 
 
-class OtlpConfig(_Strict):
-    """`observability.otlp`: OpenTelemetry trace export over OTLP/HTTP (docs/observability.md). A field left
-    out here takes the standard `OTEL_*` environment variable's value; without an endpoint from either, no
-    traces are exported."""
-
-    endpoint: str | None = Field(default=None, description="base URL; traces go to ENDPOINT/v1/traces")
-    traces_endpoint: str | None = Field(default=None, description="the full traces URL, used as given")
-    # Values may be references (`env:NAME`, `ssm:/path`, `secretsmanager:NAME`), like provider keys.
-    headers: dict[str, str] | None = None
-    service_name: str | None = Field(default=None, min_length=1)
-    resource_attributes: dict[str, str] | None = None
-    # Prompts and answers go out (redacted of secrets) only when this is on.
-    capture_content: bool = False
-    timeout_ms: int | None = Field(default=None, gt=0)
-    queue_size: int = Field(default=2048, ge=1, le=1_000_000)
-    batch_size: int = Field(default=512, ge=1, le=100_000)
-    schedule_delay_ms: int = Field(default=1000, ge=1, le=600_000)
-    enabled: bool = True
-
-    @field_validator("endpoint", "traces_endpoint")
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"'{value}' is not an http:// or https:// URL (OTLP/HTTP)")
-        return value
-
-
 class ObservabilityConfig(_Strict):
     """`observability`: where the gateway's traces go, and a port of its own for `/metrics` (docs/observability.md;
     metrics are always on: `/metrics` for an admin key, CloudWatch EMF on Lambda)."""
 
-    # An `OtlpConfig` once `parse_config` has validated it: apart, and only where a config has one. Most leave it
-    # out, and its validator inside Config's cost every Lambda cold start about 4 million instructions.
+    # An `OtlpConfig` (handler/telemetry/otlp_config.py) once `parse_config` has validated it: apart, and only where a
+    # config has one. Most leave it out: its validator inside Config's cost every Lambda cold start about 4 million
+    # instructions, and the model's class, made in this module, 3 million more.
     otlp: Any = None
     # `gateway serve` also answers GET /metrics with no key here: bind it where only Prometheus reaches.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
@@ -283,11 +257,14 @@ def parse_config(data: Any, known_types: set[str]) -> Config:
     try:
         config = Config.model_validate(data)
         otlp = config.observability.otlp
-        if otlp is not None and not isinstance(otlp, OtlpConfig):
-            try:
-                config.observability.otlp = OtlpConfig.model_validate(otlp)
-            except ValidationError as exc:
-                raise ConfigError(_problems(exc, ("observability", "otlp"))) from None
+        if otlp is not None:
+            from handler.telemetry.otlp_config import OtlpConfig
+
+            if not isinstance(otlp, OtlpConfig):
+                try:
+                    config.observability.otlp = OtlpConfig.model_validate(otlp)
+                except ValidationError as exc:
+                    raise ConfigError(_problems(exc, ("observability", "otlp"))) from None
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from None
     problems = _cross_check(config, known_types)
