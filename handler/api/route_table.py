@@ -106,9 +106,10 @@ class Endpoints:
     @cached_property
     def dashboard(self) -> Dashboard:
         from handler.dashboard.routes import Dashboard
+        from handler.pipeline.key_admin import KeyAdmin
 
         gateway = self.api.gateway
-        return Dashboard(self.api.parse, gateway.store, gateway.keys)
+        return Dashboard(self.api.parse, gateway.store, KeyAdmin(gateway.keys))
 
 
 class RouteSpec(Value):

@@ -17,6 +17,7 @@ from handler.api.app import GatewayApp, create_app
 from handler.api.openapi import openapi_path
 from handler.api.route_table import ROUTES, Auth, RouteSpec, openapi_document
 from handler.pipeline.gateway import build_gateway
+from handler.pipeline.key_admin import KeyAdmin
 from handler.ports import KeyRecord
 from tests.support.dynamo import DynamoServer
 
@@ -34,7 +35,7 @@ def keys(app: GatewayApp) -> Iterator[tuple[TestClient, str, str]]:
     gateway = app.state.gateway
     with TestClient(app) as client:
         admin = client.portal.call(
-            gateway.keys.mint, KeyRecord(id="", name="a", secret_hash="", created_at=0, admin=True)
+            KeyAdmin(gateway.keys).mint, KeyRecord(id="", name="a", secret_hash="", created_at=0, admin=True)
         )
         plain = client.post("/admin/keys", json={"name": "p"}, headers={"authorization": f"Bearer {admin.key}"})
         assert plain.status_code == 201
