@@ -182,6 +182,9 @@ class ClientClosedError(GatewayError):
     anthropic_type = "invalid_request_error"
 
 
+CLIENT_CLOSED = ClientClosedError.status  # (nginx's status for a client that hung up: the ledger's, for a stream too)
+
+
 class RateLimitError(GatewayError):
     status = 429
     default_code = "rate_limit_exceeded"
@@ -311,6 +314,14 @@ class UpstreamTimeoutError(UpstreamError):
     error_type = "timeout_error"
     anthropic_type = "timeout_error"
     billable_by_default = True
+
+
+def deadline_passed(deadline_s: float, before: str) -> UpstreamTimeoutError:
+    """The request's deadline (`x-gateway-deadline-ms`, or the Lambda invocation's time left) passed."""
+    return UpstreamTimeoutError(
+        f"the deadline of {deadline_s * 1000:.0f} ms (x-gateway-deadline-ms, or the Lambda invocation's remaining "
+        f"time) passed before {before}"
+    )
 
 
 class SchemaViolationError(UpstreamError):

@@ -51,7 +51,6 @@ from handler.pipeline.budgets import SETTLE_BY
 from handler.pipeline.exchange import Controls, Exchange
 from handler.pipeline.gateway import Gateway
 from handler.pipeline.keys import allows_model, hop_address, network
-from handler.pipeline.passthrough import guarded
 from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import STORE_DEADLINE, KeyRecord, StoreDeadlineError, StoreError
@@ -432,6 +431,7 @@ async def openai_events(stream: ChunkStream, include_usage: bool) -> AsyncIterat
     the cost beside it. Without it OpenAI sends no chunk of no choices, and clients index `choices[0]` of every
     chunk (OpenAI's own streaming example does): the chunks that end a choice are held until the upstream ends,
     and the last of them carries the cost."""
+    from handler.pipeline.passthrough import guarded  # (imported with the first stream: its module's docstring)
 
     async def events() -> AsyncGenerator[bytes]:
         write = sse_chunk_usage_null if include_usage else sse_chunk

@@ -281,7 +281,8 @@ def test_the_lambda_cold_start_generates_no_code_for_its_records(tmp_path: Path)
 
 # What a Lambda's cold start and its first invocation, a chat completion that does not stream, leave unmade (or
 # unimported: a Messages client's prefill's module; with no provider key in a secret store, their re-reading; the
-# keys' administration, which only the key routes, the dashboard and the CLI use), and
+# keys' administration, which only the key routes, the dashboard and the CLI use; the native pass-through's and every
+# stream's module; the response schema's enforcement, which a request asks for), and
 # the regular expressions of the gateway's own they compile (`re._cache`, Python 3.11's cache of compiled patterns:
 # those the card's libraries compile, imported as the benchmark counts them, are compiled before it is read).
 FIRST_CHAT = """
@@ -290,7 +291,7 @@ from tests.bench.run import LIBRARIES
 exec(LIBRARIES)
 LATER = (
     "handler.chunks", "handler.embeddings", "adapters.providers.prefill", "handler.pipeline.stored_keys",
-    "handler.pipeline.key_admin",
+    "handler.pipeline.key_admin", "handler.pipeline.passthrough", "handler.pipeline.schema_check",
 )
 compiled = set(re._cache)
 import handler.entry.lambda_handler
