@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     from handler.api.app import Api
+    from handler.api.info_routes import InfoRoutes
     from handler.api.key_routes import KeyRoutes
     from handler.api.messages_routes import MessagesRoutes
     from handler.api.responses_routes import ResponsesRoutes
@@ -62,6 +63,7 @@ SECURITY: dict[Auth, list[dict[str, list[str]]]] = {
 
 # The modules `Endpoints` imports on first use.
 FRONT_ENDS = (
+    "handler.api.info_routes",
     "handler.api.key_routes",
     "handler.api.messages_routes",
     "handler.api.responses_routes",
@@ -79,11 +81,17 @@ def import_front_ends() -> None:
 class Endpoints:
     """The objects whose methods answer the routes, one set per app (`handler.api.app.create_app`). Each but the
     `Api` is built, and its module imported, when a route first needs it: a process imports only the front-ends
-    its requests use (a Lambda serving Chat Completions never imports the Messages or Responses API, the key
-    routes or the dashboard)."""
+    its requests use (a Lambda serving Chat Completions never imports the Messages or Responses API, the read
+    routes, the key routes or the dashboard)."""
 
     def __init__(self, api: Api) -> None:
         self.api = api
+
+    @cached_property
+    def info(self) -> InfoRoutes:
+        from handler.api.info_routes import InfoRoutes
+
+        return InfoRoutes(self.api)
 
     @cached_property
     def keys(self) -> KeyRoutes:
@@ -161,7 +169,7 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec(
         "/health",
         "GET",
-        lambda e: e.api.health,
+        lambda e: e.info.health,
         Auth.OPTIONAL_KEY,
         "Liveness; no auth. With an admin key, also `pending_settlements`: settlements the store refused, "
         "waiting in the spool to land",
@@ -170,7 +178,7 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec(
         "/metrics",
         "GET",
-        lambda e: e.api.metrics,
+        lambda e: e.info.metrics,
         Auth.ADMIN,
         "Request metrics in Prometheus' text format (admin key)",
         lambda o: o.operation(
@@ -189,7 +197,7 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec(
         "/v1/models",
         "GET",
-        lambda e: e.api.models,
+        lambda e: e.info.models,
         Auth.KEY,
         "The models this key may use (Anthropic's list shape when the request carries `anthropic-version`)",
         lambda o: o.operation(o.json_answer(o.LISTING, "the models")),
@@ -197,7 +205,7 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec(
         "/v1/models/{model_id:path}",
         "GET",
-        lambda e: e.api.model,
+        lambda e: e.info.model,
         Auth.KEY,
         "A model this key may use (Anthropic's shape when the request carries `anthropic-version`)",
         lambda o: o.operation(
@@ -209,7 +217,7 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec(
         "/v1/route",
         "GET",
-        lambda e: e.api.route,
+        lambda e: e.info.route,
         Auth.KEY,
         "The deployments a request for `model` would try, in order",
         lambda o: o.operation(

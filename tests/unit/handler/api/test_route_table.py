@@ -82,7 +82,7 @@ def test_the_direct_lane_serves_exactly_the_tables_direct_posts(app: GatewayApp)
 
 
 def test_a_direct_row_must_be_a_post(monkeypatch: pytest.MonkeyPatch) -> None:
-    row = RouteSpec("/v1/x", "GET", lambda e: e.api.health, Auth.KEY, "x", {}, direct=True)
+    row = RouteSpec("/v1/x", "GET", lambda e: e.info.health, Auth.KEY, "x", {}, direct=True)
     monkeypatch.setattr(route_table, "ROUTES", (row,))
     with pytest.raises(ValueError, match="GET /v1/x: the direct lane serves POSTs only"):
         route_table.direct_lane({})

@@ -190,6 +190,7 @@ print(json.dumps(sorted(name for name in FRONT_ENDS if name in sys.modules)))
         (
             "handler.entry.asgi",  # a server's start-up: all, so no first request waits
             [
+                "handler.api.info_routes",
                 "handler.api.key_routes",
                 "handler.api.messages_routes",
                 "handler.api.responses_routes",
@@ -223,7 +224,7 @@ print(json.dumps({"lazy": sorted(lazy), "imported": own}))
 
 def test_import_front_ends_imports_every_front_end_endpoints_builds_on_first_use(tmp_path: Path) -> None:
     state = started(EVERY_FRONT_END, tmp_path)
-    assert state == {"lazy": ["dashboard", "keys", "messages", "responses"], "imported": []}
+    assert state == {"lazy": ["dashboard", "info", "keys", "messages", "responses"], "imported": []}
 
 
 # The classes the cold start makes whose code is generated or whose annotations are evaluated: the gateway's own
