@@ -10,7 +10,6 @@ handler/pipeline/provider_keys.py); a literal key in the file is accepted but di
 import ipaddress
 import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -48,7 +47,7 @@ def http_url(value: str) -> str:
         parts.port  # noqa: B018 - a port that is no number raises here
     except ValueError:
         parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", value):
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value):
         shown = f"'{value}'" if "@" not in value else "the URL"  # (one with a user and password is not echoed)
         raise ValueError(f"{shown} is not an http:// or https:// URL with a host (https://HOST/PATH)")
     return value
@@ -65,13 +64,14 @@ def ip_network(value: str) -> str:
 
 
 # A region names an endpoint's host (Bedrock's `bedrock-runtime.REGION.amazonaws.com`) and is written in the
-# `x-gateway-route` header (`provider/model@REGION=200`): one word, as every cloud spells its regions.
-REGION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# `x-gateway-route` header (`provider/model@REGION=200`): one word, as every cloud spells its regions. (Checked
+# without a regular expression: compiling one cost every cold start, which reads the config.)
+REGION_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
 def region_name(value: str) -> str:
     """`value` if it can name a region: `eu central/1` was taken, and each request to it failed."""
-    if not REGION.fullmatch(value):
+    if not (0 < len(value) <= 64 and value[0].isascii() and value[0].isalnum() and REGION_CHARS.issuperset(value)):
         raise ValueError(f"'{value}' is not a region name (letters, digits, '-', '_' or '.', as eu-central-1)")
     return value
 
@@ -244,37 +244,13 @@ class GatewaySettings(_Strict):
     responses_secret: str | None = None
 
 
-class OtlpConfig(_Strict):
-    """`observability.otlp`: OpenTelemetry trace export over OTLP/HTTP (docs/observability.md). A field left
-    out here takes the standard `OTEL_*` environment variable's value; without an endpoint from either, no
-    traces are exported."""
-
-    endpoint: str | None = Field(default=None, description="base URL; traces go to ENDPOINT/v1/traces")
-    traces_endpoint: str | None = Field(default=None, description="the full traces URL, used as given")
-    # Values may be references (`env:NAME`, `ssm:/path`, `secretsmanager:NAME`), like provider keys.
-    headers: dict[str, str] | None = None
-    service_name: str | None = Field(default=None, min_length=1)
-    resource_attributes: dict[str, str] | None = None
-    # Prompts and answers go out (redacted of secrets) only when this is on.
-    capture_content: bool = False
-    timeout_ms: int | None = Field(default=None, gt=0)
-    queue_size: int = Field(default=2048, ge=1, le=1_000_000)
-    batch_size: int = Field(default=512, ge=1, le=100_000)
-    schedule_delay_ms: int = Field(default=1000, ge=1, le=600_000)
-    enabled: bool = True
-
-    @field_validator("endpoint", "traces_endpoint")
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        return None if value is None else http_url(value)
-
-
 class ObservabilityConfig(_Strict):
     """`observability`: where the gateway's traces go, and a port of its own for `/metrics` (docs/observability.md;
     metrics are always on: `/metrics` for an admin key, CloudWatch EMF on Lambda)."""
 
-    # An `OtlpConfig` once `parse_config` has validated it: apart, and only where a config has one. Most leave it
-    # out, and its validator inside Config's cost every Lambda cold start about 4 million instructions.
+    # An `OtlpConfig` (handler/telemetry/otlp_config.py) once `parse_config` has validated it: apart, and only where a
+    # config has one. Most leave it out: its validator inside Config's cost every Lambda cold start about 4 million
+    # instructions, and the model's class, made in this module, 3 million more.
     otlp: Any = None
     # `gateway serve` also answers GET /metrics with no key here: bind it where only Prometheus reaches.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
@@ -349,11 +325,14 @@ def parse_config(data: Any, known_types: set[str]) -> Config:
     try:
         config = Config.model_validate(data)
         otlp = config.observability.otlp
-        if otlp is not None and not isinstance(otlp, OtlpConfig):
-            try:
-                config.observability.otlp = OtlpConfig.model_validate(otlp)
-            except ValidationError as exc:
-                raise ConfigError(_problems(exc, ("observability", "otlp"))) from None
+        if otlp is not None:
+            from handler.telemetry.otlp_config import OtlpConfig
+
+            if not isinstance(otlp, OtlpConfig):
+                try:
+                    config.observability.otlp = OtlpConfig.model_validate(otlp)
+                except ValidationError as exc:
+                    raise ConfigError(_problems(exc, ("observability", "otlp"))) from None
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from None
     problems = _cross_check(config, known_types)

@@ -829,7 +829,7 @@ class Store(ABC):
 
     async def family_ids(self, key_id: str) -> list[str] | None:
         """`key_id` and every key created under it, at any depth, as `child_ids` links them, in one call where the
-        store can; None where it cannot (`handler.pipeline.keys.with_descendants` then walks `child_ids`)."""
+        store can; None where it cannot (`handler.pipeline.key_admin.with_descendants` then walks `child_ids`)."""
         return None
 
     @abstractmethod

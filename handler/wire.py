@@ -348,6 +348,19 @@ def malformed(message: str, outcome: str = "invalid_response") -> UpstreamError:
     return UpstreamError(message, upstream_status=200, retryable=True, outcome=outcome)
 
 
+# What a provider's parser raises on a shape it did not expect (pydantic's ValidationError is a ValueError).
+SHAPE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+
+
+def misshapen(what: str, exc: Exception) -> UpstreamError:
+    """A provider's answer the parser reading it choked on (one of `SHAPE_ERRORS`): the provider's malformed
+    answer (retryable before the first byte, the client's in-stream error after it), never the gateway's 500 or
+    a broken connection. (Caught where it is read: a `try` costs nothing until it catches.)"""
+    error = malformed(f"the provider sent a malformed {what} ({type(exc).__name__})")
+    error.__cause__ = exc
+    return error
+
+
 def interrupted(what: str = "answer") -> UpstreamError:
     """A provider's stream that ended before its answer (or response) was finished: what it sent is billed, and
     the client is told in the stream, after its first byte, so no other deployment is tried."""

@@ -9,7 +9,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
-from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -34,7 +33,6 @@ from handler.api.streaming import (
     stream_head,
     until_client_leaves,
 )
-from handler.config import ModelConfig
 from handler.errors import (
     AuthenticationError,
     ClientClosedError,
@@ -50,12 +48,11 @@ from handler.pipeline.attribution import parse_tags, session_id
 from handler.pipeline.budgets import SETTLE_BY
 from handler.pipeline.exchange import Controls, Exchange
 from handler.pipeline.gateway import Gateway
-from handler.pipeline.keys import allows_model, hop_address, network
-from handler.pipeline.passthrough import guarded
+from handler.pipeline.keys import hop_address, network
 from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import STORE_DEADLINE, KeyRecord, StoreDeadlineError, StoreError
-from handler.redaction import clipped, redact_message, scrub
+from handler.redaction import redact_message, scrub
 from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
 from handler.telemetry.observability import observe, observe_failure
@@ -98,11 +95,6 @@ def unread_x_api_key(path: str) -> str:
             "Bearer <key>"
         )
     return "this route does not read x-api-key: send the key as Authorization: Bearer <key>"
-
-
-def openai_model(name: str, spec: ModelConfig) -> dict[str, Any]:
-    """A model as OpenAI's `/v1/models` shows one."""
-    return {"id": name, "object": "model", "created": 0, "owned_by": "gateway", "kind": spec.kind}
 
 
 def error_response(request: Request, exc: GatewayError) -> Response:
@@ -310,75 +302,7 @@ class Api:
             ex.trace = tracer.begin(request.headers, route_path(request.scope), request.scope["state"].get("body"))
         return ex
 
-    # --- routes -----------------------------------------------------------------------------
-
-    async def health(self, request: Request) -> Response:
-        """Liveness for anyone, whatever credentials it carries; with a valid admin key, also the settlements
-        waiting in the spool to land. (A header that is no valid key, a revoked or rotated-away one or a proxy's
-        `Basic` credentials, answered 401: the probe that sent it reported a live gateway down.)"""
-        body: dict[str, Any] = {"status": "ok", "region": self.gateway.region}
-        if request.headers.get("authorization"):
-            try:
-                key = await self.authenticate(request)
-            except (GatewayError, StoreError):
-                return json_response(body)
-            if key.admin:
-                body["pending_settlements"] = self.gateway.spool.count()
-        return json_response(body)
-
-    async def metrics(self, request: Request) -> Response:
-        """Prometheus' text format, for an admin key (`handler/telemetry/prometheus.py`)."""
-        key = await self.authenticate(request)
-        self.gateway.keys.require_admin(key)
-        return Response(await prometheus.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    async def models(self, request: Request) -> Response:
-        anthropic = "anthropic-version" in request.headers
-        await self.authenticate(request, allow_x_api_key=anthropic)
-        lineage = self.lineage(request)
-        if anthropic:
-            from handler.api.messages_routes import allowed_models, anthropic_models
-
-            models = self.gateway.config.models
-            return json_response(anthropic_models(request, allowed_models(self, lineage, "chat"), models))
-        data = [
-            openai_model(name, spec) for name, spec in self.gateway.config.models.items() if allows_model(lineage, name)
-        ]
-        return json_response({"object": "list", "data": data})
-
-    async def model(self, request: Request) -> Response:
-        """One model of `GET /v1/models`, in the shape the caller's list has. A model the key (or an ancestor) may
-        not use is as unknown as one the config does not name: a scoped key learns of no other."""
-        anthropic = "anthropic-version" in request.headers
-        await self.authenticate(request, allow_x_api_key=anthropic)
-        name = request.path_params["model_id"]
-        spec = self.gateway.config.models.get(name)
-        if spec is None or not allows_model(self.lineage(request), name) or (anthropic and spec.kind != "chat"):
-            raise NotFoundError(
-                f"The model '{clipped(name)}' does not exist or you do not have access to it.", param="model"
-            )
-        if anthropic:
-            from handler.api.messages_routes import anthropic_model
-
-            return json_response(anthropic_model(name, spec))
-        return json_response(openai_model(name, spec))
-
-    async def route(self, request: Request) -> Response:
-        await self.authenticate(request)
-        model = request.query_params.get("model")
-        if not model:
-            raise InvalidRequestError("the query parameter 'model' is required", param="model")
-        lineage = self.lineage(request)
-        self.gateway.keys.check_model(lineage, model)
-        controls = parse_controls(request)
-        allowed = partial(allows_model, lineage)
-        return json_response(
-            {
-                "model": model,
-                "gateway_region": self.gateway.region,
-                "attempts": self.gateway.router.explain(model, controls.route, allowed),
-            }
-        )
+    # --- routes (the read routes: handler/api/info_routes.py) -----------------------------------
 
     async def chat_completions(self, request: Request) -> Response:
         key = await self.authenticate(request)
@@ -434,6 +358,7 @@ async def openai_events(stream: ChunkStream, include_usage: bool) -> AsyncIterat
     the cost beside it. Without it OpenAI sends no chunk of no choices, and clients index `choices[0]` of every
     chunk (OpenAI's own streaming example does): the chunks that end a choice are held until the upstream ends,
     and the last of them carries the cost."""
+    from handler.pipeline.passthrough import guarded  # (imported with the first stream: its module's docstring)
 
     async def events() -> AsyncGenerator[bytes]:
         write = sse_chunk_usage_null if include_usage else sse_chunk

@@ -17,7 +17,15 @@ from handler.dashboard.reports import ReportBuilder, parse_report, parse_views
 from handler.errors import InvalidRequestError, KeyChangedError, NotFoundError, PermissionDeniedError
 from handler.pipeline.attribution import line_tags, validate_tags
 from handler.pipeline.budgets import period_of
-from handler.pipeline.keys import glob_within, key_names, models_within, network, validate_networks, with_descendants
+from handler.pipeline.key_admin import (
+    KeyAdmin,
+    glob_within,
+    key_names,
+    models_within,
+    validate_networks,
+    with_descendants,
+)
+from handler.pipeline.keys import network
 from handler.pipeline.pricing import dollars
 from handler.ports import ConflictError, KeyRecord, RateCharge, UsageQuery
 
@@ -46,7 +54,7 @@ class KeySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True, strict=True)
 
     name: str = Field(min_length=1, max_length=200)
-    # (A pattern's length bounds the containment check's work: see `handler.pipeline.keys.glob_within`.)
+    # (A pattern's length bounds the containment check's work: see `handler.pipeline.key_admin.glob_within`.)
     models: list[Annotated[str, Field(min_length=1, max_length=MAX_PATTERN_CHARS)]] | None = Field(
         default=None, min_length=1, max_length=100
     )
@@ -228,6 +236,7 @@ class KeyRoutes:
         self.api = api
         self.gateway = api.gateway
         self.reports = ReportGate()
+        self.admin = KeyAdmin(api.gateway.keys)  # (writing through the cache that serves the requests)
 
     async def _budget_state(self, lineage: list[KeyRecord]) -> dict[str, Any]:
         """Of a key (`lineage`: it and its ancestors, nearest first): its own budget period, spent and reserved
@@ -306,7 +315,7 @@ class KeyRoutes:
                 code="key_depth_limit",
             )
         child = replace(child, parent_id=parent.id, ancestors=[*parent.ancestors, parent.id])
-        minted = await self.gateway.keys.mint_child(child, minting.max_children, lineage[-1].home_region)
+        minted = await self.admin.mint_child(child, minting.max_children, lineage[-1].home_region)
         return self.api.json({**key_view(minted.record), "key": minted.key}, status=201, headers=SECRET_HEADERS)
 
     # --- admin ------------------------------------------------------------------------------
@@ -394,7 +403,7 @@ class KeyRoutes:
             )
         record = record_from(spec, admin=spec.admin, now=time.time())
         narrow_to(record, spec, creator, "a new key", "this admin key")
-        minted = await self.gateway.keys.mint(record)
+        minted = await self.admin.mint(record)
         return self.api.json({**key_view(minted.record), "key": minted.key}, status=201, headers=SECRET_HEADERS)
 
     async def admin_show(self, request: Request) -> Response:
@@ -409,7 +418,7 @@ class KeyRoutes:
         spec = await self.api.parse(request, RotateSpec, empty_ok=True)
         grace = spec.grace_seconds
         minted = await self._change(
-            request, lambda record: self.gateway.keys.rotate(record, grace), "rotating", (caller, "rotate")
+            request, lambda record: self.admin.rotate(record, grace), "rotating", (caller, "rotate")
         )
         return self.api.json({**key_view(minted.record), "key": minted.key}, headers=SECRET_HEADERS)
 
@@ -455,10 +464,10 @@ class KeyRoutes:
         await self._admin(request)
         spec = await self.api.parse(request, KeyUpdateSpec)
         tags = validate_tags(spec.tags, "tags")
-        updated = await self._change(request, lambda record: self.gateway.keys.retag(record, tags), "updating")
+        updated = await self._change(request, lambda record: self.admin.retag(record, tags), "updating")
         return self.api.json(key_view(updated))
 
     async def admin_revoke(self, request: Request) -> Response:
         authority = await self._authority(request)
-        revoked = await self._change(request, self.gateway.keys.revoke, "revoking", (authority, "revoke"))
+        revoked = await self._change(request, self.admin.revoke, "revoking", (authority, "revoke"))
         return self.api.json(key_view(revoked))

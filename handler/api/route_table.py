@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Awaitable, Callable
-from enum import StrEnum
 from functools import cache, cached_property
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     from handler.api.app import Api
+    from handler.api.info_routes import InfoRoutes
     from handler.api.key_routes import KeyRoutes
     from handler.api.messages_routes import MessagesRoutes
     from handler.api.responses_routes import ResponsesRoutes
@@ -38,30 +38,41 @@ if TYPE_CHECKING:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-class Auth(StrEnum):
-    """Who may call a route. The route's handler checks it; the OpenAPI document states it."""
-
-    PUBLIC = "public"
-    OPTIONAL_KEY = "public; a key adds to the answer"
-    KEY = "key"  # `Authorization: Bearer gwk_...`
-    KEY_OR_X_API_KEY = "key, or x-api-key"  # also `x-api-key: gwk_...`, as Anthropic's SDK sends it
-    ADMIN = "admin key"
-
-    @property
-    def security(self) -> list[dict[str, list[str]]] | None:
-        """The operation's OpenAPI `security`; None: the document's default, a bearer key."""
-        return SECURITY.get(self)
+Security = list[dict[str, list[str]]]  # an OpenAPI operation's `security`
 
 
-SECURITY: dict[Auth, list[dict[str, list[str]]]] = {
-    Auth.PUBLIC: [],
-    Auth.OPTIONAL_KEY: [{}, {"bearer": []}],
-    Auth.KEY_OR_X_API_KEY: [{"bearer": []}, {"x-api-key": []}],
-}
+class Auth:
+    """Who may call a route (one of the five below, each its own: compared by identity, as an enum's members). The
+    route's handler checks it; the OpenAPI document states it (`security`: the operation's, None for the document's
+    default, a bearer key). A plain class: as a `StrEnum`, it cost every Lambda cold start 0.7 million instructions
+    to make (callgrind)."""
+
+    __slots__ = ("name", "security")
+
+    PUBLIC: ClassVar[Auth]
+    OPTIONAL_KEY: ClassVar[Auth]
+    KEY: ClassVar[Auth]
+    KEY_OR_X_API_KEY: ClassVar[Auth]
+    ADMIN: ClassVar[Auth]
+
+    def __init__(self, name: str, security: Security | None = None) -> None:
+        self.name: Final = name
+        self.security: Final = security
+
+    def __str__(self) -> str:
+        return self.name
+
+
+Auth.PUBLIC = Auth("public", [])
+Auth.OPTIONAL_KEY = Auth("public; a key adds to the answer", [{}, {"bearer": []}])
+Auth.KEY = Auth("key")  # `Authorization: Bearer gwk_...`
+Auth.KEY_OR_X_API_KEY = Auth("key, or x-api-key", [{"bearer": []}, {"x-api-key": []}])  # as Anthropic's SDK sends it
+Auth.ADMIN = Auth("admin key")
 
 
 # The modules `Endpoints` imports on first use.
 FRONT_ENDS = (
+    "handler.api.info_routes",
     "handler.api.key_routes",
     "handler.api.messages_routes",
     "handler.api.responses_routes",
@@ -79,11 +90,17 @@ def import_front_ends() -> None:
 class Endpoints:
     """The objects whose methods answer the routes, one set per app (`handler.api.app.create_app`). Each but the
     `Api` is built, and its module imported, when a route first needs it: a process imports only the front-ends
-    its requests use (a Lambda serving Chat Completions never imports the Messages or Responses API, the key
-    routes or the dashboard)."""
+    its requests use (a Lambda serving Chat Completions never imports the Messages or Responses API, the read
+    routes, the key routes or the dashboard)."""
 
     def __init__(self, api: Api) -> None:
         self.api = api
+
+    @cached_property
+    def info(self) -> InfoRoutes:
+        from handler.api.info_routes import InfoRoutes
+
+        return InfoRoutes(self.api)
 
     @cached_property
     def keys(self) -> KeyRoutes:
@@ -106,9 +123,10 @@ class Endpoints:
     @cached_property
     def dashboard(self) -> Dashboard:
         from handler.dashboard.routes import Dashboard
+        from handler.pipeline.key_admin import KeyAdmin
 
         gateway = self.api.gateway
-        return Dashboard(self.api.parse, gateway.store, gateway.keys)
+        return Dashboard(self.api.parse, gateway.store, KeyAdmin(gateway.keys))
 
 
 class RouteSpec(Value):
@@ -160,7 +178,7 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec(
         "/health",
         "GET",
-        lambda e: e.api.health,
+        lambda e: e.info.health,
         Auth.OPTIONAL_KEY,
         "Liveness; no auth. With an admin key, also `pending_settlements`: settlements the store refused, "
         "waiting in the spool to land",
@@ -169,7 +187,7 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec(
         "/metrics",
         "GET",
-        lambda e: e.api.metrics,
+        lambda e: e.info.metrics,
         Auth.ADMIN,
         "Request metrics in Prometheus' text format (admin key)",
         lambda o: o.operation(
@@ -188,7 +206,7 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec(
         "/v1/models",
         "GET",
-        lambda e: e.api.models,
+        lambda e: e.info.models,
         Auth.KEY,
         "The models this key may use (Anthropic's list shape when the request carries `anthropic-version`)",
         lambda o: o.operation(o.json_answer(o.LISTING, "the models")),
@@ -196,7 +214,7 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec(
         "/v1/models/{model_id:path}",
         "GET",
-        lambda e: e.api.model,
+        lambda e: e.info.model,
         Auth.KEY,
         "A model this key may use (Anthropic's shape when the request carries `anthropic-version`)",
         lambda o: o.operation(
@@ -208,7 +226,7 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec(
         "/v1/route",
         "GET",
-        lambda e: e.api.route,
+        lambda e: e.info.route,
         Auth.KEY,
         "The deployments a request for `model` would try, in order",
         lambda o: o.operation(

@@ -46,7 +46,8 @@ from starlette.responses import Response
 
 from handler.dashboard.assets import ASSETS, PAGE
 from handler.errors import AuthenticationError, NotFoundError
-from handler.pipeline.keys import KeyService, hash_secret
+from handler.pipeline.key_admin import KeyAdmin
+from handler.pipeline.keys import hash_secret
 from handler.ports import KeyRecord, Store
 
 SIGN_IN_SECONDS = 60
@@ -110,7 +111,7 @@ class Dashboard:
     for sessions."""
 
     def __init__(
-        self, parse: Callable[[Request, type[SignIn]], Awaitable[SignIn]], store: Store, keys: KeyService
+        self, parse: Callable[[Request, type[SignIn]], Awaitable[SignIn]], store: Store, keys: KeyAdmin
     ) -> None:
         self.parse, self.store, self.keys = parse, store, keys
         self.page = read_asset(PAGE)

@@ -21,7 +21,8 @@ from handler.api.key_routes import key_view
 from handler.config import Config, ConfigError, load_config
 from handler.pipeline.attribution import parse_tags
 from handler.pipeline.gateway import DEFAULT_STORE_URL
-from handler.pipeline.keys import KeyService, key_names, split_key, with_descendants
+from handler.pipeline.key_admin import KeyAdmin, key_names, with_descendants
+from handler.pipeline.keys import KeyService, split_key
 from handler.ports import KeyRecord, LedgerItem, Store, StoreError
 from handler.redaction import redact_message
 from handler.telemetry.prometheus import SHARED_ENV
@@ -141,7 +142,7 @@ async def ensure_admin_key(store: Store) -> str | None:
     """On first start (no key at all), create an admin key and return its secret to print once."""
     if await store.list_keys():
         return None
-    service = KeyService(store, 0)
+    service = KeyAdmin(KeyService(store, 0))
     minted = await service.mint(KeyRecord(id="", name="admin", secret_hash="", created_at=0, admin=True))
     return minted.key
 
@@ -362,7 +363,7 @@ async def _keys(args: argparse.Namespace) -> int:
 
 
 async def _key_command(args: argparse.Namespace, store: Store) -> int:
-    service = KeyService(store, 0)
+    service = KeyAdmin(KeyService(store, 0))
     if args.keys_command == "create":
         minted = await service.mint(_created_record(args))
         if args.json:
@@ -564,12 +565,12 @@ def cmd_store_migrate(args: argparse.Namespace) -> int:
     line items written before reports read index shards, links children minted before family links and keys below
     a root's children to their root, sets each root's family count, and homes keys without a home region in the
     store's region), and, on every store, revoke the live keys under a key an older gateway revoked alone
-    (`KeyService.finish_revocations`). Safe beside serving gateways; a second run changes nothing."""
+    (`KeyAdmin.finish_revocations`). Safe beside serving gateways; a second run changes nothing."""
 
     async def run() -> tuple[int, int]:
         store = _store(args.store)
         try:
-            revoked = await KeyService(store, 0).finish_revocations()
+            revoked = await KeyAdmin(KeyService(store, 0)).finish_revocations()
             migrate = getattr(store, "migrate", None)
             moved: int = await migrate() if migrate is not None else 0
             return moved, revoked

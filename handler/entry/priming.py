@@ -35,6 +35,7 @@ from handler.api.app import Settling, create_app
 from handler.config import Config, parse_config
 from handler.entry.adapter import lambda_adapter
 from handler.pipeline.gateway import Gateway, build_gateway
+from handler.pipeline.key_admin import KeyAdmin
 from handler.ports import KeyRecord
 from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
@@ -164,7 +165,7 @@ def prime(loop: asyncio.AbstractEventLoop, rounds: int = ROUNDS) -> dict[str, in
             )
             handler = lambda_adapter(Settling(create_app(gateway), gateway))
             minted = loop.run_until_complete(
-                gateway.keys.mint(
+                KeyAdmin(gateway.keys).mint(
                     KeyRecord(
                         id="",
                         name="priming",

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 
 from handler import schemas
 from handler.errors import GatewayError, UpstreamError
-from handler.pipeline.passthrough import SHAPE_ERRORS, UpstreamStream
+from handler.pipeline.passthrough import UpstreamStream
 from handler.pipeline.pricing import tier_served
 from handler.pipeline.redacting import ChunkRedactor
 from handler.pipeline.schema_check import violation
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import Served, StreamParser
 from handler.schemas import ChatRequest, Usage
-from handler.wire import StreamEvent, WholeBodySniffer, error_excerpt, malformed
+from handler.wire import SHAPE_ERRORS, StreamEvent, WholeBodySniffer, error_excerpt, malformed
 
 if TYPE_CHECKING:
     from handler.pipeline.exchange import Exchange

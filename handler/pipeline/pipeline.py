@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from handler.errors import (
+    CLIENT_CLOSED,
+    CUT_SLACK_S,
     BudgetExceededError,
     ClientClosedError,
     CostLimitError,
@@ -32,6 +34,7 @@ from handler.errors import (
     UpstreamOverloadedError,
     UpstreamRateLimitedError,
     UpstreamTimeoutError,
+    deadline_passed,
 )
 from handler.pipeline.attribution import line_tags
 from handler.pipeline.budgets import Meter, Reservation, remaining_usd
@@ -40,15 +43,6 @@ from handler.pipeline.exchange import Exchange
 from handler.pipeline.gateway import Gateway
 from handler.pipeline.keys import allows_model
 from handler.pipeline.output_caps import OutputCap
-from handler.pipeline.passthrough import (
-    CLIENT_CLOSED,
-    CUT_SLACK_S,
-    SHAPE_ERRORS,
-    NativeReply,
-    NativeStream,
-    deadline_passed,
-    misshapen,
-)
 from handler.pipeline.pricing import (
     Cost,
     PromptEstimate,
@@ -62,16 +56,16 @@ from handler.pipeline.pricing import (
     worst_case_usd,
 )
 from handler.pipeline.routing import Attempt, Plan
-from handler.pipeline.schema_check import enforce, schema_of
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import BuiltRequest, LedgerItem, NativeCall, Served, as_client_named
 from handler.redaction import unkeyed
 from handler.schemas import LATER_MODULES, ChatCompletion, ChatRequest, Usage
 from handler.telemetry.observability import span
-from handler.wire import OVERLOADED, error_answer, json_body, malformed
+from handler.wire import OVERLOADED, SHAPE_ERRORS, error_answer, json_body, malformed, misshapen
 
 if TYPE_CHECKING:
     from handler.pipeline.chunk_stream import ChunkStream  # (imported with the first stream: `_chunk_stream`)
+    from handler.pipeline.passthrough import NativeReply, NativeStream  # (with the first native answer or stream)
     from handler.schemas import EmbeddingsRequest, EmbeddingsResponse
 
 T = TypeVar("T")
@@ -157,6 +151,8 @@ class Pipeline(Charges):
             raise
         schema = self._enforced_schema(req, attempt, ex)
         if schema is not None and completion.choices:
+            from handler.pipeline.schema_check import enforce
+
             try:
                 enforce(schema, completion.choices[0].message.content)
             except SchemaViolationError:
@@ -173,6 +169,8 @@ class Pipeline(Charges):
     async def native(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> NativeReply | ChatCompletion:
         """A request in a provider API's own format (`call`), non-streaming: sent as written to a deployment
         that speaks that API, and as `req` (the same request in the internal form) to any other in the plan."""
+        from handler.pipeline.passthrough import NativeReply
+
         plan = await self._plan(ex, req.model)
         await self._admit(ex, plan, req, call)
 
@@ -210,6 +208,8 @@ class Pipeline(Charges):
     async def native_stream(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> NativeStream | ChunkStream:
         """`native`, streaming: the provider's own events from a deployment that speaks the API, the internal
         chunk stream from any other; either has its first events in by the time it is returned."""
+        from handler.pipeline.passthrough import NativeStream
+
         plan = await self._plan(ex, req.model)
         await self._admit(ex, plan, req, call)
 
@@ -295,6 +295,8 @@ class Pipeline(Charges):
     def _enforced_schema(self, req: ChatRequest, attempt: Attempt, ex: Exchange) -> dict[str, Any] | None:
         if not (ex.controls.enforce_schema or attempt.spec.enforce_schema):
             return None
+        from handler.pipeline.schema_check import schema_of  # (on the first request that asks: few do)
+
         return schema_of(req)
 
     @staticmethod

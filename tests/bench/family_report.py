@@ -26,7 +26,7 @@ from typing import Any
 from adapters.store import open_store
 from adapters.store.dynamo_client import DynamoDBClient
 from adapters.store.dynamodb import DynamoDBStore
-from handler.pipeline.keys import with_descendants
+from handler.pipeline.key_admin import with_descendants
 from handler.ports import KeyRecord, Settlement, Store, UsageQuery
 from tests.support.dynamo import CREDENTIALS, DynamoServer
 from tests.unit.adapters.store.test_contract import line

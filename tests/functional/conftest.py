@@ -22,6 +22,7 @@ from adapters.store import open_store
 from handler.api.app import create_app
 from handler.config import Config, parse_config
 from handler.pipeline.gateway import Gateway, build_gateway
+from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService, split_key
 from handler.ports import KeyRecord, LedgerItem, UsageQuery
 from tests.support.dynamo import DynamoServer
@@ -218,7 +219,7 @@ class Running:
             store = open_store(self.store_url)
             try:
                 record = KeyRecord(id="", name=fields.pop("name", "test"), secret_hash="", created_at=0, **fields)
-                return (await KeyService(store, 0).mint(record)).key
+                return (await KeyAdmin(KeyService(store, 0)).mint(record)).key
             finally:
                 await store.close()
 

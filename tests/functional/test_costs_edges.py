@@ -19,7 +19,8 @@ from handler.api.app import create_app
 from handler.config import parse_config
 from handler.pipeline import budgets
 from handler.pipeline.gateway import Gateway, build_gateway
-from handler.pipeline.keys import KeyService, MintedKey
+from handler.pipeline.key_admin import KeyAdmin, MintedKey
+from handler.pipeline.keys import KeyService
 from handler.ports import KeyRecord, LedgerItem, UsageQuery
 
 HI = [{"role": "user", "content": "hi"}]
@@ -72,7 +73,7 @@ async def serve(
         transport=httpx.MockTransport(upstream),
     )
     record = KeyRecord(id="", name="k", secret_hash="", created_at=0, budget_usd=budget_usd, budget_period="month")
-    key = await KeyService(gateway.store, 0).mint(record)
+    key = await KeyAdmin(KeyService(gateway.store, 0)).mint(record)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway)), base_url="http://gw")
     return Served(gateway, http, key)
 
@@ -286,7 +287,7 @@ async def test_a_document_by_id_is_reserved_but_an_answer_without_usage_is_bille
     [line] = await served.ledger()
     assert line.cost_source == "estimate" and line.input_tokens < 100
     limited = KeyRecord(id="", name="t", secret_hash="", created_at=0, tpm=50_000)
-    key = await KeyService(served.gateway.store, 0).mint(limited)
+    key = await KeyAdmin(KeyService(served.gateway.store, 0)).mint(limited)
     body = {"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": [part]}]}
     answer = await served.http.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key.key}"})
     assert answer.status_code == 200, answer.text  # not "too large for the tpm limit"

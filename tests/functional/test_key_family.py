@@ -20,7 +20,8 @@ from adapters.store.dynamodb import DynamoDBStore
 from adapters.store.expressions import num, text
 from handler.config import Config, parse_config
 from handler.entry.cli import main
-from handler.pipeline.keys import KeyService, new_key_id, split_key
+from handler.pipeline.key_admin import KeyAdmin, new_key_id
+from handler.pipeline.keys import KeyService, split_key
 from handler.ports import KeyRecord, Store
 from tests.functional.conftest import FAKE_KEYS, Running, serve_gateway, serving
 from tests.support.dynamo import DynamoServer
@@ -205,7 +206,7 @@ def test_migrate_brings_an_older_gateways_families_and_revocations(
     async def populate() -> tuple[str, dict[str, KeyRecord]]:
         store = open_store(gateway.store_url)
         try:
-            service = KeyService(store, 0)
+            service = KeyAdmin(KeyService(store, 0))
             minted = await service.mint(KeyRecord(id="", name="root", secret_hash="", created_at=0))
             root = minted.record
             kid = await put_as_before(store, root, name="kid")

@@ -128,10 +128,11 @@ def test_contention_on_dynamodb_answers_200_and_every_line_lands(
     gateway = build_gateway(config=config, store=store, environ={**FAKE_KEYS, "GATEWAY_REGION": "us-east-1"})
 
     async def go() -> None:
+        from handler.pipeline.key_admin import KeyAdmin
         from handler.pipeline.keys import KeyService
         from handler.ports import KeyRecord
 
-        keys = KeyService(store, 0)
+        keys = KeyAdmin(KeyService(store, 0))
         parent = await keys.mint(KeyRecord(id="", name="p", secret_hash="", created_at=0, budget_usd=PARENT_BUDGET))
         template = KeyRecord(
             id="",

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from adapters.store import open_store
+from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService, split_key
 from handler.pipeline.pricing import estimate_prompt_tokens, price_for, worst_case_usd
 from handler.ports import Admission, RateCharge
@@ -246,7 +247,7 @@ def test_the_keys_under_a_revoked_key_are_shown_revoked_and_purged_with_it(on_ea
         try:
             record = await store.get_key(team["id"])
             assert record is not None
-            await KeyService(store, 0, clock=lambda: time.time() - 86400 - 60).revoke(record)
+            await KeyAdmin(KeyService(store, 0, clock=lambda: time.time() - 86400 - 60)).revoke(record)
         finally:
             await store.close()
 
@@ -319,13 +320,14 @@ def test_revoked_key_works_at_most_for_the_cache_window(running: Running, mint: 
 
     async def revoke_elsewhere() -> None:
         from adapters.store import open_store
+        from handler.pipeline.key_admin import KeyAdmin
         from handler.pipeline.keys import KeyService
 
         store = open_store(running.store_url)
         try:
             record = await store.get_key(key_id)
             assert record is not None
-            await KeyService(store, 0).revoke(record)
+            await KeyAdmin(KeyService(store, 0)).revoke(record)
         finally:
             await store.close()
 
@@ -418,13 +420,14 @@ def test_a_secret_rotated_by_another_process_works_at_once(on_each_store: Runnin
 
     async def rotate_elsewhere() -> str:
         from adapters.store import open_store
+        from handler.pipeline.key_admin import KeyAdmin
         from handler.pipeline.keys import KeyService
 
         store = open_store(running.store_url)
         try:
             record = await store.get_key(key_id)
             assert record is not None
-            return (await KeyService(store, 0).rotate(record, 3600)).key
+            return (await KeyAdmin(KeyService(store, 0)).rotate(record, 3600)).key
         finally:
             await store.close()
 

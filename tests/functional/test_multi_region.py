@@ -33,6 +33,7 @@ from adapters.store.dynamodb import DynamoDBStore
 from handler.api.app import create_app
 from handler.config import Config, parse_config
 from handler.pipeline.gateway import Gateway, build_gateway
+from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
 from handler.pipeline.pricing import estimate_prompt_tokens, price_for, worst_case_usd
 from handler.ports import KeyRecord
@@ -153,7 +154,7 @@ def mint(region: Region, budget: float | None, homed: bool = True, url: str | No
         store = open_store(url or region.store_url) if homed else DynamoDBStore(region.client, TABLE)
         try:
             record = KeyRecord(id="", name="multi", secret_hash="", created_at=0, budget_usd=budget, admin=admin)
-            return (await KeyService(store, 0).mint(record)).key
+            return (await KeyAdmin(KeyService(store, 0)).mint(record)).key
         finally:
             await store.close()
 

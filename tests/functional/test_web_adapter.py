@@ -20,6 +20,7 @@ from handler.api import app as app_module
 from handler.api.app import serving_app
 from handler.config import parse_config
 from handler.pipeline.gateway import Gateway, build_gateway
+from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
 from handler.pipeline.spool import ENV
 from handler.ports import KeyRecord, Settlement, StoreError
@@ -64,7 +65,7 @@ async def behind_the_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         transport=httpx.MockTransport(upstream),
     )
     record = KeyRecord(id="", name="k", secret_hash="", created_at=0, budget_usd=10.0)
-    return gateway, store, (await KeyService(gateway.store, 0).mint(record)).key
+    return gateway, store, (await KeyAdmin(KeyService(gateway.store, 0)).mint(record)).key
 
 
 def lines(store: Path) -> int:

@@ -16,6 +16,7 @@ from adapters.store.dynamodb import DynamoDBStore
 from adapters.store.slices import IDLE_S, SWEEP_S
 from handler.api.app import create_app
 from handler.pipeline.gateway import build_gateway
+from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
 from handler.ports import KeyRecord, Settlement, UsageQuery
 from tests.functional.conftest import FAKE_KEYS, Running, gateway_config
@@ -107,8 +108,10 @@ def test_budgeted_keys_fail_closed_when_the_store_throttles(throttled: Any) -> N
     client, store, gateway = throttled
 
     async def go() -> None:
-        minted = await KeyService(store, 0).mint(KeyRecord(id="", name="b", secret_hash="", created_at=0, budget_usd=1))
-        free = await KeyService(store, 0).mint(KeyRecord(id="", name="f", secret_hash="", created_at=0))
+        minted = await KeyAdmin(KeyService(store, 0)).mint(
+            KeyRecord(id="", name="b", secret_hash="", created_at=0, budget_usd=1)
+        )
+        free = await KeyAdmin(KeyService(store, 0)).mint(KeyRecord(id="", name="f", secret_hash="", created_at=0))
         client.failing["update_item"] = 100
         answer = await asgi(gateway, minted.key)
         assert answer.status_code == 503 and answer.json()["error"]["code"] == "store_unavailable"
@@ -130,7 +133,9 @@ def test_a_failed_settlement_is_retried_and_counted_once(throttled: Any) -> None
     client, store, gateway = throttled
 
     async def go() -> None:
-        minted = await KeyService(store, 0).mint(KeyRecord(id="", name="s", secret_hash="", created_at=0, budget_usd=1))
+        minted = await KeyAdmin(KeyService(store, 0)).mint(
+            KeyRecord(id="", name="s", secret_hash="", created_at=0, budget_usd=1)
+        )
         client.failing["transact_write_items"] = 3  # the first settlements are throttled, the retry lands
         answer = await asgi(gateway, minted.key)
         assert answer.status_code == 200
@@ -159,7 +164,7 @@ def test_no_reservation_stays_stuck(throttled: Any) -> None:
     async def go() -> None:
         from handler.pipeline.pipeline import Pipeline
 
-        minted = await KeyService(store, 0).mint(
+        minted = await KeyAdmin(KeyService(store, 0)).mint(
             KeyRecord(id="", name="r", secret_hash="", created_at=0, budget_usd=0.05)
         )
         pipeline = Pipeline(gateway)

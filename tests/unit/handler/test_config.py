@@ -11,6 +11,7 @@ import yaml
 from adapters.providers.registry import REGISTRY
 from handler import config as config_module
 from handler.config import ConfigError, load_config, parse_config, resolve_secret
+from handler.telemetry.otlp_config import OtlpConfig
 
 TYPES = set(REGISTRY)
 
@@ -132,7 +133,7 @@ def test_the_otlp_section_validated_apart_names_its_problems_as_the_rest(otlp: o
         parse_config({"observability": {"otlp": otlp}}, set(REGISTRY))
     assert caught.value.problems == problems
     parsed = parse_config({"observability": {"otlp": {"endpoint": "http://c:4318"}}}, set(REGISTRY))
-    assert isinstance(parsed.observability.otlp, config_module.OtlpConfig)
+    assert isinstance(parsed.observability.otlp, OtlpConfig)
     assert parsed.observability.otlp.endpoint == "http://c:4318" and parsed.observability.otlp.batch_size == 512
     assert parse_config({}, set(REGISTRY)).observability.otlp is None
 

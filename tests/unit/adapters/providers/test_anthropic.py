@@ -850,7 +850,7 @@ def test_a_compactions_tokens_are_billed_beside_the_top_level_counts() -> None:
     assert (usage.prompt_tokens, usage.completion_tokens) == (23000 + 180000 + 4000 + 2000, 1000 + 3500)
     assert (usage.cached_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens) == (4000, 2000, 2000)
     malformed = {**answer, "usage": {**COMPACTED_USAGE, "iterations": {"type": "compaction"}}}
-    with pytest.raises(ValueError):  # (the pipeline's malformed answer: `passthrough.SHAPE_ERRORS`)
+    with pytest.raises(ValueError):  # (the pipeline's malformed answer: `wire.SHAPE_ERRORS`)
         adapter().native_usage(NativeCall(MESSAGES_API, {}), orjson.dumps(malformed))
 
 

@@ -20,7 +20,8 @@ from adapters.store.dynamo_client import invoke
 from adapters.store.dynamodb import DynamoDBStore
 from adapters.store.metered import MeteredStore
 from adapters.store.records import key_from_json, key_to_json, ledger_from_json, ledger_to_json
-from handler.pipeline.keys import KeyService, hash_secret, split_key, with_descendants
+from handler.pipeline.key_admin import KeyAdmin, with_descendants
+from handler.pipeline.keys import KeyService, hash_secret, split_key
 from handler.ports import (
     Admission,
     BudgetCharge,
@@ -443,7 +444,7 @@ async def test_usage_windows_reaching_far_past_or_future_hold_the_lines_in_them(
 
 async def test_keys_are_hashed_at_rest(store: Store, store_url: str, dynamo_raw: Callable[[str], str]) -> None:
     storage_only(store_url, "reads the stored bytes around the store's code; a dict holds no bytes")
-    minted = await KeyService(store, 0).mint(record())
+    minted = await KeyAdmin(KeyService(store, 0)).mint(record())
     _, secret = split_key(minted.key) or ("", "")
     raw = dynamo_raw(store_url)
     assert minted.record.id in raw and hash_secret(secret) in raw
@@ -573,7 +574,7 @@ async def admit_all(store: Store, admissions: list[Admission]) -> list[BudgetRef
 
 async def test_a_key_is_homed_where_it_is_created(regional: Callable[..., Store]) -> None:
     store = regional(LEASE_REGION)
-    minted = await KeyService(store, 0).mint(record())
+    minted = await KeyAdmin(KeyService(store, 0)).mint(record())
     assert minted.record.home_region == LEASE_REGION
     assert (await store.get_key(minted.record.id)) == minted.record
     await store.close()

@@ -25,6 +25,7 @@ from adapters.store.dynamodb import LEDGER_SHARDS, SWEEP_SECONDS, DynamoDBStore
 from adapters.store.expressions import Expression, num, text
 from adapters.store.responses import pack
 from handler.pipeline.budgets import period_of
+from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
 from handler.ports import (
     Admission,
@@ -313,14 +314,15 @@ async def test_a_rotation_sent_again_after_its_answer_was_lost_stands(dynamo: Dy
     secret stopped at once despite its grace."""
     transport, store = losing_store(dynamo)
     keys = KeyService(store, 0)
-    original = await keys.mint(record())
+    admin = KeyAdmin(keys)
+    original = await admin.mint(record())
     transport.lose = "PutItem"
-    rotated = await keys.rotate(original.record, 3600)
+    rotated = await admin.rotate(original.record, 3600)
     assert transport.lose is None  # the answer was lost once, and the write sent again
     assert (await keys.authenticate(rotated.key, None)).version == 2
     assert (await keys.authenticate(original.key, None)).id == original.record.id  # in its grace
     with pytest.raises(ConflictError):  # a rotation from the same version, by another call, is a conflict
-        await keys.rotate(original.record, 3600)
+        await admin.rotate(original.record, 3600)
     await store.close()
 
 
@@ -1109,7 +1111,7 @@ async def test_a_store_url_without_a_region_homes_its_keys_in_the_clients_region
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     store = open_store(f"dynamodb://{table}?endpoint_url={dynamo.url}")
     assert isinstance(store, DynamoDBStore) and store.region == "us-east-1"
-    minted = await KeyService(store, 0).mint(record(budget_usd=1.0))
+    minted = await KeyAdmin(KeyService(store, 0)).mint(record(budget_usd=1.0))
     found = await store.get_key(minted.record.id)
     assert found is not None and found.home_region == "us-east-1"
     assert store.spool_path is not None and store.spool_path.endswith(f"settlements-{table}.jsonl")  # as before

@@ -182,6 +182,7 @@ def test_a_keys_ip_ranges_hold_behind_a_trusted_proxy_on_a_dual_stack_socket() -
     from handler.api.app import create_app
     from handler.config import parse_config
     from handler.pipeline.gateway import build_gateway
+    from handler.pipeline.key_admin import KeyAdmin
     from handler.ports import KeyRecord
 
     config = parse_config({"gateway": {"trusted_proxies": ["127.0.0.0/8"]}}, set())
@@ -189,7 +190,7 @@ def test_a_keys_ip_ranges_hold_behind_a_trusted_proxy_on_a_dual_stack_socket() -
 
     def mint(allow_ips: list[str]) -> str:
         record = KeyRecord(id="", name="ranged", secret_hash="", created_at=0, allow_ips=allow_ips)
-        return asyncio.run(gateway.keys.mint(record)).key
+        return asyncio.run(KeyAdmin(gateway.keys).mint(record)).key
 
     internal, office = mint(["127.0.0.0/8"]), mint(["203.0.113.0/24"])
     with TestClient(create_app(gateway), client=("::ffff:127.0.0.1", 50000)) as client:

@@ -17,6 +17,7 @@ from handler.api.app import GatewayApp, create_app
 from handler.api.openapi import openapi_path
 from handler.api.route_table import ROUTES, Auth, RouteSpec, openapi_document
 from handler.pipeline.gateway import build_gateway
+from handler.pipeline.key_admin import KeyAdmin
 from handler.ports import KeyRecord
 from tests.support.dynamo import DynamoServer
 
@@ -34,7 +35,7 @@ def keys(app: GatewayApp) -> Iterator[tuple[TestClient, str, str]]:
     gateway = app.state.gateway
     with TestClient(app) as client:
         admin = client.portal.call(
-            gateway.keys.mint, KeyRecord(id="", name="a", secret_hash="", created_at=0, admin=True)
+            KeyAdmin(gateway.keys).mint, KeyRecord(id="", name="a", secret_hash="", created_at=0, admin=True)
         )
         plain = client.post("/admin/keys", json={"name": "p"}, headers={"authorization": f"Bearer {admin.key}"})
         assert plain.status_code == 201
@@ -81,7 +82,7 @@ def test_the_direct_lane_serves_exactly_the_tables_direct_posts(app: GatewayApp)
 
 
 def test_a_direct_row_must_be_a_post(monkeypatch: pytest.MonkeyPatch) -> None:
-    row = RouteSpec("/v1/x", "GET", lambda e: e.api.health, Auth.KEY, "x", {}, direct=True)
+    row = RouteSpec("/v1/x", "GET", lambda e: e.info.health, Auth.KEY, "x", {}, direct=True)
     monkeypatch.setattr(route_table, "ROUTES", (row,))
     with pytest.raises(ValueError, match="GET /v1/x: the direct lane serves POSTs only"):
         route_table.direct_lane({})
@@ -143,7 +144,7 @@ def test_the_documented_tags_header_is_the_one_the_app_parses() -> None:
     from handler.api.openapi import CONTROL_HEADERS, TAG_PAIR
     from handler.pipeline.attribution import MAX_TAGS, TAG, parse_tags
 
-    assert TAG_PAIR == f"{TAG.pattern}={TAG.pattern}"
+    assert TAG_PAIR == f"{TAG}={TAG}"
     pattern = CONTROL_HEADERS["x-gateway-tags"][1]["pattern"]
     assert f"{{0,{MAX_TAGS - 1}}}" in pattern
     most = ",".join(f"t{n}=v" for n in range(MAX_TAGS))

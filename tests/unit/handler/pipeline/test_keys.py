@@ -8,18 +8,16 @@ from dataclasses import replace
 import pytest
 
 from handler.errors import AuthenticationError, PermissionDeniedError
+from handler.pipeline.key_admin import KeyAdmin, MintedKey, models_within, validate_networks
 from handler.pipeline.keys import (
     RECHECK_SECONDS,
     KeyService,
-    MintedKey,
     address_allowed,
     format_key,
     hash_secret,
     model_allowed,
-    models_within,
     parse_networks,
     split_key,
-    validate_networks,
 )
 from handler.ports import KeyRecord
 from tests.unit.adapters.store.memory_store import MemoryStore
@@ -64,7 +62,7 @@ def test_an_ipv4_mapped_range_is_held_as_the_ipv4_range_it_maps() -> None:
 
 def test_glob_containment_is_sound() -> None:
     """A child pattern is within a parent's only if every model it matches, the parent matches too."""
-    from handler.pipeline.keys import glob_within
+    from handler.pipeline.key_admin import glob_within
 
     within = [
         ("gpt-4o", "gpt-*"),
@@ -119,14 +117,15 @@ async def test_a_keys_ranges_are_parsed_once_per_read_of_its_record_not_per_requ
     now = [1000.0]
     store = MemoryStore()
     service = KeyService(store, 5, clock=lambda: now[0])
-    parent = await service.mint(KeyRecord(id="", name="p", secret_hash="", created_at=0, allow_ips=many_ranges(100)))
+    admin = KeyAdmin(service)
+    parent = await admin.mint(KeyRecord(id="", name="p", secret_hash="", created_at=0, allow_ips=many_ranges(100)))
     parent_id = parent.record.id
-    child = await service.mint(
+    child = await admin.mint(
         KeyRecord(
             id="", name="c", secret_hash="", created_at=0, parent_id=parent_id, ancestors=[parent_id], allow_ips=[]
         )
     )
-    plain = await service.mint(KeyRecord(id="", name="plain", secret_hash="", created_at=0))
+    plain = await admin.mint(KeyRecord(id="", name="plain", secret_hash="", created_at=0))
     for _ in range(50):
         lineage = await service.authenticate_lineage(child.key, "127.0.0.1")
         assert [k.id for k in lineage] == [child.record.id, parent_id]
@@ -159,8 +158,8 @@ async def test_a_secret_rotated_elsewhere_works_at_once_where_the_key_is_cached(
     now = [1000.0]
     store = CountingStore()
     here = KeyService(store, 5, clock=lambda: now[0])
-    elsewhere = KeyService(store, 0, clock=lambda: now[0])
-    minted = await here.mint(KeyRecord(id="", name="k", secret_hash="", created_at=0))
+    elsewhere = KeyAdmin(KeyService(store, 0, clock=lambda: now[0]))
+    minted = await KeyAdmin(here).mint(KeyRecord(id="", name="k", secret_hash="", created_at=0))
     key_id = minted.record.id
     assert (await here.authenticate(minted.key, None)).id == key_id  # cached here
     rotated = await elsewhere.rotate(minted.record, 3600)
@@ -182,19 +181,20 @@ async def test_a_child_minted_as_its_parent_is_revoked_elsewhere_is_revoked_with
     so and never purged, and for good once the parent was purged a day later. The mint now reads the ancestors again
     once the child is stored: the child is revoked with its parent, and the mint refused as a fresh cache would."""
     store = MemoryStore()
-    here, elsewhere = KeyService(store, 5), KeyService(store, 5)
-    parent = await here.mint(KeyRecord(id="", name="team", secret_hash="", created_at=0))
+    here, elsewhere = KeyService(store, 5), KeyAdmin(KeyService(store, 5))
+    minting = KeyAdmin(here)
+    parent = await minting.mint(KeyRecord(id="", name="team", secret_hash="", created_at=0))
     held = await here.authenticate(parent.key, None)  # cached here, live
     revoked = await elsewhere.revoke(parent.record)
     template = KeyRecord(id="", name="agent", secret_hash="", created_at=0, parent_id=held.id, ancestors=[held.id])
     with pytest.raises(AuthenticationError, match="this key's parent has been revoked") as refused:
-        await here.mint_child(template, 10)
+        await minting.mint_child(template, 10)
     assert refused.value.code == "key_revoked"
     [child_id] = await store.child_ids(held.id)
     child = await store.get_key(child_id)
     assert child is not None and (child.revoked_at, child.revoked_by) == (revoked.revoked_at, held.id)
-    other = (await here.mint(KeyRecord(id="", name="other", secret_hash="", created_at=0))).record
-    live = await here.mint_child(replace(template, parent_id=other.id, ancestors=[other.id]), 10)
+    other = (await minting.mint(KeyRecord(id="", name="other", secret_hash="", created_at=0))).record
+    live = await minting.mint_child(replace(template, parent_id=other.id, ancestors=[other.id]), 10)
     assert live.record.revoked_at is None  # (a live parent's child is as it was)
 
 
@@ -204,7 +204,7 @@ async def test_wrong_secrets_for_a_real_key_cost_one_store_read_a_second_at_most
     now = [1000.0]
     store = CountingStore()
     service = KeyService(store, 5, clock=lambda: now[0])
-    minted = await service.mint(KeyRecord(id="", name="k", secret_hash="", created_at=0))
+    minted = await KeyAdmin(service).mint(KeyRecord(id="", name="k", secret_hash="", created_at=0))
     await service.authenticate(minted.key, None)
     wrong = format_key(minted.record.id, "w" * 43)
     reads = store.reads

@@ -17,6 +17,7 @@ from adapters.store import open_store
 from adapters.store.dynamodb import DynamoDBStore
 from handler.pipeline import budgets
 from handler.pipeline.budgets import SETTLE_ATTEMPTS, Meter
+from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
 from handler.pipeline.spool import SettlementSpool, settlement_from_dict, settlement_to_dict
 from handler.ports import BudgetCharge, KeyRecord, Settlement, Store, StoreError, UsageQuery
@@ -198,8 +199,8 @@ def test_health_tells_admins_how_many_settlements_wait() -> None:
 
     gateway = build_gateway(store_url="sqlite://", environ={})
     with TestClient(create_app(gateway)) as client:
-        admin = client.portal.call(KeyService(gateway.store, 0).mint, record(admin=True))  # type: ignore[union-attr]
-        user = client.portal.call(KeyService(gateway.store, 0).mint, record())  # type: ignore[union-attr]
+        admin = client.portal.call(KeyAdmin(KeyService(gateway.store, 0)).mint, record(admin=True))  # type: ignore[union-attr]
+        user = client.portal.call(KeyAdmin(KeyService(gateway.store, 0)).mint, record())  # type: ignore[union-attr]
         item = line(user.record.id, 0.1)
         gateway.spool.add(Settlement(item.request_id, [], 0.0, [], item), "injected")
         assert client.get("/health").json() == {"status": "ok", "region": gateway.region}
@@ -209,8 +210,8 @@ def test_health_tells_admins_how_many_settlements_wait() -> None:
         assert as_admin.json()["pending_settlements"] == 1
         # Liveness, whatever the header holds: no valid key (a revoked one, a proxy's Basic credentials) is a 200
         # with no count, never the 401 a probe would read as the gateway down.
-        revoked = client.portal.call(KeyService(gateway.store, 0).mint, record(admin=True))  # type: ignore[union-attr]
-        client.portal.call(KeyService(gateway.store, 0).revoke, revoked.record)  # type: ignore[union-attr]
+        revoked = client.portal.call(KeyAdmin(KeyService(gateway.store, 0)).mint, record(admin=True))  # type: ignore[union-attr]
+        client.portal.call(KeyAdmin(KeyService(gateway.store, 0)).revoke, revoked.record)  # type: ignore[union-attr]
         for header in ("Bearer gwk_nope", "Basic dXNlcjpwYXNz", f"Bearer {revoked.key}", "Bearer"):
             answer = client.get("/health", headers={"authorization": header})
             assert answer.status_code == 200 and answer.json() == {"status": "ok", "region": gateway.region}

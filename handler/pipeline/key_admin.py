@@ -1,0 +1,386 @@
+"""Gateway keys' administration: minting, rotation, retagging and revocation (a key's family with it), the
+migration's repair of revocations an older gateway left unfinished, and the containment checks that hold a new key
+within its parent's or its admin's bounds.
+
+No proxied request needs any of it: it is imported by the key routes, the dashboard and the CLI, on their first
+use. In handler/pipeline/keys.py, beside what each request runs (`KeyService.authenticate_lineage`), it cost every
+Lambda cold start 0.5 million instructions (callgrind). A `KeyAdmin` writes through the `KeyService` whose
+cache serves the requests, so that the cache holds what this process wrote (`KeyService.wrote`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
+from typing import Final
+
+from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
+from handler.pipeline.keys import ID_LENGTH, KeyService, format_key, hash_secret, network
+from handler.ports import ChildLimitReached, ConflictError, KeyRecord, Store
+from handler.records import Value
+from handler.redaction import REDACTED
+
+ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
+
+
+def new_key_id() -> str:
+    return "".join(secrets.choice(ID_ALPHABET) for _ in range(ID_LENGTH))
+
+
+def models_within(child: list[str], parent: list[str]) -> bool:
+    """Every model a child pattern matches is matched by some parent pattern (glob containment).
+
+    Conservative: a pattern that only a union of several parent patterns would cover is refused."""
+    return all(any(glob_within(c, p) for p in parent) for c in child)
+
+
+# (kind: "*", "?", "c" a character, "[" a class, "~" a class too wide to list; its characters; negated)
+_Token = tuple[str, frozenset[str] | None, bool]
+CLASS_RANGE_LIMIT = 4096  # characters a class's range may list; a wider class is known only as "one character"
+
+
+def _glob_tokens(pattern: str) -> list[_Token]:
+    """`fnmatch`'s syntax as tokens: `*`, `?`, `[...]`/`[!...]` classes (ranges expanded; a class with a range
+    wider than `CLASS_RANGE_LIMIT` is kept as "~", one character we cannot list), literal characters."""
+    tokens: list[_Token] = []
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char in "*?":
+            if not (char == "*" and tokens and tokens[-1][0] == "*"):
+                tokens.append((char, None, False))
+            i += 1
+            continue
+        if char == "[":
+            end = i + 1
+            if end < len(pattern) and pattern[end] == "!":
+                end += 1
+            if end < len(pattern) and pattern[end] == "]":
+                end += 1
+            end = pattern.find("]", end)
+            if end >= 0:
+                body = pattern[i + 1 : end]
+                negated = body.startswith("!")
+                body = body[1:] if negated else body
+                chars: set[str] = set()
+                listed = True
+                j = 0
+                while j < len(body):
+                    if j + 2 < len(body) and body[j + 1] == "-":
+                        low, high = ord(body[j]), ord(body[j + 2])
+                        listed = listed and high - low < CLASS_RANGE_LIMIT
+                        if listed:
+                            chars.update(chr(c) for c in range(low, high + 1))
+                        j += 3
+                    else:
+                        chars.add(body[j])
+                        j += 1
+                tokens.append(("[", frozenset(chars), negated) if listed else ("~", None, negated))
+                i = end + 1
+                continue
+        tokens.append(("c", frozenset(char), False))
+        i += 1
+    return tokens
+
+
+def glob_within(child: str, parent: str) -> bool:
+    """Whether every string `child` matches is matched by `parent` (both `fnmatch` globs).
+
+    Sound, not complete: it never says yes wrongly. A `*` or `?` of the child must meet a `*`/`?` of the
+    parent; a class of the child must be a subset of what the parent's token at that place admits. A class too
+    wide to list is only known to be one character: within a parent's `?` or `*`, and covering nothing."""
+    c_tokens, p_tokens = _glob_tokens(child), _glob_tokens(parent)
+    memo: dict[tuple[int, int], bool] = {}
+
+    def covers(p: _Token, c: _Token) -> bool:
+        """Parent token `p` matches every single character child token `c` can match."""
+        if p[0] == "?":
+            return c[0] != "*"
+        if c[0] in "*?" or p[1] is None or c[1] is None:
+            return False
+        if c[2]:  # a negated child class matches almost anything: only a negated parent with fewer exclusions
+            return p[2] and p[1] <= c[1]
+        return not (c[1] & p[1]) if p[2] else c[1] <= p[1]
+
+    def within(i: int, j: int) -> bool:
+        if (i, j) in memo:
+            return memo[(i, j)]
+        if j < len(p_tokens) and p_tokens[j][0] == "*":
+            result = within(i, j + 1) or (i < len(c_tokens) and within(i + 1, j))
+        elif i == len(c_tokens) or j == len(p_tokens):
+            result = i == len(c_tokens) and j == len(p_tokens)
+        else:
+            result = covers(p_tokens[j], c_tokens[i]) and within(i + 1, j + 1)
+        memo[(i, j)] = result
+        return result
+
+    return within(0, 0)
+
+
+def validate_networks(networks: list[str]) -> list[str]:
+    out = []
+    for net in networks:
+        try:
+            out.append(str(network(net.strip())))
+        except ValueError:
+            raise InvalidRequestError(f"'{net}' is not an IP address or CIDR range", param="allow_ips") from None
+    return out
+
+
+class MintedKey(Value):
+    """A new key: the record as stored and the secret shown once."""
+
+    __slots__ = ("record", "key")
+
+    def __init__(self, record: KeyRecord, key: str) -> None:
+        self.record: Final = record
+        self.key: Final = key
+
+    def __repr__(self) -> str:
+        """The key's id, never its secret: a log line or a traceback's locals may show a repr."""
+        return f"MintedKey(record={self.record!r}, key={format_key(self.record.id, REDACTED)!r})"
+
+
+# Parents whose children a family walk asks the store for at once (DynamoDB: one query or two each).
+WALK_CONCURRENCY = 8
+
+
+async def with_descendants(store: Store, key_id: str) -> list[str]:
+    """`key_id` and every key minted under it, at any depth (breadth first), purged ones included: the store's
+    links (`Store.child_ids`) outlive the children's records, as their ledger lines do. Walking the live keys
+    instead dropped a child's spend from its parent's report a day after the child expired or was revoked.
+
+    Every descendant, however many: the walk stopped once it had found 10,000 keys, and a parent's report left
+    out the spend of the rest without a word (1,000 children with 9 children each hid a great-grandchild's). A
+    level's parents are asked `WALK_CONCURRENCY` at a time, unless the store finds the family in one call
+    (`Store.family_ids`)."""
+    family = await store.family_ids(key_id)
+    if family is not None:
+        return family
+    found, frontier = [key_id], [key_id]
+    seen = {key_id}
+    gate = asyncio.Semaphore(WALK_CONCURRENCY)
+
+    async def children_of(parent: str) -> list[str]:
+        async with gate:
+            return await store.child_ids(parent)
+
+    while frontier:
+        parents, frontier = frontier, []
+        for children in await asyncio.gather(*(children_of(parent) for parent in parents)):
+            fresh = [child for child in children if child not in seen]
+            seen.update(fresh)
+            frontier += fresh
+        found += frontier
+    return found
+
+
+async def key_names(lookup: Callable[[str], Awaitable[KeyRecord | None]], key_ids: Iterable[str]) -> dict[str, str]:
+    """The names of the keys `key_ids`, for reports (a key deleted since has none)."""
+    names = {}
+    for key_id in set(key_ids):
+        record = await lookup(key_id)
+        names[key_id] = record.name if record is not None else ""
+    return names
+
+
+class KeyAdmin:
+    """Key lifecycle over the `KeyService` `keys`: its store and clock, and its cache, which keeps what is written."""
+
+    __slots__ = ("keys", "store", "clock")
+
+    def __init__(self, keys: KeyService) -> None:
+        self.keys = keys
+        self.store = keys.store
+        self.clock = keys.clock
+
+    def _new(self, template: KeyRecord) -> MintedKey:
+        """A new key built from `template` (its id, hash and timestamps replaced), not yet stored."""
+        secret = secrets.token_urlsafe(32)
+        record = replace(template, id=new_key_id(), secret_hash=hash_secret(secret), created_at=self.clock(), version=1)
+        return MintedKey(record, format_key(record.id, secret))
+
+    async def mint(self, template: KeyRecord) -> MintedKey:
+        """Store a new key built from `template` (its id, hash and timestamps are replaced)."""
+        minted = self._new(template)
+        await self.store.create_key(minted.record)
+        return minted
+
+    async def mint_child(self, template: KeyRecord, max_children: int, root_home: str | None = None) -> MintedKey:
+        """`mint` under `template.parent_id`, refused with a 403 `child_key_limit` when its family (the keys under
+        its root key, at every depth) holds `max_children` live keys: the store counts and inserts in one atomic
+        step (`Store.create_child`), in the root's home region `root_home`.
+
+        Its ancestors are read again once it is stored (`_revoked_with_ancestor`): one revoked meanwhile by another
+        process (this one held the parent live in its cache) walked its family before the key was in it, and the
+        key stayed live under a revoked key, shown live and never purged, for good once the revoked key was."""
+        minted = self._new(template)
+        try:
+            await self.store.create_child(minted.record, max_children, root_home)
+        except ChildLimitReached as full:
+            raise PermissionDeniedError(
+                f"this key's family holds {max_children} live keys, the most one root key may have under it at every "
+                f"depth (root '{full.root_id}'; gateway.key_minting.max_children)",
+                code="child_key_limit",
+            ) from None
+        await self._revoked_with_ancestor(minted.record)
+        return minted
+
+    async def _revoked_with_ancestor(self, record: KeyRecord) -> None:
+        """For a key just stored: if an ancestor is revoked or gone, the key revoked with it (as `revoke` would
+        have, had its walk found it) and a 401 `key_revoked`, as the request meets when its cache is fresh. Read
+        after the key's write, as a revocation walks the family after its own: one of the two sees the other."""
+        chain = await asyncio.gather(*(self.store.get_key_latest(held) for held in record.ancestors))
+        for ancestor_id, held in zip(record.ancestors, chain, strict=True):
+            if held is not None and held.revoked_at is None:
+                continue
+            revoked_at = self.clock() if held is None or held.revoked_at is None else held.revoked_at
+            revoked_by = ancestor_id if held is None else held.revoked_by or ancestor_id
+            revoked = replace(record, revoked_at=revoked_at, revoked_by=revoked_by, version=record.version + 1)
+            await self.store.update_key(revoked)
+            self.keys.wrote(revoked)
+            whose = "this key's parent" if ancestor_id == record.parent_id else "an ancestor of this key"
+            raise AuthenticationError(
+                f"{whose} has been revoked" if held is not None else f"{whose} no longer exists", code="key_revoked"
+            )
+
+    async def rotate(self, record: KeyRecord, grace_seconds: float) -> MintedKey:
+        """A new secret for the same key; the old one keeps working for `grace_seconds`. A key whose new secret
+        could never work is refused: one revoked or expired, itself or through an ancestor, or with an ancestor
+        that no longer exists (purged a day after it ended)."""
+        self._check_rotatable(record, await self.keys.chain(record))
+        secret = secrets.token_urlsafe(32)
+        now = self.clock()
+        rotated = replace(
+            record,
+            secret_hash=hash_secret(secret),
+            prev_secret_hash=record.secret_hash if grace_seconds > 0 else None,
+            prev_valid_until=now + grace_seconds if grace_seconds > 0 else None,
+            version=record.version + 1,
+        )
+        await self.store.update_key(rotated)
+        self.keys.wrote(rotated)
+        return MintedKey(rotated, format_key(record.id, secret))
+
+    def _check_rotatable(self, record: KeyRecord, chain: list[tuple[str, KeyRecord | None]]) -> None:
+        """A 400 saying why `record`'s new secret could never work, if it could not (`chain`: `_chain`'s). An
+        expired key, or a child of a purged parent, was rotated (200) to a secret every request refused."""
+        now = self.clock()
+        for key_id, held in chain:
+            mine = held is record
+            if held is None:
+                why = f"has an ancestor that no longer exists ('{key_id}'); its new secret could never work"
+            elif held.revoked_at is not None:
+                by = held.revoked_by if mine else key_id
+                why = f"has a revoked ancestor ('{by}')" if by is not None else "is revoked"
+                why += "; a revoked key cannot be rotated"
+            elif held.expires_at is not None and held.expires_at <= now:
+                why = "has expired" if mine else f"has an expired ancestor ('{key_id}')"
+                why += "; an expired key cannot be rotated (its new secret could never work)"
+            else:
+                continue
+            raise InvalidRequestError(f"key '{record.id}' {why}")
+
+    async def retag(self, record: KeyRecord, tags: dict[str, str]) -> KeyRecord:
+        """Replace the key's default attribution tags (its lines from now on carry them)."""
+        retagged = replace(record, tags=tags, version=record.version + 1)
+        await self.store.update_key(retagged)
+        self.keys.wrote(retagged)
+        return retagged
+
+    async def revoke(self, record: KeyRecord) -> KeyRecord:
+        """The key revoked from now on, and every live key under it with it (`revoked_by` naming it); one revoked
+        already stays as it was (when it was revoked is kept), and the keys under it are revoked with it again
+        (a revocation cut short, by a store error or a child minted meanwhile, is finished by the next)."""
+        revoked = record
+        if record.revoked_at is None:
+            revoked = replace(record, revoked_at=self.clock(), version=record.version + 1)
+            await self.store.update_key(revoked)
+            self.keys.wrote(revoked)
+        await self._revoke_descendants(revoked)
+        return revoked
+
+    async def _revoke_descendants(self, revoked: KeyRecord) -> None:
+        """Every live key under `revoked`, revoked at its time. Its requests were refused already (an ancestor's
+        revocation ends a chain), but the admin API showed such keys live for good (`revoked_at` None) and the store
+        never purged them: it forgets a key a day after its own end (`adapters.store.records.key_purge_after`)."""
+        assert revoked.revoked_at is not None
+        now, ended_at = self.clock(), revoked.revoked_at
+        gate = asyncio.Semaphore(WALK_CONCURRENCY)
+
+        async def end(key_id: str) -> None:
+            async with gate:
+                await self._revoke_with(key_id, ended_at, revoked.id, ended_by=now)
+
+        family = await with_descendants(self.store, revoked.id)
+        await asyncio.gather(*(end(key_id) for key_id in family if key_id != revoked.id))
+
+    async def _revoke_with(
+        self, key_id: str, revoked_at: float, revoked_by: str, *, ended_by: float | None = None, quiet: bool = False
+    ) -> bool:
+        """Revoke the key `key_id` at `revoked_at`, `revoked_by` naming the ancestor it is revoked with; whether it
+        was. Read at its home (where a write goes) and written on condition of the version read, once more after a
+        concurrent write (a retag, a rotation); a second conflict is raised, or with `quiet` left (to the next run).
+        A key purged, revoked already (its own revocation stands) or, with `ended_by`, ended by then (purged at its
+        own end) is left as it is."""
+        for attempt in (1, 2):
+            held = await self.store.get_key_latest(key_id)
+            if held is None or held.revoked_at is not None:
+                return False
+            if ended_by is not None and held.expires_at is not None and held.expires_at <= ended_by:
+                return False
+            try:
+                await self.store.update_key(
+                    replace(held, revoked_at=revoked_at, revoked_by=revoked_by, version=held.version + 1)
+                )
+            except ConflictError:
+                if attempt == 2 and not quiet:
+                    raise
+                continue
+            self.keys.forget(key_id)
+            return True
+        return False
+
+    async def finish_revocations(self) -> int:
+        """Revoke every live key with an ancestor revoked or gone (its record purged), as `revoke` revokes the keys
+        under a key; returns how many it revoked (`gateway store migrate`). An older gateway revoked a key alone:
+        the keys under it were refused but shown live (`revoked_at` None) and never purged, and once the revoked
+        key was purged, a day later, no revocation could reach them. Each is revoked at its revoked ancestor's time
+        (the earliest, where several are), `revoked_by` naming it (or the key that ancestor was revoked with); under
+        an ancestor gone, whose end is no longer known, from now on, `revoked_by` naming the ancestor. Safe beside
+        serving gateways: each write is conditional on the version read, and a key changed meanwhile is read again
+        once (then left to the next run); a second run revokes nothing."""
+        now = self.clock()
+        records = await self.store.list_keys()
+        held: dict[str, KeyRecord | None] = {record.id: record for record in records}
+
+        async def ancestor(key_id: str) -> KeyRecord | None:
+            if key_id not in held:  # (the listing, an index, may not have a key minted a moment ago: read it)
+                held[key_id] = await self.store.get_key_latest(key_id)
+            return held[key_id]
+
+        ends: dict[str, tuple[float, str]] = {}  # key id -> (revoked at, revoked by)
+        for record in records:
+            if record.revoked_at is not None or (record.expires_at is not None and record.expires_at <= now):
+                continue  # ended already, and purged at its own end
+            known: list[tuple[float, str]] = []
+            gone: str | None = None
+            for ancestor_id in record.ancestors:
+                found = await ancestor(ancestor_id)
+                if found is None:
+                    gone = gone or ancestor_id
+                elif found.revoked_at is not None:
+                    known.append((found.revoked_at, found.revoked_by or found.id))
+            if known:
+                ends[record.id] = min(known)
+            elif gone is not None:
+                ends[record.id] = (now, gone)
+        gate = asyncio.Semaphore(WALK_CONCURRENCY)
+
+        async def end(key_id: str, revoked_at: float, revoked_by: str) -> int:
+            async with gate:
+                return int(await self._revoke_with(key_id, revoked_at, revoked_by, quiet=True))
+
+        return sum(await asyncio.gather(*(end(key_id, *ends[key_id]) for key_id in sorted(ends))))
