@@ -248,7 +248,7 @@ class ObservabilityConfig(_Strict):
     """`observability`: where the gateway's traces go, and a port of its own for `/metrics` (docs/observability.md;
     metrics are always on: `/metrics` for an admin key, CloudWatch EMF on Lambda)."""
 
-    # An `OtlpConfig` (handler/telemetry/otlp_config.py) once `parse_config` has validated it: apart, and only where a
+    # An `OtlpConfig` (handler/otlp_config.py) once `parse_config` has validated it: apart, and only where a
     # config has one. Most leave it out: its validator inside Config's cost every Lambda cold start about 4 million
     # instructions, and the model's class, made in this module, 3 million more.
     otlp: Any = None
@@ -326,7 +326,7 @@ def parse_config(data: Any, known_types: set[str]) -> Config:
         config = Config.model_validate(data)
         otlp = config.observability.otlp
         if otlp is not None:
-            from handler.telemetry.otlp_config import OtlpConfig
+            from handler.otlp_config import OtlpConfig
 
             if not isinstance(otlp, OtlpConfig):
                 try:

@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, ClassVar
 from handler.redaction import clipped, redact_message, redact_secrets
 
 if TYPE_CHECKING:
-    from handler.pipeline.exchange import Exchange
     from handler.schemas import Usage
 
 
@@ -315,27 +314,6 @@ class UpstreamTimeoutError(UpstreamError):
     error_type = "timeout_error"
     anthropic_type = "timeout_error"
     billable_by_default = True
-
-
-# How near the request's deadline a timeout of its upstream read must come to be taken for the deadline's: a timer may
-# run a little before its time.
-CUT_SLACK_S = 0.01
-
-
-def deadline_passed(ex: Exchange, before: str) -> UpstreamTimeoutError:
-    """The request's deadline passed (`Exchange.ends_at`): the client's (`x-gateway-deadline-ms`, or the Lambda
-    invocation's time left), or the gateway's bound on a whole request (`gateway.timeouts.request`), the sooner."""
-    asked, lifetime = ex.controls.deadline_s, ex.lifetime_s
-    if lifetime is not None and (asked is None or lifetime < asked):
-        return UpstreamTimeoutError(
-            f"the gateway's bound on a whole request, {lifetime:g} s (gateway.timeouts.request: every attempt, "
-            f"retries and fallbacks, a stream to its end), passed before {before}"
-        )
-    assert asked is not None
-    return UpstreamTimeoutError(
-        f"the deadline of {asked * 1000:.0f} ms (x-gateway-deadline-ms, or the Lambda invocation's remaining "
-        f"time) passed before {before}"
-    )
 
 
 class SchemaViolationError(UpstreamError):

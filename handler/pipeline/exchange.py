@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
-from handler.errors import RateLimitError
+from handler.errors import RateLimitError, UpstreamTimeoutError
 from handler.pipeline.budgets import Reservation, remaining_usd
 from handler.pipeline.output_caps import OutputCap
 from handler.pipeline.pricing import Cost, PromptEstimate, usd
@@ -176,3 +176,24 @@ class Exchange:
             f"gateway;dur={gateway:.3f}, store;dur={self.store_ms:.3f}, upstream;dur={self.upstream_ms:.3f}"
         )
         return headers
+
+
+# How near the request's deadline a timeout of its upstream read must come to be taken for the deadline's: a timer may
+# run a little before its time.
+CUT_SLACK_S = 0.01
+
+
+def deadline_passed(ex: Exchange, before: str) -> UpstreamTimeoutError:
+    """The request's deadline passed (`Exchange.ends_at`): the client's (`x-gateway-deadline-ms`, or the Lambda
+    invocation's time left), or the gateway's bound on a whole request (`gateway.timeouts.request`), the sooner."""
+    asked, lifetime = ex.controls.deadline_s, ex.lifetime_s
+    if lifetime is not None and (asked is None or lifetime < asked):
+        return UpstreamTimeoutError(
+            f"the gateway's bound on a whole request, {lifetime:g} s (gateway.timeouts.request: every attempt, "
+            f"retries and fallbacks, a stream to its end), passed before {before}"
+        )
+    assert asked is not None
+    return UpstreamTimeoutError(
+        f"the deadline of {asked * 1000:.0f} ms (x-gateway-deadline-ms, or the Lambda invocation's remaining "
+        f"time) passed before {before}"
+    )

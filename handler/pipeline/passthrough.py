@@ -20,14 +20,8 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from handler.errors import (
-    CLIENT_CLOSED,
-    CUT_SLACK_S,
-    ClientClosedError,
-    GatewayError,
-    UpstreamTimeoutError,
-    deadline_passed,
-)
+from handler.errors import CLIENT_CLOSED, ClientClosedError, GatewayError, UpstreamTimeoutError
+from handler.pipeline.exchange import CUT_SLACK_S, deadline_passed
 from handler.pipeline.pricing import plausible, wants_reasoning
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import RESPONSES_API, NativeCall, Served

@@ -19,7 +19,6 @@ import orjson
 
 from handler.errors import (
     CLIENT_CLOSED,
-    CUT_SLACK_S,
     BudgetExceededError,
     ClientClosedError,
     CostLimitError,
@@ -34,12 +33,11 @@ from handler.errors import (
     UpstreamOverloadedError,
     UpstreamRateLimitedError,
     UpstreamTimeoutError,
-    deadline_passed,
 )
 from handler.pipeline.attribution import line_tags
 from handler.pipeline.budgets import Meter, Reservation, remaining_usd
 from handler.pipeline.charges import Charges
-from handler.pipeline.exchange import Exchange
+from handler.pipeline.exchange import CUT_SLACK_S, Exchange, deadline_passed
 from handler.pipeline.gateway import Gateway
 from handler.pipeline.keys import allows_model
 from handler.pipeline.output_caps import OutputCap

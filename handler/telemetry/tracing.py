@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from handler.config import ConfigError, SecretFetcher, SecretUnreadableError, resolve_secret
+from handler.otlp_config import OtlpConfig
 from handler.records import Value
 from handler.redaction import redact_message
 from handler.telemetry import prometheus
-from handler.telemetry.otlp_config import OtlpConfig
 
 if TYPE_CHECKING:
     from adapters.otlp.exporter import BatchExporter

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from handler.config import ModelConfig, ObservabilityConfig, ProviderConfig
-from handler.telemetry.otlp_config import OtlpConfig
+from handler.otlp_config import OtlpConfig
 from tests.functional.conftest import FAKE_KEYS, Running, gateway_config, serve_gateway
 from tests.functional.test_lambda_events import replay
 from tests.functional.test_metrics import labels, scrape

@@ -153,7 +153,18 @@ def test_handler_is_a_core_and_rooms() -> None:
     rooms = sorted(path.parent.name for path in (ROOT / "handler").glob("*/__init__.py"))
     assert rooms == ["api", "dashboard", "entry", "pipeline", "telemetry"]
     core = sorted(path.stem for path in (ROOT / "handler").glob("*.py") if path.stem != "__init__")
-    assert core == ["chunks", "config", "embeddings", "errors", "ports", "records", "redaction", "schemas", "wire"]
+    assert core == [
+        "chunks",
+        "config",
+        "embeddings",
+        "errors",
+        "otlp_config",
+        "ports",
+        "records",
+        "redaction",
+        "schemas",
+        "wire",
+    ]
 
 
 def test_the_room_check_sees_a_trespass() -> None:

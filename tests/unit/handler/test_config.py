@@ -11,7 +11,7 @@ import yaml
 from adapters.providers.registry import REGISTRY
 from handler import config as config_module
 from handler.config import ConfigError, load_config, parse_config, resolve_secret
-from handler.telemetry.otlp_config import OtlpConfig
+from handler.otlp_config import OtlpConfig
 
 TYPES = set(REGISTRY)
 

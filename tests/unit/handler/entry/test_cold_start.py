@@ -394,7 +394,7 @@ while pending:
     for model in pending.pop().__subclasses__():
         made.append(model.__name__)
         pending.append(model)
-tracing = ("handler.telemetry.otlp_config", "handler.telemetry.tracing")
+tracing = ("handler.otlp_config", "handler.telemetry.tracing")
 print(json.dumps({"otlp": "OtlpConfig" in made, "imported": sorted(name for name in tracing if name in sys.modules)}))
 """
 

@@ -11,7 +11,7 @@ import pytest
 from adapters.providers.registry import REGISTRY
 from handler.config import ConfigError, parse_config
 from handler.entry.cli import main
-from handler.telemetry.otlp_config import OtlpConfig
+from handler.otlp_config import OtlpConfig
 from handler.telemetry.tracing import otlp_settings
 
 ROOT = Path(__file__).resolve().parents[4]
