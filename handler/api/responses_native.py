@@ -185,7 +185,10 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
             await on_finished(response)
         yield sse_event(kind, payload)
 
-    return guarded(stream, events(), lambda exc: _failed(exc, progress))
+    async def failed(exc: GatewayError) -> bytes:
+        return _failed(exc, progress)
+
+    return guarded(stream, events(), failed)
 
 
 def failed_status(error: Any) -> int:

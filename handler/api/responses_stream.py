@@ -275,4 +275,7 @@ def responses_events(
         kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
         yield closing + writer.event(kind, response=response)
 
-    return guarded(stream, render(), writer.failed)
+    async def failed(exc: GatewayError) -> bytes:
+        return writer.failed(exc)
+
+    return guarded(stream, render(), failed)
