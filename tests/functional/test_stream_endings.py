@@ -8,6 +8,7 @@ streams in the providers' documented event formats, paced where the test needs a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import socket
 import struct
@@ -84,10 +85,11 @@ async def searching_response(request: Request) -> StreamingResponse:
 
 
 async def failing_response(request: Request) -> StreamingResponse:
-    """A Responses stream the provider ends with `response.failed`."""
-    await request.body()
-    response = {"id": "resp_1", "object": "response", "created_at": 1, "model": "gpt-x", "output": [], "usage": None}
-    code = "rate_limit_exceeded" if b"limited" in await request.body() else "server_error"
+    """A Responses stream the provider ends with `response.failed` (its id named by the request's input)."""
+    body = await request.body()
+    made = "resp_" + hashlib.sha256(body).hexdigest()[:24]
+    response = {"id": made, "object": "response", "created_at": 1, "model": "gpt-x", "output": [], "usage": None}
+    code = "rate_limit_exceeded" if b"limited" in body else "server_error"
 
     async def events() -> AsyncIterator[bytes]:
         created = {"type": "response.created", "sequence_number": 0, "response": {**response, "status": "in_progress"}}
@@ -618,13 +620,17 @@ def test_a_stream_left_before_its_end_is_charged_no_more_output_than_its_cap(
 def test_a_responses_stream_the_provider_failed_is_settled_with_the_failures_status(
     scripted: Running, model_hint: str, status: int
 ) -> None:
+    """Settled with the failure's status; and kept (`store` defaults to true) as the client was told it, with its cost:
+    the event said `store: true`, but the response was not kept (a 404 to read)."""
     key = scripted.mint(name=f"failed-{status}")
-    events = list(
-        openai_client(scripted, key).responses.create(model="gpt-failing", input=f"Hi {model_hint}", stream=True)
-    )
+    client = openai_client(scripted, key)
+    events = list(client.responses.create(model="gpt-failing", input=f"Hi {model_hint}", stream=True))
     assert events[-1].type == "response.failed"
     [line] = scripted.ledger(key)
     assert line.status == status  # it was a 200, in the ledger and in /metrics
+    failed = events[-1].response
+    charged_as((failed.model_extra or {})["cost"], line)
+    assert client.responses.retrieve(failed.id).model_dump() == failed.model_dump()
 
 
 WHOLE_USD = (12 * 3.0 + 7 * 15.0) / 1_000_000
@@ -868,3 +874,39 @@ def test_a_messages_stream_that_breaks_off_says_what_it_was_charged(scripted: Ru
     charged_as(event["cost"], line)
     usage = event["usage"]
     assert (usage["input_tokens"], usage["output_tokens"]) == (line.input_tokens, line.output_tokens)
+
+
+@pytest.mark.parametrize("fault", list(BROKEN))
+@pytest.mark.parametrize("api", ["responses-native", "responses-translated"])
+def test_a_responses_stream_that_breaks_off_fails_with_what_was_streamed_and_charged(
+    scripted: Running, api: str, fault: str
+) -> None:
+    """Its `response.failed` said `"output": []` though the words had been streamed (the deadline cut a long one
+    after some 30 deltas), and carried no cost and no usage (found by review). It carries the message as far as it
+    was streamed (`status: incomplete`, as OpenAI marks an item its answer was cut in), the usage and cost charged
+    (the ledger line's); and the stored response (`store` defaults to true) is that failed response: it was never
+    kept, though the event said `store: true` (a 404 to read)."""
+    key = scripted.mint(name=f"broken-{fault}-{api}")
+    client = openai_client(scripted, key)
+    events = list(
+        client.responses.create(
+            model=f"broken-{fault}-{api}", input="Tell me a story.", stream=True, extra_headers=BROKEN_HEADERS
+        )
+    )
+    deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
+    assert "".join(deltas) == "".join(BROKEN_WORDS)
+    status, code = BROKEN[fault]
+    error, failed = events[-2:]
+    assert (error.type, error.code, failed.type) == ("error", code, "response.failed")  # type: ignore[union-attr]
+    response = failed.response  # type: ignore[union-attr]
+    assert response.status == "failed" and response.error is not None and response.error.code == code
+    [message] = response.output
+    assert (message.type, message.status, message.id) == ("message", "incomplete", events[2].item.id)  # type: ignore[union-attr]
+    assert [part.text for part in message.content] == ["".join(BROKEN_WORDS)]  # type: ignore[union-attr]
+    [line] = scripted.ledger(key)
+    assert (line.status, line.cost_source) == (status, "estimate")
+    charged_as((response.model_extra or {})["cost"], line)
+    assert response.usage is not None
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (line.input_tokens, line.output_tokens)
+    stored = client.responses.retrieve(response.id)
+    assert stored.model_dump() == response.model_dump()
