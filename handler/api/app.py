@@ -28,7 +28,6 @@ from handler.api.streaming import (
     answer_json,
     sse_chunk,
     sse_chunk_usage_null,
-    sse_error,
     sse_json,
     stream_head,
     until_client_leaves,
@@ -388,7 +387,10 @@ async def openai_events(stream: ChunkStream, include_usage: bool) -> AsyncIterat
         spliced = last.model_dump_json().encode()[:-1] + b"," + orjson.dumps(tail)[1:]
         yield b"".join(sse_chunk(chunk) for chunk in ending) + b"data: " + spliced + b"\n\n"
 
-    async with contextlib.aclosing(guarded(stream, events(), sse_error)) as relayed:
+    async def failed(error: GatewayError) -> bytes:
+        return sse_json(stream.error_chunk(error, include_usage))
+
+    async with contextlib.aclosing(guarded(stream, events(), failed)) as relayed:
         async for data in relayed:
             yield data
     yield DONE

@@ -57,19 +57,39 @@ def native_events(stream: NativeStream) -> AsyncIterator[bytes]:
             raise interrupted()
         await stream.complete()
 
-    return guarded(stream, relay(), native_error)
+    async def failed(exc: GatewayError) -> bytes:
+        return native_error(exc, stream.ex.cost)
+
+    return guarded(stream, relay(), failed)
 
 
-def anthropic_error(exc: GatewayError) -> bytes:
-    """Anthropic's in-stream `error` event."""
-    return sse_event("error", exc.anthropic_body())
+def anthropic_error(exc: GatewayError, cost: Cost | None) -> bytes:
+    """Anthropic's in-stream `error` event, with what the stream was charged (`charged`)."""
+    return sse_event("error", charged(exc.anthropic_body(), cost))
 
 
-def native_error(exc: GatewayError) -> bytes:
-    """The provider's own in-stream `error` event as it sent it (credentials redacted), else the gateway's."""
+def native_error(exc: GatewayError, cost: Cost | None) -> bytes:
+    """The provider's own in-stream `error` event as it sent it (credentials redacted), else the gateway's; with what
+    the stream was charged (`charged`)."""
     if isinstance(exc, UpstreamError) and exc.native_event is not None:
-        return sse_frame(StreamEvent("error", exc.native_event))
-    return anthropic_error(exc)
+        try:
+            payload = orjson.loads(exc.native_event)
+        except orjson.JSONDecodeError:
+            payload = None
+        if not isinstance(payload, dict):
+            return sse_frame(StreamEvent("error", exc.native_event))
+        return sse_event("error", charged(payload, cost))
+    return anthropic_error(exc, cost)
+
+
+def charged(event: dict[str, Any], cost: Cost | None) -> dict[str, Any]:
+    """A stream's last event, its `error`, with what the stream was charged beside the error (settled before the
+    event is written, `guarded`): the usage in Anthropic's counts and the cost, as a finished stream's `message_delta`
+    has them. (Anthropic's SDK raises the error as before, the whole event its `body`.)"""
+    if cost is not None:
+        event["usage"] = anthropic_usage(cost.usage)
+    event["cost"] = cost.as_event() if cost else None
+    return event
 
 
 def anthropic_usage(usage: Usage) -> dict[str, int]:
@@ -287,4 +307,7 @@ def anthropic_events(stream: ChunkStream, model: str, input_tokens: int) -> Asyn
             raise interrupted()
         yield writer.finish(stream.usage(), stream.ex.cost)
 
-    return guarded(stream, render(), anthropic_error)
+    async def failed(exc: GatewayError) -> bytes:
+        return anthropic_error(exc, stream.ex.cost)
+
+    return guarded(stream, render(), failed)

@@ -15,7 +15,14 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
-from handler.api.responses_api import ReasoningSeal, ResponseIds, ResponsesRequest, input_items, with_sealed_reasoning
+from handler.api.responses_api import (
+    ReasoningSeal,
+    ResponseIds,
+    ResponsesRequest,
+    input_items,
+    response_usage,
+    with_sealed_reasoning,
+)
 from handler.api.streaming import sse_event
 from handler.errors import GatewayError
 from handler.pipeline.exchange import Exchange
@@ -142,9 +149,10 @@ class SentBody(Mapping[str, Any]):
 
 def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) -> AsyncIterator[bytes]:
     """The provider's events as it sent them; the terminal one (which carries the final usage) also carries
-    the gateway's additions, settled from that usage. `on_finished` gets a finished response before it goes
-    on. An error after the first byte ends the stream with an `error` and a `response.failed` event, of the
-    response the stream began."""
+    the gateway's additions, settled from that usage. `on_finished` gets a finished (or failed) response before it
+    goes on. An error after the first byte ends the stream with an `error` and a `response.failed` event, of the
+    response the stream began: its output as far as it was streamed (`StreamedOutput`), the usage and cost charged
+    (settled before, `guarded`), kept by `on_finished` as the client is told it."""
 
     progress = _Progress()
 
@@ -170,6 +178,8 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
                     out += sse_event(event.event or kind, payload)
                 else:
                     out += sse_frame(event)
+                if kind in OUTPUT_EVENTS:
+                    progress.output.feed(kind, payload)
             if out:
                 yield out
         if terminal is None:
@@ -181,11 +191,23 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
             stream.failed(failed_status(response.get("error")))
         await stream.complete()
         relay.finish(response)
-        if kind != "response.failed":
-            await on_finished(response)
+        await on_finished(response)  # (a failed one too: kept as the client is told it)
         yield sse_event(kind, payload)
 
-    return guarded(stream, events(), lambda exc: _failed(exc, progress))
+    async def failed(exc: GatewayError) -> bytes:
+        error, response = _failed(exc, progress)
+        relay.finish(response)  # (settled before, `guarded`: its cost is the ledger line's)
+        cost = stream.ex.cost
+        if cost is not None:
+            response["usage"] = response_usage(cost.usage)
+        if isinstance(response.get("id"), str):
+            await on_finished(response)
+        else:  # (a stream that began without its `response.created`: no id to keep it by)
+            response["store"] = False
+        closing = {"type": "response.failed", "sequence_number": progress.next(), "response": response}
+        return error + sse_event("response.failed", closing)
+
+    return guarded(stream, events(), failed)
 
 
 def failed_status(error: Any) -> int:
@@ -199,24 +221,115 @@ def failed_status(error: Any) -> int:
 
 class _Progress:
     """What the client was sent of a stream: the last `sequence_number` (the gateway's own closing events number
-    on from it), and the response in progress as the provider last gave it (its closing `response.failed` is that
-    response's: the OpenAI SDK's stream helper raises "Lifecycle response identity changed" at one of another id)."""
+    on from it), the response in progress as the provider last gave it (its closing `response.failed` is that
+    response's: the OpenAI SDK's stream helper raises "Lifecycle response identity changed" at one of another id),
+    and its output items as far as they were streamed (`StreamedOutput`)."""
 
     def __init__(self) -> None:
         self.last = -1
         self.response: dict[str, Any] | None = None
+        self.output = StreamedOutput()
 
     def next(self) -> int:
         self.last += 1
         return self.last
 
 
-def _failed(exc: GatewayError, progress: _Progress) -> bytes:
+# The events that build a Responses stream's output items, and what each delta adds to (the member of the item, the
+# list of its parts that holds it, and which of those parts the event names).
+DELTAS = {
+    "response.output_text.delta": ("content", "content_index", "text"),
+    "response.refusal.delta": ("content", "content_index", "refusal"),
+    "response.reasoning_summary_text.delta": ("summary", "summary_index", "text"),
+    "response.reasoning_text.delta": ("content", "content_index", "text"),
+    "response.function_call_arguments.delta": ("", "", "arguments"),
+    "response.custom_tool_call_input.delta": ("", "", "input"),
+}
+PARTS = {
+    "response.content_part.added": ("content", "content_index"),
+    "response.content_part.done": ("content", "content_index"),
+    "response.reasoning_summary_part.added": ("summary", "summary_index"),
+    "response.reasoning_summary_part.done": ("summary", "summary_index"),
+}
+OUTPUT_EVENTS = frozenset({*ITEM_EVENTS, *DELTAS, *PARTS})
+
+
+class StreamedOutput:
+    """A passed-through Responses stream's output items as far as the client was sent them, built from its events as
+    a client's stream helper builds them: what a `response.failed` the gateway writes when the stream breaks off
+    carries (the provider's `response.created` had none). Deltas are kept as pieces, joined only then."""
+
+    def __init__(self) -> None:
+        self.items: dict[int, dict[str, Any]] = {}
+        self.done: set[int] = set()
+        # What the deltas of an item still open added: by output index, item member, part index, part member.
+        self.pieces: dict[tuple[int, str, int, str], list[str]] = {}
+
+    def feed(self, kind: str, payload: dict[str, Any]) -> None:
+        index = payload.get("output_index")
+        if not isinstance(index, int):
+            return
+        delta = DELTAS.get(kind)
+        if delta is not None:
+            where, position, member = delta
+            text, at = payload.get("delta"), payload.get(position, 0) if position else 0
+            if isinstance(text, str) and isinstance(at, int):
+                self.pieces.setdefault((index, where, at, member), []).append(text)
+        elif kind in PARTS:
+            self._part(index, kind, payload)
+        elif isinstance(item := payload.get("item"), dict):
+            if kind == "response.output_item.done":
+                self.items[index] = item
+                self.done.add(index)
+                return
+            lists = {name: list(item[name]) for name in ("content", "summary") if isinstance(item.get(name), list)}
+            self.items[index] = {**item, **lists}
+
+    def _part(self, index: int, kind: str, payload: dict[str, Any]) -> None:
+        """A content (or summary) part added to an open item, or done (whole: what its deltas added is in it)."""
+        where, position = PARTS[kind]
+        item, at, part = self.items.get(index), payload.get(position), payload.get("part")
+        parts = item.get(where) if item is not None and index not in self.done else None
+        if (
+            not isinstance(parts, list)
+            or not isinstance(at, int)
+            or not isinstance(part, dict)
+            or not 0 <= at <= len(parts)
+        ):
+            return
+        parts[at : at + 1] = [part]
+        if kind.endswith(".done"):
+            for member in ("text", "refusal"):
+                self.pieces.pop((index, where, at, member), None)
+
+    def items_so_far(self) -> list[dict[str, Any]]:
+        """The items in output order: those done as they were, one still open with what was streamed of it and
+        `status: incomplete`."""
+        out = []
+        for index in sorted(self.items):
+            item = self.items[index]
+            if index not in self.done:
+                item = {**item, "status": "incomplete"}
+                for (of, where, at, member), pieces in self.pieces.items():
+                    if of != index:
+                        continue
+                    if not where:
+                        item[member] = str(item.get(member) or "") + "".join(pieces)
+                        continue
+                    parts = item.get(where)
+                    if isinstance(parts, list) and 0 <= at < len(parts) and isinstance(parts[at], dict):
+                        item[where] = parts = list(parts)
+                        parts[at] = {**parts[at], member: str(parts[at].get(member) or "") + "".join(pieces)}
+            out.append(item)
+        return out
+
+
+def _failed(exc: GatewayError, progress: _Progress) -> tuple[bytes, dict[str, Any]]:
     """The Responses API's way to end a stream that failed: an `error` event, then `response.failed` (of the
-    response begun, its id, model and creation time as the provider gave them; the output items are the events')."""
+    response begun, its id, model and creation time as the provider gave them; its output items as far as they were
+    streamed, `StreamedOutput`). The `error` event, and the failed response."""
     error = {"type": "error", "sequence_number": progress.next(), "code": exc.code, "message": exc.message}
     failed = {"code": exc.code, "message": exc.message}
     response: dict[str, Any] = {"id": None, **(progress.response or {})}
-    response |= {"object": "response", "status": "failed", "error": failed, "output": []}
-    closing = {"type": "response.failed", "sequence_number": progress.next(), "response": response}
-    return sse_event("error", {**error, "param": exc.param}) + sse_event("response.failed", closing)
+    response |= {"object": "response", "status": "failed", "error": failed, "output": progress.output.items_so_far()}
+    return sse_event("error", {**error, "param": exc.param}), response

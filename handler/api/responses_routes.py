@@ -38,10 +38,11 @@ from handler.api.responses_stream import responses_events
 from handler.api.streaming import EventStream, stream_head, until_client_leaves
 from handler.config import resolve_secret
 from handler.errors import InvalidRequestError, NotFoundError
+from handler.pipeline.budgets import SETTLE_BY
 from handler.pipeline.exchange import Exchange
 from handler.pipeline.passthrough import NativeReply, NativeStream
 from handler.pipeline.pipeline import Pipeline
-from handler.ports import KeyRecord, ResponseTooLarge, StoredResponse, StoreError
+from handler.ports import STORE_DEADLINE, KeyRecord, ResponseTooLarge, StoredResponse, StoreError
 from handler.redaction import scrub
 
 if TYPE_CHECKING:
@@ -159,6 +160,10 @@ class ResponseArchive:
         # Kept as the client was answered: without a secret the model said (it was redacted only when read back).
         body = scrub(orjson.dumps({"items": items, "item_ids": ids, "response": response, "sealed": sealed}))
         stored = StoredResponse(response["id"], key.id, list(key.ancestors), now, now + self.ttl, body)
+        # A stream that failed is kept as its `response.failed` says, the one its deadline cut among them: its write
+        # ends by the invocation's own time, as its settlement's does (`SETTLE_BY`), not by the request's deadline,
+        # which has passed (under it the write would be refused at once).
+        bound = STORE_DEADLINE.set(SETTLE_BY.get()) if response.get("status") == "failed" else None
         try:
             await self.store.put_response(stored, held)
         except StoreError as exc:
@@ -167,6 +172,9 @@ class ResponseArchive:
             if isinstance(exc, ResponseTooLarge):
                 # What the next turn finds instead: a 400 saying why, not a 404 as if the id were wrong.
                 await self._keep_why(stored, str(exc))
+        finally:
+            if bound is not None:
+                STORE_DEADLINE.reset(bound)
 
     async def _keep_why(self, stored: StoredResponse, why: str) -> None:
         body = orjson.dumps({UNKEPT: why})

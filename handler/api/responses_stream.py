@@ -4,7 +4,8 @@
 function call) is announced (`output_item.added`), filled by deltas and closed (`output_item.done`)
 in the order the provider produced them; `response.completed` (or `response.incomplete`) carries the
 whole response with usage and cost. An upstream failure after the first event ends the stream with
-`error` and `response.failed`. Every event has a `sequence_number`, counted from 0.
+`error` and `response.failed`, whose response has the output as far as it was streamed, and the usage and cost
+charged. Every event has a `sequence_number`, counted from 0.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from handler.api.streaming import sse_event
 from handler.errors import GatewayError, UpstreamError
 from handler.pipeline.chunk_stream import ChunkStream
 from handler.pipeline.passthrough import guarded
+from handler.pipeline.pricing import Cost
 from handler.schemas import ChatCompletionChunk, ToolCallDelta
 from handler.wire import interrupted
 
@@ -239,11 +241,36 @@ class ResponsesEventWriter:
             out += self.event("response.output_item.done", item=item, **where)
         return out, self.response("completed")
 
-    def failed(self, exc: GatewayError) -> bytes:
+    def streamed(self) -> list[dict[str, Any]]:
+        """The output items as far as they were streamed: those done, and the one open when the stream broke off, with
+        its text so far and `status: incomplete`, as OpenAI marks an item its answer was cut in. (A reasoning item cut
+        short is its summary alone, unsealed: an unsigned part of Claude's thinking cannot go back to Claude.)"""
+        item = self.open
+        if item is None:
+            return list(self.output)
+        text = "".join(item.text)
+        cut: dict[str, Any]
+        if item.kind == "reasoning":
+            summary = [{"type": "summary_text", "text": text}] if text else []
+            cut = {"id": item.id, "type": "reasoning", "summary": summary, "status": "incomplete"}
+        elif item.kind == "message":
+            parts = [*item.parts, content_part(item.part, text)] if item.part is not None else list(item.parts)
+            cut = message_item(item.id, parts, "incomplete")
+        else:
+            cut = call_item(item.id, item.call_id, item.name, text, "incomplete")
+        return [*self.output, cut]
+
+    def failed(self, exc: GatewayError, cost: Cost | None) -> tuple[bytes, dict[str, Any]]:
+        """The `error` event, and the failed response for `response.failed`: its output as far as it was streamed
+        (`streamed`), and what the stream was charged (settled before, `guarded`): its usage and cost."""
         out = self.event("error", code=exc.code, message=exc.message, param=exc.param)
-        response = self.response("failed")
+        response = envelope(self.req, self.ids.response, self.created_at, status="failed", output=self.streamed())
         response["error"] = {"code": exc.code, "message": exc.message}
-        return out + self.event("response.failed", response=response)
+        if cost is not None:
+            finish(response, cost.usage, cost)
+        else:
+            response["cost"] = None
+        return out, response
 
 
 def responses_events(
@@ -254,7 +281,7 @@ def responses_events(
     on_finished: Finished,
 ) -> AsyncIterator[bytes]:
     """The client's Responses event stream for an internal chunk stream; `on_finished` gets the final
-    response (to store it) before `response.completed` is sent."""
+    response (to store it) before `response.completed` (or `response.failed`) is sent."""
     writer = ResponsesEventWriter(req, ids, seal)
 
     async def render() -> AsyncGenerator[bytes]:
@@ -275,4 +302,9 @@ def responses_events(
         kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
         yield closing + writer.event(kind, response=response)
 
-    return guarded(stream, render(), writer.failed)
+    async def failed(exc: GatewayError) -> bytes:
+        error, response = writer.failed(exc, stream.ex.cost)
+        await on_finished(response)  # (kept as the client is told it, what was streamed of it)
+        return error + writer.event("response.failed", response=response)
+
+    return guarded(stream, render(), failed)

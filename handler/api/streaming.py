@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from handler.errors import ClientClosedError, GatewayError
+from handler.errors import ClientClosedError
 from handler.redaction import scrub
 from handler.schemas import ChatCompletion
 
@@ -49,11 +49,6 @@ def answer_json(completion: ChatCompletion) -> bytes:
 
 def sse_json(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
-def sse_error(error: GatewayError) -> bytes:
-    """An error after the first byte: OpenAI-shaped, in the stream, as OpenAI itself sends one."""
-    return sse_json(error.openai_body())
 
 
 def sse_event(event: str, payload: Any) -> bytes:

@@ -155,6 +155,17 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
             payload["schema_violation"] = {"code": "schema_violation", "message": self.schema_violation}
         return payload
 
+    def error_chunk(self, error: GatewayError, include_usage: bool) -> dict[str, object]:
+        """The last data event of a stream that ended on an error: OpenAI's in-stream error, and beside it what the
+        stream was charged (settled before it is written, `guarded`): the cost always, the usage if asked for, as
+        the last event of a stream that finished has them."""
+        payload = error.openai_body()
+        cost = self.ex.cost
+        if include_usage and cost is not None:
+            payload["usage"] = cost.usage.model_dump(exclude_none=True)
+        payload["cost"] = cost.as_event() if cost else None
+        return payload
+
     async def complete(self) -> None:
         """The upstream finished: check the schema if enforced, cost it and settle (in the background)."""
         if self.schema is not None:

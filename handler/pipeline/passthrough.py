@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from handler.errors import CLIENT_CLOSED, ClientClosedError, GatewayError, UpstreamTimeoutError
@@ -309,23 +309,26 @@ class NativeStream(UpstreamStream[StreamEvent]):
 
 
 async def guarded(
-    stream: UpstreamStream[Any], events: AsyncGenerator[bytes], failed: Callable[[GatewayError], bytes]
+    stream: UpstreamStream[Any], events: AsyncGenerator[bytes], failed: Callable[[GatewayError], Awaitable[bytes]]
 ) -> AsyncGenerator[bytes]:
-    """`events`, then: an error after the first byte as the front-end's in-stream error (`failed`); the
-    stream closed (and settled) however it ended; the request observed."""
+    """`events`, then: an error after the first byte as the front-end's in-stream error (`failed`), written once the
+    stream is settled, so that it can carry what the stream was charged (`ex.cost`, its ledger line's: the error
+    event is the stream's last, and a client reconciles from it as from a finished stream's last event); the stream
+    closed (and settled) however it ended; the request observed."""
     failure: GatewayError | None = None
     try:
-        async for data in events:
-            yield data
-    except GatewayError as exc:
-        failure = exc
-        stream.failed(exc.status)
-        yield failed(exc)
-    except Exception:  # a bug: the client still gets the in-stream error, not a connection cut mid-event
-        logger.exception("a stream failed", extra={"request_id": stream.ex.request_id})
-        failure = GatewayError("the gateway failed while relaying this stream; it has been logged")
-        stream.failed(failure.status)
-        yield failed(failure)
+        try:
+            async for data in events:
+                yield data
+        except GatewayError as exc:
+            failure = exc
+        except Exception:  # a bug: the client still gets the in-stream error, not a connection cut mid-event
+            logger.exception("a stream failed", extra={"request_id": stream.ex.request_id})
+            failure = GatewayError("the gateway failed while relaying this stream; it has been logged")
+        if failure is not None:
+            stream.failed(failure.status)
+            await stream.close()  # settled with the failure's status (and the upstream closed) before the event
+            yield await failed(failure)
     finally:
         await events.aclose()
         await stream.close()

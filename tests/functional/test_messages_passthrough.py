@@ -397,7 +397,8 @@ def test_a_translated_stream_cut_short_ends_with_an_error_not_end_turn(agents: R
 @pytest.mark.parametrize("fault", ["stream-overloaded", "stream-overloaded echo-auth"], ids=["plain", "echoed-key"])
 def test_anthropics_own_error_event_comes_back_as_it_sent_it(agents: Running, fault: str) -> None:
     """Anthropic's `error` event mid-stream (an `overloaded_error`, with no 529 anywhere) reaches the client as
-    Anthropic wrote it, credentials it quotes redacted; the gateway still records the stream as failed."""
+    Anthropic wrote it, credentials it quotes redacted, with what the stream was charged beside the error (the usage
+    and cost of its ledger line: it said nothing of it); the gateway still records the stream as failed."""
     key = agents.mint(name="overloaded")
     body = {
         "model": "claude",
@@ -418,9 +419,17 @@ def test_anthropics_own_error_event_comes_back_as_it_sent_it(agents: Running, fa
         assert event["error"]["message"].startswith("Overloaded (x-api-key: [REDACTED]")
         assert fake_anthropic.API_KEY not in text
     else:
-        assert event == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+        assert event["error"] == {"type": "overloaded_error", "message": "Overloaded"}
     [line] = agents.ledger(key)
     assert line.status == 502 and line.output_tokens > 0
+    assert set(event) == {"type", "error", "usage", "cost"}
+    assert (event["usage"]["input_tokens"], event["usage"]["output_tokens"]) == (line.input_tokens, line.output_tokens)
+    cost = event["cost"]
+    assert (cost["provider_usd"], cost["fee_usd"], cost["output_tokens"]) == (
+        line.cost_usd,
+        line.fee_usd,
+        line.output_tokens,
+    )
 
 
 # --- every other provider: translated, with what is dropped named ---------------------------------

@@ -1,18 +1,23 @@
 """How a stream that does not end well is settled: a client that leaves after the provider ran a search (the
 search is billed, the stream cut or not), or after the provider counted the input (those counts are charged, only
 the output estimated, and the estimate no more than the output cap), and a Responses stream the provider ends with
-`response.failed` (its status, not a 200, in the ledger and the metrics). The upstreams here are scripted
+`response.failed` (its status, not a 200, in the ledger and the metrics); and what a stream that breaks off (its
+deadline passed, the provider's connection reset) tells its client it was charged. The upstreams here are scripted
 streams in the providers' documented event formats, paced where the test needs a stream still running."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import orjson
 import pytest
@@ -25,7 +30,7 @@ from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from handler.ports import LedgerItem
 from tests.functional.conftest import Running, anthropic_client, openai_client, serve_gateway
-from tests.support.servers import ServerThread
+from tests.support.servers import ServerThread, SocketServer
 
 SEARCH_USD = 0.01
 LATE_S = 0.6
@@ -80,10 +85,11 @@ async def searching_response(request: Request) -> StreamingResponse:
 
 
 async def failing_response(request: Request) -> StreamingResponse:
-    """A Responses stream the provider ends with `response.failed`."""
-    await request.body()
-    response = {"id": "resp_1", "object": "response", "created_at": 1, "model": "gpt-x", "output": [], "usage": None}
-    code = "rate_limit_exceeded" if b"limited" in await request.body() else "server_error"
+    """A Responses stream the provider ends with `response.failed` (its id named by the request's input)."""
+    body = await request.body()
+    made = "resp_" + hashlib.sha256(body).hexdigest()[:24]
+    response = {"id": made, "object": "response", "created_at": 1, "model": "gpt-x", "output": [], "usage": None}
+    code = "rate_limit_exceeded" if b"limited" in body else "server_error"
 
     async def events() -> AsyncIterator[bytes]:
         created = {"type": "response.created", "sequence_number": 0, "response": {**response, "status": "in_progress"}}
@@ -252,6 +258,89 @@ async def late_stream(request: Request) -> StreamingResponse:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+# A stream that breaks off after `BROKEN_WORDS` words: held silent until the gateway's deadline for it passes
+# (`x-gateway-deadline-ms: BROKEN_DEADLINE_MS`), or its connection reset.
+BROKEN_WORDS = ["Once ", "upon ", "a "]
+BROKEN_DEADLINE_MS = 800
+BROKEN_PRICE = {"input": 1.0, "output": 2.0}
+
+
+def broken_events(path: bytes, model: str) -> list[bytes]:
+    """The events a provider sends before its stream breaks off, in the API of `path`: a Chat Completions stream,
+    a Messages stream (its `message_start` counting 12 input tokens), or a Responses stream (a message item open)."""
+    if path.endswith(b"/messages"):
+        start = {"id": "msg_broken", "type": "message", "role": "assistant", "model": model, "content": []}
+        start |= {"stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 1}}
+        text = {"type": "text", "text": ""}
+        return [
+            sse("message_start", {"type": "message_start", "message": start}),
+            sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": text}),
+            *(
+                sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+                for delta in ({"type": "text_delta", "text": word} for word in BROKEN_WORDS)
+            ),
+        ]
+    if path.endswith(b"/responses"):
+        response = {"id": f"resp_{model}", "object": "response", "created_at": 1, "model": model, "output": []}
+        response |= {"status": "in_progress", "usage": None}
+        item = {"id": "msg_broken", "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+        where = {"item_id": "msg_broken", "output_index": 0, "content_index": 0}
+        part = {"type": "output_text", "text": "", "annotations": []}
+        said = [
+            ("response.created", {"response": response}),
+            ("response.in_progress", {"response": response}),
+            ("response.output_item.added", {"output_index": 0, "item": item}),
+            ("response.content_part.added", {**where, "part": part}),
+            *(("response.output_text.delta", {**where, "delta": word}) for word in BROKEN_WORDS),
+        ]
+        return [sse(kind, {"type": kind, "sequence_number": n, **data}) for n, (kind, data) in enumerate(said)]
+    chunk = {"id": "chatcmpl-broken", "object": "chat.completion.chunk", "created": 1, "model": model}
+    deltas = [{"role": "assistant", "content": ""}, *({"content": word} for word in BROKEN_WORDS)]
+    return [
+        b"data: " + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": d, "finish_reason": None}]}) + b"\n\n"
+        for d in deltas
+    ]
+
+
+def breaking(conn: socket.socket) -> None:
+    """An upstream whose stream breaks off after a few words, as its model's name says: `stall-...` holds the
+    connection silent (until the gateway closes it, 5 s at most), `reset-...` resets it."""
+    with conn:
+        conn.settimeout(5)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = next(int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length"))
+        while len(body) < length:
+            body += conn.recv(65536)
+        model = str(orjson.loads(body)["model"])
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        for event in broken_events(lines[0].split(b" ")[1], model):
+            conn.sendall(b"%x\r\n" % len(event) + event + b"\r\n")
+        if model.startswith("reset"):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return
+        try:
+            conn.recv(1)  # (the gateway closing it, or the timeout)
+        except OSError:
+            pass
+
+
+# The APIs a stream can break off on, each with the provider it is served by: Chat Completions (with and without
+# `stream_options.include_usage`), Messages passed through to Anthropic and translated to Chat Completions, the
+# Responses API passed through to a Responses deployment and translated.
+BREAKING_CASES = {
+    "chat": "breaking",
+    "chat-usage": "breaking",
+    "messages-native": "breaking-anthropic",
+    "messages-translated": "breaking",
+    "responses-native": "breaking-native",
+    "responses-translated": "breaking",
+}
+
+
 @pytest.fixture(scope="module")
 def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     routes = [
@@ -266,6 +355,7 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         Route("/wordy-gemini/v1beta/models/{method}", cached_gemini, methods=["POST"]),
     ]
     server = ServerThread(Starlette(routes=routes)).start()
+    breaker = SocketServer(breaking)
     price = {"input": 3.0, "output": 15.0}
 
     def native(name: str) -> dict[str, Any]:
@@ -328,11 +418,23 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             "gpt-wordy": {"deployments": [{"provider": "wordy", "model": "gpt-x"}], "price": WORDY_PRICE},
         },
     }
+    # A model for each way a stream breaks off (`breaking`), on each API and its provider (a deployment each: failures
+    # in a row on one would open its breaker).
+    data["providers"] |= {
+        "breaking": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{breaker.url}/v1"},
+        "breaking-native": {**native("x"), "base_url": f"{breaker.url}/v1"},
+        "breaking-anthropic": {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": breaker.url},
+    }
+    for fault in ("stall", "reset"):
+        for case, provider in BREAKING_CASES.items():
+            deployment = {"provider": provider, "model": f"{fault}-{case}"}
+            data["models"][f"broken-{fault}-{case}"] = {"deployments": [deployment], "price": BROKEN_PRICE}
     store = f"sqlite:///{Path(tmp_path_factory.mktemp('endings')) / 'gateway.db'}"
     running, gateway_server = serve_gateway(parse_config(data, set(REGISTRY)), store, server, {})
     yield running
     gateway_server.stop()
     server.stop()
+    breaker.close()
 
 
 def leave_after(running: Running, path: str, body: dict[str, Any], key: str, marker: bytes) -> None:
@@ -518,13 +620,17 @@ def test_a_stream_left_before_its_end_is_charged_no_more_output_than_its_cap(
 def test_a_responses_stream_the_provider_failed_is_settled_with_the_failures_status(
     scripted: Running, model_hint: str, status: int
 ) -> None:
+    """Settled with the failure's status; and kept (`store` defaults to true) as the client was told it, with its cost:
+    the event said `store: true`, but the response was not kept (a 404 to read)."""
     key = scripted.mint(name=f"failed-{status}")
-    events = list(
-        openai_client(scripted, key).responses.create(model="gpt-failing", input=f"Hi {model_hint}", stream=True)
-    )
+    client = openai_client(scripted, key)
+    events = list(client.responses.create(model="gpt-failing", input=f"Hi {model_hint}", stream=True))
     assert events[-1].type == "response.failed"
     [line] = scripted.ledger(key)
     assert line.status == status  # it was a 200, in the ledger and in /metrics
+    failed = events[-1].response
+    charged_as((failed.model_extra or {})["cost"], line)
+    assert client.responses.retrieve(failed.id).model_dump() == failed.model_dump()
 
 
 WHOLE_USD = (12 * 3.0 + 7 * 15.0) / 1_000_000
@@ -699,3 +805,108 @@ def test_a_streams_generation_time_is_the_providers_not_the_gateways(
     [item] = running.ledger(key)
     for upstream_ms, gateway_ms in ((line["upstream_ms"], line["gateway_ms"]), (item.upstream_ms, item.gateway_ms)):
         assert upstream_ms > took_ms * 0.75 and gateway_ms < took_ms / 4, (took_ms, line, item)
+
+
+def charged_as(cost: dict[str, Any], line: LedgerItem) -> None:
+    """A stream's `cost` object says what its ledger line charged."""
+    assert (cost["provider_usd"], cost["fee_usd"]) == (line.cost_usd, line.fee_usd)
+    assert cost["total_usd"] == pytest.approx(line.cost_usd + line.fee_usd)
+    assert (cost["input_tokens"], cost["output_tokens"]) == (line.input_tokens, line.output_tokens)
+    assert line.cost_usd > 0
+
+
+# How each way of breaking off ends the stream: its status (the ledger line's) and error code.
+BROKEN = {"stall": (504, "upstream_timeout"), "reset": (502, "upstream_error")}
+BROKEN_HEADERS = {"x-gateway-deadline-ms": str(BROKEN_DEADLINE_MS)}
+
+
+@pytest.mark.parametrize("fault", list(BROKEN))
+@pytest.mark.parametrize("api", ["chat", "chat-usage"])
+def test_a_chat_stream_that_breaks_off_says_what_it_was_charged(scripted: Running, api: str, fault: str) -> None:
+    """A stream that ended on an error event (its deadline passed while the provider stalled, the provider's
+    connection reset) was charged on its ledger line, but its last event, the error, said nothing of it: `[DONE]`
+    came next, and the client could not reconcile what it was charged (found by review). The error event carries
+    the `cost` beside the error, the ledger line's, and the usage where `include_usage` asks for it. (OpenAI's SDK
+    raises such an error with the error object alone: read here as sent.)"""
+    key = scripted.mint(name=f"broken-{fault}-{api}")
+    body: dict[str, Any] = {"model": f"broken-{fault}-{api}", "messages": HI, "stream": True}
+    if api == "chat-usage":
+        body["stream_options"] = {"include_usage": True}
+    headers = {"authorization": f"Bearer {key}", **BROKEN_HEADERS}
+    answer = httpx.post(f"{scripted.url}/v1/chat/completions", json=body, headers=headers, timeout=10)
+    assert answer.text.endswith("data: [DONE]\n\n")
+    *chunks, last = [orjson.loads(line[6:]) for line in answer.text.splitlines() if line.startswith("data: {")]
+    assert "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks) == "".join(BROKEN_WORDS)
+    status, code = BROKEN[fault]
+    assert last["error"]["code"] == code
+    [line] = scripted.ledger(key)
+    assert (line.status, line.cost_source) == (status, "estimate")
+    charged_as(last["cost"], line)
+    if api == "chat-usage":
+        usage = last["usage"]
+        assert (usage["prompt_tokens"], usage["completion_tokens"]) == (line.input_tokens, line.output_tokens)
+    else:
+        assert "usage" not in last
+
+
+@pytest.mark.parametrize("fault", list(BROKEN))
+@pytest.mark.parametrize("api", ["messages-native", "messages-translated"])
+def test_a_messages_stream_that_breaks_off_says_what_it_was_charged(scripted: Running, api: str, fault: str) -> None:
+    """The same on `/v1/messages`, passed through to Anthropic or translated: its `error` event carries the cost and
+    the usage (in Anthropic's counts) charged, and Anthropic's SDK raises the error as before, the event its body."""
+    key = scripted.mint(name=f"broken-{fault}-{api}")
+    client = anthropic_client(scripted, key)
+    texts: list[str] = []
+    with (
+        pytest.raises(anthropic.APIStatusError) as raised,
+        client.messages.stream(
+            model=f"broken-{fault}-{api}", max_tokens=100, messages=HI, extra_headers=BROKEN_HEADERS
+        ) as stream,
+    ):
+        texts.extend(stream.text_stream)
+    assert "".join(texts) == "".join(BROKEN_WORDS)
+    event = raised.value.body
+    assert isinstance(event, dict) and event["type"] == "error"
+    assert event["error"]["type"] == ("timeout_error" if fault == "stall" else "api_error")
+    status, _ = BROKEN[fault]
+    [line] = scripted.ledger(key)
+    assert (line.status, line.cost_source) == (status, "estimate")
+    charged_as(event["cost"], line)
+    usage = event["usage"]
+    assert (usage["input_tokens"], usage["output_tokens"]) == (line.input_tokens, line.output_tokens)
+
+
+@pytest.mark.parametrize("fault", list(BROKEN))
+@pytest.mark.parametrize("api", ["responses-native", "responses-translated"])
+def test_a_responses_stream_that_breaks_off_fails_with_what_was_streamed_and_charged(
+    scripted: Running, api: str, fault: str
+) -> None:
+    """Its `response.failed` said `"output": []` though the words had been streamed (the deadline cut a long one
+    after some 30 deltas), and carried no cost and no usage (found by review). It carries the message as far as it
+    was streamed (`status: incomplete`, as OpenAI marks an item its answer was cut in), the usage and cost charged
+    (the ledger line's); and the stored response (`store` defaults to true) is that failed response: it was never
+    kept, though the event said `store: true` (a 404 to read)."""
+    key = scripted.mint(name=f"broken-{fault}-{api}")
+    client = openai_client(scripted, key)
+    events = list(
+        client.responses.create(
+            model=f"broken-{fault}-{api}", input="Tell me a story.", stream=True, extra_headers=BROKEN_HEADERS
+        )
+    )
+    deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
+    assert "".join(deltas) == "".join(BROKEN_WORDS)
+    status, code = BROKEN[fault]
+    error, failed = events[-2:]
+    assert (error.type, error.code, failed.type) == ("error", code, "response.failed")  # type: ignore[union-attr]
+    response = failed.response  # type: ignore[union-attr]
+    assert response.status == "failed" and response.error is not None and response.error.code == code
+    [message] = response.output
+    assert (message.type, message.status, message.id) == ("message", "incomplete", events[2].item.id)  # type: ignore[union-attr]
+    assert [part.text for part in message.content] == ["".join(BROKEN_WORDS)]  # type: ignore[union-attr]
+    [line] = scripted.ledger(key)
+    assert (line.status, line.cost_source) == (status, "estimate")
+    charged_as((response.model_extra or {})["cost"], line)
+    assert response.usage is not None
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (line.input_tokens, line.output_tokens)
+    stored = client.responses.retrieve(response.id)
+    assert stored.model_dump() == response.model_dump()
