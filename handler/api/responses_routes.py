@@ -171,8 +171,8 @@ class ResponseArchive:
     async def _keep_why(self, stored: StoredResponse, why: str) -> None:
         body = orjson.dumps({UNKEPT: why})
         unkept = StoredResponse(stored.id, stored.key_id, stored.ancestors, stored.created_at, stored.expires_at, body)
-        try:
-            await self.store.put_response(unkept)
+        try:  # (an older release would read it as a stored response, and fail on it: 500)
+            await self.store.put_response(unkept, newer_only=True)
         except StoreError as exc:
             logger.warning("why a response was not stored not kept: %s", exc, extra={"response_id": stored.id})
 

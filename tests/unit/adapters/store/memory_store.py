@@ -180,7 +180,7 @@ class MemoryStore(MeteredStore):
             lines = [i for i in lines if i.key_id in query.key_ids]
         return sorted(lines, key=lambda i: i.ts)
 
-    async def put_response(self, stored: StoredResponse, held: Sequence[str] = ()) -> None:
+    async def put_response(self, stored: StoredResponse, held: Sequence[str] = (), *, newer_only: bool = False) -> None:
         if await self.get_response(stored.id) is None:
             self.responses[stored.id] = stored
             for item_id in held:
