@@ -907,6 +907,12 @@ class Store(ABC):
         """Delete the response; whether it existed."""
 
     @abstractmethod
+    async def index_held(self, held_in: Callable[[StoredResponse], Sequence[str]]) -> int:
+        """`gateway store migrate`: index the items every live stored response holds (`held_in` says which, as
+        `put_response`'s `held`) where their entries are missing (responses kept before the index, or by an older
+        release beside this one); returns how many entries it wrote. A second run writes nothing."""
+
+    @abstractmethod
     async def put_sign_in(self, token_hash: str, key_id: str, expires_at: float) -> None:
         """Keep a one-time dashboard sign-in token (its hash) for the admin key `key_id` until `expires_at`."""
 

@@ -11,7 +11,7 @@ import base64
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from adapters.store.expressions import num, read_num, text
@@ -92,17 +92,57 @@ class DynamoDBResponses:
         response is kept: it must not be answered as not stored)."""
         from adapters.store.dynamo_client import call  # (on first use: see the module docstring)
 
-        entry = {
+        try:
+            await call(self.client, "put_item", TableName=self.table, Item=self._entry(item_id, stored, ttl))
+        except StoreError as exc:
+            logger.warning("an item of a response not indexed: %s", exc, extra={"response_id": stored.id})
+
+    @staticmethod
+    def _entry(item_id: str, stored: StoredResponse, ttl: dict[str, Any]) -> dict[str, Any]:
+        return {
             "pk": text(HOLDER_PK + item_id),
             "sk": text(f"{stored.created_at:017.6f}#{stored.id}"),  # (the newest last: read backwards)
             "response": text(stored.id),
             "expires_at": num(stored.expires_at),
             "ttl": ttl,
         }
-        try:
-            await call(self.client, "put_item", TableName=self.table, Item=entry)
-        except StoreError as exc:
-            logger.warning("an item of a response not indexed: %s", exc, extra={"response_id": stored.id})
+
+    async def index_held(self, held_in: Callable[[StoredResponse], Sequence[str]]) -> int:
+        """One paginated scan for the responses' items (`sk = RESP`), each response read as `get_response` reads it,
+        its missing entries written (put if absent)."""
+        from adapters.store.dynamo_client import ConditionFailed, call  # (on first use)
+
+        async def put_missing(entry: dict[str, Any]) -> int:
+            try:
+                await call(
+                    self.client,
+                    "put_item",
+                    TableName=self.table,
+                    Item=entry,
+                    ConditionExpression="attribute_not_exists(pk)",
+                )
+            except ConditionFailed:
+                return 0
+            return 1
+
+        written = 0
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "begins_with(pk, :response) AND sk = :sk",
+            "ProjectionExpression": "pk",
+            "ExpressionAttributeValues": {":response": text("RESP#"), ":sk": text(RESPONSE_SK)},
+        }
+        while True:
+            answer = await call(self.client, "scan", **request)
+            for item in answer.get("Items", []):
+                stored = await self.get_response(item["pk"]["S"].removeprefix("RESP#"))
+                if stored is not None:
+                    ttl = num(int(stored.expires_at))
+                    entries = [self._entry(item_id, stored, ttl) for item_id in held_in(stored)]
+                    written += sum(await asyncio.gather(*(put_missing(entry) for entry in entries)))
+            if "LastEvaluatedKey" not in answer:
+                return written
+            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
     async def _put_record(
         self, response_id: str, item: dict[str, Any], parts: list[bytes], ttl: dict[str, Any]

@@ -51,7 +51,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -178,6 +178,35 @@ class SQLiteResponses:
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store cannot read the response: {exc}") from exc
         return unpack(row[0]) if row else None
+
+    async def index_held(self, held_in: Callable[[StoredResponse], Sequence[str]]) -> int:
+        import sqlite3  # (the embedded store's: a DynamoDB store's start-up never imports it)
+
+        written, after = 0, ""
+        try:
+            db = self._responses()
+            while True:
+                rows = db.execute(
+                    "SELECT id, data FROM responses WHERE id > ? AND expires_at >= ? ORDER BY id LIMIT 100",
+                    (after, time.time()),
+                ).fetchall()
+                if not rows:
+                    return written
+                after = str(rows[-1][0])
+                entries = [
+                    (item_id, stored.created_at, stored.id, stored.expires_at)
+                    for stored in (unpack(row[1]) for row in rows)
+                    for item_id in held_in(stored)
+                ]
+                with self._lock_wait():
+                    cursor = db.executemany(
+                        "INSERT OR IGNORE INTO response_items (item_id, created_at, response_id, expires_at) "
+                        "VALUES (?, ?, ?, ?)",
+                        entries,
+                    )
+                written += max(cursor.rowcount, 0)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store cannot index the responses' items: {exc}") from exc
 
     async def delete_response(self, response_id: str) -> bool:
         import sqlite3  # (the embedded store's: a DynamoDB store's start-up never imports it)

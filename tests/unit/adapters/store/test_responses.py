@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from adapters.store import dynamo_responses, open_store, responses
-from handler.api.responses_routes import ResponseArchive
+from handler.api.responses_routes import ResponseArchive, held_in
 from handler.errors import NotFoundError
 from handler.ports import MAX_HOLDERS, ResponseTooLarge, Store, StoredResponse, StoreError
 from tests.unit.adapters.store import test_contract
@@ -152,6 +152,26 @@ async def test_the_responses_holding_an_item_are_found_by_its_id(store: Store, s
     for n in range(MAX_HOLDERS + 2):
         await store.put_response(stored(f"resp_many{n}"), ["fc_many"])
     assert len(await store.responses_holding("fc_many")) == MAX_HOLDERS
+
+
+async def test_migrate_indexes_the_items_of_responses_kept_before_the_index(store: Store) -> None:
+    """A response an older release kept (with `responses_api: native`, a provider's `fc_…` ids in its output) had
+    no index entries, and `gateway store migrate` wrote none: an `item_reference` to its function call was a 400
+    "not found" where that release passed it on. `index_held` writes the missing entries, past what is no
+    response (the reasoning seal's secret, why one was not kept); a second run writes nothing."""
+    output = b'"output": [{"type": "function_call", "id": "fc_before", "call_id": "call_1"}, {"id": "msg_resp1_0001"}]'
+    body = b'{"items": [], "item_ids": [], "response": {"id": "resp_native", ' + output + b'}, "sealed": {}}'
+    await store.put_response(stored("resp_native", body))  # (as that release kept it: no `held`)
+    await store.put_response(stored("resp_indexed", body), ["fc_before"])
+    image = base64.b64encode(os.urandom(300_000))  # (in parts, on DynamoDB)
+    await store.put_response(stored("resp_large", body.replace(b'"items": []', b'"items": ["' + image + b'"]')))
+    await store.put_response(stored("resp_gone", body, ttl=-1))
+    await store.put_response(stored("gateway-reasoning-seal", b"0123abcd"))
+    await store.put_response(stored("resp_unkept", b'{"unkept": "too large"}'))
+    assert await store.responses_holding("fc_before") == ["resp_indexed"]
+    assert await store.index_held(held_in) == 2  # (`msg_resp1_…` names its response: not indexed)
+    assert sorted(await store.responses_holding("fc_before")) == ["resp_indexed", "resp_large", "resp_native"]
+    assert await store.index_held(held_in) == 0
 
 
 async def test_an_index_entry_not_written_leaves_the_response_kept(store: Store, store_url: str) -> None:
