@@ -885,11 +885,12 @@ class Store(ABC):
         await asyncio.to_thread(consume, lines)
 
     @abstractmethod
-    async def put_response(self, stored: StoredResponse, held: Sequence[str] = ()) -> None:
+    async def put_response(self, stored: StoredResponse, held: Sequence[str] = (), *, newer_only: bool = False) -> None:
         """Keep a response until its `expires_at`, unless one kept under its id still lives: the first write
         stands (read it back to learn which did). `ResponseTooLarge` past what the store can keep. `held`: ids of
         items the response holds that do not name it (a provider's own), indexed for `responses_holding` until
-        the response expires."""
+        the response expires. `newer_only`: a record the release before this one must not read (it would fail on
+        it), kept where that release does not look (it answers 404, as for a response it could not have kept)."""
 
     @abstractmethod
     async def get_response(self, response_id: str) -> StoredResponse | None:
@@ -904,6 +905,12 @@ class Store(ABC):
     @abstractmethod
     async def delete_response(self, response_id: str) -> bool:
         """Delete the response; whether it existed."""
+
+    @abstractmethod
+    async def index_held(self, held_in: Callable[[StoredResponse], Sequence[str]]) -> int:
+        """`gateway store migrate`: index the items every live stored response holds (`held_in` says which, as
+        `put_response`'s `held`) where their entries are missing (responses kept before the index, or by an older
+        release beside this one); returns how many entries it wrote. A second run writes nothing."""
 
     @abstractmethod
     async def put_sign_in(self, token_hash: str, key_id: str, expires_at: float) -> None:

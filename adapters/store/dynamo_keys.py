@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.store.dynamo_client import CONDITION_FAILED as FAILED
@@ -24,10 +25,24 @@ from handler.ports import ChildLimitReached, ConflictError, KeyRecord, StoreErro
 WRITE_TOKEN = "w"  # on a key item: a token of the write that put it (`already_written`)
 COUNT_SK = "COUNT"
 FAMILY_COUNT = "d"  # on a root's count item: the keys minted in its family (`create_child`)
+# On a parent's count item: its children, as the release before family counts counted them (`n < max_children`, its
+# limit per parent, which it still checks while its processes run beside this release's), and the `n` this release
+# has in its root's `d` (`m`). That release mints with `ADD n 1` alone: an `n` that is not `m` is a mint `d` misses.
+CHILD_COUNT = "n"
+COUNTED = "m"
 CHILD_PREFIX = "CHILD#"
 DESCENDANT_PREFIX = "DESC#"  # on a root's partition: a key deeper than its children, for the family's recount
 NO_CHILD_LIMIT = 2**53  # `create_key`'s children: counted like any other, never refused
 BATCH_GET_KEYS = 100  # DynamoDB's limit for one `BatchGetItem`
+
+
+@dataclass
+class OlderMints:
+    """What a recount found of an older release's mints (`DynamoDBKeys._older_mints`): the parents whose `n` moved
+    without `m`, with that `n` as read, and how many keys under them the root's partition did not link."""
+
+    children: dict[str, Item] = field(default_factory=dict)
+    found: int = 0
 
 
 class DynamoDBKeys:
@@ -96,6 +111,15 @@ class DynamoDBKeys:
         before links existed, long since on the index. A count changed since the recount read it is not corrected
         (the correction is conditional on the value read), so a mint the recount missed is never forgotten.
 
+        The release before family counts may mint beside this one (a rollout's minutes, or a rollback): it counts
+        each parent's children (`n`, on the parent's count item, `ADD n 1` if `n < max_children`) and links a key
+        to its parent only. So this one keeps `n` as well (that release's limit per parent counts this one's
+        children), and `m` beside it, grown together: on the root's count item and the parent's, in the same
+        transaction, on the condition that `n` is `m`. A mint of that release under either moved `n` alone: the
+        count is refused and the family recounted, following the links of every parent whose `n` is not its
+        `m` (`_count_family`). One under another key of the family is found by the next recount (a refusal, a
+        mint under that key or the root, `migrate`). That release's own mints still count per parent.
+
         Written in the root's home region (`root_home`), as its meter and record are, and counted again there:
         across the replicas of a global table, two regions minting under one parent at once each passed the same
         count in their own replica (the last writer wins the count item), and the parent had a child past its
@@ -127,6 +151,18 @@ class DynamoDBKeys:
         purge = key_purge_after(record)
         link = self._link_item(parent_id, record.id, purge, None if purge is None else purge + LEDGER_TTL_SECONDS)
         item = stamped(self._key_item(record))
+        # Each count item's `n` and `m` grow together: one an older release's mint moved (`n` alone) fails its
+        # condition, and the family is recounted, that mint with it.
+        older_unseen = "attribute_not_exists(#n) OR #n = #m"
+        children: Item = {"#n": CHILD_COUNT, "#m": COUNTED}
+        root_count: Item = {
+            "TableName": self.table,
+            "Key": self._family_key(root_id, COUNT_SK),
+            "UpdateExpression": "ADD #d :one" + (", #n :one, #m :one" if root_id == parent_id else ""),
+            "ConditionExpression": f"#d < :max AND ({older_unseen})",
+            "ExpressionAttributeNames": {"#d": FAMILY_COUNT, **children},
+            "ExpressionAttributeValues": {":one": num(1), ":max": num(max_children)},
+        }
         writes: list[Item] = [
             {
                 "Put": {
@@ -136,24 +172,21 @@ class DynamoDBKeys:
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             },
-            {
-                "Update": {
-                    "TableName": self.table,
-                    "Key": self._family_key(root_id, COUNT_SK),
-                    "UpdateExpression": "ADD #d :one",
-                    "ConditionExpression": "#d < :max",
-                    "ExpressionAttributeNames": {"#d": FAMILY_COUNT},
-                    "ExpressionAttributeValues": {":one": num(1), ":max": num(max_children)},
-                }
-            },
+            {"Update": root_count},
             {"Put": {"TableName": self.table, "Item": link}},
         ]
-        if root_id != parent_id:  # (the root's children are its `CHILD#` links already)
-            deeper: Item = {**self._family_key(root_id, f"{DESCENDANT_PREFIX}{record.id}"), "child": text(record.id)}
-            if purge is not None:
-                deeper["purge"] = num(purge)
-                deeper["ttl"] = num(int(purge))
-            writes.append({"Put": {"TableName": self.table, "Item": deeper}})
+        if root_id != parent_id:
+            parent_count: Item = {
+                "TableName": self.table,
+                "Key": self._family_key(parent_id, COUNT_SK),
+                "UpdateExpression": "ADD #n :one, #m :one",
+                "ConditionExpression": older_unseen,
+                "ExpressionAttributeNames": children,
+                "ExpressionAttributeValues": {":one": num(1)},
+            }
+            writes.append({"Update": parent_count})
+            # Linked on the root's partition too (the root's children are its `CHILD#` links already).
+            writes.append({"Put": {"TableName": self.table, "Item": self._descendant_link(root_id, record)}})
         for attempt in (1, 2):
             try:
                 await call(client, "transact_write_items", TransactItems=writes)
@@ -193,22 +226,114 @@ class DynamoDBKeys:
     async def _count_family(self, root_id: str, client: Any, limit: int | None = None) -> tuple[int, bool]:
         """How many keys of the root's family are live, and whether its count was set to that: not where `limit`
         of them are live, where it holds that number already, or where it changed since it was read (a mint
-        meanwhile: one the count read here missed is never forgotten)."""
+        meanwhile: one the count read here missed is never forgotten).
+
+        Keys an older release minted (`n` moved without `m`, on the count item of their parent) are found from
+        their parents' links: each below the root's children is linked on the root's partition (`DESC#`), then,
+        once the count holds them, their parents' `m` is set to the `n` read before their links were (unless `n`
+        moved since: a mint this walk may have missed is found again next time)."""
         count_key = self._family_key(root_id, COUNT_SK)
         answer = await call(client, "get_item", TableName=self.table, Key=count_key, ConsistentRead=True)
-        seen = answer.get("Item", {}).get(FAMILY_COUNT)
-        live = len(await self._live_family(root_id, client))
-        if (limit is not None and live >= limit) or (seen is not None and int(seen["N"]) == live):
-            return live, False
-        e = Expression()
-        count = e.name(FAMILY_COUNT)
-        e.clauses["SET"].append(f"{count} = {e.value(num(live))}")
-        e.conditions.append(f"attribute_not_exists({count})" if seen is None else f"{count} = {e.value(seen)}")
+        root_count = answer.get("Item", {})
+        seen = root_count.get(FAMILY_COUNT)
+        live = await self._live_family(root_id, client)
+        if limit is not None and len(live) >= limit:
+            return len(live), False
+        older = await self._older_mints(root_id, {root_id: root_count}, live, client)
+        if older.found:
+            live = await self._live_family(root_id, client)
+            if limit is not None and len(live) >= limit:
+                return len(live), False
+        counted = False
+        if seen is None or int(seen["N"]) != len(live):
+            e = Expression()
+            count = e.name(FAMILY_COUNT)
+            e.clauses["SET"].append(f"{count} = {e.value(num(len(live)))}")
+            e.conditions.append(f"attribute_not_exists({count})" if seen is None else f"{count} = {e.value(seen)}")
+            try:
+                await call(client, "update_item", **e.update(count_key, self.table))
+            except ConditionFailed:
+                return len(live), False  # moved meanwhile: a retry meets the count as it is now
+            counted = True
+
+        async def seen_by_count(parent_id: str, children: Item) -> bool:
+            try:
+                await call(
+                    client,
+                    "update_item",
+                    TableName=self.table,
+                    Key=self._family_key(parent_id, COUNT_SK),
+                    UpdateExpression="SET #m = :n",
+                    ConditionExpression="#n = :n",
+                    ExpressionAttributeNames={"#n": CHILD_COUNT, "#m": COUNTED},
+                    ExpressionAttributeValues={":n": children},
+                )
+            except ConditionFailed:
+                return False  # another mint under it since its `n` was read
+            return True
+
+        marked = await asyncio.gather(*(seen_by_count(p, n) for p, n in sorted(older.children.items())))
+        return len(live), counted or any(marked)
+
+    async def _older_mints(self, root_id: str, counts: dict[str, Item], live: set[str], client: Any) -> OlderMints:
+        """The parents in the root's family (live keys, and the root) whose `n` is not their `m`, and the keys an
+        older release minted under them that the root's partition does not link, linked there now (`DESC#`); each
+        parent's count item is read before its links, so that its `n` covers no key they miss."""
+        older = OlderMints()
+        known = {root_id} | live
+        unread = sorted(live)
+        while True:
+            for start in range(0, len(unread), BATCH_GET_KEYS):
+                counts |= await self._count_items(unread[start : start + BATCH_GET_KEYS], client)
+            signed = [
+                parent_id
+                for parent_id, item in counts.items()
+                if parent_id not in older.children and CHILD_COUNT in item and item.get(COUNTED) != item[CHILD_COUNT]
+            ]
+            older.children |= {parent_id: counts[parent_id][CHILD_COUNT] for parent_id in signed}
+            links = await asyncio.gather(*(self._links(parent_id, client) for parent_id in signed))
+            unlinked = sorted({link["child"]["S"] for found in links for link in found} - known)
+            records = await self._get_keys(unlinked, client)
+            if not records:
+                return older
+            for record in records:
+                await self._put_if_absent(client, self._descendant_link(root_id, record))
+            older.found += len(records)
+            known |= {record.id for record in records}
+            unread = [record.id for record in records]
+
+    async def _count_items(self, key_ids: list[str], client: Any) -> dict[str, Item]:
+        """The count items (`FAMILY#<id>`, `COUNT`) of `key_ids` that exist, read consistently, by key id."""
+        keys = [self._family_key(key_id, COUNT_SK) for key_id in key_ids]
+        found: dict[str, Item] = {}
+        pending: Item = {self.table: {"Keys": keys, "ConsistentRead": True}} if keys else {}
+        while pending:
+            answer = await call(client, "batch_get_item", RequestItems=pending)
+            for item in answer.get("Responses", {}).get(self.table, []):
+                found[item["pk"]["S"].removeprefix("FAMILY#")] = item
+            pending = answer.get("UnprocessedKeys") or {}
+            if pending:
+                await asyncio.sleep(0.05)  # throttled: DynamoDB hands back what it did not read
+        return found
+
+    def _descendant_link(self, root_id: str, record: KeyRecord) -> Item:
+        """A key below the root's children, linked on the root's partition (for its recount)."""
+        link: Item = {**self._family_key(root_id, f"{DESCENDANT_PREFIX}{record.id}"), "child": text(record.id)}
+        purge = key_purge_after(record)
+        if purge is not None:
+            link["purge"] = num(purge)
+            link["ttl"] = num(int(purge))
+        return link
+
+    async def _put_if_absent(self, client: Any, item: Item) -> bool:
+        """Whether `item` was written: not where one is under its key already."""
         try:
-            await call(client, "update_item", **e.update(count_key, self.table))
+            await call(
+                client, "put_item", TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(pk)"
+            )
         except ConditionFailed:
-            return live, False  # moved meanwhile: a retry meets the count as it is now
-        return live, True
+            return False
+        return True
 
     async def _link_families(self) -> int:
         """Bring families minted before family counts to them (`migrate`); returns how many items it wrote. An
@@ -229,20 +354,9 @@ class DynamoDBKeys:
             roots.add(root_id)
             if root_id == record.parent_id:
                 continue  # (a root's children are its `CHILD#` links already)
-            link: Item = {**self._family_key(root_id, f"{DESCENDANT_PREFIX}{record.id}"), "child": text(record.id)}
-            purge = key_purge_after(record)
-            if purge is not None:
-                link["purge"] = num(purge)
-                link["ttl"] = num(int(purge))
-            try:
-                await call(
-                    self._client_for(homes.get(root_id)),
-                    "put_item",
-                    TableName=self.table,
-                    Item=link,
-                    ConditionExpression="attribute_not_exists(pk)",
-                )
-            except ConditionFailed:
+            if not await self._put_if_absent(
+                self._client_for(homes.get(root_id)), self._descendant_link(root_id, record)
+            ):
                 continue  # linked when minted, or by another run
             written += 1
         for root_id in sorted(roots & homes.keys()):  # (a purged root's family mints no more)

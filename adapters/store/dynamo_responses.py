@@ -1,5 +1,6 @@
-"""Stored Responses API answers on the DynamoDB store's table (`DynamoDBResponses`): the record in binary parts,
-the response's item written last, the index of the items a response holds. See adapters/store/responses.py's
+"""Stored Responses API answers on the DynamoDB store's table (`DynamoDBResponses`): the record as one base64
+string where the release before parts kept it so, else in binary parts, the response's item written last, the index
+of the items a response holds. See adapters/store/responses.py's
 docstring for the layout; this module is imported by the DynamoDB store alone, so a process on the embedded store
 never reads it (nor the DynamoDB client, which its methods import on first use)."""
 
@@ -10,7 +11,7 @@ import base64
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from adapters.store.expressions import num, read_num, text
@@ -22,7 +23,12 @@ logger = logging.getLogger("gateway")
 RESPONSE_SK = "RESP"
 HOLDER_PK = "RESPITEM#"  # an item's index entries (`responses_holding`)
 RECORD = "record"  # a part of the compressed record, binary
-DATA = "data"  # the whole compressed record in base64, as responses kept before `record` were
+DATA = "data"  # the whole compressed record in base64: a record that fits one item, as the release before parts
+# The longest `DATA` the release before parts wrote (380,000 characters, some 285 KB compressed), and the longest this
+# one writes: a record that fits is written as that release wrote it, so that a process of it (beside this one during
+# a rollout, or alone after a rollback) reads, continues and deletes it. It reads `DATA` alone: a record in parts is
+# not there for it (404), nor deleted by its DELETE.
+MAX_DATA = 380_000
 PARTS = "parts"
 TOKEN = "token"
 GONE = "gone"  # on a DynamoDB response item: the token of the call that deleted it (its record removed)
@@ -56,22 +62,25 @@ class DynamoDBResponses:
 
         return {"B": base64.b64encode(value).decode() if isinstance(self.client, DynamoDBClient) else value}
 
-    async def put_response(self, stored: StoredResponse, held: Sequence[str] = ()) -> None:
-
+    async def put_response(self, stored: StoredResponse, held: Sequence[str] = (), *, newer_only: bool = False) -> None:
         record = pack(stored)
         if len(record) > MAX_DYNAMODB_RECORD:
             raise ResponseTooLarge(
                 f"its conversation is too large to keep on DynamoDB ({len(record) / 1e6:.1f} MB compressed, "
                 f"at most {MAX_DYNAMODB_RECORD / 1e6:g} MB)"
             )
-        parts = [record[i : i + PART_BYTES] for i in range(0, len(record), PART_BYTES)] or [b""]
         ttl = num(int(stored.expires_at))
         item = {
             **self._response_key(stored.id),
-            RECORD: self._binary(parts[0]),
             "expires_at": num(stored.expires_at),  # (what a delete sent again answers by: the record is gone then)
             "ttl": ttl,
         }
+        parts: list[bytes] = []
+        if not newer_only and len(record) <= MAX_DATA // 4 * 3:  # (its base64: 4 characters for 3 bytes)
+            item[DATA] = text(base64.b64encode(record).decode())
+        else:
+            parts = [record[i : i + PART_BYTES] for i in range(0, len(record), PART_BYTES)] or [b""]
+            item[RECORD] = self._binary(parts[0])
         # The index entries beside the record (no round trip more): one naming a response not written (its write
         # failed, or another's stood) is read as the hint it is (`responses_holding`).
         await asyncio.gather(
@@ -83,24 +92,64 @@ class DynamoDBResponses:
         response is kept: it must not be answered as not stored)."""
         from adapters.store.dynamo_client import call  # (on first use: see the module docstring)
 
-        entry = {
+        try:
+            await call(self.client, "put_item", TableName=self.table, Item=self._entry(item_id, stored, ttl))
+        except StoreError as exc:
+            logger.warning("an item of a response not indexed: %s", exc, extra={"response_id": stored.id})
+
+    @staticmethod
+    def _entry(item_id: str, stored: StoredResponse, ttl: dict[str, Any]) -> dict[str, Any]:
+        return {
             "pk": text(HOLDER_PK + item_id),
             "sk": text(f"{stored.created_at:017.6f}#{stored.id}"),  # (the newest last: read backwards)
             "response": text(stored.id),
             "expires_at": num(stored.expires_at),
             "ttl": ttl,
         }
-        try:
-            await call(self.client, "put_item", TableName=self.table, Item=entry)
-        except StoreError as exc:
-            logger.warning("an item of a response not indexed: %s", exc, extra={"response_id": stored.id})
+
+    async def index_held(self, held_in: Callable[[StoredResponse], Sequence[str]]) -> int:
+        """One paginated scan for the responses' items (`sk = RESP`), each response read as `get_response` reads it,
+        its missing entries written (put if absent)."""
+        from adapters.store.dynamo_client import ConditionFailed, call  # (on first use)
+
+        async def put_missing(entry: dict[str, Any]) -> int:
+            try:
+                await call(
+                    self.client,
+                    "put_item",
+                    TableName=self.table,
+                    Item=entry,
+                    ConditionExpression="attribute_not_exists(pk)",
+                )
+            except ConditionFailed:
+                return 0
+            return 1
+
+        written = 0
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "begins_with(pk, :response) AND sk = :sk",
+            "ProjectionExpression": "pk",
+            "ExpressionAttributeValues": {":response": text("RESP#"), ":sk": text(RESPONSE_SK)},
+        }
+        while True:
+            answer = await call(self.client, "scan", **request)
+            for item in answer.get("Items", []):
+                stored = await self.get_response(item["pk"]["S"].removeprefix("RESP#"))
+                if stored is not None:
+                    ttl = num(int(stored.expires_at))
+                    entries = [self._entry(item_id, stored, ttl) for item_id in held_in(stored)]
+                    written += sum(await asyncio.gather(*(put_missing(entry) for entry in entries)))
+            if "LastEvaluatedKey" not in answer:
+                return written
+            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
     async def _put_record(
         self, response_id: str, item: dict[str, Any], parts: list[bytes], ttl: dict[str, Any]
     ) -> None:
         from adapters.store.dynamo_client import ConditionFailed, call  # (on first use: see the module docstring)
 
-        if len(parts) > 1:
+        if len(parts) > 1:  # (none: the record is the item's `DATA`)
             token = uuid.uuid4().hex
             item.update({PARTS: num(len(parts)), TOKEN: text(token)})
             # The parts first: the response's item, written last, is what makes them a record.

@@ -5,15 +5,18 @@ expiry; reads treat an expired one as gone before the backend's own clean-up (Dy
 SQLite's sweep on the next write) removes it. The first write of an id stands while it lives (put if absent):
 two processes making the reasoning seal's secret at once both read back the one that was kept.
 
-On DynamoDB, whose item holds at most 400 KB, a record is cut into parts of `PART_BYTES` (binary, not base64): the
-first on the response's item, the others on items of their own under the same partition key, named by a token
-drawn for the write (`RESP#<token>#<n>`). The parts are written first and the response's item last, naming the
-token and the count: a reader finds the whole record or nothing, also in another region of a global table, where
-the items replicate one by one (a part not there yet reads as the response not there yet), and the parts of a
-write that failed are never named (they go with their TTL). A record past `MAX_DYNAMODB_RECORD` is refused
-(`ResponseTooLarge`). Each response still keeps its whole conversation: a turn's write grows with it (a 120 KB
-screenshot a turn writes some 120 KB more each turn), the price of every response standing alone (its expiry,
-its deletion and who may read it are its own).
+On DynamoDB a record is kept as the release before parts kept it, the base64 of the record on the response's item
+(`data`), where it fits that release's bound (`dynamo_responses.MAX_DATA`): that release reads and deletes `data`
+alone, and shares the table with this one during a rollout and after a rollback. A record past it (that release
+never kept one), and what stands for a response too large to keep (`newer_only`: that release would fail on it), is
+cut into parts of `PART_BYTES` (binary, not base64; a DynamoDB item holds at most 400 KB): the first on the
+response's item, the others on items of their own under the same partition key, named by a token drawn for the write
+(`RESP#<token>#<n>`). The parts are written first and the response's item last, naming the token and the count: a
+reader finds the whole record or nothing, also in another region of a global table, where the items replicate one by
+one (a part not there yet reads as the response not there yet), and the parts of a write that failed are never named
+(they go with their TTL). A record past `MAX_DYNAMODB_RECORD` is refused (`ResponseTooLarge`). Each response still
+keeps its whole conversation: a turn's write grows with it (a 120 KB screenshot a turn writes some 120 KB more each
+turn), the price of every response standing alone (its expiry, its deletion and who may read it are its own).
 
 DynamoDB deletes a response by removing its record and marking the item (`gone`, a token drawn by the deleting
 call) rather than deleting the item: its client sends a call again when the answer does not come, and a delete
@@ -36,10 +39,10 @@ reader: it reads the response a row names, and a deleted one is not there.
 |---|---|
 | SQLite | table `responses` (`id`, `expires_at`, `data`) |
 | | table `response_items` (`item_id`, `created_at`, `response_id`, `expires_at`) |
-| DynamoDB | `pk=RESP#<id>`, `sk=RESP`: `record` (part 0, binary), `parts`, `token`, `expires_at`, `ttl`, `gone` |
+| DynamoDB | `pk=RESP#<id>`, `sk=RESP`: `data` (the record's base64) or `record` (part 0, binary), `parts`, `token`, |
+| | `expires_at`, `ttl`, `gone` |
 | | `pk=RESP#<id>`, `sk=RESP#<token>#<n>`: `record` (part n), `ttl` |
 | | `pk=RESPITEM#<item id>`, `sk=<created_at>#<response id>`: `response`, `expires_at`, `ttl` |
-| | (kept before parts: `data`, the whole compressed record's base64, a string, on the response's item) |
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -123,7 +126,8 @@ class SQLiteResponses:
             self._responses_ready = True
         return self.db
 
-    async def put_response(self, stored: StoredResponse, held: Sequence[str] = ()) -> None:
+    async def put_response(self, stored: StoredResponse, held: Sequence[str] = (), *, newer_only: bool = False) -> None:
+        """(`newer_only` is DynamoDB's: this store has one layout, and never refuses a record as too large.)"""
         import sqlite3  # (the embedded store's: a DynamoDB store's start-up never imports it)
 
         try:
@@ -174,6 +178,35 @@ class SQLiteResponses:
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store cannot read the response: {exc}") from exc
         return unpack(row[0]) if row else None
+
+    async def index_held(self, held_in: Callable[[StoredResponse], Sequence[str]]) -> int:
+        import sqlite3  # (the embedded store's: a DynamoDB store's start-up never imports it)
+
+        written, after = 0, ""
+        try:
+            db = self._responses()
+            while True:
+                rows = db.execute(
+                    "SELECT id, data FROM responses WHERE id > ? AND expires_at >= ? ORDER BY id LIMIT 100",
+                    (after, time.time()),
+                ).fetchall()
+                if not rows:
+                    return written
+                after = str(rows[-1][0])
+                entries = [
+                    (item_id, stored.created_at, stored.id, stored.expires_at)
+                    for stored in (unpack(row[1]) for row in rows)
+                    for item_id in held_in(stored)
+                ]
+                with self._lock_wait():
+                    cursor = db.executemany(
+                        "INSERT OR IGNORE INTO response_items (item_id, created_at, response_id, expires_at) "
+                        "VALUES (?, ?, ?, ?)",
+                        entries,
+                    )
+                written += max(cursor.rowcount, 0)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store cannot index the responses' items: {exc}") from exc
 
     async def delete_response(self, response_id: str) -> bool:
         import sqlite3  # (the embedded store's: a DynamoDB store's start-up never imports it)

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -148,15 +149,7 @@ class ResponseArchive:
         still answered, and says so (`store: false`): the provider was paid for it, so it must not be lost."""
         now = time.time()
         ids = item_ids(items, response["id"], known_ids)
-        # A provider's output ids name no response: indexed, so that a later request finds them (`StoredItems`).
-        held = [
-            item["id"]
-            for item in response.get("output") or ()
-            if isinstance(item, dict)
-            and isinstance(item.get("id"), str)
-            and 0 < len(item["id"]) <= MAX_INDEXED_ID
-            and ResponseIds.response_of(item["id"]) is None
-        ]
+        held = held_ids(response)
         # Kept as the client was answered: without a secret the model said (it was redacted only when read back).
         body = scrub(orjson.dumps({"items": items, "item_ids": ids, "response": response, "sealed": sealed}))
         stored = StoredResponse(response["id"], key.id, list(key.ancestors), now, now + self.ttl, body)
@@ -179,8 +172,8 @@ class ResponseArchive:
     async def _keep_why(self, stored: StoredResponse, why: str) -> None:
         body = orjson.dumps({UNKEPT: why})
         unkept = StoredResponse(stored.id, stored.key_id, stored.ancestors, stored.created_at, stored.expires_at, body)
-        try:
-            await self.store.put_response(unkept)
+        try:  # (an older release would read it as a stored response, and fail on it: 500)
+            await self.store.put_response(unkept, newer_only=True)
         except StoreError as exc:
             logger.warning("why a response was not stored not kept: %s", exc, extra={"response_id": stored.id})
 
@@ -205,6 +198,30 @@ class ResponseArchive:
         await self.find(response_id, key)
         if not await self.store.delete_response(response_id):
             raise NotFoundError(f"Response with id '{response_id}' not found.", code="not_found")
+
+
+def held_ids(response: Mapping[str, Any]) -> list[str]:
+    """The ids of a response's output items that name no response (a provider's own): indexed with it, so that a
+    later request finds them (`StoredItems`)."""
+    return [
+        item["id"]
+        for item in response.get("output") or ()
+        if isinstance(item, dict)
+        and isinstance(item.get("id"), str)
+        and 0 < len(item["id"]) <= MAX_INDEXED_ID
+        and ResponseIds.response_of(item["id"]) is None
+    ]
+
+
+def held_in(stored: StoredResponse) -> list[str]:
+    """`held_ids` of a stored record (`Store.index_held`, for records kept before the index): none for what is not
+    a response (the reasoning seal's secret, why one was not kept)."""
+    try:
+        record = orjson.loads(stored.body)
+    except orjson.JSONDecodeError:
+        return []
+    response = record.get("response") if isinstance(record, dict) else None
+    return held_ids(response) if isinstance(response, dict) else []
 
 
 class StoredItems:

@@ -564,8 +564,10 @@ def cmd_store_migrate(args: argparse.Namespace) -> int:
     """Bring what the store holds to this version's layout (SQLite files migrate when opened; DynamoDB moves
     line items written before reports read index shards, links children minted before family links and keys below
     a root's children to their root, sets each root's family count, and homes keys without a home region in the
-    store's region), and, on every store, revoke the live keys under a key an older gateway revoked alone
-    (`KeyAdmin.finish_revocations`). Safe beside serving gateways; a second run changes nothing."""
+    store's region), and, on every store, index the items of stored responses an older release kept (so that an
+    `item_reference` finds them: `Store.index_held`) and revoke the live keys under a key an older gateway revoked
+    alone (`KeyAdmin.finish_revocations`). Safe beside serving gateways; a second run changes nothing."""
+    from handler.api.responses_routes import held_in
 
     async def run() -> tuple[int, int]:
         store = _store(args.store)
@@ -573,6 +575,7 @@ def cmd_store_migrate(args: argparse.Namespace) -> int:
             revoked = await KeyAdmin(KeyService(store, 0)).finish_revocations()
             migrate = getattr(store, "migrate", None)
             moved: int = await migrate() if migrate is not None else 0
+            moved += await store.index_held(held_in)
             return moved, revoked
         finally:
             await store.close()

@@ -14,6 +14,7 @@ import pytest
 
 from adapters.store import dynamo_responses
 from handler.api.responses_routes import MAX_KEPT_READS
+from handler.entry.cli import main
 from handler.ports import StoredResponse, StoreError
 from tests.fakes.openai import TEXT
 from tests.functional.conftest import Running, openai_client
@@ -291,6 +292,43 @@ def test_an_item_reference_finds_only_what_the_key_may_read(fleet_on_each_store:
         error = refused.json()["error"]
         assert error["message"] == f"Item with id '{to}' not found." and error["param"] == "input[0]"
     assert refer(native_call).status_code == 200
+
+
+def test_an_item_reference_finds_a_response_an_older_release_kept_once_migrated(
+    fleet_on_each_store: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A natively served response an older release kept has no index of OpenAI's ids in it: a reference to its
+    function call (without `previous_response_id`) was a 400 "not found" where that release passed it to the
+    provider, and `gateway store migrate` indexed nothing. It indexes them now."""
+    running = fleet_on_each_store
+    sdk = openai_client(running, key := running.mint(name="older"))
+    store = running.gateway.store
+    keep = store.put_response
+
+    async def as_an_older_release(
+        stored: StoredResponse, held: Sequence[str] = (), *, newer_only: bool = False
+    ) -> None:
+        await keep(stored, newer_only=newer_only)  # (no index)
+
+    monkeypatch.setattr(store, "put_response", as_an_older_release)
+    native = sdk.responses.create(model="gpt", input=ASKED, tools=TOOLS)
+    monkeypatch.undo()
+    call = next(item for item in native.output if item.type == "function_call")
+    body = {
+        "model": "gpt",
+        "tools": TOOLS,
+        "input": [
+            {"type": "item_reference", "id": call.id},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "18C"},
+        ],
+    }
+    refused = httpx.post(f"{running.url}/v1/responses", json=body, headers=bearer(key))
+    assert refused.status_code == 400 and f"Item with id '{call.id}' not found." in refused.text
+    assert main(["store", "migrate", "--store", running.store_url]) == 0
+    answered = httpx.post(f"{running.url}/v1/responses", json=body, headers=bearer(key))
+    assert answered.status_code == 200, answered.text
+    sent = running.fakes["openai"].state.requests[-1]["json"]["input"]
+    assert [item.get("type") for item in sent] == ["function_call", "function_call_output"]
 
 
 def test_an_input_sending_an_item_twice_is_refused(fleet: Running, fleet_key: str) -> None:

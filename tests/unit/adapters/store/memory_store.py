@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from adapters.store.metered import (
@@ -180,11 +180,21 @@ class MemoryStore(MeteredStore):
             lines = [i for i in lines if i.key_id in query.key_ids]
         return sorted(lines, key=lambda i: i.ts)
 
-    async def put_response(self, stored: StoredResponse, held: Sequence[str] = ()) -> None:
+    async def put_response(self, stored: StoredResponse, held: Sequence[str] = (), *, newer_only: bool = False) -> None:
         if await self.get_response(stored.id) is None:
             self.responses[stored.id] = stored
             for item_id in held:
                 self.holders.setdefault(item_id, []).insert(0, stored.id)
+
+    async def index_held(self, held_in: Callable[[StoredResponse], Sequence[str]]) -> int:
+        written = 0
+        for stored in list(self.responses.values()):
+            if stored.expires_at > time.time():
+                for item_id in held_in(stored):
+                    if stored.id not in self.holders.setdefault(item_id, []):
+                        self.holders[item_id].insert(0, stored.id)
+                        written += 1
+        return written
 
     async def responses_holding(self, item_id: str) -> list[str]:
         live = [r for r in self.holders.get(item_id, []) if await self.get_response(r) is not None]

@@ -20,9 +20,11 @@ import pytest
 
 from adapters.sigv4 import Credentials
 from adapters.store import open_store
-from adapters.store.dynamo_client import DynamoDBClient
+from adapters.store.dynamo_client import ConditionFailed, DynamoDBClient
+from adapters.store.dynamo_keys import stamped
 from adapters.store.dynamodb import LEDGER_SHARDS, SWEEP_SECONDS, DynamoDBStore
-from adapters.store.expressions import Expression, num, text
+from adapters.store.expressions import Expression, Item, num, text
+from adapters.store.records import LEDGER_TTL_SECONDS, key_purge_after
 from adapters.store.responses import pack
 from handler.pipeline.budgets import period_of
 from handler.pipeline.key_admin import KeyAdmin
@@ -1083,6 +1085,123 @@ async def test_migrate_counts_families_from_before_family_counts(flaky: tuple[Fl
             await store.create_child(record(parent_id=root.id, ancestors=[root.id]), 3)
     await store.create_child(record(parent_id=uncounted.id, ancestors=[uncounted.id]), 4)
     assert await store.migrate() == 0
+
+
+async def mint_as_before_family_counts(store: DynamoDBStore, child: KeyRecord, max_children: int) -> None:
+    """A child minted as the release before family counts mints it, beside this one (a rollout, a rollback): its
+    key, `ADD n 1` on its parent's count item while `n < max_children` (its limit is per parent), its link to its
+    parent, in one transaction; refused, it counts its parent's live children (links, then records, and the key
+    listing), sets `n` to them (unless `n` moved) and tries once more. Nothing on the root's partition."""
+    parent_id = child.parent_id
+    assert parent_id is not None
+    purge = key_purge_after(child)
+    count_key: Item = {"pk": text(f"FAMILY#{parent_id}"), "sk": text("COUNT")}
+    link = store._link_item(parent_id, child.id, purge, None if purge is None else purge + LEDGER_TTL_SECONDS)
+    writes: list[Item] = [
+        {
+            "Put": {
+                "TableName": store.table,
+                "Item": stamped(store._key_item(child)),
+                "ConditionExpression": "attribute_not_exists(pk)",
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        },
+        {
+            "Update": {
+                "TableName": store.table,
+                "Key": count_key,
+                "UpdateExpression": "ADD #n :one",
+                "ConditionExpression": "#n < :max",
+                "ExpressionAttributeNames": {"#n": "n"},
+                "ExpressionAttributeValues": {":one": num(1), ":max": num(max_children)},
+            }
+        },
+        {"Put": {"TableName": store.table, "Item": link}},
+    ]
+    for attempt in (1, 2):
+        try:
+            await store._call("transact_write_items", TransactItems=writes)
+            return
+        except ConditionFailed as exc:
+            if attempt == 2:
+                raise ChildLimitReached(parent_id, max_children) from exc
+        answer = await store._call("get_item", TableName=store.table, Key=count_key, ConsistentRead=True)
+        seen = answer.get("Item", {}).get("n")
+        linked = [item["child"]["S"] for item in await store._links(parent_id)]
+        live = {r.id for r in await store._get_keys(linked)} | {r.id for r in await store.list_keys(parent_id)}
+        if len(live) >= max_children:
+            raise ChildLimitReached(parent_id, max_children)
+        e = Expression()
+        count = e.name("n")
+        e.clauses["SET"].append(f"{count} = {e.value(num(len(live)))}")
+        e.conditions.append(f"attribute_not_exists({count})" if seen is None else f"{count} = {e.value(seen)}")
+        try:
+            await store._call("update_item", **e.update(count_key, store.table))
+        except ConditionFailed:
+            pass
+
+
+async def family_of(store: DynamoDBStore, root_id: str) -> list[str]:
+    """The keys under a root, walked parent by parent (as reports walk them)."""
+    found: list[str] = []
+    parents = [root_id]
+    while parents:
+        children = [c for parent in parents for c in await store.child_ids(parent)]
+        found += children
+        parents = children
+    return found
+
+
+def child_of(parent: KeyRecord) -> KeyRecord:
+    return record(parent_id=parent.id, ancestors=[*parent.ancestors, parent.id])
+
+
+async def test_an_older_release_minting_beside_this_one_is_counted(flaky: tuple[FlakyClient, DynamoDBStore]) -> None:
+    """During a rollout (or after a rollback) the release before family counts mints beside this one, counting
+    each parent's children (`n`) where this one counts the root's family (`d`). Minted new, old, old, new, new
+    under a limit of 3, the root had 5 live children (`d` 3, `n` 3): `d` missed the older release's mints, and `n`
+    this one's. Now this release keeps `n` too (the older one's limit per parent counts its children) and with it
+    `m`, the `n` its `d` holds: an `n` the older release moved refuses the count, and the family is recounted."""
+    _, store = flaky
+    root = record()
+    await store.create_key(root)
+    first = child_of(root)
+    await store.create_child(first, 3)
+    for _ in range(2):
+        await mint_as_before_family_counts(store, child_of(root), 3)
+    for mint in (store.create_child, functools.partial(mint_as_before_family_counts, store)):
+        with pytest.raises(ChildLimitReached):
+            await mint(child_of(root), 3)
+    assert len(await family_of(store, root.id)) == 3
+
+    # Below the root's children the older release counts per parent (it mints a grandchild here: its own limit);
+    # this one, minting there next, counts it.
+    await mint_as_before_family_counts(store, child_of(first), 3)
+    with pytest.raises(ChildLimitReached):
+        await store.create_child(child_of(first), 3)
+    assert len(await family_of(store, root.id)) == 4
+
+
+async def test_a_recount_finds_what_an_older_release_minted_at_any_depth(
+    flaky: tuple[FlakyClient, DynamoDBStore],
+) -> None:
+    """The older release links a key to its parent only: a recount found the keys on the root's partition, not a
+    grandchild that release minted, nor anything below it. Its parents' `n` say where it minted: the recount follows
+    their links, links what it finds on the root's partition, and the family count holds them."""
+    _, store = flaky
+    root = record()
+    await store.create_key(root)
+    first, second = child_of(root), child_of(root)
+    for kid in (first, second):
+        await store.create_child(kid, 5)
+    grandchild = child_of(first)
+    await mint_as_before_family_counts(store, grandchild, 5)
+    await mint_as_before_family_counts(store, child_of(grandchild), 5)
+    await store.create_child(child_of(first), 5)  # (`first`'s `n` moved: the family is recounted, 4, then minted)
+    with pytest.raises(ChildLimitReached):
+        await store.create_child(child_of(second), 5)  # was a sixth key, the family counted as 3
+    assert len(await family_of(store, root.id)) == len(await store._live_family(root.id, store.client)) == 5
+    assert await store.migrate() == 0  # (nothing left to link or count)
 
 
 async def test_migrate_links_children_from_before_links(flaky: tuple[FlakyClient, DynamoDBStore]) -> None:

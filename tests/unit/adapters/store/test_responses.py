@@ -6,14 +6,17 @@ import asyncio
 import base64
 import os
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 
 from adapters.store import dynamo_responses, open_store, responses
-from handler.api.responses_routes import ResponseArchive
+from handler.api.responses_routes import ResponseArchive, held_in
+from handler.errors import NotFoundError
 from handler.ports import MAX_HOLDERS, ResponseTooLarge, Store, StoredResponse, StoreError
 from tests.unit.adapters.store import test_contract
 from tests.unit.adapters.store.test_contract import storage_only
@@ -151,6 +154,26 @@ async def test_the_responses_holding_an_item_are_found_by_its_id(store: Store, s
     assert len(await store.responses_holding("fc_many")) == MAX_HOLDERS
 
 
+async def test_migrate_indexes_the_items_of_responses_kept_before_the_index(store: Store) -> None:
+    """A response an older release kept (with `responses_api: native`, a provider's `fc_…` ids in its output) had
+    no index entries, and `gateway store migrate` wrote none: an `item_reference` to its function call was a 400
+    "not found" where that release passed it on. `index_held` writes the missing entries, past what is no
+    response (the reasoning seal's secret, why one was not kept); a second run writes nothing."""
+    output = b'"output": [{"type": "function_call", "id": "fc_before", "call_id": "call_1"}, {"id": "msg_resp1_0001"}]'
+    body = b'{"items": [], "item_ids": [], "response": {"id": "resp_native", ' + output + b'}, "sealed": {}}'
+    await store.put_response(stored("resp_native", body))  # (as that release kept it: no `held`)
+    await store.put_response(stored("resp_indexed", body), ["fc_before"])
+    image = base64.b64encode(os.urandom(300_000))  # (in parts, on DynamoDB)
+    await store.put_response(stored("resp_large", body.replace(b'"items": []', b'"items": ["' + image + b'"]')))
+    await store.put_response(stored("resp_gone", body, ttl=-1))
+    await store.put_response(stored("gateway-reasoning-seal", b"0123abcd"))
+    await store.put_response(stored("resp_unkept", b'{"unkept": "too large"}'))
+    assert await store.responses_holding("fc_before") == ["resp_indexed"]
+    assert await store.index_held(held_in) == 2  # (`msg_resp1_…` names its response: not indexed)
+    assert sorted(await store.responses_holding("fc_before")) == ["resp_indexed", "resp_large", "resp_native"]
+    assert await store.index_held(held_in) == 0
+
+
 async def test_an_index_entry_not_written_leaves_the_response_kept(store: Store, store_url: str) -> None:
     """The index is a way to find a response, not part of it: an entry DynamoDB did not write leaves that item
     unfound by its id, and the response kept (not answered `store: false`, as a failing record write is)."""
@@ -201,6 +224,78 @@ async def test_a_response_kept_as_one_base64_item_is_still_read_and_deleted(stor
     assert await store.get_response("resp_before") == kept
     assert await store.delete_response("resp_before") is True
     assert await store.get_response("resp_before") is None
+
+
+async def test_a_response_that_fits_one_item_is_kept_as_the_release_before_parts_kept_it(
+    store: Store, store_url: str
+) -> None:
+    """The release before parts reads and deletes a response's `data` alone (the base64 of the record compressed):
+    during a rollout, and after a rollback, it answered 404 to every response this one kept (GET, input_items,
+    `previous_response_id`) and its DELETE removed nothing, as all went in binary `record` parts. A record that fits
+    the item that release kept is written as it wrote it; one past it, in parts (that release never kept one)."""
+    if not store_url.startswith("dynamodb"):
+        pytest.skip("DynamoDB's layouts")
+    kept = stored("resp_shared", b'{"items": [{"role": "user", "content": "Hi"}], "response": {"id": "resp_shared"}}')
+    await store.put_response(kept, ["fc_shared"])
+    (item,) = [item for item in await items_of(store, "resp_shared")]
+    assert "record" not in item and as_the_release_before_parts_read_it(item) == kept
+    assert item["ttl"] == {"N": str(int(kept.expires_at))} and float(item["expires_at"]["N"]) == kept.expires_at
+
+    largest = stored("resp_largest", screenshots(2))  # (images do not compress: some 240 KB, within its 380,000)
+    await store.put_response(largest)
+    (item,) = [item for item in await items_of(store, "resp_largest")]
+    assert as_the_release_before_parts_read_it(item) == largest
+    await store.put_response(stored("resp_past", screenshots(3)))  # (some 360 KB: past it)
+    assert all("data" not in item for item in await items_of(store, "resp_past"))
+
+    # Deleted as that release deletes one: gone for this one too.
+    await store.client.update_item(  # type: ignore[attr-defined]
+        TableName=store.table,  # type: ignore[attr-defined]
+        Key={"pk": {"S": "RESP#resp_shared"}, "sk": {"S": "RESP"}},
+        UpdateExpression="SET #gone = :token REMOVE #data",
+        ConditionExpression="attribute_exists(#data) OR #gone = :token",
+        ExpressionAttributeNames={"#gone": "gone", "#data": "data"},
+        ExpressionAttributeValues={":token": {"S": "t1"}},
+    )
+    assert await store.get_response("resp_shared") is None
+    assert await store.delete_response("resp_shared") is False
+
+
+async def test_why_a_response_was_not_kept_is_hidden_from_the_release_before_parts(
+    store: Store, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What stands for a response too large to keep (`{"unkept": why}`) is no response to the release before
+    parts, which would answer its GET with a 500 (it has no `response`): kept where that release does not look, it
+    answers 404, as it did for a response it could not keep."""
+    if not store_url.startswith("dynamodb"):
+        pytest.skip("DynamoDB's layouts")
+    monkeypatch.setattr(dynamo_responses, "MAX_DYNAMODB_RECORD", 200_000)
+    archive = archive_on(store)
+    key: Any = SimpleNamespace(id="key1", ancestors=["root"])
+    response: dict[str, Any] = {"id": "resp_unkept", "output": []}
+    await archive.keep(key, [{"role": "user", "content": screenshots(2).decode()}], response, [], {})
+    assert response["store"] is False
+    (item,) = [item for item in await items_of(store, "resp_unkept")]
+    assert as_the_release_before_parts_read_it(item) is None
+    with pytest.raises(NotFoundError, match="too large to keep"):
+        await archive.find("resp_unkept", key)
+
+
+def as_the_release_before_parts_read_it(item: dict[str, Any]) -> StoredResponse | None:
+    """A response's item as the release before parts read it: its `data` alone, the base64 of the record
+    compressed, a JSON line of its fields then its body."""
+    if "data" not in item:
+        return None
+    head, _, body = zlib.decompress(base64.b64decode(item["data"]["S"])).partition(b"\n")
+    fields: dict[str, Any] = orjson.loads(head)
+    return StoredResponse(
+        id=str(fields["id"]),
+        key_id=str(fields["key_id"]),
+        ancestors=[str(a) for a in fields.get("ancestors") or ()],
+        created_at=float(fields["created_at"]),
+        expires_at=float(fields["expires_at"]),
+        body=body,
+    )
 
 
 async def test_keeping_a_response_does_not_read_every_stored_one(store: Store, store_url: str) -> None:
