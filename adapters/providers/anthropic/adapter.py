@@ -492,6 +492,18 @@ def json_tool(req: ChatRequest) -> dict[str, Any] | None:
 # --- stream --------------------------------------------------------------------------------------
 
 
+def betas_written(value: Any) -> str | None:
+    """The `anthropic_beta` option as the header writes it (`a,b`): from one beta, a comma-separated list or a YAML
+    list of betas; "" when left out; None for a value that is none of these."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, list) and value and all(isinstance(beta, str) and beta.strip() for beta in value):
+        return ",".join(beta.strip() for beta in value)
+    return None
+
+
 class AnthropicAdapter(ProviderAdapter):
     """The `anthropic` provider type: Anthropic's Messages API.
 
@@ -508,14 +520,18 @@ class AnthropicAdapter(ProviderAdapter):
 
     @classmethod
     def option_problem(cls, option: str, value: Any) -> str | None:
+        if option == "anthropic_beta" and betas_written(value) is None:
+            # (A YAML list went out as its Python repr, `['a', 'b']`, a number as a number: Anthropic refuses both.)
+            return f"one beta, a comma-separated list or a YAML list of betas, not {str(value)[:60]}"
         return token_count_problem(value) if option == "max_output_tokens" else None
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
         if self.secret:
             headers["x-api-key"] = self.secret
-        if self.options.get("anthropic_beta"):
-            headers["anthropic-beta"] = str(self.options["anthropic_beta"])
+        betas = betas_written(self.options.get("anthropic_beta"))
+        if betas:
+            headers["anthropic-beta"] = betas
         extra = self.options.get("headers")
         if isinstance(extra, dict):
             headers.update({str(k): str(v) for k, v in extra.items()})

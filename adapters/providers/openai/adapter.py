@@ -397,7 +397,11 @@ class OpenAIAdapter(ProviderAdapter):
         profile = self.options.get("profile")
         if profile is not None and profile not in PROFILES:
             raise ValueError(f"unknown profile '{profile}' (one of: {', '.join(sorted(PROFILES))})")
-        self.requires_key = self.options.get("auth") != "none"
+        auth = self.options.get("auth")
+        if auth is not None and auth != "none":
+            # (`auth: off`, `None` or `false` read the type's environment key and sent it to `base_url`.)
+            raise ValueError(f"auth takes one value, 'none' (send no key), or is left out; not '{str(auth)[:40]}'")
+        self.requires_key = auth != "none"
         responses_api = self.options.get("responses_api")
         if responses_api not in (None, "native", "translate"):
             raise ValueError(f"responses_api must be 'native' or 'translate', not '{responses_api}'")

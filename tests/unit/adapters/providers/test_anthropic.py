@@ -766,10 +766,13 @@ def test_a_native_request_keeps_the_body_and_the_clients_anthropic_headers() -> 
         ("a-1, context-1m-2025-08-07", "context-1m-2025-08-07,c-3", "a-1, context-1m-2025-08-07,c-3"),
         (None, "context-1m-2025-08-07", "context-1m-2025-08-07"),
         ("a-1", None, "a-1"),
+        # A YAML list of betas went out as its Python repr, `['context-1m-2025-08-07', 'c-3']` (review).
+        ("a-1", ["context-1m-2025-08-07", "c-3"], "a-1,context-1m-2025-08-07,c-3"),
+        (None, ["context-1m-2025-08-07", "c-3"], "context-1m-2025-08-07,c-3"),
     ],
 )
 def test_a_native_request_sends_the_clients_betas_and_then_the_configured_ones(
-    client: str | None, configured: str | None, sent: str
+    client: str | None, configured: str | list[str] | None, sent: str
 ) -> None:
     """docs/configuration.md: the provider's `anthropic_beta` goes "with every request of the provider"; a client
     that sent betas of its own (Claude Code always does) replaced it, on messages and on count_tokens."""

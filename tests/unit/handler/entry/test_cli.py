@@ -188,6 +188,24 @@ def test_a_store_url_parameter_that_is_no_number_of_seconds_is_named_not_a_trace
     )
 
 
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        # `endpoint=` for `endpoint_url=` went to AWS's own endpoint (with credentials, a real table of that name);
+        # `regoin=` took the environment's region; `read_timout=` was ignored (review).
+        ("region=us-east-1&endpoint=http://127.0.0.1:9", "the store URL's endpoint= is not a parameter"),
+        ("regoin=us-east-1&endpoint_url=http://127.0.0.1:9", "the store URL's regoin= is not a parameter"),
+        ("region=us-east-1&read_timout=0.001", "the store URL's read_timout= is not a parameter"),
+        ("region=eu%20central&endpoint_url=http://127.0.0.1:9", "the store URL's region=eu central is not a region"),
+    ],
+)
+def test_a_store_url_parameter_misspelt_is_named_not_ignored(
+    query: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keys", "list", "--store", f"dynamodb://tbl?{query}"]) == 2
+    assert capsys.readouterr().err.startswith(f"gateway: the store cannot be used: {said}")
+
+
 def test_a_dynamodb_table_that_is_not_there_is_named_with_how_to_create_it(
     dynamo: DynamoServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -332,6 +350,16 @@ def test_serve_refuses_an_option_no_adapter_reads_before_it_binds(
             "providers:\n  a: {type: anthropic, api_key: k}\n"
             "models:\n  m: {deployments: [{provider: a, model: claude-haiku-4-5, max_output_tokens: -3}]}\n",
             "models.m.deployments[0].max_output_tokens: '-3' is not a number of tokens",
+        ),
+        # (Any `auth` but `none` read the type's environment key and sent it to `base_url`: the operator's OpenAI key
+        # to a third-party server. A number as `anthropic_beta` went out as the header `anthropic-beta: 3`.)
+        (
+            "providers:\n  o: {type: openai, auth: 'off', base_url: 'http://127.0.0.1:9/v1'}\n",
+            "providers.o: auth takes one value, 'none' (send no key), or is left out; not 'off'",
+        ),
+        (
+            "providers:\n  a: {type: anthropic, api_key: k, anthropic_beta: 3}\n",
+            "providers.a.anthropic_beta: one beta, a comma-separated list or a YAML list of betas, not 3",
         ),
     ],
 )
