@@ -51,6 +51,14 @@ def seconds_parameter(query: dict[str, str], name: str, default: float) -> float
     return value
 
 
+URL_PARAMETERS = ("region", "endpoint_url", "read_timeout", "connect_timeout", "lease_idle_seconds")
+
+
+def region_name_ok(value: str) -> bool:
+    """Whether `value` can name an AWS region (letters, digits and '-', as eu-central-1)."""
+    return 0 < len(value) <= 64 and value.isascii() and all(c.isalnum() or c == "-" for c in value)
+
+
 def open_store(url: str, client: Any = None) -> Store:
     """The store a URL names; `client` injects a DynamoDB client (this package's, or boto3's)."""
     parts = urlsplit(url)
@@ -67,6 +75,16 @@ def open_store(url: str, client: Any = None) -> Store:
         if not parts.netloc:
             raise StoreError(f"store URL '{url}' names no table: use dynamodb://TABLE?region=R")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        # A misspelt parameter was ignored: `endpoint=` for `endpoint_url=` sent a local run to AWS's own endpoint
+        # (and with credentials, to a real table of that name); `regoin=` took the environment's region.
+        unknown = sorted(k for k in query if k not in URL_PARAMETERS and not k.startswith("home_endpoint_"))
+        if unknown:
+            raise StoreError(
+                f"the store URL's {unknown[0]}= is not a parameter of a DynamoDB store URL "
+                f"(one of: {', '.join(URL_PARAMETERS)}, home_endpoint_REGION)"
+            )
+        if "region" in query and not region_name_ok(query["region"]):
+            raise StoreError(f"the store URL's region={query['region'][:40]} is not a region name (eu-central-1)")
         timeouts = {
             "read_timeout": seconds_parameter(query, "read_timeout", 2.0),
             "connect_timeout": seconds_parameter(query, "connect_timeout", 1.0),
