@@ -958,6 +958,26 @@ def test_a_session_id_of_any_printable_text_is_kept_and_one_that_is_not_is_a_400
     assert len(ledger(gw, key)) == 3
 
 
+def test_a_session_id_in_utf_8_is_kept_as_the_client_wrote_it(gw: Running) -> None:
+    """curl and Go send a header's text as UTF-8 bytes, which the server decodes as Latin-1: `café` was kept as
+    `cafÃ©` (a report's `session=café` counted none of it) and `セッション-1` refused as control characters (review)."""
+    key = gw.mint()
+    for session in ("café", "セッション-1"):
+        answer = httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            json={"model": "gpt-test", "messages": HI},
+            headers={**auth(key), "x-session-id": session.encode()},
+            timeout=15,
+        )
+        assert answer.status_code == 200, answer.text
+    lines = ledger(gw, key)
+    while len(lines) < 2:
+        lines = ledger(gw, key)
+    assert sorted(line.session or "" for line in lines) == sorted(["café", "セッション-1"])
+    mine = httpx.get(f"{gw.url}/v1/usage", params={"session": "café"}, headers=auth(key)).json()
+    assert [row["requests"] for row in mine["data"]] == [1]
+
+
 def test_claude_codes_user_id_is_its_account_or_its_device_not_its_session(gw: Running) -> None:
     """Claude Code's `metadata.user_id` is a JSON object in a string, its session id inside: kept whole as the
     ledger's `user`, one machine and account counted a user per session (`group_by=user`), and OpenAI was sent the
