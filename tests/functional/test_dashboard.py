@@ -23,6 +23,7 @@ import pytest
 from adapters.store import open_store
 from adapters.store.records import ledger_to_json
 from handler.entry.cli import main as cli_main
+from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService, hash_secret, split_key
 from handler.ports import Admission, Settlement
 from tests.functional.conftest import Running, openai_client, start_gateway
@@ -721,7 +722,7 @@ def test_a_sign_in_link_is_refused_once_expired_or_for_a_key_no_longer_admin(
         try:
             record = await store.get_key(ahead_id)
             assert record is not None
-            await KeyService(store, 0, clock=lambda: time.time() + 120).revoke(record)
+            await KeyAdmin(KeyService(store, 0, clock=lambda: time.time() + 120)).revoke(record)
         finally:
             await store.close()
 

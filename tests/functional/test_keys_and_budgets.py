@@ -361,7 +361,7 @@ def test_a_revocation_stamped_by_a_clock_running_ahead_takes_effect_within_the_c
         try:
             record = await store.get_key(key_id)
             assert record is not None
-            revoked = await KeyService(store, 0, clock=lambda: time.time() + 120).revoke(record)
+            revoked = await KeyAdmin(KeyService(store, 0, clock=lambda: time.time() + 120)).revoke(record)
             assert revoked.revoked_at is not None
             return revoked.revoked_at
         finally:
