@@ -154,7 +154,8 @@ class Connection(asyncio.Protocol):
             self._refuse("upstream switched protocols (101) though no upgrade was asked for", "upstream_protocol_error")
             return
         except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"malformed answer from upstream: {exc}"))
+            # Bytes came back: the origin answered (it is not unreachable), only not in HTTP the client can read.
+            self._fail(AnswerRefused(f"malformed answer from upstream: {exc}", "upstream_protocol_error"))
             self.close()
             return
         if self.in_head:

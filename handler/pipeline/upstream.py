@@ -250,8 +250,10 @@ def transport_limits(limits: LimitsConfig) -> Limits:
 
 
 def refused(exc: AnswerRefused) -> UpstreamError:
-    """An answer the transport would not take, as the gateway's error (another deployment may do better)."""
-    return UpstreamError(f"upstream's answer was refused: {exc}", retryable=True, outcome=exc.code)
+    """An answer the transport would not take, as the gateway's error (another deployment may do better). The
+    request went out whole and the provider answered it, so it ran and may be billed: charged its reserved worst
+    case (`billable`), as an attempt cut in flight is, and a retry of it may be billed again."""
+    return UpstreamError(f"upstream's answer was refused: {exc}", retryable=True, outcome=exc.code, billable=True)
 
 
 def unusable(status: int) -> UpstreamError:

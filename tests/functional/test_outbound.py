@@ -306,6 +306,24 @@ def reset(conn: socket.socket) -> None:
     conn.close()
 
 
+def huge(conn: socket.socket) -> None:
+    """An upstream that answers the whole request with a body announced at 2 GB, past any bound."""
+    with conn:
+        conn.settimeout(5)
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2147483648\r\n\r\n{")
+        time.sleep(0.2)
+
+
+def garbled(conn: socket.socket) -> None:
+    """An upstream that answers the whole request with a head no HTTP parser reads (a bare CR in a header)."""
+    with conn:
+        conn.settimeout(5)
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nx-bad: a\rb\r\ncontent-length: 2\r\n\r\n{}")
+        time.sleep(0.2)
+
+
 DROPPING_PRICE = {"input": 1.0, "output": 2.0}
 CASES = [f"{api}-{way}" for api in ("chat", "responses", "messages") for way in ("whole", "stream")]
 DROPPING_CAP = 1000  # output tokens each request allows: its worst case is 1000 x $2/M at least
@@ -316,7 +334,12 @@ TPM = 100_000  # a key's tokens a minute, where one request's worst case is abou
 def dropping(running: Running) -> Iterator[Running]:
     """A gateway whose deployments hang up on a request (alone, or with the fakes to fail over to) or reset the
     connection, for each kind of provider."""
-    servers = {"hangs-up": SocketServer(hang_up), "resets": SocketServer(reset)}
+    servers = {
+        "hangs-up": SocketServer(hang_up),
+        "resets": SocketServer(reset),
+        "huge": SocketServer(huge),
+        "garbled": SocketServer(garbled),
+    }
     fakes = running.upstream.url
     providers: dict[str, Any] = {}
     models: dict[str, Any] = {}
@@ -422,3 +445,36 @@ def test_an_upstream_that_resets_the_connection_unread_is_free(dropping: Running
     assert fell_over.headers["x-gateway-route"].startswith(f"{kind}-resets/{case}@global=connect_error, ")
     (line,) = dropping.ledger(key)
     assert line.status == 200 and line.cost_usd < DROPPING_CAP * DROPPING_PRICE["output"] / 1e6
+
+
+REFUSALS = [("huge", "upstream_body_too_large"), ("garbled", "upstream_protocol_error")]
+
+
+@pytest.mark.parametrize(("kind", "outcome"), REFUSALS)
+@pytest.mark.parametrize(("api", "provider"), APIS, ids=[api for api, _ in APIS])
+def test_an_answer_the_gateway_refuses_is_charged_as_one_the_provider_may_bill(
+    dropping: Running, api: str, provider: str, kind: str, outcome: str
+) -> None:
+    """The provider got the whole request and answered it, with a body past the bound or a head no parser reads: it
+    ran and may bill it, so it is charged its worst case and not for the client to retry at once. It left no ledger
+    line and said `x-should-retry: true`; the garbled head was `connect_error`, "upstream unreachable" (found by
+    review)."""
+    fresh_minute()
+    key = dropping.mint(name=f"refused-{kind}")
+    case = f"{api}-whole"
+    alone = call_through_sdk(dropping, key, api, f"{provider}-{kind}-{case}", False)
+    assert alone.status_code == 502, alone.text
+    assert alone.headers["x-gateway-route"] == f"{provider}-{kind}/{case}@global={outcome}"
+    assert alone.headers["x-should-retry"] == "false"
+    assert "unreachable" not in alone.text
+    (line,) = dropping.ledger(key)
+    assert (line.status, line.cost_source) == (502, "reserved")
+    assert line.cost_usd >= DROPPING_CAP * DROPPING_PRICE["output"] / 1e6
+    key = dropping.mint(name=f"refused-{kind}-then-ok")
+    fell_over = call_through_sdk(dropping, key, api, f"{provider}-{kind}-{case}-then-ok", False)
+    assert fell_over.status_code == 200, fell_over.text
+    route = fell_over.headers["x-gateway-route"]
+    assert route == f"{provider}-{kind}/{case}@global={outcome}, {provider}/answering-x@global=200"
+    (line,) = dropping.ledger(key)
+    assert (line.status, line.cost_source) == (200, "reserved")
+    assert line.cost_usd >= DROPPING_CAP * DROPPING_PRICE["output"] / 1e6
