@@ -340,7 +340,16 @@ def error_excerpt(body: bytes) -> str:
     secrets and credential shapes before it is cut, so that a key across the cut cannot leave half of itself."""
     if not body:
         return "no error body"
-    return redact_message(body[:ERROR_SCAN_BYTES].decode("utf-8", "replace"))[:ERROR_EXCERPT_CHARS]
+    text = body[:ERROR_SCAN_BYTES].decode("utf-8", "replace")
+    if UNPRINTABLE.search(text[:ERROR_EXCERPT_CHARS]):
+        # Binary (a gzip body it was not asked for, bytes that are no UTF-8): relayed, it filled a client's message
+        # and log with mojibake and control bytes.
+        return f"a body of {len(body)} bytes that is not text"
+    return redact_message(text)[:ERROR_EXCERPT_CHARS]
+
+
+# What no text body has: control characters other than whitespace, and bytes that were no UTF-8.
+UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
 
 
 def malformed(message: str, outcome: str = "invalid_response") -> UpstreamError:

@@ -629,7 +629,13 @@ class Pipeline(Charges):
                 except UpstreamError as err:
                     failed.append(err)
                     ex.inflight = None
-                    if err.upstream_status:  # answered: an error, or a 2xx it could not read (no line had it)
+                    if 200 <= err.upstream_status < 300 and err.billed is None:
+                        # A success it could not read, nor its usage: the provider ran it and bills it, for what
+                        # the gateway cannot see, so it is charged as one cut in flight is (its worst case), and
+                        # the client is not told to send it again at once.
+                        err.billable = True
+                        ex.missed.append(attempt)
+                    elif err.upstream_status:  # answered: an error (no line had it)
                         ex.answered = (attempt, err.upstream_status)
                     elif err.billable:
                         ex.missed.append(attempt)

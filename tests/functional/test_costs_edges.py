@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gzip
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -99,11 +101,13 @@ async def test_an_error_answer_costs_nothing_not_even_the_prices_per_request() -
     await served.gateway.aclose()
 
 
-async def test_an_answer_the_gateway_cannot_read_still_has_its_line() -> None:
+async def test_an_answer_the_gateway_cannot_read_is_charged_its_worst_case() -> None:
     """A 200 whose body is no completion, and a stream asked for and answered with an error body in a 200 (no
-    event, no completion to stream from): the provider answered, so the request has its line (at no cost, its
-    status the client's 502, the route naming what came back); it had none. (A whole completion where a stream
-    was asked for is streamed from: tests/functional/test_stream_endings.py.)"""
+    event, no completion to stream from): the provider answered, so the request has its line, its status the
+    client's 502, the route naming what came back. The provider ran the request and may bill it for what the
+    gateway cannot see, so the line is its reserved worst case and the client is not told to retry at once: it was
+    $0 labelled `provider`, with `x-should-retry: true` (found by review). (A whole completion where a stream was
+    asked for is streamed from: tests/functional/test_stream_endings.py.)"""
 
     def unreadable(request: httpx.Request) -> httpx.Response:
         if b'"stream":true' in request.content.replace(b" ", b""):
@@ -114,11 +118,67 @@ async def test_an_answer_the_gateway_cannot_read_still_has_its_line() -> None:
     plain = await served.post("/v1/chat/completions", {"model": "m", "messages": HI})
     streamed = await served.post("/v1/chat/completions", {"model": "m", "messages": HI, "stream": True})
     assert (plain.status_code, streamed.status_code) == (502, 502)
+    assert (plain.headers["x-should-retry"], streamed.headers["x-should-retry"]) == ("false", "false")
     lines = await served.ledger()
-    assert sorted((line.status, line.cost_usd, line.route) for line in lines) == [
-        (502, 0.0, "openai/gpt-4o-mini@global=invalid_json"),  # the page
-        (502, 0.0, "openai/gpt-4o-mini@global=invalid_response"),  # the error body where a stream was asked
+    assert sorted((line.status, line.cost_source, line.route) for line in lines) == [
+        (502, "reserved", "openai/gpt-4o-mini@global=invalid_json"),  # the page
+        (502, "reserved", "openai/gpt-4o-mini@global=invalid_response"),  # the error body where a stream was asked
     ], lines
+    assert all((line.cost_usd or 0) > 0 and line.output_tokens > 0 for line in lines)
+    await served.gateway.aclose()
+
+
+UNREADABLE_USAGE = [10.7, 1e300, int("9" * 400)]
+
+
+@pytest.mark.parametrize("tokens", UNREADABLE_USAGE, ids=["float", "huge", "bigint"])
+async def test_a_success_whose_usage_cannot_be_read_is_never_free(tokens: float) -> None:
+    """A completion whose usage the gateway cannot read (a fraction, 1e300, a 400-digit count), and a gzip body it
+    never asked for: the provider ran it and bills it, but the line was 0/0 tokens at $0, labelled `provider`, and
+    the client was told to retry (found by review). It is charged the reserved worst case, the next deployment
+    answering beside it as for any attempt the provider may bill, and a retry is not invited."""
+    answer = completion()
+    answer["usage"] = {"prompt_tokens": tokens, "completion_tokens": tokens, "total_tokens": tokens}
+    raw = json.dumps(answer).encode()  # (orjson writes no integer past 64 bits)
+
+    def unusable(request: httpx.Request) -> httpx.Response:
+        if b"gpt-4o-mini" not in request.content:
+            return httpx.Response(200, json=completion("fallback"))
+        return httpx.Response(200, content=raw, headers={"content-type": "application/json"})
+
+    fallback = {"provider": "openai", "model": "fallback"}
+    models = {"m": MODEL, "then": {**MODEL, "deployments": [*MODEL["deployments"], fallback]}}
+    served = await serve(unusable, models)
+    alone = await served.post("/v1/chat/completions", {"model": "m", "messages": HI})
+    assert alone.status_code == 502 and alone.headers["x-should-retry"] == "false"
+    [line] = await served.ledger()
+    assert (line.status, line.cost_source) == (502, "reserved") and (line.cost_usd or 0) > 0
+    worst = line.cost_usd or 0
+    fell_over = await served.post("/v1/chat/completions", {"model": "then", "messages": HI})
+    assert fell_over.status_code == 200 and fell_over.headers["x-gateway-route"].endswith("fallback@global=200")
+    [*_, line] = await served.ledger()
+    assert (line.status, line.cost_source) == (200, "reserved") and (line.cost_usd or 0) > worst
+    await served.gateway.aclose()
+
+
+async def test_a_gzip_body_never_asked_for_is_charged_and_not_relayed() -> None:
+    """A 2xx body in gzip (the gateway asks for none): charged as unreadable, and none of its bytes relayed."""
+    packed = gzip.compress(orjson.dumps(completion()))
+
+    def zipped(request: httpx.Request) -> httpx.Response:
+        if b'"stream":true' in request.content.replace(b" ", b""):
+            return httpx.Response(200, content=packed, headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, content=packed, headers={"content-type": "application/json"})
+
+    served = await serve(zipped, {"m": MODEL})
+    plain = await served.post("/v1/chat/completions", {"model": "m", "messages": HI})
+    streamed = await served.post("/v1/chat/completions", {"model": "m", "messages": HI, "stream": True})
+    for answer in (plain, streamed):
+        assert answer.status_code == 502 and answer.headers["x-should-retry"] == "false"
+        assert answer.json()["error"]["message"].isprintable(), answer.text
+    lines = await served.ledger()
+    assert [(line.status, line.cost_source) for line in lines] == [(502, "reserved")] * 2
+    await served.gateway.aclose()
 
 
 async def test_a_stream_that_says_it_ended_is_whole_without_a_finish_reason() -> None:

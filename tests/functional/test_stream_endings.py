@@ -697,7 +697,8 @@ def test_a_translated_stream_answered_whole_is_charged_as_its_answer_says_it_was
 
 def test_a_stream_answered_with_a_whole_error_body_is_the_providers_malformed_answer(scripted: Running) -> None:
     """A 200 whose body is an error, where a stream was asked for, is no completion to stream: the client's 502,
-    naming what came back, and a line at no cost."""
+    naming what came back, and a line at its reserved worst case: a 2xx the gateway cannot read may be billed for
+    what it cannot see (tests/functional/test_costs_edges.py)."""
     key = scripted.mint(name="whole-error")
     answer = httpx.post(
         f"{scripted.url}/v1/chat/completions",
@@ -707,8 +708,9 @@ def test_a_stream_answered_with_a_whole_error_body_is_the_providers_malformed_an
     assert answer.status_code == 502, answer.text
     message = answer.json()["error"]["message"]
     assert "stream ended before its first event" in message and "overloaded, try later" in message
+    assert answer.headers["x-should-retry"] == "false"
     [line] = scripted.ledger(key)
-    assert (line.status, line.cost_usd) == (502, 0.0)
+    assert (line.status, line.cost_source) == (502, "reserved")
 
 
 @pytest.mark.parametrize(

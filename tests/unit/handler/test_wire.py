@@ -3,6 +3,8 @@ an upstream URL: a query and nothing more."""
 
 from __future__ import annotations
 
+import gzip
+
 import orjson
 import pytest
 
@@ -462,3 +464,12 @@ def test_a_key_the_provider_masked_in_its_refusal_is_redacted_whole(masked: str)
         error.message == "upstream returned 401: Incorrect API key provided: [REDACTED]. You can find your API key "
         "at https://platform.openai.com/account/api-keys."
     )
+
+
+@pytest.mark.parametrize("body", [gzip.compress(b'{"choices": []}' * 20), b"\xff\xfe\x00\x01 not utf-8 \x80\x81"])
+def test_a_body_that_is_not_text_is_named_not_relayed(body: bytes) -> None:
+    """A gzip body the gateway never asked for was relayed as 200 characters of mojibake and control bytes in the
+    client's message (found by review)."""
+    excerpt = error_excerpt(body)
+    assert excerpt == f"a body of {len(body)} bytes that is not text"
+    assert error_excerpt(b"<html>Bad gateway</html>\n") == "<html>Bad gateway</html>\n"
