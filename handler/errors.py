@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from handler.redaction import clipped, redact_message, redact_secrets
+from handler.redaction import clipped, redact_secrets, redact_upstream
 
 if TYPE_CHECKING:
     from handler.schemas import Usage
@@ -239,12 +239,12 @@ class UpstreamError(GatewayError):
         billable: bool | None = None,
     ) -> None:
         # The provider's words may quote the request's credentials back: never relay them.
-        super().__init__(redact_message(message), code=code, param=param, headers=headers)
+        super().__init__(redact_upstream(message), code=code, param=param, headers=headers)
         self.billable = self.billable_by_default if billable is None else billable
         self.upstream_status = upstream_status
         self.retryable = retryable
         self.retry_after = retry_after
-        self.upstream_type = redact_message(upstream_type)[:100] if upstream_type else None
+        self.upstream_type = redact_upstream(upstream_type)[:100] if upstream_type else None
         self._outcome = outcome
         self.native_event: bytes | None = None
         self.billed: Usage | None = None

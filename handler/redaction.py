@@ -10,6 +10,11 @@ that repeats them), so:
   secret, which costs microseconds, and leaves ordinary content alone. A body written by an encoder that escapes
   what JSON lets it escape (`\\/` for `/`, `\\u0041` for `A`) is read with those escapes undone as well
   (`scrub`);
+- an upstream's error (its message, `code` and `param`: `redact_upstream`) is also scrubbed of any run of
+  `FRAGMENT_CHARS` or more of a known secret or of its encodings (without its prefix, half of it, base64 of it or
+  of `Bearer <key>` or `user:<key>`, hex, %-escaped, reversed, spaced out): an upstream that echoes the key it
+  was sent rarely echoes it whole. The runs looked for are made when a secret is registered, never per request,
+  and looked for only in errors, never in an answer or a stream's deltas;
 - a stream's text is scrubbed as the client joins it (`HeldText`): a secret the model writes across several deltas
   is whole only once they are joined, so the end of a delta that could begin a secret is held back, and sent
   with what follows it (or at the stream's end).
@@ -17,6 +22,7 @@ that repeats them), so:
 
 from __future__ import annotations
 
+import base64
 import re
 from functools import cache
 
@@ -72,6 +78,14 @@ _beginnings: frozenset[str] = frozenset()  # the secrets' beginnings (not whole)
 _longest = 0
 _shortest = 0
 BEGINNING_KEPT = 64
+# The shortest run of a known secret, or of an encoding of one, that an upstream's error may not relay: shorter
+# runs (a key's `sk-proj-` prefix and a few characters) are ordinary text. Found by looking up every `STEP`th run of
+# `PROBE` characters of the error (a run of `FRAGMENT_CHARS` holds one), then widening what matched.
+FRAGMENT_CHARS = 12
+PROBE = 6
+STEP = FRAGMENT_CHARS - PROBE + 1
+_probes: frozenset[str] = frozenset()  # every `PROBE` characters of every form of every secret
+_forms = ""  # those forms, one a line: what a run found is widened within
 
 
 def register(*secrets: str | None) -> None:
@@ -95,7 +109,7 @@ def _usable(secrets: tuple[str | None, ...]) -> set[str]:
 
 
 def _rebuild() -> None:
-    global _secrets, _secrets_bytes, _starts, _firsts, _beginnings, _longest, _shortest
+    global _secrets, _secrets_bytes, _starts, _firsts, _beginnings, _longest, _shortest, _probes, _forms
     _secrets = tuple(sorted(_fixed.union(*_current.values()), key=len, reverse=True))
     written = {s.encode() for s in _secrets} | {orjson.dumps(s)[1:-1] for s in _secrets}
     _secrets_bytes = tuple(sorted(written, key=len, reverse=True))
@@ -107,6 +121,25 @@ def _rebuild() -> None:
     _beginnings = frozenset(s[:n] for s in _secrets for n in range(1, min(len(s), BEGINNING_KEPT + 1)))
     _longest = max(map(len, _secrets), default=0)
     _shortest = min(map(len, _secrets), default=0)
+    forms = [form for secret in _secrets for form in encodings(secret) if "\n" not in form]
+    _forms = "\n".join(forms)
+    _probes = frozenset(form[at : at + PROBE] for form in forms for at in range(len(form) - PROBE + 1))
+
+
+def encodings(secret: str) -> list[str]:
+    """`secret` as an upstream may echo it: as it is, reversed, spaced out, in hex, %-escaped, and in base64 (and
+    base64url) at each of the three alignments it can have after a prefix (`Bearer `, `user:`), each without the
+    characters that depend on what surrounds it."""
+    raw = secret.encode()
+    forms = [secret, secret[::-1], " ".join(secret), raw.hex(), raw.hex().upper()]
+    forms += ["".join(f"%{byte:02X}" for byte in raw), "".join(f"%{byte:02x}" for byte in raw)]
+    for shift in range(3):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            coded = encode(b"\0" * shift + raw).decode().rstrip("=")
+            if (shift + len(raw)) % 3:
+                coded = coded[:-1]  # (its last character holds bits of what follows the secret)
+            forms.append(coded[4:] if shift else coded)
+    return forms
 
 
 def _shape(match: re.Match[str]) -> str:
@@ -129,6 +162,38 @@ def _without_known(text: str) -> str:
 def redact_message(text: str) -> str:
     """An upstream's error message without any known secret or credential-shaped value."""
     return credential_shapes().sub(_shape, _without_known(text))
+
+
+def redact_upstream(text: str) -> str:
+    """An upstream's error (its message, `code`, `param`) as `redact_message` leaves it, and without any run of
+    `FRAGMENT_CHARS` or more of a known secret or of one of its `encodings`: a key echoed without its prefix, in
+    halves, in base64 or hex. (Errors only: the look-up costs one set probe every `STEP` characters.)"""
+    text = redact_message(text)
+    probes = _probes
+    if not probes or len(text) < FRAGMENT_CHARS:
+        return text
+    runs: list[tuple[int, int]] = []
+    covered = 0
+    for at in range(0, len(text) - PROBE + 1, STEP):
+        if at < covered or text[at : at + PROBE] not in probes:
+            continue
+        start, end = at, at + PROBE
+        while start > covered and text[start - 1 : end] in _forms:
+            start -= 1
+        while end < len(text) and text[start : end + 1] in _forms:
+            end += 1
+        if end - start >= FRAGMENT_CHARS:
+            runs.append((start, end))
+            covered = end
+    if not runs:
+        return text
+    parts = []
+    kept = 0
+    for start, end in runs:
+        parts += [text[kept:start], REDACTED]
+        kept = end
+    parts.append(text[kept:])
+    return "".join(parts)
 
 
 def redact_secrets(text: str) -> str:

@@ -17,7 +17,7 @@ import orjson
 
 from handler.errors import UpstreamError
 from handler.records import Value
-from handler.redaction import redact_message
+from handler.redaction import redact_upstream
 
 log = logging.getLogger("gateway")
 
@@ -278,9 +278,9 @@ def upstream_error(
         upstream_type=upstream_type,
     )
     error.deployment_fault = at_fault
-    error.said = redact_message(message)
-    error.provider_code = redact_message(code)[:100] if isinstance(code, str) and code else None
-    error.provider_param = redact_message(param)[:200] if isinstance(param, str) and param else None
+    error.said = redact_upstream(message)
+    error.provider_code = redact_upstream(code)[:100] if isinstance(code, str) and code else None
+    error.provider_param = redact_upstream(param)[:200] if isinstance(param, str) and param else None
     if status == 400 and context_overflow().search(message) and not output_cap_too_large().search(message):
         # OpenAI's code for it, whoever said it: Codex tells a full context (it compacts, or says so) by this code
         # alone, and Anthropic, Gemini and Bedrock give none (Mistral a number of its own).
@@ -345,7 +345,7 @@ def error_excerpt(body: bytes) -> str:
         # Binary (a gzip body it was not asked for, bytes that are no UTF-8): relayed, it filled a client's message
         # and log with mojibake and control bytes.
         return f"a body of {len(body)} bytes that is not text"
-    return redact_message(text)[:ERROR_EXCERPT_CHARS]
+    return redact_upstream(text)[:ERROR_EXCERPT_CHARS]
 
 
 # What no text body has: control characters other than whitespace, and bytes that were no UTF-8.

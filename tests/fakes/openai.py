@@ -9,7 +9,8 @@ the account cannot use), `no-balance` (DeepSeek's 402 `Insufficient Balance`, De
 `drip` (a stream whose chunks come `SLOW_SECONDS` apart), `bad-json` (a 200 whose body is not JSON),
 `slashes-escaped` (JSON written with every `/` escaped, `\\/`, as PHP's or Java's encoders write it), `no-usage`
 (an answer without `usage`), `negative-usage` (usage with negative counts), `echo-auth` (a 400
-whose message quotes the request's authorization and `x-` headers back, as some upstream errors do), `reasoner`
+whose message quotes the request's authorization and `x-` headers back, as some upstream errors do),
+`echo-key-<form>` (a 400 quoting the request's key in part or encoded, `ECHOED_FORMS`), `reasoner`
 (DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`), `ramp-limited` (`priority` asked
 for and served at `default`, as the answer's `service_tier` says: OpenAI does past a project's priority ramp limits),
 `cut-call` (an answer that reached its output cap inside its tool call's arguments: `CUT_ARGUMENTS`, whole or
@@ -35,7 +36,7 @@ import base64
 import random
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -103,6 +104,20 @@ def _error(
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
 
+
+# How an upstream's error may quote the key it was sent other than whole (`echo-key-<form>`): a message and a param.
+ECHOED_FORMS: dict[str, Callable[[str], tuple[str, str | None]]] = {
+    "noprefix": lambda key: (key.split("-", 2)[-1], None),
+    "split": lambda key: (key[:12], key[12:]),
+    "half": lambda key: (key[len(key) // 2 :], None),
+    "b64": lambda key: (base64.b64encode(key.encode()).decode(), None),
+    "b64auth": lambda key: (base64.b64encode(f"Bearer {key}".encode()).decode(), None),
+    "basic": lambda key: (base64.b64encode(f"user:{key}".encode()).decode(), None),
+    "hex": lambda key: (key.encode().hex(), None),
+    "urlfull": lambda key: ("".join(f"%{byte:02X}" for byte in key.encode()), None),
+    "reversed": lambda key: (key[::-1], None),
+    "spaced": lambda key: (" ".join(key), None),
+}
 
 # OpenAI's answer to a prompt past the model's context window (as its API words it).
 CONTEXT_EXCEEDED = (
@@ -295,6 +310,11 @@ def create_app() -> Starlette:
                 "peer": f"{request.client.host}:{request.client.port}" if request.client else "",
             }
         )
+        echoed = str(body.get("model", "")).partition("echo-key-")[2]
+        if echoed:  # (a key it does not know, refused as it quotes it)
+            key = request.headers.get("authorization", "").removeprefix("Bearer ")
+            message, param = ECHOED_FORMS[echoed](key)
+            return None, _error(400, f"Incorrect credentials: {message}", "invalid_request_error", None, param=param)
         if request.headers.get("authorization") != f"Bearer {API_KEY}":
             return None, _error(401, incorrect_key(request.headers.get("authorization", "")), *INVALID_KEY)
         model = str(body.get("model", ""))

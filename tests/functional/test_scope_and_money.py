@@ -33,7 +33,8 @@ WORDS = [{"role": "user", "content": "word " * 400}]
 PRICE = {"input": 1.0, "output": 2.0}
 PROXY_KEY = "proxy-secret-0123456789abcdef"
 ACCOUNT_TOKEN = "account-token-fedcba9876543210"  # a literal in the config, under a credential's name
-SCOPE_ENV = {**FAKE_KEYS, "PROXY_KEY": PROXY_KEY}
+ECHOED_KEY = "sk-proj-UPSTREAMSECRETabcdef0123456789XYZ"  # a provider's key an upstream quotes back in part or encoded
+SCOPE_ENV = {**FAKE_KEYS, "PROXY_KEY": PROXY_KEY, "ECHOED_KEY": ECHOED_KEY}
 
 
 def scope_config(upstream_url: str, first_byte: float = 5, **bounds: Any) -> Config:
@@ -61,6 +62,7 @@ def scope_config(upstream_url: str, first_byte: float = 5, **bounds: Any) -> Con
                     "api_key": "env:ANTHROPIC_API_KEY",
                     "base_url": f"{upstream_url}/anthropic",
                 },
+                "echoing": {"type": "openai", "api_key": "env:ECHOED_KEY", "base_url": f"{upstream_url}/openai/v1"},
                 # An OpenAI-compatible API behind a proxy that wants credentials of its own.
                 "proxied": {
                     "type": "openai",
@@ -90,6 +92,7 @@ def scope_config(upstream_url: str, first_byte: float = 5, **bounds: Any) -> Con
                 "negative-test": model("negative-usage"),
                 "echo-test": model("echo-auth"),
                 "proxied-echo-test": model("echo-auth", "proxied"),
+                **{f"echo-key-{form}-test": model(f"echo-key-{form}", "echoing") for form in openai_fake.ECHOED_FORMS},
                 "cache-test": model("gpt-4o-mini-cache-hit", price={**PRICE, "cached_input": 0.25}),
                 "reasoner-test": model("o4-mini-reasoner"),
                 "vision-test": {
@@ -866,6 +869,21 @@ def test_a_provider_key_echoed_by_an_upstream_never_reaches_the_client(gw: Runni
     assert answer.status_code == 400
     text = answer.text
     assert FAKE_KEYS["OPENAI_API_KEY"] not in text and "[REDACTED]" in text
+
+
+@pytest.mark.parametrize("form", list(openai_fake.ECHOED_FORMS))
+def test_a_provider_key_echoed_in_part_or_encoded_never_reaches_the_client(gw: Running, form: str) -> None:
+    """An upstream that quotes the key without its `sk-proj-` prefix, its second half (or split between message
+    and `param`), base64 of it or of `Bearer <key>` or `user:<key>`, hex, %-escaped, reversed or spaced out: each
+    reached the client in the 400 (found by review), as only the whole key or a key-shaped value was redacted."""
+    answer = chat(gw, gw.mint(), f"echo-key-{form}-test")
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    text = f"{error['message']} {error['param']}"
+    assert "[REDACTED]" in text
+    for echoed in openai_fake.ECHOED_FORMS[form](ECHOED_KEY):
+        if echoed:  # none of it, but for the few characters at its ends an encoding shares with what surrounds it
+            assert echoed[4:-4] not in text, text
 
 
 def test_a_providers_own_header_credentials_never_reach_the_client(gw: Running) -> None:

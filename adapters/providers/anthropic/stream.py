@@ -18,7 +18,7 @@ from adapters.providers.params import (
 )
 from handler import schemas
 from handler.ports import Served
-from handler.redaction import redact_message
+from handler.redaction import redact_upstream
 from handler.schemas import (
     FinishReason,
     Usage,
@@ -275,7 +275,7 @@ class MessagesMeter:
             elif kind == "error":
                 error = payload.get("error") or {}
                 failure = error_from_body(ERROR_STATUS.get(str(error.get("type")), 500), event.data, {})
-                failure.native_event = redact_message(event.data.decode("utf-8", "replace")).encode()
+                failure.native_event = redact_upstream(event.data.decode("utf-8", "replace")).encode()
                 raise failure
         except (ValidationError, ValueError) as exc:
             raise malformed(f"upstream sent a malformed '{kind}' event") from exc

@@ -121,3 +121,15 @@ def test_a_secret_inside_a_longer_one_leaves_nothing_of_the_longer(only_secrets:
         for redact in (redact_message, redact_secrets, unkeyed):
             assert redact(f"bad credentials {longer}.") == f"bad credentials {REDACTED}.", (redact, n)
             assert redact(f"or {short}!") == f"or {REDACTED}!"
+
+
+def test_an_upstream_error_keeps_ordinary_text_and_the_short_runs_it_shares_with_a_key() -> None:
+    """A run of a known secret is redacted from an upstream's error from `FRAGMENT_CHARS` characters on: shorter
+    ones (a key's prefix, a few of its characters) are ordinary text, and text with none of it is left alone."""
+    from handler.redaction import FRAGMENT_CHARS, redact_upstream
+
+    ordinary = "The model gpt-4o-mini has 128000 tokens of context; see https://platform.openai.com/docs (sk-proj-Zq)"
+    assert redact_upstream(ordinary) == ordinary
+    short = SECRET[8 : 8 + FRAGMENT_CHARS - 1]
+    assert redact_upstream(f"key ...{short}...") == f"key ...{short}..."
+    assert redact_upstream(f"key ...{SECRET[8 : 8 + FRAGMENT_CHARS]}...") == f"key ...{REDACTED}..."
