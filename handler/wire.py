@@ -341,15 +341,18 @@ def error_excerpt(body: bytes) -> str:
     if not body:
         return "no error body"
     text = body[:ERROR_SCAN_BYTES].decode("utf-8", "replace")
-    if UNPRINTABLE.search(text[:ERROR_EXCERPT_CHARS]):
+    if unprintable().search(text[:ERROR_EXCERPT_CHARS]):
         # Binary (a gzip body it was not asked for, bytes that are no UTF-8): relayed, it filled a client's message
         # and log with mojibake and control bytes.
         return f"a body of {len(body)} bytes that is not text"
     return redact_upstream(text)[:ERROR_EXCERPT_CHARS]
 
 
-# What no text body has: control characters other than whitespace, and bytes that were no UTF-8.
-UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
+@functools.cache
+def unprintable() -> re.Pattern[str]:
+    """What no text body has: control characters other than whitespace, and bytes that were no UTF-8. (Compiled on
+    the first error body that needs it, not at a cold start.)"""
+    return re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
 
 
 def malformed(message: str, outcome: str = "invalid_response") -> UpstreamError:
