@@ -61,43 +61,77 @@ def forwarded_query(raw: bytes, names: tuple[str, ...] = ANTHROPIC_QUERY) -> str
 
 
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # as AWS event-stream's own limit on a message
+# A run of blank and comment lines, skipped between events by one match (a lone CR in it ends a line, as the
+# WHATWG rules have it); written so that a run of blank lines is one character class, not a group per line.
+IDLE_LINES: Final = re.compile(rb"[\r\n]*(?::[^\n]*\n[\r\n]*)*")
 
 
 class SSEDecoder:
     """Incremental decoder for `text/event-stream` (the WHATWG rules: `event:`, `data:`, blank line).
 
-    One event (its unfinished line and its data lines) is held to `MAX_EVENT_BYTES`: an upstream that never
-    ends a line or an event is a malformed answer, not memory without end."""
+    Everything an upstream sends between two events (the next event's lines, and any blank lines, comments and
+    empty `data:` lines) is held to `MAX_EVENT_BYTES`: an upstream that never ends a line or an event, or that sends
+    only keep-alives in bulk, is a malformed answer, not memory or CPU without end. A read is scanned once, by index
+    (a buffer sliced per line, and its data lengths summed per read, made its cost the square of its size)."""
 
-    __slots__ = ("_buffer", "_event", "_data")
+    __slots__ = ("_partial", "_held", "_event", "_data")
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._partial: list[bytes] = []  # the unfinished last line, as the reads brought it
+        self._held = 0  # bytes since the last event
         self._event: str | None = None
         self._data: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
-        self._buffer += chunk
         events: list[StreamEvent] = []
+        nl = chunk.find(b"\n")
+        if nl < 0:
+            if chunk:
+                self._partial.append(chunk)
+                self._held += len(chunk)
+                if self._held > MAX_EVENT_BYTES:
+                    raise too_long_event()
+            return events
+        if self._partial:
+            self._partial.append(chunk[:nl])
+            line = b"".join(self._partial)
+            self._partial = []
+        else:
+            line = chunk[:nl]
+        held = self._held + nl + 1
+        start = 0
         while True:
-            nl = self._buffer.find(b"\n")
-            if nl < 0:
-                break
-            line = self._buffer[:nl]
-            self._buffer = self._buffer[nl + 1 :]
+            if held > MAX_EVENT_BYTES:
+                raise too_long_event()
             if line.endswith(b"\r"):
                 line = line[:-1]
             event = self._line(line)
+            start = nl + 1
             if event is not None:
                 events.append(event)
-        if len(self._buffer) > MAX_EVENT_BYTES or (self._data and sum(map(len, self._data)) > MAX_EVENT_BYTES):
-            raise malformed(f"upstream stream event exceeds {MAX_EVENT_BYTES} bytes", "invalid_stream")
+                held = 0
+            elif self._event is None and not self._data and (not line or line[0] == 0x3A):  # (blank or `:`)
+                # A run of blank lines and comments outside any event: skipped at C speed, still counted.
+                end = IDLE_LINES.match(chunk, start).end()  # type: ignore[union-attr]  # (it matches nothing too)
+                held += end - start
+                start = end
+            nl = chunk.find(b"\n", start)
+            if nl < 0:
+                break
+            line = chunk[start:nl]
+            held += nl + 1 - start
+        if start < len(chunk):
+            self._partial.append(chunk[start:])
+            held += len(chunk) - start
+        self._held = held
+        if held > MAX_EVENT_BYTES:
+            raise too_long_event()
         return events
 
     def finish(self) -> list[StreamEvent]:
         events: list[StreamEvent] = []
-        if self._buffer:
-            line, self._buffer = self._buffer.rstrip(b"\r"), b""
+        if self._partial:
+            line, self._partial = b"".join(self._partial).rstrip(b"\r"), []
             event = self._line(line)
             if event is not None:
                 events.append(event)
@@ -341,6 +375,10 @@ def error_excerpt(body: bytes) -> str:
     if not body:
         return "no error body"
     return redact_message(body[:ERROR_SCAN_BYTES].decode("utf-8", "replace"))[:ERROR_EXCERPT_CHARS]
+
+
+def too_long_event() -> UpstreamError:
+    return malformed(f"upstream stream event exceeds {MAX_EVENT_BYTES} bytes", "invalid_stream")
 
 
 def malformed(message: str, outcome: str = "invalid_response") -> UpstreamError:
