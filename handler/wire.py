@@ -15,9 +15,9 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
-from handler.errors import UpstreamError
+from handler.errors import UPSTREAM_TYPE_CHARS, UpstreamError
 from handler.records import Value
-from handler.redaction import redact_message
+from handler.redaction import redact_message, said_clipped
 
 log = logging.getLogger("gateway")
 
@@ -298,11 +298,20 @@ def upstream_error(
     upstream_type: str | None = None,
     code: object = None,
     param: object = None,
+    note: str = "",
 ) -> UpstreamError:
     """The common mapping from a provider's error answer to `UpstreamError`. `code` and `param`, the provider's
     own (a string, or nothing), reach the client only with a request it rejected (`ProviderRejectedError`), never
     as the gateway's code for a failure. A refusal of the deployment itself (`deployment_at_fault`) is retryable: on
-    the next deployment, not on this one."""
+    the next deployment, not on this one. The provider's words are cut (`PROVIDER_MESSAGE_CHARS`, saying where)
+    before anything reads them; `note`, the gateway's own, follows them uncut."""
+    message = said_clipped(message, PROVIDER_MESSAGE_CHARS) + note
+    if isinstance(code, str):
+        code = said_clipped(code, PROVIDER_CODE_CHARS, marked=False)
+    if isinstance(param, str):
+        param = said_clipped(param, PROVIDER_PARAM_CHARS, marked=False)
+    if upstream_type:
+        upstream_type = said_clipped(upstream_type, UPSTREAM_TYPE_CHARS, marked=False)
     at_fault = deployment_at_fault(status, message, code, param, upstream_type)
     error = UpstreamError(
         f"upstream returned {status}: {message}",
@@ -312,9 +321,9 @@ def upstream_error(
         upstream_type=upstream_type,
     )
     error.deployment_fault = at_fault
-    error.said = redact_message(message)
-    error.provider_code = redact_message(code)[:100] if isinstance(code, str) and code else None
-    error.provider_param = redact_message(param)[:200] if isinstance(param, str) and param else None
+    error.said = message
+    error.provider_code = code if isinstance(code, str) and code else None
+    error.provider_param = param if isinstance(param, str) and param else None
     if status == 400 and context_overflow().search(message) and not output_cap_too_large().search(message):
         # OpenAI's code for it, whoever said it: Codex tells a full context (it compacts, or says so) by this code
         # alone, and Anthropic, Gemini and Bedrock give none (Mistral a number of its own).
@@ -365,6 +374,10 @@ def context_overflow() -> re.Pattern[str]:
     return re.compile(CONTEXT_OVERFLOW)
 
 
+# A provider's error message as relayed, and its `code` and `param` (`upstream_error`).
+PROVIDER_MESSAGE_CHARS = 4096
+PROVIDER_CODE_CHARS = 100
+PROVIDER_PARAM_CHARS = 200
 ERROR_EXCERPT_CHARS = 200  # of an error body that is not the provider's JSON, relayed as the message
 ERROR_SCAN_BYTES = 64 * 1024  # read for secrets before the excerpt is cut (a cut could split one)
 
