@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from handler.redaction import clipped, redact_secrets, redact_upstream
+from handler.redaction import clipped, redact_secrets, said_clipped
 
 if TYPE_CHECKING:
     from handler.schemas import Usage
@@ -203,6 +203,12 @@ def with_upstream(body: dict[str, object], status: int, kind: str | None) -> dic
     return body
 
 
+# The longest message an `UpstreamError` relays (`upstream_error` cuts a provider's words to half of it first): a
+# provider's 50 MB message was relayed whole, after 23 s of redaction on the event loop.
+UPSTREAM_MESSAGE_CHARS = 8192
+UPSTREAM_TYPE_CHARS = 100
+
+
 class UpstreamError(GatewayError):
     """A provider answered with an error, or could not be reached.
 
@@ -239,12 +245,12 @@ class UpstreamError(GatewayError):
         billable: bool | None = None,
     ) -> None:
         # The provider's words may quote the request's credentials back: never relay them.
-        super().__init__(redact_upstream(message), code=code, param=param, headers=headers)
+        super().__init__(said_clipped(message, UPSTREAM_MESSAGE_CHARS), code=code, param=param, headers=headers)
         self.billable = self.billable_by_default if billable is None else billable
         self.upstream_status = upstream_status
         self.retryable = retryable
         self.retry_after = retry_after
-        self.upstream_type = redact_upstream(upstream_type)[:100] if upstream_type else None
+        self.upstream_type = said_clipped(upstream_type, UPSTREAM_TYPE_CHARS, marked=False) if upstream_type else None
         self._outcome = outcome
         self.native_event: bytes | None = None
         self.billed: Usage | None = None

@@ -215,6 +215,17 @@ def _window(value: str, limit: int) -> str:
     return value[: limit + max(_longest, SHAPE_REACH)]
 
 
+def said_clipped(words: str, limit: int, *, marked: bool = True) -> str:
+    """A provider's `words` (an error's message, type, code or param) as relayed: `redact_upstream`ed and held to
+    their first `limit` characters, redacted before the cut as `clipped` does, so that a message of megabytes costs
+    no more than one of a few hundred (each redaction pass over a whole 5 MB message blocked the event loop for
+    half a second). `marked`, the cut says so, and how long the words were."""
+    if len(words) <= limit:
+        return redact_upstream(words)
+    cut = redact_upstream(_window(words, limit))[:limit]
+    return f"{cut} ... [cut at {limit} of {len(words)} characters]" if marked else cut
+
+
 def clipped(name: str, limit: int = NAME_CHARS) -> str:
     """`name`, a client's (a model the config does not name), as an answer, a log line or a span echoes it: its
     first `limit` characters, without any known secret or key-shaped value. The redaction reads past the cut, as

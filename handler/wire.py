@@ -15,9 +15,9 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
-from handler.errors import UpstreamError
+from handler.errors import UPSTREAM_TYPE_CHARS, UpstreamError
 from handler.records import Value
-from handler.redaction import redact_upstream
+from handler.redaction import redact_upstream, said_clipped
 
 log = logging.getLogger("gateway")
 
@@ -61,43 +61,85 @@ def forwarded_query(raw: bytes, names: tuple[str, ...] = ANTHROPIC_QUERY) -> str
 
 
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # as AWS event-stream's own limit on a message
+# A run of blank and comment lines, skipped between events by one match (a lone CR in it ends a line, as the
+# WHATWG rules have it); written so that a run of blank lines is one character class, not a group per line.
+# Compiled with the first stream (`idle_lines`): a Lambda's buffered function answers whole, and a cold start pays
+# for no pattern it does not use.
+IDLE_LINES = rb"[\r\n]*(?::[^\n]*\n[\r\n]*)*"
+
+
+@functools.cache
+def idle_lines() -> re.Pattern[bytes]:
+    return re.compile(IDLE_LINES)
 
 
 class SSEDecoder:
     """Incremental decoder for `text/event-stream` (the WHATWG rules: `event:`, `data:`, blank line).
 
-    One event (its unfinished line and its data lines) is held to `MAX_EVENT_BYTES`: an upstream that never
-    ends a line or an event is a malformed answer, not memory without end."""
+    Everything an upstream sends between two events (the next event's lines, and any blank lines, comments and
+    empty `data:` lines) is held to `MAX_EVENT_BYTES`: an upstream that never ends a line or an event, or that sends
+    only keep-alives in bulk, is a malformed answer, not memory or CPU without end. A read is scanned once, by index
+    (a buffer sliced per line, and its data lengths summed per read, made its cost the square of its size)."""
 
-    __slots__ = ("_buffer", "_event", "_data")
+    __slots__ = ("_idle", "_partial", "_held", "_event", "_data")
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._idle = idle_lines()
+        self._partial: list[bytes] = []  # the unfinished last line, as the reads brought it
+        self._held = 0  # bytes since the last event
         self._event: str | None = None
         self._data: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
-        self._buffer += chunk
         events: list[StreamEvent] = []
+        nl = chunk.find(b"\n")
+        if nl < 0:
+            if chunk:
+                self._partial.append(chunk)
+                self._held += len(chunk)
+                if self._held > MAX_EVENT_BYTES:
+                    raise too_long_event()
+            return events
+        if self._partial:
+            self._partial.append(chunk[:nl])
+            line = b"".join(self._partial)
+            self._partial = []
+        else:
+            line = chunk[:nl]
+        held = self._held + nl + 1
+        start = 0
         while True:
-            nl = self._buffer.find(b"\n")
-            if nl < 0:
-                break
-            line = self._buffer[:nl]
-            self._buffer = self._buffer[nl + 1 :]
+            if held > MAX_EVENT_BYTES:
+                raise too_long_event()
             if line.endswith(b"\r"):
                 line = line[:-1]
             event = self._line(line)
+            start = nl + 1
             if event is not None:
                 events.append(event)
-        if len(self._buffer) > MAX_EVENT_BYTES or (self._data and sum(map(len, self._data)) > MAX_EVENT_BYTES):
-            raise malformed(f"upstream stream event exceeds {MAX_EVENT_BYTES} bytes", "invalid_stream")
+                held = 0
+            elif self._event is None and not self._data and (not line or line[0] == 0x3A):  # (blank or `:`)
+                # A run of blank lines and comments outside any event: skipped at C speed, still counted.
+                end = self._idle.match(chunk, start).end()  # type: ignore[union-attr]  # (it matches nothing too)
+                held += end - start
+                start = end
+            nl = chunk.find(b"\n", start)
+            if nl < 0:
+                break
+            line = chunk[start:nl]
+            held += nl + 1 - start
+        if start < len(chunk):
+            self._partial.append(chunk[start:])
+            held += len(chunk) - start
+        self._held = held
+        if held > MAX_EVENT_BYTES:
+            raise too_long_event()
         return events
 
     def finish(self) -> list[StreamEvent]:
         events: list[StreamEvent] = []
-        if self._buffer:
-            line, self._buffer = self._buffer.rstrip(b"\r"), b""
+        if self._partial:
+            line, self._partial = b"".join(self._partial).rstrip(b"\r"), []
             event = self._line(line)
             if event is not None:
                 events.append(event)
@@ -264,11 +306,20 @@ def upstream_error(
     upstream_type: str | None = None,
     code: object = None,
     param: object = None,
+    note: str = "",
 ) -> UpstreamError:
     """The common mapping from a provider's error answer to `UpstreamError`. `code` and `param`, the provider's
     own (a string, or nothing), reach the client only with a request it rejected (`ProviderRejectedError`), never
     as the gateway's code for a failure. A refusal of the deployment itself (`deployment_at_fault`) is retryable: on
-    the next deployment, not on this one."""
+    the next deployment, not on this one. The provider's words are cut (`PROVIDER_MESSAGE_CHARS`, saying where)
+    before anything reads them; `note`, the gateway's own, follows them uncut."""
+    message = said_clipped(message, PROVIDER_MESSAGE_CHARS) + note
+    if isinstance(code, str):
+        code = said_clipped(code, PROVIDER_CODE_CHARS, marked=False)
+    if isinstance(param, str):
+        param = said_clipped(param, PROVIDER_PARAM_CHARS, marked=False)
+    if upstream_type:
+        upstream_type = said_clipped(upstream_type, UPSTREAM_TYPE_CHARS, marked=False)
     at_fault = deployment_at_fault(status, message, code, param, upstream_type)
     error = UpstreamError(
         f"upstream returned {status}: {message}",
@@ -278,9 +329,9 @@ def upstream_error(
         upstream_type=upstream_type,
     )
     error.deployment_fault = at_fault
-    error.said = redact_upstream(message)
-    error.provider_code = redact_upstream(code)[:100] if isinstance(code, str) and code else None
-    error.provider_param = redact_upstream(param)[:200] if isinstance(param, str) and param else None
+    error.said = message
+    error.provider_code = code if isinstance(code, str) and code else None
+    error.provider_param = param if isinstance(param, str) and param else None
     if status == 400 and context_overflow().search(message) and not output_cap_too_large().search(message):
         # OpenAI's code for it, whoever said it: Codex tells a full context (it compacts, or says so) by this code
         # alone, and Anthropic, Gemini and Bedrock give none (Mistral a number of its own).
@@ -331,6 +382,10 @@ def context_overflow() -> re.Pattern[str]:
     return re.compile(CONTEXT_OVERFLOW)
 
 
+# A provider's error message as relayed, and its `code` and `param` (`upstream_error`).
+PROVIDER_MESSAGE_CHARS = 4096
+PROVIDER_CODE_CHARS = 100
+PROVIDER_PARAM_CHARS = 200
 ERROR_EXCERPT_CHARS = 200  # of an error body that is not the provider's JSON, relayed as the message
 ERROR_SCAN_BYTES = 64 * 1024  # read for secrets before the excerpt is cut (a cut could split one)
 
@@ -353,6 +408,10 @@ def unprintable() -> re.Pattern[str]:
     """What no text body has: control characters other than whitespace, and bytes that were no UTF-8. (Compiled on
     the first error body that needs it, not at a cold start.)"""
     return re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
+
+
+def too_long_event() -> UpstreamError:
+    return malformed(f"upstream stream event exceeds {MAX_EVENT_BYTES} bytes", "invalid_stream")
 
 
 def malformed(message: str, outcome: str = "invalid_response") -> UpstreamError:

@@ -189,11 +189,16 @@ def deliverable(limit: AnswerLimit, scope: Any, held: list[Any]) -> list[Any]:
         limit.payload_bytes,
         extra={"request_id": state.get("request_id"), "path": redact_message(route_path(scope))},
     )
-    error = AnswerTooLargeError(
-        f"{limit.too_large(weight)}"
-        + (", and was billed: its cost is on your key's ledger" if ex is not None and ex.cost is not None else "")
-        + f". Ask for less, or {STREAMING}."
-    )
+    status = held[0].get("status", 200)
+    if status >= 400:
+        # An error answer: nothing was asked for that was too large, and nothing of it billed.
+        error = AnswerTooLargeError(f"{limit.too_large(weight)}: an error answer ({status}), not returned")
+    else:
+        error = AnswerTooLargeError(
+            f"{limit.too_large(weight)}"
+            + (", and was billed: its cost is on your key's ledger" if ex is not None and ex.cost is not None else "")
+            + f". Ask for less, or {STREAMING}."
+        )
     anthropic = anthropic_caller(Request(scope))
     answer = {**(ex.headers() if ex is not None else {}), "x-should-retry": "false"}
     if state.get("request_id"):

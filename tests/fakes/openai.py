@@ -2,9 +2,11 @@
 
 Behaviour is chosen by the requested model name, so tests need no side channel:
 `fail-429` (rate limit with retry-after: 0), `fail-429-wait` (retry-after-ms: 300), `fail-500`, `fail-400`,
-`fail-401`, `fail-context` (`context_length_exceeded`, param `messages`), `fail-<status>;<header>=<value>;...`
-(that status with those headers, `tests/fakes/script.py`), `retired` (OpenAI's 404 `model_not_found` for a model
-the account cannot use), `no-balance` (DeepSeek's 402 `Insufficient Balance`, DeepSeek's API being this one),
+`fail-401`, `fail-context` (`context_length_exceeded`, param `messages`), `fail-huge-<status>` (that status with a
+message, `type`, `code` and `param` of `HUGE_ERROR_CHARS` each, as a broken or hostile server may send),
+`fail-<status>;<header>=<value>;...` (that status with those headers, `tests/fakes/script.py`), `retired` (OpenAI's 404
+`model_not_found` for a model the account cannot use), `no-balance` (DeepSeek's 402 `Insufficient Balance`, DeepSeek's
+API being this one),
 `slow` (waits `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way without [DONE]),
 `drip` (a stream whose chunks come `SLOW_SECONDS` apart), `bad-json` (a 200 whose body is not JSON),
 `slashes-escaped` (JSON written with every `/` escaped, `\\/`, as PHP's or Java's encoders write it), `no-usage`
@@ -60,6 +62,7 @@ from tests.fakes.script import (
 API_KEY = "test-openai-key"
 TEXT, REASONING = openai_responses.TEXT, openai_responses.REASONING
 SLOW_SECONDS = 2.0
+HUGE_ERROR_CHARS = 2_000_000
 # An answer asked for audio (`modalities: ["text", "audio"]`) speaks its text: so many tokens of audio, counted as
 # OpenAI counts them, within `completion_tokens` and apart in `completion_tokens_details.audio_tokens`.
 AUDIO_OUTPUT_TOKENS = 90
@@ -323,6 +326,9 @@ def create_app() -> Starlette:
             return None, _error(404, missing, "invalid_request_error", "model_not_found")
         if "no-balance" in model:
             return None, _error(402, "Insufficient Balance", "unknown_error", "invalid_request_error")
+        if "fail-huge-" in model:
+            huge = "x" * HUGE_ERROR_CHARS
+            return None, _error(int(model.rsplit("-", 1)[1]), huge, huge, huge, param=huge)
         headed = headed_fault(model)
         if headed is not None:
             status, headers = headed

@@ -207,6 +207,56 @@ def test_a_non_stream_call_is_cancelled_when_its_client_leaves(running: Running,
         holding.server.close()
 
 
+@pytest.mark.parametrize("status", [500, 400])
+def test_a_providers_error_of_megabytes_reaches_the_client_cut_and_stalls_nothing(
+    running: Running, status: int
+) -> None:
+    """A provider's 50 MB error message was relayed whole (a 502 of 52 MB), after 23 s of redaction on the event
+    loop, /health waiting as long; on Lambda it became a 413 "billed, ask for less"."""
+    config = Config.model_validate(
+        {
+            "providers": {
+                "loud": {
+                    "type": "openai",
+                    "api_key": "env:OPENAI_API_KEY",
+                    "base_url": f"{running.upstream.url}/openai/v1",
+                }
+            },
+            "models": {"loud": {"deployments": [{"provider": "loud", "model": f"fail-huge-{status}"}]}},
+        }
+    )
+    _, server = serve_gateway(config, running.store_url, running.upstream, running.fakes)
+    try:
+        key = running.mint(name="loud")
+        assert httpx.get(f"{server.url}/health").status_code == 200
+        health_ms: list[float] = []
+        answers: list[httpx.Response] = []
+
+        def ask() -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                for _ in range(3):
+                    body = {"model": "loud", "messages": [{"role": "user", "content": "Hi"}]}
+                    answers.append(
+                        client.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
+                    )
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            while asking.is_alive():
+                started = time.perf_counter()
+                assert client.get("/health").status_code == 200
+                health_ms.append((time.perf_counter() - started) * 1000)
+                time.sleep(0.01)
+        asking.join()
+        assert [answer.status_code for answer in answers] == [502 if status == 500 else 400] * 3
+        error = answers[0].json()["error"]
+        assert len(answers[0].content) < 16_000 and "cut at" in error["message"], error
+        assert max(health_ms) < 500, health_ms
+    finally:
+        server.stop()
+
+
 def redirect(conn: socket.socket) -> None:
     """An upstream's answer to any request: a redirect."""
     with conn:

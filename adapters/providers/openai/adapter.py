@@ -67,7 +67,7 @@ def error_from_body(status: int, body: bytes, headers: Mapping[str, str], note: 
             message = error
     if not message:
         message = error_excerpt(body)
-    return upstream_error(status, message + note, headers, upstream_type=kind, code=code, param=param)
+    return upstream_error(status, message, headers, upstream_type=kind, code=code, param=param, note=note)
 
 
 def readable(said: Any) -> str:

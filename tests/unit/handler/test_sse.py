@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from handler import wire
 from handler.errors import UpstreamError
 from handler.wire import MAX_EVENT_BYTES, SSEDecoder, StreamEvent, WholeBodySniffer
 
@@ -26,6 +29,12 @@ def test_events_survive_any_split_and_crlf() -> None:
         ]
 
 
+def test_events_between_runs_of_keep_alives_survive_any_split() -> None:
+    raw = b"\n\r\n: a\n\n:b\r\n\r\nevent: e\r\n: inside\ndata: 1\r\n\r\n\n\n:\ndata: 2\n:c\ndata: 3\n\n\r\n"
+    for step in (1, 2, 3, 5, len(raw)):
+        assert decode(raw, step) == [StreamEvent("e", b"1"), StreamEvent(None, b"2\n3")]
+
+
 @pytest.mark.parametrize("piece", [b"a" * 65536, b"data: " + b"a" * 65530 + b"\n"], ids=["one line", "data lines"])
 def test_an_event_that_never_ends_is_refused_at_the_bound(piece: bytes) -> None:
     decoder = SSEDecoder()
@@ -33,6 +42,52 @@ def test_an_event_that_never_ends_is_refused_at_the_bound(piece: bytes) -> None:
         for _ in range(MAX_EVENT_BYTES // len(piece) + 2):
             decoder.feed(piece)
     assert failure.value.outcome == "invalid_stream" and failure.value.retryable
+
+
+HOSTILE_LINES = [b"\n", b"\r\n", b": p\n", b"data:\n", b"data:x\n", b"data: " + b"x" * 192 + b"\n\n"]
+
+
+def decoding_time(chunk: bytes) -> float:
+    """The best of three decodings of `chunk` as one read, in seconds."""
+    best = float("inf")
+    for _ in range(3):
+        decoder = SSEDecoder()
+        started = time.perf_counter()
+        decoder.feed(chunk)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+@pytest.mark.parametrize("line", HOSTILE_LINES, ids=["blank", "crlf", "comments", "empty data", "data", "events"])
+def test_a_read_decodes_in_time_linear_in_its_size(line: bytes) -> None:
+    # One 256 KiB read of blank lines blocked the event loop 1.1 s, and a 1 MiB one 23 s: a buffer sliced per line.
+    small, large = (line * (size // len(line)) for size in (64 * 1024, 512 * 1024))
+    assert decoding_time(large) < 24 * max(decoding_time(small), 1e-4)  # (8 times the bytes; the square was 64)
+
+
+def test_a_mebibyte_of_blank_lines_decodes_at_once() -> None:
+    assert decoding_time(b"\n" * (1 << 20)) < 0.25
+
+
+@pytest.mark.parametrize("line", HOSTILE_LINES[:5], ids=["blank", "crlf", "comments", "empty data", "data"])
+def test_lines_that_never_make_an_event_are_refused_at_the_bound(line: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Empty `data:` lines counted nothing: an endless stream of them held the decoder and its memory forever.
+    monkeypatch.setattr(wire, "MAX_EVENT_BYTES", 1 << 20)
+    decoder = SSEDecoder()
+    chunk = line * (65536 // len(line))
+    with pytest.raises(UpstreamError, match="exceeds") as failure:
+        for _ in range((1 << 20) // len(chunk) + 2):
+            decoder.feed(chunk)
+    assert failure.value.outcome == "invalid_stream"
+
+
+def test_keep_alives_between_events_are_counted_afresh_after_each_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wire, "MAX_EVENT_BYTES", 4096)
+    decoder = SSEDecoder()
+    events = []
+    for _ in range(100):
+        events.extend(decoder.feed(b": keep-alive\n\n" * 100 + b"data: {}\n\n"))
+    assert events == [StreamEvent(None, b"{}")] * 100
 
 
 def sniffed(raw: bytes, step: int, limit: int = 1 << 20) -> tuple[list[StreamEvent], bytearray | None]:
