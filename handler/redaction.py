@@ -84,8 +84,12 @@ BEGINNING_KEPT = 64
 FRAGMENT_CHARS = 12
 PROBE = 6
 STEP = FRAGMENT_CHARS - PROBE + 1
-_probes: frozenset[str] = frozenset()  # every `PROBE` characters of every form of every secret
-_forms = ""  # those forms, one a line: what a run found is widened within
+# Every `PROBE` characters of every form of every secret, and those forms one a line (what a run found is widened
+# within): built by the first upstream error after the secrets change (`_fragments`), not as they are registered: a
+# cold start registers its keys and AWS credentials (a session token's forms alone are some 17,000 probes) and most
+# processes never redact an upstream's error.
+_probes: frozenset[str] | None = frozenset()
+_forms = ""
 
 
 def register(*secrets: str | None) -> None:
@@ -109,7 +113,7 @@ def _usable(secrets: tuple[str | None, ...]) -> set[str]:
 
 
 def _rebuild() -> None:
-    global _secrets, _secrets_bytes, _starts, _firsts, _beginnings, _longest, _shortest, _probes, _forms
+    global _secrets, _secrets_bytes, _starts, _firsts, _beginnings, _longest, _shortest, _probes
     _secrets = tuple(sorted(_fixed.union(*_current.values()), key=len, reverse=True))
     written = {s.encode() for s in _secrets} | {orjson.dumps(s)[1:-1] for s in _secrets}
     _secrets_bytes = tuple(sorted(written, key=len, reverse=True))
@@ -121,9 +125,17 @@ def _rebuild() -> None:
     _beginnings = frozenset(s[:n] for s in _secrets for n in range(1, min(len(s), BEGINNING_KEPT + 1)))
     _longest = max(map(len, _secrets), default=0)
     _shortest = min(map(len, _secrets), default=0)
-    forms = [form for secret in _secrets for form in encodings(secret) if "\n" not in form]
-    _forms = "\n".join(forms)
-    _probes = frozenset(form[at : at + PROBE] for form in forms for at in range(len(form) - PROBE + 1))
+    _probes = None  # (built again by the next upstream error: `_fragments`)
+
+
+def _fragments() -> frozenset[str]:
+    """`_probes`, built from the secrets registered now if they changed since it was."""
+    global _probes, _forms
+    if _probes is None:
+        forms = [form for secret in _secrets for form in encodings(secret) if "\n" not in form]
+        _forms = "\n".join(forms)
+        _probes = frozenset(form[at : at + PROBE] for form in forms for at in range(len(form) - PROBE + 1))
+    return _probes
 
 
 def encodings(secret: str) -> list[str]:
@@ -169,8 +181,10 @@ def redact_upstream(text: str) -> str:
     `FRAGMENT_CHARS` or more of a known secret or of one of its `encodings`: a key echoed without its prefix, in
     halves, in base64 or hex. (Errors only: the look-up costs one set probe every `STEP` characters.)"""
     text = redact_message(text)
-    probes = _probes
-    if not probes or len(text) < FRAGMENT_CHARS:
+    if len(text) < FRAGMENT_CHARS:
+        return text
+    probes = _fragments()
+    if not probes:
         return text
     runs: list[tuple[int, int]] = []
     covered = 0
