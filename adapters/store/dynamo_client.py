@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -294,6 +294,17 @@ def contended(code: str | None, reasons: list[Item]) -> bool:
     if code in CONTENTION_CODES:
         return True
     return code == "TransactionCanceledException" and any(r.get("Code") in CONTENTION_REASONS for r in reasons)
+
+
+async def scanned(client: Any, **request: Any) -> AsyncIterator[dict[str, Any]]:
+    """Every item a `Scan` of `request` finds, page after page, each page read once the one before is used."""
+    while True:
+        answer = await call(client, "scan", **request)
+        for item in answer.get("Items", []):
+            yield item
+        if "LastEvaluatedKey" not in answer:
+            return
+        request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
 
 async def call(client: Any, operation: str, **request: Any) -> Any:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.store.dynamo_client import CONDITION_FAILED as FAILED
-from adapters.store.dynamo_client import ConditionFailed, call
+from adapters.store.dynamo_client import ConditionFailed, call, scanned
 from adapters.store.expressions import Expression, Item, num, text
 from adapters.store.records import LEDGER_TTL_SECONDS, key_from_json, key_purge_after, key_to_json
 from adapters.store.region_leases import RegionLeases
@@ -366,7 +366,6 @@ class DynamoDBKeys:
 
     async def _scan_keys(self) -> list[KeyRecord]:
         """Every key record the table holds that is not yet purged (one paginated, consistent scan)."""
-        found: list[KeyRecord] = []
         request: dict[str, Any] = {
             "TableName": self.table,
             "FilterExpression": "begins_with(pk, :key) AND sk = :keysk",
@@ -375,12 +374,7 @@ class DynamoDBKeys:
             "ExpressionAttributeValues": {":key": text("KEY#"), ":keysk": text("KEY")},
             "ConsistentRead": True,
         }
-        while True:
-            answer = await self._call("scan", **request)
-            found += [record for item in answer.get("Items", []) if (record := self._live(item)) is not None]
-            if "LastEvaluatedKey" not in answer:
-                return found
-            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+        return [record async for item in scanned(self.client, **request) if (record := self._live(item)) is not None]
 
     async def _links(self, parent_id: str, client: Any | None = None) -> list[Item]:
         return await self._query(
@@ -499,22 +493,18 @@ class DynamoDBKeys:
             "ExpressionAttributeNames": {"#data": "data"},
             "ExpressionAttributeValues": {":key": text("KEY#"), ":keysk": text("KEY")},
         }
-        while True:
-            answer = await self._call("scan", **request)
-            for item in answer.get("Items", []):
-                record = key_from_json(item["data"]["S"])
-                if record.home_region is not None:
-                    continue
-                record.home_region = self.region
-                record.version += 1
-                try:
-                    await self.update_key(record)
-                except ConflictError:
-                    continue
-                homed += 1
-            if "LastEvaluatedKey" not in answer:
-                return homed
-            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+        async for item in scanned(self.client, **request):
+            record = key_from_json(item["data"]["S"])
+            if record.home_region is not None:
+                continue
+            record.home_region = self.region
+            record.version += 1
+            try:
+                await self.update_key(record)
+            except ConflictError:
+                continue
+            homed += 1
+        return homed
 
     async def list_keys(self, parent_id: str | None = None) -> list[KeyRecord]:
         condition = "gsi1pk = :keys"

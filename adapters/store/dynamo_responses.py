@@ -110,7 +110,7 @@ class DynamoDBResponses:
     async def index_held(self, held_in: Callable[[StoredResponse], Sequence[str]]) -> int:
         """One paginated scan for the responses' items (`sk = RESP`), each response read as `get_response` reads it,
         its missing entries written (put if absent)."""
-        from adapters.store.dynamo_client import ConditionFailed, call  # (on first use)
+        from adapters.store.dynamo_client import ConditionFailed, call, scanned  # (on first use)
 
         async def put_missing(entry: dict[str, Any]) -> int:
             try:
@@ -132,17 +132,13 @@ class DynamoDBResponses:
             "ProjectionExpression": "pk",
             "ExpressionAttributeValues": {":response": text("RESP#"), ":sk": text(RESPONSE_SK)},
         }
-        while True:
-            answer = await call(self.client, "scan", **request)
-            for item in answer.get("Items", []):
-                stored = await self.get_response(item["pk"]["S"].removeprefix("RESP#"))
-                if stored is not None:
-                    ttl = num(int(stored.expires_at))
-                    entries = [self._entry(item_id, stored, ttl) for item_id in held_in(stored)]
-                    written += sum(await asyncio.gather(*(put_missing(entry) for entry in entries)))
-            if "LastEvaluatedKey" not in answer:
-                return written
-            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+        async for item in scanned(self.client, **request):
+            stored = await self.get_response(item["pk"]["S"].removeprefix("RESP#"))
+            if stored is not None:
+                ttl = num(int(stored.expires_at))
+                entries = [self._entry(item_id, stored, ttl) for item_id in held_in(stored)]
+                written += sum(await asyncio.gather(*(put_missing(entry) for entry in entries)))
+        return written
 
     async def _put_record(
         self, response_id: str, item: dict[str, Any], parts: list[bytes], ttl: dict[str, Any]

@@ -54,7 +54,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from adapters.store.dynamo_client import CONDITION_FAILED, ConditionFailed, DynamoDBClient, call
+from adapters.store.dynamo_client import CONDITION_FAILED, ConditionFailed, DynamoDBClient, call, scanned
 from adapters.store.dynamo_keys import DynamoDBKeys
 from adapters.store.dynamo_responses import DynamoDBResponses
 from adapters.store.expressions import Expression, Item, dec, exact, num, number, read_num, text
@@ -714,21 +714,17 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
             "ExpressionAttributeNames": {"#ttl": "ttl"},
             "ExpressionAttributeValues": {":aggregate": text("AGG#")},
         }
-        while True:
-            answer = await self._call("scan", **request)
-            for item in answer.get("Items", []):
-                await self._call(
-                    "update_item",
-                    TableName=self.table,
-                    Key={"pk": item["pk"], "sk": item["sk"]},
-                    UpdateExpression="SET #ttl = :now",
-                    ExpressionAttributeNames={"#ttl": "ttl"},
-                    ExpressionAttributeValues={":now": num(int(self.clock()))},
-                )
-                dropped += 1
-            if "LastEvaluatedKey" not in answer:
-                return dropped
-            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+        async for item in scanned(self.client, **request):
+            await self._call(
+                "update_item",
+                TableName=self.table,
+                Key={"pk": item["pk"], "sk": item["sk"]},
+                UpdateExpression="SET #ttl = :now",
+                ExpressionAttributeNames={"#ttl": "ttl"},
+                ExpressionAttributeValues={":now": num(int(self.clock()))},
+            )
+            dropped += 1
+        return dropped
 
     async def _link_children(self) -> int:
         """Write the missing child links: from every key record with a parent, and from every line item whose
@@ -748,22 +744,17 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
             "ExpressionAttributeNames": {"#data": "data"},
             "ExpressionAttributeValues": {":key": text("KEY#"), ":keysk": text("KEY"), ":line": text("LEDGER#")},
         }
-        while True:
-            answer = await self._call("scan", **request)
-            for item in answer.get("Items", []):
-                if item["pk"]["S"].startswith("KEY#"):
-                    record = key_from_json(item["data"]["S"])
-                    if record.parent_id is not None:
-                        purge = key_purge_after(record)
-                        purges[(record.parent_id, record.id)] = purge
-                        keep(record.parent_id, record.id, None if purge is None else purge + LEDGER_TTL_SECONDS)
-                else:
-                    line = ledger_from_json(item["data"]["S"])
-                    if line.ancestors:
-                        keep(line.ancestors[-1], line.key_id, line.ts + LEDGER_TTL_SECONDS)
-            if "LastEvaluatedKey" not in answer:
-                break
-            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+        async for item in scanned(self.client, **request):
+            if item["pk"]["S"].startswith("KEY#"):
+                record = key_from_json(item["data"]["S"])
+                if record.parent_id is not None:
+                    purge = key_purge_after(record)
+                    purges[(record.parent_id, record.id)] = purge
+                    keep(record.parent_id, record.id, None if purge is None else purge + LEDGER_TTL_SECONDS)
+            else:
+                line = ledger_from_json(item["data"]["S"])
+                if line.ancestors:
+                    keep(line.ancestors[-1], line.key_id, line.ts + LEDGER_TTL_SECONDS)
         linked = 0
         for (parent_id, child_id), ttl in sorted(links.items()):
             purge = purges.get((parent_id, child_id), 0.0)  # 0: a child known only from its lines, purged already
@@ -786,25 +777,21 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
             "ProjectionExpression": "pk, sk, gsi1pk",
             "ExpressionAttributeValues": {":line": text("LEDGER#")},
         }
-        while True:
-            answer = await self._call("scan", **request)
-            for item in answer.get("Items", []):
-                request_id = item["sk"]["S"].partition("#")[2]
-                try:
-                    await self._call(
-                        "update_item",
-                        TableName=self.table,
-                        Key={"pk": item["pk"], "sk": item["sk"]},
-                        UpdateExpression="SET gsi1pk = :shard",
-                        ConditionExpression="gsi1pk = :old",
-                        ExpressionAttributeValues={":shard": text(ledger_shard(request_id)), ":old": item["gsi1pk"]},
-                    )
-                except ConditionFailed:
-                    continue  # moved meanwhile by another run
-                moved += 1
-            if "LastEvaluatedKey" not in answer:
-                return moved
-            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+        async for item in scanned(self.client, **request):
+            request_id = item["sk"]["S"].partition("#")[2]
+            try:
+                await self._call(
+                    "update_item",
+                    TableName=self.table,
+                    Key={"pk": item["pk"], "sk": item["sk"]},
+                    UpdateExpression="SET gsi1pk = :shard",
+                    ConditionExpression="gsi1pk = :old",
+                    ExpressionAttributeValues={":shard": text(ledger_shard(request_id)), ":old": item["gsi1pk"]},
+                )
+            except ConditionFailed:
+                continue  # moved meanwhile by another run
+            moved += 1
+        return moved
 
     async def reconnect(self) -> None:
         for client in self.owned:
