@@ -730,7 +730,9 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
         self.db.close()
 
 
-LEDGER_BATCH = 5000  # lines read, parsed and consumed at a time
+# Lines read, parsed and consumed at a time: few enough that the garbage collector seldom finds them alive (5,000
+# promoted enough of a 60,000-line report to set off two full collections, each holding every thread of the process).
+LEDGER_BATCH = 500
 
 
 def scan_ledger(db: sqlite3.Connection, query: UsageQuery, consume: Callable[[list[LedgerItem]], None]) -> None:
