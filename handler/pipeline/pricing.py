@@ -23,12 +23,14 @@ MESSAGE_OVERHEAD_TOKENS = 8
 
 
 # What may follow an alias's prefix: a release of the same model, by its date (`2024-07-18`, `20250929`) and or its
-# version (`v1`, `v1:0`, as Bedrock names them). A variant of another price (`gpt-4o-mini-audio-preview`,
-# `-search-preview`, `-realtime-preview`, `-tts`) names itself in words, so no family alias can take it.
-# Compiled on the first alias looked up, not at a cold start whose models are all priced by name.
+# version (`v1`, `v1:0`, as Bedrock names them), or `latest`, the provider's name for its newest release
+# (`claude-3-5-haiku-latest`, Anthropic's own alias, was unpriced: a config deploying it failed `config check`, and
+# every key with a budget was refused the model and the models it is a fallback of). A variant of another price
+# (`gpt-4o-mini-audio-preview`, `-search-preview`, `-realtime-preview`, `-tts`) names itself in words, so no family
+# alias can take it. Compiled on the first alias looked up, not at a cold start whose models are all priced by name.
 @cache
 def release_tag() -> re.Pattern[str]:
-    return re.compile(r"(?:\d{4}-\d{2}-\d{2}|\d{8})?(?:-?v\d+(?::\d+)?)?")
+    return re.compile(r"latest|(?:\d{4}-\d{2}-\d{2}|\d{8})?(?:-?v\d+(?::\d+)?)?")
 
 
 class PriceTable(Value):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from handler.config import FeeConfig, ModelConfig, Price
+from adapters.providers.registry import REGISTRY
+from handler.config import FeeConfig, ModelConfig, Price, load_config
+from handler.entry.cli import main as cli_main
 from handler.pipeline.pricing import (
     PromptEstimate,
     as_served,
@@ -199,6 +202,7 @@ def test_an_alias_takes_the_releases_of_its_model_and_no_other_model() -> None:
         "global.anthropic.claude-opus-4-6-v1": "claude-opus-4-6",
         "anthropic.claude-3-5-haiku-20241022-v1:0": "claude-3-5-haiku",
         "gpt-4o-mini-audio-preview-2024-12-17": "gpt-4o-mini-audio-preview",
+        "claude-3-5-haiku-latest": "claude-3-5-haiku",  # (Anthropic's alias of its newest release)
     }
     for upstream, entry in released.items():
         assert table.find(upstream) is table.prices[entry], upstream
@@ -211,6 +215,7 @@ def test_an_alias_takes_the_releases_of_its_model_and_no_other_model() -> None:
         "gpt-4o-realtime-preview",
         "gpt-4.1-nano",
         "claude-sonnet-4-5-latest-preview",
+        "claude-3-5-haiku-latest-v1",
     ):
         assert table.find(other) is None, other
     may = table.find("gpt-4o-2024-05-13")
@@ -225,6 +230,40 @@ def test_an_alias_takes_the_releases_of_its_model_and_no_other_model() -> None:
     )
     heard = Usage.of(1000, 100, audio=900)
     assert cost_of(heard, voice, NO_FEE).provider_usd == (100 * 0.15 + 900 * 10 + 100 * 0.6) / 1e6  # 0.009075
+
+
+EXAMPLE_CONFIG = """
+providers:
+  openai:    {type: openai,    api_key: env:OPENAI_API_KEY}
+  deepseek:  {type: openai,    api_key: env:DEEPSEEK_API_KEY, base_url: https://api.deepseek.com/v1}
+  anthropic: {type: anthropic, api_key: env:ANTHROPIC_API_KEY}
+  gemini:    {type: gemini,    api_key: env:GEMINI_API_KEY}
+  bedrock:   {type: bedrock}
+models:
+  gpt-4o-mini:
+    deployments:
+      - {provider: openai, model: gpt-4o-mini}
+    price: {input: 0.15, output: 0.60, cached_input: 0.075}
+    fallbacks: [claude-haiku]
+  claude-haiku:
+    deployments:
+      - {provider: bedrock,   model: anthropic.claude-3-5-haiku-20241022-v1:0, region: eu-central-1}
+      - {provider: bedrock,   model: anthropic.claude-3-5-haiku-20241022-v1:0, region: us-east-1}
+      - {provider: anthropic, model: claude-3-5-haiku-latest}
+"""
+
+
+def test_every_deployment_of_the_readmes_kind_of_config_has_a_price(tmp_path: Path) -> None:
+    """The configuration users start from, with no price for Claude Haiku (the table knows it): its Anthropic
+    deployment, by Anthropic's alias `claude-3-5-haiku-latest`, had none, so `gateway config check` refused the file,
+    and a key with a budget was refused `claude-haiku` (402) and `gpt-4o-mini`, whose fallback it is."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(EXAMPLE_CONFIG)
+    config = load_config(str(path), set(REGISTRY))
+    haiku = builtin_prices().prices["claude-3-5-haiku"]
+    for i, deployment in enumerate(config.models["claude-haiku"].deployments):
+        assert price_for("claude-haiku", config.models["claude-haiku"], deployment.model) is haiku, i
+    assert cli_main(["config", "check", "--config", str(path)]) == 0
 
 
 @pytest.mark.parametrize("geo", ["", "us.", "eu.", "jp.", "au."])
