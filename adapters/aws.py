@@ -32,6 +32,10 @@ from adapters.sigv4 import Credentials
 from handler import redaction
 
 SNAPSHOT_EVERY_S = 60.0
+# After botocore's chain found no credentials, how long a request is refused at once before the chain is walked
+# again: walking it is blocking I/O (files, and the instance role's endpoint, which waits a second or two where
+# there is none), and without this every request to Bedrock on a machine with no credentials paid it.
+MISSING_RETRY_S = 5.0
 # botocore's endpoint data (endpoints.json), partition `aws`: its `regionRegex` and `dnsSuffix`.
 # tests/unit/adapters/test_aws.py checks them against botocore's, so they cannot drift apart.
 AWS_REGION_REGEX = r"^(us|eu|ap|sa|ca|me|af|il|mx)\-\w+\-\d+$"
@@ -56,6 +60,7 @@ class AwsCredentials:
         self._taken = 0.0
         self._lock = threading.Lock()
         self._refreshing = False
+        self._missing_until = 0.0  # (monotonic) the chain found none: refused at once until then
 
     @property
     def from_chain(self) -> bool:
@@ -65,10 +70,22 @@ class AwsCredentials:
         """The credentials to sign with now, without I/O once resolved (the first call resolves them)."""
         snapshot = self._snapshot
         if snapshot is None:
+            if time.monotonic() < self._missing_until:
+                raise NoCredentialsError("no AWS credentials: not in the environment, a profile or a role")
             return self.resolve()
         if self._source is not None and time.monotonic() - self._taken > self.snapshot_every_s:
             self._refresh_in_background()
         return snapshot
+
+    def ready(self) -> bool:
+        """Whether there are credentials to sign with (`current`'s, resolved on the first call)."""
+        if self._snapshot is not None:
+            return True
+        try:
+            self.current()
+        except NoCredentialsError:
+            return False
+        return True
 
     def resolve(self) -> Credentials:
         """Resolve the credentials now (blocking: at start, or the first use)."""
@@ -82,6 +99,7 @@ class AwsCredentials:
 
                     source = botocore.session.get_session().get_credentials()
                     if source is None:
+                        self._missing_until = time.monotonic() + MISSING_RETRY_S
                         raise NoCredentialsError("no AWS credentials: not in the environment, a profile or a role")
                     self._source = source
                     self._take_snapshot()

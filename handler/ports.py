@@ -237,6 +237,10 @@ class ProviderAdapter(ABC):
     provider_options: ClassVar[frozenset[str]] = frozenset()
     deployment_options: ClassVar[frozenset[str]] = frozenset()
     requires_key: bool = True
+    # Signed with the process's own credentials (Bedrock: the function's AWS keys), not a key of its own: its
+    # deployments are passed over while `missing_credentials` says there are none, as those of a provider without
+    # its key are.
+    process_credentials: ClassVar[bool] = False
     # The reference (`env:OPENAI_API_KEY`) that held one of this gateway's own keys, refused as the provider's.
     refused_reference: str | None = None
     # Why its key, held in SSM or Secrets Manager, could not be read (the store's error code), while it has none
@@ -266,6 +270,10 @@ class ProviderAdapter(ABC):
         """What is wrong with the value of one of its options (`provider_options`, `deployment_options`), said when
         the config is checked at start-up; None when it can be taken. A value read only once a request comes (an
         output cap of `abc`) failed that request instead."""
+        return None
+
+    def missing_credentials(self) -> str | None:
+        """Why its requests cannot be signed now (`process_credentials`), else None."""
         return None
 
     def base_url(self, region: str, override: str | None) -> str:

@@ -207,6 +207,8 @@ class Router:
             unread = adapter.unread is not None or bool(adapter.unread_headers)  # (read later: the client may retry)
             header = next(iter(adapter.unread_headers), None)
             lacks = "API key" if header is None else f"value for its header {header}"
+            if adapter.process_credentials and adapter.missing_credentials():
+                lacks = "AWS credentials"
             raise ServiceUnavailableError(
                 f"provider '{first.target.provider}' for model '{model}' has no {lacks}: {self._key_hint(first)}",
                 code="provider_not_configured",
@@ -243,11 +245,15 @@ class Router:
     @staticmethod
     def _keyed(attempt: Attempt) -> bool:
         adapter = attempt.adapter
-        return not (adapter.requires_key and not adapter.secret) and not adapter.unread_headers
+        if adapter.requires_key and not adapter.secret or adapter.unread_headers:
+            return False
+        return not (adapter.process_credentials and adapter.missing_credentials())
 
     def _key_hint(self, attempt: Attempt) -> str:
         """Where the operator puts the key `attempt`'s provider lacks, or why a header's value in a store was not
         read; never a secret."""
+        if attempt.adapter.process_credentials and (missing := attempt.adapter.missing_credentials()):
+            return missing
         for failure in attempt.adapter.unread_headers.values():  # (the credential may be a header: Entra ID's)
             return f"{failure}; the gateway reads it again within {RETRY_S:g} s"
         if attempt.adapter.refused_reference:  # set, but to one of this gateway's own keys (a client's setup)

@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import botocore.session
 import httpx
 import openai
 import pytest
 
+from adapters import aws
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
+from handler.pipeline.routing import RouteControls
 from tests.fakes import bedrock as fake
 from tests.functional.conftest import Running, anthropic_client, serve_gateway
 from tests.support.servers import ServerThread
@@ -672,3 +675,56 @@ def test_nova_2s_redacted_reasoning_is_not_passed_off_as_its_reasoning(bedrock: 
     assert [block.type for block in message.content] == ["text"]
     assert message.usage.output_tokens == billed
     assert [line.output_tokens for line in bedrock.ledger(key)] == [billed, billed]
+
+
+def test_a_bedrock_deployment_without_aws_credentials_is_passed_over_as_one_without_its_key(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a machine with no AWS credentials, Bedrock first and Anthropic next: the request ended on the Bedrock
+    deployment with a 503 `provider_not_configured` ("no AWS credentials found for Bedrock") and the next was never
+    tried, where a provider without its API key is passed over; and each request walked botocore's credential chain
+    again (blocking I/O: the instance role's endpoint waits where there is none). Now it is passed over, said so by
+    `route explain`, and the chain is walked again only after `aws.MISSING_RETRY_S`."""
+    server, fakes = upstream
+    walks: list[int] = []
+
+    class NoCredentials:
+        def get_credentials(self) -> None:
+            walks.append(1)
+
+    monkeypatch.setattr(botocore.session, "get_session", NoCredentials)
+    monkeypatch.setattr(aws, "_process_credentials", aws.AwsCredentials({}))
+    bedrock = {"provider": "bedrock", "model": MODEL, "region": fake.REGION}
+    data = {
+        "providers": {
+            "bedrock": {"type": "bedrock", "base_url": f"{server.url}/bedrock"},
+            "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/openai/v1"},
+        },
+        "models": {
+            "haiku-else-mini": {
+                "deployments": [bedrock, {"provider": "openai", "model": "gpt-4o-mini"}],
+                "price": PRICE,
+            },
+            "haiku-alone": {"deployments": [bedrock], "price": PRICE},
+        },
+    }
+    running, gateway_server = serve_gateway(
+        parse_config(data, set(REGISTRY)), f"sqlite:///{tmp_path / 'gateway.db'}", server, fakes
+    )
+    try:
+        key = running.mint(name="no-aws")
+        with openai.OpenAI(base_url=f"{running.url}/v1", api_key=key, max_retries=0) as sdk:
+            answer = sdk.chat.completions.with_raw_response.create(model="haiku-else-mini", messages=HI)
+            assert answer.headers["x-gateway-route"] == "openai/gpt-4o-mini@global=200"
+            with pytest.raises(openai.APIStatusError) as refused:
+                sdk.chat.completions.create(model="haiku-alone", messages=HI)
+        assert refused.value.status_code == 503 and refused.value.response.headers["x-should-retry"] == "false"
+        error = refused.value.response.json()["error"]
+        assert error["code"] == "provider_not_configured"
+        assert "has no AWS credentials: no AWS credentials found for Bedrock" in error["message"], error
+        explained = running.gateway.router.explain("haiku-else-mini", RouteControls(), lambda _: True)
+        assert [entry.get("skipped") for entry in explained] == ["provider_not_configured", None]
+        assert len(walks) == 1  # (three requests within MISSING_RETRY_S)
+        assert [line.status for line in running.ledger(key)] == [200]
+    finally:
+        gateway_server.stop()

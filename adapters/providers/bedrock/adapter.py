@@ -575,6 +575,7 @@ class BedrockAdapter(ProviderAdapter):
     type_name = "bedrock"
     semconv_provider = "aws.bedrock"
     requires_key = False
+    process_credentials = True
     regional = True
     provider_options = frozenset({"max_output_tokens"})
     deployment_options = frozenset({"max_output_tokens"})
@@ -582,6 +583,14 @@ class BedrockAdapter(ProviderAdapter):
     @classmethod
     def option_problem(cls, option: str, value: Any) -> str | None:
         return token_count_problem(value) if option == "max_output_tokens" else None
+
+    def missing_credentials(self) -> str | None:
+        if aws.process_credentials().ready():
+            return None
+        return (
+            "no AWS credentials found for Bedrock: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile "
+            f"(AWS_PROFILE) or a role; the gateway looks again within {aws.MISSING_RETRY_S:g} s"
+        )
 
     def base_url(self, region: str, override: str | None) -> str:
         configured = override or self.options.get("base_url")
