@@ -822,6 +822,7 @@ def timed_get(url: str, key: str, params: dict[str, str], into: list[tuple[httpx
     into.append((answer, time.monotonic() - started, time.monotonic()))
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
 def test_a_long_report_holds_up_no_other_request(crowded: tuple[Running, str]) -> None:
     """A report's lines are read and summed off the event loop: one over 300,000 lines held every other request of
     the process for 10 s (a chat completion alone took 3 ms), and a dashboard load for 48 s."""

@@ -565,6 +565,7 @@ def test_a_lone_429s_unreadable_or_huge_wait_is_passed_on_as_a_number(
     assert [line.status for line in gw.ledger(key)] == [429]
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
 def test_a_wait_past_the_deadline_is_not_waited_the_next_deployment_answers(gw: Running) -> None:
     """A 429 with `retry-after: 4` under `x-gateway-deadline-ms: 2000`: the gateway waited the 4 s, the deadline
     cut it at 2 s with a 504, and the healthy next deployment was never tried."""
@@ -583,6 +584,7 @@ def test_a_wait_past_the_deadline_is_not_waited_the_next_deployment_answers(gw: 
     )
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
 def test_a_lone_429_whose_wait_is_past_the_deadline_is_passed_on_at_once(gw: Running) -> None:
     """The same with no next deployment: the provider's 429 and its wait at once, saying why it was not retried
     (it was a 504 once the deadline cut the wait)."""

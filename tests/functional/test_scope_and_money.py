@@ -584,6 +584,7 @@ def test_a_request_whose_every_attempt_timed_out_is_charged_the_reserved_worst_c
     assert spent(gw, key) == pytest.approx((line.cost_usd or 0) + line.fee_usd)
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
 def test_a_failover_ends_at_the_bound_on_a_whole_request_charged_as_a_cut(
     bounded: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -616,6 +617,7 @@ def test_a_failover_ends_at_the_bound_on_a_whole_request_charged_as_a_cut(
     assert gw.gateway.router.breakers.allow("anthropic/claude-slow@global")
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
 def test_a_stream_after_a_failover_ends_at_the_bound_on_a_whole_request(
     bounded: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
