@@ -277,7 +277,7 @@ class Api:
         anthropic: bool = False,
     ) -> Exchange:
         lineage = self.lineage(request)
-        self.gateway.keys.check_model(lineage, model)
+        self.gateway.keys.check_model(lineage, model, self.gateway.router.spec)
         controls = parse_controls(request)
         if inbound_dropped and controls.strict:
             raise StrictParamsError(

@@ -94,7 +94,7 @@ class InfoRoutes:
         if not model:
             raise InvalidRequestError("the query parameter 'model' is required", param="model")
         lineage = self.api.lineage(request)
-        self.gateway.keys.check_model(lineage, model)
+        self.gateway.keys.check_model(lineage, model, self.gateway.router.spec)
         controls = parse_controls(request)
         allowed = partial(allows_model, lineage)
         return self.api.json(

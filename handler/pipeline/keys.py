@@ -269,9 +269,12 @@ class KeyService:
             raise AuthenticationError(f"{whose} has expired", code="key_expired")
 
     @staticmethod
-    def check_model(lineage: list[KeyRecord], model: str) -> None:
-        """403 unless the key and every ancestor (`lineage`, nearest first) may use `model`."""
+    def check_model(lineage: list[KeyRecord], model: str, exists: Callable[[str], object]) -> None:
+        """403 unless the key and every ancestor (`lineage`, nearest first) may use `model`; a model this gateway does
+        not have is first `exists`'s 404, whatever the key's scopes (a typo, `gpt-4o-mni`, sent a key limited to
+        `gpt-4o-mini` to look at its scopes: the 403 said it may not use it)."""
         if not allows_model(lineage, model):
+            exists(model)
             raise model_not_allowed(model)
 
     @staticmethod

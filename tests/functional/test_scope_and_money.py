@@ -186,6 +186,22 @@ def received(gw: Running, provider: str, since: int) -> list[dict[str, Any]]:
 # --- scope -------------------------------------------------------------------------------------------
 
 
+def test_a_model_the_gateway_does_not_have_is_a_404_for_a_key_limited_to_others(gw: Running) -> None:
+    """A key limited to `gpt-test` that named `gpt-tset` (a typo) was told 403 `model_not_allowed`, "outside its
+    scopes", where a key with no limit is told 404 `model_not_found`: the scope was checked first. A model the
+    gateway has but the key may not use stays a 403."""
+    key = gw.mint(models=["gpt-test"])
+    for limited in (key, child(gw, key)):
+        typo = chat(gw, limited, "gpt-tset")
+        assert typo.status_code == 404 and typo.json()["error"]["code"] == "model_not_found", typo.text
+        messages = post(gw, "/v1/messages", limited, {"model": "gpt-tset", "max_tokens": 20, "messages": HI})
+        assert messages.status_code == 404 and messages.json()["error"]["type"] == "not_found_error", messages.text
+        route = httpx.get(f"{gw.url}/v1/route", params={"model": "gpt-tset"}, headers=auth(limited))
+        assert route.status_code == 404 and route.json()["error"]["code"] == "model_not_found"
+        other = chat(gw, limited, "claude-test")
+        assert other.status_code == 403 and other.json()["error"]["code"] == "model_not_allowed"
+
+
 def test_fallbacks_and_pins_stay_within_every_ancestors_models(gw: Running) -> None:
     parent = gw.mint(models=["gpt-test", "broken-test"])
     for key in (parent, child(gw, parent)):
