@@ -204,10 +204,11 @@ class Meter:
         again.store_ms = (time.perf_counter() - started) * 1000
         return again
 
-    async def admit_count(self, lineage: list[KeyRecord], model: str, request_id: str) -> None:
+    async def admit_count(self, lineage: list[KeyRecord], model: str, request_id: str) -> dict[str, str]:
         """Count a token count a provider is asked for on the requests-a-minute limits of the key's chain
         (`model`'s own among them), or raise the 429: free, so no budget and no tokens a minute, but the
-        provider limits its counting per organisation, on the operator's key."""
+        provider limits its counting per organisation, on the operator's key. Its answer's `x-ratelimit-*`
+        headers (the requests' alone), as a request's are."""
         key = lineage[0]
         now = self.clock()
         window = int(now // 60)
@@ -217,9 +218,10 @@ class Meter:
             for rate in self._rates(holder, key, model, window, 0)
             if rate.name.startswith("rpm")
         ]
-        if rates:
-            admission = Admission(request_id, key.id, [], rates, now + self.reservation_ttl, key.home_region)
-            await self._admit(admission, key, 0.0, window)
+        if not rates:
+            return {}
+        admission = Admission(request_id, key.id, [], rates, now + self.reservation_ttl, key.home_region)
+        return self._rate_headers(rates, await self._admit(admission, key, 0.0, window), window)
 
     async def count_request(self, key: KeyRecord, request_id: str, counters: list[RateCharge]) -> None:
         """Count one request that spends nothing (minting a key) on `key`'s own `counters` for this minute,

@@ -237,7 +237,7 @@ class Pipeline(Charges):
         counting = [a for a in plan if a.target.provider_type == kind and a.adapter.counts_tokens(a.target)]
         if not counting:
             return None
-        await self.meter.admit_count(ex.lineage, ex.model, ex.request_id)
+        ex.limit_headers = await self.meter.admit_count(ex.lineage, ex.model, ex.request_id)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> int:
             return attempt.adapter.count_tokens_response(await response.read())

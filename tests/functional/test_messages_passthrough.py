@@ -936,7 +936,8 @@ def test_count_tokens_a_provider_makes_is_held_to_the_chains_rpm(agents: Running
     sent = len(agents.fakes["anthropic"].state.requests)
     with anthropic.Anthropic(base_url=agents.url, api_key=key, max_retries=0) as sdk:
         assert sdk.messages.count_tokens(model="claude", messages=messages).input_tokens > 0  # (budget: not drawn)
-        assert sdk.messages.count_tokens(model="claude", messages=messages).input_tokens > 0
+        second = sdk.messages.with_raw_response.count_tokens(model="claude", messages=messages)
+        assert second.parse().input_tokens > 0
         with pytest.raises(anthropic.RateLimitError) as refused:
             sdk.messages.count_tokens(model="claude", messages=messages)
         estimated = sdk.messages.with_raw_response.count_tokens(model="gpt", messages=messages)
@@ -946,6 +947,14 @@ def test_count_tokens_a_provider_makes_is_held_to_the_chains_rpm(agents: Running
     assert body["error"]["message"].startswith("a parent key's rate limit rpm=2 per minute reached")
     assert int(refused.value.response.headers["retry-after"]) >= 1
     assert estimated.headers["x-gateway-estimate"] == "true"
+    # The counted answer says where the limit stands, as any answer under a limit does (it said nothing).
+    limits = {name: value for name, value in second.headers.items() if name.startswith("x-ratelimit-")}
+    assert limits == {
+        "x-ratelimit-limit-requests": "2",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": second.headers["x-ratelimit-reset-requests"],
+    }
+    assert "x-ratelimit-limit-requests" not in estimated.headers  # (not counted: no limit applied)
 
 
 def test_count_tokens_keeps_to_the_keys_models(agents: Running) -> None:
