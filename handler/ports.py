@@ -259,6 +259,9 @@ class ProviderAdapter(ABC):
     counts_embedding_tokens: ClassVar[bool] = True
     # A regional API (Bedrock): a deployment that names no region runs in the gateway's own region.
     regional: ClassVar[bool] = False
+    # The top-level Chat Completions fields beyond OpenAI's that it reads or sends on (its provider's own dialect:
+    # Claude's `top_k`, Mistral's `safe_prompt`): fields `x-gateway-strict` knows (`handler.api.request_fields`).
+    chat_fields: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, name: str, secret: str | None, options: Mapping[str, Any]) -> None:
         self.name = name

@@ -8,7 +8,7 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from handler import schemas
 from handler.api.answer_size import AnswerLimit, deliverable
+from handler.api.request_fields import EMBEDDINGS, chat_completions_fields, refuse_unknown
 from handler.api.route_table import COUNTED_PATHS, Endpoints, Handler, direct_lane, handlers, starlette_routes
 from handler.api.streaming import (
     DONE,
@@ -139,6 +140,8 @@ class Api:
         self.trusted = [network(n) for n in settings.trusted_proxies]  # (a mapped range as the IPv4 one it maps)
         self.capture_content = gateway.tracer is not None and gateway.tracer.capture_content
         self.lifetime_s = settings.timeouts.request  # every request's bound, whatever deadline its client set
+        # (for `x-gateway-strict`: OpenAI's fields and those of the configured providers' own dialects)
+        self.chat_fields = chat_completions_fields(type(a).chat_fields for a in gateway.router.adapters.values())
 
     # --- request helpers --------------------------------------------------------------------
 
@@ -275,10 +278,18 @@ class Api:
         *,
         stream: bool | None = False,
         anthropic: bool = False,
+        extra: Mapping[str, Any] | None = None,
+        known: frozenset[str] | None = None,
     ) -> Exchange:
+        """The request's exchange, once its key may use `model` and its controls are read. Under `x-gateway-strict`,
+        a field of `extra` (the body's fields its model does not declare) not in `known` (its API's fields,
+        `handler.api.request_fields`) is the client's 400, as is a field the translation left out (`inbound_dropped`).
+        """
         lineage = self.lineage(request)
         self.gateway.keys.check_model(lineage, model, self.gateway.router.spec)
         controls = parse_controls(request)
+        if controls.strict and known is not None:
+            refuse_unknown(extra, known)
         if inbound_dropped and controls.strict:
             raise StrictParamsError(
                 f"cannot honour: {', '.join(inbound_dropped)} (x-gateway-strict is on)", param=inbound_dropped[0]
@@ -310,7 +321,7 @@ class Api:
             raise InvalidRequestError(
                 "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
             )
-        ex = self.exchange(request, key, req.model, stream=req.stream)
+        ex = self.exchange(request, key, req.model, stream=req.stream, extra=req.model_extra, known=self.chat_fields)
         if req.stream:
             stream, watch = await stream_head(request, self.pipeline.chat_stream(req, ex), ex)
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -324,7 +335,7 @@ class Api:
         limit = self.answer_limit
         if limit is not None:
             limit.check_embeddings(req)  # (an answer known to be past it: refused before anything is sent)
-        ex = self.exchange(request, key, req.model)
+        ex = self.exchange(request, key, req.model, extra=req.model_extra, known=EMBEDDINGS)
         result = await until_client_leaves(request, self.pipeline.embeddings(req, ex), ex)
         response = json_response(result.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
         if limit is not None:

@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from handler.api.messages_api import MessagesCountRequest, MessagesRequest, lost_betas, to_chat_request
 from handler.api.messages_out import anthropic_events, native_events, native_message, to_message
+from handler.api.request_fields import MESSAGES
 from handler.api.streaming import EventStream, stream_head, until_client_leaves
 from handler.errors import InvalidRequestError
 from handler.pipeline.exchange import Exchange
@@ -135,8 +136,11 @@ class MessagesRoutes:
         api = self.api
         key = await api.authenticate(request, allow_x_api_key=True)
         data = await api.parse_json(request)
-        req, untranslated = to_chat_request(api.validate(MessagesRequest, data))
-        ex = api.exchange(request, key, req.model, stream=req.stream, anthropic=True)
+        body = api.validate(MessagesRequest, data)
+        req, untranslated = to_chat_request(body)
+        ex = api.exchange(
+            request, key, req.model, stream=req.stream, anthropic=True, extra=body.model_extra, known=MESSAGES
+        )
         pipeline = api.pipeline
         call = native_call(request, data, untranslated, server_tools(pipeline, ex, data))
         if req.stream:

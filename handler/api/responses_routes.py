@@ -23,6 +23,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from handler.api.request_fields import RESPONSES
 from handler.api.responses_api import (
     ReasoningSeal,
     ResponseIds,
@@ -415,7 +416,7 @@ class ResponsesRoutes:
         req, dropped = to_chat_request(body, handed_back, seal, {**sealed, **kept})
         if unread and "input[reasoning]" not in dropped:
             dropped.append("input[reasoning]")  # (the reasoning of items past `MAX_KEPT_READS`: their summary went)
-        ex = api.exchange(request, key, req.model, stream=req.stream)
+        ex = api.exchange(request, key, req.model, stream=req.stream, extra=body.model_extra, known=RESPONSES)
         conversation = [*history, *input_items(body)]  # (as the client has it, to list and continue)
 
         # A deployment that serves the Responses API gets the client's body (`relay.call`), any other the

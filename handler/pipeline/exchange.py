@@ -183,17 +183,29 @@ class Exchange:
 CUT_SLACK_S = 0.01
 
 
-def deadline_passed(ex: Exchange, before: str) -> UpstreamTimeoutError:
-    """The request's deadline passed (`Exchange.ends_at`): the client's (`x-gateway-deadline-ms`, or the Lambda
+def _bound(ex: Exchange) -> str:
+    """The request's deadline (`Exchange.ends_at`), named: the client's (`x-gateway-deadline-ms`, or the Lambda
     invocation's time left), or the gateway's bound on a whole request (`gateway.timeouts.request`), the sooner."""
     asked, lifetime = ex.controls.deadline_s, ex.lifetime_s
     if lifetime is not None and (asked is None or lifetime < asked):
-        return UpstreamTimeoutError(
+        return (
             f"the gateway's bound on a whole request, {lifetime:g} s (gateway.timeouts.request: every attempt, "
-            f"retries and fallbacks, a stream to its end), passed before {before}"
+            "retries and fallbacks, a stream to its end),"
         )
     assert asked is not None
+    return f"the deadline of {asked * 1000:.0f} ms (x-gateway-deadline-ms, or the Lambda invocation's remaining time)"
+
+
+def deadline_passed(ex: Exchange, before: str) -> UpstreamTimeoutError:
+    """The request's deadline passed (`_bound`) before `before`."""
+    return UpstreamTimeoutError(f"{_bound(ex)} passed before {before}")
+
+
+def too_short_to_send(ex: Exchange, left_s: float) -> UpstreamTimeoutError:
+    """The request's deadline (`_bound`) leaves less than the least the gateway sends a request with (`CUT_SLACK_S`):
+    nothing is sent (nor reserved, where it is known before the admission), so nothing is charged. Said as a deadline
+    that passed before an answer, it read as a provider that had been too slow."""
     return UpstreamTimeoutError(
-        f"the deadline of {asked * 1000:.0f} ms (x-gateway-deadline-ms, or the Lambda invocation's remaining "
-        f"time) passed before {before}"
+        f"{_bound(ex)} left {max(left_s, 0.0) * 1000:.1f} ms to send the request, less than the "
+        f"{CUT_SLACK_S * 1000:.0f} ms the gateway needs at least to try one: nothing was sent, nothing is charged"
     )

@@ -37,7 +37,7 @@ from handler.errors import (
 from handler.pipeline.attribution import line_tags
 from handler.pipeline.budgets import Meter, Reservation, remaining_usd
 from handler.pipeline.charges import Charges
-from handler.pipeline.exchange import CUT_SLACK_S, Exchange, deadline_passed
+from handler.pipeline.exchange import CUT_SLACK_S, Exchange, deadline_passed, too_short_to_send
 from handler.pipeline.gateway import Gateway
 from handler.pipeline.keys import allows_model
 from handler.pipeline.output_caps import OutputCap
@@ -479,6 +479,10 @@ class Pipeline(Charges):
                     f"worst-case cost ${usd(worst)} exceeds x-gateway-max-cost-usd ${usd(ex.controls.max_cost_usd)}"
                     + lowered_by(worst_model, ex.model)
                 )
+        ends_at = ex.ends_at
+        if ends_at is not None and ends_at - time.perf_counter() <= CUT_SLACK_S:
+            # Too little left to send anything (`_failover` would not): refused before it is reserved or counted.
+            raise too_short_to_send(ex, ends_at - time.perf_counter())
         ex.reserving = True
         try:
             # The rate limits count what the request shows: a document the provider fetches (`referenced`) is in
@@ -616,7 +620,7 @@ class Pipeline(Charges):
                 # gateway's own bound (`timeouts.request`) needs no timer more than the upstream read's own.
                 within = None if ex.ends_at is None else ex.ends_at - started
                 if within is not None and within <= CUT_SLACK_S:
-                    raise deadline_passed(ex, "an answer")
+                    raise deadline_passed(ex, "an answer") if failed else too_short_to_send(ex, within)
                 ex.inflight_at = started
                 ex.inflight = attempt
                 try:

@@ -284,3 +284,43 @@ def logged(capsys: pytest.CaptureFixture[str], request_id: str) -> list[tuple[in
     """Status and stream flag of each request log line of `request_id` written since the last read."""
     lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines() if request_id in line]
     return [(line["status"], line["stream"]) for line in lines]
+
+
+def test_unknown_fields_are_refused_under_strict_and_sent_on_without(running: Running, key: str) -> None:
+    """Under `x-gateway-strict` a misspelt `temprature` (and a `bogus_field`) reached OpenAI on each route whose API is
+    OpenAI's own (200; OpenAI ignored it and answered at the default temperature): the unknown fields were never
+    checked, only those a translation left out. Now each is the client's 400 naming them, with nothing sent; without
+    strict they still go on as before."""
+    oa = client(running, key)
+    unknown: Any = {"bogus_field": 1, "temprature": 0.2}
+    strict = {"x-gateway-strict": "true"}
+    sent = running.fakes["openai"].state.requests
+    calls: list[Any] = [
+        lambda **kw: oa.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], **kw),
+        lambda **kw: oa.embeddings.create(model="text-embedding-3-small", input="x", **kw),
+        lambda **kw: oa.responses.create(model="gpt-4o-mini", input="x", store=False, **kw),
+    ]
+    for i, call in enumerate(calls):
+        before = len(sent)
+        with pytest.raises(openai.BadRequestError) as refused:
+            call(extra_body=unknown, extra_headers=strict)
+        assert refused.value.code == "invalid_request" and refused.value.param == "bogus_field"
+        assert "unknown fields: bogus_field, temprature" in refused.value.message
+        assert len(sent) == before
+        call(extra_body=unknown)
+        assert len(sent) == before + 1
+        if i < 2:  # (this deployment serves Responses translated: unknown fields are named as dropped)
+            assert sent[-1]["json"]["temprature"] == 0.2
+    # What the SDK sends of its own passes under strict.
+    completion = oa.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "x"}],
+        max_completion_tokens=20,
+        temperature=0.2,
+        seed=1,
+        store=False,
+        prompt_cache_key="k",
+        safety_identifier="u",
+        extra_headers=strict,
+    )
+    assert completion.choices[0].message.content == TEXT

@@ -220,3 +220,14 @@ def test_claude_code_shows_a_model_outside_the_keys_scopes_as_such_not_as_a_logi
     assert "the key is valid, the model is outside its scopes (signing in again will not change that" in said
     assert "GET /v1/models lists the models it may use" in said
     assert len(agents.fakes["anthropic"].state.requests) == start and agents.ledger(key) == []
+
+
+def test_claude_code_runs_under_strict(agents: Running, tmp_path: Path) -> None:
+    """`x-gateway-strict` refuses fields the gateway does not know: every field Claude Code sends is known (its
+    `context_management`, `output_config`, adaptive `thinking`, `metadata`, ...), so its turns go through."""
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    done = claude(agents, "claude", workdir, home, environ={"ANTHROPIC_CUSTOM_HEADERS": "x-gateway-strict: true"})
+    assert done.returncode == 0, done.stderr
+    assert (workdir / "out.txt").read_text() == "hi\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from unittest.mock import ANY
 
 import anthropic
 import httpx
@@ -272,3 +273,33 @@ def test_a_chat_clients_last_assistant_message_is_not_a_prefill(running: Running
     with openai.OpenAI(base_url=f"{running.url}/v1", api_key=key, max_retries=0) as sdk:
         raw = sdk.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=PREFILLED)
     assert raw.parse().choices[0].message.content and "x-gateway-dropped-params" not in raw.headers
+
+
+def test_unknown_fields_to_claude_are_refused_under_strict(running: Running, key: str) -> None:
+    """A Messages request to an Anthropic deployment passes through as sent: under `x-gateway-strict` its unknown
+    fields (`bogus_field`, a misspelt `temprature`) reached Anthropic (200). Now a 400 in Anthropic's shape naming
+    them, nothing sent; without strict they pass through as before."""
+    ac = client(running, key)
+    asked: Any = {"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    unknown = {"bogus_field": 1, "temprature": 0.2}
+    sent = running.fakes["anthropic"].state.requests
+    before = len(sent)
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        ac.messages.create(**asked, extra_body=unknown, extra_headers={"x-gateway-strict": "true"})
+    assert refused.value.body == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": ANY},
+    }
+    assert "unknown fields: bogus_field, temprature" in refused.value.message
+    assert len(sent) == before
+    ac.messages.create(**asked, extra_body=unknown)
+    assert sent[-1]["json"]["temprature"] == 0.2
+    thinking: Any = {"type": "adaptive"}
+    ac.messages.create(
+        **asked,
+        thinking=thinking,
+        metadata={"user_id": "u"},
+        service_tier="auto",
+        extra_body={"output_config": {"effort": "low"}, "top_k": 3},
+        extra_headers={"x-gateway-strict": "true"},
+    )

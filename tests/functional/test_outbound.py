@@ -155,6 +155,83 @@ def test_a_pipelined_request_whose_head_crosses_the_bound_is_answered(served: Se
     assert answer.count(b"HTTP/1.1 200 ") == 2, answer[:300]
 
 
+def written_in_parts(sock: socket.socket, data: bytes, cuts: list[int], pause_s: float = 0.05) -> None:
+    """`data` in one write per part, cut at `cuts`, `pause_s` apart: the server reads each part on its own."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
+        try:
+            sock.sendall(data[start:end])
+        except OSError:
+            return  # answered and closed before the rest
+        time.sleep(pause_s)
+
+
+def answer_to(sock: socket.socket) -> bytes:
+    """One whole answer (its head, and its body by its `content-length`), or what came before the connection ended."""
+    sock.settimeout(5)
+    answer = b""
+    try:
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+        length = re.search(rb"\r\ncontent-length: (\d+)\r\n", answer.partition(b"\r\n\r\n")[0])
+        while length and len(answer.partition(b"\r\n\r\n")[2]) < int(length.group(1)):
+            answer += sock.recv(65536)
+    except ConnectionResetError:
+        pass
+    return answer
+
+
+def big_head(size: int) -> bytes:
+    """A `GET /health` whose line and headers are `size` bytes, in headers of 8,000 bytes or fewer."""
+    start, end = b"GET /health HTTP/1.1\r\nhost: gateway\r\n", b"\r\n"
+    headers, left, i = [], size - len(start) - len(end), 0
+    while left > 0:
+        name = b"x-%d: " % i
+        value = b"a" * max(min(8000, left - len(name) - 2), 1)
+        headers.append(name + value + b"\r\n")
+        left -= len(headers[-1])
+        i += 1
+    head = start + b"".join(headers) + end
+    assert len(head) == size
+    return head
+
+
+@pytest.mark.parametrize(
+    ("size", "cuts"),
+    [
+        (120_047, [60_000]),  # the review's: two writes, 0.2 s apart, were 200 (one write: 431)
+        (128_151, [65_000]),
+        (70_000, [1_000 * i for i in range(1, 70)]),
+        (70_000, [*range(1, 200), *range(1_000, 70_000, 7_000)]),  # one byte a write, to begin with
+    ],
+    ids=["two-writes", "at-65000", "1000-byte-writes", "one-byte-writes"],
+)
+def test_a_head_beyond_the_bound_is_431_however_its_reads_fall(
+    served: ServerThread, size: int, cuts: list[int]
+) -> None:
+    """The parser says a request begins in the midst of its first read, after the read was counted: the count
+    started again there, and the first read was forgotten. A 120,047-byte head written in two parts 0.2 s apart
+    was answered 200, as was a 128,151-byte head cut at 65,000 bytes; the bound is 65,536."""
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        written_in_parts(sock, big_head(size), cuts, 0.2 if len(cuts) == 1 else 0.002)
+        answer = answer_to(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+
+
+def test_a_kept_alive_connections_second_head_has_the_same_bound(served: ServerThread) -> None:
+    """A second request on a connection kept alive is bounded from its first byte, as the first is; a head within
+    the bound in several writes passes."""
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        within = big_head(60_000)
+        written_in_parts(sock, within, [20_000, 40_000])
+        assert answer_to(sock).startswith(b"HTTP/1.1 200 ")
+        written_in_parts(sock, within, [1, 30_000])
+        assert answer_to(sock).startswith(b"HTTP/1.1 200 ")
+        written_in_parts(sock, big_head(100_000), [50_000], 0.2)
+        answer = answer_to(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+
+
 class Holding:
     """An upstream that reads a request, then holds it without answering; records when the gateway let go
     of the connection."""

@@ -423,6 +423,32 @@ def test_a_request_cut_by_its_deadline_is_charged_the_reserved_worst_case(gw: Ru
     assert fallen.headers["x-gateway-route"].split(", ")[-1].endswith("/slow@global=upstream_timeout")
 
 
+def test_a_deadline_too_short_to_send_anything_says_so_and_costs_nothing(gw: Running) -> None:
+    """A deadline of about 11 ms or less (`x-gateway-deadline-ms: 10`) was a 504 in ~1.3 ms saying "the deadline of
+    10 ms ... passed before an answer": no request had been sent, the deadline was too short to try one (the
+    least the gateway sends with, `CUT_SLACK_S`). The 504 now says so, and the request is refused before it is
+    reserved or counted: no ledger line, nothing spent, nothing of the key's requests a minute used."""
+    fresh_minute()
+    key = gw.mint(budget_usd=1.0, rpm=2)
+    assert chat(gw, key).status_code == 200  # (the key looked up once: the store is not what the deadline cuts)
+    since = len(gw.fakes["openai"].state.requests)
+    for deadline in ("1", "5", "10"):
+        refused = chat(gw, key, **{"x-gateway-deadline-ms": deadline})
+        assert refused.status_code == 504, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "upstream_timeout"
+        assert (
+            f"the deadline of {deadline} ms" in error["message"] and "passed before an answer" not in error["message"]
+        )
+        assert "less than the 10 ms the gateway needs at least to try one: nothing was sent" in error["message"]
+    assert received(gw, "openai", since) == []
+    [line] = ledger(gw, key)  # the first request's alone
+    assert line.status == 200
+    assert spent(gw, key) == pytest.approx((line.cost_usd or 0) + line.fee_usd)
+    assert chat(gw, key).status_code == 200  # the second request of the minute: the refused ones were not counted
+    assert chat(gw, key).status_code == 429
+
+
 def test_a_client_that_leaves_a_non_stream_call_is_charged_the_reserved_worst_case(gw: Running) -> None:
     key = gw.mint(budget_usd=1.0)
     with pytest.raises(httpx.ReadTimeout):  # the client gives up while the upstream is still working

@@ -513,6 +513,7 @@ class AnthropicAdapter(ProviderAdapter):
     """
 
     type_name = "anthropic"
+    chat_fields = frozenset(RULES)  # (`top_k`)
     default_base_url = "https://api.anthropic.com"
     key_env_var = "ANTHROPIC_API_KEY"
     provider_options = frozenset({"anthropic_beta", "headers", "max_output_tokens"})

@@ -194,6 +194,7 @@ class MistralAdapter(OpenAIAdapter):
     semconv_provider = "mistral_ai"
     default_base_url = "https://api.mistral.ai/v1"
     key_env_var = "MISTRAL_API_KEY"
+    chat_fields = MISTRAL_FIELDS
 
     def profile(self, target: Target) -> Profile:
         named = self.options.get("profile")

@@ -24,9 +24,11 @@ pytestmark = pytest.mark.skipif(not CODEX.exists(), reason=f"the Codex CLI is no
 
 
 def codex_exec(
-    running: Running, key: str, model: str, task: str, workdir: Path, home: Path
+    running: Running, key: str, model: str, task: str, workdir: Path, home: Path, headers: str = ""
 ) -> subprocess.CompletedProcess[str]:
-    provider = f'model_providers.gw={{name="gw", base_url="{running.url}/v1", env_key="GW_KEY", wire_api="responses"}}'
+    """`codex exec` on `model` through the gateway (`headers`: more of the provider's settings, as TOML)."""
+    settings = f'name="gw", base_url="{running.url}/v1", env_key="GW_KEY", wire_api="responses"{headers}'
+    provider = f"model_providers.gw={{{settings}}}"
     command = [
         str(CODEX),
         "exec",
@@ -59,6 +61,20 @@ def test_codex_runs_a_shell_command_and_answers(fleet: Running, model: str, tmp_
     if model in ("gpt", "gpt-chat"):  # what Codex asks for reaches OpenAI: its cache key, and nothing kept there
         sent = fleet.fakes["openai"].state.requests[-1]["json"]
         assert sent["prompt_cache_key"] and not sent.get("store")
+
+
+def test_codex_runs_under_strict(fleet: Running, tmp_path: Path) -> None:
+    """`x-gateway-strict` refuses fields the gateway does not know: every field Codex sends is known (its
+    `prompt_cache_key`, `include`, `store`, `reasoning`, `text`, `client_metadata`, ...), so its turns reach OpenAI.
+    (A translating deployment still refuses, under strict, the hosted tools it cannot carry.)"""
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    call = orjson.dumps({"cmd": "echo hi > out.txt"}).decode()
+    strict = ', http_headers={"x-gateway-strict"="true"}'
+    done = codex_exec(fleet, fleet.mint(name="codex-strict"), "gpt", f"CALL exec_command {call}", workdir, home, strict)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (workdir / "out.txt").read_text().strip() == "hi"
 
 
 @pytest.mark.parametrize("model", ["claude-full", "gemini-full"])
