@@ -166,8 +166,11 @@ class MessagesRoutes:
         api = self.api
         key = await api.authenticate(request, allow_x_api_key=True)
         data = await api.parse_json(request)
-        req, untranslated = to_chat_request(api.validate(MessagesCountRequest, data))
-        ex = api.exchange(request, key, req.model, stream=req.stream, anthropic=True)
+        body = api.validate(MessagesCountRequest, data)
+        req, untranslated = to_chat_request(body)
+        ex = api.exchange(
+            request, key, req.model, stream=req.stream, anthropic=True, extra=body.model_extra, known=MESSAGES
+        )
         counted = await api.pipeline.count_tokens(native_call(request, data, untranslated), req, ex)
         headers = anthropic_headers(ex)
         payload: dict[str, Any] = {"input_tokens": counted}

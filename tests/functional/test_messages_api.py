@@ -303,3 +303,11 @@ def test_unknown_fields_to_claude_are_refused_under_strict(running: Running, key
         extra_body={"output_config": {"effort": "low"}, "top_k": 3},
         extra_headers={"x-gateway-strict": "true"},
     )
+    # A token count is held to the same fields (it was not checked: a count's unknown fields reached Anthropic).
+    counted: Any = {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "x"}]}
+    before = len(sent)
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        ac.messages.count_tokens(**counted, extra_body=unknown, extra_headers={"x-gateway-strict": "true"})
+    assert "unknown fields: bogus_field, temprature" in refused.value.message
+    assert len(sent) == before
+    assert ac.messages.count_tokens(**counted, system="s", extra_headers={"x-gateway-strict": "true"}).input_tokens
