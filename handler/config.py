@@ -137,6 +137,7 @@ class Price(_Strict):
     """USD per 1M tokens."""
 
     input: float = Field(ge=0)
+    # (Unset: an embedding model's, whose answers have no output tokens; a chat model's is refused, `_cross_check`.)
     output: float = Field(default=0.0, ge=0)
     cached_input: float | None = Field(default=None, ge=0)
     cache_write: float | None = Field(default=None, ge=0)
@@ -411,6 +412,12 @@ def _cross_check(config: Config, known_types: set[str]) -> list[str]:
                 )
         if isinstance(spec.price, Price):
             problems += price_option_problems(f"models.{model}.price", spec.price)
+            if spec.kind == "chat" and "output" not in spec.price.model_fields_set:
+                # (Its output tokens were charged $0: only an embedding model's answer has none.)
+                problems.append(
+                    f"models.{model}.price.output: a chat model's price needs an output price (USD per 1M tokens), "
+                    "or `kind: embedding` for a model whose answers have no output tokens"
+                )
         for i, fallback in enumerate(spec.fallbacks):
             if fallback not in config.models:
                 problems.append(f"models.{model}.fallbacks[{i}]: unknown model '{fallback}'")

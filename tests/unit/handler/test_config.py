@@ -192,6 +192,22 @@ def test_a_price_that_is_wrong_names_the_path_the_file_writes() -> None:
     ]
 
 
+def test_a_chat_models_price_without_an_output_price_is_refused() -> None:
+    """`price: {input: 0.15}` passed `config check`, and every output token of gpt-4o-mini was then charged $0.
+    An embedding model's price needs no output price (its answers have no output tokens). Found by review."""
+    model: dict[str, object] = {"deployments": [{"provider": "p", "model": "gpt-4o-mini"}], "price": {"input": 0.15}}
+    data = {"providers": {"p": {"type": "openai", "api_key": "env:X"}}, "models": {"m": model}}
+    assert problems(data) == [
+        "models.m.price.output: a chat model's price needs an output price (USD per 1M tokens), or `kind: embedding` "
+        "for a model whose answers have no output tokens"
+    ]
+    model["price"] = {"input": 0.15, "output": 0}  # (said, even as 0: a free model)
+    assert parse_config(data, TYPES).models["m"].price.output == 0  # type: ignore[union-attr]
+    model["price"] = {"input": 0.02}
+    model["kind"] = "embedding"
+    assert parse_config(data, TYPES).models["m"].price.input == 0.02  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
