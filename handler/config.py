@@ -543,9 +543,16 @@ def load_config(path: str | os.PathLike[str] | None, known_types: set[str]) -> C
         source = "default config"
     else:
         try:
-            text = Path(path).read_text()
+            raw = Path(path).read_bytes()
         except OSError as exc:
             raise ConfigError([f"{path}: cannot read the config file ({exc.strerror})"]) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:  # (a traceback, from `config check` and `serve`, for a Latin-1 comment)
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise ConfigError(
+                [f"{path}: not UTF-8 text at byte {exc.start} (line {line}: 0x{raw[exc.start]:02x}): save it as UTF-8"]
+            ) from None
         source = str(path)
     try:
         data = yaml.load(text, Loader=UniqueKeyLoader)  # (a safe loader)

@@ -361,6 +361,16 @@ def test_serve_refuses_an_option_no_adapter_reads_before_it_binds(
             "providers:\n  a: {type: anthropic, api_key: k, anthropic_beta: 3}\n",
             "providers.a.anthropic_beta: one beta, a comma-separated list or a YAML list of betas, not 3",
         ),
+        # (These served: the output tokens charged $0; the string itself sent to the provider as its key.)
+        (
+            "providers:\n  o: {type: openai, api_key: env:OPENAI_API_KEY}\n"
+            "models:\n  m: {deployments: [{provider: o, model: gpt-4o-mini}], price: {input: 0.15}}\n",
+            "models.m.price.output: a chat model's price needs an output price",
+        ),
+        (
+            "providers:\n  o: {type: openai, api_key: 'Env:OPENAI_API_KEY'}\n",
+            "providers.o.api_key: 'Env:...' is not a secret reference, and would be sent as the key itself",
+        ),
     ],
 )
 def test_serve_and_config_check_refuse_what_start_up_would_before_anything_starts(
@@ -384,6 +394,24 @@ def test_serve_and_config_check_refuse_what_start_up_would_before_anything_start
     printed = capsys.readouterr()
     assert printed.err.startswith(f"config error:\n{problem}") and printed.out == ""
     assert "Traceback" not in printed.err and not (tmp_path / "gateway.db").exists()  # no key minted
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line_naming_the_file_and_the_byte(
+    serve_here: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config saved in Latin-1 (`# f\\xfcr`) ended `config check` and `serve` in a UnicodeDecodeError traceback.
+    Found by review."""
+    path = tmp_path / "gateway.yaml"
+    path.write_bytes(b"providers: {}\n# Konfiguration f\xfcr das Team\nmodels: {}\n")
+    problem = f"{path}: not UTF-8 text at byte 31 (line 2: 0xfc): save it as UTF-8\n"
+    assert main(["config", "check", "--config", str(path)]) == 1
+    printed = capsys.readouterr()
+    assert printed.err == problem and printed.out == ""
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: pytest.fail("served"))
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # (see the test above)
+    assert main(["serve", "--port", str(free_port()), "--config", str(path)]) == 2
+    printed = capsys.readouterr()
+    assert printed.err == f"config error:\n{problem}" and printed.out == ""
 
 
 def test_serve_on_a_store_with_keys_but_no_admin_key_says_how_to_make_one(
