@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+import uvicorn
 
 from adapters.store import open_store
 from handler.entry import cli
@@ -279,6 +280,66 @@ def test_serve_on_a_port_in_use_names_the_option_and_starts_nothing(
     printed = capsys.readouterr()
     assert printed.out == ""  # neither "listening" nor an admin key nobody can use
     assert f"127.0.0.1:{port}" in printed.err and "gateway serve --port N" in printed.err
+    assert not (tmp_path / "gateway.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--port", "70000"], "argument --port: '70000' is not a port (0 to 65535; 0: a free one, printed when bound)"),
+        (["--port", "-1"], "argument --port: '-1' is not a port (0 to 65535"),
+        (["--workers", "0"], "argument --workers: '0' is not a number of processes (1 or more)"),
+        (["--workers", "-1"], "argument --workers: '-1' is not a number of processes (1 or more)"),
+    ],
+)
+def test_serve_refuses_a_port_or_a_worker_count_out_of_range_naming_the_flag(
+    serve_here: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    said: str,
+) -> None:
+    """`--port 70000` and `--port -1` were an OverflowError traceback; `--workers 0` and `-1` were taken unsaid.
+    Found by review."""
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: pytest.fail("served"))
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", *flags])
+    printed = capsys.readouterr()
+    assert exited.value.code == 2 and said in printed.err and "Traceback" not in printed.err and printed.out == ""
+    assert not (tmp_path / "gateway.db").exists()
+
+
+def test_serve_on_port_0_says_the_port_it_listens_on(
+    serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--port 0` listened on a free port but printed `http://127.0.0.1:0` (and `OPENAI_BASE_URL` with it)."""
+    seen: dict[str, object] = {}
+
+    def serving(config: uvicorn.Config, listener: socket.socket) -> None:
+        seen["printed"], seen["port"] = capsys.readouterr().out, listener.getsockname()[1]
+        seen["config_port"] = config.port
+
+    monkeypatch.setattr(cli, "_run_server", serving)
+    assert main(["serve", "--port", "0"]) == 0
+    port = seen["port"]
+    assert port != 0 and seen["config_port"] == port
+    assert f"gateway listening on http://127.0.0.1:{port} " in str(seen["printed"])
+    assert f"OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 " in str(seen["printed"])
+
+
+@pytest.mark.parametrize(
+    ("host", "said"),
+    [("no.such.host.invalid", "no.such.host.invalid names no address"), ("192.0.2.1", "192.0.2.1 is no address")],
+)
+def test_serve_on_a_host_that_is_not_this_machines_names_the_host_not_the_port(
+    serve_here: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], host: str, said: str
+) -> None:
+    """`--host no.such.host.invalid` said "Stop what holds that port". Found by review."""
+    assert main(["serve", "--host", host, "--port", str(free_port())]) == 1
+    printed = capsys.readouterr()
+    assert said in printed.err and "Give --host an address of this machine" in printed.err
+    assert "Stop what holds that port" not in printed.err and printed.out == ""
     assert not (tmp_path / "gateway.db").exists()
 
 
