@@ -523,17 +523,26 @@ def cmd_usage(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{exc}\n")
         return 2
 
-    async def fetch() -> tuple[list[LedgerItem], dict[str, str] | None]:
+    async def fetch() -> tuple[list[LedgerItem], dict[str, str] | None] | None:
         store = _store(args.store)
         try:
             family = await with_descendants(store, args.key) if args.key else None
-            items = spec.select(await store.usage(UsageQuery(family, spec.since, spec.until)))
+            lines = await store.usage(UsageQuery(family, spec.since, spec.until))
+            # A key the store has never heard of (a typo) is said, as `keys show` says it, not an empty report; a
+            # purged key is known by its lines in the window or its children's links (with_descendants).
+            if args.key and not lines and family == [args.key] and await store.get_key(args.key) is None:
+                return None
+            items = spec.select(lines)
             by_key = "key" in spec.group_by
             return items, await key_names(store.get_key, (i.key_id for i in items)) if by_key else None
         finally:
             await store.close()
 
-    items, names = asyncio.run(fetch())
+    found = asyncio.run(fetch())
+    if found is None:
+        sys.stderr.write(f"no key with id '{args.key}' (nor any usage of it in the window)\n")
+        return 1
+    items, names = found
     rows = aggregate(items, spec.group_by, names)
     if output == "json":  # as `GET /v1/usage` answers
         _print_json(report_json(spec, items, rows))

@@ -590,6 +590,22 @@ def test_usage_tables_show_control_characters_never_send_them(
     assert "│ eve\\x1b[8mhidden\\x07 │" in table
 
 
+def test_usage_of_a_key_the_store_never_had_says_so(any_store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`gateway usage --key nosuchkeyid` printed an empty report, exit 0, where `keys show` says there is no such
+    key, exit 1. A key whose record is gone (purged after its expiry) but whose lines are in the window still
+    reports them. Found by review."""
+    assert main(["keys", "--store", any_store, "create", "--name", "quiet", "--json"]) == 0
+    quiet = orjson.loads(capsys.readouterr().out)["id"]
+    assert main(["usage", "--store", any_store, "--key", "nosuchkeyid", "--format", "csv"]) == 1
+    printed = capsys.readouterr()
+    assert printed.err == "no key with id 'nosuchkeyid' (nor any usage of it in the window)\n" and printed.out == ""
+    assert main(["usage", "--store", any_store, "--key", quiet, "--format", "json"]) == 0  # (no lines yet)
+    assert orjson.loads(capsys.readouterr().out)["data"] == []
+    settle_lines(any_store, [line("purgedkey", 0.01)])  # (lines of a key with no record)
+    assert main(["usage", "--store", any_store, "--key", "purgedkey", "--format", "json"]) == 0
+    assert [row["requests"] for row in orjson.loads(capsys.readouterr().out)["data"]] == [1]
+
+
 @pytest.mark.parametrize("until", ["2400-01-01", "1e10", "9999-12-31"])
 def test_usage_until_far_in_the_future_holds_every_line(
     any_store: str, capsys: pytest.CaptureFixture[str], until: str
