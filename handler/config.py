@@ -76,9 +76,62 @@ def region_name(value: str) -> str:
     return value
 
 
+# A secret's reference: its prefix, and the words a mistyped one starts with (`Env:`, `envv:`, `secret:`), which were
+# taken as a literal key and sent to the provider as one.
+REFERENCE_KINDS = ("env", "ssm", "secretsmanager")
+REFERENCE_LOOKALIKES = ("env", "ssm", "secret", "aws", "parameter", "param")
+REFERENCE_FORMS = "env:NAME, ssm:/path or secretsmanager:NAME (lowercase, with a name), or the key itself"
+
+
+def _mistyped_word(word: str) -> bool:
+    """Whether `word`, the part of an `api_key` before its first `:`, is a reference's prefix mistyped: another
+    case, a letter more, less, another or two swapped (`envv`, `sm`), or a word that starts one (`secrets`)."""
+    lowered = word.lower()
+    if not (2 <= len(lowered) <= 20 and lowered.replace("_", "").replace("-", "").isalpha()):
+        return False
+    return lowered.startswith(REFERENCE_LOOKALIKES) or any(_one_edit_apart(lowered, kind) for kind in REFERENCE_KINDS)
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """Whether `a` is `b` with at most one letter added, removed or replaced, or two neighbours swapped."""
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    rest_a, rest_b = a[i:], b[i:]
+    return (
+        rest_a[1:] == rest_b[1:]
+        or rest_a == rest_b[1:]
+        or rest_a[1:] == rest_b
+        or (len(rest_a) >= 2 and rest_a[:2] == rest_b[1::-1] and rest_a[2:] == rest_b[2:])
+    )
+
+
+def secret_reference(value: str) -> str:
+    """`value` if it is a reference (`env:NAME`, `ssm:/path`, `secretsmanager:NAME`) or reads as a literal key:
+    `Env:OPENAI_API_KEY`, `envv:X`, `${OPENAI_API_KEY}` and `env:` with no name were sent to the provider as the
+    key, or named an empty variable. The message shows no more of the value than its prefix."""
+    kind, colon, name = value.partition(":")
+    if colon and kind in REFERENCE_KINDS:
+        noun = "environment variable" if kind == "env" else "secret"
+        if not name:
+            raise ValueError(f"'{kind}:' names no {noun}: write {REFERENCE_FORMS}")
+        if any(c.isspace() for c in name) or (kind == "env" and any(c in "${}" for c in name)):
+            raise ValueError(
+                f"'{kind}:' is not followed by the {noun}'s name (no spaces, $ or {{}}): write {REFERENCE_FORMS}"
+            )
+        return value
+    if value.startswith("$") or (colon and _mistyped_word(kind)):
+        shown = "${...}" if value.startswith("${") else "$..." if value.startswith("$") else f"{kind}:..."
+        raise ValueError(
+            f"'{shown}' is not a secret reference, and would be sent as the key itself: write {REFERENCE_FORMS}"
+        )
+    return value
+
+
 HttpUrl = Annotated[str, AfterValidator(http_url)]
 IpNetwork = Annotated[str, AfterValidator(ip_network)]
 Region = Annotated[str, AfterValidator(region_name)]
+SecretReference = Annotated[str, AfterValidator(secret_reference)]
 
 
 # Each part's own validator is built on its first direct use (`defer_build`); Config's, built at import, holds
@@ -94,7 +147,7 @@ class ProviderConfig(BaseModel):
     model_config = ConfigDict(extra="allow", defer_build=True)
 
     type: str
-    api_key: str | None = None
+    api_key: SecretReference | None = None
     base_url: HttpUrl | None = None
     region: Region | None = None
 
@@ -137,6 +190,7 @@ class Price(_Strict):
     """USD per 1M tokens."""
 
     input: float = Field(ge=0)
+    # (Unset: an embedding model's, whose answers have no output tokens; a chat model's is refused, `_cross_check`.)
     output: float = Field(default=0.0, ge=0)
     cached_input: float | None = Field(default=None, ge=0)
     cache_write: float | None = Field(default=None, ge=0)
@@ -241,7 +295,7 @@ class GatewaySettings(_Strict):
     # Responses API: how long stored responses live, and the secret (a reference, like `env:NAME`) that
     # seals reasoning for the client to send back; without it, one the gateway keeps in its store.
     responses_ttl_seconds: float = Field(default=30 * 86400, gt=0)
-    responses_secret: str | None = None
+    responses_secret: SecretReference | None = None
 
 
 class ObservabilityConfig(_Strict):
@@ -411,6 +465,12 @@ def _cross_check(config: Config, known_types: set[str]) -> list[str]:
                 )
         if isinstance(spec.price, Price):
             problems += price_option_problems(f"models.{model}.price", spec.price)
+            if spec.kind == "chat" and "output" not in spec.price.model_fields_set:
+                # (Its output tokens were charged $0: only an embedding model's answer has none.)
+                problems.append(
+                    f"models.{model}.price.output: a chat model's price needs an output price (USD per 1M tokens), "
+                    "or `kind: embedding` for a model whose answers have no output tokens"
+                )
         for i, fallback in enumerate(spec.fallbacks):
             if fallback not in config.models:
                 problems.append(f"models.{model}.fallbacks[{i}]: unknown model '{fallback}'")
@@ -483,9 +543,16 @@ def load_config(path: str | os.PathLike[str] | None, known_types: set[str]) -> C
         source = "default config"
     else:
         try:
-            text = Path(path).read_text()
+            raw = Path(path).read_bytes()
         except OSError as exc:
             raise ConfigError([f"{path}: cannot read the config file ({exc.strerror})"]) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:  # (a traceback, from `config check` and `serve`, for a Latin-1 comment)
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise ConfigError(
+                [f"{path}: not UTF-8 text at byte {exc.start} (line {line}: 0x{raw[exc.start]:02x}): save it as UTF-8"]
+            ) from None
         source = str(path)
     try:
         data = yaml.load(text, Loader=UniqueKeyLoader)  # (a safe loader)

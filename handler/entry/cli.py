@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import re
 import shlex
@@ -190,6 +191,46 @@ def _listen(host: str, port: int) -> socket.socket:
     return listener
 
 
+def _listen_advice(host: str, exc: OSError) -> str:
+    """Why `gateway serve` could not listen, and what to change: the host where the host is the problem (a name
+    that does not resolve, an address not this machine's), else the port. (It said "Stop what holds that port" of
+    `--host no.such.host.invalid`.)"""
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        what = "names no address" if isinstance(exc, socket.gaierror) else "is no address of this machine"
+        return (
+            f"{exc.strerror or exc}: {host} {what}. Give --host an address of this machine: 127.0.0.1 (this machine "
+            "only), 0.0.0.0 (every interface) or one of its interfaces"
+        )
+    if exc.errno == errno.EACCES:
+        return f"{exc.strerror}: a port below 1024 needs privileges. Choose another: `gateway serve --port N`"
+    return (
+        f"{exc.strerror or exc}. Stop what holds that port, or choose another: `gateway serve --port N` "
+        "(`make serve ARGS='--port N'`)"
+    )
+
+
+def _port(value: str) -> int:
+    """`--port`: 0 to 65535 (0: a free port the system chooses, printed once bound); 70000 and -1 were a traceback."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a port (0 to 65535; 0: a free one, printed when bound)")
+    return port
+
+
+def _processes(value: str) -> int:
+    """`--workers`: 1 or more; 0 and -1 were taken and ran one process."""
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a number of processes (1 or more)")
+    return workers
+
+
 def _run_server(config: uvicorn.Config, listener: socket.socket) -> None:
     """Serve on `listener` until a signal stops the server (its workers, with `--workers` above 1, each writing its
     figures to a folder of the server's, so that `/metrics` on any of them answers for all:
@@ -260,15 +301,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         listener = _listen(args.host, args.port)
     except OSError as exc:
-        sys.stderr.write(
-            f"gateway serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}. Stop what holds "
-            "that port, or choose another: `gateway serve --port N` (`make serve ARGS='--port N'`)\n"
-        )
+        sys.stderr.write(f"gateway serve: cannot listen on {args.host}:{args.port}: {_listen_advice(args.host, exc)}\n")
         return 1
     with listener:
+        port = listener.getsockname()[1]  # (`--port 0`: the free port the system chose)
         _warn_of_gateway_keys_as_provider_keys(config, os.environ)
         secret, has_admin = asyncio.run(_admin_key_at_start(_store(None)))
-        url = f"http://[{args.host}]:{args.port}" if ":" in args.host else f"http://{args.host}:{args.port}"
+        url = f"http://[{args.host}]:{port}" if ":" in args.host else f"http://{args.host}:{port}"
         if not secret:
             sys.stdout.write(admin_key_notice(_store_url(None), has_admin))
         else:
@@ -286,7 +325,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server = uvicorn.Config(
             "handler.entry.asgi:app",
             host=args.host,
-            port=args.port,
+            port=port,
             workers=args.workers,
             log_level="warning",
             access_log=False,
@@ -484,17 +523,26 @@ def cmd_usage(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{exc}\n")
         return 2
 
-    async def fetch() -> tuple[list[LedgerItem], dict[str, str] | None]:
+    async def fetch() -> tuple[list[LedgerItem], dict[str, str] | None] | None:
         store = _store(args.store)
         try:
             family = await with_descendants(store, args.key) if args.key else None
-            items = spec.select(await store.usage(UsageQuery(family, spec.since, spec.until)))
+            lines = await store.usage(UsageQuery(family, spec.since, spec.until))
+            # A key the store has never heard of (a typo) is said, as `keys show` says it, not an empty report; a
+            # purged key is known by its lines in the window or its children's links (with_descendants).
+            if args.key and not lines and family == [args.key] and await store.get_key(args.key) is None:
+                return None
+            items = spec.select(lines)
             by_key = "key" in spec.group_by
             return items, await key_names(store.get_key, (i.key_id for i in items)) if by_key else None
         finally:
             await store.close()
 
-    items, names = asyncio.run(fetch())
+    found = asyncio.run(fetch())
+    if found is None:
+        sys.stderr.write(f"no key with id '{args.key}' (nor any usage of it in the window)\n")
+        return 1
+    items, names = found
     rows = aggregate(items, spec.group_by, names)
     if output == "json":  # as `GET /v1/usage` answers
         _print_json(report_json(spec, items, rows))
@@ -674,10 +722,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
     )
-    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    serve.add_argument("--port", type=_port, default=8080, help="port to listen on (default: 8080; 0: a free one)")
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_processes,
         default=1,
         help="processes sharing the port (default: 1; 1 with observability.metrics_port)",
     )
@@ -770,7 +818,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain = rsub.add_parser("explain", help="the order the gateway would try a model's deployments now")
     explain.add_argument("model")
     explain.add_argument("--config")
-    explain.add_argument("--region", help="the gateway's region (default: AWS_REGION or GATEWAY_REGION)")
+    explain.add_argument(
+        "--region", help="the gateway's region (default: AWS_REGION, GATEWAY_REGION or AWS_DEFAULT_REGION)"
+    )
     explain.add_argument("--provider", help="pin a provider, as x-gateway-provider does")
     explain.add_argument("--pin-region", help="pin a region, as x-gateway-region does")
     explain.set_defaults(func=cmd_route_explain)

@@ -312,6 +312,42 @@ def to_a_model(name: str) -> bool:
     return bool(http["method"] == "POST" and http["path"] in COUNTED_PATHS)
 
 
+def test_an_event_that_is_no_http_request_is_a_400_in_the_gateways_error_shape(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """The Lambda console's default test event, `{}`, and a body marked base64 that is not raised Mangum's
+    `RuntimeError` (or `binascii.Error`) out of the handler: an invocation error, behind API Gateway a bare 500.
+    Each is a 400 `invalid_request` in API Gateway's answer form, logged with the event's field names (never its
+    values), and the environment answers the next request. Found by review."""
+    server, _ = upstream
+    chat = json.loads((EVENTS / "chat-completions-base64-body.json").read_text())
+    odd = {
+        "console-default": {"key1": "value1", "key2": "value2", "key3": "value3"},
+        "empty": {},
+        "bad-base64": {**chat, "body": "!!!not base64!!!"},
+    }
+    paths = []
+    for name, event in odd.items():
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(event))
+    logs: list[str] = []
+    results = replay(tmp_path, server.url, [*paths, EVENTS / "health.json"], logs=logs)
+    for result in results[:3]:
+        assert result["status"] == 400 and result["headers"]["x-should-retry"] == "false", result
+        assert result["headers"]["content-type"] == "application/json", result
+        error = json.loads(result["body"])["error"]
+        assert error["code"] == "invalid_request" and error["type"] == "invalid_request_error", result
+    no_request = json.loads(results[0]["body"])["error"]["message"]
+    assert no_request.startswith("the Lambda event is no HTTP request: the gateway takes API Gateway"), no_request
+    assert json.loads(results[2]["body"])["error"]["message"] == (
+        "the event's body is marked isBase64Encoded but is not base64"
+    )
+    assert results[3]["status"] == 200, results[3]
+    warned = [json.loads(line) for line in logs if "unreadable Lambda event" in line]
+    assert [w["event_fields"] for w in warned[:2]] == [["key1", "key2", "key3"], []], warned
+    assert not any("value1" in line or "not base64!!!" in line for line in logs)
+
+
 @pytest.mark.parametrize("invocations", [8])
 def test_warm_invocations_reuse_one_upstream_connection(
     tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]], invocations: int

@@ -726,8 +726,12 @@ class GeminiAdapter(ProviderAdapter):
         return headers
 
     def url(self, target: Target, method: str) -> str:
+        """The method's URL under `base_url`, the API's host (`https://generativelanguage.googleapis.com`) or its
+        root with the version, as Google's documents write it (`.../v1beta`: every request was a 404 at
+        `.../v1beta/v1beta/models/...`)."""
         model = target.model.removeprefix("models/")
-        return f"{target.base_url}/{API_VERSION}/models/{urllib.parse.quote(model, safe='-._~')}:{method}"
+        root = target.base_url if target.base_url.endswith(f"/{API_VERSION}") else f"{target.base_url}/{API_VERSION}"
+        return f"{root}/models/{urllib.parse.quote(model, safe='-._~')}:{method}"
 
     def chat_body(self, req: ChatRequest, target: Target) -> tuple[dict[str, Any], list[str]]:
         """The `GenerateContentRequest` and the client parameters it could not carry."""

@@ -192,6 +192,59 @@ def test_a_price_that_is_wrong_names_the_path_the_file_writes() -> None:
     ]
 
 
+FORMS = "write env:NAME, ssm:/path or secretsmanager:NAME (lowercase, with a name), or the key itself"
+
+
+@pytest.mark.parametrize(
+    ("api_key", "problem"),
+    [
+        ("Env:OPENAI_API_KEY", f"'Env:...' is not a secret reference, and would be sent as the key itself: {FORMS}"),
+        ("envv:OPENAI_API_KEY", f"'envv:...' is not a secret reference, and would be sent as the key itself: {FORMS}"),
+        ("secret:openai", f"'secret:...' is not a secret reference, and would be sent as the key itself: {FORMS}"),
+        ("${OPENAI_API_KEY}", f"'${{...}}' is not a secret reference, and would be sent as the key itself: {FORMS}"),
+        ("env:", f"'env:' names no environment variable: {FORMS}"),
+        ("ssm:", f"'ssm:' names no secret: {FORMS}"),
+        ("secretsmanager:", f"'secretsmanager:' names no secret: {FORMS}"),
+        (
+            "env: OPENAI_API_KEY",
+            f"'env:' is not followed by the environment variable's name (no spaces, $ or {{}}): {FORMS}",
+        ),
+    ],
+)
+def test_an_api_key_that_looks_like_a_reference_but_is_none_is_refused(api_key: str, problem: str) -> None:
+    """`Env:OPENAI_API_KEY` passed `config check` and was sent to the provider as the key; `env:` with no name made
+    every request a 503 naming an empty variable. Found by review. Only the prefix is shown, never the value."""
+    data = {
+        "providers": {"openai": {"type": "openai", "api_key": api_key}},
+        "models": {"m": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]}},
+    }
+    assert problems(data) == [f"providers.openai.api_key: {problem}"]
+
+
+@pytest.mark.parametrize(
+    "api_key", ["sk-proj-abc123", "sk-ant-api03-x", "AIzaSy0", "k", "env:OPENAI_API_KEY", "ssm:/a/b"]
+)
+def test_a_literal_key_or_a_reference_is_taken(api_key: str) -> None:
+    data = {"providers": {"openai": {"type": "openai", "api_key": api_key}}}
+    assert parse_config(data, TYPES).providers["openai"].api_key == api_key
+
+
+def test_a_chat_models_price_without_an_output_price_is_refused() -> None:
+    """`price: {input: 0.15}` passed `config check`, and every output token of gpt-4o-mini was then charged $0.
+    An embedding model's price needs no output price (its answers have no output tokens). Found by review."""
+    model: dict[str, object] = {"deployments": [{"provider": "p", "model": "gpt-4o-mini"}], "price": {"input": 0.15}}
+    data = {"providers": {"p": {"type": "openai", "api_key": "env:X"}}, "models": {"m": model}}
+    assert problems(data) == [
+        "models.m.price.output: a chat model's price needs an output price (USD per 1M tokens), or `kind: embedding` "
+        "for a model whose answers have no output tokens"
+    ]
+    model["price"] = {"input": 0.15, "output": 0}  # (said, even as 0: a free model)
+    assert parse_config(data, TYPES).models["m"].price.output == 0  # type: ignore[union-attr]
+    model["price"] = {"input": 0.02}
+    model["kind"] = "embedding"
+    assert parse_config(data, TYPES).models["m"].price.input == 0.02  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [

@@ -157,6 +157,20 @@ def test_key_goes_in_the_header_never_the_url() -> None:
     assert "AIza-test-key" not in result.request.url and "authorization" not in result.request.headers
 
 
+@pytest.mark.parametrize("base_url", [BASE, f"{BASE}/v1beta", "https://proxy.example/gemini/v1beta/"])
+def test_a_base_url_that_already_ends_in_the_api_version_is_not_doubled(base_url: str) -> None:
+    """`base_url: https://generativelanguage.googleapis.com/v1beta`, the API's root as Google's documents write it,
+    passed config check, and every request was a 404 at `.../v1beta/v1beta/models/...` (502). Found by review."""
+    root = base_url.rstrip("/").removesuffix("/v1beta")
+    gemini = adapter()
+    at = target(base_url=gemini.base_url("global", base_url))
+    assert gemini.chat_request(request(), at, stream=False).request.url == (
+        f"{root}/v1beta/models/gemini-2.5-flash:generateContent"
+    )
+    embeddings = gemini.embeddings_request(EmbeddingsRequest(model="e", input="a"), at)
+    assert embeddings.request.url == f"{root}/v1beta/models/gemini-2.5-flash:batchEmbedContents"
+
+
 def test_stream_request_uses_sse_endpoint() -> None:
     result = adapter().chat_request(request(stream=True), target("models/gemini-2.5-pro"), stream=True)
     assert result.request.url == f"{BASE}/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse"

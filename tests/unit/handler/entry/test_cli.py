@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+import uvicorn
 
 from adapters.store import open_store
 from handler.entry import cli
@@ -282,6 +283,66 @@ def test_serve_on_a_port_in_use_names_the_option_and_starts_nothing(
     assert not (tmp_path / "gateway.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--port", "70000"], "argument --port: '70000' is not a port (0 to 65535; 0: a free one, printed when bound)"),
+        (["--port", "-1"], "argument --port: '-1' is not a port (0 to 65535"),
+        (["--workers", "0"], "argument --workers: '0' is not a number of processes (1 or more)"),
+        (["--workers", "-1"], "argument --workers: '-1' is not a number of processes (1 or more)"),
+    ],
+)
+def test_serve_refuses_a_port_or_a_worker_count_out_of_range_naming_the_flag(
+    serve_here: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    said: str,
+) -> None:
+    """`--port 70000` and `--port -1` were an OverflowError traceback; `--workers 0` and `-1` were taken unsaid.
+    Found by review."""
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: pytest.fail("served"))
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", *flags])
+    printed = capsys.readouterr()
+    assert exited.value.code == 2 and said in printed.err and "Traceback" not in printed.err and printed.out == ""
+    assert not (tmp_path / "gateway.db").exists()
+
+
+def test_serve_on_port_0_says_the_port_it_listens_on(
+    serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--port 0` listened on a free port but printed `http://127.0.0.1:0` (and `OPENAI_BASE_URL` with it)."""
+    seen: dict[str, object] = {}
+
+    def serving(config: uvicorn.Config, listener: socket.socket) -> None:
+        seen["printed"], seen["port"] = capsys.readouterr().out, listener.getsockname()[1]
+        seen["config_port"] = config.port
+
+    monkeypatch.setattr(cli, "_run_server", serving)
+    assert main(["serve", "--port", "0"]) == 0
+    port = seen["port"]
+    assert port != 0 and seen["config_port"] == port
+    assert f"gateway listening on http://127.0.0.1:{port} " in str(seen["printed"])
+    assert f"OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 " in str(seen["printed"])
+
+
+@pytest.mark.parametrize(
+    ("host", "said"),
+    [("no.such.host.invalid", "no.such.host.invalid names no address"), ("192.0.2.1", "192.0.2.1 is no address")],
+)
+def test_serve_on_a_host_that_is_not_this_machines_names_the_host_not_the_port(
+    serve_here: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], host: str, said: str
+) -> None:
+    """`--host no.such.host.invalid` said "Stop what holds that port". Found by review."""
+    assert main(["serve", "--host", host, "--port", str(free_port())]) == 1
+    printed = capsys.readouterr()
+    assert said in printed.err and "Give --host an address of this machine" in printed.err
+    assert "Stop what holds that port" not in printed.err and printed.out == ""
+    assert not (tmp_path / "gateway.db").exists()
+
+
 def test_the_client_setup_serve_prints_belongs_in_another_shell(
     serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -361,6 +422,16 @@ def test_serve_refuses_an_option_no_adapter_reads_before_it_binds(
             "providers:\n  a: {type: anthropic, api_key: k, anthropic_beta: 3}\n",
             "providers.a.anthropic_beta: one beta, a comma-separated list or a YAML list of betas, not 3",
         ),
+        # (These served: the output tokens charged $0; the string itself sent to the provider as its key.)
+        (
+            "providers:\n  o: {type: openai, api_key: env:OPENAI_API_KEY}\n"
+            "models:\n  m: {deployments: [{provider: o, model: gpt-4o-mini}], price: {input: 0.15}}\n",
+            "models.m.price.output: a chat model's price needs an output price",
+        ),
+        (
+            "providers:\n  o: {type: openai, api_key: 'Env:OPENAI_API_KEY'}\n",
+            "providers.o.api_key: 'Env:...' is not a secret reference, and would be sent as the key itself",
+        ),
     ],
 )
 def test_serve_and_config_check_refuse_what_start_up_would_before_anything_starts(
@@ -384,6 +455,24 @@ def test_serve_and_config_check_refuse_what_start_up_would_before_anything_start
     printed = capsys.readouterr()
     assert printed.err.startswith(f"config error:\n{problem}") and printed.out == ""
     assert "Traceback" not in printed.err and not (tmp_path / "gateway.db").exists()  # no key minted
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line_naming_the_file_and_the_byte(
+    serve_here: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config saved in Latin-1 (`# f\\xfcr`) ended `config check` and `serve` in a UnicodeDecodeError traceback.
+    Found by review."""
+    path = tmp_path / "gateway.yaml"
+    path.write_bytes(b"providers: {}\n# Konfiguration f\xfcr das Team\nmodels: {}\n")
+    problem = f"{path}: not UTF-8 text at byte 31 (line 2: 0xfc): save it as UTF-8\n"
+    assert main(["config", "check", "--config", str(path)]) == 1
+    printed = capsys.readouterr()
+    assert printed.err == problem and printed.out == ""
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: pytest.fail("served"))
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # (see the test above)
+    assert main(["serve", "--port", str(free_port()), "--config", str(path)]) == 2
+    printed = capsys.readouterr()
+    assert printed.err == f"config error:\n{problem}" and printed.out == ""
 
 
 def test_serve_on_a_store_with_keys_but_no_admin_key_says_how_to_make_one(
@@ -499,6 +588,22 @@ def test_usage_tables_show_control_characters_never_send_them(
     table = capsys.readouterr().out
     assert "\x1b" not in table and "\x07" not in table
     assert "│ eve\\x1b[8mhidden\\x07 │" in table
+
+
+def test_usage_of_a_key_the_store_never_had_says_so(any_store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`gateway usage --key nosuchkeyid` printed an empty report, exit 0, where `keys show` says there is no such
+    key, exit 1. A key whose record is gone (purged after its expiry) but whose lines are in the window still
+    reports them. Found by review."""
+    assert main(["keys", "--store", any_store, "create", "--name", "quiet", "--json"]) == 0
+    quiet = orjson.loads(capsys.readouterr().out)["id"]
+    assert main(["usage", "--store", any_store, "--key", "nosuchkeyid", "--format", "csv"]) == 1
+    printed = capsys.readouterr()
+    assert printed.err == "no key with id 'nosuchkeyid' (nor any usage of it in the window)\n" and printed.out == ""
+    assert main(["usage", "--store", any_store, "--key", quiet, "--format", "json"]) == 0  # (no lines yet)
+    assert orjson.loads(capsys.readouterr().out)["data"] == []
+    settle_lines(any_store, [line("purgedkey", 0.01)])  # (lines of a key with no record)
+    assert main(["usage", "--store", any_store, "--key", "purgedkey", "--format", "json"]) == 0
+    assert [row["requests"] for row in orjson.loads(capsys.readouterr().out)["data"]] == [1]
 
 
 @pytest.mark.parametrize("until", ["2400-01-01", "1e10", "9999-12-31"])
