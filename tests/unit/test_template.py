@@ -159,6 +159,15 @@ def test_streaming_function_streams_through_the_web_adapter(template: dict[str, 
     assert "SnapStart" not in template["Resources"]["GatewayStreamFunction"]["Properties"]
 
 
+def test_the_streaming_function_writes_its_log_and_metric_lines_before_it_is_frozen(template: dict[str, Any]) -> None:
+    """run.sh's uvicorn writes to a pipe, which Python buffers by the block: through an emulation of the Web Adapter's
+    freezes (without PYTHONUNBUFFERED), neither a stream's nor a whole answer's request line and EMF line (its
+    cost_usd, the spend alarm's input) had left the process 3 s into the freeze after its invocation; an environment
+    recycled then loses them."""
+    variables = function(template, "GatewayStreamFunction")["Environment"]["Variables"]
+    assert variables["PYTHONUNBUFFERED"] == "1"
+
+
 def test_outputs_name_both_endpoints_and_the_table(template: dict[str, Any]) -> None:
     outputs = template["Outputs"]
     assert sub_text(outputs["ApiEndpoint"]["Value"]).startswith("https://${GatewayHttpApi}.execute-api.")
