@@ -196,28 +196,28 @@ class Gateway:
         """`drain`, bounded by `timeout_s`: each settlement the store has not taken by then has its attempt
         cancelled with `reason` (its spool line gives it), which spools it (`Meter.settle`, `Meter.landed`), and the
         spool's re-drive is started. A write cut off may have landed; its re-drive then changes nothing. Returns
-        whether any was spooled so."""
+        whether any was spooled so. What a settlement the store takes at once pays for the bound: one timer."""
         loop = asyncio.get_running_loop()
-        end = loop.time() + timeout_s
-        while self.unsettled:
-            await asyncio.sleep(0)  # tasks spawned and settlements queued just now reach the store
-            self.store.hurry()
-            left = end - loop.time()
-            if left <= 0:
-                break
-            waiting = [*self.landing, *self.background]
-            if waiting:  # (`asyncio.wait`: a timeout cancels none of them; they are cut below, with the reason)
-                await asyncio.wait(waiting, timeout=left)
-        else:
-            return False
-        while self.unsettled:
-            await asyncio.sleep(0)  # settlements queued for the loop reach the store, or a task
+        cut: list[asyncio.TimerHandle] = []
+        fired: list[bool] = []
+
+        def cut_short() -> None:
+            fired.append(True)
             for done in list(self.landing):
                 done.cancel()  # (the store skips a cancelled one; `_landed` spools it)
-            tasks = list(self.background)
-            for task in tasks:
-                task.cancel(reason)
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for task in self.background:
+                if not task.cancelling():  # (once each: a cancel's own clean-up is left to end)
+                    task.cancel(reason)
+            if self.unsettled:  # (until they have ended, and any queued just now, which reach the store next turn)
+                cut.append(loop.call_later(0.01, cut_short))
+
+        cut.append(loop.call_later(timeout_s, cut_short))
+        try:
+            await self.drain()  # (the tasks cut end cancelled: that ends no drain)
+        finally:
+            cut[-1].cancel()
+        if not fired:
+            return False
         self.spool.watch(self.store)
         return True
 
