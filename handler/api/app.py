@@ -461,6 +461,13 @@ LAMBDA_MARGIN_MS = 1500
 # answering: the store's attempts end there (`budgets.SETTLE_BY`). A spool line is one fsynced append, its log line
 # one write: milliseconds.
 SETTLE_MARGIN_MS = 500
+# How long the streaming function's last bytes wait for their settlements (`SettledBeforeTheEnd`); one the store has
+# not taken by then is spooled (and counted in `settlements_spooled`, which the template alarms on), and the response
+# ends. `SHUTDOWN_SETTLE_S`'s bound, for the same reasons: more than the meter's five attempts take against a store
+# that refuses at once, so such a store still gets them all. Bounded only by the invocation's deadline (900 s less
+# `SETTLE_MARGIN_MS`), a stalled DynamoDB held a stream's end 77 s after its last event, and a throttling one 11.5 s.
+LAST_BYTE_SETTLE_S = 5.0
+LAST_BYTE_SPOOLED = f"the store did not take it within {LAST_BYTE_SETTLE_S:g} s of the response's end"
 
 
 def from_web_adapter(request: Request) -> bool:
@@ -784,8 +791,9 @@ class SettledBeforeTheEnd:
     byte, and the environment is then frozen, or reclaimed, with whatever had not run. Each response's last
     message waits for the settlements left to write (the answer's ledger line, its budget's charge), so none is
     lost with the environment or left to land only on the next invocation's thaw. The client has every byte of the
-    answer but the end of the stream by then; what it waits is the store's one write, or, past the invocation's
-    deadline less `SETTLE_MARGIN_MS` (`settle_by`), the spool's."""
+    answer but the end of the stream by then; what it waits is the store's one write, or, past `LAST_BYTE_SETTLE_S`
+    (or the invocation's deadline less `SETTLE_MARGIN_MS`, `settle_by`, if sooner), the spool's: a settlement is
+    never lost, but a store that stalls or throttles must not hold every stream's end for its whole retry budget."""
 
     def __init__(self, app: GatewayApp, gateway: Gateway) -> None:
         self.app = app
@@ -798,8 +806,8 @@ class SettledBeforeTheEnd:
         gateway = self.gateway
 
         async def send_when_settled(message: Any) -> None:
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                await gateway.drain()
+            if message["type"] == "http.response.body" and not message.get("more_body", False) and gateway.unsettled:
+                await gateway.settle_within(LAST_BYTE_SETTLE_S, LAST_BYTE_SPOOLED)
             await send(message)
 
         by = SETTLE_BY.set(settle_by(scope))  # (the settlements' tasks and callbacks take it along)
@@ -809,7 +817,7 @@ class SettledBeforeTheEnd:
             if gateway.unsettled:
                 # A response that never sent its end (its client left mid-stream): the server ends it, and the
                 # invocation with it, once the app returns.
-                await gateway.drain()
+                await gateway.settle_within(LAST_BYTE_SETTLE_S, LAST_BYTE_SPOOLED)
             SETTLE_BY.reset(by)
 
 

@@ -60,7 +60,9 @@ class DisconnectWatch:
     """Cancels the current task when the client disconnects (`gone` says it did); `stop()` when done.
 
     One plain task waiting on `receive`: started once the request's body was read, so what is left to
-    receive is the disconnect (uvicorn) or nothing until the answer is sent (Mangum). With `after_s`, the
+    receive is the disconnect (uvicorn) or nothing until the answer is sent (Mangum; and uvicorn behind the
+    Lambda Web Adapter, whose connection stays open and reads the answer whole: no hang-up is seen on Lambda,
+    docs/deploying.md). With `after_s`, the
     task starts only if the work is still going then: a quick answer pays a timer, not a task (a task,
     started and cancelled, cost several times the timer on the benchmark machine)."""
 

@@ -52,6 +52,7 @@ SETTLE_FIRST_DELAY_S = 0.05
 # the store's retries then had neither a ledger line nor a spool line. None: no deadline (a server).
 SETTLE_BY: ContextVar[float | None] = ContextVar("settle_by", default=None)
 OUT_OF_TIME = "the invocation's time ran out before the store took it"
+CANCELLED = "cancelled while settling"  # (the reason a cancel gave, when it gave one, follows it)
 
 
 def period_of(kind: str, now: float) -> str:
@@ -395,8 +396,8 @@ class Meter:
                     self.spool.add(settlement, OUT_OF_TIME)
             else:
                 self.spool.add(settlement, OUT_OF_TIME)
-        except asyncio.CancelledError:  # (shutdown): it may have landed; if so, the re-drive changes nothing
-            self.spool.add(settlement, "cancelled while settling")
+        except asyncio.CancelledError as exc:  # (a bounded wait): it may have landed; then its re-drive changes nothing
+            self.spool.add(settlement, f"{CANCELLED}: {exc.args[0]}" if exc.args else CANCELLED)
             raise
         finally:
             if bound is not None:
@@ -432,7 +433,7 @@ class Meter:
         """After `settle_soon`'s attempt: if it failed, `settle` runs in a task of `spawn`'s, its further
         attempts and the spool after it."""
         if done.cancelled():  # (the store closed under it): it may have landed; if so, the re-drive changes nothing
-            self.spool.add(settlement, "cancelled while settling")
+            self.spool.add(settlement, CANCELLED)
         elif done.exception() is not None:
             spawn(self.settle(settlement))
         else:

@@ -182,30 +182,44 @@ class Gateway:
                     pass
 
     async def settle_before_exit(self, timeout_s: float | None = None) -> None:
-        """Shutdown's `drain`, bounded by `timeout_s` (`SHUTDOWN_SETTLE_S`): each settlement the store has not taken by
-        then has its attempt cancelled, which spools it (`Meter.settle`, `Meter.landed`), to be re-driven at the next
-        start: the process exits without losing it. A write cut off may have landed; its re-drive then changes
-        nothing."""
+        """Shutdown's `drain`, bounded by `timeout_s` (`SHUTDOWN_SETTLE_S`) as `settle_within` bounds it, to be
+        re-driven at the next start: the process exits without losing a settlement."""
         timeout_s = SHUTDOWN_SETTLE_S if timeout_s is None else timeout_s
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self.drain()
-            return
-        except TimeoutError:
-            pass
-        while self.unsettled:
-            await asyncio.sleep(0)  # settlements queued for the loop reach the store, or a task
+        if await self.settle_within(timeout_s, "the server stopped"):
+            logger.warning(
+                "shutdown: settlements the store did not take within %.1f s are spooled, re-driven at the next start "
+                "(each in a `settlement spooled` line)",
+                timeout_s,
+            )
+
+    async def settle_within(self, timeout_s: float, reason: str) -> bool:
+        """`drain`, bounded by `timeout_s`: each settlement the store has not taken by then has its attempt
+        cancelled with `reason` (its spool line gives it), which spools it (`Meter.settle`, `Meter.landed`), and the
+        spool's re-drive is started. A write cut off may have landed; its re-drive then changes nothing. Returns
+        whether any was spooled so. What a settlement the store takes at once pays for the bound: one timer."""
+        loop = asyncio.get_running_loop()
+        cut: list[asyncio.TimerHandle] = []
+        fired: list[bool] = []
+
+        def cut_short() -> None:
+            fired.append(True)
             for done in list(self.landing):
                 done.cancel()  # (the store skips a cancelled one; `_landed` spools it)
-            tasks = list(self.background)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        logger.warning(
-            "shutdown: settlements the store did not take within %.1f s are spooled, re-driven at the next start "
-            "(each in a `settlement spooled` line)",
-            timeout_s,
-        )
+            for task in self.background:
+                if not task.cancelling():  # (once each: a cancel's own clean-up is left to end)
+                    task.cancel(reason)
+            if self.unsettled:  # (until they have ended, and any queued just now, which reach the store next turn)
+                cut.append(loop.call_later(0.01, cut_short))
+
+        cut.append(loop.call_later(timeout_s, cut_short))
+        try:
+            await self.drain()  # (the tasks cut end cancelled: that ends no drain)
+        finally:
+            cut[-1].cancel()
+        if not fired:
+            return False
+        self.spool.watch(self.store)
+        return True
 
     def nearest(self) -> dict[str, Attempt]:
         """Each model's nearest deployment, by model: where its first requests will go. A model that cannot be

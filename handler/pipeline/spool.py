@@ -17,7 +17,9 @@ The file is the truth, shared by every process that opens it (a server's workers
 appends and closes under an exclusive `flock` of `<file>.lock`, and a re-drive reads the whole file. Where it
 lives: `GATEWAY_SETTLEMENT_SPOOL`, else the store's `spool_path` (beside the SQLite file; for DynamoDB under
 `/tmp` on Lambda, `.gateway/` elsewhere). A store with no path (SQLite in memory) keeps its spool in memory.
-`pending` is shown to admins by `/health` and emitted as the `pending_settlements` metric.
+`pending` is shown to admins by `/health`. Metrics (`spool_metrics`): `settlements_spooled` each time one is
+spooled (the template's `SpooledSettlementsAlarm` fires on it), `settlements_landed` when a re-drive lands some, and
+`pending_settlements` at each of those and every re-drive.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any, TypeVar
 import orjson
 
 from handler.ports import STORE_DEADLINE, BudgetCharge, LedgerItem, RateCharge, Settlement, Store
-from handler.telemetry.observability import logger, pending_settlements
+from handler.telemetry.observability import logger, spool_metrics
 
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
@@ -178,7 +180,7 @@ class SettlementSpool:
             extra={"settlement": data, "reason": reason, "spool": where},
         )
         self._count = len(self._read())
-        pending_settlements(self._count)
+        spool_metrics(self._count, spooled=1)
 
     def watch(self, store: Store, *, at_once: bool = False) -> None:
         """Re-drive on this event loop while anything is pending (nothing to do if nothing is); `at_once`: the
@@ -227,7 +229,7 @@ class SettlementSpool:
                 landed += 1
             self._compact()
             self._count = len(self._read())
-        pending_settlements(self._count)
+        spool_metrics(self._count, landed=landed)
         if landed:
             logger.info("spooled settlements landed", extra={"landed": landed, "pending": self._count})
         return landed

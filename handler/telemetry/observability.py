@@ -22,8 +22,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 from handler.telemetry import prometheus
@@ -101,7 +100,6 @@ class Observed(Protocol):
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "llm-gateway")
 logger = Logger(service=SERVICE, level=os.environ.get("POWERTOOLS_LOG_LEVEL", "INFO"))
 NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "LLMGateway")
-metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 METRICS_ON = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME")) or os.environ.get("GATEWAY_METRICS") == "on"
 METRICS_DISABLED = is_metrics_disabled()  # POWERTOOLS_METRICS_DISABLED (or POWERTOOLS_DEV), as Powertools reads it
 TRACING_ON = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME")) and os.environ.get("POWERTOOLS_TRACE_DISABLED") != "true"
@@ -274,14 +272,22 @@ def emf_line(dimensions: dict[str, str], values: list[tuple[str, str, float]]) -
     sys.stdout.write(orjson.dumps(line).decode() + "\n")
 
 
-def pending_settlements(count: int) -> None:
-    """How many settlements wait in the spool (handler/pipeline/spool.py): emitted (with the service as its only
-    dimension) whenever the number changes and at every re-drive, so an alarm on it sees a value while any
-    wait and a zero once they landed."""
+def spool_metrics(pending: int, *, spooled: int = 0, landed: int = 0) -> None:
+    """The settlement spool's metrics (handler/pipeline/spool.py), one EMF line with the service as its only dimension:
+    `settlements_spooled`, each time a settlement is spooled (the template's alarm's input: written by the
+    invocation that spooled it, before it answers, so an environment frozen or recycled next cannot keep it from
+    CloudWatch, as it kept the later re-drives that `pending_settlements` alone relied on); `settlements_landed`,
+    spooled settlements a re-drive landed; and `pending_settlements`, how many wait in this process's spool, at each
+    of those and every re-drive. Flushed at once: the line is rare, and a freeze right after must not hold it."""
     if not METRICS_ON:
         return
-    metrics.add_metric("pending_settlements", MetricUnit.Count, count)
-    metrics.flush_metrics()
+    values: list[tuple[str, str, float]] = [("pending_settlements", "Count", pending)]
+    if spooled:
+        values.append(("settlements_spooled", "Count", spooled))
+    if landed:
+        values.append(("settlements_landed", "Count", landed))
+    emf_line({}, values)
+    sys.stdout.flush()
 
 
 def observe_failure(

@@ -19,6 +19,7 @@ from adapters.providers.registry import REGISTRY
 from handler.api import app as app_module
 from handler.api.app import serving_app
 from handler.config import parse_config
+from handler.pipeline.budgets import CANCELLED
 from handler.pipeline.gateway import Gateway, build_gateway
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
@@ -173,6 +174,57 @@ async def test_a_settlement_the_store_does_not_take_is_spooled_before_the_deadli
         monkeypatch.undo()  # the store answers again
         assert await gateway.spool.redrive(gateway.store) == 1
         assert lines(store) == 1 and gateway.spool.count() == 0
+    finally:
+        answering.set()
+        await gateway.aclose()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("store", ["stalls", "throttles"])
+async def test_the_last_byte_waits_for_the_settlement_a_few_seconds_then_it_is_spooled(
+    store: str, stream: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the invocation's deadline far off (the template's 900 s), the last byte waited on the store until then:
+    through the Web Adapter's emulation a stream's end came 77 s after its last event with DynamoDB stalled, 11.5 s
+    throttled, for every stream of the function. Now it waits `LAST_BYTE_SETTLE_S` at most, the settlement is
+    spooled (its reason says so), the response ends, and the spool lands it once."""
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setattr(app_module, "LAST_BYTE_SETTLE_S", 0.3)
+    gateway, db, key = await behind_the_adapter(tmp_path, monkeypatch)
+    answering = asyncio.Event()
+    calls: list[float] = []
+
+    async def refuses(settlement: Settlement) -> None:
+        calls.append(time.perf_counter())
+        if store == "stalls":  # DynamoDB browning out: no answer
+            await answering.wait()
+        raise StoreError("ThrottlingException")  # (refused at once, each of the meter's attempts)
+
+    monkeypatch.setattr(gateway.store, "settle", refuses)
+    monkeypatch.setattr(gateway.store, "settle_soon", lambda settlement: None)  # as DynamoDB's: a task each
+    scope, receive, _ = call(key, stream)
+    deadline_ms = time.time() * 1000 + 900_000
+    scope["headers"].append((b"x-amzn-lambda-context", orjson.dumps({"request_id": "r", "deadline": deadline_ms})))
+    ended: list[float] = []
+    at_the_end: list[int] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            ended.append(time.perf_counter())
+            at_the_end.append(gateway.spool.count())
+
+    try:
+        async with asyncio.timeout(10):
+            await serving_app(gateway)(scope, receive, send)
+        assert len(ended) == 1 and ended[0] - calls[0] < 0.3 + 0.2, ended[0] - calls[0]
+        assert at_the_end == [1] and lines(db) == 0  # spooled before the last byte went
+        assert gateway.spool.path is not None
+        [spooled] = [orjson.loads(raw) for raw in gateway.spool.path.read_bytes().splitlines()]
+        assert spooled["reason"] == f"{CANCELLED}: {app_module.LAST_BYTE_SPOOLED}"
+        monkeypatch.undo()  # the store answers again
+        answering.set()
+        assert await gateway.spool.redrive(gateway.store) == 1
+        assert lines(db) == 1 and gateway.spool.count() == 0
     finally:
         answering.set()
         await gateway.aclose()

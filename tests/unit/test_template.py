@@ -159,11 +159,34 @@ def test_streaming_function_streams_through_the_web_adapter(template: dict[str, 
     assert "SnapStart" not in template["Resources"]["GatewayStreamFunction"]["Properties"]
 
 
+def test_the_streaming_function_writes_its_log_and_metric_lines_before_it_is_frozen(template: dict[str, Any]) -> None:
+    """run.sh's uvicorn writes to a pipe, which Python buffers by the block: through an emulation of the Web Adapter's
+    freezes (without PYTHONUNBUFFERED), neither a stream's nor a whole answer's request line and EMF line (its
+    cost_usd, the spend alarm's input) had left the process 3 s into the freeze after its invocation; an environment
+    recycled then loses them."""
+    variables = function(template, "GatewayStreamFunction")["Environment"]["Variables"]
+    assert variables["PYTHONUNBUFFERED"] == "1"
+
+
 def test_outputs_name_both_endpoints_and_the_table(template: dict[str, Any]) -> None:
     outputs = template["Outputs"]
     assert sub_text(outputs["ApiEndpoint"]["Value"]).startswith("https://${GatewayHttpApi}.execute-api.")
     assert outputs["StreamEndpoint"]["Value"] == {"Fn::GetAtt": ["GatewayStreamFunctionUrl", "FunctionUrl"]}
     assert "TableName" in outputs and "HttpApiId" in outputs
+
+
+def test_outputs_name_the_log_group_each_function_logs_to(template: dict[str, Any]) -> None:
+    """The functions log to groups the template creates without a name (`<stack>-GatewayLogGroup-<suffix>`), and the
+    docs' replay of spooled settlements read `/aws/lambda/<function>`, which holds nothing; no output named them."""
+    outputs = template["Outputs"]
+    named = {"GatewayFunction": "GatewayLogGroupName", "GatewayStreamFunction": "GatewayStreamLogGroupName"}
+    for name, output in named.items():
+        group = template["Resources"][name]["Properties"]["LoggingConfig"]["LogGroup"]
+        assert outputs[output]["Value"] == group  # (a `Ref` of an AWS::Logs::LogGroup is its name)
+        assert template["Resources"][group["Ref"]]["Type"] == "AWS::Logs::LogGroup"
+    store = source("docs/store.md")  # its replay of spooled settlements reads both groups, named by the outputs
+    assert re.findall(r"--log-group-name (\S+)", store) == ['"$group"']
+    assert re.findall(r"for output in (\w+) (\w+); do", store) == [("GatewayLogGroupName", "GatewayStreamLogGroupName")]
 
 
 def test_iam_is_scoped_to_the_table_the_secrets_prefix_and_bedrock(template: dict[str, Any]) -> None:
@@ -259,11 +282,29 @@ def test_alarms_watch_5xx_throttles_errors_and_the_metric_the_gateway_emits(temp
     assert {"Errors", "Throttles"} <= watched
     spend = alarms["SpendAlarm"]["Properties"]["Metrics"][0]["Expression"]
     assert "SUM(cost_usd)" in sub_text(spend) and '"${MetricsNamespace}"' in sub_text(spend)
-    pending = alarms["PendingSettlementsAlarm"]["Properties"]["Metrics"][0]["Expression"]
-    assert "MAX(pending_settlements)" in sub_text(pending)
     observability = source("handler/telemetry/observability.py")
-    assert '"cost_usd"' in observability and '"pending_settlements"' in observability
+    assert '"cost_usd"' in observability and '"settlements_spooled"' in observability
     assert f'"{template["Parameters"]["MetricsNamespace"]["Default"]}"' in observability
+
+
+def test_a_single_spooled_settlement_raises_an_alarm_that_says_what_to_do(template: dict[str, Any]) -> None:
+    """The only alarm on the spool wanted `pending_settlements` above 0 in 3 periods running, with missing data not
+    breaching; on Lambda that metric is written only while an environment runs, so a settlement spooled by one
+    then frozen or recycled (its cost lost but for the logs) wrote one datapoint, and nothing fired. The alarm now
+    counts spooled settlements, written by the spooling invocation itself, and fires on one within a period."""
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
+    assert not [name for name, alarm in alarms.items() if "pending" in str(alarm["Properties"])]
+    spooled = alarms["SpooledSettlementsAlarm"]["Properties"]
+    assert spooled["MetricName"] == "settlements_spooled" and spooled["Namespace"] == {"Ref": "MetricsNamespace"}
+    service = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
+    assert spooled["Dimensions"] == [{"Name": "service", "Value": service}]  # the one dimension the line carries
+    assert (spooled["Statistic"], spooled["EvaluationPeriods"], spooled["Threshold"]) == ("Sum", 1, 0)
+    assert spooled["ComparisonOperator"] == "GreaterThanThreshold"
+    assert spooled["AlarmActions"] == alarms["SpendAlarm"]["Properties"]["AlarmActions"]
+    description = spooled["AlarmDescription"]
+    assert "gateway store replay-logs" in description and "idempotent" in description
+    for output in ("GatewayLogGroupName", "GatewayStreamLogGroupName"):
+        assert output in description and output in template["Outputs"]
 
 
 def test_samconfig_and_the_multi_region_script() -> None:

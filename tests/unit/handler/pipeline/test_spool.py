@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -175,19 +176,56 @@ async def test_a_settlement_applied_but_unanswered_is_spooled_and_still_counts_o
     await store.close()
 
 
-async def test_pending_settlements_are_a_metric(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+class Stdout:
+    """sys.stdout as a pipe has it (block-buffered): what was flushed, and what is still in the buffer."""
+
+    def __init__(self) -> None:
+        self.flushed = ""
+        self.buffered = ""
+
+    def write(self, text: str) -> int:
+        self.buffered += text
+        return len(text)
+
+    def flush(self) -> None:
+        self.flushed += self.buffered
+        self.buffered = ""
+
+
+async def test_each_spooled_and_landed_settlement_is_a_metric_written_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The only metric was `pending_settlements`, written when the spool changed and at re-drives, which run only
+    while the process does: on Lambda an environment frozen (or recycled) after spooling wrote one datapoint, and the
+    alarm, which needed three periods of them, never fired. Now the spooling itself counts `settlements_spooled`
+    (the alarm's input) and a re-drive `settlements_landed`, each line out of the process's buffer at once (a
+    freeze, then a recycle, would lose what it holds)."""
     monkeypatch.setattr(observability, "METRICS_ON", True)
+    stdout = Stdout()
+    monkeypatch.setattr(sys, "stdout", stdout)
     store = open_store("sqlite://")
     spool = SettlementSpool(tmp_path / "spool.jsonl")
-    item = line("k", 0.1)
-    spool.add(Settlement(item.request_id, [], 0.0, [], item), "injected")
+    for name in ("first", "second"):
+        item = line("k", 0.1)
+        spool.add(Settlement(item.request_id, [], 0.0, [], item), name)
+        assert stdout.buffered == ""
     await spool.redrive(store)
-    emitted = [orjson.loads(raw) for raw in capfd.readouterr().out.splitlines() if '"_aws"' in raw]
-    values = [e["pending_settlements"] for e in emitted if "pending_settlements" in e]
-    assert values == [[1.0], [0.0]]  # (Powertools writes each value as a list)
-    assert emitted[0]["_aws"]["CloudWatchMetrics"][0]["Metrics"] == [{"Name": "pending_settlements", "Unit": "Count"}]
+    await spool.redrive(store)  # nothing left to land
+    assert stdout.buffered == ""
+    emitted = [orjson.loads(raw) for raw in stdout.flushed.splitlines() if '"_aws"' in raw]
+    names = ("settlements_spooled", "settlements_landed", "pending_settlements")
+    assert [{name: e[name] for name in names if name in e} for e in emitted] == [
+        {"settlements_spooled": [1.0], "pending_settlements": [1.0]},
+        {"settlements_spooled": [1.0], "pending_settlements": [2.0]},
+        {"settlements_landed": [2.0], "pending_settlements": [0.0]},
+        {"pending_settlements": [0.0]},
+    ]  # (each value a list, as Powertools writes it)
+    for e in emitted:
+        [directive] = e["_aws"]["CloudWatchMetrics"]
+        assert directive["Namespace"] == observability.NAMESPACE and directive["Dimensions"] == [["service"]]
+        assert [m["Name"] for m in directive["Metrics"]] == [name for name in reversed(names) if name in e]
+        assert {m["Unit"] for m in directive["Metrics"]} == {"Count"}
+        assert e["service"] == observability.SERVICE
     await store.close()
 
 
