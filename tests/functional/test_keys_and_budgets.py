@@ -656,7 +656,7 @@ def test_a_request_that_reached_no_provider_gives_its_tokens_back(on_each_store:
         max_retries=2,  # the SDK's default
         default_headers={"x-gateway-provider": "dead", "x-gateway-fallbacks": "none"},
     )
-    with pytest.raises(openai.APIStatusError) as raised:
+    with client, pytest.raises(openai.APIStatusError) as raised:
         client.chat.completions.create(model="refused", messages=HI, max_tokens=400)  # type: ignore[arg-type]
     assert raised.value.status_code == 502, raised.value.response.text
     time.sleep(0.3)  # (settlements land in the background)
