@@ -78,14 +78,26 @@ class AwsCredentials:
         return snapshot
 
     def ready(self) -> bool:
-        """Whether there are credentials to sign with (`current`'s, resolved on the first call)."""
+        """Whether there are credentials to sign with now, without I/O: the environment's keys are read at once;
+        botocore's chain (files, and an instance role's endpoint, which may take seconds to answer or never) is
+        walked on a thread, and until it has found some there are none. Walked on the event loop, it stood every
+        request of the process still for 2.2 s every `MISSING_RETRY_S`, for a Bedrock deployment never tried."""
         if self._snapshot is not None:
             return True
-        try:
-            self.current()
-        except NoCredentialsError:
+        if time.monotonic() < self._missing_until:
             return False
-        return True
+        if Credentials.from_environ(self.environ) is not None:
+            self.resolve()  # (the environment's keys: no I/O)
+            return True
+        self._missing_until = time.monotonic() + MISSING_RETRY_S  # (one walk at a time; its failure sets it again)
+        threading.Thread(target=self._walk, name="aws-credentials", daemon=True).start()
+        return False
+
+    def _walk(self) -> None:
+        try:
+            self.resolve()
+        except Exception:  # noqa: BLE001 - none found (or the chain failed): looked for again after MISSING_RETRY_S
+            self._missing_until = time.monotonic() + MISSING_RETRY_S
 
     def resolve(self) -> Credentials:
         """Resolve the credentials now (blocking: at start, or the first use)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -691,6 +692,7 @@ def test_a_bedrock_deployment_without_aws_credentials_is_passed_over_as_one_with
     class NoCredentials:
         def get_credentials(self) -> None:
             walks.append(1)
+            time.sleep(1.0)  # (an instance role's endpoint that answers slowly, or never)
 
     monkeypatch.setattr(botocore.session, "get_session", NoCredentials)
     monkeypatch.setattr(aws, "_process_credentials", aws.AwsCredentials({}))
@@ -714,7 +716,10 @@ def test_a_bedrock_deployment_without_aws_credentials_is_passed_over_as_one_with
     try:
         key = running.mint(name="no-aws")
         with openai.OpenAI(base_url=f"{running.url}/v1", api_key=key, max_retries=0) as sdk:
+            started = time.monotonic()
             answer = sdk.chat.completions.with_raw_response.create(model="haiku-else-mini", messages=HI)
+            # The chain is walked on a thread: walked on the event loop, it held every request for its seconds.
+            assert time.monotonic() - started < 0.5
             assert answer.headers["x-gateway-route"] == "openai/gpt-4o-mini@global=200"
             with pytest.raises(openai.APIStatusError) as refused:
                 sdk.chat.completions.create(model="haiku-alone", messages=HI)
