@@ -1,9 +1,9 @@
 """The stores behind the `Store` contract, chosen by URL (`--store` or `GATEWAY_STORE`):
 `sqlite:///PATH` (the embedded default) or `dynamodb://TABLE?region=R&endpoint_url=URL`.
 
-`region` is this replica's region: the URL's `?region=`, else the gateway's own (`AWS_REGION`, else
-`GATEWAY_REGION`), else `AWS_DEFAULT_REGION`; a URL whose region cannot be known is refused. A key is homed in the
-region of the store that creates it. For a global table, the home meters of keys homed in another region are
+`region` is this replica's region: the URL's `?region=`, else the one the DynamoDB client takes (`AWS_REGION`,
+else `AWS_DEFAULT_REGION`); a URL whose region cannot be known is refused. A key is homed in the region of the
+store that creates it. For a global table, the home meters of keys homed in another region are
 reached through that region's standard endpoint, or `home_endpoint_<region>=URL` where given (tests, local
 servers); `lease_idle_seconds=S` sets when an unused lease goes back to its home (see `region_leases.py`);
 `read_timeout=S` and `connect_timeout=S` bound each attempt of a DynamoDB call (defaults 2 s and 1 s; three attempts at
@@ -12,15 +12,12 @@ most), all of a request's calls ending by its deadline besides (`handler.ports.S
 from __future__ import annotations
 
 import math
-import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from handler.ports import Store, StoreError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from adapters.store.dynamo_client import DynamoDBClient
 
 
@@ -30,23 +27,13 @@ def dynamodb_client(
     """The DynamoDB client (adapters/store/dynamo_client.py), with the process's AWS credentials and the
     region's endpoint from the AWS layer (adapters/aws.py). Imported here: a process on the embedded store
     imports neither (with the mixins' own, 3.2 million instructions of its cold start, callgrind)."""
-    from adapters.aws import process_credentials
+    from adapters.aws import process_credentials, region_of
     from adapters.store.dynamo_client import DynamoDBClient
 
-    region = region or environment_region()
+    region = region or region_of()
     if not region:
-        raise StoreError(
-            "no AWS region for DynamoDB: set AWS_REGION or GATEWAY_REGION, or add ?region=R to the store URL"
-        )
+        raise StoreError("no AWS region for DynamoDB: set AWS_REGION or add ?region=R to the store URL")
     return DynamoDBClient(region, process_credentials(), endpoint_url, connect_timeout, read_timeout)
-
-
-def environment_region(environ: Mapping[str, str] | None = None) -> str | None:
-    """A DynamoDB store's region where its URL names none: the gateway's own (`AWS_REGION`, else `GATEWAY_REGION`, as
-    handler/pipeline/gateway.py `gateway_region` reads it), else `AWS_DEFAULT_REGION`. (It was `AWS_REGION`, else
-    `AWS_DEFAULT_REGION`: with `GATEWAY_REGION=eu-central-1` a key was homed in the default's us-east-1.)"""
-    env = os.environ if environ is None else environ
-    return env.get("AWS_REGION") or env.get("GATEWAY_REGION") or env.get("AWS_DEFAULT_REGION") or None
 
 
 def seconds_parameter(query: dict[str, str], name: str, default: float) -> float:
@@ -81,6 +68,7 @@ def open_store(url: str, client: Any = None) -> Store:
         # As in SQLAlchemy: `sqlite:///rel/path`, `sqlite:////abs/path`, `sqlite://` in memory.
         return SQLiteStore(url.removeprefix("sqlite://").removeprefix("/") or ":memory:")
     if parts.scheme == "dynamodb":
+        from adapters.aws import region_of
         from adapters.store.dynamodb import DynamoDBStore
         from adapters.store.region_leases import IDLE_SECONDS
 
@@ -105,7 +93,7 @@ def open_store(url: str, client: Any = None) -> Store:
         owned: list[Any] = []
         # The region the client signs for is the store's: a store left without one homed its keys nowhere, and
         # every region then wrote the one meter item of a key (1.83x its budget spent from two regions).
-        region = query.get("region") or environment_region() or getattr(client, "region", None)
+        region = query.get("region") or region_of() or getattr(client, "region", None)
         if client is None:
             client = dynamodb_client(region, query.get("endpoint_url"), **timeouts)
             owned.append(client)

@@ -818,9 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain = rsub.add_parser("explain", help="the order the gateway would try a model's deployments now")
     explain.add_argument("model")
     explain.add_argument("--config")
-    explain.add_argument(
-        "--region", help="the gateway's region (default: AWS_REGION, GATEWAY_REGION or AWS_DEFAULT_REGION)"
-    )
+    explain.add_argument("--region", help="the gateway's region (default: AWS_REGION or GATEWAY_REGION)")
     explain.add_argument("--provider", help="pin a provider, as x-gateway-provider does")
     explain.add_argument("--pin-region", help="pin a region, as x-gateway-region does")
     explain.set_defaults(func=cmd_route_explain)

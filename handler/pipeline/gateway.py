@@ -264,12 +264,7 @@ class Gateway:
 
 
 def gateway_region(environ: Mapping[str, str]) -> str:
-    """The gateway's own region: `AWS_REGION`, else `GATEWAY_REGION`, else `AWS_DEFAULT_REGION`, as a DynamoDB store
-    URL without `?region=` takes it (adapters/store `environment_region`: its keys are homed where the gateway
-    routes from), else us-east-1."""
-    return (
-        environ.get("AWS_REGION") or environ.get("GATEWAY_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    )
+    return environ.get("AWS_REGION") or environ.get("GATEWAY_REGION") or "us-east-1"
 
 
 def unread_options(config: Config, registry: Mapping[str, type[ProviderAdapter]]) -> list[str]:

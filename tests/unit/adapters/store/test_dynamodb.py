@@ -7,7 +7,6 @@ import asyncio
 import base64
 import calendar
 import functools
-import os
 import re
 import time
 import uuid
@@ -28,7 +27,6 @@ from adapters.store.expressions import Expression, Item, num, text
 from adapters.store.records import LEDGER_TTL_SECONDS, key_purge_after
 from adapters.store.responses import pack
 from handler.pipeline.budgets import period_of
-from handler.pipeline.gateway import gateway_region
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
 from handler.ports import (
@@ -1242,38 +1240,8 @@ async def test_a_store_url_without_a_region_homes_its_keys_in_the_clients_region
     assert store.spool_path is not None and store.spool_path.endswith(f"settlements-{table}.jsonl")  # as before
     await store.close()
     monkeypatch.delenv("AWS_REGION")
-    monkeypatch.delenv("GATEWAY_REGION", raising=False)
-    with pytest.raises(StoreError, match=r"no AWS region for DynamoDB: set AWS_REGION or GATEWAY_REGION, or add \?"):
+    with pytest.raises(StoreError, match=r"no AWS region for DynamoDB: set AWS_REGION or add \?region=R"):
         open_store(f"dynamodb://{table}?endpoint_url={dynamo.url}")
-
-
-async def test_a_store_url_without_a_region_takes_the_gateways_region_before_the_default(
-    dynamo: DynamoServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The gateway's region is `AWS_REGION`, else `GATEWAY_REGION`; the store's, without `?region=`, was
-    `AWS_REGION`, else `AWS_DEFAULT_REGION`: with `GATEWAY_REGION` alone the store was refused ("set AWS_REGION"),
-    and with `AWS_DEFAULT_REGION` beside it a key was homed in another region than the gateway's. Found by review."""
-    table = dynamo.create_table()  # (us-east-1's)
-    monkeypatch.delenv("AWS_REGION", raising=False)
-    monkeypatch.setenv("GATEWAY_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
-    store = open_store(f"dynamodb://{table}?endpoint_url={dynamo.url}")
-    assert isinstance(store, DynamoDBStore) and store.region == "us-east-1" == gateway_region(os.environ)
-    minted = await KeyAdmin(KeyService(store, 0)).mint(record(budget_usd=1.0))
-    found = await store.get_key(minted.record.id)
-    assert found is not None and found.home_region == "us-east-1"
-    await store.close()
-    monkeypatch.delenv("GATEWAY_REGION")  # (the default region alone: the gateway's, as the store's)
-    assert gateway_region(os.environ) == "eu-central-1"
-    monkeypatch.setenv("GATEWAY_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_DEFAULT_REGION")
-    store = open_store(f"dynamodb://{table}?endpoint_url={dynamo.url}")  # (GATEWAY_REGION alone)
-    assert isinstance(store, DynamoDBStore) and store.region == "us-east-1"
-    await store.close()
-    monkeypatch.setenv("AWS_REGION", "us-west-2")  # (the gateway's region first, as gateway_region reads it)
-    store = open_store(f"dynamodb://{table}?endpoint_url={dynamo.url}")
-    assert isinstance(store, DynamoDBStore) and store.region == "us-west-2"
-    await store.close()
 
 
 async def test_migrate_homes_keys_made_without_a_home_region(dynamo: DynamoServer) -> None:
