@@ -2,7 +2,7 @@
 `sqlite:///PATH` (the embedded default) or `dynamodb://TABLE?region=R&endpoint_url=URL`.
 
 `region` is this replica's region: the URL's `?region=`, else the one the DynamoDB client takes (`AWS_REGION`,
-else `AWS_DEFAULT_REGION`); a URL whose region cannot be known is refused. A key is homed in the region of the
+else `AWS_DEFAULT_REGION`, else the gateway's `GATEWAY_REGION`); a URL whose region cannot be known is refused. A key is homed in the region of the
 store that creates it. For a global table, the home meters of keys homed in another region are
 reached through that region's standard endpoint, or `home_endpoint_<region>=URL` where given (tests, local
 servers); `lease_idle_seconds=S` sets when an unused lease goes back to its home (see `region_leases.py`);
@@ -12,6 +12,7 @@ most), all of a request's calls ending by its deadline besides (`handler.ports.S
 from __future__ import annotations
 
 import math
+import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -30,9 +31,13 @@ def dynamodb_client(
     from adapters.aws import process_credentials, region_of
     from adapters.store.dynamo_client import DynamoDBClient
 
-    region = region or region_of()
+    # With no AWS variable, the gateway's own `GATEWAY_REGION` (it was refused, "set AWS_REGION"); never before them:
+    # a table found through `AWS_DEFAULT_REGION` stays found on an upgrade whatever region the gateway routes from.
+    region = region or region_of() or os.environ.get("GATEWAY_REGION")
     if not region:
-        raise StoreError("no AWS region for DynamoDB: set AWS_REGION or add ?region=R to the store URL")
+        raise StoreError(
+            "no AWS region for DynamoDB: set AWS_REGION (or GATEWAY_REGION), or add ?region=R to the store URL"
+        )
     return DynamoDBClient(region, process_credentials(), endpoint_url, connect_timeout, read_timeout)
 
 

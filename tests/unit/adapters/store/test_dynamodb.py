@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from adapters.sigv4 import Credentials
-from adapters.store import open_store
+from adapters.store import dynamodb_client, open_store
 from adapters.store.dynamo_client import ConditionFailed, DynamoDBClient
 from adapters.store.dynamo_keys import stamped
 from adapters.store.dynamodb import LEDGER_SHARDS, SWEEP_SECONDS, DynamoDBStore
@@ -1240,7 +1240,9 @@ async def test_a_store_url_without_a_region_homes_its_keys_in_the_clients_region
     assert store.spool_path is not None and store.spool_path.endswith(f"settlements-{table}.jsonl")  # as before
     await store.close()
     monkeypatch.delenv("AWS_REGION")
-    with pytest.raises(StoreError, match=r"no AWS region for DynamoDB: set AWS_REGION or add \?region=R"):
+    with pytest.raises(
+        StoreError, match=r"no AWS region for DynamoDB: set AWS_REGION \(or GATEWAY_REGION\), or add \?region=R"
+    ):
         open_store(f"dynamodb://{table}?endpoint_url={dynamo.url}")
 
 
@@ -1327,3 +1329,17 @@ async def test_what_a_lease_region_reports_left_is_no_more_than_it_would_admit(d
         await here.admit(homed(key, 0.11))
     await here.close()
     await home.close()
+
+
+def test_a_store_url_without_a_region_takes_the_aws_variables_then_the_gateways_region(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With only `GATEWAY_REGION` set, a store URL without `?region=` was refused ("set AWS_REGION"); the AWS
+    variables still come first, so a table found through `AWS_DEFAULT_REGION` is found after an upgrade (taking
+    `GATEWAY_REGION` first lost it: review)."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "GATEWAY_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GATEWAY_REGION", "eu-central-1")
+    assert dynamodb_client(None, "http://127.0.0.1:9").region == "eu-central-1"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    assert dynamodb_client(None, "http://127.0.0.1:9").region == "us-east-1"
