@@ -2,10 +2,10 @@
 `sqlite:///PATH` (the embedded default) or `dynamodb://TABLE?region=R&endpoint_url=URL`.
 
 `region` is this replica's region: the URL's `?region=`, else the one the DynamoDB client takes (`AWS_REGION`,
-else `AWS_DEFAULT_REGION`, else the gateway's `GATEWAY_REGION`); a URL whose region cannot be known is refused. A key is homed in the region of the
-store that creates it. For a global table, the home meters of keys homed in another region are
-reached through that region's standard endpoint, or `home_endpoint_<region>=URL` where given (tests, local
-servers); `lease_idle_seconds=S` sets when an unused lease goes back to its home (see `region_leases.py`);
+else `AWS_DEFAULT_REGION`), else the gateway's `GATEWAY_REGION`; a URL whose region cannot be known is refused. A
+key is homed in the region of the store that creates it. For a global table, the home meters of keys homed in
+another region are reached through that region's standard endpoint, or `home_endpoint_<region>=URL` where given
+(tests, local servers); `lease_idle_seconds=S` sets when an unused lease goes back to its home (see `region_leases.py`);
 `read_timeout=S` and `connect_timeout=S` bound each attempt of a DynamoDB call (defaults 2 s and 1 s; three attempts at
 most), all of a request's calls ending by its deadline besides (`handler.ports.STORE_DEADLINE`)."""
 
