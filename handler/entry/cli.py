@@ -220,14 +220,19 @@ def _port(value: str) -> int:
     return port
 
 
+# The most `--workers`: 10,000 were taken, started some 650 processes before the machine ran out of memory, and
+# outlived a SIGTERM (review). Past a process or two per core a worker only adds memory.
+MAX_WORKERS = 64
+
+
 def _processes(value: str) -> int:
-    """`--workers`: 1 or more; 0 and -1 were taken and ran one process."""
+    """`--workers`: 1 to `MAX_WORKERS`; 0 and -1 were taken and ran one process."""
     try:
         workers = int(value)
     except ValueError:
         workers = 0
-    if workers < 1:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a number of processes (1 or more)")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a number of processes (1 to {MAX_WORKERS})")
     return workers
 
 
@@ -540,6 +545,9 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
     found = asyncio.run(fetch())
     if found is None:
+        if args.key.startswith("gwk_"):  # a whole key, secret and all: never printed back (it was)
+            sys.stderr.write("--key takes a key's id (the part between `gwk_` and the next `_`), not the key\n")
+            return 1
         sys.stderr.write(f"no key with id '{args.key}' (nor any usage of it in the window)\n")
         return 1
     items, names = found
