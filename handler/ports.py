@@ -262,6 +262,8 @@ class ProviderAdapter(ABC):
     # The top-level Chat Completions fields beyond OpenAI's that it reads or sends on (its provider's own dialect:
     # Claude's `top_k`, Mistral's `safe_prompt`): fields `x-gateway-strict` knows (`handler.api.request_fields`).
     chat_fields: ClassVar[frozenset[str]] = frozenset()
+    # The same for an embeddings request (Mistral's `output_dtype`, `metadata`).
+    embedding_fields: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, name: str, secret: str | None, options: Mapping[str, Any]) -> None:
         self.name = name

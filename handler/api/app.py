@@ -142,6 +142,7 @@ class Api:
         self.lifetime_s = settings.timeouts.request  # every request's bound, whatever deadline its client set
         # (for `x-gateway-strict`: OpenAI's fields and those of the configured providers' own dialects)
         self.chat_fields = chat_completions_fields(type(a).chat_fields for a in gateway.router.adapters.values())
+        self.embedding_fields = EMBEDDINGS.union(*(type(a).embedding_fields for a in gateway.router.adapters.values()))
 
     # --- request helpers --------------------------------------------------------------------
 
@@ -335,7 +336,7 @@ class Api:
         limit = self.answer_limit
         if limit is not None:
             limit.check_embeddings(req)  # (an answer known to be past it: refused before anything is sent)
-        ex = self.exchange(request, key, req.model, extra=req.model_extra, known=EMBEDDINGS)
+        ex = self.exchange(request, key, req.model, extra=req.model_extra, known=self.embedding_fields)
         result = await until_client_leaves(request, self.pipeline.embeddings(req, ex), ex)
         response = json_response(result.model_dump_json(exclude_none=True).encode(), headers=ex.headers())
         if limit is not None:

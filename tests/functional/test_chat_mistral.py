@@ -249,6 +249,10 @@ def test_embeddings_reach_mistral_in_its_own_names(mistral: Running, client: ope
     assert result.usage.prompt_tokens == 5  # (the fake's count: a token a word, and one)
     plain = client.embeddings.create(model="embed", input="hi", encoding_format="float")
     assert plain.data[0].embedding == [0.1, 0.2, 0.3] and sent(mistral)["json"]["encoding_format"] == "float"
+    # Mistral's own fields, sent as written, are known to `x-gateway-strict` too (they were refused: review).
+    own: Any = {"output_dtype": "float", "metadata": {"team": "a"}}
+    client.embeddings.create(model="embed", input="hi", extra_body=own, extra_headers={"x-gateway-strict": "true"})
+    assert sent(mistral)["json"]["output_dtype"] == "float"
 
 
 def test_token_ids_are_the_clients_400_before_mistral(mistral: Running, client: openai.OpenAI) -> None:

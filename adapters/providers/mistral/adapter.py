@@ -195,6 +195,7 @@ class MistralAdapter(OpenAIAdapter):
     default_base_url = "https://api.mistral.ai/v1"
     key_env_var = "MISTRAL_API_KEY"
     chat_fields = MISTRAL_FIELDS
+    embedding_fields = EMBEDDING_FIELDS
 
     def profile(self, target: Target) -> Profile:
         named = self.options.get("profile")
