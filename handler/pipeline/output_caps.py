@@ -40,7 +40,7 @@ def ceiling_named(message: str) -> int | None:
 class OutputCap:
     """One request's cap, per attempt. A budgeted request (or one with `x-gateway-max-cost-usd`) always sends one:
     the client's own (lowered to the attempt's ceiling), else the ceiling (the gateway's default without one), never
-    more than its worst case covers (`reserved`: the largest over the plan when it was admitted). Any other request
+    more than its worst case covers (`reserved`: each attempt's when it was admitted). Any other request
     sends the client's own, lowered to the attempt's ceiling. The cap goes in the field the client used
     (`max_tokens` when it sent only that, else `max_completion_tokens`; an adapter renames it as its provider
     needs)."""
@@ -53,7 +53,8 @@ class OutputCap:
         self.default = default
         self.legacy = req.max_tokens is not None and req.max_completion_tokens is None
         self.learned = learned  # the gateway's: deployment label -> the ceiling its provider named
-        self.reserved: int | None = None  # a bounded request's: the output tokens its worst case covers
+        # A bounded request's: the output tokens its worst case covers, by attempt (`id` of each of the plan's)
+        self.reserved: dict[int, int] | None = None
 
     def ceiling(self, attempt: Attempt) -> int | None:
         """The most the attempt's model writes: the lower of its configured `max_output_tokens` and the ceiling
@@ -77,7 +78,7 @@ class OutputCap:
     def sent(self, attempt: Attempt) -> int | None:
         """The cap `attempt` is sent (None: none, the provider's own default)."""
         if self.reserved is not None:  # (a ceiling learned since by another request may be larger)
-            return min(self.of(attempt), self.reserved)
+            return min(self.of(attempt), self.reserved.get(id(attempt), min(self.reserved.values())))
         ceiling = self.ceiling(attempt)
         if self.limit is None or ceiling is None:
             return self.limit

@@ -334,7 +334,7 @@ class Pipeline(Charges):
         texts = [req.input] if isinstance(req.input, str) else req.input
         tokens = sum(len(t.encode()) // 2 + 1 if isinstance(t, str) else len(str(t)) for t in texts)
         ex.prompt = PromptEstimate(tokens, ())
-        await self._admit_tokens(ex, plan, 0)
+        await self._admit_tokens(ex, plan, [0] * len(plan))
 
         # The attempt's batches (`ProviderAdapter.embedding_batch`), each with its upstream request: all built before
         # the first is sent, so that one the adapter refuses is the client's 400 before anything is spent.
@@ -445,26 +445,33 @@ class Pipeline(Charges):
         if call is not None and any(attempt.adapter.speaks(call.api, attempt.target) for attempt in plan):
             ex.prompt = sent_as_written(ex.prompt, call.body)  # (what the translation left out goes too)
         cap = OutputCap(req, self.gateway.config.gateway.default_max_output_tokens, self.gateway.ceilings)
-        worst_output = max(cap.of(attempt) for attempt in plan)
-        await self._admit_tokens(ex, plan, (worst_output + predicted_tokens(req)) * (req.n or 1))
+        # Each attempt's worst case at its own cap: the plan's largest cap priced at every attempt's price held a
+        # budget four times what any attempt could spend (gpt-4o-mini's 16,384 at a fallback Claude's price, which
+        # is sent 4,096), and refused requests it could serve.
+        outputs = [cap.of(attempt) for attempt in plan]
+        extra = predicted_tokens(req)
+        await self._admit_tokens(ex, plan, [(output + extra) * (req.n or 1) for output in outputs])
         budgeted = ex.reservation is not None and ex.reservation.budget_key is not None
         if budgeted or ex.controls.max_cost_usd is not None:
-            # The reservation (or the worst case `x-gateway-max-cost-usd` was checked against) covers
-            # `worst_output` tokens; no attempt may be allowed more, or a provider's own (larger) default could
-            # spend past it. Each attempt gets its own model's cap: the chain's largest sent to a smaller model
-            # is a 400 (gpt-4o-mini's 16,384 against a fallback's 64,000).
-            cap.reserved = worst_output
+            # The reservation (or the worst case `x-gateway-max-cost-usd` was checked against) covers each attempt's
+            # cap as it was then; none may be sent more, or a provider's own (larger) default, or a ceiling learned
+            # since, could spend past it. Each attempt gets its own model's cap: the chain's largest sent to a smaller
+            # model is a 400 (gpt-4o-mini's 16,384 against a fallback's 64,000).
+            cap.reserved = {id(attempt): output for attempt, output in zip(plan, outputs, strict=True)}
         ex.output_cap = cap
 
-    async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], output: int) -> None:
+    async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], outputs: list[int]) -> None:
+        """Reserve the plan's worst case: the dearest attempt's, each at its own output tokens (`outputs`, in the
+        plan's order), and the most tokens any attempt shows on the rate limits."""
         estimate = ex.prompt or PromptEstimate(0, ())
         worst: float | None = 0.0
         worst_model = ex.model  # the model of the worst case; with an unknown price, the first model without one
         prompt = 0
-        for attempt in plan:
+        output = max(outputs)
+        for attempt, written in zip(plan, outputs, strict=True):
             tokens = estimate.tokens(attempt.target.provider_type, attempt.target.model)
             prompt = max(prompt, tokens)
-            case = worst_case_usd(tokens, output, self._price(ex, attempt), self.fee, ex.audio_output)
+            case = worst_case_usd(tokens, written, self._price(ex, attempt), self.fee, ex.audio_output)
             apart = ex.per_request_usd + ex.searches * ex.search_usd
             if case is not None and apart:
                 case += apart * (1 + self.fee.percent / 100)

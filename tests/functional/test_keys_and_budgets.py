@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,13 +13,16 @@ import openai
 import orjson
 import pytest
 
+from adapters.providers.registry import REGISTRY
 from adapters.store import open_store
+from handler.config import parse_config
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService, split_key
 from handler.pipeline.pricing import estimate_prompt_tokens, price_for, worst_case_usd
 from handler.ports import Admission, RateCharge
 from handler.schemas import ChatRequest
-from tests.functional.conftest import Running, fresh_minute, openai_client
+from tests.functional.conftest import Running, fresh_minute, openai_client, serve_gateway
+from tests.support.servers import ServerThread
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -819,3 +823,52 @@ def test_a_model_with_no_price_is_refused_to_a_budget_with_advice_that_helps(run
         "`x-gateway-fallbacks: none` leaves it out"
     )
     assert chat(running, key, max_tokens=10).status_code == 200
+
+
+def test_a_budgets_worst_case_prices_each_attempt_at_its_own_output_cap(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Path
+) -> None:
+    """gpt-4o-mini with `max_output_tokens: 16384` and Claude Haiku 4.5 as its fallback, which is sent 4,096 (the
+    default cap; no ceiling configured): a $0.05 key's "hi" was refused, 402, for a worst case of $0.081940, the
+    plan's largest cap (16,384) at Claude's price, though no attempt could spend more than $0.0205 (Claude at 4,096;
+    gpt-4o-mini at 16,384, $0.0098)."""
+    server, fakes = upstream
+    if "anthropic" not in fakes:
+        pytest.skip("the Anthropic fake is not available")
+    data = {
+        "providers": {
+            "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/openai/v1"},
+            "anthropic": {
+                "type": "anthropic",
+                "api_key": "env:ANTHROPIC_API_KEY",
+                "base_url": f"{server.url}/anthropic",
+            },
+        },
+        "models": {
+            "mini": {
+                "deployments": [{"provider": "openai", "model": "fail-500"}],
+                "price": {"input": 0.15, "output": 0.60},
+                "max_output_tokens": 16384,
+                "fallbacks": ["haiku"],
+            },
+            "haiku": {"deployments": [{"provider": "anthropic", "model": "claude-haiku-4-5"}]},
+        },
+    }
+    running, gateway_server = serve_gateway(
+        parse_config(data, set(REGISTRY)), f"sqlite:///{tmp_path / 'gateway.db'}", server, fakes
+    )
+
+    def ask(key: str, **controls: str) -> httpx.Response:
+        body = {"model": "mini", "messages": HI}
+        return httpx.post(f"{running.url}/v1/chat/completions", json=body, headers={**headers(key), **controls})
+
+    try:
+        answer = ask(running.mint(budget_usd=0.05))
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-gateway-route"].endswith("anthropic/claude-haiku-4-5@global=200")
+        assert fakes["anthropic"].state.requests[-1]["json"]["max_tokens"] == 4096
+        assert ask(running.mint(), **{"x-gateway-max-cost-usd": "0.03"}).status_code == 200
+        dear = ask(running.mint(), **{"x-gateway-max-cost-usd": "0.02"})
+        assert "worst-case cost $0.0205" in dear.json()["error"]["message"], dear.text
+    finally:
+        gateway_server.stop()

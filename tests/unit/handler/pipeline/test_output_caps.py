@@ -98,8 +98,8 @@ def test_a_budgeted_request_is_never_sent_more_than_its_reservation_covers() -> 
     learned: dict[str, int] = {}
     req = request()
     cap = OutputCap(req, 4096, learned)
-    cap.reserved = cap.of(unknown)
-    assert cap.reserved == 4096
+    cap.reserved = {id(unknown): cap.of(unknown)}
+    assert cap.reserved[id(unknown)] == 4096
     learned[unknown.target.label] = 16_384  # another request's refusal, meanwhile
     cap.apply(unknown)
     assert req.max_completion_tokens == 4096
@@ -112,7 +112,7 @@ def test_a_budgeted_request_keeps_its_own_cap_on_a_model_whose_ceiling_is_unknow
     req = request(max_tokens=32_000)
     cap = OutputCap(req, 4096, {})
     assert (cap.of(unknown), cap.of(known)) == (32_000, 16_384)
-    cap.reserved = cap.of(unknown)
+    cap.reserved = {id(unknown): cap.of(unknown)}
     cap.apply(unknown)
     assert req.max_tokens == 32_000
     assert OutputCap(request(max_tokens=1_000), 4096, {}).of(unknown) == 1_000
