@@ -236,6 +236,17 @@ def _processes(value: str) -> int:
     return workers
 
 
+def _grace_seconds(value: str) -> float:
+    """`--shutdown-grace`: seconds, 0 or more (`nan` ended a shutdown in uvloop's ValueError, `-1` was taken)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a number of seconds (0 to 3600)")
+    return seconds
+
+
 def _run_server(config: uvicorn.Config, listener: socket.socket) -> None:
     """Serve on `listener` until a signal stops the server (its workers, with `--workers` above 1, each writing its
     figures to a folder of the server's, so that `/metrics` on any of them answers for all:
@@ -722,7 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--store", help=f"store URL (default: GATEWAY_STORE or {DEFAULT_STORE_URL})")
     serve.add_argument(
         "--shutdown-grace",
-        type=float,
+        type=_grace_seconds,
         default=SHUTDOWN_GRACE_S,
         metavar="SECONDS",
         help=f"on SIGTERM, how long answers still going may finish before they are cut (default {SHUTDOWN_GRACE_S:g})",

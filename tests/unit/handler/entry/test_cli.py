@@ -291,6 +291,8 @@ def test_serve_on_a_port_in_use_names_the_option_and_starts_nothing(
         (["--workers", "0"], "argument --workers: '0' is not a number of processes (1 to 64)"),
         (["--workers", "-1"], "argument --workers: '-1' is not a number of processes (1 to 64)"),
         (["--workers", "10000"], "argument --workers: '10000' is not a number of processes (1 to 64)"),
+        (["--shutdown-grace", "nan"], "argument --shutdown-grace: 'nan' is not a number of seconds (0 to 3600)"),
+        (["--shutdown-grace", "-1"], "argument --shutdown-grace: '-1' is not a number of seconds (0 to 3600)"),
     ],
 )
 def test_serve_refuses_a_port_or_a_worker_count_out_of_range_naming_the_flag(
