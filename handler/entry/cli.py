@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import math
 import os
 import re
 import shlex
@@ -12,7 +13,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -209,42 +210,28 @@ def _listen_advice(host: str, exc: OSError) -> str:
     )
 
 
-def _port(value: str) -> int:
-    """`--port`: 0 to 65535 (0: a free port the system chooses, printed once bound); 70000 and -1 were a traceback."""
-    try:
-        port = int(value)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a port (0 to 65535; 0: a free one, printed when bound)")
-    return port
+def _within(parse: Callable[[str], float], low: float, high: float, what: str) -> Callable[[str], float]:
+    """An argparse type: the value `parse` reads, from `low` to `high`, else an error saying it is not `what` (a
+    port of 70000 was an OverflowError traceback, `--workers 0` and `--shutdown-grace -1` or `nan` were taken)."""
+
+    def within(value: str) -> float:
+        try:
+            number = parse(value)
+        except ValueError:
+            number = math.nan  # (never within)
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"'{value}' is not {what}")
+        return number
+
+    return within
 
 
 # The most `--workers`: 10,000 were taken, started some 650 processes before the machine ran out of memory, and
 # outlived a SIGTERM (review). Past a process or two per core a worker only adds memory.
 MAX_WORKERS = 64
-
-
-def _processes(value: str) -> int:
-    """`--workers`: 1 to `MAX_WORKERS`; 0 and -1 were taken and ran one process."""
-    try:
-        workers = int(value)
-    except ValueError:
-        workers = 0
-    if not 1 <= workers <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a number of processes (1 to {MAX_WORKERS})")
-    return workers
-
-
-def _grace_seconds(value: str) -> float:
-    """`--shutdown-grace`: seconds, 0 or more (`nan` ended a shutdown in uvloop's ValueError, `-1` was taken)."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds <= 3600:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a number of seconds (0 to 3600)")
-    return seconds
+_port = _within(int, 0, 65535, "a port (0 to 65535; 0: a free one, printed when bound)")
+_processes = _within(int, 1, MAX_WORKERS, f"a number of processes (1 to {MAX_WORKERS})")
+_grace_seconds = _within(float, 0, 3600, "a number of seconds (0 to 3600)")
 
 
 def _run_server(config: uvicorn.Config, listener: socket.socket) -> None:
