@@ -421,6 +421,17 @@ def test_serve_refuses_an_option_no_adapter_reads_before_it_binds(
             "providers:\n  o: {type: openai, auth: 'off', base_url: 'http://127.0.0.1:9/v1'}\n",
             "providers.o: auth takes one value, 'none' (send no key), or is left out; not 'off'",
         ),
+        # (Unquoted, YAML reads `off` as the boolean false: it said "not 'False'", a word the user never wrote.)
+        (
+            "providers:\n  o: {type: openai, auth: off, base_url: 'http://127.0.0.1:9/v1'}\n",
+            "providers.o: auth takes one value, 'none' (send no key), or is left out; not off, no or false (YAML's "
+            "boolean false, unquoted): write `auth: none` to send no key\n",
+        ),
+        (
+            "providers:\n  o: {type: openai, auth: yes, base_url: 'http://127.0.0.1:9/v1'}\n",
+            "providers.o: auth takes one value, 'none' (send no key), or is left out; not on, yes or true (YAML's "
+            "boolean true): leave auth out to send the provider's key\n",
+        ),
         (
             "providers:\n  a: {type: anthropic, api_key: k, anthropic_beta: 3}\n",
             "providers.a.anthropic_beta: one beta, a comma-separated list or a YAML list of betas, not 3",
