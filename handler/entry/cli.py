@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from handler.api.key_routes import key_view
-from handler.config import Config, ConfigError, load_config
+from handler.config import Config, ConfigError, load_config, responses_secret
 from handler.pipeline.attribution import parse_tags
 from handler.pipeline.gateway import DEFAULT_STORE_URL
 from handler.pipeline.key_admin import KeyAdmin, key_names, with_descendants
@@ -121,14 +121,15 @@ def _known_types() -> set[str]:
 
 
 def _start_up_checks(config: Config) -> None:
-    """What the gateway's start-up refuses, said before serving: the `OTEL_*` environment, each provider's
-    `headers` resolved (a reference to nothing; one whose store cannot be read now is read again once serving, as a
-    key is), an option no adapter reads (a misspelt `base_ulr`) or one it cannot take, and what building the router
-    refuses (an Azure provider without its endpoint)."""
+    """What the gateway's start-up refuses, said before serving: the `OTEL_*` environment, `gateway.responses_secret`
+    resolved, each provider's `headers` resolved (a reference to nothing; one whose store cannot be read now is read
+    again once serving, as a key is), an option no adapter reads (a misspelt `base_ulr`) or one it cannot take, and
+    what building the router refuses (an Azure provider without its endpoint)."""
     from adapters.providers.registry import REGISTRY
     from handler.pipeline.gateway import check_routes, gateway_region, provider_headers
 
     otlp_settings(config.observability.otlp, os.environ)
+    responses_secret(config.gateway, os.environ)
     for name, provider in config.providers.items():
         headers = provider.options().get("headers")
         if headers is not None:

@@ -23,6 +23,7 @@ from handler.config import (
     load_config,
     reference_name,
     resolve_secret,
+    responses_secret,
 )
 from handler.errors import GatewayError
 from handler.pipeline.keys import KeyService
@@ -73,6 +74,7 @@ class Gateway:
         provider_keys: ProviderKeys
         | NoStoredKeys
         | None = None,  # provider keys held in SSM or Secrets Manager, kept current
+        responses_secret: str | None = None,  # `gateway.responses_secret`, read at start (`config.responses_secret`)
     ) -> None:
         self.config = config
         self.region = region
@@ -82,6 +84,7 @@ class Gateway:
         self.upstream = upstream
         self.tracer = tracer
         self.provider_keys = provider_keys or NoStoredKeys()
+        self.responses_secret = responses_secret
         self.background: set[asyncio.Task[None]] = set()
         # While a buffered invocation runs (`Settling`): what `spawn` was given, run after the answer by
         # `settle_now`.
@@ -421,6 +424,8 @@ def build_gateway(
     region = gateway_region(env)
     redaction.register(env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN"))
     adapters = build_adapters(config, REGISTRY, env, fetch)
+    sealing = responses_secret(config.gateway, env, fetch)
+    redaction.register(sealing)
     refresh_s = config.gateway.provider_key_refresh_seconds
     return Gateway(
         config=config,
@@ -433,6 +438,7 @@ def build_gateway(
         provider_keys=held_keys(
             adapters, key_references(config, REGISTRY), refresh_s, env, fetch, headers=header_references(config)
         ),
+        responses_secret=sealing,
     )
 
 

@@ -442,6 +442,12 @@ def test_serve_refuses_an_option_no_adapter_reads_before_it_binds(
             "models:\n  m: {deployments: [{provider: o, model: gpt-4o-mini}], price: {input: 0.15}}\n",
             "models.m.price.output: a chat model's price needs an output price",
         ),
+        # (The store's secret sealed in its place, unsaid: review.)
+        (
+            "gateway: {responses_secret: env:GATEWAY_TEST_NO_SUCH_VARIABLE}\n",
+            "gateway.responses_secret: env:GATEWAY_TEST_NO_SUCH_VARIABLE resolves to nothing: set the environment "
+            "variable GATEWAY_TEST_NO_SUCH_VARIABLE, or leave responses_secret out",
+        ),
         (
             "providers:\n  o: {type: openai, api_key: 'Env:OPENAI_API_KEY'}\n",
             "providers.o.api_key: 'Env:...' is not a secret reference, and would be sent as the key itself",
