@@ -120,13 +120,14 @@ def _known_types() -> set[str]:
     return set(REGISTRY)
 
 
-def _start_up_checks(config: Config) -> None:
+def _start_up_checks(config: Config) -> list[str]:
     """What the gateway's start-up refuses, said before serving: the `OTEL_*` environment, `gateway.responses_secret`
     resolved, each provider's `headers` resolved (a reference to nothing; one whose store cannot be read now is read
     again once serving, as a key is), an option no adapter reads (a misspelt `base_ulr`) or one it cannot take, and
-    what building the router refuses (an Azure provider without its endpoint)."""
+    what building the router refuses (an Azure provider without its endpoint). Returns what it would serve without
+    (`unkeyed_providers`): a provider whose key is not found, warned of, not refused."""
     from adapters.providers.registry import REGISTRY
-    from handler.pipeline.gateway import check_routes, gateway_region, provider_headers
+    from handler.pipeline.gateway import check_routes, gateway_region, provider_headers, unkeyed_providers
 
     otlp_settings(config.observability.otlp, os.environ)
     responses_secret(config.gateway, os.environ)
@@ -134,7 +135,13 @@ def _start_up_checks(config: Config) -> None:
         headers = provider.options().get("headers")
         if headers is not None:
             provider_headers(name, headers, os.environ, None)
-    check_routes(config, REGISTRY, gateway_region(os.environ))
+    adapters = check_routes(config, REGISTRY, gateway_region(os.environ))
+    return unkeyed_providers(config, adapters, os.environ, None)
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        sys.stderr.write(f"warning: {warning}\n")
 
 
 def _print_json(payload: Any) -> None:
@@ -286,7 +293,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["GATEWAY_STORE"] = args.store
     try:
         config = load_config(os.environ.get("GATEWAY_CONFIG") or None, _known_types())
-        _start_up_checks(config)
+        unkeyed = _start_up_checks(config)
         metrics_port = config.observability.metrics_port
         if metrics_port is not None and args.workers > 1:
             # Each worker counts its own requests, and workers share one port: no scrape can see them all.
@@ -309,6 +316,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     with listener:
         port = listener.getsockname()[1]  # (`--port 0`: the free port the system chose)
+        _warn(unkeyed)
         _warn_of_gateway_keys_as_provider_keys(config, os.environ)
         secret, has_admin = asyncio.run(_admin_key_at_start(_store(None)))
         url = f"http://[{args.host}]:{port}" if ":" in args.host else f"http://{args.host}:{port}"
@@ -363,10 +371,11 @@ def _has(module: str) -> bool:
 def cmd_config_check(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config or os.environ.get("GATEWAY_CONFIG") or None, _known_types())
-        _start_up_checks(config)
+        unkeyed = _start_up_checks(config)
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 1
+    _warn(unkeyed)
     from handler.pipeline.pricing import price_for
 
     problems = []
@@ -380,7 +389,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     if problems:
         sys.stderr.write("\n".join(problems) + "\n")
         return 1
-    sys.stdout.write(f"ok: {len(config.providers)} providers, {len(config.models)} models\n")
+    without = f" ({len(unkeyed)} without a key: warned of above)" if unkeyed else ""
+    sys.stdout.write(f"ok: {len(config.providers)} providers{without}, {len(config.models)} models\n")
     return 0
 
 

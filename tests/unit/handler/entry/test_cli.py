@@ -477,6 +477,60 @@ def test_serve_and_config_check_refuse_what_start_up_would_before_anything_start
     assert "Traceback" not in printed.err and not (tmp_path / "gateway.db").exists()  # no key minted
 
 
+def test_config_check_and_serve_say_which_provider_keys_resolve_to_nothing(
+    serve_here: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`api_key: env:UNSET_VARIABLE` passed `config check` with a bare `ok` (a header's reference to nothing is
+    refused). Start-up serves without such a provider, its models a 503 `provider_not_configured` (the shipped config
+    names five providers' variables), so both say so, in a header's words, and neither refuses. Found by review."""
+    import handler.config
+    from handler.config import SecretUnreadableError
+
+    def stores(kind: str, name: str) -> str | None:
+        if name == "/gw/throttled":
+            raise SecretUnreadableError(f"{kind}:{name}", "ThrottlingException")
+        return "sk-stored-0123456789" if name == "/gw/held" else None
+
+    monkeypatch.setattr(handler.config, "_aws_fetch", stores)
+    for name in ("GW_TEST_UNSET", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GW_TEST_SET", "sk-set-0123456789")
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "providers:\n"
+        "  o: {type: openai, api_key: env:GW_TEST_UNSET}\n"
+        "  a: {type: anthropic}\n"
+        "  s: {type: openai, api_key: ssm:/gw/absent}\n"
+        "  t: {type: openai, api_key: ssm:/gw/throttled}\n"
+        "  held: {type: openai, api_key: ssm:/gw/held}\n"
+        "  set: {type: openai, api_key: env:GW_TEST_SET}\n"
+        "  local: {type: openai, auth: none, base_url: 'http://127.0.0.1:9/v1'}\n"
+        "  b: {type: bedrock}\n"
+        "models:\n  m: {deployments: [{provider: o, model: gpt-4o-mini}]}\n"
+    )
+    warnings = (
+        "warning: providers.o.api_key: env:GW_TEST_UNSET resolves to nothing: its models answer 503 "
+        "provider_not_configured; set the environment variable GW_TEST_UNSET (where the gateway runs; read at start)\n"
+        "warning: providers.a.api_key: env:ANTHROPIC_API_KEY (its type's variable: no api_key is set) resolves to "
+        "nothing: its models answer 503 provider_not_configured; set the environment variable ANTHROPIC_API_KEY "
+        "(where the gateway runs; read at start)\n"
+        "warning: providers.s.api_key: ssm:/gw/absent resolves to nothing: its models answer 503 "
+        "provider_not_configured; store the key in ssm as /gw/absent (read again every 300 s)\n"
+        "warning: providers.t.api_key: ssm:/gw/throttled could not be read (ThrottlingException); the server reads it "
+        "again while it serves\n"
+    )
+    assert main(["config", "check", "--config", str(path)]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == warnings
+    assert printed.out == "ok: 8 providers (4 without a key: warned of above), 1 models\n"
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # (see the test above)
+    assert main(["serve", "--port", str(free_port()), "--config", str(path)]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == warnings and "gateway listening on" in printed.out
+    assert "sk-" not in printed.err + printed.out
+
+
 def test_a_config_file_that_is_not_utf8_is_one_line_naming_the_file_and_the_byte(
     serve_here: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
