@@ -291,6 +291,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["GATEWAY_CONFIG"] = args.config
     if args.store:
         os.environ["GATEWAY_STORE"] = args.store
+    from adapters.store import check_store_url
+
+    check_store_url(_store_url(None))  # (a `StoreError`: `main` says it, exit 2, before anything starts)
     try:
         config = load_config(os.environ.get("GATEWAY_CONFIG") or None, _known_types())
         unkeyed = _start_up_checks(config)
@@ -369,6 +372,15 @@ def _has(module: str) -> bool:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    """The config file checked as `gateway serve` checks it before it starts, and the store URL it would open
+    (`--store`, else `GATEWAY_STORE`, else the default), opening nothing."""
+    from adapters.store import check_store_url
+
+    try:
+        check_store_url(_store_url(args.store))
+    except StoreError as exc:
+        sys.stderr.write(f"gateway: the store cannot be used: {redact_message(str(exc))}\n")
+        return 1
     try:
         config = load_config(args.config or os.environ.get("GATEWAY_CONFIG") or None, _known_types())
         unkeyed = _start_up_checks(config)
@@ -842,8 +854,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="config file tools")
     csub = config.add_subparsers(dest="config_command", required=True)
-    check = csub.add_parser("check", help="validate a config file")
+    check = csub.add_parser("check", help="validate a config file (and the store URL serve would open)")
     check.add_argument("--config")
+    check.add_argument("--store", help=STORE_HELP)
     check.set_defaults(func=cmd_config_check)
     return parser
 

@@ -197,7 +197,10 @@ def test_a_store_url_parameter_that_is_no_number_of_seconds_is_named_not_a_trace
         ("region=us-east-1&endpoint=http://127.0.0.1:9", "the store URL's endpoint= is not a parameter"),
         ("regoin=us-east-1&endpoint_url=http://127.0.0.1:9", "the store URL's regoin= is not a parameter"),
         ("region=us-east-1&read_timout=0.001", "the store URL's read_timout= is not a parameter"),
-        ("region=eu%20central&endpoint_url=http://127.0.0.1:9", "the store URL's region=eu central is not a region"),
+        ("region=eu%20central&endpoint_url=http://127.0.0.1:9", "the store URL's region=eu central is not an AWS"),
+        # (Taken, and every call went to dynamodb.narnia.amazonaws.com: "DynamoDB query failed: ConnectionError".)
+        ("region=narnia", "the store URL's region=narnia is not an AWS region name (an area, a word or two and a"),
+        ("region=us-east-1&home_endpoint_narnia=http://127.0.0.1:9", "the store URL's home_endpoint_narnia is not"),
     ],
 )
 def test_a_store_url_parameter_misspelt_is_named_not_ignored(
@@ -205,6 +208,44 @@ def test_a_store_url_parameter_misspelt_is_named_not_ignored(
 ) -> None:
     assert main(["keys", "list", "--store", f"dynamodb://tbl?{query}"]) == 2
     assert capsys.readouterr().err.startswith(f"gateway: the store cannot be used: {said}")
+
+
+@pytest.mark.parametrize(
+    ("store", "environ", "said"),
+    [
+        ("dynamodb://tbl?region=narnia", {}, "the store URL's region=narnia is not an AWS region name"),
+        ("dynamodb://tbl", {"AWS_REGION": "local"}, "AWS_REGION=local is not an AWS region name"),
+        ("dynamodb://tbl", {"GATEWAY_REGION": "eu-central"}, "GATEWAY_REGION=eu-central is not an AWS region name"),
+        ("dynamodb://tbl", {}, "no AWS region for DynamoDB: set AWS_REGION (or GATEWAY_REGION), or add ?region=R"),
+        ("dynamodb://tbl?region=eu-west-1&read_timeout=abc", {}, "the store URL's read_timeout=abc is not a number"),
+    ],
+)
+def test_config_check_and_serve_refuse_a_store_url_that_cannot_be_opened_before_anything_starts(
+    store: str,
+    environ: dict[str, str],
+    said: str,
+    serve_here: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--store 'dynamodb://tbl?region=narnia'` was taken: `config check` read no store URL, and every DynamoDB call
+    went to dynamodb.narnia.amazonaws.com (`DynamoDB query failed: ConnectionError`). Found by review."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "GATEWAY_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert main(["config", "check", "--store", store]) == 1
+    printed = capsys.readouterr()
+    assert printed.err.startswith(f"gateway: the store cannot be used: {said}") and printed.out == ""
+    monkeypatch.setenv("GATEWAY_STORE", store)
+    assert main(["config", "check"]) == 1  # (the server's store, as serve finds it)
+    assert capsys.readouterr().err.startswith(f"gateway: the store cannot be used: {said}")
+    monkeypatch.setattr(cli, "_listen", lambda host, port: pytest.fail("listened"))
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # (serve hands its store to its workers in it)
+    assert main(["serve", "--store", store]) == 2
+    printed = capsys.readouterr()
+    assert printed.err.startswith(f"gateway: the store cannot be used: {said}") and printed.out == ""
 
 
 def test_a_dynamodb_table_that_is_not_there_is_named_with_how_to_create_it(
