@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from handler.errors import InvalidRequestError
 
 STORE_HELP = f"the server's store URL (default: GATEWAY_STORE, else {DEFAULT_STORE_URL})"
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080"  # (`gateway dashboard --url`'s default: `gateway serve`'s own)
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 ZERO = re.compile(r"^0+(?:\.0*)?$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -175,6 +176,18 @@ def admin_key_notice(store_url: str, has_admin: bool) -> str:
         "\nThis store has keys but no live admin key, so none was printed and nobody can use the dashboard or "
         f"/admin: create one with {create} (its secret is printed once)\n\n"
     )
+
+
+def dashboard_command(url: str, store_url: str) -> str:
+    """The `gateway dashboard` that signs in to the server at `url` on the store `store_url`: with `--url` and
+    `--store` where they are not the command's defaults (it said `gateway dashboard` of a server on port 9000, whose
+    link then went to port 8080, or on another store, which has none of the server's keys)."""
+    command = "gateway dashboard"
+    if url != DEFAULT_GATEWAY_URL:
+        command += f" --url {shlex.quote(url)}"
+    if store_url != DEFAULT_STORE_URL:
+        command += f" --store {shlex.quote(store_url)}"
+    return command
 
 
 async def _admin_key_at_start(store: Store) -> tuple[str | None, bool]:
@@ -332,7 +345,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "Clients (the openai SDK, Codex, curl) then use, in their own shell:\n\n"
                 f"    export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY=$GATEWAY_KEY\n\n"
                 "Not in the shell that starts the gateway: there OPENAI_API_KEY is the gateway's own key to OpenAI.\n"
-                f"The dashboard ({url}/dashboard) asks for this admin key; `gateway dashboard` opens it signed in.\n\n"
+                f"The dashboard ({url}/dashboard) asks for this admin key; "
+                f"`{dashboard_command(url, _store_url(None))}` opens it signed in.\n\n"
             )
         source = os.environ.get("GATEWAY_CONFIG") or "the shipped default config"
         sys.stdout.write(f"gateway listening on {url} (store {_store_url(None)}, {source}); Ctrl-C stops it\n")
@@ -582,9 +596,6 @@ def cmd_usage(args: argparse.Namespace) -> int:
         if items:
             sys.stdout.write(latency_table(latency(items)))
     return 0
-
-
-DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080"
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

@@ -397,6 +397,25 @@ def test_the_client_setup_serve_prints_belongs_in_another_shell(
     assert "Not in the shell that starts the gateway" in out
 
 
+def test_the_dashboard_command_serve_prints_signs_in_to_that_server(
+    serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Serve said "`gateway dashboard` opens it signed in" whatever its port and store: on port 9000, or on a store
+    other than the default, that command opened a link to port 8080 or found none of the server's admin keys.
+    Found by review."""
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # (serve names its store in the environment)
+    port = free_port()
+    assert main(["serve", "--port", str(port)]) == 0
+    out = capsys.readouterr().out
+    command = f"gateway dashboard --url http://127.0.0.1:{port} --store {serve_here}"
+    assert f"`{command}` opens it signed in" in out
+    monkeypatch.delenv("GATEWAY_STORE")  # (another shell: only what the command says)
+    assert main([*command.split()[1:], "--no-open"]) == 0
+    assert f"http://127.0.0.1:{port}/dashboard#sign-in=" in capsys.readouterr().out
+    assert cli.dashboard_command(cli.DEFAULT_GATEWAY_URL, cli.DEFAULT_STORE_URL) == "gateway dashboard"
+
+
 def test_serve_names_a_gateway_key_left_where_a_provider_key_belongs(
     serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
