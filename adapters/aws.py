@@ -41,6 +41,18 @@ MISSING_RETRY_S = 5.0
 AWS_REGION_REGEX = r"^(us|eu|ap|sa|ca|me|af|il|mx)\-\w+\-\d+$"
 AWS_DNS_SUFFIX = "amazonaws.com"
 _STANDARD = re.compile(AWS_REGION_REGEX)
+# A region of any partition, as botocore's partitions' `regionRegex`es name theirs (`aws`'s above; `cn-`, `us-gov-`,
+# `us-iso-`, `us-isob-`, `us-isof-`, `eu-isoe-`, `eusc-de-`): an area, one or more words, a number. A pattern, not the
+# list of regions, so that a region opened after this release is taken; tests/unit/adapters/test_aws.py holds every
+# region botocore lists to it.
+AWS_ANY_REGION = re.compile(r"(us|eu|ap|sa|ca|me|af|il|mx|cn|eusc)(-[a-z]+)+-\d+", re.ASCII)
+
+
+def is_aws_region(name: str) -> bool:
+    """Whether `name` can be an AWS region's (`eu-central-1`, `us-gov-west-1`, `cn-north-1`; not `narnia`)."""
+    return AWS_ANY_REGION.fullmatch(name) is not None
+
+
 # Signing names and endpoint prefixes differ from the environment's names for some services.
 SERVICE_ENV_NAMES = {"bedrock-runtime": "BEDROCK_RUNTIME", "secretsmanager": "SECRETS_MANAGER"}
 

@@ -596,16 +596,40 @@ def reference_name(reference: str) -> str:
     return reference if reference.startswith(("env:", *SECRET_STORES)) else "the literal api_key"
 
 
-def reference_hint(reference: str | None) -> str:
-    """Where an operator should put a missing secret, without revealing any value."""
+def reference_hint(reference: str | None, what: str = "the key") -> str:
+    """Where an operator should put a missing secret (`what`), without revealing any value."""
     if not reference:
         return "set api_key in the provider's config"
     if reference.startswith("env:"):
         return f"set the environment variable {reference[4:]}"
     if reference.startswith(SECRET_STORES):
         kind, _, name = reference.partition(":")
-        return f"store the key in {kind} as {name}"
+        return f"store {what} in {kind} as {name}"
     return "replace the provider's literal api_key with a provider key (better: a reference such as env:NAME)"
+
+
+def responses_secret(
+    settings: GatewaySettings, environ: Mapping[str, str] | None = None, fetch: SecretFetcher | None = None
+) -> str | None:
+    """`gateway.responses_secret` resolved at start: None where none is set (the seal's key is then one the store
+    keeps). A reference that resolves to nothing, or whose store cannot be read, is a `ConfigError` naming it, as an
+    OTLP header's is: `env:UNSET` was replaced, unsaid, by the store's secret."""
+    reference = settings.responses_secret
+    if reference is None:
+        return None
+    try:
+        secret = resolve_secret(reference, environ, fetch)
+    except SecretUnreadableError as failure:  # (the environment's init fails, and is tried again)
+        raise ConfigError([f"gateway.responses_secret: {failure}"]) from None
+    if secret is None:
+        shown, hint = (reference, reference_hint(reference, "the secret")) if reference else ("''", "write one")
+        raise ConfigError(
+            [
+                f"gateway.responses_secret: {shown} resolves to nothing: {hint}, or leave responses_secret out (the "
+                "seal's key is then one the gateway keeps in its store)"
+            ]
+        )
+    return secret
 
 
 # What SSM and Secrets Manager answer for a name they do not hold: the secret is absent, not unreadable.

@@ -22,22 +22,50 @@ if TYPE_CHECKING:
     from adapters.store.dynamo_client import DynamoDBClient
 
 
+# Where a store URL without `?region=` finds its region, in order: the DynamoDB client's own variables, then (with no
+# AWS variable) the gateway's `GATEWAY_REGION`; never before them: a table found through `AWS_DEFAULT_REGION` stays
+# found on an upgrade whatever region the gateway routes from (it was refused, "set AWS_REGION", with only
+# `GATEWAY_REGION` set).
+REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION", "GATEWAY_REGION")
+NO_REGION = "no AWS region for DynamoDB: set AWS_REGION (or GATEWAY_REGION), or add ?region=R to the store URL"
+
+
+def aws_region(value: str, source: str) -> str:
+    """`value`, the store's region as `source` names it (`the store URL's region=`, `AWS_REGION=`), if it can be an
+    AWS region's; else a `StoreError` saying so: `region=narnia` was taken, and every call went to
+    `dynamodb.narnia.amazonaws.com` ("DynamoDB query failed: ConnectionError")."""
+    from adapters.aws import is_aws_region
+
+    if not is_aws_region(value):
+        raise StoreError(
+            f"{source}{value[:40]} is not an AWS region name (an area, a word or two and a number, as eu-central-1, "
+            "us-gov-west-1 or cn-north-1)"
+        )
+    return value
+
+
+def environment_region(names: tuple[str, ...] = REGION_VARIABLES) -> str | None:
+    """The region a store URL without `?region=` takes from the first of `names` set, checked (`aws_region`); None
+    where none is set."""
+    for name in names:
+        if os.environ.get(name):
+            return aws_region(os.environ[name], f"{name}=")
+    return None
+
+
 def dynamodb_client(
     region: str | None, endpoint_url: str | None, read_timeout: float = 2.0, connect_timeout: float = 1.0
 ) -> DynamoDBClient:
     """The DynamoDB client (adapters/store/dynamo_client.py), with the process's AWS credentials and the
-    region's endpoint from the AWS layer (adapters/aws.py). Imported here: a process on the embedded store
-    imports neither (with the mixins' own, 3.2 million instructions of its cold start, callgrind)."""
-    from adapters.aws import process_credentials, region_of
+    region's endpoint from the AWS layer (adapters/aws.py): `region`, else the environment's
+    (`environment_region`). Imported here: a process on the embedded store imports neither (with the mixins' own,
+    3.2 million instructions of its cold start, callgrind)."""
+    from adapters.aws import process_credentials
     from adapters.store.dynamo_client import DynamoDBClient
 
-    # With no AWS variable, the gateway's own `GATEWAY_REGION` (it was refused, "set AWS_REGION"); never before them:
-    # a table found through `AWS_DEFAULT_REGION` stays found on an upgrade whatever region the gateway routes from.
-    region = region or region_of() or os.environ.get("GATEWAY_REGION")
+    region = region or environment_region()
     if not region:
-        raise StoreError(
-            "no AWS region for DynamoDB: set AWS_REGION (or GATEWAY_REGION), or add ?region=R to the store URL"
-        )
+        raise StoreError(NO_REGION)
     return DynamoDBClient(region, process_credentials(), endpoint_url, connect_timeout, read_timeout)
 
 
@@ -59,9 +87,47 @@ def seconds_parameter(query: dict[str, str], name: str, default: float) -> float
 URL_PARAMETERS = ("region", "endpoint_url", "read_timeout", "connect_timeout", "lease_idle_seconds")
 
 
-def region_name_ok(value: str) -> bool:
-    """Whether `value` can name an AWS region (letters, digits and '-', as eu-central-1)."""
-    return 0 < len(value) <= 64 and value.isascii() and all(c.isalnum() or c == "-" for c in value)
+def dynamodb_query(url: str) -> tuple[dict[str, str], dict[str, float]]:
+    """A DynamoDB store URL's parameters, each checked (`StoreError` naming the first that is wrong): a table, no
+    parameter but `URL_PARAMETERS` and `home_endpoint_REGION`, a region that can be AWS's (`aws_region`); and its
+    numbers of seconds (above 0), each else its default."""
+    from adapters.store.region_leases import IDLE_SECONDS
+
+    parts = urlsplit(url)
+    if not parts.netloc:
+        raise StoreError(f"store URL '{url}' names no table: use dynamodb://TABLE?region=R")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    # A misspelt parameter was ignored: `endpoint=` for `endpoint_url=` sent a local run to AWS's own endpoint
+    # (and with credentials, to a real table of that name); `regoin=` took the environment's region.
+    unknown = sorted(k for k in query if k not in URL_PARAMETERS and not k.startswith("home_endpoint_"))
+    if unknown:
+        raise StoreError(
+            f"the store URL's {unknown[0]}= is not a parameter of a DynamoDB store URL "
+            f"(one of: {', '.join(URL_PARAMETERS)}, home_endpoint_REGION)"
+        )
+    if "region" in query:
+        aws_region(query["region"], "the store URL's region=")
+    for name in query:
+        if name.startswith("home_endpoint_"):
+            aws_region(name.removeprefix("home_endpoint_"), "the store URL's home_endpoint_")
+    defaults = {"read_timeout": 2.0, "connect_timeout": 1.0, "lease_idle_seconds": IDLE_SECONDS}
+    return query, {name: seconds_parameter(query, name, default) for name, default in defaults.items()}
+
+
+def check_store_url(url: str) -> None:
+    """Raise the `StoreError` opening the store `url` names would for what the URL and the environment say (its
+    form, its parameters, its region), opening nothing: what `gateway config check` and `serve` say first."""
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        return
+    if scheme != "dynamodb":
+        raise unknown_store(url)
+    if not dynamodb_query(url)[0].get("region") and not environment_region():
+        raise StoreError(NO_REGION)
+
+
+def unknown_store(url: str) -> StoreError:
+    return StoreError(f"unknown store URL '{url}': use sqlite:///PATH or dynamodb://TABLE?region=R")
 
 
 def open_store(url: str, client: Any = None) -> Store:
@@ -73,35 +139,19 @@ def open_store(url: str, client: Any = None) -> Store:
         # As in SQLAlchemy: `sqlite:///rel/path`, `sqlite:////abs/path`, `sqlite://` in memory.
         return SQLiteStore(url.removeprefix("sqlite://").removeprefix("/") or ":memory:")
     if parts.scheme == "dynamodb":
-        from adapters.aws import region_of
         from adapters.store.dynamodb import DynamoDBStore
-        from adapters.store.region_leases import IDLE_SECONDS
 
-        if not parts.netloc:
-            raise StoreError(f"store URL '{url}' names no table: use dynamodb://TABLE?region=R")
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        # A misspelt parameter was ignored: `endpoint=` for `endpoint_url=` sent a local run to AWS's own endpoint
-        # (and with credentials, to a real table of that name); `regoin=` took the environment's region.
-        unknown = sorted(k for k in query if k not in URL_PARAMETERS and not k.startswith("home_endpoint_"))
-        if unknown:
-            raise StoreError(
-                f"the store URL's {unknown[0]}= is not a parameter of a DynamoDB store URL "
-                f"(one of: {', '.join(URL_PARAMETERS)}, home_endpoint_REGION)"
-            )
-        if "region" in query and not region_name_ok(query["region"]):
-            raise StoreError(f"the store URL's region={query['region'][:40]} is not a region name (eu-central-1)")
-        timeouts = {
-            "read_timeout": seconds_parameter(query, "read_timeout", 2.0),
-            "connect_timeout": seconds_parameter(query, "connect_timeout", 1.0),
-        }
-        idle = seconds_parameter(query, "lease_idle_seconds", IDLE_SECONDS)
+        query, seconds = dynamodb_query(url)
+        timeouts = {name: seconds[name] for name in ("read_timeout", "connect_timeout")}
         owned: list[Any] = []
         # The region the client signs for is the store's: a store left without one homed its keys nowhere, and
-        # every region then wrote the one meter item of a key (1.83x its budget spent from two regions).
-        region = query.get("region") or region_of() or getattr(client, "region", None)
+        # every region then wrote the one meter item of a key (1.83x its budget spent from two regions); so did one
+        # whose client took `GATEWAY_REGION` (its region was None).
+        region = query.get("region") or environment_region(REGION_VARIABLES[:2]) or getattr(client, "region", None)
         if client is None:
             client = dynamodb_client(region, query.get("endpoint_url"), **timeouts)
             owned.append(client)
+        region = region or getattr(client, "region", None)
         endpoints = {k.removeprefix("home_endpoint_"): v for k, v in query.items() if k.startswith("home_endpoint_")}
         clients: dict[str, Any] = {}
 
@@ -112,9 +162,14 @@ def open_store(url: str, client: Any = None) -> Store:
             return clients[other]
 
         store = DynamoDBStore(
-            client, parts.netloc, region=region, client_for=client_for, lease_idle_seconds=idle, owned=owned
+            client,
+            parts.netloc,
+            region=region,
+            client_for=client_for,
+            lease_idle_seconds=seconds["lease_idle_seconds"],
+            owned=owned,
         )
         if "region" not in query:  # settlements spooled under the name used before the region was taken
             store.spool_path = store.spool_path.replace(f"-{region}.jsonl", ".jsonl")
         return store
-    raise StoreError(f"unknown store URL '{url}': use sqlite:///PATH or dynamodb://TABLE?region=R")
+    raise unknown_store(url)

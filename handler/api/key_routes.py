@@ -91,6 +91,14 @@ class RotateSpec(BaseModel):
     grace_seconds: float = Field(default=3600, ge=0, le=MAX_GRACE_SECONDS, allow_inf_nan=False)
 
 
+def no_such_key(key_id: str) -> str:
+    """A 404's message for a key id the store does not have; a whole key given as the id is not echoed (its
+    secret would be)."""
+    if key_id.startswith("gwk_"):
+        return "no key with that id: give a key's id (the part between `gwk_` and the next `_`), not the key"
+    return f"no key with id '{key_id[:64]}'"
+
+
 def key_view(record: KeyRecord) -> dict[str, Any]:
     """A key as shown to its holder or an admin: never a hash, never a secret."""
     return {
@@ -359,7 +367,7 @@ class KeyRoutes:
         key_id = request.path_params["key_id"]
         record: KeyRecord | None = await (store.get_key_latest if latest else store.get_key)(key_id)
         if record is None:
-            raise NotFoundError(f"no key with id '{key_id}'", code="not_found")
+            raise NotFoundError(no_such_key(key_id), code="not_found")
         return record
 
     async def _change(
@@ -427,14 +435,28 @@ class KeyRoutes:
         return await self._usage(request, key, await with_descendants(self.gateway.store, key.id))
 
     async def admin_usage(self, request: Request) -> Response:
+        """Every key's report, or with `key=ID` that key's family's. A key the store never had (a typo) is a 404, as
+        `gateway usage --key` exits 1 (it was an empty 200); one whose record is gone (purged after its expiry or
+        revocation) is known by its lines in the window or its children's links, and reports them."""
         caller = await self._admin(request)
         key_id = request.query_params.get("key")
-        family = await with_descendants(self.gateway.store, key_id) if key_id else None
-        return await self._usage(request, caller, family)
+        if not key_id:
+            return await self._usage(request, caller, None)
+        if key_id.startswith("gwk_"):  # a whole key, secret and all: never echoed (as `gateway usage --key` has it)
+            raise InvalidRequestError(
+                "key takes a key's id (the part between `gwk_` and the next `_`), not the key", param="key"
+            )
+        store = self.gateway.store
+        family = await with_descendants(store, key_id)
+        recordless = family == [key_id] and await store.get_key(key_id) is None
+        return await self._usage(request, caller, family, key_id if recordless else None)
 
-    async def _usage(self, request: Request, caller: KeyRecord, key_ids: list[str] | None) -> Response:
+    async def _usage(
+        self, request: Request, caller: KeyRecord, key_ids: list[str] | None, recordless: str | None = None
+    ) -> Response:
         """A report, in its turn (`ReportGate`), its lines read and summed off the event loop: a report over 300,000
-        lines held every other request of the process for 10 s, and five at once from one client key for 43 s."""
+        lines held every other request of the process for 10 s, and five at once from one client key for 43 s.
+        `recordless`: a key asked for with no record and no children, a 404 unless it has lines in the window."""
         params = request.query_params
         spec = parse_report(
             params.get("since"),
@@ -454,6 +476,10 @@ class KeyRoutes:
         report = ReportBuilder(spec, views or None)
         async with self.reports.turn(caller):
             await self.gateway.store.scan_usage(UsageQuery(key_ids, spec.since, spec.until), report.add)
+            if recordless is not None and not report.read:
+                raise NotFoundError(
+                    f"{no_such_key(recordless)} (nor any usage of it in the window)", code="not_found", param="key"
+                )
             names = await key_names(self.gateway.keys.lookup, report.key_ids) if by_key else None
             answer = await asyncio.to_thread(report.answer, names, shape)
         if isinstance(answer, str):

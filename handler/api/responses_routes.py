@@ -38,7 +38,6 @@ from handler.api.responses_items import PageAsked, item_ids, page, stored_ids
 from handler.api.responses_native import Relay, relayed_events
 from handler.api.responses_stream import responses_events
 from handler.api.streaming import EventStream, stream_head, until_client_leaves
-from handler.config import resolve_secret
 from handler.errors import InvalidRequestError, NotFoundError
 from handler.pipeline.budgets import SETTLE_BY
 from handler.pipeline.exchange import Exchange
@@ -367,7 +366,7 @@ class ResponsesRoutes:
     def __init__(self, api: Api) -> None:
         self.api = api
         self.archive = ResponseArchive(api)
-        secret = resolve_secret(api.gateway.config.gateway.responses_secret)
+        secret = api.gateway.responses_secret  # (read at start: a reference to nothing is refused there)
         self._seal = ReasoningSeal(secret.encode()) if secret else None
         self._sealing = asyncio.Lock()
 

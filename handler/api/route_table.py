@@ -382,7 +382,11 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda e: e.keys.admin_usage,
         Auth.ADMIN,
         "Every key's cost line items (admin key only)",
-        lambda o: o.operation(o.USAGE_OK, parameters=[*o.USAGE_PARAMETERS, o.query("key", "one key id")]),
+        lambda o: o.operation(
+            o.USAGE_OK,
+            parameters=[*o.USAGE_PARAMETERS, o.query("key", "one key id (its family included)")],
+            errors={"404": "not_found (a key id the store never had, with no usage in the window)"},
+        ),
     ),
     RouteSpec(
         "/admin/keys",

@@ -379,10 +379,12 @@ class ReportBuilder:
         self.times = Times()
         self.tag_names: set[str] = set()
         self.key_ids: set[str] = set()  # whose names the rows grouped by key show
+        self.read = 0  # lines the store gave, the filter's included
 
     def add(self, lines: Iterable[LedgerItem]) -> None:
         keep = self.spec.filter
         for item in lines:
+            self.read += 1
             if keep and not keep.matches(item):
                 continue
             figures = line_figures(item)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from handler.api.key_routes import key_view
-from handler.config import Config, ConfigError, load_config
+from handler.config import Config, ConfigError, load_config, responses_secret
 from handler.pipeline.attribution import parse_tags
 from handler.pipeline.gateway import DEFAULT_STORE_URL
 from handler.pipeline.key_admin import KeyAdmin, key_names, with_descendants
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from handler.errors import InvalidRequestError
 
 STORE_HELP = f"the server's store URL (default: GATEWAY_STORE, else {DEFAULT_STORE_URL})"
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080"  # (`gateway dashboard --url`'s default: `gateway serve`'s own)
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 ZERO = re.compile(r"^0+(?:\.0*)?$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -120,20 +121,28 @@ def _known_types() -> set[str]:
     return set(REGISTRY)
 
 
-def _start_up_checks(config: Config) -> None:
-    """What the gateway's start-up refuses, said before serving: the `OTEL_*` environment, each provider's
-    `headers` resolved (a reference to nothing; one whose store cannot be read now is read again once serving, as a
-    key is), an option no adapter reads (a misspelt `base_ulr`) or one it cannot take, and what building the router
-    refuses (an Azure provider without its endpoint)."""
+def _start_up_checks(config: Config) -> list[str]:
+    """What the gateway's start-up refuses, said before serving: the `OTEL_*` environment, `gateway.responses_secret`
+    resolved, each provider's `headers` resolved (a reference to nothing; one whose store cannot be read now is read
+    again once serving, as a key is), an option no adapter reads (a misspelt `base_ulr`) or one it cannot take, and
+    what building the router refuses (an Azure provider without its endpoint). Returns what it would serve without
+    (`unkeyed_providers`): a provider whose key is not found, warned of, not refused."""
     from adapters.providers.registry import REGISTRY
-    from handler.pipeline.gateway import check_routes, gateway_region, provider_headers
+    from handler.pipeline.gateway import check_routes, gateway_region, provider_headers, unkeyed_providers
 
     otlp_settings(config.observability.otlp, os.environ)
+    responses_secret(config.gateway, os.environ)
     for name, provider in config.providers.items():
         headers = provider.options().get("headers")
         if headers is not None:
             provider_headers(name, headers, os.environ, None)
-    check_routes(config, REGISTRY, gateway_region(os.environ))
+    adapters = check_routes(config, REGISTRY, gateway_region(os.environ))
+    return unkeyed_providers(config, adapters, os.environ, None)
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        sys.stderr.write(f"warning: {warning}\n")
 
 
 def _print_json(payload: Any) -> None:
@@ -167,6 +176,18 @@ def admin_key_notice(store_url: str, has_admin: bool) -> str:
         "\nThis store has keys but no live admin key, so none was printed and nobody can use the dashboard or "
         f"/admin: create one with {create} (its secret is printed once)\n\n"
     )
+
+
+def dashboard_command(url: str, store_url: str) -> str:
+    """The `gateway dashboard` that signs in to the server at `url` on the store `store_url`: with `--url` and
+    `--store` where they are not the command's defaults (it said `gateway dashboard` of a server on port 9000, whose
+    link then went to port 8080, or on another store, which has none of the server's keys)."""
+    command = "gateway dashboard"
+    if url != DEFAULT_GATEWAY_URL:
+        command += f" --url {shlex.quote(url)}"
+    if store_url != DEFAULT_STORE_URL:
+        command += f" --store {shlex.quote(store_url)}"
+    return command
 
 
 async def _admin_key_at_start(store: Store) -> tuple[str | None, bool]:
@@ -283,9 +304,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["GATEWAY_CONFIG"] = args.config
     if args.store:
         os.environ["GATEWAY_STORE"] = args.store
+    from adapters.store import check_store_url
+
+    check_store_url(_store_url(None))  # (a `StoreError`: `main` says it, exit 2, before anything starts)
     try:
         config = load_config(os.environ.get("GATEWAY_CONFIG") or None, _known_types())
-        _start_up_checks(config)
+        unkeyed = _start_up_checks(config)
         metrics_port = config.observability.metrics_port
         if metrics_port is not None and args.workers > 1:
             # Each worker counts its own requests, and workers share one port: no scrape can see them all.
@@ -308,6 +332,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     with listener:
         port = listener.getsockname()[1]  # (`--port 0`: the free port the system chose)
+        _warn(unkeyed)
         _warn_of_gateway_keys_as_provider_keys(config, os.environ)
         secret, has_admin = asyncio.run(_admin_key_at_start(_store(None)))
         url = f"http://[{args.host}]:{port}" if ":" in args.host else f"http://{args.host}:{port}"
@@ -320,7 +345,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "Clients (the openai SDK, Codex, curl) then use, in their own shell:\n\n"
                 f"    export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY=$GATEWAY_KEY\n\n"
                 "Not in the shell that starts the gateway: there OPENAI_API_KEY is the gateway's own key to OpenAI.\n"
-                f"The dashboard ({url}/dashboard) asks for this admin key; `gateway dashboard` opens it signed in.\n\n"
+                f"The dashboard ({url}/dashboard) asks for this admin key; "
+                f"`{dashboard_command(url, _store_url(None))}` opens it signed in.\n\n"
             )
         source = os.environ.get("GATEWAY_CONFIG") or "the shipped default config"
         sys.stdout.write(f"gateway listening on {url} (store {_store_url(None)}, {source}); Ctrl-C stops it\n")
@@ -360,12 +386,22 @@ def _has(module: str) -> bool:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    """The config file checked as `gateway serve` checks it before it starts, and the store URL it would open
+    (`--store`, else `GATEWAY_STORE`, else the default), opening nothing."""
+    from adapters.store import check_store_url
+
+    try:
+        check_store_url(_store_url(args.store))
+    except StoreError as exc:
+        sys.stderr.write(f"gateway: the store cannot be used: {redact_message(str(exc))}\n")
+        return 1
     try:
         config = load_config(args.config or os.environ.get("GATEWAY_CONFIG") or None, _known_types())
-        _start_up_checks(config)
+        unkeyed = _start_up_checks(config)
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 1
+    _warn(unkeyed)
     from handler.pipeline.pricing import price_for
 
     problems = []
@@ -379,7 +415,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     if problems:
         sys.stderr.write("\n".join(problems) + "\n")
         return 1
-    sys.stdout.write(f"ok: {len(config.providers)} providers, {len(config.models)} models\n")
+    without = f" ({len(unkeyed)} without a key: warned of above)" if unkeyed else ""
+    sys.stdout.write(f"ok: {len(config.providers)} providers{without}, {len(config.models)} models\n")
     return 0
 
 
@@ -559,9 +596,6 @@ def cmd_usage(args: argparse.Namespace) -> int:
         if items:
             sys.stdout.write(latency_table(latency(items)))
     return 0
-
-
-DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080"
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -831,8 +865,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="config file tools")
     csub = config.add_subparsers(dest="config_command", required=True)
-    check = csub.add_parser("check", help="validate a config file")
+    check = csub.add_parser("check", help="validate a config file (and the store URL serve would open)")
     check.add_argument("--config")
+    check.add_argument("--store", help=STORE_HELP)
     check.set_defaults(func=cmd_config_check)
     return parser
 

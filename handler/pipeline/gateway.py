@@ -21,8 +21,10 @@ from handler.config import (
     SecretFetcher,
     SecretUnreadableError,
     load_config,
+    reference_hint,
     reference_name,
     resolve_secret,
+    responses_secret,
 )
 from handler.errors import GatewayError
 from handler.pipeline.keys import KeyService
@@ -73,6 +75,7 @@ class Gateway:
         provider_keys: ProviderKeys
         | NoStoredKeys
         | None = None,  # provider keys held in SSM or Secrets Manager, kept current
+        responses_secret: str | None = None,  # `gateway.responses_secret`, read at start (`config.responses_secret`)
     ) -> None:
         self.config = config
         self.region = region
@@ -82,6 +85,7 @@ class Gateway:
         self.upstream = upstream
         self.tracer = tracer
         self.provider_keys = provider_keys or NoStoredKeys()
+        self.responses_secret = responses_secret
         self.background: set[asyncio.Task[None]] = set()
         # While a buffered invocation runs (`Settling`): what `spawn` was given, run after the answer by
         # `settle_now`.
@@ -308,15 +312,52 @@ def new_adapter(name: str, cls: type[ProviderAdapter], options: dict[str, Any]) 
         raise ConfigError([f"providers.{name}: {exc}"]) from None
 
 
-def check_routes(config: Config, registry: Mapping[str, type[ProviderAdapter]], region: str) -> None:
+def check_routes(
+    config: Config, registry: Mapping[str, type[ProviderAdapter]], region: str
+) -> dict[str, ProviderAdapter]:
     """Raise the `ConfigError` building the gateway's adapters and router would (an option no adapter reads, one it
     cannot take, an Azure provider with no endpoint), reading no secret: what `gateway config check` and `serve` say
-    before anything starts."""
+    before anything starts. The adapters built, without their keys."""
     problems = unread_options(config, registry)
     if problems:
         raise ConfigError(problems)
     adapters = {name: new_adapter(name, registry[p.type], p.options()) for name, p in config.providers.items()}
     Router(config, adapters, region)
+    return adapters
+
+
+def unkeyed_providers(
+    config: Config, adapters: Mapping[str, ProviderAdapter], environ: Mapping[str, str], fetch: SecretFetcher | None
+) -> list[str]:
+    """One line for each provider whose key start-up would not find, worded as a header's reference to nothing is
+    (`providers.NAME.api_key: env:NAME resolves to nothing: ...`), never with a value: what `gateway config check`
+    and `serve` warn of. Not refused, as a header's is: the gateway serves without such a provider (its deployments
+    answer 503 `provider_not_configured`, a fallback serving where one has its key), as the shipped config, naming
+    five providers' variables, is served with one or two set; a key stored later in SSM or Secrets Manager is read
+    within `provider_key_refresh_seconds`."""
+    warnings = []
+    for name, provider in config.providers.items():
+        adapter = adapters[name]
+        reference = provider.key_reference(adapter.key_env_var)
+        if not adapter.requires_key or reference is None:
+            continue  # (Bedrock's AWS credentials, `auth: none`, an Azure resource's Entra ID header)
+        shown = reference if provider.api_key else f"{reference} (its type's variable: no api_key is set)"
+        try:
+            secret = resolve_secret(reference, environ, fetch)
+        except SecretUnreadableError as failure:
+            warnings.append(f"providers.{name}.api_key: {failure}; the server reads it again while it serves")
+            continue
+        if secret is None:
+            when = (
+                f"read again every {config.gateway.provider_key_refresh_seconds:g} s"
+                if is_stored(reference)
+                else "where the gateway runs; read at start"
+            )
+            warnings.append(
+                f"providers.{name}.api_key: {shown} resolves to nothing: its models answer 503 "
+                f"provider_not_configured; {reference_hint(reference)} ({when})"
+            )
+    return warnings
 
 
 def build_adapters(
@@ -421,6 +462,8 @@ def build_gateway(
     region = gateway_region(env)
     redaction.register(env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN"))
     adapters = build_adapters(config, REGISTRY, env, fetch)
+    sealing = responses_secret(config.gateway, env, fetch)
+    redaction.register(sealing)
     refresh_s = config.gateway.provider_key_refresh_seconds
     return Gateway(
         config=config,
@@ -433,6 +476,7 @@ def build_gateway(
         provider_keys=held_keys(
             adapters, key_references(config, REGISTRY), refresh_s, env, fetch, headers=header_references(config)
         ),
+        responses_secret=sealing,
     )
 
 

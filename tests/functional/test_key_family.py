@@ -147,6 +147,41 @@ def test_a_purged_childs_spend_stays_in_its_parents_usage(gateway: Running, endi
     assert totals(gateway, "/admin/usage", admin, key=parent_id) == before
 
 
+def test_admin_usage_of_a_key_the_store_never_had_is_a_404_and_a_purged_ones_still_reports(gateway: Running) -> None:
+    """`GET /admin/usage?key=nosuchkeyid` answered an empty 200, where `gateway usage --key nosuchkeyid` exits 1 and
+    `/admin/keys/nosuchkeyid` is a 404. A key whose record is purged but whose lines are in the window still reports
+    them; a live key with none reports nothing. Found by review."""
+    admin = gateway.mint(name="admin", admin=True)
+    parent = gateway.mint(name="team")
+    minted = httpx.post(f"{gateway.url}/v1/keys", json={"name": "run"}, headers=auth(parent)).json()
+    body = {"model": "gpt-test", "messages": HI}
+    assert httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=auth(minted["key"])).status_code == 200
+    assert gateway.ledger(minted["key"])
+    revoke(gateway.store_url, minted["id"], time.time() - 86400 - 60)  # (its record purged; its lines are not)
+    assert totals(gateway, "/admin/usage", admin, key=minted["id"])[0] == 1
+    quiet = (split_key(gateway.mint(name="quiet")) or ("", ""))[0]
+    assert totals(gateway, "/admin/usage", admin, key=quiet) == (0, 0)
+
+    for asked, status, code, said in (
+        ("nosuchkeyid", 404, "not_found", "no key with id 'nosuchkeyid' (nor any usage of it in the window)"),
+        # (A whole key where its id goes: never echoed, secret and all.)
+        (
+            parent,
+            400,
+            "invalid_request",
+            "key takes a key's id (the part between `gwk_` and the next `_`), not the key",
+        ),
+    ):
+        for shape in ("json", "csv"):
+            answer = httpx.get(
+                f"{gateway.url}/admin/usage", params={"key": asked, "format": shape}, headers=auth(admin), timeout=10
+            )
+            assert answer.status_code == status and answer.headers["x-should-retry"] == "false"
+            assert answer.json() == {
+                "error": {"message": said, "type": "invalid_request_error", "param": "key", "code": code}
+            }
+
+
 def revoke(store_url: str, key_id: str, at: float) -> None:
     async def go() -> None:
         store = open_store(store_url)

@@ -68,6 +68,7 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "admin-keys-list": (200, None),
     "admin-keys-not-admin": (403, "admin_only"),
     "admin-usage": (200, None),
+    "admin-usage-unknown-key": (404, "not_found"),
     "metrics": (200, None),
 }
 # Errors in Anthropic's shape, `{"type": "error", "error": {"type", "message"}}`: EXPECTED names their `type`.

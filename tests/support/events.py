@@ -152,6 +152,7 @@ CASES: dict[str, dict[str, Any]] = {
     "admin-keys-list": event("GET", "/admin/keys", key=SAMPLE_ADMIN_KEY),
     "admin-keys-not-admin": event("GET", "/admin/keys"),
     "admin-usage": event("GET", "/admin/usage", key=SAMPLE_ADMIN_KEY, query="group_by=key"),
+    "admin-usage-unknown-key": event("GET", "/admin/usage", key=SAMPLE_ADMIN_KEY, query="key=nosuchkeyid"),
     "metrics": event("GET", "/metrics", key=SAMPLE_ADMIN_KEY, headers={"accept": "text/plain"}),
 }
 

@@ -10,6 +10,7 @@ alternation), system and developer messages become `systemInstruction`, sampling
 from __future__ import annotations
 
 import base64
+import functools
 import mimetypes
 import re
 import secrets
@@ -65,6 +66,9 @@ if TYPE_CHECKING:
     from adapters.providers.gemini.stream import GeminiStreamParser
 
 API_VERSION = "v1beta"
+# A path's last segment that names a version of the API (`v1`, Google's stable one; `v1beta`; `v1alpha`): a
+# `base_url` ending in one is that version's root, taken as it is.
+VERSION_SEGMENT = re.compile(r"v\d+(?:(?:alpha|beta)\d*)?")
 MAX_STOP_SEQUENCES = 5  # Gemini rejects more than five stop sequences
 # `batchEmbedContents` takes at most 100 requests ("at most 100 requests can be in one batch").
 MAX_EMBED_BATCH = 100
@@ -705,6 +709,18 @@ def checked_payload(data: Any) -> dict[str, Any]:
     return data
 
 
+@functools.cache  # (a few base URLs per process, each a dictionary look-up per request after its first)
+def version_root(base_url: str) -> str:
+    """The root of the API's version under `base_url`: the API's host (`https://generativelanguage.googleapis.com`)
+    with `API_VERSION` added, or a URL that names a version already, as Google's documents write it, taken as it is:
+    `.../v1beta`, and `.../v1`, the stable version, which has `generateContent`, `streamGenerateContent`,
+    `countTokens` and the embedding methods too (each was doubled: every request a 404 at `.../v1beta/v1beta/...`
+    or `.../v1/v1beta/...`)."""
+    root = base_url.rstrip("/")
+    versioned = VERSION_SEGMENT.fullmatch(urllib.parse.urlsplit(root).path.rpartition("/")[2])
+    return root if versioned else f"{root}/{API_VERSION}"
+
+
 # --- the adapter --------------------------------------------------------------------------------
 
 
@@ -726,12 +742,9 @@ class GeminiAdapter(ProviderAdapter):
         return headers
 
     def url(self, target: Target, method: str) -> str:
-        """The method's URL under `base_url`, the API's host (`https://generativelanguage.googleapis.com`) or its
-        root with the version, as Google's documents write it (`.../v1beta`: every request was a 404 at
-        `.../v1beta/v1beta/models/...`)."""
+        """The method's URL under `version_root(base_url)`."""
         model = target.model.removeprefix("models/")
-        root = target.base_url if target.base_url.endswith(f"/{API_VERSION}") else f"{target.base_url}/{API_VERSION}"
-        return f"{root}/models/{urllib.parse.quote(model, safe='-._~')}:{method}"
+        return f"{version_root(target.base_url)}/models/{urllib.parse.quote(model, safe='-._~')}:{method}"
 
     def chat_body(self, req: ChatRequest, target: Target) -> tuple[dict[str, Any], list[str]]:
         """The `GenerateContentRequest` and the client parameters it could not carry."""

@@ -383,6 +383,16 @@ def unsent_sampling(body: dict[str, Any], reasons: bool) -> list[str]:
     return [name for name, value in values.items() if value is not None and value != 1]
 
 
+def auth_shown(value: Any) -> str:
+    """How the `auth` option's refused value is named: as written, or, for the boolean YAML reads from an unquoted
+    `off`, `no`, `false` (or `on`, `yes`, `true`), by those words (it said "not 'False'" of `auth: off`)."""
+    if value is True:
+        return "on, yes or true (YAML's boolean true): leave auth out to send the provider's key"
+    if value is False:
+        return "off, no or false (YAML's boolean false, unquoted): write `auth: none` to send no key"
+    return f"'{str(value)[:40]}'"
+
+
 class OpenAIAdapter(ProviderAdapter):
     """The `openai` provider type."""
 
@@ -400,7 +410,7 @@ class OpenAIAdapter(ProviderAdapter):
         auth = self.options.get("auth")
         if auth is not None and auth != "none":
             # (`auth: off`, `None` or `false` read the type's environment key and sent it to `base_url`.)
-            raise ValueError(f"auth takes one value, 'none' (send no key), or is left out; not '{str(auth)[:40]}'")
+            raise ValueError(f"auth takes one value, 'none' (send no key), or is left out; not {auth_shown(auth)}")
         self.requires_key = auth != "none"
         responses_api = self.options.get("responses_api")
         if responses_api not in (None, "native", "translate"):

@@ -247,3 +247,13 @@ def test_a_snapstart_restore_fetches_credentials_from_a_role_afresh(
         assert container.calls == 2
     finally:
         container.stop()
+
+
+def test_every_region_botocore_knows_is_an_aws_region_name_and_a_made_up_one_is_not() -> None:
+    """A DynamoDB store URL's `region=narnia` was taken (its calls went to dynamodb.narnia.amazonaws.com): the
+    pattern holds every partition's regions (gov, iso, China, the sovereign cloud) without listing them."""
+    data = botocore.loaders.create_loader().load_data("endpoints")
+    regions = [region for partition in data["partitions"] for region in partition["regions"]]
+    assert len(regions) > 30 and [r for r in regions if not aws.is_aws_region(r)] == []
+    made_up = ("narnia", "local", "eu-central", "us_east_1", "US-EAST-1", "eu-central-1 ", "xx-east-1", "us-east-١")
+    assert [name for name in made_up if aws.is_aws_region(name)] == []

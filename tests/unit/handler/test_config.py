@@ -300,3 +300,32 @@ def test_timeouts_that_let_a_request_outlive_its_reservation_are_refused() -> No
     assert len(problems({"gateway": {"timeouts": {"total": 3600, "request": 3600}}})) == 1  # the TTL's
     longer = {"timeouts": {"total": 3600, "request": 3600}, "reservation_ttl_seconds": 3660}
     assert parse_config({"gateway": longer}, TYPES).gateway.timeouts.request == 3600
+
+
+def test_a_responses_secret_that_resolves_to_nothing_is_refused_at_start_not_replaced(tmp_path: Path) -> None:
+    """`gateway.responses_secret: env:UNSET` passed config check and served, sealing with the store's secret in its
+    place: a deployment in several regions, set up to share one secret, sealed with as many. Found by review."""
+    from handler.config import SecretFetcher, SecretUnreadableError
+    from handler.pipeline.gateway import Gateway, build_gateway
+
+    def gateway_with(reference: str, environ: dict[str, str], fetch: SecretFetcher | None = None) -> Gateway:
+        config = parse_config({"gateway": {"responses_secret": reference}}, TYPES)
+        store = f"sqlite:///{tmp_path / 'gateway.db'}"
+        return build_gateway(config=config, store_url=store, environ=environ, fetch=fetch)
+
+    with pytest.raises(ConfigError) as refused:
+        gateway_with("env:SEAL_SECRET", {})
+    assert refused.value.problems == [
+        "gateway.responses_secret: env:SEAL_SECRET resolves to nothing: set the environment variable SEAL_SECRET, or "
+        "leave responses_secret out (the seal's key is then one the gateway keeps in its store)"
+    ]
+    with pytest.raises(ConfigError, match=r"^gateway.responses_secret: ssm:/gw/seal resolves to nothing: store the "):
+        gateway_with("ssm:/gw/seal", {}, lambda kind, name: None)
+
+    def throttled(kind: str, name: str) -> str:
+        raise SecretUnreadableError(f"{kind}:{name}", "ThrottlingException")
+
+    with pytest.raises(ConfigError, match=r"^gateway.responses_secret: ssm:/gw/seal could not be read \(Throttling"):
+        gateway_with("ssm:/gw/seal", {}, throttled)
+    # The environment the gateway is built from, not the process's (it read os.environ).
+    assert gateway_with("env:SEAL_SECRET", {"SEAL_SECRET": "s" * 32}).responses_secret == "s" * 32

@@ -157,18 +157,32 @@ def test_key_goes_in_the_header_never_the_url() -> None:
     assert "AIza-test-key" not in result.request.url and "authorization" not in result.request.headers
 
 
-@pytest.mark.parametrize("base_url", [BASE, f"{BASE}/v1beta", "https://proxy.example/gemini/v1beta/"])
-def test_a_base_url_that_already_ends_in_the_api_version_is_not_doubled(base_url: str) -> None:
+@pytest.mark.parametrize(
+    ("base_url", "root"),
+    [
+        (BASE, f"{BASE}/v1beta"),
+        (f"{BASE}/v1beta", f"{BASE}/v1beta"),
+        ("https://proxy.example/gemini/v1beta/", "https://proxy.example/gemini/v1beta"),
+        # Google's stable version: every request was a 404 at `.../v1/v1beta/models/...` (review)
+        (f"{BASE}/v1", f"{BASE}/v1"),
+        ("https://proxy.example/gemini/v1/", "https://proxy.example/gemini/v1"),
+        ("https://v1.proxy.example", "https://v1.proxy.example/v1beta"),  # (a host's name is no version)
+    ],
+)
+def test_a_base_url_that_already_ends_in_the_api_version_is_not_doubled(base_url: str, root: str) -> None:
     """`base_url: https://generativelanguage.googleapis.com/v1beta`, the API's root as Google's documents write it,
-    passed config check, and every request was a 404 at `.../v1beta/v1beta/models/...` (502). Found by review."""
-    root = base_url.rstrip("/").removesuffix("/v1beta")
+    passed config check, and every request was a 404 at `.../v1beta/v1beta/models/...` (502); `.../v1`, the stable
+    version's root, the same at `.../v1/v1beta/models/...`. Found by review."""
     gemini = adapter()
     at = target(base_url=gemini.base_url("global", base_url))
     assert gemini.chat_request(request(), at, stream=False).request.url == (
-        f"{root}/v1beta/models/gemini-2.5-flash:generateContent"
+        f"{root}/models/gemini-2.5-flash:generateContent"
+    )
+    assert gemini.chat_request(request(stream=True), at, stream=True).request.url == (
+        f"{root}/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
     )
     embeddings = gemini.embeddings_request(EmbeddingsRequest(model="e", input="a"), at)
-    assert embeddings.request.url == f"{root}/v1beta/models/gemini-2.5-flash:batchEmbedContents"
+    assert embeddings.request.url == f"{root}/models/gemini-2.5-flash:batchEmbedContents"
 
 
 def test_stream_request_uses_sse_endpoint() -> None:

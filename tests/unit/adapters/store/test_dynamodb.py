@@ -1336,10 +1336,18 @@ def test_a_store_url_without_a_region_takes_the_aws_variables_then_the_gateways_
 ) -> None:
     """With only `GATEWAY_REGION` set, a store URL without `?region=` was refused ("set AWS_REGION"); the AWS
     variables still come first, so a table found through `AWS_DEFAULT_REGION` is found after an upgrade (taking
-    `GATEWAY_REGION` first lost it: review)."""
+    `GATEWAY_REGION` first lost it: review). The store's region is the one its client signs for: with only
+    `GATEWAY_REGION` it was None, its keys homed nowhere (review)."""
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "GATEWAY_REGION"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("GATEWAY_REGION", "eu-central-1")
     assert dynamodb_client(None, "http://127.0.0.1:9").region == "eu-central-1"
+    store = open_store("dynamodb://tbl?endpoint_url=http://127.0.0.1:9")
+    assert isinstance(store, DynamoDBStore) and store.region == "eu-central-1"
+    assert store.spool_path is not None and store.spool_path.endswith("settlements-tbl.jsonl")  # (as before)
+    asyncio.run(store.close())
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     assert dynamodb_client(None, "http://127.0.0.1:9").region == "us-east-1"
+    store = open_store("dynamodb://tbl?endpoint_url=http://127.0.0.1:9")
+    assert isinstance(store, DynamoDBStore) and store.region == "us-east-1"
+    asyncio.run(store.close())

@@ -197,7 +197,10 @@ def test_a_store_url_parameter_that_is_no_number_of_seconds_is_named_not_a_trace
         ("region=us-east-1&endpoint=http://127.0.0.1:9", "the store URL's endpoint= is not a parameter"),
         ("regoin=us-east-1&endpoint_url=http://127.0.0.1:9", "the store URL's regoin= is not a parameter"),
         ("region=us-east-1&read_timout=0.001", "the store URL's read_timout= is not a parameter"),
-        ("region=eu%20central&endpoint_url=http://127.0.0.1:9", "the store URL's region=eu central is not a region"),
+        ("region=eu%20central&endpoint_url=http://127.0.0.1:9", "the store URL's region=eu central is not an AWS"),
+        # (Taken, and every call went to dynamodb.narnia.amazonaws.com: "DynamoDB query failed: ConnectionError".)
+        ("region=narnia", "the store URL's region=narnia is not an AWS region name (an area, a word or two and a"),
+        ("region=us-east-1&home_endpoint_narnia=http://127.0.0.1:9", "the store URL's home_endpoint_narnia is not"),
     ],
 )
 def test_a_store_url_parameter_misspelt_is_named_not_ignored(
@@ -205,6 +208,44 @@ def test_a_store_url_parameter_misspelt_is_named_not_ignored(
 ) -> None:
     assert main(["keys", "list", "--store", f"dynamodb://tbl?{query}"]) == 2
     assert capsys.readouterr().err.startswith(f"gateway: the store cannot be used: {said}")
+
+
+@pytest.mark.parametrize(
+    ("store", "environ", "said"),
+    [
+        ("dynamodb://tbl?region=narnia", {}, "the store URL's region=narnia is not an AWS region name"),
+        ("dynamodb://tbl", {"AWS_REGION": "local"}, "AWS_REGION=local is not an AWS region name"),
+        ("dynamodb://tbl", {"GATEWAY_REGION": "eu-central"}, "GATEWAY_REGION=eu-central is not an AWS region name"),
+        ("dynamodb://tbl", {}, "no AWS region for DynamoDB: set AWS_REGION (or GATEWAY_REGION), or add ?region=R"),
+        ("dynamodb://tbl?region=eu-west-1&read_timeout=abc", {}, "the store URL's read_timeout=abc is not a number"),
+    ],
+)
+def test_config_check_and_serve_refuse_a_store_url_that_cannot_be_opened_before_anything_starts(
+    store: str,
+    environ: dict[str, str],
+    said: str,
+    serve_here: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--store 'dynamodb://tbl?region=narnia'` was taken: `config check` read no store URL, and every DynamoDB call
+    went to dynamodb.narnia.amazonaws.com (`DynamoDB query failed: ConnectionError`). Found by review."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "GATEWAY_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert main(["config", "check", "--store", store]) == 1
+    printed = capsys.readouterr()
+    assert printed.err.startswith(f"gateway: the store cannot be used: {said}") and printed.out == ""
+    monkeypatch.setenv("GATEWAY_STORE", store)
+    assert main(["config", "check"]) == 1  # (the server's store, as serve finds it)
+    assert capsys.readouterr().err.startswith(f"gateway: the store cannot be used: {said}")
+    monkeypatch.setattr(cli, "_listen", lambda host, port: pytest.fail("listened"))
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # (serve hands its store to its workers in it)
+    assert main(["serve", "--store", store]) == 2
+    printed = capsys.readouterr()
+    assert printed.err.startswith(f"gateway: the store cannot be used: {said}") and printed.out == ""
 
 
 def test_a_dynamodb_table_that_is_not_there_is_named_with_how_to_create_it(
@@ -356,6 +397,25 @@ def test_the_client_setup_serve_prints_belongs_in_another_shell(
     assert "Not in the shell that starts the gateway" in out
 
 
+def test_the_dashboard_command_serve_prints_signs_in_to_that_server(
+    serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Serve said "`gateway dashboard` opens it signed in" whatever its port and store: on port 9000, or on a store
+    other than the default, that command opened a link to port 8080 or found none of the server's admin keys.
+    Found by review."""
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # (serve names its store in the environment)
+    port = free_port()
+    assert main(["serve", "--port", str(port)]) == 0
+    out = capsys.readouterr().out
+    command = f"gateway dashboard --url http://127.0.0.1:{port} --store {serve_here}"
+    assert f"`{command}` opens it signed in" in out
+    monkeypatch.delenv("GATEWAY_STORE")  # (another shell: only what the command says)
+    assert main([*command.split()[1:], "--no-open"]) == 0
+    assert f"http://127.0.0.1:{port}/dashboard#sign-in=" in capsys.readouterr().out
+    assert cli.dashboard_command(cli.DEFAULT_GATEWAY_URL, cli.DEFAULT_STORE_URL) == "gateway dashboard"
+
+
 def test_serve_names_a_gateway_key_left_where_a_provider_key_belongs(
     serve_here: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -421,6 +481,17 @@ def test_serve_refuses_an_option_no_adapter_reads_before_it_binds(
             "providers:\n  o: {type: openai, auth: 'off', base_url: 'http://127.0.0.1:9/v1'}\n",
             "providers.o: auth takes one value, 'none' (send no key), or is left out; not 'off'",
         ),
+        # (Unquoted, YAML reads `off` as the boolean false: it said "not 'False'", a word the user never wrote.)
+        (
+            "providers:\n  o: {type: openai, auth: off, base_url: 'http://127.0.0.1:9/v1'}\n",
+            "providers.o: auth takes one value, 'none' (send no key), or is left out; not off, no or false (YAML's "
+            "boolean false, unquoted): write `auth: none` to send no key\n",
+        ),
+        (
+            "providers:\n  o: {type: openai, auth: yes, base_url: 'http://127.0.0.1:9/v1'}\n",
+            "providers.o: auth takes one value, 'none' (send no key), or is left out; not on, yes or true (YAML's "
+            "boolean true): leave auth out to send the provider's key\n",
+        ),
         (
             "providers:\n  a: {type: anthropic, api_key: k, anthropic_beta: 3}\n",
             "providers.a.anthropic_beta: one beta, a comma-separated list or a YAML list of betas, not 3",
@@ -430,6 +501,12 @@ def test_serve_refuses_an_option_no_adapter_reads_before_it_binds(
             "providers:\n  o: {type: openai, api_key: env:OPENAI_API_KEY}\n"
             "models:\n  m: {deployments: [{provider: o, model: gpt-4o-mini}], price: {input: 0.15}}\n",
             "models.m.price.output: a chat model's price needs an output price",
+        ),
+        # (The store's secret sealed in its place, unsaid: review.)
+        (
+            "gateway: {responses_secret: env:GATEWAY_TEST_NO_SUCH_VARIABLE}\n",
+            "gateway.responses_secret: env:GATEWAY_TEST_NO_SUCH_VARIABLE resolves to nothing: set the environment "
+            "variable GATEWAY_TEST_NO_SUCH_VARIABLE, or leave responses_secret out",
         ),
         (
             "providers:\n  o: {type: openai, api_key: 'Env:OPENAI_API_KEY'}\n",
@@ -458,6 +535,60 @@ def test_serve_and_config_check_refuse_what_start_up_would_before_anything_start
     printed = capsys.readouterr()
     assert printed.err.startswith(f"config error:\n{problem}") and printed.out == ""
     assert "Traceback" not in printed.err and not (tmp_path / "gateway.db").exists()  # no key minted
+
+
+def test_config_check_and_serve_say_which_provider_keys_resolve_to_nothing(
+    serve_here: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`api_key: env:UNSET_VARIABLE` passed `config check` with a bare `ok` (a header's reference to nothing is
+    refused). Start-up serves without such a provider, its models a 503 `provider_not_configured` (the shipped config
+    names five providers' variables), so both say so, in a header's words, and neither refuses. Found by review."""
+    import handler.config
+    from handler.config import SecretUnreadableError
+
+    def stores(kind: str, name: str) -> str | None:
+        if name == "/gw/throttled":
+            raise SecretUnreadableError(f"{kind}:{name}", "ThrottlingException")
+        return "sk-stored-0123456789" if name == "/gw/held" else None
+
+    monkeypatch.setattr(handler.config, "_aws_fetch", stores)
+    for name in ("GW_TEST_UNSET", "ANTHROPIC_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GW_TEST_SET", "sk-set-0123456789")
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "providers:\n"
+        "  o: {type: openai, api_key: env:GW_TEST_UNSET}\n"
+        "  a: {type: anthropic}\n"
+        "  s: {type: openai, api_key: ssm:/gw/absent}\n"
+        "  t: {type: openai, api_key: ssm:/gw/throttled}\n"
+        "  held: {type: openai, api_key: ssm:/gw/held}\n"
+        "  set: {type: openai, api_key: env:GW_TEST_SET}\n"
+        "  local: {type: openai, auth: none, base_url: 'http://127.0.0.1:9/v1'}\n"
+        "  b: {type: bedrock}\n"
+        "models:\n  m: {deployments: [{provider: o, model: gpt-4o-mini}]}\n"
+    )
+    warnings = (
+        "warning: providers.o.api_key: env:GW_TEST_UNSET resolves to nothing: its models answer 503 "
+        "provider_not_configured; set the environment variable GW_TEST_UNSET (where the gateway runs; read at start)\n"
+        "warning: providers.a.api_key: env:ANTHROPIC_API_KEY (its type's variable: no api_key is set) resolves to "
+        "nothing: its models answer 503 provider_not_configured; set the environment variable ANTHROPIC_API_KEY "
+        "(where the gateway runs; read at start)\n"
+        "warning: providers.s.api_key: ssm:/gw/absent resolves to nothing: its models answer 503 "
+        "provider_not_configured; store the key in ssm as /gw/absent (read again every 300 s)\n"
+        "warning: providers.t.api_key: ssm:/gw/throttled could not be read (ThrottlingException); the server reads it "
+        "again while it serves\n"
+    )
+    assert main(["config", "check", "--config", str(path)]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == warnings
+    assert printed.out == "ok: 8 providers (4 without a key: warned of above), 1 models\n"
+    monkeypatch.setattr(cli, "_run_server", lambda config, listener: None)
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # (see the test above)
+    assert main(["serve", "--port", str(free_port()), "--config", str(path)]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == warnings and "gateway listening on" in printed.out
+    assert "sk-" not in printed.err + printed.out
 
 
 def test_a_config_file_that_is_not_utf8_is_one_line_naming_the_file_and_the_byte(
