@@ -354,8 +354,8 @@ def unkeyed_providers(
                 else "where the gateway runs; read at start"
             )
             warnings.append(
-                f"providers.{name}.api_key: {shown} resolves to nothing: its models answer 503 "
-                f"provider_not_configured; {reference_hint(reference)} ({when})"
+                f"providers.{name}.api_key: {shown} resolves to nothing: its deployments are passed over "
+                f"(503 provider_not_configured where no other serves the model); {reference_hint(reference)} ({when})"
             )
     return warnings
 
