@@ -57,7 +57,7 @@ class Exchange:
     __slots__ = (
         "request_id", "key", "model", "controls", "started", "route", "dropped", "inbound_dropped", "store_ms",
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
-        "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "price_multiplier",
+        "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "service_tier",
         "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left",
         "fallbacks", "stream", "native_api", "native_options", "anthropic", "audio_output", "ledger_item",
         "ends_at", "lifetime_s",
@@ -127,7 +127,7 @@ class Exchange:
         # by one of them (the 429): the request was admitted on the model it named (`Meter.admit_fallback`).
         self.fallbacks: dict[str, RateLimitError | None] = {}
         self.user: str | None = None  # the end user the client named, for attribution
-        self.price_multiplier = 1.0  # a service tier's
+        self.service_tier: str | None = None  # the OpenAI service tier asked, one priced apart from the plain price
         # Options that change the model's price (`pricing.PRICED_PER_MODEL`) of a request passed through as written
         # in `native_api`: priced at each deployment that speaks that API (`pricing.with_options`).
         self.native_api = ""

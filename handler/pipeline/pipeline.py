@@ -111,7 +111,7 @@ class Pipeline(Charges):
             await self._unanswered(ex, exc)
             raise
         usage, source = self._checked(completion.usage, ex, lambda: answer_chars(completion))
-        served = served or tier_served(completion.model_extra, ex.price_multiplier)
+        served = served or tier_served(completion.model_extra, ex.service_tier)
         await self._settle(ex, usage, 200, background=True, source=source, served=served)
         return completion
 
@@ -194,12 +194,12 @@ class Pipeline(Charges):
             # The answer's generated part: a message's `content` (Messages), a response's `output` (Responses).
             generated = outcome.body.get("content", outcome.body.get("output"))
             usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(generated)))
-            served = outcome.served or tier_served(outcome.body, ex.price_multiplier)
+            served = outcome.served or tier_served(outcome.body, ex.service_tier)
             await self._settle(ex, usage, 200, background=True, source=source, served=served)
             return outcome
         completion, served = outcome
         usage, source = self._checked(completion.usage, ex, lambda: answer_chars(completion))
-        served = served or tier_served(completion.model_extra, ex.price_multiplier)
+        served = served or tier_served(completion.model_extra, ex.service_tier)
         await self._settle(ex, usage, 200, background=True, source=source, served=served)
         return completion
 
@@ -438,7 +438,7 @@ class Pipeline(Charges):
         who = req.user or (req.model_extra or {}).get("safety_identifier")
         if isinstance(who, str) and who and ex.user is None:
             ex.user = unkeyed(who, MAX_USER_CHARS)
-        self._price_options(ex, req)
+        self._price_options(ex, req, plan)
         if call is not None:
             self._price_native_options(ex, plan, call)
         ex.prompt = prompt_estimate(req)
@@ -471,7 +471,7 @@ class Pipeline(Charges):
         for attempt, written in zip(plan, outputs, strict=True):
             tokens = estimate.tokens(attempt.target.provider_type, attempt.target.model)
             prompt = max(prompt, tokens)
-            case = worst_case_usd(tokens, written, self._price(ex, attempt), self.fee, ex.audio_output)
+            case = worst_case_usd(tokens, written, self._price(ex, attempt, worst=True), self.fee, ex.audio_output)
             apart = ex.per_request_usd + ex.searches * ex.search_usd
             if case is not None and apart:
                 case += apart * (1 + self.fee.percent / 100)
@@ -604,6 +604,8 @@ class Pipeline(Charges):
                 if ex.audio_output:
                     self._audio_priced(attempt)
                 built = build(attempt)
+                if ex.service_tier is not None:
+                    self._tier_priced(ex, attempt, built.dropped)
                 key = attempt.adapter.secret  # (the key `built` carries: a 401 may have it read again)
                 if built.dropped and ex.controls.strict:
                     named = ", ".join(built.dropped)

@@ -451,9 +451,15 @@ def test_a_prices_options_name_request_options_and_no_negative_multiplier() -> N
         assert price_option_problems(model, price) == []
     wrong = Price(input=1, options={"sped": {"fast": 6.0}, "speed": {"fast": -1.0, "x": float("nan")}})
     assert price_option_problems("m", wrong) == [
-        "m.options.sped: not a priced option (one of: speed, inference_geo)",
+        "m.options.sped: not a priced option (one of: speed, inference_geo, service_tier)",
         "m.options.speed.fast: not a multiplier (a finite number, 0 or more)",
         "m.options.speed.x: not a multiplier (a finite number, 0 or more)",
+    ]
+    # OpenAI's service tiers, priced per model; `auto` and `default` are always at the model's own prices.
+    tiers = Price(input=1, options={"service_tier": {"priority": 1.7, "default": 2.0, "flex": -0.5}})
+    assert price_option_problems("m", tiers) == [
+        "m.options.service_tier.default: always at the model's own prices, never multiplied",
+        "m.options.service_tier.flex: not a multiplier (a finite number, 0 or more)",
     ]
     config = {
         "providers": {"a": {"type": "anthropic", "api_key": "env:K"}},
