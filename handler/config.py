@@ -421,18 +421,24 @@ def price_option_problems(where: str, price: Price) -> list[str]:
         if name not in PRICE_OPTIONS and name != SERVICE_TIER:
             named = ", ".join([*PRICE_OPTIONS, SERVICE_TIER])
             problems.append(f"{where}.options.{name}: not a priced option (one of: {named})")
-        if name == SERVICE_TIER:
-            problems += [
-                f"{where}.options.{name}.{tier}: always at the model's own prices, never multiplied"
-                for tier in rates
-                if tier in PLAIN_TIERS
-            ]
-        problems += [
-            f"{where}.options.{name}.{value}: not a multiplier (a finite number, 0 or more)"
-            for value, rate in rates.items()
-            if not (math.isfinite(rate) and rate >= 0)
-        ]
+        problems += multiplier_problems(f"{where}.options.{name}", rates, tiers=name == SERVICE_TIER)
     return problems
+
+
+def multiplier_problems(where: str, rates: Mapping[str, float], tiers: bool = False) -> list[str]:
+    """What is wrong with `rates`, multipliers by value (`where`: their path in the config): one negative or not a
+    number (YAML's `.nan`, `.inf`: a negative one credits a key's budget, a NaN poisons its sums); `tiers`: service
+    tiers, where `auto` and `default` are always at the plain price (a multiplier for them was ignored)."""
+    problems = (
+        [f"{where}.{tier}: always at the model's own prices, never multiplied" for tier in rates if tier in PLAIN_TIERS]
+        if tiers
+        else []
+    )
+    return problems + [
+        f"{where}.{value}: not a multiplier (a finite number, 0 or more)"
+        for value, rate in rates.items()
+        if not (math.isfinite(rate) and rate >= 0)
+    ]
 
 
 # What a reservation outlives its request's longest life (`timeouts.request`) by: the settlement's writes after the
@@ -466,6 +472,8 @@ def lifetime_problems(settings: GatewaySettings) -> list[str]:
 
 def _cross_check(config: Config, known_types: set[str]) -> list[str]:
     problems: list[str] = lifetime_problems(config.gateway)
+    tiers = config.gateway.priced_options.service_tier
+    problems += multiplier_problems("gateway.priced_options.service_tier", tiers, tiers=True)
     for name, provider in config.providers.items():
         if provider.type not in known_types:
             kinds = ", ".join(sorted(known_types))

@@ -473,3 +473,15 @@ def test_a_prices_options_name_request_options_and_no_negative_multiplier() -> N
     with pytest.raises(ConfigError) as refused:
         parse_config(config, {"anthropic"})
     assert "models.m.price.options.geo: not a priced option" in str(refused.value)
+    # The gateway's own tier multipliers, checked the same way: `priority: -1` credited a key's budget with every
+    # priority request, `.nan` made its costs NaN, and a `default` multiplier was taken and ignored.
+    tiered = {**config, "gateway": {"priced_options": {"service_tier": {"priority": -1, "flex": float("nan")}}}}
+    tiered["gateway"]["priced_options"]["service_tier"]["default"] = 2.0
+    tiered["models"] = {}
+    with pytest.raises(ConfigError) as refused:
+        parse_config(tiered, {"anthropic"})
+    assert refused.value.problems == [
+        "gateway.priced_options.service_tier.default: always at the model's own prices, never multiplied",
+        "gateway.priced_options.service_tier.priority: not a multiplier (a finite number, 0 or more)",
+        "gateway.priced_options.service_tier.flex: not a multiplier (a finite number, 0 or more)",
+    ]
