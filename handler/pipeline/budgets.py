@@ -327,6 +327,17 @@ class Meter:
                 headers[f"x-ratelimit-reset-{label}"] = reset
         return headers
 
+    def given_back_headers(self, reservation: Reservation) -> dict[str, str]:
+        """The `x-ratelimit-*` headers of a request never sent: its admission's, with what it counted given back
+        (`settlement`, `unsent`), as its counters will be once it settles."""
+        admission = reservation.admission
+        if admission is None or not admission.rates:
+            return {}
+        counted = reservation.snapshot.rates
+        snapshot = MeterSnapshot()
+        snapshot.rates = {r.counter: counted[r.counter] - r.amount for r in admission.rates if r.counter in counted}
+        return self._rate_headers(admission.rates, snapshot, admission.rates[0].window)
+
     def _refusal_headers(self, rates: list[RateCharge], refused: RateRefused, wait: int) -> dict[str, str]:
         """A 429's `x-ratelimit-*` headers: the refused limit with nothing remaining (unless the request alone was
         too large: the window's count is not known then), the other kind's limit without a remaining count,
@@ -343,26 +354,31 @@ class Meter:
         return headers
 
     def settlement(
-        self, reservation: Reservation, actual_usd: float, tokens: int, item: LedgerItem | None
+        self, reservation: Reservation, actual_usd: float, tokens: int, item: LedgerItem | None, unsent: bool = False
     ) -> Settlement:
+        """What settles `reservation` at `actual_usd` and `tokens`; `unsent`: the request was never sent (no attempt
+        went out), so it gives back the request it counted on the requests a minute too."""
         admission = reservation.admission
         if admission is None:
             return Settlement(item.request_id if item else "", [], 0.0, [], item)
         # Built field by field: `dataclasses.replace` walks the fields by name, several times the cost here.
         budgets = [BudgetCharge(b.key_id, b.period, b.limit_usd, actual_usd, b.home_region) for b in admission.budgets]
         # Each correction names the key whose counter it corrects (an ancestor's, or the admission's own key): a
-        # request that reached no provider has no line item to name it, and gives back all it reserved.
+        # request that reached no provider has no line item to name it, and gives back all the tokens it reserved.
+        # One never sent gives back itself on the requests a minute too (a deadline that ran out while it was
+        # admitted used one of the key's requests for nothing); one whose attempts went out and reached no provider
+        # (refused connections) stays counted, so a client retrying a dead provider's 502 at once is held to it.
         rates = [
             RateCharge(
                 r.name,
                 r.window,
                 r.limit,
-                tokens - r.amount,
+                tokens - r.amount if r.name.startswith("tpm") else -r.amount,
                 r.key_id or admission.key_id,
                 r.home_region if r.key_id else admission.home_region,
             )
             for r in admission.rates
-            if r.name.startswith("tpm")
+            if unsent or r.name.startswith("tpm")
         ]
         return Settlement(
             admission.reservation_id,

@@ -106,7 +106,7 @@ class Exchange:
         # The attempt whose request went out and has no answer yet: if the request is cut now (deadline, Lambda
         # time cap, client gone), the provider may still run it to the end and bill it.
         self.inflight: Attempt | None = None
-        self.inflight_at = 0.0  # when it went out (`time.perf_counter`)
+        self.inflight_at = 0.0  # when it went out (`time.perf_counter`); 0.0 while no attempt has
         # The last attempt the provider answered with an error (the request reached it; nothing to bill).
         self.answered: tuple[Attempt, int] | None = None
         # Attempts sent whole that gave no usable answer (a first-byte timeout, a stall, a broken answer): the

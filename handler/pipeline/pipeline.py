@@ -530,7 +530,7 @@ class Pipeline(Charges):
         """Settle a request that ends with no answer to relay. Sent and never answered (a deadline, the Lambda
         time cap, the client gone) or sent and timed out: the provider may still run it to the end, so the
         reserved worst case is charged. Answered with an error: one line at no cost. Never sent: the
-        reservation is released."""
+        reservation is released, and what it counted on the rate limits given back."""
         if ex.inflight is not None:
             # The attempt cut in flight ends the route, with the time it waited on the provider (a deadline's
             # 504 named no attempt at all, and said `upstream;dur=0`).
@@ -556,7 +556,10 @@ class Pipeline(Charges):
             status = exc.status_for(ex.anthropic) if isinstance(exc, GatewayError) else upstream_status
             await self._settle(ex, Usage.of(0, 0), status, background=True, free=True)
         else:
-            await self._settle(ex, None, 0, background=True)
+            unsent = ex.inflight_at == 0.0  # (no attempt went out: `_failover` sets it as one does)
+            if unsent and ex.reservation is not None and ex.reservation.admission is not None:  # (a count's: apart)
+                ex.limit_headers = self.meter.given_back_headers(ex.reservation)
+            await self._settle(ex, None, 0, background=True, unsent=unsent)
 
     async def _deadline(self, ex: Exchange, work: Awaitable[T]) -> T:
         if ex.controls.deadline_s is None or ex.ends_at is None:  # (none, or the gateway's own: `_failover`'s)
@@ -837,6 +840,7 @@ class Pipeline(Charges):
         source: str = "provider",
         free: bool = False,
         served: Served | None = None,
+        unsent: bool = False,
     ) -> None:
         """Cost the answer, release the reservation's rest and write the ledger line, exactly once.
 
@@ -845,7 +849,8 @@ class Pipeline(Charges):
         on the input counts of `usage` where the provider gave them, `_worst`). `free`: the answer costs nothing
         (an error answer, a count of tokens): neither the prices per request (web search) nor the gateway's fee
         apply to it; an earlier attempt the provider may bill still does. `served`: what the answer says of how it
-        was served (`Served`), which its cost follows."""
+        was served (`Served`), which its cost follows. `unsent`: no attempt went out, so nothing it counted on the
+        rate limits stays counted (`Meter.settlement`)."""
         reservation = ex.reservation
         if reservation is None:
             return
@@ -903,7 +908,7 @@ class Pipeline(Charges):
                 session=ex.controls.session,
             )
         ex.ledger_item = item
-        settlements = [self.meter.settlement(reservation, actual, tokens, item)]
+        settlements = [self.meter.settlement(reservation, actual, tokens, item, unsent)]
         # The worst cases reserved more for attempts the provider may bill: released (the line carries their cost).
         settlements += [self.meter.settlement(extra, 0.0, 0, None) for extra in ex.extra]
         for settlement in settlements:

@@ -449,6 +449,52 @@ def test_a_deadline_too_short_to_send_anything_says_so_and_costs_nothing(gw: Run
     assert chat(gw, key).status_code == 429
 
 
+def test_a_deadline_that_runs_out_while_the_request_is_admitted_gives_back_the_request_it_counted(
+    gw: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`x-gateway-deadline-ms: 11` passed the check before the admission (more than the 10 ms the gateway sends
+    with), the store took a few milliseconds to admit it, and then less than 10 ms were left to send it: a 504 that
+    said "nothing was sent, nothing is charged", its budget released, but one of the key's requests a minute used
+    for it (rpm 2: 200, 504, then 429). It now gives back what it counted, and its `x-ratelimit-*` say so. (The
+    deadline here is longer, and the admission's answer slower: a DynamoDB round trip alone can take 11 ms, and a
+    store call is cut at the request's deadline.)"""
+    fresh_minute()
+    key = gw.mint(budget_usd=1.0, rpm=2)
+    assert chat(gw, key).status_code == 200  # (the key looked up once: the store is not what the deadline cuts)
+    deadline_ms = 60
+    store = gw.gateway.store
+    written = store.admit
+    admitted: list[str] = []
+
+    async def slow_admission(admission: Any) -> Any:
+        snapshot = await written(admission)
+        admitted.append(admission.reservation_id)
+        await asyncio.sleep(deadline_ms / 1000)  # (a slow DynamoDB round trip: the request's deadline passes)
+        return snapshot
+
+    since = len(gw.fakes["openai"].state.requests)
+    monkeypatch.setattr(store, "admit", slow_admission)
+    for _ in range(20):  # (one refused before its admission, its 11 ms spent on the way, counted nothing: again)
+        cut = chat(gw, key, **{"x-gateway-deadline-ms": str(deadline_ms)})
+        if admitted:
+            break
+    monkeypatch.undo()
+    assert admitted, "always refused before its admission: the test needs the deadline to run out during it"
+    assert cut.status_code == 504, cut.text
+    assert "nothing was sent, nothing is charged" in cut.json()["error"]["message"]
+    assert cut.headers["x-ratelimit-remaining-requests"] == "1"  # the first request's alone counted
+    assert received(gw, "openai", since) == []
+    time.sleep(0.3)  # (the settlement, in the background)
+    state = httpx.get(f"{gw.url}/v1/key", headers=auth(key)).json()
+    assert state["reserved_usd"] == 0, state
+    [line] = ledger(gw, key)  # the first request's alone
+    assert spent(gw, key) == pytest.approx((line.cost_usd or 0) + line.fee_usd)
+    second = chat(gw, key)
+    assert second.status_code == 200, second.text  # the minute's second request: the cut one was given back
+    assert second.headers["x-ratelimit-remaining-requests"] == "0"
+    assert chat(gw, key).status_code == 429
+
+
 def test_a_client_that_leaves_a_non_stream_call_is_charged_the_reserved_worst_case(gw: Running) -> None:
     key = gw.mint(budget_usd=1.0)
     with pytest.raises(httpx.ReadTimeout):  # the client gives up while the upstream is still working
