@@ -96,6 +96,25 @@ class Reservation:
         self.admitted_at = 0.0
 
 
+class Counted:
+    """What one admission counted on the rate limits of a key's chain (`rates`), with the counts the store reported
+    for them (`snapshot`): the `x-ratelimit-*` of an answer a model other than the one asked for served are read
+    from every admission of the request that counted on a limit binding that model (`Meter.served_headers`)."""
+
+    __slots__ = ("rates", "snapshot")
+
+    def __init__(self, rates: list[RateCharge], snapshot: MeterSnapshot) -> None:
+        self.rates = rates
+        self.snapshot = snapshot
+
+
+def binds(rate: RateCharge, model: str) -> bool:
+    """Whether `rate` limits requests to `model`: a key's own `rpm`/`tpm` binds every model, a `model_limits`
+    entry's (`rpm:<pattern>`) the models its pattern matches."""
+    pattern = rate.name[4:]
+    return not pattern or model_allowed([pattern], model)
+
+
 def remaining_usd(reservation: Reservation, actual_usd: float) -> float | None:
     """The budget left once this request settles at `actual_usd`: the least any budget of the key's chain
     leaves (a child's own $10 under a parent with $1 left has $1 to spend)."""
@@ -168,19 +187,40 @@ class Meter:
 
     async def admit_fallback(
         self, lineage: list[KeyRecord], model: str, tokens: int, request_id: str, counted: list[str]
-    ) -> None:
+    ) -> Counted | None:
         """Count a request on a fallback `model`'s own limits along the key's chain (`tokens`: its worst case,
         which the request's settlement does not adjust) before its first attempt: the request was admitted on
         the model it named, and a fallback must not escape a per-model limit. A pattern that also matches a model
         in `counted` (the one it named, the fallbacks counted before) has counted it already. Raises the 429 when
-        one is spent."""
+        one is spent; else what it counted (None: no limit of its own)."""
         key = lineage[0]
         now = self.clock()
         window = int(now // 60)
         rates = [rate for holder in lineage for rate in self._rates(holder, key, model, window, tokens, counted)]
-        if rates:
-            admission = Admission(request_id, key.id, [], rates, now + self.reservation_ttl, key.home_region)
-            await self._admit(admission, key, 0.0, window)
+        if not rates:
+            return None
+        admission = Admission(request_id, key.id, [], rates, now + self.reservation_ttl, key.home_region)
+        return Counted(rates, await self._admit(admission, key, 0.0, window))
+
+    def served_headers(self, reservation: Reservation | None, others: list[Counted], model: str) -> dict[str, str]:
+        """The `x-ratelimit-*` of an answer `model` served where another was asked for (a fallback): the tightest of
+        the limits that bind it along the key's chain, each with its count as the admission that counted it saw (the
+        request's, `reservation`; `others`: a count's, a fallback's own limits'). A limit on the model asked for alone
+        binds none of its fallbacks, and is not told."""
+        admissions = list(others)
+        if reservation is not None and reservation.admission is not None:
+            admissions.append(Counted(reservation.admission.rates, reservation.snapshot))
+        rates: list[RateCharge] = []
+        snapshot = MeterSnapshot()
+        for admission in admissions:
+            bound = [rate for rate in admission.rates if binds(rate, model)]
+            rates += bound
+            snapshot.rates.update(
+                (r.counter, admission.snapshot.rates[r.counter]) for r in bound if r.counter in admission.snapshot.rates
+            )
+        if not rates:
+            return {}
+        return self._rate_headers(rates, snapshot, max(rate.window for rate in rates))
 
     async def reserve_again(self, reservation: Reservation, key: KeyRecord, n: int) -> Reservation:
         """The `n`th worst case more on every budget `reservation` holds, and no rate counted: for an attempt the
@@ -205,11 +245,11 @@ class Meter:
         again.store_ms = (time.perf_counter() - started) * 1000
         return again
 
-    async def admit_count(self, lineage: list[KeyRecord], model: str, request_id: str) -> dict[str, str]:
+    async def admit_count(self, lineage: list[KeyRecord], model: str, request_id: str) -> Counted | None:
         """Count a token count a provider is asked for on the requests-a-minute limits of the key's chain
         (`model`'s own among them), or raise the 429: free, so no budget and no tokens a minute, but the
-        provider limits its counting per organisation, on the operator's key. Its answer's `x-ratelimit-*`
-        headers (the requests' alone), as a request's are."""
+        provider limits its counting per organisation, on the operator's key. What it counted (None: no limit),
+        its answer's `x-ratelimit-*` headers (the requests' alone, `count_headers`), as a request's are."""
         key = lineage[0]
         now = self.clock()
         window = int(now // 60)
@@ -220,9 +260,13 @@ class Meter:
             if rate.name.startswith("rpm")
         ]
         if not rates:
-            return {}
+            return None
         admission = Admission(request_id, key.id, [], rates, now + self.reservation_ttl, key.home_region)
-        return self._rate_headers(rates, await self._admit(admission, key, 0.0, window), window)
+        return Counted(rates, await self._admit(admission, key, 0.0, window))
+
+    def count_headers(self, counted: Counted) -> dict[str, str]:
+        """The `x-ratelimit-*` headers of what one admission `counted` (`admit_count`)."""
+        return self._rate_headers(counted.rates, counted.snapshot, counted.rates[0].window)
 
     async def count_request(self, key: KeyRecord, request_id: str, counters: list[RateCharge]) -> None:
         """Count one request that spends nothing (minting a key) on `key`'s own `counters` for this minute,

@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 from handler.errors import RateLimitError, UpstreamTimeoutError
-from handler.pipeline.budgets import Reservation, remaining_usd
+from handler.pipeline.budgets import Counted, Reservation, remaining_usd
 from handler.pipeline.output_caps import OutputCap
 from handler.pipeline.pricing import Cost, PromptEstimate, usd
 from handler.pipeline.routing import Attempt, RouteControls
@@ -59,7 +59,7 @@ class Exchange:
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
         "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "service_tier",
         "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left",
-        "fallbacks", "stream", "native_api", "native_options", "anthropic", "audio_output", "ledger_item",
+        "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic", "audio_output", "ledger_item",
         "ends_at", "lifetime_s",
     )  # fmt: skip
 
@@ -126,6 +126,9 @@ class Exchange:
         # The fallback models counted on their own per-model limits before their first attempt (None), or refused
         # by one of them (the 429): the request was admitted on the model it named (`Meter.admit_fallback`).
         self.fallbacks: dict[str, RateLimitError | None] = {}
+        # What the request was counted on beyond its admission (a token count's requests a minute, a fallback's own
+        # limits), for the `x-ratelimit-*` of an answer a fallback served (`Meter.served_headers`).
+        self.counted: list[Counted] = []
         self.user: str | None = None  # the end user the client named, for attribution
         self.service_tier: str | None = None  # the OpenAI service tier asked, one priced apart from the plain price
         # Options that change the model's price (`pricing.PRICED_PER_MODEL`) of a request passed through as written

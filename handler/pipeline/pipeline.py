@@ -237,7 +237,10 @@ class Pipeline(Charges):
         counting = [a for a in plan if a.target.provider_type == kind and a.adapter.counts_tokens(a.target)]
         if not counting:
             return None
-        ex.limit_headers = await self.meter.admit_count(ex.lineage, ex.model, ex.request_id)
+        counted = await self.meter.admit_count(ex.lineage, ex.model, ex.request_id)
+        if counted is not None:
+            ex.counted.append(counted)
+            ex.limit_headers = self.meter.count_headers(counted)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> int:
             return attempt.adapter.count_tokens_response(await response.read())
@@ -705,6 +708,8 @@ class Pipeline(Charges):
                 breakers.success(label)
                 ex.attempt = attempt
                 ex.dropped = built.dropped
+                if attempt.model != ex.model:  # (a fallback served it: the limits that bind it, its own among them)
+                    ex.limit_headers = self.meter.served_headers(ex.reservation, ex.counted, attempt.model)
                 return result
         passed_over(ex, plan, len(plan))
         if last is None:
@@ -790,8 +795,10 @@ class Pipeline(Charges):
             tokens = reservation.prompt_tokens + reservation.output_tokens if reservation is not None else 0
             try:
                 counted = [ex.model, *(m for m, refused in ex.fallbacks.items() if refused is None)]
-                await self.meter.admit_fallback(ex.lineage, model, tokens, f"{ex.request_id}@{model}", counted)
+                own = await self.meter.admit_fallback(ex.lineage, model, tokens, f"{ex.request_id}@{model}", counted)
                 ex.fallbacks[model] = None
+                if own is not None:
+                    ex.counted.append(own)
             except RateLimitError as refused:
                 ex.fallbacks[model] = refused
         return ex.fallbacks[model] is not None

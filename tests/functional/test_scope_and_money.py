@@ -347,11 +347,28 @@ def test_a_fallback_is_held_to_its_own_per_model_limits_along_the_chain(gw: Runn
     assert received(gw, "anthropic", since) == []
     assert via.status_code == 502, via.text  # the requested model's own failure
     assert via.headers["x-gateway-route"].endswith("anthropic/claude-haiku-4-5@global=rate_limited")
-    # A fallback within its limits is counted on them before it is tried, and then served.
+    # A fallback within its limits is counted on them before it is tried, and then served, its answer telling the
+    # limit that bound it (it had no `x-ratelimit-*` at all: the admission, on the model asked for, counted none).
     other = child(gw, gw.mint(model_limits={"claude-*": {"rpm": 1}}))
     served = chat(gw, other, "broken-test", **{"x-gateway-fallbacks": "claude-test"})
     assert served.status_code == 200 and served.headers["x-gateway-route"].endswith("=200"), served.text
+    assert served.headers["x-ratelimit-limit-requests"] == "1", served.headers
+    assert served.headers["x-ratelimit-remaining-requests"] == "0"
+    assert 1 <= int(served.headers["x-ratelimit-reset-requests"].removesuffix("s")) <= 60
     assert chat(gw, other, "claude-test").status_code == 429  # its minute's one request went to the fallback
+    # The key's own limits bind the fallback too, with its own: the tightest of them is told; a limit on the model
+    # asked for alone does not bind the fallback that served it, and is not told.
+    both = gw.mint(rpm=10, tpm=100_000, model_limits={"broken-*": {"rpm": 2}, "claude-*": {"rpm": 3}})
+    served = chat(gw, both, "broken-test", **{"x-gateway-fallbacks": "claude-test"})
+    assert served.status_code == 200 and served.headers["x-gateway-route"].endswith("=200"), served.text
+    told = (served.headers["x-ratelimit-limit-requests"], served.headers["x-ratelimit-remaining-requests"])
+    assert told == ("3", "2") and served.headers["x-ratelimit-limit-tokens"] == "100000"
+    # A stream's, which go out with its first events, the same.
+    body = {"model": "broken-test", "messages": HI, "stream": True}
+    streamed = post(gw, "/v1/chat/completions", both, body, **{"x-gateway-fallbacks": "claude-test"})
+    assert streamed.status_code == 200 and streamed.headers["x-gateway-route"].endswith("=200"), streamed.text
+    told = (streamed.headers["x-ratelimit-limit-requests"], streamed.headers["x-ratelimit-remaining-requests"])
+    assert told == ("3", "1")
 
 
 def test_every_matching_model_limit_binds_whatever_its_place(gw: Running) -> None:
