@@ -204,8 +204,10 @@ class Price(_Strict):
     long_context: LongContextPrice | None = None
     # Multipliers on all of these prices, by option and value, of the options of a Messages request passed through to
     # Anthropic that change them (`PRICE_OPTIONS`): `{speed: {fast: 6.0}, inference_geo: {us: 1.1}}`. Any other value
-    # but `standard` and `global` (the prices above) is refused (400), as an unpriced option is. (One field, checked
-    # in `_cross_check`: each field declared here costs every Lambda cold start, the bundled price table's too.)
+    # but `standard` and `global` (the prices above) is refused (400), as an unpriced option is. And OpenAI's
+    # `service_tier` (`SERVICE_TIER`), whose prices differ by model: `{service_tier: {priority: 1.7, flex: 0.5}}`,
+    # in place of `gateway.priced_options.service_tier` for the tiers it names. (One field, checked in
+    # `_cross_check`: each field declared here costs every Lambda cold start, the bundled price table's too.)
     options: dict[str, dict[str, float]] | None = None
 
 
@@ -250,7 +252,8 @@ class PricedOptions(_Strict):
     """Request options that change what a provider bills. An option with no price here is refused (400), so a
     key's budget can never be spent at a price the gateway does not know."""
 
-    # Multiplier on a model's token prices per OpenAI `service_tier`; `auto`/`default` are always allowed.
+    # Multiplier on a model's token prices per OpenAI `service_tier`, for a model whose price sets none for that tier
+    # (its `price.options.service_tier`: the bundled table's for OpenAI's models); `auto`/`default` are always allowed.
     service_tier: dict[str, float] = Field(default_factory=lambda: {"flex": 1.0})
     # USD per web search: a Chat Completions request that asks for it (`web_search_options`), and each search
     # a provider's own search tool runs (Anthropic's `web_search_*`, the Responses API's `web_search`). None:
@@ -400,23 +403,42 @@ def parse_config(data: Any, known_types: set[str]) -> Config:
 OPENAI_API_TYPES = ("openai", "azure")
 
 
-# The request options a model's price may set multipliers for (`Price.options`), with the value at its plain price.
+# The options of a request passed through as written that a model's price may set multipliers for (`Price.options`),
+# with the value at its plain price.
 PRICE_OPTIONS = {"speed": "standard", "inference_geo": "global"}
+# OpenAI's service tier, which a model's price may set multipliers for too (`Price.options`), of any request: each
+# model has its own (priority is 2x for gpt-5, 1.7x for gpt-4o). Its tiers at the plain price are never priced.
+SERVICE_TIER = "service_tier"
+PLAIN_TIERS = ("auto", "default")
 
 
 def price_option_problems(where: str, price: Price) -> list[str]:
-    """What is wrong with `price.options` (`where`: its path in the config): an option no request has, or a
-    multiplier that is negative or not a number (YAML's `.nan`, `.inf`)."""
+    """What is wrong with `price.options` (`where`: its path in the config): an option no request has, a service
+    tier that is always at the plain price, or a multiplier that is negative or not a number (YAML's `.nan`,
+    `.inf`)."""
     problems = []
     for name, rates in (price.options or {}).items():
-        if name not in PRICE_OPTIONS:
-            problems.append(f"{where}.options.{name}: not a priced option (one of: {', '.join(PRICE_OPTIONS)})")
-        problems += [
-            f"{where}.options.{name}.{value}: not a multiplier (a finite number, 0 or more)"
-            for value, rate in rates.items()
-            if not (math.isfinite(rate) and rate >= 0)
-        ]
+        if name not in PRICE_OPTIONS and name != SERVICE_TIER:
+            named = ", ".join([*PRICE_OPTIONS, SERVICE_TIER])
+            problems.append(f"{where}.options.{name}: not a priced option (one of: {named})")
+        problems += multiplier_problems(f"{where}.options.{name}", rates, tiers=name == SERVICE_TIER)
     return problems
+
+
+def multiplier_problems(where: str, rates: Mapping[str, float], tiers: bool = False) -> list[str]:
+    """What is wrong with `rates`, multipliers by value (`where`: their path in the config): one negative or not a
+    number (YAML's `.nan`, `.inf`: a negative one credits a key's budget, a NaN poisons its sums); `tiers`: service
+    tiers, where `auto` and `default` are always at the plain price (a multiplier for them was ignored)."""
+    problems = (
+        [f"{where}.{tier}: always at the model's own prices, never multiplied" for tier in rates if tier in PLAIN_TIERS]
+        if tiers
+        else []
+    )
+    return problems + [
+        f"{where}.{value}: not a multiplier (a finite number, 0 or more)"
+        for value, rate in rates.items()
+        if not (math.isfinite(rate) and rate >= 0)
+    ]
 
 
 # What a reservation outlives its request's longest life (`timeouts.request`) by: the settlement's writes after the
@@ -450,6 +472,8 @@ def lifetime_problems(settings: GatewaySettings) -> list[str]:
 
 def _cross_check(config: Config, known_types: set[str]) -> list[str]:
     problems: list[str] = lifetime_problems(config.gateway)
+    tiers = config.gateway.priced_options.service_tier
+    problems += multiplier_problems("gateway.priced_options.service_tier", tiers, tiers=True)
     for name, provider in config.providers.items():
         if provider.type not in known_types:
             kinds = ", ".join(sorted(known_types))

@@ -96,6 +96,25 @@ class Reservation:
         self.admitted_at = 0.0
 
 
+class Counted:
+    """What one admission counted on the rate limits of a key's chain (`rates`), with the counts the store reported
+    for them (`snapshot`): the `x-ratelimit-*` of an answer a model other than the one asked for served are read
+    from every admission of the request that counted on a limit binding that model (`Meter.served_headers`)."""
+
+    __slots__ = ("rates", "snapshot")
+
+    def __init__(self, rates: list[RateCharge], snapshot: MeterSnapshot) -> None:
+        self.rates = rates
+        self.snapshot = snapshot
+
+
+def binds(rate: RateCharge, model: str) -> bool:
+    """Whether `rate` limits requests to `model`: a key's own `rpm`/`tpm` binds every model, a `model_limits`
+    entry's (`rpm:<pattern>`) the models its pattern matches."""
+    pattern = rate.name[4:]
+    return not pattern or model_allowed([pattern], model)
+
+
 def remaining_usd(reservation: Reservation, actual_usd: float) -> float | None:
     """The budget left once this request settles at `actual_usd`: the least any budget of the key's chain
     leaves (a child's own $10 under a parent with $1 left has $1 to spend)."""
@@ -168,19 +187,40 @@ class Meter:
 
     async def admit_fallback(
         self, lineage: list[KeyRecord], model: str, tokens: int, request_id: str, counted: list[str]
-    ) -> None:
+    ) -> Counted | None:
         """Count a request on a fallback `model`'s own limits along the key's chain (`tokens`: its worst case,
         which the request's settlement does not adjust) before its first attempt: the request was admitted on
         the model it named, and a fallback must not escape a per-model limit. A pattern that also matches a model
         in `counted` (the one it named, the fallbacks counted before) has counted it already. Raises the 429 when
-        one is spent."""
+        one is spent; else what it counted (None: no limit of its own)."""
         key = lineage[0]
         now = self.clock()
         window = int(now // 60)
         rates = [rate for holder in lineage for rate in self._rates(holder, key, model, window, tokens, counted)]
-        if rates:
-            admission = Admission(request_id, key.id, [], rates, now + self.reservation_ttl, key.home_region)
-            await self._admit(admission, key, 0.0, window)
+        if not rates:
+            return None
+        admission = Admission(request_id, key.id, [], rates, now + self.reservation_ttl, key.home_region)
+        return Counted(rates, await self._admit(admission, key, 0.0, window))
+
+    def served_headers(self, reservation: Reservation | None, others: list[Counted], model: str) -> dict[str, str]:
+        """The `x-ratelimit-*` of an answer `model` served where another was asked for (a fallback): the tightest of
+        the limits that bind it along the key's chain, each with its count as the admission that counted it saw (the
+        request's, `reservation`; `others`: a count's, a fallback's own limits'). A limit on the model asked for alone
+        binds none of its fallbacks, and is not told."""
+        admissions = list(others)
+        if reservation is not None and reservation.admission is not None:
+            admissions.append(Counted(reservation.admission.rates, reservation.snapshot))
+        rates: list[RateCharge] = []
+        snapshot = MeterSnapshot()
+        for admission in admissions:
+            bound = [rate for rate in admission.rates if binds(rate, model)]
+            rates += bound
+            snapshot.rates.update(
+                (r.counter, admission.snapshot.rates[r.counter]) for r in bound if r.counter in admission.snapshot.rates
+            )
+        if not rates:
+            return {}
+        return self._rate_headers(rates, snapshot, max(rate.window for rate in rates))
 
     async def reserve_again(self, reservation: Reservation, key: KeyRecord, n: int) -> Reservation:
         """The `n`th worst case more on every budget `reservation` holds, and no rate counted: for an attempt the
@@ -205,11 +245,11 @@ class Meter:
         again.store_ms = (time.perf_counter() - started) * 1000
         return again
 
-    async def admit_count(self, lineage: list[KeyRecord], model: str, request_id: str) -> dict[str, str]:
+    async def admit_count(self, lineage: list[KeyRecord], model: str, request_id: str) -> Counted | None:
         """Count a token count a provider is asked for on the requests-a-minute limits of the key's chain
         (`model`'s own among them), or raise the 429: free, so no budget and no tokens a minute, but the
-        provider limits its counting per organisation, on the operator's key. Its answer's `x-ratelimit-*`
-        headers (the requests' alone), as a request's are."""
+        provider limits its counting per organisation, on the operator's key. What it counted (None: no limit),
+        its answer's `x-ratelimit-*` headers (the requests' alone, `count_headers`), as a request's are."""
         key = lineage[0]
         now = self.clock()
         window = int(now // 60)
@@ -220,9 +260,13 @@ class Meter:
             if rate.name.startswith("rpm")
         ]
         if not rates:
-            return {}
+            return None
         admission = Admission(request_id, key.id, [], rates, now + self.reservation_ttl, key.home_region)
-        return self._rate_headers(rates, await self._admit(admission, key, 0.0, window), window)
+        return Counted(rates, await self._admit(admission, key, 0.0, window))
+
+    def count_headers(self, counted: Counted) -> dict[str, str]:
+        """The `x-ratelimit-*` headers of what one admission `counted` (`admit_count`)."""
+        return self._rate_headers(counted.rates, counted.snapshot, counted.rates[0].window)
 
     async def count_request(self, key: KeyRecord, request_id: str, counters: list[RateCharge]) -> None:
         """Count one request that spends nothing (minting a key) on `key`'s own `counters` for this minute,
@@ -327,6 +371,17 @@ class Meter:
                 headers[f"x-ratelimit-reset-{label}"] = reset
         return headers
 
+    def given_back_headers(self, reservation: Reservation) -> dict[str, str]:
+        """The `x-ratelimit-*` headers of a request never sent: its admission's, with what it counted given back
+        (`settlement`, `unsent`), as its counters will be once it settles."""
+        admission = reservation.admission
+        if admission is None or not admission.rates:
+            return {}
+        counted = reservation.snapshot.rates
+        snapshot = MeterSnapshot()
+        snapshot.rates = {r.counter: counted[r.counter] - r.amount for r in admission.rates if r.counter in counted}
+        return self._rate_headers(admission.rates, snapshot, admission.rates[0].window)
+
     def _refusal_headers(self, rates: list[RateCharge], refused: RateRefused, wait: int) -> dict[str, str]:
         """A 429's `x-ratelimit-*` headers: the refused limit with nothing remaining (unless the request alone was
         too large: the window's count is not known then), the other kind's limit without a remaining count,
@@ -343,26 +398,31 @@ class Meter:
         return headers
 
     def settlement(
-        self, reservation: Reservation, actual_usd: float, tokens: int, item: LedgerItem | None
+        self, reservation: Reservation, actual_usd: float, tokens: int, item: LedgerItem | None, unsent: bool = False
     ) -> Settlement:
+        """What settles `reservation` at `actual_usd` and `tokens`; `unsent`: the request was never sent (no attempt
+        went out), so it gives back the request it counted on the requests a minute too."""
         admission = reservation.admission
         if admission is None:
             return Settlement(item.request_id if item else "", [], 0.0, [], item)
         # Built field by field: `dataclasses.replace` walks the fields by name, several times the cost here.
         budgets = [BudgetCharge(b.key_id, b.period, b.limit_usd, actual_usd, b.home_region) for b in admission.budgets]
         # Each correction names the key whose counter it corrects (an ancestor's, or the admission's own key): a
-        # request that reached no provider has no line item to name it, and gives back all it reserved.
+        # request that reached no provider has no line item to name it, and gives back all the tokens it reserved.
+        # One never sent gives back itself on the requests a minute too (a deadline that ran out while it was
+        # admitted used one of the key's requests for nothing); one whose attempts went out and reached no provider
+        # (refused connections) stays counted, so a client retrying a dead provider's 502 at once is held to it.
         rates = [
             RateCharge(
                 r.name,
                 r.window,
                 r.limit,
-                tokens - r.amount,
+                tokens - r.amount if r.name.startswith("tpm") else -r.amount,
                 r.key_id or admission.key_id,
                 r.home_region if r.key_id else admission.home_region,
             )
             for r in admission.rates
-            if r.name.startswith("tpm")
+            if unsent or r.name.startswith("tpm")
         ]
         return Settlement(
             admission.reservation_id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from handler.config import PLAIN_TIERS, SERVICE_TIER
 from handler.errors import InvalidRequestError, StrictParamsError
 from handler.pipeline.pricing import (
     Cost,
@@ -45,21 +46,20 @@ class Charges:
     gateway: Gateway
     fee: FeeConfig
 
-    def _price_options(self, ex: Exchange, req: ChatRequest) -> None:
+    def _price_options(self, ex: Exchange, req: ChatRequest, plan: list[Attempt]) -> None:
         """Options that change what the provider bills: priced as configured, else refused; `store: true`
-        (the tenant's data kept in the operator's provider account) dropped unless the operator allows it."""
+        (the tenant's data kept in the operator's provider account) dropped unless the operator allows it. A
+        service tier is priced by each deployment's model (`Attempt.tiers`): refused here where no model of the
+        plan prices it, and at each deployment that would be sent it unpriced (`_tier_priced`)."""
         extra = req.model_extra
         if not extra:
             return
         options = self.gateway.config.gateway.priced_options
         tier = extra.get("service_tier")
-        if tier is not None and tier not in ("auto", "default"):
-            if not isinstance(tier, str) or tier not in options.service_tier:
-                raise InvalidRequestError(
-                    f"service_tier '{tier}' is not priced on this gateway (gateway.priced_options.service_tier)",
-                    param="service_tier",
-                )
-            ex.price_multiplier = options.service_tier[tier]
+        if tier is not None and tier not in PLAIN_TIERS:
+            if not isinstance(tier, str) or not any(tier in attempt.tiers for attempt in plan):
+                raise unpriced_tier(tier, ex.model)
+            ex.service_tier = tier
         if extra.get("web_search_options") is not None:
             if options.web_search_usd is None:
                 raise InvalidRequestError(
@@ -144,6 +144,14 @@ class Charges:
             )
 
     @staticmethod
+    def _tier_priced(ex: Exchange, attempt: Attempt, dropped: list[str]) -> None:
+        """Refuses the service tier asked to a deployment that would be sent it (`dropped`: what it is not sent) and
+        whose model has no price for it, its own or the gateway's: the next may have one."""
+        tier = ex.service_tier
+        if tier is not None and tier not in attempt.tiers and SERVICE_TIER not in dropped:
+            raise unpriced_tier(tier, attempt.model)
+
+    @staticmethod
     def _audio_priced(attempt: Attempt) -> None:
         """Refuses audio output to a deployment whose model's price has no `audio_output`: its audio tokens would be
         billed (and reserved) at the text price, a tenth or less of what the provider charges for them."""
@@ -155,22 +163,30 @@ class Charges:
                 param="modalities",
             )
 
-    def _price(self, ex: Exchange, attempt: Attempt, served: Served | None = None) -> Price | None:
+    @staticmethod
+    def _price(ex: Exchange, attempt: Attempt, served: Served | None = None, worst: bool = False) -> Price | None:
         """`attempt`'s price for this request: with the options it passes through (at the values the answer was
-        `served` at, once it says), times a service tier's multiplier."""
+        `served` at, once it says), times its model's multiplier for the service tier (`Attempt.tiers`). `worst`:
+        the most it can be billed at, for the worst case reserved before anything is sent."""
         price = price_for(attempt.model, attempt.spec, attempt.target.model)
         asked = ex.native_options if ex.native_options and attempt.adapter.speaks(ex.native_api, attempt.target) else {}
         if served is not None and served.options:  # (the answer says how it ran: as asked or not, billed so)
             price = with_options(price, as_served(price, asked, served.options))
         elif asked:
             price = with_options(price, asked)
+        tier = ex.service_tier
+        if tier is None and served is None:
+            return price
         # A service tier the deployment was not sent (dropped and named) is not billed; one the answer says it
         # ran at is billed at that tier, as OpenAI bills it (`priority` is served at `default` past its ramp limits).
-        multiplier = ex.price_multiplier if "service_tier" not in ex.dropped else 1.0
-        tier = served.options.get("service_tier") if served is not None else None
-        if tier is not None:
-            tiers = self.gateway.config.gateway.priced_options.service_tier
-            multiplier = 1.0 if tier == "default" else tiers.get(tier, multiplier)
+        multiplier = attempt.tiers.get(tier, 1.0) if tier is not None and SERVICE_TIER not in ex.dropped else 1.0
+        ran = served.options.get(SERVICE_TIER) if served is not None else None
+        if ran is not None:
+            multiplier = 1.0 if ran == "default" else attempt.tiers.get(ran, multiplier)
+        if worst:
+            # Before it is sent, whether the deployment takes the tier is not known: one that drops it (Azure,
+            # another provider) is billed at the model's own prices, so a tier below them (flex) reserves those.
+            multiplier = max(multiplier, 1.0)
         return scaled(price, multiplier)
 
     def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage, served: Served | None = None) -> Cost:
@@ -212,3 +228,12 @@ class Charges:
                 price = self._price(ex, attempt, served)
             total += cost_of(usage, price, self.fee).provider_usd or 0.0
         return total
+
+
+def unpriced_tier(tier: object, model: str) -> InvalidRequestError:
+    """The refusal of a service tier that `model` has no price for on this gateway."""
+    return InvalidRequestError(
+        f"service_tier '{tier}' is not priced for model '{model}' on this gateway (no multiplier for it in the "
+        "model's `price.options.service_tier`, nor in gateway.priced_options.service_tier)",
+        param="service_tier",
+    )

@@ -135,7 +135,7 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         if served is not None:
             return served
         template = self._template
-        return tier_served(template.model_extra, self.ex.price_multiplier) if template is not None else None
+        return tier_served(template.model_extra, self.ex.service_tier) if template is not None else None
 
     def final_chunk(self, include_usage: bool) -> dict[str, object]:
         """The last data event: no choices, the usage if asked for, and always the cost."""

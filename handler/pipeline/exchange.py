@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 from handler.errors import RateLimitError, UpstreamTimeoutError
-from handler.pipeline.budgets import Reservation, remaining_usd
+from handler.pipeline.budgets import Counted, Reservation, remaining_usd
 from handler.pipeline.output_caps import OutputCap
 from handler.pipeline.pricing import Cost, PromptEstimate, usd
 from handler.pipeline.routing import Attempt, RouteControls
@@ -57,9 +57,9 @@ class Exchange:
     __slots__ = (
         "request_id", "key", "model", "controls", "started", "route", "dropped", "inbound_dropped", "store_ms",
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
-        "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "price_multiplier",
+        "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "service_tier",
         "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left",
-        "fallbacks", "stream", "native_api", "native_options", "anthropic", "audio_output", "ledger_item",
+        "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic", "audio_output", "ledger_item",
         "ends_at", "lifetime_s",
     )  # fmt: skip
 
@@ -106,7 +106,7 @@ class Exchange:
         # The attempt whose request went out and has no answer yet: if the request is cut now (deadline, Lambda
         # time cap, client gone), the provider may still run it to the end and bill it.
         self.inflight: Attempt | None = None
-        self.inflight_at = 0.0  # when it went out (`time.perf_counter`)
+        self.inflight_at = 0.0  # when it went out (`time.perf_counter`); 0.0 while no attempt has
         # The last attempt the provider answered with an error (the request reached it; nothing to bill).
         self.answered: tuple[Attempt, int] | None = None
         # Attempts sent whole that gave no usable answer (a first-byte timeout, a stall, a broken answer): the
@@ -126,8 +126,11 @@ class Exchange:
         # The fallback models counted on their own per-model limits before their first attempt (None), or refused
         # by one of them (the 429): the request was admitted on the model it named (`Meter.admit_fallback`).
         self.fallbacks: dict[str, RateLimitError | None] = {}
+        # What the request was counted on beyond its admission (a token count's requests a minute, a fallback's own
+        # limits), for the `x-ratelimit-*` of an answer a fallback served (`Meter.served_headers`).
+        self.counted: list[Counted] = []
         self.user: str | None = None  # the end user the client named, for attribution
-        self.price_multiplier = 1.0  # a service tier's
+        self.service_tier: str | None = None  # the OpenAI service tier asked, one priced apart from the plain price
         # Options that change the model's price (`pricing.PRICED_PER_MODEL`) of a request passed through as written
         # in `native_api`: priced at each deployment that speaks that API (`pricing.with_options`).
         self.native_api = ""

@@ -111,7 +111,7 @@ class Pipeline(Charges):
             await self._unanswered(ex, exc)
             raise
         usage, source = self._checked(completion.usage, ex, lambda: answer_chars(completion))
-        served = served or tier_served(completion.model_extra, ex.price_multiplier)
+        served = served or tier_served(completion.model_extra, ex.service_tier)
         await self._settle(ex, usage, 200, background=True, source=source, served=served)
         return completion
 
@@ -194,12 +194,12 @@ class Pipeline(Charges):
             # The answer's generated part: a message's `content` (Messages), a response's `output` (Responses).
             generated = outcome.body.get("content", outcome.body.get("output"))
             usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(generated)))
-            served = outcome.served or tier_served(outcome.body, ex.price_multiplier)
+            served = outcome.served or tier_served(outcome.body, ex.service_tier)
             await self._settle(ex, usage, 200, background=True, source=source, served=served)
             return outcome
         completion, served = outcome
         usage, source = self._checked(completion.usage, ex, lambda: answer_chars(completion))
-        served = served or tier_served(completion.model_extra, ex.price_multiplier)
+        served = served or tier_served(completion.model_extra, ex.service_tier)
         await self._settle(ex, usage, 200, background=True, source=source, served=served)
         return completion
 
@@ -237,7 +237,10 @@ class Pipeline(Charges):
         counting = [a for a in plan if a.target.provider_type == kind and a.adapter.counts_tokens(a.target)]
         if not counting:
             return None
-        ex.limit_headers = await self.meter.admit_count(ex.lineage, ex.model, ex.request_id)
+        counted = await self.meter.admit_count(ex.lineage, ex.model, ex.request_id)
+        if counted is not None:
+            ex.counted.append(counted)
+            ex.limit_headers = self.meter.count_headers(counted)
 
         async def accept(attempt: Attempt, response: UpstreamResponse) -> int:
             return attempt.adapter.count_tokens_response(await response.read())
@@ -438,7 +441,7 @@ class Pipeline(Charges):
         who = req.user or (req.model_extra or {}).get("safety_identifier")
         if isinstance(who, str) and who and ex.user is None:
             ex.user = unkeyed(who, MAX_USER_CHARS)
-        self._price_options(ex, req)
+        self._price_options(ex, req, plan)
         if call is not None:
             self._price_native_options(ex, plan, call)
         ex.prompt = prompt_estimate(req)
@@ -471,7 +474,7 @@ class Pipeline(Charges):
         for attempt, written in zip(plan, outputs, strict=True):
             tokens = estimate.tokens(attempt.target.provider_type, attempt.target.model)
             prompt = max(prompt, tokens)
-            case = worst_case_usd(tokens, written, self._price(ex, attempt), self.fee, ex.audio_output)
+            case = worst_case_usd(tokens, written, self._price(ex, attempt, worst=True), self.fee, ex.audio_output)
             apart = ex.per_request_usd + ex.searches * ex.search_usd
             if case is not None and apart:
                 case += apart * (1 + self.fee.percent / 100)
@@ -530,7 +533,7 @@ class Pipeline(Charges):
         """Settle a request that ends with no answer to relay. Sent and never answered (a deadline, the Lambda
         time cap, the client gone) or sent and timed out: the provider may still run it to the end, so the
         reserved worst case is charged. Answered with an error: one line at no cost. Never sent: the
-        reservation is released."""
+        reservation is released, and what it counted on the rate limits given back."""
         if ex.inflight is not None:
             # The attempt cut in flight ends the route, with the time it waited on the provider (a deadline's
             # 504 named no attempt at all, and said `upstream;dur=0`).
@@ -556,7 +559,10 @@ class Pipeline(Charges):
             status = exc.status_for(ex.anthropic) if isinstance(exc, GatewayError) else upstream_status
             await self._settle(ex, Usage.of(0, 0), status, background=True, free=True)
         else:
-            await self._settle(ex, None, 0, background=True)
+            unsent = ex.inflight_at == 0.0  # (no attempt went out: `_failover` sets it as one does)
+            if unsent and ex.reservation is not None and ex.reservation.admission is not None:  # (a count's: apart)
+                ex.limit_headers = self.meter.given_back_headers(ex.reservation)
+            await self._settle(ex, None, 0, background=True, unsent=unsent)
 
     async def _deadline(self, ex: Exchange, work: Awaitable[T]) -> T:
         if ex.controls.deadline_s is None or ex.ends_at is None:  # (none, or the gateway's own: `_failover`'s)
@@ -604,6 +610,8 @@ class Pipeline(Charges):
                 if ex.audio_output:
                     self._audio_priced(attempt)
                 built = build(attempt)
+                if ex.service_tier is not None:
+                    self._tier_priced(ex, attempt, built.dropped)
                 key = attempt.adapter.secret  # (the key `built` carries: a 401 may have it read again)
                 if built.dropped and ex.controls.strict:
                     named = ", ".join(built.dropped)
@@ -700,6 +708,8 @@ class Pipeline(Charges):
                 breakers.success(label)
                 ex.attempt = attempt
                 ex.dropped = built.dropped
+                if attempt.model != ex.model:  # (a fallback served it: the limits that bind it, its own among them)
+                    ex.limit_headers = self.meter.served_headers(ex.reservation, ex.counted, attempt.model)
                 return result
         passed_over(ex, plan, len(plan))
         if last is None:
@@ -785,8 +795,10 @@ class Pipeline(Charges):
             tokens = reservation.prompt_tokens + reservation.output_tokens if reservation is not None else 0
             try:
                 counted = [ex.model, *(m for m, refused in ex.fallbacks.items() if refused is None)]
-                await self.meter.admit_fallback(ex.lineage, model, tokens, f"{ex.request_id}@{model}", counted)
+                own = await self.meter.admit_fallback(ex.lineage, model, tokens, f"{ex.request_id}@{model}", counted)
                 ex.fallbacks[model] = None
+                if own is not None:
+                    ex.counted.append(own)
             except RateLimitError as refused:
                 ex.fallbacks[model] = refused
         return ex.fallbacks[model] is not None
@@ -835,6 +847,7 @@ class Pipeline(Charges):
         source: str = "provider",
         free: bool = False,
         served: Served | None = None,
+        unsent: bool = False,
     ) -> None:
         """Cost the answer, release the reservation's rest and write the ledger line, exactly once.
 
@@ -843,7 +856,8 @@ class Pipeline(Charges):
         on the input counts of `usage` where the provider gave them, `_worst`). `free`: the answer costs nothing
         (an error answer, a count of tokens): neither the prices per request (web search) nor the gateway's fee
         apply to it; an earlier attempt the provider may bill still does. `served`: what the answer says of how it
-        was served (`Served`), which its cost follows."""
+        was served (`Served`), which its cost follows. `unsent`: no attempt went out, so nothing it counted on the
+        rate limits stays counted (`Meter.settlement`)."""
         reservation = ex.reservation
         if reservation is None:
             return
@@ -901,7 +915,7 @@ class Pipeline(Charges):
                 session=ex.controls.session,
             )
         ex.ledger_item = item
-        settlements = [self.meter.settlement(reservation, actual, tokens, item)]
+        settlements = [self.meter.settlement(reservation, actual, tokens, item, unsent)]
         # The worst cases reserved more for attempts the provider may bill: released (the line carries their cost).
         settlements += [self.meter.settlement(extra, 0.0, 0, None) for extra in ex.extra]
         for settlement in settlements:

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import orjson
 
-from handler.config import PRICE_OPTIONS, FeeConfig, ModelConfig, Price, load_yaml
+from handler.config import PRICE_OPTIONS, SERVICE_TIER, FeeConfig, ModelConfig, Price, load_yaml
 from handler.ports import MESSAGES_API, NativeCall, Served
 from handler.records import Value
 from handler.schemas import ChatRequest, FilePart, ImagePart, Usage
@@ -429,17 +429,25 @@ def as_served(price: Price | None, asked: Mapping[str, str], served: Mapping[str
         if name in asked:
             if value == PRICE_OPTIONS.get(name) or option_rate(price, name, value) is not None:
                 options[name] = value
-        elif value != PRICE_OPTIONS.get(name) and option_rate(price, name, value) is not None:
-            options[name] = value
+        elif name in PRICE_OPTIONS and value != PRICE_OPTIONS[name] and option_rate(price, name, value) is not None:
+            options[name] = value  # (a service tier is priced apart, by `Attempt.tiers`)
     return options
 
 
-def tier_served(answer: Mapping[str, Any] | None, asked: float) -> Served | None:
+def tier_rates(price: Price | None, gateway: Mapping[str, float]) -> dict[str, float]:
+    """The multipliers a deployment's model is priced at per OpenAI service tier: its price's own
+    (`options.service_tier`: OpenAI's prices differ by model, priority 2x for gpt-5 and 1.7x for gpt-4o), and the
+    gateway's (`priced_options.service_tier`) for the tiers it has none of. A tier in neither is not priced."""
+    own = (price.options or {}).get(SERVICE_TIER) if price is not None else None
+    return {**gateway, **own} if own else dict(gateway)
+
+
+def tier_served(answer: Mapping[str, Any] | None, asked: str | None) -> Served | None:
     """The service tier an OpenAI answer (a completion, a chunk, a response: `answer`'s members) says it ran at,
-    where it may be billed otherwise than the tier `asked` (its multiplier); None for the usual answer, served at
-    the default tier as asked."""
+    where it may be billed otherwise than the tier `asked` (None: none, or one at the plain price); None for the
+    usual answer, served at the default tier as asked."""
     tier = answer.get("service_tier") if answer else None
-    if not isinstance(tier, str) or (tier == "default" and asked == 1.0):
+    if not isinstance(tier, str) or (tier == "default" and asked is None):
         return None
     return Served({"service_tier": tier})
 

@@ -7,7 +7,8 @@ breakers' state, so `GET /v1/route` can show it without sending anything.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Final
 
 from handler.config import Config, ModelConfig, reference_hint
@@ -21,6 +22,7 @@ from handler.errors import (
     model_not_allowed,
 )
 from handler.pipeline.breakers import Breakers
+from handler.pipeline.pricing import price_for, tier_rates
 from handler.pipeline.provider_keys import RETRY_S
 from handler.ports import ProviderAdapter, Target
 from handler.records import Value
@@ -89,7 +91,7 @@ def a_model(kind: str) -> str:
 class Attempt(Value):
     """One deployment to try: the public model it serves and how to reach it."""
 
-    __slots__ = ("model", "spec", "target", "adapter", "distance_km", "rtt_ms", "measured")
+    __slots__ = ("model", "spec", "target", "adapter", "distance_km", "rtt_ms", "measured", "tiers")
 
     def __init__(
         self,
@@ -100,6 +102,7 @@ class Attempt(Value):
         distance_km: float,
         rtt_ms: float,
         measured: bool,
+        tiers: Mapping[str, float] = MappingProxyType({}),
     ) -> None:
         self.model: Final = model
         self.spec: Final = spec
@@ -110,6 +113,9 @@ class Attempt(Value):
         # estimated from the distance.
         self.rtt_ms: Final = rtt_ms
         self.measured: Final = measured
+        # The multiplier of each OpenAI service tier its model is priced at (`pricing.tier_rates`), resolved once
+        # with the router: a tier it has none for is not priced here.
+        self.tiers: Final = tiers
 
 
 class Plan(list[Attempt]):
@@ -170,6 +176,7 @@ class Router:
 
     def _build(self, model: str, spec: ModelConfig) -> list[Attempt]:
         attempts = []
+        gateway_tiers = self.config.gateway.priced_options.service_tier
         for dep in spec.deployments:
             adapter = self.adapters[dep.provider]
             provider = self.config.providers[dep.provider]
@@ -182,7 +189,8 @@ class Router:
             km = distance_km(self.region, region)
             measured = self._latency.get(region)
             rtt = measured if measured is not None else km * ESTIMATED_RTT_MS_PER_KM
-            attempts.append(Attempt(model, spec, target, adapter, km, rtt, measured is not None))
+            tiers = MappingProxyType(tier_rates(price_for(model, spec, dep.model), gateway_tiers))
+            attempts.append(Attempt(model, spec, target, adapter, km, rtt, measured is not None, tiers))
         # One unit for all: a region the config measured and one it did not are compared in milliseconds (kilometres
         # against milliseconds served from Ireland a gateway in Virginia that had Ohio, 496 km away, beside it).
         return sorted(attempts, key=lambda a: a.rtt_ms)

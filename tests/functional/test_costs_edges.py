@@ -328,6 +328,76 @@ async def test_an_option_the_deployment_was_not_sent_is_not_billed() -> None:
     await served.gateway.aclose()
 
 
+async def test_a_service_tier_is_priced_by_the_model_served_the_gateways_multiplier_only_where_it_has_none() -> None:
+    """OpenAI's tier prices differ by model (priority: 2x gpt-5's, 1.7x gpt-4o's; flex half gpt-5's), and one
+    gateway-wide multiplier priced them all: `priority: 1.8` charged a gpt-4o request 6 % more than OpenAI bills and a
+    gpt-5 one 10 % less. The bundled table and a model's own price carry each model's tiers; the gateway's
+    multiplier prices a tier only where the model has none, and a tier that no model of the plan prices is still
+    refused before anything is sent. The worst case reserved is at the same multiplier (never below the plain
+    price: a deployment that drops the tier bills that)."""
+    sent: list[dict[str, Any]] = []
+
+    def openai(request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        sent.append(body)
+        return httpx.Response(200, json={**completion(body["model"]), "service_tier": body.get("service_tier")})
+
+    models = {
+        "4o": {"deployments": [{"provider": "openai", "model": "gpt-4o"}]},  # the bundled prices
+        "5": {"deployments": [{"provider": "openai", "model": "gpt-5"}]},
+        "own": {**MODEL, "price": {**MODEL["price"], "options": {"service_tier": {"priority": 1.5, "scale": 1.25}}}},
+        "plain": MODEL,  # no tier of its own
+        "plain-then-own": {**MODEL, "fallbacks": ["own"]},
+    }
+    served = await serve(openai, models, priced_options={"service_tier": {"priority": 1.8, "flex": 1.0}})
+
+    async def cost(model: str, tier: str | None) -> float:
+        extra = {"service_tier": tier} if tier else {}
+        answer = await served.post("/v1/chat/completions", {"model": model, "messages": HI, **extra})
+        assert answer.status_code == 200, answer.text
+        return float(answer.headers["x-gateway-cost-usd"])
+
+    async def worst(model: str, tier: str | None) -> float:
+        extra = {"service_tier": tier} if tier else {}
+        refused = await served.http.post(
+            "/v1/chat/completions",
+            json={"model": model, "messages": HI, **extra},
+            headers={"authorization": f"Bearer {served.key.key}", "x-gateway-max-cost-usd": "0.000000001"},
+        )
+        assert refused.status_code == 402, refused.text
+        return float(refused.json()["error"]["message"].split("$")[1].split(" ")[0])
+
+    # 10 input and 5 output tokens: gpt-4o's $0.000075 at priority is OpenAI's $4.25 and $17 a million, $0.0001275.
+    assert await cost("4o", "priority") == pytest.approx(0.0001275)
+    for model, tier, rate in (
+        ("4o", "priority", 1.7),
+        ("5", "priority", 2.0),
+        ("5", "flex", 0.5),
+        ("own", "priority", 1.5),  # its own, over the gateway's
+        ("own", "scale", 1.25),  # its own, where the gateway has none
+        ("own", "flex", 1.0),  # the gateway's, where it has none
+        ("plain", "priority", 1.8),
+    ):
+        assert await cost(model, tier) == pytest.approx(rate * await cost(model, None)), (model, tier)
+        plain_worst = await worst(model, None)
+        # (A few prompt tokens more: the tier's own bytes are counted.)
+        assert await worst(model, tier) == pytest.approx(max(rate, 1.0) * plain_worst, rel=2e-3), (model, tier)
+    # A tier the plan's models do not price: the client's 400 before anything is sent or reserved.
+    before = len(sent)
+    refused = await served.post("/v1/chat/completions", {"model": "plain", "messages": HI, "service_tier": "scale"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "service_tier", refused.text
+    assert "'plain'" in refused.json()["error"]["message"] and len(sent) == before
+    # A deployment whose model does not price it is passed over for one whose model does.
+    answer = await served.post(
+        "/v1/chat/completions", {"model": "plain-then-own", "messages": HI, "service_tier": "scale"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-gateway-route"].split(", ")[0].endswith("=unsupported")
+    assert float(answer.headers["x-gateway-cost-usd"]) == pytest.approx(1.25 * await cost("own", None))
+    assert len(sent) == before + 2 and sent[before]["service_tier"] == "scale"
+    await served.gateway.aclose()
+
+
 async def test_a_document_by_id_is_reserved_but_an_answer_without_usage_is_billed_on_what_was_seen() -> None:
     """A file part by `file_id` is reserved as 100 pages; an answer without usage was billed those 460,000 tokens
     too ($0.46 for a $0.00005 answer), and a key's tpm counted them (found by review). The estimate bills what the

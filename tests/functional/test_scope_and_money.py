@@ -347,11 +347,28 @@ def test_a_fallback_is_held_to_its_own_per_model_limits_along_the_chain(gw: Runn
     assert received(gw, "anthropic", since) == []
     assert via.status_code == 502, via.text  # the requested model's own failure
     assert via.headers["x-gateway-route"].endswith("anthropic/claude-haiku-4-5@global=rate_limited")
-    # A fallback within its limits is counted on them before it is tried, and then served.
+    # A fallback within its limits is counted on them before it is tried, and then served, its answer telling the
+    # limit that bound it (it had no `x-ratelimit-*` at all: the admission, on the model asked for, counted none).
     other = child(gw, gw.mint(model_limits={"claude-*": {"rpm": 1}}))
     served = chat(gw, other, "broken-test", **{"x-gateway-fallbacks": "claude-test"})
     assert served.status_code == 200 and served.headers["x-gateway-route"].endswith("=200"), served.text
+    assert served.headers["x-ratelimit-limit-requests"] == "1", served.headers
+    assert served.headers["x-ratelimit-remaining-requests"] == "0"
+    assert 1 <= int(served.headers["x-ratelimit-reset-requests"].removesuffix("s")) <= 60
     assert chat(gw, other, "claude-test").status_code == 429  # its minute's one request went to the fallback
+    # The key's own limits bind the fallback too, with its own: the tightest of them is told; a limit on the model
+    # asked for alone does not bind the fallback that served it, and is not told.
+    both = gw.mint(rpm=10, tpm=100_000, model_limits={"broken-*": {"rpm": 2}, "claude-*": {"rpm": 3}})
+    served = chat(gw, both, "broken-test", **{"x-gateway-fallbacks": "claude-test"})
+    assert served.status_code == 200 and served.headers["x-gateway-route"].endswith("=200"), served.text
+    told = (served.headers["x-ratelimit-limit-requests"], served.headers["x-ratelimit-remaining-requests"])
+    assert told == ("3", "2") and served.headers["x-ratelimit-limit-tokens"] == "100000"
+    # A stream's, which go out with its first events, the same.
+    body = {"model": "broken-test", "messages": HI, "stream": True}
+    streamed = post(gw, "/v1/chat/completions", both, body, **{"x-gateway-fallbacks": "claude-test"})
+    assert streamed.status_code == 200 and streamed.headers["x-gateway-route"].endswith("=200"), streamed.text
+    told = (streamed.headers["x-ratelimit-limit-requests"], streamed.headers["x-ratelimit-remaining-requests"])
+    assert told == ("3", "1")
 
 
 def test_every_matching_model_limit_binds_whatever_its_place(gw: Running) -> None:
@@ -446,6 +463,52 @@ def test_a_deadline_too_short_to_send_anything_says_so_and_costs_nothing(gw: Run
     assert line.status == 200
     assert spent(gw, key) == pytest.approx((line.cost_usd or 0) + line.fee_usd)
     assert chat(gw, key).status_code == 200  # the second request of the minute: the refused ones were not counted
+    assert chat(gw, key).status_code == 429
+
+
+def test_a_deadline_that_runs_out_while_the_request_is_admitted_gives_back_the_request_it_counted(
+    gw: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`x-gateway-deadline-ms: 11` passed the check before the admission (more than the 10 ms the gateway sends
+    with), the store took a few milliseconds to admit it, and then less than 10 ms were left to send it: a 504 that
+    said "nothing was sent, nothing is charged", its budget released, but one of the key's requests a minute used
+    for it (rpm 2: 200, 504, then 429). It now gives back what it counted, and its `x-ratelimit-*` say so. (The
+    deadline here is longer, and the admission's answer slower: a DynamoDB round trip alone can take 11 ms, and a
+    store call is cut at the request's deadline.)"""
+    fresh_minute()
+    key = gw.mint(budget_usd=1.0, rpm=2)
+    assert chat(gw, key).status_code == 200  # (the key looked up once: the store is not what the deadline cuts)
+    deadline_ms = 60
+    store = gw.gateway.store
+    written = store.admit
+    admitted: list[str] = []
+
+    async def slow_admission(admission: Any) -> Any:
+        snapshot = await written(admission)
+        admitted.append(admission.reservation_id)
+        await asyncio.sleep(deadline_ms / 1000)  # (a slow DynamoDB round trip: the request's deadline passes)
+        return snapshot
+
+    since = len(gw.fakes["openai"].state.requests)
+    monkeypatch.setattr(store, "admit", slow_admission)
+    for _ in range(20):  # (one refused before its admission, its 11 ms spent on the way, counted nothing: again)
+        cut = chat(gw, key, **{"x-gateway-deadline-ms": str(deadline_ms)})
+        if admitted:
+            break
+    monkeypatch.undo()
+    assert admitted, "always refused before its admission: the test needs the deadline to run out during it"
+    assert cut.status_code == 504, cut.text
+    assert "nothing was sent, nothing is charged" in cut.json()["error"]["message"]
+    assert cut.headers["x-ratelimit-remaining-requests"] == "1"  # the first request's alone counted
+    assert received(gw, "openai", since) == []
+    time.sleep(0.3)  # (the settlement, in the background)
+    state = httpx.get(f"{gw.url}/v1/key", headers=auth(key)).json()
+    assert state["reserved_usd"] == 0, state
+    [line] = ledger(gw, key)  # the first request's alone
+    assert spent(gw, key) == pytest.approx((line.cost_usd or 0) + line.fee_usd)
+    second = chat(gw, key)
+    assert second.status_code == 200, second.text  # the minute's second request: the cut one was given back
+    assert second.headers["x-ratelimit-remaining-requests"] == "0"
     assert chat(gw, key).status_code == 429
 
 

@@ -451,9 +451,15 @@ def test_a_prices_options_name_request_options_and_no_negative_multiplier() -> N
         assert price_option_problems(model, price) == []
     wrong = Price(input=1, options={"sped": {"fast": 6.0}, "speed": {"fast": -1.0, "x": float("nan")}})
     assert price_option_problems("m", wrong) == [
-        "m.options.sped: not a priced option (one of: speed, inference_geo)",
+        "m.options.sped: not a priced option (one of: speed, inference_geo, service_tier)",
         "m.options.speed.fast: not a multiplier (a finite number, 0 or more)",
         "m.options.speed.x: not a multiplier (a finite number, 0 or more)",
+    ]
+    # OpenAI's service tiers, priced per model; `auto` and `default` are always at the model's own prices.
+    tiers = Price(input=1, options={"service_tier": {"priority": 1.7, "default": 2.0, "flex": -0.5}})
+    assert price_option_problems("m", tiers) == [
+        "m.options.service_tier.default: always at the model's own prices, never multiplied",
+        "m.options.service_tier.flex: not a multiplier (a finite number, 0 or more)",
     ]
     config = {
         "providers": {"a": {"type": "anthropic", "api_key": "env:K"}},
@@ -467,3 +473,15 @@ def test_a_prices_options_name_request_options_and_no_negative_multiplier() -> N
     with pytest.raises(ConfigError) as refused:
         parse_config(config, {"anthropic"})
     assert "models.m.price.options.geo: not a priced option" in str(refused.value)
+    # The gateway's own tier multipliers, checked the same way: `priority: -1` credited a key's budget with every
+    # priority request, `.nan` made its costs NaN, and a `default` multiplier was taken and ignored.
+    tiered = {**config, "gateway": {"priced_options": {"service_tier": {"priority": -1, "flex": float("nan")}}}}
+    tiered["gateway"]["priced_options"]["service_tier"]["default"] = 2.0
+    tiered["models"] = {}
+    with pytest.raises(ConfigError) as refused:
+        parse_config(tiered, {"anthropic"})
+    assert refused.value.problems == [
+        "gateway.priced_options.service_tier.default: always at the model's own prices, never multiplied",
+        "gateway.priced_options.service_tier.priority: not a multiplier (a finite number, 0 or more)",
+        "gateway.priced_options.service_tier.flex: not a multiplier (a finite number, 0 or more)",
+    ]
