@@ -434,12 +434,20 @@ def as_served(price: Price | None, asked: Mapping[str, str], served: Mapping[str
     return options
 
 
-def tier_rates(price: Price | None, gateway: Mapping[str, float]) -> dict[str, float]:
-    """The multipliers a deployment's model is priced at per OpenAI service tier: its price's own
-    (`options.service_tier`: OpenAI's prices differ by model, priority 2x for gpt-5 and 1.7x for gpt-4o), and the
-    gateway's (`priced_options.service_tier`) for the tiers it has none of. A tier in neither is not priced."""
+def tier_rates(price: Price | None, gateway: Mapping[str, float], configured: bool) -> dict[str, float]:
+    """The multipliers a deployment's model is priced at per OpenAI service tier. The gateway's
+    (`priced_options.service_tier`) name the tiers it takes, each at its multiplier where the model's price has none
+    of its own (`options.service_tier`: OpenAI's prices differ by model, priority 2x for gpt-5's and 1.7x for
+    gpt-4o's, as the built-in table carries them). A price the operator wrote in the config (`configured`) also takes
+    the tiers it names; the built-in table's only price those the gateway takes: a tier costs more, and the operator
+    says which a key may ask for (priority was taken at twice the price once the table priced it). A tier in neither
+    is not priced, so refused."""
     own = (price.options or {}).get(SERVICE_TIER) if price is not None else None
-    return {**gateway, **own} if own else dict(gateway)
+    if not own:
+        return dict(gateway)
+    if configured:
+        return {**gateway, **own}
+    return {tier: own.get(tier, multiplier) for tier, multiplier in gateway.items()}
 
 
 def tier_served(answer: Mapping[str, Any] | None, asked: str | None) -> Served | None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
-from handler.config import Config, ModelConfig, reference_hint
+from handler.config import Config, ModelConfig, Price, reference_hint
 from handler.errors import (
     GatewayError,
     InvalidRequestError,
@@ -189,7 +189,8 @@ class Router:
             km = distance_km(self.region, region)
             measured = self._latency.get(region)
             rtt = measured if measured is not None else km * ESTIMATED_RTT_MS_PER_KM
-            tiers = MappingProxyType(tier_rates(price_for(model, spec, dep.model), gateway_tiers))
+            price = price_for(model, spec, dep.model)
+            tiers = MappingProxyType(tier_rates(price, gateway_tiers, configured=isinstance(spec.price, Price)))
             attempts.append(Attempt(model, spec, target, adapter, km, rtt, measured is not None, tiers))
         # One unit for all: a region the config measured and one it did not are compared in milliseconds (kilometres
         # against milliseconds served from Ireland a gateway in Virginia that had Ohio, 496 km away, beside it).

@@ -398,6 +398,37 @@ async def test_a_service_tier_is_priced_by_the_model_served_the_gateways_multipl
     await served.gateway.aclose()
 
 
+async def test_a_tier_the_built_in_table_prices_is_taken_only_where_the_gateway_takes_it() -> None:
+    """The built-in table prices OpenAI's tiers per model; once it did, gpt-4o's `priority` was served at 1.7 times
+    the price on a gateway whose operator had never taken it (`priced_options.service_tier` was `{flex: 1.0}`).
+    The gateway's tiers say which a key may ask for; the table only prices those, and a price the operator wrote
+    takes the tiers it names."""
+    sent: list[dict[str, Any]] = []
+
+    def openai(request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        sent.append(body)
+        return httpx.Response(200, json={**completion(body["model"]), "service_tier": body.get("service_tier")})
+
+    models = {
+        "4o": {"deployments": [{"provider": "openai", "model": "gpt-4o"}]},  # the built-in table's prices
+        "5": {"deployments": [{"provider": "openai", "model": "gpt-5"}]},
+        "own": {**MODEL, "price": {**MODEL["price"], "options": {"service_tier": {"priority": 1.5}}}},
+    }
+    served = await serve(openai, models)  # the default: `service_tier: {flex: 1.0}`
+    refused = await served.post("/v1/chat/completions", {"model": "4o", "messages": HI, "service_tier": "priority"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "service_tier", refused.text
+    assert sent == []
+    flex = await served.post("/v1/chat/completions", {"model": "5", "messages": HI, "service_tier": "flex"})
+    plain = await served.post("/v1/chat/completions", {"model": "5", "messages": HI})
+    assert flex.status_code == plain.status_code == 200, flex.text
+    # (taken by the gateway, priced by the table: half gpt-5's prices)
+    assert float(flex.headers["x-gateway-cost-usd"]) == pytest.approx(0.5 * float(plain.headers["x-gateway-cost-usd"]))
+    own = await served.post("/v1/chat/completions", {"model": "own", "messages": HI, "service_tier": "priority"})
+    assert own.status_code == 200, own.text
+    await served.gateway.aclose()
+
+
 async def test_a_document_by_id_is_reserved_but_an_answer_without_usage_is_billed_on_what_was_seen() -> None:
     """A file part by `file_id` is reserved as 100 pages; an answer without usage was billed those 460,000 tokens
     too ($0.46 for a $0.00005 answer), and a key's tpm counted them (found by review). The estimate bills what the
