@@ -6,6 +6,9 @@ seconds: every other request, `/health` included, waited. Here the bytes of a re
 are counted as they arrive (a read that also carries the body counts only as far as the head's end);
 beyond `gateway.limits.request_header_bytes` the request is answered `431 headers_too_large` (in the error
 shape of the API it calls: Anthropic's on `/v1/messages`) and its connection closed, before the parser is fed more.
+
+As the server begins to stop, the protocol tells the served gateway (`server_stopping`), so that a request uvicorn
+cuts once `--shutdown-grace` has run out is answered the gateway's 503, not a client's 499 or uvicorn's 500.
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ def request_header_bytes() -> int:
     served = sys.modules.get("handler.entry.asgi")
     limits = served.gateway.config.gateway.limits if served is not None else LimitsConfig()
     return limits.request_header_bytes
+
+
+def server_stopping() -> None:
+    """Tell the served gateway (`handler.entry.asgi`) that the server has begun to stop: a request uvicorn cuts once
+    `--shutdown-grace` has run out is then answered the gateway's 503 `server_shutting_down` (a stream: its API's
+    error event), where it got uvicorn's plain-text 500, or a stream cut with no word."""
+    served = sys.modules.get("handler.entry.asgi")
+    if served is not None:
+        served.gateway.stopping = True
 
 
 def too_large_answer(limit: int, anthropic: bool = False) -> bytes:
@@ -103,6 +115,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         error = InvalidRequestError(f"the request's HTTP head is malformed ({msg.rstrip('.')})")
         self.transport.write(refusal(error, b"400 Bad Request", anthropic))
         self.transport.close()
+
+    def shutdown(self) -> None:
+        """The server stops (uvicorn calls this on every connection as its shutdown begins)."""
+        server_stopping()
+        super().shutdown()
 
     def on_headers_complete(self) -> None:
         self.in_head = False
