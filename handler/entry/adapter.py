@@ -1,4 +1,5 @@
-"""Mangum for the buffered function, with each invocation's ASGI scope built once.
+"""Mangum for the buffered function, with each invocation's ASGI scope built once, and an event it cannot read
+raised as one (`UnreadableEventError`), for the handler to answer.
 
 Mangum's handlers for API Gateway HTTP APIs (payload 1.0 and 2.0, `HTTPGateway`) and for ALB build the scope as a
 property, and their `__call__` reads `self.scope["aws.event"]` to shape the answer: the whole scope, every request
@@ -9,53 +10,80 @@ warm invocation's own work (`python -m tests.bench.lambda_warm 3000 responses`, 
 
 from __future__ import annotations
 
-import binascii
 import functools
 from typing import Any
 
 from mangum import Mangum
-from mangum.handlers import ALB, HTTPGateway
+from mangum.handlers import ALB, APIGateway, HTTPGateway
 from mangum.types import ASGI, LambdaContext, LambdaEvent, LambdaHandler, Scope
 
 
 class UnreadableEventError(Exception):
     """An event that is no HTTP request the function can read: the Lambda console's default test event
-    (`{"key1": "value1", ...}`), `{}`, a body marked base64 that is not. Mangum raised a `RuntimeError` (or
-    `binascii.Error`) out of the handler: an invocation error, behind API Gateway a bare 500."""
+    (`{"key1": "value1", ...}`), `{}`, `42`, `null`, a list, an event of API Gateway's or ALB's shape without the
+    fields of a request, a body marked base64 that is not. Mangum raised a `RuntimeError` (or a `TypeError`, a
+    `KeyError`, `binascii.Error`) out of the handler: an invocation error, behind API Gateway a bare 500. `handler`:
+    the event's Mangum handler, where the event is a request whose body alone cannot be read (it shapes the answer as
+    its source takes one: an ALB's `multiValueHeaders`, ...)."""
+
+    def __init__(self, message: str, handler: LambdaHandler | None = None) -> None:
+        super().__init__(message)
+        self.handler = handler
 
 
-class HTTPGatewayOnce(HTTPGateway):
+NO_HTTP_REQUEST = (
+    "the Lambda event is no HTTP request: the gateway takes API Gateway (HTTP API or REST API), Function URL and ALB "
+    "events (samples: events/*.json, as `sam local invoke -e` sends them), not the Lambda console's default test event"
+)
+
+
+class ReadOnce:
+    """A Mangum handler whose scope is built once (see the module's docstring), and whose event, if no request can be
+    read from it, raises `UnreadableEventError`: the handler's answer, not an invocation error."""
+
     @functools.cached_property
     def scope(self) -> Scope:
-        return super().scope
+        try:
+            return super().scope  # type: ignore[misc, no-any-return]
+        except (LookupError, TypeError, AttributeError, ValueError):  # (a field missing, or not what it should be)
+            raise UnreadableEventError(NO_HTTP_REQUEST) from None
 
     @property
     def body(self) -> bytes:
         try:
-            return super().body
-        except binascii.Error:
-            raise UnreadableEventError("the event's body is marked isBase64Encoded but is not base64") from None
+            return super().body  # type: ignore[misc, no-any-return]
+        except ValueError:  # (binascii.Error among them)
+            raise UnreadableEventError(
+                "the event's body is marked isBase64Encoded but is not base64",
+                self,  # type: ignore[arg-type]
+            ) from None
+        except (TypeError, AttributeError):
+            raise UnreadableEventError("the event's body is not a string", self) from None  # type: ignore[arg-type]
 
 
-class ALBOnce(ALB):
-    @functools.cached_property
-    def scope(self) -> Scope:
-        return super().scope
+class HTTPGatewayOnce(ReadOnce, HTTPGateway):
+    """API Gateway's HTTP APIs (payload 1.0 and 2.0) and Function URLs."""
+
+
+class ALBOnce(ReadOnce, ALB):
+    """An Application Load Balancer's."""
+
+
+class APIGatewayOnce(ReadOnce, APIGateway):
+    """API Gateway's REST APIs (v1)."""
 
 
 class GatewayMangum(Mangum):
     def infer(self, event: LambdaEvent, context: LambdaContext) -> LambdaHandler:
+        if not isinstance(event, dict):  # (`42`, `null`, a list: Mangum's tests of a dict's keys raised on them)
+            raise UnreadableEventError(NO_HTTP_REQUEST)
         try:
             return super().infer(event, context)
-        except RuntimeError:  # (Mangum's word for an event none of its handlers takes)
-            raise UnreadableEventError(
-                "the Lambda event is no HTTP request: the gateway takes API Gateway (HTTP API or REST API), Function "
-                "URL and ALB events (samples: events/*.json, as `sam local invoke -e` sends them), not the Lambda "
-                "console's default test event"
-            ) from None
+        except (RuntimeError, LookupError, TypeError):  # (RuntimeError: Mangum's word for an event none takes)
+            raise UnreadableEventError(NO_HTTP_REQUEST) from None
 
 
 def lambda_adapter(app: ASGI | Any) -> Mangum:
     """The app under Mangum as the buffered function runs it: no lifespan (Mangum would run it every invocation).
     An event it cannot read raises `UnreadableEventError`."""
-    return GatewayMangum(app, lifespan="off", custom_handlers=[HTTPGatewayOnce, ALBOnce])
+    return GatewayMangum(app, lifespan="off", custom_handlers=[HTTPGatewayOnce, ALBOnce, APIGatewayOnce])

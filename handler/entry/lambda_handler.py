@@ -36,7 +36,7 @@ import orjson  # noqa: E402
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from handler.api.answer_size import AnswerLimit  # noqa: E402
-from handler.api.app import Settling, create_app  # noqa: E402
+from handler.api.app import Settling, anthropic_path, create_app, new_request_id, route_path  # noqa: E402
 from handler.entry.adapter import UnreadableEventError, lambda_adapter  # noqa: E402
 from handler.errors import InvalidRequestError  # noqa: E402
 from handler.pipeline.gateway import build_gateway  # noqa: E402
@@ -103,17 +103,27 @@ else:
 
 
 def unreadable_event(event: Any, exc: UnreadableEventError) -> dict[str, Any]:
-    """The 400 answer to an event no HTTP request can be read from, in the gateway's OpenAI error shape and API
-    Gateway's answer form; logged with the event's top-level field names, never its values."""
+    """The 400 answer to an event no HTTP request can be read from, in the gateway's error shape (Anthropic's for a
+    request to its API whose body alone could not be read) and in the answer form of the event's source (API
+    Gateway's where the source is unknown); logged with the event's top-level field names (or its JSON type), never
+    its values: the body is the client's prompt."""
     fields = sorted(str(name) for name in event)[:20] if isinstance(event, dict) else type(event).__name__
-    logger.warning(f"unreadable Lambda event: {exc}", extra={"event_fields": fields})
+    request_id = new_request_id()
+    logger.warning(f"unreadable Lambda event: {exc}", extra={"event_fields": fields, "request_id": request_id})
     error = InvalidRequestError(str(exc))
-    return {
-        "statusCode": error.status,
-        "headers": {"content-type": "application/json", "x-should-retry": "false"},
-        "body": orjson.dumps(error.openai_body()).decode(),
-        "isBase64Encoded": False,
-    }
+    source = exc.handler
+    scope = source.scope if source is not None else None
+    anthropic = scope is not None and anthropic_path(
+        route_path(scope), any(name == b"anthropic-version" for name, _ in scope["headers"])
+    )
+    headers = [("content-type", "application/json"), ("x-request-id", request_id), ("x-should-retry", "false")]
+    if anthropic:
+        headers.append(("request-id", request_id))  # (where Anthropic's SDK reads it)
+    body = orjson.dumps(error.anthropic_body() if anthropic else error.openai_body())
+    if source is not None:
+        answer = {"status": error.status, "headers": [(k.encode(), v.encode()) for k, v in headers], "body": body}
+        return source(answer)  # type: ignore[arg-type]
+    return {"statusCode": error.status, "headers": dict(headers), "body": body.decode(), "isBase64Encoded": False}
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
