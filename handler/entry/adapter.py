@@ -13,9 +13,14 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import orjson
 from mangum import Mangum
 from mangum.handlers import ALB, APIGateway, HTTPGateway
 from mangum.types import ASGI, LambdaContext, LambdaEvent, LambdaHandler, Scope
+
+from handler.api.app import anthropic_path, new_request_id, route_path
+from handler.errors import InvalidRequestError
+from handler.telemetry.observability import logger
 
 
 class UnreadableEventError(Exception):
@@ -87,3 +92,27 @@ def lambda_adapter(app: ASGI | Any) -> Mangum:
     """The app under Mangum as the buffered function runs it: no lifespan (Mangum would run it every invocation).
     An event it cannot read raises `UnreadableEventError`."""
     return GatewayMangum(app, lifespan="off", custom_handlers=[HTTPGatewayOnce, ALBOnce, APIGatewayOnce])
+
+
+def unreadable_answer(event: Any, exc: UnreadableEventError) -> dict[str, Any]:
+    """The 400 answer to an event no HTTP request can be read from, in the gateway's error shape (Anthropic's for a
+    request to its API whose body alone could not be read) and in the answer form of the event's source (API
+    Gateway's where the source is unknown); logged with the event's top-level field names (or its JSON type), never
+    its values: the body is the client's prompt."""
+    fields = sorted(str(name) for name in event)[:20] if isinstance(event, dict) else type(event).__name__
+    request_id = new_request_id()
+    logger.warning(f"unreadable Lambda event: {exc}", extra={"event_fields": fields, "request_id": request_id})
+    error = InvalidRequestError(str(exc))
+    source = exc.handler
+    scope = source.scope if source is not None else None
+    anthropic = scope is not None and anthropic_path(
+        route_path(scope), any(name == b"anthropic-version" for name, _ in scope["headers"])
+    )
+    headers = [("content-type", "application/json"), ("x-request-id", request_id), ("x-should-retry", "false")]
+    if anthropic:
+        headers.append(("request-id", request_id))  # (where Anthropic's SDK reads it)
+    body = orjson.dumps(error.anthropic_body() if anthropic else error.openai_body())
+    if source is not None:
+        answer = {"status": error.status, "headers": [(k.encode(), v.encode()) for k, v in headers], "body": body}
+        return source(answer)  # type: ignore[arg-type]
+    return {"statusCode": error.status, "headers": dict(headers), "body": body.decode(), "isBase64Encoded": False}
