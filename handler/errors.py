@@ -21,6 +21,7 @@
     │   ├── UpstreamTimeoutError      504 upstream_timeout
     │   └── SchemaViolationError      502 schema_violation
     ├── ServiceUnavailableError       503 provider_not_configured | no_deployment_available | store_unavailable
+    │                                 | server_shutting_down (`gateway serve` stopped past its grace)
     └── CostLimitError                402 cost_limit_exceeded (x-gateway-max-cost-usd)
 
 `UpstreamError.retryable` tells the router whether another deployment may succeed. Library errors are
@@ -334,7 +335,11 @@ class ServiceUnavailableError(GatewayError):
     default_code = "no_deployment_available"
     error_type = "service_unavailable"
     anthropic_type = "api_error"
-    RETRY_AFTER: ClassVar[dict[str, str]] = {"store_unavailable": "1", "no_deployment_available": "5"}
+    RETRY_AFTER: ClassVar[dict[str, str]] = {
+        "store_unavailable": "1",
+        "no_deployment_available": "5",
+        "server_shutting_down": "1",  # (another server, or this one restarted, takes the same request)
+    }
 
     def _retry_policy(self, retry: bool | None) -> None:
         wait = self.RETRY_AFTER.get(self.code)

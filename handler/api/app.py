@@ -46,7 +46,7 @@ from handler.errors import (
 )
 from handler.pipeline.attribution import parse_tags, session_id
 from handler.pipeline.budgets import SETTLE_BY
-from handler.pipeline.exchange import Controls, Exchange
+from handler.pipeline.exchange import Controls, Exchange, shut_down_before
 from handler.pipeline.gateway import Gateway
 from handler.pipeline.keys import hop_address, network
 from handler.pipeline.pipeline import Pipeline
@@ -97,7 +97,9 @@ def unread_x_api_key(path: str) -> str:
     return "this route does not read x-api-key: send the key as Authorization: Bearer <key>"
 
 
-def error_response(request: Request, exc: GatewayError) -> Response:
+def error_response(request: Request, exc: GatewayError, observed: int | None = None) -> Response:
+    """`exc` as the answer, in the error shape of the caller's API, with the request's headers; observed (its log
+    line, its metrics) with its status, or `observed`: the status of the request's ledger line, where it differs."""
     anthropic = anthropic_caller(request)
     body = exc.anthropic_body() if anthropic else exc.openai_body()
     status = exc.status_for(anthropic)
@@ -106,7 +108,7 @@ def error_response(request: Request, exc: GatewayError) -> Response:
     ex: Exchange | None = state.get("exchange")
     if ex is not None:
         headers = {**ex.headers(), **headers}
-        observe(ex, status, stream=ex.stream, code=exc.code)
+        observe(ex, observed or status, stream=ex.stream, code=exc.code)
     else:
         # (A path may hold what a client mistook for an id: a whole key, where `/admin/keys/{id}` wants its id.)
         path = route_path(request.scope)
@@ -713,7 +715,12 @@ class GatewayApp:
     async def _serve(self, scope: Any, receive: Any, send: Any, request_id: str) -> None:
         handler = self.direct.get(route_path(scope)) if scope["method"] == "POST" else None
         if handler is None:
-            await self.starlette(scope, receive, with_request_id(send, request_id))
+            try:
+                await self.starlette(scope, receive, with_request_id(send, request_id, scope))
+            except asyncio.CancelledError:
+                if not self.state.gateway.stopping or scope["state"].get("answering"):
+                    raise
+                await self._shut_down_before(Request(scope, receive), send)
             return
         request = Request(scope, receive)
         try:
@@ -724,14 +731,33 @@ class GatewayApp:
             if handle is self.errors[Exception]:
                 raise
             return
+        except asyncio.CancelledError:
+            if not self.state.gateway.stopping:
+                raise
+            await self._shut_down_before(request, send)
+            return
         await response(scope, receive, send)
 
+    @staticmethod
+    async def _shut_down_before(request: Request, send: Any) -> None:
+        """The server stopped, and cut this request past its grace, before its answer began (a client that left is
+        not cut so: its watch makes the cancellation its 499): answered the gateway's 503 in its API's error shape,
+        saying what it is charged (`shut_down_before`), where uvicorn wrote a plain-text 500 with no request id. Its
+        ledger line is a client's that left (status 499), and so are its log line and metrics."""
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]  # (answered, not cancelled: nothing else cut it)
+        ex: Exchange | None = request.scope["state"].get("exchange")
+        item = ex.ledger_item if ex is not None else None
+        answer = error_response(request, shut_down_before(ex), item.status if item is not None else None)
+        await answer(request.scope, request.receive, send)
 
-def with_request_id(send: Any, request_id: str) -> Any:
-    """`send`, adding the request id to a response that does not carry it yet."""
+
+def with_request_id(send: Any, request_id: str, scope: Any) -> Any:
+    """`send`, adding the request id to a response that does not carry it yet, and marking `scope`'s state once the
+    response has begun."""
 
     async def send_with_id(message: Any) -> None:
         if message["type"] == "http.response.start":
+            scope["state"]["answering"] = True  # (a request cut by a shutdown from now on is cut, not answered)
             headers = message.setdefault("headers", [])
             if not any(name == b"x-request-id" for name, _ in headers):
                 headers.append((b"x-request-id", request_id.encode()))

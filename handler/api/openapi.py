@@ -32,7 +32,7 @@ AUTH_ERRORS = {
     "401": "invalid_api_key, key_expired, key_revoked",
     "403": "model_not_allowed, ip_not_allowed, admin_only",
     "429": "rate_limit_exceeded (with retry-after)",
-    "503": "store_unavailable",
+    "503": "store_unavailable, server_shutting_down",
 }
 # What a route that checks a key but parses nothing may answer (`/health` with a key, `/metrics`).
 KEY_ERRORS = {status: AUTH_ERRORS[status] for status in ("401", "403", "503")}
@@ -41,7 +41,7 @@ PROXY_ERRORS = {
     "402": "budget_exceeded, cost_limit_exceeded",
     "404": "model_not_found",
     "502": "upstream_error (the provider's status and message inside), schema_violation",
-    "503": "provider_not_configured, no_deployment_available, store_unavailable",
+    "503": "provider_not_configured, no_deployment_available, store_unavailable, server_shutting_down",
     "504": "upstream_timeout",
 }
 TEXT: dict[str, Any] = {"type": "string"}

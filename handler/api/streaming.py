@@ -90,11 +90,12 @@ class DisconnectWatch:
             return
         self.gone = True
         exchange = self._exchange
-        if exchange is not None and exchange.reserving:
-            # Cancelled now, a reservation the store may have written would be held until it expires (its
-            # request never learnt of it): the request ends once it is known, and releases it.
-            exchange.client_left = True
-            return
+        if exchange is not None:
+            exchange.client_left = True  # (its cancellation is the client's, not a stopping server's)
+            if exchange.reserving:
+                # Cancelled now, a reservation the store may have written would be held until it expires (its
+                # request never learnt of it): the request ends once it is known, and releases it.
+                return
         self.task.cancel()
 
     def stop(self) -> None:

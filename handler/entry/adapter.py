@@ -1,4 +1,5 @@
-"""Mangum for the buffered function, with each invocation's ASGI scope built once.
+"""Mangum for the buffered function, with each invocation's ASGI scope built once, and an event it cannot read
+raised as one (`UnreadableEventError`), for the handler to answer.
 
 Mangum's handlers for API Gateway HTTP APIs (payload 1.0 and 2.0, `HTTPGateway`) and for ALB build the scope as a
 property, and their `__call__` reads `self.scope["aws.event"]` to shape the answer: the whole scope, every request
@@ -9,53 +10,109 @@ warm invocation's own work (`python -m tests.bench.lambda_warm 3000 responses`, 
 
 from __future__ import annotations
 
-import binascii
 import functools
 from typing import Any
 
+import orjson
 from mangum import Mangum
-from mangum.handlers import ALB, HTTPGateway
+from mangum.handlers import ALB, APIGateway, HTTPGateway
 from mangum.types import ASGI, LambdaContext, LambdaEvent, LambdaHandler, Scope
+
+from handler.api.app import anthropic_path, new_request_id, route_path
+from handler.errors import InvalidRequestError
+from handler.telemetry.observability import logger
 
 
 class UnreadableEventError(Exception):
     """An event that is no HTTP request the function can read: the Lambda console's default test event
-    (`{"key1": "value1", ...}`), `{}`, a body marked base64 that is not. Mangum raised a `RuntimeError` (or
-    `binascii.Error`) out of the handler: an invocation error, behind API Gateway a bare 500."""
+    (`{"key1": "value1", ...}`), `{}`, `42`, `null`, a list, an event of API Gateway's or ALB's shape without the
+    fields of a request, a body marked base64 that is not. Mangum raised a `RuntimeError` (or a `TypeError`, a
+    `KeyError`, `binascii.Error`) out of the handler: an invocation error, behind API Gateway a bare 500. `handler`:
+    the event's Mangum handler, where the event is a request whose body alone cannot be read (it shapes the answer as
+    its source takes one: an ALB's `multiValueHeaders`, ...)."""
+
+    def __init__(self, message: str, handler: LambdaHandler | None = None) -> None:
+        super().__init__(message)
+        self.handler = handler
 
 
-class HTTPGatewayOnce(HTTPGateway):
+NO_HTTP_REQUEST = (
+    "the Lambda event is no HTTP request: the gateway takes API Gateway (HTTP API or REST API), Function URL and ALB "
+    "events (samples: events/*.json, as `sam local invoke -e` sends them), not the Lambda console's default test event"
+)
+
+
+class ReadOnce:
+    """A Mangum handler whose scope is built once (see the module's docstring), and whose event, if no request can be
+    read from it, raises `UnreadableEventError`: the handler's answer, not an invocation error."""
+
     @functools.cached_property
     def scope(self) -> Scope:
-        return super().scope
+        try:
+            return super().scope  # type: ignore[misc, no-any-return]
+        except (LookupError, TypeError, AttributeError, ValueError):  # (a field missing, or not what it should be)
+            raise UnreadableEventError(NO_HTTP_REQUEST) from None
 
     @property
     def body(self) -> bytes:
         try:
-            return super().body
-        except binascii.Error:
-            raise UnreadableEventError("the event's body is marked isBase64Encoded but is not base64") from None
+            return super().body  # type: ignore[misc, no-any-return]
+        except ValueError:  # (binascii.Error among them)
+            raise UnreadableEventError(
+                "the event's body is marked isBase64Encoded but is not base64",
+                self,  # type: ignore[arg-type]
+            ) from None
+        except (TypeError, AttributeError):
+            raise UnreadableEventError("the event's body is not a string", self) from None  # type: ignore[arg-type]
 
 
-class ALBOnce(ALB):
-    @functools.cached_property
-    def scope(self) -> Scope:
-        return super().scope
+class HTTPGatewayOnce(ReadOnce, HTTPGateway):
+    """API Gateway's HTTP APIs (payload 1.0 and 2.0) and Function URLs."""
+
+
+class ALBOnce(ReadOnce, ALB):
+    """An Application Load Balancer's."""
+
+
+class APIGatewayOnce(ReadOnce, APIGateway):
+    """API Gateway's REST APIs (v1)."""
 
 
 class GatewayMangum(Mangum):
     def infer(self, event: LambdaEvent, context: LambdaContext) -> LambdaHandler:
+        if not isinstance(event, dict):  # (`42`, `null`, a list: Mangum's tests of a dict's keys raised on them)
+            raise UnreadableEventError(NO_HTTP_REQUEST)
         try:
             return super().infer(event, context)
-        except RuntimeError:  # (Mangum's word for an event none of its handlers takes)
-            raise UnreadableEventError(
-                "the Lambda event is no HTTP request: the gateway takes API Gateway (HTTP API or REST API), Function "
-                "URL and ALB events (samples: events/*.json, as `sam local invoke -e` sends them), not the Lambda "
-                "console's default test event"
-            ) from None
+        except (RuntimeError, LookupError, TypeError):  # (RuntimeError: Mangum's word for an event none takes)
+            raise UnreadableEventError(NO_HTTP_REQUEST) from None
 
 
 def lambda_adapter(app: ASGI | Any) -> Mangum:
     """The app under Mangum as the buffered function runs it: no lifespan (Mangum would run it every invocation).
     An event it cannot read raises `UnreadableEventError`."""
-    return GatewayMangum(app, lifespan="off", custom_handlers=[HTTPGatewayOnce, ALBOnce])
+    return GatewayMangum(app, lifespan="off", custom_handlers=[HTTPGatewayOnce, ALBOnce, APIGatewayOnce])
+
+
+def unreadable_answer(event: Any, exc: UnreadableEventError) -> dict[str, Any]:
+    """The 400 answer to an event no HTTP request can be read from, in the gateway's error shape (Anthropic's for a
+    request to its API whose body alone could not be read) and in the answer form of the event's source (API
+    Gateway's where the source is unknown); logged with the event's top-level field names (or its JSON type), never
+    its values: the body is the client's prompt."""
+    fields = sorted(str(name) for name in event)[:20] if isinstance(event, dict) else type(event).__name__
+    request_id = new_request_id()
+    logger.warning(f"unreadable Lambda event: {exc}", extra={"event_fields": fields, "request_id": request_id})
+    error = InvalidRequestError(str(exc))
+    source = exc.handler
+    scope = source.scope if source is not None else None
+    anthropic = scope is not None and anthropic_path(
+        route_path(scope), any(name == b"anthropic-version" for name, _ in scope["headers"])
+    )
+    headers = [("content-type", "application/json"), ("x-request-id", request_id), ("x-should-retry", "false")]
+    if anthropic:
+        headers.append(("request-id", request_id))  # (where Anthropic's SDK reads it)
+    body = orjson.dumps(error.anthropic_body() if anthropic else error.openai_body())
+    if source is not None:
+        answer = {"status": error.status, "headers": [(k.encode(), v.encode()) for k, v in headers], "body": body}
+        return source(answer)  # type: ignore[arg-type]
+    return {"statusCode": error.status, "headers": dict(headers), "body": body.decode(), "isBase64Encoded": False}

@@ -29,16 +29,13 @@ import os  # noqa: E402
 import random  # noqa: E402
 from typing import Any  # noqa: E402
 
-import orjson  # noqa: E402
-
 # The gateway uses no pydantic plugins; looking for them reads every installed distribution's metadata when the
 # first model is built, in the cold start. An operator's own setting wins.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from handler.api.answer_size import AnswerLimit  # noqa: E402
 from handler.api.app import Settling, create_app  # noqa: E402
-from handler.entry.adapter import UnreadableEventError, lambda_adapter  # noqa: E402
-from handler.errors import InvalidRequestError  # noqa: E402
+from handler.entry.adapter import UnreadableEventError, lambda_adapter, unreadable_answer  # noqa: E402
 from handler.pipeline.gateway import build_gateway  # noqa: E402
 from handler.schemas import build_deferred_models  # noqa: E402
 from handler.telemetry.observability import logger  # noqa: E402
@@ -102,26 +99,12 @@ else:
     register_after_restore(_after_restore)
 
 
-def unreadable_event(event: Any, exc: UnreadableEventError) -> dict[str, Any]:
-    """The 400 answer to an event no HTTP request can be read from, in the gateway's OpenAI error shape and API
-    Gateway's answer form; logged with the event's top-level field names, never its values."""
-    fields = sorted(str(name) for name in event)[:20] if isinstance(event, dict) else type(event).__name__
-    logger.warning(f"unreadable Lambda event: {exc}", extra={"event_fields": fields})
-    error = InvalidRequestError(str(exc))
-    return {
-        "statusCode": error.status,
-        "headers": {"content-type": "application/json", "x-should-retry": "false"},
-        "body": orjson.dumps(error.openai_body()).decode(),
-        "isBase64Encoded": False,
-    }
-
-
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Answer one API Gateway event; settlements finish before the environment can be frozen."""
     try:
         response: dict[str, Any] = _mangum(event, context)
     except UnreadableEventError as exc:
-        return unreadable_event(event, exc)
+        return unreadable_answer(event, exc)
     if gateway.background:  # the app raised before its own drain
         _loop.run_until_complete(gateway.drain())
     if gateway.tracer is not None:

@@ -6,11 +6,16 @@ seconds: every other request, `/health` included, waited. Here the bytes of a re
 are counted as they arrive (a read that also carries the body counts only as far as the head's end);
 beyond `gateway.limits.request_header_bytes` the request is answered `431 headers_too_large` (in the error
 shape of the API it calls: Anthropic's on `/v1/messages`) and its connection closed, before the parser is fed more.
+
+As the server begins to stop, the protocol tells the served gateway (`server_stopping`), so that a request uvicorn
+cuts once `--shutdown-grace` has run out is answered the gateway's 503, not a client's 499 or uvicorn's 500.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import sys
 
 import orjson
@@ -27,6 +32,15 @@ def request_header_bytes() -> int:
     served = sys.modules.get("handler.entry.asgi")
     limits = served.gateway.config.gateway.limits if served is not None else LimitsConfig()
     return limits.request_header_bytes
+
+
+def server_stopping() -> None:
+    """Tell the served gateway (`handler.entry.asgi`) that the server has begun to stop: a request uvicorn cuts once
+    `--shutdown-grace` has run out is then answered the gateway's 503 `server_shutting_down` (a stream: its API's
+    error event), where it got uvicorn's plain-text 500, or a stream cut with no word."""
+    served = sys.modules.get("handler.entry.asgi")
+    if served is not None:
+        served.gateway.stopping = True
 
 
 def too_large_answer(limit: int, anthropic: bool = False) -> bytes:
@@ -55,43 +69,159 @@ def anthropic_head(url: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
     return anthropic_path(url.decode("latin-1"), any(name == b"anthropic-version" for name, _ in headers))
 
 
+QUIET = logging.Logger("gateway.refused")  # (a connection refused so: uvicorn's word on it would mislead)
+QUIET.disabled = True
+
+
+def head_end(piece: bytes, start: int) -> int:
+    """Where the head that begins at `start` of `piece` ends (after its empty line), or -1: the first CRLF CRLF after
+    the empty lines a request may be preceded by (the parser's leniencies are off: a head has no other)."""
+    while piece[start : start + 1] in (b"\r", b"\n"):
+        start += 1
+    end = piece.find(b"\r\n\r\n", start)
+    return end if end < 0 else end + 4
+
+
+def chunked_end(piece: bytes, at: int) -> int | None:
+    """Where a chunked body that begins at `at` of `piece` ends (after its last chunk and trailers), if it ends there
+    as the parser read it."""
+    while True:
+        line = piece.find(b"\r\n", at)
+        if line < 0:
+            return None
+        try:
+            size = int(piece[at:line].partition(b";")[0], 16)  # (the parser took it: hex digits, maybe spaces)
+        except ValueError:
+            return None
+        at = line + 2
+        if size == 0:
+            while (line := piece.find(b"\r\n", at)) > at:  # trailer fields, to the empty line
+                at = line + 2
+            return at + 2 if line == at else None
+        at += size + 2
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """See the module docstring. Counting starts at the connection's first byte, or the first read after the last
-    request's end, and ends with the request's headers."""
+    """See the module docstring. A request's head is counted from its first byte: the connection's, the first of the
+    first read after the last request's end, or, for a request pipelined behind another in one read, the byte after
+    that one's end (found in the read only then: `_pipelined`); and to its end.
+
+    What is fed to the parser is a piece: a read, or the part of one that fits the bound (`reading`). Per piece the
+    count costs one addition (`received`: the bytes of the request fed so far, this piece's included) and the piece
+    kept (`reading`), for the moment a request begins in the piece where the last one ended (no piece counted since):
+    then what the last one left of it is found from where its head began (`head_in`, `head_at`) and ended
+    (`head_done_in`)."""
 
     in_head = True
-    head_bytes = 0
+    received = 0
     heads = 0  # the heads parsed on this connection
     refused = False
+    bound = 0
+    reading = b""
+    earlier = b""  # the head's piece before `reading` (its end may straddle the two)
+    ended_before = 0  # the bytes the last request had in pieces before the one it ended in
+    head_in = b""
+    head_at = 0
+    head_done_in: bytes | None = None
+    head_done_before = 0  # the bytes the request had in pieces before the one its head ended in
+    head_done_earlier = b""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.bound = request_header_bytes()
+        super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         if self.in_head:
-            room = request_header_bytes() - self.head_bytes
+            room = self.bound - self.received
             if len(data) > room:
                 # The bound is on the head alone, and a read may also carry the body (a coding agent's 200 KB
                 # request, written at once, arrives so): the parser is given what fits, and says whether the
                 # head ended within it before the rest is fed.
-                self.head_bytes += max(room, 0)
-                heads = self.heads
-                if room > 0:
-                    super().data_received(data[:room])
-                if self.transport.is_closing():
-                    return
-                if not self.in_head:
-                    super().data_received(data[room:])
-                elif self.heads > heads:  # a pipelined request began after one whose head ended: its own bound
-                    self.data_received(data[room:])
-                else:
-                    self._refuse()
+                self._beyond_room(data, room)
                 return
-            self.head_bytes += len(data)
+            self.earlier = self.reading
+        self.reading = data
+        self.received += len(data)
         super().data_received(data)
 
-    def _refuse(self) -> None:
+    def _beyond_room(self, data: bytes, room: int) -> None:
+        heads = self.heads
+        if room > 0:
+            self.earlier, self.reading = self.reading, data[:room]
+            self.received += room
+            super().data_received(self.reading)
+        if self.transport.is_closing():
+            return
+        if not self.in_head or self.heads > heads:  # the head ended within it (and another may have begun: counted)
+            self.data_received(data[room:])
+        else:
+            self._refuse()
+
+    def on_message_begin(self) -> None:
+        if not self.received:  # (no piece since the last request ended, which counted the piece it began in)
+            self._pipelined()
+        else:
+            self.head_in, self.head_at = self.reading, 0
+        super().on_message_begin()
+
+    def _pipelined(self) -> None:
+        """A request begins in the piece the last one ended in: counted from the byte after that one's end, and
+        refused at once if its head is already past the bound in this piece. The parser is then stopped where the
+        request begins (by the exception, which uvicorn's `data_received` takes for a malformed request, the 400 it
+        would write not written, its log line not logged: the 431 is the answer), so that nothing of the piece reaches
+        the request before it (its body would have)."""
+        piece = self.reading
+        start = min(max(self._last_end(piece), 0), len(piece))
+        self.head_in, self.head_at = piece, start
+        self.received = len(piece) - start
+        if self.received > self.bound:
+            end = head_end(piece, start)
+            if end < 0 or end - start > self.bound:
+                line = piece[start:].lstrip(b"\r\n").split(b"\r\n", 1)[0].split(b" ")
+                self._refuse(line[1] if len(line) > 1 else b"")
+                self.logger = QUIET
+                raise HeadersTooLargeError("a pipelined request's head is past the bound")
+
+    def _last_end(self, piece: bytes) -> int:
+        """Where, in `piece`, the request that just ended there ends (its head as `head_end` finds it, and its body by
+        its framing: read from its headers, still the protocol's until `on_message_begin`). A chunked body that
+        began in an earlier piece is not followed: the next head is then counted from the piece's first byte."""
+        length, chunked = 0, False
+        for name, value in self.headers:
+            if name == b"content-length" and value.strip().isdigit():  # (as the parser took it: digits)
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+        if self.head_done_in is piece:
+            body_at = self._head_end_in(piece, self.head_done_earlier)
+            if chunked:
+                end = chunked_end(piece, body_at)
+                return body_at if end is None else end
+            return body_at + length
+        if chunked:
+            return 0
+        head_size = self.head_done_before + self._head_end_in(self.head_done_in or b"", self.head_done_earlier)
+        return length - (self.ended_before - head_size)  # what the body had left for this piece
+
+    def _head_end_in(self, piece: bytes, earlier: bytes) -> int:
+        """Where the last request's head ends in `piece`, the piece its head ended in (`earlier`: the head's piece
+        before it, where the head began before `piece`)."""
+        if self.head_in is piece:
+            return head_end(piece, self.head_at)
+        tail = earlier[-3:]
+        for size in (1, 2, 3):  # its empty line straddling the two pieces
+            if (tail + piece[:size]).endswith(b"\r\n\r\n"):
+                return size
+        return piece.find(b"\r\n\r\n") + 4
+
+    def _refuse(self, url: bytes | None = None) -> None:
+        """The 431, and the connection closed (`url`: the refused request's target, where its head is not the
+        protocol's yet)."""
         if not self.refused and not self.transport.is_closing():
             self.refused = True
-            anthropic = anthropic_head(getattr(self, "url", b""), getattr(self, "headers", None) or [])
-            self.transport.write(too_large_answer(request_header_bytes(), anthropic))
+            headers = (getattr(self, "headers", None) or []) if url is None else []
+            anthropic = anthropic_head(getattr(self, "url", b"") if url is None else url, headers)
+            self.transport.write(too_large_answer(self.bound, anthropic))
             self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
@@ -104,16 +234,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(refusal(error, b"400 Bad Request", anthropic))
         self.transport.close()
 
+    def shutdown(self) -> None:
+        """The server stops (uvicorn calls this on every connection as its shutdown begins)."""
+        server_stopping()
+        super().shutdown()
+
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.heads += 1
+        self.head_done_in, self.head_done_before = self.reading, self.received - len(self.reading)
+        self.head_done_earlier = self.earlier
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        # The next request's head begins after this one's end: counted from its first read on. (Not at the next
-        # request's beginning, which the parser says in the midst of that read, after it was counted: the read was
-        # forgotten, and a 120 KB head sent in two writes was taken. A request pipelined behind this one in the same
-        # read is counted from the read after.)
+        # The next request's head begins after this one's end: in the next piece, or in this one (`_pipelined`).
+        self.ended_before = self.received - len(self.reading)
         self.in_head = True
-        self.head_bytes = 0
+        self.received = 0
         super().on_message_complete()

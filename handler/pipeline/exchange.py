@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
-from handler.errors import RateLimitError, UpstreamTimeoutError
+from handler.errors import RateLimitError, ServiceUnavailableError, UpstreamTimeoutError
 from handler.pipeline.budgets import Counted, Reservation, remaining_usd
 from handler.pipeline.output_caps import OutputCap
 from handler.pipeline.pricing import Cost, PromptEstimate, usd
@@ -211,4 +211,32 @@ def too_short_to_send(ex: Exchange, left_s: float) -> UpstreamTimeoutError:
     return UpstreamTimeoutError(
         f"{_bound(ex)} left {max(left_s, 0.0) * 1000:.1f} ms to send the request, less than the "
         f"{CUT_SLACK_S * 1000:.0f} ms the gateway needs at least to try one: nothing was sent, nothing is charged"
+    )
+
+
+def shut_down_before(ex: Exchange | None, streamed: bool = False) -> ServiceUnavailableError:
+    """`gateway serve` stopped (SIGTERM, Ctrl-C) and its `--shutdown-grace` ran out before this request's answer
+    (`streamed`: before its stream's end): the client's 503, retryable, saying what the request is charged. Its
+    ledger line is the one a request whose client left leaves: status 499, the reserved worst case if the provider
+    had not answered yet (it may still run the request and bill it), what a stream produced if it had begun."""
+    said = "the gateway shut down (its --shutdown-grace for answers still going ran out)"
+    cost = ex.cost if ex is not None else None
+    if streamed:
+        return ServiceUnavailableError(
+            f"{said} before the provider finished this stream: what it produced is charged (the cost beside this "
+            "error); the request may be sent again",
+            code="server_shutting_down",
+        )
+    if cost is None or not (cost.total_usd or cost.usage.prompt_tokens or cost.usage.completion_tokens):
+        return ServiceUnavailableError(
+            f"{said} before this request was answered; nothing is charged: send it again", code="server_shutting_down"
+        )
+    usage = cost.usage
+    tokens = f"{usage.prompt_tokens} input and {usage.completion_tokens} output tokens"
+    total = cost.total_usd
+    charged = f"${usd(total)} ({tokens})" if total is not None else f"{tokens}, at no known price"
+    return ServiceUnavailableError(
+        f"{said} before the provider answered: this request is charged its reserved worst case, {charged}, as the "
+        "provider may still run it and bill it; it may be sent again",
+        code="server_shutting_down",
     )

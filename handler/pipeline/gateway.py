@@ -97,6 +97,9 @@ class Gateway:
         # Deployment label -> the output ceiling its provider named when refusing a larger cap
         # (handler/pipeline/output_caps.py); bounded by the config's deployments.
         self.ceilings: dict[str, int] = {}
+        # Set when the server begins to stop (`gateway serve` on SIGTERM: handler/entry/server.py): a request cut
+        # after the shutdown's grace is answered the server's 503 (`shut_down_before`), not a client's 499.
+        self.stopping = False
 
     @property
     def spool(self) -> SettlementSpool:

@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from handler.errors import CLIENT_CLOSED, ClientClosedError, GatewayError, UpstreamTimeoutError
-from handler.pipeline.exchange import CUT_SLACK_S, deadline_passed
+from handler.pipeline.exchange import CUT_SLACK_S, deadline_passed, shut_down_before
 from handler.pipeline.pricing import plausible, wants_reasoning
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import RESPONSES_API, NativeCall, Served
@@ -316,6 +316,7 @@ async def guarded(
     event is the stream's last, and a client reconciles from it as from a finished stream's last event); the stream
     closed (and settled) however it ended; the request observed."""
     failure: GatewayError | None = None
+    stopped: GatewayError | None = None
     try:
         try:
             async for data in events:
@@ -325,8 +326,16 @@ async def guarded(
         except Exception:  # a bug: the client still gets the in-stream error, not a connection cut mid-event
             logger.exception("a stream failed", extra={"request_id": stream.ex.request_id})
             failure = GatewayError("the gateway failed while relaying this stream; it has been logged")
+        except asyncio.CancelledError:
+            if stream.ex.client_left or not stream.pipeline.gateway.stopping:
+                raise
+            # The server stopped and its grace ran out: settled as a stream its client left is (status 499, what was
+            # produced), it ends with its API's error event, where it was cut with no word.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            failure = stopped = shut_down_before(stream.ex, streamed=True)
         if failure is not None:
-            stream.failed(failure.status)
+            if failure is not stopped:
+                stream.failed(failure.status)
             await stream.close()  # settled with the failure's status (and the upstream closed) before the event
             yield await failed(failure)
     finally:

@@ -538,7 +538,10 @@ class Pipeline(Charges):
             # The attempt cut in flight ends the route, with the time it waited on the provider (a deadline's
             # 504 named no attempt at all, and said `upstream;dur=0`).
             cancelled = isinstance(exc, asyncio.CancelledError)
-            outcome = "client_closed" if cancelled else str(getattr(exc, "code", type(exc).__name__))
+            outcome = str(getattr(exc, "code", type(exc).__name__))
+            if cancelled:  # (by the client leaving, or by a stopping server past its grace)
+                stopped = self.gateway.stopping and not ex.client_left
+                outcome = "server_shutting_down" if stopped else "client_closed"
             ex.route.append(f"{ex.inflight.target.label}={outcome}")
             ex.upstream_ms += (time.perf_counter() - ex.inflight_at) * 1000
             if ex.trace is not None:

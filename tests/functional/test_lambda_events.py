@@ -316,16 +316,53 @@ def to_a_model(name: str) -> bool:
 def test_an_event_that_is_no_http_request_is_a_400_in_the_gateways_error_shape(
     tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
 ) -> None:
-    """The Lambda console's default test event, `{}`, and a body marked base64 that is not raised Mangum's
-    `RuntimeError` (or `binascii.Error`) out of the handler: an invocation error, behind API Gateway a bare 500.
-    Each is a 400 `invalid_request` in API Gateway's answer form, logged with the event's field names (never its
-    values), and the environment answers the next request. Found by review."""
+    """The Lambda console's default test event, `{}`, `42`, `null`, a list, an event of a source's shape without a
+    request's fields, and a body marked base64 that is not (from an HTTP API, a REST API or an ALB) raised Mangum's
+    `RuntimeError` (or a `TypeError`, a `KeyError`, `binascii.Error`) out of the handler: an invocation error, behind
+    API Gateway a bare 500. Each is a 400 `invalid_request` with a request id, logged with the event's field names
+    (never its values, the body least of all), and the environment answers the next request. A request whose body
+    alone cannot be read is answered in its source's form (an ALB's `multiValueHeaders` where it sends them) and in
+    its API's shape (Anthropic's on /v1/messages). Found by review."""
     server, _ = upstream
     chat = json.loads((EVENTS / "chat-completions-base64-body.json").read_text())
-    odd = {
+    secret = "!!!the client's prompt, not base64!!!"
+    rest = {
+        "resource": "/{proxy+}",
+        "path": "/v1/chat/completions",
+        "httpMethod": "POST",
+        "headers": {"content-type": "application/json", "host": "gw.example.com"},
+        "multiValueHeaders": {"content-type": ["application/json"], "host": ["gw.example.com"]},
+        "queryStringParameters": None,
+        "requestContext": {"stage": "prod", "identity": {"sourceIp": "203.0.113.9"}, "requestId": "r1"},
+        "body": secret,
+        "isBase64Encoded": True,
+    }
+    alb_headers = {"content-type": "application/json", "anthropic-version": "2023-06-01", "host": "gw.example.com"}
+    alb = {
+        "requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:eu-central-1:1:targetgroup/g/a"}},
+        "httpMethod": "POST",
+        "path": "/v1/messages",
+        "queryStringParameters": {},
+        "headers": alb_headers,
+        "body": secret,
+        "isBase64Encoded": True,
+    }
+    alb_multi = {
+        **{k: v for k, v in alb.items() if k not in ("headers", "queryStringParameters")},
+        "multiValueHeaders": {name: [value] for name, value in alb_headers.items()},
+        "multiValueQueryStringParameters": {},
+    }
+    odd: dict[str, Any] = {
         "console-default": {"key1": "value1", "key2": "value2", "key3": "value3"},
         "empty": {},
-        "bad-base64": {**chat, "body": "!!!not base64!!!"},
+        "bad-base64": {**chat, "body": secret},
+        "number": 42,
+        "null": None,
+        "list": ["version", "requestContext"],
+        "http-api-without-its-request": {"version": "2.0", "requestContext": {}},
+        "rest-bad-base64": rest,
+        "alb-bad-base64": alb,
+        "alb-multi-value-bad-base64": alb_multi,
     }
     paths = []
     for name, event in odd.items():
@@ -333,19 +370,36 @@ def test_an_event_that_is_no_http_request_is_a_400_in_the_gateways_error_shape(
         paths[-1].write_text(json.dumps(event))
     logs: list[str] = []
     results = replay(tmp_path, server.url, [*paths, EVENTS / "health.json"], logs=logs)
-    for result in results[:3]:
-        assert result["status"] == 400 and result["headers"]["x-should-retry"] == "false", result
-        assert result["headers"]["content-type"] == "application/json", result
-        error = json.loads(result["body"])["error"]
+    by_name = {result["event"]: result for result in results}
+    not_base64 = "the event's body is marked isBase64Encoded but is not base64"
+    for name in odd:
+        result = by_name[name]
+        headers = result["headers"] or {k: v[0] for k, v in result["multi_value_headers"].items()}
+        assert result["status"] == 400 and headers["x-should-retry"] == "false", result
+        assert headers["content-type"] == "application/json" and headers["x-request-id"].startswith("req_"), result
+        said = json.loads(result["body"])
+        if name.startswith("alb"):  # (a request to /v1/messages)
+            assert said["type"] == "error" and headers["request-id"] == headers["x-request-id"], result
+            assert said["error"] == {"type": "invalid_request_error", "message": not_base64}, result
+            continue
+        error = said["error"]
         assert error["code"] == "invalid_request" and error["type"] == "invalid_request_error", result
-    no_request = json.loads(results[0]["body"])["error"]["message"]
-    assert no_request.startswith("the Lambda event is no HTTP request: the gateway takes API Gateway"), no_request
-    assert json.loads(results[2]["body"])["error"]["message"] == (
-        "the event's body is marked isBase64Encoded but is not base64"
-    )
-    assert results[3]["status"] == 200, results[3]
+        if "base64" in name:
+            assert error["message"] == not_base64, result
+        else:
+            assert error["message"].startswith("the Lambda event is no HTTP request: the gateway takes API Gateway")
+    assert by_name["alb-multi-value-bad-base64"]["headers"] == {}  # (its answer's headers are all multi-valued)
+    assert results[-1]["status"] == 200, results[-1]
     warned = [json.loads(line) for line in logs if "unreadable Lambda event" in line]
-    assert [w["event_fields"] for w in warned[:2]] == [["key1", "key2", "key3"], []], warned
+    assert [w["event_fields"] for w in warned[:6]] == [
+        ["key1", "key2", "key3"],
+        [],
+        sorted(chat),
+        "int",
+        "NoneType",
+        "list",
+    ]
+    assert all(w["request_id"].startswith("req_") for w in warned) and len(warned) == len(odd), warned
     assert not any("value1" in line or "not base64!!!" in line for line in logs)
 
 

@@ -3,6 +3,7 @@ that leaves while its non-streamed answer is still upstream, and upstreams that 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import struct
@@ -216,6 +217,86 @@ def test_a_head_beyond_the_bound_is_431_however_its_reads_fall(
         written_in_parts(sock, big_head(size), cuts, 0.2 if len(cuts) == 1 else 0.002)
         answer = answer_to(sock)
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+
+
+SMALL = b"GET /health HTTP/1.1\r\nhost: gateway\r\n\r\n"
+WITH_BODY = b"POST /health HTTP/1.1\r\nhost: gateway\r\ncontent-length: 5000\r\n\r\n" + b"b" * 5000
+CHUNKED = (
+    b"POST /health HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: chunked\r\n\r\n"
+    + (b"1000\r\n" + b"c" * 4096 + b"\r\n") * 2
+    + b"0\r\n\r\n"
+)
+
+
+def closing_head(size: int) -> bytes:
+    """`big_head(size)` whose last header is `connection: close` (the server closes once it has answered it)."""
+    closing = b"connection: close\r\n"
+    head = big_head(size - len(closing))
+    return head[:-2] + closing + b"\r\n"
+
+
+@pytest.mark.parametrize("before", [SMALL, WITH_BODY, CHUNKED, SMALL * 3], ids=["bodyless", "body", "chunked", "three"])
+@pytest.mark.parametrize(
+    ("size", "cuts"),
+    [(120_000, []), (100_000, [60_000]), (65_537, [])],
+    ids=["one-write", "two-writes", "one-byte-past"],
+)
+def test_a_head_pipelined_behind_a_request_in_the_same_read_has_the_same_bound(
+    served: ServerThread, before: bytes, size: int, cuts: list[int]
+) -> None:
+    """A request's end and the head behind it in one read: that head was counted only from the next read, so it
+    passed the bound by what came with the request before it (a 120,000-byte head written with a `GET /health`
+    was answered 200; the bound is 65,536). Now it is counted from its first byte, whatever came before it in the
+    read (a `GET`, a body of a `content-length`, a chunked one, or three requests)."""
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        written_in_parts(sock, before + closing_head(size), [len(before) + cut for cut in cuts], 0.2)
+        sock.settimeout(5)
+        answers = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answers += chunk
+    assert b"HTTP/1.1 431 " in answers and b"HTTP/1.1 200 " not in answers.rpartition(b"HTTP/1.1 431 ")[2], answers[
+        -400:
+    ]
+
+
+@pytest.mark.parametrize("before", [SMALL, WITH_BODY, CHUNKED, SMALL * 3], ids=["bodyless", "body", "chunked", "three"])
+def test_a_head_pipelined_behind_a_request_in_the_same_read_passes_at_the_bound(
+    served: ServerThread, before: bytes
+) -> None:
+    """Counted from its first byte, and not from the bytes of the request before it: a pipelined head of exactly
+    the bound, written with the requests before it, is answered like them."""
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        sock.sendall(before + closing_head(65_536))
+        sock.settimeout(5)
+        answers = b""
+        while chunk := sock.recv(65536):
+            answers += chunk
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)
+    assert len(statuses) == before.count(b" HTTP/1.1\r\n") + 1 and b"431" not in statuses, answers[-400:]
+    assert statuses[-1] == b"200", answers[-400:]
+
+
+@pytest.mark.parametrize("cut", [-1000, 1, 2, 3], ids=["in-the-body", "empty-line-1", "empty-line-2", "empty-line-3"])
+@pytest.mark.parametrize(("size", "status"), [(65_536, b"200"), (65_537, b"431")], ids=["at", "past"])
+def test_a_pipelined_head_is_bounded_exactly_when_the_request_before_it_came_in_two_reads(
+    served: ServerThread, cut: int, size: int, status: bytes
+) -> None:
+    """The request before it written in two parts (its body cut, or the empty line that ends its head), the second
+    part in one write with the pipelined head: what of the request before it came in that read is found from where
+    its head ended (across the two reads), and only the rest is counted: a head of the bound passes, one byte more
+    is refused."""
+    head_length = WITH_BODY.index(b"\r\n\r\n") + 4
+    at = len(WITH_BODY) + cut if cut < 0 else head_length - cut
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        written_in_parts(sock, WITH_BODY + closing_head(size), [at], 0.2)
+        sock.settimeout(5)
+        answers = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answers += chunk
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)
+    assert statuses[-1] == status, answers[-400:]
 
 
 def test_a_kept_alive_connections_second_head_has_the_same_bound(served: ServerThread) -> None:

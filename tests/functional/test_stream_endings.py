@@ -722,12 +722,21 @@ def test_a_stream_answered_with_a_whole_error_body_is_the_providers_malformed_an
     ],
     ids=["chat", "messages", "responses"],
 )
+@pytest.mark.parametrize("stopping", [False, True], ids=["serving", "stopping"])
 def test_a_client_that_leaves_mid_stream_is_logged_with_its_code(
-    running: Running, path: str, body: dict[str, Any], marker: bytes, capsys: pytest.CaptureFixture[str]
+    running: Running,
+    path: str,
+    body: dict[str, Any],
+    marker: bytes,
+    stopping: bool,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A 499 mid-stream was logged with no `error_code` (and counted in no `gateway_errors_total`), where a client
-    that left a whole answer is `client_closed_request`."""
-    key = running.mint(name=f"leaves-{path}")
+    that left a whole answer is `client_closed_request`. So is one that leaves while the server is stopping, within
+    its grace: its cancellation is the client's, not the server's (`server_shutting_down`)."""
+    monkeypatch.setattr(running.gateway, "stopping", stopping)
+    key = running.mint(name=f"leaves-{path}-{stopping}")
     capsys.readouterr()
     leave_after(running, path, body, key, marker)
     [line] = request_lines(capsys, key)

@@ -115,6 +115,7 @@ def main(paths: list[str]) -> None:
             "event": Path(path).stem,
             "status": response["statusCode"],
             "headers": response.get("headers", {}),
+            "multi_value_headers": response.get("multiValueHeaders", {}),  # (REST APIs', ALBs' that send them)
             "body": body,
             "ms": elapsed,
             # What the runtime posts to Lambda (awslambdaric's JSON, `ensure_ascii=False`), which takes at most 6 MB.

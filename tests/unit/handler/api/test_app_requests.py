@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -336,6 +337,84 @@ async def test_a_client_gone_before_its_body_was_sent_is_a_499_not_a_500() -> No
     with pytest.raises(ClientClosedError) as gone:
         await api.body(Request(scope, receive))
     assert gone.value.status == 499
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "anthropic"),
+    [("POST", "/v1/chat/completions", False), ("POST", "/v1/messages", True), ("GET", "/v1/key", False)],
+)
+async def test_a_request_a_stopping_server_cuts_before_its_answer_is_told_so_in_its_apis_error_shape(
+    method: str, path: str, anthropic: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn cuts what is still going once `--shutdown-grace` has run out: a request whose answer had not begun
+    got its plain-text 500, no request id, no `x-should-retry` (review). Cut so on either lane, it is the gateway's
+    503 in its API's shape; a cancellation of any other server's goes on as before."""
+    app = gateway_app()
+    gateway = app.state.gateway
+    waiting = asyncio.Event()
+
+    async def hang(*_: Any) -> Any:
+        waiting.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(gateway.keys, "authenticate_lineage", hang)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def cut(stopping: bool) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": method, "path": path, "query_string": b"",
+                 "headers": [(b"authorization", b"Bearer gwk_k_s")]}  # fmt: skip
+        waiting.clear()
+        serving = asyncio.ensure_future(app(scope, receive, send))
+        await waiting.wait()
+        gateway.stopping = stopping
+        serving.cancel("Task cancelled, timeout graceful shutdown exceeded")  # (uvicorn's words)
+        await serving
+        return sent
+
+    with pytest.raises(asyncio.CancelledError):
+        await cut(stopping=False)
+    start, body = await cut(stopping=True)
+    headers = dict(start["headers"])
+    assert start["status"] == 503
+    assert headers[b"x-should-retry"] == b"true" and headers[b"retry-after"] == b"1"
+    assert headers[b"x-request-id"].startswith(b"req_")
+    said = orjson.loads(body["body"])
+    if anthropic:
+        assert said["type"] == "error" and said["error"]["type"] == "api_error"
+        assert headers[b"request-id"] == headers[b"x-request-id"]
+    else:
+        assert (said["error"]["type"], said["error"]["code"]) == ("service_unavailable", "server_shutting_down")
+    message = said["error"]["message"]
+    assert message.startswith("the gateway shut down") and "nothing is charged" in message
+
+
+async def test_an_answer_a_stopping_server_cuts_once_it_has_begun_is_not_answered_twice() -> None:
+    """A cut after the answer began (the Starlette lane's: its response's start sent) cannot be the 503: it ends as
+    before, for the server to close the connection."""
+    app = gateway_app()
+    app.state.gateway.stopping = True
+    started = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        started.set()
+        await asyncio.Event().wait()  # a client that reads nothing: the write waits
+
+    scope = {"type": "http", "method": "GET", "path": "/health", "headers": [], "query_string": b""}
+    serving = asyncio.ensure_future(app(scope, receive, send))
+    await started.wait()
+    serving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(serving, 5)
 
 
 async def test_a_body_in_several_messages_is_read_whole_and_kept_for_a_later_reader() -> None:
