@@ -570,12 +570,15 @@ def test_config_check_and_serve_say_which_provider_keys_resolve_to_nothing(
     )
     warnings = (
         "warning: providers.o.api_key: env:GW_TEST_UNSET resolves to nothing: its deployments are passed over "
-        "(503 provider_not_configured where no other serves the model); set the environment variable GW_TEST_UNSET (where the gateway runs; read at start)\n"
+        "(503 provider_not_configured where no other serves the model); set the environment variable GW_TEST_UNSET "
+        "(where the gateway runs; read at start)\n"
         "warning: providers.a.api_key: env:ANTHROPIC_API_KEY (its type's variable: no api_key is set) resolves to "
-        "nothing: its deployments are passed over (503 provider_not_configured where no other serves the model); set the environment variable ANTHROPIC_API_KEY "
+        "nothing: its deployments are passed over (503 provider_not_configured where no other serves the model); "
+        "set the environment variable ANTHROPIC_API_KEY "
         "(where the gateway runs; read at start)\n"
         "warning: providers.s.api_key: ssm:/gw/absent resolves to nothing: its deployments are passed over "
-        "(503 provider_not_configured where no other serves the model); store the key in ssm as /gw/absent (read again every 300 s)\n"
+        "(503 provider_not_configured where no other serves the model); store the key in ssm as /gw/absent "
+        "(read again every 300 s)\n"
         "warning: providers.t.api_key: ssm:/gw/throttled could not be read (ThrottlingException); the server reads it "
         "again while it serves\n"
     )
