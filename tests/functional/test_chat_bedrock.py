@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -308,6 +309,26 @@ def test_a_call_id_past_64_characters_goes_as_a_stand_in_paired_with_its_result(
     assert answer.choices[0].message.content
     use, result = (sent(bedrock)["json"]["messages"][i]["content"][0] for i in (1, 2))
     assert len(use["toolUse"]["toolUseId"]) == 64 and use["toolUse"]["toolUseId"] == result["toolResult"]["toolUseId"]
+
+
+@pytest.mark.parametrize("call_id", ["functions.get_weather:0", "call 1", ""], ids=["kimi", "spaced", "empty"])
+def test_a_call_id_of_characters_converse_refuses_goes_as_a_stand_in_paired_with_its_result(
+    bedrock: Running, client: openai.OpenAI, call_id: str
+) -> None:
+    """Converse takes a `toolUseId` of 1 to 64 characters of `[a-zA-Z0-9_-]` (AWS's ToolUseBlock and ToolResultBlock);
+    other providers' ids are not (Kimi K2 names its calls `functions.get_weather:0`), and one went as it was: Bedrock
+    refused every later turn of the session (the fake checked only the length)."""
+    call = {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    history: Any = [
+        *HI,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": "18 C and clear"},
+    ]
+    answer = client.chat.completions.create(model="claude-haiku", messages=history, tools=[WEATHER_TOOL])
+    assert answer.choices[0].message.content
+    use, result = (sent(bedrock)["json"]["messages"][i]["content"][0] for i in (1, 2))
+    assert re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", use["toolUse"]["toolUseId"])
+    assert use["toolUse"]["toolUseId"] == result["toolResult"]["toolUseId"]
 
 
 def test_a_tool_history_sent_without_tools_is_answered(bedrock: Running, client: openai.OpenAI) -> None:

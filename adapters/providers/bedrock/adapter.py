@@ -34,7 +34,7 @@ from adapters.providers.anthropic.adapter import (
     thinking_param,
 )
 from adapters.providers.bedrock.eventstream import EventStreamDecoder
-from adapters.providers.call_ids import short_call_id
+from adapters.providers.call_ids import converse_call_id
 from adapters.providers.model_rules import keep_one_sampling_knob, rules_for
 from adapters.providers.params import (
     STRICT_SCHEMA,
@@ -310,7 +310,7 @@ def converse_block(block: Mapping[str, Any], position: int) -> dict[str, Any]:
     if kind == "document":
         return {"document": _document(block, position)}
     if kind == "tool_use":
-        return {"toolUse": {"toolUseId": short_call_id(block["id"]), "name": block["name"], "input": block["input"]}}
+        return {"toolUse": {"toolUseId": converse_call_id(block["id"]), "name": block["name"], "input": block["input"]}}
     if kind == "thinking":
         text = {"text": block.get("thinking", ""), "signature": block.get("signature", "")}
         return {"reasoningContent": {"reasoningText": text}}
@@ -320,7 +320,7 @@ def converse_block(block: Mapping[str, Any], position: int) -> dict[str, Any]:
         content = [converse_block(inner, position) for inner in block.get("content") or ()]
         # Converse requires a result's content; a tool that printed nothing still answered.
         result = content or [{"text": "(no output)"}]
-        return {"toolResult": {"toolUseId": short_call_id(block["tool_use_id"]), "content": result}}
+        return {"toolResult": {"toolUseId": converse_call_id(block["tool_use_id"]), "content": result}}
     raise InvalidRequestError(f"content of type '{kind}' cannot be sent to Bedrock", param="messages")
 
 
