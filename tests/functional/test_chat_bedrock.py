@@ -373,6 +373,30 @@ def test_thinking_is_left_off_a_tool_loop_whose_turn_carries_no_signed_thinking(
     assert sent(bedrock)["json"]["additionalModelRequestFields"]["thinking"]["type"] == "enabled"
 
 
+def test_a_chat_clients_unsigned_thinking_blocks_are_not_sent_to_claude_and_are_named(
+    bedrock: Running, client: openai.OpenAI
+) -> None:
+    """A Chat Completions client that hands back `thinking_blocks` it did not get from Claude (no signature: another
+    provider's reasoning) had them sent as `reasoningText.signature: ""`, with thinking kept on the loop: Bedrock
+    relays Anthropic's 400 ("Invalid `signature` in `thinking` block"). They are left out and named, and the loop,
+    whose turn has no signed thinking, goes on without thinking."""
+    call = {"id": "t1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    unsigned = {"type": "thinking", "thinking": "The user wants the weather.", "signature": ""}
+    loop: Any = [
+        *HI,
+        {"role": "assistant", "content": None, "tool_calls": [call], "thinking_blocks": [unsigned]},
+        {"role": "tool", "tool_call_id": "t1", "content": "18 C and clear"},
+    ]
+    raw = client.chat.completions.with_raw_response.create(
+        model="claude-sonnet", messages=loop, tools=[WEATHER_TOOL], reasoning_effort="low"
+    )
+    assert raw.parse().choices[0].message.content == fake.TEXT
+    assert raw.headers["x-gateway-dropped-params"].split(",") == ["messages.thinking", "reasoning_effort"]
+    body = sent(bedrock)["json"]
+    assert [next(iter(block)) for block in body["messages"][1]["content"]] == ["toolUse"]
+    assert "additionalModelRequestFields" not in body
+
+
 def test_redacted_thinking_comes_back_in_a_stream_as_in_a_whole_answer(bedrock: Running, client: openai.OpenAI) -> None:
     """Claude's redacted reasoning (`redactedContent`) must go back on the next turn: a whole answer kept it, a
     stream lost it. A Messages stream has its `redacted_thinking` block, a Chat stream its `thinking_blocks`."""

@@ -23,6 +23,7 @@ from adapters.providers.params import (
     apply_rules,
     asks,
     cache_control,
+    claude_signed,
     document_fields,
     named_messages,
     redacted_thinking,
@@ -33,6 +34,7 @@ from adapters.providers.params import (
     token_count_problem,
     unsent_part_fields,
     unsent_reasoning,
+    unsigned_thinking,
 )
 from handler import schemas
 from handler.errors import InvalidRequestError, UpstreamError
@@ -406,16 +408,44 @@ def tool_turn_without_thinking(turns: list[Any]) -> bool:
     thinking block ... To avoid this requirement, disable `thinking`"): a tool-use loop is one assistant turn,
     thought through or not as a whole. The client often has no thinking to send back: Chat Completions clients
     never return `thinking_blocks`, a Responses or Messages history served by another provider carries its
-    reasoning, not Claude's (a failover, or a Claude Code user switching models mid-loop). A turn that ended in
-    text closed its loop, and earlier turns need no thinking back. `turns` are Messages turns, translated or as a
-    client sent them (a turn's content may be a string).
+    reasoning, not Claude's (a failover, or a Claude Code user switching models mid-loop: the Messages front-end
+    answered that reasoning as a thinking block with an empty signature, which is not Claude's, `claude_signed`). A
+    turn that ended in text closed its loop, and earlier turns need no thinking back. `turns` are Messages turns,
+    translated or as a client sent them (a turn's content may be a string).
     """
     last = next((t for t in reversed(turns) if isinstance(t, dict) and t.get("role") == "assistant"), None)
     content = last.get("content") if last is not None else None
     blocks = [block for block in content if isinstance(block, dict)] if isinstance(content, list) else []
     if not any(block.get("type") == "tool_use" for block in blocks):
         return False
-    return blocks[0].get("type") not in ("thinking", "redacted_thinking")
+    return not claude_signed(blocks[0])
+
+
+def unsigned_left_out(body: dict[str, Any]) -> list[str]:
+    """Take out of a Messages body passed through the thinking blocks Claude did not sign (`claude_signed`): another
+    provider's reasoning, which the gateway answered with an empty signature when it served the turn (a Claude Code
+    user switching models mid-loop hands it back). Anthropic refuses one in any turn, thinking on or off ("Invalid
+    `signature` in `thinking` block"), and a client talking to Anthropic alone never has one: the gateway made it.
+    A turn left with nothing (it held that reasoning alone) goes too: Anthropic joins the turns around it. The
+    client's messages are not changed (a fallback may send them elsewhere): `body` gets new ones. Returns
+    `["messages.thinking"]` when any went, else nothing."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not any(
+        isinstance(m, dict) and isinstance(m.get("content"), list) and any(map(unsigned_thinking, m["content"]))
+        for m in messages
+    ):
+        return []
+    kept: list[Any] = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list) or not any(map(unsigned_thinking, content)):
+            kept.append(message)
+            continue
+        blocks = [block for block in content if not unsigned_thinking(block)]
+        if blocks:
+            kept.append({**message, "content": blocks})
+    body["messages"] = kept
+    return ["messages.thinking"]
 
 
 def thinking_refused(body: dict[str, Any]) -> list[str]:
@@ -722,7 +752,7 @@ class AnthropicAdapter(ProviderAdapter):
     ) -> BuiltRequest:
         body = dict(call.body)
         body["model"] = target.model
-        dropped = thinking_refused(body)
+        dropped = unsigned_left_out(body) + thinking_refused(body)
         if output_limit is not None and (
             not isinstance(body.get("max_tokens"), int) or body["max_tokens"] > output_limit
         ):
@@ -772,6 +802,7 @@ class AnthropicAdapter(ProviderAdapter):
         """Anthropic's own `/v1/messages/count_tokens`, with the client's body if it spoke Messages."""
         if call.api == MESSAGES_API:
             body = {name: value for name, value in call.body.items() if name not in ("max_tokens", "stream")}
+            unsigned_left_out(body)  # (refused there too)
         else:
             body, _ = self.chat_body(req, target, stream=False)
             body.pop("max_tokens", None)

@@ -347,12 +347,14 @@ def converse_messages(req: ChatRequest) -> tuple[list[dict[str, Any]], list[dict
 
 
 def tool_turn_without_reasoning(messages: list[dict[str, Any]]) -> bool:
-    """Whether the last assistant Converse turn called a tool without opening with Claude's reasoning: Bedrock
-    refuses thinking then, as Anthropic does (see `tool_turn_without_thinking`)."""
+    """Whether the last assistant Converse turn called a tool without opening with Claude's signed reasoning (its
+    text with a signature, or redacted): Bedrock refuses thinking then, as Anthropic does (see
+    `tool_turn_without_thinking`)."""
     last = next((message for message in reversed(messages) if message["role"] == "assistant"), None)
     if last is None or not any("toolUse" in block for block in last["content"]):
         return False
-    return "reasoningContent" not in last["content"][0]
+    reasoning = last["content"][0].get("reasoningContent") or {}
+    return "redactedContent" not in reasoning and not (reasoning.get("reasoningText") or {}).get("signature")
 
 
 def reasoning_fields(req: ChatRequest, model: str, max_tokens: int) -> tuple[dict[str, Any] | None, list[str]]:
