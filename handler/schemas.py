@@ -443,6 +443,23 @@ class Usage(_Counted):
             prompt_tokens_details=details,
         )
 
+    def plus(self, other: Self) -> Self:
+        """This usage and `other` together (two answers billed for one request): every count summed."""
+        usage = type(self).of(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            self.cache_write_1h_tokens + other.cache_write_1h_tokens,
+            self.audio_prompt_tokens + other.audio_prompt_tokens,
+        )
+        reasoning = self.reasoning_tokens + other.reasoning_tokens
+        if reasoning:
+            usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=reasoning)
+        if self.web_searches + other.web_searches:
+            usage.set_count("web_searches", self.web_searches + other.web_searches)
+        return usage
+
     def counted_as(self, prompt: int, completion: int) -> Self:
         """This usage with other prompt and completion counts (an estimate's), its cache and search counts kept."""
         cached, written, hour = self.cached_tokens, self.cache_write_tokens, self.cache_write_1h_tokens

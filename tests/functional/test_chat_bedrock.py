@@ -584,6 +584,13 @@ def test_a_malformed_tool_use_fails_over_and_what_bedrock_billed_is_charged(bedr
         with pytest.raises(openai.APIStatusError) as alone:
             sdk.chat.completions.create(model="claude-miscalls-alone", messages=HI)
     assert alone.value.status_code == 502 and "malformed_tool_use" in alone.value.message
+    # With nothing else to try, the line of the 502 carries the tokens it charges for, as a stream's did (it said 0
+    # in, 0 out at $0.000026: review).
+    [failed] = [line for line in bedrock.ledger(key) if line.status == 502]
+    cached = fake.USAGE["cacheReadInputTokens"]
+    billed = (fake.USAGE["inputTokens"] + cached, cached, fake.USAGE["outputTokens"])
+    assert (failed.input_tokens, failed.cached_tokens, failed.output_tokens) == billed
+    assert failed.cost_usd == pytest.approx(float(single.headers["x-gateway-cost-usd"]))
 
 
 @pytest.mark.parametrize(

@@ -411,6 +411,12 @@ def test_an_invalid_function_call_fails_over_and_its_billed_prompt_is_charged(fa
     with pytest.raises(openai.APIStatusError) as alone:
         oa.chat.completions.create(model="gemini-miscalls-alone", messages=HI, tools=tools)
     assert alone.value.status_code == 502 and "invalid function call" in alone.value.message
+    # With nothing else to try, the line of the 502 carries the tokens it charges for (it said 0 in, 0 out at
+    # $0.00001: review).
+    [failed] = [line for line in faulty.ledger(key) if line.status == 502]
+    prompt = max(1, len(orjson.dumps(faulty.fakes["gemini"].state.requests[-1]["json"]["contents"])) // 4)
+    assert (failed.input_tokens, failed.output_tokens) == (prompt, 0)
+    assert failed.cost_usd == pytest.approx(prompt * PRICE["input"] / 1e6)
 
 
 def test_server_errors_and_rejections_are_mapped(faulty: Running) -> None:
