@@ -187,6 +187,11 @@ def ordered_parts(
     return parts if at == len(text) and not blocks_left and not calls_left else None
 
 
+# How a tool message says its tool failed, in its text, to a provider with no other way to say it (a Messages
+# client's `tool_result` with `is_error: true`; `Message.is_error` says it to one that has: Converse's `status`).
+TOOL_ERROR_MARK = "[tool error] "
+
+
 class Message(_Open):
     model_config = REQUEST
 
@@ -197,6 +202,9 @@ class Message(_Open):
     tool_call_id: str | None = None
     reasoning_content: str | None = None
     block_order: BlockOrder | None = Field(default=None, exclude=True)  # (see `BlockOrder`)
+    # A tool message whose tool failed (a Messages client's `is_error`): its content opens with `TOOL_ERROR_MARK`.
+    # The gateway's own, as `block_order` is: no Chat Completions body carries it (`exclude`).
+    is_error: bool | None = Field(default=None, exclude=True)
 
     def text(self) -> str:
         """The message's text parts joined; non-text parts are left out."""

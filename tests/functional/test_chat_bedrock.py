@@ -293,6 +293,38 @@ def test_llama_tool_use_streams_to_a_messages_client(bedrock: Running) -> None:
     assert sent(bedrock)["path"] == f"/model/{LLAMA}/converse"
 
 
+@pytest.mark.parametrize(
+    ("model", "taken"),
+    [("claude-haiku", True), ("nova-anywhere", True), ("llama", False)],
+    ids=["claude", "nova", "llama"],
+)
+def test_a_failed_tools_result_has_converses_error_status_where_the_model_takes_it(
+    bedrock: Running, model: str, taken: bool
+) -> None:
+    """A Messages `tool_result` with `is_error: true` reached Claude on Bedrock as text opening `[tool error] `, without
+    Converse's `status: error` (review). AWS's ToolResultBlock: `status` "is only supported by Amazon Nova and
+    Anthropic Claude 3 and 4 models"; the others refuse it, and are told in the text, as before. An error result
+    with no output has content all the same (Converse: it "cannot be empty when status value is error")."""
+    claude = anthropic_client(bedrock, bedrock.mint(name=f"tool-error-{model}"))
+    tool: Any = {"name": "Bash", "input_schema": {"type": "object"}}
+    call = {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "false"}}
+    for content, text in (("Exit code 1", "Exit code 1"), ([], "(no output)")):
+        result = {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True, "content": content}
+        messages: Any = [
+            {"role": "user", "content": "run"},
+            {"role": "assistant", "content": [{"type": "text", "text": "Running it."}, call]},
+            {"role": "user", "content": [result, {"type": "text", "text": "why?"}]},
+        ]
+        answer = claude.messages.create(model=model, max_tokens=50, messages=messages, tools=[tool])
+        assert answer.content[-1].type == "text"
+        sent_result = sent(bedrock)["json"]["messages"][2]["content"][0]["toolResult"]
+        if taken:
+            assert sent_result == {"toolUseId": "toolu_1", "content": [{"text": text}], "status": "error"}
+        else:
+            marked = "[tool error] Exit code 1" if content else "[tool error]"
+            assert sent_result == {"toolUseId": "toolu_1", "content": [{"text": marked}]}
+
+
 def test_a_call_id_past_64_characters_goes_as_a_stand_in_paired_with_its_result(
     bedrock: Running, client: openai.OpenAI
 ) -> None:

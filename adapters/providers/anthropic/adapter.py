@@ -41,6 +41,7 @@ from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import MESSAGES_API, BuiltRequest, NativeCall, ProviderAdapter, Served, Target, UpstreamRequest
 from handler.schemas import (
     DOCUMENT,
+    TOOL_ERROR_MARK,
     AssistantMessage,
     BlockOrder,
     ChatCompletion,
@@ -265,6 +266,16 @@ def _content_blocks(message: Message) -> list[dict[str, Any]]:
     return blocks
 
 
+def unmarked(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A failed tool's result without the `TOOL_ERROR_MARK` its text opens with, for a form that says it failed as
+    Anthropic's does (`is_error`)."""
+    first = blocks[0] if blocks else {}
+    if first.get("type") != "text" or not first["text"].startswith(TOOL_ERROR_MARK):
+        return blocks
+    text = first["text"].removeprefix(TOOL_ERROR_MARK)
+    return [{**first, "text": text}, *blocks[1:]] if text else blocks[1:]
+
+
 def _tool_input(arguments: str) -> Any:
     try:
         value = orjson.loads(arguments) if arguments.strip() else {}
@@ -278,6 +289,9 @@ def _turn(message: Message) -> tuple[str, list[dict[str, Any]]]:
     if message.role in ("tool", "function"):
         result: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id or message.name or ""}
         blocks = _content_blocks(message)
+        if message.is_error:
+            result["is_error"] = True  # (said so, not in its text: `TOOL_ERROR_MARK`)
+            blocks = unmarked(blocks)
         if blocks:
             result["content"] = blocks
         return "user", [result]
