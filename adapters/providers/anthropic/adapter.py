@@ -435,6 +435,23 @@ def tool_turn_without_thinking(turns: list[Any]) -> bool:
     return not claude_signed(blocks[0])
 
 
+def _unsigned_turn(message: object) -> bool:
+    """Whether a Messages turn holds a thinking block Claude did not sign (`unsigned_thinking`). Every request passed
+    through asks it of every turn: only an assistant turn holds thinking, and only a thinking block's signature is
+    read, in one loop (calling `unsigned_thinking` on each block of a 400-turn history cost twice its serializing)."""
+    if not isinstance(message, dict) or message.get("role") != "assistant":
+        return False
+    content = message.get("content")
+    if not isinstance(content, list):
+        return False
+    for block in content:
+        if isinstance(block, dict) and block.get("type") == "thinking":
+            signature = block.get("signature")
+            if not signature or not isinstance(signature, str):
+                return True
+    return False
+
+
 def unsigned_left_out(body: dict[str, Any]) -> list[str]:
     """Take out of a Messages body passed through the thinking blocks Claude did not sign (`claude_signed`): another
     provider's reasoning, which the gateway answered with an empty signature when it served the turn (a Claude Code
@@ -444,17 +461,14 @@ def unsigned_left_out(body: dict[str, Any]) -> list[str]:
     client's messages are not changed (a fallback may send them elsewhere): `body` gets new ones. Returns
     `["messages.thinking"]` when any went, else nothing."""
     messages = body.get("messages")
-    if not isinstance(messages, list) or not any(
-        isinstance(m, dict) and isinstance(m.get("content"), list) and any(map(unsigned_thinking, m["content"]))
-        for m in messages
-    ):
+    if not isinstance(messages, list) or not any(map(_unsigned_turn, messages)):
         return []
     kept: list[Any] = []
     for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(content, list) or not any(map(unsigned_thinking, content)):
+        if not _unsigned_turn(message):
             kept.append(message)
             continue
+        content = message["content"]
         blocks = [block for block in content if not unsigned_thinking(block)]
         if blocks:
             kept.append({**message, "content": blocks})
