@@ -121,6 +121,9 @@ CLIENT_NAMES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
             "parallel_tool_calls": "tool_choice.disable_parallel_tool_use",
             "reasoning_summary": "thinking.display",
             "messages.reasoning_content": "messages.thinking",
+            # What a tool message cannot carry: the blocks of a `tool_result` (images, documents).
+            "messages.tool.image_url": "messages.tool_result.image",
+            "messages.tool.file": "messages.tool_result.document",
         },
         RESPONSES_API: {
             "max_completion_tokens": "max_output_tokens",
@@ -131,6 +134,9 @@ CLIENT_NAMES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
             # An earlier turn's reasoning: what a reasoning item carried (its text, Claude's signed thinking).
             "messages.reasoning_content": "input[reasoning]",
             "messages.thinking": "input[reasoning]",
+            # What a tool message cannot carry: the parts of a `function_call_output`'s `output`.
+            "messages.tool.image_url": "input[function_call_output].input_image",
+            "messages.tool.file": "input[function_call_output].input_file",
         },
     }
 )

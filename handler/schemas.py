@@ -187,6 +187,11 @@ def ordered_parts(
     return parts if at == len(text) and not blocks_left and not calls_left else None
 
 
+# How a tool message says its tool failed, in its text, to a provider with no other way to say it (a Messages
+# client's `tool_result` with `is_error: true`; `Message.is_error` says it to one that has: Converse's `status`).
+TOOL_ERROR_MARK = "[tool error] "
+
+
 class Message(_Open):
     model_config = REQUEST
 
@@ -197,6 +202,9 @@ class Message(_Open):
     tool_call_id: str | None = None
     reasoning_content: str | None = None
     block_order: BlockOrder | None = Field(default=None, exclude=True)  # (see `BlockOrder`)
+    # A tool message whose tool failed (a Messages client's `is_error`): its content opens with `TOOL_ERROR_MARK`.
+    # The gateway's own, as `block_order` is: no Chat Completions body carries it (`exclude`).
+    is_error: bool | None = Field(default=None, exclude=True)
 
     def text(self) -> str:
         """The message's text parts joined; non-text parts are left out."""
@@ -442,6 +450,23 @@ class Usage(_Counted):
             total_tokens=prompt + completion,
             prompt_tokens_details=details,
         )
+
+    def plus(self, other: Self) -> Self:
+        """This usage and `other` together (two answers billed for one request): every count summed."""
+        usage = type(self).of(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            self.cache_write_1h_tokens + other.cache_write_1h_tokens,
+            self.audio_prompt_tokens + other.audio_prompt_tokens,
+        )
+        reasoning = self.reasoning_tokens + other.reasoning_tokens
+        if reasoning:
+            usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=reasoning)
+        if self.web_searches + other.web_searches:
+            usage.set_count("web_searches", self.web_searches + other.web_searches)
+        return usage
 
     def counted_as(self, prompt: int, completion: int) -> Self:
         """This usage with other prompt and completion counts (an estimate's), its cache and search counts kept."""

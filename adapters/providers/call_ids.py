@@ -1,4 +1,5 @@
-"""Tool call ids as OpenAI's APIs and Bedrock's Converse take them: at most 64 characters.
+"""Tool call ids as OpenAI's APIs and Bedrock's Converse take them: at most 64 characters (Converse's of
+`[a-zA-Z0-9_-]` alone, and at least one: `converse_call_id`).
 
 OpenAI (and Azure OpenAI) refuse a longer one with a 400 (`string_above_max_length`, on Chat Completions'
 `messages[i].tool_calls[j].id` and `tool_call_id`, on the Responses API's `input[i].call_id`), and Bedrock
@@ -17,12 +18,13 @@ import hashlib
 import re
 from typing import Any
 
-__all__ = ["MAX_CALL_ID", "short_call_id", "shorten_input_call_ids", "shorten_message_call_ids"]
+__all__ = ["MAX_CALL_ID", "converse_call_id", "short_call_id", "shorten_input_call_ids", "shorten_message_call_ids"]
 
 MAX_CALL_ID = 64
 _DIGEST_BYTES = 16  # 128 bits of SHA-256: 22 characters of URL-safe base64
 _DIGEST_CHARS = 22
 _UNSAFE = r"[^A-Za-z0-9_-]"  # (compiled on first use, by `re`'s cache: a cold start pays for no pattern)
+_SAFE = r"[A-Za-z0-9_-]{1,64}"
 
 
 def short_call_id(call_id: str) -> str:
@@ -30,6 +32,21 @@ def short_call_id(call_id: str) -> str:
     `[A-Za-z0-9_-]`: the id's start (kept readable in the provider's logs) and a digest of the whole id."""
     if len(call_id) <= MAX_CALL_ID:
         return call_id
+    return _stand_in(call_id)
+
+
+def converse_call_id(call_id: str) -> str:
+    """`call_id` itself when Bedrock's Converse takes it as a `toolUseId` (1 to 64 characters of `[a-zA-Z0-9_-]`,
+    AWS's ToolUseBlock and ToolResultBlock), else a stand-in of those characters, as `short_call_id` makes one: an
+    id another provider wrote with other characters (Kimi K2's `functions.get_weather:0`), or none, was refused."""
+    if re.fullmatch(_SAFE, call_id):
+        return call_id
+    return _stand_in(call_id)
+
+
+def _stand_in(call_id: str) -> str:
+    """The id's start, its characters outside `[A-Za-z0-9_-]` as `_`, and a digest of the whole id: at most
+    `MAX_CALL_ID` characters, the same for the same id."""
     digest = base64.urlsafe_b64encode(hashlib.sha256(call_id.encode()).digest()[:_DIGEST_BYTES]).decode()
     head = re.sub(_UNSAFE, "_", call_id[: MAX_CALL_ID - _DIGEST_CHARS - 1])
     return f"{head}_{digest[:_DIGEST_CHARS]}"

@@ -23,6 +23,10 @@ class ModelRules(Value):
     `no_penalties`: refuses a non-zero `presencePenalty` or `frequencyPenalty` (0, their default, passes).
     `forced_tool_choice`: takes Converse's forced `toolChoice` (`any`, `tool`) on Bedrock, which refuses either from
     other models with a 400 ValidationException (only the Bedrock adapter reads it).
+    `tool_result_status`: takes Converse's `status` on a tool result (`error` for a tool that failed), which AWS's
+    ToolResultBlock reference says "is only supported by Amazon Nova and Anthropic Claude 3 and 4 models"; the others
+    refuse the request ("This model doesn't support the status field."), and the failure goes in the result's text
+    (only the Bedrock adapter reads it).
     `no_streaming_tools`: refuses `toolConfig` in Bedrock's ConverseStream ("This model doesn't support tool use in
     streaming mode.") though Converse takes it: a streamed request with tools goes to Converse, and its whole answer
     is streamed to the client (only the Bedrock adapter reads it).
@@ -39,7 +43,7 @@ class ModelRules(Value):
     __slots__ = (
         "one_sampling_knob", "completion_tokens_field", "signed_function_calls", "no_tools_with_json_mode",
         "media_in_function_responses", "no_penalties", "forced_tool_choice", "no_streaming_tools",
-        "reasoning_on_off", "openai_efforts", "ignores_sampling",
+        "reasoning_on_off", "openai_efforts", "ignores_sampling", "tool_result_status",
     )  # fmt: skip
 
     def __init__(
@@ -55,6 +59,7 @@ class ModelRules(Value):
         reasoning_on_off: bool = False,
         openai_efforts: tuple[str, ...] | None = None,
         ignores_sampling: bool = False,
+        tool_result_status: bool = False,
     ) -> None:
         self.one_sampling_knob: Final = one_sampling_knob
         self.completion_tokens_field: Final = completion_tokens_field
@@ -67,6 +72,7 @@ class ModelRules(Value):
         self.reasoning_on_off: Final = reasoning_on_off
         self.openai_efforts: Final = openai_efforts
         self.ignores_sampling: Final = ignores_sampling
+        self.tool_result_status: Final = tool_result_status
 
 
 NO_RULES = ModelRules()
@@ -77,6 +83,8 @@ LOW_TO_XHIGH = (*LOW_TO_HIGH, "xhigh")
 # guide (max_completion_tokens), Gemini's thought-signatures, structured-output and function-calling pages
 # (multimodal function responses: Gemini 3), Gemini's 400 "Penalty is not enabled for models/gemini-2.5-flash"
 # (2.5 and 3 refuse a non-zero penalty: vercel/ai#8943, google-gemini/cookbook#1290, mnfst/modelparams.dev#16),
+# AWS's ToolResultBlock reference (a result's `status`: "only supported by Amazon Nova and Anthropic Claude 3 and 4
+# models"; Llama, Mistral, Cohere and Palmyra answer "This model doesn't support the status field."),
 # AWS's ToolChoice reference (a forced `toolChoice`: "only supported by Anthropic Claude 3 and Amazon Nova models";
 # Llama, Mistral and DeepSeek on Bedrock answer "This model doesn't support the toolConfig.toolChoice.any field"),
 # AWS's "Supported models and model features" table for Converse (its "Tool use" and "Streaming tool use" columns:
@@ -93,7 +101,7 @@ LOW_TO_XHIGH = (*LOW_TO_HIGH, "xhigh")
 MODEL_RULES: tuple[tuple[str, ModelRules], ...] = (
     (
         r"claude-(sonnet|haiku|opus)-4-5|claude-opus-4",
-        ModelRules(one_sampling_knob=True, forced_tool_choice=True),
+        ModelRules(one_sampling_knob=True, forced_tool_choice=True, tool_result_status=True),
     ),
     (r"^gpt-5-pro", ModelRules(completion_tokens_field=True, openai_efforts=("high",))),
     (r"^gpt-5\.1-codex-max", ModelRules(completion_tokens_field=True, openai_efforts=LOW_TO_XHIGH)),
@@ -109,7 +117,7 @@ MODEL_RULES: tuple[tuple[str, ModelRules], ...] = (
         ModelRules(signed_function_calls=True, media_in_function_responses=True, no_penalties=True),
     ),
     (r"gemini-2\.5", ModelRules(no_tools_with_json_mode=True, no_penalties=True)),
-    (r"claude-(3|(sonnet|haiku|opus)-\d)|amazon\.nova-", ModelRules(forced_tool_choice=True)),
+    (r"claude-(3|(sonnet|haiku|opus)-\d)|amazon\.nova-", ModelRules(forced_tool_choice=True, tool_result_status=True)),
     (r"meta\.llama|mistral\.|writer\.palmyra", ModelRules(no_streaming_tools=True)),
     (r"^(mistral-small-(latest|2603)|mistral-medium-3-5)", ModelRules(reasoning_on_off=True)),
     (r"^deepseek-reasoner", ModelRules(ignores_sampling=True)),

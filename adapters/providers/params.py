@@ -226,21 +226,50 @@ def redacted_thinking(data: str, index: int) -> dict[str, Any]:
     return {"type": "redacted_thinking", "data": data, THINKING_INDEX: index}
 
 
+def claude_signed(block: Mapping[str, Any]) -> bool:
+    """Whether a thinking block is Claude's own, as it can go back to Claude: a `thinking` block with its signature,
+    or a `redacted_thinking` one with its data. A `thinking` block with an empty signature is another provider's
+    reasoning (the Messages front-end answers one so, having no signature to give): Anthropic checks the signature of
+    every thinking block of a history, thinking on or off, and refuses it ("Invalid `signature` in `thinking`
+    block"), as Bedrock relays."""
+    if block.get("type") == "thinking":
+        signature = block.get("signature")
+        return isinstance(signature, str) and bool(signature)
+    return block.get("type") == "redacted_thinking" and bool(block.get("data"))
+
+
+def unsigned_thinking(block: object) -> bool:
+    """Whether a content block is a `thinking` block Claude did not sign (see `claude_signed`)."""
+    return isinstance(block, dict) and block.get("type") == "thinking" and not claude_signed(block)
+
+
 def thinking_blocks(message: BaseModel) -> list[dict[str, Any]]:
-    """An assistant turn's thinking blocks as a Messages client sent them (with their signatures), kept on the
-    internal message by the Messages front-end so a Claude deployment gets them back unchanged; or as a Chat client
-    hands back an answer's, without the `index` the gateway numbered them by (Anthropic refuses a field it does
-    not know)."""
+    """An assistant turn's thinking blocks signed by Claude (`claude_signed`), as a Messages client sent them, kept
+    on the internal message by the Messages front-end so a Claude deployment gets them back unchanged; or as a Chat
+    client hands back an answer's, without the `index` the gateway numbered them by (Anthropic refuses a field it
+    does not know). An unsigned block is another provider's reasoning, which its text (`reasoning_content`) carries
+    where a provider takes it back (`unsent_reasoning`)."""
     blocks = (message.model_extra or {}).get("thinking_blocks")
     if not isinstance(blocks, list):
         return []
-    return [{k: v for k, v in b.items() if k != THINKING_INDEX} for b in blocks if isinstance(b, dict)]
+    return [
+        {k: v for k, v in b.items() if k != THINKING_INDEX} for b in blocks if isinstance(b, dict) and claude_signed(b)
+    ]
 
 
 def unsent_reasoning(messages: list[Any]) -> list[str]:
     """`["messages.reasoning_content"]` when an assistant turn's reasoning comes as text alone (a Chat client's
-    `reasoning_content`, a Responses client's reasoning item: another provider's reasoning, unsigned), for a provider
-    that takes none back (Anthropic and Bedrock take Claude's signed thinking blocks only, Gemini its own
-    signatures): reported dropped rather than lost without a word. Claude's blocks beside it carry it."""
-    unsent = any(m.role == "assistant" and m.reasoning_content and not thinking_blocks(m) for m in messages)
-    return ["messages.reasoning_content"] if unsent else []
+    `reasoning_content`, a Responses client's reasoning item, a Messages client's thinking block with no signature:
+    another provider's reasoning, unsigned), for a provider that takes none back (Anthropic and Bedrock take Claude's
+    signed thinking blocks only, Gemini its own signatures): reported dropped rather than lost without a word.
+    Claude's blocks beside it carry it; `messages.thinking` when a Chat client's `thinking_blocks` hold only blocks
+    Claude did not sign, with no text beside them."""
+    dropped: list[str] = []
+    for m in messages:
+        if m.role != "assistant" or thinking_blocks(m):
+            continue
+        if m.reasoning_content:
+            dropped.append("messages.reasoning_content")
+        elif (m.model_extra or {}).get("thinking_blocks"):
+            dropped.append("messages.thinking")
+    return list(dict.fromkeys(dropped))

@@ -20,7 +20,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from handler.errors import InvalidRequestError
-from handler.schemas import DOCUMENT, DOCUMENT_FIELDS, BlockOrder, ChatRequest, thinks_between
+from handler.schemas import DOCUMENT, DOCUMENT_FIELDS, TOOL_ERROR_MARK, BlockOrder, ChatRequest, thinks_between
 
 # Top-level Messages fields the internal form carries; any other the client set is named as dropped.
 MAPPED = frozenset(
@@ -236,7 +236,9 @@ class Translation:
         result does) and names where it cannot."""
         content = block.get("content")
         message: dict[str, Any] = {"role": "tool", "tool_call_id": str(block.get("tool_use_id", ""))}
-        error = "[tool error] " if block.get("is_error") else ""
+        error = TOOL_ERROR_MARK if block.get("is_error") else ""
+        if error:
+            message["is_error"] = True  # (for a provider that takes it: Converse's `status`)
         blocks = _block_list(content, "messages.tool_result.content") if isinstance(content, list) else []
         # The result's cache marker (its own, else the last of its content's: Anthropic takes one on either) goes
         # on the message's last part, which Bedrock follows with a cache point.

@@ -21,6 +21,7 @@ from handler.ports import KeyRecord, LedgerItem
 from handler.records import Value
 
 if TYPE_CHECKING:
+    from handler.schemas import Usage
     from handler.telemetry.tracing import Trace  # (imported only when OTLP export is on: handler/pipeline/gateway.py)
 
 
@@ -60,7 +61,7 @@ class Exchange:
         "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "service_tier",
         "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left",
         "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic", "audio_output", "ledger_item",
-        "ends_at", "lifetime_s",
+        "ends_at", "lifetime_s", "wasted_usage",
     )  # fmt: skip
 
     def __init__(
@@ -112,9 +113,12 @@ class Exchange:
         # Attempts sent whole that gave no usable answer (a first-byte timeout, a stall, a broken answer): the
         # provider may have run them to the end, so each is charged the reserved worst case.
         self.missed: list[Attempt] = []
-        # Answers the provider billed and the gateway threw away (they broke the response schema): their cost is
-        # in `wasted_usd`, and each is covered like a missed attempt before the next attempt goes out.
+        # Answers the provider billed and the gateway threw away (they broke the response schema, or the model wrote
+        # a call the provider could not parse): their cost is in `wasted_usd`, their counts in `wasted_usage` (the
+        # line of a request that ends with no answer carries them), and each is covered like a missed attempt before
+        # the next attempt goes out.
         self.rejected = 0
+        self.wasted_usage: Usage | None = None
         # A worst case more reserved for each of them before the next attempt went out (`Meter.reserve_again`).
         self.extra: list[Reservation] = []
         self.prompt: PromptEstimate | None = None

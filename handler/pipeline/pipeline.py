@@ -156,8 +156,7 @@ class Pipeline(Charges):
             except SchemaViolationError:
                 # The provider billed this answer even though it is thrown away: its cost goes on the request's
                 # line, whether a later attempt answers or none does (then a line of its own, as for an error).
-                self._waste(ex, attempt, completion.usage, served)
-                ex.rejected += 1
+                self._thrown_away(ex, attempt, completion.usage, served)
                 ex.answered = (attempt, 200)
                 raise
         return completion, served
@@ -290,8 +289,15 @@ class Pipeline(Charges):
         """An answer the provider billed and the gateway could not use (`UpstreamError.billed`: a model's invalid
         tool call): charged on the request's line, and covered before a failover."""
         if err.billed is not None:
-            self._waste(ex, attempt, err.billed)
-            ex.rejected += 1
+            self._thrown_away(ex, attempt, err.billed)
+
+    def _thrown_away(self, ex: Exchange, attempt: Attempt, usage: Usage | None, served: Served | None = None) -> None:
+        """An answer the provider billed and the gateway threw away: its cost and its counts, for the request's line
+        (`Exchange.wasted_usage`), and one more to cover before the next attempt goes out."""
+        self._waste(ex, attempt, usage, served)
+        if usage is not None:
+            ex.wasted_usage = usage if ex.wasted_usage is None else ex.wasted_usage.plus(usage)
+        ex.rejected += 1
 
     def _enforced_schema(self, req: ChatRequest, attempt: Attempt, ex: Exchange) -> dict[str, Any] | None:
         if not (ex.controls.enforce_schema or attempt.spec.enforce_schema):
@@ -560,7 +566,10 @@ class Pipeline(Charges):
             # metrics say; the provider's own is in the line's route.
             ex.attempt, upstream_status = ex.answered
             status = exc.status_for(ex.anthropic) if isinstance(exc, GatewayError) else upstream_status
-            await self._settle(ex, Usage.of(0, 0), status, background=True, free=True)
+            # The error itself costs nothing; answers billed and thrown away on the way cost what they did, and the
+            # line counts their tokens beside their cost (it said 0 in, 0 out at a price: review).
+            counted = ex.wasted_usage or Usage.of(0, 0)
+            await self._settle(ex, counted, status, background=True, free=True)
         else:
             unsent = ex.inflight_at == 0.0  # (no attempt went out: `_failover` sets it as one does)
             if unsent and ex.reservation is not None and ex.reservation.admission is not None:  # (a count's: apart)

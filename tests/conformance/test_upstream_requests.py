@@ -293,7 +293,8 @@ def test_the_corpus_covers_every_field_the_gateway_accepts() -> None:
     assert set(ChatRequest.model_fields) <= chat_fields
     assert set(MessagesRequest.model_fields) <= messages_fields
     message_fields = {key for case in CASES if not case.messages_api for m in case.body["messages"] for key in m}
-    internal = {"block_order"}  # (set by the gateway's own translations of Messages and Responses turns)
+    # (Set by the gateway's own translations: of Messages and Responses turns, of a Messages `tool_result`'s error.)
+    internal = {"block_order", "is_error"}
     assert set(Message.model_fields) - internal <= message_fields
 
 

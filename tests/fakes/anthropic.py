@@ -23,7 +23,8 @@ for a `thinker` model, gets a signed thinking block first (its text empty under 
 model whose id has `OMITS_THINKING`, as Claude Opus 4.7's is; for a said answer, what it was told to say); for a
 `thinker`, an assistant turn that called a tool must come back opening with it, signature intact, as the real API
 requires, and so must the final assistant turn, if it called a tool, of any request asking for `thinking`; a
-thinking block sent back with a field Claude's blocks do not have is refused, as Anthropic refuses it. With
+thinking block sent back with a field Claude's blocks do not have, or with an empty signature (in any turn, thinking
+on or off), is refused, as Anthropic refuses it. With
 `think-between` and thinking, the answer thinks between its blocks, as with interleaved thinking: its signed thinking
 block, a call of the request's first tool (`INTERLEAVED_CALL_ID`), a second signed block (`THINKING_AGAIN`,
 `SIGNATURE_AGAIN`), a redacted one (`REDACTED`), then the rest of the answer. An
@@ -304,20 +305,29 @@ def _thinks_between(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _unknown_thinking_field(messages: list[Any]) -> str | None:
-    """A thinking block sent back with a field Claude's blocks do not have, as Anthropic names it."""
+    """A thinking block sent back with a field Claude's blocks do not have, or without its signature, as Anthropic
+    names it. Anthropic checks the signature of every thinking block of the history, thinking on or off: an empty one
+    (what a gateway writes for another provider's reasoning) is "Invalid `signature`", as a forged one would be."""
     for i, message in enumerate(messages):
         for j, block in enumerate(message.get("content") if isinstance(message.get("content"), list) else ()):
             allowed = THINKING_FIELDS.get(block.get("type"), set(block))
             for field in sorted(set(block) - allowed):
                 return f"messages.{i}.content.{j}.{block['type']}.{field}: Extra inputs are not permitted"
+            if block.get("type") != "thinking":
+                continue
+            if "signature" not in block:
+                return f"messages.{i}.content.{j}.thinking.signature: Field required"
+            if not isinstance(block["signature"], str) or not block["signature"]:
+                return f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
     return None
 
 
 def _unsigned_turn(messages: list[Any], *, final_only: bool = False) -> str | None:
     """With thinking on, an assistant turn that called a tool must open with its signed thinking: every such turn
     for a `thinker` (the fake's own block, unchanged), and the final assistant turn (the one a tool-use loop
-    continues) when the request asks for thinking, the rule Anthropic documents (there any thinking block will do:
-    a Messages client may hand back what another gateway or Anthropic itself signed)."""
+    continues) when the request asks for thinking, the rule Anthropic documents (there any signed thinking block will
+    do: a Messages client may hand back what another gateway or Anthropic itself signed; an unsigned one is refused
+    by `_unknown_thinking_field`)."""
     assistants = [i for i, message in enumerate(messages) if message.get("role") == "assistant"]
     for i, message in enumerate(messages):
         content = message.get("content")

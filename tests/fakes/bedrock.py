@@ -8,13 +8,15 @@ specification, independent of botocore). It refuses what Bedrock refuses (unknow
 do not alternate, a conversation not opening with the user, a forced `toolChoice` (`any` or `tool`) for a
 model other than Claude and Nova, the only ones AWS's ToolChoice reference names, a `toolConfig` sent to
 ConverseStream for a model without streaming tool use in AWS's "Supported models and model features" table:
-Llama, Mistral, Command R) with a `ValidationException`.
+Llama, Mistral, Command R; a `toolUseId` or tool name outside Converse's 1 to 64 characters of `[a-zA-Z0-9_-]`; a tool
+result's `status` from a model other than Claude and Nova, the only ones AWS's ToolResultBlock reference names, or an
+`error` one without content) with a `ValidationException`.
 A request with cache points writes the prompt up to the last one (its usage says for how long, in `cacheDetails`)
 or reads it when written before. With tools and a `toolChoice` of `any` or `tool` it answers with a `toolUse`; a
 system prompt that gives a JSON Schema gets an answer following it. A request asking for Claude's `thinking` (in
 `additionalModelRequestFields`) whose final assistant turn called a tool without opening with its signed reasoning
-is refused, as Anthropic refuses it, and so is a beta (`anthropic_beta`) Bedrock does not take for Claude
-(`CLAUDE_BETAS`: "invalid beta flag").
+is refused, as Anthropic refuses it, and so is Claude's reasoning without its signature in any turn, and a beta
+(`anthropic_beta`) Bedrock does not take for Claude (`CLAUDE_BETAS`: "invalid beta flag").
 
 Amazon Nova 2 asked to reason (`additionalModelRequestFields.reasoningConfig`) answers as AWS documents it: its
 reasoning block's text is `NOVA_REDACTED` (no signature), and its reasoning tokens are billed in `outputTokens`.
@@ -35,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import struct
 import urllib.parse
 import zlib
@@ -248,6 +251,51 @@ def _document_refused(document: dict[str, Any]) -> str | None:
     return None
 
 
+NAME_PATTERN = re.compile(r"[a-zA-Z0-9_-]+")  # Converse's ToolUseBlock, ToolResultBlock and ToolSpecification
+
+
+def _unnamed(value: object, field: str) -> str | None:
+    """A `toolUseId` or a tool's `name` outside Converse's constraint (1 to 64 of `[a-zA-Z0-9_-]`), in its words."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 64:
+        bound = "less than or equal to 64" if isinstance(value, str) and value else "greater than or equal to 1"
+        return (
+            f"1 validation error detected: Value '{value}' at '{field}' failed to satisfy constraint: "
+            f"Member must have length {bound}"
+        )
+    if NAME_PATTERN.fullmatch(value) is None:
+        return (
+            f"1 validation error detected: Value '{value}' at '{field}' failed to satisfy constraint: "
+            "Member must satisfy regular expression pattern: [a-zA-Z0-9_-]+"
+        )
+    return None
+
+
+def _bad_status(result: dict[str, Any], where: str) -> str | None:
+    """A ToolResultBlock's `status` outside its enum, or `error` with no content (Converse: "cannot be empty when status
+    value is error")."""
+    status = result.get("status")
+    if status is not None and status not in ("success", "error"):
+        return (
+            f"1 validation error detected: Value '{status}' at '{where}.status' failed to satisfy constraint: "
+            "Member must satisfy enum value set: [success, error]"
+        )
+    if status == "error" and not result.get("content"):
+        return f"The content field at {where} cannot be empty when status value is error."
+    return None
+
+
+def _unstatused(body: dict[str, Any], model: str) -> str | None:
+    """A tool result's `status`, which only Amazon Nova and Anthropic Claude 3 and 4 take (AWS's ToolResultBlock
+    reference); Llama, Mistral, Cohere, Palmyra and the rest refuse the whole request, in Bedrock's words."""
+    if "anthropic.claude" in model or "amazon.nova" in model:
+        return None
+    for message in body.get("messages") or ():
+        for block in message.get("content") or ():
+            if "status" in (block.get("toolResult") or {}):
+                return "This model doesn't support the status field. Remove status and try again."
+    return None
+
+
 def _invalid(body: dict[str, Any]) -> str | None:
     for name in body:
         if name not in REQUEST_FIELDS:
@@ -274,13 +322,21 @@ def _invalid(body: dict[str, Any]) -> str | None:
     for i, message in enumerate(messages):
         for j, block in enumerate(message.get("content") or ()):
             kind = next(iter(block))
-            tool_use_id = block[kind].get("toolUseId") if kind in ("toolUse", "toolResult") else None
-            if isinstance(tool_use_id, str) and len(tool_use_id) > 64:  # Converse's ToolUseBlock: 1 to 64
-                field = f"messages.{i + 1}.member.content.{j + 1}.member.{kind}.toolUseId"
-                return (
-                    f"1 validation error detected: Value '{tool_use_id}' at '{field}' failed to satisfy constraint: "
-                    "Member must have length less than or equal to 64"
-                )
+            if kind not in ("toolUse", "toolResult"):
+                continue
+            where = f"messages.{i + 1}.member.content.{j + 1}.member.{kind}"
+            refused = _unnamed(block[kind].get("toolUseId"), f"{where}.toolUseId")
+            if kind == "toolUse":
+                refused = refused or _unnamed(block[kind].get("name"), f"{where}.name")
+            else:
+                refused = refused or _bad_status(block[kind], where)
+            if refused is not None:
+                return refused
+    for k, tool in enumerate((body.get("toolConfig") or {}).get("tools") or ()):
+        if "toolSpec" in tool:
+            refused = _unnamed(tool["toolSpec"].get("name"), f"toolConfig.tools.{k + 1}.member.toolSpec.name")
+            if refused is not None:
+                return refused
     blocks = [*(body.get("system") or ()), *((body.get("toolConfig") or {}).get("tools") or ())]
     for block in [*blocks, *(b for m in messages for b in m.get("content") or ())]:
         ttl = (block.get("cachePoint") or {}).get("ttl", "5m")
@@ -348,24 +404,41 @@ def _results(message: dict[str, Any]) -> list[dict[str, Any]]:
     return [block["toolResult"] for block in message.get("content") or [] if "toolResult" in block]
 
 
+def _signed(block: dict[str, Any]) -> bool:
+    """Whether a content block is Claude's reasoning as it signed it: redacted, or its text with a signature."""
+    reasoning = block.get("reasoningContent") or {}
+    return "redactedContent" in reasoning or bool((reasoning.get("reasoningText") or {}).get("signature"))
+
+
 def _unsigned_turn(body: dict[str, Any], model: str) -> str | None:
-    """With reasoning on, Bedrock refuses an assistant tool-use turn that lost its signed reasoning: every such
-    turn of a `thinker` (the fake's own reasoning, unchanged), and the final assistant turn (the one a tool-use
-    loop continues) of a request asking for `thinking`, Anthropic's documented rule, which Bedrock relays (there
-    any reasoning will do: a client may hand back what Bedrock itself signed). A `redacts` thinker's turn opens with
-    its redacted block, then the signed one: Claude's reasoning goes back unmodified, in the order it came."""
+    """Claude on Bedrock refuses reasoning without its signature in any turn, thinking on or off (Anthropic checks
+    every thinking block's signature, and Bedrock relays its 400: an empty one is what a gateway writes for another
+    provider's reasoning). With reasoning on, it refuses an assistant tool-use turn that lost its signed reasoning:
+    every such turn of a `thinker` (the fake's own reasoning, unchanged), and the final assistant turn (the one a
+    tool-use loop continues) of a request asking for `thinking`, Anthropic's documented rule, which Bedrock relays
+    (there any signed reasoning will do: a client may hand back what Bedrock itself signed). A `redacts` thinker's
+    turn opens with its redacted block, then the signed one: Claude's reasoning goes back unmodified, in the order it
+    came."""
+    messages = body.get("messages") or ()
+    if "anthropic.claude" in model:
+        for i, message in enumerate(messages):
+            for j, block in enumerate(message.get("content") or ()):
+                if "reasoningContent" in block and not _signed(block):
+                    return (
+                        f"The model returned the following errors: messages.{i}.content.{j}: Invalid `signature` in "
+                        "`thinking` block"
+                    )
     final_only = "thinker" not in model
     own = [{"reasoningContent": {"redactedContent": REDACTED}}] if "redacts" in model else []
     own.append({"reasoningContent": {"reasoningText": {"text": THINKING, "signature": SIGNATURE}}})
     if final_only and "thinking" not in (body.get("additionalModelRequestFields") or {}):
         return None
-    assistants = [message for message in body.get("messages") or () if message.get("role") == "assistant"]
+    assistants = [message for message in messages if message.get("role") == "assistant"]
     for message in assistants[-1:] if final_only else assistants:
         content = message.get("content") or []
         if not any("toolUse" in block for block in content):
             continue
-        opening = content[0].get("reasoningContent")
-        if not (content[: len(own)] == own or (final_only and opening)):
+        if not (content[: len(own)] == own or (final_only and _signed(content[0]))):
             return (
                 "The model returned the following errors: messages.1.content.0.type: Expected `thinking` or "
                 "`redacted_thinking`, but found `tool_use`. When `thinking` is enabled, a final `assistant` "
@@ -518,6 +591,7 @@ def create_app() -> Starlette:
         if "fail-500" in model:
             return model, None, _error(500, "InternalServerException", "The server encountered an internal error.")
         invalid = validate(body) or _unforceable(body, model) or _over_limit(body, model) or _unsigned_turn(body, model)
+        invalid = invalid or _unstatused(body, model)
         if invalid is not None:
             return model, None, _error(400, "ValidationException", invalid)
         return model, body, None

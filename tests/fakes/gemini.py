@@ -25,7 +25,9 @@ second), the rest as text. With `thinkingConfig.includeThoughts` the answer star
 (`THOUGHT`, `thought: true`), as Gemini's thought summaries do; without it no thought is shown. Thoughts count
 against `maxOutputTokens`: a `thinkingBudget` that reaches it is thought through to the cap, and the answer is
 empty (`finishReason: MAX_TOKENS`, a content without parts), as Gemini's is. Every request is recorded on
-`app.state.requests`.
+`app.state.requests`. A request's `stopSequences` end the answer's text before the first it holds (`finishReason`
+`STOP`, as Gemini gives it), and its `candidateCount` is the number of candidates answered (each numbered by `index`,
+in every stream event, their tokens together in `candidatesTokenCount`), as Gemini's `GenerationConfig` documents.
 """
 
 from __future__ import annotations
@@ -205,13 +207,24 @@ def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
 
 
 def _text(body: dict[str, Any]) -> str:
+    """The answer's text, ended before the first of the request's `stopSequences` it holds, as Gemini ends it (its
+    `finishReason` is `STOP` then too: Gemini says no more)."""
     paired = _paired(body)
-    if paired is not None:
-        return paired
     script = _script(body)
-    if isinstance(script, str):
-        return script
-    return text_for((body.get("generationConfig") or {}).get("responseJsonSchema"), TEXT)
+    if paired is not None:
+        text = paired
+    elif isinstance(script, str):
+        text = script
+    else:
+        text = text_for((body.get("generationConfig") or {}).get("responseJsonSchema"), TEXT)
+    stops = [stop for stop in (body.get("generationConfig") or {}).get("stopSequences") or () if stop in text]
+    return text[: min(text.index(stop) for stop in stops)] if stops else text
+
+
+def _candidates(body: dict[str, Any]) -> int:
+    """How many candidates the request asks for (`candidateCount`, 1 unless set): each is answered."""
+    count = (body.get("generationConfig") or {}).get("candidateCount", 1)
+    return count if isinstance(count, int) else 1
 
 
 def _function_call(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -284,11 +297,15 @@ def _thought_to_the_cap(body: dict[str, Any]) -> dict[str, Any] | None:
     return {"candidates": [candidate], "usageMetadata": _usage(body, 0, cap), "modelVersion": MODEL_VERSION}
 
 
-def _answer(parts: list[dict[str, Any]], usage: dict[str, Any], finish: str | None) -> dict[str, Any]:
-    candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
-    if finish:
-        candidate["finishReason"] = finish
-    return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": MODEL_VERSION, "responseId": RESPONSE_ID}
+def _answer(parts: list[dict[str, Any]], usage: dict[str, Any], finish: str | None, count: int = 1) -> dict[str, Any]:
+    """A `GenerateContentResponse` of `count` candidates (`candidateCount`), each with `parts`, numbered by `index`."""
+    candidates: list[dict[str, Any]] = []
+    for index in range(count):
+        candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": index}
+        if finish:
+            candidate["finishReason"] = finish
+        candidates.append(candidate)
+    return {"candidates": candidates, "usageMetadata": usage, "modelVersion": MODEL_VERSION, "responseId": RESPONSE_ID}
 
 
 def create_app() -> Starlette:
@@ -397,26 +414,28 @@ def create_app() -> Starlette:
                 return _invalid("the fake only streams with alt=sse")
             return StreamingResponse(_stream(model, body, call), media_type="text/event-stream")
         parts = [_call_part(model, call)] if call else [{"text": _text(body)}]
-        answer = _answer(_thoughts(body) + parts, _usage(body, 5, 2), "STOP")
+        count = _candidates(body)
+        answer = _answer(_thoughts(body) + parts, _usage(body, 5 * count, 2 * count), "STOP", count)
         return Response(orjson.dumps(answer), media_type="application/json")
 
     async def _stream(model: str, body: dict[str, Any], call: dict[str, Any] | None) -> AsyncIterator[bytes]:
         def event(payload: dict[str, Any]) -> bytes:
             return b"data: " + orjson.dumps(payload) + b"\r\n\r\n"
 
+        count = _candidates(body)
         thoughts = _thoughts(body)
         if thoughts:
-            yield event(_answer(thoughts, _usage(body, 0, 2), None))
+            yield event(_answer(thoughts, _usage(body, 0, 2 * count), None, count))
         if call:
-            yield event(_answer([_call_part(model, call)], _usage(body, 5, 2), "STOP"))
+            yield event(_answer([_call_part(model, call)], _usage(body, 5 * count, 2 * count), "STOP", count))
             return
         words = pieces(_text(body))
         for i, word in enumerate(words):
             if "stream-cut" in model and i == 2:
                 return
             last = i == len(words) - 1
-            usage = _usage(body, 5, 2) if last else _usage(body, 0, 2)
-            yield event(_answer([{"text": word}], usage, "STOP" if last else None))
+            usage = _usage(body, 5 * count, 2 * count) if last else _usage(body, 0, 2 * count)
+            yield event(_answer([{"text": word}], usage, "STOP" if last else None, count))
 
     def _embed(model: str, body: dict[str, Any]) -> Response:
         items = body.get("requests")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -292,6 +293,38 @@ def test_llama_tool_use_streams_to_a_messages_client(bedrock: Running) -> None:
     assert sent(bedrock)["path"] == f"/model/{LLAMA}/converse"
 
 
+@pytest.mark.parametrize(
+    ("model", "taken"),
+    [("claude-haiku", True), ("nova-anywhere", True), ("llama", False)],
+    ids=["claude", "nova", "llama"],
+)
+def test_a_failed_tools_result_has_converses_error_status_where_the_model_takes_it(
+    bedrock: Running, model: str, taken: bool
+) -> None:
+    """A Messages `tool_result` with `is_error: true` reached Claude on Bedrock as text opening `[tool error] `, without
+    Converse's `status: error` (review). AWS's ToolResultBlock: `status` "is only supported by Amazon Nova and
+    Anthropic Claude 3 and 4 models"; the others refuse it, and are told in the text, as before. An error result
+    with no output has content all the same (Converse: it "cannot be empty when status value is error")."""
+    claude = anthropic_client(bedrock, bedrock.mint(name=f"tool-error-{model}"))
+    tool: Any = {"name": "Bash", "input_schema": {"type": "object"}}
+    call = {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "false"}}
+    for content, text in (("Exit code 1", "Exit code 1"), ([], "(no output)")):
+        result = {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True, "content": content}
+        messages: Any = [
+            {"role": "user", "content": "run"},
+            {"role": "assistant", "content": [{"type": "text", "text": "Running it."}, call]},
+            {"role": "user", "content": [result, {"type": "text", "text": "why?"}]},
+        ]
+        answer = claude.messages.create(model=model, max_tokens=50, messages=messages, tools=[tool])
+        assert answer.content[-1].type == "text"
+        sent_result = sent(bedrock)["json"]["messages"][2]["content"][0]["toolResult"]
+        if taken:
+            assert sent_result == {"toolUseId": "toolu_1", "content": [{"text": text}], "status": "error"}
+        else:
+            marked = "[tool error] Exit code 1" if content else "[tool error]"
+            assert sent_result == {"toolUseId": "toolu_1", "content": [{"text": marked}]}
+
+
 def test_a_call_id_past_64_characters_goes_as_a_stand_in_paired_with_its_result(
     bedrock: Running, client: openai.OpenAI
 ) -> None:
@@ -308,6 +341,26 @@ def test_a_call_id_past_64_characters_goes_as_a_stand_in_paired_with_its_result(
     assert answer.choices[0].message.content
     use, result = (sent(bedrock)["json"]["messages"][i]["content"][0] for i in (1, 2))
     assert len(use["toolUse"]["toolUseId"]) == 64 and use["toolUse"]["toolUseId"] == result["toolResult"]["toolUseId"]
+
+
+@pytest.mark.parametrize("call_id", ["functions.get_weather:0", "call 1", ""], ids=["kimi", "spaced", "empty"])
+def test_a_call_id_of_characters_converse_refuses_goes_as_a_stand_in_paired_with_its_result(
+    bedrock: Running, client: openai.OpenAI, call_id: str
+) -> None:
+    """Converse takes a `toolUseId` of 1 to 64 characters of `[a-zA-Z0-9_-]` (AWS's ToolUseBlock and ToolResultBlock);
+    other providers' ids are not (Kimi K2 names its calls `functions.get_weather:0`), and one went as it was: Bedrock
+    refused every later turn of the session (the fake checked only the length)."""
+    call = {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    history: Any = [
+        *HI,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": "18 C and clear"},
+    ]
+    answer = client.chat.completions.create(model="claude-haiku", messages=history, tools=[WEATHER_TOOL])
+    assert answer.choices[0].message.content
+    use, result = (sent(bedrock)["json"]["messages"][i]["content"][0] for i in (1, 2))
+    assert re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", use["toolUse"]["toolUseId"])
+    assert use["toolUse"]["toolUseId"] == result["toolResult"]["toolUseId"]
 
 
 def test_a_tool_history_sent_without_tools_is_answered(bedrock: Running, client: openai.OpenAI) -> None:
@@ -350,6 +403,30 @@ def test_thinking_is_left_off_a_tool_loop_whose_turn_carries_no_signed_thinking(
     raw = client.chat.completions.with_raw_response.create(messages=HI, **settings)
     assert "x-gateway-dropped-params" not in raw.headers
     assert sent(bedrock)["json"]["additionalModelRequestFields"]["thinking"]["type"] == "enabled"
+
+
+def test_a_chat_clients_unsigned_thinking_blocks_are_not_sent_to_claude_and_are_named(
+    bedrock: Running, client: openai.OpenAI
+) -> None:
+    """A Chat Completions client that hands back `thinking_blocks` it did not get from Claude (no signature: another
+    provider's reasoning) had them sent as `reasoningText.signature: ""`, with thinking kept on the loop: Bedrock
+    relays Anthropic's 400 ("Invalid `signature` in `thinking` block"). They are left out and named, and the loop,
+    whose turn has no signed thinking, goes on without thinking."""
+    call = {"id": "t1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    unsigned = {"type": "thinking", "thinking": "The user wants the weather.", "signature": ""}
+    loop: Any = [
+        *HI,
+        {"role": "assistant", "content": None, "tool_calls": [call], "thinking_blocks": [unsigned]},
+        {"role": "tool", "tool_call_id": "t1", "content": "18 C and clear"},
+    ]
+    raw = client.chat.completions.with_raw_response.create(
+        model="claude-sonnet", messages=loop, tools=[WEATHER_TOOL], reasoning_effort="low"
+    )
+    assert raw.parse().choices[0].message.content == fake.TEXT
+    assert raw.headers["x-gateway-dropped-params"].split(",") == ["messages.thinking", "reasoning_effort"]
+    body = sent(bedrock)["json"]
+    assert [next(iter(block)) for block in body["messages"][1]["content"]] == ["toolUse"]
+    assert "additionalModelRequestFields" not in body
 
 
 def test_redacted_thinking_comes_back_in_a_stream_as_in_a_whole_answer(bedrock: Running, client: openai.OpenAI) -> None:
@@ -539,6 +616,13 @@ def test_a_malformed_tool_use_fails_over_and_what_bedrock_billed_is_charged(bedr
         with pytest.raises(openai.APIStatusError) as alone:
             sdk.chat.completions.create(model="claude-miscalls-alone", messages=HI)
     assert alone.value.status_code == 502 and "malformed_tool_use" in alone.value.message
+    # With nothing else to try, the line of the 502 carries the tokens it charges for, as a stream's did (it said 0
+    # in, 0 out at $0.000026: review).
+    [failed] = [line for line in bedrock.ledger(key) if line.status == 502]
+    cached = fake.USAGE["cacheReadInputTokens"]
+    billed = (fake.USAGE["inputTokens"] + cached, cached, fake.USAGE["outputTokens"])
+    assert (failed.input_tokens, failed.cached_tokens, failed.output_tokens) == billed
+    assert failed.cost_usd == pytest.approx(float(single.headers["x-gateway-cost-usd"]))
 
 
 @pytest.mark.parametrize(

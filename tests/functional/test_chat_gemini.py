@@ -104,6 +104,30 @@ def test_stream_assembles_text_and_ends_with_usage(running: Running, key: str) -
     assert sent(running)["path"].endswith(":streamGenerateContent") and sent(running)["query"] == "alt=sse"
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_n_answers_with_each_candidate_and_a_stop_sequence_ends_them(running: Running, key: str, stream: bool) -> None:
+    """`n` is Gemini's `candidateCount` and `stop` its `stopSequences`: each candidate comes back as a choice of its
+    index, its text ended before the stop sequence, its tokens in the usage (the fake answered one candidate, the
+    whole text, whatever was asked: it hid how the gateway reads several)."""
+    settings: Any = {"model": "gemini-2.5-flash", "messages": HI, "n": 2, "stop": [" fake"]}
+    oa = client(running, key)
+    if stream:
+        chunks = list(oa.chat.completions.create(**settings, stream=True, stream_options={"include_usage": True}))
+        texts = ["".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
+                 for i in (0, 1)]  # fmt: skip
+        reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        usage = chunks[-1].usage
+    else:
+        completion = oa.chat.completions.create(**settings)
+        texts = [choice.message.content or "" for choice in sorted(completion.choices, key=lambda c: c.index)]
+        reasons = [choice.finish_reason for choice in completion.choices]
+        usage = completion.usage
+    assert texts == ["Hello from", "Hello from"] and reasons == ["stop", "stop"]
+    assert usage is not None and usage.completion_tokens == 14  # (5 answer and 2 thinking tokens, twice)
+    config = sent(running)["json"]["generationConfig"]
+    assert (config["candidateCount"], config["stopSequences"]) == (2, [" fake"])
+
+
 def test_tools_return_tool_calls_stream_and_not(running: Running, key: str) -> None:
     oa = client(running, key)
     messages: Any = [{"role": "user", "content": "Weather in Paris?"}]
@@ -387,6 +411,12 @@ def test_an_invalid_function_call_fails_over_and_its_billed_prompt_is_charged(fa
     with pytest.raises(openai.APIStatusError) as alone:
         oa.chat.completions.create(model="gemini-miscalls-alone", messages=HI, tools=tools)
     assert alone.value.status_code == 502 and "invalid function call" in alone.value.message
+    # With nothing else to try, the line of the 502 carries the tokens it charges for (it said 0 in, 0 out at
+    # $0.00001: review).
+    [failed] = [line for line in faulty.ledger(key) if line.status == 502]
+    prompt = max(1, len(orjson.dumps(faulty.fakes["gemini"].state.requests[-1]["json"]["contents"])) // 4)
+    assert (failed.input_tokens, failed.output_tokens) == (prompt, 0)
+    assert failed.cost_usd == pytest.approx(prompt * PRICE["input"] / 1e6)
 
 
 def test_server_errors_and_rejections_are_mapped(faulty: Running) -> None:

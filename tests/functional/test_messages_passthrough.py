@@ -708,6 +708,37 @@ def test_a_tool_loop_another_provider_began_goes_on_on_claude_without_thinking(
     assert last(agents, "anthropic")["json"]["thinking"] == settings["thinking"]
 
 
+@pytest.mark.parametrize(("model", "provider"), [("claude", "anthropic"), ("bedrock-claude", "bedrock")])
+def test_a_tool_loop_gemini_began_thinking_goes_on_on_claude_without_its_unsigned_thinking(
+    agents: Running, client: anthropic.Anthropic, model: str, provider: str
+) -> None:
+    """Turn 1 on Gemini, thinking, calls the tool: its thoughts come back as a thinking block with an empty signature
+    (Gemini signs nothing Claude can read). Claude Code, switched to Claude mid-loop, hands it back: it reached
+    Anthropic as it was and Bedrock as `reasoningText.signature: ""`, with thinking on and nothing named, and both
+    refuse an unsigned thinking block in any turn ("Invalid `signature` in `thinking` block": review). The block is
+    left out, and with it thinking, which a tool-use turn without Claude's signed thinking cannot have; both named.
+    With thinking off, the block is left out all the same."""
+    thinking: Any = {"type": "enabled", "budget_tokens": 1024}
+    task: Any = [{"role": "user", "content": TASK}]
+    first = client.messages.create(model="gemini", max_tokens=2000, tools=[BASH_TOOL], thinking=thinking, messages=task)
+    unsigned, call = (block.model_dump(exclude_none=True) for block in first.content)
+    assert unsigned["type"] == "thinking" and unsigned["signature"] == "" and call["type"] == "tool_use"
+    result = {"type": "tool_result", "tool_use_id": call["id"], "content": "done"}
+    turns: Any = [*task, {"role": "assistant", "content": [unsigned, call]}, {"role": "user", "content": [result]}]
+    for wish, named in ((thinking, ["messages.thinking", "thinking"]), ({"type": "disabled"}, ["messages.thinking"])):
+        raw = client.messages.with_raw_response.create(
+            model=model, max_tokens=2000, tools=[BASH_TOOL], thinking=wish, messages=turns
+        )
+        assert raw.parse().content[-1].type == "text"
+        assert raw.headers["x-gateway-dropped-params"].split(",") == named
+        sent = last(agents, provider)["json"]
+        assert sent.get("thinking") in (None, {"type": "disabled"})
+        assert "thinking" not in sent.get("additionalModelRequestFields", {})
+        kinds = [block.get("type", next(iter(block))) for block in sent["messages"][1]["content"]]
+        assert kinds in (["tool_use"], ["toolUse"]), "the tool call alone"
+    assert turns[1]["content"][0] == unsigned, "the client's messages are not changed"
+
+
 def test_a_turn_of_thinking_alone_reaches_openai_as_an_empty_answer(
     agents: Running, client: anthropic.Anthropic
 ) -> None:

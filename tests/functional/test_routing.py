@@ -177,6 +177,9 @@ def test_an_answer_thrown_away_for_its_schema_is_charged(running: Running) -> No
     assert (once.status, once.cost_source, twice.status) == (502, "provider", 502)
     assert once.cost_usd is not None and once.cost_usd > 0
     assert twice.cost_usd == pytest.approx(2 * once.cost_usd)
+    # The lines count the tokens they charge for (they said 0 in, 0 out at a price: review).
+    assert once.input_tokens > 0 and once.output_tokens > 0
+    assert (twice.input_tokens, twice.output_tokens) == (2 * once.input_tokens, 2 * once.output_tokens)
     assert twice.route == "openai/gpt-4o-mini@global=schema_violation, openai/gpt-4o-mini@global=schema_violation"
     me = httpx.get(f"{running.url}/v1/key", headers={"authorization": f"Bearer {key}"}).json()
     assert me["spent_usd"] == pytest.approx(3 * once.cost_usd) and me["reserved_usd"] == pytest.approx(0, abs=1e-12)

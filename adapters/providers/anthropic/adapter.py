@@ -23,6 +23,7 @@ from adapters.providers.params import (
     apply_rules,
     asks,
     cache_control,
+    claude_signed,
     document_fields,
     named_messages,
     redacted_thinking,
@@ -33,12 +34,14 @@ from adapters.providers.params import (
     token_count_problem,
     unsent_part_fields,
     unsent_reasoning,
+    unsigned_thinking,
 )
 from handler import schemas
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import MESSAGES_API, BuiltRequest, NativeCall, ProviderAdapter, Served, Target, UpstreamRequest
 from handler.schemas import (
     DOCUMENT,
+    TOOL_ERROR_MARK,
     AssistantMessage,
     BlockOrder,
     ChatCompletion,
@@ -263,6 +266,16 @@ def _content_blocks(message: Message) -> list[dict[str, Any]]:
     return blocks
 
 
+def unmarked(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A failed tool's result without the `TOOL_ERROR_MARK` its text opens with, for a form that says it failed as
+    Anthropic's does (`is_error`)."""
+    first = blocks[0] if blocks else {}
+    if first.get("type") != "text" or not first["text"].startswith(TOOL_ERROR_MARK):
+        return blocks
+    text = first["text"].removeprefix(TOOL_ERROR_MARK)
+    return [{**first, "text": text}, *blocks[1:]] if text else blocks[1:]
+
+
 def _tool_input(arguments: str) -> Any:
     try:
         value = orjson.loads(arguments) if arguments.strip() else {}
@@ -276,6 +289,9 @@ def _turn(message: Message) -> tuple[str, list[dict[str, Any]]]:
     if message.role in ("tool", "function"):
         result: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id or message.name or ""}
         blocks = _content_blocks(message)
+        if message.is_error:
+            result["is_error"] = True  # (said so, not in its text: `TOOL_ERROR_MARK`)
+            blocks = unmarked(blocks)
         if blocks:
             result["content"] = blocks
         return "user", [result]
@@ -406,16 +422,58 @@ def tool_turn_without_thinking(turns: list[Any]) -> bool:
     thinking block ... To avoid this requirement, disable `thinking`"): a tool-use loop is one assistant turn,
     thought through or not as a whole. The client often has no thinking to send back: Chat Completions clients
     never return `thinking_blocks`, a Responses or Messages history served by another provider carries its
-    reasoning, not Claude's (a failover, or a Claude Code user switching models mid-loop). A turn that ended in
-    text closed its loop, and earlier turns need no thinking back. `turns` are Messages turns, translated or as a
-    client sent them (a turn's content may be a string).
+    reasoning, not Claude's (a failover, or a Claude Code user switching models mid-loop: the Messages front-end
+    answered that reasoning as a thinking block with an empty signature, which is not Claude's, `claude_signed`). A
+    turn that ended in text closed its loop, and earlier turns need no thinking back. `turns` are Messages turns,
+    translated or as a client sent them (a turn's content may be a string).
     """
     last = next((t for t in reversed(turns) if isinstance(t, dict) and t.get("role") == "assistant"), None)
     content = last.get("content") if last is not None else None
     blocks = [block for block in content if isinstance(block, dict)] if isinstance(content, list) else []
     if not any(block.get("type") == "tool_use" for block in blocks):
         return False
-    return blocks[0].get("type") not in ("thinking", "redacted_thinking")
+    return not claude_signed(blocks[0])
+
+
+def _unsigned_turn(message: object) -> bool:
+    """Whether a Messages turn holds a thinking block Claude did not sign (`unsigned_thinking`). Every request passed
+    through asks it of every turn: only an assistant turn holds thinking, and only a thinking block's signature is
+    read, in one loop (calling `unsigned_thinking` on each block of a 400-turn history cost twice its serializing)."""
+    if not isinstance(message, dict) or message.get("role") != "assistant":
+        return False
+    content = message.get("content")
+    if not isinstance(content, list):
+        return False
+    for block in content:
+        if isinstance(block, dict) and block.get("type") == "thinking":
+            signature = block.get("signature")
+            if not signature or not isinstance(signature, str):
+                return True
+    return False
+
+
+def unsigned_left_out(body: dict[str, Any]) -> list[str]:
+    """Take out of a Messages body passed through the thinking blocks Claude did not sign (`claude_signed`): another
+    provider's reasoning, which the gateway answered with an empty signature when it served the turn (a Claude Code
+    user switching models mid-loop hands it back). Anthropic refuses one in any turn, thinking on or off ("Invalid
+    `signature` in `thinking` block"), and a client talking to Anthropic alone never has one: the gateway made it.
+    A turn left with nothing (it held that reasoning alone) goes too: Anthropic joins the turns around it. The
+    client's messages are not changed (a fallback may send them elsewhere): `body` gets new ones. Returns
+    `["messages.thinking"]` when any went, else nothing."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not any(map(_unsigned_turn, messages)):
+        return []
+    kept: list[Any] = []
+    for message in messages:
+        if not _unsigned_turn(message):
+            kept.append(message)
+            continue
+        content = message["content"]
+        blocks = [block for block in content if not unsigned_thinking(block)]
+        if blocks:
+            kept.append({**message, "content": blocks})
+    body["messages"] = kept
+    return ["messages.thinking"]
 
 
 def thinking_refused(body: dict[str, Any]) -> list[str]:
@@ -722,7 +780,7 @@ class AnthropicAdapter(ProviderAdapter):
     ) -> BuiltRequest:
         body = dict(call.body)
         body["model"] = target.model
-        dropped = thinking_refused(body)
+        dropped = unsigned_left_out(body) + thinking_refused(body)
         if output_limit is not None and (
             not isinstance(body.get("max_tokens"), int) or body["max_tokens"] > output_limit
         ):
@@ -772,6 +830,7 @@ class AnthropicAdapter(ProviderAdapter):
         """Anthropic's own `/v1/messages/count_tokens`, with the client's body if it spoke Messages."""
         if call.api == MESSAGES_API:
             body = {name: value for name, value in call.body.items() if name not in ("max_tokens", "stream")}
+            unsigned_left_out(body)  # (refused there too)
         else:
             body, _ = self.chat_body(req, target, stream=False)
             body.pop("max_tokens", None)

@@ -34,7 +34,7 @@ from adapters.providers.anthropic.adapter import (
     thinking_param,
 )
 from adapters.providers.bedrock.eventstream import EventStreamDecoder
-from adapters.providers.call_ids import short_call_id
+from adapters.providers.call_ids import converse_call_id
 from adapters.providers.model_rules import keep_one_sampling_knob, rules_for
 from adapters.providers.params import (
     STRICT_SCHEMA,
@@ -58,6 +58,7 @@ from adapters.sigv4 import Signer
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
 from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (
+    TOOL_ERROR_MARK,
     AssistantMessage,
     BlockOrder,
     ChatCompletion,
@@ -300,8 +301,9 @@ def block_marker(block: Mapping[str, Any]) -> dict[str, Any] | None:
     return marker
 
 
-def converse_block(block: Mapping[str, Any], position: int) -> dict[str, Any]:
-    """One Anthropic-form content block (as `convert_messages` builds them) as a Converse block."""
+def converse_block(block: Mapping[str, Any], position: int, statuses: bool = False) -> dict[str, Any]:
+    """One Anthropic-form content block (as `convert_messages` builds them) as a Converse block; a failed tool's
+    result with `status: error` where the model takes it (`statuses`), else saying so in its text."""
     kind = block["type"]
     if kind == "text":
         return {"text": block["text"]}
@@ -310,7 +312,7 @@ def converse_block(block: Mapping[str, Any], position: int) -> dict[str, Any]:
     if kind == "document":
         return {"document": _document(block, position)}
     if kind == "tool_use":
-        return {"toolUse": {"toolUseId": short_call_id(block["id"]), "name": block["name"], "input": block["input"]}}
+        return {"toolUse": {"toolUseId": converse_call_id(block["id"]), "name": block["name"], "input": block["input"]}}
     if kind == "thinking":
         text = {"text": block.get("thinking", ""), "signature": block.get("signature", "")}
         return {"reasoningContent": {"reasoningText": text}}
@@ -318,14 +320,32 @@ def converse_block(block: Mapping[str, Any], position: int) -> dict[str, Any]:
         return {"reasoningContent": {"redactedContent": block.get("data", "")}}
     if kind == "tool_result":
         content = [converse_block(inner, position) for inner in block.get("content") or ()]
-        # Converse requires a result's content; a tool that printed nothing still answered.
-        result = content or [{"text": "(no output)"}]
-        return {"toolResult": {"toolUseId": short_call_id(block["tool_use_id"]), "content": result}}
+        failed = bool(block.get("is_error"))
+        if failed and not statuses:
+            content = marked(content)
+        # Converse requires a result's content (with `status: error` too); a tool that printed nothing still answered.
+        result: dict[str, Any] = {"toolUseId": converse_call_id(block["tool_use_id"])}
+        result["content"] = content or [NO_OUTPUT]
+        if failed and statuses:
+            result["status"] = "error"
+        return {"toolResult": result}
     raise InvalidRequestError(f"content of type '{kind}' cannot be sent to Bedrock", param="messages")
 
 
-def converse_messages(req: ChatRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Converse system blocks and turns of the client's messages, a cache point after each marked block."""
+NO_OUTPUT = {"text": "(no output)"}
+
+
+def marked(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A failed tool's Converse result content with `TOOL_ERROR_MARK` opening its text, for a model without
+    `status`."""
+    if content and isinstance(content[0].get("text"), str):
+        return [{"text": TOOL_ERROR_MARK + content[0]["text"]}, *content[1:]]
+    return [{"text": TOOL_ERROR_MARK.rstrip()}, *content]
+
+
+def converse_messages(req: ChatRequest, statuses: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Converse system blocks and turns of the client's messages, a cache point after each marked block; a failed
+    tool's result with `status: error` where the model takes it (`statuses`)."""
     system_blocks, turns = convert_messages(req.messages)
     system: list[dict[str, Any]] = []
     for block in system_blocks:
@@ -338,7 +358,7 @@ def converse_messages(req: ChatRequest) -> tuple[list[dict[str, Any]], list[dict
         content = []
         for block in turn["content"]:
             position += 1
-            content.append(converse_block(block, position))
+            content.append(converse_block(block, position, statuses))
             marker = block_marker(block)
             if marker is not None:
                 content.append(cache_point(marker))
@@ -347,12 +367,14 @@ def converse_messages(req: ChatRequest) -> tuple[list[dict[str, Any]], list[dict
 
 
 def tool_turn_without_reasoning(messages: list[dict[str, Any]]) -> bool:
-    """Whether the last assistant Converse turn called a tool without opening with Claude's reasoning: Bedrock
-    refuses thinking then, as Anthropic does (see `tool_turn_without_thinking`)."""
+    """Whether the last assistant Converse turn called a tool without opening with Claude's signed reasoning (its
+    text with a signature, or redacted): Bedrock refuses thinking then, as Anthropic does (see
+    `tool_turn_without_thinking`)."""
     last = next((message for message in reversed(messages) if message["role"] == "assistant"), None)
     if last is None or not any("toolUse" in block for block in last["content"]):
         return False
-    return "reasoningContent" not in last["content"][0]
+    reasoning = last["content"][0].get("reasoningContent") or {}
+    return "redactedContent" not in reasoning and not (reasoning.get("reasoningText") or {}).get("signature")
 
 
 def reasoning_fields(req: ChatRequest, model: str, max_tokens: int) -> tuple[dict[str, Any] | None, list[str]]:
@@ -456,7 +478,8 @@ def tool_turns_as_text(messages: list[dict[str, Any]]) -> None:
                 content.append({"text": f"[called tool {call['name']} ({call['toolUseId']}) with {arguments}]"})
             elif "toolResult" in block:
                 result = block["toolResult"]
-                content.append({"text": f"[result of {result['toolUseId']}]"})
+                failed = " (the tool failed)" if result.get("status") == "error" else ""
+                content.append({"text": f"[result of {result['toolUseId']}{failed}]"})
                 content.extend(result["content"])  # text and images, as a user turn may carry them
             else:
                 content.append(block)
@@ -615,7 +638,7 @@ class BedrockAdapter(ProviderAdapter):
         dropped += apply_rules(harmless, HARMLESS_RULES)
         dropped += sorted(name for name, value in params.items() if name not in TRANSLATED and asks(name, value))
 
-        system, messages = converse_messages(req)
+        system, messages = converse_messages(req, rules_for(model).tool_result_status)
         require_turns(messages, "Bedrock")
         dropped += unsent_part_fields(req.messages, CARRIED)
         user_first(messages)

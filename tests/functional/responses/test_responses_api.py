@@ -283,8 +283,10 @@ def test_an_image_in_a_messages_tool_result_reaches_bedrock_and_is_named_elsewhe
     assert raw.parse().stop_reason and "x-gateway-dropped-params" not in raw.headers
     sent = fleet.fakes["bedrock"].state.requests[-1]["json"]["messages"][-1]["content"][0]["toolResult"]
     assert [next(iter(block)) for block in sent["content"]] == ["text", "image"]
-    raw = claude.messages.with_raw_response.create(model="gpt-chat", max_tokens=50, messages=messages, tools=[tool])
-    assert raw.parse().stop_reason and "messages.tool.image_url" in dropped(raw.headers)
+    # Named as a Messages client calls it: `messages.tool.image_url` was the Chat Completions name (review).
+    for model in ("gpt-chat", "gemini"):
+        raw = claude.messages.with_raw_response.create(model=model, max_tokens=50, messages=messages, tools=[tool])
+        assert raw.parse().stop_reason and dropped(raw.headers) == ["messages.tool_result.image"]
 
 
 @pytest.mark.parametrize(("model", "fake"), [("gpt-chat", "openai"), ("deepseek", "openai"), ("gemini", "gemini")])
@@ -295,14 +297,15 @@ def test_an_image_a_function_returned_is_named_where_the_provider_cannot_take_it
     image is left out and named, never dropped unsaid (and under `x-gateway-strict` the request is refused)."""
     sdk = openai_client(fleet, fleet_key)
     raw = sdk.responses.with_raw_response.create(model=model, input=SCREENSHOT_CALL, tools=[WEATHER])
-    assert raw.parse().status == "completed" and "messages.tool.image_url" in dropped(raw.headers)
+    named = "input[function_call_output].input_image"  # (as a Responses client calls it)
+    assert raw.parse().status == "completed" and named in dropped(raw.headers)
     sent = fleet.fakes[fake].state.requests[-1]["json"]
     assert "image" not in orjson.dumps(sent.get("messages") or sent.get("contents")).decode()
     with pytest.raises(openai.BadRequestError) as refused:
         sdk.responses.create(
             model=model, input=SCREENSHOT_CALL, tools=[WEATHER], extra_headers={"x-gateway-strict": "true"}
         )
-    assert "messages.tool.image_url" in str(refused.value)
+    assert named in str(refused.value)
 
 
 def test_an_image_a_function_returned_reaches_gemini_3_inside_its_function_response(

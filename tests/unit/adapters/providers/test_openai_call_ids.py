@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from adapters.providers.azure import AzureOpenAIAdapter
-from adapters.providers.call_ids import MAX_CALL_ID, short_call_id
+from adapters.providers.call_ids import MAX_CALL_ID, converse_call_id, short_call_id
 from adapters.providers.gemini.adapter import signed_call_id
 from adapters.providers.openai import OpenAIAdapter
 from handler.ports import RESPONSES_API, NativeCall, Target
@@ -53,6 +53,15 @@ def test_a_long_id_gets_a_stable_short_stand_in(long_id: str) -> None:
 def test_ids_within_the_limit_go_as_they_are() -> None:
     for call_id in ("call_abc123", "toolu_01A09q90qw90lq917835lq9", "x" * MAX_CALL_ID, "call|fc odd"):
         assert short_call_id(call_id) == call_id
+
+
+@pytest.mark.parametrize("call_id", ["functions.get_weather:0", "call|fc odd", "", SIGNED, "call_1", "x" * MAX_CALL_ID])
+def test_converse_takes_an_id_of_its_characters_as_it_is_and_a_stand_in_for_any_other(call_id: str) -> None:
+    """Converse's `toolUseId`: 1 to 64 characters of `[a-zA-Z0-9_-]` (AWS's ToolUseBlock)."""
+    stand_in = converse_call_id(call_id)
+    assert re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", stand_in) and converse_call_id(call_id) == stand_in
+    assert (stand_in == call_id) == bool(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", call_id))
+    assert converse_call_id("functions.get_weather:0") != converse_call_id("functions_get_weather_0")
 
 
 def test_ids_alike_but_for_their_ends_get_different_stand_ins() -> None:
