@@ -506,6 +506,7 @@ class OpenAIAdapter(ProviderAdapter):
             output_limit=output_limit,
             provider_keeps=keeps,
             reasons=reasoning.openai_reasons(target),
+            issuer=target.issuer,
         )
         request = UpstreamRequest("POST", self.responses_url(target), self.headers(), orjson.dumps(body))
         return BuiltRequest(request, dropped)
