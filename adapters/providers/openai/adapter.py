@@ -290,7 +290,9 @@ def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...]) -> l
         blocks = message.pop("thinking_blocks", None)
         if blocks and ("reasoning_content" in strip or unreadable(blocks)):
             dropped.append("messages.thinking")
-        elif message.get("reasoning_content") and "reasoning_content" in strip:
+        # (Both, where the message carried both, as a Chat client sends back the Claude turn it was given: each
+        # front-end's own names, `handler.ports.CLIENT_NAMES`, fold them into one where its API has one.)
+        if message.get("reasoning_content") and "reasoning_content" in strip:
             dropped.append("messages.reasoning_content")
         for name in strip:
             message.pop(name, None)

@@ -303,6 +303,11 @@ def test_tools_without_a_description_and_cache_markers_are_left_out() -> None:
 
 
 def test_signed_thinking_of_a_messages_client_is_named_as_dropped() -> None:
+    """A turn with both Claude's signed blocks and their text (a Messages client's, or the Claude turn a Chat client
+    sends back as it was given) has both named: a Chat client sent both fields (only `messages.thinking` was named),
+    and a Messages client's API has one name for them (`handler.ports.CLIENT_NAMES`)."""
+    from handler.ports import MESSAGES_API, RESPONSES_API, as_client_named
+
     thinking = [{"type": "thinking", "thinking": "hm", "signature": "s"}]
     messages = [
         {"role": "user", "content": "hi"},
@@ -310,7 +315,10 @@ def test_signed_thinking_of_a_messages_client_is_named_as_dropped() -> None:
         {"role": "user", "content": "go on"},
     ]
     body, dropped = sent(request(messages=messages))
-    assert body["messages"][1] == {"role": "assistant", "content": "yes"} and dropped == ["messages.thinking"]
+    assert body["messages"][1] == {"role": "assistant", "content": "yes"}
+    assert dropped == ["messages.thinking", "messages.reasoning_content"]
+    assert as_client_named(MESSAGES_API, dropped) == ["messages.thinking"]
+    assert as_client_named(RESPONSES_API, dropped) == ["input[reasoning]"]
 
 
 @pytest.mark.parametrize(
