@@ -12,6 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from adapters.providers.gemini.adapter import call_signature
+from handler.wire import issued
 from tests.fakes import azure as azure_fake
 from tests.fakes.anthropic import INTERLEAVED_TEXT, SECOND_THINKING, SIGNATURE, THINKING
 from tests.fakes.anthropic import TEXT as ANTHROPIC_TEXT
@@ -703,6 +704,15 @@ def test_reasoning_left_out_of_many_items_is_named_once(fleet: Running, fleet_ke
     history: Any = [{"type": "message", "role": "user", "content": "Weather?"}, *turn(1), *turn(2)]
     settings: Any = {"tools": [WEATHER], "store": False, "include": ["reasoning.encrypted_content"]}
     raw = openai_client(fleet, fleet_key).responses.with_raw_response.create(model="claude", input=history, **settings)
+    assert raw.parse().status == "completed"
+    assert dropped(raw.headers) == ["input[reasoning].encrypted_content"]
+    # Passed through to OpenAI: the gateway's own seal (a turn another provider served) and another deployment's
+    # reasoning, each left out for a reason of its own, are one name too.
+    history[1]["encrypted_content"] = "gwr1.e30=.AAAA"
+    history[4]["encrypted_content"] = issued("another-deployment", "gAAAAABblob2")
+    raw = openai_client(fleet, fleet_key).responses.with_raw_response.create(
+        model="gpt-reasoner", input=history, **settings
+    )
     assert raw.parse().status == "completed"
     assert dropped(raw.headers) == ["input[reasoning].encrypted_content"]
 
