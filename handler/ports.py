@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
@@ -53,6 +54,20 @@ class Target(Value):
     def label(self) -> str:
         """`provider/model@region`, as `x-gateway-route` names an attempt."""
         return f"{self.provider}/{self.model}@{self.region}"
+
+    @property
+    def issuer(self) -> str:
+        """What stands for the provider account behind this deployment, for the encrypted reasoning it issues
+        (`handler.wire.issued`): a short hash of the provider's name and the deployment's base URL (two `openai`
+        providers with keys of two organisations are two names; an Azure resource is its own endpoint). Never the
+        key, nor anything secret; the same in every gateway process that has the same config."""
+        return reasoning_issuer(self.provider, self.base_url)
+
+
+@functools.lru_cache(maxsize=1024)
+def reasoning_issuer(provider: str, base_url: str) -> str:
+    """`Target.issuer`, computed once per deployment."""
+    return hashlib.sha256(f"{provider}\x00{base_url}".encode()).hexdigest()[:12]
 
 
 class UpstreamRequest:

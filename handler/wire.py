@@ -37,6 +37,29 @@ RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "re
 # The Responses API's `include` that asks for a reasoning item's `encrypted_content` (what a turn kept by nobody
 # hands back to the provider).
 ENCRYPTED_REASONING = "reasoning.encrypted_content"
+# A provider's encrypted reasoning (a Responses reasoning item's `encrypted_content`) as the gateway hands it to a
+# client, marked with the deployment that issued it (`Target.issuer`): `gwp1.<issuer>.<the provider's blob>`. Only
+# that deployment's provider account can read the blob (OpenAI refuses another organisation's: 400
+# `invalid_encrypted_content`, "Encrypted content organization_id did not match the target organization"), so it
+# goes back, unmarked, to that deployment alone (`issued_reasoning`).
+ISSUED_PREFIX = "gwp1."
+# What a reasoning item the deployment that serves may not read is named as, left out (`x-gateway-dropped-params`).
+UNREADABLE_REASONING = "input[reasoning].encrypted_content"
+
+
+def issued(issuer: str, blob: str) -> str:
+    """A provider's encrypted reasoning marked with the deployment that issued it (`ISSUED_PREFIX`)."""
+    return f"{ISSUED_PREFIX}{issuer}.{blob}"
+
+
+def issued_reasoning(marked: Any) -> tuple[str, str] | None:
+    """The issuer and the provider's blob of encrypted reasoning the gateway marked (`issued`); None for any other
+    value (a blob a client got elsewhere, or from a gateway before the mark, goes as it came)."""
+    if not isinstance(marked, str) or not marked.startswith(ISSUED_PREFIX):
+        return None
+    issuer, dot, blob = marked[len(ISSUED_PREFIX) :].partition(".")
+    return (issuer, blob) if dot and issuer and blob else None
+
 
 # Anthropic's stream deltas that carry generated output, and the member holding it (the others, `signature_delta`
 # and `citations_delta`, carry none): what a stream's output is estimated from, and what its redaction reads.

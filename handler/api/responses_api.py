@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from handler.errors import InvalidRequestError
 from handler.pipeline.pricing import Cost
 from handler.schemas import AssistantMessage, ChatCompletion, ChatRequest, Usage, ordered_parts, thinks_between
-from handler.wire import ENCRYPTED_REASONING
+from handler.wire import ENCRYPTED_REASONING, UNREADABLE_REASONING
 
 # Request fields the translation honours (the gateway keeps, echoes or acts on them itself).
 MAPPED = frozenset(
@@ -309,6 +309,11 @@ class _Conversation:
     def close_turn(self) -> None:
         self.turn = None
 
+    def drop(self, name: str) -> None:
+        """Name what the translation leaves out, once however many items it was left out of."""
+        if name not in self.dropped:
+            self.dropped.append(name)
+
     def add(self, raw: dict[str, Any], where: str) -> None:
         kind = raw.get("type", "message" if "role" in raw else None)
         try:
@@ -334,7 +339,7 @@ class _Conversation:
             elif kind == "reasoning":
                 self._reasoning(ReasoningItem.model_validate(raw))
             else:
-                self.dropped.append(f"input[{kind}]")
+                self.drop(f"input[{kind}]")
         except ValidationError as exc:
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first["loc"])
@@ -363,7 +368,7 @@ class _Conversation:
         turn = self.assistant()
         sealed = self.seal.open(item.encrypted_content) if item.encrypted_content else None
         if item.encrypted_content and sealed is None:
-            self.dropped.append("input[reasoning].encrypted_content")
+            self.drop(UNREADABLE_REASONING)
         if sealed is not None:
             text = str(sealed.get("text") or "")
             known = _blocks(turn)

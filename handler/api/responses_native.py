@@ -7,7 +7,9 @@ itself); any other deployment of the plan gets the translated request. A `previo
 stored is expanded into the input it stands for, its reasoning items with the `encrypted_content` the gateway
 kept for them. A passed-through answer, or event stream, comes back as the provider sent it; the gateway adds its
 `cost` and says what it did with `store`, and keeps for itself the encrypted reasoning it asked the provider for
-on the client's behalf (see `Relay`).
+on the client's behalf (see `Relay`). The provider's encrypted reasoning, given or kept, is marked with the deployment
+that issued it (`handler.wire.issued`): it goes back to that deployment alone, since no other provider account can
+read it (`adapters.providers.openai.responses.issued_here`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ from handler.errors import GatewayError
 from handler.pipeline.exchange import Exchange
 from handler.pipeline.passthrough import NativeStream, guarded, sse_frame
 from handler.ports import RESPONSES_API, NativeCall
-from handler.wire import RESPONSES_TERMINAL, event_payload, interrupted
+from handler.wire import (
+    ISSUED_PREFIX,
+    RESPONSES_TERMINAL,
+    UNREADABLE_REASONING,
+    event_payload,
+    interrupted,
+    issued,
+)
 
 Finished = Callable[[dict[str, Any]], Awaitable[None]]
 # The stream events that carry a whole output item (a reasoning item's `encrypted_content` among its members).
@@ -40,10 +49,13 @@ LIFECYCLE_EVENTS = frozenset({"response.created", "response.queued", "response.i
 class Relay:
     """One Responses request as it passes through: the body sent, and the gateway's part of the answer.
 
-    A reasoning item's `encrypted_content` in the answer of a client that did not ask for it (`include`) is
-    there because the gateway asked, to keep the turn (`adapters.providers.openai.responses.request_body`): it
-    is taken out of what the client gets, as the translation shows it only when asked, and held in `kept` (by
-    item id) to be stored beside the response and handed back to the provider when the turn is continued."""
+    A reasoning item's `encrypted_content` in the answer is marked with the deployment that served it
+    (`handler.wire.issued`): a session whose deployments span two provider accounts (two OpenAI organisations,
+    OpenAI and an Azure resource) hands each back only to the account that can read it. In the answer of a client
+    that did not ask for it (`include`) it is there because the gateway asked, to keep the turn
+    (`adapters.providers.openai.responses.request_body`): it is taken out of what the client gets, as the
+    translation shows it only when asked, and held in `kept` (by item id, marked) to be stored beside the response
+    and handed back to the provider when the turn is continued."""
 
     def __init__(
         self,
@@ -58,6 +70,7 @@ class Relay:
         self.ex = ex
         self.hides_reasoning = not body.wants_encrypted_reasoning()
         self.kept: dict[str, str] = {}
+        self._issuer: str | None = None  # (the serving deployment's, once an answer carries its reasoning)
         items: Any = None
         if history or body.previous_response_id or kept:
             items = [*history, *with_sealed_reasoning(input_items(body), kept or {})]
@@ -68,7 +81,7 @@ class Relay:
             sent = [self._sendable(item) for item in items if not self._sealed_here(item)]
             if len(sent) < len(items):
                 # The gateway's own seal (from a turn another provider served) means nothing to this one.
-                dropped.append("input[reasoning].encrypted_content")
+                dropped.append(UNREADABLE_REASONING)
             items = sent
         self.call = NativeCall(
             RESPONSES_API, SentBody(body, items), untranslated=tuple(untranslated), dropped=tuple(dropped)
@@ -89,29 +102,54 @@ class Relay:
         sealed = item.get("encrypted_content")
         return isinstance(sealed, str) and sealed.startswith(ReasoningSeal.PREFIX)
 
-    def keep_reasoning(self, item: Any) -> bool:
-        """Take a reasoning item's `encrypted_content` out into `kept` when the client did not ask for it;
-        whether the item changed."""
-        if not (self.hides_reasoning and isinstance(item, dict) and item.get("type") == "reasoning"):
+    def reasoning_out(self, item: Any) -> bool:
+        """Mark an output reasoning item's `encrypted_content` with the deployment that issued it, and take it out
+        into `kept` when the client did not ask for it; whether the item changed. Only an item that carries one is
+        touched: an answer without encrypted reasoning goes as it came."""
+        if not (isinstance(item, dict) and item.get("type") == "reasoning"):
             return False
-        sealed = item.pop("encrypted_content", None)
-        if isinstance(sealed, str) and isinstance(item.get("id"), str):
-            self.kept[item["id"]] = sealed
-        return sealed is not None
+        sealed = item.get("encrypted_content")
+        if not isinstance(sealed, str) or not sealed:
+            if self.hides_reasoning:  # (a null one: what the client did not ask for is not there at all)
+                item.pop("encrypted_content", None)
+            return False
+        marked = self._marked(sealed)
+        if self.hides_reasoning:
+            del item["encrypted_content"]
+            if isinstance(item.get("id"), str):
+                self.kept[item["id"]] = marked
+            return True
+        item["encrypted_content"] = marked
+        return marked is not sealed
+
+    def _marked(self, sealed: str) -> str:
+        """`sealed` marked with its issuer, the deployment that served (`ex.attempt`); as it is when marked already
+        (the items of a stream that broke off pass here again, `relayed_events`)."""
+        if sealed.startswith((ISSUED_PREFIX, ReasoningSeal.PREFIX)):
+            return sealed
+        if self._issuer is None:
+            attempt = self.ex.attempt
+            if attempt is None:  # (no deployment answered: nothing to mark it with)
+                return sealed
+            self._issuer = attempt.target.issuer
+        return issued(self._issuer, sealed)
 
     def opening(self, response: dict[str, Any]) -> None:
         """A stream's response in progress (`response.created`, `response.in_progress`) as the client's: what the
         gateway does with `store` and the id the client continued, as the terminal event says them (the provider's
-        said `store: false` and no `previous_response_id`: the body it was sent)."""
+        said `store: false` and no `previous_response_id`: the body it was sent); its output's encrypted reasoning,
+        if any, as `reasoning_out` gives it."""
+        output = response.get("output")
+        if isinstance(output, list):
+            for item in output:
+                self.reasoning_out(item)
         response["store"] = self.body.stored
         response["previous_response_id"] = self.body.previous_response_id
 
     def finish(self, response: dict[str, Any]) -> dict[str, Any]:
         """The gateway's part of an answer: what it did with `store`, the id the client continued, the cost;
-        the encrypted reasoning the client did not ask for taken out (`keep_reasoning`)."""
-        if self.hides_reasoning and isinstance(response.get("output"), list):
-            for item in response["output"]:
-                self.keep_reasoning(item)
+        the encrypted reasoning marked with its issuer, and taken out where the client did not ask for it
+        (`reasoning_out`)."""
         self.opening(response)
         cost = self.ex.cost
         response["cost"] = cost.as_event() if cost is not None else None
@@ -174,7 +212,7 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
                     out += sse_event(event.event or kind, payload)
                 elif kind in RESPONSES_TERMINAL and isinstance(response, dict):
                     terminal = (kind, payload, response)
-                elif kind in ITEM_EVENTS and relay.keep_reasoning(payload.get("item")):
+                elif kind in ITEM_EVENTS and relay.reasoning_out(payload.get("item")):
                     out += sse_event(event.event or kind, payload)
                 else:
                     out += sse_frame(event)

@@ -265,7 +265,8 @@ class Pipeline(Charges):
                 # `req` carries the output cap the admission reserved for (see `_admit`).
                 limit = req.output_limit()
                 native = attempt.adapter.native_request(call, attempt.target, stream=stream, output_limit=limit)
-                return BuiltRequest(native.request, [*call.dropped, *native.dropped])
+                # (Each name once: the client's body and the deployment's may leave out the same kind of thing.)
+                return BuiltRequest(native.request, list(dict.fromkeys([*call.dropped, *native.dropped])))
             try:
                 built = attempt.adapter.translated_request(call, req, attempt.target, stream=stream)
             except InvalidRequestError as err:  # (`stop` too long for the provider: the client sent `stop_sequences`)
@@ -273,7 +274,8 @@ class Pipeline(Charges):
                 if named != err.param:
                     err.message, err.param = err.message.replace(f"'{err.param}'", f"'{named}'"), named
                 raise
-            return BuiltRequest(built.request, [*call.untranslated, *as_client_named(call.api, built.dropped)])
+            names = [*call.untranslated, *as_client_named(call.api, built.dropped)]
+            return BuiltRequest(built.request, list(dict.fromkeys(names)))
 
         return build
 

@@ -20,7 +20,9 @@ OpenAI API does for the base model the deployment runs, in Azure's format:
   blocks the answer mid-stream (an annotation with `finish_reason: content_filter`, then `[DONE]`, no usage);
   `async-filter-late` blocks it after the `stop` chunk (an annotation whose verdict is `filtered: true`, with no
   finish reason), then the usage;
-- an argument newer than the request's api-version is refused as Azure refuses it.
+- an argument newer than the request's api-version is refused as Azure refuses it;
+- the Responses API's encrypted reasoning is the resource's own (`AZURE_ORGANIZATION`): a blob OpenAI sealed is
+  refused here, and this resource's at OpenAI.
 
 Every request is recorded on `app.state.requests`.
 """
@@ -37,8 +39,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tests.fakes import openai as openai_fake
+from tests.fakes.openai_responses import ORGANIZATION_HEADER
 
 API_KEY = "test-azure-key"
+AZURE_ORGANIZATION = "azure-resource"  # what the fake OpenAI API it forwards to seals this resource's reasoning as
 ENTRA_TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.fake-entra-id-token.sig"  # a Microsoft Entra ID access token
 API_VERSIONS = {"2024-10-21", "2024-06-01", "2025-01-01-preview"}
 # Arguments newer than an api-version, which that version refuses as Azure does (an older version's spec lacks
@@ -235,8 +239,13 @@ def create_app() -> Starlette:
         return body, _json(401, {"error": {"code": "401", "message": message}})
 
     async def forward(path: str, body: dict[str, Any]) -> httpx.Response:
-        """What the fake OpenAI API answers to the same body (Azure runs OpenAI's models)."""
-        headers = {"authorization": f"Bearer {openai_fake.API_KEY}", "content-type": "application/json"}
+        """What the fake OpenAI API answers to the same body (Azure runs OpenAI's models), as an organisation of its
+        own: Azure's encrypted reasoning is the resource's, and OpenAI's is refused there (and Azure's at OpenAI)."""
+        headers = {
+            "authorization": f"Bearer {openai_fake.API_KEY}",
+            "content-type": "application/json",
+            ORGANIZATION_HEADER: AZURE_ORGANIZATION,
+        }
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=upstream), base_url="http://openai") as client:
             return await client.post(path, content=orjson.dumps(body), headers=headers)
 

@@ -27,7 +27,8 @@ and a tool call id (or a Responses `call_id`) longer than 64 characters. A user 
 (`tests/fakes/script.py`); a `json_schema` response format is followed.
 Embeddings are `[0.1, 0.2, 0.3]` unless the request names `dimensions`: then that many float32 values, written as
 OpenAI writes them (`-0.006929283495992422`), or with `encoding_format: base64` the float32s' bytes in base64.
-`POST /v1/responses` is OpenAI's Responses API (tests/fakes/openai_responses.py). Every request is recorded on
+`POST /v1/responses` is OpenAI's Responses API (tests/fakes/openai_responses.py), its encrypted reasoning sealed for
+the organisation the `OpenAI-Organization` header names and refused from any other. Every request is recorded on
 `app.state.requests`.
 """
 
@@ -503,6 +504,10 @@ def create_app() -> Starlette:
         refused = openai_responses.problem(body)
         if refused is not None:
             return _error(400, refused, "invalid_request_error", None)
+        organization = request.headers.get(openai_responses.ORGANIZATION_HEADER)
+        foreign = openai_responses.foreign_reasoning(body, organization)
+        if foreign is not None:
+            return _error(400, foreign, "invalid_request_error", openai_responses.INVALID_ENCRYPTED_CONTENT)
         unsupported = _unsupported_effort(body, "reasoning.effort")
         if unsupported is not None:
             return unsupported
@@ -517,9 +522,10 @@ def create_app() -> Starlette:
         tokens = prompt_tokens(body)
         model = str(body.get("model"))
         if body.get("stream"):
-            stream = escaping(openai_responses.events(body, tokens, "stream-cut" in model), model)
+            stream = escaping(openai_responses.events(body, tokens, "stream-cut" in model, organization), model)
             return StreamingResponse(stream, media_type="text/event-stream")
-        answer = openai_responses.response_of(body, openai_responses.output_of(body), "completed", tokens)
+        output = openai_responses.output_of(body, organization)
+        answer = openai_responses.response_of(body, output, "completed", tokens)
         return Response(escaped(orjson.dumps(answer), model), media_type="application/json")
 
     async def embeddings(request: Request) -> Response:

@@ -5,6 +5,11 @@ scripted, tests/fakes/script.py), a JSON schema's sample; a `reasoner` model add
 OpenAI-style `encrypted_content` when `include` asks); with the hosted `web_search` tool it searches once
 first (a `web_search_call` item, which OpenAI bills per call). Like OpenAI, it refuses a reasoning item whose
 `encrypted_content` it did not issue, and a `call_id` longer than `MAX_ID` (`too_long`).
+
+Encrypted reasoning is sealed per organisation, the one the request's `OpenAI-Organization` header names (none: the
+key's default organisation, whose blob is `ENCRYPTED`; `sealed_for`): a blob another organisation sealed is refused
+as OpenAI refuses it (`foreign_reasoning`: 400 `invalid_encrypted_content`, "Encrypted content organization_id did
+not match the target organization", openai/codex#13724).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from tests.fakes.script import ScriptedCall, pieces, scripted_turn, text_for, te
 TEXT = "Hello from fake OpenAI."
 REASONING = "The user greets me; I greet back."
 ENCRYPTED = "gAAAAABfakeOpenAIEncryptedReasoning=="
+ORGANIZATION_HEADER = "openai-organization"  # (OpenAI's `OpenAI-Organization`, as a server reads it)
+INVALID_ENCRYPTED_CONTENT = "invalid_encrypted_content"
 CALL_ID = "call_fakeResponses1"
 MAX_ID = 64  # the longest tool call id OpenAI's APIs take
 ID_TOO_LONG = "string_above_max_length"
@@ -60,6 +67,27 @@ def unpersisted(body: dict[str, Any]) -> str | None:
     return None
 
 
+def sealed_for(organization: str | None) -> str:
+    """The encrypted reasoning an organisation's answers carry (`ENCRYPTED`: the key's default organisation's)."""
+    return f"gAAAAABfake{organization}EncryptedReasoning==" if organization else ENCRYPTED
+
+
+def foreign_reasoning(body: dict[str, Any], organization: str | None) -> str | None:
+    """OpenAI's message refusing a reasoning item whose `encrypted_content` another organisation sealed (one of
+    OpenAI's blobs, `gAAAAA...`, not `organization`'s), with the blob shown as OpenAI shows it."""
+    own = sealed_for(organization)
+    items = body.get("input")
+    for item in items if isinstance(items, list) else ():
+        sealed = item.get("encrypted_content") if isinstance(item, dict) else None
+        theirs = isinstance(sealed, str) and sealed.startswith("gAAAAA") and sealed != own
+        if item.get("type") == "reasoning" and isinstance(sealed, str) and theirs:
+            return (
+                f"The encrypted content {sealed[:4]}...{sealed[-4:]} could not be verified. Reason: Encrypted content "
+                "organization_id did not match the target organization."
+            )
+    return None
+
+
 def problem(body: dict[str, Any]) -> str | None:
     """What OpenAI would refuse in a body, for the rules a gateway may break."""
     items = body.get("input")
@@ -82,22 +110,24 @@ def _conversation(body: dict[str, Any]) -> tuple[list[str], str | None]:
     return users, result
 
 
-def output_of(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The answer's output items."""
+def output_of(body: dict[str, Any], organization: str | None = None) -> list[dict[str, Any]]:
+    """The answer's output items (its encrypted reasoning sealed for `organization`), with ids of their own, as
+    OpenAI's are: a conversation's items are told apart by them (the gateway keeps what it asked for by item id)."""
+    made = uuid.uuid4().hex[:16]
     tools = [t for t in body.get("tools") or [] if t.get("type") == "function"]
     users, result = _conversation(body)
     script = scripted_turn(users, [str(t["name"]) for t in tools], result)
     choice = body.get("tool_choice")
     output: list[dict[str, Any]] = []
     if "reasoner" in str(body.get("model")):
-        reasoning: dict[str, Any] = {"id": "rs_fake1", "type": "reasoning", "summary": []}
+        reasoning: dict[str, Any] = {"id": f"rs_fake{made}", "type": "reasoning", "summary": []}
         reasoning["summary"] = [{"type": "summary_text", "text": REASONING}]
         if "reasoning.encrypted_content" in (body.get("include") or ()):
-            reasoning["encrypted_content"] = ENCRYPTED
+            reasoning["encrypted_content"] = sealed_for(organization)
         output.append(reasoning)
     if any(str(t.get("type", "")).startswith("web_search") for t in body.get("tools") or []):
         action = {"type": "search", "query": "fake search"}
-        output.append({"id": "ws_fake1", "type": "web_search_call", "status": "completed", "action": action})
+        output.append({"id": f"ws_fake{made}", "type": "web_search_call", "status": "completed", "action": action})
     call: tuple[str, str] | None = None
     if isinstance(script, ScriptedCall):
         call = (script.name, script.arguments_json)
@@ -105,7 +135,7 @@ def output_of(body: dict[str, Any]) -> list[dict[str, Any]]:
         name = choice["name"] if isinstance(choice, dict) else tools[0]["name"]
         call = (str(name), '{"city":"Paris"}')
     if call is not None:
-        item = {"id": "fc_fake1", "type": "function_call", "status": "completed", "call_id": CALL_ID}
+        item = {"id": f"fc_fake{made}", "type": "function_call", "status": "completed", "call_id": CALL_ID}
         output.append({**item, "name": call[0], "arguments": call[1]})
         return output
     fmt = (body.get("text") or {}).get("format") or {}
@@ -113,7 +143,8 @@ def output_of(body: dict[str, Any]) -> list[dict[str, Any]]:
     if fmt.get("type") == "json_schema":
         text = text_for(fmt.get("schema"), text)
     part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-    output.append({"id": "msg_fake1", "type": "message", "role": "assistant", "status": "completed", "content": [part]})
+    message = {"id": f"msg_fake{made}", "type": "message", "role": "assistant", "status": "completed"}
+    output.append({**message, "content": [part]})
     return output
 
 
@@ -175,9 +206,11 @@ def response_of(
     }
 
 
-async def events(body: dict[str, Any], input_tokens: int, cut: bool) -> AsyncIterator[bytes]:
+async def events(
+    body: dict[str, Any], input_tokens: int, cut: bool, organization: str | None = None
+) -> AsyncIterator[bytes]:
     """The event stream of the same answer; `cut` stops it half-way."""
-    output = output_of(body)
+    output = output_of(body, organization)
     sequence = 0
 
     def event(kind: str, **payload: Any) -> bytes:

@@ -290,7 +290,9 @@ def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...]) -> l
         blocks = message.pop("thinking_blocks", None)
         if blocks and ("reasoning_content" in strip or unreadable(blocks)):
             dropped.append("messages.thinking")
-        elif message.get("reasoning_content") and "reasoning_content" in strip:
+        # (Both, where the message carried both, as a Chat client sends back the Claude turn it was given: each
+        # front-end's own names, `handler.ports.CLIENT_NAMES`, fold them into one where its API has one.)
+        if message.get("reasoning_content") and "reasoning_content" in strip:
             dropped.append("messages.reasoning_content")
         for name in strip:
             message.pop(name, None)
@@ -506,6 +508,7 @@ class OpenAIAdapter(ProviderAdapter):
             output_limit=output_limit,
             provider_keeps=keeps,
             reasons=reasoning.openai_reasons(target),
+            issuer=target.issuer,
         )
         request = UpstreamRequest("POST", self.responses_url(target), self.headers(), orjson.dumps(body))
         return BuiltRequest(request, dropped)

@@ -14,9 +14,18 @@ from adapters.providers.call_ids import shorten_input_call_ids
 from adapters.providers.reasoning import openai_effort
 from handler.ports import Served
 from handler.schemas import CompletionTokensDetails, Usage
-from handler.wire import ENCRYPTED_REASONING, RESPONSES_TERMINAL, StreamEvent, event_payload, json_body, malformed
+from handler.wire import (
+    ENCRYPTED_REASONING,
+    RESPONSES_TERMINAL,
+    UNREADABLE_REASONING,
+    StreamEvent,
+    event_payload,
+    issued_reasoning,
+    json_body,
+    malformed,
+)
 
-__all__ = ["ResponsesMeter", "answer_usage", "request_body", "usage_of"]
+__all__ = ["ResponsesMeter", "answer_usage", "issued_here", "request_body", "usage_of"]
 
 
 def usage_of(raw: Any) -> Usage | None:
@@ -42,13 +51,15 @@ def request_body(
     output_limit: int | None,
     provider_keeps: bool,
     reasons: bool,
+    issuer: str = "",
 ) -> tuple[dict[str, Any], list[str]]:
     """The client's body for a deployment: its model, `stream`, the output cap, and `store` only where the
     operator lets the provider keep answers and the client asked for it (`store` defaults to true); and the names
     of what could not go as the client sent it (see `unpersisted`). A call id longer than OpenAI takes goes as its
     stand-in (`call_ids.short_call_id`); a `reasoning.effort` the deployment's model refuses goes as the nearest
     it takes (`reasoning.openai_effort`), named `reasoning.effort`: the client chose the effort for the model it
-    named, and the model the plan serves may take other values.
+    named, and the model the plan serves may take other values. Encrypted reasoning the gateway marked with the
+    deployment that issued it goes back as issued to that deployment (`issuer`) alone (see `issued_here`).
 
     With `store: false` upstream, a reasoning model's reasoning can go back on a later turn only as its
     `encrypted_content`: `include` asks for it when the gateway keeps the turn (the client's `store`, true by
@@ -58,12 +69,13 @@ def request_body(
     body = {**client, "model": model, "stream": stream}
     dropped: list[str] = []
     if isinstance(body.get("input"), list):
-        body["input"] = shorten_input_call_ids(body["input"])
+        body["input"], dropped = issued_here(shorten_input_call_ids(body["input"]), issuer)
     if not (provider_keeps and client.get("store") is not False):
         body["store"] = False
         hands_back = False
         if isinstance(body.get("input"), list):
-            body["input"], dropped = unpersisted(body["input"])
+            body["input"], unsent = unpersisted(body["input"])
+            dropped = [*dropped, *unsent]
             hands_back = any(isinstance(i, dict) and i.get("type") == "reasoning" for i in body["input"])
         include = list(body.get("include") or ())
         if (client.get("store") is not False or hands_back) and ENCRYPTED_REASONING not in include and reasons:
@@ -77,6 +89,28 @@ def request_body(
             body["reasoning"] = {**wish, "effort": effort}
             dropped = [*dropped, "reasoning.effort"]
     return body, dropped
+
+
+def issued_here(items: list[Any], issuer: str) -> tuple[list[Any], list[str]]:
+    """Input items for the deployment `issuer` stands for (`Target.issuer`): a reasoning item whose
+    `encrypted_content` the gateway marked as that deployment's (`handler.wire.issued`) goes with the blob as the
+    provider issued it; one another deployment issued (another organisation's, OpenAI's at an Azure resource) is
+    left out, named `input[reasoning].encrypted_content`, as the gateway's own seal is: its provider account alone
+    reads it, and this one would refuse the request (400 `invalid_encrypted_content`). The client's items are left
+    as they are."""
+    kept: list[Any] = []
+    dropped: list[str] = []
+    for item in items:
+        marked = None
+        if isinstance(item, dict) and item.get("type") == "reasoning":
+            marked = issued_reasoning(item.get("encrypted_content"))
+        if marked is None:
+            kept.append(item)
+        elif marked[0] == issuer:
+            kept.append({**item, "encrypted_content": marked[1]})
+        else:
+            dropped = [UNREADABLE_REASONING]
+    return kept, dropped
 
 
 def unpersisted(items: list[Any]) -> tuple[list[Any], list[str]]:

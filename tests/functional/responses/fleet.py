@@ -11,6 +11,7 @@ NATIVE = {"gpt", "azure-gpt"}
 PRICE = {"input": 1, "output": 2}
 SEARCH_USD = 0.01
 THROTTLED_ONCE = "us.anthropic.claude-3-5-haiku-throttle-once-v1:0"
+ORG_B = "org-b"  # the organisation of the provider `openai-org-b` (the key's default one is `openai`'s)
 
 
 def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
@@ -33,6 +34,14 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
                 "base_url": f"{upstream}/openai/v1",
                 "responses_api": "native",
                 "responses_store": True,
+            },
+            # The same API as another OpenAI organisation of the same key (the fake seals reasoning per organisation).
+            "openai-org-b": {
+                "type": "openai",
+                "api_key": "env:OPENAI_API_KEY",
+                "base_url": f"{upstream}/openai/v1",
+                "responses_api": "native",
+                "headers": {"OpenAI-Organization": ORG_B},
             },
             "openai-chat": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream}/openai/v1"},
             # OpenAI's own Chat Completions (its profile, as api.openai.com's host would pick it).
@@ -100,6 +109,29 @@ def fleet_config(upstream: str, azure: str, bedrock: str) -> dict[str, Any]:
             "claude-opus": {"deployments": [{"provider": "anthropic", "model": "claude-opus-4-7"}], "price": PRICE},
             "gpt-keeps": {"deployments": [{"provider": "openai-keeps", "model": "gpt-4o-mini"}], "price": PRICE},
             "gpt-reasoner": {"deployments": [{"provider": "openai", "model": "o4-reasoner"}], "price": PRICE},
+            # A reasoning model at two OpenAI organisations: the first serves while it is up (`-a-down`: a 500).
+            "gpt-orgs": {
+                "deployments": [
+                    {"provider": "openai", "model": "o4-reasoner"},
+                    {"provider": "openai-org-b", "model": "o4-reasoner"},
+                ],
+                "price": PRICE,
+            },
+            "gpt-orgs-a-down": {
+                "deployments": [
+                    {"provider": "openai", "model": "o4-reasoner-fail-500"},
+                    {"provider": "openai-org-b", "model": "o4-reasoner"},
+                ],
+                "price": PRICE,
+            },
+            # OpenAI and an Azure resource (pinned by `x-gateway-provider`).
+            "gpt-or-azure-reasoner": {
+                "deployments": [
+                    {"provider": "openai", "model": "o4-reasoner"},
+                    {"provider": "azure", "model": "prod-reasoner"},
+                ],
+                "price": PRICE,
+            },
             "gpt-cache-write": {"deployments": [{"provider": "openai", "model": "gpt-5-cache-write"}], "price": PRICE},
             "gpt-or-claude": {
                 "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],

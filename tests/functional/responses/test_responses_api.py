@@ -12,6 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from adapters.providers.gemini.adapter import call_signature
+from handler.wire import issued
 from tests.fakes import azure as azure_fake
 from tests.fakes.anthropic import INTERLEAVED_TEXT, SECOND_THINKING, SIGNATURE, THINKING
 from tests.fakes.anthropic import TEXT as ANTHROPIC_TEXT
@@ -691,6 +692,31 @@ def test_a_codex_history_served_elsewhere_continues_on_claude_without_thinking(f
     assert "thinking" not in fleet.fakes["anthropic"].state.requests[-1]["json"]
 
 
+def test_reasoning_left_out_of_many_items_is_named_once(fleet: Running, fleet_key: str) -> None:
+    """Codex hands every turn's reasoning back: a session OpenAI served two turns of, continued on Claude, named
+    `input[reasoning].encrypted_content` once for each reasoning item left out (twice by its fourth turn, review)."""
+
+    def turn(n: int) -> list[Any]:
+        call = {"type": "function_call", "call_id": f"call_{n}", "name": "get_weather", "arguments": "{}"}
+        reasoning = {"type": "reasoning", "id": f"rs_{n}", "summary": [], "encrypted_content": f"gAAAAABblob{n}"}
+        return [reasoning, call, {"type": "function_call_output", "call_id": f"call_{n}", "output": "18C"}]
+
+    history: Any = [{"type": "message", "role": "user", "content": "Weather?"}, *turn(1), *turn(2)]
+    settings: Any = {"tools": [WEATHER], "store": False, "include": ["reasoning.encrypted_content"]}
+    raw = openai_client(fleet, fleet_key).responses.with_raw_response.create(model="claude", input=history, **settings)
+    assert raw.parse().status == "completed"
+    assert dropped(raw.headers) == ["input[reasoning].encrypted_content"]
+    # Passed through to OpenAI: the gateway's own seal (a turn another provider served) and another deployment's
+    # reasoning, each left out for a reason of its own, are one name too.
+    history[1]["encrypted_content"] = "gwr1.e30=.AAAA"
+    history[4]["encrypted_content"] = issued("another-deployment", "gAAAAABblob2")
+    raw = openai_client(fleet, fleet_key).responses.with_raw_response.create(
+        model="gpt-reasoner", input=history, **settings
+    )
+    assert raw.parse().status == "completed"
+    assert dropped(raw.headers) == ["input[reasoning].encrypted_content"]
+
+
 def test_a_budgeted_codex_request_leaves_claude_room_to_answer_beside_its_thinking(fleet: Running) -> None:
     """Codex sends no `max_output_tokens`: on a budgeted key the output is capped at the gateway's default (4096),
     and the medium effort's thinking budget (8192) is lowered to half of it, not to 4095, which left the answer
@@ -732,7 +758,8 @@ def test_an_earlier_turns_reasoning_a_compatible_server_cannot_take_is_named(
     gets no earlier turn's reasoning; a Responses client's reasoning item handed back (DeepSeek's reasoning, sealed)
     was left out unnamed, and Claude's signed thinking in one was named in words the client never wrote
     (`messages.thinking`). Each is named as the client's API calls it, with Chat's `reasoning_content` and Messages'
-    thinking blocks."""
+    thinking blocks; a Chat client's Claude turn, which carries both, has both named (only `messages.thinking` was, its
+    `reasoning_content` left out unnamed)."""
     question: Any = [{"role": "user", "content": "Weather in Paris?"}]
     if api == "chat":
         sdk = openai_client(fleet, fleet_key)
@@ -742,7 +769,9 @@ def test_an_earlier_turns_reasoning_a_compatible_server_cannot_take_is_named(
         raw: Any = sdk.chat.completions.with_raw_response.create(
             model="gpt-chat", messages=[*question, turn, {"role": "user", "content": "And tomorrow?"}]
         )
-        expected = "messages.thinking" if "thinking_blocks" in turn else "messages.reasoning_content"
+        # Each field the turn carried back, by its name: a Claude turn has both (its text and its signed blocks).
+        names = {"thinking_blocks": "messages.thinking", "reasoning_content": "messages.reasoning_content"}
+        expected = [name for field, name in names.items() if field in turn]
     elif api == "messages":
         claude = anthropic_client(fleet, fleet_key)
         thinking: Any = {"type": "enabled", "budget_tokens": 1024}
@@ -751,7 +780,7 @@ def test_an_earlier_turns_reasoning_a_compatible_server_cannot_take_is_named(
         assert blocks[0]["type"] == "thinking"
         again: Any = [*question, {"role": "assistant", "content": blocks}, {"role": "user", "content": "And tomorrow?"}]
         raw = claude.messages.with_raw_response.create(model="gpt-chat", max_tokens=2000, messages=again)
-        expected = "messages.thinking"
+        expected = ["messages.thinking"]
     else:
         sdk = openai_client(fleet, fleet_key)
         settings: Any = {"store": False, "include": ["reasoning.encrypted_content"]}
@@ -760,8 +789,8 @@ def test_an_earlier_turns_reasoning_a_compatible_server_cannot_take_is_named(
         assert items[0]["type"] == "reasoning"
         back: Any = [*question, *items, {"role": "user", "content": "And tomorrow?"}]
         raw = sdk.responses.with_raw_response.create(model="gpt-chat", input=back, **settings)
-        expected = "input[reasoning]"
-    assert dropped(raw.headers) == [expected]
+        expected = ["input[reasoning]"]
+    assert dropped(raw.headers) == expected
     sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
     assistant = next(m for m in sent if m["role"] == "assistant")
     assert "reasoning_content" not in assistant and "thinking_blocks" not in assistant

@@ -10,14 +10,29 @@ import openai
 import pytest
 
 from handler.pipeline.charges import DEFAULT_SEARCHES
+from handler.wire import issued_reasoning
 from tests.fakes.anthropic import TEXT as ANTHROPIC_TEXT
+from tests.fakes.azure import AZURE_ORGANIZATION
 from tests.fakes.openai import REASONING, TEXT
-from tests.fakes.openai_responses import ENCRYPTED
+from tests.fakes.openai_responses import ENCRYPTED, ORGANIZATION_HEADER, sealed_for
 from tests.functional.conftest import Running, openai_client
-from tests.functional.responses.fleet import PRICE, SEARCH_USD
+from tests.functional.responses.fleet import ORG_B, PRICE, SEARCH_USD
 
 LONG = "Summarise the house rules. " * 40
 WEB: Any = [{"type": "web_search"}, {"type": "function", "name": "f", "parameters": {"type": "object"}}]
+
+
+def issued(sealed: str | None) -> tuple[str, str]:
+    """The issuer and the provider's blob of encrypted reasoning a client was given: marked by the gateway with the
+    deployment that issued it (`handler.wire.issued`)."""
+    marked = issued_reasoning(sealed)
+    assert marked is not None, f"not marked with its issuer: {sealed}"
+    return marked
+
+
+def blob(sealed: str | None) -> str | None:
+    """The provider's own blob of encrypted reasoning a client was given (`issued`), None for none."""
+    return None if sealed is None else issued(sealed)[1]
 
 
 def sent(fleet: Running, fake: str = "openai") -> dict[str, Any]:
@@ -119,7 +134,7 @@ def test_a_stored_reasoning_turn_with_a_tool_call_continues_at_a_provider_that_s
     assert [item.type for item in first.output] == ["reasoning", "function_call"] and call.id
     for reasoning in [first.output[0], *shown, sdk.responses.retrieve(first.id).output[0]]:
         assert reasoning.type == "reasoning"
-        assert reasoning.encrypted_content == (ENCRYPTED if include else None)  # what the client asked for
+        assert blob(reasoning.encrypted_content) == (ENCRYPTED if include else None)  # what the client asked for
     raw = sdk.responses.with_raw_response.create(
         model="gpt-reasoner",
         previous_response_id=first.id,
@@ -153,7 +168,7 @@ def test_reasoning_round_trips_with_the_providers_own_encryption(fleet: Running,
     settings: Any = {"model": "gpt-reasoner", "store": False, "include": ["reasoning.encrypted_content"]}
     first = sdk.responses.create(input="Hi", **settings)
     reasoning = next(item for item in first.output if item.type == "reasoning")
-    assert reasoning.encrypted_content == ENCRYPTED and reasoning.summary[0].text == REASONING
+    assert blob(reasoning.encrypted_content) == ENCRYPTED and reasoning.summary[0].text == REASONING
     assert first.usage is not None and first.usage.output_tokens_details.reasoning_tokens == 3
     own = fleet.mint()
     openai_client(fleet, own).responses.create(input="Hi", **settings)
@@ -290,3 +305,116 @@ def test_provider_errors_come_back_in_openais_shape(fleet: Running, fleet_key: s
             model="gpt", input=[{"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "forged"}]
         )
     assert isinstance(caught.value.body, dict) and "could not be verified" in caught.value.body["message"]
+
+
+# --- encrypted reasoning, and the provider account that sealed it ----------------------------------------------------
+
+TOOLS: Any = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
+CODEX: Any = {"tools": TOOLS, "tool_choice": "required", "store": False, "include": ["reasoning.encrypted_content"]}
+
+
+def reasoning_sent(fleet: Running, fake: str = "openai") -> list[str]:
+    """The `encrypted_content` of each reasoning item the last Responses request to `fake` carried."""
+    return [item.get("encrypted_content") for item in sent(fleet, fake)["input"] if item.get("type") == "reasoning"]
+
+
+def answered(items: list[Any], answer: Any) -> None:
+    """A Codex session's next input: the answer's items, its call's output, and a new question."""
+    items.extend(item.model_dump(exclude_none=True) for item in answer.output)
+    call = next(item for item in answer.output if item.type == "function_call")
+    items.append({"type": "function_call_output", "call_id": call.call_id, "output": "18C"})
+    items.append({"role": "user", "content": "And tomorrow?"})
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_reasoning_one_organisation_sealed_goes_back_to_it_alone(fleet: Running, fleet_key: str, stream: bool) -> None:
+    """A model whose deployments are two OpenAI organisations (`gpt-orgs`: org A, then org B), in a Codex session
+    (`store: false`, every turn's encrypted reasoning sent back). OpenAI refuses another organisation's blob (400
+    `invalid_encrypted_content`, "Encrypted content organization_id did not match the target organization"): the
+    turn org A failed over to org B was refused for A's reasoning (review: a 400 instead of B's answer), and once B
+    had served a turn, every later one was refused at A. Each blob is marked with the deployment that sealed it and
+    goes back to it alone; at the other, its item is left out and named, and the turn is served."""
+    sdk = openai_client(fleet, fleet_key)
+    items: list[Any] = [{"role": "user", "content": "Weather in Paris?"}]
+
+    def turn(model: str) -> tuple[Any, list[str | None], httpx.Headers | None]:
+        """The answer, its reasoning's `encrypted_content` as the answer and the stream's items carried it, and the
+        answer's headers (a whole one's)."""
+        headers = None
+        shown: list[Any] = []
+        if stream:
+            with sdk.responses.stream(model=model, input=items, **CODEX) as events:
+                shown = [e.item for e in events if e.type == "response.output_item.done" and e.item.type == "reasoning"]
+                answer = events.get_final_response()
+        else:
+            raw = sdk.responses.with_raw_response.create(model=model, input=items, **CODEX)
+            answer, headers = raw.parse(), raw.headers
+        reasoning = [item for item in answer.output if item.type == "reasoning"]
+        answered(items, answer)
+        return answer, [item.encrypted_content for item in [*reasoning, *shown]], headers
+
+    first, at_a, _ = turn("gpt-orgs")  # org A serves
+    second, at_b, headers = turn("gpt-orgs-a-down")  # org A fails: org B serves
+    request = fleet.fakes["openai"].state.requests[-1]
+    assert second.status == "completed"
+    assert request["headers"][ORGANIZATION_HEADER] == ORG_B and reasoning_sent(fleet) == []
+    if headers is not None:
+        assert headers["x-gateway-route"].endswith("=500, openai-org-b/o4-reasoner@global=200")
+        assert urllib.parse.unquote(headers["x-gateway-dropped-params"]) == "input[reasoning].encrypted_content"
+    third, _, _ = turn("gpt-orgs")  # org A again: its own reasoning back as it sealed it, not B's
+    assert third.status == "completed"
+    assert ORGANIZATION_HEADER not in fleet.fakes["openai"].state.requests[-1]["headers"]
+    assert reasoning_sent(fleet) == [ENCRYPTED]
+    # What the client was given: each organisation's blob, marked with the deployment that sealed it.
+    (org_a, blob_a), (org_b, blob_b) = issued(at_a[0]), issued(at_b[0])
+    assert (blob_a, blob_b) == (ENCRYPTED, sealed_for(ORG_B)) and org_a != org_b
+    assert at_a == [at_a[0]] * len(at_a) and at_b == [at_b[0]] * len(at_b)  # (the stream's items as its answer's)
+
+
+def test_a_stored_conversation_hands_each_organisations_reasoning_back_to_it_alone(
+    fleet: Running, fleet_key: str
+) -> None:
+    """The same with the gateway keeping the turns (`store`, `previous_response_id`): the encrypted reasoning it asked
+    for itself, and kept, was handed to whichever organisation served the next turn."""
+    sdk = openai_client(fleet, fleet_key)
+    settings: Any = {"tools": TOOLS, "tool_choice": "required"}
+
+    def next_input(answer: Any) -> Any:
+        call = next(item for item in answer.output if item.type == "function_call")
+        return [{"type": "function_call_output", "call_id": call.call_id, "output": "18C"}, "And tomorrow?"]
+
+    first = sdk.responses.create(model="gpt-orgs", input="Weather in Paris?", **settings)
+    assert first.output[0].type == "reasoning" and first.output[0].encrypted_content is None  # kept by the gateway
+    follow_up, question = next_input(first)
+    raw = sdk.responses.with_raw_response.create(
+        model="gpt-orgs-a-down",
+        previous_response_id=first.id,
+        input=[follow_up, {"role": "user", "content": question}],
+        **settings,
+    )
+    second = raw.parse()
+    assert second.status == "completed" and raw.headers["x-gateway-provider"] == "openai-org-b"
+    assert urllib.parse.unquote(raw.headers["x-gateway-dropped-params"]) == "input[reasoning].encrypted_content"
+    assert reasoning_sent(fleet) == []
+    follow_up, _ = next_input(second)
+    third = sdk.responses.create(model="gpt-orgs", previous_response_id=second.id, input=[follow_up], **settings)
+    assert third.status == "completed" and reasoning_sent(fleet) == [ENCRYPTED]
+
+
+def test_openais_reasoning_is_not_sent_to_azure_nor_azures_to_openai(fleet: Running, fleet_key: str) -> None:
+    """An Azure OpenAI resource seals reasoning with its own keys: neither reads the other's blobs."""
+    sdk = openai_client(fleet, fleet_key)
+    items: list[Any] = [{"role": "user", "content": "Weather in Paris?"}]
+    given = []
+    for provider in ("openai", "azure", "openai"):
+        pin = {"x-gateway-provider": provider}
+        raw = sdk.responses.with_raw_response.create(
+            model="gpt-or-azure-reasoner", input=items, extra_headers=pin, **CODEX
+        )
+        answer = raw.parse()
+        assert answer.status == "completed" and raw.headers["x-gateway-provider"] == provider
+        given += [item.encrypted_content for item in answer.output if item.type == "reasoning"]
+        answered(items, answer)
+    assert reasoning_sent(fleet, "azure") == []  # OpenAI's reasoning left out at Azure
+    assert reasoning_sent(fleet) == [ENCRYPTED]  # and Azure's at OpenAI, OpenAI's own handed back
+    assert [blob(sealed) for sealed in given] == [ENCRYPTED, sealed_for(AZURE_ORGANIZATION), ENCRYPTED]

@@ -303,6 +303,11 @@ def test_tools_without_a_description_and_cache_markers_are_left_out() -> None:
 
 
 def test_signed_thinking_of_a_messages_client_is_named_as_dropped() -> None:
+    """A turn with both Claude's signed blocks and their text (a Messages client's, or the Claude turn a Chat client
+    sends back as it was given) has both named: a Chat client sent both fields (only `messages.thinking` was named),
+    and a Messages client's API has one name for them (`handler.ports.CLIENT_NAMES`)."""
+    from handler.ports import MESSAGES_API, RESPONSES_API, as_client_named
+
     thinking = [{"type": "thinking", "thinking": "hm", "signature": "s"}]
     messages = [
         {"role": "user", "content": "hi"},
@@ -310,7 +315,10 @@ def test_signed_thinking_of_a_messages_client_is_named_as_dropped() -> None:
         {"role": "user", "content": "go on"},
     ]
     body, dropped = sent(request(messages=messages))
-    assert body["messages"][1] == {"role": "assistant", "content": "yes"} and dropped == ["messages.thinking"]
+    assert body["messages"][1] == {"role": "assistant", "content": "yes"}
+    assert dropped == ["messages.thinking", "messages.reasoning_content"]
+    assert as_client_named(MESSAGES_API, dropped) == ["messages.thinking"]
+    assert as_client_named(RESPONSES_API, dropped) == ["input[reasoning]"]
 
 
 @pytest.mark.parametrize(
@@ -499,3 +507,26 @@ def test_a_malformed_answer_carries_the_usage_the_provider_billed() -> None:
     with pytest.raises(UpstreamError) as unbilled:  # (no usage: nothing to charge but what the gateway saw)
         adapter().chat_response(orjson.dumps({**body, "usage": None}), request(), target(VLLM))
     assert unbilled.value.billed is None
+
+
+@pytest.mark.parametrize("store", [False, True])
+def test_encrypted_reasoning_goes_back_to_the_deployment_that_issued_it_alone(store: bool) -> None:
+    """A reasoning item's blob the gateway marked with the deployment that issued it goes to that deployment as the
+    provider issued it; another deployment's (another organisation's: its own provider, or another base URL) is left
+    out and named, as OpenAI would refuse the request for it; a blob marked by no one goes as the client sent it."""
+    from handler.ports import RESPONSES_API, NativeCall
+    from handler.wire import issued
+
+    here = target()
+    others = [Target("q", "openai", "gpt-4o-mini", "global", here.base_url), target("https://eu.api.openai.com/v1")]
+    assert len({here.issuer, *(other.issuer for other in others)}) == 3
+    mine = {"type": "reasoning", "summary": [], "encrypted_content": issued(here.issuer, "gAAAAABmine")}
+    theirs = [{"type": "reasoning", "summary": [], "encrypted_content": issued(o.issuer, "gAAAAABo")} for o in others]
+    unmarked = {"type": "reasoning", "summary": [], "encrypted_content": "gAAAAABclients"}
+    items = [{"role": "user", "content": "hi"}, mine, *theirs, unmarked]
+    call = NativeCall(RESPONSES_API, {"model": "m", "input": items, "store": store})
+    built = adapter(responses_store=True).native_request(call, here, stream=False, output_limit=None)
+    sent = orjson.loads(built.request.body)["input"]
+    assert [item.get("encrypted_content") for item in sent] == [None, "gAAAAABmine", "gAAAAABclients"]
+    assert built.dropped == ["input[reasoning].encrypted_content"]
+    assert call.body["input"][1] == mine and mine["encrypted_content"] != "gAAAAABmine"  # the client's, as it was
