@@ -11,7 +11,6 @@ import pytest
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
 from tests.fakes.anthropic import (
-    INTERLEAVED_CALL_ID,
     OUTPUT_TOKENS,
     REDACTED,
     SIGNATURE,
@@ -174,14 +173,13 @@ def test_the_sdks_stream_helper_accumulates_interleaved_thinking_as_the_whole_an
     ]
     reasoning = [(m.model_extra or {})["reasoning_content"] for m in (whole, streamed)]
     assert reasoning == [THINKING + THINKING_AGAIN] * 2
-    assert [c.id for c in streamed.tool_calls or []] == [c.id for c in whole.tool_calls or []] == [INTERLEAVED_CALL_ID]
+    (call_id,), (other_id,) = ([c.id for c in m.tool_calls or []] for m in (streamed, whole))
+    assert call_id.startswith("toolu_") and other_id != call_id  # (each answer's own, as Anthropic's are)
 
-    calls: Any = [
-        {"id": INTERLEAVED_CALL_ID, "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
-    ]
+    calls: Any = [{"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]
     handed = (streamed.model_extra or {})["thinking_blocks"]
     turn = {"role": "assistant", "content": streamed.content, "tool_calls": calls, "thinking_blocks": handed}
-    result = {"role": "tool", "tool_call_id": INTERLEAVED_CALL_ID, "content": "18 C"}
+    result = {"role": "tool", "tool_call_id": call_id, "content": "18 C"}
     again: Any = {**{k: v for k, v in asked.items() if k != "user"}, "messages": [*HI, turn, result]}
     answer = oa.chat.completions.create(**again)
     assert answer.choices[0].message.content == TEXT

@@ -653,7 +653,8 @@ def test_bedrock_claudes_thinking_comes_back_signed(client: anthropic.Anthropic)
 def test_signed_thinking_goes_back_to_claude_and_is_named_when_dropped(
     agents: Running, client: anthropic.Anthropic
 ) -> None:
-    thinking = {"type": "thinking", "thinking": "Plan: call Bash.", "signature": "sig-abc"}
+    signature = fake_anthropic.signature_of("Plan: call Bash.")  # (Claude's; a made-up one Anthropic refuses)
+    thinking = {"type": "thinking", "thinking": "Plan: call Bash.", "signature": signature}
     messages: Any = [
         {"role": "user", "content": "Write hi"},
         {
@@ -667,7 +668,7 @@ def test_signed_thinking_goes_back_to_claude_and_is_named_when_dropped(
     assert last(agents, "anthropic")["json"]["messages"][1]["content"][0] == thinking
     client.messages.create(model="bedrock-claude", thinking={"type": "enabled", "budget_tokens": 1024}, **common)
     reasoning = last(agents, "bedrock")["json"]["messages"][1]["content"][0]
-    assert reasoning == {"reasoningContent": {"reasoningText": {"text": "Plan: call Bash.", "signature": "sig-abc"}}}
+    assert reasoning == {"reasoningContent": {"reasoningText": {"text": "Plan: call Bash.", "signature": signature}}}
     raw = client.messages.with_raw_response.create(model="gpt", **common)
     assert raw.headers["x-gateway-dropped-params"] == "messages.thinking"
     assert "thinking_blocks" not in last(agents, "openai")["json"]["messages"][1]
