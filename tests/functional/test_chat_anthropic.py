@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import openai
@@ -114,6 +115,25 @@ def test_a_streamed_call_without_arguments_has_an_empty_object_as_when_whole(run
     assert isinstance(call, ChatCompletionMessageFunctionToolCall) and call.function.arguments == "{}"
     stream = oa.chat.completions.create(model=MODEL, messages=ASK_THE_TIME, tools=[CLOCK_TOOL], stream=True)
     assert streamed_arguments(stream) == ["{}"]
+
+
+@pytest.mark.parametrize("call_id", ["functions.get_weather:0", "call 1", ""], ids=["kimi", "spaced", "empty"])
+def test_a_call_id_of_characters_anthropic_refuses_goes_as_a_stand_in_paired_with_its_result(
+    running: Running, key: str, call_id: str
+) -> None:
+    """Anthropic takes a `tool_use.id` and a `tool_result.tool_use_id` of `[a-zA-Z0-9_-]` alone; another provider's
+    call went as it wrote it (Kimi K2 names its calls `functions.get_weather:0`) and Anthropic refused every later
+    turn of the session: 400 "String should match pattern '^[a-zA-Z0-9_-]+$'"."""
+    call = {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    history: Any = [
+        *HI,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": "18 C and clear"},
+    ]
+    answer = client(running, key).chat.completions.create(model=MODEL, messages=history, tools=[WEATHER_TOOL])
+    assert answer.choices[0].message.content == TEXT
+    use, result = (sent(running)["json"]["messages"][i]["content"][0] for i in (1, 2))
+    assert re.fullmatch(r"[a-zA-Z0-9_-]+", use["id"]) and use["id"] == result["tool_use_id"]
 
 
 def test_thinking_is_left_off_a_tool_loop_whose_turn_carries_no_signed_thinking(running: Running, key: str) -> None:
