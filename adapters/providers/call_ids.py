@@ -1,5 +1,6 @@
-"""Tool call ids as OpenAI's APIs and Bedrock's Converse take them: at most 64 characters (Converse's of
-`[a-zA-Z0-9_-]` alone, and at least one: `converse_call_id`).
+"""Tool call ids as OpenAI's APIs, Bedrock's Converse and Anthropic take them: at most 64 characters (Converse's of
+`[a-zA-Z0-9_-]` alone, and at least one: `converse_call_id`); one or more of `[a-zA-Z0-9_-]`, of any length, for
+Anthropic (`claude_call_id`).
 
 OpenAI (and Azure OpenAI) refuse a longer one with a 400 (`string_above_max_length`, on Chat Completions'
 `messages[i].tool_calls[j].id` and `tool_call_id`, on the Responses API's `input[i].call_id`), and Bedrock
@@ -8,7 +9,9 @@ reach the gateway legitimately: the Gemini adapter carries a call's thought sign
 characters), and MCP tools and other clients make long ids of their own. A session whose earlier turns another
 provider served would then fail on every later turn. The provider only pairs a call with its result within one
 request, so a long id goes as a stand-in derived from it alone: the same id gets the same stand-in in the call
-and in its result (and in every later request), and no answer refers back to it.
+and in its result (and in every later request), and no answer refers back to it. Every stand-in is made alike
+(`_stand_in`) and is an id each of these takes as it is, so a history that crossed several providers keeps each call
+paired with its result whichever stand-ins it went through.
 """
 
 from __future__ import annotations
@@ -18,7 +21,15 @@ import hashlib
 import re
 from typing import Any
 
-__all__ = ["MAX_CALL_ID", "converse_call_id", "short_call_id", "shorten_input_call_ids", "shorten_message_call_ids"]
+__all__ = [
+    "MAX_CALL_ID",
+    "claude_call_id",
+    "claude_takes",
+    "converse_call_id",
+    "short_call_id",
+    "shorten_input_call_ids",
+    "shorten_message_call_ids",
+]
 
 MAX_CALL_ID = 64
 _DIGEST_BYTES = 16  # 128 bits of SHA-256: 22 characters of URL-safe base64
@@ -40,6 +51,22 @@ def converse_call_id(call_id: str) -> str:
     AWS's ToolUseBlock and ToolResultBlock), else a stand-in of those characters, as `short_call_id` makes one: an
     id another provider wrote with other characters (Kimi K2's `functions.get_weather:0`), or none, was refused."""
     if re.fullmatch(_SAFE, call_id):
+        return call_id
+    return _stand_in(call_id)
+
+
+def claude_takes(call_id: str) -> bool:
+    """Whether Anthropic takes `call_id` as a `tool_use.id` and a `tool_result.tool_use_id`: one or more of
+    `[a-zA-Z0-9_-]` (its 400 "String should match pattern '^[a-zA-Z0-9_-]+$'"). (String methods rather than a pattern:
+    every Messages request passed through asks it of each tool use, and this costs half a cached `re.fullmatch`.)"""
+    return call_id.isascii() and call_id.replace("_", "a").replace("-", "a").isalnum()
+
+
+def claude_call_id(call_id: str) -> str:
+    """`call_id` itself when Anthropic takes it (`claude_takes`), else the stand-in Converse gets for it
+    (`converse_call_id`), which Anthropic takes too: an id another provider wrote with other characters (Kimi K2's
+    `functions.get_weather:0`), or none."""
+    if claude_takes(call_id):
         return call_id
     return _stand_in(call_id)
 

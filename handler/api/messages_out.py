@@ -2,17 +2,22 @@
 
 A native answer (from a deployment that speaks Messages) goes back as the provider sent it, with only the
 gateway's `cost` added (to the message, or to a stream's `message_delta`). A translated one is rendered
-from the internal completion or chunk stream, block by block.
+from the internal completion or chunk stream, block by block, each tool call's id one the Messages API takes
+(`claude_call_id`): another provider's written otherwise (Kimi K2's `functions.get_weather:0`) goes as its stand-in,
+so the history the client keeps can go to Claude as it is, through the gateway or not. The client sends the call and
+its result back with the same stand-in, so they still pair wherever the history goes next.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
 from pydantic_core import from_json
 
+from adapters.providers.call_ids import claude_call_id
 from handler.api.call_order import CallOrder
 from handler.api.streaming import sse_event
 from handler.errors import GatewayError, UpstreamError
@@ -122,6 +127,13 @@ def _arguments(raw: str, cut: bool) -> Any:
     return {"_raw": raw}
 
 
+def tool_use_id(call_id: str | None) -> str:
+    """A call's `tool_use.id`: one the Messages API takes (`claude_call_id`); for a call its provider gave no id, one
+    of its own (a constant stand-in would repeat across answers, and Claude Code takes a repeated id for a repeated
+    call)."""
+    return claude_call_id(call_id) if call_id else f"toolu_{secrets.token_hex(12)}"
+
+
 def claude_block(entry: dict[str, Any]) -> dict[str, Any]:
     """A `thinking_blocks` entry as Claude's content block: without the `index` that numbers it among the answer's
     thinking blocks for Chat Completions clients (no Messages client expects it, and Claude refuses it back)."""
@@ -154,7 +166,7 @@ def to_message(completion: ChatCompletion, model: str, cost: Cost | None) -> dic
             content.append(
                 {
                     "type": "tool_use",
-                    "id": call.id,
+                    "id": tool_use_id(call.id),
                     "name": call.function.name,
                     "input": _arguments(call.function.arguments, choice.finish_reason == "length"),
                 }
@@ -266,13 +278,14 @@ class EventWriter:
         out = b""
         for call in calls:
             function = call.function
-            block = {
-                "type": "tool_use",
-                "id": call.id or "",
-                "name": (function.name if function else "") or "",
-                "input": {},
-            }
-            out += self._switch("tool", call.index, block)
+            if self.open != ("tool", call.index):
+                block = {
+                    "type": "tool_use",
+                    "id": tool_use_id(call.id),
+                    "name": (function.name if function else "") or "",
+                    "input": {},
+                }
+                out += self._switch("tool", call.index, block)
             if function and function.arguments:
                 out += self._delta({"type": "input_json_delta", "partial_json": function.arguments})
         return out

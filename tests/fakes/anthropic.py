@@ -22,12 +22,18 @@ one `input_json_delta` whose `partial_json` is empty, as Anthropic streams it. A
 for a `thinker` model, gets a signed thinking block first (its text empty under `display: omitted`, the default of a
 model whose id has `OMITS_THINKING`, as Claude Opus 4.7's is; for a said answer, what it was told to say); for a
 `thinker`, an assistant turn that called a tool must come back opening with it, signature intact, as the real API
-requires, and so must the final assistant turn, if it called a tool, of any request asking for `thinking`; a
-thinking block sent back with a field Claude's blocks do not have, or with an empty signature (in any turn, thinking
-on or off), is refused, as Anthropic refuses it. With
+requires, and so must the final assistant turn, if it called a tool, of any request asking for `thinking`. The fake
+signs its thinking as Anthropic does, verifiably: a block's signature is a MAC of its text under the fake's own key
+(`signature_of`), a redacted block's data a payload sealed with it (`sealed`); in any turn, thinking on or off, a
+thinking block with a field Claude's blocks do not have, or whose signature the fake did not give that text (empty,
+another provider's, forged, or its text altered), and a redacted block whose data it did not issue, are refused, as
+Anthropic refuses them. So are a tool use or tool result id not of `[a-zA-Z0-9_-]`, a `tool_result` that answers no
+`tool_use` of the message before it, and a `tool_use` that the message after it does not answer, each in Anthropic's
+words. Every answer's ids are its own (`fresh_id`), as Anthropic's are: its message's, its tool uses' and its server
+tool uses'. With
 `think-between` and thinking, the answer thinks between its blocks, as with interleaved thinking: its signed thinking
-block, a call of the request's first tool (`INTERLEAVED_CALL_ID`), a second signed block (`THINKING_AGAIN`,
-`SIGNATURE_AGAIN`), a redacted one (`REDACTED`), then the rest of the answer. An
+block, a call of the request's first tool, a second signed block (`THINKING_AGAIN`, `SIGNATURE_AGAIN`), a redacted
+one (`REDACTED`), then the rest of the answer. An
 `interleaved` model, given tools, thinks between its calls (a signed thinking block, a call, a second signed block,
 text, a call to the last tool) and wants that turn back as it wrote it, every block in its place; a
 `clear_thinking_...` context-management edit needs `thinking` on. Prompt caching is modelled: the prefix up to the
@@ -45,13 +51,19 @@ the top level's counts, which leave the advisor's out. A request asking for serv
 (`context_management.edits` with `compact_20260112`) whose input reaches its trigger (150,000 tokens unless set) is
 compacted as the compaction docs show it: a `compaction` block first, the top-level usage counting the sampling after
 it, and `usage.iterations` both, the compaction's tokens in its own entry alone.
-`POST /v1/messages/count_tokens` counts. Every request (path, query, headers, body) is recorded on
-`app.state.requests`.
+`POST /v1/messages/count_tokens` counts, refusing the blocks `POST /v1/messages` refuses. Every request (path,
+query, headers, body) is recorded on `app.state.requests`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import string
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -78,30 +90,65 @@ TEXT = "Hello from fake Anthropic."
 TOOL_INPUT = {"city": "Paris"}
 OUTPUT_TOKENS = 7
 SLOW_SECONDS = 2.0
-MESSAGE_ID = "msg_01FakeAnthropic"
-TOOL_USE_ID = "toolu_01FakeAnthropic"
 THINKING = "The user wants a greeting."
-SIGNATURE = "EqQBCkYIBRgCKkBfakeSignature=="
 THINKING_AGAIN = "Now the rest of the answer."
-SIGNATURE_AGAIN = "EqQBCkYIBRgCKkBfakeSecondSignature=="
-REDACTED = "EmwKAhgBEgy3fakeRedactedThinking=="
-INTERLEAVED_CALL_ID = "toolu_01FakeAnthropicInterleaved"
 THINKING_FIELDS = {"thinking": {"type", "thinking", "signature"}, "redacted_thinking": {"type", "data"}}
+# The fake's own secret, as Anthropic's: a thinking block's signature is a MAC of its text, a redacted block's data a
+# sealed payload, so that any other (another provider's reasoning, a forged or altered block) is refused, as
+# Anthropic refuses it.
+SIGNING_KEY = b"fake-anthropic-thinking-key"
+# Tool use ids as Anthropic writes them (`toolu_01` and 22 characters) and the only ones it takes (`CALL_ID`).
+ID_CHARACTERS = string.ascii_letters + string.digits
+CALL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
+
+
+def signature_of(thinking: str) -> str:
+    """The signature the fake gives a thinking block of this text (and takes back with that text alone)."""
+    mac = hmac.new(SIGNING_KEY, b"thinking\0" + thinking.encode(), hashlib.sha256).digest()
+    return "Eq" + base64.b64encode(mac).decode()
+
+
+def sealed(payload: bytes) -> str:
+    """A redacted thinking block's `data`: the payload with its MAC, opaque to the client."""
+    return base64.b64encode(payload + hmac.new(SIGNING_KEY, payload, hashlib.sha256).digest()).decode()
+
+
+def unsealed(data: object) -> bool:
+    """Whether a redacted thinking block's `data` is one the fake issued (`sealed`)."""
+    try:
+        raw = base64.b64decode(str(data), validate=True)
+    except ValueError:
+        return False
+    payload, mac = raw[:-32], raw[-32:]
+    return len(raw) > 32 and hmac.compare_digest(mac, hmac.new(SIGNING_KEY, payload, hashlib.sha256).digest())
+
+
+def signed_by_fake(block: dict[str, Any]) -> bool:
+    """Whether a thinking block is one the fake wrote, unchanged: its signature that of its text."""
+    signature, thinking = block.get("signature"), block.get("thinking")
+    return isinstance(signature, str) and isinstance(thinking, str) and signature == signature_of(thinking)
+
+
+def fresh_id(prefix: str) -> str:
+    """An id of Anthropic's shape, new for each answer (Claude Code takes a tool use id seen before for a repeat)."""
+    return prefix + "".join(secrets.choice(ID_CHARACTERS) for _ in range(22))
+
+
+SIGNATURE = signature_of(THINKING)
+SIGNATURE_AGAIN = signature_of(THINKING_AGAIN)
+REDACTED = sealed(b"fake redacted thinking")
 
 # An `interleaved` model thinks between its calls (interleaved thinking): its second thought, signed, and its text.
 SECOND_THINKING = "Now the second tool."
-SECOND_SIGNATURE = "EqQBCkYIBRgCKkBfakeSecondSignature=="
+SECOND_SIGNATURE = signature_of(SECOND_THINKING)
 INTERLEAVED_TEXT = "And the other one."
-SECOND_TOOL_USE_ID = "toolu_02FakeAnthropic"
 # A model id part whose thinking is omitted unless `display: summarized` asks (Anthropic: "the default depends on the
 # model"; Claude Opus 4.7 omits it).
 OMITS_THINKING = "claude-opus-4-7"
-SEARCH_ID = "srvtoolu_01FakeAnthropic"
 COMPACTION_SUMMARY = "Summary of the conversation: the user is building a website and asked for its layout."
 COMPACTION_TRIGGER = 150_000  # input tokens, unless the edit sets its own
 ADVICE = "Plan: read the layout first, then answer."
 ADVICE_TOKENS = 1500  # an advisor's output, thinking included (Anthropic: typically 1,400 to 1,800)
-ADVISOR_ID = "srvtoolu_01FakeAdvisor"
 OUTPUT_LIMITS = {"claude-haiku-4-5": 64_000, "claude-3-5-haiku-latest": 8_192}  # refused past these, as Anthropic does
 # Body fields Anthropic knows only under a beta: without it, the field is unknown to the API.
 # A beta field and the betas that admit it (context editing's, or compaction's, whose edit rides in the same field).
@@ -189,22 +236,20 @@ def searches(body: dict[str, Any]) -> int:
     return 1 if any(str(t.get("type", "")).startswith("web_search_") for t in tools) else 0
 
 
-SEARCH_BLOCKS = [
-    {"type": "server_tool_use", "id": SEARCH_ID, "name": "web_search", "input": {"query": "fake search"}},
-    {
-        "type": "web_search_tool_result",
-        "tool_use_id": SEARCH_ID,
-        "content": [
-            {
-                "type": "web_search_result",
-                "url": "https://example.com/",
-                "title": "Example",
-                "encrypted_content": "EqgfCioIARgBIiQ3fakeSearchResult==",
-                "page_age": "April 30, 2025",
-            }
-        ],
-    },
-]
+def search_blocks() -> list[dict[str, Any]]:
+    """A search's `server_tool_use` block and its result, paired by an id of their own."""
+    search_id = fresh_id("srvtoolu_01")
+    result = {
+        "type": "web_search_result",
+        "url": "https://example.com/",
+        "title": "Example",
+        "encrypted_content": "EqgfCioIARgBIiQ3fakeSearchResult==",
+        "page_age": "April 30, 2025",
+    }
+    return [
+        {"type": "server_tool_use", "id": search_id, "name": "web_search", "input": {"query": "fake search"}},
+        {"type": "web_search_tool_result", "tool_use_id": search_id, "content": [result]},
+    ]
 
 
 def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
@@ -220,15 +265,17 @@ def _script(body: dict[str, Any]) -> ScriptedCall | str | None:
     return scripted_turn(users, [str(t.get("name")) for t in body.get("tools") or []], result)
 
 
-def _interleaved(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """An `interleaved` model's turn: it thinks, calls the first tool, thinks again, says so and calls the last."""
+def _interleaved(body: dict[str, Any], ids: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+    """An `interleaved` model's turn: it thinks, calls the first tool, thinks again, says so and calls the last (its
+    calls' `ids`, new ones unless given)."""
     tools = body.get("tools") or []
     first, last = tools[0], tools[-1]
+    first_id, last_id = ids or (fresh_id("toolu_01"), fresh_id("toolu_01"))
     return [
         {"type": "thinking", "thinking": THINKING, "signature": SIGNATURE},
         {
             "type": "tool_use",
-            "id": TOOL_USE_ID,
+            "id": first_id,
             "name": first["name"],
             "input": input_for(first.get("input_schema"), TOOL_INPUT),
         },
@@ -236,7 +283,7 @@ def _interleaved(body: dict[str, Any]) -> list[dict[str, Any]]:
         {"type": "text", "text": INTERLEAVED_TEXT},
         {
             "type": "tool_use",
-            "id": SECOND_TOOL_USE_ID,
+            "id": last_id,
             "name": last["name"],
             "input": input_for(last.get("input_schema"), TOOL_INPUT),
         },
@@ -244,13 +291,16 @@ def _interleaved(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _modified_turn(body: dict[str, Any]) -> str | None:
-    """An `interleaved` model's turn must come back as it wrote it, its thinking blocks unmodified and in their
-    places, as the real API requires of thinking blocks."""
+    """An `interleaved` model's turn (the one holding its second thought) must come back as it wrote it, its thinking
+    blocks unmodified and in their places, as the real API requires of thinking blocks."""
     for i, message in enumerate(body.get("messages") or []):
         content = message.get("content")
         if message.get("role") != "assistant" or not isinstance(content, list):
             continue
-        if any(block.get("id") == TOOL_USE_ID for block in content) and content != _interleaved(body):
+        if not any(block.get("thinking") == SECOND_THINKING for block in content):
+            continue
+        ids = [str(block.get("id")) for block in content if block.get("type") == "tool_use"]
+        if len(ids) != 2 or content != _interleaved(body, (ids[0], ids[1])):
             return (
                 f"messages.{i}.content: `thinking` or `redacted_thinking` blocks in the latest assistant message "
                 "cannot be modified. These blocks must remain as they were in the original response."
@@ -270,22 +320,29 @@ def _content(body: dict[str, Any], tool: str | None) -> list[dict[str, Any]]:
     if thinking.get("type") in ("enabled", "adaptive") or "thinker" in str(body.get("model")):
         display = thinking.get("display") or ("omitted" if OMITS_THINKING in str(body.get("model")) else "summarized")
         text = "" if display == "omitted" else script if isinstance(script, Said) else THINKING
-        content.append({"type": "thinking", "thinking": text, "signature": SIGNATURE})
+        content.append({"type": "thinking", "thinking": text, "signature": signature_of(text)})
         if "think-between" in faults(body):
             content += _thinks_between(body)
     if searches(body) and not tool:
-        content.extend(SEARCH_BLOCKS)
+        content.extend(search_blocks())
     if advisor(body) and not tool:
-        content.append({"type": "server_tool_use", "id": ADVISOR_ID, "name": "advisor", "input": {}})
+        advisor_id = fresh_id("srvtoolu_01")
+        content.append({"type": "server_tool_use", "id": advisor_id, "name": "advisor", "input": {}})
         result = {"type": "advisor_result", "text": ADVICE, "stop_reason": "end_turn"}
-        content.append({"type": "advisor_tool_result", "tool_use_id": ADVISOR_ID, "content": result})
+        content.append({"type": "advisor_tool_result", "tool_use_id": advisor_id, "content": result})
     schemas = {t.get("name"): t.get("input_schema") for t in body.get("tools") or []}
     if tool:
         content.append(
-            {"type": "tool_use", "id": TOOL_USE_ID, "name": tool, "input": input_for(schemas.get(tool), TOOL_INPUT)}
+            {
+                "type": "tool_use",
+                "id": fresh_id("toolu_01"),
+                "name": tool,
+                "input": input_for(schemas.get(tool), TOOL_INPUT),
+            }
         )
     elif isinstance(script, ScriptedCall):
-        content.append({"type": "tool_use", "id": TOOL_USE_ID, "name": script.name, "input": script.arguments})
+        call = {"type": "tool_use", "id": fresh_id("toolu_01"), "name": script.name, "input": script.arguments}
+        content.append(call)
     else:
         content.append({"type": "text", "text": script if isinstance(script, str) else TEXT})
     return content
@@ -301,33 +358,72 @@ def _thinks_between(body: dict[str, Any]) -> list[dict[str, Any]]:
     if not tools:
         return again
     tool_input = input_for(tools[0].get("input_schema"), TOOL_INPUT)
-    return [{"type": "tool_use", "id": INTERLEAVED_CALL_ID, "name": tools[0]["name"], "input": tool_input}, *again]
+    return [{"type": "tool_use", "id": fresh_id("toolu_01"), "name": tools[0]["name"], "input": tool_input}, *again]
 
 
-def _unknown_thinking_field(messages: list[Any]) -> str | None:
-    """A thinking block sent back with a field Claude's blocks do not have, or without its signature, as Anthropic
-    names it. Anthropic checks the signature of every thinking block of the history, thinking on or off: an empty one
-    (what a gateway writes for another provider's reasoning) is "Invalid `signature`", as a forged one would be."""
+def _refused_block(messages: list[Any]) -> str | None:
+    """A content block Anthropic refuses, as it names it: a tool use's id, or a tool result's, not of
+    `[a-zA-Z0-9_-]` (another provider's, Kimi K2's `functions.get_weather:0`); a thinking block with a field Claude's
+    blocks do not have, without its signature, or with a signature the fake did not give that text (Anthropic checks
+    the signature of every thinking block of the history, thinking on or off: an empty one, what a gateway writes for
+    another provider's reasoning, is "Invalid `signature`", as a forged or altered one is); a redacted thinking block
+    whose data the fake did not issue."""
     for i, message in enumerate(messages):
         for j, block in enumerate(message.get("content") if isinstance(message.get("content"), list) else ()):
-            allowed = THINKING_FIELDS.get(block.get("type"), set(block))
-            for field in sorted(set(block) - allowed):
-                return f"messages.{i}.content.{j}.{block['type']}.{field}: Extra inputs are not permitted"
-            if block.get("type") != "thinking":
+            kind = block.get("type")
+            field = {"tool_use": "id", "tool_result": "tool_use_id"}.get(kind)
+            call_id = block.get(field) if field else None
+            if field is not None and not (isinstance(call_id, str) and CALL_ID.match(call_id)):
+                return f"messages.{i}.content.{j}.{kind}.{field}: String should match pattern '^[a-zA-Z0-9_-]+$'"
+            allowed = THINKING_FIELDS.get(kind, set(block))
+            for name in sorted(set(block) - allowed):
+                return f"messages.{i}.content.{j}.{kind}.{name}: Extra inputs are not permitted"
+            if kind == "redacted_thinking" and not unsealed(block.get("data")):
+                return f"messages.{i}.content.{j}: Invalid `data` in `redacted_thinking` block"
+            if kind != "thinking":
                 continue
             if "signature" not in block:
                 return f"messages.{i}.content.{j}.thinking.signature: Field required"
-            if not isinstance(block["signature"], str) or not block["signature"]:
+            if not signed_by_fake(block):
                 return f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
+    return None
+
+
+def _unpaired(messages: list[Any]) -> str | None:
+    """A tool result that answers no tool use of the message before it, or a tool use that the message after it does
+    not answer, as Anthropic names them (a final assistant message's tool uses have no next message to be answered
+    in)."""
+    ids = [
+        [(b.get("type"), b.get("tool_use_id") or b.get("id")) for b in m.get("content") if isinstance(b, dict)]
+        if isinstance(m.get("content"), list)
+        else []
+        for m in messages
+    ]
+    for i, blocks in enumerate(ids):
+        called = {call_id for kind, call_id in ids[i - 1] if kind == "tool_use"} if i else set()
+        for j, (kind, call_id) in enumerate(blocks):
+            if kind == "tool_result" and call_id not in called:
+                return (
+                    f"messages.{i}.content.{j}: unexpected `tool_use_id` found in `tool_result` blocks: {call_id}. "
+                    "Each `tool_result` block must have a corresponding `tool_use` block in the previous message."
+                )
+        if i + 1 < len(ids):
+            answered = {call_id for kind, call_id in ids[i + 1] if kind == "tool_result"}
+            unanswered = [call_id for kind, call_id in blocks if kind == "tool_use" and call_id not in answered]
+            if unanswered:
+                return (
+                    f"messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately after: "
+                    f"{', '.join(map(str, unanswered))}. Each `tool_use` block must have a corresponding `tool_result` "
+                    "block in the next message."
+                )
     return None
 
 
 def _unsigned_turn(messages: list[Any], *, final_only: bool = False) -> str | None:
     """With thinking on, an assistant turn that called a tool must open with its signed thinking: every such turn
-    for a `thinker` (the fake's own block, unchanged), and the final assistant turn (the one a tool-use loop
+    for a `thinker`, and the final assistant turn (the one a tool-use loop
     continues) when the request asks for thinking, the rule Anthropic documents (there any signed thinking block will
-    do: a Messages client may hand back what another gateway or Anthropic itself signed; an unsigned one is refused
-    by `_unknown_thinking_field`)."""
+    do; one the fake did not sign is refused by `_refused_block`)."""
     assistants = [i for i, message in enumerate(messages) if message.get("role") == "assistant"]
     for i, message in enumerate(messages):
         content = message.get("content")
@@ -344,9 +440,6 @@ def _unsigned_turn(messages: list[Any], *, final_only: bool = False) -> str | No
                 f"`{first.get('type')}`. When `thinking` is enabled, a final `assistant` message must start "
                 "with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks)."
             )
-        signed = (first.get("signature"), first.get("thinking")) == (SIGNATURE, THINKING)
-        if first.get("type") == "thinking" and not final_only and not signed:
-            return f"messages.{i}.content.0: Invalid `signature` in `thinking` block"
     return None
 
 
@@ -381,9 +474,9 @@ def _problem(body: dict[str, Any]) -> str | None:
                     f"messages.{i}.content.{j}.image.source.base64.media_type: Input should be 'image/jpeg', "
                     "'image/png', 'image/gif' or 'image/webp'"
                 )
-    unknown = _unknown_thinking_field(messages)
-    if unknown:
-        return unknown
+    refused = _refused_block(messages) or _unpaired(messages)
+    if refused:
+        return refused
     if body.get("tool_choice") and not body.get("tools"):
         return "tool_choice may only be specified while providing tools."
     if any(not str(sequence).strip() for sequence in body.get("stop_sequences") or ()):
@@ -527,6 +620,9 @@ def create_app() -> Starlette:
         fault = _fault(str(body.get("model", "")))
         if fault is not None:
             return fault
+        refused = _refused_block(body.get("messages") or [])  # (the blocks are read as `POST /v1/messages` reads them)
+        if refused:
+            return _error(400, "invalid_request_error", refused)
         return Response(orjson.dumps({"input_tokens": input_tokens(body)}), media_type="application/json")
 
     async def messages(request: Request) -> Response:
@@ -563,7 +659,7 @@ def create_app() -> Starlette:
             stream = escaping(_stream(body, model, content, stop, "stream-cut" in asked, overloaded), asked)
             return StreamingResponse(stream, media_type="text/event-stream")
         answer = {
-            "id": MESSAGE_ID,
+            "id": fresh_id("msg_01"),
             "type": "message",
             "role": "assistant",
             "model": model,
@@ -584,7 +680,7 @@ def create_app() -> Starlette:
     ) -> AsyncIterator[bytes]:
         final = usage(body)
         start: dict[str, Any] = {
-            "id": MESSAGE_ID,
+            "id": fresh_id("msg_01"),
             "type": "message",
             "role": "assistant",
             "model": model,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import openai
@@ -11,7 +12,6 @@ import pytest
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
 
 from tests.fakes.anthropic import (
-    INTERLEAVED_CALL_ID,
     OUTPUT_TOKENS,
     REDACTED,
     SIGNATURE,
@@ -117,6 +117,25 @@ def test_a_streamed_call_without_arguments_has_an_empty_object_as_when_whole(run
     assert streamed_arguments(stream) == ["{}"]
 
 
+@pytest.mark.parametrize("call_id", ["functions.get_weather:0", "call 1", ""], ids=["kimi", "spaced", "empty"])
+def test_a_call_id_of_characters_anthropic_refuses_goes_as_a_stand_in_paired_with_its_result(
+    running: Running, key: str, call_id: str
+) -> None:
+    """Anthropic takes a `tool_use.id` and a `tool_result.tool_use_id` of `[a-zA-Z0-9_-]` alone; another provider's
+    call went as it wrote it (Kimi K2 names its calls `functions.get_weather:0`) and Anthropic refused every later
+    turn of the session: 400 "String should match pattern '^[a-zA-Z0-9_-]+$'"."""
+    call = {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    history: Any = [
+        *HI,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": "18 C and clear"},
+    ]
+    answer = client(running, key).chat.completions.create(model=MODEL, messages=history, tools=[WEATHER_TOOL])
+    assert answer.choices[0].message.content == TEXT
+    use, result = (sent(running)["json"]["messages"][i]["content"][0] for i in (1, 2))
+    assert re.fullmatch(r"[a-zA-Z0-9_-]+", use["id"]) and use["id"] == result["tool_use_id"]
+
+
 def test_thinking_is_left_off_a_tool_loop_whose_turn_carries_no_signed_thinking(running: Running, key: str) -> None:
     """An OpenAI-SDK agent loop on Claude with `reasoning_effort`: Chat Completions never hands Claude's signed
     thinking back, and Anthropic refuses thinking on a tool-use turn that does not open with it (a 400, its own
@@ -174,14 +193,13 @@ def test_the_sdks_stream_helper_accumulates_interleaved_thinking_as_the_whole_an
     ]
     reasoning = [(m.model_extra or {})["reasoning_content"] for m in (whole, streamed)]
     assert reasoning == [THINKING + THINKING_AGAIN] * 2
-    assert [c.id for c in streamed.tool_calls or []] == [c.id for c in whole.tool_calls or []] == [INTERLEAVED_CALL_ID]
+    (call_id,), (other_id,) = ([c.id for c in m.tool_calls or []] for m in (streamed, whole))
+    assert call_id.startswith("toolu_") and other_id != call_id  # (each answer's own, as Anthropic's are)
 
-    calls: Any = [
-        {"id": INTERLEAVED_CALL_ID, "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
-    ]
+    calls: Any = [{"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]
     handed = (streamed.model_extra or {})["thinking_blocks"]
     turn = {"role": "assistant", "content": streamed.content, "tool_calls": calls, "thinking_blocks": handed}
-    result = {"role": "tool", "tool_call_id": INTERLEAVED_CALL_ID, "content": "18 C"}
+    result = {"role": "tool", "tool_call_id": call_id, "content": "18 C"}
     again: Any = {**{k: v for k, v in asked.items() if k != "user"}, "messages": [*HI, turn, result]}
     answer = oa.chat.completions.create(**again)
     assert answer.choices[0].message.content == TEXT

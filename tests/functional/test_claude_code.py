@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakes.anthropic import SIGNATURE
+from tests.fakes.anthropic import signed_by_fake
 from tests.functional.agents_gateway import CLAUDE, THROTTLED_ONCE, agents_gateway
 from tests.functional.conftest import Running
 
@@ -113,7 +113,7 @@ def test_claude_codes_requests_reach_anthropic_as_sent(agents: Running, tmp_path
     history = turns[-1]["json"]["messages"]
     assistant = next(m for m in history if m["role"] == "assistant")
     thinking = [b for b in assistant["content"] if b["type"] == "thinking"]
-    assert thinking and thinking[0]["signature"] == SIGNATURE
+    assert thinking and signed_by_fake(thinking[0])
 
 
 def test_claude_codes_tool_turns_are_cached_on_bedrock_with_its_1m_context(agents: Running, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ back as the provider sent them. Every other deployment gets a translation, with 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -653,7 +654,8 @@ def test_bedrock_claudes_thinking_comes_back_signed(client: anthropic.Anthropic)
 def test_signed_thinking_goes_back_to_claude_and_is_named_when_dropped(
     agents: Running, client: anthropic.Anthropic
 ) -> None:
-    thinking = {"type": "thinking", "thinking": "Plan: call Bash.", "signature": "sig-abc"}
+    signature = fake_anthropic.signature_of("Plan: call Bash.")  # (Claude's; a made-up one Anthropic refuses)
+    thinking = {"type": "thinking", "thinking": "Plan: call Bash.", "signature": signature}
     messages: Any = [
         {"role": "user", "content": "Write hi"},
         {
@@ -667,7 +669,7 @@ def test_signed_thinking_goes_back_to_claude_and_is_named_when_dropped(
     assert last(agents, "anthropic")["json"]["messages"][1]["content"][0] == thinking
     client.messages.create(model="bedrock-claude", thinking={"type": "enabled", "budget_tokens": 1024}, **common)
     reasoning = last(agents, "bedrock")["json"]["messages"][1]["content"][0]
-    assert reasoning == {"reasoningContent": {"reasoningText": {"text": "Plan: call Bash.", "signature": "sig-abc"}}}
+    assert reasoning == {"reasoningContent": {"reasoningText": {"text": "Plan: call Bash.", "signature": signature}}}
     raw = client.messages.with_raw_response.create(model="gpt", **common)
     assert raw.headers["x-gateway-dropped-params"] == "messages.thinking"
     assert "thinking_blocks" not in last(agents, "openai")["json"]["messages"][1]
@@ -706,6 +708,50 @@ def test_a_tool_loop_another_provider_began_goes_on_on_claude_without_thinking(
     ended = [*turns, {"role": "assistant", "content": "Done."}, {"role": "user", "content": "Thanks. Next?"}]
     client.beta.messages.create(**settings, messages=ended)
     assert last(agents, "anthropic")["json"]["thinking"] == settings["thinking"]
+
+
+@pytest.fixture
+def kimi_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OpenAI fake's calls named as Kimi K2 names them on an OpenAI-compatible server: `functions.<name>:<i>`."""
+    served = fake_openai._tool_call
+
+    def named_as_kimi(body: dict[str, Any]) -> dict[str, Any] | None:
+        call = served(body)
+        return call and {**call, "id": f"functions.{call['function']['name']}:0"}
+
+    monkeypatch.setattr(fake_openai, "_tool_call", named_as_kimi)
+
+
+KIMI_ID = "functions.Bash:0"
+
+
+@pytest.mark.usefixtures("kimi_ids")
+def test_a_tool_loop_kimi_began_goes_on_on_claude_with_call_ids_anthropic_takes(
+    agents: Running, client: anthropic.Anthropic
+) -> None:
+    """Turn 1 on an OpenAI-compatible model that names its calls as Kimi K2 does (`functions.Bash:0`); Claude Code,
+    switched to Claude, hands the loop back. The id reached the Messages client as the provider wrote it, and Claude
+    as the client sent it back: Anthropic takes `[a-zA-Z0-9_-]` alone, and refused every later turn of the session
+    (400 "String should match pattern '^[a-zA-Z0-9_-]+$'", review). The Messages front-end now gives the call an id
+    the Messages API takes (whole and streamed alike), so the history is Claude's to take, through the gateway or
+    not; and a history it handed out before goes to Claude with the same stand-in in the call and its result."""
+    task: Any = [{"role": "user", "content": TASK}]
+    asked: Any = {"model": "gpt", "max_tokens": 2000, "tools": [BASH_TOOL], "messages": task}
+    (call,) = (block.model_dump(exclude_none=True) for block in client.messages.create(**asked).content)
+    with client.messages.stream(**asked) as events:
+        (streamed,) = events.get_final_message().content
+    assert call["type"] == "tool_use" and re.fullmatch(r"[a-zA-Z0-9_-]+", call["id"]) and streamed.id == call["id"]
+
+    for handed in (call, {**call, "id": KIMI_ID}):  # (the second: as the gateway handed it out before)
+        result = {"type": "tool_result", "tool_use_id": handed["id"], "content": "done"}
+        turns: Any = [*task, {"role": "assistant", "content": [handed]}, {"role": "user", "content": [result]}]
+        answer = client.messages.create(model="claude", max_tokens=2000, tools=[BASH_TOOL], messages=turns)
+        assert answer.content[-1].type == "text"
+        sent = last(agents, "anthropic")["json"]["messages"]
+        assert sent[1]["content"][0]["id"] == sent[2]["content"][0]["tool_use_id"] == call["id"]
+        counted = client.messages.count_tokens(model="claude", tools=[BASH_TOOL], messages=turns)
+        assert counted.input_tokens > 0 and last(agents, "anthropic")["json"]["messages"][1]["content"][0] == call
+    assert turns[1]["content"][0]["id"] == KIMI_ID  # (the client's own messages are left as they are)
 
 
 @pytest.mark.parametrize(("model", "provider"), [("claude", "anthropic"), ("bedrock-claude", "bedrock")])

@@ -8,6 +8,7 @@ Parameters with no Anthropic equivalent are reported in `BuiltRequest.dropped`, 
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ import orjson
 from pydantic import ValidationError
 
 from adapters.providers import reasoning
+from adapters.providers.call_ids import claude_call_id, claude_takes
 from adapters.providers.model_rules import keep_one_sampling_knob
 from adapters.providers.params import (
     THINKING_BLOCKS,
@@ -287,7 +289,8 @@ def _tool_input(arguments: str) -> Any:
 def _turn(message: Message) -> tuple[str, list[dict[str, Any]]]:
     """The Anthropic role and content blocks of one non-system message."""
     if message.role in ("tool", "function"):
-        result: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id or message.name or ""}
+        answered = claude_call_id(message.tool_call_id or message.name or "")
+        result: dict[str, Any] = {"type": "tool_result", "tool_use_id": answered}
         blocks = _content_blocks(message)
         if message.is_error:
             result["is_error"] = True  # (said so, not in its text: `TOOL_ERROR_MARK`)
@@ -310,9 +313,11 @@ def _turn(message: Message) -> tuple[str, list[dict[str, Any]]]:
 
 
 def _tool_use(call: ToolCall) -> dict[str, Any]:
+    """A call as Claude's `tool_use` block, its id one Anthropic takes (`claude_call_id`: another provider's, Kimi
+    K2's `functions.get_weather:0`, goes as a stand-in, the same as its result's)."""
     return {
         "type": "tool_use",
-        "id": call.id,
+        "id": claude_call_id(call.id),
         "name": call.function.name,
         "input": _tool_input(call.function.arguments),
     }
@@ -435,45 +440,90 @@ def tool_turn_without_thinking(turns: list[Any]) -> bool:
     return not claude_signed(blocks[0])
 
 
-def _unsigned_turn(message: object) -> bool:
-    """Whether a Messages turn holds a thinking block Claude did not sign (`unsigned_thinking`). Every request passed
-    through asks it of every turn: only an assistant turn holds thinking, and only a thinking block's signature is
-    read, in one loop (calling `unsigned_thinking` on each block of a 400-turn history cost twice its serializing)."""
-    if not isinstance(message, dict) or message.get("role") != "assistant":
-        return False
-    content = message.get("content")
-    if not isinstance(content, list):
-        return False
-    for block in content:
-        if isinstance(block, dict) and block.get("type") == "thinking":
-            signature = block.get("signature")
-            if not signature or not isinstance(signature, str):
-                return True
-    return False
+def _to_mend(messages: list[Any]) -> bool:
+    """Whether a Messages history holds what Anthropic refuses and only the gateway made (`history_for_claude`): a
+    thinking block Claude did not sign (`unsigned_thinking`), or a tool use whose id Anthropic does not take
+    (`claude_takes`). Every request passed through asks it: only assistant turns hold thinking and tool uses, and only
+    a thinking block's signature and a tool use's id are read, in one loop, the ids checked at once (calling
+    `unsigned_thinking` on each block of a 400-turn history cost twice its serializing; checking each id on its own,
+    half as much again). A tool result's id is not read: one that Anthropic does not take and no tool use of the
+    history has is the client's own mistake, which Anthropic names."""
+    call_ids: list[str] = []
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for block in content:
+            if not isinstance(block, dict):
+                continue
+            kind = block.get("type")
+            if kind == "thinking":
+                signature = block.get("signature")
+                if not signature or not isinstance(signature, str):
+                    return True
+            elif kind == "tool_use":
+                call_id = block.get("id")
+                if isinstance(call_id, str):  # (another type is the client's own mistake too)
+                    call_ids.append(call_id)
+    # (All read as one: an id of other characters, or an empty one among them, fails the whole.)
+    return bool(call_ids) and not (all(call_ids) and claude_takes("".join(call_ids)))
 
 
-def unsigned_left_out(body: dict[str, Any]) -> list[str]:
-    """Take out of a Messages body passed through the thinking blocks Claude did not sign (`claude_signed`): another
-    provider's reasoning, which the gateway answered with an empty signature when it served the turn (a Claude Code
-    user switching models mid-loop hands it back). Anthropic refuses one in any turn, thinking on or off ("Invalid
-    `signature` in `thinking` block"), and a client talking to Anthropic alone never has one: the gateway made it.
-    A turn left with nothing (it held that reasoning alone) goes too: Anthropic joins the turns around it. The
-    client's messages are not changed (a fallback may send them elsewhere): `body` gets new ones. Returns
-    `["messages.thinking"]` when any went, else nothing."""
+# The block types whose id pairs a call with its result, and that field.
+CALL_ID_FIELDS = {"tool_use": "id", "tool_result": "tool_use_id"}
+
+
+def _with_claude_id(block: object) -> object:
+    """A `tool_use` or `tool_result` block with the id Anthropic takes for its own (`claude_call_id`), else `block`."""
+    if not isinstance(block, dict):
+        return block
+    field = CALL_ID_FIELDS.get(str(block.get("type")))
+    call_id = block.get(field) if field else None
+    if not isinstance(call_id, str) or claude_takes(call_id):
+        return block
+    return {**block, field: claude_call_id(call_id)}
+
+
+def history_for_claude(body: dict[str, Any]) -> list[str]:
+    """A Messages body passed through, without what Anthropic refuses and a client talking to Anthropic alone never
+    has, since the gateway made it when another provider served a turn (a Claude Code user switching models mid-loop
+    hands it back, and so does a session resumed from a history saved before the gateway made it otherwise):
+
+    - thinking blocks Claude did not sign (`claude_signed`): another provider's reasoning, which the gateway answers
+      with an empty signature. Anthropic refuses one in any turn, thinking on or off ("Invalid `signature` in
+      `thinking` block"). They are left out; a turn left with nothing (it held that reasoning alone) goes too:
+      Anthropic joins the turns around it.
+    - tool use ids of characters Anthropic does not take (Kimi K2's `functions.get_weather:0`; "String should match
+      pattern '^[a-zA-Z0-9_-]+$'"), which the Messages front-end gave clients as the provider wrote them until it gave
+      stand-ins (`messages_out`). Each goes as the stand-in the front-end gives now (`claude_call_id`), in the
+      `tool_use` and in its `tool_result`: Anthropic pairs them within the request alone, so they stay paired.
+
+    The client's messages are not changed (a fallback may send them elsewhere): `body` gets new ones. Returns
+    `["messages.thinking"]` when thinking went, else nothing (an id that changed loses nothing)."""
     messages = body.get("messages")
-    if not isinstance(messages, list) or not any(map(_unsigned_turn, messages)):
+    if not isinstance(messages, list) or not _to_mend(messages):
         return []
+    thinking_left_out = False
     kept: list[Any] = []
     for message in messages:
-        if not _unsigned_turn(message):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
             kept.append(message)
             continue
-        content = message["content"]
-        blocks = [block for block in content if not unsigned_thinking(block)]
-        if blocks:
+        blocks: list[Any] = []
+        for block in content:
+            if message.get("role") == "assistant" and unsigned_thinking(block):
+                thinking_left_out = True
+            else:
+                blocks.append(_with_claude_id(block))
+        if len(blocks) == len(content) and all(map(operator.is_, blocks, content)):
+            kept.append(message)
+        elif blocks:
             kept.append({**message, "content": blocks})
     body["messages"] = kept
-    return ["messages.thinking"]
+    return ["messages.thinking"] if thinking_left_out else []
 
 
 def thinking_refused(body: dict[str, Any]) -> list[str]:
@@ -780,7 +830,7 @@ class AnthropicAdapter(ProviderAdapter):
     ) -> BuiltRequest:
         body = dict(call.body)
         body["model"] = target.model
-        dropped = unsigned_left_out(body) + thinking_refused(body)
+        dropped = history_for_claude(body) + thinking_refused(body)
         if output_limit is not None and (
             not isinstance(body.get("max_tokens"), int) or body["max_tokens"] > output_limit
         ):
@@ -830,7 +880,7 @@ class AnthropicAdapter(ProviderAdapter):
         """Anthropic's own `/v1/messages/count_tokens`, with the client's body if it spoke Messages."""
         if call.api == MESSAGES_API:
             body = {name: value for name, value in call.body.items() if name not in ("max_tokens", "stream")}
-            unsigned_left_out(body)  # (refused there too)
+            history_for_claude(body)  # (refused there too)
         else:
             body, _ = self.chat_body(req, target, stream=False)
             body.pop("max_tokens", None)

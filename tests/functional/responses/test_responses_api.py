@@ -130,6 +130,24 @@ def test_function_tool_conversation(fleet: Running, fleet_key: str, model: str, 
     assert not [item for item in second.output if item.type == "function_call"]
 
 
+def test_a_call_id_another_provider_wrote_reaches_claude_as_a_stand_in_paired_with_its_output(
+    fleet: Running, fleet_key: str
+) -> None:
+    """A Responses history whose call an OpenAI-compatible provider served (Kimi K2 names its calls
+    `functions.get_weather:0`) went to Claude with that id: Anthropic takes `[a-zA-Z0-9_-]` alone, and refused every
+    later turn of the session (400 "String should match pattern '^[a-zA-Z0-9_-]+$'")."""
+    history: Any = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "function_call", "call_id": "functions.get_weather:0", "name": "get_weather", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "functions.get_weather:0", "output": "18C"},
+    ]
+    answer = openai_client(fleet, fleet_key).responses.create(model="claude", input=history, tools=[WEATHER])
+    assert answer.status == "completed" and answer.output_text == ANTHROPIC_TEXT
+    messages = fleet.fakes["anthropic"].state.requests[-1]["json"]["messages"]
+    use, result = messages[1]["content"][0], messages[2]["content"][0]
+    assert use["id"] == result["tool_use_id"] and use["id"].startswith("functions_get_weather_0_")
+
+
 @pytest.mark.parametrize("model", ["claude", "bedrock-claude"])
 def test_a_streamed_call_without_arguments_has_an_empty_object_as_when_whole(
     fleet: Running, fleet_key: str, model: str

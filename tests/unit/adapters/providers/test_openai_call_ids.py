@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from adapters.providers.azure import AzureOpenAIAdapter
-from adapters.providers.call_ids import MAX_CALL_ID, converse_call_id, short_call_id
+from adapters.providers.call_ids import MAX_CALL_ID, claude_call_id, converse_call_id, short_call_id
 from adapters.providers.gemini.adapter import signed_call_id
 from adapters.providers.openai import OpenAIAdapter
 from handler.ports import RESPONSES_API, NativeCall, Target
@@ -62,6 +62,19 @@ def test_converse_takes_an_id_of_its_characters_as_it_is_and_a_stand_in_for_any_
     assert re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", stand_in) and converse_call_id(call_id) == stand_in
     assert (stand_in == call_id) == bool(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", call_id))
     assert converse_call_id("functions.get_weather:0") != converse_call_id("functions_get_weather_0")
+
+
+@pytest.mark.parametrize(
+    "call_id", ["functions.get_weather:0", "call|fc odd", "", "call é", SIGNED, "toolu_01A09q90qw90lq917835lq9", MCP]
+)
+def test_anthropic_takes_an_id_of_its_characters_as_it_is_and_the_converse_stand_in_for_any_other(call_id: str) -> None:
+    """Anthropic's `tool_use.id` and `tool_result.tool_use_id`: one or more of `[a-zA-Z0-9_-]`, of any length (a 400
+    "String should match pattern '^[a-zA-Z0-9_-]+$'" otherwise)."""
+    stand_in = claude_call_id(call_id)
+    assert re.fullmatch(r"[a-zA-Z0-9_-]+", stand_in) and claude_call_id(stand_in) == stand_in
+    assert (stand_in == call_id) == bool(re.fullmatch(r"[a-zA-Z0-9_-]+", call_id))
+    if stand_in != call_id:  # a history that went through Bedrock and Anthropic keeps one stand-in for a call
+        assert stand_in == converse_call_id(call_id)
 
 
 def test_ids_alike_but_for_their_ends_get_different_stand_ins() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 import pytest
 
+from adapters.providers.call_ids import claude_call_id
 from handler.api.messages_out import EventWriter, to_message
 from handler.schemas import (
     AssistantMessage,
@@ -148,3 +150,27 @@ def test_a_calls_input_when_its_arguments_are_not_whole_json(arguments: str, fin
     choice = Choice(message=AssistantMessage(content=None, tool_calls=[call]), finish_reason=finish)
     message = to_message(ChatCompletion(id="c", created=0, model="m", choices=[choice]), "m", None)
     assert message["content"] == [{"type": "tool_use", "id": "call_1", "name": "get_weather", "input": expected}]
+
+
+@pytest.mark.parametrize("call_id", ["functions.get_weather:0", "call 1", ""], ids=["kimi", "spaced", "empty"])
+def test_a_call_id_the_messages_api_refuses_is_given_as_its_stand_in_whole_and_streamed(call_id: str) -> None:
+    """Another provider's call id of other characters than `[a-zA-Z0-9_-]` (Kimi K2's `functions.get_weather:0`)
+    reached the Messages client as written: a history Anthropic refuses ("String should match pattern
+    '^[a-zA-Z0-9_-]+$'") whenever the client takes it to Claude. It is given as its stand-in (`claude_call_id`), the
+    same in the whole answer and the stream, and the same the Anthropic adapter sends for it; a call without an id
+    gets one of its own in each answer."""
+    call = ToolCall(id=call_id, function=FunctionCall(name="get_weather", arguments='{"city":"Paris"}'))
+    choice = Choice(message=AssistantMessage(content=None, tool_calls=[call]), finish_reason="tool_calls")
+    message = to_message(ChatCompletion(id="c", created=0, model="m", choices=[choice]), "m", None)
+    given = message["content"][0]["id"]
+    assert re.fullmatch(r"[a-zA-Z0-9_-]+", given) and given == (claude_call_id(call_id) if call_id else given)
+
+    writer = EventWriter("m", "msg_1")
+    delta = {"index": 0, "id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{"}}
+    out = writer.chunk(chunk(tool_calls=[delta])) + writer.chunk(chunk(tool_calls=[{"index": 0, "function": {}}]))
+    out += writer.finish(Usage.of(1, 1), None)
+    (streamed,) = [block_id for _, block_id, _, _ in tool_blocks(events(out))]
+    if call_id:
+        assert streamed == given
+    else:  # (no id to keep: each answer's call gets one of its own, never one repeated across answers)
+        assert re.fullmatch(r"[a-zA-Z0-9_-]+", streamed) and streamed != given
