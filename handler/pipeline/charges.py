@@ -57,7 +57,7 @@ class Charges:
         options = self.gateway.config.gateway.priced_options
         tier = extra.get("service_tier")
         if tier is not None and tier not in PLAIN_TIERS:
-            if not isinstance(tier, str) or not any(tier in attempt.tiers for attempt in plan):
+            if not isinstance(tier, str) or not any(tier in attempt.taken for attempt in plan):
                 raise unpriced_tier(tier, ex.model)
             ex.service_tier = tier
         if extra.get("web_search_options") is not None:
@@ -146,9 +146,9 @@ class Charges:
     @staticmethod
     def _tier_priced(ex: Exchange, attempt: Attempt, dropped: list[str]) -> None:
         """Refuses the service tier asked to a deployment that would be sent it (`dropped`: what it is not sent) and
-        whose model has no price for it, its own or the gateway's: the next may have one."""
+        that this gateway does not take for its model (`Attempt.taken`): the next may."""
         tier = ex.service_tier
-        if tier is not None and tier not in attempt.tiers and SERVICE_TIER not in dropped:
+        if tier is not None and tier not in attempt.taken and SERVICE_TIER not in dropped:
             raise unpriced_tier(tier, attempt.model)
 
     @staticmethod

@@ -434,20 +434,20 @@ def as_served(price: Price | None, asked: Mapping[str, str], served: Mapping[str
     return options
 
 
-def tier_rates(price: Price | None, gateway: Mapping[str, float], configured: bool) -> dict[str, float]:
-    """The multipliers a deployment's model is priced at per OpenAI service tier. The gateway's
-    (`priced_options.service_tier`) name the tiers it takes, each at its multiplier where the model's price has none
-    of its own (`options.service_tier`: OpenAI's prices differ by model, priority 2x for gpt-5's and 1.7x for
-    gpt-4o's, as the built-in table carries them). A price the operator wrote in the config (`configured`) also takes
-    the tiers it names; the built-in table's only price those the gateway takes: a tier costs more, and the operator
-    says which a key may ask for (priority was taken at twice the price once the table priced it). A tier in neither
-    is not priced, so refused."""
+def tier_rates(
+    price: Price | None, gateway: Mapping[str, float], configured: bool
+) -> tuple[dict[str, float], frozenset[str]]:
+    """The multipliers a deployment's model is billed at per OpenAI service tier, and the tiers a request may ask it
+    for. The rates: its price's own (`options.service_tier`: OpenAI's prices differ by model, priority 2x for
+    gpt-5's and 1.7x for gpt-4o's, as the built-in table carries them), else the gateway's
+    (`priced_options.service_tier`); an answer that says it ran at a tier is billed at its rate whether asked or not
+    (a project whose default tier is priority bills every request so). The tiers taken: the gateway's, and those a
+    price the operator wrote in the config (`configured`) names; the built-in table's only price them: a tier costs
+    more, and the operator says which a key may ask for (priority was taken at twice the price once the table priced
+    it). A tier not taken is refused."""
     own = (price.options or {}).get(SERVICE_TIER) if price is not None else None
-    if not own:
-        return dict(gateway)
-    if configured:
-        return {**gateway, **own}
-    return {tier: own.get(tier, multiplier) for tier, multiplier in gateway.items()}
+    rates = {**gateway, **own} if own else dict(gateway)
+    return rates, frozenset(rates if configured else gateway)
 
 
 def tier_served(answer: Mapping[str, Any] | None, asked: str | None) -> Served | None:

@@ -91,7 +91,7 @@ def a_model(kind: str) -> str:
 class Attempt(Value):
     """One deployment to try: the public model it serves and how to reach it."""
 
-    __slots__ = ("model", "spec", "target", "adapter", "distance_km", "rtt_ms", "measured", "tiers")
+    __slots__ = ("model", "spec", "target", "adapter", "distance_km", "rtt_ms", "measured", "tiers", "taken")
 
     def __init__(
         self,
@@ -103,6 +103,7 @@ class Attempt(Value):
         rtt_ms: float,
         measured: bool,
         tiers: Mapping[str, float] = MappingProxyType({}),
+        taken: frozenset[str] = frozenset(),
     ) -> None:
         self.model: Final = model
         self.spec: Final = spec
@@ -113,9 +114,10 @@ class Attempt(Value):
         # estimated from the distance.
         self.rtt_ms: Final = rtt_ms
         self.measured: Final = measured
-        # The multiplier of each OpenAI service tier its model is priced at (`pricing.tier_rates`), resolved once
-        # with the router: a tier it has none for is not priced here.
+        # The multiplier of each OpenAI service tier its model is billed at, and the tiers a request may ask it for
+        # (`pricing.tier_rates`), resolved once with the router: a tier not taken is refused.
         self.tiers: Final = tiers
+        self.taken: Final = taken
 
 
 class Plan(list[Attempt]):
@@ -190,8 +192,9 @@ class Router:
             measured = self._latency.get(region)
             rtt = measured if measured is not None else km * ESTIMATED_RTT_MS_PER_KM
             price = price_for(model, spec, dep.model)
-            tiers = MappingProxyType(tier_rates(price, gateway_tiers, configured=isinstance(spec.price, Price)))
-            attempts.append(Attempt(model, spec, target, adapter, km, rtt, measured is not None, tiers))
+            rates, taken = tier_rates(price, gateway_tiers, configured=isinstance(spec.price, Price))
+            tiers = MappingProxyType(rates)
+            attempts.append(Attempt(model, spec, target, adapter, km, rtt, measured is not None, tiers, taken))
         # One unit for all: a region the config measured and one it did not are compared in milliseconds (kilometres
         # against milliseconds served from Ireland a gateway in Virginia that had Ohio, 496 km away, beside it).
         return sorted(attempts, key=lambda a: a.rtt_ms)

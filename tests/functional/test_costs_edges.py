@@ -402,13 +402,16 @@ async def test_a_tier_the_built_in_table_prices_is_taken_only_where_the_gateway_
     """The built-in table prices OpenAI's tiers per model; once it did, gpt-4o's `priority` was served at 1.7 times
     the price on a gateway whose operator had never taken it (`priced_options.service_tier` was `{flex: 1.0}`).
     The gateway's tiers say which a key may ask for; the table only prices those, and a price the operator wrote
-    takes the tiers it names."""
+    takes the tiers it names. An answer that says it ran at a tier (a project whose default tier is priority runs
+    every request so) is billed at the model's rate for it, taken or not: gpt-4o's was billed at its plain price."""
     sent: list[dict[str, Any]] = []
+    project_tier: list[str] = []  # the tier the fake project runs a request that names none at
 
     def openai(request: httpx.Request) -> httpx.Response:
         body = orjson.loads(request.content)
         sent.append(body)
-        return httpx.Response(200, json={**completion(body["model"]), "service_tier": body.get("service_tier")})
+        tier = body.get("service_tier") or (project_tier[0] if project_tier else None)
+        return httpx.Response(200, json={**completion(body["model"]), "service_tier": tier})
 
     models = {
         "4o": {"deployments": [{"provider": "openai", "model": "gpt-4o"}]},  # the built-in table's prices
@@ -426,6 +429,13 @@ async def test_a_tier_the_built_in_table_prices_is_taken_only_where_the_gateway_
     assert float(flex.headers["x-gateway-cost-usd"]) == pytest.approx(0.5 * float(plain.headers["x-gateway-cost-usd"]))
     own = await served.post("/v1/chat/completions", {"model": "own", "messages": HI, "service_tier": "priority"})
     assert own.status_code == 200, own.text
+    plain_4o = await served.post("/v1/chat/completions", {"model": "4o", "messages": HI})
+    project_tier.append("priority")
+    ran_at_priority = await served.post("/v1/chat/completions", {"model": "4o", "messages": HI})
+    assert ran_at_priority.status_code == 200, ran_at_priority.text
+    assert float(ran_at_priority.headers["x-gateway-cost-usd"]) == pytest.approx(
+        1.7 * float(plain_4o.headers["x-gateway-cost-usd"])
+    )
     await served.gateway.aclose()
 
 
