@@ -125,12 +125,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     head_done_in: bytes | None = None
     head_done_before = 0  # the bytes the request had in pieces before the one its head ended in
     head_done_earlier = b""
+    pending: bytes | None = None  # a pipelined head's 431, held until the answer before it is written (`_refuse`)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.bound = request_header_bytes()
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:  # (a 431 is written or held: nothing more is read on this connection)
+            return
         if self.in_head:
             room = self.bound - self.received
             if len(data) > room:
@@ -221,13 +224,31 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.refused = True
             headers = (getattr(self, "headers", None) or []) if url is None else []
             anthropic = anthropic_head(getattr(self, "url", b"") if url is None else url, headers)
-            self.transport.write(too_large_answer(self.bound, anthropic))
+            answer = too_large_answer(self.bound, anthropic)
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                # Pipelined behind a request still being answered: that answer first (`on_response_complete`), then
+                # this one. Written at once, the 431 took the earlier request's place, which was sent and charged.
+                self.pending = answer
+                self.flow.pause_reading()
+                return
+            self.transport.write(answer)
             self.transport.close()
+
+    def on_response_complete(self) -> None:
+        """An answer is written: the next request's starts (uvicorn's), or, once every request before a refused
+        head is answered, its held 431 (`_refuse`), and the connection closed."""
+        pending = self.pending
+        if pending is not None and not self.pipeline and not self.transport.is_closing():
+            self.pending = None
+            self.transport.write(pending)
+            self.transport.close()
+        super().on_response_complete()
 
     def send_400_response(self, msg: str) -> None:
         """A head the HTTP parser refuses (a CR or NUL in a header's value, two `Content-Length`s): the client's 400
         in the error shape of its API, where uvicorn wrote a plain-text one with no request id."""
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self.refused:  # (refused: the 431 is the answer, written or held)
             return
         anthropic = anthropic_head(getattr(self, "url", b""), getattr(self, "headers", None) or [])
         error = InvalidRequestError(f"the request's HTTP head is malformed ({msg.rstrip('.')})")
