@@ -30,12 +30,15 @@ REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION", "GATEWAY_REGION")
 NO_REGION = "no AWS region for DynamoDB: set AWS_REGION (or GATEWAY_REGION), or add ?region=R to the store URL"
 
 
-def aws_region(value: str, source: str) -> str:
+def aws_region(value: str, source: str, endpoint: bool = False) -> str:
     """`value`, the store's region as `source` names it (`the store URL's region=`, `AWS_REGION=`), if it can be an
     AWS region's; else a `StoreError` saying so: `region=narnia` was taken, and every call went to
-    `dynamodb.narnia.amazonaws.com` ("DynamoDB query failed: ConnectionError")."""
+    `dynamodb.narnia.amazonaws.com` ("DynamoDB query failed: ConnectionError"). Where the URL names the `endpoint`
+    (DynamoDB Local, which takes any region, `local` as often as not), a name of letters, digits and '-'."""
     from adapters.aws import is_aws_region
 
+    if endpoint and 0 < len(value) <= 64 and value.isascii() and all(c.isalnum() or c == "-" for c in value):
+        return value
     if not is_aws_region(value):
         raise StoreError(
             f"{source}{value[:40]} is not an AWS region name (an area, a word or two and a number, as eu-central-1, "
@@ -44,12 +47,12 @@ def aws_region(value: str, source: str) -> str:
     return value
 
 
-def environment_region(names: tuple[str, ...] = REGION_VARIABLES) -> str | None:
+def environment_region(names: tuple[str, ...] = REGION_VARIABLES, endpoint: bool = False) -> str | None:
     """The region a store URL without `?region=` takes from the first of `names` set, checked (`aws_region`); None
     where none is set."""
     for name in names:
         if os.environ.get(name):
-            return aws_region(os.environ[name], f"{name}=")
+            return aws_region(os.environ[name], f"{name}=", endpoint)
     return None
 
 
@@ -63,7 +66,7 @@ def dynamodb_client(
     from adapters.aws import process_credentials
     from adapters.store.dynamo_client import DynamoDBClient
 
-    region = region or environment_region()
+    region = region or environment_region(endpoint=endpoint_url is not None)
     if not region:
         raise StoreError(NO_REGION)
     return DynamoDBClient(region, process_credentials(), endpoint_url, connect_timeout, read_timeout)
@@ -106,10 +109,10 @@ def dynamodb_query(url: str) -> tuple[dict[str, str], dict[str, float]]:
             f"(one of: {', '.join(URL_PARAMETERS)}, home_endpoint_REGION)"
         )
     if "region" in query:
-        aws_region(query["region"], "the store URL's region=")
+        aws_region(query["region"], "the store URL's region=", "endpoint_url" in query)
     for name in query:
         if name.startswith("home_endpoint_"):
-            aws_region(name.removeprefix("home_endpoint_"), "the store URL's home_endpoint_")
+            aws_region(name.removeprefix("home_endpoint_"), "the store URL's home_endpoint_", "endpoint_url" in query)
     defaults = {"read_timeout": 2.0, "connect_timeout": 1.0, "lease_idle_seconds": IDLE_SECONDS}
     return query, {name: seconds_parameter(query, name, default) for name, default in defaults.items()}
 
@@ -122,7 +125,8 @@ def check_store_url(url: str) -> None:
         return
     if scheme != "dynamodb":
         raise unknown_store(url)
-    if not dynamodb_query(url)[0].get("region") and not environment_region():
+    query = dynamodb_query(url)[0]
+    if not query.get("region") and not environment_region(endpoint="endpoint_url" in query):
         raise StoreError(NO_REGION)
 
 
@@ -147,7 +151,8 @@ def open_store(url: str, client: Any = None) -> Store:
         # The region the client signs for is the store's: a store left without one homed its keys nowhere, and
         # every region then wrote the one meter item of a key (1.83x its budget spent from two regions); so did one
         # whose client took `GATEWAY_REGION` (its region was None).
-        region = query.get("region") or environment_region(REGION_VARIABLES[:2]) or getattr(client, "region", None)
+        region = query.get("region") or environment_region(REGION_VARIABLES[:2], "endpoint_url" in query)
+        region = region or getattr(client, "region", None)
         if client is None:
             client = dynamodb_client(region, query.get("endpoint_url"), **timeouts)
             owned.append(client)

@@ -248,6 +248,26 @@ def test_config_check_and_serve_refuse_a_store_url_that_cannot_be_opened_before_
     assert printed.err.startswith(f"gateway: the store cannot be used: {said}") and printed.out == ""
 
 
+@pytest.mark.parametrize(
+    ("store", "environ"),
+    [
+        ("dynamodb://tbl?region=local&endpoint_url=http://127.0.0.1:9", {}),
+        ("dynamodb://tbl?endpoint_url=http://127.0.0.1:9", {"AWS_REGION": "local"}),
+    ],
+    ids=["url", "environment"],
+)
+def test_a_store_url_with_its_endpoint_takes_any_region_name_as_dynamodb_local_does(
+    store: str, environ: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DynamoDB Local takes any region (`local`, as its docs write it): with the endpoint named, the region is not held
+    to AWS's names (a setup that worked was refused, "region=local is not an AWS region name"). Found by review."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "GATEWAY_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert main(["config", "check", "--store", store]) == 0, capsys.readouterr().err
+
+
 def test_a_dynamodb_table_that_is_not_there_is_named_with_how_to_create_it(
     dynamo: DynamoServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
