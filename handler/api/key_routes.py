@@ -25,7 +25,7 @@ from handler.pipeline.key_admin import (
     validate_networks,
     with_descendants,
 )
-from handler.pipeline.keys import network
+from handler.pipeline.keys import may_hold_a_secret, network
 from handler.pipeline.pricing import dollars
 from handler.ports import ConflictError, KeyRecord, RateCharge, UsageQuery
 
@@ -94,7 +94,7 @@ class RotateSpec(BaseModel):
 def no_such_key(key_id: str) -> str:
     """A 404's message for a key id the store does not have; a whole key given as the id is not echoed (its
     secret would be)."""
-    if key_id.startswith("gwk_"):
+    if may_hold_a_secret(key_id):
         return "no key with that id: give a key's id (the part between `gwk_` and the next `_`), not the key"
     return f"no key with id '{key_id[:64]}'"
 
@@ -442,7 +442,7 @@ class KeyRoutes:
         key_id = request.query_params.get("key")
         if not key_id:
             return await self._usage(request, caller, None)
-        if key_id.startswith("gwk_"):  # a whole key, secret and all: never echoed (as `gateway usage --key` has it)
+        if may_hold_a_secret(key_id):  # a key, secret and all: never echoed (as `gateway usage --key` has it)
             raise InvalidRequestError(
                 "key takes a key's id (the part between `gwk_` and the next `_`), not the key", param="key"
             )

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from handler.api.key_routes import key_view
+from handler.api.key_routes import key_view, no_such_key
 from handler.config import Config, ConfigError, load_config, responses_secret
 from handler.pipeline.attribution import parse_tags
 from handler.pipeline.gateway import DEFAULT_STORE_URL
 from handler.pipeline.key_admin import KeyAdmin, key_names, with_descendants
-from handler.pipeline.keys import KeyService, split_key
+from handler.pipeline.keys import KeyService, may_hold_a_secret, split_key
 from handler.ports import KeyRecord, LedgerItem, Store, StoreError
 from handler.redaction import redact_message
 from handler.telemetry.prometheus import SHARED_ENV
@@ -456,7 +456,7 @@ async def _key_command(args: argparse.Namespace, store: Store) -> int:
     grace = _rotation_grace(args.grace) if args.keys_command == "rotate" else 0.0
     existing = await store.get_key(args.id)
     if existing is None:
-        sys.stderr.write(f"no key with id '{args.id}'\n")
+        sys.stderr.write(f"{no_such_key(args.id)}\n")
         return 1
     if args.keys_command == "show":
         _print_json(key_view(existing))
@@ -580,7 +580,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
     found = asyncio.run(fetch())
     if found is None:
-        if args.key.startswith("gwk_"):  # a whole key, secret and all: never printed back (it was)
+        if may_hold_a_secret(args.key):  # a key, secret and all: never printed back (it was)
             sys.stderr.write("--key takes a key's id (the part between `gwk_` and the next `_`), not the key\n")
             return 1
         sys.stderr.write(f"no key with id '{args.key}' (nor any usage of it in the window)\n")

@@ -45,6 +45,12 @@ def format_key(key_id: str, secret: str) -> str:
     return f"{KEY_PREFIX}_{key_id}_{secret}"
 
 
+def may_hold_a_secret(key_id: str) -> bool:
+    """Whether what was given as a key's id may be a key, secret and all, which an error must not echo: a whole key,
+    or one without its `gwk_` (`<id>_<secret>`, echoed whole, 43 characters of secret). An id has no `_`."""
+    return "_" in key_id
+
+
 def split_key(token: str) -> tuple[str, str] | None:
     """`(id, secret)` of a well-formed key, else None."""
     prefix, _, rest = token.partition("_")

@@ -165,11 +165,14 @@ def test_admin_usage_of_a_key_the_store_never_had_is_a_404_and_a_purged_ones_sti
     for asked, status, code, said in (
         ("nosuchkeyid", 404, "not_found", "no key with id 'nosuchkeyid' (nor any usage of it in the window)"),
         # (A whole key where its id goes: never echoed, secret and all.)
-        (
-            parent,
-            400,
-            "invalid_request",
-            "key takes a key's id (the part between `gwk_` and the next `_`), not the key",
+        *(
+            (
+                whole,
+                400,
+                "invalid_request",
+                "key takes a key's id (the part between `gwk_` and the next `_`), not the key",
+            )
+            for whole in (parent, parent.removeprefix("gwk_"))  # (without its `gwk_`, it was echoed whole)
         ),
     ):
         for shape in ("json", "csv"):
@@ -180,6 +183,10 @@ def test_admin_usage_of_a_key_the_store_never_had_is_a_404_and_a_purged_ones_sti
             assert answer.json() == {
                 "error": {"message": said, "type": "invalid_request_error", "param": "key", "code": code}
             }
+    secret = parent.rpartition("_")[2]
+    for whole in (parent, parent.removeprefix("gwk_")):  # (a key's own route: its 404 never echoes one either)
+        answer = httpx.get(f"{gateway.url}/admin/keys/{whole}", headers=auth(admin), timeout=10)
+        assert answer.status_code == 404 and secret not in answer.text, answer.text
 
 
 def revoke(store_url: str, key_id: str, at: float) -> None:

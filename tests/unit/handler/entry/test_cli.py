@@ -758,9 +758,13 @@ def test_usage_of_a_key_the_store_never_had_says_so(any_store: str, capsys: pyte
     assert printed.err == "no key with id 'nosuchkeyid' (nor any usage of it in the window)\n" and printed.out == ""
     # A whole key where its id goes is never printed back, secret and all (it was: review).
     secret = "gwk_abcdefghijkm_" + "s" * 43
-    assert main(["usage", "--store", any_store, "--key", secret, "--format", "csv"]) == 1
-    printed = capsys.readouterr()
-    assert "s" * 43 not in printed.err and "--key takes a key's id" in printed.err
+    for given in (secret, secret.removeprefix("gwk_")):  # (without its `gwk_`, it was echoed whole)
+        assert main(["usage", "--store", any_store, "--key", given, "--format", "csv"]) == 1
+        printed = capsys.readouterr()
+        assert "s" * 43 not in printed.err and "--key takes a key's id" in printed.err
+        assert main(["keys", "--store", any_store, "show", given]) == 1
+        printed = capsys.readouterr()
+        assert "s" * 43 not in printed.err and "not the key" in printed.err
     assert main(["usage", "--store", any_store, "--key", quiet, "--format", "json"]) == 0  # (no lines yet)
     assert orjson.loads(capsys.readouterr().out)["data"] == []
     settle_lines(any_store, [line("purgedkey", 0.01)])  # (lines of a key with no record)
