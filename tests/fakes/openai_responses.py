@@ -4,7 +4,8 @@ It answers as the fake's chat endpoint does: the fixed text, a function call whe
 scripted, tests/fakes/script.py), a JSON schema's sample; a `reasoner` model adds a reasoning item (with
 OpenAI-style `encrypted_content` when `include` asks); with the hosted `web_search` tool it searches once
 first (a `web_search_call` item, which OpenAI bills per call). Like OpenAI, it refuses a reasoning item whose
-`encrypted_content` it did not issue, and a `call_id` longer than `MAX_ID` (`too_long`).
+`encrypted_content` it did not issue, a `call_id` longer than `MAX_ID` (`too_long`), and a `function_call_output`
+whose `call_id` no `function_call` of the input has (`orphan_output`). Its call ids are new for each answer.
 
 Encrypted reasoning is sealed per organisation, the one the request's `OpenAI-Organization` header names (none: the
 key's default organisation, whose blob is `ENCRYPTED`; `sealed_for`): a blob another organisation sealed is refused
@@ -14,6 +15,8 @@ not match the target organization", openai/codex#13724).
 
 from __future__ import annotations
 
+import secrets
+import string
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,9 +31,16 @@ REASONING = "The user greets me; I greet back."
 ENCRYPTED = "gAAAAABfakeOpenAIEncryptedReasoning=="
 ORGANIZATION_HEADER = "openai-organization"  # (OpenAI's `OpenAI-Organization`, as a server reads it)
 INVALID_ENCRYPTED_CONTENT = "invalid_encrypted_content"
-CALL_ID = "call_fakeResponses1"
 MAX_ID = 64  # the longest tool call id OpenAI's APIs take
 ID_TOO_LONG = "string_above_max_length"
+
+
+def unique(length: int) -> str:
+    """`length` random letters and digits: the unique part of an id of OpenAI's form."""
+    return "".join(secrets.choice(ALPHANUMERIC) for _ in range(length))
+
+
+ALPHANUMERIC = string.ascii_letters + string.digits
 
 
 def string_too_long(param: str, length: int) -> str:
@@ -64,6 +74,19 @@ def unpersisted(body: dict[str, Any]) -> str | None:
                 f"Item with id '{item['id']}' not found. Items are not persisted when `store` is set to false. "
                 "Try again with `store` set to true, or remove this item from your input."
             )
+    return None
+
+
+def orphan_output(body: dict[str, Any]) -> str | None:
+    """OpenAI's 400 for a `function_call_output` whose `call_id` no `function_call` of the input has (its `param`:
+    `input`; continuedev/continue#10092). OpenAI would look among a `previous_response_id`'s stored items too: this
+    fake stores none, and refuses any `previous_response_id` (`problem`)."""
+    items = body.get("input")
+    items = items if isinstance(items, list) else []
+    called = {item.get("call_id") for item in items if isinstance(item, dict) and item.get("type") == "function_call"}
+    for item in items:
+        if isinstance(item, dict) and item.get("type") == "function_call_output" and item.get("call_id") not in called:
+            return f"No tool call found for function call output with call_id {item.get('call_id')}."
     return None
 
 
@@ -135,7 +158,7 @@ def output_of(body: dict[str, Any], organization: str | None = None) -> list[dic
         name = choice["name"] if isinstance(choice, dict) else tools[0]["name"]
         call = (str(name), '{"city":"Paris"}')
     if call is not None:
-        item = {"id": f"fc_fake{made}", "type": "function_call", "status": "completed", "call_id": CALL_ID}
+        item = {"id": f"fc_fake{made}", "type": "function_call", "status": "completed", "call_id": f"call_{unique(24)}"}
         output.append({**item, "name": call[0], "arguments": call[1]})
         return output
     fmt = (body.get("text") or {}).get("format") or {}
