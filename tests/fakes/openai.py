@@ -208,7 +208,9 @@ def _unknown_parameter(body: dict[str, Any]) -> Response | None:
         for j, part in enumerate(message.get("content") if isinstance(message.get("content"), list) else []):
             unknown += [f"messages[{i}].content[{j}].{name}" for name in part if name not in PART_FIELDS]
         if unknown:
-            return _error(400, f"Unknown parameter: '{unknown[0]}'.", "invalid_request_error", UNKNOWN, unknown[0])
+            return _error(
+                400, f"Unknown parameter: '{unknown[0]}'.", "invalid_request_error", UNKNOWN, param=unknown[0]
+            )
     return None
 
 
