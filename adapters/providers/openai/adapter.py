@@ -374,12 +374,14 @@ def unsent_sampling(body: dict[str, Any], reasons: bool) -> list[str]:
     'temperature' is not supported with this model"; gpt-5 takes only the default, 1), but for gpt-5.1 and later
     with `reasoning_effort: none`, which OpenAI's guide documents as taking them (sent only when the request says
     `none` itself: the model's default effort is not the gateway's to assume); DeepSeek's reasoner takes them
-    without effect (`ModelRules.ignores_sampling`)."""
+    without effect (`ModelRules.ignores_sampling`); gpt-oss, a reasoning model OpenAI's API does not serve, takes them
+    on the servers that host it (`ModelRules.takes_sampling`)."""
     if "temperature" not in body and "top_p" not in body:
         return []  # (the usual request: the model's rules are not looked up, nor compiled at a cold start)
     if reasons and body.get("reasoning_effort") == "none":
         return []
-    if not reasons and not rules_for(body["model"]).ignores_sampling:
+    rules = rules_for(body["model"])
+    if rules.takes_sampling if reasons else not rules.ignores_sampling:
         return []
     values = {name: body.pop(name) for name in SAMPLING if name in body}
     return [name for name, value in values.items() if value is not None and value != 1]

@@ -375,6 +375,19 @@ def test_a_reasoning_model_gets_no_sampling_but_without_reasoning(
     assert built.dropped == ([] if kept else ["temperature", "top_p"])
 
 
+@pytest.mark.parametrize("model", ["gpt-oss-120b", "openai/gpt-oss-20b"])
+@pytest.mark.parametrize("base_url", ["http://vllm.internal:8000/v1", "https://api.groq.com/openai/v1"])
+def test_gpt_oss_takes_its_effort_and_sampling_as_the_servers_that_host_it_do(model: str, base_url: str) -> None:
+    """gpt-oss, which OpenAI's API does not serve, runs on compatible servers (vLLM, Groq, Together) that take its
+    `reasoning_effort` (low, medium, high: its model card) and `temperature` and `top_p` as any model's: the sampling
+    was left out and named (`temperature`, `top_p`), as for OpenAI's own reasoning models, which refuse it."""
+    req = request(temperature=0.7, top_p=0.9, reasoning_effort="high")
+    built = adapter().chat_request(req, target(base_url, model), stream=False)
+    body = orjson.loads(built.request.body)
+    assert (body["temperature"], body["top_p"], body["reasoning_effort"]) == (0.7, 0.9, "high")
+    assert built.dropped == []
+
+
 def test_a_reasoning_models_default_temperature_is_left_out_without_a_word() -> None:
     built = adapter().chat_request(request(temperature=1), target(model="o4-mini"), stream=False)
     assert "temperature" not in orjson.loads(built.request.body) and built.dropped == []
