@@ -93,6 +93,7 @@ EFFORTS: tuple[tuple[str | tuple[str, ...], tuple[str, ...]], ...] = (
 )
 MESSAGE_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "audio", "function_call"}
 PART_FIELDS = {"type", "text", "image_url", "input_audio", "file", "refusal"}
+CALL_FIELDS = {"id", "type", "function"}
 
 
 INVALID_KEY = ("invalid_request_error", "invalid_api_key")
@@ -197,9 +198,10 @@ def _problem(body: dict[str, Any]) -> str | None:
 
 
 def _unknown_parameter(body: dict[str, Any]) -> Response | None:
-    """OpenAI's 400 for a message or content-part field Chat Completions does not define (`MESSAGE_FIELDS`,
-    `PART_FIELDS`: OpenRouter's `reasoning_details`, Claude's `cache_control`), in its words: "Unknown parameter:
-    'messages[1].content[1].file.data'.", code `unknown_parameter` (pydantic/pydantic-ai, FastGPT#1253). DeepSeek
+    """OpenAI's 400 for a message, content-part or tool-call field Chat Completions does not define (`MESSAGE_FIELDS`,
+    `PART_FIELDS`, `CALL_FIELDS`: OpenRouter's `reasoning_details`, Claude's `cache_control`, a stream delta's `index`),
+    in its words: "Unknown parameter: 'messages[1].content[1].file.data'.", code `unknown_parameter`
+    (pydantic/pydantic-ai; "Unknown parameter: 'messages[2].tool_calls[0].index'", labring/FastGPT#1253). DeepSeek
     (served by this fake too) takes an assistant turn's `reasoning_content` back."""
     deepseek = str(body.get("model", "")).startswith("deepseek")
     fields = MESSAGE_FIELDS | {"reasoning_content"} if deepseek else MESSAGE_FIELDS
@@ -207,6 +209,8 @@ def _unknown_parameter(body: dict[str, Any]) -> Response | None:
         unknown = [f"messages[{i}].{name}" for name in message if name not in fields]
         for j, part in enumerate(message.get("content") if isinstance(message.get("content"), list) else []):
             unknown += [f"messages[{i}].content[{j}].{name}" for name in part if name not in PART_FIELDS]
+        for j, call in enumerate(message.get("tool_calls") or []):
+            unknown += [f"messages[{i}].tool_calls[{j}].{name}" for name in call if name not in CALL_FIELDS]
         if unknown:
             return _error(
                 400, f"Unknown parameter: '{unknown[0]}'.", "invalid_request_error", UNKNOWN, param=unknown[0]
