@@ -78,16 +78,20 @@ def unpersisted(body: dict[str, Any]) -> str | None:
 
 
 def orphan_output(body: dict[str, Any]) -> str | None:
-    """OpenAI's 400 for a `function_call_output` whose `call_id` no `function_call` of the input has (its `param`:
-    `input`; continuedev/continue#10092). OpenAI would look among a `previous_response_id`'s stored items too: this
-    fake stores none, and refuses any `previous_response_id` (`problem`)."""
+    """OpenAI's 400 for a `function_call_output` whose `call_id` no `function_call` of the input has ("No tool call
+    found for function call output with call_id ...", continuedev/continue#10092), or a `function_call` no output
+    answers ("No tool output found for function call ...", tjardoo/openai-client#124); its `param` is `input`. OpenAI
+    would look among a `previous_response_id`'s stored items too: this fake stores none, and refuses any
+    `previous_response_id` (`problem`)."""
     items = body.get("input")
-    items = items if isinstance(items, list) else []
-    called = {item.get("call_id") for item in items if isinstance(item, dict) and item.get("type") == "function_call"}
+    items = [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+    called = [item.get("call_id") for item in items if item.get("type") == "function_call"]
+    answered = {item.get("call_id") for item in items if item.get("type") == "function_call_output"}
     for item in items:
-        if isinstance(item, dict) and item.get("type") == "function_call_output" and item.get("call_id") not in called:
+        if item.get("type") == "function_call_output" and item.get("call_id") not in called:
             return f"No tool call found for function call output with call_id {item.get('call_id')}."
-    return None
+    unanswered = [call for call in called if call not in answered]
+    return f"No tool output found for function call {unanswered[0]}." if unanswered else None
 
 
 def sealed_for(organization: str | None) -> str:
