@@ -19,7 +19,7 @@ for and served at `default`, as the answer's `service_tier` says: OpenAI does pa
 streamed, and `finish_reason: length`).
 It refuses, as OpenAI does, message and content-part fields Chat Completions does not define (`unknown_parameter`),
 a tool message that answers no call of the assistant turn before it, an assistant turn's tool call no tool message
-answers (`_unpaired`; a Responses `function_call_output` without its `function_call`), an image in
+answers (`_unpaired`; in Responses, a `function_call_output` without its `function_call` and the reverse), an image in
 a message other than a user's, a file's `file_data` without its `filename`, a tool `description` of null,
 `max_tokens` on a reasoning model (o-series, gpt-5), and `temperature` or `top_p` other than 1 there (gpt-5.1 and
 later take them with `reasoning_effort: none`), `reasoning_effort` on any other but gpt-oss (served, as a compatible

@@ -5,7 +5,8 @@ scripted, tests/fakes/script.py), a JSON schema's sample; a `reasoner` model add
 OpenAI-style `encrypted_content` when `include` asks); with the hosted `web_search` tool it searches once
 first (a `web_search_call` item, which OpenAI bills per call). Like OpenAI, it refuses a reasoning item whose
 `encrypted_content` it did not issue, a `call_id` longer than `MAX_ID` (`too_long`), and a `function_call_output`
-whose `call_id` no `function_call` of the input has (`orphan_output`). Its call ids are new for each answer.
+whose `call_id` no `function_call` of the input has, or a `function_call` no output answers (`orphan_output`).
+Its call ids are new for each answer.
 
 Encrypted reasoning is sealed per organisation, the one the request's `OpenAI-Organization` header names (none: the
 key's default organisation, whose blob is `ENCRYPTED`; `sealed_for`): a blob another organisation sealed is refused
