@@ -148,6 +148,7 @@ CLIENT_NAMES: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
             "reasoning_summary": "reasoning.summary",
             # An earlier turn's reasoning: what a reasoning item carried (its text, Claude's signed thinking).
             "messages.reasoning_content": "input[reasoning]",
+            "messages.reasoning_details": "input[reasoning]",
             "messages.thinking": "input[reasoning]",
             # What a tool message cannot carry: the parts of a `function_call_output`'s `output`.
             "messages.tool.image_url": "input[function_call_output].input_image",

@@ -38,12 +38,16 @@ class ModelRules(Value):
     `ignores_sampling`: takes `temperature` and `top_p` without effect (DeepSeek's reasoner, whose API reference lists
     them as "not supported": "setting temperature, top_p ... will not trigger an error but will also not take
     effect"); the OpenAI-compatible adapters leave them out and name them, as they do for OpenAI's reasoning models,
-    which refuse them (`openai.adapter.unsent_sampling`)."""
+    which refuse them (`openai.adapter.unsent_sampling`).
+    `takes_sampling`: a reasoning model that takes `temperature` and `top_p` as any model does: gpt-oss, which
+    OpenAI's API does not serve ("These models are not served through the OpenAI API", OpenAI's help centre) and the
+    compatible servers that host it (vLLM, Groq, Together, whose guide recommends `temperature` 1.0 for it) run with
+    the sampling asked; only the OpenAI adapter reads it (`openai.adapter.unsent_sampling`)."""
 
     __slots__ = (
         "one_sampling_knob", "completion_tokens_field", "signed_function_calls", "no_tools_with_json_mode",
         "media_in_function_responses", "no_penalties", "forced_tool_choice", "no_streaming_tools",
-        "reasoning_on_off", "openai_efforts", "ignores_sampling", "tool_result_status",
+        "reasoning_on_off", "openai_efforts", "ignores_sampling", "tool_result_status", "takes_sampling",
     )  # fmt: skip
 
     def __init__(
@@ -60,6 +64,7 @@ class ModelRules(Value):
         openai_efforts: tuple[str, ...] | None = None,
         ignores_sampling: bool = False,
         tool_result_status: bool = False,
+        takes_sampling: bool = False,
     ) -> None:
         self.one_sampling_knob: Final = one_sampling_knob
         self.completion_tokens_field: Final = completion_tokens_field
@@ -73,6 +78,7 @@ class ModelRules(Value):
         self.openai_efforts: Final = openai_efforts
         self.ignores_sampling: Final = ignores_sampling
         self.tool_result_status: Final = tool_result_status
+        self.takes_sampling: Final = takes_sampling
 
 
 NO_RULES = ModelRules()
@@ -111,7 +117,7 @@ MODEL_RULES: tuple[tuple[str, ModelRules], ...] = (
     (r"^gpt-5\.", ModelRules(completion_tokens_field=True, openai_efforts=("none", *LOW_TO_XHIGH))),
     (r"^gpt-5", ModelRules(completion_tokens_field=True, openai_efforts=("minimal", *LOW_TO_HIGH))),
     (r"^o\d", ModelRules(completion_tokens_field=True, openai_efforts=LOW_TO_HIGH)),
-    (r"^gpt-oss", ModelRules(openai_efforts=LOW_TO_HIGH)),
+    (r"^gpt-oss", ModelRules(openai_efforts=LOW_TO_HIGH, takes_sampling=True)),
     (
         r"gemini-3",
         ModelRules(signed_function_calls=True, media_in_function_responses=True, no_penalties=True),

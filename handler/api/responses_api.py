@@ -351,10 +351,11 @@ class _Conversation:
         else:
             content = [_content_part(p, f"{where}.content[{i}]") for i, p in enumerate(message.content)]
         if message.role == "assistant":
+            # Text after the turn's calls, before their outputs, is the same turn's (Claude's interleaved thinking
+            # writes between its calls): a function call's output is what ends a turn. Made a turn of its own, the
+            # first turn's calls were answered after the second's, which OpenAI refuses ("An assistant message with
+            # 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'").
             turn = self.assistant()
-            if turn.get("tool_calls"):  # text after this turn's calls starts the next turn
-                self.close_turn()
-                turn = self.assistant()
             text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
             turn["content"] = (turn["content"] or "") + text
             if text:

@@ -17,14 +17,18 @@ whose message quotes the request's authorization and `x-` headers back, as some 
 for and served at `default`, as the answer's `service_tier` says: OpenAI does past a project's priority ramp limits),
 `cut-call` (an answer that reached its output cap inside its tool call's arguments: `CUT_ARGUMENTS`, whole or
 streamed, and `finish_reason: length`).
-It refuses, as OpenAI does, message and content-part fields Chat Completions does not define, an image in
+It refuses, as OpenAI does, message and content-part fields Chat Completions does not define (`unknown_parameter`),
+a tool message that answers no call of the assistant turn before it, an assistant turn's tool call no tool message
+answers (`_unpaired`; in Responses, a `function_call_output` without its `function_call` and the reverse), an image in
 a message other than a user's, a file's `file_data` without its `filename`, a tool `description` of null,
 `max_tokens` on a reasoning model (o-series, gpt-5), and `temperature` or `top_p` other than 1 there (gpt-5.1 and
-later take them with `reasoning_effort: none`), `reasoning_effort` on any other, a `reasoning_effort` (or a Responses
+later take them with `reasoning_effort: none`), `reasoning_effort` on any other but gpt-oss (served, as a compatible
+server serves it, like any model but for its `reasoning_effort`), a `reasoning_effort` (or a Responses
 `reasoning.effort`) the model does not take (`EFFORTS`), `metadata` without `store: true`, an output cap past the
 model's (`OUTPUT_LIMITS`), more than 4 stop sequences (DeepSeek's: 16),
 and a tool call id (or a Responses `call_id`) longer than 64 characters. A user message may script a tool call
-(`tests/fakes/script.py`); a `json_schema` response format is followed.
+(`tests/fakes/script.py`); a `json_schema` response format is followed. Its answers' ids and tool call ids are new
+for each answer, as OpenAI's are.
 Embeddings are `[0.1, 0.2, 0.3]` unless the request names `dimensions`: then that many float32 values, written as
 OpenAI writes them (`-0.006929283495992422`), or with `encoding_format: base64` the float32s' bytes in base64.
 `POST /v1/responses` is OpenAI's Responses API (tests/fakes/openai_responses.py), its encrypted reasoning sealed for
@@ -68,6 +72,10 @@ HUGE_ERROR_CHARS = 2_000_000
 # OpenAI counts them, within `completion_tokens` and apart in `completion_tokens_details.audio_tokens`.
 AUDIO_OUTPUT_TOKENS = 90
 REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+# The models that take `reasoning_effort`: OpenAI's reasoning models, and gpt-oss, which OpenAI's API does not serve
+# ("These models are not served through the OpenAI API", OpenAI's help centre) but the OpenAI-compatible servers that
+# host it (vLLM, Groq, Together) do, with `reasoning_effort`, `max_tokens` and `temperature` as any model's.
+EFFORT_TAKERS = (*REASONING_PREFIXES, "gpt-oss")
 # The most output tokens a model may be asked for (its model page), refused above it as each API words it.
 OUTPUT_LIMITS = {"gpt-4o-mini": 16_384, "gpt-4o": 16_384, "deepseek-chat": 8_192}
 # The reasoning efforts each model takes, by name prefix (first match), as OpenAI's API reference and its 400s list
@@ -81,9 +89,11 @@ EFFORTS: tuple[tuple[str | tuple[str, ...], tuple[str, ...]], ...] = (
     ("gpt-5.", ("none", "low", "medium", "high", "xhigh")),
     ("gpt-5", ("minimal", "low", "medium", "high")),
     (("o1", "o3", "o4"), ("low", "medium", "high")),
+    ("gpt-oss", ("low", "medium", "high")),  # (its model card)
 )
 MESSAGE_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "audio", "function_call"}
 PART_FIELDS = {"type", "text", "image_url", "input_audio", "file", "refusal"}
+CALL_FIELDS = {"id", "type", "function"}
 
 
 INVALID_KEY = ("invalid_request_error", "invalid_api_key")
@@ -161,25 +171,17 @@ def _problem(body: dict[str, Any]) -> str | None:
         return "The 'metadata' parameter is only allowed when 'store' is enabled."
     if model.startswith("deepseek") and (body.get("response_format") or {}).get("type") == "json_schema":
         return "This response_format type is unavailable now"  # DeepSeek takes json_object only
-    if not reasoning and "reasoning_effort" in body:
+    if not model.startswith(EFFORT_TAKERS) and "reasoning_effort" in body:
         return "Unsupported parameter: 'reasoning_effort' is not supported with this model."
     sampling = _sampling_refused(body, model) if reasoning else None
     if sampling is not None:
         return sampling
-    # DeepSeek (served by this fake too) takes an assistant turn's reasoning back.
-    fields = MESSAGE_FIELDS | {"reasoning_content"} if model.startswith("deepseek") else MESSAGE_FIELDS
     for i, message in enumerate(body.get("messages") or []):
-        for name in message:
-            if name not in fields:
-                return f"Additional properties are not allowed ('{name}' was unexpected) - 'messages.{i}'"
         calls = message.get("tool_calls") or message.get("function_call")
         if message.get("role") == "assistant" and message.get("content") is None and not calls:
             # "content: required unless tool_calls or function_call is specified" (the API reference)
             return f"Invalid value for 'messages[{i}].content': expected a string, got null."
         for j, part in enumerate(message.get("content") if isinstance(message.get("content"), list) else []):
-            for name in part:
-                if name not in PART_FIELDS:
-                    return f"Unrecognized parameter: 'messages[{i}].content[{j}].{name}'"
             file = part.get("file") if part.get("type") == "file" else None
             if isinstance(file, dict) and "file_data" in file and "filename" not in file:
                 # OpenAI's words (it names the other way of giving a file).
@@ -193,6 +195,77 @@ def _problem(body: dict[str, Any]) -> str | None:
         if "description" in tool.get("function", {}) and tool["function"]["description"] is None:
             return f"Invalid type for 'tools[{i}].function.description': expected a string, but got null instead."
     return None
+
+
+def _unknown_parameter(body: dict[str, Any]) -> Response | None:
+    """OpenAI's 400 for a message, content-part or tool-call field Chat Completions does not define (`MESSAGE_FIELDS`,
+    `PART_FIELDS`, `CALL_FIELDS`: OpenRouter's `reasoning_details`, Claude's `cache_control`, a stream delta's `index`),
+    in its words: "Unknown parameter: 'messages[1].content[1].file.data'.", code `unknown_parameter`
+    (pydantic/pydantic-ai; "Unknown parameter: 'messages[2].tool_calls[0].index'", labring/FastGPT#1253). DeepSeek
+    (served by this fake too) takes an assistant turn's `reasoning_content` back."""
+    deepseek = str(body.get("model", "")).startswith("deepseek")
+    fields = MESSAGE_FIELDS | {"reasoning_content"} if deepseek else MESSAGE_FIELDS
+    for i, message in enumerate(body.get("messages") or []):
+        unknown = [f"messages[{i}].{name}" for name in message if name not in fields]
+        for j, part in enumerate(message.get("content") if isinstance(message.get("content"), list) else []):
+            unknown += [f"messages[{i}].content[{j}].{name}" for name in part if name not in PART_FIELDS]
+        for j, call in enumerate(message.get("tool_calls") or []):
+            unknown += [f"messages[{i}].tool_calls[{j}].{name}" for name in call if name not in CALL_FIELDS]
+        if unknown:
+            return _error(
+                400, f"Unknown parameter: '{unknown[0]}'.", "invalid_request_error", UNKNOWN, param=unknown[0]
+            )
+    return None
+
+
+UNKNOWN = "unknown_parameter"
+# OpenAI's words for a tool message that answers no call of the assistant turn before it, and for an assistant turn
+# whose calls are not all answered by the tool messages after it (its `param`: the message's role); DeepSeek's, with
+# its `code` (OpenManus#23, deepseek-chat; zed-industries/zed#51944).
+ORPHAN_TOOL = (
+    "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'."
+)
+UNANSWERED = (
+    "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. "
+    "The following tool_call_ids did not have response messages: {ids}"
+)
+DEEPSEEK_ORPHAN_TOOL = "Messages with role 'tool' must be a response to a preceding message with 'tool_calls'"
+DEEPSEEK_UNANSWERED = (
+    "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. "
+    "(insufficient tool messages following tool_calls message)"
+)
+
+
+def _unpaired(body: dict[str, Any]) -> Response | None:
+    """The 400 for a conversation whose tool calls and tool messages do not pair, as OpenAI (or DeepSeek) words it:
+    each tool message answers a call of the assistant turn just before it (or before the tool messages that follow
+    that turn), and each such call is answered before the next message of another role."""
+    deepseek = str(body.get("model", "")).startswith("deepseek")
+    asked: set[str] = set()  # the calls of the assistant turn the tool messages now follow
+    waiting: list[str] = []  # those not answered yet
+    opened = 0
+    messages = body.get("messages") or []
+    for i, message in enumerate(messages):
+        if message.get("role") == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id not in asked:
+                if deepseek:
+                    return _error(400, DEEPSEEK_ORPHAN_TOOL, "invalid_request_error", "invalid_request_error")
+                return _error(400, ORPHAN_TOOL, "invalid_request_error", None, param=f"messages.[{i}].role")
+            if call_id in waiting:
+                waiting.remove(call_id)
+            continue
+        if waiting:
+            break
+        calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+        waiting, opened = [str(call.get("id")) for call in calls or ()], i
+        asked = set(waiting)
+    if not waiting:
+        return None
+    if deepseek:
+        return _error(400, DEEPSEEK_UNANSWERED, "invalid_request_error", "invalid_request_error")
+    unanswered = UNANSWERED.format(ids=", ".join(waiting))
+    return _error(400, unanswered, "invalid_request_error", None, param=f"messages.[{opened}].role")
 
 
 def _sampling_refused(body: dict[str, Any], model: str) -> str | None:
@@ -274,6 +347,17 @@ def _answer_text(body: dict[str, Any]) -> str:
 CUT_ARGUMENTS = '{"city":"Paris","units":"cel'
 
 
+def call_id() -> str:
+    """A new tool call's id, of OpenAI's form (`call_` and 24 letters and digits): unique per answer, as OpenAI's are
+    (a client that tells its calls apart by id, as Claude Code does, saw one call made again and again)."""
+    return f"call_{openai_responses.unique(24)}"
+
+
+def completion_id() -> str:
+    """A new answer's id, of OpenAI's form (`chatcmpl-` and 29 letters and digits): each of its chunks carries it."""
+    return f"chatcmpl-{openai_responses.unique(29)}"
+
+
 def _finish(model: str, call: dict[str, Any] | None) -> str:
     if "cut-call" in model:
         return "length"
@@ -283,20 +367,20 @@ def _finish(model: str, call: dict[str, Any] | None) -> str:
 def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
     if "cut-call" in str(body.get("model")):
         name = (body.get("tools") or [{"function": {"name": "get_weather"}}])[0]["function"]["name"]
-        return {"id": "call_fake123", "type": "function", "function": {"name": name, "arguments": CUT_ARGUMENTS}}
+        return {"id": call_id(), "type": "function", "function": {"name": name, "arguments": CUT_ARGUMENTS}}
     tools = body.get("tools") or []
     choice = body.get("tool_choice")
     script = _script(body)
     if isinstance(script, ScriptedCall):
         return {
-            "id": "call_fake123",
+            "id": call_id(),
             "type": "function",
             "function": {"name": script.name, "arguments": script.arguments_json},
         }
     if not tools or choice in (None, "auto", "none"):
         return None
     name = choice["function"]["name"] if isinstance(choice, dict) else tools[0]["function"]["name"]
-    return {"id": "call_fake123", "type": "function", "function": {"name": name, "arguments": '{"city":"Paris"}'}}
+    return {"id": call_id(), "type": "function", "function": {"name": name, "arguments": '{"city":"Paris"}'}}
 
 
 def create_app() -> Starlette:
@@ -372,15 +456,19 @@ def create_app() -> Starlette:
         model = body["model"]
         if "bad-json" in model:
             return Response(b"{not json", 200, media_type="application/json")
+        unknown = _unknown_parameter(body)
+        if unknown is not None:
+            return unknown
         problem = _problem(body)
         if problem:
             return _error(400, problem, "invalid_request_error", None)
-        unsupported = _unsupported_effort(body, "reasoning_effort")
-        if unsupported is not None:
-            return unsupported
-        too_long = _refused_as_too_long(_too_long(body))
-        if too_long is not None:
-            return too_long
+        for refused in (
+            _unsupported_effort(body, "reasoning_effort"),
+            _refused_as_too_long(_too_long(body)),
+            _unpaired(body),
+        ):
+            if refused is not None:
+                return refused
         call = _tool_call(body)
         text = _answer_text(body)
         usage = {
@@ -410,7 +498,7 @@ def create_app() -> Starlette:
             stream = escaping(_stream(body, call, usage, text), model)
             return StreamingResponse(stream, media_type="text/event-stream")
         if "garbled" in model:  # an answer of another shape: `choices` is no list
-            return Response(orjson.dumps({"id": "chatcmpl-fake1", "object": "chat.completion", "choices": "oops"}))
+            return Response(orjson.dumps({"id": completion_id(), "object": "chat.completion", "choices": "oops"}))
         message: dict[str, Any] = {"role": "assistant", "content": None if call else text, "refusal": None}
         if call:
             message["tool_calls"] = [call]
@@ -419,13 +507,13 @@ def create_app() -> Starlette:
         if spoken:  # the text is the audio's transcript (the reference's `message.audio`), the content null
             message["content"] = None
             message["audio"] = {
-                "id": "audio_fake1",
+                "id": f"audio_{openai_responses.unique(24)}",
                 "data": "UklGRiQAAABXQVZF",
                 "expires_at": int(time.time()) + 3600,
                 "transcript": text,
             }
         answer = {
-            "id": "chatcmpl-fake1",
+            "id": completion_id(),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
@@ -443,7 +531,7 @@ def create_app() -> Starlette:
     ) -> AsyncIterator[bytes]:
         model = body["model"]
         base = {
-            "id": "chatcmpl-fake1",
+            "id": completion_id(),
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": model,
@@ -514,6 +602,9 @@ def create_app() -> Starlette:
         too_long = _refused_as_too_long(openai_responses.too_long(body))
         if too_long is not None:
             return too_long
+        orphan = openai_responses.orphan_output(body)
+        if orphan is not None:
+            return _error(400, orphan, "invalid_request_error", None, param="input")
         missing = openai_responses.unpersisted(body)
         if missing is not None:
             return _error(404, missing, "invalid_request_error", None)

@@ -4,7 +4,9 @@ It answers as the fake's chat endpoint does: the fixed text, a function call whe
 scripted, tests/fakes/script.py), a JSON schema's sample; a `reasoner` model adds a reasoning item (with
 OpenAI-style `encrypted_content` when `include` asks); with the hosted `web_search` tool it searches once
 first (a `web_search_call` item, which OpenAI bills per call). Like OpenAI, it refuses a reasoning item whose
-`encrypted_content` it did not issue, and a `call_id` longer than `MAX_ID` (`too_long`).
+`encrypted_content` it did not issue, a `call_id` longer than `MAX_ID` (`too_long`), and a `function_call_output`
+whose `call_id` no `function_call` of the input has, or a `function_call` no output answers (`orphan_output`).
+Its call ids are new for each answer.
 
 Encrypted reasoning is sealed per organisation, the one the request's `OpenAI-Organization` header names (none: the
 key's default organisation, whose blob is `ENCRYPTED`; `sealed_for`): a blob another organisation sealed is refused
@@ -14,6 +16,8 @@ not match the target organization", openai/codex#13724).
 
 from __future__ import annotations
 
+import secrets
+import string
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,9 +32,16 @@ REASONING = "The user greets me; I greet back."
 ENCRYPTED = "gAAAAABfakeOpenAIEncryptedReasoning=="
 ORGANIZATION_HEADER = "openai-organization"  # (OpenAI's `OpenAI-Organization`, as a server reads it)
 INVALID_ENCRYPTED_CONTENT = "invalid_encrypted_content"
-CALL_ID = "call_fakeResponses1"
 MAX_ID = 64  # the longest tool call id OpenAI's APIs take
 ID_TOO_LONG = "string_above_max_length"
+
+
+def unique(length: int) -> str:
+    """`length` random letters and digits: the unique part of an id of OpenAI's form."""
+    return "".join(secrets.choice(ALPHANUMERIC) for _ in range(length))
+
+
+ALPHANUMERIC = string.ascii_letters + string.digits
 
 
 def string_too_long(param: str, length: int) -> str:
@@ -65,6 +76,23 @@ def unpersisted(body: dict[str, Any]) -> str | None:
                 "Try again with `store` set to true, or remove this item from your input."
             )
     return None
+
+
+def orphan_output(body: dict[str, Any]) -> str | None:
+    """OpenAI's 400 for a `function_call_output` whose `call_id` no `function_call` of the input has ("No tool call
+    found for function call output with call_id ...", continuedev/continue#10092), or a `function_call` no output
+    answers ("No tool output found for function call ...", tjardoo/openai-client#124); its `param` is `input`. OpenAI
+    would look among a `previous_response_id`'s stored items too: this fake stores none, and refuses any
+    `previous_response_id` (`problem`)."""
+    items = body.get("input")
+    items = [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+    called = [item.get("call_id") for item in items if item.get("type") == "function_call"]
+    answered = {item.get("call_id") for item in items if item.get("type") == "function_call_output"}
+    for item in items:
+        if item.get("type") == "function_call_output" and item.get("call_id") not in called:
+            return f"No tool call found for function call output with call_id {item.get('call_id')}."
+    unanswered = [call for call in called if call not in answered]
+    return f"No tool output found for function call {unanswered[0]}." if unanswered else None
 
 
 def sealed_for(organization: str | None) -> str:
@@ -135,7 +163,7 @@ def output_of(body: dict[str, Any], organization: str | None = None) -> list[dic
         name = choice["name"] if isinstance(choice, dict) else tools[0]["name"]
         call = (str(name), '{"city":"Paris"}')
     if call is not None:
-        item = {"id": f"fc_fake{made}", "type": "function_call", "status": "completed", "call_id": CALL_ID}
+        item = {"id": f"fc_fake{made}", "type": "function_call", "status": "completed", "call_id": f"call_{unique(24)}"}
         output.append({**item, "name": call[0], "arguments": call[1]})
         return output
     fmt = (body.get("text") or {}).get("format") or {}

@@ -185,6 +185,31 @@ def test_a_stop_list_goes_whole_or_is_refused_as_the_provider_refuses_it(running
     assert running.fakes["anthropic"].state.requests[-1]["json"]["stop_sequences"] == five
 
 
+def test_an_earlier_turns_reasoning_details_go_only_to_a_provider_that_takes_them(running: Running, key: str) -> None:
+    """An assistant turn's `reasoning_details` (OpenRouter's field; it may hold `reasoning.encrypted` blobs) went to
+    OpenAI's and DeepSeek's Chat Completions as the client sent it, and nothing named it: both refuse a message field
+    they do not define (OpenAI: 400 "Unknown parameter: 'messages[1].reasoning_details'."), so the turn failed. It is
+    left out there and named."""
+    details = [
+        {"type": "reasoning.encrypted", "data": "gAAAAABopaque==", "id": "rs_1", "format": "openai-responses-v1"}
+    ]
+    turns = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello", "reasoning_details": details},
+        {"role": "user", "content": "Again"},
+    ]
+    sent = running.fakes["openai"].state.requests
+    for model in ("gpt-4o-mini", "deepseek-chat"):
+        raw = httpx.post(
+            f"{running.url}/v1/chat/completions",
+            json={"model": model, "messages": turns},
+            headers={"authorization": f"Bearer {key}"},
+        )
+        assert raw.status_code == 200, raw.text
+        assert raw.headers["x-gateway-dropped-params"] == "messages.reasoning_details"
+        assert [m.get("reasoning_details") for m in sent[-1]["json"]["messages"]] == [None, None, None]
+
+
 def test_a_strict_json_schema_to_deepseek_is_named_and_refused_under_strict(running: Running, key: str) -> None:
     """DeepSeek takes only JSON mode: a `json_schema` format goes as `json_object` with the schema in a system
     instruction, which holds the answer to JSON but not to the schema. A `strict: true` format was served so with

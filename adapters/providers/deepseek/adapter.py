@@ -23,7 +23,7 @@ _OPENAI_COMPATIBLE = PROFILES["deepseek"]
 PROFILE = _OPENAI_COMPATIBLE._replace(
     # `reasoning_effort` selects the thinking depth of DeepSeek's reasoning models.
     rules={name: rule for name, rule in _OPENAI_COMPATIBLE.rules.items() if name != "reasoning_effort"},
-    strip_message_fields=(),
+    strip_message_fields=("reasoning_details",),  # (DeepSeek takes a turn's `reasoning_content` back, no other)
     thinking=True,
 )
 # On DeepSeek's beta URL: Chat Prefix Completion ("set base_url to https://api.deepseek.com/beta to enable it").

@@ -82,7 +82,7 @@ NO_PARAMETERS = {"type": "object", "properties": {}}
 # Mistral's models that reason: Magistral always, Small 4 and Medium 3.5 when asked (`ModelRules.reasoning_on_off`).
 MAGISTRAL = ("magistral",)
 # The `mistral` profile, keeping an assistant turn's reasoning for `reasoning_as_chunks` (a model that reasons).
-REASONING_PROFILE = PROFILES["mistral"]._replace(strip_message_fields=())
+REASONING_PROFILE = PROFILES["mistral"]._replace(strip_message_fields=("reasoning_details",))
 
 
 def _mistral_part(part: dict[str, Any]) -> dict[str, Any]:

@@ -277,7 +277,8 @@ def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...]) -> l
     are Claude's alone (reported as dropped unless the profile keeps the reasoning text, as DeepSeek's
     does, and they held nothing else: a redacted block's encrypted reasoning); an earlier turn's reasoning text
     (a Chat client's `reasoning_content`, a Responses client's reasoning item) is reported where the profile strips
-    it, as OpenAI's own and the generic compatible ones do; prompt-cache markers go too,
+    it, as OpenAI's own and the generic compatible ones do, and so is OpenRouter's `reasoning_details` where the
+    profile strips it (every one but a compatible server's: OpenAI refuses it); prompt-cache markers go too,
     since OpenAI caches prefixes by itself. An assistant turn left with neither content nor a tool call (it was
     all thinking) is an empty answer: the API refuses a null one. A tool message takes text parts only (the API
     refuses an image there): any other is left out and named."""
@@ -292,10 +293,9 @@ def _plain_messages(messages: list[dict[str, Any]], strip: tuple[str, ...]) -> l
             dropped.append("messages.thinking")
         # (Both, where the message carried both, as a Chat client sends back the Claude turn it was given: each
         # front-end's own names, `handler.ports.CLIENT_NAMES`, fold them into one where its API has one.)
-        if message.get("reasoning_content") and "reasoning_content" in strip:
-            dropped.append("messages.reasoning_content")
         for name in strip:
-            message.pop(name, None)
+            if message.pop(name, None):
+                dropped.append(f"messages.{name}")
         calls = message.get("tool_calls") or message.get("function_call")
         if message.get("role") == "assistant" and message.get("content") is None and not calls:
             message["content"] = ""
@@ -374,12 +374,14 @@ def unsent_sampling(body: dict[str, Any], reasons: bool) -> list[str]:
     'temperature' is not supported with this model"; gpt-5 takes only the default, 1), but for gpt-5.1 and later
     with `reasoning_effort: none`, which OpenAI's guide documents as taking them (sent only when the request says
     `none` itself: the model's default effort is not the gateway's to assume); DeepSeek's reasoner takes them
-    without effect (`ModelRules.ignores_sampling`)."""
+    without effect (`ModelRules.ignores_sampling`); gpt-oss, a reasoning model OpenAI's API does not serve, takes them
+    on the servers that host it (`ModelRules.takes_sampling`)."""
     if "temperature" not in body and "top_p" not in body:
         return []  # (the usual request: the model's rules are not looked up, nor compiled at a cold start)
     if reasons and body.get("reasoning_effort") == "none":
         return []
-    if not reasons and not rules_for(body["model"]).ignores_sampling:
+    rules = rules_for(body["model"])
+    if rules.takes_sampling if reasons else not rules.ignores_sampling:
         return []
     values = {name: body.pop(name) for name in SAMPLING if name in body}
     return [name for name, value in values.items() if value is not None and value != 1]

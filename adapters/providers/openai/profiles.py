@@ -14,12 +14,19 @@ from adapters.providers.params import Rule
 from handler.records import Value
 
 DROP = Rule(drop=True)
+# An earlier assistant turn's reasoning as the Chat Completions APIs that return it name it: its text (DeepSeek's,
+# vLLM's `reasoning_content`) and OpenRouter's `reasoning_details` (its reasoning blocks, `reasoning.encrypted` ones
+# among them). OpenAI's own API defines neither on a message and refuses both ("Unknown parameter:
+# 'messages[1].reasoning_details'."), as do DeepSeek's, Mistral's and Groq's.
+EARLIER_REASONING = ("reasoning_content", "reasoning_details")
 
 
 class Profile(Value):
     """`rules` rewrite top-level parameters; `stream_usage` says whether the API accepts
     `stream_options.include_usage` (otherwise it must not be sent); `strip_message_fields` are
-    message fields the API rejects in input (such as a previous turn's reasoning); `strip_tool_call_fields`
+    message fields the API rejects in input (a previous turn's reasoning: its text, `reasoning_content`, and
+    OpenRouter's `reasoning_details`, which may hold another provider's encrypted reasoning), left out and named
+    (`messages.<field>`); `strip_tool_call_fields`
     the same for tool calls (another provider's state, such as Gemini's thought signature); `roles` maps
     message roles the API does not know to the one it reads the same way; `part_types`, when set, are the
     only content parts the API takes and `refused_roles` roles it has no equivalent for (either is the
@@ -53,7 +60,7 @@ class Profile(Value):
         self,
         rules: Mapping[str, Rule] = MappingProxyType({}),
         stream_usage: bool = True,
-        strip_message_fields: tuple[str, ...] = ("reasoning_content",),
+        strip_message_fields: tuple[str, ...] = EARLIER_REASONING,
         strip_tool_call_fields: tuple[str, ...] = ("extra_content",),
         roles: Mapping[str, str] = MappingProxyType({}),
         part_types: tuple[str, ...] | None = None,
@@ -83,9 +90,11 @@ OPENAI_STOPS = Rule(max_items=4)  # OpenAI's spec: "up to 4 sequences"
 
 PROFILES: dict[str, Profile] = {
     "openai": Profile(rules={"stop": OPENAI_STOPS}, reasoning_shown=False),
-    # A server the gateway does not know (vLLM, SGLang, LM Studio, ...): OpenAI's bodies, none of OpenAI's own
-    # bounds. OpenAI's four stop sequences, applied to them, refused a list vLLM takes.
-    "compatible": Profile(),
+    # A server the gateway does not know (vLLM, SGLang, LM Studio, OpenRouter, ...): OpenAI's bodies, none of OpenAI's
+    # own bounds. OpenAI's four stop sequences, applied to them, refused a list vLLM takes. An earlier turn's
+    # `reasoning_details` goes back as it came: OpenRouter, which returns it, wants it back (a Gemini or Claude turn's
+    # signed reasoning is in it), and a server that does not know the field ignores it as any other.
+    "compatible": Profile(strip_message_fields=("reasoning_content",)),
     "deepseek": Profile(
         rules={
             "max_completion_tokens": Rule(rename="max_tokens"),

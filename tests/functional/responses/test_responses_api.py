@@ -474,6 +474,36 @@ def test_claudes_interleaved_thinking_keeps_its_places_and_goes_back_in_them(
     assert [block["type"] for block in turn] == ["thinking", "tool_use", "thinking", "text", "tool_use"]
 
 
+@pytest.mark.parametrize("model", ["gpt-chat", "deepseek"])
+def test_claudes_interleaved_turn_goes_to_chat_completions_as_one_turn(
+    fleet: Running, fleet_key: str, model: str
+) -> None:
+    """Claude's interleaved turn (reasoning, call, reasoning, message, call) handed back to a Chat Completions
+    deployment was two assistant turns, the text after the first call starting the second: the first call's output
+    came after the second turn, and OpenAI (DeepSeek too) refuses that, 400 "An assistant message with 'tool_calls'
+    must be followed by tool messages responding to each 'tool_call_id'". A call's output ends a turn, nothing
+    before it."""
+    sdk = openai_client(fleet, fleet_key)
+    question: Any = [{"role": "user", "content": "Weather and time in Paris?"}]
+    tools: Any = [WEATHER, {"type": "function", "name": "get_time", "parameters": {"type": "object"}}]
+    settings: Any = {"tools": tools, "store": False, "include": ["reasoning.encrypted_content"]}
+    first = sdk.responses.create(model="claude-interleaved", input=question, **settings)
+    assert [item.type for item in first.output] == [
+        "reasoning",
+        "function_call",
+        "reasoning",
+        "message",
+        "function_call",
+    ]
+    calls = [item.call_id for item in first.output if item.type == "function_call"]
+    results: Any = [{"type": "function_call_output", "call_id": call, "output": "ok"} for call in calls]
+    back = [*question, *[item.model_dump(exclude_none=True) for item in first.output], *results]
+    assert sdk.responses.create(model=model, input=back, **settings).status == "completed"
+    sent = fleet.fakes["openai"].state.requests[-1]["json"]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool"]
+    assert [call["id"] for call in sent[1]["tool_calls"]] == calls and sent[1]["content"] == INTERLEAVED_TEXT
+
+
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("model", ["reasoner", "claude-thinker", "bedrock-thinker"])
 def test_previous_response_id_hands_the_reasoning_back_as_the_provider_gave_it(

@@ -242,3 +242,16 @@ def test_a_validation_error_reads_as_words_not_a_python_repr() -> None:
     assert odd.said == '{"code":3051,"why":null}'
     plain = adapter().error(429, orjson.dumps({"message": "Requests rate limit exceeded"}), {})
     assert plain.said == "Requests rate limit exceeded"
+
+
+def test_an_earlier_turns_reasoning_details_are_left_out_and_named() -> None:
+    """OpenRouter's `reasoning_details` on an assistant turn went to a Magistral model as it came (its profile kept
+    every message field for the turn's reasoning): Mistral refuses a field it does not define (422, `extra_forbidden`).
+    The turn's reasoning text goes back, as Mistral takes it; `reasoning_details` is left out and named."""
+    details = [{"type": "reasoning.text", "text": "Hm."}]
+    turn = {"role": "assistant", "content": "42", "reasoning_content": "Hm.", "reasoning_details": details}
+    req = request(messages=[{"role": "user", "content": "6x7?"}, turn, {"role": "user", "content": "and 6x8?"}])
+    for model in ("magistral-medium-latest", "mistral-large-latest"):
+        built = adapter().chat_request(req, target(model), stream=False)
+        assert "reasoning_details" not in orjson.loads(built.request.body)["messages"][1]
+        assert "messages.reasoning_details" in built.dropped

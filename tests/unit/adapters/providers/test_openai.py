@@ -88,6 +88,39 @@ def test_a_generic_profile_names_the_earlier_reasoning_it_leaves_out(base_url: s
     assert all("reasoning_content" not in m for m in orjson.loads(built.request.body)["messages"])
 
 
+REASONING_DETAILS = [{"type": "reasoning.encrypted", "data": "gAAAAABopaque==", "format": "openai-responses-v1"}]
+
+
+@pytest.mark.parametrize(
+    ("base_url", "kept"),
+    [
+        ("https://api.openai.com/v1", False),
+        ("https://api.deepseek.com/v1", False),
+        ("https://api.groq.com/openai/v1", False),
+        ("https://openrouter.ai/api/v1", True),
+        ("http://vllm.internal:8000/v1", True),
+    ],
+)
+def test_an_earlier_turns_reasoning_details_go_back_only_where_the_profile_keeps_them(
+    base_url: str, kept: bool
+) -> None:
+    """OpenRouter's `reasoning_details` on an assistant turn went to every OpenAI-compatible API as it came, unnamed:
+    OpenAI refuses a message field it does not define (400 "Unknown parameter: 'messages[1].reasoning_details'."), as
+    DeepSeek and Groq do. A compatible server (OpenRouter, which returns the field and wants it back) gets it; the
+    others do not, and it is named (for a Responses client, as the reasoning item it came in)."""
+    from handler.ports import RESPONSES_API, as_client_named
+
+    req = request()
+    req.messages.append(
+        req.messages[0].model_copy(update={"role": "assistant", "reasoning_details": REASONING_DETAILS})
+    )
+    built = adapter().chat_request(req, target(base_url, "some-model"), stream=False)
+    sent = orjson.loads(built.request.body)["messages"][1]
+    assert sent.get("reasoning_details") == (REASONING_DETAILS if kept else None)
+    assert built.dropped == ([] if kept else ["messages.reasoning_details"])
+    assert as_client_named(RESPONSES_API, built.dropped) == ([] if kept else ["input[reasoning]"])
+
+
 def test_mistral_profile_renames_seed_and_maps_required_tool_choice() -> None:
     req = request(seed=7, tool_choice="required", stream=True)
     built = adapter(profile="mistral").chat_request(req, target("http://localhost:9/v1"), stream=True)
@@ -340,6 +373,19 @@ def test_a_reasoning_model_gets_no_sampling_but_without_reasoning(
     body = orjson.loads(built.request.body)
     assert ("temperature" in body and "top_p" in body) is kept
     assert built.dropped == ([] if kept else ["temperature", "top_p"])
+
+
+@pytest.mark.parametrize("model", ["gpt-oss-120b", "openai/gpt-oss-20b"])
+@pytest.mark.parametrize("base_url", ["http://vllm.internal:8000/v1", "https://api.groq.com/openai/v1"])
+def test_gpt_oss_takes_its_effort_and_sampling_as_the_servers_that_host_it_do(model: str, base_url: str) -> None:
+    """gpt-oss, which OpenAI's API does not serve, runs on compatible servers (vLLM, Groq, Together) that take its
+    `reasoning_effort` (low, medium, high: its model card) and `temperature` and `top_p` as any model's: the sampling
+    was left out and named (`temperature`, `top_p`), as for OpenAI's own reasoning models, which refuse it."""
+    req = request(temperature=0.7, top_p=0.9, reasoning_effort="high")
+    built = adapter().chat_request(req, target(base_url, model), stream=False)
+    body = orjson.loads(built.request.body)
+    assert (body["temperature"], body["top_p"], body["reasoning_effort"]) == (0.7, 0.9, "high")
+    assert built.dropped == []
 
 
 def test_a_reasoning_models_default_temperature_is_left_out_without_a_word() -> None:

@@ -55,18 +55,27 @@ def test_a_turn_that_thinks_between_its_calls_keeps_every_signed_block() -> None
     assert [c["id"] for c in assistant["tool_calls"]] == ["c1", "c2"]
 
 
-def test_assistant_text_after_a_turns_calls_starts_the_next_turn() -> None:
+def test_assistant_text_between_a_turns_calls_is_that_turns_and_after_their_outputs_the_next() -> None:
+    """Text after a call and before its output is the same turn's (Claude writes between its calls): it started a
+    turn of its own, and the first turn's call was answered after it, which OpenAI refuses (400 "An assistant message
+    with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'"). Text after the outputs
+    starts the next turn."""
     messages, _ = translate(
         [
             {"role": "user", "content": "go"},
             {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "and the other"}]},
+            {"type": "function_call", "call_id": "c2", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "1"},
+            {"type": "function_call_output", "call_id": "c2", "output": "2"},
             {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "done"}]},
             {"role": "developer", "content": "be brief"},
         ],
         instructions="sys",
     )
-    assert [m["role"] for m in messages] == ["system", "user", "assistant", "assistant", "system"]
-    assert messages[3]["content"] == "done"
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "tool", "assistant", "system"]
+    assert messages[2]["content"] == "and the other" and [c["id"] for c in messages[2]["tool_calls"]] == ["c1", "c2"]
+    assert messages[5]["content"] == "done"
 
 
 def test_a_seal_from_another_key_is_not_trusted() -> None:
