@@ -1,7 +1,8 @@
 """The gateway application. The core lives here: the ports a provider adapter and a store implement
-(`ports`), the internal form (`schemas`), the error hierarchy (`errors`), the wire's shared pieces (`wire`),
-secret redaction (`redaction`) and the config file (`config`). The rooms hold the rest: `api` (inbound APIs),
-`pipeline` (a request's path), `telemetry`, `dashboard` and `entry` (entry points); each says what it may import.
+(`ports`), the internal form (`schemas`), the error hierarchy (`errors`), the wire's shared pieces (`wire`), tool
+call ids as each provider takes them (`call_ids`), secret redaction (`redaction`) and the config file (`config`).
+The rooms hold the rest: `api` (inbound APIs), `pipeline` (a request's path), `telemetry`, `dashboard` and `entry`
+(entry points); each says what it may import.
 
 May import: adapters.aws (secret references resolved through the AWS layer); no room of handler."""
 

@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 from pydantic_core import from_json
 
-from adapters.providers.call_ids import claude_call_id
 from handler.api.call_order import CallOrder
 from handler.api.streaming import sse_event
+from handler.call_ids import claude_call_id
 from handler.errors import GatewayError, UpstreamError
 from handler.pipeline.chunk_stream import ChunkStream
 from handler.pipeline.passthrough import NativeReply, NativeStream, guarded, sse_frame

@@ -154,6 +154,7 @@ def test_handler_is_a_core_and_rooms() -> None:
     assert rooms == ["api", "dashboard", "entry", "pipeline", "telemetry"]
     core = sorted(path.stem for path in (ROOT / "handler").glob("*.py") if path.stem != "__init__")
     assert core == [
+        "call_ids",
         "chunks",
         "config",
         "embeddings",

@@ -34,7 +34,6 @@ from adapters.providers.anthropic.adapter import (
     thinking_param,
 )
 from adapters.providers.bedrock.eventstream import EventStreamDecoder
-from adapters.providers.call_ids import converse_call_id
 from adapters.providers.model_rules import keep_one_sampling_knob, rules_for
 from adapters.providers.params import (
     STRICT_SCHEMA,
@@ -55,6 +54,7 @@ from adapters.providers.params import (
 )
 from adapters.sigv4 import Credentials as SigCredentials
 from adapters.sigv4 import Signer
+from handler.call_ids import converse_call_id
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
 from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (

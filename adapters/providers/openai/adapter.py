@@ -15,11 +15,11 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from adapters.providers import reasoning
-from adapters.providers.call_ids import shorten_message_call_ids
 from adapters.providers.model_rules import rules_for
 from adapters.providers.openai.profiles import PROFILES, REPEATS, Profile, profile_for
 from adapters.providers.params import IMAGE_DETAIL, apply_rules, unsent_part_fields
 from handler import schemas
+from handler.call_ids import shorten_message_call_ids
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import RESPONSES_API, BuiltRequest, NativeCall, ProviderAdapter, Served, Target, UpstreamRequest
 from handler.schemas import (

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from adapters.providers.call_ids import shorten_input_call_ids
 from adapters.providers.reasoning import openai_effort
+from handler.call_ids import shorten_input_call_ids
 from handler.ports import Served
 from handler.schemas import CompletionTokensDetails, Usage
 from handler.wire import (

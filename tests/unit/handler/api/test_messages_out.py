@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.providers.call_ids import claude_call_id
 from handler.api.messages_out import EventWriter, to_message
+from handler.call_ids import claude_call_id
 from handler.schemas import (
     AssistantMessage,
     ChatCompletion,

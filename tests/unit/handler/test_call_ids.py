@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from adapters.providers.azure import AzureOpenAIAdapter
-from adapters.providers.call_ids import MAX_CALL_ID, claude_call_id, converse_call_id, short_call_id
 from adapters.providers.gemini.adapter import signed_call_id
 from adapters.providers.openai import OpenAIAdapter
+from handler.call_ids import MAX_CALL_ID, claude_call_id, converse_call_id, short_call_id
 from handler.ports import RESPONSES_API, NativeCall, Target
 from handler.schemas import ChatRequest
 
