@@ -19,10 +19,11 @@ import orjson
 import pytest
 
 from adapters.sigv4 import Credentials
-from adapters.store import dynamodb_client, open_store
+from adapters.store import open_store
 from adapters.store.dynamo_client import ConditionFailed, DynamoDBClient
 from adapters.store.dynamo_keys import stamped
 from adapters.store.dynamodb import LEDGER_SHARDS, SWEEP_SECONDS, DynamoDBStore
+from adapters.store.dynamodb_url import dynamodb_client
 from adapters.store.expressions import Expression, Item, num, text
 from adapters.store.records import LEDGER_TTL_SECONDS, key_purge_after
 from adapters.store.responses import pack
