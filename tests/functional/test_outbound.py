@@ -182,6 +182,16 @@ def answer_to(sock: socket.socket) -> bytes:
     return answer
 
 
+def answers_until_closed(sock: socket.socket) -> bytes:
+    """Every byte the server writes until it closes the connection (or a reset, or 5 s of silence)."""
+    sock.settimeout(5)
+    answers = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            answers += chunk
+    return answers
+
+
 def big_head(size: int) -> bytes:
     """A `GET /health` whose line and headers are `size` bytes, in headers of 8,000 bytes or fewer."""
     start, end = b"GET /health HTTP/1.1\r\nhost: gateway\r\n", b"\r\n"
@@ -250,11 +260,7 @@ def test_a_head_pipelined_behind_a_request_in_the_same_read_has_the_same_bound(
     read (a `GET`, a body of a `content-length`, a chunked one, or three requests)."""
     with socket.create_connection(("127.0.0.1", served.port)) as sock:
         written_in_parts(sock, before + closing_head(size), [len(before) + cut for cut in cuts], 0.2)
-        sock.settimeout(5)
-        answers = b""
-        with contextlib.suppress(OSError):
-            while chunk := sock.recv(65536):
-                answers += chunk
+        answers = answers_until_closed(sock)
     # Each request before it answered first, then the 431: written at once, the 431 took the place of the answer
     # to the request before it, which was sent on and charged.
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)
@@ -293,11 +299,7 @@ def test_a_pipelined_head_is_bounded_exactly_when_the_request_before_it_came_in_
     at = len(WITH_BODY) + cut if cut < 0 else head_length - cut
     with socket.create_connection(("127.0.0.1", served.port)) as sock:
         written_in_parts(sock, WITH_BODY + closing_head(size), [at], 0.2)
-        sock.settimeout(5)
-        answers = b""
-        with contextlib.suppress(OSError):
-            while chunk := sock.recv(65536):
-                answers += chunk
+        answers = answers_until_closed(sock)
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)
     assert statuses[-1] == status, answers[-400:]
 
