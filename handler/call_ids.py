@@ -35,7 +35,6 @@ MAX_CALL_ID = 64
 _DIGEST_BYTES = 16  # 128 bits of SHA-256: 22 characters of URL-safe base64
 _DIGEST_CHARS = 22
 _UNSAFE = r"[^A-Za-z0-9_-]"  # (compiled on first use, by `re`'s cache: a cold start pays for no pattern)
-_SAFE = r"[A-Za-z0-9_-]{1,64}"
 
 
 def short_call_id(call_id: str) -> str:
@@ -50,7 +49,7 @@ def converse_call_id(call_id: str) -> str:
     """`call_id` itself when Bedrock's Converse takes it as a `toolUseId` (1 to 64 characters of `[a-zA-Z0-9_-]`,
     AWS's ToolUseBlock and ToolResultBlock), else a stand-in of those characters, as `short_call_id` makes one: an
     id another provider wrote with other characters (Kimi K2's `functions.get_weather:0`), or none, was refused."""
-    if re.fullmatch(_SAFE, call_id):
+    if len(call_id) <= MAX_CALL_ID and claude_takes(call_id):  # (Anthropic's characters, at most 64 of them)
         return call_id
     return _stand_in(call_id)
 
