@@ -648,6 +648,18 @@ def _number(raw: str | None, name: str, *, positive: bool) -> float | None:
     return value
 
 
+def answered_before_the_app(error: GatewayError, anthropic: bool) -> tuple[str, list[tuple[str, str]], bytes]:
+    """An error answered before the app sees the request (`gateway serve`'s 431 and malformed heads, a Lambda event
+    no request can be read from): a request id of its own, as every answer has, its headers and its body in the error
+    shape of the caller's API (`anthropic`: Anthropic's, with its `request-id` too)."""
+    request_id = new_request_id()
+    headers = [("content-type", JSON), ("x-request-id", request_id)]
+    if anthropic:
+        headers.append(("request-id", request_id))  # (where Anthropic's SDK reads it)
+    headers.append(("x-should-retry", "true" if error.should_retry else "false"))
+    return request_id, headers, orjson.dumps(error.anthropic_body() if anthropic else error.openai_body())
+
+
 def new_request_id() -> str:
     """A request id; the client's `x-request-id` is not trusted: it could collide in the ledger, whose
     writes are idempotent by request id."""

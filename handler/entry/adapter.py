@@ -13,12 +13,11 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import orjson
 from mangum import Mangum
 from mangum.handlers import ALB, APIGateway, HTTPGateway
 from mangum.types import ASGI, LambdaContext, LambdaEvent, LambdaHandler, Scope
 
-from handler.api.app import anthropic_path, new_request_id, route_path
+from handler.api.app import answered_before_the_app, anthropic_path, route_path
 from handler.errors import InvalidRequestError
 from handler.telemetry.observability import logger
 
@@ -100,18 +99,14 @@ def unreadable_answer(event: Any, exc: UnreadableEventError) -> dict[str, Any]:
     Gateway's where the source is unknown); logged with the event's top-level field names (or its JSON type), never
     its values: the body is the client's prompt."""
     fields = sorted(str(name) for name in event)[:20] if isinstance(event, dict) else type(event).__name__
-    request_id = new_request_id()
-    logger.warning(f"unreadable Lambda event: {exc}", extra={"event_fields": fields, "request_id": request_id})
     error = InvalidRequestError(str(exc))
     source = exc.handler
     scope = source.scope if source is not None else None
     anthropic = scope is not None and anthropic_path(
         route_path(scope), any(name == b"anthropic-version" for name, _ in scope["headers"])
     )
-    headers = [("content-type", "application/json"), ("x-request-id", request_id), ("x-should-retry", "false")]
-    if anthropic:
-        headers.append(("request-id", request_id))  # (where Anthropic's SDK reads it)
-    body = orjson.dumps(error.anthropic_body() if anthropic else error.openai_body())
+    request_id, headers, body = answered_before_the_app(error, anthropic)
+    logger.warning(f"unreadable Lambda event: {exc}", extra={"event_fields": fields, "request_id": request_id})
     if source is not None:
         answer = {"status": error.status, "headers": [(k.encode(), v.encode()) for k, v in headers], "body": body}
         return source(answer)  # type: ignore[arg-type]

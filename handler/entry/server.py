@@ -18,10 +18,9 @@ import functools
 import logging
 import sys
 
-import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from handler.api.app import anthropic_path, new_request_id
+from handler.api.app import answered_before_the_app, anthropic_path
 from handler.config import LimitsConfig
 from handler.errors import GatewayError, HeadersTooLargeError, InvalidRequestError
 
@@ -50,15 +49,10 @@ def too_large_answer(limit: int, anthropic: bool = False) -> bytes:
 
 
 def refusal(error: GatewayError, status_line: bytes, anthropic: bool) -> bytes:
-    """An answer written before the app sees the request: with a request id of its own, as every answer has, in
-    the error shape of the caller's API (`anthropic`: Anthropic's, with its `request-id` too)."""
-    body = orjson.dumps(error.anthropic_body() if anthropic else error.openai_body())
-    request_id = new_request_id().encode()
-    return (
-        b"HTTP/1.1 %s\r\ncontent-type: application/json\r\n"
-        b"x-request-id: %s\r\n%sx-should-retry: false\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-        % (status_line, request_id, b"request-id: %s\r\n" % request_id if anthropic else b"", len(body), body)
-    )
+    """An answer written before the app sees the request (`answered_before_the_app`), and the connection closed."""
+    _, headers, body = answered_before_the_app(error, anthropic)
+    head = b"".join(b"%s: %s\r\n" % (name.encode(), value.encode()) for name, value in headers)
+    return b"HTTP/1.1 %s\r\n%scontent-length: %d\r\nconnection: close\r\n\r\n%s" % (status_line, head, len(body), body)
 
 
 def anthropic_head(url: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
