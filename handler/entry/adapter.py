@@ -10,12 +10,15 @@ warm invocation's own work (`python -m tests.bench.lambda_warm 3000 responses`, 
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 from typing import Any
 
 from mangum import Mangum
 from mangum.handlers import ALB, APIGateway, HTTPGateway
-from mangum.types import ASGI, LambdaContext, LambdaEvent, LambdaHandler, Scope
+from mangum.protocols.http import HTTPCycle, HTTPCycleState
+from mangum.types import ASGI, LambdaContext, LambdaEvent, LambdaHandler, Message, Response, Scope
 
 from handler.api.app import answered_before_the_app, anthropic_path, route_path
 from handler.errors import InvalidRequestError
@@ -77,7 +80,56 @@ class APIGatewayOnce(ReadOnce, APIGateway):
     """API Gateway's REST APIs (v1)."""
 
 
+MANGUM_LOG = logging.getLogger("mangum.http")
+DISCONNECT = {"type": "http.disconnect"}
+
+
+class OneCycle(HTTPCycle):
+    """Mangum's cycle of one request, without what a buffered request never needs: its queue (the request's one
+    message, then, once the answer is whole, the disconnect), its body buffer (a list of the answer's parts), a
+    logger looked up per invocation and a second task (the loop's own runs the app). The same messages, answer and
+    log line as Mangum's (`tests/unit/handler/entry/test_adapter.py`); about 8 µs less of a warm invocation."""
+
+    def __init__(self, scope: Scope, body: bytes) -> None:
+        self.scope = scope
+        self.state = HTTPCycleState.REQUEST
+        self.logger = MANGUM_LOG
+        self.request: Message | None = {"type": "http.request", "body": body, "more_body": False}
+        self.parts: list[bytes] = []
+        self.answered: asyncio.Future[None] | None = None
+
+    def __call__(self, app: ASGI) -> Response:
+        asyncio.get_event_loop().run_until_complete(self.run(app))
+        return {"status": self.status, "headers": self.headers, "body": self.body}
+
+    async def receive(self) -> Message:
+        request, self.request = self.request, None
+        if request is not None:
+            return request
+        if self.state is not HTTPCycleState.COMPLETE:  # (as Mangum's queue: nothing more until the answer is whole)
+            self.answered = self.answered or asyncio.get_running_loop().create_future()
+            await self.answered
+        return DISCONNECT
+
+    async def send(self, message: Message) -> None:
+        state = self.state
+        if state is HTTPCycleState.RESPONSE and message["type"] == "http.response.body":
+            self.parts.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                self.body = b"".join(self.parts)
+                self.state = HTTPCycleState.COMPLETE
+                if self.answered is not None and not self.answered.done():
+                    self.answered.set_result(None)
+                self.logger.info("%s %s %s", self.scope["method"], self.scope["path"], self.status)
+        else:
+            await super().send(message)  # the answer's start, and what Mangum refuses
+
+
 class GatewayMangum(Mangum):
+    def __call__(self, event: LambdaEvent, context: LambdaContext) -> dict[str, Any]:
+        handler = self.infer(event, context)  # (the lifespan is off: `lambda_adapter`)
+        return handler(OneCycle(handler.scope, handler.body)(self.app))
+
     def infer(self, event: LambdaEvent, context: LambdaContext) -> LambdaHandler:
         if not isinstance(event, dict):  # (`42`, `null`, a list: Mangum's tests of a dict's keys raised on them)
             raise UnreadableEventError(NO_HTTP_REQUEST)

@@ -98,3 +98,59 @@ def test_each_invocation_builds_its_scope_once_and_answers_as_mangum_does(
     assert ours == plain and ours["statusCode"] == 200
     assert json.loads(ours["body"])["agent"] in ("curl/8", "OpenAI/Python 1.0")
     asyncio.get_event_loop().close()
+
+
+async def in_parts(scope: Any, receive: Any, send: Any) -> None:
+    """An answer written in three parts, after which the app hears the client go (as Mangum's queue tells it)."""
+    request = await receive()
+    await send({"type": "http.response.start", "status": 201, "headers": [(b"content-type", b"text/plain")]})
+    for part in (b"one ", request["body"], b" three"):
+        await send({"type": "http.response.body", "body": part, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    assert (await receive())["type"] == "http.disconnect"
+
+
+async def waits_for_the_end(scope: Any, receive: Any, send: Any) -> None:
+    """A watch on the client begun before the answer: it hears the disconnect only once the answer is whole."""
+    await receive()
+    heard: list[str] = []
+
+    async def watch() -> None:
+        heard.append((await receive())["type"])
+
+    watching = asyncio.ensure_future(watch())
+    await asyncio.sleep(0)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    assert not heard
+    await send({"type": "http.response.body", "body": b"done", "more_body": False})
+    await watching
+    assert heard == ["http.disconnect"]
+
+
+async def raises_before(scope: Any, receive: Any, send: Any) -> None:
+    raise RuntimeError("boom")
+
+
+async def raises_after_start(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    raise RuntimeError("boom")
+
+
+async def sends_twice(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"x", "more_body": False})
+    await send({"type": "http.response.body", "body": b"y", "more_body": False})
+
+
+@pytest.mark.parametrize("app", [in_parts, waits_for_the_end, raises_before, raises_after_start, sends_twice])
+def test_an_invocation_runs_the_app_through_the_same_messages_and_answer_as_mangums_cycle(app: Any) -> None:
+    """The buffered function's own cycle (no queue, no body buffer) gives the app the same messages and the caller the
+    same answer as Mangum's, for an answer in parts, a watch begun before the answer, an app that raises before or
+    after its answer began (Mangum's 500), and one that sends past its answer's end (Mangum's refusal, logged, and a
+    500)."""
+    event = json.loads((EVENTS / "chat-completions-ok.json").read_text())
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    plain = Mangum(app, lifespan="off")(event, Context())  # type: ignore[arg-type]
+    ours = lambda_adapter(app)(event, Context())  # type: ignore[arg-type]
+    assert ours == plain
+    asyncio.get_event_loop().close()
