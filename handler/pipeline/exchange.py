@@ -58,10 +58,10 @@ class Exchange:
     __slots__ = (
         "request_id", "key", "model", "controls", "started", "route", "dropped", "inbound_dropped", "store_ms",
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
-        "lineage", "inflight", "inflight_at", "answered", "missed", "extra", "prompt", "user", "service_tier",
-        "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving", "client_left",
-        "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic", "audio_output", "ledger_item",
-        "ends_at", "lifetime_s", "wasted_usage",
+        "lineage", "inflight", "inflight_at", "inflight_status", "answered", "missed", "extra", "prompt", "user",
+        "service_tier", "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving",
+        "client_left", "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic", "audio_output",
+        "ledger_item", "ends_at", "lifetime_s", "wasted_usage",
     )  # fmt: skip
 
     def __init__(
@@ -108,6 +108,7 @@ class Exchange:
         # time cap, client gone), the provider may still run it to the end and bill it.
         self.inflight: Attempt | None = None
         self.inflight_at = 0.0  # when it went out (`time.perf_counter`); 0.0 while no attempt has
+        self.inflight_status = 0  # its answer's status once its head came, while its body is read
         # The last attempt the provider answered with an error (the request reached it; nothing to bill).
         self.answered: tuple[Attempt, int] | None = None
         # Attempts sent whole that gave no usable answer (a first-byte timeout, a stall, a broken answer): the

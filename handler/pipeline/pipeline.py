@@ -554,6 +554,10 @@ class Pipeline(Charges):
             ex.upstream_ms += (time.perf_counter() - ex.inflight_at) * 1000
             if ex.trace is not None:
                 ex.trace.cut(ex.inflight, outcome)
+        if ex.inflight is not None and ex.inflight_status:
+            # Cut while an error answer's body was read: the provider answered the attempt with an error, which it
+            # does not bill (it was charged the worst case of a request cut in flight: review).
+            ex.answered, ex.inflight = (ex.inflight, ex.inflight_status), None
         if ex.inflight is None and ex.missed:
             ex.inflight = ex.missed.pop()  # (its attempt span was recorded when it timed out)
         # In the background (`_settle` does not suspend then), so the client is not kept waiting for the ledger
@@ -652,10 +656,12 @@ class Pipeline(Charges):
                     raise deadline_passed(ex, "an answer") if failed else too_short_to_send(ex, within)
                 ex.inflight_at = started
                 ex.inflight = attempt
+                ex.inflight_status = 0
                 try:
                     async with span("upstream", provider=attempt.target.provider, region=attempt.target.region):
                         response = await self.gateway.upstream.send(built.request, within=within)
                     if response.status >= 400:
+                        ex.inflight_status = response.status  # (cut while its body is read: an error, not billed)
                         body = await response.read()
                         raise error_answer(attempt.adapter.error, response.status, body, response.headers)
                     result = await accept(attempt, response)

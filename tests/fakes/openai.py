@@ -8,7 +8,8 @@ message, `type`, `code` and `param` of `HUGE_ERROR_CHARS` each, as a broken or h
 `model_not_found` for a model the account cannot use), `no-balance` (DeepSeek's 402 `Insufficient Balance`, DeepSeek's
 API being this one),
 `slow` (waits `SLOW_SECONDS` before answering), `stream-cut` (a stream that stops mid-way without [DONE]),
-`drip` (a stream whose chunks come `SLOW_SECONDS` apart), `bad-json` (a 200 whose body is not JSON),
+`drip` (a stream whose chunks come `SLOW_SECONDS` apart), `error-drip` (a 500 whose head comes at once and its body
+`SLOW_SECONDS` later), `bad-json` (a 200 whose body is not JSON),
 `slashes-escaped` (JSON written with every `/` escaped, `\\/`, as PHP's or Java's encoders write it), `no-usage`
 (an answer without `usage`), `negative-usage` (usage with negative counts), `echo-auth` (a 400
 whose message quotes the request's authorization and `x-` headers back, as some upstream errors do),
@@ -117,6 +118,16 @@ def _error(
 ) -> Response:
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
+
+
+def _error_dripped(status: int, message: str) -> Response:
+    """An error whose status and headers come at once and whose body `SLOW_SECONDS` later (`error-drip`)."""
+
+    async def later() -> AsyncIterator[bytes]:
+        await asyncio.sleep(SLOW_SECONDS)
+        yield orjson.dumps({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
+
+    return StreamingResponse(later(), status, media_type="application/json")
 
 
 # How an upstream's error may quote the key it was sent other than whole (`echo-key-<form>`): a message and a param.
@@ -433,6 +444,8 @@ def create_app() -> Starlette:
             return None, _error(
                 429, "Rate limit reached for requests", "requests", "rate_limit_exceeded", {"retry-after": "0"}
             )
+        if "error-drip" in model:
+            return None, _error_dripped(500, "The server had an error while processing your request.")
         if "fail-500" in model:
             return None, _error(500, "The server had an error while processing your request.", "server_error", None)
         if "echo-auth" in model:

@@ -77,6 +77,7 @@ def scope_config(upstream_url: str, first_byte: float = 5, **bounds: Any) -> Con
                 "claude-test": model("claude-haiku-4-5", "anthropic"),
                 "broken-test": model("fail-500"),
                 "slow-test": model("slow"),
+                "error-drip-test": model("error-drip"),
                 "slow-then-fast-test": {
                     "deployments": [
                         {"provider": "openai", "model": "slow"},
@@ -438,6 +439,19 @@ def test_a_request_cut_by_its_deadline_is_charged_the_reserved_worst_case(gw: Ru
     fallen = chat(gw, key, "broken-test", **{"x-gateway-deadline-ms": "500", "x-gateway-fallbacks": "slow-test"})
     assert fallen.status_code == 504
     assert fallen.headers["x-gateway-route"].split(", ")[-1].endswith("/slow@global=upstream_timeout")
+
+
+def test_a_request_cut_while_an_error_answers_body_is_read_is_not_charged(gw: Running) -> None:
+    """The provider answered 500 at once and was slow with the body: a deadline (or a client leaving) that cut the
+    body's read charged the request the reserved worst case of one cut in flight ($0.008202 on a $1 budget), though
+    a provider bills no error (review). It is settled as the error it was: one line at no cost."""
+    key = gw.mint(budget_usd=1.0)
+    cut = chat(gw, key, "error-drip-test", **{"x-gateway-deadline-ms": "500", "x-gateway-fallbacks": "none"})
+    assert cut.status_code == 504, cut.text
+    [line] = ledger(gw, key)
+    assert line.status == 504 and line.cost_usd == 0 and line.fee_usd == 0, line
+    assert line.cost_source != "reserved"
+    assert spent(gw, key) == 0
 
 
 def test_a_deadline_too_short_to_send_anything_says_so_and_costs_nothing(gw: Running) -> None:
