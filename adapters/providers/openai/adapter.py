@@ -424,9 +424,15 @@ class OpenAIAdapter(ProviderAdapter):
             raise ValueError(f"stream_usage must be true or false, not '{stream_usage}'")
         # Whether a stream asks for its usage (`stream_options.include_usage`): the profile's choice unless set.
         self.stream_usage: bool | None = stream_usage
+        # By deployment base URL, as the options and the URL make them (read on every request, parsed once).
+        self._profiles: dict[str, Profile] = {}
+        self._serves_responses: dict[str, bool] = {}
 
     def profile(self, target: Target) -> Profile:
-        return profile_for(self.options.get("profile"), target.base_url)
+        profile = self._profiles.get(target.base_url)
+        if profile is None:
+            profile = self._profiles[target.base_url] = profile_for(self.options.get("profile"), target.base_url)
+        return profile
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
@@ -485,11 +491,13 @@ class OpenAIAdapter(ProviderAdapter):
     def serves_responses(self, target: Target) -> bool:
         """Whether `/v1/responses` goes to the upstream's own `/responses`: OpenAI's API has it; an
         OpenAI-compatible server may not, so elsewhere only when the provider's `responses_api` says so."""
-        setting = self.options.get("responses_api")
-        if setting is not None:
-            return bool(setting == "native")
-        host = target.base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
-        return type(self) is OpenAIAdapter and host == "api.openai.com"
+        served = self._serves_responses.get(target.base_url)
+        if served is None:
+            setting = self.options.get("responses_api")
+            host = target.base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+            native = type(self) is OpenAIAdapter and host == "api.openai.com"
+            served = self._serves_responses[target.base_url] = native if setting is None else setting == "native"
+        return served
 
     def responses_url(self, target: Target) -> str:
         return f"{target.base_url}/responses"
