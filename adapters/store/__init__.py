@@ -22,6 +22,12 @@ def check_store_url(url: str) -> None:
     form, its parameters, its region), opening nothing: what `gateway config check` and `serve` say first."""
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
+        path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+        if not path or path == ":memory:":
+            # (`sqlite:///`, `sqlite://` and `:memory:` open a store in memory, which keeps nothing past its process:
+            # a key "shown once" kept nowhere, a server whose first admin key its own store did not have; `sqlite:gw.db`
+            # made a file named `sqlite:gw.db`.)
+            raise StoreError(f"the store URL '{url}' names no file: use sqlite:///PATH (sqlite:///gateway.db)")
         return
     if scheme != "dynamodb":
         raise unknown_store(url)

@@ -108,8 +108,9 @@ def _require_store(url: str | None) -> None:
 
 def _store(url: str | None, *, must_exist: bool = False) -> Store:
     """The store the command names: `--store`, else `GATEWAY_STORE`, else the default."""
-    from adapters.store import open_store
+    from adapters.store import check_store_url, open_store
 
+    check_store_url(_store_url(url))
     if must_exist:
         _require_store(url)
     return open_store(_store_url(url))
@@ -530,7 +531,13 @@ def _created_record(args: argparse.Namespace) -> KeyRecord:
         spec = AdminKeySpec.model_validate({name: value for name, value in fields.items() if value is not None})
     except ValidationError as exc:
         raise flag_error(exc) from None
-    return record_from(spec, admin=spec.admin, now=time.time())
+    try:
+        return record_from(spec, admin=spec.admin, now=time.time())
+    except InvalidRequestError as exc:  # (what only the record's making refuses: a range of `--allow-ip`)
+        flag = FLAGS.get(exc.param or "")
+        if flag is None:
+            raise
+        raise InvalidRequestError(f"{flag}: {exc.message}", param=flag) from None
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
