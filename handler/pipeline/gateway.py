@@ -282,8 +282,11 @@ def unread_options(config: Config, registry: Mapping[str, type[ProviderAdapter]]
     problems = []
     for name, provider in config.providers.items():
         cls = registry[provider.type]
+        reads = {"base_url", "region", *cls.provider_options} | ({"api_key"} if cls.requires_key else set())
+        known = ", ".join(sorted(reads))
+        if provider.api_key is not None and not cls.requires_key:  # (Bedrock signs with the AWS credentials)
+            problems.append(f"providers.{name}.api_key: provider type {provider.type} reads no key ({known})")
         for option in sorted(set(provider.model_extra or {}) - cls.provider_options):
-            known = ", ".join(sorted({"api_key", "base_url", "region", *cls.provider_options}))
             problems.append(f"providers.{name}.{option}: not an option of provider type {provider.type} ({known})")
         problems += _option_values(f"providers.{name}", cls, provider.model_extra)
     for model, spec in config.models.items():

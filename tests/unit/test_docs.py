@@ -221,6 +221,23 @@ def test_every_whole_config_a_page_shows_passes_config_check(
     assert main(["config", "check", "--config", str(config)]) == 0, capsys.readouterr().err
 
 
+def test_the_options_table_names_every_provider_type_that_takes_each_option() -> None:
+    """Each provider option of the table ("| `option` | `type`, ... provider |") is taken by the types it names and by
+    no other: `responses_api` and `responses_store` were documented for `openai` and `azure` alone, and taken by
+    `mistral` and `deepseek` too (review)."""
+    from adapters.providers.registry import REGISTRY
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    rows = re.findall(r"^\| ((?:`\w+`(?:, )?)+) \| ((?:`\w+`(?:, )?)+) provider", text, re.M)
+    checked = set()
+    for options, types in rows:
+        for option in re.findall(r"`(\w+)`", options):
+            taking = {name for name, adapter in REGISTRY.items() if option in adapter.provider_options}
+            assert set(re.findall(r"`(\w+)`", types)) == taking, option
+            checked.add(option)
+    assert {"responses_api", "responses_store", "headers", "profile", "auth", "stream_usage"} <= checked
+
+
 def test_configuration_names_the_provider_types_that_take_headers() -> None:
     """The options table and the prose under "Providers" disagreed (five types against two); both follow the
     adapters' own `provider_options`."""

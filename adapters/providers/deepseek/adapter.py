@@ -41,6 +41,7 @@ class DeepSeekAdapter(OpenAIAdapter):
     type_name = "deepseek"
     default_base_url = "https://api.deepseek.com"
     key_env_var = "DEEPSEEK_API_KEY"
+    provider_options = OpenAIAdapter.compatible_options  # (it has no Responses API: `/v1/responses` is translated)
 
     def profile(self, target: Target) -> Profile:
         name = self.options.get("profile")

@@ -196,6 +196,7 @@ class MistralAdapter(OpenAIAdapter):
     key_env_var = "MISTRAL_API_KEY"
     chat_fields = MISTRAL_FIELDS
     embedding_fields = EMBEDDING_FIELDS
+    provider_options = OpenAIAdapter.compatible_options  # (it has no Responses API: `/v1/responses` is translated)
 
     def profile(self, target: Target) -> Profile:
         named = self.options.get("profile")

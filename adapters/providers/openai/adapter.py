@@ -405,6 +405,8 @@ class OpenAIAdapter(ProviderAdapter):
     key_env_var = "OPENAI_API_KEY"
     supports_embeddings = True
     provider_options = frozenset({"profile", "auth", "headers", "responses_api", "responses_store", "stream_usage"})
+    # What an OpenAI-compatible API without OpenAI's Responses API takes (Mistral's, DeepSeek's).
+    compatible_options = provider_options - {"responses_api", "responses_store"}
 
     def __init__(self, name: str, secret: str | None, options: Mapping[str, Any]) -> None:
         super().__init__(name, secret, options)

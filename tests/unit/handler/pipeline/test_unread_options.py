@@ -73,3 +73,23 @@ def test_config_check_names_it(tmp_path: Any, capsys: pytest.CaptureFixture[str]
     )
     assert main(["config", "check", "--config", str(path)]) == 1
     assert "providers.up.base_ulr: not an option of provider type openai" in capsys.readouterr().err
+
+
+def test_a_key_is_refused_where_the_provider_reads_none() -> None:
+    """A `bedrock` provider signs with the AWS credentials and never reads `api_key`: `api_key: env:NOT_SET` passed
+    `config check` without a word, and a refusal of another field named `api_key` among what the type reads (review).
+    """
+    problems = unread_options(config({"type": "bedrock", "api_key": "env:K", "regoin": "x"}), REGISTRY)
+    assert [p.split(":")[0] for p in problems] == ["providers.up.api_key", "providers.up.regoin"]
+    assert "provider type bedrock reads no key" in problems[0]
+    assert all("api_key" not in p.split("(", 1)[1] for p in problems)
+
+
+@pytest.mark.parametrize("kind", ["mistral", "deepseek"])
+@pytest.mark.parametrize("option", [{"responses_api": "native"}, {"responses_store": True}])
+def test_the_responses_api_options_are_refused_where_the_api_has_none(kind: str, option: dict[str, Any]) -> None:
+    """`responses_api: native` on a `mistral` provider sent `/v1/responses` to `{base_url}/responses`, which Mistral
+    does not have, and `responses_store` on `deepseek` passed `config check` (review): the options are OpenAI's and
+    Azure's (docs/configuration.md)."""
+    [problem] = unread_options(config({"type": kind, **option}), REGISTRY)
+    assert problem.startswith(f"providers.up.{next(iter(option))}: not an option of provider type {kind}")
