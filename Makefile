@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP) $(RUNTIME)
 
-# Options for `gateway serve` (and `make demo`): make serve ARGS='--port 8081 --config my.yaml'
+# Options for `gateway serve`: make serve ARGS='--port 8081 --config my.yaml'; `make demo` takes `--port` and
+# `--folder`: make demo ARGS='--port 8081'
 ARGS ?=
 
 serve: $(RUNTIME)
