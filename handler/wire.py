@@ -409,8 +409,33 @@ def context_overflow() -> re.Pattern[str]:
 PROVIDER_MESSAGE_CHARS = 4096
 PROVIDER_CODE_CHARS = 100
 PROVIDER_PARAM_CHARS = 200
+# The members of a provider's error object that say something, each as far as it is relayed (`upstream_error`).
+ERROR_MEMBER_CHARS = (
+    ("message", PROVIDER_MESSAGE_CHARS),
+    ("code", PROVIDER_CODE_CHARS),
+    ("param", PROVIDER_PARAM_CHARS),
+    ("type", UPSTREAM_TYPE_CHARS),
+)
 ERROR_EXCERPT_CHARS = 200  # of an error body that is not the provider's JSON, relayed as the message
 ERROR_SCAN_BYTES = 64 * 1024  # read for secrets before the excerpt is cut (a cut could split one)
+
+
+def redact_error(error: Any) -> None:
+    """A provider's error object that a 200 answer carries to the client (a Responses stream's `error` event, a
+    failed response's `error`) with its `message`, `code`, `param` and `type` redacted and cut as `upstream_error`
+    has them, in place. Relayed as it came, only a known secret whole was taken out (`scrub`): OpenAI quotes a key
+    back masked (`sk-proj-Zq8*****p6Ss`), and a provider may quote most of one, or the authorization header in
+    base64. An `error` member is redacted too: OpenAI's stream writes its `error` event's words there, not at the top
+    level its reference shows."""
+    if not isinstance(error, dict):
+        return
+    for holder in (error, error.get("error")):
+        if not isinstance(holder, dict):
+            continue
+        for member, limit in ERROR_MEMBER_CHARS:
+            words = holder.get(member)
+            if isinstance(words, str):
+                holder[member] = said_clipped(words, limit, marked=member == "message")
 
 
 def error_excerpt(body: bytes) -> str:

@@ -37,6 +37,7 @@ from handler.wire import (
     event_payload,
     interrupted,
     issued,
+    redact_error,
 )
 
 Finished = Callable[[dict[str, Any]], Awaitable[None]]
@@ -187,10 +188,12 @@ class SentBody(Mapping[str, Any]):
 
 def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) -> AsyncIterator[bytes]:
     """The provider's events as it sent them; the terminal one (which carries the final usage) also carries
-    the gateway's additions, settled from that usage. `on_finished` gets a finished (or failed) response before it
-    goes on. An error after the first byte ends the stream with an `error` and a `response.failed` event, of the
-    response the stream began: its output as far as it was streamed (`StreamedOutput`), the usage and cost charged
-    (settled before, `guarded`), kept by `on_finished` as the client is told it."""
+    the gateway's additions, settled from that usage. The provider's own failure (an `error` event, a
+    `response.failed`) goes on in words redacted as an error answer's are (`redact_error`). `on_finished` gets a
+    finished (or failed) response before it goes on. An error after the first byte ends the stream with an `error`
+    and a `response.failed` event, of the response the stream began: its output as far as it was streamed
+    (`StreamedOutput`), the usage and cost charged (settled before, `guarded`), kept by `on_finished` as the client
+    is told it."""
 
     progress = _Progress()
 
@@ -214,6 +217,9 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
                     terminal = (kind, payload, response)
                 elif kind in ITEM_EVENTS and relay.reasoning_out(payload.get("item")):
                     out += sse_event(event.event or kind, payload)
+                elif kind == "error":  # the provider's failure, in its own words: redacted as an error answer's
+                    redact_error(payload)
+                    out += sse_event(event.event or kind, payload)
                 else:
                     out += sse_frame(event)
                 if kind in OUTPUT_EVENTS:
@@ -227,6 +233,7 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
         kind, payload, response = terminal
         if kind == "response.failed":  # the provider's own failure: its status in the ledger and metrics
             stream.failed(failed_status(response.get("error")))
+            redact_error(response.get("error"))  # (before it is kept, or sent)
         await stream.complete()
         relay.finish(response)
         await on_finished(response)  # (a failed one too: kept as the client is told it)

@@ -45,6 +45,7 @@ from handler.pipeline.passthrough import NativeReply, NativeStream
 from handler.pipeline.pipeline import Pipeline
 from handler.ports import STORE_DEADLINE, KeyRecord, ResponseTooLarge, StoredResponse, StoreError
 from handler.redaction import scrub
+from handler.wire import redact_error
 
 if TYPE_CHECKING:
     from handler.api.app import Api
@@ -437,6 +438,7 @@ class ResponsesRoutes:
             return EventStream(responses_events(stream, body, ids, seal, keep), stream_headers(ex), watch)
         outcome = await until_client_leaves(request, api.pipeline.native(relay.call, req, ex), ex)
         if isinstance(outcome, NativeReply):
+            redact_error(outcome.body.get("error"))  # (a failed response's, answered with a 200: before it is kept)
             response = relay.finish(outcome.body)
         else:
             response = to_response(outcome, body, ids, seal, ex.cost)

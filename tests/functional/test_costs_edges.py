@@ -1,6 +1,6 @@
 """What a request costs and where its line is reported, at the edges: an error answer, an attempt that timed out
 before the one that answered, a request that ends in the next budget period, a price found by alias, embeddings'
-`user`. In-process: the gateway's app over ASGI, the upstream an `httpx.MockTransport`."""
+`user`. In-process (`tests.support.inprocess`)."""
 
 from __future__ import annotations
 
@@ -9,24 +9,19 @@ import datetime
 import gzip
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from adapters.providers.registry import REGISTRY
-from handler.api.app import create_app
-from handler.config import parse_config
 from handler.pipeline import budgets
-from handler.pipeline.gateway import Gateway, build_gateway
-from handler.pipeline.key_admin import KeyAdmin, MintedKey
+from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
-from handler.ports import KeyRecord, LedgerItem, UsageQuery
+from handler.ports import KeyRecord
+from tests.support.inprocess import serve
 
 HI = [{"role": "user", "content": "hi"}]
-Upstream = Callable[[httpx.Request], httpx.Response]
 
 
 def completion(model: str = "gpt-4o-mini") -> dict[str, Any]:
@@ -38,46 +33,6 @@ def completion(model: str = "gpt-4o-mini") -> dict[str, Any]:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
     }
-
-
-class Served:
-    def __init__(self, gateway: Gateway, http: httpx.AsyncClient, key: MintedKey) -> None:
-        self.gateway, self.http, self.key = gateway, http, key
-
-    async def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        return await self.http.post(path, json=body, headers={"authorization": f"Bearer {self.key.key}"})
-
-    async def ledger(self) -> list[LedgerItem]:
-        await self.gateway.drain()
-        return await self.gateway.store.usage(UsageQuery([self.key.record.id], 0, time.time() + 3600))
-
-
-async def serve(
-    upstream: Upstream,
-    models: dict[str, Any],
-    budget_usd: float = 10.0,
-    provider: dict[str, Any] | None = None,
-    **settings: Any,
-) -> Served:
-    """The gateway on an in-memory store, its `openai` provider (`provider`, else an OpenAI-compatible one)
-    answered by `upstream`, and a key with a monthly budget of `budget_usd`."""
-    data = {
-        "gateway": settings,
-        "providers": {
-            "openai": provider or {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up/v1"}
-        },
-        "models": models,
-    }
-    gateway = build_gateway(
-        config=parse_config(data, set(REGISTRY)),
-        store_url="sqlite://",
-        environ={"OPENAI_API_KEY": "sk-test-000000000000", "AZURE_OPENAI_API_KEY": "azkey-0000000000000000"},
-        transport=httpx.MockTransport(upstream),
-    )
-    record = KeyRecord(id="", name="k", secret_hash="", created_at=0, budget_usd=budget_usd, budget_period="month")
-    key = await KeyAdmin(KeyService(gateway.store, 0)).mint(record)
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway)), base_url="http://gw")
-    return Served(gateway, http, key)
 
 
 MODEL = {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": {"input": 1.0, "output": 2.0}}

@@ -11,7 +11,15 @@ import pytest
 from adapters.providers.registry import REGISTRY
 from handler import redaction
 from handler.errors import ProviderRejectedError, UpstreamError
-from handler.wire import ERROR_EXCERPT_CHARS, error_answer, error_excerpt, forwarded_query, retry_after_seconds
+from handler.wire import (
+    ERROR_EXCERPT_CHARS,
+    PROVIDER_MESSAGE_CHARS,
+    error_answer,
+    error_excerpt,
+    forwarded_query,
+    redact_error,
+    retry_after_seconds,
+)
 
 SECRET = "f3a9c2e1b7d4f3a9c2e1b7d4f3a9c2e1b7d4f3a9c2e1b7d4"
 
@@ -49,6 +57,26 @@ def test_a_rejected_requests_message_code_and_param_relay_no_credential() -> Non
     error = relayed.openai_body()["error"]
     assert isinstance(error, dict) and "tok_live" not in orjson.dumps(error).decode()
     assert error["param"] == "Authorization: Bearer [REDACTED]" and error["code"] == "bad"
+
+
+def test_an_error_object_a_200_answer_carries_is_redacted_as_an_error_answer_is() -> None:
+    """A Responses stream's `error` event (its words at the top level, or in an `error` member as OpenAI's stream
+    writes them) and a failed response's `error`: each member that says something redacted and cut as
+    `upstream_error` has it, the rest left as it came (OpenAI's failures came to the client with only `scrub`)."""
+    redaction.register(SECRET)
+    event = {
+        "type": "error",
+        "sequence_number": 3,
+        "message": f"key {SECRET[4:]} refused" + "!" * PROVIDER_MESSAGE_CHARS,
+        "param": SECRET[:20],
+        "error": {"type": "invalid_key", "code": f"bad {SECRET[2:]}", "message": "Bearer tok_live_abcdef123456"},
+    }
+    redact_error(event)
+    assert event["type"] == "error" and event["sequence_number"] == 3 and event["param"] == "[REDACTED]"
+    assert event["message"].startswith("key [REDACTED] refused!") and "[cut at 4096 of" in event["message"]
+    assert event["error"] == {"type": "invalid_key", "code": "bad [REDACTED]", "message": "Bearer [REDACTED]"}
+    for nothing in (None, "failed", ["error"]):
+        redact_error(nothing)  # (a response without an error: nothing to do)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,186 @@
+"""A provider's failure told inside a 200 answer, relayed from a deployment that serves the Responses API itself
+(`responses_api: native`): an `error` event or a `response.failed` event in a stream, a whole response with `"status":
+"failed"`. Its words go to the client, and into the gateway's store, as those of an error answer do (`upstream_error`):
+without the provider's key, quoted back whole, masked, without its prefix or encoded. In-process
+(`tests.support.inprocess`)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.support.inprocess import Served, serve
+
+KEY = "sk-proj-Zq8xK2mNv4Rt7Yw1Bc3Df5Gh9Jk0Lp6Ss"
+NATIVE = {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": "http://up/v1", "responses_api": "native"}
+MODELS = {
+    "m": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": {"input": 1.0, "output": 2.0}}
+}
+BASE64 = base64.b64encode(f"Bearer {KEY}".encode()).decode()
+# The key as OpenAI may quote it back: its own masked form, the key without its prefix, the authorization header in
+# base64. Only the known secret whole is what `scrub` finds in an answer relayed as it came.
+ECHOES = {
+    "whole": f"Incorrect API key provided: {KEY}",
+    "masked": f"Incorrect API key provided: {KEY[:11]}*****************{KEY[-4:]}",
+    "headless": f"key {KEY[8:]} is not allowed here",
+    "base64": f"authorization header {BASE64}",
+}
+
+
+def assert_no_part_of_the_key(text: str) -> None:
+    for part in (KEY[8:20], KEY[-12:], f"*{KEY[-4:]}", BASE64[:16]):
+        assert part not in text, text
+
+
+def frame(kind: str, **payload: Any) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **payload}) + b"\n\n"
+
+
+def response(status: str, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    usage = None if status == "in_progress" else {"input_tokens": 1, "output_tokens": 0, "total_tokens": 1}
+    return {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 1,
+        "status": status,
+        "model": "gpt-4o-mini",
+        "output": [],
+        "error": error,
+        "usage": usage,
+    }
+
+
+async def relayed(answer: httpx.Response, stream: bool) -> tuple[httpx.Response, Served]:
+    served = await serve(lambda request: answer, MODELS, provider=NATIVE, environ={"OPENAI_API_KEY": KEY})
+    return await served.post("/v1/responses", {"model": "m", "input": "hi", "stream": stream}), served
+
+
+def events(answer: httpx.Response) -> list[dict[str, Any]]:
+    return [orjson.loads(line[6:]) for line in answer.text.splitlines() if line.startswith("data: ")]
+
+
+def streamed(*frames: bytes) -> httpx.Response:
+    return httpx.Response(200, content=b"".join(frames), headers={"content-type": "text/event-stream"})
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["as-documented", "as-sent"])
+@pytest.mark.parametrize("echo", list(ECHOES))
+async def test_an_error_event_in_the_stream_is_relayed_without_the_key(echo: str, nested: bool) -> None:
+    """OpenAI's reference puts the event's `code`, `message` and `param` at its top level; its stream puts them in
+    an `error` member (openai/openai-dotnet#881)."""
+    said = {"code": "server_error", "message": ECHOES[echo], "param": KEY[8:]}
+    answer, _ = await relayed(
+        streamed(
+            frame("response.created", sequence_number=0, response=response("in_progress")),
+            frame("error", sequence_number=1, **({"error": {"type": "server_error", **said}} if nested else said)),
+        ),
+        stream=True,
+    )
+    assert_no_part_of_the_key(answer.text)
+    error = next(event for event in events(answer) if event["type"] == "error")
+    assert error["sequence_number"] == 1
+    relayed_words = error["error"] if nested else error
+    assert relayed_words["code"] == "server_error"  # the rest as OpenAI sent it
+    assert "[REDACTED]" in relayed_words["message"] and relayed_words["param"] == "[REDACTED]"
+
+
+@pytest.mark.parametrize("echo", list(ECHOES))
+async def test_a_response_failed_event_is_relayed_and_stored_without_the_key(echo: str) -> None:
+    failed = response("failed", {"code": "server_error", "message": ECHOES[echo]})
+    answer, served = await relayed(
+        streamed(
+            frame("response.created", sequence_number=0, response=response("in_progress")),
+            frame("response.failed", sequence_number=1, response=failed),
+        ),
+        stream=True,
+    )
+    assert_no_part_of_the_key(answer.text)
+    last = events(answer)[-1]
+    assert last["type"] == "response.failed" and last["response"]["error"]["code"] == "server_error"
+    assert "[REDACTED]" in last["response"]["error"]["message"]
+    stored = await served.get(f"/v1/responses/{last['response']['id']}")
+    assert stored.status_code == 200 and stored.json()["status"] == "failed"
+    assert_no_part_of_the_key(stored.text)
+
+
+@pytest.mark.parametrize("echo", list(ECHOES))
+async def test_a_failed_response_answered_whole_is_relayed_and_stored_without_the_key(echo: str) -> None:
+    failed = response("failed", {"code": "server_error", "message": ECHOES[echo]})
+    answer, served = await relayed(httpx.Response(200, json=failed), stream=False)
+    assert answer.status_code == 200 and answer.json()["status"] == "failed"
+    assert "[REDACTED]" in answer.json()["error"]["message"]
+    assert_no_part_of_the_key(answer.text)
+    stored = await served.get(f"/v1/responses/{answer.json()['id']}")
+    assert stored.status_code == 200
+    assert_no_part_of_the_key(stored.text)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("echo", list(ECHOES))
+async def test_the_same_words_in_an_error_answer_are_relayed_without_the_key(echo: str, stream: bool) -> None:
+    error = {"error": {"message": ECHOES[echo], "type": "server_error", "code": "server_error"}}
+    answer, _ = await relayed(httpx.Response(500, json=error), stream=stream)
+    assert answer.status_code == 502
+    assert_no_part_of_the_key(answer.text)
+
+
+# --- the same words from a provider that fails inside a stream, where the gateway writes the failure ---------------
+
+
+def read_by_read(*frames: bytes) -> httpx.Response:
+    """A 200 stream whose frames come one read at a time: the first begins the answer, a later one fails it."""
+
+    async def reads() -> AsyncIterator[bytes]:
+        for frame in frames:
+            yield frame
+
+    return httpx.Response(200, content=reads(), headers={"content-type": "text/event-stream"})
+
+
+def chat_chunk(**delta: Any) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": None}
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini", "choices": [choice]}
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+@pytest.mark.parametrize("echo", list(ECHOES))
+async def test_a_translated_stream_that_fails_ends_without_the_key(echo: str) -> None:
+    """A deployment of Chat Completions that fails part way (its `{"error": ...}` chunk): the translation's `error`
+    and `response.failed`, and the response stored, are the gateway's, in words redacted as an error answer's."""
+    translated = {**NATIVE, "responses_api": "translate"}
+    error = {"error": {"message": ECHOES[echo], "type": "server_error", "param": KEY}}
+    frames = (chat_chunk(role="assistant", content="Hel"), b"data: " + orjson.dumps(error) + b"\n\n")
+    served = await serve(
+        lambda request: read_by_read(*frames), MODELS, provider=translated, environ={"OPENAI_API_KEY": KEY}
+    )
+    answer = await served.post("/v1/responses", {"model": "m", "input": "hi", "stream": True})
+    assert_no_part_of_the_key(answer.text)
+    last = events(answer)[-1]
+    assert last["type"] == "response.failed" and "[REDACTED]" in last["response"]["error"]["message"]
+    stored = await served.get(f"/v1/responses/{last['response']['id']}")
+    assert stored.status_code == 200
+    assert_no_part_of_the_key(stored.text)
+
+
+@pytest.mark.parametrize("echo", list(ECHOES))
+async def test_a_gemini_stream_that_fails_ends_without_the_key(echo: str) -> None:
+    """Gemini writes a failure part way as a chunk of its own, `{"error": {...}}`, in a 200 stream."""
+    gemini = {"type": "gemini", "api_key": "env:GEMINI_API_KEY", "base_url": "http://up"}
+    begun = {"candidates": [{"index": 0, "content": {"role": "model", "parts": [{"text": "Hel"}]}}]}
+    error = {"error": {"code": 500, "message": ECHOES[echo], "status": "INTERNAL"}}
+    frames = [b"data: " + orjson.dumps(chunk) + b"\r\n\r\n" for chunk in (begun, error)]
+    served = await serve(
+        lambda request: read_by_read(*frames), MODELS, provider=gemini, environ={"GEMINI_API_KEY": KEY}
+    )
+    for path, body in (
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/responses", {"input": "hi"}),
+    ):
+        answer = await served.post(path, {"model": "m", "stream": True, **body})
+        assert answer.status_code == 200 and "[REDACTED]" in answer.text
+        assert_no_part_of_the_key(answer.text)
