@@ -85,11 +85,12 @@ class OutputCap:
         return min(self.limit, ceiling)
 
     def written_at_most(self, attempt: Attempt) -> int | None:
-        """The most output `attempt` can have written, over all its choices: the cap it was sent (the request's, as
-        `apply` left it), else its model's ceiling; None where neither is known (the provider's own default). What
-        the gateway's estimate of an answer's output never passes: relayed characters a third of a token each
-        charged 88 tokens for 40 written, past a budget and `x-gateway-max-cost-usd` checked for 40."""
-        cap = self.req.output_limit() or self.ceiling(attempt)
+        """The most output `attempt` can have written, over all its choices: the cap it was sent (its own, not the
+        request's as `apply` left it for the last attempt), else its model's ceiling; None where neither is known
+        (the provider's own default). What the gateway's estimate of an answer's output never passes: relayed
+        characters a third of a token each charged 88 tokens for 40 written, past a budget and
+        `x-gateway-max-cost-usd` checked for 40."""
+        cap = self.sent(attempt) or self.ceiling(attempt)
         return cap * (self.req.n or 1) if cap else None
 
     def apply(self, attempt: Attempt) -> int | None:

@@ -311,12 +311,13 @@ class Pipeline(Charges):
     @staticmethod
     def _worst(ex: Exchange, reservation: Reservation, attempt: Attempt | None, counted: Usage | None = None) -> Usage:
         """The worst case `attempt` can be billed: its own prompt estimate (a deployment's image or tokenizer
-        rules differ) and the output reserved for. Priced at its deployment, it is within the reservation, which
-        is the largest of them; the plan's largest prompt at a pricier deployment was not (review: a $1 key spent
-        $4.82 through an image a cheap fallback counted 48,000 tokens). `counted`: the provider's counts so far (a
-        stream's opening usage), whose input, where it gave one, is exact and taken instead of the estimate."""
+        rules differ) and its own output (`_worst_output`). Priced at its deployment, it is within the reservation,
+        which is the largest of them; the plan's largest prompt at a pricier deployment was not (review: a $1 key
+        spent $4.82 through an image a cheap fallback counted 48,000 tokens). `counted`: the provider's counts so
+        far (a stream's opening usage), whose input, where it gave one, is exact and taken instead of the estimate."""
+        output = Pipeline._worst_output(ex, reservation, attempt)
         if counted is not None and counted.prompt_tokens:
-            worst = counted.counted_as(counted.prompt_tokens, reservation.output_tokens)
+            worst = counted.counted_as(counted.prompt_tokens, output)
             if ex.searches:
                 worst.set_count("web_searches", ex.searches)
             return worst
@@ -325,10 +326,23 @@ class Pipeline(Charges):
             prompt = estimate.tokens(attempt.target.provider_type, attempt.target.model)
         else:
             prompt = reservation.prompt_tokens
-        worst = Usage.of(prompt, reservation.output_tokens)
+        worst = Usage.of(prompt, output)
         if ex.searches:
             worst.set_count("web_searches", ex.searches)
         return worst
+
+    @staticmethod
+    def _worst_output(ex: Exchange, reservation: Reservation, attempt: Attempt | None) -> int:
+        """The most output `attempt` can be billed: the cap it was sent (else its model's ceiling) and a
+        prediction's tokens, for each choice, within the output reserved for (the plan's largest); that where
+        neither is known. The plan's largest at every attempt's price charged a fallback sent 1,000 tokens for
+        16,384 at its own price: 3.3 times its key's budget, 16 times what the provider could bill (review)."""
+        cap = ex.output_cap
+        written = cap.written_at_most(attempt) if cap is not None and attempt is not None else None
+        if cap is None or written is None:
+            return reservation.output_tokens
+        predicted = predicted_tokens(cap.req) * (cap.req.n or 1)  # (billed beyond the cap: `_admit`)
+        return min(written + predicted, reservation.output_tokens)
 
     def _waste(self, ex: Exchange, attempt: Attempt, usage: Usage | None, served: Served | None = None) -> None:
         """An earlier attempt the provider may bill: its provider cost (the fee is the request's, on the whole), as

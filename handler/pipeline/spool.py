@@ -10,6 +10,10 @@ When `Meter.settle` has retried and the store still refuses, the settlement goes
   long as anything is pending, by the next request that settles, and at start-up; a landed settlement gets a
   `{"done": <reservation id>}` line, and the file is emptied once nothing in it is pending.
 
+Each entry starts on a line of its own (after a last line a killed writer or a full disk left without its end, a
+newline first), so a torn line costs only itself; lines that cannot be read are never emptied away but appended to
+`<file>.unreadable`, and logged once (how many, not their content).
+
 Re-driving is safe because a store applies a settlement once per reservation id (`Store.settle`): a
 settlement that in fact landed before its call failed, or that two processes re-drive at once, counts once.
 
@@ -33,7 +37,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import orjson
 
@@ -69,6 +73,15 @@ def settlement_from_dict(data: dict[str, Any]) -> Settlement:
 def _build(cls: type[T], data: dict[str, Any]) -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _torn(file: IO[bytes]) -> bool:
+    """Whether `file` ends inside a line (its last byte no newline)."""
+    end = file.seek(0, os.SEEK_END)
+    if not end:
+        return False
+    file.seek(end - 1)
+    return file.read(1) != b"\n"
 
 
 class SettlementSpool:
@@ -118,16 +131,28 @@ class SettlementSpool:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _append(self, entry: dict[str, Any]) -> None:
+        """Append `entry` on a line of its own: after a last line left without its end (its writer killed, or the
+        disk full), a newline first. Written onto that line, the entry was unreadable with it, and lost."""
         assert self.path is not None
-        with self._locked(), open(self.path, "ab") as file:
-            file.write(orjson.dumps(entry) + b"\n")
+        with self._locked(), open(self.path, "a+b") as file:
+            start = b"\n" if _torn(file) else b""
+            file.write(start + orjson.dumps(entry) + b"\n")  # (at the end, wherever `_torn` read: it appends)
             file.flush()
             os.fsync(file.fileno())
 
     def _read(self) -> dict[str, Settlement]:
         """What is pending: added and not done, in the order added (and what only memory holds)."""
+        pending, unreadable = self._parsed(self._lines() or [])
+        for _ in unreadable:
+            logger.error("unreadable line in the settlement spool", extra={"spool": str(self.path)})
+        return {**pending, **self._memory}
+
+    @staticmethod
+    def _parsed(lines: list[bytes]) -> tuple[dict[str, Settlement], list[bytes]]:
+        """The settlements `lines` leave pending, and the lines that cannot be read."""
         pending: dict[str, Settlement] = {}
-        for raw in self._lines() or []:
+        unreadable: list[bytes] = []
+        for raw in lines:
             try:
                 entry = orjson.loads(raw)
                 if "add" in entry:
@@ -136,8 +161,8 @@ class SettlementSpool:
                 elif "done" in entry:
                     pending.pop(entry["done"], None)
             except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
-                logger.error("unreadable line in the settlement spool", extra={"spool": str(self.path)})
-        return {**pending, **self._memory}
+                unreadable.append(raw)
+        return pending, unreadable
 
     def _lines(self) -> list[bytes] | None:
         """The file's lines ([] if there is no file or no path; None if it cannot be read)."""
@@ -153,13 +178,32 @@ class SettlementSpool:
 
     def _compact(self) -> None:
         """Empty the file once nothing in it is pending (read again under the lock: another process may
-        have added since)."""
+        have added since). A line that cannot be read is kept aside first (`_set_aside`), never emptied away."""
         if self.path is None:
             return
         with self._locked():
-            readable = self._lines() is not None
-            if readable and self.path.exists() and not set(self._read()) - set(self._memory):
-                self.path.write_bytes(b"")
+            lines = self._lines()
+            if not lines:  # (none to empty, or the file cannot be read)
+                return
+            pending, unreadable = self._parsed(lines)
+            if set(pending) - set(self._memory):
+                return
+            if unreadable:
+                self._set_aside(unreadable)
+            self.path.write_bytes(b"")
+
+    def _set_aside(self, lines: list[bytes]) -> None:
+        """Append `lines` to `<file>.unreadable`, for an operator: a torn line may be most of a settlement whose
+        writer was killed before its log line. Said once, without the lines (no settlement can be read from them)."""
+        aside = f"{self.path}.unreadable"
+        with open(aside, "ab") as file:
+            file.write(b"".join(line + b"\n" for line in lines))
+            file.flush()
+            os.fsync(file.fileno())
+        logger.error(
+            "unreadable lines of the settlement spool kept aside before it was emptied",
+            extra={"spool": str(self.path), "kept_in": aside, "lines": len(lines)},
+        )
 
     # --- spooling and re-driving ------------------------------------------------------------------
 

@@ -693,6 +693,96 @@ def test_a_timed_out_attempt_is_charged_its_own_worst_case_not_the_plans_largest
         server.stop()
 
 
+@pytest.fixture(scope="module", params=["sqlite", "dynamodb"])
+def capped(
+    request: pytest.FixtureRequest,
+    upstream: tuple[ServerThread, dict[str, Any]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Running]:
+    """A gateway waiting 0.5 s for a first byte, whose plans pair a cheap model that writes up to 16,384 tokens
+    with a dear one that writes at most 1,000 (the slow fake takes 2 s): `wide` fails at once (a 500: answered,
+    not billed), then its fallback `narrow` times out after it was sent (billable); `narrow-first` times out, then
+    its fallback `wide-last` answers."""
+    if request.param == "sqlite":
+        store_url = f"sqlite:///{tmp_path_factory.mktemp('capped') / 'gateway.db'}"
+    else:
+        dynamo: DynamoServer = request.getfixturevalue("dynamo")
+        store_url = dynamo.store_url(dynamo.create_table())
+    url = upstream[0].url
+    cheap, dear = {"input": 0.01, "output": 0.01}, {"input": 10.0, "output": 10.0}
+    wide = {"price": cheap, "max_output_tokens": 16384}
+    narrow = {
+        "deployments": [{"provider": "anthropic", "model": "claude-slow"}],
+        "price": dear,
+        "max_output_tokens": 1000,
+    }
+    config = parse_config(
+        {
+            "gateway": {"timeouts": {"connect": 2, "first_byte": 0.5, "between_chunks": 5}},
+            "providers": {
+                "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{url}/openai/v1"},
+                "anthropic": {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": f"{url}/anthropic"},
+            },
+            "models": {
+                "wide": {"deployments": [{"provider": "openai", "model": "fail-500"}], **wide, "fallbacks": ["narrow"]},
+                "narrow": narrow,
+                "narrow-first": {**narrow, "fallbacks": ["wide-last"]},
+                "wide-last": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], **wide},
+            },
+        },
+        set(REGISTRY),
+    )
+    yield from serving(config, store_url, upstream, SCOPE_ENV)
+
+
+def breakers_closed(gw: Running) -> None:
+    """The failing deployments' breakers closed (the gateway is the module's: earlier tests' failures count)."""
+    for label in ("openai/fail-500@global", "anthropic/claude-slow@global"):
+        gw.gateway.router.breakers.success(label)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_fallback_cut_after_it_was_sent_is_charged_no_more_output_than_it_was_sent(
+    capped: Running, stream: bool
+) -> None:
+    """An attempt cut in flight was charged the plan's largest output cap, not the one it was sent: `narrow`, sent
+    `max_tokens: 1000`, was charged `wide`'s 16,384 at its own $10/M, $0.16394 on a $0.05 budget: 3.3 times the
+    budget, 16 times what the provider could bill (review). Now its own cap, within the budget."""
+    gw = capped
+    key = gw.mint(budget_usd=0.05)
+    since = len(gw.fakes["anthropic"].state.requests)
+    breakers_closed(gw)
+    answer = post(gw, "/v1/chat/completions", key, {"model": "wide", "messages": HI, "stream": stream})
+    assert answer.status_code == 504
+    assert "anthropic/claude-slow@global=upstream_timeout" in answer.headers["x-gateway-route"]
+    [sent] = received(gw, "anthropic", since)
+    assert sent["json"]["max_tokens"] == 1000  # the most Anthropic can bill for this attempt's output
+    [line] = ledger(gw, key)
+    assert (line.cost_source, line.output_tokens) == ("reserved", 1000)
+    assert line.cost_usd == pytest.approx((line.input_tokens + 1000) * 10.0 / 1_000_000)
+    me = httpx.get(f"{gw.url}/v1/key", headers=auth(key)).json()
+    assert me["spent_usd"] == pytest.approx((line.cost_usd or 0) + line.fee_usd) and me["spent_usd"] <= 0.05
+
+
+def test_an_attempt_timed_out_before_a_failover_is_charged_no_more_output_than_it_was_sent(capped: Running) -> None:
+    """The attempt the provider may still bill, before the failover that answered, was charged the plan's largest
+    output cap at its own price too (`narrow`'s 1,000 taken for `wide-last`'s 16,384: $0.164 on a $0.05 budget)."""
+    gw = capped
+    key = gw.mint(budget_usd=0.05)
+    plain = gw.mint(budget_usd=1.0)
+    assert chat(gw, plain, "wide-last").status_code == 200
+    [answered] = ledger(gw, plain)
+    breakers_closed(gw)
+    answer = chat(gw, key, "narrow-first")
+    assert answer.status_code == 200
+    assert answer.headers["x-gateway-route"].startswith("anthropic/claude-slow@global=upstream_timeout")
+    [line] = ledger(gw, key)
+    assert line.cost_source == "reserved" and line.output_tokens == answered.output_tokens
+    missed = (line.cost_usd or 0) - (answered.cost_usd or 0)  # `narrow`'s worst case: its prompt and 1,000 out
+    assert 1000 * 10.0 / 1_000_000 < missed < 1100 * 10.0 / 1_000_000
+    assert spent(gw, key) == pytest.approx((line.cost_usd or 0) + line.fee_usd) and spent(gw, key) <= 0.05
+
+
 def test_a_request_whose_every_attempt_timed_out_is_charged_the_reserved_worst_case(impatient: Running) -> None:
     gw = impatient
     key = gw.mint(budget_usd=1.0)

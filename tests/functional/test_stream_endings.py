@@ -243,6 +243,12 @@ async def ignoring_stream(request: Request) -> Response:
     return Response(b"\n" + json.dumps(answer, indent=2).encode(), media_type="application/json")
 
 
+async def down(request: Request) -> Response:
+    """A provider's 500: answered at once, nothing billed."""
+    await request.body()
+    return Response(b'{"error": {"message": "The server had an error.", "type": "server_error"}}', status_code=500)
+
+
 async def late_stream(request: Request) -> StreamingResponse:
     """A chat stream whose first chunk comes after `LATE_S` (a model still thinking), then whole at once."""
     await request.body()
@@ -350,6 +356,7 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         Route("/ignoring/v1/chat/completions", ignoring_stream, methods=["POST"]),
         Route("/whole-anthropic/v1/messages", ignoring_stream, methods=["POST"]),
         Route("/late/v1/chat/completions", late_stream, methods=["POST"]),
+        Route("/down/v1/chat/completions", down, methods=["POST"]),
         Route("/wordy-anthropic/v1/messages", wordy_message, methods=["POST"]),
         Route("/wordy/v1/chat/completions", wordy_completion, methods=["POST"]),
         Route("/wordy-gemini/v1beta/models/{method}", cached_gemini, methods=["POST"]),
@@ -374,6 +381,7 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             "failing": native("failing"),
             "ignoring": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/ignoring/v1"},
             "late": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/late/v1"},
+            "down": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/down/v1"},
             "wordy": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{server.url}/wordy/v1"},
             "wordy-gemini": {
                 "type": "gemini",
@@ -416,6 +424,18 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 "price": WORDY_PRICE,
             },
             "gpt-wordy": {"deployments": [{"provider": "wordy", "model": "gpt-x"}], "price": WORDY_PRICE},
+            # A cheap model that writes up to 16,384 tokens, down, then a dear one that writes at most 1,000.
+            "gpt-down-wide": {
+                "deployments": [{"provider": "down", "model": "gpt-x"}],
+                "price": {"input": 0.01, "output": 0.01},
+                "max_output_tokens": 16384,
+                "fallbacks": ["claude-wordy-narrow"],
+            },
+            "claude-wordy-narrow": {
+                "deployments": [{"provider": "wordy-anthropic", "model": "claude-x"}],
+                "price": {"input": 10.0, "output": 10.0},
+                "max_output_tokens": 1000,
+            },
         },
     }
     # A model for each way a stream breaks off (`breaking`), on each API and its provider (a deployment each: failures
@@ -577,6 +597,28 @@ def test_a_reasoning_claude_stream_the_client_leaves_is_charged_its_worst_output
         WRITTEN,
     )
     assert line.cost_usd == pytest.approx(claude_code_usd(2048))
+
+
+def test_a_reasoning_stream_left_after_a_failover_is_charged_the_output_its_attempt_was_sent(
+    scripted: Running,
+) -> None:
+    """A reasoning stream cut short is charged its worst output: that of the attempt that streamed, not the plan's
+    largest. `claude-wordy-narrow`, sent `max_tokens: 1000` after `gpt-down-wide` (16,384) failed, was charged
+    16,384 at its own $10/M: $0.16 on a $0.05 budget (review)."""
+    key = scripted.mint(name="left-narrow-thinking", budget_usd=0.05)
+    thinking = {"type": "enabled", "budget_tokens": 512}
+    body = {"model": "gpt-down-wide", "max_tokens": 16384, "thinking": thinking, "messages": HI, "stream": True}
+    leave_after(scripted, "/v1/messages", body, key, b"text_delta")
+    line = left_line(scripted, key)
+    assert (line.model, line.status, line.cost_source, line.output_tokens) == (
+        "claude-wordy-narrow",
+        499,
+        "reserved",
+        1000,
+    )
+    assert line.cost_usd == pytest.approx((12 + 1000) * 10.0 / 1_000_000)  # on `message_start`'s 12 tokens in
+    spent = httpx.get(f"{scripted.url}/v1/key", headers={"authorization": f"Bearer {key}"}).json()["spent_usd"]
+    assert spent == pytest.approx((line.cost_usd or 0) + line.fee_usd) and spent <= 0.05
 
 
 @pytest.mark.parametrize(

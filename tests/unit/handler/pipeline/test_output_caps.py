@@ -117,3 +117,17 @@ def test_a_budgeted_request_keeps_its_own_cap_on_a_model_whose_ceiling_is_unknow
     assert req.max_tokens == 32_000
     assert OutputCap(request(max_tokens=1_000), 4096, {}).of(unknown) == 1_000
     assert OutputCap(request(), 4096, {}).of(unknown) == 4096
+
+
+@pytest.mark.parametrize("budgeted", [False, True])
+def test_each_attempt_has_written_at_most_the_cap_it_was_sent(budgeted: bool) -> None:
+    """What an attempt can have written was read from the request's cap as the last attempt's `apply` left it: an
+    earlier attempt sent 16,384 was taken for the 1,000 the next one was sent (and one sent 1,000 for 16,384)."""
+    wide, narrow = attempt("known"), attempt("unknown")
+    cap = OutputCap(request(max_tokens=32_000, n=2), 4096, {narrow.target.label: 1_000})
+    if budgeted:
+        cap.reserved = {id(wide): cap.of(wide), id(narrow): cap.of(narrow)}
+    assert (cap.apply(wide), cap.apply(narrow)) == (16_384, 1_000)
+    assert (cap.written_at_most(wide), cap.written_at_most(narrow)) == (2 * 16_384, 2 * 1_000)
+    cap.apply(wide)
+    assert cap.written_at_most(narrow) == 2 * 1_000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import subprocess
 import sys
 import time
 import uuid
@@ -151,6 +152,87 @@ async def test_a_settlement_the_store_cannot_write_holds_none_of_the_others_back
     assert spool.pending == 1
     lines = await store.usage(UsageQuery([key.id], 0, time.time() + 1))
     assert sorted(i.request_id for i in lines) == sorted(s.item.request_id for s in others if s.item)
+
+
+TORN = b'{"add": {"reservation_id": "r-0f3a", "budgets": ['  # a line whose write was cut off: no end, no newline
+
+
+async def test_a_torn_last_line_costs_only_itself(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process killed while it appended (or a full disk) leaves the file's last line without its end: the next
+    settlement was appended onto it, the merged line could not be read, and the settlement was lost (0 pending,
+    never re-driven; the next re-drive emptied the file). Each entry now starts on a line of its own, and a line
+    that cannot be read is kept aside, never emptied away."""
+    path = tmp_path / "spool.jsonl"
+    path.write_bytes(TORN)
+    spool = SettlementSpool(path)
+    meter = Meter(store, KeyService(store, 0), 60, spool=spool)
+    key = record(budget_usd=1.0, tpm=10_000)
+    settlement = await admitted(meter, key, 0.2)
+    refuse_settlements(monkeypatch, store, SETTLE_ATTEMPTS)
+    await meter.settle(settlement)
+    await spool.close()
+    assert spool.pending == 1
+    restarted = SettlementSpool(path)  # (or another process sharing the file)
+    assert restarted.pending == 1
+    assert await restarted.redrive(store) == 1
+    assert path.read_bytes() == b"" and restarted.pending == 0
+    assert (tmp_path / "spool.jsonl.unreadable").read_bytes() == TORN + b"\n"
+    [kept] = [r for r in caplog.records if r.getMessage().startswith("unreadable lines of the settlement spool")]
+    assert vars(kept)["lines"] == 1 and "r-0f3a" not in str(vars(kept))  # said once, without the line
+    assert [i.request_id for i in await store.usage(UsageQuery([key.id], 0, time.time() + 1))] == [
+        settlement.item.request_id if settlement.item else None
+    ]
+    committed, paid, tokens = await spent(store, key)
+    assert committed == pytest.approx(0.2) and paid == pytest.approx(0.2) and tokens == 150
+
+
+async def test_an_unreadable_line_is_kept_aside_not_emptied_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the line (torn, or written over), it stays while anything in the file is pending; once nothing is,
+    it goes beside the file, after any kept there before, and the file is emptied."""
+    store = open_store("sqlite://")
+    path = tmp_path / "spool.jsonl"
+    aside = tmp_path / "spool.jsonl.unreadable"
+    aside.write_bytes(b"kept before\n")
+    path.write_bytes(b"garbage\n")
+    spool = SettlementSpool(path)
+    item = line("k", 0.1)
+    spool.add(Settlement(item.request_id, [], 0.0, [], item), "injected")
+    refuse_settlements(monkeypatch, store, 1)
+    assert await spool.redrive(store) == 0
+    assert path.read_bytes().startswith(b"garbage\n") and aside.read_bytes() == b"kept before\n"
+    with path.open("ab") as file:
+        file.write(TORN)
+    assert await spool.redrive(store) == 1
+    assert path.read_bytes() == b"" and aside.read_bytes() == b"kept before\ngarbage\n" + TORN + b"\n"
+    await store.close()
+
+
+SPOOLING = """
+import sys
+from handler.pipeline.spool import SettlementSpool
+from handler.ports import Settlement
+spool = SettlementSpool(sys.argv[1])
+for n in range(20):
+    spool.add(Settlement(f"{sys.argv[2]}-{n}", [], 0.0, [], None), "injected")
+"""
+
+
+def test_processes_sharing_a_spool_a_killed_one_tore_keep_every_settlement(tmp_path: Path) -> None:
+    """Two processes spooling at once onto a last line a killed one tore: the check for its end and the append are
+    under the file's lock, so one newline goes before the first entry and none is written onto another's."""
+    path = tmp_path / "spool.jsonl"
+    path.write_bytes(TORN)
+    spooling = [
+        subprocess.Popen([sys.executable, "-c", SPOOLING, str(path), name], stdout=subprocess.DEVNULL)
+        for name in ("a", "b")
+    ]
+    assert [process.wait(timeout=60) for process in spooling] == [0, 0]
+    assert SettlementSpool(path).pending == 40
+    assert path.read_bytes().startswith(TORN + b"\n") and path.read_bytes().count(b"\n") == 41
 
 
 async def test_a_settlement_applied_but_unanswered_is_spooled_and_still_counts_once(
