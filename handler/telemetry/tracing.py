@@ -39,7 +39,10 @@ if TYPE_CHECKING:
 # W3C Trace Context's `traceparent`: version 00 is these four fields exactly; a higher version (not ff) is read as
 # version 00 from its first four fields, as the spec says it SHOULD be, whatever follows them after a dash.
 TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.DOTALL)
-CONTENT_CHARS = 64 * 1024  # a captured prompt or answer is cut here
+CONTENT_CHARS = 64 * 1024  # a captured prompt or answer is cut here, once redacted
+# What is kept past the cut until the redaction has run: a secret across the cut was cut before it was redacted, and
+# its head with a few characters of its secret went out (review); any key or token is far shorter than this.
+CUT_MARGIN = 1024
 # What each proxied route is, as `gen_ai.operation.name`.
 OPERATIONS = {
     "/v1/chat/completions": "chat",
@@ -196,7 +199,7 @@ class Trace:
 
     def _answer(self, text: str) -> None:
         assert self.answer is not None
-        room = CONTENT_CHARS - self.answer_chars
+        room = CONTENT_CHARS + CUT_MARGIN - self.answer_chars
         if room > 0:
             self.answer.append(text[:room])
             self.answer_chars += min(len(text), room)
@@ -259,7 +262,7 @@ class RequestTracer:
         trace = Trace(self, trace_id, parent_id, random[16:], time.time_ns(), perf, path)
         if self.capture_content:
             trace.answer = []
-            trace.prompt = body[:CONTENT_CHARS] if body else None  # redacted on the exporter's thread
+            trace.prompt = body[: CONTENT_CHARS + CUT_MARGIN] if body else None  # redacted and cut on the exporter's
         return trace
 
     def finish(self, ex: Observed, status: int, code: str | None, stream: bool, ended: float) -> None:
@@ -363,9 +366,11 @@ class RequestTracer:
             out.append(("gen_ai.conversation.id", ex.controls.session))
         out += [(f"gateway.tag.{name}", value) for name, value in ex.controls.tags.items()]
         if trace.prompt is not None:
-            out.append(("gen_ai.input.messages", redact_message(trace.prompt.decode("utf-8", "replace"))))
+            out.append(
+                ("gen_ai.input.messages", redact_message(trace.prompt.decode("utf-8", "replace"))[:CONTENT_CHARS])
+            )
         if trace.answer:
-            out.append(("gen_ai.output.messages", redact_message("".join(trace.answer))))
+            out.append(("gen_ai.output.messages", redact_message("".join(trace.answer))[:CONTENT_CHARS]))
         return out
 
     def flush(self, timeout_s: float = 5.0) -> bool:

@@ -16,6 +16,7 @@ import pytest
 
 from handler.config import ModelConfig, ObservabilityConfig, ProviderConfig
 from handler.otlp_config import OtlpConfig
+from handler.telemetry.tracing import CONTENT_CHARS
 from tests.functional.conftest import FAKE_KEYS, Running, gateway_config, serve_gateway
 from tests.functional.test_lambda_events import replay
 from tests.functional.test_metrics import labels, scrape
@@ -266,6 +267,38 @@ def test_content_goes_out_only_when_captured_and_then_redacted(
         if line.startswith("data: {") and orjson.loads(line[6:])["choices"]
     )
     assert relayed and stream_root.attributes["gen_ai.output.messages"] == relayed
+
+
+def test_a_secret_across_the_cut_of_a_captured_prompt_goes_out_redacted(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path: Path
+) -> None:
+    """A captured prompt is cut at 64 KiB: it was cut before it was redacted, so a key across the cut went out as its
+    id and the first characters of its secret, which no rule could tell for a key any more (review). It is redacted
+    whole, then cut."""
+    receiver = OtlpReceiver().start()
+    running, server = otlp_gateway(upstream, tmp_path, receiver.url, capture_content=True)
+    try:
+        key = running.mint()
+        secret = running.mint()
+        head = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "'
+        filler = "x" * (CONTENT_CHARS - len(head) - 21)  # the key begins 20 characters before the cut
+        body = head + f'{filler} {secret} {SECRET_PROMPT}"}}]}}'.encode()
+        answer = httpx.post(
+            f"{running.url}/v1/chat/completions",
+            content=body,
+            headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        root, *_ = receiver.request_spans(answer.headers["x-request-id"])
+    finally:
+        server.stop()
+        receiver.stop()
+    prompt = root.attributes["gen_ai.input.messages"]
+    assert len(prompt) == CONTENT_CHARS and prompt.startswith(head.decode() + "xxx")
+    key_id, secret_part = secret.split("_", 2)[1:]
+    tail = prompt[len(head) + len(filler) :]  # what of the prompt stood where the key began
+    assert key_id not in tail and secret_part[:3] not in tail and tail.startswith(" [REDACTED"), tail
 
 
 def timed_requests(running: Running, key: str, count: int) -> list[float]:
