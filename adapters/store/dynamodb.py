@@ -333,7 +333,8 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
         less what the lease holds: what this region can spend without asking the home, never more than an
         admission here allows. (With what the home had unleased when this process last asked, a figure no
         process refreshes while other regions spend, the budget's remaining header said $0.0456 where $0.0104
-        was left.)"""
+        was left.) Of a home meter it counts every lease granted out, spent or not, as docs/costs.md says: the
+        leases' own committed, which `GET /v1/key` counts instead, are other items, a read more per request."""
         counters = Counters()
         for charge in admission.budgets:
             if charge.key_id != key_id:

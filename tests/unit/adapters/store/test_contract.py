@@ -699,6 +699,28 @@ async def test_a_request_that_died_in_the_home_region_holds_no_budget_once_a_lea
     await other.close()
 
 
+async def test_the_home_regions_remaining_header_leaves_out_every_lease_granted(
+    regional: Callable[..., Store],
+) -> None:
+    """An admission's counters give the budget's remaining header. In the key's home they are the home meter's,
+    which counts every lease granted out whether its region spent it or not; `GET /v1/key` counts a lease by what
+    its region committed. The leases are other items, a read more per request, so the header is documented as
+    what the home can spend without asking (docs/costs.md): a $1 budget, eu-west-1 spent $0.10 of a $0.25 lease,
+    us-east-1 spends $0.10: the home's header says $0.65, `GET /v1/key` $0.80."""
+    home, other = regional(HOME_REGION), regional(LEASE_REGION)
+    key = uuid.uuid4().hex[:12]
+    abroad = homed(key, 0.1)
+    await other.admit(abroad)  # a grant of a quarter of the budget
+    spent = [replace(abroad.budgets[0], amount_usd=0.1)]
+    await other.settle(Settlement(abroad.reservation_id, spent, 0.1, [], None, expires_at=abroad.expires_at))
+    snapshot = await home.admit(homed(key, 0.1))
+    assert 1.0 - snapshot.committed_usd[PERIOD] == pytest.approx(0.65)
+    await replicate(other, home, key, f"LEASE#{LEASE_REGION}")
+    assert 1.0 - (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.8)
+    await home.close()
+    await other.close()
+
+
 async def test_many_admissions_racing_into_a_new_rate_window_all_pass(store: Store) -> None:
     """When a minute rolls over under load, every request races to start the new window's counter."""
     key = uuid.uuid4().hex[:12]
