@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import math
 import os
 import random
 import time
@@ -57,7 +56,18 @@ from typing import Any, TypeVar
 from adapters.store.dynamo_client import CONDITION_FAILED, ConditionFailed, DynamoDBClient, call, scanned
 from adapters.store.dynamo_keys import DynamoDBKeys
 from adapters.store.dynamo_responses import DynamoDBResponses
-from adapters.store.expressions import Expression, Item, dec, exact, num, number, read_num, text
+from adapters.store.expressions import (
+    Expression,
+    Item,
+    dec,
+    exact,
+    num,
+    number,
+    parse_bucket,
+    read_num,
+    reservation_bucket,
+    text,
+)
 from adapters.store.metered import (
     EPSILON,
     AdmissionWrite,
@@ -96,7 +106,6 @@ T = TypeVar("T")
 METER_SK = "METER"
 LAST_ADMISSION = "q"  # on a meter item: the last admission written to it (`_admit_update`)
 TOLERANCE = exact(EPSILON)  # what a budget's condition lets pass beyond its limit, as `fits` does
-BUCKET_SECONDS = 60  # reservations are summed by the minute they expire in (`reservation_bucket`)
 SWEEP_SECONDS = 120.0  # a process releases a key's expired reservations this often, after settling on it
 # All-keys reports read this many index partitions (the module docstring): each takes about 1,000 writes a
 # second before DynamoDB throttles it, so eight carry a ledger of 8,000 requests a second.
@@ -108,19 +117,6 @@ RELEASE_CHUNK = 50  # expired reservations released by one update (DynamoDB: 300
 FAILED = CONDITION_FAILED
 # The first letters of the attributes a budget period scopes, on a home meter and on a lease (`period_attribute`).
 PERIOD_KINDS = frozenset("abcgqstx")
-
-
-def reservation_bucket(period: str, expires_at: float, region: str | None) -> str:
-    """The attribute holding the USD of every live reservation of `period` that expires in one minute (and was
-    written in `region`), summed: an item holds one per minute of expiry, not one per request in flight."""
-    return f"x:{period}@{math.ceil(expires_at / BUCKET_SECONDS)}{f'#{region}' if region else ''}"
-
-
-def parse_bucket(name: str) -> tuple[str, float, str | None]:
-    """A `reservation_bucket` name as (period, the end of its minute, its region or None)."""
-    period, _, rest = name[2:].rpartition("@")
-    minute, _, region = rest.partition("#")
-    return period, int(minute) * BUCKET_SECONDS, region or None
 
 
 def period_attribute(name: str) -> str | None:
@@ -175,7 +171,7 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
         self.leases = RegionLeases(
             table, region, client, client_for or self._no_other_region, clock, lease_idle_seconds
         )
-        self.leases.release_expired = lambda key_id: self.release_expired(key_id, self.clock())
+        self.leases.release_expired = lambda key_id, region: self.release_expired(key_id, self.clock(), region)
         self.leases.granted_from = self._note_closed
         self._swept: dict[str, float] = {}  # key id: when this process last released its expired minutes
         # Items an admission (or a grant) saw holding closed periods, with the client of their region (`_prune`).
@@ -193,9 +189,10 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
     def _meter_key(key_id: str) -> Item:
         return {"pk": text(f"METER#{key_id}"), "sk": text(METER_SK)}
 
-    async def _meter_items(self, key_id: str) -> list[Item]:
-        """The key's home meter and every region's lease, as this replica has them: one query."""
+    async def _meter_items(self, key_id: str, region: str | None = None) -> list[Item]:
+        """The key's home meter and every region's lease, as this replica (or `region`'s) has them: one query."""
         return await self._query(
+            client=self.leases.replica(region),
             KeyConditionExpression="pk = :pk",
             ExpressionAttributeValues={":pk": text(f"METER#{key_id}")},
             ConsistentRead=True,
@@ -336,7 +333,8 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
         less what the lease holds: what this region can spend without asking the home, never more than an
         admission here allows. (With what the home had unleased when this process last asked, a figure no
         process refreshes while other regions spend, the budget's remaining header said $0.0456 where $0.0104
-        was left.)"""
+        was left.) Of a home meter it counts every lease granted out, spent or not, as docs/costs.md says: the
+        leases' own committed, which `GET /v1/key` counts instead, are other items, a read more per request."""
         counters = Counters()
         for charge in admission.budgets:
             if charge.key_id != key_id:
@@ -524,19 +522,30 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
                 client, "update_item", **e.update(key, self.table), ReturnValuesOnConditionCheckFailure="ALL_OLD"
             )
 
-    async def _expired_reservations(self, key_id: str, now: float) -> list[Reservation]:
-        """On the home meter and this region's lease: those this region wrote, as the minutes they expire in
-        (`x:`, with what each still holds, down to none) and as written before buckets (`r:<id>`)."""
+    async def release_expired(self, key_id: str, now: float, region: str | None = None) -> float:
+        """`MeteredStore.release_expired`, of the reservations `region` wrote (this region's if None), read and
+        released through its replica: a region about to refuse frees what requests that died in another hold there
+        (that region may get no further request to release them, and only it writes its items)."""
+        expired = await self._expired_reservations(key_id, now, region)
+        return await self._release(key_id, expired, region) if expired else 0.0
+
+    async def _expired_reservations(self, key_id: str, now: float, region: str | None = None) -> list[Reservation]:
+        """On the home meter and the lease of `region` (this region if None), as its replica has them: those it
+        wrote, as the minutes they expire in (`x:`, with what each still holds, down to none) and as written before
+        buckets (`r:<id>`). One on the home meter that names no region (written before regions) is this region's,
+        as before; another region's release takes only what names that region, and that region's lease's."""
+        region = region or self.region
         expired = []
-        for item in await self._meter_items(key_id):
+        for item in await self._meter_items(key_id, region):
             sk = item["sk"]["S"]
-            if sk != METER_SK and sk != f"{LEASE_PREFIX}{self.region}":
+            if sk != METER_SK and sk != f"{LEASE_PREFIX}{region}":
                 continue
             leased = sk != METER_SK
+            taken = {region, None} if leased or region == self.region else {region}  # the regions they name
             for name, value in item.items():
                 if name.startswith("x:"):
-                    period, ends, region = parse_bucket(name)
-                    if ends < now and (region or self.region) == self.region:
+                    period, ends, tag = parse_bucket(name)
+                    if ends < now and tag in taken:
                         stored = value["N"]
                         expired.append(Reservation(key_id, name, period, float(stored), ends, leased, stored))
                     continue
@@ -544,18 +553,18 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
                 if (
                     reservation is not None
                     and read_num(reservation, "e") < now
-                    and reservation.get("w", {}).get("S", self.region) == self.region
+                    and reservation.get("w", {}).get("S") in taken
                 ):
                     period, amount = reservation["p"]["S"], float(dec(reservation, "a"))
                     expired.append(Reservation(key_id, name, period, amount, read_num(reservation, "e"), leased))
         return expired
 
-    async def _release(self, key_id: str, reservations: list[Reservation]) -> float:
-        """Conditional updates per item (the home meter, this region's lease), `RELEASE_CHUNK` reservations
-        each (an expression holds at most 300 operators and 4 KB): all of a chunk's or none; a chunk one of whose
-        reservations is gone or changed is released one reservation at a time, so that it holds back none of the
-        others. A minute's bucket a late settlement changed since it was read is read again and released as it
-        is now (at most `RELEASE_TRIES` times).
+    async def _release(self, key_id: str, reservations: list[Reservation], region: str | None = None) -> float:
+        """Conditional updates per item (the home meter, the lease of `region`: this region's if None), through
+        that region's replica, `RELEASE_CHUNK` reservations each (an expression holds at most 300 operators and
+        4 KB): all of a chunk's or none; a chunk one of whose reservations is gone or changed is released one
+        reservation at a time, so that it holds back none of the others. A minute's bucket a late settlement
+        changed since it was read is read again and released as it is now (at most `RELEASE_TRIES` times).
 
         Returns the USD these reservations no longer hold. One found gone holds nothing either: it was settled
         meanwhile, or released by this very update, sent again by the client after its answer was lost (then
@@ -565,38 +574,40 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
             changed: dict[str, float] = {}  # bucket name: the USD it held when read
             for leased in (False, True):
                 group = [r for r in reservations if r.leased == leased]
-                released += await self._release_group(key_id, leased, group, changed)
+                released += await self._release_group(key_id, leased, group, changed, region)
             if not changed:
                 break
-            reservations = [
-                r for r in await self._expired_reservations(key_id, self.clock()) if r.reservation_id in changed
-            ]
+            again = await self._expired_reservations(key_id, self.clock(), region)
+            reservations = [r for r in again if r.reservation_id in changed]
             read_again = {r.reservation_id for r in reservations}
             released += sum(amount for name, amount in changed.items() if name not in read_again)
         return released
 
     async def _release_group(
-        self, key_id: str, leased: bool, group: list[Reservation], changed: dict[str, float]
+        self, key_id: str, leased: bool, group: list[Reservation], changed: dict[str, float], region: str | None
     ) -> float:
         """`_release` on one item, chunk by chunk: the USD released; the buckets changed since they were read
         go into `changed`."""
         released = 0.0
         for start in range(0, len(group), RELEASE_CHUNK):
             chunk = group[start : start + RELEASE_CHUNK]
-            freed = await self._release_chunk(key_id, leased, chunk)
+            freed = await self._release_chunk(key_id, leased, chunk, region)
             if freed is not None:
                 released += freed
                 continue
             for one in chunk:
-                alone = await self._release_chunk(key_id, leased, [one]) if len(chunk) > 1 else None
+                alone = await self._release_chunk(key_id, leased, [one], region) if len(chunk) > 1 else None
                 if alone is None and one.stored is not None:
                     changed[one.reservation_id] = one.amount_usd
                 else:
                     released += one.amount_usd if alone is None else alone
         return released
 
-    async def _release_chunk(self, key_id: str, leased: bool, chunk: list[Reservation]) -> float | None:
-        """Release `chunk` in one conditional update: the USD released, or None if one of them was gone."""
+    async def _release_chunk(
+        self, key_id: str, leased: bool, chunk: list[Reservation], region: str | None
+    ) -> float | None:
+        """Release `chunk` in one conditional update through `region`'s replica (this region's if None): the USD
+        released, or None if one of them was gone."""
         e = Expression()
         amounts: dict[str, Decimal] = {}
         for reservation in chunk:
@@ -613,9 +624,10 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
         e.clauses["ADD"] += [f"{e.name(f'c:{p}')} {e.value(number(-amount))}" for p, amount in amounts.items()]
         if leased:
             e.clauses["ADD"] += [f"{e.name(f'a:{p}')} {e.value(number(amount))}" for p, amount in amounts.items()]
-        key = {"pk": text(f"METER#{key_id}"), "sk": text(f"{LEASE_PREFIX}{self.region}" if leased else METER_SK)}
+        client, region = self.leases.replica(region), region or self.region
+        key = {"pk": text(f"METER#{key_id}"), "sk": text(f"{LEASE_PREFIX}{region}" if leased else METER_SK)}
         try:
-            await self._call("update_item", **e.update(key, self.table))
+            await call(client, "update_item", **e.update(key, self.table))
         except ConditionFailed:
             return None
         return float(sum(amounts.values()))
@@ -635,8 +647,9 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
         return counters
 
     async def release_held(self, charge: BudgetCharge, now: float) -> float:
-        """`release_expired`, then the leases of other regions idle for `lease_idle_seconds` taken home
-        (`RegionLeases.reclaim_idle`): on Lambda no sweeper returns a lease between invocations."""
+        """`release_expired`, then the leases of other regions idle for `lease_idle_seconds` taken home, with what
+        requests that died there reserved (`RegionLeases.reclaim_idle`): on Lambda no sweeper returns a lease
+        between invocations."""
         released = await self.release_expired(charge.key_id, now)
         if self.region is None:
             return released

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 from typing import Any
 
 Item = dict[str, Any]
+BUCKET_SECONDS = 60  # reservations are summed by the minute they expire in (`reservation_bucket`)
 
 
 def exact(value: float) -> Decimal:
@@ -36,6 +38,30 @@ def text(value: str) -> dict[str, str]:
 def read_num(item: Item, name: str) -> float:
     value = item.get(name)
     return float(value["N"]) if value else 0.0
+
+
+def reservation_bucket(period: str, expires_at: float, region: str | None) -> str:
+    """The attribute holding the USD of every live reservation of `period` that expires in one minute (and was
+    written in `region`), summed: an item holds one per minute of expiry, not one per request in flight."""
+    return f"x:{period}@{math.ceil(expires_at / BUCKET_SECONDS)}{f'#{region}' if region else ''}"
+
+
+def parse_bucket(name: str) -> tuple[str, float, str | None]:
+    """A `reservation_bucket` name as (period, the end of its minute, its region or None)."""
+    period, _, rest = name[2:].rpartition("@")
+    minute, _, region = rest.partition("#")
+    return period, int(minute) * BUCKET_SECONDS, region or None
+
+
+def holds_expired(item: Item, now: float, region: str | None = None) -> bool:
+    """Whether `item` holds USD in a minute of reservations written in `region` (None: untagged, as a lease's are)
+    that ended before `now`: requests that died, until a release."""
+    for name in item:
+        if name.startswith("x:"):
+            _, ends, written_in = parse_bucket(name)
+            if ends < now and written_in == region and dec(item, name) > 0:
+                return True
+    return False
 
 
 class Expression:

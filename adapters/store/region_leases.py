@@ -27,9 +27,11 @@ take everything at once), then one write crediting R's lease up to the home's cu
 no request in R used for `idle_seconds` (`t:P`) is returned by a sweeper task in every process that drew on
 it: the lease gives up its `a:P` (`b:P += a`), then the home's `c:P` drops by what R has returned and the
 home has not yet counted (again cumulative, so a lost second write heals on the next return). A return first
-credits the lease up to the home's `g:P#R` (a grant whose every answer was lost landed at home only). A region
-about to refuse a request for want of budget first does the same for every other region's lease idle for
-`idle_seconds` (`reclaim_idle`), through that region's endpoint: on Lambda no sweeper runs between invocations.
+credits the lease up to the home's `g:P#R` (a grant whose every answer was lost landed at home only) and releases
+its expired reservations (requests that died in R). A region about to refuse a request for want of budget first
+does the same for every other region's lease idle for `idle_seconds` (`reclaim_idle`), through that region's
+endpoint: on Lambda no sweeper runs between invocations. A grant the home refuses while its meter holds expired
+reservations (requests that died in the home region) releases them through the home's endpoint, then asks again.
 
 A grant and a return each write a token drawn for that one write (`q:`), under a condition it does not hold
 yet: the client sends a call again when its answer does not come, and the write sent again after landing is
@@ -55,7 +57,7 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from adapters.store.dynamo_client import ConditionFailed, call
-from adapters.store.expressions import Expression, Item, dec, exact, num, number, read_num, text
+from adapters.store.expressions import Expression, Item, dec, exact, holds_expired, num, number, read_num, text
 from adapters.store.records import period_closed
 from handler.ports import STORE_DEADLINE, BudgetCharge, BudgetRefused, Settlement, StoreError
 
@@ -133,9 +135,9 @@ class RegionLeases:
         self._unleased: dict[tuple[str, str], Decimal] = {}
         self._held: dict[tuple[str, str], HeldLease] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        # Releases a key's expired reservations written here (the store's `release_expired`): a lease's dead
-        # reservations hold its USD, and only this region may write its lease.
-        self.release_expired: Callable[[str], Awaitable[float]] | None = None
+        # Releases the expired reservations a region wrote on a key, through its replica (the store's
+        # `release_expired`): a lease's dead reservations hold its USD, and only its region may write it.
+        self.release_expired: Callable[[str, str], Awaitable[float]] | None = None
         # Shown the home meter as a grant left it, with the client of the home's replica (the store's
         # `_note_closed`): a key spent only here writes its home meter only through grants.
         self.granted_from: Callable[[Item, Any], None] | None = None
@@ -239,7 +241,7 @@ class RegionLeases:
         key = (charge.key_id, charge.period)
         limit = exact(charge.limit_usd)
         unleased = self._unleased.get(key, limit)
-        client = self._client(home)
+        client = self.replica(home)
         token_name = f"q:{charge.period}#{self.region}"
         for _ in range(3):
             chunk = self._chunk(unleased, need)
@@ -268,6 +270,8 @@ class RegionLeases:
                         owed = dec(failed.item, f"g:{charge.period}#{self.region}")
                         if owed > credited:  # granted before, its answers lost: credit it, then admit again
                             return owed
+                        if await self._freed_at_home(charge, home, failed.item):
+                            continue
                         self.stats.refusals += 1
                         raise BudgetRefused(charge.key_id, float(avail + max(unleased, Decimal(0)))) from None
                     continue
@@ -279,6 +283,17 @@ class RegionLeases:
             self.stats.granted_usd += float(chunk)
             return dec(item, f"g:{charge.period}#{self.region}")
         raise StoreError("the home meter kept changing during a lease grant; retry")
+
+    async def _freed_at_home(self, charge: BudgetCharge, home: str, meter: Item) -> bool:
+        """Whether the home meter as a refused grant found it (`meter`) held reservations of requests that died in
+        the home region, now released through its endpoint, as the home's own refusal would: a home that gets no
+        further request for the key never releases them (a $1 budget refused $0.80 here, "$0.500000 left", with
+        nothing spent or in flight)."""
+        if self.release_expired is None or not holds_expired(meter, self.clock(), home):
+            return False
+        with contextlib.suppress(StoreError):
+            return await self.release_expired(charge.key_id, home) > 0
+        return False
 
     async def _credit(self, charge: BudgetCharge, total: Decimal, credited: Decimal) -> None:
         """Raise this region's lease to the home's cumulative grant `total`, from `credited` as last seen."""
@@ -348,11 +363,6 @@ class RegionLeases:
                 continue
             if not force and self.clock() - held.last_used < self.idle_seconds:
                 continue
-            if self.release_expired is not None:
-                # What requests that died here still hold goes home with the rest (else only a refusal here
-                # would free it, and a region whose traffic moved away may never refuse again).
-                with contextlib.suppress(StoreError):
-                    await self.release_expired(held.key_id)
             try:
                 amount = await self._give_back(held, force)
             except ConditionFailed:
@@ -368,9 +378,10 @@ class RegionLeases:
         (`reclaim_idle`), through that region's endpoint, so the lease is still written only in its region.
 
         What the home granted the lease and the lease never credited (a grant whose answers were lost: the
-        client had a 503, the home counts it leased) is credited first, so it comes home with the rest."""
+        client had a 503, the home counts it leased) is credited first, and the reservations of requests that
+        died there released, so both come home with the rest."""
         region = region or self.region or ""
-        client = self._client(region)
+        client = self.replica(region)
         p = held.period
         lease_key = {"pk": meter_pk(held.key_id), "sk": text(f"{LEASE_PREFIX}{region}")}
 
@@ -384,6 +395,12 @@ class RegionLeases:
         if not force and read_num(lease, f"t:{p}") > cutoff:
             held.last_used = read_num(lease, f"t:{p}")
             return -1.0
+        if self.release_expired is not None:
+            # What requests that died in the region still hold goes home with the rest: else only a refusal
+            # there would free it, and a region whose traffic moved away may never refuse again.
+            with contextlib.suppress(StoreError):
+                if await self.release_expired(held.key_id, region) > 0:
+                    lease = await read()
         granted, counted = await self._home_marks(held, region)
         if granted > dec(lease, f"g:{p}"):
             if not await self._raise_mark(client, lease_key, f"g:{p}", f"a:{p}", granted, dec(lease, f"g:{p}"), 1):
@@ -430,7 +447,7 @@ class RegionLeases:
         return whose home write failed left the lease at zero, and a guess from the lease would take it as
         counted and never write it; a grant whose answer was lost is on the home meter only)."""
         answer = await call(
-            self._client(held.home),
+            self.replica(held.home),
             "get_item",
             TableName=self.table,
             Key={"pk": meter_pk(held.key_id), "sk": text(HOME_SK)},
@@ -444,7 +461,7 @@ class RegionLeases:
     async def _sync_returned(self, held: HeldLease, region: str, total: Decimal, counted: Decimal) -> None:
         """Lower the home meter by what `region` returned (`total`) beyond what the home has counted (`counted`,
         its own mark as read; a lost race reads it again)."""
-        client = self._client(held.home)
+        client = self.replica(held.home)
         key = {"pk": meter_pk(held.key_id), "sk": text(HOME_SK)}
         mark, counter = f"b:{held.period}#{region}", f"c:{held.period}"
         if not await self._raise_mark(client, key, mark, counter, total, counted, sign=-1):
@@ -452,14 +469,17 @@ class RegionLeases:
 
     async def reclaim_idle(self, charge: BudgetCharge, items: list[Item]) -> float:
         """Before refusing `charge` for want of budget: take home every other region's lease of the key that sat
-        idle for `idle_seconds`, and what the home granted a region that never credited it; returns the USD
-        that came home. `items` are the key's meter items as this replica has them (a lease looks idle here no
-        later than it is: the conditional writes in its region decide).
+        idle for `idle_seconds`, and what the home granted a region that never credited it, with what requests
+        that died there reserved; returns the USD that came home. `items` are the key's meter items as this
+        replica has them (a lease looks idle here no later than it is: the conditional writes in its region
+        decide).
 
         A lease goes home from its own region's sweeper, a task of a running process: on Lambda it runs only
         during an invocation, so a lease of a region that gets none stayed out for good (20 s after its last
         use, $0.25 of $1 still leased and a $0.90 request refused elsewhere). The region about to refuse
-        returns it instead, through the lease region's endpoint, exactly as that region would."""
+        returns it instead, through the lease region's endpoint, exactly as that region would: its expired
+        reservations released first (a lease all reserved by a request that died there was passed over, and the
+        $1 budget's home refused $0.80, "$0.500000 left", with nothing spent or in flight)."""
         home = charge.home_region or self.region
         if home is None or self.region is None:
             return 0.0
@@ -467,12 +487,13 @@ class RegionLeases:
         leases = {item["sk"]["S"].removeprefix(LEASE_PREFIX): item for item in items if is_lease(item)}
         meter = next((item for item in items if item["sk"]["S"] == HOME_SK), {})
         regions = {name.rpartition("#")[2] for name in meter if name.startswith(f"g:{p}#")} | set(leases)
-        cutoff = self.clock() - self.idle_seconds
+        now = self.clock()
         returned = 0.0
         for region in sorted(regions - {self.region}):
             lease = leases.get(region, {})
             lost = dec(meter, f"g:{p}#{region}") > dec(lease, f"g:{p}")
-            if read_num(lease, f"t:{p}") > cutoff or not (lost or dec(lease, f"a:{p}") > 0):
+            dead = holds_expired(lease, now)  # all it holds may be reserved by requests that died there
+            if read_num(lease, f"t:{p}") > now - self.idle_seconds or not (lost or dead or dec(lease, f"a:{p}") > 0):
                 continue
             held = HeldLease(charge.key_id, p, home, 0.0)
             with contextlib.suppress(ConditionFailed, StoreError):  # used meanwhile, or unreachable: refused
@@ -481,9 +502,9 @@ class RegionLeases:
             self._unleased.pop((charge.key_id, p), None)
         return returned
 
-    def _client(self, region: str) -> Any:
-        """This region's client for its own replica, else `client_for`'s for another region's."""
-        return self.local if region == self.region else self.client_for(region)
+    def replica(self, region: str | None) -> Any:
+        """The client of `region`'s replica: this region's own (None: this region), else `client_for`'s."""
+        return self.local if region is None or region == self.region else self.client_for(region)
 
     # --- reads ------------------------------------------------------------------------------------
 

@@ -546,11 +546,11 @@ def regional(dynamo: DynamoServer) -> Callable[..., Store]:
         client = boto3.session.Session(region_name=region).client("dynamodb", endpoint_url=dynamo.url)
         client.create_table(TableName=table, **table_spec())
 
-    def open_regional(region: str, home_endpoint: str | None = None) -> Store:
+    def open_regional(region: str, home_endpoint: str | None = None, lease_idle_seconds: float = 30.0) -> Store:
         other = LEASE_REGION if region == HOME_REGION else HOME_REGION
         return open_store(
             f"dynamodb://{table}?region={region}&endpoint_url={dynamo.url}"
-            f"&home_endpoint_{other}={home_endpoint or dynamo.url}"
+            f"&home_endpoint_{other}={home_endpoint or dynamo.url}&lease_idle_seconds={lease_idle_seconds}"
         )
 
     return open_regional
@@ -559,6 +559,20 @@ def regional(dynamo: DynamoServer) -> Callable[..., Store]:
 def homed(key: str, amount: float, limit: float = 1.0) -> Admission:
     charge = BudgetCharge(key, PERIOD, limit, amount, HOME_REGION)
     return Admission(uuid.uuid4().hex, key, [charge], [], time.time() + 60, HOME_REGION)
+
+
+def dead(key: str, amount: float) -> Admission:
+    """An admission of `amount` on a $1 budget homed in us-east-1 whose request died: it expired a minute ago."""
+    charge = BudgetCharge(key, PERIOD, 1.0, amount, HOME_REGION)
+    return Admission(uuid.uuid4().hex, key, [charge], [], time.time() - 61, HOME_REGION)
+
+
+async def replicate(source: Store, target: Store, key: str, sk: str) -> None:
+    """What the global table does, by hand: the meter item `sk` of `key` copied from one region's replica."""
+    assert isinstance(source, DynamoDBStore) and isinstance(target, DynamoDBStore)
+    item_key = {"pk": {"S": f"METER#{key}"}, "sk": {"S": sk}}
+    item = (await invoke(source.client, "get_item", {"TableName": source.table, "Key": item_key}))["Item"]
+    await invoke(target.client, "put_item", {"TableName": target.table, "Item": item})
 
 
 async def admit_all(store: Store, admissions: list[Admission]) -> list[BudgetRefused | None]:
@@ -639,6 +653,72 @@ async def test_an_unreachable_home_leaves_leases_spendable_and_fails_closed_beyo
             served += 1
     assert served == 3  # the lease's 0.15 left, then a new grant is needed and the home cannot be reached
     await cut_off.close()
+
+
+@pytest.mark.parametrize("replicated", [True, False], ids=["lease-replicated", "lease-not-yet-replicated"])
+async def test_a_request_that_died_in_another_region_holds_no_budget_once_a_refusal_looks(
+    regional: Callable[..., Store], replicated: bool
+) -> None:
+    """A request admitted in eu-west-1 reserved $0.50 on its lease of a $1 budget homed in us-east-1 and died (a
+    Lambda environment killed), and eu-west-1 got no further request for the key, so nothing there swept its lease.
+    us-east-1 then refused $0.80 with 402 "($0.500000 left)", $0 spent and nothing in flight, for good: its reclaim
+    skipped a lease holding nothing available (all of it reserved) and never released the dead reservation. The
+    refusal releases it through eu-west-1's replica, takes the lease home, and the request is admitted."""
+    home = regional(HOME_REGION, lease_idle_seconds=0.2)
+    other = regional(LEASE_REGION, lease_idle_seconds=0.2)
+    key = uuid.uuid4().hex[:12]
+    await other.admit(dead(key, 0.5))
+    if replicated:
+        await replicate(other, home, key, f"LEASE#{LEASE_REGION}")
+    await other.close()
+    await asyncio.sleep(0.3)  # the lease is idle
+    big = homed(key, 0.8)
+    with pytest.raises(BudgetRefused):
+        await home.admit(big)
+    assert await home.release_held(big.budgets[0], time.time()) == pytest.approx(0.5)
+    assert (await home.admit(big)).committed_usd[PERIOD] == pytest.approx(0.8)  # nothing leased out any more
+    await home.close()
+
+
+async def test_a_request_that_died_in_the_home_region_holds_no_budget_once_a_lease_regions_refusal_looks(
+    regional: Callable[..., Store],
+) -> None:
+    """The same the other way: a request that died in us-east-1, the key's home, holds $0.50 on the home meter, and
+    us-east-1 gets no further request for the key. eu-west-1 asked the home for $0.80, was refused, and released
+    only its own region's reservations: 402 "($0.500000 left)" with the whole budget unspent. The grant the home
+    refuses releases the home meter's expired reservations, through the home's replica, and asks again."""
+    home, other = regional(HOME_REGION), regional(LEASE_REGION)
+    key = uuid.uuid4().hex[:12]
+    await home.admit(dead(key, 0.5))
+    snapshot = await other.admit(homed(key, 0.8))
+    assert 1.0 - snapshot.committed_usd[PERIOD] == pytest.approx(0.0)  # the lease holds what it reserved, no more
+    assert (await home.admit(homed(key, 0.2))).committed_usd[PERIOD] == pytest.approx(1.0)  # the rest, at home
+    with pytest.raises(BudgetRefused):
+        await home.admit(homed(key, 0.01))
+    await home.close()
+    await other.close()
+
+
+async def test_the_home_regions_remaining_header_leaves_out_every_lease_granted(
+    regional: Callable[..., Store],
+) -> None:
+    """An admission's counters give the budget's remaining header. In the key's home they are the home meter's,
+    which counts every lease granted out whether its region spent it or not; `GET /v1/key` counts a lease by what
+    its region committed. The leases are other items, a read more per request, so the header is documented as
+    what the home can spend without asking (docs/costs.md): a $1 budget, eu-west-1 spent $0.10 of a $0.25 lease,
+    us-east-1 spends $0.10: the home's header says $0.65, `GET /v1/key` $0.80."""
+    home, other = regional(HOME_REGION), regional(LEASE_REGION)
+    key = uuid.uuid4().hex[:12]
+    abroad = homed(key, 0.1)
+    await other.admit(abroad)  # a grant of a quarter of the budget
+    spent = [replace(abroad.budgets[0], amount_usd=0.1)]
+    await other.settle(Settlement(abroad.reservation_id, spent, 0.1, [], None, expires_at=abroad.expires_at))
+    snapshot = await home.admit(homed(key, 0.1))
+    assert 1.0 - snapshot.committed_usd[PERIOD] == pytest.approx(0.65)
+    await replicate(other, home, key, f"LEASE#{LEASE_REGION}")
+    assert 1.0 - (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.8)
+    await home.close()
+    await other.close()
 
 
 async def test_many_admissions_racing_into_a_new_rate_window_all_pass(store: Store) -> None:
