@@ -87,6 +87,27 @@ def test_keys_carry_default_tags_set_at_creation_and_replaced_later(
     assert "tag takes name=value pairs" in capsys.readouterr().err
 
 
+def test_a_key_as_a_tag_name_is_refused_without_printing_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`keys tag` and `keys create --tags` took a key as a tag's name, kept whole on every line of the key after;
+    `usage --tag` and `--group-by tag:` are refused the same way. The key is not printed back."""
+    store = f"sqlite:///{tmp_path / 'gateway.db'}"
+    assert main(["keys", "--store", store, "create", "--name", "ci", "--json"]) == 0
+    created = orjson.loads(capsys.readouterr().out)
+    key, secret = created["key"], created["key"].split("_", 2)[2]
+    commands = [
+        ["keys", "--store", store, "tag", created["id"], f"{key}=1"],
+        ["keys", "--store", store, "create", "--name", "bad", "--tags", f"{key}=1"],
+        ["usage", "--store", store, "--tag", f"{key}=1"],
+        ["usage", "--store", store, "--group-by", f"tag:{key}"],
+    ]
+    for command in commands:
+        assert main(command) == 2
+        printed = capsys.readouterr()
+        assert "a tag's name may not hold a key" in printed.err and secret not in printed.out + printed.err
+    assert main(["keys", "--store", store, "show", created["id"]]) == 0
+    assert orjson.loads(capsys.readouterr().out)["tags"] == {}
+
+
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
