@@ -783,14 +783,35 @@ def test_usage_of_a_key_the_store_never_had_says_so(any_store: str, capsys: pyte
         assert main(["usage", "--store", any_store, "--key", given, "--format", "csv"]) == 1
         printed = capsys.readouterr()
         assert "s" * 43 not in printed.err and "--key takes a key's id" in printed.err
-        assert main(["keys", "--store", any_store, "show", given]) == 1
-        printed = capsys.readouterr()
-        assert "s" * 43 not in printed.err and "not the key" in printed.err
+        for command in ("show", "revoke", "rotate"):
+            assert main(["keys", "--store", any_store, command, given]) == 1
+            printed = capsys.readouterr()
+            assert "s" * 43 not in printed.err and "not the key" in printed.err
+        assert main(["keys", "--store", any_store, "tag", given, "team=a"]) == 1
+        assert "not the key" in capsys.readouterr().err
     assert main(["usage", "--store", any_store, "--key", quiet, "--format", "json"]) == 0  # (no lines yet)
     assert orjson.loads(capsys.readouterr().out)["data"] == []
     settle_lines(any_store, [line("purgedkey", 0.01)])  # (lines of a key with no record)
     assert main(["usage", "--store", any_store, "--key", "purgedkey", "--format", "json"]) == 0
     assert [row["requests"] for row in orjson.loads(capsys.readouterr().out)["data"]] == [1]
+
+
+def test_dashboard_key_given_the_whole_key_does_not_print_it_back(
+    any_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gateway dashboard --key` takes an admin key's id; given the whole key (what an admin has in hand), it printed
+    `'gwk_<id>_<secret>' is not a live admin key of this store`, secret and all (found by review)."""
+    assert main(["keys", "create", "--name", "admin", "--admin", "--json", "--store", any_store]) == 0
+    created = orjson.loads(capsys.readouterr().out)
+    key, secret = created["key"], created["key"].split("_", 2)[2]
+    for given in (key, key.removeprefix("gwk_")):
+        assert main(["dashboard", "--key", given, "--store", any_store, "--no-open"]) == 1
+        printed = capsys.readouterr()
+        assert secret not in printed.out + printed.err and "--key takes a key's id" in printed.err
+    assert main(["dashboard", "--key", "nosuchkeyid", "--store", any_store, "--no-open"]) == 1
+    assert capsys.readouterr().err == "'nosuchkeyid' is not a live admin key of this store\n"
+    assert main(["dashboard", "--key", created["id"], "--store", any_store, "--no-open"]) == 0
+    assert "/dashboard#sign-in=" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("until", ["2400-01-01", "1e10", "9999-12-31"])
