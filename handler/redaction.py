@@ -47,20 +47,35 @@ KEY_SHAPES = (
 )
 # How each of those begins: a value with none of these in it holds no key of those shapes.
 KEY_MARKERS = ("sk-", "gwk_", "AKIA", "ASIA", "AIza")
-# Those, and a value where a credential is named: a bearer token, a key header or field, a `key=` parameter. (A
-# value ends at a space, quote, separator or closing bracket: `(x-api-key: ...)` keeps its `)`.)
+# Those, and a value where a credential is named: a bearer token, a key header or field (a SigV4 `Authorization:
+# AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=...` whole), a `key=` parameter. A value ends at a
+# space, quote, separator or closing bracket (`(x-api-key: ...)` keeps its `)`). A value already `[REDACTED]` is left
+# as it is, and a scheme word once read is not given back to be the value, so that a second pass changes nothing (it
+# made `[REDACTED]]` of one).
 CREDENTIAL_SHAPES = (
-    r"(?i)(bearer\s+)[^\s\"',;)\]}]+"
-    r"|(x-api-key|x-goog-api-key|api[-_]key|authorization|aws_secret_access_key|x-amz-security-token)(\"?\s*[:=]\s*\"?(?:(?:bearer|basic|token)\s+)?)[^\s\"',;&)\]}]+"
-    r"|([?&]key=)[^&\s\"')\]}]+"
+    r"(?i)(bearer\s+)(?!\[REDACTED\])[^\s\"',;)\]}]+"
+    r"|(x-api-key|x-goog-api-key|api[-_]key|authorization|aws_secret_access_key|x-amz-security-token)"
+    r"(\"?\s*[:=]\s*\"?(?:(?:bearer|basic|token)\s+)?+)"
+    r"(?:aws4-hmac-sha256(?:[\s,]+\w+=[^\s\"',.)\]}]+)*|(?!\[REDACTED\])[^\s\"',;&)\]}]+)"
+    r"|([?&]key=)(?!\[REDACTED\])[^&\s\"')\]}]+"
     r"|" + KEY_SHAPES
 )
+# A SigV4 signature wherever it is named (`Signature=` of an `Authorization` header quoted in parts, `X-Amz-Signature=`
+# of a presigned URL): within AWS's five minutes of clock skew it replays the request it signed. Looked for apart
+# from the shapes above, in a text that names one: one more alternative there cost a fifth more of every character of
+# every text redacted (a captured prompt's too), this costs a substring search.
+SIGNATURE_SHAPE = r"([Ss]ignature\"?\s*[:=]\s*\"?)[0-9a-fA-F]{64}"
 
 
 # Compiled on the first message to scrub (an upstream's error), not at a cold start that may never need it.
 @cache
 def credential_shapes() -> re.Pattern[str]:
     return re.compile(CREDENTIAL_SHAPES)
+
+
+@cache
+def signature_shape() -> re.Pattern[str]:
+    return re.compile(SIGNATURE_SHAPE)
 
 
 @cache
@@ -173,7 +188,10 @@ def _without_known(text: str) -> str:
 
 def redact_message(text: str) -> str:
     """An upstream's error message without any known secret or credential-shaped value."""
-    return credential_shapes().sub(_shape, _without_known(text))
+    text = credential_shapes().sub(_shape, _without_known(text))
+    if "ignature" in text:
+        return signature_shape().sub(r"\1" + REDACTED, text)
+    return text
 
 
 def redact_upstream(text: str) -> str:

@@ -25,7 +25,7 @@ from handler.pipeline.key_admin import (
     validate_networks,
     with_descendants,
 )
-from handler.pipeline.keys import may_hold_a_secret, network
+from handler.pipeline.keys import NOT_THE_KEY, may_hold_a_secret, network
 from handler.pipeline.pricing import dollars
 from handler.ports import ConflictError, KeyRecord, RateCharge, UsageQuery
 
@@ -95,7 +95,7 @@ def no_such_key(key_id: str) -> str:
     """A 404's message for a key id the store does not have; a whole key given as the id is not echoed (its
     secret would be)."""
     if may_hold_a_secret(key_id):
-        return "no key with that id: give a key's id (the part between `gwk_` and the next `_`), not the key"
+        return f"no key with that id: give {NOT_THE_KEY}"
     return f"no key with id '{key_id[:64]}'"
 
 
@@ -365,7 +365,9 @@ class KeyRoutes:
         """The key the path names; `latest`: as its home region has it (`Store.get_key_latest`), for a write."""
         store = self.gateway.store
         key_id = request.path_params["key_id"]
-        record: KeyRecord | None = await (store.get_key_latest if latest else store.get_key)(key_id)
+        record: KeyRecord | None = None
+        if not may_hold_a_secret(key_id):
+            record = await (store.get_key_latest if latest else store.get_key)(key_id)
         if record is None:
             raise NotFoundError(no_such_key(key_id), code="not_found")
         return record
@@ -394,6 +396,8 @@ class KeyRoutes:
     async def admin_list(self, request: Request) -> Response:
         await self._admin(request)
         parent = request.query_params.get("parent_id")
+        if parent and may_hold_a_secret(parent):  # (it listed no key, as if the key had no children)
+            raise InvalidRequestError(f"parent_id takes {NOT_THE_KEY}", param="parent_id")
         records = await self.gateway.store.list_keys(parent)
         return self.api.json({"object": "list", "data": [key_view(r) for r in records]})
 
@@ -443,9 +447,7 @@ class KeyRoutes:
         if not key_id:
             return await self._usage(request, caller, None)
         if may_hold_a_secret(key_id):  # a key, secret and all: never echoed (as `gateway usage --key` has it)
-            raise InvalidRequestError(
-                "key takes a key's id (the part between `gwk_` and the next `_`), not the key", param="key"
-            )
+            raise InvalidRequestError(f"key takes {NOT_THE_KEY}", param="key")
         store = self.gateway.store
         family = await with_descendants(store, key_id)
         recordless = family == [key_id] and await store.get_key(key_id) is None

@@ -18,10 +18,11 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from handler.errors import InvalidRequestError
-from handler.pipeline.attribution import parse_tags
+from handler.pipeline.attribution import parse_tags, tag_name
 from handler.pipeline.pricing import usd
 from handler.ports import LedgerItem
 from handler.records import Value
+from handler.redaction import unkeyed
 
 GROUPS = ("key", "model", "day")
 DEFAULT_WINDOW_DAYS = 30
@@ -81,6 +82,9 @@ def parse_group_by(text: str | None, name: str = "group_by") -> list[str]:
         raise InvalidRequestError(
             f"{name} takes key, model, day, user, session and tag:NAME, not {', '.join(unknown)}", param=name
         )
+    for group in groups:
+        if group.startswith("tag:"):
+            tag_name(group[4:], name)  # (a report echoes its groups)
     return list(dict.fromkeys(groups))
 
 
@@ -163,6 +167,8 @@ def parse_filter(tags: str | None, user: str | None, session: str | None) -> Lin
     for name, value in (("user", user), ("session", session)):
         if value is not None and not 0 < len(value) <= MAX_FILTER_CHARS:
             raise InvalidRequestError(f"{name} must be 1 to {MAX_FILTER_CHARS} characters", param=name)
+    # Each value as a line keeps it, a key in it redacted: it matches the lines, and the report echoes no key.
+    user, session = (None if value is None else unkeyed(value) for value in (user, session))
     return LineFilter(parse_tags(tags, "tag"), user, session)
 
 
@@ -353,7 +359,8 @@ def report_object(
         "group_by": spec.group_by,
         "filter": spec.filter.as_json(),
         "latency": times,
-        "tag_names": sorted(tag_names),
+        # (A key as a tag's name is refused, but lines kept before it was may carry one.)
+        "tag_names": sorted({unkeyed(name) for name in tag_names}),
         "data": as_json(rows),
     }
     if views is not None:

@@ -24,7 +24,7 @@ from handler.config import Config, ConfigError, load_config, responses_secret
 from handler.pipeline.attribution import parse_tags
 from handler.pipeline.gateway import DEFAULT_STORE_URL
 from handler.pipeline.key_admin import KeyAdmin, key_names, with_descendants
-from handler.pipeline.keys import KeyService, may_hold_a_secret, split_key
+from handler.pipeline.keys import NOT_THE_KEY, KeyService, may_hold_a_secret, split_key
 from handler.ports import KeyRecord, LedgerItem, Store, StoreError
 from handler.redaction import redact_message
 from handler.telemetry.prometheus import SHARED_ENV
@@ -455,7 +455,7 @@ async def _key_command(args: argparse.Namespace, store: Store) -> int:
         _print_json([key_view(r) for r in await store.list_keys()])
         return 0
     grace = _rotation_grace(args.grace) if args.keys_command == "rotate" else 0.0
-    existing = await store.get_key(args.id)
+    existing = None if may_hold_a_secret(args.id) else await store.get_key(args.id)
     if existing is None:
         sys.stderr.write(f"{no_such_key(args.id)}\n")
         return 1
@@ -540,6 +540,15 @@ def _created_record(args: argparse.Namespace) -> KeyRecord:
         raise InvalidRequestError(f"{flag}: {exc.message}", param=flag) from None
 
 
+def _whole_key_given(key_id: str | None) -> bool:
+    """Whether `--key`, which takes a key's id, was given a key, secret and all: then said so, without the key (it
+    was printed back), and no store asked for it."""
+    if key_id and may_hold_a_secret(key_id):
+        sys.stderr.write(f"--key takes {NOT_THE_KEY}\n")
+        return True
+    return False
+
+
 def cmd_usage(args: argparse.Namespace) -> int:
     from handler.dashboard.reports import (
         aggregate,
@@ -563,6 +572,8 @@ def cmd_usage(args: argparse.Namespace) -> int:
     except GatewayError as exc:
         sys.stderr.write(f"{exc.message}\n")
         return 2
+    if _whole_key_given(args.key):
+        return 1
 
     try:
         _require_store(args.store)
@@ -587,10 +598,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
     found = asyncio.run(fetch())
     if found is None:
-        if may_hold_a_secret(args.key):  # a key, secret and all: never printed back (it was)
-            sys.stderr.write("--key takes a key's id (the part between `gwk_` and the next `_`), not the key\n")
-            return 1
-        sys.stderr.write(f"no key with id '{args.key}' (nor any usage of it in the window)\n")
+        sys.stderr.write(f"{no_such_key(args.key)} (nor any usage of it in the window)\n")
         return 1
     items, names = found
     rows = aggregate(items, spec.group_by, names)
@@ -610,6 +618,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     browsers never send to a server), good for a minute; never the key itself."""
     from handler.dashboard.routes import SIGN_IN_SECONDS, issue_sign_in, live_admin
 
+    if _whole_key_given(args.key):
+        return 1
     try:
         _require_store(args.store)
     except MissingStoreError as exc:
@@ -623,7 +633,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             if args.key:
                 admin = await store.get_key(args.key)
                 if not live_admin(admin, now):
-                    sys.stderr.write(f"'{args.key}' is not a live admin key of this store\n")
+                    sys.stderr.write(f"'{args.key[:64]}' is not a live admin key of this store\n")
                     return None
             else:
                 admins = sorted(

@@ -45,17 +45,30 @@ def parse_tags(raw: str | None, param: str = "x-gateway-tags") -> dict[str, str]
 
 
 def validate_tags(pairs: Iterable[tuple[str, str]] | Mapping[str, str], param: str) -> dict[str, str]:
-    """The same rules for tags given as a JSON object (the key API) as for the header."""
+    """The same rules for tags given as a JSON object (the key API) as for the header. A value holding a key is kept
+    redacted; a name is refused (`tag_name`)."""
     items = pairs.items() if isinstance(pairs, Mapping) else pairs
     tags: dict[str, str] = {}
     tag = tag_pattern()
     for name, value in items:
         if not (tag.fullmatch(name) and tag.fullmatch(value)):
             raise InvalidRequestError(f"{param} takes name=value pairs separated by commas; {TAG_RULE}", param=param)
-        tags[name] = unkeyed(value)
+        tags[tag_name(name, param)] = unkeyed(value)
     if len(tags) > MAX_TAGS:
         raise InvalidRequestError(f"{param} takes at most {MAX_TAGS} tags", param=param)
     return tags
+
+
+def tag_name(name: str, param: str) -> str:
+    """`name`, a tag's, unless it holds a key or a known secret (as `unkeyed` finds them in a value): then a 400
+    naming `param`, not the name. A name is kept as given, on ledger lines and in the reports, spans and CSV exports
+    they feed (`gwk_<id>_<secret>=1` put a client's key in every admin's report), and two names redacted would be
+    one."""
+    if unkeyed(name) != name:
+        raise InvalidRequestError(
+            f"{param}: a tag's name may not hold a key or a secret (a value may: it is redacted)", param=param
+        )
+    return name
 
 
 MAX_SESSION_CHARS = 256  # as a line's `user` (Claude Code's and Codex's session ids are 36-character UUIDs)

@@ -45,9 +45,14 @@ def format_key(key_id: str, secret: str) -> str:
     return f"{KEY_PREFIX}_{key_id}_{secret}"
 
 
+# What a command or a route that takes a key's id says when given what `may_hold_a_secret`.
+NOT_THE_KEY = "a key's id (the part between `gwk_` and the next `_`), not the key"
+
+
 def may_hold_a_secret(key_id: str) -> bool:
-    """Whether what was given as a key's id may be a key, secret and all, which an error must not echo: a whole key,
-    or one without its `gwk_` (`<id>_<secret>`, echoed whole, 43 characters of secret). An id has no `_`."""
+    """Whether what was given as a key's id may be a key, secret and all, which an error must not echo (and a store
+    is not asked for: DynamoDB's request logs keep the key a read asks for): a whole key, or one without its `gwk_`
+    (`<id>_<secret>`, echoed whole, 43 characters of secret). An id has no `_`."""
     return "_" in key_id
 
 

@@ -24,7 +24,9 @@ reasoning block's text is `NOVA_REDACTED` (no signature), and its reasoning toke
 Behaviour by model id: `thinker` and `redacts` (see `THINKING`, `REDACTED`), `fail-throttle` (HTTP 429
 ThrottlingException, which names no wait), `throttle-once` (that 429 for the first request to the model, served after
 it), `fail-validation` (400: a request Bedrock cannot read), `unknown-id` (400: Bedrock's words for a model id it does
-not know), `fail-500` (InternalServerException), `stream-exception` (a stream
+not know), `fail-500` (InternalServerException), `echoes-signature-400` and `echoes-signature-403` (a
+ValidationException, an AccessDeniedException, whose message quotes the request's `Authorization` header, as AWS's
+signature errors quote what was signed), `stream-exception` (a stream
 whose first frame is a throttlingException), `malformed-tool-use` and `malformed-output` (the words the model wrote
 before a tool use Bedrock could not parse, or output it could not read: `stopReason` `malformed_tool_use` or
 `malformed_model_output`, its usage billed; a stream pauses `MALFORMED_PAUSE_S` before its `messageStop`, as a model
@@ -588,6 +590,11 @@ def create_app() -> Starlette:
         if "fail-validation" in model:
             malformed = "Malformed input request: #: extraneous key [foo] is not permitted, please reformat your input"
             return model, None, _error(400, "ValidationException", malformed + " and try again.")
+        if "echoes-signature" in model:
+            echoed = f"Request could not be authorized. Authorization: {headers['authorization']}"
+            if model.endswith("403"):
+                return model, None, _error(403, "AccessDeniedException", echoed)
+            return model, None, _error(400, "ValidationException", echoed)
         if "fail-500" in model:
             return model, None, _error(500, "InternalServerException", "The server encountered an internal error.")
         invalid = validate(body) or _unforceable(body, model) or _over_limit(body, model) or _unsigned_turn(body, model)

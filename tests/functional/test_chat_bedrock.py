@@ -68,6 +68,8 @@ def bedrock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 "price": PRICE,
             },
             "rejects": {"deployments": [{**deployment, "model": "fail-validation"}], "price": PRICE},
+            "echoes-signature-400": {"deployments": [{**deployment, "model": "echoes-signature-400"}], "price": PRICE},
+            "echoes-signature-403": {"deployments": [{**deployment, "model": "echoes-signature-403"}], "price": PRICE},
             "unknown-id-then-haiku": {
                 "deployments": [{**deployment, "model": "unknown-id"}, {**deployment, "model": MODEL}],
                 "price": PRICE,
@@ -543,6 +545,23 @@ def test_validation_exception_is_a_client_error(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="rejects", messages=HI)
     assert "Malformed input request" in caught.value.message
+
+
+@pytest.mark.parametrize("model", ["echoes-signature-400", "echoes-signature-403"])
+def test_a_request_signature_bedrock_quotes_back_reaches_no_client(bedrock: Running, model: str) -> None:
+    """A Bedrock error that quotes the request's `Authorization` header (a ValidationException, an
+    AccessDeniedException): the header's first word was redacted, and the rest, `Signature=` and its 64 hex digits
+    with it, reached the client, enough to replay the signed request within AWS's five minutes of skew."""
+    answer = httpx.post(
+        f"{bedrock.url}/v1/chat/completions",
+        json={"model": model, "messages": HI},
+        headers={"authorization": f"Bearer {bedrock.mint(name='echo')}"},
+    )
+    signed = sent(bedrock)["headers"]["authorization"]
+    signature = signed.rpartition("Signature=")[2]
+    assert answer.status_code in (400, 502) and len(signature) == 64
+    assert signature not in answer.text and "Credential=" not in answer.text
+    assert "Authorization: [REDACTED]" in answer.text and "[REDACTED]]" not in answer.text
 
 
 def test_a_model_id_bedrock_does_not_know_fails_over_to_the_next_deployment(client: openai.OpenAI) -> None:

@@ -183,10 +183,20 @@ def test_admin_usage_of_a_key_the_store_never_had_is_a_404_and_a_purged_ones_sti
             assert answer.json() == {
                 "error": {"message": said, "type": "invalid_request_error", "param": "key", "code": code}
             }
-    secret = parent.rpartition("_")[2]
-    for whole in (parent, parent.removeprefix("gwk_")):  # (a key's own route: its 404 never echoes one either)
-        answer = httpx.get(f"{gateway.url}/admin/keys/{whole}", headers=auth(admin), timeout=10)
-        assert answer.status_code == 404 and secret not in answer.text, answer.text
+    secret = parent.split("_", 2)[2]
+    for whole in (parent, parent.removeprefix("gwk_")):  # (a key's own routes: their 404 never echoes one either)
+        for method, path, body in (
+            ("GET", f"/admin/keys/{whole}", None),
+            ("PATCH", f"/admin/keys/{whole}", {"tags": {}}),
+            ("POST", f"/admin/keys/{whole}/rotate", {}),
+            ("POST", f"/admin/keys/{whole}/revoke", None),
+        ):
+            answer = httpx.request(method, f"{gateway.url}{path}", json=body, headers=auth(admin), timeout=10)
+            assert answer.status_code == 404 and secret not in answer.text, (path, answer.text)
+        # A key's children listed by a whole key: none, as if it had no children; now what to give instead.
+        listed = httpx.get(f"{gateway.url}/admin/keys", params={"parent_id": whole}, headers=auth(admin), timeout=10)
+        assert listed.status_code == 400 and listed.json()["error"]["param"] == "parent_id"
+        assert secret not in listed.text and "not the key" in listed.text
 
 
 def revoke(store_url: str, key_id: str, at: float) -> None:

@@ -1306,6 +1306,40 @@ def test_key_tags_reach_the_ledger_under_their_parents_and_over_the_header(gw: R
     assert not_admin.status_code == 403
 
 
+def test_a_key_or_a_secret_as_a_tag_name_is_refused_unsaid_wherever_tags_are_taken(gw: Running) -> None:
+    """`x-gateway-tags: gwk_<id>_<secret>=1` was taken: the whole key was kept as the name of a tag of the ledger
+    line, and so shown in `/v1/usage`'s `tag_names`, `/admin/usage`, the dashboard, `group_by=tag:` reports and
+    spans (a key as a tag's value is redacted). A name holding a key or a known secret is a 400 that does not say it
+    (redacted, two such names would be one), on every path that takes tag names: the header, a key's default tags,
+    a report's `tag=` and `group_by=tag:`."""
+    key, admin = gw.mint(), gw.mint(admin=True)
+    secret = key.split("_", 2)[2]
+    for name, said in ((key, secret), (f"team-{key}", secret), (PROXY_KEY, PROXY_KEY)):
+        refused = [
+            ("x-gateway-tags", chat(gw, key, **{"x-gateway-tags": f"{name}=1"})),
+            ("tags", post(gw, "/admin/keys", admin, {"name": "k", "tags": {name: "1"}})),
+            ("tags", post(gw, "/v1/keys", key, {"name": "k", "tags": {name: "1"}})),
+            (
+                "tags",
+                httpx.patch(f"{gw.url}/admin/keys/{key_id_of(key)}", json={"tags": {name: "1"}}, headers=auth(admin)),
+            ),
+            ("tag", httpx.get(f"{gw.url}/v1/usage", params={"tag": f"{name}=1"}, headers=auth(key))),
+            ("group_by", httpx.get(f"{gw.url}/v1/usage", params={"group_by": f"tag:{name}"}, headers=auth(key))),
+            ("view", httpx.get(f"{gw.url}/admin/usage", params={"view": f"tag:{name}"}, headers=auth(admin))),
+        ]
+        for param, answer in refused:
+            assert answer.status_code == 400 and answer.json()["error"]["param"] == param, (param, answer.text)
+            assert said not in answer.text, answer.text
+    assert ledger(gw, key) == []
+
+    # A report's filter is echoed as the lines were kept: a key in `user=`, `session=` or a tag's value, redacted.
+    report = httpx.get(
+        f"{gw.url}/v1/usage", params={"user": key, "session": f"s-{key}", "tag": f"team={key}"}, headers=auth(key)
+    )
+    assert report.status_code == 200 and secret not in report.text
+    assert report.json()["filter"] == {"tags": {"team": "[REDACTED]"}, "user": "[REDACTED]", "session": "s-[REDACTED]"}
+
+
 def test_reports_filter_by_tag_user_and_session_with_cache_and_reasoning_columns(gw: Running) -> None:
     key = gw.mint()
     sent = [

@@ -105,6 +105,48 @@ def test_a_redacted_value_ends_where_its_brackets_close() -> None:
     assert redaction.redact_message("[authorization=Bearer abcdefgh1234]") == "[authorization=Bearer [REDACTED]]"
 
 
+SIGNATURE = "47c8374270e38da6c3ab2688b0cfe49e69d8426283f320b8681e36efa18310dd"
+
+
+@pytest.mark.parametrize(
+    ("said", "relayed"),
+    [
+        (
+            "Authorization: AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261205/us-east-1/bedrock/aws4_request, "
+            f"SignedHeaders=content-type;host;x-amz-date, Signature={SIGNATURE}. Check your key.",
+            "Authorization: [REDACTED]. Check your key.",
+        ),
+        (
+            f"GET https://b.s3.amazonaws.com/o?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature={SIGNATURE}&X-Amz-Date=1",
+            "GET https://b.s3.amazonaws.com/o?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=[REDACTED]&X-Amz-Date=1",
+        ),
+        (f'{{"signature": "{SIGNATURE.upper()}"}}', '{"signature": "[REDACTED]"}'),
+    ],
+    ids=["authorization", "presigned", "field"],
+)
+def test_a_sigv4_signature_is_redacted_wherever_it_is_named(said: str, relayed: str) -> None:
+    """A SigV4 `Authorization` header quoted back lost only its first word (`AWS4-HMAC-SHA256`), and its
+    `Signature=` (64 hex digits, enough to replay the request for minutes) was relayed, as was a presigned URL's."""
+    assert redaction.redact_message(said) == relayed
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "Authorization: Bearer abcdefgh12345678",
+        "[authorization=Bearer abcdefgh1234]",
+        "x-api-key: abcdefgh12345678",
+        "GET /v1?key=abcdefgh12345678 failed",
+        f"Authorization: AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/x, Signature={SIGNATURE}",
+    ],
+)
+def test_redacting_twice_changes_nothing(said: str) -> None:
+    """A message redacted again (a relayed error's words are redacted where they are read, then where they are
+    written) became `Authorization: Bearer [REDACTED]]`: the value's characters take `[REDACTED` too."""
+    once = redaction.redact_message(said)
+    assert redaction.redact_message(once) == once and "]]]" not in once
+
+
 def test_the_gateways_own_words_keep_their_wording_and_lose_any_key() -> None:
     """What the gateway writes around a client's string (a model, a key id) loses only key-shaped values: its own
     "send Authorization: Bearer <key>" stays as written."""

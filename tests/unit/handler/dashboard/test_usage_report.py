@@ -76,6 +76,30 @@ def test_filters_keep_lines_carrying_every_tag_and_the_named_user_and_session() 
         assert refused.value.param == next(iter(bad))
 
 
+KEY = "gwk_abcdefghijkm_S3cr3tS3cr3tS3cr3tS3cr3t"
+
+
+def test_a_filter_holding_a_key_matches_the_lines_as_kept_and_is_echoed_redacted() -> None:
+    """A report echoes its filter: `user=`, `session=` and a tag's value holding a key came back whole. Each is
+    redacted as a line keeps it, so it still matches the lines of the client that sent its key there."""
+    items = [replace(line("a", 0.1), tags={"team": "[REDACTED]"}, user="[REDACTED]", session="s-[REDACTED]")]
+    spec = parse_report(None, None, None, tag=f"team={KEY}", user=KEY, session=f"s-{KEY}")
+    assert [i.cost_usd for i in spec.select(items)] == [0.1]
+    assert spec.filter.as_json() == {"tags": {"team": "[REDACTED]"}, "user": "[REDACTED]", "session": "s-[REDACTED]"}
+
+
+def test_a_key_as_a_tag_name_is_refused_unsaid_and_one_kept_before_is_reported_redacted() -> None:
+    """`tag=` and `group_by=tag:` naming a key are a 400 that does not say it; a line kept before tag names holding
+    a key were refused shows the name redacted in `tag_names`."""
+    for params in ({"tag": f"{KEY}=1"}, {"group_by": f"tag:{KEY}"}):
+        with pytest.raises(InvalidRequestError) as refused:
+            parse_report(None, None, **{"group_by": None, **params})
+        assert refused.value.param == next(iter(params)) and "S3cr3t" not in refused.value.message
+    items = [replace(line("a", 0.1), tags={KEY: "1", "team": "search"})]
+    report = report_json(parse_report(None, None, None), items, aggregate(items, []))
+    assert report["tag_names"] == ["[REDACTED]", "team"]
+
+
 def test_latency_percentiles_are_nearest_rank_over_the_lines() -> None:
     items = [
         replace(line("a", 0.1), gateway_ms=float(ms), store_ms=1.0, upstream_ms=100.0 * ms) for ms in range(1, 101)

@@ -87,6 +87,27 @@ def test_keys_carry_default_tags_set_at_creation_and_replaced_later(
     assert "tag takes name=value pairs" in capsys.readouterr().err
 
 
+def test_a_key_as_a_tag_name_is_refused_without_printing_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`keys tag` and `keys create --tags` took a key as a tag's name, kept whole on every line of the key after;
+    `usage --tag` and `--group-by tag:` are refused the same way. The key is not printed back."""
+    store = f"sqlite:///{tmp_path / 'gateway.db'}"
+    assert main(["keys", "--store", store, "create", "--name", "ci", "--json"]) == 0
+    created = orjson.loads(capsys.readouterr().out)
+    key, secret = created["key"], created["key"].split("_", 2)[2]
+    commands = [
+        ["keys", "--store", store, "tag", created["id"], f"{key}=1"],
+        ["keys", "--store", store, "create", "--name", "bad", "--tags", f"{key}=1"],
+        ["usage", "--store", store, "--tag", f"{key}=1"],
+        ["usage", "--store", store, "--group-by", f"tag:{key}"],
+    ]
+    for command in commands:
+        assert main(command) == 2
+        printed = capsys.readouterr()
+        assert "a tag's name may not hold a key" in printed.err and secret not in printed.out + printed.err
+    assert main(["keys", "--store", store, "show", created["id"]]) == 0
+    assert orjson.loads(capsys.readouterr().out)["tags"] == {}
+
+
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
@@ -783,14 +804,35 @@ def test_usage_of_a_key_the_store_never_had_says_so(any_store: str, capsys: pyte
         assert main(["usage", "--store", any_store, "--key", given, "--format", "csv"]) == 1
         printed = capsys.readouterr()
         assert "s" * 43 not in printed.err and "--key takes a key's id" in printed.err
-        assert main(["keys", "--store", any_store, "show", given]) == 1
-        printed = capsys.readouterr()
-        assert "s" * 43 not in printed.err and "not the key" in printed.err
+        for command in ("show", "revoke", "rotate"):
+            assert main(["keys", "--store", any_store, command, given]) == 1
+            printed = capsys.readouterr()
+            assert "s" * 43 not in printed.err and "not the key" in printed.err
+        assert main(["keys", "--store", any_store, "tag", given, "team=a"]) == 1
+        assert "not the key" in capsys.readouterr().err
     assert main(["usage", "--store", any_store, "--key", quiet, "--format", "json"]) == 0  # (no lines yet)
     assert orjson.loads(capsys.readouterr().out)["data"] == []
     settle_lines(any_store, [line("purgedkey", 0.01)])  # (lines of a key with no record)
     assert main(["usage", "--store", any_store, "--key", "purgedkey", "--format", "json"]) == 0
     assert [row["requests"] for row in orjson.loads(capsys.readouterr().out)["data"]] == [1]
+
+
+def test_dashboard_key_given_the_whole_key_does_not_print_it_back(
+    any_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gateway dashboard --key` takes an admin key's id; given the whole key (what an admin has in hand), it printed
+    `'gwk_<id>_<secret>' is not a live admin key of this store`, secret and all (found by review)."""
+    assert main(["keys", "create", "--name", "admin", "--admin", "--json", "--store", any_store]) == 0
+    created = orjson.loads(capsys.readouterr().out)
+    key, secret = created["key"], created["key"].split("_", 2)[2]
+    for given in (key, key.removeprefix("gwk_")):
+        assert main(["dashboard", "--key", given, "--store", any_store, "--no-open"]) == 1
+        printed = capsys.readouterr()
+        assert secret not in printed.out + printed.err and "--key takes a key's id" in printed.err
+    assert main(["dashboard", "--key", "nosuchkeyid", "--store", any_store, "--no-open"]) == 1
+    assert capsys.readouterr().err == "'nosuchkeyid' is not a live admin key of this store\n"
+    assert main(["dashboard", "--key", created["id"], "--store", any_store, "--no-open"]) == 0
+    assert "/dashboard#sign-in=" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("until", ["2400-01-01", "1e10", "9999-12-31"])
