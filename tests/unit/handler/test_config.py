@@ -302,9 +302,13 @@ def test_timeouts_that_let_a_request_outlive_its_reservation_are_refused() -> No
     assert parse_config({"gateway": longer}, TYPES).gateway.timeouts.request == 3600
 
 
-def test_a_responses_secret_that_resolves_to_nothing_is_refused_at_start_not_replaced(tmp_path: Path) -> None:
+def test_a_responses_secret_that_resolves_to_nothing_is_refused_at_start_not_replaced(
+    tmp_path: Path, only_secrets: object
+) -> None:
     """`gateway.responses_secret: env:UNSET` passed config check and served, sealing with the store's secret in its
-    place: a deployment in several regions, set up to share one secret, sealed with as many. Found by review."""
+    place: a deployment in several regions, set up to share one secret, sealed with as many. Found by review. (The
+    secrets its gateways register are forgotten after it: `s` × 32 known to the process redacted a later test's
+    session id of `s` × 256.)"""
     from handler.config import SecretFetcher, SecretUnreadableError
     from handler.pipeline.gateway import Gateway, build_gateway
 
