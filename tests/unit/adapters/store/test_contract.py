@@ -641,6 +641,53 @@ async def test_an_unreachable_home_leaves_leases_spendable_and_fails_closed_beyo
     await cut_off.close()
 
 
+async def replicate(source: Store, target: Store, key: dict[str, Any]) -> None:
+    """What replication does for one item: copied whole from one region's replica to another's."""
+    assert isinstance(source, DynamoDBStore) and isinstance(target, DynamoDBStore)
+    item = (await invoke(source.client, "get_item", {"TableName": source.table, "Key": key}))["Item"]
+    await invoke(target.client, "put_item", {"TableName": target.table, "Item": item})
+
+
+def key_item(key_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"KEY#{key_id}"}, "sk": {"S": "KEY"}}
+
+
+@pytest.mark.parametrize("where", [HOME_REGION, LEASE_REGION])
+async def test_a_revocation_in_any_region_revokes_a_child_minted_a_moment_before(
+    regional: Callable[..., Store], where: str
+) -> None:
+    """A root homed in us-east-1 mints a child there; the root is revoked through either region before
+    replication brought the child to it. Revoked through eu-west-1, the family was walked in eu-west-1's replica
+    (links are written in the root's home only) and the child kept `revoked_at: null` under a revoked root."""
+    home, other = regional(HOME_REGION), regional(LEASE_REGION)
+    root = (await KeyAdmin(KeyService(home, 0)).mint(record(budget_usd=5.0))).record
+    await replicate(home, other, key_item(root.id))  # an old root: replicated long ago
+    child = replace(record(), parent_id=root.id, ancestors=[root.id])
+    child = (await KeyAdmin(KeyService(home, 0)).mint_child(child, 100, root.home_region)).record
+    revoking = home if where == HOME_REGION else other
+    target = await revoking.get_key_latest(root.id)
+    assert target is not None
+    await KeyAdmin(KeyService(revoking, 0)).revoke(target)
+    held = await home.get_key(child.id)  # where both were written
+    assert held is not None and held.revoked_at is not None and held.revoked_by == root.id
+    await home.close()
+    await other.close()
+
+
+async def test_a_key_this_replica_lacks_is_read_where_its_family_is_written(regional: Callable[..., Store]) -> None:
+    home, other = regional(HOME_REGION), regional(LEASE_REGION)
+    root = (await KeyAdmin(KeyService(home, 0)).mint(record())).record
+    assert await other.get_key_latest(root.id) is None  # nowhere to look
+    assert await other.get_key_latest(root.id, HOME_REGION) == root
+    assert await other.child_ids(root.id) == []
+    child = replace(record(), parent_id=root.id, ancestors=[root.id])
+    child = (await KeyAdmin(KeyService(home, 0)).mint_child(child, 100, HOME_REGION)).record
+    assert await other.child_ids(root.id, HOME_REGION) == [child.id]
+    assert await with_descendants(other, root.id, HOME_REGION) == [root.id, child.id]
+    await home.close()
+    await other.close()
+
+
 async def test_many_admissions_racing_into_a_new_rate_window_all_pass(store: Store) -> None:
     """When a minute rolls over under load, every request races to start the new window's counter."""
     key = uuid.uuid4().hex[:12]
