@@ -688,6 +688,23 @@ async def test_a_key_this_replica_lacks_is_read_where_its_family_is_written(regi
     await other.close()
 
 
+async def test_a_sign_in_token_is_taken_once_across_regions(regional: Callable[..., Store]) -> None:
+    """docs/usage.md: the link is good "for 60 seconds and one use". Taken with a conditional write in the region
+    that took it, the same token presented in another region within replication lag (the one hostname routes by
+    latency: another browser, a leaked link) passed that region's condition too: two dashboard sessions."""
+    home, other = regional(HOME_REGION), regional(LEASE_REGION)
+    token = uuid.uuid4().hex
+    await home.put_sign_in(token, "admin-1", time.time() + 60)
+    await replicate(home, other, {"pk": {"S": f"SIGNIN#{token}"}, "sk": {"S": "SIGNIN"}})  # untaken
+    assert [await other.take_sign_in(token), await home.take_sign_in(token)] == ["admin-1", None]
+    late = uuid.uuid4().hex
+    await other.put_sign_in(late, "admin-1", time.time() + 60)
+    assert await home.take_sign_in(late) is None  # not here yet: where it was made is not known here
+    assert await other.take_sign_in(late) == "admin-1"
+    await home.close()
+    await other.close()
+
+
 async def test_many_admissions_racing_into_a_new_rate_window_all_pass(store: Store) -> None:
     """When a minute rolls over under load, every request races to start the new window's counter."""
     key = uuid.uuid4().hex[:12]
