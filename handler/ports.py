@@ -892,6 +892,12 @@ class Store(ABC):
         """Reserve the budgets and count the rates atomically, or change nothing and raise
         `BudgetRefused` / `RateRefused`."""
 
+    async def admit_at(self, admission: Admission, region: str | None) -> MeterSnapshot:
+        """`admit`, counted in `region` as a process there counts it, where the store spans regions: for a count
+        that must hold in all regions at once, kept in one (a family's mints, in its root's home). A store in
+        one region (or `region` None) admits here."""
+        return await self.admit(admission)
+
     @abstractmethod
     async def settle(self, settlement: Settlement) -> None:
         """Apply a settlement exactly once (see `Settlement`)."""
