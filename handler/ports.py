@@ -858,11 +858,13 @@ class Store(ABC):
         Like `create_key`, it records the parent-child link `child_ids` reads."""
 
     @abstractmethod
-    async def child_ids(self, parent_id: str) -> list[str]:
+    async def child_ids(self, parent_id: str, root_home: str | None = None) -> list[str]:
         """The ids of every key created under `parent_id`, purged ones included, for as long as their ledger lines
-        may live: a report on a parent's family must not lose a child's spend when the child's record goes."""
+        may live: a report on a parent's family must not lose a child's spend when the child's record goes. With
+        `root_home` (the home region of the family's root, where a replicated store writes the family: see
+        `create_child`), read there, consistently: a revocation must find a child minted a moment ago."""
 
-    async def family_ids(self, key_id: str) -> list[str] | None:
+    async def family_ids(self, key_id: str, root_home: str | None = None) -> list[str] | None:
         """`key_id` and every key created under it, at any depth, as `child_ids` links them, in one call where the
         store can; None where it cannot (`handler.pipeline.key_admin.with_descendants` then walks `child_ids`)."""
         return None
@@ -870,10 +872,12 @@ class Store(ABC):
     @abstractmethod
     async def get_key(self, key_id: str) -> KeyRecord | None: ...
 
-    async def get_key_latest(self, key_id: str) -> KeyRecord | None:
+    async def get_key_latest(self, key_id: str, written_in: str | None = None) -> KeyRecord | None:
         """`get_key` as the key's home region has it, where the store spans regions: a write made in this region
-        to a key homed in another lands there first, and reaches this region's replica only with replication. For
-        rechecks and writes, never the hot path (a read in another region)."""
+        to a key homed in another lands there first, and reaches this region's replica only with replication. A
+        key this region's replica does not have yet is read in `written_in`, where the caller knows it written
+        (a key of a family, in its root's home region: `create_child`). For rechecks and writes, never the hot
+        path (a read in another region)."""
         return await self.get_key(key_id)
 
     @abstractmethod
@@ -887,6 +891,12 @@ class Store(ABC):
     async def admit(self, admission: Admission) -> MeterSnapshot:
         """Reserve the budgets and count the rates atomically, or change nothing and raise
         `BudgetRefused` / `RateRefused`."""
+
+    async def admit_at(self, admission: Admission, region: str | None) -> MeterSnapshot:
+        """`admit`, counted in `region` as a process there counts it, where the store spans regions: for a count
+        that must hold in all regions at once, kept in one (a family's mints, in its root's home). A store in
+        one region (or `region` None) admits here."""
+        return await self.admit(admission)
 
     @abstractmethod
     async def settle(self, settlement: Settlement) -> None:

@@ -426,10 +426,14 @@ class DynamoDBKeys:
                     await asyncio.sleep(0.05)  # throttled: DynamoDB hands back what it did not read
         return found
 
-    async def child_ids(self, parent_id: str) -> list[str]:
+    async def child_ids(self, parent_id: str, root_home: str | None = None) -> list[str]:
         """The parent's links (kept past their lines' TTL), with the children the key listing has (those minted
-        before links existed, until `migrate` links them)."""
-        links, listed = await asyncio.gather(self._links(parent_id), self.list_keys(parent_id))
+        before links existed, until `migrate` links them). The links are read in `root_home` where given: they
+        are written only there (`create_child`), and a revocation made in another region walked that region's
+        replica and missed a child minted a moment before (live under a revoked root, never purged)."""
+        links, listed = await asyncio.gather(
+            self._links(parent_id, self._client_for(root_home)), self.list_keys(parent_id)
+        )
         return sorted({item["child"]["S"] for item in links} | {record.id for record in listed})
 
     def _live(self, item: Item) -> KeyRecord | None:
@@ -440,19 +444,12 @@ class DynamoDBKeys:
         return key_from_json(item["data"]["S"])
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
-        answer = await self._call(
-            "get_item", TableName=self.table, Key={"pk": text(f"KEY#{key_id}"), "sk": text("KEY")}, ConsistentRead=True
-        )
-        item = answer.get("Item")
-        return self._live(item) if item else None
+        return await self._read_key(key_id, None)
 
-    async def get_key_latest(self, key_id: str) -> KeyRecord | None:
-        """`get_key`, read again in the key's home region when that is another (where `update_key` writes it)."""
-        record = await self.get_key(key_id)
-        if record is None or not self.leases.remote(record.home_region):
-            return record
+    async def _read_key(self, key_id: str, region: str | None) -> KeyRecord | None:
+        """The key's record as `region`'s replica has it (this region's if None), read consistently."""
         answer = await call(
-            self._client_for(record.home_region),
+            self._client_for(region),
             "get_item",
             TableName=self.table,
             Key={"pk": text(f"KEY#{key_id}"), "sk": text("KEY")},
@@ -460,6 +457,18 @@ class DynamoDBKeys:
         )
         item = answer.get("Item")
         return self._live(item) if item else None
+
+    async def get_key_latest(self, key_id: str, written_in: str | None = None) -> KeyRecord | None:
+        """`get_key`, read again in the key's home region when that is another (where `update_key` writes it). A
+        key this region's replica does not have yet is read in `written_in` (a child's record is written in its
+        root's home region, then copied where it was minted): it was taken for gone, and a revocation made here
+        left it live."""
+        record, read_in = await self.get_key(key_id), self.region
+        if record is None and self.leases.remote(written_in):
+            record, read_in = await self._read_key(key_id, written_in), written_in
+        if record is None or record.home_region == read_in or not self.leases.remote(record.home_region):
+            return record
+        return await self._read_key(key_id, record.home_region)
 
     async def update_key(self, record: KeyRecord) -> None:
         """Written in the key's home region, like its meter, so two regions never race on the record."""

@@ -97,6 +97,7 @@ from handler.ports import (
     Admission,
     BudgetCharge,
     LedgerItem,
+    MeterSnapshot,
     Settlement,
     StoreError,
     UsageQuery,
@@ -181,9 +182,22 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
         # Where settlements the table refused wait (handler/pipeline/spool.py): Lambda can write only under /tmp.
         folder = "/tmp" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else ".gateway"  # noqa: S108
         self.spool_path = f"{folder}/settlements-{table}{f'-{region}' if region else ''}.jsonl"
+        self._replicas: dict[str, DynamoDBStore] = {}  # other regions' replicas, as `admit_at` counts in them
 
     def _no_other_region(self, region: str) -> Any:
         raise StoreError(f"no endpoint configured for region {region}, the home of a key used here")
+
+    async def admit_at(self, admission: Admission, region: str | None) -> MeterSnapshot:
+        """`Store.admit_at`: in another region, by a store of that region's replica (kept for the next), as a
+        process there counts it: counted here, a key homed there was counted on this region's lease, a count of
+        this region's alone (a family minted its limit a minute in each region)."""
+        if region is None or not self.leases.remote(region):
+            return await self.admit(admission)
+        if region not in self._replicas:
+            self._replicas[region] = DynamoDBStore(
+                self.leases.client_for(region), self.table, self.clock, region=region, client_for=self.leases.client_for
+            )
+        return await self._replicas[region].admit(admission)
 
     @staticmethod
     def _meter_key(key_id: str) -> Item:

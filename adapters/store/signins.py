@@ -10,13 +10,19 @@ deleting it: its client sends a call again when the answer does not come, and a 
 nothing for the call sent again to find, so a good link answered "used already" to its own user. The mark
 sent again finds its own token and answers as the first would have.
 
+Across regions (a DynamoDB global table) the item records the region that wrote it (`home`), and is taken only there,
+through that region's client: taken in the replica where it was presented, the same link used within replication
+lag in another region passed that region's condition too, and signed in twice. One whose region is not known here
+(not replicated here yet, or written by an older release) is refused: a link is good for a minute, and a new one is a
+command away.
+
 The DynamoDB mixin imports the DynamoDB client in its methods: a process on the embedded store never imports
 it (with the store package's, 3.2 million instructions of a Lambda's cold start on SQLite).
 
 | backend | where |
 |---|---|
 | SQLite | table `sign_ins` (`hash`, `key_id`, `expires_at`) |
-| DynamoDB | `pk=SIGNIN#<hash>`, `sk=SIGNIN`, `key_id`, `expires_at`, `ttl`, `taken` once taken |
+| DynamoDB | `pk=SIGNIN#<hash>`, `sk=SIGNIN`, `key_id`, `expires_at`, `ttl`, `home`, `taken` once taken |
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from adapters.store.expressions import num, text
+from adapters.store.expressions import Item, num, text
 from handler.ports import StoreError
 
 if TYPE_CHECKING:
     import sqlite3
+
+    from adapters.store.region_leases import RegionLeases
 
 SIGN_INS_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sign_ins (hash TEXT PRIMARY KEY, key_id TEXT NOT NULL, expires_at REAL NOT NULL) "
@@ -37,6 +45,7 @@ SIGN_INS_SCHEMA = (
 )
 SIGN_IN_SK = "SIGNIN"
 TAKEN = "taken"  # on a DynamoDB sign-in item: the token of the call that took it
+HOME = "home"  # on a DynamoDB sign-in item: the region that wrote it, where it is taken (none: a store without one)
 
 
 class SQLiteSignIns:
@@ -85,6 +94,8 @@ class DynamoDBSignIns:
 
     client: Any
     table: str
+    region: str | None
+    leases: RegionLeases
 
     @staticmethod
     def _sign_in_key(token_hash: str) -> dict[str, Any]:
@@ -99,25 +110,45 @@ class DynamoDBSignIns:
             "expires_at": num(expires_at),
             "ttl": num(int(expires_at) + 1),
         }
+        if self.region is not None:
+            item[HOME] = text(self.region)
         await call(self.client, "put_item", TableName=self.table, Item=item)
 
     async def take_sign_in(self, token_hash: str) -> str | None:
-        """Marks the item taken by this call, if it is live and not taken by another (see the module docstring).
-        The request, sent again, is the same: its token and its `now`, so it answers as the first would have."""
+        """Marks the item taken by this call, in the region that wrote it, if it is live and not taken by another
+        (see the module docstring): tried here, where it was most likely made, then in the region the refusal
+        names. The request, sent again, is the same: its token and its `now`, so it answers as the first would
+        have."""
+        mark = {":token": text(uuid.uuid4().hex), ":now": num(time.time())}
+        key_id, found = await self._mark_taken(self.client, token_hash, self.region, mark)
+        home = found.get(HOME, {}).get("S")
+        if key_id is None and home is not None and home != self.region:
+            key_id, _ = await self._mark_taken(self.leases.client_for(home), token_hash, home, mark)
+        return key_id
+
+    async def _mark_taken(
+        self, client: Any, token_hash: str, region: str | None, mark: Item
+    ) -> tuple[str | None, Item]:
+        """`take_sign_in`'s conditional update through `client`, on the item written in `region`: the key id, or
+        None and the item as the refusal found it (unknown, expired, taken by another call, or written elsewhere)."""
         from adapters.store.dynamo_client import ConditionFailed, call  # (on first use)
 
+        written_here = "attribute_not_exists(#home)" if region is None else "#home = :home"
         try:
             answer = await call(
-                self.client,
+                client,
                 "update_item",
                 TableName=self.table,
                 Key=self._sign_in_key(token_hash),
                 UpdateExpression="SET #taken = :token",
-                ConditionExpression="#expires >= :now AND (attribute_not_exists(#taken) OR #taken = :token)",
-                ExpressionAttributeNames={"#taken": TAKEN, "#expires": "expires_at"},
-                ExpressionAttributeValues={":token": text(uuid.uuid4().hex), ":now": num(time.time())},
+                ConditionExpression=(
+                    f"{written_here} AND #expires >= :now AND (attribute_not_exists(#taken) OR #taken = :token)"
+                ),
+                ExpressionAttributeNames={"#taken": TAKEN, "#expires": "expires_at", "#home": HOME},
+                ExpressionAttributeValues={**mark, **({} if region is None else {":home": text(region)})},
                 ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except ConditionFailed:  # unknown, expired, or taken by another call
-            return None
-        return str(answer["Attributes"]["key_id"]["S"])
+        except ConditionFailed as exc:
+            return None, exc.item
+        return str(answer["Attributes"]["key_id"]["S"]), {}

@@ -536,16 +536,16 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
                 "INSERT OR IGNORE INTO family (parent_id, child_id) VALUES (?, ?)", (record.parent_id, record.id)
             )
 
-    async def child_ids(self, parent_id: str) -> list[str]:
+    async def child_ids(self, parent_id: str, root_home: str | None = None) -> list[str]:
         """From `family`, and the live keys naming the parent (a key an older gateway sharing the file created
-        after this one migrated it has no link)."""
+        after this one migrated it has no link). One file is one region: `root_home` changes nothing."""
         rows = self.db.execute(
             "SELECT child_id FROM family WHERE parent_id = ? UNION SELECT id FROM keys WHERE parent_id = ?",
             (parent_id, parent_id),
         )
         return sorted(row[0] for row in rows.fetchall())
 
-    async def family_ids(self, key_id: str) -> list[str]:
+    async def family_ids(self, key_id: str, root_home: str | None = None) -> list[str]:
         """One recursive query over what `child_ids` reads (`FAMILY_OF`): a family of 10,002 keys took 0.24 s walked
         parent by parent, with the event loop held, and takes 0.04 s."""
         return [row[0] for row in self.db.execute(FAMILY_OF, (key_id,)).fetchall()]

@@ -310,13 +310,13 @@ class KeyRoutes:
                     + ("" if whose == "the parent's" else f" (the budget of key '{state['remaining_bound_by']}')"),
                     param="budget_usd",
                 )
-        # Counted on the parent and on every ancestor, as a chain's rate limits are: counted per parent, a key's 30
-        # children minted 30 each in the same minute (930 keys in 3.5 s), and theirs could have gone on.
+        # Counted on the family's root key, which every mint in the family counts on, so that its limit binds each
+        # key under it too; in the root's home region, whichever region mints. Counted per parent, a key's 30
+        # children minted 30 each in the same minute (930 keys in 3.5 s); in the region that minted, each region 30.
         minting = self.gateway.config.gateway.key_minting
-        mints = [RateCharge("mint", 0, minting.per_minute, 1)] + [
-            RateCharge("mint", 0, minting.per_minute, 1, held.id, held.home_region) for held in lineage[1:]
-        ]
-        await self.api.pipeline.meter.count_request(parent, request.state.request_id, mints)
+        root = lineage[-1]
+        mint = RateCharge("mint", 0, minting.per_minute, 1, root.id, root.home_region)
+        await self.api.pipeline.meter.count_request(parent, request.state.request_id, [mint], root.home_region)
         if len(parent.ancestors) + 2 > minting.max_depth:
             raise PermissionDeniedError(
                 f"a key may have at most {minting.max_depth - 1} ancestors (gateway.key_minting.max_depth)",

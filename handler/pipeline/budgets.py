@@ -268,20 +268,26 @@ class Meter:
         """The `x-ratelimit-*` headers of what one admission `counted` (`admit_count`)."""
         return self._rate_headers(counted.rates, counted.snapshot, counted.rates[0].window)
 
-    async def count_request(self, key: KeyRecord, request_id: str, counters: list[RateCharge]) -> None:
-        """Count one request that spends nothing (minting a key) on `key`'s own `counters` for this minute,
-        or raise the 429."""
+    async def count_request(
+        self, key: KeyRecord, request_id: str, counters: list[RateCharge], region: str | None = None
+    ) -> None:
+        """Count one request that spends nothing (minting a key) on `counters` for this minute (`key`'s own where
+        they name no key), in `region` where given (`Store.admit_at`), or raise the 429."""
         now = self.clock()
         window = int(now // 60)
         rates = [replace(charge, window=window) for charge in counters]
         admission = Admission(request_id, key.id, [], rates, now + self.reservation_ttl, key.home_region)
-        await self._admit(admission, key, 0.0, window)
+        await self._admit(admission, key, 0.0, window, region)
 
-    async def _admit(self, admission: Admission, key: KeyRecord, amount: float, window: int) -> MeterSnapshot:
-        """One store admission, with its refusals as the client's errors."""
+    async def _admit(
+        self, admission: Admission, key: KeyRecord, amount: float, window: int, region: str | None = None
+    ) -> MeterSnapshot:
+        """One store admission (in `region`, where given), with its refusals as the client's errors."""
         try:
             try:
                 async with span("store.admit"):
+                    if region is not None:
+                        return await self.store.admit_at(admission, region)
                     return await self.store.admit(admission)
             except BudgetRefused as refused:
                 # Reservations of requests that died hold budget until they expire, leases idle in other regions

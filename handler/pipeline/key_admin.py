@@ -18,7 +18,7 @@ from typing import Final
 
 from handler.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
 from handler.pipeline.keys import ID_LENGTH, KeyService, format_key, hash_secret, network
-from handler.ports import ChildLimitReached, ConflictError, KeyRecord, Store
+from handler.ports import ChildLimitReached, ConflictError, KeyRecord, Store, family_root
 from handler.records import Value
 from handler.redaction import REDACTED
 
@@ -147,16 +147,17 @@ class MintedKey(Value):
 WALK_CONCURRENCY = 8
 
 
-async def with_descendants(store: Store, key_id: str) -> list[str]:
+async def with_descendants(store: Store, key_id: str, root_home: str | None = None) -> list[str]:
     """`key_id` and every key minted under it, at any depth (breadth first), purged ones included: the store's
     links (`Store.child_ids`) outlive the children's records, as their ledger lines do. Walking the live keys
-    instead dropped a child's spend from its parent's report a day after the child expired or was revoked.
+    instead dropped a child's spend from its parent's report a day after the child expired or was revoked. With
+    `root_home`, the links are read where the family is written: the home region of its root.
 
     Every descendant, however many: the walk stopped once it had found 10,000 keys, and a parent's report left
     out the spend of the rest without a word (1,000 children with 9 children each hid a great-grandchild's). A
     level's parents are asked `WALK_CONCURRENCY` at a time, unless the store finds the family in one call
     (`Store.family_ids`)."""
-    family = await store.family_ids(key_id)
+    family = await store.family_ids(key_id, root_home)
     if family is not None:
         return family
     found, frontier = [key_id], [key_id]
@@ -165,7 +166,7 @@ async def with_descendants(store: Store, key_id: str) -> list[str]:
 
     async def children_of(parent: str) -> list[str]:
         async with gate:
-            return await store.child_ids(parent)
+            return await store.child_ids(parent, root_home)
 
     while frontier:
         parents, frontier = frontier, []
@@ -305,28 +306,42 @@ class KeyAdmin:
     async def _revoke_descendants(self, revoked: KeyRecord) -> None:
         """Every live key under `revoked`, revoked at its time. Its requests were refused already (an ancestor's
         revocation ends a chain), but the admin API showed such keys live for good (`revoked_at` None) and the store
-        never purged them: it forgets a key a day after its own end (`adapters.store.records.key_purge_after`)."""
+        never purged them: it forgets a key a day after its own end (`adapters.store.records.key_purge_after`).
+
+        The family is walked, and its keys read, in its root's home region, where it is written (`mint_child`):
+        walked in this region's replica, a revocation made in another region missed a child minted there a moment
+        before, which stayed live under its revoked root."""
         assert revoked.revoked_at is not None
         now, ended_at = self.clock(), revoked.revoked_at
         gate = asyncio.Semaphore(WALK_CONCURRENCY)
+        root_id = family_root(revoked)
+        root = revoked if root_id is None else await self.store.get_key_latest(root_id)
+        root_home = (root or revoked).home_region
 
         async def end(key_id: str) -> None:
             async with gate:
-                await self._revoke_with(key_id, ended_at, revoked.id, ended_by=now)
+                await self._revoke_with(key_id, ended_at, revoked.id, ended_by=now, written_in=root_home)
 
-        family = await with_descendants(self.store, revoked.id)
+        family = await with_descendants(self.store, revoked.id, root_home)
         await asyncio.gather(*(end(key_id) for key_id in family if key_id != revoked.id))
 
     async def _revoke_with(
-        self, key_id: str, revoked_at: float, revoked_by: str, *, ended_by: float | None = None, quiet: bool = False
+        self,
+        key_id: str,
+        revoked_at: float,
+        revoked_by: str,
+        *,
+        ended_by: float | None = None,
+        quiet: bool = False,
+        written_in: str | None = None,
     ) -> bool:
         """Revoke the key `key_id` at `revoked_at`, `revoked_by` naming the ancestor it is revoked with; whether it
-        was. Read at its home (where a write goes) and written on condition of the version read, once more after a
-        concurrent write (a retag, a rotation); a second conflict is raised, or with `quiet` left (to the next run).
-        A key purged, revoked already (its own revocation stands) or, with `ended_by`, ended by then (purged at its
-        own end) is left as it is."""
+        was. Read at its home (where a write goes; one this region's replica lacks, in `written_in`) and written
+        on condition of the version read, once more after a concurrent write (a retag, a rotation); a second
+        conflict is raised, or with `quiet` left (to the next run). A key purged, revoked already (its own
+        revocation stands) or, with `ended_by`, ended by then (purged at its own end) is left as it is."""
         for attempt in (1, 2):
-            held = await self.store.get_key_latest(key_id)
+            held = await self.store.get_key_latest(key_id, written_in)
             if held is None or held.revoked_at is not None:
                 return False
             if ended_by is not None and held.expires_at is not None and held.expires_at <= ended_by:

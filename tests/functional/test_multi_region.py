@@ -349,6 +349,39 @@ def test_a_parents_child_limit_holds_when_two_regions_mint_at_once(world: World)
         assert asyncio.run(children(region)) == sorted(minted), region.name
 
 
+def test_a_familys_mints_a_minute_hold_across_regions(world: World) -> None:
+    """docs/keys-and-budgets.md: a root key's family mints `per_minute` keys a minute "in all, whichever of its keys
+    mints them". Counted in the region that minted (a lease there of a root homed elsewhere), a root homed in
+    us-east-1 minted 3 children through us-east-1 and 3 more through eu-west-1 in the same minute under a limit
+    of 3: all 6 were 201. The family's mints are counted on its root in the root's home region."""
+    root = mint(world.regions[HOME], None)
+    wait_for_key_everywhere(world, root)
+    document = config_document(world.upstream_url)
+    document["gateway"]["key_minting"] = {"max_children": 100, "per_minute": 3}
+    servers = []
+    if time.time() % 60 > 45:  # (all six in one minute)
+        time.sleep(61 - time.time() % 60)
+    try:
+        for region in world.regions.values():
+            gateway = build_gateway(
+                config=parse_config(document, set(REGISTRY)),
+                store_url=region.store_url,
+                environ={**FAKE_KEYS, "GATEWAY_REGION": region.name},
+            )
+            servers.append(ServerThread(create_app(gateway), cleanup=gateway.aclose).start())
+        answers = [
+            httpx.post(f"{server.url}/v1/keys", json={"name": f"c{n}"}, headers={"authorization": f"Bearer {root}"})
+            for server in servers
+            for n in range(3)
+        ]
+    finally:
+        for server in servers:
+            server.stop()
+    assert [a.status_code for a in answers] == [201] * 3 + [429] * 3, [a.text for a in answers]
+    assert "rate limit mint=3 per minute" in answers[-1].json()["error"]["message"]
+    assert 0 < int(answers[-1].headers["retry-after"]) <= 60
+
+
 def test_a_lease_left_on_lambda_comes_home_when_another_region_needs_it(world: World, tmp_path: Path) -> None:
     """On Lambda the event loop runs only during an invocation, so the sweeper that returns an idle lease never
     ran in a region that got no further request: 20 s after its last use eu still held $0.25 of $1, and us

@@ -155,7 +155,7 @@ class MemoryStore(MeteredStore):
                 raise ChildLimitReached(root, max_children)
             await self.create_key(record)
 
-    async def child_ids(self, parent_id: str) -> list[str]:
+    async def child_ids(self, parent_id: str, root_home: str | None = None) -> list[str]:
         return sorted(self.children.get(parent_id, ()))
 
     async def get_key(self, key_id: str) -> KeyRecord | None:

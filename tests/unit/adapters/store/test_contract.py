@@ -699,6 +699,39 @@ async def test_a_request_that_died_in_the_home_region_holds_no_budget_once_a_lea
     await other.close()
 
 
+async def replicate_item(source: Store, target: Store, key: dict[str, Any]) -> None:
+    """What replication does for one item: copied whole from one region's replica to another's."""
+    assert isinstance(source, DynamoDBStore) and isinstance(target, DynamoDBStore)
+    item = (await invoke(source.client, "get_item", {"TableName": source.table, "Key": key}))["Item"]
+    await invoke(target.client, "put_item", {"TableName": target.table, "Item": item})
+
+
+def key_item(key_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"KEY#{key_id}"}, "sk": {"S": "KEY"}}
+
+
+@pytest.mark.parametrize("where", [HOME_REGION, LEASE_REGION])
+async def test_a_revocation_in_any_region_revokes_a_child_minted_a_moment_before(
+    regional: Callable[..., Store], where: str
+) -> None:
+    """A root homed in us-east-1 mints a child there; the root is revoked through either region before
+    replication brought the child to it. Revoked through eu-west-1, the family was walked in eu-west-1's replica
+    (links are written in the root's home only) and the child kept `revoked_at: null` under a revoked root."""
+    home, other = regional(HOME_REGION), regional(LEASE_REGION)
+    root = (await KeyAdmin(KeyService(home, 0)).mint(record(budget_usd=5.0))).record
+    await replicate_item(home, other, key_item(root.id))  # an old root: replicated long ago
+    child = replace(record(), parent_id=root.id, ancestors=[root.id])
+    child = (await KeyAdmin(KeyService(home, 0)).mint_child(child, 100, root.home_region)).record
+    revoking = home if where == HOME_REGION else other
+    target = await revoking.get_key_latest(root.id)
+    assert target is not None
+    await KeyAdmin(KeyService(revoking, 0)).revoke(target)
+    held = await home.get_key(child.id)  # where both were written
+    assert held is not None and held.revoked_at is not None and held.revoked_by == root.id
+    await home.close()
+    await other.close()
+
+
 async def test_the_home_regions_remaining_header_leaves_out_every_lease_granted(
     regional: Callable[..., Store],
 ) -> None:
@@ -717,6 +750,37 @@ async def test_the_home_regions_remaining_header_leaves_out_every_lease_granted(
     assert 1.0 - snapshot.committed_usd[PERIOD] == pytest.approx(0.65)
     await replicate(other, home, key, f"LEASE#{LEASE_REGION}")
     assert 1.0 - (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.8)
+    await home.close()
+    await other.close()
+
+
+async def test_a_key_this_replica_lacks_is_read_where_its_family_is_written(regional: Callable[..., Store]) -> None:
+    home, other = regional(HOME_REGION), regional(LEASE_REGION)
+    root = (await KeyAdmin(KeyService(home, 0)).mint(record())).record
+    assert await other.get_key_latest(root.id) is None  # nowhere to look
+    assert await other.get_key_latest(root.id, HOME_REGION) == root
+    assert await other.child_ids(root.id) == []
+    child = replace(record(), parent_id=root.id, ancestors=[root.id])
+    child = (await KeyAdmin(KeyService(home, 0)).mint_child(child, 100, HOME_REGION)).record
+    assert await other.child_ids(root.id, HOME_REGION) == [child.id]
+    assert await with_descendants(other, root.id, HOME_REGION) == [root.id, child.id]
+    await home.close()
+    await other.close()
+
+
+async def test_a_sign_in_token_is_taken_once_across_regions(regional: Callable[..., Store]) -> None:
+    """docs/usage.md: the link is good "for 60 seconds and one use". Taken with a conditional write in the region
+    that took it, the same token presented in another region within replication lag (the one hostname routes by
+    latency: another browser, a leaked link) passed that region's condition too: two dashboard sessions."""
+    home, other = regional(HOME_REGION), regional(LEASE_REGION)
+    token = uuid.uuid4().hex
+    await home.put_sign_in(token, "admin-1", time.time() + 60)
+    await replicate_item(home, other, {"pk": {"S": f"SIGNIN#{token}"}, "sk": {"S": "SIGNIN"}})  # untaken
+    assert [await other.take_sign_in(token), await home.take_sign_in(token)] == ["admin-1", None]
+    late = uuid.uuid4().hex
+    await other.put_sign_in(late, "admin-1", time.time() + 60)
+    assert await home.take_sign_in(late) is None  # not here yet: where it was made is not known here
+    assert await other.take_sign_in(late) == "admin-1"
     await home.close()
     await other.close()
 
