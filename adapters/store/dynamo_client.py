@@ -21,9 +21,9 @@ Credentials and the endpoint come from the process's AWS layer (adapters/aws.py)
 else botocore's chain (profiles, container and instance roles), refreshed off the hot path; the endpoint
 given, else `AWS_ENDPOINT_URL_DYNAMODB`/`AWS_ENDPOINT_URL`, else the region's in its partition.
 
-`call` is how the store's modules (dynamodb.py, region_leases.py, responses.py, signins.py) make every call: a lost
-condition is `ConditionFailed`, a call refused for contention is sent again (not past the deadline), a call the
-deadline cut is `StoreDeadlineError`, anything else is `StoreError`.
+`call` is how the store's modules (dynamodb.py, region_leases.py, dynamo_responses.py, dynamo_signins.py) make
+every call: a lost condition is `ConditionFailed`, a call refused for contention is sent again (not past the
+deadline), a call the deadline cut is `StoreDeadlineError`, anything else is `StoreError`.
 """
 
 from __future__ import annotations

@@ -56,6 +56,7 @@ from typing import Any, TypeVar
 from adapters.store.dynamo_client import CONDITION_FAILED, ConditionFailed, DynamoDBClient, call, scanned
 from adapters.store.dynamo_keys import DynamoDBKeys
 from adapters.store.dynamo_responses import DynamoDBResponses
+from adapters.store.dynamo_signins import DynamoDBSignIns
 from adapters.store.expressions import (
     Expression,
     Item,
@@ -92,7 +93,6 @@ from adapters.store.records import (
     period_closed,
 )
 from adapters.store.region_leases import IDLE_SECONDS, LEASE_PREFIX, MAX_TRACKED, LeaseShort, RegionLeases
-from adapters.store.signins import DynamoDBSignIns
 from handler.ports import (
     Admission,
     BudgetCharge,

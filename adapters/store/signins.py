@@ -16,8 +16,9 @@ lag in another region passed that region's condition too, and signed in twice. O
 (not replicated here yet, or written by an older release) is refused: a link is good for a minute, and a new one is a
 command away.
 
-The DynamoDB mixin imports the DynamoDB client in its methods: a process on the embedded store never imports
-it (with the store package's, 3.2 million instructions of a Lambda's cold start on SQLite).
+The DynamoDB mixin is a module of its own (`adapters/store/dynamo_signins.py`), which imports the DynamoDB client in
+its methods: a process on the embedded store imports neither, nor the DynamoDB expressions (with the store package's,
+3.2 million instructions of a Lambda's cold start on SQLite).
 
 | backend | where |
 |---|---|
@@ -28,24 +29,17 @@ it (with the store package's, 3.2 million instructions of a Lambda's cold start 
 from __future__ import annotations
 
 import time
-import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from adapters.store.expressions import Item, num, text
 from handler.ports import StoreError
 
 if TYPE_CHECKING:
     import sqlite3
 
-    from adapters.store.region_leases import RegionLeases
-
 SIGN_INS_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sign_ins (hash TEXT PRIMARY KEY, key_id TEXT NOT NULL, expires_at REAL NOT NULL) "
     "WITHOUT ROWID"
 )
-SIGN_IN_SK = "SIGNIN"
-TAKEN = "taken"  # on a DynamoDB sign-in item: the token of the call that took it
-HOME = "home"  # on a DynamoDB sign-in item: the region that wrote it, where it is taken (none: a store without one)
 
 
 class SQLiteSignIns:
@@ -87,68 +81,3 @@ class SQLiteSignIns:
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store cannot read the sign-in token: {exc}") from exc
         return str(row[0]) if row else None
-
-
-class DynamoDBSignIns:
-    """The same on the DynamoDB store's table: one item per token (see the module docstring)."""
-
-    client: Any
-    table: str
-    region: str | None
-    leases: RegionLeases
-
-    @staticmethod
-    def _sign_in_key(token_hash: str) -> dict[str, Any]:
-        return {"pk": text(f"SIGNIN#{token_hash}"), "sk": text(SIGN_IN_SK)}
-
-    async def put_sign_in(self, token_hash: str, key_id: str, expires_at: float) -> None:
-        from adapters.store.dynamo_client import call  # (on first use: see the module docstring)
-
-        item = {
-            **self._sign_in_key(token_hash),
-            "key_id": text(key_id),
-            "expires_at": num(expires_at),
-            "ttl": num(int(expires_at) + 1),
-        }
-        if self.region is not None:
-            item[HOME] = text(self.region)
-        await call(self.client, "put_item", TableName=self.table, Item=item)
-
-    async def take_sign_in(self, token_hash: str) -> str | None:
-        """Marks the item taken by this call, in the region that wrote it, if it is live and not taken by another
-        (see the module docstring): tried here, where it was most likely made, then in the region the refusal
-        names. The request, sent again, is the same: its token and its `now`, so it answers as the first would
-        have."""
-        mark = {":token": text(uuid.uuid4().hex), ":now": num(time.time())}
-        key_id, found = await self._mark_taken(self.client, token_hash, self.region, mark)
-        home = found.get(HOME, {}).get("S")
-        if key_id is None and home is not None and home != self.region:
-            key_id, _ = await self._mark_taken(self.leases.client_for(home), token_hash, home, mark)
-        return key_id
-
-    async def _mark_taken(
-        self, client: Any, token_hash: str, region: str | None, mark: Item
-    ) -> tuple[str | None, Item]:
-        """`take_sign_in`'s conditional update through `client`, on the item written in `region`: the key id, or
-        None and the item as the refusal found it (unknown, expired, taken by another call, or written elsewhere)."""
-        from adapters.store.dynamo_client import ConditionFailed, call  # (on first use)
-
-        written_here = "attribute_not_exists(#home)" if region is None else "#home = :home"
-        try:
-            answer = await call(
-                client,
-                "update_item",
-                TableName=self.table,
-                Key=self._sign_in_key(token_hash),
-                UpdateExpression="SET #taken = :token",
-                ConditionExpression=(
-                    f"{written_here} AND #expires >= :now AND (attribute_not_exists(#taken) OR #taken = :token)"
-                ),
-                ExpressionAttributeNames={"#taken": TAKEN, "#expires": "expires_at", "#home": HOME},
-                ExpressionAttributeValues={**mark, **({} if region is None else {":home": text(region)})},
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except ConditionFailed as exc:
-            return None, exc.item
-        return str(answer["Attributes"]["key_id"]["S"]), {}
