@@ -657,27 +657,19 @@ def test_a_timed_out_attempt_is_charged_its_own_worst_case_not_the_plans_largest
     """A missed attempt was charged the plan's largest prompt estimate at its own price: an image a cheap
     fallback counts at 48,000 tokens, charged at the expensive deployment that timed out, took a $1 key to $4.82
     (review). Each attempt's worst case is its own, within the reservation."""
-    url = upstream[0].url
-    config = parse_config(
+    config = first_byte_config(
+        upstream[0].url,
         {
-            "gateway": {"timeouts": {"connect": 2, "first_byte": 0.5, "between_chunks": 5}},
-            "providers": {
-                "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{url}/openai/v1"},
-                "anthropic": {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": f"{url}/anthropic"},
+            "pricey": {
+                "deployments": [{"provider": "anthropic", "model": "claude-slow"}],
+                "price": {"input": 100.0, "output": 100.0},
+                "fallbacks": ["cheap"],
             },
-            "models": {
-                "pricey": {
-                    "deployments": [{"provider": "anthropic", "model": "claude-slow"}],
-                    "price": {"input": 100.0, "output": 100.0},
-                    "fallbacks": ["cheap"],
-                },
-                "cheap": {
-                    "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
-                    "price": {"input": 0.01, "output": 0.01},
-                },
+            "cheap": {
+                "deployments": [{"provider": "openai", "model": "gpt-4o-mini"}],
+                "price": {"input": 0.01, "output": 0.01},
             },
         },
-        set(REGISTRY),
     )
     gw, server = serve_gateway(config, f"sqlite:///{tmp_path / 'g.db'}", upstream[0], upstream[1], SCOPE_ENV)
     try:
@@ -708,7 +700,6 @@ def capped(
     else:
         dynamo: DynamoServer = request.getfixturevalue("dynamo")
         store_url = dynamo.store_url(dynamo.create_table())
-    url = upstream[0].url
     cheap, dear = {"input": 0.01, "output": 0.01}, {"input": 10.0, "output": 10.0}
     wide = {"price": cheap, "max_output_tokens": 16384}
     narrow = {
@@ -716,23 +707,32 @@ def capped(
         "price": dear,
         "max_output_tokens": 1000,
     }
-    config = parse_config(
+    config = first_byte_config(
+        upstream[0].url,
+        {
+            "wide": {"deployments": [{"provider": "openai", "model": "fail-500"}], **wide, "fallbacks": ["narrow"]},
+            "narrow": narrow,
+            "narrow-first": {**narrow, "fallbacks": ["wide-last"]},
+            "wide-last": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], **wide},
+        },
+    )
+    yield from serving(config, store_url, upstream, SCOPE_ENV)
+
+
+def first_byte_config(url: str, models: dict[str, Any]) -> Config:
+    """`models` on the OpenAI and Anthropic fakes at `url`, behind a gateway that waits 0.5 s for a first byte (the
+    slow fakes take 2 s: an attempt sent and then timed out, which the provider may bill)."""
+    return parse_config(
         {
             "gateway": {"timeouts": {"connect": 2, "first_byte": 0.5, "between_chunks": 5}},
             "providers": {
                 "openai": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{url}/openai/v1"},
                 "anthropic": {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY", "base_url": f"{url}/anthropic"},
             },
-            "models": {
-                "wide": {"deployments": [{"provider": "openai", "model": "fail-500"}], **wide, "fallbacks": ["narrow"]},
-                "narrow": narrow,
-                "narrow-first": {**narrow, "fallbacks": ["wide-last"]},
-                "wide-last": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], **wide},
-            },
+            "models": models,
         },
         set(REGISTRY),
     )
-    yield from serving(config, store_url, upstream, SCOPE_ENV)
 
 
 def breakers_closed(gw: Running) -> None:
