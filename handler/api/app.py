@@ -589,7 +589,7 @@ def parse_controls(request: Request) -> Controls:
         # Most requests set no control: one pass over the raw names instead of seven header lookups.
         left = request_deadline_s(request)
         return NO_CONTROLS if left is None else Controls(deadline_s=left)
-    headers = request.headers
+    headers = control_headers(request.scope["headers"])
     fallbacks_header = headers.get("x-gateway-fallbacks")
     fallbacks = None
     if fallbacks_header is not None:
@@ -608,7 +608,7 @@ def parse_controls(request: Request) -> Controls:
         strict=_flag(headers.get("x-gateway-strict"), "x-gateway-strict"),
         enforce_schema=_flag(headers.get("x-gateway-enforce-schema"), "x-gateway-enforce-schema"),
         tags=parse_tags(headers.get("x-gateway-tags")),
-        session=session_of(request),
+        session=session_of(headers),
     )
 
 
@@ -616,10 +616,25 @@ def parse_controls(request: Request) -> Controls:
 SESSION_HEADERS = (b"x-claude-code-session-id", b"session-id", b"x-session-id")
 
 
-def session_of(request: Request) -> str | None:
-    """The first of `SESSION_HEADERS` the request carries, as `session_id` takes it (a 400 for one it refuses)."""
+def control_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The request's `x-gateway-*` and `SESSION_HEADERS` lines, one value a name. Only a header's first line was
+    read, a second dropped unsaid (a cost cap a proxy appended after the client's own went unread): lines that differ
+    are a 400 naming the header, as `anthropic-version`'s are, and as a cap, a deadline or a flag is whose two values
+    come joined on one line (RFC 9110, 5.3, makes both forms the same); identical lines are one."""
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        if name.startswith(b"x-gateway-") or name in SESSION_HEADERS:
+            header, text = name.decode("latin-1"), value.decode("latin-1")  # (as Starlette decodes them)
+            if headers.setdefault(header, text) != text:
+                raise InvalidRequestError(f"the {header} header must have one value", param=header)
+    return headers
+
+
+def session_of(headers: dict[str, str]) -> str | None:
+    """The first of `SESSION_HEADERS` among the request's `control_headers`, as `session_id` takes it (a 400 for one
+    it refuses)."""
     for name in SESSION_HEADERS:
-        value = request.headers.get(name.decode())
+        value = headers.get(name.decode())
         if value:
             return session_id(value, name.decode())
     return None

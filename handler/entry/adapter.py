@@ -44,6 +44,10 @@ NO_HTTP_REQUEST = (
 )
 
 
+# The characters of a method (RFC 9110's token).
+TOKEN = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
 class ReadOnce:
     """A Mangum handler whose scope is built once (see the module's docstring), and whose event, if no request can be
     read from it, raises `UnreadableEventError`: the handler's answer, not an invocation error."""
@@ -51,9 +55,22 @@ class ReadOnce:
     @functools.cached_property
     def scope(self) -> Scope:
         try:
-            return super().scope  # type: ignore[misc, no-any-return]
+            scope: Scope = super().scope  # type: ignore[misc]
         except (LookupError, TypeError, AttributeError, ValueError):  # (a field missing, or not what it should be)
             raise UnreadableEventError(NO_HTTP_REQUEST) from None
+        # Mangum takes the event's method as it comes: `["GET"]` reached Starlette's router, which raised on it (a
+        # 500). The path and query string are held to the types the app reads them as; the headers need no look:
+        # Mangum encodes each, which raises on anything but a string.
+        method = scope["method"]
+        if not (
+            isinstance(method, str)
+            and method
+            and not method.strip(TOKEN)
+            and isinstance(scope["path"], str)
+            and isinstance(scope["query_string"], bytes)
+        ):
+            raise UnreadableEventError(NO_HTTP_REQUEST)
+        return scope
 
     @property
     def body(self) -> bytes:

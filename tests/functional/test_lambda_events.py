@@ -403,6 +403,65 @@ def test_an_event_that_is_no_http_request_is_a_400_in_the_gateways_error_shape(
     assert not any("value1" in line or "not base64!!!" in line for line in logs)
 
 
+def http_api_event(method: Any = "GET", headers: Any = None, query: Any = "") -> dict[str, Any]:
+    event: dict[str, Any] = json.loads((EVENTS / "health.json").read_text())
+    event["requestContext"]["http"]["method"] = method
+    event["rawQueryString"] = query
+    if headers is not None:
+        event["headers"] = headers
+    return event
+
+
+def rest_api_event(method: Any = "GET", query: Any = None) -> dict[str, Any]:
+    return {
+        "resource": "/{proxy+}",
+        "path": "/health",
+        "httpMethod": method,
+        "headers": {"host": "gw.example.com"},
+        "multiValueHeaders": {"host": ["gw.example.com"]},
+        "queryStringParameters": query,
+        "requestContext": {"stage": "prod", "identity": {"sourceIp": "203.0.113.9"}, "requestId": "r1"},
+        "body": None,
+        "isBase64Encoded": False,
+    }
+
+
+def test_an_event_whose_method_headers_or_query_are_not_a_requests_is_a_400(
+    tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """A method that is no string (`["GET"]`, `{"a": 1}`) went through to Starlette's router, whose `Route.matches`
+    raised `TypeError: unhashable type`: a 500 `internal_error`, logged as an unhandled error. A method of no token
+    characters, a header or a query that is no string: none is a request's. Each is the 400 any other unreadable
+    event gets, and the environment answers the next request. Found by review (fuzzing the Lambda entry)."""
+    server, _ = upstream
+    odd: dict[str, Any] = {
+        "http-api-method-list": http_api_event(["GET"]),
+        "http-api-method-object": http_api_event({"a": 1}),
+        "http-api-method-null": http_api_event(None),
+        "http-api-method-number": http_api_event(7),
+        "http-api-method-empty": http_api_event(""),
+        "http-api-method-spaced": http_api_event("G ET"),
+        "http-api-header-list": http_api_event(headers={"host": "gw.example.com", "accept": ["a", "b"]}),
+        "http-api-query-list": http_api_event(query=["a=1"]),
+        "rest-api-method-list": rest_api_event(["GET"]),
+        "rest-api-method-object": rest_api_event({"a": 1}),
+        "rest-api-query-list": rest_api_event(query=["a=1"]),
+    }
+    paths = []
+    for name, event in odd.items():
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(event))
+    logs: list[str] = []
+    results = replay(tmp_path, server.url, [*paths, EVENTS / "health.json"], logs=logs)
+    for result in results[:-1]:
+        assert result["status"] == 400, result
+        error = json.loads(result["body"])["error"]
+        assert error["code"] == "invalid_request" and error["message"].startswith("the Lambda event is no HTTP"), result
+    assert results[-1]["status"] == 200, results[-1]
+    assert sum("unreadable Lambda event" in line for line in logs) == len(odd)
+    assert not any("Traceback" in line or "internal_error" in line for line in logs), logs
+
+
 @pytest.mark.parametrize("invocations", [8])
 def test_warm_invocations_reuse_one_upstream_connection(
     tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]], invocations: int

@@ -148,6 +148,26 @@ def test_bad_control_headers_are_400(running: Running, key: str) -> None:
         assert info.value.param == name
 
 
+def test_a_control_header_on_two_lines_is_read_whole(running: Running, key: str) -> None:
+    """`x-gateway-max-cost-usd: 100` then `x-gateway-max-cost-usd: 0.0000001` was a 200, charged past the second
+    cap, which was never read (swapped, a 402): only the first line counted. Two lines are one of both values joined
+    (RFC 9110, 5.3), which is a 400; so are differing lines, naming the header. Identical lines are one. Found by
+    review (fuzzing the control headers)."""
+    auth = ("authorization", f"Bearer {key}")
+    body = {"model": "gpt-4o-mini", "messages": HI, "max_tokens": 100}
+
+    def post(*controls: tuple[str, str]) -> httpx.Response:
+        return httpx.post(f"{running.url}/v1/chat/completions", json=body, headers=[auth, *controls], timeout=30)
+
+    cap = "x-gateway-max-cost-usd"
+    assert post((cap, "100, 0.0000001")).status_code == 400
+    for lines in (((cap, "100"), (cap, "0.0000001")), ((cap, "0.0000001"), (cap, "100"))):
+        answer = post(*lines)
+        assert answer.status_code == 400, (answer.status_code, answer.headers.get("x-gateway-cost-usd"))
+        assert answer.json()["error"]["param"] == cap and cap in answer.json()["error"]["message"]
+    assert post((cap, "100"), (cap, "100")).status_code == 200
+
+
 def test_route_explain_shows_order_and_reasons(running: Running, key: str) -> None:
     answer = httpx.get(
         f"{running.url}/v1/route", params={"model": "regional"}, headers={"authorization": f"Bearer {key}"}

@@ -106,6 +106,38 @@ def test_a_flag_control_is_true_or_false_and_nothing_else_is_taken_for_off(name:
         assert refused.value.param == name and "true or false" in refused.value.message
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "other"),
+    [
+        ("x-gateway-fallbacks", "gpt-4o", "none"),
+        ("x-gateway-deadline-ms", "2500", "100"),
+        ("x-gateway-max-cost-usd", "100", "0.0000001"),
+        ("x-gateway-provider", "openai", "anthropic"),
+        ("x-gateway-region", "eu-west-1", "us-east-1"),
+        ("x-gateway-strict", "true", "false"),
+        ("x-gateway-enforce-schema", "true", "false"),
+        ("x-gateway-tags", "team=a", "team=b"),
+        ("x-claude-code-session-id", "s1", "s2"),
+        ("session-id", "s1", "s2"),
+        ("x-session-id", "s1", "s2"),
+    ],
+)
+def test_a_control_on_two_lines_is_one_value_or_a_400(name: str, value: str, other: str) -> None:
+    """Each control was read from its first line alone: a second line that differed was dropped unsaid (a cost cap a
+    proxy appended after the client's own went unread). Identical lines are one value; differing lines are a 400
+    naming the header, as their joined form is."""
+
+    def sent(*values: str) -> Request:
+        raw = [(b"x-request-id", b"r"), *((name.encode(), v.encode()) for v in values)]
+        return Request({"type": "http", "method": "POST", "path": "/", "headers": raw})
+
+    assert parse_controls(sent(value, value)) == parse_controls(sent(value))
+    for lines in ((value, other), (other, value)):
+        with pytest.raises(InvalidRequestError) as refused:
+            parse_controls(sent(*lines))
+        assert refused.value.param == name and name in refused.value.message
+
+
 def test_web_adapter_request_context_gives_the_client_address() -> None:
     context = '{"http": {"method": "POST", "path": "/v1/chat/completions", "sourceIp": "203.0.113.7"}}'
     assert lwa_source_ip(context) == "203.0.113.7"
