@@ -616,14 +616,30 @@ def parse_controls(request: Request) -> Controls:
 SESSION_HEADERS = (b"x-claude-code-session-id", b"session-id", b"x-session-id")
 
 
+# The request controls `parse_controls` reads (an `x-gateway-*` name it does not read is left alone, as before).
+CONTROL_HEADERS = frozenset(
+    (
+        b"x-gateway-fallbacks",
+        b"x-gateway-provider",
+        b"x-gateway-region",
+        b"x-gateway-deadline-ms",
+        b"x-gateway-max-cost-usd",
+        b"x-gateway-strict",
+        b"x-gateway-enforce-schema",
+        b"x-gateway-tags",
+        *SESSION_HEADERS,
+    )
+)
+
+
 def control_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    """The request's `x-gateway-*` and `SESSION_HEADERS` lines, one value a name. Only a header's first line was
+    """The request's `CONTROL_HEADERS` lines, one value a name. Only a header's first line was
     read, a second dropped unsaid (a cost cap a proxy appended after the client's own went unread): lines that differ
     are a 400 naming the header, as `anthropic-version`'s are, and as a cap, a deadline or a flag is whose two values
     come joined on one line (RFC 9110, 5.3, makes both forms the same); identical lines are one."""
     headers: dict[str, str] = {}
     for name, value in raw:
-        if name.startswith(b"x-gateway-") or name in SESSION_HEADERS:
+        if name in CONTROL_HEADERS:
             header, text = name.decode("latin-1"), value.decode("latin-1")  # (as Starlette decodes them)
             if headers.setdefault(header, text) != text:
                 raise InvalidRequestError(f"the {header} header must have one value", param=header)

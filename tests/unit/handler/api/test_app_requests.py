@@ -138,6 +138,14 @@ def test_a_control_on_two_lines_is_one_value_or_a_400(name: str, value: str, oth
         assert refused.value.param == name and name in refused.value.message
 
 
+def test_a_header_of_the_gateways_prefix_it_does_not_read_is_left_alone_on_any_lines() -> None:
+    """Only the controls the gateway reads are held to one value: a client's own `x-gateway-*` header, on two lines
+    that differ, is no reason to refuse its request."""
+    raw = [(b"x-gateway-trace-label", b"a"), (b"x-gateway-trace-label", b"b"), (b"x-gateway-strict", b"true")]
+    controls = parse_controls(Request({"type": "http", "method": "POST", "path": "/", "headers": raw}))
+    assert controls.strict
+
+
 def test_web_adapter_request_context_gives_the_client_address() -> None:
     context = '{"http": {"method": "POST", "path": "/v1/chat/completions", "sourceIp": "203.0.113.7"}}'
     assert lwa_source_ip(context) == "203.0.113.7"
