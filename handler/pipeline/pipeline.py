@@ -460,6 +460,14 @@ class Pipeline(Charges):
     async def _admit(self, ex: Exchange, plan: list[Attempt], req: ChatRequest, call: NativeCall | None = None) -> None:
         if ex.trace is not None:
             ex.trace.requested(req)  # before the output cap below is applied
+        if req.response_format is not None and (
+            ex.controls.enforce_schema or any(attempt.spec.enforce_schema for attempt in plan)
+        ):
+            # Its schema checked now, not with the answer: one that cannot be checked is the client's 400 before
+            # anything is reserved or sent, not a failure after the provider was paid.
+            from handler.pipeline.schema_check import check
+
+            check(req)
         who = req.user or (req.model_extra or {}).get("safety_identifier")
         if isinstance(who, str) and who and ex.user is None:
             ex.user = unkeyed(who, MAX_USER_CHARS)

@@ -202,6 +202,54 @@ def test_schema_violation_is_a_502_after_every_attempt(running: Running, key: st
     assert (chunks[-1].model_extra or {})["schema_violation"]["code"] == "schema_violation"
 
 
+# A `$ref` that points nowhere: jsonschema's `check_schema` accepts it; only validating an answer finds it.
+DANGLING = {"type": "object", "properties": {"a": {"$ref": "#/$defs/nope"}}}
+ENFORCE = {"x-gateway-enforce-schema": "true"}
+
+
+def enforced(running: Running, key: str, path: str, body: dict[str, object]) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}", **ENFORCE}
+    return httpx.post(f"{running.url}{path}", json=body, headers=headers, timeout=30)
+
+
+def chat_with(schema: dict[str, object], **fields: object) -> dict[str, object]:
+    format_ = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+    return {"model": "gpt-4o-mini", "messages": HI, "max_tokens": 5, "response_format": format_, **fields}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", chat_with(DANGLING)),
+        ("/v1/chat/completions", chat_with(DANGLING, stream=True)),
+        (
+            "/v1/responses",
+            {
+                "model": "gpt-4o-mini",
+                "input": "hi",
+                "text": {"format": {"type": "json_schema", "name": "s", "schema": DANGLING}},
+            },
+        ),
+        ("/v1/chat/completions", chat_with({"type": "object", "properties": {"a": {"pattern": "(?<"}}})),
+        ("/v1/chat/completions", chat_with({"properties": {"a": {"$ref": "https://example.com/s.json"}}})),
+    ],
+)
+def test_an_enforced_schema_that_cannot_check_an_answer_is_a_400_before_anything_is_sent(
+    running: Running, path: str, body: dict[str, object]
+) -> None:
+    """A schema whose reference resolves nowhere was a 500 `internal_error` (a stream's last event) once the
+    provider had answered, its key charged; an invalid one (`pattern: "(?<"`) a 400 only after the answer, the key
+    charged the reservation's worst case for it (review). Now both are refused before anything is reserved or sent."""
+    key = running.mint(name="schema-unchecked")
+    sent = len(running.fakes["openai"].state.requests)
+    answer = enforced(running, key, path, body)
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_request", answer.text
+    assert "response_format.json_schema.schema" in answer.json()["error"]["message"]
+    assert "x-gateway-route" not in answer.headers
+    assert len(running.fakes["openai"].state.requests) == sent
+    assert sum(line.cost_usd or 0 for line in running.ledger(key)) == 0
+
+
 AUDIO = {"type": "input_audio", "input_audio": {"data": "UklGRiQAAABXQVZFZm10IBAAAAABAAEA", "format": "wav"}}
 
 
