@@ -733,6 +733,12 @@ class Pipeline(Charges):
                         # The request's deadline cut the attempt (its `total` ended there), not the deployment:
                         # no breaker failure, no next attempt.
                         raise deadline_passed(ex, "an answer") from None
+                    if isinstance(err, SchemaViolationError):
+                        # The deployment answered (200); the answer missed this request's schema, which the next
+                        # may fit. Counted on the breaker, one key's schema no answer fits took the deployment away
+                        # from every key.
+                        breakers.success(label)
+                        break
                     breakers.failure(label, err.upstream_status == 429)
                     wait = self._retry_wait(ex, err) if retry < retries else None
                     if wait is not None:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
 from tests.fakes.openai import TEXT
-from tests.functional.conftest import Running, openai_client
+from tests.functional.conftest import FAKE_KEYS, Running, gateway_config, openai_client, serving
+from tests.support.servers import ServerThread
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -248,6 +252,31 @@ def test_an_enforced_schema_that_cannot_check_an_answer_is_a_400_before_anything
     assert "x-gateway-route" not in answer.headers
     assert len(running.fakes["openai"].state.requests) == sent
     assert sum(line.cost_usd or 0 for line in running.ledger(key)) == 0
+
+
+@pytest.fixture
+def own_breakers(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    """A gateway of its own: a breaker its test opens is not the other tests'."""
+    server, fakes = upstream
+    store = f"sqlite:///{Path(tmp_path_factory.mktemp('breakers')) / 'gateway.db'}"
+    yield from serving(gateway_config(server.url, set(fakes)), store, upstream, FAKE_KEYS)
+
+
+def test_one_keys_schema_no_answer_fits_does_not_open_the_breaker_for_every_key(own_breakers: Running) -> None:
+    """`{"not": {}}` is a valid schema no answer fits: each request was a 502 `schema_violation` counted as the
+    deployment's failure, so five opened its breaker and another key's plain request was a 503
+    `no_deployment_available` for 30 s (review). The deployment answered each time: its breaker stays closed."""
+    mallory, alice = own_breakers.mint(name="mallory"), own_breakers.mint(name="alice")
+    breakers = own_breakers.gateway.router.breakers
+    for stream in (False, True):  # (a stream's violation comes with its end: it never counted)
+        for _ in range(breakers.threshold):
+            body = chat_with({"not": {}}, stream=stream)
+            refused = enforced(own_breakers, mallory, "/v1/chat/completions", body)
+            assert refused.status_code == (200 if stream else 502) and "schema_violation" in refused.text
+        assert breakers.state("openai/gpt-4o-mini@global") == "closed"
+        assert route_of(own_breakers, alice, "gpt-4o-mini") == "openai/gpt-4o-mini@global=200"
 
 
 AUDIO = {"type": "input_audio", "input_audio": {"data": "UklGRiQAAABXQVZFZm10IBAAAAABAAEA", "format": "wav"}}
