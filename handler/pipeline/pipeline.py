@@ -460,6 +460,14 @@ class Pipeline(Charges):
     async def _admit(self, ex: Exchange, plan: list[Attempt], req: ChatRequest, call: NativeCall | None = None) -> None:
         if ex.trace is not None:
             ex.trace.requested(req)  # before the output cap below is applied
+        if req.response_format is not None and (
+            ex.controls.enforce_schema or any(attempt.spec.enforce_schema for attempt in plan)
+        ):
+            # Its schema checked now, not with the answer: one that cannot be checked is the client's 400 before
+            # anything is reserved or sent, not a failure after the provider was paid.
+            from handler.pipeline.schema_check import check
+
+            check(req)
         who = req.user or (req.model_extra or {}).get("safety_identifier")
         if isinstance(who, str) and who and ex.user is None:
             ex.user = unkeyed(who, MAX_USER_CHARS)
@@ -725,6 +733,12 @@ class Pipeline(Charges):
                         # The request's deadline cut the attempt (its `total` ended there), not the deployment:
                         # no breaker failure, no next attempt.
                         raise deadline_passed(ex, "an answer") from None
+                    if isinstance(err, SchemaViolationError):
+                        # The deployment answered (200); the answer missed this request's schema, which the next
+                        # may fit. Counted on the breaker, one key's schema no answer fits took the deployment away
+                        # from every key.
+                        breakers.success(label)
+                        break
                     breakers.failure(label, err.upstream_status == 429)
                     wait = self._retry_wait(ex, err) if retry < retries else None
                     if wait is not None:

@@ -16,6 +16,7 @@ from handler.schemas import ChatRequest
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
+    from referencing import Registry
 
 
 # Validators built, by their schema's JSON, the most recent last: bounded by the schemas' bytes, not only their
@@ -44,15 +45,58 @@ def _validator(schema_json: bytes) -> Draft202012Validator:
 def _build(schema_json: bytes) -> Draft202012Validator:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
+    from jsonschema_specifications import REGISTRY
 
     schema = orjson.loads(schema_json)
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
-        raise InvalidRequestError(
-            f"response_format.json_schema.schema is not a valid JSON Schema: {exc.message}"
-        ) from None
-    return Draft202012Validator(schema)
+        raise _refused(f"is not a valid JSON Schema: {exc.message}") from None
+    # The metaschemas and nothing else: a remote reference is refused here (`_unresolved`), not fetched from
+    # wherever the client's schema points.
+    unresolved = _unresolved(schema, REGISTRY)
+    if unresolved is not None:
+        raise _refused(f"has a reference that does not resolve within it: {unresolved!r}")
+    return Draft202012Validator(schema, registry=REGISTRY)
+
+
+def _unresolved(schema: object, registry: Registry[Any]) -> str | None:
+    """The first `$ref` or `$dynamicRef` in `schema` that does not lead to a schema, or None. `check_schema` does
+    not look: jsonschema finds one only as it validates an answer, after the provider was paid for it."""
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    pending = [(schema, registry.resolver_with_root(DRAFT202012.create_resource(schema)))]
+    while pending:  # (not recursive: a schema nested deeper than the stack is checked as any other)
+        subschema, resolver = pending.pop()
+        if not isinstance(subschema, dict):
+            continue
+        resolver = resolver.in_subresource(DRAFT202012.create_resource(subschema))
+        for keyword in ("$ref", "$dynamicRef"):
+            ref = subschema.get(keyword)
+            if ref is None:
+                continue
+            try:
+                target = resolver.lookup(ref).contents
+            except (Unresolvable, ValueError, TypeError):  # (a pointer's step into a string or by a name into a list)
+                return str(ref)
+            if not isinstance(target, dict | bool):
+                return str(ref)
+        pending.extend((each, resolver) for each in DRAFT202012.subresources_of(subschema))
+    return None
+
+
+def _refused(problem: str) -> InvalidRequestError:
+    """The client's 400 for its schema's `problem`."""
+    return InvalidRequestError(f"response_format.json_schema.schema {problem}")
+
+
+def check(req: ChatRequest) -> None:
+    """Refuse (400) an enforced schema that could not check an answer, before the request is admitted or sent; its
+    validator is kept for the answer (`_validator`)."""
+    schema = schema_of(req)
+    if schema is not None:
+        _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
 
 
 def schema_of(req: ChatRequest) -> dict[str, Any] | None:
@@ -70,8 +114,13 @@ def violation(schema: dict[str, Any], text: str | None) -> str | None:
         document = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         return f"the answer is not JSON: {exc}"
+    from referencing.exceptions import Unresolvable
+
     validator = _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
-    error = next(iter(validator.iter_errors(document)), None)
+    try:
+        error = next(iter(validator.iter_errors(document)), None)
+    except Unresolvable as exc:  # (jsonschema's error wraps one too): one `_unresolved` let through is the client's
+        raise _refused(f"has a reference that does not resolve within it: {exc}") from None
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
 from tests.fakes.openai import TEXT
-from tests.functional.conftest import Running, openai_client
+from tests.functional.conftest import FAKE_KEYS, Running, gateway_config, openai_client, serving
+from tests.support.servers import ServerThread
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -220,6 +224,79 @@ def test_schema_violation_is_a_502_after_every_attempt(running: Running, key: st
         )
     )
     assert (chunks[-1].model_extra or {})["schema_violation"]["code"] == "schema_violation"
+
+
+# A `$ref` that points nowhere: jsonschema's `check_schema` accepts it; only validating an answer finds it.
+DANGLING = {"type": "object", "properties": {"a": {"$ref": "#/$defs/nope"}}}
+ENFORCE = {"x-gateway-enforce-schema": "true"}
+
+
+def enforced(running: Running, key: str, path: str, body: dict[str, object]) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}", **ENFORCE}
+    return httpx.post(f"{running.url}{path}", json=body, headers=headers, timeout=30)
+
+
+def chat_with(schema: dict[str, object], **fields: object) -> dict[str, object]:
+    format_ = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+    return {"model": "gpt-4o-mini", "messages": HI, "max_tokens": 5, "response_format": format_, **fields}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", chat_with(DANGLING)),
+        ("/v1/chat/completions", chat_with(DANGLING, stream=True)),
+        (
+            "/v1/responses",
+            {
+                "model": "gpt-4o-mini",
+                "input": "hi",
+                "text": {"format": {"type": "json_schema", "name": "s", "schema": DANGLING}},
+            },
+        ),
+        ("/v1/chat/completions", chat_with({"type": "object", "properties": {"a": {"pattern": "(?<"}}})),
+        ("/v1/chat/completions", chat_with({"properties": {"a": {"$ref": "https://example.com/s.json"}}})),
+    ],
+)
+def test_an_enforced_schema_that_cannot_check_an_answer_is_a_400_before_anything_is_sent(
+    running: Running, path: str, body: dict[str, object]
+) -> None:
+    """A schema whose reference resolves nowhere was a 500 `internal_error` (a stream's last event) once the
+    provider had answered, its key charged; an invalid one (`pattern: "(?<"`) a 400 only after the answer, the key
+    charged the reservation's worst case for it (review). Now both are refused before anything is reserved or sent."""
+    key = running.mint(name="schema-unchecked")
+    sent = len(running.fakes["openai"].state.requests)
+    answer = enforced(running, key, path, body)
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_request", answer.text
+    assert "response_format.json_schema.schema" in answer.json()["error"]["message"]
+    assert "x-gateway-route" not in answer.headers
+    assert len(running.fakes["openai"].state.requests) == sent
+    assert sum(line.cost_usd or 0 for line in running.ledger(key)) == 0
+
+
+@pytest.fixture
+def own_breakers(
+    upstream: tuple[ServerThread, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    """A gateway of its own: a breaker its test opens is not the other tests'."""
+    server, fakes = upstream
+    store = f"sqlite:///{Path(tmp_path_factory.mktemp('breakers')) / 'gateway.db'}"
+    yield from serving(gateway_config(server.url, set(fakes)), store, upstream, FAKE_KEYS)
+
+
+def test_one_keys_schema_no_answer_fits_does_not_open_the_breaker_for_every_key(own_breakers: Running) -> None:
+    """`{"not": {}}` is a valid schema no answer fits: each request was a 502 `schema_violation` counted as the
+    deployment's failure, so five opened its breaker and another key's plain request was a 503
+    `no_deployment_available` for 30 s (review). The deployment answered each time: its breaker stays closed."""
+    mallory, alice = own_breakers.mint(name="mallory"), own_breakers.mint(name="alice")
+    breakers = own_breakers.gateway.router.breakers
+    for stream in (False, True):  # (a stream's violation comes with its end: it never counted)
+        for _ in range(breakers.threshold):
+            body = chat_with({"not": {}}, stream=stream)
+            refused = enforced(own_breakers, mallory, "/v1/chat/completions", body)
+            assert refused.status_code == (200 if stream else 502) and "schema_violation" in refused.text
+        assert breakers.state("openai/gpt-4o-mini@global") == "closed"
+        assert route_of(own_breakers, alice, "gpt-4o-mini") == "openai/gpt-4o-mini@global=200"
 
 
 AUDIO = {"type": "input_audio", "input_audio": {"data": "UklGRiQAAABXQVZFZm10IBAAAAABAAEA", "format": "wav"}}
