@@ -121,6 +121,8 @@ def violation(schema: dict[str, Any], text: str | None) -> str | None:
         error = next(iter(validator.iter_errors(document)), None)
     except Unresolvable as exc:  # (jsonschema's error wraps one too): one `_unresolved` let through is the client's
         raise _refused(f"has a reference that does not resolve within it: {exc}") from None
+    except RecursionError:  # (`{"properties": {"a": {"$ref": "#/properties/a"}}}`: a reference to itself, a 500)
+        raise _refused("refers to itself without end") from None
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"

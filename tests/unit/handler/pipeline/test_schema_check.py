@@ -91,3 +91,12 @@ def test_a_schema_whose_references_resolve_within_it_checks_answers(
     """Recursion, anchors and the metaschemas (which jsonschema holds) resolve without anything fetched."""
     assert violation(schema, orjson.dumps(fits).decode()) is None
     assert violation(schema, orjson.dumps(misses).decode()) is not None
+
+
+def test_a_schema_that_refers_to_itself_without_end_is_the_clients_400_not_a_500() -> None:
+    """`{"properties": {"a": {"$ref": "#/properties/a"}}}` resolves, and validating `{"a": 1}` against it recursed
+    until Python's limit: a 500 (found with the review's fix)."""
+    schema = {"properties": {"a": {"$ref": "#/properties/a"}}}
+    assert violation(schema, '{"b": 1}') is None  # (an answer that never reaches the loop passes)
+    with pytest.raises(InvalidRequestError, match="refers to itself without end"):
+        violation(schema, '{"a": 1}')
