@@ -25,6 +25,9 @@ from handler.ports import ChildLimitReached, ConflictError, KeyRecord, StoreErro
 WRITE_TOKEN = "w"  # on a key item: a token of the write that put it (`already_written`)
 COUNT_SK = "COUNT"
 FAMILY_COUNT = "d"  # on a root's count item: the keys minted in its family (`create_child`)
+# On a root's count item: grown by every write of its `d` (a mint, a correction), so that a correction applies only to
+# the count its recount read; `d` alone can be lowered and grown back to the value read (`_count_family`).
+COUNT_VERSION = "v"
 # On a parent's count item: its children, as the release before family counts counted them (`n < max_children`, its
 # limit per parent, which it still checks while its processes run beside this release's), and the `n` this release
 # has in its root's `d` (`m`). That release mints with `ADD n 1` alone: an `n` that is not `m` is a mint `d` misses.
@@ -108,8 +111,13 @@ class DynamoDBKeys:
         fails on a missing `d`. The recount reads the links with a consistent query of the root's partition and
         the keys' records with consistent reads, not the key listing (`list_keys` reads the `gsi1` index, which is
         eventually consistent and can miss a child minted a moment ago); the listing adds only children minted
-        before links existed, long since on the index. A count changed since the recount read it is not corrected
-        (the correction is conditional on the value read), so a mint the recount missed is never forgotten.
+        before links existed, long since on the index. A count changed since the recount read it is not corrected,
+        so a mint the recount missed is never forgotten: the correction is conditional on the count's version
+        (`v`, grown by every mint and every correction) as read, not on its value alone. On the value alone, two
+        mints refused at a limit of 3 with one child purged both recounted 2 live and read 3: the first corrected
+        it to 2 and minted (3 again), the second's correction found the 3 it read and passed too, and the family
+        had 4 live keys. A count item without a version (the release before family counts writes none) gets one at
+        its first mint or correction: a missing `v` is read as such, as a missing `d` is.
 
         The release before family counts may mint beside this one (a rollout's minutes, or a rollback): it counts
         each parent's children (`n`, on the parent's count item, `ADD n 1` if `n < max_children`) and links a key
@@ -158,9 +166,9 @@ class DynamoDBKeys:
         root_count: Item = {
             "TableName": self.table,
             "Key": self._family_key(root_id, COUNT_SK),
-            "UpdateExpression": "ADD #d :one" + (", #n :one, #m :one" if root_id == parent_id else ""),
+            "UpdateExpression": "ADD #d :one, #v :one" + (", #n :one, #m :one" if root_id == parent_id else ""),
             "ConditionExpression": f"#d < :max AND ({older_unseen})",
-            "ExpressionAttributeNames": {"#d": FAMILY_COUNT, **children},
+            "ExpressionAttributeNames": {"#d": FAMILY_COUNT, "#v": COUNT_VERSION, **children},
             "ExpressionAttributeValues": {":one": num(1), ":max": num(max_children)},
         }
         writes: list[Item] = [
@@ -225,8 +233,8 @@ class DynamoDBKeys:
 
     async def _count_family(self, root_id: str, client: Any, limit: int | None = None) -> tuple[int, bool]:
         """How many keys of the root's family are live, and whether its count was set to that: not where `limit`
-        of them are live, where it holds that number already, or where it changed since it was read (a mint
-        meanwhile: one the count read here missed is never forgotten).
+        of them are live, where it holds that number already, or where it changed since it was read (its value or
+        its version `v`: a mint or a correction meanwhile, so a mint the count read here missed is never forgotten).
 
         Keys an older release minted (`n` moved without `m`, on the count item of their parent) are found from
         their parents' links: each below the root's children is linked on the root's partition (`DESC#`), then,
@@ -247,9 +255,11 @@ class DynamoDBKeys:
         counted = False
         if seen is None or int(seen["N"]) != len(live):
             e = Expression()
-            count = e.name(FAMILY_COUNT)
+            count, version = e.name(FAMILY_COUNT), e.name(COUNT_VERSION)
             e.clauses["SET"].append(f"{count} = {e.value(num(len(live)))}")
-            e.conditions.append(f"attribute_not_exists({count})" if seen is None else f"{count} = {e.value(seen)}")
+            e.clauses["ADD"].append(f"{version} {e.value(num(1))}")
+            for name, read in ((count, seen), (version, root_count.get(COUNT_VERSION))):
+                e.conditions.append(f"attribute_not_exists({name})" if read is None else f"{name} = {e.value(read)}")
             try:
                 await call(client, "update_item", **e.update(count_key, self.table))
             except ConditionFailed:
@@ -341,8 +351,9 @@ class DynamoDBKeys:
         parent only: the keys below a root's children had no `DESC#` link, its recount (`_live_family`) did not
         find them, and a root with 1 child and 2 grandchildren under a limit of 3 minted a fourth key and more.
         Each such key is linked on its root's partition, and each root's count is set to its live family (as a
-        recount sets it, conditional on the value read, so a mint meanwhile is never forgotten). Both are
-        written in the root's home region, where `create_child` counts. A second run writes nothing."""
+        recount sets it, conditional on the count and its version as read, so a mint meanwhile is never
+        forgotten). Both are written in the root's home region, where `create_child` counts. A second run writes
+        nothing."""
         records = await self._scan_keys()
         homes = {record.id: record.home_region for record in records}
         written = 0

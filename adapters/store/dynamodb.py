@@ -10,7 +10,7 @@ Items (`pk`, `sk`; `gsi1pk`/`gsi1sk` feed the one index; `ttl` is the table's TT
 | line item | `LEDGER#<key id>` | `<ts>#<request id>` | the item as JSON; `gsi1pk=LEDGERS#<n>` for all-keys reports |
 
 | lease | `METER#<id>` | `LEASE#<region>` | a region's lease of a key homed elsewhere (`region_leases.py`) |
-| family count | `FAMILY#<root>` | `COUNT` | `d`: keys minted under it (any depth) less those purged (`create_child`) |
+| family count | `FAMILY#<root>` | `COUNT` | `d`: its keys minted less those purged; `v`: its version (`create_child`) |
 | child count | `FAMILY#<id>` | `COUNT` | `n`: its children, as older releases count; `m`: the `n` in its root's `d` |
 | child link | `FAMILY#<id>` | `CHILD#<child id>` | `child`, `purge` (when its record may go); a TTL past its lines' |
 | deeper link | `FAMILY#<root>` | `DESC#<key id>` | a key below its children: `child`, `purge`, its TTL (for recounts) |

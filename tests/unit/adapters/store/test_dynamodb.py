@@ -1187,6 +1187,47 @@ async def test_an_older_release_minting_beside_this_one_is_counted(flaky: tuple[
     assert len(await family_of(store, root.id)) == 4
 
 
+class CorrectionHeld(DynamoDBClient):
+    """The gateway's client on the test server, holding the first family count correction (`SET d`) it is sent once
+    `armed` until `release` is set: its recount has read the count, and other mints run before it writes."""
+
+    def __init__(self, server: DynamoServer) -> None:
+        super().__init__("us-east-1", Credentials("testing", "testing"), server.url, read_timeout=15)
+        self.armed, self.held, self.release = False, asyncio.Event(), asyncio.Event()
+
+    async def call(self, operation: str, request: dict[str, Any]) -> dict[str, Any]:
+        correction = operation == "UpdateItem" and request.get("UpdateExpression", "").startswith("SET")
+        if correction and "d" in request.get("ExpressionAttributeNames", {}).values() and self.armed:
+            self.armed = False
+            self.held.set()
+            await self.release.wait()
+        return await super().call(operation, request)
+
+
+async def test_two_mints_after_a_purge_correct_the_count_once(dynamo: DynamoServer) -> None:
+    """A root at its limit of 3 with one child purged (a day after it ended), then two mints at once: both were
+    refused by the count, both recounted 2 live and read the count at 3; the first set it to 2 and minted (3
+    again), and the second's correction, conditional on the 3 it read, passed as well (the same value, another
+    state) and minted a fourth key. A correction now applies only to the count as it read it: every mint moves
+    it."""
+    client = CorrectionHeld(dynamo)
+    store = DynamoDBStore(client, dynamo.create_table(), owned=[client])
+    root = record()
+    await store.create_key(root)
+    await store.create_child(child_of(root), 3)
+    await store.create_child(replace(child_of(root), expires_at=time.time() - 86400 - 60), 3)  # (purged)
+    await store.create_child(child_of(root), 3)
+    client.armed = True
+    held = asyncio.create_task(store.create_child(child_of(root), 3))
+    await asyncio.wait_for(client.held.wait(), 10)
+    await store.create_child(child_of(root), 3)  # (recounted, corrected, minted while the other waits)
+    client.release.set()
+    with pytest.raises(ChildLimitReached):
+        await held
+    assert len(await store._live_family(root.id, store.client)) == 3
+    await store.close()
+
+
 async def test_a_recount_finds_what_an_older_release_minted_at_any_depth(
     flaky: tuple[FlakyClient, DynamoDBStore],
 ) -> None:
