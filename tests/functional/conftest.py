@@ -276,6 +276,15 @@ def serve_gateway(
     return Running(gateway_server.url, gateway, store_url, upstream, fakes), gateway_server
 
 
+def param_store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name: str) -> str:
+    """A store for a fixture parametrized `sqlite` or `dynamodb`: a file of its own under `name`, or a table of its
+    own on the session's moto server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp(name) / 'gateway.db'}"
+    dynamo: DynamoServer = request.getfixturevalue("dynamo")
+    return dynamo.store_url(dynamo.create_table())
+
+
 def serving(
     config: Config,
     store_url: str,

@@ -23,8 +23,7 @@ from handler.entry.cli import main
 from handler.pipeline.key_admin import KeyAdmin, new_key_id
 from handler.pipeline.keys import KeyService, split_key
 from handler.ports import KeyRecord, Store
-from tests.functional.conftest import FAKE_KEYS, Running, serve_gateway, serving
-from tests.support.dynamo import DynamoServer
+from tests.functional.conftest import FAKE_KEYS, Running, param_store_url, serve_gateway, serving
 from tests.support.servers import ServerThread
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -55,11 +54,7 @@ def gateway(
     upstream: tuple[ServerThread, dict[str, Any]],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Running]:
-    if request.param == "sqlite":
-        store_url = f"sqlite:///{tmp_path_factory.mktemp('family') / 'gateway.db'}"
-    else:
-        dynamo: DynamoServer = request.getfixturevalue("dynamo")
-        store_url = dynamo.store_url(dynamo.create_table())
+    store_url = param_store_url(request, tmp_path_factory, "family")
     yield from serving(family_config(upstream[0].url), store_url, upstream)
 
 

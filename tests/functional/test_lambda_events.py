@@ -313,6 +313,16 @@ def to_a_model(name: str) -> bool:
     return bool(http["method"] == "POST" and http["path"] in COUNTED_PATHS)
 
 
+def replayed_then_health(tmp_path: Path, url: str, events: dict[str, Any], logs: list[str]) -> list[dict[str, Any]]:
+    """Each of `events` written as a file of its name and replayed through the handler, then `health.json` (the
+    environment still answers): the results in that order, the log lines in `logs`."""
+    paths = []
+    for name, event in events.items():
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(event))
+    return replay(tmp_path, url, [*paths, EVENTS / "health.json"], logs=logs)
+
+
 def test_an_event_that_is_no_http_request_is_a_400_in_the_gateways_error_shape(
     tmp_path: Path, upstream: tuple[ServerThread, dict[str, Any]]
 ) -> None:
@@ -364,12 +374,8 @@ def test_an_event_that_is_no_http_request_is_a_400_in_the_gateways_error_shape(
         "alb-bad-base64": alb,
         "alb-multi-value-bad-base64": alb_multi,
     }
-    paths = []
-    for name, event in odd.items():
-        paths.append(tmp_path / f"{name}.json")
-        paths[-1].write_text(json.dumps(event))
     logs: list[str] = []
-    results = replay(tmp_path, server.url, [*paths, EVENTS / "health.json"], logs=logs)
+    results = replayed_then_health(tmp_path, server.url, odd, logs)
     by_name = {result["event"]: result for result in results}
     not_base64 = "the event's body is marked isBase64Encoded but is not base64"
     for name in odd:
@@ -447,12 +453,8 @@ def test_an_event_whose_method_headers_or_query_are_not_a_requests_is_a_400(
         "rest-api-method-object": rest_api_event({"a": 1}),
         "rest-api-query-list": rest_api_event(query=["a=1"]),
     }
-    paths = []
-    for name, event in odd.items():
-        paths.append(tmp_path / f"{name}.json")
-        paths[-1].write_text(json.dumps(event))
     logs: list[str] = []
-    results = replay(tmp_path, server.url, [*paths, EVENTS / "health.json"], logs=logs)
+    results = replayed_then_health(tmp_path, server.url, odd, logs)
     for result in results[:-1]:
         assert result["status"] == 400, result
         error = json.loads(result["body"])["error"]

@@ -24,8 +24,15 @@ from handler.pipeline.keys import split_key
 from handler.ports import LedgerItem, StoreError
 from tests.fakes import anthropic as anthropic_fake
 from tests.fakes import openai as openai_fake
-from tests.functional.conftest import FAKE_KEYS, Running, anthropic_client, fresh_minute, serve_gateway, serving
-from tests.support.dynamo import DynamoServer
+from tests.functional.conftest import (
+    FAKE_KEYS,
+    Running,
+    anthropic_client,
+    fresh_minute,
+    param_store_url,
+    serve_gateway,
+    serving,
+)
 from tests.support.servers import ServerThread
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -112,11 +119,7 @@ def gw(
     upstream: tuple[ServerThread, dict[str, Any]],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Running]:
-    if request.param == "sqlite":
-        store_url = f"sqlite:///{tmp_path_factory.mktemp('scope') / 'gateway.db'}"
-    else:
-        dynamo: DynamoServer = request.getfixturevalue("dynamo")
-        store_url = dynamo.store_url(dynamo.create_table())
+    store_url = param_store_url(request, tmp_path_factory, "scope")
     yield from serving(scope_config(upstream[0].url), store_url, upstream, SCOPE_ENV)
 
 
@@ -138,11 +141,7 @@ def bounded(
     """The gateway with its bounds scaled down from the defaults' (first byte 120 s, an attempt's answer 900 s, a
     whole request 900 s, a reservation 960 s): a first byte within 1.5 s, an attempt's answer within 2 s, a whole
     request within 2 s."""
-    if request.param == "sqlite":
-        store_url = f"sqlite:///{tmp_path_factory.mktemp('bounded') / 'gateway.db'}"
-    else:
-        dynamo: DynamoServer = request.getfixturevalue("dynamo")
-        store_url = dynamo.store_url(dynamo.create_table())
+    store_url = param_store_url(request, tmp_path_factory, "bounded")
     config = scope_config(upstream[0].url, first_byte=1.5, total=2, request=2, reservation_ttl_seconds=62)
     yield from serving(config, store_url, upstream, SCOPE_ENV)
 
@@ -695,11 +694,7 @@ def capped(
     with a dear one that writes at most 1,000 (the slow fake takes 2 s): `wide` fails at once (a 500: answered,
     not billed), then its fallback `narrow` times out after it was sent (billable); `narrow-first` times out, then
     its fallback `wide-last` answers."""
-    if request.param == "sqlite":
-        store_url = f"sqlite:///{tmp_path_factory.mktemp('capped') / 'gateway.db'}"
-    else:
-        dynamo: DynamoServer = request.getfixturevalue("dynamo")
-        store_url = dynamo.store_url(dynamo.create_table())
+    store_url = param_store_url(request, tmp_path_factory, "capped")
     cheap, dear = {"input": 0.01, "output": 0.01}, {"input": 10.0, "output": 10.0}
     wide = {"price": cheap, "max_output_tokens": 16384}
     narrow = {
