@@ -336,13 +336,13 @@ def upstream_error(
     as the gateway's code for a failure. A refusal of the deployment itself (`deployment_at_fault`) is retryable: on
     the next deployment, not on this one. The provider's words are cut (`PROVIDER_MESSAGE_CHARS`, saying where)
     before anything reads them; `note`, the gateway's own, follows them uncut."""
-    message = said_clipped(message, PROVIDER_MESSAGE_CHARS) + note
+    message = provider_said("message", message) + note
     if isinstance(code, str):
-        code = said_clipped(code, PROVIDER_CODE_CHARS, marked=False)
+        code = provider_said("code", code)
     if isinstance(param, str):
-        param = said_clipped(param, PROVIDER_PARAM_CHARS, marked=False)
+        param = provider_said("param", param)
     if upstream_type:
-        upstream_type = said_clipped(upstream_type, UPSTREAM_TYPE_CHARS, marked=False)
+        upstream_type = provider_said("type", upstream_type)
     at_fault = deployment_at_fault(status, message, code, param, upstream_type)
     error = UpstreamError(
         f"upstream returned {status}: {message}",
@@ -409,33 +409,39 @@ def context_overflow() -> re.Pattern[str]:
 PROVIDER_MESSAGE_CHARS = 4096
 PROVIDER_CODE_CHARS = 100
 PROVIDER_PARAM_CHARS = 200
-# The members of a provider's error object that say something, each as far as it is relayed (`upstream_error`).
-ERROR_MEMBER_CHARS = (
-    ("message", PROVIDER_MESSAGE_CHARS),
-    ("code", PROVIDER_CODE_CHARS),
-    ("param", PROVIDER_PARAM_CHARS),
-    ("type", UPSTREAM_TYPE_CHARS),
-)
+# The members of a provider's error object that say something, each as far as it is relayed (`provider_said`).
+ERROR_MEMBER_CHARS = {
+    "message": PROVIDER_MESSAGE_CHARS,
+    "code": PROVIDER_CODE_CHARS,
+    "param": PROVIDER_PARAM_CHARS,
+    "type": UPSTREAM_TYPE_CHARS,
+}
 ERROR_EXCERPT_CHARS = 200  # of an error body that is not the provider's JSON, relayed as the message
 ERROR_SCAN_BYTES = 64 * 1024  # read for secrets before the excerpt is cut (a cut could split one)
+
+
+def provider_said(member: str, words: str) -> str:
+    """A provider's `words` in the `member` of its error object, as far as the client is told them: redacted and cut
+    at the member's length (`ERROR_MEMBER_CHARS`), a message marked where it was cut."""
+    return said_clipped(words, ERROR_MEMBER_CHARS[member], marked=member == "message")
 
 
 def redact_error(error: Any) -> None:
     """A provider's error object that a 200 answer carries to the client (a Responses stream's `error` event, a
     failed response's `error`) with its `message`, `code`, `param` and `type` redacted and cut as `upstream_error`
-    has them, in place. Relayed as it came, only a known secret whole was taken out (`scrub`): OpenAI quotes a key
-    back masked (`sk-proj-Zq8*****p6Ss`), and a provider may quote most of one, or the authorization header in
-    base64. An `error` member is redacted too: OpenAI's stream writes its `error` event's words there, not at the top
-    level its reference shows."""
+    has them (`provider_said`), in place. Relayed as it came, only a known secret whole was taken out (`scrub`):
+    OpenAI quotes a key back masked (`sk-proj-Zq8*****p6Ss`), and a provider may quote most of one, or the
+    authorization header in base64. An `error` member is redacted too: OpenAI's stream writes its `error` event's
+    words there, not at the top level its reference shows."""
     if not isinstance(error, dict):
         return
     for holder in (error, error.get("error")):
         if not isinstance(holder, dict):
             continue
-        for member, limit in ERROR_MEMBER_CHARS:
+        for member in ERROR_MEMBER_CHARS:
             words = holder.get(member)
             if isinstance(words, str):
-                holder[member] = said_clipped(words, limit, marked=member == "message")
+                holder[member] = provider_said(member, words)
 
 
 def error_excerpt(body: bytes) -> str:
