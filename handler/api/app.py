@@ -585,8 +585,8 @@ def request_deadline_s(request: Request) -> float | None:
 
 
 def parse_controls(request: Request) -> Controls:
-    if not any(name.startswith(b"x-gateway-") or name in SESSION_HEADERS for name, _ in request.scope["headers"]):
-        # Most requests set no control: one pass over the raw names instead of seven header lookups.
+    if not any(name in CONTROL_HEADERS for name, _ in request.scope["headers"]):
+        # Most requests set no control: one pass over the raw names instead of a lookup of each control.
         left = request_deadline_s(request)
         return NO_CONTROLS if left is None else Controls(deadline_s=left)
     headers = control_headers(request.scope["headers"])
