@@ -98,7 +98,6 @@ class APIGatewayOnce(ReadOnce, APIGateway):
 
 
 MANGUM_LOG = logging.getLogger("mangum.http")
-DISCONNECT = {"type": "http.disconnect"}
 
 
 class OneCycle(HTTPCycle):
@@ -126,11 +125,10 @@ class OneCycle(HTTPCycle):
         if self.state is not HTTPCycleState.COMPLETE:  # (as Mangum's queue: nothing more until the answer is whole)
             self.answered = self.answered or asyncio.get_running_loop().create_future()
             await self.answered
-        return DISCONNECT
+        return {"type": "http.disconnect"}  # (a message of its own, as Mangum's: the app may keep or change it)
 
     async def send(self, message: Message) -> None:
-        state = self.state
-        if state is HTTPCycleState.RESPONSE and message["type"] == "http.response.body":
+        if self.state is HTTPCycleState.RESPONSE and message["type"] == "http.response.body":
             self.parts.append(message.get("body", b""))
             if not message.get("more_body", False):
                 self.body = b"".join(self.parts)
