@@ -431,6 +431,12 @@ def test_claudes_redacted_reasoning_stays_in_its_place_and_goes_back_in_order(
     assert [next(iter(block["reasoningContent"])) for block in assistant[:2]] == ["redactedContent", "reasoningText"]
 
 
+# Claude's interleaved turn (`claude-interleaved`): the question, its two tools, and the items of its answer in order.
+INTERLEAVED_QUESTION: Any = [{"role": "user", "content": "Weather and time in Paris?"}]
+INTERLEAVED_TOOLS: Any = [WEATHER, {"type": "function", "name": "get_time", "parameters": {"type": "object"}}]
+INTERLEAVED_ITEMS = ["reasoning", "function_call", "reasoning", "message", "function_call"]
+
+
 @pytest.mark.parametrize("store", [False, True])
 @pytest.mark.parametrize("stream", [False, True])
 def test_claudes_interleaved_thinking_keeps_its_places_and_goes_back_in_them(
@@ -440,9 +446,8 @@ def test_claudes_interleaved_thinking_keeps_its_places_and_goes_back_in_them(
     whole, and the turn back to Anthropic as it wrote it (by value, or by `previous_response_id`), which the fake
     requires of thinking blocks as the API does."""
     sdk = openai_client(fleet, fleet_key)
-    question: Any = [{"role": "user", "content": "Weather and time in Paris?"}]
-    tools: Any = [WEATHER, {"type": "function", "name": "get_time", "parameters": {"type": "object"}}]
-    settings: Any = {"model": "claude-interleaved", "tools": tools, "store": store}
+    question = INTERLEAVED_QUESTION
+    settings: Any = {"model": "claude-interleaved", "tools": INTERLEAVED_TOOLS, "store": store}
     if not store:
         settings["include"] = ["reasoning.encrypted_content"]
     if stream:
@@ -450,13 +455,7 @@ def test_claudes_interleaved_thinking_keeps_its_places_and_goes_back_in_them(
             first = events.get_final_response()
     else:
         first = sdk.responses.create(input=question, **settings)
-    assert [item.type for item in first.output] == [
-        "reasoning",
-        "function_call",
-        "reasoning",
-        "message",
-        "function_call",
-    ]
+    assert [item.type for item in first.output] == INTERLEAVED_ITEMS
     reasoning = [item for item in first.output if item.type == "reasoning"]
     assert [[part.text for part in item.summary] for item in reasoning] == [[THINKING], [SECOND_THINKING]]
     assert first.output_text == INTERLEAVED_TEXT
@@ -484,17 +483,10 @@ def test_claudes_interleaved_turn_goes_to_chat_completions_as_one_turn(
     must be followed by tool messages responding to each 'tool_call_id'". A call's output ends a turn, nothing
     before it."""
     sdk = openai_client(fleet, fleet_key)
-    question: Any = [{"role": "user", "content": "Weather and time in Paris?"}]
-    tools: Any = [WEATHER, {"type": "function", "name": "get_time", "parameters": {"type": "object"}}]
-    settings: Any = {"tools": tools, "store": False, "include": ["reasoning.encrypted_content"]}
+    question = INTERLEAVED_QUESTION
+    settings: Any = {"tools": INTERLEAVED_TOOLS, "store": False, "include": ["reasoning.encrypted_content"]}
     first = sdk.responses.create(model="claude-interleaved", input=question, **settings)
-    assert [item.type for item in first.output] == [
-        "reasoning",
-        "function_call",
-        "reasoning",
-        "message",
-        "function_call",
-    ]
+    assert [item.type for item in first.output] == INTERLEAVED_ITEMS
     calls = [item.call_id for item in first.output if item.type == "function_call"]
     results: Any = [{"type": "function_call_output", "call_id": call, "output": "ok"} for call in calls]
     back = [*question, *[item.model_dump(exclude_none=True) for item in first.output], *results]
