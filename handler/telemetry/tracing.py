@@ -262,7 +262,7 @@ class RequestTracer:
         trace = Trace(self, trace_id, parent_id, random[16:], time.time_ns(), perf, path)
         if self.capture_content:
             trace.answer = []
-            trace.prompt = body[: CONTENT_CHARS + CUT_MARGIN] if body else None  # redacted and cut on the exporter's
+            trace.prompt = body[: CONTENT_CHARS + CUT_MARGIN] if body else None  # (redacted, then cut: `_attributes`)
         return trace
 
     def finish(self, ex: Observed, status: int, code: str | None, stream: bool, ended: float) -> None:
