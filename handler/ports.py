@@ -966,6 +966,12 @@ class Store(ABC):
         """Delete the token and return its key id, in one step (of two racing takers only one gets it); None when
         unknown, taken before or expired."""
 
+    async def return_leases(self) -> float:
+        """Give back to their home regions the shares of budgets homed elsewhere that this process drew on and has
+        not spent (a stopping server's), where the store spans regions; returns the USD given back. A store in one
+        region holds none."""
+        return 0.0
+
     async def reconnect(self) -> None:
         """Drop the store's open connections (after a SnapStart restore they are dead); the next call opens
         new ones."""

@@ -673,6 +673,10 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
         """Give back to their home regions the leases this process holds that sat idle (all, if `force`)."""
         return await self.leases.return_idle(force)
 
+    async def return_leases(self) -> float:
+        """Every lease this process holds, idle or not: what its requests reserved stays in it until they settle."""
+        return await self.leases.return_idle(force=True)
+
     # --- ledger -------------------------------------------------------------------------------
 
     async def usage(self, query: UsageQuery) -> list[LedgerItem]:

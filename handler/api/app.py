@@ -958,6 +958,8 @@ def create_app(gateway: Gateway, answer_limit: AnswerLimit | None = None) -> Gat
         # The settlements still lingering for company are written, not left behind; those the store does not take
         # within `SHUTDOWN_SETTLE_S` are spooled, so a store that never answers cannot hold the exit.
         await gateway.settle_before_exit()
+        # Then what those settlements left unspent of other regions' budgets goes home, within its own bound.
+        await gateway.return_leases_before_exit()
         await gateway.spool.close()
         if gateway.tracer is not None:
             await asyncio.to_thread(gateway.tracer.close)  # the spans still queued go out

@@ -19,6 +19,7 @@ from handler.pipeline.attribution import line_tags, validate_tags
 from handler.pipeline.budgets import period_of
 from handler.pipeline.key_admin import (
     KeyAdmin,
+    family_of,
     glob_within,
     key_names,
     models_within,
@@ -362,15 +363,25 @@ class KeyRoutes:
             )
 
     async def _target(self, request: Request, latest: bool = False) -> KeyRecord:
-        """The key the path names; `latest`: as its home region has it (`Store.get_key_latest`), for a write."""
+        """The key the path names; `latest`: as its home region has it (`Store.get_key_latest`), for a write. One
+        this region's replica does not have yet is read in the caller's family root's home (`_family_home`):
+        revoking or showing a key minted a moment ago in another region was a 404."""
         store = self.gateway.store
         key_id = request.path_params["key_id"]
         record: KeyRecord | None = None
         if not may_hold_a_secret(key_id):
-            record = await (store.get_key_latest if latest else store.get_key)(key_id)
+            record = None if latest else await store.get_key(key_id)
+            if record is None:
+                record = await store.get_key_latest(key_id, self._family_home(request))
         if record is None:
             raise NotFoundError(no_such_key(key_id), code="not_found")
         return record
+
+    def _family_home(self, request: Request) -> str | None:
+        """Where an admin request looks for a key this region's replica lacks: the home region of the caller's family
+        root (the operator's admin key), where the keys of the families it made are written (`Store.create_child`).
+        A key id alone names no region; a family rooted in a third region is found there once replicated."""
+        return self.api.lineage(request)[-1].home_region
 
     async def _change(
         self,
@@ -435,8 +446,11 @@ class KeyRoutes:
         return self.api.json({**key_view(minted.record), "key": minted.key}, headers=SECRET_HEADERS)
 
     async def usage(self, request: Request) -> Response:
+        """The caller's family's report. The family is walked where it is written, its root's home region: this
+        region's replica has a child minted in another region only with replication, and left out its spend."""
         key = await self.api.authenticate(request, allow_x_api_key=True)
-        return await self._usage(request, key, await with_descendants(self.gateway.store, key.id))
+        root_home = self.api.lineage(request)[-1].home_region
+        return await self._usage(request, key, await with_descendants(self.gateway.store, key.id, root_home))
 
     async def admin_usage(self, request: Request) -> Response:
         """Every key's report, or with `key=ID` that key's family's. A key the store never had (a typo) is a 404, as
@@ -448,9 +462,8 @@ class KeyRoutes:
             return await self._usage(request, caller, None)
         if may_hold_a_secret(key_id):  # a key, secret and all: never echoed (as `gateway usage --key` has it)
             raise InvalidRequestError(f"key takes {NOT_THE_KEY}", param="key")
-        store = self.gateway.store
-        family = await with_descendants(store, key_id)
-        recordless = family == [key_id] and await store.get_key(key_id) is None
+        record, family = await family_of(self.gateway.store, key_id, self._family_home(request))
+        recordless = family == [key_id] and record is None
         return await self._usage(request, caller, family, key_id if recordless else None)
 
     async def _usage(

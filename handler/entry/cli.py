@@ -23,7 +23,7 @@ from handler.api.key_routes import key_view, no_such_key
 from handler.config import Config, ConfigError, load_config, responses_secret
 from handler.pipeline.attribution import parse_tags
 from handler.pipeline.gateway import DEFAULT_STORE_URL
-from handler.pipeline.key_admin import KeyAdmin, key_names, with_descendants
+from handler.pipeline.key_admin import KeyAdmin, family_of, key_names
 from handler.pipeline.keys import NOT_THE_KEY, KeyService, may_hold_a_secret, split_key
 from handler.ports import KeyRecord, LedgerItem, Store, StoreError
 from handler.redaction import redact_message
@@ -584,11 +584,11 @@ def cmd_usage(args: argparse.Namespace) -> int:
     async def fetch() -> tuple[list[LedgerItem], dict[str, str] | None] | None:
         store = _store(args.store)
         try:
-            family = await with_descendants(store, args.key) if args.key else None
+            record, family = await family_of(store, args.key) if args.key else (None, None)
             lines = await store.usage(UsageQuery(family, spec.since, spec.until))
             # A key the store has never heard of (a typo) is said, as `keys show` says it, not an empty report; a
             # purged key is known by its lines in the window or its children's links (with_descendants).
-            if args.key and not lines and family == [args.key] and await store.get_key(args.key) is None:
+            if args.key and not lines and family == [args.key] and record is None:
                 return None
             items = spec.select(lines)
             by_key = "key" in spec.group_by

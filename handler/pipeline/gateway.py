@@ -41,7 +41,7 @@ from handler.pipeline.provider_keys import (
 from handler.pipeline.routing import Attempt, RouteControls, Router, any_model
 from handler.pipeline.spool import SettlementSpool
 from handler.pipeline.upstream import UpstreamClient
-from handler.ports import ProviderAdapter, Store
+from handler.ports import ProviderAdapter, Store, StoreError
 from handler.telemetry import prometheus
 from handler.telemetry.observability import logger
 
@@ -58,6 +58,10 @@ DEFAULT_STORE_URL = "sqlite:///.gateway/gateway.db"
 # service manager gives a stopping process before it kills it (Docker 10 s, ECS and Kubernetes 30 s). Without it a
 # stalled store held the shutdown for the store's every retry (77 s on DynamoDB), past those.
 SHUTDOWN_SETTLE_S = 5.0
+# How long a server's shutdown then waits to give back the shares of budgets homed in other regions that it drew on
+# and did not spend (`Gateway.return_leases_before_exit`); a home that does not answer by then is left to take them
+# back itself (a reclaim). With the grace and the settlements' bound, within the 30 s ECS and Kubernetes give.
+SHUTDOWN_LEASES_S = 2.0
 
 
 class Gateway:
@@ -197,6 +201,24 @@ class Gateway:
                 "shutdown: settlements the store did not take within %.1f s are spooled, re-driven at the next start "
                 "(each in a `settlement spooled` line)",
                 timeout_s,
+            )
+
+    async def return_leases_before_exit(self, timeout_s: float | None = None) -> None:
+        """Shutdown's, after the settlements: the unspent shares of budgets homed in other regions that this process
+        drew on, given back to their homes (`Store.return_leases`). Left held, each stayed out of its home's reach
+        until its idle time had passed and the home was about to refuse a request, while the stopped process could
+        never spend it. Bounded by `timeout_s` (`SHUTDOWN_LEASES_S`): a home that cannot be reached does not hold
+        the exit; what it did not take back is logged, and comes home as an idle lease does."""
+        timeout_s = SHUTDOWN_LEASES_S if timeout_s is None else timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.store.return_leases()
+        except (TimeoutError, StoreError) as exc:
+            logger.warning(
+                "shutdown: budget leases not given back to their home regions within %.1f s (%s); each comes home "
+                "once idle, when its home needs it",
+                timeout_s,
+                redaction.redact_message(str(exc)) or type(exc).__name__,
             )
 
     async def settle_within(self, timeout_s: float, reason: str) -> bool:

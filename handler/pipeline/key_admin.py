@@ -143,6 +143,23 @@ class MintedKey(Value):
         return f"MintedKey(record={self.record!r}, key={format_key(self.record.id, REDACTED)!r})"
 
 
+async def family_home(store: Store, record: KeyRecord) -> str | None:
+    """The home region of `record`'s family root: where the family's links and its keys' records are written
+    (`Store.create_child`), so where a walk finds a key minted a moment ago in any region."""
+    root_id = family_root(record)
+    root = record if root_id is None else await store.get_key_latest(root_id)
+    return (root or record).home_region
+
+
+async def family_of(store: Store, key_id: str, written_in: str | None = None) -> tuple[KeyRecord | None, list[str]]:
+    """The key's record (read in `written_in` where this region's replica does not have it yet: `get_key_latest`)
+    and its family for a report (`with_descendants`), walked in its root's home (`family_home`): walked in this
+    region's replica, a parent's report left out a child minted a moment ago in another region."""
+    record = await store.get_key_latest(key_id, written_in)
+    root_home = None if record is None else await family_home(store, record)
+    return record, await with_descendants(store, key_id, root_home)
+
+
 # Parents whose children a family walk asks the store for at once (DynamoDB: one query or two each).
 WALK_CONCURRENCY = 8
 
@@ -314,9 +331,7 @@ class KeyAdmin:
         assert revoked.revoked_at is not None
         now, ended_at = self.clock(), revoked.revoked_at
         gate = asyncio.Semaphore(WALK_CONCURRENCY)
-        root_id = family_root(revoked)
-        root = revoked if root_id is None else await self.store.get_key_latest(root_id)
-        root_home = (root or revoked).home_region
+        root_home = await family_home(self.store, revoked)
 
         async def end(key_id: str) -> None:
             async with gate:

@@ -873,7 +873,7 @@ class Pipeline(Charges):
             # the reservation is known, so that its settlement releases it (else it held the key's budget until it
             # expired).
             with contextlib.suppress(GatewayError):
-                ex.extra.append(await writing)
+                ex.extra.append(await outlasting(writing))
             raise
         finally:
             ex.reserving = False
@@ -1012,6 +1012,19 @@ def _chunk_stream() -> type[ChunkStream]:
     from handler.pipeline.chunk_stream import ChunkStream
 
     return ChunkStream
+
+
+async def outlasting(writing: asyncio.Future[T]) -> T:
+    """What `writing` (a store write the request has to know of) returns, however often the request is cancelled
+    while it is waited for: a second cancellation (the deadline's, then a stopping server's) cut the wait, and the
+    write with it, after the store had written a reservation that was then neither settled nor released. The
+    cancellations stay counted on the task (`Task.cancelling`), so the request still ends as cancelled."""
+    while True:
+        try:
+            return await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            if writing.cancelled():  # (the write itself, not the wait: nothing more to learn)
+                raise
 
 
 def answer_chars(completion: ChatCompletion) -> int:

@@ -19,6 +19,7 @@ from handler.pipeline import budgets
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
 from handler.ports import KeyRecord
+from tests.functional.conftest import param_store_url
 from tests.support.inprocess import serve
 
 HI = [{"role": "user", "content": "hi"}]
@@ -36,6 +37,12 @@ def completion(model: str = "gpt-4o-mini") -> dict[str, Any]:
 
 
 MODEL = {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}], "price": {"input": 1.0, "output": 2.0}}
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A store of the test's own, on each store in turn."""
+    return param_store_url(request, tmp_path_factory, "edges")
 
 
 async def test_an_error_answer_costs_nothing_not_even_the_prices_per_request() -> None:
@@ -481,4 +488,52 @@ async def test_a_malformed_answer_is_charged_the_usage_it_carries() -> None:
     billed = (10 * 1.0 + 5 * 2.0) / 1e6  # the answer's usage at the model's price
     assert [(line.status, line.route) for line in lines] == [(502, "openai/gpt-4o-mini@global=invalid_response")] * 2
     assert [line.cost_usd for line in lines] == pytest.approx([billed] * 2)
+    await served.gateway.aclose()
+
+
+async def test_an_extra_reservation_written_while_the_request_is_cancelled_twice_is_released(store_url: str) -> None:
+    """The first deployment's answer could not be read (the provider may bill it), so a worst case more is written
+    before the failover. The request was cancelled while the store wrote it (its deadline), and again before the
+    store answered (the server stopping past its grace): the second cancellation cut the wait for the write's
+    answer, so the reservation the store had written was neither settled nor released, and held the key's budget
+    until it expired (960 s). Every reservation written is now settled or released, once."""
+
+    def unreadable_first(request: httpx.Request) -> httpx.Response:
+        if b'"broken"' in request.content:
+            return httpx.Response(200, text="<html>maintenance</html>", headers={"content-type": "text/html"})
+        return httpx.Response(200, json=completion())
+
+    chain = {
+        "deployments": [{"provider": "openai", "model": "broken"}, {"provider": "openai", "model": "gpt-4o-mini"}],
+        "price": {"input": 1.0, "output": 2.0},
+    }
+    served = await serve(unreadable_first, {"m": chain}, store_url=store_url)
+    store = served.gateway.store
+    written = store.admit
+    extra_written, answer_due = asyncio.Event(), asyncio.Event()
+
+    async def late_answer(admission: Any) -> Any:
+        snapshot = await written(admission)
+        if "#" in admission.reservation_id:  # the extra worst case (`Meter.reserve_again`), written
+            extra_written.set()
+            await answer_due.wait()  # its answer on its way
+        return snapshot
+
+    store.admit = late_answer  # type: ignore[method-assign]
+    request = asyncio.ensure_future(served.post("/v1/chat/completions", {"model": "m", "messages": HI}))
+    await extra_written.wait()
+    request.cancel()  # the first cancellation
+    for _ in range(5):
+        await asyncio.sleep(0)
+    request.cancel()  # the second, while the store has still to answer
+    for _ in range(5):
+        await asyncio.sleep(0)
+    answer_due.set()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    store.admit = written  # type: ignore[method-assign]
+    [line] = await served.ledger()  # the unreadable answer's worst case, charged
+    assert (line.status, line.cost_source) == (499, "reserved"), line
+    state = (await served.get("/v1/key")).json()
+    assert state["reserved_usd"] == 0 and state["spent_usd"] == pytest.approx(line.cost_usd + line.fee_usd), state
     await served.gateway.aclose()

@@ -18,13 +18,24 @@ from adapters.providers.registry import REGISTRY
 from adapters.store import open_store
 from adapters.store.dynamodb import DynamoDBStore
 from adapters.store.expressions import num, text
+from handler.api.app import create_app
 from handler.config import Config, parse_config
 from handler.entry.cli import main
+from handler.pipeline.gateway import build_gateway
 from handler.pipeline.key_admin import KeyAdmin, new_key_id
 from handler.pipeline.keys import KeyService, split_key
-from handler.ports import KeyRecord, Store
+from handler.ports import KeyRecord, Settlement, Store
 from tests.functional.conftest import FAKE_KEYS, Running, param_store_url, serve_gateway, serving
+from tests.support.dynamo import DynamoServer
 from tests.support.servers import ServerThread
+from tests.unit.adapters.store.test_contract import (
+    HOME_REGION,
+    LEASE_REGION,
+    key_item,
+    line,
+    regional_stores,
+    replicate_item,
+)
 
 HI = [{"role": "user", "content": "Hi"}]
 MAX_CHILDREN = 3
@@ -323,3 +334,59 @@ def test_two_gateways_on_one_sqlite_file_stop_at_max_children(
     finally:
         one_server.stop()
         two_server.stop()
+
+
+async def test_a_child_minted_in_another_region_is_in_its_parents_reports_and_revoked_there_at_once(
+    dynamo: DynamoServer,
+) -> None:
+    """A child's link to its parent is written in its family root's home region, and its record there too (copied
+    where it was minted); another region's replica has them only with replication, and its key listing (an index)
+    a moment later still. Meanwhile, in that region, a parent's reports walked its own replica's links and left out
+    the spend of a child minted there, and showing or revoking by its id a child minted in the root's home was a 404.
+    Both now read the family where it is written."""
+    regional = regional_stores(dynamo)
+    home, here = regional(HOME_REGION), regional(LEASE_REGION)
+    at_home = KeyAdmin(KeyService(home, 0))
+    admin = await at_home.mint(KeyRecord(id="", name="admin", secret_hash="", created_at=0, admin=True))
+    parent = await at_home.mint(KeyRecord(id="", name="team", secret_hash="", created_at=0))
+    for old in (admin, parent):  # replicated long ago
+        await replicate_item(home, here, key_item(old.record.id))
+    listed = here.list_keys
+
+    async def lagging(parent_id: str | None = None) -> list[KeyRecord]:
+        """The key listing's index (eventually consistent) without the children minted a moment ago."""
+        return [] if parent_id is not None else await listed()
+
+    here.list_keys = lagging  # type: ignore[method-assign]
+    gateway = build_gateway(store=here, environ={**FAKE_KEYS, "GATEWAY_REGION": LEASE_REGION})
+    app = create_app(gateway)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
+        minted = await http.post("/v1/keys", json={"name": "run"}, headers=auth(parent.key))
+        assert minted.status_code == 201, minted.text
+        spent = line(minted.json()["id"], 0.25)  # the child's request, answered here: its line is written here
+        await here.settle(Settlement(spent.request_id, [], 0.0, [], spent, expires_at=time.time() + 60))
+
+        async def cost(path: str, caller: str, **params: str) -> float:
+            answer = await http.get(path, params=params, headers=auth(caller))
+            assert answer.status_code == 200, answer.text
+            return round(sum(row.get("cost_usd") or 0 for row in answer.json()["data"]), 9)
+
+        assert await cost("/v1/usage", parent.key) == pytest.approx(0.25)
+        assert await cost("/admin/usage", admin.key, key=parent.record.id) == pytest.approx(0.25)
+        template = KeyRecord(
+            id="",
+            name="elsewhere",
+            secret_hash="",
+            created_at=0,
+            parent_id=parent.record.id,
+            ancestors=[parent.record.id],
+        )
+        other = (await at_home.mint_child(template, 100, HOME_REGION)).record  # minted in the home region
+        shown = await http.get(f"/admin/keys/{other.id}", headers=auth(admin.key))
+        assert shown.status_code == 200 and shown.json()["name"] == "elsewhere", shown.text
+        revoked = await http.post(f"/admin/keys/{other.id}/revoke", headers=auth(admin.key))
+        assert revoked.status_code == 200, revoked.text
+    held = await home.get_key(other.id)  # where it was written
+    assert held is not None and held.revoked_at is not None
+    await gateway.aclose()
+    await home.close()

@@ -41,10 +41,12 @@ async def serve(
     budget_usd: float = 10.0,
     provider: dict[str, Any] | None = None,
     environ: Mapping[str, str] = PROVIDER_KEYS,
+    store_url: str = "sqlite://",
     **settings: Any,
 ) -> Served:
-    """The gateway on an in-memory store, its `openai` provider (`provider`, else an OpenAI-compatible one)
-    answered by `upstream` with the keys of `environ`, and a key with a monthly budget of `budget_usd`."""
+    """The gateway on an in-memory store (or `store_url`'s), its `openai` provider (`provider`, else an
+    OpenAI-compatible one) answered by `upstream` with the keys of `environ`, and a key with a monthly budget of
+    `budget_usd`."""
     data = {
         "gateway": settings,
         "providers": {
@@ -54,7 +56,7 @@ async def serve(
     }
     gateway = build_gateway(
         config=parse_config(data, set(REGISTRY)),
-        store_url="sqlite://",
+        store_url=store_url,
         environ=dict(environ),
         transport=httpx.MockTransport(upstream),
     )

@@ -539,6 +539,11 @@ HOME_REGION, LEASE_REGION = "us-east-1", "eu-west-1"
 def regional(dynamo: DynamoServer) -> Callable[..., Store]:
     """`open(region, home_endpoint=URL)`: a store for `region`'s replica of one global table (without a
     replicator: each region sees only what it wrote, the worst case of replication lag)."""
+    return regional_stores(dynamo)
+
+
+def regional_stores(dynamo: DynamoServer) -> Callable[..., Store]:
+    """`regional`'s opener, on a new table of `dynamo`'s."""
     import boto3
 
     table = f"global-{uuid.uuid4().hex[:8]}"

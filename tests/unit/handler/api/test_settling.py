@@ -18,8 +18,10 @@ from handler.pipeline import gateway as gateway_module
 from handler.pipeline.budgets import Meter
 from handler.pipeline.gateway import build_gateway
 from handler.pipeline.spool import ENV
-from handler.ports import Settlement
+from handler.ports import Admission, BudgetCharge, Settlement
+from tests.support.dynamo import DynamoServer
 from tests.unit.adapters.store.test_contract import PERIOD, admission, line, settlement
+from tests.unit.adapters.store.test_dynamodb import two_regions
 
 
 async def run(app: Any, **scope: Any) -> None:
@@ -166,6 +168,64 @@ async def test_a_server_shutting_down_spools_a_settlement_the_store_never_takes_
     assert (await store.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.25)
     assert restarted.spool.count() == 0
     await restarted.aclose()
+
+
+async def test_a_server_shutting_down_gives_back_the_leases_it_drew_on(dynamo: DynamoServer) -> None:
+    """A server in eu-west-1 spent $0.05 of a key homed in us-east-1 from a $0.25 lease: stopped, it gave nothing
+    back, and its home kept the $0.20 left counted as leased (out of its own requests' reach) until the lease had sat
+    idle and the home was about to refuse one. Its shutdown now gives back what the lease holds unspent."""
+    from handler.api.app import create_app
+
+    here, home = two_regions(dynamo)
+    gateway = build_gateway(store=here, environ={"GATEWAY_REGION": "eu-west-1"})
+    app = create_app(gateway)
+    key = uuid.uuid4().hex[:12]
+    adm = Admission(
+        uuid.uuid4().hex, key, [BudgetCharge(key, PERIOD, 1.0, 0.1, "us-east-1")], [], time.time() + 60, "us-east-1"
+    )
+    charge = BudgetCharge(key, PERIOD, 1.0, 0.05, "us-east-1")
+    spent = Settlement(adm.reservation_id, [charge], 0.1, [], line(key, 0.05), "us-east-1", adm.expires_at)
+    async with app.starlette.router.lifespan_context(app.starlette):  # as uvicorn runs it
+        await here.admit(adm)  # a grant from the home: a quarter of the budget
+        await here.settle(spent)
+        assert await home_committed(home, key) == pytest.approx(0.25)  # the lease, all of it counted at home
+    assert await home_committed(home, key) == pytest.approx(0.05)  # given back: what was spent stays
+    assert (await home.meter(key, PERIOD)).spent_usd[PERIOD] == pytest.approx(0.05)
+    await gateway.aclose()
+    await home.close()
+
+
+async def test_a_shutdown_whose_home_region_does_not_answer_gives_up_on_its_leases_in_time(
+    dynamo: DynamoServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The home region unreachable: the lease's return waits no longer than `SHUTDOWN_LEASES_S`, and says so."""
+    from handler.api.app import create_app
+
+    monkeypatch.setattr(gateway_module, "SHUTDOWN_LEASES_S", 0.2)
+    here, home = two_regions(dynamo)
+    gateway = build_gateway(store=here, environ={"GATEWAY_REGION": "eu-west-1"})
+    app = create_app(gateway)
+
+    async def unreachable() -> float:
+        await asyncio.Event().wait()
+        return 0.0
+
+    monkeypatch.setattr(here, "return_leases", unreachable)
+    async with asyncio.timeout(5):
+        async with app.starlette.router.lifespan_context(app.starlette):
+            started = time.perf_counter()
+        stopped = time.perf_counter() - started
+    assert stopped < 0.2 + 0.5, stopped
+    assert "budget leases not given back to their home regions within 0.2 s" in caplog.text
+    await gateway.aclose()
+    await home.close()
+
+
+async def home_committed(home: Any, key: str) -> float:
+    """The home meter's own count: its region's spend and reservations, and every lease granted out and not given
+    back."""
+    [meter] = [item for item in await home._meter_items(key) if item["sk"]["S"] == "METER"]
+    return float(meter[f"c:{PERIOD}"]["N"])
 
 
 async def test_a_settlement_whose_time_has_run_out_is_spooled_without_a_store_call(
