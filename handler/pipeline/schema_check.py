@@ -146,4 +146,10 @@ def enforce(schema: dict[str, Any], text: str | None) -> None:
     """Raise a retryable `SchemaViolationError` when the answer breaks the schema."""
     problem = violation(schema, text)
     if problem is not None:
-        raise SchemaViolationError(f"the answer does not match the response schema: {problem}", retryable=True)
+        raise violated(problem)
+
+
+def violated(problem: str) -> SchemaViolationError:
+    """The error of an answer that breaks the schema (`problem`, from `violation`): retryable, where another
+    attempt can still answer."""
+    return SchemaViolationError(f"the answer does not match the response schema: {problem}", retryable=True)
