@@ -53,6 +53,11 @@ def native_events(stream: NativeStream) -> AsyncIterator[bytes]:
                     out += sse_frame(event)
                     continue
                 await stream.complete()
+                if stream.schema_violation is not None:  # (an error event in place of it and `message_stop`)
+                    from handler.pipeline.schema_check import violated
+
+                    yield out
+                    raise violated(stream.schema_violation)
                 payload = orjson.loads(event.data)
                 cost = stream.ex.cost
                 payload["cost"] = cost.as_event() if cost else None
@@ -298,8 +303,11 @@ class EventWriter:
         payload: dict[str, Any] = {"type": "message_delta", "delta": delta, "usage": anthropic_usage(usage)}
         if cost is not None:
             payload["cost"] = cost.as_event()
-        out = self._calls(self.calls.flush()) + self._close()
-        return out + sse_event("message_delta", payload) + sse_event("message_stop", {"type": "message_stop"})
+        return self.closed() + sse_event("message_delta", payload) + sse_event("message_stop", {"type": "message_stop"})
+
+    def closed(self) -> bytes:
+        """The events that end the block still open (and a tool call whose arguments were held back)."""
+        return self._calls(self.calls.flush()) + self._close()
 
 
 def anthropic_events(stream: ChunkStream, model: str, input_tokens: int) -> AsyncIterator[bytes]:
@@ -318,6 +326,11 @@ def anthropic_events(stream: ChunkStream, model: str, input_tokens: int) -> Asyn
         await stream.complete()
         if cut:  # (billed and settled above) an error event, not an `end_turn` the provider never sent
             raise interrupted()
+        if stream.schema_violation is not None:  # (an error event in place of its `message_delta`, as a failure's)
+            from handler.pipeline.schema_check import violated
+
+            yield writer.closed()
+            raise violated(stream.schema_violation)
         yield writer.finish(stream.usage(), stream.ex.cost)
 
     async def failed(exc: GatewayError) -> bytes:

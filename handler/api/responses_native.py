@@ -235,6 +235,12 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
             stream.failed(failed_status(response.get("error")))
             redact_error(response.get("error"))  # (before it is kept, or sent)
         await stream.complete()
+        # An answer that does not fit its enforced schema ends as a stream that fails does (`error`, and a
+        # `response.failed` in place of its terminal event); the provider's own failure goes on as it sent it.
+        if stream.schema_violation is not None and kind != "response.failed":
+            from handler.pipeline.schema_check import violated
+
+            raise violated(stream.schema_violation)
         relay.finish(response)
         await on_finished(response)  # (a failed one too: kept as the client is told it)
         yield sse_event(kind, payload)

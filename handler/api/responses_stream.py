@@ -296,6 +296,10 @@ def responses_events(
         await stream.complete()
         if cut:  # what the provider sent is billed (settled above), but the answer is not whole
             raise interrupted()
+        if stream.schema_violation is not None:  # (`error` and `response.failed` in place of `response.completed`)
+            from handler.pipeline.schema_check import violated
+
+            raise violated(stream.schema_violation)
         closing, response = writer.completed()
         finish(response, stream.usage(), stream.ex.cost)
         await on_finished(response)

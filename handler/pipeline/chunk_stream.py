@@ -15,7 +15,6 @@ from handler.errors import GatewayError, UpstreamError
 from handler.pipeline.passthrough import UpstreamStream
 from handler.pipeline.pricing import tier_served
 from handler.pipeline.redacting import ChunkRedactor
-from handler.pipeline.schema_check import violation
 from handler.pipeline.upstream import UpstreamResponse
 from handler.ports import Served, StreamParser
 from handler.schemas import ChatRequest, Usage
@@ -45,9 +44,6 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
         self._whole_served: Served | None = None
         self._template: ChatCompletionChunk | None = None
         self._chars = 0
-        self.schema = pipeline._enforced_schema(req, attempt, ex)
-        self._text: list[str] = []
-        self.schema_violation: str | None = None
         self._choices: set[int] = set()
         self._finished_choices: set[int] = set()
         self.redactor = ChunkRedactor()
@@ -165,9 +161,3 @@ class ChunkStream(UpstreamStream["ChatCompletionChunk"]):
             payload["usage"] = cost.usage.model_dump(exclude_none=True)
         payload["cost"] = cost.as_event() if cost else None
         return payload
-
-    async def complete(self) -> None:
-        """The upstream finished: check the schema if enforced, cost it and settle (in the background)."""
-        if self.schema is not None:
-            self.schema_violation = violation(self.schema, "".join(self._text))
-        await super().complete()

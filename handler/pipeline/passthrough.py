@@ -20,6 +20,8 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import orjson
+
 from handler.errors import CLIENT_CLOSED, ClientClosedError, GatewayError, UpstreamTimeoutError
 from handler.pipeline.exchange import CUT_SLACK_S, deadline_passed, shut_down_before
 from handler.pipeline.pricing import plausible, wants_reasoning
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("gateway")
 HEAD_KEPT = 2048  # bytes of a stream's start kept until its first event, to say what came instead
+OUTPUT_TEXT_DELTA = "response.output_text.delta"
 T = TypeVar("T")
 
 
@@ -49,6 +52,40 @@ class NativeReply:
         self.body = body
         self.usage = usage
         self.served = served
+
+
+def answer_text(api: str, body: dict[str, Any]) -> str | None:
+    """A provider's whole answer's text in its own format (a message's text blocks, a response's output text), the
+    text an enforced schema checks; None where it has none."""
+    if api == RESPONSES_API:
+        messages = [
+            item for item in body.get("output") or () if isinstance(item, dict) and item.get("type") == "message"
+        ]
+        parts = [part for item in messages for part in item.get("content") or () if isinstance(part, dict)]
+        texts = [part.get("text") for part in parts if part.get("type") == "output_text"]
+    else:
+        blocks = [block for block in body.get("content") or () if isinstance(block, dict)]
+        texts = [block.get("text") for block in blocks if block.get("type") == "text"]
+    kept = [text for text in texts if isinstance(text, str)]
+    return "".join(kept) if kept else None
+
+
+def answer_delta(api: str, event: StreamEvent) -> str | None:
+    """The answer's text an event of a provider's own stream adds (`answer_text`'s, as it streams), if any."""
+    if event.event not in ((None, OUTPUT_TEXT_DELTA) if api == RESPONSES_API else ("content_block_delta",)):
+        return None
+    try:
+        payload = orjson.loads(event.data)
+    except orjson.JSONDecodeError:  # (a Responses stream's `[DONE]`; the relay says what is wrong with any other)
+        return None
+    if not isinstance(payload, dict):
+        return None
+    if api == RESPONSES_API:
+        text = payload.get("delta") if payload.get("type") == OUTPUT_TEXT_DELTA else None
+    else:
+        delta = payload.get("delta")
+        text = delta.get("text") if isinstance(delta, dict) and delta.get("type") == "text_delta" else None
+    return text if isinstance(text, str) else None
 
 
 def sse_frame(event: StreamEvent) -> bytes:
@@ -80,6 +117,9 @@ class UpstreamStream(ABC, Generic[T]):
         self._head: bytes | None = b""  # the stream's start, until its first item
         self._ended_status = 0  # an error's status, if one ended the stream (`failed`)
         self.status = 0  # the status it was settled with (its ledger line's): 200, an error's, or 499
+        self.schema = pipeline._enforced_schema(req, attempt, ex)
+        self._text: list[str] = []  # the answer's text as it was handed out, where `schema` is enforced
+        self.schema_violation: str | None = None  # why the whole answer does not fit `schema`, once it ended
 
     @abstractmethod
     def _items(self, events: list[StreamEvent]) -> list[T]:
@@ -233,8 +273,13 @@ class UpstreamStream(ABC, Generic[T]):
                 raise deadline_passed(self.ex, "the stream's end") from None
 
     async def complete(self) -> None:
-        """The upstream finished (with the error `failed` named, if it ended on one): cost it and settle (in the
-        background)."""
+        """The upstream finished (with the error `failed` named, if it ended on one): check the answer against the
+        schema if enforced (`schema_violation`: it streamed as it came, so it is checked whole only now), cost it
+        and settle (in the background)."""
+        if self.schema is not None and not self._settled:
+            from handler.pipeline.schema_check import violation
+
+            self.schema_violation = violation(self.schema, "".join(self._text))
         await self._settle_once(200)
 
     def failed(self, status: int) -> None:
@@ -280,12 +325,21 @@ class NativeStream(UpstreamStream[StreamEvent]):
         from handler.pipeline.redacting import EventRedactor, messages_delta, responses_delta  # (first stream)
 
         self.redactor = EventRedactor(responses_delta if call.api == RESPONSES_API else messages_delta)
+        self.api = call.api
 
     def _items(self, events: list[StreamEvent]) -> list[StreamEvent]:
         for event in events:
             self.meter.feed(event)
         relayed = self.redactor.relay(events)
         return relayed + self.redactor.release() if self._finished else relayed
+
+    def _handing_out(self, batch: list[StreamEvent]) -> None:
+        if self.schema is None:
+            return
+        for event in batch:
+            text = answer_delta(self.api, event)
+            if text is not None:
+                self._text.append(text)
 
     def _reported(self) -> Usage | None:
         return self.meter.usage

@@ -149,24 +149,36 @@ class Pipeline(Charges):
             raise
         schema = self._enforced_schema(req, attempt, ex)
         if schema is not None and completion.choices:
-            from handler.pipeline.schema_check import enforce
-
-            try:
-                enforce(schema, completion.choices[0].message.content)
-            except SchemaViolationError:
-                # The provider billed this answer even though it is thrown away: its cost goes on the request's
-                # line, whether a later attempt answers or none does (then a line of its own, as for an error).
-                self._thrown_away(ex, attempt, completion.usage, served)
-                ex.answered = (attempt, 200)
-                raise
+            self._enforce(schema, ex, attempt, completion.choices[0].message.content, completion.usage, served)
         return completion, served
+
+    def _enforce(
+        self,
+        schema: dict[str, Any],
+        ex: Exchange,
+        attempt: Attempt,
+        text: str | None,
+        usage: Usage | None,
+        served: Served | None,
+    ) -> None:
+        """Raise a retryable `SchemaViolationError` when the answer's `text` does not fit the enforced `schema`."""
+        from handler.pipeline.schema_check import enforce
+
+        try:
+            enforce(schema, text)
+        except SchemaViolationError:
+            # The provider billed this answer even though it is thrown away: its cost goes on the request's
+            # line, whether a later attempt answers or none does (then a line of its own, as for an error).
+            self._thrown_away(ex, attempt, usage, served)
+            ex.answered = (attempt, 200)
+            raise
 
     # --- native pass-through ------------------------------------------------------------------
 
     async def native(self, call: NativeCall, req: ChatRequest, ex: Exchange) -> NativeReply | ChatCompletion:
         """A request in a provider API's own format (`call`), non-streaming: sent as written to a deployment
         that speaks that API, and as `req` (the same request in the internal form) to any other in the plan."""
-        from handler.pipeline.passthrough import NativeReply
+        from handler.pipeline.passthrough import NativeReply, answer_text
 
         plan = await self._plan(ex, req.model)
         await self._admit(ex, plan, req, call)
@@ -182,7 +194,11 @@ class Pipeline(Charges):
             body = json_body(raw)
             if not isinstance(body, dict):
                 raise malformed("upstream answered with something other than a JSON object")
-            return NativeReply(body, usage, attempt.adapter.native_served(call, body))
+            reply = NativeReply(body, usage, attempt.adapter.native_served(call, body))
+            schema = self._enforced_schema(req, attempt, ex)
+            if schema is not None:
+                self._enforce(schema, ex, attempt, answer_text(call.api, body), usage, reply.served)
+            return reply
 
         try:
             outcome = await self._deadline(ex, self._failover(ex, plan, self._native_build(call, req, False), accept))

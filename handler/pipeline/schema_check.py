@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
     from referencing import Registry
 
+    from handler.pipeline.schema_patterns import PatternRefused
+
 
 # Validators built, by their schema's JSON, the most recent last: bounded by the schemas' bytes, not only their
 # number (256 of a client's 1 MB schemas, each held with what jsonschema builds from it, kept 558 MB resident).
@@ -43,21 +45,24 @@ def _validator(schema_json: bytes) -> Draft202012Validator:
 
 
 def _build(schema_json: bytes) -> Draft202012Validator:
-    from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
     from jsonschema_specifications import REGISTRY
 
+    from handler.pipeline.schema_patterns import PatternRefused, Validator
+
     schema = orjson.loads(schema_json)
     try:
-        Draft202012Validator.check_schema(schema)
+        Validator.check_schema(schema, format_checker=Validator.FORMAT_CHECKER)
     except SchemaError as exc:
+        if isinstance(exc.cause, PatternRefused):
+            raise _unmatchable(exc.cause) from None
         raise _refused(f"is not a valid JSON Schema: {exc.message}") from None
     # The metaschemas and nothing else: a remote reference is refused here (`_unresolved`), not fetched from
     # wherever the client's schema points.
     unresolved = _unresolved(schema, REGISTRY)
     if unresolved is not None:
         raise _refused(f"has a reference that does not resolve within it: {unresolved!r}")
-    return Draft202012Validator(schema, registry=REGISTRY)
+    return Validator(schema, registry=REGISTRY)  # type: ignore[no-any-return]
 
 
 def _unresolved(schema: object, registry: Registry[Any]) -> str | None:
@@ -91,6 +96,10 @@ def _refused(problem: str) -> InvalidRequestError:
     return InvalidRequestError(f"response_format.json_schema.schema {problem}")
 
 
+def _unmatchable(refused: PatternRefused) -> InvalidRequestError:
+    return _refused(f"has a pattern the gateway's linear-time engine does not take: {refused}")
+
+
 def check(req: ChatRequest) -> None:
     """Refuse (400) an enforced schema that could not check an answer, before the request is admitted or sent; its
     validator is kept for the answer (`_validator`)."""
@@ -116,11 +125,15 @@ def violation(schema: dict[str, Any], text: str | None) -> str | None:
         return f"the answer is not JSON: {exc}"
     from referencing.exceptions import Unresolvable
 
+    from handler.pipeline.schema_patterns import PatternRefused
+
     validator = _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
     try:
         error = next(iter(validator.iter_errors(document)), None)
     except Unresolvable as exc:  # (jsonschema's error wraps one too): one `_unresolved` let through is the client's
         raise _refused(f"has a reference that does not resolve within it: {exc}") from None
+    except PatternRefused as exc:  # (in a subschema only a `$ref` reaches, which the metaschema does not check)
+        raise _unmatchable(exc) from None
     except RecursionError:  # (`{"properties": {"a": {"$ref": "#/properties/a"}}}`: a reference to itself, a 500)
         raise _refused("refers to itself without end") from None
     if error is None:
@@ -133,4 +146,10 @@ def enforce(schema: dict[str, Any], text: str | None) -> None:
     """Raise a retryable `SchemaViolationError` when the answer breaks the schema."""
     problem = violation(schema, text)
     if problem is not None:
-        raise SchemaViolationError(f"the answer does not match the response schema: {problem}", retryable=True)
+        raise violated(problem)
+
+
+def violated(problem: str) -> SchemaViolationError:
+    """The error of an answer that breaks the schema (`problem`, from `violation`): retryable, where another
+    attempt can still answer."""
+    return SchemaViolationError(f"the answer does not match the response schema: {problem}", retryable=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from tests.fakes.openai import TEXT
@@ -351,3 +352,73 @@ def test_an_unknown_fallback_in_the_header_is_the_headers_fault(running: Running
         )
     assert (info.value.code, info.value.param) == ("model_not_found", "x-gateway-fallbacks")
     assert "x-gateway-fallbacks" in info.value.message
+
+
+# A name of letters (`\p{L}`: ECMA-262's, with the `u` flag JSON Schema's patterns have).
+NAMED = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "pattern": "^\\p{L}+$"}}}
+
+
+def messages_saying(model: str, said: str, stream: bool) -> dict[str, object]:
+    """A Messages request whose answer, from the fakes, is `said`, under `NAMED` as its output format."""
+    return {
+        "model": model,
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": f"SAY {said}"}],
+        "output_config": {"format": {"type": "json_schema", "schema": NAMED}},
+        "stream": stream,
+    }
+
+
+def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """An event stream's events: each one's name and its data."""
+    events = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        events.append((lines.get("event", ""), orjson.loads(lines["data"])))
+    return events
+
+
+@pytest.mark.parametrize("model", ["claude-haiku-4-5", "gpt-4o-mini"])  # passed through to Anthropic; translated
+def test_an_enforced_messages_answer_that_breaks_its_schema_is_a_502_in_anthropics_shape(
+    running: Running, model: str
+) -> None:
+    """`/v1/messages` with `output_config.format` and `x-gateway-enforce-schema: true` was never checked when it
+    went to Anthropic as sent (review). An answer that does not fit is now the 502 `schema_violation` Chat
+    Completions answers, in Anthropic's error shape, the answer charged as one thrown away."""
+    key = running.mint(name=f"messages-schema-{model}")
+    fits = enforced(running, key, "/v1/messages", messages_saying(model, '{"name": "Zoë"}', stream=False))
+    assert fits.status_code == 200, fits.text
+    assert [block["text"] for block in fits.json()["content"]] == ['{"name": "Zoë"}']
+    broken = enforced(running, key, "/v1/messages", messages_saying(model, '{"name": "a1"}', stream=False))
+    assert broken.status_code == 502, broken.text
+    error = broken.json()
+    assert error["type"] == "error" and error["error"]["type"] == "api_error"
+    assert error["error"]["message"] == (
+        "the answer does not match the response schema: name: 'a1' does not match '^\\\\p{L}+$'"
+    )
+    lines = running.ledger(key)
+    assert [line.status for line in lines] == [200, 502]
+    assert lines[1].cost_usd is not None and lines[1].cost_usd > 0
+
+
+@pytest.mark.parametrize("model", ["claude-haiku-4-5", "gpt-4o-mini"])
+def test_an_enforced_messages_stream_that_breaks_its_schema_ends_on_an_error_event(
+    running: Running, model: str
+) -> None:
+    """A Messages stream's answer was never checked, passed through or translated (review). As a chat stream's, it
+    is checked once whole, at its end: one that does not fit ends on Anthropic's `error` event in place of its
+    `message_delta` and `message_stop`, with what it was charged, as a stream that fails does."""
+    key = running.mint(name=f"messages-schema-stream-{model}")
+    fits = enforced(running, key, "/v1/messages", messages_saying(model, '{"name": "Zoë"}', stream=True))
+    assert [name for name, _ in sse_events(fits.text)][-2:] == ["message_delta", "message_stop"]
+    broken = enforced(running, key, "/v1/messages", messages_saying(model, '{"name": "a1"}', stream=True))
+    assert broken.status_code == 200
+    events = sse_events(broken.text)
+    assert [name for name, _ in events][-2:] == ["content_block_stop", "error"]
+    error = events[-1][1]
+    assert error["error"] == {
+        "type": "api_error",
+        "message": "the answer does not match the response schema: name: 'a1' does not match '^\\\\p{L}+$'",
+    }
+    assert error["cost"]["total_usd"] > 0 and error["usage"]["output_tokens"] > 0
+    assert [line.status for line in running.ledger(key)] == [200, 200]

@@ -885,3 +885,54 @@ def test_another_gateway_process_on_the_same_store_opens_the_seal(fleet: Running
         assert next(m for m in sent if m["role"] == "assistant")["reasoning_content"] == REASONING
     finally:
         server.stop()
+
+
+# --- an enforced schema ------------------------------------------------------------------------------------------
+
+NAMED: Any = {"type": "object", "required": ["name"]}  # (no `properties`: the fakes answer what they are told to say)
+
+
+def enforced_response(fleet: Running, key: str, model: str, said: str, stream: bool) -> httpx.Response:
+    body = {
+        "model": model,
+        "input": f"SAY {said}",
+        "text": {"format": {"type": "json_schema", "name": "named", "schema": NAMED}},
+        "stream": stream,
+    }
+    headers = {"authorization": f"Bearer {key}", "x-gateway-enforce-schema": "true"}
+    return httpx.post(f"{fleet.url}/v1/responses", json=body, headers=headers, timeout=30)
+
+
+@pytest.mark.parametrize("model", ["gpt", "gpt-chat"])  # passed through to OpenAI's Responses API; translated
+def test_an_enforced_response_that_breaks_its_schema_is_a_502(fleet: Running, model: str) -> None:
+    """A response passed through to OpenAI was never checked against its enforced `text.format` (found with the
+    review of `/v1/messages`): it is now, as a chat answer is."""
+    key = fleet.mint(name=f"responses-schema-{model}")
+    fits = enforced_response(fleet, key, model, '{"name": "Zoë"}', stream=False)
+    assert fits.status_code == 200 and fits.json()["output"][-1]["content"][0]["text"] == '{"name": "Zoë"}'
+    broken = enforced_response(fleet, key, model, "no JSON", stream=False)
+    assert broken.status_code == 502 and broken.json()["error"]["code"] == "schema_violation", broken.text
+    assert [line.status for line in fleet.ledger(key)] == [200, 502]
+
+
+@pytest.mark.parametrize("model", ["gpt", "gpt-chat"])
+def test_an_enforced_response_stream_that_breaks_its_schema_ends_failed(fleet: Running, model: str) -> None:
+    """A Responses stream's answer was never checked, passed through or translated; as a chat stream's, it is now
+    checked whole at its end: one that does not fit ends on `error` and `response.failed` (the output as streamed),
+    in place of `response.completed`, as a stream that fails does."""
+    key = fleet.mint(name=f"responses-schema-stream-{model}")
+    fits = enforced_response(fleet, key, model, '{"name": "Zoë"}', stream=True)
+    assert [event["type"] for event in sse_payloads(fits.text)][-1] == "response.completed"
+    broken = enforced_response(fleet, key, model, "no JSON", stream=True)
+    events = sse_payloads(broken.text)
+    assert [event["type"] for event in events][-2:] == ["error", "response.failed"], broken.text
+    assert events[-2]["code"] == "schema_violation"
+    assert "the answer does not match the response schema: the answer is not JSON" in events[-2]["message"]
+    assert events[-1]["response"]["output"][-1]["content"][0]["text"] == "no JSON"
+    assert [line.status for line in fleet.ledger(key)] == [200, 200]
+
+
+def sse_payloads(text: str) -> list[dict[str, Any]]:
+    return [
+        orjson.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ") and line != "data: [DONE]"
+    ]

@@ -296,6 +296,7 @@ exec(LIBRARIES)
 LATER = (
     "handler.chunks", "handler.embeddings", "adapters.providers.prefill", "handler.pipeline.stored_keys",
     "handler.pipeline.key_admin", "handler.pipeline.passthrough", "handler.pipeline.schema_check",
+    "handler.pipeline.schema_patterns",
 )
 compiled = set(re._cache)
 import handler.entry.lambda_handler

@@ -1,0 +1,168 @@
+"""JSON Schema's patterns matched by Rust's `regex` crate (pydantic-core's), whose time is linear in the text.
+
+jsonschema matches `pattern`, `patternProperties` (and through it `additionalProperties` and
+`unevaluatedProperties`) with Python's `re`, which backtracks without a limit: a client's `^(a+)+$` against 26 `a`s
+and a `!` held the event loop, and every other request of the process, for 8 s. `Validator` is jsonschema's Draft
+2020-12 class with those keywords matched here. Rust's engine has no look-around or back-reference (ECMA-262 has
+both): a pattern with one is refused with the schema (`regex_format`), never matched by `re` instead.
+
+Imported with jsonschema, by the first request whose schema is enforced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
+from typing import Any
+
+import attrs
+from jsonschema import Draft202012Validator, FormatChecker, ValidationError
+from jsonschema.validators import extend
+from pydantic_core import SchemaError, SchemaValidator, core_schema
+
+# A compiled pattern is kept while it is among the most recent: most are a few kilobytes, but Rust's limit on one
+# is 10 MB (`\w{160}` held 9 MB), which bounds what the patterns kept hold to about 160 MB.
+KEPT_PATTERNS = 16
+
+Schema = Mapping[str, Any]
+
+
+class PatternRefused(ValueError):
+    """A pattern the linear engine does not take (look-around, a back-reference, more than its size limit); the
+    message says which pattern and why."""
+
+
+@lru_cache(maxsize=KEPT_PATTERNS)
+def _compiled(pattern: str) -> SchemaValidator:
+    try:
+        return SchemaValidator(core_schema.str_schema(pattern=pattern, regex_engine="rust-regex"))
+    except SchemaError as exc:  # (its last line is the engine's: "error: look-around, ... is not supported")
+        reason = str(exc).splitlines()[-1].strip()
+        raise PatternRefused(f"{pattern!r}: {reason.partition(': ')[2] or reason}") from None
+
+
+def matches(pattern: str, text: str) -> bool:
+    """Whether `pattern` is found in `text` (anywhere, as ECMA-262's `test` finds it)."""
+    return _compiled(pattern).isinstance_python(text)
+
+
+def regex_format(instance: object) -> bool:
+    """The metaschema's `format: regex` (a schema's `pattern` and `patternProperties`' names), as `matches` takes
+    them."""
+    if isinstance(instance, str):
+        _compiled(instance)
+    return True
+
+
+def _pattern(validator: Any, pattern: str, instance: object, schema: Schema) -> Iterator[ValidationError]:
+    if isinstance(instance, str) and not matches(pattern, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: Schema, instance: object, schema: Schema
+) -> Iterator[ValidationError]:
+    if not isinstance(instance, dict):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if matches(pattern, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional_properties(
+    validator: Any, additional: Any, instance: object, schema: Schema
+) -> Iterator[ValidationError]:
+    if not isinstance(instance, dict):
+        return
+    properties, patterns = schema.get("properties", {}), schema.get("patternProperties", {})
+    extras = [key for key in instance if key not in properties and not any(matches(p, key) for p in patterns)]
+    if isinstance(additional, dict):
+        for extra in extras:
+            yield from validator.descend(instance[extra], additional, path=extra)
+    elif not additional and extras:
+        listed = ", ".join(repr(each) for each in sorted(extras))
+        if patterns:
+            verb = "does" if len(extras) == 1 else "do"
+            regexes = ", ".join(repr(each) for each in sorted(patterns))
+            yield ValidationError(f"{listed} {verb} not match any of the regexes: {regexes}")
+        else:
+            verb = "was" if len(extras) == 1 else "were"
+            yield ValidationError(f"Additional properties are not allowed ({listed} {verb} unexpected)")
+
+
+def _unevaluated_properties(
+    validator: Any, unevaluated: Any, instance: object, schema: Schema
+) -> Iterator[ValidationError]:
+    if not isinstance(instance, dict):
+        return
+    evaluated = _evaluated_keys(validator, instance, schema)
+    rest = [key for key in instance if key not in evaluated and not _fits(validator, instance[key], unevaluated)]
+    if not rest:
+        return
+    verb = "was" if len(rest) == 1 else "were"
+    if unevaluated is False:
+        listed = ", ".join(repr(each) for each in sorted(rest))
+        yield ValidationError(f"Unevaluated properties are not allowed ({listed} {verb} unexpected)")
+    else:
+        listed = ", ".join(repr(each) for each in rest)
+        yield ValidationError(
+            f"Unevaluated properties are not valid under the given schema ({listed} {verb} unevaluated and invalid)"
+        )
+
+
+def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: object) -> set[str]:
+    """The keys of `instance` that `schema` evaluates, as jsonschema's `find_evaluated_property_keys_by_schema`
+    finds them (reading the validator's resolver as it does), with `patternProperties` matched by `matches`."""
+    if not isinstance(schema, dict):
+        return set()
+    keys: set[str] = set()
+    for keyword in ("$ref", "$dynamicRef"):
+        if keyword in schema:
+            found = validator._resolver.lookup(schema[keyword])
+            referred = validator.evolve(schema=found.contents, _resolver=found.resolver)
+            keys |= _evaluated_keys(referred, instance, found.contents)
+    if isinstance(schema.get("properties"), dict):
+        keys |= schema["properties"].keys() & instance.keys()
+    for keyword in ("additionalProperties", "unevaluatedProperties"):
+        if keyword in schema:
+            keys |= {key for key, value in instance.items() if _fits(validator, value, schema[keyword])}
+    for pattern in schema.get("patternProperties", {}):
+        keys |= {key for key in instance if matches(pattern, key)}
+    applied = [each for key, each in schema.get("dependentSchemas", {}).items() if key in instance]
+    for keyword in ("allOf", "oneOf", "anyOf"):
+        applied += [each for each in schema.get(keyword, []) if _fits(validator, instance, each)]
+    if "if" in schema:
+        if validator.evolve(schema=schema["if"]).is_valid(instance):
+            applied += [schema["if"], *([schema["then"]] if "then" in schema else [])]
+        elif "else" in schema:
+            applied.append(schema["else"])
+    for each in applied:
+        keys |= _evaluated_keys(validator, instance, each)
+    return keys
+
+
+def _fits(validator: Any, instance: object, subschema: object) -> bool:
+    return next(validator.descend(instance, subschema), None) is None
+
+
+def _formats() -> FormatChecker:
+    formats = FormatChecker(Draft202012Validator.FORMAT_CHECKER.checkers)
+    formats.checks("regex", raises=PatternRefused)(regex_format)
+    return formats
+
+
+Validator: Any = extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator,
+    {
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "additionalProperties": _additional_properties,
+        "unevaluatedProperties": _unevaluated_properties,
+    },
+    format_checker=_formats(),
+)
+# jsonschema's `evolve` hands a subschema that names a dialect in `$schema` (or that a `$ref` finds in a
+# metaschema, from which `$dynamicRef: "#meta"` can come back to the client's schema) to that dialect's own class,
+# and so to `re`: here every subschema stays with this class, checked as Draft 2020-12.
+Validator.evolve = attrs.evolve
