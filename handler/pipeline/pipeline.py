@@ -678,6 +678,8 @@ class Pipeline(Charges):
                     raise deadline_passed(ex, "an answer") if failed else too_short_to_send(ex, within)
                 ex.inflight_at = started
                 ex.inflight = attempt
+                if ex.unsent_fallbacks:  # (it goes out: what its own limits counted stays counted)
+                    ex.unsent_fallbacks.pop(attempt.model, None)
                 ex.inflight_status = 0
                 try:
                     async with span("upstream", provider=attempt.target.provider, region=attempt.target.region):
@@ -847,6 +849,7 @@ class Pipeline(Charges):
                 ex.fallbacks[model] = None
                 if own is not None:
                     ex.counted.append(own)
+                    ex.unsent_fallbacks[model] = own
             except RateLimitError as refused:
                 ex.fallbacks[model] = refused
         return ex.fallbacks[model] is not None
@@ -968,6 +971,9 @@ class Pipeline(Charges):
         settlements = [self.meter.settlement(reservation, actual, tokens, item, unsent)]
         # The worst cases reserved more for attempts the provider may bill: released (the line carries their cost).
         settlements += [self.meter.settlement(extra, 0.0, 0, None) for extra in ex.extra]
+        # What fallbacks that nothing was sent to counted on their own limits: given back, as a request never sent
+        # gives back its own counts (they held the key's requests a minute to that model for nothing).
+        settlements += [self.meter.given_back(counted) for counted in ex.unsent_fallbacks.values()]
         for settlement in settlements:
             if background:
                 self.gateway.settle_soon(self.meter, settlement)
