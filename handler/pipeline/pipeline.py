@@ -906,9 +906,10 @@ class Pipeline(Charges):
         estimated), `reserved` (cut before any answer, or a reasoning stream cut short: the reserved worst case,
         on the input counts of `usage` where the provider gave them, `_worst`). `free`: the answer costs nothing
         (an error answer, a count of tokens): neither the prices per request (web search) nor the gateway's fee
-        apply to it; an earlier attempt the provider may bill still does. `served`: what the answer says of how it
-        was served (`Served`), which its cost follows. `unsent`: no attempt went out, so nothing it counted on the
-        rate limits stays counted (`Meter.settlement`)."""
+        apply to it; an earlier attempt the provider may bill still does, and `usage` counts the answers thrown
+        away on the way (`wasted_usage`), which any other answer's line adds to its own. `served`: what the answer
+        says of how it was served (`Served`), which its cost follows. `unsent`: no attempt went out, so nothing it
+        counted on the rate limits stays counted (`Meter.settlement`)."""
         reservation = ex.reservation
         if reservation is None:
             return
@@ -934,7 +935,11 @@ class Pipeline(Charges):
                 provider = ex.cost.provider_usd + ex.wasted_usd  # the fee is on the whole, once
                 ex.cost = Cost(provider, fee_for(provider, self.fee), usage, ex.cost.unit_prices)
             actual = ex.cost.total_usd or 0.0
-            tokens = usage.prompt_tokens + usage.completion_tokens
+            # The line counts every answer billed, as its cost does: those thrown away on the way (`wasted_usage`)
+            # with the one relayed, whose own counts its client is told (`ex.cost.usage`). An error's line (`free`)
+            # is passed theirs as its `usage` (`_unanswered`).
+            billed = usage if free or ex.wasted_usage is None else usage.plus(ex.wasted_usage)
+            tokens = billed.prompt_tokens + billed.completion_tokens
             ex.budget_remaining = remaining_usd(reservation, actual)
             if ex.budget_remaining is not None:
                 cost = ex.cost
@@ -949,11 +954,11 @@ class Pipeline(Charges):
                 provider=attempt.target.provider,
                 region=attempt.target.region,
                 upstream_model=attempt.target.model,
-                input_tokens=usage.prompt_tokens,
-                cached_tokens=usage.cached_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                output_tokens=usage.completion_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
+                input_tokens=billed.prompt_tokens,
+                cached_tokens=billed.cached_tokens,
+                cache_write_tokens=billed.cache_write_tokens,
+                output_tokens=billed.completion_tokens,
+                reasoning_tokens=billed.reasoning_tokens,
                 cost_usd=ex.cost.provider_usd,
                 cache_savings_usd=ex.cost.cache_savings_usd,
                 fee_usd=ex.cost.fee_usd,

@@ -556,3 +556,31 @@ async def test_a_request_naming_no_tier_is_reserved_at_the_tier_its_deployment_r
     statuses, spent = await wave(served, budget)
     assert statuses == [200, 200, 402, 402] and spent <= budget, (statuses, spent, budget)
     await served.gateway.aclose()
+
+
+async def test_a_line_after_an_answer_thrown_away_counts_every_answer_billed() -> None:
+    """An answer thrown away (it broke the enforced schema) and the fallback's that served: the line's cost had
+    both, as the provider billed both, but its tokens were the served answer's alone (20 in, 7 out beside the cost of
+    30 in, 12 out), so tokens times prices did not give the cost (review). The line counts every answer billed; the
+    client's body still has its own answer's usage."""
+
+    def openai(request: httpx.Request) -> httpx.Response:
+        answer = completion(orjson.loads(request.content)["model"])
+        if answer["model"] == "gpt-4o-mini":  # not the JSON the schema asks for
+            return httpx.Response(200, json=answer)
+        answer["choices"][0]["message"]["content"] = '{"city": "Oslo"}'
+        answer["usage"] = {"prompt_tokens": 20, "completion_tokens": 7, "total_tokens": 27}
+        return httpx.Response(200, json=answer)
+
+    fallback = {"provider": "openai", "model": "fallback"}
+    models = {"m": {**MODEL, "deployments": [*MODEL["deployments"], fallback], "enforce_schema": True}}
+    served = await serve(openai, models)
+    schema = {"type": "json_schema", "json_schema": {"name": "city", "schema": {"type": "object"}}}
+    answer = await served.post("/v1/chat/completions", {"model": "m", "messages": HI, "response_format": schema})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-gateway-route"] == "openai/gpt-4o-mini@global=schema_violation, openai/fallback@global=200"
+    assert answer.json()["usage"]["prompt_tokens"] == 20 and answer.json()["usage"]["completion_tokens"] == 7
+    [line] = await served.ledger()
+    assert (line.input_tokens, line.output_tokens) == (30, 12), line
+    assert line.cost_usd == pytest.approx(line.input_tokens * 1.0e-6 + line.output_tokens * 2.0e-6)
+    await served.gateway.aclose()
