@@ -24,6 +24,7 @@ from handler.pipeline.pricing import (
     upstream_price,
     with_options,
 )
+from handler.ports import Served
 from handler.redaction import redact_message
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from handler.pipeline.exchange import Exchange
     from handler.pipeline.gateway import Gateway
     from handler.pipeline.routing import Attempt
-    from handler.ports import NativeCall, Served
+    from handler.ports import NativeCall
     from handler.schemas import ChatRequest, Usage
 
 log = logging.getLogger("gateway")
@@ -203,6 +204,13 @@ class Charges:
         rate = attempt.tiers.get(ran, 1.0)
         if rate > 1.0 and rate > attempt.tiers.get(known.get(id(attempt), ""), 1.0):
             known[id(attempt)] = ran
+
+    def _unanswered_tier(self, ex: Exchange, attempt: Attempt) -> Served | None:
+        """How an attempt the provider may bill but never answered is taken to have been served, for the worst case
+        it is charged: a request that names no service tier at the tier its deployment runs such requests at
+        (`Router.unasked_tiers`), as its worst case was reserved; else as asked (None)."""
+        tier = self.gateway.router.unasked_tiers.get(id(attempt)) if ex.service_tier is None else None
+        return None if tier is None else Served({SERVICE_TIER: tier})
 
     def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage, served: Served | None = None) -> Cost:
         """What `usage` at `attempt` costs, with the options billed per request; `served`: what the answer says of

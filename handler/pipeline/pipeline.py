@@ -919,10 +919,12 @@ class Pipeline(Charges):
         actual = 0.0
         tokens = 0
         if source == "reserved" or ex.missed:  # (rare: the worst case is built only when it is charged)
+            if source == "reserved" and served is None and attempt is not None:
+                served = self._unanswered_tier(ex, attempt)
             usage = self._worst(ex, reservation, attempt, usage) if source == "reserved" else usage
             if usage is not None and attempt is not None:
                 for missed in ex.missed:  # attempts before this one that the provider may bill
-                    self._waste(ex, missed, self._worst(ex, reservation, missed))
+                    self._waste(ex, missed, self._worst(ex, reservation, missed), self._unanswered_tier(ex, missed))
                 if ex.missed:
                     # Part of the cost is their reserved worst case, no count the provider gave: the line says so
                     # (it said `provider`, and reports counted it as known exactly).

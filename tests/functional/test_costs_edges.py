@@ -536,7 +536,8 @@ async def test_a_request_naming_no_tier_is_reserved_at_the_tier_its_deployment_r
     requests at once on a budget that held four plain worst cases and two priority ones were all admitted, and the
     key spent 1.6 times its budget (review). Once the deployment has answered one tier-less request at priority, its
     tier-less requests are reserved at priority: two of four are admitted, the others refused (402), the budget
-    held. With `default_service_tier: priority` on the deployment, so from the first request."""
+    held. With `default_service_tier: priority` on the deployment, so from the first request. A request cut in flight
+    is charged its worst case at priority too."""
     project = ProjectAtPriority()
     priced = {"service_tier": {"priority": 2.0}}
     served = await serve(project, {"m": MODEL}, priced_options=priced)
@@ -548,6 +549,16 @@ async def test_a_request_naming_no_tier_is_reserved_at_the_tier_its_deployment_r
     assert await worst_case(served) == pytest.approx(2 * plain_worst)
     statuses, spent = await wave(served, budget)
     assert statuses == [200, 200, 402, 402] and spent <= budget, (statuses, spent, budget)
+    # One cut in flight is charged its worst case at the tier it would have run at, as it was reserved (it was
+    # charged at the plain price, half what the provider may bill).
+    cut = await served.http.post(
+        "/v1/chat/completions",
+        json=TIER_LESS,
+        headers={"authorization": f"Bearer {served.key.key}", "x-gateway-deadline-ms": "30"},
+    )
+    assert cut.status_code == 504, cut.text
+    *_, line = await served.ledger()
+    assert line.cost_source == "reserved" and line.cost_usd == pytest.approx(2 * plain_worst, rel=1e-3)
     await served.gateway.aclose()
 
     told = {**MODEL, "deployments": [{**MODEL["deployments"][0], "default_service_tier": "priority"}]}
