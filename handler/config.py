@@ -176,6 +176,11 @@ class DeploymentConfig(BaseModel):
         description="whether the upstream model reasons (OpenAI's o-series, gpt-5): by its name unless set, which an "
         "Azure deployment's or a proxy's own name may not tell",
     )
+    default_service_tier: str | None = Field(
+        default=None,
+        description="the OpenAI service tier its project runs a request that names none at, where it is not the "
+        "default (a project whose default tier is priority): such requests are reserved at that tier's price",
+    )
 
 
 class LongContextPrice(_Strict):
@@ -470,6 +475,26 @@ def lifetime_problems(settings: GatewaySettings) -> list[str]:
     return problems
 
 
+def project_tier_problems(where: str, dep: DeploymentConfig, config: Config) -> list[str]:
+    """What is wrong with a deployment's `default_service_tier`: a tier only OpenAI's API has, and one that costs
+    more than the default (`auto` and `default` are the model's own prices). Whether its model prices the tier is
+    checked with the router, which resolves the prices (`Router`)."""
+    tier = dep.default_service_tier
+    provider = config.providers.get(dep.provider)
+    if tier is None or provider is None:
+        return []
+    if provider.type not in OPENAI_API_TYPES:
+        return [
+            f"{where}.default_service_tier: only for a deployment of OpenAI's API ({', '.join(OPENAI_API_TYPES)}), "
+            f"not of '{provider.type}'"
+        ]
+    if tier in PLAIN_TIERS:
+        return [
+            f"{where}.default_service_tier: '{tier}' is the model's own prices, which need no setting: leave it out"
+        ]
+    return []
+
+
 def _cross_check(config: Config, known_types: set[str]) -> list[str]:
     problems: list[str] = lifetime_problems(config.gateway)
     tiers = config.gateway.priced_options.service_tier
@@ -487,6 +512,7 @@ def _cross_check(config: Config, known_types: set[str]) -> list[str]:
                     f"models.{model}.deployments[{i}].reasoning: only for a deployment of OpenAI's API "
                     f"({', '.join(OPENAI_API_TYPES)}), not of '{kind}' (its models' reasoning is told by their names)"
                 )
+            problems += project_tier_problems(f"models.{model}.deployments[{i}]", dep, config)
         if isinstance(spec.price, Price):
             problems += price_option_problems(f"models.{model}.price", spec.price)
             if spec.kind == "chat" and "output" not in spec.price.model_fields_set:

@@ -97,14 +97,16 @@ class Reservation:
 
 
 class Counted:
-    """What one admission counted on the rate limits of a key's chain (`rates`), with the counts the store reported
-    for them (`snapshot`): the `x-ratelimit-*` of an answer a model other than the one asked for served are read
-    from every admission of the request that counted on a limit binding that model (`Meter.served_headers`)."""
+    """What one admission counted on the rate limits of a key's chain (`rates`, its `admission`'s), with the counts
+    the store reported for them (`snapshot`): the `x-ratelimit-*` of an answer a model other than the one asked for
+    served are read from every admission of the request that counted on a limit binding that model
+    (`Meter.served_headers`); a fallback's, when nothing was sent to it, is given back (`Meter.given_back`)."""
 
-    __slots__ = ("rates", "snapshot")
+    __slots__ = ("admission", "rates", "snapshot")
 
-    def __init__(self, rates: list[RateCharge], snapshot: MeterSnapshot) -> None:
-        self.rates = rates
+    def __init__(self, admission: Admission, snapshot: MeterSnapshot) -> None:
+        self.admission = admission
+        self.rates = admission.rates
         self.snapshot = snapshot
 
 
@@ -200,7 +202,7 @@ class Meter:
         if not rates:
             return None
         admission = Admission(request_id, key.id, [], rates, now + self.reservation_ttl, key.home_region)
-        return Counted(rates, await self._admit(admission, key, 0.0, window))
+        return Counted(admission, await self._admit(admission, key, 0.0, window))
 
     def served_headers(self, reservation: Reservation | None, others: list[Counted], model: str) -> dict[str, str]:
         """The `x-ratelimit-*` of an answer `model` served where another was asked for (a fallback): the tightest of
@@ -209,7 +211,7 @@ class Meter:
         binds none of its fallbacks, and is not told."""
         admissions = list(others)
         if reservation is not None and reservation.admission is not None:
-            admissions.append(Counted(reservation.admission.rates, reservation.snapshot))
+            admissions.append(Counted(reservation.admission, reservation.snapshot))
         rates: list[RateCharge] = []
         snapshot = MeterSnapshot()
         for admission in admissions:
@@ -221,6 +223,12 @@ class Meter:
         if not rates:
             return {}
         return self._rate_headers(rates, snapshot, max(rate.window for rate in rates))
+
+    def given_back(self, counted: Counted) -> Settlement:
+        """What gives back all that a fallback's own limits counted (`admit_fallback`) when nothing was sent to it
+        (the request ended first: its deadline, the client gone, the worst case its attempt needed not covered), as
+        a request never sent gives back what its admission counted (`settlement`, `unsent`)."""
+        return self.settlement(Reservation(counted.admission, 0.0, 0), 0.0, 0, None, unsent=True)
 
     async def reserve_again(self, reservation: Reservation, key: KeyRecord, n: int) -> Reservation:
         """The `n`th worst case more on every budget `reservation` holds, and no rate counted: for an attempt the
@@ -262,7 +270,7 @@ class Meter:
         if not rates:
             return None
         admission = Admission(request_id, key.id, [], rates, now + self.reservation_ttl, key.home_region)
-        return Counted(rates, await self._admit(admission, key, 0.0, window))
+        return Counted(admission, await self._admit(admission, key, 0.0, window))
 
     def count_headers(self, counted: Counted) -> dict[str, str]:
         """The `x-ratelimit-*` headers of what one admission `counted` (`admit_count`)."""

@@ -24,6 +24,7 @@ from handler.pipeline.pricing import (
     upstream_price,
     with_options,
 )
+from handler.ports import Served
 from handler.redaction import redact_message
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from handler.pipeline.exchange import Exchange
     from handler.pipeline.gateway import Gateway
     from handler.pipeline.routing import Attempt
-    from handler.ports import NativeCall, Served
+    from handler.ports import NativeCall
     from handler.schemas import ChatRequest, Usage
 
 log = logging.getLogger("gateway")
@@ -163,11 +164,11 @@ class Charges:
                 param="modalities",
             )
 
-    @staticmethod
-    def _price(ex: Exchange, attempt: Attempt, served: Served | None = None, worst: bool = False) -> Price | None:
+    def _price(self, ex: Exchange, attempt: Attempt, served: Served | None = None, worst: bool = False) -> Price | None:
         """`attempt`'s price for this request: with the options it passes through (at the values the answer was
         `served` at, once it says), times its model's multiplier for the service tier (`Attempt.tiers`). `worst`:
-        the most it can be billed at, for the worst case reserved before anything is sent."""
+        the most it can be billed at, for the worst case reserved before anything is sent: a request that names no
+        tier at the tier its deployment runs such requests at (`Router.unasked_tiers`)."""
         price = price_for(attempt.model, attempt.spec, attempt.target.model)
         asked = ex.native_options if ex.native_options and attempt.adapter.speaks(ex.native_api, attempt.target) else {}
         if served is not None and served.options:  # (the answer says how it ran: as asked or not, billed so)
@@ -176,7 +177,8 @@ class Charges:
             price = with_options(price, asked)
         tier = ex.service_tier
         if tier is None and served is None:
-            return price
+            unasked = self.gateway.router.unasked_tiers.get(id(attempt)) if worst else None
+            return price if unasked is None else scaled(price, max(attempt.tiers.get(unasked, 1.0), 1.0))
         # A service tier the deployment was not sent (dropped and named) is not billed; one the answer says it
         # ran at is billed at that tier, as OpenAI bills it (`priority` is served at `default` past its ramp limits).
         multiplier = attempt.tiers.get(tier, 1.0) if tier is not None and SERVICE_TIER not in ex.dropped else 1.0
@@ -188,6 +190,27 @@ class Charges:
             # another provider) is billed at the model's own prices, so a tier below them (flex) reserves those.
             multiplier = max(multiplier, 1.0)
         return scaled(price, multiplier)
+
+    def _ran_unasked(self, attempt: Attempt, served: Served) -> None:
+        """An answer to a request that named no service tier says it ran at one (`served`): where that costs more
+        than the tier its deployment was known to run such requests at, their worst cases are reserved at it from
+        now on (`Router.unasked_tiers`). An OpenAI project whose default tier is priority runs and bills every such
+        request at priority; reserved at the plain price, requests in flight at once could pass a budget by the
+        difference. Until the first answer says so (or the config does, `default_service_tier`), they still can."""
+        ran = served.options.get(SERVICE_TIER)
+        if ran is None:
+            return
+        known = self.gateway.router.unasked_tiers
+        rate = attempt.tiers.get(ran, 1.0)
+        if rate > 1.0 and rate > attempt.tiers.get(known.get(id(attempt), ""), 1.0):
+            known[id(attempt)] = ran
+
+    def _unanswered_tier(self, ex: Exchange, attempt: Attempt) -> Served | None:
+        """How an attempt the provider may bill but never answered is taken to have been served, for the worst case
+        it is charged: a request that names no service tier at the tier its deployment runs such requests at
+        (`Router.unasked_tiers`), as its worst case was reserved; else as asked (None)."""
+        tier = self.gateway.router.unasked_tiers.get(id(attempt)) if ex.service_tier is None else None
+        return None if tier is None else Served({SERVICE_TIER: tier})
 
     def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage, served: Served | None = None) -> Cost:
         """What `usage` at `attempt` costs, with the options billed per request; `served`: what the answer says of

@@ -61,7 +61,7 @@ class Exchange:
         "lineage", "inflight", "inflight_at", "inflight_status", "answered", "missed", "extra", "prompt", "user",
         "service_tier", "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving",
         "client_left", "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic", "audio_output",
-        "ledger_item", "ends_at", "lifetime_s", "wasted_usage",
+        "ledger_item", "ends_at", "lifetime_s", "wasted_usage", "unsent_fallbacks",
     )  # fmt: skip
 
     def __init__(
@@ -134,6 +134,9 @@ class Exchange:
         # What the request was counted on beyond its admission (a token count's requests a minute, a fallback's own
         # limits), for the `x-ratelimit-*` of an answer a fallback served (`Meter.served_headers`).
         self.counted: list[Counted] = []
+        # A fallback's own counts (among `counted`) while nothing has been sent to it: given back when the request
+        # settles (`Meter.given_back`), by model.
+        self.unsent_fallbacks: dict[str, Counted] = {}
         self.user: str | None = None  # the end user the client named, for attribution
         self.service_tier: str | None = None  # the OpenAI service tier asked, one priced apart from the plain price
         # Options that change the model's price (`pricing.PRICED_PER_MODEL`) of a request passed through as written

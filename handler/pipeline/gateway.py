@@ -319,7 +319,9 @@ def unread_options(config: Config, registry: Mapping[str, type[ProviderAdapter]]
             cls = registry[serving.type]
             readable = cls.deployment_options
             for option in sorted(set(deployment.model_extra or {}) - readable):
-                known = ", ".join(sorted({"provider", "model", "region", "base_url", "reasoning", *readable}))
+                known = ", ".join(
+                    sorted({"provider", "model", "region", "base_url", "reasoning", "default_service_tier", *readable})
+                )
                 problems.append(f"models.{model}.deployments[{i}].{option}: not an option of a deployment ({known})")
             problems += _option_values(f"models.{model}.deployments[{i}]", cls, deployment.model_extra)
     return problems

@@ -694,6 +694,8 @@ class Pipeline(Charges):
                     raise deadline_passed(ex, "an answer") if failed else too_short_to_send(ex, within)
                 ex.inflight_at = started
                 ex.inflight = attempt
+                if ex.unsent_fallbacks:  # (it goes out: what its own limits counted stays counted)
+                    ex.unsent_fallbacks.pop(attempt.model, None)
                 ex.inflight_status = 0
                 try:
                     async with span("upstream", provider=attempt.target.provider, region=attempt.target.region):
@@ -863,6 +865,7 @@ class Pipeline(Charges):
                 ex.fallbacks[model] = None
                 if own is not None:
                     ex.counted.append(own)
+                    ex.unsent_fallbacks[model] = own
             except RateLimitError as refused:
                 ex.fallbacks[model] = refused
         return ex.fallbacks[model] is not None
@@ -919,9 +922,10 @@ class Pipeline(Charges):
         estimated), `reserved` (cut before any answer, or a reasoning stream cut short: the reserved worst case,
         on the input counts of `usage` where the provider gave them, `_worst`). `free`: the answer costs nothing
         (an error answer, a count of tokens): neither the prices per request (web search) nor the gateway's fee
-        apply to it; an earlier attempt the provider may bill still does. `served`: what the answer says of how it
-        was served (`Served`), which its cost follows. `unsent`: no attempt went out, so nothing it counted on the
-        rate limits stays counted (`Meter.settlement`)."""
+        apply to it; an earlier attempt the provider may bill still does, and `usage` counts the answers thrown
+        away on the way (`wasted_usage`), which any other answer's line adds to its own. `served`: what the answer
+        says of how it was served (`Served`), which its cost follows. `unsent`: no attempt went out, so nothing it
+        counted on the rate limits stays counted (`Meter.settlement`)."""
         reservation = ex.reservation
         if reservation is None:
             return
@@ -931,21 +935,29 @@ class Pipeline(Charges):
         actual = 0.0
         tokens = 0
         if source == "reserved" or ex.missed:  # (rare: the worst case is built only when it is charged)
+            if source == "reserved" and served is None and attempt is not None:
+                served = self._unanswered_tier(ex, attempt)
             usage = self._worst(ex, reservation, attempt, usage) if source == "reserved" else usage
             if usage is not None and attempt is not None:
                 for missed in ex.missed:  # attempts before this one that the provider may bill
-                    self._waste(ex, missed, self._worst(ex, reservation, missed))
+                    self._waste(ex, missed, self._worst(ex, reservation, missed), self._unanswered_tier(ex, missed))
                 if ex.missed:
                     # Part of the cost is their reserved worst case, no count the provider gave: the line says so
                     # (it said `provider`, and reports counted it as known exactly).
                     source = "reserved"
+        if served is not None and ex.service_tier is None and attempt is not None:
+            self._ran_unasked(attempt, served)
         if usage is not None and attempt is not None:
             ex.cost = self._cost(ex, attempt, usage, served) if not free else Cost(0.0, 0.0, usage, None)
             if ex.wasted_usd and ex.cost.provider_usd is not None:
                 provider = ex.cost.provider_usd + ex.wasted_usd  # the fee is on the whole, once
                 ex.cost = Cost(provider, fee_for(provider, self.fee), usage, ex.cost.unit_prices)
             actual = ex.cost.total_usd or 0.0
-            tokens = usage.prompt_tokens + usage.completion_tokens
+            # The line counts every answer billed, as its cost does: those thrown away on the way (`wasted_usage`)
+            # with the one relayed, whose own counts its client is told (`ex.cost.usage`). An error's line (`free`)
+            # is passed theirs as its `usage` (`_unanswered`).
+            billed = usage if free or ex.wasted_usage is None else usage.plus(ex.wasted_usage)
+            tokens = billed.prompt_tokens + billed.completion_tokens
             ex.budget_remaining = remaining_usd(reservation, actual)
             if ex.budget_remaining is not None:
                 cost = ex.cost
@@ -960,11 +972,11 @@ class Pipeline(Charges):
                 provider=attempt.target.provider,
                 region=attempt.target.region,
                 upstream_model=attempt.target.model,
-                input_tokens=usage.prompt_tokens,
-                cached_tokens=usage.cached_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                output_tokens=usage.completion_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
+                input_tokens=billed.prompt_tokens,
+                cached_tokens=billed.cached_tokens,
+                cache_write_tokens=billed.cache_write_tokens,
+                output_tokens=billed.completion_tokens,
+                reasoning_tokens=billed.reasoning_tokens,
                 cost_usd=ex.cost.provider_usd,
                 cache_savings_usd=ex.cost.cache_savings_usd,
                 fee_usd=ex.cost.fee_usd,
@@ -982,6 +994,9 @@ class Pipeline(Charges):
         settlements = [self.meter.settlement(reservation, actual, tokens, item, unsent)]
         # The worst cases reserved more for attempts the provider may bill: released (the line carries their cost).
         settlements += [self.meter.settlement(extra, 0.0, 0, None) for extra in ex.extra]
+        # What fallbacks that nothing was sent to counted on their own limits: given back, as a request never sent
+        # gives back its own counts (they held the key's requests a minute to that model for nothing).
+        settlements += [self.meter.given_back(counted) for counted in ex.unsent_fallbacks.values()]
         for settlement in settlements:
             if background:
                 self.gateway.settle_soon(self.meter, settlement)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
-from handler.config import Config, ModelConfig, Price, reference_hint
+from handler.config import Config, ConfigError, ModelConfig, Price, reference_hint
 from handler.errors import (
     GatewayError,
     InvalidRequestError,
@@ -146,6 +146,17 @@ def any_model(model: str) -> bool:
     return True
 
 
+def unpriced_default_tier(where: str, tier: str, model: str, rates: Mapping[str, float]) -> str:
+    """The config error of a deployment's `default_service_tier` that its model has no multiplier for: its requests
+    would be reserved, and billed, at the plain price."""
+    priced = ", ".join(sorted(rates)) or "none"
+    return (
+        f"{where}.default_service_tier: '{tier}' has no price for model '{model}' (the tiers it has a multiplier "
+        f"for: {priced}; from its price's `options.service_tier`, the built-in table's, or "
+        "gateway.priced_options.service_tier)"
+    )
+
+
 class RouteControls(Value):
     """The client's routing headers."""
 
@@ -174,12 +185,22 @@ class Router:
         self.region = region
         self.breakers = breakers or Breakers()
         self._latency = config.gateway.region_latency_ms.get(region, {})
-        self._targets = {model: self._build(model, spec) for model, spec in config.models.items()}
+        # The OpenAI service tier each deployment runs a request that names none at, where it costs more than the
+        # default: the config's `default_service_tier`, else the dearest an answer to such a request said it ran at
+        # (`Charges._ran_unasked`). Its requests that name none are reserved at that tier's price. By the identity of
+        # its `Attempt`, which lives as long as the router: one dict read at an admission, no label formatted.
+        self.unasked_tiers: dict[int, str] = {}
+        problems: list[str] = []
+        self._targets = {model: self._build(model, spec, problems) for model, spec in config.models.items()}
+        if problems:
+            raise ConfigError(problems)
 
-    def _build(self, model: str, spec: ModelConfig) -> list[Attempt]:
+    def _build(self, model: str, spec: ModelConfig, problems: list[str]) -> list[Attempt]:
+        """`model`'s attempts, nearest first; a deployment's `default_service_tier` its model has no price for is
+        one of `problems`."""
         attempts = []
         gateway_tiers = self.config.gateway.priced_options.service_tier
-        for dep in spec.deployments:
+        for i, dep in enumerate(spec.deployments):
             adapter = self.adapters[dep.provider]
             provider = self.config.providers[dep.provider]
             region = dep.region or provider.region or (self.region if adapter.regional else GLOBAL)
@@ -194,7 +215,13 @@ class Router:
             price = price_for(model, spec, dep.model)
             rates, taken = tier_rates(price, gateway_tiers, configured=isinstance(spec.price, Price))
             tiers = MappingProxyType(rates)
-            attempts.append(Attempt(model, spec, target, adapter, km, rtt, measured is not None, tiers, taken))
+            tier = dep.default_service_tier
+            if tier is not None and tier not in rates:
+                problems.append(unpriced_default_tier(f"models.{model}.deployments[{i}]", tier, model, rates))
+            attempt = Attempt(model, spec, target, adapter, km, rtt, measured is not None, tiers, taken)
+            if tier is not None:
+                self.unasked_tiers[id(attempt)] = tier
+            attempts.append(attempt)
         # One unit for all: a region the config measured and one it did not are compared in milliseconds (kilometres
         # against milliseconds served from Ireland a gateway in Virginia that had Ohio, 496 km away, beside it).
         return sorted(attempts, key=lambda a: a.rtt_ms)

@@ -536,4 +536,116 @@ async def test_an_extra_reservation_written_while_the_request_is_cancelled_twice
     assert (line.status, line.cost_source) == (499, "reserved"), line
     state = (await served.get("/v1/key")).json()
     assert state["reserved_usd"] == 0 and state["spent_usd"] == pytest.approx(line.cost_usd + line.fee_usd), state
+
+
+class ProjectAtPriority:
+    """An OpenAI project whose default tier is priority: a request that names no tier runs, and is billed, at
+    priority, as the answer's `service_tier` says. Every answer bills all the output the request allowed (its worst
+    case), and comes once the requests sent with it have been admitted."""
+
+    def __init__(self) -> None:
+        self.answered = 0
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        await asyncio.sleep(0.05)
+        self.answered += 1
+        output = body.get("max_completion_tokens") or body["max_tokens"]
+        usage = {"prompt_tokens": 10, "completion_tokens": output, "total_tokens": 10 + output}
+        tier = body.get("service_tier") or "priority"
+        return httpx.Response(200, json={**completion(body["model"]), "usage": usage, "service_tier": tier})
+
+
+WAVE = 4
+TIER_LESS = {"model": "m", "messages": HI, "max_tokens": 1000}
+
+
+async def worst_case(served: Any) -> float:
+    """The worst case a tier-less request is reserved at, as a `x-gateway-max-cost-usd` too low for it tells."""
+    refused = await served.http.post(
+        "/v1/chat/completions",
+        json=TIER_LESS,
+        headers={"authorization": f"Bearer {served.key.key}", "x-gateway-max-cost-usd": "0.000000001"},
+    )
+    assert refused.status_code == 402, refused.text
+    return float(refused.json()["error"]["message"].split("$")[1].split(" ")[0])
+
+
+async def wave(served: Any, budget_usd: float) -> tuple[list[int], float]:
+    """`WAVE` tier-less requests at once on a key of their own with `budget_usd`: their statuses, and what it spent."""
+    record = KeyRecord(id="", name="w", secret_hash="", created_at=0, budget_usd=budget_usd, budget_period="month")
+    key = await KeyAdmin(KeyService(served.gateway.store, 0)).mint(record)
+    auth = {"authorization": f"Bearer {key.key}"}
+    answers = await asyncio.gather(
+        *(served.http.post("/v1/chat/completions", json=TIER_LESS, headers=auth) for _ in range(WAVE))
+    )
+    await served.gateway.drain()
+    state = (await served.http.get("/v1/key", headers=auth)).json()
+    return sorted(answer.status_code for answer in answers), float(state["spent_usd"])
+
+
+async def test_a_request_naming_no_tier_is_reserved_at_the_tier_its_deployment_runs_it_at() -> None:
+    """A project whose default tier is priority bills a request that names no tier at priority (twice the price
+    here), as the answer says and the settlement reads; but its worst case was reserved at the plain price: four
+    requests at once on a budget that held four plain worst cases and two priority ones were all admitted, and the
+    key spent 1.6 times its budget (review). Once the deployment has answered one tier-less request at priority, its
+    tier-less requests are reserved at priority: two of four are admitted, the others refused (402), the budget
+    held. With `default_service_tier: priority` on the deployment, so from the first request. A request cut in flight
+    is charged its worst case at priority too."""
+    project = ProjectAtPriority()
+    priced = {"service_tier": {"priority": 2.0}}
+    served = await serve(project, {"m": MODEL}, priced_options=priced)
+    plain_worst = await worst_case(served)
+    budget = WAVE * plain_worst * 1.25  # four plain worst cases, two at priority
+    taught = await served.post("/v1/chat/completions", TIER_LESS)  # (the answer that teaches it: as it ran)
+    assert taught.status_code == 200, taught.text
+    assert float(taught.headers["x-gateway-cost-usd"]) > plain_worst  # billed at priority, beyond its reservation
+    assert await worst_case(served) == pytest.approx(2 * plain_worst)
+    statuses, spent = await wave(served, budget)
+    assert statuses == [200, 200, 402, 402] and spent <= budget, (statuses, spent, budget)
+    # One cut in flight is charged its worst case at the tier it would have run at, as it was reserved (it was
+    # charged at the plain price, half what the provider may bill).
+    cut = await served.http.post(
+        "/v1/chat/completions",
+        json=TIER_LESS,
+        headers={"authorization": f"Bearer {served.key.key}", "x-gateway-deadline-ms": "30"},
+    )
+    assert cut.status_code == 504, cut.text
+    *_, line = await served.ledger()
+    assert line.cost_source == "reserved" and line.cost_usd == pytest.approx(2 * plain_worst, rel=1e-3)
+    await served.gateway.aclose()
+
+    told = {**MODEL, "deployments": [{**MODEL["deployments"][0], "default_service_tier": "priority"}]}
+    served = await serve(ProjectAtPriority(), {"m": told}, priced_options=priced)
+    assert await worst_case(served) == pytest.approx(2 * plain_worst)
+    statuses, spent = await wave(served, budget)
+    assert statuses == [200, 200, 402, 402] and spent <= budget, (statuses, spent, budget)
+    await served.gateway.aclose()
+
+
+async def test_a_line_after_an_answer_thrown_away_counts_every_answer_billed() -> None:
+    """An answer thrown away (it broke the enforced schema) and the fallback's that served: the line's cost had
+    both, as the provider billed both, but its tokens were the served answer's alone (20 in, 7 out beside the cost of
+    30 in, 12 out), so tokens times prices did not give the cost (review). The line counts every answer billed; the
+    client's body still has its own answer's usage."""
+
+    def openai(request: httpx.Request) -> httpx.Response:
+        answer = completion(orjson.loads(request.content)["model"])
+        if answer["model"] == "gpt-4o-mini":  # not the JSON the schema asks for
+            return httpx.Response(200, json=answer)
+        answer["choices"][0]["message"]["content"] = '{"city": "Oslo"}'
+        answer["usage"] = {"prompt_tokens": 20, "completion_tokens": 7, "total_tokens": 27}
+        return httpx.Response(200, json=answer)
+
+    fallback = {"provider": "openai", "model": "fallback"}
+    models = {"m": {**MODEL, "deployments": [*MODEL["deployments"], fallback], "enforce_schema": True}}
+    served = await serve(openai, models)
+    schema = {"type": "json_schema", "json_schema": {"name": "city", "schema": {"type": "object"}}}
+    answer = await served.post("/v1/chat/completions", {"model": "m", "messages": HI, "response_format": schema})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-gateway-route"] == "openai/gpt-4o-mini@global=schema_violation, openai/fallback@global=200"
+    assert answer.json()["usage"]["prompt_tokens"] == 20 and answer.json()["usage"]["completion_tokens"] == 7
+    [line] = await served.ledger()
+    assert (line.input_tokens, line.output_tokens) == (30, 12), line
+    assert line.cost_usd == pytest.approx(line.input_tokens * 1.0e-6 + line.output_tokens * 2.0e-6)
     await served.gateway.aclose()

@@ -371,6 +371,31 @@ def test_a_fallback_is_held_to_its_own_per_model_limits_along_the_chain(gw: Runn
     assert told == ("3", "1")
 
 
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "city", "schema": {"type": "object"}, "strict": True}}
+
+
+def test_a_fallback_nothing_was_sent_to_gives_back_what_it_counted(gw: Running) -> None:
+    """A fallback is counted on its own per-model limits when the plan moves to it; when nothing is then sent to it
+    (the worst case more its next attempt needs does not fit `x-gateway-max-cost-usd`, after the first answer was
+    thrown away for its schema; or the deadline passes, the client leaves, its breaker opens), the request it counted
+    stayed counted for the rest of the minute: the key's one Claude request a minute was spent on nothing, and
+    Claude refused (429). It is given back, as the primary's counts are when nothing was sent."""
+    fresh_minute()
+    key = gw.mint(model_limits={"claude-*": {"rpm": 1}})
+    body = {"model": "gpt-test", "messages": HI, "response_format": SCHEMA}
+    enforced = {"x-gateway-enforce-schema": "true", "x-gateway-fallbacks": "claude-test"}
+    probe = post(gw, "/v1/chat/completions", key, body, **enforced, **{"x-gateway-max-cost-usd": "0.000000001"})
+    assert probe.status_code == 402, probe.text
+    worst = float(probe.json()["error"]["message"].split("$")[1].split(" ")[0])
+    since = len(gw.fakes["anthropic"].state.requests)
+    cut = post(gw, "/v1/chat/completions", key, body, **enforced, **{"x-gateway-max-cost-usd": str(worst * 1.5)})
+    assert cut.status_code == 502 and cut.json()["error"]["code"] == "schema_violation", cut.text
+    assert received(gw, "anthropic", since) == []
+    time.sleep(0.3)  # (the settlement, in the background)
+    assert chat(gw, key, "claude-test").status_code == 200  # the minute's one Claude request: the fallback's given back
+    assert chat(gw, key, "claude-test").status_code == 429
+
+
 def test_every_matching_model_limit_binds_whatever_its_place(gw: Running) -> None:
     """The first matching pattern alone bound: `{"gpt-test": rpm 1, "*": rpm 5}` gave 200, 429, 429, 429 on
     gpt-test, the same in the other order four 200s; and a child of a parent with the second order had 4 of 4,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from adapters.providers.registry import REGISTRY
-from handler.config import parse_config
+from handler.config import ConfigError, parse_config
 from handler.errors import NotFoundError, PermissionDeniedError, ServiceUnavailableError
-from handler.pipeline.gateway import build_adapters
+from handler.pipeline.gateway import build_adapters, check_routes
 from handler.pipeline.routing import RouteControls, Router, any_model
 
 CONFIG = {
@@ -154,3 +154,45 @@ def test_a_measured_round_trip_and_an_unmeasured_regions_are_compared_in_one_uni
     assert [(e["upstream_model"], e["rtt"]) for e in explained] == [("m-oh", "estimated"), ("m-ie", "measured")]
     assert explained[0]["distance_km"] == 496 and 5 < explained[0]["rtt_ms"] < 15
     assert explained[1]["rtt_ms"] == 75
+
+
+def tiered(provider_type: str, tier: object, price: object = None) -> dict[str, object]:
+    """A config whose one deployment says its project runs requests that name no tier at `tier`."""
+    deployment = {"provider": "up", "model": "gpt-4o", "default_service_tier": tier}
+    return {
+        "gateway": {"priced_options": {"service_tier": {"flex": 1.0}}},
+        "providers": {"up": {"type": provider_type, "base_url": "https://res.openai.azure.com"}},
+        "models": {"m": {"deployments": [deployment]} | ({"price": price} if price else {})},
+    }
+
+
+def test_a_deployments_default_service_tier_is_checked_when_the_config_is() -> None:
+    """`default_service_tier` (the tier an OpenAI project runs a request that names none at, reserved at its price)
+    names a tier of OpenAI's API that costs more than the default and that the model has a price for: anything else
+    is a config error naming the deployment, not a reservation at the plain price."""
+    for data, problem in (
+        (tiered("anthropic", "priority"), "only for a deployment of OpenAI's API (openai, azure), not of 'anthropic'"),
+        (tiered("openai", "default"), "'default' is the model's own prices, which need no setting: leave it out"),
+        (tiered("openai", 2), "Input should be a valid string"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(data, set(REGISTRY))
+        assert any(
+            p.startswith("models.m.deployments[0].default_service_tier") and problem in p for p in caught.value.problems
+        ), caught.value.problems
+    # (The built-in table prices gpt-4o at priority; a price the operator wrote with no tiers does not.)
+    unpriced = parse_config(tiered("openai", "priority", {"input": 1.0, "output": 2.0}), set(REGISTRY))
+    with pytest.raises(ConfigError) as caught:
+        check_routes(unpriced, REGISTRY, "us-east-1")
+    assert caught.value.problems == [
+        "models.m.deployments[0].default_service_tier: 'priority' has no price for model 'm' (the tiers it has a "
+        "multiplier for: flex; from its price's `options.service_tier`, the built-in table's, or "
+        "gateway.priced_options.service_tier)"
+    ]
+    keys = {"OPENAI_API_KEY": "x", "AZURE_OPENAI_API_KEY": "y"}
+    for kind in ("openai", "azure"):
+        priced = parse_config(tiered(kind, "priority"), set(REGISTRY))
+        check_routes(priced, REGISTRY, "us-east-1")
+        routes = Router(priced, build_adapters(priced, REGISTRY, keys), "us-east-1")
+        [attempt] = routes.plan("m", RouteControls(), any_model)
+        assert routes.unasked_tiers == {id(attempt): "priority"} and attempt.tiers["priority"] == 1.7
