@@ -1,16 +1,17 @@
 """Tool names as a provider takes them: a name it refuses goes as an alias, and comes back as the client's.
 
 Clients name their own tools, and not all of them as every provider takes a name: Claude Code's MCP tools
-(`mcp__<server>__<tool>`) run past 64 characters, which Anthropic takes (up to 128) but Bedrock's Converse (1 to 64
-of `[a-zA-Z0-9_-]`) and Gemini (a letter or `_` first, then `[a-zA-Z0-9_.:-]`, at most 64) refuse, with a 400 for
-the whole request that the client cannot mend. Such a name goes to the provider as an alias (`alias`): a readable
-start of the name and a digest of the whole name, fitting both rules, never another name of the same request. A
-request gives each of its names the same alias wherever it appears (the tool's declaration, `tool_choice`, the
-history's calls and results), and the answer's calls name the client's tool again: no client sees an alias.
+(`mcp__<server>__<tool>`) run past 64 characters, which Anthropic takes (up to 128) but Bedrock's Converse and OpenAI
+(1 to 64 of `[a-zA-Z0-9_-]`) and Gemini (a letter or `_` first, then `[a-zA-Z0-9_.:-]`, at most 64) refuse, with a 400
+for the whole request that the client cannot mend. Such a name goes to the provider as an alias (`alias`): a readable
+start of the name and a digest of the whole name, fitting every one of these rules, never another name of the same
+request. A request gives each of its names the same alias wherever it appears (the tool's declaration, `tool_choice`,
+the history's calls and results), and the answer's calls name the client's tool again: no client sees an alias.
 
-A request's names are read by its `params.ToolNames`, each checked against the provider's rule; this module is
-imported only by a request with a name the provider refuses, which makes the aliases of all of the request's names at
-once, so that the request and its answer (read by a `ToolNames` of its own) agree on each.
+A request's names are read by its `params.ToolNames` (OpenAI's adapter: `aliased_functions`), each checked against the
+provider's rule; this module is imported only by a request with a name the provider refuses, which makes the aliases
+of all of the request's names at once, so that the request and its answer (read by a `ToolNames` of its own) agree on
+each.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from collections.abc import Callable
 
 from handler.schemas import ChatRequest
 
-MAX_NAME = 64  # Converse's and Gemini's longest name
+MAX_NAME = 64  # Converse's, OpenAI's and Gemini's longest name
 DIGEST_CHARS = 8  # hex digits of the whole name's SHA-256 closing an alias
-WORD_CHARACTERS = "_-"  # besides letters and digits, what Converse and Gemini both take anywhere in a name
+WORD_CHARACTERS = "_-"  # besides letters and digits, what each of them takes anywhere in a name
 
 
 def alias(name: str, attempt: int = 0) -> str:
-    """A name both Converse and Gemini take for `name`: its start, each character outside `[a-zA-Z0-9_-]` as `_` and
-    a `_` first unless it opens with a letter or `_`, then `_` and a digest of the whole name (of the name and
+    """A name Converse, OpenAI and Gemini all take for `name`: its start, each character outside `[a-zA-Z0-9_-]` as
+    `_` and a `_` first unless it opens with a letter or `_`, then `_` and a digest of the whole name (of the name and
     `attempt`, for a later attempt after one that another of the request's names already held)."""
     head = "".join(c if c.isascii() and (c.isalnum() or c in WORD_CHARACTERS) else "_" for c in name)
     if not (head[:1].isalpha() or head[:1] == "_"):
