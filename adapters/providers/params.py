@@ -7,7 +7,7 @@ returns the names it could not honour, for `x-gateway-dropped-params`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import orjson
@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from handler.errors import InvalidRequestError
 from handler.records import Value
-from handler.schemas import DOCUMENT, DOCUMENT_FIELDS, ResponseFormat
+from handler.schemas import DOCUMENT, DOCUMENT_FIELDS, ChatRequest, ResponseFormat
 
 
 class Rule(Value):
@@ -273,3 +273,40 @@ def unsent_reasoning(messages: list[Any]) -> list[str]:
         elif (m.model_extra or {}).get("thinking_blocks"):
             dropped.append("messages.thinking")
     return list(dict.fromkeys(dropped))
+
+
+class ToolNames:
+    """One request's tool names as its provider takes them (`takes`, the provider's rule for a name): `wire` the
+    name to send for a client's, `client` the client's for one the provider answered with. A name the provider
+    refuses goes as an alias (`adapters.providers.tool_names`, imported at the first such name); a name it takes
+    costs one check."""
+
+    __slots__ = ("_req", "_takes", "_aliases", "_clients")
+
+    def __init__(self, req: ChatRequest, takes: Callable[[str], bool]) -> None:
+        self._req = req
+        self._takes = takes
+        self._aliases: dict[str, str] | None = None  # made at the first name the provider refuses
+        self._clients: dict[str, str] | None = None
+
+    def wire(self, name: str) -> str:
+        """`name` as the provider takes it: itself, or its alias."""
+        if self._aliases is None:
+            if self._takes(name):
+                return name
+            from adapters.providers.tool_names import aliases  # (a request with a name the provider refuses)
+
+            self._aliases = aliases(self._req, self._takes)
+        return self._aliases.get(name, name)
+
+    def client(self, name: str) -> str:
+        """The client's name for a call the provider answered with `name`: the tool whose alias it is, else itself.
+        Only a request whose tools' names the provider refuses has aliases its model can call: the rest cost a check
+        of each tool's name, made at the answer's first call."""
+        if self._clients is None:
+            self._clients = {}
+            if any(not self._takes(tool.function.name) for tool in self._req.tools or ()):
+                from adapters.providers.tool_names import aliases
+
+                self._clients = {wire: given for given, wire in aliases(self._req, self._takes).items()}
+        return self._clients.get(name, name) if self._clients else name

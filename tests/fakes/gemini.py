@@ -4,7 +4,8 @@ It serves `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent
 `:batchEmbedContents`, checks `x-goog-api-key`, and refuses what Google refuses (unknown fields, empty
 `contents`, roles other than `user`/`model`, a conversation whose last turn is the model's (Google documents no
 continuing of one; the words of the 400 are those Gemini's users report), a batch of more than 100 embeddings, an
-inline image of a type Gemini does not take, a GIF) with Google's error body; a batch of embeddings holding the text
+inline image of a type Gemini does not take, a GIF, a function declared or called by a name outside Gemini's rule:
+`NAME_RULE`) with Google's error body; a batch of embeddings holding the text
 `fail-500` answers 500, as one call of several may; an embedding's values scale with its text's length, so that
 their order shows. With tools and function-calling
 mode `ANY` it answers with a `functionCall`; a user message may script a call (`tests.fakes.script`); on a
@@ -33,6 +34,7 @@ in every stream event, their tokens together in `candidatesTokenCount`), as Gemi
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -94,6 +96,33 @@ def _invalid(message: str) -> Response:
 
 
 IMAGES = ("image/png", "image/jpeg", "image/webp", "image/heic", "image/heif")  # Gemini's image types
+# A function's name as Gemini's FunctionDeclaration documents it ("Must start with a letter or an underscore. Must be
+# a-z, A-Z, 0-9, or contain underscores, colons, dots, and dashes, with a maximum length of 64."), and its 400 in the
+# words Gemini's users report; a FunctionCall or FunctionResponse of the history names a function as it was declared.
+NAME_RULE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.:-]{0,63}")
+BAD_NAME = (
+    "The GenerateContentRequest proto is invalid:\n  * {field}.name: [FIELD_INVALID] Invalid function name. Must start "
+    "with a letter or an underscore. Must be a-z, A-Z, 0-9, or contain underscores (_), dots (.), colons (:), or "
+    "dashes (-), with a maximum length of 64."
+)
+
+
+def _misnamed(body: dict[str, Any]) -> str | None:
+    """The first function declared, called or answered in `body` by a name outside `NAME_RULE`, in Gemini's words."""
+    named = [
+        (f"tools[{i}].function_declarations[{j}]", declaration.get("name"))
+        for i, tool in enumerate(body.get("tools") or ())
+        for j, declaration in enumerate(tool.get("functionDeclarations") or ())
+    ]
+    for i, content in enumerate(body.get("contents") or ()):
+        for j, part in enumerate(content.get("parts") or ()):
+            for kind, field in (("functionCall", "function_call"), ("functionResponse", "function_response")):
+                if kind in part:
+                    named.append((f"contents[{i}].parts[{j}].{field}", part[kind].get("name")))
+    for field, name in named:
+        if not isinstance(name, str) or NAME_RULE.fullmatch(name) is None:
+            return BAD_NAME.format(field=field)
+    return None
 
 
 def _validate(body: dict[str, Any]) -> Response | None:
@@ -118,6 +147,9 @@ def _validate(body: dict[str, Any]) -> Response | None:
             mime = str((part.get("inlineData") or {}).get("mimeType", ""))
             if mime.startswith("image/") and mime not in IMAGES:
                 return _invalid("Request contains an invalid argument.")  # what Gemini 2.0 on answers to a GIF
+    misnamed = _misnamed(body)
+    if misnamed is not None:
+        return _invalid(misnamed)
     thinking = (body.get("generationConfig") or {}).get("thinkingConfig") or {}
     for name in thinking:
         if name not in THINKING_FIELDS:

@@ -27,7 +27,9 @@ later take them with `reasoning_effort: none`), `reasoning_effort` on any other 
 server serves it, like any model but for its `reasoning_effort`), a `reasoning_effort` (or a Responses
 `reasoning.effort`) the model does not take (`EFFORTS`), `metadata` without `store: true`, an output cap past the
 model's (`OUTPUT_LIMITS`), more than 4 stop sequences (DeepSeek's: 16),
-and a tool call id (or a Responses `call_id`) longer than 64 characters. A user message may script a tool call
+a tool call id (or a Responses `call_id`) longer than 64 characters, and a function's name (a tool's, a named
+`tool_choice`'s) outside OpenAI's documented rule (`FUNCTION_NAME`: "a-z, A-Z, 0-9, or contain underscores and dashes,
+with a maximum length of 64"). A user message may script a tool call
 (`tests/fakes/script.py`); a `json_schema` response format is followed. Its answers' ids and tool call ids are new
 for each answer, as OpenAI's are.
 Embeddings are `[0.1, 0.2, 0.3]` unless the request names `dimensions`: then that many float32 values, written as
@@ -42,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import re
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
@@ -325,6 +328,29 @@ def _too_long(body: dict[str, Any]) -> tuple[str, int] | None:
     return None
 
 
+FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]+")
+
+
+def _misnamed(body: dict[str, Any]) -> Response | None:
+    """OpenAI's 400 for the first function named outside its rule (`FUNCTION_NAME`, at most 64), in its words."""
+    functions = [(f"tools[{i}].function", tool.get("function") or {}) for i, tool in enumerate(body.get("tools") or [])]
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        functions.append(("tool_choice.function", choice.get("function") or {}))
+    for where, function in functions:
+        name, param = str(function.get("name", "")), f"{where}.name"
+        if len(name) > openai_responses.MAX_ID:
+            message = openai_responses.string_too_long(param, len(name))
+            return _error(400, message, "invalid_request_error", openai_responses.ID_TOO_LONG, param=param)
+        if FUNCTION_NAME.fullmatch(name) is None:
+            message = (
+                f"Invalid '{param}': string does not match pattern. Expected a string that matches the pattern "
+                "'^[a-zA-Z0-9_-]+$'."
+            )
+            return _error(400, message, "invalid_request_error", "invalid_value", param=param)
+    return None
+
+
 def _refused_as_too_long(found: tuple[str, int] | None) -> Response | None:
     if found is None:
         return None
@@ -478,6 +504,7 @@ def create_app() -> Starlette:
         for refused in (
             _unsupported_effort(body, "reasoning_effort"),
             _refused_as_too_long(_too_long(body)),
+            _misnamed(body),
             _unpaired(body),
         ):
             if refused is not None:

@@ -21,7 +21,15 @@ from handler.pipeline.routing import RouteControls
 from tests.fakes import bedrock as fake
 from tests.functional.conftest import Running, anthropic_client, serve_gateway
 from tests.support.servers import ServerThread
-from tests.support.tools import ASK_THE_TIME, CLOCK_TOOL, WEATHER_TOOL, streamed_arguments
+from tests.support.tools import (
+    ASK_THE_TIME,
+    CLOCK_TOOL,
+    MCP_TOOL_NAME,
+    WEATHER_TOOL,
+    named_call,
+    named_tool,
+    streamed_arguments,
+)
 
 pytestmark = pytest.mark.skipif("bedrock" not in REGISTRY, reason="no bedrock adapter registered")
 
@@ -363,6 +371,79 @@ def test_a_call_id_of_characters_converse_refuses_goes_as_a_stand_in_paired_with
     use, result = (sent(bedrock)["json"]["messages"][i]["content"][0] for i in (1, 2))
     assert re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", use["toolUse"]["toolUseId"])
     assert use["toolUse"]["toolUseId"] == result["toolResult"]["toolUseId"]
+
+
+CONVERSE_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # what Converse takes for a tool's name
+
+
+def sent_tool_names(running: Running) -> list[str]:
+    return [tool["toolSpec"]["name"] for tool in sent(running)["json"]["toolConfig"]["tools"] if "toolSpec" in tool]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("name", [MCP_TOOL_NAME, "weather.get"], ids=["long", "dotted"])
+def test_a_tool_name_converse_refuses_goes_as_an_alias_and_the_call_comes_back_by_the_clients_name(
+    bedrock: Running, client: openai.OpenAI, name: str, stream: bool
+) -> None:
+    """Converse takes a tool's name of 1 to 64 of `[a-zA-Z0-9_-]`: Claude Code's MCP tools (83 characters here) went
+    as written, and Bedrock refused the whole request, which the client could not mend. The tool, and the named
+    choice of it, now go by an alias; the model's call of the alias comes back by the client's name."""
+    choice: Any = {"type": "function", "function": {"name": name}}
+    settings: Any = {"model": "claude-haiku", "messages": HI, "tools": [named_tool(name)], "tool_choice": choice}
+    if stream:
+        chunks = list(client.chat.completions.create(**settings, stream=True))
+        names = [
+            d.function.name for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or [] if d.function
+        ]
+        assert [name for name in names if name] == [name] and streamed_arguments(chunks) == ['{"city":"Paris"}']
+    else:
+        calls = client.chat.completions.create(**settings).choices[0].message.tool_calls or []
+        assert [call.function.name for call in calls] == [name]  # type: ignore[union-attr]
+    (alias,) = sent_tool_names(bedrock)
+    assert CONVERSE_NAME.fullmatch(alias) and alias != name
+    assert sent(bedrock)["json"]["toolConfig"]["toolChoice"] == {"tool": {"name": alias}}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_messages_clients_mcp_tool_comes_back_by_its_name_past_converses_limit(
+    bedrock: Running, stream: bool
+) -> None:
+    """Claude Code on a Bedrock deployment with an MCP tool of 83 characters: a 400 for every request before."""
+    claude = anthropic_client(bedrock, bedrock.mint(name=f"mcp-messages-{stream}"))
+    tool: Any = {"name": MCP_TOOL_NAME, "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    settings: Any = {"model": "claude-haiku", "max_tokens": 100, "messages": HI, "tools": [tool]}
+    if stream:
+        with claude.messages.stream(**settings, tool_choice={"type": "any"}) as events:
+            message = events.get_final_message()
+    else:
+        message = claude.messages.create(**settings, tool_choice={"type": "any"})
+    use = message.content[-1]
+    assert use.type == "tool_use" and use.name == MCP_TOOL_NAME and use.input == {"city": "Paris"}
+    assert CONVERSE_NAME.fullmatch(sent_tool_names(bedrock)[0])
+
+
+def test_a_responses_clients_long_function_name_comes_back_as_its_own(bedrock: Running) -> None:
+    key = bedrock.mint(name="mcp-responses")
+    tool = {"type": "function", **named_tool(MCP_TOOL_NAME)["function"]}
+    body = {"model": "claude-haiku", "input": "Hi", "tools": [tool], "tool_choice": "required"}
+    answer = httpx.post(f"{bedrock.url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"})
+    assert answer.status_code == 200, answer.text
+    calls = [item for item in answer.json()["output"] if item["type"] == "function_call"]
+    assert [call["name"] for call in calls] == [MCP_TOOL_NAME]
+    assert CONVERSE_NAME.fullmatch(sent_tool_names(bedrock)[0])
+
+
+def test_a_call_of_a_long_named_tool_in_the_history_goes_by_its_alias(bedrock: Running, client: openai.OpenAI) -> None:
+    """The client sends its call back by its own name: Bedrock gets the alias the tool is declared by."""
+    history: Any = [
+        *HI,
+        {"role": "assistant", "content": None, "tool_calls": [named_call(MCP_TOOL_NAME)]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C and clear"},
+    ]
+    answer = client.chat.completions.create(model="claude-haiku", messages=history, tools=[named_tool(MCP_TOOL_NAME)])
+    assert answer.choices[0].message.content
+    (alias,) = sent_tool_names(bedrock)
+    assert sent(bedrock)["json"]["messages"][1]["content"][0]["toolUse"]["name"] == alias
 
 
 def test_a_tool_history_sent_without_tools_is_answered(bedrock: Running, client: openai.OpenAI) -> None:

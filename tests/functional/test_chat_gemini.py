@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import orjson
 import pytest
@@ -16,8 +18,9 @@ from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from tests.fakes import gemini as gemini_fake
 from tests.fakes.gemini import CALL_SIGNATURE, TEXT
-from tests.functional.conftest import Running, serve_gateway
+from tests.functional.conftest import Running, anthropic_client, serve_gateway
 from tests.support.servers import ServerThread
+from tests.support.tools import MCP_TOOL_NAME, named_call, named_tool
 
 pytestmark = pytest.mark.skipif("gemini" not in REGISTRY, reason="no gemini adapter registered")
 
@@ -218,6 +221,101 @@ def test_a_thought_signature_sent_back_in_extra_content_reaches_gemini(running: 
         "functionCall": {"id": "call_1", "name": "get_weather", "args": {"city": "Paris"}},
         "thoughtSignature": CALL_SIGNATURE,
     }
+
+
+GEMINI_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.:-]{0,63}")  # what Gemini takes for a function's name
+
+
+def declared_names(running: Running) -> list[str]:
+    return [declaration["name"] for declaration in sent(running)["json"]["tools"][0]["functionDeclarations"]]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("name", [MCP_TOOL_NAME, "3d_render"], ids=["long", "digit-first"])
+def test_a_function_name_gemini_refuses_goes_as_an_alias_and_the_call_comes_back_by_the_clients_name(
+    running: Running, key: str, name: str, stream: bool
+) -> None:
+    """Gemini takes a function's name of at most 64 characters, a letter or `_` first: Claude Code's MCP tools (83
+    characters here), and a name OpenAI and Anthropic take that opens with a digit, went as written, and Gemini refused
+    the whole request. The function, and the choice of it, now go by an alias; the call comes back by the client's
+    name."""
+    choice: Any = {"type": "function", "function": {"name": name}}
+    settings: Any = {"model": "gemini-2.5-flash", "messages": HI, "tools": [named_tool(name)], "tool_choice": choice}
+    if stream:
+        chunks = list(client(running, key).chat.completions.create(**settings, stream=True))
+        calls = [d.function for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or [] if d.function]
+    else:
+        calls = [
+            c.function
+            for c in client(running, key).chat.completions.create(**settings).choices[0].message.tool_calls or []
+        ]  # type: ignore[union-attr]
+    assert [(call.name, call.arguments) for call in calls] == [(name, '{"city":"Paris"}')]
+    (alias,) = declared_names(running)
+    assert GEMINI_NAME.fullmatch(alias) and alias != name
+    assert sent(running)["json"]["toolConfig"]["functionCallingConfig"]["allowedFunctionNames"] == [alias]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_messages_clients_mcp_tool_comes_back_by_its_name_past_geminis_limit(
+    running: Running, key: str, stream: bool
+) -> None:
+    claude = anthropic_client(running, key)
+    tool: Any = {"name": MCP_TOOL_NAME, "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    settings: Any = {"model": "gemini-2.5-flash", "max_tokens": 100, "messages": HI, "tools": [tool]}
+    if stream:
+        with claude.messages.stream(**settings, tool_choice={"type": "any"}) as events:
+            message = events.get_final_message()
+    else:
+        message = claude.messages.create(**settings, tool_choice={"type": "any"})
+    use = message.content[-1]
+    assert use.type == "tool_use" and use.name == MCP_TOOL_NAME and use.input == {"city": "Paris"}
+    assert GEMINI_NAME.fullmatch(declared_names(running)[0])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_responses_clients_long_function_name_comes_back_as_its_own_from_gemini(
+    running: Running, key: str, stream: bool
+) -> None:
+    tool = {"type": "function", **named_tool(MCP_TOOL_NAME)["function"]}
+    body = {"model": "gemini-2.5-flash", "input": "Hi", "tools": [tool], "tool_choice": "required", "stream": stream}
+    answer = httpx.post(f"{running.url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"})
+    assert answer.status_code == 200, answer.text
+    if stream:
+        done = [json.loads(line[6:]) for line in answer.text.splitlines() if line.startswith("data: {")]
+        output = next(event["response"]["output"] for event in done if event["type"] == "response.completed")
+        assert MCP_TOOL_NAME in answer.text and declared_names(running)[0] not in answer.text  # (no alias shown)
+    else:
+        output = answer.json()["output"]
+    assert [item["name"] for item in output if item["type"] == "function_call"] == [MCP_TOOL_NAME]
+
+
+def test_a_call_of_a_long_named_function_and_its_response_go_by_its_alias(running: Running, key: str) -> None:
+    """The client sends its call and the result back by its own name: Gemini gets the alias the function is declared
+    by, in the call and in the `functionResponse`."""
+    history: Any = [
+        *HI,
+        {"role": "assistant", "content": None, "tool_calls": [named_call(MCP_TOOL_NAME)]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21C"},
+    ]
+    oa = client(running, key)
+    answer = oa.chat.completions.create(model="gemini-2.5-flash", messages=history, tools=[named_tool(MCP_TOOL_NAME)])
+    assert answer.choices[0].message.content == TEXT
+    (alias,) = declared_names(running)
+    contents = sent(running)["json"]["contents"]
+    assert contents[1]["parts"][0]["functionCall"]["name"] == alias
+    assert contents[2]["parts"][0]["functionResponse"]["name"] == alias
+
+
+def test_two_long_names_alike_for_64_characters_are_two_functions(running: Running, key: str) -> None:
+    """Two MCP tools whose names differ past the 64th character get two aliases, and the one chosen is called."""
+    first, second = MCP_TOOL_NAME, MCP_TOOL_NAME + "AndAuthor"
+    choice: Any = {"type": "function", "function": {"name": second}}
+    answer = client(running, key).chat.completions.create(
+        model="gemini-2.5-flash", messages=HI, tools=[named_tool(first), named_tool(second)], tool_choice=choice
+    )
+    assert [call.function.name for call in answer.choices[0].message.tool_calls or []] == [second]  # type: ignore[union-attr]
+    aliases = declared_names(running)
+    assert len(set(aliases)) == 2 and all(GEMINI_NAME.fullmatch(alias) for alias in aliases)
 
 
 def test_dropped_parameters_are_named(running: Running, key: str) -> None:

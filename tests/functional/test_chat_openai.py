@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -10,7 +11,8 @@ import orjson
 import pytest
 
 from tests.fakes.openai import TEXT
-from tests.functional.conftest import Running, openai_client
+from tests.functional.conftest import Running, anthropic_client, openai_client
+from tests.support.tools import MCP_TOOL_NAME, named_call, named_tool
 
 WEATHER_TOOL = {
     "type": "function",
@@ -349,3 +351,80 @@ def test_unknown_fields_are_refused_under_strict_and_sent_on_without(running: Ru
         extra_headers=strict,
     )
     assert completion.choices[0].message.content == TEXT
+
+
+OPENAI_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # what OpenAI takes for a function's name
+
+
+def sent_openai(running: Running) -> dict[str, Any]:
+    requests: list[dict[str, Any]] = running.fakes["openai"].state.requests
+    return requests[-1]["json"]
+
+
+def sent_function_names(running: Running) -> list[str]:
+    return [tool["function"]["name"] for tool in sent_openai(running)["tools"]]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("name", [MCP_TOOL_NAME, "weather.get"], ids=["long", "dotted"])
+def test_a_function_name_openai_refuses_goes_as_an_alias_and_the_call_comes_back_by_the_clients_name(
+    running: Running, key: str, name: str, stream: bool
+) -> None:
+    """OpenAI takes a function's name of at most 64 of `[a-zA-Z0-9_-]`: Claude Code's MCP tools (83 characters here)
+    on an OpenAI deployment were its 400 for the whole request. The function and the choice of it now go by an
+    alias; the call comes back by the client's name."""
+    choice: Any = {"type": "function", "function": {"name": name}}
+    settings: Any = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+    settings |= {"tools": [named_tool(name)], "tool_choice": choice}
+    if stream:
+        chunks = list(client(running, key).chat.completions.create(**settings, stream=True))
+        names = [
+            d.function.name for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or [] if d.function
+        ]
+        assert [name for name in names if name] == [name]
+    else:
+        calls = client(running, key).chat.completions.create(**settings).choices[0].message.tool_calls or []
+        assert [call.function.name for call in calls] == [name]  # type: ignore[union-attr]
+    (alias,) = sent_function_names(running)
+    assert OPENAI_NAME.fullmatch(alias) and alias != name
+    assert sent_openai(running)["tool_choice"] == {"type": "function", "function": {"name": alias}}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_messages_clients_mcp_tool_comes_back_by_its_name_past_openais_limit(
+    running: Running, key: str, stream: bool
+) -> None:
+    claude = anthropic_client(running, key)
+    tool: Any = {"name": MCP_TOOL_NAME, "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    settings: Any = {"model": "gpt-4o-mini", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}]}
+    if stream:
+        with claude.messages.stream(**settings, tools=[tool], tool_choice={"type": "any"}) as events:
+            message = events.get_final_message()
+    else:
+        message = claude.messages.create(**settings, tools=[tool], tool_choice={"type": "any"})
+    use = message.content[-1]
+    assert use.type == "tool_use" and use.name == MCP_TOOL_NAME and use.input == {"city": "Paris"}
+    assert OPENAI_NAME.fullmatch(sent_function_names(running)[0])
+
+
+def test_a_responses_clients_long_function_name_comes_back_as_its_own_from_openai(running: Running, key: str) -> None:
+    """A Responses request translated to Chat Completions (the fake is no api.openai.com)."""
+    tool = {"type": "function", **named_tool(MCP_TOOL_NAME)["function"]}
+    body = {"model": "gpt-4o-mini", "input": "Hi", "tools": [tool], "tool_choice": "required"}
+    answer = httpx.post(f"{running.url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"})
+    assert answer.status_code == 200, answer.text
+    calls = [item for item in answer.json()["output"] if item["type"] == "function_call"]
+    assert [call["name"] for call in calls] == [MCP_TOOL_NAME]
+    assert OPENAI_NAME.fullmatch(sent_function_names(running)[0])
+
+
+def test_a_call_of_a_long_named_function_in_the_history_goes_to_openai_by_its_alias(running: Running, key: str) -> None:
+    history: Any = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": None, "tool_calls": [named_call(MCP_TOOL_NAME)]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C and clear"},
+    ]
+    oa = client(running, key)
+    assert oa.chat.completions.create(model="gpt-4o-mini", messages=history, tools=[named_tool(MCP_TOOL_NAME)])
+    (alias,) = sent_function_names(running)
+    assert sent_openai(running)["messages"][1]["tool_calls"][0]["function"]["name"] == alias

@@ -27,3 +27,18 @@ def streamed_arguments(chunks: Any) -> list[str]:
         for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
             calls[delta.index] = calls.get(delta.index, "") + (delta.function.arguments or "" if delta.function else "")
     return list(calls.values())
+
+
+# An MCP tool's name as Claude Code writes it (`mcp__<server>__<tool>`): 83 characters, which Anthropic takes (up to
+# 128) and Bedrock's Converse and Gemini (at most 64) refuse.
+MCP_TOOL_NAME = "mcp__plugin_atlassian_atlassian__searchConfluencePagesUsingCqlAcrossAllSpacesByDate"
+
+
+def named_tool(name: str) -> Any:
+    """`WEATHER_TOOL` under another name."""
+    return {**WEATHER_TOOL, "function": {**WEATHER_TOOL["function"], "name": name}}
+
+
+def named_call(name: str, call_id: str = "call_1") -> Any:
+    """An assistant turn's call of tool `name`, for Paris, in the Chat Completions shape."""
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": '{"city":"Paris"}'}}

@@ -19,8 +19,15 @@ from typing import Any
 
 import orjson
 
-from adapters.providers.openai.adapter import OpenAIAdapter, OpenAIStreamParser, error_from_body, validated
+from adapters.providers.openai.adapter import (
+    OpenAIAdapter,
+    OpenAIStreamParser,
+    error_from_body,
+    tool_names,
+    validated,
+)
 from adapters.providers.openai.profiles import PROFILES, Profile
+from adapters.providers.params import ToolNames
 from handler.config import ConfigError
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import BuiltRequest, Target
@@ -169,8 +176,8 @@ class AzureStreamParser(OpenAIStreamParser):
     an annotation and the usage can follow it); a client then learns the answer was filtered (Chat Completions'
     `content_filter`, Messages' `refusal`, Responses' `incomplete`) rather than that it ended."""
 
-    def __init__(self, model: str) -> None:
-        super().__init__(model)
+    def __init__(self, model: str, names: ToolNames | None = None) -> None:
+        super().__init__(model, names=names)
         self._last: ChatCompletionChunk | None = None  # the answer's latest chunk: its id, for a finish written here
         self._held: list[ChatCompletionChunk] = []
         self._finished: set[int] = set()
@@ -307,7 +314,7 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         return built
 
     def stream_parser(self, req: ChatRequest, target: Target) -> AzureStreamParser:
-        return AzureStreamParser(target.model)
+        return AzureStreamParser(target.model, tool_names(req))
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         return azure_error(status, body, headers)

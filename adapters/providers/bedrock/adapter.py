@@ -39,6 +39,7 @@ from adapters.providers.params import (
     STRICT_SCHEMA,
     THINKING_BLOCKS,
     Rule,
+    ToolNames,
     apply_rules,
     asks,
     cache_control,
@@ -54,7 +55,7 @@ from adapters.providers.params import (
 )
 from adapters.sigv4 import Credentials as SigCredentials
 from adapters.sigv4 import Signer
-from handler.call_ids import converse_call_id
+from handler.call_ids import MAX_CALL_ID, claude_takes, converse_call_id
 from handler.errors import InvalidRequestError, ServiceUnavailableError, UpstreamError
 from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (
@@ -343,9 +344,12 @@ def marked(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"text": TOOL_ERROR_MARK.rstrip()}, *content]
 
 
-def converse_messages(req: ChatRequest, statuses: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Converse system blocks and turns of the client's messages, a cache point after each marked block; a failed
-    tool's result with `status: error` where the model takes it (`statuses`)."""
+def converse_messages(
+    req: ChatRequest, names: ToolNames, statuses: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Converse system blocks and turns of the client's messages, a cache point after each marked block, each call's
+    tool by the name Converse takes (`names`); a failed tool's result with `status: error` where the model takes it
+    (`statuses`)."""
     system_blocks, turns = convert_messages(req.messages)
     system: list[dict[str, Any]] = []
     for block in system_blocks:
@@ -358,7 +362,10 @@ def converse_messages(req: ChatRequest, statuses: bool = False) -> tuple[list[di
         content = []
         for block in turn["content"]:
             position += 1
-            content.append(converse_block(block, position, statuses))
+            converted = converse_block(block, position, statuses)
+            if block["type"] == "tool_use":
+                converted["toolUse"]["name"] = names.wire(block["name"])
+            content.append(converted)
             marker = block_marker(block)
             if marker is not None:
                 content.append(cache_point(marker))
@@ -428,12 +435,17 @@ def claude_betas(call: NativeCall | None, model: str, body: Mapping[str, Any]) -
     return kept, [f"anthropic-beta[{beta}]" for beta in betas if beta not in kept]
 
 
-def _tool_specs(req: ChatRequest) -> list[dict[str, Any]]:
+def converse_takes(name: str) -> bool:
+    """Whether Converse takes `name` for a tool (AWS's ToolSpecification and ToolUseBlock): 1 to 64 of `[a-zA-Z0-9_-]`,
+    as it takes a `toolUseId`. Claude Code's MCP tools run past 64 (`mcp__<server>__<tool>`): see `ToolNames`."""
+    return len(name) <= MAX_CALL_ID and claude_takes(name)
+
+
+def _tool_specs(req: ChatRequest, names: ToolNames) -> list[dict[str, Any]]:
     specs = []
     for tool in req.tools or ():
-        specs.append(
-            _tool_spec(tool.function.name, tool.function.description, tool.function.parameters, tool.function.strict)
-        )
+        function = tool.function
+        specs.append(_tool_spec(names.wire(function.name), function.description, function.parameters, function.strict))
         marker = cache_control(tool)
         if marker is not None:
             specs.append(cache_point(marker))
@@ -487,12 +499,12 @@ def tool_turns_as_text(messages: list[dict[str, Any]]) -> None:
 
 
 def tool_config(
-    req: ChatRequest, messages: list[dict[str, Any]], dropped: list[str], forced: bool
+    req: ChatRequest, messages: list[dict[str, Any]], dropped: list[str], forced: bool, names: ToolNames
 ) -> dict[str, Any] | None:
-    """`toolConfig`: the client's tools and choice, plus the forced tool of a `json_schema` answer where the model
-    takes a forced choice (`forced`). Without tools to send (none offered, or `tool_choice: none`), earlier tool
-    turns go as text."""
-    tools = _tool_specs(req)
+    """`toolConfig`: the client's tools and choice (each tool by the name Converse takes: `names`), plus the forced
+    tool of a `json_schema` answer where the model takes a forced choice (`forced`). Without tools to send (none
+    offered, or `tool_choice: none`), earlier tool turns go as text."""
+    tools = _tool_specs(req, names)
     choice = req.tool_choice
     if choice == "none":
         tools = []  # "none" honoured exactly: no tool offered
@@ -505,7 +517,7 @@ def tool_config(
     elif choice == "required":
         chosen = {"any": {}}
     elif choice is not None and not isinstance(choice, str):
-        chosen = {"tool": {"name": choice.function.name}}
+        chosen = {"tool": {"name": names.wire(choice.function.name)}}
     json_answer = json_tool(req) if forced else None  # otherwise the schema goes in the system prompt
     if json_answer is not None:
         if chosen is None or "tool" not in chosen:
@@ -638,13 +650,14 @@ class BedrockAdapter(ProviderAdapter):
         dropped += apply_rules(harmless, HARMLESS_RULES)
         dropped += sorted(name for name, value in params.items() if name not in TRANSLATED and asks(name, value))
 
-        system, messages = converse_messages(req, rules_for(model).tool_result_status)
+        names = ToolNames(req, converse_takes)
+        system, messages = converse_messages(req, names, rules_for(model).tool_result_status)
         require_turns(messages, "Bedrock")
         dropped += unsent_part_fields(req.messages, CARRIED)
         user_first(messages)
         body: dict[str, Any] = {"messages": messages}
         forced = rules_for(model).forced_tool_choice
-        config = tool_config(req, messages, dropped, forced)
+        config = tool_config(req, messages, dropped, forced, names)
         if config is not None:
             body["toolConfig"] = config
         fmt = req.response_format
@@ -781,6 +794,10 @@ class BedrockAdapter(ProviderAdapter):
             elif isinstance(reasoning, dict) and isinstance(reasoning.get("redactedContent"), str):
                 signed.append(redacted_thinking(reasoning["redactedContent"], len(signed)))
                 order.append(("thinking", len(signed) - 1))
+        if calls:
+            names = ToolNames(req, converse_takes)
+            for call in calls:
+                call.function.name = names.client(call.function.name)  # (an alias of a name Converse refuses)
         content = json_answer if json_answer is not None else ("".join(texts) if texts else None)
         reply = AssistantMessage(
             content=content,
@@ -829,7 +846,8 @@ class BedrockAdapter(ProviderAdapter):
     def stream_parser(self, req: ChatRequest, target: Target) -> BedrockStreamParser:
         from adapters.providers.bedrock.stream import BedrockStreamParser  # (a cold start needs none)
 
-        return BedrockStreamParser(target.model, json_tool(req) is not None, req.stop_list())
+        names = ToolNames(req, converse_takes)
+        return BedrockStreamParser(target.model, json_tool(req) is not None, req.stop_list(), names)
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         return bedrock_error(status, headers.get("x-amzn-errortype", ""), body, headers)

@@ -20,6 +20,7 @@ from adapters.providers.bedrock.adapter import (
     unusable,
     usage_of,
 )
+from adapters.providers.params import ToolNames
 from handler.schemas import ChatCompletionChunk, ChunkDelta, completion_id
 from handler.wire import StreamEvent, json_body, malformed
 
@@ -36,8 +37,11 @@ class BedrockStreamParser(AnthropicStreamParser):
     positions, a `json_schema` tool streaming as content) does the rest.
     """
 
-    def __init__(self, model: str, json_mode: bool, stops: list[str] | None = None) -> None:
+    def __init__(
+        self, model: str, json_mode: bool, stops: list[str] | None = None, names: ToolNames | None = None
+    ) -> None:
         super().__init__(model, json_mode)
+        self._names = names  # the request's tool names, to give each call its client's name
         self._id = completion_id()
         self._stops = stops or []
         self._redacted: dict[int, list[str]] = {}  # a redacted reasoning block's data so far, until its stop
@@ -64,7 +68,10 @@ class BedrockStreamParser(AnthropicStreamParser):
             tool = (payload.get("start") or {}).get("toolUse")
             if not isinstance(tool, dict):
                 return []
-            block = WireBlock(type="tool_use", id=tool.get("toolUseId"), name=tool.get("name"))
+            name = tool.get("name")
+            if self._names is not None and isinstance(name, str):
+                name = self._names.client(name)
+            block = WireBlock(type="tool_use", id=tool.get("toolUseId"), name=name)
             return self._block_start(index, block)
         if kind == "contentBlockDelta":
             redacted = redacted_content(payload.get("delta"))

@@ -26,6 +26,7 @@ from adapters.providers import reasoning
 from adapters.providers.model_rules import rules_for
 from adapters.providers.params import (
     Rule,
+    ToolNames,
     apply_rules,
     asks,
     at_most,
@@ -321,9 +322,10 @@ def wire_call_id(call_id: str) -> str:
 
 
 def _contents(
-    req: ChatRequest, dropped: list[str], model: str = ""
+    req: ChatRequest, dropped: list[str], names: ToolNames, model: str = ""
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """`contents` and `systemInstruction` from the OpenAI messages."""
+    """`contents` and `systemInstruction` from the OpenAI messages, each function by the name Gemini takes
+    (`names`)."""
     system: list[dict[str, Any]] = []
     contents: list[dict[str, Any]] = []
     call_names: dict[str, str] = {}
@@ -342,7 +344,7 @@ def _contents(
 
     def answer_calls() -> None:
         answers.sort(key=lambda m: turn_calls.get(m.tool_call_id or "", len(turn_calls)))
-        add("user", [_function_response(m, call_names, dropped, model) for m in answers])
+        add("user", [_function_response(m, call_names, dropped, names, model) for m in answers])
         answers.clear()
 
     messages = req.messages
@@ -373,7 +375,7 @@ def _contents(
                 call_names[call.id] = call.function.name
                 turn_calls.setdefault(call.id, len(turn_calls))
                 args = _json_object(call.function.arguments, "arguments")
-                function_call: dict[str, Any] = {"name": call.function.name, "args": args}
+                function_call: dict[str, Any] = {"name": names.wire(call.function.name), "args": args}
                 if wire_call_id(call.id):  # Gemini 3's own, or another's: its response carries it too
                     function_call["id"] = wire_call_id(call.id)
                 part: dict[str, Any] = {"functionCall": function_call}
@@ -414,10 +416,10 @@ def apply_model_rules(body: dict[str, Any], model: str, dropped: list[str]) -> N
 
 
 def _function_response(
-    message: Message, call_names: Mapping[str, str], dropped: list[str], model: str = ""
+    message: Message, call_names: Mapping[str, str], dropped: list[str], names: ToolNames, model: str = ""
 ) -> dict[str, Any]:
-    """A tool message as a `functionResponse`: its text, as JSON; an image or file it holds rides in the
-    response's own `parts` where the model takes them (Gemini 3), else is left out, named."""
+    """A tool message as a `functionResponse` named as its call went (`names`): its text, as JSON; an image or file
+    it holds rides in the response's own `parts` where the model takes them (Gemini 3), else is left out, named."""
     media: list[dict[str, Any]] = []
     if isinstance(message.content, list):
         takes_media = rules_for(model).media_in_function_responses
@@ -437,7 +439,7 @@ def _function_response(
             f"tool message '{message.tool_call_id}' answers no earlier tool call; Gemini needs the function name",
             param="messages",
         )
-    response: dict[str, Any] = {"name": name, "response": _json_object(message.text(), "result")}
+    response: dict[str, Any] = {"name": names.wire(name), "response": _json_object(message.text(), "result")}
     answered = wire_call_id(message.tool_call_id or "")
     if answered and message.tool_call_id in call_names:
         response["id"] = answered  # the id of the call it answers, as the call carried it
@@ -446,13 +448,30 @@ def _function_response(
     return {"functionResponse": response}
 
 
-def _tools(req: ChatRequest, dropped: list[str]) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
-    """`tools` and `toolConfig`."""
+# Gemini's rule for a function's name (its FunctionDeclaration: "Must start with a letter or an underscore. Must be
+# a-z, A-Z, 0-9, or contain underscores, colons, dots, and dashes, with a maximum length of 64"): past the first
+# character, its punctuation read as a letter.
+MAX_FUNCTION_NAME = 64
+NAME_PUNCTUATION = str.maketrans("_.:-", "aaaa")
+
+
+def gemini_takes(name: str) -> bool:
+    """Whether Gemini takes `name` for a function. Claude Code's MCP tools run past 64 characters, and OpenAI and
+    Anthropic take a name opening with a digit: see `ToolNames`."""
+    if not 0 < len(name) <= MAX_FUNCTION_NAME or not (name[0].isalpha() or name[0] == "_"):
+        return False
+    return name.isascii() and name.translate(NAME_PUNCTUATION).isalnum()
+
+
+def _tools(
+    req: ChatRequest, dropped: list[str], names: ToolNames
+) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
+    """`tools` and `toolConfig`, each function by the name Gemini takes (`names`)."""
     tools = None
     if req.tools:
         declarations = []
         for tool in req.tools:
-            declaration: dict[str, Any] = {"name": tool.function.name}
+            declaration: dict[str, Any] = {"name": names.wire(tool.function.name)}
             if tool.function.description:
                 declaration["description"] = tool.function.description
             if tool.function.parameters is not None:
@@ -469,7 +488,7 @@ def _tools(req: ChatRequest, dropped: list[str]) -> tuple[list[dict[str, Any]] |
     if isinstance(choice, str):
         config: dict[str, Any] = {"mode": TOOL_CHOICE_MODES[choice]}
     else:
-        config = {"mode": "ANY", "allowedFunctionNames": [choice.function.name]}
+        config = {"mode": "ANY", "allowedFunctionNames": [names.wire(choice.function.name)]}
     return tools, {"functionCallingConfig": config}
 
 
@@ -749,13 +768,14 @@ class GeminiAdapter(ProviderAdapter):
     def chat_body(self, req: ChatRequest, target: Target) -> tuple[dict[str, Any], list[str]]:
         """The `GenerateContentRequest` and the client parameters it could not carry."""
         dropped: list[str] = []
-        contents, system = _contents(req, dropped, target.model)
+        names = ToolNames(req, gemini_takes)
+        contents, system = _contents(req, dropped, names, target.model)
         require_turns(contents, "Gemini")
         dropped += unsent_part_fields(req.messages, CARRIED)
         body: dict[str, Any] = {"contents": contents}
         if system is not None:
             body["systemInstruction"] = system
-        tools, tool_config = _tools(req, dropped)
+        tools, tool_config = _tools(req, dropped, names)
         if tools is not None:
             body["tools"] = tools
         if tool_config is not None:
@@ -794,6 +814,7 @@ class GeminiAdapter(ProviderAdapter):
         if not candidates and not blocked:
             raise malformed("upstream answered without candidates")
         choices: list[Choice] = []
+        names: ToolNames | None = None  # (made at the answer's first call)
         for position, candidate in enumerate(candidates):
             texts: list[str] = []
             thoughts: list[str] = []
@@ -801,6 +822,8 @@ class GeminiAdapter(ProviderAdapter):
             for part in candidate_parts(candidate):
                 call = tool_call_of(part, len(calls))
                 if call is not None:
+                    names = names or ToolNames(req, gemini_takes)
+                    call.function.name = names.client(call.function.name)  # (an alias of a name Gemini refuses)
                     calls.append(call)
                 elif isinstance(part.get("text"), str):
                     (thoughts if part.get("thought") else texts).append(part["text"])
@@ -830,7 +853,7 @@ class GeminiAdapter(ProviderAdapter):
     def stream_parser(self, req: ChatRequest, target: Target) -> GeminiStreamParser:
         from adapters.providers.gemini.stream import GeminiStreamParser  # (a cold start needs none)
 
-        return GeminiStreamParser(target.model)
+        return GeminiStreamParser(target.model, ToolNames(req, gemini_takes))
 
     def counts_tokens(self, target: Target) -> bool:
         return True

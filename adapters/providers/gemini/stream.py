@@ -13,6 +13,7 @@ from adapters.providers.gemini.adapter import (
     tool_call_of,
     usage_of,
 )
+from adapters.providers.params import ToolNames
 from handler.errors import UpstreamError
 from handler.ports import Served
 from handler.schemas import (
@@ -38,8 +39,9 @@ class GeminiStreamParser:
     served: Served | None = None  # (its usage says nothing of how the answer was served)
     opening_usage: Usage | None = None  # (each event's running `usageMetadata` is `usage`)
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, names: ToolNames | None = None) -> None:
         self.usage: Usage | None = None
+        self._names = names  # the request's function names, to give each call its client's name
         self._id = completion_id()
         self._created = int(time.time())
         self._model = model
@@ -85,7 +87,9 @@ class GeminiStreamParser:
                         index=n,
                         id=call.id,
                         type="function",
-                        function=FunctionCallDelta(name=call.function.name, arguments=call.function.arguments),
+                        function=FunctionCallDelta(
+                            name=self._client_name(call.function.name), arguments=call.function.arguments
+                        ),
                     )
                     chunks.append(self._chunk(index, ChunkDelta(tool_calls=[delta])))
                 elif isinstance(part.get("text"), str) and part["text"]:
@@ -101,6 +105,10 @@ class GeminiStreamParser:
                     raise
                 chunks.append(self._chunk(index, ChunkDelta(), reason))
         return chunks
+
+    def _client_name(self, name: str) -> str:
+        """The client's name for a function Gemini called by `name` (an alias, where Gemini refused the client's)."""
+        return self._names.client(name) if self._names is not None else name
 
     def finish(self) -> list[ChatCompletionChunk]:
         if self.usage is None:

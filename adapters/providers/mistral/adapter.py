@@ -30,7 +30,7 @@ import orjson
 
 from adapters.providers import reasoning
 from adapters.providers.model_rules import rules_for
-from adapters.providers.openai.adapter import OpenAIAdapter, OpenAIStreamParser
+from adapters.providers.openai.adapter import OpenAIAdapter, OpenAIStreamParser, tool_names
 from adapters.providers.openai.profiles import PROFILES, Profile
 from handler.errors import InvalidRequestError
 from handler.ports import BuiltRequest, Target, UpstreamRequest
@@ -224,7 +224,7 @@ class MistralAdapter(OpenAIAdapter):
         return dict(_conform_choices(data, "message"))
 
     def stream_parser(self, req: ChatRequest, target: Target) -> MistralStreamParser:
-        return MistralStreamParser(target.model, self.repeated_prefix(req, target))
+        return MistralStreamParser(target.model, self.repeated_prefix(req, target), tool_names(req))
 
     def embeddings_request(self, req: EmbeddingsRequest, target: Target) -> BuiltRequest:
         """OpenAI's embeddings request in Mistral's names; what Mistral has no field for (`user`) is dropped and

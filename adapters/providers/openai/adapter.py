@@ -17,9 +17,9 @@ from pydantic import BaseModel, ValidationError
 from adapters.providers import reasoning
 from adapters.providers.model_rules import rules_for
 from adapters.providers.openai.profiles import PROFILES, REPEATS, Profile, profile_for
-from adapters.providers.params import IMAGE_DETAIL, apply_rules, unsent_part_fields
+from adapters.providers.params import IMAGE_DETAIL, ToolNames, apply_rules, unsent_part_fields
 from handler import schemas
-from handler.call_ids import shorten_message_call_ids
+from handler.call_ids import MAX_CALL_ID, claude_takes, shorten_message_call_ids
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import RESPONSES_API, BuiltRequest, NativeCall, ProviderAdapter, Served, Target, UpstreamRequest
 from handler.schemas import (
@@ -218,8 +218,9 @@ class OpenAIStreamParser:
     served: Served | None = None  # (the service tier it ran at is on its chunks, read from there)
     opening_usage: Usage | None = None  # (its usage comes at the end, or on every chunk as `usage`)
 
-    def __init__(self, model: str, repeated: str | None = None) -> None:
+    def __init__(self, model: str, repeated: str | None = None, names: ToolNames | None = None) -> None:
         self.usage: Usage | None = None
+        self.names = names  # a request with tools: its calls' names as the client gave them (`ToolNames.client`)
         self.ended = False  # `[DONE]` came: the stream is whole, with or without a finish reason
         # A Messages client's prefill the answer repeats (`Profile.prefix`), taken off its text.
         self.repeated: RepeatedPrefix | None = None
@@ -256,6 +257,11 @@ class OpenAIStreamParser:
             self.usage = normalize_usage(chunk.usage)
         if self.repeated is not None:
             self.repeated.strip(chunk)
+        if self.names is not None and chunk.choices:
+            for choice in chunk.choices:
+                for call in choice.delta.tool_calls or ():
+                    if call.function is not None and call.function.name:
+                        call.function.name = self.names.client(call.function.name)
         return [chunk]
 
     def finish(self) -> list[ChatCompletionChunk]:
@@ -316,6 +322,34 @@ def _name_file(file: dict[str, Any]) -> None:
     if isinstance(data, str) and not file.get("filename"):
         media_type = data[5 : data.find(";")] if data.startswith("data:") else ""
         file["filename"] = "document" + FILE_EXTENSIONS.get(media_type, "")
+
+
+def openai_takes(name: str) -> bool:
+    """Whether OpenAI takes `name` for a function (its FunctionObject: "a-z, A-Z, 0-9, or contain underscores and
+    dashes, with a maximum length of 64"). Claude Code's MCP tools run past 64 characters: see `ToolNames`."""
+    return len(name) <= MAX_CALL_ID and claude_takes(name)
+
+
+def tool_names(req: ChatRequest) -> ToolNames | None:
+    """The names of a request with tools, as OpenAI takes them; None without tools (nothing to name back)."""
+    return ToolNames(req, openai_takes) if req.tools else None
+
+
+def aliased_functions(body: dict[str, Any], req: ChatRequest) -> None:
+    """The body's function names OpenAI refuses as their aliases (`ToolNames`): in the tools, the named choice and
+    the history's calls. A request whose tools' names OpenAI takes costs a check of each."""
+    if not req.tools or all(openai_takes(tool.function.name) for tool in req.tools):
+        return
+    from adapters.providers.tool_names import aliases  # (a request with a name OpenAI refuses)
+
+    made = aliases(req, openai_takes)
+    functions = [tool["function"] for tool in body["tools"]]
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        functions.append(choice["function"])
+    functions += [call["function"] for message in body["messages"] for call in message.get("tool_calls") or ()]
+    for function in functions:
+        function["name"] = made.get(function["name"], function["name"])
 
 
 def _plain_tools(tools: list[dict[str, Any]] | None) -> None:
@@ -458,6 +492,7 @@ class OpenAIAdapter(ProviderAdapter):
         if profile.short_call_ids:
             shorten_message_call_ids(body["messages"])
         _plain_tools(body.get("tools"))
+        aliased_functions(body, req)
         if req.prefill is not None:
             # A Messages client's prefill: continued where the API takes the final assistant message as the prefix of
             # its answer; elsewhere the message goes as an earlier turn, which the answer follows rather than
@@ -545,6 +580,10 @@ class OpenAIAdapter(ProviderAdapter):
         except ValidationError as exc:
             raise billed_unusable(data, exc, "answer") from exc
         completion.usage = normalize_usage(completion.usage)
+        names = tool_names(req)
+        if names is not None:
+            for call in (call for choice in completion.choices for call in choice.message.tool_calls or ()):
+                call.function.name = names.client(call.function.name)
         repeated = self.repeated_prefix(req, target)
         if repeated is not None:
             from adapters.providers.prefill import strip_repeated
@@ -562,7 +601,7 @@ class OpenAIAdapter(ProviderAdapter):
         return data
 
     def stream_parser(self, req: ChatRequest, target: Target) -> OpenAIStreamParser:
-        return OpenAIStreamParser(target.model, self.repeated_prefix(req, target))
+        return OpenAIStreamParser(target.model, self.repeated_prefix(req, target), tool_names(req))
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         if status in (400, 422) and b"stream_options" in body:  # (only a stream is sent `stream_options`)
