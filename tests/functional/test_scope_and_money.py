@@ -1334,7 +1334,14 @@ def test_a_key_or_a_secret_as_a_tag_name_is_refused_unsaid_wherever_tags_are_tak
     a report's `tag=` and `group_by=tag:`."""
     key, admin = gw.mint(), gw.mint(admin=True)
     secret = key.split("_", 2)[2]
-    for name, said in ((key, secret), (f"team-{key}", secret), (PROXY_KEY, PROXY_KEY)):
+    body = key.removeprefix("gwk_")  # (without its `gwk_`, it was taken: review)
+    for name, said in (
+        (key, secret),
+        (f"team-{key}", secret),
+        (body, secret),
+        (f"team-{body}", secret),
+        (PROXY_KEY, PROXY_KEY),
+    ):
         refused = [
             ("x-gateway-tags", chat(gw, key, **{"x-gateway-tags": f"{name}=1"})),
             ("tags", post(gw, "/admin/keys", admin, {"name": "k", "tags": {name: "1"}})),
@@ -1358,6 +1365,15 @@ def test_a_key_or_a_secret_as_a_tag_name_is_refused_unsaid_wherever_tags_are_tak
     )
     assert report.status_code == 200 and secret not in report.text
     assert report.json()["filter"] == {"tags": {"team": "[REDACTED]"}, "user": "[REDACTED]", "session": "s-[REDACTED]"}
+    report = httpx.get(
+        f"{gw.url}/v1/usage", params={"user": body, "session": f"s-{body}", "tag": f"team={body}"}, headers=auth(key)
+    )
+    assert report.status_code == 200 and secret not in report.text
+    assert report.json()["filter"] == {"tags": {"team": "[REDACTED]"}, "user": "[REDACTED]", "session": "s-[REDACTED]"}
+
+    # As a tag's value, it is kept redacted, as a whole key is.
+    assert chat(gw, key, **{"x-gateway-tags": f"team={body},owner=gwk_{body}"}).status_code == 200
+    assert [line.tags for line in ledger(gw, key)] == [{"team": "[REDACTED]", "owner": "[REDACTED]"}]
 
 
 def test_reports_filter_by_tag_user_and_session_with_cache_and_reasoning_columns(gw: Running) -> None:
