@@ -42,6 +42,7 @@ from adapters.http.http1 import Http1Transport
 from adapters.sigv4 import Credentials, Signer
 from adapters.store.expressions import Item
 from handler.ports import STORE_DEADLINE, StoreDeadlineError, StoreError
+from handler.redaction import redact_message
 
 API_VERSION = "DynamoDB_20120810"
 CONTENT_TYPE = "application/x-amz-json-1.0"
@@ -88,10 +89,18 @@ OPERATIONS = {
 
 
 class DynamoDBError(Exception):
-    """A failed call, shaped as botocore's `ClientError`: `response["Error"]["Code"]` and the rest."""
+    """A failed call, shaped as botocore's `ClientError`: `response["Error"]["Code"]` and the rest.
+
+    Its message, and its response's, are redacted as it is made (`redact_message`): DynamoDB's error for a signature
+    it could not match quotes the canonical request, the session token in its `x-amz-security-token:` line, and an
+    error may quote the `Authorization` header; the `StoreError` made of it carries it as its cause, which any path
+    that logs a traceback would print."""
 
     def __init__(self, operation: str, response: dict[str, Any]) -> None:
         error = response.get("Error", {})
+        if error.get("Message"):
+            error = {**error, "Message": redact_message(str(error["Message"]))}
+            response = {**response, "Error": error}
         super().__init__(f"{operation}: {error.get('Code')}: {error.get('Message')}")
         self.operation_name = operation
         self.response = response

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from handler.ports import Store, StoreError
 
@@ -83,16 +83,28 @@ def seconds_parameter(query: dict[str, str], name: str, default: float) -> float
 URL_PARAMETERS = ("region", "endpoint_url", "read_timeout", "connect_timeout", "lease_idle_seconds")
 
 
+def url_parameters(text: str) -> dict[str, str]:
+    """A store URL's query as a mapping, each parameter given once (a `StoreError` naming one given more often:
+    `region=a&region=b` took the last, without a word); one left empty (`region=`) is as if left out."""
+    pairs = parse_qsl(text, keep_blank_values=True)
+    names = [name for name, _ in pairs]
+    for name in dict.fromkeys(names):
+        if names.count(name) > 1:
+            given = ", ".join(f"{name}={value[:40]}" for named, value in pairs if named == name)
+            raise StoreError(f"the store URL's {name}= is given {names.count(name)} times ({given}): give it once")
+    return {name: value for name, value in pairs if value}
+
+
 def dynamodb_query(url: str) -> tuple[dict[str, str], dict[str, float]]:
     """A DynamoDB store URL's parameters, each checked (`StoreError` naming the first that is wrong): a table, no
-    parameter but `URL_PARAMETERS` and `home_endpoint_REGION`, a region that can be AWS's (`aws_region`); and its
-    numbers of seconds (above 0), each else its default."""
+    parameter but `URL_PARAMETERS` and `home_endpoint_REGION`, each given once (`url_parameters`), a region that can
+    be AWS's (`aws_region`); and its numbers of seconds (above 0), each else its default."""
     from adapters.store.region_leases import IDLE_SECONDS
 
     parts = urlsplit(url)
     if not parts.netloc:
         raise StoreError(f"store URL '{url}' names no table: use dynamodb://TABLE?region=R")
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    query = url_parameters(parts.query)
     # A misspelt parameter was ignored: `endpoint=` for `endpoint_url=` sent a local run to AWS's own endpoint
     # (and with credentials, to a real table of that name); `regoin=` took the environment's region.
     unknown = sorted(k for k in query if k not in URL_PARAMETERS and not k.startswith("home_endpoint_"))

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from handler.api.report_gate import ReportGate
 from handler.dashboard.reports import ReportBuilder, parse_report, parse_views
 from handler.errors import InvalidRequestError, KeyChangedError, NotFoundError, PermissionDeniedError
-from handler.pipeline.attribution import line_tags, validate_tags
+from handler.pipeline.attribution import line_tags, stored_tags, validate_tags
 from handler.pipeline.budgets import period_of
 from handler.pipeline.key_admin import (
     KeyAdmin,
@@ -120,7 +120,7 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
         "revoked_at": record.revoked_at,
         "revoked_by": record.revoked_by,
         "rotation_grace_until": record.prev_valid_until,
-        "tags": record.tags,
+        "tags": stored_tags(record.tags),  # (a record tagged before tags were checked as now may hold a key)
         # The region whose store holds the key's record and budget of record (None: one shared meter item).
         "home_region": record.home_region,
     }
@@ -275,8 +275,9 @@ class KeyRoutes:
 
     @staticmethod
     def _line_tags(lineage: list[KeyRecord]) -> dict[str, Any]:
-        """The tags every line of this key carries: its own under its ancestors' (which win a name)."""
-        return {"line_tags": line_tags(lineage, {})}
+        """The tags every line of this key carries: its own under its ancestors' (which win a name), as a line keeps
+        them (`lineage` may hold a record read here from the store, its tags as stored)."""
+        return {"line_tags": stored_tags(line_tags(lineage, {}))}
 
     async def whoami(self, request: Request) -> Response:
         key = await self.api.authenticate(request, allow_x_api_key=True)

@@ -93,6 +93,13 @@ def session_id(raw: str, header: str) -> str | None:
     return unkeyed(value)
 
 
+def stored_tags(tags: dict[str, str]) -> dict[str, str]:
+    """A key's default tags as its stored record has them, each name and value with any key in it redacted: a record
+    tagged before names holding a key were refused (`tag_name`), or before a key without its `gwk_` was known for
+    one, carried it onto every new line of the key. (Once per record read from the store, not per request.)"""
+    return {unkeyed(name): unkeyed(value) for name, value in tags.items()}
+
+
 def line_tags(lineage: list[KeyRecord], requested: Mapping[str, str]) -> dict[str, str]:
     """The tags of a request's ledger line (a dict of its own): the header's, under the key's own, under its
     ancestors' (`lineage` is nearest first, so the root's are applied last and win)."""

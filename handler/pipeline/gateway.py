@@ -523,5 +523,7 @@ def build_tracer(
 
     settings = tracing.otlp_settings(config.observability.otlp, environ, fetch)
     for value in settings.headers.values() if settings else ():
-        redaction.register(value)  # a collector's token is a secret like any other
+        # A collector's token is a secret like any other, with its scheme (`Bearer <token>`) and without it: a log line
+        # or an error may echo the token alone.
+        redaction.register(*header_secrets(value))
     return tracing.build_tracer(settings, region, on_drop=prometheus.REGISTRY.spans_dropped)

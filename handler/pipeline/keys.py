@@ -19,10 +19,12 @@ import ipaddress
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, TypeAlias
 
 from handler.errors import AuthenticationError, PermissionDeniedError, model_not_allowed
+from handler.pipeline.attribution import stored_tags
 from handler.ports import KeyRecord, Store
 
 if TYPE_CHECKING:
@@ -138,7 +140,8 @@ class CachedKey:
 
     def __init__(self, read_at: float, record: KeyRecord | None) -> None:
         self.read_at = read_at
-        self.record = record
+        # (Its tags as a line may carry them: a record stored before tags were checked as they are now may hold a key.)
+        self.record = replace(record, tags=stored_tags(record.tags)) if record is not None and record.tags else record
         self.networks = parse_networks(record.allow_ips) if record is not None and record.allow_ips else ()
         # When a secret this record refused last had the store read again, and that read while it runs.
         self.rechecked_at = -math.inf

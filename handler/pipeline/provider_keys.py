@@ -66,8 +66,10 @@ def unreadable(adapter: ProviderAdapter, failure: SecretUnreadableError, retry_s
         adapter.unread = failure.reason
 
 
-# The schemes an `authorization` value names before its credential: an upstream may echo the credential alone.
-AUTH_SCHEMES = frozenset({"bearer", "basic", "token"})
+# The schemes an `authorization` value names before its credential: an upstream may echo the credential alone. Besides
+# HTTP's own, those of API keys (Elastic's `ApiKey`, Dynatrace's `Api-Token`, fal's `Key`, Splunk's HEC `Splunk`),
+# which an OTLP collector's header carries as often as a `Bearer` token.
+AUTH_SCHEMES = frozenset({"bearer", "basic", "token", "apikey", "api-key", "api-token", "key", "splunk"})
 
 
 def header_secrets(value: str) -> tuple[str, ...]:

@@ -1334,7 +1334,14 @@ def test_a_key_or_a_secret_as_a_tag_name_is_refused_unsaid_wherever_tags_are_tak
     a report's `tag=` and `group_by=tag:`."""
     key, admin = gw.mint(), gw.mint(admin=True)
     secret = key.split("_", 2)[2]
-    for name, said in ((key, secret), (f"team-{key}", secret), (PROXY_KEY, PROXY_KEY)):
+    body = key.removeprefix("gwk_")  # (without its `gwk_`, it was taken: review)
+    for name, said in (
+        (key, secret),
+        (f"team-{key}", secret),
+        (body, secret),
+        (f"team-{body}", secret),
+        (PROXY_KEY, PROXY_KEY),
+    ):
         refused = [
             ("x-gateway-tags", chat(gw, key, **{"x-gateway-tags": f"{name}=1"})),
             ("tags", post(gw, "/admin/keys", admin, {"name": "k", "tags": {name: "1"}})),
@@ -1358,6 +1365,35 @@ def test_a_key_or_a_secret_as_a_tag_name_is_refused_unsaid_wherever_tags_are_tak
     )
     assert report.status_code == 200 and secret not in report.text
     assert report.json()["filter"] == {"tags": {"team": "[REDACTED]"}, "user": "[REDACTED]", "session": "s-[REDACTED]"}
+    report = httpx.get(
+        f"{gw.url}/v1/usage", params={"user": body, "session": f"s-{body}", "tag": f"team={body}"}, headers=auth(key)
+    )
+    assert report.status_code == 200 and secret not in report.text
+    assert report.json()["filter"] == {"tags": {"team": "[REDACTED]"}, "user": "[REDACTED]", "session": "s-[REDACTED]"}
+
+    # As a tag's value, it is kept redacted, as a whole key is.
+    assert chat(gw, key, **{"x-gateway-tags": f"team={body},owner=gwk_{body}"}).status_code == 200
+    assert [line.tags for line in ledger(gw, key)] == [{"team": "[REDACTED]", "owner": "[REDACTED]"}]
+
+
+def test_a_key_in_default_tags_stored_before_they_were_checked_reaches_no_line_nor_view(gw: Running) -> None:
+    """A key's default tags are checked as they are set (`tag_name`), but a record tagged before (a name holding a
+    key, a value holding one without its `gwk_`) carried them onto every new ledger line of the key, which only the
+    reports redacted (review). Read from the store, they are redacted before a line, or the key's view, shows them."""
+    other = gw.mint()
+    secret, body = other.split("_", 2)[2], other.removeprefix("gwk_")
+    # (Written as it is, without the checks of the key API, as a record of an earlier version was.)
+    tagged = gw.mint(tags={other: "1", f"team-{body}": "x", "owner": body, "env": "dev"})
+    kept = {"[REDACTED]": "1", "team-[REDACTED]": "x", "owner": "[REDACTED]", "env": "dev"}
+    child = post(gw, "/v1/keys", tagged, {"name": "child"})
+    assert child.status_code == 201 and secret not in child.text
+    assert chat(gw, tagged).status_code == 200 and chat(gw, child.json()["key"]).status_code == 200
+    assert [line.tags for line in ledger(gw, tagged) + ledger(gw, child.json()["key"])] == [kept, kept]
+    admin = gw.mint(admin=True)
+    for path, who in (("/v1/key", tagged), (f"/admin/keys/{key_id_of(tagged)}", admin), ("/admin/keys", admin)):
+        shown = httpx.get(f"{gw.url}{path}", headers=auth(who))
+        assert shown.status_code == 200 and secret not in shown.text and body not in shown.text, path
+    assert httpx.get(f"{gw.url}/v1/key", headers=auth(tagged)).json()["line_tags"] == kept
 
 
 def test_reports_filter_by_tag_user_and_session_with_cache_and_reasoning_columns(gw: Running) -> None:

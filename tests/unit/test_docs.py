@@ -238,6 +238,30 @@ def test_the_options_table_names_every_provider_type_that_takes_each_option() ->
     assert {"responses_api", "responses_store", "headers", "profile", "auth", "stream_usage"} <= checked
 
 
+def test_the_bedrock_vpc_endpoint_example_sends_each_deployment_to_its_endpoint() -> None:
+    """`base_url` on a `bedrock` provider or deployment (a VPC endpoint) was taken but documented for `anthropic` and
+    `gemini` only (review). The example the options table links to routes as its page says: the provider's endpoint
+    for its region, a deployment's own for its, each signed for its region."""
+    import yaml
+
+    from adapters.providers.registry import REGISTRY
+    from handler.config import parse_config
+    from handler.pipeline.gateway import build_adapters
+    from handler.pipeline.routing import RouteControls, Router
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    assert "[example](#bedrock-through-a-vpc-endpoint)" in re.search(r"^\| `base_url` \|.*$", text, re.M)[0]
+    section = text.split("### Bedrock through a VPC endpoint", 1)[1]
+    config = parse_config(yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0]), set(REGISTRY))
+    router = Router(config, build_adapters(config, REGISTRY, {}), "eu-central-1")
+    plan = router.plan("claude-haiku-4-5", RouteControls(), lambda model: True)
+    targets = {attempt.target.region: attempt.target.base_url for attempt in plan}
+    assert targets == {
+        "eu-central-1": "https://vpce-0a1b2c3d4e5f67890-abcd1234.bedrock-runtime.eu-central-1.vpce.amazonaws.com",
+        "us-east-1": "https://vpce-0f9e8d7c6b5a43210-wxyz9876.bedrock-runtime.us-east-1.vpce.amazonaws.com",
+    }
+
+
 def test_configuration_names_the_provider_types_that_take_headers() -> None:
     """The options table and the prose under "Providers" disagreed (five types against two); both follow the
     adapters' own `provider_options`."""

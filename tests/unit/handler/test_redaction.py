@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections.abc import Callable
 
 import orjson
@@ -149,3 +150,41 @@ def test_the_forms_of_the_secrets_are_built_by_the_first_upstream_error_not_as_t
     assert redaction._probes  # (built, and kept until the secrets change)
     only_secrets(SECRET)
     assert redaction._probes is None
+
+
+BODY = "abcdefghijkm_Zq81LmN0pX4vR7tY2uW9-Kd_3sQe7HjB5nV1cX8aLp0"  # a gateway key without its `gwk_`
+
+
+def test_a_gateway_key_without_its_prefix_is_redacted_wherever_a_whole_one_is() -> None:
+    """A key's shape began with `gwk_`: its body (`<id>_<secret>`), pasted without it as a tag's name or value, a
+    user's name or a model's, was kept whole on ledger lines and in reports, errors and spans (review). Whatever
+    surrounds it, the redactions that find a whole key find it, as they find the keys the gateway mints."""
+    from handler.pipeline.key_admin import new_key_id
+    from handler.redaction import redact_message, redact_secrets, unkeyed
+
+    for redact in (redact_message, redact_secrets, unkeyed):
+        assert redact(BODY) == REDACTED, redact
+        assert redact(f"team-{BODY}") == f"team-{REDACTED}"
+        assert redact(f"model '{BODY}' does not exist") == f"model '{REDACTED}' does not exist"
+        assert redact(f"{BODY},{BODY}.") == f"{REDACTED},{REDACTED}."
+    for _ in range(100):
+        minted = f"{new_key_id()}_{secrets.token_urlsafe(32)}"
+        assert unkeyed(f"user:{minted}") == f"user:{REDACTED}", minted
+
+
+@pytest.mark.parametrize(
+    "ordinary",
+    [
+        "configuration_value_for_the_maximum_number_of_retries_allowed",  # snake_case: no capital
+        "screenshots1_2026-01-01_AtNoonWithFriendsOnTheBeach_Final_version2",  # more than a secret's 43
+        "msg_01XFDUDYJgAACzvnptvVoYEL toolu_01A09q90qw90lq917835lq9 call_abc123",
+        "resp_68af0c4d2a7c8190b5e3a1f4d9c2e7b60a1b2c3d4e5f6a7b chatcmpl-AbCdEf0123456789",
+        "Xabcdefghijkm_Zq81LmN0pX4vR7tY2uW9-Kd_3sQe7HjB5nV1cX8aLp0",  # (its id is 13 characters long)
+        "abcdefghijkm_zq81lmn0px4vr7ty2uw9-kd_3sqe7hjb5nv1cx8alp0",  # one case
+    ],
+)
+def test_ordinary_ids_and_names_are_not_taken_for_a_key_without_its_prefix(ordinary: str) -> None:
+    from handler.redaction import redact_message, redact_secrets, unkeyed
+
+    for redact in (redact_message, redact_secrets, unkeyed):
+        assert redact(ordinary) == ordinary, redact

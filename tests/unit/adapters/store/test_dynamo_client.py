@@ -22,7 +22,7 @@ from adapters.store.dynamo_client import (
     call,
 )
 from adapters.store.dynamodb import DynamoDBStore
-from handler.ports import STORE_DEADLINE, StoreDeadlineError
+from handler.ports import STORE_DEADLINE, StoreDeadlineError, StoreError
 from tests.support.dynamo import DynamoServer
 
 CREDENTIALS = Credentials("AKIDTEST", "secret", "token")
@@ -103,6 +103,45 @@ async def test_throttling_server_errors_and_refused_connections_are_retried() ->
     with pytest.raises(ConditionalCheckFailedException):  # never retried: the answer is final
         await client.update_item(TableName="t", Key=KEY)
     assert len(seen) == 1
+
+
+TOKEN = "IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQD+Zq81LmN0pX4vR7tY2uW9="
+SIGNATURE = "5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
+# What DynamoDB says of a request whose signature it could not match: the canonical request, its session token
+# included; and an error quoting the request's `Authorization` header, as a proxy's may.
+MISMATCH = (
+    "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access "
+    "Key and signing method.\n\nThe Canonical String for this request should have been\n'POST\n/\n\n"
+    "content-type:application/x-amz-json-1.0\nhost:dynamodb.eu-west-1.amazonaws.com\nx-amz-date:20261205T101010Z\n"
+    f"x-amz-security-token:{TOKEN}\nx-amz-target:DynamoDB_20120810.GetItem\n\n"
+    "content-type;host;x-amz-date;x-amz-security-token;x-amz-target\n"
+    "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a'"  # (the body's hash)
+)
+QUOTED = (
+    "refused: Authorization: AWS4-HMAC-SHA256 Credential=ASIAZQ81LMN0PX4VR7TY/20261205/eu-west-1/dynamodb/"
+    f"aws4_request, SignedHeaders=host;x-amz-date;x-amz-security-token, Signature={SIGNATURE}"
+)
+
+
+@pytest.mark.parametrize("message", [MISMATCH, QUOTED], ids=["canonical-request", "authorization"])
+@pytest.mark.parametrize("status", [400, 500])
+async def test_an_error_quoting_the_calls_credentials_has_them_redacted_as_it_is_made(
+    status: int, message: str, only_secrets: Callable[..., None]
+) -> None:
+    """DynamoDB's error for a signature it could not match quotes the canonical request, the session token in its
+    `x-amz-security-token:` line; an error may quote the `Authorization` header (the access key id, the signature).
+    The `StoreError` carried the DynamoDB error whole as its cause, for any path that logs a traceback (review): the
+    error's message, and its response's, are redacted as the error is made, known secrets or not."""
+    only_secrets()  # (none: the shapes alone find them)
+    body = {"__type": "com.amazon.coral.service#InvalidSignatureException", "message": message}
+    client, _ = scripted(*[lambda request: httpx.Response(status, json=body)] * 3)
+    with pytest.raises(StoreError) as failed:
+        await call(client, "get_item", TableName="t", Key=KEY)
+    cause = failed.value.__cause__
+    assert isinstance(cause, DynamoDBError)
+    said = f"{failed.value} {cause} {cause.response}"
+    assert TOKEN[:20] not in said and "ASIAZQ81" not in said and SIGNATURE not in said, said
+    assert "InvalidSignatureException" in said and "[REDACTED]" in said
 
 
 @contextmanager

@@ -237,6 +237,10 @@ def test_a_key_is_not_created_in_a_store_that_keeps_nothing(
         # (Taken, and every call went to dynamodb.narnia.amazonaws.com: "DynamoDB query failed: ConnectionError".)
         ("region=narnia", "the store URL's region=narnia is not an AWS region name (an area, a word or two and a"),
         ("region=us-east-1&home_endpoint_narnia=http://127.0.0.1:9", "the store URL's home_endpoint_narnia is not"),
+        # (The last one was taken, without a word: review.)
+        ("region=us-east-1&region=eu-west-1", "the store URL's region= is given 2 times (region=us-east-1, region=eu"),
+        ("region=local&endpoint_url=http://a:1&endpoint_url=http://b:2", "the store URL's endpoint_url= is given 2"),
+        ("region=us-east-1&read_timeout=1&read_timeout=", "the store URL's read_timeout= is given 2 times"),
     ],
 )
 def test_a_store_url_parameter_misspelt_is_named_not_ignored(
@@ -254,6 +258,7 @@ def test_a_store_url_parameter_misspelt_is_named_not_ignored(
         ("dynamodb://tbl", {"GATEWAY_REGION": "eu-central"}, "GATEWAY_REGION=eu-central is not an AWS region name"),
         ("dynamodb://tbl", {}, "no AWS region for DynamoDB: set AWS_REGION (or GATEWAY_REGION), or add ?region=R"),
         ("dynamodb://tbl?region=eu-west-1&read_timeout=abc", {}, "the store URL's read_timeout=abc is not a number"),
+        ("dynamodb://tbl?region=eu-west-1&region=us-east-1", {}, "the store URL's region= is given 2 times"),
         # (A store in memory, taken without a word: a server whose first admin key its own store did not have, its
         # ledger gone when it stopped; `sqlite:gw.db` made a file named so. Found by review.)
         ("sqlite:///", {}, "the store URL 'sqlite:///' names no file: use sqlite:///PATH"),

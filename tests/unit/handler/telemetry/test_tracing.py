@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,36 @@ def test_a_malformed_header_is_named_by_its_place_never_quoted() -> None:
     with pytest.raises(ConfigError, match="item 2") as refused:
         otlp_settings(None, environ)
     assert "tok_9f8e7d6c5b4a392" not in str(refused.value) and "Bearer" not in str(refused.value)
+
+
+def test_a_collectors_credential_is_a_secret_with_its_scheme_and_without_it(only_secrets: Callable[..., None]) -> None:
+    """The collector's header values were registered as secrets whole (`Bearer <token>`): a log line or an error that
+    echoed the token alone kept it (review). The credential after an `authorization` value's scheme (`Bearer`,
+    `Basic`, Elastic's `ApiKey`) is a secret too, and a key header's value is one as it is."""
+    from handler import redaction
+    from handler.pipeline.gateway import build_tracer
+
+    only_secrets()
+    token, basic, api_key, key = (
+        "otlp-token-9f8e7d6c5b4a",
+        "dXNlcjpwYXNzLTAxMjM0NQ==",
+        "ZWxhc3RpYy1rZXktMDEy",
+        "dd-0123456789ab",
+    )
+    otlp = {"endpoint": "http://127.0.0.1:9", "headers": {"authorization": "env:OTLP_AUTH"}}
+    config = parse_config({"observability": {"otlp": otlp}}, set(REGISTRY))
+    environ = {
+        "OTLP_AUTH": f"Bearer {token}",
+        "OTEL_EXPORTER_OTLP_HEADERS": f"x-scope-auth=Basic%20{basic},x-elastic=ApiKey%20{api_key},dd-api-key={key}",
+    }
+    tracer = build_tracer(config, environ, "us-east-1")
+    assert tracer is not None
+    tracer.close(0.1)
+    for secret in (token, basic, api_key, key):
+        assert redaction.redact_message(f"the collector refused {secret}.") == "the collector refused [REDACTED].", (
+            secret
+        )
+        assert redaction.scrub(f'{{"said": "{secret}"}}'.encode()) == b'{"said": "[REDACTED]"}', secret
 
 
 def test_the_config_section_is_validated_with_paths() -> None:
