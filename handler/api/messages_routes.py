@@ -77,9 +77,9 @@ def threaded(call: NativeCall) -> NativeCall:
     conversation Anthropic holds, which the body does not show (`NativeCall.held`)."""
     thread = call.body["thread"]
     refusal = NativeOnlyError(
-        "thread: this model's deployments do not speak Anthropic's Messages API, so none can keep a message thread "
-        "(Anthropic holds its conversation; another provider would get a part of it as the whole): send the whole "
-        "conversation without `thread`",
+        "thread: no deployment this request may go to speaks Anthropic's Messages API, so none can keep a message "
+        "thread (Anthropic holds its conversation; another provider would get a part of it as the whole): send the "
+        "whole conversation without `thread`",
         code="thread_unsupported_request",
         param="thread",
     )
