@@ -94,3 +94,15 @@ def completion_chunks(completion: ChatCompletion) -> list[ChatCompletionChunk]:
             end["stop_sequence"] = choice.stop_sequence
         chunks.append(ChatCompletionChunk.model_validate({**head, "choices": [end]}))
     return chunks
+
+
+def opening_delta(first: ChatCompletionChunk) -> ChunkDelta:
+    """The role's delta that opens a translated stream whose first chunk of a choice after it is `first`, as OpenAI
+    opens its own:
+    `content: ""` before text (or an answer of nothing), `content: null` before a tool call, a refusal, or reasoning
+    (as DeepSeek's). Sent before the provider said what came first, it was `""` whatever followed: a tool-only answer
+    streamed ended with `content: ""` (the SDK's stream helper), where the same answer whole, and OpenAI's streamed,
+    has None."""
+    delta = first.choices[0].delta
+    opens_other = delta.tool_calls or delta.reasoning_content or delta.refusal or delta.model_extra
+    return ChunkDelta(role="assistant", content=None if opens_other else "")

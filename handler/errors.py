@@ -3,6 +3,8 @@
     GatewayError                      status, code, message, param, headers
     ├── InvalidRequestError           400 invalid_request
     │   ├── StrictParamsError         400 invalid_request (x-gateway-strict and a dropped parameter)
+    │   ├── NativeOnlyError           400 the API's own code (what only the API's provider can take, and no
+    │   │                                 deployment speaks the API: a Messages `thread_unsupported_request`)
     │   └── ProviderRejectedError     400 the provider's code, else invalid_request (its own 400/413/422, or a 404
     │                                     about the request, not the deployment)
     ├── AuthenticationError           401 invalid_api_key | key_expired | key_revoked
@@ -100,6 +102,17 @@ class InvalidRequestError(GatewayError):
 
 class StrictParamsError(InvalidRequestError):
     """A parameter the provider cannot honour, with `x-gateway-strict: true`."""
+
+
+class NativeOnlyError(InvalidRequestError):
+    """A request carrying what only a deployment that speaks the client's API can take (a Messages `thread`, whose
+    conversation Anthropic holds), for a deployment that does not. `code` is the API's own for it, given where its
+    SDK reads it: Anthropic's `error.details.error_code` (`thread_unsupported_request`, on which the SDK's thread
+    helpers send the whole conversation again without a thread)."""
+
+    def anthropic_body(self) -> dict[str, object]:
+        error = {"type": self.anthropic_type, "message": self.message, "details": {"error_code": self.code}}
+        return {"type": "error", "error": error}
 
 
 class AuthenticationError(GatewayError):

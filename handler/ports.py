@@ -177,9 +177,13 @@ class NativeCall(Value):
     `lost_headers` names what of the client's `headers` a translation loses (a Messages client's betas whose
     feature the request uses, `anthropic-beta[NAME]`: `handler.api.messages_api.lost_betas`), reported by a
     deployment that gets the translated request unless its adapter sends some of them itself (Bedrock, for Claude).
+    `native_only` is the client's 400 for a deployment that does not speak `api`, when the request carries what only
+    one that does can take (a Messages `thread`: its conversation is held by Anthropic, and a translation would send
+    a part of it as the whole); None for any other request. `held`: the provider holds earlier turns that the body
+    leaves out (a thread's `continue`), whose size the body does not show.
     """
 
-    __slots__ = ("api", "body", "headers", "untranslated", "dropped", "query", "lost_headers")
+    __slots__ = ("api", "body", "headers", "untranslated", "dropped", "query", "lost_headers", "native_only", "held")
 
     def __init__(
         self,
@@ -190,6 +194,8 @@ class NativeCall(Value):
         dropped: tuple[str, ...] = (),
         query: str = "",
         lost_headers: tuple[str, ...] = (),
+        native_only: InvalidRequestError | None = None,
+        held: bool = False,
     ) -> None:
         self.api: Final = api
         self.body: Final = body
@@ -198,6 +204,8 @@ class NativeCall(Value):
         self.dropped: Final = dropped
         self.query: Final = query
         self.lost_headers: Final = lost_headers
+        self.native_only: Final = native_only
+        self.held: Final = held
 
 
 class Served(Value):

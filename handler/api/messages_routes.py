@@ -14,7 +14,7 @@ from handler.api.messages_api import MessagesCountRequest, MessagesRequest, lost
 from handler.api.messages_out import anthropic_events, native_events, native_message, to_message
 from handler.api.request_fields import MESSAGES
 from handler.api.streaming import EventStream, stream_head, until_client_leaves
-from handler.errors import InvalidRequestError
+from handler.errors import InvalidRequestError, NativeOnlyError
 from handler.pipeline.exchange import Exchange
 from handler.pipeline.keys import allows_model
 from handler.pipeline.passthrough import NativeReply, NativeStream
@@ -63,7 +63,28 @@ def native_call(
     query = forwarded_query(request.scope.get("query_string", b""))
     betas = headers.get("anthropic-beta")
     lost = lost_betas(betas, data, untranslated) if betas else ()
-    return NativeCall(MESSAGES_API, data, headers, tuple(untranslated), tuple(dropped or ()), query, lost)
+    call = NativeCall(MESSAGES_API, data, headers, tuple(untranslated), tuple(dropped or ()), query, lost)
+    return threaded(call) if "thread" in data else call
+
+
+def threaded(call: NativeCall) -> NativeCall:
+    """A request of a message thread (beta `message-threads-*`): Anthropic keeps the thread's conversation, and a
+    `continue` brings only what is new, without `system` or `tools`. Only a deployment that speaks Anthropic's
+    Messages API can take it, as written: a translation sent a `continue`'s lone tool result (the provider's 400) or
+    its last question without the conversation before it (an answer to something else, and charged). Any other
+    deployment refuses it with Anthropic's `thread_unsupported_request`, on which the SDK's thread helpers (its tool
+    runner's, by default) send the whole conversation again without a thread. A `continue` is reserved for the
+    conversation Anthropic holds, which the body does not show (`NativeCall.held`)."""
+    thread = call.body["thread"]
+    refusal = NativeOnlyError(
+        "thread: no deployment this request may go to speaks Anthropic's Messages API, so none can keep a message "
+        "thread (Anthropic holds its conversation; another provider would get a part of it as the whole): send the "
+        "whole conversation without `thread`",
+        code="thread_unsupported_request",
+        param="thread",
+    )
+    held = isinstance(thread, dict) and thread.get("type") == "continue"
+    return call._replace(native_only=refusal, held=held)
 
 
 # Anthropic's server tools billed beyond tokens at rates the gateway does not price: code execution (per

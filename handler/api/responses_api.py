@@ -627,8 +627,12 @@ def envelope(
     output: list[dict[str, Any]] | None = None,
     finish_reason: str | None = None,
 ) -> dict[str, Any]:
-    """The `response` object around its output: the request's settings echoed as OpenAI does."""
+    """The `response` object around its output: the request's settings echoed as OpenAI does. Built for a completed
+    response (as the answer, the stream's last event and what is stored), it says when: `completed_at`, in Unix
+    seconds, which OpenAI gives a completed response alone (it was None on every one)."""
     incomplete = INCOMPLETE.get(finish_reason or "")
+    if incomplete and status == "completed":
+        status = "incomplete"
     text = req.text.model_dump(exclude_none=True, by_alias=True) if req.text else {}
     text.setdefault("format", {"type": "text"})
     reasoning = req.reasoning.model_dump(exclude_none=True) if req.reasoning else {}
@@ -636,10 +640,11 @@ def envelope(
         "id": response_id,
         "object": "response",
         "created_at": created_at,
-        "status": "incomplete" if incomplete and status == "completed" else status,
+        "status": status,
+        "completed_at": int(time.time()) if status == "completed" else None,
         "background": False,
         "error": None,
-        "incomplete_details": {"reason": incomplete} if incomplete and status == "completed" else None,
+        "incomplete_details": {"reason": incomplete} if incomplete and status == "incomplete" else None,
         "instructions": req.instructions,
         "max_output_tokens": req.max_output_tokens,
         "metadata": req.metadata or {},

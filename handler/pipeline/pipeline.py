@@ -45,6 +45,7 @@ from handler.pipeline.pricing import (
     Cost,
     PromptEstimate,
     fee_for,
+    held_window,
     plausible,
     predicted_tokens,
     prompt_estimate,
@@ -283,6 +284,8 @@ class Pipeline(Charges):
                 native = attempt.adapter.native_request(call, attempt.target, stream=stream, output_limit=limit)
                 # (Each name once: the client's body and the deployment's may leave out the same kind of thing.)
                 return BuiltRequest(native.request, list(dict.fromkeys([*call.dropped, *native.dropped])))
+            if call.native_only is not None:
+                raise call.native_only  # (named `=unsupported` in the route, as any request a deployment cannot take)
             try:
                 built = attempt.adapter.translated_request(call, req, attempt.target, stream=stream)
             except InvalidRequestError as err:  # (`stop` too long for the provider: the client sent `stop_sequences`)
@@ -488,11 +491,16 @@ class Pipeline(Charges):
         if isinstance(who, str) and who and ex.user is None:
             ex.user = unkeyed(who, MAX_USER_CHARS)
         self._price_options(ex, req, plan)
+        native = [attempt for attempt in plan if attempt.adapter.speaks(call.api, attempt.target)] if call else []
         if call is not None:
+            if call.native_only is not None and not native:
+                raise call.native_only  # (before anything is reserved; a deployment that cannot is passed over later)
             self._price_native_options(ex, plan, call)
         ex.prompt = prompt_estimate(req)
-        if call is not None and any(attempt.adapter.speaks(call.api, attempt.target) for attempt in plan):
+        if call is not None and native:
             ex.prompt = sent_as_written(ex.prompt, call.body)  # (what the translation left out goes too)
+            if call.held:
+                ex.prompt = ex.prompt.holding(max(held_window(attempt.spec) for attempt in native))
         cap = OutputCap(req, self.gateway.config.gateway.default_max_output_tokens, self.gateway.ceilings)
         # Each attempt's worst case at its own cap: the plan's largest cap priced at every attempt's price held a
         # budget four times what any attempt could spend (gpt-4o-mini's 16,384 at a fallback Claude's price, which

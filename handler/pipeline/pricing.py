@@ -264,10 +264,25 @@ class PromptEstimate(Value):
 
         return self.text_tokens + sum(image_tokens(url, detail, provider_type, model) for url, detail in self.images)
 
+    def holding(self, tokens: int) -> PromptEstimate:
+        """This estimate with `tokens` more the provider reads and the request does not show (a thread's conversation
+        it holds), reserved as a document it fetches is, never billed without the provider's own count."""
+        return PromptEstimate(self.text_tokens, self.images, self.referenced + tokens)
+
 
 # A PDF the provider fetches itself (a URL, an uploaded file): its size is not in the request. Anthropic reads at most
 # 100 pages a request, each as its text (1,500-3,000 tokens) and its picture (at most 1,600).
 REFERENCED_DOCUMENT_TOKENS = 100 * (3_000 + 1_600)
+
+
+# The most input a model without a configured `context_window` can hold: Claude's largest window (a million tokens,
+# with the `context-1m` beta), for a thread's `continue` whose conversation only Anthropic knows the size of.
+UNKNOWN_CONTEXT_WINDOW = 1_000_000
+
+
+def held_window(spec: ModelConfig) -> int:
+    """The most a conversation the provider holds for `spec`'s model can read: the model's context window."""
+    return spec.context_window or UNKNOWN_CONTEXT_WINDOW
 
 
 def prompt_estimate(req: ChatRequest) -> PromptEstimate:

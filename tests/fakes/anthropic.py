@@ -51,6 +51,11 @@ the top level's counts, which leave the advisor's out. A request asking for serv
 (`context_management.edits` with `compact_20260112`) whose input reaches its trigger (150,000 tokens unless set) is
 compacted as the compaction docs show it: a `compaction` block first, the top-level usage counting the sampling after
 it, and `usage.iterations` both, the compaction's tokens in its own entry alone.
+Message threads (beta `message-threads-2026-08-12`) are kept as the docs describe them: a request with `thread:
+{"type": "create"}` stores its conversation, `system` and `tools` with the answer under the answer's id; one with
+`{"type": "continue", "previous_message_id": ...}` brings only the new messages, and no `system` or `tools` (refused,
+as the API refuses them), and is answered, and billed, as the whole conversation rebuilt; an id the fake does not
+hold is Anthropic's 404 `thread_not_found`.
 `POST /v1/messages/count_tokens` counts, refusing the blocks `POST /v1/messages` refuses. Every request (path,
 query, headers, body) is recorded on `app.state.requests`.
 """
@@ -152,7 +157,12 @@ ADVICE_TOKENS = 1500  # an advisor's output, thinking included (Anthropic: typic
 OUTPUT_LIMITS = {"claude-haiku-4-5": 64_000, "claude-3-5-haiku-latest": 8_192}  # refused past these, as Anthropic does
 # Body fields Anthropic knows only under a beta: without it, the field is unknown to the API.
 # A beta field and the betas that admit it (context editing's, or compaction's, whose edit rides in the same field).
-BETA_FIELDS = {"context_management": ("context-management-2025-06-27", "compact-2026-01-12")}
+BETA_FIELDS = {
+    "context_management": ("context-management-2025-06-27", "compact-2026-01-12"),
+    "thread": ("message-threads-2026-08-12",),
+}
+# What a thread's `create` sets for the whole thread: a `continue` may not send it again.
+THREAD_FIELDS = ("system", "tools")
 
 
 # Anthropic's words for an organisation out of credit (a 400 `invalid_request_error`, not its `billing_error`).
@@ -162,8 +172,13 @@ NO_CREDIT = (
 )
 
 
-def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    body = {"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_fake"}
+def _error(
+    status: int, kind: str, message: str, headers: dict[str, str] | None = None, code: str | None = None
+) -> Response:
+    error: dict[str, Any] = {"type": kind, "message": message}
+    if code is not None:
+        error["details"] = {"error_code": code}
+    body = {"type": "error", "error": error, "request_id": "req_fake"}
     return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
 
 
@@ -565,6 +580,27 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 def create_app() -> Starlette:
     requests: list[dict[str, Any]] = []
     cached: set[bytes] = set()
+    # Each thread's conversation by the id of its last answer: the fields its `create` set, and its messages.
+    threads: dict[str, tuple[dict[str, Any], list[Any]]] = {}
+
+    def whole(body: dict[str, Any]) -> tuple[dict[str, Any], Response | None]:
+        """The conversation a request asks about: a thread's `continue` rebuilt with what the thread holds, any other
+        as sent (without its `thread`)."""
+        thread = body.get("thread")
+        if not isinstance(thread, dict):
+            return body, None
+        unthreaded = {name: value for name, value in body.items() if name != "thread"}
+        if thread.get("type") != "continue":
+            return unthreaded, None
+        repeated = [name for name in THREAD_FIELDS if name in body]
+        if repeated:
+            return body, _error(400, "invalid_request_error", f"{repeated[0]}: a thread keeps its own; leave it out")
+        held = threads.get(str(thread.get("previous_message_id")))
+        if held is None:
+            message = "No usable Thread state was found for previous_message_id."
+            return body, _error(404, "not_found_error", message, code="thread_not_found")
+        fields, messages = held
+        return {**unthreaded, **fields, "messages": [*messages, *(body.get("messages") or [])]}, None
 
     def usage(body: dict[str, Any]) -> dict[str, Any]:
         prefix, ttl = cached_prefix(body)
@@ -626,7 +662,10 @@ def create_app() -> Starlette:
         return Response(orjson.dumps({"input_tokens": input_tokens(body)}), media_type="application/json")
 
     async def messages(request: Request) -> Response:
-        body, failure = await received(request)
+        sent, failure = await received(request)
+        if failure is not None:
+            return failure
+        body, failure = whole(sent)
         if failure is not None:
             return failure
         model = str(body.get("model", ""))
@@ -651,15 +690,20 @@ def create_app() -> Starlette:
         trigger = compaction_trigger(body)
         if trigger is not None and input_tokens(body) >= trigger:
             content.insert(0, {"type": "compaction", "content": COMPACTION_SUMMARY})
+        message_id = fresh_id("msg_01")
+        if "thread" in sent:
+            fields = {name: body[name] for name in THREAD_FIELDS if name in body}
+            threads[message_id] = fields, [*body["messages"], {"role": "assistant", "content": content}]
         if body.get("stream"):
             overloaded = None
             if "stream-overloaded" in asked:
                 echoed = f" (x-api-key: {request.headers['x-api-key']})" if "echo-auth" in asked else ""
                 overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded" + echoed}}
-            stream = escaping(_stream(body, model, content, stop, "stream-cut" in asked, overloaded), asked)
+            cut = "stream-cut" in asked
+            stream = escaping(_stream(body, message_id, model, content, stop, cut, overloaded), asked)
             return StreamingResponse(stream, media_type="text/event-stream")
         answer = {
-            "id": fresh_id("msg_01"),
+            "id": message_id,
             "type": "message",
             "role": "assistant",
             "model": model,
@@ -672,6 +716,7 @@ def create_app() -> Starlette:
 
     async def _stream(
         body: dict[str, Any],
+        message_id: str,
         model: str,
         content: list[dict[str, Any]],
         stop: str,
@@ -680,7 +725,7 @@ def create_app() -> Starlette:
     ) -> AsyncIterator[bytes]:
         final = usage(body)
         start: dict[str, Any] = {
-            "id": fresh_id("msg_01"),
+            "id": message_id,
             "type": "message",
             "role": "assistant",
             "model": model,

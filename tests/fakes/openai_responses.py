@@ -194,12 +194,16 @@ def response_id() -> str:
 def response_of(
     body: dict[str, Any], output: list[dict[str, Any]], status: str, input_tokens: int, made: str | None = None
 ) -> dict[str, Any]:
-    """The response object; `made`: its id, where the same response is shown again (a stream's events)."""
+    """The response object; `made`: its id, where the same response is shown again (a stream's events). A completed
+    one says when it completed (`completed_at`): a second after it was created, here, so that a relay that keeps the
+    provider's own value can be told from one that writes its own."""
+    created_at = int(time.time())
     return {
         "id": made or response_id(),
         "object": "response",
-        "created_at": int(time.time()),
+        "created_at": created_at,
         "status": status,
+        "completed_at": created_at + 1 if status == "completed" else None,
         "error": None,
         "incomplete_details": None,
         "instructions": body.get("instructions"),

@@ -151,6 +151,20 @@ def test_stream_assembles_text_and_ends_with_usage(client: openai.OpenAI) -> Non
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
 
 
+def test_a_streamed_tool_only_answer_has_null_content_as_the_whole_one(client: openai.OpenAI) -> None:
+    """Converse's stream opened with `content: ""` before it knew a tool call followed: the SDK's stream helper
+    finished with `content == ""` where the same answer unstreamed has None, as OpenAI's has either way."""
+    with client.chat.completions.stream(
+        model="claude-haiku", messages=HI, tools=[WEATHER_TOOL], tool_choice="required"
+    ) as stream:
+        events = [event.type for event in stream]
+        final = stream.get_final_completion()
+    assert final.choices[0].message.tool_calls and final.choices[0].message.content is None
+    assert "content.delta" not in events, events
+    with client.chat.completions.stream(model="claude-haiku", messages=HI) as stream:
+        assert stream.get_final_completion().choices[0].message.content == fake.TEXT
+
+
 def test_tools_stream_and_not_and_the_result_goes_back(bedrock: Running, client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
         model="claude-haiku", messages=HI, tools=[WEATHER_TOOL], tool_choice="required"

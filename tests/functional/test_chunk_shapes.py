@@ -1,13 +1,19 @@
-"""Chat Completions chunks as OpenAI documents them, read off the wire (an SDK cannot tell null from absent)."""
+"""Chat Completions chunks as OpenAI documents them, read off the wire (an SDK cannot tell null from absent), and as
+the SDK's stream helper reads them."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import httpx
+import openai
 import orjson
+import pytest
+from pydantic import BaseModel
 
-from tests.functional.conftest import Running
+from tests.functional.conftest import Running, openai_client
+
+HI: Any = [{"role": "user", "content": "Hi"}]
 
 
 def stream_events(running: Running, key: str, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -80,3 +86,39 @@ def test_a_relayed_tool_call_keeps_content_null_in_its_first_delta(running: Runn
     first = orjson.loads(next(line for line in raw.split(b"\n") if line.startswith(b"data: ")).removeprefix(b"data: "))
     delta = first["choices"][0]["delta"]
     assert delta["content"] is None and delta["refusal"] is None and delta["tool_calls"][0]["function"]["name"]
+
+
+class Where(BaseModel):
+    city: str
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku-4-5", "gemini-2.5-flash"])
+def test_a_streamed_tool_only_answer_has_null_content_as_the_whole_one(running: Running, key: str, model: str) -> None:
+    """A translated stream opened with `{"role": "assistant", "content": ""}` whatever followed, where OpenAI opens a
+    tool call's stream with `"content": null`: the SDK's stream helper then emitted an empty `content.delta` and its
+    final completion had `content == ""`, where the same request unstreamed (and OpenAI's, streamed or not) has
+    None. A translated stream now opens as OpenAI's, by what its first block is: text, `content: ""`; a tool call,
+    `content: null`."""
+    tools = [openai.pydantic_function_tool(Where)]
+    sdk = openai_client(running, key)
+    whole = sdk.chat.completions.parse(model=model, messages=HI, tools=tools, tool_choice="required")
+    with sdk.chat.completions.stream(model=model, messages=HI, tools=tools, tool_choice="required") as stream:
+        events = [event.type for event in stream]
+        final = stream.get_final_completion()
+    assert whole.choices[0].message.content is None
+    assert (final.choices[0].message.tool_calls or [])[0].function.parsed_arguments == Where(city="Paris")
+    assert final.choices[0].message.content is None
+    assert "content.delta" not in events, events
+
+
+@pytest.mark.parametrize("model", ["claude-haiku-4-5", "gemini-2.5-flash"])
+def test_a_translated_stream_opens_as_openai_opens_its_own(running: Running, key: str, model: str) -> None:
+    """The first delta of a text answer has `content: ""` (as OpenAI's, without its `refusal`); of a tool call,
+    `content: null`, the call's head next."""
+    text = stream_events(running, key, {"model": model})
+    assert text[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in text)
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    called = stream_events(running, key, {"model": model, "tools": [tool], "tool_choice": "required"})
+    assert called[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}
+    assert called[1]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"] == "get_weather"

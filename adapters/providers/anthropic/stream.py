@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 class AnthropicStreamParser:
     """Anthropic's named SSE events into OpenAI chunks.
 
-    `message_start` gives the role chunk and the input counts (`opening_usage`), each `tool_use` block a tool-call
+    `message_start` gives the input counts (`opening_usage`), and the role's chunk is held until the first chunk
+    after it tells what the answer opens with (`handler.chunks.opening_delta`); each `tool_use` block gives a tool-call
     delta (index, id, name) followed by its `input_json_delta` fragments, `message_delta` the finish reason and
     final usage.
     With a `json_schema` request, the forced tool's input streams as content text instead.
@@ -70,6 +71,7 @@ class AnthropicStreamParser:
         self._tools = 0
         self._json_answer = False
         self._usage_sent = False
+        self._opened = False  # the role's chunk went
 
     def _chunk(
         self, delta: ChunkDelta | None = None, finish: FinishReason | None = None, stop_sequence: str | None = None
@@ -85,9 +87,18 @@ class AnthropicStreamParser:
         payload = event_payload(event)
         kind = payload.get("type") or event.event
         try:
-            return self._event(str(kind), payload)
+            return self._opening(self._event(str(kind), payload))
         except ValidationError as exc:
             raise malformed(f"upstream sent a malformed '{kind}' event") from exc
+
+    def _opening(self, chunks: list[ChatCompletionChunk]) -> list[ChatCompletionChunk]:
+        """`chunks`, behind the role's chunk when they open the choice (a usage chunk alone does not)."""
+        if self._opened or not chunks or not chunks[0].choices:
+            return chunks
+        self._opened = True
+        from handler.chunks import opening_delta  # (a stream passed through, metered alone, needs none of it)
+
+        return [self._chunk(opening_delta(chunks[0])), *chunks]
 
     def _event(self, kind: str, payload: dict[str, Any]) -> list[ChatCompletionChunk]:
         if kind == "message_start":
@@ -98,7 +109,7 @@ class AnthropicStreamParser:
             self._wire_usage = message.usage
             self.opening_usage = message.usage.to_usage()
             self.served = message.usage.served()
-            return [self._chunk(schemas.ChunkDelta(role="assistant", content=""))]
+            return []  # (the role's chunk waits for what the answer opens with: `_opening`)
         if kind == "content_block_start":
             from adapters.providers.anthropic.wire import WireBlock  # (see the note on the imports)
 

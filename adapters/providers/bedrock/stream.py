@@ -21,7 +21,7 @@ from adapters.providers.bedrock.adapter import (
     usage_of,
 )
 from adapters.providers.params import ToolNames
-from handler.schemas import ChatCompletionChunk, ChunkDelta, completion_id
+from handler.schemas import ChatCompletionChunk, completion_id
 from handler.wire import StreamEvent, json_body, malformed
 
 
@@ -56,14 +56,14 @@ class BedrockStreamParser(AnthropicStreamParser):
         if not isinstance(payload, dict):
             raise malformed("upstream sent a stream event that is not an object")
         try:
-            return self._converse_event(event.event or "", payload)
+            return self._opening(self._converse_event(event.event or "", payload))
         except (ValidationError, AttributeError, TypeError, ValueError) as exc:
             raise malformed(f"upstream sent a malformed '{event.event}' event") from exc
 
     def _converse_event(self, kind: str, payload: dict[str, Any]) -> list[ChatCompletionChunk]:
         index = int(payload.get("contentBlockIndex", 0))
         if kind == "messageStart":
-            return [self._chunk(ChunkDelta(role="assistant", content=""))]
+            return []  # (the role's chunk waits for what the answer opens with: `_opening`)
         if kind == "contentBlockStart":
             tool = (payload.get("start") or {}).get("toolUse")
             if not isinstance(tool, dict):

@@ -14,6 +14,7 @@ from adapters.providers.gemini.adapter import (
     usage_of,
 )
 from adapters.providers.params import ToolNames
+from handler.chunks import opening_delta
 from handler.errors import UpstreamError
 from handler.ports import Served
 from handler.schemas import (
@@ -52,11 +53,13 @@ class GeminiStreamParser:
         choice = ChunkChoice(index=index, delta=delta, finish_reason=reason)
         return ChatCompletionChunk(id=self._id, created=self._created, model=self._model, choices=[choice])
 
-    def _start(self, index: int) -> list[ChatCompletionChunk]:
-        if index in self._started:
-            return []
+    def _opening(self, index: int, chunks: list[ChatCompletionChunk]) -> list[ChatCompletionChunk]:
+        """Candidate `index`'s `chunks`, behind its role's chunk when they are its first (`opening_delta`: what
+        they open with tells its `content`)."""
+        if index in self._started or not chunks:
+            return chunks
         self._started.add(index)
-        return [self._chunk(index, ChunkDelta(role="assistant", content=""))]
+        return [self._chunk(index, opening_delta(chunks[0])), *chunks]
 
     def feed(self, event: StreamEvent) -> list[ChatCompletionChunk]:
         if not event.data.strip():
@@ -73,11 +76,10 @@ class GeminiStreamParser:
         candidates = [c for c in data.get("candidates") or () if isinstance(c, dict)]
         blocked = block_message(data)
         if not candidates and blocked:
-            chunks += self._start(0)
-            chunks.append(self._chunk(0, ChunkDelta(refusal=blocked), "content_filter"))
+            chunks += self._opening(0, [self._chunk(0, ChunkDelta(refusal=blocked), "content_filter")])
         for position, candidate in enumerate(candidates):
             index = candidate.get("index", position)
-            chunks += self._start(index)
+            said: list[ChatCompletionChunk] = []  # (this candidate's)
             for part in candidate_parts(candidate):
                 call = tool_call_of(part, self._calls.get(index, 0))
                 if call is not None:
@@ -91,19 +93,20 @@ class GeminiStreamParser:
                             name=self._client_name(call.function.name), arguments=call.function.arguments
                         ),
                     )
-                    chunks.append(self._chunk(index, ChunkDelta(tool_calls=[delta])))
+                    said.append(self._chunk(index, ChunkDelta(tool_calls=[delta])))
                 elif isinstance(part.get("text"), str) and part["text"]:
                     if part.get("thought"):
-                        chunks.append(self._chunk(index, ChunkDelta(reasoning_content=part["text"])))
+                        said.append(self._chunk(index, ChunkDelta(reasoning_content=part["text"])))
                     else:
-                        chunks.append(self._chunk(index, ChunkDelta(content=part["text"])))
+                        said.append(self._chunk(index, ChunkDelta(content=part["text"])))
             if candidate.get("finishReason"):
                 try:
                     reason = finish_reason(candidate["finishReason"], bool(self._calls.get(index)))
                 except UpstreamError as unusable:
                     unusable.billed = self.usage  # charged before a failover, as a whole answer's is
                     raise
-                chunks.append(self._chunk(index, ChunkDelta(), reason))
+                said.append(self._chunk(index, ChunkDelta(), reason))
+            chunks += self._opening(index, said)
         return chunks
 
     def _client_name(self, name: str) -> str:

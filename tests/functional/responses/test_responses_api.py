@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.parse
 from typing import Any
 
@@ -96,11 +97,32 @@ def test_an_answer_cut_at_its_output_cap_is_an_incomplete_message(fleet: Running
     else:
         response = sdk.responses.create(**asked)
     assert response.status == "incomplete" and response.incomplete_details is not None
+    assert response.completed_at is None  # (OpenAI: "only present when the status is `completed`")
     assert response.incomplete_details.reason == "max_output_tokens"
     assert response.output_text and response.output_text in ANTHROPIC_TEXT and response.output_text != ANTHROPIC_TEXT
     (message,) = response.output
     assert message.type == "message" and message.status == "incomplete"
     assert sdk.responses.retrieve(response.id).output[0].status == "incomplete"
+
+
+@pytest.mark.parametrize("model", PROVIDER_MODELS)
+def test_a_completed_response_says_when_it_completed(fleet: Running, fleet_key: str, model: str) -> None:
+    """`completed_at` ("Unix timestamp (in seconds) of when this Response was completed. Only present when the status
+    is `completed`") was None on every completed response the gateway built: `responses.create`, `parse`, the
+    stream's final response and the stored one. A response relayed from the provider's own Responses API keeps the
+    provider's (its fake's: a second after it was created)."""
+    sdk = openai_client(fleet, fleet_key)
+    whole = sdk.responses.create(model=model, input="Hi")
+    with sdk.responses.stream(model=model, input="Hi") as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_response()
+    for response in (whole, final, sdk.responses.retrieve(whole.id), sdk.responses.retrieve(final.id)):
+        assert response.status == "completed"
+        assert response.completed_at is not None, f"{model}: completed_at is None"
+        assert response.created_at <= response.completed_at <= time.time() + 1
+        if model in NATIVE:
+            assert response.completed_at == response.created_at + 1
 
 
 @pytest.mark.parametrize("model", PROVIDER_MODELS)

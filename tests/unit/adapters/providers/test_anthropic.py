@@ -658,7 +658,7 @@ def test_usage_chunk_is_sent_once_and_only_after_message_delta() -> None:
     chunks = feed(
         parser, "message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}
     )
-    assert chunks[0]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     assert parser.usage is not None and parser.usage.prompt_tokens == 2095 + 1024 + 100
     assert len(feed(parser, "message_stop", {"type": "message_stop"})) == 1 and parser.finish() == []
 

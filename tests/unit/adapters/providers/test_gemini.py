@@ -550,9 +550,9 @@ def test_unusable_200_is_a_retryable_upstream_error(body: bytes) -> None:
 
 def test_stream_starts_with_role_then_text_then_finish_and_keeps_last_usage() -> None:
     chunks, usage = parse_stream(fixture("stream.sse"))
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}  # (its thought comes first)
     deltas = [ch["delta"] for c in chunks for ch in c["choices"]]
-    assert "".join(d.get("content", "") for d in deltas) == "Hello there! How can I help you today?"
+    assert "".join(d.get("content") or "" for d in deltas) == "Hello there! How can I help you today?"
     assert "".join(d.get("reasoning_content", "") for d in deltas) == "Thinking about greetings."
     reasons = [ch.get("finish_reason") for c in chunks for ch in c["choices"]]
     assert reasons[-1] == "stop" and reasons.count("stop") == 1

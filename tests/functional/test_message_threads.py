@@ -1,0 +1,159 @@
+"""Anthropic's message threads (beta `message-threads-2026-08-12`) through the gateway, driven by the anthropic SDK's
+own helpers: `client.beta.messages.tool_runner(...)`, which runs over a thread by default, and
+`client.beta.messages.thread(...)`. A thread's first request carries `thread: {"type": "create"}`; each later one
+`{"type": "continue", "previous_message_id": ...}` with only the new messages, and no `system` or `tools`: Anthropic
+holds the rest. A translated deployment dropped `thread`, so its provider got a lone `tool_result` (a 400 the runner
+could not recover from) or a question without its history (a charged 200 answering something else)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+import pytest
+from anthropic import beta_tool
+from anthropic.types import ThreadUnsupportedRequestError
+
+from tests.functional.conftest import Running, anthropic_client
+
+THREADS_BETA = "message-threads-2026-08-12"
+ASK: Any = [{"role": "user", "content": "What time is it? CALL get_time {}"}]
+HI: Any = [{"role": "user", "content": "Hi"}]
+
+
+@beta_tool
+def get_time() -> str:
+    """The time now"""
+    return "noon"
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gemini-2.5-flash"])
+def test_the_tool_runner_completes_on_a_translated_model(running: Running, key: str, model: str) -> None:
+    """Refused as a thread, the runner sends every turn again with the whole history and no thread."""
+    runner = anthropic_client(running, key).beta.messages.tool_runner(
+        model=model, max_tokens=100, messages=ASK, tools=[get_time]
+    )
+    replies = list(runner)  # raised anthropic.BadRequestError on its second turn
+    assert replies[0].stop_reason == "tool_use"
+    last = replies[-1].content[-1]
+    assert last.type == "text" and last.text == "DONE: noon"
+
+
+def test_a_thread_no_deployment_can_hold_is_refused_before_anything_is_sent(running: Running, key: str) -> None:
+    """Anthropic's own refusal of a request it cannot thread (`error.details.error_code`:
+    `thread_unsupported_request`), on which the SDK's helpers fall back to the whole history: strict or not, with
+    nothing reserved, sent or written to the ledger."""
+    sent = {name: len(fake.state.requests) for name, fake in running.fakes.items()}
+    for model in ("gpt-4o-mini", "gemini-2.5-flash"):
+        for strict in ("false", "true"):
+            with pytest.raises(ThreadUnsupportedRequestError) as refused:
+                anthropic_client(running, key).beta.messages.create(
+                    model=model,
+                    max_tokens=100,
+                    messages=HI,
+                    thread={"type": "create"},
+                    betas=[THREADS_BETA],
+                    extra_headers={"x-gateway-strict": strict},
+                )
+            body = refused.value.body
+            assert isinstance(body, dict) and body["error"]["type"] == "invalid_request_error"
+            assert body["error"]["details"] == {"error_code": "thread_unsupported_request"}
+            assert "thread" in body["error"]["message"] and "Anthropic" in body["error"]["message"]
+    assert {name: len(fake.state.requests) for name, fake in running.fakes.items()} == sent
+    assert running.ledger(key) == []
+
+
+@pytest.mark.parametrize(("model", "fake"), [("gpt-4o-mini", "openai"), ("gemini-2.5-flash", "gemini")])
+def test_a_message_thread_on_a_translated_model_keeps_its_history(
+    running: Running, key: str, model: str, fake: str
+) -> None:
+    """`thread(...).send()`: its second turn went as the new message alone, without the first or the system prompt,
+    and was answered (and charged) as if it were the whole conversation. Now the thread is refused as Anthropic
+    refuses what it cannot thread: by default the SDK raises it; told to (`continue_unthreaded`), it sends the whole
+    history."""
+    sdk = anthropic_client(running, key)
+    refused = sdk.beta.messages.thread(model=model, max_tokens=100, system="You are terse.")
+    with pytest.raises(ThreadUnsupportedRequestError):
+        refused.send({"role": "user", "content": "My name is Ada."})
+    thread = sdk.beta.messages.thread(
+        model=model, max_tokens=100, system="You are terse.", unsupported_request_behavior="continue_unthreaded"
+    )
+    thread.send({"role": "user", "content": "My name is Ada."})
+    thread.send({"role": "user", "content": "What is my name?"})
+    upstream = str(running.fakes[fake].state.requests[-1]["json"])
+    assert "What is my name?" in upstream
+    assert "My name is Ada." in upstream, "the second turn reached the model without the first"
+    assert "You are terse." in upstream, "the second turn reached the model without its system prompt"
+
+
+def test_a_thread_passes_through_to_anthropic_untouched(running: Running, key: str) -> None:
+    """Claude's deployment holds the thread: the runner's later turns go as `continue`s with the new messages alone,
+    and the thread's answer comes back."""
+    requests = running.fakes["anthropic"].state.requests
+    before = len(requests)
+    runner = anthropic_client(running, key).beta.messages.tool_runner(
+        model="claude-haiku-4-5", max_tokens=100, messages=ASK, tools=[get_time], system="You are terse."
+    )
+    replies = list(runner)
+    assert replies[-1].content[-1].type == "text" and replies[-1].content[-1].text == "DONE: noon"
+    created, continued = (request["json"] for request in requests[before:])
+    assert created["thread"] == {"type": "create"} and created["system"] == "You are terse."
+    assert continued["thread"] == {"type": "continue", "previous_message_id": replies[0].id}
+    assert "system" not in continued and "tools" not in continued
+    assert [message["role"] for message in continued["messages"]] == ["user"]  # its tool result alone
+    assert THREADS_BETA in requests[-1]["headers"]["anthropic-beta"]
+
+
+def test_a_deployment_that_cannot_hold_a_thread_is_passed_over(running: Running, key: str) -> None:
+    """A plan whose first deployment translates goes on to the one that holds threads, the other named in the
+    route as a deployment that cannot take the request is."""
+    raw = anthropic_client(running, key).beta.messages.with_raw_response.create(
+        model="gpt-4o-mini",
+        max_tokens=100,
+        messages=HI,
+        thread={"type": "create"},
+        betas=[THREADS_BETA],
+        extra_headers={"x-gateway-fallbacks": "claude-haiku-4-5"},
+    )
+    assert raw.parse().content[0].type == "text"
+    assert raw.headers["x-gateway-route"] == (
+        "openai/gpt-4o-mini@global=unsupported, anthropic/claude-haiku-4-5@global=200"
+    )
+
+
+def test_a_continued_thread_is_reserved_for_the_conversation_anthropic_holds(running: Running, key: str) -> None:
+    """A `continue` brings only the new turn, and Anthropic bills the whole thread's input: its worst case was the
+    new turn's. It is now the model's context window (a million tokens for a model the config gives none), as
+    `x-gateway-max-cost-usd` shows: the same body is within $0.50 as a thread's `create` ($1 a million input tokens
+    at claude-haiku-4-5), and refused before anything is sent as a `continue`."""
+    sdk = anthropic_client(running, key)
+    at_most = {"x-gateway-max-cost-usd": "0.5"}
+    created = sdk.beta.messages.create(
+        model="claude-haiku-4-5",
+        max_tokens=100,
+        messages=HI,
+        thread={"type": "create"},
+        betas=[THREADS_BETA],
+        extra_headers=at_most,
+    )
+    requests = running.fakes["anthropic"].state.requests
+    sent = len(requests)
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        sdk.beta.messages.create(
+            model="claude-haiku-4-5",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "And now?"}],
+            thread={"type": "continue", "previous_message_id": created.id},
+            betas=[THREADS_BETA],
+            extra_headers=at_most,
+        )
+    assert refused.value.status_code == 402 and "x-gateway-max-cost-usd" in refused.value.message
+    assert len(requests) == sent
+    answered = sdk.beta.messages.create(
+        model="claude-haiku-4-5",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "And now?"}],
+        thread={"type": "continue", "previous_message_id": created.id},
+        betas=[THREADS_BETA],
+    )
+    assert answered.usage.input_tokens > created.usage.input_tokens  # billed for the whole thread
