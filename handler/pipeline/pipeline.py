@@ -24,6 +24,7 @@ from handler.errors import (
     CostLimitError,
     GatewayError,
     InvalidRequestError,
+    NativeOnlyError,
     ProviderRejectedError,
     RateLimitError,
     SchemaViolationError,
@@ -507,7 +508,12 @@ class Pipeline(Charges):
         # is sent 4,096), and refused requests it could serve.
         outputs = [cap.of(attempt) for attempt in plan]
         extra = predicted_tokens(req)
-        await self._admit_tokens(ex, plan, [(output + extra) * (req.n or 1) for output in outputs])
+        try:
+            await self._admit_tokens(ex, plan, [(output + extra) * (req.n or 1) for output in outputs])
+        except (BudgetExceededError, CostLimitError) as exc:
+            if call is None or not call.held or call.native_only is None:
+                raise
+            raise unheld_thread(call.native_only, exc) from None
         budgeted = ex.reservation is not None and ex.reservation.budget_key is not None
         if budgeted or ex.controls.max_cost_usd is not None:
             # The reservation (or the worst case `x-gateway-max-cost-usd` was checked against) covers each attempt's
@@ -1018,6 +1024,22 @@ def unpriced(unknown_model: str, model: str) -> str:
     if unknown_model != model:
         return message + "; it is a fallback: `x-gateway-fallbacks: none` leaves it out"
     return message
+
+
+def unheld_thread(refusal: InvalidRequestError, refused: BudgetExceededError | CostLimitError) -> InvalidRequestError:
+    """The refusal of a thread's `continue` whose worst case, with the conversation Anthropic holds counted as its
+    model's whole context window, the key's budget or `x-gateway-max-cost-usd` cannot cover (`refused`): as
+    Anthropic's own refusal of a request it cannot thread (`refusal`'s code), on which the SDK's thread helpers send
+    the whole conversation again without a thread, whose worst case the body shows. A 402 ended the SDK's tool runner
+    on any key whose budget was under a context window's price (a million tokens of Claude Haiku: $1), though the
+    conversation may have been a few hundred tokens."""
+    return NativeOnlyError(
+        "thread: a continued thread's worst case counts the conversation Anthropic holds as its model's whole context "
+        f"window, and that is refused ({refused.message}): send the whole conversation without `thread`, whose "
+        "worst case its body shows",
+        code=refusal.code,
+        param="thread",
+    )
 
 
 def passed_over(ex: Exchange, plan: list[Attempt], position: int) -> None:

@@ -7,9 +7,9 @@ could not recover from) or a question without its history (a charged 200 answeri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-import anthropic
 import pytest
 from anthropic import beta_tool
 from anthropic.types import ThreadUnsupportedRequestError
@@ -125,7 +125,8 @@ def test_a_continued_thread_is_reserved_for_the_conversation_anthropic_holds(run
     """A `continue` brings only the new turn, and Anthropic bills the whole thread's input: its worst case was the
     new turn's. It is now the model's context window (a million tokens for a model the config gives none), as
     `x-gateway-max-cost-usd` shows: the same body is within $0.50 as a thread's `create` ($1 a million input tokens
-    at claude-haiku-4-5), and refused before anything is sent as a `continue`."""
+    at claude-haiku-4-5), and refused before anything is sent as a `continue`: as a request Anthropic cannot thread,
+    on which the SDK sends the whole conversation (a 402 ended its helpers)."""
     sdk = anthropic_client(running, key)
     at_most = {"x-gateway-max-cost-usd": "0.5"}
     created = sdk.beta.messages.create(
@@ -138,7 +139,7 @@ def test_a_continued_thread_is_reserved_for_the_conversation_anthropic_holds(run
     )
     requests = running.fakes["anthropic"].state.requests
     sent = len(requests)
-    with pytest.raises(anthropic.APIStatusError) as refused:
+    with pytest.raises(ThreadUnsupportedRequestError) as refused:
         sdk.beta.messages.create(
             model="claude-haiku-4-5",
             max_tokens=100,
@@ -147,7 +148,7 @@ def test_a_continued_thread_is_reserved_for_the_conversation_anthropic_holds(run
             betas=[THREADS_BETA],
             extra_headers=at_most,
         )
-    assert refused.value.status_code == 402 and "x-gateway-max-cost-usd" in refused.value.message
+    assert refused.value.status_code == 400 and "x-gateway-max-cost-usd" in refused.value.message
     assert len(requests) == sent
     answered = sdk.beta.messages.create(
         model="claude-haiku-4-5",
@@ -157,3 +158,24 @@ def test_a_continued_thread_is_reserved_for_the_conversation_anthropic_holds(run
         betas=[THREADS_BETA],
     )
     assert answered.usage.input_tokens > created.usage.input_tokens  # billed for the whole thread
+
+
+def test_the_tool_runner_completes_on_claude_for_a_key_whose_budget_no_context_window_fits(
+    running: Running, mint: Callable[..., str]
+) -> None:
+    """A key with $0.50 left cannot hold a `continue` reserved as a million tokens of claude-haiku-4-5's input ($1): its
+    402 ended the runner on its second turn. Refused as a thread, the runner sends that turn whole, without a thread,
+    reserved on what its body shows; the key's spend is the two answers' and nothing stays reserved."""
+    key = mint(budget_usd=0.5)
+    requests = running.fakes["anthropic"].state.requests
+    before = len(requests)
+    runner = anthropic_client(running, key).beta.messages.tool_runner(
+        model="claude-haiku-4-5", max_tokens=100, messages=ASK, tools=[get_time]
+    )
+    replies = list(runner)  # raised anthropic.APIStatusError (402) on its second turn
+    assert replies[-1].content[-1].type == "text" and replies[-1].content[-1].text == "DONE: noon"
+    sent = [request["json"] for request in requests[before:]]
+    assert [body.get("thread", {}).get("type") for body in sent] == ["create", None]
+    assert len(sent[-1]["messages"]) == 3  # the question, the call and its result
+    lines = running.ledger(key)
+    assert [line.status for line in lines] == [200, 200]
