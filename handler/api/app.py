@@ -148,21 +148,24 @@ class Api:
 
     # --- request helpers --------------------------------------------------------------------
 
-    async def body(self, request: Request) -> bytes:
+    async def body(self, request: Request, max_bytes: int | None = None) -> bytes:
+        """The request's body, refused (413) past `max_bytes` (a route whose bodies are small by nature: a larger
+        one is not read), or past the gateway's `max_body_bytes`."""
+        limit = self.max_body if max_bytes is None else min(max_bytes, self.max_body)
         declared = request.headers.get("content-length")
         if declared is not None:
             try:
                 size = int(declared)
             except ValueError:
                 raise InvalidRequestError("content-length is not a number") from None
-            if size > self.max_body:
-                raise RequestTooLargeError(f"request body of {size} bytes exceeds the {self.max_body}-byte limit")
-        body = await self._receive_body(request)
+            if size > limit:
+                raise RequestTooLargeError(f"request body of {size} bytes exceeds the {limit}-byte limit")
+        body = await self._receive_body(request, limit)
         if self.capture_content:
             request.scope["state"]["body"] = body  # the prompt, for the request's span
         return body
 
-    async def _receive_body(self, request: Request) -> bytes:
+    async def _receive_body(self, request: Request, limit: int) -> bytes:
         """The body from the ASGI messages, as `Request.stream` reads them but without an async generator (its
         hooks and finalizer cost a proxied request more than the loop itself); kept as the request's `_body`, as
         `Request.body` keeps it, for any later reader."""
@@ -178,8 +181,8 @@ class Api:
                 raise ClientClosedError("the client closed the connection before its request body was sent")
             chunk = message.get("body", b"")
             received += len(chunk)
-            if received > self.max_body:
-                raise RequestTooLargeError(f"request body exceeds the {self.max_body}-byte limit")
+            if received > limit:
+                raise RequestTooLargeError(f"request body exceeds the {limit}-byte limit")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -191,15 +194,19 @@ class Api:
     def json(self, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
         return json_response(payload, status, headers)
 
-    async def parse(self, request: Request, model: type[M], *, empty_ok: bool = False) -> M:
-        return self.validate(model, await self.parse_json(request, empty_ok=empty_ok))
+    async def parse(
+        self, request: Request, model: type[M], *, empty_ok: bool = False, max_bytes: int | None = None
+    ) -> M:
+        return self.validate(model, await self.parse_json(request, empty_ok=empty_ok, max_bytes=max_bytes))
 
-    async def parse_json(self, request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
-        """The request's JSON object body, checked for size, type and depth but not yet validated."""
+    async def parse_json(
+        self, request: Request, *, empty_ok: bool = False, max_bytes: int | None = None
+    ) -> dict[str, Any]:
+        """The request's JSON object body, checked for size (`body`), type and depth but not yet validated."""
         content_type = request.headers.get("content-type", JSON).split(";", 1)[0].strip().lower()
         if content_type and content_type != JSON and not content_type.endswith("+json"):
             raise InvalidRequestError(f"content-type must be application/json, not '{content_type}'")
-        raw = await self.body(request)
+        raw = await self.body(request, max_bytes)
         if empty_ok and not raw.strip():
             raw = b"{}"
         try:
