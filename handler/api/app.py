@@ -52,7 +52,7 @@ from handler.pipeline.keys import hop_address, network
 from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import STORE_DEADLINE, KeyRecord, StoreDeadlineError, StoreError
-from handler.redaction import redact_message, scrub
+from handler.redaction import path_clipped, scrub
 from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
 from handler.telemetry.observability import observe, observe_failure
@@ -115,7 +115,7 @@ def error_response(request: Request, exc: GatewayError, observed: int | None = N
         lineage: list[KeyRecord] | None = state.get("lineage")  # (once the key was known)
         observe_failure(
             state.get("request_id"),
-            redact_message(path),
+            path_clipped(path),
             status,
             exc.code,
             key_id=lineage[0].id if lineage else None,
@@ -917,7 +917,7 @@ def create_app(gateway: Gateway, answer_limit: AnswerLimit | None = None) -> Gat
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        message = f"{request.method} {redact_message(request.url.path)}: {exc.detail}"
+        message = f"{request.method} {path_clipped(request.url.path)}: {exc.detail}"
         error: GatewayError
         if exc.status_code == 404:
             error = NotFoundError(message, code="not_found", headers=dict(exc.headers or {}))
@@ -929,7 +929,7 @@ def create_app(gateway: Gateway, answer_limit: AnswerLimit | None = None) -> Gat
     async def on_store_error(request: Request, exc: Exception) -> Response:
         # A store outage outside metering (key lookups, stored responses, usage, admin): 503, not an "unhandled" 500;
         # also one that did not answer by the request's deadline: the store failed, not the upstream (no 504).
-        logger.warning("store unavailable: %s", exc, extra={"path": redact_message(request.url.path)})
+        logger.warning("store unavailable: %s", exc, extra={"path": path_clipped(request.url.path)})
         what = "the gateway's store (keys, budgets, stored responses)"
         why = (
             "did not answer within the request's deadline" if isinstance(exc, StoreDeadlineError) else "is unavailable"
@@ -938,7 +938,7 @@ def create_app(gateway: Gateway, answer_limit: AnswerLimit | None = None) -> Gat
         return error_response(request, error)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        logger.exception("unhandled error", extra={"path": redact_message(request.url.path)})
+        logger.exception("unhandled error", extra={"path": path_clipped(request.url.path)})
         error = GatewayError("the gateway failed to handle this request; it has been logged")
         return error_response(request, error)
 
