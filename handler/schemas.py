@@ -125,6 +125,9 @@ DOCUMENT_FIELDS = ("title", "context", "citations")
 
 
 ContentPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
+# A list a client can make long is validated up to its first bad item (`fail_fast`), which the 400 names: every item
+# of 500,000 that were no message made an error of its own, and listing them held the event loop 4 s.
+Parts = Annotated[list[ContentPart], Field(fail_fast=True)]
 
 
 class FunctionCall(_Open):
@@ -196,9 +199,9 @@ class Message(_Open):
     model_config = REQUEST
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[ContentPart] | None = None
+    content: str | Parts | None = None
     name: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, fail_fast=True)
     tool_call_id: str | None = None
     reasoning_content: str | None = None
     block_order: BlockOrder | None = Field(default=None, exclude=True)  # (see `BlockOrder`)
@@ -289,7 +292,7 @@ class ChatRequest(_Open):
     model_config = REQUEST
 
     model: str = Field(min_length=1)
-    messages: list[Message] = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1, fail_fast=True)
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
@@ -297,11 +300,11 @@ class ChatRequest(_Open):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int | None = Field(default=None, ge=1, le=128)
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Field(fail_fast=True)] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     seed: int | None = None
-    tools: list[Tool] | None = None
+    tools: list[Tool] | None = Field(default=None, fail_fast=True)
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None

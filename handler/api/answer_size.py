@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 
 from handler.errors import RequestTooLargeError
-from handler.redaction import redact_message
+from handler.redaction import path_clipped
 
 if TYPE_CHECKING:
     from handler.embeddings import EmbeddingsRequest, EmbeddingsResponse
@@ -187,7 +187,7 @@ def deliverable(limit: AnswerLimit, scope: Any, held: list[Any]) -> list[Any]:
         "answer not delivered: %d bytes, past the buffered Lambda function's %d; answered 413 instead",
         weight,
         limit.payload_bytes,
-        extra={"request_id": state.get("request_id"), "path": redact_message(route_path(scope))},
+        extra={"request_id": state.get("request_id"), "path": path_clipped(route_path(scope))},
     )
     status = held[0].get("status", 200)
     if status >= 400:

@@ -52,7 +52,7 @@ from handler.pipeline.keys import hop_address, network
 from handler.pipeline.pipeline import Pipeline
 from handler.pipeline.routing import RouteControls
 from handler.ports import STORE_DEADLINE, KeyRecord, StoreDeadlineError, StoreError
-from handler.redaction import redact_message, scrub
+from handler.redaction import path_clipped, scrub
 from handler.schemas import ChatRequest
 from handler.telemetry import prometheus
 from handler.telemetry.observability import observe, observe_failure
@@ -115,7 +115,7 @@ def error_response(request: Request, exc: GatewayError, observed: int | None = N
         lineage: list[KeyRecord] | None = state.get("lineage")  # (once the key was known)
         observe_failure(
             state.get("request_id"),
-            redact_message(path),
+            path_clipped(path),
             status,
             exc.code,
             key_id=lineage[0].id if lineage else None,
@@ -148,21 +148,24 @@ class Api:
 
     # --- request helpers --------------------------------------------------------------------
 
-    async def body(self, request: Request) -> bytes:
+    async def body(self, request: Request, max_bytes: int | None = None) -> bytes:
+        """The request's body, refused (413) past `max_bytes` (a route whose bodies are small by nature: a larger
+        one is not read), or past the gateway's `max_body_bytes`."""
+        limit = self.max_body if max_bytes is None else min(max_bytes, self.max_body)
         declared = request.headers.get("content-length")
         if declared is not None:
             try:
                 size = int(declared)
             except ValueError:
                 raise InvalidRequestError("content-length is not a number") from None
-            if size > self.max_body:
-                raise RequestTooLargeError(f"request body of {size} bytes exceeds the {self.max_body}-byte limit")
-        body = await self._receive_body(request)
+            if size > limit:
+                raise RequestTooLargeError(f"request body of {size} bytes exceeds the {limit}-byte limit")
+        body = await self._receive_body(request, limit)
         if self.capture_content:
             request.scope["state"]["body"] = body  # the prompt, for the request's span
         return body
 
-    async def _receive_body(self, request: Request) -> bytes:
+    async def _receive_body(self, request: Request, limit: int) -> bytes:
         """The body from the ASGI messages, as `Request.stream` reads them but without an async generator (its
         hooks and finalizer cost a proxied request more than the loop itself); kept as the request's `_body`, as
         `Request.body` keeps it, for any later reader."""
@@ -178,8 +181,8 @@ class Api:
                 raise ClientClosedError("the client closed the connection before its request body was sent")
             chunk = message.get("body", b"")
             received += len(chunk)
-            if received > self.max_body:
-                raise RequestTooLargeError(f"request body exceeds the {self.max_body}-byte limit")
+            if received > limit:
+                raise RequestTooLargeError(f"request body exceeds the {limit}-byte limit")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -191,15 +194,19 @@ class Api:
     def json(self, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
         return json_response(payload, status, headers)
 
-    async def parse(self, request: Request, model: type[M], *, empty_ok: bool = False) -> M:
-        return self.validate(model, await self.parse_json(request, empty_ok=empty_ok))
+    async def parse(
+        self, request: Request, model: type[M], *, empty_ok: bool = False, max_bytes: int | None = None
+    ) -> M:
+        return self.validate(model, await self.parse_json(request, empty_ok=empty_ok, max_bytes=max_bytes))
 
-    async def parse_json(self, request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
-        """The request's JSON object body, checked for size, type and depth but not yet validated."""
+    async def parse_json(
+        self, request: Request, *, empty_ok: bool = False, max_bytes: int | None = None
+    ) -> dict[str, Any]:
+        """The request's JSON object body, checked for size (`body`), type and depth but not yet validated."""
         content_type = request.headers.get("content-type", JSON).split(";", 1)[0].strip().lower()
         if content_type and content_type != JSON and not content_type.endswith("+json"):
             raise InvalidRequestError(f"content-type must be application/json, not '{content_type}'")
-        raw = await self.body(request)
+        raw = await self.body(request, max_bytes)
         if empty_ok and not raw.strip():
             raw = b"{}"
         try:
@@ -427,15 +434,37 @@ def nested_deeper_than(data: Any, limit: int) -> bool:
     return True
 
 
+# The most of a validation's errors read for its 400, which names one: pydantic builds its whole list of them, a
+# dict each, and 500,000 of them (a body's dict of wrong values) held the event loop for seconds.
+ERRORS_READ = 64
+
+
 def invalid_from_validation(exc: ValidationError, data: Any = None) -> InvalidRequestError:
     """The client's 400 for the first field with a problem, at its deepest (of a union's members, the one that
     went furthest: a text part without its text is named there, not as content that is not a string)."""
-    errors = exc.errors()
+    errors = first_errors(exc)
     field = errors[0]["loc"][:1]
     first = max((e for e in errors if e["loc"][:1] == field), key=lambda e: len(e["loc"]))
     loc = ".".join(str(p) for p in param_path(first["loc"], data) if not str(p).startswith("function-"))
     extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
     return InvalidRequestError(f"{loc}: {first['msg']}{extra}" if loc else f"{first['msg']}{extra}", param=loc or None)
+
+
+def first_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """`exc`'s first `ERRORS_READ` errors (`type`, `loc`, `msg`). Past that many, read from pydantic-core's JSON of
+    them, written in Rust a tenth as slowly as `errors()` builds its dicts, and only those decoded."""
+    if exc.error_count() <= ERRORS_READ:
+        return [dict(error) for error in exc.errors(include_url=False, include_context=False, include_input=False)]
+    import json
+
+    text = exc.json(include_url=False, include_context=False, include_input=False)
+    decoder, at = json.JSONDecoder(), 1  # (past the list's `[`; each error ends before a `,`)
+    errors: list[dict[str, Any]] = []
+    while len(errors) < ERRORS_READ:
+        error, at = decoder.raw_decode(text, at)
+        errors.append(error)
+        at += 1
+    return errors
 
 
 def param_path(loc: tuple[int | str, ...], data: Any) -> list[int | str]:
@@ -910,7 +939,7 @@ def create_app(gateway: Gateway, answer_limit: AnswerLimit | None = None) -> Gat
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        message = f"{request.method} {redact_message(request.url.path)}: {exc.detail}"
+        message = f"{request.method} {path_clipped(request.url.path)}: {exc.detail}"
         error: GatewayError
         if exc.status_code == 404:
             error = NotFoundError(message, code="not_found", headers=dict(exc.headers or {}))
@@ -922,7 +951,7 @@ def create_app(gateway: Gateway, answer_limit: AnswerLimit | None = None) -> Gat
     async def on_store_error(request: Request, exc: Exception) -> Response:
         # A store outage outside metering (key lookups, stored responses, usage, admin): 503, not an "unhandled" 500;
         # also one that did not answer by the request's deadline: the store failed, not the upstream (no 504).
-        logger.warning("store unavailable: %s", exc, extra={"path": redact_message(request.url.path)})
+        logger.warning("store unavailable: %s", exc, extra={"path": path_clipped(request.url.path)})
         what = "the gateway's store (keys, budgets, stored responses)"
         why = (
             "did not answer within the request's deadline" if isinstance(exc, StoreDeadlineError) else "is unavailable"
@@ -931,7 +960,7 @@ def create_app(gateway: Gateway, answer_limit: AnswerLimit | None = None) -> Gat
         return error_response(request, error)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        logger.exception("unhandled error", extra={"path": redact_message(request.url.path)})
+        logger.exception("unhandled error", extra={"path": path_clipped(request.url.path)})
         error = GatewayError("the gateway failed to handle this request; it has been logged")
         return error_response(request, error)
 

@@ -45,6 +45,9 @@ MAX_RANGE_CHARS = 64  # the longest range written out (an IPv4-mapped IPv6 one) 
 # Ten years: a key meant to last has no expiry at all. Without a bound, `expires_in_seconds: 1e200` made a key
 # (SQLite) or a 503 `store_unavailable` to retry (DynamoDB, whose TTL number it could not hold).
 MAX_EXPIRES_IN_SECONDS = 3650 * 86400
+# A key route's body is read up to this, not the gateway's `max_body_bytes`: the largest a spec can be (a name,
+# 100 models and 100 model limits of 200 characters, 100 IP ranges, 16 tags of 128 characters; indented) is 54 KB.
+KEY_BODY_BYTES = 128 * 1024
 # An answer carrying a key's secret must not be kept by a cache along the way, nor by the client's.
 SECRET_HEADERS = {"cache-control": "no-store"}
 
@@ -286,7 +289,7 @@ class KeyRoutes:
 
     async def mint_child(self, request: Request) -> Response:
         parent = await self.api.authenticate(request)
-        spec = await self.api.parse(request, KeySpec)
+        spec = await self.api.parse(request, KeySpec, max_bytes=KEY_BODY_BYTES)
         now = time.time()
         child = record_from(spec, now=now)
         narrow_to(child, spec, parent, "a child key", "its parent")
@@ -417,7 +420,7 @@ class KeyRoutes:
         """A root key, within the bounds of the admin key creating it: a temporary, narrow admin key (60 s, one
         model, $0.01, one address) created a permanent admin key with every model, no budget and no IP ranges."""
         creator = await self._admin(request, hands_out_a_secret=True)
-        spec = await self.api.parse(request, AdminKeySpec)
+        spec = await self.api.parse(request, AdminKeySpec, max_bytes=KEY_BODY_BYTES)
         spending = spending_bounds(creator)
         if spending:
             raise PermissionDeniedError(
@@ -439,7 +442,7 @@ class KeyRoutes:
 
     async def admin_rotate(self, request: Request) -> Response:
         caller = await self._admin(request, hands_out_a_secret=True)
-        spec = await self.api.parse(request, RotateSpec, empty_ok=True)
+        spec = await self.api.parse(request, RotateSpec, empty_ok=True, max_bytes=KEY_BODY_BYTES)
         grace = spec.grace_seconds
         minted = await self._change(
             request, lambda record: self.admin.rotate(record, grace), "rotating", (caller, "rotate")
@@ -504,7 +507,7 @@ class KeyRoutes:
 
     async def admin_update(self, request: Request) -> Response:
         await self._admin(request)
-        spec = await self.api.parse(request, KeyUpdateSpec)
+        spec = await self.api.parse(request, KeyUpdateSpec, max_bytes=KEY_BODY_BYTES)
         tags = validate_tags(spec.tags, "tags")
         updated = await self._change(request, lambda record: self.admin.retag(record, tags), "updating")
         return self.api.json(key_view(updated))

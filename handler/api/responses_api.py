@@ -23,7 +23,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -104,9 +104,10 @@ class ResponsesRequest(_Open):
     """An OpenAI Responses API request body (`POST /v1/responses`)."""
 
     model: str = Field(min_length=1)
-    input: str | list[dict[str, Any]] = Field(default_factory=list)
+    # (each list up to its first bad item: see `handler.schemas.Parts`)
+    input: str | Annotated[list[dict[str, Any]], Field(fail_fast=True)] = Field(default_factory=list)
     instructions: str | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = Field(default=None, fail_fast=True)
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     reasoning: ReasoningConfig | None = None

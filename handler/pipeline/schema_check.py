@@ -27,6 +27,16 @@ KEPT_BYTES = 4 * 1024 * 1024
 KEPT_SCHEMAS = 256
 _built: OrderedDict[bytes, Draft202012Validator] = OrderedDict()
 
+# What one schema may ask of the event loop, which every other request of the process waits on (checked before
+# anything is reserved or sent, `check`). Its size with its references expanded: a 1 KB schema whose `$defs`
+# each referred twice to the next (`allOf`) made 2^16 subschemas to check an answer against, 1.7 s of the loop, and
+# some 1.5 KB would have been hours. Its patterns, each compiled by Rust's engine (`compile_units`): 40 distinct
+# `\w{160}`s (2 KB) were 1.6-5 s. And its bytes, which the metaschema's check walks through.
+MAX_SCHEMA_BYTES = 64 * 1024  # (the metaschema's check takes some 7 µs a byte: 0.45 s)
+MAX_EXPANDED = 20_000
+MAX_PATTERNS = 64
+MAX_PATTERN_UNITS = 32_768  # (about 150 ms: three `\w{160}`s)
+
 
 def _validator(schema_json: bytes) -> Draft202012Validator:
     """The validator of `schema_json`, built once while it stays among the recent ones (`KEPT_BYTES`)."""
@@ -35,12 +45,11 @@ def _validator(schema_json: bytes) -> Draft202012Validator:
         _built.move_to_end(schema_json)
         return found
     validator = _build(schema_json)
-    if len(schema_json) <= KEPT_BYTES // 16:  # (a larger one is built each time: only its sender pays for it)
-        _built[schema_json] = validator
-        kept = sum(map(len, _built))
-        while kept > KEPT_BYTES or len(_built) > KEPT_SCHEMAS:
-            oldest, _ = _built.popitem(last=False)
-            kept -= len(oldest)
+    _built[schema_json] = validator
+    kept = sum(map(len, _built))
+    while kept > KEPT_BYTES or len(_built) > KEPT_SCHEMAS:
+        oldest, _ = _built.popitem(last=False)
+        kept -= len(oldest)
     return validator
 
 
@@ -50,7 +59,12 @@ def _build(schema_json: bytes) -> Draft202012Validator:
 
     from handler.pipeline.schema_patterns import PatternRefused, Validator
 
+    if len(schema_json) > MAX_SCHEMA_BYTES:
+        raise _refused(
+            f"is {len(schema_json)} bytes, more than the {MAX_SCHEMA_BYTES} the gateway checks answers against"
+        )
     schema = orjson.loads(schema_json)
+    _refuse_costly_patterns(schema)
     try:
         Validator.check_schema(schema, format_checker=Validator.FORMAT_CHECKER)
     except SchemaError as exc:
@@ -62,6 +76,10 @@ def _build(schema_json: bytes) -> Draft202012Validator:
     unresolved = _unresolved(schema, REGISTRY)
     if unresolved is not None:
         raise _refused(f"has a reference that does not resolve within it: {unresolved!r}")
+    if _expanded(schema, REGISTRY) > MAX_EXPANDED:
+        raise _refused(
+            f"expands through its references to more than {MAX_EXPANDED} subschemas for an answer to be checked against"
+        )
     return Validator(schema, registry=REGISTRY)  # type: ignore[no-any-return]
 
 
@@ -89,6 +107,73 @@ def _unresolved(schema: object, registry: Registry[Any]) -> str | None:
                 return str(ref)
         pending.extend((each, resolver) for each in DRAFT202012.subresources_of(subschema))
     return None
+
+
+def _refuse_costly_patterns(schema: object) -> None:
+    """Refuse a schema whose patterns (`pattern`'s, `patternProperties`' names, wherever they are: one reached only
+    by a `$ref` is compiled too) are too many, or would cost too much to compile, before any is compiled."""
+    from handler.pipeline.schema_patterns import compile_units
+
+    patterns: set[str] = set()
+    pending = [schema]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            if isinstance(value.get("pattern"), str):
+                patterns.add(value["pattern"])
+            if isinstance(value.get("patternProperties"), dict):
+                patterns.update(value["patternProperties"])
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    if len(patterns) > MAX_PATTERNS:
+        raise _refused(f"has {len(patterns)} distinct patterns, more than the {MAX_PATTERNS} the gateway compiles")
+    if sum(map(compile_units, patterns)) > MAX_PATTERN_UNITS:
+        raise _refused(
+            "has patterns too costly to compile together (counted repetitions of classes such as `\\w{160}`: "
+            "Rust's engine builds each copy)"
+        )
+
+
+def _expanded(schema: object, registry: Registry[Any]) -> int:
+    """How many subschemas `schema` is with its references expanded (each `$ref` counted as the subschema it leads
+    to, with everything below that; a definition counted where it is referred to), counted up to just past
+    `MAX_EXPANDED`: what checking an answer may walk. Each subschema is counted once (its total kept), so the count
+    takes time linear in the schema; a reference back to a subschema being counted (recursion, which the answer's
+    depth bounds) adds nothing."""
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    totals: dict[int, int] = {}
+    root = registry.resolver_with_root(DRAFT202012.create_resource(schema))
+    stack: list[tuple[object, Any, list[object] | None]] = [(schema, root, None)]
+    while stack:  # (depth first, not recursive: a chain of references longer than the stack is counted as any other)
+        subschema, resolver, below = stack[-1]
+        if below is not None:  # (what it leads to is counted: so is it)
+            stack.pop()
+            totals[id(subschema)] = min(1 + sum(totals.get(id(each), 1) for each in below), MAX_EXPANDED + 1)
+            continue
+        if not isinstance(subschema, dict) or id(subschema) in totals:
+            stack.pop()
+            continue
+        resolver = resolver.in_subresource(DRAFT202012.create_resource(subschema))
+        defined = {id(each) for key in ("$defs", "definitions") for each in _values(subschema.get(key))}
+        leads = [(each, resolver) for each in DRAFT202012.subresources_of(subschema) if id(each) not in defined]
+        for keyword in ("$ref", "$dynamicRef"):
+            try:
+                found = resolver.lookup(subschema[keyword])
+            except (KeyError, Unresolvable, ValueError, TypeError):  # (one `_unresolved` does not reach: the
+                continue  # answer's check refuses it)
+            leads.append((found.contents, found.resolver))
+        stack[-1] = (subschema, resolver, [each for each, _ in leads])
+        totals[id(subschema)] = 0  # (being counted: a reference back to it adds nothing)
+        stack.extend((each, where, None) for each, where in leads)
+    return totals.get(id(schema), 1)
+
+
+def _values(definitions: object) -> list[object]:
+    """The subschemas of `$defs` (or `definitions`): checked by what refers to them, not where they are."""
+    return list(definitions.values()) if isinstance(definitions, dict) else []
 
 
 def _refused(problem: str) -> InvalidRequestError:

@@ -542,3 +542,27 @@ def test_a_validation_error_names_the_clients_field_at_its_deepest(message: Any,
         ChatRequest.model_validate(body)
     error = invalid_from_validation(raised.value, body)
     assert error.param == param and says in error.message, (error.param, error.message)
+
+
+def test_a_body_with_many_problems_is_named_by_its_first_without_all_of_them_listed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pydantic's whole error list (a dict each) was built to name one problem: 500,000 of them held the event loop
+    for seconds (review). Lists stop at their first bad item; past `ERRORS_READ` errors (a dict of wrong values),
+    only the first are read."""
+    from handler.api.responses_api import ResponsesRequest
+
+    items = {"model": "m", "messages": [{"role": "user", "content": "hi"}, *[1] * 100_000]}
+    with pytest.raises(ValidationError) as raised:
+        ChatRequest.model_validate(items)
+    assert raised.value.error_count() == 1
+    assert str(invalid_from_validation(raised.value, items).message).startswith("messages.1: Input should be")
+    values = {"model": "m", "metadata": {f"k{i}": i for i in range(10_000)}}
+    with pytest.raises(ValidationError) as raised:
+        ResponsesRequest.model_validate(values)
+    monkeypatch.setattr(ValidationError, "errors", None)  # (past `ERRORS_READ`: not built)
+    error = invalid_from_validation(raised.value, values)
+    assert (error.param, error.message) == (
+        "metadata.k0",
+        "metadata.k0: Input should be a valid string (and 9999 more problems)",
+    )
