@@ -15,6 +15,8 @@ from handler.errors import InvalidRequestError, SchemaViolationError
 from handler.schemas import ChatRequest
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from jsonschema import Draft202012Validator
     from referencing import Registry
 
@@ -36,6 +38,9 @@ MAX_SCHEMA_BYTES = 64 * 1024  # (the metaschema's check takes some 7 µs a byte:
 MAX_EXPANDED = 20_000
 MAX_PATTERNS = 64
 MAX_PATTERN_UNITS = 32_768  # (about 150 ms: three `\w{160}`s)
+# And what one pattern holds once compiled, some 1.25 KB a unit, which outlives the request: pydantic-core keeps the
+# 50 it compiled last (schema_patterns), up to 130 MB of patterns this size.
+MAX_UNITS_PER_PATTERN = 2048  # (`\w{32}`, `\p{L}{1,32}`, `\d{256}`, `[a-z]{2048}`)
 
 
 def _validator(schema_json: bytes) -> Draft202012Validator:
@@ -65,17 +70,16 @@ def _build(schema_json: bytes) -> Draft202012Validator:
         )
     schema = orjson.loads(schema_json)
     _refuse_costly_patterns(schema)
+    # The metaschemas and nothing else: a remote reference is refused here (`_referred`), not fetched from
+    # wherever the client's schema points.
     try:
         Validator.check_schema(schema, format_checker=Validator.FORMAT_CHECKER)
+        for subschema in _referred(schema, REGISTRY):
+            Validator.check_schema(subschema, format_checker=Validator.FORMAT_CHECKER)
     except SchemaError as exc:
         if isinstance(exc.cause, PatternRefused):
             raise _unmatchable(exc.cause) from None
         raise _refused(f"is not a valid JSON Schema: {exc.message}") from None
-    # The metaschemas and nothing else: a remote reference is refused here (`_unresolved`), not fetched from
-    # wherever the client's schema points.
-    unresolved = _unresolved(schema, REGISTRY)
-    if unresolved is not None:
-        raise _refused(f"has a reference that does not resolve within it: {unresolved!r}")
     if _expanded(schema, REGISTRY) > MAX_EXPANDED:
         raise _refused(
             f"expands through its references to more than {MAX_EXPANDED} subschemas for an answer to be checked against"
@@ -83,30 +87,42 @@ def _build(schema_json: bytes) -> Draft202012Validator:
     return Validator(schema, registry=REGISTRY)  # type: ignore[no-any-return]
 
 
-def _unresolved(schema: object, registry: Registry[Any]) -> str | None:
-    """The first `$ref` or `$dynamicRef` in `schema` that does not lead to a schema, or None. `check_schema` does
-    not look: jsonschema finds one only as it validates an answer, after the provider was paid for it."""
+def _referred(schema: object, registry: Registry[Any]) -> Iterator[object]:
+    """The subschemas a `$ref` or `$dynamicRef` leads to outside every place the metaschema checks (under a keyword
+    JSON Schema does not know: `{"$ref": "#/x", "x": {...}}`), each with what is below it, for the caller to check
+    as schemas of their own, each before the walk goes into it. The answer's check reaches them: a pattern in one
+    was refused only after the provider was paid, and a `pattern: ["a"]` or a draft-07 `items: [...]` in one was a
+    crash. A reference that does not lead to a schema is refused: jsonschema finds one only as it validates an
+    answer."""
     from referencing.exceptions import Unresolvable
     from referencing.jsonschema import DRAFT202012
 
-    pending = [(schema, registry.resolver_with_root(DRAFT202012.create_resource(schema)))]
-    while pending:  # (not recursive: a schema nested deeper than the stack is checked as any other)
-        subschema, resolver = pending.pop()
-        if not isinstance(subschema, dict):
+    own = {id(each) for each in _objects(schema)}  # (a reference into a metaschema is the registry's, not checked)
+    seen: set[int] = set()
+    nested = [(schema, registry.resolver_with_root(DRAFT202012.create_resource(schema)))]
+    referred: list[tuple[object, Any]] = []
+    while nested or referred:  # (all the metaschema checks first, so that a reference into it adds nothing)
+        by_reference = not nested
+        subschema, resolver = nested.pop() if nested else referred.pop()
+        if not isinstance(subschema, dict) or id(subschema) in seen:
             continue
+        if by_reference:
+            yield subschema
+        seen.add(id(subschema))
         resolver = resolver.in_subresource(DRAFT202012.create_resource(subschema))
+        nested.extend((each, resolver) for each in DRAFT202012.subresources_of(subschema))
         for keyword in ("$ref", "$dynamicRef"):
             ref = subschema.get(keyword)
             if ref is None:
                 continue
             try:
-                target = resolver.lookup(ref).contents
+                found = resolver.lookup(ref)
             except (Unresolvable, ValueError, TypeError):  # (a pointer's step into a string or by a name into a list)
-                return str(ref)
-            if not isinstance(target, dict | bool):
-                return str(ref)
-        pending.extend((each, resolver) for each in DRAFT202012.subresources_of(subschema))
-    return None
+                raise _refused(f"has a reference that does not resolve within it: {str(ref)!r}") from None
+            if not isinstance(found.contents, dict | bool):
+                raise _refused(f"has a reference that does not resolve within it: {str(ref)!r}")
+            if id(found.contents) in own:
+                referred.append((found.contents, found.resolver))
 
 
 def _refuse_costly_patterns(schema: object) -> None:
@@ -115,24 +131,37 @@ def _refuse_costly_patterns(schema: object) -> None:
     from handler.pipeline.schema_patterns import compile_units
 
     patterns: set[str] = set()
-    pending = [schema]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, dict):
-            if isinstance(value.get("pattern"), str):
-                patterns.add(value["pattern"])
-            if isinstance(value.get("patternProperties"), dict):
-                patterns.update(value["patternProperties"])
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
+    for each in _objects(schema):
+        if isinstance(each.get("pattern"), str):
+            patterns.add(each["pattern"])
+        if isinstance(each.get("patternProperties"), dict):
+            patterns.update(each["patternProperties"])
     if len(patterns) > MAX_PATTERNS:
         raise _refused(f"has {len(patterns)} distinct patterns, more than the {MAX_PATTERNS} the gateway compiles")
-    if sum(map(compile_units, patterns)) > MAX_PATTERN_UNITS:
+    units = {pattern: compile_units(pattern) for pattern in patterns}
+    if sum(units.values()) > MAX_PATTERN_UNITS:
         raise _refused(
             "has patterns too costly to compile together (counted repetitions of classes such as `\\w{160}`: "
             "Rust's engine builds each copy)"
         )
+    costly = next((pattern for pattern, cost in units.items() if cost > MAX_UNITS_PER_PATTERN), None)
+    if costly is not None:
+        raise _refused(
+            f"has a pattern too large once compiled: {costly!r} (counted repetitions of classes such as `\\w{{33}}`: "
+            "Rust's engine builds each copy)"
+        )
+
+
+def _objects(document: object) -> Iterator[dict[str, Any]]:
+    """Every object in `document`, wherever it is."""
+    pending = [document]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            yield value
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
 
 
 def _expanded(schema: object, registry: Registry[Any]) -> int:
@@ -162,7 +191,7 @@ def _expanded(schema: object, registry: Registry[Any]) -> int:
         for keyword in ("$ref", "$dynamicRef"):
             try:
                 found = resolver.lookup(subschema[keyword])
-            except (KeyError, Unresolvable, ValueError, TypeError):  # (one `_unresolved` does not reach: the
+            except (KeyError, Unresolvable, ValueError, TypeError):  # (one `_referred` does not reach: the
                 continue  # answer's check refuses it)
             leads.append((found.contents, found.resolver))
         stack[-1] = (subschema, resolver, [each for each, _ in leads])
@@ -215,12 +244,14 @@ def violation(schema: dict[str, Any], text: str | None) -> str | None:
     validator = _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
     try:
         error = next(iter(validator.iter_errors(document)), None)
-    except Unresolvable as exc:  # (jsonschema's error wraps one too): one `_unresolved` let through is the client's
+    except Unresolvable as exc:  # (jsonschema's error wraps one too): one `_referred` let through is the client's
         raise _refused(f"has a reference that does not resolve within it: {exc}") from None
     except PatternRefused as exc:  # (in a subschema only a `$ref` reaches, which the metaschema does not check)
         raise _unmatchable(exc) from None
     except RecursionError:  # (`{"properties": {"a": {"$ref": "#/properties/a"}}}`: a reference to itself, a 500)
         raise _refused("refers to itself without end") from None
+    except Exception as exc:  # (a schema admission let through that jsonschema cannot apply: the client's, not a 500)
+        raise _refused(f"cannot check an answer: {type(exc).__name__}: {exc}") from None
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"
