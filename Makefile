@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 # `make demo` serves the README's models from the repository's fake providers (tests/fakes/demo.py): no key needed.
-.PHONY: serve demo test lint typecheck unit bench tools claude-code clients clean sam-check
+.PHONY: serve demo test test-lambda-runtime lint typecheck unit bench tools claude-code clients clean sam-check
 
 # The pip that venv bundles installs everything here; upgrading it first cost a download and a warning.
 $(BIN)/python:
@@ -78,13 +78,37 @@ clients: $(CODEX_STAMP)
 
 test: $(STAMP) tools claude-code clients lint
 	$(BIN)/pytest -q -p no:cacheprovider
+	$(MAKE) --no-print-directory test-lambda-runtime
+
+# Lambda runs the gateway on Python 3.13 (template.yaml's Runtime), the suite above on .venv's Python: the unit tests
+# and the Lambda handler's (every events/*.json replayed, the invocation's deadline) run again on 3.13, in a venv of
+# their own. Its interpreter: PYTHON313, else the first python3.13 on PATH or under pyenv that actually runs.
+LAMBDA_PYTHON_VERSION := 3.13
+LAMBDA_VENV  := .venv-py$(subst .,,$(LAMBDA_PYTHON_VERSION))
+LAMBDA_STAMP := $(LAMBDA_VENV)/.installed
+LAMBDA_TESTS := tests/unit tests/functional/test_lambda_events.py tests/functional/test_lambda_deadline.py
+PYTHON313 ?= $(shell for p in python$(LAMBDA_PYTHON_VERSION) \
+	$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)/versions/$(LAMBDA_PYTHON_VERSION)*/bin/python$(LAMBDA_PYTHON_VERSION); \
+	do "$$p" -c "" 2>/dev/null && { echo "$$p"; break; }; done)
+
+$(LAMBDA_STAMP): pyproject.toml
+	@test -n "$(PYTHON313)" || { \
+		echo "make test-lambda-runtime: no Python $(LAMBDA_PYTHON_VERSION) found (Lambda's runtime; none on PATH or" \
+			"under pyenv). Install it (pyenv install $(LAMBDA_PYTHON_VERSION), or your system's python$(LAMBDA_PYTHON_VERSION)" \
+			"package) or name one: make test PYTHON313=/path/to/python$(LAMBDA_PYTHON_VERSION)" >&2; exit 2; }
+	$(PYTHON313) -m venv $(LAMBDA_VENV)
+	$(LAMBDA_VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+test-lambda-runtime: $(LAMBDA_STAMP)
+	$(LAMBDA_VENV)/bin/pytest -q -p no:cacheprovider $(LAMBDA_TESTS)
 
 # The full benchmark (a few minutes): the gateway against nginx directly, wrk at 1, 8 and 64 connections.
 bench: $(STAMP) tools
 	$(BIN)/python -m tests.bench.run --json .bench.json
 
 clean:
-	rm -rf $(VENV) .tools .gateway .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LAMBDA_VENV) .tools .gateway .pytest_cache .mypy_cache .ruff_cache
 
 # The AWS SAM CLI in its own venv (its pins clash with the test extras): `sam validate --lint` and `sam build`
 # (infra/Makefile: arm64 wheels for the runtime's Python, from PyPI). tests/unit/test_template.py then also runs

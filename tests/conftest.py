@@ -1,13 +1,16 @@
-"""Session-wide test set-up: fake AWS credentials (no test may reach AWS) and the DynamoDB server."""
+"""Session-wide test set-up: fake AWS credentials (no test may reach AWS), the DynamoDB server, and the SQLite stores
+a test leaves open closed after it."""
 
 from __future__ import annotations
 
 import gc
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from adapters.store.sqlite import SQLiteStore
 from tests.support.dynamo import CREDENTIALS, DynamoServer
 
 os.environ.update(CREDENTIALS)
@@ -35,3 +38,24 @@ def no_gc_pauses() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+@pytest.fixture(autouse=True)
+def close_sqlite_stores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A gateway built for one test lives as long as the test needs it, as on Lambda, where nothing closes it before
+    the process ends. Python 3.13 (Lambda's runtime) warns of each SQLite connection the garbage collector closes, in
+    whichever later test the collector happens to run, and `filterwarnings = error` failed that one: the stores a
+    test opened and left open are closed after it. (A module's or session's fixture closes its own.)"""
+    opened: list[SQLiteStore] = []
+    open_store = SQLiteStore.__init__
+
+    def recorded(store: SQLiteStore, *args: Any, **kwargs: Any) -> None:
+        open_store(store, *args, **kwargs)
+        opened.append(store)
+
+    monkeypatch.setattr(SQLiteStore, "__init__", recorded)
+    yield
+    for store in opened:
+        if not store._closed:
+            store._stop.set()  # (the checkpoint thread of a file's store closes its own connection)
+            store.db.close()

@@ -236,6 +236,9 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
             self.db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
             )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the SQLite store at {path}: {exc}") from exc
+        try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             # The ledger grows by a line per request: a page cache that holds the hot pages of every table
@@ -249,6 +252,9 @@ class SQLiteStore(SQLiteResponses, SQLiteSignIns, SliceCache):
             self.db.execute("DELETE FROM settled WHERE at < ?", (time.time() - SETTLED_TTL_SECONDS,))
             self.db.execute("DELETE FROM holders WHERE active_at < ?", (time.time() - 86400,))
         except sqlite3.Error as exc:
+            # A file that is no database opens and fails at its first statement: its connection is closed here, not
+            # left to the garbage collector (Python 3.13, Lambda's, warns of each one it closes).
+            self.db.close()
             raise StoreError(f"cannot open the SQLite store at {path}: {exc}") from exc
         self.path = path
         # Where settlements this file refused wait (handler/pipeline/spool.py); in memory for an in-memory store.

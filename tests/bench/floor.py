@@ -29,7 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +212,7 @@ def serve_gateway(stack: ExitStack, env: dict[str, str], workdir: Path) -> tuple
 def ledger_lines(path: Path) -> int:
     """The floor's ledger lines in the file at `path`, once its last batch is written."""
     time.sleep(LINGER_S * 5)
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db:
         (lines,) = db.execute("SELECT COUNT(*) FROM ledger").fetchone()
     return int(lines)
 

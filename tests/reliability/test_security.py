@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -31,7 +32,7 @@ def test_keys_are_hashed_at_rest_in_sqlite(running: Running) -> None:
     key = running.mint(name="at-rest")
     secret = key.split("_", 2)[2]
     path = running.store_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:
         dump = "\n".join(db.iterdump())
     assert key.split("_")[1] in dump  # the id is stored ...
     assert secret not in dump and key not in dump  # ... the secret never

@@ -95,6 +95,28 @@ async def test_close_writes_a_lingering_settlement(tmp_path: Path) -> None:
     await reopened.close()
 
 
+def test_a_file_that_is_no_database_is_refused_and_its_connection_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection to a file that is no database was left open, to the garbage collector: Python 3.13 (Lambda's
+    runtime) warns of each connection it closes so, and under `filterwarnings = error` a later test failed."""
+    path = tmp_path / "store.db"
+    path.write_text("a text file, not a database: " + "x" * 200)
+    opened: list[sqlite3.Connection] = []
+    connect = sqlite3.connect
+
+    def recorded(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        opened.append(connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(sqlite_store.sqlite3, "connect", recorded)
+    with pytest.raises(StoreError, match="file is not a database"):
+        SQLiteStore(str(path))
+    assert len(opened) == 1
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        opened[0].execute("SELECT 1")
+
+
 async def test_checkpoints_run_off_the_serving_connection(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     store = SQLiteStore(str(path))

@@ -25,8 +25,10 @@ ROWS = {(spec.method, spec.path): spec for spec in ROUTES}
 
 
 @pytest.fixture(scope="module")
-def app() -> GatewayApp:
-    return create_app(build_gateway(store_url="sqlite://", environ={}))
+def app() -> Iterator[GatewayApp]:
+    gateway = build_gateway(store_url="sqlite://", environ={})
+    yield create_app(gateway)
+    asyncio.run(gateway.store.close())  # (tests/unit/handler/conftest.py closes those of a single test)
 
 
 @pytest.fixture(scope="module")
