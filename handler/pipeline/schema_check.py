@@ -33,14 +33,14 @@ _built: OrderedDict[bytes, Draft202012Validator] = OrderedDict()
 # anything is reserved or sent, `check`). Its size with its references expanded: a 1 KB schema whose `$defs`
 # each referred twice to the next (`allOf`) made 2^16 subschemas to check an answer against, 1.7 s of the loop, and
 # some 1.5 KB would have been hours. Its patterns, each compiled by Rust's engine (`compile_units`): 40 distinct
-# `\w{160}`s (2 KB) were 1.6-5 s. And its bytes, which the metaschema's check walks through.
+# `\p{L}{160}`s (Unicode) (2 KB) were 1.6-5 s. And its bytes, which the metaschema's check walks through.
 MAX_SCHEMA_BYTES = 64 * 1024  # (the metaschema's check takes some 7 µs a byte: 0.45 s)
 MAX_EXPANDED = 20_000
 MAX_PATTERNS = 64
-MAX_PATTERN_UNITS = 32_768  # (about 150 ms: three `\w{160}`s)
+MAX_PATTERN_UNITS = 32_768  # (about 150 ms: three `\p{L}{160}`s)
 # And what one pattern holds once compiled, some 1.25 KB a unit, which outlives the request: pydantic-core keeps the
 # 50 it compiled last (schema_patterns), up to 130 MB of patterns this size.
-MAX_UNITS_PER_PATTERN = 2048  # (`\w{32}`, `\p{L}{1,32}`, `\d{256}`, `[a-z]{2048}`)
+MAX_UNITS_PER_PATTERN = 2048  # (`\p{L}{1,32}`, `\w{2048}`, `[a-z]{2048}`)
 
 
 def _validator(schema_json: bytes) -> Draft202012Validator:
@@ -141,14 +141,14 @@ def _refuse_costly_patterns(schema: object) -> None:
     units = {pattern: compile_units(pattern) for pattern in patterns}
     if sum(units.values()) > MAX_PATTERN_UNITS:
         raise _refused(
-            "has patterns too costly to compile together (counted repetitions of classes such as `\\w{160}`: "
+            "has patterns too costly to compile together (counted repetitions of classes such as `\\p{L}{160}`: "
             "Rust's engine builds each copy)"
         )
     costly = next((pattern for pattern, cost in units.items() if cost > MAX_UNITS_PER_PATTERN), None)
     if costly is not None:
         raise _refused(
-            f"has a pattern too large once compiled: {costly!r} (counted repetitions of classes such as `\\w{{33}}`: "
-            "Rust's engine builds each copy)"
+            f"has a pattern too large once compiled: {costly!r} (counted repetitions of classes such as "
+            "`\\p{L}{33}`: Rust's engine builds each copy)"
         )
 
 

@@ -8,7 +8,7 @@ both): a pattern with one is refused with the schema (`regex_format`), never mat
 
 What a compiled pattern holds stays in the process for a while: pydantic-core keeps the 50 patterns it compiled
 most recently (measured: the 50th most recent compiles again in 0.03 ms, the 51st in its first 5-50 ms), whoever
-else lets go of them. Each takes about 1.25 KB for each unit of `compile_units` (`\\w{150}`, 9,600 units: 10 MB),
+else lets go of them. Each takes about 1.25 KB for each unit of `compile_units` (`\\p{L}{150}`, 9,600 units: 10 MB),
 so a pattern's units are bounded when the schema is admitted (`schema_check.MAX_UNITS_PER_PATTERN`): 100 distinct
 patterns of that bound, one after another, left the process 135 MB larger, and more leave it no larger.
 
@@ -38,10 +38,42 @@ class PatternRefused(ValueError):
     message says which pattern and why."""
 
 
+# ECMA-262's classes that Rust's engine reads otherwise: `\w`, `\d` and `\b` are ASCII in JSON Schema's dialect (a
+# `u`-flag ECMAScript regex's), Unicode in Rust's (`^\d{5}$` took Arabic-Indic digits; `\w{150}` compiled to a 10 MB
+# automaton of every script's letters), and `[\b]` is a backspace. Outside a bracketed class, and inside one.
+ECMA_CLASSES = {
+    "w": "[0-9A-Za-z_]", "W": "[^0-9A-Za-z_]", "d": "[0-9]", "D": "[^0-9]", "b": "(?-u:\\b)", "B": "(?-u:\\B)",
+}  # fmt: skip
+ECMA_IN_CLASS = {"w": "0-9A-Za-z_", "W": "[:^word:]", "d": "0-9", "D": "[:^digit:]", "b": "\\x08"}
+
+
+def ecma(pattern: str) -> str:
+    """`pattern` (ECMA-262's) as Rust's engine reads the same: its ASCII classes and word boundaries spelt out
+    (`ECMA_CLASSES`); everything else as written."""
+    if "\\" not in pattern:
+        return pattern
+    out, depth, at = [], 0, 0
+    while at < len(pattern):
+        char = pattern[at]
+        if char == "\\" and at + 1 < len(pattern):
+            name = pattern[at + 1]
+            spelt = (ECMA_IN_CLASS if depth else ECMA_CLASSES).get(name)
+            out.append(spelt if spelt is not None else pattern[at : at + 2])
+            at += 2
+            continue
+        if char == "[":
+            depth += 1
+        elif char == "]" and depth:
+            depth -= 1
+        out.append(char)
+        at += 1
+    return "".join(out)
+
+
 @lru_cache(maxsize=KEPT_PATTERNS)
 def _compiled(pattern: str) -> SchemaValidator:
     try:
-        return SchemaValidator(core_schema.str_schema(pattern=pattern, regex_engine="rust-regex"))
+        return SchemaValidator(core_schema.str_schema(pattern=ecma(pattern), regex_engine="rust-regex"))
     except SchemaError as exc:  # (its last line is the engine's: "error: look-around, ... is not supported")
         reason = str(exc).splitlines()[-1].strip()
         raise PatternRefused(f"{pattern!r}: {reason.partition(': ')[2] or reason}") from None
@@ -174,10 +206,10 @@ Validator: Any = extend(  # type: ignore[no-untyped-call]
 Validator.evolve = attrs.evolve
 
 
-# What a pattern costs Rust's engine to compile, in units of about 5 µs (measured: `\w{160}` 10,240 units, 49 ms):
-# an atom is compiled once for each copy its counted repetitions make, a Unicode class (`\w`, `\p{L}`) as a
-# UTF-8 automaton of some 60 units, `\d` of 8, `\S` of 2, anything else of 1.
-CLASS_UNITS = {"w": 64, "W": 64, "p": 64, "P": 64, "d": 8, "D": 8, "S": 2}
+# What a pattern costs Rust's engine to compile, in units of about 5 µs (measured: `\p{L}{160}` 10,240 units): an
+# atom is compiled once for each copy its counted repetitions make, a Unicode class (`\p{L}`) as a UTF-8 automaton
+# of some 60 units, `\S` of 2, anything else (`\w` and `\d` among them: ASCII, `ecma`) of 1.
+CLASS_UNITS = {"p": 64, "P": 64, "S": 2}
 REPEAT = re.compile(r"\{(\d+)(,(\d*))?\}")
 
 

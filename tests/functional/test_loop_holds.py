@@ -56,7 +56,7 @@ def enforced(schema: dict[str, Any]) -> dict[str, Any]:
     ("schema", "problem"),
     [
         (fan_out(16), "expands through its references"),  # (1 KB: 1.7 s of the loop; 30 levels, hours)
-        (patterned(40), "patterns too costly to compile"),  # (2 KB: 1.6-5 s compiling `\w{160}`s)
+        (patterned(40), "patterns too costly to compile"),  # (2 KB: 1.6-5 s compiling `\p{L}{160}`s)
     ],
 )
 async def test_a_small_enforced_schema_that_would_hold_the_loop_is_refused_before_anything_is_sent(
@@ -81,7 +81,7 @@ async def test_an_enforced_schema_within_the_bounds_is_checked_in_bounded_time()
     upstream = Upstream()
     served = await serve(upstream, MODELS)
     headers = {"authorization": f"Bearer {served.key.key}", **ENFORCED}
-    for schema in (fan_out(12), patterned(15, r"\w{31}")):
+    for schema in (fan_out(12), patterned(15, r"\p{L}{31}")):
         answer, held, _ = await longest_hold(
             served.http.post("/v1/chat/completions", json=enforced(schema), headers=headers)
         )
@@ -96,7 +96,7 @@ async def test_a_key_without_budget_left_buys_no_more_than_the_bounded_schema_ch
     402 can buy: before, 1.6 s of the loop compiling 40 patterns; now, at most the bounded patterns."""
     served = await serve(Upstream(), MODELS, budget_usd=1e-9)
     headers = {"authorization": f"Bearer {served.key.key}", **ENFORCED}
-    for schema, status in ((patterned(40, r"\w{160}b"), 400), (patterned(15, r"\w{31}b"), 402)):
+    for schema, status in ((patterned(40, r"\p{L}{160}b"), 400), (patterned(15, r"\p{L}{31}b"), 402)):
         refused, held, _ = await longest_hold(
             served.http.post("/v1/chat/completions", json=enforced(schema), headers=headers)
         )

@@ -68,15 +68,15 @@ def admit(schema):
 admit(patterned(1, "a"))
 before = resident_mb()
 for each in range(34):
-    admit(patterned(3, rf"\w{{150}}{each}_"))
+    admit(patterned(3, rf"\p{{L}}{{150}}{each}_"))
 for each in range(10):
-    admit(patterned(10, rf"\w{{31}}{each}_"))
+    admit(patterned(10, rf"\p{{L}}{{31}}{each}_"))
 print(json.dumps(resident_mb() - before))
 """
 
 
 def test_distinct_patterns_one_request_after_another_leave_the_process_bounded() -> None:
-    """pydantic-core keeps the 50 patterns it compiled last, whoever else lets go of them: 100 distinct `\\w{150}`s
+    """pydantic-core keeps the 50 patterns it compiled last, whoever else lets go of them: 100 distinct `\\p{L}{150}`s
     (three a request, within the bound of one schema's compiling) left the process some 500 MB larger (review:
     20 of them 231 MB). A pattern's size is bounded too: 100 distinct ones of that bound leave some 135 MB."""
     done = subprocess.run([sys.executable, "-c", GROWTH], capture_output=True, text=True, timeout=300, check=True)
