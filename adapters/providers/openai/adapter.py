@@ -556,9 +556,17 @@ class OpenAIAdapter(ProviderAdapter):
             provider_keeps=keeps,
             reasons=reasoning.openai_reasons(target),
             issuer=target.issuer,
+            takes=openai_takes,
         )
         request = UpstreamRequest("POST", self.responses_url(target), self.headers(), orjson.dumps(body))
         return BuiltRequest(request, dropped)
+
+    def native_names(self, call: NativeCall) -> dict[str, str]:
+        """The client's function names of a Responses request passed through, by the aliases they went as
+        (`responses.aliased_names`)."""
+        from adapters.providers.openai.responses import aliased_names
+
+        return {wire: given for given, wire in aliased_names(call.body, openai_takes).items()}
 
     def native_usage(self, call: NativeCall, body: bytes) -> Usage | None:
         from adapters.providers.openai.responses import answer_usage
