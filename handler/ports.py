@@ -354,6 +354,11 @@ class ProviderAdapter(ABC):
         """The client's body for `target`: its model substituted, its output capped at `output_limit`."""
         raise NotImplementedError(f"provider type '{self.type_name}' does not speak {call.api}")
 
+    def native_names(self, call: NativeCall) -> Mapping[str, str]:
+        """The client's tool names of a request passed through, by the names the provider was sent them as where
+        they differ (a name it refuses goes as an alias): for the relay to name the answer's calls back."""
+        return {}
+
     def translated_request(self, call: NativeCall, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:
         """The upstream request for a client's request in an API the deployment does not speak (`call`): its
         translation `req`, built as a Chat Completions request is, and what of the client's headers it loses

@@ -48,15 +48,17 @@ KEY_SHAPES = (
 # How each of those begins: a value with none of these in it holds no key of those shapes.
 KEY_MARKERS = ("sk-", "gwk_", "AKIA", "ASIA", "AIza")
 # This gateway's key without its `gwk_` (`<id>_<secret>`, pasted where a name or a tag belongs), which no marker
-# announces: an id of 12 lowercase letters and digits, `_`, and the 43 characters of `token_urlsafe(32)` with both
-# cases among them (handler/pipeline/key_admin.py mints them so; a secret of one case, about 1 in 3 billion, is missed),
-# ending there. An ordinary snake_case name (`configuration_value_for_the_...`) has no capital, a sentence no run of
-# 43 such characters. Looked for from its `_`, which `re` finds as `str.find` would: the same look-up as one more
+# announces: an id of 12 characters of `key_admin.ID_ALPHABET` (no `l`, `o`, `0` nor `1`: `organization_<a hashed
+# user id>`, which OpenAI recommends for `user`, is no key), `_`, and the 43 characters of `token_urlsafe(32)` with
+# both cases among them (handler/pipeline/key_admin.py mints them so; a secret of one case, about 1 in 3 billion, is
+# missed). Those 43 are redacted whatever follows them (`<key>-prod` and `<key>_2` are the key, suffixed). An
+# ordinary snake_case name (`configuration_value_for_the_...`) has no capital, a sentence no run of 43 such
+# characters. Looked for from its `_`, which `re` finds as `str.find` would: the same look-up as one more
 # alternative of `CREDENTIAL_SHAPES` cost a fifth more of every text redacted (a 64 KiB prompt's 10.7 ms, 12.9 ms),
 # this way 0.07 ms.
 KEY_BODY_SHAPE = (
-    r"_(?<=(?<![A-Za-z0-9])[a-z0-9]{12}_)"
-    r"(?=[A-Za-z0-9_\-]{0,42}[A-Z])(?=[A-Za-z0-9_\-]{0,42}[a-z])[A-Za-z0-9_\-]{43}(?![A-Za-z0-9_\-])"
+    r"_(?<=(?<![A-Za-z0-9])[a-km-np-z2-9]{12}_)"
+    r"(?=[A-Za-z0-9_\-]{0,42}[A-Z])(?=[A-Za-z0-9_\-]{0,42}[a-z])[A-Za-z0-9_\-]{43}"
 )
 KEY_ID_CHARS = 12  # what of a body lies before its match (the lookbehind's id)
 KEY_BODY_CHARS = KEY_ID_CHARS + 1 + 43

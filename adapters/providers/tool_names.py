@@ -53,7 +53,12 @@ def request_names(req: ChatRequest) -> list[str]:
 def aliases(req: ChatRequest, takes: Callable[[str], bool]) -> dict[str, str]:
     """The alias of each of the request's names the provider refuses (`takes`), by name: none the same as another
     alias or as a name of the request."""
-    names = request_names(req)
+    return aliases_of(request_names(req), takes)
+
+
+def aliases_of(names: list[str], takes: Callable[[str], bool]) -> dict[str, str]:
+    """The alias of each of a request's `names` the provider refuses (`takes`), by name: none the same as another
+    alias or as one of `names` (a request in another API's shape: `openai.responses.function_names`)."""
     taken = set(names)
     made: dict[str, str] = {}
     for name in names:

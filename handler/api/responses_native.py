@@ -43,6 +43,7 @@ from handler.wire import (
 Finished = Callable[[dict[str, Any]], Awaitable[None]]
 # The stream events that carry a whole output item (a reasoning item's `encrypted_content` among its members).
 ITEM_EVENTS = frozenset({"response.output_item.added", "response.output_item.done"})
+ARGUMENTS_DONE = "response.function_call_arguments.done"
 # The events that carry the response in progress, before the terminal one.
 LIFECYCLE_EVENTS = frozenset({"response.created", "response.queued", "response.in_progress"})
 
@@ -72,6 +73,7 @@ class Relay:
         self.hides_reasoning = not body.wants_encrypted_reasoning()
         self.kept: dict[str, str] = {}
         self._issuer: str | None = None  # (the serving deployment's, once an answer carries its reasoning)
+        self._names: Mapping[str, str] | None = None  # (the client's names by their aliases, at the first call)
         items: Any = None
         if history or body.previous_response_id or kept:
             items = [*history, *with_sealed_reasoning(input_items(body), kept or {})]
@@ -123,6 +125,25 @@ class Relay:
         item["encrypted_content"] = marked
         return marked is not sealed
 
+    def item_out(self, item: Any) -> bool:
+        """An output item as the client's (`reasoning_out`, `call_out`); whether it changed."""
+        changed = self.reasoning_out(item)
+        return self.call_out(item) or changed
+
+    def call_out(self, item: Any) -> bool:
+        """A function call (an output item, or the event that closes its arguments) by the client's name of its
+        tool where the provider was sent an alias (`ProviderAdapter.native_names`); whether it changed."""
+        if not (isinstance(item, dict) and isinstance(item.get("name"), str)):
+            return False
+        if self._names is None:
+            attempt = self.ex.attempt
+            self._names = attempt.adapter.native_names(self.call) if attempt is not None else {}
+        given = self._names.get(item["name"])
+        if given is None:
+            return False
+        item["name"] = given
+        return True
+
     def _marked(self, sealed: str) -> str:
         """`sealed` marked with its issuer, the deployment that served (`ex.attempt`); as it is when marked already
         (the items of a stream that broke off pass here again, `relayed_events`)."""
@@ -143,7 +164,11 @@ class Relay:
         output = response.get("output")
         if isinstance(output, list):
             for item in output:
-                self.reasoning_out(item)
+                self.item_out(item)
+        tools = response.get("tools")
+        if tools and isinstance(tools, list):  # (the provider's echo of the body it was sent: aliases too)
+            for tool in [*tools, response.get("tool_choice")]:
+                self.call_out(tool)
         response["store"] = self.body.stored
         response["previous_response_id"] = self.body.previous_response_id
 
@@ -215,7 +240,9 @@ def relayed_events(stream: NativeStream, relay: Relay, on_finished: Finished) ->
                     out += sse_event(event.event or kind, payload)
                 elif kind in RESPONSES_TERMINAL and isinstance(response, dict):
                     terminal = (kind, payload, response)
-                elif kind in ITEM_EVENTS and relay.reasoning_out(payload.get("item")):
+                elif kind in ITEM_EVENTS and relay.item_out(payload.get("item")):
+                    out += sse_event(event.event or kind, payload)
+                elif kind == ARGUMENTS_DONE and relay.call_out(payload):  # (it names the function now)
                     out += sse_event(event.event or kind, payload)
                 elif kind == "error":  # the provider's failure, in its own words: redacted as an error answer's
                     redact_error(payload)

@@ -57,6 +57,7 @@ class Charges:
             return
         options = self.gateway.config.gateway.priced_options
         tier = extra.get("service_tier")
+        ex.plain_tier = tier == "default"
         if tier is not None and tier not in PLAIN_TIERS:
             if not isinstance(tier, str) or not any(tier in attempt.taken for attempt in plan):
                 raise unpriced_tier(tier, ex.model)
@@ -168,7 +169,8 @@ class Charges:
         """`attempt`'s price for this request: with the options it passes through (at the values the answer was
         `served` at, once it says), times its model's multiplier for the service tier (`Attempt.tiers`). `worst`:
         the most it can be billed at, for the worst case reserved before anything is sent: a request that names no
-        tier at the tier its deployment runs such requests at (`Router.unasked_tiers`)."""
+        tier (or `auto`: the project's default) at the tier its deployment runs such requests at
+        (`Router.unasked_tiers`); one that names `default` at the plain price, as OpenAI bills it."""
         price = price_for(attempt.model, attempt.spec, attempt.target.model)
         asked = ex.native_options if ex.native_options and attempt.adapter.speaks(ex.native_api, attempt.target) else {}
         if served is not None and served.options:  # (the answer says how it ran: as asked or not, billed so)
@@ -177,7 +179,7 @@ class Charges:
             price = with_options(price, asked)
         tier = ex.service_tier
         if tier is None and served is None:
-            unasked = self.gateway.router.unasked_tiers.get(id(attempt)) if worst else None
+            unasked = self.gateway.router.unasked_tiers.get(id(attempt)) if worst and not ex.plain_tier else None
             return price if unasked is None else scaled(price, max(attempt.tiers.get(unasked, 1.0), 1.0))
         # A service tier the deployment was not sent (dropped and named) is not billed; one the answer says it
         # ran at is billed at that tier, as OpenAI bills it (`priority` is served at `default` past its ramp limits).
@@ -207,9 +209,10 @@ class Charges:
 
     def _unanswered_tier(self, ex: Exchange, attempt: Attempt) -> Served | None:
         """How an attempt the provider may bill but never answered is taken to have been served, for the worst case
-        it is charged: a request that names no service tier at the tier its deployment runs such requests at
-        (`Router.unasked_tiers`), as its worst case was reserved; else as asked (None)."""
-        tier = self.gateway.router.unasked_tiers.get(id(attempt)) if ex.service_tier is None else None
+        it is charged: a request that names no service tier (or `auto`) at the tier its deployment runs such requests
+        at (`Router.unasked_tiers`), as its worst case was reserved; else as asked (None)."""
+        unasked = ex.service_tier is None and not ex.plain_tier
+        tier = self.gateway.router.unasked_tiers.get(id(attempt)) if unasked else None
         return None if tier is None else Served({SERVICE_TIER: tier})
 
     def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage, served: Served | None = None) -> Cost:

@@ -59,9 +59,9 @@ class Exchange:
         "request_id", "key", "model", "controls", "started", "route", "dropped", "inbound_dropped", "store_ms",
         "upstream_ms", "attempt", "reservation", "cost", "budget_remaining", "wasted_usd", "limit_headers",
         "lineage", "inflight", "inflight_at", "inflight_status", "answered", "missed", "extra", "prompt", "user",
-        "service_tier", "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected", "reserving",
+        "service_tier", "plain_tier", "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected",
         "client_left", "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic", "audio_output",
-        "ledger_item", "ends_at", "lifetime_s", "wasted_usage", "unsent_fallbacks",
+        "ledger_item", "ends_at", "lifetime_s", "wasted_usage", "unsent_fallbacks", "reserving",
     )  # fmt: skip
 
     def __init__(
@@ -139,6 +139,9 @@ class Exchange:
         self.unsent_fallbacks: dict[str, Counted] = {}
         self.user: str | None = None  # the end user the client named, for attribution
         self.service_tier: str | None = None  # the OpenAI service tier asked, one priced apart from the plain price
+        # The client asked `service_tier: "default"`: OpenAI runs and bills it at the plain price, whatever tier the
+        # deployment runs a request that names none (or `auto`) at (`Router.unasked_tiers`).
+        self.plain_tier = False
         # Options that change the model's price (`pricing.PRICED_PER_MODEL`) of a request passed through as written
         # in `native_api`: priced at each deployment that speaks that API (`pricing.with_options`).
         self.native_api = ""

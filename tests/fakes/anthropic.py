@@ -107,6 +107,9 @@ ID_CHARACTERS = string.ascii_letters + string.digits
 CALL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 
 
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")  # what Anthropic takes for a tool's name
+
+
 def signature_of(thinking: str) -> str:
     """The signature the fake gives a thinking block of this text (and takes back with that text alone)."""
     mac = hmac.new(SIGNING_KEY, b"thinking\0" + thinking.encode(), hashlib.sha256).digest()
@@ -494,6 +497,9 @@ def _problem(body: dict[str, Any]) -> str | None:
         return refused
     if body.get("tool_choice") and not body.get("tools"):
         return "tool_choice may only be specified while providing tools."
+    for i, tool in enumerate(body.get("tools") or ()):
+        if tool.get("type") in (None, "custom") and not TOOL_NAME.fullmatch(str(tool.get("name"))):
+            return f"tools.{i}.custom.name: String should match pattern '^[a-zA-Z0-9_-]{{1,128}}$'"
     if any(not str(sequence).strip() for sequence in body.get("stop_sequences") or ()):
         return "stop_sequences: each stop sequence must contain non-whitespace"
     thinking = (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")

@@ -332,11 +332,25 @@ FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]+")
 
 
 def _misnamed(body: dict[str, Any]) -> Response | None:
-    """OpenAI's 400 for the first function named outside its rule (`FUNCTION_NAME`, at most 64), in its words."""
-    functions = [(f"tools[{i}].function", tool.get("function") or {}) for i, tool in enumerate(body.get("tools") or [])]
+    """OpenAI's 400 for the first function named outside its rule (`FUNCTION_NAME`, at most 64), in its words: a
+    Chat Completions body's tools and choice, or a Responses body's (the name beside the `type`) and its input's
+    calls."""
+    functions = [
+        (f"tools[{i}].function", tool["function"]) if "function" in tool else (f"tools[{i}]", tool)
+        for i, tool in enumerate(body.get("tools") or [])
+        if "function" in tool or tool.get("type") == "function"
+    ]
     choice = body.get("tool_choice")
-    if isinstance(choice, dict):
+    if isinstance(choice, dict) and "function" in choice:
         functions.append(("tool_choice.function", choice.get("function") or {}))
+    elif isinstance(choice, dict) and choice.get("type") == "function":
+        functions.append(("tool_choice", choice))
+    items = body.get("input")
+    functions += [
+        (f"input[{i}]", item)
+        for i, item in enumerate(items if isinstance(items, list) else ())
+        if isinstance(item, dict) and item.get("type") == "function_call"
+    ]
     for where, function in functions:
         name, param = str(function.get("name", "")), f"{where}.name"
         if len(name) > openai_responses.MAX_ID:
@@ -642,6 +656,9 @@ def create_app() -> Starlette:
         too_long = _refused_as_too_long(openai_responses.too_long(body))
         if too_long is not None:
             return too_long
+        misnamed = _misnamed(body)
+        if misnamed is not None:
+            return misnamed
         orphan = openai_responses.orphan_output(body)
         if orphan is not None:
             return _error(400, orphan, "invalid_request_error", None, param="input")

@@ -272,7 +272,8 @@ async def events(
             arguments = item["arguments"]
             for piece in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :]):
                 yield event("response.function_call_arguments.delta", delta=piece, **where)
-            yield event("response.function_call_arguments.done", arguments=arguments, **where)
+            # (its `name` too, as OpenAI's event carries it now)
+            yield event("response.function_call_arguments.done", name=item["name"], arguments=arguments, **where)
         elif item["type"] == "web_search_call":
             yield event("response.output_item.added", output_index=index, item={**item, "status": "in_progress"})
             for stage in ("in_progress", "searching", "completed"):

@@ -6,6 +6,7 @@ import json
 import re
 from typing import Any
 
+import httpx
 import openai
 import orjson
 import pytest
@@ -22,7 +23,14 @@ from tests.fakes.anthropic import (
     TOOL_INPUT,
 )
 from tests.functional.conftest import Running
-from tests.support.tools import ASK_THE_TIME, CLOCK_TOOL, WEATHER_TOOL, streamed_arguments
+from tests.support.tools import (
+    ASK_THE_TIME,
+    CLOCK_TOOL,
+    WEATHER_TOOL,
+    named_call,
+    named_tool,
+    streamed_arguments,
+)
 
 MODEL = "claude-haiku-4-5"
 HI: Any = [{"role": "user", "content": "Hi"}]
@@ -327,3 +335,52 @@ def test_an_images_detail_claude_cannot_honour_is_named(running: Running, key: s
             model=MODEL, messages=looking_at("https://x.test/a.png", "high"), extra_headers={"x-gateway-strict": "true"}
         )
     assert "messages.image_url.detail" in refused.value.message
+
+
+CLAUDE_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")  # what Anthropic takes for a tool's name
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_tool_name_anthropic_refuses_goes_as_an_alias_and_the_call_comes_back_by_the_clients_name(
+    running: Running, key: str, stream: bool
+) -> None:
+    """Anthropic refuses a tool's name outside `^[a-zA-Z0-9_-]{1,128}$` with a 400 for the whole request: an MCP
+    server's dotted names (`weather.get`), aliased for OpenAI and Bedrock's Claude, went to an `anthropic` deployment
+    as written (review). The tool, the named choice of it and the history's call go by an alias; the model's call of
+    the alias comes back by the client's name."""
+    name = "weather.get"
+    history: Any = [
+        *HI,
+        {"role": "assistant", "content": None, "tool_calls": [named_call(name, "toolu_1")]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "18 C and clear"},
+        {"role": "user", "content": "And tomorrow?"},
+    ]
+    choice: Any = {"type": "function", "function": {"name": name}}
+    settings: Any = {"model": MODEL, "messages": history, "tools": [named_tool(name)], "tool_choice": choice}
+    if stream:
+        chunks = list(client(running, key).chat.completions.create(**settings, stream=True))
+        names = [
+            d.function.name for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or [] if d.function
+        ]
+        assert [name for name in names if name] == [name]
+    else:
+        calls = client(running, key).chat.completions.create(**settings).choices[0].message.tool_calls or []
+        assert [call.function.name for call in calls] == [name]  # type: ignore[union-attr]
+    body = sent(running)["json"]
+    (alias,) = [tool["name"] for tool in body["tools"]]
+    assert CLAUDE_NAME.fullmatch(alias) and alias != name
+    assert body["tool_choice"] == {"type": "tool", "name": alias}
+    assert body["messages"][1]["content"][0]["name"] == alias
+
+
+def test_a_messages_clients_tool_names_pass_through_as_written(running: Running, key: str) -> None:
+    """A Messages client's request passed through to Anthropic keeps its names: they are already Anthropic's."""
+    tool: Any = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    answer = httpx.post(
+        f"{running.url}/v1/messages",
+        json={"model": MODEL, "max_tokens": 100, "messages": HI, "tools": [tool], "tool_choice": {"type": "any"}},
+        headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert [tool["name"] for tool in sent(running)["json"]["tools"]] == ["get_weather"]
+    assert [block["name"] for block in answer.json()["content"] if block["type"] == "tool_use"] == ["get_weather"]

@@ -479,6 +479,21 @@ def test_a_tool_history_sent_without_tools_is_answered(bedrock: Running, client:
         assert body["messages"][2]["content"][:2] == [{"text": "[result of t1]"}, {"text": "18 C and clear"}]
 
 
+def test_a_tool_history_written_as_text_names_the_clients_tools(bedrock: Running, client: openai.OpenAI) -> None:
+    """Without tools to send, the history's calls go as text: a long-named tool's by its alias (review), which the
+    model could read back to the client. They are written by the client's names."""
+    history: Any = [
+        *HI,
+        {"role": "assistant", "content": None, "tool_calls": [named_call(MCP_TOOL_NAME, "t1")]},
+        {"role": "tool", "tool_call_id": "t1", "content": "18 C and clear"},
+        {"role": "user", "content": "Summarise this conversation."},
+    ]
+    for offered in ({}, {"tools": [named_tool(MCP_TOOL_NAME)], "tool_choice": "none"}):
+        assert client.chat.completions.create(model="claude-haiku", messages=history, **offered)
+        written = sent(bedrock)["json"]["messages"][1]["content"][0]["text"]
+        assert written.startswith(f"[called tool {MCP_TOOL_NAME} (t1)"), written
+
+
 def test_thinking_is_left_off_a_tool_loop_whose_turn_carries_no_signed_thinking(
     bedrock: Running, client: openai.OpenAI
 ) -> None:

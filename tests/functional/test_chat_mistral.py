@@ -17,7 +17,7 @@ from handler.config import parse_config
 from tests.fakes import mistral as fake
 from tests.functional.conftest import Running, anthropic_client, serve_gateway
 from tests.support.servers import ServerThread
-from tests.support.tools import WEATHER_TOOL
+from tests.support.tools import MCP_TOOL_NAME, WEATHER_TOOL, named_call, named_tool
 
 PRICE = {"input": 1, "output": 2}
 HI: Any = [{"role": "user", "content": "Hi"}]
@@ -294,3 +294,18 @@ def test_a_server_that_refuses_stream_options_streams_once_told(mistral: Running
     assert messages_refused.value.body["error"]["message"] == REFUSED_STREAM_OPTIONS  # type: ignore[index]
     lines = [(line.model, line.status, line.cost_source) for line in mistral.ledger(key)]
     assert lines == [("strict", 400, "provider"), *[("strict-told", 200, "provider")] * 3, ("strict", 400, "provider")]
+
+
+def test_a_tool_result_named_by_a_long_tool_name_goes_by_its_alias(mistral: Running, client: openai.OpenAI) -> None:
+    """Mistral keeps a tool result's `name`: the call and the tool went to it by their alias, the result by the
+    client's 83 characters (review). The result goes by the same alias."""
+    history: Any = [
+        *HI,
+        {"role": "assistant", "content": None, "tool_calls": [named_call(MCP_TOOL_NAME)]},
+        {"role": "tool", "tool_call_id": "call_1", "name": MCP_TOOL_NAME, "content": "18 C and clear"},
+    ]
+    assert client.chat.completions.create(model="small", messages=history, tools=[named_tool(MCP_TOOL_NAME)])
+    body = sent(mistral)["json"]
+    alias = body["tools"][0]["function"]["name"]
+    assert alias != MCP_TOOL_NAME
+    assert body["messages"][1]["tool_calls"][0]["function"]["name"] == body["messages"][2]["name"] == alias

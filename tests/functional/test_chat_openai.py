@@ -428,3 +428,20 @@ def test_a_call_of_a_long_named_function_in_the_history_goes_to_openai_by_its_al
     assert oa.chat.completions.create(model="gpt-4o-mini", messages=history, tools=[named_tool(MCP_TOOL_NAME)])
     (alias,) = sent_function_names(running)
     assert sent_openai(running)["messages"][1]["tool_calls"][0]["function"]["name"] == alias
+
+
+def test_a_call_of_a_long_named_function_no_longer_offered_goes_to_openai_by_its_alias(
+    running: Running, key: str
+) -> None:
+    """Every offered tool's name OpenAI takes: the names were left as they were, and the history's call of a tool
+    no longer offered went by the client's 83 characters (review); it goes by its alias, as Bedrock's and Gemini's
+    histories do."""
+    history: Any = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": None, "tool_calls": [named_call(MCP_TOOL_NAME)]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C and clear"},
+    ]
+    oa = client(running, key)
+    assert oa.chat.completions.create(model="gpt-4o-mini", messages=history, tools=[named_tool("get_weather")])
+    assert sent_function_names(running) == ["get_weather"]
+    assert OPENAI_NAME.fullmatch(sent_openai(running)["messages"][1]["tool_calls"][0]["function"]["name"])

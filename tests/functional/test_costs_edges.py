@@ -560,11 +560,12 @@ WAVE = 4
 TIER_LESS = {"model": "m", "messages": HI, "max_tokens": 1000}
 
 
-async def worst_case(served: Any) -> float:
-    """The worst case a tier-less request is reserved at, as a `x-gateway-max-cost-usd` too low for it tells."""
+async def worst_case(served: Any, body: dict[str, Any] = TIER_LESS) -> float:
+    """The worst case a request (tier-less unless `body` says) is reserved at, as a `x-gateway-max-cost-usd` too low
+    for it tells."""
     refused = await served.http.post(
         "/v1/chat/completions",
-        json=TIER_LESS,
+        json=body,
         headers={"authorization": f"Bearer {served.key.key}", "x-gateway-max-cost-usd": "0.000000001"},
     )
     assert refused.status_code == 402, refused.text
@@ -620,6 +621,34 @@ async def test_a_request_naming_no_tier_is_reserved_at_the_tier_its_deployment_r
     assert await worst_case(served) == pytest.approx(2 * plain_worst)
     statuses, spent = await wave(served, budget)
     assert statuses == [200, 200, 402, 402] and spent <= budget, (statuses, spent, budget)
+    await served.gateway.aclose()
+
+
+async def test_a_request_naming_the_default_tier_is_reserved_and_charged_at_the_default_tier() -> None:
+    """A request that asks `service_tier: "default"` is run and billed by OpenAI at the default tier, whatever the
+    project's default; on a deployment with `default_service_tier: priority` it was taken for a tier-less request,
+    reserved at priority and, cut in flight, charged its worst case at priority: twice what OpenAI can bill it
+    (review). It is reserved and charged at the default tier now; `auto` (the project's default) still at priority."""
+    priced = {"service_tier": {"priority": 2.0}}
+    asks_default = {**TIER_LESS, "service_tier": "default"}
+    plain = await serve(ProjectAtPriority(), {"m": MODEL}, priced_options=priced)
+    plain_worst = await worst_case(plain, asks_default)
+    await plain.gateway.aclose()
+
+    told = {**MODEL, "deployments": [{**MODEL["deployments"][0], "default_service_tier": "priority"}]}
+    served = await serve(ProjectAtPriority(), {"m": told}, priced_options=priced)
+    # (the input's estimate counts the body's bytes: a few more with a `service_tier`)
+    assert await worst_case(served) == pytest.approx(2 * plain_worst, rel=0.02)
+    assert await worst_case(served, {**TIER_LESS, "service_tier": "auto"}) == pytest.approx(2 * plain_worst, rel=0.02)
+    assert await worst_case(served, asks_default) == pytest.approx(plain_worst)
+    cut = await served.http.post(
+        "/v1/chat/completions",
+        json=asks_default,
+        headers={"authorization": f"Bearer {served.key.key}", "x-gateway-deadline-ms": "30"},
+    )
+    assert cut.status_code == 504, cut.text
+    *_, line = await served.ledger()
+    assert line.cost_source == "reserved" and line.cost_usd == pytest.approx(plain_worst, rel=1e-3)
     await served.gateway.aclose()
 
 

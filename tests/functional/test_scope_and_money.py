@@ -4,8 +4,10 @@ lands in the ledger once, on both stores."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import csv
+import hashlib
 import io
 import time
 from collections.abc import Iterator
@@ -1493,3 +1495,7 @@ def test_a_key_sent_as_a_user_session_or_tag_is_kept_nowhere(gw: Running) -> Non
     # An id with no key in it is kept as sent.
     answer = post(gw, "/v1/chat/completions", key, {**body, "user": "u-42"}, **{"x-session-id": "3f2a-sk"})
     assert (ledger(gw, key)[-1].user, ledger(gw, key)[-1].session) in {("u-42", "3f2a-sk")}
+    # Nor one shaped like a key without its `gwk_` but for its id's letters: a hashed end user, as OpenAI recommends.
+    hashed = "organization_" + base64.urlsafe_b64encode(hashlib.sha256(b"acme").digest()).rstrip(b"=").decode()
+    assert post(gw, "/v1/chat/completions", key, {**body, "user": hashed}).status_code == 200
+    assert ledger(gw, key)[-1].user == hashed

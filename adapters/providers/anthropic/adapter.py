@@ -20,6 +20,7 @@ from adapters.providers.model_rules import keep_one_sampling_knob
 from adapters.providers.params import (
     THINKING_BLOCKS,
     Rule,
+    ToolNames,
     apply_rules,
     asks,
     cache_control,
@@ -36,7 +37,7 @@ from adapters.providers.params import (
     unsent_reasoning,
 )
 from handler import schemas
-from handler.call_ids import claude_call_id
+from handler.call_ids import claude_call_id, claude_takes
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import MESSAGES_API, BuiltRequest, NativeCall, ProviderAdapter, Served, Target, UpstreamRequest
 from handler.schemas import (
@@ -119,6 +120,7 @@ FALLBACK_MAX_TOKENS = 4096
 
 
 JSON_TOOL = "json_response"  # the forced tool that serves a `json_schema` answer (its input is the text)
+MAX_TOOL_NAME = 128  # Anthropic's longest tool name
 STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -285,8 +287,8 @@ def _tool_input(arguments: str) -> Any:
     return value if isinstance(value, dict) else {"value": value}
 
 
-def _turn(message: Message) -> tuple[str, list[dict[str, Any]]]:
-    """The Anthropic role and content blocks of one non-system message."""
+def _turn(message: Message, names: ToolNames | None) -> tuple[str, list[dict[str, Any]]]:
+    """The Anthropic role and content blocks of one non-system message, its calls' tools by `names`' wire names."""
     if message.role in ("tool", "function"):
         answered = claude_call_id(message.tool_call_id or message.name or "")
         result: dict[str, Any] = {"type": "tool_result", "tool_use_id": answered}
@@ -302,45 +304,48 @@ def _turn(message: Message) -> tuple[str, list[dict[str, Any]]]:
             message.block_order, thinking_blocks(message), message.content or "", message.tool_calls or []
         )
         if parts is not None:  # Claude thought between its calls: its blocks go back in the order it wrote them
-            return "assistant", [_assistant_block(kind, part) for kind, part in parts]
+            return "assistant", [_assistant_block(kind, part, names) for kind, part in parts]
     blocks = _content_blocks(message)
     if message.role == "assistant":
         # Signed thinking goes back first, as Claude wrote it; reasoning without a signature cannot.
         blocks = [*thinking_blocks(message), *blocks]
-        blocks.extend(_tool_use(call) for call in message.tool_calls or ())
+        blocks.extend(_tool_use(call, names) for call in message.tool_calls or ())
     return ("assistant" if message.role == "assistant" else "user"), blocks
 
 
-def _tool_use(call: ToolCall) -> dict[str, Any]:
+def _tool_use(call: ToolCall, names: ToolNames | None) -> dict[str, Any]:
     """A call as Claude's `tool_use` block, its id one Anthropic takes (`claude_call_id`: another provider's, Kimi
-    K2's `functions.get_weather:0`, goes as a stand-in, the same as its result's)."""
+    K2's `functions.get_weather:0`, goes as a stand-in, the same as its result's), its tool by the name it is
+    declared by (`names`; Bedrock renames it for Converse)."""
     return {
         "type": "tool_use",
         "id": claude_call_id(call.id),
-        "name": call.function.name,
+        "name": names.wire(call.function.name) if names is not None else call.function.name,
         "input": _tool_input(call.function.arguments),
     }
 
 
-def _assistant_block(kind: str, part: Any) -> dict[str, Any]:
+def _assistant_block(kind: str, part: Any, names: ToolNames | None) -> dict[str, Any]:
     """An assistant turn's part (see `ordered_parts`) as its content block."""
     if kind == "call":
-        return _tool_use(part)
+        return _tool_use(part, names)
     if kind == "text":
         return {"type": "text", "text": part}
     return dict(part)  # a thinking block, as Claude signed it
 
 
-def convert_messages(messages: list[Message]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def convert_messages(
+    messages: list[Message], names: ToolNames | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """System text blocks (with their cache markers), and the conversation as alternating turns (same-role
-    neighbours merged)."""
+    neighbours merged), each call's tool by `names`' wire name (Anthropic's: `anthropic_takes`), else as written."""
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
     for message in messages:
         if message.role in ("system", "developer"):
             system.extend(block for block in _content_blocks(message) if block["type"] == "text")
             continue
-        role, blocks = _turn(message)
+        role, blocks = _turn(message, names)
         if not blocks:
             continue
         if turns and turns[-1]["role"] == role:
@@ -353,7 +358,7 @@ def convert_messages(messages: list[Message]) -> tuple[list[dict[str, Any]], lis
     return system, turns
 
 
-def _tool_choice(req: ChatRequest) -> dict[str, Any] | None:
+def _tool_choice(req: ChatRequest, names: ToolNames) -> dict[str, Any] | None:
     choice = req.tool_choice
     if choice is None:
         result: dict[str, Any] | None = None
@@ -364,18 +369,24 @@ def _tool_choice(req: ChatRequest) -> dict[str, Any] | None:
     elif choice == "required":
         result = {"type": "any"}
     else:
-        result = {"type": "tool", "name": choice.function.name}
+        result = {"type": "tool", "name": names.wire(choice.function.name)}
     if req.parallel_tool_calls is False:
         result = (result or {"type": "auto"}) | {"disable_parallel_tool_use": True}
     return result
 
 
-def _tools(req: ChatRequest) -> list[dict[str, Any]]:
+def anthropic_takes(name: str) -> bool:
+    """Whether Anthropic takes `name` for a tool: 1 to 128 of `[a-zA-Z0-9_-]` (its 400 "tools.0.custom.name: String
+    should match pattern"). An MCP server's dotted names (`weather.get`) do not: see `ToolNames`."""
+    return len(name) <= MAX_TOOL_NAME and claude_takes(name)
+
+
+def _tools(req: ChatRequest, names: ToolNames) -> list[dict[str, Any]]:
     tools = []
     for tool in req.tools or ():
         schema = dict(tool.function.parameters or {})
         schema.setdefault("type", "object")
-        entry: dict[str, Any] = {"name": tool.function.name, "input_schema": schema}
+        entry: dict[str, Any] = {"name": names.wire(tool.function.name), "input_schema": schema}
         if tool.function.description:
             entry["description"] = tool.function.description
         if tool.function.strict is not None:
@@ -542,7 +553,8 @@ class AnthropicAdapter(ProviderAdapter):
             keep_one_sampling_knob(params, target.model) + named_messages(req.messages) + unsent_reasoning(req.messages)
         )
 
-        system, messages = convert_messages(req.messages)
+        names = ToolNames(req, anthropic_takes)
+        system, messages = convert_messages(req.messages, names)
         require_turns(messages, "Anthropic")
         dropped += unsent_part_fields(req.messages, CARRIED)
         max_tokens = self.max_tokens(req, target)
@@ -567,7 +579,7 @@ class AnthropicAdapter(ProviderAdapter):
         if safety is not None and safety != who:
             dropped.append("safety_identifier")
 
-        tools, tool_choice = _tools(req), _tool_choice(req)
+        tools, tool_choice = _tools(req, names), _tool_choice(req, names)
         forced = json_tool(req)
         if forced is not None:
             named = tool_choice is not None and tool_choice["type"] == "tool"
@@ -634,6 +646,7 @@ class AnthropicAdapter(ProviderAdapter):
         signed: list[dict[str, Any]] = []
         calls: list[ToolCall] = []
         json_answer: str | None = None
+        names: ToolNames | None = None  # (made at the answer's first call)
         order: BlockOrder = []  # (the parts as Claude wrote them: see `BlockOrder`)
         for block in message.content:
             if block.type == "thinking" and block.signature is not None:
@@ -651,9 +664,9 @@ class AnthropicAdapter(ProviderAdapter):
                 json_answer = orjson.dumps(block.input if block.input is not None else {}).decode()
             elif block.type == "tool_use":
                 arguments = orjson.dumps(block.input if block.input is not None else {}).decode()
-                calls.append(
-                    ToolCall(id=block.id or "", function=FunctionCall(name=block.name or "", arguments=arguments))
-                )
+                names = names or ToolNames(req, anthropic_takes)
+                function = FunctionCall(name=names.client(block.name or ""), arguments=arguments)
+                calls.append(ToolCall(id=block.id or "", function=function))
                 order.append(("call", len(calls) - 1))
         content = json_answer if json_answer is not None else ("".join(texts) if texts else None)
         reply = AssistantMessage(
@@ -676,7 +689,7 @@ class AnthropicAdapter(ProviderAdapter):
     def stream_parser(self, req: ChatRequest, target: Target) -> AnthropicStreamParser:
         from adapters.providers.anthropic.stream import AnthropicStreamParser  # (a cold start needs none)
 
-        return AnthropicStreamParser(target.model, json_tool(req) is not None)
+        return AnthropicStreamParser(target.model, json_tool(req) is not None, ToolNames(req, anthropic_takes))
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         return error_from_body(status, body, headers)

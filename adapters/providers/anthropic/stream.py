@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from adapters.providers.anthropic.adapter import ERROR_STATUS, JSON_TOOL, _finish, error_from_body
 from adapters.providers.params import (
     THINKING_BLOCKS,
+    ToolNames,
     redacted_thinking,
     signed_thinking,
 )
@@ -49,7 +50,7 @@ class AnthropicStreamParser:
     With a `json_schema` request, the forced tool's input streams as content text instead.
     """
 
-    def __init__(self, model: str, json_mode: bool) -> None:
+    def __init__(self, model: str, json_mode: bool, names: ToolNames | None = None) -> None:
         from adapters.providers.anthropic.wire import WireUsage  # (see the note on the imports)
 
         self.usage: Usage | None = None
@@ -59,6 +60,7 @@ class AnthropicStreamParser:
         # tokens from the final `message_delta` (`WireUsage.served`).
         self.served: Served | None = None
         self._json_mode = json_mode
+        self._names = names  # the request's tool names: a call by an alias streams by the client's (`ToolNames.client`)
         self._id = "msg_unknown"
         self._model = model
         self._created = int(time.time())
@@ -162,10 +164,14 @@ class AnthropicStreamParser:
                 index=position,
                 id=block.id,
                 type="function",
-                function=schemas.FunctionCallDelta(name=block.name, arguments=""),
+                function=schemas.FunctionCallDelta(name=self._client_name(block.name), arguments=""),
             )
             return [self._chunk(schemas.ChunkDelta(tool_calls=[call]))]
         return []
+
+    def _client_name(self, name: str | None) -> str | None:
+        """The client's name for a tool the model called by `name`."""
+        return self._names.client(name) if self._names is not None and name else name
 
     def _block_delta(self, index: int, delta: dict[str, Any]) -> list[ChatCompletionChunk]:
         kind, position = self._blocks.get(index, ("", 0))

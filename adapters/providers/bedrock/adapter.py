@@ -477,17 +477,22 @@ def _uses_tools(messages: list[dict[str, Any]]) -> bool:
     return any("toolUse" in block or "toolResult" in block for m in messages for block in m["content"])
 
 
-def tool_turns_as_text(messages: list[dict[str, Any]]) -> None:
+def tool_turns_as_text(messages: list[dict[str, Any]], req: ChatRequest) -> None:
     """Earlier tool calls and results written as text, in place: Converse refuses `toolUse` and `toolResult`
     blocks in a request without a `toolConfig`, and a request that offers no tools (or `tool_choice: none`)
-    must not be given any to call."""
+    must not be given any to call. Each call by its tool's name as the client wrote it, not the alias Converse
+    would have taken (`ToolNames`): the model may write it back to the client."""
+    from adapters.providers.tool_names import aliases  # (a rare request: tool turns and no tools to send)
+
+    clients = {wire: given for given, wire in aliases(req, converse_takes).items()}
     for message in messages:
         content: list[dict[str, Any]] = []
         for block in message["content"]:
             if "toolUse" in block:
                 call = block["toolUse"]
                 arguments = orjson.dumps(call["input"]).decode()
-                content.append({"text": f"[called tool {call['name']} ({call['toolUseId']}) with {arguments}]"})
+                name = clients.get(call["name"], call["name"])
+                content.append({"text": f"[called tool {name} ({call['toolUseId']}) with {arguments}]"})
             elif "toolResult" in block:
                 result = block["toolResult"]
                 failed = " (the tool failed)" if result.get("status") == "error" else ""
@@ -528,7 +533,7 @@ def tool_config(
         if choice not in (None, "none"):
             dropped.append("tool_choice")
         if _uses_tools(messages):
-            tool_turns_as_text(messages)
+            tool_turns_as_text(messages, req)
         return None
     config: dict[str, Any] = {"tools": tools}
     if chosen is not None:

@@ -336,18 +336,22 @@ def tool_names(req: ChatRequest) -> ToolNames | None:
 
 
 def aliased_functions(body: dict[str, Any], req: ChatRequest) -> None:
-    """The body's function names OpenAI refuses as their aliases (`ToolNames`): in the tools, the named choice and
-    the history's calls. A request whose tools' names OpenAI takes costs a check of each."""
-    if not req.tools or all(openai_takes(tool.function.name) for tool in req.tools):
+    """The body's function names OpenAI refuses as their aliases (`ToolNames`): in the tools, the named choice, the
+    history's calls (of a tool no longer offered too, as Bedrock's and Gemini's histories have them) and the tool
+    results' `name` (which Mistral keeps). A request whose names OpenAI takes costs a check of each."""
+    functions = [tool["function"] for tool in body.get("tools") or ()]
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        functions.append(choice["function"])
+    for message in body["messages"]:
+        functions += [call["function"] for call in message.get("tool_calls") or ()]
+        if message["role"] == "tool" and isinstance(message.get("name"), str):
+            functions.append(message)
+    if all(openai_takes(function["name"]) for function in functions):
         return
     from adapters.providers.tool_names import aliases  # (a request with a name OpenAI refuses)
 
     made = aliases(req, openai_takes)
-    functions = [tool["function"] for tool in body["tools"]]
-    choice = body.get("tool_choice")
-    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
-        functions.append(choice["function"])
-    functions += [call["function"] for message in body["messages"] for call in message.get("tool_calls") or ()]
     for function in functions:
         function["name"] = made.get(function["name"], function["name"])
 
@@ -556,9 +560,17 @@ class OpenAIAdapter(ProviderAdapter):
             provider_keeps=keeps,
             reasons=reasoning.openai_reasons(target),
             issuer=target.issuer,
+            takes=openai_takes,
         )
         request = UpstreamRequest("POST", self.responses_url(target), self.headers(), orjson.dumps(body))
         return BuiltRequest(request, dropped)
+
+    def native_names(self, call: NativeCall) -> dict[str, str]:
+        """The client's function names of a Responses request passed through, by the aliases they went as
+        (`responses.aliased_names`)."""
+        from adapters.providers.openai.responses import aliased_names
+
+        return {wire: given for given, wire in aliased_names(call.body, openai_takes).items()}
 
     def native_usage(self, call: NativeCall, body: bytes) -> Usage | None:
         from adapters.providers.openai.responses import answer_usage

@@ -7,7 +7,7 @@ them itself). The answer's `usage` (in a stream: the terminal event's response) 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from adapters.providers.reasoning import openai_effort
@@ -25,7 +25,7 @@ from handler.wire import (
     malformed,
 )
 
-__all__ = ["ResponsesMeter", "answer_usage", "issued_here", "request_body", "usage_of"]
+__all__ = ["ResponsesMeter", "aliased_names", "answer_usage", "issued_here", "request_body", "usage_of"]
 
 
 def usage_of(raw: Any) -> Usage | None:
@@ -52,6 +52,7 @@ def request_body(
     provider_keeps: bool,
     reasons: bool,
     issuer: str = "",
+    takes: Callable[[str], bool] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The client's body for a deployment: its model, `stream`, the output cap, and `store` only where the
     operator lets the provider keep answers and the client asked for it (`store` defaults to true); and the names
@@ -59,7 +60,9 @@ def request_body(
     stand-in (`call_ids.short_call_id`); a `reasoning.effort` the deployment's model refuses goes as the nearest
     it takes (`reasoning.openai_effort`), named `reasoning.effort`: the client chose the effort for the model it
     named, and the model the plan serves may take other values. Encrypted reasoning the gateway marked with the
-    deployment that issued it goes back as issued to that deployment (`issuer`) alone (see `issued_here`).
+    deployment that issued it goes back as issued to that deployment (`issuer`) alone (see `issued_here`). A
+    function's name the provider refuses (`takes`: OpenAI's rule) goes as its alias (`aliased_names`), wherever
+    the body names it; the relay names the answer's calls back (`handler.api.responses_native.Relay`).
 
     With `store: false` upstream, a reasoning model's reasoning can go back on a later turn only as its
     `encrypted_content`: `include` asks for it when the gateway keeps the turn (the client's `store`, true by
@@ -88,7 +91,58 @@ def request_body(
         if effort != wish["effort"]:
             body["reasoning"] = {**wish, "effort": effort}
             dropped = [*dropped, "reasoning.effort"]
+    made = aliased_names(client, takes) if takes is not None else {}
+    if made:
+        renamed(body, made)
     return body, dropped
+
+
+def function_names(body: Mapping[str, Any]) -> list[str]:
+    """Every function name a Responses body holds: its function tools', a named `tool_choice`'s, its input's
+    calls'."""
+    names = [tool["name"] for tool in _functions(body.get("tools"))]
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
+        names.append(choice["name"])
+    return names + [item["name"] for item in _functions(body.get("input"), "function_call")]
+
+
+def _functions(items: Any, kind: str = "function") -> list[dict[str, Any]]:
+    """The entries of `items` (a body's tools, its input) of type `kind` that carry a name."""
+    if not isinstance(items, list):
+        return []
+    return [i for i in items if isinstance(i, dict) and i.get("type") == kind and isinstance(i.get("name"), str)]
+
+
+def aliased_names(body: Mapping[str, Any], takes: Callable[[str], bool]) -> dict[str, str]:
+    """The alias of each function name of a Responses body the provider refuses (`takes`), by name
+    (`tool_names.aliases_of`); none when its tools' names all pass, at the cost of a check of each (as
+    `openai.adapter.aliased_functions`)."""
+    if all(takes(tool["name"]) for tool in _functions(body.get("tools"))):
+        return {}
+    from adapters.providers.tool_names import aliases_of  # (a request with a name the provider refuses)
+
+    return aliases_of(function_names(body), takes)
+
+
+def renamed(body: dict[str, Any], made: Mapping[str, str]) -> None:
+    """`body`'s tools, named choice and input calls by their aliases (`made`), in copies: the client's body is
+    kept as it came, to be stored."""
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        body["tools"] = [_renamed(tool, made, "function") for tool in tools]
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        body["tool_choice"] = _renamed(choice, made, "function")
+    items = body.get("input")
+    if isinstance(items, list):
+        body["input"] = [_renamed(item, made, "function_call") for item in items]
+
+
+def _renamed(entry: Any, made: Mapping[str, str], kind: str) -> Any:
+    if not isinstance(entry, dict) or entry.get("type") != kind or entry.get("name") not in made:
+        return entry
+    return {**entry, "name": made[entry["name"]]}
 
 
 def issued_here(items: list[Any], issuer: str) -> tuple[list[Any], list[str]]:

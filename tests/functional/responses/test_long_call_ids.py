@@ -1,6 +1,7 @@
 """A session whose earlier turns Gemini served (its thought signature in each call's id) or whose tools make long
 ids, carried on at OpenAI or Azure: their APIs refuse a call id past 64 characters, so it goes as a stand-in,
-still paired with its result."""
+still paired with its result. And a function's name past 64 characters (an MCP tool's), which they refuse too: it
+goes as an alias, and comes back as the client's."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from adapters.providers.gemini.adapter import signed_call_id
 from tests.fakes import openai as openai_fake
 from tests.fakes.openai_responses import MAX_ID
 from tests.functional.conftest import Running, openai_client
+from tests.support.tools import MCP_TOOL_NAME
 
 # As the gateway's Gemini adapter hands a Gemini 3 call to clients: the call's thought signature rides in its id.
 SIGNED = signed_call_id("call_0_5f0c1d2e3a4b6c7d", base64.b64encode(bytes(range(200))).decode())
@@ -118,3 +120,42 @@ def test_a_codex_history_with_long_call_ids_goes_to_openai(
     assert ids[1] == ids[2] != ids[3] == ids[4]  # each call still paired with its output
     assert all(len(call_id) <= MAX_ID for call_id in ids[1:])
     assert orjson.dumps(body).count(SIGNED.encode()) == 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize(("model", "fake"), [("gpt", "openai"), ("azure-gpt", "azure")])
+def test_a_long_function_name_goes_to_a_native_responses_api_as_an_alias(
+    fleet: Running, fleet_key: str, model: str, fake: str, stream: bool
+) -> None:
+    """Claude Code's or Codex's MCP tool (83 characters) in a `/v1/responses` request passed through to OpenAI's or
+    Azure's Responses API went as written: OpenAI's 400 for the whole request, where Chat Completions aliased it
+    (review). The tool, the named choice and the history's call go by an alias; the answer's call (whole, each
+    stream event, the stored response) names the client's tool."""
+    tool = {**WEATHER, "name": MCP_TOOL_NAME}
+    items: Any = [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather?"}]},
+        {"type": "function_call", "call_id": "call_1", "name": MCP_TOOL_NAME, "arguments": '{"city":"Lyon"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "15C"},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "And in Paris?"}]},
+    ]
+    choice = {"type": "function", "name": MCP_TOOL_NAME}
+    body = {"model": model, "input": items, "tools": [tool], "tool_choice": choice, "stream": stream}
+    auth = {"authorization": f"Bearer {fleet_key}"}
+    answer = httpx.post(f"{fleet.url}/v1/responses", json=body, headers=auth, timeout=30)
+    assert answer.status_code == 200, answer.text
+    sent = upstream(fleet, fake)
+    alias = sent["tools"][0]["name"]
+    assert alias != MCP_TOOL_NAME and len(alias) <= MAX_ID
+    assert sent["tool_choice"]["name"] == sent["input"][1]["name"] == alias
+    assert alias not in answer.text  # (the answer's echo of the tools, too)
+    if stream:
+        events = [orjson.loads(line[6:]) for line in answer.text.splitlines() if line.startswith("data: {")]
+        named = [event["item"]["name"] for event in events if event.get("item", {}).get("type") == "function_call"]
+        named += [event["name"] for event in events if event["type"] == "response.function_call_arguments.done"]
+        assert named == [MCP_TOOL_NAME] * 3, named
+        response = events[-1]["response"]
+    else:
+        response = answer.json()
+    assert [item["name"] for item in response["output"] if item["type"] == "function_call"] == [MCP_TOOL_NAME]
+    stored = httpx.get(f"{fleet.url}/v1/responses/{response['id']}", headers=auth, timeout=30).json()
+    assert [item["name"] for item in stored["output"] if item["type"] == "function_call"] == [MCP_TOOL_NAME]

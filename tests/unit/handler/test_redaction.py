@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
 import secrets
+import string
 from collections.abc import Callable
 
 import orjson
@@ -188,6 +191,48 @@ def test_ordinary_ids_and_names_are_not_taken_for_a_key_without_its_prefix(ordin
 
     for redact in (redact_message, redact_secrets, unkeyed):
         assert redact(ordinary) == ordinary, redact
+
+
+def hashed(name: str) -> str:
+    """`name` hashed as OpenAI recommends a `user` be sent: base64url of its SHA-256, 43 characters."""
+    return base64.urlsafe_b64encode(hashlib.sha256(name.encode()).digest()).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("word", ["organization", "subscription", "installation", "conversation"])
+def test_a_word_no_key_id_can_be_is_not_taken_for_a_key(word: str) -> None:
+    """A key's id is 12 characters of `ID_ALPHABET`, which has no `l`, `o`, `0` nor `1`; any 12 lowercase letters
+    and digits were taken for one, so a hashed end-user id (`organization_<base64url SHA-256>`) was redacted from
+    the ledger's `user`, and every such user's attribution lost (review)."""
+    from handler.pipeline.key_admin import ID_ALPHABET
+    from handler.redaction import redact_message, redact_secrets, unkeyed
+
+    assert any(c not in ID_ALPHABET for c in word)
+    value = f"{word}_{hashed('acme-corp')}"
+    for redact in (redact_message, redact_secrets, unkeyed):
+        assert redact(value) == value, redact
+
+
+def test_the_key_id_shape_is_the_minted_ids_alphabet() -> None:
+    from handler.pipeline.key_admin import ID_ALPHABET
+    from handler.redaction import unkeyed
+
+    secret = "A" + "b" * 42
+    for char in string.ascii_lowercase + string.digits:
+        assert (unkeyed(f"{char * 12}_{secret}") == REDACTED) == (char in ID_ALPHABET), char
+
+
+@pytest.mark.parametrize("form", ["{body}-prod", "{body}_2", "{body}x", "id:{body}.v2"])
+def test_a_gateway_key_without_its_prefix_and_with_a_suffix_is_redacted(form: str) -> None:
+    """A key without its `gwk_` followed by more of a key's characters (`<key>-prod`, `<key>_2`) kept its whole
+    secret on the ledger line, where `gwk_<key>-prod` was redacted (review)."""
+    from handler.pipeline.key_admin import new_key_id
+    from handler.redaction import redact_message, redact_secrets, unkeyed
+
+    for _ in range(20):
+        secret = "A" + secrets.token_urlsafe(32)[1:-1] + "a"  # (43 characters, both cases, as a minted secret)
+        written = form.format(body=f"{new_key_id()}_{secret}")
+        for redact in (redact_message, redact_secrets, unkeyed):
+            assert secret not in redact(written) and secret not in redact(f"gwk_{written}"), redact
 
 
 def test_a_long_path_is_clipped_before_it_is_redacted() -> None:
