@@ -27,6 +27,7 @@ from tests.support.tools import (
     ASK_THE_TIME,
     CLOCK_TOOL,
     WEATHER_TOOL,
+    called_names,
     named_call,
     named_tool,
     streamed_arguments,
@@ -357,15 +358,7 @@ def test_a_tool_name_anthropic_refuses_goes_as_an_alias_and_the_call_comes_back_
     ]
     choice: Any = {"type": "function", "function": {"name": name}}
     settings: Any = {"model": MODEL, "messages": history, "tools": [named_tool(name)], "tool_choice": choice}
-    if stream:
-        chunks = list(client(running, key).chat.completions.create(**settings, stream=True))
-        names = [
-            d.function.name for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or [] if d.function
-        ]
-        assert [name for name in names if name] == [name]
-    else:
-        calls = client(running, key).chat.completions.create(**settings).choices[0].message.tool_calls or []
-        assert [call.function.name for call in calls] == [name]  # type: ignore[union-attr]
+    assert called_names(client(running, key), settings, stream) == [name]
     body = sent(running)["json"]
     (alias,) = [tool["name"] for tool in body["tools"]]
     assert CLAUDE_NAME.fullmatch(alias) and alias != name

@@ -26,8 +26,11 @@ from tests.support.tools import (
     CLOCK_TOOL,
     MCP_TOOL_NAME,
     WEATHER_TOOL,
+    called_names,
+    mcp_tool_use,
     named_call,
     named_tool,
+    responses_function_calls,
     streamed_arguments,
 )
 
@@ -404,15 +407,9 @@ def test_a_tool_name_converse_refuses_goes_as_an_alias_and_the_call_comes_back_b
     choice of it, now go by an alias; the model's call of the alias comes back by the client's name."""
     choice: Any = {"type": "function", "function": {"name": name}}
     settings: Any = {"model": "claude-haiku", "messages": HI, "tools": [named_tool(name)], "tool_choice": choice}
+    assert called_names(client, settings, stream) == [name]
     if stream:
-        chunks = list(client.chat.completions.create(**settings, stream=True))
-        names = [
-            d.function.name for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or [] if d.function
-        ]
-        assert [name for name in names if name] == [name] and streamed_arguments(chunks) == ['{"city":"Paris"}']
-    else:
-        calls = client.chat.completions.create(**settings).choices[0].message.tool_calls or []
-        assert [call.function.name for call in calls] == [name]  # type: ignore[union-attr]
+        assert streamed_arguments(client.chat.completions.create(**settings, stream=True)) == ['{"city":"Paris"}']
     (alias,) = sent_tool_names(bedrock)
     assert CONVERSE_NAME.fullmatch(alias) and alias != name
     assert sent(bedrock)["json"]["toolConfig"]["toolChoice"] == {"tool": {"name": alias}}
@@ -424,26 +421,14 @@ def test_a_messages_clients_mcp_tool_comes_back_by_its_name_past_converses_limit
 ) -> None:
     """Claude Code on a Bedrock deployment with an MCP tool of 83 characters: a 400 for every request before."""
     claude = anthropic_client(bedrock, bedrock.mint(name=f"mcp-messages-{stream}"))
-    tool: Any = {"name": MCP_TOOL_NAME, "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
-    settings: Any = {"model": "claude-haiku", "max_tokens": 100, "messages": HI, "tools": [tool]}
-    if stream:
-        with claude.messages.stream(**settings, tool_choice={"type": "any"}) as events:
-            message = events.get_final_message()
-    else:
-        message = claude.messages.create(**settings, tool_choice={"type": "any"})
-    use = message.content[-1]
+    use = mcp_tool_use(claude, "claude-haiku", stream)
     assert use.type == "tool_use" and use.name == MCP_TOOL_NAME and use.input == {"city": "Paris"}
     assert CONVERSE_NAME.fullmatch(sent_tool_names(bedrock)[0])
 
 
 def test_a_responses_clients_long_function_name_comes_back_as_its_own(bedrock: Running) -> None:
     key = bedrock.mint(name="mcp-responses")
-    tool = {"type": "function", **named_tool(MCP_TOOL_NAME)["function"]}
-    body = {"model": "claude-haiku", "input": "Hi", "tools": [tool], "tool_choice": "required"}
-    answer = httpx.post(f"{bedrock.url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"})
-    assert answer.status_code == 200, answer.text
-    calls = [item for item in answer.json()["output"] if item["type"] == "function_call"]
-    assert [call["name"] for call in calls] == [MCP_TOOL_NAME]
+    assert responses_function_calls(bedrock.url, key, "claude-haiku") == [MCP_TOOL_NAME]
     assert CONVERSE_NAME.fullmatch(sent_tool_names(bedrock)[0])
 
 

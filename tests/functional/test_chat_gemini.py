@@ -20,7 +20,7 @@ from tests.fakes import gemini as gemini_fake
 from tests.fakes.gemini import CALL_SIGNATURE, TEXT
 from tests.functional.conftest import Running, anthropic_client, serve_gateway
 from tests.support.servers import ServerThread
-from tests.support.tools import MCP_TOOL_NAME, named_call, named_tool
+from tests.support.tools import MCP_TOOL_NAME, mcp_tool_use, named_call, named_tool
 
 pytestmark = pytest.mark.skipif("gemini" not in REGISTRY, reason="no gemini adapter registered")
 
@@ -259,15 +259,7 @@ def test_a_function_name_gemini_refuses_goes_as_an_alias_and_the_call_comes_back
 def test_a_messages_clients_mcp_tool_comes_back_by_its_name_past_geminis_limit(
     running: Running, key: str, stream: bool
 ) -> None:
-    claude = anthropic_client(running, key)
-    tool: Any = {"name": MCP_TOOL_NAME, "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
-    settings: Any = {"model": "gemini-2.5-flash", "max_tokens": 100, "messages": HI, "tools": [tool]}
-    if stream:
-        with claude.messages.stream(**settings, tool_choice={"type": "any"}) as events:
-            message = events.get_final_message()
-    else:
-        message = claude.messages.create(**settings, tool_choice={"type": "any"})
-    use = message.content[-1]
+    use = mcp_tool_use(anthropic_client(running, key), "gemini-2.5-flash", stream)
     assert use.type == "tool_use" and use.name == MCP_TOOL_NAME and use.input == {"city": "Paris"}
     assert GEMINI_NAME.fullmatch(declared_names(running)[0])
 

@@ -12,7 +12,14 @@ import pytest
 
 from tests.fakes.openai import TEXT
 from tests.functional.conftest import Running, anthropic_client, openai_client
-from tests.support.tools import MCP_TOOL_NAME, named_call, named_tool
+from tests.support.tools import (
+    MCP_TOOL_NAME,
+    called_names,
+    mcp_tool_use,
+    named_call,
+    named_tool,
+    responses_function_calls,
+)
 
 WEATHER_TOOL = {
     "type": "function",
@@ -376,15 +383,7 @@ def test_a_function_name_openai_refuses_goes_as_an_alias_and_the_call_comes_back
     choice: Any = {"type": "function", "function": {"name": name}}
     settings: Any = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
     settings |= {"tools": [named_tool(name)], "tool_choice": choice}
-    if stream:
-        chunks = list(client(running, key).chat.completions.create(**settings, stream=True))
-        names = [
-            d.function.name for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or [] if d.function
-        ]
-        assert [name for name in names if name] == [name]
-    else:
-        calls = client(running, key).chat.completions.create(**settings).choices[0].message.tool_calls or []
-        assert [call.function.name for call in calls] == [name]  # type: ignore[union-attr]
+    assert called_names(client(running, key), settings, stream) == [name]
     (alias,) = sent_function_names(running)
     assert OPENAI_NAME.fullmatch(alias) and alias != name
     assert sent_openai(running)["tool_choice"] == {"type": "function", "function": {"name": alias}}
@@ -394,27 +393,14 @@ def test_a_function_name_openai_refuses_goes_as_an_alias_and_the_call_comes_back
 def test_a_messages_clients_mcp_tool_comes_back_by_its_name_past_openais_limit(
     running: Running, key: str, stream: bool
 ) -> None:
-    claude = anthropic_client(running, key)
-    tool: Any = {"name": MCP_TOOL_NAME, "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
-    settings: Any = {"model": "gpt-4o-mini", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}]}
-    if stream:
-        with claude.messages.stream(**settings, tools=[tool], tool_choice={"type": "any"}) as events:
-            message = events.get_final_message()
-    else:
-        message = claude.messages.create(**settings, tools=[tool], tool_choice={"type": "any"})
-    use = message.content[-1]
+    use = mcp_tool_use(anthropic_client(running, key), "gpt-4o-mini", stream)
     assert use.type == "tool_use" and use.name == MCP_TOOL_NAME and use.input == {"city": "Paris"}
     assert OPENAI_NAME.fullmatch(sent_function_names(running)[0])
 
 
 def test_a_responses_clients_long_function_name_comes_back_as_its_own_from_openai(running: Running, key: str) -> None:
     """A Responses request translated to Chat Completions (the fake is no api.openai.com)."""
-    tool = {"type": "function", **named_tool(MCP_TOOL_NAME)["function"]}
-    body = {"model": "gpt-4o-mini", "input": "Hi", "tools": [tool], "tool_choice": "required"}
-    answer = httpx.post(f"{running.url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"})
-    assert answer.status_code == 200, answer.text
-    calls = [item for item in answer.json()["output"] if item["type"] == "function_call"]
-    assert [call["name"] for call in calls] == [MCP_TOOL_NAME]
+    assert responses_function_calls(running.url, key, "gpt-4o-mini") == [MCP_TOOL_NAME]
     assert OPENAI_NAME.fullmatch(sent_function_names(running)[0])
 
 

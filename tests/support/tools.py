@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 WEATHER_TOOL: Any = {
     "type": "function",
     "function": {
@@ -42,3 +44,36 @@ def named_tool(name: str) -> Any:
 def named_call(name: str, call_id: str = "call_1") -> Any:
     """An assistant turn's call of tool `name`, for Paris, in the Chat Completions shape."""
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": '{"city":"Paris"}'}}
+
+
+def called_names(client: Any, settings: Any, stream: bool) -> list[str]:
+    """The names of the functions a Chat Completions answer calls (`client`, an OpenAI SDK client, asked
+    `settings`), whole or streamed; a stream's deltas that carry no name left out."""
+    if not stream:
+        calls = client.chat.completions.create(**settings).choices[0].message.tool_calls or []
+        return [call.function.name for call in calls]
+    chunks = client.chat.completions.create(**settings, stream=True)
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or [] if d.function]
+    return [d.function.name for d in deltas if d.function.name]
+
+
+def mcp_tool_use(claude: Any, model: str, stream: bool) -> Any:
+    """What `model` answers Claude Code's forced call of its MCP tool (`MCP_TOOL_NAME`) with, asked by `claude` (an
+    Anthropic SDK client), whole or streamed: the message's last block."""
+    tool = {"name": MCP_TOOL_NAME, "input_schema": WEATHER_TOOL["function"]["parameters"]}
+    settings: Any = {"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}]}
+    settings |= {"tools": [tool], "tool_choice": {"type": "any"}}
+    if not stream:
+        return claude.messages.create(**settings).content[-1]
+    with claude.messages.stream(**settings) as events:
+        return events.get_final_message().content[-1]
+
+
+def responses_function_calls(url: str, key: str, model: str) -> list[str]:
+    """The names of the functions a Responses answer calls when `model` is made to call one named `MCP_TOOL_NAME`
+    (`url`: the gateway's)."""
+    tool = {"type": "function", **named_tool(MCP_TOOL_NAME)["function"]}
+    body = {"model": model, "input": "Hi", "tools": [tool], "tool_choice": "required"}
+    answer = httpx.post(f"{url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"})
+    assert answer.status_code == 200, answer.text
+    return [item["name"] for item in answer.json()["output"] if item["type"] == "function_call"]
