@@ -179,7 +179,7 @@ class Charges:
             price = with_options(price, asked)
         tier = ex.service_tier
         if tier is None and served is None:
-            unasked = self.gateway.router.unasked_tiers.get(id(attempt)) if worst and not ex.plain_tier else None
+            unasked = self._learned_tier(ex, attempt) if worst else None
             return price if unasked is None else scaled(price, max(attempt.tiers.get(unasked, 1.0), 1.0))
         # A service tier the deployment was not sent (dropped and named) is not billed; one the answer says it
         # ran at is billed at that tier, as OpenAI bills it (`priority` is served at `default` past its ramp limits).
@@ -211,9 +211,13 @@ class Charges:
         """How an attempt the provider may bill but never answered is taken to have been served, for the worst case
         it is charged: a request that names no service tier (or `auto`) at the tier its deployment runs such requests
         at (`Router.unasked_tiers`), as its worst case was reserved; else as asked (None)."""
-        unasked = ex.service_tier is None and not ex.plain_tier
-        tier = self.gateway.router.unasked_tiers.get(id(attempt)) if unasked else None
+        tier = self._learned_tier(ex, attempt)
         return None if tier is None else Served({SERVICE_TIER: tier})
+
+    def _learned_tier(self, ex: Exchange, attempt: Attempt) -> str | None:
+        """The tier `attempt`'s deployment runs `ex` at, where `ex` named none (`Exchange.tier_unnamed`) and the
+        config or an answer said a dearer one than the default (`Router.unasked_tiers`)."""
+        return self.gateway.router.unasked_tiers.get(id(attempt)) if ex.tier_unnamed else None
 
     def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage, served: Served | None = None) -> Cost:
         """What `usage` at `attempt` costs, with the options billed per request; `served`: what the answer says of

@@ -155,6 +155,12 @@ class Exchange:
         # (handler/api/answer_size.py), before its settlement is written.
         self.ledger_item: LedgerItem | None = None
 
+    @property
+    def tier_unnamed(self) -> bool:
+        """The request named no service tier (or `auto`): it runs at the tier its deployment runs such requests at
+        (`Router.unasked_tiers`)."""
+        return self.service_tier is None and not self.plain_tier
+
     def headers(self) -> dict[str, str]:
         """The gateway's headers for this answer, as far as they are known."""
         headers = {"x-request-id": self.request_id}

@@ -959,7 +959,7 @@ class Pipeline(Charges):
                     # Part of the cost is their reserved worst case, no count the provider gave: the line says so
                     # (it said `provider`, and reports counted it as known exactly).
                     source = "reserved"
-        if served is not None and ex.service_tier is None and not ex.plain_tier and attempt is not None:
+        if served is not None and ex.tier_unnamed and attempt is not None:
             self._ran_unasked(attempt, served)
         if usage is not None and attempt is not None:
             ex.cost = self._cost(ex, attempt, usage, served) if not free else Cost(0.0, 0.0, usage, None)
