@@ -347,13 +347,11 @@ def aliased_functions(body: dict[str, Any], req: ChatRequest) -> None:
         functions += [call["function"] for call in message.get("tool_calls") or ()]
         if message["role"] == "tool" and isinstance(message.get("name"), str):
             functions.append(message)
-    if all(openai_takes(function["name"]) for function in functions):
+    if not functions:
         return
-    from adapters.providers.tool_names import aliases  # (a request with a name OpenAI refuses)
-
-    made = aliases(req, openai_takes)
+    names = ToolNames(req, openai_takes)
     for function in functions:
-        function["name"] = made.get(function["name"], function["name"])
+        function["name"] = names.wire(function["name"])
 
 
 def _plain_tools(tools: list[dict[str, Any]] | None) -> None:
