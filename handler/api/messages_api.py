@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -49,7 +49,7 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", defer_build=True, strict=True)
 
 
-Blocks = str | Annotated[list[dict[str, Any]], Field(fail_fast=True)]  # (see `handler.schemas.Parts`)
+Blocks = str | list[dict[str, Any]]
 
 
 class AnthropicMessage(_Open):
@@ -88,9 +88,9 @@ class MessagesCountRequest(_Open):
     """An Anthropic `count_tokens` request body: a Messages request without `max_tokens`."""
 
     model: str = Field(min_length=1)
-    messages: list[AnthropicMessage] = Field(min_length=1, fail_fast=True)
+    messages: list[AnthropicMessage] = Field(min_length=1)
     system: Blocks | None = None
-    tools: list[AnthropicTool] | None = Field(default=None, fail_fast=True)
+    tools: list[AnthropicTool] | None = None
     tool_choice: AnthropicToolChoice | None = None
     thinking: AnthropicThinking | None = None
     output_config: OutputConfig | None = None
@@ -100,7 +100,7 @@ class MessagesRequest(MessagesCountRequest):
     """An Anthropic Messages API request body."""
 
     max_tokens: int = Field(ge=1)
-    stop_sequences: list[str] | None = Field(default=None, fail_fast=True)
+    stop_sequences: list[str] | None = None
     temperature: float | None = Field(default=None, ge=0, le=1)
     top_p: float | None = Field(default=None, ge=0, le=1)
     stream: bool | None = None

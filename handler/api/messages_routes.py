@@ -157,7 +157,7 @@ class MessagesRoutes:
         api = self.api
         key = await api.authenticate(request, allow_x_api_key=True)
         data = await api.parse_json(request)
-        body = api.validate(MessagesRequest, data)
+        body = api.validate(MessagesRequest, data, request)
         req, untranslated = to_chat_request(body)
         ex = api.exchange(
             request, key, req.model, stream=req.stream, anthropic=True, extra=body.model_extra, known=MESSAGES
@@ -187,7 +187,7 @@ class MessagesRoutes:
         api = self.api
         key = await api.authenticate(request, allow_x_api_key=True)
         data = await api.parse_json(request)
-        body = api.validate(MessagesCountRequest, data)
+        body = api.validate(MessagesCountRequest, data, request)
         req, untranslated = to_chat_request(body)
         ex = api.exchange(
             request, key, req.model, stream=req.stream, anthropic=True, extra=body.model_extra, known=MESSAGES

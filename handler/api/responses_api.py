@@ -23,10 +23,10 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from handler.errors import InvalidRequestError
 from handler.pipeline.pricing import Cost
@@ -100,14 +100,16 @@ class TextConfig(_Open):
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
+METADATA_PAIRS = 16
+
+
 class ResponsesRequest(_Open):
     """An OpenAI Responses API request body (`POST /v1/responses`)."""
 
     model: str = Field(min_length=1)
-    # (each list up to its first bad item: see `handler.schemas.Parts`)
-    input: str | Annotated[list[dict[str, Any]], Field(fail_fast=True)] = Field(default_factory=list)
+    input: str | list[dict[str, Any]] = Field(default_factory=list)
     instructions: str | None = None
-    tools: list[dict[str, Any]] | None = Field(default=None, fail_fast=True)
+    tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     reasoning: ReasoningConfig | None = None
@@ -125,6 +127,19 @@ class ResponsesRequest(_Open):
     stream: bool | None = None
     service_tier: str | None = None
     truncation: Literal["auto", "disabled"] | None = None
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _few_pairs(cls, metadata: Any) -> Any:
+        """OpenAI's limits on `metadata` (16 pairs, keys of 64 characters, values of 512), checked before its values
+        are: a dict is validated whole, and 200,000 wrong values held the event loop for a second."""
+        if isinstance(metadata, dict):
+            if len(metadata) > METADATA_PAIRS:
+                raise ValueError(f"at most {METADATA_PAIRS} key-value pairs, not {len(metadata)}")
+            for name, value in metadata.items():
+                if len(name) > 64 or (isinstance(value, str) and len(value) > 512):
+                    raise ValueError(f"'{name[:64]}': keys are at most 64 characters, values 512")
+        return metadata
 
     @property
     def stored(self) -> bool:
