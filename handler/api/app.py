@@ -66,7 +66,7 @@ logger = logging.getLogger("gateway")
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 JSON = "application/json"
-MAX_JSON_DEPTH = 128  # well under the 254 levels orjson can write back out (see nested_deeper_than)
+MAX_JSON_DEPTH = 128  # well under the 254 levels orjson can write back out (see refused_bodies.nested_deeper_than)
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -216,18 +216,25 @@ class Api:
         if not isinstance(data, dict):
             raise InvalidRequestError("the request body must be a JSON object")
         # Nesting needs an opening bracket per level: a body with few cannot be too deep (no walk).
-        if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and nested_deeper_than(data, MAX_JSON_DEPTH):
-            raise InvalidRequestError(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+        if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
+            from handler.api.refused_bodies import nested_deeper_than
+
+            if nested_deeper_than(data, MAX_JSON_DEPTH):
+                raise InvalidRequestError(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
         return data
 
     def validate(self, model: type[M], data: dict[str, Any], request: Request | None = None) -> M:
         """`data` as `model`, or the client's 400 naming the first problem. A large body (`request`'s, as read) is
-        validated with every list stopping at its first bad item (`fail_fast_validator`)."""
+        validated with every list stopping at its first bad item (`refused_bodies.fail_fast_validator`)."""
         try:
             if request is not None and len(getattr(request, "_body", b"")) > FAIL_FAST_BYTES:
+                from handler.api.refused_bodies import fail_fast_validator
+
                 return fail_fast_validator(model).validate_python(data)  # type: ignore[no-any-return]
             return model.model_validate(data)
         except ValidationError as exc:
+            from handler.api.refused_bodies import invalid_from_validation
+
             raise invalid_from_validation(exc, data) from None
         except RecursionError:
             raise InvalidRequestError("the request body is nested too deeply") from None
@@ -420,119 +427,10 @@ async def openai_events(stream: ChunkStream, include_usage: bool) -> AsyncIterat
     yield DONE
 
 
-def nested_deeper_than(data: Any, limit: int) -> bool:
-    """Whether JSON `data` nests deeper than `limit` levels. orjson parses 1024 levels but writes only 254,
-    so a deeper body would parse, then fail (a 500) when the adapter serializes it for the upstream. Level by
-    level, keeping only the containers: a coding agent's 105 KB body took 1.0-1.2 ms when every value was
-    stacked, 0.4 ms so (its JSON parse: 0.6 ms)."""
-    level = [data]
-    for _ in range(limit):
-        below = []
-        for value in level:
-            items = value.values() if type(value) is dict else value
-            below += [item for item in items if type(item) is dict or type(item) is list]
-        if not below:
-            return False
-        level = below
-    return True
-
-
-# Past this many bytes, a body is validated by `fail_fast_validator`'s validator for its model: a list a client can
-# make long stops at its first bad item, which the 400 names. pydantic's own goes on: 1 MB of `messages` that were
-# 500,000 `1`s made an error each and held the event loop 3-5 s. (As `Field(fail_fast=True)` on the models' lists,
-# the same cost 1.5 million instructions of every Lambda cold start; this validator is built on the first large body.)
+# Past this many bytes, a body is validated by `refused_bodies.fail_fast_validator`'s validator for its model: a list a
+# client can make long stops at its first bad item, which the 400 names. pydantic's own goes on: 1 MB of `messages`
+# that were 500,000 `1`s made an error each and held the event loop 3-5 s.
 FAIL_FAST_BYTES = 16 * 1024
-_fail_fast: dict[type[BaseModel], Any] = {}
-
-
-def fail_fast_validator(model: type[BaseModel]) -> Any:
-    """A validator of `model` with every list of its schema, however deep, `fail_fast`: for a valid body the same
-    model as `model.model_validate` gives; for an invalid one, each list's first bad item alone."""
-    validator = _fail_fast.get(model)
-    if validator is None:
-        from pydantic_core import SchemaValidator
-
-        model.model_rebuild()  # (built on its first use: `defer_build`)
-        classes: set[type[BaseModel]] = set()
-        schema = _lists_fail_fast(model.__pydantic_core_schema__, classes)
-        # pydantic-core builds a model's schema as that model's own validator, lists and all, once the model is
-        # complete: each is marked incomplete while this one is built.
-        complete = {cls: cls.__dict__.get("__pydantic_complete__", False) for cls in classes}
-        try:
-            for cls in classes:
-                cls.__pydantic_complete__ = False
-            validator = _fail_fast[model] = SchemaValidator(schema)
-        finally:
-            for cls, was in complete.items():
-                cls.__pydantic_complete__ = was
-    return validator
-
-
-def _lists_fail_fast(schema: Any, classes: set[type[BaseModel]]) -> Any:
-    """A copy of the core schema `schema` with `fail_fast` set on each list schema in it, the models it holds added
-    to `classes`."""
-    if isinstance(schema, list):
-        return [_lists_fail_fast(item, classes) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    copy = {name: _lists_fail_fast(value, classes) for name, value in schema.items()}
-    kind = copy.get("type")
-    if kind == "list":
-        copy["fail_fast"] = True
-    elif kind == "model":
-        classes.add(copy["cls"])
-    return copy
-
-
-# The most of a validation's errors read for its 400, which names one: pydantic builds its whole list of them, a
-# dict each, and 500,000 of them (a body's dict of wrong values) held the event loop for seconds.
-ERRORS_READ = 64
-
-
-def invalid_from_validation(exc: ValidationError, data: Any = None) -> InvalidRequestError:
-    """The client's 400 for the first field with a problem, at its deepest (of a union's members, the one that
-    went furthest: a text part without its text is named there, not as content that is not a string)."""
-    errors = first_errors(exc)
-    field = errors[0]["loc"][:1]
-    first = max((e for e in errors if e["loc"][:1] == field), key=lambda e: len(e["loc"]))
-    loc = ".".join(str(p) for p in param_path(first["loc"], data) if not str(p).startswith("function-"))
-    extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-    return InvalidRequestError(f"{loc}: {first['msg']}{extra}" if loc else f"{first['msg']}{extra}", param=loc or None)
-
-
-def first_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    """`exc`'s first `ERRORS_READ` errors (`type`, `loc`, `msg`). Past that many, read from pydantic-core's JSON of
-    them, written in Rust a tenth as slowly as `errors()` builds its dicts, and only those decoded."""
-    if exc.error_count() <= ERRORS_READ:
-        return [dict(error) for error in exc.errors(include_url=False, include_context=False, include_input=False)]
-    import json
-
-    text = exc.json(include_url=False, include_context=False, include_input=False)
-    decoder, at = json.JSONDecoder(), 1  # (past the list's `[`; each error ends before a `,`)
-    errors: list[dict[str, Any]] = []
-    while len(errors) < ERRORS_READ:
-        error, at = decoder.raw_decode(text, at)
-        errors.append(error)
-        at += 1
-    return errors
-
-
-def param_path(loc: tuple[int | str, ...], data: Any) -> list[int | str]:
-    """The path of a validation error within the client's body: pydantic's `loc` less the names it adds for
-    the members of a union (`"stop": 5` was `param: "stop.str"`), found by walking `data` along it. A name is
-    the body's where the body has it there, or where it is the last (a missing field)."""
-    if data is None:
-        return list(loc)
-    path: list[int | str] = []
-    for position, part in enumerate(loc):
-        if isinstance(part, int) and isinstance(data, list) and -len(data) <= part < len(data):
-            data = data[part]
-        elif isinstance(part, str) and isinstance(data, dict) and (part in data or position == len(loc) - 1):
-            data = data.get(part)
-        else:
-            continue
-        path.append(part)
-    return path
 
 
 BEHIND_WEB_ADAPTER = bool(os.environ.get("AWS_LWA_INVOKE_MODE") or os.environ.get("AWS_LWA_PORT"))

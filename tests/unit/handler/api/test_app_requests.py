@@ -16,14 +16,12 @@ from starlette.requests import Request
 from handler.api import app as app_module
 from handler.api.app import (
     MAX_JSON_DEPTH,
-    fail_fast_validator,
-    invalid_from_validation,
     lambda_time_left_s,
     lwa_source_ip,
-    nested_deeper_than,
     parse_controls,
 )
 from handler.api.messages_api import MessagesRequest
+from handler.api.refused_bodies import fail_fast_validator, invalid_from_validation, nested_deeper_than
 from handler.api.responses_api import ResponsesRequest
 from handler.errors import InvalidRequestError
 from handler.schemas import ChatRequest
