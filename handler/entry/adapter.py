@@ -90,7 +90,17 @@ class HTTPGatewayOnce(ReadOnce, HTTPGateway):
 
 
 class ALBOnce(ReadOnce, ALB):
-    """An Application Load Balancer's."""
+    """An Application Load Balancer's. Its client is the address the balancer saw, which it appends to
+    `X-Forwarded-For`: Mangum gives the whole header, whose first hops the client writes itself (a client sending
+    `X-Forwarded-For: 10.0.0.1` was `10.0.0.1, <its address>`, and one changing it each time was a new client to
+    count each time: `POST /dashboard/sign-in`'s failures)."""
+
+    @functools.cached_property
+    def scope(self) -> Scope:
+        scope = super().scope
+        forwarded, port = scope["client"]
+        scope["client"] = (forwarded.rpartition(",")[2].strip(), port)
+        return scope
 
 
 class APIGatewayOnce(ReadOnce, APIGateway):

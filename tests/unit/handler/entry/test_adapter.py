@@ -154,3 +154,23 @@ def test_an_invocation_runs_the_app_through_the_same_messages_and_answer_as_mang
     ours = lambda_adapter(app)(event, Context())  # type: ignore[arg-type]
     assert ours == plain
     asyncio.get_event_loop().close()
+
+
+async def client_host(request: Request) -> JSONResponse:
+    return JSONResponse({"client": request.client.host if request.client else None})
+
+
+def test_an_albs_client_is_the_address_the_balancer_saw_not_the_clients_own_hops() -> None:
+    """Mangum gave an ALB request's whole `X-Forwarded-For` as its client, `10.0.0.1, 203.0.113.7` for a client that
+    sent `X-Forwarded-For: 10.0.0.1`: an address it chose, anew each time, for whatever counts by client address
+    (failed dashboard sign-ins), and none of a key's `allow_ips` for its real one. The balancer appends the address
+    it saw: that one is the client."""
+    app = Starlette(routes=[Route("/{path:path}", client_host, methods=["POST"])])
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    for forwarded, client in (("10.0.0.1, 203.0.113.7", "203.0.113.7"), ("203.0.113.7", "203.0.113.7"), (None, "")):
+        event = alb_event()
+        if forwarded is not None:
+            event["headers"]["x-forwarded-for"] = forwarded
+        answer = lambda_adapter(app)(event, Context())  # type: ignore[arg-type]
+        assert json.loads(answer["body"]) == {"client": client}
+    asyncio.get_event_loop().close()
