@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from starlette.routing import Route
 
 from handler.entry.adapter import lambda_adapter
 from handler.entry.priming import Context
+from handler.redaction import NAME_CHARS
 
 EVENTS = Path(__file__).parents[4] / "events"
 
@@ -173,4 +175,29 @@ def test_an_albs_client_is_the_address_the_balancer_saw_not_the_clients_own_hops
             event["headers"]["x-forwarded-for"] = forwarded
         answer = lambda_adapter(app)(event, Context())  # type: ignore[arg-type]
         assert json.loads(answer["body"]) == {"client": client}
+    asyncio.get_event_loop().close()
+
+
+def test_a_long_path_is_clipped_in_the_invocations_log_line_and_a_key_in_it_redacted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The buffered function's access line (Mangum's `GET /path 404`) had the event's whole path: a 60,000-character
+    path was a 60 KB log line (CloudWatch bills each byte), and a key pasted into a path was logged whole, where
+    `gateway serve`'s request line clips and redacts it (`path_clipped`)."""
+    from handler.api.app import create_app
+    from handler.pipeline.gateway import build_gateway
+
+    app = create_app(build_gateway(store_url="sqlite://", environ={}))
+    secret = "S3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3t"
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    caplog.set_level(logging.INFO, logger="mangum.http")
+    for path in ("/v2/" + "a" * 60_000, f"/admin/keys/gwk_abcdefghijkm_{secret}"):
+        event = json.loads((EVENTS / "not-found-route.json").read_text())
+        event["rawPath"] = event["requestContext"]["http"]["path"] = path
+        caplog.clear()
+        answer = lambda_adapter(app)(event, Context())  # type: ignore[arg-type]
+        assert answer["statusCode"] in (401, 404)
+        [line] = [record.getMessage() for record in caplog.records if record.name == "mangum.http"]
+        assert line.startswith("GET /") and line.endswith(str(answer["statusCode"]))
+        assert len(line) < NAME_CHARS + 20 and secret not in line
     asyncio.get_event_loop().close()
