@@ -126,7 +126,7 @@ class Endpoints:
         from handler.pipeline.key_admin import KeyAdmin
 
         gateway = self.api.gateway
-        return Dashboard(self.api.parse, gateway.store, KeyAdmin(gateway.keys))
+        return Dashboard(self.api.parse, self.api.client_ip, gateway.store, KeyAdmin(gateway.keys))
 
 
 class RouteSpec(Value):
@@ -477,7 +477,10 @@ ROUTES: tuple[RouteSpec, ...] = (
         lambda o: o.operation(
             o.json_answer(o.ANY_OBJECT, "the session: `key`, `key_id`, `expires_at`, `signed_in_as`"),
             body=o.ref("SignIn"),
-            errors={"401": "sign_in_link_expired (used already or expired), key_revoked"},
+            errors={
+                "401": "sign_in_link_expired (used already or expired), key_revoked",
+                "429": "rate_limit_exceeded (10 failed sign-ins from the address within a minute)",
+            },
             auth_errors={"400": "invalid_request", "503": "store_unavailable"},
         ),
     ),

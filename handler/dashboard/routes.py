@@ -26,6 +26,12 @@ a child of the one the link stood for, expiring after `SESSION_SECONDS` (or with
 there the page works as if that key had been typed in; its "Sign out" revokes the session, and revoking the
 parent ends every session under it.
 
+Failed sign-ins. Every token sent costs a store read (on DynamoDB, billed), and the route takes no key: a client
+address has `SIGN_IN_FAILURES` tries that fail a `SIGN_IN_WINDOW_SECONDS`, then a 429 with `retry-after` until its
+window ends, without a store read (`SignInFailures`; per process, so per worker and per Lambda environment). The
+address is the one the app checks keys' `allow_ips` against (`Api.client_ip`): the peer, or API Gateway's source IP
+on Lambda, and `X-Forwarded-For` only behind a proxy `gateway.trusted_proxies` names.
+
 The page runs under `Content-Security-Policy: default-src 'self'` with no inline script or style, so a
 key name or model name shown on it cannot run as code; `form-action 'none'` keeps the key form from ever
 submitting the key as a query string. Nothing is fetched from anywhere but this gateway (no CDN, no fonts).
@@ -33,6 +39,8 @@ submitting the key as a query string. Nothing is fetched from anywhere but this 
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -45,7 +53,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from handler.dashboard.assets import ASSETS, PAGE
-from handler.errors import AuthenticationError, NotFoundError
+from handler.errors import AuthenticationError, NotFoundError, RateLimitError
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import hash_secret
 from handler.ports import KeyRecord, Store
@@ -103,6 +111,68 @@ def live_admin(record: KeyRecord | None, now: float) -> TypeGuard[KeyRecord]:
 SIGN_IN_BYTES = 4096
 
 
+# Sign-ins that may fail from one client address in a window, the window, and how many addresses' windows a process
+# keeps (the oldest dropped first past it: one entry each, whatever the addresses a client makes up).
+SIGN_IN_FAILURES = 10
+SIGN_IN_WINDOW_SECONDS = 60
+SIGN_IN_ADDRESSES = 4096
+
+
+def sign_in_source(address: str | None) -> str:
+    """Whose tries a sign-in counts against: its client's address, an IPv6 one by its /64 (one host's usual share:
+    counted by address, a client would have 2**64 windows to spread its tries over)."""
+    if address is None:
+        return ""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]  # (no address: an unreadable `X-Forwarded-For` hop a trusted proxy passed on)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else ip)
+
+
+class SignInFailures:
+    """Sign-ins counted by client address in fixed windows of `SIGN_IN_WINDOW_SECONDS` from each address's first try,
+    for at most `SIGN_IN_ADDRESSES` addresses. A try is counted as it starts and given back if it succeeds, so that
+    tries sent at once cannot pass the bound together."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._windows: dict[str, tuple[float, int]] = {}  # source -> (window's start, tries); oldest window first
+
+    def start(self, source: str) -> None:
+        """Count a try from `source`, or a 429 if its window holds `SIGN_IN_FAILURES` already."""
+        now = self.clock()
+        window = self._windows.get(source)
+        if window is not None and now - window[0] < SIGN_IN_WINDOW_SECONDS:
+            start, tries = window
+            if tries >= SIGN_IN_FAILURES:
+                wait = max(1, math.ceil(start + SIGN_IN_WINDOW_SECONDS - now))
+                raise RateLimitError(
+                    f"{tries} failed sign-ins from this address within {SIGN_IN_WINDOW_SECONDS} seconds; retry in "
+                    f"{wait}s, with a new link from `gateway dashboard`",
+                    headers={"retry-after": str(wait)},
+                )
+            self._windows[source] = (start, tries + 1)
+            return
+        self._windows.pop(source, None)
+        while self._windows:  # ended windows go, oldest first
+            oldest = next(iter(self._windows))
+            if now - self._windows[oldest][0] < SIGN_IN_WINDOW_SECONDS:
+                break
+            del self._windows[oldest]
+        self._windows[source] = (now, 1)
+        if len(self._windows) > SIGN_IN_ADDRESSES:
+            del self._windows[next(iter(self._windows))]
+
+    def succeeded(self, source: str) -> None:
+        """Give back the try a sign-in from `source` counted."""
+        window = self._windows.get(source)
+        if window is not None and window[1] > 0:
+            self._windows[source] = (window[0], window[1] - 1)
+
+
 class SignIn(BaseModel):
     """The body of `POST /dashboard/sign-in`."""
 
@@ -115,8 +185,15 @@ class Dashboard:
     """Serves the dashboard's shell (the files are read once, when the app is built) and trades sign-in links
     for sessions."""
 
-    def __init__(self, parse: Callable[..., Awaitable[SignIn]], store: Store, keys: KeyAdmin) -> None:
-        self.parse, self.store, self.keys = parse, store, keys
+    def __init__(
+        self,
+        parse: Callable[..., Awaitable[SignIn]],
+        client_ip: Callable[[Request], str | None],
+        store: Store,
+        keys: KeyAdmin,
+    ) -> None:
+        self.parse, self.client_ip, self.store, self.keys = parse, client_ip, store, keys
+        self.sign_ins = SignInFailures()
         self.page = read_asset(PAGE)
         self.assets = {name: (read_asset(name), media_type) for name, media_type in ASSETS.items()}
 
@@ -133,6 +210,8 @@ class Dashboard:
 
     async def sign_in(self, request: Request) -> Response:
         """A sign-in link's token, once, for a session key (see the module docstring)."""
+        source = sign_in_source(self.client_ip(request))
+        self.sign_ins.start(source)
         spec = await self.parse(request, SignIn, max_bytes=SIGN_IN_BYTES)
         key_id = await self.store.take_sign_in(hash_secret(spec.token))
         if key_id is None:
@@ -145,6 +224,7 @@ class Dashboard:
         admin = await self.store.get_key(key_id)
         if not live_admin(admin, now):
             raise AuthenticationError("the key this link signs in as is no longer a live admin key", code="key_revoked")
+        self.sign_ins.succeeded(source)
         ends = now + SESSION_SECONDS if admin.expires_at is None else min(now + SESSION_SECONDS, admin.expires_at)
         session = KeyRecord(
             id="",

@@ -8,6 +8,9 @@ which is the window in which a revoked, rotated-out or narrowed key may still be
 process that saw it just before. A secret its cached record refuses is checked against the store once more
 before it is refused (a rotation elsewhere gives a secret the cached record cannot know), at most once a
 `RECHECK_SECONDS` per key: a stream of wrong secrets for a real key id is not a store read each.
+
+The cache is bounded, oldest read first out: `KEYS_HELD` records of keys, and apart from them, `UNKNOWN_HELD` ids
+the store had no key for, so that a client sending made-up keys pushes out only other made-up ones.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ KEY_PREFIX = "gwk"
 ID_LENGTH = 12
 # How often a key's record may be read again for a secret its cached copy refuses (see the module docstring).
 RECHECK_SECONDS = 1.0
+# How many keys' records a process holds, and apart from them how many ids of no key (see the module docstring).
+KEYS_HELD = 10_000
+UNKNOWN_HELD = 1_000
 
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -155,7 +161,10 @@ class KeyService:
         self.store = store
         self.cache_seconds = cache_seconds
         self.clock = clock
+        # Each in the order its entries were read (a plain dict: a hit costs what it did; an OrderedDict's lookup
+        # is slower), the oldest evicted first.
         self._cache: dict[str, CachedKey] = {}
+        self._unknown: dict[str, CachedKey] = {}
 
     async def chain(self, record: KeyRecord) -> list[tuple[str, KeyRecord | None]]:
         """`record` and its ancestors, nearest first, by id (None for one that no longer exists)."""
@@ -168,7 +177,7 @@ class KeyService:
         """Cache the record this process just wrote: a key homed in another region is written there, and this
         region's replica has the write only with replication (a rotated secret was 401 here for 1.09 s)."""
         if self.cache_seconds > 0:
-            self._cache[record.id] = CachedKey(self.clock(), record)
+            self._keep(record.id, CachedKey(self.clock(), record))
         else:
             self._cache.pop(record.id, None)
 
@@ -177,8 +186,10 @@ class KeyService:
         the cache may be arbitrarily old)."""
         if key_id is None:
             self._cache.clear()
+            self._unknown.clear()
         else:
             self._cache.pop(key_id, None)
+            self._unknown.pop(key_id, None)
 
     async def lookup(self, key_id: str) -> KeyRecord | None:
         """The record, from the warm cache when fresh."""
@@ -187,18 +198,32 @@ class KeyService:
     async def _cached(self, key_id: str, now: float) -> CachedKey:
         """The key from the warm cache when fresh, else read from the store."""
         cached = self._cache.get(key_id)
-        if cached is not None and now - cached.read_at < self.cache_seconds:
-            return cached
-        return await self._read(key_id, now)
+        if cached is None or now - cached.read_at >= self.cache_seconds:
+            cached = self._unknown.get(key_id)
+            if cached is None or now - cached.read_at >= self.cache_seconds:
+                cached = await self._read(key_id, now)
+        return cached
 
     async def _read(self, key_id: str, now: float, latest: bool = False) -> CachedKey:
         """The key read from the store (`latest`: as its home region has it, `Store.get_key_latest`), and cached."""
         cached = CachedKey(now, await (self.store.get_key_latest if latest else self.store.get_key)(key_id))
         if self.cache_seconds > 0:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key_id] = cached
+            self._keep(key_id, cached)
         return cached
+
+    def _keep(self, key_id: str, cached: CachedKey) -> None:
+        """Cache `cached` as the newest entry of its map (a key's record, or an id of no key), evicting that map's
+        oldest past its bound: emptied whole past 10,000 entries, the cache let 10,001 made-up keys cost every valid
+        key a store read again."""
+        if cached.record is None:
+            held, other, bound = self._unknown, self._cache, UNKNOWN_HELD
+        else:
+            held, other, bound = self._cache, self._unknown, KEYS_HELD
+        other.pop(key_id, None)
+        held.pop(key_id, None)  # (put back last: the order is that of the reads)
+        held[key_id] = cached
+        if len(held) > bound:
+            del held[next(iter(held))]
 
     async def _reread(self, key_id: str, cached: CachedKey, now: float) -> CachedKey:
         """For a secret the cached record `cached` refused: the record read again (a rotation by another process
@@ -236,7 +261,9 @@ class KeyService:
         now = self.clock()
         cached, fresh = self._cache.get(key_id), False
         if cached is None or now - cached.read_at >= self.cache_seconds:
-            cached, fresh = await self._read(key_id, now), True
+            cached = self._unknown.get(key_id)
+            if cached is None or now - cached.read_at >= self.cache_seconds:
+                cached, fresh = await self._read(key_id, now), True
         digest = hash_secret(secret)
         record = cached.record
         if not secret_matches(record, digest, now):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from starlette.routing import Route
 
 from handler.entry.adapter import lambda_adapter
 from handler.entry.priming import Context
+from handler.redaction import NAME_CHARS
 
 EVENTS = Path(__file__).parents[4] / "events"
 
@@ -153,4 +155,49 @@ def test_an_invocation_runs_the_app_through_the_same_messages_and_answer_as_mang
     plain = Mangum(app, lifespan="off")(event, Context())  # type: ignore[arg-type]
     ours = lambda_adapter(app)(event, Context())  # type: ignore[arg-type]
     assert ours == plain
+    asyncio.get_event_loop().close()
+
+
+async def client_host(request: Request) -> JSONResponse:
+    return JSONResponse({"client": request.client.host if request.client else None})
+
+
+def test_an_albs_client_is_the_address_the_balancer_saw_not_the_clients_own_hops() -> None:
+    """Mangum gave an ALB request's whole `X-Forwarded-For` as its client, `10.0.0.1, 203.0.113.7` for a client that
+    sent `X-Forwarded-For: 10.0.0.1`: an address it chose, anew each time, for whatever counts by client address
+    (failed dashboard sign-ins), and none of a key's `allow_ips` for its real one. The balancer appends the address
+    it saw: that one is the client."""
+    app = Starlette(routes=[Route("/{path:path}", client_host, methods=["POST"])])
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    for forwarded, client in (("10.0.0.1, 203.0.113.7", "203.0.113.7"), ("203.0.113.7", "203.0.113.7"), (None, "")):
+        event = alb_event()
+        if forwarded is not None:
+            event["headers"]["x-forwarded-for"] = forwarded
+        answer = lambda_adapter(app)(event, Context())  # type: ignore[arg-type]
+        assert json.loads(answer["body"]) == {"client": client}
+    asyncio.get_event_loop().close()
+
+
+def test_a_long_path_is_clipped_in_the_invocations_log_line_and_a_key_in_it_redacted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The buffered function's access line (Mangum's `GET /path 404`) had the event's whole path: a 60,000-character
+    path was a 60 KB log line (CloudWatch bills each byte), and a key pasted into a path was logged whole, where
+    `gateway serve`'s request line clips and redacts it (`path_clipped`)."""
+    from handler.api.app import create_app
+    from handler.pipeline.gateway import build_gateway
+
+    app = create_app(build_gateway(store_url="sqlite://", environ={}))
+    secret = "S3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3t"
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    caplog.set_level(logging.INFO, logger="mangum.http")
+    for path in ("/v2/" + "a" * 60_000, f"/admin/keys/gwk_abcdefghijkm_{secret}"):
+        event = json.loads((EVENTS / "not-found-route.json").read_text())
+        event["rawPath"] = event["requestContext"]["http"]["path"] = path
+        caplog.clear()
+        answer = lambda_adapter(app)(event, Context())  # type: ignore[arg-type]
+        assert answer["statusCode"] in (401, 404)
+        [line] = [record.getMessage() for record in caplog.records if record.name == "mangum.http"]
+        assert line.startswith("GET /") and line.endswith(str(answer["statusCode"]))
+        assert len(line) < NAME_CHARS + 20 and secret not in line
     asyncio.get_event_loop().close()

@@ -218,3 +218,44 @@ async def test_wrong_secrets_for_a_real_key_cost_one_store_read_a_second_at_most
     assert store.reads == reads + 2
     assert (await service.authenticate(minted.key, None)).id == minted.record.id  # the right one: no read
     assert store.reads == reads + 2
+
+
+def unknown_key(number: int) -> str:
+    """A well-formed key whose id no store holds."""
+    return format_key(f"unknown{number:05d}", "u" * 43)
+
+
+async def test_a_flood_of_unknown_keys_does_not_cost_a_valid_key_its_cached_record() -> None:
+    """Past 10,000 entries the key cache was emptied whole: 10,001 distinct unknown keys (a client guessing, or
+    a scanner) cleared it, and every valid key then paid a store read again. Unknown ids are now held apart, in a
+    smaller map of their own, so they cannot push a key's record out."""
+    store = CountingStore()
+    service = KeyService(store, 5, clock=lambda: 1000.0)
+    minted = await KeyAdmin(service).mint(KeyRecord(id="", name="k", secret_hash="", created_at=0))
+    await service.authenticate(minted.key, None)
+    for number in range(10_001):
+        with pytest.raises(AuthenticationError):
+            await service.authenticate(unknown_key(number), None)
+    reads = store.reads
+    assert (await service.authenticate(minted.key, None)).id == minted.record.id
+    assert store.reads == reads  # still cached
+    for _ in range(50):  # a recent unknown id is still held as unknown: read once more (`RECHECK_SECONDS`) at most
+        with pytest.raises(AuthenticationError):
+            await service.authenticate(unknown_key(10_000), None)
+    assert store.reads == reads + 1
+
+
+async def test_past_its_bound_the_key_cache_lets_only_its_oldest_record_go() -> None:
+    """A fleet of more valid keys than the cache holds (10,002 for its 10,000) emptied the cache whole; it now costs
+    a store read for the two oldest records only."""
+    store = CountingStore()
+    service = KeyService(store, 5, clock=lambda: 1000.0)
+    records = [KeyRecord(id=f"fleet{number:07d}", name="k", secret_hash="", created_at=0) for number in range(10_002)]
+    for record in records:
+        await store.create_key(record)
+        assert await service.lookup(record.id) == record
+    reads = store.reads
+    assert [await service.lookup(record.id) for record in records[2:]] == records[2:]
+    assert store.reads == reads
+    assert await service.lookup(records[0].id) == records[0]
+    assert store.reads == reads + 1

@@ -1,0 +1,145 @@
+"""`POST /dashboard/sign-in` under made-up tokens: each failure was a store read (on DynamoDB, billed), without
+bound."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from handler.api.app import create_app
+from handler.config import parse_config
+from handler.dashboard.routes import (
+    SIGN_IN_ADDRESSES,
+    SIGN_IN_FAILURES,
+    SIGN_IN_WINDOW_SECONDS,
+    SignInFailures,
+    issue_sign_in,
+    sign_in_source,
+)
+from handler.errors import RateLimitError
+from handler.pipeline.gateway import Gateway, build_gateway
+from handler.pipeline.key_admin import KeyAdmin
+from handler.ports import KeyRecord
+
+
+def counting_reads(gateway: Gateway) -> list[str]:
+    """The sign-in tokens (their hashes) the gateway's store is asked for, from now on."""
+    asked: list[str] = []
+    take = gateway.store.take_sign_in
+
+    async def counted(token_hash: str) -> str | None:
+        asked.append(token_hash)
+        return await take(token_hash)
+
+    gateway.store.take_sign_in = counted  # type: ignore[method-assign]
+    return asked
+
+
+def link_token(gateway: Gateway) -> str:
+    """A live sign-in link's token, for a fresh admin key."""
+
+    async def issue() -> str:
+        template = KeyRecord(id="", name="admin", secret_hash="", created_at=0, admin=True)
+        admin = (await KeyAdmin(gateway.keys).mint(template)).record
+        return await issue_sign_in(gateway.store, admin, time.time())
+
+    return asyncio.run(issue())
+
+
+def sign_in(client: TestClient, token: str, forwarded: str | None = None) -> Any:
+    headers = {"x-forwarded-for": forwarded} if forwarded else {}
+    return client.post("/dashboard/sign-in", json={"token": token}, headers=headers)
+
+
+def test_the_eleventh_failed_sign_in_in_a_minute_is_a_429_without_a_store_read() -> None:
+    """10 made-up tokens a minute from an address are read and refused (401); the 11th, and any more, is a 429 with
+    `retry-after` that reads nothing, a real link's token too; another address signs in as before."""
+    gateway = build_gateway(store_url="sqlite://", environ={})
+    app = create_app(gateway)
+    asked = counting_reads(gateway)
+    with TestClient(app, client=("198.51.100.1", 50000)) as guesser:
+        for number in range(SIGN_IN_FAILURES):
+            assert sign_in(guesser, f"made-up-{number}").status_code == 401
+        assert len(asked) == SIGN_IN_FAILURES
+        for token in ("made-up-more", link_token(gateway)):
+            refused = sign_in(guesser, token)
+            assert refused.status_code == 429 and len(asked) == SIGN_IN_FAILURES
+            assert 1 <= int(refused.headers["retry-after"]) <= SIGN_IN_WINDOW_SECONDS
+            assert refused.headers["x-should-retry"] == "true"
+            error = refused.json()["error"]
+            assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+            assert "failed sign-ins from this address" in error["message"]
+        operator = TestClient(app, client=("203.0.113.7", 50000))
+        answer = sign_in(operator, link_token(gateway))
+        assert answer.status_code == 200 and answer.json()["key"].startswith("gwk_")
+
+
+def test_a_sign_in_that_succeeds_is_not_counted_against_its_address() -> None:
+    gateway = build_gateway(store_url="sqlite://", environ={})
+    with TestClient(create_app(gateway), client=("198.51.100.1", 50000)) as operator:
+        for _ in range(SIGN_IN_FAILURES + 2):
+            assert sign_in(operator, link_token(gateway)).status_code == 200
+        assert sign_in(operator, "made-up").status_code == 401
+
+
+def test_x_forwarded_for_names_the_address_only_behind_a_trusted_proxy() -> None:
+    """A client choosing its own `X-Forwarded-For` would have a fresh window for every try: the header is read only
+    from a proxy `gateway.trusted_proxies` names, as for a key's `allow_ips`."""
+    direct = build_gateway(store_url="sqlite://", environ={})
+    with TestClient(create_app(direct), client=("198.51.100.1", 50000)) as client:
+        answers = [sign_in(client, "made-up", f"10.0.{number}.1") for number in range(SIGN_IN_FAILURES + 1)]
+    assert [answer.status_code for answer in answers] == [401] * SIGN_IN_FAILURES + [429]
+    config = parse_config({"gateway": {"trusted_proxies": ["127.0.0.0/8"]}}, set())
+    proxied = build_gateway(config=config, store_url="sqlite://", environ={})
+    with TestClient(create_app(proxied), client=("127.0.0.1", 50000)) as proxy:
+        for _ in range(SIGN_IN_FAILURES):
+            assert sign_in(proxy, "made-up", "198.51.100.1").status_code == 401
+        assert sign_in(proxy, "made-up", "198.51.100.1").status_code == 429
+        assert sign_in(proxy, "made-up", "6.6.6.6, 198.51.100.1").status_code == 429  # (its own word is not read)
+        assert sign_in(proxy, "made-up", "198.51.100.2").status_code == 401
+
+
+def test_the_failures_kept_stay_bounded_and_ended_windows_go() -> None:
+    """Addresses by the thousand (a client's IPv6 range, or a botnet) hold at most `SIGN_IN_ADDRESSES` windows; a
+    window that ended is dropped as new ones come."""
+    now = [1000.0]
+    failures = SignInFailures(clock=lambda: now[0])
+    for number in range(3 * SIGN_IN_ADDRESSES):
+        failures.start(f"198.51.{number // 256 % 256}.{number % 256}")
+        assert len(failures._windows) <= SIGN_IN_ADDRESSES
+    now[0] += SIGN_IN_WINDOW_SECONDS
+    failures.start("203.0.113.7")
+    assert list(failures._windows) == ["203.0.113.7"]
+
+
+async def test_tries_sent_at_once_cannot_pass_the_bound_together() -> None:
+    """A try is counted as it starts, not once the store has refused it: tries sent together are held to the bound
+    too."""
+    failures = SignInFailures()
+    started = 0
+    for _ in range(3 * SIGN_IN_FAILURES):
+        try:
+            failures.start("198.51.100.1")
+            started += 1
+        except RateLimitError as refused:
+            assert 1 <= int(refused.headers["retry-after"]) <= SIGN_IN_WINDOW_SECONDS
+    assert started == SIGN_IN_FAILURES
+
+
+@pytest.mark.parametrize(
+    ("address", "source"),
+    [
+        ("198.51.100.1", "198.51.100.1"),
+        ("::ffff:198.51.100.1", "198.51.100.1"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::1", "2001:db8:1:2::/64"),
+        (None, ""),
+        ("unknown" * 100, ("unknown" * 100)[:64]),
+    ],
+)
+def test_an_address_is_counted_by_its_host_an_ipv6_one_by_its_64(address: str | None, source: str) -> None:
+    assert sign_in_source(address) == source
