@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from handler.errors import InvalidRequestError
 from handler.records import Value
-from handler.schemas import DOCUMENT, DOCUMENT_FIELDS, ChatRequest, ResponseFormat
+from handler.schemas import DOCUMENT, DOCUMENT_FIELDS, AllowedToolsChoice, ChatRequest, ResponseFormat, Tool, ToolChoice
 
 
 class Rule(Value):
@@ -273,6 +273,26 @@ def unsent_reasoning(messages: list[Any]) -> list[str]:
         elif (m.model_extra or {}).get("thinking_blocks"):
             dropped.append("messages.thinking")
     return list(dict.fromkeys(dropped))
+
+
+def chosen_tools(req: ChatRequest) -> tuple[list[Tool], ToolChoice | None]:
+    """The tools a provider without OpenAI's `allowed_tools` choice offers its model, and the choice among them: for
+    a choice of `allowed_tools`, the tools it allows alone (the model can call no other) and its mode (`auto`,
+    `required`); for any other choice, the request's own. A tool allowed but not offered is the client's 400, as at
+    OpenAI."""
+    tools = req.tools or []
+    choice = req.tool_choice
+    if not isinstance(choice, AllowedToolsChoice):
+        return tools, choice
+    offered = {tool.function.name for tool in tools}
+    allowed = choice.names()
+    for i, name in enumerate(allowed):
+        if name not in offered:
+            raise InvalidRequestError(
+                f"Invalid 'tool_choice.allowed_tools.tools[{i}]': no function named '{name}' in 'tools'.",
+                param=f"tool_choice.allowed_tools.tools[{i}]",
+            )
+    return [tool for tool in tools if tool.function.name in allowed], choice.allowed_tools.mode
 
 
 class ToolNames:

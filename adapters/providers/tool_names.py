@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
-from handler.schemas import ChatRequest
+from handler.schemas import AllowedToolsChoice, ChatRequest
 
 MAX_NAME = 64  # Converse's, OpenAI's and Gemini's longest name
 DIGEST_CHARS = 8  # hex digits of the whole name's SHA-256 closing an alias
@@ -39,10 +39,14 @@ def alias(name: str, attempt: int = 0) -> str:
 
 
 def request_names(req: ChatRequest) -> list[str]:
-    """Every tool name the request holds: its tools', its `tool_choice`'s, its history's calls' and results'."""
+    """Every tool name the request holds: its tools', its `tool_choice`'s (the one it names, or those it allows), its
+    history's calls' and results'."""
     names = [tool.function.name for tool in req.tools or ()]
-    if req.tool_choice is not None and not isinstance(req.tool_choice, str):
-        names.append(req.tool_choice.function.name)
+    choice = req.tool_choice
+    if isinstance(choice, AllowedToolsChoice):
+        names += choice.names()
+    elif choice is not None and not isinstance(choice, str):
+        names.append(choice.function.name)
     for message in req.messages:
         names += [call.function.name for call in message.tool_calls or ()]
         if message.role == "tool" and message.name:

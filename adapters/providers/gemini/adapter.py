@@ -30,6 +30,7 @@ from adapters.providers.params import (
     apply_rules,
     asks,
     at_most,
+    chosen_tools,
     named_messages,
     require_turns,
     strict_schema,
@@ -40,6 +41,7 @@ from adapters.providers.params import (
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (
+    AllowedToolsChoice,
     AssistantMessage,
     AudioPart,
     ChatCompletion,
@@ -466,11 +468,20 @@ def gemini_takes(name: str) -> bool:
 def _tools(
     req: ChatRequest, dropped: list[str], names: ToolNames
 ) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
-    """`tools` and `toolConfig`, each function by the name Gemini takes (`names`)."""
+    """`tools` and `toolConfig`, each function by the name Gemini takes (`names`). A choice of `allowed_tools`
+    that requires a call is Gemini's `ANY` with `allowedFunctionNames`; one left to the model declares the tools it
+    allows alone (Gemini takes `allowedFunctionNames` in mode `ANY` only, and `VALIDATED`, which not every model
+    has)."""
+    choice = req.tool_choice
+    offered = req.tools
+    if isinstance(choice, AllowedToolsChoice):
+        allowed, mode = chosen_tools(req)
+        if mode == "auto":
+            offered, choice = allowed, mode
     tools = None
-    if req.tools:
+    if offered:
         declarations = []
-        for tool in req.tools:
+        for tool in offered:
             declaration: dict[str, Any] = {"name": names.wire(tool.function.name)}
             if tool.function.description:
                 declaration["description"] = tool.function.description
@@ -482,11 +493,12 @@ def _tools(
                 dropped.append("tools.strict")
             declarations.append(declaration)
         tools = [{"functionDeclarations": declarations}]
-    choice = req.tool_choice
     if choice is None:
         return tools, None
     if isinstance(choice, str):
         config: dict[str, Any] = {"mode": TOOL_CHOICE_MODES[choice]}
+    elif isinstance(choice, AllowedToolsChoice):
+        config = {"mode": "ANY", "allowedFunctionNames": [names.wire(name) for name in choice.names()]}
     else:
         config = {"mode": "ANY", "allowedFunctionNames": [names.wire(choice.function.name)]}
     return tools, {"functionCallingConfig": config}
