@@ -306,7 +306,7 @@ class ToolNames:
     def __init__(self, req: ChatRequest, takes: Callable[[str], bool]) -> None:
         self._req = req
         self._takes = takes
-        self._aliases: dict[str, str] | None = None  # made at the first name the provider refuses
+        self._aliases: Mapping[str, str] | None = None  # made at the first name the provider refuses
         self._clients: dict[str, str] | None = None
 
     def wire(self, name: str) -> str:

@@ -116,7 +116,7 @@ def _functions(items: Any, kind: str = "function") -> list[dict[str, Any]]:
     return [i for i in items if isinstance(i, dict) and i.get("type") == kind and isinstance(i.get("name"), str)]
 
 
-def aliased_names(body: Mapping[str, Any], takes: Callable[[str], bool]) -> dict[str, str]:
+def aliased_names(body: Mapping[str, Any], takes: Callable[[str], bool]) -> Mapping[str, str]:
     """The alias of each function name of a Responses body the provider refuses (`takes`), by name
     (`tool_names.aliases_of`); none when its tools' names all pass, at the cost of a check of each (as
     `openai.adapter.aliased_functions`)."""
