@@ -14,8 +14,8 @@ mode `ANY` it answers with a `functionCall`; a user message may script a call (`
 refused; function responses pair with the calls of the turn before by position, as Gemini pairs them: their
 counts must agree, and so must a response's `id` and its call's, and a turn answering several calls is
 answered with the pairs made (`PAIRED`), so a swap shows; a `gemini-2.5` or `gemini-3` model refuses a
-non-zero penalty, as Google's do. `:countTokens` counts a `generateContentRequest`. Behaviour is chosen by
-the model name, as in the OpenAI fake:
+non-zero penalty, as Google's do, and a model before `gemini-3` function calling beside a JSON answer.
+`:countTokens` counts a `generateContentRequest`. Behaviour is chosen by the model name, as in the OpenAI fake:
 `fail-429` (RESOURCE_EXHAUSTED, retry delay 0s), `fail-500`, `fail-400` (INVALID_ARGUMENT), `fail-context` (the
 input token count past the maximum, INVALID_ARGUMENT), `slow` (waits
 `SLOW_SECONDS`), `stream-cut` (a stream that stops before its finishReason), `bad-json` (a 200 whose
@@ -192,6 +192,18 @@ def _penalty(model: str, body: dict[str, Any]) -> str | None:
     ):
         return f"Penalty is not enabled for models/{model}"
     return None
+
+
+def _json_with_functions(model: str, body: dict[str, Any]) -> str | None:
+    """Gemini before 3 refuses function calling beside a JSON answer (`responseMimeType: application/json`, with or
+    without a schema), in the words its users report; with function calling off (mode `NONE`) it takes both.
+    Combining them is Gemini 3's (its structured-output page: "Structured outputs with tools")."""
+    config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    functions = any(tool.get("functionDeclarations") for tool in body.get("tools") or ())
+    json_answer = (body.get("generationConfig") or {}).get("responseMimeType") == "application/json"
+    if "gemini-3" in model or not functions or not json_answer or config.get("mode") == "NONE":
+        return None
+    return "Function calling with a response mime type: 'application/json' is unsupported"
 
 
 def _unsigned_call(model: str, body: dict[str, Any]) -> str | None:
@@ -438,6 +450,7 @@ def create_app() -> Starlette:
             _unsigned_call(model, body)
             or _penalty(model, body)
             or _unallowed(body)
+            or _json_with_functions(model, body)
             or (pairs if isinstance(pairs, str) else None)
         )
         if refused:

@@ -396,8 +396,10 @@ def apply_model_rules(body: dict[str, Any], model: str, dropped: list[str]) -> N
     """What the target model needs beyond the API (see `model_rules`), applied to a built request."""
     rules = rules_for(model)
     config = body.get("generationConfig") or {}
-    if rules.no_tools_with_json_mode and body.get("tools") and "responseMimeType" in config:
-        # Gemini 2.5 refuses function calling with a JSON mime type: the tools win, the format is reported.
+    calling = body.get("tools") and body.get("toolConfig", {}).get("functionCallingConfig", {}).get("mode") != "NONE"
+    if calling and not rules.tools_with_json_mode and "responseMimeType" in config:
+        # Gemini before 3 refuses function calling with a JSON mime type (with function calling off, mode `NONE`,
+        # it takes it): the tools win, the format is reported. A model not known to take both is taken to refuse.
         config.pop("responseMimeType")
         config.pop("responseJsonSchema", None)
         dropped.append("response_format")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import struct
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -15,9 +17,10 @@ from adapters.providers.gemini.adapter import call_signature, signed_call_id
 from adapters.providers.gemini.stream import GeminiStreamParser
 from adapters.providers.registry import REGISTRY
 from handler.errors import InvalidRequestError, UpstreamError
-from handler.ports import Target
+from handler.ports import BuiltRequest, Target
 from handler.schemas import ChatRequest, EmbeddingsRequest, Usage
 from handler.wire import SSEDecoder, StreamEvent
+from tests.fakes import gemini as gemini_fake
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "gemini"
 BASE = "https://generativelanguage.googleapis.com"
@@ -144,10 +147,52 @@ def test_representative_request_matches_geminis_documented_form() -> None:
 
 def test_a_model_that_takes_tools_with_json_output_gets_both() -> None:
     result = adapter().chat_request(
-        ChatRequest.model_validate(REPRESENTATIVE), target("gemini-2.0-flash"), stream=False
+        ChatRequest.model_validate(REPRESENTATIVE), target("gemini-3-flash-preview"), stream=False
     )
-    assert orjson.loads(result.request.body) == orjson.loads(fixture("generate-content-request.json"))
+    expected = orjson.loads(fixture("generate-content-request.json"))
+    assert orjson.loads(result.request.body) == expected | {"contents": orjson.loads(result.request.body)["contents"]}
     assert result.dropped == ["messages.image_url.detail"]
+
+
+def sent_to_the_fake(built: BuiltRequest, model: str) -> httpx.Response:
+    """What the fake Gemini (tests/fakes/gemini.py, which refuses what Gemini documents it refuses) answers `built`."""
+    transport = httpx.ASGITransport(app=gemini_fake.create_app())
+
+    async def send() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://gemini") as client:
+            headers = {"x-goog-api-key": gemini_fake.API_KEY, "content-type": "application/json"}
+            return await client.post(
+                f"/v1beta/models/{model}:generateContent", content=built.request.body, headers=headers
+            )
+
+    return asyncio.run(send())
+
+
+SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}}
+
+
+@pytest.mark.parametrize("model", ["gemini-2.0-flash", "gemini-1.5-pro", "gemini-2.5-flash", "gemini-flash-latest"])
+@pytest.mark.parametrize("fmt", [SCHEMA_FORMAT, {"type": "json_object"}], ids=["json_schema", "json_object"])
+def test_a_json_answer_beside_function_calling_is_named_where_gemini_refuses_both(model: str, fmt: Any) -> None:
+    """Gemini before 3 refuses function calling beside a JSON answer ("Function calling with a response mime type:
+    'application/json' is unsupported"); the gateway held that for 2.5 alone, and sent both to 2.0 and 1.5: Gemini's
+    400 for a request it claimed to serve. The tools win, the format is named, for every Gemini but 3."""
+    result = adapter().chat_request(request(tools=[WEATHER], response_format=fmt), target(model), stream=False)
+    assert sent_to_the_fake(result, model).status_code == 200
+    assert "responseMimeType" not in orjson.loads(result.request.body).get("generationConfig", {})
+    assert result.dropped == ["response_format"]
+
+
+@pytest.mark.parametrize("model", ["gemini-2.0-flash", "gemini-3-pro-preview"])
+def test_a_json_answer_goes_beside_tools_gemini_may_not_call(model: str) -> None:
+    """With function calling off (`tool_choice: none`, Gemini's mode `NONE`) every Gemini takes a JSON answer; and
+    Gemini 3 takes both."""
+    for choice in ("none", "auto") if "gemini-3" in model else ("none",):
+        req = request(tools=[WEATHER], tool_choice=choice, response_format=SCHEMA_FORMAT)
+        result = adapter().chat_request(req, target(model), stream=False)
+        assert sent_to_the_fake(result, model).status_code == 200
+        assert orjson.loads(result.request.body)["generationConfig"]["responseMimeType"] == "application/json"
+        assert result.dropped == []
 
 
 def test_key_goes_in_the_header_never_the_url() -> None:
