@@ -11,10 +11,11 @@ declared) with Google's error body; a batch of embeddings holding the text
 their order shows. With tools and function-calling
 mode `ANY` it answers with a `functionCall`; a user message may script a call (`tests.fakes.script`); on a
 `gemini-3` model every function call carries a `thoughtSignature`, and one sent back without it is
-refused; function responses pair with the calls of the turn before by position, as Gemini pairs them: their
-counts must agree, and so must a response's `id` and its call's, and a turn answering several calls is
-answered with the pairs made (`PAIRED`), so a swap shows; a `gemini-2.5` or `gemini-3` model refuses a
-non-zero penalty, as Google's do, and a model before `gemini-3` function calling beside a JSON answer.
+refused, as is an empty `thoughtSignature` on any model; function responses pair with the calls of the turn
+before by position, as Gemini pairs them: their counts must agree, and so must a response's `id` and its call's,
+and a turn answering several calls is answered with the pairs made (`PAIRED`), so a swap shows; a `gemini-2.5`
+or `gemini-3` model refuses a non-zero penalty, as Google's do, and a model before `gemini-3` function calling beside
+a JSON answer.
 `:countTokens` counts a `generateContentRequest`. Behaviour is chosen by the model name, as in the OpenAI fake:
 `fail-429` (RESOURCE_EXHAUSTED, retry delay 0s), `fail-500`, `fail-400` (INVALID_ARGUMENT), `fail-context` (the
 input token count past the maximum, INVALID_ARGUMENT), `slow` (waits
@@ -207,6 +208,11 @@ def _json_with_functions(model: str, body: dict[str, Any]) -> str | None:
 
 
 def _unsigned_call(model: str, body: dict[str, Any]) -> str | None:
+    """A thought signature Gemini never gave (an empty one, on any model: Gemini reads the bytes it signed, "pass it
+    back exactly as received"), in the words Gemini's users report; on Gemini 3, a step's first call without one."""
+    for content in body.get("contents") or []:
+        if any(part.get("thoughtSignature") == "" for part in content.get("parts") or []):
+            return "Corrupted thought signature."
     if "gemini-3" not in model:
         return None
     for i, content in enumerate(body.get("contents") or []):

@@ -296,10 +296,10 @@ SKIP_SIGNATURE = "skip_thought_signature_validator"
 
 
 def signed_call_id(call_id: str, signature: str | None) -> str:
-    """`call_id` carrying `signature` (base64) in URL-safe base64, or `call_id` itself."""
-    if not signature:
-        return call_id
-    return call_id + SIGNATURE_MARK + signature.replace("+", "-").replace("/", "_").rstrip("=")
+    """`call_id` carrying `signature` (base64) in URL-safe base64, or `call_id` itself when Gemini gave none to
+    carry: no signature, an empty one, or padding alone (an id ending in an empty mark would carry nothing)."""
+    encoded = (signature or "").replace("+", "-").replace("/", "_").rstrip("=")
+    return call_id + SIGNATURE_MARK + encoded if encoded else call_id
 
 
 def call_signature(call_id: str) -> str | None:

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from adapters.providers.gemini import GeminiAdapter
-from adapters.providers.gemini.adapter import call_signature, signed_call_id
+from adapters.providers.gemini.adapter import SIGNATURE_MARK, SKIP_SIGNATURE, call_signature, signed_call_id
 from adapters.providers.gemini.stream import GeminiStreamParser
 from adapters.providers.registry import REGISTRY
 from handler.errors import InvalidRequestError, UpstreamError
@@ -809,3 +809,70 @@ def test_audio_output_is_counted_apart_from_the_text() -> None:
     assert usage is not None and (usage.completion_tokens, usage.audio_completion_tokens) == (300, 250)
     plain = usage_of({**meta, "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": 300}]})
     assert plain is not None and plain.audio_completion_tokens == 0 and plain.completion_tokens_details is None
+
+
+@pytest.mark.parametrize("given", [None, "", "=="], ids=["missing", "empty", "padding"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_call_gemini_gave_no_signature_goes_back_with_none_of_its_own(given: str | None, stream: bool) -> None:
+    """A call whose part has no `thoughtSignature`, an empty one, or one of padding alone (nothing to carry) is
+    handed out by its id alone: an id with an empty signature (`__gts_`, which "==" made) carried nothing. On the
+    next turn the call goes back with no signature to Gemini 2.5 (none given, none sent, never `""`), and with
+    Gemini's documented stand-in to Gemini 3, which refuses a call without one; the fake Gemini takes both."""
+    part: dict[str, Any] = {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}
+    if given is not None:
+        part["thoughtSignature"] = given
+    answer = {"candidates": [{"content": {"role": "model", "parts": [part]}, "finishReason": "STOP"}]}
+    if stream:
+        chunks = adapter().stream_parser(request(), target()).feed(StreamEvent(None, orjson.dumps(answer)))
+        call_id = next(c.id for k in chunks for d in k.choices for c in d.delta.tool_calls or ())
+    else:
+        calls = adapter().chat_response(orjson.dumps(answer), request(), target()).choices[0].message.tool_calls
+        call_id = (calls or [])[0].id
+    assert call_id is not None and SIGNATURE_MARK not in call_id and call_signature(call_id) is None
+    call = {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    history = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": "18C"},
+    ]
+    for model, signature in (("gemini-2.5-flash", None), ("gemini-3-pro-preview", SKIP_SIGNATURE)):
+        built = adapter().chat_request(request(messages=history, tools=[WEATHER]), target(model), stream=False)
+        sent = orjson.loads(built.request.body)["contents"][1]["parts"][0]
+        assert sent.get("thoughtSignature") == signature and sent["functionCall"]["id"] == call_id
+        assert sent_to_the_fake(built, model).status_code == 200
+
+
+def test_the_fake_refuses_an_empty_thought_signature_as_gemini_does() -> None:
+    """Gemini reads `thoughtSignature` as the bytes it gave; an empty one is none it gave (the check the test above
+    leans on: a `""` sent back would be the fake's 400)."""
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    history = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18C"},
+    ]
+    built = adapter().chat_request(request(messages=history, tools=[WEATHER]), target(), stream=False)
+    body = orjson.loads(built.request.body)
+    body["contents"][1]["parts"][0]["thoughtSignature"] = ""
+    built.request.body = orjson.dumps(body)
+    assert sent_to_the_fake(built, "gemini-2.5-flash").status_code == 400
+
+
+def test_an_empty_signature_a_client_sends_back_in_extra_content_is_not_sent_on() -> None:
+    """A client's `extra_content.google.thought_signature` of `""` is no signature: the call goes as one Gemini gave
+    none for (Gemini 2.5: none; Gemini 3: the documented stand-in), never with `""`, which Gemini refuses."""
+    call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": "{}"},
+        "extra_content": {"google": {"thought_signature": ""}},
+    }
+    history = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18C"},
+    ]
+    for model, signature in (("gemini-2.5-flash", None), ("gemini-3-pro-preview", SKIP_SIGNATURE)):
+        built = adapter().chat_request(request(messages=history, tools=[WEATHER]), target(model), stream=False)
+        assert orjson.loads(built.request.body)["contents"][1]["parts"][0].get("thoughtSignature") == signature
+        assert sent_to_the_fake(built, model).status_code == 200
