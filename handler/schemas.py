@@ -244,7 +244,27 @@ class NamedToolChoice(_Open):
     function: NamedFunction
 
 
-ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+class AllowedTools(_Open):
+    model_config = REQUEST
+
+    mode: Literal["auto", "required"]
+    tools: list[NamedToolChoice] = Field(min_length=1)
+
+
+class AllowedToolsChoice(_Open):
+    """The tools the model may call among those the request offers (OpenAI's `allowed_tools`): the rest stay in
+    `tools`, so a prompt cached with them is still cached, but go uncalled; `mode` says whether it must call one."""
+
+    model_config = REQUEST
+
+    type: Literal["allowed_tools"]
+    allowed_tools: AllowedTools
+
+    def names(self) -> list[str]:
+        return [tool.function.name for tool in self.allowed_tools.tools]
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice | AllowedToolsChoice
 
 
 class JSONSchemaFormat(_Open):

@@ -18,7 +18,8 @@ class ModelRules(Value):
     """`one_sampling_knob`: refuses `temperature` and `top_p` together (top_p is dropped, reported).
     `completion_tokens_field`: takes the output cap only as `max_completion_tokens`.
     `signed_function_calls`: refuses a function-call history whose calls lost their thought signature.
-    `no_tools_with_json_mode`: refuses function calling together with a JSON response mime type.
+    `tools_with_json_mode`: takes function calling together with a JSON answer (a JSON response mime type), which
+    Gemini before 3 refuses ("Function calling with a response mime type: 'application/json' is unsupported").
     `media_in_function_responses`: takes images and files a function returned inside its `functionResponse`.
     `no_penalties`: refuses a non-zero `presencePenalty` or `frequencyPenalty` (0, their default, passes).
     `forced_tool_choice`: takes Converse's forced `toolChoice` (`any`, `tool`) on Bedrock, which refuses either from
@@ -45,7 +46,7 @@ class ModelRules(Value):
     the sampling asked; only the OpenAI adapter reads it (`openai.adapter.unsent_sampling`)."""
 
     __slots__ = (
-        "one_sampling_knob", "completion_tokens_field", "signed_function_calls", "no_tools_with_json_mode",
+        "one_sampling_knob", "completion_tokens_field", "signed_function_calls", "tools_with_json_mode",
         "media_in_function_responses", "no_penalties", "forced_tool_choice", "no_streaming_tools",
         "reasoning_on_off", "openai_efforts", "ignores_sampling", "tool_result_status", "takes_sampling",
     )  # fmt: skip
@@ -55,7 +56,7 @@ class ModelRules(Value):
         one_sampling_knob: bool = False,
         completion_tokens_field: bool = False,
         signed_function_calls: bool = False,
-        no_tools_with_json_mode: bool = False,
+        tools_with_json_mode: bool = False,
         media_in_function_responses: bool = False,
         no_penalties: bool = False,
         forced_tool_choice: bool = False,
@@ -69,7 +70,7 @@ class ModelRules(Value):
         self.one_sampling_knob: Final = one_sampling_knob
         self.completion_tokens_field: Final = completion_tokens_field
         self.signed_function_calls: Final = signed_function_calls
-        self.no_tools_with_json_mode: Final = no_tools_with_json_mode
+        self.tools_with_json_mode: Final = tools_with_json_mode
         self.media_in_function_responses: Final = media_in_function_responses
         self.no_penalties: Final = no_penalties
         self.forced_tool_choice: Final = forced_tool_choice
@@ -87,8 +88,11 @@ LOW_TO_XHIGH = (*LOW_TO_HIGH, "xhigh")
 
 # First match wins. Sources: Anthropic's "migrating to Claude 4.5" notes (sampling), OpenAI's reasoning
 # guide (max_completion_tokens), Gemini's thought-signatures, structured-output and function-calling pages
-# (multimodal function responses: Gemini 3), Gemini's 400 "Penalty is not enabled for models/gemini-2.5-flash"
-# (2.5 and 3 refuse a non-zero penalty: vercel/ai#8943, google-gemini/cookbook#1290, mnfst/modelparams.dev#16),
+# (multimodal function responses, and structured outputs with function calling: Gemini 3; before it, Gemini's 400
+# "Function calling with a response mime type: 'application/json' is unsupported": symfony/ai#803,
+# google/adk-python#5735 on 2.5 Pro, openai/openai-agents-python#236 on 1.5 Pro), Gemini's 400 "Penalty is not
+# enabled for models/gemini-2.5-flash" (2.5 and 3 refuse a non-zero penalty: vercel/ai#8943,
+# google-gemini/cookbook#1290, mnfst/modelparams.dev#16),
 # AWS's ToolResultBlock reference (a result's `status`: "only supported by Amazon Nova and Anthropic Claude 3 and 4
 # models"; Llama, Mistral, Cohere and Palmyra answer "This model doesn't support the status field."),
 # AWS's ToolChoice reference (a forced `toolChoice`: "only supported by Anthropic Claude 3 and Amazon Nova models";
@@ -120,9 +124,11 @@ MODEL_RULES: tuple[tuple[str, ModelRules], ...] = (
     (r"^gpt-oss", ModelRules(openai_efforts=LOW_TO_HIGH, takes_sampling=True)),
     (
         r"gemini-3",
-        ModelRules(signed_function_calls=True, media_in_function_responses=True, no_penalties=True),
+        ModelRules(
+            signed_function_calls=True, media_in_function_responses=True, no_penalties=True, tools_with_json_mode=True
+        ),
     ),
-    (r"gemini-2\.5", ModelRules(no_tools_with_json_mode=True, no_penalties=True)),
+    (r"gemini-2\.5", ModelRules(no_penalties=True)),
     (r"claude-(3|(sonnet|haiku|opus)-\d)|amazon\.nova-", ModelRules(forced_tool_choice=True, tool_result_status=True)),
     (r"meta\.llama|mistral\.|writer\.palmyra", ModelRules(no_streaming_tools=True)),
     (r"^(mistral-small-(latest|2603)|mistral-medium-3-5)", ModelRules(reasoning_on_off=True)),

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from handler.errors import InvalidRequestError
 from handler.records import Value
-from handler.schemas import DOCUMENT, DOCUMENT_FIELDS, ChatRequest, ResponseFormat
+from handler.schemas import DOCUMENT, DOCUMENT_FIELDS, AllowedToolsChoice, ChatRequest, ResponseFormat, Tool, ToolChoice
 
 
 class Rule(Value):
@@ -275,6 +275,26 @@ def unsent_reasoning(messages: list[Any]) -> list[str]:
     return list(dict.fromkeys(dropped))
 
 
+def chosen_tools(req: ChatRequest) -> tuple[list[Tool], ToolChoice | None]:
+    """The tools a provider without OpenAI's `allowed_tools` choice offers its model, and the choice among them: for
+    a choice of `allowed_tools`, the tools it allows alone (the model can call no other) and its mode (`auto`,
+    `required`); for any other choice, the request's own. A tool allowed but not offered is the client's 400, as at
+    OpenAI."""
+    tools = req.tools or []
+    choice = req.tool_choice
+    if not isinstance(choice, AllowedToolsChoice):
+        return tools, choice
+    offered = {tool.function.name for tool in tools}
+    allowed = choice.names()
+    for i, name in enumerate(allowed):
+        if name not in offered:
+            raise InvalidRequestError(
+                f"Invalid 'tool_choice.allowed_tools.tools[{i}]': no function named '{name}' in 'tools'.",
+                param=f"tool_choice.allowed_tools.tools[{i}]",
+            )
+    return [tool for tool in tools if tool.function.name in allowed], choice.allowed_tools.mode
+
+
 class ToolNames:
     """One request's tool names as its provider takes them (`takes`, the provider's rule for a name): `wire` the
     name to send for a client's, `client` the client's for one the provider answered with. A name the provider
@@ -286,7 +306,7 @@ class ToolNames:
     def __init__(self, req: ChatRequest, takes: Callable[[str], bool]) -> None:
         self._req = req
         self._takes = takes
-        self._aliases: dict[str, str] | None = None  # made at the first name the provider refuses
+        self._aliases: Mapping[str, str] | None = None  # made at the first name the provider refuses
         self._clients: dict[str, str] | None = None
 
     def wire(self, name: str) -> str:

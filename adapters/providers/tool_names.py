@@ -11,19 +11,22 @@ the history's calls and results), and the answer's calls name the client's tool 
 A request's names are read by its `params.ToolNames` (OpenAI's adapter: `aliased_functions`), each checked against the
 provider's rule; this module is imported only by a request with a name the provider refuses, which makes the aliases
 of all of the request's names at once, so that the request and its answer (read by a `ToolNames` of its own) agree on
-each.
+each; the answer finds them made (`_made`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
-from handler.schemas import ChatRequest
+from handler.schemas import AllowedToolsChoice, ChatRequest
 
 MAX_NAME = 64  # Converse's, OpenAI's and Gemini's longest name
 DIGEST_CHARS = 8  # hex digits of the whole name's SHA-256 closing an alias
 WORD_CHARACTERS = "_-"  # besides letters and digits, what each of them takes anywhere in a name
+RECENT_REQUESTS = 256  # the aliases kept (`_made`): of more requests than one process has in flight
 
 
 def alias(name: str, attempt: int = 0) -> str:
@@ -39,10 +42,14 @@ def alias(name: str, attempt: int = 0) -> str:
 
 
 def request_names(req: ChatRequest) -> list[str]:
-    """Every tool name the request holds: its tools', its `tool_choice`'s, its history's calls' and results'."""
+    """Every tool name the request holds: its tools', its `tool_choice`'s (the one it names, or those it allows), its
+    history's calls' and results'."""
     names = [tool.function.name for tool in req.tools or ()]
-    if req.tool_choice is not None and not isinstance(req.tool_choice, str):
-        names.append(req.tool_choice.function.name)
+    choice = req.tool_choice
+    if isinstance(choice, AllowedToolsChoice):
+        names += choice.names()
+    elif choice is not None and not isinstance(choice, str):
+        names.append(choice.function.name)
     for message in req.messages:
         names += [call.function.name for call in message.tool_calls or ()]
         if message.role == "tool" and message.name:
@@ -50,15 +57,24 @@ def request_names(req: ChatRequest) -> list[str]:
     return names
 
 
-def aliases(req: ChatRequest, takes: Callable[[str], bool]) -> dict[str, str]:
+def aliases(req: ChatRequest, takes: Callable[[str], bool]) -> Mapping[str, str]:
     """The alias of each of the request's names the provider refuses (`takes`), by name: none the same as another
     alias or as a name of the request."""
     return aliases_of(request_names(req), takes)
 
 
-def aliases_of(names: list[str], takes: Callable[[str], bool]) -> dict[str, str]:
+def aliases_of(names: list[str], takes: Callable[[str], bool]) -> Mapping[str, str]:
     """The alias of each of a request's `names` the provider refuses (`takes`), by name: none the same as another
-    alias or as one of `names` (a request in another API's shape: `openai.responses.function_names`)."""
+    alias or as one of `names` (a request in another API's shape: `openai.responses.function_names`). Made once for
+    a request and its answer, which reads the names again to name its calls back (`_made`)."""
+    return _made(tuple(names), takes)
+
+
+@functools.lru_cache(maxsize=RECENT_REQUESTS)
+def _made(names: tuple[str, ...], takes: Callable[[str], bool]) -> Mapping[str, str]:
+    """`aliases_of`, kept for the requests in flight: a request's names (and the provider's rule) are its key, so
+    its answer, read by a `ToolNames` of its own or by `native_names`, finds the aliases its request was sent with
+    and digests no name again. Read-only: every caller shares it."""
     taken = set(names)
     made: dict[str, str] = {}
     for name in names:
@@ -69,4 +85,4 @@ def aliases_of(names: list[str], takes: Callable[[str], bool]) -> dict[str, str]
             attempt += 1
         made[name] = wire
         taken.add(wire)
-    return made
+    return MappingProxyType(made)

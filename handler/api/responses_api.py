@@ -444,10 +444,24 @@ def _tool_choice(choice: str | dict[str, Any] | None, names: set[str], dropped: 
     if choice.get("type") == "function" and choice.get("name") in names:
         return {"type": "function", "function": {"name": choice["name"]}}
     if choice.get("type") == "allowed_tools":
-        dropped.append("tool_choice.tools")
-        return "required" if choice.get("mode") == "required" else "auto"
+        return _allowed_tools(choice, names, dropped)
     dropped.append(f"tool_choice[{choice.get('type')}]")
     return None
+
+
+def _allowed_tools(choice: dict[str, Any], names: set[str], dropped: list[str]) -> Any:
+    """An `allowed_tools` choice in Chat Completions form: the function tools it allows, its mode. One it allows
+    that the request does not carry (a hosted tool, left out) is named (`tool_choice.tools`); with none left, the
+    mode alone."""
+    mode = "required" if choice.get("mode") == "required" else "auto"
+    allowed = [tool for tool in choice.get("tools") or () if isinstance(tool, dict)]
+    kept = [tool["name"] for tool in allowed if tool.get("type") == "function" and tool.get("name") in names]
+    if len(kept) < len(allowed):
+        dropped.append("tool_choice.tools")
+    if not kept:
+        return mode
+    functions = [{"type": "function", "function": {"name": name}} for name in kept]
+    return {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": functions}}
 
 
 def _response_format(text: TextConfig | None) -> dict[str, Any] | None:

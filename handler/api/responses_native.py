@@ -167,7 +167,11 @@ class Relay:
                 self.item_out(item)
         tools = response.get("tools")
         if tools and isinstance(tools, list):  # (the provider's echo of the body it was sent: aliases too)
-            for tool in [*tools, response.get("tool_choice")]:
+            choice = response.get("tool_choice")
+            allowed = (
+                choice.get("tools") if isinstance(choice, dict) and choice.get("type") == "allowed_tools" else None
+            )
+            for tool in [*tools, choice, *(allowed if isinstance(allowed, list) else ())]:
                 self.call_out(tool)
         response["store"] = self.body.stored
         response["previous_response_id"] = self.body.previous_response_id

@@ -83,7 +83,7 @@ THINKING_AS = {"thinking": ("reasoning_effort",)}
 
 # Model-dependent rules, as the providers document them.
 CLAUDE_NO_TEMPERATURE_WITH_TOP_P = re.compile(r"claude-(sonnet-4-5|haiku-4-5|opus-4)")
-GEMINI_NO_TOOLS_WITH_JSON = re.compile(r"gemini-2\.5")
+GEMINI_NO_TOOLS_WITH_JSON = re.compile(r"gemini-(?!3)")  # (Gemini before 3, with function calling on)
 GEMINI_SIGNED_CALLS = re.compile(r"gemini-3")
 GEMINI_NO_PENALTIES = re.compile(r"gemini-(2\.5|3)")
 OPENAI_REASONING = re.compile(r"^(o\d|gpt-5)")
@@ -159,7 +159,8 @@ def rule_problems(provider: str, model: str, body: dict[str, Any]) -> list[str]:
             found.append("Converse refuses toolUse and toolResult blocks without a toolConfig")
     if provider == "gemini":
         config = body.get("generationConfig") or {}
-        if GEMINI_NO_TOOLS_WITH_JSON.search(model) and body.get("tools") and config.get("responseMimeType"):
+        calling = (body.get("toolConfig") or {}).get("functionCallingConfig", {}).get("mode") != "NONE"
+        if GEMINI_NO_TOOLS_WITH_JSON.search(model) and body.get("tools") and calling and config.get("responseMimeType"):
             found.append(f"{model} refuses function calling with a JSON response mime type")
         if GEMINI_NO_PENALTIES.search(model) and (config.get("presencePenalty") or config.get("frequencyPenalty")):
             found.append(f"{model} refuses a non-zero penalty")

@@ -4,17 +4,19 @@ It serves `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent
 `:batchEmbedContents`, checks `x-goog-api-key`, and refuses what Google refuses (unknown fields, empty
 `contents`, roles other than `user`/`model`, a conversation whose last turn is the model's (Google documents no
 continuing of one; the words of the 400 are those Gemini's users report), a batch of more than 100 embeddings, an
-inline image of a type Gemini does not take, a GIF, a function declared or called by a name outside Gemini's rule:
-`NAME_RULE`) with Google's error body; a batch of embeddings holding the text
+inline image of a type Gemini does not take, a GIF, a function declared, called or allowed by a name outside Gemini's
+rule: `NAME_RULE`; `allowedFunctionNames` beside a mode other than `ANY` or `VALIDATED`, or naming a function not
+declared) with Google's error body; a batch of embeddings holding the text
 `fail-500` answers 500, as one call of several may; an embedding's values scale with its text's length, so that
 their order shows. With tools and function-calling
 mode `ANY` it answers with a `functionCall`; a user message may script a call (`tests.fakes.script`); on a
 `gemini-3` model every function call carries a `thoughtSignature`, and one sent back without it is
-refused; function responses pair with the calls of the turn before by position, as Gemini pairs them: their
-counts must agree, and so must a response's `id` and its call's, and a turn answering several calls is
-answered with the pairs made (`PAIRED`), so a swap shows; a `gemini-2.5` or `gemini-3` model refuses a
-non-zero penalty, as Google's do. `:countTokens` counts a `generateContentRequest`. Behaviour is chosen by
-the model name, as in the OpenAI fake:
+refused, as is an empty `thoughtSignature` on any model; function responses pair with the calls of the turn
+before by position, as Gemini pairs them: their counts must agree, and so must a response's `id` and its call's,
+and a turn answering several calls is answered with the pairs made (`PAIRED`), so a swap shows; a `gemini-2.5`
+or `gemini-3` model refuses a non-zero penalty, as Google's do, and a model before `gemini-3` function calling beside
+a JSON answer.
+`:countTokens` counts a `generateContentRequest`. Behaviour is chosen by the model name, as in the OpenAI fake:
 `fail-429` (RESOURCE_EXHAUSTED, retry delay 0s), `fail-500`, `fail-400` (INVALID_ARGUMENT), `fail-context` (the
 input token count past the maximum, INVALID_ARGUMENT), `slow` (waits
 `SLOW_SECONDS`), `stream-cut` (a stream that stops before its finishReason), `bad-json` (a 200 whose
@@ -119,10 +121,29 @@ def _misnamed(body: dict[str, Any]) -> str | None:
             for kind, field in (("functionCall", "function_call"), ("functionResponse", "function_response")):
                 if kind in part:
                     named.append((f"contents[{i}].parts[{j}].{field}", part[kind].get("name")))
+    config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    named += [
+        (f"tool_config.function_calling_config.allowed_function_names[{i}]", name)
+        for i, name in enumerate(config.get("allowedFunctionNames") or ())
+    ]
     for field, name in named:
         if not isinstance(name, str) or NAME_RULE.fullmatch(name) is None:
             return BAD_NAME.format(field=field)
     return None
+
+
+def _unallowed(body: dict[str, Any]) -> str | None:
+    """Why Gemini refuses the request's `allowedFunctionNames`: set with a mode other than `ANY` or `VALIDATED`
+    (its reference: "This should only be set when the Mode is ANY or VALIDATED"), or naming no function declared."""
+    config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    allowed = config.get("allowedFunctionNames")
+    if not allowed:
+        return None
+    if config.get("mode") not in ("ANY", "VALIDATED"):
+        return "allowed_function_names may only be set when the function calling mode is ANY or VALIDATED."
+    declared = {d.get("name") for tool in body.get("tools") or () for d in tool.get("functionDeclarations") or ()}
+    unknown = [name for name in allowed if name not in declared]
+    return f"Function {unknown[0]!r} in allowed_function_names is not declared." if unknown else None
 
 
 def _validate(body: dict[str, Any]) -> Response | None:
@@ -174,7 +195,24 @@ def _penalty(model: str, body: dict[str, Any]) -> str | None:
     return None
 
 
+def _json_with_functions(model: str, body: dict[str, Any]) -> str | None:
+    """Gemini before 3 refuses function calling beside a JSON answer (`responseMimeType: application/json`, with or
+    without a schema), in the words its users report; with function calling off (mode `NONE`) it takes both.
+    Combining them is Gemini 3's (its structured-output page: "Structured outputs with tools")."""
+    config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    functions = any(tool.get("functionDeclarations") for tool in body.get("tools") or ())
+    json_answer = (body.get("generationConfig") or {}).get("responseMimeType") == "application/json"
+    if "gemini-3" in model or not functions or not json_answer or config.get("mode") == "NONE":
+        return None
+    return "Function calling with a response mime type: 'application/json' is unsupported"
+
+
 def _unsigned_call(model: str, body: dict[str, Any]) -> str | None:
+    """A thought signature Gemini never gave (an empty one, on any model: Gemini reads the bytes it signed, "pass it
+    back exactly as received"), in the words Gemini's users report; on Gemini 3, a step's first call without one."""
+    for content in body.get("contents") or []:
+        if any(part.get("thoughtSignature") == "" for part in content.get("parts") or []):
+            return "Corrupted thought signature."
     if "gemini-3" not in model:
         return None
     for i, content in enumerate(body.get("contents") or []):
@@ -414,7 +452,13 @@ def create_app() -> Starlette:
         if body["contents"][-1].get("role") == "model":
             return _invalid("Requests ending with a model turn are not supported.")
         pairs = _pairs(body)
-        refused = _unsigned_call(model, body) or _penalty(model, body) or (pairs if isinstance(pairs, str) else None)
+        refused = (
+            _unsigned_call(model, body)
+            or _penalty(model, body)
+            or _unallowed(body)
+            or _json_with_functions(model, body)
+            or (pairs if isinstance(pairs, str) else None)
+        )
         if refused:
             return _invalid(refused)
         if "bad-json" in model:

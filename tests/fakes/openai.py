@@ -28,8 +28,8 @@ server serves it, like any model but for its `reasoning_effort`), a `reasoning_e
 `reasoning.effort`) the model does not take (`EFFORTS`), `metadata` without `store: true`, an output cap past the
 model's (`OUTPUT_LIMITS`), more than 4 stop sequences (DeepSeek's: 16),
 a tool call id (or a Responses `call_id`) longer than 64 characters, and a function's name (a tool's, a named
-`tool_choice`'s) outside OpenAI's documented rule (`FUNCTION_NAME`: "a-z, A-Z, 0-9, or contain underscores and dashes,
-with a maximum length of 64"). A user message may script a tool call
+`tool_choice`'s, one an `allowed_tools` choice allows) outside OpenAI's documented rule (`FUNCTION_NAME`: "a-z,
+A-Z, 0-9, or contain underscores and dashes, with a maximum length of 64"). A user message may script a tool call
 (`tests/fakes/script.py`); a `json_schema` response format is followed. Its answers' ids and tool call ids are new
 for each answer, as OpenAI's are.
 Embeddings are `[0.1, 0.2, 0.3]` unless the request names `dimensions`: then that many float32 values, written as
@@ -345,6 +345,7 @@ def _misnamed(body: dict[str, Any]) -> Response | None:
         functions.append(("tool_choice.function", choice.get("function") or {}))
     elif isinstance(choice, dict) and choice.get("type") == "function":
         functions.append(("tool_choice", choice))
+    functions += allowed_functions(choice)
     items = body.get("input")
     functions += [
         (f"input[{i}]", item)
@@ -363,6 +364,27 @@ def _misnamed(body: dict[str, Any]) -> Response | None:
             )
             return _error(400, message, "invalid_request_error", "invalid_value", param=param)
     return None
+
+
+def allowed_functions(choice: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The functions a `tool_choice` of type `allowed_tools` allows, each with where it is: Chat Completions'
+    (`allowed_tools.tools[].function`) or the Responses API's (`tools[]`, the name beside the `type`)."""
+    if not isinstance(choice, dict) or choice.get("type") != "allowed_tools":
+        return []
+    chat = isinstance(choice.get("allowed_tools"), dict)
+    allowed = (choice["allowed_tools"] if chat else choice).get("tools") or []
+    if chat:
+        return [(f"tool_choice.allowed_tools.tools[{i}].function", tool["function"]) for i, tool in enumerate(allowed)]
+    return [(f"tool_choice.tools[{i}]", tool) for i, tool in enumerate(allowed)]
+
+
+def allowed_call(choice: Any) -> str | None:
+    """The function a `tool_choice` of `allowed_tools` in mode `required` makes the model call: the first allowed."""
+    functions = allowed_functions(choice)
+    if not functions:
+        return None
+    mode = choice["allowed_tools"]["mode"] if isinstance(choice.get("allowed_tools"), dict) else choice.get("mode")
+    return str(functions[0][1]["name"]) if mode == "required" else None
 
 
 def _refused_as_too_long(found: tuple[str, int] | None) -> Response | None:
@@ -430,6 +452,11 @@ def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
         }
     if not tools or choice in (None, "auto", "none"):
         return None
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        allowed = allowed_call(choice)
+        if allowed is None:
+            return None
+        return {"id": call_id(), "type": "function", "function": {"name": allowed, "arguments": '{"city":"Paris"}'}}
     name = choice["function"]["name"] if isinstance(choice, dict) else tools[0]["function"]["name"]
     return {"id": call_id(), "type": "function", "function": {"name": name, "arguments": '{"city":"Paris"}'}}
 

@@ -159,6 +159,9 @@ def output_of(body: dict[str, Any], organization: str | None = None) -> list[dic
     call: tuple[str, str] | None = None
     if isinstance(script, ScriptedCall):
         call = (script.name, script.arguments_json)
+    elif tools and result is None and isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        if choice.get("mode") == "required":
+            call = (str(choice["tools"][0]["name"]), '{"city":"Paris"}')
     elif tools and result is None and (choice == "required" or isinstance(choice, dict)):
         name = choice["name"] if isinstance(choice, dict) else tools[0]["name"]
         call = (str(name), '{"city":"Paris"}')

@@ -27,6 +27,7 @@ from tests.support.tools import (
     ASK_THE_TIME,
     CLOCK_TOOL,
     WEATHER_TOOL,
+    allowed_tools,
     called_names,
     named_call,
     named_tool,
@@ -377,3 +378,20 @@ def test_a_messages_clients_tool_names_pass_through_as_written(running: Running,
     assert answer.status_code == 200, answer.text
     assert [tool["name"] for tool in sent(running)["json"]["tools"]] == ["get_weather"]
     assert [block["name"] for block in answer.json()["content"] if block["type"] == "tool_use"] == ["get_weather"]
+
+
+@pytest.mark.parametrize("mode", ["auto", "required"])
+def test_an_allowed_tools_choice_offers_claude_the_allowed_tools_by_their_aliases(
+    running: Running, key: str, mode: str
+) -> None:
+    """A `tool_choice` of type `allowed_tools` was the gateway's 400. Anthropic has no list of tools the model may
+    call: the tools it allows are offered alone (the model can call no other), each by the name Anthropic takes (an
+    MCP server's dotted name by its alias), and its mode is Anthropic's choice (`required`: `any`)."""
+    name = "weather.get"
+    settings: Any = {"model": MODEL, "messages": HI, "tools": [WEATHER_TOOL, named_tool(name)]}
+    settings["tool_choice"] = allowed_tools(mode, name)
+    assert called_names(client(running, key), settings, False) == ([name] if mode == "required" else [])
+    body = sent(running)["json"]
+    (alias,) = [tool["name"] for tool in body["tools"]]
+    assert CLAUDE_NAME.fullmatch(alias) and alias != name
+    assert body["tool_choice"] == {"type": "any" if mode == "required" else "auto"}

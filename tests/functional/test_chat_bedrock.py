@@ -26,6 +26,7 @@ from tests.support.tools import (
     CLOCK_TOOL,
     MCP_TOOL_NAME,
     WEATHER_TOOL,
+    allowed_tools,
     called_names,
     mcp_tool_use,
     named_call,
@@ -931,3 +932,19 @@ def test_a_bedrock_deployment_without_aws_credentials_is_passed_over_as_one_with
         assert [line.status for line in running.ledger(key)] == [200]
     finally:
         gateway_server.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_an_allowed_tools_choice_offers_converse_the_allowed_tools_by_their_aliases(
+    bedrock: Running, client: openai.OpenAI, stream: bool
+) -> None:
+    """A `tool_choice` of type `allowed_tools` was the gateway's 400. Converse has no list of tools the model may
+    call: the tools it allows are offered alone (the model can call no other), each by the name Converse takes, and
+    its mode is Converse's choice (`required`: `any`). The call comes back by the client's name."""
+    tools = [WEATHER_TOOL, named_tool(MCP_TOOL_NAME)]
+    settings: Any = {"model": "claude-haiku", "messages": HI, "tools": tools}
+    settings["tool_choice"] = allowed_tools("required", MCP_TOOL_NAME)
+    assert called_names(client, settings, stream) == [MCP_TOOL_NAME]
+    (alias,) = sent_tool_names(bedrock)
+    assert CONVERSE_NAME.fullmatch(alias) and alias != MCP_TOOL_NAME
+    assert sent(bedrock)["json"]["toolConfig"]["toolChoice"] == {"any": {}}

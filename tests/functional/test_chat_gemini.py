@@ -20,7 +20,14 @@ from tests.fakes import gemini as gemini_fake
 from tests.fakes.gemini import CALL_SIGNATURE, TEXT
 from tests.functional.conftest import Running, anthropic_client, serve_gateway
 from tests.support.servers import ServerThread
-from tests.support.tools import MCP_TOOL_NAME, mcp_tool_use, named_call, named_tool
+from tests.support.tools import (
+    MCP_TOOL_NAME,
+    allowed_tools,
+    called_names,
+    mcp_tool_use,
+    named_call,
+    named_tool,
+)
 
 pytestmark = pytest.mark.skipif("gemini" not in REGISTRY, reason="no gemini adapter registered")
 
@@ -671,3 +678,55 @@ def test_an_images_detail_gemini_cannot_honour_is_named(running: Running, key: s
         model="gemini-2.5-flash", messages=looking_at(f"data:image/png;base64,{PNG}", "low")
     )
     assert raw.headers["x-gateway-dropped-params"] == "messages.image_url.detail"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_an_allowed_tools_choice_goes_as_the_aliases_gemini_is_allowed_to_call(
+    running: Running, key: str, stream: bool
+) -> None:
+    """A `tool_choice` of type `allowed_tools` was the gateway's 400. In mode `required` it is Gemini's `ANY` with
+    `allowedFunctionNames`, which name each function by the alias it is declared by (the client's 83 characters are
+    Gemini's 400); every tool is still declared. The call comes back by the client's name."""
+    tools = [WEATHER_TOOL, named_tool(MCP_TOOL_NAME)]
+    settings: Any = {"model": "gemini-2.5-flash", "messages": HI, "tools": tools}
+    settings["tool_choice"] = allowed_tools("required", MCP_TOOL_NAME)
+    gemini = client(running, key)
+    assert called_names(gemini, settings, stream) == [MCP_TOOL_NAME]
+    weather, alias = declared_names(running)
+    assert weather == "get_weather" and GEMINI_NAME.fullmatch(alias) and alias != MCP_TOOL_NAME
+    config = sent(running)["json"]["toolConfig"]["functionCallingConfig"]
+    assert config == {"mode": "ANY", "allowedFunctionNames": [alias]}
+
+
+def test_an_allowed_tools_choice_in_mode_auto_declares_gemini_the_allowed_functions_alone(
+    running: Running, key: str
+) -> None:
+    """Gemini takes `allowedFunctionNames` in mode `ANY` only (and `VALIDATED`, which not every model has): a choice
+    left to the model among some tools declares those alone, each by the name Gemini takes."""
+    tools = [WEATHER_TOOL, named_tool(MCP_TOOL_NAME)]
+    settings: Any = {"model": "gemini-2.5-flash", "messages": HI, "tools": tools}
+    answer = client(running, key).chat.completions.create(**settings, tool_choice=allowed_tools("auto", MCP_TOOL_NAME))
+    assert answer.choices[0].message.content == TEXT
+    (alias,) = declared_names(running)
+    assert GEMINI_NAME.fullmatch(alias) and alias != MCP_TOOL_NAME
+    assert sent(running)["json"]["toolConfig"]["functionCallingConfig"] == {"mode": "AUTO"}
+
+
+def test_a_responses_allowed_tools_choice_reaches_gemini_as_its_allowed_function_names(
+    running: Running, key: str
+) -> None:
+    """A Responses request's `allowed_tools` choice was translated to its mode alone, the list named as dropped
+    (`tool_choice.tools`): the model could call any tool. It is the Chat Completions choice of the same tools, which
+    Gemini gets as `allowedFunctionNames`, by the alias of a name it refuses."""
+    tools = [{"type": "function", **tool["function"]} for tool in (WEATHER_TOOL, named_tool(MCP_TOOL_NAME))]
+    choice = {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": MCP_TOOL_NAME}]}
+    body = {"model": "gemini-2.5-flash", "input": "Hi", "tools": tools, "tool_choice": choice}
+    answer = httpx.post(f"{running.url}/v1/responses", json=body, headers={"authorization": f"Bearer {key}"})
+    assert answer.status_code == 200, answer.text
+    assert "x-gateway-dropped-params" not in answer.headers
+    assert [item["name"] for item in answer.json()["output"] if item["type"] == "function_call"] == [MCP_TOOL_NAME]
+    alias = declared_names(running)[1]
+    assert sent(running)["json"]["toolConfig"]["functionCallingConfig"] == {
+        "mode": "ANY",
+        "allowedFunctionNames": [alias],
+    }

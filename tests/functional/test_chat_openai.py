@@ -14,6 +14,7 @@ from tests.fakes.openai import TEXT
 from tests.functional.conftest import Running, anthropic_client, openai_client
 from tests.support.tools import (
     MCP_TOOL_NAME,
+    allowed_tools,
     called_names,
     mcp_tool_use,
     named_call,
@@ -431,3 +432,22 @@ def test_a_call_of_a_long_named_function_no_longer_offered_goes_to_openai_by_its
     assert oa.chat.completions.create(model="gpt-4o-mini", messages=history, tools=[named_tool("get_weather")])
     assert sent_function_names(running) == ["get_weather"]
     assert OPENAI_NAME.fullmatch(sent_openai(running)["messages"][1]["tool_calls"][0]["function"]["name"])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_an_allowed_tools_choice_names_a_function_openai_refuses_by_its_alias(
+    running: Running, key: str, stream: bool
+) -> None:
+    """A `tool_choice` of type `allowed_tools` (the tools the model may call, the rest still offered) was the
+    gateway's 400 ("Input should be 'none', 'auto' or 'required'"), and its list, had it gone on, would have named
+    the client's 83 characters where the tools name the alias: OpenAI's 400. It goes as OpenAI takes it, the list
+    by the alias of each name OpenAI refuses; the call comes back by the client's name."""
+    settings: Any = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+    settings |= {
+        "tools": [WEATHER_TOOL, named_tool(MCP_TOOL_NAME)],
+        "tool_choice": allowed_tools("required", MCP_TOOL_NAME),
+    }
+    assert called_names(client(running, key), settings, stream) == [MCP_TOOL_NAME]
+    weather, alias = sent_function_names(running)
+    assert weather == "get_weather" and OPENAI_NAME.fullmatch(alias) and alias != MCP_TOOL_NAME
+    assert sent_openai(running)["tool_choice"] == allowed_tools("required", alias)

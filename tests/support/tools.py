@@ -46,6 +46,13 @@ def named_call(name: str, call_id: str = "call_1") -> Any:
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": '{"city":"Paris"}'}}
 
 
+def allowed_tools(mode: str, *names: str) -> Any:
+    """A Chat Completions `tool_choice` that lets the model call the tools `names` alone, as `mode` says (`auto`,
+    `required`), the request's other tools still offered."""
+    tools = [{"type": "function", "function": {"name": name}} for name in names]
+    return {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": tools}}
+
+
 def called_names(client: Any, settings: Any, stream: bool) -> list[str]:
     """The names of the functions a Chat Completions answer calls (`client`, an OpenAI SDK client, asked
     `settings`), whole or streamed; a stream's deltas that carry no name left out."""

@@ -24,6 +24,7 @@ from adapters.providers.params import (
     apply_rules,
     asks,
     cache_control,
+    chosen_tools,
     claude_signed,
     document_fields,
     named_messages,
@@ -53,8 +54,11 @@ from handler.schemas import (
     FunctionCall,
     ImagePart,
     Message,
+    NamedToolChoice,
     TextPart,
+    Tool,
     ToolCall,
+    ToolChoice,
     Usage,
     ordered_parts,
     thinks_between,
@@ -358,8 +362,7 @@ def convert_messages(
     return system, turns
 
 
-def _tool_choice(req: ChatRequest, names: ToolNames) -> dict[str, Any] | None:
-    choice = req.tool_choice
+def _tool_choice(req: ChatRequest, choice: ToolChoice | None, names: ToolNames) -> dict[str, Any] | None:
     if choice is None:
         result: dict[str, Any] | None = None
     elif choice == "none":
@@ -368,7 +371,7 @@ def _tool_choice(req: ChatRequest, names: ToolNames) -> dict[str, Any] | None:
         result = {"type": "auto"}
     elif choice == "required":
         result = {"type": "any"}
-    else:
+    elif isinstance(choice, NamedToolChoice):
         result = {"type": "tool", "name": names.wire(choice.function.name)}
     if req.parallel_tool_calls is False:
         result = (result or {"type": "auto"}) | {"disable_parallel_tool_use": True}
@@ -381,9 +384,9 @@ def anthropic_takes(name: str) -> bool:
     return len(name) <= MAX_TOOL_NAME and claude_takes(name)
 
 
-def _tools(req: ChatRequest, names: ToolNames) -> list[dict[str, Any]]:
+def _tools(offered: list[Tool], names: ToolNames) -> list[dict[str, Any]]:
     tools = []
-    for tool in req.tools or ():
+    for tool in offered:
         schema = dict(tool.function.parameters or {})
         schema.setdefault("type", "object")
         entry: dict[str, Any] = {"name": names.wire(tool.function.name), "input_schema": schema}
@@ -579,7 +582,8 @@ class AnthropicAdapter(ProviderAdapter):
         if safety is not None and safety != who:
             dropped.append("safety_identifier")
 
-        tools, tool_choice = _tools(req, names), _tool_choice(req, names)
+        offered, choice = chosen_tools(req)  # (Anthropic has no `allowed_tools`: the tools it allows, alone)
+        tools, tool_choice = _tools(offered, names), _tool_choice(req, choice, names)
         forced = json_tool(req)
         if forced is not None:
             named = tool_choice is not None and tool_choice["type"] == "tool"

@@ -43,6 +43,7 @@ from adapters.providers.params import (
     apply_rules,
     asks,
     cache_control,
+    chosen_tools,
     json_schema_instruction,
     named_messages,
     redacted_thinking,
@@ -67,6 +68,8 @@ from handler.schemas import (
     Choice,
     FinishReason,
     FunctionCall,
+    NamedToolChoice,
+    Tool,
     ToolCall,
     Usage,
     completion_id,
@@ -441,9 +444,9 @@ def converse_takes(name: str) -> bool:
     return len(name) <= MAX_CALL_ID and claude_takes(name)
 
 
-def _tool_specs(req: ChatRequest, names: ToolNames) -> list[dict[str, Any]]:
+def _tool_specs(tools: list[Tool], names: ToolNames) -> list[dict[str, Any]]:
     specs = []
-    for tool in req.tools or ():
+    for tool in tools:
         function = tool.function
         specs.append(_tool_spec(names.wire(function.name), function.description, function.parameters, function.strict))
         marker = cache_control(tool)
@@ -507,10 +510,11 @@ def tool_config(
     req: ChatRequest, messages: list[dict[str, Any]], dropped: list[str], forced: bool, names: ToolNames
 ) -> dict[str, Any] | None:
     """`toolConfig`: the client's tools and choice (each tool by the name Converse takes: `names`), plus the forced
-    tool of a `json_schema` answer where the model takes a forced choice (`forced`). Without tools to send (none
+    tool of a `json_schema` answer where the model takes a forced choice (`forced`). Converse has no list of the
+    tools a model may call (`allowed_tools`): those it allows are offered alone. Without tools to send (none
     offered, or `tool_choice: none`), earlier tool turns go as text."""
-    tools = _tool_specs(req, names)
-    choice = req.tool_choice
+    offered, choice = chosen_tools(req)
+    tools = _tool_specs(offered, names)
     if choice == "none":
         tools = []  # "none" honoured exactly: no tool offered
     chosen: dict[str, Any] | None = None
@@ -521,7 +525,7 @@ def tool_config(
         dropped.append("tool_choice")
     elif choice == "required":
         chosen = {"any": {}}
-    elif choice is not None and not isinstance(choice, str):
+    elif isinstance(choice, NamedToolChoice):
         chosen = {"tool": {"name": names.wire(choice.function.name)}}
     json_answer = json_tool(req) if forced else None  # otherwise the schema goes in the system prompt
     if json_answer is not None:

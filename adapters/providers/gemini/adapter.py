@@ -30,6 +30,7 @@ from adapters.providers.params import (
     apply_rules,
     asks,
     at_most,
+    chosen_tools,
     named_messages,
     require_turns,
     strict_schema,
@@ -40,6 +41,7 @@ from adapters.providers.params import (
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (
+    AllowedToolsChoice,
     AssistantMessage,
     AudioPart,
     ChatCompletion,
@@ -294,10 +296,10 @@ SKIP_SIGNATURE = "skip_thought_signature_validator"
 
 
 def signed_call_id(call_id: str, signature: str | None) -> str:
-    """`call_id` carrying `signature` (base64) in URL-safe base64, or `call_id` itself."""
-    if not signature:
-        return call_id
-    return call_id + SIGNATURE_MARK + signature.replace("+", "-").replace("/", "_").rstrip("=")
+    """`call_id` carrying `signature` (base64) in URL-safe base64, or `call_id` itself when Gemini gave none to
+    carry: no signature, an empty one, or padding alone (an id ending in an empty mark would carry nothing)."""
+    encoded = (signature or "").replace("+", "-").replace("/", "_").rstrip("=")
+    return call_id + SIGNATURE_MARK + encoded if encoded else call_id
 
 
 def call_signature(call_id: str) -> str | None:
@@ -394,8 +396,10 @@ def apply_model_rules(body: dict[str, Any], model: str, dropped: list[str]) -> N
     """What the target model needs beyond the API (see `model_rules`), applied to a built request."""
     rules = rules_for(model)
     config = body.get("generationConfig") or {}
-    if rules.no_tools_with_json_mode and body.get("tools") and "responseMimeType" in config:
-        # Gemini 2.5 refuses function calling with a JSON mime type: the tools win, the format is reported.
+    calling = body.get("tools") and body.get("toolConfig", {}).get("functionCallingConfig", {}).get("mode") != "NONE"
+    if calling and not rules.tools_with_json_mode and "responseMimeType" in config:
+        # Gemini before 3 refuses function calling with a JSON mime type (with function calling off, mode `NONE`,
+        # it takes it): the tools win, the format is reported. A model not known to take both is taken to refuse.
         config.pop("responseMimeType")
         config.pop("responseJsonSchema", None)
         dropped.append("response_format")
@@ -466,11 +470,20 @@ def gemini_takes(name: str) -> bool:
 def _tools(
     req: ChatRequest, dropped: list[str], names: ToolNames
 ) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
-    """`tools` and `toolConfig`, each function by the name Gemini takes (`names`)."""
+    """`tools` and `toolConfig`, each function by the name Gemini takes (`names`). A choice of `allowed_tools`
+    that requires a call is Gemini's `ANY` with `allowedFunctionNames`; one left to the model declares the tools it
+    allows alone (Gemini takes `allowedFunctionNames` in mode `ANY` only, and `VALIDATED`, which not every model
+    has)."""
+    choice = req.tool_choice
+    offered = req.tools
+    if isinstance(choice, AllowedToolsChoice):
+        allowed, mode = chosen_tools(req)
+        if mode == "auto":
+            offered, choice = allowed, mode
     tools = None
-    if req.tools:
+    if offered:
         declarations = []
-        for tool in req.tools:
+        for tool in offered:
             declaration: dict[str, Any] = {"name": names.wire(tool.function.name)}
             if tool.function.description:
                 declaration["description"] = tool.function.description
@@ -482,11 +495,12 @@ def _tools(
                 dropped.append("tools.strict")
             declarations.append(declaration)
         tools = [{"functionDeclarations": declarations}]
-    choice = req.tool_choice
     if choice is None:
         return tools, None
     if isinstance(choice, str):
         config: dict[str, Any] = {"mode": TOOL_CHOICE_MODES[choice]}
+    elif isinstance(choice, AllowedToolsChoice):
+        config = {"mode": "ANY", "allowedFunctionNames": [names.wire(name) for name in choice.names()]}
     else:
         config = {"mode": "ANY", "allowedFunctionNames": [names.wire(choice.function.name)]}
     return tools, {"functionCallingConfig": config}

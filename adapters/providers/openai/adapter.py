@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from adapters.providers import reasoning
 from adapters.providers.model_rules import rules_for
 from adapters.providers.openai.profiles import PROFILES, REPEATS, Profile, profile_for
-from adapters.providers.params import IMAGE_DETAIL, ToolNames, apply_rules, unsent_part_fields
+from adapters.providers.params import IMAGE_DETAIL, ToolNames, apply_rules, chosen_tools, unsent_part_fields
 from handler import schemas
 from handler.call_ids import MAX_CALL_ID, claude_takes, shorten_message_call_ids
 from handler.errors import InvalidRequestError, UpstreamError
@@ -25,6 +25,7 @@ from handler.ports import RESPONSES_API, BuiltRequest, NativeCall, ProviderAdapt
 from handler.schemas import (
     DOCUMENT,
     LATER_MODULES,
+    AllowedToolsChoice,
     ChatCompletion,
     ChatRequest,
     PromptTokensDetails,
@@ -336,13 +337,16 @@ def tool_names(req: ChatRequest) -> ToolNames | None:
 
 
 def aliased_functions(body: dict[str, Any], req: ChatRequest) -> None:
-    """The body's function names OpenAI refuses as their aliases (`ToolNames`): in the tools, the named choice, the
-    history's calls (of a tool no longer offered too, as Bedrock's and Gemini's histories have them) and the tool
-    results' `name` (which Mistral keeps). A request whose names OpenAI takes costs a check of each."""
+    """The body's function names OpenAI refuses as their aliases (`ToolNames`): in the tools, the named choice (or
+    those an `allowed_tools` choice allows), the history's calls (of a tool no longer offered too, as Bedrock's and
+    Gemini's histories have them) and the tool results' `name` (which Mistral keeps). A request whose names OpenAI
+    takes costs a check of each."""
     functions = [tool["function"] for tool in body.get("tools") or ()]
     choice = body.get("tool_choice")
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         functions.append(choice["function"])
+    elif isinstance(choice, dict) and isinstance(choice.get("allowed_tools"), dict):
+        functions += [tool["function"] for tool in choice["allowed_tools"]["tools"]]
     for message in body["messages"]:
         functions += [call["function"] for call in message.get("tool_calls") or ()]
         if message["role"] == "tool" and isinstance(message.get("name"), str):
@@ -352,6 +356,14 @@ def aliased_functions(body: dict[str, Any], req: ChatRequest) -> None:
     names = ToolNames(req, openai_takes)
     for function in functions:
         function["name"] = names.wire(function["name"])
+
+
+def _allowed_alone(body: dict[str, Any], req: ChatRequest) -> None:
+    """An `allowed_tools` choice as an API without it takes it: the tools it allows offered alone, and its mode."""
+    offered, mode = chosen_tools(req)
+    allowed = {tool.function.name for tool in offered}
+    body["tools"] = [tool for tool in body["tools"] if tool["function"]["name"] in allowed]
+    body["tool_choice"] = mode
 
 
 def _plain_tools(tools: list[dict[str, Any]] | None) -> None:
@@ -494,6 +506,8 @@ class OpenAIAdapter(ProviderAdapter):
         if profile.short_call_ids:
             shorten_message_call_ids(body["messages"])
         _plain_tools(body.get("tools"))
+        if not profile.allowed_tools and isinstance(req.tool_choice, AllowedToolsChoice):
+            _allowed_alone(body, req)
         aliased_functions(body, req)
         if req.prefill is not None:
             # A Messages client's prefill: continued where the API takes the final assistant message as the prefix of

@@ -39,8 +39,9 @@ class Profile(Value):
     the API continues a final assistant message marked `"prefix": true` (a Messages client's prefill) and how its
     answer begins: `CONTINUES` with the continuation alone (DeepSeek's beta), `REPEATS` with the prefix again
     (Mistral's, "force the model to start its answer by the content of the message"), None where it cannot (the
-    prefill is then named as dropped, `messages.prefill`). A provider's `stream_usage` option overrides the profile's
-    (`OpenAIAdapter`)."""
+    prefill is then named as dropped, `messages.prefill`); `allowed_tools` whether the API takes a `tool_choice` of
+    type `allowed_tools` (where not, the tools it allows go alone, with its mode). A provider's `stream_usage` option
+    overrides the profile's (`OpenAIAdapter`)."""
 
     __slots__ = (
         "rules",
@@ -54,6 +55,7 @@ class Profile(Value):
         "short_call_ids",
         "reasoning_shown",
         "prefix",
+        "allowed_tools",
     )
 
     def __init__(
@@ -69,6 +71,7 @@ class Profile(Value):
         short_call_ids: bool = True,
         reasoning_shown: bool = True,
         prefix: str | None = None,
+        allowed_tools: bool = True,
     ) -> None:
         self.rules: Final = rules
         self.stream_usage: Final = stream_usage
@@ -81,6 +84,7 @@ class Profile(Value):
         self.short_call_ids: Final = short_call_ids
         self.reasoning_shown: Final = reasoning_shown
         self.prefix: Final = prefix
+        self.allowed_tools: Final = allowed_tools
 
 
 # How an API that continues a final assistant message (`Profile.prefix`) begins its answer.
@@ -111,6 +115,7 @@ PROFILES: dict[str, Profile] = {
         roles={"developer": "system"},
         part_types=("text",),
         refused_roles=("function",),
+        allowed_tools=False,  # (its `tool_choice`: none, auto, required or a named function)
     ),
     "mistral": Profile(
         rules={
@@ -129,6 +134,7 @@ PROFILES: dict[str, Profile] = {
         stream_usage=False,
         roles={"developer": "system", "function": "tool"},
         prefix=REPEATS,
+        allowed_tools=False,  # (its `tool_choice`: none, auto, any, required or a named function)
     ),
     "groq": Profile(
         rules={

@@ -98,12 +98,14 @@ def request_body(
 
 
 def function_names(body: Mapping[str, Any]) -> list[str]:
-    """Every function name a Responses body holds: its function tools', a named `tool_choice`'s, its input's
-    calls'."""
+    """Every function name a Responses body holds: its function tools', a named `tool_choice`'s (or those an
+    `allowed_tools` choice allows), its input's calls'."""
     names = [tool["name"] for tool in _functions(body.get("tools"))]
     choice = body.get("tool_choice")
     if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
         names.append(choice["name"])
+    elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        names += [tool["name"] for tool in _functions(choice.get("tools"))]
     return names + [item["name"] for item in _functions(body.get("input"), "function_call")]
 
 
@@ -114,7 +116,7 @@ def _functions(items: Any, kind: str = "function") -> list[dict[str, Any]]:
     return [i for i in items if isinstance(i, dict) and i.get("type") == kind and isinstance(i.get("name"), str)]
 
 
-def aliased_names(body: Mapping[str, Any], takes: Callable[[str], bool]) -> dict[str, str]:
+def aliased_names(body: Mapping[str, Any], takes: Callable[[str], bool]) -> Mapping[str, str]:
     """The alias of each function name of a Responses body the provider refuses (`takes`), by name
     (`tool_names.aliases_of`); none when its tools' names all pass, at the cost of a check of each (as
     `openai.adapter.aliased_functions`)."""
@@ -126,13 +128,16 @@ def aliased_names(body: Mapping[str, Any], takes: Callable[[str], bool]) -> dict
 
 
 def renamed(body: dict[str, Any], made: Mapping[str, str]) -> None:
-    """`body`'s tools, named choice and input calls by their aliases (`made`), in copies: the client's body is
+    """`body`'s tools, named choice (or the tools an `allowed_tools` choice allows) and input calls by their aliases
+    (`made`), in copies: the client's body is
     kept as it came, to be stored."""
     tools = body.get("tools")
     if isinstance(tools, list):
         body["tools"] = [_renamed(tool, made, "function") for tool in tools]
     choice = body.get("tool_choice")
-    if isinstance(choice, dict):
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools" and isinstance(choice.get("tools"), list):
+        body["tool_choice"] = {**choice, "tools": [_renamed(tool, made, "function") for tool in choice["tools"]]}
+    elif isinstance(choice, dict):
         body["tool_choice"] = _renamed(choice, made, "function")
     items = body.get("input")
     if isinstance(items, list):

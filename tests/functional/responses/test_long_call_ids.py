@@ -159,3 +159,25 @@ def test_a_long_function_name_goes_to_a_native_responses_api_as_an_alias(
     assert [item["name"] for item in response["output"] if item["type"] == "function_call"] == [MCP_TOOL_NAME]
     stored = httpx.get(f"{fleet.url}/v1/responses/{response['id']}", headers=auth, timeout=30).json()
     assert [item["name"] for item in stored["output"] if item["type"] == "function_call"] == [MCP_TOOL_NAME]
+
+
+@pytest.mark.parametrize(("model", "fake"), [("gpt", "openai"), ("azure-gpt", "azure")])
+def test_an_allowed_tools_choice_names_a_long_function_by_its_alias_at_a_native_responses_api(
+    fleet: Running, fleet_key: str, model: str, fake: str
+) -> None:
+    """A `tool_choice` of type `allowed_tools` passed through to OpenAI's or Azure's Responses API kept the client's
+    83 characters in its list where the tools named the alias: OpenAI's 400. Its list names the alias, and the
+    answer's call the client's tool."""
+    tool = {**WEATHER, "name": MCP_TOOL_NAME}
+    choice = {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": MCP_TOOL_NAME}]}
+    body = {"model": model, "input": "Weather?", "tools": [WEATHER, tool], "tool_choice": choice}
+    answer = httpx.post(
+        f"{fleet.url}/v1/responses", json=body, headers={"authorization": f"Bearer {fleet_key}"}, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    sent = upstream(fleet, fake)
+    alias = sent["tools"][1]["name"]
+    assert alias != MCP_TOOL_NAME and len(alias) <= MAX_ID
+    assert sent["tool_choice"] == {**choice, "tools": [{"type": "function", "name": alias}]}
+    assert [item["name"] for item in answer.json()["output"] if item["type"] == "function_call"] == [MCP_TOOL_NAME]
+    assert alias not in answer.text  # (the answer's echo of the choice, too)

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import struct
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
 from adapters.providers.gemini import GeminiAdapter
-from adapters.providers.gemini.adapter import call_signature, signed_call_id
+from adapters.providers.gemini.adapter import SIGNATURE_MARK, SKIP_SIGNATURE, call_signature, signed_call_id
 from adapters.providers.gemini.stream import GeminiStreamParser
 from adapters.providers.registry import REGISTRY
 from handler.errors import InvalidRequestError, UpstreamError
-from handler.ports import Target
+from handler.ports import BuiltRequest, Target
 from handler.schemas import ChatRequest, EmbeddingsRequest, Usage
 from handler.wire import SSEDecoder, StreamEvent
+from tests.fakes import gemini as gemini_fake
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "gemini"
 BASE = "https://generativelanguage.googleapis.com"
@@ -144,10 +147,52 @@ def test_representative_request_matches_geminis_documented_form() -> None:
 
 def test_a_model_that_takes_tools_with_json_output_gets_both() -> None:
     result = adapter().chat_request(
-        ChatRequest.model_validate(REPRESENTATIVE), target("gemini-2.0-flash"), stream=False
+        ChatRequest.model_validate(REPRESENTATIVE), target("gemini-3-flash-preview"), stream=False
     )
-    assert orjson.loads(result.request.body) == orjson.loads(fixture("generate-content-request.json"))
+    expected = orjson.loads(fixture("generate-content-request.json"))
+    assert orjson.loads(result.request.body) == expected | {"contents": orjson.loads(result.request.body)["contents"]}
     assert result.dropped == ["messages.image_url.detail"]
+
+
+def sent_to_the_fake(built: BuiltRequest, model: str) -> httpx.Response:
+    """What the fake Gemini (tests/fakes/gemini.py, which refuses what Gemini documents it refuses) answers `built`."""
+    transport = httpx.ASGITransport(app=gemini_fake.create_app())
+
+    async def send() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://gemini") as client:
+            headers = {"x-goog-api-key": gemini_fake.API_KEY, "content-type": "application/json"}
+            return await client.post(
+                f"/v1beta/models/{model}:generateContent", content=built.request.body, headers=headers
+            )
+
+    return asyncio.run(send())
+
+
+SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}}
+
+
+@pytest.mark.parametrize("model", ["gemini-2.0-flash", "gemini-1.5-pro", "gemini-2.5-flash", "gemini-flash-latest"])
+@pytest.mark.parametrize("fmt", [SCHEMA_FORMAT, {"type": "json_object"}], ids=["json_schema", "json_object"])
+def test_a_json_answer_beside_function_calling_is_named_where_gemini_refuses_both(model: str, fmt: Any) -> None:
+    """Gemini before 3 refuses function calling beside a JSON answer ("Function calling with a response mime type:
+    'application/json' is unsupported"); the gateway held that for 2.5 alone, and sent both to 2.0 and 1.5: Gemini's
+    400 for a request it claimed to serve. The tools win, the format is named, for every Gemini but 3."""
+    result = adapter().chat_request(request(tools=[WEATHER], response_format=fmt), target(model), stream=False)
+    assert sent_to_the_fake(result, model).status_code == 200
+    assert "responseMimeType" not in orjson.loads(result.request.body).get("generationConfig", {})
+    assert result.dropped == ["response_format"]
+
+
+@pytest.mark.parametrize("model", ["gemini-2.0-flash", "gemini-3-pro-preview"])
+def test_a_json_answer_goes_beside_tools_gemini_may_not_call(model: str) -> None:
+    """With function calling off (`tool_choice: none`, Gemini's mode `NONE`) every Gemini takes a JSON answer; and
+    Gemini 3 takes both."""
+    for choice in ("none", "auto") if "gemini-3" in model else ("none",):
+        req = request(tools=[WEATHER], tool_choice=choice, response_format=SCHEMA_FORMAT)
+        result = adapter().chat_request(req, target(model), stream=False)
+        assert sent_to_the_fake(result, model).status_code == 200
+        assert orjson.loads(result.request.body)["generationConfig"]["responseMimeType"] == "application/json"
+        assert result.dropped == []
 
 
 def test_key_goes_in_the_header_never_the_url() -> None:
@@ -764,3 +809,70 @@ def test_audio_output_is_counted_apart_from_the_text() -> None:
     assert usage is not None and (usage.completion_tokens, usage.audio_completion_tokens) == (300, 250)
     plain = usage_of({**meta, "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": 300}]})
     assert plain is not None and plain.audio_completion_tokens == 0 and plain.completion_tokens_details is None
+
+
+@pytest.mark.parametrize("given", [None, "", "=="], ids=["missing", "empty", "padding"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_call_gemini_gave_no_signature_goes_back_with_none_of_its_own(given: str | None, stream: bool) -> None:
+    """A call whose part has no `thoughtSignature`, an empty one, or one of padding alone (nothing to carry) is
+    handed out by its id alone: an id with an empty signature (`__gts_`, which "==" made) carried nothing. On the
+    next turn the call goes back with no signature to Gemini 2.5 (none given, none sent, never `""`), and with
+    Gemini's documented stand-in to Gemini 3, which refuses a call without one; the fake Gemini takes both."""
+    part: dict[str, Any] = {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}
+    if given is not None:
+        part["thoughtSignature"] = given
+    answer = {"candidates": [{"content": {"role": "model", "parts": [part]}, "finishReason": "STOP"}]}
+    if stream:
+        chunks = adapter().stream_parser(request(), target()).feed(StreamEvent(None, orjson.dumps(answer)))
+        call_id = next(c.id for k in chunks for d in k.choices for c in d.delta.tool_calls or ())
+    else:
+        calls = adapter().chat_response(orjson.dumps(answer), request(), target()).choices[0].message.tool_calls
+        call_id = (calls or [])[0].id
+    assert call_id is not None and SIGNATURE_MARK not in call_id and call_signature(call_id) is None
+    call = {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    history = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": "18C"},
+    ]
+    for model, signature in (("gemini-2.5-flash", None), ("gemini-3-pro-preview", SKIP_SIGNATURE)):
+        built = adapter().chat_request(request(messages=history, tools=[WEATHER]), target(model), stream=False)
+        sent = orjson.loads(built.request.body)["contents"][1]["parts"][0]
+        assert sent.get("thoughtSignature") == signature and sent["functionCall"]["id"] == call_id
+        assert sent_to_the_fake(built, model).status_code == 200
+
+
+def test_the_fake_refuses_an_empty_thought_signature_as_gemini_does() -> None:
+    """Gemini reads `thoughtSignature` as the bytes it gave; an empty one is none it gave (the check the test above
+    leans on: a `""` sent back would be the fake's 400)."""
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    history = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18C"},
+    ]
+    built = adapter().chat_request(request(messages=history, tools=[WEATHER]), target(), stream=False)
+    body = orjson.loads(built.request.body)
+    body["contents"][1]["parts"][0]["thoughtSignature"] = ""
+    built.request.body = orjson.dumps(body)
+    assert sent_to_the_fake(built, "gemini-2.5-flash").status_code == 400
+
+
+def test_an_empty_signature_a_client_sends_back_in_extra_content_is_not_sent_on() -> None:
+    """A client's `extra_content.google.thought_signature` of `""` is no signature: the call goes as one Gemini gave
+    none for (Gemini 2.5: none; Gemini 3: the documented stand-in), never with `""`, which Gemini refuses."""
+    call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": "{}"},
+        "extra_content": {"google": {"thought_signature": ""}},
+    }
+    history = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18C"},
+    ]
+    for model, signature in (("gemini-2.5-flash", None), ("gemini-3-pro-preview", SKIP_SIGNATURE)):
+        built = adapter().chat_request(request(messages=history, tools=[WEATHER]), target(model), stream=False)
+        assert orjson.loads(built.request.body)["contents"][1]["parts"][0].get("thoughtSignature") == signature
+        assert sent_to_the_fake(built, model).status_code == 200

@@ -128,6 +128,28 @@ def test_mistral_profile_renames_seed_and_maps_required_tool_choice() -> None:
     assert body["random_seed"] == 7 and body["tool_choice"] == "any" and "stream_options" not in body
 
 
+ALLOWED = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [{"function": {"name": "b"}}]}}
+
+
+@pytest.mark.parametrize(("profile", "required"), [("mistral", "any"), ("deepseek", "required")])
+def test_an_api_without_allowed_tools_is_offered_the_allowed_tools_alone(profile: str, required: str) -> None:
+    """Mistral and DeepSeek take no `tool_choice` of type `allowed_tools`: the tools it allows go alone, the model
+    can call no other, and its mode is their choice."""
+    tools = [{"type": "function", "function": {"name": name}} for name in ("a", "b")]
+    req = request(tools=tools, tool_choice=ALLOWED)
+    body = orjson.loads(adapter(profile=profile).chat_request(req, target("http://x/v1"), stream=False).request.body)
+    assert [tool["function"]["name"] for tool in body["tools"]] == ["b"] and body["tool_choice"] == required
+    unknown = request(tools=tools[:1], tool_choice=ALLOWED)
+    with pytest.raises(InvalidRequestError, match="no function named 'b'"):
+        adapter(profile=profile).chat_request(unknown, target("http://x/v1"), stream=False)
+
+
+def test_openai_is_sent_an_allowed_tools_choice_as_it_came() -> None:
+    tools = [{"type": "function", "function": {"name": name}} for name in ("a", "b")]
+    built = adapter().chat_request(request(tools=tools, tool_choice=ALLOWED), target(), stream=False)
+    assert orjson.loads(built.request.body)["tool_choice"] == ALLOWED
+
+
 @pytest.mark.parametrize(
     ("options", "base_url"),
     [({}, "http://localhost:11434/v1"), ({}, "http://10.0.0.5:11434/v1"), ({"profile": "ollama"}, "http://gpu:8/v1")],

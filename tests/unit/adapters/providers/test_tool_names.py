@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
+import orjson
 import pytest
 
+from adapters.providers import tool_names
 from adapters.providers.bedrock.adapter import converse_takes
+from adapters.providers.gemini import GeminiAdapter
 from adapters.providers.gemini.adapter import gemini_takes
+from adapters.providers.openai import OpenAIAdapter
+from adapters.providers.openai.adapter import openai_takes
+from adapters.providers.openai.responses import request_body
 from adapters.providers.params import ToolNames
 from adapters.providers.tool_names import alias, aliases
+from handler.ports import RESPONSES_API, NativeCall, Target
 from handler.schemas import ChatRequest
+from handler.wire import StreamEvent
 from tests.support.tools import MCP_TOOL_NAME, named_call, named_tool
 
 CONVERSE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
@@ -76,3 +85,59 @@ def test_a_request_whose_names_fit_makes_no_alias() -> None:
     names = ToolNames(req, converse_takes)
     assert [names.wire(name) for name in ("get_weather", "Bash", "Read")] == ["get_weather", "Bash", "Read"]
     assert names.client("get_weather") == "get_weather"
+
+
+def digests(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names `tool_names.alias` digests from now on, each time it is asked (`alias` hashes the whole name)."""
+    made: list[str] = []
+
+    def counted(name: str, attempt: int = 0) -> str:
+        made.append(name)
+        return alias(name, attempt)
+
+    monkeypatch.setattr(tool_names, "alias", counted)
+    return made
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_requests_aliases_are_made_once_for_the_request_and_its_answer(
+    monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """The request's `ToolNames` made the aliases to send, and the answer's made them all again to name its calls
+    back (review: twice the digests of every name a provider refuses). Made once, for both."""
+    name = f"mcp__{uuid.uuid4().hex}__{MCP_TOOL_NAME}"  # (a name no other test has aliased)
+    req = request("get_weather", name, history=(name,), choice=name)
+    made = digests(monkeypatch)
+    adapter, target = (
+        GeminiAdapter("gemini", "key", {}),
+        Target("gemini", "gemini", "gemini-2.5-flash", "", "https://g"),
+    )
+    sent = orjson.loads(adapter.chat_request(req, target, stream=stream).request.body)
+    wire = sent["tools"][0]["functionDeclarations"][1]["name"]
+    part = {"functionCall": {"name": wire, "args": {}}}
+    answer = {"candidates": [{"content": {"role": "model", "parts": [part]}, "finishReason": "STOP"}]}
+    if stream:
+        chunks = adapter.stream_parser(req, target).feed(StreamEvent(None, orjson.dumps(answer)))
+        called = [c.function.name for k in chunks for d in k.choices for c in d.delta.tool_calls or () if c.function]
+    else:
+        calls = adapter.chat_response(orjson.dumps(answer), req, target).choices[0].message.tool_calls or []
+        called = [call.function.name for call in calls]
+    assert called == [name]
+    assert made == [name]
+
+
+def test_a_responses_requests_aliases_are_made_once_for_the_request_and_its_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Responses request passed through: its body's aliases (`request_body`) and the answer's names back
+    (`native_names`) from one making."""
+    name = f"mcp__{uuid.uuid4().hex}__{MCP_TOOL_NAME}"
+    body = {"model": "gpt", "input": "Hi", "tools": [{"type": "function", "name": name}]}
+    made = digests(monkeypatch)
+    sent, _ = request_body(
+        body, "gpt-4o", stream=False, output_limit=None, provider_keeps=False, reasons=False, takes=openai_takes
+    )
+    wire = sent["tools"][0]["name"]
+    call = NativeCall(RESPONSES_API, body)
+    assert OpenAIAdapter("openai", "key", {}).native_names(call) == {wire: name}
+    assert made == [name]

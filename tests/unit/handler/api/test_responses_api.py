@@ -224,3 +224,22 @@ def test_an_order_the_answer_no_longer_fits_gives_the_usual_items() -> None:
     changed = completion({"content": "[REDACTED]", "reasoning_content": "ab", **thinking})
     changed.choices[0].message.block_order = order
     assert [item["type"] for item in to_response(changed, req, ids, SEAL, None)["output"]] == ["reasoning", "message"]
+
+
+def test_an_allowed_tools_choice_is_the_chat_choice_of_the_function_tools_it_allows() -> None:
+    """It went as its mode alone, the list named as dropped: the model could call any tool. The function tools it
+    allows are the Chat Completions choice's; a hosted tool among them (left out of the request) is named."""
+    tools = [{"type": "function", "name": name} for name in ("a", "b")] + [{"type": "web_search"}]
+    allowed = [{"type": "function", "name": "b"}, {"type": "web_search"}]
+    choice = {"type": "allowed_tools", "mode": "required", "tools": allowed}
+    body = ResponsesRequest.model_validate({"model": "m", "input": "hi", "tools": tools, "tool_choice": choice})
+    req, dropped = to_chat_request(body, [], SEAL)
+    assert req.model_dump(exclude_none=True)["tool_choice"] == {
+        "type": "allowed_tools",
+        "allowed_tools": {"mode": "required", "tools": [{"type": "function", "function": {"name": "b"}}]},
+    }
+    assert "tool_choice.tools" in dropped
+    only_hosted = ResponsesRequest.model_validate(
+        {**body.model_dump(), "tool_choice": {**choice, "tools": allowed[1:]}}
+    )
+    assert to_chat_request(only_hosted, [], SEAL)[0].tool_choice == "required"
