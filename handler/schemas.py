@@ -15,6 +15,7 @@ import secrets
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict  # (pydantic takes typing's only from Python 3.12)
 
 # `value is None` as a C call: the answer writers run it for every optional field of every chunk.
 _is_none = functools.partial(operator.is_, None)
@@ -244,27 +245,29 @@ class NamedToolChoice(_Open):
     function: NamedFunction
 
 
-class AllowedTools(_Open):
-    model_config = REQUEST
-
+# OpenAI's `allowed_tools` choice as typed dicts, not models: a model class costs a Lambda cold start about a million
+# instructions, and the two this choice would take, two.
+class AllowedTools(TypedDict):
     mode: Literal["auto", "required"]
-    tools: list[NamedToolChoice] = Field(min_length=1)
+    tools: Annotated[list[NamedToolChoice], Field(min_length=1)]
 
 
-class AllowedToolsChoice(_Open):
+class AllowedToolsChoice(TypedDict):
     """The tools the model may call among those the request offers (OpenAI's `allowed_tools`): the rest stay in
     `tools`, so a prompt cached with them is still cached, but go uncalled; `mode` says whether it must call one."""
-
-    model_config = REQUEST
 
     type: Literal["allowed_tools"]
     allowed_tools: AllowedTools
 
-    def names(self) -> list[str]:
-        return [tool.function.name for tool in self.allowed_tools.tools]
-
 
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice | AllowedToolsChoice
+
+
+def allowed_names(choice: ToolChoice | None) -> list[str] | None:
+    """The names a choice of `allowed_tools` allows (the only choice that is a dict); None for any other."""
+    if isinstance(choice, dict):
+        return [tool.function.name for tool in choice["allowed_tools"]["tools"]]
+    return None
 
 
 class JSONSchemaFormat(_Open):

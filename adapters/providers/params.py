@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from handler.errors import InvalidRequestError
 from handler.records import Value
-from handler.schemas import DOCUMENT, DOCUMENT_FIELDS, AllowedToolsChoice, ChatRequest, ResponseFormat, Tool, ToolChoice
+from handler.schemas import DOCUMENT, DOCUMENT_FIELDS, ChatRequest, ResponseFormat, Tool, ToolChoice, allowed_names
 
 
 class Rule(Value):
@@ -282,17 +282,17 @@ def chosen_tools(req: ChatRequest) -> tuple[list[Tool], ToolChoice | None]:
     OpenAI."""
     tools = req.tools or []
     choice = req.tool_choice
-    if not isinstance(choice, AllowedToolsChoice):
+    allowed = allowed_names(choice)
+    if allowed is None or not isinstance(choice, dict):
         return tools, choice
     offered = {tool.function.name for tool in tools}
-    allowed = choice.names()
     for i, name in enumerate(allowed):
         if name not in offered:
             raise InvalidRequestError(
                 f"Invalid 'tool_choice.allowed_tools.tools[{i}]': no function named '{name}' in 'tools'.",
                 param=f"tool_choice.allowed_tools.tools[{i}]",
             )
-    return [tool for tool in tools if tool.function.name in allowed], choice.allowed_tools.mode
+    return [tool for tool in tools if tool.function.name in allowed], choice["allowed_tools"]["mode"]
 
 
 class ToolNames:

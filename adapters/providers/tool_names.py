@@ -21,7 +21,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
-from handler.schemas import AllowedToolsChoice, ChatRequest
+from handler.schemas import ChatRequest, allowed_names
 
 MAX_NAME = 64  # Converse's, OpenAI's and Gemini's longest name
 DIGEST_CHARS = 8  # hex digits of the whole name's SHA-256 closing an alias
@@ -46,8 +46,8 @@ def request_names(req: ChatRequest) -> list[str]:
     history's calls' and results'."""
     names = [tool.function.name for tool in req.tools or ()]
     choice = req.tool_choice
-    if isinstance(choice, AllowedToolsChoice):
-        names += choice.names()
+    if isinstance(choice, dict):
+        names += allowed_names(choice) or ()
     elif choice is not None and not isinstance(choice, str):
         names.append(choice.function.name)
     for message in req.messages:

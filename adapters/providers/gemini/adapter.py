@@ -41,7 +41,6 @@ from adapters.providers.params import (
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import BuiltRequest, NativeCall, ProviderAdapter, Target, UpstreamRequest
 from handler.schemas import (
-    AllowedToolsChoice,
     AssistantMessage,
     AudioPart,
     ChatCompletion,
@@ -61,6 +60,7 @@ from handler.schemas import (
     TextPart,
     ToolCall,
     Usage,
+    allowed_names,
     completion_id,
 )
 from handler.wire import error_excerpt, json_body, malformed, named_wait, upstream_error
@@ -476,7 +476,7 @@ def _tools(
     has)."""
     choice = req.tool_choice
     offered = req.tools
-    if isinstance(choice, AllowedToolsChoice):
+    if isinstance(choice, dict):  # (`allowed_tools`)
         allowed, mode = chosen_tools(req)
         if mode == "auto":
             offered, choice = allowed, mode
@@ -499,8 +499,8 @@ def _tools(
         return tools, None
     if isinstance(choice, str):
         config: dict[str, Any] = {"mode": TOOL_CHOICE_MODES[choice]}
-    elif isinstance(choice, AllowedToolsChoice):
-        config = {"mode": "ANY", "allowedFunctionNames": [names.wire(name) for name in choice.names()]}
+    elif isinstance(choice, dict):  # (`allowed_tools`)
+        config = {"mode": "ANY", "allowedFunctionNames": [names.wire(name) for name in allowed_names(choice) or ()]}
     else:
         config = {"mode": "ANY", "allowedFunctionNames": [names.wire(choice.function.name)]}
     return tools, {"functionCallingConfig": config}

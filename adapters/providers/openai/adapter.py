@@ -25,7 +25,6 @@ from handler.ports import RESPONSES_API, BuiltRequest, NativeCall, ProviderAdapt
 from handler.schemas import (
     DOCUMENT,
     LATER_MODULES,
-    AllowedToolsChoice,
     ChatCompletion,
     ChatRequest,
     PromptTokensDetails,
@@ -506,7 +505,7 @@ class OpenAIAdapter(ProviderAdapter):
         if profile.short_call_ids:
             shorten_message_call_ids(body["messages"])
         _plain_tools(body.get("tools"))
-        if not profile.allowed_tools and isinstance(req.tool_choice, AllowedToolsChoice):
+        if not profile.allowed_tools and isinstance(req.tool_choice, dict):  # (`allowed_tools`)
             _allowed_alone(body, req)
         aliased_functions(body, req)
         if req.prefill is not None:
