@@ -905,6 +905,13 @@ class Store(ABC):
         """Reserve the budgets and count the rates atomically, or change nothing and raise
         `BudgetRefused` / `RateRefused`."""
 
+    def admit_held(self, admission: Admission) -> MeterSnapshot | None:
+        """`admit` at once from what this process holds of the counters, with no write and no wait, where the store
+        can (the embedded store's slices of them: adapters/store/slices.py); None: it takes `admit`. An admission
+        written may land with its request cancelled meanwhile, which must then wait for it (`Pipeline._reserve`);
+        one admitted here has nothing to wait for, and costs no task."""
+        return None
+
     async def admit_at(self, admission: Admission, region: str | None) -> MeterSnapshot:
         """`admit`, counted in `region` as a process there counts it, where the store spans regions: for a count
         that must hold in all regions at once, kept in one (a family's mints, in its root's home). A store in

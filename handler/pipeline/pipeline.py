@@ -553,25 +553,44 @@ class Pipeline(Charges):
         if ends_at is not None and ends_at - time.perf_counter() <= CUT_SLACK_S:
             # Too little left to send anything (`_failover` would not): refused before it is reserved or counted.
             raise too_short_to_send(ex, ends_at - time.perf_counter())
-        ex.reserving = True
         try:
             # The rate limits count what the request shows: a document the provider fetches (`referenced`) is in
             # the budget's worst case, not in the tokens a minute (100 pages would refuse it on any key's tpm).
             tokens = prompt - estimate.referenced + output
-            reservation = await self.meter.admit(ex.lineage, ex.model, worst, tokens, ex.request_id)
+            reservation = self.meter.reservation(ex.lineage, ex.model, worst, tokens, ex.request_id)
+            if reservation.admission is not None and not self.meter.held(reservation):
+                await self._reserve(ex, reservation)
         except BudgetExceededError as exc:
             if worst is None:  # no max_tokens lowers an unknown price: only a model with a known one serves
                 raise BudgetExceededError(unpriced(worst_model, ex.model), code=exc.code, headers=exc.headers) from None
             lower = lowered_by(worst_model, ex.model)
             raise BudgetExceededError(exc.message + lower, code=exc.code, headers=exc.headers) from None
-        finally:
-            ex.reserving = False
         reservation.prompt_tokens, reservation.output_tokens = prompt, output
         ex.reservation = reservation
         ex.limit_headers = reservation.headers
         ex.store_ms += reservation.store_ms
         if ex.trace is not None and reservation.admission is not None:  # (no budget, no limits: no round trip)
             ex.trace.store("store.admit", reservation.store_ms)
+
+    async def _reserve(self, ex: Exchange, reservation: Reservation) -> None:
+        """The store's write of the request's reservation (`Meter.write`), waited for however often the request is
+        cancelled meanwhile (`outlasting`): a cancellation (a server stopping past its grace, once or more) cut the
+        wait and the write with it, after the store had written a reservation that was then neither settled nor
+        released, and held the key's budget until it expired. A request cancelled so
+        ends once the write is known, its reservation released (nothing was sent); a client that leaves meanwhile
+        does not cancel it (`Exchange.reserving`)."""
+        ex.reserving = True
+        writing = asyncio.ensure_future(self.meter.write(reservation, ex.key))
+        try:
+            await asyncio.shield(writing)
+        except asyncio.CancelledError as cut:
+            with contextlib.suppress(GatewayError):
+                await outlasting(writing)
+                ex.reservation = reservation
+                await self._unanswered(ex, cut)
+            raise
+        finally:
+            ex.reserving = False
 
     def _checked(self, usage: Usage | None, ex: Exchange, output_chars: Callable[[], int]) -> tuple[Usage, str]:
         """The provider's usage when it is possible, else an estimate (`source` says which): an answer without

@@ -678,3 +678,39 @@ async def test_a_line_after_an_answer_thrown_away_counts_every_answer_billed() -
     assert (line.input_tokens, line.output_tokens) == (30, 12), line
     assert line.cost_usd == pytest.approx(line.input_tokens * 1.0e-6 + line.output_tokens * 2.0e-6)
     await served.gateway.aclose()
+
+
+async def test_a_reservation_written_while_the_request_is_cancelled_twice_is_released(store_url: str) -> None:
+    """The request was cancelled while the store wrote its admission's worst case, and again before the store
+    answered (a server stopping past its grace): the wait for the write's answer was cut (by the first cancellation
+    already: nothing shielded it), so the reservation the store had written was neither settled nor released, and
+    held the key's budget until it expired (960 s), as a failover's extra worst case did. Nothing was sent: it is
+    released, and nothing is charged."""
+    served = await serve(lambda request: httpx.Response(200, json=completion()), {"m": MODEL}, store_url=store_url)
+    store = served.gateway.store
+    written = store.admit
+    admission_written, answer_due = asyncio.Event(), asyncio.Event()
+
+    async def late_answer(admission: Any) -> Any:
+        snapshot = await written(admission)
+        admission_written.set()
+        await answer_due.wait()  # its answer on its way
+        return snapshot
+
+    store.admit = late_answer  # type: ignore[method-assign]
+    request = asyncio.ensure_future(served.post("/v1/chat/completions", {"model": "m", "messages": HI}))
+    await admission_written.wait()
+    request.cancel()  # the first cancellation
+    for _ in range(5):
+        await asyncio.sleep(0)
+    request.cancel()  # the second, while the store has still to answer
+    for _ in range(5):
+        await asyncio.sleep(0)
+    answer_due.set()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    store.admit = written  # type: ignore[method-assign]
+    assert await served.ledger() == []  # nothing was sent
+    state = (await served.get("/v1/key")).json()
+    assert state["reserved_usd"] == 0 and state["spent_usd"] == 0, state
+    await served.gateway.aclose()
