@@ -967,6 +967,8 @@ class Pipeline(Charges):
         item: LedgerItem | None = None
         actual = 0.0
         tokens = 0
+        if served is not None or self.gateway.router.heard_tiers:  # (an answer that says how it ran, a tier learned)
+            self._ran_unasked(ex, attempt, served, usage is not None and source != "reserved" and not free)
         if source == "reserved" or ex.missed:  # (rare: the worst case is built only when it is charged)
             if source == "reserved" and served is None and attempt is not None:
                 served = self._unanswered_tier(ex, attempt)
@@ -978,8 +980,6 @@ class Pipeline(Charges):
                     # Part of the cost is their reserved worst case, no count the provider gave: the line says so
                     # (it said `provider`, and reports counted it as known exactly).
                     source = "reserved"
-        if served is not None and ex.tier_unnamed and attempt is not None:
-            self._ran_unasked(attempt, served)
         if usage is not None and attempt is not None:
             ex.cost = self._cost(ex, attempt, usage, served) if not free else Cost(0.0, 0.0, usage, None)
             if ex.wasted_usd and ex.cost.provider_usd is not None:

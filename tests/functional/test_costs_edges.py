@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from handler.pipeline import budgets
+from handler.pipeline import budgets, routing
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
 from handler.ports import KeyRecord
@@ -545,6 +545,7 @@ class ProjectAtPriority:
 
     def __init__(self) -> None:
         self.answered = 0
+        self.tier = "priority"  # the tier the project runs a request that names none at
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         body = orjson.loads(request.content)
@@ -552,7 +553,7 @@ class ProjectAtPriority:
         self.answered += 1
         output = body.get("max_completion_tokens") or body["max_tokens"]
         usage = {"prompt_tokens": 10, "completion_tokens": output, "total_tokens": 10 + output}
-        tier = body.get("service_tier") or "priority"
+        tier = body.get("service_tier") or self.tier
         return httpx.Response(200, json={**completion(body["model"]), "usage": usage, "service_tier": tier})
 
 
@@ -621,6 +622,40 @@ async def test_a_request_naming_no_tier_is_reserved_at_the_tier_its_deployment_r
     assert await worst_case(served) == pytest.approx(2 * plain_worst)
     statuses, spent = await wave(served, budget)
     assert statuses == [200, 200, 402, 402] and spent <= budget, (statuses, spent, budget)
+    await served.gateway.aclose()
+
+
+async def test_a_tier_learned_from_answers_is_forgotten_once_the_deployment_answers_at_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once one answer to a tier-less request said priority, every later tier-less request on that deployment was
+    reserved at priority for the process's life, though the project had gone back to the default tier: twice the
+    worst case held, and requests refused with budget left (review). An answer at the default tier within
+    `TIER_REMEMBERED_S` of the last at priority does not make it forgotten (OpenAI serves some of a priority
+    project's requests at the default tier past its ramp limits); one after it does, back to the plain price, or to
+    the deployment's `default_service_tier`, which no answer lowers."""
+    project = ProjectAtPriority()
+    served = await serve(project, {"m": MODEL}, priced_options={"service_tier": {"priority": 2.0}})
+    plain_worst = await worst_case(served)
+    assert (await served.post("/v1/chat/completions", TIER_LESS)).status_code == 200
+    assert await worst_case(served) == pytest.approx(2 * plain_worst)
+    project.tier = "default"  # past its ramp limits, or back to the default tier
+    assert (await served.post("/v1/chat/completions", TIER_LESS)).status_code == 200
+    assert await worst_case(served) == pytest.approx(2 * plain_worst)  # (within the time it is remembered)
+    monkeypatch.setattr(routing, "TIER_REMEMBERED_S", 0.0)
+    assert (await served.post("/v1/chat/completions", TIER_LESS)).status_code == 200
+    assert await worst_case(served) == pytest.approx(plain_worst)
+    project.tier = "priority"  # learned again from the next answer
+    assert (await served.post("/v1/chat/completions", TIER_LESS)).status_code == 200
+    assert await worst_case(served) == pytest.approx(2 * plain_worst)
+    await served.gateway.aclose()
+
+    told = {**MODEL, "deployments": [{**MODEL["deployments"][0], "default_service_tier": "priority"}]}
+    project = ProjectAtPriority()
+    project.tier = "default"
+    served = await serve(project, {"m": told}, priced_options={"service_tier": {"priority": 2.0}})
+    assert (await served.post("/v1/chat/completions", TIER_LESS)).status_code == 200
+    assert await worst_case(served) == pytest.approx(2 * plain_worst)  # the config's, not forgotten
     await served.gateway.aclose()
 
 
