@@ -988,8 +988,9 @@ class Store(ABC):
 
     async def return_leases(self) -> float:
         """Give back to their home regions the shares of budgets homed elsewhere that this process drew on and has
-        not spent (a stopping server's), where the store spans regions; returns the USD given back. A store in one
-        region holds none."""
+        not spent (a stopping server's), where the store spans regions, but those another process of its region
+        drew on since (a sibling worker: it gives them back once idle, or as it stops); returns the USD given back.
+        A store in one region holds none."""
         return 0.0
 
     async def reconnect(self) -> None:
