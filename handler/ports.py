@@ -233,11 +233,13 @@ class NativeMeter(Protocol):
     is the provider's final count (Anthropic's `message_delta`, a Responses stream's terminal event), which
     may come before the stream's last event; `searches` the web searches the provider has run so far (billed
     per search, even in a stream cut short); `served` what the usage so far says of how it was served
-    (`Served`), None where the API says nothing of it.
+    (`Served`), None where the API says nothing of it; `answer_id` the id the provider gave the answer, once its
+    stream said it (Anthropic's `message_start`: a message thread's `continue` names it), else None.
     """
 
     output_chars: int
     final: bool
+    answer_id: str | None
     searches: int
 
     @property

@@ -66,6 +66,7 @@ from handler.wire import OVERLOADED, SHAPE_ERRORS, error_answer, json_body, malf
 if TYPE_CHECKING:
     from handler.pipeline.chunk_stream import ChunkStream  # (imported with the first stream: `_chunk_stream`)
     from handler.pipeline.passthrough import NativeReply, NativeStream  # (with the first native answer or stream)
+    from handler.pipeline.threads import HeldThreads  # (with the first thread's answer)
     from handler.schemas import EmbeddingsRequest, EmbeddingsResponse
 
 T = TypeVar("T")
@@ -93,6 +94,7 @@ class Pipeline(Charges):
         self.gateway = gateway
         self.meter = Meter(gateway.store, gateway.keys, gateway.config.gateway.reservation_ttl_seconds)
         self.fee = gateway.config.gateway.fee
+        self.threads: HeldThreads | None = None  # (with the first thread's answer)
 
     # --- chat -------------------------------------------------------------------------------
 
@@ -211,6 +213,8 @@ class Pipeline(Charges):
             # The answer's generated part: a message's `content` (Messages), a response's `output` (Responses).
             generated = outcome.body.get("content", outcome.body.get("output"))
             usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(generated)))
+            if source == "provider" and "thread" in call.body:
+                self.thread_answered(call, ex, outcome.body.get("id"), usage)
             served = outcome.served or tier_served(outcome.body, ex.service_tier)
             await self._settle(ex, usage, 200, background=True, source=source, served=served)
             return outcome
@@ -501,7 +505,7 @@ class Pipeline(Charges):
         if call is not None and native:
             ex.prompt = sent_as_written(ex.prompt, call.body)  # (what the translation left out goes too)
             if call.held:
-                ex.prompt = ex.prompt.holding(max(held_window(attempt.spec) for attempt in native))
+                ex.prompt = ex.prompt.holding(self._thread_holds(call, native))
         cap = OutputCap(req, self.gateway.config.gateway.default_max_output_tokens, self.gateway.ceilings)
         # Each attempt's worst case at its own cap: the plan's largest cap priced at every attempt's price held a
         # budget four times what any attempt could spend (gpt-4o-mini's 16,384 at a fallback Claude's price, which
@@ -522,6 +526,28 @@ class Pipeline(Charges):
             # model is a 400 (gpt-4o-mini's 16,384 against a fallback's 64,000).
             cap.reserved = {id(attempt): output for attempt, output in zip(plan, outputs, strict=True)}
         ex.output_cap = cap
+
+    def _thread_holds(self, call: NativeCall, native: list[Attempt]) -> int:
+        """The most input a thread's `continue` (`call`) reads beyond its body, where `native` may serve it: what
+        its thread holds after the answer it continues, where this process relayed that answer (`HeldThreads`),
+        else, or at most, the models' context window."""
+        window = max(held_window(attempt.spec) for attempt in native)
+        if self.threads is None:
+            return window
+        thread = call.body["thread"]
+        held = self.threads.holds(thread.get("previous_message_id"), {attempt.target.model for attempt in native})
+        return window if held is None else min(held, window)
+
+    def thread_answered(self, call: NativeCall, ex: Exchange, message_id: object, usage: Usage) -> None:
+        """An answer to a request of a thread (`call`), relayed whole or streamed, that the provider gave `usage` for:
+        its thread's size is known for a `continue` of it (`_thread_holds`)."""
+        if ex.attempt is None:
+            return
+        if self.threads is None:
+            from handler.pipeline.threads import HeldThreads  # (with the first thread)
+
+            self.threads = HeldThreads()
+        self.threads.answered(message_id, ex.attempt.target.model, usage)
 
     async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], outputs: list[int]) -> None:
         """Reserve the plan's worst case: the dearest attempt's, each at its own output tokens (`outputs`, in the
