@@ -233,11 +233,13 @@ class NativeMeter(Protocol):
     is the provider's final count (Anthropic's `message_delta`, a Responses stream's terminal event), which
     may come before the stream's last event; `searches` the web searches the provider has run so far (billed
     per search, even in a stream cut short); `served` what the usage so far says of how it was served
-    (`Served`), None where the API says nothing of it.
+    (`Served`), None where the API says nothing of it; `answer_id` the id the provider gave the answer, once its
+    stream said it (Anthropic's `message_start`: a message thread's `continue` names it), else None.
     """
 
     output_chars: int
     final: bool
+    answer_id: str | None
     searches: int
 
     @property
@@ -905,6 +907,13 @@ class Store(ABC):
         """Reserve the budgets and count the rates atomically, or change nothing and raise
         `BudgetRefused` / `RateRefused`."""
 
+    def admit_held(self, admission: Admission) -> MeterSnapshot | None:
+        """`admit` at once from what this process holds of the counters, with no write and no wait, where the store
+        can (the embedded store's slices of them: adapters/store/slices.py); None: it takes `admit`. An admission
+        written may land with its request cancelled meanwhile, which must then wait for it (`Pipeline._reserve`);
+        one admitted here has nothing to wait for, and costs no task."""
+        return None
+
     async def admit_at(self, admission: Admission, region: str | None) -> MeterSnapshot:
         """`admit`, counted in `region` as a process there counts it, where the store spans regions: for a count
         that must hold in all regions at once, kept in one (a family's mints, in its root's home). A store in
@@ -981,8 +990,9 @@ class Store(ABC):
 
     async def return_leases(self) -> float:
         """Give back to their home regions the shares of budgets homed elsewhere that this process drew on and has
-        not spent (a stopping server's), where the store spans regions; returns the USD given back. A store in one
-        region holds none."""
+        not spent (a stopping server's), where the store spans regions, but those another process of its region
+        drew on since (a sibling worker: it gives them back once idle, or as it stops); returns the USD given back.
+        A store in one region holds none."""
         return 0.0
 
     async def reconnect(self) -> None:

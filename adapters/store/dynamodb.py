@@ -674,8 +674,9 @@ class DynamoDBStore(DynamoDBKeys, DynamoDBResponses, DynamoDBSignIns, MeteredSto
         return await self.leases.return_idle(force)
 
     async def return_leases(self) -> float:
-        """Every lease this process holds, idle or not: what its requests reserved stays in it until they settle."""
-        return await self.leases.return_idle(force=True)
+        """Every lease this process holds, idle or not, but those another process of this region drew on since
+        (`RegionLeases.return_idle`, `leaving`): what its requests reserved stays in it until they settle."""
+        return await self.leases.return_idle(leaving=True)
 
     # --- ledger -------------------------------------------------------------------------------
 

@@ -312,6 +312,11 @@ class MeteredStore(Store):
             tries += 1
         raise StoreError("meter update kept failing its condition")
 
+    def admit_held(self, admission: Admission) -> MeterSnapshot | None:
+        if any(rate.amount > rate.limit for rate in admission.rates):
+            return None  # (`admit` refuses it)
+        return self._cached(admission)
+
     def _cached(self, admission: Admission) -> MeterSnapshot | None:
         """A backend's cache in front of `_write_admission` (the embedded store's in-memory slices of its
         counters, which every check of `_write_admission` keeps within the limits) may admit from what it holds,

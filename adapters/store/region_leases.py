@@ -95,6 +95,9 @@ class HeldLease:
     period: str
     home: str
     last_used: float
+    # The last use this process's own admissions marked on the lease (`t:P`): a later mark is another process's, in
+    # this region, that draws on it too (`return_idle`, `leaving`).
+    drew_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -168,18 +171,21 @@ class RegionLeases:
             f"{e.name(f'c:{charge.period}')} {amount}",
             f"{bucket} {amount}",
         ]
-        e.clauses["SET"].append(f"{e.name(f't:{charge.period}')} = {e.value(num(self.clock()))}")
+        now = self.clock()
+        e.clauses["SET"].append(f"{e.name(f't:{charge.period}')} = {e.value(num(now))}")
         e.conditions.append(f"{avail} >= {amount}")
-        self._hold(charge)
+        self._hold(charge, now)
 
-    def _hold(self, charge: BudgetCharge) -> None:
+    def _hold(self, charge: BudgetCharge, drew_at: float | None = None) -> None:
         """Watch the lease this process draws on, so that it goes home once idle even if the process that
-        took the grant is gone."""
+        took the grant is gone; `drew_at`: the last use an admission of this process marks on it."""
         key = (charge.key_id, charge.period)
         if len(self._held) > MAX_TRACKED and key not in self._held:
             return  # the others' sweeps, and the next grant of this key, still return it
         held = self._held.setdefault(key, HeldLease(charge.key_id, charge.period, charge.home_region or "", 0.0))
         held.last_used = self.clock()
+        if drew_at is not None:
+            held.drew_at = drew_at
         self._watch()
 
     @staticmethod
@@ -352,30 +358,34 @@ class RegionLeases:
             with contextlib.suppress(StoreError):
                 await self.return_idle()
 
-    async def return_idle(self, force: bool = False) -> float:
+    async def return_idle(self, force: bool = False, leaving: bool = False) -> float:
         """Return every lease this process holds that no request in this region used for `idle_seconds`
-        (all of them if `force`); returns the USD given back."""
+        (all of them if `force`); returns the USD given back. `leaving`: the process stops, so every lease it holds
+        that no other process used since its own last use, idle or not: one that another did is that process's to
+        draw on still (a sibling worker of a server, another server in the region), and its sweeper gives it back
+        once idle. Given back whole, it had that process's next request wait for a grant from the home region."""
         returned = 0.0
         for key, held in list(self._held.items()):
             if period_closed(held.period, self.clock()):
                 # Budget given back to a closed period could not be spent, and the home drops its counters.
                 self._held.pop(key, None)
                 continue
-            if not force and self.clock() - held.last_used < self.idle_seconds:
+            if not force and not leaving and self.clock() - held.last_used < self.idle_seconds:
                 continue
             try:
-                amount = await self._give_back(held, force)
+                amount = await self._give_back(held, force, leaving=leaving)
             except ConditionFailed:
                 continue  # used meanwhile: try again when idle
-            returned += amount
-            if amount >= 0:
+            if amount >= 0:  # (-1: in use)
+                returned += amount
                 self._held.pop(key, None)
         return returned
 
-    async def _give_back(self, held: HeldLease, force: bool, region: str | None = None) -> float:
-        """Give up the lease's available USD, then tell the home meter; -1 if the lease is in use. `region` is
-        the lease's (this region's if None): another region reclaims a lease idle where no process sweeps it
-        (`reclaim_idle`), through that region's endpoint, so the lease is still written only in its region.
+    async def _give_back(self, held: HeldLease, force: bool, region: str | None = None, leaving: bool = False) -> float:
+        """Give up the lease's available USD, then tell the home meter; -1 if the lease is in use (`leaving`: if
+        another process used it since this one last did). `region` is the lease's (this region's if None): another
+        region reclaims a lease idle where no process sweeps it (`reclaim_idle`), through that region's endpoint,
+        so the lease is still written only in its region.
 
         What the home granted the lease and the lease never credited (a grant whose answers were lost: the
         client had a 503, the home counts it leased) is credited first, and the reservations of requests that
@@ -391,7 +401,7 @@ class RegionLeases:
             return found
 
         lease = await read()
-        cutoff = self.clock() - self.idle_seconds
+        cutoff = held.drew_at if leaving else self.clock() - self.idle_seconds
         if not force and read_num(lease, f"t:{p}") > cutoff:
             held.last_used = read_num(lease, f"t:{p}")
             return -1.0

@@ -156,7 +156,18 @@ class Meter:
         self, lineage: list[KeyRecord], model: str, worst_usd: float | None, tokens: int, request_id: str
     ) -> Reservation:
         """Reserve `worst_usd` on the budget of the key and of every ancestor that has one, and count the
-        request against the rate limits of each of them (`lineage`: the key and its ancestors, nearest first)."""
+        request against the rate limits of each of them (`lineage`: the key and its ancestors, nearest first):
+        `reservation`, then `held` or `write`."""
+        reservation = self.reservation(lineage, model, worst_usd, tokens, request_id)
+        if reservation.admission is not None and not self.held(reservation):
+            await self.write(reservation, lineage[0])
+        return reservation
+
+    def reservation(
+        self, lineage: list[KeyRecord], model: str, worst_usd: float | None, tokens: int, request_id: str
+    ) -> Reservation:
+        """What `admit` reserves and counts, not yet admitted: its `admission` is None where there is nothing to
+        write (no budget and no limits along the key's chain)."""
         key = lineage[0]
         now = self.clock()
         budgeted = [r for r in lineage if r.budget_usd is not None]
@@ -170,22 +181,42 @@ class Meter:
             BudgetCharge(r.id, period_of(r.budget_period, now), float(r.budget_usd or 0.0), amount, r.home_region)
             for r in budgeted
         ]
-        window = int(now // 60)
-        rates = [rate for holder in lineage for rate in self._rates(holder, key, model, window, tokens)]
+        rates = [rate for holder in lineage for rate in self._rates(holder, key, model, int(now // 60), tokens)]
         reservation = Reservation(None, amount, tokens)
         reservation.admitted_at = now
         if budgeted:
             reservation.budget_key, reservation.budget_limit = budgeted[0].id, float(budgeted[0].budget_usd or 0.0)
-        if not budgets and not rates:
-            return reservation
-        admission = Admission(request_id, key.id, budgets, rates, now + self.reservation_ttl, key.home_region)
-        started = time.perf_counter()
-        snapshot = await self._admit(admission, key, amount, window)
-        reservation.store_ms = (time.perf_counter() - started) * 1000
-        reservation.admission = admission
-        reservation.snapshot = snapshot
-        reservation.headers = self._rate_headers(rates, snapshot, window)
+        if budgets or rates:
+            reservation.admission = Admission(
+                request_id, key.id, budgets, rates, now + self.reservation_ttl, key.home_region
+            )
         return reservation
+
+    def held(self, reservation: Reservation) -> bool:
+        """Whether the store admitted `reservation` at once from what this process holds (`Store.admit_held`): no
+        write, so nothing a cancelled request could lose."""
+        assert reservation.admission is not None
+        snapshot = self.store.admit_held(reservation.admission)
+        if snapshot is None:
+            return False
+        self._admitted(reservation, snapshot)
+        return True
+
+    async def write(self, reservation: Reservation, key: KeyRecord) -> None:
+        """The store's admission of `reservation` (`key`'s request), or its refusal as the client's error."""
+        admission = reservation.admission
+        assert admission is not None
+        started = time.perf_counter()
+        window = int(reservation.admitted_at // 60)
+        snapshot = await self._admit(admission, key, reservation.amount_usd, window)
+        reservation.store_ms = (time.perf_counter() - started) * 1000
+        self._admitted(reservation, snapshot)
+
+    def _admitted(self, reservation: Reservation, snapshot: MeterSnapshot) -> None:
+        admission = reservation.admission
+        assert admission is not None
+        reservation.snapshot = snapshot
+        reservation.headers = self._rate_headers(admission.rates, snapshot, int(reservation.admitted_at // 60))
 
     async def admit_fallback(
         self, lineage: list[KeyRecord], model: str, tokens: int, request_id: str, counted: list[str]

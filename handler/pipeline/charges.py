@@ -193,19 +193,17 @@ class Charges:
             multiplier = max(multiplier, 1.0)
         return scaled(price, multiplier)
 
-    def _ran_unasked(self, attempt: Attempt, served: Served) -> None:
-        """An answer to a request that named no service tier says it ran at one (`served`): where that costs more
-        than the tier its deployment was known to run such requests at, their worst cases are reserved at it from
-        now on (`Router.unasked_tiers`). An OpenAI project whose default tier is priority runs and bills every such
+    def _ran_unasked(self, ex: Exchange, attempt: Attempt | None, served: Served | None, answered: bool) -> None:
+        """The tier a request that named no service tier ran at, as its answer says (`served`; None and `answered`: an
+        answer that said nothing beyond the default tier): the tier its deployment's such requests are reserved at
+        follows it (`Router.ran_unasked`). An OpenAI project whose default tier is priority runs and bills every such
         request at priority; reserved at the plain price, requests in flight at once could pass a budget by the
         difference. Until the first answer says so (or the config does, `default_service_tier`), they still can."""
-        ran = served.options.get(SERVICE_TIER)
-        if ran is None:
+        if not ex.tier_unnamed or attempt is None:
             return
-        known = self.gateway.router.unasked_tiers
-        rate = attempt.tiers.get(ran, 1.0)
-        if rate > 1.0 and rate > attempt.tiers.get(known.get(id(attempt), ""), 1.0):
-            known[id(attempt)] = ran
+        ran = served.options.get(SERVICE_TIER) if served is not None else "default" if answered else None
+        if ran is not None:
+            self.gateway.router.ran_unasked(attempt, ran)
 
     def _unanswered_tier(self, ex: Exchange, attempt: Attempt) -> Served | None:
         """How an attempt the provider may bill but never answered is taken to have been served, for the worst case

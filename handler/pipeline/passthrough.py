@@ -322,6 +322,7 @@ class NativeStream(UpstreamStream[StreamEvent]):
     ) -> None:
         super().__init__(pipeline, ex, req, attempt, response)
         self.meter = attempt.adapter.native_meter(call)
+        self.call = call
         from handler.pipeline.redacting import EventRedactor, messages_delta, responses_delta  # (first stream)
 
         self.redactor = EventRedactor(responses_delta if call.api == RESPONSES_API else messages_delta)
@@ -340,6 +341,13 @@ class NativeStream(UpstreamStream[StreamEvent]):
             text = answer_delta(self.api, event)
             if text is not None:
                 self._text.append(text)
+
+    async def _settle_once(self, status: int) -> None:
+        if not self._settled and "thread" in self.call.body:  # (its answer's size, for a `continue` of it)
+            usage, source = self.metered()
+            if source == "provider":
+                self.pipeline.thread_answered(self.call, self.ex, self.meter.answer_id, usage)
+        await super()._settle_once(status)
 
     def _reported(self) -> Usage | None:
         return self.meter.usage

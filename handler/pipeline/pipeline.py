@@ -66,6 +66,7 @@ from handler.wire import OVERLOADED, SHAPE_ERRORS, error_answer, json_body, malf
 if TYPE_CHECKING:
     from handler.pipeline.chunk_stream import ChunkStream  # (imported with the first stream: `_chunk_stream`)
     from handler.pipeline.passthrough import NativeReply, NativeStream  # (with the first native answer or stream)
+    from handler.pipeline.threads import HeldThreads  # (with the first thread's answer)
     from handler.schemas import EmbeddingsRequest, EmbeddingsResponse
 
 T = TypeVar("T")
@@ -93,6 +94,7 @@ class Pipeline(Charges):
         self.gateway = gateway
         self.meter = Meter(gateway.store, gateway.keys, gateway.config.gateway.reservation_ttl_seconds)
         self.fee = gateway.config.gateway.fee
+        self.threads: HeldThreads | None = None  # (with the first thread's answer)
 
     # --- chat -------------------------------------------------------------------------------
 
@@ -211,6 +213,8 @@ class Pipeline(Charges):
             # The answer's generated part: a message's `content` (Messages), a response's `output` (Responses).
             generated = outcome.body.get("content", outcome.body.get("output"))
             usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(generated)))
+            if source == "provider" and "thread" in call.body:
+                self.thread_answered(call, ex, outcome.body.get("id"), usage)
             served = outcome.served or tier_served(outcome.body, ex.service_tier)
             await self._settle(ex, usage, 200, background=True, source=source, served=served)
             return outcome
@@ -501,7 +505,7 @@ class Pipeline(Charges):
         if call is not None and native:
             ex.prompt = sent_as_written(ex.prompt, call.body)  # (what the translation left out goes too)
             if call.held:
-                ex.prompt = ex.prompt.holding(max(held_window(attempt.spec) for attempt in native))
+                ex.prompt = ex.prompt.holding(self._thread_holds(call, native))
         cap = OutputCap(req, self.gateway.config.gateway.default_max_output_tokens, self.gateway.ceilings)
         # Each attempt's worst case at its own cap: the plan's largest cap priced at every attempt's price held a
         # budget four times what any attempt could spend (gpt-4o-mini's 16,384 at a fallback Claude's price, which
@@ -522,6 +526,28 @@ class Pipeline(Charges):
             # model is a 400 (gpt-4o-mini's 16,384 against a fallback's 64,000).
             cap.reserved = {id(attempt): output for attempt, output in zip(plan, outputs, strict=True)}
         ex.output_cap = cap
+
+    def _thread_holds(self, call: NativeCall, native: list[Attempt]) -> int:
+        """The most input a thread's `continue` (`call`) reads beyond its body, where `native` may serve it: what
+        its thread holds after the answer it continues, where this process relayed that answer (`HeldThreads`),
+        else, or at most, the models' context window."""
+        window = max(held_window(attempt.spec) for attempt in native)
+        if self.threads is None:
+            return window
+        thread = call.body["thread"]
+        held = self.threads.holds(thread.get("previous_message_id"), {attempt.target.model for attempt in native})
+        return window if held is None else min(held, window)
+
+    def thread_answered(self, call: NativeCall, ex: Exchange, message_id: object, usage: Usage) -> None:
+        """An answer to a request of a thread (`call`), relayed whole or streamed, that the provider gave `usage` for:
+        its thread's size is known for a `continue` of it (`_thread_holds`)."""
+        if ex.attempt is None:
+            return
+        if self.threads is None:
+            from handler.pipeline.threads import HeldThreads  # (with the first thread)
+
+            self.threads = HeldThreads()
+        self.threads.answered(message_id, ex.attempt.target.model, usage)
 
     async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], outputs: list[int]) -> None:
         """Reserve the plan's worst case: the dearest attempt's, each at its own output tokens (`outputs`, in the
@@ -553,25 +579,44 @@ class Pipeline(Charges):
         if ends_at is not None and ends_at - time.perf_counter() <= CUT_SLACK_S:
             # Too little left to send anything (`_failover` would not): refused before it is reserved or counted.
             raise too_short_to_send(ex, ends_at - time.perf_counter())
-        ex.reserving = True
         try:
             # The rate limits count what the request shows: a document the provider fetches (`referenced`) is in
             # the budget's worst case, not in the tokens a minute (100 pages would refuse it on any key's tpm).
             tokens = prompt - estimate.referenced + output
-            reservation = await self.meter.admit(ex.lineage, ex.model, worst, tokens, ex.request_id)
+            reservation = self.meter.reservation(ex.lineage, ex.model, worst, tokens, ex.request_id)
+            if reservation.admission is not None and not self.meter.held(reservation):
+                await self._reserve(ex, reservation)
         except BudgetExceededError as exc:
             if worst is None:  # no max_tokens lowers an unknown price: only a model with a known one serves
                 raise BudgetExceededError(unpriced(worst_model, ex.model), code=exc.code, headers=exc.headers) from None
             lower = lowered_by(worst_model, ex.model)
             raise BudgetExceededError(exc.message + lower, code=exc.code, headers=exc.headers) from None
-        finally:
-            ex.reserving = False
         reservation.prompt_tokens, reservation.output_tokens = prompt, output
         ex.reservation = reservation
         ex.limit_headers = reservation.headers
         ex.store_ms += reservation.store_ms
         if ex.trace is not None and reservation.admission is not None:  # (no budget, no limits: no round trip)
             ex.trace.store("store.admit", reservation.store_ms)
+
+    async def _reserve(self, ex: Exchange, reservation: Reservation) -> None:
+        """The store's write of the request's reservation (`Meter.write`), waited for however often the request is
+        cancelled meanwhile (`outlasting`): a cancellation (a server stopping past its grace, once or more) cut the
+        wait and the write with it, after the store had written a reservation that was then neither settled nor
+        released, and held the key's budget until it expired. A request cancelled so
+        ends once the write is known, its reservation released (nothing was sent); a client that leaves meanwhile
+        does not cancel it (`Exchange.reserving`)."""
+        ex.reserving = True
+        writing = asyncio.ensure_future(self.meter.write(reservation, ex.key))
+        try:
+            await asyncio.shield(writing)
+        except asyncio.CancelledError as cut:
+            with contextlib.suppress(GatewayError):
+                await outlasting(writing)
+                ex.reservation = reservation
+                await self._unanswered(ex, cut)
+            raise
+        finally:
+            ex.reserving = False
 
     def _checked(self, usage: Usage | None, ex: Exchange, output_chars: Callable[[], int]) -> tuple[Usage, str]:
         """The provider's usage when it is possible, else an estimate (`source` says which): an answer without
@@ -948,6 +993,8 @@ class Pipeline(Charges):
         item: LedgerItem | None = None
         actual = 0.0
         tokens = 0
+        if served is not None or self.gateway.router.heard_tiers:  # (an answer that says how it ran, a tier learned)
+            self._ran_unasked(ex, attempt, served, usage is not None and source != "reserved" and not free)
         if source == "reserved" or ex.missed:  # (rare: the worst case is built only when it is charged)
             if source == "reserved" and served is None and attempt is not None:
                 served = self._unanswered_tier(ex, attempt)
@@ -959,8 +1006,6 @@ class Pipeline(Charges):
                     # Part of the cost is their reserved worst case, no count the provider gave: the line says so
                     # (it said `provider`, and reports counted it as known exactly).
                     source = "reserved"
-        if served is not None and ex.tier_unnamed and attempt is not None:
-            self._ran_unasked(attempt, served)
         if usage is not None and attempt is not None:
             ex.cost = self._cost(ex, attempt, usage, served) if not free else Cost(0.0, 0.0, usage, None)
             if ex.wasted_usd and ex.cost.provider_usd is not None:

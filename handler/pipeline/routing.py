@@ -7,6 +7,7 @@ breakers' state, so `GET /v1/route` can show it without sending anything.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Final
@@ -27,6 +28,11 @@ from handler.pipeline.provider_keys import RETRY_S
 from handler.ports import ProviderAdapter, Target
 from handler.records import Value
 from handler.redaction import clipped
+
+# How long a service tier dearer than the default, said by an answer to a request that named none, stays the tier
+# such requests on its deployment are reserved at (`Router.ran_unasked`) once answers say a cheaper one: OpenAI
+# serves some of a priority project's requests at the default tier past its ramp limits, between priority ones.
+TIER_REMEMBERED_S = 600.0
 
 # Approximate locations (latitude, longitude) of AWS regions: a region's round trip is estimated from its distance
 # where the config gives no measured one (`gateway.region_latency_ms`).
@@ -186,10 +192,15 @@ class Router:
         self.breakers = breakers or Breakers()
         self._latency = config.gateway.region_latency_ms.get(region, {})
         # The OpenAI service tier each deployment runs a request that names none at, where it costs more than the
-        # default: the config's `default_service_tier`, else the dearest an answer to such a request said it ran at
-        # (`Charges._ran_unasked`). Its requests that name none are reserved at that tier's price. By the identity of
-        # its `Attempt`, which lives as long as the router: one dict read at an admission, no label formatted.
+        # default: the dearest of the config's `default_service_tier` and the tiers answers to such requests said
+        # they ran at lately (`ran_unasked`). Its requests that name none are reserved at that tier's price. By the
+        # identity of its `Attempt`, which lives as long as the router: one dict read at an admission, no label
+        # formatted.
         self.unasked_tiers: dict[int, str] = {}
+        self._told_tiers: dict[int, str] = {}  # the config's `default_service_tier`s, which no answer lowers
+        # By deployment, the tiers dearer than the default that its answers to such requests said, each with when
+        # the last of them said it (`time.monotonic`): empty while none has, and settling reads nothing more.
+        self.heard_tiers: dict[int, dict[str, float]] = {}
         problems: list[str] = []
         self._targets = {model: self._build(model, spec, problems) for model, spec in config.models.items()}
         if problems:
@@ -220,11 +231,38 @@ class Router:
                 problems.append(unpriced_default_tier(f"models.{model}.deployments[{i}]", tier, model, rates))
             attempt = Attempt(model, spec, target, adapter, km, rtt, measured is not None, tiers, taken)
             if tier is not None:
-                self.unasked_tiers[id(attempt)] = tier
+                self.unasked_tiers[id(attempt)] = self._told_tiers[id(attempt)] = tier
             attempts.append(attempt)
         # One unit for all: a region the config measured and one it did not are compared in milliseconds (kilometres
         # against milliseconds served from Ireland a gateway in Virginia that had Ohio, 496 km away, beside it).
         return sorted(attempts, key=lambda a: a.rtt_ms)
+
+    def ran_unasked(self, attempt: Attempt, tier: str) -> None:
+        """An answer of `attempt`'s deployment to a request that named no service tier says it ran at `tier`: its
+        such requests are reserved at the dearest tier its answers said within `TIER_REMEMBERED_S`, never below its
+        `default_service_tier` (`unasked_tiers`). Learned for the process's life, a project that went back to the
+        default tier had every such request reserved at priority: twice the worst case, refused with budget left."""
+        key = id(attempt)
+        heard = self.heard_tiers.get(key)
+        dearer = attempt.tiers.get(tier, 1.0) > 1.0
+        if heard is None and not dearer:
+            return  # (nothing learned, and nothing to learn)
+        now = time.monotonic()
+        if heard is None:
+            heard = self.heard_tiers[key] = {}
+        if dearer:
+            heard[tier] = now
+        for name, said_at in list(heard.items()):
+            if now - said_at > TIER_REMEMBERED_S:
+                del heard[name]
+        told = self._told_tiers.get(key)
+        known = [*heard, told] if told is not None else list(heard)
+        if known:
+            self.unasked_tiers[key] = max(known, key=lambda name: attempt.tiers.get(name, 1.0))
+        else:
+            self.unasked_tiers.pop(key, None)
+        if not heard:
+            del self.heard_tiers[key]
 
     def spec(self, model: str) -> ModelConfig:
         spec = self.config.models.get(model)

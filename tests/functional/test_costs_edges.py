@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from handler.pipeline import budgets
+from handler.pipeline import budgets, routing
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
 from handler.ports import KeyRecord
@@ -545,6 +545,7 @@ class ProjectAtPriority:
 
     def __init__(self) -> None:
         self.answered = 0
+        self.tier = "priority"  # the tier the project runs a request that names none at
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         body = orjson.loads(request.content)
@@ -552,7 +553,7 @@ class ProjectAtPriority:
         self.answered += 1
         output = body.get("max_completion_tokens") or body["max_tokens"]
         usage = {"prompt_tokens": 10, "completion_tokens": output, "total_tokens": 10 + output}
-        tier = body.get("service_tier") or "priority"
+        tier = body.get("service_tier") or self.tier
         return httpx.Response(200, json={**completion(body["model"]), "usage": usage, "service_tier": tier})
 
 
@@ -624,6 +625,40 @@ async def test_a_request_naming_no_tier_is_reserved_at_the_tier_its_deployment_r
     await served.gateway.aclose()
 
 
+async def test_a_tier_learned_from_answers_is_forgotten_once_the_deployment_answers_at_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once one answer to a tier-less request said priority, every later tier-less request on that deployment was
+    reserved at priority for the process's life, though the project had gone back to the default tier: twice the
+    worst case held, and requests refused with budget left (review). An answer at the default tier within
+    `TIER_REMEMBERED_S` of the last at priority does not make it forgotten (OpenAI serves some of a priority
+    project's requests at the default tier past its ramp limits); one after it does, back to the plain price, or to
+    the deployment's `default_service_tier`, which no answer lowers."""
+    project = ProjectAtPriority()
+    served = await serve(project, {"m": MODEL}, priced_options={"service_tier": {"priority": 2.0}})
+    plain_worst = await worst_case(served)
+    assert (await served.post("/v1/chat/completions", TIER_LESS)).status_code == 200
+    assert await worst_case(served) == pytest.approx(2 * plain_worst)
+    project.tier = "default"  # past its ramp limits, or back to the default tier
+    assert (await served.post("/v1/chat/completions", TIER_LESS)).status_code == 200
+    assert await worst_case(served) == pytest.approx(2 * plain_worst)  # (within the time it is remembered)
+    monkeypatch.setattr(routing, "TIER_REMEMBERED_S", 0.0)
+    assert (await served.post("/v1/chat/completions", TIER_LESS)).status_code == 200
+    assert await worst_case(served) == pytest.approx(plain_worst)
+    project.tier = "priority"  # learned again from the next answer
+    assert (await served.post("/v1/chat/completions", TIER_LESS)).status_code == 200
+    assert await worst_case(served) == pytest.approx(2 * plain_worst)
+    await served.gateway.aclose()
+
+    told = {**MODEL, "deployments": [{**MODEL["deployments"][0], "default_service_tier": "priority"}]}
+    project = ProjectAtPriority()
+    project.tier = "default"
+    served = await serve(project, {"m": told}, priced_options={"service_tier": {"priority": 2.0}})
+    assert (await served.post("/v1/chat/completions", TIER_LESS)).status_code == 200
+    assert await worst_case(served) == pytest.approx(2 * plain_worst)  # the config's, not forgotten
+    await served.gateway.aclose()
+
+
 async def test_a_request_naming_the_default_tier_is_reserved_and_charged_at_the_default_tier() -> None:
     """A request that asks `service_tier: "default"` is run and billed by OpenAI at the default tier, whatever the
     project's default; on a deployment with `default_service_tier: priority` it was taken for a tier-less request,
@@ -677,4 +712,40 @@ async def test_a_line_after_an_answer_thrown_away_counts_every_answer_billed() -
     [line] = await served.ledger()
     assert (line.input_tokens, line.output_tokens) == (30, 12), line
     assert line.cost_usd == pytest.approx(line.input_tokens * 1.0e-6 + line.output_tokens * 2.0e-6)
+    await served.gateway.aclose()
+
+
+async def test_a_reservation_written_while_the_request_is_cancelled_twice_is_released(store_url: str) -> None:
+    """The request was cancelled while the store wrote its admission's worst case, and again before the store
+    answered (a server stopping past its grace): the wait for the write's answer was cut (by the first cancellation
+    already: nothing shielded it), so the reservation the store had written was neither settled nor released, and
+    held the key's budget until it expired (960 s), as a failover's extra worst case did. Nothing was sent: it is
+    released, and nothing is charged."""
+    served = await serve(lambda request: httpx.Response(200, json=completion()), {"m": MODEL}, store_url=store_url)
+    store = served.gateway.store
+    written = store.admit
+    admission_written, answer_due = asyncio.Event(), asyncio.Event()
+
+    async def late_answer(admission: Any) -> Any:
+        snapshot = await written(admission)
+        admission_written.set()
+        await answer_due.wait()  # its answer on its way
+        return snapshot
+
+    store.admit = late_answer  # type: ignore[method-assign]
+    request = asyncio.ensure_future(served.post("/v1/chat/completions", {"model": "m", "messages": HI}))
+    await admission_written.wait()
+    request.cancel()  # the first cancellation
+    for _ in range(5):
+        await asyncio.sleep(0)
+    request.cancel()  # the second, while the store has still to answer
+    for _ in range(5):
+        await asyncio.sleep(0)
+    answer_due.set()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    store.admit = written  # type: ignore[method-assign]
+    assert await served.ledger() == []  # nothing was sent
+    state = (await served.get("/v1/key")).json()
+    assert state["reserved_usd"] == 0 and state["spent_usd"] == 0, state
     await served.gateway.aclose()

@@ -14,6 +14,7 @@ import pytest
 from anthropic import beta_tool
 from anthropic.types import ThreadUnsupportedRequestError
 
+from handler.pipeline.threads import HeldThreads
 from tests.functional.conftest import Running, anthropic_client
 
 THREADS_BETA = "message-threads-2026-08-12"
@@ -123,10 +124,11 @@ def test_a_deployment_that_cannot_hold_a_thread_is_passed_over(running: Running,
 
 def test_a_continued_thread_is_reserved_for_the_conversation_anthropic_holds(running: Running, key: str) -> None:
     """A `continue` brings only the new turn, and Anthropic bills the whole thread's input: its worst case was the
-    new turn's. It is now the model's context window (a million tokens for a model the config gives none), as
-    `x-gateway-max-cost-usd` shows: the same body is within $0.50 as a thread's `create` ($1 a million input tokens
-    at claude-haiku-4-5), and refused before anything is sent as a `continue`: as a request Anthropic cannot thread,
-    on which the SDK sends the whole conversation (a 402 ended its helpers)."""
+    new turn's. Where the gateway did not relay the answer it continues (another instance did), it is the model's
+    context window (a million tokens for a model the config gives none), as `x-gateway-max-cost-usd` shows: the
+    same body is within $0.50 as a thread's `create` ($1 a million input tokens at claude-haiku-4-5), and refused
+    before anything is sent as a `continue`: as a request Anthropic cannot thread, on which the SDK sends the whole
+    conversation (a 402 ended its helpers)."""
     sdk = anthropic_client(running, key)
     at_most = {"x-gateway-max-cost-usd": "0.5"}
     created = sdk.beta.messages.create(
@@ -144,7 +146,7 @@ def test_a_continued_thread_is_reserved_for_the_conversation_anthropic_holds(run
             model="claude-haiku-4-5",
             max_tokens=100,
             messages=[{"role": "user", "content": "And now?"}],
-            thread={"type": "continue", "previous_message_id": created.id},
+            thread={"type": "continue", "previous_message_id": "msg_relayed_by_another_instance"},
             betas=[THREADS_BETA],
             extra_headers=at_most,
         )
@@ -160,12 +162,67 @@ def test_a_continued_thread_is_reserved_for_the_conversation_anthropic_holds(run
     assert answered.usage.input_tokens > created.usage.input_tokens  # billed for the whole thread
 
 
-def test_the_tool_runner_completes_on_claude_for_a_key_whose_budget_no_context_window_fits(
+def worst_case(sdk: Any, previous_message_id: str) -> float:
+    """The worst case a `continue` of `previous_message_id` is reserved at, as a `x-gateway-max-cost-usd` too low for
+    it tells (refused as a request Anthropic cannot thread, nothing sent)."""
+    with pytest.raises(ThreadUnsupportedRequestError) as refused:
+        sdk.beta.messages.create(
+            model="claude-haiku-4-5",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "And now?"}],
+            thread={"type": "continue", "previous_message_id": previous_message_id},
+            betas=[THREADS_BETA],
+            extra_headers={"x-gateway-max-cost-usd": "0.000000001"},
+        )
+    return float(refused.value.message.split("worst-case cost $")[1].split(" ")[0])
+
+
+def test_a_continued_thread_is_reserved_for_what_its_last_answer_read_and_wrote(
     running: Running, mint: Callable[..., str]
 ) -> None:
-    """A key with $0.50 left cannot hold a `continue` reserved as a million tokens of claude-haiku-4-5's input ($1): its
-    402 ended the runner on its second turn. Refused as a thread, the runner sends that turn whole, without a thread,
-    reserved on what its body shows; the key's spend is the two answers' and nothing stays reserved."""
+    """Each `continue` was reserved as if the thread filled the model's context window (a million tokens of
+    claude-haiku-4-5's input, $2 at its hour's cache-write rate), whatever the thread held: a key with $0.50 left
+    could continue no thread, and every turn held $2 of the budget. The thread holds what its last answer read and
+    wrote, which that answer's usage says: a `continue` of an answer the gateway relayed (whole or streamed) is
+    reserved for that, a margin, and its own new messages, and still covers what Anthropic bills it."""
+    key = mint(budget_usd=0.5)
+    sdk = anthropic_client(running, key)
+    created = sdk.beta.messages.create(
+        model="claude-haiku-4-5", max_tokens=100, messages=HI, thread={"type": "create"}, betas=[THREADS_BETA]
+    )
+    reserved = worst_case(sdk, created.id)
+    assert reserved < 0.01, reserved  # (was $2.000676: a million tokens)
+    continued = sdk.beta.messages.create(
+        model="claude-haiku-4-5",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "And now?"}],
+        thread={"type": "continue", "previous_message_id": created.id},
+        betas=[THREADS_BETA],
+    )
+    assert continued.usage.input_tokens > created.usage.input_tokens  # billed for the whole thread
+    with sdk.beta.messages.stream(
+        model="claude-haiku-4-5",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "And then?"}],
+        thread={"type": "continue", "previous_message_id": continued.id},
+        betas=[THREADS_BETA],
+    ) as stream:
+        streamed = stream.get_final_message()
+    assert worst_case(sdk, streamed.id) < 0.01  # (a streamed answer's usage is read as it ends)
+    lines = running.ledger(key)
+    assert [line.status for line in lines] == [200, 200, 200]
+    for line, previous in zip(lines[1:], (created.id, continued.id), strict=True):
+        assert (line.cost_usd or 0) + line.fee_usd <= worst_case(sdk, previous), line  # what Anthropic billed: covered
+
+
+def test_the_tool_runner_completes_on_claude_for_a_key_whose_budget_no_context_window_fits(
+    running: Running, mint: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key with $0.50 left cannot hold a `continue` reserved as a million tokens of claude-haiku-4-5's input ($1),
+    as one is where another instance relayed the answer it continues (here: none is remembered): its 402 ended the
+    runner on its second turn. Refused as a thread, the runner sends that turn whole, without a thread, reserved on
+    what its body shows; the key's spend is the two answers' and nothing stays reserved."""
+    monkeypatch.setattr(HeldThreads, "answered", lambda *_: None)
     key = mint(budget_usd=0.5)
     requests = running.fakes["anthropic"].state.requests
     before = len(requests)

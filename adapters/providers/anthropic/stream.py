@@ -245,6 +245,7 @@ class MessagesMeter:
         self.output_chars = 0
         self.final = False  # `message_delta` brought the final counts (`message_stop` is still to come)
         self.searches = 0
+        self.answer_id: str | None = None  # the message's id, from `message_start`
 
     @property
     def served(self) -> Served | None:
@@ -277,10 +278,11 @@ class MessagesMeter:
 
         try:
             if kind == "message_start":
-                wire = WireMessage.model_validate(payload.get("message")).usage
+                message = WireMessage.model_validate(payload.get("message"))
+                wire = message.usage
                 wire.to_usage()  # (its extras' shapes, checked now: a count it cannot read is not kept)
                 wire.served()
-                self._wire = wire
+                self._wire, self.answer_id = wire, message.id
                 self._started = True
             elif kind == "message_delta" and payload.get("usage") is not None:
                 wire = self._wire.model_copy(deep=True)

@@ -931,6 +931,46 @@ async def test_a_key_spent_only_in_another_region_keeps_neither_its_lease_nor_it
     await home.close()
 
 
+async def test_a_worker_that_stops_leaves_the_lease_its_sibling_draws_on(dynamo: DynamoServer) -> None:
+    """Two workers of one `gateway serve` in the lease's region draw on one lease (a region's, as every process
+    there does). One stopping (a worker restart) gave back all the lease held while its sibling kept drawing on it:
+    no more than the region held was spent (the return is conditional on what the lease holds), but the sibling's
+    next request needed a grant from the home region again (a write there and one here, across regions), and every
+    restart did it again. A stopping process leaves a lease another process used since it last did (that one is
+    running, and its sweeper gives the lease back once idle); the last one out gives it back."""
+    stopping, home = two_regions(dynamo)
+    sibling = DynamoDBStore(
+        DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url),
+        stopping.table,
+        region="eu-west-1",
+        client_for=lambda region: DynamoDBClient(region, Credentials("testing", "testing"), dynamo.url),
+    )
+    key = uuid.uuid4().hex[:12]
+
+    def here(amount: float) -> Admission:
+        charge = BudgetCharge(key, PERIOD, 1.0, amount, "us-east-1")
+        return Admission(uuid.uuid4().hex, key, [charge], [], time.time() + 60, "us-east-1")
+
+    def spent(adm: Admission, amount: float) -> Settlement:
+        charge = replace(adm.budgets[0], amount_usd=amount)
+        reserved = adm.budgets[0].amount_usd
+        return Settlement(adm.reservation_id, [charge], reserved, [], None, "us-east-1", adm.expires_at)
+
+    first, drawn, last = here(0.1), here(0.1), here(0.05)
+    await stopping.admit(first)  # a grant of $0.25 (a quarter of what is unleased), $0.10 of it reserved
+    await sibling.admit(drawn)  # from the lease: $0.05 left in it
+    await stopping.settle(spent(first, 0.1))
+    assert await stopping.return_leases() == 0.0  # the sibling drew on it since
+    await sibling.admit(last)
+    assert (sibling.leases.stats.grants, stopping.leases.stats.grants) == (0, 1)  # no grant more
+    await sibling.settle(spent(drawn, 0.1))
+    await sibling.settle(spent(last, 0.02))
+    assert await sibling.return_leases() == pytest.approx(0.03)  # the last one out gives back what is left
+    assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.22)  # what was spent
+    for store in (stopping, sibling, home):
+        await store.close()
+
+
 def two_regions_losing(dynamo: DynamoServer) -> tuple[AnswerLost, AnswerLost, DynamoDBStore, DynamoDBStore]:
     """`two_regions`, the lease region's calls (to its own replica, and to the home's) through `AnswerLost`."""
     table = dynamo.create_table()
