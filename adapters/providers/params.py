@@ -172,7 +172,7 @@ def unsent_part_fields(messages: list[Any], carried: frozenset[str]) -> list[str
             continue
         for part in message.content:
             if part.type == "image_url":
-                if part.image_url.detail in ("low", "high") and IMAGE_DETAIL not in carried:
+                if part.image_url.get("detail") in ("low", "high") and IMAGE_DETAIL not in carried:
                     dropped.append("messages." + IMAGE_DETAIL)
                 continue
             if not part.model_extra:

@@ -344,7 +344,7 @@ class Api:
         ex = self.exchange(request, key, req.model, stream=req.stream, extra=req.model_extra, known=self.chat_fields)
         if req.stream:
             stream, watch = await stream_head(request, self.pipeline.chat_stream(req, ex), ex)
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            include_usage = bool(req.stream_options and req.stream_options.get("include_usage"))
             return EventStream(openai_events(stream, include_usage), stream_headers(ex), watch)
         completion = await until_client_leaves(request, self.pipeline.chat(req, ex), ex)
         return self.answered(ex, json_response(answer_json(completion), headers=ex.headers()))

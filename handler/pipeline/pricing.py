@@ -301,7 +301,7 @@ def prompt_estimate(req: ChatRequest) -> PromptEstimate:
         elif content is not None:
             for part in content:
                 if isinstance(part, ImagePart):
-                    images.append((part.image_url.url, part.image_url.detail))
+                    images.append((part.image_url["url"], part.image_url.get("detail")))
                     continue
                 total += len(part.model_dump_json().encode()) // 2 + 1
                 if isinstance(part, FilePart) and not part.file.get("file_data"):

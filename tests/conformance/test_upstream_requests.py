@@ -216,7 +216,7 @@ def part_field_problems(req: ChatRequest, body: dict[str, Any], dropped: list[st
     text = orjson.dumps(body).decode()
     parts = [p for m in req.messages if isinstance(m.content, list) for p in m.content]
     for part in parts:
-        if part.type == "image_url" and part.image_url.detail in ("low", "high"):
+        if part.type == "image_url" and part.image_url.get("detail") in ("low", "high"):
             if '"detail"' not in text and "messages.image_url.detail" not in dropped:
                 found.append("messages.image_url.detail: lost without a word")
         for name, value in ((part.model_extra or {}).get("document") or {}).items():

@@ -212,7 +212,7 @@ def _media(url: str, param: str) -> tuple[str, str]:
 
 
 def _image_block(part: ImagePart) -> dict[str, Any]:
-    url = part.image_url.url
+    url = part.image_url["url"]
     if url.startswith("data:"):
         media_type, data = _media(url, "messages")
         if media_type not in IMAGE_TYPES:

@@ -263,10 +263,10 @@ def _content_parts(content: str | list[ContentPart] | None, dropped: list[str]) 
         if isinstance(part, TextPart):
             converted = {"text": part.text} if part.text else None  # Gemini refuses an empty text part
         elif isinstance(part, ImagePart):
-            converted = _image_part(part.image_url.url, dropped)
+            converted = _image_part(part.image_url["url"], dropped)
         elif isinstance(part, AudioPart):
-            mime = f"audio/{part.input_audio.format}"
-            converted = {"inlineData": {"mimeType": mime, "data": part.input_audio.data}}
+            mime = f"audio/{part.input_audio['format']}"
+            converted = {"inlineData": {"mimeType": mime, "data": part.input_audio["data"]}}
         elif isinstance(part, FilePart):
             file_data = part.file.get("file_data")
             if isinstance(file_data, str):
