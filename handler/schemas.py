@@ -21,7 +21,16 @@ from typing import (
     Self,
 )
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, with_config
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    with_config,
+)
 from typing_extensions import TypedDict
 
 # `value is None` as a C call: the answer writers run it for every optional field of every chunk.
@@ -257,29 +266,50 @@ class NamedToolChoice(_Open):
     function: NamedFunction
 
 
-# OpenAI's `allowed_tools` choice, as typed dicts (see `OPEN_DICT`).
-@OPEN_DICT
-class AllowedTools(TypedDict):
-    mode: Literal["auto", "required"]
-    tools: Annotated[list[NamedToolChoice], Field(min_length=1)]
+# OpenAI's `allowed_tools` choice (`{"type": "allowed_tools", "allowed_tools": {"mode": ..., "tools": [...]}}`): the
+# tools the model may call among those the request offers (the rest stay in `tools`, so a prompt cached with them is
+# still cached, but go uncalled), `mode` saying whether it must call one. The only choice that is a dict, checked in
+# Python (`checked_allowed_tools`): as two models (or typed dicts), it cost every Lambda cold start 2.6 million
+# instructions of pydantic's class and schema machinery (1.3 as models at the import, the rest building the schema).
+def checked_allowed_tools(choice: dict[str, Any]) -> dict[str, Any]:
+    """`choice` if it is a well-formed `allowed_tools` choice, else the client's problem with it (ValueError)."""
+    if choice.get("type") != "allowed_tools":
+        raise ValueError("type must be 'function' or 'allowed_tools'")
+    allowed = choice.get("allowed_tools")
+    if not isinstance(allowed, dict) or allowed.get("mode") not in ("auto", "required"):
+        raise ValueError("allowed_tools.mode must be 'auto' or 'required'")
+    tools = allowed.get("tools")
+    if not isinstance(tools, list) or not tools:
+        raise ValueError("allowed_tools.tools must be a non-empty list of functions")
+    for i, tool in enumerate(tools):
+        function = (
+            tool.get("function")
+            if isinstance(tool, dict) and tool.setdefault("type", "function") == "function"
+            else None
+        )
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ValueError(f"allowed_tools.tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}")
+    return choice
 
 
-@OPEN_DICT
-class AllowedToolsChoice(TypedDict):
-    """The tools the model may call among those the request offers (OpenAI's `allowed_tools`): the rest stay in
-    `tools`, so a prompt cached with them is still cached, but go uncalled; `mode` says whether it must call one."""
+def _tool_choice(choice: Any, validated: ValidatorFunctionWrapHandler) -> Any:
+    """An `allowed_tools` choice checked alone (the union's other members' complaints about it are noise: its mode
+    was named as a `type` that should be 'function'); any other, by the union."""
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        return checked_allowed_tools(choice)
+    return validated(choice)
 
-    type: Literal["allowed_tools"]
-    allowed_tools: AllowedTools
 
-
-ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice | AllowedToolsChoice
+AllowedToolsChoice = Annotated[dict[str, Any], AfterValidator(checked_allowed_tools)]
+ToolChoice = Annotated[
+    Literal["none", "auto", "required"] | NamedToolChoice | AllowedToolsChoice, WrapValidator(_tool_choice)
+]
 
 
 def allowed_names(choice: ToolChoice | None) -> list[str] | None:
     """The names a choice of `allowed_tools` allows (the only choice that is a dict); None for any other."""
     if isinstance(choice, dict):
-        return [tool.function.name for tool in choice["allowed_tools"]["tools"]]
+        return [tool["function"]["name"] for tool in choice["allowed_tools"]["tools"]]
     return None
 
 

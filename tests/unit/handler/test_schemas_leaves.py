@@ -1,6 +1,7 @@
-"""A request's small leaf objects (`stream_options`, an image's `image_url`, `input_audio`, an `allowed_tools`
-choice) are typed dicts (`handler.schemas.OPEN_DICT`), not models: validated as strictly as the models around them,
-their unknown fields kept as the models keep theirs, and serialized as sent."""
+"""A request's small leaf objects (`stream_options`, an image's `image_url`, `input_audio`) are typed dicts
+(`handler.schemas.OPEN_DICT`), and an `allowed_tools` choice a dict checked in Python (`checked_allowed_tools`), not
+models: validated as strictly as the models around them, their unknown fields kept as the models keep theirs, and
+serialized as sent."""
 
 from typing import Any
 
@@ -47,6 +48,11 @@ def test_a_leaf_keeps_what_the_client_sent_as_it_sent_it() -> None:
         },
         {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA"}}]}]},
         {"tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}},
+        {"tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [{"type": "function"}]}}},
+        {"tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [{"type": "custom"}]}}},
+        {"tool_choice": {"type": "allowed_tools"}},
+        {"tool_choice": {"type": "function"}},
+        {"tool_choice": {"type": "web_search"}},
         {
             "tool_choice": {
                 "type": "allowed_tools",
@@ -58,3 +64,17 @@ def test_a_leaf_keeps_what_the_client_sent_as_it_sent_it() -> None:
 def test_a_leaf_is_validated_as_strictly_as_the_models(fields: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         ChatRequest.model_validate(body(**fields))
+
+
+def test_an_allowed_tools_choice_is_refused_for_its_own_problem() -> None:
+    """Not for the union's other members' complaints (it was "tool_choice.type: Input should be 'function'")."""
+    from handler.api.refused_bodies import invalid_from_validation
+
+    sent = body(tool_choice={"type": "allowed_tools", "allowed_tools": {"mode": "sometimes", "tools": []}})
+    with pytest.raises(ValidationError) as raised:
+        ChatRequest.model_validate(sent)
+    error = invalid_from_validation(raised.value, sent)
+    assert (error.param, error.message) == (
+        "tool_choice",
+        "tool_choice: Value error, allowed_tools.mode must be 'auto' or 'required'",
+    )
