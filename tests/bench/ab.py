@@ -6,8 +6,10 @@ For a change to the tail, where `python -m tests.bench.run` takes minutes and a 
 figure between runs: nginx answers as in the benchmark, the bare proxy and each checkout's `gateway serve`
 (its own embedded store and key, its own code: DIR is a checkout's root, e.g. one `git archive` of the base
 commit) take wrk (at one connection, or `--connections`) in turn, round after round, so that whatever slows the
-machine slows each alike. Printed per round and as medians: each one's added p50 / p99 / p99.9 over the direct
-call, and its requests per second.
+machine slows each alike (each round starts one further along the list, so that none always follows the same one).
+Printed per round and as medians: each one's added p50 / p99 / p99.9 over the direct call, its requests per second
+and their ratio to the bare proxy's in the same round, and its server's CPU time per request (`/proc/<pid>/stat`; with
+`--workers`, the workers' own are not counted).
 """
 
 from __future__ import annotations
@@ -22,15 +24,19 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from tests.bench.run import BODY, PERCENTILES, bare_proxy, nginx_upstream, wait_ready, wrk
+from tests.bench.floor import cpu_seconds
+from tests.bench.run import BODY, PERCENTILES, nginx_upstream, uvicorn_app, wait_ready, wrk
 from tests.support.servers import free_port
+
+# How a checkout is served: `gateway serve`, to which the address (and `--workers`) are added.
+SERVE = ["-m", "handler.entry.cli", "serve"]
 
 
 def serve_checkout(
-    stack: ExitStack, root: Path, workdir: Path, env: dict[str, str], workers: int = 1
-) -> tuple[str, str]:
-    """`gateway serve` (`--workers`) from the checkout at `root`, on a store of its own in `workdir`: its URL and
-    key."""
+    stack: ExitStack, root: Path, workdir: Path, env: dict[str, str], workers: int = 1, command: list[str] = SERVE
+) -> tuple[str, str, int]:
+    """`gateway serve` (`--workers`) from the checkout at `root`, on a store of its own in `workdir` (`command`: another
+    way to serve it, given the same arguments): its URL, key and process id."""
     env = {**env, "GATEWAY_STORE": f"sqlite:///{workdir / 'bench.db'}", "PYTHONPATH": str(root)}
     minted = subprocess.run(
         [sys.executable, "-m", "handler.entry.cli", "keys", "create", "--name", "bench", "--budget-usd", "1000000",
@@ -38,7 +44,7 @@ def serve_checkout(
         cwd=root, env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     port = free_port()
-    serve = [sys.executable, "-m", "handler.entry.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    serve = [sys.executable, *command, "--host", "127.0.0.1", "--port", str(port)]
     serve += ["--workers", str(workers)] if workers > 1 else []
     log = (workdir / "gateway.log").open("wb")
     stack.callback(log.close)
@@ -46,37 +52,55 @@ def serve_checkout(
     stack.callback(served.wait)
     stack.callback(served.terminate)
     wait_ready(f"http://127.0.0.1:{port}/health")
-    return f"http://127.0.0.1:{port}/v1/chat/completions", json.loads(minted)["key"]
+    return f"http://127.0.0.1:{port}/v1/chat/completions", json.loads(minted)["key"], served.pid
 
 
 def run(
-    checkouts: dict[str, Path], rounds: int, seconds: float, connections: int = 1, workers: int = 1
+    checkouts: dict[str, Path],
+    rounds: int,
+    seconds: float,
+    connections: int = 1,
+    workers: int = 1,
+    commands: dict[str, list[str]] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """wrk at `connections` on the direct call, the bare proxy and each checkout, `rounds` times in turn."""
+    """wrk at `connections` on the direct call, the bare proxy and each checkout (served by its `commands` entry where
+    it has one), `rounds` times in turn; each run's results with its server's CPU µs per request (`cpu_us`, none for
+    the direct call)."""
     with tempfile.TemporaryDirectory(prefix="gateway-ab-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         direct, env = stack.enter_context(nginx_upstream(workdir))
-        targets = {"direct": (direct, ""), "bare": (stack.enter_context(bare_proxy("aiohttp", direct)), "")}
+        reference = {"UPSTREAM": direct, "CLIENT": "aiohttp"}
+        bare_url, bare_pid = stack.enter_context(uvicorn_app("tests.bench.bare_proxy:app", reference))
+        targets = {"direct": (direct, "", None), "bare": (bare_url, "", bare_pid)}
         for name, root in checkouts.items():
             (workdir / name).mkdir()
-            targets[name] = serve_checkout(stack, root, workdir / name, env, workers)
-        for url, key in targets.values():
+            command = (commands or {}).get(name, SERVE)
+            targets[name] = serve_checkout(stack, root, workdir / name, env, workers, command)
+        for url, key, _ in targets.values():
             wrk(url, key, BODY, 8, 2, workdir)  # warm up
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+        names = list(targets)
         for round_ in range(rounds):
-            for name, (url, key) in targets.items():
-                runs[name].append(wrk(url, key, BODY, connections, seconds, workdir))
+            turn = round_ % len(names)
+            for name in names[turn:] + names[:turn]:
+                url, key, pid = targets[name]
+                before = cpu_seconds(pid) if pid is not None else 0.0
+                result = wrk(url, key, BODY, connections, seconds, workdir)
+                if pid is not None:
+                    result["cpu_us"] = (cpu_seconds(pid) - before) / max(1, result["requests"]) * 1e6
+                runs[name].append(result)
             print(f"round {round_}: " + added_line(runs, -1), flush=True)
         return runs
 
 
 def added_line(runs: dict[str, list[dict[str, Any]]], index: int) -> str:
-    direct = runs["direct"][index]
+    direct, bare = runs["direct"][index], runs["bare"][index]
     return (
         "; ".join(
             f"{name} +"
             + " / +".join(f"{results[index][f] - direct[f]:.3f}" for f in PERCENTILES)
-            + f" ms, {results[index]['rps']:,.0f} req/s"
+            + f" ms, {results[index]['rps']:,.0f} req/s ({results[index]['rps'] / bare['rps']:.2f}x the bare proxy's),"
+            + f" {results[index]['cpu_us']:.0f} µs CPU"
             for name, results in runs.items()
             if name != "direct"
         )
@@ -98,11 +122,26 @@ def main() -> int:
         if not root or name in ("direct", "bare"):
             parser.error(f"{spec!r}: NAME=DIR, NAME other than direct and bare")
         checkouts[name] = Path(root).resolve()
-    runs = run(checkouts, args.rounds, args.seconds, args.connections, args.workers)
-    figures = (*PERCENTILES, "rps")
-    medians = {name: [{f: statistics.median(r[f] for r in results) for f in figures}] for name, results in runs.items()}
-    print("medians of the rounds: " + added_line(medians, 0))
+    summary(run(checkouts, args.rounds, args.seconds, args.connections, args.workers))
     return 0
+
+
+def summary(runs: dict[str, list[dict[str, Any]]]) -> None:
+    """The medians of `run`'s rounds; for each checkout, its ratios to the bare proxy and its CPU per request."""
+    figures = (*PERCENTILES, "rps", "cpu_us")
+    medians = {
+        name: [{f: statistics.median(r[f] for r in results) for f in figures if f in results[0]}]
+        for name, results in runs.items()
+    }
+    print("medians of the rounds: " + added_line(medians, 0))
+    for name, results in runs.items():
+        if name not in ("direct", "bare"):
+            ratios = sorted(r["rps"] / b["rps"] for r, b in zip(results, runs["bare"], strict=True))
+            cpu = sorted(r["cpu_us"] for r in results)
+            print(
+                f"{name}: × the bare proxy's req/s in its rounds {statistics.median(ratios):.2f} ({ratios[0]:.2f}–"
+                f"{ratios[-1]:.2f}), CPU µs per request {statistics.median(cpu):.0f} ({cpu[0]:.0f}–{cpu[-1]:.0f})"
+            )
 
 
 if __name__ == "__main__":

@@ -32,6 +32,21 @@ def test_benchmark_smoke_run_has_no_errors(tmp_path: Path) -> None:
         assert f"| {route}: added p99 ms at 1 connection" in result.stdout
 
 
+def test_the_chat_route_is_timed_part_by_part() -> None:
+    """tests/bench/chat_parts.py, one round of one request a connection: every variant answers 200 (the run fails on
+    any other status) and has its row."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.bench.chat_parts", "--rounds", "1", "--block", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| ")}
+    assert {"gateway", "flat", "unmetered", "forward"} <= set(rows)
+
+
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind: `make tools`")
 def test_instruction_counts_grow_with_the_work_and_repeat() -> None:
     from tests.bench.run import instructions

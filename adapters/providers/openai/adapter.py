@@ -365,6 +365,43 @@ def _allowed_alone(body: dict[str, Any], req: ChatRequest) -> None:
     body["tool_choice"] = mode
 
 
+# The request most clients send (a conversation of text, perhaps a cap on its output) and what its messages hold:
+# `plain_body` writes its upstream body directly. Anything more is translated (`OpenAIAdapter.translated_body`).
+PLAIN_FIELDS = frozenset(("model", "messages", "stream", "max_tokens", "max_completion_tokens"))
+PLAIN_ROLES = frozenset(("system", "user", "assistant"))
+PLAIN_MESSAGE = frozenset(("role", "content"))
+
+
+def plain_body(req: ChatRequest, target: Target, profile: Profile) -> dict[str, Any] | None:
+    """The upstream body of a plain request (`PLAIN_FIELDS`: messages of text in `PLAIN_ROLES`) to a deployment whose
+    profile leaves such a body as it is and whose model does not reason (a reasoning model takes its cap as
+    `max_completion_tokens`), without the stream's members: the body `OpenAIAdapter.translated_body` makes of it, member
+    for member and in its order, built directly, without the request's dump and the passes over the body and its
+    messages that a translation needs (docs/performance.md has what they cost). None for any other request or
+    deployment. A field written null is sent null, as the translation's dump sends it."""
+    fields = req.model_fields_set
+    if type(req) is not ChatRequest or not fields <= PLAIN_FIELDS or req.model_extra:
+        return None
+    messages = []
+    for message in req.messages:
+        content = message.content
+        if type(content) is not str or message.role not in PLAIN_ROLES:
+            return None
+        if not message.model_fields_set <= PLAIN_MESSAGE or message.model_extra:
+            return None
+        messages.append({"role": message.role, "content": content})
+    if profile.rules.keys() & PLAIN_FIELDS or profile.roles.keys() & PLAIN_ROLES:
+        return None  # (a rule renames or bounds the cap, a role goes by another name)
+    if PLAIN_ROLES.intersection(profile.refused_roles) or reasoning.openai_reasons(target):
+        return None
+    body: dict[str, Any] = {"model": target.model, "messages": messages}
+    if "max_tokens" in fields:
+        body["max_tokens"] = req.max_tokens
+    if "max_completion_tokens" in fields:
+        body["max_completion_tokens"] = req.max_completion_tokens
+    return body
+
+
 def _plain_tools(tools: list[dict[str, Any]] | None) -> None:
     """A tool without a description has none (OpenAI refuses `"description": null`), and no cache marker."""
     for tool in tools or ():
@@ -495,6 +532,16 @@ class OpenAIAdapter(ProviderAdapter):
     def chat_body(self, req: ChatRequest, target: Target, *, stream: bool) -> tuple[dict[str, Any], list[str]]:
         """The upstream body and what the profile could not honour; reused by derived adapters."""
         profile = self.profile(target)
+        plain = plain_body(req, target, profile)
+        body, dropped = (plain, []) if plain is not None else self.translated_body(req, target, profile)
+        if stream:
+            body["stream"] = True
+            if profile.stream_usage if self.stream_usage is None else self.stream_usage:
+                body["stream_options"] = {"include_usage": True}
+        return body, dropped
+
+    def translated_body(self, req: ChatRequest, target: Target, profile: Profile) -> tuple[dict[str, Any], list[str]]:
+        """`chat_body`'s, but for the stream's members, for any request `plain_body` does not take."""
         body = req.model_dump(exclude_unset=True, by_alias=True)
         body["model"] = target.model
         body.pop("stream", None)
@@ -522,10 +569,6 @@ class OpenAIAdapter(ProviderAdapter):
         dropped += _reasoning(body, req, reasons, profile.thinking)
         dropped += unsent_sampling(body, reasons)
         dropped += apply_rules(body, profile.rules)
-        if stream:
-            body["stream"] = True
-            if profile.stream_usage if self.stream_usage is None else self.stream_usage:
-                body["stream_options"] = {"include_usage": True}
         return body, dropped
 
     def chat_request(self, req: ChatRequest, target: Target, *, stream: bool) -> BuiltRequest:

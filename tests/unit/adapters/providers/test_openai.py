@@ -598,3 +598,119 @@ def test_encrypted_reasoning_goes_back_to_the_deployment_that_issued_it_alone(st
     assert [item.get("encrypted_content") for item in sent] == [None, "gAAAAABmine", "gAAAAABclients"]
     assert built.dropped == ["input[reasoning].encrypted_content"]
     assert call.body["input"][1] == mine and mine["encrypted_content"] != "gAAAAABmine"  # the client's, as it was
+
+
+# A plain request's body, written directly (`plain_body`), is the body the translation makes of it: each shape below
+# goes to each OpenAI-compatible adapter and profile with the direct path on and off, and what goes upstream (URL,
+# headers, body to the byte, what is named dropped) must not differ.
+PLAIN_SHAPES: dict[str, dict[str, object]] = {
+    "one turn": {},
+    "a conversation": {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": ""},
+            {"role": "user", "content": "and now? \u00e9\u4e2d\U0001f600"},
+        ]
+    },
+    "max_tokens": {"max_tokens": 16},
+    "max_completion_tokens": {"max_completion_tokens": 16},
+    "both caps": {"max_completion_tokens": 16, "max_tokens": 8},
+    "a cap written null": {"max_tokens": None},
+    "stream": {"stream": True},
+    "stream false": {"stream": False, "max_tokens": 4},
+}
+TRANSLATED_SHAPES: dict[str, dict[str, object]] = {
+    "temperature": {"temperature": 0.5},
+    "a tool": {"tools": [{"type": "function", "function": {"name": "f"}}]},
+    "a user": {"user": "u1"},
+    "n": {"n": 2},
+    "a name": {"messages": [{"role": "user", "content": "hi", "name": "bob"}]},
+    "content parts": {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
+    "null content": {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]},
+    "a developer": {"messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}]},
+    "reasoning_effort": {"reasoning_effort": "low"},
+    "an unknown field": {"foo": 1},
+    "earlier reasoning": {"messages": [{"role": "assistant", "content": "a", "reasoning_content": "r"}]},
+    "stream_options": {"stream": True, "stream_options": {"include_usage": True}},
+}
+
+
+def openai_family() -> list[tuple[str, OpenAIAdapter, Target]]:
+    """Each OpenAI-compatible adapter, with each profile where it takes one, and a reasoning model of each."""
+    from adapters.providers.azure import AzureOpenAIAdapter
+    from adapters.providers.deepseek import DeepSeekAdapter
+    from adapters.providers.mistral import MistralAdapter
+    from adapters.providers.openai.profiles import PROFILES
+
+    cases: list[tuple[str, OpenAIAdapter, Target]] = []
+    for name in [None, *PROFILES]:
+        options = {} if name is None else {"profile": name}
+        for model in ("gpt-4o-mini", "o3-mini"):
+            cases.append((f"openai {name} {model}", adapter(**options), target(model=model)))
+        cases.append((f"compatible {name}", adapter(**options), target("http://vllm.internal:8000/v1", "llama")))
+    cases.append(
+        ("reasoning: true", adapter(), Target("p", "openai", "custom", "global", "http://x/v1", {"reasoning": True}))
+    )
+    azure = AzureOpenAIAdapter("azure", "secret", {"base_url": "https://r.openai.azure.com"})
+    cases.append(("azure", azure, Target("azure", "azure", "prod", "eastus", azure.base_url("eastus", None))))
+    for cls, model in ((DeepSeekAdapter, "deepseek-chat"), (MistralAdapter, "mistral-large-latest")):
+        other = cls(cls.type_name, "key", {})
+        cases.append(
+            (
+                cls.type_name,
+                other,
+                Target(cls.type_name, cls.type_name, model, "global", other.base_url("global", None)),
+            )
+        )
+    return cases
+
+
+@pytest.mark.parametrize("shape", [*PLAIN_SHAPES, *TRANSLATED_SHAPES])
+def test_a_plain_body_is_the_translated_body(shape: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapters.providers.openai import adapter as module
+
+    fields = PLAIN_SHAPES.get(shape, TRANSLATED_SHAPES.get(shape))
+    assert fields is not None
+    taken = 0
+    for case, a, t in openai_family():
+        for capped in (False, True):
+            sent: list[tuple[object, ...]] = []
+            for direct in (True, False):
+                req = request(**fields)
+                if capped:  # (as the output cap of a budgeted request sets it: `OutputCap.apply`)
+                    req.max_completion_tokens = 12
+                if not direct:
+                    monkeypatch.setattr(module, "plain_body", lambda *args: None)
+                elif module.plain_body(req, t, a.profile(t)) is not None:
+                    taken += 1
+                stream = bool(req.stream)
+                built = a.chat_request(req, t, stream=stream)
+                sent.append((built.request.url, built.request.headers, built.request.body, built.dropped))
+                monkeypatch.undo()
+            assert sent[0] == sent[1], (case, capped)
+    assert (taken > 0) == (shape in PLAIN_SHAPES)
+
+
+def test_a_plain_body_is_written_only_where_the_profile_and_model_leave_it_as_it_is() -> None:
+    from adapters.providers.openai.adapter import plain_body
+
+    req = request(max_tokens=16)
+    assert plain_body(req, target(), adapter().profile(target())) == {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 16,
+    }
+    for refused in ("deepseek", "mistral", "together", "ollama"):  # (each renames the cap)
+        assert plain_body(req, target(), adapter(profile=refused).profile(target())) is None
+    assert plain_body(req, target(model="o3-mini"), adapter().profile(target())) is None  # (its cap is renamed)
+    prefilled, _ = to_chat_request(
+        MessagesRequest.model_validate(
+            {
+                "model": "m",
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "{"}],
+            }
+        )
+    )
+    assert plain_body(prefilled, target(), adapter().profile(target())) is None
