@@ -17,10 +17,19 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr
 
 from handler.errors import InvalidRequestError
-from handler.schemas import DOCUMENT, DOCUMENT_FIELDS, TOOL_ERROR_MARK, BlockOrder, ChatRequest, thinks_between
+from handler.schemas import (
+    DOCUMENT,
+    DOCUMENT_FIELDS,
+    REQUEST,
+    TOOL_ERROR_MARK,
+    BlockOrder,
+    ChatRequest,
+    _Open,
+    thinks_between,
+)
 
 # Top-level Messages fields the internal form carries; any other the client set is named as dropped.
 MAPPED = frozenset(
@@ -44,15 +53,12 @@ OUTPUT_CONFIG_MAPPED = frozenset({"effort", "format"})
 TOOL_MAPPED = frozenset({"cache_control", "strict"})
 
 
-class _Open(BaseModel):
-    # Built on first use, and a client's fields taken in their JSON types as sent (see handler/schemas.py).
-    model_config = ConfigDict(extra="allow", defer_build=True, strict=True)
-
-
 Blocks = str | list[dict[str, Any]]
 
 
 class AnthropicMessage(_Open):
+    model_config = REQUEST
+
     # `system` is not Anthropic's own, but current Claude Code sends it for models it does not know.
     role: Literal["user", "assistant", "system"]
     content: Blocks
@@ -62,6 +68,8 @@ class AnthropicTool(_Open):
     """A client tool (`input_schema`), or a server tool (`type` such as `web_search_20250305`; an MCP connector's
     `mcp_toolset`, which has no `name`)."""
 
+    model_config = REQUEST
+
     name: str | None = Field(default=None, min_length=1)
     type: str | None = None
     description: str | None = None
@@ -69,23 +77,31 @@ class AnthropicTool(_Open):
 
 
 class AnthropicToolChoice(_Open):
+    model_config = REQUEST
+
     type: Literal["auto", "any", "tool", "none"]
     name: str | None = None
     disable_parallel_tool_use: bool | None = None
 
 
 class AnthropicThinking(_Open):
+    model_config = REQUEST
+
     type: Literal["enabled", "adaptive", "disabled"]
     budget_tokens: int | None = Field(default=None, ge=0)
 
 
 class OutputConfig(_Open):
+    model_config = REQUEST
+
     effort: str | None = None
     format: dict[str, Any] | None = None
 
 
 class MessagesCountRequest(_Open):
     """An Anthropic `count_tokens` request body: a Messages request without `max_tokens`."""
+
+    model_config = REQUEST
 
     model: str = Field(min_length=1)
     messages: list[AnthropicMessage] = Field(min_length=1)

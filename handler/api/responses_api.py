@@ -26,11 +26,20 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from handler.errors import InvalidRequestError
 from handler.pipeline.pricing import Cost
-from handler.schemas import AssistantMessage, ChatCompletion, ChatRequest, Usage, ordered_parts, thinks_between
+from handler.schemas import (
+    REQUEST,
+    AssistantMessage,
+    ChatCompletion,
+    ChatRequest,
+    Usage,
+    _Open,
+    ordered_parts,
+    thinks_between,
+)
 from handler.wire import ENCRYPTED_REASONING, UNREADABLE_REASONING
 
 # Request fields the translation honours (the gateway keeps, echoes or acts on them itself).
@@ -74,12 +83,9 @@ INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 SUMMARIES = ("auto", "concise", "detailed")
 
 
-class _Open(BaseModel):
-    # Built on first use, and a client's fields taken in their JSON types as sent (see handler/schemas.py).
-    model_config = ConfigDict(extra="allow", defer_build=True, strict=True)
-
-
 class ReasoningConfig(_Open):
+    model_config = REQUEST
+
     effort: str | None = None
     summary: str | None = None
     generate_summary: str | None = None
@@ -96,6 +102,8 @@ class TextFormat(_Open):
 
 
 class TextConfig(_Open):
+    model_config = REQUEST
+
     format: TextFormat | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
 
@@ -105,6 +113,8 @@ METADATA_PAIRS = 16
 
 class ResponsesRequest(_Open):
     """An OpenAI Responses API request body (`POST /v1/responses`)."""
+
+    model_config = REQUEST
 
     model: str = Field(min_length=1)
     input: str | list[dict[str, Any]] = Field(default_factory=list)
@@ -154,12 +164,16 @@ class ResponsesRequest(_Open):
 
 
 class InputMessage(_Open):
+    model_config = REQUEST
+
     type: Literal["message"] = "message"
     role: Literal["user", "system", "developer", "assistant"]
     content: str | list[dict[str, Any]]
 
 
 class FunctionCallItem(_Open):
+    model_config = REQUEST
+
     type: Literal["function_call"]
     call_id: str = Field(min_length=1)
     name: str = Field(min_length=1)
@@ -167,16 +181,22 @@ class FunctionCallItem(_Open):
 
 
 class FunctionCallOutputItem(_Open):
+    model_config = REQUEST
+
     type: Literal["function_call_output"]
     call_id: str = Field(min_length=1)
     output: str | list[dict[str, Any]]
 
 
 class SummaryPart(_Open):
+    model_config = REQUEST
+
     text: str = ""
 
 
 class ReasoningItem(_Open):
+    model_config = REQUEST
+
     type: Literal["reasoning"]
     summary: list[SummaryPart] = Field(default_factory=list)
     encrypted_content: str | None = None
