@@ -137,8 +137,8 @@ SecretReference = Annotated[str, AfterValidator(secret_reference)]
 # Each part's own validator is built on its first direct use (`defer_build`); Config's, built at import, holds
 # them all: built once each, instead of once in every model that nests them (a Lambda cold start builds it). A
 # part left out of the file is validated from `{}` by that validator too (`validate_default`), not built apart.
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+# (A config each, not a base class: a model class costs a cold start about 0.4 million instructions.)
+STRICT = ConfigDict(extra="forbid", defer_build=True)
 
 
 class ProviderConfig(BaseModel):
@@ -183,7 +183,9 @@ class DeploymentConfig(BaseModel):
     )
 
 
-class LongContextPrice(_Strict):
+class LongContextPrice(BaseModel):
+    model_config = STRICT
+
     threshold: int = Field(gt=0, description="prompt tokens above which the long-context prices apply")
     input: float = Field(ge=0)
     output: float = Field(ge=0)
@@ -191,8 +193,10 @@ class LongContextPrice(_Strict):
     cache_write: float | None = Field(default=None, ge=0)
 
 
-class Price(_Strict):
+class Price(BaseModel):
     """USD per 1M tokens."""
+
+    model_config = STRICT
 
     input: float = Field(ge=0)
     # (Unset: an embedding model's, whose answers have no output tokens; a chat model's is refused, `_cross_check`.)
@@ -216,7 +220,9 @@ class Price(_Strict):
     options: dict[str, dict[str, float]] | None = None
 
 
-class ModelConfig(_Strict):
+class ModelConfig(BaseModel):
+    model_config = STRICT
+
     deployments: list[DeploymentConfig] = Field(min_length=1)
     price: Price | Literal["unknown"] | None = None
     fallbacks: list[str] = []
@@ -226,16 +232,20 @@ class ModelConfig(_Strict):
     enforce_schema: bool = False
 
 
-class FeeConfig(_Strict):
+class FeeConfig(BaseModel):
+    model_config = STRICT
+
     percent: float = Field(default=0.0, ge=0, le=100)
     per_request_usd: float = Field(default=0.0, ge=0)
 
 
-class TimeoutConfig(_Strict):
+class TimeoutConfig(BaseModel):
     """Timeouts in seconds. `total` bounds one attempt's answer from the request to its body's end, a stream
     included: a body that trickles in, each piece within `between_chunks`, still ends there. `request` bounds the
     whole request (every attempt, the gateway's retries and failover, a stream to its end): the gateway cuts it
     there as it cuts one at its `x-gateway-deadline-ms`, so that it never outlives its budget reservation."""
+
+    model_config = STRICT
 
     connect: float = Field(default=5.0, gt=0)
     first_byte: float = Field(default=120.0, gt=0)
@@ -244,8 +254,10 @@ class TimeoutConfig(_Strict):
     request: float = Field(default=900.0, gt=0)
 
 
-class LimitsConfig(_Strict):
+class LimitsConfig(BaseModel):
     """Bounds on what an upstream may send, and on a client's request headers (`gateway serve`)."""
+
+    model_config = STRICT
 
     upstream_header_bytes: int = Field(default=64 * 1024, gt=0)
     upstream_headers: int = Field(default=256, gt=0)
@@ -253,9 +265,11 @@ class LimitsConfig(_Strict):
     request_header_bytes: int = Field(default=64 * 1024, gt=0)
 
 
-class PricedOptions(_Strict):
+class PricedOptions(BaseModel):
     """Request options that change what a provider bills. An option with no price here is refused (400), so a
     key's budget can never be spent at a price the gateway does not know."""
+
+    model_config = STRICT
 
     # Multiplier on a model's token prices per OpenAI `service_tier`, for a model whose price sets none for that tier
     # (its `price.options.service_tier`: the bundled table's for OpenAI's models); `auto`/`default` are always allowed.
@@ -271,9 +285,11 @@ class PricedOptions(_Strict):
     provider_store: bool = False
 
 
-class KeyMinting(_Strict):
+class KeyMinting(BaseModel):
     """Limits on `POST /v1/keys` (child keys), on a key's whole family: `per_minute` counts a mint on the parent
     and on every ancestor, `max_children` the live keys under a root key at every depth."""
+
+    model_config = STRICT
 
     per_minute: int = Field(default=30, ge=1)
     max_children: int = Field(default=1000, ge=1)
@@ -282,7 +298,9 @@ class KeyMinting(_Strict):
     max_depth: int = Field(default=32, ge=1, le=90)
 
 
-class GatewaySettings(_Strict):
+class GatewaySettings(BaseModel):
+    model_config = STRICT
+
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     key_cache_seconds: float = Field(default=5.0, ge=0)
     # How often a provider key held in SSM or Secrets Manager is read again (a rotated key is in use within it);
@@ -306,9 +324,11 @@ class GatewaySettings(_Strict):
     responses_secret: SecretReference | None = None
 
 
-class ObservabilityConfig(_Strict):
+class ObservabilityConfig(BaseModel):
     """`observability`: where the gateway's traces go, and a port of its own for `/metrics` (docs/observability.md;
     metrics are always on: `/metrics` for an admin key, CloudWatch EMF on Lambda)."""
+
+    model_config = STRICT
 
     # An `OtlpConfig` (handler/otlp_config.py) once `parse_config` has validated it: apart, and only where a
     # config has one. Most leave it out: its validator inside Config's cost every Lambda cold start about 4 million
@@ -319,10 +339,10 @@ class ObservabilityConfig(_Strict):
     metrics_host: str = Field(default="127.0.0.1", min_length=1)
 
 
-class Config(_Strict):
+class Config(BaseModel):
     """The whole config file."""
 
-    model_config = ConfigDict(defer_build=False)  # (merged with _Strict's: extra stays forbidden)
+    model_config = ConfigDict(extra="forbid", defer_build=False)
 
     gateway: GatewaySettings = Field(default={}, validate_default=True)
     observability: ObservabilityConfig = Field(default={}, validate_default=True)
