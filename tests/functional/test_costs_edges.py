@@ -9,6 +9,7 @@ import datetime
 import gzip
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -491,6 +492,35 @@ async def test_a_malformed_answer_is_charged_the_usage_it_carries() -> None:
     await served.gateway.aclose()
 
 
+async def cancelled_twice_while_written(served: Any, held: Callable[[Any], bool]) -> None:
+    """A chat request to `m` cancelled once the store has written an admission `held` picks, and again before the
+    store answers it (a deadline's cancellation, then a server's stopping past its grace)."""
+    store = served.gateway.store
+    written = store.admit
+    admission_written, answer_due = asyncio.Event(), asyncio.Event()
+
+    async def late_answer(admission: Any) -> Any:
+        snapshot = await written(admission)
+        if held(admission):
+            admission_written.set()
+            await answer_due.wait()  # its answer on its way
+        return snapshot
+
+    store.admit = late_answer
+    request = asyncio.ensure_future(served.post("/v1/chat/completions", {"model": "m", "messages": HI}))
+    await admission_written.wait()
+    request.cancel()  # the first cancellation
+    for _ in range(5):
+        await asyncio.sleep(0)
+    request.cancel()  # the second, while the store has still to answer
+    for _ in range(5):
+        await asyncio.sleep(0)
+    answer_due.set()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    store.admit = written
+
+
 async def test_an_extra_reservation_written_while_the_request_is_cancelled_twice_is_released(store_url: str) -> None:
     """The first deployment's answer could not be read (the provider may bill it), so a worst case more is written
     before the failover. The request was cancelled while the store wrote it (its deadline), and again before the
@@ -508,30 +538,8 @@ async def test_an_extra_reservation_written_while_the_request_is_cancelled_twice
         "price": {"input": 1.0, "output": 2.0},
     }
     served = await serve(unreadable_first, {"m": chain}, store_url=store_url)
-    store = served.gateway.store
-    written = store.admit
-    extra_written, answer_due = asyncio.Event(), asyncio.Event()
-
-    async def late_answer(admission: Any) -> Any:
-        snapshot = await written(admission)
-        if "#" in admission.reservation_id:  # the extra worst case (`Meter.reserve_again`), written
-            extra_written.set()
-            await answer_due.wait()  # its answer on its way
-        return snapshot
-
-    store.admit = late_answer  # type: ignore[method-assign]
-    request = asyncio.ensure_future(served.post("/v1/chat/completions", {"model": "m", "messages": HI}))
-    await extra_written.wait()
-    request.cancel()  # the first cancellation
-    for _ in range(5):
-        await asyncio.sleep(0)
-    request.cancel()  # the second, while the store has still to answer
-    for _ in range(5):
-        await asyncio.sleep(0)
-    answer_due.set()
-    with pytest.raises(asyncio.CancelledError):
-        await request
-    store.admit = written  # type: ignore[method-assign]
+    # (the extra worst case, `Meter.reserve_again`, is the reservation whose id has a `#`)
+    await cancelled_twice_while_written(served, lambda admission: "#" in admission.reservation_id)
     [line] = await served.ledger()  # the unreadable answer's worst case, charged
     assert (line.status, line.cost_source) == (499, "reserved"), line
     state = (await served.get("/v1/key")).json()
@@ -722,29 +730,7 @@ async def test_a_reservation_written_while_the_request_is_cancelled_twice_is_rel
     held the key's budget until it expired (960 s), as a failover's extra worst case did. Nothing was sent: it is
     released, and nothing is charged."""
     served = await serve(lambda request: httpx.Response(200, json=completion()), {"m": MODEL}, store_url=store_url)
-    store = served.gateway.store
-    written = store.admit
-    admission_written, answer_due = asyncio.Event(), asyncio.Event()
-
-    async def late_answer(admission: Any) -> Any:
-        snapshot = await written(admission)
-        admission_written.set()
-        await answer_due.wait()  # its answer on its way
-        return snapshot
-
-    store.admit = late_answer  # type: ignore[method-assign]
-    request = asyncio.ensure_future(served.post("/v1/chat/completions", {"model": "m", "messages": HI}))
-    await admission_written.wait()
-    request.cancel()  # the first cancellation
-    for _ in range(5):
-        await asyncio.sleep(0)
-    request.cancel()  # the second, while the store has still to answer
-    for _ in range(5):
-        await asyncio.sleep(0)
-    answer_due.set()
-    with pytest.raises(asyncio.CancelledError):
-        await request
-    store.admit = written  # type: ignore[method-assign]
+    await cancelled_twice_while_written(served, lambda admission: True)
     assert await served.ledger() == []  # nothing was sent
     state = (await served.get("/v1/key")).json()
     assert state["reserved_usd"] == 0 and state["spent_usd"] == 0, state
