@@ -137,6 +137,10 @@ class RegionLeases:
         self._generation: dict[tuple[str, str], int] = {}
         self._unleased: dict[tuple[str, str], Decimal] = {}
         self._held: dict[tuple[str, str], HeldLease] = {}
+        # The last use this process's admissions marked on each lease (`HeldLease.drew_at`), kept apart from `_held`,
+        # which forgets a lease the sweeper gave back: watched again by a settlement alone, such a lease read as
+        # never drawn on here, so a process that stopped kept in it what that settlement put back.
+        self._drew: dict[tuple[str, str], float] = {}
         self._sweeper: asyncio.Task[None] | None = None
         # Releases the expired reservations a region wrote on a key, through its replica (the store's
         # `release_expired`): a lease's dead reservations hold its USD, and only its region may write it.
@@ -182,7 +186,14 @@ class RegionLeases:
         key = (charge.key_id, charge.period)
         if len(self._held) > MAX_TRACKED and key not in self._held:
             return  # the others' sweeps, and the next grant of this key, still return it
-        held = self._held.setdefault(key, HeldLease(charge.key_id, charge.period, charge.home_region or "", 0.0))
+        if drew_at is not None:
+            if len(self._drew) > MAX_TRACKED and key not in self._drew:
+                self._drew.clear()  # (a long-lived process: leases of long-gone keys)
+            self._drew[key] = drew_at
+        held = self._held.get(key)
+        if held is None:
+            home = charge.home_region or ""
+            held = self._held[key] = HeldLease(charge.key_id, charge.period, home, 0.0, self._drew.get(key, 0.0))
         held.last_used = self.clock()
         if drew_at is not None:
             held.drew_at = drew_at

@@ -971,6 +971,31 @@ async def test_a_worker_that_stops_leaves_the_lease_its_sibling_draws_on(dynamo:
         await store.close()
 
 
+async def test_a_process_that_stops_gives_back_what_a_request_settled_after_its_sweep(dynamo: DynamoServer) -> None:
+    """A request outlasting `IDLE_SECONDS` (a long stream): the sweeper gave the lease's available USD back and
+    forgot the lease; the request's settlement put its unspent reservation back in and watched it again, as never
+    drawn on here (its mark of this process's use was the forgotten entry's), so the stopping process took its own
+    last use for another's and kept the $0.08 (review): the home counted $0.10 committed for $0.02 spent."""
+    now = [time.time()]
+    here, home = two_regions(dynamo, clock=lambda: now[0])
+    key = uuid.uuid4().hex[:12]
+    charge = BudgetCharge(key, PERIOD, 1.0, 0.1, "us-east-1")
+    adm = Admission(uuid.uuid4().hex, key, [charge], [], now[0] + 900, "us-east-1")
+    await here.admit(adm)  # a grant of $0.25 to eu-west-1's lease, $0.10 of it reserved by this long request
+    now[0] += 40  # the request still runs; the lease is idle past IDLE_SECONDS
+    await here.leases.return_idle()  # the $0.15 available goes home, the lease is no longer watched
+    spent = Settlement(
+        adm.reservation_id, [replace(charge, amount_usd=0.02)], 0.1, [], None, "us-east-1", adm.expires_at
+    )
+    await here.settle(spent)  # $0.08 reserved and unspent back in the lease, watched again
+    returned = await here.return_leases()  # the server stops: no other process of eu-west-1 drew on the lease
+    committed = (await home.meter(key, PERIOD)).committed_usd[PERIOD]
+    await here.close()
+    await home.close()
+    assert returned == pytest.approx(0.08), f"given back at shutdown: ${returned}"
+    assert committed == pytest.approx(0.02)
+
+
 def two_regions_losing(dynamo: DynamoServer) -> tuple[AnswerLost, AnswerLost, DynamoDBStore, DynamoDBStore]:
     """`two_regions`, the lease region's calls (to its own replica, and to the home's) through `AnswerLost`."""
     table = dynamo.create_table()
