@@ -17,7 +17,7 @@ from typing import (
     Annotated,
     Any,
     Literal,
-    NotRequired,  # (pydantic takes typing's only from Python 3.12)
+    NotRequired,
     Self,
 )
 
@@ -31,7 +31,8 @@ from pydantic import (
     WrapValidator,
     with_config,
 )
-from typing_extensions import TypedDict
+from pydantic_core import PydanticCustomError
+from typing_extensions import TypedDict  # (pydantic takes typing's only from Python 3.12)
 
 # `value is None` as a C call: the answer writers run it for every optional field of every chunk.
 _is_none = functools.partial(operator.is_, None)
@@ -268,23 +269,22 @@ class NamedToolChoice(_Open):
 # Python (`checked_allowed_tools`): as two models (or typed dicts), it cost every Lambda cold start 2.6 million
 # instructions of pydantic's class and schema machinery (1.3 as models at the import, the rest building the schema).
 def checked_allowed_tools(choice: dict[str, Any]) -> dict[str, Any]:
-    """`choice` if it is a well-formed `allowed_tools` choice, else the client's problem with it (ValueError)."""
+    """`choice` if it is a well-formed `allowed_tools` choice, else the client's problem with it, in words of its own
+    (pydantic's "Value error, " left out)."""
     if choice.get("type") != "allowed_tools":
-        raise ValueError("type must be 'function' or 'allowed_tools'")
+        raise PydanticCustomError("tool_choice", "type must be 'function' or 'allowed_tools'")
     allowed = choice.get("allowed_tools")
     if not isinstance(allowed, dict) or allowed.get("mode") not in ("auto", "required"):
-        raise ValueError("allowed_tools.mode must be 'auto' or 'required'")
+        raise PydanticCustomError("tool_choice", "allowed_tools.mode must be 'auto' or 'required'")
     tools = allowed.get("tools")
     if not isinstance(tools, list) or not tools:
-        raise ValueError("allowed_tools.tools must be a non-empty list of functions")
+        raise PydanticCustomError("tool_choice", "allowed_tools.tools must be a non-empty list of functions")
     for i, tool in enumerate(tools):
-        function = (
-            tool.get("function")
-            if isinstance(tool, dict) and tool.setdefault("type", "function") == "function"
-            else None
-        )
+        # (as sent upstream: a function's `type`, which the client may leave out, written)
+        kind = tool.setdefault("type", "function") if isinstance(tool, dict) else None
+        function = tool.get("function") if isinstance(tool, dict) and kind == "function" else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise ValueError(f"allowed_tools.tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}")
+            raise PydanticCustomError("tool_choice", f"allowed_tools.tools[{i}] must be a function with a name")
     return choice
 
 

@@ -67,7 +67,8 @@ def test_a_leaf_is_validated_as_strictly_as_the_models(fields: dict[str, Any]) -
 
 
 def test_an_allowed_tools_choice_is_refused_for_its_own_problem() -> None:
-    """Not for the union's other members' complaints (it was "tool_choice.type: Input should be 'function'")."""
+    """Not for the union's other members' complaints (it was "tool_choice.type: Input should be 'function'"), and
+    in words of its own (not pydantic's "Value error, ...")."""
     from handler.api.refused_bodies import invalid_from_validation
 
     sent = body(tool_choice={"type": "allowed_tools", "allowed_tools": {"mode": "sometimes", "tools": []}})
@@ -76,5 +77,5 @@ def test_an_allowed_tools_choice_is_refused_for_its_own_problem() -> None:
     error = invalid_from_validation(raised.value, sent)
     assert (error.param, error.message) == (
         "tool_choice",
-        "tool_choice: Value error, allowed_tools.mode must be 'auto' or 'required'",
+        "tool_choice: allowed_tools.mode must be 'auto' or 'required'",
     )
