@@ -5,9 +5,9 @@ names, see `handler.schemas.LATER`)."""
 # No `from __future__ import annotations`, as in handler/schemas.py.
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, Field, PlainSerializer
 
-from handler.schemas import ChatCompletion, FinishReason, Omitted, ReasoningText, Usage, _Open
+from handler.schemas import OPEN, ChatCompletion, FinishReason, Omitted, ReasoningText, Usage
 
 
 class _SentNull(str):
@@ -35,12 +35,16 @@ def _written(value: str) -> str | None:
 NullKept = Annotated[str | None, AfterValidator(_kept), PlainSerializer(_written)]
 
 
-class FunctionCallDelta(_Open):
+class FunctionCallDelta(BaseModel):
+    model_config = OPEN
+
     name: str | None = Omitted()
     arguments: str | None = Omitted()
 
 
-class ToolCallDelta(_Open):
+class ToolCallDelta(BaseModel):
+    model_config = OPEN
+
     index: int
     id: str | None = Omitted()
     type: Literal["function"] | None = Omitted()
@@ -48,7 +52,9 @@ class ToolCallDelta(_Open):
     extra_content: dict[str, Any] | None = Omitted()
 
 
-class ChunkDelta(_Open):
+class ChunkDelta(BaseModel):
+    model_config = OPEN
+
     role: Literal["assistant"] | None = Omitted()
     content: NullKept = Omitted()
     tool_calls: list[ToolCallDelta] | None = Omitted()
@@ -56,7 +62,9 @@ class ChunkDelta(_Open):
     reasoning_content: str | None = ReasoningText()
 
 
-class ChunkChoice(_Open):
+class ChunkChoice(BaseModel):
+    model_config = OPEN
+
     index: int = 0
     delta: ChunkDelta
     finish_reason: FinishReason | None = None
@@ -64,7 +72,9 @@ class ChunkChoice(_Open):
     stop_sequence: str | None = Omitted()
 
 
-class ChatCompletionChunk(_Open):
+class ChatCompletionChunk(BaseModel):
+    model_config = OPEN
+
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int

@@ -5,12 +5,12 @@ one of its names, see `handler.schemas.LATER`)."""
 # No `from __future__ import annotations`, as in handler/schemas.py.
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from handler.schemas import REQUEST, _Open
+from handler.schemas import OPEN, REQUEST
 
 
-class EmbeddingsRequest(_Open):
+class EmbeddingsRequest(BaseModel):
     """An OpenAI embeddings request body."""
 
     model_config = REQUEST
@@ -31,18 +31,24 @@ class EmbeddingsRequest(_Open):
         return [self.model_copy(update={"input": inputs[i : i + most]}) for i in range(0, len(inputs), most)]
 
 
-class Embedding(_Open):
+class Embedding(BaseModel):
+    model_config = OPEN
+
     object: Literal["embedding"] = "embedding"
     index: int
     embedding: list[float] | str
 
 
-class EmbeddingsUsage(_Open):
+class EmbeddingsUsage(BaseModel):
+    model_config = OPEN
+
     prompt_tokens: int = 0
     total_tokens: int = 0
 
 
-class EmbeddingsResponse(_Open):
+class EmbeddingsResponse(BaseModel):
+    model_config = OPEN
+
     object: Literal["list"] = "list"
     data: list[Embedding]
     model: str

@@ -59,16 +59,14 @@ def ReasoningText() -> Any:  # noqa: N802 - reads as a field type at the use sit
 
 # Every API model's validator is built on its first use, not at import (`defer_build`): a Lambda cold start
 # builds only what its first request needs (a chat completion, none of the Responses or Messages models).
-# `gateway serve` and a SnapStart snapshot build them all beforehand (`build_deferred_models`).
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow", defer_build=True)
-
-
+# `gateway serve` and a SnapStart snapshot build them all beforehand (`build_deferred_models`). Fields a model does
+# not declare are kept (`extra`). Each model says so by its config, not by a base class: a model class costs a cold
+# start about 0.4 million instructions even without a field.
+OPEN = ConfigDict(extra="allow", defer_build=True)
 # A client's request: its declared fields take their JSON types as sent (`strict`: `"stream": "true"` or
 # `"max_tokens": "10"` is the client's 400, as at OpenAI, not a value converted and sent on), while a provider's
-# answer (`_Open` alone) is read leniently. An integer is still a number. (A config, not a base class: a class
-# costs a cold start more.)
-REQUEST = ConfigDict(strict=True)
+# answer (`OPEN` alone) is read leniently. An integer is still a number.
+REQUEST = ConfigDict(extra="allow", defer_build=True, strict=True)
 
 
 def build_deferred_models() -> None:
@@ -88,7 +86,7 @@ def build_deferred_models() -> None:
 # --- request -------------------------------------------------------------------------------------
 
 
-class TextPart(_Open):
+class TextPart(BaseModel):
     model_config = REQUEST
 
     type: Literal["text"]
@@ -108,7 +106,7 @@ class ImageURL(TypedDict):
     detail: NotRequired[Literal["auto", "low", "high"] | None]
 
 
-class ImagePart(_Open):
+class ImagePart(BaseModel):
     model_config = REQUEST
 
     type: Literal["image_url"]
@@ -121,14 +119,14 @@ class InputAudio(TypedDict):
     format: str
 
 
-class AudioPart(_Open):
+class AudioPart(BaseModel):
     model_config = REQUEST
 
     type: Literal["input_audio"]
     input_audio: InputAudio
 
 
-class FilePart(_Open):
+class FilePart(BaseModel):
     model_config = REQUEST
 
     type: Literal["file"]
@@ -146,14 +144,14 @@ DOCUMENT_FIELDS = ("title", "context", "citations")
 ContentPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
 
 
-class FunctionCall(_Open):
+class FunctionCall(BaseModel):
     model_config = REQUEST
 
     name: str
     arguments: str = ""
 
 
-class ToolCall(_Open):
+class ToolCall(BaseModel):
     model_config = REQUEST
 
     id: str
@@ -211,7 +209,7 @@ def ordered_parts(
 TOOL_ERROR_MARK = "[tool error] "
 
 
-class Message(_Open):
+class Message(BaseModel):
     model_config = REQUEST
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -234,7 +232,7 @@ class Message(_Open):
         return "".join(p.text for p in self.content if isinstance(p, TextPart))
 
 
-class FunctionDefinition(_Open):
+class FunctionDefinition(BaseModel):
     model_config = REQUEST
 
     name: str
@@ -243,20 +241,20 @@ class FunctionDefinition(_Open):
     strict: bool | None = None
 
 
-class Tool(_Open):
+class Tool(BaseModel):
     model_config = REQUEST
 
     type: Literal["function"] = "function"
     function: FunctionDefinition
 
 
-class NamedFunction(_Open):
+class NamedFunction(BaseModel):
     model_config = REQUEST
 
     name: str
 
 
-class NamedToolChoice(_Open):
+class NamedToolChoice(BaseModel):
     model_config = REQUEST
 
     type: Literal["function"] = "function"
@@ -309,16 +307,18 @@ def allowed_names(choice: ToolChoice | None) -> list[str] | None:
     return None
 
 
-class JSONSchemaFormat(_Open):
+class JSONSchemaFormat(BaseModel):
     name: str = "response"
     description: str | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True, strict=True)
+    model_config = ConfigDict(
+        extra="allow", defer_build=True, populate_by_name=True, serialize_by_alias=True, strict=True
+    )
 
 
-class ResponseFormat(_Open):
+class ResponseFormat(BaseModel):
     model_config = REQUEST
 
     type: Literal["text", "json_object", "json_schema"]
@@ -330,7 +330,7 @@ class StreamOptions(TypedDict, total=False):
     include_usage: bool | None
 
 
-class ThinkingConfig(_Open):
+class ThinkingConfig(BaseModel):
     """Extended thinking as Anthropic's Messages API asks for it: `enabled` with a token budget,
     `adaptive` (the model decides how much), or `disabled`. Each adapter maps it to its provider's
     control (see `adapters/providers/reasoning.py`)."""
@@ -344,7 +344,7 @@ class ThinkingConfig(_Open):
     effort: str | None = None
 
 
-class ChatRequest(_Open):
+class ChatRequest(BaseModel):
     """An OpenAI Chat Completions request body."""
 
     model_config = REQUEST
@@ -430,25 +430,31 @@ class _Counted:
             self.__pydantic_extra__[name] = value
 
 
-class PromptTokensDetails(_Counted, _Open):
+class PromptTokensDetails(_Counted, BaseModel):
     """Also, among the extras: `cache_write_1h_tokens` (of `cache_write_tokens`, those cached an hour:
     Anthropic's `ttl: "1h"`, which cost more) and `audio_tokens` (audio input: OpenAI's count, Gemini's AUDIO
     modality; dearer than text on some models)."""
+
+    model_config = OPEN
 
     cached_tokens: int = 0
     cache_write_tokens: int = 0
 
 
-class CompletionTokensDetails(_Counted, _Open):
+class CompletionTokensDetails(_Counted, BaseModel):
     """Also, among the extras: `audio_tokens` (audio output: OpenAI's count, Gemini's AUDIO modality; dearer than
     text)."""
+
+    model_config = OPEN
 
     reasoning_tokens: int = 0
 
 
-class Usage(_Counted, _Open):
+class Usage(_Counted, BaseModel):
     """Token counts. `prompt_tokens` includes cached and cache-write tokens, as OpenAI counts them. Also, among
     the extras: `web_searches`, the searches a provider's own search tool ran (billed apart from the tokens)."""
+
+    model_config = OPEN
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -545,7 +551,9 @@ class Usage(_Counted, _Open):
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
 
-class AssistantMessage(_Open):
+class AssistantMessage(BaseModel):
+    model_config = OPEN
+
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     tool_calls: list[ToolCall] | None = Omitted()
@@ -554,7 +562,9 @@ class AssistantMessage(_Open):
     block_order: BlockOrder | None = Field(default=None, exclude=True)  # (see `BlockOrder`)
 
 
-class Choice(_Open):
+class Choice(BaseModel):
+    model_config = OPEN
+
     index: int = 0
     message: AssistantMessage
     finish_reason: FinishReason | None = None
@@ -569,7 +579,9 @@ def completion_id() -> str:
     return f"chatcmpl-{secrets.token_hex(12)}"
 
 
-class ChatCompletion(_Open):
+class ChatCompletion(BaseModel):
+    model_config = OPEN
+
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int

@@ -27,7 +27,6 @@ from handler.schemas import (
     TOOL_ERROR_MARK,
     BlockOrder,
     ChatRequest,
-    _Open,
     thinks_between,
 )
 
@@ -56,7 +55,7 @@ TOOL_MAPPED = frozenset({"cache_control", "strict"})
 Blocks = str | list[dict[str, Any]]
 
 
-class AnthropicMessage(_Open):
+class AnthropicMessage(BaseModel):
     model_config = REQUEST
 
     # `system` is not Anthropic's own, but current Claude Code sends it for models it does not know.
@@ -64,7 +63,7 @@ class AnthropicMessage(_Open):
     content: Blocks
 
 
-class AnthropicTool(_Open):
+class AnthropicTool(BaseModel):
     """A client tool (`input_schema`), or a server tool (`type` such as `web_search_20250305`; an MCP connector's
     `mcp_toolset`, which has no `name`)."""
 
@@ -76,7 +75,7 @@ class AnthropicTool(_Open):
     input_schema: dict[str, Any] | None = None
 
 
-class AnthropicToolChoice(_Open):
+class AnthropicToolChoice(BaseModel):
     model_config = REQUEST
 
     type: Literal["auto", "any", "tool", "none"]
@@ -84,21 +83,21 @@ class AnthropicToolChoice(_Open):
     disable_parallel_tool_use: bool | None = None
 
 
-class AnthropicThinking(_Open):
+class AnthropicThinking(BaseModel):
     model_config = REQUEST
 
     type: Literal["enabled", "adaptive", "disabled"]
     budget_tokens: int | None = Field(default=None, ge=0)
 
 
-class OutputConfig(_Open):
+class OutputConfig(BaseModel):
     model_config = REQUEST
 
     effort: str | None = None
     format: dict[str, Any] | None = None
 
 
-class MessagesCountRequest(_Open):
+class MessagesCountRequest(BaseModel):
     """An Anthropic `count_tokens` request body: a Messages request without `max_tokens`."""
 
     model_config = REQUEST

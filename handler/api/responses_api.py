@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import orjson
-from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from handler.errors import InvalidRequestError
 from handler.pipeline.pricing import Cost
@@ -36,7 +36,6 @@ from handler.schemas import (
     ChatCompletion,
     ChatRequest,
     Usage,
-    _Open,
     ordered_parts,
     thinks_between,
 )
@@ -83,7 +82,7 @@ INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 SUMMARIES = ("auto", "concise", "detailed")
 
 
-class ReasoningConfig(_Open):
+class ReasoningConfig(BaseModel):
     model_config = REQUEST
 
     effort: str | None = None
@@ -91,17 +90,19 @@ class ReasoningConfig(_Open):
     generate_summary: str | None = None
 
 
-class TextFormat(_Open):
+class TextFormat(BaseModel):
     type: Literal["text", "json_object", "json_schema"] = "text"
     name: str | None = None
     description: str | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True, strict=True)
+    model_config = ConfigDict(
+        extra="allow", defer_build=True, populate_by_name=True, serialize_by_alias=True, strict=True
+    )
 
 
-class TextConfig(_Open):
+class TextConfig(BaseModel):
     model_config = REQUEST
 
     format: TextFormat | None = None
@@ -111,7 +112,7 @@ class TextConfig(_Open):
 METADATA_PAIRS = 16
 
 
-class ResponsesRequest(_Open):
+class ResponsesRequest(BaseModel):
     """An OpenAI Responses API request body (`POST /v1/responses`)."""
 
     model_config = REQUEST
@@ -163,7 +164,7 @@ class ResponsesRequest(_Open):
 # --- input items -----------------------------------------------------------------------------------
 
 
-class InputMessage(_Open):
+class InputMessage(BaseModel):
     model_config = REQUEST
 
     type: Literal["message"] = "message"
@@ -171,7 +172,7 @@ class InputMessage(_Open):
     content: str | list[dict[str, Any]]
 
 
-class FunctionCallItem(_Open):
+class FunctionCallItem(BaseModel):
     model_config = REQUEST
 
     type: Literal["function_call"]
@@ -180,7 +181,7 @@ class FunctionCallItem(_Open):
     arguments: str = ""
 
 
-class FunctionCallOutputItem(_Open):
+class FunctionCallOutputItem(BaseModel):
     model_config = REQUEST
 
     type: Literal["function_call_output"]
@@ -188,13 +189,13 @@ class FunctionCallOutputItem(_Open):
     output: str | list[dict[str, Any]]
 
 
-class SummaryPart(_Open):
+class SummaryPart(BaseModel):
     model_config = REQUEST
 
     text: str = ""
 
 
-class ReasoningItem(_Open):
+class ReasoningItem(BaseModel):
     model_config = REQUEST
 
     type: Literal["reasoning"]
