@@ -13,17 +13,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def ran(module: str, *arguments: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`python -m module arguments` run from the repository's root, which must succeed (its output, if not)."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, *arguments], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
 @pytest.mark.skipif(not (shutil.which("nginx") and shutil.which("wrk")), reason="nginx and wrk: `make tools`")
 def test_benchmark_smoke_run_has_no_errors(tmp_path: Path) -> None:
     report = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.bench.run", "--smoke", "--json", str(report)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    result = ran("tests.bench.run", "--smoke", "--json", str(report))
     assert "gateway req/s" in result.stdout and report.exists()
     assert "its key's budget exact" in result.stdout  # two workers on one key: spend, ledger and reservations agree
     # Issue 22's bounds for each API, the warm Lambda invocation of each among them.
@@ -35,14 +37,7 @@ def test_benchmark_smoke_run_has_no_errors(tmp_path: Path) -> None:
 def test_the_chat_route_is_timed_part_by_part() -> None:
     """tests/bench/chat_parts.py, one round of one request a connection: every variant answers 200 (the run fails on
     any other status) and has its row."""
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.bench.chat_parts", "--rounds", "1", "--block", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    result = ran("tests.bench.chat_parts", "--rounds", "1", "--block", "1", timeout=120)
     rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| ")}
     assert {"gateway", "flat", "unmetered", "forward"} <= set(rows)
 
@@ -62,14 +57,7 @@ def test_instruction_counts_grow_with_the_work_and_repeat() -> None:
 def test_warm_invocations_are_counted_in_instructions() -> None:
     """tests/bench/warm_instructions.py, a few invocations: the gateway's warm invocation counts more than the bare
     proxy's (it authenticates, meters, settles) and each is counted at all."""
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.bench.warm_instructions", "--warm-up", "3", "--invocations", "3", "chat", "bare"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    result = ran("tests.bench.warm_instructions", "--warm-up", "3", "--invocations", "3", "chat", "bare")
     figures = json.loads(result.stderr.strip().splitlines()[-1])
     assert figures["chat"] > figures["bare"] > 50_000
 
@@ -81,14 +69,7 @@ def test_the_floor_serves_and_writes_a_ledger_line_per_answer() -> None:
     bare one), and no more than the requests in flight when the round ended."""
     import re
 
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.bench.floor", "--rounds", "1", "--seconds", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    result = ran("tests.bench.floor", "--rounds", "1", "--seconds", "1")
     for server in ("bare", "floor", "gateway"):
         assert re.search(rf"^\| {server} \| [\d,]+ \| [\d.]+ \| \d+ \|$", result.stdout, re.MULTILINE), result.stdout
     lines, answered = re.search(r"ledger: ([\d,]+) lines for the ([\d,]+) answers", result.stdout).groups()  # type: ignore[union-attr]
