@@ -122,6 +122,18 @@ def test_a_deployment_that_cannot_hold_a_thread_is_passed_over(running: Running,
     )
 
 
+def continue_thread(sdk: Any, previous_message_id: str, **options: Any) -> Any:
+    """A thread's next turn on claude-haiku-4-5 ("And now?"), continuing `previous_message_id`."""
+    return sdk.beta.messages.create(
+        model="claude-haiku-4-5",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "And now?"}],
+        thread={"type": "continue", "previous_message_id": previous_message_id},
+        betas=[THREADS_BETA],
+        **options,
+    )
+
+
 def test_a_continued_thread_is_reserved_for_the_conversation_anthropic_holds(running: Running, key: str) -> None:
     """A `continue` brings only the new turn, and Anthropic bills the whole thread's input: its worst case was the
     new turn's. Where the gateway did not relay the answer it continues (another instance did), it is the model's
@@ -142,23 +154,10 @@ def test_a_continued_thread_is_reserved_for_the_conversation_anthropic_holds(run
     requests = running.fakes["anthropic"].state.requests
     sent = len(requests)
     with pytest.raises(ThreadUnsupportedRequestError) as refused:
-        sdk.beta.messages.create(
-            model="claude-haiku-4-5",
-            max_tokens=100,
-            messages=[{"role": "user", "content": "And now?"}],
-            thread={"type": "continue", "previous_message_id": "msg_relayed_by_another_instance"},
-            betas=[THREADS_BETA],
-            extra_headers=at_most,
-        )
+        continue_thread(sdk, "msg_relayed_by_another_instance", extra_headers=at_most)
     assert refused.value.status_code == 400 and "x-gateway-max-cost-usd" in refused.value.message
     assert len(requests) == sent
-    answered = sdk.beta.messages.create(
-        model="claude-haiku-4-5",
-        max_tokens=100,
-        messages=[{"role": "user", "content": "And now?"}],
-        thread={"type": "continue", "previous_message_id": created.id},
-        betas=[THREADS_BETA],
-    )
+    answered = continue_thread(sdk, created.id)
     assert answered.usage.input_tokens > created.usage.input_tokens  # billed for the whole thread
 
 
@@ -166,14 +165,7 @@ def worst_case(sdk: Any, previous_message_id: str) -> float:
     """The worst case a `continue` of `previous_message_id` is reserved at, as a `x-gateway-max-cost-usd` too low for
     it tells (refused as a request Anthropic cannot thread, nothing sent)."""
     with pytest.raises(ThreadUnsupportedRequestError) as refused:
-        sdk.beta.messages.create(
-            model="claude-haiku-4-5",
-            max_tokens=100,
-            messages=[{"role": "user", "content": "And now?"}],
-            thread={"type": "continue", "previous_message_id": previous_message_id},
-            betas=[THREADS_BETA],
-            extra_headers={"x-gateway-max-cost-usd": "0.000000001"},
-        )
+        continue_thread(sdk, previous_message_id, extra_headers={"x-gateway-max-cost-usd": "0.000000001"})
     return float(refused.value.message.split("worst-case cost $")[1].split(" ")[0])
 
 
@@ -192,13 +184,7 @@ def test_a_continued_thread_is_reserved_for_what_its_last_answer_read_and_wrote(
     )
     reserved = worst_case(sdk, created.id)
     assert reserved < 0.01, reserved  # (was $2.000676: a million tokens)
-    continued = sdk.beta.messages.create(
-        model="claude-haiku-4-5",
-        max_tokens=100,
-        messages=[{"role": "user", "content": "And now?"}],
-        thread={"type": "continue", "previous_message_id": created.id},
-        betas=[THREADS_BETA],
-    )
+    continued = continue_thread(sdk, created.id)
     assert continued.usage.input_tokens > created.usage.input_tokens  # billed for the whole thread
     with sdk.beta.messages.stream(
         model="claude-haiku-4-5",
