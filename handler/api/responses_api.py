@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from handler.errors import InvalidRequestError
 from handler.pipeline.pricing import Cost
@@ -146,10 +147,10 @@ class ResponsesRequest(BaseModel):
         are: a dict is validated whole, and 200,000 wrong values held the event loop for a second."""
         if isinstance(metadata, dict):
             if len(metadata) > METADATA_PAIRS:
-                raise ValueError(f"at most {METADATA_PAIRS} key-value pairs, not {len(metadata)}")
+                raise PydanticCustomError("metadata", f"at most {METADATA_PAIRS} key-value pairs, not {len(metadata)}")
             for name, value in metadata.items():
                 if len(name) > 64 or (isinstance(value, str) and len(value) > 512):
-                    raise ValueError(f"'{name[:64]}': keys are at most 64 characters, values 512")
+                    raise PydanticCustomError("metadata", f"'{name[:64]}': keys are at most 64 characters, values 512")
         return metadata
 
     @property

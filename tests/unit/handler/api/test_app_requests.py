@@ -652,4 +652,5 @@ def test_a_responses_requests_metadata_is_held_to_openais_limits_before_its_valu
             ResponsesRequest.model_validate(body)
         error = invalid_from_validation(raised.value, body)
         assert error.param == "metadata" and says in error.message, error.message
+        assert error.message.startswith("metadata: ") and "Value error" not in error.message, error.message
         assert time.perf_counter() - started < 0.1
