@@ -371,9 +371,9 @@ class ProviderAdapter(ABC):
             return built
         return BuiltRequest(built.request, [*built.dropped, *call.lost_headers])
 
-    def native_usage(self, call: NativeCall, body: bytes) -> Usage | None:
-        """The usage of a native non-streaming answer, None when it has none (a malformed answer is an
-        `UpstreamError`)."""
+    def native_usage(self, call: NativeCall, body: dict[str, Any]) -> Usage | None:
+        """The usage of a native non-streaming answer (`body`, parsed: a JSON object), None when it has none (a
+        malformed answer is an `UpstreamError`)."""
         raise NotImplementedError(f"provider type '{self.type_name}' does not speak {call.api}")
 
     def native_served(self, call: NativeCall, body: Mapping[str, Any]) -> Served | None:

@@ -190,14 +190,13 @@ class Pipeline(Charges):
         async def accept(attempt: Attempt, response: UpstreamResponse) -> NativeReply | Answered:
             if not attempt.adapter.speaks(call.api, attempt.target):
                 return await self._chat_answer(req, ex, attempt, response)
-            raw = await response.read()
-            try:
-                usage = attempt.adapter.native_usage(call, raw)
-            except SHAPE_ERRORS as exc:
-                raise misshapen("answer", exc) from exc
-            body = json_body(raw)
+            body = json_body(await response.read())  # (parsed once: the usage is read from it too)
             if not isinstance(body, dict):
                 raise malformed("upstream answered with something other than a JSON object")
+            try:
+                usage = attempt.adapter.native_usage(call, body)
+            except SHAPE_ERRORS as exc:
+                raise misshapen("answer", exc) from exc
             reply = NativeReply(body, usage, attempt.adapter.native_served(call, body))
             schema = self._enforced_schema(req, attempt, ex)
             if schema is not None:

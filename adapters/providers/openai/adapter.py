@@ -626,7 +626,7 @@ class OpenAIAdapter(ProviderAdapter):
 
         return {wire: given for given, wire in aliased_names(call.body, openai_takes).items()}
 
-    def native_usage(self, call: NativeCall, body: bytes) -> Usage | None:
+    def native_usage(self, call: NativeCall, body: dict[str, Any]) -> Usage | None:
         from adapters.providers.openai.responses import answer_usage
 
         return answer_usage(body)

@@ -21,7 +21,6 @@ from handler.wire import (
     StreamEvent,
     event_payload,
     issued_reasoning,
-    json_body,
     malformed,
 )
 
@@ -191,10 +190,9 @@ def unpersisted(items: list[Any]) -> tuple[list[Any], list[str]]:
     return kept, dropped
 
 
-def answer_usage(body: bytes) -> Usage | None:
-    """The usage of a non-streaming answer, which must be a Responses API `response`."""
-    data = json_body(body)
-    if not isinstance(data, dict) or data.get("object") != "response":
+def answer_usage(data: dict[str, Any]) -> Usage | None:
+    """The usage of a non-streaming answer (parsed), which must be a Responses API `response`."""
+    if data.get("object") != "response":
         raise malformed("upstream answer is not a Responses API response")
     return response_usage(data)
 

@@ -849,12 +849,39 @@ def test_a_compactions_tokens_are_billed_beside_the_top_level_counts() -> None:
     23,000 in and 1,000 out."""
     message = {"id": "m", "type": "message", "role": "assistant", "model": MODEL, "content": []}
     answer = {**message, "usage": COMPACTED_USAGE}
-    usage = adapter().native_usage(NativeCall(MESSAGES_API, {}), orjson.dumps(answer))
+    usage = adapter().native_usage(NativeCall(MESSAGES_API, {}), answer)
     assert (usage.prompt_tokens, usage.completion_tokens) == (23000 + 180000 + 4000 + 2000, 1000 + 3500)
     assert (usage.cached_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens) == (4000, 2000, 2000)
     malformed = {**answer, "usage": {**COMPACTED_USAGE, "iterations": {"type": "compaction"}}}
     with pytest.raises(ValueError):  # (the pipeline's malformed answer: `wire.SHAPE_ERRORS`)
-        adapter().native_usage(NativeCall(MESSAGES_API, {}), orjson.dumps(malformed))
+        adapter().native_usage(NativeCall(MESSAGES_API, {}), malformed)
+
+
+PASSED_THROUGH = {"id": "m", "type": "message", "role": "assistant", "model": MODEL, "content": [], "usage": {}}
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"type": "completion"},
+        {"role": "user"},
+        {"id": 7},
+        {"model": None},
+        {"content": "Hello"},
+        {"content": ["Hello"]},
+        {"content": [{"text": "Hello"}]},
+        {"usage": None},
+        {"usage": {"output_tokens": "nine"}},
+    ],
+    ids=["type", "role", "id", "model", "content", "block", "block-type", "usage", "count"],
+)
+def test_a_message_passed_through_is_read_as_anthropics_shape_or_is_malformed(changed: dict[str, Any]) -> None:
+    """Its usage is validated alone and the rest checked as `WireMessage` has it: a message that is not one is the
+    provider's malformed answer (a 502), not relayed as a message."""
+    call = NativeCall(MESSAGES_API, {})
+    assert adapter().native_usage(call, PASSED_THROUGH) == Usage.of(0, 0)
+    with pytest.raises(UpstreamError):
+        adapter().native_usage(call, {**PASSED_THROUGH, **changed})
 
 
 def test_a_streams_compaction_is_billed_from_the_final_message_delta() -> None:
@@ -919,7 +946,7 @@ def test_an_answer_says_the_speed_it_was_served_at_and_its_advisors_tokens_by_mo
     counted nor priced, and fast mode was billed at the speed asked for."""
     message = {"id": "m", "type": "message", "role": "assistant", "model": MODEL, "content": [], "usage": ADVISED_USAGE}
     call = NativeCall(MESSAGES_API, {})
-    usage = adapter().native_usage(call, orjson.dumps(message))
+    usage = adapter().native_usage(call, message)
     assert (usage.prompt_tokens, usage.completion_tokens) == (500, 80)
     served = adapter().native_served(call, message)
     assert served.options == {"speed": "standard"}
