@@ -428,6 +428,18 @@ def test_a_body_sent_as_written_is_reserved_on_all_of_it_but_its_inline_pictures
     assert sent_as_written(PromptEstimate(10**6, ()), by_url).text_tokens == 10**6
 
 
+@given(st.text(), st.booleans())
+def test_a_text_part_is_estimated_as_its_json_whatever_its_characters(text: str, cached: bool) -> None:
+    """A text part is estimated from its JSON as pydantic writes it (escapes, non-ASCII, control characters), read
+    without pydantic's serializer where the part has no other field; one with others (`cache_control`) as before."""
+    part: dict[str, object] = {"type": "text", "text": text}
+    if cached:
+        part["cache_control"] = {"type": "ephemeral"}
+    req = ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": [part]}]})
+    [written] = req.messages[0].content  # type: ignore[misc]
+    assert prompt_estimate(req).text_tokens == 8 + len(written.model_dump_json().encode()) // 2 + 1  # type: ignore[union-attr]
+
+
 def test_a_file_by_id_is_estimated_as_the_most_a_document_can_cost() -> None:
     """A translated request's file part by `file_id` is read and billed whole by the provider (found by review:
     it was estimated as its JSON, some 20 tokens); one sent inline is its bytes."""
