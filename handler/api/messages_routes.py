@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from handler.api.app import Api
     from handler.config import ModelConfig
 
+ANTHROPIC_RAW_HEADERS = frozenset(name.encode() for name in ANTHROPIC_HEADERS)
 MODELS_PAGE = 20
 MODELS_PAGE_MAX = 1000
 # Models have no release date in the config; Anthropic's shape requires one.
@@ -46,9 +47,13 @@ def native_call(
     comma list or repeated, as Anthropic takes it: every value goes, as one list; `anthropic-version` names one
     version, so different ones are the client's 400. The query's `beta` (Claude Code's `?beta=true`) goes with it,
     for an Anthropic deployment's URL."""
+    sent: dict[str, list[str]] = {}
+    for raw, value in request.scope["headers"]:  # (one pass: `Headers.getlist` reads them all for each name)
+        if raw in ANTHROPIC_RAW_HEADERS:
+            sent.setdefault(raw.decode("latin-1"), []).append(value.decode("latin-1"))
     headers = {}
-    for name in ANTHROPIC_HEADERS:
-        values = request.headers.getlist(name)
+    for name in ANTHROPIC_HEADERS if sent else ():
+        values = sent.get(name)
         if not values:
             continue
         if name == "anthropic-beta":
