@@ -40,8 +40,11 @@ class Profile(Value):
     answer begins: `CONTINUES` with the continuation alone (DeepSeek's beta), `REPEATS` with the prefix again
     (Mistral's, "force the model to start its answer by the content of the message"), None where it cannot (the
     prefill is then named as dropped, `messages.prefill`); `allowed_tools` whether the API takes a `tool_choice` of
-    type `allowed_tools` (where not, the tools it allows go alone, with its mode). A provider's `stream_usage` option
-    overrides the profile's (`OpenAIAdapter`)."""
+    type `allowed_tools` (where not, the tools it allows go alone, with its mode: the model can call no other, as it
+    asks). Only OpenAI's own API (Azure's with it) is known to take it, and only its profile says so: vLLM's request
+    model refuses it, and Groq's, Mistral's and DeepSeek's APIs document a `tool_choice` of none, auto, required or a
+    named function; a server the gateway knows no better is sent what all of them take. A provider's `stream_usage`
+    option overrides the profile's (`OpenAIAdapter`)."""
 
     __slots__ = (
         "rules",
@@ -71,7 +74,7 @@ class Profile(Value):
         short_call_ids: bool = True,
         reasoning_shown: bool = True,
         prefix: str | None = None,
-        allowed_tools: bool = True,
+        allowed_tools: bool = False,
     ) -> None:
         self.rules: Final = rules
         self.stream_usage: Final = stream_usage
@@ -93,7 +96,7 @@ OPENAI_STOPS = Rule(max_items=4)  # OpenAI's spec: "up to 4 sequences"
 
 
 PROFILES: dict[str, Profile] = {
-    "openai": Profile(rules={"stop": OPENAI_STOPS}, reasoning_shown=False),
+    "openai": Profile(rules={"stop": OPENAI_STOPS}, reasoning_shown=False, allowed_tools=True),
     # A server the gateway does not know (vLLM, SGLang, LM Studio, OpenRouter, ...): OpenAI's bodies, none of OpenAI's
     # own bounds. OpenAI's four stop sequences, applied to them, refused a list vLLM takes. An earlier turn's
     # `reasoning_details` goes back as it came: OpenRouter, which returns it, wants it back (a Gemini or Claude turn's
