@@ -25,6 +25,7 @@ import orjson
 from adapters.providers import reasoning
 from adapters.providers.model_rules import rules_for
 from adapters.providers.params import (
+    SKIP_SIGNATURE,
     Rule,
     ToolNames,
     apply_rules,
@@ -291,8 +292,6 @@ def _json_object(raw: str, key: str) -> dict[str, Any]:
 # (an OpenAI `tool_calls[].id`, an Anthropic `tool_use.id`: letters, digits, `_` and `-`), so it goes back
 # with the call on the next turn, as Gemini 3 requires.
 SIGNATURE_MARK = "__gts_"
-# Gemini's documented stand-in for a call whose signature was never seen (a history from another model).
-SKIP_SIGNATURE = "skip_thought_signature_validator"
 
 
 def signed_call_id(call_id: str, signature: str | None) -> str:

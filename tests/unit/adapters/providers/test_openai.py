@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from adapters.providers.openai import OpenAIAdapter
+from adapters.providers.params import SKIP_SIGNATURE
 from handler.api.messages_api import MessagesRequest, to_chat_request
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import Target
@@ -288,6 +289,31 @@ def test_another_providers_tool_call_state_is_not_sent() -> None:
     google = target(base_url="https://generativelanguage.googleapis.com/v1beta/openai")
     body = orjson.loads(adapter().chat_request(request(messages=messages), google, stream=False).request.body)
     assert body["messages"][1]["tool_calls"][0]["extra_content"] == call["extra_content"]
+
+
+@pytest.mark.parametrize("model", ["gemini-2.5-flash", "gemini-3-pro-preview", "gemini-flash-latest"])
+def test_an_empty_thought_signature_is_not_sent_to_geminis_compatible_endpoint(model: str) -> None:
+    """A client's `extra_content.google.thought_signature` of `""` went on as sent to Gemini's OpenAI-compatible
+    endpoint, which refuses it ("Corrupted thought signature."). It is left out, as the Gemini adapter leaves it
+    out; a Gemini 3 step's first call, which Gemini refuses unsigned, gets its documented stand-in instead."""
+
+    def call(i: int, extra: object) -> dict[str, object]:
+        return {"id": f"c{i}", "type": "function", "function": {"name": "f", "arguments": "{}"}, "extra_content": extra}
+
+    empty = {"google": {"thought_signature": ""}}
+    turns = [
+        [call(1, empty), call(2, empty)],
+        [call(3, {"google": {"thought_signature": "c2ln"}}), call(4, {"google": {"thought_signature": ""}, "x": 1})],
+    ]
+    messages: list[dict[str, object]] = [{"role": "user", "content": "hi"}]
+    for calls in turns:
+        messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+        messages += [{"role": "tool", "tool_call_id": c["id"], "content": "ok"} for c in calls]
+    google = target("https://generativelanguage.googleapis.com/v1beta/openai", model)
+    body = orjson.loads(adapter().chat_request(request(messages=messages), google, stream=False).request.body)
+    sent = [call.get("extra_content") for m in body["messages"] for call in m.get("tool_calls") or ()]
+    first = None if model == "gemini-2.5-flash" else {"google": {"thought_signature": SKIP_SIGNATURE}}
+    assert sent == [first, None, {"google": {"thought_signature": "c2ln"}}, {"x": 1}]
 
 
 def sent(req: ChatRequest, model: str = "gpt-4o-mini") -> tuple[dict[str, object], list[str]]:
