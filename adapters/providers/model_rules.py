@@ -21,6 +21,7 @@ class ModelRules(Value):
     `tools_with_json_mode`: takes function calling together with a JSON answer (a JSON response mime type), which
     Gemini before 3 refuses ("Function calling with a response mime type: 'application/json' is unsupported").
     `media_in_function_responses`: takes images and files a function returned inside its `functionResponse`.
+    `thinking_levels`: reasons at a `thinkingLevel` (Gemini 3's), not within a `thinkingBudget` (2.5's).
     `no_penalties`: refuses a non-zero `presencePenalty` or `frequencyPenalty` (0, their default, passes).
     `forced_tool_choice`: takes Converse's forced `toolChoice` (`any`, `tool`) on Bedrock, which refuses either from
     other models with a 400 ValidationException (only the Bedrock adapter reads it).
@@ -49,6 +50,7 @@ class ModelRules(Value):
         "one_sampling_knob", "completion_tokens_field", "signed_function_calls", "tools_with_json_mode",
         "media_in_function_responses", "no_penalties", "forced_tool_choice", "no_streaming_tools",
         "reasoning_on_off", "openai_efforts", "ignores_sampling", "tool_result_status", "takes_sampling",
+        "thinking_levels",
     )  # fmt: skip
 
     def __init__(
@@ -66,6 +68,7 @@ class ModelRules(Value):
         ignores_sampling: bool = False,
         tool_result_status: bool = False,
         takes_sampling: bool = False,
+        thinking_levels: bool = False,
     ) -> None:
         self.one_sampling_knob: Final = one_sampling_knob
         self.completion_tokens_field: Final = completion_tokens_field
@@ -80,6 +83,7 @@ class ModelRules(Value):
         self.ignores_sampling: Final = ignores_sampling
         self.tool_result_status: Final = tool_result_status
         self.takes_sampling: Final = takes_sampling
+        self.thinking_levels: Final = thinking_levels
 
 
 NO_RULES = ModelRules()
@@ -108,6 +112,12 @@ LOW_TO_XHIGH = (*LOW_TO_HIGH, "xhigh")
 # gpt-5.1-codex-max"; the o-series takes low, medium and high) and its 400s for the Codex models, which take no
 # `none` ("Supported values are: 'low', 'medium', and 'high'" for gpt-5-codex and gpt-5.1-codex, openai/codex#6647),
 # and gpt-oss's model card (low, medium, high).
+# Gemini 3 and later, and Google's aliases without a version (`gemini-flash-latest`, `gemini-flash-lite-latest`,
+# `gemini-pro-latest`), which point at its newest release ("the latest release of a specific model variation", its
+# models page): Gemini 3 since its Flash and Pro came out. Taken for 2.5, they were sent what Gemini 3 refuses (a
+# history call without its thought signature, a penalty) and lost what it takes (a JSON answer beside tools, a
+# function's images, a `thinkingLevel`). An alias with a version (`gemini-1.5-flash-latest`) is that version's.
+GEMINI_CURRENT = r"gemini-(?:[3-9]|[1-9]\d)|gemini-[a-z][a-z-]*-latest"
 MODEL_RULES: tuple[tuple[str, ModelRules], ...] = (
     (
         r"claude-(sonnet|haiku|opus)-4-5|claude-opus-4",
@@ -123,9 +133,13 @@ MODEL_RULES: tuple[tuple[str, ModelRules], ...] = (
     (r"^o\d", ModelRules(completion_tokens_field=True, openai_efforts=LOW_TO_HIGH)),
     (r"^gpt-oss", ModelRules(openai_efforts=LOW_TO_HIGH, takes_sampling=True)),
     (
-        r"gemini-3",
+        GEMINI_CURRENT,
         ModelRules(
-            signed_function_calls=True, media_in_function_responses=True, no_penalties=True, tools_with_json_mode=True
+            signed_function_calls=True,
+            media_in_function_responses=True,
+            no_penalties=True,
+            tools_with_json_mode=True,
+            thinking_levels=True,
         ),
     ),
     (r"gemini-2\.5", ModelRules(no_penalties=True)),

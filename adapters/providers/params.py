@@ -156,6 +156,10 @@ def document_fields(part: BaseModel) -> dict[str, Any]:
     return asked
 
 
+# Gemini's documented stand-in for a function call whose thought signature was never seen (a history from another
+# model, or a signature lost): Gemini 3 refuses a step's first call without one. Sent by the Gemini adapter and to
+# Gemini's OpenAI-compatible endpoint (`openai.adapter.signed_calls`).
+SKIP_SIGNATURE = "skip_thought_signature_validator"
 # An image part's `detail` the provider has no equivalent for: "low" asks for a cheaper image (OpenAI's 85 tokens),
 # "high" for a finer one; "auto", the default, asks for nothing.
 IMAGE_DETAIL = "image_url.detail"

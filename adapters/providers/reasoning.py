@@ -55,7 +55,8 @@ OPENAI_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 # parameter (sending one is a 400 at OpenAI and Anthropic), and the request's wish is reported as dropped.
 OPENAI_REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5", "gpt-oss", "codex")
 CLAUDE_THINKING_FRAGMENTS = ("claude-3-7", "claude-sonnet-4", "claude-opus-4", "claude-haiku-4", "claude-4")
-GEMINI_THINKING_FRAGMENTS = ("gemini-2.5", "gemini-3", "gemini-flash-latest", "gemini-pro-latest")
+# (Gemini's before 3: Gemini 3 and later, and the `-latest` aliases, reason at a level, `ModelRules.thinking_levels`.)
+GEMINI_THINKING_FRAGMENTS = ("gemini-2.5",)
 NOVA_REASONING_FRAGMENTS = ("nova-2", "nova-premier")
 
 

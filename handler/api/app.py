@@ -887,7 +887,9 @@ def create_app(gateway: Gateway, answer_limit: AnswerLimit | None = None) -> Gat
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        message = f"{request.method} {path_clipped(request.url.path)}: {exc.detail}"
+        # The method as the path: clipped and redacted (a server that takes any token, as the Lambda function's
+        # events do, passes a method of 100 KB, which the answer echoed whole).
+        message = f"{path_clipped(request.method)} {path_clipped(request.url.path)}: {exc.detail}"
         error: GatewayError
         if exc.status_code == 404:
             error = NotFoundError(message, code="not_found", headers=dict(exc.headers or {}))

@@ -10,12 +10,12 @@ declared) with Google's error body; a batch of embeddings holding the text
 `fail-500` answers 500, as one call of several may; an embedding's values scale with its text's length, so that
 their order shows. With tools and function-calling
 mode `ANY` it answers with a `functionCall`; a user message may script a call (`tests.fakes.script`); on a
-`gemini-3` model every function call carries a `thoughtSignature`, and one sent back without it is
-refused, as is an empty `thoughtSignature` on any model; function responses pair with the calls of the turn
-before by position, as Gemini pairs them: their counts must agree, and so must a response's `id` and its call's,
-and a turn answering several calls is answered with the pairs made (`PAIRED`), so a swap shows; a `gemini-2.5`
-or `gemini-3` model refuses a non-zero penalty, as Google's do, and a model before `gemini-3` function calling beside
-a JSON answer.
+Gemini 3 model (`GEMINI_3`: `gemini-3-*`, and the `-latest` aliases Google points at it) every function call carries
+a `thoughtSignature`, and one sent back without it is refused, as is an empty `thoughtSignature` on any model;
+function responses pair with the calls of the turn before by position, as Gemini pairs them: their counts must
+agree, and so must a response's `id` and its call's, and a turn answering several calls is answered with the pairs
+made (`PAIRED`), so a swap shows; a `gemini-2.5` or Gemini 3 model refuses a non-zero penalty, as Google's do, and a
+model before Gemini 3 function calling beside a JSON answer.
 `:countTokens` counts a `generateContentRequest`. Behaviour is chosen by the model name, as in the OpenAI fake:
 `fail-429` (RESOURCE_EXHAUSTED, retry delay 0s), `fail-500`, `fail-400` (INVALID_ARGUMENT), `fail-context` (the
 input token count past the maximum, INVALID_ARGUMENT), `slow` (waits
@@ -53,6 +53,9 @@ TEXT = "Hello from fake Gemini."
 THOUGHT = "**Answering briefly**\n\nThe user greets me; a short hello will do."
 SLOW_SECONDS = 2.0
 MODEL_VERSION = "gemini-2.5-flash"
+# Gemini 3, by its name or by an alias without a version (`gemini-flash-latest`, `gemini-pro-latest`), which Google
+# points at its newest release.
+GEMINI_3 = re.compile(r"gemini-3|gemini-[a-z][a-z-]*-latest")
 RESPONSE_ID = "fakeGeminiResponse01"
 CALL_ARGS = {"city": "Paris"}
 MAX_EMBED_BATCH = 100  # Google's bound on one `batchEmbedContents` call
@@ -188,7 +191,7 @@ def _validate(body: dict[str, Any]) -> Response | None:
 def _penalty(model: str, body: dict[str, Any]) -> str | None:
     """Gemini 2.5 and 3 refuse a non-zero `presencePenalty` or `frequencyPenalty` (0 passes unchecked)."""
     config = body.get("generationConfig") or {}
-    if ("gemini-2.5" in model or "gemini-3" in model) and (
+    if ("gemini-2.5" in model or GEMINI_3.search(model)) and (
         config.get("presencePenalty") or config.get("frequencyPenalty")
     ):
         return f"Penalty is not enabled for models/{model}"
@@ -202,7 +205,7 @@ def _json_with_functions(model: str, body: dict[str, Any]) -> str | None:
     config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
     functions = any(tool.get("functionDeclarations") for tool in body.get("tools") or ())
     json_answer = (body.get("generationConfig") or {}).get("responseMimeType") == "application/json"
-    if "gemini-3" in model or not functions or not json_answer or config.get("mode") == "NONE":
+    if GEMINI_3.search(model) or not functions or not json_answer or config.get("mode") == "NONE":
         return None
     return "Function calling with a response mime type: 'application/json' is unsupported"
 
@@ -213,7 +216,7 @@ def _unsigned_call(model: str, body: dict[str, Any]) -> str | None:
     for content in body.get("contents") or []:
         if any(part.get("thoughtSignature") == "" for part in content.get("parts") or []):
             return "Corrupted thought signature."
-    if "gemini-3" not in model:
+    if not GEMINI_3.search(model):
         return None
     for i, content in enumerate(body.get("contents") or []):
         calls = [part for part in content.get("parts") or [] if "functionCall" in part]
@@ -312,7 +315,7 @@ def _function_call(body: dict[str, Any]) -> dict[str, Any] | None:
 
 def _call_part(model: str, call: dict[str, Any]) -> dict[str, Any]:
     part: dict[str, Any] = {"functionCall": call}
-    if "gemini-3" in model:
+    if GEMINI_3.search(model):
         part["thoughtSignature"] = CALL_SIGNATURE
     return part
 

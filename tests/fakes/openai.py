@@ -17,7 +17,8 @@ whose message quotes the request's authorization and `x-` headers back, as some 
 (DeepSeek's reasoning models: `reasoning_content` before the answer, `REASONING`), `ramp-limited` (`priority` asked
 for and served at `default`, as the answer's `service_tier` says: OpenAI does past a project's priority ramp limits),
 `cut-call` (an answer that reached its output cap inside its tool call's arguments: `CUT_ARGUMENTS`, whole or
-streamed, and `finish_reason: length`).
+streamed, and `finish_reason: length`), `vllm-*` (a model on vLLM's server: a `tool_choice` of type `allowed_tools`
+refused, `VLLM_TOOL_CHOICE`).
 It refuses, as OpenAI does, message and content-part fields Chat Completions does not define (`unknown_parameter`),
 a tool message that answers no call of the assistant turn before it, an assistant turn's tool call no tool message
 answers (`_unpaired`; in Responses, a `function_call_output` without its `function_call` and the reverse), an image in
@@ -94,6 +95,12 @@ EFFORTS: tuple[tuple[str | tuple[str, ...], tuple[str, ...]], ...] = (
     ("gpt-5", ("minimal", "low", "medium", "high")),
     (("o1", "o3", "o4"), ("low", "medium", "high")),
     ("gpt-oss", ("low", "medium", "high")),  # (its model card)
+)
+# vLLM's 400 for a `tool_choice` its request model does not take (none, auto, required or a named function: no
+# `allowed_tools`), as its pydantic validation words it; a `vllm-*` model is served as vLLM serves it.
+VLLM_TOOL_CHOICE = (
+    "1 validation error for ChatCompletionRequest\ntool_choice.ChatCompletionNamedToolChoiceParam.type\n  Input "
+    "should be 'function' [type=literal_error, input_value='allowed_tools', input_type=str]"
 )
 MESSAGE_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "audio", "function_call"}
 PART_FIELDS = {"type", "text", "image_url", "input_audio", "file", "refusal"}
@@ -190,6 +197,9 @@ def _problem(body: dict[str, Any]) -> str | None:
     sampling = _sampling_refused(body, model) if reasoning else None
     if sampling is not None:
         return sampling
+    choice = body.get("tool_choice")
+    if model.startswith("vllm") and isinstance(choice, dict) and choice.get("type") != "function":
+        return VLLM_TOOL_CHOICE
     for i, message in enumerate(body.get("messages") or []):
         calls = message.get("tool_calls") or message.get("function_call")
         if message.get("role") == "assistant" and message.get("content") is None and not calls:

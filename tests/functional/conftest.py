@@ -62,6 +62,8 @@ def gateway_config(upstream_url: str, providers: set[str]) -> Config:
                 "profile": "openai",
             },
             "nokey": {"type": "openai", "api_key": "env:NOKEY_API_KEY", "base_url": f"{upstream_url}/openai/v1"},
+            # A server the gateway has no profile for (the fake's host picks `compatible`), serving a `vllm-*` model.
+            "vllm": {"type": "openai", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"},
             "deepseek": {"type": "deepseek", "api_key": "env:OPENAI_API_KEY", "base_url": f"{upstream_url}/openai/v1"},
             "dead": {
                 "type": "openai",
@@ -73,6 +75,10 @@ def gateway_config(upstream_url: str, providers: set[str]) -> Config:
             "gpt-4o-mini": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]},
             "tools-model": {"deployments": [{"provider": "openai", "model": "gpt-4o-mini"}]},
             "deepseek-chat": {"deployments": [{"provider": "deepseek", "model": "deepseek-chat"}]},
+            "vllm-llama": {
+                "deployments": [{"provider": "vllm", "model": "vllm-llama"}],
+                "price": {"input": 1, "output": 2},
+            },
             "text-embedding-3-small": {
                 "kind": "embedding",
                 "deployments": [{"provider": "openai", "model": "text-embedding-3-small"}],

@@ -451,3 +451,18 @@ def test_an_allowed_tools_choice_names_a_function_openai_refuses_by_its_alias(
     weather, alias = sent_function_names(running)
     assert weather == "get_weather" and OPENAI_NAME.fullmatch(alias) and alias != MCP_TOOL_NAME
     assert sent_openai(running)["tool_choice"] == allowed_tools("required", alias)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_an_allowed_tools_choice_goes_to_a_server_without_a_profile_as_the_tools_it_allows_alone(
+    running: Running, key: str, stream: bool
+) -> None:
+    """A `tool_choice` of type `allowed_tools` went as it came to an OpenAI-compatible server the gateway has no
+    profile for, and vLLM refused it (400, its request model takes none, auto, required or a named function). It
+    goes as Mistral and DeepSeek are sent it: the tools it allows alone, with its mode; the model calls one of them."""
+    settings: Any = {"model": "vllm-llama", "messages": [{"role": "user", "content": "Hi"}]}
+    settings |= {"tools": [WEATHER_TOOL, named_tool("lookup")], "tool_choice": allowed_tools("required", "lookup")}
+    assert called_names(client(running, key), settings, stream) == ["lookup"]
+    sent = sent_openai(running)
+    assert sent["model"] == "vllm-llama" and sent["tool_choice"] == "required"
+    assert sent_function_names(running) == ["lookup"]

@@ -25,6 +25,7 @@ import orjson
 from adapters.providers import reasoning
 from adapters.providers.model_rules import rules_for
 from adapters.providers.params import (
+    SKIP_SIGNATURE,
     Rule,
     ToolNames,
     apply_rules,
@@ -291,8 +292,6 @@ def _json_object(raw: str, key: str) -> dict[str, Any]:
 # (an OpenAI `tool_calls[].id`, an Anthropic `tool_use.id`: letters, digits, `_` and `-`), so it goes back
 # with the call on the next turn, as Gemini 3 requires.
 SIGNATURE_MARK = "__gts_"
-# Gemini's documented stand-in for a call whose signature was never seen (a history from another model).
-SKIP_SIGNATURE = "skip_thought_signature_validator"
 
 
 def signed_call_id(call_id: str, signature: str | None) -> str:
@@ -382,7 +381,7 @@ def _contents(
                     function_call["id"] = wire_call_id(call.id)
                 part: dict[str, Any] = {"functionCall": function_call}
                 signature = given_signature(call)
-                if signature is None and position == 0 and "gemini-3" in model:
+                if signature is None and position == 0 and rules_for(model).signed_function_calls:
                     signature = SKIP_SIGNATURE
                 if signature is not None:
                     part["thoughtSignature"] = signature
@@ -609,7 +608,8 @@ def thinking_config(req: ChatRequest, model: str, dropped: list[str], cap: int |
         shown = req.reasoning_summary is not None and not (wish is not None and wish.off)
     if wish is None and not shown:
         return None
-    if not reasoning.reasons(model, reasoning.GEMINI_THINKING_FRAGMENTS):
+    levels = rules_for(model).thinking_levels  # (Gemini 3 and later, and the `-latest` aliases)
+    if not (levels or reasoning.reasons(model, reasoning.GEMINI_THINKING_FRAGMENTS)):
         if wish is not None and not wish.off:
             dropped.append(reasoning.asked_with(req))
         if req.reasoning_summary is not None:
@@ -619,7 +619,7 @@ def thinking_config(req: ChatRequest, model: str, dropped: list[str], cap: int |
     pro = "pro" in model
     if wish is None:
         pass  # a summary alone: the model thinks as it would unasked
-    elif "gemini-3" in model:
+    elif levels:
         level = reasoning.BY_EFFORT["none"] if wish.off else wish.level
         if level is not None:
             level = level if wish.off else level_within(level, cap)

@@ -17,7 +17,14 @@ from pydantic import BaseModel, ValidationError
 from adapters.providers import reasoning
 from adapters.providers.model_rules import rules_for
 from adapters.providers.openai.profiles import PROFILES, REPEATS, Profile, profile_for
-from adapters.providers.params import IMAGE_DETAIL, ToolNames, apply_rules, chosen_tools, unsent_part_fields
+from adapters.providers.params import (
+    IMAGE_DETAIL,
+    SKIP_SIGNATURE,
+    ToolNames,
+    apply_rules,
+    chosen_tools,
+    unsent_part_fields,
+)
 from handler import schemas
 from handler.call_ids import MAX_CALL_ID, claude_takes, shorten_message_call_ids
 from handler.errors import InvalidRequestError, UpstreamError
@@ -208,6 +215,32 @@ def conform_messages(messages: list[dict[str, Any]], profile: Profile) -> None:
         for call in message.get("tool_calls") or ():
             for name in profile.strip_tool_call_fields:
                 call.pop(name, None)
+
+
+def signed_calls(messages: list[dict[str, Any]], model: str) -> None:
+    """Each tool call's thought signature as Gemini's OpenAI-compatible endpoint reads it back (its
+    `extra_content.google.thought_signature`), in place: an empty one a client sent is no signature, and is left out
+    (Gemini refuses `""`, "Corrupted thought signature."); a model that signs its calls (Gemini 3) gets its
+    documented stand-in on a turn's first call that carries none, which it would refuse unsigned. As the Gemini
+    adapter sends a call (`gemini.adapter.given_signature`)."""
+    stand_in = rules_for(model).signed_function_calls
+    for message in messages:
+        for position, call in enumerate(message.get("tool_calls") or ()):
+            extra = call.get("extra_content") or {}
+            google = extra.get("google", {})
+            if not isinstance(google, dict):
+                continue  # (not Gemini's shape: as the client sent it, for the endpoint to judge)
+            if google.get("thought_signature") == "":
+                del google["thought_signature"]
+            if stand_in and position == 0 and "thought_signature" not in google:
+                google["thought_signature"] = SKIP_SIGNATURE
+            extra = {name: value for name, value in extra.items() if name != "google"}
+            if google:
+                extra["google"] = google
+            if extra:
+                call["extra_content"] = extra
+            else:
+                call.pop("extra_content", None)
 
 
 class OpenAIStreamParser:
@@ -549,6 +582,8 @@ class OpenAIAdapter(ProviderAdapter):
         dropped = _plain_messages(body["messages"], profile.strip_message_fields)
         dropped += unsent_part_fields(req.messages, CARRIED)
         conform_messages(body["messages"], profile)
+        if profile.signed_calls:
+            signed_calls(body["messages"], target.model)
         if profile.short_call_ids:
             shorten_message_call_ids(body["messages"])
         _plain_tools(body.get("tools"))

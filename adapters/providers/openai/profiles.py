@@ -40,8 +40,13 @@ class Profile(Value):
     answer begins: `CONTINUES` with the continuation alone (DeepSeek's beta), `REPEATS` with the prefix again
     (Mistral's, "force the model to start its answer by the content of the message"), None where it cannot (the
     prefill is then named as dropped, `messages.prefill`); `allowed_tools` whether the API takes a `tool_choice` of
-    type `allowed_tools` (where not, the tools it allows go alone, with its mode). A provider's `stream_usage` option
-    overrides the profile's (`OpenAIAdapter`)."""
+    type `allowed_tools` (where not, the tools it allows go alone, with its mode: the model can call no other, as it
+    asks). Only OpenAI's own API (Azure's with it) is known to take it, and only its profile says so: vLLM's request
+    model refuses it, and Groq's, Mistral's and DeepSeek's APIs document a `tool_choice` of none, auto, required or a
+    named function; a server the gateway knows no better is sent what all of them take. `signed_calls` whether the
+    API reads a tool call's thought signature back from its `extra_content.google.thought_signature` (Gemini's):
+    an empty one is left out, and a signing model's first call of a turn without one gets Gemini's stand-in
+    (`signed_calls` in the adapter). A provider's `stream_usage` option overrides the profile's (`OpenAIAdapter`)."""
 
     __slots__ = (
         "rules",
@@ -56,6 +61,7 @@ class Profile(Value):
         "reasoning_shown",
         "prefix",
         "allowed_tools",
+        "signed_calls",
     )
 
     def __init__(
@@ -71,7 +77,8 @@ class Profile(Value):
         short_call_ids: bool = True,
         reasoning_shown: bool = True,
         prefix: str | None = None,
-        allowed_tools: bool = True,
+        allowed_tools: bool = False,
+        signed_calls: bool = False,
     ) -> None:
         self.rules: Final = rules
         self.stream_usage: Final = stream_usage
@@ -85,6 +92,7 @@ class Profile(Value):
         self.reasoning_shown: Final = reasoning_shown
         self.prefix: Final = prefix
         self.allowed_tools: Final = allowed_tools
+        self.signed_calls: Final = signed_calls
 
 
 # How an API that continues a final assistant message (`Profile.prefix`) begins its answer.
@@ -93,7 +101,7 @@ OPENAI_STOPS = Rule(max_items=4)  # OpenAI's spec: "up to 4 sequences"
 
 
 PROFILES: dict[str, Profile] = {
-    "openai": Profile(rules={"stop": OPENAI_STOPS}, reasoning_shown=False),
+    "openai": Profile(rules={"stop": OPENAI_STOPS}, reasoning_shown=False, allowed_tools=True),
     # A server the gateway does not know (vLLM, SGLang, LM Studio, OpenRouter, ...): OpenAI's bodies, none of OpenAI's
     # own bounds. OpenAI's four stop sequences, applied to them, refused a list vLLM takes. An earlier turn's
     # `reasoning_details` goes back as it came: OpenRouter, which returns it, wants it back (a Gemini or Claude turn's
@@ -160,9 +168,10 @@ PROFILES: dict[str, Profile] = {
         },
     ),
     "xai": Profile(rules={"logit_bias": DROP, "store": DROP, "metadata": DROP}),
-    # Gemini's OpenAI-compatible endpoint reads a tool call's `extra_content` (its thought signature); a call's id
-    # goes as it came, whatever signature it carries.
-    "google": Profile(strip_tool_call_fields=(), short_call_ids=False),
+    # Gemini's OpenAI-compatible endpoint reads a tool call's `extra_content` (its thought signature), and refuses an
+    # empty one ("Corrupted thought signature."), as Gemini does; a call's id goes as it came, whatever signature it
+    # carries.
+    "google": Profile(strip_tool_call_fields=(), short_call_ids=False, signed_calls=True),
 }
 
 HOST_PROFILES: dict[str, str] = {

@@ -171,7 +171,7 @@ def sent_to_the_fake(built: BuiltRequest, model: str) -> httpx.Response:
 SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}}
 
 
-@pytest.mark.parametrize("model", ["gemini-2.0-flash", "gemini-1.5-pro", "gemini-2.5-flash", "gemini-flash-latest"])
+@pytest.mark.parametrize("model", ["gemini-2.0-flash", "gemini-1.5-pro", "gemini-2.5-flash", "gemini-1.5-flash-latest"])
 @pytest.mark.parametrize("fmt", [SCHEMA_FORMAT, {"type": "json_object"}], ids=["json_schema", "json_object"])
 def test_a_json_answer_beside_function_calling_is_named_where_gemini_refuses_both(model: str, fmt: Any) -> None:
     """Gemini before 3 refuses function calling beside a JSON answer ("Function calling with a response mime type:
@@ -193,6 +193,25 @@ def test_a_json_answer_goes_beside_tools_gemini_may_not_call(model: str) -> None
         assert sent_to_the_fake(result, model).status_code == 200
         assert orjson.loads(result.request.body)["generationConfig"]["responseMimeType"] == "application/json"
         assert result.dropped == []
+
+
+@pytest.mark.parametrize("model", ["gemini-flash-latest", "gemini-pro-latest", "gemini-flash-lite-latest"])
+def test_a_latest_alias_is_the_newest_gemini(model: str) -> None:
+    """Google's aliases without a version point at its newest release (Gemini 3); they were taken for Gemini before
+    3: a JSON answer beside tools was dropped (and named), reasoning asked as a 2.5 `thinkingBudget`, and a history
+    call without its thought signature sent bare, which Gemini 3 refuses ("... is missing a `thought_signature`")."""
+    history = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": CALLS[:1]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 21}'},
+    ]
+    req = request(messages=history, tools=[WEATHER], response_format=SCHEMA_FORMAT, reasoning_effort="low")
+    result = adapter().chat_request(req, target(model), stream=False)
+    assert sent_to_the_fake(result, model).status_code == 200
+    body = orjson.loads(result.request.body)
+    assert body["generationConfig"]["responseMimeType"] == "application/json" and result.dropped == []
+    assert body["generationConfig"]["thinkingConfig"] == {"thinkingLevel": "low"}
+    assert body["contents"][1]["parts"][0]["thoughtSignature"] == SKIP_SIGNATURE
 
 
 def test_key_goes_in_the_header_never_the_url() -> None:

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from adapters.providers.openai import OpenAIAdapter
+from adapters.providers.params import SKIP_SIGNATURE
 from handler.api.messages_api import MessagesRequest, to_chat_request
 from handler.errors import InvalidRequestError, UpstreamError
 from handler.ports import Target
@@ -131,23 +132,41 @@ def test_mistral_profile_renames_seed_and_maps_required_tool_choice() -> None:
 ALLOWED = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [{"function": {"name": "b"}}]}}
 
 
-@pytest.mark.parametrize(("profile", "required"), [("mistral", "any"), ("deepseek", "required")])
-def test_an_api_without_allowed_tools_is_offered_the_allowed_tools_alone(profile: str, required: str) -> None:
-    """Mistral and DeepSeek take no `tool_choice` of type `allowed_tools`: the tools it allows go alone, the model
-    can call no other, and its mode is their choice."""
+@pytest.mark.parametrize(
+    ("options", "base_url", "required"),
+    [
+        ({"profile": "mistral"}, "http://x/v1", "any"),
+        ({"profile": "deepseek"}, "http://x/v1", "required"),
+        ({}, "http://vllm:8000/v1", "required"),
+        ({}, "https://api.groq.com/openai/v1", "required"),
+        ({}, "http://localhost:11434/v1", "required"),
+        ({"profile": "google"}, "http://x/v1", "required"),
+    ],
+    ids=["mistral", "deepseek", "compatible", "groq", "ollama", "google"],
+)
+def test_an_api_without_allowed_tools_is_offered_the_allowed_tools_alone(
+    options: dict[str, str], base_url: str, required: str
+) -> None:
+    """Mistral and DeepSeek take no `tool_choice` of type `allowed_tools`, nor do vLLM, Groq and the other servers the
+    gateway has no profile for, or a profile that does not say it takes one (the choice went to them as it came,
+    and vLLM's 400 refused it): the tools it allows go alone, the model can call no other, and its mode is their
+    choice."""
     tools = [{"type": "function", "function": {"name": name}} for name in ("a", "b")]
     req = request(tools=tools, tool_choice=ALLOWED)
-    body = orjson.loads(adapter(profile=profile).chat_request(req, target("http://x/v1"), stream=False).request.body)
+    body = orjson.loads(adapter(**options).chat_request(req, target(base_url), stream=False).request.body)
     assert [tool["function"]["name"] for tool in body["tools"]] == ["b"] and body["tool_choice"] == required
     unknown = request(tools=tools[:1], tool_choice=ALLOWED)
     with pytest.raises(InvalidRequestError, match="no function named 'b'"):
-        adapter(profile=profile).chat_request(unknown, target("http://x/v1"), stream=False)
+        adapter(**options).chat_request(unknown, target(base_url), stream=False)
 
 
-def test_openai_is_sent_an_allowed_tools_choice_as_it_came() -> None:
+@pytest.mark.parametrize("options", [{}, {"profile": "openai"}], ids=["host", "profile"])
+def test_openai_is_sent_an_allowed_tools_choice_as_it_came(options: dict[str, str]) -> None:
     tools = [{"type": "function", "function": {"name": name}} for name in ("a", "b")]
-    built = adapter().chat_request(request(tools=tools, tool_choice=ALLOWED), target(), stream=False)
-    assert orjson.loads(built.request.body)["tool_choice"] == ALLOWED
+    base_url = "https://api.openai.com/v1" if not options else "http://proxy:8/v1"
+    built = adapter(**options).chat_request(request(tools=tools, tool_choice=ALLOWED), target(base_url), stream=False)
+    body = orjson.loads(built.request.body)
+    assert body["tool_choice"] == ALLOWED and len(body["tools"]) == 2 and built.dropped == []
 
 
 @pytest.mark.parametrize(
@@ -270,6 +289,31 @@ def test_another_providers_tool_call_state_is_not_sent() -> None:
     google = target(base_url="https://generativelanguage.googleapis.com/v1beta/openai")
     body = orjson.loads(adapter().chat_request(request(messages=messages), google, stream=False).request.body)
     assert body["messages"][1]["tool_calls"][0]["extra_content"] == call["extra_content"]
+
+
+@pytest.mark.parametrize("model", ["gemini-2.5-flash", "gemini-3-pro-preview", "gemini-flash-latest"])
+def test_an_empty_thought_signature_is_not_sent_to_geminis_compatible_endpoint(model: str) -> None:
+    """A client's `extra_content.google.thought_signature` of `""` went on as sent to Gemini's OpenAI-compatible
+    endpoint, which refuses it ("Corrupted thought signature."). It is left out, as the Gemini adapter leaves it
+    out; a Gemini 3 step's first call, which Gemini refuses unsigned, gets its documented stand-in instead."""
+
+    def call(i: int, extra: object) -> dict[str, object]:
+        return {"id": f"c{i}", "type": "function", "function": {"name": "f", "arguments": "{}"}, "extra_content": extra}
+
+    empty = {"google": {"thought_signature": ""}}
+    turns = [
+        [call(1, empty), call(2, empty)],
+        [call(3, {"google": {"thought_signature": "c2ln"}}), call(4, {"google": {"thought_signature": ""}, "x": 1})],
+    ]
+    messages: list[dict[str, object]] = [{"role": "user", "content": "hi"}]
+    for calls in turns:
+        messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+        messages += [{"role": "tool", "tool_call_id": c["id"], "content": "ok"} for c in calls]
+    google = target("https://generativelanguage.googleapis.com/v1beta/openai", model)
+    body = orjson.loads(adapter().chat_request(request(messages=messages), google, stream=False).request.body)
+    sent = [call.get("extra_content") for m in body["messages"] for call in m.get("tool_calls") or ()]
+    first = None if model == "gemini-2.5-flash" else {"google": {"thought_signature": SKIP_SIGNATURE}}
+    assert sent == [first, None, {"google": {"thought_signature": "c2ln"}}, {"x": 1}]
 
 
 def sent(req: ChatRequest, model: str = "gpt-4o-mini") -> tuple[dict[str, object], list[str]]:

@@ -469,6 +469,62 @@ async def test_the_log_stays_bounded_with_two_processes_writing(
         await store.close()
 
 
+async def written(store: SQLiteStore, rounds: int) -> None:
+    key = uuid.uuid4().hex[:12]
+    for _ in range(rounds):
+        adm = admission(key, 0.0001, limit=1e9)
+        await store.admit(adm)
+        await store.settle(settlement(adm, 0.0001, line(key, 0.0001)))
+
+
+async def test_a_closed_store_leaves_the_log_empty_where_another_process_holds_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log keeps the size it grew to, and is deleted only by the file's last close: with another process holding
+    the file (here a connection of its own, idle), or a process that ended before its checkpoint thread closed, a
+    log of hundreds of kilobytes (65 MB on a loaded server) was left with its frames, and the next open read it
+    whole (3.3 million instructions at `gateway serve`'s start). A closing store truncates it."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY_S", 3600.0)  # (the log holds every frame until the close)
+    path = tmp_path / "store.db"
+    wal = Path(f"{path}-wal")
+    store = SQLiteStore(str(path))
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("SELECT count(*) FROM ledger").fetchone()  # (it has the log open, as another process would)
+        await written(store, 300)
+        assert wal.stat().st_size > 100 * 4096
+        await store.close()
+        assert wal.stat().st_size == 0
+        assert other.execute("SELECT count(*) FROM ledger").fetchone() == (300,)
+    finally:
+        other.close()
+
+
+async def test_a_closing_store_waits_for_no_other_process_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process may still be writing when a store closes (a worker of several stopping first): the log is
+    then left as it is, at once, rather than the close waiting for that process's write lock (a truncating
+    checkpoint waits for it, as long as the connection's busy timeout, 5 s), and that write commits."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY_S", 3600.0)
+    path = tmp_path / "store.db"
+    store = SQLiteStore(str(path))
+    for _ in range(100):
+        await store.create_key(record())  # (no slices held: the close itself writes nothing)
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("DELETE FROM settled")
+        started = time.monotonic()
+        await store.close()
+        assert time.monotonic() - started < 0.5
+        assert Path(f"{path}-wal").stat().st_size > 0
+        other.execute("COMMIT")
+    finally:
+        other.close()
+    assert not Path(f"{path}-wal").exists()  # (the file's last close, which SQLite's own checkpoint empties)
+
+
 async def test_a_file_from_before_family_links_is_migrated(tmp_path: Path) -> None:
     """A version-3 file's children are linked to their parents when it is opened: those it holds, and those
     purged already that its ledger lines name, so that the parents' reports keep every child's spend."""

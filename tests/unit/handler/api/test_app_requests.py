@@ -262,6 +262,25 @@ def test_a_wrong_method_is_405_with_allow() -> None:
     assert answer.json()["error"]["code"] == "method_not_allowed"
 
 
+def test_a_404_or_405_echoes_the_method_clipped_and_redacted_as_the_path() -> None:
+    """A 404 or 405 names the request's method and path; the path was clipped, the method echoed whole: a 100 KB
+    method (a token any length, which an ASGI server or the Lambda function's event passes) was a 100 KB answer."""
+    from starlette.testclient import TestClient
+
+    from handler.redaction import NAME_CHARS
+
+    key = "AKIAIOSFODNN7EXAMPLE"  # (a key's shape that survives the client's upper-casing of the method)
+    with TestClient(gateway_app()) as client:
+        for path, status in (("/v1/chat/completions", 405), ("/v2/nothing", 404)):
+            for method in ("X" * 100_000, "X" * (NAME_CHARS - 10) + f"-{key}-" + "X" * 100_000):
+                answer = client.request(method, path)
+                assert answer.status_code == status
+                message = answer.json()["error"]["message"]
+                assert len(answer.content) < 2 * NAME_CHARS + 200
+                assert message.endswith(f" {path}: {answer.reason_phrase}")
+                assert "AKIA" not in message
+
+
 def gateway_app() -> Any:
     from handler.api.app import create_app
     from handler.pipeline.gateway import build_gateway

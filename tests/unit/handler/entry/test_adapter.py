@@ -201,3 +201,23 @@ def test_a_long_path_is_clipped_in_the_invocations_log_line_and_a_key_in_it_reda
         assert line.startswith("GET /") and line.endswith(str(answer["statusCode"]))
         assert len(line) < NAME_CHARS + 20 and secret not in line
     asyncio.get_event_loop().close()
+
+
+def test_a_long_method_is_clipped_in_the_invocations_answer_and_a_key_in_it_redacted() -> None:
+    """An event's method is any token Mangum passes on: the 404's message (`<method> <path>: Not Found`) echoed a
+    100 KB method whole, as its answer; it is clipped and redacted as the path beside it is."""
+    from handler.api.app import create_app
+    from handler.pipeline.gateway import build_gateway
+
+    app = create_app(build_gateway(store_url="sqlite://", environ={}))
+    secret = "S3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3t"
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    for method in ("A" * 100_000, "A" * (NAME_CHARS - 20) + f"-gwk_abcdefghijkm_{secret}-" + "A" * 100_000):
+        event = json.loads((EVENTS / "not-found-route.json").read_text())
+        event["requestContext"]["http"]["method"] = method
+        answer = lambda_adapter(app)(event, Context())  # type: ignore[arg-type]
+        assert answer["statusCode"] == 404
+        message = json.loads(answer["body"])["error"]["message"]
+        assert message.endswith(" /v2/nothing: Not Found") and len(message) < 2 * NAME_CHARS
+        assert "gwk_" not in message and secret[:8] not in message
+    asyncio.get_event_loop().close()
