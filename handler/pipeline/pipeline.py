@@ -92,7 +92,9 @@ class Pipeline(Charges):
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.meter = Meter(gateway.store, gateway.keys, gateway.config.gateway.reservation_ttl_seconds)
+        self.meter = Meter(
+            gateway.store, gateway.keys, gateway.config.gateway.reservation_ttl_seconds, spawn=gateway.spawn
+        )
         self.fee = gateway.config.gateway.fee
         self.threads: HeldThreads | None = None  # (with the first thread's answer)
 
