@@ -916,19 +916,32 @@ class Pipeline(Charges):
 
     async def _fallback_refused(self, ex: Exchange, model: str) -> bool:
         """Whether a fallback `model`'s own per-model limits (the key's or an ancestor's) refuse the request,
-        counted on them before its first attempt; its other deployments are then passed over too."""
+        counted on them before its first attempt; its other deployments are then passed over too. The count is waited
+        for however often the request is cancelled meanwhile, as `_reserve` waits for its admission: cut, a count the
+        store had written was never given back (the model's requests a minute spent on nothing sent to it)."""
         if model not in ex.fallbacks:
             reservation = ex.reservation
             tokens = reservation.prompt_tokens + reservation.output_tokens if reservation is not None else 0
+            counted = [ex.model, *(m for m, refused in ex.fallbacks.items() if refused is None)]
+            ex.reserving = True
+            writing = asyncio.ensure_future(
+                self.meter.admit_fallback(ex.lineage, model, tokens, f"{ex.request_id}@{model}", counted)
+            )
             try:
-                counted = [ex.model, *(m for m, refused in ex.fallbacks.items() if refused is None)]
-                own = await self.meter.admit_fallback(ex.lineage, model, tokens, f"{ex.request_id}@{model}", counted)
+                own = await asyncio.shield(writing)
                 ex.fallbacks[model] = None
-                if own is not None:
-                    ex.counted.append(own)
-                    ex.unsent_fallbacks[model] = own
             except RateLimitError as refused:
-                ex.fallbacks[model] = refused
+                own, ex.fallbacks[model] = None, refused
+            except asyncio.CancelledError:
+                with contextlib.suppress(GatewayError):
+                    if (own := await outlasting(writing)) is not None:
+                        ex.unsent_fallbacks[model] = own  # (given back as the cancelled request settles)
+                raise
+            finally:
+                ex.reserving = False
+            if own is not None:
+                ex.counted.append(own)
+                ex.unsent_fallbacks[model] = own
         return ex.fallbacks[model] is not None
 
     async def _cover_missed(self, ex: Exchange, last: UpstreamError) -> None:

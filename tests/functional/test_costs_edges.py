@@ -819,3 +819,34 @@ async def test_an_admission_the_store_answers_past_the_deadline_is_released_once
     assert (state["reserved_usd"], state["spent_usd"]) == (0, 0), state
     assert await store.usage(UsageQuery([key.record.id], 0, time.time() + 3600)) == []
     await served.gateway.aclose()
+
+
+async def test_a_fallbacks_count_written_while_the_request_is_cancelled_twice_is_given_back(store_url: str) -> None:
+    """The model asked for failed (500), so the request moved to its fallback, counted first on the fallback's own
+    limit (`rpm: 1` on `fb`). The request was cancelled while the store wrote that count (its deadline), and again
+    before the store answered (a server stopping past its grace): the wait for the count was not shielded, so the
+    request never learnt of it, and its settlement did not give it back. Nothing went to `fb`, yet the minute's one
+    request to it was spent (`rpm:fb` 1, the next request to `fb` refused 429). Now the count is waited for and given
+    back: `rpm:fb` 0, and `fb` serves the next request."""
+
+    def failing_first(request: httpx.Request) -> httpx.Response:
+        if b'"broken"' in request.content:
+            return httpx.Response(500, json={"error": {"message": "boom", "type": "server_error"}})
+        return httpx.Response(200, json=completion())
+
+    models = {
+        "m": {"deployments": [{"provider": "openai", "model": "broken"}], "price": MODEL["price"], "fallbacks": ["fb"]},
+        "fb": MODEL,
+    }
+    served = await serve(failing_first, models, store_url=store_url)
+    limited = KeyRecord(
+        id="", name="l", secret_hash="", created_at=0, budget_usd=1.0, budget_period="month",
+        model_limits={"fb": {"rpm": 1}},
+    )  # fmt: skip
+    served.key = await KeyAdmin(KeyService(served.gateway.store, 0)).mint(limited)
+    await cancelled_twice_while_written(served, lambda admission: admission.reservation_id.endswith("@fb"))
+    assert await served.ledger() != []  # (the 500's line: the request was settled)
+    meter = await served.gateway.store.meter(served.key.record.id, period_of("month", time.time()))
+    assert meter.rates.get("rpm:fb", 0) == 0, meter
+    assert (await served.post("/v1/chat/completions", {"model": "fb", "messages": HI})).status_code == 200
+    await served.gateway.aclose()
