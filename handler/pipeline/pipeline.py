@@ -216,7 +216,7 @@ class Pipeline(Charges):
             generated = outcome.body.get("content", outcome.body.get("output"))
             usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(generated)))
             if source == "provider" and "thread" in call.body:
-                self.thread_answered(call, ex, outcome.body.get("id"), usage)
+                self.thread_answered(call, ex, outcome.body.get("id"), usage, outcome.served)
             served = outcome.served or tier_served(outcome.body, ex.service_tier)
             await self._settle(ex, usage, 200, background=True, source=source, served=served)
             return outcome
@@ -540,16 +540,20 @@ class Pipeline(Charges):
         held = self.threads.holds(thread.get("previous_message_id"), {attempt.target.model for attempt in native})
         return window if held is None else min(held, window)
 
-    def thread_answered(self, call: NativeCall, ex: Exchange, message_id: object, usage: Usage) -> None:
-        """An answer to a request of a thread (`call`), relayed whole or streamed, that the provider gave `usage` for:
-        its thread's size is known for a `continue` of it (`_thread_holds`)."""
+    def thread_answered(
+        self, call: NativeCall, ex: Exchange, message_id: object, usage: Usage, served: Served | None
+    ) -> None:
+        """An answer to a request of a thread (`call`), relayed whole or streamed, that the provider gave `usage` for
+        (`served`: the tokens other models wrote into it, an advisor's): its thread's size is known for a `continue`
+        of it (`_thread_holds`)."""
         if ex.attempt is None:
             return
         if self.threads is None:
             from handler.pipeline.threads import HeldThreads  # (with the first thread)
 
             self.threads = HeldThreads()
-        self.threads.answered(message_id, ex.attempt.target.model, usage)
+        others = sum(other.completion_tokens for _, other in served.others) if served is not None else 0
+        self.threads.answered(message_id, ex.attempt.target.model, usage, others)
 
     async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], outputs: list[int]) -> None:
         """Reserve the plan's worst case: the dearest attempt's, each at its own output tokens (`outputs`, in the
