@@ -418,7 +418,14 @@ class ResponseTooLarge(StoreError):
 
 
 class StoreDeadlineError(StoreError):
-    """A store call that could not end by its context's deadline (`STORE_DEADLINE`): cut there, not retried."""
+    """A store call that could not end by its context's deadline (`STORE_DEADLINE`): cut there, not retried.
+
+    An admission a store lets run on past it (`Store.admit`) has its outcome in `landing`, as it comes: the
+    admission's snapshot once written (its reservation then held until it is released), or its refusal or failure."""
+
+    def __init__(self, message: str, landing: asyncio.Future[MeterSnapshot] | None = None) -> None:
+        super().__init__(message)
+        self.landing = landing
 
 
 # The event loop's time by which a store call made in this context must have ended, every retry of every layer
@@ -905,7 +912,9 @@ class Store(ABC):
     @abstractmethod
     async def admit(self, admission: Admission) -> MeterSnapshot:
         """Reserve the budgets and count the rates atomically, or change nothing and raise
-        `BudgetRefused` / `RateRefused`."""
+        `BudgetRefused` / `RateRefused`. Under a deadline (`STORE_DEADLINE`) an admission the store cannot end
+        there is a `StoreDeadlineError`: either not applied, or, where its call runs on, with its `landing` for the
+        caller to release what it wrote."""
 
     def admit_held(self, admission: Admission) -> MeterSnapshot | None:
         """`admit` at once from what this process holds of the counters, with no write and no wait, where the store

@@ -25,8 +25,9 @@ on the home meter through the home region's endpoint (chunk = max(need, unleased
 take everything at once), then one write crediting R's lease up to the home's cumulative grant `g:P#R`
 (idempotent: a grant whose credit was lost is credited by the next one), then the admission again. A lease
 no request in R used for `idle_seconds` (`t:P`) is returned by a sweeper task in every process that drew on
-it: the lease gives up its `a:P` (`b:P += a`), then the home's `c:P` drops by what R has returned and the
-home has not yet counted (again cumulative, so a lost second write heals on the next return). A return first
+it: the lease gives up its `a:P` (`b:P += a`) and its mark of its last use (`t:P`), then the home's `c:P` drops by
+what R has returned and the home has not yet counted (again cumulative, so a lost second write heals on the next
+return). A return first
 credits the lease up to the home's `g:P#R` (a grant whose every answer was lost landed at home only) and releases
 its expired reservations (requests that died in R). A region about to refuse a request for want of budget first
 does the same for every other region's lease idle for `idle_seconds` (`reclaim_idle`), through that region's
@@ -429,18 +430,24 @@ class RegionLeases:
             lease = await read()
         avail = dec(lease, f"a:{p}")
         returned_total = dec(lease, f"b:{p}")
-        if avail > 0:
+        token_name, token = f"q:{p}", text(uuid.uuid4().hex)
+        if avail > 0 or f"t:{p}" in lease:
             e = Expression()
-            available = e.name(f"a:{p}")
-            e.clauses["ADD"] += [
-                f"{available} {e.value(number(-avail))}",
-                f"{e.name(f'b:{p}')} {e.value(number(avail))}",
-            ]
-            token_name, token = f"q:{p}", text(uuid.uuid4().hex)
-            e.write_once(token_name, token)
-            e.conditions.append(f"{available} >= {e.value(number(avail))}")
+            last_use = e.name(f"t:{p}")
+            # The mark of its last use goes with it (with nothing else, if it holds nothing): a process that drew
+            # on it before that use, and whose request settled into it since, is then the last one out and gives
+            # back what it put back (`leaving`). Kept, it was taken for a running process's, and that stayed out
+            # until another region about to refuse reclaimed it.
+            e.clauses["REMOVE"].append(last_use)
+            if avail > 0:
+                available = e.name(f"a:{p}")
+                e.clauses["ADD"] += [
+                    f"{available} {e.value(number(-avail))}",
+                    f"{e.name(f'b:{p}')} {e.value(number(avail))}",
+                ]
+                e.write_once(token_name, token)
+                e.conditions.append(f"{available} >= {e.value(number(avail))}")
             if not force:  # an admission since the read makes it busy again
-                last_use = e.name(f"t:{p}")
                 e.conditions.append(f"attribute_not_exists({last_use}) OR {last_use} <= {e.value(num(cutoff))}")
             try:
                 answer = await call(

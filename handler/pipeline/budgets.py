@@ -117,6 +117,11 @@ def binds(rate: RateCharge, model: str) -> bool:
     return not pattern or model_allowed([pattern], model)
 
 
+def written(landing: asyncio.Future[MeterSnapshot]) -> bool:
+    """Whether an admission's outcome (`StoreDeadlineError.landing`) is its write: not refused, failed nor cut."""
+    return not landing.cancelled() and landing.exception() is None
+
+
 def remaining_usd(reservation: Reservation, actual_usd: float) -> float | None:
     """The budget left once this request settles at `actual_usd`: the least any budget of the key's chain
     leaves (a child's own $10 under a parent with $1 left has $1 to spend)."""
@@ -145,12 +150,17 @@ class Meter:
         reservation_ttl: float,
         clock: Callable[[], float] | None = None,
         spool: SettlementSpool | None = None,
+        spawn: Callable[[Coroutine[Any, Any, None]], None] | None = None,
     ) -> None:
+        """`spawn` runs what must finish after the request that started it (the gateway's `spawn`, whose work a
+        drain waits for); else a task of the meter's own."""
         self.store = store
         self.keys = keys
         self.reservation_ttl = reservation_ttl
         self.clock = clock if clock is not None else time.time  # (looked up now: a test's clock is found too)
         self.spool = spool if spool is not None else SettlementSpool.for_store(store)
+        self.spawn = spawn if spawn is not None else self._spawn
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def admit(
         self, lineage: list[KeyRecord], model: str, worst_usd: float | None, tokens: int, request_id: str
@@ -359,6 +369,8 @@ class Meter:
                 headers={"retry-after": str(wait), **self._refusal_headers(admission.rates, refused, wait)},
             ) from None
         except StoreError as exc:
+            if isinstance(exc, StoreDeadlineError) and exc.landing is not None and region is None:
+                self._release_once_written(exc.landing, Reservation(admission, amount, 0))
             why = (
                 "did not answer within the request's deadline"
                 if isinstance(exc, StoreDeadlineError)
@@ -367,6 +379,33 @@ class Meter:
             raise ServiceUnavailableError(
                 f"the key store {why}, so limits cannot be checked; retry shortly", code="store_unavailable"
             ) from exc
+
+    def _release_once_written(self, landing: asyncio.Future[MeterSnapshot], reservation: Reservation) -> None:
+        """Release `reservation` once its admission, which runs on past the request's deadline (`landing`, see
+        `StoreDeadlineError`), is written: the request was answered 503 and sent nothing, so it gives back all it
+        counted, as a request never sent does (`settlement`, `unsent`). Refused or failed, nothing is released."""
+        self.spawn(self._released(landing, self.settlement(reservation, 0.0, 0, None, unsent=True)))
+
+    async def _released(self, landing: asyncio.Future[MeterSnapshot], settlement: Settlement) -> None:
+        """`settlement` once `landing` is written, waited for until the settlements' deadline (`SETTLE_BY`): past
+        it (a Lambda invocation ending) the release is spawned when the admission's outcome comes."""
+        try:
+            async with asyncio.timeout_at(SETTLE_BY.get()):
+                await asyncio.wait([landing])  # (its outcome, whatever it is; a cancelled wait leaves it running)
+        except TimeoutError:
+            landing.add_done_callback(lambda done: self._written_late(done, settlement))
+            return
+        if written(landing):
+            await self.settle(settlement)
+
+    def _written_late(self, landing: asyncio.Future[MeterSnapshot], settlement: Settlement) -> None:
+        if written(landing):
+            self.spawn(self.settle(settlement))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)  # (the loop holds its tasks weakly)
+        task.add_done_callback(self._tasks.discard)
 
     @staticmethod
     def _rates(

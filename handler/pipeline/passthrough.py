@@ -346,7 +346,7 @@ class NativeStream(UpstreamStream[StreamEvent]):
         if not self._settled and "thread" in self.call.body:  # (its answer's size, for a `continue` of it)
             usage, source = self.metered()
             if source == "provider":
-                self.pipeline.thread_answered(self.call, self.ex, self.meter.answer_id, usage)
+                self.pipeline.thread_answered(self.call, self.ex, self.meter.answer_id, usage, self.meter.served)
         await super()._settle_once(status)
 
     def _reported(self) -> Usage | None:

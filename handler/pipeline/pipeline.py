@@ -92,7 +92,9 @@ class Pipeline(Charges):
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.meter = Meter(gateway.store, gateway.keys, gateway.config.gateway.reservation_ttl_seconds)
+        self.meter = Meter(
+            gateway.store, gateway.keys, gateway.config.gateway.reservation_ttl_seconds, spawn=gateway.spawn
+        )
         self.fee = gateway.config.gateway.fee
         self.threads: HeldThreads | None = None  # (with the first thread's answer)
 
@@ -213,7 +215,7 @@ class Pipeline(Charges):
             generated = outcome.body.get("content", outcome.body.get("output"))
             usage, source = self._checked(outcome.usage, ex, lambda: len(orjson.dumps(generated)))
             if source == "provider" and "thread" in call.body:
-                self.thread_answered(call, ex, outcome.body.get("id"), usage)
+                self.thread_answered(call, ex, outcome.body.get("id"), usage, outcome.served)
             served = outcome.served or tier_served(outcome.body, ex.service_tier)
             await self._settle(ex, usage, 200, background=True, source=source, served=served)
             return outcome
@@ -537,16 +539,20 @@ class Pipeline(Charges):
         held = self.threads.holds(thread.get("previous_message_id"), {attempt.target.model for attempt in native})
         return window if held is None else min(held, window)
 
-    def thread_answered(self, call: NativeCall, ex: Exchange, message_id: object, usage: Usage) -> None:
-        """An answer to a request of a thread (`call`), relayed whole or streamed, that the provider gave `usage` for:
-        its thread's size is known for a `continue` of it (`_thread_holds`)."""
+    def thread_answered(
+        self, call: NativeCall, ex: Exchange, message_id: object, usage: Usage, served: Served | None
+    ) -> None:
+        """An answer to a request of a thread (`call`), relayed whole or streamed, that the provider gave `usage` for
+        (`served`: the tokens other models wrote into it, an advisor's): its thread's size is known for a `continue`
+        of it (`_thread_holds`)."""
         if ex.attempt is None:
             return
         if self.threads is None:
             from handler.pipeline.threads import HeldThreads  # (with the first thread)
 
             self.threads = HeldThreads()
-        self.threads.answered(message_id, ex.attempt.target.model, usage)
+        others = sum(other.completion_tokens for _, other in served.others) if served is not None else 0
+        self.threads.answered(message_id, ex.attempt.target.model, usage, others)
 
     async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], outputs: list[int]) -> None:
         """Reserve the plan's worst case: the dearest attempt's, each at its own output tokens (`outputs`, in the
@@ -913,19 +919,32 @@ class Pipeline(Charges):
 
     async def _fallback_refused(self, ex: Exchange, model: str) -> bool:
         """Whether a fallback `model`'s own per-model limits (the key's or an ancestor's) refuse the request,
-        counted on them before its first attempt; its other deployments are then passed over too."""
+        counted on them before its first attempt; its other deployments are then passed over too. The count is waited
+        for however often the request is cancelled meanwhile, as `_reserve` waits for its admission: cut, a count the
+        store had written was never given back (the model's requests a minute spent on nothing sent to it)."""
         if model not in ex.fallbacks:
             reservation = ex.reservation
             tokens = reservation.prompt_tokens + reservation.output_tokens if reservation is not None else 0
+            counted = [ex.model, *(m for m, refused in ex.fallbacks.items() if refused is None)]
+            ex.reserving = True
+            writing = asyncio.ensure_future(
+                self.meter.admit_fallback(ex.lineage, model, tokens, f"{ex.request_id}@{model}", counted)
+            )
             try:
-                counted = [ex.model, *(m for m, refused in ex.fallbacks.items() if refused is None)]
-                own = await self.meter.admit_fallback(ex.lineage, model, tokens, f"{ex.request_id}@{model}", counted)
+                own = await asyncio.shield(writing)
                 ex.fallbacks[model] = None
-                if own is not None:
-                    ex.counted.append(own)
-                    ex.unsent_fallbacks[model] = own
             except RateLimitError as refused:
-                ex.fallbacks[model] = refused
+                own, ex.fallbacks[model] = None, refused
+            except asyncio.CancelledError:
+                with contextlib.suppress(GatewayError):
+                    if (own := await outlasting(writing)) is not None:
+                        ex.unsent_fallbacks[model] = own  # (given back as the cancelled request settles)
+                raise
+            finally:
+                ex.reserving = False
+            if own is not None:
+                ex.counted.append(own)
+                ex.unsent_fallbacks[model] = own
         return ex.fallbacks[model] is not None
 
     async def _cover_missed(self, ex: Exchange, last: UpstreamError) -> None:

@@ -4,8 +4,10 @@ A thread's `continue` (the Messages API's `thread: {"type": "continue", "previou
 new messages; Anthropic bills the whole thread's input, which the body does not show. Once an answer is in a thread,
 the thread holds what that answer read and what it wrote, no more: its usage's input (fresh, cache reads and cache
 writes; a server-side compaction's input among them, which only over-counts) and its output (text, thinking, tool
-calls). A `continue` of that answer reads that, the turn's framing and its own new messages, which the body shows
-and the prompt's estimate counts as any request's. So it is reserved for the answer's input and output, a margin
+calls), and what other models wrote into it, which its usage counts apart (Anthropic's advisor tool: its advice is
+in the answer, read back by a `continue`; its output, thinking included, only over-counts). A `continue` of that
+answer reads that, the turn's framing and its own new messages, which the body shows and the prompt's estimate
+counts as any request's. So it is reserved for the answer's input and output, a margin
 (`MARGIN_TOKENS`, `MARGIN_FRACTION`: the framing, and the answer's text read back as input, which a tokenizer may
 count otherwise than it generated it), capped at the model's context window; where this process did not relay that
 answer (another instance did, or it was forgotten: `MOST_ANSWERS`), or relayed it from another model (another
@@ -35,14 +37,15 @@ class HeldThreads:
     def __init__(self) -> None:
         self._held: dict[str, tuple[str, int]] = {}
 
-    def answered(self, message_id: object, model: str, usage: Usage) -> None:
+    def answered(self, message_id: object, model: str, usage: Usage, others: int = 0) -> None:
         """An answer of a thread (its `message_id`, as the provider named it), written by `model` (the upstream
-        model) and billed `usage`, the provider's own counts."""
+        model) and billed `usage`, the provider's own counts, which leave out the `others` tokens other models
+        wrote for it (an advisor's: its advice, in the answer, is read back by a `continue`)."""
         if not isinstance(message_id, str) or not message_id:
             return
         if len(self._held) >= MOST_ANSWERS and message_id not in self._held:
             del self._held[next(iter(self._held))]
-        self._held[message_id] = (model, usage.prompt_tokens + usage.completion_tokens)
+        self._held[message_id] = (model, usage.prompt_tokens + usage.completion_tokens + others)
 
     def holds(self, previous_message_id: object, models: set[str]) -> int | None:
         """The most input tokens a thread holds after `previous_message_id`, margin included, for a `continue` of it

@@ -47,7 +47,8 @@ answer ran at; with `standard-speed` fast mode asked for is served at standard s
 With the advisor tool (`advisor_20260301`), the answer consults the advisor once before its text (a `server_tool_use`
 block named `advisor` and its `advisor_tool_result`), and `usage.iterations` has the advisor's sampling in an
 `advisor_message` entry with the tool's `model` (`ADVICE_TOKENS` out, the prompt in), beside a `message` entry with
-the top level's counts, which leave the advisor's out. A request asking for server-side compaction
+the top level's counts, which leave the advisor's out; with `long-advice`, the advice is `LONG_ADVICE`, about 7,600
+tokens, all of them the advisor's output. A request asking for server-side compaction
 (`context_management.edits` with `compact_20260112`) whose input reaches its trigger (150,000 tokens unless set) is
 compacted as the compaction docs show it: a `compaction` block first, the top-level usage counting the sampling after
 it, and `usage.iterations` both, the compaction's tokens in its own entry alone.
@@ -157,6 +158,7 @@ COMPACTION_SUMMARY = "Summary of the conversation: the user is building a websit
 COMPACTION_TRIGGER = 150_000  # input tokens, unless the edit sets its own
 ADVICE = "Plan: read the layout first, then answer."
 ADVICE_TOKENS = 1500  # an advisor's output, thinking included (Anthropic: typically 1,400 to 1,800)
+LONG_ADVICE = " ".join(f"Step {n}: read the layout's part {n} first, then answer for it." for n in range(1, 481))
 OUTPUT_LIMITS = {"claude-haiku-4-5": 64_000, "claude-3-5-haiku-latest": 8_192}  # refused past these, as Anthropic does
 # Body fields Anthropic knows only under a beta: without it, the field is unknown to the API.
 # A beta field and the betas that admit it (context editing's, or compaction's, whose edit rides in the same field).
@@ -236,15 +238,21 @@ def advisor(body: dict[str, Any]) -> dict[str, Any] | None:
     return next((t for t in tools if str(t.get("type", "")).startswith("advisor_")), None)
 
 
+def advice(body: dict[str, Any]) -> str:
+    """The advisor's advice to the request (`LONG_ADVICE` with `long-advice`)."""
+    return LONG_ADVICE if "long-advice" in faults(body) else ADVICE
+
+
 def advised(body: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
     """The usage of an answer that consulted the advisor once (`counts`: the executor's own, the top level)."""
     tool = advisor(body) or {}
     none = {"cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
-    advice = {"type": "advisor_message", "model": tool.get("model"), "input_tokens": input_tokens(body), **none}
+    advisor_in = {"type": "advisor_message", "model": tool.get("model"), "input_tokens": input_tokens(body), **none}
     message = {"type": "message", **{name: counts[name] for name in ("input_tokens", *none)}}
+    advisor_out = max(ADVICE_TOKENS, len(advice(body)) // 4)
     return {
         **counts,
-        "iterations": [{**message, "output_tokens": OUTPUT_TOKENS}, {**advice, "output_tokens": ADVICE_TOKENS}],
+        "iterations": [{**message, "output_tokens": OUTPUT_TOKENS}, {**advisor_in, "output_tokens": advisor_out}],
     }
 
 
@@ -346,7 +354,7 @@ def _content(body: dict[str, Any], tool: str | None) -> list[dict[str, Any]]:
     if advisor(body) and not tool:
         advisor_id = fresh_id("srvtoolu_01")
         content.append({"type": "server_tool_use", "id": advisor_id, "name": "advisor", "input": {}})
-        result = {"type": "advisor_result", "text": ADVICE, "stop_reason": "end_turn"}
+        result = {"type": "advisor_result", "text": advice(body), "stop_reason": "end_turn"}
         content.append({"type": "advisor_tool_result", "tool_use_id": advisor_id, "content": result})
     schemas = {t.get("name"): t.get("input_schema") for t in body.get("tools") or []}
     if tool:

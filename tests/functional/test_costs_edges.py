@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import gzip
 import json
 import time
@@ -16,11 +17,16 @@ import httpx
 import orjson
 import pytest
 
+from adapters.sigv4 import Credentials
+from adapters.store.dynamo_client import DynamoDBClient
+from adapters.store.dynamodb import DynamoDBStore
 from handler.pipeline import budgets, routing
+from handler.pipeline.budgets import period_of
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService
-from handler.ports import KeyRecord
+from handler.ports import KeyRecord, UsageQuery
 from tests.functional.conftest import param_store_url
+from tests.support.dynamo import DynamoServer
 from tests.support.inprocess import serve
 
 HI = [{"role": "user", "content": "hi"}]
@@ -734,4 +740,113 @@ async def test_a_reservation_written_while_the_request_is_cancelled_twice_is_rel
     assert await served.ledger() == []  # nothing was sent
     state = (await served.get("/v1/key")).json()
     assert state["reserved_usd"] == 0 and state["spent_usd"] == 0, state
+    await served.gateway.aclose()
+
+
+class SlowAnswers(httpx.AsyncBaseTransport):
+    """moto behind the gateway's DynamoDB client; the next `slowed` admissions (`UpdateItem`) land at once, their
+    answers `delay` s later, as from a DynamoDB slowed down."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.slowed = 0
+        self.delay = 1.0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        await response.aread()
+        if self.slowed and request.headers["x-amz-target"].endswith(".UpdateItem"):
+            self.slowed -= 1
+            await asyncio.sleep(self.delay)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def slowed_boto3(dynamo: DynamoServer) -> tuple[Any, Callable[[], None]]:
+    """A boto3 client of moto whose next admission (`UpdateItem`) lands at once and returns a second later (its thread
+    sleeps on), and what arms it."""
+    client = dynamo.client()
+    armed: list[bool] = []
+
+    def late(**_: Any) -> None:
+        if armed:
+            armed.clear()
+            time.sleep(1.0)
+
+    client.meta.events.register("after-call.dynamodb.UpdateItem", late)
+    return client, lambda: armed.append(True)
+
+
+@pytest.mark.parametrize("client", ["gateway", "boto3"])
+async def test_an_admission_the_store_answers_past_the_deadline_is_released_once_its_answer_comes(
+    dynamo: DynamoServer, client: str
+) -> None:
+    """DynamoDB applied the admission and answered after the request's deadline (`x-gateway-deadline-ms`): the
+    client was answered 503 `store_unavailable` by its deadline, the call cut there (or, on boto3's client, its
+    thread left to run on, its answer dropped), and the reservation it had written held $0.02001 of the key's
+    $1 budget, and its minute's request and tokens, until it expired (960 s). Now the admission's call runs on past
+    the deadline, and once it has answered the reservation is released and its counts given back, once: nothing
+    reserved, nothing spent, no line."""
+    table = dynamo.create_table()
+    if client == "gateway":
+        transport = SlowAnswers()
+        dynamodb: Any = DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url, transport=transport)
+        arm: Callable[[], None] = functools.partial(setattr, transport, "slowed", 1)
+    else:
+        dynamodb, arm = slowed_boto3(dynamo)
+    store = DynamoDBStore(dynamodb, table, owned=[dynamodb] if client == "gateway" else [])
+    served = await serve(lambda request: httpx.Response(200, json=completion()), {"m": MODEL}, store=store)
+    limited = KeyRecord(
+        id="", name="l", secret_hash="", created_at=0, budget_usd=1.0, budget_period="month", rpm=10, tpm=100_000
+    )
+    key = await KeyAdmin(KeyService(store, 0)).mint(limited)
+    auth = {"authorization": f"Bearer {key.key}"}
+    body = {"model": "m", "messages": HI, "max_tokens": 10_000}
+    assert (await served.http.get("/v1/key", headers=auth)).status_code == 200  # (its key cached)
+    arm()
+    started = time.perf_counter()
+    cut = await served.http.post("/v1/chat/completions", json=body, headers={**auth, "x-gateway-deadline-ms": "300"})
+    assert cut.status_code == 503 and cut.json()["error"]["code"] == "store_unavailable", cut.text
+    assert time.perf_counter() - started < 0.9  # by its deadline, not once the store answered
+    await served.gateway.drain()  # (the store's answer has come meanwhile)
+    period = period_of("month", time.time())
+    meter = await store.meter(key.record.id, period)
+    assert meter.committed_usd[period] == pytest.approx(0, abs=1e-9), meter.committed_usd
+    assert meter.spent_usd[period] == 0 and meter.rates == {"rpm": 0, "tpm": 0}, meter
+    state = (await served.http.get("/v1/key", headers=auth)).json()
+    assert (state["reserved_usd"], state["spent_usd"]) == (0, 0), state
+    assert await store.usage(UsageQuery([key.record.id], 0, time.time() + 3600)) == []
+    await served.gateway.aclose()
+
+
+async def test_a_fallbacks_count_written_while_the_request_is_cancelled_twice_is_given_back(store_url: str) -> None:
+    """The model asked for failed (500), so the request moved to its fallback, counted first on the fallback's own
+    limit (`rpm: 1` on `fb`). The request was cancelled while the store wrote that count (its deadline), and again
+    before the store answered (a server stopping past its grace): the wait for the count was not shielded, so the
+    request never learnt of it, and its settlement did not give it back. Nothing went to `fb`, yet the minute's one
+    request to it was spent (`rpm:fb` 1, the next request to `fb` refused 429). Now the count is waited for and given
+    back: `rpm:fb` 0, and `fb` serves the next request."""
+
+    def failing_first(request: httpx.Request) -> httpx.Response:
+        if b'"broken"' in request.content:
+            return httpx.Response(500, json={"error": {"message": "boom", "type": "server_error"}})
+        return httpx.Response(200, json=completion())
+
+    models = {
+        "m": {"deployments": [{"provider": "openai", "model": "broken"}], "price": MODEL["price"], "fallbacks": ["fb"]},
+        "fb": MODEL,
+    }
+    served = await serve(failing_first, models, store_url=store_url)
+    limited = KeyRecord(
+        id="", name="l", secret_hash="", created_at=0, budget_usd=1.0, budget_period="month",
+        model_limits={"fb": {"rpm": 1}},
+    )  # fmt: skip
+    served.key = await KeyAdmin(KeyService(served.gateway.store, 0)).mint(limited)
+    await cancelled_twice_while_written(served, lambda admission: admission.reservation_id.endswith("@fb"))
+    assert await served.ledger() != []  # (the 500's line: the request was settled)
+    meter = await served.gateway.store.meter(served.key.record.id, period_of("month", time.time()))
+    assert meter.rates.get("rpm:fb", 0) == 0, meter
+    assert (await served.post("/v1/chat/completions", {"model": "fb", "messages": HI})).status_code == 200
     await served.gateway.aclose()

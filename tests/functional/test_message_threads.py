@@ -18,6 +18,7 @@ from handler.pipeline.threads import HeldThreads
 from tests.functional.conftest import Running, anthropic_client
 
 THREADS_BETA = "message-threads-2026-08-12"
+ADVISOR_BETA = "advisor-tool-2026-03-01"
 ASK: Any = [{"role": "user", "content": "What time is it? CALL get_time {}"}]
 HI: Any = [{"role": "user", "content": "Hi"}]
 
@@ -222,3 +223,38 @@ def test_the_tool_runner_completes_on_claude_for_a_key_whose_budget_no_context_w
     assert len(sent[-1]["messages"]) == 3  # the question, the call and its result
     lines = running.ledger(key)
     assert [line.status for line in lines] == [200, 200]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_continue_after_an_advisors_answer_is_reserved_for_the_advice_it_reads_back(
+    running: Running, mint: Callable[..., str], stream: bool
+) -> None:
+    """An answer that consulted Anthropic's advisor tool holds the advice in its thread (its `advisor_tool_result`),
+    which a `continue` reads back as input; but the answer's usage leaves the advisor's tokens out of its top level,
+    and the thread was held at that usage alone: after a 7,600-token advice the `continue` was reserved $0.00276,
+    and its own model's tokens alone were billed $0.007763. The thread holds the advisor's output too (its thinking
+    with its advice: at most that is read back), so the `continue` is reserved for what it reads ($0.019536, its
+    input at the hour's cache-write rate), whole or streamed."""
+    key = mint(budget_usd=5.0)
+    sdk = anthropic_client(running, key)
+    tool: Any = {"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-6"}
+    settings: Any = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 100,
+        "messages": HI,
+        "tools": [tool],
+        "metadata": {"user_id": "long-advice"},  # (the fake's advice then runs to about 7,600 tokens)
+        "thread": {"type": "create"},
+        "betas": [THREADS_BETA, ADVISOR_BETA],
+    }
+    if stream:
+        with sdk.beta.messages.stream(**settings) as events:
+            created = events.get_final_message()
+    else:
+        created = sdk.beta.messages.create(**settings)
+    assert [block.type for block in created.content] == ["server_tool_use", "advisor_tool_result", "text"]
+    reserved = worst_case(sdk, created.id)
+    continued = continue_thread(sdk, created.id)
+    # What Anthropic bills the continue's own model (claude-haiku-4-5: $1 and $5 a million), its advisor's apart.
+    billed = (continued.usage.input_tokens * 1.0 + continued.usage.output_tokens * 5.0) / 1e6
+    assert billed <= reserved, (billed, reserved)

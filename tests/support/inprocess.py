@@ -14,7 +14,7 @@ from handler.config import parse_config
 from handler.pipeline.gateway import Gateway, build_gateway
 from handler.pipeline.key_admin import KeyAdmin, MintedKey
 from handler.pipeline.keys import KeyService
-from handler.ports import KeyRecord, LedgerItem, UsageQuery
+from handler.ports import KeyRecord, LedgerItem, Store, UsageQuery
 
 Upstream = Callable[[httpx.Request], httpx.Response]
 PROVIDER_KEYS = {"OPENAI_API_KEY": "sk-test-000000000000", "AZURE_OPENAI_API_KEY": "azkey-0000000000000000"}
@@ -42,9 +42,10 @@ async def serve(
     provider: dict[str, Any] | None = None,
     environ: Mapping[str, str] = PROVIDER_KEYS,
     store_url: str = "sqlite://",
+    store: Store | None = None,
     **settings: Any,
 ) -> Served:
-    """The gateway on an in-memory store (or `store_url`'s), its `openai` provider (`provider`, else an
+    """The gateway on an in-memory store (or `store_url`'s, or `store`), its `openai` provider (`provider`, else an
     OpenAI-compatible one) answered by `upstream` with the keys of `environ`, and a key with a monthly budget of
     `budget_usd`."""
     data = {
@@ -56,6 +57,7 @@ async def serve(
     }
     gateway = build_gateway(
         config=parse_config(data, set(REGISTRY)),
+        store=store,
         store_url=store_url,
         environ=dict(environ),
         transport=httpx.MockTransport(upstream),

@@ -24,7 +24,7 @@ from adapters.store.dynamo_client import ConditionFailed, DynamoDBClient
 from adapters.store.dynamo_keys import stamped
 from adapters.store.dynamodb import LEDGER_SHARDS, SWEEP_SECONDS, DynamoDBStore
 from adapters.store.dynamodb_url import dynamodb_client
-from adapters.store.expressions import Expression, Item, num, text
+from adapters.store.expressions import Expression, Item, num, read_num, text
 from adapters.store.records import LEDGER_TTL_SECONDS, key_purge_after
 from adapters.store.responses import pack
 from handler.pipeline.budgets import period_of
@@ -969,6 +969,46 @@ async def test_a_worker_that_stops_leaves_the_lease_its_sibling_draws_on(dynamo:
     assert (await home.meter(key, PERIOD)).committed_usd[PERIOD] == pytest.approx(0.22)  # what was spent
     for store in (stopping, sibling, home):
         await store.close()
+
+
+async def test_the_last_process_out_gives_back_what_it_settled_into_a_lease_its_stopped_sibling_drew_on_last(
+    dynamo: DynamoServer,
+) -> None:
+    """Two workers of one region draw on one lease; the sibling drew last, and stopped first, giving back what the
+    lease held (it was the last to draw). The other's long request then settled, putting its unspent $0.08 back in
+    the lease, and that process stopped too: it took the sibling's mark of its last use for a running process's and
+    left the lease, so the $0.08 stayed out of the home's reach until the home reclaimed it for a request it was
+    about to refuse (the home counted $0.20 committed for $0.12 spent). A process giving a lease back (the last to
+    draw on it, or idle) takes its mark off, so the last one out gives back what it put back since."""
+    last, home = two_regions(dynamo)
+    sibling = DynamoDBStore(
+        DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url),
+        last.table,
+        region="eu-west-1",
+        client_for=lambda region: DynamoDBClient(region, Credentials("testing", "testing"), dynamo.url),
+    )
+    key = uuid.uuid4().hex[:12]
+    charge = BudgetCharge(key, PERIOD, 1.0, 0.1, "us-east-1")
+    long, drawn = (Admission(uuid.uuid4().hex, key, [charge], [], time.time() + 900, "us-east-1") for _ in range(2))
+
+    def spent(adm: Admission, amount: float) -> Settlement:
+        return Settlement(
+            adm.reservation_id, [replace(charge, amount_usd=amount)], 0.1, [], None, "us-east-1", adm.expires_at
+        )
+
+    await last.admit(long)  # a grant of $0.25, $0.10 of it reserved by a long request
+    await sibling.admit(drawn)  # from the lease: $0.05 left in it
+    await sibling.settle(spent(drawn, 0.1))
+    assert await sibling.return_leases() == pytest.approx(0.05)  # the sibling stops first, the last to draw
+    await last.settle(spent(long, 0.02))  # $0.08 reserved and unspent back in the lease
+    returned = await last.return_leases()  # the last process out
+    items = {item["sk"]["S"]: item for item in await home._meter_items(key)}
+    for store in (last, sibling, home):
+        await store.close()
+    assert returned == pytest.approx(0.08), f"given back at shutdown: ${returned}"
+    # The home's own committed counts what is leased out: only what was spent is out of its reach now.
+    assert read_num(items["METER"], f"c:{PERIOD}") == pytest.approx(0.12)
+    assert read_num(items["LEASE#eu-west-1"], f"a:{PERIOD}") == 0
 
 
 async def test_a_process_that_stops_gives_back_what_a_request_settled_after_its_sweep(dynamo: DynamoServer) -> None:
