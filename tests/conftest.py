@@ -40,6 +40,20 @@ def no_gc_pauses() -> Iterator[None]:
         gc.enable()
 
 
+# The stores each running test has opened (`close_sqlite_stores`), for `outlives_the_test`.
+OPENED_IN_TEST: list[list[SQLiteStore]] = []
+
+
+def outlives_the_test(store: object) -> None:
+    """`store` belongs to a module's or session's fixture, which closes it: a test that set the fixture up (through
+    `request.getfixturevalue`, as `on_each_store` does) leaves it open. Closed with that first test, the session's
+    gateway answered every later test 500 ("Cannot operate on a closed database"): a file of tests run alone
+    (`pytest tests/functional/test_key_shapes.py`) failed eight of them."""
+    for opened in OPENED_IN_TEST:
+        if store in opened:
+            opened.remove(store)
+
+
 @pytest.fixture(autouse=True)
 def close_sqlite_stores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A gateway built for one test lives as long as the test needs it, as on Lambda, where nothing closes it before
@@ -54,7 +68,11 @@ def close_sqlite_stores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         opened.append(store)
 
     monkeypatch.setattr(SQLiteStore, "__init__", recorded)
-    yield
+    OPENED_IN_TEST.append(opened)
+    try:
+        yield
+    finally:
+        OPENED_IN_TEST.remove(opened)
     for store in opened:
         if not store._closed:
             store._stop.set()  # (the checkpoint thread of a file's store closes its own connection)

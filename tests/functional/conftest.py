@@ -25,6 +25,7 @@ from handler.pipeline.gateway import Gateway, build_gateway
 from handler.pipeline.key_admin import KeyAdmin
 from handler.pipeline.keys import KeyService, split_key
 from handler.ports import KeyRecord, LedgerItem, UsageQuery
+from tests.conftest import outlives_the_test
 from tests.support.dynamo import DynamoServer
 from tests.support.servers import ServerThread, free_port
 
@@ -279,6 +280,7 @@ def serve_gateway(
     returned server after use."""
     gateway = build_gateway(config=config, store_url=store_url, environ={**environ, "GATEWAY_REGION": "us-east-1"})
     gateway_server = ServerThread(create_app(gateway), cleanup=gateway.aclose, http=http).start()
+    outlives_the_test(gateway.store)  # (closed by the server's stop, whichever test set up the fixture serving it)
     return Running(gateway_server.url, gateway, store_url, upstream, fakes), gateway_server
 
 
