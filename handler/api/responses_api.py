@@ -508,10 +508,11 @@ def to_chat_request(
     """The internal request for a Responses one (after the stored `history` items, if any), and the
     Responses fields and items it cannot carry. `kept`: the sealed reasoning the gateway kept for reasoning items
     the input sends back without it (by item id, see `with_sealed_reasoning`)."""
-    for name, instead in UNSERVED.items():
-        if (req.model_extra or {}).get(name):  # (`background: false` is what the gateway does anyway)
+    extra = req.model_extra or {}
+    for name, instead in UNSERVED.items() if extra else ():
+        if extra.get(name):  # (`background: false` is what the gateway does anyway)
             raise InvalidRequestError(f"{name} is not supported by this model's provider; {instead}", param=name)
-    dropped = sorted(set(req.model_fields_set | set(req.model_extra or {})) - MAPPED)
+    dropped = sorted((req.model_fields_set | extra.keys()) - MAPPED)
     if req.truncation == "auto":
         dropped.append("truncation")
     dropped += [f"include[{name}]" for name in req.include or () if name != ENCRYPTED_REASONING]
