@@ -369,6 +369,8 @@ class Meter:
                 headers={"retry-after": str(wait), **self._refusal_headers(admission.rates, refused, wait)},
             ) from None
         except StoreError as exc:
+            # (In another region, `admit_at`, only a key's minting counts, on a rate alone: its late count is left
+            # to its minute.)
             if isinstance(exc, StoreDeadlineError) and exc.landing is not None and region is None:
                 self._release_once_written(exc.landing, Reservation(admission, amount, 0))
             why = (
@@ -383,20 +385,13 @@ class Meter:
     def _release_once_written(self, landing: asyncio.Future[MeterSnapshot], reservation: Reservation) -> None:
         """Release `reservation` once its admission, which runs on past the request's deadline (`landing`, see
         `StoreDeadlineError`), is written: the request was answered 503 and sent nothing, so it gives back all it
-        counted, as a request never sent does (`settlement`, `unsent`). Refused or failed, nothing is released."""
-        self.spawn(self._released(landing, self.settlement(reservation, 0.0, 0, None, unsent=True)))
-
-    async def _released(self, landing: asyncio.Future[MeterSnapshot], settlement: Settlement) -> None:
-        """`settlement` once `landing` is written, waited for until the settlements' deadline (`SETTLE_BY`): past
-        it (a Lambda invocation ending) the release is spawned when the admission's outcome comes."""
-        try:
-            async with asyncio.timeout_at(SETTLE_BY.get()):
-                await asyncio.wait([landing])  # (its outcome, whatever it is; a cancelled wait leaves it running)
-        except TimeoutError:
-            landing.add_done_callback(lambda done: self._written_late(done, settlement))
-            return
-        if written(landing):
-            await self.settle(settlement)
+        counted, as a request never sent does (`settlement`, `unsent`). Refused or failed, nothing is released.
+        Nothing waits for the outcome: a callback spawns the release when it comes. A task waiting for it held the
+        buffered Lambda function's 503 until the admission's own timeouts (15 s; the invocation's settlements run
+        before its answer goes), and a bounded drain (`Gateway.settle_within`) that cancelled the task lost the
+        release (found by review)."""
+        settlement = self.settlement(reservation, 0.0, 0, None, unsent=True)
+        landing.add_done_callback(lambda done: self._written_late(done, settlement))
 
     def _written_late(self, landing: asyncio.Future[MeterSnapshot], settlement: Settlement) -> None:
         if written(landing):

@@ -439,3 +439,23 @@ def test_an_sqlite_write_lock_held_elsewhere_holds_a_request_no_longer_than_its_
     assert "within the request's deadline" in admitted.json()["error"]["message"]
     assert admitted.headers["retry-after"] == "1"
     assert kept.json()["store"] is False  # (answered as the provider was paid for it; not kept)
+
+
+def test_an_admission_never_answered_is_a_503_by_the_header_deadline_on_the_buffered_function(
+    tmp_path: Path, dynamo: DynamoServer, upstream: tuple[ServerThread, dict[str, Any]]
+) -> None:
+    """A budgeted key's admission that DynamoDB never answers, with `x-gateway-deadline-ms: 1000` on a function whose
+    timeout is 29 s (template.yaml's): the 503 by the deadline, the admission's call running on. A release that
+    waited for the call's outcome in a task held the buffered function's answer (its settlements run before it goes)
+    for the admission's own timeouts: the 503 after 15 s (found by review)."""
+    table = dynamo.create_table()
+    asyncio.run(budgeted_sample_key(dynamo.store_url(table)))
+    proxy = ServerThread(stalling(dynamo.url, admitting_or_reading_responses)).start()
+    server, _ = upstream
+    config = openai_config(tmp_path, server.url)
+    try:
+        store_url = f"dynamodb://{table}?region=us-east-1&endpoint_url={proxy.url}"
+        [result] = replay([with_deadline(tmp_path, "chat-completions-ok", 1000)], config, store_url, 29_000)
+    finally:
+        proxy.stop()
+    store_unavailable_by(result, 1000 + 500)
