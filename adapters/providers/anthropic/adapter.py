@@ -750,9 +750,10 @@ class AnthropicAdapter(ProviderAdapter):
         return BuiltRequest(request, dropped)
 
     def native_usage(self, call: NativeCall, body: dict[str, Any]) -> Usage:
-        """The usage of a message passed through, which is relayed as it came: its shape is checked as `WireMessage`
-        has it (its blocks each an object with a type), its usage validated alone (the whole message as a model
-        cost a warm invocation about 3 µs more)."""
+        """The usage of a message passed through, which is relayed as it came: its top level is checked as
+        `WireMessage` has it, each block only as an object with a type (what the gateway reads of it; the rest of a
+        block goes to the client as the provider wrote it), and its usage validated alone (the whole message as a
+        model cost a warm invocation about 1.6 µs more)."""
         from adapters.providers.anthropic.wire import WireUsage  # (see the note on the imports)
 
         content = body.get("content")
@@ -764,6 +765,8 @@ class AnthropicAdapter(ProviderAdapter):
             and isinstance(content, list)
             and all(isinstance(block, dict) and isinstance(block.get("type"), str) for block in content)
             and isinstance(body.get("usage"), dict)
+            and isinstance(body.get("stop_reason"), str | None)
+            and isinstance(body.get("stop_sequence"), str | None)
         ):
             raise malformed("upstream answer is not an Anthropic message")
         try:

@@ -872,8 +872,10 @@ PASSED_THROUGH = {"id": "m", "type": "message", "role": "assistant", "model": MO
         {"content": [{"text": "Hello"}]},
         {"usage": None},
         {"usage": {"output_tokens": "nine"}},
+        {"stop_reason": 7},
+        {"stop_sequence": ["END"]},
     ],
-    ids=["type", "role", "id", "model", "content", "block", "block-type", "usage", "count"],
+    ids=["type", "role", "id", "model", "content", "block", "block-type", "usage", "count", "stop", "sequence"],
 )
 def test_a_message_passed_through_is_read_as_anthropics_shape_or_is_malformed(changed: dict[str, Any]) -> None:
     """Its usage is validated alone and the rest checked as `WireMessage` has it: a message that is not one is the
