@@ -100,9 +100,10 @@ UNPRICED_SERVER_TOOLS = ("code_execution_",)
 def server_tools(pipeline: Pipeline, ex: Exchange, data: dict[str, Any]) -> list[str]:
     """Anthropic's server tools that Anthropic bills beyond tokens. Web search (`web_search_*`, billed per
     search): kept when searches are priced, each tool's `max_uses` (`DEFAULT_SEARCHES` when it sets none)
-    reserved for. Code execution (`UNPRICED_SERVER_TOOLS`), and unpriced searches: left out of the body sent (a
-    400 under `x-gateway-strict`), with a `tool_choice` that named one or has no tool left to choose. Returns
-    what was left out."""
+    reserved for. The advisor tool (`advisor_*`: another model's tokens), its calls' worst case reserved
+    (`Charges.allow_advisors`). Code execution (`UNPRICED_SERVER_TOOLS`), and unpriced searches: left out of the
+    body sent (a 400 under `x-gateway-strict`), with a `tool_choice` that named one or has no tool left to choose.
+    Returns what was left out."""
     tools = data.get("tools")
     if not isinstance(tools, list):
         return []
@@ -118,6 +119,8 @@ def server_tools(pipeline: Pipeline, ex: Exchange, data: dict[str, Any]) -> list
                 most += tool["max_uses"]
         if not pipeline.allow_searches(ex, most, [f"tools.{tool['type']}" for tool in searches]):
             left_out = [*searches, *left_out]
+    if any(str(t.get("type") or "").startswith("advisor_") for t in typed):
+        pipeline.allow_advisors(ex, tools)
     if not left_out:
         return []
     names = [f"tools.{tool['type']}" for tool in left_out]

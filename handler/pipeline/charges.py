@@ -23,6 +23,7 @@ from handler.pipeline.pricing import (
     scaled,
     upstream_price,
     with_options,
+    worst_case_usd,
 )
 from handler.ports import Served
 from handler.redaction import redact_message
@@ -39,6 +40,13 @@ log = logging.getLogger("gateway")
 # The searches a request with a provider's own web search tool may run when it sets no limit: the limit sent
 # (Anthropic's `max_uses`, the Responses API's `max_tool_calls`) and the worst case reserved.
 DEFAULT_SEARCHES = 10
+# The calls to Anthropic's advisor tool a request may make when the tool sets no `max_uses` (Anthropic's own default is
+# no limit): the limit sent, and the worst case reserved. The advisor is consulted at the few moments a plan matters.
+DEFAULT_ADVISOR_USES = 3
+# The most an advisor writes per call (its thinking and its advice) when the tool sets no `max_tokens` and the config
+# names no `max_output_tokens` of its model: the limit sent (Anthropic's tool bounds the advisor's output per call
+# with it), and the worst case reserved. Anthropic's advisor typically writes 1,400 to 1,800 tokens.
+DEFAULT_ADVICE_TOKENS = 8_192
 
 
 class Charges:
@@ -116,11 +124,7 @@ class Charges:
         """A web search tool's limit as the client set it (Anthropic's `max_uses`, the Responses API's
         `max_tool_calls`): `DEFAULT_SEARCHES` when unset or null (the SDKs' types allow null), else a positive
         integer or the client's 400."""
-        if value is None:
-            return DEFAULT_SEARCHES
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidRequestError(f"{param} must be a positive integer", param=param)
-        return value
+        return DEFAULT_SEARCHES if value is None else positive(value, param)
 
     def allow_searches(self, ex: Exchange, most: int, names: list[str]) -> bool:
         """A provider's own web search tool (`names`, as `x-gateway-dropped-params` would name them) in a
@@ -135,6 +139,54 @@ class Charges:
             return False
         ex.search_usd, ex.searches = price, most
         return True
+
+    def allow_advisors(self, ex: Exchange, tools: list[Any]) -> None:
+        """Anthropic's advisor tool (`advisor_*` among `tools`) runs another model inside the answer, billed at that
+        model's prices: each tool's worst case is reserved (`_advisors_usd`). It is called at most `max_uses` times
+        (`DEFAULT_ADVISOR_USES`, sent, when the tool sets none or null), each writing at most its `max_tokens`, else
+        its model's `max_output_tokens` where the config names one, else `DEFAULT_ADVICE_TOKENS` (sent). A limit
+        that is not a positive integer is the client's 400."""
+        advisors = []
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, dict) or not str(tool.get("type") or "").startswith("advisor_"):
+                continue
+            uses = tool.get("max_uses")
+            tool["max_uses"] = uses = DEFAULT_ADVISOR_USES if uses is None else positive(uses, f"tools.{i}.max_uses")
+            model = tool.get("model")
+            model = model if isinstance(model, str) else ""  # (Anthropic's 400, which costs nothing)
+            written = tool.get("max_tokens")
+            if written is not None:
+                written = positive(written, f"tools.{i}.max_tokens")
+            else:
+                written = self._advisor_ceiling(model)
+                if written is None:
+                    tool["max_tokens"] = written = DEFAULT_ADVICE_TOKENS
+            advisors.append((model, uses, written))
+        ex.advisors = tuple(advisors)
+
+    def _advisor_ceiling(self, model: str) -> int | None:
+        """The `max_output_tokens` the config names for an advisor's model (`model`: its upstream id), of a model
+        that deploys it or is named so."""
+        for name, spec in self.gateway.config.models.items():
+            if spec.max_output_tokens and (name == model or any(d.model == model for d in spec.deployments)):
+                return spec.max_output_tokens
+        return None
+
+    def _advisors_usd(self, ex: Exchange, attempt: Attempt, prompt: int, written: int) -> float:
+        """The most the advisors of a request (`Exchange.advisors`) can be billed at `attempt`, before the fee, whose
+        worst case reads `prompt` and writes `written` tokens: each call reads the conversation as the executor has
+        it then (the prompt, what the executor wrote so far, and the advice before it) and writes its bound, at the
+        dearest input and output prices of the advisor's model (`upstream_price`), else of the executor's, as its
+        tokens are charged once they are known (`_others_usd`)."""
+        from handler.config import FeeConfig  # (only a request with the advisor tool gets here)
+
+        no_fee = FeeConfig()
+        total = 0.0
+        for model, uses, advice in ex.advisors:
+            price = upstream_price(self.gateway.config.models, model) or self._price(ex, attempt, worst=True)
+            read = uses * (prompt + written) + advice * uses * (uses - 1) // 2
+            total += worst_case_usd(read, uses * advice, price, no_fee) or 0.0
+        return total
 
     @staticmethod
     def refuse_unpriced_tools(ex: Exchange, names: list[str]) -> None:
@@ -217,13 +269,19 @@ class Charges:
         config or an answer said a dearer one than the default (`Router.unasked_tiers`)."""
         return self.gateway.router.unasked_tiers.get(id(attempt)) if ex.tier_unnamed else None
 
-    def _cost(self, ex: Exchange, attempt: Attempt, usage: Usage, served: Served | None = None) -> Cost:
+    def _cost(
+        self, ex: Exchange, attempt: Attempt, usage: Usage, served: Served | None = None, reserved: bool = False
+    ) -> Cost:
         """What `usage` at `attempt` costs, with the options billed per request; `served`: what the answer says of
-        how it was served (the speed it ran at, the tokens other models ran for it)."""
+        how it was served (the speed it ran at, the tokens other models ran for it). `reserved`: `usage` is the
+        attempt's worst case (`Pipeline._worst`), charged for an answer never seen, with its advisors' worst case
+        too, which the provider may have billed beside it."""
         cost = cost_of(usage, self._price(ex, attempt, served), self.fee)
         apart = self._per_request_usd(ex) + (usage.web_searches * ex.search_usd if ex.search_usd else 0.0)
         if served is not None and served.others:
             apart += self._others_usd(ex, attempt, served)
+        if reserved and ex.advisors:
+            apart += self._advisors_usd(ex, attempt, usage.prompt_tokens, usage.completion_tokens)
         if apart and cost.provider_usd is not None:
             provider = cost.provider_usd + apart
             cost = Cost(provider, fee_for(provider, self.fee), usage, cost.unit_prices)
@@ -256,6 +314,13 @@ class Charges:
                 price = self._price(ex, attempt, served)
             total += cost_of(usage, price, self.fee).provider_usd or 0.0
         return total
+
+
+def positive(value: Any, param: str) -> int:
+    """A limit the client set (`param`): a positive integer, else the client's 400."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequestError(f"{param} must be a positive integer", param=param)
+    return value
 
 
 def unpriced_tier(tier: object, model: str) -> InvalidRequestError:

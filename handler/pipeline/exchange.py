@@ -61,7 +61,7 @@ class Exchange:
         "lineage", "inflight", "inflight_at", "inflight_status", "answered", "missed", "extra", "prompt", "user",
         "service_tier", "plain_tier", "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected",
         "client_left", "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic", "audio_output",
-        "ledger_item", "ends_at", "lifetime_s", "wasted_usage", "unsent_fallbacks", "reserving",
+        "ledger_item", "ends_at", "lifetime_s", "wasted_usage", "unsent_fallbacks", "reserving", "advisors",
     )  # fmt: skip
 
     def __init__(
@@ -149,6 +149,9 @@ class Exchange:
         self.per_request_usd = 0.0  # options billed per request (web search)
         self.search_usd = 0.0  # the price of a search a provider's own search tool runs (`allow_searches`)
         self.searches = 0  # the most searches the request allows (reserved for)
+        # Anthropic's advisor tools the request offers (`allow_advisors`): each one's model (its upstream id), the most
+        # calls it may make and the most it writes per call, reserved for.
+        self.advisors: tuple[tuple[str, int, int], ...] = ()
         self.audio_output = False  # it asks for audio output: priced at each model's `audio_output`, else not sent
         self.trace: Trace | None = None  # what its OpenTelemetry spans need, when OTLP export is on (tracing.py)
         # Its ledger line, once settled: the buffered Lambda function marks it when the answer cannot be delivered

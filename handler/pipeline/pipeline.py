@@ -369,11 +369,13 @@ class Pipeline(Charges):
         predicted = predicted_tokens(cap.req) * (cap.req.n or 1)  # (billed beyond the cap: `_admit`)
         return min(written + predicted, reservation.output_tokens)
 
-    def _waste(self, ex: Exchange, attempt: Attempt, usage: Usage | None, served: Served | None = None) -> None:
+    def _waste(
+        self, ex: Exchange, attempt: Attempt, usage: Usage | None, served: Served | None = None, reserved: bool = False
+    ) -> None:
         """An earlier attempt the provider may bill: its provider cost (the fee is the request's, on the whole), as
-        it was `served`."""
+        it was `served`; `reserved`: `usage` is its worst case, never answered (`Charges._cost`)."""
         if usage is not None:
-            ex.wasted_usd += self._cost(ex, attempt, usage, served).provider_usd or 0.0
+            ex.wasted_usd += self._cost(ex, attempt, usage, served, reserved).provider_usd or 0.0
 
     # --- embeddings -------------------------------------------------------------------------
 
@@ -567,6 +569,8 @@ class Pipeline(Charges):
             prompt = max(prompt, tokens)
             case = worst_case_usd(tokens, written, self._price(ex, attempt, worst=True), self.fee, ex.audio_output)
             apart = ex.per_request_usd + ex.searches * ex.search_usd
+            if ex.advisors and case is not None:  # (Anthropic's advisor tool: another model's calls, billed apart)
+                apart += self._advisors_usd(ex, attempt, tokens, written)
             if case is not None and apart:
                 case += apart * (1 + self.fee.percent / 100)
             if worst is not None and (case is None or case > worst):
@@ -1013,19 +1017,24 @@ class Pipeline(Charges):
         tokens = 0
         if served is not None or self.gateway.router.heard_tiers:  # (an answer that says how it ran, a tier learned)
             self._ran_unasked(ex, attempt, served, usage is not None and source != "reserved" and not free)
-        if source == "reserved" or ex.missed:  # (rare: the worst case is built only when it is charged)
+        unseen = source == "reserved"  # (the answer's own worst case is charged: `source` may say so for `missed` too)
+        if unseen or ex.missed:  # (rare: the worst case is built only when it is charged)
             if source == "reserved" and served is None and attempt is not None:
                 served = self._unanswered_tier(ex, attempt)
             usage = self._worst(ex, reservation, attempt, usage) if source == "reserved" else usage
             if usage is not None and attempt is not None:
                 for missed in ex.missed:  # attempts before this one that the provider may bill
-                    self._waste(ex, missed, self._worst(ex, reservation, missed), self._unanswered_tier(ex, missed))
+                    worst = self._worst(ex, reservation, missed)
+                    self._waste(ex, missed, worst, self._unanswered_tier(ex, missed), reserved=True)
                 if ex.missed:
                     # Part of the cost is their reserved worst case, no count the provider gave: the line says so
                     # (it said `provider`, and reports counted it as known exactly).
                     source = "reserved"
         if usage is not None and attempt is not None:
-            ex.cost = self._cost(ex, attempt, usage, served) if not free else Cost(0.0, 0.0, usage, None)
+            if free:
+                ex.cost = Cost(0.0, 0.0, usage, None)
+            else:
+                ex.cost = self._cost(ex, attempt, usage, served, reserved=unseen)
             if ex.wasted_usd and ex.cost.provider_usd is not None:
                 provider = ex.cost.provider_usd + ex.wasted_usd  # the fee is on the whole, once
                 ex.cost = Cost(provider, fee_for(provider, self.fee), usage, ex.cost.unit_prices)

@@ -29,7 +29,7 @@ from starlette.testclient import TestClient
 
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
-from handler.pipeline.charges import DEFAULT_SEARCHES
+from handler.pipeline.charges import DEFAULT_ADVICE_TOKENS, DEFAULT_ADVISOR_USES, DEFAULT_SEARCHES
 from tests.fakes import anthropic as fake_anthropic
 from tests.fakes import openai as fake_openai
 from tests.functional.conftest import Running, anthropic_client, openai_client, serving
@@ -462,6 +462,113 @@ def test_an_advisors_tokens_are_charged_at_its_own_models_price(
     [line] = priced.ledger(key)
     assert line.cost_usd == pytest.approx(expected) and line.cost_source == "provider"
     assert (line.input_tokens, line.output_tokens) == (usage.input_tokens, usage.output_tokens)
+
+
+def advised_settings(advisor: str = "claude-opus-4-6", **limits: Any) -> Any:
+    """A Sonnet request whose advisor (`advisor`, with the tool's `limits`) the fake makes write about 7,600 tokens."""
+    tool = {"type": "advisor_20260301", "name": "advisor", "model": advisor, **limits}
+    return {
+        "model": "sonnet",
+        "max_tokens": 100,
+        "messages": HI,
+        "tools": [tool],
+        "metadata": {"user_id": "long-advice"},
+        "betas": [ADVISOR_BETA],
+    }
+
+
+def worst_case(sdk: Any, settings: Any) -> float:
+    """The worst case a request is reserved at, as a `x-gateway-max-cost-usd` too low for it tells (nothing sent)."""
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        sdk.create(**settings, extra_headers={"x-gateway-max-cost-usd": "0.000000001"})
+    assert refused.value.status_code == 402
+    return float(str(refused.value.body).split("worst-case cost $")[1].split(" ")[0])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_an_advisors_calls_are_in_the_worst_case_a_budget_holds(priced: Running, stream: bool) -> None:
+    """The advisor's tokens are billed after the answer, at its own model's prices, and no worst case held them:
+    a Sonnet request sent 100 output tokens was reserved $0.001944 and billed $0.1917 (a 7,600-token advice at
+    Opus's $25 a million), and a key with $0.10 spent $0.19. Each call the tool allows (`max_uses`, else the default,
+    sent) is reserved for: what it reads (the conversation, the executor's output, the advice before it) and the
+    most it writes (`max_tokens`, else the default, sent), at the advisor model's prices. A budget that cannot hold
+    that refuses the request before anything is sent; one that can admits it, and it is billed within its reserve."""
+    settings = advised_settings()
+    small = anthropic_client(priced, priced.mint(name=f"advised-small-{stream}", budget_usd=0.10)).beta.messages
+    sent_before = len(priced.fakes["anthropic"].state.requests)
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        if stream:
+            with small.stream(**settings) as events:
+                events.get_final_message()
+        else:
+            small.create(**settings)
+    assert refused.value.status_code == 402 and "budget" in str(refused.value.body)
+    assert len(priced.fakes["anthropic"].state.requests) == sent_before  # nothing sent
+
+    key = priced.mint(name=f"advised-{stream}", budget_usd=2.0)
+    sdk = anthropic_client(priced, key).beta.messages
+    reserved = worst_case(sdk, settings)
+    without = worst_case(sdk, {**settings, "tools": [], "betas": []})
+    assert reserved > without + DEFAULT_ADVISOR_USES * DEFAULT_ADVICE_TOKENS * 25.0 / 1e6  # (Opus's output price)
+    if stream:
+        with sdk.stream(**settings) as events:
+            message = events.get_final_message()
+    else:
+        message = sdk.create(**settings)
+    [advice] = [entry for entry in message.usage.iterations or () if entry.type == "advisor_message"]
+    assert advice.output_tokens > 7000
+    tool = {**settings["tools"][0], "max_uses": DEFAULT_ADVISOR_USES, "max_tokens": DEFAULT_ADVICE_TOKENS}
+    assert sent(priced, "anthropic")["tools"] == [tool]  # the limits reserved for, which Anthropic holds it to
+    [line] = priced.ledger(key)
+    assert line.cost_source == "provider" and 0.15 < line.cost_usd <= reserved, (line.cost_usd, reserved)
+
+
+def test_an_advised_request_cut_before_its_answer_is_charged_its_advisors_worst_case(priced: Running) -> None:
+    """A request cut by its deadline before any answer may still run to the end at Anthropic, its advisor's calls
+    with it: it is charged its reserved worst case, the advisor's included (it was charged $0.001872, the executor's
+    tokens alone, against $0.869124 reserved)."""
+    key = priced.mint(name="advised-cut", budget_usd=2.0)
+    sdk = anthropic_client(priced, key).beta.messages
+    settings = advised_settings()
+    settings["metadata"] = {"user_id": "long-advice slow"}  # (the fake answers after 2 seconds)
+    reserved = worst_case(sdk, settings)
+    with pytest.raises(anthropic.APIStatusError) as cut:
+        sdk.create(**settings, extra_headers={"x-gateway-deadline-ms": "500"})
+    assert cut.value.status_code == 504
+    [line] = priced.ledger(key)
+    # (Its executor's input is charged at the input price; reserved at the dearest, an hour's cache write.)
+    advice = DEFAULT_ADVISOR_USES * DEFAULT_ADVICE_TOKENS * 25.0 / 1e6  # (the advisor's output alone)
+    assert line.cost_source == "reserved" and advice < line.cost_usd <= reserved, (line.cost_usd, reserved)
+
+
+def test_an_advisors_own_limits_are_kept_and_reserved_for(priced: Running) -> None:
+    """A tool's own `max_uses` and `max_tokens` are sent as written and reserved for: one call of 2,048 tokens is
+    less than the default's three of 8,192, and more than none."""
+    sdk = anthropic_client(priced, priced.mint(name="advisor-limits")).beta.messages
+    own = advised_settings(max_uses=1, max_tokens=2048)
+    default = worst_case(sdk, advised_settings())
+    limited = worst_case(sdk, own)
+    none = worst_case(sdk, {**own, "tools": [], "betas": []})
+    assert none + 2048 * 25.0 / 1e6 < limited < default
+    assert sdk.create(**own).content
+    assert sent(priced, "anthropic")["tools"] == own["tools"]
+
+
+def test_an_unpriced_advisor_is_reserved_at_its_executors_price(priced: Running) -> None:
+    """An advisor model the gateway has no price for is charged at the executor's price (Sonnet's), and so reserved."""
+    sdk = anthropic_client(priced, priced.mint(name="advisor-unpriced")).beta.messages
+    settings = advised_settings("claude-nobody-prices")
+    reserved = worst_case(sdk, settings)
+    none = worst_case(sdk, {**settings, "tools": [], "betas": []})
+    assert reserved > none + DEFAULT_ADVISOR_USES * DEFAULT_ADVICE_TOKENS * 15.0 / 1e6
+
+
+@pytest.mark.parametrize("limit", ["max_uses", "max_tokens"])
+def test_an_advisor_limit_that_is_not_a_positive_integer_is_the_clients_400(priced: Running, limit: str) -> None:
+    sdk = anthropic_client(priced, priced.mint(name="advisor-400")).beta.messages
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        sdk.create(**advised_settings(**{limit: 0}))
+    assert caught.value.body["error"]["message"] == f"tools.0.{limit} must be a positive integer"  # type: ignore[index]
 
 
 # --- the Responses API's hosted web search -------------------------------------------------------------
