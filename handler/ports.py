@@ -232,7 +232,8 @@ class NativeMeter(Protocol):
     the characters of generated output seen, for an estimate when there is no usage; `final` whether `usage`
     is the provider's final count (Anthropic's `message_delta`, a Responses stream's terminal event), which
     may come before the stream's last event; `searches` the web searches the provider has run so far (billed
-    per search, even in a stream cut short); `served` what the usage so far says of how it was served
+    per search, even in a stream cut short); `advised` the calls to an advisor tool that started (Anthropic's,
+    billed at its model's prices in the final usage alone); `served` what the usage so far says of how it was served
     (`Served`), None where the API says nothing of it; `answer_id` the id the provider gave the answer, once its
     stream said it (Anthropic's `message_start`: a message thread's `continue` names it), else None.
     """
@@ -241,6 +242,7 @@ class NativeMeter(Protocol):
     final: bool
     answer_id: str | None
     searches: int
+    advised: int
 
     @property
     def usage(self) -> Usage | None: ...

@@ -172,17 +172,29 @@ class Charges:
                 return spec.max_output_tokens
         return None
 
-    def _advisors_usd(self, ex: Exchange, attempt: Attempt, prompt: int, written: int) -> float:
+    def _advisors_usd(
+        self, ex: Exchange, attempt: Attempt, prompt: int, written: int, calls: int | None = None
+    ) -> float:
         """The most the advisors of a request (`Exchange.advisors`) can be billed at `attempt`, before the fee, whose
         worst case reads `prompt` and writes `written` tokens: each call reads the conversation as the executor has
         it then (the prompt, what the executor wrote so far, and the advice before it) and writes its bound, at the
         dearest input and output prices of the advisor's model (`upstream_price`), else of the executor's, as its
-        tokens are charged once they are known (`_others_usd`)."""
+        tokens are charged once they are known (`_others_usd`). `calls`: only that many calls, those a stream cut
+        before its usage showed, each tool's in turn (beyond all their `max_uses`, at the last one's bound); a
+        request with no advisor known (a `continue` that named none) at the default's bound."""
         from handler.config import FeeConfig  # (only a request with the advisor tool gets here)
 
         no_fee = FeeConfig()
         total = 0.0
-        for model, uses, advice in ex.advisors:
+        advisors = ex.advisors or (("", DEFAULT_ADVISOR_USES, DEFAULT_ADVICE_TOKENS),)
+        left = calls
+        for i, (model, most, advice) in enumerate(advisors):
+            uses = most
+            if left is not None:
+                uses = left if i == len(advisors) - 1 else min(most, left)
+                left -= uses
+                if uses < 1:
+                    continue
             price = upstream_price(self.gateway.config.models, model) or self._price(ex, attempt, worst=True)
             read = uses * (prompt + written) + advice * uses * (uses - 1) // 2
             total += worst_case_usd(read, uses * advice, price, no_fee) or 0.0
@@ -282,6 +294,8 @@ class Charges:
             apart += self._others_usd(ex, attempt, served)
         if reserved and ex.advisors:
             apart += self._advisors_usd(ex, attempt, usage.prompt_tokens, usage.completion_tokens)
+        elif ex.advised:  # (a stream cut before its usage: the advisor calls it showed)
+            apart += self._advisors_usd(ex, attempt, usage.prompt_tokens, usage.completion_tokens, ex.advised)
         if apart and cost.provider_usd is not None:
             provider = cost.provider_usd + apart
             cost = Cost(provider, fee_for(provider, self.fee), usage, cost.unit_prices)

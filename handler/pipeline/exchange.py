@@ -62,6 +62,7 @@ class Exchange:
         "service_tier", "plain_tier", "per_request_usd", "search_usd", "searches", "trace", "output_cap", "rejected",
         "client_left", "fallbacks", "counted", "stream", "native_api", "native_options", "anthropic", "audio_output",
         "ledger_item", "ends_at", "lifetime_s", "wasted_usage", "unsent_fallbacks", "reserving", "advisors",
+        "advised",
     )  # fmt: skip
 
     def __init__(
@@ -152,6 +153,9 @@ class Exchange:
         # Anthropic's advisor tools the request offers (`allow_advisors`): each one's model (its upstream id), the most
         # calls it may make and the most it writes per call, reserved for.
         self.advisors: tuple[tuple[str, int, int], ...] = ()
+        # The advisor calls a stream cut before its final usage showed (`UpstreamStream.metered`): each charged its
+        # reserved bound, as the provider bills them and its usage never said (`Charges._cost`).
+        self.advised = 0
         self.audio_output = False  # it asks for audio output: priced at each model's `audio_output`, else not sent
         self.trace: Trace | None = None  # what its OpenTelemetry spans need, when OTLP export is on (tracing.py)
         # Its ledger line, once settled: the buffered Lambda function marks it when the answer cannot be delivered

@@ -146,6 +146,10 @@ class UpstreamStream(ABC, Generic[T]):
         """The web searches the provider has run so far (its own search tool's)."""
         return 0
 
+    def _advised(self) -> int:
+        """The calls to an advisor tool the provider has made so far (Anthropic's)."""
+        return 0
+
     def _served(self) -> Served | None:
         """What the provider has said so far of how it served the answer (`Served`), if anything."""
         return None
@@ -188,6 +192,8 @@ class UpstreamStream(ABC, Generic[T]):
         searches = self._searches()
         if searches > estimate.web_searches:  # each search that ran is billed, the stream cut or not
             estimate.set_count("web_searches", searches)
+        # Each advisor call that started is billed too, in the final usage alone: charged its reserved bound.
+        self.ex.advised = self._advised()
         return estimate, source
 
     def _handing_out(self, batch: list[T]) -> None:
@@ -363,6 +369,9 @@ class NativeStream(UpstreamStream[StreamEvent]):
 
     def _searches(self) -> int:
         return self.meter.searches
+
+    def _advised(self) -> int:
+        return self.meter.advised
 
     def _provider_finished(self) -> bool:
         # A provider's own stream ends its answer with the final usage (Anthropic's `message_delta`, a Responses

@@ -37,7 +37,7 @@ from handler.errors import (
 )
 from handler.pipeline.attribution import line_tags
 from handler.pipeline.budgets import Meter, Reservation, remaining_usd
-from handler.pipeline.charges import Charges
+from handler.pipeline.charges import DEFAULT_ADVICE_TOKENS, DEFAULT_ADVISOR_USES, Charges
 from handler.pipeline.exchange import CUT_SLACK_S, Exchange, deadline_passed, too_short_to_send
 from handler.pipeline.gateway import Gateway
 from handler.pipeline.keys import allows_model
@@ -509,6 +509,8 @@ class Pipeline(Charges):
             ex.prompt = sent_as_written(ex.prompt, call.body)  # (what the translation left out goes too)
             if call.held:
                 ex.prompt = ex.prompt.holding(self._thread_holds(call, native))
+                if not ex.advisors:  # (a `continue` sends no `tools`: the thread keeps its own)
+                    ex.advisors = self._thread_advisors(call)
         cap = OutputCap(req, self.gateway.config.gateway.default_max_output_tokens, self.gateway.ceilings)
         # Each attempt's worst case at its own cap: the plan's largest cap priced at every attempt's price held a
         # budget four times what any attempt could spend (gpt-4o-mini's 16,384 at a fallback Claude's price, which
@@ -541,6 +543,20 @@ class Pipeline(Charges):
         held = self.threads.holds(thread.get("previous_message_id"), {attempt.target.model for attempt in native})
         return window if held is None else min(held, window)
 
+    def _thread_advisors(self, call: NativeCall) -> tuple[tuple[str, int, int], ...]:
+        """The advisor tools a thread's `continue` (`call`) may call, which it does not send (Anthropic keeps the
+        thread's `tools`): those of the answer it continues, where this process relayed it (`HeldThreads`). Where it
+        did not, whether the thread holds one is not known here: a `continue` that names the advisor tool's beta is
+        reserved for the tool with the limits the gateway sends one without its own (`DEFAULT_ADVISOR_USES` calls
+        of `DEFAULT_ADVICE_TOKENS`, at the executor's price: its model is not known either), and one that does not
+        for none (an advisor reserved for every such `continue` would hold, for each, a cost few of them run up)."""
+        held = self.threads.advisors(call.body["thread"].get("previous_message_id")) if self.threads else None
+        if held is not None:
+            return held
+        if "advisor-tool-" not in call.headers.get("anthropic-beta", ""):
+            return ()
+        return (("", DEFAULT_ADVISOR_USES, DEFAULT_ADVICE_TOKENS),)
+
     def thread_answered(
         self, call: NativeCall, ex: Exchange, message_id: object, usage: Usage, served: Served | None
     ) -> None:
@@ -554,7 +570,7 @@ class Pipeline(Charges):
 
             self.threads = HeldThreads()
         others = sum(other.completion_tokens for _, other in served.others) if served is not None else 0
-        self.threads.answered(message_id, ex.attempt.target.model, usage, others)
+        self.threads.answered(message_id, ex.attempt.target.model, usage, others, ex.advisors)
 
     async def _admit_tokens(self, ex: Exchange, plan: list[Attempt], outputs: list[int]) -> None:
         """Reserve the plan's worst case: the dearest attempt's, each at its own output tokens (`outputs`, in the

@@ -12,6 +12,9 @@ counts as any request's. So it is reserved for the answer's input and output, a 
 count otherwise than it generated it), capped at the model's context window; where this process did not relay that
 answer (another instance did, or it was forgotten: `MOST_ANSWERS`), or relayed it from another model (another
 tokenizer counts the same conversation otherwise: Opus 4.7's up to 35 % more), for the whole window, as before.
+A thread also keeps its `tools`, which a `continue` does not send: an advisor tool among them may be called again. So
+each answer keeps the advisors its request was reserved for (`Exchange.advisors`), which a `continue` of it is
+reserved for again (`Pipeline._thread_advisors`).
 Imported with the first thread: a plain request loads none of it.
 """
 
@@ -31,21 +34,36 @@ MARGIN_FRACTION = 0.1
 
 
 class HeldThreads:
-    """By the id of each answer of a thread this process relayed with the provider's usage: the model that wrote it
-    and the tokens its thread holds once it is in it, bounded in memory (`MOST_ANSWERS`)."""
+    """By the id of each answer of a thread this process relayed with the provider's usage: the model that wrote it,
+    the tokens its thread holds once it is in it, and the advisor tools it holds (as `Exchange.advisors` holds them),
+    bounded in memory (`MOST_ANSWERS`)."""
 
     def __init__(self) -> None:
-        self._held: dict[str, tuple[str, int]] = {}
+        self._held: dict[str, tuple[str, int, tuple[tuple[str, int, int], ...]]] = {}
 
-    def answered(self, message_id: object, model: str, usage: Usage, others: int = 0) -> None:
+    def answered(
+        self,
+        message_id: object,
+        model: str,
+        usage: Usage,
+        others: int = 0,
+        advisors: tuple[tuple[str, int, int], ...] = (),
+    ) -> None:
         """An answer of a thread (its `message_id`, as the provider named it), written by `model` (the upstream
         model) and billed `usage`, the provider's own counts, which leave out the `others` tokens other models
-        wrote for it (an advisor's: its advice, in the answer, is read back by a `continue`)."""
+        wrote for it (an advisor's: its advice, in the answer, is read back by a `continue`); `advisors`: the
+        advisor tools its thread holds, which a `continue` of it may call again."""
         if not isinstance(message_id, str) or not message_id:
             return
         if len(self._held) >= MOST_ANSWERS and message_id not in self._held:
             del self._held[next(iter(self._held))]
-        self._held[message_id] = (model, usage.prompt_tokens + usage.completion_tokens + others)
+        self._held[message_id] = (model, usage.prompt_tokens + usage.completion_tokens + others, advisors)
+
+    def advisors(self, previous_message_id: object) -> tuple[tuple[str, int, int], ...] | None:
+        """The advisor tools the thread holds after `previous_message_id` (none: an empty tuple); None where that is
+        not known here."""
+        known = self._held.get(previous_message_id) if isinstance(previous_message_id, str) else None
+        return None if known is None else known[2]
 
     def holds(self, previous_message_id: object, models: set[str]) -> int | None:
         """The most input tokens a thread holds after `previous_message_id`, margin included, for a `continue` of it

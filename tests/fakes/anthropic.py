@@ -55,8 +55,9 @@ it, and `usage.iterations` both, the compaction's tokens in its own entry alone.
 Message threads (beta `message-threads-2026-08-12`) are kept as the docs describe them: a request with `thread:
 {"type": "create"}` stores its conversation, `system` and `tools` with the answer under the answer's id; one with
 `{"type": "continue", "previous_message_id": ...}` brings only the new messages, and no `system` or `tools` (refused,
-as the API refuses them), and is answered, and billed, as the whole conversation rebuilt; an id the fake does not
-hold is Anthropic's 404 `thread_not_found`.
+as the API refuses them), and is answered, and billed, as the whole conversation rebuilt (its `tools` too: an advisor
+the thread's `create` offered advises the `continue`); an id the fake does not hold is Anthropic's 404
+`thread_not_found`.
 `POST /v1/messages/count_tokens` counts, refusing the blocks `POST /v1/messages` refuses. Every request (path,
 query, headers, body) is recorded on `app.state.requests`.
 """

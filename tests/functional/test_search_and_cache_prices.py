@@ -43,6 +43,7 @@ HI: Any = [{"role": "user", "content": "What is new today?"}]
 FAST_BETA = "fast-mode-2026-02-01"
 COMPACT_BETA = "compact-2026-01-12"
 ADVISOR_BETA = "advisor-tool-2026-03-01"
+THREADS_BETA = "message-threads-2026-08-12"
 ADVISOR_PRICE = {"input": 7.0, "output": 35.0}
 SPEAKS: Any = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}
 
@@ -561,6 +562,77 @@ def test_an_unpriced_advisor_is_reserved_at_its_executors_price(priced: Running)
     reserved = worst_case(sdk, settings)
     none = worst_case(sdk, {**settings, "tools": [], "betas": []})
     assert reserved > none + DEFAULT_ADVISOR_USES * DEFAULT_ADVICE_TOKENS * 15.0 / 1e6
+
+
+def worst_case_of_continue(sdk: Any, settings: Any) -> float:
+    """The worst case a thread's `continue` is reserved at: refused by a `x-gateway-max-cost-usd` too low for it, it
+    is Anthropic's `thread_unsupported_request` (the SDK's helpers then send the whole conversation), which says it."""
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        sdk.create(**settings, extra_headers={"x-gateway-max-cost-usd": "0.000000001"})
+    return float(str(refused.value.body).split("worst-case cost $")[1].split(" ")[0])
+
+
+def test_a_continue_of_an_advised_thread_is_reserved_for_its_advisors_calls(priced: Running) -> None:
+    """A thread's `continue` carries no `tools`: Anthropic keeps the thread's, and its advisor may be called again.
+    Nothing reserved for it: a continue reserved $0.00 was billed $0.19 (another 7,600-token advice at Opus's
+    price). The advisor the thread's first request offered (its model, its calls, its bound, as sent) is reserved
+    for again, as it was then, and the continue is billed within its reserve."""
+    key = priced.mint(name="advised-thread", budget_usd=5.0)
+    sdk = anthropic_client(priced, key).beta.messages
+    betas = [ADVISOR_BETA, THREADS_BETA]
+    first = sdk.create(**{**advised_settings(), "betas": betas}, thread={"type": "create"})
+    following: Any = {
+        "model": "sonnet",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "And now?"}],
+        "metadata": {"user_id": "long-advice"},
+        "thread": {"type": "continue", "previous_message_id": first.id},
+        "betas": betas,
+    }
+    reserved = worst_case_of_continue(sdk, following)
+    message = sdk.create(**following)
+    assert "tools" not in sent(priced, "anthropic")
+    [advice] = [entry for entry in message.usage.iterations or () if entry.type == "advisor_message"]
+    assert advice.output_tokens > 7000  # (the fake's advisor answered the continue too)
+    _, line = priced.ledger(key)
+    assert line.cost_source == "provider" and 0.15 < line.cost_usd <= reserved, (line.cost_usd, reserved)
+
+
+def test_a_continue_of_a_thread_not_relayed_here_with_the_advisor_beta_is_reserved_for_the_default_advisor(
+    priced: Running,
+) -> None:
+    """A thread another instance relayed: whether it holds the advisor tool is not known here. A continue that names
+    the advisor's beta is reserved for the default advisor (`DEFAULT_ADVISOR_USES` calls of `DEFAULT_ADVICE_TOKENS`, at
+    the executor's price); one that does not is reserved for none."""
+    sdk = anthropic_client(priced, priced.mint(name="advised-thread-elsewhere")).beta.messages
+    following: Any = {
+        "model": "sonnet",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "And now?"}],
+        "thread": {"type": "continue", "previous_message_id": "msg_01elsewhere"},
+    }
+    plain = worst_case_of_continue(sdk, {**following, "betas": [THREADS_BETA]})
+    advised = worst_case_of_continue(sdk, {**following, "betas": [ADVISOR_BETA, THREADS_BETA]})
+    assert advised > plain + DEFAULT_ADVISOR_USES * DEFAULT_ADVICE_TOKENS * 15.0 / 1e6  # (Sonnet's output price)
+
+
+def test_an_advised_stream_cut_before_its_usage_is_charged_each_advisor_call_it_saw(priced: Running) -> None:
+    """A stream cut after the advisor ran, before its final usage (which alone counts the advisor's tokens), was
+    charged the executor's estimate alone ($0.0008; Anthropic billed the advice, $0.19, too). Each advisor call the
+    stream showed (its `server_tool_use` block) is charged its reserved bound: what it reads and the most it writes,
+    at the advisor model's price."""
+    key = priced.mint(name="advised-cut-stream", budget_usd=5.0)
+    sdk = anthropic_client(priced, key).beta.messages
+    settings = {**advised_settings(), "metadata": {"user_id": "long-advice stream-cut"}}
+    reserved = worst_case(sdk, settings)
+    seen = []
+    with pytest.raises(anthropic.APIStatusError), sdk.stream(**settings) as events:
+        seen.extend(event.content_block.type for event in events if event.type == "content_block_start")
+    assert seen[:2] == ["server_tool_use", "advisor_tool_result"]
+    [line] = priced.ledger(key)
+    assert line.cost_source == "estimate"
+    bound = DEFAULT_ADVICE_TOKENS * 25.0 / 1e6  # (one call's most output, at Opus's price)
+    assert bound < line.cost_usd < min(2 * bound, reserved), (line.cost_usd, reserved)
 
 
 @pytest.mark.parametrize("limit", ["max_uses", "max_tokens"])

@@ -234,7 +234,8 @@ class MessagesMeter:
     deltas relayed (`output_chars`: text, thinking, and tool input JSON, not the events around them), so a stream
     cut short is still charged for what it produced (`UpstreamStream.metered`, which holds the estimate to the
     output cap); `searches` counts the `web_search` server tool calls that started (the stream's estimate carries
-    them).
+    them), and `advised` the advisor tool's (a stream cut before its final usage is charged each one's reserved
+    bound: `Charges._advisors_usd`).
     """
 
     def __init__(self) -> None:
@@ -245,6 +246,7 @@ class MessagesMeter:
         self.output_chars = 0
         self.final = False  # `message_delta` brought the final counts (`message_stop` is still to come)
         self.searches = 0
+        self.advised = 0
         self.answer_id: str | None = None  # the message's id, from `message_start`
 
     @property
@@ -268,8 +270,11 @@ class MessagesMeter:
             return
         if kind == "content_block_start" and b'"server_tool_use"' in event.data:
             block = event_payload(event).get("content_block")
-            if isinstance(block, dict) and block.get("type") == "server_tool_use" and block.get("name") == "web_search":
-                self.searches += 1
+            if isinstance(block, dict) and block.get("type") == "server_tool_use":
+                if block.get("name") == "web_search":
+                    self.searches += 1
+                elif block.get("name") == "advisor":
+                    self.advised += 1
             return
         if kind not in ("message_start", "message_delta", "error"):
             return

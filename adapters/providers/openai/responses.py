@@ -217,6 +217,7 @@ class ResponsesMeter:
         self.output_chars = 0
         self.final = False
         self.searches = 0  # `web_search_call` items added so far: billed even if the stream is cut
+        self.advised = 0  # (the advisor tool is Anthropic's Messages API's)
         self.answer_id: str | None = None  # (no request continues a response by its id the way a thread does)
         self.served: Served | None = None  # the service tier the terminal event's response says it ran at
 
