@@ -140,8 +140,12 @@ class OneWriteCycle(RequestResponseCycle):
     async def send(self, message: Any) -> None:
         held: HeadHeld = self.transport  # type: ignore[assignment]  # (`on_headers_complete` put it there)
         if self.response_started:
+            if self.scope["method"] == "HEAD":
+                # Its answer writes no body: its head goes now, before uvicorn ends the answer (a 431 held behind
+                # it goes then, and closes the connection: found by review).
+                held.flush()
             await super().send(message)
-            held.flush()  # (a HEAD request's answer writes no body: its head goes now)
+            held.flush()  # (anything still held: an answer ended without a body part)
             return
         held.holding = True
         try:

@@ -144,8 +144,8 @@ class Charges:
         """Anthropic's advisor tool (`advisor_*` among `tools`) runs another model inside the answer, billed at that
         model's prices: each tool's worst case is reserved (`_advisors_usd`). It is called at most `max_uses` times
         (`DEFAULT_ADVISOR_USES`, sent, when the tool sets none or null), each writing at most its `max_tokens`, else
-        its model's `max_output_tokens` where the config names one, else `DEFAULT_ADVICE_TOKENS` (sent). A limit
-        that is not a positive integer is the client's 400."""
+        its model's `max_output_tokens` where the config names one, else `DEFAULT_ADVICE_TOKENS` (either sent as the
+        tool's `max_tokens`). A limit that is not a positive integer is the client's 400."""
         advisors = []
         for i, tool in enumerate(tools):
             if not isinstance(tool, dict) or not str(tool.get("type") or "").startswith("advisor_"):
@@ -158,9 +158,9 @@ class Charges:
             if written is not None:
                 written = positive(written, f"tools.{i}.max_tokens")
             else:
-                written = self._advisor_ceiling(model)
-                if written is None:
-                    tool["max_tokens"] = written = DEFAULT_ADVICE_TOKENS
+                # The bound reserved is the one sent, the config's ceiling too: untold, Anthropic's advisor could
+                # write past what the budget holds for it (found by review).
+                tool["max_tokens"] = written = self._advisor_ceiling(model) or DEFAULT_ADVICE_TOKENS
             advisors.append((model, uses, written))
         ex.advisors = tuple(advisors)
 

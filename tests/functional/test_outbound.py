@@ -691,3 +691,14 @@ def test_an_answer_the_gateway_refuses_is_charged_as_one_the_provider_may_bill(
     (line,) = dropping.ledger(key)
     assert (line.status, line.cost_source) == (200, "reserved")
     assert line.cost_usd >= DROPPING_CAP * DROPPING_PRICE["output"] / 1e6
+
+
+def test_a_head_request_pipelined_before_a_refused_head_is_answered_first(served: ServerThread) -> None:
+    """A HEAD answer writes no body: its head, held to go with a body (one write a whole answer), went after uvicorn
+    ended the answer, by which time the refused head behind it had its 431 written and the connection closed: the
+    HEAD was never answered and the 431 took its place (found by review). Each request is answered in order, then
+    the 431, as with a GET before it."""
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        sock.sendall(b"HEAD /health HTTP/1.1\r\nhost: gateway\r\n\r\n" + closing_head(120_000))
+        answers = answers_until_closed(sock)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answers) == [b"200", b"431"], answers[:400]

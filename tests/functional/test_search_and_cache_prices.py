@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anthropic
@@ -29,7 +30,7 @@ from starlette.testclient import TestClient
 
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
-from handler.pipeline.charges import DEFAULT_ADVICE_TOKENS, DEFAULT_ADVISOR_USES, DEFAULT_SEARCHES
+from handler.pipeline.charges import DEFAULT_ADVICE_TOKENS, DEFAULT_ADVISOR_USES, DEFAULT_SEARCHES, Charges
 from tests.fakes import anthropic as fake_anthropic
 from tests.fakes import openai as fake_openai
 from tests.functional.conftest import Running, anthropic_client, openai_client, serving
@@ -809,3 +810,29 @@ def test_audio_output_is_charged_and_reserved_at_its_own_rate(priced: Running) -
     with pytest.raises(openai.BadRequestError) as refused:
         oa.chat.completions.create(model="mute", messages=HI, extra_headers={"x-gateway-fallbacks": "none"}, **SPEAKS)
     assert refused.value.param == "modalities" and "audio_output" in refused.value.message
+
+
+def test_an_advisors_output_bound_reserved_from_the_config_is_the_one_sent() -> None:
+    """A tool without `max_tokens` whose model the config deploys with `max_output_tokens: 2048` is reserved 2,048
+    tokens a call, and sent that bound: untold, Anthropic held the advisor to its own (the model's whole output), so
+    a call could write past what the budget held (found by review)."""
+    config = parse_config(
+        {
+            "providers": {"anthropic": {"type": "anthropic", "api_key": "env:ANTHROPIC_API_KEY"}},
+            "models": {
+                "advisor": {
+                    "deployments": [{"provider": "anthropic", "model": "claude-advisor-x"}],
+                    "max_output_tokens": 2048,
+                    "price": {"input": 7.0, "output": 35.0},
+                }
+            },
+        },
+        set(REGISTRY),
+    )
+    charges: Any = SimpleNamespace(gateway=SimpleNamespace(config=config))
+    charges._advisor_ceiling = lambda model: Charges._advisor_ceiling(charges, model)
+    ex: Any = SimpleNamespace(advisors=())
+    tool = {"type": "advisor_20260301", "name": "advisor", "model": "claude-advisor-x"}
+    Charges.allow_advisors(charges, ex, [tool])
+    assert ex.advisors == (("claude-advisor-x", 3, 2048),)  # reserved for 2,048 a call
+    assert tool.get("max_tokens") == 2048, tool  # and held to it

@@ -98,3 +98,13 @@ async def test_a_streams_head_goes_before_its_first_event() -> None:
     writes = await answered(b"GET /stream HTTP/1.1\r\nhost: gateway\r\n\r\n")
     assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"\r\n\r\n")
     assert b"data: one" in writes[1] and b"data: two" in b"".join(writes[2:])
+
+
+async def test_a_head_answers_head_goes_before_a_431_pipelined_behind_it() -> None:
+    """A HEAD answer writes no body: its head, held to go with the body, went after uvicorn ended the answer, by
+    which time the refused head pipelined behind it had its 431 written and the connection closed: the 431 took the
+    HEAD's place (found by review)."""
+    refused = b"GET /whole HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\nx-big: " + b"a" * 120_000 + b"\r\n\r\n"
+    writes = await answered(b"HEAD /whole HTTP/1.1\r\nhost: gateway\r\n\r\n" + refused)
+    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n"), [w[:40] for w in writes]
+    assert writes[1].startswith(b"HTTP/1.1 431 "), [w[:40] for w in writes]
