@@ -180,14 +180,18 @@ class Charges:
         it then (the prompt, what the executor wrote so far, and the advice before it) and writes its bound, at the
         dearest input and output prices of the advisor's model (`upstream_price`), else of the executor's, as its
         tokens are charged once they are known (`_others_usd`). `calls`: only that many calls, those a stream cut
-        before its usage showed, each tool's in turn (beyond all their `max_uses`, at the last one's bound); a
-        request with no advisor known (a `continue` that named none) at the default's bound."""
+        before its usage showed, each tool's in turn, at most all their `max_uses`; a request with no advisor known
+        (a `continue` that named none) at the default's bound, each call shown."""
         from handler.config import FeeConfig  # (only a request with the advisor tool gets here)
 
         no_fee = FeeConfig()
         total = 0.0
         advisors = ex.advisors or (("", DEFAULT_ADVISOR_USES, DEFAULT_ADVICE_TOKENS),)
         left = calls
+        if left is not None and ex.advisors:
+            # A call past the tools' `max_uses` is refused by Anthropic (`max_uses_exceeded`), not run nor billed,
+            # though a stream shows its block: charged, a cut stream passed its reserve (found by review).
+            left = min(left, sum(most for _, most, _ in advisors))
         for i, (model, most, advice) in enumerate(advisors):
             uses = most
             if left is not None:

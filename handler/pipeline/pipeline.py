@@ -558,11 +558,12 @@ class Pipeline(Charges):
         return (("", DEFAULT_ADVISOR_USES, DEFAULT_ADVICE_TOKENS),)
 
     def thread_answered(
-        self, call: NativeCall, ex: Exchange, message_id: object, usage: Usage, served: Served | None
+        self, call: NativeCall, ex: Exchange, message_id: object, usage: Usage | None, served: Served | None
     ) -> None:
         """An answer to a request of a thread (`call`), relayed whole or streamed, that the provider gave `usage` for
         (`served`: the tokens other models wrote into it, an advisor's): its thread's size is known for a `continue`
-        of it (`_thread_holds`)."""
+        of it (`_thread_holds`), and its advisors (`_thread_advisors`). `usage` None: the provider gave none (a
+        stream cut short), and only the advisors are known."""
         if ex.attempt is None:
             return
         if self.threads is None:

@@ -39,25 +39,27 @@ class HeldThreads:
     bounded in memory (`MOST_ANSWERS`)."""
 
     def __init__(self) -> None:
-        self._held: dict[str, tuple[str, int, tuple[tuple[str, int, int], ...]]] = {}
+        self._held: dict[str, tuple[str, int | None, tuple[tuple[str, int, int], ...]]] = {}
 
     def answered(
         self,
         message_id: object,
         model: str,
-        usage: Usage,
+        usage: Usage | None,
         others: int = 0,
         advisors: tuple[tuple[str, int, int], ...] = (),
     ) -> None:
         """An answer of a thread (its `message_id`, as the provider named it), written by `model` (the upstream
         model) and billed `usage`, the provider's own counts, which leave out the `others` tokens other models
-        wrote for it (an advisor's: its advice, in the answer, is read back by a `continue`); `advisors`: the
+        wrote for it (an advisor's: its advice, in the answer, is read back by a `continue`); None where the
+        provider gave none (a stream cut short: the thread's size is not known, its advisors are); `advisors`: the
         advisor tools its thread holds, which a `continue` of it may call again."""
         if not isinstance(message_id, str) or not message_id:
             return
         if len(self._held) >= MOST_ANSWERS and message_id not in self._held:
             del self._held[next(iter(self._held))]
-        self._held[message_id] = (model, usage.prompt_tokens + usage.completion_tokens + others, advisors)
+        size = None if usage is None else usage.prompt_tokens + usage.completion_tokens + others
+        self._held[message_id] = (model, size, advisors)
 
     def advisors(self, previous_message_id: object) -> tuple[tuple[str, int, int], ...] | None:
         """The advisor tools the thread holds after `previous_message_id` (none: an empty tuple); None where that is
@@ -69,6 +71,6 @@ class HeldThreads:
         """The most input tokens a thread holds after `previous_message_id`, margin included, for a `continue` of it
         that any of `models` (upstream models) may serve; None where that is not known here."""
         known = self._held.get(previous_message_id) if isinstance(previous_message_id, str) else None
-        if known is None or models != {known[0]}:
+        if known is None or known[1] is None or models != {known[0]}:
             return None
         return known[1] + MARGIN_TOKENS + math.ceil(known[1] * MARGIN_FRACTION)

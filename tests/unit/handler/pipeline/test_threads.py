@@ -43,3 +43,13 @@ def test_a_thread_keeps_the_advisors_of_its_answers_whatever_model_continues_it(
     assert held.advisors("msg_1") == (advisor,)
     assert held.advisors("msg_2") == ()
     assert held.advisors("msg_3") is None
+
+
+def test_an_answer_cut_before_its_usage_keeps_its_advisors_not_a_size() -> None:
+    """A stream cut before its final usage is still in the thread Anthropic holds: its advisors are kept, and a
+    `continue` of it is reserved for the whole window (its size is not known)."""
+    held = HeldThreads()
+    advisor = ("claude-opus-4-6", 3, 8_192)
+    held.answered("msg_1", "claude-sonnet-4-5", None, advisors=(advisor,))
+    assert held.advisors("msg_1") == (advisor,)
+    assert held.holds("msg_1", {"claude-sonnet-4-5"}) is None
