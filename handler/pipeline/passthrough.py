@@ -178,6 +178,9 @@ class UpstreamStream(ABC, Generic[T]):
         counted = usage or self._opening_usage()
         if counted is not None and not plausible(counted):
             counted = None
+        # Each advisor call that started is billed too, in the final usage alone: charged its reserved bound (a
+        # reasoning stream's worst case holds its advisors' where the request named them; the calls seen where not).
+        self.ex.advised = self._advised()
         if not finished and wants_reasoning(self.req):
             return counted or Usage(), "reserved"
         estimate, source = self.pipeline._checked(None, self.ex, self._relayed_chars)
@@ -192,8 +195,6 @@ class UpstreamStream(ABC, Generic[T]):
         searches = self._searches()
         if searches > estimate.web_searches:  # each search that ran is billed, the stream cut or not
             estimate.set_count("web_searches", searches)
-        # Each advisor call that started is billed too, in the final usage alone: charged its reserved bound.
-        self.ex.advised = self._advised()
         return estimate, source
 
     def _handing_out(self, batch: list[T]) -> None:

@@ -45,21 +45,25 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
 async def advised_message(request: Request) -> StreamingResponse:
     """A Messages stream whose advisor runs once (as Anthropic streams it), then writes a word every 50 ms."""
     asked = orjson.loads(await request.body())
-    refused_again = "twice" in str((asked.get("metadata") or {}).get("user_id"))
+    user = str((asked.get("metadata") or {}).get("user_id"))
+    refused_again = "twice" in user
+    unadvised = "plain" in user  # (no advisor call: the same stream without it)
 
     async def events() -> AsyncIterator[bytes]:
         usage = {"input_tokens": 100, "output_tokens": 1}
         start = {"id": "msg_advised", "type": "message", "role": "assistant", "model": "claude-x", "content": []}
         start |= {"stop_reason": None, "stop_sequence": None, "usage": usage}
         yield sse("message_start", {"type": "message_start", "message": start})
-        use = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "advisor", "input": {}}
-        yield sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": use})
-        yield sse("content_block_stop", {"type": "content_block_stop", "index": 0})
-        advice = {"type": "advisor_result", "text": "Plan first.", "stop_reason": "end_turn"}
-        result = {"type": "advisor_tool_result", "tool_use_id": "srvtoolu_1", "content": advice}
-        yield sse("content_block_start", {"type": "content_block_start", "index": 1, "content_block": result})
-        yield sse("content_block_stop", {"type": "content_block_stop", "index": 1})
-        index = 2
+        index = 0
+        if not unadvised:
+            use = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "advisor", "input": {}}
+            yield sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": use})
+            yield sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+            advice = {"type": "advisor_result", "text": "Plan first.", "stop_reason": "end_turn"}
+            result = {"type": "advisor_tool_result", "tool_use_id": "srvtoolu_1", "content": advice}
+            yield sse("content_block_start", {"type": "content_block_start", "index": 1, "content_block": result})
+            yield sse("content_block_stop", {"type": "content_block_stop", "index": 1})
+            index = 2
         if refused_again:  # a second call, past the tool's `max_uses`: refused, as a search past it is (not run)
             use = {"type": "server_tool_use", "id": "srvtoolu_2", "name": "advisor", "input": {}}
             yield sse("content_block_start", {"type": "content_block_start", "index": 2, "content_block": use})
@@ -237,3 +241,44 @@ def test_a_continue_of_a_thread_answer_cut_here_is_reserved_for_its_advisor(pric
     # The thread's own advisor (Opus, its own rates), whether or not the `continue` names the beta.
     assert cut > plain and cut != default, (plain, default, cut)
     assert reserved(answer_id, [THREADS_BETA]) == cut
+
+
+def test_a_reasoning_stream_cut_after_an_advisor_call_no_tool_named_is_charged_it(advising: Running) -> None:
+    """A `continue` of a thread this process did not relay, without the advisor beta (no advisor reserved), that
+    thinks, and whose client leaves after the thread's advisor ran: charged its reserved worst case (its reasoning
+    cannot be seen), which held no advisor, and the call it showed was left out: the reasoning path returned before
+    the calls were counted (found by review). Charged one call's bound at least more than the same stream without
+    the call."""
+    key = advising.mint(name="reasoning-continue")
+
+    def cut(user: str) -> str:
+        request = {
+            "model": "claude",
+            "max_tokens": 2000,
+            "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "messages": HI,
+            "stream": True,
+            "thread": {"type": "continue", "previous_message_id": "msg_unknown"},
+            "metadata": {"user_id": user},
+        }
+        sent = {"authorization": f"Bearer {key}", "anthropic-version": "2023-06-01"}
+        with (
+            httpx.Client(timeout=10) as http,
+            http.stream("POST", f"{advising.url}/v1/messages", json=request, headers=sent) as answer,
+        ):
+            assert answer.status_code == 200, answer.read()
+            seen = b""
+            for chunk in answer.iter_bytes():
+                seen += chunk
+                if b"text_delta" in seen:
+                    break
+            return answer.headers["x-request-id"]
+
+    advised, plain = cut("advised"), cut("plain")
+    deadline = time.monotonic() + 5
+    lines = {line.request_id: line for line in advising.ledger(key)}
+    while len(lines) < 2 and time.monotonic() < deadline:
+        lines = {line.request_id: line for line in advising.ledger(key)}
+    assert {line.cost_source for line in lines.values()} == {"reserved"}
+    one_call = DEFAULT_ADVICE_TOKENS * 15.0 / 1e6  # the default advisor's output, at the executor's price
+    assert (lines[advised].cost_usd or 0) - (lines[plain].cost_usd or 0) >= one_call, lines
