@@ -33,7 +33,10 @@ from tests.functional.conftest import Running, anthropic_client, openai_client, 
 from tests.support.servers import ServerThread, SocketServer
 
 SEARCH_USD = 0.01
-LATE_S = 0.6
+# A late stream's first chunk: never, where its client leaves first (an upstream whose connection the gateway closes is
+# cut at once: Starlette cancels a streaming answer whose client left). It came 0.6 s in, and a client starved of CPU
+# that acted on its 0.2 s read timeout past that was written the whole stream: a 200 where the test asked for a 499.
+LATE_S = 10.0
 HI: Any = [{"role": "user", "content": "What is new today?"}]
 
 
@@ -108,6 +111,12 @@ CLAUDE_CODE_SYSTEM = "The quick brown fox jumps over the lazy dog while the engi
 WORD = " implementation"  # one token of fifteen characters: a third of a token a character over-counts it fivefold
 WORD_S = 0.02
 LAST_WORD_S = 2.0  # before the last word: a client that leaves one word before the end is gone before it comes
+# A Claude Code-like turn's stream pauses after `HELD_WORDS` words until the gateway hangs up (`HOLD_S` at most): a
+# client that leaves within them has had at most those relayed, however late it acts on its decision. Paced a word
+# every `WORD_S` to the end, a client starved of CPU for 0.4 s was relayed 20 words more, and their estimate reached the
+# output cap its test meant the stream to stay under.
+HELD_WORDS = 10
+HOLD_S = 10.0
 WORDY_PRICE = {"input": 1.0, "output": 2.0}
 
 
@@ -119,13 +128,16 @@ def claude_code_usd(output_tokens: int) -> float:
 async def wordy_message(request: Request) -> StreamingResponse:
     """A Messages stream of one word a token up to the request's `max_tokens`, the last word late (`LAST_WORD_S`).
     `message_start` counts the input as Anthropic does, exact before any output: a `claude-cached` turn's as a
-    Claude Code turn's (`CACHED`, `WRITTEN`, `UNCACHED`), any other's as 12 tokens."""
+    Claude Code turn's (`CACHED`, `WRITTEN`, `UNCACHED`), its stream held after `HELD_WORDS` words (`HOLD_S`); any
+    other's as 12 tokens."""
     body = orjson.loads(await request.body())
     cap = int(body["max_tokens"])
     if body["model"] == "claude-cached":
         counts = {"input_tokens": UNCACHED, "cache_read_input_tokens": CACHED, "cache_creation_input_tokens": WRITTEN}
+        pause_at, pause_s = min(HELD_WORDS, cap - 1), HOLD_S
     else:
         counts = {"input_tokens": 12, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
+        pause_at, pause_s = cap - 1, LAST_WORD_S
 
     async def events() -> AsyncIterator[bytes]:
         start = {"id": "msg_wordy", "type": "message", "role": "assistant", "model": body["model"], "content": []}
@@ -134,7 +146,7 @@ async def wordy_message(request: Request) -> StreamingResponse:
         text = {"type": "text", "text": ""}
         yield sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": text})
         for i in range(cap):
-            await asyncio.sleep(LAST_WORD_S if i == cap - 1 else WORD_S)
+            await asyncio.sleep(pause_s if i == pause_at else WORD_S)
             delta = {"type": "text_delta", "text": WORD}
             yield sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
         yield sse("content_block_stop", {"type": "content_block_stop", "index": 0})
@@ -172,14 +184,15 @@ async def wordy_completion(request: Request) -> StreamingResponse:
 
 async def cached_gemini(request: Request) -> StreamingResponse:
     """A Gemini stream (`streamGenerateContent?alt=sse`) of a word an event, every event's `usageMetadata` counting
-    the prompt as a Claude Code-like turn's (`CACHED` of it from the implicit cache), as Gemini repeats it."""
+    the prompt as a Claude Code-like turn's (`CACHED` of it from the implicit cache), as Gemini repeats it; held
+    after `HELD_WORDS` words (`HOLD_S`), as a Claude Code-like turn's Messages stream is."""
     body = orjson.loads(await request.body())
     cap = int(body["generationConfig"]["maxOutputTokens"])
     prompt = UNCACHED + CACHED + WRITTEN
 
     async def events() -> AsyncIterator[bytes]:
         for i in range(cap):
-            await asyncio.sleep(LAST_WORD_S if i == cap - 1 else WORD_S)
+            await asyncio.sleep(HOLD_S if i == min(HELD_WORDS, cap - 1) else WORD_S)
             last = i == cap - 1
             candidate = {"content": {"role": "model", "parts": [{"text": WORD}]}, "index": 0}
             usage = {"promptTokenCount": prompt, "cachedContentTokenCount": CACHED, "candidatesTokenCount": i + 1}
@@ -250,7 +263,8 @@ async def down(request: Request) -> Response:
 
 
 async def late_stream(request: Request) -> StreamingResponse:
-    """A chat stream whose first chunk comes after `LATE_S` (a model still thinking), then whole at once."""
+    """A chat stream whose first chunk comes after `LATE_S` (a model still thinking; cut short if the gateway hangs
+    up), then whole at once."""
     await request.body()
     chunk = {"id": "chatcmpl-late", "object": "chat.completion.chunk", "created": 1, "model": "gpt-x"}
     said = {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}]}
@@ -815,7 +829,7 @@ def test_a_client_that_leaves_before_the_first_byte_is_logged_as_gone(
     capsys.readouterr()
     headers = {"authorization": f"Bearer {key}", "anthropic-version": "2023-06-01"}
     with pytest.raises(httpx.ReadTimeout):  # gone before the provider's first chunk
-        httpx.post(f"{scripted.url}{path}", json=body, headers=headers, timeout=httpx.Timeout(10, read=LATE_S / 3))
+        httpx.post(f"{scripted.url}{path}", json=body, headers=headers, timeout=httpx.Timeout(10, read=0.2))
     [line] = request_lines(capsys, key)
     assert (line["status"], line["stream"], line.get("error_code")) == (499, True, "client_closed_request")
     [item] = scripted.ledger(key)
