@@ -17,9 +17,8 @@ import asyncio
 import functools
 import logging
 import sys
-from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from handler.api.app import answered_before_the_app, anthropic_path
 from handler.config import LimitsConfig
@@ -94,66 +93,6 @@ def chunked_end(piece: bytes, at: int) -> int | None:
                 at = line + 2
             return at + 2 if line == at else None
         at += size + 2
-
-
-class HeadHeld:
-    """A connection's transport as one answer's cycle writes to it (`OneWriteCycle`): the answer's head, while
-    `holding`, is kept to go out with the first write after it; everything else is the transport's."""
-
-    __slots__ = ("transport", "holding", "head")
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        self.holding = False
-        self.head: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        if self.holding:
-            self.head = data
-            return
-        head = self.head
-        if head is not None:
-            self.head = None
-            data = head + data
-        self.transport.write(data)
-
-    def flush(self) -> None:
-        head = self.head
-        if head is not None:
-            self.head = None
-            self.transport.write(head)
-
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.transport, name)
-
-
-class OneWriteCycle(RequestResponseCycle):
-    """uvicorn's cycle of one request, whose whole answer (a `content-length` one: every answer but a stream's) goes
-    out in one write, its head with its body. uvicorn wrote the head as the app started the answer and the body
-    after it: two sends, and two segments for the client to read, where one serves (`tests/bench/ab.py` has what
-    it saves). A stream's head goes at once, as before: its first events may be a while coming."""
-
-    async def send(self, message: Any) -> None:
-        held: HeadHeld = self.transport  # type: ignore[assignment]  # (`on_headers_complete` put it there)
-        if self.response_started:
-            if self.scope["method"] == "HEAD":
-                # Its answer writes no body: its head goes now, before uvicorn ends the answer (a 431 held behind
-                # it goes then, and closes the connection: found by review).
-                held.flush()
-            await super().send(message)
-            held.flush()  # (anything still held: an answer ended without a body part)
-            return
-        held.holding = True
-        try:
-            await super().send(message)
-        finally:
-            held.holding = False
-        if self.chunked_encoding is not False:  # (a stream: no content-length)
-            held.flush()
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -321,10 +260,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_done_in, self.head_done_before = self.reading, self.received - len(self.reading)
         self.head_done_earlier = self.earlier
         super().on_headers_complete()
-        cycle = self.cycle
-        if type(cycle) is RequestResponseCycle:  # (made just now; its task has not run yet)
-            cycle.__class__ = OneWriteCycle
-            cycle.transport = HeadHeld(cycle.transport)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         # The next request's head begins after this one's end: in the next piece, or in this one (`_pipelined`).

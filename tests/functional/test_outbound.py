@@ -694,10 +694,9 @@ def test_an_answer_the_gateway_refuses_is_charged_as_one_the_provider_may_bill(
 
 
 def test_a_head_request_pipelined_before_a_refused_head_is_answered_first(served: ServerThread) -> None:
-    """A HEAD answer writes no body: its head, held to go with a body (one write a whole answer), went after uvicorn
-    ended the answer, by which time the refused head behind it had its 431 written and the connection closed: the
-    HEAD was never answered and the 431 took its place (found by review). Each request is answered in order, then
-    the 431, as with a GET before it."""
+    """Each request before a refused head is answered in order, then the 431, a HEAD as a GET (a HEAD's head held to
+    go with a body it never has went after the 431 had closed the connection: found by review of a change since
+    taken back)."""
     with socket.create_connection(("127.0.0.1", served.port)) as sock:
         sock.sendall(b"HEAD /health HTTP/1.1\r\nhost: gateway\r\n\r\n" + closing_head(120_000))
         answers = answers_until_closed(sock)
