@@ -22,7 +22,6 @@ from starlette.routing import Route
 from adapters.providers.registry import REGISTRY
 from handler.config import parse_config
 from handler.pipeline.charges import DEFAULT_ADVICE_TOKENS
-from handler.ports import LedgerItem
 from tests.functional.conftest import Running, anthropic_client, serve_gateway
 from tests.functional.test_search_and_cache_prices import (  # noqa: F401
     ADVISOR_BETA,
@@ -31,6 +30,7 @@ from tests.functional.test_search_and_cache_prices import (  # noqa: F401
     priced,
     worst_case,
 )
+from tests.functional.test_stream_endings import left_line
 from tests.support.servers import ServerThread
 
 ADVISOR_MODEL = "claude-opus-4-6"  # the built-in table's $5 / $25 a million
@@ -111,13 +111,16 @@ def headers(key: str, **more: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}", "anthropic-version": "2023-06-01", "anthropic-beta": ADVISOR_BETA, **more}
 
 
-def one_line(running: Running, key: str) -> LedgerItem:
-    deadline = time.monotonic() + 5
-    lines = running.ledger(key)
-    while not lines and time.monotonic() < deadline:
-        lines = running.ledger(key)
-    [line] = lines
-    return line
+def left_after_the_advice(http: httpx.Client, url: str, asked: dict[str, Any], sent: dict[str, str]) -> str:
+    """Stream `asked` and hang up once the answer's text begins (the advisor ran before it); its request id."""
+    with http.stream("POST", f"{url}/v1/messages", json=asked, headers=sent) as answer:
+        assert answer.status_code == 200, answer.read()
+        seen = b""
+        for chunk in answer.iter_bytes():
+            seen += chunk
+            if b"text_delta" in seen:
+                break
+        return answer.headers["x-request-id"]
 
 
 def test_an_advised_stream_the_client_leaves_is_charged_the_advisor_call_it_saw(advising: Running) -> None:
@@ -125,16 +128,9 @@ def test_an_advised_stream_the_client_leaves_is_charged_the_advisor_call_it_saw(
     tokens): the provider bills the advice all the same, so the stream's line (499, an estimate) is charged that
     call's reserved bound at the advisor model's price, as a stream the upstream cut is."""
     key = advising.mint(name="left-advised", budget_usd=5.0)
-    with (
-        httpx.Client(timeout=10) as http,
-        http.stream("POST", f"{advising.url}/v1/messages", json=body(), headers=headers(key)) as answer,
-    ):
-        seen = b""
-        for chunk in answer.iter_bytes():
-            seen += chunk
-            if b"text_delta" in seen:
-                break
-    line = one_line(advising, key)
+    with httpx.Client(timeout=10) as http:
+        left_after_the_advice(http, advising.url, body(), headers(key))
+    line = left_line(advising, key)
     assert (line.status, line.cost_source) == (499, "estimate")
     assert line.cost_usd is not None and line.cost_usd > ONE_CALL_USD, line.cost_usd
 
@@ -156,13 +152,8 @@ def test_an_advised_stream_cut_is_charged_no_more_advisor_calls_than_the_tool_al
         )
         assert probe.status_code == 402
         reserved = float(probe.text.split("worst-case cost $")[1].split(" ")[0])
-        with http.stream("POST", f"{advising.url}/v1/messages", json=asked, headers=headers(key)) as answer:
-            seen = b""
-            for chunk in answer.iter_bytes():
-                seen += chunk
-                if b"text_delta" in seen:
-                    break
-    line = one_line(advising, key)
+        left_after_the_advice(http, advising.url, asked, headers(key))
+    line = left_line(advising, key)
     assert (line.status, line.cost_source) == (499, "estimate")
     assert line.cost_usd is not None and ONE_CALL_USD < line.cost_usd <= reserved, (line.cost_usd, reserved)
 
@@ -175,7 +166,7 @@ def test_an_advised_stream_its_deadline_cuts_is_charged_the_advisor_call_it_saw(
     with httpx.Client(timeout=10) as http:
         answer = http.post(f"{advising.url}/v1/messages", json=body(), headers=more)
     assert answer.status_code == 200 and b"event: error" in answer.content
-    line = one_line(advising, key)
+    line = left_line(advising, key)
     assert (line.status, line.cost_source) == (504, "estimate")
     assert line.cost_usd is not None and line.cost_usd > ONE_CALL_USD, line.cost_usd
 
@@ -262,17 +253,8 @@ def test_a_reasoning_stream_cut_after_an_advisor_call_no_tool_named_is_charged_i
             "metadata": {"user_id": user},
         }
         sent = {"authorization": f"Bearer {key}", "anthropic-version": "2023-06-01"}
-        with (
-            httpx.Client(timeout=10) as http,
-            http.stream("POST", f"{advising.url}/v1/messages", json=request, headers=sent) as answer,
-        ):
-            assert answer.status_code == 200, answer.read()
-            seen = b""
-            for chunk in answer.iter_bytes():
-                seen += chunk
-                if b"text_delta" in seen:
-                    break
-            return answer.headers["x-request-id"]
+        with httpx.Client(timeout=10) as http:
+            return left_after_the_advice(http, advising.url, request, sent)
 
     advised, plain = cut("advised"), cut("plain")
     deadline = time.monotonic() + 5

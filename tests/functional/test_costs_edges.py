@@ -779,6 +779,19 @@ def slowed_boto3(dynamo: DynamoServer) -> tuple[Any, Callable[[], None]]:
     return client, lambda: armed.append(True)
 
 
+async def limited_on(store: DynamoDBStore) -> tuple[Any, Any, dict[str, str], dict[str, Any]]:
+    """A gateway on `store` answering completions, a key of $1 a month with rpm and tpm limits (cached: its next
+    request's only store call is its admission), its auth headers, and a request reserved $0.02001."""
+    served = await serve(lambda request: httpx.Response(200, json=completion()), {"m": MODEL}, store=store)
+    limited = KeyRecord(
+        id="", name="l", secret_hash="", created_at=0, budget_usd=1.0, budget_period="month", rpm=10, tpm=100_000
+    )
+    key = await KeyAdmin(KeyService(store, 0)).mint(limited)
+    auth = {"authorization": f"Bearer {key.key}"}
+    assert (await served.http.get("/v1/key", headers=auth)).status_code == 200  # (its key cached)
+    return served, key, auth, {"model": "m", "messages": HI, "max_tokens": 10_000}
+
+
 @pytest.mark.parametrize("client", ["gateway", "boto3"])
 async def test_an_admission_the_store_answers_past_the_deadline_is_released_once_its_answer_comes(
     dynamo: DynamoServer, client: str
@@ -797,14 +810,7 @@ async def test_an_admission_the_store_answers_past_the_deadline_is_released_once
     else:
         dynamodb, arm = slowed_boto3(dynamo)
     store = DynamoDBStore(dynamodb, table, owned=[dynamodb] if client == "gateway" else [])
-    served = await serve(lambda request: httpx.Response(200, json=completion()), {"m": MODEL}, store=store)
-    limited = KeyRecord(
-        id="", name="l", secret_hash="", created_at=0, budget_usd=1.0, budget_period="month", rpm=10, tpm=100_000
-    )
-    key = await KeyAdmin(KeyService(store, 0)).mint(limited)
-    auth = {"authorization": f"Bearer {key.key}"}
-    body = {"model": "m", "messages": HI, "max_tokens": 10_000}
-    assert (await served.http.get("/v1/key", headers=auth)).status_code == 200  # (its key cached)
+    served, key, auth, body = await limited_on(store)
     arm()
     started = time.perf_counter()
     cut = await served.http.post("/v1/chat/completions", json=body, headers={**auth, "x-gateway-deadline-ms": "300"})
@@ -867,14 +873,7 @@ async def test_a_late_admissions_release_is_not_lost_when_a_drain_is_cut_short(d
     transport.delay = 1.5
     dynamodb = DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url, transport=transport)
     store = DynamoDBStore(dynamodb, table, owned=[dynamodb])
-    served = await serve(lambda request: httpx.Response(200, json=completion()), {"m": MODEL}, store=store)
-    limited = KeyRecord(
-        id="", name="l", secret_hash="", created_at=0, budget_usd=1.0, budget_period="month", rpm=10, tpm=100_000
-    )
-    key = await KeyAdmin(KeyService(store, 0)).mint(limited)
-    auth = {"authorization": f"Bearer {key.key}"}
-    body = {"model": "m", "messages": HI, "max_tokens": 10_000}
-    assert (await served.http.get("/v1/key", headers=auth)).status_code == 200
+    served, key, auth, body = await limited_on(store)
     transport.slowed = 1
     cut = await served.http.post("/v1/chat/completions", json=body, headers={**auth, "x-gateway-deadline-ms": "300"})
     assert cut.status_code == 503, cut.text

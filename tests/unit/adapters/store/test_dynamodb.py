@@ -931,6 +931,16 @@ async def test_a_key_spent_only_in_another_region_keeps_neither_its_lease_nor_it
     await home.close()
 
 
+def sibling_of(store: DynamoDBStore, dynamo: DynamoServer) -> DynamoDBStore:
+    """Another process of `store`'s region (eu-west-1) on its table: a worker beside it."""
+    return DynamoDBStore(
+        DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url),
+        store.table,
+        region="eu-west-1",
+        client_for=lambda region: DynamoDBClient(region, Credentials("testing", "testing"), dynamo.url),
+    )
+
+
 async def test_a_worker_that_stops_leaves_the_lease_its_sibling_draws_on(dynamo: DynamoServer) -> None:
     """Two workers of one `gateway serve` in the lease's region draw on one lease (a region's, as every process
     there does). One stopping (a worker restart) gave back all the lease held while its sibling kept drawing on it:
@@ -939,12 +949,7 @@ async def test_a_worker_that_stops_leaves_the_lease_its_sibling_draws_on(dynamo:
     restart did it again. A stopping process leaves a lease another process used since it last did (that one is
     running, and its sweeper gives the lease back once idle); the last one out gives it back."""
     stopping, home = two_regions(dynamo)
-    sibling = DynamoDBStore(
-        DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url),
-        stopping.table,
-        region="eu-west-1",
-        client_for=lambda region: DynamoDBClient(region, Credentials("testing", "testing"), dynamo.url),
-    )
+    sibling = sibling_of(stopping, dynamo)
     key = uuid.uuid4().hex[:12]
 
     def here(amount: float) -> Admission:
@@ -981,12 +986,7 @@ async def test_the_last_process_out_gives_back_what_it_settled_into_a_lease_its_
     about to refuse (the home counted $0.20 committed for $0.12 spent). A process giving a lease back (the last to
     draw on it, or idle) takes its mark off, so the last one out gives back what it put back since."""
     last, home = two_regions(dynamo)
-    sibling = DynamoDBStore(
-        DynamoDBClient("us-east-1", Credentials("testing", "testing"), dynamo.url),
-        last.table,
-        region="eu-west-1",
-        client_for=lambda region: DynamoDBClient(region, Credentials("testing", "testing"), dynamo.url),
-    )
+    sibling = sibling_of(last, dynamo)
     key = uuid.uuid4().hex[:12]
     charge = BudgetCharge(key, PERIOD, 1.0, 0.1, "us-east-1")
     long, drawn = (Admission(uuid.uuid4().hex, key, [charge], [], time.time() + 900, "us-east-1") for _ in range(2))
